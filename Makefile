@@ -1,0 +1,50 @@
+# Parley: the two commands a user needs are `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATA_DIR ?= .parley
+PACKAGES := libs/parley-protos libs/parley-core libs/parley-client libs/parley-cli \
+	services/auth services/messaging services/storage services/gateway services/patch-registry
+STAMP := $(VENV)/.installed
+PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
+
+.PHONY: help venv run test test-fast lint proto proto-check wheels clean-data
+
+help:
+	@echo "make run    start the whole platform (nats-server + every service) in $(DATA_DIR)"
+	@echo "make test   lint, type-check and run the whole test suite"
+	@echo "make lint   ruff + mypy;  make proto  regenerate protobuf stubs;  make wheels  build each package"
+
+$(STAMP): constraints.txt requirements-dev.txt $(PYPROJECTS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -r requirements-dev.txt $(addprefix -e ,$(PACKAGES))
+	touch $@
+
+venv: $(STAMP)
+
+run: venv
+	$(BIN)/parley --data-dir $(DATA_DIR) up
+
+test: venv lint proto-check
+	$(BIN)/pytest
+
+test-fast: venv
+	$(BIN)/pytest -m "not e2e"
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy libs/parley-core/src libs/parley-client/src libs/parley-cli/src services/*/src scripts
+
+proto: venv
+	$(BIN)/python scripts/gen_protos.py
+
+proto-check: venv
+	$(BIN)/python scripts/gen_protos.py --check
+
+wheels: venv
+	$(BIN)/python -m pip wheel --quiet --no-deps -w dist $(PACKAGES)
+	@ls dist
+
+clean-data:
+	rm -rf $(DATA_DIR)

@@ -1,0 +1,3 @@
+from parley_cli.main import main
+
+main()

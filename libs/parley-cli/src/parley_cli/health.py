@@ -1,0 +1,24 @@
+"""Health checks of running services over mutual TLS, as the platform identity."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from parley_core.pki import Pki
+from parley_core.runner import secure_channel
+from parley_core.topology import PLATFORM_USER
+
+
+async def check_health(pki: Pki, *, service: str, address: str, timeout: float = 2.0) -> str:
+    """SERVING, NOT_SERVING, or UNREACHABLE when nothing answers."""
+    channel = secure_channel(pki, identity=PLATFORM_USER, address=address, peer=service)
+    try:
+        stub = health_pb2_grpc.HealthStub(channel)
+        response = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return "UNREACHABLE"
+        return f"ERROR ({exc.code().name})"
+    finally:
+        await channel.close()

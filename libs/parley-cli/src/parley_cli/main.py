@@ -1,0 +1,199 @@
+"""The `parley` command line: platform control and a small chat client."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import sys
+from pathlib import Path
+
+from parley_client import ClientConfig, ParleyClient, ParleyError
+
+from parley_cli import chat
+from parley_cli.health import check_health
+
+
+def _password(args: argparse.Namespace) -> str:
+    """From PARLEY_PASSWORD (scripts) or a prompt that does not echo."""
+    if env := os.environ.get("PARLEY_PASSWORD"):
+        return env
+    if not sys.stdin.isatty():
+        line = sys.stdin.readline()
+        return line.rstrip("\n")
+    return getpass.getpass(f"password for {args.username}: ")
+
+
+def _client(args: argparse.Namespace) -> ParleyClient:
+    config = ClientConfig.from_data_dir(args.data_dir)
+    if args.gateway:
+        config = ClientConfig(gateway_address=args.gateway, ca_cert=config.ca_cert)
+    return ParleyClient.from_config(config)
+
+
+def _token_path(args: argparse.Namespace, user: str) -> Path:
+    return args.data_dir / "cli" / f"{user.casefold()}.json"
+
+
+async def _login_as(args: argparse.Namespace, client: ParleyClient) -> None:
+    if not args.user:
+        raise SystemExit("name the user with --as USER (log in first with `parley login USER`)")
+    path = _token_path(args, args.user)
+    if not path.exists():
+        raise SystemExit(f"{args.user} is not logged in here; run `parley login {args.user}`")
+    saved = json.loads(path.read_text())
+    client.use_token(saved["access_token"], saved["user_id"])
+
+
+async def cmd_up(args: argparse.Namespace) -> int:
+    from parley_cli.platform import run_platform
+
+    return await run_platform(args.data_dir, gateway_port=args.gateway_port)
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    from parley_core.pki import ensure_pki
+
+    state_path = args.data_dir / "platform.json"
+    if not state_path.exists():
+        print(f"no platform state in {args.data_dir}; is it running (`make run`)?", file=sys.stderr)
+        return 2
+    state = json.loads(state_path.read_text())
+    pki = ensure_pki(args.data_dir / "pki", ["platform"])
+    healthy = True
+    print(f"{'service':<16}{'address':<22}health")
+    for name, info in state["services"].items():
+        status = await check_health(pki, service=name, address=info["address"])
+        healthy &= status == "SERVING"
+        print(f"{name:<16}{info['address']:<22}{status}")
+    print("platform: " + ("healthy" if healthy else "UNHEALTHY"))
+    return 0 if healthy else 1
+
+
+async def cmd_register(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        response = await client.register(args.username, _password(args))
+    print(f"registered {response.username} ({response.user_id})")
+    return 0
+
+
+async def cmd_login(args: argparse.Namespace) -> int:
+    from parley_core.files import ensure_private_dir, write_private_file
+
+    async with _client(args) as client:
+        response = await client.login(args.username, _password(args))
+    ensure_private_dir(args.data_dir / "cli")
+    saved = {"access_token": response.access_token, "user_id": response.user_id}
+    write_private_file(_token_path(args, args.username), json.dumps(saved).encode())
+    print(f"logged in as {args.username}; the token is valid for 15 minutes")
+    return 0
+
+
+async def cmd_create_channel(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        await _login_as(args, client)
+        channel = await client.create_channel(args.name)
+    print(f"created #{channel.name} with id {channel.channel_id}")
+    return 0
+
+
+async def cmd_join(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        await _login_as(args, client)
+        channel = await client.join_channel(args.channel_id)
+    print(f"joined #{channel.name} ({len(channel.member_ids)} members)")
+    return 0
+
+
+async def cmd_channels(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        await _login_as(args, client)
+        for channel in await client.my_channels():
+            print(f"{channel.channel_id}  #{channel.name}  members={len(channel.member_ids)}  messages={channel.last_seq}")
+    return 0
+
+
+async def cmd_send(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        await _login_as(args, client)
+        channel_id = await chat.resolve_channel(client, args.channel)
+        message = await client.send(channel_id, args.text)
+    print(f"sent #{message.channel_seq}")
+    return 0
+
+
+async def cmd_history(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        await _login_as(args, client)
+        channel_id = await chat.resolve_channel(client, args.channel)
+        page = await client.history(channel_id, after_seq=args.after, limit=args.limit)
+        for message in page.messages:
+            print(chat.format_message(message))
+    return 0
+
+
+async def cmd_chat(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        await _login_as(args, client)
+        return await chat.interactive(client, args.channel)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="parley", description="Parley: self-hosted, security-first team chat")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("PARLEY_DATA_DIR", ".parley")),
+        help="the platform's data folder (default: $PARLEY_DATA_DIR or ./.parley)",
+    )
+    parser.add_argument("--gateway", help="gateway host:port (default: from <data-dir>/client.json)")
+    parser.add_argument("--as", dest="user", help="act as this logged-in user")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start nats-server and every service; Ctrl-C stops them")
+    up.add_argument("--gateway-port", type=int, help="preferred gateway port (default 7443, or a free one)")
+    up.set_defaults(run=cmd_up)
+    sub.add_parser("status", help="health of every service").set_defaults(run=cmd_status)
+
+    for name, run, text in (("register", cmd_register, "create an account"), ("login", cmd_login, "log in and keep the token")):
+        p = sub.add_parser(name, help=text + " (password from a prompt, stdin or $PARLEY_PASSWORD)")
+        p.add_argument("username")
+        p.set_defaults(run=run)
+
+    create = sub.add_parser("create-channel", help="create a channel")
+    create.add_argument("name")
+    create.set_defaults(run=cmd_create_channel)
+    join = sub.add_parser("join", help="join a channel by id")
+    join.add_argument("channel_id")
+    join.set_defaults(run=cmd_join)
+    sub.add_parser("channels", help="the channels you are in").set_defaults(run=cmd_channels)
+    send = sub.add_parser("send", help="send one message")
+    send.add_argument("channel", help="channel id or name")
+    send.add_argument("text")
+    send.set_defaults(run=cmd_send)
+    history = sub.add_parser("history", help="print a channel's history")
+    history.add_argument("channel", help="channel id or name")
+    history.add_argument("--after", type=int, default=0, help="only messages after this sequence number")
+    history.add_argument("--limit", type=int, default=100)
+    history.set_defaults(run=cmd_history)
+    chat_cmd = sub.add_parser("chat", help="chat in a channel: type lines to send, see others live")
+    chat_cmd.add_argument("channel", help="channel id or name")
+    chat_cmd.set_defaults(run=cmd_chat)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        code = asyncio.run(args.run(args))
+    except ParleyError as exc:
+        print(f"error: {exc.message} ({exc.code.name})", file=sys.stderr)
+        code = 1
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        code = 130
+    raise SystemExit(code)

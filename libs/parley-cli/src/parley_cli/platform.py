@@ -1,0 +1,277 @@
+"""`parley up`: one nats-server and one instance of every service, supervised.
+
+First start creates the data folder (0700), the local CA and certificates, and the NATS users;
+later starts reuse them, so messages and accounts survive a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from parley_core.bus import EventBus
+from parley_core.files import ensure_private_dir, write_private_file
+from parley_core.nats_connect import connect_nats
+from parley_core.nats_process import NatsServerProcess
+from parley_core.natsconf import ensure_nats_passwords, render_server_config
+from parley_core.net import free_port
+from parley_core.pki import Pki, ensure_pki
+from parley_core.topology import PLATFORM_USER, SERVICES, STREAMS
+
+from parley_cli.health import check_health
+
+# Start order; the gateway last, so its first client finds everything up. Stop in reverse.
+START_ORDER = ("auth", "messaging", "storage", "patch-registry", "gateway")
+ADDRESS_ENV = {"auth": "AUTH_ADDR", "messaging": "MESSAGING_ADDR", "storage": "STORAGE_ADDR", "patch-registry": "REGISTRY_ADDR"}
+DEFAULT_GATEWAY_PORT = 7443
+HEALTH_TIMEOUT_S = 60.0
+RESTART_LIMIT = 5
+
+
+def _port_is_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class ManagedService:
+    name: str
+    port: int
+    log_path: Path
+    process: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    log_file: TextIO | None = field(default=None, repr=False)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+class Platform:
+    def __init__(self, data_dir: Path, *, gateway_port: int | None = None, out: TextIO = sys.stdout) -> None:
+        self.data_dir = data_dir.resolve()
+        self.requested_gateway_port = gateway_port
+        self.out = out
+        self.services: dict[str, ManagedService] = {}
+        self.nats: NatsServerProcess | None = None
+        self.pki: Pki | None = None
+        self._stopping = asyncio.Event()
+
+    def say(self, text: str) -> None:
+        print(f"[parley] {text}", file=self.out, flush=True)
+
+    def _choose_gateway_port(self) -> int:
+        state = self.data_dir / "platform.json"
+        previous = json.loads(state.read_text()).get("services", {}).get("gateway", {}).get("port") if state.exists() else None
+        for candidate in (self.requested_gateway_port, previous, DEFAULT_GATEWAY_PORT):
+            if candidate and _port_is_free(int(candidate)):
+                return int(candidate)
+        if self.requested_gateway_port:
+            self.say(f"port {self.requested_gateway_port} is busy; the gateway takes a free port instead")
+        return free_port()
+
+    async def start(self) -> None:
+        ensure_private_dir(self.data_dir)
+        for sub in ("logs", "nats", "secrets"):
+            ensure_private_dir(self.data_dir / sub)
+        self.pki = ensure_pki(self.data_dir / "pki", [*SERVICES, "nats", PLATFORM_USER])
+        passwords = ensure_nats_passwords(self.data_dir / "secrets" / "nats-passwords.json", [*SERVICES, PLATFORM_USER])
+
+        nats_port = free_port()
+        nats_identity = self.pki.identity("nats")
+        config = render_server_config(
+            host="127.0.0.1",
+            port=nats_port,
+            store_dir=self.data_dir / "nats" / "jetstream",
+            tls_cert=nats_identity.cert,
+            tls_key=nats_identity.key,
+            ca_cert=self.pki.ca_cert,
+            passwords=passwords,
+        )
+        config_path = self.data_dir / "nats" / "nats-server.conf"
+        write_private_file(config_path, config.encode())
+        self.nats = NatsServerProcess(
+            config_path=config_path, host="127.0.0.1", port=nats_port, log_path=self.data_dir / "logs" / "nats-server.log"
+        )
+        await self.nats.start()
+        self.say(f"nats-server with JetStream and TLS on {self.nats.url} (store: {self.data_dir / 'nats' / 'jetstream'})")
+
+        # The platform identity declares every stream once, before any service needs one.
+        nc = await connect_nats(
+            url=self.nats.url, user=PLATFORM_USER, password=passwords[PLATFORM_USER], ca_cert=self.pki.ca_cert, name="parley-up"
+        )
+        await EventBus(nc, service=PLATFORM_USER, producer="parley-up").ensure_streams(STREAMS)
+        await nc.close()
+
+        for name in START_ORDER:
+            port = self._choose_gateway_port() if name == "gateway" else free_port()
+            self.services[name] = ManagedService(name=name, port=port, log_path=self.data_dir / "logs" / f"{name}.log")
+        for name in START_ORDER:
+            await self._spawn(self.services[name])
+        await asyncio.gather(*(self._wait_healthy(s) for s in self.services.values()))
+        self._write_state()
+        gateway = self.services["gateway"]
+        self.say(f"all services are up. Gateway (TLS): {gateway.address}")
+        self.say(f"CA certificate for clients: {self.pki.ca_cert}")
+        self.say(f"logs: {self.data_dir / 'logs'}")
+        self.say("connect the CLI from another terminal, for example:")
+        self.say(f"  .venv/bin/parley --data-dir {self.data_dir} register alice")
+        self.say(f"  .venv/bin/parley --data-dir {self.data_dir} --as alice chat general")
+        self.say("press Ctrl-C to stop everything")
+
+    def _environment(self, service: ManagedService) -> dict[str, str]:
+        assert self.nats is not None
+        env = dict(os.environ)
+        env.update(
+            {
+                "PARLEY_DATA_DIR": str(self.data_dir),
+                "PARLEY_NATS_URL": self.nats.url,
+                "PARLEY_LISTEN_HOST": "127.0.0.1",
+                "PARLEY_LISTEN_PORT": str(service.port),
+                "PARLEY_INSTANCE_ID": f"{service.name}-1",
+            }
+        )
+        for peer, var in ADDRESS_ENV.items():
+            env[f"PARLEY_{var}"] = self.services[peer].address
+        return env
+
+    async def _spawn(self, service: ManagedService) -> None:
+        if service.log_file is None:
+            service.log_file = open(service.log_path, "a", buffering=1)  # noqa: SIM115 - kept for the process's life
+            os.chmod(service.log_path, 0o600)
+        module = "parley_" + service.name.replace("-", "_")
+        # A session of its own: Ctrl-C reaches only `parley up`, which then stops services in order.
+        service.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            module,
+            env=self._environment(service),
+            stdout=service.log_file,
+            stderr=service.log_file,
+            start_new_session=True,
+        )
+
+    async def _wait_healthy(self, service: ManagedService) -> None:
+        assert self.pki is not None and service.process is not None
+        deadline = asyncio.get_running_loop().time() + HEALTH_TIMEOUT_S
+        delay = 0.05
+        while True:
+            if service.process.returncode is not None:
+                raise RuntimeError(f"{service.name} exited during start; see {service.log_path}:\n{_tail(service.log_path)}")
+            if await check_health(self.pki, service=service.name, address=service.address, timeout=1.0) == "SERVING":
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"{service.name} not healthy after {HEALTH_TIMEOUT_S:.0f}s; see {service.log_path}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    def _write_state(self) -> None:
+        assert self.pki is not None
+        state = {
+            "pid": os.getpid(),
+            "nats_url": self.nats.url if self.nats else "",
+            "services": {
+                s.name: {"port": s.port, "address": s.address, "pid": s.process.pid if s.process else None}
+                for s in self.services.values()
+            },
+        }
+        write_private_file(self.data_dir / "platform.json", json.dumps(state, indent=2).encode())
+        client = {"gateway_address": self.services["gateway"].address, "ca_cert": str(self.pki.ca_cert)}
+        write_private_file(self.data_dir / "client.json", json.dumps(client, indent=2).encode())
+
+    async def supervise(self) -> None:
+        """Report services that stop; restart the ones that crash (a clean exit is an operator's stop)."""
+        while not self._stopping.is_set():
+            waiters = {
+                asyncio.create_task(s.process.wait()): s for s in self.services.values() if s.process and s.process.returncode is None
+            }
+            stop_wait = asyncio.create_task(self._stopping.wait())
+            done, pending = await asyncio.wait({*waiters, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            if self._stopping.is_set():
+                return
+            for task in done:
+                service = waiters.get(task)
+                if service is None:
+                    continue
+                code = task.result()
+                if code == 0:
+                    self.say(f"UNHEALTHY: {service.name} stopped (exit 0) and stays down; platform degraded")
+                    continue
+                if service.restarts >= RESTART_LIMIT:
+                    self.say(f"UNHEALTHY: {service.name} crashed (exit {code}) {service.restarts} times; not restarting")
+                    continue
+                service.restarts += 1
+                self.say(f"UNHEALTHY: {service.name} crashed (exit {code}); restarting ({service.restarts}/{RESTART_LIMIT})")
+                await self._spawn(service)
+                try:
+                    await self._wait_healthy(service)
+                    self._write_state()
+                    self.say(f"{service.name} is serving again")
+                except (RuntimeError, TimeoutError) as exc:
+                    self.say(str(exc))
+            if not any(s.process and s.process.returncode is None for s in self.services.values()):
+                self.say("no service is running; waiting for Ctrl-C")
+                await self._stopping.wait()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        for name in reversed(START_ORDER):
+            service = self.services.get(name)
+            if service is None or service.process is None or service.process.returncode is not None:
+                continue
+            service.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(service.process.wait(), 20)
+            except TimeoutError:
+                self.say(f"{name} did not drain in time; killing it")
+                service.process.kill()
+                await service.process.wait()
+            self.say(f"{name} stopped (exit {service.process.returncode})")
+        for service in self.services.values():
+            if service.log_file is not None:
+                service.log_file.close()
+        if self.nats is not None:
+            await self.nats.stop()
+            self.say("nats-server stopped")
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+async def run_platform(data_dir: Path, *, gateway_port: int | None) -> int:
+    platform = Platform(data_dir, gateway_port=gateway_port)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, platform.request_stop)
+    try:
+        await platform.start()
+        await platform.supervise()
+    except (RuntimeError, TimeoutError, FileNotFoundError) as exc:
+        platform.say(f"start failed: {exc}")
+        await platform.stop()
+        return 1
+    platform.say("stopping")
+    await platform.stop()
+    platform.say("stopped; data kept in " + str(platform.data_dir))
+    return 0

@@ -1,0 +1,331 @@
+"""The JetStream event bus: idempotent topology, optimistic appends, replays and durable consumers.
+
+A write is one acknowledged publish: `Nats-Msg-Id` (the event id) makes a retried append a
+no-op inside the stream's duplicate window, and `Nats-Expected-Last-Subject-Sequence` makes
+the stream refuse an append to an aggregate that changed since it was read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from parley.common.v1.envelope_pb2 import EventEnvelope
+
+from parley_core import telemetry
+from parley_core.envelope import NewEvent, decode, seal
+from parley_core.topology import ConsumerSpec, StreamSpec, parked_subject
+
+log = logging.getLogger(__name__)
+
+WRONG_LAST_SEQUENCE = 10071  # JSStreamWrongLastSequenceErrF
+STREAM_NOT_FOUND = 10059
+
+
+class ConcurrencyConflict(Exception):
+    """The aggregate changed since it was read; reload it and decide again."""
+
+
+@dataclass(frozen=True)
+class ReceivedEvent:
+    envelope: EventEnvelope
+    subject: str
+    stream: str
+    stream_seq: int
+    num_delivered: int
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Appended:
+    stream_seq: int
+    duplicate: bool
+
+
+EventHandler = Callable[[ReceivedEvent], Awaitable[None]]
+BatchHandler = Callable[[Sequence[ReceivedEvent]], Awaitable[None]]
+
+
+def _received(msg: Msg) -> ReceivedEvent:
+    meta = msg.metadata
+    return ReceivedEvent(
+        envelope=decode(msg.data),
+        subject=msg.subject,
+        stream=meta.stream,
+        stream_seq=meta.sequence.stream,
+        num_delivered=meta.num_delivered,
+        headers=dict(msg.headers or {}),
+    )
+
+
+class EventBus:
+    def __init__(self, nc: NatsClient, *, service: str, producer: str) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.service = service
+        self.producer = producer
+        self._subscriptions: list[Replay | DurableConsumer] = []
+
+    async def ensure_streams(self, specs: Iterable[StreamSpec]) -> None:
+        """Create or update each stream to its declared configuration (safe to repeat)."""
+        for spec in specs:
+            config = api.StreamConfig(
+                name=spec.name,
+                subjects=list(spec.subjects),
+                retention=api.RetentionPolicy.LIMITS,
+                storage=api.StorageType.FILE,
+                duplicate_window=spec.duplicate_window_s,
+                allow_direct=True,
+            )
+            try:
+                await self.js.add_stream(config)
+            except nats.js.errors.BadRequestError:
+                # Exists with another configuration: bring it in line with the declaration.
+                await self.js.update_stream(config)
+
+    async def wait_for_stream(self, name: str, *, timeout: float = 30.0) -> None:
+        """Readers may start before the owner created its stream; wait for it to appear."""
+        delay = 0.05
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            try:
+                await self.js.stream_info(name)
+                return
+            except nats.js.errors.NotFoundError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise TimeoutError(f"stream {name} was not created within {timeout:.0f}s") from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def append(
+        self,
+        subject: str,
+        event: NewEvent,
+        *,
+        aggregate_version: int,
+        expected_last_subject_seq: int | None,
+    ) -> Appended:
+        """Append one event. `expected_last_subject_seq=0` means the subject must be empty."""
+        trace_headers = telemetry.current_trace_headers()
+        envelope = seal(event, aggregate_version=aggregate_version, producer=self.producer, trace_context=trace_headers)
+        headers = {**trace_headers, "Nats-Msg-Id": event.event_id, "Parley-Event-Type": event.event_type}
+        if expected_last_subject_seq is not None:
+            headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last_subject_seq)
+        try:
+            ack = await self.js.publish(subject, envelope.SerializeToString(), headers=headers)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                raise ConcurrencyConflict(f"{subject} changed since it was read") from exc
+            raise
+        return Appended(stream_seq=ack.seq, duplicate=bool(ack.duplicate))
+
+    async def last_subject_seq(self, stream: str, subject: str) -> int:
+        """Stream sequence of the newest event on a subject, 0 when there is none."""
+        try:
+            raw = await self.js.get_last_msg(stream, subject, direct=True)
+        except nats.js.errors.NotFoundError:
+            return 0
+        return int(raw.seq or 0)
+
+    async def replay(
+        self,
+        *,
+        stream: str,
+        filter_subject: str,
+        handler: EventHandler,
+        start_seq: int | None = None,
+        only_new: bool = False,
+        stop_with_service: bool = True,
+    ) -> Replay:
+        """Feed every event on `filter_subject` to `handler`, in stream order, then keep following.
+
+        Backed by an ordered consumer, which the client recreates by itself after a gap. A
+        replay that outlives only one call (a client's live stream) passes
+        stop_with_service=False and stops it itself.
+        """
+        replay = Replay(self, stream=stream, filter_subject=filter_subject, handler=handler)
+        await replay.start(start_seq=start_seq, only_new=only_new)
+        if stop_with_service:
+            self._subscriptions.append(replay)
+        return replay
+
+    async def consume(self, spec: ConsumerSpec, handler: BatchHandler, *, batch: int = 100) -> DurableConsumer:
+        consumer = DurableConsumer(self, spec=spec, handler=handler, batch=batch)
+        await consumer.start()
+        self._subscriptions.append(consumer)
+        return consumer
+
+    async def park(self, msg: Msg, *, reason: str) -> None:
+        """Move a poison event aside, where `parley parked list` shows it, and stop its redelivery."""
+        meta = msg.metadata
+        headers = {
+            "Parley-Parked-Reason": reason[:500],
+            "Parley-Original-Subject": msg.subject,
+            "Parley-Original-Stream": meta.stream,
+            "Parley-Original-Sequence": str(meta.sequence.stream),
+            "Parley-Consumer": meta.consumer or "",
+            "Nats-Msg-Id": f"parked-{meta.stream}-{meta.sequence.stream}-{meta.consumer}",
+        }
+        await self.js.publish(parked_subject(self.service, meta.stream), msg.data, headers=headers)
+        await msg.term()
+        log.error("parked poison event", extra={"subject": msg.subject, "seq": meta.sequence.stream, "reason": reason})
+
+    async def stop_consumers(self) -> None:
+        """Stop every replay and durable consumer after their in-flight work."""
+        for sub in reversed(self._subscriptions):
+            await sub.stop()
+        self._subscriptions.clear()
+
+
+@dataclass
+class Replay:
+    bus: EventBus
+    stream: str
+    filter_subject: str
+    handler: EventHandler
+    caught_up: asyncio.Event = field(default_factory=asyncio.Event)
+    last_seq: int = 0
+    _sub: JetStreamContext.PushSubscription | None = None
+    _progress: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def start(self, *, start_seq: int | None, only_new: bool) -> None:
+        await self.bus.wait_for_stream(self.stream)
+        if start_seq:
+            config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_seq)
+        elif only_new:
+            config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW)
+        else:
+            config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL)
+        self._sub = await self.bus.js.subscribe(
+            self.filter_subject, stream=self.stream, ordered_consumer=True, config=config, cb=self._on_msg
+        )
+        info = await self._sub.consumer_info()
+        if info.num_pending == 0 and (info.delivered is None or not info.delivered.consumer_seq):
+            self.caught_up.set()
+
+    async def _on_msg(self, msg: Msg) -> None:
+        try:
+            event = _received(msg)
+        except Exception:
+            log.exception("undecodable event skipped by replay", extra={"subject": msg.subject})
+            return
+        try:
+            with telemetry.continued_from(event.headers, f"apply {event.envelope.event_type}", subject=msg.subject):
+                await self.handler(event)
+        except Exception:
+            # A projection must not die on one bad event; the event stays visible in the log.
+            log.exception("projection failed to apply event", extra={"subject": msg.subject, "seq": event.stream_seq})
+        async with self._progress:
+            self.last_seq = event.stream_seq
+            self._progress.notify_all()
+        if msg.metadata.num_pending == 0:
+            self.caught_up.set()
+
+    async def wait_for_seq(self, stream_seq: int, timeout: float = 10.0) -> None:
+        """Read-your-writes: wait until this replay has applied the event at `stream_seq`."""
+        async with self._progress:
+            await asyncio.wait_for(self._progress.wait_for(lambda: self.last_seq >= stream_seq), timeout)
+
+    async def wait_caught_up(self, timeout: float = 30.0) -> None:
+        await asyncio.wait_for(self.caught_up.wait(), timeout)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except nats.errors.Error:
+                pass  # connection already closing
+            self._sub = None
+
+
+@dataclass
+class DurableConsumer:
+    bus: EventBus
+    spec: ConsumerSpec
+    handler: BatchHandler
+    batch: int
+    _task: asyncio.Task[None] | None = None
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    _sub: JetStreamContext.PullSubscription | None = None
+
+    async def start(self) -> None:
+        await self.bus.wait_for_stream(self.spec.stream)
+        config = api.ConsumerConfig(
+            durable_name=self.spec.durable,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            deliver_policy=api.DeliverPolicy.ALL,
+            max_deliver=self.spec.max_deliver,
+            ack_wait=self.spec.ack_wait_s,
+            filter_subject=self.spec.filter_subject,
+            max_ack_pending=10_000,
+        )
+        self._sub = await self.bus.js.pull_subscribe(
+            self.spec.filter_subject, durable=self.spec.durable, stream=self.spec.stream, config=config
+        )
+        self._task = asyncio.create_task(self._run(), name=f"consumer-{self.spec.durable}")
+
+    async def _run(self) -> None:
+        assert self._sub is not None
+        while not self._stopping.is_set():
+            try:
+                msgs = await self._sub.fetch(self.batch, timeout=0.5)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                continue
+            except nats.errors.Error as exc:
+                if self._stopping.is_set():
+                    return
+                log.warning("fetch failed, retrying", extra={"consumer": self.spec.durable, "error": str(exc)})
+                await asyncio.sleep(0.5)
+                continue
+            await self._process(msgs)
+
+    async def _process(self, msgs: list[Msg]) -> None:
+        decoded: list[tuple[Msg, ReceivedEvent]] = []
+        for msg in msgs:
+            try:
+                decoded.append((msg, _received(msg)))
+            except Exception as exc:
+                await self.bus.park(msg, reason=f"undecodable envelope: {exc}")
+        if not decoded:
+            return
+        try:
+            await self.handler([event for _, event in decoded])
+        except Exception:
+            log.warning("batch failed; retrying its events one by one", exc_info=True)
+            for msg, event in decoded:
+                await self._process_one(msg, event)
+            return
+        for msg, _ in decoded:
+            await msg.ack()
+
+    async def _process_one(self, msg: Msg, event: ReceivedEvent) -> None:
+        try:
+            with telemetry.continued_from(event.headers, f"consume {event.envelope.event_type}", subject=msg.subject):
+                await self.handler([event])
+        except Exception as exc:
+            if event.num_delivered >= self.spec.max_deliver:
+                await self.bus.park(msg, reason=repr(exc))
+            else:
+                # Exponential backoff between redeliveries, bounded by max_deliver.
+                await msg.nak(delay=min(0.2 * 2 ** event.num_delivered, 30.0))
+            return
+        await msg.ack()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except nats.errors.Error:
+                pass
+            self._sub = None

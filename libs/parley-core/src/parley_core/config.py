@@ -1,0 +1,82 @@
+"""One typed settings object per process, read from the environment and an optional TOML file.
+
+Precedence: explicit arguments, then PARLEY_* environment variables, then the file named by
+PARLEY_CONFIG_FILE, then defaults. Every default suits a laptop started by `parley up`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+TraceExporter = Literal["none", "console", "otlp"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PARLEY_", extra="ignore")
+
+    service: str = ""
+    instance_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12])
+    host_name: str = Field(default_factory=socket.gethostname)
+    data_dir: Path = Path(".parley")
+
+    # Where this instance listens; port 0 picks a free one.
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 0
+
+    nats_url: str = ""
+    nats_user: str = ""
+    nats_password: str = ""
+
+    # Peers, as host:port; the composition root passes them.
+    auth_addr: str = ""
+    messaging_addr: str = ""
+    storage_addr: str = ""
+    registry_addr: str = ""
+
+    database_url: str = ""
+
+    trace_exporter: TraceExporter = "none"
+    otlp_endpoint: str = "http://127.0.0.1:4317"
+    log_level: str = "INFO"
+
+    grace_seconds: float = Field(default=10.0, gt=0, le=300)
+    heartbeat_seconds: float = Field(default=5.0, gt=0)
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.data_dir / "pki"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.data_dir / "secrets"
+
+    @property
+    def nats_passwords_file(self) -> Path:
+        return self.secrets_dir / "nats-passwords.json"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("PARLEY_CONFIG_FILE")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)

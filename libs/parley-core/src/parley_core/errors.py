@@ -1,0 +1,64 @@
+"""Domain errors that every service raises, and the one table that maps them to gRPC status.
+
+Command handlers raise these; the server interceptor in runner.py turns them into a status
+with the error's message. Anything else becomes INTERNAL with a reference id, never a trace.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class DomainError(Exception):
+    """A refusal a client can act on; the message is shown to the caller as-is."""
+
+
+class InvalidArgument(DomainError):
+    pass
+
+
+class Unauthenticated(DomainError):
+    pass
+
+
+class PermissionDenied(DomainError):
+    pass
+
+
+class NotFound(DomainError):
+    pass
+
+
+class AlreadyExists(DomainError):
+    pass
+
+
+class FailedPrecondition(DomainError):
+    pass
+
+
+class ResourceExhausted(DomainError):
+    pass
+
+
+class Unavailable(DomainError):
+    pass
+
+
+STATUS_FOR: dict[type[DomainError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def status_for(error: DomainError) -> grpc.StatusCode:
+    for cls in type(error).__mro__:
+        if cls in STATUS_FOR:
+            return STATUS_FOR[cls]  # type: ignore[index]
+    return grpc.StatusCode.INTERNAL

@@ -1,0 +1,67 @@
+"""One way for every Parley process to connect to NATS: TLS, its own user and its own inbox."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client, ErrorCallback
+
+from parley_core import topology
+
+__all__ = ["ErrorCallback", "client_tls_context", "connect_nats", "log_nats_error"]
+
+log = logging.getLogger(__name__)
+
+RECONNECT_TIME_WAIT_S = 0.5
+
+
+async def log_nats_error(error: Exception) -> None:
+    """Default error callback: asynchronous NATS errors (e.g. permission violations) get logged."""
+    log.error("NATS error: %s", error)
+
+
+def client_tls_context(ca_cert: Path) -> ssl.SSLContext:
+    """Trust only Parley's CA and check the host name against the server certificate's SAN."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_cert))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+async def connect_nats(
+    *,
+    url: str,
+    user: str,
+    password: str,
+    ca_cert: Path,
+    name: str,
+    error_cb: ErrorCallback | None = None,
+    **kwargs: Any,
+) -> Client:
+    """Connect as ``user``, replies arriving on the user's own inbox prefix.
+
+    The inbox prefix must match the subscribe permission in ``topology.permissions_for``,
+    otherwise every request (including every JetStream API call) would time out. The client
+    reconnects forever: a service outlives a broker restart instead of exiting.
+    """
+    options: dict[str, Any] = {
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": RECONNECT_TIME_WAIT_S,
+        **kwargs,
+    }
+    client = Client()
+    await client.connect(
+        servers=[url],
+        user=user,
+        password=password,
+        tls=client_tls_context(ca_cert),
+        name=name,
+        inbox_prefix=topology.inbox_prefix(user),
+        error_cb=error_cb if error_cb is not None else log_nats_error,
+        **options,
+    )
+    return client

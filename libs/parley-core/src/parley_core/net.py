@@ -1,0 +1,47 @@
+"""Small TCP helpers for starting servers on free ports and knowing when they are up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+
+_FIRST_BACKOFF_S = 0.01
+_MAX_BACKOFF_S = 0.25
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a port the OS just reported free on ``host``; never hard-code ports in tests."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def wait_for_port(host: str, port: int, timeout: float) -> None:
+    """Return once ``host:port`` accepts a TCP connection, polling with a growing backoff.
+
+    Raises TimeoutError naming the address and the last connection error, so a server that
+    never came up is easy to diagnose.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    backoff = _FIRST_BACKOFF_S
+    last_error: OSError | None = None
+    while True:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            address = f"{host}:{port}"
+            raise TimeoutError(f"nothing accepted TCP connections on {address} within {timeout:.1f}s: {last_error!r}")
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=remaining)
+        except OSError as exc:  # includes TimeoutError and ConnectionRefusedError
+            last_error = exc
+        else:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return
+        await asyncio.sleep(min(backoff, max(deadline - loop.time(), 0)))
+        backoff = min(backoff * 2, _MAX_BACKOFF_S)

@@ -1,0 +1,196 @@
+"""A local certificate authority and one certificate per identity (service, nats, platform).
+
+Every NATS and gRPC connection inside Parley is TLS with certificates from this CA, so a local
+platform needs no external PKI. ``ensure_pki`` is idempotent: a second platform start keeps the
+existing files byte for byte and only repairs what is missing, expiring or signed by another CA.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from parley_core.files import ensure_private_dir, write_private_file
+
+CA_NAME = "ca"
+CA_COMMON_NAME = "Parley local CA"
+CA_VALIDITY = dt.timedelta(days=3650)
+LEAF_VALIDITY = dt.timedelta(days=365)
+RENEW_BEFORE = dt.timedelta(days=30)
+# Backdate notBefore a little so a peer whose clock lags slightly still accepts a fresh cert.
+_CLOCK_SKEW = dt.timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class CertPaths:
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class Pki:
+    directory: Path
+    ca_cert: Path
+
+    def identity(self, name: str) -> CertPaths:
+        """Where the certificate and key of ``name`` live (they may not exist yet)."""
+        return CertPaths(cert=self.directory / f"{name}.crt", key=self.directory / f"{name}.key")
+
+    def ca_pem(self) -> bytes:
+        return self.ca_cert.read_bytes()
+
+    def read(self, name: str) -> tuple[bytes, bytes]:
+        """Return ``(cert_pem, key_pem)`` of ``name``, e.g. for ``grpc.ssl_server_credentials``."""
+        paths = self.identity(name)
+        return paths.cert.read_bytes(), paths.key.read_bytes()
+
+
+def ensure_pki(directory: Path, names: Iterable[str]) -> Pki:
+    """Create or repair the CA and a certificate for each of ``names`` in ``directory``."""
+    ensure_private_dir(directory)
+    pki = Pki(directory=directory, ca_cert=directory / f"{CA_NAME}.crt")
+    now = dt.datetime.now(dt.UTC)
+    ca_paths = pki.identity(CA_NAME)
+    loaded = _load_valid(ca_paths, now)
+    if loaded is None:
+        ca_cert, ca_key = _issue_ca(now)
+        _store(ca_paths, ca_cert, ca_key)
+    else:
+        ca_cert, ca_key = loaded
+    for name in dict.fromkeys(names):
+        if name == CA_NAME:
+            raise ValueError(f"identity name {CA_NAME!r} is reserved for the certificate authority")
+        paths = pki.identity(name)
+        leaf = _load_valid(paths, now)
+        if leaf is None or not _issued_by(leaf[0], ca_cert):
+            cert, key = _issue_leaf(name, ca_cert, ca_key, now)
+            _store(paths, cert, key)
+    return pki
+
+
+def _load_valid(paths: CertPaths, now: dt.datetime) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None:
+    """Load a cert and its key, or None if either is missing, unreadable, mismatched or expiring."""
+    try:
+        cert = x509.load_pem_x509_certificate(paths.cert.read_bytes())
+        key = serialization.load_pem_private_key(paths.key.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError):
+        return None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        return None
+    if cert.public_key() != key.public_key():
+        return None
+    if cert.not_valid_after_utc - RENEW_BEFORE <= now or cert.not_valid_before_utc > now + _CLOCK_SKEW:
+        return None
+    return cert, key
+
+
+def _issued_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
+def _issue_ca(now: dt.datetime) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CA_COMMON_NAME)])
+    public_key = key.public_key()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _CLOCK_SKEW)
+        .not_valid_after(now + CA_VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def _issue_leaf(
+    name: str, ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, now: dt.datetime
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    public_key = key.public_key()
+    san = x509.SubjectAlternativeName(
+        [
+            x509.DNSName("localhost"),
+            *([x509.DNSName(name)] if name != "localhost" else []),
+            x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
+            x509.IPAddress(ipaddress.IPv6Address("::1")),
+        ]
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _CLOCK_SKEW)
+        .not_valid_after(min(now + LEAF_VALIDITY, ca_cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=True,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+        .add_extension(san, critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def _store(paths: CertPaths, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
+    """Write the key before the cert so a crash between the two is detected as a mismatch."""
+    key_pem = key.private_bytes(
+        encoding=serialization.Encoding.PEM,
+        format=serialization.PrivateFormat.PKCS8,
+        encryption_algorithm=serialization.NoEncryption(),
+    )
+    write_private_file(paths.key, key_pem)
+    write_private_file(paths.cert, cert.public_bytes(serialization.Encoding.PEM))

@@ -1,0 +1,291 @@
+"""The service runner: one composition of NATS, the gRPC server, health, reflection and drain.
+
+Every service's `__main__` calls `run_service`; tests call `serve` with the same arguments and
+real servers on free ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import logging
+import signal
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from parley.fleet.v1.fleet_pb2 import Distribution, InstanceHeartbeat
+
+from parley_core import telemetry
+from parley_core.bus import EventBus
+from parley_core.config import Settings
+from parley_core.errors import DomainError, status_for
+from parley_core.logs import configure_logging
+from parley_core.nats_connect import connect_nats
+from parley_core.natsconf import ensure_nats_passwords
+from parley_core.pki import Pki, ensure_pki
+from parley_core.tokens import TokenVerifier, follow_signing_keys
+from parley_core.topology import GRPC_CALLERS, STREAMS, heartbeat_subject
+
+log = logging.getLogger(__name__)
+
+
+class ServiceApp(Protocol):
+    """What a service plugs into the runner."""
+
+    async def start(self, ctx: RunContext) -> None:
+        """Register servicers on ctx.server and start projections and consumers."""
+
+    async def stop(self) -> None:
+        """Release what start() took, after the gRPC server has drained."""
+
+
+@dataclass
+class RunContext:
+    settings: Settings
+    service: str
+    version: str
+    bus: EventBus
+    pki: Pki
+    server: grpc.aio.Server
+    health: HealthServicer
+    tokens: TokenVerifier
+    service_names: list[str] = field(default_factory=list)
+    _channels: list[grpc.aio.Channel] = field(default_factory=list)
+
+    def add_service_name(self, full_name: str) -> None:
+        self.service_names.append(full_name)
+
+    def channel_to(self, address: str, peer: str) -> grpc.aio.Channel:
+        """A mutual-TLS channel to `peer`, whose certificate must name it."""
+        channel = secure_channel(self.pki, identity=self.service, address=address, peer=peer)
+        self._channels.append(channel)
+        return channel
+
+    async def close_channels(self) -> None:
+        for channel in self._channels:
+            await channel.close()
+
+
+def secure_channel(pki: Pki, *, identity: str, address: str, peer: str) -> grpc.aio.Channel:
+    cert, key = pki.read(identity)
+    credentials = grpc.ssl_channel_credentials(root_certificates=pki.ca_pem(), private_key=key, certificate_chain=cert)
+    # Verify the server's certificate names the service we mean to reach, whatever the address.
+    options = [("grpc.ssl_target_name_override", peer)]
+    return grpc.aio.secure_channel(address, credentials, options=options, interceptors=telemetry.client_interceptors())
+
+
+def installed_distributions() -> list[Distribution]:
+    seen: dict[str, str] = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        if name:
+            seen[name.lower()] = dist.version
+    return [Distribution(name=n, version=v) for n, v in sorted(seen.items())]
+
+
+class CallerCheckAndErrors(grpc.aio.ServerInterceptor):
+    """Refuses peers not allowed to call this service and maps errors to one gRPC status each.
+
+    Domain errors keep their message; anything unexpected becomes INTERNAL with a reference
+    that points to the log line, never a stack trace to the client.
+    """
+
+    def __init__(self, allowed_peers: tuple[str, ...] | None) -> None:
+        self._allowed = allowed_peers
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method  # type: ignore[attr-defined]
+        allowed = self._allowed
+
+        def check_peer(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+            if allowed is None or method.startswith("/grpc.health.v1.Health/") or method.startswith("/grpc.reflection."):
+                return None
+            names = {n.decode() for n in context.auth_context().get("x509_common_name", [])}
+            if not names & set(allowed):
+                return f"peer {sorted(names) or 'without certificate'} may not call {method}"
+            return None
+
+        async def fail(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
+            if isinstance(exc, DomainError):
+                await context.abort(status_for(exc), str(exc))
+            if isinstance(exc, grpc.aio.AioRpcError):
+                # A downstream refusal passes through with its own status and message.
+                await context.abort(exc.code(), exc.details() or exc.code().name)
+            ref = uuid.uuid4().hex[:12]
+            log.error("unhandled error in %s (ref %s)", method, ref, exc_info=exc)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error (reference {ref})")
+
+        if handler.unary_unary is not None:
+            inner_unary = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                if (problem := check_peer(context)) is not None:
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, problem)
+                try:
+                    return await inner_unary(request, context)
+                except (grpc.aio.AbortError, asyncio.CancelledError):
+                    raise
+                except Exception as exc:
+                    await fail(context, exc)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+            )
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                if (problem := check_peer(context)) is not None:
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, problem)
+                try:
+                    async for item in inner_stream(request, context):
+                        yield item
+                except (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit):
+                    raise
+                except Exception as exc:
+                    await fail(context, exc)
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+            )
+        return handler
+
+
+def _server_credentials(pki: Pki, service: str, *, client_facing: bool) -> grpc.ServerCredentials:
+    cert, key = pki.read(service)
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=None if client_facing else pki.ca_pem(), require_client_auth=not client_facing
+    )
+
+
+async def _heartbeats(ctx: RunContext, stop: asyncio.Event) -> None:
+    distributions = installed_distributions()
+    subject = heartbeat_subject(ctx.service, ctx.settings.instance_id)
+    while True:
+        serving = not stop.is_set()
+        sent = Timestamp()
+        sent.GetCurrentTime()
+        beat = InstanceHeartbeat(
+            service=ctx.service,
+            version=ctx.version,
+            instance_id=ctx.settings.instance_id,
+            host=ctx.settings.host_name,
+            health="SERVING" if serving else "NOT_SERVING",
+            distributions=distributions,
+            sent_at=sent,
+        )
+        try:
+            await ctx.bus.nc.publish(subject, beat.SerializeToString())
+        except Exception as exc:  # a missed heartbeat is only a late one
+            log.warning("heartbeat not sent: %s", exc)
+        if not serving:
+            return
+        try:
+            await asyncio.wait_for(stop.wait(), ctx.settings.heartbeat_seconds)
+        except TimeoutError:
+            pass
+
+
+async def serve(
+    app: ServiceApp,
+    *,
+    service: str,
+    settings: Settings,
+    client_facing: bool = False,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[int], None] | None = None,
+) -> int:
+    """Run one service until `stop` is set (or SIGTERM/SIGINT), then drain. Returns the exit code."""
+    version = importlib.metadata.version(f"parley-{service}")
+    stop = stop or asyncio.Event()
+    pki = ensure_pki(settings.pki_dir, [service])
+    password = settings.nats_password or ensure_nats_passwords(settings.nats_passwords_file, [service])[service]
+    telemetry.setup_tracing(
+        service=service,
+        version=version,
+        instance_id=settings.instance_id,
+        exporter=settings.trace_exporter,
+        otlp_endpoint=settings.otlp_endpoint,
+    )
+    nc = await connect_nats(
+        url=settings.nats_url,
+        user=settings.nats_user or service,
+        password=password,
+        ca_cert=pki.ca_cert,
+        name=f"{service}-{settings.instance_id}",
+    )
+    bus = EventBus(nc, service=service, producer=f"{service}@{version}")
+    await bus.ensure_streams(s for s in STREAMS if s.owner in (service, "*"))
+
+    server = grpc.aio.server(
+        interceptors=[*telemetry.server_interceptors(), CallerCheckAndErrors(None if client_facing else GRPC_CALLERS[service])]
+    )
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    tokens = TokenVerifier()
+    ctx = RunContext(settings=settings, service=service, version=version, bus=bus, pki=pki, server=server, health=health, tokens=tokens)
+    keys = await follow_signing_keys(bus, tokens)
+    await app.start(ctx)
+    await keys.wait_caught_up()
+    reflection.enable_server_reflection(
+        [*ctx.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+    )
+    port = server.add_secure_port(
+        f"{settings.listen_host}:{settings.listen_port}", _server_credentials(pki, service, client_facing=client_facing)
+    )
+    await server.start()
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    for name in ctx.service_names:
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving", extra={"port": port, "version": version})
+    if on_ready is not None:
+        on_ready(port)
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass  # not the main thread (tests): the caller sets `stop`
+    heartbeat_task = asyncio.create_task(_heartbeats(ctx, stop))
+    await stop.wait()
+
+    log.info("draining", extra={"grace_seconds": settings.grace_seconds})
+    await health.enter_graceful_shutdown()
+    # Refuses new calls at once; in-flight calls get the grace period to finish.
+    await server.stop(settings.grace_seconds)
+    await app.stop()
+    await bus.stop_consumers()
+    await heartbeat_task
+    await ctx.close_channels()
+    await nc.drain()
+    telemetry.shutdown_tracing()
+    log.info("drained; exiting")
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.remove_signal_handler(sig)
+        except (NotImplementedError, RuntimeError):
+            pass
+    return 0
+
+
+def run_service(app_factory: Callable[[], ServiceApp], *, service: str, client_facing: bool = False) -> None:
+    """Process entry point: settings from the environment, JSON logs, exit code from the drain."""
+    settings = Settings(service=service)
+    configure_logging(service=service, instance_id=settings.instance_id, level=settings.log_level)
+    code = asyncio.run(serve(app_factory(), service=service, settings=settings, client_facing=client_facing))
+    raise SystemExit(code)

@@ -1,0 +1,101 @@
+"""OpenTelemetry tracing across gRPC and NATS.
+
+gRPC calls are traced by the stock instrumentation's interceptors; across NATS the W3C trace
+context travels in message headers (and in the event envelope), so one chat send is one trace
+through gateway, messaging, the bus and storage.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
+
+from parley_core.config import TraceExporter
+
+_provider: TracerProvider | None = None
+
+
+def _span_line(span: ReadableSpan) -> str:
+    """One compact JSON line per span, so span logs can be grepped and parsed."""
+    ctx = span.get_span_context()
+    parent = span.parent
+    return (
+        json.dumps(
+            {
+                "span": span.name,
+                "trace_id": format(ctx.trace_id, "032x") if ctx else "",
+                "span_id": format(ctx.span_id, "016x") if ctx else "",
+                "parent_id": format(parent.span_id, "016x") if parent else "",
+                "service": span.resource.attributes.get("service.name", ""),
+                "start_ns": span.start_time,
+                "end_ns": span.end_time,
+            }
+        )
+        + "\n"
+    )
+
+
+def setup_tracing(*, service: str, version: str, instance_id: str, exporter: TraceExporter, otlp_endpoint: str) -> None:
+    """Install the process-wide tracer provider. `none` still propagates context."""
+    global _provider
+    resource = Resource.create(
+        {"service.name": service, "service.version": version, "service.instance.id": instance_id}
+    )
+    provider = TracerProvider(resource=resource)
+    if exporter == "console":
+        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stdout, formatter=_span_line)))
+    elif exporter == "otlp":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True)))
+    trace.set_tracer_provider(provider)
+    _provider = provider
+
+
+def shutdown_tracing() -> None:
+    if _provider is not None:
+        _provider.shutdown()
+
+
+def tracer(name: str) -> trace.Tracer:
+    return trace.get_tracer(name)
+
+
+def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
+    return [aio_server_interceptor()]
+
+
+def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
+    return list(aio_client_interceptors())
+
+
+def current_trace_headers() -> dict[str, str]:
+    """The current span's W3C context (traceparent, tracestate) for a NATS message."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+@contextmanager
+def continued_from(headers: Mapping[str, str] | None, span_name: str, **attributes: Any) -> Iterator[trace.Span]:
+    """Open a consumer span that continues the trace carried in a NATS message's headers."""
+    parent = propagate.extract(dict(headers or {}))
+    token = otel_context.attach(parent)
+    try:
+        with trace.get_tracer("parley.bus").start_as_current_span(
+            span_name, kind=trace.SpanKind.CONSUMER, attributes=attributes
+        ) as span:
+            yield span
+    finally:
+        otel_context.detach(token)

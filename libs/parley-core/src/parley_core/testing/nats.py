@@ -1,0 +1,115 @@
+"""Pytest fixtures that start a real, TLS-only nats-server with JetStream and Parley's users.
+
+Integration tests talk to the same broker configuration the platform runs, so a permission
+missing from ``topology`` fails a test instead of a deployment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from nats.aio.client import Client
+
+from parley_core import topology
+from parley_core.files import ensure_private_dir
+from parley_core.nats_connect import connect_nats
+from parley_core.nats_process import NatsServerProcess
+from parley_core.natsconf import ensure_nats_passwords, render_server_config
+from parley_core.net import free_port
+from parley_core.pki import Pki, ensure_pki
+
+__all__ = ["NatsTestServer", "nats_server", "pki", "start_nats_test_server"]
+
+NATS_IDENTITY = "nats"
+NATS_USERS: tuple[str, ...] = (*topology.SERVICES, topology.PLATFORM_USER)
+_HOST = "127.0.0.1"
+_START_ATTEMPTS = 3
+
+
+@dataclass
+class NatsTestServer:
+    """A running test broker and a way to connect to it as any Parley user."""
+
+    url: str
+    passwords: dict[str, str]
+    ca_cert: Path
+    process: NatsServerProcess
+    _clients: list[Client] = field(default_factory=list, repr=False)
+
+    async def connect(self, user: str, **kwargs: Any) -> Client:
+        """Connect as ``user``; the client is closed when the test's server stops."""
+        kwargs.setdefault("name", f"test-{user}")
+        client = await connect_nats(
+            url=self.url, user=user, password=self.passwords[user], ca_cert=self.ca_cert, **kwargs
+        )
+        self._clients.append(client)
+        return client
+
+    async def close_clients(self) -> None:
+        """Close clients first so none of them keeps reconnecting to a stopped server."""
+        clients, self._clients = self._clients, []
+        for client in clients:
+            if not client.is_closed:
+                await client.close()
+
+
+async def start_nats_test_server(pki: Pki, directory: Path) -> NatsTestServer:
+    """Start a broker with its config, passwords, JetStream store and log under ``directory``.
+
+    The free port is only reserved until nats-server binds it, so a start that loses the race
+    to another process is retried on a new port.
+    """
+    ensure_private_dir(directory)
+    passwords = ensure_nats_passwords(directory / "passwords.json", NATS_USERS)
+    tls = pki.identity(NATS_IDENTITY)
+    error: RuntimeError | None = None
+    for attempt in range(_START_ATTEMPTS):
+        port = free_port(_HOST)
+        config_path = directory / "nats.conf"
+        config_path.write_text(
+            render_server_config(
+                host=_HOST,
+                port=port,
+                store_dir=directory / "jetstream",
+                tls_cert=tls.cert,
+                tls_key=tls.key,
+                ca_cert=pki.ca_cert,
+                passwords=passwords,
+                server_name=f"parley-test-{port}",
+            ),
+            encoding="utf-8",
+        )
+        config_path.chmod(0o600)
+        process = NatsServerProcess(
+            config_path=config_path, host=_HOST, port=port, log_path=directory / f"nats-{attempt}.log"
+        )
+        try:
+            await process.start()
+        except RuntimeError as exc:
+            error = exc
+            continue
+        return NatsTestServer(url=process.url, passwords=passwords, ca_cert=pki.ca_cert, process=process)
+    assert error is not None
+    raise error
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """One CA and certificate per service, the broker and the platform user for the session."""
+    return ensure_pki(tmp_path_factory.mktemp("pki"), [*topology.SERVICES, NATS_IDENTITY, topology.PLATFORM_USER])
+
+
+@pytest_asyncio.fixture
+async def nats_server(pki: Pki, tmp_path: Path) -> AsyncIterator[NatsTestServer]:
+    """A fresh broker with an empty JetStream store for each test."""
+    server = await start_nats_test_server(pki, tmp_path / "nats")
+    try:
+        yield server
+    finally:
+        await server.close_clients()
+        await server.process.stop()

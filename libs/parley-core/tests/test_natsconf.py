@@ -1,0 +1,75 @@
+"""Broker configuration: passwords survive restarts, and the rendered config is what the server reads."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from parley_core import topology
+from parley_core.nats_process import NatsServerProcess
+from parley_core.natsconf import _quote, ensure_nats_passwords, render_server_config
+from parley_core.net import free_port
+from parley_core.pki import Pki
+
+USERS = (*topology.SERVICES, topology.PLATFORM_USER)
+
+
+def test_passwords_are_generated_once_and_kept(tmp_path: Path) -> None:
+    path = tmp_path / "secrets" / "nats-passwords.json"
+    first = ensure_nats_passwords(path, ["auth"])
+    content = path.read_bytes()
+
+    assert ensure_nats_passwords(path, ["auth"]) == first
+    assert path.read_bytes() == content
+    both = ensure_nats_passwords(path, ["auth", "storage"])
+
+    assert both["auth"] == first["auth"]
+    assert len(both["storage"]) >= 32
+    assert json.loads(path.read_text()) == both
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_quoting_keeps_subjects_literal() -> None:
+    assert _quote("$JS.API.>") == '"$JS.API.>"'
+    assert _quote('a"b\\c\nd\x01') == '"a\\"b\\\\c\\nd\\x01"'
+
+
+def test_config_requires_every_user(tmp_path: Path) -> None:
+    with pytest.raises(KeyError, match="storage"):
+        render_server_config(
+            host="127.0.0.1",
+            port=1,
+            store_dir=tmp_path,
+            tls_cert=tmp_path / "c",
+            tls_key=tmp_path / "k",
+            ca_cert=tmp_path / "ca",
+            passwords={u: "x" for u in USERS if u != "storage"},
+        )
+
+
+@pytest.mark.asyncio
+async def test_server_accepts_config_with_store_encryption(pki: Pki, tmp_path: Path) -> None:
+    """nats-server's own parser is the judge of the quoting; `-t` would not start JetStream."""
+    port = free_port()
+    tls = pki.identity("nats")
+    config = tmp_path / "nats.conf"
+    config.write_text(
+        render_server_config(
+            host="127.0.0.1",
+            port=port,
+            store_dir=tmp_path / "store with space",
+            tls_cert=tls.cert,
+            tls_key=tls.key,
+            ca_cert=pki.ca_cert,
+            passwords=dict.fromkeys(USERS, 'pa$$ "word"'),
+            store_cipher_key="s3cret$key",
+        )
+    )
+    async with NatsServerProcess(config_path=config, host="127.0.0.1", port=port, log_path=tmp_path / "n.log"):
+        pass
+    log = (tmp_path / "n.log").read_text()
+    assert "Encryption:" in log
+    assert "ChaCha20-Poly1305" in log

@@ -1,0 +1,54 @@
+"""Access tokens: EdDSA (Ed25519) JWTs through PyJWT, with a key id per signing key."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from pathlib import Path
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from parley_core.files import write_private_file
+from parley_core.tokens import ALGORITHM, AUDIENCE, ISSUER
+
+ACCESS_TOKEN_SECONDS = 15 * 60
+
+
+class TokenIssuer:
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+        self._key = private_key
+        self.public_key = private_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        self.key_id = hashlib.sha256(self.public_key).hexdigest()[:16]
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> TokenIssuer:
+        if path.exists():
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            if not isinstance(key, Ed25519PrivateKey):
+                raise ValueError(f"{path} does not hold an Ed25519 private key")
+            return cls(key)
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_private_file(path, pem)
+        return cls(key)
+
+    def issue(self, *, user_id: str, username: str, role: str) -> tuple[str, int]:
+        now = int(time.time())
+        expires = now + ACCESS_TOKEN_SECONDS
+        claims = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": user_id,
+            "name": username,
+            "role": role,
+            "iat": now,
+            "exp": expires,
+            "jti": uuid.uuid4().hex,
+        }
+        token = jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"kid": self.key_id})
+        return token, expires

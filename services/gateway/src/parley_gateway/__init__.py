@@ -1,0 +1,1 @@
+"""Parley's gateway: the only client-facing gRPC surface."""

@@ -1,0 +1,164 @@
+"""The gateway: verifies the caller, forwards to the owning service, streams live events.
+
+Internal calls carry the caller's own token (each service checks it again: the gateway is not
+the only gate) and the client's remaining deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import grpc
+from parley.auth.v1 import auth_pb2, auth_pb2_grpc
+from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
+from parley.messaging.v1.events_pb2 import MessagePosted
+from parley.storage.v1 import storage_pb2, storage_pb2_grpc
+from parley_core.bus import ReceivedEvent, Replay
+from parley_core.envelope import open_payload
+from parley_core.errors import InvalidArgument, PermissionDenied, ResourceExhausted
+from parley_core.runner import RunContext
+from parley_core.topology import channel_subject
+
+# Events buffered per live stream before the client is told to resync from history.
+LIVE_BUFFER = 1000
+DEFAULT_DEADLINE_S = 10.0
+
+Context = grpc.aio.ServicerContext[object, object]
+
+
+def forwarded(context: Context) -> dict[str, object]:
+    """Metadata and deadline for an internal call made on behalf of this client call."""
+    metadata = [(k, v) for k, v in context.invocation_metadata() or () if k == "authorization"]
+    remaining = context.time_remaining()
+    timeout = DEFAULT_DEADLINE_S if remaining is None else max(0.0, min(remaining, 60.0))
+    return {"metadata": metadata, "timeout": timeout}
+
+
+class Overflow(Exception):
+    pass
+
+
+class GatewayApp(gateway_pb2_grpc.GatewayServicer):
+    def __init__(self) -> None:
+        self._ctx: RunContext | None = None
+        self._auth: auth_pb2_grpc.AuthServiceStub | None = None
+        self._messaging: messaging_pb2_grpc.MessagingServiceStub | None = None
+        self._storage: storage_pb2_grpc.StorageServiceStub | None = None
+        self._streams: set[asyncio.Task[object]] = set()
+
+    async def start(self, ctx: RunContext) -> None:
+        self._ctx = ctx
+        s = ctx.settings
+        self._auth = auth_pb2_grpc.AuthServiceStub(ctx.channel_to(s.auth_addr, "auth"))
+        self._messaging = messaging_pb2_grpc.MessagingServiceStub(ctx.channel_to(s.messaging_addr, "messaging"))
+        self._storage = storage_pb2_grpc.StorageServiceStub(ctx.channel_to(s.storage_addr, "storage"))
+        gateway_pb2_grpc.add_GatewayServicer_to_server(self, ctx.server)
+        ctx.add_service_name(gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name)
+
+    async def stop(self) -> None:
+        pass
+
+    def _authenticate(self, context: Context) -> str:
+        assert self._ctx is not None
+        return self._ctx.tokens.caller(context).user_id
+
+    async def Register(self, request: auth_pb2.RegisterRequest, context: Context) -> auth_pb2.RegisterResponse:
+        assert self._auth is not None
+        return await self._auth.Register(request, **forwarded(context))  # type: ignore[arg-type]
+
+    async def Login(self, request: auth_pb2.LoginRequest, context: Context) -> auth_pb2.LoginResponse:
+        assert self._auth is not None
+        return await self._auth.Login(request, **forwarded(context))  # type: ignore[arg-type]
+
+    async def CreateChannel(
+        self, request: messaging_pb2.CreateChannelRequest, context: Context
+    ) -> messaging_pb2.Channel:
+        assert self._messaging is not None
+        self._authenticate(context)
+        return await self._messaging.CreateChannel(request, **forwarded(context))  # type: ignore[arg-type]
+
+    async def JoinChannel(self, request: messaging_pb2.JoinChannelRequest, context: Context) -> messaging_pb2.Channel:
+        assert self._messaging is not None
+        self._authenticate(context)
+        return await self._messaging.JoinChannel(request, **forwarded(context))  # type: ignore[arg-type]
+
+    async def ListMyChannels(
+        self, request: messaging_pb2.ListMyChannelsRequest, context: Context
+    ) -> messaging_pb2.ListMyChannelsResponse:
+        assert self._messaging is not None
+        self._authenticate(context)
+        return await self._messaging.ListMyChannels(request, **forwarded(context))  # type: ignore[arg-type]
+
+    async def SendMessage(self, request: messaging_pb2.PostMessageRequest, context: Context) -> messaging_pb2.ChatMessage:
+        assert self._messaging is not None
+        self._authenticate(context)
+        return await self._messaging.PostMessage(request, **forwarded(context))  # type: ignore[arg-type]
+
+    async def GetHistory(
+        self, request: storage_pb2.GetChannelHistoryRequest, context: Context
+    ) -> storage_pb2.GetChannelHistoryResponse:
+        assert self._storage is not None
+        self._authenticate(context)
+        return await self._storage.GetChannelHistory(request, **forwarded(context))  # type: ignore[arg-type]
+
+    async def Subscribe(
+        self, request: gateway_pb2.SubscribeRequest, context: Context
+    ) -> AsyncIterator[gateway_pb2.ClientEvent]:
+        assert self._ctx is not None and self._messaging is not None
+        self._authenticate(context)
+        mine = await self._messaging.ListMyChannels(messaging_pb2.ListMyChannelsRequest(), **forwarded(context))  # type: ignore[arg-type]
+        my_ids = {c.channel_id for c in mine.channels}
+        wanted = list(dict.fromkeys(request.channel_ids)) or sorted(my_ids)
+        if len(wanted) > 500:
+            raise InvalidArgument("at most 500 channels per live stream")
+        if not_mine := [c for c in wanted if c not in my_ids]:
+            raise PermissionDenied(f"not a member of channel(s): {', '.join(not_mine[:5])}")
+
+        queue: asyncio.Queue[gateway_pb2.ClientEvent | Overflow] = asyncio.Queue(maxsize=LIVE_BUFFER + 1)
+
+        async def deliver(event: ReceivedEvent) -> None:
+            payload = open_payload(event.envelope)
+            if not isinstance(payload, MessagePosted):
+                return
+            item = gateway_pb2.ClientEvent(
+                message=messaging_pb2.ChatMessage(
+                    channel_id=payload.channel_id,
+                    message_id=payload.message_id,
+                    sender_id=payload.sender_id,
+                    sender_name=payload.sender_name,
+                    channel_seq=payload.channel_seq,
+                    body=payload.body,
+                    sent_at=payload.sent_at,
+                )
+            )
+            if queue.qsize() >= LIVE_BUFFER:
+                # A client this far behind gets told to resync rather than growing our memory.
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.put_nowait(Overflow())
+                return
+            queue.put_nowait(item)
+
+        replays: list[Replay] = []
+        try:
+            for channel_id in wanted:
+                replays.append(
+                    await self._ctx.bus.replay(
+                        stream="MSG",
+                        filter_subject=channel_subject(channel_id),
+                        handler=deliver,
+                        only_new=True,
+                        stop_with_service=False,
+                    )
+                )
+            yield gateway_pb2.ClientEvent(ready=gateway_pb2.Ready(channel_ids=wanted))
+            while True:
+                item = await queue.get()
+                if isinstance(item, Overflow):
+                    raise ResourceExhausted("live stream fell too far behind; reload history and subscribe again")
+                yield item
+        finally:
+            for replay in replays:
+                await replay.stop()

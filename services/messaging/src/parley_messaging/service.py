@@ -1,0 +1,200 @@
+"""The messaging service's composition: channel projection, commands and the gRPC servicer."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import defaultdict
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
+from parley.messaging.v1.events_pb2 import ChannelCreated, MemberJoined, MessagePosted
+from parley_core.bus import ConcurrencyConflict, ReceivedEvent, Replay
+from parley_core.envelope import NewEvent, open_payload
+from parley_core.errors import InvalidArgument, Unavailable
+from parley_core.runner import RunContext
+from parley_core.topology import CHANNELS_FILTER, channel_subject
+
+from parley_messaging.domain import (
+    Channel,
+    ChannelDirectory,
+    PostedMessage,
+    send_event_id,
+    validate_body,
+    validate_channel_name,
+    validate_idempotency_key,
+)
+
+APPEND_ATTEMPTS = 5
+
+
+def to_proto(message: PostedMessage) -> messaging_pb2.ChatMessage:
+    sent = Timestamp()
+    sent.FromNanoseconds(message.sent_at_unix_ns)
+    return messaging_pb2.ChatMessage(
+        channel_id=message.channel_id,
+        message_id=message.message_id,
+        sender_id=message.sender_id,
+        sender_name=message.sender_name,
+        channel_seq=message.channel_seq,
+        body=message.body,
+        sent_at=sent,
+    )
+
+
+def channel_proto(channel: Channel) -> messaging_pb2.Channel:
+    return messaging_pb2.Channel(
+        channel_id=channel.channel_id, name=channel.name, member_ids=sorted(channel.members), last_seq=channel.last_seq
+    )
+
+
+class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
+    def __init__(self) -> None:
+        self.channels = ChannelDirectory()
+        self._ctx: RunContext | None = None
+        self._replay: Replay | None = None
+        # One writer per channel inside this instance; across instances the stream's
+        # expected-sequence check settles races.
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    async def start(self, ctx: RunContext) -> None:
+        self._ctx = ctx
+        self._replay = await ctx.bus.replay(stream="MSG", filter_subject=CHANNELS_FILTER, handler=self._apply)
+        await self._replay.wait_caught_up()
+        messaging_pb2_grpc.add_MessagingServiceServicer_to_server(self, ctx.server)
+        ctx.add_service_name(messaging_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name)
+
+    async def stop(self) -> None:
+        pass
+
+    async def _apply(self, event: ReceivedEvent) -> None:
+        payload = open_payload(event.envelope)
+        if isinstance(payload, ChannelCreated):
+            self.channels.create(payload.channel_id, payload.name, payload.creator_id, event.stream_seq)
+            return
+        channel = self.channels.get(event.envelope.aggregate_id)
+        channel.last_stream_seq = event.stream_seq
+        channel.version += 1
+        if isinstance(payload, MemberJoined):
+            channel.members.add(payload.user_id)
+        elif isinstance(payload, MessagePosted):
+            posted = PostedMessage(
+                channel_id=payload.channel_id,
+                message_id=payload.message_id,
+                sender_id=payload.sender_id,
+                sender_name=payload.sender_name,
+                channel_seq=payload.channel_seq,
+                body=payload.body,
+                sent_at_unix_ns=payload.sent_at.ToNanoseconds(),
+            )
+            channel.last_seq = payload.channel_seq
+            channel.sends[(payload.sender_id, payload.idempotency_key)] = posted
+
+    async def _append(self, event: NewEvent, *, after: Channel | None) -> None:
+        """Append to a channel as it was read (`after`), or create it (`after=None`)."""
+        assert self._ctx is not None and self._replay is not None
+        appended = await self._ctx.bus.append(
+            channel_subject(event.aggregate_id),
+            event,
+            aggregate_version=after.version + 1 if after else 1,
+            expected_last_subject_seq=after.last_stream_seq if after else 0,
+        )
+        await self._replay.wait_for_seq(appended.stream_seq)
+
+    async def _settle(self) -> None:
+        """After a lost race, let the projection catch up with the stream before deciding again."""
+        assert self._ctx is not None and self._replay is not None
+        info = await self._ctx.bus.js.stream_info("MSG")
+        await self._replay.wait_for_seq(info.state.last_seq)
+
+    async def CreateChannel(
+        self, request: messaging_pb2.CreateChannelRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.Channel:
+        assert self._ctx is not None
+        caller = self._ctx.tokens.caller(context)
+        name = validate_channel_name(request.name)
+        channel_id = uuid.uuid4().hex
+        event = NewEvent(
+            aggregate_type="channel",
+            aggregate_id=channel_id,
+            payload=ChannelCreated(channel_id=channel_id, name=name, creator_id=caller.user_id),
+            actor=caller.user_id,
+        )
+        await self._append(event, after=None)
+        return channel_proto(self.channels.get(channel_id))
+
+    async def JoinChannel(
+        self, request: messaging_pb2.JoinChannelRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.Channel:
+        assert self._ctx is not None
+        caller = self._ctx.tokens.caller(context)
+        if not request.channel_id:
+            raise InvalidArgument("channel_id is required")
+        async with self._locks[request.channel_id]:
+            for _ in range(APPEND_ATTEMPTS):
+                channel = self.channels.get(request.channel_id)
+                if caller.user_id in channel.members:
+                    return channel_proto(channel)
+                event = NewEvent(
+                    aggregate_type="channel",
+                    aggregate_id=channel.channel_id,
+                    payload=MemberJoined(channel_id=channel.channel_id, user_id=caller.user_id),
+                    actor=caller.user_id,
+                )
+                try:
+                    await self._append(event, after=channel)
+                    return channel_proto(self.channels.get(channel.channel_id))
+                except ConcurrencyConflict:
+                    await self._settle()
+        raise Unavailable("the channel is changing too fast; try again")
+
+    async def ListMyChannels(
+        self, request: messaging_pb2.ListMyChannelsRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.ListMyChannelsResponse:
+        assert self._ctx is not None
+        caller = self._ctx.tokens.caller(context)
+        channels = sorted(self.channels.of_member(caller.user_id), key=lambda c: c.name)
+        return messaging_pb2.ListMyChannelsResponse(channels=[channel_proto(c) for c in channels])
+
+    async def PostMessage(
+        self, request: messaging_pb2.PostMessageRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.ChatMessage:
+        assert self._ctx is not None
+        caller = self._ctx.tokens.caller(context)
+        if not request.channel_id:
+            raise InvalidArgument("channel_id is required")
+        body = validate_body(request.body)
+        key = validate_idempotency_key(request.idempotency_key)
+        async with self._locks[request.channel_id]:
+            for _ in range(APPEND_ATTEMPTS):
+                channel = self.channels.get(request.channel_id)
+                channel.require_member(caller.user_id)
+                if (earlier := channel.sends.get((caller.user_id, key))) is not None:
+                    return to_proto(earlier)
+                sent = Timestamp()
+                sent.GetCurrentTime()
+                message_id = uuid.uuid4().hex
+                event = NewEvent(
+                    aggregate_type="channel",
+                    aggregate_id=channel.channel_id,
+                    payload=MessagePosted(
+                        channel_id=channel.channel_id,
+                        message_id=message_id,
+                        sender_id=caller.user_id,
+                        sender_name=caller.username,
+                        channel_seq=channel.last_seq + 1,
+                        body=body,
+                        idempotency_key=key,
+                        sent_at=sent,
+                    ),
+                    actor=caller.user_id,
+                    event_id=send_event_id(channel.channel_id, caller.user_id, key),
+                )
+                try:
+                    await self._append(event, after=channel)
+                except ConcurrencyConflict:
+                    await self._settle()
+                    continue
+                return to_proto(self.channels.get(channel.channel_id).sends[(caller.user_id, key)])
+        raise Unavailable("the channel is changing too fast; try again")

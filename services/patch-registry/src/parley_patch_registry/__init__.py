@@ -1,0 +1,1 @@
+"""Parley's patch registry (this release: the live fleet view)."""

@@ -1,0 +1,189 @@
+"""SqlEventArchive: exactly-once archiving of bus events and the queries served from them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from parley.messaging.v1.events_pb2 import ChannelCreated, MemberJoined, MessagePosted
+from parley_core import telemetry
+from parley_core.bus import ReceivedEvent
+from parley_core.envelope import UnknownEventType, open_payload
+from sqlalchemy import Connection, Engine, create_engine, event, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from parley_storage.schema import channel_members, channel_messages, consumer_positions, events, metadata
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    channel_id: str
+    channel_seq: int
+    message_id: str
+    sender_id: str
+    sender_name: str
+    body: str
+    sent_at_ns: int
+
+
+def open_engine(url: str) -> Engine:
+    engine = create_engine(url, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
+            cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+            # WAL lets history reads run while a batch is written; FULL sync makes a commit durable.
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA busy_timeout=5000")
+            cursor.close()
+
+    return engine
+
+
+class SqlEventArchive:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def create_schema(self) -> None:
+        metadata.create_all(self.engine)
+
+    async def run(self, name: str, work: Callable[[Connection], T]) -> T:
+        """Run one named transaction in a worker thread; the name shows in traces and slow logs."""
+
+        def transaction() -> T:
+            started = time.perf_counter()
+            with self.engine.begin() as conn:
+                result = work(conn)
+            elapsed = time.perf_counter() - started
+            if elapsed > 0.5:
+                log.warning("slow transaction", extra={"transaction": name, "seconds": round(elapsed, 3)})
+            return result
+
+        with telemetry.tracer(__name__).start_as_current_span(f"sql {name}"):
+            return await asyncio.to_thread(transaction)
+
+    def _insert_ignoring_duplicates(self, conn: Connection, table: object, row: dict[str, object]) -> None:
+        dialect = conn.dialect.name
+        if dialect == "sqlite":
+            conn.execute(sqlite.insert(table).values(**row).on_conflict_do_nothing())  # type: ignore[arg-type]
+        elif dialect == "postgresql":
+            conn.execute(postgresql.insert(table).values(**row).on_conflict_do_nothing())  # type: ignore[arg-type]
+        else:
+            conn.execute(insert(table).values(**row))  # type: ignore[arg-type]
+
+    async def archive(self, consumer: str, batch: Sequence[ReceivedEvent]) -> int:
+        """Store a batch once: events at or below the consumer's recorded position are skipped."""
+
+        def work(conn: Connection) -> int:
+            stream = batch[0].stream
+            position = conn.execute(
+                select(consumer_positions.c.last_seq).where(consumer_positions.c.consumer == consumer)
+            ).scalar_one_or_none()
+            last = position or 0
+            stored = 0
+            for item in sorted(batch, key=lambda e: e.stream_seq):
+                if item.stream_seq <= last:
+                    continue  # redelivered: already archived in an earlier transaction
+                with telemetry.continued_from(item.headers, f"archive {item.envelope.event_type}", subject=item.subject):
+                    self._store(conn, item)
+                last = item.stream_seq
+                stored += 1
+            if position is None:
+                conn.execute(insert(consumer_positions).values(consumer=consumer, stream=stream, last_seq=last))
+            elif last != position:
+                conn.execute(
+                    update(consumer_positions).where(consumer_positions.c.consumer == consumer).values(last_seq=last)
+                )
+            return stored
+
+        return await self.run("archive_batch", work)
+
+    def _store(self, conn: Connection, item: ReceivedEvent) -> None:
+        env = item.envelope
+        conn.execute(
+            insert(events).values(
+                stream=item.stream,
+                stream_seq=item.stream_seq,
+                subject=item.subject,
+                event_id=env.event_id,
+                event_type=env.event_type,
+                schema_version=env.schema_version,
+                aggregate_type=env.aggregate_type,
+                aggregate_id=env.aggregate_id,
+                aggregate_version=env.aggregate_version,
+                occurred_at_ns=env.occurred_at.ToNanoseconds(),
+                actor=env.actor,
+                producer=env.producer,
+                envelope=env.SerializeToString(),
+            )
+        )
+        try:
+            payload = open_payload(env)
+        except UnknownEventType:
+            return  # archived verbatim; a newer reader will project it
+        if isinstance(payload, MessagePosted):
+            self._insert_ignoring_duplicates(
+                conn,
+                channel_messages,
+                {
+                    "channel_id": payload.channel_id,
+                    "channel_seq": payload.channel_seq,
+                    "message_id": payload.message_id,
+                    "sender_id": payload.sender_id,
+                    "sender_name": payload.sender_name,
+                    "body": payload.body,
+                    "sent_at_ns": payload.sent_at.ToNanoseconds(),
+                },
+            )
+        elif isinstance(payload, ChannelCreated):
+            self._insert_ignoring_duplicates(
+                conn, channel_members, {"channel_id": payload.channel_id, "user_id": payload.creator_id}
+            )
+        elif isinstance(payload, MemberJoined):
+            self._insert_ignoring_duplicates(
+                conn, channel_members, {"channel_id": payload.channel_id, "user_id": payload.user_id}
+            )
+
+    async def is_member(self, channel_id: str, user_id: str) -> bool:
+        def work(conn: Connection) -> bool:
+            row = conn.execute(
+                select(channel_members.c.user_id).where(
+                    channel_members.c.channel_id == channel_id, channel_members.c.user_id == user_id
+                )
+            ).first()
+            return row is not None
+
+        return await self.run("is_member", work)
+
+    async def channel_history(self, channel_id: str, *, after_seq: int, limit: int) -> tuple[list[StoredMessage], bool]:
+        def work(conn: Connection) -> tuple[list[StoredMessage], bool]:
+            rows = conn.execute(
+                select(channel_messages)
+                .where(channel_messages.c.channel_id == channel_id, channel_messages.c.channel_seq > after_seq)
+                .order_by(channel_messages.c.channel_seq)
+                .limit(limit + 1)
+            ).all()
+            messages = [
+                StoredMessage(
+                    r.channel_id, r.channel_seq, r.message_id, r.sender_id, r.sender_name, r.body, r.sent_at_ns
+                )
+                for r in rows[:limit]
+            ]
+            return messages, len(rows) > limit
+
+        return await self.run("channel_history", work)
+
+    async def count_events(self, stream: str) -> int:
+        def work(conn: Connection) -> int:
+            return len(conn.execute(select(events.c.id).where(events.c.stream == stream)).all())
+
+        return await self.run("count_events", work)
