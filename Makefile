@@ -34,7 +34,8 @@ test-fast: venv
 
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/mypy libs/parley-core/src libs/parley-client/src libs/parley-cli/src services/*/src scripts
+	$(BIN)/mypy
+	$(BIN)/mypy scripts/gen_protos.py
 
 proto: venv
 	$(BIN)/python scripts/gen_protos.py

@@ -7,6 +7,7 @@ import sys
 from datetime import datetime
 
 from parley.messaging.v1.messaging_pb2 import ChatMessage
+
 from parley_client import ParleyClient, ParleyError
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
+
 from parley_core.pki import Pki
 from parley_core.runner import secure_channel
 from parley_core.topology import PLATFORM_USER
@@ -13,8 +14,12 @@ async def check_health(pki: Pki, *, service: str, address: str, timeout: float =
     """SERVING, NOT_SERVING, or UNREACHABLE when nothing answers."""
     channel = secure_channel(pki, identity=PLATFORM_USER, address=address, peer=service)
     try:
-        stub = health_pb2_grpc.HealthStub(channel)
-        response = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        response = await check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
     except grpc.aio.AioRpcError as exc:
         if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):

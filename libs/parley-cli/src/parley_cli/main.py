@@ -10,10 +10,9 @@ import os
 import sys
 from pathlib import Path
 
-from parley_client import ClientConfig, ParleyClient, ParleyError
-
 from parley_cli import chat
 from parley_cli.health import check_health
+from parley_client import ClientConfig, ParleyClient, ParleyError
 
 
 def _password(args: argparse.Namespace) -> str:
@@ -34,7 +33,8 @@ def _client(args: argparse.Namespace) -> ParleyClient:
 
 
 def _token_path(args: argparse.Namespace, user: str) -> Path:
-    return args.data_dir / "cli" / f"{user.casefold()}.json"
+    data_dir: Path = args.data_dir
+    return data_dir / "cli" / f"{user.casefold()}.json"
 
 
 async def _login_as(args: argparse.Namespace, client: ParleyClient) -> None:
@@ -70,6 +70,18 @@ async def cmd_status(args: argparse.Namespace) -> int:
         print(f"{name:<16}{info['address']:<22}{status}")
     print("platform: " + ("healthy" if healthy else "UNHEALTHY"))
     return 0 if healthy else 1
+
+
+async def cmd_parked(args: argparse.Namespace) -> int:
+    from parley_cli.parked import list_parked
+
+    events = await list_parked(args.data_dir)
+    if not events:
+        print("no parked events")
+        return 0
+    for e in events:
+        print(f"#{e.seq} {e.original_stream}:{e.original_seq} {e.original_subject} consumer={e.consumer} reason={e.reason}")
+    return 0
 
 
 async def cmd_register(args: argparse.Namespace) -> int:
@@ -111,7 +123,9 @@ async def cmd_channels(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         await _login_as(args, client)
         for channel in await client.my_channels():
-            print(f"{channel.channel_id}  #{channel.name}  members={len(channel.member_ids)}  messages={channel.last_seq}")
+            print(
+                f"{channel.channel_id}  #{channel.name}  members={len(channel.member_ids)}  messages={channel.last_seq}"
+            )
     return 0
 
 
@@ -156,8 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--gateway-port", type=int, help="preferred gateway port (default 7443, or a free one)")
     up.set_defaults(run=cmd_up)
     sub.add_parser("status", help="health of every service").set_defaults(run=cmd_status)
+    sub.add_parser("parked", help="poison events that consumers set aside").set_defaults(run=cmd_parked)
 
-    for name, run, text in (("register", cmd_register, "create an account"), ("login", cmd_login, "log in and keep the token")):
+    for name, run, text in (
+        ("register", cmd_register, "create an account"),
+        ("login", cmd_login, "log in and keep the token"),
+    ):
         p = sub.add_parser(name, help=text + " (password from a prompt, stdin or $PARLEY_PASSWORD)")
         p.add_argument("username")
         p.set_defaults(run=run)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from parley_cli.health import check_health
 from parley_core.bus import EventBus
 from parley_core.files import ensure_private_dir, write_private_file
 from parley_core.nats_connect import connect_nats
@@ -24,11 +25,14 @@ from parley_core.net import free_port
 from parley_core.pki import Pki, ensure_pki
 from parley_core.topology import PLATFORM_USER, SERVICES, STREAMS
 
-from parley_cli.health import check_health
-
 # Start order; the gateway last, so its first client finds everything up. Stop in reverse.
 START_ORDER = ("auth", "messaging", "storage", "patch-registry", "gateway")
-ADDRESS_ENV = {"auth": "AUTH_ADDR", "messaging": "MESSAGING_ADDR", "storage": "STORAGE_ADDR", "patch-registry": "REGISTRY_ADDR"}
+ADDRESS_ENV = {
+    "auth": "AUTH_ADDR",
+    "messaging": "MESSAGING_ADDR",
+    "storage": "STORAGE_ADDR",
+    "patch-registry": "REGISTRY_ADDR",
+}
 DEFAULT_GATEWAY_PORT = 7443
 HEALTH_TIMEOUT_S = 60.0
 RESTART_LIMIT = 5
@@ -74,7 +78,9 @@ class Platform:
 
     def _choose_gateway_port(self) -> int:
         state = self.data_dir / "platform.json"
-        previous = json.loads(state.read_text()).get("services", {}).get("gateway", {}).get("port") if state.exists() else None
+        previous = (
+            json.loads(state.read_text()).get("services", {}).get("gateway", {}).get("port") if state.exists() else None
+        )
         for candidate in (self.requested_gateway_port, previous, DEFAULT_GATEWAY_PORT):
             if candidate and _port_is_free(int(candidate)):
                 return int(candidate)
@@ -103,14 +109,23 @@ class Platform:
         config_path = self.data_dir / "nats" / "nats-server.conf"
         write_private_file(config_path, config.encode())
         self.nats = NatsServerProcess(
-            config_path=config_path, host="127.0.0.1", port=nats_port, log_path=self.data_dir / "logs" / "nats-server.log"
+            config_path=config_path,
+            host="127.0.0.1",
+            port=nats_port,
+            log_path=self.data_dir / "logs" / "nats-server.log",
         )
         await self.nats.start()
-        self.say(f"nats-server with JetStream and TLS on {self.nats.url} (store: {self.data_dir / 'nats' / 'jetstream'})")
+        self.say(
+            f"nats-server with JetStream and TLS on {self.nats.url} (store: {self.data_dir / 'nats' / 'jetstream'})"
+        )
 
         # The platform identity declares every stream once, before any service needs one.
         nc = await connect_nats(
-            url=self.nats.url, user=PLATFORM_USER, password=passwords[PLATFORM_USER], ca_cert=self.pki.ca_cert, name="parley-up"
+            url=self.nats.url,
+            user=PLATFORM_USER,
+            password=passwords[PLATFORM_USER],
+            ca_cert=self.pki.ca_cert,
+            name="parley-up",
         )
         await EventBus(nc, service=PLATFORM_USER, producer="parley-up").ensure_streams(STREAMS)
         await nc.close()
@@ -149,7 +164,7 @@ class Platform:
 
     async def _spawn(self, service: ManagedService) -> None:
         if service.log_file is None:
-            service.log_file = open(service.log_path, "a", buffering=1)  # noqa: SIM115 - kept for the process's life
+            service.log_file = open(service.log_path, "a", buffering=1)  # noqa: SIM115, ASYNC230 - kept for the process's life
             os.chmod(service.log_path, 0o600)
         module = "parley_" + service.name.replace("-", "_")
         # A session of its own: Ctrl-C reaches only `parley up`, which then stops services in order.
@@ -164,12 +179,15 @@ class Platform:
         )
 
     async def _wait_healthy(self, service: ManagedService) -> None:
-        assert self.pki is not None and service.process is not None
+        assert self.pki is not None
+        assert service.process is not None
         deadline = asyncio.get_running_loop().time() + HEALTH_TIMEOUT_S
         delay = 0.05
         while True:
             if service.process.returncode is not None:
-                raise RuntimeError(f"{service.name} exited during start; see {service.log_path}:\n{_tail(service.log_path)}")
+                raise RuntimeError(
+                    f"{service.name} exited during start; see {service.log_path}:\n{_tail(service.log_path)}"
+                )
             if await check_health(self.pki, service=service.name, address=service.address, timeout=1.0) == "SERVING":
                 return
             if asyncio.get_running_loop().time() > deadline:
@@ -195,7 +213,9 @@ class Platform:
         """Report services that stop; restart the ones that crash (a clean exit is an operator's stop)."""
         while not self._stopping.is_set():
             waiters = {
-                asyncio.create_task(s.process.wait()): s for s in self.services.values() if s.process and s.process.returncode is None
+                asyncio.create_task(s.process.wait()): s
+                for s in self.services.values()
+                if s.process and s.process.returncode is None
             }
             stop_wait = asyncio.create_task(self._stopping.wait())
             done, pending = await asyncio.wait({*waiters, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -212,10 +232,14 @@ class Platform:
                     self.say(f"UNHEALTHY: {service.name} stopped (exit 0) and stays down; platform degraded")
                     continue
                 if service.restarts >= RESTART_LIMIT:
-                    self.say(f"UNHEALTHY: {service.name} crashed (exit {code}) {service.restarts} times; not restarting")
+                    self.say(
+                        f"UNHEALTHY: {service.name} crashed (exit {code}) {service.restarts} times; not restarting"
+                    )
                     continue
                 service.restarts += 1
-                self.say(f"UNHEALTHY: {service.name} crashed (exit {code}); restarting ({service.restarts}/{RESTART_LIMIT})")
+                self.say(
+                    f"UNHEALTHY: {service.name} crashed (exit {code}); restarting ({service.restarts}/{RESTART_LIMIT})"
+                )
                 await self._spawn(service)
                 try:
                     await self._wait_healthy(service)

@@ -156,7 +156,9 @@ class ParleyClient:
         )
         return list(response.channels)
 
-    async def send(self, channel_id: str, body: str, *, idempotency_key: str | None = None) -> messaging_pb2.ChatMessage:
+    async def send(
+        self, channel_id: str, body: str, *, idempotency_key: str | None = None
+    ) -> messaging_pb2.ChatMessage:
         """Send once: a retry with the same idempotency key returns the first result."""
         request = messaging_pb2.PostMessageRequest(
             channel_id=channel_id, body=body, idempotency_key=idempotency_key or uuid.uuid4().hex
@@ -164,11 +166,15 @@ class ParleyClient:
         message: messaging_pb2.ChatMessage = await self._call(self._stub.SendMessage, request)
         return message
 
-    async def history(self, channel_id: str, *, after_seq: int = 0, limit: int = 100) -> storage_pb2.GetChannelHistoryResponse:
+    async def history(
+        self, channel_id: str, *, after_seq: int = 0, limit: int = 100
+    ) -> storage_pb2.GetChannelHistoryResponse:
         request = storage_pb2.GetChannelHistoryRequest(channel_id=channel_id, after_seq=after_seq, limit=limit)
         response: storage_pb2.GetChannelHistoryResponse = await self._call(self._stub.GetHistory, request)
         return response
 
     def subscribe(self, channel_ids: Sequence[str] = ()) -> LiveStream:
-        call = self._stub.Subscribe(gateway_pb2.SubscribeRequest(channel_ids=list(channel_ids)), metadata=self._metadata())
+        call = self._stub.Subscribe(
+            gateway_pb2.SubscribeRequest(channel_ids=list(channel_ids)), metadata=self._metadata()
+        )
         return LiveStream(call)

@@ -8,6 +8,7 @@ the stream refuse an append to an aggregate that changed since it was read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from parley.common.v1.envelope_pb2 import EventEnvelope
 
 from parley_core import telemetry
 from parley_core.envelope import NewEvent, decode, seal
-from parley_core.topology import ConsumerSpec, StreamSpec, parked_subject
+from parley_core.topology import ConsumerSpec, StreamSpec, parked_subject, stream_for_subject
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +122,24 @@ class EventBus:
         try:
             ack = await self.js.publish(subject, envelope.SerializeToString(), headers=headers)
         except nats.js.errors.APIError as exc:
-            if exc.err_code == WRONG_LAST_SEQUENCE:
-                raise ConcurrencyConflict(f"{subject} changed since it was read") from exc
-            raise
+            if exc.err_code != WRONG_LAST_SEQUENCE:
+                raise
+            # The server checks the expected sequence before Nats-Msg-Id, so a retry of an
+            # append that did land (its ack was lost) looks like a conflict: it is our own write.
+            if (earlier := await self._own_last_write(stream_for_subject(subject).name, subject, event)) is not None:
+                return Appended(stream_seq=earlier, duplicate=True)
+            raise ConcurrencyConflict(f"{subject} changed since it was read") from exc
         return Appended(stream_seq=ack.seq, duplicate=bool(ack.duplicate))
+
+    async def _own_last_write(self, stream: str, subject: str, event: NewEvent) -> int | None:
+        """Stream sequence of the subject's newest message if it is `event` itself."""
+        try:
+            raw = await self.js.get_last_msg(stream, subject, direct=True)
+        except nats.js.errors.NotFoundError:
+            return None
+        if (raw.headers or {}).get("Nats-Msg-Id") == event.event_id:
+            return int(raw.seq or 0)
+        return None
 
     async def last_subject_seq(self, stream: str, subject: str) -> int:
         """Stream sequence of the newest event on a subject, 0 when there is none."""
@@ -276,7 +291,7 @@ class DurableConsumer:
         while not self._stopping.is_set():
             try:
                 msgs = await self._sub.fetch(self.batch, timeout=0.5)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 continue
             except nats.errors.Error as exc:
                 if self._stopping.is_set():
@@ -324,8 +339,6 @@ class DurableConsumer:
             await self._task
             self._task = None
         if self._sub is not None:
-            try:
+            with contextlib.suppress(nats.errors.Error):
                 await self._sub.unsubscribe()
-            except nats.errors.Error:
-                pass
             self._sub = None

@@ -60,5 +60,5 @@ STATUS_FOR: dict[type[DomainError], grpc.StatusCode] = {
 def status_for(error: DomainError) -> grpc.StatusCode:
     for cls in type(error).__mro__:
         if cls in STATUS_FOR:
-            return STATUS_FOR[cls]  # type: ignore[index]
+            return STATUS_FOR[cls]
     return grpc.StatusCode.INTERNAL

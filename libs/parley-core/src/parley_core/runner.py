@@ -7,6 +7,7 @@ real servers on free ports.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
 import logging
 import signal
@@ -194,10 +195,8 @@ async def _heartbeats(ctx: RunContext, stop: asyncio.Event) -> None:
             log.warning("heartbeat not sent: %s", exc)
         if not serving:
             return
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), ctx.settings.heartbeat_seconds)
-        except TimeoutError:
-            pass
 
 
 async def serve(
@@ -276,10 +275,8 @@ async def serve(
     telemetry.shutdown_tracing()
     log.info("drained; exiting")
     for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(sig)
-        except (NotImplementedError, RuntimeError):
-            pass
     return 0
 
 

@@ -18,8 +18,8 @@ PLATFORM_USER = "platform"
 class StreamSpec:
     name: str
     subjects: tuple[str, ...]
-    owner: str                     # the only service allowed to append to it
-    readers: tuple[str, ...]       # services that may create consumers on it
+    owner: str  # the only service allowed to append to it
+    readers: tuple[str, ...]  # services that may create consumers on it
     duplicate_window_s: float = 120.0
 
 

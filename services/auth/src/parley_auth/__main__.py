@@ -1,6 +1,5 @@
-from parley_core.runner import run_service
-
 from parley_auth.service import AuthApp
+from parley_core.runner import run_service
 
 
 def main() -> None:

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 
 import grpc
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 from parley.auth.v1.events_pb2 import SigningKeyPublished, UserRegistered
-from parley_core.bus import ConcurrencyConflict, ReceivedEvent, Replay
-from parley_core.envelope import NewEvent, open_payload
-from parley_core.errors import AlreadyExists, InvalidArgument, Unauthenticated
-from parley_core.runner import RunContext
-from parley_core.tokens import ALGORITHM
-from parley_core.topology import signing_key_subject, username_subject
 
 from parley_auth.domain import (
     DEFAULT_ROLE,
@@ -24,6 +19,12 @@ from parley_auth.domain import (
 )
 from parley_auth.passwords import hash_password, verify_password
 from parley_auth.signing import TokenIssuer
+from parley_core.bus import ConcurrencyConflict, ReceivedEvent, Replay
+from parley_core.envelope import NewEvent, open_payload
+from parley_core.errors import AlreadyExists, InvalidArgument, Unauthenticated
+from parley_core.runner import RunContext
+from parley_core.tokens import ALGORITHM
+from parley_core.topology import signing_key_subject, username_subject
 
 LOGIN_FAILED = "username or password is wrong"
 
@@ -55,12 +56,10 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             payload=SigningKeyPublished(key_id=issuer.key_id, algorithm=ALGORITHM, public_key=issuer.public_key),
             actor="service:auth",
         )
-        try:
+        with contextlib.suppress(ConcurrencyConflict):  # published by an earlier start
             await self._ctx.bus.append(
                 signing_key_subject(issuer.key_id), event, aggregate_version=1, expected_last_subject_seq=0
             )
-        except ConcurrencyConflict:
-            pass  # published by an earlier start
 
     async def _apply(self, event: ReceivedEvent) -> None:
         payload = open_payload(event.envelope)
@@ -70,7 +69,8 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
     async def Register(
         self, request: auth_pb2.RegisterRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> auth_pb2.RegisterResponse:
-        assert self._ctx is not None and self._replay is not None
+        assert self._ctx is not None
+        assert self._replay is not None
         username = normalize_username(request.username)
         check_password_policy(request.password, username)
         if self.accounts.find(username) is not None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from parley_core.files import write_private_file
 from parley_core.tokens import ALGORITHM, AUDIENCE, ISSUER
 
@@ -32,7 +33,9 @@ class TokenIssuer:
                 raise ValueError(f"{path} does not hold an Ed25519 private key")
             return cls(key)
         key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_private_file(path, pem)
         return cls(key)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
+from typing import Any, TypeVar
 from collections.abc import AsyncIterator
 
 import grpc
@@ -16,6 +18,7 @@ from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.messaging.v1.events_pb2 import MessagePosted
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
+
 from parley_core.bus import ReceivedEvent, Replay
 from parley_core.envelope import open_payload
 from parley_core.errors import InvalidArgument, PermissionDenied, ResourceExhausted
@@ -26,15 +29,30 @@ from parley_core.topology import channel_subject
 LIVE_BUFFER = 1000
 DEFAULT_DEADLINE_S = 10.0
 
-Context = grpc.aio.ServicerContext[object, object]
+Context = grpc.aio.ServicerContext[Any, Any]
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
 
 
-def forwarded(context: Context) -> dict[str, object]:
-    """Metadata and deadline for an internal call made on behalf of this client call."""
-    metadata = [(k, v) for k, v in context.invocation_metadata() or () if k == "authorization"]
-    remaining = context.time_remaining()
-    timeout = DEFAULT_DEADLINE_S if remaining is None else max(0.0, min(remaining, 60.0))
-    return {"metadata": metadata, "timeout": timeout}
+@dataclass(frozen=True)
+class Forwarded:
+    """Metadata and deadline for an internal call made on behalf of one client call."""
+
+    metadata: tuple[tuple[str, str | bytes], ...]
+    timeout: float
+
+    @classmethod
+    def of(cls, context: Context) -> Forwarded:
+        metadata = tuple((k, v) for k, v in context.invocation_metadata() or () if k == "authorization")
+        remaining = context.time_remaining()
+        timeout = DEFAULT_DEADLINE_S if remaining is None else max(0.0, min(remaining, 60.0))
+        return cls(metadata, timeout)
+
+
+async def forward(method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp], request: Req, context: Context) -> Resp:
+    """Call an internal service on behalf of the client: its token, its remaining deadline."""
+    fwd = Forwarded.of(context)
+    return await method(request, metadata=fwd.metadata, timeout=fwd.timeout)
 
 
 class Overflow(Exception):
@@ -44,9 +62,9 @@ class Overflow(Exception):
 class GatewayApp(gateway_pb2_grpc.GatewayServicer):
     def __init__(self) -> None:
         self._ctx: RunContext | None = None
-        self._auth: auth_pb2_grpc.AuthServiceStub | None = None
-        self._messaging: messaging_pb2_grpc.MessagingServiceStub | None = None
-        self._storage: storage_pb2_grpc.StorageServiceStub | None = None
+        self._auth: auth_pb2_grpc.AuthServiceAsyncStub | None = None
+        self._messaging: messaging_pb2_grpc.MessagingServiceAsyncStub | None = None
+        self._storage: storage_pb2_grpc.StorageServiceAsyncStub | None = None
         self._streams: set[asyncio.Task[object]] = set()
 
     async def start(self, ctx: RunContext) -> None:
@@ -67,49 +85,52 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
 
     async def Register(self, request: auth_pb2.RegisterRequest, context: Context) -> auth_pb2.RegisterResponse:
         assert self._auth is not None
-        return await self._auth.Register(request, **forwarded(context))  # type: ignore[arg-type]
+        return await forward(self._auth.Register, request, context)
 
     async def Login(self, request: auth_pb2.LoginRequest, context: Context) -> auth_pb2.LoginResponse:
         assert self._auth is not None
-        return await self._auth.Login(request, **forwarded(context))  # type: ignore[arg-type]
+        return await forward(self._auth.Login, request, context)
 
     async def CreateChannel(
         self, request: messaging_pb2.CreateChannelRequest, context: Context
     ) -> messaging_pb2.Channel:
         assert self._messaging is not None
         self._authenticate(context)
-        return await self._messaging.CreateChannel(request, **forwarded(context))  # type: ignore[arg-type]
+        return await forward(self._messaging.CreateChannel, request, context)
 
     async def JoinChannel(self, request: messaging_pb2.JoinChannelRequest, context: Context) -> messaging_pb2.Channel:
         assert self._messaging is not None
         self._authenticate(context)
-        return await self._messaging.JoinChannel(request, **forwarded(context))  # type: ignore[arg-type]
+        return await forward(self._messaging.JoinChannel, request, context)
 
     async def ListMyChannels(
         self, request: messaging_pb2.ListMyChannelsRequest, context: Context
     ) -> messaging_pb2.ListMyChannelsResponse:
         assert self._messaging is not None
         self._authenticate(context)
-        return await self._messaging.ListMyChannels(request, **forwarded(context))  # type: ignore[arg-type]
+        return await forward(self._messaging.ListMyChannels, request, context)
 
-    async def SendMessage(self, request: messaging_pb2.PostMessageRequest, context: Context) -> messaging_pb2.ChatMessage:
+    async def SendMessage(
+        self, request: messaging_pb2.PostMessageRequest, context: Context
+    ) -> messaging_pb2.ChatMessage:
         assert self._messaging is not None
         self._authenticate(context)
-        return await self._messaging.PostMessage(request, **forwarded(context))  # type: ignore[arg-type]
+        return await forward(self._messaging.PostMessage, request, context)
 
     async def GetHistory(
         self, request: storage_pb2.GetChannelHistoryRequest, context: Context
     ) -> storage_pb2.GetChannelHistoryResponse:
         assert self._storage is not None
         self._authenticate(context)
-        return await self._storage.GetChannelHistory(request, **forwarded(context))  # type: ignore[arg-type]
+        return await forward(self._storage.GetChannelHistory, request, context)
 
     async def Subscribe(
         self, request: gateway_pb2.SubscribeRequest, context: Context
     ) -> AsyncIterator[gateway_pb2.ClientEvent]:
-        assert self._ctx is not None and self._messaging is not None
+        assert self._ctx is not None
+        assert self._messaging is not None
         self._authenticate(context)
-        mine = await self._messaging.ListMyChannels(messaging_pb2.ListMyChannelsRequest(), **forwarded(context))  # type: ignore[arg-type]
+        mine = await forward(self._messaging.ListMyChannels, messaging_pb2.ListMyChannelsRequest(), context)
         my_ids = {c.channel_id for c in mine.channels}
         wanted = list(dict.fromkeys(request.channel_ids)) or sorted(my_ids)
         if len(wanted) > 500:

@@ -1,5 +1,4 @@
 from parley_core.runner import run_service
-
 from parley_messaging.service import MessagingApp
 
 

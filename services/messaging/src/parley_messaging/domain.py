@@ -29,9 +29,9 @@ class Channel:
     channel_id: str
     name: str
     members: set[str] = field(default_factory=set)
-    last_seq: int = 0                   # channel sequence of the newest message
-    last_stream_seq: int = 0            # stream sequence of the newest event: the append guard
-    version: int = 1                    # events applied to this aggregate
+    last_seq: int = 0  # channel sequence of the newest message
+    last_stream_seq: int = 0  # stream sequence of the newest event: the append guard
+    version: int = 1  # events applied to this aggregate
     sends: dict[tuple[str, str], PostedMessage] = field(default_factory=dict)
 
     def require_member(self, user_id: str) -> None:

@@ -10,12 +10,12 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.messaging.v1.events_pb2 import ChannelCreated, MemberJoined, MessagePosted
+
 from parley_core.bus import ConcurrencyConflict, ReceivedEvent, Replay
 from parley_core.envelope import NewEvent, open_payload
 from parley_core.errors import InvalidArgument, Unavailable
 from parley_core.runner import RunContext
 from parley_core.topology import CHANNELS_FILTER, channel_subject
-
 from parley_messaging.domain import (
     Channel,
     ChannelDirectory,
@@ -93,7 +93,8 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
 
     async def _append(self, event: NewEvent, *, after: Channel | None) -> None:
         """Append to a channel as it was read (`after`), or create it (`after=None`)."""
-        assert self._ctx is not None and self._replay is not None
+        assert self._ctx is not None
+        assert self._replay is not None
         appended = await self._ctx.bus.append(
             channel_subject(event.aggregate_id),
             event,
@@ -104,7 +105,8 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
 
     async def _settle(self) -> None:
         """After a lost race, let the projection catch up with the stream before deciding again."""
-        assert self._ctx is not None and self._replay is not None
+        assert self._ctx is not None
+        assert self._replay is not None
         info = await self._ctx.bus.js.stream_info("MSG")
         await self._replay.wait_for_seq(info.state.last_seq)
 

@@ -8,6 +8,7 @@ import grpc
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
+
 from parley_core.runner import RunContext
 from parley_core.topology import HEARTBEATS_FILTER
 

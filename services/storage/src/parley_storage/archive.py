@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from parley.messaging.v1.events_pb2 import ChannelCreated, MemberJoined, MessagePosted
+from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
 from parley_core import telemetry
 from parley_core.bus import ReceivedEvent
 from parley_core.envelope import UnknownEventType, open_payload
-from sqlalchemy import Connection, Engine, create_engine, event, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
-
 from parley_storage.schema import channel_members, channel_messages, consumer_positions, events, metadata
 
 log = logging.getLogger(__name__)
@@ -81,22 +81,41 @@ class SqlEventArchive:
             conn.execute(insert(table).values(**row))  # type: ignore[arg-type]
 
     async def archive(self, consumer: str, batch: Sequence[ReceivedEvent]) -> int:
-        """Store a batch once: events at or below the consumer's recorded position are skipped."""
+        """Store each event of a batch once, whatever the redelivery, and record the consumer's position.
+
+        An event is known by its (stream, stream_seq), not by the consumer's position: the durable
+        consumer naks a failed event for a delayed retry while later ones go through, so an event
+        can arrive after events with higher sequences and must still be stored.
+        """
+        if not batch:
+            return 0
+        streams = {item.stream for item in batch}
+        if len(streams) != 1:
+            raise ValueError(f"a batch comes from one stream's consumer, not from {sorted(streams)}")
+        (stream,) = streams
 
         def work(conn: Connection) -> int:
-            stream = batch[0].stream
             position = conn.execute(
                 select(consumer_positions.c.last_seq).where(consumer_positions.c.consumer == consumer)
             ).scalar_one_or_none()
-            last = position or 0
+            archived = set(
+                conn.execute(
+                    select(events.c.stream_seq).where(
+                        events.c.stream == stream, events.c.stream_seq.in_(sorted({item.stream_seq for item in batch}))
+                    )
+                ).scalars()
+            )
             stored = 0
             for item in sorted(batch, key=lambda e: e.stream_seq):
-                if item.stream_seq <= last:
-                    continue  # redelivered: already archived in an earlier transaction
-                with telemetry.continued_from(item.headers, f"archive {item.envelope.event_type}", subject=item.subject):
+                if item.stream_seq in archived:
+                    continue  # redelivered: already archived in an earlier transaction or this batch
+                with telemetry.continued_from(
+                    item.headers, f"archive {item.envelope.event_type}", subject=item.subject
+                ):
                     self._store(conn, item)
-                last = item.stream_seq
+                archived.add(item.stream_seq)
                 stored += 1
+            last = max(position or 0, *(item.stream_seq for item in batch))
             if position is None:
                 conn.execute(insert(consumer_positions).values(consumer=consumer, stream=stream, last_seq=last))
             elif last != position:
@@ -184,6 +203,6 @@ class SqlEventArchive:
 
     async def count_events(self, stream: str) -> int:
         def work(conn: Connection) -> int:
-            return len(conn.execute(select(events.c.id).where(events.c.stream == stream)).all())
+            return conn.execute(select(func.count()).select_from(events).where(events.c.stream == stream)).scalar_one()
 
         return await self.run("count_events", work)

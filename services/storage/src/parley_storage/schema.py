@@ -18,7 +18,8 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
-# Every event of every stream, as appended: the platform's complete history.
+# Every event of every stream, as appended: the platform's complete history. An event is stored
+# once: (stream, stream_seq) is its identity, checked in the transaction that stores it.
 events = Table(
     "events",
     metadata,
@@ -40,8 +41,9 @@ events = Table(
     Index("ix_events_aggregate", "aggregate_type", "aggregate_id", "aggregate_version"),
 )
 
-# Where each durable consumer stands, written in the same transaction as the events it archived,
-# so each upstream event counts once whatever the redelivery.
+# The highest stream sequence each durable consumer has archived, written in the same transaction
+# as those events. It shows progress; it is not what deduplicates, since a retried event can
+# arrive after later ones.
 consumer_positions = Table(
     "consumer_positions",
     metadata,

@@ -9,12 +9,12 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from parley.messaging.v1 import messaging_pb2
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
+
 from parley_core.bus import ReceivedEvent
 from parley_core.errors import InvalidArgument, PermissionDenied
 from parley_core.files import ensure_private_dir
 from parley_core.runner import RunContext
 from parley_core.topology import CONSUMERS, ConsumerSpec
-
 from parley_storage.archive import SqlEventArchive, open_engine
 
 DEFAULT_PAGE = 100
@@ -51,7 +51,8 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
     async def GetChannelHistory(
         self, request: storage_pb2.GetChannelHistoryRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> storage_pb2.GetChannelHistoryResponse:
-        assert self._ctx is not None and self.archive is not None
+        assert self._ctx is not None
+        assert self.archive is not None
         caller = self._ctx.tokens.caller(context)
         if not request.channel_id:
             raise InvalidArgument("channel_id is required")

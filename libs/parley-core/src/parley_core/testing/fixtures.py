@@ -1,8 +1,6 @@
-"""Parley's pytest plugin (registered as the ``parley`` pytest11 entry point).
-
-Fixtures that start servers live in one place; this module only re-exports them.
-"""
+"""Parley's pytest plugin: every fixture that starts a real server lives here."""
 
 from parley_core.testing.nats import NatsTestServer, nats_server, pki
+from parley_core.testing.platform import RunningPlatform, platform, wait_until
 
-__all__ = ["NatsTestServer", "nats_server", "pki"]
+__all__ = ["NatsTestServer", "RunningPlatform", "nats_server", "pki", "platform", "wait_until"]

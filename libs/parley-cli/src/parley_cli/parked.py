@@ -1,0 +1,61 @@
+"""`parley parked`: list the poison events that consumers have set aside."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats.js.errors
+
+from parley_core.nats_connect import connect_nats
+from parley_core.natsconf import ensure_nats_passwords
+from parley_core.topology import PLATFORM_USER
+
+
+@dataclass(frozen=True)
+class ParkedEvent:
+    seq: int
+    subject: str
+    original_subject: str
+    original_stream: str
+    original_seq: str
+    consumer: str
+    reason: str
+
+
+async def list_parked(data_dir: Path) -> list[ParkedEvent]:
+    state = json.loads((data_dir / "platform.json").read_text())
+    password = ensure_nats_passwords(data_dir / "secrets" / "nats-passwords.json", [PLATFORM_USER])[PLATFORM_USER]
+    nc = await connect_nats(
+        url=state["nats_url"],
+        user=PLATFORM_USER,
+        password=password,
+        ca_cert=data_dir / "pki" / "ca.crt",
+        name="parley-parked",
+        allow_reconnect=False,
+    )
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info("PARKED")
+        found: list[ParkedEvent] = []
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            try:
+                msg = await js.get_msg("PARKED", seq)
+            except nats.js.errors.NotFoundError:
+                continue  # removed by an operator
+            headers = msg.headers or {}
+            found.append(
+                ParkedEvent(
+                    seq=seq,
+                    subject=msg.subject or "",
+                    original_subject=headers.get("Parley-Original-Subject", ""),
+                    original_stream=headers.get("Parley-Original-Stream", ""),
+                    original_seq=headers.get("Parley-Original-Sequence", ""),
+                    consumer=headers.get("Parley-Consumer", ""),
+                    reason=headers.get("Parley-Parked-Reason", ""),
+                )
+            )
+        return found
+    finally:
+        await nc.close()

@@ -1,0 +1,123 @@
+"""The whole platform as a user starts it (`parley up`, what `make run` runs), for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+READY_LINE = "all services are up"
+START_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 60.0
+
+
+def wait_until(condition: object, *, timeout: float, what: str, interval: float = 0.05) -> None:
+    """Poll `condition()` until true; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class RunningPlatform:
+    data_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    runs: int = 0
+
+    @property
+    def output_path(self) -> Path:
+        return self.data_dir.parent / f"parley-up-{self.runs}.out"
+
+    def output(self) -> str:
+        return self.output_path.read_text(errors="replace") if self.output_path.exists() else ""
+
+    def cli(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run the `parley` command as a user would, against this platform."""
+        return subprocess.run(
+            [sys.executable, "-m", "parley_cli", "--data-dir", str(self.data_dir), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env={**os.environ, **self.env},
+            timeout=60,
+            check=check,
+        )
+
+    def start(self) -> None:
+        self.runs += 1
+        out = open(self.output_path, "wb")  # noqa: SIM115 - handed to the child process
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "parley_cli", "--data-dir", str(self.data_dir), "up"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env},
+        )
+        out.close()
+
+        def ready() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"`parley up` exited with {self.process.returncode}:\n{self.output()}")
+            return READY_LINE in self.output()
+
+        wait_until(ready, timeout=START_TIMEOUT_S, what="`parley up` to report every service up")
+
+    def stop(self) -> int:
+        """Ctrl-C, as a user stops `make run`; returns the exit code."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGINT)
+        code = self.process.wait(timeout=STOP_TIMEOUT_S)
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    @property
+    def state(self) -> dict[str, object]:
+        return dict(json.loads((self.data_dir / "platform.json").read_text()))
+
+    def service(self, name: str) -> dict[str, object]:
+        services = self.state["services"]
+        assert isinstance(services, dict)
+        return dict(services[name])
+
+    @property
+    def gateway_address(self) -> str:
+        return str(json.loads((self.data_dir / "client.json").read_text())["gateway_address"])
+
+    @property
+    def ca_cert(self) -> Path:
+        return Path(json.loads((self.data_dir / "client.json").read_text())["ca_cert"])
+
+    def log(self, service: str) -> str:
+        return (self.data_dir / "logs" / f"{service}.log").read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
+    """One platform per test module, started exactly as `make run` starts it, traces on."""
+    root = tmp_path_factory.mktemp("platform")
+    running = RunningPlatform(data_dir=root / "data", env={"PARLEY_TRACE_EXPORTER": "console"})
+    running.start()
+    try:
+        yield running
+    finally:
+        running.kill()

@@ -1,0 +1,464 @@
+"""The JetStream event bus against a real, TLS-only nats-server with Parley's per-service users.
+
+The messaging user owns MSG and appends; the storage user reads MSG through a durable consumer
+and parks poison events; the platform user inspects PARKED, as an operator would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import nats.js.errors
+import pytest
+import pytest_asyncio
+from nats.js import api
+from parley.messaging.v1.events_pb2 import MessagePosted
+
+from parley_core.bus import ConcurrencyConflict, EventBus, ReceivedEvent
+from parley_core.envelope import NewEvent, decode, open_payload
+from parley_core.testing.nats import NatsTestServer
+from parley_core.topology import (
+    CHANNELS_FILTER,
+    STREAMS_BY_NAME,
+    ConsumerSpec,
+    channel_subject,
+    parked_subject,
+)
+
+pytestmark = pytest.mark.asyncio
+
+TIMEOUT_S = 10.0
+MSG = STREAMS_BY_NAME["MSG"]
+PARKED = STREAMS_BY_NAME["PARKED"]
+DURABLE = "test-archive-msg"
+
+T = TypeVar("T")
+
+
+def posted(channel_id: str, body: str) -> NewEvent:
+    return NewEvent(
+        aggregate_type="channel",
+        aggregate_id=channel_id,
+        payload=MessagePosted(channel_id=channel_id, body=body, sender_id="u1"),
+        actor="u1",
+    )
+
+
+async def eventually(check: Callable[[], Awaitable[T | None]], *, timeout: float = TIMEOUT_S) -> T:
+    """Poll `check` until it returns something other than None, or fail after `timeout`."""
+
+    async def poll() -> T:
+        while (result := await check()) is None:
+            await asyncio.sleep(0.05)
+        return result
+
+    return await asyncio.wait_for(poll(), timeout)
+
+
+@dataclass
+class Recorder:
+    """What a handler saw, with a way to wait until it has seen enough."""
+
+    calls: list[list[ReceivedEvent]] = field(default_factory=list)
+    applied: list[ReceivedEvent] = field(default_factory=list)
+    _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def record(self, batch: Sequence[ReceivedEvent], *, applied: bool) -> None:
+        async with self._changed:
+            self.calls.append(list(batch))
+            if applied:
+                self.applied.extend(batch)
+            self._changed.notify_all()
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float = TIMEOUT_S) -> None:
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(predicate), timeout)
+
+    def applied_ids(self) -> list[str]:
+        return [e.envelope.event_id for e in self.applied]
+
+
+@pytest_asyncio.fixture
+async def bus(nats_server: NatsTestServer) -> AsyncIterator[EventBus]:
+    """The messaging service's bus, with MSG and the shared PARKED stream created as it does."""
+    nc = await nats_server.connect("messaging")
+    messaging = EventBus(nc, service="messaging", producer="messaging@test")
+    await messaging.ensure_streams([MSG, PARKED])
+    try:
+        yield messaging
+    finally:
+        await messaging.stop_consumers()
+
+
+@pytest_asyncio.fixture
+async def storage_bus(nats_server: NatsTestServer, bus: EventBus) -> AsyncIterator[EventBus]:
+    nc = await nats_server.connect("storage")
+    storage = EventBus(nc, service="storage", producer="storage@test")
+    try:
+        yield storage
+    finally:
+        await storage.stop_consumers()
+
+
+def consumer_spec(max_deliver: int = 3) -> ConsumerSpec:
+    return ConsumerSpec(stream="MSG", durable=DURABLE, service="storage", filter_subject=">", max_deliver=max_deliver)
+
+
+# --- topology ---------------------------------------------------------------------------------
+
+
+async def test_ensure_streams_is_idempotent(bus: EventBus) -> None:
+    await bus.ensure_streams([MSG, PARKED])
+    await bus.ensure_streams([MSG, PARKED])
+
+    for spec in (MSG, PARKED):
+        info = await bus.js.stream_info(spec.name)
+        assert info.config.subjects == list(spec.subjects)
+        assert info.config.duplicate_window == pytest.approx(spec.duplicate_window_s)
+        assert info.config.storage == api.StorageType.FILE
+        assert info.config.retention == api.RetentionPolicy.LIMITS
+        assert info.config.allow_direct is True
+
+
+async def test_ensure_streams_brings_a_drifted_stream_back_to_its_declaration(nats_server: NatsTestServer) -> None:
+    platform = await nats_server.connect("platform")
+    await platform.jetstream().add_stream(name="MSG", subjects=list(MSG.subjects), duplicate_window=5.0)
+    messaging = EventBus(await nats_server.connect("messaging"), service="messaging", producer="messaging@test")
+
+    await messaging.ensure_streams([MSG])
+
+    info = await messaging.js.stream_info("MSG")
+    assert info.config.duplicate_window == pytest.approx(MSG.duplicate_window_s)
+    assert info.config.allow_direct is True
+
+
+# --- appends ----------------------------------------------------------------------------------
+
+
+async def test_append_refuses_a_stale_expected_subject_sequence(bus: EventBus) -> None:
+    subject = channel_subject("c-conc")
+
+    first = await bus.append(subject, posted("c-conc", "1"), aggregate_version=1, expected_last_subject_seq=0)
+    with pytest.raises(ConcurrencyConflict):
+        await bus.append(subject, posted("c-conc", "1 again"), aggregate_version=1, expected_last_subject_seq=0)
+    # Another aggregate moves the stream on; the expectation is about this subject only.
+    other = await bus.append(channel_subject("c-other"), posted("c-other", "x"), aggregate_version=1,
+                             expected_last_subject_seq=0)
+    second = await bus.append(
+        subject, posted("c-conc", "2"), aggregate_version=2, expected_last_subject_seq=first.stream_seq
+    )
+    with pytest.raises(ConcurrencyConflict):
+        await bus.append(subject, posted("c-conc", "2 again"), aggregate_version=2,
+                         expected_last_subject_seq=first.stream_seq)
+
+    assert (first.stream_seq, other.stream_seq, second.stream_seq) == (1, 2, 3)
+    assert not first.duplicate
+    assert not second.duplicate
+    info = await bus.js.stream_info("MSG", subjects_filter=subject)
+    assert info.state.subjects == {subject: 2}
+
+
+async def test_append_without_expectation_always_appends(bus: EventBus) -> None:
+    subject = channel_subject("c-free")
+    seqs = [
+        (await bus.append(subject, posted("c-free", str(n)), aggregate_version=n, expected_last_subject_seq=None)).stream_seq
+        for n in range(3)
+    ]
+    assert seqs == [1, 2, 3]
+
+
+async def test_retried_append_is_a_duplicate_not_a_second_event(bus: EventBus) -> None:
+    subject = channel_subject("c-dup")
+    event = posted("c-dup", "only once")
+
+    first = await bus.append(subject, event, aggregate_version=1, expected_last_subject_seq=0)
+    # The same call retried (e.g. its ack was lost): same event id, same expectation.
+    retried = await bus.append(subject, event, aggregate_version=1, expected_last_subject_seq=0)
+    unconditional = await bus.append(subject, event, aggregate_version=1, expected_last_subject_seq=None)
+
+    assert not first.duplicate
+    assert retried.duplicate
+    assert unconditional.duplicate
+    assert retried.stream_seq == unconditional.stream_seq == first.stream_seq
+    info = await bus.js.stream_info("MSG", subjects_filter=subject)
+    assert info.state.subjects == {subject: 1}
+    assert info.state.messages == 1
+
+
+async def test_retry_after_another_write_is_a_conflict(bus: EventBus) -> None:
+    """Only the subject's newest message is checked for our own write; later writes mean reload."""
+    subject = channel_subject("c-dup")
+    event = posted("c-dup", "mine")
+    first = await bus.append(subject, event, aggregate_version=1, expected_last_subject_seq=0)
+    await bus.append(subject, posted("c-dup", "theirs"), aggregate_version=2,
+                     expected_last_subject_seq=first.stream_seq)
+
+    with pytest.raises(ConcurrencyConflict):
+        await bus.append(subject, event, aggregate_version=1, expected_last_subject_seq=0)
+
+
+async def test_last_subject_seq(bus: EventBus) -> None:
+    subject = channel_subject("c-last")
+    assert await bus.last_subject_seq("MSG", subject) == 0
+
+    first = await bus.append(subject, posted("c-last", "1"), aggregate_version=1, expected_last_subject_seq=0)
+    assert await bus.last_subject_seq("MSG", subject) == first.stream_seq
+    await bus.append(channel_subject("c-elsewhere"), posted("c-elsewhere", "x"), aggregate_version=1,
+                     expected_last_subject_seq=0)
+    assert await bus.last_subject_seq("MSG", subject) == first.stream_seq
+
+    second = await bus.append(subject, posted("c-last", "2"), aggregate_version=2,
+                              expected_last_subject_seq=first.stream_seq)
+    assert await bus.last_subject_seq("MSG", subject) == second.stream_seq == 3
+
+
+async def test_appended_event_carries_its_envelope_and_headers(bus: EventBus) -> None:
+    subject = channel_subject("c-env")
+    event = posted("c-env", "hi")
+    await bus.append(subject, event, aggregate_version=4, expected_last_subject_seq=0)
+
+    raw = await bus.js.get_last_msg("MSG", subject, direct=True)
+
+    assert raw.data is not None
+    envelope = decode(raw.data)
+    assert (envelope.event_id, envelope.aggregate_version, envelope.producer) == (event.event_id, 4, "messaging@test")
+    assert open_payload(envelope) == event.payload
+    assert raw.headers is not None
+    assert raw.headers["Nats-Msg-Id"] == event.event_id
+    assert raw.headers["Parley-Event-Type"] == "parley.messaging.v1.MessagePosted"
+
+
+# --- replay -----------------------------------------------------------------------------------
+
+
+async def test_replay_delivers_history_in_order_then_follows(bus: EventBus) -> None:
+    events = [posted(f"c{n % 2}", f"m{n}") for n in range(5)]
+    for n, event in enumerate(events):
+        await bus.append(channel_subject(f"c{n % 2}"), event, aggregate_version=n, expected_last_subject_seq=None)
+    seen = Recorder()
+
+    async def apply(event: ReceivedEvent) -> None:
+        await seen.record([event], applied=True)
+
+    replay = await bus.replay(stream="MSG", filter_subject=CHANNELS_FILTER, handler=apply)
+    await replay.wait_caught_up(TIMEOUT_S)
+
+    assert [e.stream_seq for e in seen.applied] == [1, 2, 3, 4, 5]
+    assert seen.applied_ids() == [e.event_id for e in events]
+    assert all(e.stream == "MSG" and e.num_delivered == 1 for e in seen.applied)
+
+    later = posted("c9", "later")
+    appended = await bus.append(channel_subject("c9"), later, aggregate_version=1, expected_last_subject_seq=0)
+    await replay.wait_for_seq(appended.stream_seq, TIMEOUT_S)
+
+    assert seen.applied_ids()[-1] == later.event_id
+    assert replay.last_seq == appended.stream_seq == 6
+
+
+async def test_replay_of_an_empty_stream_is_caught_up_at_once(bus: EventBus) -> None:
+    async def apply(event: ReceivedEvent) -> None:
+        raise AssertionError("nothing to apply")
+
+    replay = await bus.replay(stream="MSG", filter_subject=CHANNELS_FILTER, handler=apply)
+    await replay.wait_caught_up(TIMEOUT_S)
+    assert replay.last_seq == 0
+
+
+async def test_replay_survives_a_failing_handler(bus: EventBus) -> None:
+    events = [posted("c1", f"m{n}") for n in range(4)]
+    for n, event in enumerate(events):
+        await bus.append(channel_subject("c1"), event, aggregate_version=n, expected_last_subject_seq=None)
+    bad = events[1].event_id
+    seen = Recorder()
+
+    async def apply(event: ReceivedEvent) -> None:
+        if event.envelope.event_id == bad:
+            await seen.record([event], applied=False)
+            raise RuntimeError("projection bug")
+        await seen.record([event], applied=True)
+
+    replay = await bus.replay(stream="MSG", filter_subject=CHANNELS_FILTER, handler=apply)
+    await replay.wait_caught_up(TIMEOUT_S)
+    await replay.wait_for_seq(4, TIMEOUT_S)
+
+    assert seen.applied_ids() == [events[0].event_id, events[2].event_id, events[3].event_id]
+    later = posted("c1", "after the failure")
+    appended = await bus.append(channel_subject("c1"), later, aggregate_version=5, expected_last_subject_seq=None)
+    await replay.wait_for_seq(appended.stream_seq, TIMEOUT_S)
+    assert seen.applied_ids()[-1] == later.event_id
+
+
+async def test_replay_only_new_and_from_a_sequence(bus: EventBus) -> None:
+    for n in range(3):
+        await bus.append(channel_subject("c1"), posted("c1", f"old{n}"), aggregate_version=n,
+                         expected_last_subject_seq=None)
+    new_only = Recorder()
+    from_two = Recorder()
+
+    async def apply_new(event: ReceivedEvent) -> None:
+        await new_only.record([event], applied=True)
+
+    async def apply_from_two(event: ReceivedEvent) -> None:
+        await from_two.record([event], applied=True)
+
+    live = await bus.replay(stream="MSG", filter_subject=CHANNELS_FILTER, handler=apply_new, only_new=True)
+    tail = await bus.replay(stream="MSG", filter_subject=CHANNELS_FILTER, handler=apply_from_two, start_seq=2)
+    appended = await bus.append(channel_subject("c1"), posted("c1", "new"), aggregate_version=3,
+                                expected_last_subject_seq=None)
+    await live.wait_for_seq(appended.stream_seq, TIMEOUT_S)
+    await tail.wait_for_seq(appended.stream_seq, TIMEOUT_S)
+
+    assert [e.stream_seq for e in new_only.applied] == [4]
+    assert [e.stream_seq for e in from_two.applied] == [2, 3, 4]
+
+
+# --- durable consumers ------------------------------------------------------------------------
+
+
+async def _consumer_settled(storage_bus: EventBus, last_seq: int) -> api.ConsumerInfo | None:
+    """Consumer info once everything up to `last_seq` is delivered and nothing awaits an ack."""
+    info = await storage_bus.js.consumer_info("MSG", DURABLE)
+    delivered = info.delivered.stream_seq if info.delivered else 0
+    if info.num_ack_pending == 0 and info.num_pending == 0 and delivered >= last_seq:
+        return info
+    return None
+
+
+async def _parked_message(platform_js: nats.js.JetStreamContext, subject: str) -> api.RawStreamMsg | None:
+    try:
+        return await platform_js.get_last_msg("PARKED", subject)
+    except nats.js.errors.NotFoundError:
+        return None
+
+
+async def test_poison_event_is_parked_and_the_rest_of_its_batch_acked(
+    nats_server: NatsTestServer, bus: EventBus, storage_bus: EventBus
+) -> None:
+    events = [posted("c1", "a"), posted("c1", "poison"), posted("c2", "b")]
+    seqs = [
+        (await bus.append(channel_subject(e.aggregate_id), e, aggregate_version=n, expected_last_subject_seq=None)).stream_seq
+        for n, e in enumerate(events)
+    ]
+    poison = events[1].event_id
+    seen = Recorder()
+
+    async def archive(batch: Sequence[ReceivedEvent]) -> None:
+        # All or nothing, as one database transaction would be.
+        if any(e.envelope.event_id == poison for e in batch):
+            await seen.record(batch, applied=False)
+            raise RuntimeError("cannot archive this one")
+        await seen.record(batch, applied=True)
+
+    await storage_bus.consume(consumer_spec(max_deliver=3), archive)
+    platform = (await nats_server.connect("platform")).jetstream()
+    subject = parked_subject("storage", "MSG")
+
+    parked = await eventually(lambda: _parked_message(platform, subject))
+    info = await eventually(lambda: _consumer_settled(storage_bus, seqs[-1]))
+
+    assert subject == "parley.parked.storage.MSG"
+    assert parked.data is not None
+    assert decode(parked.data).event_id == poison
+    assert parked.headers is not None
+    assert parked.headers["Parley-Original-Sequence"] == str(seqs[1])
+    assert parked.headers["Parley-Original-Subject"] == channel_subject("c1")
+    assert parked.headers["Parley-Original-Stream"] == "MSG"
+    assert parked.headers["Parley-Consumer"] == DURABLE
+    assert "cannot archive this one" in parked.headers["Parley-Parked-Reason"]
+    # The handler saw the poison event on every allowed delivery, and never after parking.
+    poison_deliveries = sorted(
+        {e.num_delivered for batch in seen.calls for e in batch if e.envelope.event_id == poison}
+    )
+    assert poison_deliveries == [1, 2, 3]
+    assert sorted(seen.applied_ids()) == sorted([events[0].event_id, events[2].event_id])
+    assert info.num_ack_pending == 0
+    assert info.num_pending == 0
+    parked_info = await platform.stream_info("PARKED")
+    assert parked_info.state.messages == 1
+
+
+async def test_event_failing_once_is_redelivered_and_applied_once(
+    nats_server: NatsTestServer, bus: EventBus, storage_bus: EventBus
+) -> None:
+    events = [posted("c1", "a"), posted("c1", "flaky"), posted("c2", "b")]
+    seqs = [
+        (await bus.append(channel_subject(e.aggregate_id), e, aggregate_version=n, expected_last_subject_seq=None)).stream_seq
+        for n, e in enumerate(events)
+    ]
+    flaky = events[1].event_id
+    seen = Recorder()
+
+    async def archive(batch: Sequence[ReceivedEvent]) -> None:
+        # A transient failure: the first delivery of this event fails, the next one works.
+        if any(e.envelope.event_id == flaky and e.num_delivered == 1 for e in batch):
+            await seen.record(batch, applied=False)
+            raise ConnectionError("database briefly unavailable")
+        await seen.record(batch, applied=True)
+
+    await storage_bus.consume(consumer_spec(max_deliver=3), archive)
+    await seen.wait_until(lambda: flaky in seen.applied_ids())
+    info = await eventually(lambda: _consumer_settled(storage_bus, seqs[-1]))
+
+    assert sorted(seen.applied_ids()) == sorted(e.event_id for e in events)
+    [flaky_applied] = [e for e in seen.applied if e.envelope.event_id == flaky]
+    assert flaky_applied.num_delivered == 2
+    assert flaky_applied.stream_seq == seqs[1]
+    platform = (await nats_server.connect("platform")).jetstream()
+    assert await _parked_message(platform, parked_subject("storage", "MSG")) is None
+
+
+async def test_stop_consumers_lets_the_in_flight_batch_finish(bus: EventBus, storage_bus: EventBus) -> None:
+    event = posted("c1", "in flight")
+    appended = await bus.append(channel_subject("c1"), event, aggregate_version=1, expected_last_subject_seq=0)
+    started = asyncio.Event()
+    release = asyncio.Event()
+    seen = Recorder()
+
+    async def archive(batch: Sequence[ReceivedEvent]) -> None:
+        started.set()
+        await release.wait()
+        await seen.record(batch, applied=True)
+
+    await storage_bus.consume(consumer_spec(), archive)
+    await asyncio.wait_for(started.wait(), TIMEOUT_S)
+
+    stopping = asyncio.create_task(storage_bus.stop_consumers())
+    # A negative check, so bounded by time: stop must not return while the batch is in flight.
+    done, _ = await asyncio.wait({stopping}, timeout=0.3)
+    assert not done
+    release.set()
+    await asyncio.wait_for(stopping, TIMEOUT_S)
+
+    assert seen.applied_ids() == [event.event_id]
+    await storage_bus.nc.flush()
+    await eventually(lambda: _consumer_settled(storage_bus, appended.stream_seq))
+    assert len(seen.calls) == 1
+
+
+async def test_consumer_outlives_a_failure_to_park(nats_server: NatsTestServer) -> None:
+    """Parking needs the PARKED stream; while it is missing the consumer must keep consuming."""
+    messaging = EventBus(await nats_server.connect("messaging"), service="messaging", producer="messaging@test")
+    await messaging.ensure_streams([MSG])  # no PARKED stream: parking fails
+    storage = EventBus(await nats_server.connect("storage"), service="storage", producer="storage@test")
+    poison = posted("c1", "poison")
+    await messaging.append(channel_subject("c1"), poison, aggregate_version=1, expected_last_subject_seq=0)
+    seen = Recorder()
+
+    async def archive(batch: Sequence[ReceivedEvent]) -> None:
+        if any(e.envelope.event_id == poison.event_id for e in batch):
+            await seen.record(batch, applied=False)
+            raise RuntimeError("cannot archive this one")
+        await seen.record(batch, applied=True)
+
+    try:
+        await storage.consume(consumer_spec(max_deliver=1), archive)
+        await seen.wait_until(lambda: len(seen.calls) >= 1)
+        healthy = posted("c2", "fine")
+        await messaging.append(channel_subject("c2"), healthy, aggregate_version=1, expected_last_subject_seq=0)
+
+        await seen.wait_until(lambda: healthy.event_id in seen.applied_ids())
+    finally:
+        await asyncio.wait_for(storage.stop_consumers(), TIMEOUT_S)

@@ -1,0 +1,34 @@
+import pytest
+from parley_auth.domain import check_password_policy, normalize_username, username_key
+from parley_auth.passwords import HASHER, hash_password, verify_password
+from parley_core.errors import InvalidArgument
+
+
+def test_look_alike_usernames_normalize_to_one_name() -> None:
+    # Fullwidth letters and case differences are the same account.
+    assert normalize_username("ＡＬＩＣＥ") == normalize_username("Alice") == "alice"
+    assert username_key("alice") == username_key(normalize_username("ALICE"))
+
+
+@pytest.mark.parametrize("bad", ["", "ab", "a" * 33, "alice smith", "-alice", "al/ice", "ali\u200bce"])
+def test_invalid_usernames_are_refused(bad: str) -> None:
+    with pytest.raises(InvalidArgument):
+        normalize_username(bad)
+
+
+def test_password_policy() -> None:
+    check_password_policy("a-long-passphrase", "bob")
+    with pytest.raises(InvalidArgument, match="at least"):
+        check_password_policy("short", "bob")
+    with pytest.raises(InvalidArgument, match="username"):
+        check_password_policy("my-name-is-Alice-ok", "alice")
+
+
+async def test_argon2id_with_owasp_parameters() -> None:
+    assert HASHER.memory_cost >= 19 * 1024 and HASHER.time_cost >= 2
+    stored = await hash_password("a-long-passphrase")
+    assert stored.startswith("$argon2id$")
+    assert await verify_password(stored, "a-long-passphrase")
+    assert not await verify_password(stored, "another-passphrase")
+    # An unknown account still costs a verification and never succeeds.
+    assert not await verify_password(None, "a-long-passphrase")

@@ -1,0 +1,198 @@
+"""The first message end to end, through the platform started as `make run` starts it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import grpc
+import pytest
+
+from parley_client import ParleyClient, ParleyError
+from parley_core.nats_connect import connect_nats
+from parley_core.testing.platform import RunningPlatform, wait_until
+
+pytestmark = pytest.mark.e2e
+
+PASSWORD = "a-long-enough-passphrase"
+
+
+def connect(platform: RunningPlatform) -> ParleyClient:
+    return ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+
+
+async def new_user(platform: RunningPlatform, name: str) -> ParleyClient:
+    client = connect(platform)
+    await client.register(name, PASSWORD)
+    await client.login(name, PASSWORD)
+    return client
+
+
+async def history_bodies(client: ParleyClient, channel_id: str, *, expect: int, timeout: float = 20.0) -> list[str]:
+    """History is served from the archive, which trails the send by the archive lag: wait for it."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        page = await client.history(channel_id)
+        if len(page.messages) >= expect or asyncio.get_running_loop().time() > deadline:
+            return [m.body for m in page.messages]
+        await asyncio.sleep(0.05)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+async def test_message_reaches_live_stream_and_history_and_survives_restart(platform: RunningPlatform) -> None:
+    alice_name, bob_name = unique("alice"), unique("bob")
+    alice = await new_user(platform, alice_name)
+    bob = await new_user(platform, bob_name)
+    channel = await alice.create_channel("general")
+    joined = await bob.join_channel(channel.channel_id)
+    assert set(joined.member_ids) == {alice.user_id, bob.user_id}
+
+    live = bob.subscribe([channel.channel_id])
+    assert await asyncio.wait_for(live.ready(), 10) == [channel.channel_id]
+    sent = await alice.send(channel.channel_id, "hello bob, over TLS")
+    assert sent.channel_seq == 1
+
+    received = await asyncio.wait_for(anext(aiter(live)), 10)
+    assert (received.message_id, received.body, received.sender_id) == (sent.message_id, sent.body, alice.user_id)
+    assert received.sender_name == alice_name
+    live.cancel()
+
+    assert await history_bodies(bob, channel.channel_id, expect=1) == ["hello bob, over TLS"]
+    for client in (alice, bob):
+        await client.close()
+
+    assert platform.stop() == 0
+    platform.start()
+    bob = connect(platform)
+    await bob.login(bob_name, PASSWORD)
+    page = await bob.history(channel.channel_id)
+    assert [(m.channel_seq, m.body) for m in page.messages] == [(1, "hello bob, over TLS")]
+    # A second start keeps accounts, channels and the live path too.
+    alice = connect(platform)
+    await alice.login(alice_name, PASSWORD)
+    live = bob.subscribe([channel.channel_id])
+    await asyncio.wait_for(live.ready(), 10)
+    again = await alice.send(channel.channel_id, "still here after a restart")
+    assert again.channel_seq == 2
+    assert (await asyncio.wait_for(anext(aiter(live)), 10)).body == "still here after a restart"
+    live.cancel()
+    await alice.close()
+    await bob.close()
+
+
+async def test_one_send_is_one_trace_across_gateway_messaging_and_storage(platform: RunningPlatform) -> None:
+    alice = await new_user(platform, unique("tracer"))
+    channel = await alice.create_channel("traced")
+    marker = unique("trace-me-")
+    await alice.send(channel.channel_id, marker)
+    await history_bodies(alice, channel.channel_id, expect=1)
+    await alice.close()
+
+    def spans(service: str) -> list[dict[str, str]]:
+        found = []
+        for line in platform.log(service).splitlines():
+            if line.startswith('{"span"'):
+                found.append(json.loads(line))
+        return found
+
+    sends = [s for s in spans("gateway") if s["span"].endswith("/SendMessage")]
+    assert sends, "the gateway recorded no SendMessage span"
+    trace_ids = {s["trace_id"] for s in sends}
+    messaging_traces = {s["trace_id"] for s in spans("messaging") if s["span"].endswith("/PostMessage")}
+    storage_traces = {
+        s["trace_id"] for s in spans("storage") if s["span"].startswith("archive parley.messaging.v1.MessagePosted")
+    }
+    shared = trace_ids & messaging_traces & storage_traces
+    assert shared, "no trace id runs through gateway, messaging and storage"
+
+
+async def test_bad_input_gets_precise_status(platform: RunningPlatform) -> None:
+    name = unique("carol")
+    carol = await new_user(platform, name)
+    outsider = await new_user(platform, unique("dave"))
+    channel = await carol.create_channel("private-ish")
+
+    async def status_of(call: object) -> grpc.StatusCode:
+        with pytest.raises(ParleyError) as caught:
+            await call  # type: ignore[misc]
+        assert "Traceback" not in caught.value.message
+        return caught.value.code
+
+    assert await status_of(carol.send(channel.channel_id, "   ")) == grpc.StatusCode.INVALID_ARGUMENT
+    assert await status_of(carol.send(channel.channel_id, "x" * 5000)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert await status_of(outsider.send(channel.channel_id, "hi")) == grpc.StatusCode.PERMISSION_DENIED
+    assert await status_of(outsider.history(channel.channel_id)) == grpc.StatusCode.PERMISSION_DENIED
+    assert await status_of(carol.join_channel("no-such-channel")) == grpc.StatusCode.NOT_FOUND
+    assert await status_of(carol.register(name.upper(), PASSWORD)) == grpc.StatusCode.ALREADY_EXISTS
+    assert await status_of(carol.register(unique("eve"), "short")) == grpc.StatusCode.INVALID_ARGUMENT
+    assert await status_of(carol.login(name, "wrong-password-here")) == grpc.StatusCode.UNAUTHENTICATED
+
+    anonymous = connect(platform)
+    assert await status_of(anonymous.my_channels()) == grpc.StatusCode.UNAUTHENTICATED
+    token = carol.access_token
+    assert token is not None
+    head, payload, signature = token.split(".")
+    tampered = ".".join((head, payload, ("A" if signature[0] != "A" else "B") + signature[1:]))
+    anonymous.use_token(tampered)
+    assert await status_of(anonymous.my_channels()) == grpc.StatusCode.UNAUTHENTICATED
+    for client in (carol, outsider, anonymous):
+        await client.close()
+
+
+async def test_idempotent_send_returns_the_first_message(platform: RunningPlatform) -> None:
+    frank = await new_user(platform, unique("frank"))
+    channel = await frank.create_channel("retries")
+    first = await frank.send(channel.channel_id, "once", idempotency_key="key-1")
+    retry = await frank.send(channel.channel_id, "once", idempotency_key="key-1")
+    other = await frank.send(channel.channel_id, "twice", idempotency_key="key-2")
+    assert retry.message_id == first.message_id
+    assert retry.channel_seq == first.channel_seq == 1
+    assert other.channel_seq == 2
+    assert await history_bodies(frank, channel.channel_id, expect=2) == ["once", "twice"]
+    await frank.close()
+
+
+def test_cli_user_flow(platform: RunningPlatform) -> None:
+    """What a person types in two terminals, minus the typing."""
+    alice, bob = unique("cli-alice"), unique("cli-bob")
+    typed_password = PASSWORD + "\n"
+    for user in (alice, bob):
+        assert "registered" in platform.cli("register", user, stdin=typed_password).stdout
+        assert "logged in" in platform.cli("login", user, stdin=typed_password).stdout
+    created = platform.cli("--as", alice, "create-channel", "cli-room").stdout
+    channel_id = created.strip().rsplit(" ", 1)[-1]
+    assert "joined #cli-room" in platform.cli("--as", bob, "join", channel_id).stdout
+    assert "sent #1" in platform.cli("--as", alice, "send", "cli-room", "hi from the CLI").stdout
+    wait_until(
+        lambda: "hi from the CLI" in platform.cli("--as", bob, "history", "cli-room").stdout,
+        timeout=20,
+        what="the message in bob's history",
+    )
+    assert f"{alice}: hi from the CLI" in platform.cli("--as", bob, "history", "cli-room").stdout
+    refused = platform.cli("--as", bob, "send", "cli-room", "   ", check=False)
+    assert refused.returncode == 1
+    assert "INVALID_ARGUMENT" in refused.stderr
+
+
+async def test_poison_event_is_parked_and_listed_for_the_operator(platform: RunningPlatform) -> None:
+    passwords = json.loads((platform.data_dir / "secrets" / "nats-passwords.json").read_text())
+    nc = await connect_nats(
+        url=str(platform.state["nats_url"]),
+        user="platform",
+        password=passwords["platform"],
+        ca_cert=platform.data_dir / "pki" / "ca.crt",
+        name="poisoner",
+        allow_reconnect=False,
+    )
+    ack = await nc.jetstream().publish("parley.msg.poison.1", b"\xff this is not an event envelope")
+    await nc.close()
+    wait_until(
+        lambda: f"MSG:{ack.seq} parley.msg.poison.1" in platform.cli("parked").stdout,
+        timeout=30,
+        what="the poison event to be parked by storage's archive consumer",
+    )
+    assert "undecodable envelope" in platform.cli("parked").stdout
