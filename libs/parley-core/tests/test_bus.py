@@ -103,6 +103,14 @@ async def storage_bus(nats_server: NatsTestServer, bus: EventBus) -> AsyncIterat
         await storage.stop_consumers()
 
 
+async def append_unconditionally(bus: EventBus, event: NewEvent, version: int) -> int:
+    """Append to the event's own channel without an expectation; return its stream sequence."""
+    appended = await bus.append(
+        channel_subject(event.aggregate_id), event, aggregate_version=version, expected_last_subject_seq=None
+    )
+    return appended.stream_seq
+
+
 def consumer_spec(max_deliver: int = 3) -> ConsumerSpec:
     return ConsumerSpec(stream="MSG", durable=DURABLE, service="storage", filter_subject=">", max_deliver=max_deliver)
 
@@ -164,7 +172,8 @@ async def test_append_refuses_a_stale_expected_subject_sequence(bus: EventBus) -
 async def test_append_without_expectation_always_appends(bus: EventBus) -> None:
     subject = channel_subject("c-free")
     seqs = [
-        (await bus.append(subject, posted("c-free", str(n)), aggregate_version=n, expected_last_subject_seq=None)).stream_seq
+        (await bus.append(subject, posted("c-free", str(n)), aggregate_version=n, expected_last_subject_seq=None))
+        .stream_seq
         for n in range(3)
     ]
     assert seqs == [1, 2, 3]
@@ -338,10 +347,7 @@ async def test_poison_event_is_parked_and_the_rest_of_its_batch_acked(
     nats_server: NatsTestServer, bus: EventBus, storage_bus: EventBus
 ) -> None:
     events = [posted("c1", "a"), posted("c1", "poison"), posted("c2", "b")]
-    seqs = [
-        (await bus.append(channel_subject(e.aggregate_id), e, aggregate_version=n, expected_last_subject_seq=None)).stream_seq
-        for n, e in enumerate(events)
-    ]
+    seqs = [await append_unconditionally(bus, e, n) for n, e in enumerate(events)]
     poison = events[1].event_id
     seen = Recorder()
 
@@ -384,10 +390,7 @@ async def test_event_failing_once_is_redelivered_and_applied_once(
     nats_server: NatsTestServer, bus: EventBus, storage_bus: EventBus
 ) -> None:
     events = [posted("c1", "a"), posted("c1", "flaky"), posted("c2", "b")]
-    seqs = [
-        (await bus.append(channel_subject(e.aggregate_id), e, aggregate_version=n, expected_last_subject_seq=None)).stream_seq
-        for n, e in enumerate(events)
-    ]
+    seqs = [await append_unconditionally(bus, e, n) for n, e in enumerate(events)]
     flaky = events[1].event_id
     seen = Recorder()
 
@@ -400,7 +403,7 @@ async def test_event_failing_once_is_redelivered_and_applied_once(
 
     await storage_bus.consume(consumer_spec(max_deliver=3), archive)
     await seen.wait_until(lambda: flaky in seen.applied_ids())
-    info = await eventually(lambda: _consumer_settled(storage_bus, seqs[-1]))
+    await eventually(lambda: _consumer_settled(storage_bus, seqs[-1]))
 
     assert sorted(seen.applied_ids()) == sorted(e.event_id for e in events)
     [flaky_applied] = [e for e in seen.applied if e.envelope.event_id == flaky]

@@ -5,7 +5,7 @@ Unit tests: no I/O, only the envelope module and the generated protobuf classes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from parley.common.v1.envelope_pb2 import EventEnvelope
@@ -111,8 +111,12 @@ def test_upcaster_turns_a_version_1_payload_into_version_2() -> None:
 @pytest.mark.usefixtures("registries")
 def test_upcasters_chain_across_versions_and_missing_version_means_1() -> None:
     env.CURRENT_SCHEMA_VERSION[POSTED] = 3
-    env.UPCASTERS[(POSTED, 1)] = lambda data: MessagePosted(body=MessagePosted.FromString(data).body + " v2").SerializeToString()
-    env.UPCASTERS[(POSTED, 2)] = lambda data: MessagePosted(body=MessagePosted.FromString(data).body + " v3").SerializeToString()
+
+    def appending(suffix: str) -> Callable[[bytes], bytes]:
+        return lambda data: MessagePosted(body=MessagePosted.FromString(data).body + suffix).SerializeToString()
+
+    env.UPCASTERS[(POSTED, 1)] = appending(" v2")
+    env.UPCASTERS[(POSTED, 2)] = appending(" v3")
     unversioned = EventEnvelope(event_type=POSTED, payload=MessagePosted(body="v1").SerializeToString())
 
     opened = open_payload(unversioned)

@@ -1,12 +1,13 @@
 import pytest
+
 from parley_auth.domain import check_password_policy, normalize_username, username_key
 from parley_auth.passwords import HASHER, hash_password, verify_password
 from parley_core.errors import InvalidArgument
 
 
 def test_look_alike_usernames_normalize_to_one_name() -> None:
-    # Fullwidth letters and case differences are the same account.
-    assert normalize_username("ＡＬＩＣＥ") == normalize_username("Alice") == "alice"
+    # Fullwidth letters (U+FF21...) and case differences are the same account.
+    assert normalize_username("\uff21\uff2c\uff29\uff23\uff25") == normalize_username("Alice") == "alice"
     assert username_key("alice") == username_key(normalize_username("ALICE"))
 
 
@@ -25,7 +26,8 @@ def test_password_policy() -> None:
 
 
 async def test_argon2id_with_owasp_parameters() -> None:
-    assert HASHER.memory_cost >= 19 * 1024 and HASHER.time_cost >= 2
+    assert HASHER.memory_cost >= 19 * 1024
+    assert HASHER.time_cost >= 2
     stored = await hash_password("a-long-passphrase")
     assert stored.startswith("$argon2id$")
     assert await verify_password(stored, "a-long-passphrase")

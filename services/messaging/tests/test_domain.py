@@ -1,4 +1,5 @@
 import pytest
+
 from parley_core.errors import InvalidArgument, NotFound, PermissionDenied
 from parley_messaging.domain import (
     ChannelDirectory,

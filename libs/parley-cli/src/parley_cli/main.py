@@ -13,6 +13,7 @@ from pathlib import Path
 from parley_cli import chat
 from parley_cli.health import check_health
 from parley_client import ClientConfig, ParleyClient, ParleyError
+from parley_core.logs import quiet_asyncio_tls_notes
 
 
 def _password(args: argparse.Namespace) -> str:
@@ -80,7 +81,8 @@ async def cmd_parked(args: argparse.Namespace) -> int:
         print("no parked events")
         return 0
     for e in events:
-        print(f"#{e.seq} {e.original_stream}:{e.original_seq} {e.original_subject} consumer={e.consumer} reason={e.reason}")
+        origin = f"{e.original_stream}:{e.original_seq} {e.original_subject}"
+        print(f"#{e.seq} {origin} consumer={e.consumer} reason={e.reason}")
     return 0
 
 
@@ -204,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    quiet_asyncio_tls_notes()
     try:
         code = asyncio.run(args.run(args))
     except ParleyError as exc:

@@ -253,10 +253,8 @@ class Replay:
 
     async def stop(self) -> None:
         if self._sub is not None:
-            try:
+            with contextlib.suppress(nats.errors.Error):  # connection already closing
                 await self._sub.unsubscribe()
-            except nats.errors.Error:
-                pass  # connection already closing
             self._sub = None
 
 
@@ -299,7 +297,15 @@ class DurableConsumer:
                 log.warning("fetch failed, retrying", extra={"consumer": self.spec.durable, "error": str(exc)})
                 await asyncio.sleep(0.5)
                 continue
-            await self._process(msgs)
+            try:
+                await self._process(msgs)
+            except Exception:
+                # Parking or acking failed (e.g. NATS trouble, no PARKED stream). The consumer
+                # must outlive it: events left unacked come back after ack_wait.
+                log.exception(
+                    "batch not settled; its unacked events will be redelivered", extra={"consumer": self.spec.durable}
+                )
+                await asyncio.sleep(0.5)
 
     async def _process(self, msgs: list[Msg]) -> None:
         decoded: list[tuple[Msg, ReceivedEvent]] = []

@@ -40,3 +40,9 @@ def configure_logging(*, service: str, instance_id: str, level: str = "INFO") ->
     root.setLevel(level.upper())
     # nats-py logs every reconnect attempt at INFO; keep the signal.
     logging.getLogger("nats").setLevel(logging.WARNING)
+    quiet_asyncio_tls_notes()
+
+
+def quiet_asyncio_tls_notes() -> None:
+    """asyncio warns on every TLS connection a peer closes first; that is routine here."""
+    logging.getLogger("asyncio").setLevel(logging.ERROR)

@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.metadata
+import inspect
 import logging
 import signal
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -91,6 +92,9 @@ def installed_distributions() -> list[Distribution]:
     return [Distribution(name=n, version=v) for n, v in sorted(seen.items())]
 
 
+_AioBehaviour = Callable[[Any, "grpc.aio.ServicerContext[Any, Any]"], Any]
+
+
 class CallerCheckAndErrors(grpc.aio.ServerInterceptor):
     """Refuses peers not allowed to call this service and maps errors to one gRPC status each.
 
@@ -103,17 +107,17 @@ class CallerCheckAndErrors(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method = handler_call_details.method  # type: ignore[attr-defined]
+        method = handler_call_details.method
         allowed = self._allowed
 
         def check_peer(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
-            if allowed is None or method.startswith("/grpc.health.v1.Health/") or method.startswith("/grpc.reflection."):
+            if allowed is None or method.startswith(("/grpc.health.v1.Health/", "/grpc.reflection.")):
                 return None
             names = {n.decode() for n in context.auth_context().get("x509_common_name", [])}
             if not names & set(allowed):
@@ -131,7 +135,8 @@ class CallerCheckAndErrors(grpc.aio.ServerInterceptor):
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error (reference {ref})")
 
         if handler.unary_unary is not None:
-            inner_unary = handler.unary_unary
+            # The stubs describe synchronous handlers; on a grpc.aio server they are coroutines.
+            inner_unary = cast(_AioBehaviour, handler.unary_unary)
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 if (problem := check_peer(context)) is not None:
@@ -144,24 +149,32 @@ class CallerCheckAndErrors(grpc.aio.ServerInterceptor):
                     await fail(context, exc)
 
             return grpc.unary_unary_rpc_method_handler(
-                unary, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+                unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
+            inner_stream = cast(_AioBehaviour, handler.unary_stream)
 
             async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
                 if (problem := check_peer(context)) is not None:
                     await context.abort(grpc.StatusCode.PERMISSION_DENIED, problem)
                 try:
-                    async for item in inner_stream(request, context):
-                        yield item
+                    if inspect.iscoroutinefunction(inner_stream):
+                        # Writes with context.write() and returns None, as grpc's Health.Watch does.
+                        await inner_stream(request, context)
+                    else:
+                        async for item in inner_stream(request, context):
+                            yield item
                 except (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit):
                     raise
                 except Exception as exc:
                     await fail(context, exc)
 
             return grpc.unary_stream_rpc_method_handler(
-                stream, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+                stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
             )
         return handler
 
@@ -231,18 +244,29 @@ async def serve(
     await bus.ensure_streams(s for s in STREAMS if s.owner in (service, "*"))
 
     server = grpc.aio.server(
-        interceptors=[*telemetry.server_interceptors(), CallerCheckAndErrors(None if client_facing else GRPC_CALLERS[service])]
+        interceptors=[
+            *telemetry.server_interceptors(),
+            CallerCheckAndErrors(None if client_facing else GRPC_CALLERS[service]),
+        ]
     )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     tokens = TokenVerifier()
-    ctx = RunContext(settings=settings, service=service, version=version, bus=bus, pki=pki, server=server, health=health, tokens=tokens)
+    ctx = RunContext(
+        settings=settings,
+        service=service,
+        version=version,
+        bus=bus,
+        pki=pki,
+        server=server,
+        health=health,
+        tokens=tokens,
+    )
     keys = await follow_signing_keys(bus, tokens)
     await app.start(ctx)
     await keys.wait_caught_up()
-    reflection.enable_server_reflection(
-        [*ctx.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
-    )
+    health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+    reflection.enable_server_reflection([*ctx.service_names, health_name, reflection.SERVICE_NAME], server)
     port = server.add_secure_port(
         f"{settings.listen_host}:{settings.listen_port}", _server_credentials(pki, service, client_facing=client_facing)
     )
@@ -256,10 +280,8 @@ async def serve(
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread (tests): caller sets stop
             loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass  # not the main thread (tests): the caller sets `stop`
     heartbeat_task = asyncio.create_task(_heartbeats(ctx, stop))
     await stop.wait()
 

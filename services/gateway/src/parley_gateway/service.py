@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from collections.abc import AsyncIterator
 
 import grpc
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc

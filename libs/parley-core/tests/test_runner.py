@@ -1,0 +1,250 @@
+"""The service runner end to end: a real `serve()` with mutual TLS, a real nats-server and a tiny app.
+
+The app registers parley.messaging.v1.MessagingService with methods that fail on purpose or
+block until the test releases them, so caller checks, error mapping and drain can be observed
+from a client, as `parley status` and the gateway see them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
+
+from parley_core.bus import EventBus
+from parley_core.config import Settings
+from parley_core.errors import NotFound
+from parley_core.pki import Pki
+from parley_core.runner import RunContext, secure_channel, serve
+from parley_core.testing.nats import NatsTestServer
+from parley_core.topology import STREAMS_BY_NAME
+
+pytestmark = pytest.mark.asyncio
+
+TIMEOUT_S = 10.0
+SERVICE = "messaging"
+MESSAGING = messaging_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class ScriptedMessaging(messaging_pb2_grpc.MessagingServiceServicer):
+    """Each method exercises one path through the runner's interceptor."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def CreateChannel(
+        self, request: messaging_pb2.CreateChannelRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.Channel:
+        raise NotFound("x")
+
+    async def JoinChannel(
+        self, request: messaging_pb2.JoinChannelRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.Channel:
+        raise RuntimeError("secret-internal-detail")
+
+    async def ListMyChannels(
+        self, request: messaging_pb2.ListMyChannelsRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.ListMyChannelsResponse:
+        """In flight until the test releases it."""
+        self.entered.set()
+        await self.release.wait()
+        return messaging_pb2.ListMyChannelsResponse(channels=[messaging_pb2.Channel(channel_id="c1", name="one")])
+
+
+@dataclass
+class ScriptedApp:
+    servicer: ScriptedMessaging = field(default_factory=ScriptedMessaging)
+    started: bool = False
+    stopped: bool = False
+
+    async def start(self, ctx: RunContext) -> None:
+        messaging_pb2_grpc.add_MessagingServiceServicer_to_server(self.servicer, ctx.server)
+        ctx.add_service_name(MESSAGING)
+        self.started = True
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+@dataclass
+class RunningService:
+    app: ScriptedApp
+    stop: asyncio.Event
+    task: asyncio.Task[int]
+    port: int
+    pki: Pki
+    channels: list[grpc.aio.Channel] = field(default_factory=list)
+
+    def channel(self, identity: str) -> grpc.aio.Channel:
+        """A fresh mutual-TLS channel presenting `identity`'s certificate."""
+        channel = secure_channel(self.pki, identity=identity, address=f"127.0.0.1:{self.port}", peer=SERVICE)
+        self.channels.append(channel)
+        return channel
+
+
+@pytest_asyncio.fixture
+async def running(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> AsyncIterator[RunningService]:
+    # serve() follows the auth signing keys; the auth service creates that stream.
+    auth = await nats_server.connect("auth")
+    await EventBus(auth, service="auth", producer="auth@test").ensure_streams([STREAMS_BY_NAME["AUTH"]])
+    # serve() ensures <data_dir>/pki; point it at the session CA that the broker trusts.
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "pki").symlink_to(pki.directory, target_is_directory=True)
+    settings = Settings(
+        service=SERVICE,
+        data_dir=data_dir,
+        nats_url=nats_server.url,
+        nats_password=nats_server.passwords[SERVICE],
+        listen_port=0,
+        grace_seconds=TIMEOUT_S,
+    )
+    app = ScriptedApp()
+    stop = asyncio.Event()
+    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(serve(app, service=SERVICE, settings=settings, stop=stop, on_ready=ready.set_result))
+    await asyncio.wait_for(asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED), TIMEOUT_S)
+    if task.done():
+        task.result()  # serve() failed before it was ready: show why
+    service = RunningService(app=app, stop=stop, task=task, port=ready.result(), pki=pki)
+    try:
+        yield service
+    finally:
+        app.servicer.release.set()
+        stop.set()
+        for channel in service.channels:
+            await channel.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 3 * TIMEOUT_S)
+
+
+async def test_health_reports_serving_for_the_server_and_each_service(running: RunningService) -> None:
+    health = health_pb2_grpc.HealthStub(running.channel("platform"))
+
+    overall = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=TIMEOUT_S)
+    messaging = await health.Check(health_pb2.HealthCheckRequest(service=MESSAGING), timeout=TIMEOUT_S)
+
+    assert overall.status == SERVING
+    assert messaging.status == SERVING
+    assert running.app.started
+
+
+async def test_reflection_lists_the_services(running: RunningService) -> None:
+    reflection = reflection_pb2_grpc.ServerReflectionStub(running.channel("platform"))
+
+    async def ask() -> list[str]:
+        call = reflection.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=TIMEOUT_S
+        )
+        [response] = [r async for r in call]
+        return [s.name for s in response.list_services_response.service]
+
+    names = await ask()
+
+    assert MESSAGING in names
+    assert "grpc.health.v1.Health" in names
+    assert "grpc.reflection.v1alpha.ServerReflection" in names
+
+
+async def test_a_peer_not_allowed_to_call_the_service_is_refused(running: RunningService) -> None:
+    auth_channel = running.channel("auth")
+    messaging = messaging_pb2_grpc.MessagingServiceStub(auth_channel)
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await messaging.CreateChannel(messaging_pb2.CreateChannelRequest(name="general"), timeout=TIMEOUT_S)
+
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "auth" in (refused.value.details() or "")
+    # Health stays open to every peer with a certificate from the CA.
+    health = health_pb2_grpc.HealthStub(auth_channel)
+    assert (await health.Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT_S)).status == SERVING
+
+
+async def test_an_allowed_peer_gets_the_domain_error_as_its_status(running: RunningService) -> None:
+    for identity in ("gateway", "platform"):
+        messaging = messaging_pb2_grpc.MessagingServiceStub(running.channel(identity))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await messaging.CreateChannel(messaging_pb2.CreateChannelRequest(name="general"), timeout=TIMEOUT_S)
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+        assert refused.value.details() == "x"
+
+
+async def test_an_unexpected_error_is_internal_with_a_reference_and_no_trace(running: RunningService) -> None:
+    messaging = messaging_pb2_grpc.MessagingServiceStub(running.channel("platform"))
+
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await messaging.JoinChannel(messaging_pb2.JoinChannelRequest(channel_id="c1"), timeout=TIMEOUT_S)
+
+    details = failed.value.details() or ""
+    assert failed.value.code() == grpc.StatusCode.INTERNAL
+    assert details.startswith("internal error (reference ")
+    assert "Traceback" not in details
+    assert "secret-internal-detail" not in details
+    assert "RuntimeError" not in details
+
+
+async def test_a_client_without_a_certificate_is_refused(running: RunningService) -> None:
+    credentials = grpc.ssl_channel_credentials(root_certificates=running.pki.ca_pem())
+    async with grpc.aio.secure_channel(
+        f"127.0.0.1:{running.port}", credentials, options=[("grpc.ssl_target_name_override", SERVICE)]
+    ) as anonymous:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await health_pb2_grpc.HealthStub(anonymous).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT_S)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_drain_stops_serving_refuses_new_calls_and_finishes_in_flight_ones(running: RunningService) -> None:
+    servicer = running.app.servicer
+    messaging = messaging_pb2_grpc.MessagingServiceStub(running.channel("platform"))
+
+    async def list_channels() -> messaging_pb2.ListMyChannelsResponse:
+        return await messaging.ListMyChannels(messaging_pb2.ListMyChannelsRequest(), timeout=3 * TIMEOUT_S)
+
+    in_flight = asyncio.create_task(list_channels())
+    await asyncio.wait_for(servicer.entered.wait(), TIMEOUT_S)
+    watch = health_pb2_grpc.HealthStub(running.channel("platform")).Watch(
+        health_pb2.HealthCheckRequest(service=MESSAGING), timeout=3 * TIMEOUT_S
+    )
+    assert (await asyncio.wait_for(watch.read(), TIMEOUT_S)).status == SERVING
+
+    running.stop.set()
+
+    assert (await asyncio.wait_for(watch.read(), TIMEOUT_S)).status == NOT_SERVING
+    watch.cancel()  # an open watch would otherwise hold the drain for the whole grace period
+
+    async def refused(stub: messaging_pb2_grpc.MessagingServiceAsyncStub) -> grpc.StatusCode:
+        """New calls are refused once the server stops accepting; poll until that happens."""
+        while True:
+            try:
+                await stub.CreateChannel(messaging_pb2.CreateChannelRequest(name="late"), timeout=TIMEOUT_S)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:  # NOT_FOUND: still accepted
+                    return exc.code()
+            await asyncio.sleep(0.05)
+
+    # Neither on the connection that carries the in-flight call, nor on a new one.
+    assert await asyncio.wait_for(refused(messaging), TIMEOUT_S) == grpc.StatusCode.UNAVAILABLE
+    newcomer = messaging_pb2_grpc.MessagingServiceStub(running.channel("platform"))
+    assert await asyncio.wait_for(refused(newcomer), TIMEOUT_S) == grpc.StatusCode.UNAVAILABLE
+    assert not in_flight.done()
+    assert not running.task.done()
+    assert not running.app.stopped
+
+    servicer.release.set()
+
+    response = await asyncio.wait_for(in_flight, TIMEOUT_S)
+    assert [c.channel_id for c in response.channels] == ["c1"]
+    assert await asyncio.wait_for(running.task, TIMEOUT_S) == 0
+    assert running.app.stopped

@@ -1,0 +1,39 @@
+"""Every instance reports what it runs; the patch registry keeps the fleet view."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
+
+from parley_core.pki import ensure_pki
+from parley_core.runner import secure_channel
+from parley_core.testing.platform import RunningPlatform
+from parley_core.topology import SERVICES
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_fleet_view_lists_every_service_with_version_and_packages(platform: RunningPlatform) -> None:
+    pki = ensure_pki(platform.data_dir / "pki", ["platform"])
+    address = str(platform.service("patch-registry")["address"])
+    channel = secure_channel(pki, identity="platform", address=address, peer="patch-registry")
+    stub: fleet_pb2_grpc.FleetServiceAsyncStub = fleet_pb2_grpc.FleetServiceStub(channel)
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        response = await stub.ListInstances(fleet_pb2.ListInstancesRequest(), timeout=5)
+        reported = {i.last_heartbeat.service: i for i in response.instances}
+        if set(SERVICES) <= reported.keys() or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    await channel.close()
+    assert set(SERVICES) <= reported.keys()
+    for name, instance in reported.items():
+        beat = instance.last_heartbeat
+        assert beat.version == "0.1.0", name
+        assert beat.health == "SERVING"
+        assert not instance.stale
+        packages = {d.name: d.version for d in beat.distributions}
+        assert f"parley-{name}" in packages
+        assert "grpcio" in packages
