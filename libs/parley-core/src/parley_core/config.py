@@ -21,6 +21,8 @@ from pydantic_settings import (
 )
 
 TraceExporter = Literal["none", "console", "otlp"]
+# open: anyone may register; admin: accounts are created by an administrator only.
+RegistrationMode = Literal["open", "admin"]
 
 
 class Settings(BaseSettings):
@@ -46,6 +48,8 @@ class Settings(BaseSettings):
     registry_addr: str = ""
 
     database_url: str = ""
+
+    registration: RegistrationMode = "admin"
 
     trace_exporter: TraceExporter = "none"
     otlp_endpoint: str = "http://127.0.0.1:4317"

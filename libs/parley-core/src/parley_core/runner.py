@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from parley.fleet.v1.fleet_pb2 import Distribution, InstanceHeartbeat
 
 from parley_core import telemetry
+from parley_core.access import AccessProjection, follow_access
 from parley_core.bus import EventBus
 from parley_core.config import Settings
 from parley_core.errors import DomainError, status_for
@@ -32,8 +33,9 @@ from parley_core.logs import configure_logging
 from parley_core.nats_connect import connect_nats
 from parley_core.natsconf import ensure_nats_passwords
 from parley_core.pki import Pki, ensure_pki
-from parley_core.tokens import TokenVerifier, follow_signing_keys
-from parley_core.topology import GRPC_CALLERS, STREAMS, heartbeat_subject
+from parley_core.rbac import METHOD_PERMISSIONS, PLATFORM_METHODS
+from parley_core.tokens import TokenVerifier, bearer_token, follow_signing_keys
+from parley_core.topology import GRPC_CALLERS, PLATFORM_USER, STREAMS, heartbeat_subject
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,8 @@ class RunContext:
     health: HealthServicer
     tokens: TokenVerifier
     service_names: list[str] = field(default_factory=list)
+    # The service's own projection of roles, disabled accounts and revoked sessions.
+    access: AccessProjection = field(default_factory=AccessProjection)
     _channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     def add_service_name(self, full_name: str) -> None:
@@ -93,6 +97,31 @@ def installed_distributions() -> list[Distribution]:
 
 
 _AioBehaviour = Callable[[Any, "grpc.aio.ServicerContext[Any, Any]"], Any]
+Authorize = Callable[[str, "grpc.aio.ServicerContext[Any, Any]"], None]
+
+
+def peer_names(context: grpc.aio.ServicerContext[Any, Any]) -> set[str]:
+    return {n.decode() for n in context.auth_context().get("x509_common_name", [])}
+
+
+def method_permission_check(tokens: TokenVerifier) -> Authorize:
+    """Enforces rbac.METHOD_PERMISSIONS for every call, from this service's own projection.
+
+    The platform identity (mutual TLS, operator tooling) may call PLATFORM_METHODS without a
+    user token; with a token, the user's permission is checked as for anyone.
+    """
+
+    def check(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if method not in METHOD_PERMISSIONS:
+            return
+        permission = METHOD_PERMISSIONS[method]
+        if permission is None:
+            return
+        if method in PLATFORM_METHODS and bearer_token(context) is None and PLATFORM_USER in peer_names(context):
+            return
+        tokens.authorize(context, permission)
+
+    return check
 
 
 class CallerCheckAndErrors(grpc.aio.ServerInterceptor):
@@ -102,8 +131,9 @@ class CallerCheckAndErrors(grpc.aio.ServerInterceptor):
     that points to the log line, never a stack trace to the client.
     """
 
-    def __init__(self, allowed_peers: tuple[str, ...] | None) -> None:
+    def __init__(self, allowed_peers: tuple[str, ...] | None, authorize: Authorize | None = None) -> None:
         self._allowed = allowed_peers
+        self._authorize = authorize
 
     async def intercept_service(
         self,
@@ -115,11 +145,12 @@ class CallerCheckAndErrors(grpc.aio.ServerInterceptor):
             return handler
         method = handler_call_details.method
         allowed = self._allowed
+        authorize = self._authorize
 
         def check_peer(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
             if allowed is None or method.startswith(("/grpc.health.v1.Health/", "/grpc.reflection.")):
                 return None
-            names = {n.decode() for n in context.auth_context().get("x509_common_name", [])}
+            names = peer_names(context)
             if not names & set(allowed):
                 return f"peer {sorted(names) or 'without certificate'} may not call {method}"
             return None
@@ -142,6 +173,8 @@ class CallerCheckAndErrors(grpc.aio.ServerInterceptor):
                 if (problem := check_peer(context)) is not None:
                     await context.abort(grpc.StatusCode.PERMISSION_DENIED, problem)
                 try:
+                    if authorize is not None:
+                        authorize(method, context)
                     return await inner_unary(request, context)
                 except (grpc.aio.AbortError, asyncio.CancelledError):
                     raise
@@ -160,6 +193,8 @@ class CallerCheckAndErrors(grpc.aio.ServerInterceptor):
                 if (problem := check_peer(context)) is not None:
                     await context.abort(grpc.StatusCode.PERMISSION_DENIED, problem)
                 try:
+                    if authorize is not None:
+                        authorize(method, context)
                     if inspect.iscoroutinefunction(inner_stream):
                         # Writes with context.write() and returns None, as grpc's Health.Watch does.
                         await inner_stream(request, context)
@@ -243,15 +278,16 @@ async def serve(
     bus = EventBus(nc, service=service, producer=f"{service}@{version}")
     await bus.ensure_streams(s for s in STREAMS if s.owner in (service, "*"))
 
+    access = AccessProjection()
+    tokens = TokenVerifier(access)
     server = grpc.aio.server(
         interceptors=[
             *telemetry.server_interceptors(),
-            CallerCheckAndErrors(None if client_facing else GRPC_CALLERS[service]),
+            CallerCheckAndErrors(None if client_facing else GRPC_CALLERS[service], method_permission_check(tokens)),
         ]
     )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    tokens = TokenVerifier()
     ctx = RunContext(
         settings=settings,
         service=service,
@@ -261,10 +297,13 @@ async def serve(
         server=server,
         health=health,
         tokens=tokens,
+        access=access,
     )
     keys = await follow_signing_keys(bus, tokens)
+    access_replay = await follow_access(bus, access)
     await app.start(ctx)
     await keys.wait_caught_up()
+    await access_replay.wait_caught_up()
     health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
     reflection.enable_server_reflection([*ctx.service_names, health_name, reflection.SERVICE_NAME], server)
     port = server.add_secure_port(

@@ -14,9 +14,11 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from parley.auth.v1.events_pb2 import SigningKeyPublished
 
+from parley_core.access import AccessProjection
 from parley_core.bus import EventBus, ReceivedEvent, Replay
 from parley_core.envelope import open_payload
-from parley_core.errors import Unauthenticated
+from parley_core.errors import PermissionDenied, Unauthenticated
+from parley_core.rbac import Permission, permissions_of
 from parley_core.topology import SIGNING_KEYS_FILTER
 
 log = logging.getLogger(__name__)
@@ -32,11 +34,27 @@ class Caller:
     role: str
     token_id: str
     username: str
+    session_id: str = ""
+
+    @property
+    def permissions(self) -> frozenset[Permission]:
+        return permissions_of(self.role)
+
+    def require(self, permission: Permission) -> None:
+        if permission not in self.permissions:
+            raise PermissionDenied(f"role {self.role!r} lacks the {permission.value!r} permission")
 
 
 class TokenVerifier:
-    def __init__(self) -> None:
+    """Checks the signature and claims, then the caller's current standing in `access`.
+
+    The role in the token is only a hint: the projection's role, disabled flag and revoked
+    sessions win, so a change made after the token was issued applies on the next call.
+    """
+
+    def __init__(self, access: AccessProjection | None = None) -> None:
         self._keys: dict[str, Ed25519PublicKey] = {}
+        self.access = access if access is not None else AccessProjection()
 
     def add_key(self, key_id: str, public_key: bytes) -> None:
         self._keys[key_id] = Ed25519PublicKey.from_public_bytes(public_key)
@@ -69,22 +87,42 @@ class TokenVerifier:
             raise Unauthenticated("access token expired; refresh or log in again") from None
         except jwt.InvalidTokenError:
             raise Unauthenticated("access token is invalid; log in again") from None
+        user_id = str(claims["sub"])
+        session_id = str(claims.get("sid", ""))
+        if self.access.is_disabled(user_id):
+            raise Unauthenticated("this account is disabled; ask an administrator")
+        if session_id and self.access.is_revoked(session_id):
+            raise Unauthenticated("this session was revoked; log in again")
+        role = self.access.role_of(user_id) or str(claims.get("role", "member"))
         return Caller(
-            user_id=str(claims["sub"]),
-            role=str(claims.get("role", "member")),
+            user_id=user_id,
+            role=role,
             token_id=str(claims["jti"]),
             username=str(claims.get("name", "")),
+            session_id=session_id,
         )
 
     def caller(self, context: grpc.aio.ServicerContext[object, object]) -> Caller:
         """The authenticated user behind a gRPC call, from its `authorization: Bearer` metadata."""
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                text = value.decode() if isinstance(value, bytes) else value
-                scheme, _, token = text.partition(" ")
-                if scheme.lower() == "bearer" and token:
-                    return self.verify(token.strip())
-        raise Unauthenticated("missing `authorization: Bearer <token>` metadata; log in first")
+        token = bearer_token(context)
+        if token is None:
+            raise Unauthenticated("missing `authorization: Bearer <token>` metadata; log in first")
+        return self.verify(token)
+
+    def authorize(self, context: grpc.aio.ServicerContext[object, object], permission: Permission) -> Caller:
+        caller = self.caller(context)
+        caller.require(permission)
+        return caller
+
+
+def bearer_token(context: grpc.aio.ServicerContext[object, object]) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            text = value.decode() if isinstance(value, bytes) else value
+            scheme, _, token = text.partition(" ")
+            if scheme.lower() == "bearer" and token:
+                return token.strip()
+    return None
 
 
 async def follow_signing_keys(bus: EventBus, verifier: TokenVerifier) -> Replay:

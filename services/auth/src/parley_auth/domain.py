@@ -1,4 +1,4 @@
-"""Accounts: username rules and the directory projection, free of gRPC, NATS and protobuf I/O."""
+"""Accounts: username and password rules and the directory projection, free of gRPC, NATS and I/O."""
 
 from __future__ import annotations
 
@@ -7,12 +7,20 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+from zxcvbn import zxcvbn
+
 from parley_core.errors import InvalidArgument
+from parley_core.rbac import DEFAULT_ROLE, ROLES
 
 USERNAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{2,31}$")
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 1024
-DEFAULT_ROLE = "member"
+# zxcvbn scores 0..4; 3 is "safely unguessable: moderate protection from offline attacks".
+MIN_PASSWORD_SCORE = 3
+# zxcvbn's cost grows with length; its own guidance is to score only a prefix.
+SCORED_PREFIX = 100
+
+__all__ = ["DEFAULT_ROLE"]
 
 
 def normalize_username(raw: str) -> str:
@@ -37,24 +45,43 @@ def check_password_policy(password: str, username: str) -> None:
         raise InvalidArgument(f"password must be at most {MAX_PASSWORD_LENGTH} characters")
     if username in password.casefold():
         raise InvalidArgument("password must not contain the username")
+    result = zxcvbn(password[:SCORED_PREFIX], user_inputs=[username])
+    if int(result["score"]) < MIN_PASSWORD_SCORE:
+        hint = str(result.get("feedback", {}).get("warning") or "it is too easy to guess")
+        raise InvalidArgument(f"password is too weak ({hint.rstrip('.')}); use a longer passphrase of unrelated words")
 
 
-@dataclass(frozen=True)
+def validate_role(role: str) -> str:
+    if role not in ROLES:
+        raise InvalidArgument(f"role must be one of: {', '.join(ROLES)}")
+    return role
+
+
+@dataclass
 class Account:
     user_id: str
     username: str
     password_hash: str
     role: str
+    disabled: bool = False
+    # Newest event on parley.auth.user.<id>, for optimistic appends to the user aggregate.
+    user_seq: int = 0
+    user_version: int = 0
 
 
 class AccountDirectory:
-    """Accounts by normalized username, rebuilt from UserRegistered events."""
+    """Accounts by normalized username and by id, rebuilt from the AUTH stream."""
 
     def __init__(self) -> None:
         self._by_name: dict[str, Account] = {}
+        self._by_id: dict[str, Account] = {}
 
     def add(self, account: Account) -> None:
         self._by_name[account.username] = account
+        self._by_id[account.user_id] = account
 
     def find(self, username: str) -> Account | None:
         return self._by_name.get(username)
+
+    def by_id(self, user_id: str) -> Account | None:
+        return self._by_id.get(user_id)

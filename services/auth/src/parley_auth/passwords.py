@@ -26,3 +26,11 @@ async def verify_password(password_hash: str | None, password: str) -> bool:
             return False
 
     return await asyncio.to_thread(check)
+
+
+def needs_rehash(password_hash: str) -> bool:
+    """True when the hash was made with other parameters than HASHER's (e.g. before a raise)."""
+    try:
+        return HASHER.check_needs_rehash(password_hash)
+    except InvalidHashError:
+        return False

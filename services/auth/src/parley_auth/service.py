@@ -1,13 +1,31 @@
-"""The auth service's composition: projection, commands and the gRPC servicer."""
+"""The auth service's composition: projection, commands and the gRPC servicer.
+
+Permissions are checked before a handler runs (parley_core.rbac.METHOD_PERMISSIONS, in the
+runner's interceptor); handlers check what depends on the target (whose session, which role).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
+from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
-from parley.auth.v1.events_pb2 import SigningKeyPublished, UserRegistered
+from parley.auth.v1.events_pb2 import (
+    AccountDisabled,
+    AccountEnabled,
+    PasswordChanged,
+    RefreshTokenRotated,
+    RoleAssigned,
+    SecurityEventRecorded,
+    SessionRevoked,
+    SessionStarted,
+    SigningKeyPublished,
+    UserRegistered,
+)
 
 from parley_auth.domain import (
     DEFAULT_ROLE,
@@ -16,22 +34,82 @@ from parley_auth.domain import (
     check_password_policy,
     normalize_username,
     username_key,
+    validate_role,
 )
-from parley_auth.passwords import hash_password, verify_password
+from parley_auth.lockout import LockoutBook
+from parley_auth.passwords import hash_password, needs_rehash, verify_password
+from parley_auth.sessions import (
+    REFRESH_TOKEN_LIFETIME_S,
+    RefreshVerdict,
+    Session,
+    SessionBook,
+    digest,
+    new_refresh_token,
+    session_id_of,
+)
 from parley_auth.signing import TokenIssuer
 from parley_core.bus import ConcurrencyConflict, ReceivedEvent, Replay
 from parley_core.envelope import NewEvent, open_payload
-from parley_core.errors import AlreadyExists, InvalidArgument, Unauthenticated
-from parley_core.runner import RunContext
-from parley_core.tokens import ALGORITHM
-from parley_core.topology import signing_key_subject, username_subject
+from parley_core.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
+from parley_core.rbac import Permission, may_assign
+from parley_core.runner import RunContext, peer_names
+from parley_core.tokens import ALGORITHM, Caller, bearer_token
+from parley_core.topology import PLATFORM_USER, signing_key_subject, stream_subject, user_subject, username_subject
 
 LOGIN_FAILED = "username or password is wrong"
+REFRESH_INVALID = "refresh token is invalid or expired; log in again"
+# Metadata the gateway adds with the client's address; trusted only from the gateway.
+SOURCE_METADATA = "x-parley-source"
+MAX_ID_LENGTH = 64
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def session_subject(session_id: str) -> str:
+    return stream_subject("auth", "session", session_id)
+
+
+def security_subject(kind: str, user_id: str) -> str:
+    return f"parley.sec.{kind}.{user_id or 'unknown'}"
+
+
+def _id(value: str, what: str) -> str:
+    if not value or len(value) > MAX_ID_LENGTH or not value.isalnum():
+        raise InvalidArgument(f"{what} is required: up to {MAX_ID_LENGTH} letters and digits")
+    return value
+
+
+def account_proto(account: Account) -> auth_pb2.Account:
+    return auth_pb2.Account(
+        user_id=account.user_id, username=account.username, role=account.role, disabled=account.disabled
+    )
+
+
+def session_proto(session: Session) -> auth_pb2.Session:
+    return auth_pb2.Session(
+        session_id=session.session_id,
+        user_id=session.user_id,
+        started_at_unix=int(session.started_at),
+        last_refreshed_at_unix=int(session.last_refreshed_at),
+        revoked=session.revoked,
+        revoked_reason=session.revoked_reason,
+        source=session.source,
+    )
 
 
 class AuthApp(auth_pb2_grpc.AuthServiceServicer):
     def __init__(self) -> None:
         self.accounts = AccountDirectory()
+        self.sessions = SessionBook()
+        self.lockouts = LockoutBook()
         self._ctx: RunContext | None = None
         self._issuer: TokenIssuer | None = None
         self._replay: Replay | None = None
@@ -40,7 +118,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         self._ctx = ctx
         self._issuer = TokenIssuer.load_or_create(ctx.settings.secrets_dir / "auth-signing-key.pem")
         await self._publish_signing_key(self._issuer)
-        self._replay = await ctx.bus.replay(stream="AUTH", filter_subject=username_subject("*"), handler=self._apply)
+        self._replay = await ctx.bus.replay(stream="AUTH", filter_subject="parley.auth.>", handler=self._apply)
         await self._replay.wait_caught_up()
         auth_pb2_grpc.add_AuthServiceServicer_to_server(self, ctx.server)
         ctx.add_service_name(auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name)
@@ -48,8 +126,12 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
     async def stop(self) -> None:
         pass
 
-    async def _publish_signing_key(self, issuer: TokenIssuer) -> None:
+    @property
+    def ctx(self) -> RunContext:
         assert self._ctx is not None
+        return self._ctx
+
+    async def _publish_signing_key(self, issuer: TokenIssuer) -> None:
         event = NewEvent(
             aggregate_type="signing_key",
             aggregate_id=issuer.key_id,
@@ -57,54 +139,377 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             actor="service:auth",
         )
         with contextlib.suppress(ConcurrencyConflict):  # published by an earlier start
-            await self._ctx.bus.append(
+            await self.ctx.bus.append(
                 signing_key_subject(issuer.key_id), event, aggregate_version=1, expected_last_subject_seq=0
             )
 
+    # -- projection -------------------------------------------------------------------------
+
     async def _apply(self, event: ReceivedEvent) -> None:
         payload = open_payload(event.envelope)
+        at = event.envelope.occurred_at.ToNanoseconds() / 1e9
         if isinstance(payload, UserRegistered):
             self.accounts.add(Account(payload.user_id, payload.username, payload.password_hash, payload.role))
+            return
+        if isinstance(payload, RoleAssigned | AccountDisabled | AccountEnabled | PasswordChanged):
+            account = self.accounts.by_id(payload.user_id)
+            if account is None:
+                return
+            account.user_seq, account.user_version = event.stream_seq, account.user_version + 1
+            if isinstance(payload, RoleAssigned):
+                account.role = payload.role
+            elif isinstance(payload, AccountDisabled):
+                account.disabled = True
+            elif isinstance(payload, AccountEnabled):
+                account.disabled = False
+            else:
+                account.password_hash = payload.password_hash
+            return
+        if isinstance(payload, SessionStarted):
+            self.sessions.sessions[payload.session_id] = Session(
+                session_id=payload.session_id,
+                user_id=payload.user_id,
+                started_at=at,
+                source=payload.source,
+                current=payload.refresh_token_sha256,
+                last_refreshed_at=at,
+                last_seq=event.stream_seq,
+                version=1,
+            )
+            return
+        if isinstance(payload, RefreshTokenRotated | SessionRevoked):
+            session = self.sessions.get(payload.session_id)
+            if session is None:
+                return
+            session.last_seq, session.version = event.stream_seq, session.version + 1
+            if isinstance(payload, RefreshTokenRotated):
+                session.rotate(payload.previous_sha256, payload.refresh_token_sha256, at)
+            else:
+                session.revoked_reason = payload.reason or "revoked"
 
-    async def Register(
-        self, request: auth_pb2.RegisterRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> auth_pb2.RegisterResponse:
-        assert self._ctx is not None
+    # -- writing ----------------------------------------------------------------------------
+
+    async def _append(self, subject: str, event: NewEvent, *, version: int, expected_seq: int | None) -> None:
+        """Append and wait until our own projection has it (read-your-writes)."""
         assert self._replay is not None
-        username = normalize_username(request.username)
-        check_password_policy(request.password, username)
+        try:
+            appended = await self.ctx.bus.append(
+                subject, event, aggregate_version=version, expected_last_subject_seq=expected_seq
+            )
+        except ConcurrencyConflict:
+            raise FailedPrecondition("the account changed at the same time; try again") from None
+        await self._replay.wait_for_seq(appended.stream_seq)
+
+    async def _user_event(self, account: Account, payload: Message, actor: str) -> None:
+        event = NewEvent(aggregate_type="user", aggregate_id=account.user_id, payload=payload, actor=actor)
+        await self._append(
+            user_subject(account.user_id), event, version=account.user_version + 1, expected_seq=account.user_seq
+        )
+
+    async def _session_event(self, session: Session, payload: Message, actor: str) -> None:
+        event = NewEvent(aggregate_type="session", aggregate_id=session.session_id, payload=payload, actor=actor)
+        await self._append(
+            session_subject(session.session_id), event, version=session.version + 1, expected_seq=session.last_seq
+        )
+
+    async def _security(self, kind: str, *, actor: str, user_id: str = "", **fields: Any) -> None:
+        """A security event for the SIEM; losing one must not fail the user's call."""
+        record = SecurityEventRecorded(kind=kind, user_id=user_id, actor=actor, **fields)
+        event = NewEvent(aggregate_type="security", aggregate_id=user_id or "unknown", payload=record, actor=actor)
+        with contextlib.suppress(Exception):
+            await self.ctx.bus.append(
+                security_subject(kind, user_id), event, aggregate_version=0, expected_last_subject_seq=None
+            )
+
+    async def _revoke(self, session: Session, reason: str, actor: str) -> None:
+        if session.revoked:
+            return
+        await self._session_event(
+            session, SessionRevoked(session_id=session.session_id, user_id=session.user_id, reason=reason), actor
+        )
+        await self._security(
+            "session_revoked", actor=actor, user_id=session.user_id, detail=f"{session.session_id}: {reason}"
+        )
+
+    # -- who is calling -----------------------------------------------------------------------
+
+    def _source(self, context: Context) -> str:
+        if "gateway" in peer_names(context):
+            for key, value in context.invocation_metadata() or ():
+                if key == SOURCE_METADATA:
+                    return (value.decode() if isinstance(value, bytes) else value)[:128]
+        return context.peer()[:128]
+
+    def _caller_or_platform(self, context: Context) -> Caller | None:
+        """None when the platform identity calls without a user token (operator tooling)."""
+        if bearer_token(context) is None and PLATFORM_USER in peer_names(context):
+            return None
+        return self.ctx.tokens.caller(context)
+
+    def _account(self, user_id: str) -> Account:
+        account = self.accounts.by_id(_id(user_id, "user_id"))
+        if account is None:
+            raise NotFound("no such user")
+        return account
+
+    # -- accounts -----------------------------------------------------------------------------
+
+    async def _create(self, username_raw: str, password: str, role: str, actor: str) -> Account:
+        assert self._replay is not None
+        username = normalize_username(username_raw)
+        check_password_policy(password, username)
         if self.accounts.find(username) is not None:
             raise AlreadyExists("that username is taken")
         user_id = uuid.uuid4().hex
-        password_hash = await hash_password(request.password)
+        password_hash = await hash_password(password)
         event = NewEvent(
             aggregate_type="user",
             aggregate_id=user_id,
-            payload=UserRegistered(user_id=user_id, username=username, password_hash=password_hash, role=DEFAULT_ROLE),
-            actor=f"user:{user_id}",
+            payload=UserRegistered(user_id=user_id, username=username, password_hash=password_hash, role=role),
+            actor=actor or f"user:{user_id}",
         )
         try:
-            appended = await self._ctx.bus.append(
+            appended = await self.ctx.bus.append(
                 username_subject(username_key(username)), event, aggregate_version=1, expected_last_subject_seq=0
             )
         except ConcurrencyConflict:
             raise AlreadyExists("that username is taken") from None
         await self._replay.wait_for_seq(appended.stream_seq)
-        return auth_pb2.RegisterResponse(user_id=user_id, username=username)
+        account = self.accounts.by_id(user_id)
+        assert account is not None
+        return account
 
-    async def Login(
-        self, request: auth_pb2.LoginRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> auth_pb2.LoginResponse:
-        assert self._issuer is not None
+    async def Register(self, request: auth_pb2.RegisterRequest, context: Context) -> auth_pb2.RegisterResponse:
+        if self.ctx.settings.registration != "open":
+            raise PermissionDenied(
+                "self-registration is closed on this server; an administrator creates accounts "
+                "(`parley admin create-user`)"
+            )
+        account = await self._create(request.username, request.password, DEFAULT_ROLE, "")
+        return auth_pb2.RegisterResponse(user_id=account.user_id, username=account.username)
+
+    async def CreateUser(self, request: auth_pb2.CreateUserRequest, context: Context) -> auth_pb2.Account:
+        caller = self._caller_or_platform(context)
+        role = validate_role(request.role or DEFAULT_ROLE)
+        if (
+            caller is not None
+            and role != DEFAULT_ROLE
+            and not may_assign(caller.role, target_current_role=DEFAULT_ROLE, new_role=role)
+        ):
+            raise PermissionDenied(f"role {caller.role!r} may not create a user with role {role!r}")
+        actor = f"user:{caller.user_id}" if caller else PLATFORM_USER
+        account = await self._create(request.username, request.password, role, actor)
+        await self._security(
+            "role_assigned",
+            actor=actor,
+            user_id=account.user_id,
+            username=account.username,
+            detail=f"created as {role}",
+        )
+        return account_proto(account)
+
+    async def GetAccount(self, request: auth_pb2.GetAccountRequest, context: Context) -> auth_pb2.Account:
+        account = self.accounts.find(normalize_username(request.username))
+        if account is None:
+            raise NotFound("no such user")
+        return account_proto(account)
+
+    async def AssignRole(self, request: auth_pb2.AssignRoleRequest, context: Context) -> auth_pb2.Account:
+        caller = self._caller_or_platform(context)
+        account = self._account(request.user_id)
+        role = validate_role(request.role)
+        if caller is not None and not may_assign(caller.role, target_current_role=account.role, new_role=role):
+            raise PermissionDenied(f"role {caller.role!r} may not change {account.role!r} to {role!r}")
+        if account.role == role:
+            return account_proto(account)
+        actor = f"user:{caller.user_id}" if caller else PLATFORM_USER
+        previous = account.role
+        await self._user_event(account, RoleAssigned(user_id=account.user_id, role=role, previous_role=previous), actor)
+        await self._security(
+            "role_assigned",
+            actor=actor,
+            user_id=account.user_id,
+            username=account.username,
+            detail=f"{previous} -> {role}",
+        )
+        return account_proto(account)
+
+    async def SetAccountDisabled(
+        self, request: auth_pb2.SetAccountDisabledRequest, context: Context
+    ) -> auth_pb2.Account:
+        caller = self._caller_or_platform(context)
+        account = self._account(request.user_id)
+        if len(request.reason) > 500:
+            raise InvalidArgument("reason must be at most 500 characters")
+        if caller is not None and account.role == "owner" and caller.role != "owner":
+            raise PermissionDenied("only an owner may disable or re-enable an owner")
+        if caller is not None and caller.user_id == account.user_id:
+            raise FailedPrecondition("you cannot disable or re-enable your own account")
+        if account.disabled == request.disabled:
+            return account_proto(account)
+        actor = f"user:{caller.user_id}" if caller else PLATFORM_USER
+        payload: Message = (
+            AccountDisabled(user_id=account.user_id, reason=request.reason)
+            if request.disabled
+            else AccountEnabled(user_id=account.user_id)
+        )
+        await self._user_event(account, payload, actor)
+        kind = "account_disabled" if request.disabled else "account_enabled"
+        await self._security(
+            kind, actor=actor, user_id=account.user_id, username=account.username, detail=request.reason
+        )
+        return account_proto(account)
+
+    # -- login and sessions -------------------------------------------------------------------
+
+    async def Login(self, request: auth_pb2.LoginRequest, context: Context) -> auth_pb2.LoginResponse:
         if not request.username or not request.password:
             raise InvalidArgument("username and password are required")
+        if len(request.username) > 256 or len(request.password) > 1024:
+            raise InvalidArgument("username or password is too long")
+        source = self._source(context)
         try:
             username = normalize_username(request.username)
         except InvalidArgument:
             username = ""
+        key = username or request.username.casefold()
+        if (locked := self.lockouts.check(key, source)) is not None:
+            raise ResourceExhausted(
+                f"too many failed logins from this {locked.scope}; try again in {int(locked.retry_after_s) + 1} s"
+            )
         account = self.accounts.find(username) if username else None
         ok = await verify_password(account.password_hash if account else None, request.password)
         if not ok or account is None:
+            started = self.lockouts.record_failure(key, source)
+            user_id = account.user_id if account else ""
+            await self._security("login_failed", actor="service:auth", user_id=user_id, username=key, source=source)
+            if started is not None:
+                await self._security(
+                    "lockout",
+                    actor="service:auth",
+                    user_id=user_id,
+                    username=key,
+                    source=source,
+                    detail=f"{started.scope} locked for {started.retry_after_s:.0f} s",
+                    locked_until_unix=int(time.time() + started.retry_after_s),
+                )
             raise Unauthenticated(LOGIN_FAILED)
-        token, expires = self._issuer.issue(user_id=account.user_id, username=account.username, role=account.role)
-        return auth_pb2.LoginResponse(access_token=token, user_id=account.user_id, expires_at_unix=expires)
+        if account.disabled:
+            raise Unauthenticated("this account is disabled; ask an administrator")
+        self.lockouts.record_success(key)
+        actor = f"user:{account.user_id}"
+        if needs_rehash(account.password_hash):
+            # The hashing parameters were raised since this password was set.
+            new_hash = await hash_password(request.password)
+            await self._user_event(account, PasswordChanged(user_id=account.user_id, password_hash=new_hash), actor)
+        session_id = uuid.uuid4().hex
+        refresh = new_refresh_token(session_id)
+        event = NewEvent(
+            aggregate_type="session",
+            aggregate_id=session_id,
+            payload=SessionStarted(
+                session_id=session_id, user_id=account.user_id, refresh_token_sha256=digest(refresh), source=source
+            ),
+            actor=actor,
+        )
+        await self._append(session_subject(session_id), event, version=1, expected_seq=0)
+        if not any(s.source == source for s in self.sessions.of_user(account.user_id) if s.session_id != session_id):
+            await self._security(
+                "new_session_source", actor=actor, user_id=account.user_id, username=account.username, source=source
+            )
+        return self._tokens(account, session_id, refresh)
+
+    def _tokens(self, account: Account, session_id: str, refresh: str) -> auth_pb2.LoginResponse:
+        assert self._issuer is not None
+        token, expires = self._issuer.issue(
+            user_id=account.user_id, username=account.username, role=account.role, session_id=session_id
+        )
+        return auth_pb2.LoginResponse(
+            access_token=token,
+            user_id=account.user_id,
+            expires_at_unix=expires,
+            refresh_token=refresh,
+            session_id=session_id,
+            role=account.role,
+        )
+
+    async def Refresh(self, request: auth_pb2.RefreshRequest, context: Context) -> auth_pb2.LoginResponse:
+        session = self.sessions.get(session_id_of(request.refresh_token))
+        if session is None or session.revoked or time.time() - session.started_at > REFRESH_TOKEN_LIFETIME_S:
+            raise Unauthenticated(REFRESH_INVALID)
+        presented = digest(request.refresh_token)
+        verdict = session.judge(presented)
+        if verdict is RefreshVerdict.UNKNOWN:
+            raise Unauthenticated(REFRESH_INVALID)
+        account = self.accounts.by_id(session.user_id)
+        if account is None or account.disabled:
+            raise Unauthenticated("this account is disabled; ask an administrator")
+        if verdict is RefreshVerdict.REUSED:
+            await self._revoke(session, "refresh token reuse", "service:auth")
+            await self._security(
+                "refresh_token_reuse",
+                actor="service:auth",
+                user_id=session.user_id,
+                username=account.username,
+                source=self._source(context),
+                detail=session.session_id,
+            )
+            raise Unauthenticated("this refresh token was already used; the session is revoked, log in again")
+        refresh = new_refresh_token(session.session_id)
+        rotated = RefreshTokenRotated(
+            session_id=session.session_id,
+            user_id=session.user_id,
+            previous_sha256=presented,
+            refresh_token_sha256=digest(refresh),
+        )
+        try:
+            await self._session_event(session, rotated, f"user:{session.user_id}")
+        except FailedPrecondition:
+            # Another refresh with the same token won the race: that is reuse too.
+            raise Unauthenticated("this refresh token was already used; log in again") from None
+        return self._tokens(account, session.session_id, refresh)
+
+    async def Logout(self, request: auth_pb2.LogoutRequest, context: Context) -> auth_pb2.LogoutResponse:
+        caller = self.ctx.tokens.caller(context)
+        session = self.sessions.get(caller.session_id)
+        if session is not None:
+            await self._revoke(session, "logout", f"user:{caller.user_id}")
+        return auth_pb2.LogoutResponse()
+
+    async def ChangePassword(
+        self, request: auth_pb2.ChangePasswordRequest, context: Context
+    ) -> auth_pb2.ChangePasswordResponse:
+        caller = self.ctx.tokens.caller(context)
+        account = self._account(caller.user_id)
+        if not await verify_password(account.password_hash, request.current_password):
+            raise Unauthenticated("the current password is wrong")
+        check_password_policy(request.new_password, account.username)
+        new_hash = await hash_password(request.new_password)
+        actor = f"user:{caller.user_id}"
+        await self._user_event(account, PasswordChanged(user_id=account.user_id, password_hash=new_hash), actor)
+        for session in self.sessions.of_user(account.user_id):
+            if session.session_id != caller.session_id:
+                await self._revoke(session, "password changed", actor)
+        return auth_pb2.ChangePasswordResponse()
+
+    async def ListSessions(
+        self, request: auth_pb2.ListSessionsRequest, context: Context
+    ) -> auth_pb2.ListSessionsResponse:
+        caller = self.ctx.tokens.caller(context)
+        user_id = request.user_id or caller.user_id
+        if user_id != caller.user_id:
+            caller.require(Permission.SESSIONS_READ_ANY)
+            self._account(user_id)
+        return auth_pb2.ListSessionsResponse(sessions=[session_proto(s) for s in self.sessions.of_user(user_id)])
+
+    async def RevokeSession(
+        self, request: auth_pb2.RevokeSessionRequest, context: Context
+    ) -> auth_pb2.RevokeSessionResponse:
+        caller = self.ctx.tokens.caller(context)
+        session = self.sessions.get(_id(request.session_id, "session_id"))
+        if session is None:
+            raise NotFound("no such session")
+        if session.user_id != caller.user_id:
+            caller.require(Permission.SESSIONS_REVOKE_ANY)
+        await self._revoke(session, f"revoked by user:{caller.user_id}", f"user:{caller.user_id}")
+        return auth_pb2.RevokeSessionResponse()

@@ -40,7 +40,7 @@ class TokenIssuer:
         write_private_file(path, pem)
         return cls(key)
 
-    def issue(self, *, user_id: str, username: str, role: str) -> tuple[str, int]:
+    def issue(self, *, user_id: str, username: str, role: str, session_id: str) -> tuple[str, int]:
         now = int(time.time())
         expires = now + ACCESS_TOKEN_SECONDS
         claims = {
@@ -49,6 +49,7 @@ class TokenIssuer:
             "sub": user_id,
             "name": username,
             "role": role,
+            "sid": session_id,
             "iat": now,
             "exp": expires,
             "jti": uuid.uuid4().hex,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19parley/auth/v1/auth.proto\x12\x0eparley.auth.v1\"5\n\x0fRegisterRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"5\n\x10RegisterResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\"2\n\x0cLoginRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"O\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x17\n\x0f\x65xpires_at_unix\x18\x03 \x01(\x03\x32\xa2\x01\n\x0b\x41uthService\x12M\n\x08Register\x12\x1f.parley.auth.v1.RegisterRequest\x1a .parley.auth.v1.RegisterResponse\x12\x44\n\x05Login\x12\x1c.parley.auth.v1.LoginRequest\x1a\x1d.parley.auth.v1.LoginResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19parley/auth/v1/auth.proto\x12\x0eparley.auth.v1\"5\n\x0fRegisterRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"5\n\x10RegisterResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\"2\n\x0cLoginRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"\x88\x01\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x17\n\x0f\x65xpires_at_unix\x18\x03 \x01(\x03\x12\x15\n\rrefresh_token\x18\x04 \x01(\t\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12\x0c\n\x04role\x18\x06 \x01(\t\"\'\n\x0eRefreshRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"\x0f\n\rLogoutRequest\"\x10\n\x0eLogoutResponse\"G\n\x15\x43hangePasswordRequest\x12\x18\n\x10\x63urrent_password\x18\x01 \x01(\t\x12\x14\n\x0cnew_password\x18\x02 \x01(\t\"\x18\n\x16\x43hangePasswordResponse\"\xa0\x01\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x17\n\x0fstarted_at_unix\x18\x03 \x01(\x03\x12\x1e\n\x16last_refreshed_at_unix\x18\x04 \x01(\x03\x12\x0f\n\x07revoked\x18\x05 \x01(\x08\x12\x16\n\x0erevoked_reason\x18\x06 \x01(\t\x12\x0e\n\x06source\x18\x07 \x01(\t\"&\n\x13ListSessionsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"A\n\x14ListSessionsResponse\x12)\n\x08sessions\x18\x01 \x03(\x0b\x32\x17.parley.auth.v1.Session\"*\n\x14RevokeSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x17\n\x15RevokeSessionResponse\"L\n\x07\x41\x63\x63ount\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x10\n\x08\x64isabled\x18\x04 \x01(\x08\"E\n\x11\x43reateUserRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\"2\n\x11\x41ssignRoleRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\"N\n\x19SetAccountDisabledRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08\x64isabled\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"%\n\x11GetAccountRequest\x12\x10\n\x08username\x18\x01 \x01(\t2\x87\x07\n\x0b\x41uthService\x12M\n\x08Register\x12\x1f.parley.auth.v1.RegisterRequest\x1a .parley.auth.v1.RegisterResponse\x12\x44\n\x05Login\x12\x1c.parley.auth.v1.LoginRequest\x1a\x1d.parley.auth.v1.LoginResponse\x12H\n\x07Refresh\x12\x1e.parley.auth.v1.RefreshRequest\x1a\x1d.parley.auth.v1.LoginResponse\x12G\n\x06Logout\x12\x1d.parley.auth.v1.LogoutRequest\x1a\x1e.parley.auth.v1.LogoutResponse\x12_\n\x0e\x43hangePassword\x12%.parley.auth.v1.ChangePasswordRequest\x1a&.parley.auth.v1.ChangePasswordResponse\x12Y\n\x0cListSessions\x12#.parley.auth.v1.ListSessionsRequest\x1a$.parley.auth.v1.ListSessionsResponse\x12\\\n\rRevokeSession\x12$.parley.auth.v1.RevokeSessionRequest\x1a%.parley.auth.v1.RevokeSessionResponse\x12H\n\nCreateUser\x12!.parley.auth.v1.CreateUserRequest\x1a\x17.parley.auth.v1.Account\x12H\n\nAssignRole\x12!.parley.auth.v1.AssignRoleRequest\x1a\x17.parley.auth.v1.Account\x12X\n\x12SetAccountDisabled\x12).parley.auth.v1.SetAccountDisabledRequest\x1a\x17.parley.auth.v1.Account\x12H\n\nGetAccount\x12!.parley.auth.v1.GetAccountRequest\x1a\x17.parley.auth.v1.Accountb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERRESPONSE']._serialized_end=153
   _globals['_LOGINREQUEST']._serialized_start=155
   _globals['_LOGINREQUEST']._serialized_end=205
-  _globals['_LOGINRESPONSE']._serialized_start=207
-  _globals['_LOGINRESPONSE']._serialized_end=286
-  _globals['_AUTHSERVICE']._serialized_start=289
-  _globals['_AUTHSERVICE']._serialized_end=451
+  _globals['_LOGINRESPONSE']._serialized_start=208
+  _globals['_LOGINRESPONSE']._serialized_end=344
+  _globals['_REFRESHREQUEST']._serialized_start=346
+  _globals['_REFRESHREQUEST']._serialized_end=385
+  _globals['_LOGOUTREQUEST']._serialized_start=387
+  _globals['_LOGOUTREQUEST']._serialized_end=402
+  _globals['_LOGOUTRESPONSE']._serialized_start=404
+  _globals['_LOGOUTRESPONSE']._serialized_end=420
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=422
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=493
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=495
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=519
+  _globals['_SESSION']._serialized_start=522
+  _globals['_SESSION']._serialized_end=682
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=684
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=722
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=724
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=789
+  _globals['_REVOKESESSIONREQUEST']._serialized_start=791
+  _globals['_REVOKESESSIONREQUEST']._serialized_end=833
+  _globals['_REVOKESESSIONRESPONSE']._serialized_start=835
+  _globals['_REVOKESESSIONRESPONSE']._serialized_end=858
+  _globals['_ACCOUNT']._serialized_start=860
+  _globals['_ACCOUNT']._serialized_end=936
+  _globals['_CREATEUSERREQUEST']._serialized_start=938
+  _globals['_CREATEUSERREQUEST']._serialized_end=1007
+  _globals['_ASSIGNROLEREQUEST']._serialized_start=1009
+  _globals['_ASSIGNROLEREQUEST']._serialized_end=1059
+  _globals['_SETACCOUNTDISABLEDREQUEST']._serialized_start=1061
+  _globals['_SETACCOUNTDISABLEDREQUEST']._serialized_end=1139
+  _globals['_GETACCOUNTREQUEST']._serialized_start=1141
+  _globals['_GETACCOUNTREQUEST']._serialized_end=1178
+  _globals['_AUTHSERVICE']._serialized_start=1181
+  _globals['_AUTHSERVICE']._serialized_end=2084
 # @@protoc_insertion_point(module_scope)

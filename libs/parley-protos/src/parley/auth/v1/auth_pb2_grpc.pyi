@@ -33,12 +33,44 @@ class AuthServiceStub:
     def __new__(cls, channel: _aio.Channel) -> AuthServiceAsyncStub: ...
     Register: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RegisterRequest, _auth_pb2.RegisterResponse]
     Login: _grpc.UnaryUnaryMultiCallable[_auth_pb2.LoginRequest, _auth_pb2.LoginResponse]
+    Refresh: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RefreshRequest, _auth_pb2.LoginResponse]
+    """Trades a refresh token for a new access token and a new refresh token. Presenting a
+    refresh token that was already traded revokes the whole session (reuse detection).
+    """
+    Logout: _grpc.UnaryUnaryMultiCallable[_auth_pb2.LogoutRequest, _auth_pb2.LogoutResponse]
+    ChangePassword: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ChangePasswordRequest, _auth_pb2.ChangePasswordResponse]
+    ListSessions: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListSessionsRequest, _auth_pb2.ListSessionsResponse]
+    """The caller's sessions, or (with sessions.read_any) another user's."""
+    RevokeSession: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RevokeSessionRequest, _auth_pb2.RevokeSessionResponse]
+    CreateUser: _grpc.UnaryUnaryMultiCallable[_auth_pb2.CreateUserRequest, _auth_pb2.Account]
+    """Administration: by a user holding users.manage / roles.assign, or by the platform identity
+    over mutual TLS (`parley admin create-user`, how the first owner is made).
+    """
+    AssignRole: _grpc.UnaryUnaryMultiCallable[_auth_pb2.AssignRoleRequest, _auth_pb2.Account]
+    SetAccountDisabled: _grpc.UnaryUnaryMultiCallable[_auth_pb2.SetAccountDisabledRequest, _auth_pb2.Account]
+    GetAccount: _grpc.UnaryUnaryMultiCallable[_auth_pb2.GetAccountRequest, _auth_pb2.Account]
 
 @_typing.type_check_only
 class AuthServiceAsyncStub(AuthServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Register: _aio.UnaryUnaryMultiCallable[_auth_pb2.RegisterRequest, _auth_pb2.RegisterResponse]  # type: ignore[assignment]
     Login: _aio.UnaryUnaryMultiCallable[_auth_pb2.LoginRequest, _auth_pb2.LoginResponse]  # type: ignore[assignment]
+    Refresh: _aio.UnaryUnaryMultiCallable[_auth_pb2.RefreshRequest, _auth_pb2.LoginResponse]  # type: ignore[assignment]
+    """Trades a refresh token for a new access token and a new refresh token. Presenting a
+    refresh token that was already traded revokes the whole session (reuse detection).
+    """
+    Logout: _aio.UnaryUnaryMultiCallable[_auth_pb2.LogoutRequest, _auth_pb2.LogoutResponse]  # type: ignore[assignment]
+    ChangePassword: _aio.UnaryUnaryMultiCallable[_auth_pb2.ChangePasswordRequest, _auth_pb2.ChangePasswordResponse]  # type: ignore[assignment]
+    ListSessions: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListSessionsRequest, _auth_pb2.ListSessionsResponse]  # type: ignore[assignment]
+    """The caller's sessions, or (with sessions.read_any) another user's."""
+    RevokeSession: _aio.UnaryUnaryMultiCallable[_auth_pb2.RevokeSessionRequest, _auth_pb2.RevokeSessionResponse]  # type: ignore[assignment]
+    CreateUser: _aio.UnaryUnaryMultiCallable[_auth_pb2.CreateUserRequest, _auth_pb2.Account]  # type: ignore[assignment]
+    """Administration: by a user holding users.manage / roles.assign, or by the platform identity
+    over mutual TLS (`parley admin create-user`, how the first owner is made).
+    """
+    AssignRole: _aio.UnaryUnaryMultiCallable[_auth_pb2.AssignRoleRequest, _auth_pb2.Account]  # type: ignore[assignment]
+    SetAccountDisabled: _aio.UnaryUnaryMultiCallable[_auth_pb2.SetAccountDisabledRequest, _auth_pb2.Account]  # type: ignore[assignment]
+    GetAccount: _aio.UnaryUnaryMultiCallable[_auth_pb2.GetAccountRequest, _auth_pb2.Account]  # type: ignore[assignment]
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -54,5 +86,75 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.LoginRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.LoginResponse, _abc.Awaitable[_auth_pb2.LoginResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Refresh(
+        self,
+        request: _auth_pb2.RefreshRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.LoginResponse, _abc.Awaitable[_auth_pb2.LoginResponse]]:
+        """Trades a refresh token for a new access token and a new refresh token. Presenting a
+        refresh token that was already traded revokes the whole session (reuse detection).
+        """
+
+    @_abc_1.abstractmethod
+    def Logout(
+        self,
+        request: _auth_pb2.LogoutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.LogoutResponse, _abc.Awaitable[_auth_pb2.LogoutResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ChangePassword(
+        self,
+        request: _auth_pb2.ChangePasswordRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.ChangePasswordResponse, _abc.Awaitable[_auth_pb2.ChangePasswordResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListSessions(
+        self,
+        request: _auth_pb2.ListSessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.ListSessionsResponse, _abc.Awaitable[_auth_pb2.ListSessionsResponse]]:
+        """The caller's sessions, or (with sessions.read_any) another user's."""
+
+    @_abc_1.abstractmethod
+    def RevokeSession(
+        self,
+        request: _auth_pb2.RevokeSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.RevokeSessionResponse, _abc.Awaitable[_auth_pb2.RevokeSessionResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateUser(
+        self,
+        request: _auth_pb2.CreateUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.Account, _abc.Awaitable[_auth_pb2.Account]]:
+        """Administration: by a user holding users.manage / roles.assign, or by the platform identity
+        over mutual TLS (`parley admin create-user`, how the first owner is made).
+        """
+
+    @_abc_1.abstractmethod
+    def AssignRole(
+        self,
+        request: _auth_pb2.AssignRoleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.Account, _abc.Awaitable[_auth_pb2.Account]]: ...
+
+    @_abc_1.abstractmethod
+    def SetAccountDisabled(
+        self,
+        request: _auth_pb2.SetAccountDisabledRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.Account, _abc.Awaitable[_auth_pb2.Account]]: ...
+
+    @_abc_1.abstractmethod
+    def GetAccount(
+        self,
+        request: _auth_pb2.GetAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.Account, _abc.Awaitable[_auth_pb2.Account]]: ...
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

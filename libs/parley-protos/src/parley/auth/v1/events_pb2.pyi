@@ -78,3 +78,225 @@ class SigningKeyPublished(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SigningKeyPublished: _TypeAlias = SigningKeyPublished  # noqa: Y015
+
+@_typing.final
+class RoleAssigned(_message.Message):
+    """Every change below is appended on parley.auth.user.<user_id> (the user aggregate) or
+    parley.auth.session.<session_id>; every service folds them into its own access projection
+    (parley_core.access) so a revocation is refused at every service on the next call.
+
+    A role grant; it replaces the previous role (a revoke is a grant of a lesser role).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    PREVIOUS_ROLE_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    role: _builtins.str
+    previous_role: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        role: _builtins.str = ...,
+        previous_role: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous_role", b"previous_role", "role", b"role", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoleAssigned: _TypeAlias = RoleAssigned  # noqa: Y015
+
+@_typing.final
+class AccountDisabled(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountDisabled: _TypeAlias = AccountDisabled  # noqa: Y015
+
+@_typing.final
+class AccountEnabled(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountEnabled: _TypeAlias = AccountEnabled  # noqa: Y015
+
+@_typing.final
+class PasswordChanged(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    PASSWORD_HASH_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    password_hash: _builtins.str
+    """argon2id PHC string"""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        password_hash: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["password_hash", b"password_hash", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PasswordChanged: _TypeAlias = PasswordChanged  # noqa: Y015
+
+@_typing.final
+class SessionStarted(_message.Message):
+    """A login. Refresh tokens are stored only as SHA-256 digests."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    REFRESH_TOKEN_SHA256_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    user_id: _builtins.str
+    refresh_token_sha256: _builtins.bytes
+    source: _builtins.str
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        refresh_token_sha256: _builtins.bytes = ...,
+        source: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refresh_token_sha256", b"refresh_token_sha256", "session_id", b"session_id", "source", b"source", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionStarted: _TypeAlias = SessionStarted  # noqa: Y015
+
+@_typing.final
+class RefreshTokenRotated(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    PREVIOUS_SHA256_FIELD_NUMBER: _builtins.int
+    REFRESH_TOKEN_SHA256_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    user_id: _builtins.str
+    previous_sha256: _builtins.bytes
+    refresh_token_sha256: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        previous_sha256: _builtins.bytes = ...,
+        refresh_token_sha256: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous_sha256", b"previous_sha256", "refresh_token_sha256", b"refresh_token_sha256", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefreshTokenRotated: _TypeAlias = RefreshTokenRotated  # noqa: Y015
+
+@_typing.final
+class SessionRevoked(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    user_id: _builtins.str
+    reason: _builtins.str
+    """"logout", "revoked by <actor>", "refresh token reuse", "password changed" """
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionRevoked: _TypeAlias = SessionRevoked  # noqa: Y015
+
+@_typing.final
+class SecurityEventRecorded(_message.Message):
+    """Published on the SEC stream, subject parley.sec.<kind>.<user_id or "unknown">, for a SIEM."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    USERNAME_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    LOCKED_UNTIL_UNIX_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """login_failed, lockout, new_session, refresh_token_reuse, role_assigned, account_disabled, account_enabled, session_revoked"""
+    user_id: _builtins.str
+    username: _builtins.str
+    source: _builtins.str
+    """client address as seen by the gateway"""
+    actor: _builtins.str
+    """who caused it: user:<id>, platform, service:auth"""
+    detail: _builtins.str
+    locked_until_unix: _builtins.int
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        username: _builtins.str = ...,
+        source: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        locked_until_unix: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "detail", b"detail", "kind", b"kind", "locked_until_unix", b"locked_until_unix", "source", b"source", "user_id", b"user_id", "username", b"username"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecurityEventRecorded: _TypeAlias = SecurityEventRecorded  # noqa: Y015

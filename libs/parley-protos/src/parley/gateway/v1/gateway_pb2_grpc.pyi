@@ -49,6 +49,15 @@ class GatewayStub:
     """Live events of the caller's channels. The first event is always `ready`: from then on
     nothing published to those channels is missed.
     """
+    Refresh: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RefreshRequest, _auth_pb2.LoginResponse]
+    """Sessions and accounts (issue 3), forwarded to auth."""
+    Logout: _grpc.UnaryUnaryMultiCallable[_auth_pb2.LogoutRequest, _auth_pb2.LogoutResponse]
+    ChangePassword: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ChangePasswordRequest, _auth_pb2.ChangePasswordResponse]
+    ListSessions: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListSessionsRequest, _auth_pb2.ListSessionsResponse]
+    RevokeSession: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RevokeSessionRequest, _auth_pb2.RevokeSessionResponse]
+    CreateUser: _grpc.UnaryUnaryMultiCallable[_auth_pb2.CreateUserRequest, _auth_pb2.Account]
+    AssignRole: _grpc.UnaryUnaryMultiCallable[_auth_pb2.AssignRoleRequest, _auth_pb2.Account]
+    SetAccountDisabled: _grpc.UnaryUnaryMultiCallable[_auth_pb2.SetAccountDisabledRequest, _auth_pb2.Account]
 
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
@@ -68,6 +77,15 @@ class GatewayAsyncStub(GatewayStub):
     """Live events of the caller's channels. The first event is always `ready`: from then on
     nothing published to those channels is missed.
     """
+    Refresh: _aio.UnaryUnaryMultiCallable[_auth_pb2.RefreshRequest, _auth_pb2.LoginResponse]  # type: ignore[assignment]
+    """Sessions and accounts (issue 3), forwarded to auth."""
+    Logout: _aio.UnaryUnaryMultiCallable[_auth_pb2.LogoutRequest, _auth_pb2.LogoutResponse]  # type: ignore[assignment]
+    ChangePassword: _aio.UnaryUnaryMultiCallable[_auth_pb2.ChangePasswordRequest, _auth_pb2.ChangePasswordResponse]  # type: ignore[assignment]
+    ListSessions: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListSessionsRequest, _auth_pb2.ListSessionsResponse]  # type: ignore[assignment]
+    RevokeSession: _aio.UnaryUnaryMultiCallable[_auth_pb2.RevokeSessionRequest, _auth_pb2.RevokeSessionResponse]  # type: ignore[assignment]
+    CreateUser: _aio.UnaryUnaryMultiCallable[_auth_pb2.CreateUserRequest, _auth_pb2.Account]  # type: ignore[assignment]
+    AssignRole: _aio.UnaryUnaryMultiCallable[_auth_pb2.AssignRoleRequest, _auth_pb2.Account]  # type: ignore[assignment]
+    SetAccountDisabled: _aio.UnaryUnaryMultiCallable[_auth_pb2.SetAccountDisabledRequest, _auth_pb2.Account]  # type: ignore[assignment]
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
     """The only client-facing API. Every call except Register and Login needs
@@ -132,5 +150,62 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         """Live events of the caller's channels. The first event is always `ready`: from then on
         nothing published to those channels is missed.
         """
+
+    @_abc_1.abstractmethod
+    def Refresh(
+        self,
+        request: _auth_pb2.RefreshRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.LoginResponse, _abc.Awaitable[_auth_pb2.LoginResponse]]:
+        """Sessions and accounts (issue 3), forwarded to auth."""
+
+    @_abc_1.abstractmethod
+    def Logout(
+        self,
+        request: _auth_pb2.LogoutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.LogoutResponse, _abc.Awaitable[_auth_pb2.LogoutResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ChangePassword(
+        self,
+        request: _auth_pb2.ChangePasswordRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.ChangePasswordResponse, _abc.Awaitable[_auth_pb2.ChangePasswordResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListSessions(
+        self,
+        request: _auth_pb2.ListSessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.ListSessionsResponse, _abc.Awaitable[_auth_pb2.ListSessionsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeSession(
+        self,
+        request: _auth_pb2.RevokeSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.RevokeSessionResponse, _abc.Awaitable[_auth_pb2.RevokeSessionResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateUser(
+        self,
+        request: _auth_pb2.CreateUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.Account, _abc.Awaitable[_auth_pb2.Account]]: ...
+
+    @_abc_1.abstractmethod
+    def AssignRole(
+        self,
+        request: _auth_pb2.AssignRoleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.Account, _abc.Awaitable[_auth_pb2.Account]]: ...
+
+    @_abc_1.abstractmethod
+    def SetAccountDisabled(
+        self,
+        request: _auth_pb2.SetAccountDisabledRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.Account, _abc.Awaitable[_auth_pb2.Account]]: ...
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,86 @@
+"""Each service's own view of who may do what: roles, disabled accounts and revoked sessions.
+
+Fed from the AUTH stream (UserRegistered, RoleAssigned, AccountDisabled/Enabled,
+SessionRevoked), never by a call to auth, so every service refuses a revoked session, a
+disabled account or a withdrawn permission on the next call, even when auth is down.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from google.protobuf.message import Message
+from parley.auth.v1.events_pb2 import (
+    AccountDisabled,
+    AccountEnabled,
+    RoleAssigned,
+    SessionRevoked,
+    UserRegistered,
+)
+
+from parley_core.bus import EventBus, ReceivedEvent, Replay
+from parley_core.envelope import open_payload
+
+AUTH_FILTER = "parley.auth.>"
+
+
+@dataclass
+class UserAccess:
+    role: str
+    disabled: bool = False
+    # Stream sequence of the newest role change, so out-of-order sources never regress it.
+    role_seq: int = 0
+
+
+@dataclass
+class AccessProjection:
+    users: dict[str, UserAccess] = field(default_factory=dict)
+    revoked_sessions: set[str] = field(default_factory=set)
+    last_seq: int = 0
+    # Wall-clock seconds between an access event's occurred_at and its application here, for
+    # the propagation figure the tests report.
+    last_delay_s: float = 0.0
+
+    def apply_payload(self, payload: Message, stream_seq: int) -> None:
+        if isinstance(payload, UserRegistered):
+            self._user(payload.user_id, payload.role or "member", stream_seq)
+        elif isinstance(payload, RoleAssigned):
+            user = self._user(payload.user_id, payload.role, stream_seq)
+            if stream_seq >= user.role_seq:
+                user.role, user.role_seq = payload.role, stream_seq
+        elif isinstance(payload, AccountDisabled):
+            self._user(payload.user_id, "member", stream_seq).disabled = True
+        elif isinstance(payload, AccountEnabled):
+            self._user(payload.user_id, "member", stream_seq).disabled = False
+        elif isinstance(payload, SessionRevoked):
+            self.revoked_sessions.add(payload.session_id)
+        self.last_seq = max(self.last_seq, stream_seq)
+
+    def _user(self, user_id: str, role: str, stream_seq: int) -> UserAccess:
+        user = self.users.get(user_id)
+        if user is None:
+            user = self.users[user_id] = UserAccess(role=role, role_seq=stream_seq)
+        return user
+
+    async def apply(self, event: ReceivedEvent) -> None:
+        payload = open_payload(event.envelope)
+        self.apply_payload(payload, event.stream_seq)
+        occurred = event.envelope.occurred_at.ToNanoseconds()
+        if occurred:
+            self.last_delay_s = max(0.0, time.time() - occurred / 1e9)
+
+    def role_of(self, user_id: str) -> str | None:
+        user = self.users.get(user_id)
+        return user.role if user else None
+
+    def is_disabled(self, user_id: str) -> bool:
+        user = self.users.get(user_id)
+        return bool(user and user.disabled)
+
+    def is_revoked(self, session_id: str) -> bool:
+        return session_id in self.revoked_sessions
+
+
+async def follow_access(bus: EventBus, access: AccessProjection) -> Replay:
+    return await bus.replay(stream="AUTH", filter_subject=AUTH_FILTER, handler=access.apply)

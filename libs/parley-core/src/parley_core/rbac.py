@@ -1,0 +1,125 @@
+"""Roles, permissions and which permission each RPC needs: the one table every service enforces.
+
+Least privilege by default: a new account is a `member`; an `operator` runs patch roll-outs
+but cannot read messages; a `security-auditor` reads the audit trail and sessions and changes
+nothing but its own session. Every service checks the permission of the RPC being called
+against the caller's *current* role from its own access projection (parley_core.access), not
+the role written in the token, so a revoke takes effect on the next call everywhere.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Permission(StrEnum):
+    CHANNELS_CREATE = "channels.create"
+    CHANNELS_JOIN = "channels.join"
+    MESSAGES_READ = "messages.read"
+    MESSAGES_SEND = "messages.send"
+    # Logout, change one's own password, list and revoke one's own sessions.
+    OWN_SESSIONS = "sessions.own"
+    SESSIONS_READ_ANY = "sessions.read_any"
+    SESSIONS_REVOKE_ANY = "sessions.revoke_any"
+    USERS_READ = "users.read"
+    USERS_MANAGE = "users.manage"  # create, disable, re-enable accounts
+    ROLES_ASSIGN = "roles.assign"
+    AUDIT_READ = "audit.read"
+    FLEET_READ = "fleet.read"
+    PATCHES_ROLLOUT = "patches.rollout"
+    DEVICE_KEYS = "keys.devices"  # publish one's device keys, claim others' one-time keys
+
+
+P = Permission
+
+ROLES: tuple[str, ...] = ("owner", "admin", "security-auditor", "operator", "member", "guest")
+DEFAULT_ROLE = "member"
+
+_CHAT = frozenset({P.CHANNELS_CREATE, P.CHANNELS_JOIN, P.MESSAGES_READ, P.MESSAGES_SEND, P.DEVICE_KEYS})
+
+ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
+    "owner": frozenset(Permission),
+    "admin": frozenset(Permission),
+    "security-auditor": frozenset({P.OWN_SESSIONS, P.SESSIONS_READ_ANY, P.USERS_READ, P.AUDIT_READ, P.FLEET_READ}),
+    "operator": frozenset({P.OWN_SESSIONS, P.FLEET_READ, P.PATCHES_ROLLOUT}),
+    "member": _CHAT | {P.OWN_SESSIONS},
+    "guest": frozenset({P.CHANNELS_JOIN, P.MESSAGES_READ, P.MESSAGES_SEND, P.OWN_SESSIONS}),
+}
+
+# Roles an admin may not hand out or take away; only an owner may.
+OWNER_ONLY_ROLES = frozenset({"owner", "admin"})
+
+CHANNEL_ROLES: tuple[str, ...] = ("owner", "moderator", "member")
+
+
+def permissions_of(role: str) -> frozenset[Permission]:
+    """Unknown roles (from a newer version, say) get nothing rather than something."""
+    return ROLE_PERMISSIONS.get(role, frozenset())
+
+
+def may_assign(actor_role: str, *, target_current_role: str, new_role: str) -> bool:
+    if Permission.ROLES_ASSIGN not in permissions_of(actor_role):
+        return False
+    if actor_role == "owner":
+        return True
+    return new_role not in OWNER_ONLY_ROLES and target_current_role not in OWNER_ONLY_ROLES
+
+
+PUBLIC = None
+"""Marks an RPC that needs no access token (registration, login, refresh)."""
+
+# gRPC method -> the permission it needs, or PUBLIC. Services enforce this in the server
+# interceptor; an RPC missing here is checked only by its servicer (the permission-matrix test
+# fails until it is listed, so none is forgotten).
+METHOD_PERMISSIONS: dict[str, Permission | None] = {
+    # auth
+    "/parley.auth.v1.AuthService/Register": PUBLIC,
+    "/parley.auth.v1.AuthService/Login": PUBLIC,
+    "/parley.auth.v1.AuthService/Refresh": PUBLIC,
+    "/parley.auth.v1.AuthService/Logout": P.OWN_SESSIONS,
+    "/parley.auth.v1.AuthService/ChangePassword": P.OWN_SESSIONS,
+    "/parley.auth.v1.AuthService/ListSessions": P.OWN_SESSIONS,
+    "/parley.auth.v1.AuthService/RevokeSession": P.OWN_SESSIONS,
+    "/parley.auth.v1.AuthService/CreateUser": P.USERS_MANAGE,
+    "/parley.auth.v1.AuthService/AssignRole": P.ROLES_ASSIGN,
+    "/parley.auth.v1.AuthService/SetAccountDisabled": P.USERS_MANAGE,
+    "/parley.auth.v1.AuthService/GetAccount": P.USERS_READ,
+    # messaging
+    "/parley.messaging.v1.MessagingService/CreateChannel": P.CHANNELS_CREATE,
+    "/parley.messaging.v1.MessagingService/JoinChannel": P.CHANNELS_JOIN,
+    "/parley.messaging.v1.MessagingService/ListMyChannels": P.MESSAGES_READ,
+    "/parley.messaging.v1.MessagingService/PostMessage": P.MESSAGES_SEND,
+    # storage
+    "/parley.storage.v1.StorageService/GetChannelHistory": P.MESSAGES_READ,
+    # patch registry
+    "/parley.fleet.v1.FleetService/ListInstances": P.FLEET_READ,
+    # gateway
+    "/parley.gateway.v1.Gateway/Register": PUBLIC,
+    "/parley.gateway.v1.Gateway/Login": PUBLIC,
+    "/parley.gateway.v1.Gateway/Refresh": PUBLIC,
+    "/parley.gateway.v1.Gateway/CreateChannel": P.CHANNELS_CREATE,
+    "/parley.gateway.v1.Gateway/JoinChannel": P.CHANNELS_JOIN,
+    "/parley.gateway.v1.Gateway/ListMyChannels": P.MESSAGES_READ,
+    "/parley.gateway.v1.Gateway/SendMessage": P.MESSAGES_SEND,
+    "/parley.gateway.v1.Gateway/GetHistory": P.MESSAGES_READ,
+    "/parley.gateway.v1.Gateway/Subscribe": P.MESSAGES_READ,
+    "/parley.gateway.v1.Gateway/Logout": P.OWN_SESSIONS,
+    "/parley.gateway.v1.Gateway/ChangePassword": P.OWN_SESSIONS,
+    "/parley.gateway.v1.Gateway/ListSessions": P.OWN_SESSIONS,
+    "/parley.gateway.v1.Gateway/RevokeSession": P.OWN_SESSIONS,
+    "/parley.gateway.v1.Gateway/CreateUser": P.USERS_MANAGE,
+    "/parley.gateway.v1.Gateway/AssignRole": P.ROLES_ASSIGN,
+    "/parley.gateway.v1.Gateway/SetAccountDisabled": P.USERS_MANAGE,
+}
+
+# Internal RPCs the platform identity (operator tooling over mutual TLS, no user token) may
+# call: how the first owner is created on a fresh installation.
+PLATFORM_METHODS = frozenset(
+    {
+        "/parley.auth.v1.AuthService/CreateUser",
+        "/parley.auth.v1.AuthService/AssignRole",
+        "/parley.auth.v1.AuthService/SetAccountDisabled",
+        "/parley.auth.v1.AuthService/GetAccount",
+        "/parley.fleet.v1.FleetService/ListInstances",
+    }
+)
