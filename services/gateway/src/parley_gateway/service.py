@@ -44,9 +44,17 @@ class Forwarded:
     @classmethod
     def of(cls, context: Context) -> Forwarded:
         metadata = tuple((k, v) for k, v in context.invocation_metadata() or () if k == "authorization")
+        # The client's address, for auth's per-source lockout and the security events.
+        metadata = (*metadata, ("x-parley-source", client_host(context.peer())))
         remaining = context.time_remaining()
         timeout = DEFAULT_DEADLINE_S if remaining is None else max(0.0, min(remaining, 60.0))
         return cls(metadata, timeout)
+
+
+def client_host(peer: str) -> str:
+    """"ipv4:10.0.0.7:51234" -> "ipv4:10.0.0.7": a source is a host, not one connection."""
+    host, sep, port = peer.rpartition(":")
+    return host if sep and port.isdigit() else peer
 
 
 async def forward(method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp], request: Req, context: Context) -> Resp:
@@ -183,3 +191,45 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         finally:
             for replay in replays:
                 await replay.stop()
+
+    # -- sessions and accounts (issue 3): forwarded to auth, which checks them again ----------
+
+    async def Refresh(self, request: auth_pb2.RefreshRequest, context: Context) -> auth_pb2.LoginResponse:
+        assert self._auth is not None
+        return await forward(self._auth.Refresh, request, context)
+
+    async def Logout(self, request: auth_pb2.LogoutRequest, context: Context) -> auth_pb2.LogoutResponse:
+        assert self._auth is not None
+        return await forward(self._auth.Logout, request, context)
+
+    async def ChangePassword(
+        self, request: auth_pb2.ChangePasswordRequest, context: Context
+    ) -> auth_pb2.ChangePasswordResponse:
+        assert self._auth is not None
+        return await forward(self._auth.ChangePassword, request, context)
+
+    async def ListSessions(
+        self, request: auth_pb2.ListSessionsRequest, context: Context
+    ) -> auth_pb2.ListSessionsResponse:
+        assert self._auth is not None
+        return await forward(self._auth.ListSessions, request, context)
+
+    async def RevokeSession(
+        self, request: auth_pb2.RevokeSessionRequest, context: Context
+    ) -> auth_pb2.RevokeSessionResponse:
+        assert self._auth is not None
+        return await forward(self._auth.RevokeSession, request, context)
+
+    async def CreateUser(self, request: auth_pb2.CreateUserRequest, context: Context) -> auth_pb2.Account:
+        assert self._auth is not None
+        return await forward(self._auth.CreateUser, request, context)
+
+    async def AssignRole(self, request: auth_pb2.AssignRoleRequest, context: Context) -> auth_pb2.Account:
+        assert self._auth is not None
+        return await forward(self._auth.AssignRole, request, context)
+
+    async def SetAccountDisabled(
+        self, request: auth_pb2.SetAccountDisabledRequest, context: Context
+    ) -> auth_pb2.Account:
+        assert self._auth is not None
+        return await forward(self._auth.SetAccountDisabled, request, context)

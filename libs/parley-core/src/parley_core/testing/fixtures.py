@@ -2,5 +2,16 @@
 
 from parley_core.testing.nats import NatsTestServer, nats_server, pki
 from parley_core.testing.platform import RunningPlatform, platform, wait_until
+from parley_core.testing.stack import Stack, closed_stack, stack
 
-__all__ = ["NatsTestServer", "RunningPlatform", "nats_server", "pki", "platform", "wait_until"]
+__all__ = [
+    "NatsTestServer",
+    "RunningPlatform",
+    "Stack",
+    "closed_stack",
+    "nats_server",
+    "pki",
+    "platform",
+    "stack",
+    "wait_until",
+]

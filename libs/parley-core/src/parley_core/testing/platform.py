@@ -113,9 +113,13 @@ class RunningPlatform:
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
-    """One platform per test module, started exactly as `make run` starts it, traces on."""
+    """One platform per test module, started exactly as `make run` starts it, traces on.
+
+    Self-registration is open here (`make run` defaults to admin-created accounts) so tests
+    can call `client.register`.
+    """
     root = tmp_path_factory.mktemp("platform")
-    running = RunningPlatform(data_dir=root / "data", env={"PARLEY_TRACE_EXPORTER": "console"})
+    running = RunningPlatform(data_dir=root / "data", env={"PARLEY_TRACE_EXPORTER": "console", "PARLEY_REGISTRATION": "open"})
     running.start()
     try:
         yield running
