@@ -9,24 +9,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import jwt
 import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from parley.auth.v1.events_pb2 import SigningKeyPublished
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 
 from parley_core.bus import EventBus
 from parley_core.config import Settings
+from parley_core.envelope import NewEvent
 from parley_core.errors import NotFound
 from parley_core.pki import Pki
 from parley_core.runner import RunContext, secure_channel, serve
 from parley_core.testing.nats import NatsTestServer
-from parley_core.topology import STREAMS_BY_NAME
+from parley_core.tokens import ALGORITHM, AUDIENCE, ISSUER
+from parley_core.topology import STREAMS_BY_NAME, signing_key_subject
 
 pytestmark = pytest.mark.asyncio
 
@@ -85,6 +92,8 @@ class RunningService:
     task: asyncio.Task[int]
     port: int
     pki: Pki
+    # A member's access token, so calls pass the runner's permission check (rbac).
+    user: tuple[tuple[str, str], ...] = ()
     channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     def channel(self, identity: str) -> grpc.aio.Channel:
@@ -98,7 +107,20 @@ class RunningService:
 async def running(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> AsyncIterator[RunningService]:
     # serve() follows the auth signing keys; the auth service creates that stream.
     auth = await nats_server.connect("auth")
-    await EventBus(auth, service="auth", producer="auth@test").ensure_streams([STREAMS_BY_NAME["AUTH"]])
+    auth_bus = EventBus(auth, service="auth", producer="auth@test")
+    await auth_bus.ensure_streams([STREAMS_BY_NAME["AUTH"]])
+    key = Ed25519PrivateKey.generate()
+    public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    published = SigningKeyPublished(key_id="test-key", algorithm=ALGORITHM, public_key=public)
+    await auth_bus.append(
+        signing_key_subject("test-key"),
+        NewEvent(aggregate_type="signing_key", aggregate_id="test-key", payload=published, actor="test"),
+        aggregate_version=1,
+        expected_last_subject_seq=0,
+    )
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "u1", "role": "member", "iat": now, "exp": now + 600, "jti": "t1"}
+    token = jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": "test-key"})
     # serve() ensures <data_dir>/pki; point it at the session CA that the broker trusts.
     data_dir = tmp_path / "data"
     data_dir.mkdir()
@@ -118,7 +140,9 @@ async def running(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> Asyn
     await asyncio.wait_for(asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED), TIMEOUT_S)
     if task.done():
         task.result()  # serve() failed before it was ready: show why
-    service = RunningService(app=app, stop=stop, task=task, port=ready.result(), pki=pki)
+    service = RunningService(
+        app=app, stop=stop, task=task, port=ready.result(), pki=pki, user=(("authorization", f"Bearer {token}"),)
+    )
     try:
         yield service
     finally:
@@ -163,7 +187,9 @@ async def test_a_peer_not_allowed_to_call_the_service_is_refused(running: Runnin
     messaging = messaging_pb2_grpc.MessagingServiceStub(auth_channel)
 
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await messaging.CreateChannel(messaging_pb2.CreateChannelRequest(name="general"), timeout=TIMEOUT_S)
+        await messaging.CreateChannel(
+            messaging_pb2.CreateChannelRequest(name="general"), metadata=running.user, timeout=TIMEOUT_S
+        )
 
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "auth" in (refused.value.details() or "")
@@ -176,7 +202,9 @@ async def test_an_allowed_peer_gets_the_domain_error_as_its_status(running: Runn
     for identity in ("gateway", "platform"):
         messaging = messaging_pb2_grpc.MessagingServiceStub(running.channel(identity))
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await messaging.CreateChannel(messaging_pb2.CreateChannelRequest(name="general"), timeout=TIMEOUT_S)
+            await messaging.CreateChannel(
+                messaging_pb2.CreateChannelRequest(name="general"), metadata=running.user, timeout=TIMEOUT_S
+            )
         assert refused.value.code() == grpc.StatusCode.NOT_FOUND
         assert refused.value.details() == "x"
 
@@ -185,7 +213,9 @@ async def test_an_unexpected_error_is_internal_with_a_reference_and_no_trace(run
     messaging = messaging_pb2_grpc.MessagingServiceStub(running.channel("platform"))
 
     with pytest.raises(grpc.aio.AioRpcError) as failed:
-        await messaging.JoinChannel(messaging_pb2.JoinChannelRequest(channel_id="c1"), timeout=TIMEOUT_S)
+        await messaging.JoinChannel(
+            messaging_pb2.JoinChannelRequest(channel_id="c1"), metadata=running.user, timeout=TIMEOUT_S
+        )
 
     details = failed.value.details() or ""
     assert failed.value.code() == grpc.StatusCode.INTERNAL
@@ -210,7 +240,9 @@ async def test_drain_stops_serving_refuses_new_calls_and_finishes_in_flight_ones
     messaging = messaging_pb2_grpc.MessagingServiceStub(running.channel("platform"))
 
     async def list_channels() -> messaging_pb2.ListMyChannelsResponse:
-        return await messaging.ListMyChannels(messaging_pb2.ListMyChannelsRequest(), timeout=3 * TIMEOUT_S)
+        return await messaging.ListMyChannels(
+            messaging_pb2.ListMyChannelsRequest(), metadata=running.user, timeout=3 * TIMEOUT_S
+        )
 
     in_flight = asyncio.create_task(list_channels())
     await asyncio.wait_for(servicer.entered.wait(), TIMEOUT_S)
