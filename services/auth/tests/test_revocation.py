@@ -97,7 +97,9 @@ async def test_disabled_account_and_revoked_session_are_refused_at_messaging(sta
     gateway = stack.gateway()
 
     def list_as(token: str) -> object:
-        return messaging.ListMyChannels(messaging_pb2.ListMyChannelsRequest(), metadata=bearer(token), timeout=TIMEOUT_S)
+        return messaging.ListMyChannels(
+            messaging_pb2.ListMyChannelsRequest(), metadata=bearer(token), timeout=TIMEOUT_S
+        )
 
     assert await code_of(list_as(first.access_token)) == grpc.StatusCode.OK
 

@@ -110,7 +110,9 @@ async def test_tampered_expired_wrong_key_and_wrong_algorithm_tokens_are_refused
     messaging = messaging_pb2_grpc.MessagingServiceStub(stack.internal("messaging"))
 
     async def status(token: str) -> grpc.StatusCode:
-        call = messaging.ListMyChannels(messaging_pb2.ListMyChannelsRequest(), metadata=bearer(token), timeout=TIMEOUT_S)
+        call = messaging.ListMyChannels(
+            messaging_pb2.ListMyChannelsRequest(), metadata=bearer(token), timeout=TIMEOUT_S
+        )
         return (await code_of(call))[0]
 
     assert await status(login.access_token) == grpc.StatusCode.OK
@@ -121,7 +123,7 @@ async def test_tampered_expired_wrong_key_and_wrong_algorithm_tokens_are_refused
     assert isinstance(real_key, Ed25519PrivateKey)
 
     # Tampered: the payload says owner, the signature is the original one.
-    head, body, signature = login.access_token.split(".")
+    head, _body, signature = login.access_token.split(".")
     raised = {**claims, "role": "owner", "sub": "someone-else"}
     forged_body = base64.urlsafe_b64encode(json.dumps(raised).encode()).rstrip(b"=").decode()
     tampered = f"{head}.{forged_body}.{signature}"
@@ -148,8 +150,8 @@ async def test_tampered_expired_wrong_key_and_wrong_algorithm_tokens_are_refused
         ("garbage", "not-a-token"),
     ):
         assert await status(token) == grpc.StatusCode.UNAUTHENTICATED, name
-    assert ISSUER == claims["iss"]
-    assert AUDIENCE == claims["aud"]
+    assert claims["iss"] == ISSUER
+    assert claims["aud"] == AUDIENCE
     assert claims["exp"] - claims["iat"] <= 15 * 60
 
 
@@ -189,7 +191,10 @@ async def test_login_does_not_tell_unknown_users_from_wrong_passwords(stack: Sta
         answers.add(await code_of(stack.login(name, "wrong-password-here")))
         timings[name] = time.perf_counter() - started
     assert answers == {(grpc.StatusCode.UNAUTHENTICATED, "username or password is wrong")}
-    print(f"\n[enumeration] wrong password {timings['dave'] * 1000:.0f} ms, unknown user {timings['no-such-user'] * 1000:.0f} ms")
+    print(
+        f"\n[enumeration] wrong password {timings['dave'] * 1000:.0f} ms, "
+        f"unknown user {timings['no-such-user'] * 1000:.0f} ms"
+    )
 
 
 async def test_admin_registration_mode_refuses_self_registration(closed_stack: Stack) -> None:
@@ -212,7 +217,9 @@ async def test_admin_registration_mode_refuses_self_registration(closed_stack: S
 async def test_password_policy_and_change_password(stack: Stack) -> None:
     gateway = stack.gateway()
     for weak in ("password123456", "qwertyuiopasdf", "frank-the-frank-1"):
-        code, _ = await code_of(gateway.Register(auth_pb2.RegisterRequest(username="frank", password=weak), timeout=TIMEOUT_S))
+        code, _ = await code_of(
+            gateway.Register(auth_pb2.RegisterRequest(username="frank", password=weak), timeout=TIMEOUT_S)
+        )
         assert code == grpc.StatusCode.INVALID_ARGUMENT, weak
     await gateway.Register(auth_pb2.RegisterRequest(username="frank", password=PASSWORD), timeout=TIMEOUT_S)
     first = await stack.login("frank")

@@ -91,6 +91,7 @@ class ParleyClient:
         self._stub = gateway_pb2_grpc.GatewayStub(channel)
         self.access_token: str | None = None
         self.user_id: str | None = None
+        self.refresh_token: str | None = None
 
     @classmethod
     def connect(cls, address: str, *, ca_cert: bytes, server_name: str = "gateway") -> ParleyClient:
@@ -132,7 +133,34 @@ class ParleyClient:
         response: auth_pb2.LoginResponse = await self._call(self._stub.Login, request)
         self.access_token = response.access_token
         self.user_id = response.user_id
+        self.refresh_token = response.refresh_token or None
         return response
+
+    async def refresh(self) -> auth_pb2.LoginResponse:
+        """New access and refresh tokens for the current session; the old refresh token is spent."""
+        if not self.refresh_token:
+            raise ParleyError(grpc.StatusCode.FAILED_PRECONDITION, "no refresh token; log in first")
+        request = auth_pb2.RefreshRequest(refresh_token=self.refresh_token)
+        response: auth_pb2.LoginResponse = await self._call(self._stub.Refresh, request)
+        self.access_token, self.refresh_token = response.access_token, response.refresh_token
+        return response
+
+    async def logout(self) -> None:
+        await self._call(self._stub.Logout, auth_pb2.LogoutRequest())
+        self.access_token = self.refresh_token = None
+
+    async def change_password(self, current_password: str, new_password: str) -> None:
+        request = auth_pb2.ChangePasswordRequest(current_password=current_password, new_password=new_password)
+        await self._call(self._stub.ChangePassword, request)
+
+    async def sessions(self, user_id: str = "") -> list[auth_pb2.Session]:
+        response: auth_pb2.ListSessionsResponse = await self._call(
+            self._stub.ListSessions, auth_pb2.ListSessionsRequest(user_id=user_id)
+        )
+        return list(response.sessions)
+
+    async def revoke_session(self, session_id: str) -> None:
+        await self._call(self._stub.RevokeSession, auth_pb2.RevokeSessionRequest(session_id=session_id))
 
     def use_token(self, access_token: str, user_id: str = "") -> None:
         self.access_token = access_token

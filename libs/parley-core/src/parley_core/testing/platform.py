@@ -119,7 +119,9 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
     can call `client.register`.
     """
     root = tmp_path_factory.mktemp("platform")
-    running = RunningPlatform(data_dir=root / "data", env={"PARLEY_TRACE_EXPORTER": "console", "PARLEY_REGISTRATION": "open"})
+    running = RunningPlatform(
+        data_dir=root / "data", env={"PARLEY_TRACE_EXPORTER": "console", "PARLEY_REGISTRATION": "open"}
+    )
     running.start()
     try:
         yield running

@@ -45,8 +45,9 @@ def _app(target: str) -> ServiceApp:
     app: ServiceApp = factory()
     return app
 
+
 TIMEOUT_S = 30.0
-PASSWORD = "a-long-enough-passphrase"
+PASSWORD = "a-long-enough-passphrase"  # noqa: S105 - test accounts only
 
 
 class Captured:
@@ -74,9 +75,7 @@ class Stack:
 
     def internal(self, service: str, identity: str = "gateway") -> grpc.aio.Channel:
         """Mutual TLS to an internal service, presenting `identity`'s certificate."""
-        channel = secure_channel(
-            self.pki, identity=identity, address=f"127.0.0.1:{self.ports[service]}", peer=service
-        )
+        channel = secure_channel(self.pki, identity=identity, address=f"127.0.0.1:{self.ports[service]}", peer=service)
         self.channels.append(channel)
         return channel
 
@@ -88,7 +87,7 @@ class Stack:
         self.channels.append(channel)
         return channel
 
-    def gateway(self) -> gateway_pb2_grpc.GatewayStub:
+    def gateway(self) -> gateway_pb2_grpc.GatewayAsyncStub:
         return gateway_pb2_grpc.GatewayStub(self.gateway_channel())
 
     def access(self, service: str) -> AccessProjection:
@@ -101,7 +100,9 @@ class Stack:
         return self.apps[service].app
 
     async def login(self, username: str, password: str = PASSWORD) -> auth_pb2.LoginResponse:
-        return await self.gateway().Login(auth_pb2.LoginRequest(username=username, password=password), timeout=TIMEOUT_S)
+        return await self.gateway().Login(
+            auth_pb2.LoginRequest(username=username, password=password), timeout=TIMEOUT_S
+        )
 
     async def create_user(self, username: str, role: str) -> auth_pb2.Account:
         """As `parley admin create-user` does: the platform identity over mutual TLS."""

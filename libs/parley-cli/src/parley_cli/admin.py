@@ -1,0 +1,115 @@
+"""`parley admin ...`: account administration by the operator, straight to auth over mutual TLS.
+
+The operator's tooling holds the platform certificate from the data folder, which auth
+accepts for account administration without a user token: that is how the first owner of a
+fresh installation is made (`parley admin create-user alice --role owner`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import grpc
+from parley.auth.v1 import auth_pb2, auth_pb2_grpc
+
+from parley_client import ParleyError
+from parley_core.rbac import ROLES
+from parley_core.runner import secure_channel
+from parley_core.topology import PLATFORM_USER
+
+TIMEOUT_S = 30.0
+
+
+@asynccontextmanager
+async def _auth(args: argparse.Namespace) -> AsyncIterator[auth_pb2_grpc.AuthServiceAsyncStub]:
+    from parley_core.pki import ensure_pki
+
+    state_path = args.data_dir / "platform.json"
+    if not state_path.exists():
+        raise SystemExit(f"no platform state in {args.data_dir}; is it running (`make run`)?")
+    address = json.loads(state_path.read_text())["services"]["auth"]["address"]
+    pki = ensure_pki(args.data_dir / "pki", [PLATFORM_USER])
+    channel = secure_channel(pki, identity=PLATFORM_USER, address=address, peer="auth")
+    try:
+        yield auth_pb2_grpc.AuthServiceStub(channel)
+    except grpc.aio.AioRpcError as exc:
+        raise ParleyError(exc.code(), exc.details() or exc.code().name) from None
+    finally:
+        await channel.close()
+
+
+async def _account(stub: auth_pb2_grpc.AuthServiceAsyncStub, username: str) -> auth_pb2.Account:
+    return await stub.GetAccount(auth_pb2.GetAccountRequest(username=username), timeout=TIMEOUT_S)
+
+
+def _show(account: auth_pb2.Account) -> str:
+    state = "disabled" if account.disabled else "active"
+    return f"{account.username} ({account.user_id}) role={account.role} {state}"
+
+
+async def cmd_create_user(args: argparse.Namespace) -> int:
+    from parley_cli.main import _password
+
+    password = _password(args)
+    async with _auth(args) as stub:
+        request = auth_pb2.CreateUserRequest(username=args.username, password=password, role=args.role)
+        account = await stub.CreateUser(request, timeout=TIMEOUT_S)
+    print(f"created {_show(account)}")
+    return 0
+
+
+async def cmd_set_role(args: argparse.Namespace) -> int:
+    async with _auth(args) as stub:
+        account = await _account(stub, args.username)
+        request = auth_pb2.AssignRoleRequest(user_id=account.user_id, role=args.role)
+        print(_show(await stub.AssignRole(request, timeout=TIMEOUT_S)))
+    return 0
+
+
+async def cmd_disable(args: argparse.Namespace) -> int:
+    async with _auth(args) as stub:
+        account = await _account(stub, args.username)
+        request = auth_pb2.SetAccountDisabledRequest(
+            user_id=account.user_id, disabled=args.disabled, reason=args.reason
+        )
+        print(_show(await stub.SetAccountDisabled(request, timeout=TIMEOUT_S)))
+    return 0
+
+
+async def cmd_show(args: argparse.Namespace) -> int:
+    async with _auth(args) as stub:
+        print(_show(await _account(stub, args.username)))
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    admin = sub.add_parser("admin", help="account administration (operator, over mutual TLS)")
+    commands = admin.add_subparsers(dest="admin_command", required=True)
+
+    create = commands.add_parser(
+        "create-user", help="create an account (password from a prompt, stdin or $PARLEY_PASSWORD)"
+    )
+    create.add_argument("username")
+    create.add_argument("--role", choices=ROLES, default="member")
+    create.set_defaults(run=cmd_create_user)
+
+    role = commands.add_parser("set-role", help="grant a role (replacing the current one)")
+    role.add_argument("username")
+    role.add_argument("role", choices=ROLES)
+    role.set_defaults(run=cmd_set_role)
+
+    disable = commands.add_parser("disable", help="disable an account: its sessions stop working at once")
+    disable.add_argument("username")
+    disable.add_argument("--reason", default="")
+    disable.set_defaults(run=cmd_disable, disabled=True)
+
+    enable = commands.add_parser("enable", help="re-enable a disabled account")
+    enable.add_argument("username")
+    enable.set_defaults(run=cmd_disable, disabled=False, reason="")
+
+    show = commands.add_parser("show", help="an account's role and state")
+    show.add_argument("username")
+    show.set_defaults(run=cmd_show)

@@ -1,0 +1,70 @@
+"""The first owner made with `parley admin create-user`, then account administration by CLI."""
+
+from __future__ import annotations
+
+import uuid
+
+import grpc
+import pytest
+
+from parley_client import ParleyClient, ParleyError
+from parley_core.testing.platform import RunningPlatform
+
+pytestmark = pytest.mark.e2e
+
+PASSWORD = "a-long-enough-passphrase"
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+async def test_admin_cli_creates_the_first_owner_and_disables_an_account(platform: RunningPlatform) -> None:
+    owner, member = unique("root"), unique("ivy")
+    created = platform.cli("admin", "create-user", owner, "--role", "owner", stdin=PASSWORD + "\n")
+    assert f"created {owner}" in created.stdout
+    assert "role=owner" in created.stdout
+    platform.cli("admin", "create-user", member, stdin=PASSWORD + "\n")
+    assert "role=member active" in platform.cli("admin", "show", member).stdout
+
+    async with ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes()) as client:
+        login = await client.login(member, PASSWORD)
+        assert login.role == "member"
+        await client.create_channel("ops")
+
+        assert "disabled" in platform.cli("admin", "disable", member, "--reason", "offboarded").stdout
+        with pytest.raises(ParleyError) as refused:
+            await client.create_channel("again")
+        assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
+
+        assert "active" in platform.cli("admin", "enable", member).stdout
+        assert "role=guest" in platform.cli("admin", "set-role", member, "guest").stdout
+        with pytest.raises(ParleyError) as denied:
+            await client.create_channel("guests-cannot")
+        assert denied.value.code == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_admin_cli_reports_bad_input_without_a_trace(platform: RunningPlatform) -> None:
+    weak = platform.cli("admin", "create-user", unique("weak"), stdin="password123456\n", check=False)
+    assert weak.returncode == 1
+    assert "INVALID_ARGUMENT" in weak.stderr
+    assert "Traceback" not in weak.stderr
+    missing = platform.cli("admin", "show", "nobody-at-all", check=False)
+    assert "NOT_FOUND" in missing.stderr
+
+
+async def test_sdk_refresh_and_logout(platform: RunningPlatform) -> None:
+    name = unique("jo")
+    platform.cli("admin", "create-user", name, stdin=PASSWORD + "\n")
+    async with ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes()) as client:
+        first = await client.login(name, PASSWORD)
+        second = await client.refresh()
+        assert second.session_id == first.session_id
+        assert second.refresh_token != first.refresh_token
+        [session] = await client.sessions()
+        assert session.session_id == first.session_id
+        await client.logout()
+        client.use_token(second.access_token)
+        with pytest.raises(ParleyError) as refused:
+            await client.my_channels()
+        assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
