@@ -14,6 +14,7 @@ from google.protobuf.message import Message
 from parley.auth.v1.events_pb2 import (
     AccountDisabled,
     AccountEnabled,
+    MfaRequirementSet,
     RoleAssigned,
     SessionRevoked,
     UserRegistered,
@@ -37,6 +38,7 @@ class UserAccess:
 class AccessProjection:
     users: dict[str, UserAccess] = field(default_factory=dict)
     revoked_sessions: set[str] = field(default_factory=set)
+    mfa_required_roles: set[str] = field(default_factory=set)
     last_seq: int = 0
     # Wall-clock seconds between an access event's occurred_at and its application here, for
     # the propagation figure the tests report.
@@ -55,6 +57,11 @@ class AccessProjection:
             self._user(payload.user_id, "member", stream_seq).disabled = False
         elif isinstance(payload, SessionRevoked):
             self.revoked_sessions.add(payload.session_id)
+        elif isinstance(payload, MfaRequirementSet):
+            if payload.required:
+                self.mfa_required_roles.add(payload.role)
+            else:
+                self.mfa_required_roles.discard(payload.role)
         self.last_seq = max(self.last_seq, stream_seq)
 
     def _user(self, user_id: str, role: str, stream_seq: int) -> UserAccess:
@@ -77,6 +84,9 @@ class AccessProjection:
     def is_disabled(self, user_id: str) -> bool:
         user = self.users.get(user_id)
         return bool(user and user.disabled)
+
+    def mfa_required(self, role: str) -> bool:
+        return role in self.mfa_required_roles
 
     def is_revoked(self, session_id: str) -> bool:
         return session_id in self.revoked_sessions

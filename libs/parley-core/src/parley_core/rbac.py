@@ -52,6 +52,10 @@ OWNER_ONLY_ROLES = frozenset({"owner", "admin"})
 CHANNEL_ROLES: tuple[str, ...] = ("owner", "moderator", "member")
 
 
+# What a session may do while its role requires MFA and the login used none: enrol, log out.
+MFA_PENDING_PERMISSIONS = frozenset({Permission.OWN_SESSIONS})
+
+
 def permissions_of(role: str) -> frozenset[Permission]:
     """Unknown roles (from a newer version, say) get nothing rather than something."""
     return ROLE_PERMISSIONS.get(role, frozenset())
@@ -84,6 +88,9 @@ METHOD_PERMISSIONS: dict[str, Permission | None] = {
     "/parley.auth.v1.AuthService/AssignRole": P.ROLES_ASSIGN,
     "/parley.auth.v1.AuthService/SetAccountDisabled": P.USERS_MANAGE,
     "/parley.auth.v1.AuthService/GetAccount": P.USERS_READ,
+    "/parley.auth.v1.AuthService/BeginTotpEnrolment": P.OWN_SESSIONS,
+    "/parley.auth.v1.AuthService/ConfirmTotpEnrolment": P.OWN_SESSIONS,
+    "/parley.auth.v1.AuthService/SetMfaRequired": P.ROLES_ASSIGN,
     # messaging
     "/parley.messaging.v1.MessagingService/CreateChannel": P.CHANNELS_CREATE,
     "/parley.messaging.v1.MessagingService/JoinChannel": P.CHANNELS_JOIN,
@@ -110,6 +117,9 @@ METHOD_PERMISSIONS: dict[str, Permission | None] = {
     "/parley.gateway.v1.Gateway/CreateUser": P.USERS_MANAGE,
     "/parley.gateway.v1.Gateway/AssignRole": P.ROLES_ASSIGN,
     "/parley.gateway.v1.Gateway/SetAccountDisabled": P.USERS_MANAGE,
+    "/parley.gateway.v1.Gateway/BeginTotpEnrolment": P.OWN_SESSIONS,
+    "/parley.gateway.v1.Gateway/ConfirmTotpEnrolment": P.OWN_SESSIONS,
+    "/parley.gateway.v1.Gateway/SetMfaRequired": P.ROLES_ASSIGN,
 }
 
 # Internal RPCs the platform identity (operator tooling over mutual TLS, no user token) may
@@ -120,6 +130,7 @@ PLATFORM_METHODS = frozenset(
         "/parley.auth.v1.AuthService/AssignRole",
         "/parley.auth.v1.AuthService/SetAccountDisabled",
         "/parley.auth.v1.AuthService/GetAccount",
+        "/parley.auth.v1.AuthService/SetMfaRequired",
         "/parley.fleet.v1.FleetService/ListInstances",
     }
 )

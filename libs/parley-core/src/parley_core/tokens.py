@@ -18,7 +18,7 @@ from parley_core.access import AccessProjection
 from parley_core.bus import EventBus, ReceivedEvent, Replay
 from parley_core.envelope import open_payload
 from parley_core.errors import PermissionDenied, Unauthenticated
-from parley_core.rbac import Permission, permissions_of
+from parley_core.rbac import MFA_PENDING_PERMISSIONS, Permission, permissions_of
 from parley_core.topology import SIGNING_KEYS_FILTER
 
 log = logging.getLogger(__name__)
@@ -35,14 +35,22 @@ class Caller:
     token_id: str
     username: str
     session_id: str = ""
+    # The role requires MFA and this session's login used none.
+    mfa_pending: bool = False
 
     @property
     def permissions(self) -> frozenset[Permission]:
-        return permissions_of(self.role)
+        granted = permissions_of(self.role)
+        return granted & MFA_PENDING_PERMISSIONS if self.mfa_pending else granted
 
     def require(self, permission: Permission) -> None:
-        if permission not in self.permissions:
-            raise PermissionDenied(f"role {self.role!r} lacks the {permission.value!r} permission")
+        if permission in self.permissions:
+            return
+        if self.mfa_pending and permission in permissions_of(self.role):
+            raise PermissionDenied(
+                f"role {self.role!r} requires two-factor authentication: enrol TOTP and log in again with a code"
+            )
+        raise PermissionDenied(f"role {self.role!r} lacks the {permission.value!r} permission")
 
 
 class TokenVerifier:
@@ -94,12 +102,14 @@ class TokenVerifier:
         if session_id and self.access.is_revoked(session_id):
             raise Unauthenticated("this session was revoked; log in again")
         role = self.access.role_of(user_id) or str(claims.get("role", "member"))
+        used_mfa = "otp" in (claims.get("amr") or ())
         return Caller(
             user_id=user_id,
             role=role,
             token_id=str(claims["jti"]),
             username=str(claims.get("name", "")),
             session_id=session_id,
+            mfa_pending=self.access.mfa_required(role) and not used_mfa,
         )
 
     def caller(self, context: grpc.aio.ServicerContext[object, object]) -> Caller:

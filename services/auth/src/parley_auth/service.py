@@ -17,16 +17,22 @@ from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 from parley.auth.v1.events_pb2 import (
     AccountDisabled,
     AccountEnabled,
+    MfaRequirementSet,
     PasswordChanged,
+    RecoveryCodeUsed,
     RefreshTokenRotated,
     RoleAssigned,
     SecurityEventRecorded,
     SessionRevoked,
     SessionStarted,
     SigningKeyPublished,
+    TotpCodeAccepted,
+    TotpEnrolled,
+    TotpEnrolmentStarted,
     UserRegistered,
 )
 
+from parley_auth import mfa
 from parley_auth.domain import (
     DEFAULT_ROLE,
     Account,
@@ -63,6 +69,18 @@ from parley_core.rbac import Permission, may_assign
 from parley_core.runner import RunContext, peer_names
 from parley_core.tokens import ALGORITHM, Caller, bearer_token
 from parley_core.topology import PLATFORM_USER, signing_key_subject, stream_subject, user_subject, username_subject
+
+USER_EVENTS = (
+    RoleAssigned,
+    AccountDisabled,
+    AccountEnabled,
+    PasswordChanged,
+    TotpEnrolmentStarted,
+    TotpEnrolled,
+    TotpCodeAccepted,
+    RecoveryCodeUsed,
+)
+MFA_POLICY_SUBJECT = stream_subject("auth", "policy", "mfa")
 
 LOGIN_FAILED = "username or password is wrong"
 REFRESH_INVALID = "refresh token is invalid or expired; log in again"
@@ -110,6 +128,9 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         self.accounts = AccountDirectory()
         self.sessions = SessionBook()
         self.lockouts = LockoutBook()
+        self.mfa: dict[str, mfa.MfaState] = {}
+        self.mfa_required_roles: set[str] = set()
+        self._sealer: mfa.SecretSealer | None = None
         self._ctx: RunContext | None = None
         self._issuer: TokenIssuer | None = None
         self._replay: Replay | None = None
@@ -117,6 +138,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
         self._issuer = TokenIssuer.load_or_create(ctx.settings.secrets_dir / "auth-signing-key.pem")
+        self._sealer = mfa.SecretSealer.load_or_create(ctx.settings.secrets_dir / "auth-mfa-key.bin")
         await self._publish_signing_key(self._issuer)
         self._replay = await ctx.bus.replay(stream="AUTH", filter_subject="parley.auth.>", handler=self._apply)
         await self._replay.wait_caught_up()
@@ -151,19 +173,18 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         if isinstance(payload, UserRegistered):
             self.accounts.add(Account(payload.user_id, payload.username, payload.password_hash, payload.role))
             return
-        if isinstance(payload, RoleAssigned | AccountDisabled | AccountEnabled | PasswordChanged):
+        if isinstance(payload, USER_EVENTS):
             account = self.accounts.by_id(payload.user_id)
             if account is None:
                 return
             account.user_seq, account.user_version = event.stream_seq, account.user_version + 1
-            if isinstance(payload, RoleAssigned):
-                account.role = payload.role
-            elif isinstance(payload, AccountDisabled):
-                account.disabled = True
-            elif isinstance(payload, AccountEnabled):
-                account.disabled = False
+            self._apply_user(account, payload)
+            return
+        if isinstance(payload, MfaRequirementSet):
+            if payload.required:
+                self.mfa_required_roles.add(payload.role)
             else:
-                account.password_hash = payload.password_hash
+                self.mfa_required_roles.discard(payload.role)
             return
         if isinstance(payload, SessionStarted):
             self.sessions.sessions[payload.session_id] = Session(
@@ -171,6 +192,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                 user_id=payload.user_id,
                 started_at=at,
                 source=payload.source,
+                mfa=payload.mfa,
                 current=payload.refresh_token_sha256,
                 last_refreshed_at=at,
                 last_seq=event.stream_seq,
@@ -186,6 +208,26 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                 session.rotate(payload.previous_sha256, payload.refresh_token_sha256, at)
             else:
                 session.revoked_reason = payload.reason or "revoked"
+
+    def _apply_user(self, account: Account, payload: Message) -> None:
+        state = self.mfa.setdefault(account.user_id, mfa.MfaState())
+        if isinstance(payload, RoleAssigned):
+            account.role = payload.role
+        elif isinstance(payload, AccountDisabled):
+            account.disabled = True
+        elif isinstance(payload, AccountEnabled):
+            account.disabled = False
+        elif isinstance(payload, PasswordChanged):
+            account.password_hash = payload.password_hash
+        elif isinstance(payload, TotpEnrolmentStarted):
+            state.pending_secret = payload.sealed_secret
+        elif isinstance(payload, TotpEnrolled):
+            state.secret, state.pending_secret = state.pending_secret, b""
+            state.recovery = set(payload.recovery_code_sha256)
+        elif isinstance(payload, TotpCodeAccepted):
+            state.last_step = max(state.last_step, payload.time_step)
+        elif isinstance(payload, RecoveryCodeUsed):
+            state.recovery.discard(payload.recovery_code_sha256)
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -396,6 +438,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             raise Unauthenticated(LOGIN_FAILED)
         if account.disabled:
             raise Unauthenticated("this account is disabled; ask an administrator")
+        used_mfa = await self._second_factor(account, request, key, source)
         self.lockouts.record_success(key)
         actor = f"user:{account.user_id}"
         if needs_rehash(account.password_hash):
@@ -408,7 +451,11 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             aggregate_type="session",
             aggregate_id=session_id,
             payload=SessionStarted(
-                session_id=session_id, user_id=account.user_id, refresh_token_sha256=digest(refresh), source=source
+                session_id=session_id,
+                user_id=account.user_id,
+                refresh_token_sha256=digest(refresh),
+                source=source,
+                mfa=used_mfa,
             ),
             actor=actor,
         )
@@ -417,12 +464,12 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             await self._security(
                 "new_session_source", actor=actor, user_id=account.user_id, username=account.username, source=source
             )
-        return self._tokens(account, session_id, refresh)
+        return self._tokens(account, session_id, refresh, mfa=used_mfa)
 
-    def _tokens(self, account: Account, session_id: str, refresh: str) -> auth_pb2.LoginResponse:
+    def _tokens(self, account: Account, session_id: str, refresh: str, *, mfa: bool) -> auth_pb2.LoginResponse:
         assert self._issuer is not None
         token, expires = self._issuer.issue(
-            user_id=account.user_id, username=account.username, role=account.role, session_id=session_id
+            user_id=account.user_id, username=account.username, role=account.role, session_id=session_id, mfa=mfa
         )
         return auth_pb2.LoginResponse(
             access_token=token,
@@ -431,7 +478,37 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             refresh_token=refresh,
             session_id=session_id,
             role=account.role,
+            mfa_enrolment_required=account.role in self.mfa_required_roles and not mfa,
         )
+
+    async def _second_factor(self, account: Account, request: auth_pb2.LoginRequest, key: str, source: str) -> bool:
+        """True when a TOTP or recovery code was used; refuses when one is enrolled and missing."""
+        assert self._sealer is not None
+        state = self.mfa.get(account.user_id)
+        if state is None or not state.enrolled:
+            return False
+        if not request.totp_code and not request.recovery_code:
+            raise Unauthenticated("this account uses two-factor authentication: give the TOTP code or a recovery code")
+        actor = f"user:{account.user_id}"
+        accepted: Message | None = None
+        if request.totp_code:
+            secret = self._sealer.open(state.secret, account.user_id)
+            step = mfa.matching_step(secret, request.totp_code, time.time(), after_step=state.last_step)
+            if step is not None:
+                accepted = TotpCodeAccepted(user_id=account.user_id, time_step=step)
+        elif (code := mfa.recovery_digest(request.recovery_code[:64])) in state.recovery:
+            accepted = RecoveryCodeUsed(user_id=account.user_id, recovery_code_sha256=code)
+        if accepted is not None:
+            try:
+                # Appended on the user's subject at the version we read: of two logins racing
+                # with the same code, only one append succeeds.
+                await self._user_event(account, accepted, actor)
+                return True
+            except FailedPrecondition:
+                pass
+        self.lockouts.record_failure(key, source)
+        await self._security("mfa_failed", actor="service:auth", user_id=account.user_id, username=key, source=source)
+        raise Unauthenticated("the one-time code is wrong or was already used")
 
     async def Refresh(self, request: auth_pb2.RefreshRequest, context: Context) -> auth_pb2.LoginResponse:
         session = self.sessions.get(session_id_of(request.refresh_token))
@@ -467,7 +544,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         except FailedPrecondition:
             # Another refresh with the same token won the race: that is reuse too.
             raise Unauthenticated("this refresh token was already used; log in again") from None
-        return self._tokens(account, session.session_id, refresh)
+        return self._tokens(account, session.session_id, refresh, mfa=session.mfa)
 
     async def Logout(self, request: auth_pb2.LogoutRequest, context: Context) -> auth_pb2.LogoutResponse:
         caller = self.ctx.tokens.caller(context)
@@ -513,3 +590,60 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             caller.require(Permission.SESSIONS_REVOKE_ANY)
         await self._revoke(session, f"revoked by user:{caller.user_id}", f"user:{caller.user_id}")
         return auth_pb2.RevokeSessionResponse()
+
+    # -- MFA ------------------------------------------------------------------------------------
+
+    async def BeginTotpEnrolment(
+        self, request: auth_pb2.BeginTotpEnrolmentRequest, context: Context
+    ) -> auth_pb2.BeginTotpEnrolmentResponse:
+        assert self._sealer is not None
+        caller = self.ctx.tokens.caller(context)
+        account = self._account(caller.user_id)
+        if (state := self.mfa.get(account.user_id)) is not None and state.enrolled:
+            raise FailedPrecondition("TOTP is already enrolled for this account")
+        secret = mfa.new_secret()
+        sealed = self._sealer.seal(secret, account.user_id)
+        await self._user_event(
+            account, TotpEnrolmentStarted(user_id=account.user_id, sealed_secret=sealed), f"user:{account.user_id}"
+        )
+        return auth_pb2.BeginTotpEnrolmentResponse(
+            otpauth_uri=mfa.provisioning_uri(secret, account.username), secret_base32=mfa.secret_base32(secret)
+        )
+
+    async def ConfirmTotpEnrolment(
+        self, request: auth_pb2.ConfirmTotpEnrolmentRequest, context: Context
+    ) -> auth_pb2.ConfirmTotpEnrolmentResponse:
+        assert self._sealer is not None
+        caller = self.ctx.tokens.caller(context)
+        account = self._account(caller.user_id)
+        state = self.mfa.get(account.user_id)
+        if state is None or not state.pending_secret:
+            raise FailedPrecondition("no TOTP enrolment in progress; call BeginTotpEnrolment first")
+        secret = self._sealer.open(state.pending_secret, account.user_id)
+        step = mfa.matching_step(secret, request.totp_code, time.time(), after_step=state.last_step)
+        if step is None:
+            raise InvalidArgument("the code does not match; check the authenticator app's clock and try the next code")
+        codes = mfa.new_recovery_codes()
+        actor = f"user:{account.user_id}"
+        enrolled = TotpEnrolled(user_id=account.user_id, recovery_code_sha256=[mfa.recovery_digest(c) for c in codes])
+        await self._user_event(account, enrolled, actor)
+        # The confirming code is spent too: it cannot be replayed at login.
+        await self._user_event(account, TotpCodeAccepted(user_id=account.user_id, time_step=step), actor)
+        await self._security("mfa_enrolled", actor=actor, user_id=account.user_id, username=account.username)
+        return auth_pb2.ConfirmTotpEnrolmentResponse(recovery_codes=codes)
+
+    async def SetMfaRequired(
+        self, request: auth_pb2.SetMfaRequiredRequest, context: Context
+    ) -> auth_pb2.SetMfaRequiredResponse:
+        caller = self._caller_or_platform(context)
+        role = validate_role(request.role)
+        actor = f"user:{caller.user_id}" if caller else PLATFORM_USER
+        event = NewEvent(
+            aggregate_type="policy",
+            aggregate_id="mfa",
+            payload=MfaRequirementSet(role=role, required=request.required),
+            actor=actor,
+        )
+        await self._append(MFA_POLICY_SUBJECT, event, version=0, expected_seq=None)
+        await self._security("mfa_policy_changed", actor=actor, detail=f"{role}: required={request.required}")
+        return auth_pb2.SetMfaRequiredResponse()

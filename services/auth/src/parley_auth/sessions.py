@@ -48,6 +48,7 @@ class Session:
     user_id: str
     started_at: float
     source: str = ""
+    mfa: bool = False
     current: bytes = b""
     spent: set[bytes] = field(default_factory=set)
     last_refreshed_at: float = 0.0

@@ -40,7 +40,7 @@ class TokenIssuer:
         write_private_file(path, pem)
         return cls(key)
 
-    def issue(self, *, user_id: str, username: str, role: str, session_id: str) -> tuple[str, int]:
+    def issue(self, *, user_id: str, username: str, role: str, session_id: str, mfa: bool) -> tuple[str, int]:
         now = int(time.time())
         expires = now + ACCESS_TOKEN_SECONDS
         claims = {
@@ -50,6 +50,8 @@ class TokenIssuer:
             "name": username,
             "role": role,
             "sid": session_id,
+            # RFC 8176 authentication methods: every service reads it for roles that need MFA.
+            "amr": ["pwd", "otp"] if mfa else ["pwd"],
             "iat": now,
             "exp": expires,
             "jti": uuid.uuid4().hex,

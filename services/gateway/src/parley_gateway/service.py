@@ -233,3 +233,21 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
     ) -> auth_pb2.Account:
         assert self._auth is not None
         return await forward(self._auth.SetAccountDisabled, request, context)
+
+    async def BeginTotpEnrolment(
+        self, request: auth_pb2.BeginTotpEnrolmentRequest, context: Context
+    ) -> auth_pb2.BeginTotpEnrolmentResponse:
+        assert self._auth is not None
+        return await forward(self._auth.BeginTotpEnrolment, request, context)
+
+    async def ConfirmTotpEnrolment(
+        self, request: auth_pb2.ConfirmTotpEnrolmentRequest, context: Context
+    ) -> auth_pb2.ConfirmTotpEnrolmentResponse:
+        assert self._auth is not None
+        return await forward(self._auth.ConfirmTotpEnrolment, request, context)
+
+    async def SetMfaRequired(
+        self, request: auth_pb2.SetMfaRequiredRequest, context: Context
+    ) -> auth_pb2.SetMfaRequiredResponse:
+        assert self._auth is not None
+        return await forward(self._auth.SetMfaRequired, request, context)

@@ -89,6 +89,21 @@ class AuthServiceStub:
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.GetAccountRequest.SerializeToString,
                 response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.Account.FromString,
                 _registered_method=True)
+        self.BeginTotpEnrolment = channel.unary_unary(
+                '/parley.auth.v1.AuthService/BeginTotpEnrolment',
+                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.BeginTotpEnrolmentRequest.SerializeToString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.BeginTotpEnrolmentResponse.FromString,
+                _registered_method=True)
+        self.ConfirmTotpEnrolment = channel.unary_unary(
+                '/parley.auth.v1.AuthService/ConfirmTotpEnrolment',
+                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.ConfirmTotpEnrolmentRequest.SerializeToString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.ConfirmTotpEnrolmentResponse.FromString,
+                _registered_method=True)
+        self.SetMfaRequired = channel.unary_unary(
+                '/parley.auth.v1.AuthService/SetMfaRequired',
+                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.SetMfaRequiredRequest.SerializeToString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.SetMfaRequiredResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -165,6 +180,27 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BeginTotpEnrolment(self, request, context):
+        """TOTP (RFC 6238): start enrolment (an otpauth:// URI for an authenticator app), then
+        confirm with a first code to switch MFA on and receive single-use recovery codes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfirmTotpEnrolment(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetMfaRequired(self, request, context):
+        """Require MFA for every holder of a role (roles.assign).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -222,6 +258,21 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.GetAccount,
                     request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.GetAccountRequest.FromString,
                     response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.Account.SerializeToString,
+            ),
+            'BeginTotpEnrolment': grpc.unary_unary_rpc_method_handler(
+                    servicer.BeginTotpEnrolment,
+                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.BeginTotpEnrolmentRequest.FromString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.BeginTotpEnrolmentResponse.SerializeToString,
+            ),
+            'ConfirmTotpEnrolment': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmTotpEnrolment,
+                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.ConfirmTotpEnrolmentRequest.FromString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.ConfirmTotpEnrolmentResponse.SerializeToString,
+            ),
+            'SetMfaRequired': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMfaRequired,
+                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.SetMfaRequiredRequest.FromString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.SetMfaRequiredResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -521,6 +572,87 @@ class AuthService:
             '/parley.auth.v1.AuthService/GetAccount',
             parley_dot_auth_dot_v1_dot_auth__pb2.GetAccountRequest.SerializeToString,
             parley_dot_auth_dot_v1_dot_auth__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BeginTotpEnrolment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.auth.v1.AuthService/BeginTotpEnrolment',
+            parley_dot_auth_dot_v1_dot_auth__pb2.BeginTotpEnrolmentRequest.SerializeToString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.BeginTotpEnrolmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmTotpEnrolment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.auth.v1.AuthService/ConfirmTotpEnrolment',
+            parley_dot_auth_dot_v1_dot_auth__pb2.ConfirmTotpEnrolmentRequest.SerializeToString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.ConfirmTotpEnrolmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMfaRequired(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.auth.v1.AuthService/SetMfaRequired',
+            parley_dot_auth_dot_v1_dot_auth__pb2.SetMfaRequiredRequest.SerializeToString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.SetMfaRequiredResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,13 @@ class AuthServiceStub:
     AssignRole: _grpc.UnaryUnaryMultiCallable[_auth_pb2.AssignRoleRequest, _auth_pb2.Account]
     SetAccountDisabled: _grpc.UnaryUnaryMultiCallable[_auth_pb2.SetAccountDisabledRequest, _auth_pb2.Account]
     GetAccount: _grpc.UnaryUnaryMultiCallable[_auth_pb2.GetAccountRequest, _auth_pb2.Account]
+    BeginTotpEnrolment: _grpc.UnaryUnaryMultiCallable[_auth_pb2.BeginTotpEnrolmentRequest, _auth_pb2.BeginTotpEnrolmentResponse]
+    """TOTP (RFC 6238): start enrolment (an otpauth:// URI for an authenticator app), then
+    confirm with a first code to switch MFA on and receive single-use recovery codes.
+    """
+    ConfirmTotpEnrolment: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ConfirmTotpEnrolmentRequest, _auth_pb2.ConfirmTotpEnrolmentResponse]
+    SetMfaRequired: _grpc.UnaryUnaryMultiCallable[_auth_pb2.SetMfaRequiredRequest, _auth_pb2.SetMfaRequiredResponse]
+    """Require MFA for every holder of a role (roles.assign)."""
 
 @_typing.type_check_only
 class AuthServiceAsyncStub(AuthServiceStub):
@@ -71,6 +78,13 @@ class AuthServiceAsyncStub(AuthServiceStub):
     AssignRole: _aio.UnaryUnaryMultiCallable[_auth_pb2.AssignRoleRequest, _auth_pb2.Account]  # type: ignore[assignment]
     SetAccountDisabled: _aio.UnaryUnaryMultiCallable[_auth_pb2.SetAccountDisabledRequest, _auth_pb2.Account]  # type: ignore[assignment]
     GetAccount: _aio.UnaryUnaryMultiCallable[_auth_pb2.GetAccountRequest, _auth_pb2.Account]  # type: ignore[assignment]
+    BeginTotpEnrolment: _aio.UnaryUnaryMultiCallable[_auth_pb2.BeginTotpEnrolmentRequest, _auth_pb2.BeginTotpEnrolmentResponse]  # type: ignore[assignment]
+    """TOTP (RFC 6238): start enrolment (an otpauth:// URI for an authenticator app), then
+    confirm with a first code to switch MFA on and receive single-use recovery codes.
+    """
+    ConfirmTotpEnrolment: _aio.UnaryUnaryMultiCallable[_auth_pb2.ConfirmTotpEnrolmentRequest, _auth_pb2.ConfirmTotpEnrolmentResponse]  # type: ignore[assignment]
+    SetMfaRequired: _aio.UnaryUnaryMultiCallable[_auth_pb2.SetMfaRequiredRequest, _auth_pb2.SetMfaRequiredResponse]  # type: ignore[assignment]
+    """Require MFA for every holder of a role (roles.assign)."""
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -156,5 +170,30 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.GetAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.Account, _abc.Awaitable[_auth_pb2.Account]]: ...
+
+    @_abc_1.abstractmethod
+    def BeginTotpEnrolment(
+        self,
+        request: _auth_pb2.BeginTotpEnrolmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.BeginTotpEnrolmentResponse, _abc.Awaitable[_auth_pb2.BeginTotpEnrolmentResponse]]:
+        """TOTP (RFC 6238): start enrolment (an otpauth:// URI for an authenticator app), then
+        confirm with a first code to switch MFA on and receive single-use recovery codes.
+        """
+
+    @_abc_1.abstractmethod
+    def ConfirmTotpEnrolment(
+        self,
+        request: _auth_pb2.ConfirmTotpEnrolmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.ConfirmTotpEnrolmentResponse, _abc.Awaitable[_auth_pb2.ConfirmTotpEnrolmentResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetMfaRequired(
+        self,
+        request: _auth_pb2.SetMfaRequiredRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.SetMfaRequiredResponse, _abc.Awaitable[_auth_pb2.SetMfaRequiredResponse]]:
+        """Require MFA for every holder of a role (roles.assign)."""
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -3,8 +3,10 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -185,10 +187,13 @@ class SessionStarted(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     REFRESH_TOKEN_SHA256_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    MFA_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     user_id: _builtins.str
     refresh_token_sha256: _builtins.bytes
     source: _builtins.str
+    mfa: _builtins.bool
+    """the login used a second factor; refreshed tokens keep saying so"""
     def __init__(
         self,
         *,
@@ -196,10 +201,11 @@ class SessionStarted(_message.Message):
         user_id: _builtins.str = ...,
         refresh_token_sha256: _builtins.bytes = ...,
         source: _builtins.str = ...,
+        mfa: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["refresh_token_sha256", b"refresh_token_sha256", "session_id", b"session_id", "source", b"source", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mfa", b"mfa", "refresh_token_sha256", b"refresh_token_sha256", "session_id", b"session_id", "source", b"source", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -300,3 +306,123 @@ class SecurityEventRecorded(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SecurityEventRecorded: _TypeAlias = SecurityEventRecorded  # noqa: Y015
+
+@_typing.final
+class TotpEnrolmentStarted(_message.Message):
+    """TOTP enrolment begun; the secret is sealed with AES-256-GCM under auth's MFA key, so the
+    event log and its SQL archive never hold it in clear.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    SEALED_SECRET_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    sealed_secret: _builtins.bytes
+    """12-byte nonce || AES-GCM ciphertext"""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        sealed_secret: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sealed_secret", b"sealed_secret", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TotpEnrolmentStarted: _TypeAlias = TotpEnrolmentStarted  # noqa: Y015
+
+@_typing.final
+class TotpEnrolled(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    RECOVERY_CODE_SHA256_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    @_builtins.property
+    def recovery_code_sha256(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        recovery_code_sha256: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recovery_code_sha256", b"recovery_code_sha256", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TotpEnrolled: _TypeAlias = TotpEnrolled  # noqa: Y015
+
+@_typing.final
+class TotpCodeAccepted(_message.Message):
+    """Replay protection: a TOTP time step, once accepted, is never accepted again."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    TIME_STEP_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    time_step: _builtins.int
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        time_step: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["time_step", b"time_step", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TotpCodeAccepted: _TypeAlias = TotpCodeAccepted  # noqa: Y015
+
+@_typing.final
+class RecoveryCodeUsed(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    RECOVERY_CODE_SHA256_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    recovery_code_sha256: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        recovery_code_sha256: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recovery_code_sha256", b"recovery_code_sha256", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecoveryCodeUsed: _TypeAlias = RecoveryCodeUsed  # noqa: Y015
+
+@_typing.final
+class MfaRequirementSet(_message.Message):
+    """On parley.auth.policy.mfa: every holder of `role` must use MFA."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLE_FIELD_NUMBER: _builtins.int
+    REQUIRED_FIELD_NUMBER: _builtins.int
+    role: _builtins.str
+    required: _builtins.bool
+    def __init__(
+        self,
+        *,
+        role: _builtins.str = ...,
+        required: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["required", b"required", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MfaRequirementSet: _TypeAlias = MfaRequirementSet  # noqa: Y015

@@ -119,6 +119,21 @@ class GatewayStub:
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.SetAccountDisabledRequest.SerializeToString,
                 response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.Account.FromString,
                 _registered_method=True)
+        self.BeginTotpEnrolment = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/BeginTotpEnrolment',
+                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.BeginTotpEnrolmentRequest.SerializeToString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.BeginTotpEnrolmentResponse.FromString,
+                _registered_method=True)
+        self.ConfirmTotpEnrolment = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/ConfirmTotpEnrolment',
+                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.ConfirmTotpEnrolmentRequest.SerializeToString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.ConfirmTotpEnrolmentResponse.FromString,
+                _registered_method=True)
+        self.SetMfaRequired = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/SetMfaRequired',
+                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.SetMfaRequiredRequest.SerializeToString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.SetMfaRequiredResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -225,6 +240,24 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BeginTotpEnrolment(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfirmTotpEnrolment(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetMfaRequired(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -307,6 +340,21 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.SetAccountDisabled,
                     request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.SetAccountDisabledRequest.FromString,
                     response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.Account.SerializeToString,
+            ),
+            'BeginTotpEnrolment': grpc.unary_unary_rpc_method_handler(
+                    servicer.BeginTotpEnrolment,
+                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.BeginTotpEnrolmentRequest.FromString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.BeginTotpEnrolmentResponse.SerializeToString,
+            ),
+            'ConfirmTotpEnrolment': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmTotpEnrolment,
+                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.ConfirmTotpEnrolmentRequest.FromString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.ConfirmTotpEnrolmentResponse.SerializeToString,
+            ),
+            'SetMfaRequired': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMfaRequired,
+                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.SetMfaRequiredRequest.FromString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.SetMfaRequiredResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -743,6 +791,87 @@ class Gateway:
             '/parley.gateway.v1.Gateway/SetAccountDisabled',
             parley_dot_auth_dot_v1_dot_auth__pb2.SetAccountDisabledRequest.SerializeToString,
             parley_dot_auth_dot_v1_dot_auth__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BeginTotpEnrolment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/BeginTotpEnrolment',
+            parley_dot_auth_dot_v1_dot_auth__pb2.BeginTotpEnrolmentRequest.SerializeToString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.BeginTotpEnrolmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmTotpEnrolment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/ConfirmTotpEnrolment',
+            parley_dot_auth_dot_v1_dot_auth__pb2.ConfirmTotpEnrolmentRequest.SerializeToString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.ConfirmTotpEnrolmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMfaRequired(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/SetMfaRequired',
+            parley_dot_auth_dot_v1_dot_auth__pb2.SetMfaRequiredRequest.SerializeToString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.SetMfaRequiredResponse.FromString,
             options,
             channel_credentials,
             insecure,

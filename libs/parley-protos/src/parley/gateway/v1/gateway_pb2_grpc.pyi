@@ -58,6 +58,9 @@ class GatewayStub:
     CreateUser: _grpc.UnaryUnaryMultiCallable[_auth_pb2.CreateUserRequest, _auth_pb2.Account]
     AssignRole: _grpc.UnaryUnaryMultiCallable[_auth_pb2.AssignRoleRequest, _auth_pb2.Account]
     SetAccountDisabled: _grpc.UnaryUnaryMultiCallable[_auth_pb2.SetAccountDisabledRequest, _auth_pb2.Account]
+    BeginTotpEnrolment: _grpc.UnaryUnaryMultiCallable[_auth_pb2.BeginTotpEnrolmentRequest, _auth_pb2.BeginTotpEnrolmentResponse]
+    ConfirmTotpEnrolment: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ConfirmTotpEnrolmentRequest, _auth_pb2.ConfirmTotpEnrolmentResponse]
+    SetMfaRequired: _grpc.UnaryUnaryMultiCallable[_auth_pb2.SetMfaRequiredRequest, _auth_pb2.SetMfaRequiredResponse]
 
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
@@ -86,6 +89,9 @@ class GatewayAsyncStub(GatewayStub):
     CreateUser: _aio.UnaryUnaryMultiCallable[_auth_pb2.CreateUserRequest, _auth_pb2.Account]  # type: ignore[assignment]
     AssignRole: _aio.UnaryUnaryMultiCallable[_auth_pb2.AssignRoleRequest, _auth_pb2.Account]  # type: ignore[assignment]
     SetAccountDisabled: _aio.UnaryUnaryMultiCallable[_auth_pb2.SetAccountDisabledRequest, _auth_pb2.Account]  # type: ignore[assignment]
+    BeginTotpEnrolment: _aio.UnaryUnaryMultiCallable[_auth_pb2.BeginTotpEnrolmentRequest, _auth_pb2.BeginTotpEnrolmentResponse]  # type: ignore[assignment]
+    ConfirmTotpEnrolment: _aio.UnaryUnaryMultiCallable[_auth_pb2.ConfirmTotpEnrolmentRequest, _auth_pb2.ConfirmTotpEnrolmentResponse]  # type: ignore[assignment]
+    SetMfaRequired: _aio.UnaryUnaryMultiCallable[_auth_pb2.SetMfaRequiredRequest, _auth_pb2.SetMfaRequiredResponse]  # type: ignore[assignment]
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
     """The only client-facing API. Every call except Register and Login needs
@@ -207,5 +213,26 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.SetAccountDisabledRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.Account, _abc.Awaitable[_auth_pb2.Account]]: ...
+
+    @_abc_1.abstractmethod
+    def BeginTotpEnrolment(
+        self,
+        request: _auth_pb2.BeginTotpEnrolmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.BeginTotpEnrolmentResponse, _abc.Awaitable[_auth_pb2.BeginTotpEnrolmentResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ConfirmTotpEnrolment(
+        self,
+        request: _auth_pb2.ConfirmTotpEnrolmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.ConfirmTotpEnrolmentResponse, _abc.Awaitable[_auth_pb2.ConfirmTotpEnrolmentResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetMfaRequired(
+        self,
+        request: _auth_pb2.SetMfaRequiredRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.SetMfaRequiredResponse, _abc.Awaitable[_auth_pb2.SetMfaRequiredResponse]]: ...
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,114 @@
+"""TOTP (RFC 6238) through `cryptography`'s twofactor module, sealed secrets, recovery codes.
+
+No I/O beyond reading or creating auth's MFA key file. A code is checked against the current
+time step and one step either side (clock drift); the step it matched is returned so the
+caller can record it and never accept that step (or an earlier one) again: a code is good once.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA1
+from cryptography.hazmat.primitives.twofactor.totp import TOTP
+
+from parley_core.files import write_private_file
+
+ISSUER = "Parley"
+DIGITS = 6
+STEP_S = 30
+SECRET_BYTES = 20  # 160 bits, as RFC 4226 recommends
+DRIFT_STEPS = 1
+RECOVERY_CODES = 10
+NONCE_BYTES = 12
+
+
+def new_secret() -> bytes:
+    return os.urandom(SECRET_BYTES)
+
+
+def _totp(secret: bytes) -> TOTP:
+    # SHA-1 is what every authenticator app implements for RFC 6238; HMAC-SHA-1 is not broken.
+    return TOTP(secret, DIGITS, SHA1(), STEP_S, enforce_key_length=True)  # noqa: S303 - RFC 6238 default
+
+
+def provisioning_uri(secret: bytes, username: str) -> str:
+    return _totp(secret).get_provisioning_uri(username, ISSUER)
+
+
+def secret_base32(secret: bytes) -> str:
+    return base64.b32encode(secret).decode().rstrip("=")
+
+
+def code_at(secret: bytes, unix_time: float) -> str:
+    return _totp(secret).generate(int(unix_time)).decode()
+
+
+def matching_step(secret: bytes, code: str, unix_time: float, *, after_step: int) -> int | None:
+    """The time step `code` belongs to, if it is within the drift window and newer than
+    `after_step` (the last step accepted for this user)."""
+    if len(code) != DIGITS or not code.isdigit():
+        return None
+    now_step = int(unix_time) // STEP_S
+    totp = _totp(secret)
+    for step in range(now_step - DRIFT_STEPS, now_step + DRIFT_STEPS + 1):
+        expected = totp.generate(step * STEP_S)
+        if hmac.compare_digest(expected, code.encode()) and step > after_step:
+            return step
+    return None
+
+
+def new_recovery_codes() -> list[str]:
+    """Ten codes of 80 random bits each, as xxxx-xxxx-xxxx-xxxx (base32)."""
+    codes = []
+    for _ in range(RECOVERY_CODES):
+        raw = base64.b32encode(secrets.token_bytes(10)).decode().lower()
+        codes.append("-".join(raw[i : i + 4] for i in range(0, 16, 4)))
+    return codes
+
+
+def recovery_digest(code: str) -> bytes:
+    """Codes carry 80 random bits, so a plain SHA-256 of the normalised code cannot be reversed."""
+    return hashlib.sha256(code.strip().lower().replace(" ", "").encode()).digest()
+
+
+class SecretSealer:
+    """AES-256-GCM under a key kept in auth's secrets folder, bound to the user id."""
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key)
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> SecretSealer:
+        if not path.exists():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_private_file(path, AESGCM.generate_key(bit_length=256))
+        return cls(path.read_bytes())
+
+    def seal(self, secret: bytes, user_id: str) -> bytes:
+        nonce = os.urandom(NONCE_BYTES)
+        return nonce + self._aead.encrypt(nonce, secret, user_id.encode())
+
+    def open(self, sealed: bytes, user_id: str) -> bytes:
+        return self._aead.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], user_id.encode())
+
+
+@dataclass
+class MfaState:
+    """One user's MFA, as the AUTH stream tells it."""
+
+    pending_secret: bytes = b""  # sealed
+    secret: bytes = b""  # sealed; set once enrolment is confirmed
+    last_step: int = 0
+    recovery: set[bytes] = field(default_factory=set)
+
+    @property
+    def enrolled(self) -> bool:
+        return bool(self.secret)

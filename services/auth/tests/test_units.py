@@ -1,0 +1,104 @@
+"""Unit tests of the auth domain: no I/O, no servers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cryptography.exceptions import InvalidTag
+
+from parley_auth import mfa
+from parley_auth.lockout import LockoutBook, LockoutPolicy
+from parley_auth.sessions import RefreshVerdict, Session, digest, new_refresh_token
+from parley_core.rbac import may_assign
+
+
+def test_lockout_doubles_and_releases() -> None:
+    now = [0.0]
+    book = LockoutBook(
+        account_policy=LockoutPolicy(threshold=3, base_s=2.0, max_s=60.0),
+        source_policy=LockoutPolicy(threshold=100, base_s=2.0, max_s=60.0),
+        clock=lambda: now[0],
+    )
+    assert book.record_failure("eve", "ip") is None
+    assert book.record_failure("eve", "ip") is None
+    first = book.record_failure("eve", "ip")
+    assert first is not None
+    assert first.retry_after_s == 2.0
+    assert book.check("eve", "ip") is not None
+    now[0] += 2.1
+    assert book.check("eve", "ip") is None
+    second = book.record_failure("eve", "ip")
+    assert second is not None
+    assert second.retry_after_s == 4.0  # exponential
+    for _ in range(10):
+        book.record_failure("eve", "ip")
+    assert book.check("eve", "ip") is not None
+    assert book.check("eve", "ip").retry_after_s <= 60.0  # type: ignore[union-attr]
+    now[0] += 61
+    book.record_success("eve")
+    assert book.check("eve", "ip") is None
+
+
+def test_source_lockout_spans_accounts() -> None:
+    book = LockoutBook(
+        account_policy=LockoutPolicy(threshold=100, base_s=1.0, max_s=60.0),
+        source_policy=LockoutPolicy(threshold=3, base_s=5.0, max_s=60.0),
+        clock=lambda: 0.0,
+    )
+    for name in ("a", "b", "c"):
+        book.record_failure(name, "10.0.0.9")
+    locked = book.check("someone-else", "10.0.0.9")
+    assert locked is not None
+    assert locked.scope == "source"
+    assert book.check("someone-else", "10.0.0.10") is None
+
+
+def test_refresh_token_verdicts() -> None:
+    first = new_refresh_token("s1")
+    second = new_refresh_token("s1")
+    session = Session(session_id="s1", user_id="u", started_at=0.0, current=digest(first))
+    assert session.judge(digest(first)) is RefreshVerdict.CURRENT
+    session.rotate(digest(first), digest(second), 1.0)
+    assert session.judge(digest(second)) is RefreshVerdict.CURRENT
+    assert session.judge(digest(first)) is RefreshVerdict.REUSED
+    assert session.judge(digest(new_refresh_token("s1"))) is RefreshVerdict.UNKNOWN
+
+
+def test_totp_step_matching_refuses_old_and_replayed_steps() -> None:
+    secret = mfa.new_secret()
+    now = 1_700_000_000.0
+    current = mfa.code_at(secret, now)
+    step = mfa.matching_step(secret, current, now, after_step=0)
+    assert step == int(now) // mfa.STEP_S
+    assert mfa.matching_step(secret, current, now, after_step=step) is None  # replay
+    assert mfa.matching_step(secret, mfa.code_at(secret, now - 90), now, after_step=0) is None  # too old
+    assert mfa.matching_step(secret, mfa.code_at(secret, now - 30), now, after_step=0) is not None  # drift
+    assert mfa.matching_step(secret, "12345", now, after_step=0) is None
+    assert mfa.matching_step(secret, "abcdef", now, after_step=0) is None
+
+
+def test_sealed_totp_secret_is_bound_to_its_user(tmp_path: Path) -> None:
+    sealer = mfa.SecretSealer.load_or_create(tmp_path / "mfa.key")
+    assert (tmp_path / "mfa.key").stat().st_mode & 0o077 == 0
+    secret = mfa.new_secret()
+    sealed = sealer.seal(secret, "u1")
+    assert secret not in sealed
+    assert mfa.SecretSealer.load_or_create(tmp_path / "mfa.key").open(sealed, "u1") == secret
+    with pytest.raises(InvalidTag):
+        sealer.open(sealed, "u2")
+
+
+def test_recovery_codes_are_random_and_normalised() -> None:
+    codes = mfa.new_recovery_codes()
+    assert len(set(codes)) == mfa.RECOVERY_CODES
+    assert mfa.recovery_digest(codes[0].upper() + " ") == mfa.recovery_digest(codes[0])
+
+
+def test_only_owners_hand_out_owner_and_admin() -> None:
+    assert may_assign("owner", target_current_role="member", new_role="admin")
+    assert may_assign("admin", target_current_role="member", new_role="operator")
+    assert not may_assign("admin", target_current_role="member", new_role="owner")
+    assert not may_assign("admin", target_current_role="admin", new_role="member")
+    assert not may_assign("member", target_current_role="guest", new_role="member")
+    assert not may_assign("security-auditor", target_current_role="guest", new_role="member")
