@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from parley_cli import admin, chat
+from parley_cli import admin, audit, chat
 from parley_cli.health import check_health
 from parley_client import ClientConfig, ParleyClient, ParleyError
 from parley_core.logs import quiet_asyncio_tls_notes
@@ -202,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat_cmd.add_argument("channel", help="channel id or name")
     chat_cmd.set_defaults(run=cmd_chat)
     admin.add_commands(sub)
+    audit.add_commands(sub)
     return parser
 
 

@@ -112,13 +112,20 @@ class EventBus:
         *,
         aggregate_version: int,
         expected_last_subject_seq: int | None,
+        expected_last_stream_seq: int | None = None,
     ) -> Appended:
-        """Append one event. `expected_last_subject_seq=0` means the subject must be empty."""
+        """Append one event. `expected_last_subject_seq=0` means the subject must be empty.
+
+        `expected_last_stream_seq` orders the append after the whole stream's last message
+        (a single-writer chain over a stream, such as the audit chain on SEC).
+        """
         trace_headers = telemetry.current_trace_headers()
         envelope = seal(event, aggregate_version=aggregate_version, producer=self.producer, trace_context=trace_headers)
         headers = {**trace_headers, "Nats-Msg-Id": event.event_id, "Parley-Event-Type": event.event_type}
         if expected_last_subject_seq is not None:
             headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last_subject_seq)
+        if expected_last_stream_seq is not None:
+            headers["Nats-Expected-Last-Sequence"] = str(expected_last_stream_seq)
         try:
             ack = await self.js.publish(subject, envelope.SerializeToString(), headers=headers)
         except nats.js.errors.APIError as exc:

@@ -6,7 +6,9 @@ runner's interceptor); handlers check what depends on the target (whose session,
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from typing import Any
@@ -54,8 +56,9 @@ from parley_auth.sessions import (
     session_id_of,
 )
 from parley_auth.signing import TokenIssuer
+from parley_core.audit import AuditChain
 from parley_core.bus import ConcurrencyConflict, ReceivedEvent, Replay
-from parley_core.envelope import NewEvent, open_payload
+from parley_core.envelope import NewEvent, decode, open_payload
 from parley_core.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -82,7 +85,10 @@ USER_EVENTS = (
 )
 MFA_POLICY_SUBJECT = stream_subject("auth", "policy", "mfa")
 
+log = logging.getLogger(__name__)
+
 LOGIN_FAILED = "username or password is wrong"
+AUDIT_APPEND_ATTEMPTS = 5
 REFRESH_INVALID = "refresh token is invalid or expired; log in again"
 # Metadata the gateway adds with the client's address; trusted only from the gateway.
 SOURCE_METADATA = "x-parley-source"
@@ -131,6 +137,9 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         self.mfa: dict[str, mfa.MfaState] = {}
         self.mfa_required_roles: set[str] = set()
         self._sealer: mfa.SecretSealer | None = None
+        self._audit = AuditChain()
+        self._audit_lock = asyncio.Lock()
+        self._sec_last_seq = 0
         self._ctx: RunContext | None = None
         self._issuer: TokenIssuer | None = None
         self._replay: Replay | None = None
@@ -140,6 +149,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         self._issuer = TokenIssuer.load_or_create(ctx.settings.secrets_dir / "auth-signing-key.pem")
         self._sealer = mfa.SecretSealer.load_or_create(ctx.settings.secrets_dir / "auth-mfa-key.bin")
         await self._publish_signing_key(self._issuer)
+        await self._load_audit_head()
         self._replay = await ctx.bus.replay(stream="AUTH", filter_subject="parley.auth.>", handler=self._apply)
         await self._replay.wait_caught_up()
         auth_pb2_grpc.add_AuthServiceServicer_to_server(self, ctx.server)
@@ -254,14 +264,58 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             session_subject(session.session_id), event, version=session.version + 1, expected_seq=session.last_seq
         )
 
+    async def _load_audit_head(self) -> None:
+        """The chain continues from the newest record on the SEC stream."""
+        info = await self.ctx.bus.js.stream_info("SEC")
+        self._sec_last_seq = info.state.last_seq
+        self._audit = AuditChain()
+        if self._sec_last_seq:
+            raw = await self.ctx.bus.js.get_msg("SEC", self._sec_last_seq)
+            payload = open_payload(decode(raw.data or b""))
+            if isinstance(payload, SecurityEventRecorded):
+                self._audit.advance(payload)
+
     async def _security(self, kind: str, *, actor: str, user_id: str = "", **fields: Any) -> None:
-        """A security event for the SIEM; losing one must not fail the user's call."""
-        record = SecurityEventRecorded(kind=kind, user_id=user_id, actor=actor, **fields)
-        event = NewEvent(aggregate_type="security", aggregate_id=user_id or "unknown", payload=record, actor=actor)
-        with contextlib.suppress(Exception):
-            await self.ctx.bus.append(
-                security_subject(kind, user_id), event, aggregate_version=0, expected_last_subject_seq=None
-            )
+        """An audit record on the SEC stream: for the SIEM, and a link in the signed hash chain.
+
+        Appends are ordered after the stream's last message, so two auth instances cannot fork
+        the chain: the loser reloads the head and links again. A record that cannot be written
+        is logged as an error but does not fail the user's call.
+        """
+        assert self._issuer is not None
+        async with self._audit_lock:
+            for _ in range(AUDIT_APPEND_ATTEMPTS):
+                record = SecurityEventRecorded(
+                    kind=kind,
+                    user_id=user_id,
+                    actor=actor,
+                    key_id=self._issuer.key_id,
+                    occurred_at_unix_ns=time.time_ns(),
+                    **fields,
+                )
+                self._audit.link(record)
+                record.signature = self._issuer.sign(record.record_hash)
+                event = NewEvent(
+                    aggregate_type="security", aggregate_id=user_id or "unknown", payload=record, actor=actor
+                )
+                try:
+                    appended = await self.ctx.bus.append(
+                        security_subject(kind, user_id),
+                        event,
+                        aggregate_version=record.chain_index,
+                        expected_last_subject_seq=None,
+                        expected_last_stream_seq=self._sec_last_seq,
+                    )
+                except ConcurrencyConflict:
+                    await self._load_audit_head()
+                    continue
+                except Exception:
+                    log.exception("audit record not written", extra={"kind": kind, "user_id": user_id})
+                    return
+                self._audit.advance(record)
+                self._sec_last_seq = appended.stream_seq
+                return
+            log.error("audit record not written: the SEC stream kept moving", extra={"kind": kind})
 
     async def _revoke(self, session: Session, reason: str, actor: str) -> None:
         if session.revoked:
@@ -460,6 +514,9 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             actor=actor,
         )
         await self._append(session_subject(session_id), event, version=1, expected_seq=0)
+        await self._security(
+            "login_succeeded", actor=actor, user_id=account.user_id, username=account.username, source=source
+        )
         if not any(s.source == source for s in self.sessions.of_user(account.user_id) if s.session_id != session_id):
             await self._security(
                 "new_session_source", actor=actor, user_id=account.user_id, username=account.username, source=source

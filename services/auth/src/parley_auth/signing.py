@@ -58,3 +58,7 @@ class TokenIssuer:
         }
         token = jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"kid": self.key_id})
         return token, expires
+
+    def sign(self, data: bytes) -> bytes:
+        """Ed25519 signature, for the audit chain's record hashes."""
+        return self._key.sign(data)

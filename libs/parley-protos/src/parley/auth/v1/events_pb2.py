@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bparley/auth/v1/events.proto\x12\x0eparley.auth.v1\"X\n\x0eUserRegistered\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x15\n\rpassword_hash\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\"L\n\x13SigningKeyPublished\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x11\n\talgorithm\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\"D\n\x0cRoleAssigned\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x15\n\rprevious_role\x18\x03 \x01(\t\"2\n\x0f\x41\x63\x63ountDisabled\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"!\n\x0e\x41\x63\x63ountEnabled\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"9\n\x0fPasswordChanged\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x15\n\rpassword_hash\x18\x02 \x01(\t\"p\n\x0eSessionStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x1c\n\x14refresh_token_sha256\x18\x03 \x01(\x0c\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0b\n\x03mfa\x18\x05 \x01(\x08\"q\n\x13RefreshTokenRotated\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x17\n\x0fprevious_sha256\x18\x03 \x01(\x0c\x12\x1c\n\x14refresh_token_sha256\x18\x04 \x01(\x0c\"E\n\x0eSessionRevoked\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x92\x01\n\x15SecurityEventRecorded\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x10\n\x08username\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x12\x19\n\x11locked_until_unix\x18\x07 \x01(\x03\">\n\x14TotpEnrolmentStarted\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x15\n\rsealed_secret\x18\x02 \x01(\x0c\"=\n\x0cTotpEnrolled\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1c\n\x14recovery_code_sha256\x18\x02 \x03(\x0c\"6\n\x10TotpCodeAccepted\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\ttime_step\x18\x02 \x01(\x03\"A\n\x10RecoveryCodeUsed\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1c\n\x14recovery_code_sha256\x18\x02 \x01(\x0c\"3\n\x11MfaRequirementSet\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x10\n\x08required\x18\x02 \x01(\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bparley/auth/v1/events.proto\x12\x0eparley.auth.v1\"X\n\x0eUserRegistered\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x15\n\rpassword_hash\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\"L\n\x13SigningKeyPublished\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x11\n\talgorithm\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\"D\n\x0cRoleAssigned\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x15\n\rprevious_role\x18\x03 \x01(\t\"2\n\x0f\x41\x63\x63ountDisabled\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"!\n\x0e\x41\x63\x63ountEnabled\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"9\n\x0fPasswordChanged\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x15\n\rpassword_hash\x18\x02 \x01(\t\"p\n\x0eSessionStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x1c\n\x14refresh_token_sha256\x18\x03 \x01(\x0c\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0b\n\x03mfa\x18\x05 \x01(\x08\"q\n\x13RefreshTokenRotated\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x17\n\x0fprevious_sha256\x18\x03 \x01(\x0c\x12\x1c\n\x14refresh_token_sha256\x18\x04 \x01(\x0c\"E\n\x0eSessionRevoked\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x8f\x02\n\x15SecurityEventRecorded\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x10\n\x08username\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x12\x19\n\x11locked_until_unix\x18\x07 \x01(\x03\x12\x13\n\x0b\x63hain_index\x18\x08 \x01(\x04\x12\x11\n\tprev_hash\x18\t \x01(\x0c\x12\x13\n\x0brecord_hash\x18\n \x01(\x0c\x12\x11\n\tsignature\x18\x0b \x01(\x0c\x12\x0e\n\x06key_id\x18\x0c \x01(\t\x12\x1b\n\x13occurred_at_unix_ns\x18\r \x01(\x03\">\n\x14TotpEnrolmentStarted\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x15\n\rsealed_secret\x18\x02 \x01(\x0c\"=\n\x0cTotpEnrolled\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1c\n\x14recovery_code_sha256\x18\x02 \x03(\x0c\"6\n\x10TotpCodeAccepted\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\ttime_step\x18\x02 \x01(\x03\"A\n\x10RecoveryCodeUsed\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1c\n\x14recovery_code_sha256\x18\x02 \x01(\x0c\"3\n\x11MfaRequirementSet\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x10\n\x08required\x18\x02 \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,15 +50,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SESSIONREVOKED']._serialized_start=660
   _globals['_SESSIONREVOKED']._serialized_end=729
   _globals['_SECURITYEVENTRECORDED']._serialized_start=732
-  _globals['_SECURITYEVENTRECORDED']._serialized_end=878
-  _globals['_TOTPENROLMENTSTARTED']._serialized_start=880
-  _globals['_TOTPENROLMENTSTARTED']._serialized_end=942
-  _globals['_TOTPENROLLED']._serialized_start=944
-  _globals['_TOTPENROLLED']._serialized_end=1005
-  _globals['_TOTPCODEACCEPTED']._serialized_start=1007
-  _globals['_TOTPCODEACCEPTED']._serialized_end=1061
-  _globals['_RECOVERYCODEUSED']._serialized_start=1063
-  _globals['_RECOVERYCODEUSED']._serialized_end=1128
-  _globals['_MFAREQUIREMENTSET']._serialized_start=1130
-  _globals['_MFAREQUIREMENTSET']._serialized_end=1181
+  _globals['_SECURITYEVENTRECORDED']._serialized_end=1003
+  _globals['_TOTPENROLMENTSTARTED']._serialized_start=1005
+  _globals['_TOTPENROLMENTSTARTED']._serialized_end=1067
+  _globals['_TOTPENROLLED']._serialized_start=1069
+  _globals['_TOTPENROLLED']._serialized_end=1130
+  _globals['_TOTPCODEACCEPTED']._serialized_start=1132
+  _globals['_TOTPCODEACCEPTED']._serialized_end=1186
+  _globals['_RECOVERYCODEUSED']._serialized_start=1188
+  _globals['_RECOVERYCODEUSED']._serialized_end=1253
+  _globals['_MFAREQUIREMENTSET']._serialized_start=1255
+  _globals['_MFAREQUIREMENTSET']._serialized_end=1306
 # @@protoc_insertion_point(module_scope)

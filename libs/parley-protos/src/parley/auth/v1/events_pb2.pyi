@@ -278,6 +278,12 @@ class SecurityEventRecorded(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
     LOCKED_UNTIL_UNIX_FIELD_NUMBER: _builtins.int
+    CHAIN_INDEX_FIELD_NUMBER: _builtins.int
+    PREV_HASH_FIELD_NUMBER: _builtins.int
+    RECORD_HASH_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_UNIX_NS_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
     """login_failed, lockout, new_session, refresh_token_reuse, role_assigned, account_disabled, account_enabled, session_revoked"""
     user_id: _builtins.str
@@ -288,6 +294,19 @@ class SecurityEventRecorded(_message.Message):
     """who caused it: user:<id>, platform, service:auth"""
     detail: _builtins.str
     locked_until_unix: _builtins.int
+    chain_index: _builtins.int
+    """The audit hash chain (parley_core.audit): records are numbered from 1 without gaps, each
+    holds the previous record's hash, and auth signs each hash with its Ed25519 key so the
+    chain cannot be recomputed by whoever can edit the archive. `parley audit verify` checks it.
+    """
+    prev_hash: _builtins.bytes
+    record_hash: _builtins.bytes
+    """SHA-256 over this record with record_hash and signature empty"""
+    signature: _builtins.bytes
+    """Ed25519 over record_hash"""
+    key_id: _builtins.str
+    """SigningKeyPublished.key_id of the signing key"""
+    occurred_at_unix_ns: _builtins.int
     def __init__(
         self,
         *,
@@ -298,10 +317,16 @@ class SecurityEventRecorded(_message.Message):
         actor: _builtins.str = ...,
         detail: _builtins.str = ...,
         locked_until_unix: _builtins.int = ...,
+        chain_index: _builtins.int = ...,
+        prev_hash: _builtins.bytes = ...,
+        record_hash: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+        key_id: _builtins.str = ...,
+        occurred_at_unix_ns: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "detail", b"detail", "kind", b"kind", "locked_until_unix", b"locked_until_unix", "source", b"source", "user_id", b"user_id", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "chain_index", b"chain_index", "detail", b"detail", "key_id", b"key_id", "kind", b"kind", "locked_until_unix", b"locked_until_unix", "occurred_at_unix_ns", b"occurred_at_unix_ns", "prev_hash", b"prev_hash", "record_hash", b"record_hash", "signature", b"signature", "source", b"source", "user_id", b"user_id", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
