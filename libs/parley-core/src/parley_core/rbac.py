@@ -43,7 +43,7 @@ ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
     "security-auditor": frozenset({P.OWN_SESSIONS, P.SESSIONS_READ_ANY, P.USERS_READ, P.AUDIT_READ, P.FLEET_READ}),
     "operator": frozenset({P.OWN_SESSIONS, P.FLEET_READ, P.PATCHES_ROLLOUT}),
     "member": _CHAT | {P.OWN_SESSIONS},
-    "guest": frozenset({P.CHANNELS_JOIN, P.MESSAGES_READ, P.MESSAGES_SEND, P.OWN_SESSIONS}),
+    "guest": frozenset({P.CHANNELS_JOIN, P.MESSAGES_READ, P.MESSAGES_SEND, P.OWN_SESSIONS, P.DEVICE_KEYS}),
 }
 
 # Roles an admin may not hand out or take away; only an owner may.
@@ -91,6 +91,10 @@ METHOD_PERMISSIONS: dict[str, Permission | None] = {
     "/parley.auth.v1.AuthService/BeginTotpEnrolment": P.OWN_SESSIONS,
     "/parley.auth.v1.AuthService/ConfirmTotpEnrolment": P.OWN_SESSIONS,
     "/parley.auth.v1.AuthService/SetMfaRequired": P.ROLES_ASSIGN,
+    "/parley.auth.v1.AuthService/PublishDeviceKeys": P.DEVICE_KEYS,
+    "/parley.auth.v1.AuthService/UploadOneTimeKeys": P.DEVICE_KEYS,
+    "/parley.auth.v1.AuthService/ClaimOneTimeKey": P.DEVICE_KEYS,
+    "/parley.auth.v1.AuthService/ListDevices": P.DEVICE_KEYS,
     # messaging
     "/parley.messaging.v1.MessagingService/CreateChannel": P.CHANNELS_CREATE,
     "/parley.messaging.v1.MessagingService/JoinChannel": P.CHANNELS_JOIN,
@@ -120,6 +124,10 @@ METHOD_PERMISSIONS: dict[str, Permission | None] = {
     "/parley.gateway.v1.Gateway/BeginTotpEnrolment": P.OWN_SESSIONS,
     "/parley.gateway.v1.Gateway/ConfirmTotpEnrolment": P.OWN_SESSIONS,
     "/parley.gateway.v1.Gateway/SetMfaRequired": P.ROLES_ASSIGN,
+    "/parley.gateway.v1.Gateway/PublishDeviceKeys": P.DEVICE_KEYS,
+    "/parley.gateway.v1.Gateway/UploadOneTimeKeys": P.DEVICE_KEYS,
+    "/parley.gateway.v1.Gateway/ClaimOneTimeKey": P.DEVICE_KEYS,
+    "/parley.gateway.v1.Gateway/ListDevices": P.DEVICE_KEYS,
 }
 
 # Internal RPCs the platform identity (operator tooling over mutual TLS, no user token) may

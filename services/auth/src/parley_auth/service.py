@@ -19,7 +19,10 @@ from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 from parley.auth.v1.events_pb2 import (
     AccountDisabled,
     AccountEnabled,
+    DeviceKeysPublished,
     MfaRequirementSet,
+    OneTimeKeyClaimed,
+    OneTimeKeysUploaded,
     PasswordChanged,
     RecoveryCodeUsed,
     RefreshTokenRotated,
@@ -31,10 +34,11 @@ from parley.auth.v1.events_pb2 import (
     TotpCodeAccepted,
     TotpEnrolled,
     TotpEnrolmentStarted,
+    UploadedOneTimeKey,
     UserRegistered,
 )
 
-from parley_auth import mfa
+from parley_auth import keys, mfa
 from parley_auth.domain import (
     DEFAULT_ROLE,
     Account,
@@ -84,6 +88,24 @@ USER_EVENTS = (
     RecoveryCodeUsed,
 )
 MFA_POLICY_SUBJECT = stream_subject("auth", "policy", "mfa")
+APPEND_ATTEMPTS = 5
+
+
+def device_subject(user_id: str, device_id: str) -> str:
+    return stream_subject("auth", "device", f"{user_id}.{device_id}")
+
+
+def device_proto(device: keys.DeviceRecord) -> auth_pb2.Device:
+    return auth_pb2.Device(
+        user_id=device.user_id,
+        device_id=device.device_id,
+        curve25519=device.curve25519,
+        ed25519=device.ed25519,
+        signature=device.signature,
+        display_name=device.display_name,
+        one_time_keys_left=len(device.unclaimed),
+    )
+
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +158,8 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         self.lockouts = LockoutBook()
         self.mfa: dict[str, mfa.MfaState] = {}
         self.mfa_required_roles: set[str] = set()
+        self.keys = keys.KeyDirectory()
+        self._device_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._sealer: mfa.SecretSealer | None = None
         self._audit = AuditChain()
         self._audit_lock = asyncio.Lock()
@@ -190,6 +214,9 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             account.user_seq, account.user_version = event.stream_seq, account.user_version + 1
             self._apply_user(account, payload)
             return
+        if isinstance(payload, DeviceKeysPublished | OneTimeKeysUploaded | OneTimeKeyClaimed):
+            self._apply_device(payload, event.stream_seq)
+            return
         if isinstance(payload, MfaRequirementSet):
             if payload.required:
                 self.mfa_required_roles.add(payload.role)
@@ -218,6 +245,32 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                 session.rotate(payload.previous_sha256, payload.refresh_token_sha256, at)
             else:
                 session.revoked_reason = payload.reason or "revoked"
+
+    def _apply_device(
+        self, payload: DeviceKeysPublished | OneTimeKeysUploaded | OneTimeKeyClaimed, stream_seq: int
+    ) -> None:
+        if isinstance(payload, DeviceKeysPublished):
+            device = keys.DeviceRecord(
+                user_id=payload.user_id,
+                device_id=payload.device_id,
+                curve25519=payload.curve25519,
+                ed25519=payload.ed25519,
+                signature=payload.signature,
+                display_name=payload.display_name,
+            )
+            self.keys.devices[(payload.user_id, payload.device_id)] = device
+        else:
+            found = self.keys.get(payload.user_id, payload.device_id)
+            if found is None:
+                return
+            device = found
+            if isinstance(payload, OneTimeKeysUploaded):
+                for k in payload.keys:
+                    device.unclaimed[k.key_id] = keys.StoredKey(k.key_id, k.key, k.signature)
+                    device.seen_key_ids.add(k.key_id)
+            else:
+                device.unclaimed.pop(payload.key_id, None)
+        device.last_seq, device.version = stream_seq, device.version + 1
 
     def _apply_user(self, account: Account, payload: Message) -> None:
         state = self.mfa.setdefault(account.user_id, mfa.MfaState())
@@ -704,3 +757,123 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         await self._append(MFA_POLICY_SUBJECT, event, version=0, expected_seq=None)
         await self._security("mfa_policy_changed", actor=actor, detail=f"{role}: required={request.required}")
         return auth_pb2.SetMfaRequiredResponse()
+
+    # -- E2EE key directory ------------------------------------------------------------------
+
+    async def _settle(self) -> None:
+        """After a lost race, let the projection catch up with the stream before deciding again."""
+        assert self._replay is not None
+        info = await self.ctx.bus.js.stream_info("AUTH")
+        await self._replay.wait_for_seq(info.state.last_seq)
+
+    def _device_event(self, device_user: str, device_id: str, payload: Message, actor: str) -> NewEvent:
+        return NewEvent(
+            aggregate_type="device", aggregate_id=f"{device_user}.{device_id}", payload=payload, actor=actor
+        )
+
+    async def PublishDeviceKeys(self, request: auth_pb2.PublishDeviceKeysRequest, context: Context) -> auth_pb2.Device:
+        caller = self.ctx.tokens.caller(context)
+        keys.check_device_keys(
+            caller.user_id,
+            request.device_id,
+            curve25519=request.curve25519,
+            ed25519=request.ed25519,
+            signature=request.signature,
+            display_name=request.display_name,
+        )
+        existing = self.keys.get(caller.user_id, request.device_id)
+        if existing is not None:
+            if (existing.curve25519, existing.ed25519) == (request.curve25519, request.ed25519):
+                return device_proto(existing)
+            raise AlreadyExists("this device id already has other identity keys; register the device under a new id")
+        if len(self.keys.of_user(caller.user_id)) >= keys.MAX_DEVICES_PER_USER:
+            raise ResourceExhausted(f"at most {keys.MAX_DEVICES_PER_USER} devices per user; remove one first")
+        published = DeviceKeysPublished(
+            user_id=caller.user_id,
+            device_id=request.device_id,
+            curve25519=request.curve25519,
+            ed25519=request.ed25519,
+            signature=request.signature,
+            display_name=request.display_name,
+        )
+        event = self._device_event(caller.user_id, request.device_id, published, f"user:{caller.user_id}")
+        try:
+            await self._append(device_subject(caller.user_id, request.device_id), event, version=1, expected_seq=0)
+        except FailedPrecondition:
+            raise AlreadyExists("this device id was registered at the same time; use a new device id") from None
+        device = self.keys.get(caller.user_id, request.device_id)
+        assert device is not None
+        return device_proto(device)
+
+    async def UploadOneTimeKeys(
+        self, request: auth_pb2.UploadOneTimeKeysRequest, context: Context
+    ) -> auth_pb2.UploadOneTimeKeysResponse:
+        caller = self.ctx.tokens.caller(context)
+        device_id = keys.validate_device_id(request.device_id)
+        uploaded = [keys.StoredKey(k.key_id, k.key, k.signature) for k in request.keys]
+        for _ in range(APPEND_ATTEMPTS):
+            device = self.keys.get(caller.user_id, device_id)
+            if device is None:
+                raise NotFound("no such device of yours; publish its identity keys first")
+            device.check_upload(uploaded)
+            payload = OneTimeKeysUploaded(
+                user_id=caller.user_id,
+                device_id=device_id,
+                keys=[UploadedOneTimeKey(key_id=k.key_id, key=k.key, signature=k.signature) for k in uploaded],
+            )
+            event = self._device_event(caller.user_id, device_id, payload, f"user:{caller.user_id}")
+            try:
+                await self._append(
+                    device_subject(caller.user_id, device_id),
+                    event,
+                    version=device.version + 1,
+                    expected_seq=device.last_seq,
+                )
+            except FailedPrecondition:
+                await self._settle()
+                continue
+            return auth_pb2.UploadOneTimeKeysResponse(one_time_keys_left=len(device.unclaimed))
+        raise FailedPrecondition("the device's keys are changing too fast; try again")
+
+    async def ClaimOneTimeKey(
+        self, request: auth_pb2.ClaimOneTimeKeyRequest, context: Context
+    ) -> auth_pb2.ClaimedOneTimeKey:
+        caller = self.ctx.tokens.caller(context)
+        user_id = _id(request.user_id, "user_id")
+        device_id = keys.validate_device_id(request.device_id)
+        lock = self._device_locks.setdefault((user_id, device_id), asyncio.Lock())
+        async with lock:
+            for _ in range(APPEND_ATTEMPTS):
+                device = self.keys.get(user_id, device_id)
+                if device is None:
+                    raise NotFound("no such device")
+                chosen = device.next_key()
+                if chosen is None:
+                    raise FailedPrecondition("this device has no one-time keys left; its owner must upload more")
+                claimed = OneTimeKeyClaimed(
+                    user_id=user_id, device_id=device_id, key_id=chosen.key_id, claimed_by=caller.user_id
+                )
+                event = self._device_event(user_id, device_id, claimed, f"user:{caller.user_id}")
+                try:
+                    # At the subject sequence the choice was made from: a racing claim of the
+                    # same key (from another instance) makes this append fail, never both land.
+                    await self._append(
+                        device_subject(user_id, device_id),
+                        event,
+                        version=device.version + 1,
+                        expected_seq=device.last_seq,
+                    )
+                except FailedPrecondition:
+                    await self._settle()
+                    continue
+                return auth_pb2.ClaimedOneTimeKey(
+                    device=device_proto(device),
+                    one_time_key=auth_pb2.OneTimeKey(key_id=chosen.key_id, key=chosen.key, signature=chosen.signature),
+                )
+        raise FailedPrecondition("the device's keys are changing too fast; try again")
+
+    async def ListDevices(self, request: auth_pb2.ListDevicesRequest, context: Context) -> auth_pb2.ListDevicesResponse:
+        caller = self.ctx.tokens.caller(context)
+        user_id = request.user_id or caller.user_id
+        self._account(user_id)
+        return auth_pb2.ListDevicesResponse(devices=[device_proto(d) for d in self.keys.of_user(user_id)])

@@ -52,7 +52,7 @@ class Forwarded:
 
 
 def client_host(peer: str) -> str:
-    """"ipv4:10.0.0.7:51234" -> "ipv4:10.0.0.7": a source is a host, not one connection."""
+    """The host of a gRPC peer (ipv4:10.0.0.7:51234 gives ipv4:10.0.0.7): a source is a host, not a connection."""
     host, sep, port = peer.rpartition(":")
     return host if sep and port.isdigit() else peer
 
@@ -251,3 +251,23 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
     ) -> auth_pb2.SetMfaRequiredResponse:
         assert self._auth is not None
         return await forward(self._auth.SetMfaRequired, request, context)
+
+    async def PublishDeviceKeys(self, request: auth_pb2.PublishDeviceKeysRequest, context: Context) -> auth_pb2.Device:
+        assert self._auth is not None
+        return await forward(self._auth.PublishDeviceKeys, request, context)
+
+    async def UploadOneTimeKeys(
+        self, request: auth_pb2.UploadOneTimeKeysRequest, context: Context
+    ) -> auth_pb2.UploadOneTimeKeysResponse:
+        assert self._auth is not None
+        return await forward(self._auth.UploadOneTimeKeys, request, context)
+
+    async def ClaimOneTimeKey(
+        self, request: auth_pb2.ClaimOneTimeKeyRequest, context: Context
+    ) -> auth_pb2.ClaimedOneTimeKey:
+        assert self._auth is not None
+        return await forward(self._auth.ClaimOneTimeKey, request, context)
+
+    async def ListDevices(self, request: auth_pb2.ListDevicesRequest, context: Context) -> auth_pb2.ListDevicesResponse:
+        assert self._auth is not None
+        return await forward(self._auth.ListDevices, request, context)

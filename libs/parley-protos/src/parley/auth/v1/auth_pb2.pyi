@@ -565,3 +565,236 @@ class SetMfaRequiredResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetMfaRequiredResponse: _TypeAlias = SetMfaRequiredResponse  # noqa: Y015
+
+@_typing.final
+class Device(_message.Message):
+    """Signatures are Ed25519 by the device's own key over, byte for byte:
+      device keys:  "parley-device-v1" 0x00 user_id 0x00 device_id 0x00 curve25519 ed25519
+      one-time key: "parley-otk-v1" 0x00 user_id 0x00 device_id 0x00 key_id 0x00 key
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    CURVE25519_FIELD_NUMBER: _builtins.int
+    ED25519_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    ONE_TIME_KEYS_LEFT_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    device_id: _builtins.str
+    """1-64 of [A-Za-z0-9_-], chosen by the client"""
+    curve25519: _builtins.bytes
+    """identity key, 32 bytes"""
+    ed25519: _builtins.bytes
+    """signing key, 32 bytes"""
+    signature: _builtins.bytes
+    display_name: _builtins.str
+    one_time_keys_left: _builtins.int
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        device_id: _builtins.str = ...,
+        curve25519: _builtins.bytes = ...,
+        ed25519: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+        display_name: _builtins.str = ...,
+        one_time_keys_left: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["curve25519", b"curve25519", "device_id", b"device_id", "display_name", b"display_name", "ed25519", b"ed25519", "one_time_keys_left", b"one_time_keys_left", "signature", b"signature", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Device: _TypeAlias = Device  # noqa: Y015
+
+@_typing.final
+class PublishDeviceKeysRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    CURVE25519_FIELD_NUMBER: _builtins.int
+    ED25519_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    curve25519: _builtins.bytes
+    ed25519: _builtins.bytes
+    signature: _builtins.bytes
+    display_name: _builtins.str
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        curve25519: _builtins.bytes = ...,
+        ed25519: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+        display_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["curve25519", b"curve25519", "device_id", b"device_id", "display_name", b"display_name", "ed25519", b"ed25519", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishDeviceKeysRequest: _TypeAlias = PublishDeviceKeysRequest  # noqa: Y015
+
+@_typing.final
+class OneTimeKey(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    """1-64 of [A-Za-z0-9_+/=-]"""
+    key: _builtins.bytes
+    """Curve25519, 32 bytes"""
+    signature: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        key: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "key_id", b"key_id", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OneTimeKey: _TypeAlias = OneTimeKey  # noqa: Y015
+
+@_typing.final
+class UploadOneTimeKeysRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___OneTimeKey]:
+        """at most 100 per call"""
+
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        keys: _abc.Iterable[Global___OneTimeKey] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "keys", b"keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadOneTimeKeysRequest: _TypeAlias = UploadOneTimeKeysRequest  # noqa: Y015
+
+@_typing.final
+class UploadOneTimeKeysResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ONE_TIME_KEYS_LEFT_FIELD_NUMBER: _builtins.int
+    one_time_keys_left: _builtins.int
+    def __init__(
+        self,
+        *,
+        one_time_keys_left: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["one_time_keys_left", b"one_time_keys_left"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadOneTimeKeysResponse: _TypeAlias = UploadOneTimeKeysResponse  # noqa: Y015
+
+@_typing.final
+class ClaimOneTimeKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    device_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        device_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimOneTimeKeyRequest: _TypeAlias = ClaimOneTimeKeyRequest  # noqa: Y015
+
+@_typing.final
+class ClaimedOneTimeKey(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_FIELD_NUMBER: _builtins.int
+    ONE_TIME_KEY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def device(self) -> Global___Device: ...
+    @_builtins.property
+    def one_time_key(self) -> Global___OneTimeKey: ...
+    def __init__(
+        self,
+        *,
+        device: Global___Device | None = ...,
+        one_time_key: Global___OneTimeKey | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "one_time_key", b"one_time_key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "one_time_key", b"one_time_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimedOneTimeKey: _TypeAlias = ClaimedOneTimeKey  # noqa: Y015
+
+@_typing.final
+class ListDevicesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """empty: the caller"""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDevicesRequest: _TypeAlias = ListDevicesRequest  # noqa: Y015
+
+@_typing.final
+class ListDevicesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def devices(self) -> _containers.RepeatedCompositeFieldContainer[Global___Device]: ...
+    def __init__(
+        self,
+        *,
+        devices: _abc.Iterable[Global___Device] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["devices", b"devices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDevicesResponse: _TypeAlias = ListDevicesResponse  # noqa: Y015

@@ -104,6 +104,26 @@ class AuthServiceStub:
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.SetMfaRequiredRequest.SerializeToString,
                 response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.SetMfaRequiredResponse.FromString,
                 _registered_method=True)
+        self.PublishDeviceKeys = channel.unary_unary(
+                '/parley.auth.v1.AuthService/PublishDeviceKeys',
+                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.PublishDeviceKeysRequest.SerializeToString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.Device.FromString,
+                _registered_method=True)
+        self.UploadOneTimeKeys = channel.unary_unary(
+                '/parley.auth.v1.AuthService/UploadOneTimeKeys',
+                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.UploadOneTimeKeysRequest.SerializeToString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.UploadOneTimeKeysResponse.FromString,
+                _registered_method=True)
+        self.ClaimOneTimeKey = channel.unary_unary(
+                '/parley.auth.v1.AuthService/ClaimOneTimeKey',
+                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.ClaimOneTimeKeyRequest.SerializeToString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.ClaimedOneTimeKey.FromString,
+                _registered_method=True)
+        self.ListDevices = channel.unary_unary(
+                '/parley.auth.v1.AuthService/ListDevices',
+                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesRequest.SerializeToString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -201,6 +221,34 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishDeviceKeys(self, request, context):
+        """End-to-end encryption key directory (used by messaging clients, Olm via vodozemac).
+        A device publishes its identity keys, self-signed with its Ed25519 key; then uploads
+        one-time Curve25519 keys signed by that key. Another user claims one key per device
+        to start an Olm session: each one-time key is handed out exactly once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadOneTimeKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClaimOneTimeKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDevices(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -273,6 +321,26 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.SetMfaRequired,
                     request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.SetMfaRequiredRequest.FromString,
                     response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.SetMfaRequiredResponse.SerializeToString,
+            ),
+            'PublishDeviceKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishDeviceKeys,
+                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.PublishDeviceKeysRequest.FromString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.Device.SerializeToString,
+            ),
+            'UploadOneTimeKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.UploadOneTimeKeys,
+                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.UploadOneTimeKeysRequest.FromString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.UploadOneTimeKeysResponse.SerializeToString,
+            ),
+            'ClaimOneTimeKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimOneTimeKey,
+                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.ClaimOneTimeKeyRequest.FromString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.ClaimedOneTimeKey.SerializeToString,
+            ),
+            'ListDevices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDevices,
+                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesRequest.FromString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -653,6 +721,114 @@ class AuthService:
             '/parley.auth.v1.AuthService/SetMfaRequired',
             parley_dot_auth_dot_v1_dot_auth__pb2.SetMfaRequiredRequest.SerializeToString,
             parley_dot_auth_dot_v1_dot_auth__pb2.SetMfaRequiredResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishDeviceKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.auth.v1.AuthService/PublishDeviceKeys',
+            parley_dot_auth_dot_v1_dot_auth__pb2.PublishDeviceKeysRequest.SerializeToString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.Device.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadOneTimeKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.auth.v1.AuthService/UploadOneTimeKeys',
+            parley_dot_auth_dot_v1_dot_auth__pb2.UploadOneTimeKeysRequest.SerializeToString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.UploadOneTimeKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimOneTimeKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.auth.v1.AuthService/ClaimOneTimeKey',
+            parley_dot_auth_dot_v1_dot_auth__pb2.ClaimOneTimeKeyRequest.SerializeToString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.ClaimedOneTimeKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDevices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.auth.v1.AuthService/ListDevices',
+            parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesRequest.SerializeToString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesResponse.FromString,
             options,
             channel_credentials,
             insecure,

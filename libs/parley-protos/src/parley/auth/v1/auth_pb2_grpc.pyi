@@ -56,6 +56,15 @@ class AuthServiceStub:
     ConfirmTotpEnrolment: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ConfirmTotpEnrolmentRequest, _auth_pb2.ConfirmTotpEnrolmentResponse]
     SetMfaRequired: _grpc.UnaryUnaryMultiCallable[_auth_pb2.SetMfaRequiredRequest, _auth_pb2.SetMfaRequiredResponse]
     """Require MFA for every holder of a role (roles.assign)."""
+    PublishDeviceKeys: _grpc.UnaryUnaryMultiCallable[_auth_pb2.PublishDeviceKeysRequest, _auth_pb2.Device]
+    """End-to-end encryption key directory (used by messaging clients, Olm via vodozemac).
+    A device publishes its identity keys, self-signed with its Ed25519 key; then uploads
+    one-time Curve25519 keys signed by that key. Another user claims one key per device
+    to start an Olm session: each one-time key is handed out exactly once.
+    """
+    UploadOneTimeKeys: _grpc.UnaryUnaryMultiCallable[_auth_pb2.UploadOneTimeKeysRequest, _auth_pb2.UploadOneTimeKeysResponse]
+    ClaimOneTimeKey: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ClaimOneTimeKeyRequest, _auth_pb2.ClaimedOneTimeKey]
+    ListDevices: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListDevicesRequest, _auth_pb2.ListDevicesResponse]
 
 @_typing.type_check_only
 class AuthServiceAsyncStub(AuthServiceStub):
@@ -85,6 +94,15 @@ class AuthServiceAsyncStub(AuthServiceStub):
     ConfirmTotpEnrolment: _aio.UnaryUnaryMultiCallable[_auth_pb2.ConfirmTotpEnrolmentRequest, _auth_pb2.ConfirmTotpEnrolmentResponse]  # type: ignore[assignment]
     SetMfaRequired: _aio.UnaryUnaryMultiCallable[_auth_pb2.SetMfaRequiredRequest, _auth_pb2.SetMfaRequiredResponse]  # type: ignore[assignment]
     """Require MFA for every holder of a role (roles.assign)."""
+    PublishDeviceKeys: _aio.UnaryUnaryMultiCallable[_auth_pb2.PublishDeviceKeysRequest, _auth_pb2.Device]  # type: ignore[assignment]
+    """End-to-end encryption key directory (used by messaging clients, Olm via vodozemac).
+    A device publishes its identity keys, self-signed with its Ed25519 key; then uploads
+    one-time Curve25519 keys signed by that key. Another user claims one key per device
+    to start an Olm session: each one-time key is handed out exactly once.
+    """
+    UploadOneTimeKeys: _aio.UnaryUnaryMultiCallable[_auth_pb2.UploadOneTimeKeysRequest, _auth_pb2.UploadOneTimeKeysResponse]  # type: ignore[assignment]
+    ClaimOneTimeKey: _aio.UnaryUnaryMultiCallable[_auth_pb2.ClaimOneTimeKeyRequest, _auth_pb2.ClaimedOneTimeKey]  # type: ignore[assignment]
+    ListDevices: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListDevicesRequest, _auth_pb2.ListDevicesResponse]  # type: ignore[assignment]
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -195,5 +213,38 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.SetMfaRequiredResponse, _abc.Awaitable[_auth_pb2.SetMfaRequiredResponse]]:
         """Require MFA for every holder of a role (roles.assign)."""
+
+    @_abc_1.abstractmethod
+    def PublishDeviceKeys(
+        self,
+        request: _auth_pb2.PublishDeviceKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.Device, _abc.Awaitable[_auth_pb2.Device]]:
+        """End-to-end encryption key directory (used by messaging clients, Olm via vodozemac).
+        A device publishes its identity keys, self-signed with its Ed25519 key; then uploads
+        one-time Curve25519 keys signed by that key. Another user claims one key per device
+        to start an Olm session: each one-time key is handed out exactly once.
+        """
+
+    @_abc_1.abstractmethod
+    def UploadOneTimeKeys(
+        self,
+        request: _auth_pb2.UploadOneTimeKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.UploadOneTimeKeysResponse, _abc.Awaitable[_auth_pb2.UploadOneTimeKeysResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ClaimOneTimeKey(
+        self,
+        request: _auth_pb2.ClaimOneTimeKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.ClaimedOneTimeKey, _abc.Awaitable[_auth_pb2.ClaimedOneTimeKey]]: ...
+
+    @_abc_1.abstractmethod
+    def ListDevices(
+        self,
+        request: _auth_pb2.ListDevicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.ListDevicesResponse, _abc.Awaitable[_auth_pb2.ListDevicesResponse]]: ...
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -61,6 +61,10 @@ class GatewayStub:
     BeginTotpEnrolment: _grpc.UnaryUnaryMultiCallable[_auth_pb2.BeginTotpEnrolmentRequest, _auth_pb2.BeginTotpEnrolmentResponse]
     ConfirmTotpEnrolment: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ConfirmTotpEnrolmentRequest, _auth_pb2.ConfirmTotpEnrolmentResponse]
     SetMfaRequired: _grpc.UnaryUnaryMultiCallable[_auth_pb2.SetMfaRequiredRequest, _auth_pb2.SetMfaRequiredResponse]
+    PublishDeviceKeys: _grpc.UnaryUnaryMultiCallable[_auth_pb2.PublishDeviceKeysRequest, _auth_pb2.Device]
+    UploadOneTimeKeys: _grpc.UnaryUnaryMultiCallable[_auth_pb2.UploadOneTimeKeysRequest, _auth_pb2.UploadOneTimeKeysResponse]
+    ClaimOneTimeKey: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ClaimOneTimeKeyRequest, _auth_pb2.ClaimedOneTimeKey]
+    ListDevices: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListDevicesRequest, _auth_pb2.ListDevicesResponse]
 
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
@@ -92,6 +96,10 @@ class GatewayAsyncStub(GatewayStub):
     BeginTotpEnrolment: _aio.UnaryUnaryMultiCallable[_auth_pb2.BeginTotpEnrolmentRequest, _auth_pb2.BeginTotpEnrolmentResponse]  # type: ignore[assignment]
     ConfirmTotpEnrolment: _aio.UnaryUnaryMultiCallable[_auth_pb2.ConfirmTotpEnrolmentRequest, _auth_pb2.ConfirmTotpEnrolmentResponse]  # type: ignore[assignment]
     SetMfaRequired: _aio.UnaryUnaryMultiCallable[_auth_pb2.SetMfaRequiredRequest, _auth_pb2.SetMfaRequiredResponse]  # type: ignore[assignment]
+    PublishDeviceKeys: _aio.UnaryUnaryMultiCallable[_auth_pb2.PublishDeviceKeysRequest, _auth_pb2.Device]  # type: ignore[assignment]
+    UploadOneTimeKeys: _aio.UnaryUnaryMultiCallable[_auth_pb2.UploadOneTimeKeysRequest, _auth_pb2.UploadOneTimeKeysResponse]  # type: ignore[assignment]
+    ClaimOneTimeKey: _aio.UnaryUnaryMultiCallable[_auth_pb2.ClaimOneTimeKeyRequest, _auth_pb2.ClaimedOneTimeKey]  # type: ignore[assignment]
+    ListDevices: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListDevicesRequest, _auth_pb2.ListDevicesResponse]  # type: ignore[assignment]
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
     """The only client-facing API. Every call except Register and Login needs
@@ -234,5 +242,33 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.SetMfaRequiredRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.SetMfaRequiredResponse, _abc.Awaitable[_auth_pb2.SetMfaRequiredResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PublishDeviceKeys(
+        self,
+        request: _auth_pb2.PublishDeviceKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.Device, _abc.Awaitable[_auth_pb2.Device]]: ...
+
+    @_abc_1.abstractmethod
+    def UploadOneTimeKeys(
+        self,
+        request: _auth_pb2.UploadOneTimeKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.UploadOneTimeKeysResponse, _abc.Awaitable[_auth_pb2.UploadOneTimeKeysResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ClaimOneTimeKey(
+        self,
+        request: _auth_pb2.ClaimOneTimeKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.ClaimedOneTimeKey, _abc.Awaitable[_auth_pb2.ClaimedOneTimeKey]]: ...
+
+    @_abc_1.abstractmethod
+    def ListDevices(
+        self,
+        request: _auth_pb2.ListDevicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.ListDevicesResponse, _abc.Awaitable[_auth_pb2.ListDevicesResponse]]: ...
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
