@@ -21,8 +21,9 @@ from pydantic_settings import (
 )
 
 TraceExporter = Literal["none", "console", "otlp"]
-# open: anyone may register; admin: accounts are created by an administrator only.
-RegistrationMode = Literal["open", "admin"]
+# open: anyone may register; invite: with a single-use invitation from an administrator;
+# admin: accounts are created by an administrator only.
+RegistrationMode = Literal["open", "invite", "admin"]
 
 
 class Settings(BaseSettings):

@@ -28,6 +28,7 @@ class Permission(StrEnum):
     FLEET_READ = "fleet.read"
     PATCHES_ROLLOUT = "patches.rollout"
     DEVICE_KEYS = "keys.devices"  # publish one's device keys, claim others' one-time keys
+    SIGNING_KEYS = "keys.signing"  # rotate and retire the access-token signing keys
 
 
 P = Permission
@@ -39,7 +40,8 @@ _CHAT = frozenset({P.CHANNELS_CREATE, P.CHANNELS_JOIN, P.MESSAGES_READ, P.MESSAG
 
 ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
     "owner": frozenset(Permission),
-    "admin": frozenset(Permission),
+    # Only owners (and the platform identity) rotate the token signing keys.
+    "admin": frozenset(Permission) - {P.SIGNING_KEYS},
     "security-auditor": frozenset({P.OWN_SESSIONS, P.SESSIONS_READ_ANY, P.USERS_READ, P.AUDIT_READ, P.FLEET_READ}),
     "operator": frozenset({P.OWN_SESSIONS, P.FLEET_READ, P.PATCHES_ROLLOUT}),
     "member": _CHAT | {P.OWN_SESSIONS},
@@ -95,6 +97,9 @@ METHOD_PERMISSIONS: dict[str, Permission | None] = {
     "/parley.auth.v1.AuthService/UploadOneTimeKeys": P.DEVICE_KEYS,
     "/parley.auth.v1.AuthService/ClaimOneTimeKey": P.DEVICE_KEYS,
     "/parley.auth.v1.AuthService/ListDevices": P.DEVICE_KEYS,
+    "/parley.auth.v1.AuthService/RotateSigningKey": P.SIGNING_KEYS,
+    "/parley.auth.v1.AuthService/RetireSigningKey": P.SIGNING_KEYS,
+    "/parley.auth.v1.AuthService/CreateInvite": P.USERS_MANAGE,
     # messaging
     "/parley.messaging.v1.MessagingService/CreateChannel": P.CHANNELS_CREATE,
     "/parley.messaging.v1.MessagingService/JoinChannel": P.CHANNELS_JOIN,
@@ -128,6 +133,7 @@ METHOD_PERMISSIONS: dict[str, Permission | None] = {
     "/parley.gateway.v1.Gateway/UploadOneTimeKeys": P.DEVICE_KEYS,
     "/parley.gateway.v1.Gateway/ClaimOneTimeKey": P.DEVICE_KEYS,
     "/parley.gateway.v1.Gateway/ListDevices": P.DEVICE_KEYS,
+    "/parley.gateway.v1.Gateway/CreateInvite": P.USERS_MANAGE,
 }
 
 # Internal RPCs the platform identity (operator tooling over mutual TLS, no user token) may
@@ -139,6 +145,9 @@ PLATFORM_METHODS = frozenset(
         "/parley.auth.v1.AuthService/SetAccountDisabled",
         "/parley.auth.v1.AuthService/GetAccount",
         "/parley.auth.v1.AuthService/SetMfaRequired",
+        "/parley.auth.v1.AuthService/RotateSigningKey",
+        "/parley.auth.v1.AuthService/RetireSigningKey",
+        "/parley.auth.v1.AuthService/CreateInvite",
         "/parley.fleet.v1.FleetService/ListInstances",
     }
 )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import grpc
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from parley.auth.v1.events_pb2 import SigningKeyPublished
+from parley.auth.v1.events_pb2 import SigningKeyPublished, SigningKeyRetired
 
 from parley_core.access import AccessProjection
 from parley_core.bus import EventBus, ReceivedEvent, Replay
@@ -62,6 +62,7 @@ class TokenVerifier:
 
     def __init__(self, access: AccessProjection | None = None) -> None:
         self._keys: dict[str, Ed25519PublicKey] = {}
+        self._retired: set[str] = set()
         self.access = access if access is not None else AccessProjection()
 
     def add_key(self, key_id: str, public_key: bytes) -> None:
@@ -69,7 +70,14 @@ class TokenVerifier:
 
     async def apply(self, event: ReceivedEvent) -> None:
         payload = open_payload(event.envelope)
-        if isinstance(payload, SigningKeyPublished) and payload.algorithm == ALGORITHM:
+        if isinstance(payload, SigningKeyRetired):
+            self._retired.add(payload.key_id)
+            self._keys.pop(payload.key_id, None)
+        elif (
+            isinstance(payload, SigningKeyPublished)
+            and payload.algorithm == ALGORITHM
+            and payload.key_id not in self._retired
+        ):
             self.add_key(payload.key_id, payload.public_key)
 
     def verify(self, token: str) -> Caller:
@@ -81,7 +89,7 @@ class TokenVerifier:
             raise Unauthenticated("access token uses an unsupported algorithm")
         key = self._keys.get(str(header.get("kid", "")))
         if key is None:
-            raise Unauthenticated("access token was signed by an unknown key; log in again")
+            raise Unauthenticated("access token was signed by an unknown or retired key; log in again")
         try:
             claims = jwt.decode(
                 token,

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import secrets
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -20,6 +23,8 @@ from parley.auth.v1.events_pb2 import (
     AccountDisabled,
     AccountEnabled,
     DeviceKeysPublished,
+    InviteCreated,
+    InviteRedeemed,
     MfaRequirementSet,
     OneTimeKeyClaimed,
     OneTimeKeysUploaded,
@@ -31,6 +36,7 @@ from parley.auth.v1.events_pb2 import (
     SessionRevoked,
     SessionStarted,
     SigningKeyPublished,
+    SigningKeyRetired,
     TotpCodeAccepted,
     TotpEnrolled,
     TotpEnrolmentStarted,
@@ -89,6 +95,20 @@ USER_EVENTS = (
 )
 MFA_POLICY_SUBJECT = stream_subject("auth", "policy", "mfa")
 APPEND_ATTEMPTS = 5
+INVITE_DEFAULT_HOURS = 72
+INVITE_MAX_HOURS = 720
+
+
+def invite_subject(invite_sha256: bytes) -> str:
+    return stream_subject("auth", "invite", invite_sha256.hex())
+
+
+@dataclass
+class InviteState:
+    role: str
+    expires_at_unix: int
+    redeemed: bool = False
+    last_seq: int = 0
 
 
 def device_subject(user_id: str, device_id: str) -> str:
@@ -159,6 +179,8 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         self.mfa: dict[str, mfa.MfaState] = {}
         self.mfa_required_roles: set[str] = set()
         self.keys = keys.KeyDirectory()
+        self.signing_keys: dict[str, bool] = {}  # key id -> retired
+        self.invites: dict[bytes, InviteState] = {}
         self._device_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._sealer: mfa.SecretSealer | None = None
         self._audit = AuditChain()
@@ -216,6 +238,21 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             return
         if isinstance(payload, DeviceKeysPublished | OneTimeKeysUploaded | OneTimeKeyClaimed):
             self._apply_device(payload, event.stream_seq)
+            return
+        if isinstance(payload, SigningKeyPublished):
+            self.signing_keys.setdefault(payload.key_id, False)
+            return
+        if isinstance(payload, SigningKeyRetired):
+            self.signing_keys[payload.key_id] = True
+            return
+        if isinstance(payload, InviteCreated):
+            self.invites[payload.invite_sha256] = InviteState(
+                payload.role, payload.expires_at_unix, last_seq=event.stream_seq
+            )
+            return
+        if isinstance(payload, InviteRedeemed):
+            if (invite := self.invites.get(payload.invite_sha256)) is not None:
+                invite.redeemed, invite.last_seq = True, event.stream_seq
             return
         if isinstance(payload, MfaRequirementSet):
             if payload.required:
@@ -403,13 +440,13 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
 
     # -- accounts -----------------------------------------------------------------------------
 
-    async def _create(self, username_raw: str, password: str, role: str, actor: str) -> Account:
+    async def _create(self, username_raw: str, password: str, role: str, actor: str, user_id: str = "") -> Account:
         assert self._replay is not None
         username = normalize_username(username_raw)
         check_password_policy(password, username)
         if self.accounts.find(username) is not None:
             raise AlreadyExists("that username is taken")
-        user_id = uuid.uuid4().hex
+        user_id = user_id or uuid.uuid4().hex
         password_hash = await hash_password(password)
         event = NewEvent(
             aggregate_type="user",
@@ -429,13 +466,105 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         return account
 
     async def Register(self, request: auth_pb2.RegisterRequest, context: Context) -> auth_pb2.RegisterResponse:
-        if self.ctx.settings.registration != "open":
+        mode = self.ctx.settings.registration
+        if mode == "admin":
             raise PermissionDenied(
                 "self-registration is closed on this server; an administrator creates accounts "
                 "(`parley admin create-user`)"
             )
-        account = await self._create(request.username, request.password, DEFAULT_ROLE, "")
+        if mode == "open":
+            account = await self._create(request.username, request.password, DEFAULT_ROLE, "")
+            return auth_pb2.RegisterResponse(user_id=account.user_id, username=account.username)
+        return await self._register_with_invite(request)
+
+    async def _register_with_invite(self, request: auth_pb2.RegisterRequest) -> auth_pb2.RegisterResponse:
+        """The invitation is redeemed (atomically, once) before the account is created; what
+        could make the creation fail (name taken, weak password) is checked first, so a valid
+        invitation is not burnt by a typo."""
+        code = request.invite_code.strip()
+        if not code or len(code) > 128:
+            raise PermissionDenied("registration is by invitation: give the invite code you received")
+        invite_hash = hashlib.sha256(code.encode()).digest()
+        invite = self.invites.get(invite_hash)
+        if invite is None or invite.redeemed or invite.expires_at_unix < time.time():
+            raise PermissionDenied("this invitation is unknown, expired or already used; ask for a new one")
+        username = normalize_username(request.username)
+        check_password_policy(request.password, username)
+        if self.accounts.find(username) is not None:
+            raise AlreadyExists("that username is taken")
+        user_id = uuid.uuid4().hex
+        redeemed = NewEvent(
+            aggregate_type="invite",
+            aggregate_id=invite_hash.hex(),
+            payload=InviteRedeemed(invite_sha256=invite_hash, user_id=user_id),
+            actor=f"user:{user_id}",
+        )
+        try:
+            await self._append(invite_subject(invite_hash), redeemed, version=2, expected_seq=invite.last_seq)
+        except FailedPrecondition:
+            raise PermissionDenied("this invitation was used at the same moment; ask for a new one") from None
+        account = await self._create(request.username, request.password, invite.role, "", user_id=user_id)
         return auth_pb2.RegisterResponse(user_id=account.user_id, username=account.username)
+
+    async def CreateInvite(self, request: auth_pb2.CreateInviteRequest, context: Context) -> auth_pb2.Invite:
+        caller = self._caller_or_platform(context)
+        role = validate_role(request.role or DEFAULT_ROLE)
+        if (
+            caller is not None
+            and role != DEFAULT_ROLE
+            and not may_assign(caller.role, target_current_role=DEFAULT_ROLE, new_role=role)
+        ):
+            raise PermissionDenied(f"role {caller.role!r} may not invite a {role!r}")
+        hours = request.valid_hours or INVITE_DEFAULT_HOURS
+        if not 1 <= hours <= INVITE_MAX_HOURS:
+            raise InvalidArgument(f"valid_hours must be 1-{INVITE_MAX_HOURS}")
+        code = secrets.token_urlsafe(24)
+        invite_hash = hashlib.sha256(code.encode()).digest()
+        expires = int(time.time()) + hours * 3600
+        actor = f"user:{caller.user_id}" if caller else PLATFORM_USER
+        event = NewEvent(
+            aggregate_type="invite",
+            aggregate_id=invite_hash.hex(),
+            payload=InviteCreated(invite_sha256=invite_hash, role=role, created_by=actor, expires_at_unix=expires),
+            actor=actor,
+        )
+        await self._append(invite_subject(invite_hash), event, version=1, expected_seq=0)
+        await self._security("invite_created", actor=actor, detail=f"role {role}, valid {hours} h")
+        return auth_pb2.Invite(invite_code=code, role=role, expires_at_unix=expires)
+
+    # -- signing keys ---------------------------------------------------------------------------
+
+    async def RotateSigningKey(
+        self, request: auth_pb2.RotateSigningKeyRequest, context: Context
+    ) -> auth_pb2.SigningKeyInfo:
+        caller = self._caller_or_platform(context)
+        issuer = TokenIssuer.create(self.ctx.settings.secrets_dir / "auth-signing-key.pem")
+        await self._publish_signing_key(issuer)
+        # This instance's verifier must know the key before a token signed with it is handed out.
+        await self._settle()
+        self._issuer = issuer
+        actor = f"user:{caller.user_id}" if caller else PLATFORM_USER
+        await self._security("signing_key_rotated", actor=actor, detail=issuer.key_id)
+        return auth_pb2.SigningKeyInfo(key_id=issuer.key_id, current=True)
+
+    async def RetireSigningKey(
+        self, request: auth_pb2.RetireSigningKeyRequest, context: Context
+    ) -> auth_pb2.SigningKeyInfo:
+        assert self._issuer is not None
+        caller = self._caller_or_platform(context)
+        key_id = _id(request.key_id, "key_id")
+        if key_id not in self.signing_keys:
+            raise NotFound("no such signing key")
+        if key_id == self._issuer.key_id:
+            raise FailedPrecondition("this is the key in use; rotate to a new key first")
+        if not self.signing_keys[key_id]:
+            actor = f"user:{caller.user_id}" if caller else PLATFORM_USER
+            event = NewEvent(
+                aggregate_type="signing_key", aggregate_id=key_id, payload=SigningKeyRetired(key_id=key_id), actor=actor
+            )
+            await self._append(signing_key_subject(key_id), event, version=2, expected_seq=None)
+            await self._security("signing_key_retired", actor=actor, detail=key_id)
+        return auth_pb2.SigningKeyInfo(key_id=key_id, current=False, retired=True)
 
     async def CreateUser(self, request: auth_pb2.CreateUserRequest, context: Context) -> auth_pb2.Account:
         caller = self._caller_or_platform(context)

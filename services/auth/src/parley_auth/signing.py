@@ -32,12 +32,21 @@ class TokenIssuer:
             if not isinstance(key, Ed25519PrivateKey):
                 raise ValueError(f"{path} does not hold an Ed25519 private key")
             return cls(key)
+        return cls.create(path)
+
+    @classmethod
+    def create(cls, path: Path) -> TokenIssuer:
+        """A fresh key, replacing the one at `path` (rotation): tokens it signed stay verifiable
+        through the published public key until that key is retired."""
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_private_file(path, pem)
+        staged = path.with_suffix(".new")
+        staged.unlink(missing_ok=True)
+        write_private_file(staged, pem)
+        staged.replace(path)
         return cls(key)
 
     def issue(self, *, user_id: str, username: str, role: str, session_id: str, mfa: bool) -> tuple[str, int]:

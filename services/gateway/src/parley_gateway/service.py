@@ -271,3 +271,7 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
     async def ListDevices(self, request: auth_pb2.ListDevicesRequest, context: Context) -> auth_pb2.ListDevicesResponse:
         assert self._auth is not None
         return await forward(self._auth.ListDevices, request, context)
+
+    async def CreateInvite(self, request: auth_pb2.CreateInviteRequest, context: Context) -> auth_pb2.Invite:
+        assert self._auth is not None
+        return await forward(self._auth.CreateInvite, request, context)

@@ -27,7 +27,7 @@ from parley_core.pki import Pki
 from parley_core.runner import RunContext, ServiceApp, secure_channel, serve
 from parley_core.testing.nats import NatsTestServer
 
-__all__ = ["PASSWORD", "TIMEOUT_S", "Stack", "bearer", "closed_stack", "stack"]
+__all__ = ["PASSWORD", "TIMEOUT_S", "Stack", "bearer", "closed_stack", "invite_stack", "stack"]
 
 # Stream owners before storage (which reads every stream), the gateway last, once its peers listen.
 APPS: dict[str, str] = {
@@ -183,6 +183,16 @@ async def stack(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> AsyncI
 async def closed_stack(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> AsyncIterator[Stack]:
     """Every service with registration by administrators only (the `make run` default)."""
     started, running = await start_stack(nats_server, pki, tmp_path, registration="admin")
+    try:
+        yield started
+    finally:
+        await stop_stack(started, running)
+
+
+@pytest_asyncio.fixture
+async def invite_stack(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> AsyncIterator[Stack]:
+    """Every service with registration by single-use invitation."""
+    started, running = await start_stack(nats_server, pki, tmp_path, registration="invite")
     try:
         yield started
     finally:

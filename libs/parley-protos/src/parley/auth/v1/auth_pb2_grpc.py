@@ -124,6 +124,21 @@ class AuthServiceStub:
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesRequest.SerializeToString,
                 response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesResponse.FromString,
                 _registered_method=True)
+        self.RotateSigningKey = channel.unary_unary(
+                '/parley.auth.v1.AuthService/RotateSigningKey',
+                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.RotateSigningKeyRequest.SerializeToString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.SigningKeyInfo.FromString,
+                _registered_method=True)
+        self.RetireSigningKey = channel.unary_unary(
+                '/parley.auth.v1.AuthService/RetireSigningKey',
+                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.RetireSigningKeyRequest.SerializeToString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.SigningKeyInfo.FromString,
+                _registered_method=True)
+        self.CreateInvite = channel.unary_unary(
+                '/parley.auth.v1.AuthService/CreateInvite',
+                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.CreateInviteRequest.SerializeToString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.Invite.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -249,6 +264,27 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateSigningKey(self, request, context):
+        """Access-token signing keys: start signing with a new key (the old one keeps verifying the
+        tokens it signed until retired), and retire a key so every service refuses its tokens.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetireSigningKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateInvite(self, request, context):
+        """Single-use invitations, for PARLEY_REGISTRATION=invite.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -341,6 +377,21 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.ListDevices,
                     request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesRequest.FromString,
                     response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesResponse.SerializeToString,
+            ),
+            'RotateSigningKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateSigningKey,
+                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.RotateSigningKeyRequest.FromString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.SigningKeyInfo.SerializeToString,
+            ),
+            'RetireSigningKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireSigningKey,
+                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.RetireSigningKeyRequest.FromString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.SigningKeyInfo.SerializeToString,
+            ),
+            'CreateInvite': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateInvite,
+                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.CreateInviteRequest.FromString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.Invite.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -829,6 +880,87 @@ class AuthService:
             '/parley.auth.v1.AuthService/ListDevices',
             parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesRequest.SerializeToString,
             parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateSigningKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.auth.v1.AuthService/RotateSigningKey',
+            parley_dot_auth_dot_v1_dot_auth__pb2.RotateSigningKeyRequest.SerializeToString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.SigningKeyInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireSigningKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.auth.v1.AuthService/RetireSigningKey',
+            parley_dot_auth_dot_v1_dot_auth__pb2.RetireSigningKeyRequest.SerializeToString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.SigningKeyInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateInvite(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.auth.v1.AuthService/CreateInvite',
+            parley_dot_auth_dot_v1_dot_auth__pb2.CreateInviteRequest.SerializeToString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.Invite.FromString,
             options,
             channel_credentials,
             insecure,

@@ -65,6 +65,13 @@ class AuthServiceStub:
     UploadOneTimeKeys: _grpc.UnaryUnaryMultiCallable[_auth_pb2.UploadOneTimeKeysRequest, _auth_pb2.UploadOneTimeKeysResponse]
     ClaimOneTimeKey: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ClaimOneTimeKeyRequest, _auth_pb2.ClaimedOneTimeKey]
     ListDevices: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListDevicesRequest, _auth_pb2.ListDevicesResponse]
+    RotateSigningKey: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RotateSigningKeyRequest, _auth_pb2.SigningKeyInfo]
+    """Access-token signing keys: start signing with a new key (the old one keeps verifying the
+    tokens it signed until retired), and retire a key so every service refuses its tokens.
+    """
+    RetireSigningKey: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RetireSigningKeyRequest, _auth_pb2.SigningKeyInfo]
+    CreateInvite: _grpc.UnaryUnaryMultiCallable[_auth_pb2.CreateInviteRequest, _auth_pb2.Invite]
+    """Single-use invitations, for PARLEY_REGISTRATION=invite."""
 
 @_typing.type_check_only
 class AuthServiceAsyncStub(AuthServiceStub):
@@ -103,6 +110,13 @@ class AuthServiceAsyncStub(AuthServiceStub):
     UploadOneTimeKeys: _aio.UnaryUnaryMultiCallable[_auth_pb2.UploadOneTimeKeysRequest, _auth_pb2.UploadOneTimeKeysResponse]  # type: ignore[assignment]
     ClaimOneTimeKey: _aio.UnaryUnaryMultiCallable[_auth_pb2.ClaimOneTimeKeyRequest, _auth_pb2.ClaimedOneTimeKey]  # type: ignore[assignment]
     ListDevices: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListDevicesRequest, _auth_pb2.ListDevicesResponse]  # type: ignore[assignment]
+    RotateSigningKey: _aio.UnaryUnaryMultiCallable[_auth_pb2.RotateSigningKeyRequest, _auth_pb2.SigningKeyInfo]  # type: ignore[assignment]
+    """Access-token signing keys: start signing with a new key (the old one keeps verifying the
+    tokens it signed until retired), and retire a key so every service refuses its tokens.
+    """
+    RetireSigningKey: _aio.UnaryUnaryMultiCallable[_auth_pb2.RetireSigningKeyRequest, _auth_pb2.SigningKeyInfo]  # type: ignore[assignment]
+    CreateInvite: _aio.UnaryUnaryMultiCallable[_auth_pb2.CreateInviteRequest, _auth_pb2.Invite]  # type: ignore[assignment]
+    """Single-use invitations, for PARLEY_REGISTRATION=invite."""
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -246,5 +260,30 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.ListDevicesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.ListDevicesResponse, _abc.Awaitable[_auth_pb2.ListDevicesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RotateSigningKey(
+        self,
+        request: _auth_pb2.RotateSigningKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.SigningKeyInfo, _abc.Awaitable[_auth_pb2.SigningKeyInfo]]:
+        """Access-token signing keys: start signing with a new key (the old one keeps verifying the
+        tokens it signed until retired), and retire a key so every service refuses its tokens.
+        """
+
+    @_abc_1.abstractmethod
+    def RetireSigningKey(
+        self,
+        request: _auth_pb2.RetireSigningKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.SigningKeyInfo, _abc.Awaitable[_auth_pb2.SigningKeyInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateInvite(
+        self,
+        request: _auth_pb2.CreateInviteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.Invite, _abc.Awaitable[_auth_pb2.Invite]]:
+        """Single-use invitations, for PARLEY_REGISTRATION=invite."""
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

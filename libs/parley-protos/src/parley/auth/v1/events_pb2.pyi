@@ -568,3 +568,78 @@ class OneTimeKeyClaimed(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OneTimeKeyClaimed: _TypeAlias = OneTimeKeyClaimed  # noqa: Y015
+
+@_typing.final
+class SigningKeyRetired(_message.Message):
+    """On parley.auth.key.<key_id>: every service stops accepting tokens signed by this key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SigningKeyRetired: _TypeAlias = SigningKeyRetired  # noqa: Y015
+
+@_typing.final
+class InviteCreated(_message.Message):
+    """On parley.auth.invite.<sha256 hex of the code>."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVITE_SHA256_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_UNIX_FIELD_NUMBER: _builtins.int
+    invite_sha256: _builtins.bytes
+    role: _builtins.str
+    created_by: _builtins.str
+    expires_at_unix: _builtins.int
+    def __init__(
+        self,
+        *,
+        invite_sha256: _builtins.bytes = ...,
+        role: _builtins.str = ...,
+        created_by: _builtins.str = ...,
+        expires_at_unix: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_by", b"created_by", "expires_at_unix", b"expires_at_unix", "invite_sha256", b"invite_sha256", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InviteCreated: _TypeAlias = InviteCreated  # noqa: Y015
+
+@_typing.final
+class InviteRedeemed(_message.Message):
+    """Appended at the invite subject's sequence: an invitation is redeemed once."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVITE_SHA256_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    invite_sha256: _builtins.bytes
+    user_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        invite_sha256: _builtins.bytes = ...,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invite_sha256", b"invite_sha256", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InviteRedeemed: _TypeAlias = InviteRedeemed  # noqa: Y015

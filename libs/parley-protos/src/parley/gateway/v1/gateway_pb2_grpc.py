@@ -154,6 +154,11 @@ class GatewayStub:
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesRequest.SerializeToString,
                 response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesResponse.FromString,
                 _registered_method=True)
+        self.CreateInvite = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/CreateInvite',
+                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.CreateInviteRequest.SerializeToString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.Invite.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -302,6 +307,12 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateInvite(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -419,6 +430,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.ListDevices,
                     request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesRequest.FromString,
                     response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesResponse.SerializeToString,
+            ),
+            'CreateInvite': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateInvite,
+                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.CreateInviteRequest.FromString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.Invite.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1044,6 +1060,33 @@ class Gateway:
             '/parley.gateway.v1.Gateway/ListDevices',
             parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesRequest.SerializeToString,
             parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateInvite(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/CreateInvite',
+            parley_dot_auth_dot_v1_dot_auth__pb2.CreateInviteRequest.SerializeToString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.Invite.FromString,
             options,
             channel_credentials,
             insecure,

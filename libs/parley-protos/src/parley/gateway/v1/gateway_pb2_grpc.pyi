@@ -65,6 +65,7 @@ class GatewayStub:
     UploadOneTimeKeys: _grpc.UnaryUnaryMultiCallable[_auth_pb2.UploadOneTimeKeysRequest, _auth_pb2.UploadOneTimeKeysResponse]
     ClaimOneTimeKey: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ClaimOneTimeKeyRequest, _auth_pb2.ClaimedOneTimeKey]
     ListDevices: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListDevicesRequest, _auth_pb2.ListDevicesResponse]
+    CreateInvite: _grpc.UnaryUnaryMultiCallable[_auth_pb2.CreateInviteRequest, _auth_pb2.Invite]
 
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
@@ -100,6 +101,7 @@ class GatewayAsyncStub(GatewayStub):
     UploadOneTimeKeys: _aio.UnaryUnaryMultiCallable[_auth_pb2.UploadOneTimeKeysRequest, _auth_pb2.UploadOneTimeKeysResponse]  # type: ignore[assignment]
     ClaimOneTimeKey: _aio.UnaryUnaryMultiCallable[_auth_pb2.ClaimOneTimeKeyRequest, _auth_pb2.ClaimedOneTimeKey]  # type: ignore[assignment]
     ListDevices: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListDevicesRequest, _auth_pb2.ListDevicesResponse]  # type: ignore[assignment]
+    CreateInvite: _aio.UnaryUnaryMultiCallable[_auth_pb2.CreateInviteRequest, _auth_pb2.Invite]  # type: ignore[assignment]
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
     """The only client-facing API. Every call except Register and Login needs
@@ -270,5 +272,12 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.ListDevicesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.ListDevicesResponse, _abc.Awaitable[_auth_pb2.ListDevicesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateInvite(
+        self,
+        request: _auth_pb2.CreateInviteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.Invite, _abc.Awaitable[_auth_pb2.Invite]]: ...
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
