@@ -68,3 +68,13 @@ async def test_sdk_refresh_and_logout(platform: RunningPlatform) -> None:
         with pytest.raises(ParleyError) as refused:
             await client.my_channels()
         assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_admin_cli_rotates_the_signing_key_and_makes_invitations(platform: RunningPlatform) -> None:
+    rotated = platform.cli("admin", "rotate-signing-key")
+    assert "signing with new key" in rotated.stdout
+    invite = platform.cli("admin", "invite", "--role", "guest")
+    code = invite.stdout.strip().splitlines()[-1]
+    assert len(code) >= 24
+    unknown = platform.cli("admin", "retire-signing-key", "0123456789abcdef", check=False)
+    assert "NOT_FOUND" in unknown.stderr

@@ -85,6 +85,29 @@ async def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_invite(args: argparse.Namespace) -> int:
+    async with _auth(args) as stub:
+        request = auth_pb2.CreateInviteRequest(role=args.role, valid_hours=args.hours)
+        invite = await stub.CreateInvite(request, timeout=TIMEOUT_S)
+    print(f"invite code (single use, role {invite.role}, expires at unix {invite.expires_at_unix}):")
+    print(invite.invite_code)
+    return 0
+
+
+async def cmd_rotate_signing_key(args: argparse.Namespace) -> int:
+    async with _auth(args) as stub:
+        key = await stub.RotateSigningKey(auth_pb2.RotateSigningKeyRequest(), timeout=TIMEOUT_S)
+    print(f"signing with new key {key.key_id}; retire the old one after 15 minutes (parley admin retire-signing-key)")
+    return 0
+
+
+async def cmd_retire_signing_key(args: argparse.Namespace) -> int:
+    async with _auth(args) as stub:
+        key = await stub.RetireSigningKey(auth_pb2.RetireSigningKeyRequest(key_id=args.key_id), timeout=TIMEOUT_S)
+    print(f"retired {key.key_id}: tokens it signed are refused by every service")
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     admin = sub.add_parser("admin", help="account administration (operator, over mutual TLS)")
     commands = admin.add_subparsers(dest="admin_command", required=True)
@@ -113,3 +136,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     show = commands.add_parser("show", help="an account's role and state")
     show.add_argument("username")
     show.set_defaults(run=cmd_show)
+
+    invite = commands.add_parser("invite", help="a single-use invitation (PARLEY_REGISTRATION=invite)")
+    invite.add_argument("--role", choices=ROLES, default="member")
+    invite.add_argument("--hours", type=int, default=72, help="valid for this many hours (1-720)")
+    invite.set_defaults(run=cmd_invite)
+
+    rotate = commands.add_parser("rotate-signing-key", help="sign access tokens with a new Ed25519 key")
+    rotate.set_defaults(run=cmd_rotate_signing_key)
+    retire = commands.add_parser("retire-signing-key", help="refuse every token signed by an old key")
+    retire.add_argument("key_id")
+    retire.set_defaults(run=cmd_retire_signing_key)
