@@ -71,3 +71,12 @@ def test_reordered_records_are_named() -> None:
 
 def test_an_unknown_key_is_not_trusted() -> None:
     assert {f.kind for f in verify_chain(chain(2), {})} == {"forged"}
+
+
+def test_records_cut_from_the_end_are_found_against_the_live_head() -> None:
+    records = chain(6)
+    assert verify_chain(records[:4], KEYS) == []  # alone, a shorter chain looks whole
+    assert sorted((f.kind, f.chain_index) for f in verify_chain(records[:4], KEYS, expected_last_index=6)) == [
+        ("truncated", 5),
+        ("truncated", 6),
+    ]

@@ -44,6 +44,22 @@ def keys_from_archive(archive: Path) -> dict[str, Ed25519PublicKey]:
     return _keys(open_payload(decode(bytes(row[0]))) for row in rows)
 
 
+async def live_chain_head(*, nats_url: str, password: str, ca_cert: Path) -> int:
+    """chain_index of the newest record on the SEC stream (0 when there is none)."""
+    nc = await connect_nats(
+        url=nats_url, user=PLATFORM_USER, password=password, ca_cert=ca_cert, name="parley-audit", allow_reconnect=False
+    )
+    try:
+        js = nc.jetstream()
+        last = (await js.stream_info("SEC")).state.last_seq
+        if not last:
+            return 0
+        payload = open_payload(decode((await js.get_msg("SEC", last)).data or b""))
+        return int(payload.chain_index) if isinstance(payload, SecurityEventRecorded) else 0
+    finally:
+        await nc.close()
+
+
 async def keys_from_stream(*, nats_url: str, password: str, ca_cert: Path) -> dict[str, Ed25519PublicKey]:
     nc = await connect_nats(
         url=nats_url, user=PLATFORM_USER, password=password, ca_cert=ca_cert, name="parley-audit", allow_reconnect=False
@@ -102,13 +118,16 @@ def _nats_url_and_password(data_dir: Path) -> tuple[str, str]:
 
 async def cmd_verify(args: argparse.Namespace) -> int:
     archive = _archive(args)
+    head: int | None = None
     if args.keys_from_archive:
         keys = keys_from_archive(archive)
     else:
         url, password = _nats_url_and_password(args.data_dir)
-        keys = await keys_from_stream(nats_url=url, password=password, ca_cert=args.data_dir / "pki" / "ca.crt")
+        ca_cert = args.data_dir / "pki" / "ca.crt"
+        head = await live_chain_head(nats_url=url, password=password, ca_cert=ca_cert)
+        keys = await keys_from_stream(nats_url=url, password=password, ca_cert=ca_cert)
     records = read_archived_records(archive)
-    findings = verify_chain(records, keys)
+    findings = verify_chain(records, keys, expected_last_index=head)
     print(report(records, findings))
     return 1 if findings else 0
 

@@ -49,7 +49,11 @@ class Finding:
         return f"{self.kind}: record #{self.chain_index} (at {self.position}): {self.detail}"
 
 
-def verify_chain(records: Sequence[StoredRecord], keys: dict[str, Ed25519PublicKey]) -> list[Finding]:
+def verify_chain(
+    records: Sequence[StoredRecord], keys: dict[str, Ed25519PublicKey], *, expected_last_index: int | None = None
+) -> list[Finding]:
+    """Findings over `records` in stored order. `expected_last_index` (the live chain's head,
+    from the SEC stream) also catches records cut from the end, which no chain can show alone."""
     findings: list[Finding] = []
     counts = Counter(r.record.chain_index for r in records)
     for stored in records:
@@ -100,6 +104,13 @@ def verify_chain(records: Sequence[StoredRecord], keys: dict[str, Ed25519PublicK
         elif record.chain_index == 1 and record.prev_hash != GENESIS:
             findings.append(Finding("broken-link", 1, stored.position, "the first record must point at genesis"))
         previous = stored
+    last = max((r.record.chain_index for r in records), default=0)
+    if expected_last_index is not None and last < expected_last_index:
+        end = max((r.position for r in records), default=0)
+        findings.extend(
+            Finding("truncated", index, end, "missing from the end of the archive (or not archived yet: re-run)")
+            for index in range(last + 1, expected_last_index + 1)
+        )
     return findings
 
 

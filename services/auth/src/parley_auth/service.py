@@ -13,6 +13,7 @@ import logging
 import secrets
 import time
 import uuid
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +96,8 @@ USER_EVENTS = (
 )
 MFA_POLICY_SUBJECT = stream_subject("auth", "policy", "mfa")
 APPEND_ATTEMPTS = 5
+# Where the current call comes from, for the audit records it writes (one value per call task).
+REQUEST_SOURCE: ContextVar[str] = ContextVar("request_source", default="")
 INVITE_DEFAULT_HOURS = 72
 INVITE_MAX_HOURS = 720
 
@@ -373,6 +376,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         is logged as an error but does not fail the user's call.
         """
         assert self._issuer is not None
+        fields.setdefault("source", REQUEST_SOURCE.get())
         async with self._audit_lock:
             for _ in range(AUDIT_APPEND_ATTEMPTS):
                 record = SecurityEventRecorded(
@@ -428,8 +432,13 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
 
     def _caller_or_platform(self, context: Context) -> Caller | None:
         """None when the platform identity calls without a user token (operator tooling)."""
+        REQUEST_SOURCE.set(self._source(context))
         if bearer_token(context) is None and PLATFORM_USER in peer_names(context):
             return None
+        return self.ctx.tokens.caller(context)
+
+    def _caller(self, context: Context) -> Caller:
+        REQUEST_SOURCE.set(self._source(context))
         return self.ctx.tokens.caller(context)
 
     def _account(self, user_id: str) -> Account:
@@ -466,6 +475,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         return account
 
     async def Register(self, request: auth_pb2.RegisterRequest, context: Context) -> auth_pb2.RegisterResponse:
+        REQUEST_SOURCE.set(self._source(context))
         mode = self.ctx.settings.registration
         if mode == "admin":
             raise PermissionDenied(
@@ -474,10 +484,18 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             )
         if mode == "open":
             account = await self._create(request.username, request.password, DEFAULT_ROLE, "")
-            return auth_pb2.RegisterResponse(user_id=account.user_id, username=account.username)
-        return await self._register_with_invite(request)
+        else:
+            account = await self._register_with_invite(request)
+        await self._security(
+            "account_registered",
+            actor=f"user:{account.user_id}",
+            user_id=account.user_id,
+            username=account.username,
+            detail=f"{mode} registration as {account.role}",
+        )
+        return auth_pb2.RegisterResponse(user_id=account.user_id, username=account.username)
 
-    async def _register_with_invite(self, request: auth_pb2.RegisterRequest) -> auth_pb2.RegisterResponse:
+    async def _register_with_invite(self, request: auth_pb2.RegisterRequest) -> Account:
         """The invitation is redeemed (atomically, once) before the account is created; what
         could make the creation fail (name taken, weak password) is checked first, so a valid
         invitation is not burnt by a typo."""
@@ -503,8 +521,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             await self._append(invite_subject(invite_hash), redeemed, version=2, expected_seq=invite.last_seq)
         except FailedPrecondition:
             raise PermissionDenied("this invitation was used at the same moment; ask for a new one") from None
-        account = await self._create(request.username, request.password, invite.role, "", user_id=user_id)
-        return auth_pb2.RegisterResponse(user_id=account.user_id, username=account.username)
+        return await self._create(request.username, request.password, invite.role, "", user_id=user_id)
 
     async def CreateInvite(self, request: auth_pb2.CreateInviteRequest, context: Context) -> auth_pb2.Invite:
         caller = self._caller_or_platform(context)
@@ -641,6 +658,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
     # -- login and sessions -------------------------------------------------------------------
 
     async def Login(self, request: auth_pb2.LoginRequest, context: Context) -> auth_pb2.LoginResponse:
+        REQUEST_SOURCE.set(self._source(context))
         if not request.username or not request.password:
             raise InvalidArgument("username and password are required")
         if len(request.username) > 256 or len(request.password) > 1024:
@@ -750,6 +768,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         raise Unauthenticated("the one-time code is wrong or was already used")
 
     async def Refresh(self, request: auth_pb2.RefreshRequest, context: Context) -> auth_pb2.LoginResponse:
+        REQUEST_SOURCE.set(self._source(context))
         session = self.sessions.get(session_id_of(request.refresh_token))
         if session is None or session.revoked or time.time() - session.started_at > REFRESH_TOKEN_LIFETIME_S:
             raise Unauthenticated(REFRESH_INVALID)
@@ -786,7 +805,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         return self._tokens(account, session.session_id, refresh, mfa=session.mfa)
 
     async def Logout(self, request: auth_pb2.LogoutRequest, context: Context) -> auth_pb2.LogoutResponse:
-        caller = self.ctx.tokens.caller(context)
+        caller = self._caller(context)
         session = self.sessions.get(caller.session_id)
         if session is not None:
             await self._revoke(session, "logout", f"user:{caller.user_id}")
@@ -795,7 +814,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
     async def ChangePassword(
         self, request: auth_pb2.ChangePasswordRequest, context: Context
     ) -> auth_pb2.ChangePasswordResponse:
-        caller = self.ctx.tokens.caller(context)
+        caller = self._caller(context)
         account = self._account(caller.user_id)
         if not await verify_password(account.password_hash, request.current_password):
             raise Unauthenticated("the current password is wrong")
@@ -811,7 +830,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
     async def ListSessions(
         self, request: auth_pb2.ListSessionsRequest, context: Context
     ) -> auth_pb2.ListSessionsResponse:
-        caller = self.ctx.tokens.caller(context)
+        caller = self._caller(context)
         user_id = request.user_id or caller.user_id
         if user_id != caller.user_id:
             caller.require(Permission.SESSIONS_READ_ANY)
@@ -821,7 +840,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
     async def RevokeSession(
         self, request: auth_pb2.RevokeSessionRequest, context: Context
     ) -> auth_pb2.RevokeSessionResponse:
-        caller = self.ctx.tokens.caller(context)
+        caller = self._caller(context)
         session = self.sessions.get(_id(request.session_id, "session_id"))
         if session is None:
             raise NotFound("no such session")
@@ -836,7 +855,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.BeginTotpEnrolmentRequest, context: Context
     ) -> auth_pb2.BeginTotpEnrolmentResponse:
         assert self._sealer is not None
-        caller = self.ctx.tokens.caller(context)
+        caller = self._caller(context)
         account = self._account(caller.user_id)
         if (state := self.mfa.get(account.user_id)) is not None and state.enrolled:
             raise FailedPrecondition("TOTP is already enrolled for this account")
@@ -853,7 +872,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.ConfirmTotpEnrolmentRequest, context: Context
     ) -> auth_pb2.ConfirmTotpEnrolmentResponse:
         assert self._sealer is not None
-        caller = self.ctx.tokens.caller(context)
+        caller = self._caller(context)
         account = self._account(caller.user_id)
         state = self.mfa.get(account.user_id)
         if state is None or not state.pending_secret:
@@ -901,7 +920,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         )
 
     async def PublishDeviceKeys(self, request: auth_pb2.PublishDeviceKeysRequest, context: Context) -> auth_pb2.Device:
-        caller = self.ctx.tokens.caller(context)
+        caller = self._caller(context)
         keys.check_device_keys(
             caller.user_id,
             request.device_id,
@@ -937,7 +956,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
     async def UploadOneTimeKeys(
         self, request: auth_pb2.UploadOneTimeKeysRequest, context: Context
     ) -> auth_pb2.UploadOneTimeKeysResponse:
-        caller = self.ctx.tokens.caller(context)
+        caller = self._caller(context)
         device_id = keys.validate_device_id(request.device_id)
         uploaded = [keys.StoredKey(k.key_id, k.key, k.signature) for k in request.keys]
         for _ in range(APPEND_ATTEMPTS):
@@ -967,7 +986,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
     async def ClaimOneTimeKey(
         self, request: auth_pb2.ClaimOneTimeKeyRequest, context: Context
     ) -> auth_pb2.ClaimedOneTimeKey:
-        caller = self.ctx.tokens.caller(context)
+        caller = self._caller(context)
         user_id = _id(request.user_id, "user_id")
         device_id = keys.validate_device_id(request.device_id)
         lock = self._device_locks.setdefault((user_id, device_id), asyncio.Lock())
@@ -1002,7 +1021,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         raise FailedPrecondition("the device's keys are changing too fast; try again")
 
     async def ListDevices(self, request: auth_pb2.ListDevicesRequest, context: Context) -> auth_pb2.ListDevicesResponse:
-        caller = self.ctx.tokens.caller(context)
+        caller = self._caller(context)
         user_id = request.user_id or caller.user_id
         self._account(user_id)
         return auth_pb2.ListDevicesResponse(devices=[device_proto(d) for d in self.keys.of_user(user_id)])
