@@ -8,13 +8,13 @@ fresh installation is made (`parley admin create-user alice --role owner`).
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import grpc
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 
+from parley_cli.state import load_running_state
 from parley_client import ParleyError
 from parley_core.rbac import ROLES
 from parley_core.runner import secure_channel
@@ -27,10 +27,7 @@ TIMEOUT_S = 30.0
 async def _auth(args: argparse.Namespace) -> AsyncIterator[auth_pb2_grpc.AuthServiceAsyncStub]:
     from parley_core.pki import ensure_pki
 
-    state_path = args.data_dir / "platform.json"
-    if not state_path.exists():
-        raise SystemExit(f"no platform state in {args.data_dir}; is it running (`make run`)?")
-    address = json.loads(state_path.read_text())["services"]["auth"]["address"]
+    address = load_running_state(args.data_dir)["services"]["auth"]["address"]
     pki = ensure_pki(args.data_dir / "pki", [PLATFORM_USER])
     channel = secure_channel(pki, identity=PLATFORM_USER, address=address, peer="auth")
     try:

@@ -8,7 +8,6 @@ domain), or, offline, from the archive itself with --keys-from-archive.
 from __future__ import annotations
 
 import argparse
-import json
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.message import Message
 from parley.auth.v1.events_pb2 import SecurityEventRecorded, SigningKeyPublished
 
+from parley_cli.state import PlatformNotRunning, load_running_state
 from parley_core.audit import Finding, StoredRecord, verify_chain
 from parley_core.envelope import decode, open_payload
 from parley_core.nats_connect import connect_nats
@@ -108,10 +108,10 @@ def _archive(args: argparse.Namespace) -> Path:
 
 
 def _nats_url_and_password(data_dir: Path) -> tuple[str, str]:
-    state_path = data_dir / "platform.json"
-    if not state_path.exists():
-        raise SystemExit("the platform is not running: start it, or use --keys-from-archive (weaker: same store)")
-    state = json.loads(state_path.read_text())
+    try:
+        state = load_running_state(data_dir)
+    except PlatformNotRunning as exc:
+        raise SystemExit(f"{exc}; or verify offline with --keys-from-archive (keys from the same store)") from None
     passwords = ensure_nats_passwords(data_dir / "secrets" / "nats-passwords.json", [PLATFORM_USER])
     return str(state["nats_url"]), passwords[PLATFORM_USER]
 

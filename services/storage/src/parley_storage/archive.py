@@ -172,6 +172,15 @@ class SqlEventArchive:
                 conn, channel_members, {"channel_id": payload.channel_id, "user_id": payload.user_id}
             )
 
+    async def positions(self) -> dict[str, int]:
+        """Archived-up-to stream sequence of every stream, from the consumers' recorded positions."""
+
+        def work(conn: Connection) -> dict[str, int]:
+            rows = conn.execute(select(consumer_positions.c.stream, consumer_positions.c.last_seq)).all()
+            return {row.stream: int(row.last_seq) for row in rows}
+
+        return await self.run("consumer_positions", work)
+
     async def is_member(self, channel_id: str, user_id: str) -> bool:
         def work(conn: Connection) -> bool:
             row = conn.execute(

@@ -14,10 +14,14 @@ from parley_core.bus import ReceivedEvent
 from parley_core.errors import InvalidArgument, PermissionDenied
 from parley_core.files import ensure_private_dir
 from parley_core.runner import RunContext
-from parley_core.topology import CONSUMERS, ConsumerSpec
+from parley_core.topology import CONSUMERS, ConsumerSpec, channel_subject
 from parley_storage.archive import SqlEventArchive, open_engine
+from parley_storage.progress import ArchiveProgress
 
 DEFAULT_PAGE = 100
+# How long a history query waits for the archive to reach the channel's newest event before
+# answering from what it has.
+HISTORY_FRESHNESS_S = 5.0
 MAX_PAGE = 500
 
 
@@ -25,6 +29,7 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
     def __init__(self) -> None:
         self._ctx: RunContext | None = None
         self.archive: SqlEventArchive | None = None
+        self.progress = ArchiveProgress()
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
@@ -34,6 +39,7 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
             url = f"sqlite:///{folder / 'archive.db'}"
         self.archive = SqlEventArchive(open_engine(url))
         self.archive.create_schema()
+        self.progress = ArchiveProgress(await self.archive.positions())
         for spec in CONSUMERS:
             if spec.service == "storage":
                 await ctx.bus.consume(spec, partial(self._archive, spec))
@@ -47,6 +53,7 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
     async def _archive(self, spec: ConsumerSpec, batch: Sequence[ReceivedEvent]) -> None:
         assert self.archive is not None
         await self.archive.archive(spec.durable, batch)
+        await self.progress.advance(spec.stream, max(event.stream_seq for event in batch))
 
     async def GetChannelHistory(
         self, request: storage_pb2.GetChannelHistoryRequest, context: grpc.aio.ServicerContext[object, object]
@@ -58,6 +65,9 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
             raise InvalidArgument("channel_id is required")
         if request.limit > MAX_PAGE:
             raise InvalidArgument(f"limit must be at most {MAX_PAGE}")
+        # Read-your-writes: a join or send the stream already holds must count here too.
+        newest = await self._ctx.bus.last_subject_seq("MSG", channel_subject(request.channel_id))
+        await self.progress.wait_for("MSG", newest, timeout=HISTORY_FRESHNESS_S)
         if not await self.archive.is_member(request.channel_id, caller.user_id):
             raise PermissionDenied("you are not a member of this channel")
         messages, has_more = await self.archive.channel_history(
