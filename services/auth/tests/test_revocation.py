@@ -14,6 +14,7 @@ import time
 import grpc
 import pytest
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
+from parley.gateway.v1 import gateway_pb2
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
@@ -150,3 +151,35 @@ async def test_logout_revokes_the_session_everywhere(stack: Stack) -> None:
         messaging_pb2.ListMyChannelsRequest(), metadata=bearer(login.access_token), timeout=TIMEOUT_S
     )
     assert await code_of(after) == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_live_stream_ends_when_its_session_is_revoked(stack: Stack) -> None:
+    await stack.create_user("dora", "member")
+    login = await stack.login("dora")
+    other = await stack.login("dora")
+    gateway = stack.gateway()
+    md = bearer(login.access_token)
+    channel = await gateway.CreateChannel(
+        messaging_pb2.CreateChannelRequest(name="live"), metadata=md, timeout=TIMEOUT_S
+    )
+    stream = gateway.Subscribe(gateway_pb2.SubscribeRequest(channel_ids=[channel.channel_id]), metadata=md)
+    first = await asyncio.wait_for(stream.read(), TIMEOUT_S)
+    assert first.HasField("ready")
+    sent = messaging_pb2.PostMessageRequest(channel_id=channel.channel_id, body="before", idempotency_key="k1")
+    await gateway.SendMessage(sent, metadata=md, timeout=TIMEOUT_S)
+    assert (await asyncio.wait_for(stream.read(), TIMEOUT_S)).message.body == "before"
+
+    await gateway.RevokeSession(
+        auth_pb2.RevokeSessionRequest(session_id=login.session_id),
+        metadata=bearer(other.access_token),
+        timeout=TIMEOUT_S,
+    )
+    revoked = time.perf_counter()
+    try:
+        leftover = await asyncio.wait_for(stream.read(), TIMEOUT_S)
+    except grpc.aio.AioRpcError as exc:
+        code = exc.code()
+    else:
+        raise AssertionError(f"the stream went on after revocation: {leftover}")
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    print(f"\n[live stream] ended {(time.perf_counter() - revoked) * 1000:.1f} ms after RevokeSession returned")

@@ -7,6 +7,7 @@ disabled account or a withdrawn permission on the next call, even when auth is d
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -43,6 +44,7 @@ class AccessProjection:
     # Wall-clock seconds between an access event's occurred_at and its application here, for
     # the propagation figure the tests report.
     last_delay_s: float = 0.0
+    _waiters: list[asyncio.Future[None]] = field(default_factory=list, repr=False)
 
     def apply_payload(self, payload: Message, stream_seq: int) -> None:
         if isinstance(payload, UserRegistered):
@@ -76,6 +78,17 @@ class AccessProjection:
         occurred = event.envelope.occurred_at.ToNanoseconds()
         if occurred:
             self.last_delay_s = max(0.0, time.time() - occurred / 1e9)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def changed(self) -> None:
+        """Returns after the next access event is applied: long-lived calls (live streams)
+        re-check their caller then, instead of only when they started."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        await waiter
 
     def role_of(self, user_id: str) -> str | None:
         user = self.users.get(user_id)

@@ -22,6 +22,7 @@ from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from parley_core.bus import ReceivedEvent, Replay
 from parley_core.envelope import open_payload
 from parley_core.errors import InvalidArgument, PermissionDenied, ResourceExhausted
+from parley_core.rbac import Permission
 from parley_core.runner import RunContext
 from parley_core.topology import channel_subject
 
@@ -184,7 +185,7 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
                 )
             yield gateway_pb2.ClientEvent(ready=gateway_pb2.Ready(channel_ids=wanted))
             while True:
-                item = await queue.get()
+                item = await self._next_while_allowed(queue, context)
                 if isinstance(item, Overflow):
                     raise ResourceExhausted("live stream fell too far behind; reload history and subscribe again")
                 yield item
@@ -275,3 +276,23 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
     async def CreateInvite(self, request: auth_pb2.CreateInviteRequest, context: Context) -> auth_pb2.Invite:
         assert self._auth is not None
         return await forward(self._auth.CreateInvite, request, context)
+
+    async def _next_while_allowed(
+        self, queue: asyncio.Queue[gateway_pb2.ClientEvent | Overflow], context: Context
+    ) -> gateway_pb2.ClientEvent | Overflow:
+        """The next live event, unless the caller lost the right to it first: a revoked session,
+        a disabled account or a withdrawn messages.read ends the stream at once (issue 3)."""
+        assert self._ctx is not None
+        while True:
+            self._ctx.tokens.authorize(context, Permission.MESSAGES_READ)
+            getter = asyncio.ensure_future(queue.get())
+            changed = asyncio.ensure_future(self._ctx.access.changed())
+            try:
+                await asyncio.wait({getter, changed}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                changed.cancel()
+                if not getter.done():
+                    getter.cancel()
+            if getter.done() and not getter.cancelled():
+                self._ctx.tokens.authorize(context, Permission.MESSAGES_READ)
+                return getter.result()
