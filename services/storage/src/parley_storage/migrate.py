@@ -1,0 +1,62 @@
+"""Schema migrations at start: bring the database up to this code's schema, or refuse to run.
+
+Refusing matters in a rollout: an older storage instance must not write into a schema a newer
+one has changed under it (Synapse does the same with its numbered deltas).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, inspect
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class SchemaNewerThanCode(Exception):
+    """The database was migrated by a newer parley-storage than this one."""
+
+
+class UnversionedDatabase(Exception):
+    """The database has archive tables but no migration history (made by a pre-Alembic build)."""
+
+
+def _config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def upgrade_to_head(engine: Engine) -> str:
+    """Apply every migration not yet applied, in one transaction; returns the revision reached."""
+    config = _config()
+    script = ScriptDirectory.from_config(config)
+    known = {revision.revision for revision in script.walk_revisions()}
+    with engine.begin() as conn:
+        current = set(MigrationContext.configure(conn).get_current_heads())
+        unknown = sorted(current - known)
+        if unknown:
+            raise SchemaNewerThanCode(
+                f"the database schema is at revision {', '.join(unknown)}, which this parley-storage "
+                f"(schema head {script.get_current_head()}) does not know: it was migrated by a newer "
+                "version. Run that version, or restore a backup taken with this one."
+            )
+        if not current and "events" in inspect(conn).get_table_names():
+            raise UnversionedDatabase(
+                "the database has an archive without migration history (created before schema "
+                "migrations existed); start on an empty database and restore from a backup, or "
+                "remove the storage folder of a development data directory"
+            )
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+    return head_revision()
