@@ -305,21 +305,25 @@ class SqlEventArchive:
         return await self.run("channel_history", work)
 
     async def aggregate_events(
-        self, aggregate_type: str, aggregate_id: str, *, after_version: int, limit: int
+        self,
+        aggregate_type: str,
+        aggregate_id: str,
+        *,
+        after_version: int,
+        limit: int,
+        streams: frozenset[str] | None = None,
     ) -> tuple[list[StoredEvent], bool]:
         """The events of one aggregate in version order: what a service replays to rebuild it."""
 
         def work(conn: Connection) -> tuple[list[StoredEvent], bool]:
-            rows = conn.execute(
-                select(events)
-                .where(
-                    events.c.aggregate_type == aggregate_type,
-                    events.c.aggregate_id == aggregate_id,
-                    events.c.aggregate_version > after_version,
-                )
-                .order_by(events.c.aggregate_version, events.c.stream_seq)
-                .limit(limit + 1)
-            ).all()
+            query = select(events).where(
+                events.c.aggregate_type == aggregate_type,
+                events.c.aggregate_id == aggregate_id,
+                events.c.aggregate_version > after_version,
+            )
+            if streams is not None:
+                query = query.where(events.c.stream.in_(sorted(streams)))
+            rows = conn.execute(query.order_by(events.c.aggregate_version, events.c.stream_seq).limit(limit + 1)).all()
             return [self._stored_event(conn, r) for r in rows[:limit]], len(rows) > limit
 
         return await self.run("aggregate_events", work)
@@ -384,6 +388,22 @@ class SqlEventArchive:
     async def shred_user(self, user_id: str) -> ShreddedKeys:
         """Crypto-shred one user: their data keys are destroyed, their records stay as unreadable bytes."""
         return await self.run("shred_user", lambda conn: self.keys.shred(conn, user_owner(user_id)))
+
+    async def live_user_keys(self, user_id: str) -> list[str]:
+        def work(conn: Connection) -> list[str]:
+            query = select(data_keys.c.key_id).where(
+                data_keys.c.owner == user_owner(user_id), data_keys.c.wrapped_key.is_not(None)
+            )
+            return list(conn.execute(query.order_by(data_keys.c.key_id)).scalars())
+
+        return await self.run("live_user_keys", work)
+
+    async def count_events_under(self, key_ids: Sequence[str]) -> int:
+        def work(conn: Connection) -> int:
+            query = select(func.count()).select_from(events).where(events.c.key_id.in_(list(key_ids)))
+            return int(conn.execute(query).scalar_one())
+
+        return await self.run("count_events_under", work)
 
     async def rewrap_data_keys(self) -> int:
         return await self.run("rewrap_data_keys", self.keys.rewrap_all)

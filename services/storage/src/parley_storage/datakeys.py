@@ -111,6 +111,4 @@ class DataKeys:
         return len(rows)
 
     def keks_in_use(self, conn: Connection) -> set[str]:
-        return set(
-            conn.execute(select(data_keys.c.kek_id).where(data_keys.c.kek_id.is_not(None)).distinct()).scalars()
-        )
+        return set(conn.execute(select(data_keys.c.kek_id).where(data_keys.c.kek_id.is_not(None)).distinct()).scalars())

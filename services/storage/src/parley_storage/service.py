@@ -16,14 +16,23 @@ from parley_core.files import ensure_private_dir
 from parley_core.runner import RunContext
 from parley_core.topology import CONSUMERS, ConsumerSpec
 from parley_storage.archive import SqlEventArchive, open_engine
+from parley_storage.archive_api import StorageArchiveApi
+from parley_storage.datakeys import DataKeys
+from parley_storage.kek import FileKeyring, KeyEncryptionKeys
+from parley_storage.migrate import upgrade_to_head
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 500
 
 
+KEYRING_FILE = "storage-kek.json"
+
+
 class StorageApp(storage_pb2_grpc.StorageServiceServicer):
-    def __init__(self) -> None:
+    def __init__(self, keks: KeyEncryptionKeys | None = None) -> None:
+        """``keks`` is the KMS hook; by default a keyring file in the data folder's secrets."""
         self._ctx: RunContext | None = None
+        self._keks = keks
         self.archive: SqlEventArchive | None = None
 
     async def start(self, ctx: RunContext) -> None:
@@ -32,13 +41,17 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         if not url:
             folder = ensure_private_dir(ctx.settings.data_dir / "storage")
             url = f"sqlite:///{folder / 'archive.db'}"
-        self.archive = SqlEventArchive(open_engine(url))
-        self.archive.create_schema()
+        engine = open_engine(url)
+        upgrade_to_head(engine)
+        keks = self._keks or FileKeyring.load_or_create(ensure_private_dir(ctx.settings.secrets_dir) / KEYRING_FILE)
+        self.archive = SqlEventArchive(engine, DataKeys(keks))
         for spec in CONSUMERS:
             if spec.service == "storage":
                 await ctx.bus.consume(spec, partial(self._archive, spec))
         storage_pb2_grpc.add_StorageServiceServicer_to_server(self, ctx.server)
         ctx.add_service_name(storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name)
+        storage_pb2_grpc.add_StorageArchiveServiceServicer_to_server(StorageArchiveApi(ctx, self.archive), ctx.server)
+        ctx.add_service_name(storage_pb2.DESCRIPTOR.services_by_name["StorageArchiveService"].full_name)
 
     async def stop(self) -> None:
         if self.archive is not None:
