@@ -12,7 +12,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Connection, Engine, inspect
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -37,26 +37,35 @@ def head_revision() -> str:
     return head
 
 
+def _refuse_unknown(conn: Connection, script: ScriptDirectory) -> None:
+    known = {revision.revision for revision in script.walk_revisions()}
+    current = set(MigrationContext.configure(conn).get_current_heads())
+    unknown = sorted(current - known)
+    if unknown:
+        raise SchemaNewerThanCode(
+            f"the database schema is at revision {', '.join(unknown)}, which this parley-storage "
+            f"(schema head {script.get_current_head()}) does not know: it was migrated by a newer "
+            "version. Run that version, or restore a backup taken with this one."
+        )
+    if not current and "events" in inspect(conn).get_table_names():
+        raise UnversionedDatabase(
+            "the database has an archive without migration history (created before schema "
+            "migrations existed); start on an empty database and restore from a backup, or "
+            "remove the storage folder of a development data directory"
+        )
+
+
+def check_schema_compatible(engine: Engine) -> None:
+    """Raise unless this code can run on the database (before anything else starts)."""
+    with engine.connect() as conn:
+        _refuse_unknown(conn, ScriptDirectory.from_config(_config()))
+
+
 def upgrade_to_head(engine: Engine) -> str:
     """Apply every migration not yet applied, in one transaction; returns the revision reached."""
     config = _config()
-    script = ScriptDirectory.from_config(config)
-    known = {revision.revision for revision in script.walk_revisions()}
     with engine.begin() as conn:
-        current = set(MigrationContext.configure(conn).get_current_heads())
-        unknown = sorted(current - known)
-        if unknown:
-            raise SchemaNewerThanCode(
-                f"the database schema is at revision {', '.join(unknown)}, which this parley-storage "
-                f"(schema head {script.get_current_head()}) does not know: it was migrated by a newer "
-                "version. Run that version, or restore a backup taken with this one."
-            )
-        if not current and "events" in inspect(conn).get_table_names():
-            raise UnversionedDatabase(
-                "the database has an archive without migration history (created before schema "
-                "migrations existed); start on an empty database and restore from a backup, or "
-                "remove the storage folder of a development data directory"
-            )
+        _refuse_unknown(conn, ScriptDirectory.from_config(config))
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
     return head_revision()

@@ -11,6 +11,7 @@ from parley.messaging.v1 import messaging_pb2
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from parley_core.bus import ReceivedEvent
+from parley_core.config import Settings
 from parley_core.errors import InvalidArgument, PermissionDenied
 from parley_core.files import ensure_private_dir
 from parley_core.runner import RunContext
@@ -28,6 +29,14 @@ MAX_PAGE = 500
 KEYRING_FILE = "storage-kek.json"
 
 
+def database_url(settings: Settings) -> str:
+    """PARLEY_DATABASE_URL, else SQLite in the data folder."""
+    if settings.database_url:
+        return settings.database_url
+    folder = ensure_private_dir(settings.data_dir / "storage")
+    return f"sqlite:///{folder / 'archive.db'}"
+
+
 class StorageApp(storage_pb2_grpc.StorageServiceServicer):
     def __init__(self, keks: KeyEncryptionKeys | None = None) -> None:
         """``keks`` is the KMS hook; by default a keyring file in the data folder's secrets."""
@@ -37,11 +46,7 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
-        url = ctx.settings.database_url
-        if not url:
-            folder = ensure_private_dir(ctx.settings.data_dir / "storage")
-            url = f"sqlite:///{folder / 'archive.db'}"
-        engine = open_engine(url)
+        engine = open_engine(database_url(ctx.settings))
         upgrade_to_head(engine)
         keks = self._keks or FileKeyring.load_or_create(ensure_private_dir(ctx.settings.secrets_dir) / KEYRING_FILE)
         self.archive = SqlEventArchive(engine, DataKeys(keks))
