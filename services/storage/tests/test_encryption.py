@@ -195,7 +195,8 @@ async def test_export_holds_everything_about_one_user_and_nothing_of_others(arch
         "parley.messaging.v1.MessagePosted": 2,
     }
     bodies = [e["payload"].get("body") for e in document["events"] if e["payload"]]
-    assert "alice secret plan 4711" in bodies and "alice second secret 4712" in bodies
+    assert "alice secret plan 4711" in bodies
+    assert "alice second secret 4712" in bodies
     assert "bob public note 0815" not in json.dumps(document)
     assert "$argon2id$secret" not in json.dumps(document)  # a password hash is withheld
     registered = next(e for e in document["events"] if e["event_type"].endswith("UserRegistered"))

@@ -46,7 +46,7 @@ def test_refuses_a_database_migrated_by_a_newer_version(database_url: str) -> No
         upgrade_to_head(engine)
         with engine.begin() as conn:
             conn.execute(text("UPDATE alembic_version SET version_num = '9001'"))
-        with pytest.raises(SchemaNewerThanCode, match="9001.*newer"):
+        with pytest.raises(SchemaNewerThanCode, match=r"9001.*newer"):
             upgrade_to_head(engine)
         with pytest.raises(SchemaNewerThanCode):
             check_schema_compatible(engine)
@@ -82,6 +82,7 @@ def test_service_process_exits_with_a_clear_error_on_a_newer_schema(tmp_path: Pa
         capture_output=True,
         text=True,
         timeout=120,
+        check=False,
     )
 
     assert result.returncode == 78
