@@ -76,9 +76,7 @@ class Feed:
 
 async def fill(archive: SqlEventArchive) -> Feed:
     feed = Feed()
-    await archive.archive(
-        "storage-archive-auth", [feed.register(ALICE, "alice-zq7"), feed.register(BOB, "bob-xk3")]
-    )
+    await archive.archive("storage-archive-auth", [feed.register(ALICE, "alice-zq7"), feed.register(BOB, "bob-xk3")])
     await archive.archive(
         "storage-archive-msg",
         [

@@ -24,7 +24,8 @@ class Requester:
 
     @property
     def is_operator(self) -> bool:
-        return self.peer == PLATFORM_USER
+        """The operator's own tooling; with a user's token it acts as that user, nothing more."""
+        return self.peer == PLATFORM_USER and self.caller is None
 
     @property
     def is_auditor(self) -> bool:

@@ -116,7 +116,8 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
                     stream=lag.stream,
                     consumer=lag.consumer,
                     stream_last_seq=lag.stream_last_seq,
-                    archived_seq=lag.archived_seq,
+                    archived_seq=lag.acked_seq,
+                    committed_seq=lag.committed_seq,
                     events_behind=lag.events_behind,
                     seconds_behind=lag.seconds_behind,
                 )

@@ -270,13 +270,18 @@ class StreamLag(_message.Message):
     ARCHIVED_SEQ_FIELD_NUMBER: _builtins.int
     EVENTS_BEHIND_FIELD_NUMBER: _builtins.int
     SECONDS_BEHIND_FIELD_NUMBER: _builtins.int
+    COMMITTED_SEQ_FIELD_NUMBER: _builtins.int
     stream: _builtins.str
     consumer: _builtins.str
     stream_last_seq: _builtins.int
     archived_seq: _builtins.int
+    """everything up to here is archived (the consumer's ack floor)"""
     events_behind: _builtins.int
+    """not yet delivered + delivered but not yet acknowledged"""
     seconds_behind: _builtins.float
     """age of the oldest event not yet archived; 0 when caught up"""
+    committed_seq: _builtins.int
+    """highest sequence committed in SQL; holes below await redelivery"""
     def __init__(
         self,
         *,
@@ -286,10 +291,11 @@ class StreamLag(_message.Message):
         archived_seq: _builtins.int = ...,
         events_behind: _builtins.int = ...,
         seconds_behind: _builtins.float = ...,
+        committed_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived_seq", b"archived_seq", "consumer", b"consumer", "events_behind", b"events_behind", "seconds_behind", b"seconds_behind", "stream", b"stream", "stream_last_seq", b"stream_last_seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived_seq", b"archived_seq", "committed_seq", b"committed_seq", "consumer", b"consumer", "events_behind", b"events_behind", "seconds_behind", b"seconds_behind", "stream", b"stream", "stream_last_seq", b"stream_last_seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

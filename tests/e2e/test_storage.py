@@ -1,0 +1,266 @@
+"""The storage service in the platform as `make run` starts it: encryption at rest, erasure, audit,
+lag, rebuild reads and exactly-once archiving across a kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+
+import grpc
+import pytest
+from parley.common.v1.envelope_pb2 import EventEnvelope
+from parley.messaging.v1.events_pb2 import MessagePosted
+from parley.storage.v1 import storage_pb2, storage_pb2_grpc
+from parley.storage.v1.events_pb2 import UserDataErased
+
+from parley_auth.signing import TokenIssuer
+from parley_client import ParleyClient
+from parley_core.pki import ensure_pki
+from parley_core.runner import secure_channel
+from parley_core.testing.platform import RunningPlatform
+
+pytestmark = pytest.mark.e2e
+
+PASSWORD = "a-long-enough-passphrase"
+TIMEOUT_S = 90.0
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+async def new_user(platform: RunningPlatform, name: str) -> ParleyClient:
+    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    await client.register(name, PASSWORD)
+    await client.login(name, PASSWORD)
+    return client
+
+
+async def eventually(check: Callable[[], object], *, what: str, timeout: float = TIMEOUT_S) -> None:
+    """Poll an async condition (the archive trails the bus) until true, or fail saying what."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    last_error: Exception | None = None
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            if await check():  # type: ignore[misc]
+                return
+        except grpc.aio.AioRpcError as exc:  # storage restarting: keep waiting
+            last_error = exc
+        except Exception as exc:
+            if type(exc).__name__ != "ParleyError":
+                raise
+            last_error = exc
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_error})")
+
+
+async def all_history(client: ParleyClient, channel_id: str) -> list[tuple[int, str, str]]:
+    out: list[tuple[int, str, str]] = []
+    after = 0
+    while True:
+        page = await client.history(channel_id, after_seq=after, limit=500)
+        out.extend((m.channel_seq, m.sender_name, m.body) for m in page.messages)
+        if not page.has_more:
+            return out
+        after = page.messages[-1].channel_seq
+
+
+@pytest.fixture
+async def operator(platform: RunningPlatform) -> AsyncIterator[storage_pb2_grpc.StorageArchiveServiceStub]:
+    """The operator's tooling: the platform identity over mutual TLS, straight to storage."""
+    pki = ensure_pki(platform.data_dir / "pki", ["platform"])
+    address = str(platform.service("storage")["address"])
+    channel = secure_channel(pki, identity="platform", address=address, peer="storage")
+    yield storage_pb2_grpc.StorageArchiveServiceStub(channel)
+    await channel.close()
+
+
+def auditor_token(platform: RunningPlatform, role: str = "security-auditor") -> list[tuple[str, str]]:
+    """A token as auth issues it, with the auditor role (auth cannot grant roles yet: issue 2's RBAC)."""
+    issuer = TokenIssuer.load_or_create(platform.data_dir / "secrets" / "auth-signing-key.pem")
+    token, _ = issuer.issue(user_id=unique("user-auditor-"), username="auditor", role=role)
+    return [("authorization", f"Bearer {token}")]
+
+
+async def read_stream(stub: storage_pb2_grpc.StorageArchiveServiceStub, stream: str) -> list[storage_pb2.ArchivedEvent]:
+    out: list[storage_pb2.ArchivedEvent] = []
+    after = 0
+    while True:
+        page = await stub.ReadArchivedStream(
+            storage_pb2.ReadArchivedStreamRequest(stream=stream, after_seq=after), timeout=30
+        )
+        out.extend(page.events)
+        if not page.has_more:
+            return out
+        after = page.events[-1].stream_seq
+
+
+def files_under(*folders: Path) -> list[Path]:
+    return [p for folder in folders for p in folder.rglob("*") if p.is_file()]
+
+
+async def test_no_plaintext_body_or_user_name_at_rest(platform: RunningPlatform) -> None:
+    alice_name, bob_name = unique("alicezq"), unique("bobxk")
+    alice, bob = await new_user(platform, alice_name), await new_user(platform, bob_name)
+    channel = await alice.create_channel("at-rest")
+    await bob.join_channel(channel.channel_id)
+    bodies = [unique("secretbody-") for _ in range(5)]
+    for i, body in enumerate(bodies):
+        await (alice if i % 2 == 0 else bob).send(channel.channel_id, body)
+
+    async def archived() -> bool:
+        return len(await all_history(bob, channel.channel_id)) == len(bodies)
+
+    await eventually(archived, what="every message in history")
+    history = await all_history(bob, channel.channel_id)
+    assert [b for _, _, b in history] == bodies  # readable through the service...
+    assert {n for _, n, _ in history} == {alice_name, bob_name}
+
+    storage_files = files_under(platform.data_dir / "storage")
+    jetstream_files = files_under(platform.data_dir / "nats" / "jetstream")
+    assert any(p.name == "archive.db" for p in storage_files)
+    assert any(p.suffix == ".blk" for p in jetstream_files)  # the stream blocks are there
+    needles = [b.encode() for b in (*bodies, alice_name, bob_name)]
+    for path in storage_files + jetstream_files:
+        raw = path.read_bytes()
+        for needle in needles:
+            assert needle not in raw, f"{needle!r} in plaintext in {path}"  # ...but not on disk
+    for secret in ("storage-kek.json", "jetstream-store.key"):
+        assert (platform.data_dir / "secrets" / secret).stat().st_mode & 0o777 == 0o600
+    for client in (alice, bob):
+        await client.close()
+
+
+async def test_erasure_shreds_one_user_and_is_audited(
+    platform: RunningPlatform, operator: storage_pb2_grpc.StorageArchiveServiceStub
+) -> None:
+    alice_name, bob_name = unique("alice"), unique("bob")
+    alice, bob = await new_user(platform, alice_name), await new_user(platform, bob_name)
+    channel = await alice.create_channel("erasure")
+    await bob.join_channel(channel.channel_id)
+    await alice.send(channel.channel_id, "alice writes first")
+    await bob.send(channel.channel_id, "bob answers")
+    await alice.send(channel.channel_id, "alice again")
+
+    async def archived() -> bool:
+        return len(await all_history(bob, channel.channel_id)) == 3
+
+    await eventually(archived, what="three messages in history")
+    exported = await operator.ExportUserData(storage_pb2.ExportUserDataRequest(user_id=alice.user_id), timeout=30)
+    assert "alice writes first" in exported.archive.decode()
+    assert "bob answers" not in exported.archive.decode()
+
+    # Bob may not erase alice; alice may not see the audit; the operator erases on alice's request.
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await operator.EraseUserData(
+            storage_pb2.EraseUserDataRequest(user_id=alice.user_id),
+            metadata=[("authorization", f"Bearer {bob.access_token}")],
+            timeout=30,
+        )
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    erased = await operator.EraseUserData(
+        storage_pb2.EraseUserDataRequest(user_id=alice.user_id, reason="GDPR art. 17 request #42"), timeout=30
+    )
+    assert len(erased.destroyed_key_ids) == 1
+    assert erased.events_unreadable >= 3  # her registration and her two messages
+
+    history = await all_history(bob, channel.channel_id)
+    assert history == [(1, "", ""), (2, bob_name, "bob answers"), (3, "", "")]
+
+    async def audited() -> list[storage_pb2.ArchivedEvent]:
+        page = await operator.QueryAudit(
+            storage_pb2.QueryAuditRequest(target=alice.user_id), metadata=auditor_token(platform), timeout=30
+        )
+        return [e for e in page.events if e.event_type == UserDataErased.DESCRIPTOR.full_name]
+
+    async def erasure_archived() -> bool:
+        return len(await audited()) == 1
+
+    await eventually(erasure_archived, what="the UserDataErased event in the archive")
+    (event,) = await audited()
+    envelope = EventEnvelope.FromString(event.envelope)
+    record = UserDataErased.FromString(envelope.payload)
+    assert (record.user_id, record.erased_by, record.reason) == (alice.user_id, "platform", "GDPR art. 17 request #42")
+    assert list(record.destroyed_key_ids) == list(erased.destroyed_key_ids)
+
+    with pytest.raises(grpc.aio.AioRpcError) as not_auditor:
+        await operator.QueryAudit(
+            storage_pb2.QueryAuditRequest(target=alice.user_id), metadata=auditor_token(platform, "member"), timeout=30
+        )
+    assert not_auditor.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    for client in (alice, bob):
+        await client.close()
+
+
+def message_seqs(events: Sequence[storage_pb2.ArchivedEvent], channel_id: str) -> list[int]:
+    seqs = []
+    for event in events:
+        if event.event_type == MessagePosted.DESCRIPTOR.full_name and event.aggregate_id == channel_id:
+            seqs.append(MessagePosted.FromString(EventEnvelope.FromString(event.envelope).payload).channel_seq)
+    return seqs
+
+
+async def test_exactly_once_across_kill_9_of_storage_mid_archive(
+    platform: RunningPlatform, operator: storage_pb2_grpc.StorageArchiveServiceStub
+) -> None:
+    sender = await new_user(platform, unique("sender"))
+    channel = await sender.create_channel("kill-9")
+    total = 300
+    bodies = [f"kill9-{n:04d}" for n in range(total)]
+    storage_pid = int(platform.service("storage")["pid"])  # type: ignore[arg-type]
+
+    async def send_all() -> None:
+        gate = asyncio.Semaphore(8)
+
+        async def one(body: str) -> None:
+            async with gate:
+                await sender.send(channel.channel_id, body, idempotency_key=body)
+
+        await asyncio.gather(*(one(b) for b in bodies))
+
+    sending = asyncio.create_task(send_all())
+
+    async def archiving_started() -> bool:
+        lag = await operator.GetArchiveLag(storage_pb2.GetArchiveLagRequest(), timeout=10)
+        msg = next(s for s in lag.streams if s.stream == "MSG")
+        return msg.archived_seq > 20
+
+    await eventually(archiving_started, what="storage to archive the first messages")
+    os.kill(storage_pid, signal.SIGKILL)  # while sends go on and batches are being written
+    await sending  # every send was acknowledged: messaging does not need storage
+
+    async def restarted() -> bool:
+        return "storage is serving again" in platform.output()
+
+    await eventually(restarted, what="`parley up` to restart the killed storage service")
+    assert "storage crashed (exit -9)" in platform.output()
+    restarted_operator = storage_pb2_grpc.StorageArchiveServiceStub(
+        secure_channel(
+            ensure_pki(platform.data_dir / "pki", ["platform"]),
+            identity="platform",
+            address=str(platform.service("storage")["address"]),
+            peer="storage",
+        )
+    )
+
+    async def caught_up() -> bool:
+        lag = await restarted_operator.GetArchiveLag(storage_pb2.GetArchiveLagRequest(), timeout=10)
+        return all(s.events_behind == 0 for s in lag.streams)
+
+    await eventually(caught_up, what="the archive to catch up after the restart")
+    lag = await restarted_operator.GetArchiveLag(storage_pb2.GetArchiveLagRequest(), timeout=10)
+    msg_lag = next(s for s in lag.streams if s.stream == "MSG")
+    assert msg_lag.seconds_behind == 0
+
+    archived = await read_stream(restarted_operator, "MSG")
+    stream_seqs = [e.stream_seq for e in archived]
+    assert stream_seqs == list(range(1, msg_lag.stream_last_seq + 1))  # every event once, none missing
+    assert sorted(message_seqs(archived, channel.channel_id)) == list(range(1, total + 1))
+    history = await all_history(sender, channel.channel_id)
+    assert [seq for seq, _, _ in history] == list(range(1, total + 1))
+    assert sorted(body for _, _, body in history) == bodies
+    await sender.close()
