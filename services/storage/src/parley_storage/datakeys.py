@@ -64,7 +64,7 @@ class DataKeys:
         if cached is not None:
             return cached
         row = conn.execute(select(data_keys).where(data_keys.c.key_id == key_id)).first()
-        if row is None or row.wrapped_key is None:
+        if row is None or row.wrapped_key is None or key_id in self.keks.shredded_key_ids():
             raise RecordUnreadable(f"data key {key_id} was shredded")
         key = self.keks.unwrap(row.kek_id, bytes(row.wrapped_key), context=data_key_aad(key_id, row.owner))
         self._cache[key_id] = key
@@ -85,6 +85,9 @@ class DataKeys:
                 select(data_keys.c.key_id).where(data_keys.c.owner == owner, data_keys.c.wrapped_key.is_not(None))
             ).scalars()
         )
+        # The tombstone goes first, beside the KEK: even if this transaction failed, or an old
+        # backup still holds the wrapped key, the key is never unwrapped again.
+        self.keks.tombstone(key_ids)
         if key_ids:
             conn.execute(
                 update(data_keys)
@@ -95,6 +98,18 @@ class DataKeys:
             self._cache.pop(key_id, None)
         self._active.pop(owner, None)
         return ShreddedKeys(owner=owner, key_ids=key_ids)
+
+    def apply_tombstones(self, conn: Connection) -> int:
+        """Destroy, in a restored database, the wrapped keys shredded since its backup was taken."""
+        shredded = sorted(self.keks.shredded_key_ids())
+        if not shredded:
+            return 0
+        result = conn.execute(
+            update(data_keys)
+            .where(data_keys.c.key_id.in_(shredded), data_keys.c.wrapped_key.is_not(None))
+            .values(wrapped_key=None, kek_id=None, destroyed_at_ns=time.time_ns())
+        )
+        return int(result.rowcount or 0)
 
     def rewrap_all(self, conn: Connection) -> int:
         """Re-wrap every live data key under the current KEK; sealed records are not touched."""

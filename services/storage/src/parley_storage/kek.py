@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -42,6 +43,12 @@ class KeyEncryptionKeys(Protocol):
 
     def unwrap(self, kek_id: str, wrapped: bytes, *, context: bytes) -> bytes: ...
 
+    def tombstone(self, key_ids: Sequence[str]) -> None:
+        """Remember shredded data keys where the KEK lives, so no backup can bring them back."""
+        ...
+
+    def shredded_key_ids(self) -> frozenset[str]: ...
+
 
 @dataclass
 class FileKeyring:
@@ -50,6 +57,7 @@ class FileKeyring:
     path: Path
     current: str
     keys: dict[str, bytes] = field(default_factory=dict)
+    shredded: set[str] = field(default_factory=set)
 
     @classmethod
     def load_or_create(cls, path: Path) -> FileKeyring:
@@ -58,7 +66,7 @@ class FileKeyring:
             keys = {kid: base64.b64decode(value) for kid, value in raw["keys"].items()}
             if raw["current"] not in keys or any(len(k) != KEY_BYTES for k in keys.values()):
                 raise ValueError(f"{path} is not a valid keyring (current key missing or wrong key size)")
-            return cls(path=path, current=raw["current"], keys=keys)
+            return cls(path=path, current=raw["current"], keys=keys, shredded=set(raw.get("shredded", [])))
         ring = cls(path=path, current="")
         ring.add_new()
         return ring
@@ -82,8 +90,20 @@ class FileKeyring:
         self._save()
 
     def _save(self) -> None:
-        body = {"current": self.current, "keys": {k: base64.b64encode(v).decode() for k, v in self.keys.items()}}
+        body = {
+            "current": self.current,
+            "keys": {k: base64.b64encode(v).decode() for k, v in self.keys.items()},
+            "shredded": sorted(self.shredded),
+        }
         write_private_file(self.path, json.dumps(body, indent=1).encode())
+
+    def tombstone(self, key_ids: Sequence[str]) -> None:
+        if set(key_ids) - self.shredded:
+            self.shredded.update(key_ids)
+            self._save()
+
+    def shredded_key_ids(self) -> frozenset[str]:
+        return frozenset(self.shredded)
 
     def wrap(self, data_key: bytes, *, context: bytes) -> tuple[str, bytes]:
         nonce = os.urandom(NONCE_BYTES)
