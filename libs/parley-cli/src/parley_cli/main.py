@@ -201,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat_cmd = sub.add_parser("chat", help="chat in a channel: type lines to send, see others live")
     chat_cmd.add_argument("channel", help="channel id or name")
     chat_cmd.set_defaults(run=cmd_chat)
+    from parley_cli import backup  # storage backups (issue 5)
+
+    backup.add_commands(sub)
     return parser
 
 
