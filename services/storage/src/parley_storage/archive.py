@@ -19,12 +19,22 @@ from parley_core import telemetry
 from parley_core.bus import ReceivedEvent
 from parley_core.envelope import UnknownEventType, decode, open_payload
 from parley_storage.datakeys import DataKeys, ShreddedKeys
-from parley_storage.schema import channel_members, channel_messages, consumer_positions, data_keys, events
+from parley_storage.schema import (
+    channel_members,
+    channel_messages,
+    consumer_positions,
+    data_keys,
+    events,
+    retention_policies,
+)
 from parley_storage.sealing import RecordUnreadable, data_owner, event_aad, open_sealed, seal, user_owner
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 NEW_KEYS = "parley_new_keys"
+# key_id of an event whose content the retention job removed: the row stays, the envelope is gone.
+EXPIRED = "expired"
+NS_PER_DAY = 86_400 * 10**9
 
 
 @dataclass(frozen=True)
@@ -229,7 +239,9 @@ class SqlEventArchive:
             )
 
     def _open_row(self, conn: Connection, row: Row[Any]) -> EventEnvelope | None:
-        """The event's envelope, or None when its data key was shredded."""
+        """The event's envelope, or None when its data key was shredded or retention removed it."""
+        if row.key_id == EXPIRED:
+            return None
         try:
             key = self.keys.get(conn, row.key_id)
         except RecordUnreadable:
@@ -404,6 +416,55 @@ class SqlEventArchive:
             return int(conn.execute(query).scalar_one())
 
         return await self.run("count_events_under", work)
+
+    async def set_retention(self, channel_id: str, days: int, *, set_by: str) -> None:
+        """Keep a channel's messages for ``days`` days; 0 removes the policy (keep forever)."""
+
+        def work(conn: Connection) -> None:
+            conn.execute(retention_policies.delete().where(retention_policies.c.channel_id == channel_id))
+            if days:
+                conn.execute(
+                    insert(retention_policies).values(
+                        channel_id=channel_id, days=days, set_by=set_by, set_at_ns=time.time_ns()
+                    )
+                )
+
+        await self.run("set_retention", work)
+
+    async def apply_retention(self, *, now_ns: int) -> int:
+        """Remove the content of messages older than their channel's policy; returns how many.
+
+        The event rows stay (position, type, aggregate, version) so the log keeps its shape and
+        exactly-once bookkeeping; their sealed envelopes are deleted and the message leaves history.
+        """
+
+        def work(conn: Connection) -> int:
+            removed = 0
+            for policy in conn.execute(select(retention_policies)).all():
+                cutoff = now_ns - policy.days * NS_PER_DAY
+                expired = conn.execute(
+                    select(channel_messages.c.stream, channel_messages.c.stream_seq).where(
+                        channel_messages.c.channel_id == policy.channel_id, channel_messages.c.sent_at_ns < cutoff
+                    )
+                ).all()
+                by_stream: dict[str, list[int]] = {}
+                for row in expired:
+                    by_stream.setdefault(row.stream, []).append(row.stream_seq)
+                for stream, seqs in by_stream.items():
+                    conn.execute(
+                        update(events)
+                        .where(events.c.stream == stream, events.c.stream_seq.in_(seqs))
+                        .values(envelope=b"", key_id=EXPIRED)
+                    )
+                conn.execute(
+                    channel_messages.delete().where(
+                        channel_messages.c.channel_id == policy.channel_id, channel_messages.c.sent_at_ns < cutoff
+                    )
+                )
+                removed += len(expired)
+            return removed
+
+        return await self.run("apply_retention", work)
 
     async def rewrap_data_keys(self) -> int:
         return await self.run("rewrap_data_keys", self.keys.rewrap_all)

@@ -26,7 +26,7 @@ import sqlite3
 import struct
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -291,7 +291,14 @@ def verify_backup(backup_dir: Path, keys: BackupKeys, *, into: Path | None = Non
     return manifest
 
 
-def restore_backup(backup_dir: Path, keys: BackupKeys, keks: KeyEncryptionKeys, target: Engine) -> dict[str, Any]:
+def restore_backup(
+    backup_dir: Path,
+    keys: BackupKeys,
+    keks: KeyEncryptionKeys,
+    target: Engine,
+    *,
+    before_commit: Callable[[Connection], None] | None = None,
+) -> dict[str, Any]:
     """Verify, then load the snapshot into an empty database and apply shreds made since the backup."""
     with tempfile.TemporaryDirectory() as scratch:
         plain = Path(scratch) / "archive.sqlite"
@@ -309,6 +316,8 @@ def restore_backup(backup_dir: Path, keys: BackupKeys, keks: KeyEncryptionKeys, 
                     raise RestoreRefused("the target database already holds an archive; restore into an empty one")
                 _copy_rows(src, dst)
                 DataKeys(keks).apply_tombstones(dst)
+                if before_commit is not None:
+                    before_commit(dst)  # e.g. the residency check: a refusal rolls everything back
         finally:
             snapshot.dispose()
     return manifest

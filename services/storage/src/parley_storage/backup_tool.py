@@ -25,6 +25,13 @@ from parley_storage.backup import (
 from parley_storage.backup_point import ArchiveBehind, read_point_sync, wait_until_archived
 from parley_storage.kek import FileKeyring
 from parley_storage.migrate import SchemaNewerThanCode, UnversionedDatabase
+from parley_storage.residency import (
+    ResidencyBinding,
+    ResidencySettings,
+    ResidencyViolation,
+    check_configured,
+    rebind_restored,
+)
 from parley_storage.service import KEYRING_FILE, database_url
 
 
@@ -61,10 +68,17 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         raise RestoreRefused(
             f"{settings.data_dir / 'storage' / 'archive.db'} exists; restore into an empty data folder"
         )
-    engine = open_engine(database_url(settings))
+    url = database_url(settings)
+    binding = ResidencyBinding.from_settings(ResidencySettings())
+    check_configured(binding, url)
+    engine = open_engine(url)
     try:
         manifest = restore_backup(
-            args.backup, BackupKeys.load(settings.secrets_dir), FileKeyring.load_or_create(keyring_path), engine
+            args.backup,
+            BackupKeys.load(settings.secrets_dir),
+            FileKeyring.load_or_create(keyring_path),
+            engine,
+            before_commit=lambda conn: rebind_restored(conn, binding, url),
         )
     finally:
         engine.dispose()
@@ -81,7 +95,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         result = run(args)
-    except (BackupInvalid, RestoreRefused, SchemaNewerThanCode, UnversionedDatabase, ArchiveBehind) as exc:
+    except (
+        BackupInvalid,
+        RestoreRefused,
+        SchemaNewerThanCode,
+        UnversionedDatabase,
+        ArchiveBehind,
+        ResidencyViolation,
+    ) as exc:
         print(f"backup {args.action} failed: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     result.pop("wrapped_content_key", None)

@@ -97,3 +97,23 @@ channel_members = Table(
     Column("user_id", String(64), nullable=False),
     PrimaryKeyConstraint("channel_id", "user_id", name="pk_channel_members"),
 )
+
+# Per-channel retention: message content older than `days` is removed by the retention job.
+retention_policies = Table(
+    "retention_policies",
+    metadata,
+    Column("channel_id", String(64), primary_key=True),
+    Column("days", Integer, nullable=False),
+    Column("set_by", String(128), nullable=False),
+    Column("set_at_ns", BigInteger, nullable=False),
+)
+
+# Data residency: the organisation this database belongs to and the location it was bound to.
+# One row, written on first start; a later start elsewhere or for another organisation is refused.
+residency = Table(
+    "residency",
+    metadata,
+    Column("organisation", String(128), primary_key=True),
+    Column("location", String(512), nullable=False),
+    Column("bound_at_ns", BigInteger, nullable=False),
+)

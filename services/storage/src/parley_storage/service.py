@@ -9,6 +9,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from parley.messaging.v1 import messaging_pb2
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
+from sqlalchemy import Engine, inspect
 
 from parley_core.bus import ReceivedEvent
 from parley_core.config import Settings
@@ -21,6 +22,7 @@ from parley_storage.archive_api import StorageArchiveApi
 from parley_storage.datakeys import DataKeys
 from parley_storage.kek import FileKeyring, KeyEncryptionKeys
 from parley_storage.migrate import upgrade_to_head
+from parley_storage.residency import ResidencyBinding, ResidencySettings, check_configured, enforce_in_database
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 500
@@ -46,8 +48,12 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
-        engine = open_engine(database_url(ctx.settings))
+        url = database_url(ctx.settings)
+        engine = open_engine(url)
         upgrade_to_head(engine)
+        binding = ResidencyBinding.from_settings(ResidencySettings())
+        with engine.begin() as conn:
+            enforce_in_database(conn, binding, url)
         keks = self._keks or FileKeyring.load_or_create(ensure_private_dir(ctx.settings.secrets_dir) / KEYRING_FILE)
         self.archive = SqlEventArchive(engine, DataKeys(keks))
         for spec in CONSUMERS:
@@ -97,3 +103,16 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
                 )
             )
         return storage_pb2.GetChannelHistoryResponse(messages=out, has_more=has_more)
+
+
+def check_residency(url: str, engine: Engine) -> None:
+    """Refuse, before connecting to anything, a database outside the organisation's bound location."""
+    binding = ResidencyBinding.from_settings(ResidencySettings())
+    check_configured(binding, url)
+    with engine.connect() as conn:
+        if inspect(conn).has_table("residency"):
+            preflight = conn.begin()
+            try:
+                enforce_in_database(conn, binding, url)
+            finally:
+                preflight.rollback()  # only a check: the binding is recorded by start()
