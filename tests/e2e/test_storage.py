@@ -334,3 +334,80 @@ async def test_backup_while_sending_restores_every_acknowledged_message(
     live = await all_history(sender, channel.channel_id)
     assert [(s, b) for s, _, b in live][: len(messages)] == [(m.channel_seq, m.body) for m in messages]
     await sender.close()
+
+
+def peer_stub(
+    platform: RunningPlatform, identity: str
+) -> tuple[grpc.aio.Channel, storage_pb2_grpc.StorageArchiveServiceStub]:
+    pki = ensure_pki(platform.data_dir / "pki", [identity])
+    channel = secure_channel(
+        pki, identity=identity, address=str(platform.service("storage")["address"]), peer="storage"
+    )
+    return channel, storage_pb2_grpc.StorageArchiveServiceStub(channel)
+
+
+async def test_services_rebuild_from_the_archive_within_their_streams_and_rotation_keeps_history(
+    platform: RunningPlatform, operator: storage_pb2_grpc.StorageArchiveServiceStub
+) -> None:
+    owner = await new_user(platform, unique("owner"))
+    channel = await owner.create_channel("rebuild")
+    for n in range(3):
+        await owner.send(channel.channel_id, f"rebuild {n}")
+
+    async def archived() -> bool:
+        return len(await all_history(owner, channel.channel_id)) == 3
+
+    await eventually(archived, what="three messages in history")
+    messaging_channel, messaging = peer_stub(platform, "messaging")
+    gateway_channel, gateway = peer_stub(platform, "gateway")
+    try:
+        page = await messaging.GetAggregateEvents(
+            storage_pb2.GetAggregateEventsRequest(aggregate_type="channel", aggregate_id=channel.channel_id), timeout=30
+        )
+        assert [e.aggregate_version for e in page.events] == [1, 2, 3, 4]  # created + three posts
+        envelopes = [EventEnvelope.FromString(e.envelope) for e in page.events]
+        bodies = [MessagePosted.FromString(env.payload).body for env in envelopes[1:]]
+        assert bodies == ["rebuild 0", "rebuild 1", "rebuild 2"]
+        later = await messaging.GetAggregateEvents(
+            storage_pb2.GetAggregateEventsRequest(
+                aggregate_type="channel", aggregate_id=channel.channel_id, after_version=2, limit=1
+            ),
+            timeout=30,
+        )
+        assert ([e.aggregate_version for e in later.events], later.has_more) == ([3], True)
+        assert len(await read_stream(messaging, "MSG")) >= 4
+
+        for stub, request in (
+            (messaging, storage_pb2.ReadArchivedStreamRequest(stream="SEC")),  # not a reader of SEC
+            (gateway, storage_pb2.ReadArchivedStreamRequest(stream="MSG")),  # forwards users only
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.ReadArchivedStream(request, timeout=30)
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await messaging.ReadArchivedStream(storage_pb2.ReadArchivedStreamRequest(stream="NOPE"), timeout=30)
+        assert unknown.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.aio.AioRpcError) as not_operator:
+            await messaging.SetRetentionPolicy(
+                storage_pb2.SetRetentionPolicyRequest(channel_id=channel.channel_id, days=1), timeout=30
+            )
+        assert not_operator.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        await messaging_channel.close()
+        await gateway_channel.close()
+
+    retention = await operator.SetRetentionPolicy(
+        storage_pb2.SetRetentionPolicyRequest(channel_id=channel.channel_id, days=30), timeout=30
+    )
+    assert retention.removed_now == 0  # nothing is 30 days old yet
+    keyring_before = (platform.data_dir / "secrets" / "storage-kek.json").read_text()
+    rotated = await operator.RotateKeyEncryptionKey(storage_pb2.RotateKeyEncryptionKeyRequest(), timeout=60)
+    assert rotated.rewrapped_data_keys >= 2  # at least the owner's and the channel's keys
+    assert rotated.retired_kek_ids
+    for retired in rotated.retired_kek_ids:
+        assert retired in keyring_before
+        assert retired not in (platform.data_dir / "secrets" / "storage-kek.json").read_text()
+    assert [b for _, _, b in await all_history(owner, channel.channel_id)] == [f"rebuild {n}" for n in range(3)]
+    lag = await operator.GetArchiveLag(storage_pb2.GetArchiveLagRequest(), timeout=30)
+    assert {s.stream for s in lag.streams} == {"AUTH", "MSG", "SEC", "PATCH", "STORE"}
+    await owner.close()

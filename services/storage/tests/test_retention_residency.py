@@ -19,13 +19,14 @@ from parley_storage.archive import NS_PER_DAY, SqlEventArchive, open_engine
 from parley_storage.migrate import upgrade_to_head
 from parley_storage.residency import (
     ResidencyBinding,
-    ResidencySettings,
     ResidencyViolation,
     enforce_in_database,
     location_of,
     rebind_restored,
 )
 from parley_storage.schema import residency
+from parley_storage.service import check_residency
+from parley_storage.settings import StorageSettings
 
 NOW_NS = 1_800_000_000 * 10**9
 
@@ -138,8 +139,8 @@ def test_residency_binds_on_first_start_and_refuses_elsewhere(database_url: str)
 def test_password_is_not_part_of_the_location() -> None:
     assert location_of("postgresql+psycopg://app:s3cret@db:5432/parley") == "postgresql+psycopg://app@db:5432/parley"
     with pytest.raises(ResidencyViolation, match="or neither"):
-        ResidencyBinding.from_settings(ResidencySettings(organisation="acme"))
-    assert ResidencyBinding.from_settings(ResidencySettings()) is None
+        ResidencyBinding.from_settings(StorageSettings(organisation="acme"))
+    assert ResidencyBinding.from_settings(StorageSettings()) is None
 
 
 def test_service_refuses_to_start_on_a_database_outside_the_binding(tmp_path: Path) -> None:
@@ -161,3 +162,46 @@ def test_service_refuses_to_start_on_a_database_outside_the_binding(tmp_path: Pa
     assert result.returncode == 78
     assert "refusing to write its data to sqlite" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_service_refuses_a_database_bound_to_another_organisation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'archive.db'}"
+    engine = open_engine(url)
+    upgrade_to_head(engine)
+    with engine.begin() as conn:
+        enforce_in_database(conn, ResidencyBinding("acme", location_of(url)), url)
+    engine.dispose()
+
+    def start(organisation: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "parley_storage"],
+            env={
+                **os.environ,
+                "PARLEY_DATA_DIR": str(tmp_path / "data"),
+                "PARLEY_DATABASE_URL": url,
+                "PARLEY_STORAGE_ORGANISATION": organisation,
+                "PARLEY_STORAGE_BOUND_DATABASE_URL": url,
+            },
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    refused = start("globex")
+    assert refused.returncode == 78
+    assert "belongs to organisation 'acme', not 'globex'" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    # The same pre-flight check, in process, passes for the organisation the database belongs to.
+    monkeypatch.setenv("PARLEY_STORAGE_ORGANISATION", "acme")
+    monkeypatch.setenv("PARLEY_STORAGE_BOUND_DATABASE_URL", url)
+    engine = open_engine(url)
+    try:
+        check_residency(url, engine)
+        monkeypatch.setenv("PARLEY_STORAGE_ORGANISATION", "globex")
+        with pytest.raises(ResidencyViolation):
+            check_residency(url, engine)
+    finally:
+        engine.dispose()

@@ -65,3 +65,8 @@ def require_self_or_operator(requester: Requester, user_id: str) -> None:
         return
     if requester.caller is None or requester.caller.user_id != user_id:
         raise PermissionDenied("only the user themself, or the operator on their behalf, may do this")
+
+
+def require_operator(requester: Requester) -> None:
+    if not requester.is_operator:
+        raise PermissionDenied("only the operator's platform identity may change retention or rotate keys")

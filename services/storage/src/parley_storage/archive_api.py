@@ -5,24 +5,28 @@ Servicer methods only translate: protobuf in, access rules (access.py), archive 
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import nats.js.errors
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from parley.storage.v1.events_pb2 import UserDataErased
 
 from parley_core.envelope import NewEvent, decode
-from parley_core.errors import InvalidArgument, PermissionDenied, Unavailable
+from parley_core.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unavailable
 from parley_core.runner import RunContext
 from parley_core.tokens import Caller
-from parley_core.topology import STREAMS_BY_NAME, privacy_subject
+from parley_core.topology import PLATFORM_USER, STREAMS_BY_NAME, privacy_subject
 from parley_storage import access
 from parley_storage.access import Requester
 from parley_storage.archive import SqlEventArchive, StoredEvent
 from parley_storage.export import EXPORT_FORMAT, build_export
+from parley_storage.kek import FileKeyring
 from parley_storage.lag import measure_lag
 
 DEFAULT_PAGE = 500
 MAX_PAGE = 1000
+MAX_RETENTION_DAYS = 36_500
 Context = grpc.aio.ServicerContext[object, object]
 
 
@@ -167,3 +171,32 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
         shredded = await self._archive.shred_user(request.user_id)
         unreadable = await self._archive.count_events_under(shredded.key_ids)
         return storage_pb2.EraseUserDataResponse(destroyed_key_ids=list(shredded.key_ids), events_unreadable=unreadable)
+
+    async def SetRetentionPolicy(
+        self, request: storage_pb2.SetRetentionPolicyRequest, context: Context
+    ) -> storage_pb2.SetRetentionPolicyResponse:
+        access.require_operator(self._requester(context))
+        if not request.channel_id:
+            raise InvalidArgument("channel_id is required")
+        if request.days > MAX_RETENTION_DAYS:
+            raise InvalidArgument(f"days must be at most {MAX_RETENTION_DAYS} (or 0 to keep forever)")
+        await self._archive.set_retention(request.channel_id, request.days, set_by=PLATFORM_USER)
+        removed = await self._archive.apply_retention(now_ns=time.time_ns())
+        return storage_pb2.SetRetentionPolicyResponse(removed_now=removed)
+
+    async def RotateKeyEncryptionKey(
+        self, request: storage_pb2.RotateKeyEncryptionKeyRequest, context: Context
+    ) -> storage_pb2.RotateKeyEncryptionKeyResponse:
+        access.require_operator(self._requester(context))
+        keyring = self._archive.keys.keks
+        if not isinstance(keyring, FileKeyring):
+            raise FailedPrecondition("key-encryption keys are held by an external KMS: rotate them there")
+        new = keyring.add_new()
+        rewrapped = await self._archive.rewrap_data_keys()
+        in_use = await self._archive.keks_in_use()
+        retired = sorted(k for k in keyring.keys if k != new and k not in in_use)
+        for kek_id in retired:
+            keyring.retire(kek_id)
+        return storage_pb2.RotateKeyEncryptionKeyResponse(
+            new_kek_id=new, rewrapped_data_keys=rewrapped, retired_kek_ids=retired
+        )

@@ -27,12 +27,12 @@ from parley_storage.kek import FileKeyring
 from parley_storage.migrate import SchemaNewerThanCode, UnversionedDatabase
 from parley_storage.residency import (
     ResidencyBinding,
-    ResidencySettings,
     ResidencyViolation,
     check_configured,
     rebind_restored,
 )
 from parley_storage.service import KEYRING_FILE, database_url
+from parley_storage.settings import StorageSettings
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             f"{settings.data_dir / 'storage' / 'archive.db'} exists; restore into an empty data folder"
         )
     url = database_url(settings)
-    binding = ResidencyBinding.from_settings(ResidencySettings())
+    binding = ResidencyBinding.from_settings(StorageSettings())
     check_configured(binding, url)
     engine = open_engine(url)
     try:

@@ -12,21 +12,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import URL, Connection, insert, make_url, select
 
 from parley_storage.schema import residency
+from parley_storage.settings import StorageSettings
 
 
 class ResidencyViolation(Exception):
     """Writing here would put an organisation's data outside its bound location."""
-
-
-class ResidencySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PARLEY_STORAGE_", extra="ignore")
-
-    organisation: str = ""
-    bound_database_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -35,7 +28,7 @@ class ResidencyBinding:
     location: str
 
     @classmethod
-    def from_settings(cls, settings: ResidencySettings) -> ResidencyBinding | None:
+    def from_settings(cls, settings: StorageSettings) -> ResidencyBinding | None:
         if not settings.organisation and not settings.bound_database_url:
             return None
         if not (settings.organisation and settings.bound_database_url):

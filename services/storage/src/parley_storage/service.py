@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
 from collections.abc import Sequence
 from functools import partial
 
@@ -22,8 +26,10 @@ from parley_storage.archive_api import StorageArchiveApi
 from parley_storage.datakeys import DataKeys
 from parley_storage.kek import FileKeyring, KeyEncryptionKeys
 from parley_storage.migrate import upgrade_to_head
-from parley_storage.residency import ResidencyBinding, ResidencySettings, check_configured, enforce_in_database
+from parley_storage.residency import ResidencyBinding, check_configured, enforce_in_database
+from parley_storage.settings import StorageSettings
 
+log = logging.getLogger(__name__)
 DEFAULT_PAGE = 100
 MAX_PAGE = 500
 
@@ -45,13 +51,16 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         self._ctx: RunContext | None = None
         self._keks = keks
         self.archive: SqlEventArchive | None = None
+        self._stopping = asyncio.Event()
+        self._retention_job: asyncio.Task[None] | None = None
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
         url = database_url(ctx.settings)
         engine = open_engine(url)
         upgrade_to_head(engine)
-        binding = ResidencyBinding.from_settings(ResidencySettings())
+        storage_settings = StorageSettings()
+        binding = ResidencyBinding.from_settings(storage_settings)
         with engine.begin() as conn:
             enforce_in_database(conn, binding, url)
         keks = self._keks or FileKeyring.load_or_create(ensure_private_dir(ctx.settings.secrets_dir) / KEYRING_FILE)
@@ -63,8 +72,25 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         ctx.add_service_name(storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name)
         storage_pb2_grpc.add_StorageArchiveServiceServicer_to_server(StorageArchiveApi(ctx, self.archive), ctx.server)
         ctx.add_service_name(storage_pb2.DESCRIPTOR.services_by_name["StorageArchiveService"].full_name)
+        self._retention_job = asyncio.create_task(self._apply_retention(storage_settings.retention_interval_seconds))
+
+    async def _apply_retention(self, interval_s: float) -> None:
+        """The retention job: apply every channel's policy now, then every interval until stopped."""
+        assert self.archive is not None
+        while not self._stopping.is_set():
+            try:
+                removed = await self.archive.apply_retention(now_ns=time.time_ns())
+                if removed:
+                    log.info("retention removed expired messages", extra={"messages": removed})
+            except Exception:  # a failed run is retried next interval; the service keeps serving
+                log.exception("retention run failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), interval_s)
 
     async def stop(self) -> None:
+        self._stopping.set()
+        if self._retention_job is not None:
+            await self._retention_job
         if self.archive is not None:
             self.archive.engine.dispose()
 
@@ -107,12 +133,11 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
 
 def check_residency(url: str, engine: Engine) -> None:
     """Refuse, before connecting to anything, a database outside the organisation's bound location."""
-    binding = ResidencyBinding.from_settings(ResidencySettings())
+    binding = ResidencyBinding.from_settings(StorageSettings())
     check_configured(binding, url)
     with engine.connect() as conn:
-        if inspect(conn).has_table("residency"):
-            preflight = conn.begin()
-            try:
+        try:
+            if inspect(conn).has_table("residency"):
                 enforce_in_database(conn, binding, url)
-            finally:
-                preflight.rollback()  # only a check: the binding is recorded by start()
+        finally:
+            conn.rollback()  # only a check: the binding is recorded by start()

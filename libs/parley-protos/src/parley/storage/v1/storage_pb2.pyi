@@ -409,3 +409,87 @@ class EraseUserDataResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EraseUserDataResponse: _TypeAlias = EraseUserDataResponse  # noqa: Y015
+
+@_typing.final
+class SetRetentionPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    DAYS_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    days: _builtins.int
+    """keep messages this many days; 0 removes the policy (keep forever)"""
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        days: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "days", b"days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetRetentionPolicyRequest: _TypeAlias = SetRetentionPolicyRequest  # noqa: Y015
+
+@_typing.final
+class SetRetentionPolicyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REMOVED_NOW_FIELD_NUMBER: _builtins.int
+    removed_now: _builtins.int
+    """messages removed by applying the policy at once"""
+    def __init__(
+        self,
+        *,
+        removed_now: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed_now", b"removed_now"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetRetentionPolicyResponse: _TypeAlias = SetRetentionPolicyResponse  # noqa: Y015
+
+@_typing.final
+class RotateKeyEncryptionKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateKeyEncryptionKeyRequest: _TypeAlias = RotateKeyEncryptionKeyRequest  # noqa: Y015
+
+@_typing.final
+class RotateKeyEncryptionKeyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NEW_KEK_ID_FIELD_NUMBER: _builtins.int
+    REWRAPPED_DATA_KEYS_FIELD_NUMBER: _builtins.int
+    RETIRED_KEK_IDS_FIELD_NUMBER: _builtins.int
+    new_kek_id: _builtins.str
+    rewrapped_data_keys: _builtins.int
+    @_builtins.property
+    def retired_kek_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        new_kek_id: _builtins.str = ...,
+        rewrapped_data_keys: _builtins.int = ...,
+        retired_kek_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["new_kek_id", b"new_kek_id", "retired_kek_ids", b"retired_kek_ids", "rewrapped_data_keys", b"rewrapped_data_keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateKeyEncryptionKeyResponse: _TypeAlias = RotateKeyEncryptionKeyResponse  # noqa: Y015

@@ -151,6 +151,16 @@ class StorageArchiveServiceStub:
                 request_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.EraseUserDataRequest.SerializeToString,
                 response_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.EraseUserDataResponse.FromString,
                 _registered_method=True)
+        self.SetRetentionPolicy = channel.unary_unary(
+                '/parley.storage.v1.StorageArchiveService/SetRetentionPolicy',
+                request_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.SetRetentionPolicyRequest.SerializeToString,
+                response_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.SetRetentionPolicyResponse.FromString,
+                _registered_method=True)
+        self.RotateKeyEncryptionKey = channel.unary_unary(
+                '/parley.storage.v1.StorageArchiveService/RotateKeyEncryptionKey',
+                request_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.RotateKeyEncryptionKeyRequest.SerializeToString,
+                response_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.RotateKeyEncryptionKeyResponse.FromString,
+                _registered_method=True)
 
 
 class StorageArchiveServiceServicer:
@@ -201,6 +211,20 @@ class StorageArchiveServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetRetentionPolicy(self, request, context):
+        """Operator only (platform identity): retention per channel, applied by an hourly job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateKeyEncryptionKey(self, request, context):
+        """Operator only: a new key-encryption key; every data key is re-wrapped, no event rewritten.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageArchiveServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -233,6 +257,16 @@ def add_StorageArchiveServiceServicer_to_server(servicer, server):
                     servicer.EraseUserData,
                     request_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.EraseUserDataRequest.FromString,
                     response_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.EraseUserDataResponse.SerializeToString,
+            ),
+            'SetRetentionPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRetentionPolicy,
+                    request_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.SetRetentionPolicyRequest.FromString,
+                    response_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.SetRetentionPolicyResponse.SerializeToString,
+            ),
+            'RotateKeyEncryptionKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateKeyEncryptionKey,
+                    request_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.RotateKeyEncryptionKeyRequest.FromString,
+                    response_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.RotateKeyEncryptionKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -406,6 +440,60 @@ class StorageArchiveService:
             '/parley.storage.v1.StorageArchiveService/EraseUserData',
             parley_dot_storage_dot_v1_dot_storage__pb2.EraseUserDataRequest.SerializeToString,
             parley_dot_storage_dot_v1_dot_storage__pb2.EraseUserDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRetentionPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.storage.v1.StorageArchiveService/SetRetentionPolicy',
+            parley_dot_storage_dot_v1_dot_storage__pb2.SetRetentionPolicyRequest.SerializeToString,
+            parley_dot_storage_dot_v1_dot_storage__pb2.SetRetentionPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateKeyEncryptionKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.storage.v1.StorageArchiveService/RotateKeyEncryptionKey',
+            parley_dot_storage_dot_v1_dot_storage__pb2.RotateKeyEncryptionKeyRequest.SerializeToString,
+            parley_dot_storage_dot_v1_dot_storage__pb2.RotateKeyEncryptionKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -82,6 +82,10 @@ class StorageArchiveServiceStub:
     GetArchiveLag: _grpc.UnaryUnaryMultiCallable[_storage_pb2.GetArchiveLagRequest, _storage_pb2.GetArchiveLagResponse]
     ExportUserData: _grpc.UnaryUnaryMultiCallable[_storage_pb2.ExportUserDataRequest, _storage_pb2.ExportUserDataResponse]
     EraseUserData: _grpc.UnaryUnaryMultiCallable[_storage_pb2.EraseUserDataRequest, _storage_pb2.EraseUserDataResponse]
+    SetRetentionPolicy: _grpc.UnaryUnaryMultiCallable[_storage_pb2.SetRetentionPolicyRequest, _storage_pb2.SetRetentionPolicyResponse]
+    """Operator only (platform identity): retention per channel, applied by an hourly job."""
+    RotateKeyEncryptionKey: _grpc.UnaryUnaryMultiCallable[_storage_pb2.RotateKeyEncryptionKeyRequest, _storage_pb2.RotateKeyEncryptionKeyResponse]
+    """Operator only: a new key-encryption key; every data key is re-wrapped, no event rewritten."""
 
 @_typing.type_check_only
 class StorageArchiveServiceAsyncStub(StorageArchiveServiceStub):
@@ -103,6 +107,10 @@ class StorageArchiveServiceAsyncStub(StorageArchiveServiceStub):
     GetArchiveLag: _aio.UnaryUnaryMultiCallable[_storage_pb2.GetArchiveLagRequest, _storage_pb2.GetArchiveLagResponse]  # type: ignore[assignment]
     ExportUserData: _aio.UnaryUnaryMultiCallable[_storage_pb2.ExportUserDataRequest, _storage_pb2.ExportUserDataResponse]  # type: ignore[assignment]
     EraseUserData: _aio.UnaryUnaryMultiCallable[_storage_pb2.EraseUserDataRequest, _storage_pb2.EraseUserDataResponse]  # type: ignore[assignment]
+    SetRetentionPolicy: _aio.UnaryUnaryMultiCallable[_storage_pb2.SetRetentionPolicyRequest, _storage_pb2.SetRetentionPolicyResponse]  # type: ignore[assignment]
+    """Operator only (platform identity): retention per channel, applied by an hourly job."""
+    RotateKeyEncryptionKey: _aio.UnaryUnaryMultiCallable[_storage_pb2.RotateKeyEncryptionKeyRequest, _storage_pb2.RotateKeyEncryptionKeyResponse]  # type: ignore[assignment]
+    """Operator only: a new key-encryption key; every data key is re-wrapped, no event rewritten."""
 
 class StorageArchiveServiceServicer(metaclass=_abc_1.ABCMeta):
     """---- Archive queries, privacy and operations (issue 5) ----
@@ -157,5 +165,21 @@ class StorageArchiveServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _storage_pb2.EraseUserDataRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_storage_pb2.EraseUserDataResponse, _abc.Awaitable[_storage_pb2.EraseUserDataResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetRetentionPolicy(
+        self,
+        request: _storage_pb2.SetRetentionPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_pb2.SetRetentionPolicyResponse, _abc.Awaitable[_storage_pb2.SetRetentionPolicyResponse]]:
+        """Operator only (platform identity): retention per channel, applied by an hourly job."""
+
+    @_abc_1.abstractmethod
+    def RotateKeyEncryptionKey(
+        self,
+        request: _storage_pb2.RotateKeyEncryptionKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_pb2.RotateKeyEncryptionKeyResponse, _abc.Awaitable[_storage_pb2.RotateKeyEncryptionKeyResponse]]:
+        """Operator only: a new key-encryption key; every data key is re-wrapped, no event rewritten."""
 
 def add_StorageArchiveServiceServicer_to_server(servicer: StorageArchiveServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
