@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -20,6 +20,8 @@ from parley.common.v1.envelope_pb2 import EventEnvelope
 from parley.messaging.v1.events_pb2 import MessagePosted
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from parley.storage.v1.events_pb2 import UserDataErased
+from sqlalchemy import URL, create_engine, text
+from sqlalchemy.exc import OperationalError
 
 from parley_auth.signing import TokenIssuer
 from parley_client import ParleyClient
@@ -34,6 +36,7 @@ pytestmark = pytest.mark.e2e
 
 PASSWORD = "a-long-enough-passphrase"
 TIMEOUT_S = 90.0
+POSTGRES = URL.create("postgresql+psycopg", username="postgres", host="127.0.0.1", port=5432, database="test")
 
 
 def unique(prefix: str) -> str:
@@ -104,6 +107,31 @@ async def read_stream(stub: storage_pb2_grpc.StorageArchiveServiceStub, stream: 
         if not page.has_more:
             return out
         after = page.events[-1].stream_seq
+
+
+@pytest.fixture(scope="module")
+def postgres_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
+    """The platform with storage on PostgreSQL (its own schema, dropped afterwards), by URL alone."""
+    admin = create_engine(POSTGRES.update_query_dict({"connect_timeout": "5"}), isolation_level="AUTOCOMMIT")
+    schema = f"parley_e2e_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except OperationalError as exc:
+        admin.dispose()
+        pytest.skip(f"PostgreSQL not reachable on 127.0.0.1:5432: {str(exc.orig or exc).strip().splitlines()[0]}")
+    url = POSTGRES.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+    running = RunningPlatform(
+        data_dir=tmp_path_factory.mktemp("pg-platform") / "data", env={"PARLEY_DATABASE_URL": url}
+    )
+    try:
+        running.start()
+        yield running
+    finally:
+        running.kill()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
 
 
 def files_under(*folders: Path) -> list[Path]:
@@ -214,6 +242,20 @@ def message_seqs(events: Sequence[storage_pb2.ArchivedEvent], channel_id: str) -
 async def test_exactly_once_across_kill_9_of_storage_mid_archive(
     platform: RunningPlatform, operator: storage_pb2_grpc.StorageArchiveServiceStub
 ) -> None:
+    await check_exactly_once_across_kill_9(platform, operator)
+
+
+async def test_exactly_once_across_kill_9_on_postgresql(postgres_platform: RunningPlatform) -> None:
+    channel, stub = peer_stub(postgres_platform, "platform")
+    try:
+        await check_exactly_once_across_kill_9(postgres_platform, stub)
+    finally:
+        await channel.close()
+
+
+async def check_exactly_once_across_kill_9(
+    platform: RunningPlatform, operator: storage_pb2_grpc.StorageArchiveServiceStub
+) -> None:
     sender = await new_user(platform, unique("sender"))
     channel = await sender.create_channel("kill-9")
     total = 300
@@ -276,6 +318,14 @@ async def test_exactly_once_across_kill_9_of_storage_mid_archive(
 async def test_backup_while_sending_restores_every_acknowledged_message(
     platform: RunningPlatform, tmp_path: Path
 ) -> None:
+    await check_backup_while_sending(platform, tmp_path)
+
+
+async def test_backup_while_sending_on_postgresql(postgres_platform: RunningPlatform, tmp_path: Path) -> None:
+    await check_backup_while_sending(postgres_platform, tmp_path)
+
+
+async def check_backup_while_sending(platform: RunningPlatform, tmp_path: Path) -> None:
     sender = await new_user(platform, unique("backup"))
     channel = await sender.create_channel("backup")
     acknowledged: list[str] = []

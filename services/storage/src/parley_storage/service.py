@@ -31,6 +31,8 @@ from parley_storage.settings import StorageSettings
 
 log = logging.getLogger(__name__)
 DEFAULT_PAGE = 100
+MEMBERSHIP_CATCH_UP_S = 5.0
+MSG_ARCHIVE = next(c for c in CONSUMERS if c.service == "storage" and c.stream == "MSG")
 MAX_PAGE = 500
 
 
@@ -98,6 +100,31 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         assert self.archive is not None
         await self.archive.archive(spec.durable, batch)
 
+    async def _is_member_once_archived(self, channel_id: str, user_id: str) -> bool:
+        """Membership as of every MSG event appended before this call, not just those archived.
+
+        The archive trails the bus: a creator who reads history right after creating a channel
+        must not be refused because ChannelCreated is still in flight. While the MSG archive
+        consumer has events pending, wait (bounded) for them; "behind" is read before the
+        membership, so an answer of "not a member" always reflects every event appended before.
+        """
+        assert self._ctx is not None
+        assert self.archive is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + MEMBERSHIP_CATCH_UP_S
+        while True:
+            behind = await self._msg_archive_behind()
+            if await self.archive.is_member(channel_id, user_id):
+                return True
+            if not behind or loop.time() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+
+    async def _msg_archive_behind(self) -> bool:
+        assert self._ctx is not None
+        info = await self._ctx.bus.js.consumer_info(MSG_ARCHIVE.stream, MSG_ARCHIVE.durable)
+        return bool(info.num_pending or info.num_ack_pending)
+
     async def GetChannelHistory(
         self, request: storage_pb2.GetChannelHistoryRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> storage_pb2.GetChannelHistoryResponse:
@@ -108,7 +135,7 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
             raise InvalidArgument("channel_id is required")
         if request.limit > MAX_PAGE:
             raise InvalidArgument(f"limit must be at most {MAX_PAGE}")
-        if not await self.archive.is_member(request.channel_id, caller.user_id):
+        if not await self._is_member_once_archived(request.channel_id, caller.user_id):
             raise PermissionDenied("you are not a member of this channel")
         messages, has_more = await self.archive.channel_history(
             request.channel_id, after_seq=request.after_seq, limit=request.limit or DEFAULT_PAGE
