@@ -49,9 +49,10 @@ def _refuse_unknown(conn: Connection, script: ScriptDirectory) -> None:
         )
     if not current and "events" in inspect(conn).get_table_names():
         raise UnversionedDatabase(
-            "the database has an archive without migration history (created before schema "
-            "migrations existed); start on an empty database and restore from a backup, or "
-            "remove the storage folder of a development data directory"
+            "the database has an archive without migration history (created by a build before "
+            "schema migrations and encryption at rest). Its data cannot be adopted in place: for a "
+            "development data folder run `make clean-data` (removing only storage/ would lose the "
+            "history the durable consumers have already passed)"
         )
 
 
