@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from parley.auth.v1.events_pb2 import UserRegistered
@@ -235,3 +238,52 @@ async def test_data_keys_do_not_open_under_another_keyring(archive: SqlEventArch
     stranger = SqlEventArchive(archive.engine, DataKeys(FileKeyring.load_or_create(tmp_path / "other-kek.json")))
     with pytest.raises(UnknownKek):
         await stranger.channel_history("general", after_seq=0, limit=10)
+
+
+class KmsStandIn:
+    """Another KeyEncryptionKeys, as an operator would write one around a KMS's wrap/unwrap calls.
+
+    It uses the same vetted AES-GCM; what it shows is that the archive needs nothing beyond the
+    protocol: no file, no FileKeyring method.
+    """
+
+    def __init__(self) -> None:
+        self._kek = AESGCM.generate_key(bit_length=256)
+        self._shredded: set[str] = set()
+        self.calls: Counter[str] = Counter()
+
+    @property
+    def current_id(self) -> str:
+        return "kms-key-1"
+
+    def wrap(self, data_key: bytes, *, context: bytes) -> tuple[str, bytes]:
+        self.calls["wrap"] += 1
+        nonce = os.urandom(12)
+        return self.current_id, nonce + AESGCM(self._kek).encrypt(nonce, data_key, context)
+
+    def unwrap(self, kek_id: str, wrapped: bytes, *, context: bytes) -> bytes:
+        self.calls["unwrap"] += 1
+        assert kek_id == self.current_id
+        return AESGCM(self._kek).decrypt(wrapped[:12], wrapped[12:], context)
+
+    def tombstone(self, key_ids: Sequence[str]) -> None:
+        self._shredded.update(key_ids)
+
+    def shredded_key_ids(self) -> frozenset[str]:
+        return frozenset(self._shredded)
+
+
+async def test_an_external_kms_plugs_in_through_the_protocol(archive: SqlEventArchive) -> None:
+    kms = KmsStandIn()
+    with_kms = SqlEventArchive(archive.engine, DataKeys(kms))
+    await fill(with_kms)
+    assert kms.calls["wrap"] == 3  # one data key each for alice, bob and the channel
+
+    reopened = SqlEventArchive(archive.engine, DataKeys(kms))  # a restart: keys come back through unwrap
+    messages, _ = await reopened.channel_history("general", after_seq=0, limit=10)
+    assert [m.body for m in messages] == ["alice secret plan 4711", "bob public note 0815", "alice second secret 4712"]
+    assert kms.calls["unwrap"] >= 2
+    await reopened.shred_user(BOB)
+    assert len(kms.shredded_key_ids()) == 1
+    messages, _ = await SqlEventArchive(archive.engine, DataKeys(kms)).channel_history("general", after_seq=0, limit=10)
+    assert [m.erased for m in messages] == [False, True, False]
