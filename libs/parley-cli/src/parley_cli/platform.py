@@ -11,12 +11,14 @@ import json
 import os
 import secrets
 import signal
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 from parley_cli.health import check_health
+from parley_cli.state import CLIENT_FILE, STATE_FILE, previous_port
 from parley_core.bus import EventBus
 from parley_core.files import ensure_private_dir, write_private_file
 from parley_core.nats_connect import connect_nats
@@ -58,9 +60,9 @@ def ensure_store_key(path: Path) -> str:
 
 
 def _port_is_free(port: int) -> bool:
-    import socket
-
     with socket.socket() as sock:
+        # As a server binds it: connections of an earlier run in TIME-WAIT do not make it busy.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -96,10 +98,7 @@ class Platform:
         print(f"[parley] {text}", file=self.out, flush=True)
 
     def _choose_gateway_port(self) -> int:
-        state = self.data_dir / "platform.json"
-        previous = (
-            json.loads(state.read_text()).get("services", {}).get("gateway", {}).get("port") if state.exists() else None
-        )
+        previous = previous_port(self.data_dir, "gateway")
         for candidate in (self.requested_gateway_port, previous, DEFAULT_GATEWAY_PORT):
             if candidate and _port_is_free(int(candidate)):
                 return int(candidate)
@@ -218,6 +217,7 @@ class Platform:
     def _write_state(self) -> None:
         assert self.pki is not None
         state = {
+            "running": True,
             "pid": os.getpid(),
             "nats_url": self.nats.url if self.nats else "",
             "services": {
@@ -225,9 +225,18 @@ class Platform:
                 for s in self.services.values()
             },
         }
-        write_private_file(self.data_dir / "platform.json", json.dumps(state, indent=2).encode())
+        write_private_file(self.data_dir / STATE_FILE, json.dumps(state, indent=2).encode())
         client = {"gateway_address": self.services["gateway"].address, "ca_cert": str(self.pki.ca_cert)}
-        write_private_file(self.data_dir / "client.json", json.dumps(client, indent=2).encode())
+        write_private_file(self.data_dir / CLIENT_FILE, json.dumps(client, indent=2).encode())
+
+    def _mark_stopped(self) -> None:
+        """Keep the ports for the next start, but let no client dial a platform that is gone."""
+        (self.data_dir / CLIENT_FILE).unlink(missing_ok=True)
+        path = self.data_dir / STATE_FILE
+        if path.exists():
+            state = json.loads(path.read_text())
+            state["running"] = False
+            write_private_file(path, json.dumps(state, indent=2).encode())
 
     async def supervise(self) -> None:
         """Report services that stop; restart the ones that crash (a clean exit is an operator's stop)."""
@@ -276,6 +285,7 @@ class Platform:
 
     async def stop(self) -> None:
         self._stopping.set()
+        self._mark_stopped()
         for name in reversed(START_ORDER):
             service = self.services.get(name)
             if service is None or service.process is None or service.process.returncode is not None:

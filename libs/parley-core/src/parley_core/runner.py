@@ -247,7 +247,9 @@ async def serve(
         interceptors=[
             *telemetry.server_interceptors(),
             CallerCheckAndErrors(None if client_facing else GRPC_CALLERS[service]),
-        ]
+        ],
+        # gRPC sets SO_REUSEPORT by default: a second platform could then share our port unseen.
+        options=[("grpc.so_reuseport", 0)],
     )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -271,6 +271,15 @@ class SqlEventArchive:
             envelope=self._open_row(conn, row),
         )
 
+    async def positions(self) -> dict[str, int]:
+        """Archived-up-to stream sequence of every stream, from the consumers' recorded positions."""
+
+        def work(conn: Connection) -> dict[str, int]:
+            rows = conn.execute(select(consumer_positions.c.stream, consumer_positions.c.last_seq)).all()
+            return {row.stream: int(row.last_seq) for row in rows}
+
+        return await self.run("consumer_positions", work)
+
     async def is_member(self, channel_id: str, user_id: str) -> bool:
         def work(conn: Connection) -> bool:
             row = conn.execute(

@@ -20,19 +20,21 @@ from parley_core.config import Settings
 from parley_core.errors import InvalidArgument, PermissionDenied
 from parley_core.files import ensure_private_dir
 from parley_core.runner import RunContext
-from parley_core.topology import CONSUMERS, ConsumerSpec
+from parley_core.topology import CONSUMERS, ConsumerSpec, channel_subject
 from parley_storage.archive import SqlEventArchive, open_engine
 from parley_storage.archive_api import StorageArchiveApi
 from parley_storage.datakeys import DataKeys
 from parley_storage.kek import FileKeyring, KeyEncryptionKeys
 from parley_storage.migrate import upgrade_to_head
+from parley_storage.progress import ArchiveProgress
 from parley_storage.residency import ResidencyBinding, check_configured, enforce_in_database
 from parley_storage.settings import StorageSettings
 
 log = logging.getLogger(__name__)
 DEFAULT_PAGE = 100
-MEMBERSHIP_CATCH_UP_S = 5.0
-MSG_ARCHIVE = next(c for c in CONSUMERS if c.service == "storage" and c.stream == "MSG")
+# How long a history query waits for the archive to reach the channel's newest event before
+# answering from what it has.
+HISTORY_FRESHNESS_S = 5.0
 MAX_PAGE = 500
 
 
@@ -53,6 +55,7 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         self._ctx: RunContext | None = None
         self._keks = keks
         self.archive: SqlEventArchive | None = None
+        self.progress = ArchiveProgress()
         self._stopping = asyncio.Event()
         self._retention_job: asyncio.Task[None] | None = None
 
@@ -67,6 +70,7 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
             enforce_in_database(conn, binding, url)
         keks = self._keks or FileKeyring.load_or_create(ensure_private_dir(ctx.settings.secrets_dir) / KEYRING_FILE)
         self.archive = SqlEventArchive(engine, DataKeys(keks))
+        self.progress = ArchiveProgress(await self.archive.positions())
         for spec in CONSUMERS:
             if spec.service == "storage":
                 await ctx.bus.consume(spec, partial(self._archive, spec))
@@ -99,31 +103,7 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
     async def _archive(self, spec: ConsumerSpec, batch: Sequence[ReceivedEvent]) -> None:
         assert self.archive is not None
         await self.archive.archive(spec.durable, batch)
-
-    async def _is_member_once_archived(self, channel_id: str, user_id: str) -> bool:
-        """Membership as of every MSG event appended before this call, not just those archived.
-
-        The archive trails the bus: a creator who reads history right after creating a channel
-        must not be refused because ChannelCreated is still in flight. While the MSG archive
-        consumer has events pending, wait (bounded) for them; "behind" is read before the
-        membership, so an answer of "not a member" always reflects every event appended before.
-        """
-        assert self._ctx is not None
-        assert self.archive is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + MEMBERSHIP_CATCH_UP_S
-        while True:
-            behind = await self._msg_archive_behind()
-            if await self.archive.is_member(channel_id, user_id):
-                return True
-            if not behind or loop.time() > deadline:
-                return False
-            await asyncio.sleep(0.05)
-
-    async def _msg_archive_behind(self) -> bool:
-        assert self._ctx is not None
-        info = await self._ctx.bus.js.consumer_info(MSG_ARCHIVE.stream, MSG_ARCHIVE.durable)
-        return bool(info.num_pending or info.num_ack_pending)
+        await self.progress.advance(spec.stream, max(event.stream_seq for event in batch))
 
     async def GetChannelHistory(
         self, request: storage_pb2.GetChannelHistoryRequest, context: grpc.aio.ServicerContext[object, object]
@@ -135,7 +115,10 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
             raise InvalidArgument("channel_id is required")
         if request.limit > MAX_PAGE:
             raise InvalidArgument(f"limit must be at most {MAX_PAGE}")
-        if not await self._is_member_once_archived(request.channel_id, caller.user_id):
+        # Read-your-writes: a join or send the stream already holds must count here too.
+        newest = await self._ctx.bus.last_subject_seq("MSG", channel_subject(request.channel_id))
+        await self.progress.wait_for("MSG", newest, timeout=HISTORY_FRESHNESS_S)
+        if not await self.archive.is_member(request.channel_id, caller.user_id):
             raise PermissionDenied("you are not a member of this channel")
         messages, has_more = await self.archive.channel_history(
             request.channel_id, after_seq=request.after_seq, limit=request.limit or DEFAULT_PAGE
