@@ -1,47 +1,64 @@
-"""`parley audit verify`: check the signed hash chain of the audit records in the SQL archive.
+"""`parley audit verify`: check the signed hash chain of the audit records in the archive.
 
-The records are read from storage's archive (the store someone with database access could
-edit); the verification keys come from the live AUTH stream in JetStream (a different trust
-domain), or, offline, from the archive itself with --keys-from-archive.
+The records are read back from storage's archive (the long-term store, which someone with
+database access could edit) through its StorageArchiveService as the operator; the
+verification keys and the chain's head come from the live JetStream streams (a different trust
+domain), or, with --keys-from-archive, the keys from the archived AUTH stream.
 """
 
 from __future__ import annotations
 
 import argparse
-import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
+import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.message import Message
 from parley.auth.v1.events_pb2 import SecurityEventRecorded, SigningKeyPublished
+from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from parley_cli.state import PlatformNotRunning, load_running_state
+from parley_client import ParleyError
 from parley_core.audit import Finding, StoredRecord, verify_chain
 from parley_core.envelope import decode, open_payload
 from parley_core.nats_connect import connect_nats
 from parley_core.natsconf import ensure_nats_passwords
+from parley_core.runner import secure_channel
 from parley_core.topology import PLATFORM_USER, SIGNING_KEYS_FILTER
 
-SIGNING_KEY_TYPE = SigningKeyPublished.DESCRIPTOR.full_name
+PAGE = 1000
+TIMEOUT_S = 30.0
 
 
-def read_archived_records(archive: Path) -> list[StoredRecord]:
-    """Every record of the SEC stream in the archive, in stream order (read only)."""
-    with sqlite3.connect(f"file:{archive}?mode=ro", uri=True) as db:
-        rows = db.execute("SELECT stream_seq, envelope FROM events WHERE stream = 'SEC' ORDER BY stream_seq").fetchall()
-    records = []
-    for seq, envelope in rows:
-        payload = open_payload(decode(bytes(envelope)))
-        if isinstance(payload, SecurityEventRecorded):
-            records.append(StoredRecord(position=int(seq), record=payload))
-    return records
+async def archived_payloads(
+    storage: storage_pb2_grpc.StorageArchiveServiceAsyncStub, stream: str
+) -> list[tuple[int, Message]]:
+    """Every archived event of `stream` as (stream sequence, payload), erased ones left out."""
+    found: list[tuple[int, Message]] = []
+    after = 0
+    while True:
+        page = await storage.ReadArchivedStream(
+            storage_pb2.ReadArchivedStreamRequest(stream=stream, after_seq=after, limit=PAGE), timeout=TIMEOUT_S
+        )
+        for event in page.events:
+            after = event.stream_seq
+            if not event.erased:
+                found.append((int(event.stream_seq), open_payload(decode(event.envelope))))
+        if not page.has_more:
+            return found
 
 
-def keys_from_archive(archive: Path) -> dict[str, Ed25519PublicKey]:
-    with sqlite3.connect(f"file:{archive}?mode=ro", uri=True) as db:
-        rows = db.execute("SELECT envelope FROM events WHERE event_type = ?", (SIGNING_KEY_TYPE,)).fetchall()
-    return _keys(open_payload(decode(bytes(row[0]))) for row in rows)
+async def archived_records(storage: storage_pb2_grpc.StorageArchiveServiceAsyncStub) -> list[StoredRecord]:
+    return [
+        StoredRecord(position=seq, record=payload)
+        for seq, payload in await archived_payloads(storage, "SEC")
+        if isinstance(payload, SecurityEventRecorded)
+    ]
+
+
+async def archived_keys(storage: storage_pb2_grpc.StorageArchiveServiceAsyncStub) -> dict[str, Ed25519PublicKey]:
+    return signing_keys(payload for _, payload in await archived_payloads(storage, "AUTH"))
 
 
 async def live_chain_head(*, nats_url: str, password: str, ca_cert: Path) -> int:
@@ -78,12 +95,13 @@ async def keys_from_stream(*, nats_url: str, password: str, ca_cert: Path) -> di
             pass
         finally:
             await sub.unsubscribe()
-        return _keys(payloads)
+        return signing_keys(payloads)
     finally:
         await nc.close()
 
 
-def _keys(payloads: Iterable[Message]) -> dict[str, Ed25519PublicKey]:
+def signing_keys(payloads: Iterable[Message]) -> dict[str, Ed25519PublicKey]:
+    """Published keys, retired ones included: a retired key still signed the records of its time."""
     keys: dict[str, Ed25519PublicKey] = {}
     for payload in payloads:
         if isinstance(payload, SigningKeyPublished):
@@ -100,33 +118,34 @@ def report(records: list[StoredRecord], findings: list[Finding]) -> str:
     return "\n".join(lines)
 
 
-def _archive(args: argparse.Namespace) -> Path:
-    archive: Path = args.archive or args.data_dir / "storage" / "archive.db"
-    if not archive.exists():
-        raise SystemExit(f"no archive at {archive}; give --archive PATH")
-    return archive
-
-
-def _nats_url_and_password(data_dir: Path) -> tuple[str, str]:
+def _platform(data_dir: Path) -> tuple[str, str, str]:
+    """Storage's address, the NATS URL and the platform user's NATS password."""
     try:
         state = load_running_state(data_dir)
     except PlatformNotRunning as exc:
-        raise SystemExit(f"{exc}; or verify offline with --keys-from-archive (keys from the same store)") from None
+        raise SystemExit(f"{exc}; the verifier reads the archive through the storage service") from None
     passwords = ensure_nats_passwords(data_dir / "secrets" / "nats-passwords.json", [PLATFORM_USER])
-    return str(state["nats_url"]), passwords[PLATFORM_USER]
+    return str(state["services"]["storage"]["address"]), str(state["nats_url"]), passwords[PLATFORM_USER]
 
 
 async def cmd_verify(args: argparse.Namespace) -> int:
-    archive = _archive(args)
-    head: int | None = None
-    if args.keys_from_archive:
-        keys = keys_from_archive(archive)
-    else:
-        url, password = _nats_url_and_password(args.data_dir)
-        ca_cert = args.data_dir / "pki" / "ca.crt"
-        head = await live_chain_head(nats_url=url, password=password, ca_cert=ca_cert)
-        keys = await keys_from_stream(nats_url=url, password=password, ca_cert=ca_cert)
-    records = read_archived_records(archive)
+    from parley_core.pki import ensure_pki
+
+    address, nats_url, password = _platform(args.data_dir)
+    ca_cert = args.data_dir / "pki" / "ca.crt"
+    pki = ensure_pki(args.data_dir / "pki", [PLATFORM_USER])
+    channel = secure_channel(pki, identity=PLATFORM_USER, address=address, peer="storage")
+    try:
+        storage = storage_pb2_grpc.StorageArchiveServiceStub(channel)
+        records = await archived_records(storage)
+        keys = await archived_keys(storage) if args.keys_from_archive else None
+    except grpc.aio.AioRpcError as exc:
+        raise ParleyError(exc.code(), f"storage refused to read the archive: {exc.details()}") from None
+    finally:
+        await channel.close()
+    head = await live_chain_head(nats_url=nats_url, password=password, ca_cert=ca_cert)
+    if keys is None:
+        keys = await keys_from_stream(nats_url=nats_url, password=password, ca_cert=ca_cert)
     findings = verify_chain(records, keys, expected_last_index=head)
     print(report(records, findings))
     return 1 if findings else 0
@@ -136,8 +155,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     audit = sub.add_parser("audit", help="the tamper-evident audit trail")
     commands = audit.add_subparsers(dest="audit_command", required=True)
     verify = commands.add_parser("verify", help="check the audit chain in the archive; exit 1 when tampered")
-    verify.add_argument("--archive", type=Path, help="SQLite archive (default: <data-dir>/storage/archive.db)")
     verify.add_argument(
-        "--keys-from-archive", action="store_true", help="take the verification keys from the archive too (offline)"
+        "--keys-from-archive", action="store_true", help="take the verification keys from the archive (weaker)"
     )
     verify.set_defaults(run=cmd_verify)

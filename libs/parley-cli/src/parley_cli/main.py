@@ -207,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat_cmd.set_defaults(run=cmd_chat)
     admin.add_commands(sub)
     audit.add_commands(sub)
+    from parley_cli import backup  # storage backups (issue 5)
+
+    backup.add_commands(sub)
     return parser
 
 

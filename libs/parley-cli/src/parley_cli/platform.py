@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -38,6 +39,24 @@ ADDRESS_ENV = {
 DEFAULT_GATEWAY_PORT = 7443
 HEALTH_TIMEOUT_S = 60.0
 RESTART_LIMIT = 5
+STORE_KEY_FILE = "jetstream-store.key"
+
+
+def ensure_store_key(path: Path) -> str:
+    """The JetStream store's encryption key (nats-server encrypts message blocks and metadata).
+
+    Created once, 0600, beside the other secrets; losing it makes the event log unreadable, so
+    it belongs in the operator's key backup. A store created before this key existed keeps its
+    old blocks readable and encrypts every new block (nats-server's documented behaviour).
+    """
+    if path.exists():
+        key = path.read_text(encoding="ascii").strip()
+        if len(key) < 32:
+            raise ValueError(f"{path} holds a JetStream store key shorter than 32 characters")
+        return key
+    key = secrets.token_urlsafe(48)
+    write_private_file(path, (key + "\n").encode())
+    return key
 
 
 def _port_is_free(port: int) -> bool:
@@ -104,6 +123,7 @@ class Platform:
             tls_key=nats_identity.key,
             ca_cert=self.pki.ca_cert,
             passwords=passwords,
+            store_cipher_key=ensure_store_key(self.data_dir / "secrets" / STORE_KEY_FILE),
         )
         config_path = self.data_dir / "nats" / "nats-server.conf"
         write_private_file(config_path, config.encode())

@@ -136,6 +136,23 @@ METHOD_PERMISSIONS: dict[str, Permission | None] = {
     "/parley.gateway.v1.Gateway/CreateInvite": P.USERS_MANAGE,
 }
 
+# RPCs whose service applies its own rules on the calling peer and user (storage's archive API:
+# services read back the streams NATS lets them read, the operator everything, auditors the audit
+# queries; see parley_storage.access). The interceptor leaves them to it; each such servicer
+# still reads the caller through TokenVerifier, so disabled accounts and revoked sessions hold.
+SERVICE_CHECKED_METHODS = frozenset(
+    {
+        "/parley.storage.v1.StorageArchiveService/ReadArchivedStream",
+        "/parley.storage.v1.StorageArchiveService/GetAggregateEvents",
+        "/parley.storage.v1.StorageArchiveService/QueryAudit",
+        "/parley.storage.v1.StorageArchiveService/GetArchiveLag",
+        "/parley.storage.v1.StorageArchiveService/ExportUserData",
+        "/parley.storage.v1.StorageArchiveService/EraseUserData",
+        "/parley.storage.v1.StorageArchiveService/SetRetentionPolicy",
+        "/parley.storage.v1.StorageArchiveService/RotateKeyEncryptionKey",
+    }
+)
+
 # Internal RPCs the platform identity (operator tooling over mutual TLS, no user token) may
 # call: how the first owner is created on a fresh installation.
 PLATFORM_METHODS = frozenset(
