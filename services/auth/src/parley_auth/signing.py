@@ -49,7 +49,11 @@ class TokenIssuer:
         staged.replace(path)
         return cls(key)
 
-    def issue(self, *, user_id: str, username: str, role: str, session_id: str, mfa: bool) -> tuple[str, int]:
+    def issue(
+        self, *, user_id: str, username: str, role: str, session_id: str = "", mfa: bool = False
+    ) -> tuple[str, int]:
+        """A signed access token; without a session id it cannot be revoked by session (only by
+        disabling the account), which is what tools that mint a token for a test get."""
         now = int(time.time())
         expires = now + ACCESS_TOKEN_SECONDS
         claims = {

@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 
 READY_LINE = "all services are up"
+# Test platforms let anyone register (`make run` defaults to admin-created accounts), so tests
+# can call `client.register`; a test that wants another mode sets PARLEY_REGISTRATION in `env`.
+TEST_DEFAULTS = {"PARLEY_REGISTRATION": "open"}
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 60.0
 
@@ -49,7 +52,7 @@ class RunningPlatform:
             input=stdin,
             capture_output=True,
             text=True,
-            env={**os.environ, **self.env},
+            env={**os.environ, **TEST_DEFAULTS, **self.env},
             timeout=60,
             check=check,
         )
@@ -61,7 +64,7 @@ class RunningPlatform:
             [sys.executable, "-m", "parley_cli", "--data-dir", str(self.data_dir), "up"],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **self.env},
+            env={**os.environ, **TEST_DEFAULTS, **self.env},
             # Like `make run` in a terminal: a process group that Ctrl-C reaches as a whole.
             start_new_session=True,
         )
