@@ -86,7 +86,9 @@ def test_whole_folder_imports(osv: dict[str, Advisory]) -> None:
         ("PYSEC-2023-227", "pillow", "10.0.0", False),
     ],
 )
-def test_range_and_version_matching(osv: dict[str, Advisory], record: str, name: str, version: str, expected: bool) -> None:
+def test_range_and_version_matching(
+    osv: dict[str, Advisory], record: str, name: str, version: str, expected: bool
+) -> None:
     assert hit(osv[record], name, version) is expected
 
 
@@ -151,7 +153,9 @@ def test_cvss_sets_priority(osv: dict[str, Advisory]) -> None:
         {
             "id": "TEST-V4",
             "modified": "x",
-            "severity": [{"type": "CVSS_V4", "score": "CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:N/VC:H/VI:H/VA:H/SC:N/SI:N/SA:N"}],
+            "severity": [
+                {"type": "CVSS_V4", "score": "CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:N/VC:H/VI:H/VA:H/SC:N/SI:N/SA:N"}
+            ],
         }
     )
     assert score(v4).priority == "critical"
@@ -186,7 +190,5 @@ def test_deadlines_are_configurable(osv: dict[str, Advisory]) -> None:
     policy = DeadlinePolicy.default()
     policy.deadlines = {**policy.deadlines, "high": timedelta(hours=1)}
     book = FindingBook(policy)
-    [finding] = book.reconcile(
-        [osv["PYSEC-2023-192"]], [InstalledPackage("m", "m-1", "h", "urllib3", "1.26.0")], t0
-    )
+    [finding] = book.reconcile([osv["PYSEC-2023-192"]], [InstalledPackage("m", "m-1", "h", "urllib3", "1.26.0")], t0)
     assert finding.deadline == t0 + timedelta(hours=1)

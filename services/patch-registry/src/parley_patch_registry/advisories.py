@@ -107,7 +107,9 @@ def parse_advisory(record: dict[str, Any]) -> Advisory:
             VersionRange(
                 type=str(r["type"]),
                 events=tuple(
-                    RangeEvent(kind=kind, version=str(value)) for event in r.get("events", []) for kind, value in event.items()
+                    RangeEvent(kind=kind, version=str(value))
+                    for event in r.get("events", [])
+                    for kind, value in event.items()
                 ),
             )
             for r in entry.get("ranges", [])
