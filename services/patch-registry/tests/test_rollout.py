@@ -24,6 +24,7 @@ def planned(instances: tuple[str, ...] = ("m-1", "m-2")) -> tuple[Rollout, list[
         to_version="0.2.0",
         target_path="messaging/parley_messaging-0.2.0-py3-none-any.whl",
         old_instances=instances,
+        release_published_by="dave",
         actor="alice",
         actor_role="operator",
         at=1.0,
@@ -49,6 +50,12 @@ def test_planner_cannot_approve_own_rollout() -> None:
     assert rollout.state == "planned"
 
 
+def test_release_publisher_cannot_approve_its_rollout() -> None:
+    rollout, _ = planned()
+    with pytest.raises(PermissionDenied, match="published the release"):
+        rollout.approve(actor="dave", actor_role="admin", at=2.0)
+
+
 def test_approval_needs_patch_approve_permission() -> None:
     rollout, _ = planned()
     with pytest.raises(PermissionDenied, match="patch-approve"):
@@ -68,6 +75,7 @@ def test_members_cannot_plan() -> None:
             to_version="2",
             target_path="s/x.whl",
             old_instances=["i"],
+            release_published_by="p",
             actor="eve",
             actor_role="member",
             at=0.0,
@@ -202,6 +210,7 @@ def test_plan_refuses_same_version_and_empty_fleet() -> None:
             to_version="2",
             target_path="s/x.whl",
             old_instances=["i"],
+            release_published_by="p",
             actor="a",
             actor_role="admin",
             at=0.0,

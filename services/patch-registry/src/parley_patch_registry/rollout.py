@@ -41,6 +41,7 @@ class RolloutPlanned(RolloutEvent):
     to_version: str
     target_path: str
     old_instances: tuple[str, ...]
+    release_published_by: str
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,7 @@ class Rollout:
     to_version: str = ""
     target_path: str = ""
     planned_by: str = ""
+    release_published_by: str = ""
     approved_by: str = ""
     state: str = "new"
     paused_from: str = ""
@@ -182,6 +184,7 @@ class Rollout:
                 self.from_version, self.to_version = event.from_version, event.to_version
                 self.target_path, self.old_instances = event.target_path, event.old_instances
                 self.planned_by, self.state = event.actor, "planned"
+                self.release_published_by = event.release_published_by
             case RolloutApproved():
                 self.approved_by, self.state = event.actor, "approved"
             case StepStarted():
@@ -233,6 +236,7 @@ class Rollout:
         to_version: str,
         target_path: str,
         old_instances: Sequence[str],
+        release_published_by: str,
         actor: str,
         actor_role: str,
         at: float,
@@ -253,6 +257,7 @@ class Rollout:
             to_version=to_version,
             target_path=target_path,
             old_instances=tuple(old_instances),
+            release_published_by=release_published_by,
         )
         return rollout, rollout._emit(event)
 
@@ -260,8 +265,10 @@ class Rollout:
         """Four eyes: the patch-approve permission, and not the person who planned it."""
         if actor_role not in APPROVER_ROLES:
             raise PermissionDenied(f"approving a roll-out needs the patch-approve permission (role {actor_role!r})")
-        if actor == self.planned_by:
-            raise PermissionDenied("the roll-out must be approved by someone other than who planned it")
+        if actor in (self.planned_by, self.release_published_by):
+            raise PermissionDenied(
+                "the roll-out must be approved by someone other than who planned it or published the release"
+            )
         self._require("planned")
         return self._emit(RolloutApproved(rollout_id=self.rollout_id, at=at, actor=actor))
 
