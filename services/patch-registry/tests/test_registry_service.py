@@ -12,7 +12,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -65,6 +65,14 @@ class Registry:
     key_id: str
     heartbeats: Client
     platform: Client
+    pki: Pki
+    address: str = ""
+    start: Callable[[], Awaitable[None]] = field(default=lambda: asyncio.sleep(0))
+    stop: Callable[[], Awaitable[None]] = field(default=lambda: asyncio.sleep(0))
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
 
     def token(self, user: str, role: str) -> tuple[tuple[str, str]]:
         now = int(time.time())
@@ -142,38 +150,48 @@ async def registry(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> Asy
         heartbeat_seconds=0.5,
         grace_seconds=5,
     )
-    app = PatchRegistryApp(
-        RegistrySettings(
-            gate_window_seconds=1.0,
-            gate_timeout_seconds=5.0,
-            deadline_high_hours=1 / 3600,
-            root_keys=3,
-            root_threshold=2,
-        )
+    registry_settings = RegistrySettings(
+        gate_window_seconds=1.0, gate_timeout_seconds=5.0, deadline_high_hours=1 / 3600, root_keys=3, root_threshold=2
     )
-    stop = asyncio.Event()
-    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(
-        serve(app, service="patch-registry", settings=settings, stop=stop, on_ready=ready.set_result)
+    running = Registry(
+        stub=None,  # type: ignore[arg-type]
+        fleet=None,  # type: ignore[arg-type]
+        signing_key=signing_key,
+        key_id=key_id,
+        heartbeats=await nats_server.connect("messaging"),
+        platform=await nats_server.connect("platform"),
+        pki=pki,
     )
-    await asyncio.wait_for(asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED), TIMEOUT_S)
-    if task.done():
-        task.result()
-    channel = secure_channel(pki, identity="platform", address=f"127.0.0.1:{ready.result()}", peer="patch-registry")
-    try:
-        yield Registry(
-            stub=patch_pb2_grpc.PatchServiceStub(channel),
-            fleet=fleet_pb2_grpc.FleetServiceStub(channel),
-            signing_key=signing_key,
-            key_id=key_id,
-            heartbeats=await nats_server.connect("messaging"),
-            platform=await nats_server.connect("platform"),
+
+    async def start() -> None:
+        stop = asyncio.Event()
+        ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        app = PatchRegistryApp(registry_settings)
+        task = asyncio.create_task(
+            serve(app, service="patch-registry", settings=settings, stop=stop, on_ready=ready.set_result)
         )
-    finally:
-        stop.set()
-        await channel.close()
-        with contextlib.suppress(Exception):
+        await asyncio.wait_for(asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED), TIMEOUT_S)
+        if task.done():
+            task.result()
+        running.address = f"127.0.0.1:{ready.result()}"
+        channel = secure_channel(pki, identity="platform", address=running.address, peer="patch-registry")
+        running.stub = patch_pb2_grpc.PatchServiceStub(channel)
+        running.fleet = fleet_pb2_grpc.FleetServiceStub(channel)
+
+        async def stop_it() -> None:
+            stop.set()
+            await channel.close()
             await asyncio.wait_for(task, TIMEOUT_S)
+
+        running.stop = stop_it
+
+    running.start = start
+    await start()
+    try:
+        yield running
+    finally:
+        with contextlib.suppress(Exception):
+            await running.stop()
 
 
 async def publish(registry: Registry, version: str, user: str = "dave") -> patch_pb2.Release:
@@ -315,3 +333,43 @@ async def test_rollout_with_approval_and_automatic_rollback_of_a_failing_canary(
         "RolloutRolledBack",
     ]
     assert [a.actor for a in done.audit][:2] == ["alice", "bob"]
+
+
+async def test_state_survives_a_restart_and_agent_reports_need_the_platform_identity(registry: Registry) -> None:
+    await publish(registry, "0.2.0")
+    await registry.beat("m-1", "0.1.0")
+
+    async def reported() -> bool | None:
+        response = await registry.fleet.ListInstances(fleet_pb2.ListInstancesRequest(), timeout=TIMEOUT_S)
+        return any(i.last_heartbeat.instance_id == "m-1" for i in response.instances) or None
+
+    await eventually(reported, "m-1 in the fleet view")
+    rollout = await registry.stub.PlanRollout(
+        patch_pb2.PlanRolloutRequest(service="messaging", to_version="0.2.0"),
+        metadata=registry.token("alice", "operator"),
+        timeout=TIMEOUT_S,
+    )
+    gateway = secure_channel(registry.pki, identity="gateway", address=registry.address, peer="patch-registry")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await patch_pb2_grpc.PatchServiceStub(gateway).ReportRolledBack(
+            patch_pb2.GetRolloutRequest(rollout_id=rollout.rollout_id), timeout=TIMEOUT_S
+        )
+    await gateway.close()
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    await registry.restart()
+
+    again = await registry.stub.GetRollout(
+        patch_pb2.GetRolloutRequest(rollout_id=rollout.rollout_id), timeout=TIMEOUT_S
+    )
+    assert (again.state, again.planned_by, list(again.old_instances)) == ("planned", "alice", ["m-1"])
+    releases = await registry.stub.ListReleases(patch_pb2.ListReleasesRequest(), timeout=TIMEOUT_S)
+    assert [r.version for r in releases.releases] == ["0.2.0"]
+    # the release publisher is remembered from the events: dave still may not approve
+    with pytest.raises(grpc.aio.AioRpcError) as own:
+        await registry.stub.ApproveRollout(
+            patch_pb2.RolloutCommand(rollout_id=rollout.rollout_id),
+            metadata=registry.token("dave", "admin"),
+            timeout=TIMEOUT_S,
+        )
+    assert "published the release" in (own.value.details() or "")

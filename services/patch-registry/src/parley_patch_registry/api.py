@@ -7,7 +7,9 @@ import time
 import grpc
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
 
+from parley_core.errors import PermissionDenied
 from parley_core.tokens import TokenVerifier
+from parley_core.topology import PLATFORM_USER
 from parley_patch_registry.findings import Finding
 from parley_patch_registry.registry import Registry
 from parley_patch_registry.releases import ReleaseInfo
@@ -64,6 +66,15 @@ def _detail(event: object) -> str:
             return f"{name}={value}"
     reasons = getattr(event, "reasons", ())
     return "; ".join(reasons) if reasons else ""
+
+
+def require_platform_peer(context: Context) -> None:
+    """Node agents speak with the platform identity; the gateway, also allowed in, may not."""
+    names = {n.decode() for n in context.auth_context().get("x509_common_name", [])}
+    if PLATFORM_USER not in names:
+        raise PermissionDenied(
+            f"only node agents ({PLATFORM_USER} certificate) report roll-out steps, not {sorted(names)}"
+        )
 
 
 def finding_proto(finding: Finding, now: float) -> patch_pb2.Finding:
@@ -157,6 +168,7 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
     async def ReportInstanceStarted(
         self, request: patch_pb2.ReportInstanceRequest, context: Context
     ) -> patch_pb2.Rollout:
+        require_platform_peer(context)
         rollout = await self.registry.agent_report(
             request.rollout_id, "started", instance_id=request.instance_id, version=request.version
         )
@@ -165,11 +177,13 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
     async def ReportInstanceDrained(
         self, request: patch_pb2.ReportInstanceRequest, context: Context
     ) -> patch_pb2.Rollout:
+        require_platform_peer(context)
         return rollout_proto(
             await self.registry.agent_report(request.rollout_id, "drained", instance_id=request.instance_id)
         )
 
     async def ReportRolledBack(self, request: patch_pb2.GetRolloutRequest, context: Context) -> patch_pb2.Rollout:
+        require_platform_peer(context)
         return rollout_proto(await self.registry.agent_report(request.rollout_id, "rolled_back"))
 
     async def TufRepository(
