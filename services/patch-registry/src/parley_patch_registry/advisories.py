@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -84,11 +85,18 @@ class _Comparator:
             return None
 
 
+@lru_cache(maxsize=65536)
 def _parse_semver(text: str) -> semver.Version:
     return semver.Version.parse(text.removeprefix("v"))
 
 
-_COMPARATORS = {"ECOSYSTEM": _Comparator(Version), "SEMVER": _Comparator(_parse_semver)}
+@lru_cache(maxsize=65536)
+def _pep440(text: str) -> Version:
+    """Cached: the fleet is matched against every advisory again and again, with the same strings."""
+    return Version(text)
+
+
+_COMPARATORS = {"ECOSYSTEM": _Comparator(_pep440), "SEMVER": _Comparator(_parse_semver)}
 
 
 def parse_advisory(record: dict[str, Any]) -> Advisory:
@@ -191,12 +199,12 @@ def _in_range(version: Any, vrange: VersionRange, comparator: _Comparator) -> bo
 def _listed(version_text: str, listed: Iterable[str]) -> bool:
     """PEP 440 equality (`3.01` == `3.1`, `3.1.0.rc1` == `3.1.0rc1`); exact text otherwise."""
     try:
-        wanted = Version(version_text)
+        wanted = _pep440(version_text)
     except InvalidVersion:
         return version_text in listed
     for item in listed:
         try:
-            if Version(item) == wanted:
+            if _pep440(item) == wanted:
                 return True
         except InvalidVersion:
             continue

@@ -23,6 +23,7 @@ from parley_patch_registry.settings import RegistrySettings
 from parley_patch_registry.tuf_http import RepositoryHttpServer
 
 STALE_AFTER_BEATS = 3
+FINDINGS_INTERVAL_S = 5.0
 log = logging.getLogger(__name__)
 
 __all__ = ["FleetView", "PatchRegistryApp"]
@@ -72,14 +73,18 @@ class PatchRegistryApp(fleet_pb2_grpc.FleetServiceServicer):
         """
         assert self.registry is not None
         registry = self.registry
+        loop = asyncio.get_running_loop()
+        next_findings = 0.0
         while True:
             try:
                 remaining = registry.repo.timestamp_expires() - datetime.now(UTC)
                 if remaining < timedelta(minutes=self.settings.timestamp_lifetime_minutes / 2):
                     await asyncio.to_thread(registry.repo.refresh_timestamp)
                 await registry.drive()
-                registry.reconcile_findings()
-                await registry.announce_overdue()
+                if loop.time() >= next_findings:  # matching the whole fleet is the costly part
+                    registry.reconcile_findings()
+                    await registry.announce_overdue()
+                    next_findings = loop.time() + FINDINGS_INTERVAL_S
             except Exception:
                 log.exception("registry maintenance pass failed; retrying next interval")
             await asyncio.sleep(self._interval)
