@@ -147,7 +147,7 @@ async def registry(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> Asy
         data_dir=data_dir,
         nats_url=nats_server.url,
         nats_password=nats_server.passwords["patch-registry"],
-        heartbeat_seconds=0.5,
+        heartbeat_seconds=5.0,  # simulated instances stay live for 15 s after a beat
         grace_seconds=5,
     )
     registry_settings = RegistrySettings(
@@ -249,7 +249,16 @@ async def test_advisories_against_the_fleet_and_an_overdue_security_event(regist
         await overdue_events.put(payload)
 
     await registry.platform.subscribe("parley.sec.patch.>", cb=on_security_event)
-    await registry.beat("m-1", "0.1.0", packages={"urllib3": "2.0.5", "pyyaml": "6.0.1"})
+    alive = asyncio.Event()
+
+    async def keep_beating() -> None:
+        """m-1 reports like a live instance: a finding lasts only while its instance is live."""
+        while not alive.is_set():
+            await registry.beat("m-1", "0.1.0", packages={"urllib3": "2.0.5", "pyyaml": "6.0.1"})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(alive.wait(), 0.25)
+
+    beating = asyncio.create_task(keep_beating())
 
     async def findings() -> list[patch_pb2.Finding] | None:
         response = await registry.stub.ListFindings(patch_pb2.ListFindingsRequest(), timeout=TIMEOUT_S)
@@ -265,6 +274,8 @@ async def test_advisories_against_the_fleet_and_an_overdue_security_event(regist
         return any(f.overdue for f in await findings() or []) or None
 
     assert await eventually(overdue, "finding shown as overdue")
+    alive.set()
+    await beating
 
 
 async def test_rollout_with_approval_and_automatic_rollback_of_a_failing_canary(registry: Registry) -> None:
