@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import uuid
 from pathlib import Path
@@ -26,7 +27,16 @@ from parley_core.tokens import AUDIENCE, ISSUER
 from parley_core.topology import PLATFORM_USER, SERVICES, signing_key_subject
 
 pytestmark = pytest.mark.e2e
-OSV_DIR = Path("/work/shared/data/osv")
+# The shared OSV test data: $PARLEY_OSV_DIR, else shared/ beside the clone (as CI has it).
+_REPO = Path(__file__).resolve().parents[2]
+OSV_DIR = next(
+    (
+        p
+        for p in (Path(os.environ.get("PARLEY_OSV_DIR") or "/nonexistent"), _REPO.parent / "shared" / "data" / "osv")
+        if p.is_dir()
+    ),
+    Path("/work/shared/data/osv"),
+)
 
 
 def save_operator(platform: RunningPlatform, key: Ed25519PrivateKey, user: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,7 +13,16 @@ from parley_core.errors import InvalidArgument
 from parley_patch_registry.advisories import Advisory, affects, load_advisories, parse_advisory
 from parley_patch_registry.findings import DeadlinePolicy, FindingBook, InstalledPackage, score
 
-OSV_DIR = Path("/work/shared/data/osv")
+# The shared OSV test data: $PARLEY_OSV_DIR, else shared/ beside the clone (as CI has it).
+_REPO = Path(__file__).resolve().parents[3]
+OSV_DIR = next(
+    (
+        p
+        for p in (Path(os.environ.get("PARLEY_OSV_DIR") or "/nonexistent"), _REPO.parent / "shared" / "data" / "osv")
+        if p.is_dir()
+    ),
+    Path("/work/shared/data/osv"),
+)
 
 pytestmark = pytest.mark.skipif(not OSV_DIR.is_dir(), reason=f"OSV test data not found at {OSV_DIR}")
 

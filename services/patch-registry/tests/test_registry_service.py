@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -41,7 +42,16 @@ from parley_patch_registry.settings import RegistrySettings
 pytestmark = pytest.mark.asyncio
 
 TIMEOUT_S = 30.0
-OSV_DIR = Path("/work/shared/data/osv")
+# The shared OSV test data: $PARLEY_OSV_DIR, else shared/ beside the clone (as CI has it).
+_REPO = Path(__file__).resolve().parents[3]
+OSV_DIR = next(
+    (
+        p
+        for p in (Path(os.environ.get("PARLEY_OSV_DIR") or "/nonexistent"), _REPO.parent / "shared" / "data" / "osv")
+        if p.is_dir()
+    ),
+    Path("/work/shared/data/osv"),
+)
 T = TypeVar("T")
 
 
