@@ -251,7 +251,16 @@ async def serve(
     await bus.ensure_streams(s for s in STREAMS if s.owner in (service, "*"))
 
     stats = RequestStats()
+    options: list[tuple[str, int]] = []
+    if settings.max_connection_age_seconds > 0:
+        # Graceful GOAWAY per connection while the server keeps serving: calls racing the GOAWAY
+        # are still handled, unlike calls racing a server shutdown (which grpc cancels).
+        options += [
+            ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(settings.grace_seconds * 1000)),
+        ]
     server = grpc.aio.server(
+        options=options,
         interceptors=[
             *telemetry.server_interceptors(),
             RequestStatsInterceptor(stats),

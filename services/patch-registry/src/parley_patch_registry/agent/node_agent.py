@@ -60,6 +60,13 @@ class AgentTimeouts:
     reporting_s: float = 60.0
     drain_s: float = 60.0
     poll_s: float = 0.5
+    # Instances recycle their connections this often; before an instance is stopped, callers'
+    # connections have moved to the others (gRPC adds up to 10% jitter, hence the margin).
+    connection_age_s: float = 5.0
+
+    @property
+    def connections_moved_s(self) -> float:
+        return self.connection_age_s * 1.2 + 1.0
 
 
 class NodeAgent:
@@ -109,6 +116,7 @@ class NodeAgent:
             "PARLEY_LISTEN_HOST": "127.0.0.1",
             "PARLEY_LISTEN_PORT": str(instance.port),
             "PARLEY_INSTANCE_ID": instance.instance_id,
+            "PARLEY_MAX_CONNECTION_AGE_SECONDS": str(self.timeouts.connection_age_s),
         }
         instance.process = await asyncio.create_subprocess_exec(
             str(instance.python),
@@ -170,12 +178,20 @@ class NodeAgent:
         return instance
 
     async def drain(self, instance_id: str) -> None:
-        """Out of the front door first, then SIGTERM: the runner drains in-flight calls."""
+        """Out of the front door, then callers' connections move away, then SIGTERM.
+
+        Stopping a gRPC server cancels calls that raced its shutdown (grpc/grpc#41785), so the
+        instance is stopped only after its connections aged out through graceful GOAWAYs and
+        reconnected through the front door to the other instances.
+        """
         instance = self.instances.pop(instance_id, None)
         if instance is None:
             return
         self.front_doors[instance.service].remove(instance.address)
         process = instance.process
+        if process is not None and process.returncode is None and not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), self.timeouts.connections_moved_s)
         if process is not None and process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
