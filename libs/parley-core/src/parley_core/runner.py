@@ -32,6 +32,7 @@ from parley_core.logs import configure_logging
 from parley_core.nats_connect import connect_nats
 from parley_core.natsconf import ensure_nats_passwords
 from parley_core.pki import Pki, ensure_pki
+from parley_core.request_stats import RequestStats, RequestStatsInterceptor
 from parley_core.tokens import TokenVerifier, follow_signing_keys
 from parley_core.topology import GRPC_CALLERS, STREAMS, heartbeat_subject
 
@@ -59,6 +60,8 @@ class RunContext:
     health: HealthServicer
     tokens: TokenVerifier
     service_names: list[str] = field(default_factory=list)
+    stats: RequestStats = field(default_factory=RequestStats)
+    address: str = ""  # host:port once the server listens, for heartbeats
     _channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     def add_service_name(self, full_name: str) -> None:
@@ -201,6 +204,10 @@ async def _heartbeats(ctx: RunContext, stop: asyncio.Event) -> None:
             health="SERVING" if serving else "NOT_SERVING",
             distributions=distributions,
             sent_at=sent,
+            requests_total=ctx.stats.requests,
+            errors_total=ctx.stats.errors,
+            p99_latency_ms=ctx.stats.take_p99_ms(),
+            address=ctx.address,
         )
         try:
             await ctx.bus.nc.publish(subject, beat.SerializeToString())
@@ -243,13 +250,23 @@ async def serve(
     bus = EventBus(nc, service=service, producer=f"{service}@{version}")
     await bus.ensure_streams(s for s in STREAMS if s.owner in (service, "*"))
 
+    stats = RequestStats()
+    # gRPC sets SO_REUSEPORT by default: a second platform could then share our port unseen.
+    options: list[tuple[str, int]] = [("grpc.so_reuseport", 0)]
+    if settings.max_connection_age_seconds > 0:
+        # Graceful GOAWAY per connection while the server keeps serving: calls racing the GOAWAY
+        # are still handled, unlike calls racing a server shutdown (which grpc cancels).
+        options += [
+            ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(settings.grace_seconds * 1000)),
+        ]
     server = grpc.aio.server(
+        options=options,
         interceptors=[
             *telemetry.server_interceptors(),
+            RequestStatsInterceptor(stats),
             CallerCheckAndErrors(None if client_facing else GRPC_CALLERS[service]),
         ],
-        # gRPC sets SO_REUSEPORT by default: a second platform could then share our port unseen.
-        options=[("grpc.so_reuseport", 0)],
     )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -263,6 +280,7 @@ async def serve(
         server=server,
         health=health,
         tokens=tokens,
+        stats=stats,
     )
     keys = await follow_signing_keys(bus, tokens)
     await app.start(ctx)
@@ -273,6 +291,7 @@ async def serve(
         f"{settings.listen_host}:{settings.listen_port}", _server_credentials(pki, service, client_facing=client_facing)
     )
     await server.start()
+    ctx.address = f"{settings.listen_host}:{port}"
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     for name in ctx.service_names:
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
