@@ -17,6 +17,7 @@ from parley.auth.v1 import auth_pb2
 from parley.fleet.v1 import fleet_pb2
 from parley.gateway.v1 import gateway_pb2
 from parley.messaging.v1 import messaging_pb2
+from parley.patch.v1 import patch_pb2
 from parley.storage.v1 import storage_pb2
 
 from parley_core.rbac import METHOD_PERMISSIONS, ROLES, SERVICE_CHECKED_METHODS, permissions_of
@@ -28,6 +29,7 @@ SERVICES: dict[str, ServiceDescriptor] = {
     "storage": storage_pb2.DESCRIPTOR.services_by_name["StorageService"],
     "storage-archive": storage_pb2.DESCRIPTOR.services_by_name["StorageArchiveService"],
     "patch-registry": fleet_pb2.DESCRIPTOR.services_by_name["FleetService"],
+    "patch": patch_pb2.DESCRIPTOR.services_by_name["PatchService"],
     "gateway": gateway_pb2.DESCRIPTOR.services_by_name["Gateway"],
 }
 # Ends the session it is called with, so it gets a fresh login of its own.

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
 
     grace_seconds: float = Field(default=10.0, gt=0, le=300)
     heartbeat_seconds: float = Field(default=5.0, gt=0)
+    # 0 keeps connections for ever. A node agent running several instances behind one address
+    # sets it, so callers' connections move off an instance (graceful GOAWAY) before it drains.
+    max_connection_age_seconds: float = Field(default=0.0, ge=0)
 
     @property
     def pki_dir(self) -> Path:

@@ -150,6 +150,23 @@ SERVICE_CHECKED_METHODS = frozenset(
         "/parley.storage.v1.StorageArchiveService/EraseUserData",
         "/parley.storage.v1.StorageArchiveService/SetRetentionPolicy",
         "/parley.storage.v1.StorageArchiveService/RotateKeyEncryptionKey",
+        # The patch registry checks the platform identity, node agents and the operator/admin
+        # roles itself (parley_patch_registry.registry), with the caller's current role.
+        "/parley.patch.v1.PatchService/PublishRelease",
+        "/parley.patch.v1.PatchService/ListReleases",
+        "/parley.patch.v1.PatchService/ImportAdvisories",
+        "/parley.patch.v1.PatchService/ListFindings",
+        "/parley.patch.v1.PatchService/PlanRollout",
+        "/parley.patch.v1.PatchService/ApproveRollout",
+        "/parley.patch.v1.PatchService/PauseRollout",
+        "/parley.patch.v1.PatchService/ResumeRollout",
+        "/parley.patch.v1.PatchService/RollbackRollout",
+        "/parley.patch.v1.PatchService/GetRollout",
+        "/parley.patch.v1.PatchService/ListRollouts",
+        "/parley.patch.v1.PatchService/ReportInstanceStarted",
+        "/parley.patch.v1.PatchService/ReportInstanceDrained",
+        "/parley.patch.v1.PatchService/ReportRolledBack",
+        "/parley.patch.v1.PatchService/TufRepository",
     }
 )
 

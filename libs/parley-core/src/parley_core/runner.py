@@ -34,6 +34,7 @@ from parley_core.nats_connect import connect_nats
 from parley_core.natsconf import ensure_nats_passwords
 from parley_core.pki import Pki, ensure_pki
 from parley_core.rbac import METHOD_PERMISSIONS, PLATFORM_METHODS
+from parley_core.request_stats import RequestStats, RequestStatsInterceptor
 from parley_core.tokens import TokenVerifier, bearer_token, follow_signing_keys
 from parley_core.topology import GRPC_CALLERS, PLATFORM_USER, STREAMS, heartbeat_subject
 
@@ -63,6 +64,8 @@ class RunContext:
     service_names: list[str] = field(default_factory=list)
     # The service's own projection of roles, disabled accounts and revoked sessions.
     access: AccessProjection = field(default_factory=AccessProjection)
+    stats: RequestStats = field(default_factory=RequestStats)
+    address: str = ""  # host:port once the server listens, for heartbeats
     _channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     def add_service_name(self, full_name: str) -> None:
@@ -236,6 +239,10 @@ async def _heartbeats(ctx: RunContext, stop: asyncio.Event) -> None:
             health="SERVING" if serving else "NOT_SERVING",
             distributions=distributions,
             sent_at=sent,
+            requests_total=ctx.stats.requests,
+            errors_total=ctx.stats.errors,
+            p99_latency_ms=ctx.stats.take_p99_ms(),
+            address=ctx.address,
         )
         try:
             await ctx.bus.nc.publish(subject, beat.SerializeToString())
@@ -280,13 +287,23 @@ async def serve(
 
     access = AccessProjection()
     tokens = TokenVerifier(access)
+    stats = RequestStats()
+    # gRPC sets SO_REUSEPORT by default: a second platform could then share our port unseen.
+    options: list[tuple[str, int]] = [("grpc.so_reuseport", 0)]
+    if settings.max_connection_age_seconds > 0:
+        # Graceful GOAWAY per connection while the server keeps serving: calls racing the GOAWAY
+        # are still handled, unlike calls racing a server shutdown (which grpc cancels).
+        options += [
+            ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(settings.grace_seconds * 1000)),
+        ]
     server = grpc.aio.server(
+        options=options,
         interceptors=[
             *telemetry.server_interceptors(),
+            RequestStatsInterceptor(stats),
             CallerCheckAndErrors(None if client_facing else GRPC_CALLERS[service], method_permission_check(tokens)),
         ],
-        # gRPC sets SO_REUSEPORT by default: a second platform could then share our port unseen.
-        options=[("grpc.so_reuseport", 0)],
     )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -300,6 +317,7 @@ async def serve(
         health=health,
         tokens=tokens,
         access=access,
+        stats=stats,
     )
     keys = await follow_signing_keys(bus, tokens)
     access_replay = await follow_access(bus, access)
@@ -312,6 +330,7 @@ async def serve(
         f"{settings.listen_host}:{settings.listen_port}", _server_credentials(pki, service, client_facing=client_facing)
     )
     await server.start()
+    ctx.address = f"{settings.listen_host}:{port}"
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     for name in ctx.service_names:
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -66,9 +66,28 @@ def heartbeat_subject(service: str, instance_id: str) -> str:
     return f"parley.fleet.heartbeat.{service}.{instance_id}"
 
 
+def rollout_subject(rollout_id: str) -> str:
+    return stream_subject("patch", "rollout", rollout_id)
+
+
+def release_subject(service: str) -> str:
+    return stream_subject("patch", "release", service)
+
+
+def advisory_subject(advisory_id: str) -> str:
+    return stream_subject("patch", "advisory", advisory_id)
+
+
+def vulnerability_overdue_subject(advisory_id: str) -> str:
+    return f"parley.sec.patch.overdue.{advisory_id}"
+
+
 SIGNING_KEYS_FILTER = "parley.auth.key.>"
 CHANNELS_FILTER = "parley.msg.channel.>"
 HEARTBEATS_FILTER = "parley.fleet.heartbeat.>"
+PATCH_FILTER = "parley.patch.>"
+# The one corner of auth's SEC stream the patch registry may append to: overdue vulnerabilities.
+PATCH_SECURITY_EVENTS = "parley.sec.patch.>"
 
 ALL_READERS = SERVICES
 
@@ -148,6 +167,7 @@ def permissions_for(service: str) -> Permissions:
             publish.extend(_read_permissions(spec.name))
     if service == "patch-registry":
         subscribe.append(HEARTBEATS_FILTER)
+        publish.append(PATCH_SECURITY_EVENTS)
     return Permissions(publish=tuple(dict.fromkeys(publish)), subscribe=tuple(subscribe))
 
 

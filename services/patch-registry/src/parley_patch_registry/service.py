@@ -1,51 +1,93 @@
-"""Fleet inventory from instance heartbeats; releases, advisories and roll-outs build on it."""
+"""The patch registry's composition: fleet view, TUF repository, advisories, roll-outs, APIs."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
+from datetime import UTC, datetime, timedelta
 
 import grpc
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
+from parley.patch.v1 import patch_pb2, patch_pb2_grpc
 
 from parley_core.runner import RunContext
 from parley_core.topology import HEARTBEATS_FILTER
+from parley_patch_registry.api import PatchApi
+from parley_patch_registry.registry import FleetView, Registry, open_repository
+from parley_patch_registry.releases import KeyStore
+from parley_patch_registry.settings import RegistrySettings
+from parley_patch_registry.tuf_http import RepositoryHttpServer
 
 STALE_AFTER_BEATS = 3
+FINDINGS_INTERVAL_S = 5.0
+log = logging.getLogger(__name__)
 
-
-class FleetView:
-    """The newest heartbeat of every instance, and when it arrived."""
-
-    def __init__(self, stale_after_s: float) -> None:
-        self.stale_after_s = stale_after_s
-        self._latest: dict[str, tuple[fleet_pb2.InstanceHeartbeat, float]] = {}
-
-    def record(self, beat: fleet_pb2.InstanceHeartbeat, received_at: float) -> None:
-        self._latest[beat.instance_id] = (beat, received_at)
-
-    def instances(self, now: float) -> list[fleet_pb2.InstanceStatus]:
-        return [
-            fleet_pb2.InstanceStatus(last_heartbeat=beat, stale=now - seen > self.stale_after_s)
-            for beat, seen in sorted(self._latest.values(), key=lambda x: (x[0].service, x[0].instance_id))
-        ]
+__all__ = ["FleetView", "PatchRegistryApp"]
 
 
 class PatchRegistryApp(fleet_pb2_grpc.FleetServiceServicer):
-    def __init__(self) -> None:
+    def __init__(self, settings: RegistrySettings | None = None) -> None:
+        self.settings = settings or RegistrySettings()
         self.fleet = FleetView(stale_after_s=15.0)
+        self.registry: Registry | None = None
+        self.http: RepositoryHttpServer | None = None
         self._sub: Subscription | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._interval = 1.0
 
     async def start(self, ctx: RunContext) -> None:
         self.fleet.stale_after_s = ctx.settings.heartbeat_seconds * STALE_AFTER_BEATS
+        self._interval = min(1.0, ctx.settings.heartbeat_seconds)
+        folder = ctx.settings.data_dir / "patch-registry"
+        repo = await asyncio.to_thread(open_repository, folder, self.settings)
+        self.http = RepositoryHttpServer(repo.folder, self.settings.http_host, self.settings.http_port).start()
+        self.registry = Registry(
+            bus=ctx.bus, repo=repo, keys=KeyStore(folder / "keys"), settings=self.settings, fleet=self.fleet
+        )
+        await self.registry.start()
         self._sub = await ctx.bus.nc.subscribe(HEARTBEATS_FILTER, cb=self._on_heartbeat)
         fleet_pb2_grpc.add_FleetServiceServicer_to_server(self, ctx.server)
+        patch_pb2_grpc.add_PatchServiceServicer_to_server(PatchApi(self.registry, ctx.tokens, self.http), ctx.server)
         ctx.add_service_name(fleet_pb2.DESCRIPTOR.services_by_name["FleetService"].full_name)
+        ctx.add_service_name(patch_pb2.DESCRIPTOR.services_by_name["PatchService"].full_name)
+        self._tasks = [asyncio.create_task(self._maintain(), name="patch-registry-maintain")]
 
     async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._sub is not None:
             await self._sub.unsubscribe()
+        if self.http is not None:
+            self.http.stop()
+
+    async def _maintain(self) -> None:
+        """Keeps the timestamp fresh, moves roll-outs on and raises overdue findings.
+
+        Woken every interval by a timer, as a scheduler would; each pass is idempotent.
+        """
+        assert self.registry is not None
+        registry = self.registry
+        loop = asyncio.get_running_loop()
+        next_findings = 0.0
+        while True:
+            try:
+                remaining = registry.repo.timestamp_expires() - datetime.now(UTC)
+                if remaining < timedelta(minutes=self.settings.timestamp_lifetime_minutes / 2):
+                    await asyncio.to_thread(registry.repo.refresh_timestamp)
+                await registry.drive()
+                if loop.time() >= next_findings:  # matching the whole fleet is the costly part
+                    registry.reconcile_findings()
+                    await registry.announce_overdue()
+                    next_findings = loop.time() + FINDINGS_INTERVAL_S
+            except Exception:
+                log.exception("registry maintenance pass failed; retrying next interval")
+            await asyncio.sleep(self._interval)
 
     async def _on_heartbeat(self, msg: Msg) -> None:
         beat = fleet_pb2.InstanceHeartbeat()

@@ -34,12 +34,24 @@ class InstanceHeartbeat(_message.Message):
     HEALTH_FIELD_NUMBER: _builtins.int
     DISTRIBUTIONS_FIELD_NUMBER: _builtins.int
     SENT_AT_FIELD_NUMBER: _builtins.int
+    REQUESTS_TOTAL_FIELD_NUMBER: _builtins.int
+    ERRORS_TOTAL_FIELD_NUMBER: _builtins.int
+    P99_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     version: _builtins.str
     instance_id: _builtins.str
     host: _builtins.str
     health: _builtins.str
     """SERVING | NOT_SERVING"""
+    requests_total: _builtins.int
+    """The instance's own figures, for roll-out health gates: cumulative unary calls and server
+    faults since start, p99 latency of the calls since the previous heartbeat.
+    """
+    errors_total: _builtins.int
+    p99_latency_ms: _builtins.float
+    address: _builtins.str
+    """host:port of its gRPC server"""
     @_builtins.property
     def distributions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Distribution]: ...
     @_builtins.property
@@ -54,10 +66,14 @@ class InstanceHeartbeat(_message.Message):
         health: _builtins.str = ...,
         distributions: _abc.Iterable[Global___Distribution] | None = ...,
         sent_at: _timestamp_pb2.Timestamp | None = ...,
+        requests_total: _builtins.int = ...,
+        errors_total: _builtins.int = ...,
+        p99_latency_ms: _builtins.float = ...,
+        address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sent_at", b"sent_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["distributions", b"distributions", "health", b"health", "host", b"host", "instance_id", b"instance_id", "sent_at", b"sent_at", "service", b"service", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "distributions", b"distributions", "errors_total", b"errors_total", "health", b"health", "host", b"host", "instance_id", b"instance_id", "p99_latency_ms", b"p99_latency_ms", "requests_total", b"requests_total", "sent_at", b"sent_at", "service", b"service", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,364 @@
+"""`parley patch …`, `parley advisories …` and `parley fleet`: the operator's side of patching.
+
+Talks to the patch registry directly over mutual TLS as the platform identity (like `parley
+status`), adding the `--as` user's access token for commands a person must take (publish,
+plan, approve, pause, resume, roll back, import), so the registry knows who did what.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
+from parley.patch.v1 import patch_pb2, patch_pb2_grpc
+
+from parley_client import ParleyError
+from parley_core.pki import ensure_pki
+from parley_core.runner import secure_channel
+from parley_core.topology import PLATFORM_USER
+
+FINISHED = ("done", "rolled_back")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Columns as wide as their widest cell; readable in a terminal and in a log."""
+    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _when(unix: float) -> str:
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M UTC") if unix else "-"
+
+
+def _due(deadline: float, now: float) -> str:
+    left = deadline - now
+    if left < 0:
+        return f"OVERDUE by {_span(-left)}"
+    return f"in {_span(left)}"
+
+
+def _span(seconds: float) -> str:
+    if seconds >= 86400:
+        return f"{seconds / 86400:.1f} d"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min"
+
+
+class RegistryConnection:
+    def __init__(self, args: argparse.Namespace) -> None:
+        data_dir: Path = args.data_dir
+        state_path = data_dir / "platform.json"
+        if not state_path.exists():
+            raise SystemExit(f"no platform state in {data_dir}; is it running (`make run`)?")
+        address = json.loads(state_path.read_text())["services"]["patch-registry"]["address"]
+        pki = ensure_pki(data_dir / "pki", [PLATFORM_USER])
+        self.channel = secure_channel(pki, identity=PLATFORM_USER, address=address, peer="patch-registry")
+        self.patch = patch_pb2_grpc.PatchServiceStub(self.channel)
+        self.fleet = fleet_pb2_grpc.FleetServiceStub(self.channel)
+        self._args = args
+
+    def token(self) -> tuple[tuple[str, str], ...]:
+        user = self._args.user
+        if not user:
+            raise SystemExit("this command is taken by a person: name yourself with --as USER (after `parley login`)")
+        path = Path(self._args.data_dir) / "cli" / f"{user.casefold()}.json"
+        if not path.exists():
+            raise SystemExit(f"{user} is not logged in here; run `parley login {user}`")
+        return (("authorization", f"Bearer {json.loads(path.read_text())['access_token']}"),)
+
+    async def call(self, method: Any, request: Any, *, as_user: bool = False, timeout: float = 30.0) -> Any:
+        metadata = self.token() if as_user else ()
+        try:
+            return await method(request, metadata=metadata, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            raise ParleyError(error.code(), error.details() or error.code().name) from None
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+async def _with_registry(args: argparse.Namespace, work: Any) -> int:
+    connection = RegistryConnection(args)
+    try:
+        code: int = await work(connection)
+        return code
+    finally:
+        await connection.close()
+
+
+def _print_rollout(rollout: patch_pb2.Rollout) -> None:
+    print(f"roll-out {rollout.rollout_id}: {rollout.service} {rollout.from_version or '?'} -> {rollout.to_version}")
+    print(f"state: {rollout.state}" + (f" ({rollout.rollback_reason})" if rollout.rollback_reason else ""))
+    print(f"planned by {rollout.planned_by}" + (f", approved by {rollout.approved_by}" if rollout.approved_by else ""))
+    total = len(rollout.old_instances)
+    done = sum(1 for s in rollout.steps if s.drained)
+    bar = "#" * done + "." * (total - done)
+    print(f"progress: [{bar}] {done}/{total} instances replaced")
+    if rollout.steps:
+        rows = [
+            (
+                "canary" if i == 0 else f"step {i}",
+                s.replaces_instance,
+                s.new_instance or "-",
+                s.gate,
+                "yes" if s.drained else "no",
+            )
+            for i, s in enumerate(rollout.steps)
+        ]
+        print(table(("step", "replaces", "new instance", "gate", "old drained"), rows))
+
+
+async def cmd_publish(args: argparse.Namespace) -> int:
+    from parley_cli.wheels import WheelBuildError, build_wheel
+
+    if args.wheel:
+        wheel = Path(args.wheel)
+    else:
+        source = Path(args.source or f"services/{args.service}")
+        try:
+            wheel = await asyncio.to_thread(build_wheel, source, args.version, Path(args.data_dir) / "wheels")
+        except WheelBuildError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    request = patch_pb2.PublishReleaseRequest(
+        service=args.service,
+        version=args.version,
+        wheel_name=wheel.name,
+        wheel=wheel.read_bytes(),
+        fixes=[f for f in (args.fixes or "").split(",") if f],
+        min_event_schema=args.min_event_schema,
+    )
+
+    async def work(c: RegistryConnection) -> int:
+        release = await c.call(c.patch.PublishRelease, request, as_user=True)
+        print(f"published {release.service} {release.version}: {release.target_path} sha256 {release.sha256[:16]}…")
+        return 0
+
+    return await _with_registry(args, work)
+
+
+async def cmd_list(args: argparse.Namespace) -> int:
+    async def work(c: RegistryConnection) -> int:
+        releases = await c.call(c.patch.ListReleases, patch_pb2.ListReleasesRequest())
+        print(
+            table(
+                ("service", "version", "fixes", "min schema", "artifact"),
+                [
+                    (r.service, r.version, ",".join(r.fixes) or "-", r.min_event_schema, r.target_path)
+                    for r in releases.releases
+                ],
+            )
+            if releases.releases
+            else "no releases published"
+        )
+        rollouts = await c.call(c.patch.ListRollouts, patch_pb2.ListRolloutsRequest())
+        print()
+        print(
+            table(
+                ("roll-out", "service", "from", "to", "state", "planned by", "approved by"),
+                [
+                    (r.rollout_id, r.service, r.from_version, r.to_version, r.state, r.planned_by, r.approved_by or "-")
+                    for r in rollouts.rollouts
+                ],
+            )
+            if rollouts.rollouts
+            else "no roll-outs"
+        )
+        return 0
+
+    return await _with_registry(args, work)
+
+
+async def cmd_rollout(args: argparse.Namespace) -> int:
+    async def work(c: RegistryConnection) -> int:
+        request = patch_pb2.PlanRolloutRequest(service=args.service, to_version=args.version)
+        rollout = await c.call(c.patch.PlanRollout, request, as_user=True)
+        _print_rollout(rollout)
+        print(f"ask another operator to run: parley --as <them> patch approve {rollout.rollout_id}")
+        return 0
+
+    return await _with_registry(args, work)
+
+
+def _command(action: str) -> Any:
+    async def run(args: argparse.Namespace) -> int:
+        async def work(c: RegistryConnection) -> int:
+            method = getattr(c.patch, f"{action}Rollout")
+            request = patch_pb2.RolloutCommand(rollout_id=args.rollout_id, reason=getattr(args, "reason", "") or "")
+            _print_rollout(await c.call(method, request, as_user=True))
+            return 0
+
+        return await _with_registry(args, work)
+
+    return run
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    """One view, or with --watch a refreshed view until the roll-out finishes."""
+
+    async def work(c: RegistryConnection) -> int:
+        last = ""
+        while True:
+            rollout = await c.call(c.patch.GetRollout, patch_pb2.GetRolloutRequest(rollout_id=args.rollout_id))
+            summary = f"{rollout.state}|{[(s.new_instance, s.gate, s.drained) for s in rollout.steps]}"
+            if summary != last:
+                print(f"--- {datetime.now(UTC).strftime('%H:%M:%S')}")
+                _print_rollout(rollout)
+                last = summary
+            if not args.watch or rollout.state in FINISHED:
+                if args.audit:
+                    print(
+                        table(
+                            ("when", "who", "event", "detail"),
+                            [(_when(a.at), a.actor, a.event, a.detail) for a in rollout.audit],
+                        )
+                    )
+                return 0 if rollout.state != "rolled_back" else 1
+            await asyncio.sleep(1.0)
+
+    return await _with_registry(args, work)
+
+
+def _osv_files(path: Path) -> list[str]:
+    files = sorted(path.glob("*.json")) if path.is_dir() else [path]
+    return [f.read_text(encoding="utf-8") for f in files if f.is_file()]
+
+
+async def cmd_advisories_import(args: argparse.Namespace) -> int:
+    records = await asyncio.to_thread(_osv_files, Path(args.path))
+    if not records:
+        print(f"error: no OSV JSON files at {args.path}", file=sys.stderr)
+        return 2
+
+    async def work(c: RegistryConnection) -> int:
+        request = patch_pb2.ImportAdvisoriesRequest(osv_json=records)
+        result = await c.call(c.patch.ImportAdvisories, request, as_user=True, timeout=120)
+        print(
+            f"imported {result.imported}, unchanged {result.unchanged}, withdrawn {result.withdrawn} "
+            f"(from {len(records)} files)"
+        )
+        return 0
+
+    return await _with_registry(args, work)
+
+
+async def cmd_advisories_list(args: argparse.Namespace) -> int:
+    async def work(c: RegistryConnection) -> int:
+        findings = (await c.call(c.patch.ListFindings, patch_pb2.ListFindingsRequest())).findings
+        if not findings:
+            print("no running instance is affected by an imported advisory")
+            return 0
+        now = time.time()
+        print(
+            table(
+                ("advisory", "priority", "cvss", "service", "instance", "package", "installed", "fixed in", "deadline"),
+                [
+                    (
+                        f.advisory_id,
+                        f.priority,
+                        f"{f.cvss_score:.1f}" if f.cvss_score else "-",
+                        f.service,
+                        f.instance_id,
+                        f.package,
+                        f.installed_version,
+                        ",".join(f.fixed_in) or "-",
+                        _due(f.deadline, now),
+                    )
+                    for f in findings
+                ],
+            )
+        )
+        return 1 if any(f.overdue for f in findings) else 0
+
+    return await _with_registry(args, work)
+
+
+async def cmd_fleet(args: argparse.Namespace) -> int:
+    async def work(c: RegistryConnection) -> int:
+        instances = (await c.call(c.fleet.ListInstances, fleet_pb2.ListInstancesRequest())).instances
+        findings = (await c.call(c.patch.ListFindings, patch_pb2.ListFindingsRequest())).findings
+        now = time.time()
+        rows = []
+        for status in instances:
+            beat = status.last_heartbeat
+            mine = [f for f in findings if f.instance_id == beat.instance_id]
+            nearest = min((f.deadline for f in mine), default=0.0)
+            rows.append(
+                (
+                    beat.service,
+                    beat.version,
+                    beat.instance_id,
+                    beat.host,
+                    "STALE" if status.stale else beat.health,
+                    len(beat.distributions),
+                    f"{len(mine)} ({', '.join(sorted({f.priority for f in mine}))})" if mine else "0",
+                    _due(nearest, now) if mine else "-",
+                )
+            )
+        print(
+            table(("service", "version", "instance", "host", "health", "packages", "vulnerable", "next deadline"), rows)
+            if rows
+            else "no instance has reported yet"
+        )
+        return 0
+
+    return await _with_registry(args, work)
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    patch = sub.add_parser("patch", help="signed releases and roll-outs").add_subparsers(
+        dest="patch_command", required=True
+    )
+    publish = patch.add_parser("publish", help="sign and publish a release of one service (as --as USER)")
+    publish.add_argument("service")
+    publish.add_argument("version")
+    publish.add_argument("--wheel", help="an already built wheel (default: build services/<service> at VERSION)")
+    publish.add_argument("--source", help="the service's source folder (default services/<service>)")
+    publish.add_argument("--fixes", help="comma-separated OSV ids this release fixes")
+    publish.add_argument("--min-event-schema", type=int, default=1, help="oldest event schema it can read")
+    publish.set_defaults(run=cmd_publish)
+    patch.add_parser("list", help="releases and roll-outs").set_defaults(run=cmd_list)
+    rollout = patch.add_parser("rollout", help="plan a roll-out of a published version (needs another's approval)")
+    rollout.add_argument("service")
+    rollout.add_argument("version")
+    rollout.set_defaults(run=cmd_rollout)
+    for name, action, text in (
+        ("approve", "Approve", "approve a planned roll-out (not your own)"),
+        ("pause", "Pause", "hold a roll-out before its next step"),
+        ("resume", "Resume", "continue a paused roll-out"),
+        ("rollback", "Rollback", "roll back to the previous version"),
+    ):
+        p = patch.add_parser(name, help=text)
+        p.add_argument("rollout_id")
+        if name in ("pause", "rollback"):
+            p.add_argument("--reason", default="")
+        p.set_defaults(run=_command(action))
+    status = patch.add_parser("status", help="a roll-out's steps and gates")
+    status.add_argument("rollout_id")
+    status.add_argument("--watch", action="store_true", help="follow it until it finishes")
+    status.add_argument("--audit", action="store_true", help="print every audited event")
+    status.set_defaults(run=cmd_status)
+
+    advisories = sub.add_parser("advisories", help="OSV advisories against the fleet").add_subparsers(
+        dest="advisories_command", required=True
+    )
+    imp = advisories.add_parser("import", help="import OSV JSON (a file or a folder of *.json)")
+    imp.add_argument("path")
+    imp.set_defaults(run=cmd_advisories_import)
+    advisories.add_parser("list", help="vulnerable instances, priority and deadline").set_defaults(
+        run=cmd_advisories_list
+    )
+    sub.add_parser("fleet", help="what runs where, what is vulnerable, deadlines").set_defaults(run=cmd_fleet)

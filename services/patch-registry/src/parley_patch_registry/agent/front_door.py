@@ -1,0 +1,102 @@
+"""A stable address per service on this host, in front of however many instances run.
+
+Why a TCP proxy and not a gateway change: the gateway (and any other caller) keeps one address
+per service, and TLS stays end to end (the proxy never sees plaintext). New connections go
+round-robin to the live instances; removing an instance only stops new connections to it, so
+its open HTTP/2 connections finish their calls while it drains, and gRPC clients reconnect
+through the front door to a remaining instance after the old one's GOAWAY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+
+log = logging.getLogger(__name__)
+CONNECT_TIMEOUT_S = 5.0
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            writer.write_eof()
+
+
+class FrontDoor:
+    def __init__(self, service: str, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.service = service
+        self.host = host
+        self.port = port
+        self._backends: list[str] = []
+        self._turn = itertools.count()
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def backends(self) -> list[str]:
+        return list(self._backends)
+
+    def add(self, address: str) -> None:
+        if address not in self._backends:
+            self._backends.append(address)
+
+    def remove(self, address: str) -> None:
+        """No new connection goes to `address`; its open ones run on until it closes them."""
+        if address in self._backends:
+            self._backends.remove(address)
+
+    async def start(self) -> FrontDoor:
+        self._server = await asyncio.start_server(self._accept, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for task in list(self._connections):
+            task.cancel()
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """The next live backend in turn; a refused one is skipped, not retried forever."""
+        for _ in range(len(self._backends)):
+            backends = self._backends
+            if not backends:
+                return None
+            address = backends[next(self._turn) % len(backends)]
+            host, _, port = address.rpartition(":")
+            try:
+                return await asyncio.wait_for(asyncio.open_connection(host, int(port)), CONNECT_TIMEOUT_S)
+            except (OSError, TimeoutError) as error:
+                log.warning("front door %s: backend %s refused: %s", self.service, address, error)
+        return None
+
+    async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            backend = await self._connect()
+            if backend is None:
+                log.warning("front door %s: no live instance for a new connection", self.service)
+                return
+            backend_reader, backend_writer = backend
+            try:
+                await asyncio.gather(_pipe(client_reader, backend_writer), _pipe(backend_reader, client_writer))
+            finally:
+                backend_writer.close()
+        finally:
+            client_writer.close()
+            self._connections.discard(task)

@@ -1,0 +1,292 @@
+"""The node agent: the hands of a roll-out on one host; the registry is the brain.
+
+It runs the host's instances of the services it manages, each behind a FrontDoor (the stable
+address callers know). It asks the registry what the current step of each roll-out is and does
+it: for a new step, fetch the release through TUF, install it beside the running version, start
+the new instance, wait until it is healthy and in the registry's fleet view, put it behind the
+front door and report it; once the registry's gate passed, take the old instance out of the
+front door, let it drain (SIGTERM: health NOT_SERVING, in-flight calls finish) and report it.
+On rollback it brings the old version back before stopping the new one, so the number of
+healthy instances never drops below what it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import signal
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import grpc
+from grpc_health.v1 import health_pb2
+from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
+from parley.patch.v1 import patch_pb2, patch_pb2_grpc
+
+from parley_core.net import free_port
+from parley_core.pki import Pki
+from parley_core.runner import secure_channel
+from parley_core.topology import PLATFORM_USER
+from parley_patch_registry.agent.front_door import FrontDoor
+from parley_patch_registry.agent.installer import TufSource, base_python, fetch_release, install_version
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Instance:
+    service: str
+    version: str
+    instance_id: str
+    port: int
+    python: Path
+    process: asyncio.subprocess.Process | None = None
+    log_file: TextIO | None = field(default=None, repr=False)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@dataclass(frozen=True)
+class AgentTimeouts:
+    healthy_s: float = 120.0  # start-up of a new instance, including its replay of the streams
+    reporting_s: float = 60.0
+    drain_s: float = 60.0
+    poll_s: float = 0.5
+    # Instances recycle their connections this often; before an instance is stopped, callers'
+    # connections have moved to the others (gRPC adds up to 10% jitter, hence the margin).
+    connection_age_s: float = 5.0
+
+    @property
+    def connections_moved_s(self) -> float:
+        return self.connection_age_s * 1.2 + 1.0
+
+
+class NodeAgent:
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        pki: Pki,
+        registry_address: str,
+        environment: Mapping[str, str],
+        timeouts: AgentTimeouts | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.pki = pki
+        self.environment = dict(environment)  # PARLEY_* settings every instance gets
+        self.timeouts = timeouts or AgentTimeouts()
+        self.front_doors: dict[str, FrontDoor] = {}
+        self.instances: dict[str, Instance] = {}
+        self._channel = secure_channel(pki, identity=PLATFORM_USER, address=registry_address, peer="patch-registry")
+        self.registry = patch_pb2_grpc.PatchServiceStub(self._channel)
+        self.fleet = fleet_pb2_grpc.FleetServiceStub(self._channel)
+        self.log_dir = data_dir / "logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._stop = asyncio.Event()
+
+    # ---- instances ----------------------------------------------------------------------------
+
+    async def open_front_door(self, service: str, port: int = 0) -> FrontDoor:
+        door = await FrontDoor(service, port=port).start()
+        self.front_doors[service] = door
+        return door
+
+    async def start_instance(self, service: str, version: str, python: Path | None = None) -> Instance:
+        instance = Instance(
+            service=service,
+            version=version,
+            # One NATS subject token: no dots (heartbeats go to ...heartbeat.<service>.<instance_id>).
+            instance_id=f"{service}-v{re.sub(r'[^A-Za-z0-9_-]', '_', version)}-{uuid.uuid4().hex[:6]}",
+            port=free_port(),
+            python=python or base_python(),
+        )
+        log_path = self.log_dir / f"{instance.instance_id}.log"
+        instance.log_file = open(log_path, "a", buffering=1)  # noqa: SIM115, ASYNC230 - kept for the process's life
+        env = {
+            **os.environ,
+            **self.environment,
+            "PARLEY_LISTEN_HOST": "127.0.0.1",
+            "PARLEY_LISTEN_PORT": str(instance.port),
+            "PARLEY_INSTANCE_ID": instance.instance_id,
+            "PARLEY_MAX_CONNECTION_AGE_SECONDS": str(self.timeouts.connection_age_s),
+        }
+        instance.process = await asyncio.create_subprocess_exec(
+            str(instance.python),
+            "-m",
+            "parley_" + service.replace("-", "_"),
+            env=env,
+            stdout=instance.log_file,
+            stderr=instance.log_file,
+            start_new_session=True,
+        )
+        self.instances[instance.instance_id] = instance
+        return instance
+
+    async def _healthy(self, instance: Instance) -> bool:
+        channel = secure_channel(self.pki, identity=PLATFORM_USER, address=instance.address, peer=instance.service)
+        try:
+            check = channel.unary_unary(
+                "/grpc.health.v1.Health/Check",
+                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                response_deserializer=health_pb2.HealthCheckResponse.FromString,
+            )
+            response = await check(health_pb2.HealthCheckRequest(), timeout=2.0)
+            return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+        except grpc.aio.AioRpcError:
+            return False
+        finally:
+            await channel.close()
+
+    async def _reporting(self, instance: Instance) -> bool:
+        response = await self.fleet.ListInstances(fleet_pb2.ListInstancesRequest(), timeout=5.0)
+        return any(
+            i.last_heartbeat.instance_id == instance.instance_id
+            and not i.stale
+            and i.last_heartbeat.health == "SERVING"
+            for i in response.instances
+        )
+
+    async def wait_ready(self, instance: Instance) -> bool:
+        """Healthy and in the registry's fleet view; False if it died or took too long."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeouts.healthy_s
+        while not await self._healthy(instance):
+            if instance.process is None or instance.process.returncode is not None or loop.time() > deadline:
+                return False
+            await asyncio.sleep(self.timeouts.poll_s)
+        deadline = loop.time() + self.timeouts.reporting_s
+        while not await self._reporting(instance):
+            if instance.process is None or instance.process.returncode is not None or loop.time() > deadline:
+                return False
+            await asyncio.sleep(self.timeouts.poll_s)
+        return True
+
+    async def start_serving(self, service: str, version: str, python: Path | None = None) -> Instance:
+        """Starts an instance and, once ready, puts it behind the service's front door."""
+        instance = await self.start_instance(service, version, python)
+        if not await self.wait_ready(instance):
+            raise RuntimeError(f"{instance.instance_id} did not become healthy; see {self.log_dir}")
+        self.front_doors[service].add(instance.address)
+        return instance
+
+    async def drain(self, instance_id: str) -> None:
+        """Out of the front door, then callers' connections move away, then SIGTERM.
+
+        Stopping a gRPC server cancels calls that raced its shutdown (grpc/grpc#41785), so the
+        instance is stopped only after its connections aged out through graceful GOAWAYs and
+        reconnected through the front door to the other instances.
+        """
+        instance = self.instances.pop(instance_id, None)
+        if instance is None:
+            return
+        self.front_doors[instance.service].remove(instance.address)
+        process = instance.process
+        if process is not None and process.returncode is None and not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), self.timeouts.connections_moved_s)
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), self.timeouts.drain_s)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        if instance.log_file is not None:
+            instance.log_file.close()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for instance_id in list(self.instances):
+            await self.drain(instance_id)
+        for door in self.front_doors.values():
+            await door.stop()
+        await self._channel.close()
+
+    # ---- roll-out steps -----------------------------------------------------------------------
+
+    async def _source(self) -> TufSource:
+        repo = await self.registry.TufRepository(patch_pb2.TufRepositoryRequest(), timeout=10.0)
+        return TufSource(repo.metadata_url, repo.targets_url, repo.trusted_root)
+
+    async def _install(self, rollout: patch_pb2.Rollout) -> Path:
+        source = await self._source()
+        wheel, custom = await asyncio.to_thread(fetch_release, source, rollout.target_path, self.data_dir / "tuf")
+        if custom.get("version") != rollout.to_version or custom.get("service") != rollout.service:
+            raise RuntimeError(
+                f"{rollout.target_path} is signed as {custom}, not {rollout.service} {rollout.to_version}"
+            )
+        return await install_version(wheel, self.data_dir / "envs" / f"{rollout.service}-{rollout.to_version}")
+
+    async def step(self, rollout: patch_pb2.Rollout) -> bool:
+        """Does what the roll-out's current step needs from this host; True if it did something."""
+        if rollout.service not in self.front_doors:
+            return False
+        if rollout.state == "rolling_back":
+            await self._roll_back(rollout)
+            return True
+        if rollout.state not in ("canary", "production") or not rollout.steps:
+            return False
+        step = rollout.steps[-1]
+        if step.replaces_instance not in self.instances:
+            return False
+        if not step.new_instance:
+            python = await self._install(rollout)
+            instance = await self.start_instance(rollout.service, rollout.to_version, python)
+            ready = await self.wait_ready(instance)
+            if ready:
+                self.front_doors[rollout.service].add(instance.address)
+            # Reported either way: a new instance that never became ready fails the gate.
+            await self.registry.ReportInstanceStarted(
+                patch_pb2.ReportInstanceRequest(
+                    rollout_id=rollout.rollout_id, instance_id=instance.instance_id, version=rollout.to_version
+                ),
+                timeout=10.0,
+            )
+            return True
+        if step.gate == "passed" and not step.drained:
+            await self.drain(step.replaces_instance)
+            await self.registry.ReportInstanceDrained(
+                patch_pb2.ReportInstanceRequest(rollout_id=rollout.rollout_id, instance_id=step.replaces_instance),
+                timeout=10.0,
+            )
+            return True
+        return False
+
+    async def _roll_back(self, rollout: patch_pb2.Rollout) -> None:
+        """The old version back on every replaced instance first, then the new ones out."""
+        for step in rollout.steps:
+            if step.drained:
+                await self.start_serving(rollout.service, rollout.from_version)
+        for step in rollout.steps:
+            if step.new_instance:
+                await self.drain(step.new_instance)
+        await self.registry.ReportRolledBack(patch_pb2.GetRolloutRequest(rollout_id=rollout.rollout_id), timeout=10.0)
+
+    async def _step_logged(self, rollout: patch_pb2.Rollout) -> None:
+        """A failed step is retried on the next pass; the registry's gate timeout bounds it."""
+        try:
+            await self.step(rollout)
+        except Exception:
+            log.exception("roll-out %s: step failed on this host; retrying", rollout.rollout_id)
+
+    async def run(self) -> None:
+        """Follows the registry until stopped: one pass per poll interval, each idempotent."""
+        while not self._stop.is_set():
+            try:
+                response = await self.registry.ListRollouts(patch_pb2.ListRolloutsRequest(), timeout=10.0)
+                for rollout in response.rollouts:
+                    if rollout.state not in ("done", "rolled_back"):
+                        await self._step_logged(rollout)
+            except grpc.aio.AioRpcError as error:
+                log.warning("registry not reachable: %s", error.details())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.timeouts.poll_s)

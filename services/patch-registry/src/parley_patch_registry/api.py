@@ -1,0 +1,196 @@
+"""PatchService: protobuf in, registry commands, protobuf out. Nothing else."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+from parley.patch.v1 import patch_pb2, patch_pb2_grpc
+
+from parley_core.errors import PermissionDenied
+from parley_core.tokens import TokenVerifier
+from parley_core.topology import PLATFORM_USER
+from parley_patch_registry.findings import Finding
+from parley_patch_registry.registry import Registry
+from parley_patch_registry.releases import ReleaseInfo
+from parley_patch_registry.rollout import Rollout
+from parley_patch_registry.tuf_http import RepositoryHttpServer
+
+Context = grpc.aio.ServicerContext[object, object]
+
+
+def release_proto(info: ReleaseInfo) -> patch_pb2.Release:
+    return patch_pb2.Release(
+        service=info.service,
+        version=info.version,
+        target_path=info.target_path,
+        sha256=info.sha256,
+        length=info.length,
+        fixes=list(info.fixes),
+        min_event_schema=info.min_event_schema,
+    )
+
+
+def rollout_proto(rollout: Rollout) -> patch_pb2.Rollout:
+    return patch_pb2.Rollout(
+        rollout_id=rollout.rollout_id,
+        service=rollout.service,
+        from_version=rollout.from_version,
+        to_version=rollout.to_version,
+        target_path=rollout.target_path,
+        state=rollout.state,
+        planned_by=rollout.planned_by,
+        approved_by=rollout.approved_by,
+        old_instances=list(rollout.old_instances),
+        steps=[
+            patch_pb2.RolloutStep(
+                replaces_instance=s.replaces_instance,
+                new_instance=s.new_instance,
+                drained=s.drained,
+                gate="pending" if s.gate_passed is None else ("passed" if s.gate_passed else "failed"),
+            )
+            for s in rollout.steps
+        ],
+        rollback_reason=rollout.rollback_reason,
+        audit=[
+            patch_pb2.AuditEntry(at=e.at, actor=e.actor, event=type(e).__name__, detail=_detail(e))
+            for e in rollout.history
+        ],
+    )
+
+
+def _detail(event: object) -> str:
+    for name in ("reason", "instance_id", "replaces_instance", "to_version"):
+        value = getattr(event, name, "")
+        if value:
+            return f"{name}={value}"
+    reasons = getattr(event, "reasons", ())
+    return "; ".join(reasons) if reasons else ""
+
+
+def require_platform_peer(context: Context) -> None:
+    """Node agents speak with the platform identity; the gateway, also allowed in, may not."""
+    names = {n.decode() for n in context.auth_context().get("x509_common_name", [])}
+    if PLATFORM_USER not in names:
+        raise PermissionDenied(
+            f"only node agents ({PLATFORM_USER} certificate) report roll-out steps, not {sorted(names)}"
+        )
+
+
+def finding_proto(finding: Finding, now: float) -> patch_pb2.Finding:
+    return patch_pb2.Finding(
+        advisory_id=finding.advisory_id,
+        aliases=list(finding.aliases),
+        summary=finding.summary,
+        service=finding.service,
+        instance_id=finding.instance_id,
+        host=finding.host,
+        package=finding.package,
+        installed_version=finding.installed_version,
+        fixed_in=list(finding.fixed_in),
+        priority=finding.score.priority,
+        cvss_score=finding.score.value or 0.0,
+        detected_at=finding.detected_at.timestamp(),
+        deadline=finding.deadline.timestamp(),
+        overdue=finding.deadline.timestamp() < now,
+    )
+
+
+class PatchApi(patch_pb2_grpc.PatchServiceServicer):
+    def __init__(self, registry: Registry, tokens: TokenVerifier, http: RepositoryHttpServer) -> None:
+        self.registry = registry
+        self.tokens = tokens
+        self.http = http
+
+    async def PublishRelease(self, request: patch_pb2.PublishReleaseRequest, context: Context) -> patch_pb2.Release:
+        caller = self.tokens.caller(context)
+        info = await self.registry.publish_release(
+            caller,
+            service=request.service,
+            version=request.version,
+            wheel_name=request.wheel_name,
+            wheel=request.wheel,
+            fixes=list(request.fixes),
+            min_event_schema=request.min_event_schema,
+        )
+        return release_proto(info)
+
+    async def ListReleases(
+        self, request: patch_pb2.ListReleasesRequest, context: Context
+    ) -> patch_pb2.ListReleasesResponse:
+        infos = self.registry.repo.releases(request.service or None)
+        return patch_pb2.ListReleasesResponse(releases=[release_proto(i) for i in infos])
+
+    async def ImportAdvisories(
+        self, request: patch_pb2.ImportAdvisoriesRequest, context: Context
+    ) -> patch_pb2.ImportAdvisoriesResponse:
+        caller = self.tokens.caller(context)
+        imported, unchanged, withdrawn = await self.registry.import_advisories(caller, list(request.osv_json))
+        return patch_pb2.ImportAdvisoriesResponse(imported=imported, unchanged=unchanged, withdrawn=withdrawn)
+
+    async def ListFindings(
+        self, request: patch_pb2.ListFindingsRequest, context: Context
+    ) -> patch_pb2.ListFindingsResponse:
+        now = time.time()
+        return patch_pb2.ListFindingsResponse(
+            findings=[finding_proto(f, now) for f in self.registry.reconcile_findings()]
+        )
+
+    async def PlanRollout(self, request: patch_pb2.PlanRolloutRequest, context: Context) -> patch_pb2.Rollout:
+        caller = self.tokens.caller(context)
+        return rollout_proto(await self.registry.plan(caller, service=request.service, to_version=request.to_version))
+
+    async def _command(self, request: patch_pb2.RolloutCommand, context: Context, action: str) -> patch_pb2.Rollout:
+        caller = self.tokens.caller(context)
+        return rollout_proto(await self.registry.command(caller, request.rollout_id, action, request.reason))
+
+    async def ApproveRollout(self, request: patch_pb2.RolloutCommand, context: Context) -> patch_pb2.Rollout:
+        return await self._command(request, context, "approve")
+
+    async def PauseRollout(self, request: patch_pb2.RolloutCommand, context: Context) -> patch_pb2.Rollout:
+        return await self._command(request, context, "pause")
+
+    async def ResumeRollout(self, request: patch_pb2.RolloutCommand, context: Context) -> patch_pb2.Rollout:
+        return await self._command(request, context, "resume")
+
+    async def RollbackRollout(self, request: patch_pb2.RolloutCommand, context: Context) -> patch_pb2.Rollout:
+        return await self._command(request, context, "rollback")
+
+    async def GetRollout(self, request: patch_pb2.GetRolloutRequest, context: Context) -> patch_pb2.Rollout:
+        return rollout_proto(self.registry.rollout(request.rollout_id))
+
+    async def ListRollouts(
+        self, request: patch_pb2.ListRolloutsRequest, context: Context
+    ) -> patch_pb2.ListRolloutsResponse:
+        rollouts = sorted(self.registry.rollouts.values(), key=lambda r: r.history[0].at if r.history else 0.0)
+        return patch_pb2.ListRolloutsResponse(rollouts=[rollout_proto(r) for r in rollouts])
+
+    async def ReportInstanceStarted(
+        self, request: patch_pb2.ReportInstanceRequest, context: Context
+    ) -> patch_pb2.Rollout:
+        require_platform_peer(context)
+        rollout = await self.registry.agent_report(
+            request.rollout_id, "started", instance_id=request.instance_id, version=request.version
+        )
+        return rollout_proto(rollout)
+
+    async def ReportInstanceDrained(
+        self, request: patch_pb2.ReportInstanceRequest, context: Context
+    ) -> patch_pb2.Rollout:
+        require_platform_peer(context)
+        return rollout_proto(
+            await self.registry.agent_report(request.rollout_id, "drained", instance_id=request.instance_id)
+        )
+
+    async def ReportRolledBack(self, request: patch_pb2.GetRolloutRequest, context: Context) -> patch_pb2.Rollout:
+        require_platform_peer(context)
+        return rollout_proto(await self.registry.agent_report(request.rollout_id, "rolled_back"))
+
+    async def TufRepository(
+        self, request: patch_pb2.TufRepositoryRequest, context: Context
+    ) -> patch_pb2.TufRepositoryResponse:
+        return patch_pb2.TufRepositoryResponse(
+            metadata_url=self.http.metadata_url,
+            targets_url=self.http.targets_url,
+            trusted_root=(self.registry.repo.metadata_dir / "1.root.json").read_bytes(),
+        )

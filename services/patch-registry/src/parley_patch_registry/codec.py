@@ -1,0 +1,52 @@
+"""Roll-out domain events to and from their protobuf form on the PATCH stream.
+
+The protobuf messages mirror the dataclasses field for field (same names), so one pair of
+functions covers all of them and a new event only needs its two declarations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from google.protobuf.message import Message
+from parley.patch.v1 import events_pb2
+
+from parley_patch_registry import rollout as domain
+
+ROLLOUT_EVENTS: dict[type[domain.RolloutEvent], type[Message]] = {
+    domain.RolloutPlanned: events_pb2.RolloutPlanned,
+    domain.RolloutApproved: events_pb2.RolloutApproved,
+    domain.StepStarted: events_pb2.StepStarted,
+    domain.InstanceStarted: events_pb2.InstanceStarted,
+    domain.GateEvaluated: events_pb2.GateEvaluated,
+    domain.InstanceDrained: events_pb2.InstanceDrained,
+    domain.RolloutPaused: events_pb2.RolloutPaused,
+    domain.RolloutResumed: events_pb2.RolloutResumed,
+    domain.RollbackStarted: events_pb2.RollbackStarted,
+    domain.RolloutCompleted: events_pb2.RolloutCompleted,
+    domain.RolloutRolledBack: events_pb2.RolloutRolledBack,
+}
+DOMAIN_BY_PROTO: dict[str, type[domain.RolloutEvent]] = {
+    proto.DESCRIPTOR.full_name: event for event, proto in ROLLOUT_EVENTS.items()
+}
+
+
+def to_proto(event: domain.RolloutEvent) -> Message:
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(event):
+        value = getattr(event, f.name)
+        values[f.name] = list(value) if isinstance(value, tuple) else value
+    return ROLLOUT_EVENTS[type(event)](**values)
+
+
+def from_proto(message: Message) -> domain.RolloutEvent | None:
+    """None for PATCH events that are not roll-out events."""
+    cls = DOMAIN_BY_PROTO.get(message.DESCRIPTOR.full_name)
+    if cls is None:
+        return None
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(message, f.name)
+        values[f.name] = tuple(value) if not isinstance(value, str | bytes | int | float | bool) else value
+    return cls(**values)

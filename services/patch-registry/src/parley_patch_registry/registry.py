@@ -1,0 +1,418 @@
+"""The registry's application layer: releases, advisories, findings and roll-outs over the bus.
+
+State is rebuilt from the PATCH stream at start (advisories and roll-outs) and from the TUF
+repository on disk (releases). A command runs the domain on a copy, appends the events, and the
+replay applies them: what is in memory is always what is in the stream. One registry instance
+writes the TUF repository; a second one would need its own (see README).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from google.protobuf.message import Message
+from parley.fleet.v1 import fleet_pb2
+from parley.patch.v1 import events_pb2
+
+from parley_core.bus import EventBus, ReceivedEvent, Replay
+from parley_core.envelope import NewEvent, open_payload
+from parley_core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from parley_core.tokens import Caller
+from parley_core.topology import (
+    PATCH_FILTER,
+    SERVICES,
+    advisory_subject,
+    release_subject,
+    rollout_subject,
+    vulnerability_overdue_subject,
+)
+from parley_patch_registry import codec
+from parley_patch_registry.advisories import Advisory, parse_advisory
+from parley_patch_registry.findings import Finding, FindingBook, InstalledPackage
+from parley_patch_registry.releases import KeyStore, Lifetimes, ReleaseInfo, ReleaseRepository, delegated_role
+from parley_patch_registry.rollout import PUBLISHER_ROLES, InstanceWindow, Rollout, RolloutEvent
+from parley_patch_registry.settings import RegistrySettings
+
+log = logging.getLogger(__name__)
+
+
+class FleetView:
+    """The newest heartbeat of every instance, when it arrived, and the one before it."""
+
+    def __init__(self, stale_after_s: float) -> None:
+        self.stale_after_s = stale_after_s
+        self._latest: dict[str, tuple[fleet_pb2.InstanceHeartbeat, float]] = {}
+        self._first: dict[str, tuple[fleet_pb2.InstanceHeartbeat, float]] = {}
+
+    def record(self, beat: fleet_pb2.InstanceHeartbeat, received_at: float) -> None:
+        self._first.setdefault(beat.instance_id, (beat, received_at))
+        self._latest[beat.instance_id] = (beat, received_at)
+
+    def is_live(self, instance_id: str, now: float) -> bool:
+        entry = self._latest.get(instance_id)
+        return entry is not None and now - entry[1] <= self.stale_after_s and entry[0].health == "SERVING"
+
+    def latest(self, instance_id: str) -> tuple[fleet_pb2.InstanceHeartbeat, float] | None:
+        return self._latest.get(instance_id)
+
+    def first(self, instance_id: str) -> tuple[fleet_pb2.InstanceHeartbeat, float] | None:
+        return self._first.get(instance_id)
+
+    def instances(self, now: float) -> list[fleet_pb2.InstanceStatus]:
+        return [
+            fleet_pb2.InstanceStatus(last_heartbeat=beat, stale=now - seen > self.stale_after_s)
+            for beat, seen in sorted(self._latest.values(), key=lambda x: (x[0].service, x[0].instance_id))
+        ]
+
+    def live(self, now: float, service: str | None = None) -> list[fleet_pb2.InstanceHeartbeat]:
+        return [
+            beat
+            for beat, seen in self._latest.values()
+            if now - seen <= self.stale_after_s
+            and beat.health == "SERVING"
+            and (service is None or beat.service == service)
+        ]
+
+
+def open_repository(folder: Path, settings: RegistrySettings) -> ReleaseRepository:
+    """Opens the registry's TUF repository, creating it (and its keys) on first start."""
+    keys = KeyStore(folder / "keys")
+    lifetimes = Lifetimes(timestamp=timedelta(minutes=settings.timestamp_lifetime_minutes))
+    repo_dir = folder / "tuf"
+    if (repo_dir / "metadata" / "1.root.json").exists():
+        online = {"snapshot": keys.load("snapshot"), "timestamp": keys.load("timestamp")}
+        return ReleaseRepository(repo_dir, online=online, lifetimes=lifetimes)
+    return ReleaseRepository.create(
+        repo_dir,
+        root_signers=[keys.generate("root", i) for i in range(settings.root_keys)],
+        root_threshold=min(settings.root_threshold, settings.root_keys),
+        targets_signer=keys.generate("targets"),
+        snapshot_signer=keys.generate("snapshot"),
+        timestamp_signer=keys.generate("timestamp"),
+        service_keys={s: keys.generate(delegated_role(s)) for s in SERVICES},
+        lifetimes=lifetimes,
+    )
+
+
+def _require_operator(caller: Caller, what: str) -> None:
+    if caller.role not in PUBLISHER_ROLES:
+        raise PermissionDenied(
+            f"{what} needs the operator or admin role; {caller.username or caller.user_id} is {caller.role}"
+        )
+
+
+class Registry:
+    def __init__(
+        self, *, bus: EventBus, repo: ReleaseRepository, keys: KeyStore, settings: RegistrySettings, fleet: FleetView
+    ) -> None:
+        self.bus = bus
+        self.repo = repo
+        self.keys = keys
+        self.settings = settings
+        self.fleet = fleet
+        self.advisories: dict[str, Advisory] = {}
+        self._advisory_modified: dict[str, str] = {}
+        self.findings = FindingBook(settings.deadline_policy())
+        self.rollouts: dict[str, Rollout] = {}
+        self._rollout_seq: dict[str, int] = {}
+        self._release_publishers: dict[str, str] = {}
+        self._announced_overdue: set[tuple[str, str, str]] = set()
+        self._step_started_at: dict[tuple[str, int], float] = {}
+        self._lock = asyncio.Lock()
+        self._replay: Replay | None = None
+
+    async def start(self) -> None:
+        self._replay = await self.bus.replay(stream="PATCH", filter_subject=PATCH_FILTER, handler=self._apply)
+        await self._replay.wait_caught_up()
+
+    # ---- projection ---------------------------------------------------------------------------
+
+    async def _apply(self, event: ReceivedEvent) -> None:
+        payload = open_payload(event.envelope)
+        if isinstance(payload, events_pb2.AdvisoryImported):
+            self.advisories[payload.advisory_id] = parse_advisory(json.loads(payload.osv_json))
+            self._advisory_modified[payload.advisory_id] = payload.modified
+            return
+        if isinstance(payload, events_pb2.ReleasePublished):
+            self._release_publishers[payload.target_path] = payload.published_by
+            return
+        domain_event = codec.from_proto(payload)
+        if domain_event is None:
+            return
+        rollout = self.rollouts.setdefault(domain_event.rollout_id, Rollout())
+        rollout.apply(domain_event)
+        self._rollout_seq[domain_event.rollout_id] = event.stream_seq
+        if isinstance(payload, events_pb2.InstanceStarted):
+            self._step_started_at[(payload.rollout_id, payload.step)] = time.monotonic()
+
+    async def _append(
+        self,
+        subject: str,
+        aggregate_type: str,
+        aggregate_id: str,
+        payloads: Iterable[Message],
+        actor: str,
+        *,
+        version: int,
+        expected: int | None,
+    ) -> None:
+        assert self._replay is not None
+        last = 0
+        for offset, payload in enumerate(payloads):
+            appended = await self.bus.append(
+                subject,
+                NewEvent(aggregate_type=aggregate_type, aggregate_id=aggregate_id, payload=payload, actor=actor),
+                aggregate_version=version + offset + 1,
+                expected_last_subject_seq=expected if offset == 0 else None,
+            )
+            last = appended.stream_seq
+        if last:
+            await self._replay.wait_for_seq(last)
+
+    async def _record(self, rollout_id: str, events: list[RolloutEvent], actor: str) -> Rollout:
+        existing = self.rollouts.get(rollout_id)
+        await self._append(
+            rollout_subject(rollout_id),
+            "rollout",
+            rollout_id,
+            [codec.to_proto(e) for e in events],
+            actor,
+            version=len(existing.history) if existing else 0,
+            expected=self._rollout_seq.get(rollout_id, 0),
+        )
+        return self.rollouts[rollout_id]
+
+    # ---- releases -----------------------------------------------------------------------------
+
+    async def publish_release(
+        self,
+        caller: Caller,
+        *,
+        service: str,
+        version: str,
+        wheel_name: str,
+        wheel: bytes,
+        fixes: list[str],
+        min_event_schema: int,
+    ) -> ReleaseInfo:
+        _require_operator(caller, "publishing a release")
+        if service not in SERVICES:
+            raise InvalidArgument(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
+        async with self._lock:
+            # The service's delegated key signs; it sits in the registry's key store for now.
+            signer = self.keys.load(delegated_role(service))
+            info = self.repo.publish(
+                service=service,
+                version=version,
+                wheel_name=wheel_name,
+                wheel=wheel,
+                fixes=fixes,
+                min_event_schema=min_event_schema or 1,
+                signer=signer,
+            )
+            event = events_pb2.ReleasePublished(
+                service=info.service,
+                version=info.version,
+                target_path=info.target_path,
+                sha256=info.sha256,
+                length=info.length,
+                fixes=list(info.fixes),
+                min_event_schema=info.min_event_schema,
+                published_by=caller.user_id,
+            )
+            await self._append(
+                release_subject(service), "release", service, [event], caller.user_id, version=0, expected=None
+            )
+        return info
+
+    def release(self, service: str, version: str) -> ReleaseInfo:
+        for info in self.repo.releases(service):
+            if info.version == version:
+                return info
+        raise NotFound(f"no published release {service} {version}; publish it first (`parley patch publish`)")
+
+    # ---- advisories and findings --------------------------------------------------------------
+
+    async def import_advisories(self, caller: Caller, records: list[str]) -> tuple[int, int, int]:
+        _require_operator(caller, "importing advisories")
+        parsed: list[tuple[Advisory, str]] = []
+        for text in records:
+            try:
+                raw = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise InvalidArgument(f"an advisory is not JSON: {error}") from None
+            parsed.append((parse_advisory(raw), json.dumps(raw, sort_keys=True)))  # all valid, or none written
+        imported = unchanged = withdrawn = 0
+        async with self._lock:
+            for advisory, text in parsed:
+                if self._advisory_modified.get(advisory.id) == advisory.modified and advisory.id in self.advisories:
+                    unchanged += 1
+                    continue
+                event = events_pb2.AdvisoryImported(advisory_id=advisory.id, modified=advisory.modified, osv_json=text)
+                await self._append(
+                    advisory_subject(advisory.id),
+                    "advisory",
+                    advisory.id,
+                    [event],
+                    caller.user_id,
+                    version=0,
+                    expected=None,
+                )
+                imported += 1
+                withdrawn += int(advisory.is_withdrawn)
+        return imported, unchanged, withdrawn
+
+    def installed(self, now: float) -> list[InstalledPackage]:
+        return [
+            InstalledPackage(beat.service, beat.instance_id, beat.host, dist.name, dist.version)
+            for beat in self.fleet.live(now)
+            for dist in beat.distributions
+        ]
+
+    def reconcile_findings(self) -> list[Finding]:
+        return self.findings.reconcile(self.advisories.values(), self.installed(time.monotonic()), datetime.now(UTC))
+
+    async def announce_overdue(self) -> int:
+        """One security event per overdue finding (the stream's de-duplication covers restarts)."""
+        announced = 0
+        for finding in self.findings.overdue(datetime.now(UTC)):
+            if finding.key in self._announced_overdue:
+                continue
+            event_id = hashlib.sha256(f"{finding.key}|{finding.deadline.isoformat()}".encode()).hexdigest()[:32]
+            payload = events_pb2.VulnerabilityOverdue(
+                advisory_id=finding.advisory_id,
+                service=finding.service,
+                instance_id=finding.instance_id,
+                host=finding.host,
+                package=finding.package,
+                installed_version=finding.installed_version,
+                priority=finding.score.priority,
+                deadline=finding.deadline.timestamp(),
+            )
+            await self.bus.append(
+                vulnerability_overdue_subject(finding.advisory_id),
+                NewEvent(
+                    aggregate_type="vulnerability",
+                    aggregate_id=finding.advisory_id,
+                    payload=payload,
+                    actor="patch-registry",
+                    event_id=event_id,
+                ),
+                aggregate_version=1,
+                expected_last_subject_seq=None,
+            )
+            self._announced_overdue.add(finding.key)
+            announced += 1
+        return announced
+
+    # ---- roll-outs ----------------------------------------------------------------------------
+
+    def rollout(self, rollout_id: str) -> Rollout:
+        rollout = self.rollouts.get(rollout_id)
+        if rollout is None:
+            raise NotFound(f"no roll-out {rollout_id!r}; `parley patch list` shows them")
+        return rollout
+
+    async def plan(self, caller: Caller, *, service: str, to_version: str) -> Rollout:
+        release = self.release(service, to_version)
+        live = self.fleet.live(time.monotonic(), service)
+        versions = {beat.version for beat in live}
+        if len(versions) > 1:
+            raise FailedPrecondition(
+                f"{service} runs several versions ({', '.join(sorted(versions))}); finish that first"
+            )
+        busy = [r.rollout_id for r in self.rollouts.values() if r.service == service and not r.finished]
+        if busy:
+            raise FailedPrecondition(f"{service} already has an unfinished roll-out {busy[0]}")
+        rollout_id = uuid.uuid4().hex[:12]
+        async with self._lock:
+            _, events = Rollout.plan(
+                rollout_id=rollout_id,
+                service=service,
+                from_version=versions.pop() if versions else "",
+                to_version=to_version,
+                target_path=release.target_path,
+                old_instances=sorted(beat.instance_id for beat in live),
+                release_published_by=self._release_publishers.get(release.target_path, ""),
+                actor=caller.user_id,
+                actor_role=caller.role,
+                at=time.time(),
+            )
+            return await self._record(rollout_id, events, caller.user_id)
+
+    async def command(self, caller: Caller, rollout_id: str, action: str, reason: str = "") -> Rollout:
+        async with self._lock:
+            work = self.rollout(rollout_id).snapshot()
+            now = time.time()
+            if action == "approve":
+                events = work.approve(actor=caller.user_id, actor_role=caller.role, at=now)
+            elif action == "pause":
+                events = work.pause(actor=caller.user_id, actor_role=caller.role, reason=reason, at=now)
+            elif action == "resume":
+                events = work.resume(actor=caller.user_id, actor_role=caller.role, at=now)
+            elif action == "rollback":
+                events = work.rollback(actor=caller.user_id, actor_role=caller.role, reason=reason, at=now)
+            else:
+                raise InvalidArgument(f"unknown roll-out command {action!r}")
+            return await self._record(rollout_id, events, caller.user_id)
+
+    async def agent_report(self, rollout_id: str, what: str, *, instance_id: str = "", version: str = "") -> Rollout:
+        """What a node agent did for the current step (mutual TLS identifies it)."""
+        async with self._lock:
+            work = self.rollout(rollout_id).snapshot()
+            now = time.time()
+            if what == "started":
+                events = work.instance_started(instance_id=instance_id, version=version, at=now)
+            elif what == "drained":
+                events = work.drained(instance_id=instance_id, at=now)
+            else:
+                events = work.rolled_back(at=now)
+            return await self._record(rollout_id, events, "node-agent")
+
+    def _window(self, instance_id: str, now: float) -> InstanceWindow:
+        latest, first = self.fleet.latest(instance_id), self.fleet.first(instance_id)
+        if latest is None or first is None:
+            return InstanceWindow(instance_id, serving=False, reporting=False, requests=0, errors=0, p99_latency_ms=0)
+        beat, seen = latest
+        start = first[0]
+        return InstanceWindow(
+            instance_id,
+            serving=beat.health == "SERVING",
+            reporting=now - seen <= self.fleet.stale_after_s,
+            requests=beat.requests_total - start.requests_total,
+            errors=beat.errors_total - start.errors_total,
+            p99_latency_ms=beat.p99_latency_ms,
+        )
+
+    async def drive(self) -> None:
+        """Moves every roll-out on: starts steps, judges gates once their window has passed."""
+        now = time.monotonic()
+        for rollout_id, rollout in list(self.rollouts.items()):
+            if rollout.state not in ("approved", "canary", "production"):
+                continue
+            async with self._lock:
+                work = rollout.snapshot()
+                events: list[RolloutEvent] = []
+                step = work.steps[-1] if work.steps else None
+                if step is None or (step.gate_passed and step.drained):
+                    events = work.next_step(at=time.time())
+                elif step.new_instance and step.gate_passed is None:
+                    started = self._step_started_at.get((rollout_id, work.current_step), now)
+                    seen = self.fleet.first(step.new_instance)
+                    watched_for = now - seen[1] if seen else 0.0
+                    if watched_for >= self.settings.gate_window_seconds or (
+                        seen is None and now - started >= self.settings.gate_timeout_seconds
+                    ):
+                        events = work.gate(
+                            self._window(step.new_instance, now), self.settings.gate_policy(), at=time.time()
+                        )
+                if events:
+                    await self._record(rollout_id, events, "registry")

@@ -1,0 +1,392 @@
+"""The roll-out of one release to one service's instances, as an event-sourced state machine.
+
+    planned -> approved -> canary -> production -> done
+                  \\           \\          \\
+                   `-----------`----------`--> rolling_back -> rolled_back
+    (paused / resumed from approved, canary or production)
+
+Every transition is an event, so the audit trail *is* the state. Each step replaces one old
+instance: the new instance is started first and must be healthy before the old one is drained,
+so there are never fewer healthy instances than before (surge of one, then drain). The first
+step is the canary; a failed health gate rolls back automatically. Pure: no clock, no I/O; the
+caller passes `at` and the identity of whoever acts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from parley_core.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+
+# Roles allowed to approve a roll-out (the patch-approve permission) until auth's RBAC lands.
+APPROVER_ROLES = frozenset({"operator", "admin"})
+PUBLISHER_ROLES = frozenset({"operator", "admin"})
+
+
+# ---- events (past tense) ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RolloutEvent:
+    rollout_id: str
+    at: float  # unix seconds
+    actor: str  # user id, or "registry" for automatic decisions
+
+
+@dataclass(frozen=True)
+class RolloutPlanned(RolloutEvent):
+    service: str
+    from_version: str
+    to_version: str
+    target_path: str
+    old_instances: tuple[str, ...]
+    release_published_by: str
+
+
+@dataclass(frozen=True)
+class RolloutApproved(RolloutEvent):
+    pass
+
+
+@dataclass(frozen=True)
+class StepStarted(RolloutEvent):
+    step: int  # 0 is the canary
+    replaces_instance: str
+
+
+@dataclass(frozen=True)
+class InstanceStarted(RolloutEvent):
+    step: int
+    instance_id: str
+    version: str
+
+
+@dataclass(frozen=True)
+class GateEvaluated(RolloutEvent):
+    step: int
+    passed: bool
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class InstanceDrained(RolloutEvent):
+    step: int
+    instance_id: str
+
+
+@dataclass(frozen=True)
+class RolloutPaused(RolloutEvent):
+    reason: str
+
+
+@dataclass(frozen=True)
+class RolloutResumed(RolloutEvent):
+    pass
+
+
+@dataclass(frozen=True)
+class RollbackStarted(RolloutEvent):
+    reason: str
+    automatic: bool
+
+
+@dataclass(frozen=True)
+class RolloutCompleted(RolloutEvent):
+    pass
+
+
+@dataclass(frozen=True)
+class RolloutRolledBack(RolloutEvent):
+    pass
+
+
+# ---- health gate -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    max_error_rate: float = 0.01
+    max_p99_latency_ms: float = 500.0
+    min_requests: int = 0  # a canary that served nothing is judged on health alone by default
+
+
+@dataclass(frozen=True)
+class InstanceWindow:
+    """What one instance reported about itself over the gate's window."""
+
+    instance_id: str
+    serving: bool
+    reporting: bool  # heartbeats arrive
+    requests: int
+    errors: int
+    p99_latency_ms: float
+
+
+def judge(window: InstanceWindow, policy: GatePolicy) -> tuple[str, ...]:
+    """Reasons the instance fails the gate; empty means it passes."""
+    reasons = []
+    if not window.reporting:
+        reasons.append("stopped reporting heartbeats")
+    if not window.serving:
+        reasons.append("gRPC health is not SERVING")
+    if window.requests < policy.min_requests:
+        reasons.append(f"served {window.requests} requests, gate needs {policy.min_requests}")
+    if window.requests and window.errors / window.requests > policy.max_error_rate:
+        reasons.append(f"error rate {window.errors / window.requests:.1%} > {policy.max_error_rate:.1%}")
+    if window.p99_latency_ms > policy.max_p99_latency_ms:
+        reasons.append(f"p99 latency {window.p99_latency_ms:.0f} ms > {policy.max_p99_latency_ms:.0f} ms")
+    return tuple(reasons)
+
+
+# ---- aggregate -------------------------------------------------------------------------------
+
+
+@dataclass
+class Step:
+    replaces_instance: str
+    new_instance: str = ""
+    gate_passed: bool | None = None
+    drained: bool = False
+
+
+@dataclass
+class Rollout:
+    rollout_id: str = ""
+    service: str = ""
+    from_version: str = ""
+    to_version: str = ""
+    target_path: str = ""
+    planned_by: str = ""
+    release_published_by: str = ""
+    approved_by: str = ""
+    state: str = "new"
+    paused_from: str = ""
+    old_instances: tuple[str, ...] = ()
+    steps: list[Step] = field(default_factory=list)
+    rollback_reason: str = ""
+    history: list[RolloutEvent] = field(default_factory=list)
+
+    # -- replay --
+
+    @classmethod
+    def replay(cls, events: Sequence[RolloutEvent]) -> Rollout:
+        rollout = cls()
+        for event in events:
+            rollout.apply(event)
+        return rollout
+
+    def apply(self, event: RolloutEvent) -> None:
+        self.history.append(event)
+        match event:
+            case RolloutPlanned():
+                self.rollout_id, self.service = event.rollout_id, event.service
+                self.from_version, self.to_version = event.from_version, event.to_version
+                self.target_path, self.old_instances = event.target_path, event.old_instances
+                self.planned_by, self.state = event.actor, "planned"
+                self.release_published_by = event.release_published_by
+            case RolloutApproved():
+                self.approved_by, self.state = event.actor, "approved"
+            case StepStarted():
+                self.steps.append(Step(replaces_instance=event.replaces_instance))
+                self.state = "canary" if event.step == 0 else "production"
+            case InstanceStarted():
+                self.steps[event.step].new_instance = event.instance_id
+            case GateEvaluated():
+                self.steps[event.step].gate_passed = event.passed
+            case InstanceDrained():
+                self.steps[event.step].drained = True
+            case RolloutPaused():
+                self.paused_from, self.state = self.state, "paused"
+            case RolloutResumed():
+                self.state, self.paused_from = self.paused_from, ""
+            case RollbackStarted():
+                self.state, self.rollback_reason = "rolling_back", event.reason
+            case RolloutCompleted():
+                self.state = "done"
+            case RolloutRolledBack():
+                self.state = "rolled_back"
+
+    def _emit(self, event: RolloutEvent) -> list[RolloutEvent]:
+        self.apply(event)
+        return [event]
+
+    def _require(self, *states: str) -> None:
+        if self.state not in states:
+            raise FailedPrecondition(
+                f"roll-out {self.rollout_id} is {self.state}; this needs it to be {' or '.join(states)}"
+            )
+
+    @property
+    def current_step(self) -> int:
+        return len(self.steps) - 1
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "rolled_back")
+
+    # -- commands --
+
+    @staticmethod
+    def plan(
+        *,
+        rollout_id: str,
+        service: str,
+        from_version: str,
+        to_version: str,
+        target_path: str,
+        old_instances: Sequence[str],
+        release_published_by: str,
+        actor: str,
+        actor_role: str,
+        at: float,
+    ) -> tuple[Rollout, list[RolloutEvent]]:
+        if actor_role not in PUBLISHER_ROLES:
+            raise PermissionDenied(f"planning a roll-out needs the operator or admin role, not {actor_role!r}")
+        if not old_instances:
+            raise FailedPrecondition(f"no running instance of {service} to upgrade")
+        if from_version == to_version:
+            raise FailedPrecondition(f"{service} already runs {to_version}")
+        rollout = Rollout()
+        event = RolloutPlanned(
+            rollout_id=rollout_id,
+            at=at,
+            actor=actor,
+            service=service,
+            from_version=from_version,
+            to_version=to_version,
+            target_path=target_path,
+            old_instances=tuple(old_instances),
+            release_published_by=release_published_by,
+        )
+        return rollout, rollout._emit(event)
+
+    def approve(self, *, actor: str, actor_role: str, at: float) -> list[RolloutEvent]:
+        """Four eyes: the patch-approve permission, and not the person who planned it."""
+        if actor_role not in APPROVER_ROLES:
+            raise PermissionDenied(f"approving a roll-out needs the patch-approve permission (role {actor_role!r})")
+        if actor in (self.planned_by, self.release_published_by):
+            raise PermissionDenied(
+                "the roll-out must be approved by someone other than who planned it or published the release"
+            )
+        self._require("planned")
+        return self._emit(RolloutApproved(rollout_id=self.rollout_id, at=at, actor=actor))
+
+    def next_step(self, *, at: float) -> list[RolloutEvent]:
+        """Starts the canary, or the next production step once the previous one is complete."""
+        self._require("approved", "canary", "production")
+        if self.steps:
+            last = self.steps[-1]
+            if not (last.gate_passed and last.drained):
+                raise FailedPrecondition(f"step {self.current_step} is not complete yet")
+        remaining = [i for i in self.old_instances if i not in {s.replaces_instance for s in self.steps}]
+        if not remaining:
+            return self._emit(RolloutCompleted(rollout_id=self.rollout_id, at=at, actor="registry"))
+        return self._emit(
+            StepStarted(
+                rollout_id=self.rollout_id,
+                at=at,
+                actor="registry",
+                step=len(self.steps),
+                replaces_instance=remaining[0],
+            )
+        )
+
+    def instance_started(self, *, instance_id: str, version: str, at: float) -> list[RolloutEvent]:
+        self._require("canary", "production", "paused")
+        if version != self.to_version:
+            raise InvalidArgument(f"instance {instance_id} runs {version}, the roll-out installs {self.to_version}")
+        return self._emit(
+            InstanceStarted(
+                rollout_id=self.rollout_id,
+                at=at,
+                actor="registry",
+                step=self.current_step,
+                instance_id=instance_id,
+                version=version,
+            )
+        )
+
+    def gate(self, window: InstanceWindow, policy: GatePolicy, *, at: float) -> list[RolloutEvent]:
+        """Judges the new instance of the current step; a failure rolls back at once."""
+        self._require("canary", "production", "paused")
+        step = self.steps[self.current_step]
+        if window.instance_id != step.new_instance:
+            raise InvalidArgument(f"step {self.current_step} gates {step.new_instance or 'no instance yet'}")
+        reasons = judge(window, policy)
+        events = self._emit(
+            GateEvaluated(
+                rollout_id=self.rollout_id,
+                at=at,
+                actor="registry",
+                step=self.current_step,
+                passed=not reasons,
+                reasons=reasons,
+            )
+        )
+        if reasons:
+            where = "canary" if self.current_step == 0 else f"step {self.current_step}"
+            events += self._emit(
+                RollbackStarted(
+                    rollout_id=self.rollout_id,
+                    at=at,
+                    actor="registry",
+                    reason=f"{where} failed its gate: " + "; ".join(reasons),
+                    automatic=True,
+                )
+            )
+        return events
+
+    def drained(self, *, instance_id: str, at: float) -> list[RolloutEvent]:
+        """Never fewer healthy instances than before: the old one goes only after its successor passed."""
+        self._require("canary", "production", "paused")
+        step = self.steps[self.current_step]
+        if instance_id != step.replaces_instance:
+            raise InvalidArgument(f"step {self.current_step} replaces {step.replaces_instance}, not {instance_id}")
+        if not step.gate_passed:
+            raise FailedPrecondition(f"{instance_id} cannot be drained before its successor passed the health gate")
+        return self._emit(
+            InstanceDrained(
+                rollout_id=self.rollout_id, at=at, actor="registry", step=self.current_step, instance_id=instance_id
+            )
+        )
+
+    def pause(self, *, actor: str, actor_role: str, reason: str, at: float) -> list[RolloutEvent]:
+        _operator(actor_role, "pause")
+        self._require("approved", "canary", "production")
+        return self._emit(RolloutPaused(rollout_id=self.rollout_id, at=at, actor=actor, reason=reason))
+
+    def resume(self, *, actor: str, actor_role: str, at: float) -> list[RolloutEvent]:
+        _operator(actor_role, "resume")
+        self._require("paused")
+        return self._emit(RolloutResumed(rollout_id=self.rollout_id, at=at, actor=actor))
+
+    def rollback(self, *, actor: str, actor_role: str, reason: str, at: float) -> list[RolloutEvent]:
+        _operator(actor_role, "roll back")
+        self._require("planned", "approved", "canary", "production", "paused")
+        return self._emit(
+            RollbackStarted(
+                rollout_id=self.rollout_id, at=at, actor=actor, reason=reason or "by operator", automatic=False
+            )
+        )
+
+    def rolled_back(self, *, at: float) -> list[RolloutEvent]:
+        """The agent restored the old version on every replaced instance."""
+        self._require("rolling_back")
+        return self._emit(RolloutRolledBack(rollout_id=self.rollout_id, at=at, actor="registry"))
+
+    @property
+    def is_paused(self) -> bool:
+        return self.state == "paused"
+
+    def upgraded_instances(self) -> list[str]:
+        """New-version instances that a rollback must replace with the old version again."""
+        return [s.new_instance for s in self.steps if s.new_instance]
+
+    def snapshot(self) -> Rollout:
+        return replace(self, steps=[replace(s) for s in self.steps], history=list(self.history))
+
+
+def _operator(role: str, what: str) -> None:
+    if role not in PUBLISHER_ROLES:
+        raise PermissionDenied(f"to {what} a roll-out needs the operator or admin role, not {role!r}")

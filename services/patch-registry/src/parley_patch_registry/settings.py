@@ -1,0 +1,54 @@
+"""The registry's own settings (PARLEY_PATCH_*), beside the platform-wide Settings."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from parley_patch_registry.findings import DeadlinePolicy
+from parley_patch_registry.rollout import GatePolicy
+
+
+class RegistrySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PARLEY_PATCH_", extra="ignore")
+
+    # Remediation deadlines per priority, in hours (critical 24 h, high 7 d, medium 30 d, low 90 d).
+    deadline_critical_hours: float = Field(default=24, gt=0)
+    deadline_high_hours: float = Field(default=7 * 24, gt=0)
+    deadline_medium_hours: float = Field(default=30 * 24, gt=0)
+    deadline_low_hours: float = Field(default=90 * 24, gt=0)
+    deadline_unscored_hours: float = Field(default=30 * 24, gt=0)
+
+    # The health gate: how long a new instance is watched, and how long it may take to appear.
+    gate_window_seconds: float = Field(default=15.0, gt=0)
+    gate_timeout_seconds: float = Field(default=90.0, gt=0)
+    gate_max_error_rate: float = Field(default=0.01, ge=0, le=1)
+    gate_max_p99_latency_ms: float = Field(default=500.0, gt=0)
+    gate_min_requests: int = Field(default=0, ge=0)
+
+    timestamp_lifetime_minutes: float = Field(default=60.0, gt=0)
+    root_threshold: int = Field(default=2, ge=1)
+    root_keys: int = Field(default=3, ge=1)
+    # TUF repository over HTTP; 0 picks a free port (reported by the TufRepository RPC).
+    http_host: str = "127.0.0.1"
+    http_port: int = 0
+
+    def deadline_policy(self) -> DeadlinePolicy:
+        return DeadlinePolicy(
+            {
+                "critical": timedelta(hours=self.deadline_critical_hours),
+                "high": timedelta(hours=self.deadline_high_hours),
+                "medium": timedelta(hours=self.deadline_medium_hours),
+                "low": timedelta(hours=self.deadline_low_hours),
+                "unscored": timedelta(hours=self.deadline_unscored_hours),
+            }
+        )
+
+    def gate_policy(self) -> GatePolicy:
+        return GatePolicy(
+            max_error_rate=self.gate_max_error_rate,
+            max_p99_latency_ms=self.gate_max_p99_latency_ms,
+            min_requests=self.gate_min_requests,
+        )

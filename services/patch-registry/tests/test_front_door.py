@@ -1,0 +1,77 @@
+"""The node agent's front door: round-robin over live backends, removal stops new connections only."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from parley_core.net import free_port
+from parley_patch_registry.agent.front_door import FrontDoor
+
+pytestmark = pytest.mark.asyncio
+TIMEOUT_S = 10.0
+
+
+async def named_server(name: str) -> asyncio.Server:
+    """Answers every line with its own name, so the test sees which backend it reached."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.readline():
+            writer.write(f"{name}\n".encode())
+            await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+def address(server: asyncio.Server) -> str:
+    return f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def ask(door: FrontDoor, connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None) -> str:
+    reader, writer = connection or await asyncio.open_connection(door.host, door.port)
+    writer.write(b"who?\n")
+    await writer.drain()
+    line = await asyncio.wait_for(reader.readline(), TIMEOUT_S)
+    if connection is None:
+        writer.close()
+    return line.decode().strip()
+
+
+@pytest_asyncio.fixture
+async def door() -> AsyncIterator[FrontDoor]:
+    front = await FrontDoor("test").start()
+    yield front
+    await front.stop()
+
+
+async def test_new_connections_alternate_and_removal_keeps_open_ones(door: FrontDoor) -> None:
+    old, new = await named_server("old"), await named_server("new")
+    door.add(address(old))
+    door.add(address(new))
+    assert {await ask(door) for _ in range(4)} == {"old", "new"}
+
+    kept = None
+    while kept is None:  # an open connection that happens to be on the old backend
+        conn = await asyncio.open_connection(door.host, door.port)
+        if await ask(door, conn) == "old":
+            kept = conn
+        else:
+            conn[1].close()
+    door.remove(address(old))
+    assert {await ask(door) for _ in range(4)} == {"new"}
+    assert await ask(door, kept) == "old"  # still served while the old instance drains
+    kept[1].close()
+    for server in (old, new):
+        server.close()
+
+
+async def test_a_refused_backend_is_skipped(door: FrontDoor) -> None:
+    alive = await named_server("alive")
+    door.add(f"127.0.0.1:{free_port()}")  # nothing listens there
+    door.add(address(alive))
+    assert [await ask(door) for _ in range(3)] == ["alive"] * 3
+    alive.close()

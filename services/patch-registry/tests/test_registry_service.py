@@ -1,0 +1,396 @@
+"""The registry as a running service: real nats-server, real serve(), real gRPC over mutual TLS.
+
+Tokens are real EdDSA JWTs checked by the registry's own TokenVerifier; the test plays auth by
+publishing the signing key on the AUTH stream. Instances are simulated by publishing their
+heartbeats on the real subjects (the node agent test runs real ones).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+import jwt
+import pytest
+import pytest_asyncio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from nats.aio.client import Client
+from parley.auth.v1.events_pb2 import SigningKeyPublished
+from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
+from parley.patch.v1 import events_pb2, patch_pb2, patch_pb2_grpc
+
+from parley_core.bus import EventBus
+from parley_core.config import Settings
+from parley_core.envelope import NewEvent, decode, open_payload
+from parley_core.pki import Pki
+from parley_core.runner import secure_channel, serve
+from parley_core.testing.nats import NatsTestServer
+from parley_core.tokens import AUDIENCE, ISSUER
+from parley_core.topology import STREAMS_BY_NAME, heartbeat_subject, signing_key_subject
+from parley_patch_registry.service import PatchRegistryApp
+from parley_patch_registry.settings import RegistrySettings
+
+pytestmark = pytest.mark.asyncio
+
+TIMEOUT_S = 30.0
+# The shared OSV test data: $PARLEY_OSV_DIR, else shared/ beside the clone (as CI has it).
+_REPO = Path(__file__).resolve().parents[3]
+OSV_DIR = next(
+    (
+        p
+        for p in (Path(os.environ.get("PARLEY_OSV_DIR") or "/nonexistent"), _REPO.parent / "shared" / "data" / "osv")
+        if p.is_dir()
+    ),
+    Path("/work/shared/data/osv"),
+)
+T = TypeVar("T")
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = TIMEOUT_S) -> T:
+    """Polls `probe` until it returns something; fails with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await probe()
+        if result is not None:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@dataclass
+class Registry:
+    stub: patch_pb2_grpc.PatchServiceAsyncStub
+    fleet: fleet_pb2_grpc.FleetServiceAsyncStub
+    signing_key: Ed25519PrivateKey
+    key_id: str
+    heartbeats: Client
+    platform: Client
+    pki: Pki
+    address: str = ""
+    start: Callable[[], Awaitable[None]] = field(default=lambda: asyncio.sleep(0))
+    stop: Callable[[], Awaitable[None]] = field(default=lambda: asyncio.sleep(0))
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+    def token(self, user: str, role: str) -> tuple[tuple[str, str]]:
+        now = int(time.time())
+        claims = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": user,
+            "jti": uuid.uuid4().hex,
+            "iat": now,
+            "exp": now + 600,
+            "role": role,
+            "name": user,
+        }
+        token = jwt.encode(claims, self.signing_key, algorithm="EdDSA", headers={"kid": self.key_id})
+        return (("authorization", f"Bearer {token}"),)
+
+    async def beat(
+        self,
+        instance: str,
+        version: str,
+        *,
+        health: str = "SERVING",
+        packages: dict[str, str] | None = None,
+        requests: int = 0,
+        errors: int = 0,
+    ) -> None:
+        beat = fleet_pb2.InstanceHeartbeat(
+            service="messaging",
+            version=version,
+            instance_id=instance,
+            host="host-1",
+            health=health,
+            distributions=[
+                fleet_pb2.Distribution(name=n, version=v)
+                for n, v in {"parley-messaging": version, **(packages or {})}.items()
+            ],
+            requests_total=requests,
+            errors_total=errors,
+            p99_latency_ms=10.0,
+        )
+        await self.heartbeats.publish(heartbeat_subject("messaging", instance), beat.SerializeToString())
+        await self.heartbeats.flush()
+
+
+@pytest_asyncio.fixture
+async def registry(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> AsyncIterator[Registry]:
+    auth = await nats_server.connect("auth")
+    auth_bus = EventBus(auth, service="auth", producer="auth@test")
+    await auth_bus.ensure_streams([STREAMS_BY_NAME["AUTH"], STREAMS_BY_NAME["SEC"]])
+    signing_key = Ed25519PrivateKey.generate()
+    key_id = "k1"
+    await auth_bus.append(
+        signing_key_subject(key_id),
+        NewEvent(
+            aggregate_type="key",
+            aggregate_id=key_id,
+            actor="auth",
+            payload=SigningKeyPublished(
+                key_id=key_id,
+                algorithm="EdDSA",
+                public_key=signing_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw),
+            ),
+        ),
+        aggregate_version=1,
+        expected_last_subject_seq=None,
+    )
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "pki").symlink_to(pki.directory, target_is_directory=True)
+    settings = Settings(
+        service="patch-registry",
+        data_dir=data_dir,
+        nats_url=nats_server.url,
+        nats_password=nats_server.passwords["patch-registry"],
+        heartbeat_seconds=5.0,  # simulated instances stay live for 15 s after a beat
+        grace_seconds=5,
+    )
+    registry_settings = RegistrySettings(
+        gate_window_seconds=1.0, gate_timeout_seconds=5.0, deadline_high_hours=1 / 3600, root_keys=3, root_threshold=2
+    )
+    running = Registry(
+        stub=None,  # type: ignore[arg-type]
+        fleet=None,  # type: ignore[arg-type]
+        signing_key=signing_key,
+        key_id=key_id,
+        heartbeats=await nats_server.connect("messaging"),
+        platform=await nats_server.connect("platform"),
+        pki=pki,
+    )
+
+    async def start() -> None:
+        stop = asyncio.Event()
+        ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        app = PatchRegistryApp(registry_settings)
+        task = asyncio.create_task(
+            serve(app, service="patch-registry", settings=settings, stop=stop, on_ready=ready.set_result)
+        )
+        await asyncio.wait_for(asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED), TIMEOUT_S)
+        if task.done():
+            task.result()
+        running.address = f"127.0.0.1:{ready.result()}"
+        channel = secure_channel(pki, identity="platform", address=running.address, peer="patch-registry")
+        running.stub = patch_pb2_grpc.PatchServiceStub(channel)
+        running.fleet = fleet_pb2_grpc.FleetServiceStub(channel)
+
+        async def stop_it() -> None:
+            stop.set()
+            await channel.close()
+            await asyncio.wait_for(task, TIMEOUT_S)
+
+        running.stop = stop_it
+
+    running.start = start
+    await start()
+    try:
+        yield running
+    finally:
+        with contextlib.suppress(Exception):
+            await running.stop()
+
+
+async def publish(registry: Registry, version: str, user: str = "dave") -> patch_pb2.Release:
+    return await registry.stub.PublishRelease(
+        patch_pb2.PublishReleaseRequest(
+            service="messaging",
+            version=version,
+            wheel_name=f"parley_messaging-{version}-py3-none-any.whl",
+            wheel=f"wheel {version}".encode(),
+            fixes=["PYSEC-2023-192"],
+            min_event_schema=1,
+        ),
+        metadata=registry.token(user, "operator"),
+        timeout=TIMEOUT_S,
+    )
+
+
+async def test_publishing_needs_an_operator_token(registry: Registry) -> None:
+    request = patch_pb2.PublishReleaseRequest(
+        service="messaging", version="0.2.0", wheel_name="parley_messaging-0.2.0-py3-none-any.whl", wheel=b"x"
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await registry.stub.PublishRelease(request, timeout=TIMEOUT_S)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await registry.stub.PublishRelease(request, metadata=registry.token("eve", "member"), timeout=TIMEOUT_S)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    release = await publish(registry, "0.2.0")
+    assert release.target_path == "messaging/parley_messaging-0.2.0-py3-none-any.whl"
+    listed = await registry.stub.ListReleases(patch_pb2.ListReleasesRequest(service="messaging"), timeout=TIMEOUT_S)
+    assert [r.version for r in listed.releases] == ["0.2.0"]
+    with pytest.raises(grpc.aio.AioRpcError) as again:
+        await publish(registry, "0.2.0")
+    assert again.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+@pytest.mark.skipif(not OSV_DIR.is_dir(), reason=f"OSV test data not found at {OSV_DIR}")
+async def test_advisories_against_the_fleet_and_an_overdue_security_event(registry: Registry) -> None:
+    records = [p.read_text() for p in sorted(OSV_DIR.glob("*.json"))]
+    operator = registry.token("alice", "operator")
+    result = await registry.stub.ImportAdvisories(
+        patch_pb2.ImportAdvisoriesRequest(osv_json=records), metadata=operator, timeout=TIMEOUT_S
+    )
+    assert (result.imported, result.withdrawn) == (30, 1)
+    again = await registry.stub.ImportAdvisories(
+        patch_pb2.ImportAdvisoriesRequest(osv_json=records), metadata=operator, timeout=TIMEOUT_S
+    )
+    assert (again.imported, again.unchanged) == (0, 30)
+
+    overdue_events: asyncio.Queue[events_pb2.VulnerabilityOverdue] = asyncio.Queue()
+
+    async def on_security_event(msg: object) -> None:
+        payload = open_payload(decode(msg.data))  # type: ignore[attr-defined]
+        assert isinstance(payload, events_pb2.VulnerabilityOverdue)
+        await overdue_events.put(payload)
+
+    await registry.platform.subscribe("parley.sec.patch.>", cb=on_security_event)
+    alive = asyncio.Event()
+
+    async def keep_beating() -> None:
+        """m-1 reports like a live instance: a finding lasts only while its instance is live."""
+        while not alive.is_set():
+            await registry.beat("m-1", "0.1.0", packages={"urllib3": "2.0.5", "pyyaml": "6.0.1"})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(alive.wait(), 0.25)
+
+    beating = asyncio.create_task(keep_beating())
+
+    async def findings() -> list[patch_pb2.Finding] | None:
+        response = await registry.stub.ListFindings(patch_pb2.ListFindingsRequest(), timeout=TIMEOUT_S)
+        return list(response.findings) or None
+
+    found = await eventually(findings, "findings for m-1")
+    assert {(f.advisory_id, f.priority) for f in found} == {("PYSEC-2023-192", "high"), ("PYSEC-2023-212", "medium")}
+    # the high one has a one-second deadline in this test: it goes overdue and raises a security event
+    event = await asyncio.wait_for(overdue_events.get(), TIMEOUT_S)
+    assert (event.advisory_id, event.instance_id, event.package) == ("PYSEC-2023-192", "m-1", "urllib3")
+
+    async def overdue() -> bool | None:
+        return any(f.overdue for f in await findings() or []) or None
+
+    assert await eventually(overdue, "finding shown as overdue")
+    alive.set()
+    await beating
+
+
+async def test_rollout_with_approval_and_automatic_rollback_of_a_failing_canary(registry: Registry) -> None:
+    await publish(registry, "0.2.0", user="dave")
+    alice, bob = registry.token("alice", "operator"), registry.token("bob", "operator")
+    await registry.beat("m-1", "0.1.0")
+    await registry.beat("m-2", "0.1.0")
+
+    async def both_reported() -> bool | None:
+        response = await registry.fleet.ListInstances(fleet_pb2.ListInstancesRequest(), timeout=TIMEOUT_S)
+        return {"m-1", "m-2"} <= {i.last_heartbeat.instance_id for i in response.instances} or None
+
+    await eventually(both_reported, "both instances in the fleet view")
+    rollout = await registry.stub.PlanRollout(
+        patch_pb2.PlanRolloutRequest(service="messaging", to_version="0.2.0"), metadata=alice, timeout=TIMEOUT_S
+    )
+    assert (rollout.state, rollout.from_version, list(rollout.old_instances)) == ("planned", "0.1.0", ["m-1", "m-2"])
+    command = patch_pb2.RolloutCommand(rollout_id=rollout.rollout_id)
+    for who, expected in (
+        (alice, "planned it"),
+        (registry.token("dave", "admin"), "published the release"),
+        (registry.token("eve", "member"), "patch-approve"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await registry.stub.ApproveRollout(command, metadata=who, timeout=TIMEOUT_S)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert expected in (refused.value.details() or "")
+    approved = await registry.stub.ApproveRollout(command, metadata=bob, timeout=TIMEOUT_S)
+    assert (approved.state, approved.approved_by) == ("approved", "bob")
+
+    get = patch_pb2.GetRolloutRequest(rollout_id=rollout.rollout_id)
+
+    async def in_canary() -> patch_pb2.Rollout | None:
+        current = await registry.stub.GetRollout(get, timeout=TIMEOUT_S)
+        return current if current.state == "canary" else None
+
+    canary = await eventually(in_canary, "the canary step")
+    assert len(canary.steps) == 1
+    await registry.stub.ReportInstanceStarted(
+        patch_pb2.ReportInstanceRequest(rollout_id=rollout.rollout_id, instance_id="n-1", version="0.2.0"),
+        timeout=TIMEOUT_S,
+    )
+    # the canary reports, but half its calls fail
+    await registry.beat("n-1", "0.2.0", requests=0, errors=0)
+    await registry.beat("n-1", "0.2.0", requests=100, errors=50)
+
+    async def rolling_back() -> patch_pb2.Rollout | None:
+        await registry.beat("n-1", "0.2.0", requests=100, errors=50)
+        current = await registry.stub.GetRollout(get, timeout=TIMEOUT_S)
+        return current if current.state == "rolling_back" else None
+
+    failed = await eventually(rolling_back, "automatic rollback")
+    assert "canary failed its gate" in failed.rollback_reason
+    assert "error rate 50.0%" in failed.rollback_reason
+    assert failed.steps[0].gate == "failed"
+    assert not failed.steps[0].drained  # the old instance was never stopped
+    done = await registry.stub.ReportRolledBack(get, timeout=TIMEOUT_S)
+    assert done.state == "rolled_back"
+    assert [a.event for a in done.audit] == [
+        "RolloutPlanned",
+        "RolloutApproved",
+        "StepStarted",
+        "InstanceStarted",
+        "GateEvaluated",
+        "RollbackStarted",
+        "RolloutRolledBack",
+    ]
+    assert [a.actor for a in done.audit][:2] == ["alice", "bob"]
+
+
+async def test_state_survives_a_restart_and_agent_reports_need_the_platform_identity(registry: Registry) -> None:
+    await publish(registry, "0.2.0")
+    await registry.beat("m-1", "0.1.0")
+
+    async def reported() -> bool | None:
+        response = await registry.fleet.ListInstances(fleet_pb2.ListInstancesRequest(), timeout=TIMEOUT_S)
+        return any(i.last_heartbeat.instance_id == "m-1" for i in response.instances) or None
+
+    await eventually(reported, "m-1 in the fleet view")
+    rollout = await registry.stub.PlanRollout(
+        patch_pb2.PlanRolloutRequest(service="messaging", to_version="0.2.0"),
+        metadata=registry.token("alice", "operator"),
+        timeout=TIMEOUT_S,
+    )
+    gateway = secure_channel(registry.pki, identity="gateway", address=registry.address, peer="patch-registry")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await patch_pb2_grpc.PatchServiceStub(gateway).ReportRolledBack(
+            patch_pb2.GetRolloutRequest(rollout_id=rollout.rollout_id), timeout=TIMEOUT_S
+        )
+    await gateway.close()
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    await registry.restart()
+
+    again = await registry.stub.GetRollout(
+        patch_pb2.GetRolloutRequest(rollout_id=rollout.rollout_id), timeout=TIMEOUT_S
+    )
+    assert (again.state, again.planned_by, list(again.old_instances)) == ("planned", "alice", ["m-1"])
+    releases = await registry.stub.ListReleases(patch_pb2.ListReleasesRequest(), timeout=TIMEOUT_S)
+    assert [r.version for r in releases.releases] == ["0.2.0"]
+    # the release publisher is remembered from the events: dave still may not approve
+    with pytest.raises(grpc.aio.AioRpcError) as own:
+        await registry.stub.ApproveRollout(
+            patch_pb2.RolloutCommand(rollout_id=rollout.rollout_id),
+            metadata=registry.token("dave", "admin"),
+            timeout=TIMEOUT_S,
+        )
+    assert "published the release" in (own.value.details() or "")

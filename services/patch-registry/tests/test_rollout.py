@@ -1,0 +1,217 @@
+"""The roll-out state machine: approvals, canary, gates, rolling steps, pause, rollback, replay."""
+
+from __future__ import annotations
+
+import pytest
+
+from parley_core.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from parley_patch_registry.rollout import (
+    GatePolicy,
+    InstanceWindow,
+    RollbackStarted,
+    Rollout,
+    RolloutEvent,
+)
+
+POLICY = GatePolicy(max_error_rate=0.01, max_p99_latency_ms=250.0)
+
+
+def planned(instances: tuple[str, ...] = ("m-1", "m-2")) -> tuple[Rollout, list[RolloutEvent]]:
+    return Rollout.plan(
+        rollout_id="r-1",
+        service="messaging",
+        from_version="0.1.0",
+        to_version="0.2.0",
+        target_path="messaging/parley_messaging-0.2.0-py3-none-any.whl",
+        old_instances=instances,
+        release_published_by="dave",
+        actor="alice",
+        actor_role="operator",
+        at=1.0,
+    )
+
+
+def healthy(instance: str) -> InstanceWindow:
+    return InstanceWindow(instance, serving=True, reporting=True, requests=200, errors=1, p99_latency_ms=40.0)
+
+
+def run_step(rollout: Rollout, new_instance: str) -> list[RolloutEvent]:
+    events = rollout.next_step(at=2.0)
+    events += rollout.instance_started(instance_id=new_instance, version="0.2.0", at=3.0)
+    events += rollout.gate(healthy(new_instance), POLICY, at=4.0)
+    events += rollout.drained(instance_id=rollout.steps[-1].replaces_instance, at=5.0)
+    return events
+
+
+def test_planner_cannot_approve_own_rollout() -> None:
+    rollout, _ = planned()
+    with pytest.raises(PermissionDenied, match="someone other than who planned it"):
+        rollout.approve(actor="alice", actor_role="admin", at=2.0)
+    assert rollout.state == "planned"
+
+
+def test_release_publisher_cannot_approve_its_rollout() -> None:
+    rollout, _ = planned()
+    with pytest.raises(PermissionDenied, match="published the release"):
+        rollout.approve(actor="dave", actor_role="admin", at=2.0)
+
+
+def test_approval_needs_patch_approve_permission() -> None:
+    rollout, _ = planned()
+    with pytest.raises(PermissionDenied, match="patch-approve"):
+        rollout.approve(actor="bob", actor_role="member", at=2.0)
+    rollout.approve(actor="bob", actor_role="operator", at=2.0)
+    assert (rollout.state, rollout.approved_by) == ("approved", "bob")
+    with pytest.raises(FailedPrecondition, match="is approved"):
+        rollout.approve(actor="carol", actor_role="admin", at=3.0)
+
+
+def test_members_cannot_plan() -> None:
+    with pytest.raises(PermissionDenied):
+        Rollout.plan(
+            rollout_id="r",
+            service="s",
+            from_version="1",
+            to_version="2",
+            target_path="s/x.whl",
+            old_instances=["i"],
+            release_published_by="p",
+            actor="eve",
+            actor_role="member",
+            at=0.0,
+        )
+
+
+def test_nothing_starts_before_approval() -> None:
+    rollout, _ = planned()
+    with pytest.raises(FailedPrecondition, match="is planned"):
+        rollout.next_step(at=2.0)
+
+
+def test_canary_then_production_one_at_a_time_then_done() -> None:
+    rollout, history = planned()
+    history += rollout.approve(actor="bob", actor_role="operator", at=2.0)
+    history += rollout.next_step(at=2.0)
+    assert rollout.state == "canary"
+    # the old instance may not go before its successor passed the gate
+    with pytest.raises(FailedPrecondition, match="before its successor passed"):
+        rollout.drained(instance_id="m-1", at=2.5)
+    history += rollout.instance_started(instance_id="n-1", version="0.2.0", at=3.0)
+    # and the next step may not start before this one is complete
+    with pytest.raises(FailedPrecondition, match="not complete"):
+        rollout.next_step(at=3.5)
+    history += rollout.gate(healthy("n-1"), POLICY, at=4.0)
+    history += rollout.drained(instance_id="m-1", at=5.0)
+    history += run_step(rollout, "n-2")
+    assert rollout.state == "production"
+    history += rollout.next_step(at=9.0)
+    assert rollout.state == "done"
+    assert [s.replaces_instance for s in rollout.steps] == ["m-1", "m-2"]
+    # every step is an audited event, and replaying them gives the same state
+    assert [type(e).__name__ for e in history] == [
+        "RolloutPlanned",
+        "RolloutApproved",
+        "StepStarted",
+        "InstanceStarted",
+        "GateEvaluated",
+        "InstanceDrained",
+        "StepStarted",
+        "InstanceStarted",
+        "GateEvaluated",
+        "InstanceDrained",
+        "RolloutCompleted",
+    ]
+    replayed = Rollout.replay(history)
+    assert (replayed.state, replayed.approved_by, replayed.upgraded_instances()) == ("done", "bob", ["n-1", "n-2"])
+
+
+@pytest.mark.parametrize(
+    ("window", "reason"),
+    [
+        (InstanceWindow("n-1", serving=False, reporting=True, requests=10, errors=0, p99_latency_ms=5), "not SERVING"),
+        (InstanceWindow("n-1", serving=True, reporting=False, requests=10, errors=0, p99_latency_ms=5), "heartbeats"),
+        (
+            InstanceWindow("n-1", serving=True, reporting=True, requests=100, errors=5, p99_latency_ms=5),
+            "error rate 5.0%",
+        ),
+        (
+            InstanceWindow("n-1", serving=True, reporting=True, requests=100, errors=0, p99_latency_ms=900),
+            "p99 latency",
+        ),
+    ],
+)
+def test_canary_failing_its_gate_is_rolled_back_automatically(window: InstanceWindow, reason: str) -> None:
+    rollout, _ = planned()
+    rollout.approve(actor="bob", actor_role="operator", at=2.0)
+    rollout.next_step(at=2.0)
+    rollout.instance_started(instance_id="n-1", version="0.2.0", at=3.0)
+    events = rollout.gate(window, POLICY, at=4.0)
+    assert rollout.state == "rolling_back"
+    rollback = events[-1]
+    assert isinstance(rollback, RollbackStarted)
+    assert rollback.automatic
+    assert reason in rollback.reason
+    assert "canary failed its gate" in rollback.reason
+    # the old instance is kept: it was never drained, and can no longer be
+    with pytest.raises(FailedPrecondition):
+        rollout.drained(instance_id="m-1", at=5.0)
+    assert rollout.upgraded_instances() == ["n-1"]
+    rollout.rolled_back(at=6.0)
+    assert rollout.state == "rolled_back"
+
+
+def test_pause_holds_the_next_step_and_resume_continues() -> None:
+    rollout, _ = planned()
+    rollout.approve(actor="bob", actor_role="operator", at=2.0)
+    run_step(rollout, "n-1")
+    rollout.pause(actor="carol", actor_role="operator", reason="busy hour", at=6.0)
+    with pytest.raises(FailedPrecondition, match="is paused"):
+        rollout.next_step(at=7.0)
+    rollout.resume(actor="carol", actor_role="operator", at=8.0)
+    assert rollout.state == "canary"  # back where it was paused: canary complete
+    run_step(rollout, "n-2")
+    rollout.next_step(at=10.0)
+    assert rollout.state == "done"
+
+
+def test_operator_rollback_and_finished_rollouts_stay_finished() -> None:
+    rollout, _ = planned()
+    rollout.approve(actor="bob", actor_role="operator", at=2.0)
+    run_step(rollout, "n-1")
+    with pytest.raises(PermissionDenied):
+        rollout.rollback(actor="eve", actor_role="member", reason="", at=6.0)
+    [event] = rollout.rollback(actor="carol", actor_role="admin", reason="customer reports", at=6.0)
+    assert isinstance(event, RollbackStarted)
+    assert not event.automatic
+    rollout.rolled_back(at=7.0)
+    with pytest.raises(FailedPrecondition):
+        rollout.resume(actor="carol", actor_role="admin", at=8.0)
+
+
+def test_wrong_instance_or_version_is_refused() -> None:
+    rollout, _ = planned()
+    rollout.approve(actor="bob", actor_role="operator", at=2.0)
+    rollout.next_step(at=2.0)
+    with pytest.raises(InvalidArgument, match=r"runs 0\.1\.0"):
+        rollout.instance_started(instance_id="n-1", version="0.1.0", at=3.0)
+    rollout.instance_started(instance_id="n-1", version="0.2.0", at=3.0)
+    with pytest.raises(InvalidArgument, match="gates n-1"):
+        rollout.gate(healthy("other"), POLICY, at=4.0)
+
+
+def test_plan_refuses_same_version_and_empty_fleet() -> None:
+    with pytest.raises(FailedPrecondition, match="no running instance"):
+        planned(())
+    with pytest.raises(FailedPrecondition, match="already runs"):
+        Rollout.plan(
+            rollout_id="r",
+            service="s",
+            from_version="2",
+            to_version="2",
+            target_path="s/x.whl",
+            old_instances=["i"],
+            release_published_by="p",
+            actor="a",
+            actor_role="admin",
+            at=0.0,
+        )

@@ -1,0 +1,149 @@
+"""`parley fleet`, `parley advisories …` and `parley patch …` against the platform as `make run` starts it.
+
+Auth does not hand out the operator role yet (its RBAC is being built), so the test publishes a
+signing key of its own on the AUTH stream and saves operator tokens where `parley login` would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from parley.auth.v1.events_pb2 import SigningKeyPublished
+
+from parley_core.bus import EventBus
+from parley_core.envelope import NewEvent
+from parley_core.nats_connect import connect_nats
+from parley_core.testing.platform import RunningPlatform
+from parley_core.tokens import AUDIENCE, ISSUER
+from parley_core.topology import PLATFORM_USER, SERVICES, signing_key_subject
+
+pytestmark = pytest.mark.e2e
+# The shared OSV test data: $PARLEY_OSV_DIR, else shared/ beside the clone (as CI has it).
+_REPO = Path(__file__).resolve().parents[2]
+OSV_DIR = next(
+    (
+        p
+        for p in (Path(os.environ.get("PARLEY_OSV_DIR") or "/nonexistent"), _REPO.parent / "shared" / "data" / "osv")
+        if p.is_dir()
+    ),
+    Path("/work/shared/data/osv"),
+)
+
+
+def save_operator(platform: RunningPlatform, key: Ed25519PrivateKey, user: str) -> None:
+    now = int(time.time())
+    claims = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": f"id-{user}",
+        "jti": uuid.uuid4().hex,
+        "iat": now,
+        "exp": now + 900,
+        "role": "operator",
+        "name": user,
+    }
+    token = jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": "test-operators"})
+    path = platform.data_dir / "cli" / f"{user}.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps({"access_token": token, "user_id": f"id-{user}"}))
+
+
+async def publish_key(platform: RunningPlatform, key: Ed25519PrivateKey) -> None:
+    passwords = json.loads((platform.data_dir / "secrets" / "nats-passwords.json").read_text())
+    nats_url = json.loads((platform.data_dir / "platform.json").read_text()).get("nats_url")
+    assert nats_url, "platform.json names the NATS url"
+    nc = await connect_nats(
+        url=nats_url,
+        user=PLATFORM_USER,
+        password=passwords[PLATFORM_USER],
+        ca_cert=platform.data_dir / "pki" / "ca.crt",
+        name="test",
+    )
+    await EventBus(nc, service=PLATFORM_USER, producer="test").append(
+        signing_key_subject("test-operators"),
+        NewEvent(
+            aggregate_type="key",
+            aggregate_id="test-operators",
+            actor="test",
+            payload=SigningKeyPublished(
+                key_id="test-operators",
+                algorithm="EdDSA",
+                public_key=key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw),
+            ),
+        ),
+        aggregate_version=1,
+        expected_last_subject_seq=None,
+    )
+    await nc.close()
+
+
+def wait_for(platform: RunningPlatform, args: list[str], text: str, timeout: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        out = platform.cli(*args, check=False)
+        if text in out.stdout:
+            return out.stdout
+        if time.monotonic() > deadline:
+            raise AssertionError(f"`parley {' '.join(args)}` never showed {text!r}:\n{out.stdout}\n{out.stderr}")
+        time.sleep(0.5)
+
+
+def test_fleet_lists_every_service(platform: RunningPlatform) -> None:
+    for service in SERVICES:  # each appears with its first heartbeat
+        out = wait_for(platform, ["fleet"], f"{service}-1")
+    assert "SERVING" in out
+
+
+def test_people_without_the_operator_role_are_refused(platform: RunningPlatform) -> None:
+    platform.cli("register", "mallory", stdin="a-long-enough-passphrase\n")
+    platform.cli("login", "mallory", stdin="a-long-enough-passphrase\n")
+    refused = platform.cli("--as", "mallory", "advisories", "import", str(OSV_DIR), check=False)
+    assert refused.returncode == 1
+    assert "PERMISSION_DENIED" in refused.stderr
+    assert "operator or admin role" in refused.stderr
+
+
+@pytest.mark.skipif(not OSV_DIR.is_dir(), reason=f"OSV test data not found at {OSV_DIR}")
+def test_operator_flow_publish_plan_approve_rollback(platform: RunningPlatform, tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    asyncio.run(publish_key(platform, key))
+    for user in ("olga", "oscar", "pat"):
+        save_operator(platform, key, user)
+
+    imported = wait_for(platform, ["--as", "olga", "advisories", "import", str(OSV_DIR)], "imported")
+    assert "imported 30" in imported or "unchanged 30" in imported
+    assert platform.cli("advisories", "list", check=False).returncode in (0, 1)  # 1 when something is overdue
+
+    wheel = tmp_path / "parley_messaging-0.9.0-py3-none-any.whl"
+    wheel.write_bytes(b"not installed by this test")
+    out = platform.cli(
+        "--as", "pat", "patch", "publish", "messaging", "0.9.0", "--wheel", str(wheel), "--fixes", "PYSEC-2023-192"
+    ).stdout
+    assert "published messaging 0.9.0" in out
+    assert "messaging" in platform.cli("patch", "list").stdout
+
+    planned = platform.cli("--as", "olga", "patch", "rollout", "messaging", "0.9.0").stdout
+    rollout_id = planned.split()[1].rstrip(":")
+    assert "state: planned" in planned
+    own = platform.cli("--as", "olga", "patch", "approve", rollout_id, check=False)
+    assert own.returncode == 1
+    assert "someone other than" in own.stderr
+    publisher = platform.cli("--as", "pat", "patch", "approve", rollout_id, check=False)
+    assert "published the release" in publisher.stderr
+    approved = platform.cli("--as", "oscar", "patch", "approve", rollout_id).stdout
+    assert "approved by id-oscar" in approved
+    wait_for(platform, ["patch", "status", rollout_id], "state: canary")
+    rolled = platform.cli("--as", "oscar", "patch", "rollback", rollout_id, "--reason", "not today").stdout
+    assert "state: rolling_back (not today)" in rolled
+    audit = platform.cli("patch", "status", rollout_id, "--audit").stdout
+    for event in ("RolloutPlanned", "RolloutApproved", "StepStarted", "RollbackStarted"):
+        assert event in audit
