@@ -6,28 +6,30 @@ the only gate) and the client's remaining deadline.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
-from parley.messaging.v1.events_pb2 import MessagePosted
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from parley_core.bus import ReceivedEvent, Replay
 from parley_core.envelope import open_payload
-from parley_core.errors import InvalidArgument, PermissionDenied, ResourceExhausted
+from parley_core.errors import InvalidArgument, PermissionDenied
 from parley_core.runner import RunContext
 from parley_core.topology import channel_subject
+from parley_gateway.limits import Admission, GatewayLimits, RateLimited, source_of
+from parley_gateway.live import LiveBuffer, client_event
 
-# Events buffered per live stream before the client is told to resync from history.
-LIVE_BUFFER = 1000
+log = logging.getLogger(__name__)
+
 DEFAULT_DEADLINE_S = 10.0
+MAX_LIVE_CHANNELS = 500
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Req = TypeVar("Req")
@@ -49,23 +51,38 @@ class Forwarded:
         return cls(metadata, timeout)
 
 
+# Internal failures a client can act on only by retrying; their details (addresses, internal
+# errors) stay in our logs.
+HIDDEN_DETAIL = {
+    grpc.StatusCode.UNAVAILABLE: "the service is briefly unavailable; retry shortly",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "the deadline passed before the platform answered; retry with a longer one",
+    grpc.StatusCode.UNKNOWN: "internal error",
+    grpc.StatusCode.DATA_LOSS: "internal error",
+    grpc.StatusCode.UNIMPLEMENTED: "this call is not available on the platform yet",
+}
+
+
 async def forward(method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp], request: Req, context: Context) -> Resp:
     """Call an internal service on behalf of the client: its token, its remaining deadline."""
     fwd = Forwarded.of(context)
-    return await method(request, metadata=fwd.metadata, timeout=fwd.timeout)
-
-
-class Overflow(Exception):
-    pass
+    try:
+        return await method(request, metadata=fwd.metadata, timeout=fwd.timeout)
+    except grpc.aio.AioRpcError as exc:
+        if (public := HIDDEN_DETAIL.get(exc.code())) is None:
+            raise  # a refusal of the client's request: its message is meant for the client
+        log.warning("internal call failed", extra={"code": exc.code().name, "detail": exc.details()})
+        await context.abort(exc.code(), public)
+        raise  # abort raises; this keeps type checkers informed
 
 
 class GatewayApp(gateway_pb2_grpc.GatewayServicer):
-    def __init__(self) -> None:
+    def __init__(self, limits: GatewayLimits | None = None) -> None:
         self._ctx: RunContext | None = None
         self._auth: auth_pb2_grpc.AuthServiceAsyncStub | None = None
         self._messaging: messaging_pb2_grpc.MessagingServiceAsyncStub | None = None
         self._storage: storage_pb2_grpc.StorageServiceAsyncStub | None = None
-        self._streams: set[asyncio.Task[object]] = set()
+        self.limits = limits or GatewayLimits()
+        self._admission = Admission(self.limits)
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
@@ -79,49 +96,83 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
     async def stop(self) -> None:
         pass
 
-    def _authenticate(self, context: Context) -> str:
+    async def _admit(self, request: Message, context: Context, *, anonymous: bool = False) -> str:
+        """Size, token and budget checks every call passes before any internal call; returns the user id."""
         assert self._ctx is not None
-        return self._ctx.tokens.caller(context).user_id
+        self._admission.check_size(request.ByteSize())
+        user_id = None if anonymous else self._ctx.tokens.caller(context).user_id
+        try:
+            self._admission.admit(source=source_of(context.peer()), user_id=user_id)
+        except RateLimited as exc:
+            retry_ms = str(max(1, round(exc.retry_after_s * 1000)))
+            # The retry hint travels as trailing metadata, so a client can wait exactly that long.
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), trailing_metadata=(("retry-after-ms", retry_ms),)
+            )
+        return user_id or ""
 
     async def Register(self, request: auth_pb2.RegisterRequest, context: Context) -> auth_pb2.RegisterResponse:
         assert self._auth is not None
+        await self._admit(request, context, anonymous=True)
         return await forward(self._auth.Register, request, context)
 
     async def Login(self, request: auth_pb2.LoginRequest, context: Context) -> auth_pb2.LoginResponse:
         assert self._auth is not None
+        await self._admit(request, context, anonymous=True)
         return await forward(self._auth.Login, request, context)
 
     async def CreateChannel(
         self, request: messaging_pb2.CreateChannelRequest, context: Context
     ) -> messaging_pb2.Channel:
         assert self._messaging is not None
-        self._authenticate(context)
+        await self._admit(request, context)
         return await forward(self._messaging.CreateChannel, request, context)
 
     async def JoinChannel(self, request: messaging_pb2.JoinChannelRequest, context: Context) -> messaging_pb2.Channel:
         assert self._messaging is not None
-        self._authenticate(context)
+        await self._admit(request, context)
         return await forward(self._messaging.JoinChannel, request, context)
 
     async def ListMyChannels(
         self, request: messaging_pb2.ListMyChannelsRequest, context: Context
     ) -> messaging_pb2.ListMyChannelsResponse:
         assert self._messaging is not None
-        self._authenticate(context)
+        await self._admit(request, context)
         return await forward(self._messaging.ListMyChannels, request, context)
 
     async def SendMessage(
         self, request: messaging_pb2.PostMessageRequest, context: Context
     ) -> messaging_pb2.ChatMessage:
         assert self._messaging is not None
-        self._authenticate(context)
+        await self._admit(request, context)
         return await forward(self._messaging.PostMessage, request, context)
+
+    async def EditMessage(
+        self, request: messaging_pb2.EditMessageRequest, context: Context
+    ) -> messaging_pb2.ChatMessage:
+        assert self._messaging is not None
+        await self._admit(request, context)
+        return await forward(self._messaging.EditMessage, request, context)
+
+    async def RedactMessage(
+        self, request: messaging_pb2.RedactMessageRequest, context: Context
+    ) -> messaging_pb2.ChatMessage:
+        assert self._messaging is not None
+        await self._admit(request, context)
+        return await forward(self._messaging.RedactMessage, request, context)
+
+    async def ListMessageVersions(
+        self, request: messaging_pb2.ListMessageVersionsRequest, context: Context
+    ) -> messaging_pb2.ListMessageVersionsResponse:
+        assert self._messaging is not None
+        await self._admit(request, context)
+        return await forward(self._messaging.ListMessageVersions, request, context)
 
     async def GetHistory(
         self, request: storage_pb2.GetChannelHistoryRequest, context: Context
     ) -> storage_pb2.GetChannelHistoryResponse:
         assert self._storage is not None
-        self._authenticate(context)
+        await self._admit(request, context)
         return await forward(self._storage.GetChannelHistory, request, context)
 
     async def Subscribe(
@@ -129,57 +180,42 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
     ) -> AsyncIterator[gateway_pb2.ClientEvent]:
         assert self._ctx is not None
         assert self._messaging is not None
-        self._authenticate(context)
+        await self._admit(request, context)
         mine = await forward(self._messaging.ListMyChannels, messaging_pb2.ListMyChannelsRequest(), context)
         my_ids = {c.channel_id for c in mine.channels}
-        wanted = list(dict.fromkeys(request.channel_ids)) or sorted(my_ids)
-        if len(wanted) > 500:
-            raise InvalidArgument("at most 500 channels per live stream")
+        resume = {r.channel_id: r.after_position for r in request.resume}
+        wanted = list(dict.fromkeys([*request.channel_ids, *resume])) or sorted(my_ids)
+        if len(wanted) > MAX_LIVE_CHANNELS:
+            raise InvalidArgument(f"at most {MAX_LIVE_CHANNELS} channels per live stream")
         if not_mine := [c for c in wanted if c not in my_ids]:
             raise PermissionDenied(f"not a member of channel(s): {', '.join(not_mine[:5])}")
 
-        queue: asyncio.Queue[gateway_pb2.ClientEvent | Overflow] = asyncio.Queue(maxsize=LIVE_BUFFER + 1)
+        buffer = LiveBuffer(self.limits.live_buffer)
 
         async def deliver(event: ReceivedEvent) -> None:
-            payload = open_payload(event.envelope)
-            if not isinstance(payload, MessagePosted):
-                return
-            item = gateway_pb2.ClientEvent(
-                message=messaging_pb2.ChatMessage(
-                    channel_id=payload.channel_id,
-                    message_id=payload.message_id,
-                    sender_id=payload.sender_id,
-                    sender_name=payload.sender_name,
-                    channel_seq=payload.channel_seq,
-                    body=payload.body,
-                    sent_at=payload.sent_at,
-                )
-            )
-            if queue.qsize() >= LIVE_BUFFER:
-                # A client this far behind gets told to resync rather than growing our memory.
-                with contextlib.suppress(asyncio.QueueFull):
-                    queue.put_nowait(Overflow())
-                return
-            queue.put_nowait(item)
+            item = client_event(open_payload(event.envelope), event.stream_seq)
+            if item is not None:
+                buffer.offer(item)
 
         replays: list[Replay] = []
         try:
             for channel_id in wanted:
+                # A channel's events are one subject of the MSG stream, so the stream position
+                # of its last event read is exactly where to continue: no gap, no repeat.
+                after = resume.get(channel_id, 0)
                 replays.append(
                     await self._ctx.bus.replay(
                         stream="MSG",
                         filter_subject=channel_subject(channel_id),
                         handler=deliver,
-                        only_new=True,
+                        start_seq=after + 1 if after else None,
+                        only_new=not after,
                         stop_with_service=False,
                     )
                 )
             yield gateway_pb2.ClientEvent(ready=gateway_pb2.Ready(channel_ids=wanted))
             while True:
-                item = await queue.get()
-                if isinstance(item, Overflow):
-                    raise ResourceExhausted("live stream fell too far behind; reload history and subscribe again")
-                yield item
+                yield await buffer.take()
         finally:
             for replay in replays:
                 await replay.stop()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from parley_core.errors import InvalidArgument, NotFound, PermissionDenied
+from parley_core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 
 MAX_CHANNEL_NAME = 64
 MAX_BODY_CHARS = 4000
@@ -22,6 +22,25 @@ class PostedMessage:
     channel_seq: int
     body: str
     sent_at_unix_ns: int
+    redacted: bool = False
+    edit_count: int = 0
+
+
+@dataclass
+class MessageRecord:
+    """A message as it is now, plus every earlier text (kept for moderators until redaction)."""
+
+    current: PostedMessage
+    versions: list[str] = field(default_factory=list)
+
+    def edited(self, body: str) -> None:
+        self.versions.append(body)
+        self.current = replace(self.current, body=body, edit_count=self.current.edit_count + 1)
+
+    def redacted(self) -> None:
+        # Redaction removes every text this projection holds, not only the visible one.
+        self.versions.clear()
+        self.current = replace(self.current, body="", redacted=True)
 
 
 @dataclass
@@ -32,11 +51,48 @@ class Channel:
     last_seq: int = 0  # channel sequence of the newest message
     last_stream_seq: int = 0  # stream sequence of the newest event: the append guard
     version: int = 1  # events applied to this aggregate
-    sends: dict[tuple[str, str], PostedMessage] = field(default_factory=dict)
+    sends: dict[tuple[str, str], int] = field(default_factory=dict)  # (sender, key) -> channel_seq
+    messages: dict[int, MessageRecord] = field(default_factory=dict)
+    creator_id: str = ""
 
     def require_member(self, user_id: str) -> None:
         if user_id not in self.members:
             raise PermissionDenied("you are not a member of this channel; join it first")
+
+    def is_moderator(self, user_id: str) -> bool:
+        """The channel's creator moderates it (its owner role)."""
+        return user_id == self.creator_id
+
+    def earlier_send(self, sender_id: str, key: str) -> PostedMessage | None:
+        seq = self.sends.get((sender_id, key))
+        return None if seq is None else self.messages[seq].current
+
+    def message(self, channel_seq: int) -> MessageRecord:
+        record = self.messages.get(channel_seq)
+        if record is None:
+            raise NotFound(f"no message #{channel_seq} in this channel")
+        return record
+
+    def record_post(self, message: PostedMessage, idempotency_key: str) -> None:
+        self.last_seq = message.channel_seq
+        self.messages[message.channel_seq] = MessageRecord(message, [message.body])
+        self.sends[(message.sender_id, idempotency_key)] = message.channel_seq
+
+    def check_edit(self, user_id: str, channel_seq: int) -> MessageRecord:
+        self.require_member(user_id)
+        record = self.message(channel_seq)
+        if record.current.redacted:
+            raise FailedPrecondition(f"message #{channel_seq} was redacted; it can no longer be edited")
+        if record.current.sender_id != user_id:
+            raise PermissionDenied("only the sender may edit a message")
+        return record
+
+    def check_redact(self, user_id: str, channel_seq: int) -> MessageRecord:
+        self.require_member(user_id)
+        record = self.message(channel_seq)
+        if record.current.sender_id != user_id and not self.is_moderator(user_id):
+            raise PermissionDenied("only the sender or a moderator of the channel may redact a message")
+        return record
 
 
 def validate_channel_name(name: str) -> str:
@@ -80,7 +136,9 @@ class ChannelDirectory:
         return channel
 
     def create(self, channel_id: str, name: str, creator_id: str, stream_seq: int) -> None:
-        self._channels[channel_id] = Channel(channel_id, name, {creator_id}, last_stream_seq=stream_seq)
+        self._channels[channel_id] = Channel(
+            channel_id, name, {creator_id}, last_stream_seq=stream_seq, creator_id=creator_id
+        )
 
     def of_member(self, user_id: str) -> list[Channel]:
         return [c for c in self._channels.values() if user_id in c.members]

@@ -5,15 +5,22 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
-from parley.messaging.v1.events_pb2 import ChannelCreated, MemberJoined, MessagePosted
+from parley.messaging.v1.events_pb2 import (
+    ChannelCreated,
+    MemberJoined,
+    MessageEdited,
+    MessagePosted,
+    MessageRedacted,
+)
 
 from parley_core.bus import ConcurrencyConflict, ReceivedEvent, Replay
 from parley_core.envelope import NewEvent, open_payload
-from parley_core.errors import InvalidArgument, Unavailable
+from parley_core.errors import InvalidArgument, PermissionDenied, Unavailable
 from parley_core.runner import RunContext
 from parley_core.topology import CHANNELS_FILTER, channel_subject
 from parley_messaging.domain import (
@@ -40,6 +47,8 @@ def to_proto(message: PostedMessage) -> messaging_pb2.ChatMessage:
         channel_seq=message.channel_seq,
         body=message.body,
         sent_at=sent,
+        redacted=message.redacted,
+        edit_count=message.edit_count,
     )
 
 
@@ -88,8 +97,11 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
                 body=payload.body,
                 sent_at_unix_ns=payload.sent_at.ToNanoseconds(),
             )
-            channel.last_seq = payload.channel_seq
-            channel.sends[(payload.sender_id, payload.idempotency_key)] = posted
+            channel.record_post(posted, payload.idempotency_key)
+        elif isinstance(payload, MessageEdited):
+            channel.message(payload.channel_seq).edited(payload.body)
+        elif isinstance(payload, MessageRedacted):
+            channel.message(payload.channel_seq).redacted()
 
     async def _append(self, event: NewEvent, *, after: Channel | None) -> None:
         """Append to a channel as it was read (`after`), or create it (`after=None`)."""
@@ -172,7 +184,7 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
             for _ in range(APPEND_ATTEMPTS):
                 channel = self.channels.get(request.channel_id)
                 channel.require_member(caller.user_id)
-                if (earlier := channel.sends.get((caller.user_id, key))) is not None:
+                if (earlier := channel.earlier_send(caller.user_id, key)) is not None:
                     return to_proto(earlier)
                 sent = Timestamp()
                 sent.GetCurrentTime()
@@ -198,5 +210,96 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
                 except ConcurrencyConflict:
                     await self._settle()
                     continue
-                return to_proto(self.channels.get(channel.channel_id).sends[(caller.user_id, key)])
+                posted = self.channels.get(channel.channel_id).earlier_send(caller.user_id, key)
+                assert posted is not None
+                return to_proto(posted)
         raise Unavailable("the channel is changing too fast; try again")
+
+    async def _change_message(
+        self, channel_id: str, channel_seq: int, decide: Callable[[Channel], NewEvent | None]
+    ) -> messaging_pb2.ChatMessage:
+        """Append the event `decide` makes from the channel as read; None means nothing to do."""
+        if not channel_id or channel_seq <= 0:
+            raise InvalidArgument("channel_id and channel_seq (>= 1) are required")
+        async with self._locks[channel_id]:
+            for _ in range(APPEND_ATTEMPTS):
+                channel = self.channels.get(channel_id)
+                event = decide(channel)
+                if event is None:
+                    return to_proto(channel.message(channel_seq).current)
+                try:
+                    await self._append(event, after=channel)
+                except ConcurrencyConflict:
+                    await self._settle()
+                    continue
+                return to_proto(self.channels.get(channel_id).message(channel_seq).current)
+        raise Unavailable("the channel is changing too fast; try again")
+
+    async def EditMessage(
+        self, request: messaging_pb2.EditMessageRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.ChatMessage:
+        assert self._ctx is not None
+        caller = self._ctx.tokens.caller(context)
+        body = validate_body(request.body)
+
+        def decide(channel: Channel) -> NewEvent | None:
+            record = channel.check_edit(caller.user_id, request.channel_seq)
+            if record.current.body == body:
+                return None  # a retried edit: already the text
+            edited = Timestamp()
+            edited.GetCurrentTime()
+            return NewEvent(
+                aggregate_type="channel",
+                aggregate_id=channel.channel_id,
+                payload=MessageEdited(
+                    channel_id=channel.channel_id,
+                    message_id=record.current.message_id,
+                    channel_seq=request.channel_seq,
+                    body=body,
+                    editor_id=caller.user_id,
+                    edited_at=edited,
+                ),
+                actor=caller.user_id,
+            )
+
+        return await self._change_message(request.channel_id, request.channel_seq, decide)
+
+    async def RedactMessage(
+        self, request: messaging_pb2.RedactMessageRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.ChatMessage:
+        assert self._ctx is not None
+        caller = self._ctx.tokens.caller(context)
+        if len(request.reason) > 500:
+            raise InvalidArgument("reason must be at most 500 characters")
+
+        def decide(channel: Channel) -> NewEvent | None:
+            record = channel.check_redact(caller.user_id, request.channel_seq)
+            if record.current.redacted:
+                return None  # redacting twice changes nothing
+            redacted = Timestamp()
+            redacted.GetCurrentTime()
+            return NewEvent(
+                aggregate_type="channel",
+                aggregate_id=channel.channel_id,
+                payload=MessageRedacted(
+                    channel_id=channel.channel_id,
+                    message_id=record.current.message_id,
+                    channel_seq=request.channel_seq,
+                    redactor_id=caller.user_id,
+                    reason=request.reason,
+                    redacted_at=redacted,
+                ),
+                actor=caller.user_id,
+            )
+
+        return await self._change_message(request.channel_id, request.channel_seq, decide)
+
+    async def ListMessageVersions(
+        self, request: messaging_pb2.ListMessageVersionsRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.ListMessageVersionsResponse:
+        assert self._ctx is not None
+        caller = self._ctx.tokens.caller(context)
+        channel = self.channels.get(request.channel_id)
+        if not channel.is_moderator(caller.user_id):
+            raise PermissionDenied("only a moderator of the channel may see earlier versions of a message")
+        return messaging_pb2.ListMessageVersionsResponse(bodies=channel.message(request.channel_seq).versions)

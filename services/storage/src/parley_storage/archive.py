@@ -9,7 +9,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from parley.messaging.v1.events_pb2 import ChannelCreated, MemberJoined, MessagePosted
+from parley.messaging.v1.events_pb2 import (
+    ChannelCreated,
+    MemberJoined,
+    MessageEdited,
+    MessagePosted,
+    MessageRedacted,
+)
 from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -171,6 +177,8 @@ class SqlEventArchive:
             self._insert_ignoring_duplicates(
                 conn, channel_members, {"channel_id": payload.channel_id, "user_id": payload.user_id}
             )
+        elif isinstance(payload, MessageEdited | MessageRedacted):
+            _apply_message_change(conn, payload)
 
     async def is_member(self, channel_id: str, user_id: str) -> bool:
         def work(conn: Connection) -> bool:
@@ -183,14 +191,18 @@ class SqlEventArchive:
 
         return await self.run("is_member", work)
 
-    async def channel_history(self, channel_id: str, *, after_seq: int, limit: int) -> tuple[list[StoredMessage], bool]:
+    async def channel_history(
+        self, channel_id: str, *, after_seq: int, limit: int, before_seq: int = 0
+    ) -> tuple[list[StoredMessage], bool]:
+        """A page after `after_seq`, or (before_seq > 0) the newest page before `before_seq`; oldest first."""
+
         def work(conn: Connection) -> tuple[list[StoredMessage], bool]:
-            rows = conn.execute(
-                select(channel_messages)
-                .where(channel_messages.c.channel_id == channel_id, channel_messages.c.channel_seq > after_seq)
-                .order_by(channel_messages.c.channel_seq)
-                .limit(limit + 1)
-            ).all()
+            seq = channel_messages.c.channel_seq
+            query = select(channel_messages).where(channel_messages.c.channel_id == channel_id, seq > after_seq)
+            query = query.where(seq < before_seq).order_by(seq.desc()) if before_seq else query.order_by(seq)
+            rows = list(conn.execute(query.limit(limit + 1)).all())
+            if before_seq:
+                rows = [*reversed(rows[:limit]), *rows[limit:]]
             messages = [
                 StoredMessage(
                     r.channel_id, r.channel_seq, r.message_id, r.sender_id, r.sender_name, r.body, r.sent_at_ns
@@ -206,3 +218,20 @@ class SqlEventArchive:
             return conn.execute(select(func.count()).select_from(events).where(events.c.stream == stream)).scalar_one()
 
         return await self.run("count_events", work)
+
+
+# --- issue 4 (messaging): edits and redactions in the channel_messages projection -----------
+
+
+def _apply_message_change(conn: Connection, change: MessageEdited | MessageRedacted) -> None:
+    """Keep channel_messages showing what a member may see now.
+
+    A redaction blanks the text (an empty body marks it: a posted body is never empty); an edit
+    never brings back the text of a redacted message, whatever order a redelivery comes in.
+    """
+    row = channel_messages.c
+    where = (row.channel_id == change.channel_id, row.channel_seq == change.channel_seq)
+    if isinstance(change, MessageRedacted):
+        conn.execute(update(channel_messages).where(*where).values(body=""))
+    else:
+        conn.execute(update(channel_messages).where(*where, row.body != "").values(body=change.body))

@@ -24,18 +24,26 @@ class SubscribeRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CHANNEL_IDS_FIELD_NUMBER: _builtins.int
+    RESUME_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def channel_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """empty: every channel the caller is a member of"""
+
+    @_builtins.property
+    def resume(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResumeFrom]:
+        """Continue a channel's live events after the position of the last one received (its
+        ChatMessage.position): nothing in between is missed, nothing is repeated.
+        """
 
     def __init__(
         self,
         *,
         channel_ids: _abc.Iterable[_builtins.str] | None = ...,
+        resume: _abc.Iterable[Global___ResumeFrom] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_ids", b"channel_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_ids", b"channel_ids", "resume", b"resume"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -67,22 +75,50 @@ class ClientEvent(_message.Message):
 
     READY_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    UPDATED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def ready(self) -> Global___Ready: ...
     @_builtins.property
     def message(self) -> _messaging_pb2.ChatMessage: ...
+    @_builtins.property
+    def updated(self) -> _messaging_pb2.ChatMessage:
+        """The same message with a new text or with its content removed (redacted=true)."""
+
     def __init__(
         self,
         *,
         ready: Global___Ready | None = ...,
         message: _messaging_pb2.ChatMessage | None = ...,
+        updated: _messaging_pb2.ChatMessage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "message", b"message", "ready", b"ready"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "message", b"message", "ready", b"ready", "updated", b"updated"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "message", b"message", "ready", b"ready"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "message", b"message", "ready", b"ready", "updated", b"updated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["ready", "message"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["ready", "message", "updated"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___ClientEvent: _TypeAlias = ClientEvent  # noqa: Y015
+
+@_typing.final
+class ResumeFrom(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    AFTER_POSITION_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    after_position: _builtins.int
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        after_position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_position", b"after_position", "channel_id", b"channel_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeFrom: _TypeAlias = ResumeFrom  # noqa: Y015

@@ -79,6 +79,21 @@ class GatewayStub:
                 request_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.SubscribeRequest.SerializeToString,
                 response_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.ClientEvent.FromString,
                 _registered_method=True)
+        self.EditMessage = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/EditMessage',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.EditMessageRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.FromString,
+                _registered_method=True)
+        self.RedactMessage = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/RedactMessage',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.RedactMessageRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.FromString,
+                _registered_method=True)
+        self.ListMessageVersions = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/ListMessageVersions',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -136,6 +151,24 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EditMessage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedactMessage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMessageVersions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -178,6 +211,21 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.Subscribe,
                     request_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.SubscribeRequest.FromString,
                     response_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.ClientEvent.SerializeToString,
+            ),
+            'EditMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.EditMessage,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.EditMessageRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.SerializeToString,
+            ),
+            'RedactMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedactMessage,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.RedactMessageRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.SerializeToString,
+            ),
+            'ListMessageVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMessageVersions,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -398,6 +446,87 @@ class Gateway:
             '/parley.gateway.v1.Gateway/Subscribe',
             parley_dot_gateway_dot_v1_dot_gateway__pb2.SubscribeRequest.SerializeToString,
             parley_dot_gateway_dot_v1_dot_gateway__pb2.ClientEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EditMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/EditMessage',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.EditMessageRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedactMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/RedactMessage',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.RedactMessageRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMessageVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/ListMessageVersions',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,9 @@ class GatewayStub:
     """Live events of the caller's channels. The first event is always `ready`: from then on
     nothing published to those channels is missed.
     """
+    EditMessage: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.EditMessageRequest, _messaging_pb2.ChatMessage]
+    RedactMessage: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.RedactMessageRequest, _messaging_pb2.ChatMessage]
+    ListMessageVersions: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ListMessageVersionsRequest, _messaging_pb2.ListMessageVersionsResponse]
 
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
@@ -68,6 +71,9 @@ class GatewayAsyncStub(GatewayStub):
     """Live events of the caller's channels. The first event is always `ready`: from then on
     nothing published to those channels is missed.
     """
+    EditMessage: _aio.UnaryUnaryMultiCallable[_messaging_pb2.EditMessageRequest, _messaging_pb2.ChatMessage]  # type: ignore[assignment]
+    RedactMessage: _aio.UnaryUnaryMultiCallable[_messaging_pb2.RedactMessageRequest, _messaging_pb2.ChatMessage]  # type: ignore[assignment]
+    ListMessageVersions: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ListMessageVersionsRequest, _messaging_pb2.ListMessageVersionsResponse]  # type: ignore[assignment]
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
     """The only client-facing API. Every call except Register and Login needs
@@ -132,5 +138,26 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         """Live events of the caller's channels. The first event is always `ready`: from then on
         nothing published to those channels is missed.
         """
+
+    @_abc_1.abstractmethod
+    def EditMessage(
+        self,
+        request: _messaging_pb2.EditMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.ChatMessage, _abc.Awaitable[_messaging_pb2.ChatMessage]]: ...
+
+    @_abc_1.abstractmethod
+    def RedactMessage(
+        self,
+        request: _messaging_pb2.RedactMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.ChatMessage, _abc.Awaitable[_messaging_pb2.ChatMessage]]: ...
+
+    @_abc_1.abstractmethod
+    def ListMessageVersions(
+        self,
+        request: _messaging_pb2.ListMessageVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.ListMessageVersionsResponse, _abc.Awaitable[_messaging_pb2.ListMessageVersionsResponse]]: ...
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n parley/messaging/v1/events.proto\x12\x13parley.messaging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"F\n\x0e\x43hannelCreated\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\ncreator_id\x18\x03 \x01(\t\"3\n\x0cMemberJoined\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"\xc8\x01\n\rMessagePosted\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x11\n\tsender_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x04 \x01(\x04\x12\x0c\n\x04\x62ody\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12+\n\x07sent_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bsender_name\x18\x08 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n parley/messaging/v1/events.proto\x12\x13parley.messaging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"F\n\x0e\x43hannelCreated\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\ncreator_id\x18\x03 \x01(\t\"3\n\x0cMemberJoined\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"\xc8\x01\n\rMessagePosted\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x11\n\tsender_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x04 \x01(\x04\x12\x0c\n\x04\x62ody\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12+\n\x07sent_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bsender_name\x18\x08 \x01(\t\"\x9c\x01\n\rMessageEdited\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x03 \x01(\x04\x12\x0c\n\x04\x62ody\x18\x04 \x01(\t\x12\x11\n\teditor_id\x18\x05 \x01(\t\x12-\n\tedited_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa4\x01\n\x0fMessageRedacted\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x03 \x01(\x04\x12\x13\n\x0bredactor_id\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12/\n\x0bredacted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,4 +38,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MEMBERJOINED']._serialized_end=213
   _globals['_MESSAGEPOSTED']._serialized_start=216
   _globals['_MESSAGEPOSTED']._serialized_end=416
+  _globals['_MESSAGEEDITED']._serialized_start=419
+  _globals['_MESSAGEEDITED']._serialized_end=575
+  _globals['_MESSAGEREDACTED']._serialized_start=578
+  _globals['_MESSAGEREDACTED']._serialized_end=742
 # @@protoc_insertion_point(module_scope)

@@ -108,3 +108,83 @@ class MessagePosted(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MessagePosted: _TypeAlias = MessagePosted  # noqa: Y015
+
+@_typing.final
+class MessageEdited(_message.Message):
+    """A sender replaced the text of one of their messages. The earlier text stays in the log and,
+    for moderators, in messaging's projection (ListMessageVersions).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_SEQ_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    EDITOR_ID_FIELD_NUMBER: _builtins.int
+    EDITED_AT_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    message_id: _builtins.str
+    channel_seq: _builtins.int
+    """the edited message's sequence number"""
+    body: _builtins.str
+    """the new text"""
+    editor_id: _builtins.str
+    @_builtins.property
+    def edited_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        channel_seq: _builtins.int = ...,
+        body: _builtins.str = ...,
+        editor_id: _builtins.str = ...,
+        edited_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["edited_at", b"edited_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "channel_id", b"channel_id", "channel_seq", b"channel_seq", "edited_at", b"edited_at", "editor_id", b"editor_id", "message_id", b"message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageEdited: _TypeAlias = MessageEdited  # noqa: Y015
+
+@_typing.final
+class MessageRedacted(_message.Message):
+    """A message's content was removed (by its sender or a moderator). Only the fact is kept:
+    every projection drops the text, the archive included.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_SEQ_FIELD_NUMBER: _builtins.int
+    REDACTOR_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REDACTED_AT_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    message_id: _builtins.str
+    channel_seq: _builtins.int
+    redactor_id: _builtins.str
+    reason: _builtins.str
+    @_builtins.property
+    def redacted_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        channel_seq: _builtins.int = ...,
+        redactor_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        redacted_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["redacted_at", b"redacted_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "channel_seq", b"channel_seq", "message_id", b"message_id", "reason", b"reason", "redacted_at", b"redacted_at", "redactor_id", b"redactor_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageRedacted: _TypeAlias = MessageRedacted  # noqa: Y015

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#parley/messaging/v1/messaging.proto\x12\x13parley.messaging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"Q\n\x07\x43hannel\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nmember_ids\x18\x03 \x03(\t\x12\x10\n\x08last_seq\x18\x04 \x01(\x04\"\xad\x01\n\x0b\x43hatMessage\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x11\n\tsender_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x04 \x01(\x04\x12\x0c\n\x04\x62ody\x18\x05 \x01(\t\x12+\n\x07sent_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bsender_name\x18\x07 \x01(\t\"$\n\x14\x43reateChannelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"(\n\x12JoinChannelRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\"\x17\n\x15ListMyChannelsRequest\"H\n\x16ListMyChannelsResponse\x12.\n\x08\x63hannels\x18\x01 \x03(\x0b\x32\x1c.parley.messaging.v1.Channel\"O\n\x12PostMessageRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t2\x87\x03\n\x10MessagingService\x12X\n\rCreateChannel\x12).parley.messaging.v1.CreateChannelRequest\x1a\x1c.parley.messaging.v1.Channel\x12T\n\x0bJoinChannel\x12\'.parley.messaging.v1.JoinChannelRequest\x1a\x1c.parley.messaging.v1.Channel\x12i\n\x0eListMyChannels\x12*.parley.messaging.v1.ListMyChannelsRequest\x1a+.parley.messaging.v1.ListMyChannelsResponse\x12X\n\x0bPostMessage\x12\'.parley.messaging.v1.PostMessageRequest\x1a .parley.messaging.v1.ChatMessageb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#parley/messaging/v1/messaging.proto\x12\x13parley.messaging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"Q\n\x07\x43hannel\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nmember_ids\x18\x03 \x03(\t\x12\x10\n\x08last_seq\x18\x04 \x01(\x04\"\xe5\x01\n\x0b\x43hatMessage\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x11\n\tsender_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x04 \x01(\x04\x12\x0c\n\x04\x62ody\x18\x05 \x01(\t\x12+\n\x07sent_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bsender_name\x18\x07 \x01(\t\x12\x10\n\x08position\x18\x08 \x01(\x04\x12\x10\n\x08redacted\x18\t \x01(\x08\x12\x12\n\nedit_count\x18\n \x01(\r\"$\n\x14\x43reateChannelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"(\n\x12JoinChannelRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\"\x17\n\x15ListMyChannelsRequest\"H\n\x16ListMyChannelsResponse\x12.\n\x08\x63hannels\x18\x01 \x03(\x0b\x32\x1c.parley.messaging.v1.Channel\"O\n\x12PostMessageRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"K\n\x12\x45\x64itMessageRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x02 \x01(\x04\x12\x0c\n\x04\x62ody\x18\x03 \x01(\t\"O\n\x14RedactMessageRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x02 \x01(\x04\x12\x0e\n\x06reason\x18\x03 \x01(\t\"E\n\x1aListMessageVersionsRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x02 \x01(\x04\"-\n\x1bListMessageVersionsResponse\x12\x0e\n\x06\x62odies\x18\x01 \x03(\t2\xb9\x05\n\x10MessagingService\x12X\n\rCreateChannel\x12).parley.messaging.v1.CreateChannelRequest\x1a\x1c.parley.messaging.v1.Channel\x12T\n\x0bJoinChannel\x12\'.parley.messaging.v1.JoinChannelRequest\x1a\x1c.parley.messaging.v1.Channel\x12i\n\x0eListMyChannels\x12*.parley.messaging.v1.ListMyChannelsRequest\x1a+.parley.messaging.v1.ListMyChannelsResponse\x12X\n\x0bPostMessage\x12\'.parley.messaging.v1.PostMessageRequest\x1a .parley.messaging.v1.ChatMessage\x12X\n\x0b\x45\x64itMessage\x12\'.parley.messaging.v1.EditMessageRequest\x1a .parley.messaging.v1.ChatMessage\x12\\\n\rRedactMessage\x12).parley.messaging.v1.RedactMessageRequest\x1a .parley.messaging.v1.ChatMessage\x12x\n\x13ListMessageVersions\x12/.parley.messaging.v1.ListMessageVersionsRequest\x1a\x30.parley.messaging.v1.ListMessageVersionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,17 +35,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHANNEL']._serialized_start=93
   _globals['_CHANNEL']._serialized_end=174
   _globals['_CHATMESSAGE']._serialized_start=177
-  _globals['_CHATMESSAGE']._serialized_end=350
-  _globals['_CREATECHANNELREQUEST']._serialized_start=352
-  _globals['_CREATECHANNELREQUEST']._serialized_end=388
-  _globals['_JOINCHANNELREQUEST']._serialized_start=390
-  _globals['_JOINCHANNELREQUEST']._serialized_end=430
-  _globals['_LISTMYCHANNELSREQUEST']._serialized_start=432
-  _globals['_LISTMYCHANNELSREQUEST']._serialized_end=455
-  _globals['_LISTMYCHANNELSRESPONSE']._serialized_start=457
-  _globals['_LISTMYCHANNELSRESPONSE']._serialized_end=529
-  _globals['_POSTMESSAGEREQUEST']._serialized_start=531
-  _globals['_POSTMESSAGEREQUEST']._serialized_end=610
-  _globals['_MESSAGINGSERVICE']._serialized_start=613
-  _globals['_MESSAGINGSERVICE']._serialized_end=1004
+  _globals['_CHATMESSAGE']._serialized_end=406
+  _globals['_CREATECHANNELREQUEST']._serialized_start=408
+  _globals['_CREATECHANNELREQUEST']._serialized_end=444
+  _globals['_JOINCHANNELREQUEST']._serialized_start=446
+  _globals['_JOINCHANNELREQUEST']._serialized_end=486
+  _globals['_LISTMYCHANNELSREQUEST']._serialized_start=488
+  _globals['_LISTMYCHANNELSREQUEST']._serialized_end=511
+  _globals['_LISTMYCHANNELSRESPONSE']._serialized_start=513
+  _globals['_LISTMYCHANNELSRESPONSE']._serialized_end=585
+  _globals['_POSTMESSAGEREQUEST']._serialized_start=587
+  _globals['_POSTMESSAGEREQUEST']._serialized_end=666
+  _globals['_EDITMESSAGEREQUEST']._serialized_start=668
+  _globals['_EDITMESSAGEREQUEST']._serialized_end=743
+  _globals['_REDACTMESSAGEREQUEST']._serialized_start=745
+  _globals['_REDACTMESSAGEREQUEST']._serialized_end=824
+  _globals['_LISTMESSAGEVERSIONSREQUEST']._serialized_start=826
+  _globals['_LISTMESSAGEVERSIONSREQUEST']._serialized_end=895
+  _globals['_LISTMESSAGEVERSIONSRESPONSE']._serialized_start=897
+  _globals['_LISTMESSAGEVERSIONSRESPONSE']._serialized_end=942
+  _globals['_MESSAGINGSERVICE']._serialized_start=945
+  _globals['_MESSAGINGSERVICE']._serialized_end=1642
 # @@protoc_insertion_point(module_scope)

@@ -59,12 +59,23 @@ class ChatMessage(_message.Message):
     BODY_FIELD_NUMBER: _builtins.int
     SENT_AT_FIELD_NUMBER: _builtins.int
     SENDER_NAME_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    REDACTED_FIELD_NUMBER: _builtins.int
+    EDIT_COUNT_FIELD_NUMBER: _builtins.int
     channel_id: _builtins.str
     message_id: _builtins.str
     sender_id: _builtins.str
     channel_seq: _builtins.int
     body: _builtins.str
     sender_name: _builtins.str
+    position: _builtins.int
+    """Live stream only: the event's position in the channel's event log. Give it back in
+    SubscribeRequest.resume to continue after a reconnect with no gap and no duplicate.
+    """
+    redacted: _builtins.bool
+    """the content was removed; body is empty"""
+    edit_count: _builtins.int
+    """how many times the text was edited"""
     @_builtins.property
     def sent_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -77,10 +88,13 @@ class ChatMessage(_message.Message):
         body: _builtins.str = ...,
         sent_at: _timestamp_pb2.Timestamp | None = ...,
         sender_name: _builtins.str = ...,
+        position: _builtins.int = ...,
+        redacted: _builtins.bool = ...,
+        edit_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sent_at", b"sent_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "channel_id", b"channel_id", "channel_seq", b"channel_seq", "message_id", b"message_id", "sender_id", b"sender_id", "sender_name", b"sender_name", "sent_at", b"sent_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "channel_id", b"channel_id", "channel_seq", b"channel_seq", "edit_count", b"edit_count", "message_id", b"message_id", "position", b"position", "redacted", b"redacted", "sender_id", b"sender_id", "sender_name", b"sender_name", "sent_at", b"sent_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -184,3 +198,97 @@ class PostMessageRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PostMessageRequest: _TypeAlias = PostMessageRequest  # noqa: Y015
+
+@_typing.final
+class EditMessageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_SEQ_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    channel_seq: _builtins.int
+    body: _builtins.str
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        channel_seq: _builtins.int = ...,
+        body: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "channel_id", b"channel_id", "channel_seq", b"channel_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EditMessageRequest: _TypeAlias = EditMessageRequest  # noqa: Y015
+
+@_typing.final
+class RedactMessageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_SEQ_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    channel_seq: _builtins.int
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        channel_seq: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "channel_seq", b"channel_seq", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedactMessageRequest: _TypeAlias = RedactMessageRequest  # noqa: Y015
+
+@_typing.final
+class ListMessageVersionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_SEQ_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    channel_seq: _builtins.int
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        channel_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "channel_seq", b"channel_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMessageVersionsRequest: _TypeAlias = ListMessageVersionsRequest  # noqa: Y015
+
+@_typing.final
+class ListMessageVersionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def bodies(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """oldest first; empty once the message is redacted"""
+
+    def __init__(
+        self,
+        *,
+        bodies: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bodies", b"bodies"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMessageVersionsResponse: _TypeAlias = ListMessageVersionsResponse  # noqa: Y015

@@ -56,6 +56,21 @@ class MessagingServiceStub:
                 request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PostMessageRequest.SerializeToString,
                 response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.FromString,
                 _registered_method=True)
+        self.EditMessage = channel.unary_unary(
+                '/parley.messaging.v1.MessagingService/EditMessage',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.EditMessageRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.FromString,
+                _registered_method=True)
+        self.RedactMessage = channel.unary_unary(
+                '/parley.messaging.v1.MessagingService/RedactMessage',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.RedactMessageRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.FromString,
+                _registered_method=True)
+        self.ListMessageVersions = channel.unary_unary(
+                '/parley.messaging.v1.MessagingService/ListMessageVersions',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsResponse.FromString,
+                _registered_method=True)
 
 
 class MessagingServiceServicer:
@@ -87,6 +102,25 @@ class MessagingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EditMessage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedactMessage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMessageVersions(self, request, context):
+        """Every text a message had, oldest first; for the channel's moderators (its creator) only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MessagingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +143,21 @@ def add_MessagingServiceServicer_to_server(servicer, server):
                     servicer.PostMessage,
                     request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PostMessageRequest.FromString,
                     response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.SerializeToString,
+            ),
+            'EditMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.EditMessage,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.EditMessageRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.SerializeToString,
+            ),
+            'RedactMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedactMessage,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.RedactMessageRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.SerializeToString,
+            ),
+            'ListMessageVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMessageVersions,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +270,87 @@ class MessagingService:
             '/parley.messaging.v1.MessagingService/PostMessage',
             parley_dot_messaging_dot_v1_dot_messaging__pb2.PostMessageRequest.SerializeToString,
             parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EditMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.messaging.v1.MessagingService/EditMessage',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.EditMessageRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedactMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.messaging.v1.MessagingService/RedactMessage',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.RedactMessageRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMessageVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.messaging.v1.MessagingService/ListMessageVersions',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

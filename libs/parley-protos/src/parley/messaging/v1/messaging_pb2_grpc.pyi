@@ -39,6 +39,10 @@ class MessagingServiceStub:
     JoinChannel: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.JoinChannelRequest, _messaging_pb2.Channel]
     ListMyChannels: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ListMyChannelsRequest, _messaging_pb2.ListMyChannelsResponse]
     PostMessage: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.PostMessageRequest, _messaging_pb2.ChatMessage]
+    EditMessage: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.EditMessageRequest, _messaging_pb2.ChatMessage]
+    RedactMessage: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.RedactMessageRequest, _messaging_pb2.ChatMessage]
+    ListMessageVersions: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ListMessageVersionsRequest, _messaging_pb2.ListMessageVersionsResponse]
+    """Every text a message had, oldest first; for the channel's moderators (its creator) only."""
 
 @_typing.type_check_only
 class MessagingServiceAsyncStub(MessagingServiceStub):
@@ -51,6 +55,10 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     JoinChannel: _aio.UnaryUnaryMultiCallable[_messaging_pb2.JoinChannelRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
     ListMyChannels: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ListMyChannelsRequest, _messaging_pb2.ListMyChannelsResponse]  # type: ignore[assignment]
     PostMessage: _aio.UnaryUnaryMultiCallable[_messaging_pb2.PostMessageRequest, _messaging_pb2.ChatMessage]  # type: ignore[assignment]
+    EditMessage: _aio.UnaryUnaryMultiCallable[_messaging_pb2.EditMessageRequest, _messaging_pb2.ChatMessage]  # type: ignore[assignment]
+    RedactMessage: _aio.UnaryUnaryMultiCallable[_messaging_pb2.RedactMessageRequest, _messaging_pb2.ChatMessage]  # type: ignore[assignment]
+    ListMessageVersions: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ListMessageVersionsRequest, _messaging_pb2.ListMessageVersionsResponse]  # type: ignore[assignment]
+    """Every text a message had, oldest first; for the channel's moderators (its creator) only."""
 
 class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Internal API of the messaging service; reached by the gateway over mutual TLS with the
@@ -84,5 +92,27 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _messaging_pb2.PostMessageRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_messaging_pb2.ChatMessage, _abc.Awaitable[_messaging_pb2.ChatMessage]]: ...
+
+    @_abc_1.abstractmethod
+    def EditMessage(
+        self,
+        request: _messaging_pb2.EditMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.ChatMessage, _abc.Awaitable[_messaging_pb2.ChatMessage]]: ...
+
+    @_abc_1.abstractmethod
+    def RedactMessage(
+        self,
+        request: _messaging_pb2.RedactMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.ChatMessage, _abc.Awaitable[_messaging_pb2.ChatMessage]]: ...
+
+    @_abc_1.abstractmethod
+    def ListMessageVersions(
+        self,
+        request: _messaging_pb2.ListMessageVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.ListMessageVersionsResponse, _abc.Awaitable[_messaging_pb2.ListMessageVersionsResponse]]:
+        """Every text a message had, oldest first; for the channel's moderators (its creator) only."""
 
 def add_MessagingServiceServicer_to_server(servicer: MessagingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -26,21 +26,27 @@ class GetChannelHistoryRequest(_message.Message):
     CHANNEL_ID_FIELD_NUMBER: _builtins.int
     AFTER_SEQ_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    BEFORE_SEQ_FIELD_NUMBER: _builtins.int
     channel_id: _builtins.str
     after_seq: _builtins.int
     """messages with channel_seq > after_seq"""
     limit: _builtins.int
     """1..500; 0 means the default of 100"""
+    before_seq: _builtins.int
+    """Page backwards: when set, the newest `limit` messages with channel_seq < before_seq
+    (still oldest first); has_more then says whether older ones exist.
+    """
     def __init__(
         self,
         *,
         channel_id: _builtins.str = ...,
         after_seq: _builtins.int = ...,
         limit: _builtins.int = ...,
+        before_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "channel_id", b"channel_id", "limit", b"limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "before_seq", b"before_seq", "channel_id", b"channel_id", "limit", b"limit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

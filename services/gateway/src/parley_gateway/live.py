@@ -1,0 +1,92 @@
+"""One client's live stream: which events it sees, how they look, and the bound on its backlog."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from google.protobuf.message import Message
+from parley.gateway.v1 import gateway_pb2
+from parley.messaging.v1 import messaging_pb2
+from parley.messaging.v1.events_pb2 import MessageEdited, MessagePosted, MessageRedacted
+
+from parley_core.errors import ResourceExhausted
+
+
+def client_event(payload: Message, position: int) -> gateway_pb2.ClientEvent | None:
+    """The client's view of one channel event at stream `position`; None for events clients don't see."""
+    if isinstance(payload, MessagePosted):
+        return gateway_pb2.ClientEvent(
+            message=messaging_pb2.ChatMessage(
+                channel_id=payload.channel_id,
+                message_id=payload.message_id,
+                sender_id=payload.sender_id,
+                sender_name=payload.sender_name,
+                channel_seq=payload.channel_seq,
+                body=payload.body,
+                sent_at=payload.sent_at,
+                position=position,
+            )
+        )
+    if isinstance(payload, MessageEdited):
+        return gateway_pb2.ClientEvent(
+            updated=messaging_pb2.ChatMessage(
+                channel_id=payload.channel_id,
+                message_id=payload.message_id,
+                sender_id=payload.editor_id,
+                channel_seq=payload.channel_seq,
+                body=payload.body,
+                position=position,
+            )
+        )
+    if isinstance(payload, MessageRedacted):
+        return gateway_pb2.ClientEvent(
+            updated=messaging_pb2.ChatMessage(
+                channel_id=payload.channel_id,
+                message_id=payload.message_id,
+                channel_seq=payload.channel_seq,
+                redacted=True,
+                position=position,
+            )
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class _Overflowed:
+    pass
+
+
+class LiveBuffer:
+    """At most `capacity` events wait for a slow client; one more and the stream ends in a resync.
+
+    Dropping events would make a gap the client cannot see; blocking would push the backlog into
+    the NATS client's buffers. Ending the stream with RESOURCE_EXHAUSTED tells the client to
+    reload history and resume, and keeps the gateway's memory per stream bounded.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.overflowed = False
+        self._queue: asyncio.Queue[gateway_pb2.ClientEvent | _Overflowed] = asyncio.Queue(maxsize=capacity + 1)
+
+    def offer(self, event: gateway_pb2.ClientEvent) -> None:
+        if self.overflowed:
+            return
+        if self._queue.qsize() >= self.capacity:
+            self.overflowed = True
+            self._queue.put_nowait(_Overflowed())
+            return
+        self._queue.put_nowait(event)
+
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    async def take(self) -> gateway_pb2.ClientEvent:
+        item = await self._queue.get()
+        if isinstance(item, _Overflowed):
+            raise ResourceExhausted(
+                f"live stream fell more than {self.capacity} events behind; "
+                "reload history and subscribe again with resume positions"
+            )
+        return item
