@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -17,15 +18,23 @@ from parley.messaging.v1 import messaging_pb2
 from parley.storage.v1 import storage_pb2
 
 DEFAULT_TIMEOUT_S = 10.0
+# A live stream that ends with one of these is reopened from where it stopped.
+RESUMABLE = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+)
 
 
 class ParleyError(Exception):
-    """A call the platform refused; `code` is the gRPC status, the message says what to do."""
+    """A call the platform refused; `code` is the gRPC status, the message says what to do.
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    `retry_after_s` is set when the gateway's rate limit refused the call: wait that long.
+    """
+
+    def __init__(self, code: grpc.StatusCode, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True)
@@ -45,15 +54,32 @@ class ClientConfig:
 
 
 def _raise(exc: grpc.aio.AioRpcError) -> ParleyError:
-    return ParleyError(exc.code(), exc.details() or exc.code().name)
+    retry_after_s = None
+    for key, value in exc.trailing_metadata() or ():
+        if key == "retry-after-ms":
+            retry_after_s = int(value) / 1000
+    return ParleyError(exc.code(), exc.details() or exc.code().name, retry_after_s)
+
+
+@dataclass(frozen=True)
+class LiveEvent:
+    """One event of a live stream: a new message (`kind="message"`) or a change to one (`"updated"`)."""
+
+    kind: str
+    message: messaging_pb2.ChatMessage
 
 
 class LiveStream:
-    """Live events of the caller's channels. `ready()` returns once nothing can be missed."""
+    """Live events of the caller's channels. `ready()` returns once nothing can be missed.
 
-    def __init__(self, call: Any) -> None:
+    `positions` holds, per channel, the position of the last event read: pass it to
+    `ParleyClient.subscribe(resume=...)` to continue after a disconnect with no gap or repeat.
+    """
+
+    def __init__(self, call: Any, positions: Mapping[str, int] | None = None) -> None:
         self._call = call
         self.channel_ids: list[str] = []
+        self.positions: dict[str, int] = dict(positions or {})
 
     async def ready(self) -> list[str]:
         first = await self._next()
@@ -76,10 +102,22 @@ class LiveStream:
         return self._messages()
 
     async def _messages(self) -> AsyncIterator[messaging_pb2.ChatMessage]:
-        while True:
-            event = await self._next()
-            if event.WhichOneof("event") == "message":
+        async for event in self.events():
+            if event.kind == "message":
                 yield event.message
+
+    async def events(self) -> AsyncIterator[LiveEvent]:
+        """New messages and changes to earlier ones (edits, redactions), in channel order."""
+        while True:
+            try:
+                event = await self._next()
+            except StopAsyncIteration:
+                return  # the server ended the stream (it is draining): resume elsewhere
+            kind = event.WhichOneof("event")
+            if kind in ("message", "updated"):
+                message: messaging_pb2.ChatMessage = getattr(event, kind)
+                self.positions[message.channel_id] = max(self.positions.get(message.channel_id, 0), message.position)
+                yield LiveEvent(kind, message)
 
     def cancel(self) -> None:
         self._call.cancel()
@@ -167,14 +205,63 @@ class ParleyClient:
         return message
 
     async def history(
-        self, channel_id: str, *, after_seq: int = 0, limit: int = 100
+        self, channel_id: str, *, after_seq: int = 0, before_seq: int = 0, limit: int = 100
     ) -> storage_pb2.GetChannelHistoryResponse:
-        request = storage_pb2.GetChannelHistoryRequest(channel_id=channel_id, after_seq=after_seq, limit=limit)
+        """A page of messages, oldest first: after `after_seq`, or the newest before `before_seq`."""
+        request = storage_pb2.GetChannelHistoryRequest(
+            channel_id=channel_id, after_seq=after_seq, before_seq=before_seq, limit=limit
+        )
         response: storage_pb2.GetChannelHistoryResponse = await self._call(self._stub.GetHistory, request)
         return response
 
-    def subscribe(self, channel_ids: Sequence[str] = ()) -> LiveStream:
-        call = self._stub.Subscribe(
-            gateway_pb2.SubscribeRequest(channel_ids=list(channel_ids)), metadata=self._metadata()
+    def subscribe(self, channel_ids: Sequence[str] = (), *, resume: Mapping[str, int] | None = None) -> LiveStream:
+        """Live events; `resume` maps channel ids to the last position read (LiveStream.positions)."""
+        request = gateway_pb2.SubscribeRequest(
+            channel_ids=list(channel_ids),
+            resume=[gateway_pb2.ResumeFrom(channel_id=c, after_position=p) for c, p in (resume or {}).items() if p],
         )
-        return LiveStream(call)
+        return LiveStream(self._stub.Subscribe(request, metadata=self._metadata()), positions=resume)
+
+    async def live(
+        self, channel_ids: Sequence[str], *, resume: Mapping[str, int] | None = None, max_reconnects: int = 100
+    ) -> AsyncIterator[LiveEvent]:
+        """Live events that survive dropped streams: reconnects and resumes where it stopped.
+
+        A stream that ends because the gateway restarted, the network dropped or the client
+        read too slowly (RESOURCE_EXHAUSTED) is opened again from the last positions read, so
+        the caller sees every event once, in order.
+        """
+        positions = dict(resume or {})
+        reconnects = 0
+        while True:
+            stream = self.subscribe(channel_ids, resume=positions)
+            try:
+                await stream.ready()
+                async for event in stream.events():
+                    positions = stream.positions
+                    yield event
+                    reconnects = 0
+            except ParleyError as exc:
+                if exc.code not in RESUMABLE or reconnects >= max_reconnects:
+                    raise
+            finally:
+                stream.cancel()
+            positions = stream.positions
+            reconnects += 1
+            await asyncio.sleep(min(0.1 * 2**reconnects, 5.0))
+
+    async def edit(self, channel_id: str, channel_seq: int, body: str) -> messaging_pb2.ChatMessage:
+        request = messaging_pb2.EditMessageRequest(channel_id=channel_id, channel_seq=channel_seq, body=body)
+        message: messaging_pb2.ChatMessage = await self._call(self._stub.EditMessage, request)
+        return message
+
+    async def redact(self, channel_id: str, channel_seq: int, *, reason: str = "") -> messaging_pb2.ChatMessage:
+        request = messaging_pb2.RedactMessageRequest(channel_id=channel_id, channel_seq=channel_seq, reason=reason)
+        message: messaging_pb2.ChatMessage = await self._call(self._stub.RedactMessage, request)
+        return message
+
+    async def message_versions(self, channel_id: str, channel_seq: int) -> list[str]:
+        """Every text a message had (moderators only)."""
+        request = messaging_pb2.ListMessageVersionsRequest(channel_id=channel_id, channel_seq=channel_seq)
+        response: messaging_pb2.ListMessageVersionsResponse = await self._call(self._stub.ListMessageVersions, request)
+        return list(response.bodies)

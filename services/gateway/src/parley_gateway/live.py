@@ -6,10 +6,12 @@ import asyncio
 from dataclasses import dataclass
 
 from google.protobuf.message import Message
+from parley.common.v1.envelope_pb2 import EventEnvelope
 from parley.gateway.v1 import gateway_pb2
 from parley.messaging.v1 import messaging_pb2
 from parley.messaging.v1.events_pb2 import MessageEdited, MessagePosted, MessageRedacted
 
+from parley_core.envelope import UnknownEventType, open_payload
 from parley_core.errors import ResourceExhausted
 
 
@@ -50,6 +52,15 @@ def client_event(payload: Message, position: int) -> gateway_pb2.ClientEvent | N
             )
         )
     return None
+
+
+def client_event_of(envelope: EventEnvelope, position: int) -> gateway_pb2.ClientEvent | None:
+    """As client_event; an event type this gateway does not know yet is not shown."""
+    try:
+        payload = open_payload(envelope)
+    except UnknownEventType:
+        return None
+    return client_event(payload, position)
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,12 @@ from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from parley_core.bus import ReceivedEvent, Replay
-from parley_core.envelope import open_payload
 from parley_core.errors import InvalidArgument, PermissionDenied
 from parley_core.runner import RunContext
 from parley_core.topology import channel_subject
+from parley_gateway.catchup import events_after
 from parley_gateway.limits import Admission, GatewayLimits, RateLimited, source_of
-from parley_gateway.live import LiveBuffer, client_event
+from parley_gateway.live import LiveBuffer, client_event_of
 
 log = logging.getLogger(__name__)
 
@@ -193,27 +193,41 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         buffer = LiveBuffer(self.limits.live_buffer)
 
         async def deliver(event: ReceivedEvent) -> None:
-            item = client_event(open_payload(event.envelope), event.stream_seq)
+            item = client_event_of(event.envelope, event.stream_seq)
             if item is not None:
                 buffer.offer(item)
 
         replays: list[Replay] = []
+
+        async def follow(channel_id: str, *, after: int) -> None:
+            replays.append(
+                await self._ctx.bus.replay(  # type: ignore[union-attr]
+                    stream="MSG",
+                    filter_subject=channel_subject(channel_id),
+                    handler=deliver,
+                    start_seq=after + 1 if after else None,
+                    only_new=not after,
+                    stop_with_service=False,
+                )
+            )
+
         try:
             for channel_id in wanted:
-                # A channel's events are one subject of the MSG stream, so the stream position
-                # of its last event read is exactly where to continue: no gap, no repeat.
-                after = resume.get(channel_id, 0)
-                replays.append(
-                    await self._ctx.bus.replay(
-                        stream="MSG",
-                        filter_subject=channel_subject(channel_id),
-                        handler=deliver,
-                        start_seq=after + 1 if after else None,
-                        only_new=not after,
-                        stop_with_service=False,
-                    )
-                )
+                if channel_id not in resume:
+                    await follow(channel_id, after=0)
             yield gateway_pb2.ClientEvent(ready=gateway_pb2.Ready(channel_ids=wanted))
+            for channel_id, resume_after in resume.items():
+                # A channel's events are one subject of the MSG stream, so the stream position
+                # of the last event the client read is exactly where to continue: first the
+                # backlog at the client's pace, then live from the event after the last one sent.
+                after = resume_after
+                async for position, envelope in events_after(
+                    self._ctx.bus.js, stream="MSG", subject=channel_subject(channel_id), after=resume_after
+                ):
+                    after = position
+                    if (item := client_event_of(envelope, position)) is not None:
+                        yield item
+                await follow(channel_id, after=after)
             while True:
                 yield await buffer.take()
         finally:
