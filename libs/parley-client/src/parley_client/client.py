@@ -215,10 +215,13 @@ class ParleyClient:
         return response
 
     def subscribe(self, channel_ids: Sequence[str] = (), *, resume: Mapping[str, int] | None = None) -> LiveStream:
-        """Live events; `resume` maps channel ids to the last position read (LiveStream.positions)."""
+        """Live events; `resume` maps channel ids to the last position read (LiveStream.positions).
+
+        A channel resumed from position 0 is replayed from its first event.
+        """
         request = gateway_pb2.SubscribeRequest(
             channel_ids=list(channel_ids),
-            resume=[gateway_pb2.ResumeFrom(channel_id=c, after_position=p) for c, p in (resume or {}).items() if p],
+            resume=[gateway_pb2.ResumeFrom(channel_id=c, after_position=p) for c, p in (resume or {}).items()],
         )
         return LiveStream(self._stub.Subscribe(request, metadata=self._metadata()), positions=resume)
 

@@ -1,0 +1,288 @@
+"""Issue 4 end to end: conversations, live streams that resume, edits, redactions, idempotent
+retries across restarts and a bounded slow consumer, through the platform as `make run` starts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import uuid
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from parley_client import LiveEvent, ParleyClient, ParleyError
+from parley_core.testing.platform import RunningPlatform, wait_until
+
+pytestmark = pytest.mark.e2e
+
+PASSWORD = "a-long-enough-passphrase"
+LIVE_BUFFER = 10
+TIMEOUT_S = 30.0
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
+    """The platform with a small live buffer, so a slow reader overflows it within seconds."""
+    root = tmp_path_factory.mktemp("platform")
+    env = {
+        "PARLEY_GATEWAY_LIVE_BUFFER": str(LIVE_BUFFER),
+        # The slow-reader test sends hundreds of messages from one user and address quickly.
+        "PARLEY_GATEWAY_USER_RATE": "2000",
+        "PARLEY_GATEWAY_USER_BURST": "2000",
+        "PARLEY_GATEWAY_SOURCE_RATE": "2000",
+        "PARLEY_GATEWAY_SOURCE_BURST": "2000",
+    }
+    running = RunningPlatform(data_dir=root / "data", env=env)
+    running.start()
+    try:
+        yield running
+    finally:
+        running.kill()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+async def new_user(platform: RunningPlatform, prefix: str) -> ParleyClient:
+    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    name = unique(prefix)
+    await client.register(name, PASSWORD)
+    await client.login(name, PASSWORD)
+    return client
+
+
+async def history_until(client: ParleyClient, channel_id: str, condition: object, *, timeout: float = TIMEOUT_S):  # type: ignore[no-untyped-def]
+    """History comes from the archive, which trails a send by the archive lag: wait for `condition(page)`."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        page = await client.history(channel_id)
+        if condition(page):  # type: ignore[operator]
+            return page
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"history never met the condition; last page: {[m.body for m in page.messages]}")
+        await asyncio.sleep(0.1)
+
+
+def crash_and_wait_for_restart(platform: RunningPlatform, service: str) -> None:
+    """SIGKILL one service, as a crash would; `parley up` restarts it."""
+    line = f"{service} is serving again"
+    before = platform.output().count(line)
+    os.kill(int(str(platform.service(service)["pid"])), signal.SIGKILL)
+    wait_until(lambda: platform.output().count(line) > before, timeout=120, what=f"{service} to be restarted")
+
+
+async def read_messages(stream_events: object, count: int) -> list[LiveEvent]:
+    got: list[LiveEvent] = []
+
+    async def collect() -> None:
+        async for event in stream_events:  # type: ignore[attr-defined]
+            got.append(event)
+            if len(got) == count:
+                return
+
+    await asyncio.wait_for(collect(), TIMEOUT_S)
+    return got
+
+
+async def test_three_users_chat_live_and_read_the_same_history(platform: RunningPlatform) -> None:
+    alice, bob, carol = [await new_user(platform, n) for n in ("alice", "bob", "carol")]
+    channel = await alice.create_channel("three")
+    for member in (bob, carol):
+        await member.join_channel(channel.channel_id)
+    streams = [c.subscribe([channel.channel_id]) for c in (alice, bob, carol)]
+    for stream in streams:
+        await asyncio.wait_for(stream.ready(), TIMEOUT_S)
+
+    lines = [(alice, "hi all"), (bob, "hi alice"), (carol, "hello both"), (alice, "shall we start?")]
+    for sender, text in lines:
+        await sender.send(channel.channel_id, text)
+
+    expected = [(n + 1, sender.user_id, text) for n, (sender, text) in enumerate(lines)]
+    for stream in streams:
+        seen = await read_messages(stream.events(), len(lines))
+        assert [(e.message.channel_seq, e.message.sender_id, e.message.body) for e in seen] == expected
+        stream.cancel()
+    for reader in (alice, bob, carol):
+        page = await history_until(reader, channel.channel_id, lambda p: len(p.messages) == len(lines))
+        assert [(m.channel_seq, m.sender_id, m.body) for m in page.messages] == expected
+    for client in (alice, bob, carol):
+        await client.close()
+
+
+async def test_resume_after_a_dropped_stream_has_no_gap_and_no_duplicate(platform: RunningPlatform) -> None:
+    alice, bob = await new_user(platform, "alice"), await new_user(platform, "bob")
+    channel = await alice.create_channel("resume")
+    await bob.join_channel(channel.channel_id)
+    stream = bob.subscribe([channel.channel_id])
+    await asyncio.wait_for(stream.ready(), TIMEOUT_S)
+    for n in range(1, 7):
+        await alice.send(channel.channel_id, f"m{n}")
+    first = await read_messages(stream.events(), 3)
+    stream.cancel()  # the connection drops mid-conversation: m4..m6 are sent but not read
+    positions = stream.positions
+
+    for n in range(7, 11):
+        await alice.send(channel.channel_id, f"m{n}")
+    await alice.edit(channel.channel_id, 2, "m2, edited")
+    resumed = bob.subscribe([channel.channel_id], resume=positions)
+    await asyncio.wait_for(resumed.ready(), TIMEOUT_S)
+    rest = await read_messages(resumed.events(), 8)
+    await alice.send(channel.channel_id, "m11")  # after the catch-up, live again
+    rest += await read_messages(resumed.events(), 1)
+    resumed.cancel()
+
+    seen = [(e.kind, e.message.channel_seq, e.message.body) for e in first + rest]
+    assert seen == [
+        *(("message", n, f"m{n}") for n in range(1, 11)),
+        ("updated", 2, "m2, edited"),
+        ("message", 11, "m11"),
+    ]
+    await alice.close()
+    await bob.close()
+
+
+async def test_live_helper_resumes_by_itself_across_a_gateway_crash(platform: RunningPlatform) -> None:
+    alice, bob = await new_user(platform, "alice"), await new_user(platform, "bob")
+    channel = await alice.create_channel("crash")
+    await bob.join_channel(channel.channel_id)
+    for n in range(1, 5):
+        await alice.send(channel.channel_id, f"m{n}")
+    seen: list[int] = []
+
+    async def follow() -> None:
+        # Position 0: from the channel's first event on.
+        async for event in bob.live([channel.channel_id], resume={channel.channel_id: 0}):
+            seen.append(event.message.channel_seq)
+            if len(seen) == 8:
+                return
+
+    follower = asyncio.create_task(follow())
+    deadline = asyncio.get_running_loop().time() + TIMEOUT_S
+    while len(seen) < 4:  # the follower is live: it has caught up with m1..m4
+        assert not follower.done(), follower.result()
+        assert asyncio.get_running_loop().time() < deadline, f"only {seen} arrived"
+        await asyncio.sleep(0.05)
+    await asyncio.to_thread(crash_and_wait_for_restart, platform, "gateway")
+    for n in range(5, 9):
+        await alice.send(channel.channel_id, f"m{n}")
+    await asyncio.wait_for(follower, 60)
+    assert seen == list(range(1, 9))
+    await alice.close()
+    await bob.close()
+
+
+async def test_retried_send_returns_the_first_message_after_a_messaging_crash(platform: RunningPlatform) -> None:
+    frank = await new_user(platform, "frank")
+    channel = await frank.create_channel("retries")
+    first = await frank.send(channel.channel_id, "only once", idempotency_key="send-1")
+    await asyncio.to_thread(crash_and_wait_for_restart, platform, "messaging")
+
+    retry = await frank.send(channel.channel_id, "only once", idempotency_key="send-1")
+    after = await frank.send(channel.channel_id, "next", idempotency_key="send-2")
+    assert (retry.message_id, retry.channel_seq) == (first.message_id, 1)
+    assert after.channel_seq == 2
+    page = await history_until(frank, channel.channel_id, lambda p: len(p.messages) >= 2)
+    assert [(m.channel_seq, m.body) for m in page.messages] == [(1, "only once"), (2, "next")]
+    await frank.close()
+
+
+async def test_redaction_removes_the_text_from_history_archive_and_live(platform: RunningPlatform) -> None:
+    owner, bob = await new_user(platform, "owner"), await new_user(platform, "bob")
+    channel = await owner.create_channel("redact")
+    await bob.join_channel(channel.channel_id)
+    secret = unique("the-door-code-is-")
+    stream = owner.subscribe([channel.channel_id])
+    await asyncio.wait_for(stream.ready(), TIMEOUT_S)
+    posted = await bob.send(channel.channel_id, f"oops: {secret}")
+    await bob.edit(channel.channel_id, posted.channel_seq, f"oops (edited): {secret}")
+    assert await owner.message_versions(channel.channel_id, posted.channel_seq) == [
+        f"oops: {secret}",
+        f"oops (edited): {secret}",
+    ]
+    with pytest.raises(ParleyError) as denied:
+        await bob.message_versions(channel.channel_id, posted.channel_seq)
+    assert denied.value.code == grpc.StatusCode.PERMISSION_DENIED
+    await history_until(owner, channel.channel_id, lambda p: p.messages and "edited" in p.messages[0].body)
+
+    redacted = await owner.redact(channel.channel_id, posted.channel_seq, reason="leaked a code")
+    assert redacted.redacted
+    assert redacted.body == ""
+    events = await read_messages(stream.events(), 3)
+    assert [(e.kind, e.message.redacted) for e in events] == [("message", False), ("updated", False), ("updated", True)]
+    page = await history_until(owner, channel.channel_id, lambda p: p.messages and p.messages[0].redacted)
+    assert (page.messages[0].channel_seq, page.messages[0].body) == (posted.channel_seq, "")
+    assert await owner.message_versions(channel.channel_id, posted.channel_seq) == []
+    with pytest.raises(ParleyError) as refused:
+        await bob.edit(channel.channel_id, posted.channel_seq, "bringing it back")
+    assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
+
+    archive = sqlite3.connect(platform.data_dir / "storage" / "archive.db")
+    try:
+        query = "SELECT body FROM channel_messages WHERE channel_id = ?"
+        rows = archive.execute(query, (channel.channel_id,)).fetchall()
+    finally:
+        archive.close()
+    assert rows == [("",)]
+    stream.cancel()
+    await owner.close()
+    await bob.close()
+
+
+async def test_a_slow_reader_is_told_to_resync_and_resumes_without_gap(platform: RunningPlatform) -> None:
+    sender, slow = await new_user(platform, "sender"), await new_user(platform, "slow")
+    channel = await sender.create_channel("firehose")
+    await slow.join_channel(channel.channel_id)
+    stream = slow.subscribe([channel.channel_id])
+    await asyncio.wait_for(stream.ready(), TIMEOUT_S)
+    body = "\N{EURO SIGN}" * 4000  # 12 kB each: gRPC's and the kernel's buffers fill sooner
+    total = 600
+    for _ in range(total // 10):
+        await asyncio.gather(*(sender.send(channel.channel_id, body) for _ in range(10)))
+
+    got: list[int] = []
+
+    async def read_all() -> None:
+        async for message in stream:
+            got.append(message.channel_seq)
+
+    with pytest.raises(ParleyError) as told:
+        await asyncio.wait_for(read_all(), TIMEOUT_S)
+    assert told.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "resume" in told.value.message
+    # The gateway kept at most its buffer; what reached the reader is what the transport held.
+    print(f"slow reader: {len(got)} of {total} messages delivered before the resync")
+    assert got == list(range(1, len(got) + 1))
+    assert len(got) < total
+
+    resumed = slow.subscribe([channel.channel_id], resume=stream.positions)
+    await asyncio.wait_for(resumed.ready(), TIMEOUT_S)
+    rest = [e.message.channel_seq for e in await read_messages(resumed.events(), total - len(got))]
+    assert got + rest == list(range(1, total + 1))
+    resumed.cancel()
+    await sender.close()
+    await slow.close()
+
+
+async def test_history_pages_backwards_and_forwards(platform: RunningPlatform) -> None:
+    alice = await new_user(platform, "pager")
+    channel = await alice.create_channel("pages")
+    for n in range(1, 8):
+        await alice.send(channel.channel_id, f"m{n}")
+    await history_until(alice, channel.channel_id, lambda p: len(p.messages) == 7)
+    newest = await alice.history(channel.channel_id, before_seq=8, limit=3)
+    older = await alice.history(channel.channel_id, before_seq=newest.messages[0].channel_seq, limit=3)
+    oldest = await alice.history(channel.channel_id, before_seq=older.messages[0].channel_seq, limit=3)
+    forward = await alice.history(channel.channel_id, after_seq=4, limit=2)
+    assert [[m.channel_seq for m in p.messages] for p in (newest, older, oldest, forward)] == [
+        [5, 6, 7],
+        [2, 3, 4],
+        [1],
+        [5, 6],
+    ]
+    assert (newest.has_more, older.has_more, oldest.has_more, forward.has_more) == (True, True, False, True)
+    await alice.close()
