@@ -286,3 +286,33 @@ async def test_history_pages_backwards_and_forwards(platform: RunningPlatform) -
     ]
     assert (newest.has_more, older.has_more, oldest.has_more, forward.has_more) == (True, True, False, True)
     await alice.close()
+
+
+def test_cli_edits_redacts_and_pages_back(platform: RunningPlatform) -> None:
+    owner, member = unique("cli-owner"), unique("cli-member")
+    for user in (owner, member):
+        platform.cli("register", user, stdin=PASSWORD + "\n")
+        platform.cli("login", user, stdin=PASSWORD + "\n")
+    channel_id = platform.cli("--as", owner, "create-channel", "cli-edits").stdout.strip().rsplit(" ", 1)[-1]
+    platform.cli("--as", member, "join", channel_id)
+    for n in (1, 2, 3):
+        assert f"sent #{n}" in platform.cli("--as", member, "send", "cli-edits", f"line {n}").stdout
+    assert "edited #2 (1 edits)" in platform.cli("--as", member, "edit", "cli-edits", "2", "line two").stdout
+    assert "redacted #3" in platform.cli("--as", owner, "redact", "cli-edits", "3", "--reason", "spam").stdout
+    versions = platform.cli("--as", owner, "versions", "cli-edits", "2").stdout
+    assert versions.splitlines() == ["v1: line 2", "v2: line two"]
+    wait_until(
+        lambda: "(redacted)" in platform.cli("--as", member, "history", "cli-edits").stdout,
+        timeout=TIMEOUT_S,
+        what="the redaction in the archive",
+    )
+    history = platform.cli("--as", member, "history", "cli-edits").stdout
+    assert "line two" in history
+    assert "line 2\n" not in history
+    assert "line 3" not in history
+    older = platform.cli("--as", member, "older", "cli-edits", "3", "--limit", "1").stdout
+    assert "line two" in older
+    assert "parley older cli-edits 2" in older
+    refused = platform.cli("--as", member, "versions", "cli-edits", "2", check=False)
+    assert refused.returncode == 1
+    assert "PERMISSION_DENIED" in refused.stderr

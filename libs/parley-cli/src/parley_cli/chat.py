@@ -6,14 +6,48 @@ import asyncio
 import sys
 from datetime import datetime
 
+from grpc import StatusCode
 from parley.messaging.v1.messaging_pb2 import ChatMessage
 
-from parley_client import ParleyClient, ParleyError
+from parley_client import LiveEvent, ParleyClient, ParleyError
+from parley_client.client import RESUMABLE
 
 
 def format_message(message: ChatMessage) -> str:
     when = datetime.fromtimestamp(message.sent_at.seconds).strftime("%H:%M:%S")
-    return f"[{message.channel_seq:>5}] {when} {message.sender_name or message.sender_id[:8]}: {message.body}"
+    body = "(redacted)" if message.redacted else message.body + (" (edited)" if message.edit_count else "")
+    return f"[{message.channel_seq:>5}] {when} {message.sender_name or message.sender_id[:8]}: {body}"
+
+
+def format_event(event: LiveEvent) -> str:
+    if event.kind == "message":
+        return format_message(event.message)
+    if event.message.redacted:
+        return f"[{event.message.channel_seq:>5}] (message redacted)"
+    return f"[{event.message.channel_seq:>5}] (edited) {event.message.body}"
+
+
+HELP = "type a message and press Enter; /edit <#> <text>, /redact <#>, Ctrl-D to leave"
+
+
+async def run_typed(client: ParleyClient, channel_id: str, text: str) -> None:
+    """One typed line: a message, or a /command acting on an earlier message by its number."""
+    command, _, rest = text.partition(" ")
+    if command == "/edit":
+        seq, _, body = rest.partition(" ")
+        await client.edit(channel_id, _number(seq), body)
+    elif command == "/redact":
+        await client.redact(channel_id, _number(rest.strip()))
+    elif command.startswith("/"):
+        print(HELP, flush=True)
+    else:
+        await client.send(channel_id, text)
+
+
+def _number(text: str) -> int:
+    if not text.isdigit():
+        raise ParleyError(StatusCode.INVALID_ARGUMENT, "give the message number shown in [brackets]")
+    return int(text)
 
 
 async def resolve_channel(client: ParleyClient, reference: str) -> str:
@@ -35,12 +69,20 @@ async def interactive(client: ParleyClient, reference: str) -> int:
     for message in page.messages:
         print(format_message(message))
         seen = max(seen, message.channel_seq)
-    print("-- live; type a message and press Enter, Ctrl-D to leave --", flush=True)
+    print(f"-- live; {HELP} --", flush=True)
 
     async def show_incoming() -> None:
-        async for message in stream:
-            if message.channel_seq > seen:
-                print(format_message(message), flush=True)
+        try:
+            async for event in stream.events():
+                if event.kind != "message" or event.message.channel_seq > seen:
+                    print(format_event(event), flush=True)
+        except ParleyError as exc:
+            if exc.code not in RESUMABLE:
+                raise
+        # The stream dropped (gateway restart, network, too slow): resume where it stopped.
+        print("-- reconnecting --", flush=True)
+        async for event in client.live([channel_id], resume=stream.positions):
+            print(format_event(event), flush=True)
 
     async def send_typed() -> None:
         loop = asyncio.get_running_loop()
@@ -48,7 +90,7 @@ async def interactive(client: ParleyClient, reference: str) -> int:
             text = line.rstrip("\n")
             if text.strip():
                 try:
-                    await client.send(channel_id, text)
+                    await run_typed(client, channel_id, text)
                 except ParleyError as exc:
                     print(f"not sent: {exc.message}", flush=True)
 

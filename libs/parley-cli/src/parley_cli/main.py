@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from parley_cli import chat
+from parley_cli import chat, messages
 from parley_cli.health import check_health
 from parley_client import ClientConfig, ParleyClient, ParleyError
 from parley_core.logs import quiet_asyncio_tls_notes
@@ -201,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat_cmd = sub.add_parser("chat", help="chat in a channel: type lines to send, see others live")
     chat_cmd.add_argument("channel", help="channel id or name")
     chat_cmd.set_defaults(run=cmd_chat)
+    messages.add_commands(sub)
     return parser
 
 

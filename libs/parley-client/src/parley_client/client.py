@@ -86,6 +86,8 @@ class LiveStream:
         if first.WhichOneof("event") != "ready":
             raise ParleyError(grpc.StatusCode.INTERNAL, "live stream did not start with `ready`")
         self.channel_ids = list(first.ready.channel_ids)
+        for start in first.ready.positions:
+            self.positions.setdefault(start.channel_id, start.after_position)
         return self.channel_ids
 
     async def _next(self) -> gateway_pb2.ClientEvent:

@@ -244,6 +244,9 @@ async def serve(
     await bus.ensure_streams(s for s in STREAMS if s.owner in (service, "*"))
 
     server = grpc.aio.server(
+        # Without this, gRPC binds with SO_REUSEPORT and two instances on one port share its
+        # connections silently (a second platform's gateway on 7443 answered our clients).
+        options=[("grpc.so_reuseport", 0)],
         interceptors=[
             *telemetry.server_interceptors(),
             CallerCheckAndErrors(None if client_facing else GRPC_CALLERS[service]),

@@ -206,16 +206,20 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
                     filter_subject=channel_subject(channel_id),
                     handler=deliver,
                     start_seq=after + 1 if after else None,
-                    only_new=not after,
                     stop_with_service=False,
                 )
             )
 
         try:
+            starts: dict[str, int] = {}
             for channel_id in wanted:
                 if channel_id not in resume:
-                    await follow(channel_id, after=0)
-            yield gateway_pb2.ClientEvent(ready=gateway_pb2.Ready(channel_ids=wanted))
+                    # Start exactly after the channel's newest event, and tell the client so:
+                    # it can then resume from there even if nothing arrives before a disconnect.
+                    starts[channel_id] = await self._ctx.bus.last_subject_seq("MSG", channel_subject(channel_id))
+                    await follow(channel_id, after=starts[channel_id])
+            positions = [gateway_pb2.ResumeFrom(channel_id=c, after_position=p) for c, p in starts.items()]
+            yield gateway_pb2.ClientEvent(ready=gateway_pb2.Ready(channel_ids=wanted, positions=positions))
             for channel_id, resume_after in resume.items():
                 # A channel's events are one subject of the MSG stream, so the stream position
                 # of the last event the client read is exactly where to continue: first the

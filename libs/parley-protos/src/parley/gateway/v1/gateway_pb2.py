@@ -27,7 +27,7 @@ from parley.messaging.v1 import messaging_pb2 as parley_dot_messaging_dot_v1_dot
 from parley.storage.v1 import storage_pb2 as parley_dot_storage_dot_v1_dot_storage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fparley/gateway/v1/gateway.proto\x12\x11parley.gateway.v1\x1a\x19parley/auth/v1/auth.proto\x1a#parley/messaging/v1/messaging.proto\x1a\x1fparley/storage/v1/storage.proto\"V\n\x10SubscribeRequest\x12\x13\n\x0b\x63hannel_ids\x18\x01 \x03(\t\x12-\n\x06resume\x18\x02 \x03(\x0b\x32\x1d.parley.gateway.v1.ResumeFrom\"\x1c\n\x05Ready\x12\x13\n\x0b\x63hannel_ids\x18\x01 \x03(\t\"\xab\x01\n\x0b\x43lientEvent\x12)\n\x05ready\x18\x01 \x01(\x0b\x32\x18.parley.gateway.v1.ReadyH\x00\x12\x33\n\x07message\x18\x02 \x01(\x0b\x32 .parley.messaging.v1.ChatMessageH\x00\x12\x33\n\x07updated\x18\x03 \x01(\x0b\x32 .parley.messaging.v1.ChatMessageH\x00\x42\x07\n\x05\x65vent\"8\n\nResumeFrom\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_position\x18\x02 \x01(\x04\x32\x82\x08\n\x07Gateway\x12M\n\x08Register\x12\x1f.parley.auth.v1.RegisterRequest\x1a .parley.auth.v1.RegisterResponse\x12\x44\n\x05Login\x12\x1c.parley.auth.v1.LoginRequest\x1a\x1d.parley.auth.v1.LoginResponse\x12X\n\rCreateChannel\x12).parley.messaging.v1.CreateChannelRequest\x1a\x1c.parley.messaging.v1.Channel\x12T\n\x0bJoinChannel\x12\'.parley.messaging.v1.JoinChannelRequest\x1a\x1c.parley.messaging.v1.Channel\x12i\n\x0eListMyChannels\x12*.parley.messaging.v1.ListMyChannelsRequest\x1a+.parley.messaging.v1.ListMyChannelsResponse\x12X\n\x0bSendMessage\x12\'.parley.messaging.v1.PostMessageRequest\x1a .parley.messaging.v1.ChatMessage\x12g\n\nGetHistory\x12+.parley.storage.v1.GetChannelHistoryRequest\x1a,.parley.storage.v1.GetChannelHistoryResponse\x12R\n\tSubscribe\x12#.parley.gateway.v1.SubscribeRequest\x1a\x1e.parley.gateway.v1.ClientEvent0\x01\x12X\n\x0b\x45\x64itMessage\x12\'.parley.messaging.v1.EditMessageRequest\x1a .parley.messaging.v1.ChatMessage\x12\\\n\rRedactMessage\x12).parley.messaging.v1.RedactMessageRequest\x1a .parley.messaging.v1.ChatMessage\x12x\n\x13ListMessageVersions\x12/.parley.messaging.v1.ListMessageVersionsRequest\x1a\x30.parley.messaging.v1.ListMessageVersionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fparley/gateway/v1/gateway.proto\x12\x11parley.gateway.v1\x1a\x19parley/auth/v1/auth.proto\x1a#parley/messaging/v1/messaging.proto\x1a\x1fparley/storage/v1/storage.proto\"V\n\x10SubscribeRequest\x12\x13\n\x0b\x63hannel_ids\x18\x01 \x03(\t\x12-\n\x06resume\x18\x02 \x03(\x0b\x32\x1d.parley.gateway.v1.ResumeFrom\"N\n\x05Ready\x12\x13\n\x0b\x63hannel_ids\x18\x01 \x03(\t\x12\x30\n\tpositions\x18\x02 \x03(\x0b\x32\x1d.parley.gateway.v1.ResumeFrom\"\xab\x01\n\x0b\x43lientEvent\x12)\n\x05ready\x18\x01 \x01(\x0b\x32\x18.parley.gateway.v1.ReadyH\x00\x12\x33\n\x07message\x18\x02 \x01(\x0b\x32 .parley.messaging.v1.ChatMessageH\x00\x12\x33\n\x07updated\x18\x03 \x01(\x0b\x32 .parley.messaging.v1.ChatMessageH\x00\x42\x07\n\x05\x65vent\"8\n\nResumeFrom\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_position\x18\x02 \x01(\x04\x32\x82\x08\n\x07Gateway\x12M\n\x08Register\x12\x1f.parley.auth.v1.RegisterRequest\x1a .parley.auth.v1.RegisterResponse\x12\x44\n\x05Login\x12\x1c.parley.auth.v1.LoginRequest\x1a\x1d.parley.auth.v1.LoginResponse\x12X\n\rCreateChannel\x12).parley.messaging.v1.CreateChannelRequest\x1a\x1c.parley.messaging.v1.Channel\x12T\n\x0bJoinChannel\x12\'.parley.messaging.v1.JoinChannelRequest\x1a\x1c.parley.messaging.v1.Channel\x12i\n\x0eListMyChannels\x12*.parley.messaging.v1.ListMyChannelsRequest\x1a+.parley.messaging.v1.ListMyChannelsResponse\x12X\n\x0bSendMessage\x12\'.parley.messaging.v1.PostMessageRequest\x1a .parley.messaging.v1.ChatMessage\x12g\n\nGetHistory\x12+.parley.storage.v1.GetChannelHistoryRequest\x1a,.parley.storage.v1.GetChannelHistoryResponse\x12R\n\tSubscribe\x12#.parley.gateway.v1.SubscribeRequest\x1a\x1e.parley.gateway.v1.ClientEvent0\x01\x12X\n\x0b\x45\x64itMessage\x12\'.parley.messaging.v1.EditMessageRequest\x1a .parley.messaging.v1.ChatMessage\x12\\\n\rRedactMessage\x12).parley.messaging.v1.RedactMessageRequest\x1a .parley.messaging.v1.ChatMessage\x12x\n\x13ListMessageVersions\x12/.parley.messaging.v1.ListMessageVersionsRequest\x1a\x30.parley.messaging.v1.ListMessageVersionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,11 +37,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBSCRIBEREQUEST']._serialized_start=151
   _globals['_SUBSCRIBEREQUEST']._serialized_end=237
   _globals['_READY']._serialized_start=239
-  _globals['_READY']._serialized_end=267
-  _globals['_CLIENTEVENT']._serialized_start=270
-  _globals['_CLIENTEVENT']._serialized_end=441
-  _globals['_RESUMEFROM']._serialized_start=443
-  _globals['_RESUMEFROM']._serialized_end=499
-  _globals['_GATEWAY']._serialized_start=502
-  _globals['_GATEWAY']._serialized_end=1528
+  _globals['_READY']._serialized_end=317
+  _globals['_CLIENTEVENT']._serialized_start=320
+  _globals['_CLIENTEVENT']._serialized_end=491
+  _globals['_RESUMEFROM']._serialized_start=493
+  _globals['_RESUMEFROM']._serialized_end=549
+  _globals['_GATEWAY']._serialized_start=552
+  _globals['_GATEWAY']._serialized_end=1578
 # @@protoc_insertion_point(module_scope)

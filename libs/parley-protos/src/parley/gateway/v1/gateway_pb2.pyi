@@ -54,16 +54,24 @@ class Ready(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CHANNEL_IDS_FIELD_NUMBER: _builtins.int
+    POSITIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def channel_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def positions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResumeFrom]:
+        """Where each channel's stream starts: resuming from these misses nothing even when no event
+        arrived before the connection dropped.
+        """
+
     def __init__(
         self,
         *,
         channel_ids: _abc.Iterable[_builtins.str] | None = ...,
+        positions: _abc.Iterable[Global___ResumeFrom] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_ids", b"channel_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_ids", b"channel_ids", "positions", b"positions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
