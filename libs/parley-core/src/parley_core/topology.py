@@ -54,6 +54,16 @@ def channel_subject(channel_id: str) -> str:
     return stream_subject("msg", "channel", channel_id)
 
 
+def device_subject(user_id: str) -> str:
+    """A user's end-to-end encryption devices and their public keys (messaging's key directory)."""
+    return stream_subject("msg", "device", user_id)
+
+
+def to_device_subject(user_id: str) -> str:
+    """Olm-encrypted messages queued for a user's devices."""
+    return stream_subject("msg", "todevice", user_id)
+
+
 def parked_subject(service: str, stream: str) -> str:
     return f"parley.parked.{service}.{stream}"
 
@@ -65,6 +75,9 @@ def heartbeat_subject(service: str, instance_id: str) -> str:
 SIGNING_KEYS_FILTER = "parley.auth.key.>"
 CHANNELS_FILTER = "parley.msg.channel.>"
 HEARTBEATS_FILTER = "parley.fleet.heartbeat.>"
+DEVICES_FILTER = "parley.msg.device.>"
+TO_DEVICE_FILTER = "parley.msg.todevice.>"
+MESSAGING_FILTER = "parley.msg.>"
 
 ALL_READERS = SERVICES
 

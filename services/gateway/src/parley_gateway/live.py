@@ -9,10 +9,10 @@ from google.protobuf.message import Message
 from parley.common.v1.envelope_pb2 import EventEnvelope
 from parley.gateway.v1 import gateway_pb2
 from parley.messaging.v1 import messaging_pb2
-from parley.messaging.v1.events_pb2 import MessageEdited, MessagePosted, MessageRedacted
+from parley.messaging.v1.events_pb2 import MemberLeft, MessageEdited, MessagePosted, MessageRedacted
 
 from parley_core.envelope import UnknownEventType, open_payload
-from parley_core.errors import ResourceExhausted
+from parley_core.errors import DomainError, ResourceExhausted
 
 
 def client_event(payload: Message, position: int) -> gateway_pb2.ClientEvent | None:
@@ -63,9 +63,22 @@ def client_event_of(envelope: EventEnvelope, position: int) -> gateway_pb2.Clien
     return client_event(payload, position)
 
 
+def left_channel(envelope: EventEnvelope, user_id: str) -> bool:
+    """Whether this event is `user_id` leaving the channel, which ends their live stream."""
+    if envelope.event_type != MemberLeft.DESCRIPTOR.full_name:
+        return False
+    payload = open_payload(envelope)
+    return isinstance(payload, MemberLeft) and payload.user_id == user_id
+
+
 @dataclass(frozen=True)
 class _Overflowed:
     pass
+
+
+@dataclass(frozen=True)
+class _Ended:
+    error: DomainError
 
 
 class LiveBuffer:
@@ -79,10 +92,20 @@ class LiveBuffer:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.overflowed = False
-        self._queue: asyncio.Queue[gateway_pb2.ClientEvent | _Overflowed] = asyncio.Queue(maxsize=capacity + 1)
+        # Room for `capacity` events, the overflow marker and an end marker.
+        self._queue: asyncio.Queue[gateway_pb2.ClientEvent | _Overflowed | _Ended] = asyncio.Queue(
+            maxsize=capacity + 2
+        )
+        self._ended = False
+
+    def end(self, error: DomainError) -> None:
+        """End the stream with `error` after the events already queued."""
+        if not self._ended and not self.overflowed:
+            self._ended = True
+            self._queue.put_nowait(_Ended(error))
 
     def offer(self, event: gateway_pb2.ClientEvent) -> None:
-        if self.overflowed:
+        if self.overflowed or self._ended:
             return
         if self._queue.qsize() >= self.capacity:
             self.overflowed = True
@@ -95,6 +118,8 @@ class LiveBuffer:
 
     async def take(self) -> gateway_pb2.ClientEvent:
         item = await self._queue.get()
+        if isinstance(item, _Ended):
+            raise item.error
         if isinstance(item, _Overflowed):
             raise ResourceExhausted(
                 f"live stream fell more than {self.capacity} events behind; "

@@ -24,7 +24,7 @@ from parley_core.runner import RunContext
 from parley_core.topology import channel_subject
 from parley_gateway.catchup import events_after
 from parley_gateway.limits import Admission, GatewayLimits, RateLimited, source_of
-from parley_gateway.live import LiveBuffer, client_event_of
+from parley_gateway.live import LiveBuffer, client_event_of, left_channel
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         self._ctx: RunContext | None = None
         self._auth: auth_pb2_grpc.AuthServiceAsyncStub | None = None
         self._messaging: messaging_pb2_grpc.MessagingServiceAsyncStub | None = None
+        self._devices: messaging_pb2_grpc.DeviceKeyServiceAsyncStub | None = None
         self._storage: storage_pb2_grpc.StorageServiceAsyncStub | None = None
         self.limits = limits or GatewayLimits()
         self._admission = Admission(self.limits)
@@ -88,7 +89,9 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         self._ctx = ctx
         s = ctx.settings
         self._auth = auth_pb2_grpc.AuthServiceStub(ctx.channel_to(s.auth_addr, "auth"))
-        self._messaging = messaging_pb2_grpc.MessagingServiceStub(ctx.channel_to(s.messaging_addr, "messaging"))
+        messaging = ctx.channel_to(s.messaging_addr, "messaging")
+        self._messaging = messaging_pb2_grpc.MessagingServiceStub(messaging)
+        self._devices = messaging_pb2_grpc.DeviceKeyServiceStub(messaging)
         self._storage = storage_pb2_grpc.StorageServiceStub(ctx.channel_to(s.storage_addr, "storage"))
         gateway_pb2_grpc.add_GatewayServicer_to_server(self, ctx.server)
         ctx.add_service_name(gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name)
@@ -168,6 +171,48 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         await self._admit(request, context)
         return await forward(self._messaging.ListMessageVersions, request, context)
 
+    async def LeaveChannel(
+        self, request: messaging_pb2.LeaveChannelRequest, context: Context
+    ) -> messaging_pb2.Channel:
+        assert self._messaging is not None
+        await self._admit(request, context)
+        return await forward(self._messaging.LeaveChannel, request, context)
+
+    async def PublishDeviceKeys(
+        self, request: messaging_pb2.PublishDeviceKeysRequest, context: Context
+    ) -> messaging_pb2.PublishDeviceKeysResponse:
+        assert self._devices is not None
+        await self._admit(request, context)
+        return await forward(self._devices.PublishDeviceKeys, request, context)
+
+    async def ListDevices(
+        self, request: messaging_pb2.ListDevicesRequest, context: Context
+    ) -> messaging_pb2.ListDevicesResponse:
+        assert self._devices is not None
+        await self._admit(request, context)
+        return await forward(self._devices.ListDevices, request, context)
+
+    async def ClaimOneTimeKey(
+        self, request: messaging_pb2.ClaimOneTimeKeyRequest, context: Context
+    ) -> messaging_pb2.ClaimOneTimeKeyResponse:
+        assert self._devices is not None
+        await self._admit(request, context)
+        return await forward(self._devices.ClaimOneTimeKey, request, context)
+
+    async def SendToDevice(
+        self, request: messaging_pb2.SendToDeviceRequest, context: Context
+    ) -> messaging_pb2.SendToDeviceResponse:
+        assert self._devices is not None
+        await self._admit(request, context)
+        return await forward(self._devices.SendToDevice, request, context)
+
+    async def FetchToDevice(
+        self, request: messaging_pb2.FetchToDeviceRequest, context: Context
+    ) -> messaging_pb2.FetchToDeviceResponse:
+        assert self._devices is not None
+        await self._admit(request, context)
+        return await forward(self._devices.FetchToDevice, request, context)
+
     async def GetHistory(
         self, request: storage_pb2.GetChannelHistoryRequest, context: Context
     ) -> storage_pb2.GetChannelHistoryResponse:
@@ -180,7 +225,7 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
     ) -> AsyncIterator[gateway_pb2.ClientEvent]:
         assert self._ctx is not None
         assert self._messaging is not None
-        await self._admit(request, context)
+        user_id = await self._admit(request, context)
         mine = await forward(self._messaging.ListMyChannels, messaging_pb2.ListMyChannelsRequest(), context)
         my_ids = {c.channel_id for c in mine.channels}
         resume = {r.channel_id: r.after_position for r in request.resume}
@@ -193,6 +238,10 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         buffer = LiveBuffer(self.limits.live_buffer)
 
         async def deliver(event: ReceivedEvent) -> None:
+            if left_channel(event.envelope, user_id):
+                # Membership is checked when a stream opens and followed while it runs.
+                buffer.end(PermissionDenied(f"you left channel {event.envelope.aggregate_id}; subscribe again"))
+                return
             item = client_event_of(event.envelope, event.stream_seq)
             if item is not None:
                 buffer.offer(item)

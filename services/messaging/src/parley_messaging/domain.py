@@ -54,6 +54,7 @@ class Channel:
     sends: dict[tuple[str, str], int] = field(default_factory=dict)  # (sender, key) -> channel_seq
     messages: dict[int, MessageRecord] = field(default_factory=dict)
     creator_id: str = ""
+    encrypted: bool = False
 
     def require_member(self, user_id: str) -> None:
         if user_id not in self.members:
@@ -135,9 +136,9 @@ class ChannelDirectory:
             raise NotFound(f"no channel with id {channel_id!r}")
         return channel
 
-    def create(self, channel_id: str, name: str, creator_id: str, stream_seq: int) -> None:
+    def create(self, channel_id: str, name: str, creator_id: str, stream_seq: int, *, encrypted: bool = False) -> None:
         self._channels[channel_id] = Channel(
-            channel_id, name, {creator_id}, last_stream_seq=stream_seq, creator_id=creator_id
+            channel_id, name, {creator_id}, last_stream_seq=stream_seq, creator_id=creator_id, encrypted=encrypted
         )
 
     def of_member(self, user_id: str) -> list[Channel]:

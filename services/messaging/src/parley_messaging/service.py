@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
+from typing import Protocol
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -13,6 +14,7 @@ from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.messaging.v1.events_pb2 import (
     ChannelCreated,
     MemberJoined,
+    MemberLeft,
     MessageEdited,
     MessagePosted,
     MessageRedacted,
@@ -22,7 +24,9 @@ from parley_core.bus import ConcurrencyConflict, ReceivedEvent, Replay
 from parley_core.envelope import NewEvent, open_payload
 from parley_core.errors import InvalidArgument, PermissionDenied, Unavailable
 from parley_core.runner import RunContext
-from parley_core.topology import CHANNELS_FILTER, channel_subject
+from parley_core.topology import MESSAGING_FILTER, channel_subject
+from parley_messaging.device_service import DeviceKeyServicer
+from parley_messaging.devices import validate_encrypted_body
 from parley_messaging.domain import (
     Channel,
     ChannelDirectory,
@@ -54,13 +58,28 @@ def to_proto(message: PostedMessage) -> messaging_pb2.ChatMessage:
 
 def channel_proto(channel: Channel) -> messaging_pb2.Channel:
     return messaging_pb2.Channel(
-        channel_id=channel.channel_id, name=channel.name, member_ids=sorted(channel.members), last_seq=channel.last_seq
+        channel_id=channel.channel_id,
+        name=channel.name,
+        member_ids=sorted(channel.members),
+        last_seq=channel.last_seq,
+        encrypted=channel.encrypted,
     )
+
+
+def body_for(channel: Channel, body: str) -> str:
+    """Plain channels take text; encrypted ones only Megolm ciphertext, which the server cannot read."""
+    return validate_encrypted_body(body) if channel.encrypted else validate_body(body)
+
+
+class Versioned(Protocol):
+    version: int
+    last_stream_seq: int
 
 
 class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
     def __init__(self) -> None:
         self.channels = ChannelDirectory()
+        self.device_keys = DeviceKeyServicer(self)
         self._ctx: RunContext | None = None
         self._replay: Replay | None = None
         # One writer per channel inside this instance; across instances the stream's
@@ -69,24 +88,41 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
-        self._replay = await ctx.bus.replay(stream="MSG", filter_subject=CHANNELS_FILTER, handler=self._apply)
+        # Channels, the device key directory and to-device queues: one replay of messaging's stream.
+        self._replay = await ctx.bus.replay(stream="MSG", filter_subject=MESSAGING_FILTER, handler=self._apply)
         await self._replay.wait_caught_up()
         messaging_pb2_grpc.add_MessagingServiceServicer_to_server(self, ctx.server)
         ctx.add_service_name(messaging_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name)
+        messaging_pb2_grpc.add_DeviceKeyServiceServicer_to_server(self.device_keys, ctx.server)
+        ctx.add_service_name(messaging_pb2.DESCRIPTOR.services_by_name["DeviceKeyService"].full_name)
+
+    @property
+    def ctx(self) -> RunContext:
+        assert self._ctx is not None
+        return self._ctx
 
     async def stop(self) -> None:
         pass
 
     async def _apply(self, event: ReceivedEvent) -> None:
+        if event.envelope.aggregate_type in ("device", "todevice"):
+            self.device_keys.apply(event)
+            return
+        if event.envelope.aggregate_type != "channel":
+            return
         payload = open_payload(event.envelope)
         if isinstance(payload, ChannelCreated):
-            self.channels.create(payload.channel_id, payload.name, payload.creator_id, event.stream_seq)
+            self.channels.create(
+                payload.channel_id, payload.name, payload.creator_id, event.stream_seq, encrypted=payload.encrypted
+            )
             return
         channel = self.channels.get(event.envelope.aggregate_id)
         channel.last_stream_seq = event.stream_seq
         channel.version += 1
         if isinstance(payload, MemberJoined):
             channel.members.add(payload.user_id)
+        elif isinstance(payload, MemberLeft):
+            channel.members.discard(payload.user_id)
         elif isinstance(payload, MessagePosted):
             posted = PostedMessage(
                 channel_id=payload.channel_id,
@@ -105,22 +141,28 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
 
     async def _append(self, event: NewEvent, *, after: Channel | None) -> None:
         """Append to a channel as it was read (`after`), or create it (`after=None`)."""
+        await self.append_to(channel_subject(event.aggregate_id), event, after)
+
+    async def append_to(self, subject: str, event: NewEvent, after: Versioned | None) -> None:
+        """Append to an aggregate as it was read (None: a new one), then read our own write."""
         assert self._ctx is not None
         assert self._replay is not None
         appended = await self._ctx.bus.append(
-            channel_subject(event.aggregate_id),
+            subject,
             event,
             aggregate_version=after.version + 1 if after else 1,
             expected_last_subject_seq=after.last_stream_seq if after else 0,
         )
         await self._replay.wait_for_seq(appended.stream_seq)
 
-    async def _settle(self) -> None:
-        """After a lost race, let the projection catch up with the stream before deciding again."""
+    async def settle(self, subject: str) -> None:
+        """After a lost race, let the projection catch up with the aggregate before deciding again."""
         assert self._ctx is not None
         assert self._replay is not None
-        info = await self._ctx.bus.js.stream_info("MSG")
-        await self._replay.wait_for_seq(info.state.last_seq)
+        await self._replay.wait_for_seq(await self._ctx.bus.last_subject_seq("MSG", subject))
+
+    async def _settle(self, channel_id: str) -> None:
+        await self.settle(channel_subject(channel_id))
 
     async def CreateChannel(
         self, request: messaging_pb2.CreateChannelRequest, context: grpc.aio.ServicerContext[object, object]
@@ -132,7 +174,9 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         event = NewEvent(
             aggregate_type="channel",
             aggregate_id=channel_id,
-            payload=ChannelCreated(channel_id=channel_id, name=name, creator_id=caller.user_id),
+            payload=ChannelCreated(
+                channel_id=channel_id, name=name, creator_id=caller.user_id, encrypted=request.encrypted
+            ),
             actor=caller.user_id,
         )
         await self._append(event, after=None)
@@ -160,7 +204,7 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
                     await self._append(event, after=channel)
                     return channel_proto(self.channels.get(channel.channel_id))
                 except ConcurrencyConflict:
-                    await self._settle()
+                    await self._settle(channel.channel_id)
         raise Unavailable("the channel is changing too fast; try again")
 
     async def ListMyChannels(
@@ -178,12 +222,12 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         caller = self._ctx.tokens.caller(context)
         if not request.channel_id:
             raise InvalidArgument("channel_id is required")
-        body = validate_body(request.body)
         key = validate_idempotency_key(request.idempotency_key)
         async with self._locks[request.channel_id]:
             for _ in range(APPEND_ATTEMPTS):
                 channel = self.channels.get(request.channel_id)
                 channel.require_member(caller.user_id)
+                body = body_for(channel, request.body)
                 if (earlier := channel.earlier_send(caller.user_id, key)) is not None:
                     return to_proto(earlier)
                 sent = Timestamp()
@@ -208,7 +252,7 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
                 try:
                     await self._append(event, after=channel)
                 except ConcurrencyConflict:
-                    await self._settle()
+                    await self._settle(channel.channel_id)
                     continue
                 posted = self.channels.get(channel.channel_id).earlier_send(caller.user_id, key)
                 assert posted is not None
@@ -230,7 +274,7 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
                 try:
                     await self._append(event, after=channel)
                 except ConcurrencyConflict:
-                    await self._settle()
+                    await self._settle(channel.channel_id)
                     continue
                 return to_proto(self.channels.get(channel_id).message(channel_seq).current)
         raise Unavailable("the channel is changing too fast; try again")
@@ -240,10 +284,10 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
     ) -> messaging_pb2.ChatMessage:
         assert self._ctx is not None
         caller = self._ctx.tokens.caller(context)
-        body = validate_body(request.body)
 
         def decide(channel: Channel) -> NewEvent | None:
             record = channel.check_edit(caller.user_id, request.channel_seq)
+            body = body_for(channel, request.body)
             if record.current.body == body:
                 return None  # a retried edit: already the text
             edited = Timestamp()
@@ -293,6 +337,32 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
             )
 
         return await self._change_message(request.channel_id, request.channel_seq, decide)
+
+    async def LeaveChannel(
+        self, request: messaging_pb2.LeaveChannelRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.Channel:
+        assert self._ctx is not None
+        caller = self._ctx.tokens.caller(context)
+        if not request.channel_id:
+            raise InvalidArgument("channel_id is required")
+        async with self._locks[request.channel_id]:
+            for _ in range(APPEND_ATTEMPTS):
+                channel = self.channels.get(request.channel_id)
+                if caller.user_id not in channel.members:
+                    return channel_proto(channel)  # already gone: a retried leave
+                event = NewEvent(
+                    aggregate_type="channel",
+                    aggregate_id=channel.channel_id,
+                    payload=MemberLeft(channel_id=channel.channel_id, user_id=caller.user_id),
+                    actor=caller.user_id,
+                )
+                try:
+                    await self._append(event, after=channel)
+                except ConcurrencyConflict:
+                    await self._settle(channel.channel_id)
+                    continue
+                return channel_proto(self.channels.get(channel.channel_id))
+        raise Unavailable("the channel is changing too fast; try again")
 
     async def ListMessageVersions(
         self, request: messaging_pb2.ListMessageVersionsRequest, context: grpc.aio.ServicerContext[object, object]

@@ -12,11 +12,12 @@ from typing import TypeVar
 from parley.messaging.v1.events_pb2 import (
     ChannelCreated,
     MemberJoined,
+    MemberLeft,
     MessageEdited,
     MessagePosted,
     MessageRedacted,
 )
-from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, update
+from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from parley_core import telemetry
@@ -179,6 +180,8 @@ class SqlEventArchive:
             )
         elif isinstance(payload, MessageEdited | MessageRedacted):
             _apply_message_change(conn, payload)
+        elif isinstance(payload, MemberLeft):
+            _apply_member_left(conn, payload)
 
     async def is_member(self, channel_id: str, user_id: str) -> bool:
         def work(conn: Connection) -> bool:
@@ -235,3 +238,12 @@ def _apply_message_change(conn: Connection, change: MessageEdited | MessageRedac
         conn.execute(update(channel_messages).where(*where).values(body=""))
     else:
         conn.execute(update(channel_messages).where(*where, row.body != "").values(body=change.body))
+
+
+def _apply_member_left(conn: Connection, left: MemberLeft) -> None:
+    """A member who left reads no more history of the channel."""
+    conn.execute(
+        delete(channel_members).where(
+            channel_members.c.channel_id == left.channel_id, channel_members.c.user_id == left.user_id
+        )
+    )

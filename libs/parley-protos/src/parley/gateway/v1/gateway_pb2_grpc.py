@@ -94,6 +94,36 @@ class GatewayStub:
                 request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsRequest.SerializeToString,
                 response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsResponse.FromString,
                 _registered_method=True)
+        self.LeaveChannel = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/LeaveChannel',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.LeaveChannelRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+                _registered_method=True)
+        self.PublishDeviceKeys = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/PublishDeviceKeys',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysResponse.FromString,
+                _registered_method=True)
+        self.ListDevices = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/ListDevices',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesResponse.FromString,
+                _registered_method=True)
+        self.ClaimOneTimeKey = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/ClaimOneTimeKey',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyResponse.FromString,
+                _registered_method=True)
+        self.SendToDevice = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/SendToDevice',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.SendToDeviceRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.SendToDeviceResponse.FromString,
+                _registered_method=True)
+        self.FetchToDevice = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/FetchToDevice',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.FetchToDeviceRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.FetchToDeviceResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -169,6 +199,43 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LeaveChannel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishDeviceKeys(self, request, context):
+        """End-to-end encryption: device keys and the to-device relay (see DeviceKeyService).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDevices(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClaimOneTimeKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendToDevice(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchToDevice(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -226,6 +293,36 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.ListMessageVersions,
                     request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsRequest.FromString,
                     response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsResponse.SerializeToString,
+            ),
+            'LeaveChannel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaveChannel,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.LeaveChannelRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.SerializeToString,
+            ),
+            'PublishDeviceKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishDeviceKeys,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysResponse.SerializeToString,
+            ),
+            'ListDevices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDevices,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesResponse.SerializeToString,
+            ),
+            'ClaimOneTimeKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimOneTimeKey,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyResponse.SerializeToString,
+            ),
+            'SendToDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendToDevice,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.SendToDeviceRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.SendToDeviceResponse.SerializeToString,
+            ),
+            'FetchToDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.FetchToDevice,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.FetchToDeviceRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.FetchToDeviceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -527,6 +624,168 @@ class Gateway:
             '/parley.gateway.v1.Gateway/ListMessageVersions',
             parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsRequest.SerializeToString,
             parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaveChannel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/LeaveChannel',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.LeaveChannelRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishDeviceKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/PublishDeviceKeys',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDevices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/ListDevices',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimOneTimeKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/ClaimOneTimeKey',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendToDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/SendToDevice',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.SendToDeviceRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.SendToDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchToDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/FetchToDevice',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.FetchToDeviceRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.FetchToDeviceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,13 @@ class GatewayStub:
     EditMessage: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.EditMessageRequest, _messaging_pb2.ChatMessage]
     RedactMessage: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.RedactMessageRequest, _messaging_pb2.ChatMessage]
     ListMessageVersions: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ListMessageVersionsRequest, _messaging_pb2.ListMessageVersionsResponse]
+    LeaveChannel: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.LeaveChannelRequest, _messaging_pb2.Channel]
+    PublishDeviceKeys: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.PublishDeviceKeysRequest, _messaging_pb2.PublishDeviceKeysResponse]
+    """End-to-end encryption: device keys and the to-device relay (see DeviceKeyService)."""
+    ListDevices: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ListDevicesRequest, _messaging_pb2.ListDevicesResponse]
+    ClaimOneTimeKey: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ClaimOneTimeKeyRequest, _messaging_pb2.ClaimOneTimeKeyResponse]
+    SendToDevice: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.SendToDeviceRequest, _messaging_pb2.SendToDeviceResponse]
+    FetchToDevice: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.FetchToDeviceRequest, _messaging_pb2.FetchToDeviceResponse]
 
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
@@ -74,6 +81,13 @@ class GatewayAsyncStub(GatewayStub):
     EditMessage: _aio.UnaryUnaryMultiCallable[_messaging_pb2.EditMessageRequest, _messaging_pb2.ChatMessage]  # type: ignore[assignment]
     RedactMessage: _aio.UnaryUnaryMultiCallable[_messaging_pb2.RedactMessageRequest, _messaging_pb2.ChatMessage]  # type: ignore[assignment]
     ListMessageVersions: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ListMessageVersionsRequest, _messaging_pb2.ListMessageVersionsResponse]  # type: ignore[assignment]
+    LeaveChannel: _aio.UnaryUnaryMultiCallable[_messaging_pb2.LeaveChannelRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    PublishDeviceKeys: _aio.UnaryUnaryMultiCallable[_messaging_pb2.PublishDeviceKeysRequest, _messaging_pb2.PublishDeviceKeysResponse]  # type: ignore[assignment]
+    """End-to-end encryption: device keys and the to-device relay (see DeviceKeyService)."""
+    ListDevices: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ListDevicesRequest, _messaging_pb2.ListDevicesResponse]  # type: ignore[assignment]
+    ClaimOneTimeKey: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ClaimOneTimeKeyRequest, _messaging_pb2.ClaimOneTimeKeyResponse]  # type: ignore[assignment]
+    SendToDevice: _aio.UnaryUnaryMultiCallable[_messaging_pb2.SendToDeviceRequest, _messaging_pb2.SendToDeviceResponse]  # type: ignore[assignment]
+    FetchToDevice: _aio.UnaryUnaryMultiCallable[_messaging_pb2.FetchToDeviceRequest, _messaging_pb2.FetchToDeviceResponse]  # type: ignore[assignment]
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
     """The only client-facing API. Every call except Register and Login needs
@@ -159,5 +173,48 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         request: _messaging_pb2.ListMessageVersionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_messaging_pb2.ListMessageVersionsResponse, _abc.Awaitable[_messaging_pb2.ListMessageVersionsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def LeaveChannel(
+        self,
+        request: _messaging_pb2.LeaveChannelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def PublishDeviceKeys(
+        self,
+        request: _messaging_pb2.PublishDeviceKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.PublishDeviceKeysResponse, _abc.Awaitable[_messaging_pb2.PublishDeviceKeysResponse]]:
+        """End-to-end encryption: device keys and the to-device relay (see DeviceKeyService)."""
+
+    @_abc_1.abstractmethod
+    def ListDevices(
+        self,
+        request: _messaging_pb2.ListDevicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.ListDevicesResponse, _abc.Awaitable[_messaging_pb2.ListDevicesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ClaimOneTimeKey(
+        self,
+        request: _messaging_pb2.ClaimOneTimeKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.ClaimOneTimeKeyResponse, _abc.Awaitable[_messaging_pb2.ClaimOneTimeKeyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SendToDevice(
+        self,
+        request: _messaging_pb2.SendToDeviceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.SendToDeviceResponse, _abc.Awaitable[_messaging_pb2.SendToDeviceResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def FetchToDevice(
+        self,
+        request: _messaging_pb2.FetchToDeviceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.FetchToDeviceResponse, _abc.Awaitable[_messaging_pb2.FetchToDeviceResponse]]: ...
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n parley/messaging/v1/events.proto\x12\x13parley.messaging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"F\n\x0e\x43hannelCreated\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\ncreator_id\x18\x03 \x01(\t\"3\n\x0cMemberJoined\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"\xc8\x01\n\rMessagePosted\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x11\n\tsender_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x04 \x01(\x04\x12\x0c\n\x04\x62ody\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12+\n\x07sent_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bsender_name\x18\x08 \x01(\t\"\x9c\x01\n\rMessageEdited\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x03 \x01(\x04\x12\x0c\n\x04\x62ody\x18\x04 \x01(\t\x12\x11\n\teditor_id\x18\x05 \x01(\t\x12-\n\tedited_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa4\x01\n\x0fMessageRedacted\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x03 \x01(\x04\x12\x13\n\x0bredactor_id\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12/\n\x0bredacted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n parley/messaging/v1/events.proto\x12\x13parley.messaging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"Y\n\x0e\x43hannelCreated\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\ncreator_id\x18\x03 \x01(\t\x12\x11\n\tencrypted\x18\x04 \x01(\x08\"3\n\x0cMemberJoined\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"\xc8\x01\n\rMessagePosted\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x11\n\tsender_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x04 \x01(\x04\x12\x0c\n\x04\x62ody\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12+\n\x07sent_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bsender_name\x18\x08 \x01(\t\"\x9c\x01\n\rMessageEdited\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x03 \x01(\x04\x12\x0c\n\x04\x62ody\x18\x04 \x01(\t\x12\x11\n\teditor_id\x18\x05 \x01(\t\x12-\n\tedited_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa4\x01\n\x0fMessageRedacted\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x03 \x01(\x04\x12\x13\n\x0bredactor_id\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12/\n\x0bredacted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"1\n\nMemberLeft\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\")\n\nOneTimeKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"\x9c\x01\n\x13\x44\x65viceKeysPublished\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x14\n\x0cidentity_key\x18\x03 \x01(\t\x12\x13\n\x0bsigning_key\x18\x04 \x01(\t\x12\x36\n\rone_time_keys\x18\x05 \x03(\x0b\x32\x1f.parley.messaging.v1.OneTimeKey\"[\n\x11OneTimeKeyClaimed\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x12\n\nclaimed_by\x18\x04 \x01(\t\"\xce\x01\n\x0cToDeviceSent\x12\x19\n\x11recipient_user_id\x18\x01 \x01(\t\x12\x1b\n\x13recipient_device_id\x18\x02 \x01(\t\x12\x16\n\x0esender_user_id\x18\x03 \x01(\t\x12\x18\n\x10sender_device_id\x18\x04 \x01(\t\x12\x1b\n\x13sender_identity_key\x18\x05 \x01(\t\x12\x10\n\x08olm_type\x18\x06 \x01(\r\x12\x12\n\nciphertext\x18\x07 \x01(\x0c\x12\x11\n\tqueue_seq\x18\x08 \x01(\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,13 +33,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parley.messaging.v1.events_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CHANNELCREATED']._serialized_start=90
-  _globals['_CHANNELCREATED']._serialized_end=160
-  _globals['_MEMBERJOINED']._serialized_start=162
-  _globals['_MEMBERJOINED']._serialized_end=213
-  _globals['_MESSAGEPOSTED']._serialized_start=216
-  _globals['_MESSAGEPOSTED']._serialized_end=416
-  _globals['_MESSAGEEDITED']._serialized_start=419
-  _globals['_MESSAGEEDITED']._serialized_end=575
-  _globals['_MESSAGEREDACTED']._serialized_start=578
-  _globals['_MESSAGEREDACTED']._serialized_end=742
+  _globals['_CHANNELCREATED']._serialized_end=179
+  _globals['_MEMBERJOINED']._serialized_start=181
+  _globals['_MEMBERJOINED']._serialized_end=232
+  _globals['_MESSAGEPOSTED']._serialized_start=235
+  _globals['_MESSAGEPOSTED']._serialized_end=435
+  _globals['_MESSAGEEDITED']._serialized_start=438
+  _globals['_MESSAGEEDITED']._serialized_end=594
+  _globals['_MESSAGEREDACTED']._serialized_start=597
+  _globals['_MESSAGEREDACTED']._serialized_end=761
+  _globals['_MEMBERLEFT']._serialized_start=763
+  _globals['_MEMBERLEFT']._serialized_end=812
+  _globals['_ONETIMEKEY']._serialized_start=814
+  _globals['_ONETIMEKEY']._serialized_end=855
+  _globals['_DEVICEKEYSPUBLISHED']._serialized_start=858
+  _globals['_DEVICEKEYSPUBLISHED']._serialized_end=1014
+  _globals['_ONETIMEKEYCLAIMED']._serialized_start=1016
+  _globals['_ONETIMEKEYCLAIMED']._serialized_end=1107
+  _globals['_TODEVICESENT']._serialized_start=1110
+  _globals['_TODEVICESENT']._serialized_end=1316
 # @@protoc_insertion_point(module_scope)

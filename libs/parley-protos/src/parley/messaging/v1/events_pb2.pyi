@@ -3,9 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -26,19 +28,23 @@ class ChannelCreated(_message.Message):
     CHANNEL_ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     CREATOR_ID_FIELD_NUMBER: _builtins.int
+    ENCRYPTED_FIELD_NUMBER: _builtins.int
     channel_id: _builtins.str
     name: _builtins.str
     creator_id: _builtins.str
+    encrypted: _builtins.bool
+    """end-to-end encrypted: bodies are Megolm ciphertext the server cannot read"""
     def __init__(
         self,
         *,
         channel_id: _builtins.str = ...,
         name: _builtins.str = ...,
         creator_id: _builtins.str = ...,
+        encrypted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "creator_id", b"creator_id", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "creator_id", b"creator_id", "encrypted", b"encrypted", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -188,3 +194,162 @@ class MessageRedacted(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MessageRedacted: _TypeAlias = MessageRedacted  # noqa: Y015
+
+@_typing.final
+class MemberLeft(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    user_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemberLeft: _TypeAlias = MemberLeft  # noqa: Y015
+
+@_typing.final
+class OneTimeKey(_message.Message):
+    """Device key directory for end-to-end encryption, on subject parley.msg.device.<user_id>.
+    Only public keys: the private halves never leave the client.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    key: _builtins.str
+    """Curve25519 public key, unpadded base64 (vodozemac)"""
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "key_id", b"key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OneTimeKey: _TypeAlias = OneTimeKey  # noqa: Y015
+
+@_typing.final
+class DeviceKeysPublished(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_KEY_FIELD_NUMBER: _builtins.int
+    SIGNING_KEY_FIELD_NUMBER: _builtins.int
+    ONE_TIME_KEYS_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    device_id: _builtins.str
+    identity_key: _builtins.str
+    """Curve25519, base64"""
+    signing_key: _builtins.str
+    """Ed25519, base64"""
+    @_builtins.property
+    def one_time_keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___OneTimeKey]:
+        """added to the device's pool"""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        device_id: _builtins.str = ...,
+        identity_key: _builtins.str = ...,
+        signing_key: _builtins.str = ...,
+        one_time_keys: _abc.Iterable[Global___OneTimeKey] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "identity_key", b"identity_key", "one_time_keys", b"one_time_keys", "signing_key", b"signing_key", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeviceKeysPublished: _TypeAlias = DeviceKeysPublished  # noqa: Y015
+
+@_typing.final
+class OneTimeKeyClaimed(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    CLAIMED_BY_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    device_id: _builtins.str
+    key_id: _builtins.str
+    claimed_by: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        device_id: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        claimed_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claimed_by", b"claimed_by", "device_id", b"device_id", "key_id", b"key_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OneTimeKeyClaimed: _TypeAlias = OneTimeKeyClaimed  # noqa: Y015
+
+@_typing.final
+class ToDeviceSent(_message.Message):
+    """An Olm-encrypted message from one device to another (room keys), queued for the recipient
+    on subject parley.msg.todevice.<recipient user_id>.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECIPIENT_USER_ID_FIELD_NUMBER: _builtins.int
+    RECIPIENT_DEVICE_ID_FIELD_NUMBER: _builtins.int
+    SENDER_USER_ID_FIELD_NUMBER: _builtins.int
+    SENDER_DEVICE_ID_FIELD_NUMBER: _builtins.int
+    SENDER_IDENTITY_KEY_FIELD_NUMBER: _builtins.int
+    OLM_TYPE_FIELD_NUMBER: _builtins.int
+    CIPHERTEXT_FIELD_NUMBER: _builtins.int
+    QUEUE_SEQ_FIELD_NUMBER: _builtins.int
+    recipient_user_id: _builtins.str
+    recipient_device_id: _builtins.str
+    sender_user_id: _builtins.str
+    sender_device_id: _builtins.str
+    sender_identity_key: _builtins.str
+    olm_type: _builtins.int
+    """0 pre-key, 1 normal"""
+    ciphertext: _builtins.bytes
+    queue_seq: _builtins.int
+    """order within the recipient device's queue, from 1"""
+    def __init__(
+        self,
+        *,
+        recipient_user_id: _builtins.str = ...,
+        recipient_device_id: _builtins.str = ...,
+        sender_user_id: _builtins.str = ...,
+        sender_device_id: _builtins.str = ...,
+        sender_identity_key: _builtins.str = ...,
+        olm_type: _builtins.int = ...,
+        ciphertext: _builtins.bytes = ...,
+        queue_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext", b"ciphertext", "olm_type", b"olm_type", "queue_seq", b"queue_seq", "recipient_device_id", b"recipient_device_id", "recipient_user_id", b"recipient_user_id", "sender_device_id", b"sender_device_id", "sender_identity_key", b"sender_identity_key", "sender_user_id", b"sender_user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToDeviceSent: _TypeAlias = ToDeviceSent  # noqa: Y015

@@ -23,37 +23,66 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from parley.messaging.v1 import events_pb2 as parley_dot_messaging_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#parley/messaging/v1/messaging.proto\x12\x13parley.messaging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"Q\n\x07\x43hannel\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nmember_ids\x18\x03 \x03(\t\x12\x10\n\x08last_seq\x18\x04 \x01(\x04\"\xe5\x01\n\x0b\x43hatMessage\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x11\n\tsender_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x04 \x01(\x04\x12\x0c\n\x04\x62ody\x18\x05 \x01(\t\x12+\n\x07sent_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bsender_name\x18\x07 \x01(\t\x12\x10\n\x08position\x18\x08 \x01(\x04\x12\x10\n\x08redacted\x18\t \x01(\x08\x12\x12\n\nedit_count\x18\n \x01(\r\"$\n\x14\x43reateChannelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"(\n\x12JoinChannelRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\"\x17\n\x15ListMyChannelsRequest\"H\n\x16ListMyChannelsResponse\x12.\n\x08\x63hannels\x18\x01 \x03(\x0b\x32\x1c.parley.messaging.v1.Channel\"O\n\x12PostMessageRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"K\n\x12\x45\x64itMessageRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x02 \x01(\x04\x12\x0c\n\x04\x62ody\x18\x03 \x01(\t\"O\n\x14RedactMessageRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x02 \x01(\x04\x12\x0e\n\x06reason\x18\x03 \x01(\t\"E\n\x1aListMessageVersionsRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x02 \x01(\x04\"-\n\x1bListMessageVersionsResponse\x12\x0e\n\x06\x62odies\x18\x01 \x03(\t2\xb9\x05\n\x10MessagingService\x12X\n\rCreateChannel\x12).parley.messaging.v1.CreateChannelRequest\x1a\x1c.parley.messaging.v1.Channel\x12T\n\x0bJoinChannel\x12\'.parley.messaging.v1.JoinChannelRequest\x1a\x1c.parley.messaging.v1.Channel\x12i\n\x0eListMyChannels\x12*.parley.messaging.v1.ListMyChannelsRequest\x1a+.parley.messaging.v1.ListMyChannelsResponse\x12X\n\x0bPostMessage\x12\'.parley.messaging.v1.PostMessageRequest\x1a .parley.messaging.v1.ChatMessage\x12X\n\x0b\x45\x64itMessage\x12\'.parley.messaging.v1.EditMessageRequest\x1a .parley.messaging.v1.ChatMessage\x12\\\n\rRedactMessage\x12).parley.messaging.v1.RedactMessageRequest\x1a .parley.messaging.v1.ChatMessage\x12x\n\x13ListMessageVersions\x12/.parley.messaging.v1.ListMessageVersionsRequest\x1a\x30.parley.messaging.v1.ListMessageVersionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#parley/messaging/v1/messaging.proto\x12\x13parley.messaging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a parley/messaging/v1/events.proto\"d\n\x07\x43hannel\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nmember_ids\x18\x03 \x03(\t\x12\x10\n\x08last_seq\x18\x04 \x01(\x04\x12\x11\n\tencrypted\x18\x05 \x01(\x08\"\xe5\x01\n\x0b\x43hatMessage\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x11\n\tsender_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x04 \x01(\x04\x12\x0c\n\x04\x62ody\x18\x05 \x01(\t\x12+\n\x07sent_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bsender_name\x18\x07 \x01(\t\x12\x10\n\x08position\x18\x08 \x01(\x04\x12\x10\n\x08redacted\x18\t \x01(\x08\x12\x12\n\nedit_count\x18\n \x01(\r\"7\n\x14\x43reateChannelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tencrypted\x18\x02 \x01(\x08\"(\n\x12JoinChannelRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\"\x17\n\x15ListMyChannelsRequest\"H\n\x16ListMyChannelsResponse\x12.\n\x08\x63hannels\x18\x01 \x03(\x0b\x32\x1c.parley.messaging.v1.Channel\"O\n\x12PostMessageRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"K\n\x12\x45\x64itMessageRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x02 \x01(\x04\x12\x0c\n\x04\x62ody\x18\x03 \x01(\t\"O\n\x14RedactMessageRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x02 \x01(\x04\x12\x0e\n\x06reason\x18\x03 \x01(\t\"E\n\x1aListMessageVersionsRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x02 \x01(\x04\"-\n\x1bListMessageVersionsResponse\x12\x0e\n\x06\x62odies\x18\x01 \x03(\t\")\n\x13LeaveChannelRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\"[\n\nDeviceKeys\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x14\n\x0cidentity_key\x18\x03 \x01(\t\x12\x13\n\x0bsigning_key\x18\x04 \x01(\t\"\x90\x01\n\x18PublishDeviceKeysRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x14\n\x0cidentity_key\x18\x02 \x01(\t\x12\x13\n\x0bsigning_key\x18\x03 \x01(\t\x12\x36\n\rone_time_keys\x18\x04 \x03(\x0b\x32\x1f.parley.messaging.v1.OneTimeKey\"7\n\x19PublishDeviceKeysResponse\x12\x1a\n\x12one_time_keys_left\x18\x01 \x01(\r\"&\n\x12ListDevicesRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\t\"G\n\x13ListDevicesResponse\x12\x30\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x1f.parley.messaging.v1.DeviceKeys\"<\n\x16\x43laimOneTimeKeyRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\"\x81\x01\n\x17\x43laimOneTimeKeyResponse\x12/\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x1f.parley.messaging.v1.DeviceKeys\x12\x35\n\x0cone_time_key\x18\x02 \x01(\x0b\x32\x1f.parley.messaging.v1.OneTimeKey\"\xd1\x01\n\x0fToDeviceMessage\x12\x19\n\x11recipient_user_id\x18\x01 \x01(\t\x12\x1b\n\x13recipient_device_id\x18\x02 \x01(\t\x12\x16\n\x0esender_user_id\x18\x03 \x01(\t\x12\x18\n\x10sender_device_id\x18\x04 \x01(\t\x12\x1b\n\x13sender_identity_key\x18\x05 \x01(\t\x12\x10\n\x08olm_type\x18\x06 \x01(\r\x12\x12\n\nciphertext\x18\x07 \x01(\x0c\x12\x11\n\tqueue_seq\x18\x08 \x01(\x04\"M\n\x13SendToDeviceRequest\x12\x36\n\x08messages\x18\x01 \x03(\x0b\x32$.parley.messaging.v1.ToDeviceMessage\"\x16\n\x14SendToDeviceResponse\"Q\n\x14\x46\x65tchToDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x17\n\x0f\x61\x66ter_queue_seq\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\"O\n\x15\x46\x65tchToDeviceResponse\x12\x36\n\x08messages\x18\x01 \x03(\x0b\x32$.parley.messaging.v1.ToDeviceMessage2\x91\x06\n\x10MessagingService\x12X\n\rCreateChannel\x12).parley.messaging.v1.CreateChannelRequest\x1a\x1c.parley.messaging.v1.Channel\x12T\n\x0bJoinChannel\x12\'.parley.messaging.v1.JoinChannelRequest\x1a\x1c.parley.messaging.v1.Channel\x12i\n\x0eListMyChannels\x12*.parley.messaging.v1.ListMyChannelsRequest\x1a+.parley.messaging.v1.ListMyChannelsResponse\x12X\n\x0bPostMessage\x12\'.parley.messaging.v1.PostMessageRequest\x1a .parley.messaging.v1.ChatMessage\x12X\n\x0b\x45\x64itMessage\x12\'.parley.messaging.v1.EditMessageRequest\x1a .parley.messaging.v1.ChatMessage\x12\\\n\rRedactMessage\x12).parley.messaging.v1.RedactMessageRequest\x1a .parley.messaging.v1.ChatMessage\x12x\n\x13ListMessageVersions\x12/.parley.messaging.v1.ListMessageVersionsRequest\x1a\x30.parley.messaging.v1.ListMessageVersionsResponse\x12V\n\x0cLeaveChannel\x12(.parley.messaging.v1.LeaveChannelRequest\x1a\x1c.parley.messaging.v1.Channel2\xa3\x04\n\x10\x44\x65viceKeyService\x12r\n\x11PublishDeviceKeys\x12-.parley.messaging.v1.PublishDeviceKeysRequest\x1a..parley.messaging.v1.PublishDeviceKeysResponse\x12`\n\x0bListDevices\x12\'.parley.messaging.v1.ListDevicesRequest\x1a(.parley.messaging.v1.ListDevicesResponse\x12l\n\x0f\x43laimOneTimeKey\x12+.parley.messaging.v1.ClaimOneTimeKeyRequest\x1a,.parley.messaging.v1.ClaimOneTimeKeyResponse\x12\x63\n\x0cSendToDevice\x12(.parley.messaging.v1.SendToDeviceRequest\x1a).parley.messaging.v1.SendToDeviceResponse\x12\x66\n\rFetchToDevice\x12).parley.messaging.v1.FetchToDeviceRequest\x1a*.parley.messaging.v1.FetchToDeviceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parley.messaging.v1.messaging_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHANNEL']._serialized_start=93
-  _globals['_CHANNEL']._serialized_end=174
-  _globals['_CHATMESSAGE']._serialized_start=177
-  _globals['_CHATMESSAGE']._serialized_end=406
-  _globals['_CREATECHANNELREQUEST']._serialized_start=408
-  _globals['_CREATECHANNELREQUEST']._serialized_end=444
-  _globals['_JOINCHANNELREQUEST']._serialized_start=446
-  _globals['_JOINCHANNELREQUEST']._serialized_end=486
-  _globals['_LISTMYCHANNELSREQUEST']._serialized_start=488
-  _globals['_LISTMYCHANNELSREQUEST']._serialized_end=511
-  _globals['_LISTMYCHANNELSRESPONSE']._serialized_start=513
-  _globals['_LISTMYCHANNELSRESPONSE']._serialized_end=585
-  _globals['_POSTMESSAGEREQUEST']._serialized_start=587
-  _globals['_POSTMESSAGEREQUEST']._serialized_end=666
-  _globals['_EDITMESSAGEREQUEST']._serialized_start=668
-  _globals['_EDITMESSAGEREQUEST']._serialized_end=743
-  _globals['_REDACTMESSAGEREQUEST']._serialized_start=745
-  _globals['_REDACTMESSAGEREQUEST']._serialized_end=824
-  _globals['_LISTMESSAGEVERSIONSREQUEST']._serialized_start=826
-  _globals['_LISTMESSAGEVERSIONSREQUEST']._serialized_end=895
-  _globals['_LISTMESSAGEVERSIONSRESPONSE']._serialized_start=897
-  _globals['_LISTMESSAGEVERSIONSRESPONSE']._serialized_end=942
-  _globals['_MESSAGINGSERVICE']._serialized_start=945
-  _globals['_MESSAGINGSERVICE']._serialized_end=1642
+  _globals['_CHANNEL']._serialized_start=127
+  _globals['_CHANNEL']._serialized_end=227
+  _globals['_CHATMESSAGE']._serialized_start=230
+  _globals['_CHATMESSAGE']._serialized_end=459
+  _globals['_CREATECHANNELREQUEST']._serialized_start=461
+  _globals['_CREATECHANNELREQUEST']._serialized_end=516
+  _globals['_JOINCHANNELREQUEST']._serialized_start=518
+  _globals['_JOINCHANNELREQUEST']._serialized_end=558
+  _globals['_LISTMYCHANNELSREQUEST']._serialized_start=560
+  _globals['_LISTMYCHANNELSREQUEST']._serialized_end=583
+  _globals['_LISTMYCHANNELSRESPONSE']._serialized_start=585
+  _globals['_LISTMYCHANNELSRESPONSE']._serialized_end=657
+  _globals['_POSTMESSAGEREQUEST']._serialized_start=659
+  _globals['_POSTMESSAGEREQUEST']._serialized_end=738
+  _globals['_EDITMESSAGEREQUEST']._serialized_start=740
+  _globals['_EDITMESSAGEREQUEST']._serialized_end=815
+  _globals['_REDACTMESSAGEREQUEST']._serialized_start=817
+  _globals['_REDACTMESSAGEREQUEST']._serialized_end=896
+  _globals['_LISTMESSAGEVERSIONSREQUEST']._serialized_start=898
+  _globals['_LISTMESSAGEVERSIONSREQUEST']._serialized_end=967
+  _globals['_LISTMESSAGEVERSIONSRESPONSE']._serialized_start=969
+  _globals['_LISTMESSAGEVERSIONSRESPONSE']._serialized_end=1014
+  _globals['_LEAVECHANNELREQUEST']._serialized_start=1016
+  _globals['_LEAVECHANNELREQUEST']._serialized_end=1057
+  _globals['_DEVICEKEYS']._serialized_start=1059
+  _globals['_DEVICEKEYS']._serialized_end=1150
+  _globals['_PUBLISHDEVICEKEYSREQUEST']._serialized_start=1153
+  _globals['_PUBLISHDEVICEKEYSREQUEST']._serialized_end=1297
+  _globals['_PUBLISHDEVICEKEYSRESPONSE']._serialized_start=1299
+  _globals['_PUBLISHDEVICEKEYSRESPONSE']._serialized_end=1354
+  _globals['_LISTDEVICESREQUEST']._serialized_start=1356
+  _globals['_LISTDEVICESREQUEST']._serialized_end=1394
+  _globals['_LISTDEVICESRESPONSE']._serialized_start=1396
+  _globals['_LISTDEVICESRESPONSE']._serialized_end=1467
+  _globals['_CLAIMONETIMEKEYREQUEST']._serialized_start=1469
+  _globals['_CLAIMONETIMEKEYREQUEST']._serialized_end=1529
+  _globals['_CLAIMONETIMEKEYRESPONSE']._serialized_start=1532
+  _globals['_CLAIMONETIMEKEYRESPONSE']._serialized_end=1661
+  _globals['_TODEVICEMESSAGE']._serialized_start=1664
+  _globals['_TODEVICEMESSAGE']._serialized_end=1873
+  _globals['_SENDTODEVICEREQUEST']._serialized_start=1875
+  _globals['_SENDTODEVICEREQUEST']._serialized_end=1952
+  _globals['_SENDTODEVICERESPONSE']._serialized_start=1954
+  _globals['_SENDTODEVICERESPONSE']._serialized_end=1976
+  _globals['_FETCHTODEVICEREQUEST']._serialized_start=1978
+  _globals['_FETCHTODEVICEREQUEST']._serialized_end=2059
+  _globals['_FETCHTODEVICERESPONSE']._serialized_start=2061
+  _globals['_FETCHTODEVICERESPONSE']._serialized_end=2140
+  _globals['_MESSAGINGSERVICE']._serialized_start=2143
+  _globals['_MESSAGINGSERVICE']._serialized_end=2928
+  _globals['_DEVICEKEYSERVICE']._serialized_start=2931
+  _globals['_DEVICEKEYSERVICE']._serialized_end=3478
 # @@protoc_insertion_point(module_scope)

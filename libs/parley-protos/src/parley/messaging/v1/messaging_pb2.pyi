@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from parley.messaging.v1 import events_pb2 as _events_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -27,9 +28,11 @@ class Channel(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     MEMBER_IDS_FIELD_NUMBER: _builtins.int
     LAST_SEQ_FIELD_NUMBER: _builtins.int
+    ENCRYPTED_FIELD_NUMBER: _builtins.int
     channel_id: _builtins.str
     name: _builtins.str
     last_seq: _builtins.int
+    encrypted: _builtins.bool
     @_builtins.property
     def member_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -39,10 +42,11 @@ class Channel(_message.Message):
         name: _builtins.str = ...,
         member_ids: _abc.Iterable[_builtins.str] | None = ...,
         last_seq: _builtins.int = ...,
+        encrypted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "last_seq", b"last_seq", "member_ids", b"member_ids", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "encrypted", b"encrypted", "last_seq", b"last_seq", "member_ids", b"member_ids", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -105,15 +109,19 @@ class CreateChannelRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    ENCRYPTED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    encrypted: _builtins.bool
+    """end-to-end encrypted channel: the server only ever holds ciphertext"""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        encrypted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encrypted", b"encrypted", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -292,3 +300,306 @@ class ListMessageVersionsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListMessageVersionsResponse: _TypeAlias = ListMessageVersionsResponse  # noqa: Y015
+
+@_typing.final
+class LeaveChannelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaveChannelRequest: _TypeAlias = LeaveChannelRequest  # noqa: Y015
+
+@_typing.final
+class DeviceKeys(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_KEY_FIELD_NUMBER: _builtins.int
+    SIGNING_KEY_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    device_id: _builtins.str
+    identity_key: _builtins.str
+    signing_key: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        device_id: _builtins.str = ...,
+        identity_key: _builtins.str = ...,
+        signing_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "identity_key", b"identity_key", "signing_key", b"signing_key", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeviceKeys: _TypeAlias = DeviceKeys  # noqa: Y015
+
+@_typing.final
+class PublishDeviceKeysRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_KEY_FIELD_NUMBER: _builtins.int
+    SIGNING_KEY_FIELD_NUMBER: _builtins.int
+    ONE_TIME_KEYS_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    identity_key: _builtins.str
+    signing_key: _builtins.str
+    @_builtins.property
+    def one_time_keys(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.OneTimeKey]: ...
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        identity_key: _builtins.str = ...,
+        signing_key: _builtins.str = ...,
+        one_time_keys: _abc.Iterable[_events_pb2.OneTimeKey] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "identity_key", b"identity_key", "one_time_keys", b"one_time_keys", "signing_key", b"signing_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishDeviceKeysRequest: _TypeAlias = PublishDeviceKeysRequest  # noqa: Y015
+
+@_typing.final
+class PublishDeviceKeysResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ONE_TIME_KEYS_LEFT_FIELD_NUMBER: _builtins.int
+    one_time_keys_left: _builtins.int
+    def __init__(
+        self,
+        *,
+        one_time_keys_left: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["one_time_keys_left", b"one_time_keys_left"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishDeviceKeysResponse: _TypeAlias = PublishDeviceKeysResponse  # noqa: Y015
+
+@_typing.final
+class ListDevicesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        user_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_ids", b"user_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDevicesRequest: _TypeAlias = ListDevicesRequest  # noqa: Y015
+
+@_typing.final
+class ListDevicesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def devices(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeviceKeys]: ...
+    def __init__(
+        self,
+        *,
+        devices: _abc.Iterable[Global___DeviceKeys] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["devices", b"devices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDevicesResponse: _TypeAlias = ListDevicesResponse  # noqa: Y015
+
+@_typing.final
+class ClaimOneTimeKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    device_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        device_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimOneTimeKeyRequest: _TypeAlias = ClaimOneTimeKeyRequest  # noqa: Y015
+
+@_typing.final
+class ClaimOneTimeKeyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_FIELD_NUMBER: _builtins.int
+    ONE_TIME_KEY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def device(self) -> Global___DeviceKeys: ...
+    @_builtins.property
+    def one_time_key(self) -> _events_pb2.OneTimeKey: ...
+    def __init__(
+        self,
+        *,
+        device: Global___DeviceKeys | None = ...,
+        one_time_key: _events_pb2.OneTimeKey | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "one_time_key", b"one_time_key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "one_time_key", b"one_time_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimOneTimeKeyResponse: _TypeAlias = ClaimOneTimeKeyResponse  # noqa: Y015
+
+@_typing.final
+class ToDeviceMessage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECIPIENT_USER_ID_FIELD_NUMBER: _builtins.int
+    RECIPIENT_DEVICE_ID_FIELD_NUMBER: _builtins.int
+    SENDER_USER_ID_FIELD_NUMBER: _builtins.int
+    SENDER_DEVICE_ID_FIELD_NUMBER: _builtins.int
+    SENDER_IDENTITY_KEY_FIELD_NUMBER: _builtins.int
+    OLM_TYPE_FIELD_NUMBER: _builtins.int
+    CIPHERTEXT_FIELD_NUMBER: _builtins.int
+    QUEUE_SEQ_FIELD_NUMBER: _builtins.int
+    recipient_user_id: _builtins.str
+    recipient_device_id: _builtins.str
+    sender_user_id: _builtins.str
+    """set by the server"""
+    sender_device_id: _builtins.str
+    sender_identity_key: _builtins.str
+    olm_type: _builtins.int
+    ciphertext: _builtins.bytes
+    queue_seq: _builtins.int
+    """set by the server"""
+    def __init__(
+        self,
+        *,
+        recipient_user_id: _builtins.str = ...,
+        recipient_device_id: _builtins.str = ...,
+        sender_user_id: _builtins.str = ...,
+        sender_device_id: _builtins.str = ...,
+        sender_identity_key: _builtins.str = ...,
+        olm_type: _builtins.int = ...,
+        ciphertext: _builtins.bytes = ...,
+        queue_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext", b"ciphertext", "olm_type", b"olm_type", "queue_seq", b"queue_seq", "recipient_device_id", b"recipient_device_id", "recipient_user_id", b"recipient_user_id", "sender_device_id", b"sender_device_id", "sender_identity_key", b"sender_identity_key", "sender_user_id", b"sender_user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToDeviceMessage: _TypeAlias = ToDeviceMessage  # noqa: Y015
+
+@_typing.final
+class SendToDeviceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToDeviceMessage]: ...
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___ToDeviceMessage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendToDeviceRequest: _TypeAlias = SendToDeviceRequest  # noqa: Y015
+
+@_typing.final
+class SendToDeviceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendToDeviceResponse: _TypeAlias = SendToDeviceResponse  # noqa: Y015
+
+@_typing.final
+class FetchToDeviceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    AFTER_QUEUE_SEQ_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    after_queue_seq: _builtins.int
+    limit: _builtins.int
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        after_queue_seq: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_queue_seq", b"after_queue_seq", "device_id", b"device_id", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FetchToDeviceRequest: _TypeAlias = FetchToDeviceRequest  # noqa: Y015
+
+@_typing.final
+class FetchToDeviceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToDeviceMessage]: ...
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___ToDeviceMessage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FetchToDeviceResponse: _TypeAlias = FetchToDeviceResponse  # noqa: Y015

@@ -71,6 +71,11 @@ class MessagingServiceStub:
                 request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsRequest.SerializeToString,
                 response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsResponse.FromString,
                 _registered_method=True)
+        self.LeaveChannel = channel.unary_unary(
+                '/parley.messaging.v1.MessagingService/LeaveChannel',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.LeaveChannelRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+                _registered_method=True)
 
 
 class MessagingServiceServicer:
@@ -121,6 +126,12 @@ class MessagingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LeaveChannel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MessagingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -158,6 +169,11 @@ def add_MessagingServiceServicer_to_server(servicer, server):
                     servicer.ListMessageVersions,
                     request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsRequest.FromString,
                     response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsResponse.SerializeToString,
+            ),
+            'LeaveChannel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaveChannel,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.LeaveChannelRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -351,6 +367,283 @@ class MessagingService:
             '/parley.messaging.v1.MessagingService/ListMessageVersions',
             parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsRequest.SerializeToString,
             parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaveChannel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.messaging.v1.MessagingService/LeaveChannel',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.LeaveChannelRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class DeviceKeyServiceStub:
+    """The device key directory and the to-device relay of end-to-end encryption. The server stores
+    and forwards public keys and Olm ciphertext only.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.PublishDeviceKeys = channel.unary_unary(
+                '/parley.messaging.v1.DeviceKeyService/PublishDeviceKeys',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysResponse.FromString,
+                _registered_method=True)
+        self.ListDevices = channel.unary_unary(
+                '/parley.messaging.v1.DeviceKeyService/ListDevices',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesResponse.FromString,
+                _registered_method=True)
+        self.ClaimOneTimeKey = channel.unary_unary(
+                '/parley.messaging.v1.DeviceKeyService/ClaimOneTimeKey',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyResponse.FromString,
+                _registered_method=True)
+        self.SendToDevice = channel.unary_unary(
+                '/parley.messaging.v1.DeviceKeyService/SendToDevice',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.SendToDeviceRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.SendToDeviceResponse.FromString,
+                _registered_method=True)
+        self.FetchToDevice = channel.unary_unary(
+                '/parley.messaging.v1.DeviceKeyService/FetchToDevice',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.FetchToDeviceRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.FetchToDeviceResponse.FromString,
+                _registered_method=True)
+
+
+class DeviceKeyServiceServicer:
+    """The device key directory and the to-device relay of end-to-end encryption. The server stores
+    and forwards public keys and Olm ciphertext only.
+    """
+
+    def PublishDeviceKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDevices(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClaimOneTimeKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendToDevice(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchToDevice(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_DeviceKeyServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'PublishDeviceKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishDeviceKeys,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysResponse.SerializeToString,
+            ),
+            'ListDevices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDevices,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesResponse.SerializeToString,
+            ),
+            'ClaimOneTimeKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimOneTimeKey,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyResponse.SerializeToString,
+            ),
+            'SendToDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendToDevice,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.SendToDeviceRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.SendToDeviceResponse.SerializeToString,
+            ),
+            'FetchToDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.FetchToDevice,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.FetchToDeviceRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.FetchToDeviceResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'parley.messaging.v1.DeviceKeyService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('parley.messaging.v1.DeviceKeyService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class DeviceKeyService:
+    """The device key directory and the to-device relay of end-to-end encryption. The server stores
+    and forwards public keys and Olm ciphertext only.
+    """
+
+    @staticmethod
+    def PublishDeviceKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.messaging.v1.DeviceKeyService/PublishDeviceKeys',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDevices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.messaging.v1.DeviceKeyService/ListDevices',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimOneTimeKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.messaging.v1.DeviceKeyService/ClaimOneTimeKey',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendToDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.messaging.v1.DeviceKeyService/SendToDevice',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.SendToDeviceRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.SendToDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchToDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.messaging.v1.DeviceKeyService/FetchToDevice',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.FetchToDeviceRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.FetchToDeviceResponse.FromString,
             options,
             channel_credentials,
             insecure,

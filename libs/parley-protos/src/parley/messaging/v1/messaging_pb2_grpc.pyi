@@ -43,6 +43,7 @@ class MessagingServiceStub:
     RedactMessage: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.RedactMessageRequest, _messaging_pb2.ChatMessage]
     ListMessageVersions: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ListMessageVersionsRequest, _messaging_pb2.ListMessageVersionsResponse]
     """Every text a message had, oldest first; for the channel's moderators (its creator) only."""
+    LeaveChannel: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.LeaveChannelRequest, _messaging_pb2.Channel]
 
 @_typing.type_check_only
 class MessagingServiceAsyncStub(MessagingServiceStub):
@@ -59,6 +60,7 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     RedactMessage: _aio.UnaryUnaryMultiCallable[_messaging_pb2.RedactMessageRequest, _messaging_pb2.ChatMessage]  # type: ignore[assignment]
     ListMessageVersions: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ListMessageVersionsRequest, _messaging_pb2.ListMessageVersionsResponse]  # type: ignore[assignment]
     """Every text a message had, oldest first; for the channel's moderators (its creator) only."""
+    LeaveChannel: _aio.UnaryUnaryMultiCallable[_messaging_pb2.LeaveChannelRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
 
 class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Internal API of the messaging service; reached by the gateway over mutual TLS with the
@@ -115,4 +117,81 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_messaging_pb2.ListMessageVersionsResponse, _abc.Awaitable[_messaging_pb2.ListMessageVersionsResponse]]:
         """Every text a message had, oldest first; for the channel's moderators (its creator) only."""
 
+    @_abc_1.abstractmethod
+    def LeaveChannel(
+        self,
+        request: _messaging_pb2.LeaveChannelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
 def add_MessagingServiceServicer_to_server(servicer: MessagingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class DeviceKeyServiceStub:
+    """The device key directory and the to-device relay of end-to-end encryption. The server stores
+    and forwards public keys and Olm ciphertext only.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> DeviceKeyServiceAsyncStub: ...
+    PublishDeviceKeys: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.PublishDeviceKeysRequest, _messaging_pb2.PublishDeviceKeysResponse]
+    ListDevices: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ListDevicesRequest, _messaging_pb2.ListDevicesResponse]
+    ClaimOneTimeKey: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ClaimOneTimeKeyRequest, _messaging_pb2.ClaimOneTimeKeyResponse]
+    SendToDevice: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.SendToDeviceRequest, _messaging_pb2.SendToDeviceResponse]
+    FetchToDevice: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.FetchToDeviceRequest, _messaging_pb2.FetchToDeviceResponse]
+
+@_typing.type_check_only
+class DeviceKeyServiceAsyncStub(DeviceKeyServiceStub):
+    """The device key directory and the to-device relay of end-to-end encryption. The server stores
+    and forwards public keys and Olm ciphertext only.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    PublishDeviceKeys: _aio.UnaryUnaryMultiCallable[_messaging_pb2.PublishDeviceKeysRequest, _messaging_pb2.PublishDeviceKeysResponse]  # type: ignore[assignment]
+    ListDevices: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ListDevicesRequest, _messaging_pb2.ListDevicesResponse]  # type: ignore[assignment]
+    ClaimOneTimeKey: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ClaimOneTimeKeyRequest, _messaging_pb2.ClaimOneTimeKeyResponse]  # type: ignore[assignment]
+    SendToDevice: _aio.UnaryUnaryMultiCallable[_messaging_pb2.SendToDeviceRequest, _messaging_pb2.SendToDeviceResponse]  # type: ignore[assignment]
+    FetchToDevice: _aio.UnaryUnaryMultiCallable[_messaging_pb2.FetchToDeviceRequest, _messaging_pb2.FetchToDeviceResponse]  # type: ignore[assignment]
+
+class DeviceKeyServiceServicer(metaclass=_abc_1.ABCMeta):
+    """The device key directory and the to-device relay of end-to-end encryption. The server stores
+    and forwards public keys and Olm ciphertext only.
+    """
+
+    @_abc_1.abstractmethod
+    def PublishDeviceKeys(
+        self,
+        request: _messaging_pb2.PublishDeviceKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.PublishDeviceKeysResponse, _abc.Awaitable[_messaging_pb2.PublishDeviceKeysResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListDevices(
+        self,
+        request: _messaging_pb2.ListDevicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.ListDevicesResponse, _abc.Awaitable[_messaging_pb2.ListDevicesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ClaimOneTimeKey(
+        self,
+        request: _messaging_pb2.ClaimOneTimeKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.ClaimOneTimeKeyResponse, _abc.Awaitable[_messaging_pb2.ClaimOneTimeKeyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SendToDevice(
+        self,
+        request: _messaging_pb2.SendToDeviceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.SendToDeviceResponse, _abc.Awaitable[_messaging_pb2.SendToDeviceResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def FetchToDevice(
+        self,
+        request: _messaging_pb2.FetchToDeviceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.FetchToDeviceResponse, _abc.Awaitable[_messaging_pb2.FetchToDeviceResponse]]: ...
+
+def add_DeviceKeyServiceServicer_to_server(servicer: DeviceKeyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
