@@ -15,7 +15,10 @@ import grpc
 from parley.auth.v1 import auth_pb2
 from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from parley.messaging.v1 import messaging_pb2
+from parley.messaging.v1.events_pb2 import OneTimeKey
 from parley.storage.v1 import storage_pb2
+
+from parley_client.e2ee import BODY_PREFIX, E2eeDevice, UndecryptableMessage
 
 DEFAULT_TIMEOUT_S = 10.0
 # A live stream that ends with one of these is reopened from where it stopped.
@@ -131,6 +134,7 @@ class ParleyClient:
         self._stub = gateway_pb2_grpc.GatewayStub(channel)
         self.access_token: str | None = None
         self.user_id: str | None = None
+        self.e2ee: E2eeDevice | None = None
 
     @classmethod
     def connect(cls, address: str, *, ca_cert: bytes, server_name: str = "gateway") -> ParleyClient:
@@ -178,9 +182,9 @@ class ParleyClient:
         self.access_token = access_token
         self.user_id = user_id or None
 
-    async def create_channel(self, name: str) -> messaging_pb2.Channel:
+    async def create_channel(self, name: str, *, encrypted: bool = False) -> messaging_pb2.Channel:
         channel: messaging_pb2.Channel = await self._call(
-            self._stub.CreateChannel, messaging_pb2.CreateChannelRequest(name=name)
+            self._stub.CreateChannel, messaging_pb2.CreateChannelRequest(name=name, encrypted=encrypted)
         )
         return channel
 
@@ -199,7 +203,15 @@ class ParleyClient:
     async def send(
         self, channel_id: str, body: str, *, idempotency_key: str | None = None
     ) -> messaging_pb2.ChatMessage:
-        """Send once: a retry with the same idempotency key returns the first result."""
+        """Send once: a retry with the same idempotency key returns the first result.
+
+        In an end-to-end encrypted channel the body is encrypted on this device first (see
+        enable_e2ee); the returned message then carries the ciphertext the server stored.
+        """
+        if self.e2ee is not None:
+            channel = await self._channel_info(channel_id)
+            if channel.encrypted:
+                body = await self.e2ee.encrypt(channel, body)
         request = messaging_pb2.PostMessageRequest(
             channel_id=channel_id, body=body, idempotency_key=idempotency_key or uuid.uuid4().hex
         )
@@ -254,6 +266,61 @@ class ParleyClient:
             positions = stream.positions
             reconnects += 1
             await asyncio.sleep(min(0.1 * 2**reconnects, 5.0))
+
+    # --- end-to-end encryption ---------------------------------------------------------------
+
+    async def enable_e2ee(self, device_id: str, *, one_time_keys: int = 20) -> E2eeDevice:
+        """Make this client a device: publish its keys; sends to encrypted channels are then encrypted."""
+        self.e2ee = E2eeDevice(self, device_id)
+        await self.e2ee.publish(one_time_keys)
+        return self.e2ee
+
+    async def read(self, message: messaging_pb2.ChatMessage) -> str:
+        """The text of a message: decrypted on this device when it is end-to-end encrypted."""
+        if not message.body.startswith(BODY_PREFIX) or message.redacted:
+            return message.body
+        if self.e2ee is None:
+            raise UndecryptableMessage("this client has no device keys: call enable_e2ee() first")
+        return await self.e2ee.decrypt(message)
+
+    async def _channel_info(self, channel_id: str) -> messaging_pb2.Channel:
+        for channel in await self.my_channels():
+            if channel.channel_id == channel_id:
+                return channel
+        raise ParleyError(grpc.StatusCode.PERMISSION_DENIED, "you are not a member of this channel; join it first")
+
+    async def leave_channel(self, channel_id: str) -> messaging_pb2.Channel:
+        channel: messaging_pb2.Channel = await self._call(
+            self._stub.LeaveChannel, messaging_pb2.LeaveChannelRequest(channel_id=channel_id)
+        )
+        return channel
+
+    async def publish_device_keys(
+        self, *, device_id: str, identity_key: str, signing_key: str, one_time_keys: Sequence[OneTimeKey]
+    ) -> int:
+        request = messaging_pb2.PublishDeviceKeysRequest(
+            device_id=device_id, identity_key=identity_key, signing_key=signing_key, one_time_keys=one_time_keys
+        )
+        response: messaging_pb2.PublishDeviceKeysResponse = await self._call(self._stub.PublishDeviceKeys, request)
+        return response.one_time_keys_left
+
+    async def list_devices(self, user_ids: Sequence[str]) -> list[messaging_pb2.DeviceKeys]:
+        request = messaging_pb2.ListDevicesRequest(user_ids=list(user_ids))
+        response: messaging_pb2.ListDevicesResponse = await self._call(self._stub.ListDevices, request)
+        return list(response.devices)
+
+    async def claim_one_time_key(self, user_id: str, device_id: str) -> messaging_pb2.ClaimOneTimeKeyResponse:
+        request = messaging_pb2.ClaimOneTimeKeyRequest(user_id=user_id, device_id=device_id)
+        response: messaging_pb2.ClaimOneTimeKeyResponse = await self._call(self._stub.ClaimOneTimeKey, request)
+        return response
+
+    async def send_to_device(self, messages: Sequence[messaging_pb2.ToDeviceMessage]) -> None:
+        await self._call(self._stub.SendToDevice, messaging_pb2.SendToDeviceRequest(messages=messages))
+
+    async def fetch_to_device(self, device_id: str, *, after_queue_seq: int) -> list[messaging_pb2.ToDeviceMessage]:
+        request = messaging_pb2.FetchToDeviceRequest(device_id=device_id, after_queue_seq=after_queue_seq)
+        response: messaging_pb2.FetchToDeviceResponse = await self._call(self._stub.FetchToDevice, request)
+        return list(response.messages)
 
     async def edit(self, channel_id: str, channel_seq: int, body: str) -> messaging_pb2.ChatMessage:
         request = messaging_pb2.EditMessageRequest(channel_id=channel_id, channel_seq=channel_seq, body=body)
