@@ -316,3 +316,64 @@ def test_cli_edits_redacts_and_pages_back(platform: RunningPlatform) -> None:
     refused = platform.cli("--as", member, "versions", "cli-edits", "2", check=False)
     assert refused.returncode == 1
     assert "PERMISSION_DENIED" in refused.stderr
+
+
+async def test_private_channels_roles_kick_ban_dm_and_hidden_history(platform: RunningPlatform) -> None:
+    owner, mod, member, outsider = [await new_user(platform, n) for n in ("owner", "mod", "member", "outsider")]
+    channel = await owner.create_channel("staff", private=True, hide_history_before_join=True)
+    cid = channel.channel_id
+
+    async def status_of(call: object) -> grpc.StatusCode:
+        with pytest.raises(ParleyError) as caught:
+            await call  # type: ignore[misc]
+        return caught.value.code
+
+    assert await status_of(outsider.join_channel(cid)) == grpc.StatusCode.PERMISSION_DENIED
+    await owner.send(cid, "before anyone else joined")
+    await owner.invite(cid, mod.user_id or "")
+    await mod.join_channel(cid)
+    roles = (await owner.set_role(cid, mod.user_id or "", "moderator")).roles
+    assert roles[mod.user_id or ""] == "moderator"
+    await mod.invite(cid, member.user_id or "")
+    joined = await member.join_channel(cid)
+    assert joined.visible_from_seq == 2
+    await mod.send(cid, "after member joined")
+    page = await history_until(member, cid, lambda p: len(p.messages) >= 1)
+    assert [m.body for m in page.messages] == ["after member joined"]  # seq 1 stays hidden
+    assert [m.body for m in (await history_until(owner, cid, lambda p: len(p.messages) == 2)).messages] == [
+        "before anyone else joined",
+        "after member joined",
+    ]
+
+    renamed = await mod.rename(cid, "staff-room")
+    topical = await mod.set_topic(cid, "rota and incidents")
+    assert (renamed.name, topical.topic) == ("staff-room", "rota and incidents")
+    assert await status_of(member.set_topic(cid, "mine now")) == grpc.StatusCode.PERMISSION_DENIED
+    assert await status_of(member.kick(cid, mod.user_id or "")) == grpc.StatusCode.PERMISSION_DENIED
+    assert await status_of(mod.kick(cid, owner.user_id or "")) == grpc.StatusCode.PERMISSION_DENIED
+
+    stream = member.subscribe([cid])
+    await asyncio.wait_for(stream.ready(), TIMEOUT_S)
+    banned = await mod.ban(cid, member.user_id or "", reason="spam")
+    assert member.user_id not in banned.member_ids
+    with pytest.raises(ParleyError) as ended:
+        await asyncio.wait_for(anext(aiter(stream)), TIMEOUT_S)
+    assert ended.value.code == grpc.StatusCode.PERMISSION_DENIED  # a removed member's live stream ends
+    assert await status_of(member.send(cid, "let me back")) == grpc.StatusCode.PERMISSION_DENIED
+    assert await status_of(mod.invite(cid, member.user_id or "")) == grpc.StatusCode.FAILED_PRECONDITION
+    await history_until(owner, cid, lambda p: True)
+    await mod.unban(cid, member.user_id or "")
+    await mod.invite(cid, member.user_id or "")
+    await member.join_channel(cid)
+    kicked = await owner.kick(cid, mod.user_id or "")
+    assert mod.user_id not in kicked.member_ids
+
+    direct = await outsider.create_direct([member.user_id or "", owner.user_id or ""])
+    assert direct.direct
+    assert set(direct.member_ids) == {outsider.user_id, member.user_id, owner.user_id}
+    await member.send(direct.channel_id, "hi, just us three")
+    assert await status_of(mod.join_channel(direct.channel_id)) == grpc.StatusCode.PERMISSION_DENIED
+    page = await history_until(owner, direct.channel_id, lambda p: len(p.messages) == 1)
+    assert page.messages[0].body == "hi, just us three"
+    for client in (owner, mod, member, outsider):
+        await client.close()

@@ -182,10 +182,52 @@ class ParleyClient:
         self.access_token = access_token
         self.user_id = user_id or None
 
-    async def create_channel(self, name: str, *, encrypted: bool = False) -> messaging_pb2.Channel:
-        channel: messaging_pb2.Channel = await self._call(
-            self._stub.CreateChannel, messaging_pb2.CreateChannelRequest(name=name, encrypted=encrypted)
+    async def create_channel(
+        self, name: str, *, encrypted: bool = False, private: bool = False, hide_history_before_join: bool = False
+    ) -> messaging_pb2.Channel:
+        """A channel owned by the caller; private ones are joined by invitation only."""
+        request = messaging_pb2.CreateChannelRequest(
+            name=name, encrypted=encrypted, private=private, hide_history_before_join=hide_history_before_join
         )
+        channel: messaging_pb2.Channel = await self._call(self._stub.CreateChannel, request)
+        return channel
+
+    async def create_direct(self, user_ids: Sequence[str], *, encrypted: bool = False) -> messaging_pb2.Channel:
+        """A direct conversation with 1 to 7 others: fixed members, nobody moderates."""
+        request = messaging_pb2.CreateDirectChannelRequest(user_ids=list(user_ids), encrypted=encrypted)
+        channel: messaging_pb2.Channel = await self._call(self._stub.CreateDirectChannel, request)
+        return channel
+
+    async def _member_action(self, method: Any, channel_id: str, user_id: str, reason: str) -> messaging_pb2.Channel:
+        request = messaging_pb2.MemberActionRequest(channel_id=channel_id, user_id=user_id, reason=reason)
+        channel: messaging_pb2.Channel = await self._call(method, request)
+        return channel
+
+    async def invite(self, channel_id: str, user_id: str) -> messaging_pb2.Channel:
+        return await self._member_action(self._stub.InviteMember, channel_id, user_id, "")
+
+    async def kick(self, channel_id: str, user_id: str, *, reason: str = "") -> messaging_pb2.Channel:
+        return await self._member_action(self._stub.KickMember, channel_id, user_id, reason)
+
+    async def ban(self, channel_id: str, user_id: str, *, reason: str = "") -> messaging_pb2.Channel:
+        return await self._member_action(self._stub.BanMember, channel_id, user_id, reason)
+
+    async def unban(self, channel_id: str, user_id: str) -> messaging_pb2.Channel:
+        return await self._member_action(self._stub.UnbanMember, channel_id, user_id, "")
+
+    async def set_role(self, channel_id: str, user_id: str, role: str) -> messaging_pb2.Channel:
+        request = messaging_pb2.SetMemberRoleRequest(channel_id=channel_id, user_id=user_id, role=role)
+        channel: messaging_pb2.Channel = await self._call(self._stub.SetMemberRole, request)
+        return channel
+
+    async def rename(self, channel_id: str, name: str) -> messaging_pb2.Channel:
+        request = messaging_pb2.UpdateChannelRequest(channel_id=channel_id, name=name)
+        channel: messaging_pb2.Channel = await self._call(self._stub.UpdateChannel, request)
+        return channel
+
+    async def set_topic(self, channel_id: str, topic: str) -> messaging_pb2.Channel:
+        request = messaging_pb2.UpdateChannelRequest(channel_id=channel_id, topic=topic)
+        channel: messaging_pb2.Channel = await self._call(self._stub.UpdateChannel, request)
         return channel
 
     async def join_channel(self, channel_id: str) -> messaging_pb2.Channel:

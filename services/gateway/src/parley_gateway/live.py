@@ -9,7 +9,14 @@ from google.protobuf.message import Message
 from parley.common.v1.envelope_pb2 import EventEnvelope
 from parley.gateway.v1 import gateway_pb2
 from parley.messaging.v1 import messaging_pb2
-from parley.messaging.v1.events_pb2 import MemberLeft, MessageEdited, MessagePosted, MessageRedacted
+from parley.messaging.v1.events_pb2 import (
+    MemberBanned,
+    MemberKicked,
+    MemberLeft,
+    MessageEdited,
+    MessagePosted,
+    MessageRedacted,
+)
 
 from parley_core.envelope import UnknownEventType, open_payload
 from parley_core.errors import DomainError, ResourceExhausted
@@ -63,12 +70,16 @@ def client_event_of(envelope: EventEnvelope, position: int) -> gateway_pb2.Clien
     return client_event(payload, position)
 
 
+_REMOVALS = (MemberLeft, MemberKicked, MemberBanned)
+_REMOVAL_TYPES = frozenset(t.DESCRIPTOR.full_name for t in _REMOVALS)
+
+
 def left_channel(envelope: EventEnvelope, user_id: str) -> bool:
-    """Whether this event is `user_id` leaving the channel, which ends their live stream."""
-    if envelope.event_type != MemberLeft.DESCRIPTOR.full_name:
+    """Whether this event removes `user_id` from the channel (left, kicked, banned): their stream ends."""
+    if envelope.event_type not in _REMOVAL_TYPES:
         return False
     payload = open_payload(envelope)
-    return isinstance(payload, MemberLeft) and payload.user_id == user_id
+    return isinstance(payload, _REMOVALS) and payload.user_id == user_id
 
 
 @dataclass(frozen=True)

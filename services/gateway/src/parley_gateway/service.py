@@ -213,11 +213,62 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         await self._admit(request, context)
         return await forward(self._devices.FetchToDevice, request, context)
 
+    async def CreateDirectChannel(
+        self, request: messaging_pb2.CreateDirectChannelRequest, context: Context
+    ) -> messaging_pb2.Channel:
+        assert self._messaging is not None
+        await self._admit(request, context)
+        return await forward(self._messaging.CreateDirectChannel, request, context)
+
+    async def InviteMember(self, request: messaging_pb2.MemberActionRequest, context: Context) -> messaging_pb2.Channel:
+        assert self._messaging is not None
+        await self._admit(request, context)
+        return await forward(self._messaging.InviteMember, request, context)
+
+    async def KickMember(self, request: messaging_pb2.MemberActionRequest, context: Context) -> messaging_pb2.Channel:
+        assert self._messaging is not None
+        await self._admit(request, context)
+        return await forward(self._messaging.KickMember, request, context)
+
+    async def BanMember(self, request: messaging_pb2.MemberActionRequest, context: Context) -> messaging_pb2.Channel:
+        assert self._messaging is not None
+        await self._admit(request, context)
+        return await forward(self._messaging.BanMember, request, context)
+
+    async def UnbanMember(self, request: messaging_pb2.MemberActionRequest, context: Context) -> messaging_pb2.Channel:
+        assert self._messaging is not None
+        await self._admit(request, context)
+        return await forward(self._messaging.UnbanMember, request, context)
+
+    async def SetMemberRole(
+        self, request: messaging_pb2.SetMemberRoleRequest, context: Context
+    ) -> messaging_pb2.Channel:
+        assert self._messaging is not None
+        await self._admit(request, context)
+        return await forward(self._messaging.SetMemberRole, request, context)
+
+    async def UpdateChannel(
+        self, request: messaging_pb2.UpdateChannelRequest, context: Context
+    ) -> messaging_pb2.Channel:
+        assert self._messaging is not None
+        await self._admit(request, context)
+        return await forward(self._messaging.UpdateChannel, request, context)
+
     async def GetHistory(
         self, request: storage_pb2.GetChannelHistoryRequest, context: Context
     ) -> storage_pb2.GetChannelHistoryResponse:
         assert self._storage is not None
+        assert self._messaging is not None
         await self._admit(request, context)
+        mine = await forward(self._messaging.ListMyChannels, messaging_pb2.ListMyChannelsRequest(), context)
+        channel = next((c for c in mine.channels if c.channel_id == request.channel_id), None)
+        if channel is None:
+            raise PermissionDenied("you are not a member of this channel")
+        if channel.visible_from_seq > 1:
+            # The channel hides what came before this member joined.
+            if request.before_seq and request.before_seq <= channel.visible_from_seq:
+                return storage_pb2.GetChannelHistoryResponse()
+            request.after_seq = max(request.after_seq, channel.visible_from_seq - 1)
         return await forward(self._storage.GetChannelHistory, request, context)
 
     async def Subscribe(
@@ -240,7 +291,7 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         async def deliver(event: ReceivedEvent) -> None:
             if left_channel(event.envelope, user_id):
                 # Membership is checked when a stream opens and followed while it runs.
-                buffer.end(PermissionDenied(f"you left channel {event.envelope.aggregate_id}; subscribe again"))
+                buffer.end(PermissionDenied(f"you are no longer in channel {event.envelope.aggregate_id}"))
                 return
             item = client_event_of(event.envelope, event.stream_seq)
             if item is not None:

@@ -10,6 +10,9 @@ from parley_core.errors import FailedPrecondition, InvalidArgument, NotFound, Pe
 MAX_CHANNEL_NAME = 64
 MAX_BODY_CHARS = 4000
 MAX_IDEMPOTENCY_KEY = 128
+MAX_TOPIC_CHARS = 500
+MAX_DIRECT_OTHERS = 7
+OWNER, MODERATOR, MEMBER = "owner", "moderator", "member"
 IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0c8f5e-7f0a-4a53-9a0e-6c1f2f1d9e11")
 
 
@@ -55,14 +58,84 @@ class Channel:
     messages: dict[int, MessageRecord] = field(default_factory=dict)
     creator_id: str = ""
     encrypted: bool = False
+    private: bool = False
+    direct: bool = False
+    topic: str = ""
+    hide_history_before_join: bool = False
+    roles: dict[str, str] = field(default_factory=dict)  # user -> OWNER | MODERATOR (members have none)
+    invited: set[str] = field(default_factory=set)
+    banned: set[str] = field(default_factory=set)
+    visible_from: dict[str, int] = field(default_factory=dict)  # user -> first channel_seq they may read
 
     def require_member(self, user_id: str) -> None:
         if user_id not in self.members:
             raise PermissionDenied("you are not a member of this channel; join it first")
 
+    def role(self, user_id: str) -> str:
+        if user_id not in self.members:
+            return ""
+        return self.roles.get(user_id, MEMBER)
+
     def is_moderator(self, user_id: str) -> bool:
-        """The channel's creator moderates it (its owner role)."""
-        return user_id == self.creator_id
+        """Owners and moderators moderate; a direct conversation has neither."""
+        return self.role(user_id) in (OWNER, MODERATOR)
+
+    def add_member(self, user_id: str) -> None:
+        self.members.add(user_id)
+        self.invited.discard(user_id)
+        self.visible_from[user_id] = self.last_seq + 1 if self.hide_history_before_join else 1
+
+    def remove_member(self, user_id: str) -> None:
+        self.members.discard(user_id)
+        self.roles.pop(user_id, None)
+
+    # --- membership rules: each returns normally when the caller may act --------------------
+
+    def check_join(self, user_id: str) -> None:
+        if user_id in self.banned:
+            raise PermissionDenied("you are banned from this channel")
+        if self.direct:
+            raise PermissionDenied("a direct conversation has fixed members; start a new one instead")
+        if self.private and user_id not in self.invited:
+            raise PermissionDenied("this channel is private: a moderator must invite you first")
+
+    def check_invite(self, actor: str, user_id: str) -> None:
+        self.require_member(actor)
+        if self.direct:
+            raise FailedPrecondition("a direct conversation has fixed members; start a new one instead")
+        if self.private and not self.is_moderator(actor):
+            raise PermissionDenied("only a moderator may invite to a private channel")
+        if user_id in self.banned:
+            raise FailedPrecondition("that user is banned; unban them first")
+
+    def check_remove(self, actor: str, user_id: str) -> None:
+        """Kick or ban: a moderator over a plain member; the owner over moderators too."""
+        if not self.is_moderator(actor):
+            raise PermissionDenied("only a moderator of the channel may remove members")
+        if user_id == actor:
+            raise InvalidArgument("use LeaveChannel to leave yourself")
+        target = self.role(user_id)
+        if target == OWNER or (target == MODERATOR and self.role(actor) != OWNER):
+            raise PermissionDenied("only the owner may remove a moderator, and nobody the owner")
+
+    def check_unban(self, actor: str) -> None:
+        if not self.is_moderator(actor):
+            raise PermissionDenied("only a moderator of the channel may unban")
+
+    def check_set_role(self, actor: str, user_id: str, role: str) -> None:
+        if self.role(actor) != OWNER:
+            raise PermissionDenied("only the channel's owner may change roles")
+        if role not in (MODERATOR, MEMBER):
+            raise InvalidArgument("role must be 'moderator' or 'member'")
+        if user_id not in self.members:
+            raise FailedPrecondition("that user is not a member of the channel")
+        if user_id == actor:
+            raise InvalidArgument("the owner keeps the owner role")
+
+    def check_update(self, actor: str) -> None:
+        self.require_member(actor)
+        if not self.direct and not self.is_moderator(actor):
+            raise PermissionDenied("only a moderator may rename the channel or change its topic")
 
     def earlier_send(self, sender_id: str, key: str) -> PostedMessage | None:
         seq = self.sends.get((sender_id, key))
@@ -136,10 +209,49 @@ class ChannelDirectory:
             raise NotFound(f"no channel with id {channel_id!r}")
         return channel
 
-    def create(self, channel_id: str, name: str, creator_id: str, stream_seq: int, *, encrypted: bool = False) -> None:
-        self._channels[channel_id] = Channel(
-            channel_id, name, {creator_id}, last_stream_seq=stream_seq, creator_id=creator_id, encrypted=encrypted
+    def create(
+        self,
+        channel_id: str,
+        name: str,
+        creator_id: str,
+        stream_seq: int,
+        *,
+        encrypted: bool = False,
+        private: bool = False,
+        direct: bool = False,
+        others: tuple[str, ...] = (),
+        hide_history_before_join: bool = False,
+    ) -> Channel:
+        channel = Channel(
+            channel_id,
+            name,
+            set(),
+            last_stream_seq=stream_seq,
+            creator_id=creator_id,
+            encrypted=encrypted,
+            private=private or direct,
+            direct=direct,
+            hide_history_before_join=hide_history_before_join,
         )
+        for user_id in (creator_id, *others):
+            channel.add_member(user_id)
+        if not direct:
+            channel.roles[creator_id] = OWNER
+        self._channels[channel_id] = channel
+        return channel
 
     def of_member(self, user_id: str) -> list[Channel]:
         return [c for c in self._channels.values() if user_id in c.members]
+
+
+def validate_topic(topic: str) -> str:
+    if len(topic) > MAX_TOPIC_CHARS or any(not ch.isprintable() for ch in topic):
+        raise InvalidArgument(f"topic must be at most {MAX_TOPIC_CHARS} printable characters")
+    return topic.strip()
+
+
+def validate_direct_members(creator_id: str, user_ids: list[str]) -> tuple[str, ...]:
+    others = tuple(dict.fromkeys(u for u in user_ids if u and u != creator_id))
+    if not 1 <= len(others) <= MAX_DIRECT_OTHERS:
+        raise InvalidArgument(f"a direct conversation has 1 to {MAX_DIRECT_OTHERS} other people")
+    return others

@@ -9,12 +9,20 @@ from collections.abc import Callable
 from typing import Protocol
 
 import grpc
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.messaging.v1.events_pb2 import (
     ChannelCreated,
+    ChannelRenamed,
+    ChannelTopicChanged,
+    MemberBanned,
+    MemberInvited,
     MemberJoined,
+    MemberKicked,
     MemberLeft,
+    MemberRoleChanged,
+    MemberUnbanned,
     MessageEdited,
     MessagePosted,
     MessageRedacted,
@@ -28,13 +36,16 @@ from parley_core.topology import MESSAGING_FILTER, channel_subject
 from parley_messaging.device_service import DeviceKeyServicer
 from parley_messaging.devices import validate_encrypted_body
 from parley_messaging.domain import (
+    MODERATOR,
     Channel,
     ChannelDirectory,
     PostedMessage,
     send_event_id,
     validate_body,
     validate_channel_name,
+    validate_direct_members,
     validate_idempotency_key,
+    validate_topic,
 )
 
 APPEND_ATTEMPTS = 5
@@ -56,14 +67,32 @@ def to_proto(message: PostedMessage) -> messaging_pb2.ChatMessage:
     )
 
 
-def channel_proto(channel: Channel) -> messaging_pb2.Channel:
+def channel_proto(channel: Channel, viewer: str = "") -> messaging_pb2.Channel:
     return messaging_pb2.Channel(
         channel_id=channel.channel_id,
         name=channel.name,
         member_ids=sorted(channel.members),
         last_seq=channel.last_seq,
         encrypted=channel.encrypted,
+        private=channel.private,
+        direct=channel.direct,
+        topic=channel.topic,
+        roles={user: channel.role(user) for user in channel.members},
+        hide_history_before_join=channel.hide_history_before_join,
+        visible_from_seq=channel.visible_from.get(viewer, 1),
     )
+
+
+def _target(user_id: str) -> str:
+    if not user_id or len(user_id) > 64:
+        raise InvalidArgument("user_id is required (at most 64 characters)")
+    return user_id
+
+
+def _reason(reason: str) -> str:
+    if len(reason) > 500:
+        raise InvalidArgument("reason must be at most 500 characters")
+    return reason
 
 
 def body_for(channel: Channel, body: str) -> str:
@@ -113,16 +142,40 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         payload = open_payload(event.envelope)
         if isinstance(payload, ChannelCreated):
             self.channels.create(
-                payload.channel_id, payload.name, payload.creator_id, event.stream_seq, encrypted=payload.encrypted
+                payload.channel_id,
+                payload.name,
+                payload.creator_id,
+                event.stream_seq,
+                encrypted=payload.encrypted,
+                private=payload.private,
+                direct=payload.direct,
+                others=tuple(payload.member_ids),
+                hide_history_before_join=payload.hide_history_before_join,
             )
             return
         channel = self.channels.get(event.envelope.aggregate_id)
         channel.last_stream_seq = event.stream_seq
         channel.version += 1
         if isinstance(payload, MemberJoined):
-            channel.members.add(payload.user_id)
-        elif isinstance(payload, MemberLeft):
-            channel.members.discard(payload.user_id)
+            channel.add_member(payload.user_id)
+        elif isinstance(payload, MemberLeft | MemberKicked):
+            channel.remove_member(payload.user_id)
+        elif isinstance(payload, MemberBanned):
+            channel.remove_member(payload.user_id)
+            channel.banned.add(payload.user_id)
+        elif isinstance(payload, MemberUnbanned):
+            channel.banned.discard(payload.user_id)
+        elif isinstance(payload, MemberInvited):
+            channel.invited.add(payload.user_id)
+        elif isinstance(payload, MemberRoleChanged):
+            if payload.role == MODERATOR:
+                channel.roles[payload.user_id] = MODERATOR
+            else:
+                channel.roles.pop(payload.user_id, None)
+        elif isinstance(payload, ChannelRenamed):
+            channel.name = payload.name
+        elif isinstance(payload, ChannelTopicChanged):
+            channel.topic = payload.topic
         elif isinstance(payload, MessagePosted):
             posted = PostedMessage(
                 channel_id=payload.channel_id,
@@ -175,12 +228,17 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
             aggregate_type="channel",
             aggregate_id=channel_id,
             payload=ChannelCreated(
-                channel_id=channel_id, name=name, creator_id=caller.user_id, encrypted=request.encrypted
+                channel_id=channel_id,
+                name=name,
+                creator_id=caller.user_id,
+                encrypted=request.encrypted,
+                private=request.private,
+                hide_history_before_join=request.hide_history_before_join,
             ),
             actor=caller.user_id,
         )
         await self._append(event, after=None)
-        return channel_proto(self.channels.get(channel_id))
+        return channel_proto(self.channels.get(channel_id), caller.user_id)
 
     async def JoinChannel(
         self, request: messaging_pb2.JoinChannelRequest, context: grpc.aio.ServicerContext[object, object]
@@ -193,7 +251,8 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
             for _ in range(APPEND_ATTEMPTS):
                 channel = self.channels.get(request.channel_id)
                 if caller.user_id in channel.members:
-                    return channel_proto(channel)
+                    return channel_proto(channel, caller.user_id)
+                channel.check_join(caller.user_id)
                 event = NewEvent(
                     aggregate_type="channel",
                     aggregate_id=channel.channel_id,
@@ -202,7 +261,7 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
                 )
                 try:
                     await self._append(event, after=channel)
-                    return channel_proto(self.channels.get(channel.channel_id))
+                    return channel_proto(self.channels.get(channel.channel_id), caller.user_id)
                 except ConcurrencyConflict:
                     await self._settle(channel.channel_id)
         raise Unavailable("the channel is changing too fast; try again")
@@ -213,7 +272,7 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         assert self._ctx is not None
         caller = self._ctx.tokens.caller(context)
         channels = sorted(self.channels.of_member(caller.user_id), key=lambda c: c.name)
-        return messaging_pb2.ListMyChannelsResponse(channels=[channel_proto(c) for c in channels])
+        return messaging_pb2.ListMyChannelsResponse(channels=[channel_proto(c, caller.user_id) for c in channels])
 
     async def PostMessage(
         self, request: messaging_pb2.PostMessageRequest, context: grpc.aio.ServicerContext[object, object]
@@ -363,6 +422,159 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
                     continue
                 return channel_proto(self.channels.get(channel.channel_id))
         raise Unavailable("the channel is changing too fast; try again")
+
+    async def _decide_on_channel(
+        self, channel_id: str, viewer: str, decide: Callable[[Channel], NewEvent | None]
+    ) -> messaging_pb2.Channel:
+        """Append the event `decide` makes from the channel as read; None means already so."""
+        if not channel_id:
+            raise InvalidArgument("channel_id is required")
+        async with self._locks[channel_id]:
+            for _ in range(APPEND_ATTEMPTS):
+                channel = self.channels.get(channel_id)
+                event = decide(channel)
+                if event is not None:
+                    try:
+                        await self._append(event, after=channel)
+                    except ConcurrencyConflict:
+                        await self._settle(channel_id)
+                        continue
+                return channel_proto(self.channels.get(channel_id), viewer)
+        raise Unavailable("the channel is changing too fast; try again")
+
+    def _event(self, channel: Channel, actor: str, payload: Message) -> NewEvent:
+        return NewEvent(aggregate_type="channel", aggregate_id=channel.channel_id, payload=payload, actor=actor)
+
+    async def CreateDirectChannel(
+        self, request: messaging_pb2.CreateDirectChannelRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.Channel:
+        assert self._ctx is not None
+        caller = self._ctx.tokens.caller(context)
+        others = validate_direct_members(caller.user_id, list(request.user_ids))
+        channel_id = uuid.uuid4().hex
+        event = NewEvent(
+            aggregate_type="channel",
+            aggregate_id=channel_id,
+            payload=ChannelCreated(
+                channel_id=channel_id,
+                name="direct",
+                creator_id=caller.user_id,
+                encrypted=request.encrypted,
+                private=True,
+                direct=True,
+                member_ids=others,
+            ),
+            actor=caller.user_id,
+        )
+        await self._append(event, after=None)
+        return channel_proto(self.channels.get(channel_id), caller.user_id)
+
+    async def InviteMember(
+        self, request: messaging_pb2.MemberActionRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.Channel:
+        assert self._ctx is not None
+        actor = self._ctx.tokens.caller(context).user_id
+        user_id = _target(request.user_id)
+
+        def decide(channel: Channel) -> NewEvent | None:
+            channel.check_invite(actor, user_id)
+            if user_id in channel.members or user_id in channel.invited:
+                return None
+            payload = MemberInvited(channel_id=channel.channel_id, user_id=user_id, invited_by=actor)
+            return self._event(channel, actor, payload)
+
+        return await self._decide_on_channel(request.channel_id, actor, decide)
+
+    async def KickMember(
+        self, request: messaging_pb2.MemberActionRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.Channel:
+        assert self._ctx is not None
+        actor = self._ctx.tokens.caller(context).user_id
+        user_id = _target(request.user_id)
+        reason = _reason(request.reason)
+
+        def decide(channel: Channel) -> NewEvent | None:
+            channel.check_remove(actor, user_id)
+            if user_id not in channel.members:
+                return None
+            payload = MemberKicked(channel_id=channel.channel_id, user_id=user_id, kicked_by=actor, reason=reason)
+            return self._event(channel, actor, payload)
+
+        return await self._decide_on_channel(request.channel_id, actor, decide)
+
+    async def BanMember(
+        self, request: messaging_pb2.MemberActionRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.Channel:
+        assert self._ctx is not None
+        actor = self._ctx.tokens.caller(context).user_id
+        user_id = _target(request.user_id)
+        reason = _reason(request.reason)
+
+        def decide(channel: Channel) -> NewEvent | None:
+            channel.check_remove(actor, user_id)
+            if user_id in channel.banned:
+                return None
+            payload = MemberBanned(channel_id=channel.channel_id, user_id=user_id, banned_by=actor, reason=reason)
+            return self._event(channel, actor, payload)
+
+        return await self._decide_on_channel(request.channel_id, actor, decide)
+
+    async def UnbanMember(
+        self, request: messaging_pb2.MemberActionRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.Channel:
+        assert self._ctx is not None
+        actor = self._ctx.tokens.caller(context).user_id
+        user_id = _target(request.user_id)
+
+        def decide(channel: Channel) -> NewEvent | None:
+            channel.check_unban(actor)
+            if user_id not in channel.banned:
+                return None
+            payload = MemberUnbanned(channel_id=channel.channel_id, user_id=user_id, unbanned_by=actor)
+            return self._event(channel, actor, payload)
+
+        return await self._decide_on_channel(request.channel_id, actor, decide)
+
+    async def SetMemberRole(
+        self, request: messaging_pb2.SetMemberRoleRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.Channel:
+        assert self._ctx is not None
+        actor = self._ctx.tokens.caller(context).user_id
+        user_id = _target(request.user_id)
+
+        def decide(channel: Channel) -> NewEvent | None:
+            channel.check_set_role(actor, user_id, request.role)
+            if channel.role(user_id) == request.role:
+                return None
+            payload = MemberRoleChanged(
+                channel_id=channel.channel_id, user_id=user_id, role=request.role, changed_by=actor
+            )
+            return self._event(channel, actor, payload)
+
+        return await self._decide_on_channel(request.channel_id, actor, decide)
+
+    async def UpdateChannel(
+        self, request: messaging_pb2.UpdateChannelRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.Channel:
+        assert self._ctx is not None
+        actor = self._ctx.tokens.caller(context).user_id
+        has_name, has_topic = request.HasField("name"), request.HasField("topic")
+        if has_name == has_topic:
+            raise InvalidArgument("give exactly one of name or topic")
+        value = validate_channel_name(request.name) if has_name else validate_topic(request.topic)
+
+        def decide(channel: Channel) -> NewEvent | None:
+            channel.check_update(actor)
+            if (channel.name if has_name else channel.topic) == value:
+                return None
+            payload: Message = (
+                ChannelRenamed(channel_id=channel.channel_id, name=value, renamed_by=actor)
+                if has_name
+                else ChannelTopicChanged(channel_id=channel.channel_id, topic=value, changed_by=actor)
+            )
+            return self._event(channel, actor, payload)
+
+        return await self._decide_on_channel(request.channel_id, actor, decide)
 
     async def ListMessageVersions(
         self, request: messaging_pb2.ListMessageVersionsRequest, context: grpc.aio.ServicerContext[object, object]

@@ -11,7 +11,9 @@ from typing import TypeVar
 
 from parley.messaging.v1.events_pb2 import (
     ChannelCreated,
+    MemberBanned,
     MemberJoined,
+    MemberKicked,
     MemberLeft,
     MessageEdited,
     MessagePosted,
@@ -171,16 +173,17 @@ class SqlEventArchive:
                 },
             )
         elif isinstance(payload, ChannelCreated):
-            self._insert_ignoring_duplicates(
-                conn, channel_members, {"channel_id": payload.channel_id, "user_id": payload.creator_id}
-            )
+            for user_id in (payload.creator_id, *payload.member_ids):  # member_ids: direct conversations
+                self._insert_ignoring_duplicates(
+                    conn, channel_members, {"channel_id": payload.channel_id, "user_id": user_id}
+                )
         elif isinstance(payload, MemberJoined):
             self._insert_ignoring_duplicates(
                 conn, channel_members, {"channel_id": payload.channel_id, "user_id": payload.user_id}
             )
         elif isinstance(payload, MessageEdited | MessageRedacted):
             _apply_message_change(conn, payload)
-        elif isinstance(payload, MemberLeft):
+        elif isinstance(payload, MemberLeft | MemberKicked | MemberBanned):
             _apply_member_left(conn, payload)
 
     async def is_member(self, channel_id: str, user_id: str) -> bool:
@@ -240,8 +243,8 @@ def _apply_message_change(conn: Connection, change: MessageEdited | MessageRedac
         conn.execute(update(channel_messages).where(*where, row.body != "").values(body=change.body))
 
 
-def _apply_member_left(conn: Connection, left: MemberLeft) -> None:
-    """A member who left reads no more history of the channel."""
+def _apply_member_left(conn: Connection, left: MemberLeft | MemberKicked | MemberBanned) -> None:
+    """A member who left (or was removed) reads no more history of the channel."""
     conn.execute(
         delete(channel_members).where(
             channel_members.c.channel_id == left.channel_id, channel_members.c.user_id == left.user_id

@@ -59,6 +59,13 @@ class GatewayStub:
     ClaimOneTimeKey: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ClaimOneTimeKeyRequest, _messaging_pb2.ClaimOneTimeKeyResponse]
     SendToDevice: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.SendToDeviceRequest, _messaging_pb2.SendToDeviceResponse]
     FetchToDevice: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.FetchToDeviceRequest, _messaging_pb2.FetchToDeviceResponse]
+    CreateDirectChannel: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.CreateDirectChannelRequest, _messaging_pb2.Channel]
+    InviteMember: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]
+    KickMember: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]
+    BanMember: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]
+    UnbanMember: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]
+    SetMemberRole: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.SetMemberRoleRequest, _messaging_pb2.Channel]
+    UpdateChannel: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.UpdateChannelRequest, _messaging_pb2.Channel]
 
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
@@ -88,6 +95,13 @@ class GatewayAsyncStub(GatewayStub):
     ClaimOneTimeKey: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ClaimOneTimeKeyRequest, _messaging_pb2.ClaimOneTimeKeyResponse]  # type: ignore[assignment]
     SendToDevice: _aio.UnaryUnaryMultiCallable[_messaging_pb2.SendToDeviceRequest, _messaging_pb2.SendToDeviceResponse]  # type: ignore[assignment]
     FetchToDevice: _aio.UnaryUnaryMultiCallable[_messaging_pb2.FetchToDeviceRequest, _messaging_pb2.FetchToDeviceResponse]  # type: ignore[assignment]
+    CreateDirectChannel: _aio.UnaryUnaryMultiCallable[_messaging_pb2.CreateDirectChannelRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    InviteMember: _aio.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    KickMember: _aio.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    BanMember: _aio.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    UnbanMember: _aio.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    SetMemberRole: _aio.UnaryUnaryMultiCallable[_messaging_pb2.SetMemberRoleRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    UpdateChannel: _aio.UnaryUnaryMultiCallable[_messaging_pb2.UpdateChannelRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
     """The only client-facing API. Every call except Register and Login needs
@@ -216,5 +230,54 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         request: _messaging_pb2.FetchToDeviceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_messaging_pb2.FetchToDeviceResponse, _abc.Awaitable[_messaging_pb2.FetchToDeviceResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateDirectChannel(
+        self,
+        request: _messaging_pb2.CreateDirectChannelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def InviteMember(
+        self,
+        request: _messaging_pb2.MemberActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def KickMember(
+        self,
+        request: _messaging_pb2.MemberActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def BanMember(
+        self,
+        request: _messaging_pb2.MemberActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def UnbanMember(
+        self,
+        request: _messaging_pb2.MemberActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def SetMemberRole(
+        self,
+        request: _messaging_pb2.SetMemberRoleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateChannel(
+        self,
+        request: _messaging_pb2.UpdateChannelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

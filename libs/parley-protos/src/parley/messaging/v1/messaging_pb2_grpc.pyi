@@ -44,6 +44,13 @@ class MessagingServiceStub:
     ListMessageVersions: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ListMessageVersionsRequest, _messaging_pb2.ListMessageVersionsResponse]
     """Every text a message had, oldest first; for the channel's moderators (its creator) only."""
     LeaveChannel: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.LeaveChannelRequest, _messaging_pb2.Channel]
+    CreateDirectChannel: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.CreateDirectChannelRequest, _messaging_pb2.Channel]
+    InviteMember: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]
+    KickMember: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]
+    BanMember: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]
+    UnbanMember: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]
+    SetMemberRole: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.SetMemberRoleRequest, _messaging_pb2.Channel]
+    UpdateChannel: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.UpdateChannelRequest, _messaging_pb2.Channel]
 
 @_typing.type_check_only
 class MessagingServiceAsyncStub(MessagingServiceStub):
@@ -61,6 +68,13 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     ListMessageVersions: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ListMessageVersionsRequest, _messaging_pb2.ListMessageVersionsResponse]  # type: ignore[assignment]
     """Every text a message had, oldest first; for the channel's moderators (its creator) only."""
     LeaveChannel: _aio.UnaryUnaryMultiCallable[_messaging_pb2.LeaveChannelRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    CreateDirectChannel: _aio.UnaryUnaryMultiCallable[_messaging_pb2.CreateDirectChannelRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    InviteMember: _aio.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    KickMember: _aio.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    BanMember: _aio.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    UnbanMember: _aio.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    SetMemberRole: _aio.UnaryUnaryMultiCallable[_messaging_pb2.SetMemberRoleRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    UpdateChannel: _aio.UnaryUnaryMultiCallable[_messaging_pb2.UpdateChannelRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
 
 class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Internal API of the messaging service; reached by the gateway over mutual TLS with the
@@ -121,6 +135,55 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
     def LeaveChannel(
         self,
         request: _messaging_pb2.LeaveChannelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateDirectChannel(
+        self,
+        request: _messaging_pb2.CreateDirectChannelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def InviteMember(
+        self,
+        request: _messaging_pb2.MemberActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def KickMember(
+        self,
+        request: _messaging_pb2.MemberActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def BanMember(
+        self,
+        request: _messaging_pb2.MemberActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def UnbanMember(
+        self,
+        request: _messaging_pb2.MemberActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def SetMemberRole(
+        self,
+        request: _messaging_pb2.SetMemberRoleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateChannel(
+        self,
+        request: _messaging_pb2.UpdateChannelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
 
