@@ -157,7 +157,8 @@ async def test_live_helper_resumes_by_itself_across_a_gateway_crash(platform: Ru
     async def follow() -> None:
         # Position 0: from the channel's first event on.
         async for event in bob.live([channel.channel_id], resume={channel.channel_id: 0}):
-            seen.append(event.message.channel_seq)
+            if event.kind == "message":
+                seen.append(event.message.channel_seq)
             if len(seen) == 8:
                 return
 
@@ -377,3 +378,54 @@ async def test_private_channels_roles_kick_ban_dm_and_hidden_history(platform: R
     assert page.messages[0].body == "hi, just us three"
     for client in (owner, mod, member, outsider):
         await client.close()
+
+
+async def test_threads_reactions_read_markers_and_unread_counts(platform: RunningPlatform) -> None:
+    alice, bob = await new_user(platform, "alice"), await new_user(platform, "bob")
+    channel = await alice.create_channel("threads")
+    await bob.join_channel(channel.channel_id)
+    cid = channel.channel_id
+    stream = bob.subscribe([cid])
+    await asyncio.wait_for(stream.ready(), TIMEOUT_S)
+
+    root = await alice.send(cid, "lunch?")
+    first = await bob.reply(cid, root.channel_seq, "yes, 12:30")
+    await alice.reply(cid, root.channel_seq, "great")
+    with pytest.raises(ParleyError) as nested:
+        await alice.reply(cid, first.channel_seq, "a reply to a reply")
+    assert nested.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    thread = await bob.thread(cid, root.channel_seq)
+    assert thread.root.reply_count == 2
+    assert [(m.body, m.thread_root_seq) for m in thread.replies] == [("yes, 12:30", 1), ("great", 1)]
+
+    reacted = await bob.react(cid, root.channel_seq, "+1")
+    await alice.react(cid, root.channel_seq, "+1")
+    await alice.react(cid, root.channel_seq, "+1", remove=True)
+    again = await bob.react(cid, root.channel_seq, "+1")  # a retry changes nothing
+    assert [(r.emoji, list(r.user_ids)) for r in reacted.reactions] == [("+1", [bob.user_id])]
+    assert [(r.emoji, list(r.user_ids)) for r in again.reactions] == [("+1", [bob.user_id])]
+
+    mine = {c.channel_id: c for c in await bob.my_channels()}[cid]
+    assert (mine.read_seq, mine.unread_count) == (0, 2)  # alice's two messages; bob's own reply is read
+    marked = await bob.mark_read(cid, 2)
+    assert (marked.read_seq, marked.unread_count) == (2, 1)
+    assert (await bob.mark_read(cid, 1)).read_seq == 2  # markers never move back
+
+    events = await read_messages(stream.events(), 7)
+    assert [e.kind for e in events] == [
+        "message", "message", "message", "reaction", "reaction", "reaction", "read_marker"
+    ]
+    assert [e.event.reaction.removed for e in events[3:6]] == [False, False, True]
+    assert events[6].event.read_marker.channel_seq == 2
+    kicked = await alice.kick(cid, bob.user_id or "")
+    assert bob.user_id not in kicked.member_ids
+    stream.cancel()
+    watcher = alice.subscribe([cid], resume={cid: events[-1].position})
+    await asyncio.wait_for(watcher.ready(), TIMEOUT_S)
+    [left] = await read_messages(watcher.events(), 1)
+    assert (left.kind, left.event.membership.change, left.event.membership.user_id) == (
+        "membership", "kicked", bob.user_id
+    )
+    watcher.cancel()
+    await alice.close()
+    await bob.close()

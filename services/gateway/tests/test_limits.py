@@ -84,4 +84,7 @@ def test_client_sees_messages_edits_and_redactions_with_their_position() -> None
     assert redacted is not None
     assert redacted.updated.redacted
     assert redacted.updated.body == ""
-    assert client_event(MemberJoined(channel_id="c", user_id="u"), 20) is None
+    joined = client_event(MemberJoined(channel_id="c", user_id="u"), 20)
+    assert joined is not None
+    assert (joined.membership.change, joined.membership.user_id, joined.membership.position) == ("joined", "u", 20)
+    assert client_event(MessagePosted(channel_id="c", message_id="m", channel_seq=1, thread_root_seq=0), 1) is not None

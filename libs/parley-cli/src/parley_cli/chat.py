@@ -20,11 +20,21 @@ def format_message(message: ChatMessage) -> str:
 
 
 def format_event(event: LiveEvent) -> str:
+    raw = event.event
     if event.kind == "message":
         return format_message(event.message)
-    if event.message.redacted:
-        return f"[{event.message.channel_seq:>5}] (message redacted)"
-    return f"[{event.message.channel_seq:>5}] (edited) {event.message.body}"
+    if event.kind == "updated":
+        if event.message.redacted:
+            return f"[{event.message.channel_seq:>5}] (message redacted)"
+        return f"[{event.message.channel_seq:>5}] (edited) {event.message.body}"
+    if event.kind == "reaction":
+        verb = "took back" if raw.reaction.removed else "reacted"
+        return f"[{raw.reaction.channel_seq:>5}] {raw.reaction.user_id[:8]} {verb} {raw.reaction.emoji}"
+    if event.kind == "membership":
+        change = raw.membership
+        detail = f": {change.detail}" if change.detail else ""
+        return f"-- {change.user_id[:8] or change.actor_id[:8]} {change.change}{detail} --"
+    return ""  # read markers are not shown
 
 
 HELP = "type a message and press Enter; /edit <#> <text>, /redact <#>, Ctrl-D to leave"
@@ -74,15 +84,16 @@ async def interactive(client: ParleyClient, reference: str) -> int:
     async def show_incoming() -> None:
         try:
             async for event in stream.events():
-                if event.kind != "message" or event.message.channel_seq > seen:
-                    print(format_event(event), flush=True)
+                if (event.kind != "message" or event.message.channel_seq > seen) and (line := format_event(event)):
+                    print(line, flush=True)
         except ParleyError as exc:
             if exc.code not in RESUMABLE:
                 raise
         # The stream dropped (gateway restart, network, too slow): resume where it stopped.
         print("-- reconnecting --", flush=True)
         async for event in client.live([channel_id], resume=stream.positions):
-            print(format_event(event), flush=True)
+            if line := format_event(event):
+                print(line, flush=True)
 
     async def send_typed() -> None:
         loop = asyncio.get_running_loop()

@@ -66,10 +66,27 @@ def _raise(exc: grpc.aio.AioRpcError) -> ParleyError:
 
 @dataclass(frozen=True)
 class LiveEvent:
-    """One event of a live stream: a new message (`kind="message"`) or a change to one (`"updated"`)."""
+    """One event of a live stream.
+
+    `kind` is "message" (new), "updated" (edited or redacted: `message` holds the change),
+    "reaction", "read_marker" or "membership" (joins, leaves, kicks, bans, roles, name and
+    topic); `event` is the whole protobuf event.
+    """
 
     kind: str
-    message: messaging_pb2.ChatMessage
+    event: gateway_pb2.ClientEvent
+
+    @property
+    def message(self) -> messaging_pb2.ChatMessage:
+        return self.event.updated if self.kind == "updated" else self.event.message
+
+    @property
+    def channel_id(self) -> str:
+        return str(getattr(self.event, self.kind).channel_id)
+
+    @property
+    def position(self) -> int:
+        return int(getattr(self.event, self.kind).position)
 
 
 class LiveStream:
@@ -119,10 +136,11 @@ class LiveStream:
             except StopAsyncIteration:
                 return  # the server ended the stream (it is draining): resume elsewhere
             kind = event.WhichOneof("event")
-            if kind in ("message", "updated"):
-                message: messaging_pb2.ChatMessage = getattr(event, kind)
-                self.positions[message.channel_id] = max(self.positions.get(message.channel_id, 0), message.position)
-                yield LiveEvent(kind, message)
+            if kind is None or kind == "ready":
+                continue
+            live = LiveEvent(kind, event)
+            self.positions[live.channel_id] = max(self.positions.get(live.channel_id, 0), live.position)
+            yield live
 
     def cancel(self) -> None:
         self._call.cancel()
@@ -243,7 +261,7 @@ class ParleyClient:
         return list(response.channels)
 
     async def send(
-        self, channel_id: str, body: str, *, idempotency_key: str | None = None
+        self, channel_id: str, body: str, *, idempotency_key: str | None = None, thread_root_seq: int = 0
     ) -> messaging_pb2.ChatMessage:
         """Send once: a retry with the same idempotency key returns the first result.
 
@@ -255,7 +273,10 @@ class ParleyClient:
             if channel.encrypted:
                 body = await self.e2ee.encrypt(channel, body)
         request = messaging_pb2.PostMessageRequest(
-            channel_id=channel_id, body=body, idempotency_key=idempotency_key or uuid.uuid4().hex
+            channel_id=channel_id,
+            body=body,
+            idempotency_key=idempotency_key or uuid.uuid4().hex,
+            thread_root_seq=thread_root_seq,
         )
         message: messaging_pb2.ChatMessage = await self._call(self._stub.SendMessage, request)
         return message
@@ -363,6 +384,30 @@ class ParleyClient:
         request = messaging_pb2.FetchToDeviceRequest(device_id=device_id, after_queue_seq=after_queue_seq)
         response: messaging_pb2.FetchToDeviceResponse = await self._call(self._stub.FetchToDevice, request)
         return list(response.messages)
+
+    async def reply(
+        self, channel_id: str, root_seq: int, body: str, *, idempotency_key: str | None = None
+    ) -> messaging_pb2.ChatMessage:
+        """Send a reply in the thread of message `root_seq`."""
+        return await self.send(channel_id, body, idempotency_key=idempotency_key, thread_root_seq=root_seq)
+
+    async def thread(self, channel_id: str, root_seq: int) -> messaging_pb2.ListThreadResponse:
+        request = messaging_pb2.ListThreadRequest(channel_id=channel_id, root_seq=root_seq)
+        response: messaging_pb2.ListThreadResponse = await self._call(self._stub.ListThread, request)
+        return response
+
+    async def react(
+        self, channel_id: str, channel_seq: int, emoji: str, *, remove: bool = False
+    ) -> messaging_pb2.ChatMessage:
+        request = messaging_pb2.ReactRequest(channel_id=channel_id, channel_seq=channel_seq, emoji=emoji, remove=remove)
+        message: messaging_pb2.ChatMessage = await self._call(self._stub.React, request)
+        return message
+
+    async def mark_read(self, channel_id: str, channel_seq: int) -> messaging_pb2.Channel:
+        """Move the caller's read marker forward; the channel then reports fewer unread messages."""
+        request = messaging_pb2.MarkReadRequest(channel_id=channel_id, channel_seq=channel_seq)
+        channel: messaging_pb2.Channel = await self._call(self._stub.MarkRead, request)
+        return channel
 
     async def edit(self, channel_id: str, channel_seq: int, body: str) -> messaging_pb2.ChatMessage:
         request = messaging_pb2.EditMessageRequest(channel_id=channel_id, channel_seq=channel_seq, body=body)

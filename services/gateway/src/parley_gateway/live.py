@@ -10,12 +10,21 @@ from parley.common.v1.envelope_pb2 import EventEnvelope
 from parley.gateway.v1 import gateway_pb2
 from parley.messaging.v1 import messaging_pb2
 from parley.messaging.v1.events_pb2 import (
+    ChannelRenamed,
+    ChannelTopicChanged,
     MemberBanned,
+    MemberInvited,
+    MemberJoined,
     MemberKicked,
     MemberLeft,
+    MemberRoleChanged,
+    MemberUnbanned,
     MessageEdited,
     MessagePosted,
     MessageRedacted,
+    ReactionAdded,
+    ReactionRemoved,
+    ReadMarkerMoved,
 )
 
 from parley_core.envelope import UnknownEventType, open_payload
@@ -35,6 +44,7 @@ def client_event(payload: Message, position: int) -> gateway_pb2.ClientEvent | N
                 body=payload.body,
                 sent_at=payload.sent_at,
                 position=position,
+                thread_root_seq=payload.thread_root_seq,
             )
         )
     if isinstance(payload, MessageEdited):
@@ -58,6 +68,74 @@ def client_event(payload: Message, position: int) -> gateway_pb2.ClientEvent | N
                 position=position,
             )
         )
+    if isinstance(payload, ReactionAdded | ReactionRemoved):
+        return gateway_pb2.ClientEvent(
+            reaction=gateway_pb2.Reaction(
+                channel_id=payload.channel_id,
+                channel_seq=payload.channel_seq,
+                user_id=payload.user_id,
+                emoji=payload.emoji,
+                removed=isinstance(payload, ReactionRemoved),
+                position=position,
+            )
+        )
+    if isinstance(payload, ReadMarkerMoved):
+        return gateway_pb2.ClientEvent(
+            read_marker=gateway_pb2.ReadMarker(
+                channel_id=payload.channel_id,
+                user_id=payload.user_id,
+                channel_seq=payload.channel_seq,
+                position=position,
+            )
+        )
+    if (change := membership_change(payload)) is not None:
+        change.position = position
+        return gateway_pb2.ClientEvent(membership=change)
+    return None
+
+
+def membership_change(payload: Message) -> gateway_pb2.MembershipChange | None:
+    """Membership and channel changes, one shape for clients to show as a line in the timeline."""
+    change = gateway_pb2.MembershipChange
+    if isinstance(payload, MemberJoined):
+        return change(channel_id=payload.channel_id, user_id=payload.user_id, change="joined", actor_id=payload.user_id)
+    if isinstance(payload, MemberLeft):
+        return change(channel_id=payload.channel_id, user_id=payload.user_id, change="left", actor_id=payload.user_id)
+    if isinstance(payload, MemberInvited):
+        return change(
+            channel_id=payload.channel_id, user_id=payload.user_id, change="invited", actor_id=payload.invited_by
+        )
+    if isinstance(payload, MemberKicked):
+        return change(
+            channel_id=payload.channel_id,
+            user_id=payload.user_id,
+            change="kicked",
+            actor_id=payload.kicked_by,
+            detail=payload.reason,
+        )
+    if isinstance(payload, MemberBanned):
+        return change(
+            channel_id=payload.channel_id,
+            user_id=payload.user_id,
+            change="banned",
+            actor_id=payload.banned_by,
+            detail=payload.reason,
+        )
+    if isinstance(payload, MemberUnbanned):
+        return change(
+            channel_id=payload.channel_id, user_id=payload.user_id, change="unbanned", actor_id=payload.unbanned_by
+        )
+    if isinstance(payload, MemberRoleChanged):
+        return change(
+            channel_id=payload.channel_id,
+            user_id=payload.user_id,
+            change=f"role:{payload.role}",
+            actor_id=payload.changed_by,
+        )
+    if isinstance(payload, ChannelRenamed):
+        return change(channel_id=payload.channel_id, change="renamed", actor_id=payload.renamed_by, detail=payload.name)
+    if isinstance(payload, ChannelTopicChanged):
+        return change(channel_id=payload.channel_id, change="topic", actor_id=payload.changed_by, detail=payload.topic)
     return None
 
 

@@ -254,6 +254,23 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         await self._admit(request, context)
         return await forward(self._messaging.UpdateChannel, request, context)
 
+    async def ListThread(
+        self, request: messaging_pb2.ListThreadRequest, context: Context
+    ) -> messaging_pb2.ListThreadResponse:
+        assert self._messaging is not None
+        await self._admit(request, context)
+        return await forward(self._messaging.ListThread, request, context)
+
+    async def React(self, request: messaging_pb2.ReactRequest, context: Context) -> messaging_pb2.ChatMessage:
+        assert self._messaging is not None
+        await self._admit(request, context)
+        return await forward(self._messaging.React, request, context)
+
+    async def MarkRead(self, request: messaging_pb2.MarkReadRequest, context: Context) -> messaging_pb2.Channel:
+        assert self._messaging is not None
+        await self._admit(request, context)
+        return await forward(self._messaging.MarkRead, request, context)
+
     async def GetHistory(
         self, request: storage_pb2.GetChannelHistoryRequest, context: Context
     ) -> storage_pb2.GetChannelHistoryResponse:

@@ -27,6 +27,7 @@ class PostedMessage:
     sent_at_unix_ns: int
     redacted: bool = False
     edit_count: int = 0
+    thread_root_seq: int = 0
 
 
 @dataclass
@@ -35,6 +36,17 @@ class MessageRecord:
 
     current: PostedMessage
     versions: list[str] = field(default_factory=list)
+    replies: list[int] = field(default_factory=list)  # channel_seq of each reply in this thread
+    reactions: dict[str, set[str]] = field(default_factory=dict)  # emoji -> users
+
+    def react(self, emoji: str, user_id: str, *, remove: bool) -> None:
+        users = self.reactions.setdefault(emoji, set())
+        if remove:
+            users.discard(user_id)
+            if not users:
+                del self.reactions[emoji]
+        else:
+            users.add(user_id)
 
     def edited(self, body: str) -> None:
         self.versions.append(body)
@@ -66,6 +78,7 @@ class Channel:
     invited: set[str] = field(default_factory=set)
     banned: set[str] = field(default_factory=set)
     visible_from: dict[str, int] = field(default_factory=dict)  # user -> first channel_seq they may read
+    read_up_to: dict[str, int] = field(default_factory=dict)  # user -> read marker
 
     def require_member(self, user_id: str) -> None:
         if user_id not in self.members:
@@ -151,6 +164,24 @@ class Channel:
         self.last_seq = message.channel_seq
         self.messages[message.channel_seq] = MessageRecord(message, [message.body])
         self.sends[(message.sender_id, idempotency_key)] = message.channel_seq
+        if message.thread_root_seq and (root := self.messages.get(message.thread_root_seq)) is not None:
+            root.replies.append(message.channel_seq)
+
+    def check_thread_root(self, root_seq: int) -> None:
+        """Replies hang off a thread's root: one level, as in most chat apps."""
+        if root_seq and self.message(root_seq).current.thread_root_seq:
+            raise InvalidArgument(f"message #{root_seq} is itself a reply; reply to its thread's root instead")
+
+    def read_seq(self, user_id: str) -> int:
+        return max(self.read_up_to.get(user_id, 0), self.visible_from.get(user_id, 1) - 1)
+
+    def unread_count(self, user_id: str) -> int:
+        """Messages after the reader's marker that someone else sent."""
+        return sum(
+            1
+            for seq in range(self.read_seq(user_id) + 1, self.last_seq + 1)
+            if (record := self.messages.get(seq)) is not None and record.current.sender_id != user_id
+        )
 
     def check_edit(self, user_id: str, channel_seq: int) -> MessageRecord:
         self.require_member(user_id)
@@ -255,3 +286,9 @@ def validate_direct_members(creator_id: str, user_ids: list[str]) -> tuple[str, 
     if not 1 <= len(others) <= MAX_DIRECT_OTHERS:
         raise InvalidArgument(f"a direct conversation has 1 to {MAX_DIRECT_OTHERS} other people")
     return others
+
+
+def validate_emoji(emoji: str) -> str:
+    if not emoji or len(emoji) > 32 or any(not ch.isprintable() or ch.isspace() for ch in emoji):
+        raise InvalidArgument("a reaction is 1..32 printable characters without spaces")
+    return emoji

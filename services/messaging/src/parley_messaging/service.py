@@ -26,6 +26,9 @@ from parley.messaging.v1.events_pb2 import (
     MessageEdited,
     MessagePosted,
     MessageRedacted,
+    ReactionAdded,
+    ReactionRemoved,
+    ReadMarkerMoved,
 )
 
 from parley_core.bus import ConcurrencyConflict, ReceivedEvent, Replay
@@ -39,11 +42,13 @@ from parley_messaging.domain import (
     MODERATOR,
     Channel,
     ChannelDirectory,
+    MessageRecord,
     PostedMessage,
     send_event_id,
     validate_body,
     validate_channel_name,
     validate_direct_members,
+    validate_emoji,
     validate_idempotency_key,
     validate_topic,
 )
@@ -51,9 +56,13 @@ from parley_messaging.domain import (
 APPEND_ATTEMPTS = 5
 
 
-def to_proto(message: PostedMessage) -> messaging_pb2.ChatMessage:
+def to_proto(message: PostedMessage, record: MessageRecord | None = None) -> messaging_pb2.ChatMessage:
     sent = Timestamp()
     sent.FromNanoseconds(message.sent_at_unix_ns)
+    reactions = [
+        messaging_pb2.ReactionCount(emoji=emoji, user_ids=sorted(users))
+        for emoji, users in sorted((record.reactions if record else {}).items())
+    ]
     return messaging_pb2.ChatMessage(
         channel_id=message.channel_id,
         message_id=message.message_id,
@@ -64,6 +73,9 @@ def to_proto(message: PostedMessage) -> messaging_pb2.ChatMessage:
         sent_at=sent,
         redacted=message.redacted,
         edit_count=message.edit_count,
+        thread_root_seq=message.thread_root_seq,
+        reply_count=len(record.replies) if record else 0,
+        reactions=reactions,
     )
 
 
@@ -80,6 +92,8 @@ def channel_proto(channel: Channel, viewer: str = "") -> messaging_pb2.Channel:
         roles={user: channel.role(user) for user in channel.members},
         hide_history_before_join=channel.hide_history_before_join,
         visible_from_seq=channel.visible_from.get(viewer, 1),
+        read_seq=channel.read_seq(viewer) if viewer in channel.members else 0,
+        unread_count=channel.unread_count(viewer) if viewer in channel.members else 0,
     )
 
 
@@ -185,8 +199,14 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
                 channel_seq=payload.channel_seq,
                 body=payload.body,
                 sent_at_unix_ns=payload.sent_at.ToNanoseconds(),
+                thread_root_seq=payload.thread_root_seq,
             )
             channel.record_post(posted, payload.idempotency_key)
+        elif isinstance(payload, ReactionAdded | ReactionRemoved):
+            remove = isinstance(payload, ReactionRemoved)
+            channel.message(payload.channel_seq).react(payload.emoji, payload.user_id, remove=remove)
+        elif isinstance(payload, ReadMarkerMoved):
+            channel.read_up_to[payload.user_id] = max(channel.read_up_to.get(payload.user_id, 0), payload.channel_seq)
         elif isinstance(payload, MessageEdited):
             channel.message(payload.channel_seq).edited(payload.body)
         elif isinstance(payload, MessageRedacted):
@@ -287,6 +307,7 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
                 channel = self.channels.get(request.channel_id)
                 channel.require_member(caller.user_id)
                 body = body_for(channel, request.body)
+                channel.check_thread_root(request.thread_root_seq)
                 if (earlier := channel.earlier_send(caller.user_id, key)) is not None:
                     return to_proto(earlier)
                 sent = Timestamp()
@@ -304,6 +325,7 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
                         body=body,
                         idempotency_key=key,
                         sent_at=sent,
+                        thread_root_seq=request.thread_root_seq,
                     ),
                     actor=caller.user_id,
                     event_id=send_event_id(channel.channel_id, caller.user_id, key),
@@ -572,6 +594,58 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
                 if has_name
                 else ChannelTopicChanged(channel_id=channel.channel_id, topic=value, changed_by=actor)
             )
+            return self._event(channel, actor, payload)
+
+        return await self._decide_on_channel(request.channel_id, actor, decide)
+
+    async def ListThread(
+        self, request: messaging_pb2.ListThreadRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.ListThreadResponse:
+        assert self._ctx is not None
+        caller = self._ctx.tokens.caller(context)
+        channel = self.channels.get(request.channel_id)
+        channel.require_member(caller.user_id)
+        if request.root_seq < channel.visible_from.get(caller.user_id, 1):
+            raise PermissionDenied("this channel hides messages from before you joined")
+        root = channel.message(request.root_seq)
+        replies = [channel.messages[seq] for seq in root.replies]
+        return messaging_pb2.ListThreadResponse(
+            root=to_proto(root.current, root), replies=[to_proto(r.current, r) for r in replies]
+        )
+
+    async def React(
+        self, request: messaging_pb2.ReactRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.ChatMessage:
+        assert self._ctx is not None
+        actor = self._ctx.tokens.caller(context).user_id
+        emoji = validate_emoji(request.emoji)
+
+        def decide(channel: Channel) -> NewEvent | None:
+            channel.require_member(actor)
+            record = channel.message(request.channel_seq)
+            if (actor in record.reactions.get(emoji, set())) != request.remove:
+                return None  # already as asked: a retried reaction
+            kind = ReactionRemoved if request.remove else ReactionAdded
+            payload = kind(channel_id=channel.channel_id, channel_seq=request.channel_seq, user_id=actor, emoji=emoji)
+            return self._event(channel, actor, payload)
+
+        await self._decide_on_channel(request.channel_id, actor, decide)
+        record = self.channels.get(request.channel_id).message(request.channel_seq)
+        return to_proto(record.current, record)
+
+    async def MarkRead(
+        self, request: messaging_pb2.MarkReadRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.Channel:
+        assert self._ctx is not None
+        actor = self._ctx.tokens.caller(context).user_id
+
+        def decide(channel: Channel) -> NewEvent | None:
+            channel.require_member(actor)
+            if request.channel_seq > channel.last_seq:
+                raise InvalidArgument(f"the channel's newest message is #{channel.last_seq}")
+            if request.channel_seq <= channel.read_up_to.get(actor, 0):
+                return None  # read markers only move forward
+            payload = ReadMarkerMoved(channel_id=channel.channel_id, user_id=actor, channel_seq=request.channel_seq)
             return self._event(channel, actor, payload)
 
         return await self._decide_on_channel(request.channel_id, actor, decide)

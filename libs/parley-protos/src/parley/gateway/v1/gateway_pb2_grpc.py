@@ -159,6 +159,21 @@ class GatewayStub:
                 request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.UpdateChannelRequest.SerializeToString,
                 response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
                 _registered_method=True)
+        self.ListThread = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/ListThread',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListThreadRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListThreadResponse.FromString,
+                _registered_method=True)
+        self.React = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/React',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ReactRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.FromString,
+                _registered_method=True)
+        self.MarkRead = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/MarkRead',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.MarkReadRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -313,6 +328,24 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListThread(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def React(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MarkRead(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -434,6 +467,21 @@ def add_GatewayServicer_to_server(servicer, server):
             'UpdateChannel': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateChannel,
                     request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.UpdateChannelRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.SerializeToString,
+            ),
+            'ListThread': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListThread,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListThreadRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListThreadResponse.SerializeToString,
+            ),
+            'React': grpc.unary_unary_rpc_method_handler(
+                    servicer.React,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ReactRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.SerializeToString,
+            ),
+            'MarkRead': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkRead,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.MarkReadRequest.FromString,
                     response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.SerializeToString,
             ),
     }
@@ -1086,6 +1134,87 @@ class Gateway:
             target,
             '/parley.gateway.v1.Gateway/UpdateChannel',
             parley_dot_messaging_dot_v1_dot_messaging__pb2.UpdateChannelRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListThread(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/ListThread',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ListThreadRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ListThreadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def React(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/React',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ReactRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkRead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/MarkRead',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.MarkReadRequest.SerializeToString,
             parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
             options,
             channel_credentials,

@@ -66,6 +66,9 @@ class GatewayStub:
     UnbanMember: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]
     SetMemberRole: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.SetMemberRoleRequest, _messaging_pb2.Channel]
     UpdateChannel: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.UpdateChannelRequest, _messaging_pb2.Channel]
+    ListThread: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ListThreadRequest, _messaging_pb2.ListThreadResponse]
+    React: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ReactRequest, _messaging_pb2.ChatMessage]
+    MarkRead: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.MarkReadRequest, _messaging_pb2.Channel]
 
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
@@ -102,6 +105,9 @@ class GatewayAsyncStub(GatewayStub):
     UnbanMember: _aio.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
     SetMemberRole: _aio.UnaryUnaryMultiCallable[_messaging_pb2.SetMemberRoleRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
     UpdateChannel: _aio.UnaryUnaryMultiCallable[_messaging_pb2.UpdateChannelRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    ListThread: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ListThreadRequest, _messaging_pb2.ListThreadResponse]  # type: ignore[assignment]
+    React: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ReactRequest, _messaging_pb2.ChatMessage]  # type: ignore[assignment]
+    MarkRead: _aio.UnaryUnaryMultiCallable[_messaging_pb2.MarkReadRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
     """The only client-facing API. Every call except Register and Login needs
@@ -277,6 +283,27 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
     def UpdateChannel(
         self,
         request: _messaging_pb2.UpdateChannelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def ListThread(
+        self,
+        request: _messaging_pb2.ListThreadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.ListThreadResponse, _abc.Awaitable[_messaging_pb2.ListThreadResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def React(
+        self,
+        request: _messaging_pb2.ReactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.ChatMessage, _abc.Awaitable[_messaging_pb2.ChatMessage]]: ...
+
+    @_abc_1.abstractmethod
+    def MarkRead(
+        self,
+        request: _messaging_pb2.MarkReadRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
 

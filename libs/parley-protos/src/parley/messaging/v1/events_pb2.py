@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n parley/messaging/v1/events.proto\x12\x13parley.messaging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb0\x01\n\x0e\x43hannelCreated\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\ncreator_id\x18\x03 \x01(\t\x12\x11\n\tencrypted\x18\x04 \x01(\x08\x12\x0f\n\x07private\x18\x05 \x01(\x08\x12\x0e\n\x06\x64irect\x18\x06 \x01(\x08\x12\x12\n\nmember_ids\x18\x07 \x03(\t\x12 \n\x18hide_history_before_join\x18\x08 \x01(\x08\"3\n\x0cMemberJoined\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"\xc8\x01\n\rMessagePosted\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x11\n\tsender_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x04 \x01(\x04\x12\x0c\n\x04\x62ody\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12+\n\x07sent_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bsender_name\x18\x08 \x01(\t\"\x9c\x01\n\rMessageEdited\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x03 \x01(\x04\x12\x0c\n\x04\x62ody\x18\x04 \x01(\t\x12\x11\n\teditor_id\x18\x05 \x01(\t\x12-\n\tedited_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa4\x01\n\x0fMessageRedacted\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x03 \x01(\x04\x12\x13\n\x0bredactor_id\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12/\n\x0bredacted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"1\n\nMemberLeft\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\")\n\nOneTimeKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"\x9c\x01\n\x13\x44\x65viceKeysPublished\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x14\n\x0cidentity_key\x18\x03 \x01(\t\x12\x13\n\x0bsigning_key\x18\x04 \x01(\t\x12\x36\n\rone_time_keys\x18\x05 \x03(\x0b\x32\x1f.parley.messaging.v1.OneTimeKey\"[\n\x11OneTimeKeyClaimed\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x12\n\nclaimed_by\x18\x04 \x01(\t\"\xce\x01\n\x0cToDeviceSent\x12\x19\n\x11recipient_user_id\x18\x01 \x01(\t\x12\x1b\n\x13recipient_device_id\x18\x02 \x01(\t\x12\x16\n\x0esender_user_id\x18\x03 \x01(\t\x12\x18\n\x10sender_device_id\x18\x04 \x01(\t\x12\x1b\n\x13sender_identity_key\x18\x05 \x01(\t\x12\x10\n\x08olm_type\x18\x06 \x01(\r\x12\x12\n\nciphertext\x18\x07 \x01(\x0c\x12\x11\n\tqueue_seq\x18\x08 \x01(\x04\"H\n\rMemberInvited\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\ninvited_by\x18\x03 \x01(\t\"V\n\x0cMemberKicked\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tkicked_by\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"V\n\x0cMemberBanned\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tbanned_by\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"J\n\x0eMemberUnbanned\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x13\n\x0bunbanned_by\x18\x03 \x01(\t\"Z\n\x11MemberRoleChanged\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x12\n\nchanged_by\x18\x04 \x01(\t\"F\n\x0e\x43hannelRenamed\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nrenamed_by\x18\x03 \x01(\t\"L\n\x13\x43hannelTopicChanged\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x12\n\nchanged_by\x18\x03 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n parley/messaging/v1/events.proto\x12\x13parley.messaging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb0\x01\n\x0e\x43hannelCreated\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\ncreator_id\x18\x03 \x01(\t\x12\x11\n\tencrypted\x18\x04 \x01(\x08\x12\x0f\n\x07private\x18\x05 \x01(\x08\x12\x0e\n\x06\x64irect\x18\x06 \x01(\x08\x12\x12\n\nmember_ids\x18\x07 \x03(\t\x12 \n\x18hide_history_before_join\x18\x08 \x01(\x08\"3\n\x0cMemberJoined\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"\xe1\x01\n\rMessagePosted\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x11\n\tsender_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x04 \x01(\x04\x12\x0c\n\x04\x62ody\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12+\n\x07sent_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bsender_name\x18\x08 \x01(\t\x12\x17\n\x0fthread_root_seq\x18\t \x01(\x04\"\x9c\x01\n\rMessageEdited\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x03 \x01(\x04\x12\x0c\n\x04\x62ody\x18\x04 \x01(\t\x12\x11\n\teditor_id\x18\x05 \x01(\t\x12-\n\tedited_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa4\x01\n\x0fMessageRedacted\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x03 \x01(\x04\x12\x13\n\x0bredactor_id\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12/\n\x0bredacted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"1\n\nMemberLeft\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\")\n\nOneTimeKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"\x9c\x01\n\x13\x44\x65viceKeysPublished\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x14\n\x0cidentity_key\x18\x03 \x01(\t\x12\x13\n\x0bsigning_key\x18\x04 \x01(\t\x12\x36\n\rone_time_keys\x18\x05 \x03(\x0b\x32\x1f.parley.messaging.v1.OneTimeKey\"[\n\x11OneTimeKeyClaimed\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x12\n\nclaimed_by\x18\x04 \x01(\t\"\xce\x01\n\x0cToDeviceSent\x12\x19\n\x11recipient_user_id\x18\x01 \x01(\t\x12\x1b\n\x13recipient_device_id\x18\x02 \x01(\t\x12\x16\n\x0esender_user_id\x18\x03 \x01(\t\x12\x18\n\x10sender_device_id\x18\x04 \x01(\t\x12\x1b\n\x13sender_identity_key\x18\x05 \x01(\t\x12\x10\n\x08olm_type\x18\x06 \x01(\r\x12\x12\n\nciphertext\x18\x07 \x01(\x0c\x12\x11\n\tqueue_seq\x18\x08 \x01(\x04\"H\n\rMemberInvited\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\ninvited_by\x18\x03 \x01(\t\"V\n\x0cMemberKicked\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tkicked_by\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"V\n\x0cMemberBanned\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tbanned_by\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"J\n\x0eMemberUnbanned\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x13\n\x0bunbanned_by\x18\x03 \x01(\t\"Z\n\x11MemberRoleChanged\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x12\n\nchanged_by\x18\x04 \x01(\t\"F\n\x0e\x43hannelRenamed\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nrenamed_by\x18\x03 \x01(\t\"L\n\x13\x43hannelTopicChanged\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x12\n\nchanged_by\x18\x03 \x01(\t\"X\n\rReactionAdded\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x02 \x01(\x04\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\r\n\x05\x65moji\x18\x04 \x01(\t\"Z\n\x0fReactionRemoved\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x02 \x01(\x04\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\r\n\x05\x65moji\x18\x04 \x01(\t\"K\n\x0fReadMarkerMoved\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x03 \x01(\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,33 +37,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MEMBERJOINED']._serialized_start=269
   _globals['_MEMBERJOINED']._serialized_end=320
   _globals['_MESSAGEPOSTED']._serialized_start=323
-  _globals['_MESSAGEPOSTED']._serialized_end=523
-  _globals['_MESSAGEEDITED']._serialized_start=526
-  _globals['_MESSAGEEDITED']._serialized_end=682
-  _globals['_MESSAGEREDACTED']._serialized_start=685
-  _globals['_MESSAGEREDACTED']._serialized_end=849
-  _globals['_MEMBERLEFT']._serialized_start=851
-  _globals['_MEMBERLEFT']._serialized_end=900
-  _globals['_ONETIMEKEY']._serialized_start=902
-  _globals['_ONETIMEKEY']._serialized_end=943
-  _globals['_DEVICEKEYSPUBLISHED']._serialized_start=946
-  _globals['_DEVICEKEYSPUBLISHED']._serialized_end=1102
-  _globals['_ONETIMEKEYCLAIMED']._serialized_start=1104
-  _globals['_ONETIMEKEYCLAIMED']._serialized_end=1195
-  _globals['_TODEVICESENT']._serialized_start=1198
-  _globals['_TODEVICESENT']._serialized_end=1404
-  _globals['_MEMBERINVITED']._serialized_start=1406
-  _globals['_MEMBERINVITED']._serialized_end=1478
-  _globals['_MEMBERKICKED']._serialized_start=1480
-  _globals['_MEMBERKICKED']._serialized_end=1566
-  _globals['_MEMBERBANNED']._serialized_start=1568
-  _globals['_MEMBERBANNED']._serialized_end=1654
-  _globals['_MEMBERUNBANNED']._serialized_start=1656
-  _globals['_MEMBERUNBANNED']._serialized_end=1730
-  _globals['_MEMBERROLECHANGED']._serialized_start=1732
-  _globals['_MEMBERROLECHANGED']._serialized_end=1822
-  _globals['_CHANNELRENAMED']._serialized_start=1824
-  _globals['_CHANNELRENAMED']._serialized_end=1894
-  _globals['_CHANNELTOPICCHANGED']._serialized_start=1896
-  _globals['_CHANNELTOPICCHANGED']._serialized_end=1972
+  _globals['_MESSAGEPOSTED']._serialized_end=548
+  _globals['_MESSAGEEDITED']._serialized_start=551
+  _globals['_MESSAGEEDITED']._serialized_end=707
+  _globals['_MESSAGEREDACTED']._serialized_start=710
+  _globals['_MESSAGEREDACTED']._serialized_end=874
+  _globals['_MEMBERLEFT']._serialized_start=876
+  _globals['_MEMBERLEFT']._serialized_end=925
+  _globals['_ONETIMEKEY']._serialized_start=927
+  _globals['_ONETIMEKEY']._serialized_end=968
+  _globals['_DEVICEKEYSPUBLISHED']._serialized_start=971
+  _globals['_DEVICEKEYSPUBLISHED']._serialized_end=1127
+  _globals['_ONETIMEKEYCLAIMED']._serialized_start=1129
+  _globals['_ONETIMEKEYCLAIMED']._serialized_end=1220
+  _globals['_TODEVICESENT']._serialized_start=1223
+  _globals['_TODEVICESENT']._serialized_end=1429
+  _globals['_MEMBERINVITED']._serialized_start=1431
+  _globals['_MEMBERINVITED']._serialized_end=1503
+  _globals['_MEMBERKICKED']._serialized_start=1505
+  _globals['_MEMBERKICKED']._serialized_end=1591
+  _globals['_MEMBERBANNED']._serialized_start=1593
+  _globals['_MEMBERBANNED']._serialized_end=1679
+  _globals['_MEMBERUNBANNED']._serialized_start=1681
+  _globals['_MEMBERUNBANNED']._serialized_end=1755
+  _globals['_MEMBERROLECHANGED']._serialized_start=1757
+  _globals['_MEMBERROLECHANGED']._serialized_end=1847
+  _globals['_CHANNELRENAMED']._serialized_start=1849
+  _globals['_CHANNELRENAMED']._serialized_end=1919
+  _globals['_CHANNELTOPICCHANGED']._serialized_start=1921
+  _globals['_CHANNELTOPICCHANGED']._serialized_end=1997
+  _globals['_REACTIONADDED']._serialized_start=1999
+  _globals['_REACTIONADDED']._serialized_end=2087
+  _globals['_REACTIONREMOVED']._serialized_start=2089
+  _globals['_REACTIONREMOVED']._serialized_end=2179
+  _globals['_READMARKERMOVED']._serialized_start=2181
+  _globals['_READMARKERMOVED']._serialized_end=2256
 # @@protoc_insertion_point(module_scope)

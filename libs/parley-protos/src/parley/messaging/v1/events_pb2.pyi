@@ -102,6 +102,7 @@ class MessagePosted(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     SENT_AT_FIELD_NUMBER: _builtins.int
     SENDER_NAME_FIELD_NUMBER: _builtins.int
+    THREAD_ROOT_SEQ_FIELD_NUMBER: _builtins.int
     channel_id: _builtins.str
     message_id: _builtins.str
     sender_id: _builtins.str
@@ -111,6 +112,8 @@ class MessagePosted(_message.Message):
     idempotency_key: _builtins.str
     sender_name: _builtins.str
     """the sender's username when sent, for display"""
+    thread_root_seq: _builtins.int
+    """a reply in the thread of this message; 0 for the main timeline"""
     @_builtins.property
     def sent_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -124,10 +127,11 @@ class MessagePosted(_message.Message):
         idempotency_key: _builtins.str = ...,
         sent_at: _timestamp_pb2.Timestamp | None = ...,
         sender_name: _builtins.str = ...,
+        thread_root_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sent_at", b"sent_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "channel_id", b"channel_id", "channel_seq", b"channel_seq", "idempotency_key", b"idempotency_key", "message_id", b"message_id", "sender_id", b"sender_id", "sender_name", b"sender_name", "sent_at", b"sent_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "channel_id", b"channel_id", "channel_seq", b"channel_seq", "idempotency_key", b"idempotency_key", "message_id", b"message_id", "sender_id", b"sender_id", "sender_name", b"sender_name", "sent_at", b"sent_at", "thread_root_seq", b"thread_root_seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -560,3 +564,86 @@ class ChannelTopicChanged(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChannelTopicChanged: _TypeAlias = ChannelTopicChanged  # noqa: Y015
+
+@_typing.final
+class ReactionAdded(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_SEQ_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    EMOJI_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    channel_seq: _builtins.int
+    user_id: _builtins.str
+    emoji: _builtins.str
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        channel_seq: _builtins.int = ...,
+        user_id: _builtins.str = ...,
+        emoji: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "channel_seq", b"channel_seq", "emoji", b"emoji", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReactionAdded: _TypeAlias = ReactionAdded  # noqa: Y015
+
+@_typing.final
+class ReactionRemoved(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_SEQ_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    EMOJI_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    channel_seq: _builtins.int
+    user_id: _builtins.str
+    emoji: _builtins.str
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        channel_seq: _builtins.int = ...,
+        user_id: _builtins.str = ...,
+        emoji: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "channel_seq", b"channel_seq", "emoji", b"emoji", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReactionRemoved: _TypeAlias = ReactionRemoved  # noqa: Y015
+
+@_typing.final
+class ReadMarkerMoved(_message.Message):
+    """A member has read the channel up to and including channel_seq (only ever moves forward)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_SEQ_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    user_id: _builtins.str
+    channel_seq: _builtins.int
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        channel_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "channel_seq", b"channel_seq", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadMarkerMoved: _TypeAlias = ReadMarkerMoved  # noqa: Y015

@@ -55,6 +55,8 @@ class Channel(_message.Message):
     ROLES_FIELD_NUMBER: _builtins.int
     HIDE_HISTORY_BEFORE_JOIN_FIELD_NUMBER: _builtins.int
     VISIBLE_FROM_SEQ_FIELD_NUMBER: _builtins.int
+    READ_SEQ_FIELD_NUMBER: _builtins.int
+    UNREAD_COUNT_FIELD_NUMBER: _builtins.int
     channel_id: _builtins.str
     name: _builtins.str
     last_seq: _builtins.int
@@ -65,6 +67,10 @@ class Channel(_message.Message):
     hide_history_before_join: _builtins.bool
     visible_from_seq: _builtins.int
     """For the caller: the first message sequence they may read (hide_history_before_join)."""
+    read_seq: _builtins.int
+    """the caller's read marker"""
+    unread_count: _builtins.int
+    """messages after the caller's read marker that others sent"""
     @_builtins.property
     def member_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -85,10 +91,12 @@ class Channel(_message.Message):
         roles: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         hide_history_before_join: _builtins.bool = ...,
         visible_from_seq: _builtins.int = ...,
+        read_seq: _builtins.int = ...,
+        unread_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "direct", b"direct", "encrypted", b"encrypted", "hide_history_before_join", b"hide_history_before_join", "last_seq", b"last_seq", "member_ids", b"member_ids", "name", b"name", "private", b"private", "roles", b"roles", "topic", b"topic", "visible_from_seq", b"visible_from_seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "direct", b"direct", "encrypted", b"encrypted", "hide_history_before_join", b"hide_history_before_join", "last_seq", b"last_seq", "member_ids", b"member_ids", "name", b"name", "private", b"private", "read_seq", b"read_seq", "roles", b"roles", "topic", b"topic", "unread_count", b"unread_count", "visible_from_seq", b"visible_from_seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -108,6 +116,9 @@ class ChatMessage(_message.Message):
     POSITION_FIELD_NUMBER: _builtins.int
     REDACTED_FIELD_NUMBER: _builtins.int
     EDIT_COUNT_FIELD_NUMBER: _builtins.int
+    THREAD_ROOT_SEQ_FIELD_NUMBER: _builtins.int
+    REPLY_COUNT_FIELD_NUMBER: _builtins.int
+    REACTIONS_FIELD_NUMBER: _builtins.int
     channel_id: _builtins.str
     message_id: _builtins.str
     sender_id: _builtins.str
@@ -122,8 +133,16 @@ class ChatMessage(_message.Message):
     """the content was removed; body is empty"""
     edit_count: _builtins.int
     """how many times the text was edited"""
+    thread_root_seq: _builtins.int
+    """in the thread of this message; 0 for the main timeline"""
+    reply_count: _builtins.int
+    """replies in this message's thread (messaging's views only)"""
     @_builtins.property
     def sent_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def reactions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReactionCount]:
+        """messaging's views only"""
+
     def __init__(
         self,
         *,
@@ -137,14 +156,40 @@ class ChatMessage(_message.Message):
         position: _builtins.int = ...,
         redacted: _builtins.bool = ...,
         edit_count: _builtins.int = ...,
+        thread_root_seq: _builtins.int = ...,
+        reply_count: _builtins.int = ...,
+        reactions: _abc.Iterable[Global___ReactionCount] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sent_at", b"sent_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "channel_id", b"channel_id", "channel_seq", b"channel_seq", "edit_count", b"edit_count", "message_id", b"message_id", "position", b"position", "redacted", b"redacted", "sender_id", b"sender_id", "sender_name", b"sender_name", "sent_at", b"sent_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "channel_id", b"channel_id", "channel_seq", b"channel_seq", "edit_count", b"edit_count", "message_id", b"message_id", "position", b"position", "reactions", b"reactions", "redacted", b"redacted", "reply_count", b"reply_count", "sender_id", b"sender_id", "sender_name", b"sender_name", "sent_at", b"sent_at", "thread_root_seq", b"thread_root_seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChatMessage: _TypeAlias = ChatMessage  # noqa: Y015
+
+@_typing.final
+class ReactionCount(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMOJI_FIELD_NUMBER: _builtins.int
+    USER_IDS_FIELD_NUMBER: _builtins.int
+    emoji: _builtins.str
+    @_builtins.property
+    def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        emoji: _builtins.str = ...,
+        user_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["emoji", b"emoji", "user_ids", b"user_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReactionCount: _TypeAlias = ReactionCount  # noqa: Y015
 
 @_typing.final
 class CreateChannelRequest(_message.Message):
@@ -237,20 +282,24 @@ class PostMessageRequest(_message.Message):
     CHANNEL_ID_FIELD_NUMBER: _builtins.int
     BODY_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    THREAD_ROOT_SEQ_FIELD_NUMBER: _builtins.int
     channel_id: _builtins.str
     body: _builtins.str
     idempotency_key: _builtins.str
     """client-chosen; a retry with the same key returns the same message"""
+    thread_root_seq: _builtins.int
+    """reply in the thread of this message"""
     def __init__(
         self,
         *,
         channel_id: _builtins.str = ...,
         body: _builtins.str = ...,
         idempotency_key: _builtins.str = ...,
+        thread_root_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "channel_id", b"channel_id", "idempotency_key", b"idempotency_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "channel_id", b"channel_id", "idempotency_key", b"idempotency_key", "thread_root_seq", b"thread_root_seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -760,3 +809,101 @@ class UpdateChannelRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__topic) -> _WhichOneofReturnType__topic | None: ...
 
 Global___UpdateChannelRequest: _TypeAlias = UpdateChannelRequest  # noqa: Y015
+
+@_typing.final
+class ListThreadRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    ROOT_SEQ_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    root_seq: _builtins.int
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        root_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "root_seq", b"root_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListThreadRequest: _TypeAlias = ListThreadRequest  # noqa: Y015
+
+@_typing.final
+class ListThreadResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOT_FIELD_NUMBER: _builtins.int
+    REPLIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def root(self) -> Global___ChatMessage: ...
+    @_builtins.property
+    def replies(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]:
+        """oldest first"""
+
+    def __init__(
+        self,
+        *,
+        root: Global___ChatMessage | None = ...,
+        replies: _abc.Iterable[Global___ChatMessage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["root", b"root"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replies", b"replies", "root", b"root"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListThreadResponse: _TypeAlias = ListThreadResponse  # noqa: Y015
+
+@_typing.final
+class ReactRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_SEQ_FIELD_NUMBER: _builtins.int
+    EMOJI_FIELD_NUMBER: _builtins.int
+    REMOVE_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    channel_seq: _builtins.int
+    emoji: _builtins.str
+    remove: _builtins.bool
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        channel_seq: _builtins.int = ...,
+        emoji: _builtins.str = ...,
+        remove: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "channel_seq", b"channel_seq", "emoji", b"emoji", "remove", b"remove"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReactRequest: _TypeAlias = ReactRequest  # noqa: Y015
+
+@_typing.final
+class MarkReadRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_SEQ_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    channel_seq: _builtins.int
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        channel_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "channel_seq", b"channel_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkReadRequest: _TypeAlias = MarkReadRequest  # noqa: Y015
