@@ -5,6 +5,7 @@ retries across restarts and a bounded slow consumer, through the platform as `ma
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sqlite3
@@ -429,3 +430,32 @@ async def test_threads_reactions_read_markers_and_unread_counts(platform: Runnin
     watcher.cancel()
     await alice.close()
     await bob.close()
+
+
+def test_cli_private_channel_threads_reactions_and_direct_conversations(platform: RunningPlatform) -> None:
+    owner, guest = unique("cli-host"), unique("cli-guest")
+    for user in (owner, guest):
+        platform.cli("register", user, stdin=PASSWORD + "\n")
+        platform.cli("login", user, stdin=PASSWORD + "\n")
+    created = platform.cli("--as", owner, "create-channel", "--private", "--hide-history", "cli-private").stdout
+    channel_id = created.strip().rsplit(" ", 1)[-1]
+    refused = platform.cli("--as", guest, "join", channel_id, check=False)
+    assert refused.returncode == 1
+    assert "invite" in refused.stderr
+    guest_user_id = _user_id_of(platform, guest)
+    assert "invite: done" in platform.cli("--as", owner, "invite", "cli-private", guest_user_id).stdout
+    assert "joined #cli-private" in platform.cli("--as", guest, "join", channel_id).stdout
+    platform.cli("--as", owner, "send", "cli-private", "agenda?")
+    assert "in the thread of #1" in platform.cli("--as", guest, "reply", "cli-private", "1", "item one").stdout
+    assert "+1x1" in platform.cli("--as", guest, "react", "cli-private", "1", "+1").stdout
+    thread = platform.cli("--as", owner, "thread", "cli-private", "1").stdout
+    assert "agenda?" in thread
+    assert "item one" in thread
+    dm = platform.cli("--as", owner, "dm", guest_user_id).stdout
+    assert dm.startswith("direct conversation ")
+    assert "left #cli-private" in platform.cli("--as", guest, "leave", "cli-private").stdout
+
+
+def _user_id_of(platform: RunningPlatform, user: str) -> str:
+    """The CLI keeps each login's user id beside its token, in <data dir>/cli/<user>.json."""
+    return str(json.loads((platform.data_dir / "cli" / f"{user.casefold()}.json").read_text())["user_id"])

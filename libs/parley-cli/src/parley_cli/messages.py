@@ -1,4 +1,4 @@
-"""`parley edit`, `parley redact`, `parley versions` and `parley older`: acting on earlier messages."""
+"""Conversation commands: edits, redactions, threads, reactions, membership and channel kinds."""
 
 from __future__ import annotations
 
@@ -51,6 +51,63 @@ async def cmd_older(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_member(args: argparse.Namespace) -> int:
+    async with await _logged_in(args) as client:
+        channel_id = await chat.resolve_channel(client, args.channel)
+        action = {"invite": client.invite, "kick": client.kick, "ban": client.ban, "unban": client.unban}
+        channel = await action[args.command](channel_id, args.user_id)
+    print(f"{args.command}: done; #{channel.name} has {len(channel.member_ids)} members")
+    return 0
+
+
+async def cmd_leave(args: argparse.Namespace) -> int:
+    async with await _logged_in(args) as client:
+        channel = await client.leave_channel(await chat.resolve_channel(client, args.channel))
+    print(f"left #{channel.name}")
+    return 0
+
+
+async def cmd_dm(args: argparse.Namespace) -> int:
+    async with await _logged_in(args) as client:
+        channel = await client.create_direct(args.user_ids, encrypted=args.encrypted)
+    print(f"direct conversation {channel.channel_id}")
+    return 0
+
+
+async def cmd_reply(args: argparse.Namespace) -> int:
+    async with await _logged_in(args) as client:
+        channel_id = await chat.resolve_channel(client, args.channel)
+        message = await client.reply(channel_id, args.number, args.text)
+    print(f"sent #{message.channel_seq} in the thread of #{args.number}")
+    return 0
+
+
+async def cmd_thread(args: argparse.Namespace) -> int:
+    async with await _logged_in(args) as client:
+        channel_id = await chat.resolve_channel(client, args.channel)
+        thread = await client.thread(channel_id, args.number)
+    for message in (thread.root, *thread.replies):
+        print(chat.format_message(message))
+    return 0
+
+
+async def cmd_react(args: argparse.Namespace) -> int:
+    async with await _logged_in(args) as client:
+        channel_id = await chat.resolve_channel(client, args.channel)
+        message = await client.react(channel_id, args.number, args.emoji, remove=args.remove)
+    print(" ".join(f"{r.emoji}x{len(r.user_ids)}" for r in message.reactions) or "no reactions")
+    return 0
+
+
+async def cmd_create_channel(args: argparse.Namespace) -> int:
+    async with await _logged_in(args) as client:
+        channel = await client.create_channel(
+            args.name, encrypted=args.encrypted, private=args.private, hide_history_before_join=args.hide_history
+        )
+    print(f"created #{channel.name} with id {channel.channel_id}")
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     edit = sub.add_parser("edit", help="replace the text of one of your messages")
     edit.add_argument("channel", help="channel id or name")
@@ -71,3 +128,41 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     older.add_argument("before", type=int, help="show messages before this number")
     older.add_argument("--limit", type=int, default=20)
     older.set_defaults(run=cmd_older)
+    for name, text in (
+        ("invite", "invite a user (by id) to a channel"),
+        ("kick", "remove a member (moderators)"),
+        ("ban", "remove a member and keep them out (moderators)"),
+        ("unban", "let a banned user back (moderators)"),
+    ):
+        member = sub.add_parser(name, help=text)
+        member.add_argument("channel", help="channel id or name")
+        member.add_argument("user_id")
+        member.set_defaults(run=cmd_member)
+    leave = sub.add_parser("leave", help="leave a channel")
+    leave.add_argument("channel", help="channel id or name")
+    leave.set_defaults(run=cmd_leave)
+    dm = sub.add_parser("dm", help="start a direct conversation with 1 to 7 users (by id)")
+    dm.add_argument("user_ids", nargs="+")
+    dm.add_argument("--encrypted", action="store_true", help="end-to-end encrypted (SDK clients only)")
+    dm.set_defaults(run=cmd_dm)
+    reply = sub.add_parser("reply", help="reply in the thread of a message")
+    reply.add_argument("channel", help="channel id or name")
+    reply.add_argument("number", type=int)
+    reply.add_argument("text")
+    reply.set_defaults(run=cmd_reply)
+    thread = sub.add_parser("thread", help="a message and its replies")
+    thread.add_argument("channel", help="channel id or name")
+    thread.add_argument("number", type=int)
+    thread.set_defaults(run=cmd_thread)
+    react = sub.add_parser("react", help="react to a message with an emoji")
+    react.add_argument("channel", help="channel id or name")
+    react.add_argument("number", type=int)
+    react.add_argument("emoji")
+    react.add_argument("--remove", action="store_true", help="take the reaction back")
+    react.set_defaults(run=cmd_react)
+    # The foundation's create-channel, with this issue's channel kinds.
+    create = sub.choices["create-channel"]
+    create.add_argument("--private", action="store_true", help="members join by invitation only")
+    create.add_argument("--encrypted", action="store_true", help="end-to-end encrypted (SDK clients only)")
+    create.add_argument("--hide-history", action="store_true", help="members see only what came after they joined")
+    create.set_defaults(run=cmd_create_channel)
