@@ -227,9 +227,13 @@ async def test_redaction_removes_the_text_from_history_archive_and_live(platform
     try:
         query = "SELECT body FROM channel_messages WHERE channel_id = ?"
         rows = archive.execute(query, (channel.channel_id,)).fetchall()
+        envelopes = "SELECT envelope FROM events WHERE aggregate_id = ?"
+        archived = archive.execute(envelopes, (channel.channel_id,)).fetchall()
     finally:
         archive.close()
     assert rows == [("",)]
+    assert archived  # the channel's events are archived ...
+    assert not [e for (e,) in archived if secret.encode() in e]  # ... without the redacted text
     stream.cancel()
     await owner.close()
     await bob.close()

@@ -10,7 +10,7 @@ from parley_core.bus import ReceivedEvent
 from parley_core.envelope import NewEvent, seal
 from parley_core.topology import channel_subject
 from parley_storage.archive import SqlEventArchive
-from parley_storage.schema import channel_messages
+from parley_storage.schema import channel_messages, events
 
 CONSUMER = "storage-archive-msg"
 
@@ -69,3 +69,30 @@ async def test_history_pages_backwards(
     messages, has_more = await archive.channel_history("c1", after_seq=0, before_seq=before, limit=limit)
     assert [m.channel_seq for m in messages] == expected
     assert has_more is more
+
+
+async def test_redaction_blanks_the_archived_events_too(archive: SqlEventArchive) -> None:
+    await archive.archive(CONSUMER, conversation())
+
+    def archived(conn: object) -> list[bytes]:
+        return list(conn.execute(select(events.c.envelope)).scalars())  # type: ignore[attr-defined]
+
+    envelopes = b"".join(await archive.run("envelopes", archived))
+    assert b"secret" not in envelopes
+    assert b"text 3" not in envelopes
+    assert b"text 2, edited" in envelopes  # other messages keep their text
+    assert MessageRedacted.DESCRIPTOR.full_name.encode() in envelopes  # the fact of the redaction stays
+
+
+async def test_a_text_event_redelivered_after_its_redaction_is_stored_blank(archive: SqlEventArchive) -> None:
+    events_in_order = conversation()
+    posted_3 = events_in_order[3]  # MessagePosted #3 failed once and comes back after the redaction
+    await archive.archive(CONSUMER, [e for e in events_in_order if e is not posted_3])
+    await archive.archive(CONSUMER, [posted_3])
+    messages, _ = await archive.channel_history("c1", after_seq=2, limit=1)
+    assert messages[0].body == ""
+
+    def archived(conn: object) -> list[bytes]:
+        return list(conn.execute(select(events.c.envelope)).scalars())  # type: ignore[attr-defined]
+
+    assert b"text 3" not in b"".join(await archive.run("envelopes", archived))

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from parley.common.v1.envelope_pb2 import EventEnvelope
 from parley.messaging.v1.events_pb2 import (
     ChannelCreated,
     MemberBanned,
@@ -24,7 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from parley_core import telemetry
 from parley_core.bus import ReceivedEvent
-from parley_core.envelope import UnknownEventType, open_payload
+from parley_core.envelope import UnknownEventType, decode, open_payload
 from parley_storage.schema import channel_members, channel_messages, consumer_positions, events, metadata
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ class SqlEventArchive:
         return await self.run("archive_batch", work)
 
     def _store(self, conn: Connection, item: ReceivedEvent) -> None:
-        env = item.envelope
+        env = _without_redacted_text(conn, item.envelope)
         conn.execute(
             insert(events).values(
                 stream=item.stream,
@@ -158,6 +159,8 @@ class SqlEventArchive:
             payload = open_payload(env)
         except UnknownEventType:
             return  # archived verbatim; a newer reader will project it
+        if isinstance(payload, MessageRedacted):
+            _scrub_archived_text(conn, payload)
         if isinstance(payload, MessagePosted):
             self._insert_ignoring_duplicates(
                 conn,
@@ -250,3 +253,52 @@ def _apply_member_left(conn: Connection, left: MemberLeft | MemberKicked | Membe
             channel_members.c.channel_id == left.channel_id, channel_members.c.user_id == left.user_id
         )
     )
+
+
+_TEXT_EVENTS = (MessagePosted.DESCRIPTOR.full_name, MessageEdited.DESCRIPTOR.full_name)
+
+
+def _channel_events(conn: Connection, channel_id: str, event_types: Sequence[str]) -> list[tuple[int, EventEnvelope]]:
+    rows = conn.execute(
+        select(events.c.id, events.c.envelope).where(
+            events.c.aggregate_type == "channel",
+            events.c.aggregate_id == channel_id,
+            events.c.event_type.in_(event_types),
+        )
+    ).all()
+    return [(row.id, decode(row.envelope)) for row in rows]
+
+
+def _scrub_archived_text(conn: Connection, redacted: MessageRedacted) -> None:
+    """Redaction reaches the archived events too: every text the message had is blanked in place.
+
+    The events keep their identity, order and metadata, and MessageRedacted keeps the fact; only
+    the words are gone. (The JetStream log keeps them until its retention drops them.)
+    """
+    for row_id, envelope in _channel_events(conn, redacted.channel_id, _TEXT_EVENTS):
+        payload = open_payload(envelope)
+        if isinstance(payload, MessagePosted | MessageEdited) and payload.channel_seq == redacted.channel_seq:
+            blank = _blanked(envelope).SerializeToString()
+            conn.execute(update(events).where(events.c.id == row_id).values(envelope=blank))
+
+
+def _without_redacted_text(conn: Connection, envelope: EventEnvelope) -> EventEnvelope:
+    """A text event that arrives after its message's redaction (a late redelivery) is stored blank."""
+    if envelope.event_type not in _TEXT_EVENTS:
+        return envelope
+    payload = open_payload(envelope)
+    assert isinstance(payload, MessagePosted | MessageEdited)
+    redactions = _channel_events(conn, payload.channel_id, [MessageRedacted.DESCRIPTOR.full_name])
+    if any(open_payload(env).channel_seq == payload.channel_seq for _, env in redactions):  # type: ignore[attr-defined]
+        return _blanked(envelope)
+    return envelope
+
+
+def _blanked(envelope: EventEnvelope) -> EventEnvelope:
+    payload = open_payload(envelope)
+    assert isinstance(payload, MessagePosted | MessageEdited)
+    payload.body = ""
+    blank = EventEnvelope()
+    blank.CopyFrom(envelope)
+    blank.payload = payload.SerializeToString()
+    return blank
