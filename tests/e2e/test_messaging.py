@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import uuid
 from collections.abc import Iterator
+from datetime import UTC
 
 import grpc
 import pytest
@@ -291,6 +292,12 @@ async def test_history_pages_backwards_and_forwards(platform: RunningPlatform) -
         [5, 6],
     ]
     assert (newest.has_more, older.has_more, oldest.has_more, forward.has_more) == (True, True, False, True)
+    fourth = older.messages[-1].sent_at.ToDatetime(UTC)  # message #4
+    after_time = await alice.history(channel.channel_id, after_time=fourth, limit=2)
+    before_time = await alice.history(channel.channel_id, before_time=fourth, limit=2)
+    assert [m.channel_seq for m in after_time.messages] == [5, 6]
+    assert [m.channel_seq for m in before_time.messages] == [2, 3]
+    assert before_time.has_more
     await alice.close()
 
 

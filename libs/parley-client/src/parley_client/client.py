@@ -7,6 +7,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -282,12 +283,23 @@ class ParleyClient:
         return message
 
     async def history(
-        self, channel_id: str, *, after_seq: int = 0, before_seq: int = 0, limit: int = 100
+        self,
+        channel_id: str,
+        *,
+        after_seq: int = 0,
+        before_seq: int = 0,
+        after_time: datetime | None = None,
+        before_time: datetime | None = None,
+        limit: int = 100,
     ) -> storage_pb2.GetChannelHistoryResponse:
-        """A page of messages, oldest first: after `after_seq`, or the newest before `before_seq`."""
+        """A page of messages, oldest first: after a sequence number or time, or the newest before one."""
         request = storage_pb2.GetChannelHistoryRequest(
             channel_id=channel_id, after_seq=after_seq, before_seq=before_seq, limit=limit
         )
+        if after_time is not None:
+            request.after_time.FromDatetime(after_time)
+        if before_time is not None:
+            request.before_time.FromDatetime(before_time)
         response: storage_pb2.GetChannelHistoryResponse = await self._call(self._stub.GetHistory, request)
         return response
 

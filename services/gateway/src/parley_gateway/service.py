@@ -283,7 +283,7 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
             raise PermissionDenied("you are not a member of this channel")
         if channel.visible_from_seq > 1:
             # The channel hides what came before this member joined.
-            if request.before_seq and request.before_seq <= channel.visible_from_seq:
+            if request.before_seq and request.before_seq <= channel.visible_from_seq:  # all of it hidden
                 return storage_pb2.GetChannelHistoryResponse()
             request.after_seq = max(request.after_seq, channel.visible_from_seq - 1)
         return await forward(self._storage.GetChannelHistory, request, context)

@@ -201,16 +201,30 @@ class SqlEventArchive:
         return await self.run("is_member", work)
 
     async def channel_history(
-        self, channel_id: str, *, after_seq: int, limit: int, before_seq: int = 0
+        self,
+        channel_id: str,
+        *,
+        after_seq: int,
+        limit: int,
+        before_seq: int = 0,
+        after_ns: int = 0,
+        before_ns: int = 0,
     ) -> tuple[list[StoredMessage], bool]:
-        """A page after `after_seq`, or (before_seq > 0) the newest page before `before_seq`; oldest first."""
+        """A page after `after_seq`/`after_ns`, or the newest page before `before_seq`/`before_ns`; oldest first."""
+        backwards = bool(before_seq or before_ns)
 
         def work(conn: Connection) -> tuple[list[StoredMessage], bool]:
-            seq = channel_messages.c.channel_seq
+            seq, sent = channel_messages.c.channel_seq, channel_messages.c.sent_at_ns
             query = select(channel_messages).where(channel_messages.c.channel_id == channel_id, seq > after_seq)
-            query = query.where(seq < before_seq).order_by(seq.desc()) if before_seq else query.order_by(seq)
-            rows = list(conn.execute(query.limit(limit + 1)).all())
+            if after_ns:
+                query = query.where(sent > after_ns)
             if before_seq:
+                query = query.where(seq < before_seq)
+            if before_ns:
+                query = query.where(sent < before_ns)
+            query = query.order_by(seq.desc()) if backwards else query.order_by(seq)
+            rows = list(conn.execute(query.limit(limit + 1)).all())
+            if backwards:
                 rows = [*reversed(rows[:limit]), *rows[limit:]]
             messages = [
                 StoredMessage(

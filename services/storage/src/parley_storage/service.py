@@ -65,6 +65,8 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
             after_seq=request.after_seq,
             limit=request.limit or DEFAULT_PAGE,
             before_seq=request.before_seq,
+            after_ns=request.after_time.ToNanoseconds() if request.HasField("after_time") else 0,
+            before_ns=request.before_time.ToNanoseconds() if request.HasField("before_time") else 0,
         )
         out = []
         for m in messages:

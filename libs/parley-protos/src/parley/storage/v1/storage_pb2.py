@@ -22,20 +22,21 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from parley.messaging.v1 import messaging_pb2 as parley_dot_messaging_dot_v1_dot_messaging__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fparley/storage/v1/storage.proto\x12\x11parley.storage.v1\x1a#parley/messaging/v1/messaging.proto\"d\n\x18GetChannelHistoryRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x12\n\nbefore_seq\x18\x04 \x01(\x04\"a\n\x19GetChannelHistoryResponse\x12\x32\n\x08messages\x18\x01 \x03(\x0b\x32 .parley.messaging.v1.ChatMessage\x12\x10\n\x08has_more\x18\x02 \x01(\x08\x32\x80\x01\n\x0eStorageService\x12n\n\x11GetChannelHistory\x12+.parley.storage.v1.GetChannelHistoryRequest\x1a,.parley.storage.v1.GetChannelHistoryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fparley/storage/v1/storage.proto\x12\x11parley.storage.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#parley/messaging/v1/messaging.proto\"\xc5\x01\n\x18GetChannelHistoryRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x12\n\nbefore_seq\x18\x04 \x01(\x04\x12.\n\nafter_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x62\x65\x66ore_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"a\n\x19GetChannelHistoryResponse\x12\x32\n\x08messages\x18\x01 \x03(\x0b\x32 .parley.messaging.v1.ChatMessage\x12\x10\n\x08has_more\x18\x02 \x01(\x08\x32\x80\x01\n\x0eStorageService\x12n\n\x11GetChannelHistory\x12+.parley.storage.v1.GetChannelHistoryRequest\x1a,.parley.storage.v1.GetChannelHistoryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parley.storage.v1.storage_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETCHANNELHISTORYREQUEST']._serialized_start=91
-  _globals['_GETCHANNELHISTORYREQUEST']._serialized_end=191
-  _globals['_GETCHANNELHISTORYRESPONSE']._serialized_start=193
-  _globals['_GETCHANNELHISTORYRESPONSE']._serialized_end=290
-  _globals['_STORAGESERVICE']._serialized_start=293
-  _globals['_STORAGESERVICE']._serialized_end=421
+  _globals['_GETCHANNELHISTORYREQUEST']._serialized_start=125
+  _globals['_GETCHANNELHISTORYREQUEST']._serialized_end=322
+  _globals['_GETCHANNELHISTORYRESPONSE']._serialized_start=324
+  _globals['_GETCHANNELHISTORYRESPONSE']._serialized_end=421
+  _globals['_STORAGESERVICE']._serialized_start=424
+  _globals['_STORAGESERVICE']._serialized_end=552
 # @@protoc_insertion_point(module_scope)
