@@ -72,6 +72,7 @@ async def test_encrypted_conversation_leaves_no_plaintext_and_leaver_cannot_decr
         live.append(message)
         if len(live) == 3:
             break
+    assert [m.body for m in live] == before  # the SDK decrypts the live stream on bob's device
     assert [await bob.read(m) for m in live] == before
     assert [await carol.read(m) for m in sent] == before
     assert [await alice.read(m) for m in sent] == before
@@ -86,6 +87,11 @@ async def test_encrypted_conversation_leaves_no_plaintext_and_leaver_cannot_decr
     for message in later:
         with pytest.raises(UndecryptableMessage):
             await carol.read(message)
+    deadline = asyncio.get_running_loop().time() + TIMEOUT_S
+    while len((page := await bob.history(channel.channel_id)).messages) < len(before + after):
+        assert asyncio.get_running_loop().time() < deadline, "the archive never caught up"
+        await asyncio.sleep(0.1)
+    assert [m.body for m in page.messages] == before + after  # history, decrypted on bob's device
     with pytest.raises(ParleyError) as gone:
         await carol.history(channel.channel_id)
     assert gone.value.code == grpc.StatusCode.PERMISSION_DENIED
@@ -103,3 +109,27 @@ async def test_encrypted_conversation_leaves_no_plaintext_and_leaver_cannot_decr
         assert any((platform.data_dir / "nats" / "jetstream").rglob("*.blk"))
     finally:
         platform.start()
+
+
+async def test_cli_chat_in_an_encrypted_channel_sends_ciphertext_a_member_can_read(platform: RunningPlatform) -> None:
+    owner = f"cli-e2ee-{uuid.uuid4().hex[:8]}"
+    platform.cli("register", owner, stdin=PASSWORD + "\n")
+    platform.cli("login", owner, stdin=PASSWORD + "\n")
+    created = platform.cli("--as", owner, "create-channel", "--encrypted", "cli-secret").stdout
+    channel_id = created.strip().rsplit(" ", 1)[-1]
+    bob = await new_user(platform, "bob")
+    await bob.enable_e2ee("bob-tablet")
+    await bob.join_channel(channel_id)
+
+    marker = uuid.uuid4().hex
+    chat = await asyncio.to_thread(platform.cli, "--as", owner, "chat", "cli-secret", stdin=f"typed {marker}\n")
+    assert "end-to-end encrypted; this terminal is device cli-" in chat.stdout
+    assert "not sent" not in chat.stdout
+
+    deadline = asyncio.get_running_loop().time() + TIMEOUT_S
+    while not (page := await bob.history(channel_id)).messages:
+        assert asyncio.get_running_loop().time() < deadline, "the archive never caught up"
+        await asyncio.sleep(0.1)
+    assert [m.body for m in page.messages] == [f"typed {marker}"]
+    assert files_containing(platform.data_dir / "storage", [marker.encode()]) == {}  # archive.db and its WAL
+    await bob.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import uuid
 from datetime import datetime
 
 from grpc import StatusCode
@@ -11,11 +12,17 @@ from parley.messaging.v1.messaging_pb2 import ChatMessage
 
 from parley_client import LiveEvent, ParleyClient, ParleyError
 from parley_client.client import RESUMABLE
+from parley_client.e2ee import BODY_PREFIX
 
 
 def format_message(message: ChatMessage) -> str:
     when = datetime.fromtimestamp(message.sent_at.seconds).strftime("%H:%M:%S")
-    body = "(redacted)" if message.redacted else message.body + (" (edited)" if message.edit_count else "")
+    if message.redacted:
+        body = "(redacted)"
+    elif message.body.startswith(BODY_PREFIX):
+        body = "(encrypted; this device has no key for it)"
+    else:
+        body = message.body + (" (edited)" if message.edit_count else "")
     return f"[{message.channel_seq:>5}] {when} {message.sender_name or message.sender_id[:8]}: {body}"
 
 
@@ -72,6 +79,11 @@ async def resolve_channel(client: ParleyClient, reference: str) -> str:
 
 async def interactive(client: ParleyClient, reference: str) -> int:
     channel_id = await resolve_channel(client, reference)
+    if any(c.channel_id == channel_id and c.encrypted for c in await client.my_channels()):
+        # A device for this session only: it reads what is sent from now on (keys are shared
+        # with it at the senders' next message) and encrypts what is typed.
+        device = await client.enable_e2ee(f"cli-{uuid.uuid4().hex[:12]}")
+        print(f"-- end-to-end encrypted; this terminal is device {device.device_id} --", flush=True)
     stream = client.subscribe([channel_id])
     await stream.ready()
     page = await client.history(channel_id, limit=20)

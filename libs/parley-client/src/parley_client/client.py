@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -97,10 +98,16 @@ class LiveStream:
     `ParleyClient.subscribe(resume=...)` to continue after a disconnect with no gap or repeat.
     """
 
-    def __init__(self, call: Any, positions: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        call: Any,
+        positions: Mapping[str, int] | None = None,
+        reveal: Callable[[messaging_pb2.ChatMessage], Awaitable[None]] | None = None,
+    ) -> None:
         self._call = call
         self.channel_ids: list[str] = []
         self.positions: dict[str, int] = dict(positions or {})
+        self._reveal = reveal
 
     async def ready(self) -> list[str]:
         first = await self._next()
@@ -141,6 +148,8 @@ class LiveStream:
                 continue
             live = LiveEvent(kind, event)
             self.positions[live.channel_id] = max(self.positions.get(live.channel_id, 0), live.position)
+            if self._reveal is not None and kind in ("message", "updated"):
+                await self._reveal(live.message)
             yield live
 
     def cancel(self) -> None:
@@ -301,6 +310,9 @@ class ParleyClient:
         if before_time is not None:
             request.before_time.FromDatetime(before_time)
         response: storage_pb2.GetChannelHistoryResponse = await self._call(self._stub.GetHistory, request)
+        if self.e2ee is not None:
+            for message in response.messages:
+                await self._reveal(message)
         return response
 
     def subscribe(self, channel_ids: Sequence[str] = (), *, resume: Mapping[str, int] | None = None) -> LiveStream:
@@ -312,7 +324,15 @@ class ParleyClient:
             channel_ids=list(channel_ids),
             resume=[gateway_pb2.ResumeFrom(channel_id=c, after_position=p) for c, p in (resume or {}).items()],
         )
-        return LiveStream(self._stub.Subscribe(request, metadata=self._metadata()), positions=resume)
+        reveal = self._reveal if self.e2ee is not None else None
+        return LiveStream(self._stub.Subscribe(request, metadata=self._metadata()), positions=resume, reveal=reveal)
+
+    async def _reveal(self, message: messaging_pb2.ChatMessage) -> None:
+        """Decrypt an end-to-end encrypted message in place; one this device has no key for keeps
+        its ciphertext (`message.body` still starts with "megolm.v1:")."""
+        if message.body.startswith(BODY_PREFIX) and not message.redacted and self.e2ee is not None:
+            with contextlib.suppress(UndecryptableMessage):
+                message.body = await self.e2ee.decrypt(message)
 
     async def live(
         self, channel_ids: Sequence[str], *, resume: Mapping[str, int] | None = None, max_reconnects: int = 100
