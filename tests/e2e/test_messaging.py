@@ -9,6 +9,8 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC
@@ -17,6 +19,7 @@ import grpc
 import pytest
 
 from parley_client import LiveEvent, ParleyClient, ParleyError
+from parley_core.net import free_port
 from parley_core.testing.platform import RunningPlatform, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -470,3 +473,59 @@ def test_cli_private_channel_threads_reactions_and_direct_conversations(platform
 def _user_id_of(platform: RunningPlatform, user: str) -> str:
     """The CLI keeps each login's user id beside its token, in <data dir>/cli/<user>.json."""
     return str(json.loads((platform.data_dir / "cli" / f"{user.casefold()}.json").read_text())["user_id"])
+
+
+async def test_two_gateway_instances_share_the_clients_of_a_channel(platform: RunningPlatform) -> None:
+    """A second gateway, started as `parley up` starts the first, fans out through NATS too."""
+    state = platform.state
+    services = state["services"]
+    assert isinstance(services, dict)
+    port = free_port()
+    env = {
+        **os.environ,
+        **platform.env,
+        "PARLEY_DATA_DIR": str(platform.data_dir),
+        "PARLEY_NATS_URL": str(state["nats_url"]),
+        "PARLEY_LISTEN_HOST": "127.0.0.1",
+        "PARLEY_LISTEN_PORT": str(port),
+        "PARLEY_INSTANCE_ID": "gateway-2",
+        "PARLEY_AUTH_ADDR": services["auth"]["address"],
+        "PARLEY_MESSAGING_ADDR": services["messaging"]["address"],
+        "PARLEY_STORAGE_ADDR": services["storage"]["address"],
+        "PARLEY_REGISTRY_ADDR": services["patch-registry"]["address"],
+    }
+    log = open(platform.data_dir.parent / "gateway-2.log", "wb")  # noqa: SIM115
+    second = subprocess.Popen([sys.executable, "-m", "parley_gateway"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        alice = await new_user(platform, "alice")
+        bob = ParleyClient.connect(f"127.0.0.1:{port}", ca_cert=platform.ca_cert.read_bytes())
+        bob_name = unique("bob")
+        deadline = asyncio.get_running_loop().time() + 60
+        while True:
+            try:
+                await bob.register(bob_name, PASSWORD)
+                break
+            except ParleyError as exc:
+                if exc.code != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                assert second.poll() is None, "the second gateway exited"
+                assert asyncio.get_running_loop().time() < deadline, "the second gateway never served"
+                await asyncio.sleep(0.2)
+        await bob.login(bob_name, PASSWORD)
+        channel = await alice.create_channel("two-gateways")
+        await bob.join_channel(channel.channel_id)
+        streams = [alice.subscribe([channel.channel_id]), bob.subscribe([channel.channel_id])]
+        for stream in streams:
+            await asyncio.wait_for(stream.ready(), TIMEOUT_S)
+        await alice.send(channel.channel_id, "via gateway one")
+        await bob.send(channel.channel_id, "via gateway two")
+        for stream in streams:
+            seen = await read_messages(stream.events(), 2)
+            assert [e.message.body for e in seen] == ["via gateway one", "via gateway two"]
+            stream.cancel()
+        await alice.close()
+        await bob.close()
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=60)
+        log.close()
