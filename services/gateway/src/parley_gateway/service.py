@@ -6,6 +6,7 @@ the only gate) and the client's remaining deadline.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from parley_gateway.live import LiveBuffer, client_event_of, left_channel
 log = logging.getLogger(__name__)
 
 DEFAULT_DEADLINE_S = 10.0
+ARCHIVE_LAG_WAIT_S = 5.0
 MAX_LIVE_CHANNELS = 500
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -286,7 +288,17 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
             if request.before_seq and request.before_seq <= channel.visible_from_seq:  # all of it hidden
                 return storage_pb2.GetChannelHistoryResponse()
             request.after_seq = max(request.after_seq, channel.visible_from_seq - 1)
-        return await forward(self._storage.GetChannelHistory, request, context)
+        # Messaging (the write side) says the caller is a member; the archive, which checks
+        # membership again from its own copy, can trail it by its lag just after a join.
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + min(ARCHIVE_LAG_WAIT_S, context.time_remaining() or ARCHIVE_LAG_WAIT_S)
+        while True:
+            try:
+                return await forward(self._storage.GetChannelHistory, request, context)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.PERMISSION_DENIED or loop.time() > give_up:
+                    raise
+            await asyncio.sleep(0.1)
 
     async def Subscribe(
         self, request: gateway_pb2.SubscribeRequest, context: Context
