@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DATA_DIR ?= .parley
+DATA_DIR ?= $(or $(PARLEY_DATA_DIR),.parley)
 PACKAGES := libs/parley-protos libs/parley-core libs/parley-client libs/parley-cli \
 	services/auth services/messaging services/storage services/gateway services/patch-registry
 STAMP := $(VENV)/.installed

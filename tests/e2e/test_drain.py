@@ -34,6 +34,11 @@ def test_sigterm_drains_one_service_and_platform_reports_it(platform: RunningPla
     # The other services keep serving.
     assert "gateway         127.0.0.1" in status.stdout
     assert platform.stop() == 0
+    # Once stopped, operator commands say so instead of dialling dead ports.
+    for command in ("status", "parked"):
+        after = platform.cli(command, check=False)
+        assert after.returncode == 2
+        assert "not running" in after.stderr
 
 
 def test_data_folder_is_private(platform: RunningPlatform) -> None:

@@ -37,3 +37,9 @@ async def test_fleet_view_lists_every_service_with_version_and_packages(platform
         packages = {d.name: d.version for d in beat.distributions}
         assert f"parley-{name}" in packages
         assert "grpcio" in packages
+
+
+def test_parked_listing_when_nothing_is_parked(platform: RunningPlatform) -> None:
+    listing = platform.cli("parked")
+    assert listing.returncode == 0
+    assert "no parked events" in listing.stdout

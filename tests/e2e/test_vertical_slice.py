@@ -66,6 +66,13 @@ async def test_message_reaches_live_stream_and_history_and_survives_restart(plat
         await client.close()
 
     assert platform.stop() == 0
+    for service in ("gateway", "patch-registry", "storage", "messaging", "auth"):
+        assert f"{service} stopped (exit 0)" in platform.output(), platform.output()
+    assert "nats-server stopped" in platform.output()
+    assert not (platform.data_dir / "client.json").exists()
+    stopped = platform.cli("status", check=False)
+    assert stopped.returncode == 2
+    assert "not running" in stopped.stderr
     platform.start()
     bob = connect(platform)
     await bob.login(bob_name, PASSWORD)
@@ -196,3 +203,17 @@ async def test_poison_event_is_parked_and_listed_for_the_operator(platform: Runn
         what="the poison event to be parked by storage's archive consumer",
     )
     assert "undecodable envelope" in platform.cli("parked").stdout
+
+
+async def test_history_right_after_joining_sees_the_join_and_earlier_messages(platform: RunningPlatform) -> None:
+    """History waits for the archive to reach the channel's newest event (read-your-writes)."""
+    owner = await new_user(platform, unique("owner"))
+    channel = await owner.create_channel("join-then-read")
+    await owner.send(channel.channel_id, "before you came")
+    for _ in range(10):
+        member = await new_user(platform, unique("joiner"))
+        await member.join_channel(channel.channel_id)
+        page = await member.history(channel.channel_id)
+        assert [m.body for m in page.messages] == ["before you came"]
+        await member.close()
+    await owner.close()

@@ -11,18 +11,21 @@ from sqlalchemy import URL, create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from parley_storage.archive import SqlEventArchive, open_engine
+from parley_storage.datakeys import DataKeys
+from parley_storage.kek import FileKeyring
+from parley_storage.migrate import upgrade_to_head
 
 POSTGRES = URL.create("postgresql+psycopg", username="postgres", host="127.0.0.1", port=5432, database="test")
 
 
-def _sqlite_archive(tmp_path: Path) -> Iterator[SqlEventArchive]:
-    archive = SqlEventArchive(open_engine(f"sqlite:///{tmp_path / 'archive.db'}"))
-    archive.create_schema()
-    yield archive
-    archive.engine.dispose()
+def migrated_archive(url: str, keyring: Path) -> SqlEventArchive:
+    """The archive as the service opens it: migrated to head, keys wrapped by a keyring file."""
+    engine = open_engine(url)
+    upgrade_to_head(engine)
+    return SqlEventArchive(engine, DataKeys(FileKeyring.load_or_create(keyring)))
 
 
-def _postgres_archive() -> Iterator[SqlEventArchive]:
+def postgres_schema_url() -> Iterator[str]:
     """A schema of its own for each test, dropped afterwards, so runs neither see nor leave data."""
     admin = create_engine(POSTGRES.update_query_dict({"connect_timeout": "5"}), isolation_level="AUTOCOMMIT")
     schema = f"parley_test_{uuid.uuid4().hex[:16]}"
@@ -34,20 +37,25 @@ def _postgres_archive() -> Iterator[SqlEventArchive]:
         reason = str(exc.orig or exc).strip().splitlines()[0]
         pytest.skip(f"PostgreSQL not reachable on 127.0.0.1:5432: {reason}")
     url = POSTGRES.update_query_dict({"options": f"-csearch_path={schema}"})
-    archive = SqlEventArchive(open_engine(url.render_as_string(hide_password=False)))
     try:
-        archive.create_schema()
-        yield archive
+        yield url.render_as_string(hide_password=False)
     finally:
-        archive.engine.dispose()
         with admin.connect() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def archive(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlEventArchive]:
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database on each backend the archive supports."""
     if request.param == "sqlite":
-        yield from _sqlite_archive(tmp_path)
+        yield f"sqlite:///{tmp_path / 'archive.db'}"
     else:
-        yield from _postgres_archive()
+        yield from postgres_schema_url()
+
+
+@pytest.fixture
+def archive(database_url: str, tmp_path: Path) -> Iterator[SqlEventArchive]:
+    archive = migrated_archive(database_url, tmp_path / "kek.json")
+    yield archive
+    archive.engine.dispose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 import uuid
 from datetime import datetime
 
@@ -74,7 +75,7 @@ async def resolve_channel(client: ParleyClient, reference: str) -> str:
         if reference in (channel.channel_id, channel.name):
             return channel.channel_id
     names = ", ".join(f"#{c.name}" for c in channels) or "none"
-    raise SystemExit(f"you are not in a channel named {reference!r} (yours: {names}); create or join it first")
+    raise SystemExit(f"{reference!r} is not one of your channels (yours: {names}); create it, or join it by id first")
 
 
 async def interactive(client: ParleyClient, reference: str) -> int:
@@ -93,34 +94,56 @@ async def interactive(client: ParleyClient, reference: str) -> int:
         seen = max(seen, message.channel_seq)
     print(f"-- live; {HELP} --", flush=True)
 
-    async def show_incoming() -> None:
+    async def show_incoming() -> int:
         try:
-            async for event in stream.events():
-                if (event.kind != "message" or event.message.channel_seq > seen) and (line := format_event(event)):
+            try:
+                async for event in stream.events():
+                    if (event.kind != "message" or event.message.channel_seq > seen) and (line := format_event(event)):
+                        print(line, flush=True)
+            except ParleyError as exc:
+                if exc.code not in RESUMABLE:
+                    raise
+            # The stream dropped (gateway restart, network, too slow): resume where it stopped.
+            print("-- reconnecting --", flush=True)
+            async for event in client.live([channel_id], resume=stream.positions):
+                if line := format_event(event):
                     print(line, flush=True)
         except ParleyError as exc:
-            if exc.code not in RESUMABLE:
-                raise
-        # The stream dropped (gateway restart, network, too slow): resume where it stopped.
-        print("-- reconnecting --", flush=True)
-        async for event in client.live([channel_id], resume=stream.positions):
-            if line := format_event(event):
-                print(line, flush=True)
+            print(f"-- live stream ended: {exc.message}; leaving --", flush=True)
+            return 1
+        return 0
 
-    async def send_typed() -> None:
-        loop = asyncio.get_running_loop()
-        while (line := await loop.run_in_executor(None, sys.stdin.readline)) != "":
+    async def send_typed() -> int:
+        lines = _stdin_lines()
+        while (line := await lines.get()) is not None:
             text = line.rstrip("\n")
             if text.strip():
                 try:
                     await run_typed(client, channel_id, text)
                 except ParleyError as exc:
                     print(f"not sent: {exc.message}", flush=True)
+        return 0
 
     incoming = asyncio.create_task(show_incoming())
+    typed = asyncio.create_task(send_typed())
     try:
-        await send_typed()
+        done, _ = await asyncio.wait({incoming, typed}, return_when=asyncio.FIRST_COMPLETED)
+        return next(iter(done)).result()
     finally:
         stream.cancel()
         incoming.cancel()
-    return 0
+        typed.cancel()
+
+
+def _stdin_lines() -> asyncio.Queue[str | None]:
+    """Lines typed, read by a daemon thread so that leaving never waits for one more Enter."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def read() -> None:
+        for line in sys.stdin:
+            loop.call_soon_threadsafe(queue.put_nowait, line)
+        loop.call_soon_threadsafe(queue.put_nowait, None)
+
+    threading.Thread(target=read, name="stdin", daemon=True).start()
+    return queue

@@ -10,8 +10,11 @@ import os
 import sys
 from pathlib import Path
 
+import grpc
+
 from parley_cli import chat, messages
 from parley_cli.health import check_health
+from parley_cli.state import load_running_state
 from parley_client import ClientConfig, ParleyClient, ParleyError
 from parley_core.logs import quiet_asyncio_tls_notes
 
@@ -57,11 +60,7 @@ async def cmd_up(args: argparse.Namespace) -> int:
 async def cmd_status(args: argparse.Namespace) -> int:
     from parley_core.pki import ensure_pki
 
-    state_path = args.data_dir / "platform.json"
-    if not state_path.exists():
-        print(f"no platform state in {args.data_dir}; is it running (`make run`)?", file=sys.stderr)
-        return 2
-    state = json.loads(state_path.read_text())
+    state = load_running_state(args.data_dir)
     pki = ensure_pki(args.data_dir / "pki", ["platform"])
     healthy = True
     print(f"{'service':<16}{'address':<22}health")
@@ -124,7 +123,10 @@ async def cmd_join(args: argparse.Namespace) -> int:
 async def cmd_channels(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         await _login_as(args, client)
-        for channel in await client.my_channels():
+        channels = await client.my_channels()
+        if not channels:
+            print("you are in no channel yet: `parley create-channel NAME` or `parley join ID`")
+        for channel in channels:
             print(
                 f"{channel.channel_id}  #{channel.name}  members={len(channel.member_ids)}  messages={channel.last_seq}"
             )
@@ -145,6 +147,8 @@ async def cmd_history(args: argparse.Namespace) -> int:
         await _login_as(args, client)
         channel_id = await chat.resolve_channel(client, args.channel)
         page = await client.history(channel_id, after_seq=args.after, limit=args.limit)
+        if not page.messages:
+            print("(no messages)")
         for message in page.messages:
             print(chat.format_message(message))
     return 0
@@ -201,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat_cmd = sub.add_parser("chat", help="chat in a channel: type lines to send, see others live")
     chat_cmd.add_argument("channel", help="channel id or name")
     chat_cmd.set_defaults(run=cmd_chat)
+    from parley_cli import backup  # storage backups (issue 5)
+
+    backup.add_commands(sub)
     messages.add_commands(sub)
     return parser
 
@@ -212,6 +219,8 @@ def main(argv: list[str] | None = None) -> None:
         code = asyncio.run(args.run(args))
     except ParleyError as exc:
         print(f"error: {exc.message} ({exc.code.name})", file=sys.stderr)
+        if exc.code == grpc.StatusCode.UNAVAILABLE:
+            print("is the platform running? `make run` starts it; `parley status` shows what is down", file=sys.stderr)
         code = 1
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)

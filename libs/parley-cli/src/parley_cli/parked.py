@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import nats.js.errors
 
+from parley_cli.state import load_running_state
 from parley_core.nats_connect import connect_nats
 from parley_core.natsconf import ensure_nats_passwords
 from parley_core.topology import PLATFORM_USER
@@ -25,7 +25,7 @@ class ParkedEvent:
 
 
 async def list_parked(data_dir: Path) -> list[ParkedEvent]:
-    state = json.loads((data_dir / "platform.json").read_text())
+    state = load_running_state(data_dir)
     password = ensure_nats_passwords(data_dir / "secrets" / "nats-passwords.json", [PLATFORM_USER])[PLATFORM_USER]
     nc = await connect_nats(
         url=state["nats_url"],
@@ -34,11 +34,15 @@ async def list_parked(data_dir: Path) -> list[ParkedEvent]:
         ca_cert=data_dir / "pki" / "ca.crt",
         name="parley-parked",
         allow_reconnect=False,
+        max_reconnect_attempts=1,
+        connect_timeout=3,
     )
     try:
         js = nc.jetstream()
         info = await js.stream_info("PARKED")
         found: list[ParkedEvent] = []
+        if not info.state.messages:
+            return found
         for seq in range(info.state.first_seq, info.state.last_seq + 1):
             try:
                 msg = await js.get_msg("PARKED", seq)

@@ -9,13 +9,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 from parley_cli.health import check_health
+from parley_cli.state import CLIENT_FILE, STATE_FILE, previous_port
 from parley_core.bus import EventBus
 from parley_core.files import ensure_private_dir, write_private_file
 from parley_core.nats_connect import connect_nats
@@ -36,12 +39,30 @@ ADDRESS_ENV = {
 DEFAULT_GATEWAY_PORT = 7443
 HEALTH_TIMEOUT_S = 60.0
 RESTART_LIMIT = 5
+STORE_KEY_FILE = "jetstream-store.key"
+
+
+def ensure_store_key(path: Path) -> str:
+    """The JetStream store's encryption key (nats-server encrypts message blocks and metadata).
+
+    Created once, 0600, beside the other secrets; losing it makes the event log unreadable, so
+    it belongs in the operator's key backup. A store created before this key existed keeps its
+    old blocks readable and encrypts every new block (nats-server's documented behaviour).
+    """
+    if path.exists():
+        key = path.read_text(encoding="ascii").strip()
+        if len(key) < 32:
+            raise ValueError(f"{path} holds a JetStream store key shorter than 32 characters")
+        return key
+    key = secrets.token_urlsafe(48)
+    write_private_file(path, (key + "\n").encode())
+    return key
 
 
 def _port_is_free(port: int) -> bool:
-    import socket
-
     with socket.socket() as sock:
+        # As a server binds it: connections of an earlier run in TIME-WAIT do not make it busy.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -77,10 +98,7 @@ class Platform:
         print(f"[parley] {text}", file=self.out, flush=True)
 
     def _choose_gateway_port(self) -> int:
-        state = self.data_dir / "platform.json"
-        previous = (
-            json.loads(state.read_text()).get("services", {}).get("gateway", {}).get("port") if state.exists() else None
-        )
+        previous = previous_port(self.data_dir, "gateway")
         for candidate in (self.requested_gateway_port, previous, DEFAULT_GATEWAY_PORT):
             if candidate and _port_is_free(int(candidate)):
                 return int(candidate)
@@ -105,6 +123,7 @@ class Platform:
             tls_key=nats_identity.key,
             ca_cert=self.pki.ca_cert,
             passwords=passwords,
+            store_cipher_key=ensure_store_key(self.data_dir / "secrets" / STORE_KEY_FILE),
         )
         config_path = self.data_dir / "nats" / "nats-server.conf"
         write_private_file(config_path, config.encode())
@@ -198,6 +217,7 @@ class Platform:
     def _write_state(self) -> None:
         assert self.pki is not None
         state = {
+            "running": True,
             "pid": os.getpid(),
             "nats_url": self.nats.url if self.nats else "",
             "services": {
@@ -205,9 +225,18 @@ class Platform:
                 for s in self.services.values()
             },
         }
-        write_private_file(self.data_dir / "platform.json", json.dumps(state, indent=2).encode())
+        write_private_file(self.data_dir / STATE_FILE, json.dumps(state, indent=2).encode())
         client = {"gateway_address": self.services["gateway"].address, "ca_cert": str(self.pki.ca_cert)}
-        write_private_file(self.data_dir / "client.json", json.dumps(client, indent=2).encode())
+        write_private_file(self.data_dir / CLIENT_FILE, json.dumps(client, indent=2).encode())
+
+    def _mark_stopped(self) -> None:
+        """Keep the ports for the next start, but let no client dial a platform that is gone."""
+        (self.data_dir / CLIENT_FILE).unlink(missing_ok=True)
+        path = self.data_dir / STATE_FILE
+        if path.exists():
+            state = json.loads(path.read_text())
+            state["running"] = False
+            write_private_file(path, json.dumps(state, indent=2).encode())
 
     async def supervise(self) -> None:
         """Report services that stop; restart the ones that crash (a clean exit is an operator's stop)."""
@@ -256,6 +285,7 @@ class Platform:
 
     async def stop(self) -> None:
         self._stopping.set()
+        self._mark_stopped()
         for name in reversed(START_ORDER):
             service = self.services.get(name)
             if service is None or service.process is None or service.process.returncode is not None:

@@ -114,6 +114,8 @@ class NatsServerProcess:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            # Its own session: a terminal's Ctrl-C must not stop the broker under draining services.
+            start_new_session=True,
         )
 
     def _running(self) -> subprocess.Popen[bytes]:

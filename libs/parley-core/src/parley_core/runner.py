@@ -244,13 +244,12 @@ async def serve(
     await bus.ensure_streams(s for s in STREAMS if s.owner in (service, "*"))
 
     server = grpc.aio.server(
-        # Without this, gRPC binds with SO_REUSEPORT and two instances on one port share its
-        # connections silently (a second platform's gateway on 7443 answered our clients).
-        options=[("grpc.so_reuseport", 0)],
         interceptors=[
             *telemetry.server_interceptors(),
             CallerCheckAndErrors(None if client_facing else GRPC_CALLERS[service]),
-        ]
+        ],
+        # gRPC sets SO_REUSEPORT by default: a second platform could then share our port unseen.
+        options=[("grpc.so_reuseport", 0)],
     )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

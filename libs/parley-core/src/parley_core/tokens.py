@@ -66,7 +66,7 @@ class TokenVerifier:
                 options={"require": ["exp", "iat", "sub", "jti"]},
             )
         except jwt.ExpiredSignatureError:
-            raise Unauthenticated("access token expired; refresh or log in again") from None
+            raise Unauthenticated("access token expired; log in again") from None
         except jwt.InvalidTokenError:
             raise Unauthenticated("access token is invalid; log in again") from None
         return Caller(

@@ -64,6 +64,10 @@ def to_device_subject(user_id: str) -> str:
     return stream_subject("msg", "todevice", user_id)
 
 
+def privacy_subject(user_id: str) -> str:
+    return stream_subject("storage", "privacy", user_id)
+
+
 def parked_subject(service: str, stream: str) -> str:
     return f"parley.parked.{service}.{stream}"
 
@@ -88,6 +92,8 @@ STREAMS: tuple[StreamSpec, ...] = (
     StreamSpec("PATCH", ("parley.patch.>",), owner="patch-registry", readers=("patch-registry", "storage")),
     # Poison events parked by any service's consumer, for an operator to list and replay.
     StreamSpec("PARKED", ("parley.parked.>",), owner="*", readers=(), duplicate_window_s=120.0),
+    # The storage service's own audited decisions (crypto-shredding erasures).
+    StreamSpec("STORE", ("parley.storage.>",), owner="storage", readers=("storage",)),
 )
 
 CONSUMERS: tuple[ConsumerSpec, ...] = tuple(
@@ -163,7 +169,8 @@ def permissions_for(service: str) -> Permissions:
 GRPC_CALLERS: dict[str, tuple[str, ...]] = {
     "auth": ("gateway", PLATFORM_USER),
     "messaging": ("gateway", PLATFORM_USER),
-    "storage": ("gateway", PLATFORM_USER),
+    # Services read the archive to rebuild state older than JetStream retention (issue 5).
+    "storage": ("gateway", PLATFORM_USER, "auth", "messaging", "patch-registry"),
     "patch-registry": ("gateway", PLATFORM_USER),
     "gateway": (),
 }

@@ -382,6 +382,7 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
                     channel_seq=request.channel_seq,
                     body=body,
                     editor_id=caller.user_id,
+                    editor_name=caller.username,
                     edited_at=edited,
                 ),
                 actor=caller.user_id,

@@ -1,4 +1,4 @@
-"""SqlEventArchive: exactly-once archiving of bus events and the queries served from them."""
+"""SqlEventArchive: exactly-once, encrypted archiving of bus events and the queries served from them."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from google.protobuf.message import Message
 from parley.common.v1.envelope_pb2 import EventEnvelope
 from parley.messaging.v1.events_pb2 import (
     ChannelCreated,
@@ -20,16 +21,29 @@ from parley.messaging.v1.events_pb2 import (
     MessagePosted,
     MessageRedacted,
 )
-from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, select, update
+from sqlalchemy import Connection, Engine, Row, create_engine, event, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from parley_core import telemetry
 from parley_core.bus import ReceivedEvent
 from parley_core.envelope import UnknownEventType, decode, open_payload
-from parley_storage.schema import channel_members, channel_messages, consumer_positions, events, metadata
+from parley_storage.datakeys import DataKeys, ShreddedKeys
+from parley_storage.schema import (
+    channel_members,
+    channel_messages,
+    consumer_positions,
+    data_keys,
+    events,
+    retention_policies,
+)
+from parley_storage.sealing import RecordUnreadable, data_owner, event_aad, open_sealed, seal, user_owner
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+NEW_KEYS = "parley_new_keys"
+# key_id of an event whose content the retention job removed: the row stays, the envelope is gone.
+EXPIRED = "expired"
+NS_PER_DAY = 86_400 * 10**9
 
 
 @dataclass(frozen=True)
@@ -41,6 +55,32 @@ class StoredMessage:
     sender_name: str
     body: str
     sent_at_ns: int
+    erased: bool = False  # the author's data key was shredded: name and body are gone for good
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """One archived event: its position and identity always, its envelope unless shredded."""
+
+    stream: str
+    stream_seq: int
+    subject: str
+    event_id: str
+    event_type: str
+    aggregate_type: str
+    aggregate_id: str
+    aggregate_version: int
+    occurred_at_ns: int
+    actor: str
+    envelope: EventEnvelope | None
+
+
+@dataclass(frozen=True)
+class ConsumerProgress:
+    consumer: str
+    stream: str
+    last_seq: int
+    last_occurred_at_ns: int
 
 
 def open_engine(url: str) -> Engine:
@@ -60,19 +100,23 @@ def open_engine(url: str) -> Engine:
 
 
 class SqlEventArchive:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, keys: DataKeys) -> None:
         self.engine = engine
-
-    def create_schema(self) -> None:
-        metadata.create_all(self.engine)
+        self.keys = keys
 
     async def run(self, name: str, work: Callable[[Connection], T]) -> T:
         """Run one named transaction in a worker thread; the name shows in traces and slow logs."""
 
         def transaction() -> T:
             started = time.perf_counter()
-            with self.engine.begin() as conn:
-                result = work(conn)
+            with self.engine.connect() as conn:
+                try:
+                    with conn.begin():
+                        result = work(conn)
+                except BaseException:
+                    self.keys.forget_uncommitted(conn.info.pop(NEW_KEYS, []))
+                    raise
+                conn.info.pop(NEW_KEYS, None)
             elapsed = time.perf_counter() - started
             if elapsed > 0.5:
                 log.warning("slow transaction", extra={"transaction": name, "seconds": round(elapsed, 3)})
@@ -81,14 +125,14 @@ class SqlEventArchive:
         with telemetry.tracer(__name__).start_as_current_span(f"sql {name}"):
             return await asyncio.to_thread(transaction)
 
-    def _insert_ignoring_duplicates(self, conn: Connection, table: object, row: dict[str, object]) -> None:
+    def _insert_ignoring_duplicates(self, conn: Connection, table: Any, row: dict[str, object]) -> None:
         dialect = conn.dialect.name
         if dialect == "sqlite":
-            conn.execute(sqlite.insert(table).values(**row).on_conflict_do_nothing())  # type: ignore[arg-type]
+            conn.execute(sqlite.insert(table).values(**row).on_conflict_do_nothing())
         elif dialect == "postgresql":
-            conn.execute(postgresql.insert(table).values(**row).on_conflict_do_nothing())  # type: ignore[arg-type]
+            conn.execute(postgresql.insert(table).values(**row).on_conflict_do_nothing())
         else:
-            conn.execute(insert(table).values(**row))  # type: ignore[arg-type]
+            conn.execute(insert(table).values(**row))
 
     async def archive(self, consumer: str, batch: Sequence[ReceivedEvent]) -> int:
         """Store each event of a batch once, whatever the redelivery, and record the consumer's position.
@@ -106,8 +150,10 @@ class SqlEventArchive:
 
         def work(conn: Connection) -> int:
             position = conn.execute(
-                select(consumer_positions.c.last_seq).where(consumer_positions.c.consumer == consumer)
-            ).scalar_one_or_none()
+                select(consumer_positions.c.last_seq, consumer_positions.c.last_occurred_at_ns).where(
+                    consumer_positions.c.consumer == consumer
+                )
+            ).first()
             archived = set(
                 conn.execute(
                     select(events.c.stream_seq).where(
@@ -125,19 +171,41 @@ class SqlEventArchive:
                     self._store(conn, item)
                 archived.add(item.stream_seq)
                 stored += 1
-            last = max(position or 0, *(item.stream_seq for item in batch))
+            newest = max(batch, key=lambda e: e.stream_seq)
+            last = max(position.last_seq if position else 0, newest.stream_seq)
+            occurred = newest.envelope.occurred_at.ToNanoseconds() if last == newest.stream_seq else 0
             if position is None:
-                conn.execute(insert(consumer_positions).values(consumer=consumer, stream=stream, last_seq=last))
-            elif last != position:
                 conn.execute(
-                    update(consumer_positions).where(consumer_positions.c.consumer == consumer).values(last_seq=last)
+                    insert(consumer_positions).values(
+                        consumer=consumer, stream=stream, last_seq=last, last_occurred_at_ns=occurred
+                    )
+                )
+            elif last != position.last_seq:
+                conn.execute(
+                    update(consumer_positions)
+                    .where(consumer_positions.c.consumer == consumer)
+                    .values(last_seq=last, last_occurred_at_ns=occurred)
                 )
             return stored
 
         return await self.run("archive_batch", work)
 
     def _store(self, conn: Connection, item: ReceivedEvent) -> None:
-        env = _without_redacted_text(conn, item.envelope)
+        env = item.envelope
+        payload: Message | None
+        try:
+            payload = open_payload(env)
+        except UnknownEventType:
+            payload = None  # archived sealed and whole; a newer reader will project it
+        key_id, key = self.keys.for_owner(conn, data_owner(env, payload))
+        aad = event_aad(
+            stream=item.stream,
+            stream_seq=item.stream_seq,
+            event_id=env.event_id,
+            aggregate_type=env.aggregate_type,
+            aggregate_id=env.aggregate_id,
+            aggregate_version=env.aggregate_version,
+        )
         conn.execute(
             insert(events).values(
                 stream=item.stream,
@@ -152,15 +220,10 @@ class SqlEventArchive:
                 occurred_at_ns=env.occurred_at.ToNanoseconds(),
                 actor=env.actor,
                 producer=env.producer,
-                envelope=env.SerializeToString(),
+                key_id=key_id,
+                envelope=seal(key, env.SerializeToString(), aad),
             )
         )
-        try:
-            payload = open_payload(env)
-        except UnknownEventType:
-            return  # archived verbatim; a newer reader will project it
-        if isinstance(payload, MessageRedacted):
-            _scrub_archived_text(conn, payload)
         if isinstance(payload, MessagePosted):
             self._insert_ignoring_duplicates(
                 conn,
@@ -170,9 +233,9 @@ class SqlEventArchive:
                     "channel_seq": payload.channel_seq,
                     "message_id": payload.message_id,
                     "sender_id": payload.sender_id,
-                    "sender_name": payload.sender_name,
-                    "body": payload.body,
                     "sent_at_ns": payload.sent_at.ToNanoseconds(),
+                    "stream": item.stream,
+                    "stream_seq": item.stream_seq,
                 },
             )
         elif isinstance(payload, ChannelCreated):
@@ -184,10 +247,105 @@ class SqlEventArchive:
             self._insert_ignoring_duplicates(
                 conn, channel_members, {"channel_id": payload.channel_id, "user_id": payload.user_id}
             )
-        elif isinstance(payload, MessageEdited | MessageRedacted):
-            _apply_message_change(conn, payload)
+        elif isinstance(payload, MessageEdited):
+            self._apply_edit(conn, payload, item)
+        elif isinstance(payload, MessageRedacted):
+            self._apply_redaction(conn, payload)
         elif isinstance(payload, MemberLeft | MemberKicked | MemberBanned):
             _apply_member_left(conn, payload)
+
+    def _open_row(self, conn: Connection, row: Row[Any]) -> EventEnvelope | None:
+        """The event's envelope, or None when its data key was shredded or retention removed it."""
+        if row.key_id == EXPIRED:
+            return None
+        try:
+            key = self.keys.get(conn, row.key_id)
+        except RecordUnreadable:
+            return None
+        aad = event_aad(
+            stream=row.stream,
+            stream_seq=row.stream_seq,
+            event_id=row.event_id,
+            aggregate_type=row.aggregate_type,
+            aggregate_id=row.aggregate_id,
+            aggregate_version=row.aggregate_version,
+        )
+        return decode(open_sealed(key, bytes(row.envelope), aad))
+
+    def _stored_event(self, conn: Connection, row: Row[Any]) -> StoredEvent:
+        return StoredEvent(
+            stream=row.stream,
+            stream_seq=row.stream_seq,
+            subject=row.subject,
+            event_id=row.event_id,
+            event_type=row.event_type,
+            aggregate_type=row.aggregate_type,
+            aggregate_id=row.aggregate_id,
+            aggregate_version=row.aggregate_version,
+            occurred_at_ns=row.occurred_at_ns,
+            actor=row.actor,
+            envelope=self._open_row(conn, row),
+        )
+
+    def _apply_edit(self, conn: Connection, edit: MessageEdited, item: ReceivedEvent) -> None:
+        """History shows the newest text: point the message's row at this edit.
+
+        A redacted message stays redacted whatever order a redelivery comes in: its row points
+        at an expired event, and an edit arriving later is expired too.
+        """
+        row = conn.execute(
+            select(channel_messages.c.stream, channel_messages.c.stream_seq, events.c.key_id)
+            .join(
+                events,
+                (events.c.stream == channel_messages.c.stream) & (events.c.stream_seq == channel_messages.c.stream_seq),
+            )
+            .where(channel_messages.c.channel_id == edit.channel_id, channel_messages.c.channel_seq == edit.channel_seq)
+        ).first()
+        if row is not None and row.key_id == EXPIRED:
+            conn.execute(
+                update(events)
+                .where(events.c.stream == item.stream, events.c.stream_seq == item.stream_seq)
+                .values(envelope=b"", key_id=EXPIRED)
+            )
+            return
+        if row is not None and row.stream_seq < item.stream_seq:
+            conn.execute(
+                update(channel_messages)
+                .where(
+                    channel_messages.c.channel_id == edit.channel_id, channel_messages.c.channel_seq == edit.channel_seq
+                )
+                .values(stream=item.stream, stream_seq=item.stream_seq)
+            )
+
+    def _apply_redaction(self, conn: Connection, redaction: MessageRedacted) -> None:
+        """Every archived text of the message loses its content, as retention removes it; the
+        events keep their place in the log and MessageRedacted keeps the fact."""
+        candidates = conn.execute(
+            select(events).where(
+                events.c.aggregate_type == "channel",
+                events.c.aggregate_id == redaction.channel_id,
+                events.c.event_type.in_(_TEXT_EVENTS),
+                events.c.key_id != EXPIRED,
+            )
+        ).all()
+        for row in candidates:
+            envelope = self._open_row(conn, row)
+            text = open_payload(envelope) if envelope is not None else None
+            if isinstance(text, MessagePosted | MessageEdited) and text.channel_seq == redaction.channel_seq:
+                conn.execute(
+                    update(events)
+                    .where(events.c.stream == row.stream, events.c.stream_seq == row.stream_seq)
+                    .values(envelope=b"", key_id=EXPIRED)
+                )
+
+    async def positions(self) -> dict[str, int]:
+        """Archived-up-to stream sequence of every stream, from the consumers' recorded positions."""
+
+        def work(conn: Connection) -> dict[str, int]:
+            rows = conn.execute(select(consumer_positions.c.stream, consumer_positions.c.last_seq)).all()
+            return {row.stream: int(row.last_seq) for row in rows}
+
+        return await self.run("consumer_positions", work)
 
     async def is_member(self, channel_id: str, user_id: str) -> bool:
         def work(conn: Connection) -> bool:
@@ -215,7 +373,15 @@ class SqlEventArchive:
 
         def work(conn: Connection) -> tuple[list[StoredMessage], bool]:
             seq, sent = channel_messages.c.channel_seq, channel_messages.c.sent_at_ns
-            query = select(channel_messages).where(channel_messages.c.channel_id == channel_id, seq > after_seq)
+            query = (
+                select(channel_messages, events)
+                .join(
+                    events,
+                    (events.c.stream == channel_messages.c.stream)
+                    & (events.c.stream_seq == channel_messages.c.stream_seq),
+                )
+                .where(channel_messages.c.channel_id == channel_id, seq > after_seq)
+            )
             if after_ns:
                 query = query.where(sent > after_ns)
             if before_seq:
@@ -226,15 +392,191 @@ class SqlEventArchive:
             rows = list(conn.execute(query.limit(limit + 1)).all())
             if backwards:
                 rows = [*reversed(rows[:limit]), *rows[limit:]]
-            messages = [
-                StoredMessage(
-                    r.channel_id, r.channel_seq, r.message_id, r.sender_id, r.sender_name, r.body, r.sent_at_ns
+            messages = []
+            for r in rows[:limit]:
+                envelope = self._open_row(conn, r)
+                # The row points at the message's newest text: the post, or its latest edit.
+                text = open_payload(envelope) if envelope is not None else None
+                assert text is None or isinstance(text, MessagePosted | MessageEdited)
+                name = "" if text is None else text.sender_name if isinstance(text, MessagePosted) else text.editor_name
+                messages.append(
+                    StoredMessage(
+                        r.channel_id,
+                        r.channel_seq,
+                        r.message_id,
+                        r.sender_id,
+                        name,
+                        text.body if text else "",
+                        r.sent_at_ns,
+                        erased=text is None,
+                    )
                 )
-                for r in rows[:limit]
-            ]
             return messages, len(rows) > limit
 
         return await self.run("channel_history", work)
+
+    async def aggregate_events(
+        self,
+        aggregate_type: str,
+        aggregate_id: str,
+        *,
+        after_version: int,
+        limit: int,
+        streams: frozenset[str] | None = None,
+    ) -> tuple[list[StoredEvent], bool]:
+        """The events of one aggregate in version order: what a service replays to rebuild it."""
+
+        def work(conn: Connection) -> tuple[list[StoredEvent], bool]:
+            query = select(events).where(
+                events.c.aggregate_type == aggregate_type,
+                events.c.aggregate_id == aggregate_id,
+                events.c.aggregate_version > after_version,
+            )
+            if streams is not None:
+                query = query.where(events.c.stream.in_(sorted(streams)))
+            rows = conn.execute(query.order_by(events.c.aggregate_version, events.c.stream_seq).limit(limit + 1)).all()
+            return [self._stored_event(conn, r) for r in rows[:limit]], len(rows) > limit
+
+        return await self.run("aggregate_events", work)
+
+    async def stream_events(self, stream: str, *, after_seq: int, limit: int) -> tuple[list[StoredEvent], bool]:
+        """A stream's events in stream order, for rebuilding from before JetStream's retention."""
+
+        def work(conn: Connection) -> tuple[list[StoredEvent], bool]:
+            rows = conn.execute(
+                select(events)
+                .where(events.c.stream == stream, events.c.stream_seq > after_seq)
+                .order_by(events.c.stream_seq)
+                .limit(limit + 1)
+            ).all()
+            return [self._stored_event(conn, r) for r in rows[:limit]], len(rows) > limit
+
+        return await self.run("stream_events", work)
+
+    async def audit_events(
+        self,
+        *,
+        actor: str = "",
+        target: str = "",
+        since_ns: int = 0,
+        until_ns: int = 0,
+        after_id: int = 0,
+        limit: int,
+    ) -> tuple[list[tuple[int, StoredEvent]], bool]:
+        """Events by actor and/or target aggregate id within a time range; paged by row id."""
+
+        def work(conn: Connection) -> tuple[list[tuple[int, StoredEvent]], bool]:
+            query = select(events).where(events.c.id > after_id)
+            if actor:
+                query = query.where(events.c.actor == actor)
+            if target:
+                query = query.where(events.c.aggregate_id == target)
+            if since_ns:
+                query = query.where(events.c.occurred_at_ns >= since_ns)
+            if until_ns:
+                query = query.where(events.c.occurred_at_ns < until_ns)
+            rows = conn.execute(query.order_by(events.c.id).limit(limit + 1)).all()
+            return [(r.id, self._stored_event(conn, r)) for r in rows[:limit]], len(rows) > limit
+
+        return await self.run("audit_events", work)
+
+    async def user_events(self, user_id: str) -> list[StoredEvent]:
+        """Everything about one user: events sealed under their keys, or that they acted in."""
+
+        def work(conn: Connection) -> list[StoredEvent]:
+            their_keys = select(data_keys.c.key_id).where(data_keys.c.owner == user_owner(user_id))
+            rows = conn.execute(
+                select(events)
+                .where(
+                    events.c.key_id.in_(their_keys) | (events.c.actor == user_id) | (events.c.aggregate_id == user_id)
+                )
+                .order_by(events.c.stream, events.c.stream_seq)
+            ).all()
+            return [self._stored_event(conn, r) for r in rows]
+
+        return await self.run("user_events", work)
+
+    async def shred_user(self, user_id: str) -> ShreddedKeys:
+        """Crypto-shred one user: their data keys are destroyed, their records stay as unreadable bytes."""
+        return await self.run("shred_user", lambda conn: self.keys.shred(conn, user_owner(user_id)))
+
+    async def live_user_keys(self, user_id: str) -> list[str]:
+        def work(conn: Connection) -> list[str]:
+            query = select(data_keys.c.key_id).where(
+                data_keys.c.owner == user_owner(user_id), data_keys.c.wrapped_key.is_not(None)
+            )
+            return list(conn.execute(query.order_by(data_keys.c.key_id)).scalars())
+
+        return await self.run("live_user_keys", work)
+
+    async def count_events_under(self, key_ids: Sequence[str]) -> int:
+        def work(conn: Connection) -> int:
+            query = select(func.count()).select_from(events).where(events.c.key_id.in_(list(key_ids)))
+            return int(conn.execute(query).scalar_one())
+
+        return await self.run("count_events_under", work)
+
+    async def set_retention(self, channel_id: str, days: int, *, set_by: str) -> None:
+        """Keep a channel's messages for ``days`` days; 0 removes the policy (keep forever)."""
+
+        def work(conn: Connection) -> None:
+            conn.execute(retention_policies.delete().where(retention_policies.c.channel_id == channel_id))
+            if days:
+                conn.execute(
+                    insert(retention_policies).values(
+                        channel_id=channel_id, days=days, set_by=set_by, set_at_ns=time.time_ns()
+                    )
+                )
+
+        await self.run("set_retention", work)
+
+    async def apply_retention(self, *, now_ns: int) -> int:
+        """Remove the content of messages older than their channel's policy; returns how many.
+
+        The event rows stay (position, type, aggregate, version) so the log keeps its shape and
+        exactly-once bookkeeping; their sealed envelopes are deleted and the message leaves history.
+        """
+
+        def work(conn: Connection) -> int:
+            removed = 0
+            for policy in conn.execute(select(retention_policies)).all():
+                cutoff = now_ns - policy.days * NS_PER_DAY
+                expired = conn.execute(
+                    select(channel_messages.c.stream, channel_messages.c.stream_seq).where(
+                        channel_messages.c.channel_id == policy.channel_id, channel_messages.c.sent_at_ns < cutoff
+                    )
+                ).all()
+                by_stream: dict[str, list[int]] = {}
+                for row in expired:
+                    by_stream.setdefault(row.stream, []).append(row.stream_seq)
+                for stream, seqs in by_stream.items():
+                    conn.execute(
+                        update(events)
+                        .where(events.c.stream == stream, events.c.stream_seq.in_(seqs))
+                        .values(envelope=b"", key_id=EXPIRED)
+                    )
+                conn.execute(
+                    channel_messages.delete().where(
+                        channel_messages.c.channel_id == policy.channel_id, channel_messages.c.sent_at_ns < cutoff
+                    )
+                )
+                removed += len(expired)
+            return removed
+
+        return await self.run("apply_retention", work)
+
+    async def rewrap_data_keys(self) -> int:
+        return await self.run("rewrap_data_keys", self.keys.rewrap_all)
+
+    async def keks_in_use(self) -> set[str]:
+        return await self.run("keks_in_use", self.keys.keks_in_use)
+
+    async def consumer_progress(self) -> list[ConsumerProgress]:
+        def work(conn: Connection) -> list[ConsumerProgress]:
+            rows = conn.execute(select(consumer_positions).order_by(consumer_positions.c.consumer)).all()
+            return [ConsumerProgress(r.consumer, r.stream, r.last_seq, r.last_occurred_at_ns) for r in rows]
+
+        return await self.run("consumer_progress", work)
 
     async def count_events(self, stream: str) -> int:
         def work(conn: Connection) -> int:
@@ -243,76 +585,15 @@ class SqlEventArchive:
         return await self.run("count_events", work)
 
 
-# --- issue 4 (messaging): edits and redactions in the channel_messages projection -----------
+# --- issue 4 (messaging): edits, redactions and leaving, in the archive's projections ---------
 
-
-def _apply_message_change(conn: Connection, change: MessageEdited | MessageRedacted) -> None:
-    """Keep channel_messages showing what a member may see now.
-
-    A redaction blanks the text (an empty body marks it: a posted body is never empty); an edit
-    never brings back the text of a redacted message, whatever order a redelivery comes in.
-    """
-    row = channel_messages.c
-    where = (row.channel_id == change.channel_id, row.channel_seq == change.channel_seq)
-    if isinstance(change, MessageRedacted):
-        conn.execute(update(channel_messages).where(*where).values(body=""))
-    else:
-        conn.execute(update(channel_messages).where(*where, row.body != "").values(body=change.body))
+_TEXT_EVENTS = (MessagePosted.DESCRIPTOR.full_name, MessageEdited.DESCRIPTOR.full_name)
 
 
 def _apply_member_left(conn: Connection, left: MemberLeft | MemberKicked | MemberBanned) -> None:
     """A member who left (or was removed) reads no more history of the channel."""
     conn.execute(
-        delete(channel_members).where(
+        channel_members.delete().where(
             channel_members.c.channel_id == left.channel_id, channel_members.c.user_id == left.user_id
         )
     )
-
-
-_TEXT_EVENTS = (MessagePosted.DESCRIPTOR.full_name, MessageEdited.DESCRIPTOR.full_name)
-
-
-def _channel_events(conn: Connection, channel_id: str, event_types: Sequence[str]) -> list[tuple[int, EventEnvelope]]:
-    rows = conn.execute(
-        select(events.c.id, events.c.envelope).where(
-            events.c.aggregate_type == "channel",
-            events.c.aggregate_id == channel_id,
-            events.c.event_type.in_(event_types),
-        )
-    ).all()
-    return [(row.id, decode(row.envelope)) for row in rows]
-
-
-def _scrub_archived_text(conn: Connection, redacted: MessageRedacted) -> None:
-    """Redaction reaches the archived events too: every text the message had is blanked in place.
-
-    The events keep their identity, order and metadata, and MessageRedacted keeps the fact; only
-    the words are gone. (The JetStream log keeps them until its retention drops them.)
-    """
-    for row_id, envelope in _channel_events(conn, redacted.channel_id, _TEXT_EVENTS):
-        payload = open_payload(envelope)
-        if isinstance(payload, MessagePosted | MessageEdited) and payload.channel_seq == redacted.channel_seq:
-            blank = _blanked(envelope).SerializeToString()
-            conn.execute(update(events).where(events.c.id == row_id).values(envelope=blank))
-
-
-def _without_redacted_text(conn: Connection, envelope: EventEnvelope) -> EventEnvelope:
-    """A text event that arrives after its message's redaction (a late redelivery) is stored blank."""
-    if envelope.event_type not in _TEXT_EVENTS:
-        return envelope
-    payload = open_payload(envelope)
-    assert isinstance(payload, MessagePosted | MessageEdited)
-    redactions = _channel_events(conn, payload.channel_id, [MessageRedacted.DESCRIPTOR.full_name])
-    if any(open_payload(env).channel_seq == payload.channel_seq for _, env in redactions):  # type: ignore[attr-defined]
-        return _blanked(envelope)
-    return envelope
-
-
-def _blanked(envelope: EventEnvelope) -> EventEnvelope:
-    payload = open_payload(envelope)
-    assert isinstance(payload, MessagePosted | MessageEdited)
-    payload.body = ""
-    blank = EventEnvelope()
-    blank.CopyFrom(envelope)
-    blank.payload = payload.SerializeToString()
-    return blank

@@ -1,4 +1,8 @@
-"""SQL schema of the archive (SQLite by default, PostgreSQL by URL)."""
+"""SQL schema of the archive (SQLite by default, PostgreSQL by URL).
+
+This is the shape the code expects; Alembic migrations in ``parley_storage/migrations`` create
+and evolve it, and a test checks that the migrated database matches these tables.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +16,16 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Table,
-    Text,
     UniqueConstraint,
 )
 
 metadata = MetaData()
 
 # Every event of every stream, as appended: the platform's complete history. An event is stored
-# once: (stream, stream_seq) is its identity, checked in the transaction that stores it.
+# once: (stream, stream_seq) is its identity, checked in the transaction that stores it. The
+# envelope is sealed (AES-256-GCM) under the data key of whoever the event is about (key_id),
+# with the columns that identify it bound as associated data; the columns stay readable so the
+# log keeps its order and shape after a key is shredded.
 events = Table(
     "events",
     metadata,
@@ -36,9 +42,11 @@ events = Table(
     Column("occurred_at_ns", BigInteger, nullable=False),
     Column("actor", String(128), nullable=False),
     Column("producer", String(128), nullable=False),
+    Column("key_id", String(64), nullable=False),
     Column("envelope", LargeBinary, nullable=False),
     UniqueConstraint("stream", "stream_seq", name="uq_events_stream_seq"),
     Index("ix_events_aggregate", "aggregate_type", "aggregate_id", "aggregate_version"),
+    Index("ix_events_key", "key_id"),
 )
 
 # The highest stream sequence each durable consumer has archived, written in the same transaction
@@ -50,8 +58,25 @@ consumer_positions = Table(
     Column("consumer", String(128), primary_key=True),
     Column("stream", String(32), nullable=False),
     Column("last_seq", BigInteger, nullable=False),
+    Column("last_occurred_at_ns", BigInteger, nullable=False, server_default="0"),
 )
 
+# Per-owner data keys ("user:<id>", "channel:<id>", "system"), each wrapped by a key-encryption
+# key. Shredding clears wrapped_key: every record sealed under it becomes unreadable for good.
+data_keys = Table(
+    "data_keys",
+    metadata,
+    Column("key_id", String(64), primary_key=True),
+    Column("owner", String(200), nullable=False),
+    Column("kek_id", String(64), nullable=True),
+    Column("wrapped_key", LargeBinary, nullable=True),
+    Column("created_at_ns", BigInteger, nullable=False),
+    Column("destroyed_at_ns", BigInteger, nullable=True),
+    Index("ix_data_keys_owner", "owner"),
+)
+
+# The message projection points at the event that carries the message, so a body exists once,
+# sealed, and shredding its author's key erases it here too.
 channel_messages = Table(
     "channel_messages",
     metadata,
@@ -59,9 +84,9 @@ channel_messages = Table(
     Column("channel_seq", BigInteger, nullable=False),
     Column("message_id", String(64), nullable=False),
     Column("sender_id", String(64), nullable=False),
-    Column("sender_name", String(64), nullable=False),
-    Column("body", Text, nullable=False),
     Column("sent_at_ns", BigInteger, nullable=False),
+    Column("stream", String(32), nullable=False),
+    Column("stream_seq", BigInteger, nullable=False),
     PrimaryKeyConstraint("channel_id", "channel_seq", name="pk_channel_messages"),
 )
 
@@ -71,4 +96,24 @@ channel_members = Table(
     Column("channel_id", String(64), nullable=False),
     Column("user_id", String(64), nullable=False),
     PrimaryKeyConstraint("channel_id", "user_id", name="pk_channel_members"),
+)
+
+# Per-channel retention: message content older than `days` is removed by the retention job.
+retention_policies = Table(
+    "retention_policies",
+    metadata,
+    Column("channel_id", String(64), primary_key=True),
+    Column("days", Integer, nullable=False),
+    Column("set_by", String(128), nullable=False),
+    Column("set_at_ns", BigInteger, nullable=False),
+)
+
+# Data residency: the organisation this database belongs to and the location it was bound to.
+# One row, written on first start; a later start elsewhere or for another organisation is refused.
+residency = Table(
+    "residency",
+    metadata,
+    Column("organisation", String(128), primary_key=True),
+    Column("location", String(512), nullable=False),
+    Column("bound_at_ns", BigInteger, nullable=False),
 )

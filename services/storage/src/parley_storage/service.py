@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
 from collections.abc import Sequence
 from functools import partial
 
@@ -9,44 +13,97 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from parley.messaging.v1 import messaging_pb2
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
+from sqlalchemy import Engine, inspect
 
 from parley_core.bus import ReceivedEvent
+from parley_core.config import Settings
 from parley_core.errors import InvalidArgument, PermissionDenied
 from parley_core.files import ensure_private_dir
 from parley_core.runner import RunContext
-from parley_core.topology import CONSUMERS, ConsumerSpec
+from parley_core.topology import CONSUMERS, ConsumerSpec, channel_subject
 from parley_storage.archive import SqlEventArchive, open_engine
+from parley_storage.archive_api import StorageArchiveApi
+from parley_storage.datakeys import DataKeys
+from parley_storage.kek import FileKeyring, KeyEncryptionKeys
+from parley_storage.migrate import upgrade_to_head
+from parley_storage.progress import ArchiveProgress
+from parley_storage.residency import ResidencyBinding, check_configured, enforce_in_database
+from parley_storage.settings import StorageSettings
 
+log = logging.getLogger(__name__)
 DEFAULT_PAGE = 100
+# How long a history query waits for the archive to reach the channel's newest event before
+# answering from what it has.
+HISTORY_FRESHNESS_S = 5.0
 MAX_PAGE = 500
 
 
+KEYRING_FILE = "storage-kek.json"
+
+
+def database_url(settings: Settings) -> str:
+    """PARLEY_DATABASE_URL, else SQLite in the data folder."""
+    if settings.database_url:
+        return settings.database_url
+    folder = ensure_private_dir(settings.data_dir / "storage")
+    return f"sqlite:///{folder / 'archive.db'}"
+
+
 class StorageApp(storage_pb2_grpc.StorageServiceServicer):
-    def __init__(self) -> None:
+    def __init__(self, keks: KeyEncryptionKeys | None = None) -> None:
+        """``keks`` is the KMS hook; by default a keyring file in the data folder's secrets."""
         self._ctx: RunContext | None = None
+        self._keks = keks
         self.archive: SqlEventArchive | None = None
+        self.progress = ArchiveProgress()
+        self._stopping = asyncio.Event()
+        self._retention_job: asyncio.Task[None] | None = None
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
-        url = ctx.settings.database_url
-        if not url:
-            folder = ensure_private_dir(ctx.settings.data_dir / "storage")
-            url = f"sqlite:///{folder / 'archive.db'}"
-        self.archive = SqlEventArchive(open_engine(url))
-        self.archive.create_schema()
+        url = database_url(ctx.settings)
+        engine = open_engine(url)
+        upgrade_to_head(engine)
+        storage_settings = StorageSettings()
+        binding = ResidencyBinding.from_settings(storage_settings)
+        with engine.begin() as conn:
+            enforce_in_database(conn, binding, url)
+        keks = self._keks or FileKeyring.load_or_create(ensure_private_dir(ctx.settings.secrets_dir) / KEYRING_FILE)
+        self.archive = SqlEventArchive(engine, DataKeys(keks))
+        self.progress = ArchiveProgress(await self.archive.positions())
         for spec in CONSUMERS:
             if spec.service == "storage":
                 await ctx.bus.consume(spec, partial(self._archive, spec))
         storage_pb2_grpc.add_StorageServiceServicer_to_server(self, ctx.server)
         ctx.add_service_name(storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name)
+        storage_pb2_grpc.add_StorageArchiveServiceServicer_to_server(StorageArchiveApi(ctx, self.archive), ctx.server)
+        ctx.add_service_name(storage_pb2.DESCRIPTOR.services_by_name["StorageArchiveService"].full_name)
+        self._retention_job = asyncio.create_task(self._apply_retention(storage_settings.retention_interval_seconds))
+
+    async def _apply_retention(self, interval_s: float) -> None:
+        """The retention job: apply every channel's policy now, then every interval until stopped."""
+        assert self.archive is not None
+        while not self._stopping.is_set():
+            try:
+                removed = await self.archive.apply_retention(now_ns=time.time_ns())
+                if removed:
+                    log.info("retention removed expired messages", extra={"messages": removed})
+            except Exception:  # a failed run is retried next interval; the service keeps serving
+                log.exception("retention run failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), interval_s)
 
     async def stop(self) -> None:
+        self._stopping.set()
+        if self._retention_job is not None:
+            await self._retention_job
         if self.archive is not None:
             self.archive.engine.dispose()
 
     async def _archive(self, spec: ConsumerSpec, batch: Sequence[ReceivedEvent]) -> None:
         assert self.archive is not None
         await self.archive.archive(spec.durable, batch)
+        await self.progress.advance(spec.stream, max(event.stream_seq for event in batch))
 
     async def GetChannelHistory(
         self, request: storage_pb2.GetChannelHistoryRequest, context: grpc.aio.ServicerContext[object, object]
@@ -58,6 +115,9 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
             raise InvalidArgument("channel_id is required")
         if request.limit > MAX_PAGE:
             raise InvalidArgument(f"limit must be at most {MAX_PAGE}")
+        # Read-your-writes: a join or send the stream already holds must count here too.
+        newest = await self._ctx.bus.last_subject_seq("MSG", channel_subject(request.channel_id))
+        await self.progress.wait_for("MSG", newest, timeout=HISTORY_FRESHNESS_S)
         if not await self.archive.is_member(request.channel_id, caller.user_id):
             raise PermissionDenied("you are not a member of this channel")
         messages, has_more = await self.archive.channel_history(
@@ -85,3 +145,15 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
                 )
             )
         return storage_pb2.GetChannelHistoryResponse(messages=out, has_more=has_more)
+
+
+def check_residency(url: str, engine: Engine) -> None:
+    """Refuse, before connecting to anything, a database outside the organisation's bound location."""
+    binding = ResidencyBinding.from_settings(StorageSettings())
+    check_configured(binding, url)
+    with engine.connect() as conn:
+        try:
+            if inspect(conn).has_table("residency"):
+                enforce_in_database(conn, binding, url)
+        finally:
+            conn.rollback()  # only a check: the binding is recorded by start()

@@ -62,6 +62,8 @@ class RunningPlatform:
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **self.env},
+            # Like `make run` in a terminal: a process group that Ctrl-C reaches as a whole.
+            start_new_session=True,
         )
         out.close()
 
@@ -73,9 +75,9 @@ class RunningPlatform:
         wait_until(ready, timeout=START_TIMEOUT_S, what="`parley up` to report every service up")
 
     def stop(self) -> int:
-        """Ctrl-C, as a user stops `make run`; returns the exit code."""
+        """Ctrl-C in the terminal, as a user stops `make run`: SIGINT to the whole process group."""
         assert self.process is not None
-        self.process.send_signal(signal.SIGINT)
+        os.killpg(self.process.pid, signal.SIGINT)
         code = self.process.wait(timeout=STOP_TIMEOUT_S)
         self.process = None
         return code

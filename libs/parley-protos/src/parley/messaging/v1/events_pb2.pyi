@@ -151,6 +151,7 @@ class MessageEdited(_message.Message):
     BODY_FIELD_NUMBER: _builtins.int
     EDITOR_ID_FIELD_NUMBER: _builtins.int
     EDITED_AT_FIELD_NUMBER: _builtins.int
+    EDITOR_NAME_FIELD_NUMBER: _builtins.int
     channel_id: _builtins.str
     message_id: _builtins.str
     channel_seq: _builtins.int
@@ -158,6 +159,8 @@ class MessageEdited(_message.Message):
     body: _builtins.str
     """the new text"""
     editor_id: _builtins.str
+    editor_name: _builtins.str
+    """the editor's (the sender's) username, for display"""
     @_builtins.property
     def edited_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -169,10 +172,11 @@ class MessageEdited(_message.Message):
         body: _builtins.str = ...,
         editor_id: _builtins.str = ...,
         edited_at: _timestamp_pb2.Timestamp | None = ...,
+        editor_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["edited_at", b"edited_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "channel_id", b"channel_id", "channel_seq", b"channel_seq", "edited_at", b"edited_at", "editor_id", b"editor_id", "message_id", b"message_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "channel_id", b"channel_id", "channel_seq", b"channel_seq", "edited_at", b"edited_at", "editor_id", b"editor_id", "editor_name", b"editor_name", "message_id", b"message_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -87,3 +87,428 @@ class GetChannelHistoryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetChannelHistoryResponse: _TypeAlias = GetChannelHistoryResponse  # noqa: Y015
+
+@_typing.final
+class ArchivedEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_FIELD_NUMBER: _builtins.int
+    STREAM_SEQ_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    AGGREGATE_TYPE_FIELD_NUMBER: _builtins.int
+    AGGREGATE_ID_FIELD_NUMBER: _builtins.int
+    AGGREGATE_VERSION_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_NS_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ENVELOPE_FIELD_NUMBER: _builtins.int
+    ERASED_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    stream: _builtins.str
+    stream_seq: _builtins.int
+    subject: _builtins.str
+    event_id: _builtins.str
+    event_type: _builtins.str
+    aggregate_type: _builtins.str
+    aggregate_id: _builtins.str
+    aggregate_version: _builtins.int
+    occurred_at_ns: _builtins.int
+    actor: _builtins.str
+    envelope: _builtins.bytes
+    """the serialized parley.common.v1.EventEnvelope, as appended"""
+    erased: _builtins.bool
+    """its data key was crypto-shredded: envelope is empty for good"""
+    cursor: _builtins.int
+    """pass as after_cursor to QueryAudit for the next page"""
+    def __init__(
+        self,
+        *,
+        stream: _builtins.str = ...,
+        stream_seq: _builtins.int = ...,
+        subject: _builtins.str = ...,
+        event_id: _builtins.str = ...,
+        event_type: _builtins.str = ...,
+        aggregate_type: _builtins.str = ...,
+        aggregate_id: _builtins.str = ...,
+        aggregate_version: _builtins.int = ...,
+        occurred_at_ns: _builtins.int = ...,
+        actor: _builtins.str = ...,
+        envelope: _builtins.bytes = ...,
+        erased: _builtins.bool = ...,
+        cursor: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "aggregate_version", b"aggregate_version", "cursor", b"cursor", "envelope", b"envelope", "erased", b"erased", "event_id", b"event_id", "event_type", b"event_type", "occurred_at_ns", b"occurred_at_ns", "stream", b"stream", "stream_seq", b"stream_seq", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArchivedEvent: _TypeAlias = ArchivedEvent  # noqa: Y015
+
+@_typing.final
+class ArchivedEventsPage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    HAS_MORE_FIELD_NUMBER: _builtins.int
+    has_more: _builtins.bool
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArchivedEvent]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___ArchivedEvent] | None = ...,
+        has_more: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "has_more", b"has_more"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArchivedEventsPage: _TypeAlias = ArchivedEventsPage  # noqa: Y015
+
+@_typing.final
+class ReadArchivedStreamRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    stream: _builtins.str
+    """e.g. "MSG" """
+    after_seq: _builtins.int
+    limit: _builtins.int
+    """1..1000; 0 means 500"""
+    def __init__(
+        self,
+        *,
+        stream: _builtins.str = ...,
+        after_seq: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "limit", b"limit", "stream", b"stream"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadArchivedStreamRequest: _TypeAlias = ReadArchivedStreamRequest  # noqa: Y015
+
+@_typing.final
+class GetAggregateEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGGREGATE_TYPE_FIELD_NUMBER: _builtins.int
+    AGGREGATE_ID_FIELD_NUMBER: _builtins.int
+    AFTER_VERSION_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    aggregate_type: _builtins.str
+    aggregate_id: _builtins.str
+    after_version: _builtins.int
+    limit: _builtins.int
+    """1..1000; 0 means 500"""
+    def __init__(
+        self,
+        *,
+        aggregate_type: _builtins.str = ...,
+        aggregate_id: _builtins.str = ...,
+        after_version: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_version", b"after_version", "aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAggregateEventsRequest: _TypeAlias = GetAggregateEventsRequest  # noqa: Y015
+
+@_typing.final
+class QueryAuditRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTOR_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    SINCE_NS_FIELD_NUMBER: _builtins.int
+    UNTIL_NS_FIELD_NUMBER: _builtins.int
+    AFTER_CURSOR_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    actor: _builtins.str
+    """user id or "service:<name>"; empty: any"""
+    target: _builtins.str
+    """aggregate id; empty: any"""
+    since_ns: _builtins.int
+    """inclusive; 0: from the start"""
+    until_ns: _builtins.int
+    """exclusive; 0: until now"""
+    after_cursor: _builtins.int
+    limit: _builtins.int
+    """1..1000; 0 means 500"""
+    def __init__(
+        self,
+        *,
+        actor: _builtins.str = ...,
+        target: _builtins.str = ...,
+        since_ns: _builtins.int = ...,
+        until_ns: _builtins.int = ...,
+        after_cursor: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "after_cursor", b"after_cursor", "limit", b"limit", "since_ns", b"since_ns", "target", b"target", "until_ns", b"until_ns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueryAuditRequest: _TypeAlias = QueryAuditRequest  # noqa: Y015
+
+@_typing.final
+class GetArchiveLagRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetArchiveLagRequest: _TypeAlias = GetArchiveLagRequest  # noqa: Y015
+
+@_typing.final
+class StreamLag(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_FIELD_NUMBER: _builtins.int
+    CONSUMER_FIELD_NUMBER: _builtins.int
+    STREAM_LAST_SEQ_FIELD_NUMBER: _builtins.int
+    ARCHIVED_SEQ_FIELD_NUMBER: _builtins.int
+    EVENTS_BEHIND_FIELD_NUMBER: _builtins.int
+    SECONDS_BEHIND_FIELD_NUMBER: _builtins.int
+    COMMITTED_SEQ_FIELD_NUMBER: _builtins.int
+    stream: _builtins.str
+    consumer: _builtins.str
+    stream_last_seq: _builtins.int
+    archived_seq: _builtins.int
+    """everything up to here is archived (the consumer's ack floor)"""
+    events_behind: _builtins.int
+    """not yet delivered + delivered but not yet acknowledged"""
+    seconds_behind: _builtins.float
+    """age of the oldest event not yet archived; 0 when caught up"""
+    committed_seq: _builtins.int
+    """highest sequence committed in SQL; holes below await redelivery"""
+    def __init__(
+        self,
+        *,
+        stream: _builtins.str = ...,
+        consumer: _builtins.str = ...,
+        stream_last_seq: _builtins.int = ...,
+        archived_seq: _builtins.int = ...,
+        events_behind: _builtins.int = ...,
+        seconds_behind: _builtins.float = ...,
+        committed_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived_seq", b"archived_seq", "committed_seq", b"committed_seq", "consumer", b"consumer", "events_behind", b"events_behind", "seconds_behind", b"seconds_behind", "stream", b"stream", "stream_last_seq", b"stream_last_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamLag: _TypeAlias = StreamLag  # noqa: Y015
+
+@_typing.final
+class GetArchiveLagResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def streams(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamLag]: ...
+    def __init__(
+        self,
+        *,
+        streams: _abc.Iterable[Global___StreamLag] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["streams", b"streams"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetArchiveLagResponse: _TypeAlias = GetArchiveLagResponse  # noqa: Y015
+
+@_typing.final
+class ExportUserDataRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportUserDataRequest: _TypeAlias = ExportUserDataRequest  # noqa: Y015
+
+@_typing.final
+class ExportUserDataResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORMAT_FIELD_NUMBER: _builtins.int
+    ARCHIVE_FIELD_NUMBER: _builtins.int
+    format: _builtins.str
+    """"parley-user-export/1": JSON, one object per event, payloads decoded"""
+    archive: _builtins.bytes
+    """UTF-8 JSON document"""
+    def __init__(
+        self,
+        *,
+        format: _builtins.str = ...,
+        archive: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archive", b"archive", "format", b"format"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportUserDataResponse: _TypeAlias = ExportUserDataResponse  # noqa: Y015
+
+@_typing.final
+class EraseUserDataRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    reason: _builtins.str
+    """recorded in the audited UserDataErased event"""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseUserDataRequest: _TypeAlias = EraseUserDataRequest  # noqa: Y015
+
+@_typing.final
+class EraseUserDataResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DESTROYED_KEY_IDS_FIELD_NUMBER: _builtins.int
+    EVENTS_UNREADABLE_FIELD_NUMBER: _builtins.int
+    events_unreadable: _builtins.int
+    @_builtins.property
+    def destroyed_key_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        destroyed_key_ids: _abc.Iterable[_builtins.str] | None = ...,
+        events_unreadable: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destroyed_key_ids", b"destroyed_key_ids", "events_unreadable", b"events_unreadable"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseUserDataResponse: _TypeAlias = EraseUserDataResponse  # noqa: Y015
+
+@_typing.final
+class SetRetentionPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    DAYS_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    days: _builtins.int
+    """keep messages this many days; 0 removes the policy (keep forever)"""
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        days: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "days", b"days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetRetentionPolicyRequest: _TypeAlias = SetRetentionPolicyRequest  # noqa: Y015
+
+@_typing.final
+class SetRetentionPolicyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REMOVED_NOW_FIELD_NUMBER: _builtins.int
+    removed_now: _builtins.int
+    """messages removed by applying the policy at once"""
+    def __init__(
+        self,
+        *,
+        removed_now: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed_now", b"removed_now"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetRetentionPolicyResponse: _TypeAlias = SetRetentionPolicyResponse  # noqa: Y015
+
+@_typing.final
+class RotateKeyEncryptionKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateKeyEncryptionKeyRequest: _TypeAlias = RotateKeyEncryptionKeyRequest  # noqa: Y015
+
+@_typing.final
+class RotateKeyEncryptionKeyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NEW_KEK_ID_FIELD_NUMBER: _builtins.int
+    REWRAPPED_DATA_KEYS_FIELD_NUMBER: _builtins.int
+    RETIRED_KEK_IDS_FIELD_NUMBER: _builtins.int
+    new_kek_id: _builtins.str
+    rewrapped_data_keys: _builtins.int
+    @_builtins.property
+    def retired_kek_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        new_kek_id: _builtins.str = ...,
+        rewrapped_data_keys: _builtins.int = ...,
+        retired_kek_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["new_kek_id", b"new_kek_id", "retired_kek_ids", b"retired_kek_ids", "rewrapped_data_keys", b"rewrapped_data_keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateKeyEncryptionKeyResponse: _TypeAlias = RotateKeyEncryptionKeyResponse  # noqa: Y015

@@ -101,3 +101,405 @@ class StorageService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class StorageArchiveServiceStub:
+    """---- Archive queries, privacy and operations (issue 5) ----
+
+    Who may call what (checked by the storage service itself):
+    - ReadArchivedStream / GetAggregateEvents: a service peer (mutual TLS) for the streams it is a
+    declared reader of in topology.py, the operator's platform identity, or a user token with
+    role `security-auditor`. This is how a service rebuilds state older than JetStream retention.
+    - QueryAudit: a user token with role `security-auditor` only.
+    - GetArchiveLag: the platform identity or a `security-auditor`.
+    - ExportUserData / EraseUserData: the user themself, or the platform identity acting for them.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ReadArchivedStream = channel.unary_unary(
+                '/parley.storage.v1.StorageArchiveService/ReadArchivedStream',
+                request_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.ReadArchivedStreamRequest.SerializeToString,
+                response_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.ArchivedEventsPage.FromString,
+                _registered_method=True)
+        self.GetAggregateEvents = channel.unary_unary(
+                '/parley.storage.v1.StorageArchiveService/GetAggregateEvents',
+                request_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.GetAggregateEventsRequest.SerializeToString,
+                response_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.ArchivedEventsPage.FromString,
+                _registered_method=True)
+        self.QueryAudit = channel.unary_unary(
+                '/parley.storage.v1.StorageArchiveService/QueryAudit',
+                request_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.QueryAuditRequest.SerializeToString,
+                response_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.ArchivedEventsPage.FromString,
+                _registered_method=True)
+        self.GetArchiveLag = channel.unary_unary(
+                '/parley.storage.v1.StorageArchiveService/GetArchiveLag',
+                request_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.GetArchiveLagRequest.SerializeToString,
+                response_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.GetArchiveLagResponse.FromString,
+                _registered_method=True)
+        self.ExportUserData = channel.unary_unary(
+                '/parley.storage.v1.StorageArchiveService/ExportUserData',
+                request_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.ExportUserDataRequest.SerializeToString,
+                response_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.ExportUserDataResponse.FromString,
+                _registered_method=True)
+        self.EraseUserData = channel.unary_unary(
+                '/parley.storage.v1.StorageArchiveService/EraseUserData',
+                request_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.EraseUserDataRequest.SerializeToString,
+                response_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.EraseUserDataResponse.FromString,
+                _registered_method=True)
+        self.SetRetentionPolicy = channel.unary_unary(
+                '/parley.storage.v1.StorageArchiveService/SetRetentionPolicy',
+                request_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.SetRetentionPolicyRequest.SerializeToString,
+                response_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.SetRetentionPolicyResponse.FromString,
+                _registered_method=True)
+        self.RotateKeyEncryptionKey = channel.unary_unary(
+                '/parley.storage.v1.StorageArchiveService/RotateKeyEncryptionKey',
+                request_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.RotateKeyEncryptionKeyRequest.SerializeToString,
+                response_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.RotateKeyEncryptionKeyResponse.FromString,
+                _registered_method=True)
+
+
+class StorageArchiveServiceServicer:
+    """---- Archive queries, privacy and operations (issue 5) ----
+
+    Who may call what (checked by the storage service itself):
+    - ReadArchivedStream / GetAggregateEvents: a service peer (mutual TLS) for the streams it is a
+    declared reader of in topology.py, the operator's platform identity, or a user token with
+    role `security-auditor`. This is how a service rebuilds state older than JetStream retention.
+    - QueryAudit: a user token with role `security-auditor` only.
+    - GetArchiveLag: the platform identity or a `security-auditor`.
+    - ExportUserData / EraseUserData: the user themself, or the platform identity acting for them.
+    """
+
+    def ReadArchivedStream(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAggregateEvents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QueryAudit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetArchiveLag(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportUserData(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EraseUserData(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetRetentionPolicy(self, request, context):
+        """Operator only (platform identity): retention per channel, applied by an hourly job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateKeyEncryptionKey(self, request, context):
+        """Operator only: a new key-encryption key; every data key is re-wrapped, no event rewritten.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_StorageArchiveServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ReadArchivedStream': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadArchivedStream,
+                    request_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.ReadArchivedStreamRequest.FromString,
+                    response_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.ArchivedEventsPage.SerializeToString,
+            ),
+            'GetAggregateEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAggregateEvents,
+                    request_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.GetAggregateEventsRequest.FromString,
+                    response_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.ArchivedEventsPage.SerializeToString,
+            ),
+            'QueryAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryAudit,
+                    request_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.QueryAuditRequest.FromString,
+                    response_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.ArchivedEventsPage.SerializeToString,
+            ),
+            'GetArchiveLag': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetArchiveLag,
+                    request_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.GetArchiveLagRequest.FromString,
+                    response_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.GetArchiveLagResponse.SerializeToString,
+            ),
+            'ExportUserData': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportUserData,
+                    request_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.ExportUserDataRequest.FromString,
+                    response_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.ExportUserDataResponse.SerializeToString,
+            ),
+            'EraseUserData': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseUserData,
+                    request_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.EraseUserDataRequest.FromString,
+                    response_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.EraseUserDataResponse.SerializeToString,
+            ),
+            'SetRetentionPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRetentionPolicy,
+                    request_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.SetRetentionPolicyRequest.FromString,
+                    response_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.SetRetentionPolicyResponse.SerializeToString,
+            ),
+            'RotateKeyEncryptionKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateKeyEncryptionKey,
+                    request_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.RotateKeyEncryptionKeyRequest.FromString,
+                    response_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.RotateKeyEncryptionKeyResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'parley.storage.v1.StorageArchiveService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('parley.storage.v1.StorageArchiveService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class StorageArchiveService:
+    """---- Archive queries, privacy and operations (issue 5) ----
+
+    Who may call what (checked by the storage service itself):
+    - ReadArchivedStream / GetAggregateEvents: a service peer (mutual TLS) for the streams it is a
+    declared reader of in topology.py, the operator's platform identity, or a user token with
+    role `security-auditor`. This is how a service rebuilds state older than JetStream retention.
+    - QueryAudit: a user token with role `security-auditor` only.
+    - GetArchiveLag: the platform identity or a `security-auditor`.
+    - ExportUserData / EraseUserData: the user themself, or the platform identity acting for them.
+    """
+
+    @staticmethod
+    def ReadArchivedStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.storage.v1.StorageArchiveService/ReadArchivedStream',
+            parley_dot_storage_dot_v1_dot_storage__pb2.ReadArchivedStreamRequest.SerializeToString,
+            parley_dot_storage_dot_v1_dot_storage__pb2.ArchivedEventsPage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAggregateEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.storage.v1.StorageArchiveService/GetAggregateEvents',
+            parley_dot_storage_dot_v1_dot_storage__pb2.GetAggregateEventsRequest.SerializeToString,
+            parley_dot_storage_dot_v1_dot_storage__pb2.ArchivedEventsPage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.storage.v1.StorageArchiveService/QueryAudit',
+            parley_dot_storage_dot_v1_dot_storage__pb2.QueryAuditRequest.SerializeToString,
+            parley_dot_storage_dot_v1_dot_storage__pb2.ArchivedEventsPage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetArchiveLag(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.storage.v1.StorageArchiveService/GetArchiveLag',
+            parley_dot_storage_dot_v1_dot_storage__pb2.GetArchiveLagRequest.SerializeToString,
+            parley_dot_storage_dot_v1_dot_storage__pb2.GetArchiveLagResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportUserData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.storage.v1.StorageArchiveService/ExportUserData',
+            parley_dot_storage_dot_v1_dot_storage__pb2.ExportUserDataRequest.SerializeToString,
+            parley_dot_storage_dot_v1_dot_storage__pb2.ExportUserDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseUserData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.storage.v1.StorageArchiveService/EraseUserData',
+            parley_dot_storage_dot_v1_dot_storage__pb2.EraseUserDataRequest.SerializeToString,
+            parley_dot_storage_dot_v1_dot_storage__pb2.EraseUserDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRetentionPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.storage.v1.StorageArchiveService/SetRetentionPolicy',
+            parley_dot_storage_dot_v1_dot_storage__pb2.SetRetentionPolicyRequest.SerializeToString,
+            parley_dot_storage_dot_v1_dot_storage__pb2.SetRetentionPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateKeyEncryptionKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.storage.v1.StorageArchiveService/RotateKeyEncryptionKey',
+            parley_dot_storage_dot_v1_dot_storage__pb2.RotateKeyEncryptionKeyRequest.SerializeToString,
+            parley_dot_storage_dot_v1_dot_storage__pb2.RotateKeyEncryptionKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

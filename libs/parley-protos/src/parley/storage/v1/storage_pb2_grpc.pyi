@@ -59,3 +59,127 @@ class StorageServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_storage_pb2.GetChannelHistoryResponse, _abc.Awaitable[_storage_pb2.GetChannelHistoryResponse]]: ...
 
 def add_StorageServiceServicer_to_server(servicer: StorageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class StorageArchiveServiceStub:
+    """---- Archive queries, privacy and operations (issue 5) ----
+
+    Who may call what (checked by the storage service itself):
+    - ReadArchivedStream / GetAggregateEvents: a service peer (mutual TLS) for the streams it is a
+      declared reader of in topology.py, the operator's platform identity, or a user token with
+      role `security-auditor`. This is how a service rebuilds state older than JetStream retention.
+    - QueryAudit: a user token with role `security-auditor` only.
+    - GetArchiveLag: the platform identity or a `security-auditor`.
+    - ExportUserData / EraseUserData: the user themself, or the platform identity acting for them.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> StorageArchiveServiceAsyncStub: ...
+    ReadArchivedStream: _grpc.UnaryUnaryMultiCallable[_storage_pb2.ReadArchivedStreamRequest, _storage_pb2.ArchivedEventsPage]
+    GetAggregateEvents: _grpc.UnaryUnaryMultiCallable[_storage_pb2.GetAggregateEventsRequest, _storage_pb2.ArchivedEventsPage]
+    QueryAudit: _grpc.UnaryUnaryMultiCallable[_storage_pb2.QueryAuditRequest, _storage_pb2.ArchivedEventsPage]
+    GetArchiveLag: _grpc.UnaryUnaryMultiCallable[_storage_pb2.GetArchiveLagRequest, _storage_pb2.GetArchiveLagResponse]
+    ExportUserData: _grpc.UnaryUnaryMultiCallable[_storage_pb2.ExportUserDataRequest, _storage_pb2.ExportUserDataResponse]
+    EraseUserData: _grpc.UnaryUnaryMultiCallable[_storage_pb2.EraseUserDataRequest, _storage_pb2.EraseUserDataResponse]
+    SetRetentionPolicy: _grpc.UnaryUnaryMultiCallable[_storage_pb2.SetRetentionPolicyRequest, _storage_pb2.SetRetentionPolicyResponse]
+    """Operator only (platform identity): retention per channel, applied by an hourly job."""
+    RotateKeyEncryptionKey: _grpc.UnaryUnaryMultiCallable[_storage_pb2.RotateKeyEncryptionKeyRequest, _storage_pb2.RotateKeyEncryptionKeyResponse]
+    """Operator only: a new key-encryption key; every data key is re-wrapped, no event rewritten."""
+
+@_typing.type_check_only
+class StorageArchiveServiceAsyncStub(StorageArchiveServiceStub):
+    """---- Archive queries, privacy and operations (issue 5) ----
+
+    Who may call what (checked by the storage service itself):
+    - ReadArchivedStream / GetAggregateEvents: a service peer (mutual TLS) for the streams it is a
+      declared reader of in topology.py, the operator's platform identity, or a user token with
+      role `security-auditor`. This is how a service rebuilds state older than JetStream retention.
+    - QueryAudit: a user token with role `security-auditor` only.
+    - GetArchiveLag: the platform identity or a `security-auditor`.
+    - ExportUserData / EraseUserData: the user themself, or the platform identity acting for them.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    ReadArchivedStream: _aio.UnaryUnaryMultiCallable[_storage_pb2.ReadArchivedStreamRequest, _storage_pb2.ArchivedEventsPage]  # type: ignore[assignment]
+    GetAggregateEvents: _aio.UnaryUnaryMultiCallable[_storage_pb2.GetAggregateEventsRequest, _storage_pb2.ArchivedEventsPage]  # type: ignore[assignment]
+    QueryAudit: _aio.UnaryUnaryMultiCallable[_storage_pb2.QueryAuditRequest, _storage_pb2.ArchivedEventsPage]  # type: ignore[assignment]
+    GetArchiveLag: _aio.UnaryUnaryMultiCallable[_storage_pb2.GetArchiveLagRequest, _storage_pb2.GetArchiveLagResponse]  # type: ignore[assignment]
+    ExportUserData: _aio.UnaryUnaryMultiCallable[_storage_pb2.ExportUserDataRequest, _storage_pb2.ExportUserDataResponse]  # type: ignore[assignment]
+    EraseUserData: _aio.UnaryUnaryMultiCallable[_storage_pb2.EraseUserDataRequest, _storage_pb2.EraseUserDataResponse]  # type: ignore[assignment]
+    SetRetentionPolicy: _aio.UnaryUnaryMultiCallable[_storage_pb2.SetRetentionPolicyRequest, _storage_pb2.SetRetentionPolicyResponse]  # type: ignore[assignment]
+    """Operator only (platform identity): retention per channel, applied by an hourly job."""
+    RotateKeyEncryptionKey: _aio.UnaryUnaryMultiCallable[_storage_pb2.RotateKeyEncryptionKeyRequest, _storage_pb2.RotateKeyEncryptionKeyResponse]  # type: ignore[assignment]
+    """Operator only: a new key-encryption key; every data key is re-wrapped, no event rewritten."""
+
+class StorageArchiveServiceServicer(metaclass=_abc_1.ABCMeta):
+    """---- Archive queries, privacy and operations (issue 5) ----
+
+    Who may call what (checked by the storage service itself):
+    - ReadArchivedStream / GetAggregateEvents: a service peer (mutual TLS) for the streams it is a
+      declared reader of in topology.py, the operator's platform identity, or a user token with
+      role `security-auditor`. This is how a service rebuilds state older than JetStream retention.
+    - QueryAudit: a user token with role `security-auditor` only.
+    - GetArchiveLag: the platform identity or a `security-auditor`.
+    - ExportUserData / EraseUserData: the user themself, or the platform identity acting for them.
+    """
+
+    @_abc_1.abstractmethod
+    def ReadArchivedStream(
+        self,
+        request: _storage_pb2.ReadArchivedStreamRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_pb2.ArchivedEventsPage, _abc.Awaitable[_storage_pb2.ArchivedEventsPage]]: ...
+
+    @_abc_1.abstractmethod
+    def GetAggregateEvents(
+        self,
+        request: _storage_pb2.GetAggregateEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_pb2.ArchivedEventsPage, _abc.Awaitable[_storage_pb2.ArchivedEventsPage]]: ...
+
+    @_abc_1.abstractmethod
+    def QueryAudit(
+        self,
+        request: _storage_pb2.QueryAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_pb2.ArchivedEventsPage, _abc.Awaitable[_storage_pb2.ArchivedEventsPage]]: ...
+
+    @_abc_1.abstractmethod
+    def GetArchiveLag(
+        self,
+        request: _storage_pb2.GetArchiveLagRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_pb2.GetArchiveLagResponse, _abc.Awaitable[_storage_pb2.GetArchiveLagResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ExportUserData(
+        self,
+        request: _storage_pb2.ExportUserDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_pb2.ExportUserDataResponse, _abc.Awaitable[_storage_pb2.ExportUserDataResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def EraseUserData(
+        self,
+        request: _storage_pb2.EraseUserDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_pb2.EraseUserDataResponse, _abc.Awaitable[_storage_pb2.EraseUserDataResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetRetentionPolicy(
+        self,
+        request: _storage_pb2.SetRetentionPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_pb2.SetRetentionPolicyResponse, _abc.Awaitable[_storage_pb2.SetRetentionPolicyResponse]]:
+        """Operator only (platform identity): retention per channel, applied by an hourly job."""
+
+    @_abc_1.abstractmethod
+    def RotateKeyEncryptionKey(
+        self,
+        request: _storage_pb2.RotateKeyEncryptionKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_pb2.RotateKeyEncryptionKeyResponse, _abc.Awaitable[_storage_pb2.RotateKeyEncryptionKeyResponse]]:
+        """Operator only: a new key-encryption key; every data key is re-wrapped, no event rewritten."""
+
+def add_StorageArchiveServiceServicer_to_server(servicer: StorageArchiveServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

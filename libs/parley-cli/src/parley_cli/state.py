@@ -1,0 +1,46 @@
+"""What `parley up` leaves in the data folder for the other commands: ports, pids, NATS URL."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+STATE_FILE = "platform.json"
+CLIENT_FILE = "client.json"
+
+
+class PlatformNotRunning(FileNotFoundError):
+    pass
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def load_running_state(data_dir: Path) -> dict[str, Any]:
+    """The state of a running platform, or a clear error saying how to start one."""
+    path = data_dir / STATE_FILE
+    if not path.exists():
+        raise PlatformNotRunning(f"no platform state in {data_dir}; start the platform with `make run` first")
+    state: dict[str, Any] = json.loads(path.read_text())
+    if not state.get("running", True) or not _alive(state.get("pid")):
+        raise PlatformNotRunning(f"the platform in {data_dir} is not running; start it with `make run`")
+    return state
+
+
+def previous_port(data_dir: Path, service: str) -> int | None:
+    path = data_dir / STATE_FILE
+    if not path.exists():
+        return None
+    port = json.loads(path.read_text()).get("services", {}).get(service, {}).get("port")
+    return int(port) if port else None

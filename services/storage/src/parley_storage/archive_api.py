@@ -1,0 +1,202 @@
+"""StorageArchiveService: archive reads, audit queries, lag, export and erasure over gRPC.
+
+Servicer methods only translate: protobuf in, access rules (access.py), archive calls, protobuf out.
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import nats.js.errors
+from parley.storage.v1 import storage_pb2, storage_pb2_grpc
+from parley.storage.v1.events_pb2 import UserDataErased
+
+from parley_core.envelope import NewEvent, decode
+from parley_core.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unavailable
+from parley_core.runner import RunContext
+from parley_core.tokens import Caller
+from parley_core.topology import PLATFORM_USER, STREAMS_BY_NAME, privacy_subject
+from parley_storage import access
+from parley_storage.access import Requester
+from parley_storage.archive import SqlEventArchive, StoredEvent
+from parley_storage.export import EXPORT_FORMAT, build_export
+from parley_storage.kek import FileKeyring
+from parley_storage.lag import measure_lag
+
+DEFAULT_PAGE = 500
+MAX_PAGE = 1000
+MAX_RETENTION_DAYS = 36_500
+Context = grpc.aio.ServicerContext[object, object]
+
+
+def _page_size(limit: int) -> int:
+    if limit > MAX_PAGE:
+        raise InvalidArgument(f"limit must be at most {MAX_PAGE}")
+    return limit or DEFAULT_PAGE
+
+
+def _to_proto(event: StoredEvent, cursor: int = 0) -> storage_pb2.ArchivedEvent:
+    return storage_pb2.ArchivedEvent(
+        stream=event.stream,
+        stream_seq=event.stream_seq,
+        subject=event.subject,
+        event_id=event.event_id,
+        event_type=event.event_type,
+        aggregate_type=event.aggregate_type,
+        aggregate_id=event.aggregate_id,
+        aggregate_version=event.aggregate_version,
+        occurred_at_ns=event.occurred_at_ns,
+        actor=event.actor,
+        envelope=event.envelope.SerializeToString() if event.envelope is not None else b"",
+        erased=event.envelope is None,
+        cursor=cursor,
+    )
+
+
+class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
+    def __init__(self, ctx: RunContext, archive: SqlEventArchive) -> None:
+        self._ctx = ctx
+        self._archive = archive
+
+    def _requester(self, context: Context) -> Requester:
+        names = [n.decode() for n in context.auth_context().get("x509_common_name", [])]
+        has_token = any(key == "authorization" for key, _ in context.invocation_metadata() or ())
+        caller: Caller | None = self._ctx.tokens.caller(context) if has_token else None
+        return Requester(peer=names[0] if names else "", caller=caller)
+
+    async def ReadArchivedStream(
+        self, request: storage_pb2.ReadArchivedStreamRequest, context: Context
+    ) -> storage_pb2.ArchivedEventsPage:
+        allowed = access.readable_streams(self._requester(context))
+        if request.stream not in STREAMS_BY_NAME:
+            raise InvalidArgument(f"unknown stream {request.stream!r}; streams: {', '.join(sorted(STREAMS_BY_NAME))}")
+        if allowed is not None and request.stream not in allowed:
+            raise PermissionDenied(f"your service does not read stream {request.stream}")
+        stored, has_more = await self._archive.stream_events(
+            request.stream, after_seq=request.after_seq, limit=_page_size(request.limit)
+        )
+        return storage_pb2.ArchivedEventsPage(events=[_to_proto(e) for e in stored], has_more=has_more)
+
+    async def GetAggregateEvents(
+        self, request: storage_pb2.GetAggregateEventsRequest, context: Context
+    ) -> storage_pb2.ArchivedEventsPage:
+        allowed = access.readable_streams(self._requester(context))
+        if not request.aggregate_type or not request.aggregate_id:
+            raise InvalidArgument("aggregate_type and aggregate_id are required")
+        stored, has_more = await self._archive.aggregate_events(
+            request.aggregate_type,
+            request.aggregate_id,
+            after_version=request.after_version,
+            limit=_page_size(request.limit),
+            streams=allowed,
+        )
+        return storage_pb2.ArchivedEventsPage(events=[_to_proto(e) for e in stored], has_more=has_more)
+
+    async def QueryAudit(
+        self, request: storage_pb2.QueryAuditRequest, context: Context
+    ) -> storage_pb2.ArchivedEventsPage:
+        access.require_auditor(self._requester(context))
+        if request.until_ns and request.since_ns and request.until_ns <= request.since_ns:
+            raise InvalidArgument("until_ns must be after since_ns")
+        found, has_more = await self._archive.audit_events(
+            actor=request.actor,
+            target=request.target,
+            since_ns=request.since_ns,
+            until_ns=request.until_ns,
+            after_id=request.after_cursor,
+            limit=_page_size(request.limit),
+        )
+        return storage_pb2.ArchivedEventsPage(events=[_to_proto(e, row_id) for row_id, e in found], has_more=has_more)
+
+    async def GetArchiveLag(
+        self, request: storage_pb2.GetArchiveLagRequest, context: Context
+    ) -> storage_pb2.GetArchiveLagResponse:
+        access.require_operator_or_auditor(self._requester(context))
+        lags = await measure_lag(self._ctx.bus.js, self._archive)
+        return storage_pb2.GetArchiveLagResponse(
+            streams=[
+                storage_pb2.StreamLag(
+                    stream=lag.stream,
+                    consumer=lag.consumer,
+                    stream_last_seq=lag.stream_last_seq,
+                    archived_seq=lag.acked_seq,
+                    committed_seq=lag.committed_seq,
+                    events_behind=lag.events_behind,
+                    seconds_behind=lag.seconds_behind,
+                )
+                for lag in lags
+            ]
+        )
+
+    async def ExportUserData(
+        self, request: storage_pb2.ExportUserDataRequest, context: Context
+    ) -> storage_pb2.ExportUserDataResponse:
+        if not request.user_id:
+            raise InvalidArgument("user_id is required")
+        access.require_self_or_operator(self._requester(context), request.user_id)
+        stored = await self._archive.user_events(request.user_id)
+        return storage_pb2.ExportUserDataResponse(format=EXPORT_FORMAT, archive=build_export(request.user_id, stored))
+
+    async def EraseUserData(
+        self, request: storage_pb2.EraseUserDataRequest, context: Context
+    ) -> storage_pb2.EraseUserDataResponse:
+        if not request.user_id:
+            raise InvalidArgument("user_id is required")
+        requester = self._requester(context)
+        access.require_self_or_operator(requester, request.user_id)
+        live = await self._archive.live_user_keys(request.user_id)
+        # The audited decision is appended first: an erasure never happens without its record.
+        subject = privacy_subject(request.user_id)
+        try:
+            raw = await self._ctx.bus.js.get_last_msg("STORE", subject, direct=True)
+            last, version = int(raw.seq or 0), decode(raw.data or b"").aggregate_version
+        except nats.js.errors.NotFoundError:
+            last, version = 0, 0
+        event = NewEvent(
+            aggregate_type="privacy",
+            aggregate_id=request.user_id,
+            payload=UserDataErased(
+                user_id=request.user_id,
+                erased_by=requester.acting_as,
+                reason=request.reason,
+                destroyed_key_ids=live,
+            ),
+            actor=requester.acting_as,
+        )
+        try:
+            await self._ctx.bus.append(subject, event, aggregate_version=version + 1, expected_last_subject_seq=last)
+        except Exception as exc:  # any bus failure: nothing was shredded, the caller may retry
+            raise Unavailable("could not record the erasure; nothing was erased, retry") from exc
+        shredded = await self._archive.shred_user(request.user_id)
+        unreadable = await self._archive.count_events_under(shredded.key_ids)
+        return storage_pb2.EraseUserDataResponse(destroyed_key_ids=list(shredded.key_ids), events_unreadable=unreadable)
+
+    async def SetRetentionPolicy(
+        self, request: storage_pb2.SetRetentionPolicyRequest, context: Context
+    ) -> storage_pb2.SetRetentionPolicyResponse:
+        access.require_operator(self._requester(context))
+        if not request.channel_id:
+            raise InvalidArgument("channel_id is required")
+        if request.days > MAX_RETENTION_DAYS:
+            raise InvalidArgument(f"days must be at most {MAX_RETENTION_DAYS} (or 0 to keep forever)")
+        await self._archive.set_retention(request.channel_id, request.days, set_by=PLATFORM_USER)
+        removed = await self._archive.apply_retention(now_ns=time.time_ns())
+        return storage_pb2.SetRetentionPolicyResponse(removed_now=removed)
+
+    async def RotateKeyEncryptionKey(
+        self, request: storage_pb2.RotateKeyEncryptionKeyRequest, context: Context
+    ) -> storage_pb2.RotateKeyEncryptionKeyResponse:
+        access.require_operator(self._requester(context))
+        keyring = self._archive.keys.keks
+        if not isinstance(keyring, FileKeyring):
+            raise FailedPrecondition("key-encryption keys are held by an external KMS: rotate them there")
+        new = keyring.add_new()
+        rewrapped = await self._archive.rewrap_data_keys()
+        in_use = await self._archive.keks_in_use()
+        retired = sorted(k for k in keyring.keys if k != new and k not in in_use)
+        for kek_id in retired:
+            keyring.retire(kek_id)
+        return storage_pb2.RotateKeyEncryptionKeyResponse(
+            new_kek_id=new, rewrapped_data_keys=rewrapped, retired_kek_ids=retired
+        )

@@ -1,0 +1,323 @@
+"""Verified backups of the archive: a consistent snapshot, encrypted, signed, with a manifest.
+
+A backup is a folder of three files:
+
+- ``archive.sqlite.enc``: the snapshot as a SQLite database (whatever the source database),
+  AES-256-GCM in chunks under a fresh content key; each chunk binds the backup id, its index and
+  whether it is the last, so chunks can be neither reordered, dropped nor truncated unnoticed.
+- ``manifest.json``: what was backed up (schema revision, consumer positions, event counts),
+  the SHA-256 of every file and of the plaintext snapshot, and the content key wrapped under the
+  backup key.
+- ``manifest.sig``: an Ed25519 signature over manifest.json.
+
+The records inside stay sealed under their data keys, and restoring needs the KEK keyring,
+whose tombstones destroy in the restored copy every key shredded since the backup was taken.
+The snapshot is consistent: SQLite's online backup API, or one REPEATABLE READ transaction on
+PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import sqlite3
+import struct
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import Connection, Engine, func, insert, select, text
+
+from parley_core.files import ensure_private_dir, write_private_file
+from parley_storage.archive import open_engine
+from parley_storage.datakeys import DataKeys
+from parley_storage.kek import KeyEncryptionKeys
+from parley_storage.migrate import head_revision, upgrade_to_head
+from parley_storage.schema import consumer_positions, events, metadata
+
+FORMAT = "parley-storage-backup/1"
+SNAPSHOT = "archive.sqlite.enc"
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+BACKUP_KEY_FILE = "storage-backup.key"
+SIGNING_KEY_FILE = "storage-backup-signing.pem"
+VERIFY_KEY_FILE = "storage-backup-signing.pub"
+CHUNK_BYTES = 4 * 1024 * 1024
+NONCE_BYTES = 12
+COPY_ROWS = 1000
+
+
+class BackupInvalid(Exception):
+    """The backup is damaged, tampered with, or not signed by this installation's key."""
+
+
+class RestoreRefused(Exception):
+    """Restoring would overwrite or mix with existing data."""
+
+
+@dataclass(frozen=True)
+class BackupKeys:
+    """Backup secrets in the data folder's secrets/ (0600): content-wrapping key and signing key."""
+
+    wrapping_key: bytes
+    signing_key: Ed25519PrivateKey | None
+    verify_key: Ed25519PublicKey
+
+    @classmethod
+    def load_or_create(cls, secrets_dir: Path) -> BackupKeys:
+        ensure_private_dir(secrets_dir)
+        key_path, signing_path = secrets_dir / BACKUP_KEY_FILE, secrets_dir / SIGNING_KEY_FILE
+        if not key_path.exists():
+            write_private_file(key_path, base64.b64encode(AESGCM.generate_key(bit_length=256)) + b"\n")
+        if not signing_path.exists():
+            signing = Ed25519PrivateKey.generate()
+            pem = signing.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+            write_private_file(signing_path, pem)
+            public = signing.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            write_private_file(secrets_dir / VERIFY_KEY_FILE, public)
+        return cls.load(secrets_dir)
+
+    @classmethod
+    def load(cls, secrets_dir: Path) -> BackupKeys:
+        try:
+            wrapping = base64.b64decode((secrets_dir / BACKUP_KEY_FILE).read_bytes())
+            verify = serialization.load_pem_public_key((secrets_dir / VERIFY_KEY_FILE).read_bytes())
+        except FileNotFoundError as exc:
+            raise BackupInvalid(f"backup keys missing: {exc.filename} (restore secrets/ from your key backup)") from exc
+        if not isinstance(verify, Ed25519PublicKey) or len(wrapping) != 32:
+            raise BackupInvalid(f"backup keys in {secrets_dir} are not an AES-256 key and an Ed25519 public key")
+        signing: Ed25519PrivateKey | None = None
+        if (secrets_dir / SIGNING_KEY_FILE).exists():
+            loaded = serialization.load_pem_private_key((secrets_dir / SIGNING_KEY_FILE).read_bytes(), password=None)
+            if not isinstance(loaded, Ed25519PrivateKey):
+                raise BackupInvalid(f"{SIGNING_KEY_FILE} is not an Ed25519 private key")
+            signing = loaded
+        return cls(wrapping_key=wrapping, signing_key=signing, verify_key=verify)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _chunk_aad(backup_id: str, index: int, last: bool) -> bytes:
+    return f"{FORMAT}|{backup_id}|{index}|{int(last)}".encode()
+
+
+def _encrypt_file(plain: Path, sealed: Path, key: bytes, backup_id: str) -> None:
+    aead = AESGCM(key)
+    size = plain.stat().st_size
+    count = max(1, -(-size // CHUNK_BYTES))
+    with plain.open("rb") as src, sealed.open("wb") as dst:
+        for index in range(count):
+            nonce = os.urandom(NONCE_BYTES)
+            body = aead.encrypt(nonce, src.read(CHUNK_BYTES), _chunk_aad(backup_id, index, index == count - 1))
+            dst.write(struct.pack(">I", len(body)) + nonce + body)
+        dst.flush()
+        os.fsync(dst.fileno())
+
+
+def _decrypt_chunks(sealed: Path, key: bytes, backup_id: str) -> Iterator[bytes]:
+    aead = AESGCM(key)
+    with sealed.open("rb") as src:
+        index = 0
+        header = src.read(4)
+        while header:
+            if len(header) != 4:
+                raise BackupInvalid("snapshot is truncated")
+            (length,) = struct.unpack(">I", header)
+            nonce, body = src.read(NONCE_BYTES), src.read(length)
+            if len(body) != length:
+                raise BackupInvalid("snapshot is truncated")
+            header = src.read(4)
+            try:
+                yield aead.decrypt(nonce, body, _chunk_aad(backup_id, index, not header))
+            except InvalidTag as exc:
+                raise BackupInvalid(f"snapshot chunk {index} does not authenticate (damaged or reordered)") from exc
+            index += 1
+
+
+def _snapshot(source: Engine, target_file: Path) -> None:
+    """A consistent copy of the archive into a SQLite file, taken while the service writes."""
+    if source.dialect.name == "sqlite":
+        raw = source.raw_connection()
+        try:
+            destination = sqlite3.connect(target_file)
+            try:
+                raw.driver_connection.backup(destination)  # type: ignore[union-attr]
+            finally:
+                destination.close()
+        finally:
+            raw.close()
+        return
+    target = open_engine(f"sqlite:///{target_file}")
+    try:
+        upgrade_to_head(target)
+        snapshot_options = {"isolation_level": "REPEATABLE READ"}
+        with (
+            source.connect().execution_options(**snapshot_options) as src,
+            src.begin(),
+            target.begin() as dst,
+        ):
+            src.execute(text("SET TRANSACTION READ ONLY"))
+            revision = src.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+            if revision != head_revision():
+                raise RestoreRefused(f"source schema {revision} is not this code's {head_revision()}")
+            _copy_rows(src, dst)
+    finally:
+        target.dispose()
+
+
+def _copy_rows(src: Connection, dst: Connection) -> None:
+    for table in metadata.sorted_tables:
+        result = src.execute(select(table)).mappings()
+        while rows := result.fetchmany(COPY_ROWS):
+            dst.execute(insert(table), [dict(r) for r in rows])
+
+
+def _summary(conn: Connection) -> dict[str, Any]:
+    positions = {r.consumer: r.last_seq for r in conn.execute(select(consumer_positions))}
+    counts = {
+        r.stream: r.n for r in conn.execute(select(events.c.stream, func.count().label("n")).group_by(events.c.stream))
+    }
+    return {"consumer_positions": positions, "event_counts": counts}
+
+
+def create_backup(
+    source: Engine, keys: BackupKeys, out_dir: Path, *, point: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Snapshot, encrypt, checksum and sign; returns the manifest. ``out_dir`` must not exist."""
+    if keys.signing_key is None:
+        raise BackupInvalid("creating a backup needs the signing key")
+    if out_dir.exists():
+        raise RestoreRefused(f"{out_dir} exists; choose a new folder for each backup")
+    ensure_private_dir(out_dir)
+    backup_id = uuid.uuid4().hex
+    with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
+        plain = Path(scratch) / "archive.sqlite"
+        _snapshot(source, plain)
+        snapshot_engine = open_engine(f"sqlite:///{plain}")
+        try:
+            with snapshot_engine.connect() as conn:
+                summary = _summary(conn)
+                revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+            snapshot_engine.dispose()
+            with closing(sqlite3.connect(plain)) as db:  # fold the WAL into the file before encrypting it
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                db.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            snapshot_engine.dispose()
+        content_key = AESGCM.generate_key(bit_length=256)
+        _encrypt_file(plain, out_dir / SNAPSHOT, content_key, backup_id)
+        plaintext_sha256 = _sha256(plain)
+    nonce = os.urandom(NONCE_BYTES)
+    wrapped = nonce + AESGCM(keys.wrapping_key).encrypt(nonce, content_key, f"{FORMAT}|{backup_id}".encode())
+    manifest = {
+        "format": FORMAT,
+        "backup_id": backup_id,
+        "created_at": datetime.now(UTC).isoformat(),
+        "source_dialect": source.dialect.name,
+        "schema_revision": revision,
+        "stream_point": point,  # every event acknowledged on these streams up to here is inside
+        **summary,
+        "wrapped_content_key": base64.b64encode(wrapped).decode(),
+        "chunk_bytes": CHUNK_BYTES,
+        "plaintext_sha256": plaintext_sha256,
+        "files": {SNAPSHOT: {"bytes": (out_dir / SNAPSHOT).stat().st_size, "sha256": _sha256(out_dir / SNAPSHOT)}},
+    }
+    body = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    write_private_file(out_dir / MANIFEST, body)
+    write_private_file(out_dir / SIGNATURE, keys.signing_key.sign(body))
+    return manifest
+
+
+def verify_backup(backup_dir: Path, keys: BackupKeys, *, into: Path | None = None) -> dict[str, Any]:
+    """Check signature, checksums, every chunk's tag and the snapshot's integrity; optionally decrypt it."""
+    try:
+        body = (backup_dir / MANIFEST).read_bytes()
+        signature = (backup_dir / SIGNATURE).read_bytes()
+    except FileNotFoundError as exc:
+        raise BackupInvalid(f"not a backup: {exc.filename} is missing") from exc
+    try:
+        keys.verify_key.verify(signature, body)
+    except InvalidSignature as exc:
+        raise BackupInvalid("manifest signature does not verify with this installation's backup key") from exc
+    manifest: dict[str, Any] = json.loads(body)
+    if manifest.get("format") != FORMAT:
+        raise BackupInvalid(f"unknown backup format {manifest.get('format')!r}")
+    for name, expected in manifest["files"].items():
+        path = backup_dir / name
+        if not path.exists() or _sha256(path) != expected["sha256"]:
+            raise BackupInvalid(f"{name} does not match its checksum in the manifest")
+    wrapped = base64.b64decode(manifest["wrapped_content_key"])
+    try:
+        content_key = AESGCM(keys.wrapping_key).decrypt(
+            wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], f"{FORMAT}|{manifest['backup_id']}".encode()
+        )
+    except InvalidTag as exc:
+        raise BackupInvalid("the content key does not open with this installation's backup key") from exc
+    with tempfile.TemporaryDirectory() as scratch:
+        plain = into or Path(scratch) / "archive.sqlite"
+        digest = hashlib.sha256()
+        with plain.open("wb") as out:
+            for chunk in _decrypt_chunks(backup_dir / SNAPSHOT, content_key, manifest["backup_id"]):
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != manifest["plaintext_sha256"]:
+            raise BackupInvalid("decrypted snapshot does not match its checksum")
+        with closing(sqlite3.connect(plain)) as db:
+            if db.execute("PRAGMA integrity_check").fetchone() != ("ok",):
+                raise BackupInvalid("snapshot fails SQLite's integrity check")
+            if db.execute("SELECT version_num FROM alembic_version").fetchone() != (manifest["schema_revision"],):
+                raise BackupInvalid("snapshot's schema revision differs from the manifest")
+    return manifest
+
+
+def restore_backup(
+    backup_dir: Path,
+    keys: BackupKeys,
+    keks: KeyEncryptionKeys,
+    target: Engine,
+    *,
+    before_commit: Callable[[Connection], None] | None = None,
+) -> dict[str, Any]:
+    """Verify, then load the snapshot into an empty database and apply shreds made since the backup."""
+    with tempfile.TemporaryDirectory() as scratch:
+        plain = Path(scratch) / "archive.sqlite"
+        manifest = verify_backup(backup_dir, keys, into=plain)
+        if manifest["schema_revision"] != head_revision():
+            raise RestoreRefused(
+                f"backup schema {manifest['schema_revision']} differs from this code's {head_revision()}; "
+                "restore with the parley-storage version that took it"
+            )
+        upgrade_to_head(target)
+        snapshot = open_engine(f"sqlite:///{plain}")
+        try:
+            with snapshot.connect() as src, target.begin() as dst:
+                if any(dst.execute(select(func.count()).select_from(t)).scalar_one() for t in metadata.sorted_tables):
+                    raise RestoreRefused("the target database already holds an archive; restore into an empty one")
+                _copy_rows(src, dst)
+                DataKeys(keks).apply_tombstones(dst)
+                if before_commit is not None:
+                    before_commit(dst)  # e.g. the residency check: a refusal rolls everything back
+        finally:
+            snapshot.dispose()
+    return manifest

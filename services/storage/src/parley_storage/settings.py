@@ -1,0 +1,16 @@
+"""Settings only the storage service reads (PARLEY_STORAGE_*), beside parley_core's shared ones."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class StorageSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PARLEY_STORAGE_", extra="ignore")
+
+    # Data residency: both or neither (see residency.py).
+    organisation: str = ""
+    bound_database_url: str = ""
+    # How often the retention job removes expired message content.
+    retention_interval_seconds: float = Field(default=3600.0, gt=0)

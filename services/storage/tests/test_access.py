@@ -1,0 +1,52 @@
+"""Who may read what: the pure access rules behind StorageArchiveService."""
+
+from __future__ import annotations
+
+import pytest
+
+from parley_core.errors import PermissionDenied
+from parley_core.tokens import Caller
+from parley_storage import access
+from parley_storage.access import Requester
+
+
+def user(user_id: str, role: str = "member") -> Caller:
+    return Caller(user_id=user_id, role=role, token_id="t", username=user_id)
+
+
+def test_services_read_exactly_the_streams_they_read_live() -> None:
+    assert access.readable_streams(Requester("messaging", None)) == {"AUTH", "MSG"}
+    assert access.readable_streams(Requester("auth", None)) == {"AUTH", "SEC"}
+    assert access.readable_streams(Requester("patch-registry", None)) == {"AUTH", "PATCH"}
+    assert access.readable_streams(Requester("platform", None)) is None
+    assert access.readable_streams(Requester("gateway", user("u", "security-auditor"))) is None
+    for refused in (Requester("gateway", None), Requester("gateway", user("u")), Requester("stranger", None)):
+        with pytest.raises(PermissionDenied):
+            access.readable_streams(refused)
+
+
+def test_audit_is_for_auditors_only() -> None:
+    access.require_auditor(Requester("gateway", user("a", "security-auditor")))
+    for refused in (Requester("platform", None), Requester("gateway", user("a", "admin"))):
+        with pytest.raises(PermissionDenied, match="security-auditor"):
+            access.require_auditor(refused)
+
+
+def test_export_and_erasure_are_the_users_right_or_the_operators() -> None:
+    access.require_self_or_operator(Requester("gateway", user("alice")), "alice")
+    access.require_self_or_operator(Requester("platform", None), "alice")
+    for refused in (
+        Requester("gateway", user("bob")),
+        Requester("platform", user("bob")),  # the operator's tooling carrying bob's token acts as bob
+        Requester("gateway", user("aud", "security-auditor")),
+        Requester("messaging", None),
+    ):
+        with pytest.raises(PermissionDenied):
+            access.require_self_or_operator(refused, "alice")
+
+
+def test_retention_and_rotation_are_for_the_operator() -> None:
+    access.require_operator(Requester("platform", None))
+    for refused in (Requester("platform", user("alice")), Requester("messaging", None)):
+        with pytest.raises(PermissionDenied):
+            access.require_operator(refused)

@@ -1,0 +1,171 @@
+"""Backups on SQLite and PostgreSQL: create, verify, restore, tampering, and shreds after a backup."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from parley.auth.v1.events_pb2 import UserRegistered
+from parley.messaging.v1.events_pb2 import ChannelCreated, MessagePosted
+
+from parley_core.bus import ReceivedEvent
+from parley_core.envelope import NewEvent, seal
+from parley_core.topology import channel_subject, user_subject
+from parley_storage.archive import SqlEventArchive, open_engine
+from parley_storage.backup import (
+    MANIFEST,
+    SIGNATURE,
+    SNAPSHOT,
+    BackupInvalid,
+    BackupKeys,
+    RestoreRefused,
+    create_backup,
+    restore_backup,
+    verify_backup,
+)
+from parley_storage.datakeys import DataKeys
+from parley_storage.kek import FileKeyring
+
+ALICE, BOB = "user-alice", "user-bob"
+
+
+def received(
+    stream: str, seq: int, aggregate_type: str, aggregate_id: str, version: int, payload: object
+) -> ReceivedEvent:
+    envelope = seal(
+        NewEvent(aggregate_type=aggregate_type, aggregate_id=aggregate_id, payload=payload, actor=ALICE),  # type: ignore[arg-type]
+        aggregate_version=version,
+        producer="test@0",
+        trace_context={},
+    )
+    subject = channel_subject(aggregate_id) if aggregate_type == "channel" else user_subject(aggregate_id)
+    return ReceivedEvent(envelope, subject, stream, seq, 1, {})
+
+
+def posted(seq: int, sender: str, body: str) -> ReceivedEvent:
+    sent = Timestamp()
+    sent.FromNanoseconds(1_700_000_000_000_000_000 + seq)
+    payload = MessagePosted(
+        channel_id="general",
+        message_id=f"m{seq}",
+        sender_id=sender,
+        sender_name=sender.removeprefix("user-"),
+        channel_seq=seq,
+        body=body,
+        sent_at=sent,
+    )
+    return received("MSG", seq + 1, "channel", "general", seq + 1, payload)
+
+
+async def fill(archive: SqlEventArchive, messages: int) -> None:
+    await archive.archive(
+        "storage-archive-auth",
+        [
+            received("AUTH", 1, "user", ALICE, 1, UserRegistered(user_id=ALICE, username="alice")),
+            received("AUTH", 2, "user", BOB, 1, UserRegistered(user_id=BOB, username="bob")),
+        ],
+    )
+    created = received("MSG", 1, "channel", "general", 1, ChannelCreated(channel_id="general", creator_id=ALICE))
+    posts = [posted(n, ALICE if n % 2 else BOB, f"message {n}") for n in range(1, messages + 1)]
+    await archive.archive("storage-archive-msg", [created, *posts])
+
+
+def restored_archive(tmp_path: Path, keyring: Path, backup: Path, keys: BackupKeys, name: str) -> SqlEventArchive:
+    target = open_engine(f"sqlite:///{tmp_path / name}")
+    restore_backup(backup, keys, FileKeyring.load_or_create(keyring), target)
+    return SqlEventArchive(target, DataKeys(FileKeyring.load_or_create(keyring)))
+
+
+async def history(archive: SqlEventArchive) -> list[tuple[int, str, str, bool]]:
+    messages, has_more = await archive.channel_history("general", after_seq=0, limit=500)
+    assert not has_more
+    return [(m.channel_seq, m.sender_name, m.body, m.erased) for m in messages]
+
+
+async def test_restore_gives_the_same_history_and_events(archive: SqlEventArchive, tmp_path: Path) -> None:
+    await fill(archive, 40)
+    keys = BackupKeys.load_or_create(tmp_path / "secrets")
+    backup = tmp_path / "backup-1"
+
+    manifest = create_backup(archive.engine, keys, backup)
+
+    assert manifest["consumer_positions"] == {"storage-archive-auth": 2, "storage-archive-msg": 41}
+    assert manifest["event_counts"] == {"AUTH": 2, "MSG": 41}
+    assert manifest["source_dialect"] == archive.engine.dialect.name
+    assert verify_backup(backup, keys)["backup_id"] == manifest["backup_id"]
+    raw = (backup / SNAPSHOT).read_bytes()
+    assert b"message 1" not in raw
+    assert b"SQLite format" not in raw  # the snapshot file itself is encrypted
+
+    restored = restored_archive(tmp_path, archive.keys.keks.path, backup, keys, "restored.db")  # type: ignore[attr-defined]
+    try:
+        assert await history(restored) == await history(archive)
+        assert len(await history(restored)) == 40
+        for stream in ("AUTH", "MSG"):
+            assert await restored.stream_events(stream, after_seq=0, limit=500) == await archive.stream_events(
+                stream, after_seq=0, limit=500
+            )
+        # Restoring over an archive is refused, leaving it as it was.
+        with pytest.raises(RestoreRefused, match="already holds"):
+            restore_backup(backup, keys, archive.keys.keks, restored.engine)
+        assert len(await history(restored)) == 40
+    finally:
+        restored.engine.dispose()
+
+
+async def test_tampering_and_foreign_keys_are_detected(archive: SqlEventArchive, tmp_path: Path) -> None:
+    await fill(archive, 5)
+    keys = BackupKeys.load_or_create(tmp_path / "secrets")
+    good = tmp_path / "good"
+    create_backup(archive.engine, keys, good)
+
+    flipped = tmp_path / "flipped"
+    shutil.copytree(good, flipped)
+    data = bytearray((flipped / SNAPSHOT).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (flipped / SNAPSHOT).write_bytes(bytes(data))
+    with pytest.raises(BackupInvalid, match="checksum"):
+        verify_backup(flipped, keys)
+
+    edited = tmp_path / "edited"
+    shutil.copytree(good, edited)
+    manifest = json.loads((edited / MANIFEST).read_text())
+    manifest["event_counts"]["MSG"] = 1
+    (edited / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    with pytest.raises(BackupInvalid, match="signature"):
+        verify_backup(edited, keys)
+
+    unsigned = tmp_path / "unsigned"
+    shutil.copytree(good, unsigned)
+    (unsigned / SIGNATURE).unlink()
+    with pytest.raises(BackupInvalid, match="missing"):
+        verify_backup(unsigned, keys)
+
+    stranger = BackupKeys.load_or_create(tmp_path / "other-secrets")
+    with pytest.raises(BackupInvalid, match="signature"):
+        verify_backup(good, stranger)
+
+    with pytest.raises(RestoreRefused, match="exists"):
+        create_backup(archive.engine, keys, good)
+
+
+async def test_shredding_after_a_backup_reaches_the_restored_copy(archive: SqlEventArchive, tmp_path: Path) -> None:
+    await fill(archive, 6)
+    keys = BackupKeys.load_or_create(tmp_path / "secrets")
+    backup = tmp_path / "before-erasure"
+    create_backup(archive.engine, keys, backup)
+
+    await archive.shred_user(ALICE)
+
+    restored = restored_archive(tmp_path, archive.keys.keks.path, backup, keys, "restored.db")  # type: ignore[attr-defined]
+    try:
+        rows = await history(restored)
+        assert [r for r in rows if r[3]] == [(n, "", "", True) for n in (1, 3, 5)]
+        assert [r[2] for r in rows if not r[3]] == ["message 2", "message 4", "message 6"]
+        auth, _ = await restored.stream_events("AUTH", after_seq=0, limit=10)
+        assert [e.envelope is None for e in auth] == [True, False]
+    finally:
+        restored.engine.dispose()

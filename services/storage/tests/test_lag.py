@@ -1,0 +1,91 @@
+"""Archive lag against a real nats-server: events and seconds behind, from JetStream's own count."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from parley.messaging.v1.events_pb2 import MessagePosted
+
+from parley_core.bus import EventBus, ReceivedEvent
+from parley_core.envelope import NewEvent
+from parley_core.testing.nats import NatsTestServer
+from parley_core.topology import CONSUMERS, PLATFORM_USER, STREAMS, channel_subject
+from parley_storage.archive import SqlEventArchive, open_engine
+from parley_storage.datakeys import DataKeys
+from parley_storage.kek import FileKeyring
+from parley_storage.lag import StreamLag, measure_lag
+from parley_storage.migrate import upgrade_to_head
+
+TIMEOUT_S = 60.0
+MSG_SPEC = next(c for c in CONSUMERS if c.stream == "MSG")
+
+
+async def wait_for(check: Callable[[], object], what: str) -> None:
+    async def poll() -> None:
+        while not await check():  # type: ignore[misc]
+            await asyncio.sleep(0.05)
+
+    try:
+        await asyncio.wait_for(poll(), TIMEOUT_S)
+    except TimeoutError:
+        raise TimeoutError(f"timed out waiting for {what}") from None
+
+
+async def test_lag_counts_what_is_not_archived_yet(nats_server: NatsTestServer, tmp_path: Path) -> None:
+    engine = open_engine(f"sqlite:///{tmp_path / 'archive.db'}")
+    upgrade_to_head(engine)
+    archive = SqlEventArchive(engine, DataKeys(FileKeyring.load_or_create(tmp_path / "kek.json")))
+    platform = EventBus(await nats_server.connect(PLATFORM_USER), service=PLATFORM_USER, producer="test")
+    await platform.ensure_streams(STREAMS)
+    messaging = EventBus(await nats_server.connect("messaging"), service="messaging", producer="messaging@test")
+    storage = EventBus(await nats_server.connect("storage"), service="storage", producer="storage@test")
+
+    async def post(n: int) -> None:
+        for i in range(n):
+            event = NewEvent(
+                aggregate_type="channel",
+                aggregate_id="lagging",
+                payload=MessagePosted(channel_id="lagging", sender_id="u1", channel_seq=i + 1, body=f"b{i}"),
+                actor="u1",
+            )
+            await messaging.append(
+                channel_subject("lagging"), event, aggregate_version=i + 1, expected_last_subject_seq=None
+            )
+
+    async def msg_lag() -> StreamLag:
+        return next(lag for lag in await measure_lag(storage.js, archive) if lag.stream == "MSG")
+
+    try:
+        await post(5)
+        before = await msg_lag()
+        # No consumer yet: all five are behind, and the oldest has been waiting for some time.
+        assert (before.stream_last_seq, before.events_behind, before.acked_seq) == (5, 5, 0)
+        assert before.seconds_behind > 0
+
+        async def archive_batch(batch: Sequence[ReceivedEvent]) -> None:
+            await archive.archive(MSG_SPEC.durable, batch)
+
+        await storage.consume(MSG_SPEC, archive_batch)
+
+        async def caught_up() -> bool:
+            lag = await msg_lag()
+            return lag.events_behind == 0 and lag.acked_seq == 5
+
+        await wait_for(caught_up, "the consumer to archive five events")
+        done = await msg_lag()
+        assert (done.seconds_behind, done.committed_seq) == (0.0, 5)
+        assert await archive.count_events("MSG") == 5
+
+        await storage.stop_consumers()
+        await post(3)
+        behind = await msg_lag()
+        assert (behind.stream_last_seq, behind.acked_seq, behind.events_behind) == (8, 5, 3)
+        assert behind.seconds_behind > 0
+        other = [lag for lag in await measure_lag(storage.js, archive) if lag.stream != "MSG"]
+        assert {lag.stream for lag in other} == {c.stream for c in CONSUMERS} - {"MSG"}
+        assert all(lag.events_behind == 0 for lag in other)
+    finally:
+        await storage.stop_consumers()
+        engine.dispose()

@@ -1,0 +1,207 @@
+"""Retention per channel and data residency, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from parley.messaging.v1.events_pb2 import ChannelCreated, MessagePosted
+from sqlalchemy import select
+
+from parley_core.bus import ReceivedEvent
+from parley_core.envelope import NewEvent, seal
+from parley_core.topology import channel_subject
+from parley_storage.archive import NS_PER_DAY, SqlEventArchive, open_engine
+from parley_storage.migrate import upgrade_to_head
+from parley_storage.residency import (
+    ResidencyBinding,
+    ResidencyViolation,
+    enforce_in_database,
+    location_of,
+    rebind_restored,
+)
+from parley_storage.schema import residency
+from parley_storage.service import check_residency
+from parley_storage.settings import StorageSettings
+
+NOW_NS = 1_800_000_000 * 10**9
+
+
+class Channels:
+    def __init__(self) -> None:
+        self.seq = 0
+        self.versions: dict[str, int] = {}
+        self.channel_seqs: dict[str, int] = {}
+
+    def _event(self, channel: str, payload: object) -> ReceivedEvent:
+        self.seq += 1
+        self.versions[channel] = self.versions.get(channel, 0) + 1
+        envelope = seal(
+            NewEvent(aggregate_type="channel", aggregate_id=channel, payload=payload, actor="u1"),  # type: ignore[arg-type]
+            aggregate_version=self.versions[channel],
+            producer="test@0",
+            trace_context={},
+        )
+        return ReceivedEvent(envelope, channel_subject(channel), "MSG", self.seq, 1, {})
+
+    def create(self, channel: str) -> ReceivedEvent:
+        return self._event(channel, ChannelCreated(channel_id=channel, creator_id="u1"))
+
+    def post(self, channel: str, age_days: float, body: str) -> ReceivedEvent:
+        self.channel_seqs[channel] = self.channel_seqs.get(channel, 0) + 1
+        sent = Timestamp()
+        sent.FromNanoseconds(NOW_NS - int(age_days * NS_PER_DAY))
+        payload = MessagePosted(
+            channel_id=channel,
+            message_id=f"{channel}-{self.channel_seqs[channel]}",
+            sender_id="u1",
+            sender_name="u",
+            channel_seq=self.channel_seqs[channel],
+            body=body,
+            sent_at=sent,
+        )
+        return self._event(channel, payload)
+
+
+async def bodies(archive: SqlEventArchive, channel: str) -> list[str]:
+    messages, _ = await archive.channel_history(channel, after_seq=0, limit=100)
+    return [m.body for m in messages]
+
+
+async def test_retention_removes_old_content_of_that_channel_only(archive: SqlEventArchive) -> None:
+    feed = Channels()
+    batch = [
+        feed.create("short"),
+        feed.create("forever"),
+        feed.post("short", 40, "short old"),
+        feed.post("forever", 40, "forever old"),
+        feed.post("short", 29, "short recent"),
+        feed.post("short", 0.5, "short today"),
+    ]
+    await archive.archive("storage-archive-msg", batch)
+    await archive.set_retention("short", 30, set_by="platform")
+
+    assert await archive.apply_retention(now_ns=NOW_NS) == 1
+
+    assert await bodies(archive, "short") == ["short recent", "short today"]
+    assert await bodies(archive, "forever") == ["forever old"]
+    events, _ = await archive.stream_events("MSG", after_seq=0, limit=100)
+    assert [e.stream_seq for e in events] == [1, 2, 3, 4, 5, 6]  # the log keeps every position
+    assert [e.envelope is None for e in events] == [False, False, True, False, False, False]
+    # Running again removes nothing more; a redelivery of the expired event stores nothing.
+    assert await archive.apply_retention(now_ns=NOW_NS) == 0
+    assert await archive.archive("storage-archive-msg", [batch[2]]) == 0
+    assert await bodies(archive, "short") == ["short recent", "short today"]
+    # Time passes: the next run takes what has aged past the policy since.
+    assert await archive.apply_retention(now_ns=NOW_NS + 2 * NS_PER_DAY) == 1
+    assert await bodies(archive, "short") == ["short today"]
+    await archive.set_retention("short", 0, set_by="platform")  # policy removed: keep forever
+    assert await archive.apply_retention(now_ns=NOW_NS + 100 * NS_PER_DAY) == 0
+    assert await bodies(archive, "short") == ["short today"]
+
+
+def test_residency_binds_on_first_start_and_refuses_elsewhere(database_url: str) -> None:
+    engine = open_engine(database_url)
+    try:
+        upgrade_to_head(engine)
+        acme = ResidencyBinding("acme", location_of(database_url))
+
+        with engine.begin() as conn:
+            enforce_in_database(conn, acme, database_url)
+        with engine.begin() as conn:
+            enforce_in_database(conn, acme, database_url)  # a restart at the same place is fine
+            enforce_in_database(conn, None, database_url)  # so is a start without the setting
+            assert conn.execute(select(residency.c.organisation)).scalars().all() == ["acme"]
+
+        globex_refused = pytest.raises(ResidencyViolation, match="belongs to organisation 'acme', not 'globex'")
+        with globex_refused, engine.begin() as conn:
+            enforce_in_database(conn, ResidencyBinding("globex", location_of(database_url)), database_url)
+        elsewhere = ResidencyBinding("acme", "postgresql+psycopg://postgres@eu-db.example:5432/parley")
+        with pytest.raises(ResidencyViolation, match="bound to postgresql"), engine.begin() as conn:
+            enforce_in_database(conn, elsewhere, database_url)
+        # The same database opened through another location (a copy moved elsewhere).
+        with pytest.raises(ResidencyViolation, match="refusing to write it elsewhere"), engine.begin() as conn:
+            enforce_in_database(conn, None, database_url + ("&x=1" if "?" in database_url else "?x=1"))
+        # A restore moves data only for its own organisation, to that organisation's configured location.
+        with pytest.raises(ResidencyViolation, match="set PARLEY_STORAGE_ORGANISATION"), engine.begin() as conn:
+            rebind_restored(conn, None, database_url)
+        with engine.begin() as conn:
+            rebind_restored(conn, acme, database_url)
+            assert conn.execute(select(residency.c.location)).scalars().all() == [acme.location]
+    finally:
+        engine.dispose()
+
+
+def test_password_is_not_part_of_the_location() -> None:
+    assert location_of("postgresql+psycopg://app:s3cret@db:5432/parley") == "postgresql+psycopg://app@db:5432/parley"
+    with pytest.raises(ResidencyViolation, match="or neither"):
+        ResidencyBinding.from_settings(StorageSettings(organisation="acme"))
+    assert ResidencyBinding.from_settings(StorageSettings()) is None
+
+
+def test_service_refuses_to_start_on_a_database_outside_the_binding(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'archive.db'}"
+    result = subprocess.run(
+        [sys.executable, "-m", "parley_storage"],
+        env={
+            **os.environ,
+            "PARLEY_DATA_DIR": str(tmp_path / "data"),
+            "PARLEY_DATABASE_URL": url,
+            "PARLEY_STORAGE_ORGANISATION": "acme",
+            "PARLEY_STORAGE_BOUND_DATABASE_URL": "postgresql+psycopg://postgres@eu-db.example:5432/parley",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 78
+    assert "refusing to write its data to sqlite" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_service_refuses_a_database_bound_to_another_organisation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'archive.db'}"
+    engine = open_engine(url)
+    upgrade_to_head(engine)
+    with engine.begin() as conn:
+        enforce_in_database(conn, ResidencyBinding("acme", location_of(url)), url)
+    engine.dispose()
+
+    def start(organisation: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "parley_storage"],
+            env={
+                **os.environ,
+                "PARLEY_DATA_DIR": str(tmp_path / "data"),
+                "PARLEY_DATABASE_URL": url,
+                "PARLEY_STORAGE_ORGANISATION": organisation,
+                "PARLEY_STORAGE_BOUND_DATABASE_URL": url,
+            },
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    refused = start("globex")
+    assert refused.returncode == 78
+    assert "belongs to organisation 'acme', not 'globex'" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    # The same pre-flight check, in process, passes for the organisation the database belongs to.
+    monkeypatch.setenv("PARLEY_STORAGE_ORGANISATION", "acme")
+    monkeypatch.setenv("PARLEY_STORAGE_BOUND_DATABASE_URL", url)
+    engine = open_engine(url)
+    try:
+        check_residency(url, engine)
+        monkeypatch.setenv("PARLEY_STORAGE_ORGANISATION", "globex")
+        with pytest.raises(ResidencyViolation):
+            check_residency(url, engine)
+    finally:
+        engine.dispose()

@@ -1,0 +1,463 @@
+"""The storage service in the platform as `make run` starts it: encryption at rest, erasure, audit,
+lag, rebuild reads and exactly-once archiving across a kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from pathlib import Path
+
+import grpc
+import pytest
+from parley.common.v1.envelope_pb2 import EventEnvelope
+from parley.messaging.v1.events_pb2 import MessagePosted
+from parley.storage.v1 import storage_pb2, storage_pb2_grpc
+from parley.storage.v1.events_pb2 import UserDataErased
+from sqlalchemy import URL, create_engine, text
+from sqlalchemy.exc import OperationalError
+
+from parley_auth.signing import TokenIssuer
+from parley_client import ParleyClient
+from parley_core.pki import ensure_pki
+from parley_core.runner import secure_channel
+from parley_core.testing.platform import RunningPlatform
+from parley_storage.archive import SqlEventArchive, open_engine
+from parley_storage.datakeys import DataKeys
+from parley_storage.kek import FileKeyring
+
+pytestmark = pytest.mark.e2e
+
+PASSWORD = "a-long-enough-passphrase"
+TIMEOUT_S = 90.0
+POSTGRES = URL.create("postgresql+psycopg", username="postgres", host="127.0.0.1", port=5432, database="test")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+async def new_user(platform: RunningPlatform, name: str) -> ParleyClient:
+    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    await client.register(name, PASSWORD)
+    await client.login(name, PASSWORD)
+    return client
+
+
+async def eventually(check: Callable[[], object], *, what: str, timeout: float = TIMEOUT_S) -> None:
+    """Poll an async condition (the archive trails the bus) until true, or fail saying what."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    last_error: Exception | None = None
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            if await check():  # type: ignore[misc]
+                return
+        except grpc.aio.AioRpcError as exc:  # storage restarting: keep waiting
+            last_error = exc
+        except Exception as exc:
+            if type(exc).__name__ != "ParleyError":
+                raise
+            last_error = exc
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_error})")
+
+
+async def all_history(client: ParleyClient, channel_id: str) -> list[tuple[int, str, str]]:
+    out: list[tuple[int, str, str]] = []
+    after = 0
+    while True:
+        page = await client.history(channel_id, after_seq=after, limit=500)
+        out.extend((m.channel_seq, m.sender_name, m.body) for m in page.messages)
+        if not page.has_more:
+            return out
+        after = page.messages[-1].channel_seq
+
+
+@pytest.fixture
+async def operator(platform: RunningPlatform) -> AsyncIterator[storage_pb2_grpc.StorageArchiveServiceStub]:
+    """The operator's tooling: the platform identity over mutual TLS, straight to storage."""
+    pki = ensure_pki(platform.data_dir / "pki", ["platform"])
+    address = str(platform.service("storage")["address"])
+    channel = secure_channel(pki, identity="platform", address=address, peer="storage")
+    yield storage_pb2_grpc.StorageArchiveServiceStub(channel)
+    await channel.close()
+
+
+def auditor_token(platform: RunningPlatform, role: str = "security-auditor") -> list[tuple[str, str]]:
+    """A token as auth issues it, with the auditor role (auth cannot grant roles yet: issue 2's RBAC)."""
+    issuer = TokenIssuer.load_or_create(platform.data_dir / "secrets" / "auth-signing-key.pem")
+    token, _ = issuer.issue(user_id=unique("user-auditor-"), username="auditor", role=role)
+    return [("authorization", f"Bearer {token}")]
+
+
+async def read_stream(stub: storage_pb2_grpc.StorageArchiveServiceStub, stream: str) -> list[storage_pb2.ArchivedEvent]:
+    out: list[storage_pb2.ArchivedEvent] = []
+    after = 0
+    while True:
+        page = await stub.ReadArchivedStream(
+            storage_pb2.ReadArchivedStreamRequest(stream=stream, after_seq=after), timeout=30
+        )
+        out.extend(page.events)
+        if not page.has_more:
+            return out
+        after = page.events[-1].stream_seq
+
+
+@pytest.fixture(scope="module")
+def postgres_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
+    """The platform with storage on PostgreSQL (its own schema, dropped afterwards), by URL alone."""
+    admin = create_engine(POSTGRES.update_query_dict({"connect_timeout": "5"}), isolation_level="AUTOCOMMIT")
+    schema = f"parley_e2e_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except OperationalError as exc:
+        admin.dispose()
+        pytest.skip(f"PostgreSQL not reachable on 127.0.0.1:5432: {str(exc.orig or exc).strip().splitlines()[0]}")
+    url = POSTGRES.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+    running = RunningPlatform(
+        data_dir=tmp_path_factory.mktemp("pg-platform") / "data", env={"PARLEY_DATABASE_URL": url}
+    )
+    try:
+        running.start()
+        yield running
+    finally:
+        running.kill()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def files_under(*folders: Path) -> list[Path]:
+    return [p for folder in folders for p in folder.rglob("*") if p.is_file()]
+
+
+async def test_no_plaintext_body_or_user_name_at_rest(platform: RunningPlatform) -> None:
+    alice_name, bob_name = unique("alicezq"), unique("bobxk")
+    alice, bob = await new_user(platform, alice_name), await new_user(platform, bob_name)
+    channel = await alice.create_channel("at-rest")
+    await bob.join_channel(channel.channel_id)
+    bodies = [unique("secretbody-") for _ in range(5)]
+    for i, body in enumerate(bodies):
+        await (alice if i % 2 == 0 else bob).send(channel.channel_id, body)
+
+    async def archived() -> bool:
+        return len(await all_history(bob, channel.channel_id)) == len(bodies)
+
+    await eventually(archived, what="every message in history")
+    history = await all_history(bob, channel.channel_id)
+    assert [b for _, _, b in history] == bodies  # readable through the service...
+    assert {n for _, n, _ in history} == {alice_name, bob_name}
+
+    storage_files = files_under(platform.data_dir / "storage")
+    jetstream_files = files_under(platform.data_dir / "nats" / "jetstream")
+    assert any(p.name == "archive.db" for p in storage_files)
+    assert any(p.suffix == ".blk" for p in jetstream_files)  # the stream blocks are there
+    needles = [b.encode() for b in (*bodies, alice_name, bob_name)]
+    for path in storage_files + jetstream_files:
+        raw = path.read_bytes()
+        for needle in needles:
+            assert needle not in raw, f"{needle!r} in plaintext in {path}"  # ...but not on disk
+    for secret in ("storage-kek.json", "jetstream-store.key"):
+        assert (platform.data_dir / "secrets" / secret).stat().st_mode & 0o777 == 0o600
+    for client in (alice, bob):
+        await client.close()
+
+
+async def test_erasure_shreds_one_user_and_is_audited(
+    platform: RunningPlatform, operator: storage_pb2_grpc.StorageArchiveServiceStub
+) -> None:
+    alice_name, bob_name = unique("alice"), unique("bob")
+    alice, bob = await new_user(platform, alice_name), await new_user(platform, bob_name)
+    channel = await alice.create_channel("erasure")
+    await bob.join_channel(channel.channel_id)
+    await alice.send(channel.channel_id, "alice writes first")
+    await bob.send(channel.channel_id, "bob answers")
+    await alice.send(channel.channel_id, "alice again")
+
+    async def archived() -> bool:
+        return len(await all_history(bob, channel.channel_id)) == 3
+
+    await eventually(archived, what="three messages in history")
+    exported = await operator.ExportUserData(storage_pb2.ExportUserDataRequest(user_id=alice.user_id), timeout=30)
+    assert "alice writes first" in exported.archive.decode()
+    assert "bob answers" not in exported.archive.decode()
+
+    # Bob may not erase alice; alice may not see the audit; the operator erases on alice's request.
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await operator.EraseUserData(
+            storage_pb2.EraseUserDataRequest(user_id=alice.user_id),
+            metadata=[("authorization", f"Bearer {bob.access_token}")],
+            timeout=30,
+        )
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    erased = await operator.EraseUserData(
+        storage_pb2.EraseUserDataRequest(user_id=alice.user_id, reason="GDPR art. 17 request #42"), timeout=30
+    )
+    assert len(erased.destroyed_key_ids) == 1
+    assert erased.events_unreadable >= 3  # her registration and her two messages
+
+    history = await all_history(bob, channel.channel_id)
+    assert history == [(1, "", ""), (2, bob_name, "bob answers"), (3, "", "")]
+
+    async def audited() -> list[storage_pb2.ArchivedEvent]:
+        page = await operator.QueryAudit(
+            storage_pb2.QueryAuditRequest(target=alice.user_id), metadata=auditor_token(platform), timeout=30
+        )
+        return [e for e in page.events if e.event_type == UserDataErased.DESCRIPTOR.full_name]
+
+    async def erasure_archived() -> bool:
+        return len(await audited()) == 1
+
+    await eventually(erasure_archived, what="the UserDataErased event in the archive")
+    (event,) = await audited()
+    envelope = EventEnvelope.FromString(event.envelope)
+    record = UserDataErased.FromString(envelope.payload)
+    assert (record.user_id, record.erased_by, record.reason) == (alice.user_id, "platform", "GDPR art. 17 request #42")
+    assert list(record.destroyed_key_ids) == list(erased.destroyed_key_ids)
+
+    with pytest.raises(grpc.aio.AioRpcError) as not_auditor:
+        await operator.QueryAudit(
+            storage_pb2.QueryAuditRequest(target=alice.user_id), metadata=auditor_token(platform, "member"), timeout=30
+        )
+    assert not_auditor.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    for client in (alice, bob):
+        await client.close()
+
+
+def message_seqs(events: Sequence[storage_pb2.ArchivedEvent], channel_id: str) -> list[int]:
+    seqs = []
+    for event in events:
+        if event.event_type == MessagePosted.DESCRIPTOR.full_name and event.aggregate_id == channel_id:
+            seqs.append(MessagePosted.FromString(EventEnvelope.FromString(event.envelope).payload).channel_seq)
+    return seqs
+
+
+async def test_exactly_once_across_kill_9_of_storage_mid_archive(
+    platform: RunningPlatform, operator: storage_pb2_grpc.StorageArchiveServiceStub
+) -> None:
+    await check_exactly_once_across_kill_9(platform, operator)
+
+
+async def test_exactly_once_across_kill_9_on_postgresql(postgres_platform: RunningPlatform) -> None:
+    channel, stub = peer_stub(postgres_platform, "platform")
+    try:
+        await check_exactly_once_across_kill_9(postgres_platform, stub)
+    finally:
+        await channel.close()
+
+
+async def check_exactly_once_across_kill_9(
+    platform: RunningPlatform, operator: storage_pb2_grpc.StorageArchiveServiceStub
+) -> None:
+    sender = await new_user(platform, unique("sender"))
+    channel = await sender.create_channel("kill-9")
+    total = 300
+    bodies = [f"kill9-{n:04d}" for n in range(total)]
+    storage_pid = int(platform.service("storage")["pid"])  # type: ignore[arg-type]
+
+    async def send_all() -> None:
+        gate = asyncio.Semaphore(8)
+
+        async def one(body: str) -> None:
+            async with gate:
+                await sender.send(channel.channel_id, body, idempotency_key=body)
+
+        await asyncio.gather(*(one(b) for b in bodies))
+
+    sending = asyncio.create_task(send_all())
+
+    async def archiving_started() -> bool:
+        lag = await operator.GetArchiveLag(storage_pb2.GetArchiveLagRequest(), timeout=10)
+        msg = next(s for s in lag.streams if s.stream == "MSG")
+        return msg.archived_seq > 20
+
+    await eventually(archiving_started, what="storage to archive the first messages")
+    os.kill(storage_pid, signal.SIGKILL)  # while sends go on and batches are being written
+    await sending  # every send was acknowledged: messaging does not need storage
+
+    async def restarted() -> bool:
+        return "storage is serving again" in platform.output()
+
+    await eventually(restarted, what="`parley up` to restart the killed storage service")
+    assert "storage crashed (exit -9)" in platform.output()
+    restarted_operator = storage_pb2_grpc.StorageArchiveServiceStub(
+        secure_channel(
+            ensure_pki(platform.data_dir / "pki", ["platform"]),
+            identity="platform",
+            address=str(platform.service("storage")["address"]),
+            peer="storage",
+        )
+    )
+
+    async def caught_up() -> bool:
+        lag = await restarted_operator.GetArchiveLag(storage_pb2.GetArchiveLagRequest(), timeout=10)
+        return all(s.events_behind == 0 for s in lag.streams)
+
+    await eventually(caught_up, what="the archive to catch up after the restart")
+    lag = await restarted_operator.GetArchiveLag(storage_pb2.GetArchiveLagRequest(), timeout=10)
+    msg_lag = next(s for s in lag.streams if s.stream == "MSG")
+    assert msg_lag.seconds_behind == 0
+
+    archived = await read_stream(restarted_operator, "MSG")
+    stream_seqs = [e.stream_seq for e in archived]
+    assert stream_seqs == list(range(1, msg_lag.stream_last_seq + 1))  # every event once, none missing
+    assert sorted(message_seqs(archived, channel.channel_id)) == list(range(1, total + 1))
+    history = await all_history(sender, channel.channel_id)
+    assert [seq for seq, _, _ in history] == list(range(1, total + 1))
+    assert sorted(body for _, _, body in history) == bodies
+    await sender.close()
+
+
+async def test_backup_while_sending_restores_every_acknowledged_message(
+    platform: RunningPlatform, tmp_path: Path
+) -> None:
+    await check_backup_while_sending(platform, tmp_path)
+
+
+async def test_backup_while_sending_on_postgresql(postgres_platform: RunningPlatform, tmp_path: Path) -> None:
+    await check_backup_while_sending(postgres_platform, tmp_path)
+
+
+async def check_backup_while_sending(platform: RunningPlatform, tmp_path: Path) -> None:
+    sender = await new_user(platform, unique("backup"))
+    channel = await sender.create_channel("backup")
+    acknowledged: list[str] = []
+    stop = asyncio.Event()
+
+    async def keep_sending() -> None:
+        n = 0
+        while not stop.is_set():
+            body = f"backup-{n:05d}"
+            await sender.send(channel.channel_id, body, idempotency_key=body)
+            acknowledged.append(body)
+            n += 1
+
+    sending = asyncio.create_task(keep_sending())
+
+    async def some_sent() -> bool:
+        return len(acknowledged) >= 30
+
+    await eventually(some_sent, what="the first acknowledged sends")
+    before_point = list(acknowledged)  # acknowledged before the backup began
+    backup = tmp_path / "backup"
+    created = await asyncio.to_thread(platform.cli, "backup", "create", str(backup))
+    after_backup = len(acknowledged)
+    stop.set()
+    await sending
+    assert after_backup > len(before_point)  # sends went on while the backup ran
+
+    manifest = json.loads(created.stdout)
+    assert manifest["stream_point"]["MSG"]["last_seq"] >= len(before_point)
+    assert platform.cli("backup", "verify", str(backup)).returncode == 0
+
+    # Disaster recovery: an empty data folder, plus the keys from the operator's key backup.
+    fresh = tmp_path / "fresh"
+    (fresh / "secrets").mkdir(parents=True)
+    for name in ("storage-kek.json", "storage-backup.key", "storage-backup-signing.pub"):
+        shutil.copy2(platform.data_dir / "secrets" / name, fresh / "secrets" / name)
+    restored = subprocess.run(
+        [sys.executable, "-m", "parley_cli", "--data-dir", str(fresh), "backup", "restore", str(backup)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert restored.returncode == 0, restored.stderr
+
+    engine = open_engine(f"sqlite:///{fresh / 'storage' / 'archive.db'}")
+    archive = SqlEventArchive(engine, DataKeys(FileKeyring.load_or_create(fresh / "secrets" / "storage-kek.json")))
+    try:
+        messages, has_more = await archive.channel_history(channel.channel_id, after_seq=0, limit=100_000)
+    finally:
+        engine.dispose()
+    assert not has_more
+    restored_bodies = [m.body for m in messages]
+    assert set(before_point) <= set(restored_bodies)  # every message acknowledged before the point
+    assert restored_bodies == acknowledged[: len(restored_bodies)]  # in order, no gaps, no duplicates
+    live = await all_history(sender, channel.channel_id)
+    assert [(s, b) for s, _, b in live][: len(messages)] == [(m.channel_seq, m.body) for m in messages]
+    await sender.close()
+
+
+def peer_stub(
+    platform: RunningPlatform, identity: str
+) -> tuple[grpc.aio.Channel, storage_pb2_grpc.StorageArchiveServiceStub]:
+    pki = ensure_pki(platform.data_dir / "pki", [identity])
+    channel = secure_channel(
+        pki, identity=identity, address=str(platform.service("storage")["address"]), peer="storage"
+    )
+    return channel, storage_pb2_grpc.StorageArchiveServiceStub(channel)
+
+
+async def test_services_rebuild_from_the_archive_within_their_streams_and_rotation_keeps_history(
+    platform: RunningPlatform, operator: storage_pb2_grpc.StorageArchiveServiceStub
+) -> None:
+    owner = await new_user(platform, unique("owner"))
+    channel = await owner.create_channel("rebuild")
+    for n in range(3):
+        await owner.send(channel.channel_id, f"rebuild {n}")
+
+    async def archived() -> bool:
+        return len(await all_history(owner, channel.channel_id)) == 3
+
+    await eventually(archived, what="three messages in history")
+    messaging_channel, messaging = peer_stub(platform, "messaging")
+    gateway_channel, gateway = peer_stub(platform, "gateway")
+    try:
+        page = await messaging.GetAggregateEvents(
+            storage_pb2.GetAggregateEventsRequest(aggregate_type="channel", aggregate_id=channel.channel_id), timeout=30
+        )
+        assert [e.aggregate_version for e in page.events] == [1, 2, 3, 4]  # created + three posts
+        envelopes = [EventEnvelope.FromString(e.envelope) for e in page.events]
+        bodies = [MessagePosted.FromString(env.payload).body for env in envelopes[1:]]
+        assert bodies == ["rebuild 0", "rebuild 1", "rebuild 2"]
+        later = await messaging.GetAggregateEvents(
+            storage_pb2.GetAggregateEventsRequest(
+                aggregate_type="channel", aggregate_id=channel.channel_id, after_version=2, limit=1
+            ),
+            timeout=30,
+        )
+        assert ([e.aggregate_version for e in later.events], later.has_more) == ([3], True)
+        assert len(await read_stream(messaging, "MSG")) >= 4
+
+        for stub, request in (
+            (messaging, storage_pb2.ReadArchivedStreamRequest(stream="SEC")),  # not a reader of SEC
+            (gateway, storage_pb2.ReadArchivedStreamRequest(stream="MSG")),  # forwards users only
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.ReadArchivedStream(request, timeout=30)
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await messaging.ReadArchivedStream(storage_pb2.ReadArchivedStreamRequest(stream="NOPE"), timeout=30)
+        assert unknown.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.aio.AioRpcError) as not_operator:
+            await messaging.SetRetentionPolicy(
+                storage_pb2.SetRetentionPolicyRequest(channel_id=channel.channel_id, days=1), timeout=30
+            )
+        assert not_operator.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        await messaging_channel.close()
+        await gateway_channel.close()
+
+    retention = await operator.SetRetentionPolicy(
+        storage_pb2.SetRetentionPolicyRequest(channel_id=channel.channel_id, days=30), timeout=30
+    )
+    assert retention.removed_now == 0  # nothing is 30 days old yet
+    keyring_before = (platform.data_dir / "secrets" / "storage-kek.json").read_text()
+    rotated = await operator.RotateKeyEncryptionKey(storage_pb2.RotateKeyEncryptionKeyRequest(), timeout=60)
+    assert rotated.rewrapped_data_keys >= 2  # at least the owner's and the channel's keys
+    assert rotated.retired_kek_ids
+    for retired in rotated.retired_kek_ids:
+        assert retired in keyring_before
+        assert retired not in (platform.data_dir / "secrets" / "storage-kek.json").read_text()
+    assert [b for _, _, b in await all_history(owner, channel.channel_id)] == [f"rebuild {n}" for n in range(3)]
+    lag = await operator.GetArchiveLag(storage_pb2.GetArchiveLagRequest(), timeout=30)
+    assert {s.stream for s in lag.streams} == {"AUTH", "MSG", "SEC", "PATCH", "STORE"}
+    await owner.close()
