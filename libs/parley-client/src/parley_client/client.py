@@ -23,6 +23,8 @@ from parley.storage.v1 import storage_pb2
 from parley_client.e2ee import BODY_PREFIX, E2eeDevice, UndecryptableMessage
 
 DEFAULT_TIMEOUT_S = 10.0
+RATE_LIMIT_RETRIES = 20
+MAX_RETRY_WAIT_S = 5.0
 # A live stream that ends with one of these is reopened from where it stopped.
 RESUMABLE = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
@@ -189,10 +191,19 @@ class ParleyClient:
         return [("authorization", f"Bearer {self.access_token}")] if self.access_token else []
 
     async def _call(self, method: Any, request: Any, timeout: float = DEFAULT_TIMEOUT_S) -> Any:
-        try:
-            return await method(request, metadata=self._metadata(), timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise _raise(exc) from None
+        """One call; a rate-limit refusal with a short retry hint is waited out and retried.
+
+        Retrying is safe: the gateway refuses over-budget calls before doing anything.
+        """
+        for _ in range(RATE_LIMIT_RETRIES):
+            try:
+                return await method(request, metadata=self._metadata(), timeout=timeout)
+            except grpc.aio.AioRpcError as exc:
+                error = _raise(exc)
+            if error.retry_after_s is None or error.retry_after_s > MAX_RETRY_WAIT_S:
+                raise error
+            await asyncio.sleep(error.retry_after_s)
+        raise error
 
     async def register(self, username: str, password: str) -> auth_pb2.RegisterResponse:
         request = auth_pb2.RegisterRequest(username=username, password=password)

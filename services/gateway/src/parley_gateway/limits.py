@@ -26,10 +26,11 @@ class GatewayLimits(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PARLEY_GATEWAY_", extra="ignore")
 
-    user_rate: float = Field(default=20.0, gt=0)  # sustained calls per second per user
-    user_burst: float = Field(default=60.0, ge=1)
-    source_rate: float = Field(default=50.0, gt=0)  # per client address, logged in or not
-    source_burst: float = Field(default=150.0, ge=1)
+    user_rate: float = Field(default=50.0, gt=0)  # sustained calls per second per user
+    user_burst: float = Field(default=200.0, ge=1)
+    # Per client address, logged in or not; generous, since many users may share one address (NAT).
+    source_rate: float = Field(default=200.0, gt=0)
+    source_burst: float = Field(default=500.0, ge=1)
     max_request_bytes: int = Field(default=64 * 1024, ge=1024)
     live_buffer: int = Field(default=1000, ge=1)  # events queued per live stream before resync
 
