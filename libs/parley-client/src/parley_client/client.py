@@ -23,7 +23,6 @@ from parley.storage.v1 import storage_pb2
 from parley_client.e2ee import BODY_PREFIX, E2eeDevice, UndecryptableMessage
 
 DEFAULT_TIMEOUT_S = 10.0
-RATE_LIMIT_RETRIES = 20
 MAX_RETRY_WAIT_S = 5.0
 # A live stream that ends with one of these is reopened from where it stopped.
 RESUMABLE = frozenset(
@@ -193,17 +192,20 @@ class ParleyClient:
     async def _call(self, method: Any, request: Any, timeout: float = DEFAULT_TIMEOUT_S) -> Any:
         """One call; a rate-limit refusal with a short retry hint is waited out and retried.
 
-        Retrying is safe: the gateway refuses over-budget calls before doing anything.
+        Retrying is safe: the gateway refuses over-budget calls before doing anything. Retries
+        stop once the call's own timeout has passed since the first attempt.
         """
-        for _ in range(RATE_LIMIT_RETRIES):
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + timeout
+        while True:
             try:
                 return await method(request, metadata=self._metadata(), timeout=timeout)
             except grpc.aio.AioRpcError as exc:
                 error = _raise(exc)
-            if error.retry_after_s is None or error.retry_after_s > MAX_RETRY_WAIT_S:
+            wait = error.retry_after_s
+            if wait is None or wait > MAX_RETRY_WAIT_S or loop.time() + wait > give_up:
                 raise error
-            await asyncio.sleep(error.retry_after_s)
-        raise error
+            await asyncio.sleep(wait)
 
     async def register(self, username: str, password: str) -> auth_pb2.RegisterResponse:
         request = auth_pb2.RegisterRequest(username=username, password=password)
