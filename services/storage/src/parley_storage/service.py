@@ -121,7 +121,12 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         if not await self.archive.is_member(request.channel_id, caller.user_id):
             raise PermissionDenied("you are not a member of this channel")
         messages, has_more = await self.archive.channel_history(
-            request.channel_id, after_seq=request.after_seq, limit=request.limit or DEFAULT_PAGE
+            request.channel_id,
+            after_seq=request.after_seq,
+            limit=request.limit or DEFAULT_PAGE,
+            before_seq=request.before_seq,
+            after_ns=request.after_time.ToNanoseconds() if request.HasField("after_time") else 0,
+            before_ns=request.before_time.ToNanoseconds() if request.HasField("before_time") else 0,
         )
         out = []
         for m in messages:
@@ -136,6 +141,7 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
                     channel_seq=m.channel_seq,
                     body=m.body,
                     sent_at=sent,
+                    redacted=not m.body,  # the archive blanks a redacted message's text
                 )
             )
         return storage_pb2.GetChannelHistoryResponse(messages=out, has_more=has_more)
