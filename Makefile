@@ -49,3 +49,29 @@ wheels: venv
 
 clean-data:
 	rm -rf $(DATA_DIR)
+
+# --- load, benchmarks and fault tests (loadtests/, tests/faults/) ---
+USERS ?= 50
+SPAWN_RATE ?= 5
+DURATION ?= 2m
+HOST ?=
+PROCESSES ?=
+LOAD_REPORTS ?= loadtests/reports
+
+.PHONY: load bench bench-quick faults
+
+load: venv
+	mkdir -p $(LOAD_REPORTS)
+	PARLEY_DATA_DIR=$(DATA_DIR) $(BIN)/locust -f loadtests/locustfile.py --headless \
+		--users $(USERS) --spawn-rate $(SPAWN_RATE) --run-time $(DURATION) \
+		$(if $(HOST),--host $(HOST)) $(if $(PROCESSES),--processes $(PROCESSES)) \
+		--csv $(LOAD_REPORTS)/parley --html $(LOAD_REPORTS)/parley.html --only-summary
+
+bench: venv
+	cd loadtests && ../$(BIN)/python -m parley_bench --out ../bench-results $(BENCH_ARGS)
+
+bench-quick: venv
+	cd loadtests && ../$(BIN)/python -m parley_bench --quick --out ../bench-results $(BENCH_ARGS)
+
+faults: venv
+	$(BIN)/pytest tests/faults -m slow -v
