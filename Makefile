@@ -36,6 +36,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/mypy scripts/gen_protos.py
+	MYPYPATH=loadtests $(BIN)/mypy loadtests/parley_bench loadtests/parley_load loadtests/locustfile.py
 
 proto: venv
 	$(BIN)/python scripts/gen_protos.py

@@ -21,15 +21,14 @@ import time  # noqa: E402
 import uuid  # noqa: E402
 from typing import Any  # noqa: E402
 
-import gevent  # noqa: E402
+import gevent  # type: ignore[import-untyped]  # noqa: E402
 import grpc  # noqa: E402
 from locust import User, between, events, task  # noqa: E402
 from locust.env import Environment  # noqa: E402
-
 from parley_load.grpc_client import REQUEST_TYPE, GatewayClient  # noqa: E402
 from parley_load.target import Target  # noqa: E402
 
-PASSWORD = "load-test-passphrase"
+PASSWORD = "load-test-passphrase"  # noqa: S105 - throw-away load-test accounts
 # Channels shared by the users of one Locust process; each user joins a few of them.
 CHANNEL_POOL_SIZE = int(os.environ.get("PARLEY_LOAD_CHANNELS", "20"))
 CHANNELS_PER_USER = int(os.environ.get("PARLEY_LOAD_CHANNELS_PER_USER", "3"))
@@ -38,11 +37,13 @@ CHANNEL_POOL: list[str] = []
 _target: Target | None = None
 
 
-@events.init.add_listener
 def _resolve_target(environment: Environment, **_: Any) -> None:
     """Fail at start, not in every user, when there is no platform to load."""
     global _target
     _target = Target.resolve(environment.host)
+
+
+events.init.add_listener(_resolve_target)  # type: ignore[no-untyped-call]
 
 
 class ParleyUser(User):
@@ -106,13 +107,13 @@ class ParleyUser(User):
 
     @task(10)
     def send(self) -> None:
-        channel_id = random.choice(self.channels)
+        channel_id = random.choice(self.channels)  # noqa: S311 - picking a channel, not a secret
         body = f"load message {uuid.uuid4().hex[:8]} from {self.username}"
         self._retry_after_login(lambda: self.client.send(channel_id, body, uuid.uuid4().hex))
 
     @task(3)
     def read_history(self) -> None:
-        channel_id = random.choice(self.channels)
+        channel_id = random.choice(self.channels)  # noqa: S311 - picking a channel, not a secret
         self._retry_after_login(lambda: self.client.history(channel_id))
 
     @task(1)

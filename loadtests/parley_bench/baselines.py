@@ -40,7 +40,11 @@ async def echo_qps(workdir: Path, *, concurrency: int, seconds: float) -> float:
     server = grpc.aio.server()
     handler = grpc.method_handlers_generic_handler(
         ECHO_SERVICE,
-        {"Echo": grpc.unary_unary_rpc_method_handler(_echo, request_deserializer=_identity, response_serializer=_identity)},
+        {
+            "Echo": grpc.unary_unary_rpc_method_handler(
+                _echo, request_deserializer=_identity, response_serializer=_identity
+            )
+        },
     )
     server.add_generic_rpc_handlers((handler,))
     credentials = grpc.ssl_server_credentials([(identity.key.read_bytes(), identity.cert.read_bytes())])
@@ -89,7 +93,9 @@ async def jetstream_throughput(workdir: Path, *, messages: int, window: int = 25
             if consumed == messages and not all_consumed.done():
                 all_consumed.set_result(None)
 
-        sub = await js.subscribe("bench.>", cb=on_msg, manual_ack=True, config=api.ConsumerConfig(max_ack_pending=10_000))
+        sub = await js.subscribe(
+            "bench.>", cb=on_msg, manual_ack=True, config=api.ConsumerConfig(max_ack_pending=10_000)
+        )
         started = time.perf_counter()
         for first in range(0, messages, window):
             batch = range(first, min(first + window, messages))

@@ -26,8 +26,15 @@ class BenchPlatform:
     async def start(self) -> None:
         with self.output_path.open("wb") as out:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "parley_cli", "--data-dir", str(self.data_dir), "up",
-                stdout=out, stderr=asyncio.subprocess.STDOUT, env={**os.environ, "PARLEY_TRACE_EXPORTER": "none"},
+                sys.executable,
+                "-m",
+                "parley_cli",
+                "--data-dir",
+                str(self.data_dir),
+                "up",
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                env={**os.environ, "PARLEY_TRACE_EXPORTER": "none"},
             )
         deadline = asyncio.get_running_loop().time() + START_TIMEOUT_S
         delay = 0.05

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from parley_client import LiveStream, ParleyClient, ParleyError
 
-PASSWORD = "bench-passphrase-0123"
+PASSWORD = "bench-passphrase-0123"  # noqa: S105 - throw-away benchmark accounts
 
 
 @dataclass
@@ -115,7 +115,9 @@ class SendRun:
         return self.acknowledged / self.seconds if self.seconds else 0.0
 
 
-async def closed_loop_sends(senders: list[tuple[Member, str]], *, seconds: float, deliveries: Deliveries | None = None) -> SendRun:
+async def closed_loop_sends(
+    senders: list[tuple[Member, str]], *, seconds: float, deliveries: Deliveries | None = None
+) -> SendRun:
     """Each (member, channel) pair sends back to back for `seconds`: the maximum sustained rate."""
     acknowledged = failed = 0
     call_latencies: list[float] = []
