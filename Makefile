@@ -30,7 +30,7 @@ test: venv lint proto-check
 	$(BIN)/pytest
 
 test-fast: venv
-	$(BIN)/pytest -m "not e2e"
+	$(BIN)/pytest -m "not e2e and not slow"
 
 lint: venv
 	$(BIN)/ruff check .
@@ -75,4 +75,4 @@ bench-quick: venv
 	cd loadtests && ../$(BIN)/python -m parley_bench --quick --out ../bench-results $(BENCH_ARGS)
 
 faults: venv
-	$(BIN)/pytest tests/faults -m slow -v
+	PARLEY_FAULT_RESULTS=fault-results $(BIN)/pytest tests/faults -m "slow or e2e" -v -s
