@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from workload import ChatWorkload, audit, until
 
 from parley_core.natsconf import nats_server_binary
 from parley_core.testing.platform import RunningPlatform
-from workload import ChatWorkload, audit, until
 
 pytestmark = pytest.mark.e2e
 

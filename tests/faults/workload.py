@@ -183,7 +183,7 @@ class ChatWorkload:
         out: list[tuple[int, str, str]] = []
         after = 0
         while True:
-            page = await retrying(lambda: reader.history(self.channel_id, after_seq=after, limit=500))
+            page = await retrying(lambda after=after: reader.history(self.channel_id, after_seq=after, limit=500))
             out.extend((m.channel_seq, m.message_id, m.body) for m in page.messages)
             if not page.has_more:
                 return out

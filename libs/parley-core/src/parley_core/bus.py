@@ -74,8 +74,12 @@ class EventBus:
         self.producer = producer
         self._subscriptions: list[Replay | DurableConsumer] = []
 
-    async def ensure_streams(self, specs: Iterable[StreamSpec]) -> None:
-        """Create or update each stream to its declared configuration (safe to repeat)."""
+    async def ensure_streams(self, specs: Iterable[StreamSpec], *, replicas: int = 1) -> None:
+        """Create or update each stream to its declared configuration (safe to repeat).
+
+        `replicas` > 1 on a JetStream cluster keeps each stream on that many nodes, so an
+        acknowledged append survives the loss of a minority of them.
+        """
         for spec in specs:
             config = api.StreamConfig(
                 name=spec.name,
@@ -84,6 +88,7 @@ class EventBus:
                 storage=api.StorageType.FILE,
                 duplicate_window=spec.duplicate_window_s,
                 allow_direct=True,
+                num_replicas=replicas,
             )
             try:
                 await self.js.add_stream(config)
