@@ -87,8 +87,11 @@ async def test_whole_platform_stopped_and_started_while_sending(running: Running
 
     workload = await started_workload(running)
     await workload.wait_acknowledged(30)
+    address = running.gateway_address
     assert await asyncio.to_thread(running.stop) == 0
     await asyncio.to_thread(running.start)
+    # Clients know one address; a gateway that moved port on restart would strand them all.
+    assert running.gateway_address == address
     await workload.wait_acknowledged(30)
     await finish(workload, "whole-platform-restart")
 

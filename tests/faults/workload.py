@@ -112,9 +112,7 @@ class ChatWorkload:
     async def start(self, *, senders_per_member: int = 1, pause_s: float = 0.02) -> None:
         for member in self.members:
             self._tasks.append(asyncio.create_task(self._listen(member)))
-        await until(
-            lambda: all(m.stream_opens for m in self.members), timeout=60, what="every member's live stream"
-        )
+        await until(lambda: all(m.stream_opens for m in self.members), timeout=60, what="every member's live stream")
         for member in self.members:
             for n in range(senders_per_member):
                 self._tasks.append(asyncio.create_task(self._send_loop(member, n, pause_s)))

@@ -42,6 +42,9 @@ def _port_is_free(port: int) -> bool:
     import socket
 
     with socket.socket() as sock:
+        # As the gRPC server binds: connections of the previous run that linger in TIME_WAIT
+        # must not make the gateway move to another port, or its clients could not reconnect.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
