@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,9 +22,12 @@ from workload import ChatWorkload, audit, until
 
 from parley_core.natsconf import nats_server_binary
 from parley_core.testing.platform import RunningPlatform
+from parley_core.testing.postgres import PrivatePostgres
 
 pytestmark = pytest.mark.e2e
 
+DATABASE_DOWN_FOR_ACKS = 250
+DATABASE_OUTAGE_S = 15.0
 SERVICES_IN_TURN = ("auth", "messaging", "storage", "gateway", "patch-registry")
 
 
@@ -125,3 +129,29 @@ async def test_nats_killed_and_restarted_while_sending(running: RunningPlatform)
     finally:
         restarted.terminate()
         restarted.wait(timeout=30)
+
+
+@pytest.mark.slow
+async def test_database_killed_and_restarted_while_sending(private_postgres: PrivatePostgres, tmp_path: Path) -> None:
+    """Storage archives into PostgreSQL; the database crashes and stays down for a while."""
+    import asyncio
+
+    platform = RunningPlatform(data_dir=tmp_path / "data", env={"PARLEY_DATABASE_URL": private_postgres.url})
+    platform.start()
+    try:
+        workload = await started_workload(platform)
+        await workload.wait_acknowledged(30)
+        await asyncio.to_thread(private_postgres.kill)
+        # Sends are acknowledged by JetStream, not by the archive: they go on without a database.
+        # The outage length is the scenario, not a wait for a condition: longer than the archive
+        # consumer's redelivery budget (5 deliveries, ~6 s of backoff), while sends go on.
+        down_since = time.monotonic()
+        await workload.wait_acknowledged(DATABASE_DOWN_FOR_ACKS)
+        await asyncio.sleep(max(0.0, DATABASE_OUTAGE_S - (time.monotonic() - down_since)))
+        await asyncio.to_thread(private_postgres.start)
+        await workload.wait_acknowledged(30)
+        await finish(
+            workload, "postgres-kill9-restart", notes=f"private PostgreSQL SIGKILLed, down >= {DATABASE_OUTAGE_S:.0f} s"
+        )
+    finally:
+        platform.kill()

@@ -9,15 +9,19 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from parley.messaging.v1 import messaging_pb2
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
+from sqlalchemy.exc import InterfaceError, OperationalError
 
-from parley_core.bus import ReceivedEvent
-from parley_core.errors import InvalidArgument, PermissionDenied
+from parley_core.bus import ReceivedEvent, RetryLater
+from parley_core.errors import InvalidArgument, PermissionDenied, Unavailable
 from parley_core.files import ensure_private_dir
 from parley_core.runner import RunContext
 from parley_core.topology import CONSUMERS, ConsumerSpec
 from parley_storage.archive import SqlEventArchive, open_engine
 
 DEFAULT_PAGE = 100
+# Errors that mean the database cannot be reached or used right now (connection refused or
+# lost, SQLite busy); the data and the request are fine, so the caller should retry.
+DATABASE_DOWN = (OperationalError, InterfaceError)
 MAX_PAGE = 500
 
 
@@ -46,7 +50,11 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
 
     async def _archive(self, spec: ConsumerSpec, batch: Sequence[ReceivedEvent]) -> None:
         assert self.archive is not None
-        await self.archive.archive(spec.durable, batch)
+        try:
+            await self.archive.archive(spec.durable, batch)
+        except DATABASE_DOWN as exc:
+            # The database, not the events, is at fault: hold the batch instead of parking it.
+            raise RetryLater(f"archive database unavailable: {exc.__class__.__name__}") from exc
 
     async def GetChannelHistory(
         self, request: storage_pb2.GetChannelHistoryRequest, context: grpc.aio.ServicerContext[object, object]
@@ -58,11 +66,14 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
             raise InvalidArgument("channel_id is required")
         if request.limit > MAX_PAGE:
             raise InvalidArgument(f"limit must be at most {MAX_PAGE}")
-        if not await self.archive.is_member(request.channel_id, caller.user_id):
-            raise PermissionDenied("you are not a member of this channel")
-        messages, has_more = await self.archive.channel_history(
-            request.channel_id, after_seq=request.after_seq, limit=request.limit or DEFAULT_PAGE
-        )
+        try:
+            if not await self.archive.is_member(request.channel_id, caller.user_id):
+                raise PermissionDenied("you are not a member of this channel")
+            messages, has_more = await self.archive.channel_history(
+                request.channel_id, after_seq=request.after_seq, limit=request.limit or DEFAULT_PAGE
+            )
+        except DATABASE_DOWN:
+            raise Unavailable("history is unavailable while the archive database is down; retry shortly") from None
         out = []
         for m in messages:
             sent = Timestamp()
