@@ -1,4 +1,9 @@
-"""Top functions of a py-spy speedscope profile, so the bench table says where time went."""
+"""Where a py-spy speedscope profile spent its busy samples, so the bench table says it.
+
+Idle samples (the event loop waiting in epoll, worker threads waiting for work) are left out;
+what remains is split by the function on top of the stack (self time). Time inside gRPC's
+Cython core shows as the asyncio callback that runs it (`Handle._run`).
+"""
 
 from __future__ import annotations
 
@@ -6,28 +11,27 @@ import json
 from collections import Counter
 from pathlib import Path
 
+IDLE_LEAVES = ("select", "poll", "wait", "_worker", "Thread.run", "acquire")
 
-def top_frames(path: Path, *, limit: int = 12, idle: tuple[str, ...] = ("select", "epoll", "poll")) -> list[str]:
-    """Inclusive share of the non-idle samples per function, largest first."""
+
+def top_self(path: Path, *, limit: int = 10) -> list[str]:
+    """Self-time share of the busy samples per function, largest first."""
     data = json.loads(path.read_text())
     frames = data["shared"]["frames"]
-    inclusive: Counter[str] = Counter()
-    busy = 0
+    self_time: Counter[str] = Counter()
+    busy = 0.0
     for profile in data["profiles"]:
         for stack, weight in zip(profile["samples"], profile["weights"], strict=True):
-            if not stack or frames[stack[-1]]["name"] in idle:
+            if not stack:
+                continue
+            leaf = frames[stack[-1]]
+            if leaf["name"].endswith(IDLE_LEAVES):
                 continue
             busy += weight
-            seen = set()
-            for index in stack:
-                frame = frames[index]
-                name = f"{frame['name']} ({Path(frame.get('file', '?')).name}:{frame.get('line', 0)})"
-                if name not in seen:
-                    seen.add(name)
-                    inclusive[name] += weight
+            self_time[f"{leaf['name']} ({Path(leaf.get('file', '?')).name}:{leaf.get('line', 0)})"] += weight
     if not busy:
         return []
-    return [f"{100.0 * w / busy:5.1f}%  {name}" for name, w in inclusive.most_common(limit)]
+    return [f"{100.0 * w / busy:5.1f}%  {name}" for name, w in self_time.most_common(limit)]
 
 
 if __name__ == "__main__":
@@ -35,4 +39,4 @@ if __name__ == "__main__":
 
     for arg in sys.argv[1:]:
         print(arg)
-        print("\n".join(top_frames(Path(arg), limit=40)))
+        print("\n".join(top_self(Path(arg), limit=25)))

@@ -241,6 +241,12 @@ def _start_profilers(platform: BenchPlatform, out: Path, seconds: float) -> list
     ]
 
 
+def summarise_profiles(folder: Path) -> dict[str, list[str]]:
+    from parley_bench.profile_summary import top_self
+
+    return {p.name.split(".")[0]: top_self(p, limit=8) for p in sorted(folder.glob("*.speedscope.json"))}
+
+
 def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
     b, s, f, lg = result["baselines"], result["sends"], result["fanout"], result["logins"]
     rows = [
@@ -291,6 +297,10 @@ def table(result: dict[str, Any]) -> str:
             else:
                 lines.append(f"  {key:<44} {value}")
         lines.append("")
+    for service, rows in result.get("profiles", {}).items():
+        lines.append(f"[profile: {service}, self time of busy samples during the maximum-rate phase]")
+        lines.extend(f"  {row}" for row in rows)
+        lines.append("")
     lines.append("[goals: reported, not asserted]")
     for row in result["goals"]:
         lines.append(f"  {'MET ' if row['met'] else 'NOT '} {row['goal']:<56} {row['value']} (target {row['target']})")
@@ -325,6 +335,8 @@ async def run(*, quick: bool, out_dir: Path, workdir: Path, profile: bool) -> di
         await bench.close()
         await platform.stop()
     result["goals"] = goals(result)
+    if profile:
+        result["profiles"] = summarise_profiles(out_dir / "profiles")
     write_report(result, out_dir)
     return result
 
