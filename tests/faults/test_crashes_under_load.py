@@ -14,13 +14,15 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 from workload import ChatWorkload, audit, until
 
 from parley_core.natsconf import nats_server_binary
+from parley_core.net import free_port
 from parley_core.testing.platform import RunningPlatform
 from parley_core.testing.postgres import PrivatePostgres
 
@@ -31,9 +33,15 @@ DATABASE_OUTAGE_S = 15.0
 SERVICES_IN_TURN = ("auth", "messaging", "storage", "gateway", "patch-registry")
 
 
+def fresh_platform(data_dir: Path, **env: str) -> RunningPlatform:
+    """A platform whose gateway asks for a free port: on a shared machine another platform may
+    take the default 7443 while this one restarts, and clients can follow only a fixed port."""
+    return RunningPlatform(data_dir=data_dir, env=env, up_args=("--gateway-port", str(free_port())))
+
+
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[RunningPlatform]:
-    platform = RunningPlatform(data_dir=tmp_path / "data")
+    platform = fresh_platform(tmp_path / "data")
     platform.start()
     try:
         yield platform
@@ -41,8 +49,18 @@ def running(tmp_path: Path) -> Iterator[RunningPlatform]:
         platform.kill()
 
 
-async def started_workload(platform: RunningPlatform) -> ChatWorkload:
+@pytest_asyncio.fixture
+async def workloads() -> AsyncIterator[list[ChatWorkload]]:
+    """Closes every workload a test started, also when the test fails half-way."""
+    made: list[ChatWorkload] = []
+    yield made
+    for workload in made:
+        await workload.close()
+
+
+async def started_workload(platform: RunningPlatform, workloads: list[ChatWorkload]) -> ChatWorkload:
     workload = ChatWorkload(platform.gateway_address, platform.ca_cert.read_bytes())
+    workloads.append(workload)
     await workload.set_up()
     await workload.start()
     return workload
@@ -66,9 +84,11 @@ async def finish(workload: ChatWorkload, scenario: str, notes: str = "") -> None
     await workload.close()
 
 
-async def test_messaging_killed_while_sending_loses_nothing(running: RunningPlatform) -> None:
+async def test_messaging_killed_while_sending_loses_nothing(
+    running: RunningPlatform, workloads: list[ChatWorkload]
+) -> None:
     """The short fault run inside `make test`: the service that appends sends dies mid-load."""
-    workload = await started_workload(running)
+    workload = await started_workload(running, workloads)
     await workload.wait_acknowledged(15)
     await crash(running, "messaging")
     await workload.wait_acknowledged(15)
@@ -76,8 +96,10 @@ async def test_messaging_killed_while_sending_loses_nothing(running: RunningPlat
 
 
 @pytest.mark.slow
-async def test_each_service_killed_in_turn_while_sending(running: RunningPlatform) -> None:
-    workload = await started_workload(running)
+async def test_each_service_killed_in_turn_while_sending(
+    running: RunningPlatform, workloads: list[ChatWorkload]
+) -> None:
+    workload = await started_workload(running, workloads)
     await workload.wait_acknowledged(30)
     for service in SERVICES_IN_TURN:
         await crash(running, service)
@@ -86,10 +108,12 @@ async def test_each_service_killed_in_turn_while_sending(running: RunningPlatfor
 
 
 @pytest.mark.slow
-async def test_whole_platform_stopped_and_started_while_sending(running: RunningPlatform) -> None:
+async def test_whole_platform_stopped_and_started_while_sending(
+    running: RunningPlatform, workloads: list[ChatWorkload]
+) -> None:
     import asyncio
 
-    workload = await started_workload(running)
+    workload = await started_workload(running, workloads)
     await workload.wait_acknowledged(30)
     address = running.gateway_address
     assert await asyncio.to_thread(running.stop) == 0
@@ -115,9 +139,9 @@ def nats_pid(config: Path) -> int:
 
 
 @pytest.mark.slow
-async def test_nats_killed_and_restarted_while_sending(running: RunningPlatform) -> None:
+async def test_nats_killed_and_restarted_while_sending(running: RunningPlatform, workloads: list[ChatWorkload]) -> None:
     config = running.data_dir / "nats" / "nats-server.conf"
-    workload = await started_workload(running)
+    workload = await started_workload(running, workloads)
     await workload.wait_acknowledged(30)
     os.kill(nats_pid(config), signal.SIGKILL)
     with (running.data_dir.parent / "nats-restarted.log").open("wb") as log:
@@ -132,14 +156,16 @@ async def test_nats_killed_and_restarted_while_sending(running: RunningPlatform)
 
 
 @pytest.mark.slow
-async def test_database_killed_and_restarted_while_sending(private_postgres: PrivatePostgres, tmp_path: Path) -> None:
+async def test_database_killed_and_restarted_while_sending(
+    private_postgres: PrivatePostgres, tmp_path: Path, workloads: list[ChatWorkload]
+) -> None:
     """Storage archives into PostgreSQL; the database crashes and stays down for a while."""
     import asyncio
 
-    platform = RunningPlatform(data_dir=tmp_path / "data", env={"PARLEY_DATABASE_URL": private_postgres.url})
+    platform = fresh_platform(tmp_path / "data", PARLEY_DATABASE_URL=private_postgres.url)
     platform.start()
     try:
-        workload = await started_workload(platform)
+        workload = await started_workload(platform, workloads)
         await workload.wait_acknowledged(30)
         await asyncio.to_thread(private_postgres.kill)
         # Sends are acknowledged by JetStream, not by the archive: they go on without a database.

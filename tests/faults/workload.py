@@ -93,7 +93,7 @@ class ChatWorkload:
         self.ledger = Ledger()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self.stream_ready = asyncio.Event()
+        self._closed = False
 
     def connect(self) -> ParleyClient:
         return ParleyClient.connect(self.address, ca_cert=self.ca_cert)
@@ -123,9 +123,14 @@ class ChatWorkload:
         await asyncio.gather(*self._tasks[self.member_count :])
 
     async def close(self) -> None:
-        for task in self._tasks[: self.member_count]:
+        """Stop everything and close every client; safe to call again (test teardown does)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks[: self.member_count], return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for member in self.members:
             await member.client.close()
 

@@ -34,6 +34,7 @@ class RunningPlatform:
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     runs: int = 0
+    up_args: tuple[str, ...] = ()  # extra `parley up` options, e.g. ("--gateway-port", "12345")
 
     @property
     def output_path(self) -> Path:
@@ -58,7 +59,7 @@ class RunningPlatform:
         self.runs += 1
         out = open(self.output_path, "wb")  # noqa: SIM115 - handed to the child process
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "parley_cli", "--data-dir", str(self.data_dir), "up"],
+            [sys.executable, "-m", "parley_cli", "--data-dir", str(self.data_dir), "up", *self.up_args],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **self.env},
