@@ -80,6 +80,8 @@ class ParleyUser(User):
                         self._report_delivery(event.message)
             except grpc.RpcError as exc:
                 self.client.report("Subscribe (stream)", started, 0, exc)
+                if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    self.client.login(self.username, PASSWORD)
                 gevent.sleep(1.0)  # back off before reopening; not a test wait
             except gevent.GreenletExit:
                 stream.cancel()
