@@ -36,6 +36,7 @@ TRANSIENT = {
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 SEND_GIVE_UP_S = 120.0
+READY_TIMEOUT_S = 30.0  # a client gives up on a stream that never says `ready`
 T = TypeVar("T")
 
 
@@ -71,6 +72,8 @@ class Member:
     delivered: list[str] = field(default_factory=list)  # message ids as they arrived live
     stream_opens: int = 0
     stream_breaks: int = 0
+    opened_at: list[float] = field(default_factory=list)  # monotonic time of each `ready`
+    delivered_since_open: int = 0
 
 
 @dataclass
@@ -163,12 +166,15 @@ class ChatWorkload:
         while True:
             stream: LiveStream = member.client.subscribe([self.channel_id])
             try:
-                await stream.ready()
+                await asyncio.wait_for(stream.ready(), READY_TIMEOUT_S)
                 member.stream_opens += 1
+                member.opened_at.append(time.monotonic())
+                member.delivered_since_open = 0
                 delay = 0.05
                 async for message in stream:
                     member.delivered.append(message.message_id)
-            except (ParleyError, StopAsyncIteration):
+                    member.delivered_since_open += 1
+            except (ParleyError, StopAsyncIteration, TimeoutError):
                 member.stream_breaks += 1
             finally:
                 stream.cancel()
@@ -200,8 +206,10 @@ class ChatWorkload:
             sent = await retrying(lambda member=member: member.client.send(self.channel_id, f"marker {member.name}"))
             markers.append(sent.message_id)
         wanted = set(markers)
+        now = time.monotonic()
         state = ", ".join(
-            f"{m.name}: {len(m.delivered)} delivered, opened {m.stream_opens}x, broke {m.stream_breaks}x"
+            f"{m.name}: {len(m.delivered)} delivered, opened {m.stream_opens}x, broke {m.stream_breaks}x,"
+            f" opens {[round(t - now, 1) for t in m.opened_at]}s ago, {m.delivered_since_open} since"
             for m in self.members
         )
         await until(
