@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from parley_core.net import free_port
+
 READY_LINE = "all services are up"
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 60.0
@@ -116,7 +118,13 @@ class RunningPlatform:
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
     """One platform per test module, started exactly as `make run` starts it, traces on."""
     root = tmp_path_factory.mktemp("platform")
-    running = RunningPlatform(data_dir=root / "data", env={"PARLEY_TRACE_EXPORTER": "console"})
+    # A free port of its own rather than the default 7443, which every platform on a shared
+    # machine (other test runs, a `make run`) would race for.
+    running = RunningPlatform(
+        data_dir=root / "data",
+        env={"PARLEY_TRACE_EXPORTER": "console"},
+        up_args=("--gateway-port", str(free_port())),
+    )
     running.start()
     try:
         yield running
