@@ -61,7 +61,8 @@ def ensure_store_key(path: Path) -> str:
 
 def _port_is_free(port: int) -> bool:
     with socket.socket() as sock:
-        # As a server binds it: connections of an earlier run in TIME-WAIT do not make it busy.
+        # As the gRPC server binds: connections of the previous run that linger in TIME_WAIT
+        # must not make the gateway move to another port, or its clients could not reconnect.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))

@@ -2,5 +2,15 @@
 
 from parley_core.testing.nats import NatsTestServer, nats_server, pki
 from parley_core.testing.platform import RunningPlatform, platform, wait_until
+from parley_core.testing.postgres import PrivatePostgres, private_postgres
 
-__all__ = ["NatsTestServer", "RunningPlatform", "nats_server", "pki", "platform", "wait_until"]
+__all__ = [
+    "NatsTestServer",
+    "PrivatePostgres",
+    "RunningPlatform",
+    "nats_server",
+    "pki",
+    "platform",
+    "private_postgres",
+    "wait_until",
+]

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from parley_core.net import free_port
+
 READY_LINE = "all services are up"
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 60.0
@@ -34,6 +36,7 @@ class RunningPlatform:
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     runs: int = 0
+    up_args: tuple[str, ...] = ()  # extra `parley up` options, e.g. ("--gateway-port", "12345")
 
     @property
     def output_path(self) -> Path:
@@ -58,7 +61,7 @@ class RunningPlatform:
         self.runs += 1
         out = open(self.output_path, "wb")  # noqa: SIM115 - handed to the child process
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "parley_cli", "--data-dir", str(self.data_dir), "up"],
+            [sys.executable, "-m", "parley_cli", "--data-dir", str(self.data_dir), "up", *self.up_args],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **self.env},
@@ -117,7 +120,13 @@ class RunningPlatform:
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
     """One platform per test module, started exactly as `make run` starts it, traces on."""
     root = tmp_path_factory.mktemp("platform")
-    running = RunningPlatform(data_dir=root / "data", env={"PARLEY_TRACE_EXPORTER": "console"})
+    # A free port of its own rather than the default 7443, which every platform on a shared
+    # machine (other test runs, a `make run`) would race for.
+    running = RunningPlatform(
+        data_dir=root / "data",
+        env={"PARLEY_TRACE_EXPORTER": "console"},
+        up_args=("--gateway-port", str(free_port())),
+    )
     running.start()
     try:
         yield running
