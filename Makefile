@@ -30,12 +30,13 @@ test: venv lint proto-check
 	$(BIN)/pytest
 
 test-fast: venv
-	$(BIN)/pytest -m "not e2e"
+	$(BIN)/pytest -m "not e2e and not slow"
 
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/mypy scripts/gen_protos.py
+	MYPYPATH=loadtests $(BIN)/mypy loadtests/parley_bench loadtests/parley_load loadtests/locustfile.py
 
 proto: venv
 	$(BIN)/python scripts/gen_protos.py
@@ -49,3 +50,29 @@ wheels: venv
 
 clean-data:
 	rm -rf $(DATA_DIR)
+
+# --- load, benchmarks and fault tests (loadtests/, tests/faults/) ---
+USERS ?= 50
+SPAWN_RATE ?= 5
+DURATION ?= 2m
+HOST ?=
+PROCESSES ?=
+LOAD_REPORTS ?= loadtests/reports
+
+.PHONY: load bench bench-quick faults
+
+load: venv
+	mkdir -p $(LOAD_REPORTS)
+	PARLEY_DATA_DIR=$(DATA_DIR) $(BIN)/locust -f loadtests/locustfile.py --headless \
+		--users $(USERS) --spawn-rate $(SPAWN_RATE) --run-time $(DURATION) \
+		$(if $(HOST),--host $(HOST)) $(if $(PROCESSES),--processes $(PROCESSES)) \
+		--csv $(LOAD_REPORTS)/parley --html $(LOAD_REPORTS)/parley.html --only-summary
+
+bench: venv
+	cd loadtests && ../$(BIN)/python -m parley_bench --out ../bench-results $(BENCH_ARGS)
+
+bench-quick: venv
+	cd loadtests && ../$(BIN)/python -m parley_bench --quick --out ../bench-results $(BENCH_ARGS)
+
+faults: venv
+	PARLEY_FAULT_RESULTS=fault-results $(BIN)/pytest tests/faults -m "slow or e2e" -v -s

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 import pytest
 from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
 
 from parley_core.pki import ensure_pki
 from parley_core.runner import secure_channel
-from parley_core.testing.platform import RunningPlatform
+from parley_core.testing.platform import RunningPlatform, wait_until
 from parley_core.topology import SERVICES
 
 pytestmark = pytest.mark.e2e
@@ -43,3 +45,18 @@ def test_parked_listing_when_nothing_is_parked(platform: RunningPlatform) -> Non
     listing = platform.cli("parked")
     assert listing.returncode == 0
     assert "no parked events" in listing.stdout
+
+
+def test_several_services_crashing_at_once_are_all_restarted(platform: RunningPlatform) -> None:
+    victims = ("auth", "storage", "patch-registry")
+    for name in victims:
+        pid = platform.service(name)["pid"]
+        assert isinstance(pid, int)
+        os.kill(pid, signal.SIGKILL)
+    for name in victims:
+        wait_until(
+            lambda name=name: f"{name} is serving again" in platform.output(),  # type: ignore[misc]
+            timeout=120,
+            what=f"{name} to be restarted",
+        )
+    assert platform.cli("status").returncode == 0

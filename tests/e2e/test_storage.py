@@ -23,7 +23,6 @@ from parley.storage.v1.events_pb2 import UserDataErased
 from sqlalchemy import URL, create_engine, text
 from sqlalchemy.exc import OperationalError
 
-from parley_auth.signing import TokenIssuer
 from parley_client import ParleyClient
 from parley_core.pki import ensure_pki
 from parley_core.runner import secure_channel
@@ -89,11 +88,18 @@ async def operator(platform: RunningPlatform) -> AsyncIterator[storage_pb2_grpc.
     await channel.close()
 
 
-def auditor_token(platform: RunningPlatform, role: str = "security-auditor") -> list[tuple[str, str]]:
-    """A token as auth issues it, with the auditor role (auth cannot grant roles yet: issue 2's RBAC)."""
-    issuer = TokenIssuer.load_or_create(platform.data_dir / "secrets" / "auth-signing-key.pem")
-    token, _ = issuer.issue(user_id=unique("user-auditor-"), username="auditor", role=role)
-    return [("authorization", f"Bearer {token}")]
+async def auditor_token(platform: RunningPlatform, role: str = "security-auditor") -> list[tuple[str, str]]:
+    """A real login of an account the operator created with `role`: services take the role from
+    their access projection (rbac), so a token that merely claims it would not do."""
+    name = unique(f"{role.replace('-', '')}-")
+    await asyncio.to_thread(platform.cli, "admin", "create-user", name, "--role", role, stdin=PASSWORD + "\n")
+    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    try:
+        await client.login(name, PASSWORD)
+        assert client.access_token is not None
+        return [("authorization", f"Bearer {client.access_token}")]
+    finally:
+        await client.close()
 
 
 async def read_stream(stub: storage_pb2_grpc.StorageArchiveServiceStub, stream: str) -> list[storage_pb2.ArchivedEvent]:
@@ -206,9 +212,11 @@ async def test_erasure_shreds_one_user_and_is_audited(
     history = await all_history(bob, channel.channel_id)
     assert history == [(1, "", ""), (2, bob_name, "bob answers"), (3, "", "")]
 
+    auditor = await auditor_token(platform)
+
     async def audited() -> list[storage_pb2.ArchivedEvent]:
         page = await operator.QueryAudit(
-            storage_pb2.QueryAuditRequest(target=alice.user_id), metadata=auditor_token(platform), timeout=30
+            storage_pb2.QueryAuditRequest(target=alice.user_id), metadata=auditor, timeout=30
         )
         return [e for e in page.events if e.event_type == UserDataErased.DESCRIPTOR.full_name]
 
@@ -224,7 +232,9 @@ async def test_erasure_shreds_one_user_and_is_audited(
 
     with pytest.raises(grpc.aio.AioRpcError) as not_auditor:
         await operator.QueryAudit(
-            storage_pb2.QueryAuditRequest(target=alice.user_id), metadata=auditor_token(platform, "member"), timeout=30
+            storage_pb2.QueryAuditRequest(target=alice.user_id),
+            metadata=await auditor_token(platform, "member"),
+            timeout=30,
         )
     assert not_auditor.value.code() == grpc.StatusCode.PERMISSION_DENIED
     for client in (alice, bob):

@@ -17,7 +17,7 @@ import pytest_asyncio
 from nats.js import api
 from parley.messaging.v1.events_pb2 import MessagePosted
 
-from parley_core.bus import ConcurrencyConflict, EventBus, ReceivedEvent
+from parley_core.bus import ConcurrencyConflict, EventBus, ReceivedEvent, RetryLater
 from parley_core.envelope import NewEvent, decode, open_payload
 from parley_core.testing.nats import NatsTestServer
 from parley_core.topology import (
@@ -465,3 +465,32 @@ async def test_consumer_outlives_a_failure_to_park(nats_server: NatsTestServer) 
         await seen.wait_until(lambda: healthy.event_id in seen.applied_ids())
     finally:
         await asyncio.wait_for(storage.stop_consumers(), TIMEOUT_S)
+
+
+async def test_an_unavailable_handler_holds_the_batch_and_parks_nothing(
+    nats_server: NatsTestServer, bus: EventBus, storage_bus: EventBus
+) -> None:
+    """A database outage longer than the redelivery budget: events wait, none is parked."""
+    events = [posted("c1", "a"), posted("c2", "b")]
+    seqs = [await append_unconditionally(bus, e, n) for n, e in enumerate(events)]
+    seen = Recorder()
+    outage_left = 5  # more refusals than max_deliver (3) allows deliveries
+
+    async def archive(batch: Sequence[ReceivedEvent]) -> None:
+        nonlocal outage_left
+        if outage_left > 0:
+            outage_left -= 1
+            await seen.record(batch, applied=False)
+            raise RetryLater("database unavailable")
+        await seen.record(batch, applied=True)
+
+    await storage_bus.consume(consumer_spec(max_deliver=3), archive)
+    await seen.wait_until(lambda: len(seen.applied_ids()) == len(events))
+    await eventually(lambda: _consumer_settled(storage_bus, seqs[-1]))
+
+    assert outage_left == 0
+    assert sorted(seen.applied_ids()) == sorted(e.event_id for e in events)
+    # Held in place: JetStream delivered each event once, however long the outage lasted.
+    assert {e.num_delivered for e in seen.applied} == {1}
+    platform = (await nats_server.connect("platform")).jetstream()
+    assert await _parked_message(platform, parked_subject("storage", "MSG")) is None

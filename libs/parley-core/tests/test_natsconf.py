@@ -10,7 +10,7 @@ import pytest
 
 from parley_core import topology
 from parley_core.nats_process import NatsServerProcess
-from parley_core.natsconf import _quote, ensure_nats_passwords, render_server_config
+from parley_core.natsconf import ClusterConfig, _quote, ensure_nats_passwords, render_server_config
 from parley_core.net import free_port
 from parley_core.pki import Pki
 
@@ -73,3 +73,38 @@ async def test_server_accepts_config_with_store_encryption(pki: Pki, tmp_path: P
     log = (tmp_path / "n.log").read_text()
     assert "Encryption:" in log
     assert "ChaCha20-Poly1305" in log
+
+
+@pytest.mark.asyncio
+async def test_cluster_node_config_is_accepted_with_tls_routes(pki: Pki, tmp_path: Path) -> None:
+    """One node of a three-node cluster starts with its rendered `cluster {}` block."""
+    port, route_port = free_port(), free_port()
+    tls = pki.identity("nats")
+    config = tmp_path / "nats.conf"
+    config.write_text(
+        render_server_config(
+            host="127.0.0.1",
+            port=port,
+            store_dir=tmp_path / "store",
+            tls_cert=tls.cert,
+            tls_key=tls.key,
+            ca_cert=pki.ca_cert,
+            passwords=dict.fromkeys(USERS, "pw"),
+            server_name="node-a",
+            cluster=ClusterConfig(
+                name="parley",
+                host="127.0.0.1",
+                port=route_port,
+                routes=(f"127.0.0.1:{route_port}", f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"),
+                route_user="route",
+                route_password="route-pw",
+            ),
+        )
+    )
+    async with NatsServerProcess(config_path=config, host="127.0.0.1", port=port, log_path=tmp_path / "n.log"):
+        pass
+    log = (tmp_path / "n.log").read_text()
+    assert f"Listening for route connections on 127.0.0.1:{route_port}" in log
+    text = config.read_text()
+    assert "verify: true" in text.split("cluster {", 1)[1]
+    assert '"nats-route://route:route-pw@127.0.0.1:' in text

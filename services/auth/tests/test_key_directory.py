@@ -55,19 +55,19 @@ async def test_each_one_time_key_is_claimed_exactly_once_under_concurrency(stack
     gateway = stack.gateway()
     account = vodozemac.Account()
 
-    device = await gateway.PublishDeviceKeys(
+    device = await gateway.PublishAuthDeviceKeys(
         publish_request(account, alice.user_id, "LAPTOP1"), metadata=alice_md, timeout=TIMEOUT_S
     )
     assert device.curve25519 == raw(account.curve25519_key)
     uploaded = one_time_keys(account, alice.user_id, "LAPTOP1", KEYS)
-    left = await gateway.UploadOneTimeKeys(
+    left = await gateway.UploadAuthOneTimeKeys(
         auth_pb2.UploadOneTimeKeysRequest(device_id="LAPTOP1", keys=uploaded), metadata=alice_md, timeout=TIMEOUT_S
     )
     assert left.one_time_keys_left == KEYS
 
     async def claim() -> str | grpc.StatusCode:
         try:
-            got = await stack.gateway().ClaimOneTimeKey(
+            got = await stack.gateway().ClaimAuthOneTimeKey(
                 auth_pb2.ClaimOneTimeKeyRequest(user_id=alice.user_id, device_id="LAPTOP1"),
                 metadata=bob_md,
                 timeout=TIMEOUT_S,
@@ -81,7 +81,7 @@ async def test_each_one_time_key_is_claimed_exactly_once_under_concurrency(stack
     assert sorted(claimed) == sorted(k.key_id for k in uploaded)  # every key once, none twice
     assert [r for r in results if not isinstance(r, str)] == [grpc.StatusCode.FAILED_PRECONDITION] * (CLAIMERS - KEYS)
 
-    listed = await gateway.ListDevices(
+    listed = await gateway.ListAuthDevices(
         auth_pb2.ListDevicesRequest(user_id=alice.user_id), metadata=bob_md, timeout=TIMEOUT_S
     )
     assert [(d.device_id, d.one_time_keys_left) for d in listed.devices] == [("LAPTOP1", 0)]
@@ -94,15 +94,15 @@ async def test_a_claimed_key_starts_a_working_olm_session(stack: Stack) -> None:
     bob_md = bearer((await stack.login("bob")).access_token)
     gateway = stack.gateway()
     alice_device = vodozemac.Account()
-    await gateway.PublishDeviceKeys(publish_request(alice_device, alice.user_id, "PHONE"), metadata=alice_md)
-    await gateway.UploadOneTimeKeys(
+    await gateway.PublishAuthDeviceKeys(publish_request(alice_device, alice.user_id, "PHONE"), metadata=alice_md)
+    await gateway.UploadAuthOneTimeKeys(
         auth_pb2.UploadOneTimeKeysRequest(
             device_id="PHONE", keys=one_time_keys(alice_device, alice.user_id, "PHONE", 1)
         ),
         metadata=alice_md,
         timeout=TIMEOUT_S,
     )
-    claimed = await gateway.ClaimOneTimeKey(
+    claimed = await gateway.ClaimAuthOneTimeKey(
         auth_pb2.ClaimOneTimeKeyRequest(user_id=alice.user_id, device_id="PHONE"), metadata=bob_md, timeout=TIMEOUT_S
     )
     bob_device = vodozemac.Account()
@@ -137,14 +137,14 @@ async def test_bad_keys_are_refused_with_reasons(stack: Stack) -> None:
         # Signed for another user: a device cannot be replayed into someone else's account.
         publish_request(account, "someone-else", "DESK"),
     ):
-        assert await code(gateway.PublishDeviceKeys(broken, metadata=alice_md, timeout=TIMEOUT_S)) == (
+        assert await code(gateway.PublishAuthDeviceKeys(broken, metadata=alice_md, timeout=TIMEOUT_S)) == (
             grpc.StatusCode.INVALID_ARGUMENT
         )
-    await gateway.PublishDeviceKeys(good, metadata=alice_md, timeout=TIMEOUT_S)
+    await gateway.PublishAuthDeviceKeys(good, metadata=alice_md, timeout=TIMEOUT_S)
     other = vodozemac.Account()
     assert (
         await code(
-            gateway.PublishDeviceKeys(
+            gateway.PublishAuthDeviceKeys(
                 publish_request(other, alice.user_id, "DESK"), metadata=alice_md, timeout=TIMEOUT_S
             )
         )
@@ -152,11 +152,11 @@ async def test_bad_keys_are_refused_with_reasons(stack: Stack) -> None:
     )
     # One-time keys signed by another device's key are refused.
     forged = one_time_keys(other, alice.user_id, "DESK", 1)
-    upload = gateway.UploadOneTimeKeys(
+    upload = gateway.UploadAuthOneTimeKeys(
         auth_pb2.UploadOneTimeKeysRequest(device_id="DESK", keys=forged), metadata=alice_md, timeout=TIMEOUT_S
     )
     assert await code(upload) == grpc.StatusCode.INVALID_ARGUMENT
-    missing = gateway.ClaimOneTimeKey(
+    missing = gateway.ClaimAuthOneTimeKey(
         auth_pb2.ClaimOneTimeKeyRequest(user_id=alice.user_id, device_id="NOPE"), metadata=alice_md, timeout=TIMEOUT_S
     )
     assert await code(missing) == grpc.StatusCode.NOT_FOUND

@@ -26,6 +26,7 @@ from parley_core.testing.stack import TIMEOUT_S, Stack, bearer
 SERVICES: dict[str, ServiceDescriptor] = {
     "auth": auth_pb2.DESCRIPTOR.services_by_name["AuthService"],
     "messaging": messaging_pb2.DESCRIPTOR.services_by_name["MessagingService"],
+    "messaging-devices": messaging_pb2.DESCRIPTOR.services_by_name["DeviceKeyService"],
     "storage": storage_pb2.DESCRIPTOR.services_by_name["StorageService"],
     "storage-archive": storage_pb2.DESCRIPTOR.services_by_name["StorageArchiveService"],
     "patch-registry": fleet_pb2.DESCRIPTOR.services_by_name["FleetService"],
@@ -61,7 +62,8 @@ def test_least_privilege_roles() -> None:
 
 
 async def call(stack: Stack, service: str, descriptor: ServiceDescriptor, method: MethodDescriptor, token: str) -> Any:
-    channel = stack.gateway_channel() if service == "gateway" else stack.internal(service)
+    served_by = "messaging" if service == "messaging-devices" else service
+    channel = stack.gateway_channel() if service == "gateway" else stack.internal(served_by)
     request_class = message_factory.GetMessageClass(method.input_type)
     response_class = message_factory.GetMessageClass(method.output_type)
     target = path(descriptor, method)

@@ -1,8 +1,9 @@
 import pytest
 
-from parley_core.errors import InvalidArgument, NotFound, PermissionDenied
+from parley_core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from parley_messaging.domain import (
     ChannelDirectory,
+    PostedMessage,
     send_event_id,
     validate_body,
     validate_channel_name,
@@ -41,3 +42,51 @@ def test_directory_membership() -> None:
         directory.get("nope")
     assert [c.channel_id for c in directory.of_member("alice")] == ["c1"]
     assert directory.of_member("bob") == []
+
+
+def _channel_with_message() -> tuple[ChannelDirectory, PostedMessage]:
+    directory = ChannelDirectory()
+    directory.create("c1", "general", "owner", stream_seq=1)
+    channel = directory.get("c1")
+    channel.members |= {"alice", "bob"}
+    posted = PostedMessage("c1", "m1", "alice", "alice", 1, "first text", 0)
+    channel.record_post(posted, "key-1")
+    return directory, posted
+
+
+def test_retried_send_finds_the_first_message() -> None:
+    directory, posted = _channel_with_message()
+    channel = directory.get("c1")
+    assert channel.earlier_send("alice", "key-1") == posted
+    assert channel.earlier_send("alice", "key-2") is None
+    assert channel.earlier_send("bob", "key-1") is None
+
+
+def test_only_the_sender_edits_and_moderators_see_every_version() -> None:
+    directory, _ = _channel_with_message()
+    channel = directory.get("c1")
+    with pytest.raises(PermissionDenied):
+        channel.check_edit("bob", 1)
+    with pytest.raises(NotFound):
+        channel.check_edit("alice", 2)
+    channel.check_edit("alice", 1).edited("second text")
+    record = channel.message(1)
+    assert (record.current.body, record.current.edit_count) == ("second text", 1)
+    assert record.versions == ["first text", "second text"]
+    assert channel.is_moderator("owner")
+    assert not channel.is_moderator("alice")
+
+
+def test_redaction_removes_every_version_and_blocks_edits() -> None:
+    directory, _ = _channel_with_message()
+    channel = directory.get("c1")
+    channel.message(1).edited("second text")
+    with pytest.raises(PermissionDenied):
+        channel.check_redact("bob", 1)  # neither sender nor moderator
+    channel.check_redact("owner", 1).redacted()
+    record = channel.message(1)
+    assert record.current.redacted
+    assert record.current.body == ""
+    assert record.versions == []
+    with pytest.raises(FailedPrecondition):
+        channel.check_edit("alice", 1)

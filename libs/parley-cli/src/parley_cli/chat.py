@@ -5,16 +5,67 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+import uuid
 from datetime import datetime
 
+from grpc import StatusCode
 from parley.messaging.v1.messaging_pb2 import ChatMessage
 
-from parley_client import ParleyClient, ParleyError
+from parley_client import LiveEvent, ParleyClient, ParleyError
+from parley_client.client import RESUMABLE
+from parley_client.e2ee import BODY_PREFIX
 
 
 def format_message(message: ChatMessage) -> str:
     when = datetime.fromtimestamp(message.sent_at.seconds).strftime("%H:%M:%S")
-    return f"[{message.channel_seq:>5}] {when} {message.sender_name or message.sender_id[:8]}: {message.body}"
+    if message.redacted:
+        body = "(redacted)"
+    elif message.body.startswith(BODY_PREFIX):
+        body = "(encrypted; this device has no key for it)"
+    else:
+        body = message.body + (" (edited)" if message.edit_count else "")
+    return f"[{message.channel_seq:>5}] {when} {message.sender_name or message.sender_id[:8]}: {body}"
+
+
+def format_event(event: LiveEvent) -> str:
+    raw = event.event
+    if event.kind == "message":
+        return format_message(event.message)
+    if event.kind == "updated":
+        if event.message.redacted:
+            return f"[{event.message.channel_seq:>5}] (message redacted)"
+        return f"[{event.message.channel_seq:>5}] (edited) {event.message.body}"
+    if event.kind == "reaction":
+        verb = "took back" if raw.reaction.removed else "reacted"
+        return f"[{raw.reaction.channel_seq:>5}] {raw.reaction.user_id[:8]} {verb} {raw.reaction.emoji}"
+    if event.kind == "membership":
+        change = raw.membership
+        detail = f": {change.detail}" if change.detail else ""
+        return f"-- {change.user_id[:8] or change.actor_id[:8]} {change.change}{detail} --"
+    return ""  # read markers are not shown
+
+
+HELP = "type a message and press Enter; /edit <#> <text>, /redact <#>, Ctrl-D to leave"
+
+
+async def run_typed(client: ParleyClient, channel_id: str, text: str) -> None:
+    """One typed line: a message, or a /command acting on an earlier message by its number."""
+    command, _, rest = text.partition(" ")
+    if command == "/edit":
+        seq, _, body = rest.partition(" ")
+        await client.edit(channel_id, _number(seq), body)
+    elif command == "/redact":
+        await client.redact(channel_id, _number(rest.strip()))
+    elif command.startswith("/"):
+        print(HELP, flush=True)
+    else:
+        await client.send(channel_id, text)
+
+
+def _number(text: str) -> int:
+    if not text.isdigit():
+        raise ParleyError(StatusCode.INVALID_ARGUMENT, "give the message number shown in [brackets]")
+    return int(text)
 
 
 async def resolve_channel(client: ParleyClient, reference: str) -> str:
@@ -29,6 +80,11 @@ async def resolve_channel(client: ParleyClient, reference: str) -> str:
 
 async def interactive(client: ParleyClient, reference: str) -> int:
     channel_id = await resolve_channel(client, reference)
+    if any(c.channel_id == channel_id and c.encrypted for c in await client.my_channels()):
+        # A device for this session only: it reads what is sent from now on (keys are shared
+        # with it at the senders' next message) and encrypts what is typed.
+        device = await client.enable_e2ee(f"cli-{uuid.uuid4().hex[:12]}")
+        print(f"-- end-to-end encrypted; this terminal is device {device.device_id} --", flush=True)
     stream = client.subscribe([channel_id])
     await stream.ready()
     page = await client.history(channel_id, limit=20)
@@ -36,13 +92,22 @@ async def interactive(client: ParleyClient, reference: str) -> int:
     for message in page.messages:
         print(format_message(message))
         seen = max(seen, message.channel_seq)
-    print("-- live; type a message and press Enter, Ctrl-D to leave --", flush=True)
+    print(f"-- live; {HELP} --", flush=True)
 
     async def show_incoming() -> int:
         try:
-            async for message in stream:
-                if message.channel_seq > seen:
-                    print(format_message(message), flush=True)
+            try:
+                async for event in stream.events():
+                    if (event.kind != "message" or event.message.channel_seq > seen) and (line := format_event(event)):
+                        print(line, flush=True)
+            except ParleyError as exc:
+                if exc.code not in RESUMABLE:
+                    raise
+            # The stream dropped (gateway restart, network, too slow): resume where it stopped.
+            print("-- reconnecting --", flush=True)
+            async for event in client.live([channel_id], resume=stream.positions):
+                if line := format_event(event):
+                    print(line, flush=True)
         except ParleyError as exc:
             print(f"-- live stream ended: {exc.message}; leaving --", flush=True)
             return 1
@@ -54,7 +119,7 @@ async def interactive(client: ParleyClient, reference: str) -> int:
             text = line.rstrip("\n")
             if text.strip():
                 try:
-                    await client.send(channel_id, text)
+                    await run_typed(client, channel_id, text)
                 except ParleyError as exc:
                     print(f"not sent: {exc.message}", flush=True)
         return 0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 
-from parley_cli import admin, audit, chat, patch
+from parley_cli import admin, audit, chat, messages, patch
 from parley_cli.health import check_health
 from parley_cli.state import load_running_state
 from parley_client import ClientConfig, ParleyClient, ParleyError
@@ -211,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     backup.add_commands(sub)
     patch.add_commands(sub)
+    messages.add_commands(sub)
     return parser
 
 

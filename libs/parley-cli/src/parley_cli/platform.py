@@ -7,6 +7,7 @@ later starts reuse them, so messages and accounts survive a restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -39,6 +40,7 @@ ADDRESS_ENV = {
 DEFAULT_GATEWAY_PORT = 7443
 HEALTH_TIMEOUT_S = 60.0
 RESTART_LIMIT = 5
+SUPERVISE_INTERVAL_S = 0.5
 STORE_KEY_FILE = "jetstream-store.key"
 
 
@@ -61,7 +63,8 @@ def ensure_store_key(path: Path) -> str:
 
 def _port_is_free(port: int) -> bool:
     with socket.socket() as sock:
-        # As a server binds it: connections of an earlier run in TIME-WAIT do not make it busy.
+        # As the gRPC server binds: connections of the previous run that linger in TIME_WAIT
+        # must not make the gateway move to another port, or its clients could not reconnect.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
@@ -77,6 +80,7 @@ class ManagedService:
     log_path: Path
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
+    handled: bool = False  # its latest exit has been reported (and acted on)
     log_file: TextIO | None = field(default=None, repr=False)
 
     @property
@@ -182,6 +186,7 @@ class Platform:
         return env
 
     async def _spawn(self, service: ManagedService) -> None:
+        service.handled = False
         if service.log_file is None:
             service.log_file = open(service.log_path, "a", buffering=1)  # noqa: SIM115, ASYNC230 - kept for the process's life
             os.chmod(service.log_path, 0o600)
@@ -239,46 +244,41 @@ class Platform:
             write_private_file(path, json.dumps(state, indent=2).encode())
 
     async def supervise(self) -> None:
-        """Report services that stop; restart the ones that crash (a clean exit is an operator's stop)."""
+        """Report services that stop; restart the ones that crash (a clean exit is an operator's stop).
+
+        Every pass looks at all exits, including those that happened while an earlier restart
+        was waiting for health, so several crashes at once are all handled.
+        """
         while not self._stopping.is_set():
-            waiters = {
-                asyncio.create_task(s.process.wait()): s
-                for s in self.services.values()
-                if s.process and s.process.returncode is None
-            }
-            stop_wait = asyncio.create_task(self._stopping.wait())
-            done, pending = await asyncio.wait({*waiters, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-            for task in pending:
-                task.cancel()
-            if self._stopping.is_set():
-                return
-            for task in done:
-                service = waiters.get(task)
-                if service is None:
-                    continue
-                code = task.result()
-                if code == 0:
-                    self.say(f"UNHEALTHY: {service.name} stopped (exit 0) and stays down; platform degraded")
-                    continue
-                if service.restarts >= RESTART_LIMIT:
-                    self.say(
-                        f"UNHEALTHY: {service.name} crashed (exit {code}) {service.restarts} times; not restarting"
-                    )
-                    continue
-                service.restarts += 1
-                self.say(
-                    f"UNHEALTHY: {service.name} crashed (exit {code}); restarting ({service.restarts}/{RESTART_LIMIT})"
-                )
-                await self._spawn(service)
-                try:
-                    await self._wait_healthy(service)
-                    self._write_state()
-                    self.say(f"{service.name} is serving again")
-                except (RuntimeError, TimeoutError) as exc:
-                    self.say(str(exc))
+            for service in self.services.values():
+                if service.process is not None and service.process.returncode is not None and not service.handled:
+                    service.handled = True
+                    await self._on_exit(service, service.process.returncode)
             if not any(s.process and s.process.returncode is None for s in self.services.values()):
                 self.say("no service is running; waiting for Ctrl-C")
                 await self._stopping.wait()
+                return
+            # Look again every half second: waiting on each child's wait() missed exits that
+            # happened while another service was being restarted.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), SUPERVISE_INTERVAL_S)
+
+    async def _on_exit(self, service: ManagedService, code: int) -> None:
+        if code == 0:
+            self.say(f"UNHEALTHY: {service.name} stopped (exit 0) and stays down; platform degraded")
+            return
+        if service.restarts >= RESTART_LIMIT:
+            self.say(f"UNHEALTHY: {service.name} crashed (exit {code}) {service.restarts} times; not restarting")
+            return
+        service.restarts += 1
+        self.say(f"UNHEALTHY: {service.name} crashed (exit {code}); restarting ({service.restarts}/{RESTART_LIMIT})")
+        await self._spawn(service)
+        try:
+            await self._wait_healthy(service)
+            self._write_state()
+            self.say(f"{service.name} is serving again")
+        except (RuntimeError, TimeoutError) as exc:
+            self.say(str(exc))
 
     def request_stop(self) -> None:
         self._stopping.set()

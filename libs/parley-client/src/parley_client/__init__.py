@@ -1,5 +1,14 @@
 """Async client for Parley's gateway."""
 
-from parley_client.client import ClientConfig, LiveStream, ParleyClient, ParleyError
+from parley_client.client import ClientConfig, LiveEvent, LiveStream, ParleyClient, ParleyError
+from parley_client.e2ee import E2eeDevice, UndecryptableMessage
 
-__all__ = ["ClientConfig", "LiveStream", "ParleyClient", "ParleyError"]
+__all__ = [
+    "ClientConfig",
+    "E2eeDevice",
+    "LiveEvent",
+    "LiveStream",
+    "ParleyClient",
+    "ParleyError",
+    "UndecryptableMessage",
+]

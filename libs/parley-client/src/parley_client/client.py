@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -14,18 +17,30 @@ import grpc
 from parley.auth.v1 import auth_pb2
 from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from parley.messaging.v1 import messaging_pb2
+from parley.messaging.v1.events_pb2 import OneTimeKey
 from parley.storage.v1 import storage_pb2
 
+from parley_client.e2ee import BODY_PREFIX, E2eeDevice, UndecryptableMessage
+
 DEFAULT_TIMEOUT_S = 10.0
+MAX_RETRY_WAIT_S = 5.0
+# A live stream that ends with one of these is reopened from where it stopped.
+RESUMABLE = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+)
 
 
 class ParleyError(Exception):
-    """A call the platform refused; `code` is the gRPC status, the message says what to do."""
+    """A call the platform refused; `code` is the gRPC status, the message says what to do.
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    `retry_after_s` is set when the gateway's rate limit refused the call: wait that long.
+    """
+
+    def __init__(self, code: grpc.StatusCode, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True)
@@ -45,21 +60,63 @@ class ClientConfig:
 
 
 def _raise(exc: grpc.aio.AioRpcError) -> ParleyError:
-    return ParleyError(exc.code(), exc.details() or exc.code().name)
+    retry_after_s = None
+    for key, value in exc.trailing_metadata() or ():
+        if key == "retry-after-ms":
+            retry_after_s = int(value) / 1000
+    return ParleyError(exc.code(), exc.details() or exc.code().name, retry_after_s)
+
+
+@dataclass(frozen=True)
+class LiveEvent:
+    """One event of a live stream.
+
+    `kind` is "message" (new), "updated" (edited or redacted: `message` holds the change),
+    "reaction", "read_marker" or "membership" (joins, leaves, kicks, bans, roles, name and
+    topic); `event` is the whole protobuf event.
+    """
+
+    kind: str
+    event: gateway_pb2.ClientEvent
+
+    @property
+    def message(self) -> messaging_pb2.ChatMessage:
+        return self.event.updated if self.kind == "updated" else self.event.message
+
+    @property
+    def channel_id(self) -> str:
+        return str(getattr(self.event, self.kind).channel_id)
+
+    @property
+    def position(self) -> int:
+        return int(getattr(self.event, self.kind).position)
 
 
 class LiveStream:
-    """Live events of the caller's channels. `ready()` returns once nothing can be missed."""
+    """Live events of the caller's channels. `ready()` returns once nothing can be missed.
 
-    def __init__(self, call: Any) -> None:
+    `positions` holds, per channel, the position of the last event read: pass it to
+    `ParleyClient.subscribe(resume=...)` to continue after a disconnect with no gap or repeat.
+    """
+
+    def __init__(
+        self,
+        call: Any,
+        positions: Mapping[str, int] | None = None,
+        reveal: Callable[[messaging_pb2.ChatMessage], Awaitable[None]] | None = None,
+    ) -> None:
         self._call = call
         self.channel_ids: list[str] = []
+        self.positions: dict[str, int] = dict(positions or {})
+        self._reveal = reveal
 
     async def ready(self) -> list[str]:
         first = await self._next()
         if first.WhichOneof("event") != "ready":
             raise ParleyError(grpc.StatusCode.INTERNAL, "live stream did not start with `ready`")
         self.channel_ids = list(first.ready.channel_ids)
+        for start in first.ready.positions:
+            self.positions.setdefault(start.channel_id, start.after_position)
         return self.channel_ids
 
     async def _next(self) -> gateway_pb2.ClientEvent:
@@ -76,10 +133,25 @@ class LiveStream:
         return self._messages()
 
     async def _messages(self) -> AsyncIterator[messaging_pb2.ChatMessage]:
-        while True:
-            event = await self._next()
-            if event.WhichOneof("event") == "message":
+        async for event in self.events():
+            if event.kind == "message":
                 yield event.message
+
+    async def events(self) -> AsyncIterator[LiveEvent]:
+        """New messages and changes to earlier ones (edits, redactions), in channel order."""
+        while True:
+            try:
+                event = await self._next()
+            except StopAsyncIteration:
+                return  # the server ended the stream (it is draining): resume elsewhere
+            kind = event.WhichOneof("event")
+            if kind is None or kind == "ready":
+                continue
+            live = LiveEvent(kind, event)
+            self.positions[live.channel_id] = max(self.positions.get(live.channel_id, 0), live.position)
+            if self._reveal is not None and kind in ("message", "updated"):
+                await self._reveal(live.message)
+            yield live
 
     def cancel(self) -> None:
         self._call.cancel()
@@ -92,6 +164,7 @@ class ParleyClient:
         self.access_token: str | None = None
         self.user_id: str | None = None
         self.refresh_token: str | None = None
+        self.e2ee: E2eeDevice | None = None
 
     @classmethod
     def connect(cls, address: str, *, ca_cert: bytes, server_name: str = "gateway") -> ParleyClient:
@@ -118,10 +191,22 @@ class ParleyClient:
         return [("authorization", f"Bearer {self.access_token}")] if self.access_token else []
 
     async def _call(self, method: Any, request: Any, timeout: float = DEFAULT_TIMEOUT_S) -> Any:
-        try:
-            return await method(request, metadata=self._metadata(), timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise _raise(exc) from None
+        """One call; a rate-limit refusal with a short retry hint is waited out and retried.
+
+        Retrying is safe: the gateway refuses over-budget calls before doing anything. Retries
+        stop once the call's own timeout has passed since the first attempt.
+        """
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + timeout
+        while True:
+            try:
+                return await method(request, metadata=self._metadata(), timeout=timeout)
+            except grpc.aio.AioRpcError as exc:
+                error = _raise(exc)
+            wait = error.retry_after_s
+            if wait is None or wait > MAX_RETRY_WAIT_S or loop.time() + wait > give_up:
+                raise error
+            await asyncio.sleep(wait)
 
     async def register(self, username: str, password: str) -> auth_pb2.RegisterResponse:
         request = auth_pb2.RegisterRequest(username=username, password=password)
@@ -166,10 +251,52 @@ class ParleyClient:
         self.access_token = access_token
         self.user_id = user_id or None
 
-    async def create_channel(self, name: str) -> messaging_pb2.Channel:
-        channel: messaging_pb2.Channel = await self._call(
-            self._stub.CreateChannel, messaging_pb2.CreateChannelRequest(name=name)
+    async def create_channel(
+        self, name: str, *, encrypted: bool = False, private: bool = False, hide_history_before_join: bool = False
+    ) -> messaging_pb2.Channel:
+        """A channel owned by the caller; private ones are joined by invitation only."""
+        request = messaging_pb2.CreateChannelRequest(
+            name=name, encrypted=encrypted, private=private, hide_history_before_join=hide_history_before_join
         )
+        channel: messaging_pb2.Channel = await self._call(self._stub.CreateChannel, request)
+        return channel
+
+    async def create_direct(self, user_ids: Sequence[str], *, encrypted: bool = False) -> messaging_pb2.Channel:
+        """A direct conversation with 1 to 7 others: fixed members, nobody moderates."""
+        request = messaging_pb2.CreateDirectChannelRequest(user_ids=list(user_ids), encrypted=encrypted)
+        channel: messaging_pb2.Channel = await self._call(self._stub.CreateDirectChannel, request)
+        return channel
+
+    async def _member_action(self, method: Any, channel_id: str, user_id: str, reason: str) -> messaging_pb2.Channel:
+        request = messaging_pb2.MemberActionRequest(channel_id=channel_id, user_id=user_id, reason=reason)
+        channel: messaging_pb2.Channel = await self._call(method, request)
+        return channel
+
+    async def invite(self, channel_id: str, user_id: str) -> messaging_pb2.Channel:
+        return await self._member_action(self._stub.InviteMember, channel_id, user_id, "")
+
+    async def kick(self, channel_id: str, user_id: str, *, reason: str = "") -> messaging_pb2.Channel:
+        return await self._member_action(self._stub.KickMember, channel_id, user_id, reason)
+
+    async def ban(self, channel_id: str, user_id: str, *, reason: str = "") -> messaging_pb2.Channel:
+        return await self._member_action(self._stub.BanMember, channel_id, user_id, reason)
+
+    async def unban(self, channel_id: str, user_id: str) -> messaging_pb2.Channel:
+        return await self._member_action(self._stub.UnbanMember, channel_id, user_id, "")
+
+    async def set_role(self, channel_id: str, user_id: str, role: str) -> messaging_pb2.Channel:
+        request = messaging_pb2.SetMemberRoleRequest(channel_id=channel_id, user_id=user_id, role=role)
+        channel: messaging_pb2.Channel = await self._call(self._stub.SetMemberRole, request)
+        return channel
+
+    async def rename(self, channel_id: str, name: str) -> messaging_pb2.Channel:
+        request = messaging_pb2.UpdateChannelRequest(channel_id=channel_id, name=name)
+        channel: messaging_pb2.Channel = await self._call(self._stub.UpdateChannel, request)
+        return channel
+
+    async def set_topic(self, channel_id: str, topic: str) -> messaging_pb2.Channel:
+        request = messaging_pb2.UpdateChannelRequest(channel_id=channel_id, topic=topic)
+        channel: messaging_pb2.Channel = await self._call(self._stub.UpdateChannel, request)
         return channel
 
     async def join_channel(self, channel_id: str) -> messaging_pb2.Channel:
@@ -185,24 +312,188 @@ class ParleyClient:
         return list(response.channels)
 
     async def send(
-        self, channel_id: str, body: str, *, idempotency_key: str | None = None
+        self, channel_id: str, body: str, *, idempotency_key: str | None = None, thread_root_seq: int = 0
     ) -> messaging_pb2.ChatMessage:
-        """Send once: a retry with the same idempotency key returns the first result."""
+        """Send once: a retry with the same idempotency key returns the first result.
+
+        In an end-to-end encrypted channel the body is encrypted on this device first (see
+        enable_e2ee); the returned message then carries the ciphertext the server stored.
+        """
+        if self.e2ee is not None:
+            channel = await self._channel_info(channel_id)
+            if channel.encrypted:
+                body = await self.e2ee.encrypt(channel, body)
         request = messaging_pb2.PostMessageRequest(
-            channel_id=channel_id, body=body, idempotency_key=idempotency_key or uuid.uuid4().hex
+            channel_id=channel_id,
+            body=body,
+            idempotency_key=idempotency_key or uuid.uuid4().hex,
+            thread_root_seq=thread_root_seq,
         )
         message: messaging_pb2.ChatMessage = await self._call(self._stub.SendMessage, request)
         return message
 
     async def history(
-        self, channel_id: str, *, after_seq: int = 0, limit: int = 100
+        self,
+        channel_id: str,
+        *,
+        after_seq: int = 0,
+        before_seq: int = 0,
+        after_time: datetime | None = None,
+        before_time: datetime | None = None,
+        limit: int = 100,
     ) -> storage_pb2.GetChannelHistoryResponse:
-        request = storage_pb2.GetChannelHistoryRequest(channel_id=channel_id, after_seq=after_seq, limit=limit)
+        """A page of messages, oldest first: after a sequence number or time, or the newest before one."""
+        request = storage_pb2.GetChannelHistoryRequest(
+            channel_id=channel_id, after_seq=after_seq, before_seq=before_seq, limit=limit
+        )
+        if after_time is not None:
+            request.after_time.FromDatetime(after_time)
+        if before_time is not None:
+            request.before_time.FromDatetime(before_time)
         response: storage_pb2.GetChannelHistoryResponse = await self._call(self._stub.GetHistory, request)
+        if self.e2ee is not None:
+            for message in response.messages:
+                await self._reveal(message)
         return response
 
-    def subscribe(self, channel_ids: Sequence[str] = ()) -> LiveStream:
-        call = self._stub.Subscribe(
-            gateway_pb2.SubscribeRequest(channel_ids=list(channel_ids)), metadata=self._metadata()
+    def subscribe(self, channel_ids: Sequence[str] = (), *, resume: Mapping[str, int] | None = None) -> LiveStream:
+        """Live events; `resume` maps channel ids to the last position read (LiveStream.positions).
+
+        A channel resumed from position 0 is replayed from its first event.
+        """
+        request = gateway_pb2.SubscribeRequest(
+            channel_ids=list(channel_ids),
+            resume=[gateway_pb2.ResumeFrom(channel_id=c, after_position=p) for c, p in (resume or {}).items()],
         )
-        return LiveStream(call)
+        reveal = self._reveal if self.e2ee is not None else None
+        return LiveStream(self._stub.Subscribe(request, metadata=self._metadata()), positions=resume, reveal=reveal)
+
+    async def _reveal(self, message: messaging_pb2.ChatMessage) -> None:
+        """Decrypt an end-to-end encrypted message in place; one this device has no key for keeps
+        its ciphertext (`message.body` still starts with "megolm.v1:")."""
+        if message.body.startswith(BODY_PREFIX) and not message.redacted and self.e2ee is not None:
+            with contextlib.suppress(UndecryptableMessage):
+                message.body = await self.e2ee.decrypt(message)
+
+    async def live(
+        self, channel_ids: Sequence[str], *, resume: Mapping[str, int] | None = None, max_reconnects: int = 100
+    ) -> AsyncIterator[LiveEvent]:
+        """Live events that survive dropped streams: reconnects and resumes where it stopped.
+
+        A stream that ends because the gateway restarted, the network dropped or the client
+        read too slowly (RESOURCE_EXHAUSTED) is opened again from the last positions read, so
+        the caller sees every event once, in order.
+        """
+        positions = dict(resume or {})
+        reconnects = 0
+        while True:
+            stream = self.subscribe(channel_ids, resume=positions)
+            try:
+                await stream.ready()
+                async for event in stream.events():
+                    positions = stream.positions
+                    yield event
+                    reconnects = 0
+            except ParleyError as exc:
+                if exc.code not in RESUMABLE or reconnects >= max_reconnects:
+                    raise
+            finally:
+                stream.cancel()
+            positions = stream.positions
+            reconnects += 1
+            await asyncio.sleep(min(0.1 * 2**reconnects, 5.0))
+
+    # --- end-to-end encryption ---------------------------------------------------------------
+
+    async def enable_e2ee(self, device_id: str, *, one_time_keys: int = 20) -> E2eeDevice:
+        """Make this client a device: publish its keys; sends to encrypted channels are then encrypted."""
+        self.e2ee = E2eeDevice(self, device_id)
+        await self.e2ee.publish(one_time_keys)
+        return self.e2ee
+
+    async def read(self, message: messaging_pb2.ChatMessage) -> str:
+        """The text of a message: decrypted on this device when it is end-to-end encrypted."""
+        if not message.body.startswith(BODY_PREFIX) or message.redacted:
+            return message.body
+        if self.e2ee is None:
+            raise UndecryptableMessage("this client has no device keys: call enable_e2ee() first")
+        return await self.e2ee.decrypt(message)
+
+    async def _channel_info(self, channel_id: str) -> messaging_pb2.Channel:
+        for channel in await self.my_channels():
+            if channel.channel_id == channel_id:
+                return channel
+        raise ParleyError(grpc.StatusCode.PERMISSION_DENIED, "you are not a member of this channel; join it first")
+
+    async def leave_channel(self, channel_id: str) -> messaging_pb2.Channel:
+        channel: messaging_pb2.Channel = await self._call(
+            self._stub.LeaveChannel, messaging_pb2.LeaveChannelRequest(channel_id=channel_id)
+        )
+        return channel
+
+    async def publish_device_keys(
+        self, *, device_id: str, identity_key: str, signing_key: str, one_time_keys: Sequence[OneTimeKey]
+    ) -> int:
+        request = messaging_pb2.PublishDeviceKeysRequest(
+            device_id=device_id, identity_key=identity_key, signing_key=signing_key, one_time_keys=one_time_keys
+        )
+        response: messaging_pb2.PublishDeviceKeysResponse = await self._call(self._stub.PublishDeviceKeys, request)
+        return response.one_time_keys_left
+
+    async def list_devices(self, user_ids: Sequence[str]) -> list[messaging_pb2.DeviceKeys]:
+        request = messaging_pb2.ListDevicesRequest(user_ids=list(user_ids))
+        response: messaging_pb2.ListDevicesResponse = await self._call(self._stub.ListDevices, request)
+        return list(response.devices)
+
+    async def claim_one_time_key(self, user_id: str, device_id: str) -> messaging_pb2.ClaimOneTimeKeyResponse:
+        request = messaging_pb2.ClaimOneTimeKeyRequest(user_id=user_id, device_id=device_id)
+        response: messaging_pb2.ClaimOneTimeKeyResponse = await self._call(self._stub.ClaimOneTimeKey, request)
+        return response
+
+    async def send_to_device(self, messages: Sequence[messaging_pb2.ToDeviceMessage]) -> None:
+        await self._call(self._stub.SendToDevice, messaging_pb2.SendToDeviceRequest(messages=messages))
+
+    async def fetch_to_device(self, device_id: str, *, after_queue_seq: int) -> list[messaging_pb2.ToDeviceMessage]:
+        request = messaging_pb2.FetchToDeviceRequest(device_id=device_id, after_queue_seq=after_queue_seq)
+        response: messaging_pb2.FetchToDeviceResponse = await self._call(self._stub.FetchToDevice, request)
+        return list(response.messages)
+
+    async def reply(
+        self, channel_id: str, root_seq: int, body: str, *, idempotency_key: str | None = None
+    ) -> messaging_pb2.ChatMessage:
+        """Send a reply in the thread of message `root_seq`."""
+        return await self.send(channel_id, body, idempotency_key=idempotency_key, thread_root_seq=root_seq)
+
+    async def thread(self, channel_id: str, root_seq: int) -> messaging_pb2.ListThreadResponse:
+        request = messaging_pb2.ListThreadRequest(channel_id=channel_id, root_seq=root_seq)
+        response: messaging_pb2.ListThreadResponse = await self._call(self._stub.ListThread, request)
+        return response
+
+    async def react(
+        self, channel_id: str, channel_seq: int, emoji: str, *, remove: bool = False
+    ) -> messaging_pb2.ChatMessage:
+        request = messaging_pb2.ReactRequest(channel_id=channel_id, channel_seq=channel_seq, emoji=emoji, remove=remove)
+        message: messaging_pb2.ChatMessage = await self._call(self._stub.React, request)
+        return message
+
+    async def mark_read(self, channel_id: str, channel_seq: int) -> messaging_pb2.Channel:
+        """Move the caller's read marker forward; the channel then reports fewer unread messages."""
+        request = messaging_pb2.MarkReadRequest(channel_id=channel_id, channel_seq=channel_seq)
+        channel: messaging_pb2.Channel = await self._call(self._stub.MarkRead, request)
+        return channel
+
+    async def edit(self, channel_id: str, channel_seq: int, body: str) -> messaging_pb2.ChatMessage:
+        request = messaging_pb2.EditMessageRequest(channel_id=channel_id, channel_seq=channel_seq, body=body)
+        message: messaging_pb2.ChatMessage = await self._call(self._stub.EditMessage, request)
+        return message
+
+    async def redact(self, channel_id: str, channel_seq: int, *, reason: str = "") -> messaging_pb2.ChatMessage:
+        request = messaging_pb2.RedactMessageRequest(channel_id=channel_id, channel_seq=channel_seq, reason=reason)
+        message: messaging_pb2.ChatMessage = await self._call(self._stub.RedactMessage, request)
+        return message
+
+    async def message_versions(self, channel_id: str, channel_seq: int) -> list[str]:
+        """Every text a message had (moderators only)."""
+        request = messaging_pb2.ListMessageVersionsRequest(channel_id=channel_id, channel_seq=channel_seq)
+        response: messaging_pb2.ListMessageVersionsResponse = await self._call(self._stub.ListMessageVersions, request)
+        return list(response.bodies)

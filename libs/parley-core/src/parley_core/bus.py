@@ -28,10 +28,25 @@ log = logging.getLogger(__name__)
 
 WRONG_LAST_SEQUENCE = 10071  # JSStreamWrongLastSequenceErrF
 STREAM_NOT_FOUND = 10059
+# Backoff of a batch held while its handler waits for a dependency (see RetryLater); the
+# longest pause stays well under any ack_wait, and every pause renews the ack deadline.
+RETRY_LATER_FIRST_S = 0.2
+RETRY_LATER_MAX_S = 5.0
 
 
 class ConcurrencyConflict(Exception):
     """The aggregate changed since it was read; reload it and decide again."""
+
+
+class RetryLater(Exception):
+    """A handler could not run now for a reason outside the events (its database is down).
+
+    The consumer keeps the batch and retries it in place, telling JetStream the events are
+    still in progress, until the handler succeeds or the service stops. Unlike any other
+    error it spends none of the events' redelivery budget, so an outage of any length parks
+    nothing: parking is for events that are themselves bad.
+    """
+
 
 
 @dataclass(frozen=True)
@@ -74,8 +89,12 @@ class EventBus:
         self.producer = producer
         self._subscriptions: list[Replay | DurableConsumer] = []
 
-    async def ensure_streams(self, specs: Iterable[StreamSpec]) -> None:
-        """Create or update each stream to its declared configuration (safe to repeat)."""
+    async def ensure_streams(self, specs: Iterable[StreamSpec], *, replicas: int = 1) -> None:
+        """Create or update each stream to its declared configuration (safe to repeat).
+
+        `replicas` > 1 on a JetStream cluster keeps each stream on that many nodes, so an
+        acknowledged append survives the loss of a minority of them.
+        """
         for spec in specs:
             config = api.StreamConfig(
                 name=spec.name,
@@ -84,6 +103,7 @@ class EventBus:
                 storage=api.StorageType.FILE,
                 duplicate_window=spec.duplicate_window_s,
                 allow_direct=True,
+                num_replicas=replicas,
             )
             try:
                 await self.js.add_stream(config)
@@ -324,7 +344,8 @@ class DurableConsumer:
         if not decoded:
             return
         try:
-            await self.handler([event for _, event in decoded])
+            if not await self._handle_holding([event for _, event in decoded], [msg for msg, _ in decoded]):
+                return  # stopping while the handler waits for its dependency: redelivered later
         except Exception:
             log.warning("batch failed; retrying its events one by one", exc_info=True)
             for msg, event in decoded:
@@ -333,10 +354,33 @@ class DurableConsumer:
         for msg, _ in decoded:
             await msg.ack()
 
+    async def _handle_holding(self, events: list[ReceivedEvent], msgs: list[Msg]) -> bool:
+        """Run the handler; on RetryLater hold the batch and retry it. False if stopped first."""
+        delay = RETRY_LATER_FIRST_S
+        while True:
+            try:
+                await self.handler(events)
+                return True
+            except RetryLater as exc:
+                if self._stopping.is_set():
+                    return False
+                log.warning(
+                    "handler unavailable; holding the batch and retrying",
+                    extra={"consumer": self.spec.durable, "events": len(events), "error": str(exc)},
+                )
+            # Keep the events ours while we wait: JetStream would otherwise redeliver them.
+            for msg in msgs:
+                with contextlib.suppress(nats.errors.Error):
+                    await msg.in_progress()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            delay = min(delay * 2, RETRY_LATER_MAX_S)
+
     async def _process_one(self, msg: Msg, event: ReceivedEvent) -> None:
         try:
             with telemetry.continued_from(event.headers, f"consume {event.envelope.event_type}", subject=msg.subject):
-                await self.handler([event])
+                if not await self._handle_holding([event], [msg]):
+                    return
         except Exception as exc:
             if event.num_delivered >= self.spec.max_deliver:
                 await self.bus.park(msg, reason=repr(exc))

@@ -32,6 +32,11 @@ def client_tls_context(ca_cert: Path) -> ssl.SSLContext:
     return context
 
 
+def nats_servers(url: str) -> list[str]:
+    """One URL or a comma-separated list of cluster nodes (`PARLEY_NATS_URL=tls://a:1,tls://b:2`)."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
 async def connect_nats(
     *,
     url: str,
@@ -55,7 +60,7 @@ async def connect_nats(
     }
     client = Client()
     await client.connect(
-        servers=[url],
+        servers=nats_servers(url),
         user=user,
         password=password,
         tls=client_tls_context(ca_cert),

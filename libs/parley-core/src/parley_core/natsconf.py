@@ -12,6 +12,7 @@ import secrets
 import shutil
 import sys
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from parley_core import topology
@@ -58,6 +59,7 @@ def render_server_config(
     passwords: Mapping[str, str],
     server_name: str = "parley",
     store_cipher_key: str | None = None,
+    cluster: ClusterConfig | None = None,
 ) -> str:
     """Render a nats-server config requiring TLS and a password for every connection.
 
@@ -95,6 +97,7 @@ def render_server_config(
         "  timeout: 5",
         "}",
         "",
+        *(render_cluster_block(cluster, tls_cert=tls_cert, tls_key=tls_key, ca_cert=ca_cert) if cluster else []),
         "authorization {",
         "  users: [",
     ]
@@ -112,6 +115,49 @@ def render_server_config(
         ]
     lines += ["  ]", "}", ""]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """One node's view of a JetStream cluster: where it listens for routes and its peers.
+
+    Routes use mutual TLS with the platform CA (every Parley certificate may act as client
+    and server) plus a route password, so only the platform's own nodes can join.
+    """
+
+    name: str
+    host: str
+    port: int
+    routes: tuple[str, ...]  # host:port of every node's cluster listener, this one included
+    route_user: str
+    route_password: str
+
+
+def render_cluster_block(cluster: ClusterConfig, *, tls_cert: Path, tls_key: Path, ca_cert: Path) -> list[str]:
+    """The `cluster {}` block of one node; nats-server ignores a route to itself."""
+    credentials = f"{cluster.route_user}:{cluster.route_password}"
+    routes = [f"nats-route://{credentials}@{route}" for route in cluster.routes]
+    return [
+        "# JetStream cluster: routes between nodes, mutual TLS and a route password.",
+        "cluster {",
+        f"  name: {_quote(cluster.name)}",
+        f"  host: {_quote(cluster.host)}",
+        f"  port: {cluster.port}",
+        "  authorization {",
+        f"    user: {_quote(cluster.route_user)}",
+        f"    password: {_quote(cluster.route_password)}",
+        "  }",
+        f"  routes: {_quote_list(routes)}",
+        "  tls {",
+        f"    cert_file: {_quote(str(tls_cert))}",
+        f"    key_file: {_quote(str(tls_key))}",
+        f"    ca_file: {_quote(str(ca_cert))}",
+        "    verify: true",
+        "    timeout: 5",
+        "  }",
+        "}",
+        "",
+    ]
 
 
 def nats_server_binary() -> str:

@@ -15,6 +15,9 @@ from enum import StrEnum
 class Permission(StrEnum):
     CHANNELS_CREATE = "channels.create"
     CHANNELS_JOIN = "channels.join"
+    # Invite, kick, ban, rename, set member roles: the channel's own roles (owner, moderator)
+    # decide in which channel; this permission decides who may moderate at all.
+    CHANNELS_MODERATE = "channels.moderate"
     MESSAGES_READ = "messages.read"
     MESSAGES_SEND = "messages.send"
     # Logout, change one's own password, list and revoke one's own sessions.
@@ -36,7 +39,9 @@ P = Permission
 ROLES: tuple[str, ...] = ("owner", "admin", "security-auditor", "operator", "member", "guest")
 DEFAULT_ROLE = "member"
 
-_CHAT = frozenset({P.CHANNELS_CREATE, P.CHANNELS_JOIN, P.MESSAGES_READ, P.MESSAGES_SEND, P.DEVICE_KEYS})
+_CHAT = frozenset(
+    {P.CHANNELS_CREATE, P.CHANNELS_JOIN, P.CHANNELS_MODERATE, P.MESSAGES_READ, P.MESSAGES_SEND, P.DEVICE_KEYS}
+)
 
 ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
     "owner": frozenset(Permission),
@@ -105,6 +110,25 @@ METHOD_PERMISSIONS: dict[str, Permission | None] = {
     "/parley.messaging.v1.MessagingService/JoinChannel": P.CHANNELS_JOIN,
     "/parley.messaging.v1.MessagingService/ListMyChannels": P.MESSAGES_READ,
     "/parley.messaging.v1.MessagingService/PostMessage": P.MESSAGES_SEND,
+    "/parley.messaging.v1.MessagingService/EditMessage": P.MESSAGES_SEND,
+    "/parley.messaging.v1.MessagingService/RedactMessage": P.MESSAGES_SEND,
+    "/parley.messaging.v1.MessagingService/ListMessageVersions": P.MESSAGES_READ,
+    "/parley.messaging.v1.MessagingService/LeaveChannel": P.CHANNELS_JOIN,
+    "/parley.messaging.v1.MessagingService/CreateDirectChannel": P.CHANNELS_CREATE,
+    "/parley.messaging.v1.MessagingService/InviteMember": P.CHANNELS_MODERATE,
+    "/parley.messaging.v1.MessagingService/KickMember": P.CHANNELS_MODERATE,
+    "/parley.messaging.v1.MessagingService/BanMember": P.CHANNELS_MODERATE,
+    "/parley.messaging.v1.MessagingService/UnbanMember": P.CHANNELS_MODERATE,
+    "/parley.messaging.v1.MessagingService/SetMemberRole": P.CHANNELS_MODERATE,
+    "/parley.messaging.v1.MessagingService/UpdateChannel": P.CHANNELS_MODERATE,
+    "/parley.messaging.v1.MessagingService/ListThread": P.MESSAGES_READ,
+    "/parley.messaging.v1.MessagingService/React": P.MESSAGES_SEND,
+    "/parley.messaging.v1.MessagingService/MarkRead": P.MESSAGES_READ,
+    "/parley.messaging.v1.DeviceKeyService/PublishDeviceKeys": P.DEVICE_KEYS,
+    "/parley.messaging.v1.DeviceKeyService/ListDevices": P.DEVICE_KEYS,
+    "/parley.messaging.v1.DeviceKeyService/ClaimOneTimeKey": P.DEVICE_KEYS,
+    "/parley.messaging.v1.DeviceKeyService/SendToDevice": P.DEVICE_KEYS,
+    "/parley.messaging.v1.DeviceKeyService/FetchToDevice": P.DEVICE_KEYS,
     # storage
     "/parley.storage.v1.StorageService/GetChannelHistory": P.MESSAGES_READ,
     # patch registry
@@ -129,10 +153,29 @@ METHOD_PERMISSIONS: dict[str, Permission | None] = {
     "/parley.gateway.v1.Gateway/BeginTotpEnrolment": P.OWN_SESSIONS,
     "/parley.gateway.v1.Gateway/ConfirmTotpEnrolment": P.OWN_SESSIONS,
     "/parley.gateway.v1.Gateway/SetMfaRequired": P.ROLES_ASSIGN,
+    "/parley.gateway.v1.Gateway/PublishAuthDeviceKeys": P.DEVICE_KEYS,
+    "/parley.gateway.v1.Gateway/UploadAuthOneTimeKeys": P.DEVICE_KEYS,
+    "/parley.gateway.v1.Gateway/ClaimAuthOneTimeKey": P.DEVICE_KEYS,
+    "/parley.gateway.v1.Gateway/ListAuthDevices": P.DEVICE_KEYS,
+    "/parley.gateway.v1.Gateway/EditMessage": P.MESSAGES_SEND,
+    "/parley.gateway.v1.Gateway/RedactMessage": P.MESSAGES_SEND,
+    "/parley.gateway.v1.Gateway/ListMessageVersions": P.MESSAGES_READ,
+    "/parley.gateway.v1.Gateway/LeaveChannel": P.CHANNELS_JOIN,
+    "/parley.gateway.v1.Gateway/CreateDirectChannel": P.CHANNELS_CREATE,
+    "/parley.gateway.v1.Gateway/InviteMember": P.CHANNELS_MODERATE,
+    "/parley.gateway.v1.Gateway/KickMember": P.CHANNELS_MODERATE,
+    "/parley.gateway.v1.Gateway/BanMember": P.CHANNELS_MODERATE,
+    "/parley.gateway.v1.Gateway/UnbanMember": P.CHANNELS_MODERATE,
+    "/parley.gateway.v1.Gateway/SetMemberRole": P.CHANNELS_MODERATE,
+    "/parley.gateway.v1.Gateway/UpdateChannel": P.CHANNELS_MODERATE,
+    "/parley.gateway.v1.Gateway/ListThread": P.MESSAGES_READ,
+    "/parley.gateway.v1.Gateway/React": P.MESSAGES_SEND,
+    "/parley.gateway.v1.Gateway/MarkRead": P.MESSAGES_READ,
     "/parley.gateway.v1.Gateway/PublishDeviceKeys": P.DEVICE_KEYS,
-    "/parley.gateway.v1.Gateway/UploadOneTimeKeys": P.DEVICE_KEYS,
-    "/parley.gateway.v1.Gateway/ClaimOneTimeKey": P.DEVICE_KEYS,
     "/parley.gateway.v1.Gateway/ListDevices": P.DEVICE_KEYS,
+    "/parley.gateway.v1.Gateway/ClaimOneTimeKey": P.DEVICE_KEYS,
+    "/parley.gateway.v1.Gateway/SendToDevice": P.DEVICE_KEYS,
+    "/parley.gateway.v1.Gateway/FetchToDevice": P.DEVICE_KEYS,
     "/parley.gateway.v1.Gateway/CreateInvite": P.USERS_MANAGE,
 }
 

@@ -7,6 +7,9 @@ arrive as SigningKeyPublished events on the AUTH stream, so verification needs n
 from __future__ import annotations
 
 import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -26,6 +29,11 @@ log = logging.getLogger(__name__)
 ALGORITHM = "EdDSA"
 ISSUER = "parley-auth"
 AUDIENCE = "parley"
+# Verified tokens remembered per process. A client sends the same token on every call for its
+# 15-minute life, and the Ed25519 check was the largest Python cost per call in `make bench`'s
+# profile of gateway and messaging; the cache keys on the exact token text, so a changed
+# signature or claim is verified afresh, and a remembered token still expires on time.
+VERIFIED_CACHE_SIZE = 10_000
 
 
 @dataclass(frozen=True)
@@ -53,16 +61,33 @@ class Caller:
         raise PermissionDenied(f"role {self.role!r} lacks the {permission.value!r} permission")
 
 
+@dataclass(frozen=True)
+class _SignedClaims:
+    """What the signature vouches for: safe to remember for the token's life, unlike standing."""
+
+    user_id: str
+    claimed_role: str
+    token_id: str
+    username: str
+    session_id: str
+    used_mfa: bool
+    expires_at: float
+    key_id: str
+
+
 class TokenVerifier:
     """Checks the signature and claims, then the caller's current standing in `access`.
 
     The role in the token is only a hint: the projection's role, disabled flag and revoked
-    sessions win, so a change made after the token was issued applies on the next call.
+    sessions win, so a change made after the token was issued applies on the next call. Only
+    the signature and claims check is cached; standing is looked up on every call.
     """
 
-    def __init__(self, access: AccessProjection | None = None) -> None:
+    def __init__(self, access: AccessProjection | None = None, *, clock: Callable[[], float] = time.time) -> None:
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._retired: set[str] = set()
+        self._clock = clock
+        self._verified: OrderedDict[str, _SignedClaims] = OrderedDict()
         self.access = access if access is not None else AccessProjection()
 
     def add_key(self, key_id: str, public_key: bytes) -> None:
@@ -71,8 +96,7 @@ class TokenVerifier:
     async def apply(self, event: ReceivedEvent) -> None:
         payload = open_payload(event.envelope)
         if isinstance(payload, SigningKeyRetired):
-            self._retired.add(payload.key_id)
-            self._keys.pop(payload.key_id, None)
+            self.retire_key(payload.key_id)
         elif (
             isinstance(payload, SigningKeyPublished)
             and payload.algorithm == ALGORITHM
@@ -80,14 +104,57 @@ class TokenVerifier:
         ):
             self.add_key(payload.key_id, payload.public_key)
 
+    def retire_key(self, key_id: str) -> None:
+        """Refuse the key from now on, also for tokens it signed that the cache remembers."""
+        self._retired.add(key_id)
+        self._keys.pop(key_id, None)
+        for token in [token for token, signed in self._verified.items() if signed.key_id == key_id]:
+            del self._verified[token]
+
     def verify(self, token: str) -> Caller:
+        return self._standing(self._signed(token))
+
+    def _signed(self, token: str) -> _SignedClaims:
+        remembered = self._verified.get(token)
+        if remembered is not None:
+            if self._clock() >= remembered.expires_at:
+                del self._verified[token]
+                raise Unauthenticated("access token expired; refresh or log in again")
+            if remembered.key_id in self._keys:
+                self._verified.move_to_end(token)
+                return remembered
+            del self._verified[token]
+        signed = self._verify_signed(token)
+        self._verified[token] = signed
+        if len(self._verified) > VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return signed
+
+    def _standing(self, signed: _SignedClaims) -> Caller:
+        """The caller as of now: disabled, revoked, current role and MFA, never from the cache."""
+        if self.access.is_disabled(signed.user_id):
+            raise Unauthenticated("this account is disabled; ask an administrator")
+        if signed.session_id and self.access.is_revoked(signed.session_id):
+            raise Unauthenticated("this session was revoked; log in again")
+        role = self.access.role_of(signed.user_id) or signed.claimed_role
+        return Caller(
+            user_id=signed.user_id,
+            role=role,
+            token_id=signed.token_id,
+            username=signed.username,
+            session_id=signed.session_id,
+            mfa_pending=self.access.mfa_required(role) and not signed.used_mfa,
+        )
+
+    def _verify_signed(self, token: str) -> _SignedClaims:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
             raise Unauthenticated("access token is malformed; log in again") from None
         if header.get("alg") != ALGORITHM:
             raise Unauthenticated("access token uses an unsupported algorithm")
-        key = self._keys.get(str(header.get("kid", "")))
+        key_id = str(header.get("kid", ""))
+        key = self._keys.get(key_id)
         if key is None:
             raise Unauthenticated("access token was signed by an unknown or retired key; log in again")
         try:
@@ -103,21 +170,15 @@ class TokenVerifier:
             raise Unauthenticated("access token expired; log in again") from None
         except jwt.InvalidTokenError:
             raise Unauthenticated("access token is invalid; log in again") from None
-        user_id = str(claims["sub"])
-        session_id = str(claims.get("sid", ""))
-        if self.access.is_disabled(user_id):
-            raise Unauthenticated("this account is disabled; ask an administrator")
-        if session_id and self.access.is_revoked(session_id):
-            raise Unauthenticated("this session was revoked; log in again")
-        role = self.access.role_of(user_id) or str(claims.get("role", "member"))
-        used_mfa = "otp" in (claims.get("amr") or ())
-        return Caller(
-            user_id=user_id,
-            role=role,
+        return _SignedClaims(
+            user_id=str(claims["sub"]),
+            claimed_role=str(claims.get("role", "member")),
             token_id=str(claims["jti"]),
             username=str(claims.get("name", "")),
-            session_id=session_id,
-            mfa_pending=self.access.mfa_required(role) and not used_mfa,
+            session_id=str(claims.get("sid", "")),
+            used_mfa="otp" in (claims.get("amr") or ()),
+            expires_at=float(claims["exp"]),
+            key_id=key_id,
         )
 
     def caller(self, context: grpc.aio.ServicerContext[object, object]) -> Caller:

@@ -7,28 +7,32 @@ the only gate) and the client's remaining deadline.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
-from parley.messaging.v1.events_pb2 import MessagePosted
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from parley_core.bus import ReceivedEvent, Replay
-from parley_core.envelope import open_payload
-from parley_core.errors import InvalidArgument, PermissionDenied, ResourceExhausted
+from parley_core.errors import InvalidArgument, PermissionDenied
 from parley_core.rbac import Permission
 from parley_core.runner import RunContext
 from parley_core.topology import channel_subject
+from parley_gateway.catchup import events_after
+from parley_gateway.limits import Admission, GatewayLimits, RateLimited, source_of
+from parley_gateway.live import LiveBuffer, client_event_of, left_channel
 
-# Events buffered per live stream before the client is told to resync from history.
-LIVE_BUFFER = 1000
+log = logging.getLogger(__name__)
+
 DEFAULT_DEADLINE_S = 10.0
+ARCHIVE_LAG_WAIT_S = 5.0
+MAX_LIVE_CHANNELS = 500
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Req = TypeVar("Req")
@@ -58,29 +62,47 @@ def client_host(peer: str) -> str:
     return host if sep and port.isdigit() else peer
 
 
+# Internal failures a client can act on only by retrying; their details (addresses, internal
+# errors) stay in our logs.
+HIDDEN_DETAIL = {
+    grpc.StatusCode.UNAVAILABLE: "the service is briefly unavailable; retry shortly",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "the deadline passed before the platform answered; retry with a longer one",
+    grpc.StatusCode.UNKNOWN: "internal error",
+    grpc.StatusCode.DATA_LOSS: "internal error",
+    grpc.StatusCode.UNIMPLEMENTED: "this call is not available on the platform yet",
+}
+
+
 async def forward(method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp], request: Req, context: Context) -> Resp:
     """Call an internal service on behalf of the client: its token, its remaining deadline."""
     fwd = Forwarded.of(context)
-    return await method(request, metadata=fwd.metadata, timeout=fwd.timeout)
-
-
-class Overflow(Exception):
-    pass
+    try:
+        return await method(request, metadata=fwd.metadata, timeout=fwd.timeout)
+    except grpc.aio.AioRpcError as exc:
+        if (public := HIDDEN_DETAIL.get(exc.code())) is None:
+            raise  # a refusal of the client's request: its message is meant for the client
+        log.warning("internal call failed", extra={"code": exc.code().name, "detail": exc.details()})
+        await context.abort(exc.code(), public)
+        raise  # abort raises; this keeps type checkers informed
 
 
 class GatewayApp(gateway_pb2_grpc.GatewayServicer):
-    def __init__(self) -> None:
+    def __init__(self, limits: GatewayLimits | None = None) -> None:
         self._ctx: RunContext | None = None
         self._auth: auth_pb2_grpc.AuthServiceAsyncStub | None = None
         self._messaging: messaging_pb2_grpc.MessagingServiceAsyncStub | None = None
+        self._devices: messaging_pb2_grpc.DeviceKeyServiceAsyncStub | None = None
         self._storage: storage_pb2_grpc.StorageServiceAsyncStub | None = None
-        self._streams: set[asyncio.Task[object]] = set()
+        self.limits = limits or GatewayLimits()
+        self._admission = Admission(self.limits)
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
         s = ctx.settings
         self._auth = auth_pb2_grpc.AuthServiceStub(ctx.channel_to(s.auth_addr, "auth"))
-        self._messaging = messaging_pb2_grpc.MessagingServiceStub(ctx.channel_to(s.messaging_addr, "messaging"))
+        messaging = ctx.channel_to(s.messaging_addr, "messaging")
+        self._messaging = messaging_pb2_grpc.MessagingServiceStub(messaging)
+        self._devices = messaging_pb2_grpc.DeviceKeyServiceStub(messaging)
         self._storage = storage_pb2_grpc.StorageServiceStub(ctx.channel_to(s.storage_addr, "storage"))
         gateway_pb2_grpc.add_GatewayServicer_to_server(self, ctx.server)
         ctx.add_service_name(gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name)
@@ -88,107 +110,270 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
     async def stop(self) -> None:
         pass
 
-    def _authenticate(self, context: Context) -> str:
+    async def _admit(self, request: Message, context: Context, *, anonymous: bool = False) -> str:
+        """Size, token and budget checks every call passes before any internal call; returns the user id."""
         assert self._ctx is not None
-        return self._ctx.tokens.caller(context).user_id
+        self._admission.check_size(request.ByteSize())
+        user_id = None if anonymous else self._ctx.tokens.caller(context).user_id
+        try:
+            self._admission.admit(source=source_of(context.peer()), user_id=user_id)
+        except RateLimited as exc:
+            retry_ms = str(max(1, round(exc.retry_after_s * 1000)))
+            # The retry hint travels as trailing metadata, so a client can wait exactly that long.
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), trailing_metadata=(("retry-after-ms", retry_ms),)
+            )
+        return user_id or ""
 
     async def Register(self, request: auth_pb2.RegisterRequest, context: Context) -> auth_pb2.RegisterResponse:
         assert self._auth is not None
+        await self._admit(request, context, anonymous=True)
         return await forward(self._auth.Register, request, context)
 
     async def Login(self, request: auth_pb2.LoginRequest, context: Context) -> auth_pb2.LoginResponse:
         assert self._auth is not None
+        await self._admit(request, context, anonymous=True)
         return await forward(self._auth.Login, request, context)
 
     async def CreateChannel(
         self, request: messaging_pb2.CreateChannelRequest, context: Context
     ) -> messaging_pb2.Channel:
         assert self._messaging is not None
-        self._authenticate(context)
+        await self._admit(request, context)
         return await forward(self._messaging.CreateChannel, request, context)
 
     async def JoinChannel(self, request: messaging_pb2.JoinChannelRequest, context: Context) -> messaging_pb2.Channel:
         assert self._messaging is not None
-        self._authenticate(context)
+        await self._admit(request, context)
         return await forward(self._messaging.JoinChannel, request, context)
 
     async def ListMyChannels(
         self, request: messaging_pb2.ListMyChannelsRequest, context: Context
     ) -> messaging_pb2.ListMyChannelsResponse:
         assert self._messaging is not None
-        self._authenticate(context)
+        await self._admit(request, context)
         return await forward(self._messaging.ListMyChannels, request, context)
 
     async def SendMessage(
         self, request: messaging_pb2.PostMessageRequest, context: Context
     ) -> messaging_pb2.ChatMessage:
         assert self._messaging is not None
-        self._authenticate(context)
+        await self._admit(request, context)
         return await forward(self._messaging.PostMessage, request, context)
+
+    async def EditMessage(
+        self, request: messaging_pb2.EditMessageRequest, context: Context
+    ) -> messaging_pb2.ChatMessage:
+        assert self._messaging is not None
+        await self._admit(request, context)
+        return await forward(self._messaging.EditMessage, request, context)
+
+    async def RedactMessage(
+        self, request: messaging_pb2.RedactMessageRequest, context: Context
+    ) -> messaging_pb2.ChatMessage:
+        assert self._messaging is not None
+        await self._admit(request, context)
+        return await forward(self._messaging.RedactMessage, request, context)
+
+    async def ListMessageVersions(
+        self, request: messaging_pb2.ListMessageVersionsRequest, context: Context
+    ) -> messaging_pb2.ListMessageVersionsResponse:
+        assert self._messaging is not None
+        await self._admit(request, context)
+        return await forward(self._messaging.ListMessageVersions, request, context)
+
+    async def LeaveChannel(self, request: messaging_pb2.LeaveChannelRequest, context: Context) -> messaging_pb2.Channel:
+        assert self._messaging is not None
+        await self._admit(request, context)
+        return await forward(self._messaging.LeaveChannel, request, context)
+
+    async def PublishDeviceKeys(
+        self, request: messaging_pb2.PublishDeviceKeysRequest, context: Context
+    ) -> messaging_pb2.PublishDeviceKeysResponse:
+        assert self._devices is not None
+        await self._admit(request, context)
+        return await forward(self._devices.PublishDeviceKeys, request, context)
+
+    async def ListDevices(
+        self, request: messaging_pb2.ListDevicesRequest, context: Context
+    ) -> messaging_pb2.ListDevicesResponse:
+        assert self._devices is not None
+        await self._admit(request, context)
+        return await forward(self._devices.ListDevices, request, context)
+
+    async def ClaimOneTimeKey(
+        self, request: messaging_pb2.ClaimOneTimeKeyRequest, context: Context
+    ) -> messaging_pb2.ClaimOneTimeKeyResponse:
+        assert self._devices is not None
+        await self._admit(request, context)
+        return await forward(self._devices.ClaimOneTimeKey, request, context)
+
+    async def SendToDevice(
+        self, request: messaging_pb2.SendToDeviceRequest, context: Context
+    ) -> messaging_pb2.SendToDeviceResponse:
+        assert self._devices is not None
+        await self._admit(request, context)
+        return await forward(self._devices.SendToDevice, request, context)
+
+    async def FetchToDevice(
+        self, request: messaging_pb2.FetchToDeviceRequest, context: Context
+    ) -> messaging_pb2.FetchToDeviceResponse:
+        assert self._devices is not None
+        await self._admit(request, context)
+        return await forward(self._devices.FetchToDevice, request, context)
+
+    async def CreateDirectChannel(
+        self, request: messaging_pb2.CreateDirectChannelRequest, context: Context
+    ) -> messaging_pb2.Channel:
+        assert self._messaging is not None
+        await self._admit(request, context)
+        return await forward(self._messaging.CreateDirectChannel, request, context)
+
+    async def InviteMember(self, request: messaging_pb2.MemberActionRequest, context: Context) -> messaging_pb2.Channel:
+        assert self._messaging is not None
+        await self._admit(request, context)
+        return await forward(self._messaging.InviteMember, request, context)
+
+    async def KickMember(self, request: messaging_pb2.MemberActionRequest, context: Context) -> messaging_pb2.Channel:
+        assert self._messaging is not None
+        await self._admit(request, context)
+        return await forward(self._messaging.KickMember, request, context)
+
+    async def BanMember(self, request: messaging_pb2.MemberActionRequest, context: Context) -> messaging_pb2.Channel:
+        assert self._messaging is not None
+        await self._admit(request, context)
+        return await forward(self._messaging.BanMember, request, context)
+
+    async def UnbanMember(self, request: messaging_pb2.MemberActionRequest, context: Context) -> messaging_pb2.Channel:
+        assert self._messaging is not None
+        await self._admit(request, context)
+        return await forward(self._messaging.UnbanMember, request, context)
+
+    async def SetMemberRole(
+        self, request: messaging_pb2.SetMemberRoleRequest, context: Context
+    ) -> messaging_pb2.Channel:
+        assert self._messaging is not None
+        await self._admit(request, context)
+        return await forward(self._messaging.SetMemberRole, request, context)
+
+    async def UpdateChannel(
+        self, request: messaging_pb2.UpdateChannelRequest, context: Context
+    ) -> messaging_pb2.Channel:
+        assert self._messaging is not None
+        await self._admit(request, context)
+        return await forward(self._messaging.UpdateChannel, request, context)
+
+    async def ListThread(
+        self, request: messaging_pb2.ListThreadRequest, context: Context
+    ) -> messaging_pb2.ListThreadResponse:
+        assert self._messaging is not None
+        await self._admit(request, context)
+        return await forward(self._messaging.ListThread, request, context)
+
+    async def React(self, request: messaging_pb2.ReactRequest, context: Context) -> messaging_pb2.ChatMessage:
+        assert self._messaging is not None
+        await self._admit(request, context)
+        return await forward(self._messaging.React, request, context)
+
+    async def MarkRead(self, request: messaging_pb2.MarkReadRequest, context: Context) -> messaging_pb2.Channel:
+        assert self._messaging is not None
+        await self._admit(request, context)
+        return await forward(self._messaging.MarkRead, request, context)
 
     async def GetHistory(
         self, request: storage_pb2.GetChannelHistoryRequest, context: Context
     ) -> storage_pb2.GetChannelHistoryResponse:
         assert self._storage is not None
-        self._authenticate(context)
-        return await forward(self._storage.GetChannelHistory, request, context)
+        assert self._messaging is not None
+        await self._admit(request, context)
+        if not request.channel_id:
+            raise InvalidArgument("channel_id is required")
+        mine = await forward(self._messaging.ListMyChannels, messaging_pb2.ListMyChannelsRequest(), context)
+        channel = next((c for c in mine.channels if c.channel_id == request.channel_id), None)
+        if channel is None:
+            raise PermissionDenied("you are not a member of this channel")
+        if channel.visible_from_seq > 1:
+            # The channel hides what came before this member joined.
+            if request.before_seq and request.before_seq <= channel.visible_from_seq:  # all of it hidden
+                return storage_pb2.GetChannelHistoryResponse()
+            request.after_seq = max(request.after_seq, channel.visible_from_seq - 1)
+        # Messaging (the write side) says the caller is a member; the archive, which checks
+        # membership again from its own copy, can trail it by its lag just after a join.
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + min(ARCHIVE_LAG_WAIT_S, context.time_remaining() or ARCHIVE_LAG_WAIT_S)
+        while True:
+            try:
+                return await forward(self._storage.GetChannelHistory, request, context)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.PERMISSION_DENIED or loop.time() > give_up:
+                    raise
+            await asyncio.sleep(0.1)
 
     async def Subscribe(
         self, request: gateway_pb2.SubscribeRequest, context: Context
     ) -> AsyncIterator[gateway_pb2.ClientEvent]:
         assert self._ctx is not None
         assert self._messaging is not None
-        self._authenticate(context)
+        user_id = await self._admit(request, context)
         mine = await forward(self._messaging.ListMyChannels, messaging_pb2.ListMyChannelsRequest(), context)
         my_ids = {c.channel_id for c in mine.channels}
-        wanted = list(dict.fromkeys(request.channel_ids)) or sorted(my_ids)
-        if len(wanted) > 500:
-            raise InvalidArgument("at most 500 channels per live stream")
+        resume = {r.channel_id: r.after_position for r in request.resume}
+        wanted = list(dict.fromkeys([*request.channel_ids, *resume])) or sorted(my_ids)
+        if len(wanted) > MAX_LIVE_CHANNELS:
+            raise InvalidArgument(f"at most {MAX_LIVE_CHANNELS} channels per live stream")
         if not_mine := [c for c in wanted if c not in my_ids]:
             raise PermissionDenied(f"not a member of channel(s): {', '.join(not_mine[:5])}")
 
-        queue: asyncio.Queue[gateway_pb2.ClientEvent | Overflow] = asyncio.Queue(maxsize=LIVE_BUFFER + 1)
+        buffer = LiveBuffer(self.limits.live_buffer)
 
         async def deliver(event: ReceivedEvent) -> None:
-            payload = open_payload(event.envelope)
-            if not isinstance(payload, MessagePosted):
+            if left_channel(event.envelope, user_id):
+                # Membership is checked when a stream opens and followed while it runs.
+                buffer.end(PermissionDenied(f"you are no longer in channel {event.envelope.aggregate_id}"))
                 return
-            item = gateway_pb2.ClientEvent(
-                message=messaging_pb2.ChatMessage(
-                    channel_id=payload.channel_id,
-                    message_id=payload.message_id,
-                    sender_id=payload.sender_id,
-                    sender_name=payload.sender_name,
-                    channel_seq=payload.channel_seq,
-                    body=payload.body,
-                    sent_at=payload.sent_at,
-                )
-            )
-            if queue.qsize() >= LIVE_BUFFER:
-                # A client this far behind gets told to resync rather than growing our memory.
-                with contextlib.suppress(asyncio.QueueFull):
-                    queue.put_nowait(Overflow())
-                return
-            queue.put_nowait(item)
+            item = client_event_of(event.envelope, event.stream_seq)
+            if item is not None:
+                buffer.offer(item)
 
         replays: list[Replay] = []
-        try:
-            for channel_id in wanted:
-                replays.append(
-                    await self._ctx.bus.replay(
-                        stream="MSG",
-                        filter_subject=channel_subject(channel_id),
-                        handler=deliver,
-                        only_new=True,
-                        stop_with_service=False,
-                    )
+
+        async def follow(channel_id: str, *, after: int) -> None:
+            replays.append(
+                await self._ctx.bus.replay(  # type: ignore[union-attr]
+                    stream="MSG",
+                    filter_subject=channel_subject(channel_id),
+                    handler=deliver,
+                    start_seq=after + 1 if after else None,
+                    stop_with_service=False,
                 )
-            yield gateway_pb2.ClientEvent(ready=gateway_pb2.Ready(channel_ids=wanted))
+            )
+
+        try:
+            starts: dict[str, int] = {}
+            for channel_id in wanted:
+                if channel_id not in resume:
+                    # Start exactly after the channel's newest event, and tell the client so:
+                    # it can then resume from there even if nothing arrives before a disconnect.
+                    starts[channel_id] = await self._ctx.bus.last_subject_seq("MSG", channel_subject(channel_id))
+                    await follow(channel_id, after=starts[channel_id])
+            positions = [gateway_pb2.ResumeFrom(channel_id=c, after_position=p) for c, p in starts.items()]
+            yield gateway_pb2.ClientEvent(ready=gateway_pb2.Ready(channel_ids=wanted, positions=positions))
+            for channel_id, resume_after in resume.items():
+                # A channel's events are one subject of the MSG stream, so the stream position
+                # of the last event the client read is exactly where to continue: first the
+                # backlog at the client's pace, then live from the event after the last one sent.
+                after = resume_after
+                async for position, envelope in events_after(
+                    self._ctx.bus.js, stream="MSG", subject=channel_subject(channel_id), after=resume_after
+                ):
+                    after = position
+                    if (item := client_event_of(envelope, position)) is not None:
+                        # The backlog is re-checked like live events: revocation ends it too.
+                        self._ctx.tokens.authorize(context, Permission.MESSAGES_READ)
+                        yield item
+                await follow(channel_id, after=after)
             while True:
-                item = await self._next_while_allowed(queue, context)
-                if isinstance(item, Overflow):
-                    raise ResourceExhausted("live stream fell too far behind; reload history and subscribe again")
-                yield item
+                yield await self._next_while_allowed(buffer, context)
         finally:
             for replay in replays:
                 await replay.stop()
@@ -253,23 +438,27 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         assert self._auth is not None
         return await forward(self._auth.SetMfaRequired, request, context)
 
-    async def PublishDeviceKeys(self, request: auth_pb2.PublishDeviceKeysRequest, context: Context) -> auth_pb2.Device:
+    async def PublishAuthDeviceKeys(
+        self, request: auth_pb2.PublishDeviceKeysRequest, context: Context
+    ) -> auth_pb2.Device:
         assert self._auth is not None
         return await forward(self._auth.PublishDeviceKeys, request, context)
 
-    async def UploadOneTimeKeys(
+    async def UploadAuthOneTimeKeys(
         self, request: auth_pb2.UploadOneTimeKeysRequest, context: Context
     ) -> auth_pb2.UploadOneTimeKeysResponse:
         assert self._auth is not None
         return await forward(self._auth.UploadOneTimeKeys, request, context)
 
-    async def ClaimOneTimeKey(
+    async def ClaimAuthOneTimeKey(
         self, request: auth_pb2.ClaimOneTimeKeyRequest, context: Context
     ) -> auth_pb2.ClaimedOneTimeKey:
         assert self._auth is not None
         return await forward(self._auth.ClaimOneTimeKey, request, context)
 
-    async def ListDevices(self, request: auth_pb2.ListDevicesRequest, context: Context) -> auth_pb2.ListDevicesResponse:
+    async def ListAuthDevices(
+        self, request: auth_pb2.ListDevicesRequest, context: Context
+    ) -> auth_pb2.ListDevicesResponse:
         assert self._auth is not None
         return await forward(self._auth.ListDevices, request, context)
 
@@ -277,15 +466,13 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         assert self._auth is not None
         return await forward(self._auth.CreateInvite, request, context)
 
-    async def _next_while_allowed(
-        self, queue: asyncio.Queue[gateway_pb2.ClientEvent | Overflow], context: Context
-    ) -> gateway_pb2.ClientEvent | Overflow:
+    async def _next_while_allowed(self, buffer: LiveBuffer, context: Context) -> gateway_pb2.ClientEvent:
         """The next live event, unless the caller lost the right to it first: a revoked session,
         a disabled account or a withdrawn messages.read ends the stream at once (issue 3)."""
         assert self._ctx is not None
         while True:
             self._ctx.tokens.authorize(context, Permission.MESSAGES_READ)
-            getter = asyncio.ensure_future(queue.get())
+            getter = asyncio.ensure_future(buffer.take())
             changed = asyncio.ensure_future(self._ctx.access.changed())
             try:
                 await asyncio.wait({getter, changed}, return_when=asyncio.FIRST_COMPLETED)

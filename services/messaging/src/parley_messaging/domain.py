@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from parley_core.errors import InvalidArgument, NotFound, PermissionDenied
+from parley_core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 
 MAX_CHANNEL_NAME = 64
 MAX_BODY_CHARS = 4000
 MAX_IDEMPOTENCY_KEY = 128
+MAX_TOPIC_CHARS = 500
+MAX_DIRECT_OTHERS = 7
+OWNER, MODERATOR, MEMBER = "owner", "moderator", "member"
 IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0c8f5e-7f0a-4a53-9a0e-6c1f2f1d9e11")
 
 
@@ -22,6 +25,37 @@ class PostedMessage:
     channel_seq: int
     body: str
     sent_at_unix_ns: int
+    redacted: bool = False
+    edit_count: int = 0
+    thread_root_seq: int = 0
+
+
+@dataclass
+class MessageRecord:
+    """A message as it is now, plus every earlier text (kept for moderators until redaction)."""
+
+    current: PostedMessage
+    versions: list[str] = field(default_factory=list)
+    replies: list[int] = field(default_factory=list)  # channel_seq of each reply in this thread
+    reactions: dict[str, set[str]] = field(default_factory=dict)  # emoji -> users
+
+    def react(self, emoji: str, user_id: str, *, remove: bool) -> None:
+        users = self.reactions.setdefault(emoji, set())
+        if remove:
+            users.discard(user_id)
+            if not users:
+                del self.reactions[emoji]
+        else:
+            users.add(user_id)
+
+    def edited(self, body: str) -> None:
+        self.versions.append(body)
+        self.current = replace(self.current, body=body, edit_count=self.current.edit_count + 1)
+
+    def redacted(self) -> None:
+        # Redaction removes every text this projection holds, not only the visible one.
+        self.versions.clear()
+        self.current = replace(self.current, body="", redacted=True)
 
 
 @dataclass
@@ -32,11 +66,138 @@ class Channel:
     last_seq: int = 0  # channel sequence of the newest message
     last_stream_seq: int = 0  # stream sequence of the newest event: the append guard
     version: int = 1  # events applied to this aggregate
-    sends: dict[tuple[str, str], PostedMessage] = field(default_factory=dict)
+    sends: dict[tuple[str, str], int] = field(default_factory=dict)  # (sender, key) -> channel_seq
+    messages: dict[int, MessageRecord] = field(default_factory=dict)
+    creator_id: str = ""
+    encrypted: bool = False
+    private: bool = False
+    direct: bool = False
+    topic: str = ""
+    hide_history_before_join: bool = False
+    roles: dict[str, str] = field(default_factory=dict)  # user -> OWNER | MODERATOR (members have none)
+    invited: set[str] = field(default_factory=set)
+    banned: set[str] = field(default_factory=set)
+    visible_from: dict[str, int] = field(default_factory=dict)  # user -> first channel_seq they may read
+    read_up_to: dict[str, int] = field(default_factory=dict)  # user -> read marker
 
     def require_member(self, user_id: str) -> None:
         if user_id not in self.members:
             raise PermissionDenied("you are not a member of this channel; join it first")
+
+    def role(self, user_id: str) -> str:
+        if user_id not in self.members:
+            return ""
+        return self.roles.get(user_id, MEMBER)
+
+    def is_moderator(self, user_id: str) -> bool:
+        """Owners and moderators moderate; a direct conversation has neither."""
+        return self.role(user_id) in (OWNER, MODERATOR)
+
+    def add_member(self, user_id: str) -> None:
+        self.members.add(user_id)
+        self.invited.discard(user_id)
+        self.visible_from[user_id] = self.last_seq + 1 if self.hide_history_before_join else 1
+
+    def remove_member(self, user_id: str) -> None:
+        self.members.discard(user_id)
+        self.roles.pop(user_id, None)
+
+    # --- membership rules: each returns normally when the caller may act --------------------
+
+    def check_join(self, user_id: str) -> None:
+        if user_id in self.banned:
+            raise PermissionDenied("you are banned from this channel")
+        if self.direct:
+            raise PermissionDenied("a direct conversation has fixed members; start a new one instead")
+        if self.private and user_id not in self.invited:
+            raise PermissionDenied("this channel is private: a moderator must invite you first")
+
+    def check_invite(self, actor: str, user_id: str) -> None:
+        self.require_member(actor)
+        if self.direct:
+            raise FailedPrecondition("a direct conversation has fixed members; start a new one instead")
+        if self.private and not self.is_moderator(actor):
+            raise PermissionDenied("only a moderator may invite to a private channel")
+        if user_id in self.banned:
+            raise FailedPrecondition("that user is banned; unban them first")
+
+    def check_remove(self, actor: str, user_id: str) -> None:
+        """Kick or ban: a moderator over a plain member; the owner over moderators too."""
+        if not self.is_moderator(actor):
+            raise PermissionDenied("only a moderator of the channel may remove members")
+        if user_id == actor:
+            raise InvalidArgument("use LeaveChannel to leave yourself")
+        target = self.role(user_id)
+        if target == OWNER or (target == MODERATOR and self.role(actor) != OWNER):
+            raise PermissionDenied("only the owner may remove a moderator, and nobody the owner")
+
+    def check_unban(self, actor: str) -> None:
+        if not self.is_moderator(actor):
+            raise PermissionDenied("only a moderator of the channel may unban")
+
+    def check_set_role(self, actor: str, user_id: str, role: str) -> None:
+        if self.role(actor) != OWNER:
+            raise PermissionDenied("only the channel's owner may change roles")
+        if role not in (MODERATOR, MEMBER):
+            raise InvalidArgument("role must be 'moderator' or 'member'")
+        if user_id not in self.members:
+            raise FailedPrecondition("that user is not a member of the channel")
+        if user_id == actor:
+            raise InvalidArgument("the owner keeps the owner role")
+
+    def check_update(self, actor: str) -> None:
+        self.require_member(actor)
+        if not self.direct and not self.is_moderator(actor):
+            raise PermissionDenied("only a moderator may rename the channel or change its topic")
+
+    def earlier_send(self, sender_id: str, key: str) -> PostedMessage | None:
+        seq = self.sends.get((sender_id, key))
+        return None if seq is None else self.messages[seq].current
+
+    def message(self, channel_seq: int) -> MessageRecord:
+        record = self.messages.get(channel_seq)
+        if record is None:
+            raise NotFound(f"no message #{channel_seq} in this channel")
+        return record
+
+    def record_post(self, message: PostedMessage, idempotency_key: str) -> None:
+        self.last_seq = message.channel_seq
+        self.messages[message.channel_seq] = MessageRecord(message, [message.body])
+        self.sends[(message.sender_id, idempotency_key)] = message.channel_seq
+        if message.thread_root_seq and (root := self.messages.get(message.thread_root_seq)) is not None:
+            root.replies.append(message.channel_seq)
+
+    def check_thread_root(self, root_seq: int) -> None:
+        """Replies hang off a thread's root: one level, as in most chat apps."""
+        if root_seq and self.message(root_seq).current.thread_root_seq:
+            raise InvalidArgument(f"message #{root_seq} is itself a reply; reply to its thread's root instead")
+
+    def read_seq(self, user_id: str) -> int:
+        return max(self.read_up_to.get(user_id, 0), self.visible_from.get(user_id, 1) - 1)
+
+    def unread_count(self, user_id: str) -> int:
+        """Messages after the reader's marker that someone else sent."""
+        return sum(
+            1
+            for seq in range(self.read_seq(user_id) + 1, self.last_seq + 1)
+            if (record := self.messages.get(seq)) is not None and record.current.sender_id != user_id
+        )
+
+    def check_edit(self, user_id: str, channel_seq: int) -> MessageRecord:
+        self.require_member(user_id)
+        record = self.message(channel_seq)
+        if record.current.redacted:
+            raise FailedPrecondition(f"message #{channel_seq} was redacted; it can no longer be edited")
+        if record.current.sender_id != user_id:
+            raise PermissionDenied("only the sender may edit a message")
+        return record
+
+    def check_redact(self, user_id: str, channel_seq: int) -> MessageRecord:
+        self.require_member(user_id)
+        record = self.message(channel_seq)
+        if record.current.sender_id != user_id and not self.is_moderator(user_id):
+            raise PermissionDenied("only the sender or a moderator of the channel may redact a message")
+        return record
 
 
 def validate_channel_name(name: str) -> str:
@@ -79,8 +240,55 @@ class ChannelDirectory:
             raise NotFound(f"no channel with id {channel_id!r}")
         return channel
 
-    def create(self, channel_id: str, name: str, creator_id: str, stream_seq: int) -> None:
-        self._channels[channel_id] = Channel(channel_id, name, {creator_id}, last_stream_seq=stream_seq)
+    def create(
+        self,
+        channel_id: str,
+        name: str,
+        creator_id: str,
+        stream_seq: int,
+        *,
+        encrypted: bool = False,
+        private: bool = False,
+        direct: bool = False,
+        others: tuple[str, ...] = (),
+        hide_history_before_join: bool = False,
+    ) -> Channel:
+        channel = Channel(
+            channel_id,
+            name,
+            set(),
+            last_stream_seq=stream_seq,
+            creator_id=creator_id,
+            encrypted=encrypted,
+            private=private or direct,
+            direct=direct,
+            hide_history_before_join=hide_history_before_join,
+        )
+        for user_id in (creator_id, *others):
+            channel.add_member(user_id)
+        if not direct:
+            channel.roles[creator_id] = OWNER
+        self._channels[channel_id] = channel
+        return channel
 
     def of_member(self, user_id: str) -> list[Channel]:
         return [c for c in self._channels.values() if user_id in c.members]
+
+
+def validate_topic(topic: str) -> str:
+    if len(topic) > MAX_TOPIC_CHARS or any(not ch.isprintable() for ch in topic):
+        raise InvalidArgument(f"topic must be at most {MAX_TOPIC_CHARS} printable characters")
+    return topic.strip()
+
+
+def validate_direct_members(creator_id: str, user_ids: list[str]) -> tuple[str, ...]:
+    others = tuple(dict.fromkeys(u for u in user_ids if u and u != creator_id))
+    if not 1 <= len(others) <= MAX_DIRECT_OTHERS:
+        raise InvalidArgument(f"a direct conversation has 1 to {MAX_DIRECT_OTHERS} other people")
+    return others
+
+
+def validate_emoji(emoji: str) -> str:
+    if not emoji or len(emoji) > 32 or any(not ch.isprintable() or ch.isspace() for ch in emoji):
+        raise InvalidArgument("a reaction is 1..32 printable characters without spaces")
+    return emoji

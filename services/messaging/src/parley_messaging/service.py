@@ -5,33 +5,64 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
+from typing import Protocol
 
 import grpc
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
-from parley.messaging.v1.events_pb2 import ChannelCreated, MemberJoined, MessagePosted
+from parley.messaging.v1.events_pb2 import (
+    ChannelCreated,
+    ChannelRenamed,
+    ChannelTopicChanged,
+    MemberBanned,
+    MemberInvited,
+    MemberJoined,
+    MemberKicked,
+    MemberLeft,
+    MemberRoleChanged,
+    MemberUnbanned,
+    MessageEdited,
+    MessagePosted,
+    MessageRedacted,
+    ReactionAdded,
+    ReactionRemoved,
+    ReadMarkerMoved,
+)
 
 from parley_core.bus import ConcurrencyConflict, ReceivedEvent, Replay
 from parley_core.envelope import NewEvent, open_payload
-from parley_core.errors import InvalidArgument, Unavailable
+from parley_core.errors import InvalidArgument, PermissionDenied, Unavailable
 from parley_core.runner import RunContext
-from parley_core.topology import CHANNELS_FILTER, channel_subject
+from parley_core.topology import MESSAGING_FILTER, channel_subject
+from parley_messaging.device_service import DeviceKeyServicer
+from parley_messaging.devices import validate_encrypted_body
 from parley_messaging.domain import (
+    MODERATOR,
     Channel,
     ChannelDirectory,
+    MessageRecord,
     PostedMessage,
     send_event_id,
     validate_body,
     validate_channel_name,
+    validate_direct_members,
+    validate_emoji,
     validate_idempotency_key,
+    validate_topic,
 )
 
 APPEND_ATTEMPTS = 5
 
 
-def to_proto(message: PostedMessage) -> messaging_pb2.ChatMessage:
+def to_proto(message: PostedMessage, record: MessageRecord | None = None) -> messaging_pb2.ChatMessage:
     sent = Timestamp()
     sent.FromNanoseconds(message.sent_at_unix_ns)
+    reactions = [
+        messaging_pb2.ReactionCount(emoji=emoji, user_ids=sorted(users))
+        for emoji, users in sorted((record.reactions if record else {}).items())
+    ]
     return messaging_pb2.ChatMessage(
         channel_id=message.channel_id,
         message_id=message.message_id,
@@ -40,18 +71,58 @@ def to_proto(message: PostedMessage) -> messaging_pb2.ChatMessage:
         channel_seq=message.channel_seq,
         body=message.body,
         sent_at=sent,
+        redacted=message.redacted,
+        edit_count=message.edit_count,
+        thread_root_seq=message.thread_root_seq,
+        reply_count=len(record.replies) if record else 0,
+        reactions=reactions,
     )
 
 
-def channel_proto(channel: Channel) -> messaging_pb2.Channel:
+def channel_proto(channel: Channel, viewer: str = "") -> messaging_pb2.Channel:
     return messaging_pb2.Channel(
-        channel_id=channel.channel_id, name=channel.name, member_ids=sorted(channel.members), last_seq=channel.last_seq
+        channel_id=channel.channel_id,
+        name=channel.name,
+        member_ids=sorted(channel.members),
+        last_seq=channel.last_seq,
+        encrypted=channel.encrypted,
+        private=channel.private,
+        direct=channel.direct,
+        topic=channel.topic,
+        roles={user: channel.role(user) for user in channel.members},
+        hide_history_before_join=channel.hide_history_before_join,
+        visible_from_seq=channel.visible_from.get(viewer, 1),
+        read_seq=channel.read_seq(viewer) if viewer in channel.members else 0,
+        unread_count=channel.unread_count(viewer) if viewer in channel.members else 0,
     )
+
+
+def _target(user_id: str) -> str:
+    if not user_id or len(user_id) > 64:
+        raise InvalidArgument("user_id is required (at most 64 characters)")
+    return user_id
+
+
+def _reason(reason: str) -> str:
+    if len(reason) > 500:
+        raise InvalidArgument("reason must be at most 500 characters")
+    return reason
+
+
+def body_for(channel: Channel, body: str) -> str:
+    """Plain channels take text; encrypted ones only Megolm ciphertext, which the server cannot read."""
+    return validate_encrypted_body(body) if channel.encrypted else validate_body(body)
+
+
+class Versioned(Protocol):
+    version: int
+    last_stream_seq: int
 
 
 class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
     def __init__(self) -> None:
         self.channels = ChannelDirectory()
+        self.device_keys = DeviceKeyServicer(self)
         self._ctx: RunContext | None = None
         self._replay: Replay | None = None
         # One writer per channel inside this instance; across instances the stream's
@@ -60,24 +131,65 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
-        self._replay = await ctx.bus.replay(stream="MSG", filter_subject=CHANNELS_FILTER, handler=self._apply)
+        # Channels, the device key directory and to-device queues: one replay of messaging's stream.
+        self._replay = await ctx.bus.replay(stream="MSG", filter_subject=MESSAGING_FILTER, handler=self._apply)
         await self._replay.wait_caught_up()
         messaging_pb2_grpc.add_MessagingServiceServicer_to_server(self, ctx.server)
         ctx.add_service_name(messaging_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name)
+        messaging_pb2_grpc.add_DeviceKeyServiceServicer_to_server(self.device_keys, ctx.server)
+        ctx.add_service_name(messaging_pb2.DESCRIPTOR.services_by_name["DeviceKeyService"].full_name)
+
+    @property
+    def ctx(self) -> RunContext:
+        assert self._ctx is not None
+        return self._ctx
 
     async def stop(self) -> None:
         pass
 
     async def _apply(self, event: ReceivedEvent) -> None:
+        if event.envelope.aggregate_type in ("device", "todevice"):
+            self.device_keys.apply(event)
+            return
+        if event.envelope.aggregate_type != "channel":
+            return
         payload = open_payload(event.envelope)
         if isinstance(payload, ChannelCreated):
-            self.channels.create(payload.channel_id, payload.name, payload.creator_id, event.stream_seq)
+            self.channels.create(
+                payload.channel_id,
+                payload.name,
+                payload.creator_id,
+                event.stream_seq,
+                encrypted=payload.encrypted,
+                private=payload.private,
+                direct=payload.direct,
+                others=tuple(payload.member_ids),
+                hide_history_before_join=payload.hide_history_before_join,
+            )
             return
         channel = self.channels.get(event.envelope.aggregate_id)
         channel.last_stream_seq = event.stream_seq
         channel.version += 1
         if isinstance(payload, MemberJoined):
-            channel.members.add(payload.user_id)
+            channel.add_member(payload.user_id)
+        elif isinstance(payload, MemberLeft | MemberKicked):
+            channel.remove_member(payload.user_id)
+        elif isinstance(payload, MemberBanned):
+            channel.remove_member(payload.user_id)
+            channel.banned.add(payload.user_id)
+        elif isinstance(payload, MemberUnbanned):
+            channel.banned.discard(payload.user_id)
+        elif isinstance(payload, MemberInvited):
+            channel.invited.add(payload.user_id)
+        elif isinstance(payload, MemberRoleChanged):
+            if payload.role == MODERATOR:
+                channel.roles[payload.user_id] = MODERATOR
+            else:
+                channel.roles.pop(payload.user_id, None)
+        elif isinstance(payload, ChannelRenamed):
+            channel.name = payload.name
+        elif isinstance(payload, ChannelTopicChanged):
+            channel.topic = payload.topic
         elif isinstance(payload, MessagePosted):
             posted = PostedMessage(
                 channel_id=payload.channel_id,
@@ -87,28 +199,43 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
                 channel_seq=payload.channel_seq,
                 body=payload.body,
                 sent_at_unix_ns=payload.sent_at.ToNanoseconds(),
+                thread_root_seq=payload.thread_root_seq,
             )
-            channel.last_seq = payload.channel_seq
-            channel.sends[(payload.sender_id, payload.idempotency_key)] = posted
+            channel.record_post(posted, payload.idempotency_key)
+        elif isinstance(payload, ReactionAdded | ReactionRemoved):
+            remove = isinstance(payload, ReactionRemoved)
+            channel.message(payload.channel_seq).react(payload.emoji, payload.user_id, remove=remove)
+        elif isinstance(payload, ReadMarkerMoved):
+            channel.read_up_to[payload.user_id] = max(channel.read_up_to.get(payload.user_id, 0), payload.channel_seq)
+        elif isinstance(payload, MessageEdited):
+            channel.message(payload.channel_seq).edited(payload.body)
+        elif isinstance(payload, MessageRedacted):
+            channel.message(payload.channel_seq).redacted()
 
     async def _append(self, event: NewEvent, *, after: Channel | None) -> None:
         """Append to a channel as it was read (`after`), or create it (`after=None`)."""
+        await self.append_to(channel_subject(event.aggregate_id), event, after)
+
+    async def append_to(self, subject: str, event: NewEvent, after: Versioned | None) -> None:
+        """Append to an aggregate as it was read (None: a new one), then read our own write."""
         assert self._ctx is not None
         assert self._replay is not None
         appended = await self._ctx.bus.append(
-            channel_subject(event.aggregate_id),
+            subject,
             event,
             aggregate_version=after.version + 1 if after else 1,
             expected_last_subject_seq=after.last_stream_seq if after else 0,
         )
         await self._replay.wait_for_seq(appended.stream_seq)
 
-    async def _settle(self) -> None:
-        """After a lost race, let the projection catch up with the stream before deciding again."""
+    async def settle(self, subject: str) -> None:
+        """After a lost race, let the projection catch up with the aggregate before deciding again."""
         assert self._ctx is not None
         assert self._replay is not None
-        info = await self._ctx.bus.js.stream_info("MSG")
-        await self._replay.wait_for_seq(info.state.last_seq)
+        await self._replay.wait_for_seq(await self._ctx.bus.last_subject_seq("MSG", subject))
+
+    async def _settle(self, channel_id: str) -> None:
+        await self.settle(channel_subject(channel_id))
 
     async def CreateChannel(
         self, request: messaging_pb2.CreateChannelRequest, context: grpc.aio.ServicerContext[object, object]
@@ -120,11 +247,18 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         event = NewEvent(
             aggregate_type="channel",
             aggregate_id=channel_id,
-            payload=ChannelCreated(channel_id=channel_id, name=name, creator_id=caller.user_id),
+            payload=ChannelCreated(
+                channel_id=channel_id,
+                name=name,
+                creator_id=caller.user_id,
+                encrypted=request.encrypted,
+                private=request.private,
+                hide_history_before_join=request.hide_history_before_join,
+            ),
             actor=caller.user_id,
         )
         await self._append(event, after=None)
-        return channel_proto(self.channels.get(channel_id))
+        return channel_proto(self.channels.get(channel_id), caller.user_id)
 
     async def JoinChannel(
         self, request: messaging_pb2.JoinChannelRequest, context: grpc.aio.ServicerContext[object, object]
@@ -137,7 +271,8 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
             for _ in range(APPEND_ATTEMPTS):
                 channel = self.channels.get(request.channel_id)
                 if caller.user_id in channel.members:
-                    return channel_proto(channel)
+                    return channel_proto(channel, caller.user_id)
+                channel.check_join(caller.user_id)
                 event = NewEvent(
                     aggregate_type="channel",
                     aggregate_id=channel.channel_id,
@@ -146,9 +281,9 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
                 )
                 try:
                     await self._append(event, after=channel)
-                    return channel_proto(self.channels.get(channel.channel_id))
+                    return channel_proto(self.channels.get(channel.channel_id), caller.user_id)
                 except ConcurrencyConflict:
-                    await self._settle()
+                    await self._settle(channel.channel_id)
         raise Unavailable("the channel is changing too fast; try again")
 
     async def ListMyChannels(
@@ -157,7 +292,7 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         assert self._ctx is not None
         caller = self._ctx.tokens.caller(context)
         channels = sorted(self.channels.of_member(caller.user_id), key=lambda c: c.name)
-        return messaging_pb2.ListMyChannelsResponse(channels=[channel_proto(c) for c in channels])
+        return messaging_pb2.ListMyChannelsResponse(channels=[channel_proto(c, caller.user_id) for c in channels])
 
     async def PostMessage(
         self, request: messaging_pb2.PostMessageRequest, context: grpc.aio.ServicerContext[object, object]
@@ -166,13 +301,14 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         caller = self._ctx.tokens.caller(context)
         if not request.channel_id:
             raise InvalidArgument("channel_id is required")
-        body = validate_body(request.body)
         key = validate_idempotency_key(request.idempotency_key)
         async with self._locks[request.channel_id]:
             for _ in range(APPEND_ATTEMPTS):
                 channel = self.channels.get(request.channel_id)
                 channel.require_member(caller.user_id)
-                if (earlier := channel.sends.get((caller.user_id, key))) is not None:
+                body = body_for(channel, request.body)
+                channel.check_thread_root(request.thread_root_seq)
+                if (earlier := channel.earlier_send(caller.user_id, key)) is not None:
                     return to_proto(earlier)
                 sent = Timestamp()
                 sent.GetCurrentTime()
@@ -189,6 +325,7 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
                         body=body,
                         idempotency_key=key,
                         sent_at=sent,
+                        thread_root_seq=request.thread_root_seq,
                     ),
                     actor=caller.user_id,
                     event_id=send_event_id(channel.channel_id, caller.user_id, key),
@@ -196,7 +333,330 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
                 try:
                     await self._append(event, after=channel)
                 except ConcurrencyConflict:
-                    await self._settle()
+                    await self._settle(channel.channel_id)
                     continue
-                return to_proto(self.channels.get(channel.channel_id).sends[(caller.user_id, key)])
+                posted = self.channels.get(channel.channel_id).earlier_send(caller.user_id, key)
+                assert posted is not None
+                return to_proto(posted)
         raise Unavailable("the channel is changing too fast; try again")
+
+    async def _change_message(
+        self, channel_id: str, channel_seq: int, decide: Callable[[Channel], NewEvent | None]
+    ) -> messaging_pb2.ChatMessage:
+        """Append the event `decide` makes from the channel as read; None means nothing to do."""
+        if not channel_id or channel_seq <= 0:
+            raise InvalidArgument("channel_id and channel_seq (>= 1) are required")
+        async with self._locks[channel_id]:
+            for _ in range(APPEND_ATTEMPTS):
+                channel = self.channels.get(channel_id)
+                event = decide(channel)
+                if event is None:
+                    return to_proto(channel.message(channel_seq).current)
+                try:
+                    await self._append(event, after=channel)
+                except ConcurrencyConflict:
+                    await self._settle(channel.channel_id)
+                    continue
+                return to_proto(self.channels.get(channel_id).message(channel_seq).current)
+        raise Unavailable("the channel is changing too fast; try again")
+
+    async def EditMessage(
+        self, request: messaging_pb2.EditMessageRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.ChatMessage:
+        assert self._ctx is not None
+        caller = self._ctx.tokens.caller(context)
+
+        def decide(channel: Channel) -> NewEvent | None:
+            record = channel.check_edit(caller.user_id, request.channel_seq)
+            body = body_for(channel, request.body)
+            if record.current.body == body:
+                return None  # a retried edit: already the text
+            edited = Timestamp()
+            edited.GetCurrentTime()
+            return NewEvent(
+                aggregate_type="channel",
+                aggregate_id=channel.channel_id,
+                payload=MessageEdited(
+                    channel_id=channel.channel_id,
+                    message_id=record.current.message_id,
+                    channel_seq=request.channel_seq,
+                    body=body,
+                    editor_id=caller.user_id,
+                    editor_name=caller.username,
+                    edited_at=edited,
+                ),
+                actor=caller.user_id,
+            )
+
+        return await self._change_message(request.channel_id, request.channel_seq, decide)
+
+    async def RedactMessage(
+        self, request: messaging_pb2.RedactMessageRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.ChatMessage:
+        assert self._ctx is not None
+        caller = self._ctx.tokens.caller(context)
+        if len(request.reason) > 500:
+            raise InvalidArgument("reason must be at most 500 characters")
+
+        def decide(channel: Channel) -> NewEvent | None:
+            record = channel.check_redact(caller.user_id, request.channel_seq)
+            if record.current.redacted:
+                return None  # redacting twice changes nothing
+            redacted = Timestamp()
+            redacted.GetCurrentTime()
+            return NewEvent(
+                aggregate_type="channel",
+                aggregate_id=channel.channel_id,
+                payload=MessageRedacted(
+                    channel_id=channel.channel_id,
+                    message_id=record.current.message_id,
+                    channel_seq=request.channel_seq,
+                    redactor_id=caller.user_id,
+                    reason=request.reason,
+                    redacted_at=redacted,
+                ),
+                actor=caller.user_id,
+            )
+
+        return await self._change_message(request.channel_id, request.channel_seq, decide)
+
+    async def LeaveChannel(
+        self, request: messaging_pb2.LeaveChannelRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.Channel:
+        assert self._ctx is not None
+        caller = self._ctx.tokens.caller(context)
+        if not request.channel_id:
+            raise InvalidArgument("channel_id is required")
+        async with self._locks[request.channel_id]:
+            for _ in range(APPEND_ATTEMPTS):
+                channel = self.channels.get(request.channel_id)
+                if caller.user_id not in channel.members:
+                    return channel_proto(channel)  # already gone: a retried leave
+                event = NewEvent(
+                    aggregate_type="channel",
+                    aggregate_id=channel.channel_id,
+                    payload=MemberLeft(channel_id=channel.channel_id, user_id=caller.user_id),
+                    actor=caller.user_id,
+                )
+                try:
+                    await self._append(event, after=channel)
+                except ConcurrencyConflict:
+                    await self._settle(channel.channel_id)
+                    continue
+                return channel_proto(self.channels.get(channel.channel_id))
+        raise Unavailable("the channel is changing too fast; try again")
+
+    async def _decide_on_channel(
+        self, channel_id: str, viewer: str, decide: Callable[[Channel], NewEvent | None]
+    ) -> messaging_pb2.Channel:
+        """Append the event `decide` makes from the channel as read; None means already so."""
+        if not channel_id:
+            raise InvalidArgument("channel_id is required")
+        async with self._locks[channel_id]:
+            for _ in range(APPEND_ATTEMPTS):
+                channel = self.channels.get(channel_id)
+                event = decide(channel)
+                if event is not None:
+                    try:
+                        await self._append(event, after=channel)
+                    except ConcurrencyConflict:
+                        await self._settle(channel_id)
+                        continue
+                return channel_proto(self.channels.get(channel_id), viewer)
+        raise Unavailable("the channel is changing too fast; try again")
+
+    def _event(self, channel: Channel, actor: str, payload: Message) -> NewEvent:
+        return NewEvent(aggregate_type="channel", aggregate_id=channel.channel_id, payload=payload, actor=actor)
+
+    async def CreateDirectChannel(
+        self, request: messaging_pb2.CreateDirectChannelRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.Channel:
+        assert self._ctx is not None
+        caller = self._ctx.tokens.caller(context)
+        others = validate_direct_members(caller.user_id, list(request.user_ids))
+        channel_id = uuid.uuid4().hex
+        event = NewEvent(
+            aggregate_type="channel",
+            aggregate_id=channel_id,
+            payload=ChannelCreated(
+                channel_id=channel_id,
+                name="direct",
+                creator_id=caller.user_id,
+                encrypted=request.encrypted,
+                private=True,
+                direct=True,
+                member_ids=others,
+            ),
+            actor=caller.user_id,
+        )
+        await self._append(event, after=None)
+        return channel_proto(self.channels.get(channel_id), caller.user_id)
+
+    async def InviteMember(
+        self, request: messaging_pb2.MemberActionRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.Channel:
+        assert self._ctx is not None
+        actor = self._ctx.tokens.caller(context).user_id
+        user_id = _target(request.user_id)
+
+        def decide(channel: Channel) -> NewEvent | None:
+            channel.check_invite(actor, user_id)
+            if user_id in channel.members or user_id in channel.invited:
+                return None
+            payload = MemberInvited(channel_id=channel.channel_id, user_id=user_id, invited_by=actor)
+            return self._event(channel, actor, payload)
+
+        return await self._decide_on_channel(request.channel_id, actor, decide)
+
+    async def KickMember(
+        self, request: messaging_pb2.MemberActionRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.Channel:
+        assert self._ctx is not None
+        actor = self._ctx.tokens.caller(context).user_id
+        user_id = _target(request.user_id)
+        reason = _reason(request.reason)
+
+        def decide(channel: Channel) -> NewEvent | None:
+            channel.check_remove(actor, user_id)
+            if user_id not in channel.members:
+                return None
+            payload = MemberKicked(channel_id=channel.channel_id, user_id=user_id, kicked_by=actor, reason=reason)
+            return self._event(channel, actor, payload)
+
+        return await self._decide_on_channel(request.channel_id, actor, decide)
+
+    async def BanMember(
+        self, request: messaging_pb2.MemberActionRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.Channel:
+        assert self._ctx is not None
+        actor = self._ctx.tokens.caller(context).user_id
+        user_id = _target(request.user_id)
+        reason = _reason(request.reason)
+
+        def decide(channel: Channel) -> NewEvent | None:
+            channel.check_remove(actor, user_id)
+            if user_id in channel.banned:
+                return None
+            payload = MemberBanned(channel_id=channel.channel_id, user_id=user_id, banned_by=actor, reason=reason)
+            return self._event(channel, actor, payload)
+
+        return await self._decide_on_channel(request.channel_id, actor, decide)
+
+    async def UnbanMember(
+        self, request: messaging_pb2.MemberActionRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.Channel:
+        assert self._ctx is not None
+        actor = self._ctx.tokens.caller(context).user_id
+        user_id = _target(request.user_id)
+
+        def decide(channel: Channel) -> NewEvent | None:
+            channel.check_unban(actor)
+            if user_id not in channel.banned:
+                return None
+            payload = MemberUnbanned(channel_id=channel.channel_id, user_id=user_id, unbanned_by=actor)
+            return self._event(channel, actor, payload)
+
+        return await self._decide_on_channel(request.channel_id, actor, decide)
+
+    async def SetMemberRole(
+        self, request: messaging_pb2.SetMemberRoleRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.Channel:
+        assert self._ctx is not None
+        actor = self._ctx.tokens.caller(context).user_id
+        user_id = _target(request.user_id)
+
+        def decide(channel: Channel) -> NewEvent | None:
+            channel.check_set_role(actor, user_id, request.role)
+            if channel.role(user_id) == request.role:
+                return None
+            payload = MemberRoleChanged(
+                channel_id=channel.channel_id, user_id=user_id, role=request.role, changed_by=actor
+            )
+            return self._event(channel, actor, payload)
+
+        return await self._decide_on_channel(request.channel_id, actor, decide)
+
+    async def UpdateChannel(
+        self, request: messaging_pb2.UpdateChannelRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.Channel:
+        assert self._ctx is not None
+        actor = self._ctx.tokens.caller(context).user_id
+        has_name, has_topic = request.HasField("name"), request.HasField("topic")
+        if has_name == has_topic:
+            raise InvalidArgument("give exactly one of name or topic")
+        value = validate_channel_name(request.name) if has_name else validate_topic(request.topic)
+
+        def decide(channel: Channel) -> NewEvent | None:
+            channel.check_update(actor)
+            if (channel.name if has_name else channel.topic) == value:
+                return None
+            payload: Message = (
+                ChannelRenamed(channel_id=channel.channel_id, name=value, renamed_by=actor)
+                if has_name
+                else ChannelTopicChanged(channel_id=channel.channel_id, topic=value, changed_by=actor)
+            )
+            return self._event(channel, actor, payload)
+
+        return await self._decide_on_channel(request.channel_id, actor, decide)
+
+    async def ListThread(
+        self, request: messaging_pb2.ListThreadRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.ListThreadResponse:
+        assert self._ctx is not None
+        caller = self._ctx.tokens.caller(context)
+        channel = self.channels.get(request.channel_id)
+        channel.require_member(caller.user_id)
+        if request.root_seq < channel.visible_from.get(caller.user_id, 1):
+            raise PermissionDenied("this channel hides messages from before you joined")
+        root = channel.message(request.root_seq)
+        replies = [channel.messages[seq] for seq in root.replies]
+        return messaging_pb2.ListThreadResponse(
+            root=to_proto(root.current, root), replies=[to_proto(r.current, r) for r in replies]
+        )
+
+    async def React(
+        self, request: messaging_pb2.ReactRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.ChatMessage:
+        assert self._ctx is not None
+        actor = self._ctx.tokens.caller(context).user_id
+        emoji = validate_emoji(request.emoji)
+
+        def decide(channel: Channel) -> NewEvent | None:
+            channel.require_member(actor)
+            record = channel.message(request.channel_seq)
+            if (actor in record.reactions.get(emoji, set())) != request.remove:
+                return None  # already as asked: a retried reaction
+            kind = ReactionRemoved if request.remove else ReactionAdded
+            payload = kind(channel_id=channel.channel_id, channel_seq=request.channel_seq, user_id=actor, emoji=emoji)
+            return self._event(channel, actor, payload)
+
+        await self._decide_on_channel(request.channel_id, actor, decide)
+        record = self.channels.get(request.channel_id).message(request.channel_seq)
+        return to_proto(record.current, record)
+
+    async def MarkRead(
+        self, request: messaging_pb2.MarkReadRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.Channel:
+        assert self._ctx is not None
+        actor = self._ctx.tokens.caller(context).user_id
+
+        def decide(channel: Channel) -> NewEvent | None:
+            channel.require_member(actor)
+            if request.channel_seq > channel.last_seq:
+                raise InvalidArgument(f"the channel's newest message is #{channel.last_seq}")
+            if request.channel_seq <= channel.read_up_to.get(actor, 0):
+                return None  # read markers only move forward
+            payload = ReadMarkerMoved(channel_id=channel.channel_id, user_id=actor, channel_seq=request.channel_seq)
+            return self._event(channel, actor, payload)
+
+        return await self._decide_on_channel(request.channel_id, actor, decide)
+
+    async def ListMessageVersions(
+        self, request: messaging_pb2.ListMessageVersionsRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.ListMessageVersionsResponse:
+        assert self._ctx is not None
+        caller = self._ctx.tokens.caller(context)
+        channel = self.channels.get(request.channel_id)
+        if not channel.is_moderator(caller.user_id):
+            raise PermissionDenied("only a moderator of the channel may see earlier versions of a message")
+        return messaging_pb2.ListMessageVersionsResponse(bodies=channel.message(request.channel_seq).versions)

@@ -11,7 +11,16 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 from parley.common.v1.envelope_pb2 import EventEnvelope
-from parley.messaging.v1.events_pb2 import ChannelCreated, MemberJoined, MessagePosted
+from parley.messaging.v1.events_pb2 import (
+    ChannelCreated,
+    MemberBanned,
+    MemberJoined,
+    MemberKicked,
+    MemberLeft,
+    MessageEdited,
+    MessagePosted,
+    MessageRedacted,
+)
 from sqlalchemy import Connection, Engine, Row, create_engine, event, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -230,13 +239,20 @@ class SqlEventArchive:
                 },
             )
         elif isinstance(payload, ChannelCreated):
-            self._insert_ignoring_duplicates(
-                conn, channel_members, {"channel_id": payload.channel_id, "user_id": payload.creator_id}
-            )
+            for user_id in (payload.creator_id, *payload.member_ids):  # member_ids: direct conversations
+                self._insert_ignoring_duplicates(
+                    conn, channel_members, {"channel_id": payload.channel_id, "user_id": user_id}
+                )
         elif isinstance(payload, MemberJoined):
             self._insert_ignoring_duplicates(
                 conn, channel_members, {"channel_id": payload.channel_id, "user_id": payload.user_id}
             )
+        elif isinstance(payload, MessageEdited):
+            self._apply_edit(conn, payload, item)
+        elif isinstance(payload, MessageRedacted):
+            self._apply_redaction(conn, payload)
+        elif isinstance(payload, MemberLeft | MemberKicked | MemberBanned):
+            _apply_member_left(conn, payload)
 
     def _open_row(self, conn: Connection, row: Row[Any]) -> EventEnvelope | None:
         """The event's envelope, or None when its data key was shredded or retention removed it."""
@@ -271,6 +287,57 @@ class SqlEventArchive:
             envelope=self._open_row(conn, row),
         )
 
+    def _apply_edit(self, conn: Connection, edit: MessageEdited, item: ReceivedEvent) -> None:
+        """History shows the newest text: point the message's row at this edit.
+
+        A redacted message stays redacted whatever order a redelivery comes in: its row points
+        at an expired event, and an edit arriving later is expired too.
+        """
+        row = conn.execute(
+            select(channel_messages.c.stream, channel_messages.c.stream_seq, events.c.key_id)
+            .join(
+                events,
+                (events.c.stream == channel_messages.c.stream) & (events.c.stream_seq == channel_messages.c.stream_seq),
+            )
+            .where(channel_messages.c.channel_id == edit.channel_id, channel_messages.c.channel_seq == edit.channel_seq)
+        ).first()
+        if row is not None and row.key_id == EXPIRED:
+            conn.execute(
+                update(events)
+                .where(events.c.stream == item.stream, events.c.stream_seq == item.stream_seq)
+                .values(envelope=b"", key_id=EXPIRED)
+            )
+            return
+        if row is not None and row.stream_seq < item.stream_seq:
+            conn.execute(
+                update(channel_messages)
+                .where(
+                    channel_messages.c.channel_id == edit.channel_id, channel_messages.c.channel_seq == edit.channel_seq
+                )
+                .values(stream=item.stream, stream_seq=item.stream_seq)
+            )
+
+    def _apply_redaction(self, conn: Connection, redaction: MessageRedacted) -> None:
+        """Every archived text of the message loses its content, as retention removes it; the
+        events keep their place in the log and MessageRedacted keeps the fact."""
+        candidates = conn.execute(
+            select(events).where(
+                events.c.aggregate_type == "channel",
+                events.c.aggregate_id == redaction.channel_id,
+                events.c.event_type.in_(_TEXT_EVENTS),
+                events.c.key_id != EXPIRED,
+            )
+        ).all()
+        for row in candidates:
+            envelope = self._open_row(conn, row)
+            text = open_payload(envelope) if envelope is not None else None
+            if isinstance(text, MessagePosted | MessageEdited) and text.channel_seq == redaction.channel_seq:
+                conn.execute(
+                    update(events)
+                    .where(events.c.stream == row.stream, events.c.stream_seq == row.stream_seq)
+                    .values(envelope=b"", key_id=EXPIRED)
+                )
+
     async def positions(self) -> dict[str, int]:
         """Archived-up-to stream sequence of every stream, from the consumers' recorded positions."""
 
@@ -291,34 +358,57 @@ class SqlEventArchive:
 
         return await self.run("is_member", work)
 
-    async def channel_history(self, channel_id: str, *, after_seq: int, limit: int) -> tuple[list[StoredMessage], bool]:
+    async def channel_history(
+        self,
+        channel_id: str,
+        *,
+        after_seq: int,
+        limit: int,
+        before_seq: int = 0,
+        after_ns: int = 0,
+        before_ns: int = 0,
+    ) -> tuple[list[StoredMessage], bool]:
+        """A page after `after_seq`/`after_ns`, or the newest page before `before_seq`/`before_ns`; oldest first."""
+        backwards = bool(before_seq or before_ns)
+
         def work(conn: Connection) -> tuple[list[StoredMessage], bool]:
-            rows = conn.execute(
+            seq, sent = channel_messages.c.channel_seq, channel_messages.c.sent_at_ns
+            query = (
                 select(channel_messages, events)
                 .join(
                     events,
                     (events.c.stream == channel_messages.c.stream)
                     & (events.c.stream_seq == channel_messages.c.stream_seq),
                 )
-                .where(channel_messages.c.channel_id == channel_id, channel_messages.c.channel_seq > after_seq)
-                .order_by(channel_messages.c.channel_seq)
-                .limit(limit + 1)
-            ).all()
+                .where(channel_messages.c.channel_id == channel_id, seq > after_seq)
+            )
+            if after_ns:
+                query = query.where(sent > after_ns)
+            if before_seq:
+                query = query.where(seq < before_seq)
+            if before_ns:
+                query = query.where(sent < before_ns)
+            query = query.order_by(seq.desc()) if backwards else query.order_by(seq)
+            rows = list(conn.execute(query.limit(limit + 1)).all())
+            if backwards:
+                rows = [*reversed(rows[:limit]), *rows[limit:]]
             messages = []
             for r in rows[:limit]:
                 envelope = self._open_row(conn, r)
-                posted = open_payload(envelope) if envelope is not None else None
-                assert posted is None or isinstance(posted, MessagePosted)
+                # The row points at the message's newest text: the post, or its latest edit.
+                text = open_payload(envelope) if envelope is not None else None
+                assert text is None or isinstance(text, MessagePosted | MessageEdited)
+                name = "" if text is None else text.sender_name if isinstance(text, MessagePosted) else text.editor_name
                 messages.append(
                     StoredMessage(
                         r.channel_id,
                         r.channel_seq,
                         r.message_id,
                         r.sender_id,
-                        posted.sender_name if posted else "",
-                        posted.body if posted else "",
+                        name,
+                        text.body if text else "",
                         r.sent_at_ns,
-                        erased=posted is None,
+                        erased=text is None,
                     )
                 )
             return messages, len(rows) > limit
@@ -493,3 +583,17 @@ class SqlEventArchive:
             return conn.execute(select(func.count()).select_from(events).where(events.c.stream == stream)).scalar_one()
 
         return await self.run("count_events", work)
+
+
+# --- issue 4 (messaging): edits, redactions and leaving, in the archive's projections ---------
+
+_TEXT_EVENTS = (MessagePosted.DESCRIPTOR.full_name, MessageEdited.DESCRIPTOR.full_name)
+
+
+def _apply_member_left(conn: Connection, left: MemberLeft | MemberKicked | MemberBanned) -> None:
+    """A member who left (or was removed) reads no more history of the channel."""
+    conn.execute(
+        channel_members.delete().where(
+            channel_members.c.channel_id == left.channel_id, channel_members.c.user_id == left.user_id
+        )
+    )

@@ -14,10 +14,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from parley.messaging.v1 import messaging_pb2
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from sqlalchemy import Engine, inspect
+from sqlalchemy.exc import InterfaceError, OperationalError
 
-from parley_core.bus import ReceivedEvent
+from parley_core.bus import ReceivedEvent, RetryLater
 from parley_core.config import Settings
-from parley_core.errors import InvalidArgument, PermissionDenied
+from parley_core.errors import InvalidArgument, PermissionDenied, Unavailable
 from parley_core.files import ensure_private_dir
 from parley_core.runner import RunContext
 from parley_core.topology import CONSUMERS, ConsumerSpec, channel_subject
@@ -35,6 +36,9 @@ DEFAULT_PAGE = 100
 # How long a history query waits for the archive to reach the channel's newest event before
 # answering from what it has.
 HISTORY_FRESHNESS_S = 5.0
+# Errors that mean the database cannot be reached or used right now (connection refused or
+# lost, SQLite busy); the data and the request are fine, so the caller should retry.
+DATABASE_DOWN = (OperationalError, InterfaceError)
 MAX_PAGE = 500
 
 
@@ -102,7 +106,11 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
 
     async def _archive(self, spec: ConsumerSpec, batch: Sequence[ReceivedEvent]) -> None:
         assert self.archive is not None
-        await self.archive.archive(spec.durable, batch)
+        try:
+            await self.archive.archive(spec.durable, batch)
+        except DATABASE_DOWN as exc:
+            # The database, not the events, is at fault: hold the batch instead of parking it.
+            raise RetryLater(f"archive database unavailable: {exc.__class__.__name__}") from exc
         await self.progress.advance(spec.stream, max(event.stream_seq for event in batch))
 
     async def GetChannelHistory(
@@ -118,11 +126,19 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         # Read-your-writes: a join or send the stream already holds must count here too.
         newest = await self._ctx.bus.last_subject_seq("MSG", channel_subject(request.channel_id))
         await self.progress.wait_for("MSG", newest, timeout=HISTORY_FRESHNESS_S)
-        if not await self.archive.is_member(request.channel_id, caller.user_id):
-            raise PermissionDenied("you are not a member of this channel")
-        messages, has_more = await self.archive.channel_history(
-            request.channel_id, after_seq=request.after_seq, limit=request.limit or DEFAULT_PAGE
-        )
+        try:
+            if not await self.archive.is_member(request.channel_id, caller.user_id):
+                raise PermissionDenied("you are not a member of this channel")
+            messages, has_more = await self.archive.channel_history(
+                request.channel_id,
+                after_seq=request.after_seq,
+                limit=request.limit or DEFAULT_PAGE,
+                before_seq=request.before_seq,
+                after_ns=request.after_time.ToNanoseconds() if request.HasField("after_time") else 0,
+                before_ns=request.before_time.ToNanoseconds() if request.HasField("before_time") else 0,
+            )
+        except DATABASE_DOWN:
+            raise Unavailable("history is unavailable while the archive database is down; retry shortly") from None
         out = []
         for m in messages:
             sent = Timestamp()
@@ -136,6 +152,7 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
                     channel_seq=m.channel_seq,
                     body=m.body,
                     sent_at=sent,
+                    redacted=not m.body,  # the archive blanks a redacted message's text
                 )
             )
         return storage_pb2.GetChannelHistoryResponse(messages=out, has_more=has_more)

@@ -2,10 +2,12 @@
 
 from parley_core.testing.nats import NatsTestServer, nats_server, pki
 from parley_core.testing.platform import RunningPlatform, platform, wait_until
+from parley_core.testing.postgres import PrivatePostgres, private_postgres
 from parley_core.testing.stack import Stack, closed_stack, invite_stack, stack
 
 __all__ = [
     "NatsTestServer",
+    "PrivatePostgres",
     "RunningPlatform",
     "Stack",
     "closed_stack",
@@ -13,6 +15,7 @@ __all__ = [
     "nats_server",
     "pki",
     "platform",
+    "private_postgres",
     "stack",
     "wait_until",
 ]

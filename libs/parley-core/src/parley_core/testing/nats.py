@@ -19,11 +19,11 @@ from parley_core import topology
 from parley_core.files import ensure_private_dir
 from parley_core.nats_connect import connect_nats
 from parley_core.nats_process import NatsServerProcess
-from parley_core.natsconf import ensure_nats_passwords, render_server_config
+from parley_core.natsconf import ClusterConfig, ensure_nats_passwords, render_server_config
 from parley_core.net import free_port
 from parley_core.pki import Pki, ensure_pki
 
-__all__ = ["NatsTestServer", "nats_server", "pki", "start_nats_test_server"]
+__all__ = ["NatsTestCluster", "NatsTestServer", "nats_server", "pki", "start_nats_cluster", "start_nats_test_server"]
 
 NATS_IDENTITY = "nats"
 NATS_USERS: tuple[str, ...] = (*topology.SERVICES, topology.PLATFORM_USER)
@@ -113,3 +113,100 @@ async def nats_server(pki: Pki, tmp_path: Path) -> AsyncIterator[NatsTestServer]
     finally:
         await server.close_clients()
         await server.process.stop()
+
+
+CLUSTER_NAME = "parley-test"
+ROUTE_USER = "route"
+
+
+@dataclass
+class NatsTestCluster:
+    """A JetStream cluster of nats-server processes on free ports, each node restartable."""
+
+    nodes: list[NatsServerProcess]
+    server_names: list[str]
+    passwords: dict[str, str]
+    ca_cert: Path
+    _clients: list[Client] = field(default_factory=list, repr=False)
+
+    @property
+    def url(self) -> str:
+        """Every node, comma-separated, as PARLEY_NATS_URL takes a cluster."""
+        return ",".join(node.url for node in self.nodes)
+
+    async def connect(self, user: str, **kwargs: Any) -> Client:
+        kwargs.setdefault("name", f"test-{user}")
+        client = await connect_nats(
+            url=self.url, user=user, password=self.passwords[user], ca_cert=self.ca_cert, **kwargs
+        )
+        self._clients.append(client)
+        return client
+
+    def node_named(self, server_name: str) -> NatsServerProcess:
+        return self.nodes[self.server_names.index(server_name)]
+
+    async def restart(self, node: NatsServerProcess) -> NatsServerProcess:
+        """Start a stopped node again with its own config, store and ports."""
+        fresh = NatsServerProcess(config_path=node.config_path, host=node.host, port=node.port, log_path=node.log_path)
+        await fresh.start()
+        self.nodes[self.nodes.index(node)] = fresh
+        return fresh
+
+    async def stop(self) -> None:
+        clients, self._clients = self._clients, []
+        for client in clients:
+            if not client.is_closed:
+                await client.close()
+        for node in self.nodes:
+            if node.running:
+                await node.stop()
+
+
+async def start_nats_cluster(pki: Pki, directory: Path, *, size: int = 3) -> NatsTestCluster:
+    """Start `size` TLS nodes routed to each other, with Parley's users, and wait for them all."""
+    ensure_private_dir(directory)
+    passwords = ensure_nats_passwords(directory / "passwords.json", [*NATS_USERS, ROUTE_USER])
+    tls = pki.identity(NATS_IDENTITY)
+    client_ports = [free_port(_HOST) for _ in range(size)]
+    route_ports = [free_port(_HOST) for _ in range(size)]
+    routes = tuple(f"{_HOST}:{port}" for port in route_ports)
+    nodes: list[NatsServerProcess] = []
+    names: list[str] = []
+    for index in range(size):
+        node_dir = ensure_private_dir(directory / f"node{index}")
+        name = f"parley-node{index}"
+        config = render_server_config(
+            host=_HOST,
+            port=client_ports[index],
+            store_dir=node_dir / "jetstream",
+            tls_cert=tls.cert,
+            tls_key=tls.key,
+            ca_cert=pki.ca_cert,
+            passwords=passwords,
+            server_name=name,
+            cluster=ClusterConfig(
+                name=CLUSTER_NAME,
+                host=_HOST,
+                port=route_ports[index],
+                routes=routes,
+                route_user=ROUTE_USER,
+                route_password=passwords[ROUTE_USER],
+            ),
+        )
+        config_path = node_dir / "nats.conf"
+        config_path.write_text(config, encoding="utf-8")
+        config_path.chmod(0o600)
+        nodes.append(
+            NatsServerProcess(
+                config_path=config_path, host=_HOST, port=client_ports[index], log_path=node_dir / "nats.log"
+            )
+        )
+        names.append(name)
+    cluster = NatsTestCluster(nodes=nodes, server_names=names, passwords=passwords, ca_cert=pki.ca_cert)
+    try:
+        for node in nodes:
+            await node.start()
+    except BaseException:
+        await cluster.stop()
+        raise
+    return cluster

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from parley_core.net import free_port
+
 READY_LINE = "all services are up"
 # Test platforms let anyone register (`make run` defaults to admin-created accounts), so tests
 # can call `client.register`; a test that wants another mode sets PARLEY_REGISTRATION in `env`.
@@ -37,6 +39,7 @@ class RunningPlatform:
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     runs: int = 0
+    up_args: tuple[str, ...] = ()  # extra `parley up` options, e.g. ("--gateway-port", "12345")
 
     @property
     def output_path(self) -> Path:
@@ -61,7 +64,7 @@ class RunningPlatform:
         self.runs += 1
         out = open(self.output_path, "wb")  # noqa: SIM115 - handed to the child process
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "parley_cli", "--data-dir", str(self.data_dir), "up"],
+            [sys.executable, "-m", "parley_cli", "--data-dir", str(self.data_dir), "up", *self.up_args],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **TEST_DEFAULTS, **self.env},
@@ -124,8 +127,12 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
     can call `client.register`.
     """
     root = tmp_path_factory.mktemp("platform")
+    # A free port of its own rather than the default 7443, which every platform on a shared
+    # machine (other test runs, a `make run`) would race for.
     running = RunningPlatform(
-        data_dir=root / "data", env={"PARLEY_TRACE_EXPORTER": "console", "PARLEY_REGISTRATION": "open"}
+        data_dir=root / "data",
+        env={"PARLEY_TRACE_EXPORTER": "console", "PARLEY_REGISTRATION": "open"},
+        up_args=("--gateway-port", str(free_port())),
     )
     running.start()
     try:

@@ -134,23 +134,23 @@ class GatewayStub:
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.SetMfaRequiredRequest.SerializeToString,
                 response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.SetMfaRequiredResponse.FromString,
                 _registered_method=True)
-        self.PublishDeviceKeys = channel.unary_unary(
-                '/parley.gateway.v1.Gateway/PublishDeviceKeys',
+        self.PublishAuthDeviceKeys = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/PublishAuthDeviceKeys',
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.PublishDeviceKeysRequest.SerializeToString,
                 response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.Device.FromString,
                 _registered_method=True)
-        self.UploadOneTimeKeys = channel.unary_unary(
-                '/parley.gateway.v1.Gateway/UploadOneTimeKeys',
+        self.UploadAuthOneTimeKeys = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/UploadAuthOneTimeKeys',
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.UploadOneTimeKeysRequest.SerializeToString,
                 response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.UploadOneTimeKeysResponse.FromString,
                 _registered_method=True)
-        self.ClaimOneTimeKey = channel.unary_unary(
-                '/parley.gateway.v1.Gateway/ClaimOneTimeKey',
+        self.ClaimAuthOneTimeKey = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/ClaimAuthOneTimeKey',
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.ClaimOneTimeKeyRequest.SerializeToString,
                 response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.ClaimedOneTimeKey.FromString,
                 _registered_method=True)
-        self.ListDevices = channel.unary_unary(
-                '/parley.gateway.v1.Gateway/ListDevices',
+        self.ListAuthDevices = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/ListAuthDevices',
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesRequest.SerializeToString,
                 response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesResponse.FromString,
                 _registered_method=True)
@@ -158,6 +158,101 @@ class GatewayStub:
                 '/parley.gateway.v1.Gateway/CreateInvite',
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.CreateInviteRequest.SerializeToString,
                 response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.Invite.FromString,
+                _registered_method=True)
+        self.EditMessage = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/EditMessage',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.EditMessageRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.FromString,
+                _registered_method=True)
+        self.RedactMessage = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/RedactMessage',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.RedactMessageRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.FromString,
+                _registered_method=True)
+        self.ListMessageVersions = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/ListMessageVersions',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsResponse.FromString,
+                _registered_method=True)
+        self.LeaveChannel = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/LeaveChannel',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.LeaveChannelRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+                _registered_method=True)
+        self.PublishDeviceKeys = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/PublishDeviceKeys',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysResponse.FromString,
+                _registered_method=True)
+        self.ListDevices = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/ListDevices',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesResponse.FromString,
+                _registered_method=True)
+        self.ClaimOneTimeKey = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/ClaimOneTimeKey',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyResponse.FromString,
+                _registered_method=True)
+        self.SendToDevice = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/SendToDevice',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.SendToDeviceRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.SendToDeviceResponse.FromString,
+                _registered_method=True)
+        self.FetchToDevice = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/FetchToDevice',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.FetchToDeviceRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.FetchToDeviceResponse.FromString,
+                _registered_method=True)
+        self.CreateDirectChannel = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/CreateDirectChannel',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.CreateDirectChannelRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+                _registered_method=True)
+        self.InviteMember = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/InviteMember',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.MemberActionRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+                _registered_method=True)
+        self.KickMember = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/KickMember',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.MemberActionRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+                _registered_method=True)
+        self.BanMember = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/BanMember',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.MemberActionRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+                _registered_method=True)
+        self.UnbanMember = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/UnbanMember',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.MemberActionRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+                _registered_method=True)
+        self.SetMemberRole = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/SetMemberRole',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.SetMemberRoleRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+                _registered_method=True)
+        self.UpdateChannel = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/UpdateChannel',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.UpdateChannelRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+                _registered_method=True)
+        self.ListThread = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/ListThread',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListThreadRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListThreadResponse.FromString,
+                _registered_method=True)
+        self.React = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/React',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ReactRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.FromString,
+                _registered_method=True)
+        self.MarkRead = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/MarkRead',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.MarkReadRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
                 _registered_method=True)
 
 
@@ -283,13 +378,70 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def PublishDeviceKeys(self, request, context):
+    def PublishAuthDeviceKeys(self, request, context):
+        """The auth branch's key directory (signed one-time keys), distinct from messaging's E2EE
+        directory below, which the SDK uses.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadAuthOneTimeKeys(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def UploadOneTimeKeys(self, request, context):
+    def ClaimAuthOneTimeKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuthDevices(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateInvite(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EditMessage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedactMessage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMessageVersions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeaveChannel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishDeviceKeys(self, request, context):
+        """End-to-end encryption: device keys and the to-device relay (see DeviceKeyService).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDevices(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -301,13 +453,73 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ListDevices(self, request, context):
+    def SendToDevice(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def CreateInvite(self, request, context):
+    def FetchToDevice(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateDirectChannel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InviteMember(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KickMember(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BanMember(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnbanMember(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetMemberRole(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateChannel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListThread(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def React(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MarkRead(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -411,23 +623,23 @@ def add_GatewayServicer_to_server(servicer, server):
                     request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.SetMfaRequiredRequest.FromString,
                     response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.SetMfaRequiredResponse.SerializeToString,
             ),
-            'PublishDeviceKeys': grpc.unary_unary_rpc_method_handler(
-                    servicer.PublishDeviceKeys,
+            'PublishAuthDeviceKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishAuthDeviceKeys,
                     request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.PublishDeviceKeysRequest.FromString,
                     response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.Device.SerializeToString,
             ),
-            'UploadOneTimeKeys': grpc.unary_unary_rpc_method_handler(
-                    servicer.UploadOneTimeKeys,
+            'UploadAuthOneTimeKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.UploadAuthOneTimeKeys,
                     request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.UploadOneTimeKeysRequest.FromString,
                     response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.UploadOneTimeKeysResponse.SerializeToString,
             ),
-            'ClaimOneTimeKey': grpc.unary_unary_rpc_method_handler(
-                    servicer.ClaimOneTimeKey,
+            'ClaimAuthOneTimeKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimAuthOneTimeKey,
                     request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.ClaimOneTimeKeyRequest.FromString,
                     response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.ClaimedOneTimeKey.SerializeToString,
             ),
-            'ListDevices': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListDevices,
+            'ListAuthDevices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuthDevices,
                     request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesRequest.FromString,
                     response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesResponse.SerializeToString,
             ),
@@ -435,6 +647,101 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.CreateInvite,
                     request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.CreateInviteRequest.FromString,
                     response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.Invite.SerializeToString,
+            ),
+            'EditMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.EditMessage,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.EditMessageRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.SerializeToString,
+            ),
+            'RedactMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedactMessage,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.RedactMessageRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.SerializeToString,
+            ),
+            'ListMessageVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMessageVersions,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsResponse.SerializeToString,
+            ),
+            'LeaveChannel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaveChannel,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.LeaveChannelRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.SerializeToString,
+            ),
+            'PublishDeviceKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishDeviceKeys,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysResponse.SerializeToString,
+            ),
+            'ListDevices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDevices,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesResponse.SerializeToString,
+            ),
+            'ClaimOneTimeKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimOneTimeKey,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyResponse.SerializeToString,
+            ),
+            'SendToDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendToDevice,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.SendToDeviceRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.SendToDeviceResponse.SerializeToString,
+            ),
+            'FetchToDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.FetchToDevice,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.FetchToDeviceRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.FetchToDeviceResponse.SerializeToString,
+            ),
+            'CreateDirectChannel': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateDirectChannel,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.CreateDirectChannelRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.SerializeToString,
+            ),
+            'InviteMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.InviteMember,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.MemberActionRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.SerializeToString,
+            ),
+            'KickMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.KickMember,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.MemberActionRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.SerializeToString,
+            ),
+            'BanMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.BanMember,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.MemberActionRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.SerializeToString,
+            ),
+            'UnbanMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnbanMember,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.MemberActionRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.SerializeToString,
+            ),
+            'SetMemberRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMemberRole,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.SetMemberRoleRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.SerializeToString,
+            ),
+            'UpdateChannel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateChannel,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.UpdateChannelRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.SerializeToString,
+            ),
+            'ListThread': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListThread,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListThreadRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListThreadResponse.SerializeToString,
+            ),
+            'React': grpc.unary_unary_rpc_method_handler(
+                    servicer.React,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ReactRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.SerializeToString,
+            ),
+            'MarkRead': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkRead,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.MarkReadRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -963,7 +1270,7 @@ class Gateway:
             _registered_method=True)
 
     @staticmethod
-    def PublishDeviceKeys(request,
+    def PublishAuthDeviceKeys(request,
             target,
             options=(),
             channel_credentials=None,
@@ -976,7 +1283,7 @@ class Gateway:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/parley.gateway.v1.Gateway/PublishDeviceKeys',
+            '/parley.gateway.v1.Gateway/PublishAuthDeviceKeys',
             parley_dot_auth_dot_v1_dot_auth__pb2.PublishDeviceKeysRequest.SerializeToString,
             parley_dot_auth_dot_v1_dot_auth__pb2.Device.FromString,
             options,
@@ -990,7 +1297,7 @@ class Gateway:
             _registered_method=True)
 
     @staticmethod
-    def UploadOneTimeKeys(request,
+    def UploadAuthOneTimeKeys(request,
             target,
             options=(),
             channel_credentials=None,
@@ -1003,7 +1310,7 @@ class Gateway:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/parley.gateway.v1.Gateway/UploadOneTimeKeys',
+            '/parley.gateway.v1.Gateway/UploadAuthOneTimeKeys',
             parley_dot_auth_dot_v1_dot_auth__pb2.UploadOneTimeKeysRequest.SerializeToString,
             parley_dot_auth_dot_v1_dot_auth__pb2.UploadOneTimeKeysResponse.FromString,
             options,
@@ -1017,7 +1324,7 @@ class Gateway:
             _registered_method=True)
 
     @staticmethod
-    def ClaimOneTimeKey(request,
+    def ClaimAuthOneTimeKey(request,
             target,
             options=(),
             channel_credentials=None,
@@ -1030,7 +1337,7 @@ class Gateway:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/parley.gateway.v1.Gateway/ClaimOneTimeKey',
+            '/parley.gateway.v1.Gateway/ClaimAuthOneTimeKey',
             parley_dot_auth_dot_v1_dot_auth__pb2.ClaimOneTimeKeyRequest.SerializeToString,
             parley_dot_auth_dot_v1_dot_auth__pb2.ClaimedOneTimeKey.FromString,
             options,
@@ -1044,7 +1351,7 @@ class Gateway:
             _registered_method=True)
 
     @staticmethod
-    def ListDevices(request,
+    def ListAuthDevices(request,
             target,
             options=(),
             channel_credentials=None,
@@ -1057,7 +1364,7 @@ class Gateway:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/parley.gateway.v1.Gateway/ListDevices',
+            '/parley.gateway.v1.Gateway/ListAuthDevices',
             parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesRequest.SerializeToString,
             parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesResponse.FromString,
             options,
@@ -1087,6 +1394,519 @@ class Gateway:
             '/parley.gateway.v1.Gateway/CreateInvite',
             parley_dot_auth_dot_v1_dot_auth__pb2.CreateInviteRequest.SerializeToString,
             parley_dot_auth_dot_v1_dot_auth__pb2.Invite.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EditMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/EditMessage',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.EditMessageRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedactMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/RedactMessage',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.RedactMessageRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMessageVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/ListMessageVersions',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaveChannel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/LeaveChannel',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.LeaveChannelRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishDeviceKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/PublishDeviceKeys',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDevices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/ListDevices',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimOneTimeKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/ClaimOneTimeKey',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendToDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/SendToDevice',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.SendToDeviceRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.SendToDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchToDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/FetchToDevice',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.FetchToDeviceRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.FetchToDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateDirectChannel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/CreateDirectChannel',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.CreateDirectChannelRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InviteMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/InviteMember',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.MemberActionRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KickMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/KickMember',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.MemberActionRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BanMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/BanMember',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.MemberActionRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnbanMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/UnbanMember',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.MemberActionRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMemberRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/SetMemberRole',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.SetMemberRoleRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateChannel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/UpdateChannel',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.UpdateChannelRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListThread(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/ListThread',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ListThreadRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ListThreadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def React(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/React',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ReactRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkRead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/MarkRead',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.MarkReadRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
             options,
             channel_credentials,
             insecure,

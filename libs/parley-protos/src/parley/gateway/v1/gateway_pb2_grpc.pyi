@@ -61,11 +61,34 @@ class GatewayStub:
     BeginTotpEnrolment: _grpc.UnaryUnaryMultiCallable[_auth_pb2.BeginTotpEnrolmentRequest, _auth_pb2.BeginTotpEnrolmentResponse]
     ConfirmTotpEnrolment: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ConfirmTotpEnrolmentRequest, _auth_pb2.ConfirmTotpEnrolmentResponse]
     SetMfaRequired: _grpc.UnaryUnaryMultiCallable[_auth_pb2.SetMfaRequiredRequest, _auth_pb2.SetMfaRequiredResponse]
-    PublishDeviceKeys: _grpc.UnaryUnaryMultiCallable[_auth_pb2.PublishDeviceKeysRequest, _auth_pb2.Device]
-    UploadOneTimeKeys: _grpc.UnaryUnaryMultiCallable[_auth_pb2.UploadOneTimeKeysRequest, _auth_pb2.UploadOneTimeKeysResponse]
-    ClaimOneTimeKey: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ClaimOneTimeKeyRequest, _auth_pb2.ClaimedOneTimeKey]
-    ListDevices: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListDevicesRequest, _auth_pb2.ListDevicesResponse]
+    PublishAuthDeviceKeys: _grpc.UnaryUnaryMultiCallable[_auth_pb2.PublishDeviceKeysRequest, _auth_pb2.Device]
+    """The auth branch's key directory (signed one-time keys), distinct from messaging's E2EE
+    directory below, which the SDK uses.
+    """
+    UploadAuthOneTimeKeys: _grpc.UnaryUnaryMultiCallable[_auth_pb2.UploadOneTimeKeysRequest, _auth_pb2.UploadOneTimeKeysResponse]
+    ClaimAuthOneTimeKey: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ClaimOneTimeKeyRequest, _auth_pb2.ClaimedOneTimeKey]
+    ListAuthDevices: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListDevicesRequest, _auth_pb2.ListDevicesResponse]
     CreateInvite: _grpc.UnaryUnaryMultiCallable[_auth_pb2.CreateInviteRequest, _auth_pb2.Invite]
+    EditMessage: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.EditMessageRequest, _messaging_pb2.ChatMessage]
+    RedactMessage: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.RedactMessageRequest, _messaging_pb2.ChatMessage]
+    ListMessageVersions: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ListMessageVersionsRequest, _messaging_pb2.ListMessageVersionsResponse]
+    LeaveChannel: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.LeaveChannelRequest, _messaging_pb2.Channel]
+    PublishDeviceKeys: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.PublishDeviceKeysRequest, _messaging_pb2.PublishDeviceKeysResponse]
+    """End-to-end encryption: device keys and the to-device relay (see DeviceKeyService)."""
+    ListDevices: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ListDevicesRequest, _messaging_pb2.ListDevicesResponse]
+    ClaimOneTimeKey: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ClaimOneTimeKeyRequest, _messaging_pb2.ClaimOneTimeKeyResponse]
+    SendToDevice: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.SendToDeviceRequest, _messaging_pb2.SendToDeviceResponse]
+    FetchToDevice: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.FetchToDeviceRequest, _messaging_pb2.FetchToDeviceResponse]
+    CreateDirectChannel: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.CreateDirectChannelRequest, _messaging_pb2.Channel]
+    InviteMember: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]
+    KickMember: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]
+    BanMember: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]
+    UnbanMember: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]
+    SetMemberRole: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.SetMemberRoleRequest, _messaging_pb2.Channel]
+    UpdateChannel: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.UpdateChannelRequest, _messaging_pb2.Channel]
+    ListThread: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ListThreadRequest, _messaging_pb2.ListThreadResponse]
+    React: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ReactRequest, _messaging_pb2.ChatMessage]
+    MarkRead: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.MarkReadRequest, _messaging_pb2.Channel]
 
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
@@ -97,11 +120,34 @@ class GatewayAsyncStub(GatewayStub):
     BeginTotpEnrolment: _aio.UnaryUnaryMultiCallable[_auth_pb2.BeginTotpEnrolmentRequest, _auth_pb2.BeginTotpEnrolmentResponse]  # type: ignore[assignment]
     ConfirmTotpEnrolment: _aio.UnaryUnaryMultiCallable[_auth_pb2.ConfirmTotpEnrolmentRequest, _auth_pb2.ConfirmTotpEnrolmentResponse]  # type: ignore[assignment]
     SetMfaRequired: _aio.UnaryUnaryMultiCallable[_auth_pb2.SetMfaRequiredRequest, _auth_pb2.SetMfaRequiredResponse]  # type: ignore[assignment]
-    PublishDeviceKeys: _aio.UnaryUnaryMultiCallable[_auth_pb2.PublishDeviceKeysRequest, _auth_pb2.Device]  # type: ignore[assignment]
-    UploadOneTimeKeys: _aio.UnaryUnaryMultiCallable[_auth_pb2.UploadOneTimeKeysRequest, _auth_pb2.UploadOneTimeKeysResponse]  # type: ignore[assignment]
-    ClaimOneTimeKey: _aio.UnaryUnaryMultiCallable[_auth_pb2.ClaimOneTimeKeyRequest, _auth_pb2.ClaimedOneTimeKey]  # type: ignore[assignment]
-    ListDevices: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListDevicesRequest, _auth_pb2.ListDevicesResponse]  # type: ignore[assignment]
+    PublishAuthDeviceKeys: _aio.UnaryUnaryMultiCallable[_auth_pb2.PublishDeviceKeysRequest, _auth_pb2.Device]  # type: ignore[assignment]
+    """The auth branch's key directory (signed one-time keys), distinct from messaging's E2EE
+    directory below, which the SDK uses.
+    """
+    UploadAuthOneTimeKeys: _aio.UnaryUnaryMultiCallable[_auth_pb2.UploadOneTimeKeysRequest, _auth_pb2.UploadOneTimeKeysResponse]  # type: ignore[assignment]
+    ClaimAuthOneTimeKey: _aio.UnaryUnaryMultiCallable[_auth_pb2.ClaimOneTimeKeyRequest, _auth_pb2.ClaimedOneTimeKey]  # type: ignore[assignment]
+    ListAuthDevices: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListDevicesRequest, _auth_pb2.ListDevicesResponse]  # type: ignore[assignment]
     CreateInvite: _aio.UnaryUnaryMultiCallable[_auth_pb2.CreateInviteRequest, _auth_pb2.Invite]  # type: ignore[assignment]
+    EditMessage: _aio.UnaryUnaryMultiCallable[_messaging_pb2.EditMessageRequest, _messaging_pb2.ChatMessage]  # type: ignore[assignment]
+    RedactMessage: _aio.UnaryUnaryMultiCallable[_messaging_pb2.RedactMessageRequest, _messaging_pb2.ChatMessage]  # type: ignore[assignment]
+    ListMessageVersions: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ListMessageVersionsRequest, _messaging_pb2.ListMessageVersionsResponse]  # type: ignore[assignment]
+    LeaveChannel: _aio.UnaryUnaryMultiCallable[_messaging_pb2.LeaveChannelRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    PublishDeviceKeys: _aio.UnaryUnaryMultiCallable[_messaging_pb2.PublishDeviceKeysRequest, _messaging_pb2.PublishDeviceKeysResponse]  # type: ignore[assignment]
+    """End-to-end encryption: device keys and the to-device relay (see DeviceKeyService)."""
+    ListDevices: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ListDevicesRequest, _messaging_pb2.ListDevicesResponse]  # type: ignore[assignment]
+    ClaimOneTimeKey: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ClaimOneTimeKeyRequest, _messaging_pb2.ClaimOneTimeKeyResponse]  # type: ignore[assignment]
+    SendToDevice: _aio.UnaryUnaryMultiCallable[_messaging_pb2.SendToDeviceRequest, _messaging_pb2.SendToDeviceResponse]  # type: ignore[assignment]
+    FetchToDevice: _aio.UnaryUnaryMultiCallable[_messaging_pb2.FetchToDeviceRequest, _messaging_pb2.FetchToDeviceResponse]  # type: ignore[assignment]
+    CreateDirectChannel: _aio.UnaryUnaryMultiCallable[_messaging_pb2.CreateDirectChannelRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    InviteMember: _aio.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    KickMember: _aio.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    BanMember: _aio.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    UnbanMember: _aio.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    SetMemberRole: _aio.UnaryUnaryMultiCallable[_messaging_pb2.SetMemberRoleRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    UpdateChannel: _aio.UnaryUnaryMultiCallable[_messaging_pb2.UpdateChannelRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    ListThread: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ListThreadRequest, _messaging_pb2.ListThreadResponse]  # type: ignore[assignment]
+    React: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ReactRequest, _messaging_pb2.ChatMessage]  # type: ignore[assignment]
+    MarkRead: _aio.UnaryUnaryMultiCallable[_messaging_pb2.MarkReadRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
     """The only client-facing API. Every call except Register and Login needs
@@ -246,28 +292,31 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_auth_pb2.SetMfaRequiredResponse, _abc.Awaitable[_auth_pb2.SetMfaRequiredResponse]]: ...
 
     @_abc_1.abstractmethod
-    def PublishDeviceKeys(
+    def PublishAuthDeviceKeys(
         self,
         request: _auth_pb2.PublishDeviceKeysRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_auth_pb2.Device, _abc.Awaitable[_auth_pb2.Device]]: ...
+    ) -> _typing.Union[_auth_pb2.Device, _abc.Awaitable[_auth_pb2.Device]]:
+        """The auth branch's key directory (signed one-time keys), distinct from messaging's E2EE
+        directory below, which the SDK uses.
+        """
 
     @_abc_1.abstractmethod
-    def UploadOneTimeKeys(
+    def UploadAuthOneTimeKeys(
         self,
         request: _auth_pb2.UploadOneTimeKeysRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.UploadOneTimeKeysResponse, _abc.Awaitable[_auth_pb2.UploadOneTimeKeysResponse]]: ...
 
     @_abc_1.abstractmethod
-    def ClaimOneTimeKey(
+    def ClaimAuthOneTimeKey(
         self,
         request: _auth_pb2.ClaimOneTimeKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.ClaimedOneTimeKey, _abc.Awaitable[_auth_pb2.ClaimedOneTimeKey]]: ...
 
     @_abc_1.abstractmethod
-    def ListDevices(
+    def ListAuthDevices(
         self,
         request: _auth_pb2.ListDevicesRequest,
         context: _ServicerContext,
@@ -279,5 +328,139 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.CreateInviteRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.Invite, _abc.Awaitable[_auth_pb2.Invite]]: ...
+
+    @_abc_1.abstractmethod
+    def EditMessage(
+        self,
+        request: _messaging_pb2.EditMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.ChatMessage, _abc.Awaitable[_messaging_pb2.ChatMessage]]: ...
+
+    @_abc_1.abstractmethod
+    def RedactMessage(
+        self,
+        request: _messaging_pb2.RedactMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.ChatMessage, _abc.Awaitable[_messaging_pb2.ChatMessage]]: ...
+
+    @_abc_1.abstractmethod
+    def ListMessageVersions(
+        self,
+        request: _messaging_pb2.ListMessageVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.ListMessageVersionsResponse, _abc.Awaitable[_messaging_pb2.ListMessageVersionsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def LeaveChannel(
+        self,
+        request: _messaging_pb2.LeaveChannelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def PublishDeviceKeys(
+        self,
+        request: _messaging_pb2.PublishDeviceKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.PublishDeviceKeysResponse, _abc.Awaitable[_messaging_pb2.PublishDeviceKeysResponse]]:
+        """End-to-end encryption: device keys and the to-device relay (see DeviceKeyService)."""
+
+    @_abc_1.abstractmethod
+    def ListDevices(
+        self,
+        request: _messaging_pb2.ListDevicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.ListDevicesResponse, _abc.Awaitable[_messaging_pb2.ListDevicesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ClaimOneTimeKey(
+        self,
+        request: _messaging_pb2.ClaimOneTimeKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.ClaimOneTimeKeyResponse, _abc.Awaitable[_messaging_pb2.ClaimOneTimeKeyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SendToDevice(
+        self,
+        request: _messaging_pb2.SendToDeviceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.SendToDeviceResponse, _abc.Awaitable[_messaging_pb2.SendToDeviceResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def FetchToDevice(
+        self,
+        request: _messaging_pb2.FetchToDeviceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.FetchToDeviceResponse, _abc.Awaitable[_messaging_pb2.FetchToDeviceResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateDirectChannel(
+        self,
+        request: _messaging_pb2.CreateDirectChannelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def InviteMember(
+        self,
+        request: _messaging_pb2.MemberActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def KickMember(
+        self,
+        request: _messaging_pb2.MemberActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def BanMember(
+        self,
+        request: _messaging_pb2.MemberActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def UnbanMember(
+        self,
+        request: _messaging_pb2.MemberActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def SetMemberRole(
+        self,
+        request: _messaging_pb2.SetMemberRoleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateChannel(
+        self,
+        request: _messaging_pb2.UpdateChannelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def ListThread(
+        self,
+        request: _messaging_pb2.ListThreadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.ListThreadResponse, _abc.Awaitable[_messaging_pb2.ListThreadResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def React(
+        self,
+        request: _messaging_pb2.ReactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.ChatMessage, _abc.Awaitable[_messaging_pb2.ChatMessage]]: ...
+
+    @_abc_1.abstractmethod
+    def MarkRead(
+        self,
+        request: _messaging_pb2.MarkReadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

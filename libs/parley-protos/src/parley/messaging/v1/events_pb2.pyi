@@ -3,9 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -26,19 +28,41 @@ class ChannelCreated(_message.Message):
     CHANNEL_ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     CREATOR_ID_FIELD_NUMBER: _builtins.int
+    ENCRYPTED_FIELD_NUMBER: _builtins.int
+    PRIVATE_FIELD_NUMBER: _builtins.int
+    DIRECT_FIELD_NUMBER: _builtins.int
+    MEMBER_IDS_FIELD_NUMBER: _builtins.int
+    HIDE_HISTORY_BEFORE_JOIN_FIELD_NUMBER: _builtins.int
     channel_id: _builtins.str
     name: _builtins.str
     creator_id: _builtins.str
+    encrypted: _builtins.bool
+    """end-to-end encrypted: bodies are Megolm ciphertext the server cannot read"""
+    private: _builtins.bool
+    """joined by invitation only"""
+    direct: _builtins.bool
+    """a direct conversation: fixed members, nobody moderates"""
+    hide_history_before_join: _builtins.bool
+    """a member reads only what was sent after they joined"""
+    @_builtins.property
+    def member_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """members besides the creator from the start (direct conversations)"""
+
     def __init__(
         self,
         *,
         channel_id: _builtins.str = ...,
         name: _builtins.str = ...,
         creator_id: _builtins.str = ...,
+        encrypted: _builtins.bool = ...,
+        private: _builtins.bool = ...,
+        direct: _builtins.bool = ...,
+        member_ids: _abc.Iterable[_builtins.str] | None = ...,
+        hide_history_before_join: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "creator_id", b"creator_id", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "creator_id", b"creator_id", "direct", b"direct", "encrypted", b"encrypted", "hide_history_before_join", b"hide_history_before_join", "member_ids", b"member_ids", "name", b"name", "private", b"private"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -78,6 +102,7 @@ class MessagePosted(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     SENT_AT_FIELD_NUMBER: _builtins.int
     SENDER_NAME_FIELD_NUMBER: _builtins.int
+    THREAD_ROOT_SEQ_FIELD_NUMBER: _builtins.int
     channel_id: _builtins.str
     message_id: _builtins.str
     sender_id: _builtins.str
@@ -87,6 +112,8 @@ class MessagePosted(_message.Message):
     idempotency_key: _builtins.str
     sender_name: _builtins.str
     """the sender's username when sent, for display"""
+    thread_root_seq: _builtins.int
+    """a reply in the thread of this message; 0 for the main timeline"""
     @_builtins.property
     def sent_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -100,11 +127,527 @@ class MessagePosted(_message.Message):
         idempotency_key: _builtins.str = ...,
         sent_at: _timestamp_pb2.Timestamp | None = ...,
         sender_name: _builtins.str = ...,
+        thread_root_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sent_at", b"sent_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "channel_id", b"channel_id", "channel_seq", b"channel_seq", "idempotency_key", b"idempotency_key", "message_id", b"message_id", "sender_id", b"sender_id", "sender_name", b"sender_name", "sent_at", b"sent_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "channel_id", b"channel_id", "channel_seq", b"channel_seq", "idempotency_key", b"idempotency_key", "message_id", b"message_id", "sender_id", b"sender_id", "sender_name", b"sender_name", "sent_at", b"sent_at", "thread_root_seq", b"thread_root_seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MessagePosted: _TypeAlias = MessagePosted  # noqa: Y015
+
+@_typing.final
+class MessageEdited(_message.Message):
+    """A sender replaced the text of one of their messages. The earlier text stays in the log and,
+    for moderators, in messaging's projection (ListMessageVersions).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_SEQ_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    EDITOR_ID_FIELD_NUMBER: _builtins.int
+    EDITED_AT_FIELD_NUMBER: _builtins.int
+    EDITOR_NAME_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    message_id: _builtins.str
+    channel_seq: _builtins.int
+    """the edited message's sequence number"""
+    body: _builtins.str
+    """the new text"""
+    editor_id: _builtins.str
+    editor_name: _builtins.str
+    """the editor's (the sender's) username, for display"""
+    @_builtins.property
+    def edited_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        channel_seq: _builtins.int = ...,
+        body: _builtins.str = ...,
+        editor_id: _builtins.str = ...,
+        edited_at: _timestamp_pb2.Timestamp | None = ...,
+        editor_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["edited_at", b"edited_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "channel_id", b"channel_id", "channel_seq", b"channel_seq", "edited_at", b"edited_at", "editor_id", b"editor_id", "editor_name", b"editor_name", "message_id", b"message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageEdited: _TypeAlias = MessageEdited  # noqa: Y015
+
+@_typing.final
+class MessageRedacted(_message.Message):
+    """A message's content was removed (by its sender or a moderator). Only the fact is kept:
+    every projection drops the text, the archive included.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_SEQ_FIELD_NUMBER: _builtins.int
+    REDACTOR_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REDACTED_AT_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    message_id: _builtins.str
+    channel_seq: _builtins.int
+    redactor_id: _builtins.str
+    reason: _builtins.str
+    @_builtins.property
+    def redacted_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        channel_seq: _builtins.int = ...,
+        redactor_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        redacted_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["redacted_at", b"redacted_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "channel_seq", b"channel_seq", "message_id", b"message_id", "reason", b"reason", "redacted_at", b"redacted_at", "redactor_id", b"redactor_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageRedacted: _TypeAlias = MessageRedacted  # noqa: Y015
+
+@_typing.final
+class MemberLeft(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    user_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemberLeft: _TypeAlias = MemberLeft  # noqa: Y015
+
+@_typing.final
+class OneTimeKey(_message.Message):
+    """Device key directory for end-to-end encryption, on subject parley.msg.device.<user_id>.
+    Only public keys: the private halves never leave the client.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    key: _builtins.str
+    """Curve25519 public key, unpadded base64 (vodozemac)"""
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "key_id", b"key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OneTimeKey: _TypeAlias = OneTimeKey  # noqa: Y015
+
+@_typing.final
+class DeviceKeysPublished(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_KEY_FIELD_NUMBER: _builtins.int
+    SIGNING_KEY_FIELD_NUMBER: _builtins.int
+    ONE_TIME_KEYS_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    device_id: _builtins.str
+    identity_key: _builtins.str
+    """Curve25519, base64"""
+    signing_key: _builtins.str
+    """Ed25519, base64"""
+    @_builtins.property
+    def one_time_keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___OneTimeKey]:
+        """added to the device's pool"""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        device_id: _builtins.str = ...,
+        identity_key: _builtins.str = ...,
+        signing_key: _builtins.str = ...,
+        one_time_keys: _abc.Iterable[Global___OneTimeKey] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "identity_key", b"identity_key", "one_time_keys", b"one_time_keys", "signing_key", b"signing_key", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeviceKeysPublished: _TypeAlias = DeviceKeysPublished  # noqa: Y015
+
+@_typing.final
+class OneTimeKeyClaimed(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    CLAIMED_BY_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    device_id: _builtins.str
+    key_id: _builtins.str
+    claimed_by: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        device_id: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        claimed_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claimed_by", b"claimed_by", "device_id", b"device_id", "key_id", b"key_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OneTimeKeyClaimed: _TypeAlias = OneTimeKeyClaimed  # noqa: Y015
+
+@_typing.final
+class ToDeviceSent(_message.Message):
+    """An Olm-encrypted message from one device to another (room keys), queued for the recipient
+    on subject parley.msg.todevice.<recipient user_id>.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECIPIENT_USER_ID_FIELD_NUMBER: _builtins.int
+    RECIPIENT_DEVICE_ID_FIELD_NUMBER: _builtins.int
+    SENDER_USER_ID_FIELD_NUMBER: _builtins.int
+    SENDER_DEVICE_ID_FIELD_NUMBER: _builtins.int
+    SENDER_IDENTITY_KEY_FIELD_NUMBER: _builtins.int
+    OLM_TYPE_FIELD_NUMBER: _builtins.int
+    CIPHERTEXT_FIELD_NUMBER: _builtins.int
+    QUEUE_SEQ_FIELD_NUMBER: _builtins.int
+    recipient_user_id: _builtins.str
+    recipient_device_id: _builtins.str
+    sender_user_id: _builtins.str
+    sender_device_id: _builtins.str
+    sender_identity_key: _builtins.str
+    olm_type: _builtins.int
+    """0 pre-key, 1 normal"""
+    ciphertext: _builtins.bytes
+    queue_seq: _builtins.int
+    """order within the recipient device's queue, from 1"""
+    def __init__(
+        self,
+        *,
+        recipient_user_id: _builtins.str = ...,
+        recipient_device_id: _builtins.str = ...,
+        sender_user_id: _builtins.str = ...,
+        sender_device_id: _builtins.str = ...,
+        sender_identity_key: _builtins.str = ...,
+        olm_type: _builtins.int = ...,
+        ciphertext: _builtins.bytes = ...,
+        queue_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext", b"ciphertext", "olm_type", b"olm_type", "queue_seq", b"queue_seq", "recipient_device_id", b"recipient_device_id", "recipient_user_id", b"recipient_user_id", "sender_device_id", b"sender_device_id", "sender_identity_key", b"sender_identity_key", "sender_user_id", b"sender_user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToDeviceSent: _TypeAlias = ToDeviceSent  # noqa: Y015
+
+@_typing.final
+class MemberInvited(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    INVITED_BY_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    user_id: _builtins.str
+    invited_by: _builtins.str
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        invited_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "invited_by", b"invited_by", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemberInvited: _TypeAlias = MemberInvited  # noqa: Y015
+
+@_typing.final
+class MemberKicked(_message.Message):
+    """Removed by a moderator; may join again (a private channel needs a new invitation)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    KICKED_BY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    user_id: _builtins.str
+    kicked_by: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        kicked_by: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "kicked_by", b"kicked_by", "reason", b"reason", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemberKicked: _TypeAlias = MemberKicked  # noqa: Y015
+
+@_typing.final
+class MemberBanned(_message.Message):
+    """Removed and kept out until unbanned."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    BANNED_BY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    user_id: _builtins.str
+    banned_by: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        banned_by: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["banned_by", b"banned_by", "channel_id", b"channel_id", "reason", b"reason", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemberBanned: _TypeAlias = MemberBanned  # noqa: Y015
+
+@_typing.final
+class MemberUnbanned(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    UNBANNED_BY_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    user_id: _builtins.str
+    unbanned_by: _builtins.str
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        unbanned_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "unbanned_by", b"unbanned_by", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemberUnbanned: _TypeAlias = MemberUnbanned  # noqa: Y015
+
+@_typing.final
+class MemberRoleChanged(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    CHANGED_BY_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    user_id: _builtins.str
+    role: _builtins.str
+    """"moderator" or "member" """
+    changed_by: _builtins.str
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        role: _builtins.str = ...,
+        changed_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_by", b"changed_by", "channel_id", b"channel_id", "role", b"role", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemberRoleChanged: _TypeAlias = MemberRoleChanged  # noqa: Y015
+
+@_typing.final
+class ChannelRenamed(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    RENAMED_BY_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    name: _builtins.str
+    renamed_by: _builtins.str
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        renamed_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "name", b"name", "renamed_by", b"renamed_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChannelRenamed: _TypeAlias = ChannelRenamed  # noqa: Y015
+
+@_typing.final
+class ChannelTopicChanged(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    CHANGED_BY_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    topic: _builtins.str
+    changed_by: _builtins.str
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        topic: _builtins.str = ...,
+        changed_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_by", b"changed_by", "channel_id", b"channel_id", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChannelTopicChanged: _TypeAlias = ChannelTopicChanged  # noqa: Y015
+
+@_typing.final
+class ReactionAdded(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_SEQ_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    EMOJI_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    channel_seq: _builtins.int
+    user_id: _builtins.str
+    emoji: _builtins.str
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        channel_seq: _builtins.int = ...,
+        user_id: _builtins.str = ...,
+        emoji: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "channel_seq", b"channel_seq", "emoji", b"emoji", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReactionAdded: _TypeAlias = ReactionAdded  # noqa: Y015
+
+@_typing.final
+class ReactionRemoved(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_SEQ_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    EMOJI_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    channel_seq: _builtins.int
+    user_id: _builtins.str
+    emoji: _builtins.str
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        channel_seq: _builtins.int = ...,
+        user_id: _builtins.str = ...,
+        emoji: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "channel_seq", b"channel_seq", "emoji", b"emoji", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReactionRemoved: _TypeAlias = ReactionRemoved  # noqa: Y015
+
+@_typing.final
+class ReadMarkerMoved(_message.Message):
+    """A member has read the channel up to and including channel_seq (only ever moves forward)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_SEQ_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    user_id: _builtins.str
+    channel_seq: _builtins.int
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        channel_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "channel_seq", b"channel_seq", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadMarkerMoved: _TypeAlias = ReadMarkerMoved  # noqa: Y015

@@ -23,29 +23,88 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from parley.messaging.v1 import events_pb2 as parley_dot_messaging_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#parley/messaging/v1/messaging.proto\x12\x13parley.messaging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"Q\n\x07\x43hannel\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nmember_ids\x18\x03 \x03(\t\x12\x10\n\x08last_seq\x18\x04 \x01(\x04\"\xad\x01\n\x0b\x43hatMessage\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x11\n\tsender_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x04 \x01(\x04\x12\x0c\n\x04\x62ody\x18\x05 \x01(\t\x12+\n\x07sent_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bsender_name\x18\x07 \x01(\t\"$\n\x14\x43reateChannelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"(\n\x12JoinChannelRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\"\x17\n\x15ListMyChannelsRequest\"H\n\x16ListMyChannelsResponse\x12.\n\x08\x63hannels\x18\x01 \x03(\x0b\x32\x1c.parley.messaging.v1.Channel\"O\n\x12PostMessageRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t2\x87\x03\n\x10MessagingService\x12X\n\rCreateChannel\x12).parley.messaging.v1.CreateChannelRequest\x1a\x1c.parley.messaging.v1.Channel\x12T\n\x0bJoinChannel\x12\'.parley.messaging.v1.JoinChannelRequest\x1a\x1c.parley.messaging.v1.Channel\x12i\n\x0eListMyChannels\x12*.parley.messaging.v1.ListMyChannelsRequest\x1a+.parley.messaging.v1.ListMyChannelsResponse\x12X\n\x0bPostMessage\x12\'.parley.messaging.v1.PostMessageRequest\x1a .parley.messaging.v1.ChatMessageb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#parley/messaging/v1/messaging.proto\x12\x13parley.messaging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a parley/messaging/v1/events.proto\"\xde\x02\n\x07\x43hannel\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nmember_ids\x18\x03 \x03(\t\x12\x10\n\x08last_seq\x18\x04 \x01(\x04\x12\x11\n\tencrypted\x18\x05 \x01(\x08\x12\x0f\n\x07private\x18\x06 \x01(\x08\x12\x0e\n\x06\x64irect\x18\x07 \x01(\x08\x12\r\n\x05topic\x18\x08 \x01(\t\x12\x36\n\x05roles\x18\t \x03(\x0b\x32\'.parley.messaging.v1.Channel.RolesEntry\x12 \n\x18hide_history_before_join\x18\n \x01(\x08\x12\x18\n\x10visible_from_seq\x18\x0b \x01(\x04\x12\x10\n\x08read_seq\x18\x0c \x01(\x04\x12\x14\n\x0cunread_count\x18\r \x01(\x04\x1a,\n\nRolesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xca\x02\n\x0b\x43hatMessage\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x11\n\tsender_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x04 \x01(\x04\x12\x0c\n\x04\x62ody\x18\x05 \x01(\t\x12+\n\x07sent_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bsender_name\x18\x07 \x01(\t\x12\x10\n\x08position\x18\x08 \x01(\x04\x12\x10\n\x08redacted\x18\t \x01(\x08\x12\x12\n\nedit_count\x18\n \x01(\r\x12\x17\n\x0fthread_root_seq\x18\x0b \x01(\x04\x12\x13\n\x0breply_count\x18\x0c \x01(\r\x12\x35\n\treactions\x18\r \x03(\x0b\x32\".parley.messaging.v1.ReactionCount\"0\n\rReactionCount\x12\r\n\x05\x65moji\x18\x01 \x01(\t\x12\x10\n\x08user_ids\x18\x02 \x03(\t\"j\n\x14\x43reateChannelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tencrypted\x18\x02 \x01(\x08\x12\x0f\n\x07private\x18\x03 \x01(\x08\x12 \n\x18hide_history_before_join\x18\x04 \x01(\x08\"(\n\x12JoinChannelRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\"\x17\n\x15ListMyChannelsRequest\"H\n\x16ListMyChannelsResponse\x12.\n\x08\x63hannels\x18\x01 \x03(\x0b\x32\x1c.parley.messaging.v1.Channel\"h\n\x12PostMessageRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x17\n\x0fthread_root_seq\x18\x04 \x01(\x04\"K\n\x12\x45\x64itMessageRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x02 \x01(\x04\x12\x0c\n\x04\x62ody\x18\x03 \x01(\t\"O\n\x14RedactMessageRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x02 \x01(\x04\x12\x0e\n\x06reason\x18\x03 \x01(\t\"E\n\x1aListMessageVersionsRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x02 \x01(\x04\"-\n\x1bListMessageVersionsResponse\x12\x0e\n\x06\x62odies\x18\x01 \x03(\t\")\n\x13LeaveChannelRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\"[\n\nDeviceKeys\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x14\n\x0cidentity_key\x18\x03 \x01(\t\x12\x13\n\x0bsigning_key\x18\x04 \x01(\t\"\x90\x01\n\x18PublishDeviceKeysRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x14\n\x0cidentity_key\x18\x02 \x01(\t\x12\x13\n\x0bsigning_key\x18\x03 \x01(\t\x12\x36\n\rone_time_keys\x18\x04 \x03(\x0b\x32\x1f.parley.messaging.v1.OneTimeKey\"7\n\x19PublishDeviceKeysResponse\x12\x1a\n\x12one_time_keys_left\x18\x01 \x01(\r\"&\n\x12ListDevicesRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\t\"G\n\x13ListDevicesResponse\x12\x30\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x1f.parley.messaging.v1.DeviceKeys\"<\n\x16\x43laimOneTimeKeyRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\"\x81\x01\n\x17\x43laimOneTimeKeyResponse\x12/\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x1f.parley.messaging.v1.DeviceKeys\x12\x35\n\x0cone_time_key\x18\x02 \x01(\x0b\x32\x1f.parley.messaging.v1.OneTimeKey\"\xd1\x01\n\x0fToDeviceMessage\x12\x19\n\x11recipient_user_id\x18\x01 \x01(\t\x12\x1b\n\x13recipient_device_id\x18\x02 \x01(\t\x12\x16\n\x0esender_user_id\x18\x03 \x01(\t\x12\x18\n\x10sender_device_id\x18\x04 \x01(\t\x12\x1b\n\x13sender_identity_key\x18\x05 \x01(\t\x12\x10\n\x08olm_type\x18\x06 \x01(\r\x12\x12\n\nciphertext\x18\x07 \x01(\x0c\x12\x11\n\tqueue_seq\x18\x08 \x01(\x04\"M\n\x13SendToDeviceRequest\x12\x36\n\x08messages\x18\x01 \x03(\x0b\x32$.parley.messaging.v1.ToDeviceMessage\"\x16\n\x14SendToDeviceResponse\"Q\n\x14\x46\x65tchToDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x17\n\x0f\x61\x66ter_queue_seq\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\"O\n\x15\x46\x65tchToDeviceResponse\x12\x36\n\x08messages\x18\x01 \x03(\x0b\x32$.parley.messaging.v1.ToDeviceMessage\"A\n\x1a\x43reateDirectChannelRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\t\x12\x11\n\tencrypted\x18\x02 \x01(\x08\"J\n\x13MemberActionRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"I\n\x14SetMemberRoleRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\"d\n\x14UpdateChannelRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x11\n\x04name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05topic\x18\x03 \x01(\tH\x01\x88\x01\x01\x42\x07\n\x05_nameB\x08\n\x06_topic\"9\n\x11ListThreadRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x10\n\x08root_seq\x18\x02 \x01(\x04\"w\n\x12ListThreadResponse\x12.\n\x04root\x18\x01 \x01(\x0b\x32 .parley.messaging.v1.ChatMessage\x12\x31\n\x07replies\x18\x02 \x03(\x0b\x32 .parley.messaging.v1.ChatMessage\"V\n\x0cReactRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x02 \x01(\x04\x12\r\n\x05\x65moji\x18\x03 \x01(\t\x12\x0e\n\x06remove\x18\x04 \x01(\x08\":\n\x0fMarkReadRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x02 \x01(\x04\x32\x82\r\n\x10MessagingService\x12X\n\rCreateChannel\x12).parley.messaging.v1.CreateChannelRequest\x1a\x1c.parley.messaging.v1.Channel\x12T\n\x0bJoinChannel\x12\'.parley.messaging.v1.JoinChannelRequest\x1a\x1c.parley.messaging.v1.Channel\x12i\n\x0eListMyChannels\x12*.parley.messaging.v1.ListMyChannelsRequest\x1a+.parley.messaging.v1.ListMyChannelsResponse\x12X\n\x0bPostMessage\x12\'.parley.messaging.v1.PostMessageRequest\x1a .parley.messaging.v1.ChatMessage\x12X\n\x0b\x45\x64itMessage\x12\'.parley.messaging.v1.EditMessageRequest\x1a .parley.messaging.v1.ChatMessage\x12\\\n\rRedactMessage\x12).parley.messaging.v1.RedactMessageRequest\x1a .parley.messaging.v1.ChatMessage\x12x\n\x13ListMessageVersions\x12/.parley.messaging.v1.ListMessageVersionsRequest\x1a\x30.parley.messaging.v1.ListMessageVersionsResponse\x12V\n\x0cLeaveChannel\x12(.parley.messaging.v1.LeaveChannelRequest\x1a\x1c.parley.messaging.v1.Channel\x12\x64\n\x13\x43reateDirectChannel\x12/.parley.messaging.v1.CreateDirectChannelRequest\x1a\x1c.parley.messaging.v1.Channel\x12V\n\x0cInviteMember\x12(.parley.messaging.v1.MemberActionRequest\x1a\x1c.parley.messaging.v1.Channel\x12T\n\nKickMember\x12(.parley.messaging.v1.MemberActionRequest\x1a\x1c.parley.messaging.v1.Channel\x12S\n\tBanMember\x12(.parley.messaging.v1.MemberActionRequest\x1a\x1c.parley.messaging.v1.Channel\x12U\n\x0bUnbanMember\x12(.parley.messaging.v1.MemberActionRequest\x1a\x1c.parley.messaging.v1.Channel\x12X\n\rSetMemberRole\x12).parley.messaging.v1.SetMemberRoleRequest\x1a\x1c.parley.messaging.v1.Channel\x12X\n\rUpdateChannel\x12).parley.messaging.v1.UpdateChannelRequest\x1a\x1c.parley.messaging.v1.Channel\x12]\n\nListThread\x12&.parley.messaging.v1.ListThreadRequest\x1a\'.parley.messaging.v1.ListThreadResponse\x12L\n\x05React\x12!.parley.messaging.v1.ReactRequest\x1a .parley.messaging.v1.ChatMessage\x12N\n\x08MarkRead\x12$.parley.messaging.v1.MarkReadRequest\x1a\x1c.parley.messaging.v1.Channel2\xa3\x04\n\x10\x44\x65viceKeyService\x12r\n\x11PublishDeviceKeys\x12-.parley.messaging.v1.PublishDeviceKeysRequest\x1a..parley.messaging.v1.PublishDeviceKeysResponse\x12`\n\x0bListDevices\x12\'.parley.messaging.v1.ListDevicesRequest\x1a(.parley.messaging.v1.ListDevicesResponse\x12l\n\x0f\x43laimOneTimeKey\x12+.parley.messaging.v1.ClaimOneTimeKeyRequest\x1a,.parley.messaging.v1.ClaimOneTimeKeyResponse\x12\x63\n\x0cSendToDevice\x12(.parley.messaging.v1.SendToDeviceRequest\x1a).parley.messaging.v1.SendToDeviceResponse\x12\x66\n\rFetchToDevice\x12).parley.messaging.v1.FetchToDeviceRequest\x1a*.parley.messaging.v1.FetchToDeviceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parley.messaging.v1.messaging_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHANNEL']._serialized_start=93
-  _globals['_CHANNEL']._serialized_end=174
-  _globals['_CHATMESSAGE']._serialized_start=177
-  _globals['_CHATMESSAGE']._serialized_end=350
-  _globals['_CREATECHANNELREQUEST']._serialized_start=352
-  _globals['_CREATECHANNELREQUEST']._serialized_end=388
-  _globals['_JOINCHANNELREQUEST']._serialized_start=390
-  _globals['_JOINCHANNELREQUEST']._serialized_end=430
-  _globals['_LISTMYCHANNELSREQUEST']._serialized_start=432
-  _globals['_LISTMYCHANNELSREQUEST']._serialized_end=455
-  _globals['_LISTMYCHANNELSRESPONSE']._serialized_start=457
-  _globals['_LISTMYCHANNELSRESPONSE']._serialized_end=529
-  _globals['_POSTMESSAGEREQUEST']._serialized_start=531
-  _globals['_POSTMESSAGEREQUEST']._serialized_end=610
-  _globals['_MESSAGINGSERVICE']._serialized_start=613
-  _globals['_MESSAGINGSERVICE']._serialized_end=1004
+  _globals['_CHANNEL_ROLESENTRY']._loaded_options = None
+  _globals['_CHANNEL_ROLESENTRY']._serialized_options = b'8\001'
+  _globals['_CHANNEL']._serialized_start=128
+  _globals['_CHANNEL']._serialized_end=478
+  _globals['_CHANNEL_ROLESENTRY']._serialized_start=434
+  _globals['_CHANNEL_ROLESENTRY']._serialized_end=478
+  _globals['_CHATMESSAGE']._serialized_start=481
+  _globals['_CHATMESSAGE']._serialized_end=811
+  _globals['_REACTIONCOUNT']._serialized_start=813
+  _globals['_REACTIONCOUNT']._serialized_end=861
+  _globals['_CREATECHANNELREQUEST']._serialized_start=863
+  _globals['_CREATECHANNELREQUEST']._serialized_end=969
+  _globals['_JOINCHANNELREQUEST']._serialized_start=971
+  _globals['_JOINCHANNELREQUEST']._serialized_end=1011
+  _globals['_LISTMYCHANNELSREQUEST']._serialized_start=1013
+  _globals['_LISTMYCHANNELSREQUEST']._serialized_end=1036
+  _globals['_LISTMYCHANNELSRESPONSE']._serialized_start=1038
+  _globals['_LISTMYCHANNELSRESPONSE']._serialized_end=1110
+  _globals['_POSTMESSAGEREQUEST']._serialized_start=1112
+  _globals['_POSTMESSAGEREQUEST']._serialized_end=1216
+  _globals['_EDITMESSAGEREQUEST']._serialized_start=1218
+  _globals['_EDITMESSAGEREQUEST']._serialized_end=1293
+  _globals['_REDACTMESSAGEREQUEST']._serialized_start=1295
+  _globals['_REDACTMESSAGEREQUEST']._serialized_end=1374
+  _globals['_LISTMESSAGEVERSIONSREQUEST']._serialized_start=1376
+  _globals['_LISTMESSAGEVERSIONSREQUEST']._serialized_end=1445
+  _globals['_LISTMESSAGEVERSIONSRESPONSE']._serialized_start=1447
+  _globals['_LISTMESSAGEVERSIONSRESPONSE']._serialized_end=1492
+  _globals['_LEAVECHANNELREQUEST']._serialized_start=1494
+  _globals['_LEAVECHANNELREQUEST']._serialized_end=1535
+  _globals['_DEVICEKEYS']._serialized_start=1537
+  _globals['_DEVICEKEYS']._serialized_end=1628
+  _globals['_PUBLISHDEVICEKEYSREQUEST']._serialized_start=1631
+  _globals['_PUBLISHDEVICEKEYSREQUEST']._serialized_end=1775
+  _globals['_PUBLISHDEVICEKEYSRESPONSE']._serialized_start=1777
+  _globals['_PUBLISHDEVICEKEYSRESPONSE']._serialized_end=1832
+  _globals['_LISTDEVICESREQUEST']._serialized_start=1834
+  _globals['_LISTDEVICESREQUEST']._serialized_end=1872
+  _globals['_LISTDEVICESRESPONSE']._serialized_start=1874
+  _globals['_LISTDEVICESRESPONSE']._serialized_end=1945
+  _globals['_CLAIMONETIMEKEYREQUEST']._serialized_start=1947
+  _globals['_CLAIMONETIMEKEYREQUEST']._serialized_end=2007
+  _globals['_CLAIMONETIMEKEYRESPONSE']._serialized_start=2010
+  _globals['_CLAIMONETIMEKEYRESPONSE']._serialized_end=2139
+  _globals['_TODEVICEMESSAGE']._serialized_start=2142
+  _globals['_TODEVICEMESSAGE']._serialized_end=2351
+  _globals['_SENDTODEVICEREQUEST']._serialized_start=2353
+  _globals['_SENDTODEVICEREQUEST']._serialized_end=2430
+  _globals['_SENDTODEVICERESPONSE']._serialized_start=2432
+  _globals['_SENDTODEVICERESPONSE']._serialized_end=2454
+  _globals['_FETCHTODEVICEREQUEST']._serialized_start=2456
+  _globals['_FETCHTODEVICEREQUEST']._serialized_end=2537
+  _globals['_FETCHTODEVICERESPONSE']._serialized_start=2539
+  _globals['_FETCHTODEVICERESPONSE']._serialized_end=2618
+  _globals['_CREATEDIRECTCHANNELREQUEST']._serialized_start=2620
+  _globals['_CREATEDIRECTCHANNELREQUEST']._serialized_end=2685
+  _globals['_MEMBERACTIONREQUEST']._serialized_start=2687
+  _globals['_MEMBERACTIONREQUEST']._serialized_end=2761
+  _globals['_SETMEMBERROLEREQUEST']._serialized_start=2763
+  _globals['_SETMEMBERROLEREQUEST']._serialized_end=2836
+  _globals['_UPDATECHANNELREQUEST']._serialized_start=2838
+  _globals['_UPDATECHANNELREQUEST']._serialized_end=2938
+  _globals['_LISTTHREADREQUEST']._serialized_start=2940
+  _globals['_LISTTHREADREQUEST']._serialized_end=2997
+  _globals['_LISTTHREADRESPONSE']._serialized_start=2999
+  _globals['_LISTTHREADRESPONSE']._serialized_end=3118
+  _globals['_REACTREQUEST']._serialized_start=3120
+  _globals['_REACTREQUEST']._serialized_end=3206
+  _globals['_MARKREADREQUEST']._serialized_start=3208
+  _globals['_MARKREADREQUEST']._serialized_end=3266
+  _globals['_MESSAGINGSERVICE']._serialized_start=3269
+  _globals['_MESSAGINGSERVICE']._serialized_end=4935
+  _globals['_DEVICEKEYSERVICE']._serialized_start=4938
+  _globals['_DEVICEKEYSERVICE']._serialized_end=5485
 # @@protoc_insertion_point(module_scope)

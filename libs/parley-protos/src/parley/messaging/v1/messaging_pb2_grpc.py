@@ -56,6 +56,76 @@ class MessagingServiceStub:
                 request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PostMessageRequest.SerializeToString,
                 response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.FromString,
                 _registered_method=True)
+        self.EditMessage = channel.unary_unary(
+                '/parley.messaging.v1.MessagingService/EditMessage',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.EditMessageRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.FromString,
+                _registered_method=True)
+        self.RedactMessage = channel.unary_unary(
+                '/parley.messaging.v1.MessagingService/RedactMessage',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.RedactMessageRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.FromString,
+                _registered_method=True)
+        self.ListMessageVersions = channel.unary_unary(
+                '/parley.messaging.v1.MessagingService/ListMessageVersions',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsResponse.FromString,
+                _registered_method=True)
+        self.LeaveChannel = channel.unary_unary(
+                '/parley.messaging.v1.MessagingService/LeaveChannel',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.LeaveChannelRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+                _registered_method=True)
+        self.CreateDirectChannel = channel.unary_unary(
+                '/parley.messaging.v1.MessagingService/CreateDirectChannel',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.CreateDirectChannelRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+                _registered_method=True)
+        self.InviteMember = channel.unary_unary(
+                '/parley.messaging.v1.MessagingService/InviteMember',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.MemberActionRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+                _registered_method=True)
+        self.KickMember = channel.unary_unary(
+                '/parley.messaging.v1.MessagingService/KickMember',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.MemberActionRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+                _registered_method=True)
+        self.BanMember = channel.unary_unary(
+                '/parley.messaging.v1.MessagingService/BanMember',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.MemberActionRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+                _registered_method=True)
+        self.UnbanMember = channel.unary_unary(
+                '/parley.messaging.v1.MessagingService/UnbanMember',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.MemberActionRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+                _registered_method=True)
+        self.SetMemberRole = channel.unary_unary(
+                '/parley.messaging.v1.MessagingService/SetMemberRole',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.SetMemberRoleRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+                _registered_method=True)
+        self.UpdateChannel = channel.unary_unary(
+                '/parley.messaging.v1.MessagingService/UpdateChannel',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.UpdateChannelRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+                _registered_method=True)
+        self.ListThread = channel.unary_unary(
+                '/parley.messaging.v1.MessagingService/ListThread',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListThreadRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListThreadResponse.FromString,
+                _registered_method=True)
+        self.React = channel.unary_unary(
+                '/parley.messaging.v1.MessagingService/React',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ReactRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.FromString,
+                _registered_method=True)
+        self.MarkRead = channel.unary_unary(
+                '/parley.messaging.v1.MessagingService/MarkRead',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.MarkReadRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+                _registered_method=True)
 
 
 class MessagingServiceServicer:
@@ -87,6 +157,91 @@ class MessagingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EditMessage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedactMessage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMessageVersions(self, request, context):
+        """Every text a message had, oldest first; for the channel's moderators (its creator) only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeaveChannel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateDirectChannel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InviteMember(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KickMember(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BanMember(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnbanMember(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetMemberRole(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateChannel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListThread(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def React(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MarkRead(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MessagingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +264,76 @@ def add_MessagingServiceServicer_to_server(servicer, server):
                     servicer.PostMessage,
                     request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PostMessageRequest.FromString,
                     response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.SerializeToString,
+            ),
+            'EditMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.EditMessage,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.EditMessageRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.SerializeToString,
+            ),
+            'RedactMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedactMessage,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.RedactMessageRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.SerializeToString,
+            ),
+            'ListMessageVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMessageVersions,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsResponse.SerializeToString,
+            ),
+            'LeaveChannel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaveChannel,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.LeaveChannelRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.SerializeToString,
+            ),
+            'CreateDirectChannel': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateDirectChannel,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.CreateDirectChannelRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.SerializeToString,
+            ),
+            'InviteMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.InviteMember,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.MemberActionRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.SerializeToString,
+            ),
+            'KickMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.KickMember,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.MemberActionRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.SerializeToString,
+            ),
+            'BanMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.BanMember,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.MemberActionRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.SerializeToString,
+            ),
+            'UnbanMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnbanMember,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.MemberActionRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.SerializeToString,
+            ),
+            'SetMemberRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMemberRole,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.SetMemberRoleRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.SerializeToString,
+            ),
+            'UpdateChannel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateChannel,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.UpdateChannelRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.SerializeToString,
+            ),
+            'ListThread': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListThread,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListThreadRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListThreadResponse.SerializeToString,
+            ),
+            'React': grpc.unary_unary_rpc_method_handler(
+                    servicer.React,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ReactRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.SerializeToString,
+            ),
+            'MarkRead': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkRead,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.MarkReadRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +446,634 @@ class MessagingService:
             '/parley.messaging.v1.MessagingService/PostMessage',
             parley_dot_messaging_dot_v1_dot_messaging__pb2.PostMessageRequest.SerializeToString,
             parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EditMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.messaging.v1.MessagingService/EditMessage',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.EditMessageRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedactMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.messaging.v1.MessagingService/RedactMessage',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.RedactMessageRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMessageVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.messaging.v1.MessagingService/ListMessageVersions',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ListMessageVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaveChannel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.messaging.v1.MessagingService/LeaveChannel',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.LeaveChannelRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateDirectChannel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.messaging.v1.MessagingService/CreateDirectChannel',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.CreateDirectChannelRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InviteMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.messaging.v1.MessagingService/InviteMember',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.MemberActionRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KickMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.messaging.v1.MessagingService/KickMember',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.MemberActionRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BanMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.messaging.v1.MessagingService/BanMember',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.MemberActionRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnbanMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.messaging.v1.MessagingService/UnbanMember',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.MemberActionRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMemberRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.messaging.v1.MessagingService/SetMemberRole',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.SetMemberRoleRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateChannel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.messaging.v1.MessagingService/UpdateChannel',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.UpdateChannelRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListThread(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.messaging.v1.MessagingService/ListThread',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ListThreadRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ListThreadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def React(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.messaging.v1.MessagingService/React',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ReactRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkRead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.messaging.v1.MessagingService/MarkRead',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.MarkReadRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class DeviceKeyServiceStub:
+    """The device key directory and the to-device relay of end-to-end encryption. The server stores
+    and forwards public keys and Olm ciphertext only.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.PublishDeviceKeys = channel.unary_unary(
+                '/parley.messaging.v1.DeviceKeyService/PublishDeviceKeys',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysResponse.FromString,
+                _registered_method=True)
+        self.ListDevices = channel.unary_unary(
+                '/parley.messaging.v1.DeviceKeyService/ListDevices',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesResponse.FromString,
+                _registered_method=True)
+        self.ClaimOneTimeKey = channel.unary_unary(
+                '/parley.messaging.v1.DeviceKeyService/ClaimOneTimeKey',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyResponse.FromString,
+                _registered_method=True)
+        self.SendToDevice = channel.unary_unary(
+                '/parley.messaging.v1.DeviceKeyService/SendToDevice',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.SendToDeviceRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.SendToDeviceResponse.FromString,
+                _registered_method=True)
+        self.FetchToDevice = channel.unary_unary(
+                '/parley.messaging.v1.DeviceKeyService/FetchToDevice',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.FetchToDeviceRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.FetchToDeviceResponse.FromString,
+                _registered_method=True)
+
+
+class DeviceKeyServiceServicer:
+    """The device key directory and the to-device relay of end-to-end encryption. The server stores
+    and forwards public keys and Olm ciphertext only.
+    """
+
+    def PublishDeviceKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDevices(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClaimOneTimeKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendToDevice(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchToDevice(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_DeviceKeyServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'PublishDeviceKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishDeviceKeys,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysResponse.SerializeToString,
+            ),
+            'ListDevices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDevices,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesResponse.SerializeToString,
+            ),
+            'ClaimOneTimeKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimOneTimeKey,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyResponse.SerializeToString,
+            ),
+            'SendToDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendToDevice,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.SendToDeviceRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.SendToDeviceResponse.SerializeToString,
+            ),
+            'FetchToDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.FetchToDevice,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.FetchToDeviceRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.FetchToDeviceResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'parley.messaging.v1.DeviceKeyService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('parley.messaging.v1.DeviceKeyService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class DeviceKeyService:
+    """The device key directory and the to-device relay of end-to-end encryption. The server stores
+    and forwards public keys and Olm ciphertext only.
+    """
+
+    @staticmethod
+    def PublishDeviceKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.messaging.v1.DeviceKeyService/PublishDeviceKeys',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDevices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.messaging.v1.DeviceKeyService/ListDevices',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimOneTimeKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.messaging.v1.DeviceKeyService/ClaimOneTimeKey',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendToDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.messaging.v1.DeviceKeyService/SendToDevice',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.SendToDeviceRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.SendToDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchToDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.messaging.v1.DeviceKeyService/FetchToDevice',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.FetchToDeviceRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.FetchToDeviceResponse.FromString,
             options,
             channel_credentials,
             insecure,

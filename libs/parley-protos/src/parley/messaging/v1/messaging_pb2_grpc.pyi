@@ -39,6 +39,21 @@ class MessagingServiceStub:
     JoinChannel: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.JoinChannelRequest, _messaging_pb2.Channel]
     ListMyChannels: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ListMyChannelsRequest, _messaging_pb2.ListMyChannelsResponse]
     PostMessage: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.PostMessageRequest, _messaging_pb2.ChatMessage]
+    EditMessage: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.EditMessageRequest, _messaging_pb2.ChatMessage]
+    RedactMessage: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.RedactMessageRequest, _messaging_pb2.ChatMessage]
+    ListMessageVersions: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ListMessageVersionsRequest, _messaging_pb2.ListMessageVersionsResponse]
+    """Every text a message had, oldest first; for the channel's moderators (its creator) only."""
+    LeaveChannel: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.LeaveChannelRequest, _messaging_pb2.Channel]
+    CreateDirectChannel: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.CreateDirectChannelRequest, _messaging_pb2.Channel]
+    InviteMember: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]
+    KickMember: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]
+    BanMember: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]
+    UnbanMember: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]
+    SetMemberRole: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.SetMemberRoleRequest, _messaging_pb2.Channel]
+    UpdateChannel: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.UpdateChannelRequest, _messaging_pb2.Channel]
+    ListThread: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ListThreadRequest, _messaging_pb2.ListThreadResponse]
+    React: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ReactRequest, _messaging_pb2.ChatMessage]
+    MarkRead: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.MarkReadRequest, _messaging_pb2.Channel]
 
 @_typing.type_check_only
 class MessagingServiceAsyncStub(MessagingServiceStub):
@@ -51,6 +66,21 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     JoinChannel: _aio.UnaryUnaryMultiCallable[_messaging_pb2.JoinChannelRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
     ListMyChannels: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ListMyChannelsRequest, _messaging_pb2.ListMyChannelsResponse]  # type: ignore[assignment]
     PostMessage: _aio.UnaryUnaryMultiCallable[_messaging_pb2.PostMessageRequest, _messaging_pb2.ChatMessage]  # type: ignore[assignment]
+    EditMessage: _aio.UnaryUnaryMultiCallable[_messaging_pb2.EditMessageRequest, _messaging_pb2.ChatMessage]  # type: ignore[assignment]
+    RedactMessage: _aio.UnaryUnaryMultiCallable[_messaging_pb2.RedactMessageRequest, _messaging_pb2.ChatMessage]  # type: ignore[assignment]
+    ListMessageVersions: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ListMessageVersionsRequest, _messaging_pb2.ListMessageVersionsResponse]  # type: ignore[assignment]
+    """Every text a message had, oldest first; for the channel's moderators (its creator) only."""
+    LeaveChannel: _aio.UnaryUnaryMultiCallable[_messaging_pb2.LeaveChannelRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    CreateDirectChannel: _aio.UnaryUnaryMultiCallable[_messaging_pb2.CreateDirectChannelRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    InviteMember: _aio.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    KickMember: _aio.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    BanMember: _aio.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    UnbanMember: _aio.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    SetMemberRole: _aio.UnaryUnaryMultiCallable[_messaging_pb2.SetMemberRoleRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    UpdateChannel: _aio.UnaryUnaryMultiCallable[_messaging_pb2.UpdateChannelRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    ListThread: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ListThreadRequest, _messaging_pb2.ListThreadResponse]  # type: ignore[assignment]
+    React: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ReactRequest, _messaging_pb2.ChatMessage]  # type: ignore[assignment]
+    MarkRead: _aio.UnaryUnaryMultiCallable[_messaging_pb2.MarkReadRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
 
 class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Internal API of the messaging service; reached by the gateway over mutual TLS with the
@@ -85,4 +115,173 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_messaging_pb2.ChatMessage, _abc.Awaitable[_messaging_pb2.ChatMessage]]: ...
 
+    @_abc_1.abstractmethod
+    def EditMessage(
+        self,
+        request: _messaging_pb2.EditMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.ChatMessage, _abc.Awaitable[_messaging_pb2.ChatMessage]]: ...
+
+    @_abc_1.abstractmethod
+    def RedactMessage(
+        self,
+        request: _messaging_pb2.RedactMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.ChatMessage, _abc.Awaitable[_messaging_pb2.ChatMessage]]: ...
+
+    @_abc_1.abstractmethod
+    def ListMessageVersions(
+        self,
+        request: _messaging_pb2.ListMessageVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.ListMessageVersionsResponse, _abc.Awaitable[_messaging_pb2.ListMessageVersionsResponse]]:
+        """Every text a message had, oldest first; for the channel's moderators (its creator) only."""
+
+    @_abc_1.abstractmethod
+    def LeaveChannel(
+        self,
+        request: _messaging_pb2.LeaveChannelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateDirectChannel(
+        self,
+        request: _messaging_pb2.CreateDirectChannelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def InviteMember(
+        self,
+        request: _messaging_pb2.MemberActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def KickMember(
+        self,
+        request: _messaging_pb2.MemberActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def BanMember(
+        self,
+        request: _messaging_pb2.MemberActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def UnbanMember(
+        self,
+        request: _messaging_pb2.MemberActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def SetMemberRole(
+        self,
+        request: _messaging_pb2.SetMemberRoleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateChannel(
+        self,
+        request: _messaging_pb2.UpdateChannelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def ListThread(
+        self,
+        request: _messaging_pb2.ListThreadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.ListThreadResponse, _abc.Awaitable[_messaging_pb2.ListThreadResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def React(
+        self,
+        request: _messaging_pb2.ReactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.ChatMessage, _abc.Awaitable[_messaging_pb2.ChatMessage]]: ...
+
+    @_abc_1.abstractmethod
+    def MarkRead(
+        self,
+        request: _messaging_pb2.MarkReadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
 def add_MessagingServiceServicer_to_server(servicer: MessagingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class DeviceKeyServiceStub:
+    """The device key directory and the to-device relay of end-to-end encryption. The server stores
+    and forwards public keys and Olm ciphertext only.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> DeviceKeyServiceAsyncStub: ...
+    PublishDeviceKeys: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.PublishDeviceKeysRequest, _messaging_pb2.PublishDeviceKeysResponse]
+    ListDevices: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ListDevicesRequest, _messaging_pb2.ListDevicesResponse]
+    ClaimOneTimeKey: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ClaimOneTimeKeyRequest, _messaging_pb2.ClaimOneTimeKeyResponse]
+    SendToDevice: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.SendToDeviceRequest, _messaging_pb2.SendToDeviceResponse]
+    FetchToDevice: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.FetchToDeviceRequest, _messaging_pb2.FetchToDeviceResponse]
+
+@_typing.type_check_only
+class DeviceKeyServiceAsyncStub(DeviceKeyServiceStub):
+    """The device key directory and the to-device relay of end-to-end encryption. The server stores
+    and forwards public keys and Olm ciphertext only.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    PublishDeviceKeys: _aio.UnaryUnaryMultiCallable[_messaging_pb2.PublishDeviceKeysRequest, _messaging_pb2.PublishDeviceKeysResponse]  # type: ignore[assignment]
+    ListDevices: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ListDevicesRequest, _messaging_pb2.ListDevicesResponse]  # type: ignore[assignment]
+    ClaimOneTimeKey: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ClaimOneTimeKeyRequest, _messaging_pb2.ClaimOneTimeKeyResponse]  # type: ignore[assignment]
+    SendToDevice: _aio.UnaryUnaryMultiCallable[_messaging_pb2.SendToDeviceRequest, _messaging_pb2.SendToDeviceResponse]  # type: ignore[assignment]
+    FetchToDevice: _aio.UnaryUnaryMultiCallable[_messaging_pb2.FetchToDeviceRequest, _messaging_pb2.FetchToDeviceResponse]  # type: ignore[assignment]
+
+class DeviceKeyServiceServicer(metaclass=_abc_1.ABCMeta):
+    """The device key directory and the to-device relay of end-to-end encryption. The server stores
+    and forwards public keys and Olm ciphertext only.
+    """
+
+    @_abc_1.abstractmethod
+    def PublishDeviceKeys(
+        self,
+        request: _messaging_pb2.PublishDeviceKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.PublishDeviceKeysResponse, _abc.Awaitable[_messaging_pb2.PublishDeviceKeysResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListDevices(
+        self,
+        request: _messaging_pb2.ListDevicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.ListDevicesResponse, _abc.Awaitable[_messaging_pb2.ListDevicesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ClaimOneTimeKey(
+        self,
+        request: _messaging_pb2.ClaimOneTimeKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.ClaimOneTimeKeyResponse, _abc.Awaitable[_messaging_pb2.ClaimOneTimeKeyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SendToDevice(
+        self,
+        request: _messaging_pb2.SendToDeviceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.SendToDeviceResponse, _abc.Awaitable[_messaging_pb2.SendToDeviceResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def FetchToDevice(
+        self,
+        request: _messaging_pb2.FetchToDeviceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.FetchToDeviceResponse, _abc.Awaitable[_messaging_pb2.FetchToDeviceResponse]]: ...
+
+def add_DeviceKeyServiceServicer_to_server(servicer: DeviceKeyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from parley.messaging.v1 import messaging_pb2 as _messaging_pb2
 import builtins as _builtins
@@ -26,21 +27,39 @@ class GetChannelHistoryRequest(_message.Message):
     CHANNEL_ID_FIELD_NUMBER: _builtins.int
     AFTER_SEQ_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    BEFORE_SEQ_FIELD_NUMBER: _builtins.int
+    AFTER_TIME_FIELD_NUMBER: _builtins.int
+    BEFORE_TIME_FIELD_NUMBER: _builtins.int
     channel_id: _builtins.str
     after_seq: _builtins.int
     """messages with channel_seq > after_seq"""
     limit: _builtins.int
     """1..500; 0 means the default of 100"""
+    before_seq: _builtins.int
+    """Page backwards: when set, the newest `limit` messages with channel_seq < before_seq
+    (still oldest first); has_more then says whether older ones exist.
+    """
+    @_builtins.property
+    def after_time(self) -> _timestamp_pb2.Timestamp:
+        """By time instead of (or with) sequence: only messages sent after after_time and/or before
+        before_time; a page backwards when before_time is set and before_seq is not.
+        """
+
+    @_builtins.property
+    def before_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
         channel_id: _builtins.str = ...,
         after_seq: _builtins.int = ...,
         limit: _builtins.int = ...,
+        before_seq: _builtins.int = ...,
+        after_time: _timestamp_pb2.Timestamp | None = ...,
+        before_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["after_time", b"after_time", "before_time", b"before_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "channel_id", b"channel_id", "limit", b"limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "after_time", b"after_time", "before_seq", b"before_seq", "before_time", b"before_time", "channel_id", b"channel_id", "limit", b"limit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,122 @@
+"""Token verification, including the verified-token cache that `make bench`'s profile asked for."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from parley.auth.v1.events_pb2 import AccountDisabled, RoleAssigned, SessionRevoked, UserRegistered
+
+from parley_core.access import AccessProjection
+from parley_core.errors import Unauthenticated
+from parley_core.tokens import ALGORITHM, AUDIENCE, ISSUER, TokenVerifier
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def issue(key: Ed25519PrivateKey, *, kid: str, expires_at: float, sub: str = "user-1", sid: str = "") -> str:
+    claims: dict[str, object] = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": sub,
+        "name": "alice",
+        "jti": uuid.uuid4().hex,
+        "iat": int(expires_at) - 900,
+        "exp": int(expires_at),
+    }
+    if sid:
+        claims["sid"] = sid
+    return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid})
+
+
+@pytest.fixture
+def key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def verifier_for(key: Ed25519PrivateKey, clock: Clock, access: AccessProjection | None = None) -> TokenVerifier:
+    verifier = TokenVerifier(access, clock=clock)
+    verifier.add_key("k1", key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+    return verifier
+
+
+def test_a_remembered_token_still_expires_on_time(key: Ed25519PrivateKey) -> None:
+    clock = Clock()
+    verifier = verifier_for(key, clock)
+    token = issue(key, kid="k1", expires_at=clock.now + 60)
+    assert verifier.verify(token).user_id == "user-1"
+    assert verifier.verify(token).username == "alice"  # served from the cache
+    clock.now += 61
+    with pytest.raises(Unauthenticated, match="expired"):
+        verifier.verify(token)
+
+
+def test_a_tampered_copy_of_a_remembered_token_is_refused(key: Ed25519PrivateKey) -> None:
+    clock = Clock()
+    verifier = verifier_for(key, clock)
+    token = issue(key, kid="k1", expires_at=clock.now + 60)
+    verifier.verify(token)
+    head, payload, signature = token.split(".")
+    tampered = ".".join((head, payload, ("A" if signature[0] != "A" else "B") + signature[1:]))
+    with pytest.raises(Unauthenticated, match="invalid"):
+        verifier.verify(tampered)
+
+
+def test_a_token_of_another_key_is_refused(key: Ed25519PrivateKey) -> None:
+    clock = Clock()
+    verifier = verifier_for(key, clock)
+    stranger = Ed25519PrivateKey.generate()
+    with pytest.raises(Unauthenticated, match="invalid"):
+        verifier.verify(issue(stranger, kid="k1", expires_at=clock.now + 60))
+    with pytest.raises(Unauthenticated, match="unknown or retired key"):
+        verifier.verify(issue(stranger, kid="k2", expires_at=clock.now + 60))
+
+
+def test_a_remembered_token_is_refused_once_its_session_is_revoked(key: Ed25519PrivateKey) -> None:
+    clock, access = Clock(), AccessProjection()
+    verifier = verifier_for(key, clock, access)
+    token = issue(key, kid="k1", expires_at=clock.now + 60, sid="session-1")
+    verifier.verify(token)
+    access.apply_payload(SessionRevoked(session_id="session-1", user_id="user-1", reason="logout"), 1)
+    with pytest.raises(Unauthenticated, match="revoked"):
+        verifier.verify(token)
+
+
+def test_a_remembered_token_is_refused_once_its_account_is_disabled(key: Ed25519PrivateKey) -> None:
+    clock, access = Clock(), AccessProjection()
+    verifier = verifier_for(key, clock, access)
+    token = issue(key, kid="k1", expires_at=clock.now + 60)
+    verifier.verify(token)
+    access.apply_payload(AccountDisabled(user_id="user-1", reason="left"), 1)
+    with pytest.raises(Unauthenticated, match="disabled"):
+        verifier.verify(token)
+
+
+def test_a_remembered_token_carries_the_current_role(key: Ed25519PrivateKey) -> None:
+    clock, access = Clock(), AccessProjection()
+    access.apply_payload(UserRegistered(user_id="user-1", username="alice", role="admin"), 1)
+    verifier = verifier_for(key, clock, access)
+    token = issue(key, kid="k1", expires_at=clock.now + 60)
+    assert verifier.verify(token).role == "admin"
+    access.apply_payload(RoleAssigned(user_id="user-1", role="guest", previous_role="admin"), 2)
+    assert verifier.verify(token).role == "guest"
+
+
+def test_retiring_a_key_drops_the_tokens_it_signed_from_the_cache(key: Ed25519PrivateKey) -> None:
+    clock = Clock()
+    verifier = verifier_for(key, clock)
+    token = issue(key, kid="k1", expires_at=clock.now + 60)
+    verifier.verify(token)
+    verifier.retire_key("k1")
+    with pytest.raises(Unauthenticated, match="retired"):
+        verifier.verify(token)

@@ -1,0 +1,1 @@
+"""`make bench`: Parley's throughput and latency measured against same-run baselines."""

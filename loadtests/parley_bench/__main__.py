@@ -1,0 +1,33 @@
+"""`python -m parley_bench [--quick] [--profile] [--out DIR]` (what `make bench` runs)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import tempfile
+from pathlib import Path
+
+from parley_bench.run import run, table
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="parley_bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="short phases: checks the harness, figures are rough")
+    parser.add_argument("--profile", action="store_true", help="py-spy profiles of gateway, messaging, storage")
+    parser.add_argument("--out", type=Path, default=Path("bench-results"), help="where the JSON and table go")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary platform data folder")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="parley-bench-"))
+    try:
+        result = asyncio.run(run(quick=args.quick, out_dir=args.out, workdir=workdir, profile=args.profile))
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(table(result))
+    print(f"[bench] written to {args.out}/latest.json and {args.out}/latest.txt")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

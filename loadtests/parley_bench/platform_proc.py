@@ -1,0 +1,69 @@
+"""The platform started for a benchmark exactly as `make run` starts it, in a throw-away folder."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+READY_LINE = "all services are up"
+START_TIMEOUT_S = 180.0
+
+
+@dataclass
+class BenchPlatform:
+    data_dir: Path
+    process: asyncio.subprocess.Process | None = None
+
+    @property
+    def output_path(self) -> Path:
+        return self.data_dir.parent / "parley-up.out"
+
+    async def start(self) -> None:
+        with self.output_path.open("wb") as out:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "parley_cli",
+                "--data-dir",
+                str(self.data_dir),
+                "up",
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                # The benchmark registers its users (`make run` defaults to admin-created accounts).
+                env={**os.environ, "PARLEY_TRACE_EXPORTER": "none", "PARLEY_REGISTRATION": "open"},
+            )
+        deadline = asyncio.get_running_loop().time() + START_TIMEOUT_S
+        delay = 0.05
+        while READY_LINE not in self.output_path.read_text(errors="replace"):
+            if self.process.returncode is not None:
+                raise RuntimeError(f"`parley up` exited:\n{self.output_path.read_text(errors='replace')}")
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"platform not up after {START_TIMEOUT_S:.0f}s; see {self.output_path}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                await asyncio.wait_for(self.process.wait(), 60)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+
+    @property
+    def gateway_address(self) -> str:
+        return str(json.loads((self.data_dir / "client.json").read_text())["gateway_address"])
+
+    @property
+    def ca_cert(self) -> bytes:
+        return Path(json.loads((self.data_dir / "client.json").read_text())["ca_cert"]).read_bytes()
+
+    def pid_of(self, service: str) -> int:
+        state = json.loads((self.data_dir / "platform.json").read_text())
+        return int(state["services"][service]["pid"])

@@ -1,0 +1,351 @@
+"""One benchmark run: baselines first, then the platform under each load, then the report."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import platform as host
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from parley_bench import baselines
+from parley_bench.platform_proc import BenchPlatform
+from parley_bench.scenarios import (
+    PASSWORD,
+    Bench,
+    Deliveries,
+    Member,
+    archive_lag_probe,
+    closed_loop_sends,
+    open_loop,
+    wait_for_count,
+)
+from parley_bench.stats import percentile, ratio
+from parley_client import ParleyClient
+
+FANOUT_MEMBERS = 50
+PROBE_RATE = 20.0
+DRAIN_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long and how wide each phase runs; `--quick` only checks that the harness works."""
+
+    seconds: float
+    echo_concurrency: int
+    js_messages: int
+    writers: int
+    fanout_senders: int
+    login_concurrency: int
+
+    @classmethod
+    def of(cls, *, quick: bool) -> Plan:
+        if quick:
+            return cls(
+                seconds=3.0, echo_concurrency=32, js_messages=5_000, writers=8, fanout_senders=4, login_concurrency=8
+            )
+        return cls(
+            seconds=15.0, echo_concurrency=64, js_messages=50_000, writers=32, fanout_senders=8, login_concurrency=16
+        )
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 2) if not math.isnan(seconds) else math.nan
+
+
+async def measure_baselines(plan: Plan, workdir: Path) -> dict[str, float]:
+    cpus = baselines.cpu_count()
+    echo = await baselines.echo_qps(workdir / "echo", concurrency=plan.echo_concurrency, seconds=plan.seconds)
+    js = await baselines.jetstream_throughput(workdir / "jetstream", messages=plan.js_messages)
+    argon_one = await asyncio.to_thread(baselines.argon2_hashes_per_second, threads=1, seconds=plan.seconds)
+    argon_all = await asyncio.to_thread(baselines.argon2_hashes_per_second, threads=cpus, seconds=plan.seconds)
+    return {
+        "cpus": cpus,
+        "grpc_echo_qps": round(echo, 1),
+        "jetstream_publish_consume_per_s": round(js, 1),
+        "argon2id_hashes_per_s_1_thread": round(argon_one, 2),
+        "argon2id_hashes_per_s_all_cpus": round(argon_all, 2),
+    }
+
+
+async def measure_sends(bench: Bench, plan: Plan, profile_dir: Path | None, platform: BenchPlatform) -> dict[str, Any]:
+    writers = await bench.new_members("writer", plan.writers)
+    channels = [(await w.client.create_channel(f"bench-{i}")).channel_id for i, w in enumerate(writers)]
+    pairs = list(zip(writers, channels, strict=True))
+    deliveries = Deliveries()
+    for writer, channel_id in pairs:
+        await bench.listen(writer, [channel_id], deliveries)
+    prober = await bench.new_member("prober")
+    probe_channel = (await prober.client.create_channel("probe")).channel_id
+
+    profilers = _start_profilers(platform, profile_dir, plan.seconds) if profile_dir else []
+    lags: list[float] = []
+    stop_probe = asyncio.Event()
+    probe = asyncio.create_task(archive_lag_probe(prober, probe_channel, stop_probe, lags))
+    max_run = await closed_loop_sends(pairs, seconds=plan.seconds)
+    stop_probe.set()
+    await probe
+    for profiler in profilers:
+        profiler.wait(timeout=120)
+    await wait_for_count(lambda: deliveries.count, max_run.acknowledged, timeout=DRAIN_TIMEOUT_S)
+
+    rate = max(1.0, 0.5 * max_run.per_second)
+    deliveries.reset()
+
+    async def send_one(i: int) -> None:
+        writer, channel_id = pairs[i % len(pairs)]
+        body = f"lat {i} {time.perf_counter_ns()}"
+        deliveries.sent_at[body] = time.perf_counter()
+        await writer.client.send(channel_id, body)
+
+    ok, failed, _ = await open_loop(send_one, rate=rate, seconds=plan.seconds)
+    complete = await wait_for_count(lambda: len(deliveries.latencies_s), ok, timeout=DRAIN_TIMEOUT_S)
+    return {
+        "writers": plan.writers,
+        "acknowledged_sends_per_s": round(max_run.per_second, 1),
+        "sends_acknowledged": max_run.acknowledged,
+        "sends_failed": max_run.failed,
+        "send_call_p50_ms": ms(percentile(max_run.latencies_s, 0.5)),
+        "send_call_p99_ms": ms(percentile(max_run.latencies_s, 0.99)),
+        "archive_lag_samples": len(lags),
+        "archive_lag_p50_ms": ms(percentile(lags, 0.5)),
+        "archive_lag_max_ms": ms(max(lags) if lags else math.nan),
+        "half_load_rate_per_s": round(rate, 1),
+        "half_load_sends_acknowledged": ok,
+        "half_load_sends_failed": failed,
+        "half_load_all_delivered": complete,
+        "send_to_deliver_p50_ms": ms(percentile(deliveries.latencies_s, 0.5)),
+        "send_to_deliver_p99_ms": ms(percentile(deliveries.latencies_s, 0.99)),
+        "_pairs": pairs,
+    }
+
+
+async def fanout_rate(
+    bench: Bench, members: list[Member], channel_id: str, *, senders: int, seconds: float
+) -> dict[str, float]:
+    """Deliveries per second to every live stream of one channel while it is sent to flat out."""
+    deliveries = Deliveries()
+    for member in members:
+        await bench.listen(member, [channel_id], deliveries)
+    started = time.perf_counter()
+    run = await closed_loop_sends([(members[0], channel_id)] * senders, seconds=seconds)
+    expected = run.acknowledged * len(members)
+    complete = await wait_for_count(lambda: deliveries.count, expected, timeout=DRAIN_TIMEOUT_S)
+    elapsed = max(deliveries.last_arrival, time.perf_counter() if not complete else 0.0) - started
+    for member in members:
+        if member.stream is not None:
+            member.stream.cancel()
+    return {
+        "members": len(members),
+        "sends_acknowledged": run.acknowledged,
+        "deliveries": deliveries.count,
+        "deliveries_expected": expected,
+        "deliveries_per_s": round(deliveries.count / elapsed, 1) if elapsed > 0 else math.nan,
+    }
+
+
+async def measure_fanout(bench: Bench, plan: Plan) -> dict[str, Any]:
+    owner, *others = await bench.new_members("fan", FANOUT_MEMBERS)
+    channel_id = (await owner.client.create_channel("fanout")).channel_id
+    for member in others:
+        await member.client.join_channel(channel_id)
+    wide = await fanout_rate(bench, [owner, *others], channel_id, senders=plan.fanout_senders, seconds=plan.seconds)
+    solo = await bench.new_member("solo")
+    solo_channel = (await solo.client.create_channel("solo")).channel_id
+    narrow = await fanout_rate(bench, [solo], solo_channel, senders=plan.fanout_senders, seconds=plan.seconds)
+    return {"members_50": wide, "members_1": narrow, "_usernames": [m.username for m in (owner, *others)]}
+
+
+async def measure_logins(
+    bench: Bench, plan: Plan, usernames: list[str], probe_pair: tuple[Member, str]
+) -> dict[str, Any]:
+    """Logins per second flat out, and what a login storm does to other calls' p99."""
+    prober, channel_id = probe_pair
+
+    async def other_call(i: int) -> None:
+        if i % 2:
+            await prober.client.history(channel_id, limit=20)
+        else:
+            await prober.client.send(channel_id, f"storm-probe {i}")
+
+    _, idle_failed, idle = await open_loop(other_call, rate=PROBE_RATE, seconds=plan.seconds)
+
+    clients = [bench.connect() for _ in range(plan.login_concurrency)]
+    logins = failed = 0
+    deadline = time.perf_counter() + plan.seconds
+
+    async def storm(client: ParleyClient, offset: int) -> None:
+        nonlocal logins, failed
+        i = offset
+        while time.perf_counter() < deadline:
+            try:
+                await client.login(usernames[i % len(usernames)], PASSWORD)
+                logins += 1
+            except Exception:
+                failed += 1
+            i += plan.login_concurrency
+
+    started = time.perf_counter()
+    storm_tasks = asyncio.gather(*(storm(c, n) for n, c in enumerate(clients)))
+    _, storm_failed, during = await open_loop(other_call, rate=PROBE_RATE, seconds=plan.seconds)
+    await storm_tasks
+    elapsed = time.perf_counter() - started
+    for client in clients:
+        await client.close()
+    return {
+        "login_concurrency": plan.login_concurrency,
+        "logins_per_s": round(logins / elapsed, 2),
+        "logins_failed": failed,
+        "other_calls_idle_p99_ms": ms(percentile(idle, 0.99)),
+        "other_calls_storm_p99_ms": ms(percentile(during, 0.99)),
+        "other_calls_failed": idle_failed + storm_failed,
+    }
+
+
+def _start_profilers(platform: BenchPlatform, out: Path, seconds: float) -> list[subprocess.Popen[bytes]]:
+    """py-spy flame graphs of the send path's services during the maximum-rate phase."""
+    import shutil
+    import sys
+
+    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if py_spy is None:
+        print("[bench] py-spy not found; no profiles")
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    return [
+        subprocess.Popen(
+            [
+                py_spy,
+                "record",
+                "--pid",
+                str(platform.pid_of(service)),
+                "--duration",
+                str(int(seconds)),
+                "--rate",
+                "200",
+                "--format",
+                "speedscope",
+                "--output",
+                str(out / f"{service}.speedscope.json"),
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for service in ("gateway", "messaging", "storage")
+    ]
+
+
+def summarise_profiles(folder: Path) -> dict[str, list[str]]:
+    from parley_bench.profile_summary import top_self
+
+    return {p.name.split(".")[0]: top_self(p, limit=8) for p in sorted(folder.glob("*.speedscope.json"))}
+
+
+def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
+    b, s, f, lg = result["baselines"], result["sends"], result["fanout"], result["logins"]
+    rows = [
+        (
+            "acknowledged sends/s >= 0.5 x gRPC echo QPS",
+            ratio(s["acknowledged_sends_per_s"], b["grpc_echo_qps"]),
+            ">=",
+            0.5,
+        ),
+        ("send-to-deliver p99 at 50% load <= 50 ms", s["send_to_deliver_p99_ms"], "<=", 50.0),
+        (
+            "fan-out deliveries/s, 50 members / 1 member >= 5",
+            ratio(f["members_50"]["deliveries_per_s"], f["members_1"]["deliveries_per_s"]),
+            ">=",
+            5.0,
+        ),
+        ("archive lag (max) at max sustained rate <= 1000 ms", s["archive_lag_max_ms"], "<=", 1000.0),
+        (
+            "logins/s >= 0.7 x argon2id capacity (all CPUs)",
+            ratio(lg["logins_per_s"], b["argon2id_hashes_per_s_all_cpus"]),
+            ">=",
+            0.7,
+        ),
+        (
+            "other calls' p99 in a login storm <= 2 x idle",
+            ratio(lg["other_calls_storm_p99_ms"], lg["other_calls_idle_p99_ms"]),
+            "<=",
+            2.0,
+        ),
+    ]
+    out = []
+    for name, value, op, target in rows:
+        met = (value >= target) if op == ">=" else (value <= target)
+        out.append(
+            {"goal": name, "value": round(value, 3), "target": target, "met": bool(met and not math.isnan(value))}
+        )
+    return out
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [f"Parley benchmark {result['started_at']} ({result['mode']}), {result['machine']}", ""]
+    for section in ("baselines", "sends", "fanout", "logins"):
+        lines.append(f"[{section}]")
+        for key, value in result[section].items():
+            if isinstance(value, dict):
+                for sub, v in value.items():
+                    lines.append(f"  {key}.{sub:<34} {v}")
+            else:
+                lines.append(f"  {key:<44} {value}")
+        lines.append("")
+    for service, rows in result.get("profiles", {}).items():
+        lines.append(f"[profile: {service}, self time of busy samples during the maximum-rate phase]")
+        lines.extend(f"  {row}" for row in rows)
+        lines.append("")
+    lines.append("[goals: reported, not asserted]")
+    for row in result["goals"]:
+        lines.append(f"  {'MET ' if row['met'] else 'NOT '} {row['goal']:<56} {row['value']} (target {row['target']})")
+    return "\n".join(lines) + "\n"
+
+
+async def run(*, quick: bool, out_dir: Path, workdir: Path, profile: bool) -> dict[str, Any]:
+    plan = Plan.of(quick=quick)
+    result: dict[str, Any] = {
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "mode": "quick" if quick else "full",
+        "machine": f"{host.system()} {host.machine()} python {host.python_version()}",
+    }
+    print("[bench] baselines ...", flush=True)
+    result["baselines"] = await measure_baselines(plan, workdir)
+    platform = BenchPlatform(workdir / "data")
+    print("[bench] starting the platform ...", flush=True)
+    await platform.start()
+    bench = Bench(platform.gateway_address, platform.ca_cert)
+    try:
+        print("[bench] sends, latency at half load, archive lag ...", flush=True)
+        sends = await measure_sends(bench, plan, out_dir / "profiles" if profile else None, platform)
+        pairs = sends.pop("_pairs")
+        result["sends"] = sends
+        print("[bench] fan-out ...", flush=True)
+        fanout = await measure_fanout(bench, plan)
+        usernames = fanout.pop("_usernames")
+        result["fanout"] = fanout
+        print("[bench] login storm ...", flush=True)
+        result["logins"] = await measure_logins(bench, plan, usernames, pairs[0])
+    finally:
+        await bench.close()
+        await platform.stop()
+    result["goals"] = goals(result)
+    if profile:
+        result["profiles"] = summarise_profiles(out_dir / "profiles")
+    write_report(result, out_dir)
+    return result
+
+
+def write_report(result: dict[str, Any], out_dir: Path) -> None:
+    """One JSON and one table per run, plus `latest.*` pointing at the newest."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = result["started_at"].replace(":", "")
+    (out_dir / f"bench-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / f"bench-{stamp}.txt").write_text(table(result))
+    (out_dir / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / "latest.txt").write_text(table(result))

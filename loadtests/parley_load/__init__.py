@@ -1,0 +1,1 @@
+"""Load generation against a running Parley platform: a Locust gRPC user and its helpers."""

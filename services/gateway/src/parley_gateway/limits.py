@@ -1,0 +1,104 @@
+"""Per-user and per-source request budgets (token buckets) and request size limits, without I/O.
+
+A budget is per gateway instance: with N instances behind a balancer a client gets at most N
+times the budget, which still bounds what one client can cost the platform.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from parley_core.errors import ResourceExhausted
+
+# How many distinct users / sources keep a bucket; the least recently seen are forgotten first.
+MAX_TRACKED = 100_000
+
+
+class GatewayLimits(BaseSettings):
+    """Read from PARLEY_GATEWAY_* environment variables (e.g. PARLEY_GATEWAY_USER_RATE=50)."""
+
+    model_config = SettingsConfigDict(env_prefix="PARLEY_GATEWAY_", extra="ignore")
+
+    user_rate: float = Field(default=50.0, gt=0)  # sustained calls per second per user
+    user_burst: float = Field(default=200.0, ge=1)
+    # Per client address, logged in or not; generous, since many users may share one address (NAT).
+    source_rate: float = Field(default=200.0, gt=0)
+    source_burst: float = Field(default=500.0, ge=1)
+    max_request_bytes: int = Field(default=64 * 1024, ge=1024)
+    live_buffer: int = Field(default=1000, ge=1)  # events queued per live stream before resync
+
+
+class RateLimited(ResourceExhausted):
+    """Over budget; `retry_after_s` says when one more call will be accepted."""
+
+    def __init__(self, what: str, retry_after_s: float) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(f"too many requests from this {what}; retry in {retry_after_s * 1000:.0f} ms")
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class TokenBuckets:
+    """One token bucket per key: `rate` tokens a second, at most `burst` saved up."""
+
+    def __init__(self, *, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+
+    def take(self, key: str) -> float:
+        """Spend one token; returns 0 when allowed, else the seconds until a token is available."""
+        now = self._clock()
+        bucket = self._buckets.pop(key, None) or _Bucket(tokens=self.burst, updated=now)
+        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
+        bucket.updated = now
+        self._buckets[key] = bucket
+        if len(self._buckets) > MAX_TRACKED:
+            self._buckets.popitem(last=False)
+        if bucket.tokens >= 1:
+            bucket.tokens -= 1
+            return 0.0
+        return (1 - bucket.tokens) / self.rate
+
+
+class Admission:
+    """Decides whether one client call may proceed, before any internal call is made."""
+
+    def __init__(self, limits: GatewayLimits, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limits = limits
+        self._users = TokenBuckets(rate=limits.user_rate, burst=limits.user_burst, clock=clock)
+        self._sources = TokenBuckets(rate=limits.source_rate, burst=limits.source_burst, clock=clock)
+
+    def check_size(self, request_bytes: int) -> None:
+        if request_bytes > self.limits.max_request_bytes:
+            raise ResourceExhausted(
+                f"request is {request_bytes} bytes; the limit is {self.limits.max_request_bytes} bytes"
+            )
+
+    def admit(self, *, source: str, user_id: str | None) -> None:
+        if wait := self._sources.take(source):
+            raise RateLimited("address", _round_up(wait))
+        if user_id is not None and (wait := self._users.take(user_id)):
+            raise RateLimited("user", _round_up(wait))
+
+
+def _round_up(seconds: float) -> float:
+    return math.ceil(seconds * 1000) / 1000
+
+
+def source_of(peer: str) -> str:
+    """The client's address without its port: 'ipv4:10.0.0.5:51234' -> 'ipv4:10.0.0.5'."""
+    head, _, port = peer.rpartition(":")
+    return head if head and port.isdigit() else peer

@@ -1,0 +1,217 @@
+"""One client's live stream: which events it sees, how they look, and the bound on its backlog."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from google.protobuf.message import Message
+from parley.common.v1.envelope_pb2 import EventEnvelope
+from parley.gateway.v1 import gateway_pb2
+from parley.messaging.v1 import messaging_pb2
+from parley.messaging.v1.events_pb2 import (
+    ChannelRenamed,
+    ChannelTopicChanged,
+    MemberBanned,
+    MemberInvited,
+    MemberJoined,
+    MemberKicked,
+    MemberLeft,
+    MemberRoleChanged,
+    MemberUnbanned,
+    MessageEdited,
+    MessagePosted,
+    MessageRedacted,
+    ReactionAdded,
+    ReactionRemoved,
+    ReadMarkerMoved,
+)
+
+from parley_core.envelope import UnknownEventType, open_payload
+from parley_core.errors import DomainError, ResourceExhausted
+
+
+def client_event(payload: Message, position: int) -> gateway_pb2.ClientEvent | None:
+    """The client's view of one channel event at stream `position`; None for events clients don't see."""
+    if isinstance(payload, MessagePosted):
+        return gateway_pb2.ClientEvent(
+            message=messaging_pb2.ChatMessage(
+                channel_id=payload.channel_id,
+                message_id=payload.message_id,
+                sender_id=payload.sender_id,
+                sender_name=payload.sender_name,
+                channel_seq=payload.channel_seq,
+                body=payload.body,
+                sent_at=payload.sent_at,
+                position=position,
+                thread_root_seq=payload.thread_root_seq,
+            )
+        )
+    if isinstance(payload, MessageEdited):
+        return gateway_pb2.ClientEvent(
+            updated=messaging_pb2.ChatMessage(
+                channel_id=payload.channel_id,
+                message_id=payload.message_id,
+                sender_id=payload.editor_id,
+                channel_seq=payload.channel_seq,
+                body=payload.body,
+                position=position,
+            )
+        )
+    if isinstance(payload, MessageRedacted):
+        return gateway_pb2.ClientEvent(
+            updated=messaging_pb2.ChatMessage(
+                channel_id=payload.channel_id,
+                message_id=payload.message_id,
+                channel_seq=payload.channel_seq,
+                redacted=True,
+                position=position,
+            )
+        )
+    if isinstance(payload, ReactionAdded | ReactionRemoved):
+        return gateway_pb2.ClientEvent(
+            reaction=gateway_pb2.Reaction(
+                channel_id=payload.channel_id,
+                channel_seq=payload.channel_seq,
+                user_id=payload.user_id,
+                emoji=payload.emoji,
+                removed=isinstance(payload, ReactionRemoved),
+                position=position,
+            )
+        )
+    if isinstance(payload, ReadMarkerMoved):
+        return gateway_pb2.ClientEvent(
+            read_marker=gateway_pb2.ReadMarker(
+                channel_id=payload.channel_id,
+                user_id=payload.user_id,
+                channel_seq=payload.channel_seq,
+                position=position,
+            )
+        )
+    if (change := membership_change(payload)) is not None:
+        change.position = position
+        return gateway_pb2.ClientEvent(membership=change)
+    return None
+
+
+def membership_change(payload: Message) -> gateway_pb2.MembershipChange | None:
+    """Membership and channel changes, one shape for clients to show as a line in the timeline."""
+    change = gateway_pb2.MembershipChange
+    if isinstance(payload, MemberJoined):
+        return change(channel_id=payload.channel_id, user_id=payload.user_id, change="joined", actor_id=payload.user_id)
+    if isinstance(payload, MemberLeft):
+        return change(channel_id=payload.channel_id, user_id=payload.user_id, change="left", actor_id=payload.user_id)
+    if isinstance(payload, MemberInvited):
+        return change(
+            channel_id=payload.channel_id, user_id=payload.user_id, change="invited", actor_id=payload.invited_by
+        )
+    if isinstance(payload, MemberKicked):
+        return change(
+            channel_id=payload.channel_id,
+            user_id=payload.user_id,
+            change="kicked",
+            actor_id=payload.kicked_by,
+            detail=payload.reason,
+        )
+    if isinstance(payload, MemberBanned):
+        return change(
+            channel_id=payload.channel_id,
+            user_id=payload.user_id,
+            change="banned",
+            actor_id=payload.banned_by,
+            detail=payload.reason,
+        )
+    if isinstance(payload, MemberUnbanned):
+        return change(
+            channel_id=payload.channel_id, user_id=payload.user_id, change="unbanned", actor_id=payload.unbanned_by
+        )
+    if isinstance(payload, MemberRoleChanged):
+        return change(
+            channel_id=payload.channel_id,
+            user_id=payload.user_id,
+            change=f"role:{payload.role}",
+            actor_id=payload.changed_by,
+        )
+    if isinstance(payload, ChannelRenamed):
+        return change(channel_id=payload.channel_id, change="renamed", actor_id=payload.renamed_by, detail=payload.name)
+    if isinstance(payload, ChannelTopicChanged):
+        return change(channel_id=payload.channel_id, change="topic", actor_id=payload.changed_by, detail=payload.topic)
+    return None
+
+
+def client_event_of(envelope: EventEnvelope, position: int) -> gateway_pb2.ClientEvent | None:
+    """As client_event; an event type this gateway does not know yet is not shown."""
+    try:
+        payload = open_payload(envelope)
+    except UnknownEventType:
+        return None
+    return client_event(payload, position)
+
+
+_REMOVALS = (MemberLeft, MemberKicked, MemberBanned)
+_REMOVAL_TYPES = frozenset(t.DESCRIPTOR.full_name for t in _REMOVALS)
+
+
+def left_channel(envelope: EventEnvelope, user_id: str) -> bool:
+    """Whether this event removes `user_id` from the channel (left, kicked, banned): their stream ends."""
+    if envelope.event_type not in _REMOVAL_TYPES:
+        return False
+    payload = open_payload(envelope)
+    return isinstance(payload, _REMOVALS) and payload.user_id == user_id
+
+
+@dataclass(frozen=True)
+class _Overflowed:
+    pass
+
+
+@dataclass(frozen=True)
+class _Ended:
+    error: DomainError
+
+
+class LiveBuffer:
+    """At most `capacity` events wait for a slow client; one more and the stream ends in a resync.
+
+    Dropping events would make a gap the client cannot see; blocking would push the backlog into
+    the NATS client's buffers. Ending the stream with RESOURCE_EXHAUSTED tells the client to
+    reload history and resume, and keeps the gateway's memory per stream bounded.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.overflowed = False
+        # Room for `capacity` events, the overflow marker and an end marker.
+        self._queue: asyncio.Queue[gateway_pb2.ClientEvent | _Overflowed | _Ended] = asyncio.Queue(
+            maxsize=capacity + 2
+        )
+        self._ended = False
+
+    def end(self, error: DomainError) -> None:
+        """End the stream with `error` after the events already queued."""
+        if not self._ended and not self.overflowed:
+            self._ended = True
+            self._queue.put_nowait(_Ended(error))
+
+    def offer(self, event: gateway_pb2.ClientEvent) -> None:
+        if self.overflowed or self._ended:
+            return
+        if self._queue.qsize() >= self.capacity:
+            self.overflowed = True
+            self._queue.put_nowait(_Overflowed())
+            return
+        self._queue.put_nowait(event)
+
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    async def take(self) -> gateway_pb2.ClientEvent:
+        item = await self._queue.get()
+        if isinstance(item, _Ended):
+            raise item.error
+        if isinstance(item, _Overflowed):
+            raise ResourceExhausted(
+                f"live stream fell more than {self.capacity} events behind; "
+                "reload history and subscribe again with resume positions"
+            )
+        return item

@@ -1,0 +1,90 @@
+"""Budgets, size limits and the live buffer, without I/O."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from parley.gateway.v1 import gateway_pb2
+from parley.messaging.v1.events_pb2 import MemberJoined, MessageEdited, MessagePosted, MessageRedacted
+
+from parley_core.errors import ResourceExhausted
+from parley_gateway.limits import Admission, GatewayLimits, RateLimited, TokenBuckets, source_of
+from parley_gateway.live import LiveBuffer, client_event
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_bucket_allows_a_burst_then_says_how_long_to_wait() -> None:
+    clock = Clock()
+    buckets = TokenBuckets(rate=2.0, burst=3, clock=clock)
+    assert [buckets.take("u") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert buckets.take("u") == pytest.approx(0.5)
+    assert buckets.take("someone-else") == 0.0  # budgets are per key
+    clock.now += 0.5
+    assert buckets.take("u") == 0.0
+    clock.now += 100
+    assert [buckets.take("u") for _ in range(3)] == [0.0, 0.0, 0.0]  # never saves more than the burst
+    assert buckets.take("u") > 0
+
+
+def test_admission_checks_source_and_user_separately() -> None:
+    clock = Clock()
+    admission = Admission(
+        GatewayLimits(source_rate=10, source_burst=5, user_rate=1, user_burst=2, max_request_bytes=2048), clock
+    )
+    admission.admit(source="ipv4:10.0.0.1", user_id="alice")
+    admission.admit(source="ipv4:10.0.0.1", user_id="alice")
+    with pytest.raises(RateLimited) as refused:
+        admission.admit(source="ipv4:10.0.0.1", user_id="alice")
+    assert refused.value.retry_after_s == pytest.approx(1.0)
+    assert "user" in str(refused.value)
+    admission.admit(source="ipv4:10.0.0.1", user_id="bob")  # another user from the same address
+    for _ in range(5):
+        admission.admit(source="ipv4:10.0.0.2", user_id=None)
+    with pytest.raises(RateLimited, match="address"):
+        admission.admit(source="ipv4:10.0.0.2", user_id=None)
+    admission.check_size(2048)
+    with pytest.raises(ResourceExhausted, match="limit is 2048 bytes"):
+        admission.check_size(2049)
+
+
+def test_source_ignores_the_client_port() -> None:
+    assert source_of("ipv4:10.0.0.5:51234") == "ipv4:10.0.0.5"
+    assert source_of("ipv6:[::1]:4000") == "ipv6:[::1]"
+    assert source_of("unix:/tmp/sock") == "unix:/tmp/sock"
+
+
+async def test_live_buffer_holds_its_capacity_then_ends_in_a_resync() -> None:
+    buffer = LiveBuffer(3)
+    events = [gateway_pb2.ClientEvent(ready=gateway_pb2.Ready(channel_ids=[str(i)])) for i in range(10)]
+    for event in events:
+        buffer.offer(event)
+    assert buffer.overflowed
+    assert buffer.pending() == 4  # three events and the resync marker, however many were offered
+    assert [(await buffer.take()).ready.channel_ids[0] for _ in range(3)] == ["0", "1", "2"]
+    with pytest.raises(ResourceExhausted, match="resume"):
+        await asyncio.wait_for(buffer.take(), 1)
+
+
+def test_client_sees_messages_edits_and_redactions_with_their_position() -> None:
+    posted = client_event(MessagePosted(channel_id="c", message_id="m", channel_seq=4, body="hi"), 17)
+    assert posted is not None
+    assert (posted.message.body, posted.message.channel_seq, posted.message.position) == ("hi", 4, 17)
+    edited = client_event(MessageEdited(channel_id="c", message_id="m", channel_seq=4, body="hey"), 18)
+    assert edited is not None
+    assert (edited.updated.body, edited.updated.position) == ("hey", 18)
+    redacted = client_event(MessageRedacted(channel_id="c", message_id="m", channel_seq=4), 19)
+    assert redacted is not None
+    assert redacted.updated.redacted
+    assert redacted.updated.body == ""
+    joined = client_event(MemberJoined(channel_id="c", user_id="u"), 20)
+    assert joined is not None
+    assert (joined.membership.change, joined.membership.user_id, joined.membership.position) == ("joined", "u", 20)
+    assert client_event(MessagePosted(channel_id="c", message_id="m", channel_seq=1, thread_root_seq=0), 1) is not None

@@ -1,0 +1,75 @@
+"""Channel roles and membership rules, without I/O."""
+
+import pytest
+
+from parley_core.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from parley_messaging.domain import MODERATOR, OWNER, ChannelDirectory, validate_direct_members
+
+
+def test_private_channel_is_joined_by_invitation_from_a_moderator() -> None:
+    channel = ChannelDirectory().create("c1", "secret", "owner", 1, private=True)
+    assert channel.role("owner") == OWNER
+    with pytest.raises(PermissionDenied, match="invite"):
+        channel.check_join("bob")
+    channel.add_member("mallory")
+    with pytest.raises(PermissionDenied, match="only a moderator may invite"):
+        channel.check_invite("mallory", "bob")
+    channel.check_invite("owner", "bob")
+    channel.invited.add("bob")
+    channel.check_join("bob")
+
+
+def test_moderators_remove_members_and_only_the_owner_removes_moderators() -> None:
+    channel = ChannelDirectory().create("c1", "general", "owner", 1)
+    for user in ("mod", "mod2", "alice", "bob"):
+        channel.add_member(user)
+    channel.check_set_role("owner", "mod", MODERATOR)
+    channel.roles["mod"] = channel.roles["mod2"] = MODERATOR
+    with pytest.raises(PermissionDenied):
+        channel.check_set_role("mod", "alice", MODERATOR)  # only the owner grants roles
+    channel.check_remove("mod", "alice")
+    with pytest.raises(PermissionDenied):
+        channel.check_remove("mod", "mod2")
+    with pytest.raises(PermissionDenied):
+        channel.check_remove("mod", "owner")
+    channel.check_remove("owner", "mod2")
+    with pytest.raises(PermissionDenied):
+        channel.check_remove("alice", "bob")
+    with pytest.raises(InvalidArgument):
+        channel.check_set_role("owner", "alice", "admin")
+
+
+def test_a_banned_user_stays_out_until_unbanned() -> None:
+    channel = ChannelDirectory().create("c1", "general", "owner", 1)
+    channel.add_member("troll")
+    channel.remove_member("troll")
+    channel.banned.add("troll")
+    with pytest.raises(PermissionDenied, match="banned"):
+        channel.check_join("troll")
+    with pytest.raises(FailedPrecondition, match="unban"):
+        channel.check_invite("owner", "troll")
+    channel.banned.discard("troll")
+    channel.check_join("troll")
+
+
+def test_direct_conversations_have_fixed_members_and_no_moderator() -> None:
+    others = validate_direct_members("alice", ["bob", "carol", "bob", "alice"])
+    assert others == ("bob", "carol")
+    channel = ChannelDirectory().create("d1", "direct", "alice", 1, direct=True, others=others)
+    assert channel.members == {"alice", "bob", "carol"}
+    assert not channel.is_moderator("alice")
+    with pytest.raises(PermissionDenied):
+        channel.check_join("dave")
+    with pytest.raises(FailedPrecondition):
+        channel.check_invite("alice", "dave")
+    channel.check_update("bob")  # anyone in a direct conversation may set its topic
+    with pytest.raises(InvalidArgument):
+        validate_direct_members("alice", ["alice"])
+
+
+def test_hidden_history_starts_after_the_join() -> None:
+    channel = ChannelDirectory().create("c1", "general", "owner", 1, hide_history_before_join=True)
+    channel.last_seq = 41
+    channel.add_member("late")
+    assert channel.visible_from["late"] == 42
+    assert channel.visible_from["owner"] == 1

@@ -1,0 +1,100 @@
+"""Issue 4: edits, redactions, leaving and paging in the archive's projections, on every backend."""
+
+from __future__ import annotations
+
+import pytest
+from google.protobuf.message import Message
+from parley.messaging.v1.events_pb2 import (
+    ChannelCreated,
+    MemberJoined,
+    MemberLeft,
+    MessageEdited,
+    MessagePosted,
+    MessageRedacted,
+)
+from sqlalchemy import Connection, select
+
+from parley_core.bus import ReceivedEvent
+from parley_core.envelope import NewEvent, seal
+from parley_core.topology import channel_subject
+from parley_storage.archive import EXPIRED, SqlEventArchive
+from parley_storage.schema import events
+
+CONSUMER = "storage-archive-msg"
+
+
+def delivered(payload: Message, seq: int) -> ReceivedEvent:
+    envelope = seal(
+        NewEvent(aggregate_type="channel", aggregate_id="c1", payload=payload, actor="alice"),
+        aggregate_version=seq,
+        producer="test@0",
+        trace_context={},
+    )
+    return ReceivedEvent(envelope, channel_subject("c1"), "MSG", seq, 1, {})
+
+
+def posted(n: int) -> MessagePosted:
+    return MessagePosted(
+        channel_id="c1", message_id=f"m{n}", sender_id="alice", sender_name="alice", channel_seq=n, body=f"text {n}"
+    )
+
+
+def edited(n: int, body: str) -> MessageEdited:
+    return MessageEdited(channel_id="c1", message_id=f"m{n}", channel_seq=n, body=body, editor_name="alice")
+
+
+def conversation() -> list[ReceivedEvent]:
+    return [
+        delivered(ChannelCreated(channel_id="c1", name="general", creator_id="alice"), 1),
+        *(delivered(posted(n), n + 1) for n in range(1, 6)),
+        delivered(edited(2, "text 2, edited"), 7),
+        delivered(edited(3, "secret, edited"), 8),
+        delivered(MessageRedacted(channel_id="c1", message_id="m3", channel_seq=3, redactor_id="alice"), 9),
+    ]
+
+
+def key_ids(conn: Connection) -> dict[int, str]:
+    return {row.stream_seq: row.key_id for row in conn.execute(select(events.c.stream_seq, events.c.key_id))}
+
+
+async def test_history_shows_edits_and_no_text_of_redacted_messages(archive: SqlEventArchive) -> None:
+    await archive.archive(CONSUMER, conversation())
+    messages, _ = await archive.channel_history("c1", after_seq=0, limit=10)
+    assert [m.body for m in messages] == ["text 1", "text 2, edited", "", "text 4", "text 5"]
+    assert messages[1].sender_name == "alice"
+    keys = await archive.run("key_ids", key_ids)
+    assert keys[4] == keys[8] == EXPIRED  # the post and the edit of #3 lost their content
+    assert keys[9] != EXPIRED  # the redaction itself is kept
+    assert keys[3] != EXPIRED  # other messages keep theirs
+
+
+async def test_a_late_redelivered_edit_never_brings_back_redacted_text(archive: SqlEventArchive) -> None:
+    events_in_order = conversation()
+    await archive.archive(CONSUMER, events_in_order[:7] + events_in_order[8:])  # the edit of #3 comes back later
+    await archive.archive(CONSUMER, [events_in_order[7]])
+    messages, _ = await archive.channel_history("c1", after_seq=2, limit=1)
+    assert messages[0].body == ""
+    assert (await archive.run("key_ids", key_ids))[8] == EXPIRED
+
+
+async def test_a_member_who_left_is_no_longer_a_member(archive: SqlEventArchive) -> None:
+    await archive.archive(
+        CONSUMER,
+        [
+            delivered(ChannelCreated(channel_id="c1", name="general", creator_id="alice"), 1),
+            delivered(MemberJoined(channel_id="c1", user_id="bob"), 2),
+            delivered(MemberLeft(channel_id="c1", user_id="bob"), 3),
+        ],
+    )
+    assert await archive.is_member("c1", "alice")
+    assert not await archive.is_member("c1", "bob")
+
+
+@pytest.mark.parametrize(("before", "limit", "expected", "more"), [(6, 2, [4, 5], True), (3, 5, [1, 2], False)])
+async def test_history_pages_backwards(
+    archive: SqlEventArchive, before: int, limit: int, expected: list[int], more: bool
+) -> None:
+    await archive.archive(CONSUMER, conversation())
+    messages, has_more = await archive.channel_history("c1", after_seq=0, before_seq=before, limit=limit)
+    assert [m.channel_seq for m in messages] == expected
+    assert has_more is more

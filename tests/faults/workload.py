@@ -1,0 +1,288 @@
+"""A chat workload that keeps sending through faults and keeps the books on what happened.
+
+Clients behave as a careful application does: a send that fails for a transient reason
+(UNAVAILABLE, DEADLINE_EXCEEDED, ...) is retried with the same idempotency key until it is
+acknowledged, and a live stream that breaks is opened again. The ledger then answers the only
+questions that matter: was every acknowledged message archived exactly once, and did members'
+live streams work again after the fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+from parley.messaging.v1.messaging_pb2 import ChatMessage
+
+from parley_client import LiveStream, ParleyClient, ParleyError
+
+PASSWORD = "fault-test-passphrase"
+TRANSIENT = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+SEND_GIVE_UP_S = 120.0
+READY_TIMEOUT_S = 30.0  # a client gives up on a stream that never says `ready`
+T = TypeVar("T")
+
+
+async def until(condition: Callable[[], bool], *, timeout: float, what: str) -> None:
+    """Wait for a condition with a growing poll interval; fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.25)
+
+
+async def retrying(call: Callable[[], Awaitable[T]], *, give_up_s: float = SEND_GIVE_UP_S) -> T:
+    """Retry a transient failure with backoff, as a client app rides out a restart."""
+    deadline = time.monotonic() + give_up_s
+    delay = 0.05
+    while True:
+        try:
+            return await call()
+        except ParleyError as exc:
+            if exc.code not in TRANSIENT or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(delay)  # client backoff between retries, not a test wait
+        delay = min(delay * 2, 1.0)
+
+
+@dataclass
+class Member:
+    name: str
+    client: ParleyClient
+    delivered: list[str] = field(default_factory=list)  # message ids as they arrived live
+    stream_opens: int = 0
+    stream_breaks: int = 0
+    opened_at: list[float] = field(default_factory=list)  # monotonic time of each `ready`
+    delivered_since_open: int = 0
+
+
+@dataclass
+class Ledger:
+    attempted: dict[str, str] = field(default_factory=dict)  # idempotency key -> body
+    acknowledged: dict[str, str] = field(default_factory=dict)  # idempotency key -> message id
+    retries: int = 0
+    refused: Counter[str] = field(default_factory=Counter)
+
+
+class ChatWorkload:
+    """Members of one channel who send and listen until told to stop."""
+
+    def __init__(self, address: str, ca_cert: bytes, *, members: int = 3) -> None:
+        self.address = address
+        self.ca_cert = ca_cert
+        self.member_count = members
+        self.members: list[Member] = []
+        self.channel_id = ""
+        self.ledger = Ledger()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+
+    def connect(self) -> ParleyClient:
+        return ParleyClient.connect(self.address, ca_cert=self.ca_cert)
+
+    async def set_up(self) -> None:
+        for i in range(self.member_count):
+            name = f"fault{i}-{uuid.uuid4().hex[:8]}"
+            client = self.connect()
+            await client.register(name, PASSWORD)
+            await client.login(name, PASSWORD)
+            self.members.append(Member(name, client))
+        self.channel_id = (await self.members[0].client.create_channel("faults")).channel_id
+        for member in self.members[1:]:
+            await member.client.join_channel(self.channel_id)
+
+    async def start(self, *, senders_per_member: int = 1, pause_s: float = 0.02) -> None:
+        for member in self.members:
+            self._tasks.append(asyncio.create_task(self._listen(member)))
+        await until(lambda: all(m.stream_opens for m in self.members), timeout=60, what="every member's live stream")
+        for member in self.members:
+            for n in range(senders_per_member):
+                self._tasks.append(asyncio.create_task(self._send_loop(member, n, pause_s)))
+
+    async def stop_sending(self) -> None:
+        """Stop the senders (each finishes its send in flight); live streams stay open."""
+        self._stop.set()
+        await asyncio.gather(*self._tasks[self.member_count :])
+
+    async def close(self) -> None:
+        """Stop everything and close every client; safe to call again (test teardown does)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for member in self.members:
+            await member.client.close()
+
+    async def _send_loop(self, member: Member, lane: int, pause_s: float) -> None:
+        n = 0
+        while not self._stop.is_set():
+            key = f"{member.name}-{lane}-{n}"
+            body = f"{member.name} lane {lane} #{n}"
+            self.ledger.attempted[key] = body
+            attempts = 0
+
+            async def send(key: str = key, body: str = body) -> ChatMessage:
+                nonlocal attempts
+                attempts += 1
+                return await member.client.send(self.channel_id, body, idempotency_key=key)
+
+            try:
+                sent = await retrying(send)
+            except ParleyError as exc:
+                self.ledger.refused[exc.code.name] += 1
+            else:
+                self.ledger.acknowledged[key] = sent.message_id
+            self.ledger.retries += max(0, attempts - 1)
+            n += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), pause_s)  # paces the sender
+
+    async def _listen(self, member: Member) -> None:
+        delay = 0.05
+        while True:
+            stream: LiveStream = member.client.subscribe([self.channel_id])
+            try:
+                await asyncio.wait_for(stream.ready(), READY_TIMEOUT_S)
+                member.stream_opens += 1
+                member.opened_at.append(time.monotonic())
+                member.delivered_since_open = 0
+                delay = 0.05
+                async for message in stream:
+                    member.delivered.append(message.message_id)
+                    member.delivered_since_open += 1
+            except (ParleyError, StopAsyncIteration, TimeoutError):
+                member.stream_breaks += 1
+            finally:
+                stream.cancel()
+            await asyncio.sleep(delay)  # reconnect backoff, as a client app does
+            delay = min(delay * 2, 1.0)
+
+    async def wait_acknowledged(self, more: int, *, timeout: float = 120.0) -> None:
+        """Let the load run until `more` further sends were acknowledged."""
+        target = len(self.ledger.acknowledged) + more
+        await until(lambda: len(self.ledger.acknowledged) >= target, timeout=timeout, what=f"{more} more acks")
+
+    async def history(self) -> list[tuple[int, str, str]]:
+        """The whole channel history as (channel_seq, message_id, body), paging through it."""
+        reader = self.members[0].client
+        out: list[tuple[int, str, str]] = []
+        after = 0
+        while True:
+            page = await retrying(lambda after=after: reader.history(self.channel_id, after_seq=after, limit=500))
+            out.extend((m.channel_seq, m.message_id, m.body) for m in page.messages)
+            if not page.has_more:
+                return out
+            after = out[-1][0]
+
+    async def live_after_reconnect(self) -> dict[str, int]:
+        """Each member sends one marker; how many members' live streams got every marker."""
+        baseline = {m.name: len(m.delivered) for m in self.members}
+        markers = []
+        for member in self.members:
+            sent = await retrying(lambda member=member: member.client.send(self.channel_id, f"marker {member.name}"))
+            markers.append(sent.message_id)
+        wanted = set(markers)
+        now = time.monotonic()
+        state = ", ".join(
+            f"{m.name}: {len(m.delivered)} delivered, opened {m.stream_opens}x, broke {m.stream_breaks}x,"
+            f" opens {[round(t - now, 1) for t in m.opened_at]}s ago, {m.delivered_since_open} since"
+            for m in self.members
+        )
+        await until(
+            lambda: all(wanted <= set(m.delivered[baseline[m.name] :]) for m in self.members),
+            timeout=60,
+            what=f"every member's live stream to deliver every marker ({len(self.ledger.acknowledged)} acked; {state})",
+        )
+        return {m.name: len(wanted & set(m.delivered[baseline[m.name] :])) for m in self.members}
+
+
+@dataclass
+class FaultReport:
+    scenario: str
+    sent: int
+    acknowledged: int
+    archived: int
+    delivered_live: int
+    delivered_live_expected: int
+    lost: int
+    duplicated: int
+    retries: int
+    refused: dict[str, int]
+    stream_reconnects: int
+    notes: str = ""
+
+    def publish(self) -> None:
+        """Print the counts and, under `make faults`, keep them as JSON beside the others."""
+        line = json.dumps(self.__dict__)
+        print(f"[fault-report] {line}")
+        folder = os.environ.get("PARLEY_FAULT_RESULTS")
+        if folder:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            (Path(folder) / f"{self.scenario}.json").write_text(line + "\n")
+
+
+async def audit(workload: ChatWorkload, scenario: str, *, notes: str = "") -> FaultReport:
+    """Wait until the archive holds every acknowledged send, then check it holds each once."""
+    acked_ids = set(workload.ledger.acknowledged.values())
+    history: list[tuple[int, str, str]] = []
+
+    async def archived_all() -> bool:
+        nonlocal history
+        history = await workload.history()
+        return acked_ids <= {mid for _, mid, _ in history}
+
+    deadline = time.monotonic() + 120
+    while not await archived_all() and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)  # the archive trails the acks by its lag; poll until it has them
+
+    ids = Counter(mid for _, mid, _ in history)
+    bodies = Counter(body for _, _, body in history if not body.startswith("marker "))
+    seqs = [seq for seq, _, _ in history]
+    delivered = sum(len(acked_ids & set(m.delivered)) for m in workload.members)
+    report = FaultReport(
+        scenario=scenario,
+        sent=len(workload.ledger.attempted),
+        acknowledged=len(acked_ids),
+        archived=len(history),
+        delivered_live=delivered,
+        delivered_live_expected=len(acked_ids) * len(workload.members),
+        lost=len(acked_ids - set(ids)),
+        duplicated=sum(1 for c in ids.values() if c > 1) + sum(1 for c in bodies.values() if c > 1),
+        retries=workload.ledger.retries,
+        refused=dict(workload.ledger.refused),
+        stream_reconnects=sum(max(0, m.stream_opens - 1) for m in workload.members),
+        notes=notes,
+    )
+    report.publish()
+    assert report.lost == 0, f"acknowledged but not archived: {sorted(acked_ids - set(ids))[:10]}"
+    assert report.duplicated == 0, f"archived more than once: {[k for k, c in bodies.items() if c > 1][:10]}"
+    assert seqs == list(range(1, len(seqs) + 1)), "channel sequence numbers have gaps or repeats"
+    known = set(workload.ledger.attempted.values())
+    phantom = [body for body in bodies if body not in known]
+    assert not phantom, f"history holds messages nobody sent: {phantom[:5]}"
+    assert not workload.ledger.refused, f"sends refused for good: {workload.ledger.refused}"
+    return report
