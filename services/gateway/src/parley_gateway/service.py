@@ -378,92 +378,109 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
             for replay in replays:
                 await replay.stop()
 
-    # -- sessions and accounts (issue 3): forwarded to auth, which checks them again ----------
+    # -- sessions and accounts (issue 3): forwarded to auth, which checks them again; the same
+    # size and rate budgets as every other call (ChangePassword and Refresh cost auth the most) --
 
     async def Refresh(self, request: auth_pb2.RefreshRequest, context: Context) -> auth_pb2.LoginResponse:
         assert self._auth is not None
+        await self._admit(request, context, anonymous=True)
         return await forward(self._auth.Refresh, request, context)
 
     async def Logout(self, request: auth_pb2.LogoutRequest, context: Context) -> auth_pb2.LogoutResponse:
         assert self._auth is not None
+        await self._admit(request, context)
         return await forward(self._auth.Logout, request, context)
 
     async def ChangePassword(
         self, request: auth_pb2.ChangePasswordRequest, context: Context
     ) -> auth_pb2.ChangePasswordResponse:
         assert self._auth is not None
+        await self._admit(request, context)
         return await forward(self._auth.ChangePassword, request, context)
 
     async def ListSessions(
         self, request: auth_pb2.ListSessionsRequest, context: Context
     ) -> auth_pb2.ListSessionsResponse:
         assert self._auth is not None
+        await self._admit(request, context)
         return await forward(self._auth.ListSessions, request, context)
 
     async def RevokeSession(
         self, request: auth_pb2.RevokeSessionRequest, context: Context
     ) -> auth_pb2.RevokeSessionResponse:
         assert self._auth is not None
+        await self._admit(request, context)
         return await forward(self._auth.RevokeSession, request, context)
 
     async def CreateUser(self, request: auth_pb2.CreateUserRequest, context: Context) -> auth_pb2.Account:
         assert self._auth is not None
+        await self._admit(request, context)
         return await forward(self._auth.CreateUser, request, context)
 
     async def AssignRole(self, request: auth_pb2.AssignRoleRequest, context: Context) -> auth_pb2.Account:
         assert self._auth is not None
+        await self._admit(request, context)
         return await forward(self._auth.AssignRole, request, context)
 
     async def SetAccountDisabled(
         self, request: auth_pb2.SetAccountDisabledRequest, context: Context
     ) -> auth_pb2.Account:
         assert self._auth is not None
+        await self._admit(request, context)
         return await forward(self._auth.SetAccountDisabled, request, context)
 
     async def BeginTotpEnrolment(
         self, request: auth_pb2.BeginTotpEnrolmentRequest, context: Context
     ) -> auth_pb2.BeginTotpEnrolmentResponse:
         assert self._auth is not None
+        await self._admit(request, context)
         return await forward(self._auth.BeginTotpEnrolment, request, context)
 
     async def ConfirmTotpEnrolment(
         self, request: auth_pb2.ConfirmTotpEnrolmentRequest, context: Context
     ) -> auth_pb2.ConfirmTotpEnrolmentResponse:
         assert self._auth is not None
+        await self._admit(request, context)
         return await forward(self._auth.ConfirmTotpEnrolment, request, context)
 
     async def SetMfaRequired(
         self, request: auth_pb2.SetMfaRequiredRequest, context: Context
     ) -> auth_pb2.SetMfaRequiredResponse:
         assert self._auth is not None
+        await self._admit(request, context)
         return await forward(self._auth.SetMfaRequired, request, context)
 
     async def PublishAuthDeviceKeys(
         self, request: auth_pb2.PublishDeviceKeysRequest, context: Context
     ) -> auth_pb2.Device:
         assert self._auth is not None
+        await self._admit(request, context)
         return await forward(self._auth.PublishDeviceKeys, request, context)
 
     async def UploadAuthOneTimeKeys(
         self, request: auth_pb2.UploadOneTimeKeysRequest, context: Context
     ) -> auth_pb2.UploadOneTimeKeysResponse:
         assert self._auth is not None
+        await self._admit(request, context)
         return await forward(self._auth.UploadOneTimeKeys, request, context)
 
     async def ClaimAuthOneTimeKey(
         self, request: auth_pb2.ClaimOneTimeKeyRequest, context: Context
     ) -> auth_pb2.ClaimedOneTimeKey:
         assert self._auth is not None
+        await self._admit(request, context)
         return await forward(self._auth.ClaimOneTimeKey, request, context)
 
     async def ListAuthDevices(
         self, request: auth_pb2.ListDevicesRequest, context: Context
     ) -> auth_pb2.ListDevicesResponse:
         assert self._auth is not None
+        await self._admit(request, context)
         return await forward(self._auth.ListDevices, request, context)
 
     async def CreateInvite(self, request: auth_pb2.CreateInviteRequest, context: Context) -> auth_pb2.Invite:
         assert self._auth is not None
+        await self._admit(request, context)
         return await forward(self._auth.CreateInvite, request, context)
 
     async def _next_while_allowed(self, buffer: LiveBuffer, context: Context) -> gateway_pb2.ClientEvent:
