@@ -164,9 +164,12 @@ class Platform:
         self.say(f"all services are up. Gateway (TLS): {gateway.address}")
         self.say(f"CA certificate for clients: {self.pki.ca_cert}")
         self.say(f"logs: {self.data_dir / 'logs'}")
-        self.say("connect the CLI from another terminal, for example:")
-        self.say(f"  .venv/bin/parley --data-dir {self.data_dir} register alice")
-        self.say(f"  .venv/bin/parley --data-dir {self.data_dir} --as alice chat general")
+        self.say("connect the CLI from another terminal, for example (first account: an owner):")
+        cli = f".venv/bin/parley --data-dir {self.data_dir}"
+        self.say(f"  {cli} admin create-user alice --role owner")
+        self.say(f"  {cli} login alice")
+        self.say(f"  {cli} --as alice create-channel general")
+        self.say(f"  {cli} --as alice chat general")
         self.say("press Ctrl-C to stop everything")
 
     def _environment(self, service: ManagedService) -> dict[str, str]:
