@@ -11,7 +11,8 @@ import pytest
 
 from parley_client import ParleyClient, ParleyError
 from parley_core.nats_connect import connect_nats
-from parley_core.testing.platform import RunningPlatform, wait_until
+from parley_core.testing.platform import RunningPlatform
+from parley_core.testing.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -25,6 +25,7 @@ import grpc
 from parley.messaging.v1.messaging_pb2 import ChatMessage
 
 from parley_client import LiveStream, ParleyClient, ParleyError
+from parley_core.testing.waiting import until
 
 PASSWORD = "fault-test-passphrase"
 TRANSIENT = {
@@ -38,17 +39,6 @@ TRANSIENT = {
 SEND_GIVE_UP_S = 120.0
 READY_TIMEOUT_S = 30.0  # a client gives up on a stream that never says `ready`
 T = TypeVar("T")
-
-
-async def until(condition: Callable[[], bool], *, timeout: float, what: str) -> None:
-    """Wait for a condition with a growing poll interval; fail naming `what`."""
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.25)
 
 
 async def retrying(call: Callable[[], Awaitable[T]], *, give_up_s: float = SEND_GIVE_UP_S) -> T:

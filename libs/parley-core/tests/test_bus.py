@@ -7,7 +7,7 @@ and parks poison events; the platform user inspects PARKED, as an operator would
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -20,6 +20,7 @@ from parley.messaging.v1.events_pb2 import MessagePosted
 from parley_core.bus import ConcurrencyConflict, EventBus, ReceivedEvent, RetryLater
 from parley_core.envelope import NewEvent, decode, open_payload
 from parley_core.testing.nats import NatsTestServer
+from parley_core.testing.waiting import eventually
 from parley_core.topology import (
     CHANNELS_FILTER,
     STREAMS_BY_NAME,
@@ -45,17 +46,6 @@ def posted(channel_id: str, body: str) -> NewEvent:
         payload=MessagePosted(channel_id=channel_id, body=body, sender_id="u1"),
         actor="u1",
     )
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], *, timeout: float = TIMEOUT_S) -> T:
-    """Poll `check` until it returns something other than None, or fail after `timeout`."""
-
-    async def poll() -> T:
-        while (result := await check()) is None:
-            await asyncio.sleep(0.05)
-        return result
-
-    return await asyncio.wait_for(poll(), timeout)
 
 
 @dataclass

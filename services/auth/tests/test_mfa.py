@@ -15,6 +15,7 @@ from parley.auth.v1 import auth_pb2
 from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
 
 from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
+from parley_core.testing.waiting import until
 
 STEP = 30
 
@@ -100,7 +101,9 @@ async def test_mfa_required_for_a_role_is_enforced_by_other_services(stack: Stac
     await gateway.SetMfaRequired(
         auth_pb2.SetMfaRequiredRequest(role="operator", required=True), metadata=owner, timeout=TIMEOUT_S
     )
-    await asyncio.wait_for(_until(lambda: stack.access("patch-registry").mfa_required("operator")), TIMEOUT_S)
+    await until(
+        lambda: stack.access("patch-registry").mfa_required("operator"), "MFA required at the registry", TIMEOUT_S
+    )
 
     first = await stack.login("opal")
     assert first.mfa_enrolment_required
@@ -127,8 +130,3 @@ async def test_mfa_required_for_a_role_is_enforced_by_other_services(stack: Stac
         fleet_pb2.ListInstancesRequest(), metadata=bearer(refreshed.access_token), timeout=TIMEOUT_S
     )
     assert (await status(again))[0] == grpc.StatusCode.OK
-
-
-async def _until(condition: object) -> None:
-    while not condition():  # type: ignore[operator]
-        await asyncio.sleep(0.005)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -19,18 +20,16 @@ from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from parley_core.testing.stack import TIMEOUT_S, Stack, bearer
+from parley_core.testing.waiting import until
 
 pytestmark = pytest.mark.asyncio
 
 ROUNDS = 20
 
 
-async def wait_for(condition: object, what: str, timeout: float = TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.001)
+async def wait_for(condition: Callable[[], bool], what: str) -> None:
+    # A fine interval: the propagation delay is measured through this wait.
+    await until(condition, what, TIMEOUT_S, interval=0.001)
 
 
 async def code_of(call: object) -> grpc.StatusCode:

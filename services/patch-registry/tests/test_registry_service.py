@@ -34,6 +34,7 @@ from parley_core.envelope import NewEvent, decode, open_payload
 from parley_core.pki import Pki
 from parley_core.runner import secure_channel, serve
 from parley_core.testing.nats import NatsTestServer
+from parley_core.testing.waiting import eventually
 from parley_core.tokens import AUDIENCE, ISSUER
 from parley_core.topology import STREAMS_BY_NAME, heartbeat_subject, signing_key_subject
 from parley_patch_registry.service import PatchRegistryApp
@@ -53,18 +54,6 @@ OSV_DIR = next(
     Path("/work/shared/data/osv"),
 )
 T = TypeVar("T")
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = TIMEOUT_S) -> T:
-    """Polls `probe` until it returns something; fails with `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await probe()
-        if result is not None:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @dataclass

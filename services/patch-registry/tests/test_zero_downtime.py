@@ -19,7 +19,7 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -39,6 +39,7 @@ from parley_core.envelope import NewEvent
 from parley_core.pki import Pki
 from parley_core.runner import secure_channel
 from parley_core.testing.nats import NatsTestServer
+from parley_core.testing.waiting import eventually
 from parley_core.tokens import AUDIENCE, ISSUER
 from parley_core.topology import PLATFORM_USER, STREAMS, signing_key_subject
 from parley_patch_registry.agent.node_agent import AgentTimeouts, NodeAgent
@@ -49,17 +50,6 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 MESSAGING_SOURCE = REPO_ROOT / "services" / "messaging"
 T = TypeVar("T")
 START_TIMEOUT_S = 120.0
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 180.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await probe()
-        if result is not None:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.2)
 
 
 @dataclass

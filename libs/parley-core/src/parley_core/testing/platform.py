@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from parley_core.net import free_port
+from parley_core.testing.waiting import wait_until
 
 READY_LINE = "all services are up"
 # Test platforms let anyone register (`make run` defaults to admin-created accounts), so tests
@@ -22,15 +22,6 @@ READY_LINE = "all services are up"
 TEST_DEFAULTS = {"PARLEY_REGISTRATION": "open"}
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 60.0
-
-
-def wait_until(condition: object, *, timeout: float, what: str, interval: float = 0.05) -> None:
-    """Poll `condition()` until true; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass
