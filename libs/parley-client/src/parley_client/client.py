@@ -17,7 +17,6 @@ import grpc
 from parley.auth.v1 import auth_pb2
 from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from parley.messaging.v1 import messaging_pb2
-from parley.messaging.v1.events_pb2 import OneTimeKey
 from parley.storage.v1 import storage_pb2
 
 from parley_client.e2ee import BODY_PREFIX, E2eeDevice, UndecryptableMessage
@@ -432,23 +431,36 @@ class ParleyClient:
         return channel
 
     async def publish_device_keys(
-        self, *, device_id: str, identity_key: str, signing_key: str, one_time_keys: Sequence[OneTimeKey]
-    ) -> int:
-        request = messaging_pb2.PublishDeviceKeysRequest(
-            device_id=device_id, identity_key=identity_key, signing_key=signing_key, one_time_keys=one_time_keys
+        self, *, device_id: str, curve25519: bytes, ed25519: bytes, signature: bytes, display_name: str = ""
+    ) -> auth_pb2.Device:
+        """Register a device's identity keys in auth's key directory (E2eeDevice.publish does this)."""
+        request = auth_pb2.PublishDeviceKeysRequest(
+            device_id=device_id, curve25519=curve25519, ed25519=ed25519, signature=signature, display_name=display_name
         )
-        response: messaging_pb2.PublishDeviceKeysResponse = await self._call(self._stub.PublishDeviceKeys, request)
+        device: auth_pb2.Device = await self._call(self._stub.PublishDeviceKeys, request)
+        return device
+
+    async def upload_one_time_keys(
+        self, device_id: str, keys: Sequence[auth_pb2.OneTimeKey], *, fallback_key: auth_pb2.OneTimeKey | None = None
+    ) -> int:
+        request = auth_pb2.UploadOneTimeKeysRequest(device_id=device_id, keys=keys, fallback_key=fallback_key)
+        response: auth_pb2.UploadOneTimeKeysResponse = await self._call(self._stub.UploadOneTimeKeys, request)
         return response.one_time_keys_left
 
-    async def list_devices(self, user_ids: Sequence[str]) -> list[messaging_pb2.DeviceKeys]:
-        request = messaging_pb2.ListDevicesRequest(user_ids=list(user_ids))
-        response: messaging_pb2.ListDevicesResponse = await self._call(self._stub.ListDevices, request)
+    async def list_devices(self, user_ids: Sequence[str]) -> list[auth_pb2.Device]:
+        """The devices of these users (unknown users have none)."""
+        request = auth_pb2.ListDevicesRequest(user_ids=list(user_ids))
+        response: auth_pb2.ListDevicesResponse = await self._call(self._stub.ListDevices, request)
         return list(response.devices)
 
-    async def claim_one_time_key(self, user_id: str, device_id: str) -> messaging_pb2.ClaimOneTimeKeyResponse:
-        request = messaging_pb2.ClaimOneTimeKeyRequest(user_id=user_id, device_id=device_id)
-        response: messaging_pb2.ClaimOneTimeKeyResponse = await self._call(self._stub.ClaimOneTimeKey, request)
+    async def claim_one_time_key(self, user_id: str, device_id: str) -> auth_pb2.ClaimedOneTimeKey:
+        request = auth_pb2.ClaimOneTimeKeyRequest(user_id=user_id, device_id=device_id)
+        response: auth_pb2.ClaimedOneTimeKey = await self._call(self._stub.ClaimOneTimeKey, request)
         return response
+
+    async def remove_device(self, device_id: str) -> None:
+        """Remove one of your own devices: its keys and queued messages go; others stop encrypting to it."""
+        await self._call(self._stub.RemoveDevice, auth_pb2.RemoveDeviceRequest(device_id=device_id))
 
     async def send_to_device(self, messages: Sequence[messaging_pb2.ToDeviceMessage]) -> None:
         await self._call(self._stub.SendToDevice, messaging_pb2.SendToDeviceRequest(messages=messages))

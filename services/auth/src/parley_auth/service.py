@@ -24,6 +24,7 @@ from parley.auth.v1.events_pb2 import (
     AccountDisabled,
     AccountEnabled,
     DeviceKeysPublished,
+    DeviceRemoved,
     InviteCreated,
     InviteRedeemed,
     MfaRequirementSet,
@@ -94,6 +95,8 @@ USER_EVENTS = (
     TotpCodeAccepted,
     RecoveryCodeUsed,
 )
+DEVICE_EVENTS = (DeviceKeysPublished, OneTimeKeysUploaded, OneTimeKeyClaimed, DeviceRemoved)
+MAX_USERS_PER_DEVICE_LIST = 100
 MFA_POLICY_SUBJECT = stream_subject("auth", "policy", "mfa")
 APPEND_ATTEMPTS = 5
 # Where the current call comes from, for the audit records it writes (one value per call task).
@@ -127,6 +130,7 @@ def device_proto(device: keys.DeviceRecord) -> auth_pb2.Device:
         signature=device.signature,
         display_name=device.display_name,
         one_time_keys_left=len(device.unclaimed),
+        has_fallback_key=device.fallback is not None,
     )
 
 
@@ -239,7 +243,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             account.user_seq, account.user_version = event.stream_seq, account.user_version + 1
             self._apply_user(account, payload)
             return
-        if isinstance(payload, DeviceKeysPublished | OneTimeKeysUploaded | OneTimeKeyClaimed):
+        if isinstance(payload, DEVICE_EVENTS):
             self._apply_device(payload, event.stream_seq)
             return
         if isinstance(payload, SigningKeyPublished):
@@ -286,9 +290,12 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             else:
                 session.revoked_reason = payload.reason or "revoked"
 
-    def _apply_device(
-        self, payload: DeviceKeysPublished | OneTimeKeysUploaded | OneTimeKeyClaimed, stream_seq: int
-    ) -> None:
+    def _apply_device(self, payload: Message, stream_seq: int) -> None:
+        assert isinstance(payload, DEVICE_EVENTS)
+        if isinstance(payload, DeviceRemoved):
+            self.keys.devices.pop((payload.user_id, payload.device_id), None)
+            self.keys.removed.add((payload.user_id, payload.device_id))
+            return
         if isinstance(payload, DeviceKeysPublished):
             device = keys.DeviceRecord(
                 user_id=payload.user_id,
@@ -308,6 +315,10 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                 for k in payload.keys:
                     device.unclaimed[k.key_id] = keys.StoredKey(k.key_id, k.key, k.signature)
                     device.seen_key_ids.add(k.key_id)
+                if payload.HasField("fallback_key"):
+                    fb = payload.fallback_key
+                    device.fallback = keys.StoredKey(fb.key_id, fb.key, fb.signature)
+                    device.seen_key_ids.add(fb.key_id)
             else:
                 device.unclaimed.pop(payload.key_id, None)
         device.last_seq, device.version = stream_seq, device.version + 1
@@ -929,6 +940,8 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             signature=request.signature,
             display_name=request.display_name,
         )
+        if (caller.user_id, request.device_id) in self.keys.removed:
+            raise AlreadyExists("this device id was removed; register the device under a new id")
         existing = self.keys.get(caller.user_id, request.device_id)
         if existing is not None:
             if (existing.curve25519, existing.ed25519) == (request.curve25519, request.ed25519):
@@ -959,16 +972,24 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         caller = self._caller(context)
         device_id = keys.validate_device_id(request.device_id)
         uploaded = [keys.StoredKey(k.key_id, k.key, k.signature) for k in request.keys]
+        fallback = None
+        if request.HasField("fallback_key"):
+            fb = request.fallback_key
+            fallback = keys.StoredKey(fb.key_id, fb.key, fb.signature)
         for _ in range(APPEND_ATTEMPTS):
             device = self.keys.get(caller.user_id, device_id)
             if device is None:
                 raise NotFound("no such device of yours; publish its identity keys first")
-            device.check_upload(uploaded)
+            device.check_upload(uploaded, fallback)
             payload = OneTimeKeysUploaded(
                 user_id=caller.user_id,
                 device_id=device_id,
                 keys=[UploadedOneTimeKey(key_id=k.key_id, key=k.key, signature=k.signature) for k in uploaded],
             )
+            if fallback is not None:
+                payload.fallback_key.CopyFrom(
+                    UploadedOneTimeKey(key_id=fallback.key_id, key=fallback.key, signature=fallback.signature)
+                )
             event = self._device_event(caller.user_id, device_id, payload, f"user:{caller.user_id}")
             try:
                 await self._append(
@@ -997,7 +1018,17 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                     raise NotFound("no such device")
                 chosen = device.next_key()
                 if chosen is None:
-                    raise FailedPrecondition("this device has no one-time keys left; its owner must upload more")
+                    if device.fallback is None:
+                        raise FailedPrecondition(
+                            "this device has no one-time keys left and no fallback key; its owner must upload more"
+                        )
+                    # Reusable until replaced: nothing to record, nothing another claim can race for.
+                    fb = device.fallback
+                    return auth_pb2.ClaimedOneTimeKey(
+                        device=device_proto(device),
+                        one_time_key=auth_pb2.OneTimeKey(key_id=fb.key_id, key=fb.key, signature=fb.signature),
+                        fallback=True,
+                    )
                 claimed = OneTimeKeyClaimed(
                     user_id=user_id, device_id=device_id, key_id=chosen.key_id, claimed_by=caller.user_id
                 )
@@ -1022,6 +1053,40 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
 
     async def ListDevices(self, request: auth_pb2.ListDevicesRequest, context: Context) -> auth_pb2.ListDevicesResponse:
         caller = self._caller(context)
-        user_id = request.user_id or caller.user_id
-        self._account(user_id)
-        return auth_pb2.ListDevicesResponse(devices=[device_proto(d) for d in self.keys.of_user(user_id)])
+        if request.user_ids:
+            if len(request.user_ids) > MAX_USERS_PER_DEVICE_LIST:
+                raise InvalidArgument(f"ask for at most {MAX_USERS_PER_DEVICE_LIST} users at once")
+            user_ids = list(dict.fromkeys(request.user_ids))
+        else:
+            user_ids = [request.user_id or caller.user_id]
+            self._account(user_ids[0])
+        return auth_pb2.ListDevicesResponse(devices=[device_proto(d) for u in user_ids for d in self.keys.of_user(u)])
+
+    async def RemoveDevice(
+        self, request: auth_pb2.RemoveDeviceRequest, context: Context
+    ) -> auth_pb2.RemoveDeviceResponse:
+        caller = self._caller(context)
+        device_id = keys.validate_device_id(request.device_id)
+        for _ in range(APPEND_ATTEMPTS):
+            device = self.keys.get(caller.user_id, device_id)
+            if device is None:
+                if (caller.user_id, device_id) in self.keys.removed:
+                    return auth_pb2.RemoveDeviceResponse()  # a retried removal
+                raise NotFound("no such device of yours; `parley devices` lists them")
+            removed = DeviceRemoved(user_id=caller.user_id, device_id=device_id, removed_by=caller.user_id)
+            event = self._device_event(caller.user_id, device_id, removed, f"user:{caller.user_id}")
+            try:
+                await self._append(
+                    device_subject(caller.user_id, device_id),
+                    event,
+                    version=device.version + 1,
+                    expected_seq=device.last_seq,
+                )
+            except FailedPrecondition:
+                await self._settle()
+                continue
+            await self._security(
+                "device_removed", actor=f"user:{caller.user_id}", user_id=caller.user_id, detail=device_id
+            )
+            return auth_pb2.RemoveDeviceResponse()
+        raise FailedPrecondition("the device's keys are changing too fast; try again")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import grpc
@@ -33,11 +33,11 @@ from parley.messaging.v1.events_pb2 import (
 
 from parley_core.bus import ConcurrencyConflict, ReceivedEvent, Replay
 from parley_core.envelope import NewEvent, open_payload
-from parley_core.errors import InvalidArgument, PermissionDenied, Unavailable
+from parley_core.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from parley_core.runner import RunContext
-from parley_core.topology import MESSAGING_FILTER, channel_subject
+from parley_core.topology import AUTH_FILTER, MESSAGING_FILTER, channel_subject
 from parley_messaging.device_service import DeviceKeyServicer
-from parley_messaging.devices import validate_encrypted_body
+from parley_messaging.devices import AuthDirectory, validate_encrypted_body
 from parley_messaging.domain import (
     MODERATOR,
     Channel,
@@ -122,16 +122,20 @@ class Versioned(Protocol):
 class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
     def __init__(self) -> None:
         self.channels = ChannelDirectory()
-        self.device_keys = DeviceKeyServicer(self)
+        self.directory = AuthDirectory()
+        self.device_keys = DeviceKeyServicer(self, self.directory)
         self._ctx: RunContext | None = None
         self._replay: Replay | None = None
+        self._auth_replay: Replay | None = None
         # One writer per channel inside this instance; across instances the stream's
         # expected-sequence check settles races.
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
-        # Channels, the device key directory and to-device queues: one replay of messaging's stream.
+        # Users and devices (auth owns them) first, then channels and to-device queues.
+        self._auth_replay = await ctx.bus.replay(stream="AUTH", filter_subject=AUTH_FILTER, handler=self._apply_auth)
+        await self._auth_replay.wait_caught_up()
         self._replay = await ctx.bus.replay(stream="MSG", filter_subject=MESSAGING_FILTER, handler=self._apply)
         await self._replay.wait_caught_up()
         messaging_pb2_grpc.add_MessagingServiceServicer_to_server(self, ctx.server)
@@ -146,6 +150,22 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
 
     async def stop(self) -> None:
         pass
+
+    async def _apply_auth(self, event: ReceivedEvent) -> None:
+        self.device_keys.apply_auth(event)
+
+    async def settle_auth(self) -> None:
+        """Catch up with auth's stream as it is now: a user or device created a moment ago is then known."""
+        assert self._auth_replay is not None
+        info = await self.ctx.bus.js.stream_info("AUTH")
+        await self._auth_replay.wait_for_seq(info.state.last_seq)
+
+    async def _require_users(self, user_ids: Sequence[str]) -> None:
+        if not set(user_ids) <= self.directory.users:
+            await self.settle_auth()
+        unknown = [u for u in user_ids if u not in self.directory.users]
+        if unknown:
+            raise NotFound(f"no such user: {', '.join(unknown)}; direct conversations take existing user ids")
 
     async def _apply(self, event: ReceivedEvent) -> None:
         if event.envelope.aggregate_type in ("device", "todevice"):
@@ -474,6 +494,7 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         assert self._ctx is not None
         caller = self._ctx.tokens.caller(context)
         others = validate_direct_members(caller.user_id, list(request.user_ids))
+        await self._require_users(others)
         channel_id = uuid.uuid4().hex
         event = NewEvent(
             aggregate_type="channel",
