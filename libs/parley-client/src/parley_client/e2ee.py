@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -114,7 +114,6 @@ class KeyPins:
 @dataclass
 class _Outbound:
     session: vodozemac.GroupSession
-    members: frozenset[str]
     shared_with: set[tuple[str, str]] = field(default_factory=set)
 
 
@@ -144,6 +143,49 @@ class E2eeDevice:
         self._outbound: dict[str, _Outbound] = {}
         self._inbound: dict[str, tuple[str, vodozemac.InboundGroupSession]] = {}  # session id -> (channel, session)
         self._to_device_seen = 0
+        # Called after every change worth keeping (a DeviceStore saves the device then).
+        self.changed: Callable[[], None] = lambda: None
+
+    # --- persistence (see DeviceStore) -----------------------------------------------------
+
+    def to_state(self, pickle_key: bytes) -> dict[str, Any]:
+        """Everything this device holds, its secrets pickled (encrypted) by vodozemac with `pickle_key`."""
+        return {
+            "version": 1,
+            "user_id": self._user_id,
+            "device_id": self.device_id,
+            "account": self.account.pickle(pickle_key),
+            "olm": {peer: [s.pickle(pickle_key) for s in sessions] for peer, sessions in self._olm.items()},
+            "outbound": {
+                channel: {"session": o.session.pickle(pickle_key), "shared_with": sorted(map(list, o.shared_with))}
+                for channel, o in self._outbound.items()
+            },
+            "inbound": {sid: [channel, s.pickle(pickle_key)] for sid, (channel, s) in self._inbound.items()},
+            "to_device_seen": self._to_device_seen,
+            "pins": self.pins.to_json(),
+        }
+
+    @classmethod
+    def from_state(cls, client: ParleyClient, state: dict[str, Any], pickle_key: bytes) -> E2eeDevice:
+        device = cls(client, state["device_id"], vodozemac.Account.from_pickle(state["account"], pickle_key))
+        device._olm = {
+            peer: [vodozemac.Session.from_pickle(s, pickle_key) for s in sessions]
+            for peer, sessions in state["olm"].items()
+        }
+        device._outbound = {
+            channel: _Outbound(
+                session=vodozemac.GroupSession.from_pickle(o["session"], pickle_key),
+                shared_with={(u, d) for u, d in o["shared_with"]},
+            )
+            for channel, o in state["outbound"].items()
+        }
+        device._inbound = {
+            sid: (channel, vodozemac.InboundGroupSession.from_pickle(s, pickle_key))
+            for sid, (channel, s) in state["inbound"].items()
+        }
+        device._to_device_seen = state["to_device_seen"]
+        device.pins = KeyPins.from_json(state["pins"])
+        return device
 
     @property
     def identity_key(self) -> str:
@@ -181,35 +223,36 @@ class E2eeDevice:
             self.device_id, keys, fallback_key=fallback[0] if fallback else None
         )
         self.account.mark_keys_as_published()
+        self.changed()
         return left
 
     # --- sending ----------------------------------------------------------------------------
 
     async def encrypt(self, channel: messaging_pb2.Channel, plaintext: str) -> str:
-        members = frozenset(channel.member_ids)
+        devices = await self._client.list_devices(sorted(channel.member_ids))
+        for device in devices:
+            self.pins.check(device)  # before any key goes out: a changed key stops the send
+        current = {(d.user_id, d.device_id) for d in devices}
         outbound = self._outbound.get(channel.channel_id)
-        if outbound is None or not outbound.members <= members:
-            # First message, or someone left: a new session they never get the key of.
-            outbound = self._new_outbound(channel.channel_id, members)
-        else:
-            outbound.members = members
-        await self._share(channel.channel_id, outbound, members)
+        if outbound is None or not outbound.shared_with <= current:
+            # First message, or a member left or removed a device since: a new session whose
+            # key those devices never get.
+            outbound = self._new_outbound(channel.channel_id)
+        await self._share(channel.channel_id, outbound, devices)
         message = outbound.session.encrypt(plaintext.encode())
+        self.changed()
         return format_body(self.device_id, outbound.session.session_id, message.to_base64())
 
-    def _new_outbound(self, channel_id: str, members: frozenset[str]) -> _Outbound:
+    def _new_outbound(self, channel_id: str) -> _Outbound:
         session = vodozemac.GroupSession()
-        outbound = _Outbound(session=session, members=members)
+        outbound = _Outbound(session=session)
         self._outbound[channel_id] = outbound
         # Our own device reads its own messages with the same key.
         self._inbound[session.session_id] = (channel_id, vodozemac.InboundGroupSession(session.session_key))
         return outbound
 
-    async def _share(self, channel_id: str, outbound: _Outbound, members: Iterable[str]) -> None:
-        devices = await self._client.list_devices(sorted(members))
+    async def _share(self, channel_id: str, outbound: _Outbound, devices: Iterable[auth_pb2.Device]) -> None:
         me = (self._user_id, self.device_id)
-        for device in devices:
-            self.pins.check(device)  # before any key goes out: a changed key stops the send
         missing = [d for d in devices if (d.user_id, d.device_id) not in {*outbound.shared_with, me}]
         if not missing:
             return
@@ -262,6 +305,7 @@ class E2eeDevice:
             vodozemac.Curve25519PublicKey.from_base64(b64(one_time.key)),
         )
         self._olm.setdefault(identity_key, []).append(session)
+        self.changed()
         return session
 
     # --- receiving --------------------------------------------------------------------------
@@ -299,6 +343,7 @@ class E2eeDevice:
                     key = vodozemac.SessionKey(payload["session_key"])
                     self._inbound[payload["session_id"]] = (payload["channel_id"], vodozemac.InboundGroupSession(key))
                     received += 1
+            self.changed()  # Olm ratchets moved and one-time keys were used: keep that
 
     def _open_olm(self, queued: messaging_pb2.ToDeviceMessage) -> bytes:
         message = vodozemac.AnyOlmMessage.from_parts(queued.olm_type, queued.ciphertext)

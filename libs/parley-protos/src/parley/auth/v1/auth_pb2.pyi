@@ -77,7 +77,10 @@ class LoginRequest(_message.Message):
     username: _builtins.str
     password: _builtins.str
     totp_code: _builtins.str
-    """required once TOTP is enrolled (or a recovery code)"""
+    """Required once TOTP is enrolled (or a recovery code). Without either, Login answers
+    UNAUTHENTICATED with a message starting "this account uses two-factor authentication"
+    (clients recognise it and ask for the code).
+    """
     recovery_code: _builtins.str
     """single use"""
     def __init__(
