@@ -86,8 +86,8 @@ async def interactive(client: ParleyClient, reference: str, *, store: DeviceStor
         # creation on (keys are shared with it at the senders' next message).
         new = store is None or not store.exists()
         device = await client.enable_e2ee(f"cli-{uuid.uuid4().hex[:12]}", store=store)
-        kind = "new device" if new else "device"
-        print(f"-- end-to-end encrypted; this terminal is {kind} {device.device_id} --", flush=True)
+        kept = " (new)" if new else " (kept from an earlier run)"
+        print(f"-- end-to-end encrypted; this terminal is device {device.device_id}{kept} --", flush=True)
     stream = client.subscribe([channel_id])
     await stream.ready()
     page = await client.history(channel_id, limit=20)
