@@ -27,6 +27,21 @@ def signature(account: vodozemac.Account, message: bytes) -> bytes:
     return base64.b64decode(text + "=" * (-len(text) % 4))
 
 
+async def code_of(call: object) -> grpc.StatusCode:
+    try:
+        await call  # type: ignore[misc]
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+async def alice_and_bob(stack: Stack) -> tuple[auth_pb2.Account, tuple[tuple[str, str]], tuple[tuple[str, str]]]:
+    """Two members, logged in: alice's account and both callers' metadata."""
+    alice = await stack.create_user("alice", "member")
+    await stack.create_user("bob", "member")
+    return alice, bearer((await stack.login("alice")).access_token), bearer((await stack.login("bob")).access_token)
+
+
 def publish_request(account: vodozemac.Account, user_id: str, device_id: str) -> auth_pb2.PublishDeviceKeysRequest:
     curve, ed = raw(account.curve25519_key), raw(account.ed25519_key)
     return auth_pb2.PublishDeviceKeysRequest(
@@ -49,10 +64,7 @@ def one_time_keys(account: vodozemac.Account, user_id: str, device_id: str, n: i
 
 
 async def test_each_one_time_key_is_claimed_exactly_once_under_concurrency(stack: Stack) -> None:
-    alice = await stack.create_user("alice", "member")
-    await stack.create_user("bob", "member")
-    alice_md = bearer((await stack.login("alice")).access_token)
-    bob_md = bearer((await stack.login("bob")).access_token)
+    alice, alice_md, bob_md = await alice_and_bob(stack)
     gateway = stack.gateway()
     account = vodozemac.Account()
 
@@ -89,10 +101,7 @@ async def test_each_one_time_key_is_claimed_exactly_once_under_concurrency(stack
 
 
 async def test_a_claimed_key_starts_a_working_olm_session(stack: Stack) -> None:
-    alice = await stack.create_user("alice", "member")
-    await stack.create_user("bob", "member")
-    alice_md = bearer((await stack.login("alice")).access_token)
-    bob_md = bearer((await stack.login("bob")).access_token)
+    alice, alice_md, bob_md = await alice_and_bob(stack)
     gateway = stack.gateway()
     alice_device = vodozemac.Account()
     await gateway.PublishDeviceKeys(publish_request(alice_device, alice.user_id, "PHONE"), metadata=alice_md)
@@ -120,14 +129,7 @@ async def test_bad_keys_are_refused_with_reasons(stack: Stack) -> None:
     alice_md = bearer((await stack.login("alice")).access_token)
     gateway = stack.gateway()
     account = vodozemac.Account()
-
-    async def code(call: object) -> grpc.StatusCode:
-        try:
-            await call  # type: ignore[misc]
-        except grpc.aio.AioRpcError as exc:
-            return exc.code()
-        return grpc.StatusCode.OK
-
+    code = code_of
     good = publish_request(account, alice.user_id, "DESK")
     for broken in (
         auth_pb2.PublishDeviceKeysRequest(device_id="bad id!", curve25519=good.curve25519, ed25519=good.ed25519),
@@ -163,14 +165,6 @@ async def test_bad_keys_are_refused_with_reasons(stack: Stack) -> None:
     assert await code(missing) == grpc.StatusCode.NOT_FOUND
 
 
-async def code_of(call: object) -> grpc.StatusCode:
-    try:
-        await call  # type: ignore[misc]
-    except grpc.aio.AioRpcError as exc:
-        return exc.code()
-    return grpc.StatusCode.OK
-
-
 def signed_fallback(account: vodozemac.Account, user_id: str, device_id: str) -> auth_pb2.OneTimeKey:
     holder: Any = account  # vodozemac's stubs lack the fallback-key API
     holder.generate_fallback_key()
@@ -182,10 +176,7 @@ def signed_fallback(account: vodozemac.Account, user_id: str, device_id: str) ->
 
 
 async def test_fallback_key_is_handed_out_when_one_time_keys_run_out(stack: Stack) -> None:
-    alice = await stack.create_user("alice", "member")
-    await stack.create_user("bob", "member")
-    alice_md = bearer((await stack.login("alice")).access_token)
-    bob_md = bearer((await stack.login("bob")).access_token)
+    alice, alice_md, bob_md = await alice_and_bob(stack)
     gateway = stack.gateway()
     device = vodozemac.Account()
     await gateway.PublishDeviceKeys(publish_request(device, alice.user_id, "TAB"), metadata=alice_md)
@@ -222,10 +213,7 @@ async def test_fallback_key_is_handed_out_when_one_time_keys_run_out(stack: Stac
 
 
 async def test_owner_removes_a_device_and_its_keys_go(stack: Stack) -> None:
-    alice = await stack.create_user("alice", "member")
-    await stack.create_user("bob", "member")
-    alice_md = bearer((await stack.login("alice")).access_token)
-    bob_md = bearer((await stack.login("bob")).access_token)
+    alice, alice_md, bob_md = await alice_and_bob(stack)
     gateway = stack.gateway()
     device = vodozemac.Account()
     await gateway.PublishDeviceKeys(publish_request(device, alice.user_id, "OLD"), metadata=alice_md)

@@ -13,6 +13,7 @@ import logging
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -966,18 +967,44 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         assert device is not None
         return device_proto(device)
 
+    async def _change_device(
+        self, user_id: str, device_id: str, actor: str, decide: Callable[[keys.DeviceRecord | None], Message | None]
+    ) -> keys.DeviceRecord | None:
+        """The one way a device's keys change: `decide` makes the event from the device as read
+        (None: nothing to append), appended at the device subject's sequence it was read at, so
+        two racing changes (a second claim of the same key, from any instance) never both land:
+        the loser catches up and decides again. Returns the device after the change."""
+        async with self._device_locks.setdefault((user_id, device_id), asyncio.Lock()):
+            for _ in range(APPEND_ATTEMPTS):
+                device = self.keys.get(user_id, device_id)
+                payload = decide(device)
+                if payload is None:
+                    return device
+                assert device is not None
+                event = self._device_event(user_id, device_id, payload, actor)
+                try:
+                    await self._append(
+                        device_subject(user_id, device_id),
+                        event,
+                        version=device.version + 1,
+                        expected_seq=device.last_seq,
+                    )
+                except FailedPrecondition:
+                    await self._settle()
+                    continue
+                return device
+        raise FailedPrecondition("the device's keys are changing too fast; try again")
+
     async def UploadOneTimeKeys(
         self, request: auth_pb2.UploadOneTimeKeysRequest, context: Context
     ) -> auth_pb2.UploadOneTimeKeysResponse:
         caller = self._caller(context)
         device_id = keys.validate_device_id(request.device_id)
         uploaded = [keys.StoredKey(k.key_id, k.key, k.signature) for k in request.keys]
-        fallback = None
-        if request.HasField("fallback_key"):
-            fb = request.fallback_key
-            fallback = keys.StoredKey(fb.key_id, fb.key, fb.signature)
-        for _ in range(APPEND_ATTEMPTS):
-            device = self.keys.get(caller.user_id, device_id)
+        fb = request.fallback_key
+        fallback = keys.StoredKey(fb.key_id, fb.key, fb.signature) if request.HasField("fallback_key") else None
+
+        def decide(device: keys.DeviceRecord | None) -> Message:
             if device is None:
                 raise NotFound("no such device of yours; publish its identity keys first")
             device.check_upload(uploaded, fallback)
@@ -990,19 +1017,11 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                 payload.fallback_key.CopyFrom(
                     UploadedOneTimeKey(key_id=fallback.key_id, key=fallback.key, signature=fallback.signature)
                 )
-            event = self._device_event(caller.user_id, device_id, payload, f"user:{caller.user_id}")
-            try:
-                await self._append(
-                    device_subject(caller.user_id, device_id),
-                    event,
-                    version=device.version + 1,
-                    expected_seq=device.last_seq,
-                )
-            except FailedPrecondition:
-                await self._settle()
-                continue
-            return auth_pb2.UploadOneTimeKeysResponse(one_time_keys_left=len(device.unclaimed))
-        raise FailedPrecondition("the device's keys are changing too fast; try again")
+            return payload
+
+        device = await self._change_device(caller.user_id, device_id, f"user:{caller.user_id}", decide)
+        assert device is not None
+        return auth_pb2.UploadOneTimeKeysResponse(one_time_keys_left=len(device.unclaimed))
 
     async def ClaimOneTimeKey(
         self, request: auth_pb2.ClaimOneTimeKeyRequest, context: Context
@@ -1010,46 +1029,30 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         caller = self._caller(context)
         user_id = _id(request.user_id, "user_id")
         device_id = keys.validate_device_id(request.device_id)
-        lock = self._device_locks.setdefault((user_id, device_id), asyncio.Lock())
-        async with lock:
-            for _ in range(APPEND_ATTEMPTS):
-                device = self.keys.get(user_id, device_id)
-                if device is None:
-                    raise NotFound("no such device")
-                chosen = device.next_key()
-                if chosen is None:
-                    if device.fallback is None:
-                        raise FailedPrecondition(
-                            "this device has no one-time keys left and no fallback key; its owner must upload more"
-                        )
-                    # Reusable until replaced: nothing to record, nothing another claim can race for.
-                    fb = device.fallback
-                    return auth_pb2.ClaimedOneTimeKey(
-                        device=device_proto(device),
-                        one_time_key=auth_pb2.OneTimeKey(key_id=fb.key_id, key=fb.key, signature=fb.signature),
-                        fallback=True,
+        chosen: list[keys.StoredKey] = []
+
+        def decide(device: keys.DeviceRecord | None) -> Message | None:
+            if device is None:
+                raise NotFound("no such device")
+            key = device.next_key()
+            if key is None:
+                if device.fallback is None:
+                    raise FailedPrecondition(
+                        "this device has no one-time keys left and no fallback key; its owner must upload more"
                     )
-                claimed = OneTimeKeyClaimed(
-                    user_id=user_id, device_id=device_id, key_id=chosen.key_id, claimed_by=caller.user_id
-                )
-                event = self._device_event(user_id, device_id, claimed, f"user:{caller.user_id}")
-                try:
-                    # At the subject sequence the choice was made from: a racing claim of the
-                    # same key (from another instance) makes this append fail, never both land.
-                    await self._append(
-                        device_subject(user_id, device_id),
-                        event,
-                        version=device.version + 1,
-                        expected_seq=device.last_seq,
-                    )
-                except FailedPrecondition:
-                    await self._settle()
-                    continue
-                return auth_pb2.ClaimedOneTimeKey(
-                    device=device_proto(device),
-                    one_time_key=auth_pb2.OneTimeKey(key_id=chosen.key_id, key=chosen.key, signature=chosen.signature),
-                )
-        raise FailedPrecondition("the device's keys are changing too fast; try again")
+                chosen[:] = [device.fallback]
+                return None  # reusable until replaced: nothing to record, nothing to race for
+            chosen[:] = [key]
+            return OneTimeKeyClaimed(user_id=user_id, device_id=device_id, key_id=key.key_id, claimed_by=caller.user_id)
+
+        device = await self._change_device(user_id, device_id, f"user:{caller.user_id}", decide)
+        assert device is not None
+        (key,) = chosen
+        return auth_pb2.ClaimedOneTimeKey(
+            device=device_proto(device),
+            one_time_key=auth_pb2.OneTimeKey(key_id=key.key_id, key=key.key, signature=key.signature),
+            fallback=key is device.fallback,
+        )
 
     async def ListDevices(self, request: auth_pb2.ListDevicesRequest, context: Context) -> auth_pb2.ListDevicesResponse:
         caller = self._caller(context)
@@ -1067,26 +1070,18 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.RemoveDeviceResponse:
         caller = self._caller(context)
         device_id = keys.validate_device_id(request.device_id)
-        for _ in range(APPEND_ATTEMPTS):
-            device = self.keys.get(caller.user_id, device_id)
+        removed: list[bool] = []
+
+        def decide(device: keys.DeviceRecord | None) -> Message | None:
             if device is None:
                 if (caller.user_id, device_id) in self.keys.removed:
-                    return auth_pb2.RemoveDeviceResponse()  # a retried removal
+                    return None  # a retried removal
                 raise NotFound("no such device of yours; `parley devices` lists them")
-            removed = DeviceRemoved(user_id=caller.user_id, device_id=device_id, removed_by=caller.user_id)
-            event = self._device_event(caller.user_id, device_id, removed, f"user:{caller.user_id}")
-            try:
-                await self._append(
-                    device_subject(caller.user_id, device_id),
-                    event,
-                    version=device.version + 1,
-                    expected_seq=device.last_seq,
-                )
-            except FailedPrecondition:
-                await self._settle()
-                continue
-            await self._security(
-                "device_removed", actor=f"user:{caller.user_id}", user_id=caller.user_id, detail=device_id
-            )
-            return auth_pb2.RemoveDeviceResponse()
-        raise FailedPrecondition("the device's keys are changing too fast; try again")
+            removed[:] = [True]
+            return DeviceRemoved(user_id=caller.user_id, device_id=device_id, removed_by=caller.user_id)
+
+        actor = f"user:{caller.user_id}"
+        await self._change_device(caller.user_id, device_id, actor, decide)
+        if removed:
+            await self._security("device_removed", actor=actor, user_id=caller.user_id, detail=device_id)
+        return auth_pb2.RemoveDeviceResponse()

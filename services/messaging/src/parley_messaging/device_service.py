@@ -8,8 +8,6 @@ and what was queued for it is dropped.
 
 from __future__ import annotations
 
-import asyncio
-from collections import defaultdict
 from collections.abc import Callable
 from functools import partial
 from typing import Any, Protocol
@@ -19,9 +17,9 @@ from parley.auth.v1.events_pb2 import DeviceKeysPublished, DeviceRemoved, UserRe
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.messaging.v1.events_pb2 import ToDeviceSent
 
-from parley_core.bus import ConcurrencyConflict, ReceivedEvent
+from parley_core.bus import ReceivedEvent
 from parley_core.envelope import NewEvent, open_payload
-from parley_core.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
+from parley_core.errors import InvalidArgument, NotFound, PermissionDenied
 from parley_core.runner import RunContext
 from parley_core.topology import to_device_subject
 from parley_messaging.devices import (
@@ -40,14 +38,15 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class Appender(Protocol):
-    """What the messaging app lends this servicer: its context, appends and catch-up."""
+    """What the messaging app lends this servicer: its context, its one way to change an
+    aggregate (MessagingApp.decide_and_append) and catching up with auth's stream."""
 
     @property
     def ctx(self) -> RunContext: ...
 
-    async def append_to(self, subject: str, event: NewEvent, after: Any) -> None: ...
-
-    async def settle(self, subject: str) -> None: ...
+    async def decide_and_append(
+        self, subject: str, read: Callable[[], ToDeviceQueue], decide: Callable[[ToDeviceQueue], NewEvent | None]
+    ) -> ToDeviceQueue: ...
 
     async def settle_auth(self) -> None: ...
 
@@ -57,7 +56,9 @@ class DeviceKeyServicer(messaging_pb2_grpc.DeviceKeyServiceServicer):
         self._app = app
         self.directory = directory
         self.queues: dict[str, ToDeviceQueue] = {}
-        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    def _queue(self, user_id: str) -> ToDeviceQueue:
+        return self.queues.get(user_id) or ToDeviceQueue(user_id)
 
     # --- projections ------------------------------------------------------------------------
 
@@ -103,18 +104,6 @@ class DeviceKeyServicer(messaging_pb2_grpc.DeviceKeyServiceServicer):
 
     # --- commands ---------------------------------------------------------------------------
 
-    async def _decide_and_append(
-        self, subject: str, decide: Callable[[], NewEvent], aggregate: Callable[[], Any]
-    ) -> None:
-        async with self._locks[subject]:
-            for _ in range(APPEND_ATTEMPTS):
-                try:
-                    await self._app.append_to(subject, decide(), aggregate())
-                    return
-                except ConcurrencyConflict:
-                    await self._app.settle(subject)
-        raise Unavailable("this device's queue is changing too fast; try again")
-
     async def SendToDevice(
         self, request: messaging_pb2.SendToDeviceRequest, context: Context
     ) -> messaging_pb2.SendToDeviceResponse:
@@ -134,13 +123,12 @@ class DeviceKeyServicer(messaging_pb2_grpc.DeviceKeyServiceServicer):
         for message in request.messages:
             recipient = message.recipient_user_id
 
-            def decide(message: messaging_pb2.ToDeviceMessage = message, recipient: str = recipient) -> NewEvent:
-                queue = self.queues.get(recipient) or ToDeviceQueue(recipient)
+            def decide(queue: ToDeviceQueue, message: messaging_pb2.ToDeviceMessage = message) -> NewEvent:
                 return NewEvent(
                     aggregate_type="todevice",
-                    aggregate_id=recipient,
+                    aggregate_id=queue.user_id,
                     payload=ToDeviceSent(
-                        recipient_user_id=recipient,
+                        recipient_user_id=queue.user_id,
                         recipient_device_id=message.recipient_device_id,
                         sender_user_id=caller.user_id,
                         sender_device_id=message.sender_device_id,
@@ -152,7 +140,8 @@ class DeviceKeyServicer(messaging_pb2_grpc.DeviceKeyServiceServicer):
                     actor=caller.user_id,
                 )
 
-            await self._decide_and_append(to_device_subject(recipient), decide, partial(self.queues.get, recipient))
+            read = partial(self._queue, recipient)
+            await self._app.decide_and_append(to_device_subject(recipient), read, decide)
         return messaging_pb2.SendToDeviceResponse()
 
     async def FetchToDevice(
@@ -160,7 +149,7 @@ class DeviceKeyServicer(messaging_pb2_grpc.DeviceKeyServiceServicer):
     ) -> messaging_pb2.FetchToDeviceResponse:
         caller = self._app.ctx.tokens.caller(context)
         await self._fresh(lambda: require_own_device(self.directory, caller.user_id, request.device_id))
-        queue = self.queues.get(caller.user_id) or ToDeviceQueue(caller.user_id)
+        queue = self._queue(caller.user_id)
         limit = min(request.limit or 100, MAX_FETCH)
         return messaging_pb2.FetchToDeviceResponse(
             messages=[
