@@ -8,9 +8,11 @@ ciphertext as message bodies. What stays here: the Olm account, sessions and gro
 - Each device's Ed25519 key is pinned the first time this client sees it (trust on first
   use, `KeyPins`); a device whose key later changes is refused, never encrypted to.
 - To send in an encrypted channel it keeps one outbound Megolm session per channel and shares
-  its key with every member device over an Olm session (opened with a claimed one-time key).
-- When a member has left since the session was created, it starts a new session and shares
-  that only with the remaining members: whoever left cannot decrypt what follows.
+  its key with every member device over an Olm session (opened with a claimed one-time key,
+  or the fallback key once those ran out).
+- When a member has left or removed a device since the session was shared, it starts a new
+  session and shares that only with the remaining devices: what left cannot decrypt what follows.
+- `to_state`/`from_state` (used by DeviceStore) keep all of it across restarts, pickled.
 """
 
 from __future__ import annotations
