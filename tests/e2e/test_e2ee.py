@@ -138,4 +138,11 @@ async def test_cli_chat_in_an_encrypted_channel_sends_ciphertext_a_member_can_re
         await asyncio.sleep(0.1)
     assert [m.body for m in page.messages] == [f"typed {marker}"]
     assert files_containing(platform.data_dir / "storage", [marker.encode()]) == {}  # archive.db and its WAL
+
+    # A second run is the same device (kept in the CLI's data folder), and it still reads the first.
+    device_id = chat.stdout.split("this terminal is device ", 1)[1].split()[0]
+    again = await asyncio.to_thread(platform.cli, "--as", owner, "chat", "cli-secret", stdin="")
+    assert f"this terminal is device {device_id} (kept from an earlier run)" in again.stdout
+    assert f"typed {marker}" in again.stdout
+    assert [d.device_id for d in await bob.list_devices([page.messages[0].sender_id])] == [device_id]
     await bob.close()

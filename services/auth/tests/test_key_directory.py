@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from typing import Any
 
 import grpc
 import vodozemac
@@ -24,6 +25,21 @@ def raw(key: vodozemac.Curve25519PublicKey | vodozemac.Ed25519PublicKey) -> byte
 def signature(account: vodozemac.Account, message: bytes) -> bytes:
     text = account.sign(message).to_base64()
     return base64.b64decode(text + "=" * (-len(text) % 4))
+
+
+async def code_of(call: object) -> grpc.StatusCode:
+    try:
+        await call  # type: ignore[misc]
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+async def alice_and_bob(stack: Stack) -> tuple[auth_pb2.Account, tuple[tuple[str, str]], tuple[tuple[str, str]]]:
+    """Two members, logged in: alice's account and both callers' metadata."""
+    alice = await stack.create_user("alice", "member")
+    await stack.create_user("bob", "member")
+    return alice, bearer((await stack.login("alice")).access_token), bearer((await stack.login("bob")).access_token)
 
 
 def publish_request(account: vodozemac.Account, user_id: str, device_id: str) -> auth_pb2.PublishDeviceKeysRequest:
@@ -48,26 +64,23 @@ def one_time_keys(account: vodozemac.Account, user_id: str, device_id: str, n: i
 
 
 async def test_each_one_time_key_is_claimed_exactly_once_under_concurrency(stack: Stack) -> None:
-    alice = await stack.create_user("alice", "member")
-    await stack.create_user("bob", "member")
-    alice_md = bearer((await stack.login("alice")).access_token)
-    bob_md = bearer((await stack.login("bob")).access_token)
+    alice, alice_md, bob_md = await alice_and_bob(stack)
     gateway = stack.gateway()
     account = vodozemac.Account()
 
-    device = await gateway.PublishAuthDeviceKeys(
+    device = await gateway.PublishDeviceKeys(
         publish_request(account, alice.user_id, "LAPTOP1"), metadata=alice_md, timeout=TIMEOUT_S
     )
     assert device.curve25519 == raw(account.curve25519_key)
     uploaded = one_time_keys(account, alice.user_id, "LAPTOP1", KEYS)
-    left = await gateway.UploadAuthOneTimeKeys(
+    left = await gateway.UploadOneTimeKeys(
         auth_pb2.UploadOneTimeKeysRequest(device_id="LAPTOP1", keys=uploaded), metadata=alice_md, timeout=TIMEOUT_S
     )
     assert left.one_time_keys_left == KEYS
 
     async def claim() -> str | grpc.StatusCode:
         try:
-            got = await stack.gateway().ClaimAuthOneTimeKey(
+            got = await stack.gateway().ClaimOneTimeKey(
                 auth_pb2.ClaimOneTimeKeyRequest(user_id=alice.user_id, device_id="LAPTOP1"),
                 metadata=bob_md,
                 timeout=TIMEOUT_S,
@@ -81,28 +94,25 @@ async def test_each_one_time_key_is_claimed_exactly_once_under_concurrency(stack
     assert sorted(claimed) == sorted(k.key_id for k in uploaded)  # every key once, none twice
     assert [r for r in results if not isinstance(r, str)] == [grpc.StatusCode.FAILED_PRECONDITION] * (CLAIMERS - KEYS)
 
-    listed = await gateway.ListAuthDevices(
+    listed = await gateway.ListDevices(
         auth_pb2.ListDevicesRequest(user_id=alice.user_id), metadata=bob_md, timeout=TIMEOUT_S
     )
     assert [(d.device_id, d.one_time_keys_left) for d in listed.devices] == [("LAPTOP1", 0)]
 
 
 async def test_a_claimed_key_starts_a_working_olm_session(stack: Stack) -> None:
-    alice = await stack.create_user("alice", "member")
-    await stack.create_user("bob", "member")
-    alice_md = bearer((await stack.login("alice")).access_token)
-    bob_md = bearer((await stack.login("bob")).access_token)
+    alice, alice_md, bob_md = await alice_and_bob(stack)
     gateway = stack.gateway()
     alice_device = vodozemac.Account()
-    await gateway.PublishAuthDeviceKeys(publish_request(alice_device, alice.user_id, "PHONE"), metadata=alice_md)
-    await gateway.UploadAuthOneTimeKeys(
+    await gateway.PublishDeviceKeys(publish_request(alice_device, alice.user_id, "PHONE"), metadata=alice_md)
+    await gateway.UploadOneTimeKeys(
         auth_pb2.UploadOneTimeKeysRequest(
             device_id="PHONE", keys=one_time_keys(alice_device, alice.user_id, "PHONE", 1)
         ),
         metadata=alice_md,
         timeout=TIMEOUT_S,
     )
-    claimed = await gateway.ClaimAuthOneTimeKey(
+    claimed = await gateway.ClaimOneTimeKey(
         auth_pb2.ClaimOneTimeKeyRequest(user_id=alice.user_id, device_id="PHONE"), metadata=bob_md, timeout=TIMEOUT_S
     )
     bob_device = vodozemac.Account()
@@ -119,14 +129,7 @@ async def test_bad_keys_are_refused_with_reasons(stack: Stack) -> None:
     alice_md = bearer((await stack.login("alice")).access_token)
     gateway = stack.gateway()
     account = vodozemac.Account()
-
-    async def code(call: object) -> grpc.StatusCode:
-        try:
-            await call  # type: ignore[misc]
-        except grpc.aio.AioRpcError as exc:
-            return exc.code()
-        return grpc.StatusCode.OK
-
+    code = code_of
     good = publish_request(account, alice.user_id, "DESK")
     for broken in (
         auth_pb2.PublishDeviceKeysRequest(device_id="bad id!", curve25519=good.curve25519, ed25519=good.ed25519),
@@ -137,14 +140,14 @@ async def test_bad_keys_are_refused_with_reasons(stack: Stack) -> None:
         # Signed for another user: a device cannot be replayed into someone else's account.
         publish_request(account, "someone-else", "DESK"),
     ):
-        assert await code(gateway.PublishAuthDeviceKeys(broken, metadata=alice_md, timeout=TIMEOUT_S)) == (
+        assert await code(gateway.PublishDeviceKeys(broken, metadata=alice_md, timeout=TIMEOUT_S)) == (
             grpc.StatusCode.INVALID_ARGUMENT
         )
-    await gateway.PublishAuthDeviceKeys(good, metadata=alice_md, timeout=TIMEOUT_S)
+    await gateway.PublishDeviceKeys(good, metadata=alice_md, timeout=TIMEOUT_S)
     other = vodozemac.Account()
     assert (
         await code(
-            gateway.PublishAuthDeviceKeys(
+            gateway.PublishDeviceKeys(
                 publish_request(other, alice.user_id, "DESK"), metadata=alice_md, timeout=TIMEOUT_S
             )
         )
@@ -152,11 +155,86 @@ async def test_bad_keys_are_refused_with_reasons(stack: Stack) -> None:
     )
     # One-time keys signed by another device's key are refused.
     forged = one_time_keys(other, alice.user_id, "DESK", 1)
-    upload = gateway.UploadAuthOneTimeKeys(
+    upload = gateway.UploadOneTimeKeys(
         auth_pb2.UploadOneTimeKeysRequest(device_id="DESK", keys=forged), metadata=alice_md, timeout=TIMEOUT_S
     )
     assert await code(upload) == grpc.StatusCode.INVALID_ARGUMENT
-    missing = gateway.ClaimAuthOneTimeKey(
+    missing = gateway.ClaimOneTimeKey(
         auth_pb2.ClaimOneTimeKeyRequest(user_id=alice.user_id, device_id="NOPE"), metadata=alice_md, timeout=TIMEOUT_S
     )
     assert await code(missing) == grpc.StatusCode.NOT_FOUND
+
+
+def signed_fallback(account: vodozemac.Account, user_id: str, device_id: str) -> auth_pb2.OneTimeKey:
+    holder: Any = account  # vodozemac's stubs lack the fallback-key API
+    holder.generate_fallback_key()
+    ((key_id, key),) = holder.fallback_key.items()
+    key_id = f"fb_{key_id}"
+    message = one_time_key_message(user_id, device_id, key_id, raw(key))
+    holder.mark_keys_as_published()
+    return auth_pb2.OneTimeKey(key_id=key_id, key=raw(key), signature=signature(account, message))
+
+
+async def test_fallback_key_is_handed_out_when_one_time_keys_run_out(stack: Stack) -> None:
+    alice, alice_md, bob_md = await alice_and_bob(stack)
+    gateway = stack.gateway()
+    device = vodozemac.Account()
+    await gateway.PublishDeviceKeys(publish_request(device, alice.user_id, "TAB"), metadata=alice_md)
+    claim = auth_pb2.ClaimOneTimeKeyRequest(user_id=alice.user_id, device_id="TAB")
+    # No keys at all: a precise refusal, not a crash.
+    assert await code_of(gateway.ClaimOneTimeKey(claim, metadata=bob_md, timeout=TIMEOUT_S)) == (
+        grpc.StatusCode.FAILED_PRECONDITION
+    )
+    fallback = signed_fallback(device, alice.user_id, "TAB")
+    await gateway.UploadOneTimeKeys(
+        auth_pb2.UploadOneTimeKeysRequest(
+            device_id="TAB", keys=one_time_keys(device, alice.user_id, "TAB", 1), fallback_key=fallback
+        ),
+        metadata=alice_md,
+        timeout=TIMEOUT_S,
+    )
+    first = await gateway.ClaimOneTimeKey(claim, metadata=bob_md, timeout=TIMEOUT_S)
+    assert not first.fallback
+    assert first.one_time_key.key_id != fallback.key_id
+    # One-time keys gone: the fallback key, again and again, and it opens a working Olm session.
+    for _ in range(2):
+        again = await gateway.ClaimOneTimeKey(claim, metadata=bob_md, timeout=TIMEOUT_S)
+        assert again.fallback
+        assert again.one_time_key.key == fallback.key
+    bob_device = vodozemac.Account()
+    outbound = bob_device.create_outbound_session(
+        vodozemac.Curve25519PublicKey.from_bytes(again.device.curve25519),
+        vodozemac.Curve25519PublicKey.from_bytes(again.one_time_key.key),
+    )
+    _session, plaintext = device.create_inbound_session(
+        bob_device.curve25519_key, outbound.encrypt(b"via fallback").to_pre_key()
+    )
+    assert plaintext == b"via fallback"
+
+
+async def test_owner_removes_a_device_and_its_keys_go(stack: Stack) -> None:
+    alice, alice_md, bob_md = await alice_and_bob(stack)
+    gateway = stack.gateway()
+    device = vodozemac.Account()
+    await gateway.PublishDeviceKeys(publish_request(device, alice.user_id, "OLD"), metadata=alice_md)
+    await gateway.UploadOneTimeKeys(
+        auth_pb2.UploadOneTimeKeysRequest(device_id="OLD", keys=one_time_keys(device, alice.user_id, "OLD", 3)),
+        metadata=alice_md,
+        timeout=TIMEOUT_S,
+    )
+    remove = auth_pb2.RemoveDeviceRequest(device_id="OLD")
+    # Only the owner: for bob, alice's device is not one of his.
+    assert await code_of(gateway.RemoveDevice(remove, metadata=bob_md, timeout=TIMEOUT_S)) == grpc.StatusCode.NOT_FOUND
+    await gateway.RemoveDevice(remove, metadata=alice_md, timeout=TIMEOUT_S)
+    await gateway.RemoveDevice(remove, metadata=alice_md, timeout=TIMEOUT_S)  # a retry is fine
+    listed = await gateway.ListDevices(
+        auth_pb2.ListDevicesRequest(user_ids=[alice.user_id]), metadata=bob_md, timeout=TIMEOUT_S
+    )
+    assert [d.device_id for d in listed.devices] == []
+    claim = auth_pb2.ClaimOneTimeKeyRequest(user_id=alice.user_id, device_id="OLD")
+    assert await code_of(gateway.ClaimOneTimeKey(claim, metadata=bob_md, timeout=TIMEOUT_S)) == (
+        grpc.StatusCode.NOT_FOUND
+    )
+    # The id is not handed out again (other members pinned its old keys).
+    again = gateway.PublishDeviceKeys(publish_request(vodozemac.Account(), alice.user_id, "OLD"), metadata=alice_md)
+    assert await code_of(again) == grpc.StatusCode.ALREADY_EXISTS

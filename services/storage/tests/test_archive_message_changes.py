@@ -11,6 +11,8 @@ from parley.messaging.v1.events_pb2 import (
     MessageEdited,
     MessagePosted,
     MessageRedacted,
+    ReactionAdded,
+    ReactionRemoved,
 )
 from sqlalchemy import Connection, select
 
@@ -98,3 +100,64 @@ async def test_history_pages_backwards(
     messages, has_more = await archive.channel_history("c1", after_seq=0, before_seq=before, limit=limit)
     assert [m.channel_seq for m in messages] == expected
     assert has_more is more
+
+
+async def test_a_post_redelivered_after_its_redaction_stays_blanked(archive: SqlEventArchive) -> None:
+    events_in_order = conversation()
+    post_of_3 = events_in_order[3]  # stream seq 4: the consumer retried it after the redaction
+    await archive.archive(CONSUMER, events_in_order[:3] + events_in_order[4:])
+    await archive.archive(CONSUMER, [post_of_3])
+    messages, _ = await archive.channel_history("c1", after_seq=2, limit=1)
+    assert messages[0].channel_seq == 3
+    assert messages[0].body == ""
+    assert (await archive.run("key_ids", key_ids))[4] == EXPIRED
+
+
+async def test_history_carries_threads_and_reactions(archive: SqlEventArchive) -> None:
+    reply = MessagePosted(
+        channel_id="c1",
+        message_id="r1",
+        sender_id="bob",
+        sender_name="bob",
+        channel_seq=6,
+        body="a reply",
+        thread_root_seq=1,
+    )
+    await archive.archive(
+        CONSUMER,
+        [
+            *conversation(),
+            delivered(reply, 10),
+            delivered(edited(6, "a reply, edited"), 11),
+            delivered(ReactionAdded(channel_id="c1", channel_seq=1, user_id="bob", emoji="👍"), 12),
+            delivered(ReactionAdded(channel_id="c1", channel_seq=1, user_id="carol", emoji="👍"), 13),
+            delivered(ReactionAdded(channel_id="c1", channel_seq=1, user_id="carol", emoji="🎉"), 14),
+            delivered(ReactionRemoved(channel_id="c1", channel_seq=1, user_id="carol", emoji="🎉"), 15),
+        ],
+    )
+    messages, _ = await archive.channel_history("c1", after_seq=0, limit=10)
+    by_seq = {m.channel_seq: m for m in messages}
+    assert by_seq[6].thread_root_seq == 1  # edited: the thread still comes from the original post
+    assert by_seq[6].body == "a reply, edited"
+    assert by_seq[2].thread_root_seq == 0
+    assert by_seq[1].reactions == (("👍", ("bob", "carol")),)
+    assert by_seq[2].reactions == ()
+
+
+@pytest.mark.parametrize(("hide", "bob_sees_from"), [(True, 3), (False, 1)])
+async def test_history_before_a_join_is_hidden_when_the_channel_says_so(
+    archive: SqlEventArchive, hide: bool, bob_sees_from: int
+) -> None:
+    created = ChannelCreated(channel_id="c1", name="general", creator_id="alice", hide_history_before_join=hide)
+    await archive.archive(
+        CONSUMER,
+        [
+            delivered(created, 1),
+            delivered(posted(1), 2),
+            delivered(posted(2), 3),
+            delivered(MemberJoined(channel_id="c1", user_id="bob"), 4),
+            delivered(posted(3), 5),
+        ],
+    )
+    assert await archive.visible_from_seq("c1", "bob") == bob_sees_from
+    assert await archive.visible_from_seq("c1", "alice") == 1  # the creator was there from the start

@@ -11,7 +11,7 @@ from datetime import datetime
 from grpc import StatusCode
 from parley.messaging.v1.messaging_pb2 import ChatMessage
 
-from parley_client import LiveEvent, ParleyClient, ParleyError
+from parley_client import DeviceStore, LiveEvent, ParleyClient, ParleyError
 from parley_client.client import RESUMABLE
 from parley_client.e2ee import BODY_PREFIX
 
@@ -78,13 +78,16 @@ async def resolve_channel(client: ParleyClient, reference: str) -> str:
     raise SystemExit(f"{reference!r} is not one of your channels (yours: {names}); create it, or join it by id first")
 
 
-async def interactive(client: ParleyClient, reference: str) -> int:
+async def interactive(client: ParleyClient, reference: str, *, store: DeviceStore | None = None) -> int:
     channel_id = await resolve_channel(client, reference)
     if any(c.channel_id == channel_id and c.encrypted for c in await client.my_channels()):
-        # A device for this session only: it reads what is sent from now on (keys are shared
-        # with it at the senders' next message) and encrypts what is typed.
-        device = await client.enable_e2ee(f"cli-{uuid.uuid4().hex[:12]}")
-        print(f"-- end-to-end encrypted; this terminal is device {device.device_id} --", flush=True)
+        # The user's device in this data folder (`store`), created on first use: after a
+        # restart it still reads what was shared with it. It reads what is sent from its
+        # creation on (keys are shared with it at the senders' next message).
+        new = store is None or not store.exists()
+        device = await client.enable_e2ee(f"cli-{uuid.uuid4().hex[:12]}", store=store)
+        kept = " (new)" if new else " (kept from an earlier run)"
+        print(f"-- end-to-end encrypted; this terminal is device {device.device_id}{kept} --", flush=True)
     stream = client.subscribe([channel_id])
     await stream.ready()
     page = await client.history(channel_id, limit=20)

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import grpc
 
-from parley_cli import admin, audit, chat, messages, patch
+from parley_cli import admin, audit, chat, devices, messages, patch
 from parley_cli.health import check_health
 from parley_cli.state import load_running_state
-from parley_client import ClientConfig, ParleyClient, ParleyError
+from parley_client import ClientConfig, MfaRequired, ParleyClient, ParleyError
 from parley_core.logs import quiet_asyncio_tls_notes
 
 
@@ -27,6 +27,15 @@ def _password(args: argparse.Namespace) -> str:
         line = sys.stdin.readline()
         return line.rstrip("\n")
     return getpass.getpass(f"password for {args.username}: ")
+
+
+def _second_factor(args: argparse.Namespace) -> str:
+    """The TOTP code (digits) or a recovery code: from PARLEY_MFA_CODE, stdin or a prompt."""
+    if env := os.environ.get("PARLEY_MFA_CODE"):
+        return env.strip()
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().strip()
+    return input(f"two-factor code for {args.username} (authenticator app, or a recovery code): ").strip()
 
 
 def _client(args: argparse.Namespace) -> ParleyClient:
@@ -96,7 +105,13 @@ async def cmd_login(args: argparse.Namespace) -> int:
     from parley_core.files import ensure_private_dir, write_private_file
 
     async with _client(args) as client:
-        response = await client.login(args.username, _password(args))
+        password = _password(args)
+        try:
+            response = await client.login(args.username, password)
+        except MfaRequired:
+            code = _second_factor(args)
+            totp, recovery = (code, "") if code.isdigit() and len(code) <= 8 else ("", code)
+            response = await client.login(args.username, password, totp_code=totp, recovery_code=recovery)
     ensure_private_dir(args.data_dir / "cli")
     saved = {"access_token": response.access_token, "user_id": response.user_id}
     write_private_file(_token_path(args, args.username), json.dumps(saved).encode())
@@ -157,7 +172,7 @@ async def cmd_history(args: argparse.Namespace) -> int:
 async def cmd_chat(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         await _login_as(args, client)
-        return await chat.interactive(client, args.channel)
+        return await chat.interactive(client, args.channel, store=devices.device_store(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_commands(sub)
     patch.add_commands(sub)
     messages.add_commands(sub)
+    devices.add_commands(sub)  # issue 4: E2EE devices, fingerprints, verification
     return parser
 
 

@@ -17,9 +17,9 @@ import grpc
 from parley.auth.v1 import auth_pb2
 from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from parley.messaging.v1 import messaging_pb2
-from parley.messaging.v1.events_pb2 import OneTimeKey
 from parley.storage.v1 import storage_pb2
 
+from parley_client.device_store import DeviceStore
 from parley_client.e2ee import BODY_PREFIX, E2eeDevice, UndecryptableMessage
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -41,6 +41,14 @@ class ParleyError(Exception):
         self.code = code
         self.message = message
         self.retry_after_s = retry_after_s
+
+
+class MfaRequired(ParleyError):
+    """The account uses two-factor authentication: log in again with a TOTP or recovery code."""
+
+
+# Auth's refusal of a login without the second factor starts with these words (auth.proto).
+MFA_MISSING = "this account uses two-factor authentication"
 
 
 @dataclass(frozen=True)
@@ -213,9 +221,20 @@ class ParleyClient:
         response: auth_pb2.RegisterResponse = await self._call(self._stub.Register, request)
         return response
 
-    async def login(self, username: str, password: str) -> auth_pb2.LoginResponse:
-        request = auth_pb2.LoginRequest(username=username, password=password)
-        response: auth_pb2.LoginResponse = await self._call(self._stub.Login, request)
+    async def login(
+        self, username: str, password: str, *, totp_code: str = "", recovery_code: str = ""
+    ) -> auth_pb2.LoginResponse:
+        """Log in; an account with two-factor authentication also needs `totp_code` (from the
+        authenticator app) or one unused `recovery_code`. Without one it raises MfaRequired."""
+        request = auth_pb2.LoginRequest(
+            username=username, password=password, totp_code=totp_code, recovery_code=recovery_code
+        )
+        try:
+            response: auth_pb2.LoginResponse = await self._call(self._stub.Login, request)
+        except ParleyError as exc:
+            if exc.code == grpc.StatusCode.UNAUTHENTICATED and exc.message.startswith(MFA_MISSING):
+                raise MfaRequired(exc.code, exc.message) from None
+            raise
         self.access_token = response.access_token
         self.user_id = response.user_id
         self.refresh_token = response.refresh_token or None
@@ -246,6 +265,19 @@ class ParleyClient:
 
     async def revoke_session(self, session_id: str) -> None:
         await self._call(self._stub.RevokeSession, auth_pb2.RevokeSessionRequest(session_id=session_id))
+
+    async def begin_totp_enrolment(self) -> auth_pb2.BeginTotpEnrolmentResponse:
+        """Start two-factor authentication: show `otpauth_uri` (or the secret) to an authenticator app."""
+        response: auth_pb2.BeginTotpEnrolmentResponse = await self._call(
+            self._stub.BeginTotpEnrolment, auth_pb2.BeginTotpEnrolmentRequest()
+        )
+        return response
+
+    async def confirm_totp_enrolment(self, totp_code: str) -> auth_pb2.ConfirmTotpEnrolmentResponse:
+        """Finish enrolment with a code from the app; the answer's recovery codes are shown once."""
+        request = auth_pb2.ConfirmTotpEnrolmentRequest(totp_code=totp_code)
+        response: auth_pb2.ConfirmTotpEnrolmentResponse = await self._call(self._stub.ConfirmTotpEnrolment, request)
+        return response
 
     def use_token(self, access_token: str, user_id: str = "") -> None:
         self.access_token = access_token
@@ -405,11 +437,24 @@ class ParleyClient:
 
     # --- end-to-end encryption ---------------------------------------------------------------
 
-    async def enable_e2ee(self, device_id: str, *, one_time_keys: int = 20) -> E2eeDevice:
-        """Make this client a device: publish its keys; sends to encrypted channels are then encrypted."""
-        self.e2ee = E2eeDevice(self, device_id)
-        await self.e2ee.publish(one_time_keys)
-        return self.e2ee
+    async def enable_e2ee(
+        self, device_id: str = "", *, store: DeviceStore | None = None, one_time_keys: int = 20
+    ) -> E2eeDevice:
+        """Make this client a device; sends to encrypted channels are then encrypted.
+
+        With a `store` that already holds a device, that device comes back (same keys, sessions
+        and pinned keys of others; nothing is published). Otherwise a new device `device_id`
+        (default: a random one) publishes its keys, and the store, if any, keeps it.
+        """
+        if store is not None and store.exists():
+            self.e2ee = store.load(self)
+            return self.e2ee
+        device = E2eeDevice(self, device_id or f"dev-{uuid.uuid4().hex[:12]}")
+        if store is not None:
+            device.changed = lambda: store.save(device)
+        await device.publish(one_time_keys)
+        self.e2ee = device
+        return device
 
     async def read(self, message: messaging_pb2.ChatMessage) -> str:
         """The text of a message: decrypted on this device when it is end-to-end encrypted."""
@@ -432,23 +477,36 @@ class ParleyClient:
         return channel
 
     async def publish_device_keys(
-        self, *, device_id: str, identity_key: str, signing_key: str, one_time_keys: Sequence[OneTimeKey]
-    ) -> int:
-        request = messaging_pb2.PublishDeviceKeysRequest(
-            device_id=device_id, identity_key=identity_key, signing_key=signing_key, one_time_keys=one_time_keys
+        self, *, device_id: str, curve25519: bytes, ed25519: bytes, signature: bytes, display_name: str = ""
+    ) -> auth_pb2.Device:
+        """Register a device's identity keys in auth's key directory (E2eeDevice.publish does this)."""
+        request = auth_pb2.PublishDeviceKeysRequest(
+            device_id=device_id, curve25519=curve25519, ed25519=ed25519, signature=signature, display_name=display_name
         )
-        response: messaging_pb2.PublishDeviceKeysResponse = await self._call(self._stub.PublishDeviceKeys, request)
+        device: auth_pb2.Device = await self._call(self._stub.PublishDeviceKeys, request)
+        return device
+
+    async def upload_one_time_keys(
+        self, device_id: str, keys: Sequence[auth_pb2.OneTimeKey], *, fallback_key: auth_pb2.OneTimeKey | None = None
+    ) -> int:
+        request = auth_pb2.UploadOneTimeKeysRequest(device_id=device_id, keys=keys, fallback_key=fallback_key)
+        response: auth_pb2.UploadOneTimeKeysResponse = await self._call(self._stub.UploadOneTimeKeys, request)
         return response.one_time_keys_left
 
-    async def list_devices(self, user_ids: Sequence[str]) -> list[messaging_pb2.DeviceKeys]:
-        request = messaging_pb2.ListDevicesRequest(user_ids=list(user_ids))
-        response: messaging_pb2.ListDevicesResponse = await self._call(self._stub.ListDevices, request)
+    async def list_devices(self, user_ids: Sequence[str]) -> list[auth_pb2.Device]:
+        """The devices of these users (unknown users have none)."""
+        request = auth_pb2.ListDevicesRequest(user_ids=list(user_ids))
+        response: auth_pb2.ListDevicesResponse = await self._call(self._stub.ListDevices, request)
         return list(response.devices)
 
-    async def claim_one_time_key(self, user_id: str, device_id: str) -> messaging_pb2.ClaimOneTimeKeyResponse:
-        request = messaging_pb2.ClaimOneTimeKeyRequest(user_id=user_id, device_id=device_id)
-        response: messaging_pb2.ClaimOneTimeKeyResponse = await self._call(self._stub.ClaimOneTimeKey, request)
+    async def claim_one_time_key(self, user_id: str, device_id: str) -> auth_pb2.ClaimedOneTimeKey:
+        request = auth_pb2.ClaimOneTimeKeyRequest(user_id=user_id, device_id=device_id)
+        response: auth_pb2.ClaimedOneTimeKey = await self._call(self._stub.ClaimOneTimeKey, request)
         return response
+
+    async def remove_device(self, device_id: str) -> None:
+        """Remove one of your own devices: its keys and queued messages go; others stop encrypting to it."""
+        await self._call(self._stub.RemoveDevice, auth_pb2.RemoveDeviceRequest(device_id=device_id))
 
     async def send_to_device(self, messages: Sequence[messaging_pb2.ToDeviceMessage]) -> None:
         await self._call(self._stub.SendToDevice, messaging_pb2.SendToDeviceRequest(messages=messages))

@@ -54,11 +54,6 @@ def channel_subject(channel_id: str) -> str:
     return stream_subject("msg", "channel", channel_id)
 
 
-def device_subject(user_id: str) -> str:
-    """A user's end-to-end encryption devices and their public keys (messaging's key directory)."""
-    return stream_subject("msg", "device", user_id)
-
-
 def to_device_subject(user_id: str) -> str:
     """Olm-encrypted messages queued for a user's devices."""
     return stream_subject("msg", "todevice", user_id)
@@ -98,9 +93,10 @@ HEARTBEATS_FILTER = "parley.fleet.heartbeat.>"
 PATCH_FILTER = "parley.patch.>"
 # The one corner of auth's SEC stream the patch registry may append to: overdue vulnerabilities.
 PATCH_SECURITY_EVENTS = "parley.sec.patch.>"
-DEVICES_FILTER = "parley.msg.device.>"
 TO_DEVICE_FILTER = "parley.msg.todevice.>"
 MESSAGING_FILTER = "parley.msg.>"
+# Messaging follows auth's users and devices (the key directory is auth's).
+AUTH_FILTER = "parley.auth.>"
 
 ALL_READERS = SERVICES
 

@@ -1,10 +1,15 @@
-"""The E2EE key directory: devices, their identity keys and one-time keys; no I/O.
+"""The E2EE key directory: devices, their identity keys, one-time and fallback keys; no I/O.
+
+This is the platform's only key directory: clients publish here (through the gateway) and
+messaging follows its events to relay to-device messages between devices that exist.
 
 The server checks each device's self-signature and each one-time key's signature with
 `cryptography`'s Ed25519 (the keys themselves come from vodozemac on the clients), so a
 claimer receives only keys the device really published. Which key a claim gets is decided
 here; that it is handed out once is settled by the append of OneTimeKeyClaimed at the
-device subject's last sequence.
+device subject's last sequence. When a device's one-time keys run out, a claim gets its
+fallback key instead (as in Matrix): reusable until the device uploads a new one, so a
+session can still start while the device is offline.
 """
 
 from __future__ import annotations
@@ -78,18 +83,20 @@ class DeviceRecord:
     display_name: str
     unclaimed: dict[str, StoredKey] = field(default_factory=dict)  # insertion order = upload order
     seen_key_ids: set[str] = field(default_factory=set)
+    fallback: StoredKey | None = None
     last_seq: int = 0
     version: int = 0
 
-    def check_upload(self, keys: list[StoredKey]) -> None:
-        if not keys or len(keys) > MAX_KEYS_PER_UPLOAD:
-            raise InvalidArgument(f"upload 1-{MAX_KEYS_PER_UPLOAD} one-time keys per call")
+    def check_upload(self, keys: list[StoredKey], fallback: StoredKey | None = None) -> None:
+        if (not keys and fallback is None) or len(keys) > MAX_KEYS_PER_UPLOAD:
+            raise InvalidArgument(f"upload 1-{MAX_KEYS_PER_UPLOAD} one-time keys (or a fallback key) per call")
         if len(self.unclaimed) + len(keys) > MAX_UNCLAIMED_KEYS:
             raise InvalidArgument(f"a device may hold at most {MAX_UNCLAIMED_KEYS} unclaimed one-time keys")
-        ids = [k.key_id for k in keys]
+        every = [*keys, *([fallback] if fallback is not None else [])]
+        ids = [k.key_id for k in every]
         if len(set(ids)) != len(ids) or set(ids) & self.seen_key_ids:
-            raise InvalidArgument("one-time key ids must be new for this device")
-        for k in keys:
+            raise InvalidArgument("one-time and fallback key ids must be new for this device")
+        for k in every:
             if not KEY_ID.match(k.key_id):
                 raise InvalidArgument("key_id must be 1-64 characters of base64 or '_' '-'")
             if len(k.key) != KEY_BYTES:
@@ -104,6 +111,7 @@ class DeviceRecord:
 @dataclass
 class KeyDirectory:
     devices: dict[tuple[str, str], DeviceRecord] = field(default_factory=dict)
+    removed: set[tuple[str, str]] = field(default_factory=set)  # ids never handed out again
 
     def get(self, user_id: str, device_id: str) -> DeviceRecord | None:
         return self.devices.get((user_id, device_id))

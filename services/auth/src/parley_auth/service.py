@@ -13,6 +13,7 @@ import logging
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from parley.auth.v1.events_pb2 import (
     AccountDisabled,
     AccountEnabled,
     DeviceKeysPublished,
+    DeviceRemoved,
     InviteCreated,
     InviteRedeemed,
     MfaRequirementSet,
@@ -94,6 +96,8 @@ USER_EVENTS = (
     TotpCodeAccepted,
     RecoveryCodeUsed,
 )
+DEVICE_EVENTS = (DeviceKeysPublished, OneTimeKeysUploaded, OneTimeKeyClaimed, DeviceRemoved)
+MAX_USERS_PER_DEVICE_LIST = 100
 MFA_POLICY_SUBJECT = stream_subject("auth", "policy", "mfa")
 APPEND_ATTEMPTS = 5
 # Where the current call comes from, for the audit records it writes (one value per call task).
@@ -127,6 +131,7 @@ def device_proto(device: keys.DeviceRecord) -> auth_pb2.Device:
         signature=device.signature,
         display_name=device.display_name,
         one_time_keys_left=len(device.unclaimed),
+        has_fallback_key=device.fallback is not None,
     )
 
 
@@ -239,7 +244,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             account.user_seq, account.user_version = event.stream_seq, account.user_version + 1
             self._apply_user(account, payload)
             return
-        if isinstance(payload, DeviceKeysPublished | OneTimeKeysUploaded | OneTimeKeyClaimed):
+        if isinstance(payload, DEVICE_EVENTS):
             self._apply_device(payload, event.stream_seq)
             return
         if isinstance(payload, SigningKeyPublished):
@@ -286,9 +291,12 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             else:
                 session.revoked_reason = payload.reason or "revoked"
 
-    def _apply_device(
-        self, payload: DeviceKeysPublished | OneTimeKeysUploaded | OneTimeKeyClaimed, stream_seq: int
-    ) -> None:
+    def _apply_device(self, payload: Message, stream_seq: int) -> None:
+        assert isinstance(payload, DEVICE_EVENTS)
+        if isinstance(payload, DeviceRemoved):
+            self.keys.devices.pop((payload.user_id, payload.device_id), None)
+            self.keys.removed.add((payload.user_id, payload.device_id))
+            return
         if isinstance(payload, DeviceKeysPublished):
             device = keys.DeviceRecord(
                 user_id=payload.user_id,
@@ -308,6 +316,10 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                 for k in payload.keys:
                     device.unclaimed[k.key_id] = keys.StoredKey(k.key_id, k.key, k.signature)
                     device.seen_key_ids.add(k.key_id)
+                if payload.HasField("fallback_key"):
+                    fb = payload.fallback_key
+                    device.fallback = keys.StoredKey(fb.key_id, fb.key, fb.signature)
+                    device.seen_key_ids.add(fb.key_id)
             else:
                 device.unclaimed.pop(payload.key_id, None)
         device.last_seq, device.version = stream_seq, device.version + 1
@@ -929,6 +941,8 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             signature=request.signature,
             display_name=request.display_name,
         )
+        if (caller.user_id, request.device_id) in self.keys.removed:
+            raise AlreadyExists("this device id was removed; register the device under a new id")
         existing = self.keys.get(caller.user_id, request.device_id)
         if existing is not None:
             if (existing.curve25519, existing.ed25519) == (request.curve25519, request.ed25519):
@@ -953,58 +967,22 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         assert device is not None
         return device_proto(device)
 
-    async def UploadOneTimeKeys(
-        self, request: auth_pb2.UploadOneTimeKeysRequest, context: Context
-    ) -> auth_pb2.UploadOneTimeKeysResponse:
-        caller = self._caller(context)
-        device_id = keys.validate_device_id(request.device_id)
-        uploaded = [keys.StoredKey(k.key_id, k.key, k.signature) for k in request.keys]
-        for _ in range(APPEND_ATTEMPTS):
-            device = self.keys.get(caller.user_id, device_id)
-            if device is None:
-                raise NotFound("no such device of yours; publish its identity keys first")
-            device.check_upload(uploaded)
-            payload = OneTimeKeysUploaded(
-                user_id=caller.user_id,
-                device_id=device_id,
-                keys=[UploadedOneTimeKey(key_id=k.key_id, key=k.key, signature=k.signature) for k in uploaded],
-            )
-            event = self._device_event(caller.user_id, device_id, payload, f"user:{caller.user_id}")
-            try:
-                await self._append(
-                    device_subject(caller.user_id, device_id),
-                    event,
-                    version=device.version + 1,
-                    expected_seq=device.last_seq,
-                )
-            except FailedPrecondition:
-                await self._settle()
-                continue
-            return auth_pb2.UploadOneTimeKeysResponse(one_time_keys_left=len(device.unclaimed))
-        raise FailedPrecondition("the device's keys are changing too fast; try again")
-
-    async def ClaimOneTimeKey(
-        self, request: auth_pb2.ClaimOneTimeKeyRequest, context: Context
-    ) -> auth_pb2.ClaimedOneTimeKey:
-        caller = self._caller(context)
-        user_id = _id(request.user_id, "user_id")
-        device_id = keys.validate_device_id(request.device_id)
-        lock = self._device_locks.setdefault((user_id, device_id), asyncio.Lock())
-        async with lock:
+    async def _change_device(
+        self, user_id: str, device_id: str, actor: str, decide: Callable[[keys.DeviceRecord | None], Message | None]
+    ) -> keys.DeviceRecord | None:
+        """The one way a device's keys change: `decide` makes the event from the device as read
+        (None: nothing to append), appended at the device subject's sequence it was read at, so
+        two racing changes (a second claim of the same key, from any instance) never both land:
+        the loser catches up and decides again. Returns the device after the change."""
+        async with self._device_locks.setdefault((user_id, device_id), asyncio.Lock()):
             for _ in range(APPEND_ATTEMPTS):
                 device = self.keys.get(user_id, device_id)
-                if device is None:
-                    raise NotFound("no such device")
-                chosen = device.next_key()
-                if chosen is None:
-                    raise FailedPrecondition("this device has no one-time keys left; its owner must upload more")
-                claimed = OneTimeKeyClaimed(
-                    user_id=user_id, device_id=device_id, key_id=chosen.key_id, claimed_by=caller.user_id
-                )
-                event = self._device_event(user_id, device_id, claimed, f"user:{caller.user_id}")
+                payload = decide(device)
+                if payload is None:
+                    return device
+                assert device is not None
+                event = self._device_event(user_id, device_id, payload, actor)
                 try:
-                    # At the subject sequence the choice was made from: a racing claim of the
-                    # same key (from another instance) makes this append fail, never both land.
                     await self._append(
                         device_subject(user_id, device_id),
                         event,
@@ -1014,14 +992,96 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                 except FailedPrecondition:
                     await self._settle()
                     continue
-                return auth_pb2.ClaimedOneTimeKey(
-                    device=device_proto(device),
-                    one_time_key=auth_pb2.OneTimeKey(key_id=chosen.key_id, key=chosen.key, signature=chosen.signature),
-                )
+                return device
         raise FailedPrecondition("the device's keys are changing too fast; try again")
+
+    async def UploadOneTimeKeys(
+        self, request: auth_pb2.UploadOneTimeKeysRequest, context: Context
+    ) -> auth_pb2.UploadOneTimeKeysResponse:
+        caller = self._caller(context)
+        device_id = keys.validate_device_id(request.device_id)
+        uploaded = [keys.StoredKey(k.key_id, k.key, k.signature) for k in request.keys]
+        fb = request.fallback_key
+        fallback = keys.StoredKey(fb.key_id, fb.key, fb.signature) if request.HasField("fallback_key") else None
+
+        def decide(device: keys.DeviceRecord | None) -> Message:
+            if device is None:
+                raise NotFound("no such device of yours; publish its identity keys first")
+            device.check_upload(uploaded, fallback)
+            payload = OneTimeKeysUploaded(
+                user_id=caller.user_id,
+                device_id=device_id,
+                keys=[UploadedOneTimeKey(key_id=k.key_id, key=k.key, signature=k.signature) for k in uploaded],
+            )
+            if fallback is not None:
+                payload.fallback_key.CopyFrom(
+                    UploadedOneTimeKey(key_id=fallback.key_id, key=fallback.key, signature=fallback.signature)
+                )
+            return payload
+
+        device = await self._change_device(caller.user_id, device_id, f"user:{caller.user_id}", decide)
+        assert device is not None
+        return auth_pb2.UploadOneTimeKeysResponse(one_time_keys_left=len(device.unclaimed))
+
+    async def ClaimOneTimeKey(
+        self, request: auth_pb2.ClaimOneTimeKeyRequest, context: Context
+    ) -> auth_pb2.ClaimedOneTimeKey:
+        caller = self._caller(context)
+        user_id = _id(request.user_id, "user_id")
+        device_id = keys.validate_device_id(request.device_id)
+        chosen: list[keys.StoredKey] = []
+
+        def decide(device: keys.DeviceRecord | None) -> Message | None:
+            if device is None:
+                raise NotFound("no such device")
+            key = device.next_key()
+            if key is None:
+                if device.fallback is None:
+                    raise FailedPrecondition(
+                        "this device has no one-time keys left and no fallback key; its owner must upload more"
+                    )
+                chosen[:] = [device.fallback]
+                return None  # reusable until replaced: nothing to record, nothing to race for
+            chosen[:] = [key]
+            return OneTimeKeyClaimed(user_id=user_id, device_id=device_id, key_id=key.key_id, claimed_by=caller.user_id)
+
+        device = await self._change_device(user_id, device_id, f"user:{caller.user_id}", decide)
+        assert device is not None
+        (key,) = chosen
+        return auth_pb2.ClaimedOneTimeKey(
+            device=device_proto(device),
+            one_time_key=auth_pb2.OneTimeKey(key_id=key.key_id, key=key.key, signature=key.signature),
+            fallback=key is device.fallback,
+        )
 
     async def ListDevices(self, request: auth_pb2.ListDevicesRequest, context: Context) -> auth_pb2.ListDevicesResponse:
         caller = self._caller(context)
-        user_id = request.user_id or caller.user_id
-        self._account(user_id)
-        return auth_pb2.ListDevicesResponse(devices=[device_proto(d) for d in self.keys.of_user(user_id)])
+        if request.user_ids:
+            if len(request.user_ids) > MAX_USERS_PER_DEVICE_LIST:
+                raise InvalidArgument(f"ask for at most {MAX_USERS_PER_DEVICE_LIST} users at once")
+            user_ids = list(dict.fromkeys(request.user_ids))
+        else:
+            user_ids = [request.user_id or caller.user_id]
+            self._account(user_ids[0])
+        return auth_pb2.ListDevicesResponse(devices=[device_proto(d) for u in user_ids for d in self.keys.of_user(u)])
+
+    async def RemoveDevice(
+        self, request: auth_pb2.RemoveDeviceRequest, context: Context
+    ) -> auth_pb2.RemoveDeviceResponse:
+        caller = self._caller(context)
+        device_id = keys.validate_device_id(request.device_id)
+        removed: list[bool] = []
+
+        def decide(device: keys.DeviceRecord | None) -> Message | None:
+            if device is None:
+                if (caller.user_id, device_id) in self.keys.removed:
+                    return None  # a retried removal
+                raise NotFound("no such device of yours; `parley devices` lists them")
+            removed[:] = [True]
+            return DeviceRemoved(user_id=caller.user_id, device_id=device_id, removed_by=caller.user_id)
+
+        actor = f"user:{caller.user_id}"
+        await self._change_device(caller.user_id, device_id, actor, decide)
+        if removed:
+            await self._security("device_removed", actor=actor, user_id=caller.user_id, detail=device_id)
+        return auth_pb2.RemoveDeviceResponse()

@@ -187,27 +187,6 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         await self._admit(request, context)
         return await forward(self._messaging.LeaveChannel, request, context)
 
-    async def PublishDeviceKeys(
-        self, request: messaging_pb2.PublishDeviceKeysRequest, context: Context
-    ) -> messaging_pb2.PublishDeviceKeysResponse:
-        assert self._devices is not None
-        await self._admit(request, context)
-        return await forward(self._devices.PublishDeviceKeys, request, context)
-
-    async def ListDevices(
-        self, request: messaging_pb2.ListDevicesRequest, context: Context
-    ) -> messaging_pb2.ListDevicesResponse:
-        assert self._devices is not None
-        await self._admit(request, context)
-        return await forward(self._devices.ListDevices, request, context)
-
-    async def ClaimOneTimeKey(
-        self, request: messaging_pb2.ClaimOneTimeKeyRequest, context: Context
-    ) -> messaging_pb2.ClaimOneTimeKeyResponse:
-        assert self._devices is not None
-        await self._admit(request, context)
-        return await forward(self._devices.ClaimOneTimeKey, request, context)
-
     async def SendToDevice(
         self, request: messaging_pb2.SendToDeviceRequest, context: Context
     ) -> messaging_pb2.SendToDeviceResponse:
@@ -450,33 +429,36 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         await self._admit(request, context)
         return await forward(self._auth.SetMfaRequired, request, context)
 
-    async def PublishAuthDeviceKeys(
-        self, request: auth_pb2.PublishDeviceKeysRequest, context: Context
-    ) -> auth_pb2.Device:
+    async def PublishDeviceKeys(self, request: auth_pb2.PublishDeviceKeysRequest, context: Context) -> auth_pb2.Device:
         assert self._auth is not None
         await self._admit(request, context)
         return await forward(self._auth.PublishDeviceKeys, request, context)
 
-    async def UploadAuthOneTimeKeys(
+    async def UploadOneTimeKeys(
         self, request: auth_pb2.UploadOneTimeKeysRequest, context: Context
     ) -> auth_pb2.UploadOneTimeKeysResponse:
         assert self._auth is not None
         await self._admit(request, context)
         return await forward(self._auth.UploadOneTimeKeys, request, context)
 
-    async def ClaimAuthOneTimeKey(
+    async def ClaimOneTimeKey(
         self, request: auth_pb2.ClaimOneTimeKeyRequest, context: Context
     ) -> auth_pb2.ClaimedOneTimeKey:
         assert self._auth is not None
         await self._admit(request, context)
         return await forward(self._auth.ClaimOneTimeKey, request, context)
 
-    async def ListAuthDevices(
-        self, request: auth_pb2.ListDevicesRequest, context: Context
-    ) -> auth_pb2.ListDevicesResponse:
+    async def ListDevices(self, request: auth_pb2.ListDevicesRequest, context: Context) -> auth_pb2.ListDevicesResponse:
         assert self._auth is not None
         await self._admit(request, context)
         return await forward(self._auth.ListDevices, request, context)
+
+    async def RemoveDevice(
+        self, request: auth_pb2.RemoveDeviceRequest, context: Context
+    ) -> auth_pb2.RemoveDeviceResponse:
+        assert self._auth is not None
+        await self._admit(request, context)
+        return await forward(self._auth.RemoveDevice, request, context)
 
     async def CreateInvite(self, request: auth_pb2.CreateInviteRequest, context: Context) -> auth_pb2.Invite:
         assert self._auth is not None

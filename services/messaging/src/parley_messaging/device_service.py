@@ -1,193 +1,108 @@
-"""gRPC side of the device key directory and the to-device relay (end-to-end encryption).
+"""gRPC side of the to-device relay (end-to-end encryption), and messaging's view of auth's directory.
 
-Translates requests into the events of two aggregates per user, its devices
-(parley.msg.device.<user>) and its to-device queue (parley.msg.todevice.<user>), appended with
-the same optimistic concurrency as channels, so a one-time key is handed out exactly once even
-with several messaging instances.
+Queued messages are events of one aggregate per recipient user (parley.msg.todevice.<user>),
+appended with the same optimistic concurrency as channels. Which devices exist comes from
+auth's events (AuthDirectory): a device removed in auth can neither send nor receive here,
+and what was queued for it is dropped.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections import defaultdict
 from collections.abc import Callable
 from functools import partial
 from typing import Any, Protocol
 
 import grpc
+from parley.auth.v1.events_pb2 import DeviceKeysPublished, DeviceRemoved, UserRegistered
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
-from parley.messaging.v1.events_pb2 import DeviceKeysPublished, OneTimeKey, OneTimeKeyClaimed, ToDeviceSent
+from parley.messaging.v1.events_pb2 import ToDeviceSent
 
-from parley_core.bus import ConcurrencyConflict, ReceivedEvent
+from parley_core.bus import ReceivedEvent
 from parley_core.envelope import NewEvent, open_payload
-from parley_core.errors import InvalidArgument, Unavailable
+from parley_core.errors import InvalidArgument, NotFound, PermissionDenied
 from parley_core.runner import RunContext
-from parley_core.topology import device_subject, to_device_subject
+from parley_core.topology import to_device_subject
 from parley_messaging.devices import (
     MAX_TO_DEVICE_PER_CALL,
-    Device,
+    AuthDirectory,
     QueuedMessage,
     ToDeviceQueue,
-    UserDevices,
     check_ciphertext,
-    check_publish,
-    next_one_time_key,
+    require_device,
     require_own_device,
-    validate_device_id,
-    validate_key,
-    validate_one_time_keys,
 )
 
 APPEND_ATTEMPTS = 5
-MAX_USERS_PER_LIST = 100
 MAX_FETCH = 500
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class Appender(Protocol):
-    """What the messaging app lends this servicer: its context, appends and catch-up."""
+    """What the messaging app lends this servicer: its context, its one way to change an
+    aggregate (MessagingApp.decide_and_append) and catching up with auth's stream."""
 
     @property
     def ctx(self) -> RunContext: ...
 
-    async def append_to(self, subject: str, event: NewEvent, after: Any) -> None: ...
+    async def decide_and_append(
+        self, subject: str, read: Callable[[], ToDeviceQueue], decide: Callable[[ToDeviceQueue], NewEvent | None]
+    ) -> ToDeviceQueue: ...
 
-    async def settle(self, subject: str) -> None: ...
-
-
-def device_proto(device: Device) -> messaging_pb2.DeviceKeys:
-    return messaging_pb2.DeviceKeys(
-        user_id=device.user_id,
-        device_id=device.device_id,
-        identity_key=device.identity_key,
-        signing_key=device.signing_key,
-    )
+    async def settle_auth(self) -> None: ...
 
 
 class DeviceKeyServicer(messaging_pb2_grpc.DeviceKeyServiceServicer):
-    def __init__(self, app: Appender) -> None:
+    def __init__(self, app: Appender, directory: AuthDirectory) -> None:
         self._app = app
-        self.users: dict[str, UserDevices] = {}
+        self.directory = directory
         self.queues: dict[str, ToDeviceQueue] = {}
-        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
-    # --- projection -------------------------------------------------------------------------
+    def _queue(self, user_id: str) -> ToDeviceQueue:
+        return self.queues.get(user_id) or ToDeviceQueue(user_id)
+
+    # --- projections ------------------------------------------------------------------------
+
+    def apply_auth(self, event: ReceivedEvent) -> None:
+        """Users and devices from auth's stream (other auth events are skipped unopened)."""
+        if event.envelope.aggregate_type not in ("user", "device"):
+            return
+        payload = open_payload(event.envelope)
+        if isinstance(payload, UserRegistered):
+            self.directory.users.add(payload.user_id)
+        elif isinstance(payload, DeviceKeysPublished):
+            self.directory.add_device(payload.user_id, payload.device_id, payload.curve25519)
+        elif isinstance(payload, DeviceRemoved):
+            self.directory.remove_device(payload.user_id, payload.device_id)
+            if (queue := self.queues.get(payload.user_id)) is not None:
+                queue.drop(payload.device_id)
 
     def apply(self, event: ReceivedEvent) -> None:
         payload = open_payload(event.envelope)
-        if isinstance(payload, DeviceKeysPublished | OneTimeKeyClaimed):
-            user = self.users.setdefault(payload.user_id, UserDevices(payload.user_id))
-            user.last_stream_seq, user.version = event.stream_seq, user.version + 1
-            if isinstance(payload, DeviceKeysPublished):
-                device = user.devices.setdefault(
-                    payload.device_id,
-                    Device(payload.user_id, payload.device_id, payload.identity_key, payload.signing_key),
-                )
-                device.one_time_keys.update((k.key_id, k.key) for k in payload.one_time_keys)
-            else:
-                user.devices[payload.device_id].one_time_keys.pop(payload.key_id, None)
-        elif isinstance(payload, ToDeviceSent):
-            queue = self.queues.setdefault(payload.recipient_user_id, ToDeviceQueue(payload.recipient_user_id))
-            queue.last_stream_seq, queue.version = event.stream_seq, queue.version + 1
-            queue.messages.setdefault(payload.recipient_device_id, []).append(
-                QueuedMessage(
-                    sender_user_id=payload.sender_user_id,
-                    sender_device_id=payload.sender_device_id,
-                    sender_identity_key=payload.sender_identity_key,
-                    olm_type=payload.olm_type,
-                    ciphertext=payload.ciphertext,
-                    queue_seq=payload.queue_seq,
-                )
-            )
+        if not isinstance(payload, ToDeviceSent):
+            return  # messaging's retired key directory events (parley.msg.device.*)
+        queue = self.queues.setdefault(payload.recipient_user_id, ToDeviceQueue(payload.recipient_user_id))
+        queue.last_stream_seq, queue.version = event.stream_seq, queue.version + 1
+        message = QueuedMessage(
+            sender_user_id=payload.sender_user_id,
+            sender_device_id=payload.sender_device_id,
+            sender_identity_key=payload.sender_identity_key,
+            olm_type=payload.olm_type,
+            ciphertext=payload.ciphertext,
+            queue_seq=payload.queue_seq,
+        )
+        removed = (payload.recipient_user_id, payload.recipient_device_id) in self.directory.removed
+        queue.add(payload.recipient_device_id, message, keep=not removed)
+
+    async def _fresh(self, check: Callable[[], object]) -> None:
+        """Run a directory check; on a miss, catch up with auth's stream once and check again
+        (a device published a moment ago may not have reached this projection yet)."""
+        try:
+            check()
+        except (NotFound, PermissionDenied):
+            await self._app.settle_auth()
+            check()
 
     # --- commands ---------------------------------------------------------------------------
-
-    async def _decide_and_append(
-        self, subject: str, decide: Callable[[], NewEvent | None], aggregate: Callable[[], Any]
-    ) -> None:
-        async with self._locks[subject]:
-            for _ in range(APPEND_ATTEMPTS):
-                event = decide()
-                if event is None:
-                    return
-                try:
-                    await self._app.append_to(subject, event, aggregate())
-                    return
-                except ConcurrencyConflict:
-                    await self._app.settle(subject)
-        raise Unavailable("these keys are changing too fast; try again")
-
-    async def PublishDeviceKeys(
-        self, request: messaging_pb2.PublishDeviceKeysRequest, context: Context
-    ) -> messaging_pb2.PublishDeviceKeysResponse:
-        caller = self._app.ctx.tokens.caller(context)
-        device_id = validate_device_id(request.device_id)
-        identity_key = validate_key("identity_key", request.identity_key)
-        signing_key = validate_key("signing_key", request.signing_key)
-        keys = validate_one_time_keys([(k.key_id, k.key) for k in request.one_time_keys])
-
-        def decide() -> NewEvent | None:
-            user = self.users.get(caller.user_id, UserDevices(caller.user_id))
-            check_publish(user, device_id, identity_key, signing_key, len(keys))
-            existing = user.devices.get(device_id)
-            if existing is not None and not keys:
-                return None  # nothing new: a retried publish
-            return NewEvent(
-                aggregate_type="device",
-                aggregate_id=caller.user_id,
-                payload=DeviceKeysPublished(
-                    user_id=caller.user_id,
-                    device_id=device_id,
-                    identity_key=identity_key,
-                    signing_key=signing_key,
-                    one_time_keys=[OneTimeKey(key_id=i, key=k) for i, k in keys],
-                ),
-                actor=caller.user_id,
-            )
-
-        await self._decide_and_append(device_subject(caller.user_id), decide, lambda: self.users.get(caller.user_id))
-        left = len(self.users[caller.user_id].devices[device_id].one_time_keys)
-        return messaging_pb2.PublishDeviceKeysResponse(one_time_keys_left=left)
-
-    async def ListDevices(
-        self, request: messaging_pb2.ListDevicesRequest, context: Context
-    ) -> messaging_pb2.ListDevicesResponse:
-        self._app.ctx.tokens.caller(context)
-        if len(request.user_ids) > MAX_USERS_PER_LIST:
-            raise InvalidArgument(f"ask for at most {MAX_USERS_PER_LIST} users at once")
-        devices = [
-            device_proto(d)
-            for user_id in dict.fromkeys(request.user_ids)
-            if (user := self.users.get(user_id)) is not None
-            for d in user.devices.values()
-        ]
-        return messaging_pb2.ListDevicesResponse(devices=devices)
-
-    async def ClaimOneTimeKey(
-        self, request: messaging_pb2.ClaimOneTimeKeyRequest, context: Context
-    ) -> messaging_pb2.ClaimOneTimeKeyResponse:
-        caller = self._app.ctx.tokens.caller(context)
-        claimed: list[tuple[str, str]] = []
-
-        def decide() -> NewEvent:
-            user = self.users.get(request.user_id) or UserDevices(request.user_id)
-            key_id, key = next_one_time_key(user.device(request.device_id))
-            claimed[:] = [(key_id, key)]
-            return NewEvent(
-                aggregate_type="device",
-                aggregate_id=request.user_id,
-                payload=OneTimeKeyClaimed(
-                    user_id=request.user_id, device_id=request.device_id, key_id=key_id, claimed_by=caller.user_id
-                ),
-                actor=caller.user_id,
-            )
-
-        await self._decide_and_append(device_subject(request.user_id), decide, lambda: self.users.get(request.user_id))
-        (key_id, key) = claimed[0]
-        device = self.users[request.user_id].devices[request.device_id]
-        return messaging_pb2.ClaimOneTimeKeyResponse(
-            device=device_proto(device), one_time_key=OneTimeKey(key_id=key_id, key=key)
-        )
 
     async def SendToDevice(
         self, request: messaging_pb2.SendToDeviceRequest, context: Context
@@ -196,23 +111,24 @@ class DeviceKeyServicer(messaging_pb2_grpc.DeviceKeyServiceServicer):
         if len(request.messages) > MAX_TO_DEVICE_PER_CALL:
             raise InvalidArgument(f"send at most {MAX_TO_DEVICE_PER_CALL} to-device messages at once")
         for message in request.messages:
-            sender = require_own_device(self.users.get(caller.user_id), message.sender_device_id)
-            if message.sender_identity_key != sender.identity_key:
-                raise InvalidArgument("sender_identity_key is not the published identity key of the sending device")
+
+            def check(message: messaging_pb2.ToDeviceMessage = message) -> None:
+                sender_key = require_own_device(self.directory, caller.user_id, message.sender_device_id)
+                if message.sender_identity_key != sender_key:
+                    raise InvalidArgument("sender_identity_key is not the published identity key of the sending device")
+                require_device(self.directory, message.recipient_user_id, message.recipient_device_id)
+
+            await self._fresh(check)
             check_ciphertext(message.olm_type, message.ciphertext)
-            (self.users.get(message.recipient_user_id) or UserDevices(message.recipient_user_id)).device(
-                message.recipient_device_id
-            )
         for message in request.messages:
             recipient = message.recipient_user_id
 
-            def decide(message: messaging_pb2.ToDeviceMessage = message, recipient: str = recipient) -> NewEvent:
-                queue = self.queues.get(recipient) or ToDeviceQueue(recipient)
+            def decide(queue: ToDeviceQueue, message: messaging_pb2.ToDeviceMessage = message) -> NewEvent:
                 return NewEvent(
                     aggregate_type="todevice",
-                    aggregate_id=recipient,
+                    aggregate_id=queue.user_id,
                     payload=ToDeviceSent(
-                        recipient_user_id=recipient,
+                        recipient_user_id=queue.user_id,
                         recipient_device_id=message.recipient_device_id,
                         sender_user_id=caller.user_id,
                         sender_device_id=message.sender_device_id,
@@ -224,15 +140,16 @@ class DeviceKeyServicer(messaging_pb2_grpc.DeviceKeyServiceServicer):
                     actor=caller.user_id,
                 )
 
-            await self._decide_and_append(to_device_subject(recipient), decide, partial(self.queues.get, recipient))
+            read = partial(self._queue, recipient)
+            await self._app.decide_and_append(to_device_subject(recipient), read, decide)
         return messaging_pb2.SendToDeviceResponse()
 
     async def FetchToDevice(
         self, request: messaging_pb2.FetchToDeviceRequest, context: Context
     ) -> messaging_pb2.FetchToDeviceResponse:
         caller = self._app.ctx.tokens.caller(context)
-        require_own_device(self.users.get(caller.user_id), request.device_id)
-        queue = self.queues.get(caller.user_id) or ToDeviceQueue(caller.user_id)
+        await self._fresh(lambda: require_own_device(self.directory, caller.user_id, request.device_id))
+        queue = self._queue(caller.user_id)
         limit = min(request.limit or 100, MAX_FETCH)
         return messaging_pb2.FetchToDeviceResponse(
             messages=[

@@ -1,56 +1,49 @@
-"""The end-to-end encryption key directory and to-device queues, without I/O.
+"""The to-device relay of end-to-end encryption and what it knows of auth's directory; no I/O.
 
-The server holds public keys and Olm ciphertext only. A device publishes its identity and
-signing keys with a pool of one-time keys; another device claims one key (each is handed out
-once) to open an Olm session, then sends room keys through the to-device queue, which keeps
-them for the recipient until it fetches them (it may be offline for a while).
-
-Why here and not in auth: the auth service's key directory is built on another branch; the
-messaging service already owns the conversations these keys protect, so the minimal directory
-lives beside them, on messaging's own subjects (parley.msg.device.<user>, parley.msg.todevice.<user>).
+Devices and their keys live in auth's key directory (parley.auth.device.*), the platform's
+only one. Messaging follows auth's events into `AuthDirectory`, a projection of which users
+and devices exist and each device's Curve25519 identity key, so the relay can refuse a
+message from or to a device that does not exist (or was removed) and a direct conversation
+with an unknown user. The relay itself queues Olm ciphertext per recipient device
+(parley.msg.todevice.<user>) until the device fetches it.
 """
 
 from __future__ import annotations
 
-import string
+import base64
 from dataclasses import dataclass, field
 
-from parley_core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
+from parley_core.errors import InvalidArgument, NotFound, PermissionDenied
 
-MAX_DEVICE_ID = 64
-MAX_KEY_CHARS = 64  # unpadded base64 of a 32-byte key is 43 characters
-MAX_ONE_TIME_KEYS_PER_PUBLISH = 100
-MAX_POOL = 500
 MAX_CIPHERTEXT = 64 * 1024
 MAX_TO_DEVICE_PER_CALL = 200
 E2EE_BODY_PREFIX = "megolm.v1:"
 MAX_E2EE_BODY = 12_000
-_BASE64 = frozenset(string.ascii_letters + string.digits + "+/=")
+
+
+def key_base64(key: bytes) -> str:
+    """A public key as vodozemac writes it (unpadded standard base64), as clients send it."""
+    return base64.b64encode(key).decode().rstrip("=")
 
 
 @dataclass
-class Device:
-    user_id: str
-    device_id: str
-    identity_key: str
-    signing_key: str
-    one_time_keys: dict[str, str] = field(default_factory=dict)  # key id -> public key, oldest first
+class AuthDirectory:
+    """Users and devices as auth's events say; removed devices stay known as removed."""
 
+    users: set[str] = field(default_factory=set)
+    identity_keys: dict[tuple[str, str], str] = field(default_factory=dict)  # (user, device) -> base64
+    removed: set[tuple[str, str]] = field(default_factory=set)
 
-@dataclass
-class UserDevices:
-    """One user's devices: an aggregate on parley.msg.device.<user_id>."""
+    def add_device(self, user_id: str, device_id: str, curve25519: bytes) -> None:
+        if (user_id, device_id) not in self.removed:
+            self.identity_keys[(user_id, device_id)] = key_base64(curve25519)
 
-    user_id: str
-    devices: dict[str, Device] = field(default_factory=dict)
-    last_stream_seq: int = 0
-    version: int = 0
+    def remove_device(self, user_id: str, device_id: str) -> None:
+        self.removed.add((user_id, device_id))
+        self.identity_keys.pop((user_id, device_id), None)
 
-    def device(self, device_id: str) -> Device:
-        found = self.devices.get(device_id)
-        if found is None:
-            raise NotFound(f"user has no device {device_id!r}; it must publish its keys first")
-        return found
+    def identity_key(self, user_id: str, device_id: str) -> str | None:
+        return self.identity_keys.get((user_id, device_id))
 
 
 @dataclass(frozen=True)
@@ -69,51 +62,24 @@ class ToDeviceQueue:
 
     user_id: str
     messages: dict[str, list[QueuedMessage]] = field(default_factory=dict)  # device id -> in order
+    sent: dict[str, int] = field(default_factory=dict)  # device id -> last queue_seq handed out
     last_stream_seq: int = 0
     version: int = 0
 
     def next_seq(self, device_id: str) -> int:
-        return len(self.messages.get(device_id, ())) + 1
+        return self.sent.get(device_id, 0) + 1
+
+    def add(self, device_id: str, message: QueuedMessage, *, keep: bool) -> None:
+        self.sent[device_id] = max(self.sent.get(device_id, 0), message.queue_seq)
+        if keep:
+            self.messages.setdefault(device_id, []).append(message)
+
+    def drop(self, device_id: str) -> None:
+        """The device was removed: what waited for it goes with it."""
+        self.messages.pop(device_id, None)
 
     def after(self, device_id: str, after_seq: int, limit: int) -> list[QueuedMessage]:
-        return self.messages.get(device_id, [])[after_seq : after_seq + limit]
-
-
-def validate_device_id(device_id: str) -> str:
-    if not device_id or len(device_id) > MAX_DEVICE_ID or not device_id.isprintable() or " " in device_id:
-        raise InvalidArgument(f"device_id must be 1..{MAX_DEVICE_ID} printable characters without spaces")
-    return device_id
-
-
-def validate_key(name: str, key: str) -> str:
-    if not key or len(key) > MAX_KEY_CHARS or not set(key) <= _BASE64:
-        raise InvalidArgument(f"{name} must be a base64 public key of at most {MAX_KEY_CHARS} characters")
-    return key
-
-
-def validate_one_time_keys(keys: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    if len(keys) > MAX_ONE_TIME_KEYS_PER_PUBLISH:
-        raise InvalidArgument(f"publish at most {MAX_ONE_TIME_KEYS_PER_PUBLISH} one-time keys at once")
-    for key_id, key in keys:
-        if not key_id or len(key_id) > MAX_DEVICE_ID:
-            raise InvalidArgument(f"one-time key ids must be 1..{MAX_DEVICE_ID} characters")
-        validate_key("one-time key", key)
-    return keys
-
-
-def check_publish(user: UserDevices, device_id: str, identity_key: str, signing_key: str, new_keys: int) -> None:
-    """A device keeps its identity for life; a different key under the same id is refused."""
-    existing = user.devices.get(device_id)
-    if existing is not None and (existing.identity_key, existing.signing_key) != (identity_key, signing_key):
-        raise FailedPrecondition(f"device {device_id!r} already has other keys; register a new device id instead")
-    if existing is not None and len(existing.one_time_keys) + new_keys > MAX_POOL:
-        raise ResourceExhausted(f"a device keeps at most {MAX_POOL} unclaimed one-time keys")
-
-
-def next_one_time_key(device: Device) -> tuple[str, str]:
-    if not device.one_time_keys:
-        raise ResourceExhausted("the device has no one-time keys left; it must publish more before a new session")
-    return next(iter(device.one_time_keys.items()))
+        return [m for m in self.messages.get(device_id, []) if m.queue_seq > after_seq][:limit]
 
 
 def check_ciphertext(olm_type: int, ciphertext: bytes) -> None:
@@ -123,12 +89,19 @@ def check_ciphertext(olm_type: int, ciphertext: bytes) -> None:
         raise InvalidArgument(f"ciphertext must be 1..{MAX_CIPHERTEXT} bytes")
 
 
-def require_own_device(user: UserDevices | None, device_id: str) -> Device:
+def require_own_device(directory: AuthDirectory, user_id: str, device_id: str) -> str:
+    """The identity key of one of the caller's devices."""
     if not device_id:
         raise InvalidArgument("device_id is required")
-    if user is None or device_id not in user.devices:
-        raise PermissionDenied(f"device {device_id!r} is not one of yours; publish its keys first")
-    return user.devices[device_id]
+    key = directory.identity_key(user_id, device_id)
+    if key is None:
+        raise PermissionDenied(f"device {device_id!r} is not one of yours; publish its keys (enable E2EE) first")
+    return key
+
+
+def require_device(directory: AuthDirectory, user_id: str, device_id: str) -> None:
+    if directory.identity_key(user_id, device_id) is None:
+        raise NotFound(f"user has no device {device_id!r} (never published, or removed); list their devices again")
 
 
 def validate_encrypted_body(body: str) -> str:

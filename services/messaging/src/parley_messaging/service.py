@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -33,11 +33,11 @@ from parley.messaging.v1.events_pb2 import (
 
 from parley_core.bus import ConcurrencyConflict, ReceivedEvent, Replay
 from parley_core.envelope import NewEvent, open_payload
-from parley_core.errors import InvalidArgument, PermissionDenied, Unavailable
+from parley_core.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from parley_core.runner import RunContext
-from parley_core.topology import MESSAGING_FILTER, channel_subject
+from parley_core.topology import AUTH_FILTER, MESSAGING_FILTER, channel_subject
 from parley_messaging.device_service import DeviceKeyServicer
-from parley_messaging.devices import validate_encrypted_body
+from parley_messaging.devices import AuthDirectory, validate_encrypted_body
 from parley_messaging.domain import (
     MODERATOR,
     Channel,
@@ -54,6 +54,7 @@ from parley_messaging.domain import (
 )
 
 APPEND_ATTEMPTS = 5
+A = TypeVar("A", bound="Versioned | None")
 
 
 def to_proto(message: PostedMessage, record: MessageRecord | None = None) -> messaging_pb2.ChatMessage:
@@ -122,16 +123,19 @@ class Versioned(Protocol):
 class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
     def __init__(self) -> None:
         self.channels = ChannelDirectory()
-        self.device_keys = DeviceKeyServicer(self)
+        self.directory = AuthDirectory()
+        self.device_keys = DeviceKeyServicer(self, self.directory)
         self._ctx: RunContext | None = None
         self._replay: Replay | None = None
-        # One writer per channel inside this instance; across instances the stream's
-        # expected-sequence check settles races.
+        self._auth_replay: Replay | None = None
+        # One writer per aggregate (subject) inside this instance; see decide_and_append.
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
-        # Channels, the device key directory and to-device queues: one replay of messaging's stream.
+        # Users and devices (auth owns them) first, then channels and to-device queues.
+        self._auth_replay = await ctx.bus.replay(stream="AUTH", filter_subject=AUTH_FILTER, handler=self._apply_auth)
+        await self._auth_replay.wait_caught_up()
         self._replay = await ctx.bus.replay(stream="MSG", filter_subject=MESSAGING_FILTER, handler=self._apply)
         await self._replay.wait_caught_up()
         messaging_pb2_grpc.add_MessagingServiceServicer_to_server(self, ctx.server)
@@ -146,6 +150,22 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
 
     async def stop(self) -> None:
         pass
+
+    async def _apply_auth(self, event: ReceivedEvent) -> None:
+        self.device_keys.apply_auth(event)
+
+    async def settle_auth(self) -> None:
+        """Catch up with auth's stream as it is now: a user or device created a moment ago is then known."""
+        assert self._auth_replay is not None
+        info = await self.ctx.bus.js.stream_info("AUTH")
+        await self._auth_replay.wait_for_seq(info.state.last_seq)
+
+    async def _require_users(self, user_ids: Sequence[str]) -> None:
+        if not set(user_ids) <= self.directory.users:
+            await self.settle_auth()
+        unknown = [u for u in user_ids if u not in self.directory.users]
+        if unknown:
+            raise NotFound(f"no such user: {', '.join(unknown)}; direct conversations take existing user ids")
 
     async def _apply(self, event: ReceivedEvent) -> None:
         if event.envelope.aggregate_type in ("device", "todevice"):
@@ -234,9 +254,6 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         assert self._replay is not None
         await self._replay.wait_for_seq(await self._ctx.bus.last_subject_seq("MSG", subject))
 
-    async def _settle(self, channel_id: str) -> None:
-        await self.settle(channel_subject(channel_id))
-
     async def CreateChannel(
         self, request: messaging_pb2.CreateChannelRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> messaging_pb2.Channel:
@@ -265,26 +282,16 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
     ) -> messaging_pb2.Channel:
         assert self._ctx is not None
         caller = self._ctx.tokens.caller(context)
-        if not request.channel_id:
-            raise InvalidArgument("channel_id is required")
-        async with self._locks[request.channel_id]:
-            for _ in range(APPEND_ATTEMPTS):
-                channel = self.channels.get(request.channel_id)
-                if caller.user_id in channel.members:
-                    return channel_proto(channel, caller.user_id)
-                channel.check_join(caller.user_id)
-                event = NewEvent(
-                    aggregate_type="channel",
-                    aggregate_id=channel.channel_id,
-                    payload=MemberJoined(channel_id=channel.channel_id, user_id=caller.user_id),
-                    actor=caller.user_id,
-                )
-                try:
-                    await self._append(event, after=channel)
-                    return channel_proto(self.channels.get(channel.channel_id), caller.user_id)
-                except ConcurrencyConflict:
-                    await self._settle(channel.channel_id)
-        raise Unavailable("the channel is changing too fast; try again")
+
+        def decide(channel: Channel) -> NewEvent | None:
+            if caller.user_id in channel.members:
+                return None  # already in: a retried join
+            channel.check_join(caller.user_id)
+            return self._event(
+                channel, caller.user_id, MemberJoined(channel_id=channel.channel_id, user_id=caller.user_id)
+            )
+
+        return await self._decide_on_channel(request.channel_id, caller.user_id, decide)
 
     async def ListMyChannels(
         self, request: messaging_pb2.ListMyChannelsRequest, context: grpc.aio.ServicerContext[object, object]
@@ -299,66 +306,46 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
     ) -> messaging_pb2.ChatMessage:
         assert self._ctx is not None
         caller = self._ctx.tokens.caller(context)
-        if not request.channel_id:
-            raise InvalidArgument("channel_id is required")
         key = validate_idempotency_key(request.idempotency_key)
-        async with self._locks[request.channel_id]:
-            for _ in range(APPEND_ATTEMPTS):
-                channel = self.channels.get(request.channel_id)
-                channel.require_member(caller.user_id)
-                body = body_for(channel, request.body)
-                channel.check_thread_root(request.thread_root_seq)
-                if (earlier := channel.earlier_send(caller.user_id, key)) is not None:
-                    return to_proto(earlier)
-                sent = Timestamp()
-                sent.GetCurrentTime()
-                message_id = uuid.uuid4().hex
-                event = NewEvent(
-                    aggregate_type="channel",
-                    aggregate_id=channel.channel_id,
-                    payload=MessagePosted(
-                        channel_id=channel.channel_id,
-                        message_id=message_id,
-                        sender_id=caller.user_id,
-                        sender_name=caller.username,
-                        channel_seq=channel.last_seq + 1,
-                        body=body,
-                        idempotency_key=key,
-                        sent_at=sent,
-                        thread_root_seq=request.thread_root_seq,
-                    ),
-                    actor=caller.user_id,
-                    event_id=send_event_id(channel.channel_id, caller.user_id, key),
-                )
-                try:
-                    await self._append(event, after=channel)
-                except ConcurrencyConflict:
-                    await self._settle(channel.channel_id)
-                    continue
-                posted = self.channels.get(channel.channel_id).earlier_send(caller.user_id, key)
-                assert posted is not None
-                return to_proto(posted)
-        raise Unavailable("the channel is changing too fast; try again")
+
+        def decide(channel: Channel) -> NewEvent | None:
+            channel.require_member(caller.user_id)
+            body = body_for(channel, request.body)
+            channel.check_thread_root(request.thread_root_seq)
+            if channel.earlier_send(caller.user_id, key) is not None:
+                return None  # a retried send: the first result stands
+            sent = Timestamp()
+            sent.GetCurrentTime()
+            return NewEvent(
+                aggregate_type="channel",
+                aggregate_id=channel.channel_id,
+                payload=MessagePosted(
+                    channel_id=channel.channel_id,
+                    message_id=uuid.uuid4().hex,
+                    sender_id=caller.user_id,
+                    sender_name=caller.username,
+                    channel_seq=channel.last_seq + 1,
+                    body=body,
+                    idempotency_key=key,
+                    sent_at=sent,
+                    thread_root_seq=request.thread_root_seq,
+                ),
+                actor=caller.user_id,
+                event_id=send_event_id(channel.channel_id, caller.user_id, key),
+            )
+
+        channel = await self._on_channel(request.channel_id, decide)
+        posted = channel.earlier_send(caller.user_id, key)
+        assert posted is not None
+        return to_proto(posted)
 
     async def _change_message(
         self, channel_id: str, channel_seq: int, decide: Callable[[Channel], NewEvent | None]
     ) -> messaging_pb2.ChatMessage:
-        """Append the event `decide` makes from the channel as read; None means nothing to do."""
-        if not channel_id or channel_seq <= 0:
+        if channel_seq <= 0:
             raise InvalidArgument("channel_id and channel_seq (>= 1) are required")
-        async with self._locks[channel_id]:
-            for _ in range(APPEND_ATTEMPTS):
-                channel = self.channels.get(channel_id)
-                event = decide(channel)
-                if event is None:
-                    return to_proto(channel.message(channel_seq).current)
-                try:
-                    await self._append(event, after=channel)
-                except ConcurrencyConflict:
-                    await self._settle(channel.channel_id)
-                    continue
-                return to_proto(self.channels.get(channel_id).message(channel_seq).current)
-        raise Unavailable("the channel is changing too fast; try again")
+        channel = await self._on_channel(channel_id, decide)
+        return to_proto(channel.message(channel_seq).current)
 
     async def EditMessage(
         self, request: messaging_pb2.EditMessageRequest, context: grpc.aio.ServicerContext[object, object]
@@ -373,20 +360,16 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
                 return None  # a retried edit: already the text
             edited = Timestamp()
             edited.GetCurrentTime()
-            return NewEvent(
-                aggregate_type="channel",
-                aggregate_id=channel.channel_id,
-                payload=MessageEdited(
-                    channel_id=channel.channel_id,
-                    message_id=record.current.message_id,
-                    channel_seq=request.channel_seq,
-                    body=body,
-                    editor_id=caller.user_id,
-                    editor_name=caller.username,
-                    edited_at=edited,
-                ),
-                actor=caller.user_id,
+            payload = MessageEdited(
+                channel_id=channel.channel_id,
+                message_id=record.current.message_id,
+                channel_seq=request.channel_seq,
+                body=body,
+                editor_id=caller.user_id,
+                editor_name=caller.username,
+                edited_at=edited,
             )
+            return self._event(channel, caller.user_id, payload)
 
         return await self._change_message(request.channel_id, request.channel_seq, decide)
 
@@ -404,19 +387,15 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
                 return None  # redacting twice changes nothing
             redacted = Timestamp()
             redacted.GetCurrentTime()
-            return NewEvent(
-                aggregate_type="channel",
-                aggregate_id=channel.channel_id,
-                payload=MessageRedacted(
-                    channel_id=channel.channel_id,
-                    message_id=record.current.message_id,
-                    channel_seq=request.channel_seq,
-                    redactor_id=caller.user_id,
-                    reason=request.reason,
-                    redacted_at=redacted,
-                ),
-                actor=caller.user_id,
+            payload = MessageRedacted(
+                channel_id=channel.channel_id,
+                message_id=record.current.message_id,
+                channel_seq=request.channel_seq,
+                redactor_id=caller.user_id,
+                reason=request.reason,
+                redacted_at=redacted,
             )
+            return self._event(channel, caller.user_id, payload)
 
         return await self._change_message(request.channel_id, request.channel_seq, decide)
 
@@ -425,45 +404,46 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
     ) -> messaging_pb2.Channel:
         assert self._ctx is not None
         caller = self._ctx.tokens.caller(context)
-        if not request.channel_id:
-            raise InvalidArgument("channel_id is required")
-        async with self._locks[request.channel_id]:
+
+        def decide(channel: Channel) -> NewEvent | None:
+            if caller.user_id not in channel.members:
+                return None  # already gone: a retried leave
+            return self._event(
+                channel, caller.user_id, MemberLeft(channel_id=channel.channel_id, user_id=caller.user_id)
+            )
+
+        return await self._decide_on_channel(request.channel_id, "", decide)
+
+    async def decide_and_append(self, subject: str, read: Callable[[], A], decide: Callable[[A], NewEvent | None]) -> A:
+        """The one way a command changes an aggregate: read it, let `decide` make the event (None:
+        nothing to do, e.g. a retry), append at the version read, and return the aggregate after.
+
+        One writer per aggregate inside this instance; across instances the stream's expected
+        sequence settles races: the loser catches up and decides again.
+        """
+        async with self._locks[subject]:
             for _ in range(APPEND_ATTEMPTS):
-                channel = self.channels.get(request.channel_id)
-                if caller.user_id not in channel.members:
-                    return channel_proto(channel)  # already gone: a retried leave
-                event = NewEvent(
-                    aggregate_type="channel",
-                    aggregate_id=channel.channel_id,
-                    payload=MemberLeft(channel_id=channel.channel_id, user_id=caller.user_id),
-                    actor=caller.user_id,
-                )
+                aggregate = read()
+                event = decide(aggregate)
+                if event is None:
+                    return aggregate
                 try:
-                    await self._append(event, after=channel)
+                    await self.append_to(subject, event, aggregate)
                 except ConcurrencyConflict:
-                    await self._settle(channel.channel_id)
+                    await self.settle(subject)
                     continue
-                return channel_proto(self.channels.get(channel.channel_id))
-        raise Unavailable("the channel is changing too fast; try again")
+                return read()
+        raise Unavailable("this is changing too fast; try again")
+
+    async def _on_channel(self, channel_id: str, decide: Callable[[Channel], NewEvent | None]) -> Channel:
+        if not channel_id:
+            raise InvalidArgument("channel_id is required")
+        return await self.decide_and_append(channel_subject(channel_id), lambda: self.channels.get(channel_id), decide)
 
     async def _decide_on_channel(
         self, channel_id: str, viewer: str, decide: Callable[[Channel], NewEvent | None]
     ) -> messaging_pb2.Channel:
-        """Append the event `decide` makes from the channel as read; None means already so."""
-        if not channel_id:
-            raise InvalidArgument("channel_id is required")
-        async with self._locks[channel_id]:
-            for _ in range(APPEND_ATTEMPTS):
-                channel = self.channels.get(channel_id)
-                event = decide(channel)
-                if event is not None:
-                    try:
-                        await self._append(event, after=channel)
-                    except ConcurrencyConflict:
-                        await self._settle(channel_id)
-                        continue
-                return channel_proto(self.channels.get(channel_id), viewer)
-        raise Unavailable("the channel is changing too fast; try again")
+        return channel_proto(await self._on_channel(channel_id, decide), viewer)
 
     def _event(self, channel: Channel, actor: str, payload: Message) -> NewEvent:
         return NewEvent(aggregate_type="channel", aggregate_id=channel.channel_id, payload=payload, actor=actor)
@@ -474,6 +454,7 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         assert self._ctx is not None
         caller = self._ctx.tokens.caller(context)
         others = validate_direct_members(caller.user_id, list(request.user_ids))
+        await self._require_users(others)
         channel_id = uuid.uuid4().hex
         event = NewEvent(
             aggregate_type="channel",

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
@@ -20,6 +20,8 @@ from parley.messaging.v1.events_pb2 import (
     MessageEdited,
     MessagePosted,
     MessageRedacted,
+    ReactionAdded,
+    ReactionRemoved,
 )
 from sqlalchemy import Connection, Engine, Row, create_engine, event, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -56,6 +58,8 @@ class StoredMessage:
     body: str
     sent_at_ns: int
     erased: bool = False  # the author's data key was shredded: name and body are gone for good
+    thread_root_seq: int = 0  # a reply in the thread of this message
+    reactions: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (emoji, user ids), sorted
 
 
 @dataclass(frozen=True)
@@ -253,6 +257,11 @@ class SqlEventArchive:
             self._apply_redaction(conn, payload)
         elif isinstance(payload, MemberLeft | MemberKicked | MemberBanned):
             _apply_member_left(conn, payload)
+        if isinstance(payload, MessagePosted | MessageEdited) and _arrived_late(conn, item):
+            # Retried after its redaction was archived (out of order): blank this text too.
+            redaction = _archived_redaction(self, conn, payload.channel_id, payload.channel_seq)
+            if redaction is not None:
+                self._apply_redaction(conn, redaction)
 
     def _open_row(self, conn: Connection, row: Row[Any]) -> EventEnvelope | None:
         """The event's envelope, or None when its data key was shredded or retention removed it."""
@@ -347,6 +356,10 @@ class SqlEventArchive:
 
         return await self.run("consumer_positions", work)
 
+    async def visible_from_seq(self, channel_id: str, user_id: str) -> int:
+        """The first channel_seq this member may read (hide-history-before-join channels)."""
+        return await self.run("visible_from_seq", lambda conn: _visible_from_seq(self, conn, channel_id, user_id))
+
     async def is_member(self, channel_id: str, user_id: str) -> bool:
         def work(conn: Connection) -> bool:
             row = conn.execute(
@@ -399,6 +412,12 @@ class SqlEventArchive:
                 text = open_payload(envelope) if envelope is not None else None
                 assert text is None or isinstance(text, MessagePosted | MessageEdited)
                 name = "" if text is None else text.sender_name if isinstance(text, MessagePosted) else text.editor_name
+                if isinstance(text, MessagePosted):
+                    thread_root = text.thread_root_seq
+                else:
+                    thread_root = _thread_root_of(
+                        self, conn, r.channel_id, r.channel_seq, before_stream_seq=r.stream_seq
+                    )
                 messages.append(
                     StoredMessage(
                         r.channel_id,
@@ -409,9 +428,10 @@ class SqlEventArchive:
                         text.body if text else "",
                         r.sent_at_ns,
                         erased=text is None,
+                        thread_root_seq=thread_root,
                     )
                 )
-            return messages, len(rows) > limit
+            return _with_reactions(self, conn, channel_id, messages), len(rows) > limit
 
         return await self.run("channel_history", work)
 
@@ -597,3 +617,109 @@ def _apply_member_left(conn: Connection, left: MemberLeft | MemberKicked | Membe
             channel_members.c.channel_id == left.channel_id, channel_members.c.user_id == left.user_id
         )
     )
+
+
+def _arrived_late(conn: Connection, item: ReceivedEvent) -> bool:
+    """Later events of the stream are archived already: this one was retried out of order."""
+    later = conn.execute(
+        select(events.c.stream_seq)
+        .where(events.c.stream == item.stream, events.c.stream_seq > item.stream_seq)
+        .limit(1)
+    ).first()
+    return later is not None
+
+
+# What history shows besides the text (threads, reactions, hidden history before a join) is
+# read from the archived, sealed channel events at query time: no table of the storage schema
+# changes for it. Each reads the channel's events of a few types only.
+
+
+def _channel_payloads(
+    archive: SqlEventArchive, conn: Connection, channel_id: str, types: Sequence[type[Message]], **where: Any
+) -> Any:
+    """(stream_seq, payload) of the channel's events of these types, oldest first; erased ones skipped."""
+    query = select(events).where(
+        events.c.aggregate_type == "channel",
+        events.c.aggregate_id == channel_id,
+        events.c.event_type.in_([t.DESCRIPTOR.full_name for t in types]),
+        events.c.key_id != EXPIRED,
+    )
+    if (before := where.get("before_stream_seq")) is not None:
+        query = query.where(events.c.stream_seq < before).order_by(events.c.stream_seq.desc())
+    else:
+        query = query.order_by(events.c.stream_seq)
+    for row in conn.execute(query).all():
+        envelope = archive._open_row(conn, row)
+        if envelope is not None:
+            yield row.stream_seq, open_payload(envelope)
+
+
+def _archived_redaction(
+    archive: SqlEventArchive, conn: Connection, channel_id: str, channel_seq: int
+) -> MessageRedacted | None:
+    for _, payload in _channel_payloads(archive, conn, channel_id, [MessageRedacted]):
+        if payload.channel_seq == channel_seq:
+            return payload  # type: ignore[no-any-return]
+    return None
+
+
+def _thread_root_of(
+    archive: SqlEventArchive, conn: Connection, channel_id: str, channel_seq: int, *, before_stream_seq: int
+) -> int:
+    """An edited message's thread, from its original post (the newest before the edit)."""
+    for _, post in _channel_payloads(archive, conn, channel_id, [MessagePosted], before_stream_seq=before_stream_seq):
+        if post.channel_seq == channel_seq:
+            return int(post.thread_root_seq)
+    return 0
+
+
+def _with_reactions(
+    archive: SqlEventArchive, conn: Connection, channel_id: str, page: list[StoredMessage]
+) -> list[StoredMessage]:
+    if not page:
+        return page
+    wanted = {m.channel_seq for m in page}
+    by_message: dict[int, dict[str, set[str]]] = {}
+    for _, change in _channel_payloads(archive, conn, channel_id, [ReactionAdded, ReactionRemoved]):
+        if change.channel_seq not in wanted:
+            continue
+        users = by_message.setdefault(change.channel_seq, {}).setdefault(change.emoji, set())
+        if isinstance(change, ReactionAdded):
+            users.add(change.user_id)
+        else:
+            users.discard(change.user_id)
+    return [
+        replace(
+            m,
+            reactions=tuple(
+                (emoji, tuple(sorted(users)))
+                for emoji, users in sorted(by_message.get(m.channel_seq, {}).items())
+                if users
+            ),
+        )
+        for m in page
+    ]
+
+
+def _visible_from_seq(archive: SqlEventArchive, conn: Connection, channel_id: str, user_id: str) -> int:
+    """The first message a member may read: after their (latest) join when the channel hides
+    what came before, as messaging's Channel.visible_from_seq says; 1 otherwise."""
+    hide, joined_at = False, 0
+    for stream_seq, payload in _channel_payloads(archive, conn, channel_id, [ChannelCreated, MemberJoined]):
+        if isinstance(payload, ChannelCreated):
+            hide = payload.hide_history_before_join
+            if user_id in (payload.creator_id, *payload.member_ids):
+                joined_at = stream_seq
+        elif payload.user_id == user_id:
+            joined_at = stream_seq
+    if not hide or not joined_at:
+        return 1
+    earlier = conn.execute(
+        select(func.count()).where(
+            events.c.aggregate_type == "channel",
+            events.c.aggregate_id == channel_id,
+            events.c.event_type == MessagePosted.DESCRIPTOR.full_name,
+            events.c.stream_seq < joined_at,
+        )
+    ).scalar_one()
+    return int(earlier) + 1

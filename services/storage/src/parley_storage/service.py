@@ -129,9 +129,13 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         try:
             if not await self.archive.is_member(request.channel_id, caller.user_id):
                 raise PermissionDenied("you are not a member of this channel")
+            # A channel may hide what came before a member joined: enforced here, not only upstream.
+            visible_from = await self.archive.visible_from_seq(request.channel_id, caller.user_id)
+            if request.before_seq and request.before_seq <= visible_from:
+                return storage_pb2.GetChannelHistoryResponse()
             messages, has_more = await self.archive.channel_history(
                 request.channel_id,
-                after_seq=request.after_seq,
+                after_seq=max(request.after_seq, visible_from - 1),
                 limit=request.limit or DEFAULT_PAGE,
                 before_seq=request.before_seq,
                 after_ns=request.after_time.ToNanoseconds() if request.HasField("after_time") else 0,
@@ -153,6 +157,8 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
                     body=m.body,
                     sent_at=sent,
                     redacted=not m.body,  # the archive blanks a redacted message's text
+                    thread_root_seq=m.thread_root_seq,
+                    reactions=[messaging_pb2.ReactionCount(emoji=e, user_ids=users) for e, users in m.reactions],
                 )
             )
         return storage_pb2.GetChannelHistoryResponse(messages=out, has_more=has_more)

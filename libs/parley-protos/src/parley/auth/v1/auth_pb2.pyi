@@ -77,7 +77,10 @@ class LoginRequest(_message.Message):
     username: _builtins.str
     password: _builtins.str
     totp_code: _builtins.str
-    """required once TOTP is enrolled (or a recovery code)"""
+    """Required once TOTP is enrolled (or a recovery code). Without either, Login answers
+    UNAUTHENTICATED with a message starting "this account uses two-factor authentication"
+    (clients recognise it and ask for the code).
+    """
     recovery_code: _builtins.str
     """single use"""
     def __init__(
@@ -586,6 +589,7 @@ class Device(_message.Message):
     SIGNATURE_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     ONE_TIME_KEYS_LEFT_FIELD_NUMBER: _builtins.int
+    HAS_FALLBACK_KEY_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     device_id: _builtins.str
     """1-64 of [A-Za-z0-9_-], chosen by the client"""
@@ -596,6 +600,7 @@ class Device(_message.Message):
     signature: _builtins.bytes
     display_name: _builtins.str
     one_time_keys_left: _builtins.int
+    has_fallback_key: _builtins.bool
     def __init__(
         self,
         *,
@@ -606,10 +611,11 @@ class Device(_message.Message):
         signature: _builtins.bytes = ...,
         display_name: _builtins.str = ...,
         one_time_keys_left: _builtins.int = ...,
+        has_fallback_key: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["curve25519", b"curve25519", "device_id", b"device_id", "display_name", b"display_name", "ed25519", b"ed25519", "one_time_keys_left", b"one_time_keys_left", "signature", b"signature", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["curve25519", b"curve25519", "device_id", b"device_id", "display_name", b"display_name", "ed25519", b"ed25519", "has_fallback_key", b"has_fallback_key", "one_time_keys_left", b"one_time_keys_left", "signature", b"signature", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -679,20 +685,26 @@ class UploadOneTimeKeysRequest(_message.Message):
 
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     KEYS_FIELD_NUMBER: _builtins.int
+    FALLBACK_KEY_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     @_builtins.property
     def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___OneTimeKey]:
         """at most 100 per call"""
+
+    @_builtins.property
+    def fallback_key(self) -> Global___OneTimeKey:
+        """Replaces the device's fallback key (signed like a one-time key, with a new key id)."""
 
     def __init__(
         self,
         *,
         device_id: _builtins.str = ...,
         keys: _abc.Iterable[Global___OneTimeKey] | None = ...,
+        fallback_key: Global___OneTimeKey | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fallback_key", b"fallback_key"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "keys", b"keys"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "fallback_key", b"fallback_key", "keys", b"keys"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -745,6 +757,9 @@ class ClaimedOneTimeKey(_message.Message):
 
     DEVICE_FIELD_NUMBER: _builtins.int
     ONE_TIME_KEY_FIELD_NUMBER: _builtins.int
+    FALLBACK_FIELD_NUMBER: _builtins.int
+    fallback: _builtins.bool
+    """the one-time keys ran out: this is the device's fallback key"""
     @_builtins.property
     def device(self) -> Global___Device: ...
     @_builtins.property
@@ -754,10 +769,11 @@ class ClaimedOneTimeKey(_message.Message):
         *,
         device: Global___Device | None = ...,
         one_time_key: Global___OneTimeKey | None = ...,
+        fallback: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "one_time_key", b"one_time_key"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "one_time_key", b"one_time_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "fallback", b"fallback", "one_time_key", b"one_time_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -768,20 +784,61 @@ class ListDevicesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_ID_FIELD_NUMBER: _builtins.int
+    USER_IDS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
-    """empty: the caller"""
+    """empty (and no user_ids): the caller"""
+    @_builtins.property
+    def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """several users at once (at most 100); unknown ones are skipped"""
+
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
+        user_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id", "user_ids", b"user_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListDevicesRequest: _TypeAlias = ListDevicesRequest  # noqa: Y015
+
+@_typing.final
+class RemoveDeviceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    """one of the caller's own devices"""
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveDeviceRequest: _TypeAlias = RemoveDeviceRequest  # noqa: Y015
+
+@_typing.final
+class RemoveDeviceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveDeviceResponse: _TypeAlias = RemoveDeviceResponse  # noqa: Y015
 
 @_typing.final
 class ListDevicesResponse(_message.Message):

@@ -124,6 +124,11 @@ class AuthServiceStub:
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesRequest.SerializeToString,
                 response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesResponse.FromString,
                 _registered_method=True)
+        self.RemoveDevice = channel.unary_unary(
+                '/parley.auth.v1.AuthService/RemoveDevice',
+                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.RemoveDeviceRequest.SerializeToString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.RemoveDeviceResponse.FromString,
+                _registered_method=True)
         self.RotateSigningKey = channel.unary_unary(
                 '/parley.auth.v1.AuthService/RotateSigningKey',
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.RotateSigningKeyRequest.SerializeToString,
@@ -240,7 +245,9 @@ class AuthServiceServicer:
         """End-to-end encryption key directory (used by messaging clients, Olm via vodozemac).
         A device publishes its identity keys, self-signed with its Ed25519 key; then uploads
         one-time Curve25519 keys signed by that key. Another user claims one key per device
-        to start an Olm session: each one-time key is handed out exactly once.
+        to start an Olm session: each one-time key is handed out exactly once; when none is left
+        the device's signed fallback key is handed out instead (as in Matrix) until it is replaced.
+        This is the platform's only key directory; messaging relays to-device messages only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -260,6 +267,14 @@ class AuthServiceServicer:
 
     def ListDevices(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveDevice(self, request, context):
+        """The owner removes one of their devices: its keys leave the directory, messaging drops the
+        to-device messages queued for it, and other members' clients stop encrypting to it.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -377,6 +392,11 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.ListDevices,
                     request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesRequest.FromString,
                     response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesResponse.SerializeToString,
+            ),
+            'RemoveDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveDevice,
+                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.RemoveDeviceRequest.FromString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.RemoveDeviceResponse.SerializeToString,
             ),
             'RotateSigningKey': grpc.unary_unary_rpc_method_handler(
                     servicer.RotateSigningKey,
@@ -880,6 +900,33 @@ class AuthService:
             '/parley.auth.v1.AuthService/ListDevices',
             parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesRequest.SerializeToString,
             parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.auth.v1.AuthService/RemoveDevice',
+            parley_dot_auth_dot_v1_dot_auth__pb2.RemoveDeviceRequest.SerializeToString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.RemoveDeviceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,11 +60,17 @@ class AuthServiceStub:
     """End-to-end encryption key directory (used by messaging clients, Olm via vodozemac).
     A device publishes its identity keys, self-signed with its Ed25519 key; then uploads
     one-time Curve25519 keys signed by that key. Another user claims one key per device
-    to start an Olm session: each one-time key is handed out exactly once.
+    to start an Olm session: each one-time key is handed out exactly once; when none is left
+    the device's signed fallback key is handed out instead (as in Matrix) until it is replaced.
+    This is the platform's only key directory; messaging relays to-device messages only.
     """
     UploadOneTimeKeys: _grpc.UnaryUnaryMultiCallable[_auth_pb2.UploadOneTimeKeysRequest, _auth_pb2.UploadOneTimeKeysResponse]
     ClaimOneTimeKey: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ClaimOneTimeKeyRequest, _auth_pb2.ClaimedOneTimeKey]
     ListDevices: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListDevicesRequest, _auth_pb2.ListDevicesResponse]
+    RemoveDevice: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RemoveDeviceRequest, _auth_pb2.RemoveDeviceResponse]
+    """The owner removes one of their devices: its keys leave the directory, messaging drops the
+    to-device messages queued for it, and other members' clients stop encrypting to it.
+    """
     RotateSigningKey: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RotateSigningKeyRequest, _auth_pb2.SigningKeyInfo]
     """Access-token signing keys: start signing with a new key (the old one keeps verifying the
     tokens it signed until retired), and retire a key so every service refuses its tokens.
@@ -105,11 +111,17 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """End-to-end encryption key directory (used by messaging clients, Olm via vodozemac).
     A device publishes its identity keys, self-signed with its Ed25519 key; then uploads
     one-time Curve25519 keys signed by that key. Another user claims one key per device
-    to start an Olm session: each one-time key is handed out exactly once.
+    to start an Olm session: each one-time key is handed out exactly once; when none is left
+    the device's signed fallback key is handed out instead (as in Matrix) until it is replaced.
+    This is the platform's only key directory; messaging relays to-device messages only.
     """
     UploadOneTimeKeys: _aio.UnaryUnaryMultiCallable[_auth_pb2.UploadOneTimeKeysRequest, _auth_pb2.UploadOneTimeKeysResponse]  # type: ignore[assignment]
     ClaimOneTimeKey: _aio.UnaryUnaryMultiCallable[_auth_pb2.ClaimOneTimeKeyRequest, _auth_pb2.ClaimedOneTimeKey]  # type: ignore[assignment]
     ListDevices: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListDevicesRequest, _auth_pb2.ListDevicesResponse]  # type: ignore[assignment]
+    RemoveDevice: _aio.UnaryUnaryMultiCallable[_auth_pb2.RemoveDeviceRequest, _auth_pb2.RemoveDeviceResponse]  # type: ignore[assignment]
+    """The owner removes one of their devices: its keys leave the directory, messaging drops the
+    to-device messages queued for it, and other members' clients stop encrypting to it.
+    """
     RotateSigningKey: _aio.UnaryUnaryMultiCallable[_auth_pb2.RotateSigningKeyRequest, _auth_pb2.SigningKeyInfo]  # type: ignore[assignment]
     """Access-token signing keys: start signing with a new key (the old one keeps verifying the
     tokens it signed until retired), and retire a key so every service refuses its tokens.
@@ -237,7 +249,9 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         """End-to-end encryption key directory (used by messaging clients, Olm via vodozemac).
         A device publishes its identity keys, self-signed with its Ed25519 key; then uploads
         one-time Curve25519 keys signed by that key. Another user claims one key per device
-        to start an Olm session: each one-time key is handed out exactly once.
+        to start an Olm session: each one-time key is handed out exactly once; when none is left
+        the device's signed fallback key is handed out instead (as in Matrix) until it is replaced.
+        This is the platform's only key directory; messaging relays to-device messages only.
         """
 
     @_abc_1.abstractmethod
@@ -260,6 +274,16 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.ListDevicesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.ListDevicesResponse, _abc.Awaitable[_auth_pb2.ListDevicesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveDevice(
+        self,
+        request: _auth_pb2.RemoveDeviceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.RemoveDeviceResponse, _abc.Awaitable[_auth_pb2.RemoveDeviceResponse]]:
+        """The owner removes one of their devices: its keys leave the directory, messaging drops the
+        to-device messages queued for it, and other members' clients stop encrypting to it.
+        """
 
     @_abc_1.abstractmethod
     def RotateSigningKey(

@@ -520,24 +520,57 @@ class OneTimeKeysUploaded(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     KEYS_FIELD_NUMBER: _builtins.int
+    FALLBACK_KEY_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     device_id: _builtins.str
     @_builtins.property
     def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___UploadedOneTimeKey]: ...
+    @_builtins.property
+    def fallback_key(self) -> Global___UploadedOneTimeKey:
+        """when set, replaces the device's fallback key"""
+
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
         device_id: _builtins.str = ...,
         keys: _abc.Iterable[Global___UploadedOneTimeKey] | None = ...,
+        fallback_key: Global___UploadedOneTimeKey | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fallback_key", b"fallback_key"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "keys", b"keys", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "fallback_key", b"fallback_key", "keys", b"keys", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OneTimeKeysUploaded: _TypeAlias = OneTimeKeysUploaded  # noqa: Y015
+
+@_typing.final
+class DeviceRemoved(_message.Message):
+    """The owner removed the device: its keys are gone from the directory, its id is not reused."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    REMOVED_BY_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    device_id: _builtins.str
+    removed_by: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        device_id: _builtins.str = ...,
+        removed_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "removed_by", b"removed_by", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeviceRemoved: _TypeAlias = DeviceRemoved  # noqa: Y015
 
 @_typing.final
 class OneTimeKeyClaimed(_message.Message):

@@ -134,25 +134,30 @@ class GatewayStub:
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.SetMfaRequiredRequest.SerializeToString,
                 response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.SetMfaRequiredResponse.FromString,
                 _registered_method=True)
-        self.PublishAuthDeviceKeys = channel.unary_unary(
-                '/parley.gateway.v1.Gateway/PublishAuthDeviceKeys',
+        self.PublishDeviceKeys = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/PublishDeviceKeys',
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.PublishDeviceKeysRequest.SerializeToString,
                 response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.Device.FromString,
                 _registered_method=True)
-        self.UploadAuthOneTimeKeys = channel.unary_unary(
-                '/parley.gateway.v1.Gateway/UploadAuthOneTimeKeys',
+        self.UploadOneTimeKeys = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/UploadOneTimeKeys',
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.UploadOneTimeKeysRequest.SerializeToString,
                 response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.UploadOneTimeKeysResponse.FromString,
                 _registered_method=True)
-        self.ClaimAuthOneTimeKey = channel.unary_unary(
-                '/parley.gateway.v1.Gateway/ClaimAuthOneTimeKey',
+        self.ClaimOneTimeKey = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/ClaimOneTimeKey',
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.ClaimOneTimeKeyRequest.SerializeToString,
                 response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.ClaimedOneTimeKey.FromString,
                 _registered_method=True)
-        self.ListAuthDevices = channel.unary_unary(
-                '/parley.gateway.v1.Gateway/ListAuthDevices',
+        self.ListDevices = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/ListDevices',
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesRequest.SerializeToString,
                 response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesResponse.FromString,
+                _registered_method=True)
+        self.RemoveDevice = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/RemoveDevice',
+                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.RemoveDeviceRequest.SerializeToString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.RemoveDeviceResponse.FromString,
                 _registered_method=True)
         self.CreateInvite = channel.unary_unary(
                 '/parley.gateway.v1.Gateway/CreateInvite',
@@ -178,21 +183,6 @@ class GatewayStub:
                 '/parley.gateway.v1.Gateway/LeaveChannel',
                 request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.LeaveChannelRequest.SerializeToString,
                 response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
-                _registered_method=True)
-        self.PublishDeviceKeys = channel.unary_unary(
-                '/parley.gateway.v1.Gateway/PublishDeviceKeys',
-                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysRequest.SerializeToString,
-                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysResponse.FromString,
-                _registered_method=True)
-        self.ListDevices = channel.unary_unary(
-                '/parley.gateway.v1.Gateway/ListDevices',
-                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesRequest.SerializeToString,
-                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesResponse.FromString,
-                _registered_method=True)
-        self.ClaimOneTimeKey = channel.unary_unary(
-                '/parley.gateway.v1.Gateway/ClaimOneTimeKey',
-                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyRequest.SerializeToString,
-                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyResponse.FromString,
                 _registered_method=True)
         self.SendToDevice = channel.unary_unary(
                 '/parley.gateway.v1.Gateway/SendToDevice',
@@ -378,27 +368,32 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def PublishAuthDeviceKeys(self, request, context):
-        """The auth branch's key directory (signed one-time keys), distinct from messaging's E2EE
-        directory below, which the SDK uses.
+    def PublishDeviceKeys(self, request, context):
+        """End-to-end encryption: auth's key directory (devices, signed one-time and fallback keys).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def UploadAuthOneTimeKeys(self, request, context):
+    def UploadOneTimeKeys(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ClaimAuthOneTimeKey(self, request, context):
+    def ClaimOneTimeKey(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ListAuthDevices(self, request, context):
+    def ListDevices(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveDevice(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -434,27 +429,9 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def PublishDeviceKeys(self, request, context):
-        """End-to-end encryption: device keys and the to-device relay (see DeviceKeyService).
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ListDevices(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ClaimOneTimeKey(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def SendToDevice(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """End-to-end encryption: the to-device relay (messaging's DeviceKeyService).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -623,25 +600,30 @@ def add_GatewayServicer_to_server(servicer, server):
                     request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.SetMfaRequiredRequest.FromString,
                     response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.SetMfaRequiredResponse.SerializeToString,
             ),
-            'PublishAuthDeviceKeys': grpc.unary_unary_rpc_method_handler(
-                    servicer.PublishAuthDeviceKeys,
+            'PublishDeviceKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishDeviceKeys,
                     request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.PublishDeviceKeysRequest.FromString,
                     response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.Device.SerializeToString,
             ),
-            'UploadAuthOneTimeKeys': grpc.unary_unary_rpc_method_handler(
-                    servicer.UploadAuthOneTimeKeys,
+            'UploadOneTimeKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.UploadOneTimeKeys,
                     request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.UploadOneTimeKeysRequest.FromString,
                     response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.UploadOneTimeKeysResponse.SerializeToString,
             ),
-            'ClaimAuthOneTimeKey': grpc.unary_unary_rpc_method_handler(
-                    servicer.ClaimAuthOneTimeKey,
+            'ClaimOneTimeKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimOneTimeKey,
                     request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.ClaimOneTimeKeyRequest.FromString,
                     response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.ClaimedOneTimeKey.SerializeToString,
             ),
-            'ListAuthDevices': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListAuthDevices,
+            'ListDevices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDevices,
                     request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesRequest.FromString,
                     response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesResponse.SerializeToString,
+            ),
+            'RemoveDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveDevice,
+                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.RemoveDeviceRequest.FromString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.RemoveDeviceResponse.SerializeToString,
             ),
             'CreateInvite': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateInvite,
@@ -667,21 +649,6 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.LeaveChannel,
                     request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.LeaveChannelRequest.FromString,
                     response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.SerializeToString,
-            ),
-            'PublishDeviceKeys': grpc.unary_unary_rpc_method_handler(
-                    servicer.PublishDeviceKeys,
-                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysRequest.FromString,
-                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysResponse.SerializeToString,
-            ),
-            'ListDevices': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListDevices,
-                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesRequest.FromString,
-                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesResponse.SerializeToString,
-            ),
-            'ClaimOneTimeKey': grpc.unary_unary_rpc_method_handler(
-                    servicer.ClaimOneTimeKey,
-                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyRequest.FromString,
-                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyResponse.SerializeToString,
             ),
             'SendToDevice': grpc.unary_unary_rpc_method_handler(
                     servicer.SendToDevice,
@@ -1270,7 +1237,7 @@ class Gateway:
             _registered_method=True)
 
     @staticmethod
-    def PublishAuthDeviceKeys(request,
+    def PublishDeviceKeys(request,
             target,
             options=(),
             channel_credentials=None,
@@ -1283,7 +1250,7 @@ class Gateway:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/parley.gateway.v1.Gateway/PublishAuthDeviceKeys',
+            '/parley.gateway.v1.Gateway/PublishDeviceKeys',
             parley_dot_auth_dot_v1_dot_auth__pb2.PublishDeviceKeysRequest.SerializeToString,
             parley_dot_auth_dot_v1_dot_auth__pb2.Device.FromString,
             options,
@@ -1297,7 +1264,7 @@ class Gateway:
             _registered_method=True)
 
     @staticmethod
-    def UploadAuthOneTimeKeys(request,
+    def UploadOneTimeKeys(request,
             target,
             options=(),
             channel_credentials=None,
@@ -1310,7 +1277,7 @@ class Gateway:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/parley.gateway.v1.Gateway/UploadAuthOneTimeKeys',
+            '/parley.gateway.v1.Gateway/UploadOneTimeKeys',
             parley_dot_auth_dot_v1_dot_auth__pb2.UploadOneTimeKeysRequest.SerializeToString,
             parley_dot_auth_dot_v1_dot_auth__pb2.UploadOneTimeKeysResponse.FromString,
             options,
@@ -1324,7 +1291,7 @@ class Gateway:
             _registered_method=True)
 
     @staticmethod
-    def ClaimAuthOneTimeKey(request,
+    def ClaimOneTimeKey(request,
             target,
             options=(),
             channel_credentials=None,
@@ -1337,7 +1304,7 @@ class Gateway:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/parley.gateway.v1.Gateway/ClaimAuthOneTimeKey',
+            '/parley.gateway.v1.Gateway/ClaimOneTimeKey',
             parley_dot_auth_dot_v1_dot_auth__pb2.ClaimOneTimeKeyRequest.SerializeToString,
             parley_dot_auth_dot_v1_dot_auth__pb2.ClaimedOneTimeKey.FromString,
             options,
@@ -1351,7 +1318,7 @@ class Gateway:
             _registered_method=True)
 
     @staticmethod
-    def ListAuthDevices(request,
+    def ListDevices(request,
             target,
             options=(),
             channel_credentials=None,
@@ -1364,9 +1331,36 @@ class Gateway:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/parley.gateway.v1.Gateway/ListAuthDevices',
+            '/parley.gateway.v1.Gateway/ListDevices',
             parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesRequest.SerializeToString,
             parley_dot_auth_dot_v1_dot_auth__pb2.ListDevicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/RemoveDevice',
+            parley_dot_auth_dot_v1_dot_auth__pb2.RemoveDeviceRequest.SerializeToString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.RemoveDeviceResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1502,87 +1496,6 @@ class Gateway:
             '/parley.gateway.v1.Gateway/LeaveChannel',
             parley_dot_messaging_dot_v1_dot_messaging__pb2.LeaveChannelRequest.SerializeToString,
             parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def PublishDeviceKeys(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/parley.gateway.v1.Gateway/PublishDeviceKeys',
-            parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysRequest.SerializeToString,
-            parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ListDevices(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/parley.gateway.v1.Gateway/ListDevices',
-            parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesRequest.SerializeToString,
-            parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ClaimOneTimeKey(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/parley.gateway.v1.Gateway/ClaimOneTimeKey',
-            parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyRequest.SerializeToString,
-            parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

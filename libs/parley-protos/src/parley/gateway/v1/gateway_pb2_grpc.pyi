@@ -61,23 +61,19 @@ class GatewayStub:
     BeginTotpEnrolment: _grpc.UnaryUnaryMultiCallable[_auth_pb2.BeginTotpEnrolmentRequest, _auth_pb2.BeginTotpEnrolmentResponse]
     ConfirmTotpEnrolment: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ConfirmTotpEnrolmentRequest, _auth_pb2.ConfirmTotpEnrolmentResponse]
     SetMfaRequired: _grpc.UnaryUnaryMultiCallable[_auth_pb2.SetMfaRequiredRequest, _auth_pb2.SetMfaRequiredResponse]
-    PublishAuthDeviceKeys: _grpc.UnaryUnaryMultiCallable[_auth_pb2.PublishDeviceKeysRequest, _auth_pb2.Device]
-    """The auth branch's key directory (signed one-time keys), distinct from messaging's E2EE
-    directory below, which the SDK uses.
-    """
-    UploadAuthOneTimeKeys: _grpc.UnaryUnaryMultiCallable[_auth_pb2.UploadOneTimeKeysRequest, _auth_pb2.UploadOneTimeKeysResponse]
-    ClaimAuthOneTimeKey: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ClaimOneTimeKeyRequest, _auth_pb2.ClaimedOneTimeKey]
-    ListAuthDevices: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListDevicesRequest, _auth_pb2.ListDevicesResponse]
+    PublishDeviceKeys: _grpc.UnaryUnaryMultiCallable[_auth_pb2.PublishDeviceKeysRequest, _auth_pb2.Device]
+    """End-to-end encryption: auth's key directory (devices, signed one-time and fallback keys)."""
+    UploadOneTimeKeys: _grpc.UnaryUnaryMultiCallable[_auth_pb2.UploadOneTimeKeysRequest, _auth_pb2.UploadOneTimeKeysResponse]
+    ClaimOneTimeKey: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ClaimOneTimeKeyRequest, _auth_pb2.ClaimedOneTimeKey]
+    ListDevices: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListDevicesRequest, _auth_pb2.ListDevicesResponse]
+    RemoveDevice: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RemoveDeviceRequest, _auth_pb2.RemoveDeviceResponse]
     CreateInvite: _grpc.UnaryUnaryMultiCallable[_auth_pb2.CreateInviteRequest, _auth_pb2.Invite]
     EditMessage: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.EditMessageRequest, _messaging_pb2.ChatMessage]
     RedactMessage: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.RedactMessageRequest, _messaging_pb2.ChatMessage]
     ListMessageVersions: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ListMessageVersionsRequest, _messaging_pb2.ListMessageVersionsResponse]
     LeaveChannel: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.LeaveChannelRequest, _messaging_pb2.Channel]
-    PublishDeviceKeys: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.PublishDeviceKeysRequest, _messaging_pb2.PublishDeviceKeysResponse]
-    """End-to-end encryption: device keys and the to-device relay (see DeviceKeyService)."""
-    ListDevices: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ListDevicesRequest, _messaging_pb2.ListDevicesResponse]
-    ClaimOneTimeKey: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ClaimOneTimeKeyRequest, _messaging_pb2.ClaimOneTimeKeyResponse]
     SendToDevice: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.SendToDeviceRequest, _messaging_pb2.SendToDeviceResponse]
+    """End-to-end encryption: the to-device relay (messaging's DeviceKeyService)."""
     FetchToDevice: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.FetchToDeviceRequest, _messaging_pb2.FetchToDeviceResponse]
     CreateDirectChannel: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.CreateDirectChannelRequest, _messaging_pb2.Channel]
     InviteMember: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]
@@ -120,23 +116,19 @@ class GatewayAsyncStub(GatewayStub):
     BeginTotpEnrolment: _aio.UnaryUnaryMultiCallable[_auth_pb2.BeginTotpEnrolmentRequest, _auth_pb2.BeginTotpEnrolmentResponse]  # type: ignore[assignment]
     ConfirmTotpEnrolment: _aio.UnaryUnaryMultiCallable[_auth_pb2.ConfirmTotpEnrolmentRequest, _auth_pb2.ConfirmTotpEnrolmentResponse]  # type: ignore[assignment]
     SetMfaRequired: _aio.UnaryUnaryMultiCallable[_auth_pb2.SetMfaRequiredRequest, _auth_pb2.SetMfaRequiredResponse]  # type: ignore[assignment]
-    PublishAuthDeviceKeys: _aio.UnaryUnaryMultiCallable[_auth_pb2.PublishDeviceKeysRequest, _auth_pb2.Device]  # type: ignore[assignment]
-    """The auth branch's key directory (signed one-time keys), distinct from messaging's E2EE
-    directory below, which the SDK uses.
-    """
-    UploadAuthOneTimeKeys: _aio.UnaryUnaryMultiCallable[_auth_pb2.UploadOneTimeKeysRequest, _auth_pb2.UploadOneTimeKeysResponse]  # type: ignore[assignment]
-    ClaimAuthOneTimeKey: _aio.UnaryUnaryMultiCallable[_auth_pb2.ClaimOneTimeKeyRequest, _auth_pb2.ClaimedOneTimeKey]  # type: ignore[assignment]
-    ListAuthDevices: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListDevicesRequest, _auth_pb2.ListDevicesResponse]  # type: ignore[assignment]
+    PublishDeviceKeys: _aio.UnaryUnaryMultiCallable[_auth_pb2.PublishDeviceKeysRequest, _auth_pb2.Device]  # type: ignore[assignment]
+    """End-to-end encryption: auth's key directory (devices, signed one-time and fallback keys)."""
+    UploadOneTimeKeys: _aio.UnaryUnaryMultiCallable[_auth_pb2.UploadOneTimeKeysRequest, _auth_pb2.UploadOneTimeKeysResponse]  # type: ignore[assignment]
+    ClaimOneTimeKey: _aio.UnaryUnaryMultiCallable[_auth_pb2.ClaimOneTimeKeyRequest, _auth_pb2.ClaimedOneTimeKey]  # type: ignore[assignment]
+    ListDevices: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListDevicesRequest, _auth_pb2.ListDevicesResponse]  # type: ignore[assignment]
+    RemoveDevice: _aio.UnaryUnaryMultiCallable[_auth_pb2.RemoveDeviceRequest, _auth_pb2.RemoveDeviceResponse]  # type: ignore[assignment]
     CreateInvite: _aio.UnaryUnaryMultiCallable[_auth_pb2.CreateInviteRequest, _auth_pb2.Invite]  # type: ignore[assignment]
     EditMessage: _aio.UnaryUnaryMultiCallable[_messaging_pb2.EditMessageRequest, _messaging_pb2.ChatMessage]  # type: ignore[assignment]
     RedactMessage: _aio.UnaryUnaryMultiCallable[_messaging_pb2.RedactMessageRequest, _messaging_pb2.ChatMessage]  # type: ignore[assignment]
     ListMessageVersions: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ListMessageVersionsRequest, _messaging_pb2.ListMessageVersionsResponse]  # type: ignore[assignment]
     LeaveChannel: _aio.UnaryUnaryMultiCallable[_messaging_pb2.LeaveChannelRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
-    PublishDeviceKeys: _aio.UnaryUnaryMultiCallable[_messaging_pb2.PublishDeviceKeysRequest, _messaging_pb2.PublishDeviceKeysResponse]  # type: ignore[assignment]
-    """End-to-end encryption: device keys and the to-device relay (see DeviceKeyService)."""
-    ListDevices: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ListDevicesRequest, _messaging_pb2.ListDevicesResponse]  # type: ignore[assignment]
-    ClaimOneTimeKey: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ClaimOneTimeKeyRequest, _messaging_pb2.ClaimOneTimeKeyResponse]  # type: ignore[assignment]
     SendToDevice: _aio.UnaryUnaryMultiCallable[_messaging_pb2.SendToDeviceRequest, _messaging_pb2.SendToDeviceResponse]  # type: ignore[assignment]
+    """End-to-end encryption: the to-device relay (messaging's DeviceKeyService)."""
     FetchToDevice: _aio.UnaryUnaryMultiCallable[_messaging_pb2.FetchToDeviceRequest, _messaging_pb2.FetchToDeviceResponse]  # type: ignore[assignment]
     CreateDirectChannel: _aio.UnaryUnaryMultiCallable[_messaging_pb2.CreateDirectChannelRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
     InviteMember: _aio.UnaryUnaryMultiCallable[_messaging_pb2.MemberActionRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
@@ -292,35 +284,40 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_auth_pb2.SetMfaRequiredResponse, _abc.Awaitable[_auth_pb2.SetMfaRequiredResponse]]: ...
 
     @_abc_1.abstractmethod
-    def PublishAuthDeviceKeys(
+    def PublishDeviceKeys(
         self,
         request: _auth_pb2.PublishDeviceKeysRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.Device, _abc.Awaitable[_auth_pb2.Device]]:
-        """The auth branch's key directory (signed one-time keys), distinct from messaging's E2EE
-        directory below, which the SDK uses.
-        """
+        """End-to-end encryption: auth's key directory (devices, signed one-time and fallback keys)."""
 
     @_abc_1.abstractmethod
-    def UploadAuthOneTimeKeys(
+    def UploadOneTimeKeys(
         self,
         request: _auth_pb2.UploadOneTimeKeysRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.UploadOneTimeKeysResponse, _abc.Awaitable[_auth_pb2.UploadOneTimeKeysResponse]]: ...
 
     @_abc_1.abstractmethod
-    def ClaimAuthOneTimeKey(
+    def ClaimOneTimeKey(
         self,
         request: _auth_pb2.ClaimOneTimeKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.ClaimedOneTimeKey, _abc.Awaitable[_auth_pb2.ClaimedOneTimeKey]]: ...
 
     @_abc_1.abstractmethod
-    def ListAuthDevices(
+    def ListDevices(
         self,
         request: _auth_pb2.ListDevicesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.ListDevicesResponse, _abc.Awaitable[_auth_pb2.ListDevicesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveDevice(
+        self,
+        request: _auth_pb2.RemoveDeviceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.RemoveDeviceResponse, _abc.Awaitable[_auth_pb2.RemoveDeviceResponse]]: ...
 
     @_abc_1.abstractmethod
     def CreateInvite(
@@ -358,33 +355,12 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
 
     @_abc_1.abstractmethod
-    def PublishDeviceKeys(
-        self,
-        request: _messaging_pb2.PublishDeviceKeysRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_messaging_pb2.PublishDeviceKeysResponse, _abc.Awaitable[_messaging_pb2.PublishDeviceKeysResponse]]:
-        """End-to-end encryption: device keys and the to-device relay (see DeviceKeyService)."""
-
-    @_abc_1.abstractmethod
-    def ListDevices(
-        self,
-        request: _messaging_pb2.ListDevicesRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_messaging_pb2.ListDevicesResponse, _abc.Awaitable[_messaging_pb2.ListDevicesResponse]]: ...
-
-    @_abc_1.abstractmethod
-    def ClaimOneTimeKey(
-        self,
-        request: _messaging_pb2.ClaimOneTimeKeyRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_messaging_pb2.ClaimOneTimeKeyResponse, _abc.Awaitable[_messaging_pb2.ClaimOneTimeKeyResponse]]: ...
-
-    @_abc_1.abstractmethod
     def SendToDevice(
         self,
         request: _messaging_pb2.SendToDeviceRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_messaging_pb2.SendToDeviceResponse, _abc.Awaitable[_messaging_pb2.SendToDeviceResponse]]: ...
+    ) -> _typing.Union[_messaging_pb2.SendToDeviceResponse, _abc.Awaitable[_messaging_pb2.SendToDeviceResponse]]:
+        """End-to-end encryption: the to-device relay (messaging's DeviceKeyService)."""
 
     @_abc_1.abstractmethod
     def FetchToDevice(

@@ -17,6 +17,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
@@ -243,10 +248,12 @@ class MemberLeft(_message.Message):
 
 Global___MemberLeft: _TypeAlias = MemberLeft  # noqa: Y015
 
+@_deprecated("""This message has been marked as deprecated using proto message options.""")
 @_typing.final
 class OneTimeKey(_message.Message):
-    """Device key directory for end-to-end encryption, on subject parley.msg.device.<user_id>.
-    Only public keys: the private halves never leave the client.
+    """Retired: messaging's own device key directory (subject parley.msg.device.<user_id>). The
+    key directory is auth's (parley.auth.device.*); these are no longer written and are kept
+    only so that streams written by earlier versions still decode.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -270,6 +277,7 @@ class OneTimeKey(_message.Message):
 
 Global___OneTimeKey: _TypeAlias = OneTimeKey  # noqa: Y015
 
+@_deprecated("""This message has been marked as deprecated using proto message options.""")
 @_typing.final
 class DeviceKeysPublished(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -306,6 +314,7 @@ class DeviceKeysPublished(_message.Message):
 
 Global___DeviceKeysPublished: _TypeAlias = DeviceKeysPublished  # noqa: Y015
 
+@_deprecated("""This message has been marked as deprecated using proto message options.""")
 @_typing.final
 class OneTimeKeyClaimed(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor

@@ -836,8 +836,9 @@ class MessagingService:
 
 
 class DeviceKeyServiceStub:
-    """The device key directory and the to-device relay of end-to-end encryption. The server stores
-    and forwards public keys and Olm ciphertext only.
+    """The to-device relay of end-to-end encryption: Olm ciphertext between devices, queued for
+    offline ones. Devices and their keys live in auth's key directory (AuthService); this
+    service follows auth's device events to check that senders and recipients exist.
     """
 
     def __init__(self, channel):
@@ -846,21 +847,6 @@ class DeviceKeyServiceStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.PublishDeviceKeys = channel.unary_unary(
-                '/parley.messaging.v1.DeviceKeyService/PublishDeviceKeys',
-                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysRequest.SerializeToString,
-                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysResponse.FromString,
-                _registered_method=True)
-        self.ListDevices = channel.unary_unary(
-                '/parley.messaging.v1.DeviceKeyService/ListDevices',
-                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesRequest.SerializeToString,
-                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesResponse.FromString,
-                _registered_method=True)
-        self.ClaimOneTimeKey = channel.unary_unary(
-                '/parley.messaging.v1.DeviceKeyService/ClaimOneTimeKey',
-                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyRequest.SerializeToString,
-                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyResponse.FromString,
-                _registered_method=True)
         self.SendToDevice = channel.unary_unary(
                 '/parley.messaging.v1.DeviceKeyService/SendToDevice',
                 request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.SendToDeviceRequest.SerializeToString,
@@ -874,27 +860,10 @@ class DeviceKeyServiceStub:
 
 
 class DeviceKeyServiceServicer:
-    """The device key directory and the to-device relay of end-to-end encryption. The server stores
-    and forwards public keys and Olm ciphertext only.
+    """The to-device relay of end-to-end encryption: Olm ciphertext between devices, queued for
+    offline ones. Devices and their keys live in auth's key directory (AuthService); this
+    service follows auth's device events to check that senders and recipients exist.
     """
-
-    def PublishDeviceKeys(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ListDevices(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ClaimOneTimeKey(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
 
     def SendToDevice(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -911,21 +880,6 @@ class DeviceKeyServiceServicer:
 
 def add_DeviceKeyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'PublishDeviceKeys': grpc.unary_unary_rpc_method_handler(
-                    servicer.PublishDeviceKeys,
-                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysRequest.FromString,
-                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysResponse.SerializeToString,
-            ),
-            'ListDevices': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListDevices,
-                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesRequest.FromString,
-                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesResponse.SerializeToString,
-            ),
-            'ClaimOneTimeKey': grpc.unary_unary_rpc_method_handler(
-                    servicer.ClaimOneTimeKey,
-                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyRequest.FromString,
-                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyResponse.SerializeToString,
-            ),
             'SendToDevice': grpc.unary_unary_rpc_method_handler(
                     servicer.SendToDevice,
                     request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.SendToDeviceRequest.FromString,
@@ -945,90 +899,10 @@ def add_DeviceKeyServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class DeviceKeyService:
-    """The device key directory and the to-device relay of end-to-end encryption. The server stores
-    and forwards public keys and Olm ciphertext only.
+    """The to-device relay of end-to-end encryption: Olm ciphertext between devices, queued for
+    offline ones. Devices and their keys live in auth's key directory (AuthService); this
+    service follows auth's device events to check that senders and recipients exist.
     """
-
-    @staticmethod
-    def PublishDeviceKeys(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/parley.messaging.v1.DeviceKeyService/PublishDeviceKeys',
-            parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysRequest.SerializeToString,
-            parley_dot_messaging_dot_v1_dot_messaging__pb2.PublishDeviceKeysResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ListDevices(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/parley.messaging.v1.DeviceKeyService/ListDevices',
-            parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesRequest.SerializeToString,
-            parley_dot_messaging_dot_v1_dot_messaging__pb2.ListDevicesResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ClaimOneTimeKey(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/parley.messaging.v1.DeviceKeyService/ClaimOneTimeKey',
-            parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyRequest.SerializeToString,
-            parley_dot_messaging_dot_v1_dot_messaging__pb2.ClaimOneTimeKeyResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
 
     @staticmethod
     def SendToDevice(request,

@@ -217,58 +217,34 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
 def add_MessagingServiceServicer_to_server(servicer: MessagingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class DeviceKeyServiceStub:
-    """The device key directory and the to-device relay of end-to-end encryption. The server stores
-    and forwards public keys and Olm ciphertext only.
+    """The to-device relay of end-to-end encryption: Olm ciphertext between devices, queued for
+    offline ones. Devices and their keys live in auth's key directory (AuthService); this
+    service follows auth's device events to check that senders and recipients exist.
     """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> DeviceKeyServiceAsyncStub: ...
-    PublishDeviceKeys: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.PublishDeviceKeysRequest, _messaging_pb2.PublishDeviceKeysResponse]
-    ListDevices: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ListDevicesRequest, _messaging_pb2.ListDevicesResponse]
-    ClaimOneTimeKey: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ClaimOneTimeKeyRequest, _messaging_pb2.ClaimOneTimeKeyResponse]
     SendToDevice: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.SendToDeviceRequest, _messaging_pb2.SendToDeviceResponse]
     FetchToDevice: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.FetchToDeviceRequest, _messaging_pb2.FetchToDeviceResponse]
 
 @_typing.type_check_only
 class DeviceKeyServiceAsyncStub(DeviceKeyServiceStub):
-    """The device key directory and the to-device relay of end-to-end encryption. The server stores
-    and forwards public keys and Olm ciphertext only.
+    """The to-device relay of end-to-end encryption: Olm ciphertext between devices, queued for
+    offline ones. Devices and their keys live in auth's key directory (AuthService); this
+    service follows auth's device events to check that senders and recipients exist.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    PublishDeviceKeys: _aio.UnaryUnaryMultiCallable[_messaging_pb2.PublishDeviceKeysRequest, _messaging_pb2.PublishDeviceKeysResponse]  # type: ignore[assignment]
-    ListDevices: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ListDevicesRequest, _messaging_pb2.ListDevicesResponse]  # type: ignore[assignment]
-    ClaimOneTimeKey: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ClaimOneTimeKeyRequest, _messaging_pb2.ClaimOneTimeKeyResponse]  # type: ignore[assignment]
     SendToDevice: _aio.UnaryUnaryMultiCallable[_messaging_pb2.SendToDeviceRequest, _messaging_pb2.SendToDeviceResponse]  # type: ignore[assignment]
     FetchToDevice: _aio.UnaryUnaryMultiCallable[_messaging_pb2.FetchToDeviceRequest, _messaging_pb2.FetchToDeviceResponse]  # type: ignore[assignment]
 
 class DeviceKeyServiceServicer(metaclass=_abc_1.ABCMeta):
-    """The device key directory and the to-device relay of end-to-end encryption. The server stores
-    and forwards public keys and Olm ciphertext only.
+    """The to-device relay of end-to-end encryption: Olm ciphertext between devices, queued for
+    offline ones. Devices and their keys live in auth's key directory (AuthService); this
+    service follows auth's device events to check that senders and recipients exist.
     """
-
-    @_abc_1.abstractmethod
-    def PublishDeviceKeys(
-        self,
-        request: _messaging_pb2.PublishDeviceKeysRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_messaging_pb2.PublishDeviceKeysResponse, _abc.Awaitable[_messaging_pb2.PublishDeviceKeysResponse]]: ...
-
-    @_abc_1.abstractmethod
-    def ListDevices(
-        self,
-        request: _messaging_pb2.ListDevicesRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_messaging_pb2.ListDevicesResponse, _abc.Awaitable[_messaging_pb2.ListDevicesResponse]]: ...
-
-    @_abc_1.abstractmethod
-    def ClaimOneTimeKey(
-        self,
-        request: _messaging_pb2.ClaimOneTimeKeyRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_messaging_pb2.ClaimOneTimeKeyResponse, _abc.Awaitable[_messaging_pb2.ClaimOneTimeKeyResponse]]: ...
 
     @_abc_1.abstractmethod
     def SendToDevice(

@@ -1,0 +1,211 @@
+"""Devices through the running platform: auth's key directory as the only one, device removal,
+devices kept across restarts, trust on first use, MFA login, and the CLI's device commands.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.hashes import SHA1
+from cryptography.hazmat.primitives.twofactor.totp import TOTP
+from parley.messaging.v1 import messaging_pb2
+
+from parley_client import DeviceKeyChanged, DeviceStore, MfaRequired, ParleyClient, ParleyError, fingerprint
+from parley_core.testing.platform import RunningPlatform
+
+pytestmark = pytest.mark.e2e
+
+PASSWORD = "a-long-enough-passphrase"
+
+
+def connect(platform: RunningPlatform) -> ParleyClient:
+    return ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+
+
+async def new_user(platform: RunningPlatform, prefix: str) -> tuple[ParleyClient, str]:
+    client = connect(platform)
+    name = f"{prefix}{uuid.uuid4().hex[:8]}"
+    await client.register(name, PASSWORD)
+    await client.login(name, PASSWORD)
+    return client, name
+
+
+async def encrypted_room(owner: ParleyClient, *others: ParleyClient) -> str:
+    channel = await owner.create_channel(f"room-{uuid.uuid4().hex[:6]}", encrypted=True)
+    for other in others:
+        await other.join_channel(channel.channel_id)
+    return channel.channel_id
+
+
+async def test_a_removed_device_gets_no_later_keys_and_loses_its_queue(platform: RunningPlatform) -> None:
+    alice, _ = await new_user(platform, "alice")
+    bob_phone, bob_name = await new_user(platform, "bob")
+    bob_tablet = connect(platform)
+    await bob_tablet.login(bob_name, PASSWORD)
+    await alice.enable_e2ee("alice-laptop")
+    await bob_phone.enable_e2ee("bob-phone")
+    await bob_tablet.enable_e2ee("bob-tablet")
+    channel_id = await encrypted_room(alice, bob_phone)
+
+    before = await alice.send(channel_id, "for both of bob's devices")
+    assert await bob_tablet.read(before) == "for both of bob's devices"
+
+    await bob_phone.remove_device("bob-tablet")
+    assert [d.device_id for d in await alice.list_devices([bob_phone.user_id or ""])] == ["bob-phone"]
+    with pytest.raises(ParleyError) as gone:
+        await bob_tablet.fetch_to_device("bob-tablet", after_queue_seq=0)
+    assert gone.value.code == grpc.StatusCode.PERMISSION_DENIED
+
+    after = await alice.send(channel_id, "only for the phone")
+    old_session = before.body.split(":")[2]
+    assert after.body.split(":")[2] != old_session, "the group session must be replaced when a device goes"
+    assert await bob_phone.read(after) == "only for the phone"
+    with pytest.raises(ParleyError) as unreadable:
+        await bob_tablet.read(after)  # it has no key, and the relay no longer serves it
+    assert unreadable.value.code == grpc.StatusCode.PERMISSION_DENIED
+    # Sending to the removed device is refused by messaging's relay, which follows auth's events.
+    with pytest.raises(ParleyError) as refused:
+        await _send_raw(alice, bob_phone.user_id or "", "bob-tablet")
+    assert refused.value.code == grpc.StatusCode.NOT_FOUND
+    for client in (alice, bob_phone, bob_tablet):
+        await client.close()
+
+
+async def _send_raw(sender: ParleyClient, user_id: str, device_id: str) -> None:
+    assert sender.e2ee is not None
+    message = messaging_pb2.ToDeviceMessage(
+        recipient_user_id=user_id,
+        recipient_device_id=device_id,
+        sender_device_id=sender.e2ee.device_id,
+        sender_identity_key=sender.e2ee.identity_key,
+        olm_type=1,
+        ciphertext=b"opaque",
+    )
+    await sender.send_to_device([message])
+
+
+async def test_a_stored_device_is_the_same_device_after_a_restart(platform: RunningPlatform, tmp_path: Path) -> None:
+    alice, _ = await new_user(platform, "alice")
+    bob, bob_name = await new_user(platform, "bob")
+    await alice.enable_e2ee("alice-laptop")
+    store = DeviceStore(tmp_path / "bob.device.json")
+    device = await bob.enable_e2ee("bob-desk", store=store)
+    channel_id = await encrypted_room(alice, bob)
+    first = await alice.send(channel_id, "before the restart")
+    assert await bob.read(first) == "before the restart"
+    assert store.path.stat().st_mode & 0o777 == 0o600
+    assert store.key_path.stat().st_mode & 0o777 == 0o600
+    assert b"before the restart" not in store.path.read_bytes()
+    await bob.close()
+
+    again = connect(platform)
+    await again.login(bob_name, PASSWORD)
+    restored = await again.enable_e2ee("another-id", store=store)
+    assert restored.device_id == device.device_id == "bob-desk"
+    assert [d.device_id for d in await again.list_devices([again.user_id or ""])] == ["bob-desk"]
+    history = await again.history(channel_id)
+    assert [m.body for m in history.messages] == ["before the restart"]
+    second = await alice.send(channel_id, "after the restart")
+    assert await again.read(second) == "after the restart"
+    # Bob's restored device answers on the Olm session alice's device already has.
+    reply = await again.send(channel_id, "still me")
+    assert await alice.read(reply) == "still me"
+    for client in (alice, again):
+        await client.close()
+
+
+async def test_a_device_whose_key_changed_is_not_encrypted_to(platform: RunningPlatform) -> None:
+    alice, _ = await new_user(platform, "alice")
+    bob, _ = await new_user(platform, "bob")
+    await alice.enable_e2ee("alice-laptop")
+    await bob.enable_e2ee("bob-phone")
+    channel_id = await encrypted_room(alice, bob)
+    await alice.send(channel_id, "first sight pins bob-phone")
+    assert alice.e2ee is not None
+    key = (bob.user_id or "", "bob-phone")
+    assert key in alice.e2ee.pins.ed25519
+    # As if the directory now served another key for the same device (a hostile server).
+    alice.e2ee.pins.ed25519[key] = base64.b64encode(bytes(32)).decode().rstrip("=")
+    with pytest.raises(DeviceKeyChanged, match="another identity key"):
+        await alice.send(channel_id, "must not be encrypted to an impostor")
+    for client in (alice, bob):
+        await client.close()
+
+
+async def test_a_direct_conversation_with_an_unknown_user_is_not_found(platform: RunningPlatform) -> None:
+    alice, _ = await new_user(platform, "alice")
+    bob, _ = await new_user(platform, "bob")
+    with pytest.raises(ParleyError) as unknown:
+        await alice.create_direct([uuid.uuid4().hex])
+    assert unknown.value.code == grpc.StatusCode.NOT_FOUND
+    assert "no such user" in unknown.value.message
+    direct = await alice.create_direct([bob.user_id or ""])
+    assert sorted(direct.member_ids) == sorted([alice.user_id, bob.user_id])
+    for client in (alice, bob):
+        await client.close()
+
+
+def authenticator(secret_base32: str) -> TOTP:
+    secret = base64.b32decode(secret_base32 + "=" * (-len(secret_base32) % 8))
+    return TOTP(secret, 6, SHA1(), 30)
+
+
+async def test_login_with_mfa_from_the_sdk_and_the_cli_prompt(platform: RunningPlatform) -> None:
+    client, name = await new_user(platform, "mfa")
+    begun = await client.begin_totp_enrolment()
+    app = authenticator(begun.secret_base32)
+    confirmed = await client.confirm_totp_enrolment(app.generate(int(time.time())).decode())
+    recovery = list(confirmed.recovery_codes)
+
+    fresh = connect(platform)
+    with pytest.raises(MfaRequired):
+        await fresh.login(name, PASSWORD)
+    logged = await fresh.login(name, PASSWORD, recovery_code=recovery[0])
+    assert logged.user_id == client.user_id
+    with pytest.raises(ParleyError) as reused:
+        await fresh.login(name, PASSWORD, recovery_code=recovery[0])
+    assert reused.value.code == grpc.StatusCode.UNAUTHENTICATED
+    assert not isinstance(reused.value, MfaRequired)
+
+    # The CLI asks for the second factor after the password (here both come on stdin).
+    done = platform.cli("login", name, stdin=f"{PASSWORD}\n{recovery[1]}\n")
+    assert f"logged in as {name}" in done.stdout
+    refused = platform.cli("login", name, stdin=f"{PASSWORD}\n{recovery[1]}\n", check=False)
+    assert refused.returncode == 1
+    assert "already used" in refused.stderr
+    await client.close()
+    await fresh.close()
+
+
+async def test_cli_lists_fingerprints_verifies_and_keeps_its_device(platform: RunningPlatform) -> None:
+    alice, _ = await new_user(platform, "alice")
+    alice_device = await alice.enable_e2ee("alice-laptop")
+    _, bob_name = await new_user(platform, "bob")
+    platform.cli("login", bob_name, stdin=PASSWORD + "\n")
+    alice_id = alice.user_id or ""
+    listed = await alice.list_devices([alice_id])
+    expected = fingerprint(listed[0])
+
+    shown = platform.cli("--as", bob_name, "devices", alice_id).stdout
+    assert "alice-laptop" in shown
+    assert expected in shown
+    assert "pinned on first sight" in shown
+    verified = platform.cli("--as", bob_name, "devices", alice_id, "--verify", "alice-laptop").stdout
+    assert "marked alice-laptop" in verified
+    assert "verified" in platform.cli("--as", bob_name, "devices", alice_id).stdout
+
+    # Bob's terminal device is created once and kept (0600) in the CLI's data folder.
+    mine_first = platform.cli("--as", bob_name, "devices").stdout
+    mine_again = platform.cli("--as", bob_name, "devices").stdout
+    assert "(this terminal)" in mine_first
+    assert mine_first.count("(this terminal)") == mine_again.count("(this terminal)") == 1
+    assert mine_first.split()[0] == mine_again.split()[0]
+    stored = platform.data_dir / "cli" / f"{bob_name.casefold()}.device.json"
+    assert stored.stat().st_mode & 0o777 == 0o600
+    assert alice_device.device_id == "alice-laptop"
+    await alice.close()
