@@ -158,8 +158,10 @@ async def test_tampered_expired_wrong_key_and_wrong_algorithm_tokens_are_refused
 async def test_lockout_engages_per_account_and_releases(stack: Stack, nats_server: NatsTestServer) -> None:
     await stack.create_user("victim", "member")
     auth = stack.app("auth")
-    now = [1000.0]
-    auth.lockouts.clock = lambda: now[0]
+    # Frozen while the failures land (they are counted at their real time, a little later), so
+    # the lockout cannot run out before the test looks; moved past it to release.
+    frozen = [time.time()]
+    auth.lockouts.clock = lambda: frozen[0]
     for _ in range(auth.lockouts.account_policy.threshold - 1):
         code, _ = await code_of(stack.login("victim", "wrong-password-here"))
         assert code == grpc.StatusCode.UNAUTHENTICATED
@@ -173,7 +175,7 @@ async def test_lockout_engages_per_account_and_releases(stack: Stack, nats_serve
         await code_of(stack.login("nobody-here", "wrong-password-here"))
     assert (await code_of(stack.login("nobody-here", "wrong-password-here")))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
 
-    now[0] += auth.lockouts.account_policy.base_s + 0.1
+    frozen[0] = time.time() + auth.lockouts.account_policy.base_s + 0.1
     assert (await code_of(stack.login("victim")))[0] == grpc.StatusCode.OK
     lockouts = await security_events(nats_server, "lockout")
     assert {r.username for r in lockouts} == {"victim", "nobody-here"}

@@ -76,6 +76,16 @@ async def cmd_disable(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_reset_mfa(args: argparse.Namespace) -> int:
+    async with _auth(args) as stub:
+        account = await _account(stub, args.username)
+        request = auth_pb2.ResetMfaRequest(user_id=account.user_id, reason=args.reason)
+        await stub.ResetMfa(request, timeout=TIMEOUT_S)
+    print(f"two-factor authentication of {account.username} removed and every session of theirs revoked;")
+    print("they log in with the password alone and enrol a new authenticator")
+    return 0
+
+
 async def cmd_show(args: argparse.Namespace) -> int:
     async with _auth(args) as stub:
         print(_show(await _account(stub, args.username)))
@@ -129,6 +139,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     enable = commands.add_parser("enable", help="re-enable a disabled account")
     enable.add_argument("username")
     enable.set_defaults(run=cmd_disable, disabled=False, reason="")
+
+    reset_mfa = commands.add_parser(
+        "reset-mfa", help="remove a user's TOTP and recovery codes (lost phone); revokes their sessions"
+    )
+    reset_mfa.add_argument("username")
+    reset_mfa.add_argument("--reason", default="", help="kept in the audit record")
+    reset_mfa.set_defaults(run=cmd_reset_mfa)
 
     show = commands.add_parser("show", help="an account's role and state")
     show.add_argument("username")

@@ -212,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_commands(sub)
     patch.add_commands(sub)
     messages.add_commands(sub)
+    from parley_cli import mfa  # a user's own MFA settings (issue 3)
+
+    mfa.add_commands(sub)
     return parser
 
 

@@ -238,6 +238,14 @@ class ParleyClient:
         request = auth_pb2.ChangePasswordRequest(current_password=current_password, new_password=new_password)
         await self._call(self._stub.ChangePassword, request)
 
+    async def regenerate_recovery_codes(self, *, totp_code: str = "", password: str = "") -> list[str]:
+        """New recovery codes (the old ones stop working); proves presence with either."""
+        request = auth_pb2.RegenerateRecoveryCodesRequest(totp_code=totp_code, password=password)
+        response: auth_pb2.RegenerateRecoveryCodesResponse = await self._call(
+            self._stub.RegenerateRecoveryCodes, request
+        )
+        return list(response.recovery_codes)
+
     async def sessions(self, user_id: str = "") -> list[auth_pb2.Session]:
         response: auth_pb2.ListSessionsResponse = await self._call(
             self._stub.ListSessions, auth_pb2.ListSessionsRequest(user_id=user_id)

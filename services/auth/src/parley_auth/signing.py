@@ -18,24 +18,25 @@ ACCESS_TOKEN_SECONDS = 15 * 60
 
 
 class TokenIssuer:
-    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+    def __init__(self, private_key: Ed25519PrivateKey, *, lifetime_s: int = ACCESS_TOKEN_SECONDS) -> None:
         self._key = private_key
+        self.lifetime_s = lifetime_s
         self.public_key = private_key.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
         self.key_id = hashlib.sha256(self.public_key).hexdigest()[:16]
 
     @classmethod
-    def load_or_create(cls, path: Path) -> TokenIssuer:
+    def load_or_create(cls, path: Path, *, lifetime_s: int = ACCESS_TOKEN_SECONDS) -> TokenIssuer:
         if path.exists():
             key = serialization.load_pem_private_key(path.read_bytes(), password=None)
             if not isinstance(key, Ed25519PrivateKey):
                 raise ValueError(f"{path} does not hold an Ed25519 private key")
-            return cls(key)
-        return cls.create(path)
+            return cls(key, lifetime_s=lifetime_s)
+        return cls.create(path, lifetime_s=lifetime_s)
 
     @classmethod
-    def create(cls, path: Path) -> TokenIssuer:
+    def create(cls, path: Path, *, lifetime_s: int = ACCESS_TOKEN_SECONDS) -> TokenIssuer:
         """A fresh key, replacing the one at `path` (rotation): tokens it signed stay verifiable
         through the published public key until that key is retired."""
         key = Ed25519PrivateKey.generate()
@@ -47,7 +48,7 @@ class TokenIssuer:
         staged.unlink(missing_ok=True)
         write_private_file(staged, pem)
         staged.replace(path)
-        return cls(key)
+        return cls(key, lifetime_s=lifetime_s)
 
     def issue(
         self, *, user_id: str, username: str, role: str, session_id: str = "", mfa: bool = False
@@ -55,7 +56,7 @@ class TokenIssuer:
         """A signed access token; without a session id it cannot be revoked by session (only by
         disabling the account), which is what tools that mint a token for a test get."""
         now = int(time.time())
-        expires = now + ACCESS_TOKEN_SECONDS
+        expires = now + self.lifetime_s
         claims = {
             "iss": ISSUER,
             "aud": AUDIENCE,
