@@ -96,7 +96,7 @@ async def cmd_login(args: argparse.Namespace) -> int:
     from parley_core.files import ensure_private_dir, write_private_file
 
     async with _client(args) as client:
-        response = await client.login(args.username, _password(args))
+        response = await client.login(args.username, _password(args), totp_code=args.totp)
     ensure_private_dir(args.data_dir / "cli")
     saved = {"access_token": response.access_token, "user_id": response.user_id}
     write_private_file(_token_path(args, args.username), json.dumps(saved).encode())
@@ -184,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=text + " (password from a prompt, stdin or $PARLEY_PASSWORD)")
         p.add_argument("username")
-        p.set_defaults(run=run)
+        p.set_defaults(run=run, totp="")
+        if name == "login":
+            p.add_argument("--totp", default="", help="the code from your authenticator app, once TOTP is enrolled")
 
     create = sub.add_parser("create-channel", help="create a channel")
     create.add_argument("name")

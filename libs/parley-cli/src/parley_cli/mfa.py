@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import getpass
-import os
 
 from parley_client import ParleyClient
 
@@ -18,7 +16,9 @@ async def _logged_in(args: argparse.Namespace) -> ParleyClient:
 
 
 def _password_for(user: str) -> str:
-    return os.environ.get("PARLEY_PASSWORD") or getpass.getpass(f"password for {user}: ")
+    from parley_cli.main import _password  # the one way the CLI reads a password
+
+    return _password(argparse.Namespace(username=user))
 
 
 async def cmd_recovery_codes(args: argparse.Namespace) -> int:

@@ -213,8 +213,13 @@ class ParleyClient:
         response: auth_pb2.RegisterResponse = await self._call(self._stub.Register, request)
         return response
 
-    async def login(self, username: str, password: str) -> auth_pb2.LoginResponse:
-        request = auth_pb2.LoginRequest(username=username, password=password)
+    async def login(
+        self, username: str, password: str, *, totp_code: str = "", recovery_code: str = ""
+    ) -> auth_pb2.LoginResponse:
+        """A second factor is needed once TOTP is enrolled: a current code or a recovery code."""
+        request = auth_pb2.LoginRequest(
+            username=username, password=password, totp_code=totp_code, recovery_code=recovery_code
+        )
         response: auth_pb2.LoginResponse = await self._call(self._stub.Login, request)
         self.access_token = response.access_token
         self.user_id = response.user_id
@@ -237,6 +242,20 @@ class ParleyClient:
     async def change_password(self, current_password: str, new_password: str) -> None:
         request = auth_pb2.ChangePasswordRequest(current_password=current_password, new_password=new_password)
         await self._call(self._stub.ChangePassword, request)
+
+    async def begin_totp_enrolment(self) -> auth_pb2.BeginTotpEnrolmentResponse:
+        """The otpauth URI (and its secret) for an authenticator app; confirm with a code from it."""
+        response: auth_pb2.BeginTotpEnrolmentResponse = await self._call(
+            self._stub.BeginTotpEnrolment, auth_pb2.BeginTotpEnrolmentRequest()
+        )
+        return response
+
+    async def confirm_totp_enrolment(self, totp_code: str) -> list[str]:
+        """Turns TOTP on; returns the recovery codes, shown this once."""
+        response: auth_pb2.ConfirmTotpEnrolmentResponse = await self._call(
+            self._stub.ConfirmTotpEnrolment, auth_pb2.ConfirmTotpEnrolmentRequest(totp_code=totp_code)
+        )
+        return list(response.recovery_codes)
 
     async def regenerate_recovery_codes(self, *, totp_code: str = "", password: str = "") -> list[str]:
         """New recovery codes (the old ones stop working); proves presence with either."""

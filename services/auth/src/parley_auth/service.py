@@ -381,8 +381,8 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         elif isinstance(payload, RecoveryCodeUsed):
             state.recovery.discard(payload.recovery_code_sha256)
         elif isinstance(payload, TotpReset):
-            # The last accepted step stays: a code of the old secret never counts again.
-            state.secret, state.pending_secret, state.recovery = b"", b"", set()
+            # Single use is per secret: the next enrolment's secret starts its own count.
+            self.mfa[account.user_id] = mfa.MfaState()
         elif isinstance(payload, RecoveryCodesRegenerated):
             state.recovery = set(payload.recovery_code_sha256)
 
