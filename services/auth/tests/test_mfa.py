@@ -12,10 +12,10 @@ import jwt
 from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
 from parley.auth.v1 import auth_pb2
-from parley.auth.v1.events_pb2 import SecurityEventRecorded
 from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
 
-from parley_core.envelope import decode
+from parley_core.testing.nats import NatsTestServer
+from parley_core.testing.security import security_events
 from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
 from parley_core.testing.waiting import until
 
@@ -134,22 +134,9 @@ async def test_mfa_required_for_a_role_is_enforced_by_other_services(stack: Stac
     assert (await status(again))[0] == grpc.StatusCode.OK
 
 
-async def security_records(stack: Stack, kind: str) -> list[SecurityEventRecorded]:
-    """The records of one kind on the SEC stream, as a SIEM reads them."""
-    ctx = stack.apps["auth"].ctx
-    assert ctx is not None
-    info = await ctx.bus.js.stream_info("SEC")
-    found = []
-    for seq in range(1, info.state.last_seq + 1):
-        raw = await ctx.bus.js.get_msg("SEC", seq)
-        if raw.subject and raw.subject.startswith(f"parley.sec.{kind}."):
-            record = SecurityEventRecorded()
-            record.ParseFromString(decode(raw.data or b"").payload)
-            found.append(record)
-    return found
-
-
-async def test_an_admin_resets_a_lost_authenticator_and_the_users_sessions_end(stack: Stack) -> None:
+async def test_an_admin_resets_a_lost_authenticator_and_the_users_sessions_end(
+    stack: Stack, nats_server: NatsTestServer
+) -> None:
     await stack.create_user("boss", "admin")
     await stack.create_user("chief", "owner")
     await stack.create_user("alice", "member")
@@ -179,7 +166,7 @@ async def test_an_admin_resets_a_lost_authenticator_and_the_users_sessions_end(s
     new_app, _ = await enrol(stack, "alice")
     assert (await status(login(stack, "alice", totp_code=code(new_app, 1))))[0] == grpc.StatusCode.OK
 
-    [record] = await security_records(stack, "mfa_reset")
+    [record] = await security_events(nats_server, "mfa_reset")
     assert (record.user_id, record.actor, record.detail) == (alice_id, f"user:{boss.user_id}", "lost phone")
 
     # What an admin may not do, each with its own answer.
@@ -200,7 +187,7 @@ async def test_an_admin_resets_a_lost_authenticator_and_the_users_sessions_end(s
 
 
 async def test_recovery_codes_are_regenerated_with_a_code_or_the_password_and_old_ones_stop_working(
-    stack: Stack,
+    stack: Stack, nats_server: NatsTestServer
 ) -> None:
     await stack.create_user("bob", "member")
     app, first_codes = await enrol(stack, "bob")
@@ -232,7 +219,7 @@ async def test_recovery_codes_are_regenerated_with_a_code_or_the_password_and_ol
     assert code_ == grpc.StatusCode.INVALID_ARGUMENT
     assert "totp_code" in message
     assert (await status(regenerate(totp_code="1" * 17)))[0] == grpc.StatusCode.INVALID_ARGUMENT
-    assert len(await security_records(stack, "recovery_codes_regenerated")) == 2
+    assert len(await security_events(nats_server, "recovery_codes_regenerated")) == 2
 
     await stack.create_user("carol", "member")
     carol = bearer((await stack.login("carol")).access_token)
