@@ -8,7 +8,6 @@ import pytest
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 
 from parley_auth.lockout import LockoutPolicy
-from parley_core.runner import secure_channel
 from parley_core.testing.nats import NatsTestServer
 from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Running, Stack, start_service
 from parley_core.testing.waiting import until
@@ -18,13 +17,6 @@ pytestmark = pytest.mark.asyncio
 # Long enough that no lockout runs out while the test looks at it.
 POLICY = LockoutPolicy(threshold=3, base_s=3600.0, max_s=3600.0)
 SOURCE = "ipv4:203.0.113.7"
-
-
-def auth_at(stack: Stack, port: int) -> auth_pb2_grpc.AuthServiceAsyncStub:
-    """An auth instance as the gateway reaches it, so the client address it passes is trusted."""
-    channel = secure_channel(stack.pki, identity="gateway", address=f"127.0.0.1:{port}", peer="auth")
-    stack.channels.append(channel)
-    return auth_pb2_grpc.AuthServiceStub(channel)
 
 
 async def login(stub: auth_pb2_grpc.AuthServiceAsyncStub, username: str, password: str) -> grpc.StatusCode:
@@ -51,7 +43,7 @@ async def test_failures_at_two_instances_add_up_and_survive_a_restart(
     first.lockouts.account_policy = POLICY
     second = await another_auth(stack, nats_server)
     try:
-        stubs = [auth_at(stack, stack.ports["auth"]), auth_at(stack, second.port)]
+        stubs = [stack.auth_as_gateway(), stack.auth_as_gateway(second.port)]
         # The failures alternate between the instances; neither alone saw the threshold.
         for attempt in range(POLICY.threshold):
             assert await login(stubs[attempt % 2], "victim", "wrong-password-here") == grpc.StatusCode.UNAUTHENTICATED
@@ -66,7 +58,7 @@ async def test_failures_at_two_instances_add_up_and_survive_a_restart(
     # A fresh instance (what a restart is) replays the counts before it answers.
     restarted = await another_auth(stack, nats_server)
     try:
-        stub = auth_at(stack, restarted.port)
+        stub = stack.auth_as_gateway(restarted.port)
         assert await login(stub, "victim", PASSWORD) == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert await login(stub, "bystander", PASSWORD) == grpc.StatusCode.OK
     finally:
@@ -79,7 +71,7 @@ async def test_a_successful_login_clears_the_account_counter_everywhere(
     await stack.create_user("forgetful", "member")
     first = stack.app("auth")
     first.lockouts.account_policy = POLICY
-    stub = auth_at(stack, stack.ports["auth"])
+    stub = stack.auth_as_gateway()
     for _ in range(POLICY.threshold - 1):
         assert await login(stub, "forgetful", "wrong-password-here") == grpc.StatusCode.UNAUTHENTICATED
     assert await login(stub, "forgetful", PASSWORD) == grpc.StatusCode.OK
@@ -87,7 +79,7 @@ async def test_a_successful_login_clears_the_account_counter_everywhere(
     restarted = await another_auth(stack, nats_server)
     try:
         # Had the success not been recorded, this one failure would reach the threshold.
-        other = auth_at(stack, restarted.port)
+        other = stack.auth_as_gateway(restarted.port)
         assert await login(other, "forgetful", "wrong-password-here") == grpc.StatusCode.UNAUTHENTICATED
         assert await login(other, "forgetful", PASSWORD) == grpc.StatusCode.OK
     finally:

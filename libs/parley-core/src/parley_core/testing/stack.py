@@ -89,6 +89,14 @@ class Stack:
         self.channels.append(channel)
         return channel
 
+    def auth_as_gateway(self, port: int | None = None) -> auth_pb2_grpc.AuthServiceAsyncStub:
+        """Auth (this stack's, or another instance at `port`) as the gateway calls it, so the
+        client address a test passes in `x-parley-source` metadata is believed."""
+        address = f"127.0.0.1:{port or self.ports['auth']}"
+        channel = secure_channel(self.pki, identity="gateway", address=address, peer="auth")
+        self.channels.append(channel)
+        return auth_pb2_grpc.AuthServiceStub(channel)
+
     def gateway_channel(self) -> grpc.aio.Channel:
         credentials = grpc.ssl_channel_credentials(root_certificates=self.pki.ca_pem())
         channel = grpc.aio.secure_channel(
