@@ -53,6 +53,7 @@ from parley.auth.v1.events_pb2 import (
 from parley_auth import keys, mfa
 from parley_auth.domain import (
     DEFAULT_ROLE,
+    MAX_PASSWORD_LENGTH,
     USERNAME_UNAVAILABLE,
     Account,
     AccountDirectory,
@@ -782,7 +783,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         REQUEST_SOURCE.set(self._source(context))
         if not request.username or not request.password:
             raise InvalidArgument("username and password are required")
-        if len(request.username) > 256 or len(request.password) > 1024:
+        if len(request.username) > 256 or len(request.password) > MAX_PASSWORD_LENGTH:
             raise InvalidArgument("username or password is too long")
         source = self._source(context)
         try:
@@ -956,6 +957,8 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.ChangePasswordResponse:
         caller = self._caller(context)
         account = self._account(caller.user_id)
+        if not request.current_password or len(request.current_password) > MAX_PASSWORD_LENGTH:
+            raise InvalidArgument(f"current_password is required (at most {MAX_PASSWORD_LENGTH} characters)")
         if not await verify_password(account.password_hash, request.current_password):
             raise Unauthenticated("the current password is wrong")
         check_password_policy(request.new_password, account.username)
@@ -1017,6 +1020,8 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         state = self.mfa.get(account.user_id)
         if state is None or not state.pending_secret:
             raise FailedPrecondition("no TOTP enrolment in progress; call BeginTotpEnrolment first")
+        if len(request.totp_code) != mfa.DIGITS or not request.totp_code.isdigit():
+            raise InvalidArgument(f"totp_code must be the {mfa.DIGITS} digits the authenticator app shows")
         secret = self._sealer.open(state.pending_secret, account.user_id)
         step = mfa.matching_step(secret, request.totp_code, time.time(), after_step=state.last_step)
         if step is None:
@@ -1081,7 +1086,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         state = self.mfa.get(account.user_id)
         if state is None or not state.enrolled:
             raise FailedPrecondition("two-factor authentication is not enrolled; enrol TOTP first")
-        if len(request.totp_code) > 16 or len(request.password) > 1024:
+        if len(request.totp_code) > 16 or len(request.password) > MAX_PASSWORD_LENGTH:
             raise InvalidArgument("totp_code or password is too long")
         actor = f"user:{account.user_id}"
         if request.totp_code:
