@@ -161,6 +161,7 @@ REFRESH_INVALID = "refresh token is invalid or expired; log in again"
 # Metadata the gateway adds with the client's address; trusted only from the gateway.
 SOURCE_METADATA = "x-parley-source"
 MAX_ID_LENGTH = 64
+MAX_REASON_LENGTH = 500
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -496,6 +497,19 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         REQUEST_SOURCE.set(self._source(context))
         return self.ctx.tokens.caller(context)
 
+    def _administered(self, context: Context, user_id: str, reason: str, action: str) -> tuple[Account, str]:
+        """The account an administrator (or the platform identity) acts on, and the actor to
+        record; refuses what no admin may do: act on an owner unless an owner, or on oneself."""
+        caller = self._caller_or_platform(context)
+        account = self._account(user_id)
+        if len(reason) > MAX_REASON_LENGTH:
+            raise InvalidArgument(f"reason must be at most {MAX_REASON_LENGTH} characters")
+        if caller is not None and account.role == "owner" and caller.role != "owner":
+            raise PermissionDenied(f"only an owner may {action} an owner")
+        if caller is not None and caller.user_id == account.user_id:
+            raise FailedPrecondition(f"you cannot {action} your own account; ask another administrator")
+        return account, f"user:{caller.user_id}" if caller else PLATFORM_USER
+
     def _account(self, user_id: str) -> Account:
         account = self.accounts.by_id(_id(user_id, "user_id"))
         if account is None:
@@ -754,17 +768,9 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
     async def SetAccountDisabled(
         self, request: auth_pb2.SetAccountDisabledRequest, context: Context
     ) -> auth_pb2.Account:
-        caller = self._caller_or_platform(context)
-        account = self._account(request.user_id)
-        if len(request.reason) > 500:
-            raise InvalidArgument("reason must be at most 500 characters")
-        if caller is not None and account.role == "owner" and caller.role != "owner":
-            raise PermissionDenied("only an owner may disable or re-enable an owner")
-        if caller is not None and caller.user_id == account.user_id:
-            raise FailedPrecondition("you cannot disable or re-enable your own account")
+        account, actor = self._administered(context, request.user_id, request.reason, "disable or re-enable")
         if account.disabled == request.disabled:
             return account_proto(account)
-        actor = f"user:{caller.user_id}" if caller else PLATFORM_USER
         payload: Message = (
             AccountDisabled(user_id=account.user_id, reason=request.reason)
             if request.disabled
@@ -1055,18 +1061,10 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         """Removes a user's TOTP and recovery codes (a lost or stolen phone) and revokes every
         session of that user: whoever holds a session may be the one holding the phone, so the
         user logs in again with the password alone and enrols a new authenticator."""
-        caller = self._caller_or_platform(context)
-        account = self._account(request.user_id)
-        if len(request.reason) > 500:
-            raise InvalidArgument("reason must be at most 500 characters")
-        if caller is not None and account.role == "owner" and caller.role != "owner":
-            raise PermissionDenied("only an owner may reset an owner's two-factor authentication")
-        if caller is not None and caller.user_id == account.user_id:
-            raise FailedPrecondition("you cannot reset your own two-factor authentication; ask another administrator")
+        account, actor = self._administered(context, request.user_id, request.reason, "reset the MFA of")
         state = self.mfa.get(account.user_id)
         if state is None or not (state.enrolled or state.pending_secret):
             raise FailedPrecondition(f"{account.username} has no two-factor authentication to reset")
-        actor = f"user:{caller.user_id}" if caller else PLATFORM_USER
         await self._user_event(account, TotpReset(user_id=account.user_id, reason=request.reason), actor)
         await self._security(
             "mfa_reset", actor=actor, user_id=account.user_id, username=account.username, detail=request.reason
