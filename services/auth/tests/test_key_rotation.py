@@ -17,7 +17,7 @@ from parley_core.envelope import decode, open_payload
 from parley_core.pki import Pki
 from parley_core.testing.nats import NatsTestServer
 from parley_core.testing.security import security_events
-from parley_core.testing.stack import TIMEOUT_S, Stack, bearer, start_stack, stop_stack
+from parley_core.testing.stack import TIMEOUT_S, Stack, bearer, start_service, start_stack, stop_stack
 from parley_core.testing.waiting import eventually, until
 
 pytestmark = pytest.mark.asyncio
@@ -91,3 +91,29 @@ async def test_the_key_rotates_on_schedule_and_retires_after_its_last_token(
     assert messaging.tokens.knows_key(jwt.get_unverified_header(later.access_token)["kid"])
     rotated = [r for r in await security_events(nats_server, "signing_key_rotated") if r.actor == "service:auth"]
     assert any(r.detail == f"{old_key} -> {new_key}" for r in rotated)
+
+
+async def test_two_instances_rotate_once_and_sign_with_the_same_successor(
+    rotating_stack: Stack, nats_server: NatsTestServer
+) -> None:
+    """Their schedule is the same (it comes from the AUTH stream), so both try at once: one
+    publishes the successor, the other adopts it from the shared secrets folder."""
+    stack = rotating_stack
+    first = stack.app("auth")
+    second = await start_service(stack, nats_server, "auth", registration="open")
+    try:
+        other = second.app.app
+        start = first.signing_key_id
+        assert other.signing_key_id == start  # one secrets folder, one key
+
+        def successors(key_id: str) -> list[str]:
+            return [k for k, s in first.signing_keys.items() if s.replaces == key_id]
+
+        # Two rotations in a row, each contested by both instances.
+        await until(lambda: any(successors(k) for k in successors(start)), "two rotations", TIMEOUT_S)
+        for key_id in list(first.signing_keys):
+            assert len(successors(key_id)) <= 1, f"{key_id} has successors {successors(key_id)}"
+        await until(lambda: first.signing_key_id == other.signing_key_id, "both signing with one key", TIMEOUT_S)
+        await until(lambda: other.signing_keys.keys() == first.signing_keys.keys(), "one view of the keys", TIMEOUT_S)
+    finally:
+        await second.shutdown()

@@ -1,9 +1,11 @@
 """When to rotate the access-token signing key and when a replaced key may be retired; no I/O.
 
-A key is replaced by publishing its successor (SigningKeyPublished.replaces_key_id). The
-replaced key keeps verifying until every token it can have signed has expired: tokens are
-signed with it until the successor is in use, a moment after the successor's publication, and
-live `token_lifetime_s` at most; RETIRE_MARGIN_S covers that moment and rounding of `iat`.
+A key is replaced by publishing its successor (SigningKeyPublished.replaces_key_id) on the
+replaced key's own subject, at that subject's last sequence, so that of several auth instances
+rotating at the same moment only one succeeds. The replaced key keeps verifying until every
+token it can have signed has expired: tokens are signed with it until the (newest) successor is
+in use, a moment after its publication, and live `token_lifetime_s` at most; RETIRE_MARGIN_S
+covers that moment and the rounding of `iat`.
 """
 
 from __future__ import annotations
@@ -19,12 +21,17 @@ class SigningKeyState:
     published_at: float
     replaces: str = ""  # the key this one took over from, if any
     retired: bool = False
+    # Newest event on this key's subject (parley.auth.key.<id>), for the optimistic append of
+    # its successor.
+    last_seq: int = 0
+    version: int = 0
 
 
 def replaced_at(keys: Mapping[str, SigningKeyState], key_id: str) -> float | None:
-    """When `key_id`'s successor was published, if it has one."""
+    """When `key_id`'s newest successor was published, if it has one (a second successor only
+    follows an instance that lost the first one's private key in a crash)."""
     times = [k.published_at for k in keys.values() if k.replaces == key_id]
-    return min(times) if times else None
+    return max(times) if times else None
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ from parley_auth.domain import (
     username_key,
     validate_role,
 )
-from parley_auth.key_rotation import KeySchedule, SigningKeyState
+from parley_auth.key_rotation import KeySchedule, SigningKeyState, replaced_at
 from parley_auth.lockout import LockoutBook
 from parley_auth.passwords import hash_password, needs_rehash, verify_password
 from parley_auth.sessions import (
@@ -230,10 +230,10 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         self._ctx = ctx
         self._issuer = TokenIssuer.load_or_create(self._signing_key_path, lifetime_s=self.settings.access_token_seconds)
         self._sealer = mfa.SecretSealer.load_or_create(ctx.settings.secrets_dir / "auth-mfa-key.bin")
-        await self._publish_signing_key(self._issuer, replaces="")
         await self._load_audit_head()
         self._replay = await ctx.bus.replay(stream="AUTH", filter_subject="parley.auth.>", handler=self._apply)
         await self._replay.wait_caught_up()
+        await self._publish_first_signing_key()
         auth_pb2_grpc.add_AuthServiceServicer_to_server(self, ctx.server)
         ctx.add_service_name(auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name)
         self._key_maintenance = asyncio.create_task(self._maintain_signing_keys(), name="auth-signing-keys")
@@ -250,20 +250,31 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         return self._ctx
 
     @property
+    def signing_key_id(self) -> str:
+        """The key this instance signs access tokens with now."""
+        assert self._issuer is not None
+        return self._issuer.key_id
+
+    @property
     def _signing_key_path(self) -> Path:
         return self.ctx.settings.secrets_dir / "auth-signing-key.pem"
 
-    async def _publish_signing_key(self, issuer: TokenIssuer, *, replaces: str) -> None:
-        published = SigningKeyPublished(
-            key_id=issuer.key_id, algorithm=ALGORITHM, public_key=issuer.public_key, replaces_key_id=replaces
-        )
+    async def _publish_first_signing_key(self) -> None:
+        """A key no event knows yet (a fresh installation): published on its own subject. A key
+        from a rotation was published by it (and may have been adopted during the replay)."""
+        assert self._issuer is not None
+        issuer = self._issuer
+        if issuer.key_id in self.signing_keys:
+            return
+        published = SigningKeyPublished(key_id=issuer.key_id, algorithm=ALGORITHM, public_key=issuer.public_key)
         event = NewEvent(
             aggregate_type="signing_key", aggregate_id=issuer.key_id, payload=published, actor="service:auth"
         )
-        with contextlib.suppress(ConcurrencyConflict):  # published by an earlier start
+        with contextlib.suppress(ConcurrencyConflict):  # another instance sharing the key published it
             await self.ctx.bus.append(
                 signing_key_subject(issuer.key_id), event, aggregate_version=1, expected_last_subject_seq=0
             )
+        await self._settle()  # known to this instance's projection before it signs
 
     # -- projection -------------------------------------------------------------------------
 
@@ -283,15 +294,8 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         if isinstance(payload, DeviceKeysPublished | OneTimeKeysUploaded | OneTimeKeyClaimed):
             self._apply_device(payload, event.stream_seq)
             return
-        if isinstance(payload, SigningKeyPublished):
-            self.signing_keys.setdefault(payload.key_id, SigningKeyState(at, replaces=payload.replaces_key_id))
-            self._adopt_successor(payload)
-            self._signing_keys_changed.set()
-            return
-        if isinstance(payload, SigningKeyRetired):
-            if (state := self.signing_keys.get(payload.key_id)) is not None:
-                state.retired = True
-            self._signing_keys_changed.set()
+        if isinstance(payload, SigningKeyPublished | SigningKeyRetired):
+            self._apply_signing_key(payload, event, at)
             return
         if isinstance(payload, InviteCreated):
             self.invites[payload.invite_sha256] = InviteState(
@@ -336,6 +340,20 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                 session.rotate(payload.previous_sha256, payload.refresh_token_sha256, at)
             else:
                 session.revoked_reason = payload.reason or "revoked"
+
+    def _apply_signing_key(
+        self, payload: SigningKeyPublished | SigningKeyRetired, event: ReceivedEvent, at: float
+    ) -> None:
+        if isinstance(payload, SigningKeyPublished):
+            self.signing_keys.setdefault(payload.key_id, SigningKeyState(at, replaces=payload.replaces_key_id))
+        elif (retired := self.signing_keys.get(payload.key_id)) is not None:
+            retired.retired = True
+        # A successor is published on the subject of the key it replaces.
+        if (subject_key := self.signing_keys.get(event.envelope.aggregate_id)) is not None:
+            subject_key.last_seq, subject_key.version = event.stream_seq, subject_key.version + 1
+        if isinstance(payload, SigningKeyPublished):
+            self._adopt_successor(payload)
+        self._signing_keys_changed.set()
 
     def _apply_device(
         self, payload: DeviceKeysPublished | OneTimeKeysUploaded | OneTimeKeyClaimed, stream_seq: int
@@ -631,12 +649,38 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
 
     # -- signing keys ---------------------------------------------------------------------------
 
+    def _successor_path(self, key_id: str) -> Path:
+        return self.ctx.settings.secrets_dir / f"auth-signing-key.{key_id}.pem"
+
     async def _rotate_signing_key(self, actor: str) -> TokenIssuer:
-        """A new key replaces the one in use; the old one keeps verifying until retired."""
+        """A successor for the key in use, published on that key's subject at its last sequence:
+        of auth instances rotating at the same moment (their schedule is the same) exactly one
+        succeeds; the others adopt its key from the shared secrets folder instead of adding one."""
         assert self._issuer is not None
         previous = self._issuer.key_id
-        issuer = TokenIssuer.create(self._signing_key_path, lifetime_s=self.settings.access_token_seconds)
-        await self._publish_signing_key(issuer, replaces=previous)
+        state = self.signing_keys.get(previous)
+        if state is None:
+            raise FailedPrecondition("the signing key in use is not published yet; try again")
+        issuer = TokenIssuer.generate(lifetime_s=self.settings.access_token_seconds)
+        # Saved before the claim, so an instance that sees the publication can read the key.
+        staged = self._successor_path(issuer.key_id)
+        issuer.save(staged)
+        published = SigningKeyPublished(
+            key_id=issuer.key_id, algorithm=ALGORITHM, public_key=issuer.public_key, replaces_key_id=previous
+        )
+        event = NewEvent(aggregate_type="signing_key", aggregate_id=previous, payload=published, actor="service:auth")
+        try:
+            await self.ctx.bus.append(
+                signing_key_subject(previous),
+                event,
+                aggregate_version=state.version + 1,
+                expected_last_subject_seq=state.last_seq,
+            )
+        except ConcurrencyConflict:
+            staged.unlink(missing_ok=True)
+            await self._settle()  # the winner's successor, adopted as it is applied
+            return self._issuer
+        staged.replace(self._signing_key_path)
         # This instance's verifier must know the key before a token signed with it is handed out.
         await self._settle()
         self._issuer = issuer
@@ -644,14 +688,16 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         return issuer
 
     def _adopt_successor(self, published: SigningKeyPublished) -> None:
-        """Another auth instance sharing this secrets folder rotated the key we sign with: sign
-        with its successor too, so the replaced key can be retired on time."""
+        """The key we sign with was replaced (by this instance or another one sharing the
+        secrets folder): sign with the successor, so the replaced key can be retired on time."""
         if self._issuer is None or published.replaces_key_id != self._issuer.key_id:
             return
-        with contextlib.suppress(OSError, ValueError):
-            issuer = TokenIssuer.load_or_create(self._signing_key_path, lifetime_s=self.settings.access_token_seconds)
-            if issuer.key_id == published.key_id:
-                self._issuer = issuer
+        for path in (self._successor_path(published.key_id), self._signing_key_path):
+            with contextlib.suppress(OSError, ValueError):
+                issuer = TokenIssuer.load(path, lifetime_s=self.settings.access_token_seconds)
+                if issuer.key_id == published.key_id:
+                    self._issuer = issuer
+                    return
 
     async def _retire_signing_key(self, key_id: str, actor: str) -> None:
         state = self.signing_keys[key_id]
@@ -694,7 +740,12 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         for key_id in self.key_schedule.retirable(self.signing_keys, current_key_id=self._issuer.key_id, now=now):
             await self._retire_signing_key(key_id, "service:auth")
         current = self.signing_keys.get(self._issuer.key_id)
-        if current is not None and (at := self.key_schedule.rotate_at(current)) is not None and at <= now:
+        if current is None:
+            return
+        due = (at := self.key_schedule.rotate_at(current)) is not None and at <= now
+        # Replaced, yet still ours: the successor's private key was lost (a crash mid-rotation).
+        orphaned = replaced_at(self.signing_keys, self._issuer.key_id) is not None
+        if due or orphaned:
             await self._rotate_signing_key("service:auth")
 
     async def RotateSigningKey(

@@ -27,20 +27,28 @@ class TokenIssuer:
         self.key_id = hashlib.sha256(self.public_key).hexdigest()[:16]
 
     @classmethod
-    def load_or_create(cls, path: Path, *, lifetime_s: int = ACCESS_TOKEN_SECONDS) -> TokenIssuer:
-        if path.exists():
-            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-            if not isinstance(key, Ed25519PrivateKey):
-                raise ValueError(f"{path} does not hold an Ed25519 private key")
-            return cls(key, lifetime_s=lifetime_s)
-        return cls.create(path, lifetime_s=lifetime_s)
+    def load(cls, path: Path, *, lifetime_s: int = ACCESS_TOKEN_SECONDS) -> TokenIssuer:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{path} does not hold an Ed25519 private key")
+        return cls(key, lifetime_s=lifetime_s)
 
     @classmethod
-    def create(cls, path: Path, *, lifetime_s: int = ACCESS_TOKEN_SECONDS) -> TokenIssuer:
-        """A fresh key, replacing the one at `path` (rotation): tokens it signed stay verifiable
-        through the published public key until that key is retired."""
-        key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(
+    def load_or_create(cls, path: Path, *, lifetime_s: int = ACCESS_TOKEN_SECONDS) -> TokenIssuer:
+        if path.exists():
+            return cls.load(path, lifetime_s=lifetime_s)
+        issuer = cls.generate(lifetime_s=lifetime_s)
+        issuer.save(path)
+        return issuer
+
+    @classmethod
+    def generate(cls, *, lifetime_s: int = ACCESS_TOKEN_SECONDS) -> TokenIssuer:
+        """A fresh key, in memory until saved."""
+        return cls(Ed25519PrivateKey.generate(), lifetime_s=lifetime_s)
+
+    def save(self, path: Path) -> None:
+        """Written whole or not at all (staged, then renamed over `path`), readable by auth only."""
+        pem = self._key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -48,7 +56,6 @@ class TokenIssuer:
         staged.unlink(missing_ok=True)
         write_private_file(staged, pem)
         staged.replace(path)
-        return cls(key, lifetime_s=lifetime_s)
 
     def issue(
         self, *, user_id: str, username: str, role: str, session_id: str = "", mfa: bool = False
