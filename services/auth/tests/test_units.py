@@ -41,6 +41,17 @@ def test_lockout_doubles_and_releases() -> None:
     assert book.check("eve", "ip") is None
 
 
+def test_a_count_without_failures_for_a_day_starts_again() -> None:
+    policy = LockoutPolicy(threshold=3, base_s=2.0, max_s=60.0, forget_after_s=86400.0)
+    book = LockoutBook(account_policy=policy, source_policy=policy, clock=lambda: 0.0)
+    book.record_failure("ann", "ip", at=0.0)
+    book.record_failure("ann", "ip", at=10.0)
+    # A day and more later: the two old failures no longer count towards the threshold.
+    assert book.record_failure("ann", "ip", at=10.0 + 86400.0 + 1) is None
+    assert book.record_failure("ann", "ip", at=10.0 + 86400.0 + 2) is None
+    assert book.record_failure("ann", "ip", at=10.0 + 86400.0 + 3) is not None
+
+
 def test_source_lockout_spans_accounts() -> None:
     book = LockoutBook(
         account_policy=LockoutPolicy(threshold=100, base_s=1.0, max_s=60.0),

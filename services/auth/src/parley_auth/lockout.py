@@ -20,6 +20,9 @@ class LockoutPolicy:
     threshold: int  # failures allowed before the first lockout
     base_s: float  # first lockout; each further failure while at the threshold doubles it
     max_s: float
+    # A count with no new failure for this long starts again from zero: the counts are durable
+    # now, and a typo of last month must not weigh on today (nor a shared address for ever).
+    forget_after_s: float = 24 * 3600.0
 
     def duration(self, failures: int) -> float:
         excess = failures - self.threshold
@@ -70,6 +73,8 @@ class LockoutBook:
         started: Locked | None = None
         for scope, book, key, policy in self._scopes(username, source):
             counter = book.setdefault(key, _Counter())
+            if now - counter.last_failure_at > policy.forget_after_s:
+                counter.failures = 0
             counter.failures += 1
             counter.last_failure_at = max(counter.last_failure_at, now)
             if (duration := policy.duration(counter.failures)) > 0 and (
