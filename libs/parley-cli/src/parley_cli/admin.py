@@ -104,7 +104,7 @@ async def cmd_invite(args: argparse.Namespace) -> int:
 async def cmd_rotate_signing_key(args: argparse.Namespace) -> int:
     async with _auth(args) as stub:
         key = await stub.RotateSigningKey(auth_pb2.RotateSigningKeyRequest(), timeout=TIMEOUT_S)
-    print(f"signing with new key {key.key_id}; retire the old one after 15 minutes (parley admin retire-signing-key)")
+    print(f"signing with new key {key.key_id}; auth retires the old one once every token it signed has expired")
     return 0
 
 
@@ -158,6 +158,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
     rotate = commands.add_parser("rotate-signing-key", help="sign access tokens with a new Ed25519 key")
     rotate.set_defaults(run=cmd_rotate_signing_key)
-    retire = commands.add_parser("retire-signing-key", help="refuse every token signed by an old key")
+    retire = commands.add_parser(
+        "retire-signing-key",
+        help="refuse every token signed by an old key now (a leaked key; rotation retires on its own)",
+    )
     retire.add_argument("key_id")
     retire.set_defaults(run=cmd_retire_signing_key)
