@@ -34,8 +34,14 @@ class BenchPlatform:
                 "up",
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
-                # The benchmark registers its users (`make run` defaults to admin-created accounts).
-                env={**os.environ, "PARLEY_TRACE_EXPORTER": "none", "PARLEY_REGISTRATION": "open"},
+                # The benchmark registers its users (`make run` defaults to admin-created accounts),
+                # all from one address, so auth's per-address registration budget is lifted.
+                env={
+                    **os.environ,
+                    "PARLEY_TRACE_EXPORTER": "none",
+                    "PARLEY_REGISTRATION": "open",
+                    "PARLEY_AUTH_REGISTRATIONS_PER_SOURCE_PER_HOUR": "1000000",
+                },
             )
         deadline = asyncio.get_running_loop().time() + START_TIMEOUT_S
         delay = 0.05

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import time
 import uuid
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives.hashes import SHA1
+from cryptography.hazmat.primitives.twofactor.totp import TOTP
 
 from parley_client import ParleyClient, ParleyError
 from parley_core.testing.platform import RunningPlatform
@@ -96,3 +99,33 @@ def test_audit_verify_on_the_running_platform(platform: RunningPlatform) -> None
         result = verified()
     assert result.returncode == 0, result.stdout + result.stderr
     assert "audit chain intact" in result.stdout
+
+
+def authenticator(secret_base32: str) -> TOTP:
+    secret = base64.b32decode(secret_base32 + "=" * (-len(secret_base32) % 8))
+    return TOTP(secret, 6, SHA1(), 30)
+
+
+async def test_mfa_by_cli_new_recovery_codes_and_an_admin_reset(platform: RunningPlatform) -> None:
+    name = unique("mo")
+    platform.cli("admin", "create-user", name, stdin=PASSWORD + "\n")
+    async with ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes()) as client:
+        await client.login(name, PASSWORD)
+        app = authenticator((await client.begin_totp_enrolment()).secret_base32)
+        first_codes = await client.confirm_totp_enrolment(app.generate(int(time.time())).decode())
+        # The CLI logs in with the next code (the confirming one is spent).
+        platform.cli("login", name, "--totp", app.generate(int(time.time()) + 30).decode(), stdin=PASSWORD + "\n")
+
+        printed = platform.cli("--as", name, "mfa", "recovery-codes", stdin=PASSWORD + "\n").stdout
+        new_codes = [line for line in printed.splitlines() if line.count("-") == 3]
+        assert len(new_codes) == 10
+        with pytest.raises(ParleyError) as old_code:
+            await client.login(name, PASSWORD, recovery_code=first_codes[0])
+        assert old_code.value.code == grpc.StatusCode.UNAUTHENTICATED
+        await client.login(name, PASSWORD, recovery_code=new_codes[0])
+
+        assert "removed" in platform.cli("admin", "reset-mfa", name, "--reason", "lost phone").stdout
+        await client.login(name, PASSWORD)  # the password alone again
+        again = platform.cli("admin", "reset-mfa", name, check=False)
+        assert "FAILED_PRECONDITION" in again.stderr
+        assert "Traceback" not in again.stderr

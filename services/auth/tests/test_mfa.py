@@ -14,6 +14,8 @@ from cryptography.hazmat.primitives.twofactor.totp import TOTP
 from parley.auth.v1 import auth_pb2
 from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
 
+from parley_core.testing.nats import NatsTestServer
+from parley_core.testing.security import security_events
 from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
 from parley_core.testing.waiting import until
 
@@ -130,3 +132,105 @@ async def test_mfa_required_for_a_role_is_enforced_by_other_services(stack: Stac
         fleet_pb2.ListInstancesRequest(), metadata=bearer(refreshed.access_token), timeout=TIMEOUT_S
     )
     assert (await status(again))[0] == grpc.StatusCode.OK
+
+
+async def test_an_admin_resets_a_lost_authenticator_and_the_users_sessions_end(
+    stack: Stack, nats_server: NatsTestServer
+) -> None:
+    await stack.create_user("boss", "admin")
+    await stack.create_user("chief", "owner")
+    await stack.create_user("alice", "member")
+    app, _ = await enrol(stack, "alice")
+    session = await stack.gateway().Login(
+        auth_pb2.LoginRequest(username="alice", password=PASSWORD, totp_code=code(app, 1)), timeout=TIMEOUT_S
+    )
+    alice_id = session.user_id
+    gateway = stack.gateway()
+    boss = await stack.login("boss")
+    admin = bearer(boss.access_token)
+
+    def reset(user_id: str, token: tuple[tuple[str, str]] = admin, reason: str = "lost phone") -> object:
+        return gateway.ResetMfa(
+            auth_pb2.ResetMfaRequest(user_id=user_id, reason=reason), metadata=token, timeout=TIMEOUT_S
+        )
+
+    assert (await status(reset(alice_id)))[0] == grpc.StatusCode.OK
+    # Sessions are revoked: whoever holds one may be whoever holds the phone.
+    await until(lambda: stack.access("gateway").is_revoked(session.session_id), "the session revoked", TIMEOUT_S)
+    sessions = gateway.ListSessions(
+        auth_pb2.ListSessionsRequest(), metadata=bearer(session.access_token), timeout=TIMEOUT_S
+    )
+    assert (await status(sessions))[0] == grpc.StatusCode.UNAUTHENTICATED
+    # The password alone logs in now, and the user can enrol a new authenticator.
+    assert (await status(login(stack, "alice")))[0] == grpc.StatusCode.OK
+    new_app, _ = await enrol(stack, "alice")
+    assert (await status(login(stack, "alice", totp_code=code(new_app, 1))))[0] == grpc.StatusCode.OK
+
+    [record] = await security_events(nats_server, "mfa_reset")
+    assert (record.user_id, record.actor, record.detail) == (alice_id, f"user:{boss.user_id}", "lost phone")
+
+    # What an admin may not do, each with its own answer.
+    chief = (await stack.login("chief")).user_id
+    await enrol(stack, "chief")
+    assert (await status(reset(chief)))[0] == grpc.StatusCode.PERMISSION_DENIED  # an owner's, by an admin
+    assert (await status(reset(boss.user_id)))[0] == grpc.StatusCode.FAILED_PRECONDITION  # one's own
+    await stack.create_user("plain", "member")
+    plain = (await stack.login("plain")).user_id
+    code_, message = await status(reset(plain))
+    assert code_ == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no two-factor" in message
+    assert (await status(reset("0" * 32)))[0] == grpc.StatusCode.NOT_FOUND
+    assert (await status(reset("not/an-id")))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert (await status(reset(alice_id, reason="x" * 501)))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    member = bearer((await stack.login("plain")).access_token)
+    assert (await status(reset(alice_id, token=member)))[0] == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_recovery_codes_are_regenerated_with_a_code_or_the_password_and_old_ones_stop_working(
+    stack: Stack, nats_server: NatsTestServer
+) -> None:
+    await stack.create_user("bob", "member")
+    app, first_codes = await enrol(stack, "bob")
+    gateway = stack.gateway()
+    token = bearer(await recovery_login(stack, "bob", first_codes[0]))
+
+    def regenerate(**proof: str) -> object:
+        request = auth_pb2.RegenerateRecoveryCodesRequest(**proof)
+        return gateway.RegenerateRecoveryCodes(request, metadata=token, timeout=TIMEOUT_S)
+
+    by_password = await regenerate(password=PASSWORD)
+    second_codes = list(by_password.recovery_codes)
+    assert len(second_codes) == 10
+    assert not set(second_codes) & set(first_codes)
+    assert (await status(login(stack, "bob", recovery_code=first_codes[1])))[0] == grpc.StatusCode.UNAUTHENTICATED
+
+    current = code(app, 1)
+    by_code = await regenerate(totp_code=current)
+    third_codes = list(by_code.recovery_codes)
+    assert (await status(login(stack, "bob", recovery_code=second_codes[0])))[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert (await status(login(stack, "bob", recovery_code=third_codes[0])))[0] == grpc.StatusCode.OK
+    # The code is spent: neither a second regeneration nor a login takes it again.
+    assert (await status(regenerate(totp_code=current)))[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert (await status(login(stack, "bob", totp_code=current)))[0] == grpc.StatusCode.UNAUTHENTICATED
+
+    code_, message = await status(regenerate(password="not-the-password"))
+    assert (code_, message) == (grpc.StatusCode.UNAUTHENTICATED, "the password is wrong")
+    code_, message = await status(regenerate())
+    assert code_ == grpc.StatusCode.INVALID_ARGUMENT
+    assert "totp_code" in message
+    assert (await status(regenerate(totp_code="1" * 17)))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(await security_events(nats_server, "recovery_codes_regenerated")) == 2
+
+    await stack.create_user("carol", "member")
+    carol = bearer((await stack.login("carol")).access_token)
+    not_enrolled = gateway.RegenerateRecoveryCodes(
+        auth_pb2.RegenerateRecoveryCodesRequest(password=PASSWORD), metadata=carol, timeout=TIMEOUT_S
+    )
+    assert (await status(not_enrolled))[0] == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def recovery_login(stack: Stack, username: str, recovery_code: str) -> str:
+    response = await stack.gateway().Login(
+        auth_pb2.LoginRequest(username=username, password=PASSWORD, recovery_code=recovery_code), timeout=TIMEOUT_S
+    )
+    return response.access_token

@@ -13,11 +13,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from parley.auth.v1 import auth_pb2
-from parley.auth.v1.events_pb2 import SecurityEventRecorded
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 
-from parley_core.envelope import decode
 from parley_core.testing.nats import NatsTestServer
+from parley_core.testing.security import security_events
 from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
 from parley_core.tokens import AUDIENCE, ISSUER
 
@@ -30,25 +29,6 @@ async def code_of(call: object) -> tuple[grpc.StatusCode, str]:
     except grpc.aio.AioRpcError as exc:
         return exc.code(), exc.details() or ""
     return grpc.StatusCode.OK, ""
-
-
-async def security_events(nats_server: NatsTestServer, kind: str) -> list[SecurityEventRecorded]:
-    """What a SIEM reading the SEC stream sees."""
-    nc = await nats_server.connect("platform")
-    js = nc.jetstream()
-    sub = await js.subscribe(f"parley.sec.{kind}.>", stream="SEC", ordered_consumer=True)
-    found: list[SecurityEventRecorded] = []
-    try:
-        while True:
-            msg = await sub.next_msg(timeout=2.0)
-            record = SecurityEventRecorded()
-            record.ParseFromString(decode(msg.data).payload)
-            found.append(record)
-    except TimeoutError:
-        pass
-    finally:
-        await sub.unsubscribe()
-    return found
 
 
 async def test_refresh_rotates_and_a_reused_token_revokes_the_whole_family(
@@ -158,8 +138,10 @@ async def test_tampered_expired_wrong_key_and_wrong_algorithm_tokens_are_refused
 async def test_lockout_engages_per_account_and_releases(stack: Stack, nats_server: NatsTestServer) -> None:
     await stack.create_user("victim", "member")
     auth = stack.app("auth")
-    now = [1000.0]
-    auth.lockouts.clock = lambda: now[0]
+    # Frozen while the failures land (they are counted at their real time, a little later), so
+    # the lockout cannot run out before the test looks; moved past it to release.
+    frozen = [time.time()]
+    auth.lockouts.clock = lambda: frozen[0]
     for _ in range(auth.lockouts.account_policy.threshold - 1):
         code, _ = await code_of(stack.login("victim", "wrong-password-here"))
         assert code == grpc.StatusCode.UNAUTHENTICATED
@@ -173,7 +155,7 @@ async def test_lockout_engages_per_account_and_releases(stack: Stack, nats_serve
         await code_of(stack.login("nobody-here", "wrong-password-here"))
     assert (await code_of(stack.login("nobody-here", "wrong-password-here")))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
 
-    now[0] += auth.lockouts.account_policy.base_s + 0.1
+    frozen[0] = time.time() + auth.lockouts.account_policy.base_s + 0.1
     assert (await code_of(stack.login("victim")))[0] == grpc.StatusCode.OK
     lockouts = await security_events(nats_server, "lockout")
     assert {r.username for r in lockouts} == {"victim", "nobody-here"}

@@ -8,6 +8,7 @@ import pytest
 from cryptography.exceptions import InvalidTag
 
 from parley_auth import mfa
+from parley_auth.key_rotation import RETIRE_MARGIN_S, KeySchedule, SigningKeyState
 from parley_auth.lockout import LockoutBook, LockoutPolicy
 from parley_auth.sessions import RefreshVerdict, Session, digest, new_refresh_token
 from parley_core.rbac import may_assign
@@ -38,6 +39,17 @@ def test_lockout_doubles_and_releases() -> None:
     now[0] += 61
     book.record_success("eve")
     assert book.check("eve", "ip") is None
+
+
+def test_a_count_without_failures_for_a_day_starts_again() -> None:
+    policy = LockoutPolicy(threshold=3, base_s=2.0, max_s=60.0, forget_after_s=86400.0)
+    book = LockoutBook(account_policy=policy, source_policy=policy, clock=lambda: 0.0)
+    book.record_failure("ann", "ip", at=0.0)
+    book.record_failure("ann", "ip", at=10.0)
+    # A day and more later: the two old failures no longer count towards the threshold.
+    assert book.record_failure("ann", "ip", at=10.0 + 86400.0 + 1) is None
+    assert book.record_failure("ann", "ip", at=10.0 + 86400.0 + 2) is None
+    assert book.record_failure("ann", "ip", at=10.0 + 86400.0 + 3) is not None
 
 
 def test_source_lockout_spans_accounts() -> None:
@@ -102,3 +114,16 @@ def test_only_owners_hand_out_owner_and_admin() -> None:
     assert not may_assign("admin", target_current_role="admin", new_role="member")
     assert not may_assign("member", target_current_role="guest", new_role="member")
     assert not may_assign("security-auditor", target_current_role="guest", new_role="member")
+
+
+def test_schedule_rotates_after_the_interval_and_retires_after_the_token_lifetime() -> None:
+    schedule = KeySchedule(rotation_s=100.0, token_lifetime_s=10.0)
+    keys = {"a": SigningKeyState(published_at=0.0)}
+    assert schedule.next_due(keys, current_key_id="a") == 100.0
+    keys["b"] = SigningKeyState(published_at=100.0, replaces="a")
+    assert schedule.retirable(keys, current_key_id="b", now=100.0 + 10.0) == []
+    assert schedule.retirable(keys, current_key_id="b", now=110.0 + RETIRE_MARGIN_S) == ["a"]
+    assert schedule.next_due(keys, current_key_id="b") == 110.0 + RETIRE_MARGIN_S
+    keys["a"].retired = True
+    assert schedule.next_due(keys, current_key_id="b") == 200.0
+    assert KeySchedule(rotation_s=0, token_lifetime_s=10.0).next_due({"b": keys["b"]}, current_key_id="b") is None

@@ -76,6 +76,16 @@ async def cmd_disable(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_reset_mfa(args: argparse.Namespace) -> int:
+    async with _auth(args) as stub:
+        account = await _account(stub, args.username)
+        request = auth_pb2.ResetMfaRequest(user_id=account.user_id, reason=args.reason)
+        await stub.ResetMfa(request, timeout=TIMEOUT_S)
+    print(f"two-factor authentication of {account.username} removed and every session of theirs revoked;")
+    print("they log in with the password alone and enrol a new authenticator")
+    return 0
+
+
 async def cmd_show(args: argparse.Namespace) -> int:
     async with _auth(args) as stub:
         print(_show(await _account(stub, args.username)))
@@ -94,7 +104,7 @@ async def cmd_invite(args: argparse.Namespace) -> int:
 async def cmd_rotate_signing_key(args: argparse.Namespace) -> int:
     async with _auth(args) as stub:
         key = await stub.RotateSigningKey(auth_pb2.RotateSigningKeyRequest(), timeout=TIMEOUT_S)
-    print(f"signing with new key {key.key_id}; retire the old one after 15 minutes (parley admin retire-signing-key)")
+    print(f"signing with new key {key.key_id}; auth retires the old one once every token it signed has expired")
     return 0
 
 
@@ -130,6 +140,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     enable.add_argument("username")
     enable.set_defaults(run=cmd_disable, disabled=False, reason="")
 
+    reset_mfa = commands.add_parser(
+        "reset-mfa", help="remove a user's TOTP and recovery codes (lost phone); revokes their sessions"
+    )
+    reset_mfa.add_argument("username")
+    reset_mfa.add_argument("--reason", default="", help="kept in the audit record")
+    reset_mfa.set_defaults(run=cmd_reset_mfa)
+
     show = commands.add_parser("show", help="an account's role and state")
     show.add_argument("username")
     show.set_defaults(run=cmd_show)
@@ -141,6 +158,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
     rotate = commands.add_parser("rotate-signing-key", help="sign access tokens with a new Ed25519 key")
     rotate.set_defaults(run=cmd_rotate_signing_key)
-    retire = commands.add_parser("retire-signing-key", help="refuse every token signed by an old key")
+    retire = commands.add_parser(
+        "retire-signing-key",
+        help="refuse every token signed by an old key now (a leaked key; rotation retires on its own)",
+    )
     retire.add_argument("key_id")
     retire.set_defaults(run=cmd_retire_signing_key)

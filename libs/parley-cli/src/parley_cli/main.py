@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 
-from parley_cli import admin, audit, chat, devices, messages, patch
+from parley_cli import admin, audit, chat, devices, messages, mfa, patch
 from parley_cli.health import check_health
 from parley_cli.state import load_running_state
 from parley_client import ClientConfig, MfaRequired, ParleyClient, ParleyError
@@ -107,7 +107,7 @@ async def cmd_login(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         password = _password(args)
         try:
-            response = await client.login(args.username, password)
+            response = await client.login(args.username, password, totp_code=args.totp)
         except MfaRequired:
             code = _second_factor(args)
             totp, recovery = (code, "") if code.isdigit() and len(code) <= 8 else ("", code)
@@ -199,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=text + " (password from a prompt, stdin or $PARLEY_PASSWORD)")
         p.add_argument("username")
-        p.set_defaults(run=run)
+        p.set_defaults(run=run, totp="")
+        if name == "login":
+            p.add_argument("--totp", default="", help="the code from your authenticator app, once TOTP is enrolled")
 
     create = sub.add_parser("create-channel", help="create a channel")
     create.add_argument("name")
@@ -228,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     patch.add_commands(sub)
     messages.add_commands(sub)
     devices.add_commands(sub)  # issue 4: E2EE devices, fingerprints, verification
+    mfa.add_commands(sub)  # issue 3: a user's own MFA settings
     return parser
 
 

@@ -257,6 +257,28 @@ class ParleyClient:
         request = auth_pb2.ChangePasswordRequest(current_password=current_password, new_password=new_password)
         await self._call(self._stub.ChangePassword, request)
 
+    async def begin_totp_enrolment(self) -> auth_pb2.BeginTotpEnrolmentResponse:
+        """The otpauth URI (and its secret) for an authenticator app; confirm with a code from it."""
+        response: auth_pb2.BeginTotpEnrolmentResponse = await self._call(
+            self._stub.BeginTotpEnrolment, auth_pb2.BeginTotpEnrolmentRequest()
+        )
+        return response
+
+    async def confirm_totp_enrolment(self, totp_code: str) -> list[str]:
+        """Turns TOTP on; returns the recovery codes, shown this once."""
+        response: auth_pb2.ConfirmTotpEnrolmentResponse = await self._call(
+            self._stub.ConfirmTotpEnrolment, auth_pb2.ConfirmTotpEnrolmentRequest(totp_code=totp_code)
+        )
+        return list(response.recovery_codes)
+
+    async def regenerate_recovery_codes(self, *, totp_code: str = "", password: str = "") -> list[str]:
+        """New recovery codes (the old ones stop working); proves presence with either."""
+        request = auth_pb2.RegenerateRecoveryCodesRequest(totp_code=totp_code, password=password)
+        response: auth_pb2.RegenerateRecoveryCodesResponse = await self._call(
+            self._stub.RegenerateRecoveryCodes, request
+        )
+        return list(response.recovery_codes)
+
     async def sessions(self, user_id: str = "") -> list[auth_pb2.Session]:
         response: auth_pb2.ListSessionsResponse = await self._call(
             self._stub.ListSessions, auth_pb2.ListSessionsRequest(user_id=user_id)
@@ -265,19 +287,6 @@ class ParleyClient:
 
     async def revoke_session(self, session_id: str) -> None:
         await self._call(self._stub.RevokeSession, auth_pb2.RevokeSessionRequest(session_id=session_id))
-
-    async def begin_totp_enrolment(self) -> auth_pb2.BeginTotpEnrolmentResponse:
-        """Start two-factor authentication: show `otpauth_uri` (or the secret) to an authenticator app."""
-        response: auth_pb2.BeginTotpEnrolmentResponse = await self._call(
-            self._stub.BeginTotpEnrolment, auth_pb2.BeginTotpEnrolmentRequest()
-        )
-        return response
-
-    async def confirm_totp_enrolment(self, totp_code: str) -> auth_pb2.ConfirmTotpEnrolmentResponse:
-        """Finish enrolment with a code from the app; the answer's recovery codes are shown once."""
-        request = auth_pb2.ConfirmTotpEnrolmentRequest(totp_code=totp_code)
-        response: auth_pb2.ConfirmTotpEnrolmentResponse = await self._call(self._stub.ConfirmTotpEnrolment, request)
-        return response
 
     def use_token(self, access_token: str, user_id: str = "") -> None:
         self.access_token = access_token

@@ -106,6 +106,8 @@ METHOD_PERMISSIONS: dict[str, Permission | None] = {
     "/parley.auth.v1.AuthService/RotateSigningKey": P.SIGNING_KEYS,
     "/parley.auth.v1.AuthService/RetireSigningKey": P.SIGNING_KEYS,
     "/parley.auth.v1.AuthService/CreateInvite": P.USERS_MANAGE,
+    "/parley.auth.v1.AuthService/ResetMfa": P.USERS_MANAGE,
+    "/parley.auth.v1.AuthService/RegenerateRecoveryCodes": P.OWN_SESSIONS,
     # messaging
     "/parley.messaging.v1.MessagingService/CreateChannel": P.CHANNELS_CREATE,
     "/parley.messaging.v1.MessagingService/JoinChannel": P.CHANNELS_JOIN,
@@ -173,6 +175,8 @@ METHOD_PERMISSIONS: dict[str, Permission | None] = {
     "/parley.gateway.v1.Gateway/SendToDevice": P.DEVICE_KEYS,
     "/parley.gateway.v1.Gateway/FetchToDevice": P.DEVICE_KEYS,
     "/parley.gateway.v1.Gateway/CreateInvite": P.USERS_MANAGE,
+    "/parley.gateway.v1.Gateway/ResetMfa": P.USERS_MANAGE,
+    "/parley.gateway.v1.Gateway/RegenerateRecoveryCodes": P.OWN_SESSIONS,
 }
 
 # RPCs whose service applies its own rules on the calling peer and user (storage's archive API:
@@ -221,6 +225,7 @@ PLATFORM_METHODS = frozenset(
         "/parley.auth.v1.AuthService/RotateSigningKey",
         "/parley.auth.v1.AuthService/RetireSigningKey",
         "/parley.auth.v1.AuthService/CreateInvite",
+        "/parley.auth.v1.AuthService/ResetMfa",
         "/parley.fleet.v1.FleetService/ListInstances",
     }
 )

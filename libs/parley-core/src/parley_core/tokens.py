@@ -104,6 +104,10 @@ class TokenVerifier:
         ):
             self.add_key(payload.key_id, payload.public_key)
 
+    def knows_key(self, key_id: str) -> bool:
+        """Whether tokens signed with `key_id` are accepted (published and not retired)."""
+        return key_id in self._keys
+
     def retire_key(self, key_id: str) -> None:
         """Refuse the key from now on, also for tokens it signed that the cache remembers."""
         self._retired.add(key_id)

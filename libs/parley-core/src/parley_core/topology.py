@@ -50,6 +50,11 @@ def signing_key_subject(key_id: str) -> str:
     return stream_subject("auth", "key", key_id)
 
 
+def lockout_subject(account_key: str) -> str:
+    """Failed-login counts of one (possibly nonexistent) username, keyed by its digest."""
+    return stream_subject("auth", "lockout", account_key)
+
+
 def channel_subject(channel_id: str) -> str:
     return stream_subject("msg", "channel", channel_id)
 

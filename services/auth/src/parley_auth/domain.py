@@ -20,6 +20,18 @@ MIN_PASSWORD_SCORE = 3
 # zxcvbn's cost grows with length; its own guidance is to score only a prefix.
 SCORED_PREFIX = 100
 
+# Names a stranger must not pick for themselves (impersonating staff or the system); an
+# administrator may still create them.
+RESERVED_USERNAMES = frozenset(
+    {
+        "admin", "administrator", "root", "system", "platform", "parley", "security", "support",
+        "helpdesk", "owner", "operator", "moderator", "auditor", "postmaster", "abuse", "noreply",
+    }
+)  # fmt: skip
+# One answer for every name that cannot be had (taken, a look-alike of a taken one, reserved):
+# which of these it is would tell a stranger something.
+USERNAME_UNAVAILABLE = "that username is not available; choose another"
+
 __all__ = ["DEFAULT_ROLE"]
 
 
@@ -31,6 +43,10 @@ def normalize_username(raw: str) -> str:
             "username must be 3-32 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return name
+
+
+def is_reserved(normalized: str) -> bool:
+    return normalized in RESERVED_USERNAMES
 
 
 def username_key(normalized: str) -> str:

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -28,10 +29,13 @@ from parley.auth.v1.events_pb2 import (
     DeviceRemoved,
     InviteCreated,
     InviteRedeemed,
+    LoginFailureCounted,
+    LoginFailuresCleared,
     MfaRequirementSet,
     OneTimeKeyClaimed,
     OneTimeKeysUploaded,
     PasswordChanged,
+    RecoveryCodesRegenerated,
     RecoveryCodeUsed,
     RefreshTokenRotated,
     RoleAssigned,
@@ -43,6 +47,7 @@ from parley.auth.v1.events_pb2 import (
     TotpCodeAccepted,
     TotpEnrolled,
     TotpEnrolmentStarted,
+    TotpReset,
     UploadedOneTimeKey,
     UserRegistered,
 )
@@ -50,13 +55,17 @@ from parley.auth.v1.events_pb2 import (
 from parley_auth import keys, mfa
 from parley_auth.domain import (
     DEFAULT_ROLE,
+    MAX_PASSWORD_LENGTH,
+    USERNAME_UNAVAILABLE,
     Account,
     AccountDirectory,
     check_password_policy,
+    is_reserved,
     normalize_username,
     username_key,
     validate_role,
 )
+from parley_auth.key_rotation import KeySchedule, SigningKeyState, replaced_at
 from parley_auth.lockout import LockoutBook
 from parley_auth.passwords import hash_password, needs_rehash, verify_password
 from parley_auth.sessions import (
@@ -68,6 +77,7 @@ from parley_auth.sessions import (
     new_refresh_token,
     session_id_of,
 )
+from parley_auth.settings import AuthSettings
 from parley_auth.signing import TokenIssuer
 from parley_core.audit import AuditChain
 from parley_core.bus import ConcurrencyConflict, ReceivedEvent, Replay
@@ -81,10 +91,18 @@ from parley_core.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
+from parley_core.rate import TokenBuckets
 from parley_core.rbac import Permission, may_assign
 from parley_core.runner import RunContext, peer_names
 from parley_core.tokens import ALGORITHM, Caller, bearer_token
-from parley_core.topology import PLATFORM_USER, signing_key_subject, stream_subject, user_subject, username_subject
+from parley_core.topology import (
+    PLATFORM_USER,
+    lockout_subject,
+    signing_key_subject,
+    stream_subject,
+    user_subject,
+    username_subject,
+)
 
 USER_EVENTS = (
     RoleAssigned,
@@ -95,6 +113,8 @@ USER_EVENTS = (
     TotpEnrolled,
     TotpCodeAccepted,
     RecoveryCodeUsed,
+    TotpReset,
+    RecoveryCodesRegenerated,
 )
 DEVICE_EVENTS = (DeviceKeysPublished, OneTimeKeysUploaded, OneTimeKeyClaimed, DeviceRemoved)
 MAX_USERS_PER_DEVICE_LIST = 100
@@ -104,6 +124,9 @@ APPEND_ATTEMPTS = 5
 REQUEST_SOURCE: ContextVar[str] = ContextVar("request_source", default="")
 INVITE_DEFAULT_HOURS = 72
 INVITE_MAX_HOURS = 720
+# The signing-key schedule is re-read at least this often, and after a failure not sooner than:
+KEY_MAINTENANCE_MAX_WAIT_S = 3600.0
+KEY_MAINTENANCE_RETRY_S = 5.0
 
 
 def invite_subject(invite_sha256: bytes) -> str:
@@ -143,6 +166,7 @@ REFRESH_INVALID = "refresh token is invalid or expired; log in again"
 # Metadata the gateway adds with the client's address; trusted only from the gateway.
 SOURCE_METADATA = "x-parley-source"
 MAX_ID_LENGTH = 64
+MAX_REASON_LENGTH = 500
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -180,14 +204,23 @@ def session_proto(session: Session) -> auth_pb2.Session:
 
 
 class AuthApp(auth_pb2_grpc.AuthServiceServicer):
-    def __init__(self) -> None:
+    def __init__(self, settings: AuthSettings | None = None) -> None:
+        self.settings = settings or AuthSettings()
+        self.key_schedule = KeySchedule(
+            rotation_s=self.settings.signing_key_rotation_seconds, token_lifetime_s=self.settings.access_token_seconds
+        )
         self.accounts = AccountDirectory()
         self.sessions = SessionBook()
         self.lockouts = LockoutBook()
+        per_hour = self.settings.registrations_per_source_per_hour
+        self.registrations = TokenBuckets(rate=per_hour / 3600, burst=per_hour)
         self.mfa: dict[str, mfa.MfaState] = {}
         self.mfa_required_roles: set[str] = set()
         self.keys = keys.KeyDirectory()
-        self.signing_keys: dict[str, bool] = {}  # key id -> retired
+        self.signing_keys: dict[str, SigningKeyState] = {}
+        self._signing_keys_changed = asyncio.Event()
+        self._stopping = False
+        self._key_maintenance: asyncio.Task[None] | None = None
         self.invites: dict[bytes, InviteState] = {}
         self._device_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._sealer: mfa.SecretSealer | None = None
@@ -200,34 +233,53 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
-        self._issuer = TokenIssuer.load_or_create(ctx.settings.secrets_dir / "auth-signing-key.pem")
+        self._issuer = TokenIssuer.load_or_create(self._signing_key_path, lifetime_s=self.settings.access_token_seconds)
         self._sealer = mfa.SecretSealer.load_or_create(ctx.settings.secrets_dir / "auth-mfa-key.bin")
-        await self._publish_signing_key(self._issuer)
         await self._load_audit_head()
         self._replay = await ctx.bus.replay(stream="AUTH", filter_subject="parley.auth.>", handler=self._apply)
         await self._replay.wait_caught_up()
+        await self._publish_first_signing_key()
         auth_pb2_grpc.add_AuthServiceServicer_to_server(self, ctx.server)
         ctx.add_service_name(auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name)
+        self._key_maintenance = asyncio.create_task(self._maintain_signing_keys(), name="auth-signing-keys")
 
     async def stop(self) -> None:
-        pass
+        self._stopping = True
+        self._signing_keys_changed.set()
+        if self._key_maintenance is not None:
+            await self._key_maintenance
 
     @property
     def ctx(self) -> RunContext:
         assert self._ctx is not None
         return self._ctx
 
-    async def _publish_signing_key(self, issuer: TokenIssuer) -> None:
+    @property
+    def signing_key_id(self) -> str:
+        """The key this instance signs access tokens with now."""
+        assert self._issuer is not None
+        return self._issuer.key_id
+
+    @property
+    def _signing_key_path(self) -> Path:
+        return self.ctx.settings.secrets_dir / "auth-signing-key.pem"
+
+    async def _publish_first_signing_key(self) -> None:
+        """A key no event knows yet (a fresh installation): published on its own subject. A key
+        from a rotation was published by it (and may have been adopted during the replay)."""
+        assert self._issuer is not None
+        issuer = self._issuer
+        if issuer.key_id in self.signing_keys:
+            return
+        published = SigningKeyPublished(key_id=issuer.key_id, algorithm=ALGORITHM, public_key=issuer.public_key)
         event = NewEvent(
-            aggregate_type="signing_key",
-            aggregate_id=issuer.key_id,
-            payload=SigningKeyPublished(key_id=issuer.key_id, algorithm=ALGORITHM, public_key=issuer.public_key),
-            actor="service:auth",
+            aggregate_type="signing_key", aggregate_id=issuer.key_id, payload=published, actor="service:auth"
         )
-        with contextlib.suppress(ConcurrencyConflict):  # published by an earlier start
+        with contextlib.suppress(ConcurrencyConflict):  # another instance sharing the key published it
             await self.ctx.bus.append(
                 signing_key_subject(issuer.key_id), event, aggregate_version=1, expected_last_subject_seq=0
             )
+        await self._settle()  # known to this instance's projection before it signs
 
     # -- projection -------------------------------------------------------------------------
 
@@ -247,11 +299,8 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         if isinstance(payload, DEVICE_EVENTS):
             self._apply_device(payload, event.stream_seq)
             return
-        if isinstance(payload, SigningKeyPublished):
-            self.signing_keys.setdefault(payload.key_id, False)
-            return
-        if isinstance(payload, SigningKeyRetired):
-            self.signing_keys[payload.key_id] = True
+        if isinstance(payload, SigningKeyPublished | SigningKeyRetired):
+            self._apply_signing_key(payload, event, at)
             return
         if isinstance(payload, InviteCreated):
             self.invites[payload.invite_sha256] = InviteState(
@@ -261,6 +310,12 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         if isinstance(payload, InviteRedeemed):
             if (invite := self.invites.get(payload.invite_sha256)) is not None:
                 invite.redeemed, invite.last_seq = True, event.stream_seq
+            return
+        if isinstance(payload, LoginFailureCounted):
+            self.lockouts.record_failure(payload.account_key, payload.source, at=at)
+            return
+        if isinstance(payload, LoginFailuresCleared):
+            self.lockouts.record_success(payload.account_key)
             return
         if isinstance(payload, MfaRequirementSet):
             if payload.required:
@@ -290,6 +345,20 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                 session.rotate(payload.previous_sha256, payload.refresh_token_sha256, at)
             else:
                 session.revoked_reason = payload.reason or "revoked"
+
+    def _apply_signing_key(
+        self, payload: SigningKeyPublished | SigningKeyRetired, event: ReceivedEvent, at: float
+    ) -> None:
+        if isinstance(payload, SigningKeyPublished):
+            self.signing_keys.setdefault(payload.key_id, SigningKeyState(at, replaces=payload.replaces_key_id))
+        elif (retired := self.signing_keys.get(payload.key_id)) is not None:
+            retired.retired = True
+        # A successor is published on the subject of the key it replaces.
+        if (subject_key := self.signing_keys.get(event.envelope.aggregate_id)) is not None:
+            subject_key.last_seq, subject_key.version = event.stream_seq, subject_key.version + 1
+        if isinstance(payload, SigningKeyPublished):
+            self._adopt_successor(payload)
+        self._signing_keys_changed.set()
 
     def _apply_device(self, payload: Message, stream_seq: int) -> None:
         assert isinstance(payload, DEVICE_EVENTS)
@@ -343,6 +412,11 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             state.last_step = max(state.last_step, payload.time_step)
         elif isinstance(payload, RecoveryCodeUsed):
             state.recovery.discard(payload.recovery_code_sha256)
+        elif isinstance(payload, TotpReset):
+            # Single use is per secret: the next enrolment's secret starts its own count.
+            self.mfa[account.user_id] = mfa.MfaState()
+        elif isinstance(payload, RecoveryCodesRegenerated):
+            state.recovery = set(payload.recovery_code_sha256)
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -453,6 +527,19 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         REQUEST_SOURCE.set(self._source(context))
         return self.ctx.tokens.caller(context)
 
+    def _administered(self, context: Context, user_id: str, reason: str, action: str) -> tuple[Account, str]:
+        """The account an administrator (or the platform identity) acts on, and the actor to
+        record; refuses what no admin may do: act on an owner unless an owner, or on oneself."""
+        caller = self._caller_or_platform(context)
+        account = self._account(user_id)
+        if len(reason) > MAX_REASON_LENGTH:
+            raise InvalidArgument(f"reason must be at most {MAX_REASON_LENGTH} characters")
+        if caller is not None and account.role == "owner" and caller.role != "owner":
+            raise PermissionDenied(f"only an owner may {action} an owner")
+        if caller is not None and caller.user_id == account.user_id:
+            raise FailedPrecondition(f"you cannot {action} your own account; ask another administrator")
+        return account, f"user:{caller.user_id}" if caller else PLATFORM_USER
+
     def _account(self, user_id: str) -> Account:
         account = self.accounts.by_id(_id(user_id, "user_id"))
         if account is None:
@@ -461,14 +548,25 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
 
     # -- accounts -----------------------------------------------------------------------------
 
-    async def _create(self, username_raw: str, password: str, role: str, actor: str, user_id: str = "") -> Account:
-        assert self._replay is not None
+    async def _claimable(self, username_raw: str, password: str, *, self_service: bool) -> tuple[str, str]:
+        """The normalized name and the password's hash, if the name can be had.
+
+        The hash is computed before the name is looked up, so a taken name costs the same time
+        as a free one; every unavailable name gets one answer. Self-registration attempts that
+        get this far (a valid name and password, so a real probe) spend the source's budget.
+        """
         username = normalize_username(username_raw)
         check_password_policy(password, username)
-        if self.accounts.find(username) is not None:
-            raise AlreadyExists("that username is taken")
-        user_id = user_id or uuid.uuid4().hex
+        if self_service and (wait := self.registrations.take(REQUEST_SOURCE.get())):
+            raise ResourceExhausted(f"too many registrations from this address; try again in {int(wait) + 1} s")
         password_hash = await hash_password(password)
+        if self.accounts.find(username) is not None or (self_service and is_reserved(username)):
+            raise AlreadyExists(USERNAME_UNAVAILABLE)
+        return username, password_hash
+
+    async def _create(self, username: str, password_hash: str, role: str, actor: str, user_id: str = "") -> Account:
+        assert self._replay is not None
+        user_id = user_id or uuid.uuid4().hex
         event = NewEvent(
             aggregate_type="user",
             aggregate_id=user_id,
@@ -480,7 +578,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                 username_subject(username_key(username)), event, aggregate_version=1, expected_last_subject_seq=0
             )
         except ConcurrencyConflict:
-            raise AlreadyExists("that username is taken") from None
+            raise AlreadyExists(USERNAME_UNAVAILABLE) from None
         await self._replay.wait_for_seq(appended.stream_seq)
         account = self.accounts.by_id(user_id)
         assert account is not None
@@ -495,7 +593,8 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                 "(`parley admin create-user`)"
             )
         if mode == "open":
-            account = await self._create(request.username, request.password, DEFAULT_ROLE, "")
+            username, password_hash = await self._claimable(request.username, request.password, self_service=True)
+            account = await self._create(username, password_hash, DEFAULT_ROLE, "")
         else:
             account = await self._register_with_invite(request)
         await self._security(
@@ -509,8 +608,8 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
 
     async def _register_with_invite(self, request: auth_pb2.RegisterRequest) -> Account:
         """The invitation is redeemed (atomically, once) before the account is created; what
-        could make the creation fail (name taken, weak password) is checked first, so a valid
-        invitation is not burnt by a typo."""
+        could make the creation fail (name unavailable, weak password) is checked first, so a
+        valid invitation is not burnt by a typo."""
         code = request.invite_code.strip()
         if not code or len(code) > 128:
             raise PermissionDenied("registration is by invitation: give the invite code you received")
@@ -518,10 +617,9 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         invite = self.invites.get(invite_hash)
         if invite is None or invite.redeemed or invite.expires_at_unix < time.time():
             raise PermissionDenied("this invitation is unknown, expired or already used; ask for a new one")
-        username = normalize_username(request.username)
-        check_password_policy(request.password, username)
-        if self.accounts.find(username) is not None:
-            raise AlreadyExists("that username is taken")
+        # Read before hashing yields to other calls: of racing redemptions only one append lands.
+        invite_seq = invite.last_seq
+        username, password_hash = await self._claimable(request.username, request.password, self_service=True)
         user_id = uuid.uuid4().hex
         redeemed = NewEvent(
             aggregate_type="invite",
@@ -530,10 +628,10 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             actor=f"user:{user_id}",
         )
         try:
-            await self._append(invite_subject(invite_hash), redeemed, version=2, expected_seq=invite.last_seq)
+            await self._append(invite_subject(invite_hash), redeemed, version=2, expected_seq=invite_seq)
         except FailedPrecondition:
             raise PermissionDenied("this invitation was used at the same moment; ask for a new one") from None
-        return await self._create(request.username, request.password, invite.role, "", user_id=user_id)
+        return await self._create(username, password_hash, invite.role, "", user_id=user_id)
 
     async def CreateInvite(self, request: auth_pb2.CreateInviteRequest, context: Context) -> auth_pb2.Invite:
         caller = self._caller_or_platform(context)
@@ -563,22 +661,116 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
 
     # -- signing keys ---------------------------------------------------------------------------
 
+    def _successor_path(self, key_id: str) -> Path:
+        return self.ctx.settings.secrets_dir / f"auth-signing-key.{key_id}.pem"
+
+    async def _rotate_signing_key(self, actor: str) -> TokenIssuer:
+        """A successor for the key in use, published on that key's subject at its last sequence:
+        of auth instances rotating at the same moment (their schedule is the same) exactly one
+        succeeds; the others adopt its key from the shared secrets folder instead of adding one."""
+        assert self._issuer is not None
+        previous = self._issuer.key_id
+        state = self.signing_keys.get(previous)
+        if state is None:
+            raise FailedPrecondition("the signing key in use is not published yet; try again")
+        issuer = TokenIssuer.generate(lifetime_s=self.settings.access_token_seconds)
+        # Saved before the claim, so an instance that sees the publication can read the key.
+        staged = self._successor_path(issuer.key_id)
+        issuer.save(staged)
+        published = SigningKeyPublished(
+            key_id=issuer.key_id, algorithm=ALGORITHM, public_key=issuer.public_key, replaces_key_id=previous
+        )
+        event = NewEvent(aggregate_type="signing_key", aggregate_id=previous, payload=published, actor="service:auth")
+        try:
+            await self.ctx.bus.append(
+                signing_key_subject(previous),
+                event,
+                aggregate_version=state.version + 1,
+                expected_last_subject_seq=state.last_seq,
+            )
+        except ConcurrencyConflict:
+            staged.unlink(missing_ok=True)
+            await self._settle()  # the winner's successor, adopted as it is applied
+            return self._issuer
+        staged.replace(self._signing_key_path)
+        # This instance's verifier must know the key before a token signed with it is handed out.
+        await self._settle()
+        self._issuer = issuer
+        await self._security("signing_key_rotated", actor=actor, detail=f"{previous} -> {issuer.key_id}")
+        return issuer
+
+    def _adopt_successor(self, published: SigningKeyPublished) -> None:
+        """The key we sign with was replaced (by this instance or another one sharing the
+        secrets folder): sign with the successor, so the replaced key can be retired on time."""
+        if self._issuer is None or published.replaces_key_id != self._issuer.key_id:
+            return
+        for path in (self._successor_path(published.key_id), self._signing_key_path):
+            with contextlib.suppress(OSError, ValueError):
+                issuer = TokenIssuer.load(path, lifetime_s=self.settings.access_token_seconds)
+                if issuer.key_id == published.key_id:
+                    self._issuer = issuer
+                    return
+
+    async def _retire_signing_key(self, key_id: str, actor: str) -> None:
+        state = self.signing_keys[key_id]
+        if state.retired:
+            return
+        event = NewEvent(
+            aggregate_type="signing_key", aggregate_id=key_id, payload=SigningKeyRetired(key_id=key_id), actor=actor
+        )
+        await self._append(signing_key_subject(key_id), event, version=2, expected_seq=None)
+        await self._security("signing_key_retired", actor=actor, detail=key_id)
+
+    async def _maintain_signing_keys(self) -> None:
+        """Rotates the signing key on schedule (PARLEY_AUTH_SIGNING_KEY_ROTATION_SECONDS) and
+        retires each replaced key once every token it signed has expired. Times come from the
+        AUTH stream, so a restart keeps the schedule; wakes when the keys change or at the next
+        due time."""
+        while not self._stopping:
+            self._signing_keys_changed.clear()
+            failed = False
+            try:
+                await self._signing_key_chores()
+            except Exception:  # retried shortly; tokens keep being issued and verified meanwhile
+                log.exception("signing key rotation or retirement failed")
+                failed = True
+            assert self._issuer is not None
+            due = self.key_schedule.next_due(self.signing_keys, current_key_id=self._issuer.key_id)
+            delay = (
+                KEY_MAINTENANCE_MAX_WAIT_S
+                if due is None
+                else min(max(due - time.time(), 0.0), KEY_MAINTENANCE_MAX_WAIT_S)
+            )
+            if failed:
+                delay = max(delay, KEY_MAINTENANCE_RETRY_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._signing_keys_changed.wait(), delay)
+
+    async def _signing_key_chores(self) -> None:
+        assert self._issuer is not None
+        now = time.time()
+        for key_id in self.key_schedule.retirable(self.signing_keys, current_key_id=self._issuer.key_id, now=now):
+            await self._retire_signing_key(key_id, "service:auth")
+        current = self.signing_keys.get(self._issuer.key_id)
+        if current is None:
+            return
+        due = (at := self.key_schedule.rotate_at(current)) is not None and at <= now
+        # Replaced, yet still ours: the successor's private key was lost (a crash mid-rotation).
+        orphaned = replaced_at(self.signing_keys, self._issuer.key_id) is not None
+        if due or orphaned:
+            await self._rotate_signing_key("service:auth")
+
     async def RotateSigningKey(
         self, request: auth_pb2.RotateSigningKeyRequest, context: Context
     ) -> auth_pb2.SigningKeyInfo:
         caller = self._caller_or_platform(context)
-        issuer = TokenIssuer.create(self.ctx.settings.secrets_dir / "auth-signing-key.pem")
-        await self._publish_signing_key(issuer)
-        # This instance's verifier must know the key before a token signed with it is handed out.
-        await self._settle()
-        self._issuer = issuer
-        actor = f"user:{caller.user_id}" if caller else PLATFORM_USER
-        await self._security("signing_key_rotated", actor=actor, detail=issuer.key_id)
+        issuer = await self._rotate_signing_key(f"user:{caller.user_id}" if caller else PLATFORM_USER)
         return auth_pb2.SigningKeyInfo(key_id=issuer.key_id, current=True)
 
     async def RetireSigningKey(
         self, request: auth_pb2.RetireSigningKeyRequest, context: Context
     ) -> auth_pb2.SigningKeyInfo:
+        """Retires a key before its tokens expired (a leaked key): they are refused at once."""
         assert self._issuer is not None
         caller = self._caller_or_platform(context)
         key_id = _id(request.key_id, "key_id")
@@ -586,13 +778,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             raise NotFound("no such signing key")
         if key_id == self._issuer.key_id:
             raise FailedPrecondition("this is the key in use; rotate to a new key first")
-        if not self.signing_keys[key_id]:
-            actor = f"user:{caller.user_id}" if caller else PLATFORM_USER
-            event = NewEvent(
-                aggregate_type="signing_key", aggregate_id=key_id, payload=SigningKeyRetired(key_id=key_id), actor=actor
-            )
-            await self._append(signing_key_subject(key_id), event, version=2, expected_seq=None)
-            await self._security("signing_key_retired", actor=actor, detail=key_id)
+        await self._retire_signing_key(key_id, f"user:{caller.user_id}" if caller else PLATFORM_USER)
         return auth_pb2.SigningKeyInfo(key_id=key_id, current=False, retired=True)
 
     async def CreateUser(self, request: auth_pb2.CreateUserRequest, context: Context) -> auth_pb2.Account:
@@ -605,7 +791,8 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         ):
             raise PermissionDenied(f"role {caller.role!r} may not create a user with role {role!r}")
         actor = f"user:{caller.user_id}" if caller else PLATFORM_USER
-        account = await self._create(request.username, request.password, role, actor)
+        username, password_hash = await self._claimable(request.username, request.password, self_service=False)
+        account = await self._create(username, password_hash, role, actor)
         await self._security(
             "role_assigned",
             actor=actor,
@@ -644,17 +831,9 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
     async def SetAccountDisabled(
         self, request: auth_pb2.SetAccountDisabledRequest, context: Context
     ) -> auth_pb2.Account:
-        caller = self._caller_or_platform(context)
-        account = self._account(request.user_id)
-        if len(request.reason) > 500:
-            raise InvalidArgument("reason must be at most 500 characters")
-        if caller is not None and account.role == "owner" and caller.role != "owner":
-            raise PermissionDenied("only an owner may disable or re-enable an owner")
-        if caller is not None and caller.user_id == account.user_id:
-            raise FailedPrecondition("you cannot disable or re-enable your own account")
+        account, actor = self._administered(context, request.user_id, request.reason, "disable or re-enable")
         if account.disabled == request.disabled:
             return account_proto(account)
-        actor = f"user:{caller.user_id}" if caller else PLATFORM_USER
         payload: Message = (
             AccountDisabled(user_id=account.user_id, reason=request.reason)
             if request.disabled
@@ -673,7 +852,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         REQUEST_SOURCE.set(self._source(context))
         if not request.username or not request.password:
             raise InvalidArgument("username and password are required")
-        if len(request.username) > 256 or len(request.password) > 1024:
+        if len(request.username) > 256 or len(request.password) > MAX_PASSWORD_LENGTH:
             raise InvalidArgument("username or password is too long")
         source = self._source(context)
         try:
@@ -688,24 +867,16 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         account = self.accounts.find(username) if username else None
         ok = await verify_password(account.password_hash if account else None, request.password)
         if not ok or account is None:
-            started = self.lockouts.record_failure(key, source)
             user_id = account.user_id if account else ""
             await self._security("login_failed", actor="service:auth", user_id=user_id, username=key, source=source)
-            if started is not None:
-                await self._security(
-                    "lockout",
-                    actor="service:auth",
-                    user_id=user_id,
-                    username=key,
-                    source=source,
-                    detail=f"{started.scope} locked for {started.retry_after_s:.0f} s",
-                    locked_until_unix=int(time.time() + started.retry_after_s),
-                )
+            await self._count_failure(key, source, user_id)
             raise Unauthenticated(LOGIN_FAILED)
         if account.disabled:
             raise Unauthenticated("this account is disabled; ask an administrator")
         used_mfa = await self._second_factor(account, request, key, source)
-        self.lockouts.record_success(key)
+        if self.lockouts.has_failures(key):
+            cleared = self._lockout_event(LoginFailuresCleared(account_key=key))
+            await self._append(lockout_subject(username_key(key)), cleared, version=0, expected_seq=None)
         actor = f"user:{account.user_id}"
         if needs_rehash(account.password_hash):
             # The hashing parameters were raised since this password was set.
@@ -734,6 +905,33 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                 "new_session_source", actor=actor, user_id=account.user_id, username=account.username, source=source
             )
         return self._tokens(account, session_id, refresh, mfa=used_mfa)
+
+    @staticmethod
+    def _lockout_event(payload: LoginFailureCounted | LoginFailuresCleared) -> NewEvent:
+        return NewEvent(
+            aggregate_type="lockout",
+            aggregate_id=username_key(payload.account_key),
+            payload=payload,
+            actor="service:auth",
+        )
+
+    async def _count_failure(self, key: str, source: str, user_id: str) -> None:
+        """A failed login, counted on the AUTH stream so every auth instance (and this one after
+        a restart) sees it; reports the lockout it starts. Appended without an expected sequence:
+        counts add up in any order."""
+        counted = self._lockout_event(LoginFailureCounted(account_key=key, source=source))
+        await self._append(lockout_subject(username_key(key)), counted, version=0, expected_seq=None)
+        # The caller checked the lockout before trying the password: a lock now is a new one.
+        if (locked := self.lockouts.check(key, source)) is not None:
+            await self._security(
+                "lockout",
+                actor="service:auth",
+                user_id=user_id,
+                username=key,
+                source=source,
+                detail=f"{locked.scope} locked for {locked.retry_after_s:.0f} s",
+                locked_until_unix=int(time.time() + locked.retry_after_s),
+            )
 
     def _tokens(self, account: Account, session_id: str, refresh: str, *, mfa: bool) -> auth_pb2.LoginResponse:
         assert self._issuer is not None
@@ -775,8 +973,8 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                 return True
             except FailedPrecondition:
                 pass
-        self.lockouts.record_failure(key, source)
         await self._security("mfa_failed", actor="service:auth", user_id=account.user_id, username=key, source=source)
+        await self._count_failure(key, source, account.user_id)
         raise Unauthenticated("the one-time code is wrong or was already used")
 
     async def Refresh(self, request: auth_pb2.RefreshRequest, context: Context) -> auth_pb2.LoginResponse:
@@ -828,6 +1026,8 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.ChangePasswordResponse:
         caller = self._caller(context)
         account = self._account(caller.user_id)
+        if not request.current_password or len(request.current_password) > MAX_PASSWORD_LENGTH:
+            raise InvalidArgument(f"current_password is required (at most {MAX_PASSWORD_LENGTH} characters)")
         if not await verify_password(account.password_hash, request.current_password):
             raise Unauthenticated("the current password is wrong")
         check_password_policy(request.new_password, account.username)
@@ -889,6 +1089,8 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         state = self.mfa.get(account.user_id)
         if state is None or not state.pending_secret:
             raise FailedPrecondition("no TOTP enrolment in progress; call BeginTotpEnrolment first")
+        if len(request.totp_code) != mfa.DIGITS or not request.totp_code.isdigit():
+            raise InvalidArgument(f"totp_code must be the {mfa.DIGITS} digits the authenticator app shows")
         secret = self._sealer.open(state.pending_secret, account.user_id)
         step = mfa.matching_step(secret, request.totp_code, time.time(), after_step=state.last_step)
         if step is None:
@@ -917,6 +1119,58 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         await self._append(MFA_POLICY_SUBJECT, event, version=0, expected_seq=None)
         await self._security("mfa_policy_changed", actor=actor, detail=f"{role}: required={request.required}")
         return auth_pb2.SetMfaRequiredResponse()
+
+    async def ResetMfa(self, request: auth_pb2.ResetMfaRequest, context: Context) -> auth_pb2.Account:
+        """Removes a user's TOTP and recovery codes (a lost or stolen phone) and revokes every
+        session of that user: whoever holds a session may be the one holding the phone, so the
+        user logs in again with the password alone and enrols a new authenticator."""
+        account, actor = self._administered(context, request.user_id, request.reason, "reset the MFA of")
+        state = self.mfa.get(account.user_id)
+        if state is None or not (state.enrolled or state.pending_secret):
+            raise FailedPrecondition(f"{account.username} has no two-factor authentication to reset")
+        await self._user_event(account, TotpReset(user_id=account.user_id, reason=request.reason), actor)
+        await self._security(
+            "mfa_reset", actor=actor, user_id=account.user_id, username=account.username, detail=request.reason
+        )
+        for session in self.sessions.of_user(account.user_id):
+            await self._revoke(session, "two-factor authentication reset", actor)
+        return account_proto(account)
+
+    async def RegenerateRecoveryCodes(
+        self, request: auth_pb2.RegenerateRecoveryCodesRequest, context: Context
+    ) -> auth_pb2.RegenerateRecoveryCodesResponse:
+        """New recovery codes replace all earlier ones. A stolen access token alone is not
+        enough: the caller proves presence with a current TOTP code or the password."""
+        assert self._sealer is not None
+        caller = self._caller(context)
+        account = self._account(caller.user_id)
+        state = self.mfa.get(account.user_id)
+        if state is None or not state.enrolled:
+            raise FailedPrecondition("two-factor authentication is not enrolled; enrol TOTP first")
+        if len(request.totp_code) > 16 or len(request.password) > MAX_PASSWORD_LENGTH:
+            raise InvalidArgument("totp_code or password is too long")
+        actor = f"user:{account.user_id}"
+        if request.totp_code:
+            secret = self._sealer.open(state.secret, account.user_id)
+            step = mfa.matching_step(secret, request.totp_code, time.time(), after_step=state.last_step)
+            if step is None:
+                raise Unauthenticated("the one-time code is wrong or was already used")
+            # Spent like a login code, on the user's subject: a racing use of the same code loses.
+            await self._user_event(account, TotpCodeAccepted(user_id=account.user_id, time_step=step), actor)
+        elif request.password:
+            if not await verify_password(account.password_hash, request.password):
+                raise Unauthenticated("the password is wrong")
+        else:
+            raise InvalidArgument("give a current TOTP code (totp_code) or your password (password)")
+        codes = mfa.new_recovery_codes()
+        regenerated = RecoveryCodesRegenerated(
+            user_id=account.user_id, recovery_code_sha256=[mfa.recovery_digest(c) for c in codes]
+        )
+        await self._user_event(account, regenerated, actor)
+        await self._security(
+            "recovery_codes_regenerated", actor=actor, user_id=account.user_id, username=account.username
+        )
+        return auth_pb2.RegenerateRecoveryCodesResponse(recovery_codes=codes)
 
     # -- E2EE key directory ------------------------------------------------------------------
 

@@ -18,28 +18,37 @@ ACCESS_TOKEN_SECONDS = 15 * 60
 
 
 class TokenIssuer:
-    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+    def __init__(self, private_key: Ed25519PrivateKey, *, lifetime_s: int = ACCESS_TOKEN_SECONDS) -> None:
         self._key = private_key
+        self.lifetime_s = lifetime_s
         self.public_key = private_key.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
         self.key_id = hashlib.sha256(self.public_key).hexdigest()[:16]
 
     @classmethod
-    def load_or_create(cls, path: Path) -> TokenIssuer:
-        if path.exists():
-            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-            if not isinstance(key, Ed25519PrivateKey):
-                raise ValueError(f"{path} does not hold an Ed25519 private key")
-            return cls(key)
-        return cls.create(path)
+    def load(cls, path: Path, *, lifetime_s: int = ACCESS_TOKEN_SECONDS) -> TokenIssuer:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{path} does not hold an Ed25519 private key")
+        return cls(key, lifetime_s=lifetime_s)
 
     @classmethod
-    def create(cls, path: Path) -> TokenIssuer:
-        """A fresh key, replacing the one at `path` (rotation): tokens it signed stay verifiable
-        through the published public key until that key is retired."""
-        key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(
+    def load_or_create(cls, path: Path, *, lifetime_s: int = ACCESS_TOKEN_SECONDS) -> TokenIssuer:
+        if path.exists():
+            return cls.load(path, lifetime_s=lifetime_s)
+        issuer = cls.generate(lifetime_s=lifetime_s)
+        issuer.save(path)
+        return issuer
+
+    @classmethod
+    def generate(cls, *, lifetime_s: int = ACCESS_TOKEN_SECONDS) -> TokenIssuer:
+        """A fresh key, in memory until saved."""
+        return cls(Ed25519PrivateKey.generate(), lifetime_s=lifetime_s)
+
+    def save(self, path: Path) -> None:
+        """Written whole or not at all (staged, then renamed over `path`), readable by auth only."""
+        pem = self._key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -47,7 +56,6 @@ class TokenIssuer:
         staged.unlink(missing_ok=True)
         write_private_file(staged, pem)
         staged.replace(path)
-        return cls(key)
 
     def issue(
         self, *, user_id: str, username: str, role: str, session_id: str = "", mfa: bool = False
@@ -55,7 +63,7 @@ class TokenIssuer:
         """A signed access token; without a session id it cannot be revoked by session (only by
         disabling the account), which is what tools that mint a token for a test get."""
         now = int(time.time())
-        expires = now + ACCESS_TOKEN_SECONDS
+        expires = now + self.lifetime_s
         claims = {
             "iss": ISSUER,
             "aud": AUDIENCE,

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from parley_core.errors import ResourceExhausted
+from parley_core.rate import TokenBuckets
 
-# How many distinct users / sources keep a bucket; the least recently seen are forgotten first.
-MAX_TRACKED = 100_000
+__all__ = ["Admission", "GatewayLimits", "RateLimited", "TokenBuckets", "source_of"]
 
 
 class GatewayLimits(BaseSettings):
@@ -41,36 +39,6 @@ class RateLimited(ResourceExhausted):
     def __init__(self, what: str, retry_after_s: float) -> None:
         self.retry_after_s = retry_after_s
         super().__init__(f"too many requests from this {what}; retry in {retry_after_s * 1000:.0f} ms")
-
-
-@dataclass
-class _Bucket:
-    tokens: float
-    updated: float
-
-
-class TokenBuckets:
-    """One token bucket per key: `rate` tokens a second, at most `burst` saved up."""
-
-    def __init__(self, *, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate = rate
-        self.burst = burst
-        self._clock = clock
-        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
-
-    def take(self, key: str) -> float:
-        """Spend one token; returns 0 when allowed, else the seconds until a token is available."""
-        now = self._clock()
-        bucket = self._buckets.pop(key, None) or _Bucket(tokens=self.burst, updated=now)
-        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
-        bucket.updated = now
-        self._buckets[key] = bucket
-        if len(self._buckets) > MAX_TRACKED:
-            self._buckets.popitem(last=False)
-        if bucket.tokens >= 1:
-            bucket.tokens -= 1
-            return 0.0
-        return (1 - bucket.tokens) / self.rate
 
 
 class Admission:

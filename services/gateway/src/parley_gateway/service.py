@@ -465,6 +465,18 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         await self._admit(request, context)
         return await forward(self._auth.CreateInvite, request, context)
 
+    async def ResetMfa(self, request: auth_pb2.ResetMfaRequest, context: Context) -> auth_pb2.Account:
+        assert self._auth is not None
+        await self._admit(request, context)
+        return await forward(self._auth.ResetMfa, request, context)
+
+    async def RegenerateRecoveryCodes(
+        self, request: auth_pb2.RegenerateRecoveryCodesRequest, context: Context
+    ) -> auth_pb2.RegenerateRecoveryCodesResponse:
+        assert self._auth is not None
+        await self._admit(request, context)
+        return await forward(self._auth.RegenerateRecoveryCodes, request, context)
+
     async def _next_while_allowed(self, buffer: LiveBuffer, context: Context) -> gateway_pb2.ClientEvent:
         """The next live event, unless the caller lost the right to it first: a revoked session,
         a disabled account or a withdrawn messages.read ends the stream at once (issue 3)."""

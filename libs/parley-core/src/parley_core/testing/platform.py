@@ -19,7 +19,8 @@ from parley_core.testing.waiting import wait_until
 READY_LINE = "all services are up"
 # Test platforms let anyone register (`make run` defaults to admin-created accounts), so tests
 # can call `client.register`; a test that wants another mode sets PARLEY_REGISTRATION in `env`.
-TEST_DEFAULTS = {"PARLEY_REGISTRATION": "open"}
+# Every test user registers from 127.0.0.1, so auth's per-address registration budget is lifted.
+TEST_DEFAULTS = {"PARLEY_REGISTRATION": "open", "PARLEY_AUTH_REGISTRATIONS_PER_SOURCE_PER_HOUR": "1000000"}
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 60.0
 

@@ -27,7 +27,17 @@ from parley_core.pki import Pki
 from parley_core.runner import RunContext, ServiceApp, secure_channel, serve
 from parley_core.testing.nats import NatsTestServer
 
-__all__ = ["PASSWORD", "TIMEOUT_S", "Stack", "bearer", "closed_stack", "invite_stack", "stack"]
+__all__ = [
+    "PASSWORD",
+    "TIMEOUT_S",
+    "Running",
+    "Stack",
+    "bearer",
+    "closed_stack",
+    "invite_stack",
+    "stack",
+    "start_service",
+]
 
 # Stream owners before storage (which reads every stream), the gateway last, once its peers listen.
 APPS: dict[str, str] = {
@@ -79,6 +89,14 @@ class Stack:
         self.channels.append(channel)
         return channel
 
+    def auth_as_gateway(self, port: int | None = None) -> auth_pb2_grpc.AuthServiceAsyncStub:
+        """Auth (this stack's, or another instance at `port`) as the gateway calls it, so the
+        client address a test passes in `x-parley-source` metadata is believed."""
+        address = f"127.0.0.1:{port or self.ports['auth']}"
+        channel = secure_channel(self.pki, identity="gateway", address=address, peer="auth")
+        self.channels.append(channel)
+        return auth_pb2_grpc.AuthServiceStub(channel)
+
     def gateway_channel(self) -> grpc.aio.Channel:
         credentials = grpc.ssl_channel_credentials(root_certificates=self.pki.ca_pem())
         channel = grpc.aio.secure_channel(
@@ -116,6 +134,58 @@ def bearer(token: str) -> tuple[tuple[str, str]]:
     return (("authorization", f"Bearer {token}"),)
 
 
+@dataclass
+class Running:
+    """One service instance started by the fixtures: stop it with `stop`, await `task`."""
+
+    app: Captured
+    port: int
+    stop: asyncio.Event
+    task: asyncio.Task[int]
+
+    async def shutdown(self) -> None:
+        self.stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.task, TIMEOUT_S)
+
+
+async def start_service(
+    stack: Stack, nats_server: NatsTestServer, service: str, *, registration: RegistrationMode
+) -> Running:
+    """One instance of `service` on the stack's bus and data folder: the stack's own, or a
+    second instance beside it (or a restarted one) that a test starts itself."""
+    settings = Settings(
+        service=service,
+        data_dir=stack.data_dir,
+        nats_url=nats_server.url,
+        nats_password=nats_server.passwords[service],
+        listen_port=0,
+        grace_seconds=5.0,
+        registration=registration,
+        auth_addr=f"127.0.0.1:{stack.ports.get('auth', 0)}",
+        messaging_addr=f"127.0.0.1:{stack.ports.get('messaging', 0)}",
+        storage_addr=f"127.0.0.1:{stack.ports.get('storage', 0)}",
+        registry_addr=f"127.0.0.1:{stack.ports.get('patch-registry', 0)}",
+    )
+    app = Captured(_app(APPS[service]))
+    stop = asyncio.Event()
+    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        serve(
+            app,
+            service=service,
+            settings=settings,
+            client_facing=service == "gateway",
+            stop=stop,
+            on_ready=ready.set_result,
+        )
+    )
+    await asyncio.wait_for(asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED), TIMEOUT_S * 2)
+    if task.done():
+        task.result()
+    return Running(app, ready.result(), stop, task)
+
+
 async def start_stack(
     nats_server: NatsTestServer, pki: Pki, tmp_path: Path, *, registration: RegistrationMode
 ) -> tuple[Stack, list[tuple[asyncio.Event, asyncio.Task[int]]]]:
@@ -124,39 +194,11 @@ async def start_stack(
     (data_dir / "pki").symlink_to(pki.directory, target_is_directory=True)
     stack = Stack(pki=pki, data_dir=data_dir)
     running: list[tuple[asyncio.Event, asyncio.Task[int]]] = []
-    for service, target in APPS.items():
-        settings = Settings(
-            service=service,
-            data_dir=data_dir,
-            nats_url=nats_server.url,
-            nats_password=nats_server.passwords[service],
-            listen_port=0,
-            grace_seconds=5.0,
-            registration=registration,
-            auth_addr=f"127.0.0.1:{stack.ports.get('auth', 0)}",
-            messaging_addr=f"127.0.0.1:{stack.ports.get('messaging', 0)}",
-            storage_addr=f"127.0.0.1:{stack.ports.get('storage', 0)}",
-            registry_addr=f"127.0.0.1:{stack.ports.get('patch-registry', 0)}",
-        )
-        app = Captured(_app(target))
-        stop = asyncio.Event()
-        ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(
-            serve(
-                app,
-                service=service,
-                settings=settings,
-                client_facing=service == "gateway",
-                stop=stop,
-                on_ready=ready.set_result,
-            )
-        )
-        await asyncio.wait_for(asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED), TIMEOUT_S * 2)
-        if task.done():
-            task.result()
-        stack.ports[service] = ready.result()
-        stack.apps[service] = app
-        running.append((stop, task))
+    for service in APPS:
+        started = await start_service(stack, nats_server, service, registration=registration)
+        stack.ports[service] = started.port
+        stack.apps[service] = started.app
+        running.append((started.stop, started.task))
     return stack, running
 
 

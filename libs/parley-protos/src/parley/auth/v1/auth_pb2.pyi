@@ -968,3 +968,72 @@ class Invite(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Invite: _TypeAlias = Invite  # noqa: Y015
+
+@_typing.final
+class ResetMfaRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    reason: _builtins.str
+    """up to 500 characters, kept in the audit record"""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetMfaRequest: _TypeAlias = ResetMfaRequest  # noqa: Y015
+
+@_typing.final
+class RegenerateRecoveryCodesRequest(_message.Message):
+    """Proof of presence: a current TOTP code or the account password (one is required)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOTP_CODE_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
+    totp_code: _builtins.str
+    password: _builtins.str
+    def __init__(
+        self,
+        *,
+        totp_code: _builtins.str = ...,
+        password: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["password", b"password", "totp_code", b"totp_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegenerateRecoveryCodesRequest: _TypeAlias = RegenerateRecoveryCodesRequest  # noqa: Y015
+
+@_typing.final
+class RegenerateRecoveryCodesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECOVERY_CODES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def recovery_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """shown once; only their hashes are kept"""
+
+    def __init__(
+        self,
+        *,
+        recovery_codes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recovery_codes", b"recovery_codes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegenerateRecoveryCodesResponse: _TypeAlias = RegenerateRecoveryCodesResponse  # noqa: Y015

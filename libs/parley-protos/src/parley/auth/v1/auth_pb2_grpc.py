@@ -144,6 +144,16 @@ class AuthServiceStub:
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.CreateInviteRequest.SerializeToString,
                 response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.Invite.FromString,
                 _registered_method=True)
+        self.ResetMfa = channel.unary_unary(
+                '/parley.auth.v1.AuthService/ResetMfa',
+                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.ResetMfaRequest.SerializeToString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.Account.FromString,
+                _registered_method=True)
+        self.RegenerateRecoveryCodes = channel.unary_unary(
+                '/parley.auth.v1.AuthService/RegenerateRecoveryCodes',
+                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesRequest.SerializeToString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -300,6 +310,20 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResetMfa(self, request, context):
+        """MFA administration: an administrator removes a user's TOTP (lost phone); a user replaces
+        their recovery codes (the old ones stop working).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegenerateRecoveryCodes(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -412,6 +436,16 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.CreateInvite,
                     request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.CreateInviteRequest.FromString,
                     response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.Invite.SerializeToString,
+            ),
+            'ResetMfa': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetMfa,
+                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.ResetMfaRequest.FromString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.Account.SerializeToString,
+            ),
+            'RegenerateRecoveryCodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegenerateRecoveryCodes,
+                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesRequest.FromString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1008,6 +1042,60 @@ class AuthService:
             '/parley.auth.v1.AuthService/CreateInvite',
             parley_dot_auth_dot_v1_dot_auth__pb2.CreateInviteRequest.SerializeToString,
             parley_dot_auth_dot_v1_dot_auth__pb2.Invite.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetMfa(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.auth.v1.AuthService/ResetMfa',
+            parley_dot_auth_dot_v1_dot_auth__pb2.ResetMfaRequest.SerializeToString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegenerateRecoveryCodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.auth.v1.AuthService/RegenerateRecoveryCodes',
+            parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesRequest.SerializeToString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesResponse.FromString,
             options,
             channel_credentials,
             insecure,

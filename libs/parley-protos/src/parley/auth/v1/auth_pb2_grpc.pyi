@@ -78,6 +78,11 @@ class AuthServiceStub:
     RetireSigningKey: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RetireSigningKeyRequest, _auth_pb2.SigningKeyInfo]
     CreateInvite: _grpc.UnaryUnaryMultiCallable[_auth_pb2.CreateInviteRequest, _auth_pb2.Invite]
     """Single-use invitations, for PARLEY_REGISTRATION=invite."""
+    ResetMfa: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ResetMfaRequest, _auth_pb2.Account]
+    """MFA administration: an administrator removes a user's TOTP (lost phone); a user replaces
+    their recovery codes (the old ones stop working).
+    """
+    RegenerateRecoveryCodes: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RegenerateRecoveryCodesRequest, _auth_pb2.RegenerateRecoveryCodesResponse]
 
 @_typing.type_check_only
 class AuthServiceAsyncStub(AuthServiceStub):
@@ -129,6 +134,11 @@ class AuthServiceAsyncStub(AuthServiceStub):
     RetireSigningKey: _aio.UnaryUnaryMultiCallable[_auth_pb2.RetireSigningKeyRequest, _auth_pb2.SigningKeyInfo]  # type: ignore[assignment]
     CreateInvite: _aio.UnaryUnaryMultiCallable[_auth_pb2.CreateInviteRequest, _auth_pb2.Invite]  # type: ignore[assignment]
     """Single-use invitations, for PARLEY_REGISTRATION=invite."""
+    ResetMfa: _aio.UnaryUnaryMultiCallable[_auth_pb2.ResetMfaRequest, _auth_pb2.Account]  # type: ignore[assignment]
+    """MFA administration: an administrator removes a user's TOTP (lost phone); a user replaces
+    their recovery codes (the old ones stop working).
+    """
+    RegenerateRecoveryCodes: _aio.UnaryUnaryMultiCallable[_auth_pb2.RegenerateRecoveryCodesRequest, _auth_pb2.RegenerateRecoveryCodesResponse]  # type: ignore[assignment]
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -309,5 +319,22 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.Invite, _abc.Awaitable[_auth_pb2.Invite]]:
         """Single-use invitations, for PARLEY_REGISTRATION=invite."""
+
+    @_abc_1.abstractmethod
+    def ResetMfa(
+        self,
+        request: _auth_pb2.ResetMfaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.Account, _abc.Awaitable[_auth_pb2.Account]]:
+        """MFA administration: an administrator removes a user's TOTP (lost phone); a user replaces
+        their recovery codes (the old ones stop working).
+        """
+
+    @_abc_1.abstractmethod
+    def RegenerateRecoveryCodes(
+        self,
+        request: _auth_pb2.RegenerateRecoveryCodesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.RegenerateRecoveryCodesResponse, _abc.Awaitable[_auth_pb2.RegenerateRecoveryCodesResponse]]: ...
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -61,21 +61,27 @@ class SigningKeyPublished(_message.Message):
     KEY_ID_FIELD_NUMBER: _builtins.int
     ALGORITHM_FIELD_NUMBER: _builtins.int
     PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    REPLACES_KEY_ID_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     algorithm: _builtins.str
     """"EdDSA" """
     public_key: _builtins.bytes
     """raw Ed25519 public key, 32 bytes"""
+    replaces_key_id: _builtins.str
+    """The key this one replaces (rotation): that key is retired once every token it signed has
+    expired. Empty for a key that replaces none (first start).
+    """
     def __init__(
         self,
         *,
         key_id: _builtins.str = ...,
         algorithm: _builtins.str = ...,
         public_key: _builtins.bytes = ...,
+        replaces_key_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "key_id", b"key_id", "public_key", b"public_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "key_id", b"key_id", "public_key", b"public_key", "replaces_key_id", b"replaces_key_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -676,3 +682,102 @@ class InviteRedeemed(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InviteRedeemed: _TypeAlias = InviteRedeemed  # noqa: Y015
+
+@_typing.final
+class TotpReset(_message.Message):
+    """On parley.auth.user.<id>: an administrator removed the user's TOTP and recovery codes; the
+    user enrols again at will (or when the role requires it).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TotpReset: _TypeAlias = TotpReset  # noqa: Y015
+
+@_typing.final
+class RecoveryCodesRegenerated(_message.Message):
+    """On parley.auth.user.<id>: a new set of recovery codes replaces every earlier one."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    RECOVERY_CODE_SHA256_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    @_builtins.property
+    def recovery_code_sha256(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        recovery_code_sha256: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recovery_code_sha256", b"recovery_code_sha256", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecoveryCodesRegenerated: _TypeAlias = RecoveryCodesRegenerated  # noqa: Y015
+
+@_typing.final
+class LoginFailureCounted(_message.Message):
+    """On parley.auth.lockout.<sha256 hex of account_key>: one failed login (password or second
+    factor). Every auth instance counts these, per account and per source, so lockouts survive a
+    restart and hold across instances. account_key is the normalized username, existing or not.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_KEY_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    account_key: _builtins.str
+    source: _builtins.str
+    def __init__(
+        self,
+        *,
+        account_key: _builtins.str = ...,
+        source: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_key", b"account_key", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoginFailureCounted: _TypeAlias = LoginFailureCounted  # noqa: Y015
+
+@_typing.final
+class LoginFailuresCleared(_message.Message):
+    """On the same subject: a successful login clears the account's counter (not the source's)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_KEY_FIELD_NUMBER: _builtins.int
+    account_key: _builtins.str
+    def __init__(
+        self,
+        *,
+        account_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_key", b"account_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoginFailuresCleared: _TypeAlias = LoginFailuresCleared  # noqa: Y015

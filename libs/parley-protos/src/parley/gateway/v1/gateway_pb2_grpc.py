@@ -164,6 +164,16 @@ class GatewayStub:
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.CreateInviteRequest.SerializeToString,
                 response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.Invite.FromString,
                 _registered_method=True)
+        self.ResetMfa = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/ResetMfa',
+                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.ResetMfaRequest.SerializeToString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.Account.FromString,
+                _registered_method=True)
+        self.RegenerateRecoveryCodes = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/RegenerateRecoveryCodes',
+                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesRequest.SerializeToString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesResponse.FromString,
+                _registered_method=True)
         self.EditMessage = channel.unary_unary(
                 '/parley.gateway.v1.Gateway/EditMessage',
                 request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.EditMessageRequest.SerializeToString,
@@ -405,6 +415,18 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResetMfa(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegenerateRecoveryCodes(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def EditMessage(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -629,6 +651,16 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.CreateInvite,
                     request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.CreateInviteRequest.FromString,
                     response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.Invite.SerializeToString,
+            ),
+            'ResetMfa': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetMfa,
+                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.ResetMfaRequest.FromString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.Account.SerializeToString,
+            ),
+            'RegenerateRecoveryCodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegenerateRecoveryCodes,
+                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesRequest.FromString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesResponse.SerializeToString,
             ),
             'EditMessage': grpc.unary_unary_rpc_method_handler(
                     servicer.EditMessage,
@@ -1388,6 +1420,60 @@ class Gateway:
             '/parley.gateway.v1.Gateway/CreateInvite',
             parley_dot_auth_dot_v1_dot_auth__pb2.CreateInviteRequest.SerializeToString,
             parley_dot_auth_dot_v1_dot_auth__pb2.Invite.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetMfa(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/ResetMfa',
+            parley_dot_auth_dot_v1_dot_auth__pb2.ResetMfaRequest.SerializeToString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegenerateRecoveryCodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/RegenerateRecoveryCodes',
+            parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesRequest.SerializeToString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -68,6 +68,8 @@ class GatewayStub:
     ListDevices: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListDevicesRequest, _auth_pb2.ListDevicesResponse]
     RemoveDevice: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RemoveDeviceRequest, _auth_pb2.RemoveDeviceResponse]
     CreateInvite: _grpc.UnaryUnaryMultiCallable[_auth_pb2.CreateInviteRequest, _auth_pb2.Invite]
+    ResetMfa: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ResetMfaRequest, _auth_pb2.Account]
+    RegenerateRecoveryCodes: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RegenerateRecoveryCodesRequest, _auth_pb2.RegenerateRecoveryCodesResponse]
     EditMessage: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.EditMessageRequest, _messaging_pb2.ChatMessage]
     RedactMessage: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.RedactMessageRequest, _messaging_pb2.ChatMessage]
     ListMessageVersions: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ListMessageVersionsRequest, _messaging_pb2.ListMessageVersionsResponse]
@@ -123,6 +125,8 @@ class GatewayAsyncStub(GatewayStub):
     ListDevices: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListDevicesRequest, _auth_pb2.ListDevicesResponse]  # type: ignore[assignment]
     RemoveDevice: _aio.UnaryUnaryMultiCallable[_auth_pb2.RemoveDeviceRequest, _auth_pb2.RemoveDeviceResponse]  # type: ignore[assignment]
     CreateInvite: _aio.UnaryUnaryMultiCallable[_auth_pb2.CreateInviteRequest, _auth_pb2.Invite]  # type: ignore[assignment]
+    ResetMfa: _aio.UnaryUnaryMultiCallable[_auth_pb2.ResetMfaRequest, _auth_pb2.Account]  # type: ignore[assignment]
+    RegenerateRecoveryCodes: _aio.UnaryUnaryMultiCallable[_auth_pb2.RegenerateRecoveryCodesRequest, _auth_pb2.RegenerateRecoveryCodesResponse]  # type: ignore[assignment]
     EditMessage: _aio.UnaryUnaryMultiCallable[_messaging_pb2.EditMessageRequest, _messaging_pb2.ChatMessage]  # type: ignore[assignment]
     RedactMessage: _aio.UnaryUnaryMultiCallable[_messaging_pb2.RedactMessageRequest, _messaging_pb2.ChatMessage]  # type: ignore[assignment]
     ListMessageVersions: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ListMessageVersionsRequest, _messaging_pb2.ListMessageVersionsResponse]  # type: ignore[assignment]
@@ -325,6 +329,20 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.CreateInviteRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.Invite, _abc.Awaitable[_auth_pb2.Invite]]: ...
+
+    @_abc_1.abstractmethod
+    def ResetMfa(
+        self,
+        request: _auth_pb2.ResetMfaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.Account, _abc.Awaitable[_auth_pb2.Account]]: ...
+
+    @_abc_1.abstractmethod
+    def RegenerateRecoveryCodes(
+        self,
+        request: _auth_pb2.RegenerateRecoveryCodesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.RegenerateRecoveryCodesResponse, _abc.Awaitable[_auth_pb2.RegenerateRecoveryCodesResponse]]: ...
 
     @_abc_1.abstractmethod
     def EditMessage(

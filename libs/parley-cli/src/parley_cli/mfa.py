@@ -1,0 +1,45 @@
+"""`parley mfa ...`: a user's own two-factor settings, through the gateway with their token."""
+
+from __future__ import annotations
+
+import argparse
+
+from parley_client import ParleyClient
+
+
+async def _logged_in(args: argparse.Namespace) -> ParleyClient:
+    from parley_cli.main import _client, _login_as  # main imports this module: resolve late
+
+    client = _client(args)
+    await _login_as(args, client)
+    return client
+
+
+def _password_for(user: str) -> str:
+    from parley_cli.main import _password  # the one way the CLI reads a password
+
+    return _password(argparse.Namespace(username=user))
+
+
+async def cmd_recovery_codes(args: argparse.Namespace) -> int:
+    async with await _logged_in(args) as client:
+        if args.totp:
+            codes = await client.regenerate_recovery_codes(totp_code=args.totp)
+        else:
+            codes = await client.regenerate_recovery_codes(password=_password_for(args.user))
+    print("new recovery codes (each works once; every earlier code no longer works):")
+    for code in codes:
+        print(code)
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    mfa = sub.add_parser("mfa", help="your two-factor authentication (with --as USER)")
+    commands = mfa.add_subparsers(dest="mfa_command", required=True)
+    codes = commands.add_parser(
+        "recovery-codes",
+        help="replace your recovery codes; proves presence with --totp CODE or your password "
+        "(prompt or $PARLEY_PASSWORD)",
+    )
+    codes.add_argument("--totp", default="", help="a current code from your authenticator app")
+    codes.set_defaults(run=cmd_recovery_codes)

@@ -1,0 +1,86 @@
+"""Failed-login counters live on the AUTH stream: a restart does not reset them and a second
+auth instance on the same bus counts the first one's failures (and the other way round)."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from parley.auth.v1 import auth_pb2, auth_pb2_grpc
+
+from parley_auth.lockout import LockoutPolicy
+from parley_core.testing.nats import NatsTestServer
+from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Running, Stack, start_service
+from parley_core.testing.waiting import until
+
+pytestmark = pytest.mark.asyncio
+
+# Long enough that no lockout runs out while the test looks at it.
+POLICY = LockoutPolicy(threshold=3, base_s=3600.0, max_s=3600.0)
+SOURCE = "ipv4:203.0.113.7"
+
+
+async def login(stub: auth_pb2_grpc.AuthServiceAsyncStub, username: str, password: str) -> grpc.StatusCode:
+    request = auth_pb2.LoginRequest(username=username, password=password)
+    try:
+        await stub.Login(request, metadata=(("x-parley-source", SOURCE),), timeout=TIMEOUT_S)
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+async def another_auth(stack: Stack, nats_server: NatsTestServer) -> Running:
+    started = await start_service(stack, nats_server, "auth", registration="open")
+    started.app.app.lockouts.account_policy = POLICY
+    return started
+
+
+async def test_failures_at_two_instances_add_up_and_survive_a_restart(
+    stack: Stack, nats_server: NatsTestServer
+) -> None:
+    await stack.create_user("victim", "member")
+    await stack.create_user("bystander", "member")
+    first = stack.app("auth")
+    first.lockouts.account_policy = POLICY
+    second = await another_auth(stack, nats_server)
+    try:
+        stubs = [stack.auth_as_gateway(), stack.auth_as_gateway(second.port)]
+        # The failures alternate between the instances; neither alone saw the threshold.
+        for attempt in range(POLICY.threshold):
+            assert await login(stubs[attempt % 2], "victim", "wrong-password-here") == grpc.StatusCode.UNAUTHENTICATED
+        for app in (first, second.app.app):
+            await until(lambda app=app: app.lockouts.check("victim", SOURCE) is not None, "the lockout at both")
+        for stub in stubs:
+            # Even the right password waits, at either instance.
+            assert await login(stub, "victim", PASSWORD) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        await second.shutdown()
+
+    # A fresh instance (what a restart is) replays the counts before it answers.
+    restarted = await another_auth(stack, nats_server)
+    try:
+        stub = stack.auth_as_gateway(restarted.port)
+        assert await login(stub, "victim", PASSWORD) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert await login(stub, "bystander", PASSWORD) == grpc.StatusCode.OK
+    finally:
+        await restarted.shutdown()
+
+
+async def test_a_successful_login_clears_the_account_counter_everywhere(
+    stack: Stack, nats_server: NatsTestServer
+) -> None:
+    await stack.create_user("forgetful", "member")
+    first = stack.app("auth")
+    first.lockouts.account_policy = POLICY
+    stub = stack.auth_as_gateway()
+    for _ in range(POLICY.threshold - 1):
+        assert await login(stub, "forgetful", "wrong-password-here") == grpc.StatusCode.UNAUTHENTICATED
+    assert await login(stub, "forgetful", PASSWORD) == grpc.StatusCode.OK
+
+    restarted = await another_auth(stack, nats_server)
+    try:
+        # Had the success not been recorded, this one failure would reach the threshold.
+        other = stack.auth_as_gateway(restarted.port)
+        assert await login(other, "forgetful", "wrong-password-here") == grpc.StatusCode.UNAUTHENTICATED
+        assert await login(other, "forgetful", PASSWORD) == grpc.StatusCode.OK
+    finally:
+        await restarted.shutdown()

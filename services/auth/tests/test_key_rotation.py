@@ -1,0 +1,119 @@
+"""Scheduled signing-key rotation: a successor is published on schedule, the replaced key keeps
+verifying the tokens it signed, and is retired once the last of them has expired."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import jwt
+import pytest
+import pytest_asyncio
+from parley.auth.v1.events_pb2 import SigningKeyRetired
+from parley.messaging.v1 import messaging_pb2
+
+from parley_auth.key_rotation import RETIRE_MARGIN_S
+from parley_core.envelope import decode, open_payload
+from parley_core.pki import Pki
+from parley_core.testing.nats import NatsTestServer
+from parley_core.testing.security import security_events
+from parley_core.testing.stack import TIMEOUT_S, Stack, bearer, start_service, start_stack, stop_stack
+from parley_core.testing.waiting import eventually, until
+
+pytestmark = pytest.mark.asyncio
+
+ROTATION_S = 2
+TOKEN_S = 15  # long enough that a token is still valid when the test uses it after a rotation
+
+
+@pytest_asyncio.fixture
+async def rotating_stack(
+    nats_server: NatsTestServer, pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Stack]:
+    monkeypatch.setenv("PARLEY_AUTH_SIGNING_KEY_ROTATION_SECONDS", str(ROTATION_S))
+    monkeypatch.setenv("PARLEY_AUTH_ACCESS_TOKEN_SECONDS", str(TOKEN_S))
+    started, running = await start_stack(nats_server, pki, tmp_path, registration="open")
+    try:
+        yield started
+    finally:
+        await stop_stack(started, running)
+
+
+async def retired_at(stack: Stack, key_id: str) -> float | None:
+    """When the SigningKeyRetired event of `key_id` was appended, if it was."""
+    ctx = stack.apps["auth"].ctx
+    assert ctx is not None
+    try:
+        raw = await ctx.bus.js.get_last_msg("AUTH", f"parley.auth.key.{key_id}")
+    except Exception:
+        return None
+    envelope = decode(raw.data or b"")
+    if not isinstance(open_payload(envelope), SigningKeyRetired):
+        return None
+    return envelope.occurred_at.ToNanoseconds() / 1e9
+
+
+async def test_the_key_rotates_on_schedule_and_retires_after_its_last_token(
+    rotating_stack: Stack, nats_server: NatsTestServer
+) -> None:
+    stack = rotating_stack
+    auth = stack.app("auth")
+    messaging = stack.apps["messaging"].ctx
+    assert messaging is not None
+    await stack.create_user("alice", "member")
+    login = await stack.login("alice")
+    old_key = jwt.get_unverified_header(login.access_token)["kid"]
+    expires = jwt.decode(login.access_token, options={"verify_signature": False})["exp"]
+
+    async def successor() -> str | None:
+        return next((k for k, s in auth.signing_keys.items() if s.replaces == old_key), None)
+
+    new_key = await eventually(successor, "the scheduled rotation", TIMEOUT_S)
+    assert auth.signing_keys[new_key].published_at >= auth.signing_keys[old_key].published_at + ROTATION_S
+    assert not auth.signing_keys[old_key].retired
+    # After the rotation the old key's token is still good at another service (messaging)...
+    await stack.gateway().ListMyChannels(
+        messaging_pb2.ListMyChannelsRequest(), metadata=bearer(login.access_token), timeout=TIMEOUT_S
+    )
+    # ...while new logins are signed with a newer key.
+    later = await stack.login("alice")
+    assert jwt.get_unverified_header(later.access_token)["kid"] != old_key
+
+    await until(
+        lambda: auth.signing_keys[old_key].retired,
+        "the old key retired",
+        TOKEN_S + ROTATION_S + RETIRE_MARGIN_S + TIMEOUT_S,
+    )
+    at = await retired_at(stack, old_key)
+    assert at is not None
+    assert at >= expires  # not one token it signed was still valid
+    await until(lambda: not messaging.tokens.knows_key(old_key), "messaging dropping the retired key", TIMEOUT_S)
+    assert messaging.tokens.knows_key(jwt.get_unverified_header(later.access_token)["kid"])
+    rotated = [r for r in await security_events(nats_server, "signing_key_rotated") if r.actor == "service:auth"]
+    assert any(r.detail == f"{old_key} -> {new_key}" for r in rotated)
+
+
+async def test_two_instances_rotate_once_and_sign_with_the_same_successor(
+    rotating_stack: Stack, nats_server: NatsTestServer
+) -> None:
+    """Their schedule is the same (it comes from the AUTH stream), so both try at once: one
+    publishes the successor, the other adopts it from the shared secrets folder."""
+    stack = rotating_stack
+    first = stack.app("auth")
+    second = await start_service(stack, nats_server, "auth", registration="open")
+    try:
+        other = second.app.app
+        start = first.signing_key_id
+        assert other.signing_key_id == start  # one secrets folder, one key
+
+        def successors(key_id: str) -> list[str]:
+            return [k for k, s in first.signing_keys.items() if s.replaces == key_id]
+
+        # Two rotations in a row, each contested by both instances.
+        await until(lambda: any(successors(k) for k in successors(start)), "two rotations", TIMEOUT_S)
+        for key_id in list(first.signing_keys):
+            assert len(successors(key_id)) <= 1, f"{key_id} has successors {successors(key_id)}"
+        await until(lambda: first.signing_key_id == other.signing_key_id, "both signing with one key", TIMEOUT_S)
+        await until(lambda: other.signing_keys.keys() == first.signing_keys.keys(), "one view of the keys", TIMEOUT_S)
+    finally:
+        await second.shutdown()
