@@ -2,10 +2,9 @@
 
 Every test drives the platform as `make run` starts it (`parley up`, which restarts a crashed
 service) and ends with the same audit: every acknowledged send is archived exactly once with
-gap-free channel sequence numbers, and every member's live stream, reopened after the fault,
-delivers new messages. Live streams cannot yet resume from a sequence (that API is being built
-on another branch), so messages published while a member's stream was broken are counted in
-the report (`delivered_live` of `delivered_live_expected`) and found through history.
+gap-free channel sequence numbers, and reached every member's live stream exactly once: a
+stream broken by the fault (a gateway crash, a platform restart) is reopened resuming after the
+last position it read, so messages published while it was down arrive live too.
 """
 
 from __future__ import annotations
