@@ -34,6 +34,11 @@ from parley_load.request_log import ENV_VAR as REQUEST_LOG_ENV  # noqa: E402
 from parley_load.request_log import RequestLog  # noqa: E402
 from parley_load.target import Target  # noqa: E402
 
+# grpcio's gevent mode waits for each call, and each read of a live stream, on a thread of the
+# hub's pool: 10 threads by default. With more users than that, deliveries queued for a thread
+# and send-to-deliver p99 measured the pool instead of Parley.
+gevent.get_hub().threadpool.maxsize = int(os.environ.get("PARLEY_LOAD_THREADS", "1000"))
+
 PASSWORD = "load-test-passphrase"  # noqa: S105 - throw-away load-test accounts
 # Channels shared by the users of one Locust process; each user joins a few of them.
 CHANNEL_POOL_SIZE = int(os.environ.get("PARLEY_LOAD_CHANNELS", "20"))
