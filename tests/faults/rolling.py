@@ -12,29 +12,22 @@ import asyncio
 import json
 import os
 import sys
-import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jwt
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from grpc_health.v1 import health_pb2
-from parley.auth.v1.events_pb2 import SigningKeyPublished
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
 
+from parley_cli.health import check_health
 from parley_core.bus import EventBus
-from parley_core.envelope import NewEvent
 from parley_core.net import free_port
 from parley_core.pki import Pki
 from parley_core.runner import secure_channel
 from parley_core.testing.nats import NatsTestServer
+from parley_core.testing.operators import OperatorSigner
 from parley_core.testing.waiting import eventually
-from parley_core.tokens import AUDIENCE, ISSUER
-from parley_core.topology import PLATFORM_USER, STREAMS, signing_key_subject
+from parley_core.topology import PLATFORM_USER, STREAMS
 
 # The node agent's one import in the fault tests: it moves to its own lib (parley_agent) soon.
 from parley_patch_registry.agent.node_agent import AgentTimeouts, NodeAgent
@@ -42,7 +35,6 @@ from parley_patch_registry.agent.node_agent import AgentTimeouts, NodeAgent
 START_TIMEOUT_S = 120.0
 SERVICES_AS_PROCESSES = ("auth", "storage", "patch-registry")
 MESSAGING_INSTANCES = 2
-SIGNING_KEY_ID = "fault-rbac"
 
 
 @dataclass
@@ -52,25 +44,13 @@ class AgentPlatform:
     agent: NodeAgent
     registry: patch_pb2_grpc.PatchServiceAsyncStub
     gateway_address: str
-    signing_key: Ed25519PrivateKey
+    signer: OperatorSigner
     agent_task: asyncio.Task[None] | None = None
     processes: list[asyncio.subprocess.Process] = field(default_factory=list)
 
     def operator(self, user: str) -> tuple[tuple[str, str]]:
         """Call metadata of an operator; publisher and approver must be different people."""
-        now = int(time.time())
-        claims = {
-            "iss": ISSUER,
-            "aud": AUDIENCE,
-            "sub": user,
-            "jti": uuid.uuid4().hex,
-            "iat": now,
-            "exp": now + 3600,
-            "role": "operator",
-            "name": user,
-        }
-        token = jwt.encode(claims, self.signing_key, algorithm="EdDSA", headers={"kid": SIGNING_KEY_ID})
-        return (("authorization", f"Bearer {token}"),)
+        return self.signer.metadata(user)
 
     def messaging_versions(self) -> set[str]:
         return {i.version for i in self.agent.instances.values() if i.service == "messaging"}
@@ -141,42 +121,9 @@ async def _wait_healthy(pki: Pki, service: str, address: str, process: asyncio.s
     async def probe() -> bool | None:
         if process.returncode is not None:
             raise RuntimeError(f"{service} exited with {process.returncode}")
-        channel = secure_channel(pki, identity=PLATFORM_USER, address=address, peer=service)
-        try:
-            check = channel.unary_unary(
-                "/grpc.health.v1.Health/Check",
-                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-                response_deserializer=health_pb2.HealthCheckResponse.FromString,
-            )
-            response = await check(health_pb2.HealthCheckRequest(), timeout=2.0)
-            return (response.status == health_pb2.HealthCheckResponse.SERVING) or None
-        except Exception:  # not listening yet
-            return None
-        finally:
-            await channel.close()
+        return (await check_health(pki, service=service, address=address) == "SERVING") or None
 
     await eventually(probe, f"{service} healthy", START_TIMEOUT_S)
-
-
-async def _publish_signing_key(nats_server: NatsTestServer, key: Ed25519PrivateKey) -> None:
-    platform = await nats_server.connect(PLATFORM_USER)
-    bus = EventBus(platform, service=PLATFORM_USER, producer="test")
-    await bus.ensure_streams(STREAMS)
-    await bus.append(
-        signing_key_subject(SIGNING_KEY_ID),
-        NewEvent(
-            aggregate_type="key",
-            aggregate_id=SIGNING_KEY_ID,
-            actor="test",
-            payload=SigningKeyPublished(
-                key_id=SIGNING_KEY_ID,
-                algorithm="EdDSA",
-                public_key=key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw),
-            ),
-        ),
-        aggregate_version=1,
-        expected_last_subject_seq=None,
-    )
 
 
 @asynccontextmanager
@@ -186,8 +133,10 @@ async def agent_platform(nats_server: NatsTestServer, pki: Pki, root: Path) -> A
     (data_dir / "logs").mkdir()
     (data_dir / "pki").symlink_to(pki.directory, target_is_directory=True)
     (data_dir / "secrets" / "nats-passwords.json").write_text(json.dumps(nats_server.passwords))
-    signing_key = Ed25519PrivateKey.generate()
-    await _publish_signing_key(nats_server, signing_key)
+    signer = OperatorSigner()
+    bus = EventBus(await nats_server.connect(PLATFORM_USER), service=PLATFORM_USER, producer="test")
+    await bus.ensure_streams(STREAMS)
+    await signer.publish(bus)
     ports = {s: free_port() for s in (*SERVICES_AS_PROCESSES, "gateway")}
     env = {
         **os.environ,
@@ -239,7 +188,7 @@ async def agent_platform(nats_server: NatsTestServer, pki: Pki, root: Path) -> A
             agent=agent,
             registry=patch_pb2_grpc.PatchServiceStub(registry_channel),
             gateway_address=f"127.0.0.1:{ports['gateway']}",
-            signing_key=signing_key,
+            signer=signer,
             processes=processes,
         )
         yield platform
