@@ -59,7 +59,7 @@ HOST ?=
 PROCESSES ?=
 LOAD_REPORTS ?= loadtests/reports
 
-.PHONY: load bench bench-quick faults
+.PHONY: load bench bench-quick faults upgrade-load
 
 load: venv
 	mkdir -p $(LOAD_REPORTS)
@@ -76,3 +76,14 @@ bench-quick: venv
 
 faults: venv
 	PARLEY_FAULT_RESULTS=fault-results $(BIN)/pytest tests/faults -m "slow or e2e" -v -s
+
+# Messaging rolled out through the patch registry under Locust load (the short run is in `make faults`).
+UPGRADE_USERS ?= 40
+UPGRADE_SPAWN_RATE ?= 5
+UPGRADE_SENDS_BEFORE ?= 400
+
+upgrade-load: venv
+	PARLEY_FAULT_RESULTS=fault-results PARLEY_LOAD_REPORTS=$(LOAD_REPORTS)/upgrade \
+	PARLEY_UPGRADE_USERS=$(UPGRADE_USERS) PARLEY_UPGRADE_SPAWN_RATE=$(UPGRADE_SPAWN_RATE) \
+	PARLEY_UPGRADE_SENDS_BEFORE=$(UPGRADE_SENDS_BEFORE) \
+		$(BIN)/pytest tests/faults/test_rolling_upgrade_under_load.py -m slow -v -s

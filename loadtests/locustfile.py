@@ -1,11 +1,13 @@
 """Locust load test of Parley's gateway: `make load` (headless) or `locust -f loadtests/locustfile.py`.
 
 Each simulated user registers, logs in, creates or joins a few of a shared pool of channels,
-holds one live stream open for its whole life, and mixes sends and history reads. Every RPC is
+holds one live stream open for its whole life, and mixes sends, history reads, reactions to
+messages it received and edits of its own messages. Every RPC is
 one Locust request event named after the RPC; every message that arrives on a live stream is a
 `Deliver` event whose response time is the send-to-deliver latency (sent_at to arrival, same
-clock on loopback). Add a task (react, edit, ...) as one more `@task` method that calls
-`self.client.call(...)` with the new RPC.
+clock on loopback). Add a task as one more `@task` method that calls `self.client.call(...)`
+with the new RPC. With `PARLEY_LOAD_REQUEST_LOG=FILE` every request event is also appended to
+FILE as a JSON line (parley_load.request_log), for tests that audit a run.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import os  # noqa: E402
 import random  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
+from collections import deque  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import gevent  # type: ignore[import-untyped]  # noqa: E402
@@ -26,13 +30,23 @@ import grpc  # noqa: E402
 from locust import User, between, events, task  # noqa: E402
 from locust.env import Environment  # noqa: E402
 from parley_load.grpc_client import REQUEST_TYPE, GatewayClient  # noqa: E402
+from parley_load.request_log import ENV_VAR as REQUEST_LOG_ENV  # noqa: E402
+from parley_load.request_log import RequestLog  # noqa: E402
 from parley_load.target import Target  # noqa: E402
+
+# grpcio's gevent mode waits for each call, and each read of a live stream, on a thread of the
+# hub's pool: 10 threads by default. With more users than that, deliveries queued for a thread
+# and send-to-deliver p99 measured the pool instead of Parley.
+gevent.get_hub().threadpool.maxsize = int(os.environ.get("PARLEY_LOAD_THREADS", "1000"))
 
 PASSWORD = "load-test-passphrase"  # noqa: S105 - throw-away load-test accounts
 # Channels shared by the users of one Locust process; each user joins a few of them.
 CHANNEL_POOL_SIZE = int(os.environ.get("PARLEY_LOAD_CHANNELS", "20"))
 CHANNELS_PER_USER = int(os.environ.get("PARLEY_LOAD_CHANNELS_PER_USER", "3"))
 CHANNEL_POOL: list[str] = []
+EMOJIS = ("👍", "🎉", "👀", "✅")
+RECENT = 20  # messages a user remembers to react to or edit
+
 
 _target: Target | None = None
 
@@ -43,7 +57,16 @@ def _resolve_target(environment: Environment, **_: Any) -> None:
     _target = Target.resolve(environment.host)
 
 
+def _open_request_log(environment: Environment, **_: Any) -> None:
+    path = os.environ.get(REQUEST_LOG_ENV)
+    if path:
+        log = RequestLog(Path(path))
+        environment.events.request.add_listener(log.record)  # type: ignore[no-untyped-call]
+        environment.events.quit.add_listener(lambda **_: log.close())  # type: ignore[no-untyped-call]
+
+
 events.init.add_listener(_resolve_target)  # type: ignore[no-untyped-call]
+events.init.add_listener(_open_request_log)  # type: ignore[no-untyped-call]
 
 
 class ParleyUser(User):
@@ -60,6 +83,8 @@ class ParleyUser(User):
         for channel_id in random.sample(CHANNEL_POOL, min(CHANNELS_PER_USER, len(CHANNEL_POOL))):
             self.client.join_channel(channel_id)
         self.channels = [c.channel_id for c in self.client.my_channels()]
+        self.received: deque[tuple[str, int]] = deque(maxlen=RECENT)  # (channel, seq) seen live
+        self.sent: deque[tuple[str, int]] = deque(maxlen=RECENT)  # own messages, editable
         self._live = gevent.spawn(self._hold_live_stream)
 
     def on_stop(self) -> None:
@@ -78,6 +103,7 @@ class ParleyUser(User):
                         self.client.report("Subscribe (ready)", started, event.ByteSize(), None)
                     elif kind == "message":
                         self._report_delivery(event.message)
+                        self.received.append((event.message.channel_id, event.message.channel_seq))
             except grpc.RpcError as exc:
                 self.client.report("Subscribe (stream)", started, 0, exc)
                 if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
@@ -111,7 +137,12 @@ class ParleyUser(User):
     def send(self) -> None:
         channel_id = random.choice(self.channels)  # noqa: S311 - picking a channel, not a secret
         body = f"load message {uuid.uuid4().hex[:8]} from {self.username}"
-        self._retry_after_login(lambda: self.client.send(channel_id, body, uuid.uuid4().hex))
+
+        def send() -> None:
+            sent = self.client.send(channel_id, body, uuid.uuid4().hex)
+            self.sent.append((sent.channel_id, sent.channel_seq))
+
+        self._retry_after_login(send)
 
     @task(3)
     def read_history(self) -> None:
@@ -121,3 +152,20 @@ class ParleyUser(User):
     @task(1)
     def list_channels(self) -> None:
         self._retry_after_login(self.client.my_channels)
+
+    @task(2)
+    def react(self) -> None:
+        """React to a message that arrived on the live stream, as people answer with an emoji."""
+        if not self.received:
+            return
+        channel_id, seq = random.choice(self.received)  # noqa: S311 - picking a message, not a secret
+        emoji = random.choice(EMOJIS)  # noqa: S311
+        self._retry_after_login(lambda: self.client.react(channel_id, seq, emoji))
+
+    @task(1)
+    def edit(self) -> None:
+        """Correct one of the user's own recent messages."""
+        if not self.sent:
+            return
+        channel_id, seq = random.choice(self.sent)  # noqa: S311 - picking a message, not a secret
+        self._retry_after_login(lambda: self.client.edit(channel_id, seq, f"edited {uuid.uuid4().hex[:8]}"))

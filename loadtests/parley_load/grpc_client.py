@@ -54,17 +54,24 @@ class GatewayClient:
         except grpc.RpcError as exc:
             self.report(name, started, 0, exc)
             raise
-        self.report(name, started, _size(response), None)
+        self.report(name, started, _size(response), None, _context(response))
         return response
 
-    def report(self, name: str, started: float, length: int, exception: BaseException | None) -> None:
+    def report(
+        self,
+        name: str,
+        started: float,
+        length: int,
+        exception: BaseException | None,
+        context: dict[str, Any] | None = None,
+    ) -> None:
         self._fire(
             request_type=REQUEST_TYPE,
             name=name,
             response_time=(time.perf_counter() - started) * 1000.0,
             response_length=length,
             exception=exception,
-            context={},
+            context=context or {},
         )
 
     def register(self, username: str, password: str) -> None:
@@ -88,6 +95,16 @@ class GatewayClient:
         request = messaging_pb2.PostMessageRequest(channel_id=channel_id, body=body, idempotency_key=idempotency_key)
         return self.call("SendMessage", self._stub.SendMessage, request)
 
+    def edit(self, channel_id: str, channel_seq: int, body: str) -> messaging_pb2.ChatMessage:
+        request = messaging_pb2.EditMessageRequest(channel_id=channel_id, channel_seq=channel_seq, body=body)
+        return self.call("EditMessage", self._stub.EditMessage, request)
+
+    def react(
+        self, channel_id: str, channel_seq: int, emoji: str, *, remove: bool = False
+    ) -> messaging_pb2.ChatMessage:
+        request = messaging_pb2.ReactRequest(channel_id=channel_id, channel_seq=channel_seq, emoji=emoji, remove=remove)
+        return self.call("React", self._stub.React, request)
+
     def history(self, channel_id: str, limit: int = 50) -> storage_pb2.GetChannelHistoryResponse:
         request = storage_pb2.GetChannelHistoryRequest(channel_id=channel_id, limit=limit)
         return self.call("GetHistory", self._stub.GetHistory, request)
@@ -98,6 +115,17 @@ class GatewayClient:
             gateway_pb2.SubscribeRequest(channel_ids=channel_ids), metadata=self._metadata()
         )
         return stream
+
+
+def _context(response: object) -> dict[str, Any]:
+    """Which message a call acknowledged, so a run's request log can be audited against history."""
+    if isinstance(response, messaging_pb2.ChatMessage):
+        return {
+            "channel_id": response.channel_id,
+            "message_id": response.message_id,
+            "channel_seq": response.channel_seq,
+        }
+    return {}
 
 
 def _size(response: object) -> int:

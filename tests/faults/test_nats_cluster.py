@@ -98,7 +98,7 @@ async def test_cluster_loses_its_stream_leader_while_appending(pki: Pki, tmp_pat
     try:
         nc = await cluster.connect(PLATFORM_USER)
         bus = EventBus(nc, service=PLATFORM_USER, producer="cluster-test")
-        await until_ready(bus)
+        await bus.ensure_streams_when_ready(STREAMS, replicas=3)
         info = await bus.js.stream_info("MSG")
         assert info.config.num_replicas == 3
         writer = Writer(bus)
@@ -148,21 +148,6 @@ async def test_cluster_loses_its_stream_leader_while_appending(pki: Pki, tmp_pat
         await until_caught_up(bus, leader, len(stored))
     finally:
         await cluster.stop()
-
-
-async def until_ready(bus: EventBus, timeout: float = 60.0) -> None:
-    """A new cluster needs a JetStream meta leader before streams can be created."""
-    deadline = time.monotonic() + timeout
-    delay = 0.1
-    while True:
-        try:
-            await bus.ensure_streams(STREAMS, replicas=3)
-            return
-        except (nats.errors.Error, TimeoutError):
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(delay)  # meta-leader election; retried until the deadline
-            delay = min(delay * 2, 1.0)
 
 
 async def until_caught_up(bus: EventBus, node: str, messages: int, timeout: float = 120.0) -> None:

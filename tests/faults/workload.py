@@ -2,9 +2,10 @@
 
 Clients behave as a careful application does: a send that fails for a transient reason
 (UNAVAILABLE, DEADLINE_EXCEEDED, ...) is retried with the same idempotency key until it is
-acknowledged, and a live stream that breaks is opened again. The ledger then answers the only
-questions that matter: was every acknowledged message archived exactly once, and did members'
-live streams work again after the fault.
+acknowledged, and a live stream that breaks is opened again, resuming after the position of the
+last event it read. The ledger then answers the only questions that matter: was every
+acknowledged message archived exactly once, and did it reach every member's live stream exactly
+once, across the reconnects.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class Member:
     stream_breaks: int = 0
     opened_at: list[float] = field(default_factory=list)  # monotonic time of each `ready`
     delivered_since_open: int = 0
+    positions: dict[str, int] = field(default_factory=dict)  # last position read, to resume from
 
 
 @dataclass
@@ -154,15 +156,19 @@ class ChatWorkload:
     async def _listen(self, member: Member) -> None:
         delay = 0.05
         while True:
-            stream: LiveStream = member.client.subscribe([self.channel_id])
+            # The first open starts at `ready`'s positions; every reopen resumes after the last
+            # event read, so what was published while the stream was broken still arrives live.
+            stream: LiveStream = member.client.subscribe([self.channel_id], resume=member.positions or None)
             try:
                 await asyncio.wait_for(stream.ready(), READY_TIMEOUT_S)
+                member.positions = dict(stream.positions)
                 member.stream_opens += 1
                 member.opened_at.append(time.monotonic())
                 member.delivered_since_open = 0
                 delay = 0.05
                 async for message in stream:
                     member.delivered.append(message.message_id)
+                    member.positions = dict(stream.positions)
                     member.delivered_since_open += 1
             except (ParleyError, StopAsyncIteration, TimeoutError):
                 member.stream_breaks += 1
@@ -223,16 +229,21 @@ class FaultReport:
     retries: int
     refused: dict[str, int]
     stream_reconnects: int
+    delivered_twice: int = 0  # a message that reached one member's live stream more than once
     notes: str = ""
 
     def publish(self) -> None:
-        """Print the counts and, under `make faults`, keep them as JSON beside the others."""
-        line = json.dumps(self.__dict__)
-        print(f"[fault-report] {line}")
-        folder = os.environ.get("PARLEY_FAULT_RESULTS")
-        if folder:
-            Path(folder).mkdir(parents=True, exist_ok=True)
-            (Path(folder) / f"{self.scenario}.json").write_text(line + "\n")
+        publish_figures(self.scenario, self.__dict__)
+
+
+def publish_figures(scenario: str, figures: dict[str, object]) -> None:
+    """Print a scenario's figures and, under `make faults`, keep them as JSON beside the others."""
+    line = json.dumps({"scenario": scenario, **figures})
+    print(f"[fault-report] {line}")
+    folder = os.environ.get("PARLEY_FAULT_RESULTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / f"{scenario}.json").write_text(line + "\n")
 
 
 async def audit(workload: ChatWorkload, scenario: str, *, notes: str = "") -> FaultReport:
@@ -249,10 +260,18 @@ async def audit(workload: ChatWorkload, scenario: str, *, notes: str = "") -> Fa
     while not await archived_all() and time.monotonic() < deadline:
         await asyncio.sleep(0.2)  # the archive trails the acks by its lag; poll until it has them
 
+    # Live streams trail the acks too; each member's resumed stream must catch up on every one.
+    with contextlib.suppress(TimeoutError):
+        await until(
+            lambda: all(acked_ids <= set(m.delivered) for m in workload.members),
+            timeout=60,
+            what="every acknowledged send on every member's live stream",
+        )
     ids = Counter(mid for _, mid, _ in history)
     bodies = Counter(body for _, _, body in history if not body.startswith("marker "))
     seqs = [seq for seq, _, _ in history]
     delivered = sum(len(acked_ids & set(m.delivered)) for m in workload.members)
+    delivered_twice = sum(sum(1 for c in Counter(m.delivered).values() if c > 1) for m in workload.members)
     report = FaultReport(
         scenario=scenario,
         sent=len(workload.ledger.attempted),
@@ -260,6 +279,7 @@ async def audit(workload: ChatWorkload, scenario: str, *, notes: str = "") -> Fa
         archived=len(history),
         delivered_live=delivered,
         delivered_live_expected=len(acked_ids) * len(workload.members),
+        delivered_twice=delivered_twice,
         lost=len(acked_ids - set(ids)),
         duplicated=sum(1 for c in ids.values() if c > 1) + sum(1 for c in bodies.values() if c > 1),
         retries=workload.ledger.retries,
@@ -271,6 +291,9 @@ async def audit(workload: ChatWorkload, scenario: str, *, notes: str = "") -> Fa
     assert report.lost == 0, f"acknowledged but not archived: {sorted(acked_ids - set(ids))[:10]}"
     assert report.duplicated == 0, f"archived more than once: {[k for k, c in bodies.items() if c > 1][:10]}"
     assert seqs == list(range(1, len(seqs) + 1)), "channel sequence numbers have gaps or repeats"
+    missed = {m.name: len(acked_ids - set(m.delivered)) for m in workload.members}
+    assert report.delivered_live == report.delivered_live_expected, f"acknowledged, not delivered live: {missed}"
+    assert report.delivered_twice == 0, "a resumed live stream repeated a message"
     known = set(workload.ledger.attempted.values())
     phantom = [body for body in bodies if body not in known]
     assert not phantom, f"history holds messages nobody sent: {phantom[:5]}"

@@ -63,7 +63,7 @@ async def _login_as(args: argparse.Namespace, client: ParleyClient) -> None:
 async def cmd_up(args: argparse.Namespace) -> int:
     from parley_cli.platform import run_platform
 
-    return await run_platform(args.data_dir, gateway_port=args.gateway_port)
+    return await run_platform(args.data_dir, gateway_port=args.gateway_port, nats_cluster=args.nats_cluster)
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
@@ -189,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start nats-server and every service; Ctrl-C stops them")
     up.add_argument("--gateway-port", type=int, help="preferred gateway port (default 7443, or a free one)")
+    up.add_argument(
+        "--nats-cluster",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N nats-server nodes as one JetStream cluster, every stream on 3 of them (N >= 3)",
+    )
     up.set_defaults(run=cmd_up)
     sub.add_parser("status", help="health of every service").set_defaults(run=cmd_status)
     sub.add_parser("parked", help="poison events that consumers set aside").set_defaults(run=cmd_parked)

@@ -1,4 +1,4 @@
-"""`parley up`: one nats-server and one instance of every service, supervised.
+"""`parley up`: one nats-server (or a JetStream cluster) and one instance of every service, supervised.
 
 First start creates the data folder (0700), the local CA and certificates, and the NATS users;
 later starts reuse them, so messages and accounts survive a restart.
@@ -24,7 +24,7 @@ from parley_core.bus import EventBus
 from parley_core.files import ensure_private_dir, write_private_file
 from parley_core.nats_connect import connect_nats
 from parley_core.nats_process import NatsServerProcess
-from parley_core.natsconf import ensure_nats_passwords, render_server_config
+from parley_core.natsconf import ROUTE_USER, ClusterConfig, ensure_nats_passwords, render_server_config
 from parley_core.net import free_port
 from parley_core.pki import Pki, ensure_pki
 from parley_core.topology import PLATFORM_USER, SERVICES, STREAMS
@@ -42,6 +42,8 @@ HEALTH_TIMEOUT_S = 60.0
 RESTART_LIMIT = 5
 SUPERVISE_INTERVAL_S = 0.5
 STORE_KEY_FILE = "jetstream-store.key"
+CLUSTER_NAME = "parley"
+STREAMS_READY_TIMEOUT_S = 60.0
 
 
 def ensure_store_key(path: Path) -> str:
@@ -89,12 +91,17 @@ class ManagedService:
 
 
 class Platform:
-    def __init__(self, data_dir: Path, *, gateway_port: int | None = None, out: TextIO = sys.stdout) -> None:
+    def __init__(
+        self, data_dir: Path, *, gateway_port: int | None = None, nats_cluster: int = 1, out: TextIO = sys.stdout
+    ) -> None:
+        if nats_cluster != 1 and nats_cluster < 3:
+            raise ValueError("a JetStream cluster needs at least 3 nodes to survive the loss of one")
         self.data_dir = data_dir.resolve()
         self.requested_gateway_port = gateway_port
+        self.nats_cluster = nats_cluster
         self.out = out
         self.services: dict[str, ManagedService] = {}
-        self.nats: NatsServerProcess | None = None
+        self.nats_nodes: list[NatsServerProcess] = []
         self.pki: Pki | None = None
         self._stopping = asyncio.Event()
 
@@ -115,42 +122,24 @@ class Platform:
         for sub in ("logs", "nats", "secrets"):
             ensure_private_dir(self.data_dir / sub)
         self.pki = ensure_pki(self.data_dir / "pki", [*SERVICES, "nats", PLATFORM_USER])
-        passwords = ensure_nats_passwords(self.data_dir / "secrets" / "nats-passwords.json", [*SERVICES, PLATFORM_USER])
+        users = [*SERVICES, PLATFORM_USER, *([ROUTE_USER] if self.nats_cluster > 1 else [])]
+        passwords = ensure_nats_passwords(self.data_dir / "secrets" / "nats-passwords.json", users)
 
-        nats_port = free_port()
-        nats_identity = self.pki.identity("nats")
-        config = render_server_config(
-            host="127.0.0.1",
-            port=nats_port,
-            store_dir=self.data_dir / "nats" / "jetstream",
-            tls_cert=nats_identity.cert,
-            tls_key=nats_identity.key,
-            ca_cert=self.pki.ca_cert,
-            passwords=passwords,
-            store_cipher_key=ensure_store_key(self.data_dir / "secrets" / STORE_KEY_FILE),
-        )
-        config_path = self.data_dir / "nats" / "nats-server.conf"
-        write_private_file(config_path, config.encode())
-        self.nats = NatsServerProcess(
-            config_path=config_path,
-            host="127.0.0.1",
-            port=nats_port,
-            log_path=self.data_dir / "logs" / "nats-server.log",
-        )
-        await self.nats.start()
-        self.say(
-            f"nats-server with JetStream and TLS on {self.nats.url} (store: {self.data_dir / 'nats' / 'jetstream'})"
-        )
+        await self._start_nats(passwords)
+        where = self.data_dir / "nats" / ("jetstream" if self.nats_cluster == 1 else "node*/jetstream")
+        kind = "nats-server" if self.nats_cluster == 1 else f"{self.nats_cluster}-node JetStream cluster (replicas 3)"
+        self.say(f"{kind} with JetStream and TLS on {self.nats_url} (store: {where})")
 
         # The platform identity declares every stream once, before any service needs one.
         nc = await connect_nats(
-            url=self.nats.url,
+            url=self.nats_url,
             user=PLATFORM_USER,
             password=passwords[PLATFORM_USER],
             ca_cert=self.pki.ca_cert,
             name="parley-up",
         )
-        await EventBus(nc, service=PLATFORM_USER, producer="parley-up").ensure_streams(STREAMS)
+        bus = EventBus(nc, service=PLATFORM_USER, producer="parley-up")
+        await bus.ensure_streams_when_ready(STREAMS, replicas=self.replicas, timeout=STREAMS_READY_TIMEOUT_S)
         await nc.close()
 
         for name in START_ORDER:
@@ -172,13 +161,87 @@ class Platform:
         self.say(f"  {cli} --as alice chat general")
         self.say("press Ctrl-C to stop everything")
 
+    @property
+    def replicas(self) -> int:
+        """Each stream on 3 nodes of a cluster: an acknowledged event outlives the loss of one."""
+        return 1 if self.nats_cluster == 1 else 3
+
+    @property
+    def nats_url(self) -> str:
+        """Every node's URL, comma-separated: clients fail over between them."""
+        return ",".join(node.url for node in self.nats_nodes)
+
+    def _nats_folders(self) -> list[Path]:
+        """Where each node keeps its config and store: one server in nats/, cluster nodes in nats/nodeN/."""
+        nats = self.data_dir / "nats"
+        if self.nats_cluster == 1:
+            return [nats]
+        return [nats / f"node{index}" for index in range(self.nats_cluster)]
+
+    def _refuse_other_layout(self) -> None:
+        """The events live in one store layout; starting the other would start with an empty log."""
+        nats = self.data_dir / "nats"
+        single, clustered = (nats / "jetstream").exists(), (nats / "node0" / "jetstream").exists()
+        if self.nats_cluster > 1 and single:
+            raise RuntimeError(f"{self.data_dir} holds a single nats-server's events; start it without --nats-cluster")
+        if self.nats_cluster == 1 and clustered:
+            raise RuntimeError(f"{self.data_dir} holds a JetStream cluster's events; start it with --nats-cluster")
+
+    async def _start_nats(self, passwords: dict[str, str]) -> None:
+        assert self.pki is not None
+        self._refuse_other_layout()
+        identity = self.pki.identity("nats")
+        store_key = ensure_store_key(self.data_dir / "secrets" / STORE_KEY_FILE)
+        folders = self._nats_folders()
+        client_ports = [free_port() for _ in folders]
+        route_ports = [free_port() for _ in folders]
+        routes = tuple(f"127.0.0.1:{port}" for port in route_ports)
+        for index, folder in enumerate(folders):
+            ensure_private_dir(folder)
+            cluster = None
+            if self.nats_cluster > 1:
+                cluster = ClusterConfig(
+                    name=CLUSTER_NAME,
+                    host="127.0.0.1",
+                    port=route_ports[index],
+                    routes=routes,
+                    route_user=ROUTE_USER,
+                    route_password=passwords[ROUTE_USER],
+                )
+            config = render_server_config(
+                host="127.0.0.1",
+                port=client_ports[index],
+                store_dir=folder / "jetstream",
+                tls_cert=identity.cert,
+                tls_key=identity.key,
+                ca_cert=self.pki.ca_cert,
+                passwords=passwords,
+                server_name="parley" if cluster is None else f"parley-node{index}",
+                store_cipher_key=store_key,
+                cluster=cluster,
+            )
+            config_path = folder / "nats-server.conf"
+            write_private_file(config_path, config.encode())
+            log_name = "nats-server.log" if cluster is None else f"nats-server-{index}.log"
+            self.nats_nodes.append(
+                NatsServerProcess(
+                    config_path=config_path,
+                    host="127.0.0.1",
+                    port=client_ports[index],
+                    log_path=self.data_dir / "logs" / log_name,
+                )
+            )
+        for node in self.nats_nodes:
+            await node.start()
+
     def _environment(self, service: ManagedService) -> dict[str, str]:
-        assert self.nats is not None
+        assert self.nats_nodes
         env = dict(os.environ)
         env.update(
             {
                 "PARLEY_DATA_DIR": str(self.data_dir),
-                "PARLEY_NATS_URL": self.nats.url,
+                "PARLEY_NATS_URL": self.nats_url,
+                "PARLEY_NATS_REPLICAS": str(self.replicas),
                 "PARLEY_LISTEN_HOST": "127.0.0.1",
                 "PARLEY_LISTEN_PORT": str(service.port),
                 "PARLEY_INSTANCE_ID": f"{service.name}-1",
@@ -227,7 +290,7 @@ class Platform:
         state = {
             "running": True,
             "pid": os.getpid(),
-            "nats_url": self.nats.url if self.nats else "",
+            "nats_url": self.nats_url,
             "services": {
                 s.name: {"port": s.port, "address": s.address, "pid": s.process.pid if s.process else None}
                 for s in self.services.values()
@@ -304,9 +367,10 @@ class Platform:
         for service in self.services.values():
             if service.log_file is not None:
                 service.log_file.close()
-        if self.nats is not None:
-            await self.nats.stop()
-            self.say("nats-server stopped")
+        for node in reversed(self.nats_nodes):
+            await node.stop()
+        if self.nats_nodes:
+            self.say("nats-server stopped" if len(self.nats_nodes) == 1 else "JetStream cluster stopped")
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -316,8 +380,12 @@ def _tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
-async def run_platform(data_dir: Path, *, gateway_port: int | None) -> int:
-    platform = Platform(data_dir, gateway_port=gateway_port)
+async def run_platform(data_dir: Path, *, gateway_port: int | None, nats_cluster: int = 1) -> int:
+    try:
+        platform = Platform(data_dir, gateway_port=gateway_port, nats_cluster=nats_cluster)
+    except ValueError as exc:
+        print(f"[parley] --nats-cluster {nats_cluster}: {exc}", file=sys.stderr)
+        return 2
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, platform.request_stop)

@@ -111,6 +111,22 @@ class EventBus:
                 # Exists with another configuration: bring it in line with the declaration.
                 await self.js.update_stream(config)
 
+    async def ensure_streams_when_ready(
+        self, specs: Iterable[StreamSpec], *, replicas: int = 1, timeout: float = 60.0
+    ) -> None:
+        """`ensure_streams` once JetStream can take it: a new cluster first elects a meta leader."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        delay = 0.1
+        while True:
+            try:
+                await self.ensure_streams(specs, replicas=replicas)
+                return
+            except (nats.errors.Error, TimeoutError):
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+            await asyncio.sleep(delay)  # meta-leader election: retried with backoff until the deadline
+            delay = min(delay * 2, 1.0)
+
     async def wait_for_stream(self, name: str, *, timeout: float = 30.0) -> None:
         """Readers may start before the owner created its stream; wait for it to appear."""
         delay = 0.05

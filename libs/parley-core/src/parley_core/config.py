@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     nats_url: str = ""
     nats_user: str = ""
     nats_password: str = ""
+    # Nodes that keep each stream: 3 on a JetStream cluster (`parley up --nats-cluster 3`).
+    nats_replicas: int = 1
 
     # Peers, as host:port; the composition root passes them.
     auth_addr: str = ""

@@ -117,6 +117,10 @@ def render_server_config(
     return "\n".join(lines)
 
 
+# The NATS user that cluster nodes authenticate their routes with (not a service).
+ROUTE_USER = "route"
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     """One node's view of a JetStream cluster: where it listens for routes and its peers.

@@ -283,7 +283,7 @@ async def serve(
         name=f"{service}-{settings.instance_id}",
     )
     bus = EventBus(nc, service=service, producer=f"{service}@{version}")
-    await bus.ensure_streams(s for s in STREAMS if s.owner in (service, "*"))
+    await bus.ensure_streams((s for s in STREAMS if s.owner in (service, "*")), replicas=settings.nats_replicas)
 
     access = AccessProjection()
     tokens = TokenVerifier(access)

@@ -7,6 +7,7 @@ through gateway, messaging, the bus and storage.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Iterator, Mapping
@@ -20,6 +21,7 @@ from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_serv
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, DEFAULT_ON
 
 from parley_core.config import TraceExporter
 
@@ -47,12 +49,17 @@ def _span_line(span: ReadableSpan) -> str:
 
 
 def setup_tracing(*, service: str, version: str, instance_id: str, exporter: TraceExporter, otlp_endpoint: str) -> None:
-    """Install the process-wide tracer provider. `none` still propagates context."""
+    """Install the process-wide tracer provider. `none` still propagates context.
+
+    With `none` no span is recorded: recording spans that go nowhere took 15 to 22 % of the
+    gateway's and messaging's busy CPU in the bench profile. Unsampled spans still get trace
+    and span ids and pass the context on through gRPC and NATS headers.
+    """
     global _provider
     resource = Resource.create(
         {"service.name": service, "service.version": version, "service.instance.id": instance_id}
     )
-    provider = TracerProvider(resource=resource)
+    provider = TracerProvider(resource=resource, sampler=ALWAYS_OFF if exporter == "none" else DEFAULT_ON)
     if exporter == "console":
         provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stdout, formatter=_span_line)))
     elif exporter == "otlp":
@@ -68,7 +75,12 @@ def shutdown_tracing() -> None:
         _provider.shutdown()
 
 
+@functools.cache
 def tracer(name: str) -> trace.Tracer:
+    """One tracer per name: the provider builds a new one on every `get_tracer` call.
+
+    Cached before `setup_tracing` it is a proxy that follows the provider installed later.
+    """
     return trace.get_tracer(name)
 
 
@@ -93,7 +105,7 @@ def continued_from(headers: Mapping[str, str] | None, span_name: str, **attribut
     parent = propagate.extract(dict(headers or {}))
     token = otel_context.attach(parent)
     try:
-        with trace.get_tracer("parley.bus").start_as_current_span(
+        with tracer("parley.bus").start_as_current_span(
             span_name, kind=trace.SpanKind.CONSUMER, attributes=attributes
         ) as span:
             yield span

@@ -19,7 +19,7 @@ from parley_core import topology
 from parley_core.files import ensure_private_dir
 from parley_core.nats_connect import connect_nats
 from parley_core.nats_process import NatsServerProcess
-from parley_core.natsconf import ClusterConfig, ensure_nats_passwords, render_server_config
+from parley_core.natsconf import ROUTE_USER, ClusterConfig, ensure_nats_passwords, render_server_config
 from parley_core.net import free_port
 from parley_core.pki import Pki, ensure_pki
 
@@ -116,7 +116,6 @@ async def nats_server(pki: Pki, tmp_path: Path) -> AsyncIterator[NatsTestServer]
 
 
 CLUSTER_NAME = "parley-test"
-ROUTE_USER = "route"
 
 
 @dataclass
