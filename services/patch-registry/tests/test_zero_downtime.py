@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from parley.auth.v1.events_pb2 import SigningKeyPublished
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
 
+from parley_agent.node_agent import AgentTimeouts, NodeAgent
 from parley_cli.wheels import build_wheel
 from parley_client import ParleyClient, ParleyError
 from parley_core.bus import EventBus
@@ -42,7 +43,6 @@ from parley_core.testing.nats import NatsTestServer
 from parley_core.testing.waiting import eventually
 from parley_core.tokens import AUDIENCE, ISSUER
 from parley_core.topology import PLATFORM_USER, STREAMS, signing_key_subject
-from parley_patch_registry.agent.node_agent import AgentTimeouts, NodeAgent
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.e2e, pytest.mark.timeout(900)]
 

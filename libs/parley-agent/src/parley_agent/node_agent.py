@@ -29,12 +29,12 @@ from grpc_health.v1 import health_pb2
 from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
 
+from parley_agent.front_door import FrontDoor
+from parley_agent.installer import TufSource, base_python, fetch_release, install_version
 from parley_core.net import free_port
 from parley_core.pki import Pki
 from parley_core.runner import secure_channel
 from parley_core.topology import PLATFORM_USER
-from parley_patch_registry.agent.front_door import FrontDoor
-from parley_patch_registry.agent.installer import TufSource, base_python, fetch_release, install_version
 
 log = logging.getLogger(__name__)
 
