@@ -17,32 +17,26 @@ import json
 import os
 import shutil
 import sys
-import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-import jwt
 import pytest
 import pytest_asyncio
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from parley.auth.v1.events_pb2 import SigningKeyPublished
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
 
 from parley_agent.node_agent import AgentTimeouts, NodeAgent
 from parley_cli.wheels import build_wheel
-from parley_client import ParleyClient, ParleyError
+from parley_client import ParleyClient
+from parley_client.testing import Traffic, history_count, send_continuously
 from parley_core.bus import EventBus
-from parley_core.envelope import NewEvent
 from parley_core.pki import Pki
 from parley_core.runner import secure_channel
 from parley_core.testing.nats import NatsTestServer
+from parley_core.testing.operators import OperatorTokens
 from parley_core.testing.waiting import eventually
-from parley_core.tokens import AUDIENCE, ISSUER
-from parley_core.topology import PLATFORM_USER, STREAMS, signing_key_subject
+from parley_core.topology import PLATFORM_USER, STREAMS
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -59,24 +53,12 @@ class Cluster:
     agent: NodeAgent
     registry: patch_pb2_grpc.PatchServiceAsyncStub
     gateway_address: str
-    signing_key: Ed25519PrivateKey
+    operators: OperatorTokens
     processes: list[asyncio.subprocess.Process] = field(default_factory=list)
     agent_task: asyncio.Task[None] | None = None
 
     def token(self, user: str, role: str = "operator") -> tuple[tuple[str, str]]:
-        now = int(time.time())
-        claims = {
-            "iss": ISSUER,
-            "aud": AUDIENCE,
-            "sub": user,
-            "jti": uuid.uuid4().hex,
-            "iat": now,
-            "exp": now + 3600,
-            "role": role,
-            "name": user,
-        }
-        token = jwt.encode(claims, self.signing_key, algorithm="EdDSA", headers={"kid": "test-rbac"})
-        return (("authorization", f"Bearer {token}"),)
+        return self.operators.metadata(user, role)
 
     def client(self) -> ParleyClient:
         return ParleyClient.connect(self.gateway_address, ca_cert=self.pki.ca_pem())
@@ -132,22 +114,8 @@ async def cluster(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> Asyn
     platform = await nats_server.connect(PLATFORM_USER)
     bus = EventBus(platform, service=PLATFORM_USER, producer="test")
     await bus.ensure_streams(STREAMS)
-    signing_key = Ed25519PrivateKey.generate()
-    await bus.append(
-        signing_key_subject("test-rbac"),
-        NewEvent(
-            aggregate_type="key",
-            aggregate_id="test-rbac",
-            actor="test",
-            payload=SigningKeyPublished(
-                key_id="test-rbac",
-                algorithm="EdDSA",
-                public_key=signing_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw),
-            ),
-        ),
-        aggregate_version=1,
-        expected_last_subject_seq=None,
-    )
+    operators = OperatorTokens()
+    await operators.publish(bus)
     ports = {s: free_port() for s in ("auth", "storage", "patch-registry", "gateway")}
     env = {
         **os.environ,
@@ -204,7 +172,7 @@ async def cluster(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> Asyn
             agent=agent,
             registry=patch_pb2_grpc.PatchServiceStub(registry_channel),
             gateway_address=f"127.0.0.1:{ports['gateway']}",
-            signing_key=signing_key,
+            operators=operators,
             processes=processes,
         )
         await registry_channel.close()
@@ -218,35 +186,6 @@ async def cluster(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> Asyn
                     await asyncio.wait_for(process.wait(), 30)
                 except TimeoutError:
                     process.kill()
-
-
-@dataclass
-class Traffic:
-    acknowledged: int = 0
-    failures: list[str] = field(default_factory=list)
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-async def send_continuously(client: ParleyClient, channel_id: str, traffic: Traffic) -> None:
-    """One message after another, each waited for; any refusal is a failed request."""
-    n = 0
-    while not traffic.stop.is_set():
-        n += 1
-        try:
-            await client.send(channel_id, f"message {n}", idempotency_key=f"k-{n}")
-            traffic.acknowledged += 1
-        except ParleyError as error:
-            traffic.failures.append(f"message {n}: {error}")
-
-
-async def history_count(client: ParleyClient, channel_id: str) -> int:
-    total, after = 0, 0
-    while True:
-        page = await client.history(channel_id, after_seq=after, limit=100)
-        if not page.messages:
-            return total
-        total += len(page.messages)
-        after = page.messages[-1].channel_seq
 
 
 async def rollout_state(cluster: Cluster, rollout_id: str, states: set[str]) -> patch_pb2.Rollout | None:
