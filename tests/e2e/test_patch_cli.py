@@ -70,6 +70,13 @@ def test_operator_flow_publish_plan_approve_rollback(platform: RunningPlatform, 
 
     wheel = tmp_path / "parley_messaging-0.9.0-py3-none-any.whl"
     wheel.write_bytes(b"not installed by this test")
+    no_key = platform.cli("--as", "pat", "patch", "publish", "messaging", "0.9.0", "--wheel", str(wheel), check=False)
+    assert no_key.returncode == 2
+    assert "parley patch key create messaging" in no_key.stderr
+    created = platform.cli("--as", "pat", "patch", "key", "create", "messaging").stdout
+    assert "messaging releases are signed by key" in created
+    key_file = platform.data_dir / "cli" / "keys" / "messaging.pem"
+    assert key_file.stat().st_mode & 0o777 == 0o600
     out = platform.cli(
         "--as", "pat", "patch", "publish", "messaging", "0.9.0", "--wheel", str(wheel), "--fixes", "PYSEC-2023-192"
     ).stdout
@@ -89,6 +96,7 @@ def test_operator_flow_publish_plan_approve_rollback(platform: RunningPlatform, 
     wait_for(platform, ["patch", "status", rollout_id], "state: canary")
     rolled = platform.cli("--as", "oscar", "patch", "rollback", rollout_id, "--reason", "not today").stdout
     assert "state: rolling_back (not today)" in rolled
-    audit = platform.cli("patch", "status", rollout_id, "--audit").stdout
-    for event in ("RolloutPlanned", "RolloutApproved", "StepStarted", "RollbackStarted"):
+    # The node agent in `parley up` finishes the rollback (nothing was replaced yet).
+    audit = wait_for(platform, ["patch", "status", rollout_id, "--audit"], "state: rolled_back")
+    for event in ("RolloutPlanned", "RolloutApproved", "StepStarted", "RollbackStarted", "RolloutRolledBack"):
         assert event in audit

@@ -59,6 +59,8 @@ async def test_approved_rollout_replaces_messaging_on_the_running_platform_witho
     await operators.publish_on_platform(platform.data_dir)
     for user in ("pat", "olga", "oscar"):
         operators.save_cli_login(platform.data_dir, user)
+    created = await cli(platform, "--as", "pat", "patch", "key", "create", "messaging")
+    assert "messaging releases are signed by key" in created
     old_instance = platform.service("messaging")["instances"][0]["instance_id"]  # type: ignore[index]
 
     client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())

@@ -25,8 +25,10 @@ from typing import TypeVar
 import pytest
 import pytest_asyncio
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
+from securesystemslib.signer import CryptoSigner
 
 from parley_agent.node_agent import AgentTimeouts, NodeAgent
+from parley_cli.publishing import public_pem, publish_release
 from parley_cli.wheels import build_wheel
 from parley_client import ParleyClient
 from parley_client.testing import Traffic, history_count, send_continuously
@@ -56,6 +58,7 @@ class Cluster:
     operators: OperatorTokens
     processes: list[asyncio.subprocess.Process] = field(default_factory=list)
     agent_task: asyncio.Task[None] | None = None
+    publisher: CryptoSigner | None = None
 
     def token(self, user: str, role: str = "operator") -> tuple[tuple[str, str]]:
         return self.operators.metadata(user, role)
@@ -197,10 +200,20 @@ async def rollout_state(cluster: Cluster, rollout_id: str, states: set[str]) -> 
 
 async def publish_and_roll(cluster: Cluster, wheel: Path, version: str) -> patch_pb2.Rollout:
     publisher, planner, approver = cluster.token("dave"), cluster.token("alice"), cluster.token("bob")
-    await cluster.registry.PublishRelease(
-        patch_pb2.PublishReleaseRequest(
-            service="messaging", version=version, wheel_name=wheel.name, wheel=wheel.read_bytes(), min_event_schema=1
-        ),
+    if cluster.publisher is None:  # the publisher's own key; the registry is given its public half
+        cluster.publisher = CryptoSigner.generate_ed25519()
+        await cluster.registry.SetPublisherKey(
+            patch_pb2.SetPublisherKeyRequest(service="messaging", public_key_pem=public_pem(cluster.publisher)),
+            metadata=publisher,
+            timeout=30,
+        )
+    await publish_release(
+        cluster.registry,
+        signer=cluster.publisher,
+        service="messaging",
+        version=version,
+        wheel_name=wheel.name,
+        wheel=wheel.read_bytes(),
         metadata=publisher,
         timeout=30,
     )

@@ -20,7 +20,9 @@ from typing import Any
 import grpc
 from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
+from tuf.api.exceptions import LengthOrHashMismatchError
 
+from parley_cli.publishing import KeyFileError, create_key_file, load_key_file, public_pem, publish_release
 from parley_client import ParleyError
 from parley_core.pki import ensure_pki
 from parley_core.runner import secure_channel
@@ -133,18 +135,61 @@ async def cmd_publish(args: argparse.Namespace) -> int:
         except WheelBuildError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
-    request = patch_pb2.PublishReleaseRequest(
-        service=args.service,
-        version=args.version,
-        wheel_name=wheel.name,
-        wheel=wheel.read_bytes(),
-        fixes=[f for f in (args.fixes or "").split(",") if f],
-        min_event_schema=args.min_event_schema,
-    )
+    key_file = _key_file(args)
+    try:
+        signer = load_key_file(key_file, args.service)
+    except KeyFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
     async def work(c: RegistryConnection) -> int:
-        release = await c.call(c.patch.PublishRelease, request, as_user=True)
+        try:
+            release = await publish_release(
+                c.patch,
+                signer=signer,
+                service=args.service,
+                version=args.version,
+                wheel_name=wheel.name,
+                wheel=await asyncio.to_thread(wheel.read_bytes),
+                fixes=[f for f in (args.fixes or "").split(",") if f],
+                min_event_schema=args.min_event_schema,
+                metadata=c.token(),
+            )
+        except grpc.aio.AioRpcError as error:
+            raise ParleyError(error.code(), error.details() or error.code().name) from None
+        except (KeyFileError, LengthOrHashMismatchError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
         print(f"published {release.service} {release.version}: {release.target_path} sha256 {release.sha256[:16]}…")
+        print(f"signed with {key_file}")
+        return 0
+
+    return await _with_registry(args, work)
+
+
+def _key_file(args: argparse.Namespace) -> Path:
+    """The publisher's key for a service: --key-file, else <data>/cli/keys/<service>.pem."""
+    return Path(args.key_file) if args.key_file else Path(args.data_dir) / "cli" / "keys" / f"{args.service}.pem"
+
+
+async def cmd_key_create(args: argparse.Namespace) -> int:
+    """A new publisher key, kept here (0600); the registry is given its public half and delegates to it."""
+    key_file = _key_file(args)
+    try:
+        signer = create_key_file(key_file)
+    except KeyFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    request = patch_pb2.SetPublisherKeyRequest(service=args.service, public_key_pem=public_pem(signer))
+
+    async def work(c: RegistryConnection) -> int:
+        try:
+            key = await c.call(c.patch.SetPublisherKey, request, as_user=True)
+        except BaseException:
+            key_file.unlink(missing_ok=True)  # not delegated: a key that signs nothing is only a risk
+            raise
+        print(f"{args.service} releases are signed by key {key.keyid[:16]}… from now on")
+        print(f"private key: {key_file} (0600); keep it with the publisher, back it up offline")
         return 0
 
     return await _with_registry(args, work)
@@ -329,7 +374,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     publish.add_argument("--source", help="the service's source folder (default services/<service>)")
     publish.add_argument("--fixes", help="comma-separated OSV ids this release fixes")
     publish.add_argument("--min-event-schema", type=int, default=1, help="oldest event schema it can read")
+    publish.add_argument("--key-file", help="the publisher key (default <data>/cli/keys/<service>.pem)")
     publish.set_defaults(run=cmd_publish)
+    key = patch.add_parser("key", help="publisher signing keys").add_subparsers(dest="key_command", required=True)
+    create = key.add_parser("create", help="a new publisher key for SERVICE, delegated by the registry (as --as USER)")
+    create.add_argument("service")
+    create.add_argument("--key-file", help="where to keep the private key (default <data>/cli/keys/<service>.pem)")
+    create.set_defaults(run=cmd_key_create)
     patch.add_parser("list", help="releases and roll-outs").set_defaults(run=cmd_list)
     rollout = patch.add_parser("rollout", help="plan a roll-out of a published version (needs another's approval)")
     rollout.add_argument("service")
