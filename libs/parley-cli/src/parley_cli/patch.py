@@ -20,9 +20,11 @@ from typing import Any
 import grpc
 from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
+from securesystemslib.signer import CryptoSigner
 from tuf.api.exceptions import LengthOrHashMismatchError
 
 from parley_cli.publishing import KeyFileError, create_key_file, load_key_file, public_pem, publish_release
+from parley_cli.root_rotation import rotate_root
 from parley_client import ParleyError
 from parley_core.pki import ensure_pki
 from parley_core.runner import secure_channel
@@ -190,6 +192,37 @@ async def cmd_key_create(args: argparse.Namespace) -> int:
             raise
         print(f"{args.service} releases are signed by key {key.keyid[:16]}… from now on")
         print(f"private key: {key_file} (0600); keep it with the publisher, back it up offline")
+        return 0
+
+    return await _with_registry(args, work)
+
+
+def _root_signers(args: argparse.Namespace) -> tuple[list[CryptoSigner], list[CryptoSigner]]:
+    """The current root keys given (they must exist) and the new ones (made here if missing)."""
+    old = [load_key_file(Path(p)) for p in args.old_key]
+    new = [load_key_file(Path(p)) if Path(p).exists() else create_key_file(Path(p)) for p in args.new_key]
+    return old, new
+
+
+async def cmd_root_rotate(args: argparse.Namespace) -> int:
+    try:
+        old, new = _root_signers(args)
+    except KeyFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    async def work(c: RegistryConnection) -> int:
+        try:
+            rotated = await rotate_root(c.patch, old=old, new=new, threshold=args.threshold, metadata=c.token())
+        except grpc.aio.AioRpcError as error:
+            raise ParleyError(error.code(), error.details() or error.code().name) from None
+        except KeyFileError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        print(f"root v{rotated.version}: {rotated.threshold} of {len(rotated.keyids)} keys")
+        for keyid in rotated.keyids:
+            print(f"  {keyid}")
+        print("node agents follow the new root on their next refresh; keep the new key files offline")
         return 0
 
     return await _with_registry(args, work)
@@ -381,6 +414,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     create.add_argument("service")
     create.add_argument("--key-file", help="where to keep the private key (default <data>/cli/keys/<service>.pem)")
     create.set_defaults(run=cmd_key_create)
+    root = patch.add_parser("root", help="the release repository's offline root keys").add_subparsers(
+        dest="root_command", required=True
+    )
+    rotate = root.add_parser("rotate", help="replace the root keys (signed here with the offline key files)")
+    rotate.add_argument("--old-key", action="append", required=True, help="a current root key file (repeat)")
+    rotate.add_argument("--new-key", action="append", required=True, help="a new root key file, made if missing")
+    rotate.add_argument("--threshold", type=int, required=True, help="how many new root keys must sign")
+    rotate.set_defaults(run=cmd_root_rotate)
     patch.add_parser("list", help="releases and roll-outs").set_defaults(run=cmd_list)
     rollout = patch.add_parser("rollout", help="plan a roll-out of a published version (needs another's approval)")
     rollout.add_argument("service")

@@ -21,7 +21,7 @@ from parley.patch.v1 import patch_pb2, patch_pb2_grpc
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Targets
 
-Metadata_ = tuple[tuple[str, str], ...]
+GrpcMetadata = tuple[tuple[str, str], ...]
 
 
 class KeyFileError(Exception):
@@ -84,7 +84,7 @@ async def publish_release(
     wheel: bytes,
     fixes: Sequence[str] = (),
     min_event_schema: int = 1,
-    metadata: Metadata_ = (),
+    metadata: GrpcMetadata = (),
     timeout: float = 60.0,
 ) -> patch_pb2.Release:
     """Prepare, sign here, publish: the one way a release gets into the registry."""

@@ -111,6 +111,23 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
         )
         return patch_pb2.PublisherKey(service=request.service, keyid=keyid)
 
+    async def PrepareRootRotation(
+        self, request: patch_pb2.PrepareRootRotationRequest, context: Context
+    ) -> patch_pb2.PreparedRoot:
+        caller = self.tokens.caller(context)
+        metadata = self.registry.prepare_root_rotation(
+            caller, public_keys_pem=list(request.new_public_keys_pem), threshold=request.threshold
+        )
+        current = self.registry.repo.root().signed.roles["root"]
+        return patch_pb2.PreparedRoot(
+            metadata=metadata, current_keyids=list(current.keyids), current_threshold=current.threshold
+        )
+
+    async def RotateRoot(self, request: patch_pb2.RotateRootRequest, context: Context) -> patch_pb2.RotateRootResponse:
+        caller = self.tokens.caller(context)
+        version, keyids, threshold = await self.registry.rotate_root(caller, request.signed_root)
+        return patch_pb2.RotateRootResponse(version=version, keyids=keyids, threshold=threshold)
+
     async def PrepareRelease(
         self, request: patch_pb2.PrepareReleaseRequest, context: Context
     ) -> patch_pb2.PreparedRelease:

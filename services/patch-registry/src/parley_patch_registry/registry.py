@@ -32,6 +32,7 @@ from parley_core.topology import (
     advisory_subject,
     release_subject,
     rollout_subject,
+    trust_root_subject,
     vulnerability_overdue_subject,
 )
 from parley_patch_registry import codec
@@ -226,6 +227,26 @@ class Registry:
                 release_subject(service), "release", service, [event], caller.user_id, version=0, expected=None
             )
         return key.keyid
+
+    def prepare_root_rotation(self, caller: Caller, *, public_keys_pem: list[str], threshold: int) -> bytes:
+        """Root v(n+1) with these keys, unsigned: the operator signs it with the offline root keys."""
+        _require_operator(caller, "rotating the root keys")
+        keys = [parse_public_key(pem) for pem in public_keys_pem]
+        return self.repo.prepare_root(keys, threshold).to_bytes()
+
+    async def rotate_root(self, caller: Caller, signed_root: bytes) -> tuple[int, list[str], int]:
+        """Publishes the offline-signed root; returns its version, root key ids and threshold."""
+        _require_operator(caller, "rotating the root keys")
+        async with self._lock:
+            root = await asyncio.to_thread(self.repo.apply_root, signed_root)
+            role = root.roles["root"]
+            event = events_pb2.RootRotated(
+                version=root.version, keyids=list(role.keyids), threshold=role.threshold, rotated_by=caller.user_id
+            )
+            await self._append(
+                trust_root_subject(), "trust", "root", [event], caller.user_id, version=root.version - 2, expected=None
+            )
+        return root.version, list(role.keyids), role.threshold
 
     def prepare_release(
         self,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -464,6 +464,60 @@ class ReleaseRepository:
         return sorted(found, key=lambda r: (r.service, r.target_path))
 
     # ---- key rotation -----------------------------------------------------------------------
+
+    def prepare_root(self, new_keys: Sequence[Key], threshold: int) -> Metadata[Root]:
+        """Root v(n+1) with `new_keys` (threshold of them) as root keys, unsigned; online keys unchanged."""
+        if threshold < 1 or threshold > len(new_keys):
+            raise InvalidArgument(f"root threshold {threshold} needs 1..{len(new_keys)} keys")
+        if len({k.keyid for k in new_keys}) != len(new_keys):
+            raise InvalidArgument("the new root keys must be different keys")
+        current = self.root()
+        root = current.signed
+        for keyid in list(root.roles["root"].keyids):
+            root.revoke_key(keyid, "root")
+        for key in new_keys:
+            root.add_key(key, "root")
+        root.roles["root"].threshold = threshold
+        root.version += 1
+        root.expires = self.clock() + self.lifetimes.root
+        return Metadata(root)
+
+    def apply_root(self, signed: bytes) -> Root:
+        """Publishes root v(n+1) signed offline, after checking what a client will check, and more.
+
+        A threshold of the current root keys and of its own root keys must have signed it (else
+        clients holding root vn could not follow), and only the root keys may differ: the online
+        roles' keys are the registry's and stay as they are.
+        """
+        try:
+            incoming: Metadata[Root] = Metadata.from_bytes(signed)
+        except Exception as error:  # tuf raises several deserialisation errors
+            raise InvalidArgument(f"signed_root is not TUF metadata: {error}") from None
+        if not isinstance(incoming.signed, Root):
+            raise InvalidArgument(f"signed_root is {incoming.signed.type} metadata, not root")
+        current = self.root()
+        new = incoming.signed
+        if new.version != current.signed.version + 1:
+            raise FailedPrecondition(
+                f"the signed root is version {new.version}, the next is {current.signed.version + 1}: prepare again"
+            )
+        for role in ("targets", "snapshot", "timestamp"):
+            if new.roles[role] != current.signed.roles[role] or any(
+                new.keys.get(k) != current.signed.keys.get(k) for k in current.signed.roles[role].keyids
+            ):
+                raise InvalidArgument(f"a root rotation changes the root keys only, not the {role} role")
+        if new.consistent_snapshot != current.signed.consistent_snapshot or new.expires <= self.clock():
+            raise InvalidArgument("a root rotation keeps consistent snapshots and expires in the future")
+        for verifier, which in ((current.signed, "current"), (new, "new")):
+            try:
+                verifier.verify_delegate("root", incoming.signed_bytes, incoming.signatures)
+            except UnsignedMetadataError:
+                needed = verifier.roles["root"].threshold
+                raise PermissionDenied(
+                    f"root v{new.version} needs signatures of {needed} of the {which} root keys"
+                ) from None
+        self._write(incoming, "root")
+        return new
 
     def rotate_root(
         self,

@@ -19,6 +19,103 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class PrepareRootRotationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NEW_PUBLIC_KEYS_PEM_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    threshold: _builtins.int
+    @_builtins.property
+    def new_public_keys_pem(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """SubjectPublicKeyInfo PEM (Ed25519)"""
+
+    def __init__(
+        self,
+        *,
+        new_public_keys_pem: _abc.Iterable[_builtins.str] | None = ...,
+        threshold: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["new_public_keys_pem", b"new_public_keys_pem", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrepareRootRotationRequest: _TypeAlias = PrepareRootRotationRequest  # noqa: Y015
+
+@_typing.final
+class PreparedRoot(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METADATA_FIELD_NUMBER: _builtins.int
+    CURRENT_KEYIDS_FIELD_NUMBER: _builtins.int
+    CURRENT_THRESHOLD_FIELD_NUMBER: _builtins.int
+    metadata: _builtins.bytes
+    """root v(n+1), unsigned (TUF JSON)"""
+    current_threshold: _builtins.int
+    @_builtins.property
+    def current_keyids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        metadata: _builtins.bytes = ...,
+        current_keyids: _abc.Iterable[_builtins.str] | None = ...,
+        current_threshold: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_keyids", b"current_keyids", "current_threshold", b"current_threshold", "metadata", b"metadata"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreparedRoot: _TypeAlias = PreparedRoot  # noqa: Y015
+
+@_typing.final
+class RotateRootRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNED_ROOT_FIELD_NUMBER: _builtins.int
+    signed_root: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        signed_root: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["signed_root", b"signed_root"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateRootRequest: _TypeAlias = RotateRootRequest  # noqa: Y015
+
+@_typing.final
+class RotateRootResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    KEYIDS_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    threshold: _builtins.int
+    @_builtins.property
+    def keyids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        keyids: _abc.Iterable[_builtins.str] | None = ...,
+        threshold: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keyids", b"keyids", "threshold", b"threshold", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateRootResponse: _TypeAlias = RotateRootResponse  # noqa: Y015
+
+@_typing.final
 class PrepareReleaseRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -121,6 +121,16 @@ class PatchServiceStub:
                 request_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.SetPublisherKeyRequest.SerializeToString,
                 response_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.PublisherKey.FromString,
                 _registered_method=True)
+        self.PrepareRootRotation = channel.unary_unary(
+                '/parley.patch.v1.PatchService/PrepareRootRotation',
+                request_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.PrepareRootRotationRequest.SerializeToString,
+                response_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.PreparedRoot.FromString,
+                _registered_method=True)
+        self.RotateRoot = channel.unary_unary(
+                '/parley.patch.v1.PatchService/RotateRoot',
+                request_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.RotateRootRequest.SerializeToString,
+                response_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.RotateRootResponse.FromString,
+                _registered_method=True)
 
 
 class PatchServiceServicer:
@@ -234,6 +244,21 @@ class PatchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PrepareRootRotation(self, request, context):
+        """Root rotation with offline keys: the registry prepares root v(n+1), the operator signs it
+        with a threshold of the current root keys and of the new ones, the registry checks and
+        publishes it (clients holding root vn follow).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateRoot(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PatchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -321,6 +346,16 @@ def add_PatchServiceServicer_to_server(servicer, server):
                     servicer.SetPublisherKey,
                     request_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.SetPublisherKeyRequest.FromString,
                     response_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.PublisherKey.SerializeToString,
+            ),
+            'PrepareRootRotation': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareRootRotation,
+                    request_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.PrepareRootRotationRequest.FromString,
+                    response_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.PreparedRoot.SerializeToString,
+            ),
+            'RotateRoot': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateRoot,
+                    request_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.RotateRootRequest.FromString,
+                    response_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.RotateRootResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -784,6 +819,60 @@ class PatchService:
             '/parley.patch.v1.PatchService/SetPublisherKey',
             parley_dot_patch_dot_v1_dot_patch__pb2.SetPublisherKeyRequest.SerializeToString,
             parley_dot_patch_dot_v1_dot_patch__pb2.PublisherKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareRootRotation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.patch.v1.PatchService/PrepareRootRotation',
+            parley_dot_patch_dot_v1_dot_patch__pb2.PrepareRootRotationRequest.SerializeToString,
+            parley_dot_patch_dot_v1_dot_patch__pb2.PreparedRoot.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateRoot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.patch.v1.PatchService/RotateRoot',
+            parley_dot_patch_dot_v1_dot_patch__pb2.RotateRootRequest.SerializeToString,
+            parley_dot_patch_dot_v1_dot_patch__pb2.RotateRootResponse.FromString,
             options,
             channel_credentials,
             insecure,

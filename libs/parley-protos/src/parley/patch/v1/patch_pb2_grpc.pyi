@@ -57,6 +57,12 @@ class PatchServiceStub:
     PrepareRelease: _grpc.UnaryUnaryMultiCallable[_patch_pb2.PrepareReleaseRequest, _patch_pb2.PreparedRelease]
     SetPublisherKey: _grpc.UnaryUnaryMultiCallable[_patch_pb2.SetPublisherKeyRequest, _patch_pb2.PublisherKey]
     """Operator/admin: delegate `<service>/*` to this public key (replacing the previous one)."""
+    PrepareRootRotation: _grpc.UnaryUnaryMultiCallable[_patch_pb2.PrepareRootRotationRequest, _patch_pb2.PreparedRoot]
+    """Root rotation with offline keys: the registry prepares root v(n+1), the operator signs it
+    with a threshold of the current root keys and of the new ones, the registry checks and
+    publishes it (clients holding root vn follow).
+    """
+    RotateRoot: _grpc.UnaryUnaryMultiCallable[_patch_pb2.RotateRootRequest, _patch_pb2.RotateRootResponse]
 
 @_typing.type_check_only
 class PatchServiceAsyncStub(PatchServiceStub):
@@ -87,6 +93,12 @@ class PatchServiceAsyncStub(PatchServiceStub):
     PrepareRelease: _aio.UnaryUnaryMultiCallable[_patch_pb2.PrepareReleaseRequest, _patch_pb2.PreparedRelease]  # type: ignore[assignment]
     SetPublisherKey: _aio.UnaryUnaryMultiCallable[_patch_pb2.SetPublisherKeyRequest, _patch_pb2.PublisherKey]  # type: ignore[assignment]
     """Operator/admin: delegate `<service>/*` to this public key (replacing the previous one)."""
+    PrepareRootRotation: _aio.UnaryUnaryMultiCallable[_patch_pb2.PrepareRootRotationRequest, _patch_pb2.PreparedRoot]  # type: ignore[assignment]
+    """Root rotation with offline keys: the registry prepares root v(n+1), the operator signs it
+    with a threshold of the current root keys and of the new ones, the registry checks and
+    publishes it (clients holding root vn follow).
+    """
+    RotateRoot: _aio.UnaryUnaryMultiCallable[_patch_pb2.RotateRootRequest, _patch_pb2.RotateRootResponse]  # type: ignore[assignment]
 
 class PatchServiceServicer(metaclass=_abc_1.ABCMeta):
     """The patch registry's operator API (mutual TLS, platform identity) plus the caller's access
@@ -216,5 +228,23 @@ class PatchServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_patch_pb2.PublisherKey, _abc.Awaitable[_patch_pb2.PublisherKey]]:
         """Operator/admin: delegate `<service>/*` to this public key (replacing the previous one)."""
+
+    @_abc_1.abstractmethod
+    def PrepareRootRotation(
+        self,
+        request: _patch_pb2.PrepareRootRotationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_patch_pb2.PreparedRoot, _abc.Awaitable[_patch_pb2.PreparedRoot]]:
+        """Root rotation with offline keys: the registry prepares root v(n+1), the operator signs it
+        with a threshold of the current root keys and of the new ones, the registry checks and
+        publishes it (clients holding root vn follow).
+        """
+
+    @_abc_1.abstractmethod
+    def RotateRoot(
+        self,
+        request: _patch_pb2.RotateRootRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_patch_pb2.RotateRootResponse, _abc.Awaitable[_patch_pb2.RotateRootResponse]]: ...
 
 def add_PatchServiceServicer_to_server(servicer: PatchServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
