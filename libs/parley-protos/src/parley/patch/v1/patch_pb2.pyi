@@ -245,10 +245,13 @@ class PublishReleaseRequest(_message.Message):
     wheel_name: _builtins.str
     wheel: _builtins.bytes
     min_event_schema: _builtins.int
+    """likewise"""
     signed_metadata: _builtins.bytes
     """PreparedRelease.metadata signed with the publisher's key"""
     @_builtins.property
-    def fixes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def fixes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """informational: the signed metadata's own fields count"""
+
     def __init__(
         self,
         *,
