@@ -164,7 +164,11 @@ async def cluster(
             if service == managed:
                 await agent.open_front_door(service, port=ports[service])
                 # Health only: the registry may not run yet; roll-outs wait for the fleet view.
-                await asyncio.gather(*(agent.start_serving(service, "0.1.0", in_fleet=False) for _ in range(2)))
+                for _ in range(2):
+                    try:
+                        await agent.start_serving(service, "0.1.0", in_fleet=False)
+                    except RuntimeError as error:  # the log lives in tmp_path: show it with the failure
+                        raise RuntimeError(f"{error}\n{agent.log_path(service).read_text()[-4000:]}") from error
                 continue
             process = await _spawn(
                 service,

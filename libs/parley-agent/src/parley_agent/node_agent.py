@@ -209,7 +209,9 @@ class NodeAgent:
         """Starts an instance and, once ready, puts it behind the service's front door."""
         instance = await self.start_instance(service, version, python)
         if not await self.wait_ready(instance, in_fleet=in_fleet):
-            raise RuntimeError(f"{instance.instance_id} did not become healthy; see {self.log_path(service)}")
+            code = instance.process.returncode if instance.process else None
+            why = f"exited with {code}" if code is not None else "is still not ready"
+            raise RuntimeError(f"{instance.instance_id} did not become healthy ({why}); see {self.log_path(service)}")
         self._serve(instance)
         return instance
 
