@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DATA_DIR ?= $(or $(PARLEY_DATA_DIR),.parley)
-PACKAGES := libs/parley-protos libs/parley-core libs/parley-client libs/parley-cli \
+PACKAGES := libs/parley-protos libs/parley-core libs/parley-client libs/parley-cli libs/parley-agent \
 	services/auth services/messaging services/storage services/gateway services/patch-registry
 STAMP := $(VENV)/.installed
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))

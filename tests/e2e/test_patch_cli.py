@@ -1,30 +1,22 @@
 """`parley fleet`, `parley advisories …` and `parley patch …` against the platform as `make run` starts it.
 
 Auth does not hand out the operator role yet (its RBAC is being built), so the test publishes a
-signing key of its own on the AUTH stream and saves operator tokens where `parley login` would.
+signing key of its own on the AUTH stream and saves operator tokens where `parley login` would
+(parley_core.testing.operators).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
-import uuid
 from pathlib import Path
 
-import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from parley.auth.v1.events_pb2 import SigningKeyPublished
 
-from parley_core.bus import EventBus
-from parley_core.envelope import NewEvent
-from parley_core.nats_connect import connect_nats
+from parley_core.testing.operators import OperatorTokens
 from parley_core.testing.platform import RunningPlatform
-from parley_core.tokens import AUDIENCE, ISSUER
-from parley_core.topology import PLATFORM_USER, SERVICES, signing_key_subject
+from parley_core.topology import SERVICES
 
 pytestmark = pytest.mark.e2e
 # The shared OSV test data: $PARLEY_OSV_DIR, else shared/ beside the clone (as CI has it).
@@ -39,53 +31,6 @@ OSV_DIR = next(
 )
 
 
-def save_operator(platform: RunningPlatform, key: Ed25519PrivateKey, user: str) -> None:
-    now = int(time.time())
-    claims = {
-        "iss": ISSUER,
-        "aud": AUDIENCE,
-        "sub": f"id-{user}",
-        "jti": uuid.uuid4().hex,
-        "iat": now,
-        "exp": now + 900,
-        "role": "operator",
-        "name": user,
-    }
-    token = jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": "test-operators"})
-    path = platform.data_dir / "cli" / f"{user}.json"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps({"access_token": token, "user_id": f"id-{user}"}))
-
-
-async def publish_key(platform: RunningPlatform, key: Ed25519PrivateKey) -> None:
-    passwords = json.loads((platform.data_dir / "secrets" / "nats-passwords.json").read_text())
-    nats_url = json.loads((platform.data_dir / "platform.json").read_text()).get("nats_url")
-    assert nats_url, "platform.json names the NATS url"
-    nc = await connect_nats(
-        url=nats_url,
-        user=PLATFORM_USER,
-        password=passwords[PLATFORM_USER],
-        ca_cert=platform.data_dir / "pki" / "ca.crt",
-        name="test",
-    )
-    await EventBus(nc, service=PLATFORM_USER, producer="test").append(
-        signing_key_subject("test-operators"),
-        NewEvent(
-            aggregate_type="key",
-            aggregate_id="test-operators",
-            actor="test",
-            payload=SigningKeyPublished(
-                key_id="test-operators",
-                algorithm="EdDSA",
-                public_key=key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw),
-            ),
-        ),
-        aggregate_version=1,
-        expected_last_subject_seq=None,
-    )
-    await nc.close()
-
-
 def wait_for(platform: RunningPlatform, args: list[str], text: str, timeout: float = 60.0) -> str:
     deadline = time.monotonic() + timeout
     while True:
@@ -98,8 +43,8 @@ def wait_for(platform: RunningPlatform, args: list[str], text: str, timeout: flo
 
 
 def test_fleet_lists_every_service(platform: RunningPlatform) -> None:
-    for service in SERVICES:  # each appears with its first heartbeat
-        out = wait_for(platform, ["fleet"], f"{service}-1")
+    for service in SERVICES:  # each appears with its first heartbeat (the agent names instances)
+        out = wait_for(platform, ["fleet"], f"{service}-v0_1_0-")
     assert "SERVING" in out
 
 
@@ -114,10 +59,10 @@ def test_people_without_the_operator_role_are_refused(platform: RunningPlatform)
 
 @pytest.mark.skipif(not OSV_DIR.is_dir(), reason=f"OSV test data not found at {OSV_DIR}")
 def test_operator_flow_publish_plan_approve_rollback(platform: RunningPlatform, tmp_path: Path) -> None:
-    key = Ed25519PrivateKey.generate()
-    asyncio.run(publish_key(platform, key))
+    operators = OperatorTokens()
+    asyncio.run(operators.publish_on_platform(platform.data_dir))
     for user in ("olga", "oscar", "pat"):
-        save_operator(platform, key, user)
+        operators.save_cli_login(platform.data_dir, user)
 
     imported = wait_for(platform, ["--as", "olga", "advisories", "import", str(OSV_DIR)], "imported")
     assert "imported 30" in imported or "unchanged 30" in imported
@@ -125,6 +70,13 @@ def test_operator_flow_publish_plan_approve_rollback(platform: RunningPlatform, 
 
     wheel = tmp_path / "parley_messaging-0.9.0-py3-none-any.whl"
     wheel.write_bytes(b"not installed by this test")
+    no_key = platform.cli("--as", "pat", "patch", "publish", "messaging", "0.9.0", "--wheel", str(wheel), check=False)
+    assert no_key.returncode == 2
+    assert "parley patch key create messaging" in no_key.stderr
+    created = platform.cli("--as", "pat", "patch", "key", "create", "messaging").stdout
+    assert "messaging releases are signed by key" in created
+    key_file = platform.data_dir / "cli" / "keys" / "messaging.pem"
+    assert key_file.stat().st_mode & 0o777 == 0o600
     out = platform.cli(
         "--as", "pat", "patch", "publish", "messaging", "0.9.0", "--wheel", str(wheel), "--fixes", "PYSEC-2023-192"
     ).stdout
@@ -144,6 +96,7 @@ def test_operator_flow_publish_plan_approve_rollback(platform: RunningPlatform, 
     wait_for(platform, ["patch", "status", rollout_id], "state: canary")
     rolled = platform.cli("--as", "oscar", "patch", "rollback", rollout_id, "--reason", "not today").stdout
     assert "state: rolling_back (not today)" in rolled
-    audit = platform.cli("patch", "status", rollout_id, "--audit").stdout
-    for event in ("RolloutPlanned", "RolloutApproved", "StepStarted", "RollbackStarted"):
+    # The node agent in `parley up` finishes the rollback (nothing was replaced yet).
+    audit = wait_for(platform, ["patch", "status", rollout_id, "--audit"], "state: rolled_back")
+    for event in ("RolloutPlanned", "RolloutApproved", "StepStarted", "RollbackStarted", "RolloutRolledBack"):
         assert event in audit

@@ -19,18 +19,16 @@ from pathlib import Path
 
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
 
+from parley_agent import AgentTimeouts, NodeAgent
 from parley_cli.health import check_health
 from parley_core.bus import EventBus
 from parley_core.net import free_port
 from parley_core.pki import Pki
 from parley_core.runner import secure_channel
 from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.operators import OperatorSigner
+from parley_core.testing.operators import OperatorTokens
 from parley_core.testing.waiting import eventually
 from parley_core.topology import PLATFORM_USER, STREAMS
-
-# The node agent's one import in the fault tests: it moves to its own lib (parley_agent) soon.
-from parley_patch_registry.agent.node_agent import AgentTimeouts, NodeAgent
 
 START_TIMEOUT_S = 120.0
 SERVICES_AS_PROCESSES = ("auth", "storage", "patch-registry")
@@ -44,7 +42,7 @@ class AgentPlatform:
     agent: NodeAgent
     registry: patch_pb2_grpc.PatchServiceAsyncStub
     gateway_address: str
-    signer: OperatorSigner
+    signer: OperatorTokens
     agent_task: asyncio.Task[None] | None = None
     processes: list[asyncio.subprocess.Process] = field(default_factory=list)
 
@@ -133,7 +131,7 @@ async def agent_platform(nats_server: NatsTestServer, pki: Pki, root: Path) -> A
     (data_dir / "logs").mkdir()
     (data_dir / "pki").symlink_to(pki.directory, target_is_directory=True)
     (data_dir / "secrets" / "nats-passwords.json").write_text(json.dumps(nats_server.passwords))
-    signer = OperatorSigner()
+    signer = OperatorTokens()
     bus = EventBus(await nats_server.connect(PLATFORM_USER), service=PLATFORM_USER, producer="test")
     await bus.ensure_streams(STREAMS)
     await signer.publish(bus)
@@ -169,7 +167,8 @@ async def agent_platform(nats_server: NatsTestServer, pki: Pki, root: Path) -> A
             timeouts=AgentTimeouts(healthy_s=START_TIMEOUT_S, reporting_s=60, drain_s=60, poll_s=0.3),
         )
         door = await agent.open_front_door("messaging")
-        await asyncio.gather(*(agent.start_serving("messaging", "0.1.0") for _ in range(MESSAGING_INSTANCES)))
+        for _ in range(MESSAGING_INSTANCES):  # one after the other, as the agent starts a service
+            await agent.start_serving("messaging", "0.1.0")
         gateway_env = {
             **env,
             "PARLEY_LISTEN_PORT": str(ports["gateway"]),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import time
 import uuid
@@ -27,7 +28,9 @@ from nats.aio.client import Client
 from parley.auth.v1.events_pb2 import SigningKeyPublished
 from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
 from parley.patch.v1 import events_pb2, patch_pb2, patch_pb2_grpc
+from securesystemslib.signer import CryptoSigner
 
+from parley_cli.publishing import public_pem, publish_release, sign_prepared
 from parley_core.bus import EventBus
 from parley_core.config import Settings
 from parley_core.envelope import NewEvent, decode, open_payload
@@ -66,6 +69,8 @@ class Registry:
     platform: Client
     pki: Pki
     address: str = ""
+    data_dir: Path = Path()
+    publisher: CryptoSigner | None = None
     start: Callable[[], Awaitable[None]] = field(default=lambda: asyncio.sleep(0))
     stop: Callable[[], Awaitable[None]] = field(default=lambda: asyncio.sleep(0))
 
@@ -160,6 +165,7 @@ async def registry(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> Asy
         heartbeats=await nats_server.connect("messaging"),
         platform=await nats_server.connect("platform"),
         pki=pki,
+        data_dir=data_dir,
     )
 
     async def start() -> None:
@@ -193,16 +199,29 @@ async def registry(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> Asy
             await running.stop()
 
 
-async def publish(registry: Registry, version: str, user: str = "dave") -> patch_pb2.Release:
-    return await registry.stub.PublishRelease(
-        patch_pb2.PublishReleaseRequest(
-            service="messaging",
-            version=version,
-            wheel_name=f"parley_messaging-{version}-py3-none-any.whl",
-            wheel=f"wheel {version}".encode(),
-            fixes=["PYSEC-2023-192"],
-            min_event_schema=1,
-        ),
+async def publisher_key(registry: Registry) -> CryptoSigner:
+    """messaging's publisher key, delegated on first use (the registry keeps only its public half)."""
+    if registry.publisher is None:
+        registry.publisher = CryptoSigner.generate_ed25519()
+        await registry.stub.SetPublisherKey(
+            patch_pb2.SetPublisherKeyRequest(service="messaging", public_key_pem=public_pem(registry.publisher)),
+            metadata=registry.token("olga", "operator"),
+            timeout=TIMEOUT_S,
+        )
+    return registry.publisher
+
+
+async def publish(
+    registry: Registry, version: str, user: str = "dave", signer: CryptoSigner | None = None
+) -> patch_pb2.Release:
+    return await publish_release(
+        registry.stub,
+        signer=signer or await publisher_key(registry),
+        service="messaging",
+        version=version,
+        wheel_name=f"parley_messaging-{version}-py3-none-any.whl",
+        wheel=f"wheel {version}".encode(),
+        fixes=["PYSEC-2023-192"],
         metadata=registry.token(user, "operator"),
         timeout=TIMEOUT_S,
     )
@@ -225,6 +244,79 @@ async def test_publishing_needs_an_operator_token(registry: Registry) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as again:
         await publish(registry, "0.2.0")
     assert again.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+async def test_registry_holds_no_publisher_key_and_refuses_a_release_signed_by_another(
+    registry: Registry, tmp_path: Path
+) -> None:
+    operator = registry.token("dave", "operator")
+    prepare = patch_pb2.PrepareReleaseRequest(
+        service="messaging",
+        version="0.2.0",
+        wheel_name="parley_messaging-0.2.0-py3-none-any.whl",
+        sha256=hashlib.sha256(b"wheel 0.2.0").hexdigest(),
+        length=len(b"wheel 0.2.0"),
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as no_key:
+        await registry.stub.PrepareRelease(prepare, metadata=operator, timeout=TIMEOUT_S)
+    assert no_key.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "parley patch key create messaging" in (no_key.value.details() or "")
+
+    key = await publisher_key(registry)
+    keys_dir = registry.data_dir / "patch-registry" / "keys"
+    held = {p.name for p in keys_dir.rglob("*.pem")}
+    assert not any(name.startswith("service-") for name in held), held  # only the registry's own roles
+    prepared = await registry.stub.PrepareRelease(prepare, metadata=operator, timeout=TIMEOUT_S)
+    assert prepared.keyids == [key.public_key.keyid]
+
+    def publish_signed(signed: bytes, wheel: bytes) -> Awaitable[patch_pb2.Release]:
+        return registry.stub.PublishRelease(
+            patch_pb2.PublishReleaseRequest(
+                service="messaging",
+                version="0.2.0",
+                wheel_name=prepare.wheel_name,
+                wheel=wheel,
+                signed_metadata=signed,
+            ),
+            metadata=operator,
+            timeout=TIMEOUT_S,
+        )
+
+    stranger = CryptoSigner.generate_ed25519()
+    forged = sign_prepared(
+        prepared.metadata,
+        signer=stranger,
+        service="messaging",
+        version="0.2.0",
+        wheel_name=prepare.wheel_name,
+        wheel=b"wheel 0.2.0",
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await publish_signed(forged, b"wheel 0.2.0")
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "not delegated to sign messaging releases" in (refused.value.details() or "")
+
+    with pytest.raises(grpc.aio.AioRpcError) as unsigned:
+        await publish_signed(b"", b"wheel 0.2.0")
+    assert unsigned.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    genuine = sign_prepared(
+        prepared.metadata,
+        signer=key,
+        service="messaging",
+        version="0.2.0",
+        wheel_name=prepare.wheel_name,
+        wheel=b"wheel 0.2.0",
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as swapped:
+        await publish_signed(genuine, b"wheel 0.2.X")  # signed metadata, other bytes uploaded
+    assert swapped.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not the one the signed metadata names" in (swapped.value.details() or "")
+
+    listed = await registry.stub.ListReleases(patch_pb2.ListReleasesRequest(service="messaging"), timeout=TIMEOUT_S)
+    assert not listed.releases  # nothing half-written
+    release = await publish_signed(genuine, b"wheel 0.2.0")
+    assert release.version == "0.2.0"
 
 
 @pytest.mark.skipif(not OSV_DIR.is_dir(), reason=f"OSV test data not found at {OSV_DIR}")

@@ -74,7 +74,8 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
         targets_signer=CryptoSigner.generate_ed25519(),
         snapshot_signer=CryptoSigner.generate_ed25519(),
         timestamp_signer=CryptoSigner.generate_ed25519(),
-        service_keys=service_keys,
+        services=["auth", "messaging"],
+        publisher_keys={s: k.public_key for s, k in service_keys.items()},
     )
     with RepositoryHttpServer(repo.folder) as http:
         yield Setup(repo, http, root_keys, service_keys, tmp_path)
@@ -151,7 +152,7 @@ def test_expired_timestamp_is_refused(tmp_path: Path) -> None:
         targets_signer=CryptoSigner.generate_ed25519(),
         snapshot_signer=CryptoSigner.generate_ed25519(),
         timestamp_signer=CryptoSigner.generate_ed25519(),
-        service_keys={"auth": CryptoSigner.generate_ed25519()},
+        services=["auth"],
         lifetimes=Lifetimes(timestamp=timedelta(hours=1)),
         clock=lambda: long_ago,
     )
@@ -175,6 +176,7 @@ def test_client_refuses_a_release_signed_by_a_key_not_delegated_for_that_service
     """The registry itself is bypassed: someone with the messaging key and the online snapshot and
     timestamp keys writes an auth release. The client must still refuse it."""
     repo = setup.repo
+    setup.publish("messaging", "0.1.5", b"genuine")  # messaging's role signed by its own key
     role = delegated_role("auth")
     forged = Metadata[Targets].from_file(str(repo.metadata_dir / f"1.{role}.json"))
     forged.signed.version = 2

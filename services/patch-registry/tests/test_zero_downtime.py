@@ -13,36 +13,33 @@ the AUTH stream and signs operator tokens for the publisher and the approver wit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import sys
-import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-import jwt
 import pytest
 import pytest_asyncio
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from parley.auth.v1.events_pb2 import SigningKeyPublished
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
+from securesystemslib.signer import CryptoSigner
 
+from parley_agent.node_agent import AgentTimeouts, NodeAgent
+from parley_cli.publishing import public_pem, publish_release
 from parley_cli.wheels import build_wheel
 from parley_client import ParleyClient, ParleyError
+from parley_client.testing import Traffic, history_count, send_continuously
 from parley_core.bus import EventBus
-from parley_core.envelope import NewEvent
 from parley_core.pki import Pki
 from parley_core.runner import secure_channel
 from parley_core.testing.nats import NatsTestServer
+from parley_core.testing.operators import OperatorTokens
 from parley_core.testing.waiting import eventually
-from parley_core.tokens import AUDIENCE, ISSUER
-from parley_core.topology import PLATFORM_USER, STREAMS, signing_key_subject
-from parley_patch_registry.agent.node_agent import AgentTimeouts, NodeAgent
+from parley_core.topology import PLATFORM_USER, STREAMS
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -59,24 +56,14 @@ class Cluster:
     agent: NodeAgent
     registry: patch_pb2_grpc.PatchServiceAsyncStub
     gateway_address: str
-    signing_key: Ed25519PrivateKey
+    operators: OperatorTokens
+    managed: str
     processes: list[asyncio.subprocess.Process] = field(default_factory=list)
     agent_task: asyncio.Task[None] | None = None
+    publisher: CryptoSigner | None = None
 
     def token(self, user: str, role: str = "operator") -> tuple[tuple[str, str]]:
-        now = int(time.time())
-        claims = {
-            "iss": ISSUER,
-            "aud": AUDIENCE,
-            "sub": user,
-            "jti": uuid.uuid4().hex,
-            "iat": now,
-            "exp": now + 3600,
-            "role": role,
-            "name": user,
-        }
-        token = jwt.encode(claims, self.signing_key, algorithm="EdDSA", headers={"kid": "test-rbac"})
-        return (("authorization", f"Bearer {token}"),)
+        return self.operators.metadata(user, role)
 
     def client(self) -> ParleyClient:
         return ParleyClient.connect(self.gateway_address, ca_cert=self.pki.ca_pem())
@@ -120,10 +107,23 @@ async def _wait_healthy(pki: Pki, service: str, address: str, process: asyncio.s
     await eventually(probe, f"{service} healthy", START_TIMEOUT_S)
 
 
+START_ORDER = ("auth", "storage", "patch-registry", "messaging", "gateway")
+ADDRESS_ENV = {
+    "auth": "PARLEY_AUTH_ADDR",
+    "storage": "PARLEY_STORAGE_ADDR",
+    "patch-registry": "PARLEY_REGISTRY_ADDR",
+    "messaging": "PARLEY_MESSAGING_ADDR",
+}
+
+
 @pytest_asyncio.fixture
-async def cluster(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> AsyncIterator[Cluster]:
+async def cluster(
+    request: pytest.FixtureRequest, nats_server: NatsTestServer, pki: Pki, tmp_path: Path
+) -> AsyncIterator[Cluster]:
+    """Every service as its own process, except `managed` (default messaging): two instances, run by the agent."""
     from parley_core.net import free_port
 
+    managed: str = getattr(request, "param", "messaging")
     data_dir = tmp_path / "data"
     (data_dir / "secrets").mkdir(parents=True)
     (data_dir / "logs").mkdir()
@@ -132,23 +132,9 @@ async def cluster(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> Asyn
     platform = await nats_server.connect(PLATFORM_USER)
     bus = EventBus(platform, service=PLATFORM_USER, producer="test")
     await bus.ensure_streams(STREAMS)
-    signing_key = Ed25519PrivateKey.generate()
-    await bus.append(
-        signing_key_subject("test-rbac"),
-        NewEvent(
-            aggregate_type="key",
-            aggregate_id="test-rbac",
-            actor="test",
-            payload=SigningKeyPublished(
-                key_id="test-rbac",
-                algorithm="EdDSA",
-                public_key=signing_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw),
-            ),
-        ),
-        aggregate_version=1,
-        expected_last_subject_seq=None,
-    )
-    ports = {s: free_port() for s in ("auth", "storage", "patch-registry", "gateway")}
+    operators = OperatorTokens()
+    await operators.publish(bus)
+    ports = {s: free_port() for s in START_ORDER}
     env = {
         **os.environ,
         "PARLEY_DATA_DIR": str(data_dir),
@@ -159,42 +145,38 @@ async def cluster(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> Asyn
         "PARLEY_GRACE_SECONDS": "20",
         "PARLEY_PATCH_GATE_WINDOW_SECONDS": "3",
         "PARLEY_PATCH_GATE_TIMEOUT_SECONDS": "60",
-        "PARLEY_AUTH_ADDR": f"127.0.0.1:{ports['auth']}",
-        "PARLEY_STORAGE_ADDR": f"127.0.0.1:{ports['storage']}",
-        "PARLEY_REGISTRY_ADDR": f"127.0.0.1:{ports['patch-registry']}",
+        **{var: f"127.0.0.1:{ports[service]}" for service, var in ADDRESS_ENV.items()},
     }
     processes: list[asyncio.subprocess.Process] = []
-    agent: NodeAgent | None = None
+    agent = NodeAgent(
+        data_dir=data_dir / "agent",
+        pki=pki,
+        registry_address=env["PARLEY_REGISTRY_ADDR"],
+        environment={k: v for k, v in env.items() if k.startswith("PARLEY_")},
+        # This test's client makes unary calls only, so the gateway's connections may recycle too.
+        timeouts=AgentTimeouts(
+            healthy_s=START_TIMEOUT_S, reporting_s=60, drain_s=60, poll_s=0.3, streaming_services=frozenset()
+        ),
+    )
     try:
-        for service in ("auth", "storage", "patch-registry"):
+        for service in START_ORDER:
+            address = f"127.0.0.1:{ports[service]}"
+            if service == managed:
+                await agent.open_front_door(service, port=ports[service])
+                # Health only: the registry may not run yet; roll-outs wait for the fleet view.
+                for _ in range(2):
+                    try:
+                        await agent.start_serving(service, "0.1.0", in_fleet=False)
+                    except RuntimeError as error:  # the log lives in tmp_path: show it with the failure
+                        raise RuntimeError(f"{error}\n{agent.log_path(service).read_text()[-4000:]}") from error
+                continue
             process = await _spawn(
                 service,
                 {**env, "PARLEY_LISTEN_PORT": str(ports[service]), "PARLEY_INSTANCE_ID": f"{service}-1"},
                 data_dir / "logs",
             )
             processes.append(process)
-            await _wait_healthy(pki, service, f"127.0.0.1:{ports[service]}", process)
-        agent = NodeAgent(
-            data_dir=data_dir / "agent",
-            pki=pki,
-            registry_address=env["PARLEY_REGISTRY_ADDR"],
-            environment={k: v for k, v in env.items() if k.startswith("PARLEY_")},
-            timeouts=AgentTimeouts(healthy_s=START_TIMEOUT_S, reporting_s=60, drain_s=60, poll_s=0.3),
-        )
-        door = await agent.open_front_door("messaging")
-        await asyncio.gather(agent.start_serving("messaging", "0.1.0"), agent.start_serving("messaging", "0.1.0"))
-        gateway = await _spawn(
-            "gateway",
-            {
-                **env,
-                "PARLEY_LISTEN_PORT": str(ports["gateway"]),
-                "PARLEY_MESSAGING_ADDR": door.address,
-                "PARLEY_INSTANCE_ID": "gateway-1",
-            },
-            data_dir / "logs",
-        )
-        processes.append(gateway)
-        await _wait_healthy(pki, "gateway", f"127.0.0.1:{ports['gateway']}", gateway)
+            await _wait_healthy(pki, service, address, process)
         registry_channel = secure_channel(
             pki, identity=PLATFORM_USER, address=env["PARLEY_REGISTRY_ADDR"], peer="patch-registry"
         )
@@ -204,13 +186,13 @@ async def cluster(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> Asyn
             agent=agent,
             registry=patch_pb2_grpc.PatchServiceStub(registry_channel),
             gateway_address=f"127.0.0.1:{ports['gateway']}",
-            signing_key=signing_key,
+            operators=operators,
+            managed=managed,
             processes=processes,
         )
         await registry_channel.close()
     finally:
-        if agent is not None:
-            await agent.stop()
+        await agent.stop()
         for process in reversed(processes):
             if process.returncode is None:
                 process.terminate()
@@ -218,35 +200,6 @@ async def cluster(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> Asyn
                     await asyncio.wait_for(process.wait(), 30)
                 except TimeoutError:
                     process.kill()
-
-
-@dataclass
-class Traffic:
-    acknowledged: int = 0
-    failures: list[str] = field(default_factory=list)
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-async def send_continuously(client: ParleyClient, channel_id: str, traffic: Traffic) -> None:
-    """One message after another, each waited for; any refusal is a failed request."""
-    n = 0
-    while not traffic.stop.is_set():
-        n += 1
-        try:
-            await client.send(channel_id, f"message {n}", idempotency_key=f"k-{n}")
-            traffic.acknowledged += 1
-        except ParleyError as error:
-            traffic.failures.append(f"message {n}: {error}")
-
-
-async def history_count(client: ParleyClient, channel_id: str) -> int:
-    total, after = 0, 0
-    while True:
-        page = await client.history(channel_id, after_seq=after, limit=100)
-        if not page.messages:
-            return total
-        total += len(page.messages)
-        after = page.messages[-1].channel_seq
 
 
 async def rollout_state(cluster: Cluster, rollout_id: str, states: set[str]) -> patch_pb2.Rollout | None:
@@ -257,18 +210,29 @@ async def rollout_state(cluster: Cluster, rollout_id: str, states: set[str]) -> 
 
 
 async def publish_and_roll(cluster: Cluster, wheel: Path, version: str) -> patch_pb2.Rollout:
+    service = cluster.managed
     publisher, planner, approver = cluster.token("dave"), cluster.token("alice"), cluster.token("bob")
-    await cluster.registry.PublishRelease(
-        patch_pb2.PublishReleaseRequest(
-            service="messaging", version=version, wheel_name=wheel.name, wheel=wheel.read_bytes(), min_event_schema=1
-        ),
+    if cluster.publisher is None:  # the publisher's own key; the registry is given its public half
+        cluster.publisher = CryptoSigner.generate_ed25519()
+        await cluster.registry.SetPublisherKey(
+            patch_pb2.SetPublisherKeyRequest(service=service, public_key_pem=public_pem(cluster.publisher)),
+            metadata=publisher,
+            timeout=30,
+        )
+    await publish_release(
+        cluster.registry,
+        signer=cluster.publisher,
+        service=service,
+        version=version,
+        wheel_name=wheel.name,
+        wheel=wheel.read_bytes(),
         metadata=publisher,
         timeout=30,
     )
 
     async def plan() -> patch_pb2.Rollout | None:
         rollout = await cluster.registry.PlanRollout(
-            patch_pb2.PlanRolloutRequest(service="messaging", to_version=version), metadata=planner, timeout=10
+            patch_pb2.PlanRolloutRequest(service=service, to_version=version), metadata=planner, timeout=10
         )
         if len(rollout.old_instances) == 2:
             return rollout
@@ -278,7 +242,7 @@ async def publish_and_roll(cluster: Cluster, wheel: Path, version: str) -> patch
         await cluster.registry.ReportRolledBack(patch_pb2.GetRolloutRequest(rollout_id=rollout.rollout_id), timeout=10)
         return None
 
-    rollout = await eventually(plan, "a plan over both messaging instances", 60)
+    rollout = await eventually(plan, f"a plan over both {service} instances", 60)
     await cluster.registry.ApproveRollout(
         patch_pb2.RolloutCommand(rollout_id=rollout.rollout_id), metadata=approver, timeout=10
     )
@@ -347,3 +311,69 @@ async def test_upgrade_under_traffic_loses_nothing_and_a_failing_canary_rolls_ba
 
     assert await eventually(archived, "every acknowledged message in history", 120) == traffic.acknowledged
     await client.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cluster", ["gateway", "auth", "storage"], indirect=True)
+async def test_two_instances_of_a_service_upgraded_under_traffic(cluster: Cluster, tmp_path: Path) -> None:
+    """Gateway, auth or storage from 0.1.0 to 0.2.0, one instance at a time, while a client sends
+    through the gateway (and, for auth, logs in again and again): nothing fails, nothing is lost."""
+    service = cluster.managed
+    wheel = await asyncio.to_thread(build_wheel, REPO_ROOT / "services" / service, "0.2.0", tmp_path / "wheels")
+    client = cluster.client()
+    await client.register("carol", "a-long-passphrase")
+    await client.login("carol", "a-long-passphrase")
+    channel = await client.create_channel("upgrades")
+    cluster.agent_task = asyncio.create_task(cluster.agent.run())
+    traffic = Traffic()
+    workers = [asyncio.create_task(send_continuously(client, channel.channel_id, traffic))]
+    logins = Traffic(stop=traffic.stop)
+    if service == "auth":
+        workers.append(asyncio.create_task(login_continuously(cluster, logins)))
+    try:
+        rollout = await publish_and_roll(cluster, wheel, "0.2.0")
+        done = await eventually(
+            lambda: rollout_state(cluster, rollout.rollout_id, {"done", "rolled_back"}),
+            f"the roll-out of {service} to 0.2.0 to finish",
+            600,
+        )
+        assert done.state == "done", done.rollback_reason
+        assert {i.version for i in cluster.agent.instances.values()} == {"0.2.0"}
+        assert len(cluster.agent.front_doors[service].backends) == 2
+    finally:
+        traffic.stop.set()
+        await asyncio.gather(*workers)
+        cluster.agent._stop.set()
+        await cluster.agent_task
+
+    print(
+        f"\n{service}: acknowledged sends {traffic.acknowledged}, logins {logins.acknowledged}; "
+        f"failed: {len(traffic.failures) + len(logins.failures)}"
+    )
+    assert traffic.failures == []
+    assert logins.failures == []
+    assert traffic.acknowledged > 0
+
+    async def archived() -> int | None:
+        count = await history_count(client, channel.channel_id)
+        return count if count >= traffic.acknowledged else None
+
+    assert await eventually(archived, "every acknowledged message in history", 120) == traffic.acknowledged
+    await client.close()
+
+
+async def login_continuously(cluster: Cluster, logins: Traffic) -> None:
+    """Auth's own work through the gateway, one login after another."""
+    client = cluster.client()
+    try:
+        while not logins.stop.is_set():
+            try:
+                await client.login("carol", "a-long-passphrase")
+                logins.acknowledged += 1
+            except ParleyError as error:
+                logins.failures.append(f"login: {error}")
+            # One a second: a steady trickle, not a password-guessing rate (argon2 is costly on purpose).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(logins.stop.wait(), 1.0)
+    finally:
+        await client.close()

@@ -50,3 +50,15 @@ def test_retention_and_rotation_are_for_the_operator() -> None:
     for refused in (Requester("platform", user("alice")), Requester("messaging", None)):
         with pytest.raises(PermissionDenied):
             access.require_operator(refused)
+
+
+def test_schema_versions_are_for_services_the_operator_and_auditors() -> None:
+    for allowed in (
+        Requester("patch-registry", None),
+        Requester("platform", None),
+        Requester("gateway", user("a", "security-auditor")),
+    ):
+        access.require_platform_peer(allowed)
+    for refused in (Requester("gateway", user("m")), Requester("stranger", None)):
+        with pytest.raises(PermissionDenied, match="schema versions"):
+            access.require_platform_peer(refused)

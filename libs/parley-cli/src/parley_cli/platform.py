@@ -1,7 +1,12 @@
-"""`parley up`: one nats-server (or a JetStream cluster) and one instance of every service, supervised.
+"""`parley up`: nats-server (or a JetStream cluster) and every service, run by the node agent, supervised.
 
 First start creates the data folder (0700), the local CA and certificates, and the NATS users;
 later starts reuse them, so messages and accounts survive a restart.
+
+Every service runs behind the agent's front door, the address the other services (and clients,
+for the gateway) are told; the agent follows the patch registry's roll-outs, so a release
+approved with `parley patch` replaces the running version without a restart of the platform.
+The version each service ended on is kept in the state file and started again next time.
 """
 
 from __future__ import annotations
@@ -14,12 +19,12 @@ import secrets
 import signal
 import socket
 import sys
-from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
-from parley_cli.health import check_health
-from parley_cli.state import CLIENT_FILE, STATE_FILE, previous_port
+from parley_agent import AgentTimeouts, FrontDoor, Instance, NodeAgent
+from parley_cli.state import CLIENT_FILE, STATE_FILE, previous_port, previous_version
 from parley_core.bus import EventBus
 from parley_core.files import ensure_private_dir, write_private_file
 from parley_core.nats_connect import connect_nats
@@ -39,6 +44,7 @@ ADDRESS_ENV = {
 }
 DEFAULT_GATEWAY_PORT = 7443
 HEALTH_TIMEOUT_S = 60.0
+DRAIN_TIMEOUT_S = 20.0
 RESTART_LIMIT = 5
 SUPERVISE_INTERVAL_S = 0.5
 STORE_KEY_FILE = "jetstream-store.key"
@@ -75,19 +81,9 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
-@dataclass
-class ManagedService:
-    name: str
-    port: int
-    log_path: Path
-    process: asyncio.subprocess.Process | None = None
-    restarts: int = 0
-    handled: bool = False  # its latest exit has been reported (and acted on)
-    log_file: TextIO | None = field(default=None, repr=False)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+def base_version(service: str) -> str:
+    """The version installed in this environment: what runs until a roll-out replaces it."""
+    return metadata.version(f"parley-{service}")
 
 
 class Platform:
@@ -100,9 +96,13 @@ class Platform:
         self.requested_gateway_port = gateway_port
         self.nats_cluster = nats_cluster
         self.out = out
-        self.services: dict[str, ManagedService] = {}
+        self.front_doors: dict[str, FrontDoor] = {}
+        self.agent: NodeAgent | None = None
         self.nats_nodes: list[NatsServerProcess] = []
         self.pki: Pki | None = None
+        self.restarts: dict[str, int] = dict.fromkeys(START_ORDER, 0)
+        self._written_state: dict[str, Any] = {}
+        self._agent_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
     def say(self, text: str) -> None:
@@ -119,7 +119,7 @@ class Platform:
 
     async def start(self) -> None:
         ensure_private_dir(self.data_dir)
-        for sub in ("logs", "nats", "secrets"):
+        for sub in ("logs", "nats", "secrets", "agent"):
             ensure_private_dir(self.data_dir / sub)
         self.pki = ensure_pki(self.data_dir / "pki", [*SERVICES, "nats", PLATFORM_USER])
         users = [*SERVICES, PLATFORM_USER, *([ROUTE_USER] if self.nats_cluster > 1 else [])]
@@ -142,14 +142,24 @@ class Platform:
         await bus.ensure_streams_when_ready(STREAMS, replicas=self.replicas, timeout=STREAMS_READY_TIMEOUT_S)
         await nc.close()
 
+        # Every front door first: each service is told the others' addresses when it starts.
         for name in START_ORDER:
-            port = self._choose_gateway_port() if name == "gateway" else free_port()
-            self.services[name] = ManagedService(name=name, port=port, log_path=self.data_dir / "logs" / f"{name}.log")
+            port = self._choose_gateway_port() if name == "gateway" else 0
+            self.front_doors[name] = await FrontDoor(name, port=port).start()
+        agent = self.agent = NodeAgent(
+            data_dir=self.data_dir / "agent",
+            pki=self.pki,
+            registry_address=self.front_doors["patch-registry"].address,
+            environment=self._environment(),
+            timeouts=AgentTimeouts(healthy_s=HEALTH_TIMEOUT_S, drain_s=DRAIN_TIMEOUT_S),
+            log_dir=self.data_dir / "logs",
+        )
+        agent.front_doors.update(self.front_doors)
         for name in START_ORDER:
-            await self._spawn(self.services[name])
-        await asyncio.gather(*(self._wait_healthy(s) for s in self.services.values()))
+            await self._start_service(agent, name)
         self._write_state()
-        gateway = self.services["gateway"]
+        self._agent_task = asyncio.create_task(agent.run())
+        gateway = self.front_doors["gateway"]
         self.say(f"all services are up. Gateway (TLS): {gateway.address}")
         self.say(f"CA certificate for clients: {self.pki.ca_cert}")
         self.say(f"logs: {self.data_dir / 'logs'}")
@@ -234,74 +244,75 @@ class Platform:
         for node in self.nats_nodes:
             await node.start()
 
-    def _environment(self, service: ManagedService) -> dict[str, str]:
+    async def _start_service(self, agent: NodeAgent, name: str) -> None:
+        """The version it ran last time if the agent installed that one, else this environment's."""
+        version, python = base_version(name), None
+        previous = previous_version(self.data_dir, name)
+        if previous and previous != version:
+            python = agent.installed_python(name, previous)
+            if python is not None:
+                version = previous
+            else:
+                self.say(f"{name} {previous} is not installed in {agent.data_dir}; starting {version}")
+        try:
+            await agent.start_serving(name, version, python, in_fleet=False)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}:\n{_tail(agent.log_path(name))}") from exc
+
+    def _environment(self) -> dict[str, str]:
+        """What every instance is told; the agent adds its own listening port and instance id."""
         assert self.nats_nodes
-        env = dict(os.environ)
-        env.update(
-            {
-                "PARLEY_DATA_DIR": str(self.data_dir),
-                "PARLEY_NATS_URL": self.nats_url,
-                "PARLEY_NATS_REPLICAS": str(self.replicas),
-                "PARLEY_LISTEN_HOST": "127.0.0.1",
-                "PARLEY_LISTEN_PORT": str(service.port),
-                "PARLEY_INSTANCE_ID": f"{service.name}-1",
-            }
-        )
+        env = {
+            "PARLEY_DATA_DIR": str(self.data_dir),
+            "PARLEY_NATS_URL": self.nats_url,
+            "PARLEY_NATS_REPLICAS": str(self.replicas),
+        }
         for peer, var in ADDRESS_ENV.items():
-            env[f"PARLEY_{var}"] = self.services[peer].address
+            env[f"PARLEY_{var}"] = self.front_doors[peer].address
         return env
 
-    async def _spawn(self, service: ManagedService) -> None:
-        service.handled = False
-        if service.log_file is None:
-            service.log_file = open(service.log_path, "a", buffering=1)  # noqa: SIM115, ASYNC230 - kept for the process's life
-            os.chmod(service.log_path, 0o600)
-        module = "parley_" + service.name.replace("-", "_")
-        # A session of its own: Ctrl-C reaches only `parley up`, which then stops services in order.
-        service.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            module,
-            env=self._environment(service),
-            stdout=service.log_file,
-            stderr=service.log_file,
-            start_new_session=True,
-        )
-
-    async def _wait_healthy(self, service: ManagedService) -> None:
-        assert self.pki is not None
-        assert service.process is not None
-        deadline = asyncio.get_running_loop().time() + HEALTH_TIMEOUT_S
-        delay = 0.05
-        while True:
-            if service.process.returncode is not None:
-                raise RuntimeError(
-                    f"{service.name} exited during start; see {service.log_path}:\n{_tail(service.log_path)}"
-                )
-            if await check_health(self.pki, service=service.name, address=service.address, timeout=1.0) == "SERVING":
-                return
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"{service.name} not healthy after {HEALTH_TIMEOUT_S:.0f}s; see {service.log_path}")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
-
-    def _write_state(self) -> None:
-        assert self.pki is not None
-        state = {
+    def _state(self) -> dict[str, Any]:
+        assert self.agent is not None
+        services: dict[str, Any] = {}
+        for name, door in self.front_doors.items():
+            instances = [i for i in self.agent.instances_of(name) if i.serving]
+            running = [i for i in instances if i.process is not None and i.process.returncode is None]
+            services[name] = {
+                "port": door.port,
+                "address": door.address,
+                # The first live instance: what `kill` in a test or an operator's script means.
+                "pid": running[0].process.pid if running and running[0].process else None,
+                "version": instances[-1].version if instances else previous_version(self.data_dir, name),
+                "instances": [
+                    {
+                        "instance_id": i.instance_id,
+                        "address": i.address,
+                        "version": i.version,
+                        "pid": i.process.pid if i.process else None,
+                    }
+                    for i in instances
+                ],
+            }
+        return {
             "running": True,
             "pid": os.getpid(),
             "nats_url": self.nats_url,
-            "services": {
-                s.name: {"port": s.port, "address": s.address, "pid": s.process.pid if s.process else None}
-                for s in self.services.values()
-            },
+            "services": services,
         }
+
+    def _write_state(self) -> None:
+        """Rewritten whenever what runs changed (a restart, a roll-out step)."""
+        assert self.pki is not None
+        state = self._state()
+        if state == self._written_state:
+            return
+        self._written_state = state
         write_private_file(self.data_dir / STATE_FILE, json.dumps(state, indent=2).encode())
-        client = {"gateway_address": self.services["gateway"].address, "ca_cert": str(self.pki.ca_cert)}
+        client = {"gateway_address": self.front_doors["gateway"].address, "ca_cert": str(self.pki.ca_cert)}
         write_private_file(self.data_dir / CLIENT_FILE, json.dumps(client, indent=2).encode())
 
     def _mark_stopped(self) -> None:
-        """Keep the ports for the next start, but let no client dial a platform that is gone."""
+        """Keep the ports and versions for the next start, but let no client dial a platform that is gone."""
         (self.data_dir / CLIENT_FILE).unlink(missing_ok=True)
         path = self.data_dir / STATE_FILE
         if path.exists():
@@ -313,14 +324,19 @@ class Platform:
         """Report services that stop; restart the ones that crash (a clean exit is an operator's stop).
 
         Every pass looks at all exits, including those that happened while an earlier restart
-        was waiting for health, so several crashes at once are all handled.
+        was waiting for health, so several crashes at once are all handled. Instances a roll-out
+        stops are the agent's business: they leave its books before they stop.
         """
+        assert self.agent is not None
         while not self._stopping.is_set():
-            for service in self.services.values():
-                if service.process is not None and service.process.returncode is not None and not service.handled:
-                    service.handled = True
-                    await self._on_exit(service, service.process.returncode)
-            if not any(s.process and s.process.returncode is None for s in self.services.values()):
+            for instance in self.agent.exited():
+                assert instance.process is not None
+                await self._on_exit(instance, instance.process.returncode or 0)
+            self._write_state()
+            if self._agent_task is not None and self._agent_task.done() and not self._agent_task.cancelled():
+                self.say(f"the node agent stopped: {self._agent_task.exception()!r}; roll-outs wait for a restart")
+                self._agent_task = None
+            if not any(i.process and i.process.returncode is None for i in self.agent.instances.values()):
                 self.say("no service is running; waiting for Ctrl-C")
                 await self._stopping.wait()
                 return
@@ -329,22 +345,24 @@ class Platform:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), SUPERVISE_INTERVAL_S)
 
-    async def _on_exit(self, service: ManagedService, code: int) -> None:
+    async def _on_exit(self, instance: Instance, code: int) -> None:
+        assert self.agent is not None
+        name = instance.service
         if code == 0:
-            self.say(f"UNHEALTHY: {service.name} stopped (exit 0) and stays down; platform degraded")
+            self.agent.forget(instance.instance_id)
+            self.say(f"UNHEALTHY: {name} stopped (exit 0) and stays down; platform degraded")
             return
-        if service.restarts >= RESTART_LIMIT:
-            self.say(f"UNHEALTHY: {service.name} crashed (exit {code}) {service.restarts} times; not restarting")
+        if self.restarts[name] >= RESTART_LIMIT:
+            self.agent.forget(instance.instance_id)
+            self.say(f"UNHEALTHY: {name} crashed (exit {code}) {self.restarts[name]} times; not restarting")
             return
-        service.restarts += 1
-        self.say(f"UNHEALTHY: {service.name} crashed (exit {code}); restarting ({service.restarts}/{RESTART_LIMIT})")
-        await self._spawn(service)
-        try:
-            await self._wait_healthy(service)
+        self.restarts[name] += 1
+        self.say(f"UNHEALTHY: {name} crashed (exit {code}); restarting ({self.restarts[name]}/{RESTART_LIMIT})")
+        if await self.agent.restart(instance.instance_id):
             self._write_state()
-            self.say(f"{service.name} is serving again")
-        except (RuntimeError, TimeoutError) as exc:
-            self.say(str(exc))
+            self.say(f"{name} is serving again")
+        else:
+            self.say(f"{name} did not become healthy again; see {self.agent.log_path(name)}")
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -352,21 +370,17 @@ class Platform:
     async def stop(self) -> None:
         self._stopping.set()
         self._mark_stopped()
-        for name in reversed(START_ORDER):
-            service = self.services.get(name)
-            if service is None or service.process is None or service.process.returncode is not None:
-                continue
-            service.process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(service.process.wait(), 20)
-            except TimeoutError:
-                self.say(f"{name} did not drain in time; killing it")
-                service.process.kill()
-                await service.process.wait()
-            self.say(f"{name} stopped (exit {service.process.returncode})")
-        for service in self.services.values():
-            if service.log_file is not None:
-                service.log_file.close()
+        if self._agent_task is not None:
+            self._agent_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._agent_task
+        if self.agent is not None:
+            for instance in await self.agent.stop(order=list(reversed(START_ORDER))):
+                code = instance.process.returncode if instance.process else None
+                self.say(f"{instance.service} stopped (exit {code})")
+        else:
+            for door in self.front_doors.values():
+                await door.stop()
         for node in reversed(self.nats_nodes):
             await node.stop()
         if self.nats_nodes:

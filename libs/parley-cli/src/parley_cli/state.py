@@ -44,3 +44,12 @@ def previous_port(data_dir: Path, service: str) -> int | None:
         return None
     port = json.loads(path.read_text()).get("services", {}).get(service, {}).get("port")
     return int(port) if port else None
+
+
+def previous_version(data_dir: Path, service: str) -> str | None:
+    """The version a service ran when the platform last wrote its state (a roll-out may have changed it)."""
+    path = data_dir / STATE_FILE
+    if not path.exists():
+        return None
+    version = json.loads(path.read_text()).get("services", {}).get(service, {}).get("version")
+    return str(version) if version else None

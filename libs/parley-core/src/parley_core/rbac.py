@@ -193,6 +193,7 @@ SERVICE_CHECKED_METHODS = frozenset(
         "/parley.storage.v1.StorageArchiveService/EraseUserData",
         "/parley.storage.v1.StorageArchiveService/SetRetentionPolicy",
         "/parley.storage.v1.StorageArchiveService/RotateKeyEncryptionKey",
+        "/parley.storage.v1.StorageArchiveService/GetSchemaVersions",
         # The patch registry checks the platform identity, node agents and the operator/admin
         # roles itself (parley_patch_registry.registry), with the caller's current role.
         "/parley.patch.v1.PatchService/PublishRelease",
@@ -210,6 +211,10 @@ SERVICE_CHECKED_METHODS = frozenset(
         "/parley.patch.v1.PatchService/ReportInstanceDrained",
         "/parley.patch.v1.PatchService/ReportRolledBack",
         "/parley.patch.v1.PatchService/TufRepository",
+        "/parley.patch.v1.PatchService/PrepareRelease",
+        "/parley.patch.v1.PatchService/SetPublisherKey",
+        "/parley.patch.v1.PatchService/PrepareRootRotation",
+        "/parley.patch.v1.PatchService/RotateRoot",
     }
 )
 

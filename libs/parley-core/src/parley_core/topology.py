@@ -88,6 +88,11 @@ def advisory_subject(advisory_id: str) -> str:
     return stream_subject("patch", "advisory", advisory_id)
 
 
+def trust_root_subject() -> str:
+    """The release repository's TUF root: every rotation is an audited event here."""
+    return stream_subject("patch", "trust", "root")
+
+
 def vulnerability_overdue_subject(advisory_id: str) -> str:
     return f"parley.sec.patch.overdue.{advisory_id}"
 

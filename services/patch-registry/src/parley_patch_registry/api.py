@@ -102,6 +102,48 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
         self.tokens = tokens
         self.http = http
 
+    async def SetPublisherKey(
+        self, request: patch_pb2.SetPublisherKeyRequest, context: Context
+    ) -> patch_pb2.PublisherKey:
+        caller = self.tokens.caller(context)
+        keyid = await self.registry.set_publisher_key(
+            caller, service=request.service, public_key_pem=request.public_key_pem
+        )
+        return patch_pb2.PublisherKey(service=request.service, keyid=keyid)
+
+    async def PrepareRootRotation(
+        self, request: patch_pb2.PrepareRootRotationRequest, context: Context
+    ) -> patch_pb2.PreparedRoot:
+        caller = self.tokens.caller(context)
+        metadata = self.registry.prepare_root_rotation(
+            caller, public_keys_pem=list(request.new_public_keys_pem), threshold=request.threshold
+        )
+        current = self.registry.repo.root().signed.roles["root"]
+        return patch_pb2.PreparedRoot(
+            metadata=metadata, current_keyids=list(current.keyids), current_threshold=current.threshold
+        )
+
+    async def RotateRoot(self, request: patch_pb2.RotateRootRequest, context: Context) -> patch_pb2.RotateRootResponse:
+        caller = self.tokens.caller(context)
+        version, keyids, threshold = await self.registry.rotate_root(caller, request.signed_root)
+        return patch_pb2.RotateRootResponse(version=version, keyids=keyids, threshold=threshold)
+
+    async def PrepareRelease(
+        self, request: patch_pb2.PrepareReleaseRequest, context: Context
+    ) -> patch_pb2.PreparedRelease:
+        caller = self.tokens.caller(context)
+        metadata, role, keyids = self.registry.prepare_release(
+            caller,
+            service=request.service,
+            version=request.version,
+            wheel_name=request.wheel_name,
+            sha256=request.sha256,
+            length=request.length,
+            fixes=list(request.fixes),
+            min_event_schema=request.min_event_schema,
+        )
+        return patch_pb2.PreparedRelease(metadata=metadata, role=role, keyids=keyids)
+
     async def PublishRelease(self, request: patch_pb2.PublishReleaseRequest, context: Context) -> patch_pb2.Release:
         caller = self.tokens.caller(context)
         info = await self.registry.publish_release(
@@ -110,8 +152,7 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
             version=request.version,
             wheel_name=request.wheel_name,
             wheel=request.wheel,
-            fixes=list(request.fixes),
-            min_event_schema=request.min_event_schema,
+            signed_metadata=request.signed_metadata,
         )
         return release_proto(info)
 

@@ -32,13 +32,22 @@ from parley_core.topology import (
     advisory_subject,
     release_subject,
     rollout_subject,
+    trust_root_subject,
     vulnerability_overdue_subject,
 )
 from parley_patch_registry import codec
 from parley_patch_registry.advisories import Advisory, parse_advisory
 from parley_patch_registry.findings import Finding, FindingBook, InstalledPackage
-from parley_patch_registry.releases import KeyStore, Lifetimes, ReleaseInfo, ReleaseRepository, delegated_role
+from parley_patch_registry.releases import (
+    KeyStore,
+    Lifetimes,
+    ReleaseInfo,
+    ReleaseRepository,
+    delegated_role,
+    parse_public_key,
+)
 from parley_patch_registry.rollout import PUBLISHER_ROLES, InstanceWindow, Rollout, RolloutEvent
+from parley_patch_registry.schemas import SchemaCensus, check_readable
 from parley_patch_registry.settings import RegistrySettings
 
 log = logging.getLogger(__name__)
@@ -97,7 +106,7 @@ def open_repository(folder: Path, settings: RegistrySettings) -> ReleaseReposito
         targets_signer=keys.generate("targets"),
         snapshot_signer=keys.generate("snapshot"),
         timestamp_signer=keys.generate("timestamp"),
-        service_keys={s: keys.generate(delegated_role(s)) for s in SERVICES},
+        services=SERVICES,  # publisher keys come later, from the publishers (SetPublisherKey)
         lifetimes=lifetimes,
     )
 
@@ -111,9 +120,17 @@ def _require_operator(caller: Caller, what: str) -> None:
 
 class Registry:
     def __init__(
-        self, *, bus: EventBus, repo: ReleaseRepository, keys: KeyStore, settings: RegistrySettings, fleet: FleetView
+        self,
+        *,
+        bus: EventBus,
+        repo: ReleaseRepository,
+        keys: KeyStore,
+        settings: RegistrySettings,
+        fleet: FleetView,
+        schema_census: SchemaCensus,
     ) -> None:
         self.bus = bus
+        self.schema_census = schema_census
         self.repo = repo
         self.keys = keys
         self.settings = settings
@@ -192,6 +209,71 @@ class Registry:
 
     # ---- releases -----------------------------------------------------------------------------
 
+    def _known_service(self, service: str) -> None:
+        if service not in SERVICES:
+            raise InvalidArgument(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
+
+    async def set_publisher_key(self, caller: Caller, *, service: str, public_key_pem: str) -> str:
+        """Delegates `<service>/*` to the publisher's key; returns its key id. Audited on the PATCH stream."""
+        _require_operator(caller, "setting a publisher key")
+        self._known_service(service)
+        key = parse_public_key(public_key_pem)
+        async with self._lock:
+            await asyncio.to_thread(self.repo.delegate_publisher_key, service, key, self.keys.load("targets"))
+            # A repository made before publishers held their keys kept this one here: not any more.
+            self.keys.remove(delegated_role(service))
+            event = events_pb2.PublisherKeySet(service=service, keyid=key.keyid, set_by=caller.user_id)
+            await self._append(
+                release_subject(service), "release", service, [event], caller.user_id, version=0, expected=None
+            )
+        return key.keyid
+
+    def prepare_root_rotation(self, caller: Caller, *, public_keys_pem: list[str], threshold: int) -> bytes:
+        """Root v(n+1) with these keys, unsigned: the operator signs it with the offline root keys."""
+        _require_operator(caller, "rotating the root keys")
+        keys = [parse_public_key(pem) for pem in public_keys_pem]
+        return self.repo.prepare_root(keys, threshold).to_bytes()
+
+    async def rotate_root(self, caller: Caller, signed_root: bytes) -> tuple[int, list[str], int]:
+        """Publishes the offline-signed root; returns its version, root key ids and threshold."""
+        _require_operator(caller, "rotating the root keys")
+        async with self._lock:
+            root = await asyncio.to_thread(self.repo.apply_root, signed_root)
+            role = root.roles["root"]
+            event = events_pb2.RootRotated(
+                version=root.version, keyids=list(role.keyids), threshold=role.threshold, rotated_by=caller.user_id
+            )
+            await self._append(
+                trust_root_subject(), "trust", "root", [event], caller.user_id, version=root.version - 2, expected=None
+            )
+        return root.version, list(role.keyids), role.threshold
+
+    def prepare_release(
+        self,
+        caller: Caller,
+        *,
+        service: str,
+        version: str,
+        wheel_name: str,
+        sha256: str,
+        length: int,
+        fixes: list[str],
+        min_event_schema: int,
+    ) -> tuple[bytes, str, list[str]]:
+        """The unsigned metadata the publisher signs, its role and the keys that may sign it."""
+        _require_operator(caller, "publishing a release")
+        self._known_service(service)
+        prepared = self.repo.prepare(
+            service=service,
+            version=version,
+            wheel_name=wheel_name,
+            sha256=sha256,
+            length=length,
+            fixes=fixes,
+            min_event_schema=min_event_schema or 1,
+        )
+        return prepared.to_bytes(), delegated_role(service), self.repo.publisher_keyids(service)
+
     async def publish_release(
         self,
         caller: Caller,
@@ -200,24 +282,19 @@ class Registry:
         version: str,
         wheel_name: str,
         wheel: bytes,
-        fixes: list[str],
-        min_event_schema: int,
+        signed_metadata: bytes,
     ) -> ReleaseInfo:
         _require_operator(caller, "publishing a release")
-        if service not in SERVICES:
-            raise InvalidArgument(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
-        async with self._lock:
-            # The service's delegated key signs; it sits in the registry's key store for now.
-            signer = self.keys.load(delegated_role(service))
-            info = self.repo.publish(
-                service=service,
-                version=version,
-                wheel_name=wheel_name,
-                wheel=wheel,
-                fixes=fixes,
-                min_event_schema=min_event_schema or 1,
-                signer=signer,
+        self._known_service(service)
+        if not signed_metadata:
+            raise InvalidArgument(
+                "a release needs its metadata signed by the service's publisher key (PrepareRelease, sign, "
+                "then PublishRelease with signed_metadata); `parley patch publish` does all three"
             )
+        async with self._lock:
+            info = self.repo.publish_signed(service=service, signed=signed_metadata, wheel=wheel)
+            if (info.version, info.target_path) != (version, f"{service}/{wheel_name}"):
+                raise InvalidArgument(f"the signed metadata publishes {info.target_path} {info.version}, not {version}")
             event = events_pb2.ReleasePublished(
                 service=info.service,
                 version=info.version,
@@ -323,6 +400,8 @@ class Registry:
 
     async def plan(self, caller: Caller, *, service: str, to_version: str) -> Rollout:
         release = self.release(service, to_version)
+        if release.min_event_schema > 1:  # every envelope is at schema 1 or newer
+            check_readable(service, to_version, release.min_event_schema, await self.schema_census())
         live = self.fleet.live(time.monotonic(), service)
         versions = {beat.version for beat in live}
         if len(versions) > 1:

@@ -6,7 +6,9 @@ lets a compromised key be replaced without re-installing every node. Roles:
 
 - root: a threshold of keys (default 2 of 3) that can live offline; only needed to rotate keys.
 - targets: delegates `<service>/*` to one role per service (terminating), so the messaging
-  key can sign messaging releases and nothing else.
+  key can sign messaging releases and nothing else. That key is the publisher's: the registry
+  holds only its public half, prepares the role's next metadata, and verifies the publisher's
+  signature on it (parley_cli.publishing is the other side).
 - snapshot and timestamp: online keys of the registry; the timestamp expires soon (default one
   hour) so a frozen mirror is noticed.
 - consistent snapshots: metadata as `<version>.<role>.json`, artifacts as `<sha256>.<file>`,
@@ -22,14 +24,16 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from securesystemslib.signer import CryptoSigner, Signer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
+from securesystemslib.signer import CryptoSigner, Key, Signer, SSlibKey
+from tuf.api.exceptions import LengthOrHashMismatchError, UnsignedMetadataError
 from tuf.api.metadata import (
     DelegatedRole,
     Delegations,
@@ -108,12 +112,26 @@ class KeyStore:
             out.write(signer.private_bytes)
         return signer
 
+    def remove(self, role: str, index: int = 0) -> None:
+        self._path(role, index).unlink(missing_ok=True)
+
     def load(self, role: str, index: int = 0) -> CryptoSigner:
         path = self._path(role, index)
         if not path.exists():
             raise NotFound(f"no signing key for role {role!r} at {path}")
         key = load_pem_private_key(path.read_bytes(), password=None)
         return CryptoSigner(key)
+
+
+def parse_public_key(pem: str) -> Key:
+    """A publisher's Ed25519 public key (SubjectPublicKeyInfo PEM) as a TUF key, id computed here."""
+    try:
+        public = load_pem_public_key(pem.encode())
+    except ValueError as error:
+        raise InvalidArgument(f"public_key_pem is not a PEM public key: {error}") from None
+    if not isinstance(public, Ed25519PublicKey):
+        raise InvalidArgument(f"publisher keys are Ed25519, not {type(public).__name__}")
+    return SSlibKey.from_crypto(public)
 
 
 def _sha256(data: bytes) -> str:
@@ -150,10 +168,12 @@ class ReleaseRepository:
         targets_signer: Signer,
         snapshot_signer: Signer,
         timestamp_signer: Signer,
-        service_keys: Mapping[str, Signer],
+        services: Iterable[str],
+        publisher_keys: Mapping[str, Key] | None = None,
         lifetimes: Lifetimes | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> ReleaseRepository:
+        """A new repository; a service without a publisher key cannot be released until one is delegated."""
         if (folder / "metadata" / "1.root.json").exists():
             raise AlreadyExists(f"a release repository already exists in {folder}")
         if root_threshold < 1 or root_threshold > len(root_signers):
@@ -184,14 +204,17 @@ class ReleaseRepository:
 
         targets = Targets(expires=now + repo.lifetimes.targets)
         targets.delegations = Delegations(keys={}, roles={})
-        for service, signer in sorted(service_keys.items()):
+        for service in sorted(services):
             name = delegated_role(service)
             assert targets.delegations.roles is not None
             targets.delegations.roles[name] = DelegatedRole(
                 name=name, keyids=[], threshold=1, terminating=True, paths=[f"{service}/*"]
             )
-            targets.add_key(signer.public_key, name)
-            repo._write_signed(Metadata(Targets(expires=now + repo.lifetimes.targets)), name, [signer])
+            if publisher_keys and service in publisher_keys:
+                targets.add_key(publisher_keys[service], name)
+            # Version 1 is empty and unsigned: no client reads it (snapshot names it, and the
+            # first release brings version 2, signed by the publisher).
+            repo._write(Metadata(Targets(expires=now + repo.lifetimes.targets)), name)
         repo._write_signed(Metadata(targets), "targets", [targets_signer])
         repo._publish_snapshot()
         return repo
@@ -275,6 +298,139 @@ class ReleaseRepository:
 
     # ---- releases ---------------------------------------------------------------------------
 
+    def _delegation(self, service: str) -> tuple[str, list[str]]:
+        role = delegated_role(service)
+        delegations = self.targets().signed.delegations
+        if delegations is None or delegations.roles is None or role not in delegations.roles:
+            raise NotFound(f"no delegated release role for service {service!r}")
+        return role, list(delegations.roles[role].keyids)
+
+    def delegate_publisher_key(self, service: str, key: Key, targets_signer: Signer) -> None:
+        """`<service>/*` is signed by `key` from now on (replacing any earlier publisher key)."""
+        role, keyids = self._delegation(service)
+        targets = self.targets()
+        for keyid in keyids:
+            targets.signed.revoke_key(keyid, role)
+        targets.signed.add_key(key, role)
+        targets.signed.version += 1
+        targets.signed.expires = self.clock() + self.lifetimes.targets
+        self._write_signed(targets, "targets", [targets_signer])
+        self._publish_snapshot()
+
+    def publisher_keyids(self, service: str) -> list[str]:
+        return self._delegation(service)[1]
+
+    def prepare(
+        self,
+        *,
+        service: str,
+        version: str,
+        wheel_name: str,
+        sha256: str,
+        length: int,
+        fixes: Iterable[str],
+        min_event_schema: int,
+    ) -> Metadata[Targets]:
+        """The service's next delegated targets metadata with the release added, unsigned.
+
+        This is what the publisher signs; nothing is written until the signed copy comes back.
+        """
+        role, keyids = self._delegation(service)
+        if not keyids:
+            raise FailedPrecondition(
+                f"no publisher key is delegated for {service} releases; "
+                f"create one with `parley patch key create {service}`"
+            )
+        if not WHEEL_NAME.match(wheel_name):
+            raise InvalidArgument(f"{wheel_name!r} is not a wheel file name")
+        if min_event_schema < 1:
+            raise InvalidArgument("min_event_schema must be 1 or more")
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256) or length < 1:
+            raise InvalidArgument("sha256 must be 64 lower-case hex digits and length at least 1")
+        delegated: Metadata[Targets] = self._latest(role)
+        self._refuse_published_version(delegated.signed, service, version)
+        path = f"{service}/{wheel_name}"
+        delegated.signed.targets[path] = TargetFile(
+            length=length,
+            hashes={"sha256": sha256},
+            path=path,
+            unrecognized_fields={
+                "custom": {
+                    "service": service,
+                    "version": version,
+                    "fixes": sorted(set(fixes)),
+                    "min_event_schema": min_event_schema,
+                }
+            },
+        )
+        delegated.signed.version += 1
+        delegated.signed.expires = self.clock() + self.lifetimes.targets
+        delegated.signatures.clear()
+        return delegated
+
+    @staticmethod
+    def _refuse_published_version(targets: Targets, service: str, version: str) -> None:
+        for existing in targets.targets.values():
+            if existing.custom.get("version") == version:
+                raise AlreadyExists(f"{service} {version} is already published as {existing.path}")
+
+    def publish_signed(self, *, service: str, signed: bytes, wheel: bytes) -> ReleaseInfo:
+        """Stores the release whose delegated metadata its publisher signed, then snapshot and timestamp.
+
+        Accepted only if the service's delegated key(s) signed it, it is the very next version,
+        and it adds exactly one target, under the service's path, for exactly these wheel bytes.
+        """
+        role, _ = self._delegation(service)
+        try:
+            incoming: Metadata[Targets] = Metadata.from_bytes(signed)
+        except Exception as error:  # tuf raises several deserialisation errors
+            raise InvalidArgument(f"signed_metadata is not TUF metadata: {error}") from None
+        if not isinstance(incoming.signed, Targets):
+            raise InvalidArgument(f"signed_metadata is {incoming.signed.type} metadata, not targets")
+        try:
+            self.targets().verify_delegate(role, incoming)
+        except UnsignedMetadataError:
+            keyids = ", ".join(s[:12] + "…" for s in incoming.signatures) or "no key"
+            raise PermissionDenied(
+                f"signed by {keyids}, which is not delegated to sign {service} releases; "
+                f"sign with {service}'s publisher key (`parley patch key create {service}` made it)"
+            ) from None
+        current: Metadata[Targets] = self._latest(role)
+        if incoming.signed.version != current.signed.version + 1:
+            raise FailedPrecondition(
+                f"the signed metadata is version {incoming.signed.version} but the repository expects "
+                f"{current.signed.version + 1}; another release came first: publish again"
+            )
+        before, after = current.signed.targets, incoming.signed.targets
+        added = [path for path in after if path not in before]
+        changed = [path for path in before if after.get(path) != before[path]]
+        if len(added) != 1 or changed or incoming.signed.delegations is not None:
+            raise InvalidArgument("a release adds exactly one target and changes nothing else")
+        target = after[added[0]]
+        custom = target.custom
+        directory, _, name = target.path.rpartition("/")
+        if directory != service or not WHEEL_NAME.match(name) or custom.get("service") != service:
+            raise InvalidArgument(f"{target.path} is not a {service} wheel under {service}/")
+        if not isinstance(custom.get("min_event_schema"), int) or custom["min_event_schema"] < 1:
+            raise InvalidArgument("min_event_schema must be 1 or more")
+        self._refuse_published_version(current.signed, service, str(custom.get("version")))
+        if incoming.signed.expires <= self.clock():
+            raise InvalidArgument("the signed metadata has already expired")
+        try:
+            target.verify_length_and_hashes(wheel)
+        except LengthOrHashMismatchError:
+            raise InvalidArgument(f"the uploaded wheel is not the one the signed metadata names ({name})") from None
+        # Content-addressed store first: metadata never names an artifact that is not there.
+        blob = self.targets_dir / service / f"{target.hashes['sha256']}.{name}"
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        if not blob.exists():
+            tmp = blob.with_name(f".{blob.name}.tmp")
+            tmp.write_bytes(wheel)
+            tmp.replace(blob)
+        self._write(incoming, role)  # as the publisher signed it
+        self._publish_snapshot()
+        return ReleaseInfo.from_target(target)
+
     def publish(
         self,
         *,
@@ -286,52 +442,18 @@ class ReleaseRepository:
         min_event_schema: int,
         signer: Signer,
     ) -> ReleaseInfo:
-        """Adds a release to the service's delegated role, signed by that service's key only."""
-        role = delegated_role(service)
-        targets = self.targets()
-        delegations = targets.signed.delegations
-        if delegations is None or delegations.roles is None or role not in delegations.roles:
-            raise NotFound(f"no delegated release role for service {service!r}")
-        if signer.public_key.keyid not in delegations.roles[role].keyids:
-            raise PermissionDenied(
-                f"this key ({signer.public_key.keyid[:12]}…) is not delegated to sign {service} releases"
-            )
-        if not WHEEL_NAME.match(wheel_name):
-            raise InvalidArgument(f"{wheel_name!r} is not a wheel file name")
-        if min_event_schema < 1:
-            raise InvalidArgument("min_event_schema must be 1 or more")
-        delegated: Metadata[Targets] = self._latest(role)
-        path = f"{service}/{wheel_name}"
-        for existing in delegated.signed.targets.values():
-            if existing.custom.get("version") == version:
-                raise AlreadyExists(f"{service} {version} is already published as {existing.path}")
-        digest = _sha256(wheel)
-        target = TargetFile(
+        """Both sides in one process (tests and tools that hold the publisher key)."""
+        prepared = self.prepare(
+            service=service,
+            version=version,
+            wheel_name=wheel_name,
+            sha256=_sha256(wheel),
             length=len(wheel),
-            hashes={"sha256": digest},
-            path=path,
-            unrecognized_fields={
-                "custom": {
-                    "service": service,
-                    "version": version,
-                    "fixes": sorted(set(fixes)),
-                    "min_event_schema": min_event_schema,
-                }
-            },
+            fixes=fixes,
+            min_event_schema=min_event_schema,
         )
-        # Content-addressed store first: metadata never names an artifact that is not there.
-        blob = self.targets_dir / service / f"{digest}.{wheel_name}"
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        if not blob.exists():
-            tmp = blob.with_name(f".{blob.name}.tmp")
-            tmp.write_bytes(wheel)
-            tmp.replace(blob)
-        delegated.signed.targets[path] = target
-        delegated.signed.version += 1
-        delegated.signed.expires = self.clock() + self.lifetimes.targets
-        self._write_signed(delegated, role, [signer])
-        self._publish_snapshot()
-        return ReleaseInfo.from_target(target)
+        prepared.sign(signer)
+        return self.publish_signed(service=service, signed=prepared.to_bytes(), wheel=wheel)
 
     def releases(self, service: str | None = None) -> list[ReleaseInfo]:
         found: list[ReleaseInfo] = []
@@ -342,6 +464,60 @@ class ReleaseRepository:
         return sorted(found, key=lambda r: (r.service, r.target_path))
 
     # ---- key rotation -----------------------------------------------------------------------
+
+    def prepare_root(self, new_keys: Sequence[Key], threshold: int) -> Metadata[Root]:
+        """Root v(n+1) with `new_keys` (threshold of them) as root keys, unsigned; online keys unchanged."""
+        if threshold < 1 or threshold > len(new_keys):
+            raise InvalidArgument(f"root threshold {threshold} needs 1..{len(new_keys)} keys")
+        if len({k.keyid for k in new_keys}) != len(new_keys):
+            raise InvalidArgument("the new root keys must be different keys")
+        current = self.root()
+        root = current.signed
+        for keyid in list(root.roles["root"].keyids):
+            root.revoke_key(keyid, "root")
+        for key in new_keys:
+            root.add_key(key, "root")
+        root.roles["root"].threshold = threshold
+        root.version += 1
+        root.expires = self.clock() + self.lifetimes.root
+        return Metadata(root)
+
+    def apply_root(self, signed: bytes) -> Root:
+        """Publishes root v(n+1) signed offline, after checking what a client will check, and more.
+
+        A threshold of the current root keys and of its own root keys must have signed it (else
+        clients holding root vn could not follow), and only the root keys may differ: the online
+        roles' keys are the registry's and stay as they are.
+        """
+        try:
+            incoming: Metadata[Root] = Metadata.from_bytes(signed)
+        except Exception as error:  # tuf raises several deserialisation errors
+            raise InvalidArgument(f"signed_root is not TUF metadata: {error}") from None
+        if not isinstance(incoming.signed, Root):
+            raise InvalidArgument(f"signed_root is {incoming.signed.type} metadata, not root")
+        current = self.root()
+        new = incoming.signed
+        if new.version != current.signed.version + 1:
+            raise FailedPrecondition(
+                f"the signed root is version {new.version}, the next is {current.signed.version + 1}: prepare again"
+            )
+        for role in ("targets", "snapshot", "timestamp"):
+            if new.roles[role] != current.signed.roles[role] or any(
+                new.keys.get(k) != current.signed.keys.get(k) for k in current.signed.roles[role].keyids
+            ):
+                raise InvalidArgument(f"a root rotation changes the root keys only, not the {role} role")
+        if new.consistent_snapshot != current.signed.consistent_snapshot or new.expires <= self.clock():
+            raise InvalidArgument("a root rotation keeps consistent snapshots and expires in the future")
+        for verifier, which in ((current.signed, "current"), (new, "new")):
+            try:
+                verifier.verify_delegate("root", incoming.signed_bytes, incoming.signatures)
+            except UnsignedMetadataError:
+                needed = verifier.roles["root"].threshold
+                raise PermissionDenied(
+                    f"root v{new.version} needs signatures of {needed} of the {which} root keys"
+                ) from None
+        self._write(incoming, "root")
+        return new
 
     def rotate_root(
         self,

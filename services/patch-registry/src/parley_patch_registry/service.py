@@ -13,12 +13,15 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
+from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
+from parley_core.errors import Unavailable
 from parley_core.runner import RunContext
 from parley_core.topology import HEARTBEATS_FILTER
 from parley_patch_registry.api import PatchApi
 from parley_patch_registry.registry import FleetView, Registry, open_repository
 from parley_patch_registry.releases import KeyStore
+from parley_patch_registry.schemas import SchemaCensus, StoredSchemas
 from parley_patch_registry.settings import RegistrySettings
 from parley_patch_registry.tuf_http import RepositoryHttpServer
 
@@ -26,7 +29,25 @@ STALE_AFTER_BEATS = 3
 FINDINGS_INTERVAL_S = 5.0
 log = logging.getLogger(__name__)
 
-__all__ = ["FleetView", "PatchRegistryApp"]
+__all__ = ["FleetView", "PatchRegistryApp", "storage_schema_census"]
+
+
+def storage_schema_census(archive: storage_pb2_grpc.StorageArchiveServiceAsyncStub | None) -> SchemaCensus:
+    """The archive's event schema versions, from the storage service (None: no address configured)."""
+
+    async def census() -> list[StoredSchemas]:
+        if archive is None:
+            raise Unavailable("cannot check event schemas: no storage address (PARLEY_STORAGE_ADDR) is configured")
+        try:
+            response = await archive.GetSchemaVersions(storage_pb2.GetSchemaVersionsRequest(), timeout=10.0)
+        except grpc.aio.AioRpcError as error:
+            raise Unavailable(
+                f"cannot check which event schemas the archive holds: storage answered {error.code().name} "
+                f"({error.details()}); try again once storage is serving"
+            ) from None
+        return [StoredSchemas(v.stream, v.event_type, v.oldest_schema_version, v.events) for v in response.versions]
+
+    return census
 
 
 class PatchRegistryApp(fleet_pb2_grpc.FleetServiceServicer):
@@ -45,8 +66,17 @@ class PatchRegistryApp(fleet_pb2_grpc.FleetServiceServicer):
         folder = ctx.settings.data_dir / "patch-registry"
         repo = await asyncio.to_thread(open_repository, folder, self.settings)
         self.http = RepositoryHttpServer(repo.folder, self.settings.http_host, self.settings.http_port).start()
+        address = ctx.settings.storage_addr
+        archive: storage_pb2_grpc.StorageArchiveServiceAsyncStub | None = None
+        if address:
+            archive = storage_pb2_grpc.StorageArchiveServiceStub(ctx.channel_to(address, "storage"))
         self.registry = Registry(
-            bus=ctx.bus, repo=repo, keys=KeyStore(folder / "keys"), settings=self.settings, fleet=self.fleet
+            bus=ctx.bus,
+            repo=repo,
+            keys=KeyStore(folder / "keys"),
+            settings=self.settings,
+            fleet=self.fleet,
+            schema_census=storage_schema_census(archive),
         )
         await self.registry.start()
         self._sub = await ctx.bus.nc.subscribe(HEARTBEATS_FILTER, cb=self._on_heartbeat)

@@ -70,3 +70,9 @@ def require_self_or_operator(requester: Requester, user_id: str) -> None:
 def require_operator(requester: Requester) -> None:
     if not requester.is_operator:
         raise PermissionDenied("only the operator's platform identity may change retention or rotate keys")
+
+
+def require_platform_peer(requester: Requester) -> None:
+    """Archive metadata (no event content): any service, the operator, or an auditor."""
+    if not (requester.is_operator or requester.is_auditor or (requester.peer in SERVICES and requester.caller is None)):
+        raise PermissionDenied(f"schema versions are for Parley's services, the operator and the {AUDITOR_ROLE!r} role")

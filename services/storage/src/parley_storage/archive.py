@@ -91,6 +91,17 @@ class ConsumerProgress:
     last_occurred_at_ns: int
 
 
+@dataclass(frozen=True)
+class SchemaVersions:
+    """The envelope schema versions one event type is archived under, in one stream."""
+
+    stream: str
+    event_type: str
+    oldest: int
+    newest: int
+    events: int
+
+
 def open_engine(url: str) -> Engine:
     engine = create_engine(url, pool_pre_ping=True)
     if engine.dialect.name == "sqlite":
@@ -596,6 +607,20 @@ class SqlEventArchive:
             return [ConsumerProgress(r.consumer, r.stream, r.last_seq, r.last_occurred_at_ns) for r in rows]
 
         return await self.run("consumer_progress", work)
+
+    async def schema_versions(self) -> list[SchemaVersions]:
+        def work(conn: Connection) -> list[SchemaVersions]:
+            c = events.c
+            rows = conn.execute(
+                select(
+                    c.stream, c.event_type, func.min(c.schema_version), func.max(c.schema_version), func.count()
+                )
+                .group_by(c.stream, c.event_type)
+                .order_by(c.stream, c.event_type)
+            ).all()
+            return [SchemaVersions(r[0], r[1], int(r[2]), int(r[3]), int(r[4])) for r in rows]
+
+        return await self.run("schema_versions", work)
 
     async def count_events(self, stream: str) -> int:
         def work(conn: Connection) -> int:

@@ -129,6 +129,23 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
             ]
         )
 
+    async def GetSchemaVersions(
+        self, request: storage_pb2.GetSchemaVersionsRequest, context: Context
+    ) -> storage_pb2.GetSchemaVersionsResponse:
+        access.require_platform_peer(self._requester(context))
+        return storage_pb2.GetSchemaVersionsResponse(
+            versions=[
+                storage_pb2.EventSchemaVersions(
+                    stream=v.stream,
+                    event_type=v.event_type,
+                    oldest_schema_version=v.oldest,
+                    newest_schema_version=v.newest,
+                    events=v.events,
+                )
+                for v in await self._archive.schema_versions()
+            ]
+        )
+
     async def ExportUserData(
         self, request: storage_pb2.ExportUserDataRequest, context: Context
     ) -> storage_pb2.ExportUserDataResponse:

@@ -467,3 +467,61 @@ class VulnerabilityOverdue(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VulnerabilityOverdue: _TypeAlias = VulnerabilityOverdue  # noqa: Y015
+
+@_typing.final
+class PublisherKeySet(_message.Message):
+    """`<service>/*` releases are signed by this key from now on (the registry holds its public half only)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    KEYID_FIELD_NUMBER: _builtins.int
+    SET_BY_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    keyid: _builtins.str
+    set_by: _builtins.str
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        keyid: _builtins.str = ...,
+        set_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keyid", b"keyid", "service", b"service", "set_by", b"set_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublisherKeySet: _TypeAlias = PublisherKeySet  # noqa: Y015
+
+@_typing.final
+class RootRotated(_message.Message):
+    """Root metadata v`version` is published, signed by the offline root keys."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    KEYIDS_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    ROTATED_BY_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    threshold: _builtins.int
+    rotated_by: _builtins.str
+    @_builtins.property
+    def keyids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        keyids: _abc.Iterable[_builtins.str] | None = ...,
+        threshold: _builtins.int = ...,
+        rotated_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keyids", b"keyids", "rotated_by", b"rotated_by", "threshold", b"threshold", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RootRotated: _TypeAlias = RootRotated  # noqa: Y015

@@ -19,19 +19,119 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
-class PublishReleaseRequest(_message.Message):
+class PrepareRootRotationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NEW_PUBLIC_KEYS_PEM_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    threshold: _builtins.int
+    @_builtins.property
+    def new_public_keys_pem(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """SubjectPublicKeyInfo PEM (Ed25519)"""
+
+    def __init__(
+        self,
+        *,
+        new_public_keys_pem: _abc.Iterable[_builtins.str] | None = ...,
+        threshold: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["new_public_keys_pem", b"new_public_keys_pem", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrepareRootRotationRequest: _TypeAlias = PrepareRootRotationRequest  # noqa: Y015
+
+@_typing.final
+class PreparedRoot(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METADATA_FIELD_NUMBER: _builtins.int
+    CURRENT_KEYIDS_FIELD_NUMBER: _builtins.int
+    CURRENT_THRESHOLD_FIELD_NUMBER: _builtins.int
+    metadata: _builtins.bytes
+    """root v(n+1), unsigned (TUF JSON)"""
+    current_threshold: _builtins.int
+    @_builtins.property
+    def current_keyids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        metadata: _builtins.bytes = ...,
+        current_keyids: _abc.Iterable[_builtins.str] | None = ...,
+        current_threshold: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_keyids", b"current_keyids", "current_threshold", b"current_threshold", "metadata", b"metadata"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreparedRoot: _TypeAlias = PreparedRoot  # noqa: Y015
+
+@_typing.final
+class RotateRootRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNED_ROOT_FIELD_NUMBER: _builtins.int
+    signed_root: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        signed_root: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["signed_root", b"signed_root"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateRootRequest: _TypeAlias = RotateRootRequest  # noqa: Y015
+
+@_typing.final
+class RotateRootResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    KEYIDS_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    threshold: _builtins.int
+    @_builtins.property
+    def keyids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        keyids: _abc.Iterable[_builtins.str] | None = ...,
+        threshold: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keyids", b"keyids", "threshold", b"threshold", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateRootResponse: _TypeAlias = RotateRootResponse  # noqa: Y015
+
+@_typing.final
+class PrepareReleaseRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SERVICE_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     WHEEL_NAME_FIELD_NUMBER: _builtins.int
-    WHEEL_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    LENGTH_FIELD_NUMBER: _builtins.int
     FIXES_FIELD_NUMBER: _builtins.int
     MIN_EVENT_SCHEMA_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     version: _builtins.str
     wheel_name: _builtins.str
-    wheel: _builtins.bytes
+    sha256: _builtins.str
+    """of the wheel the publisher will upload"""
+    length: _builtins.int
     min_event_schema: _builtins.int
     @_builtins.property
     def fixes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -41,13 +141,131 @@ class PublishReleaseRequest(_message.Message):
         service: _builtins.str = ...,
         version: _builtins.str = ...,
         wheel_name: _builtins.str = ...,
-        wheel: _builtins.bytes = ...,
+        sha256: _builtins.str = ...,
+        length: _builtins.int = ...,
         fixes: _abc.Iterable[_builtins.str] | None = ...,
         min_event_schema: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fixes", b"fixes", "min_event_schema", b"min_event_schema", "service", b"service", "version", b"version", "wheel", b"wheel", "wheel_name", b"wheel_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fixes", b"fixes", "length", b"length", "min_event_schema", b"min_event_schema", "service", b"service", "sha256", b"sha256", "version", b"version", "wheel_name", b"wheel_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrepareReleaseRequest: _TypeAlias = PrepareReleaseRequest  # noqa: Y015
+
+@_typing.final
+class PreparedRelease(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METADATA_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    KEYIDS_FIELD_NUMBER: _builtins.int
+    metadata: _builtins.bytes
+    """the service's next delegated targets metadata, unsigned (TUF JSON)"""
+    role: _builtins.str
+    """e.g. "service-messaging" """
+    @_builtins.property
+    def keyids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the keys delegated to sign it"""
+
+    def __init__(
+        self,
+        *,
+        metadata: _builtins.bytes = ...,
+        role: _builtins.str = ...,
+        keyids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keyids", b"keyids", "metadata", b"metadata", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreparedRelease: _TypeAlias = PreparedRelease  # noqa: Y015
+
+@_typing.final
+class SetPublisherKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_PEM_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    public_key_pem: _builtins.str
+    """SubjectPublicKeyInfo PEM (Ed25519)"""
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        public_key_pem: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["public_key_pem", b"public_key_pem", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPublisherKeyRequest: _TypeAlias = SetPublisherKeyRequest  # noqa: Y015
+
+@_typing.final
+class PublisherKey(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    KEYID_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    keyid: _builtins.str
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        keyid: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keyid", b"keyid", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublisherKey: _TypeAlias = PublisherKey  # noqa: Y015
+
+@_typing.final
+class PublishReleaseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    WHEEL_NAME_FIELD_NUMBER: _builtins.int
+    WHEEL_FIELD_NUMBER: _builtins.int
+    FIXES_FIELD_NUMBER: _builtins.int
+    MIN_EVENT_SCHEMA_FIELD_NUMBER: _builtins.int
+    SIGNED_METADATA_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    version: _builtins.str
+    wheel_name: _builtins.str
+    wheel: _builtins.bytes
+    min_event_schema: _builtins.int
+    """likewise"""
+    signed_metadata: _builtins.bytes
+    """PreparedRelease.metadata signed with the publisher's key"""
+    @_builtins.property
+    def fixes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """informational: the signed metadata's own fields count"""
+
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        version: _builtins.str = ...,
+        wheel_name: _builtins.str = ...,
+        wheel: _builtins.bytes = ...,
+        fixes: _abc.Iterable[_builtins.str] | None = ...,
+        min_event_schema: _builtins.int = ...,
+        signed_metadata: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fixes", b"fixes", "min_event_schema", b"min_event_schema", "service", b"service", "signed_metadata", b"signed_metadata", "version", b"version", "wheel", b"wheel", "wheel_name", b"wheel_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

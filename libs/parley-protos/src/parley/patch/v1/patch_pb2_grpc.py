@@ -111,6 +111,26 @@ class PatchServiceStub:
                 request_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.TufRepositoryRequest.SerializeToString,
                 response_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.TufRepositoryResponse.FromString,
                 _registered_method=True)
+        self.PrepareRelease = channel.unary_unary(
+                '/parley.patch.v1.PatchService/PrepareRelease',
+                request_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.PrepareReleaseRequest.SerializeToString,
+                response_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.PreparedRelease.FromString,
+                _registered_method=True)
+        self.SetPublisherKey = channel.unary_unary(
+                '/parley.patch.v1.PatchService/SetPublisherKey',
+                request_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.SetPublisherKeyRequest.SerializeToString,
+                response_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.PublisherKey.FromString,
+                _registered_method=True)
+        self.PrepareRootRotation = channel.unary_unary(
+                '/parley.patch.v1.PatchService/PrepareRootRotation',
+                request_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.PrepareRootRotationRequest.SerializeToString,
+                response_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.PreparedRoot.FromString,
+                _registered_method=True)
+        self.RotateRoot = channel.unary_unary(
+                '/parley.patch.v1.PatchService/RotateRoot',
+                request_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.RotateRootRequest.SerializeToString,
+                response_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.RotateRootResponse.FromString,
+                _registered_method=True)
 
 
 class PatchServiceServicer:
@@ -119,7 +139,9 @@ class PatchServiceServicer:
     """
 
     def PublishRelease(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Publishing is prepare, sign on the publisher's side, publish: the registry never holds a
+        service's delegated targets key, only the public key set with SetPublisherKey.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -209,6 +231,34 @@ class PatchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PrepareRelease(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPublisherKey(self, request, context):
+        """Operator/admin: delegate `<service>/*` to this public key (replacing the previous one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PrepareRootRotation(self, request, context):
+        """Root rotation with offline keys: the registry prepares root v(n+1), the operator signs it
+        with a threshold of the current root keys and of the new ones, the registry checks and
+        publishes it (clients holding root vn follow).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateRoot(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PatchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -286,6 +336,26 @@ def add_PatchServiceServicer_to_server(servicer, server):
                     servicer.TufRepository,
                     request_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.TufRepositoryRequest.FromString,
                     response_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.TufRepositoryResponse.SerializeToString,
+            ),
+            'PrepareRelease': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareRelease,
+                    request_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.PrepareReleaseRequest.FromString,
+                    response_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.PreparedRelease.SerializeToString,
+            ),
+            'SetPublisherKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPublisherKey,
+                    request_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.SetPublisherKeyRequest.FromString,
+                    response_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.PublisherKey.SerializeToString,
+            ),
+            'PrepareRootRotation': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareRootRotation,
+                    request_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.PrepareRootRotationRequest.FromString,
+                    response_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.PreparedRoot.SerializeToString,
+            ),
+            'RotateRoot': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateRoot,
+                    request_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.RotateRootRequest.FromString,
+                    response_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.RotateRootResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -695,6 +765,114 @@ class PatchService:
             '/parley.patch.v1.PatchService/TufRepository',
             parley_dot_patch_dot_v1_dot_patch__pb2.TufRepositoryRequest.SerializeToString,
             parley_dot_patch_dot_v1_dot_patch__pb2.TufRepositoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareRelease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.patch.v1.PatchService/PrepareRelease',
+            parley_dot_patch_dot_v1_dot_patch__pb2.PrepareReleaseRequest.SerializeToString,
+            parley_dot_patch_dot_v1_dot_patch__pb2.PreparedRelease.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPublisherKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.patch.v1.PatchService/SetPublisherKey',
+            parley_dot_patch_dot_v1_dot_patch__pb2.SetPublisherKeyRequest.SerializeToString,
+            parley_dot_patch_dot_v1_dot_patch__pb2.PublisherKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareRootRotation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.patch.v1.PatchService/PrepareRootRotation',
+            parley_dot_patch_dot_v1_dot_patch__pb2.PrepareRootRotationRequest.SerializeToString,
+            parley_dot_patch_dot_v1_dot_patch__pb2.PreparedRoot.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateRoot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.patch.v1.PatchService/RotateRoot',
+            parley_dot_patch_dot_v1_dot_patch__pb2.RotateRootRequest.SerializeToString,
+            parley_dot_patch_dot_v1_dot_patch__pb2.RotateRootResponse.FromString,
             options,
             channel_credentials,
             insecure,

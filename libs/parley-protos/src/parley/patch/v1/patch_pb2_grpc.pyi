@@ -36,6 +36,9 @@ class PatchServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> PatchServiceAsyncStub: ...
     PublishRelease: _grpc.UnaryUnaryMultiCallable[_patch_pb2.PublishReleaseRequest, _patch_pb2.Release]
+    """Publishing is prepare, sign on the publisher's side, publish: the registry never holds a
+    service's delegated targets key, only the public key set with SetPublisherKey.
+    """
     ListReleases: _grpc.UnaryUnaryMultiCallable[_patch_pb2.ListReleasesRequest, _patch_pb2.ListReleasesResponse]
     ImportAdvisories: _grpc.UnaryUnaryMultiCallable[_patch_pb2.ImportAdvisoriesRequest, _patch_pb2.ImportAdvisoriesResponse]
     ListFindings: _grpc.UnaryUnaryMultiCallable[_patch_pb2.ListFindingsRequest, _patch_pb2.ListFindingsResponse]
@@ -51,6 +54,15 @@ class PatchServiceStub:
     ReportInstanceDrained: _grpc.UnaryUnaryMultiCallable[_patch_pb2.ReportInstanceRequest, _patch_pb2.Rollout]
     ReportRolledBack: _grpc.UnaryUnaryMultiCallable[_patch_pb2.GetRolloutRequest, _patch_pb2.Rollout]
     TufRepository: _grpc.UnaryUnaryMultiCallable[_patch_pb2.TufRepositoryRequest, _patch_pb2.TufRepositoryResponse]
+    PrepareRelease: _grpc.UnaryUnaryMultiCallable[_patch_pb2.PrepareReleaseRequest, _patch_pb2.PreparedRelease]
+    SetPublisherKey: _grpc.UnaryUnaryMultiCallable[_patch_pb2.SetPublisherKeyRequest, _patch_pb2.PublisherKey]
+    """Operator/admin: delegate `<service>/*` to this public key (replacing the previous one)."""
+    PrepareRootRotation: _grpc.UnaryUnaryMultiCallable[_patch_pb2.PrepareRootRotationRequest, _patch_pb2.PreparedRoot]
+    """Root rotation with offline keys: the registry prepares root v(n+1), the operator signs it
+    with a threshold of the current root keys and of the new ones, the registry checks and
+    publishes it (clients holding root vn follow).
+    """
+    RotateRoot: _grpc.UnaryUnaryMultiCallable[_patch_pb2.RotateRootRequest, _patch_pb2.RotateRootResponse]
 
 @_typing.type_check_only
 class PatchServiceAsyncStub(PatchServiceStub):
@@ -60,6 +72,9 @@ class PatchServiceAsyncStub(PatchServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     PublishRelease: _aio.UnaryUnaryMultiCallable[_patch_pb2.PublishReleaseRequest, _patch_pb2.Release]  # type: ignore[assignment]
+    """Publishing is prepare, sign on the publisher's side, publish: the registry never holds a
+    service's delegated targets key, only the public key set with SetPublisherKey.
+    """
     ListReleases: _aio.UnaryUnaryMultiCallable[_patch_pb2.ListReleasesRequest, _patch_pb2.ListReleasesResponse]  # type: ignore[assignment]
     ImportAdvisories: _aio.UnaryUnaryMultiCallable[_patch_pb2.ImportAdvisoriesRequest, _patch_pb2.ImportAdvisoriesResponse]  # type: ignore[assignment]
     ListFindings: _aio.UnaryUnaryMultiCallable[_patch_pb2.ListFindingsRequest, _patch_pb2.ListFindingsResponse]  # type: ignore[assignment]
@@ -75,6 +90,15 @@ class PatchServiceAsyncStub(PatchServiceStub):
     ReportInstanceDrained: _aio.UnaryUnaryMultiCallable[_patch_pb2.ReportInstanceRequest, _patch_pb2.Rollout]  # type: ignore[assignment]
     ReportRolledBack: _aio.UnaryUnaryMultiCallable[_patch_pb2.GetRolloutRequest, _patch_pb2.Rollout]  # type: ignore[assignment]
     TufRepository: _aio.UnaryUnaryMultiCallable[_patch_pb2.TufRepositoryRequest, _patch_pb2.TufRepositoryResponse]  # type: ignore[assignment]
+    PrepareRelease: _aio.UnaryUnaryMultiCallable[_patch_pb2.PrepareReleaseRequest, _patch_pb2.PreparedRelease]  # type: ignore[assignment]
+    SetPublisherKey: _aio.UnaryUnaryMultiCallable[_patch_pb2.SetPublisherKeyRequest, _patch_pb2.PublisherKey]  # type: ignore[assignment]
+    """Operator/admin: delegate `<service>/*` to this public key (replacing the previous one)."""
+    PrepareRootRotation: _aio.UnaryUnaryMultiCallable[_patch_pb2.PrepareRootRotationRequest, _patch_pb2.PreparedRoot]  # type: ignore[assignment]
+    """Root rotation with offline keys: the registry prepares root v(n+1), the operator signs it
+    with a threshold of the current root keys and of the new ones, the registry checks and
+    publishes it (clients holding root vn follow).
+    """
+    RotateRoot: _aio.UnaryUnaryMultiCallable[_patch_pb2.RotateRootRequest, _patch_pb2.RotateRootResponse]  # type: ignore[assignment]
 
 class PatchServiceServicer(metaclass=_abc_1.ABCMeta):
     """The patch registry's operator API (mutual TLS, platform identity) plus the caller's access
@@ -86,7 +110,10 @@ class PatchServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _patch_pb2.PublishReleaseRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_patch_pb2.Release, _abc.Awaitable[_patch_pb2.Release]]: ...
+    ) -> _typing.Union[_patch_pb2.Release, _abc.Awaitable[_patch_pb2.Release]]:
+        """Publishing is prepare, sign on the publisher's side, publish: the registry never holds a
+        service's delegated targets key, only the public key set with SetPublisherKey.
+        """
 
     @_abc_1.abstractmethod
     def ListReleases(
@@ -186,5 +213,38 @@ class PatchServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _patch_pb2.TufRepositoryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_patch_pb2.TufRepositoryResponse, _abc.Awaitable[_patch_pb2.TufRepositoryResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PrepareRelease(
+        self,
+        request: _patch_pb2.PrepareReleaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_patch_pb2.PreparedRelease, _abc.Awaitable[_patch_pb2.PreparedRelease]]: ...
+
+    @_abc_1.abstractmethod
+    def SetPublisherKey(
+        self,
+        request: _patch_pb2.SetPublisherKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_patch_pb2.PublisherKey, _abc.Awaitable[_patch_pb2.PublisherKey]]:
+        """Operator/admin: delegate `<service>/*` to this public key (replacing the previous one)."""
+
+    @_abc_1.abstractmethod
+    def PrepareRootRotation(
+        self,
+        request: _patch_pb2.PrepareRootRotationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_patch_pb2.PreparedRoot, _abc.Awaitable[_patch_pb2.PreparedRoot]]:
+        """Root rotation with offline keys: the registry prepares root v(n+1), the operator signs it
+        with a threshold of the current root keys and of the new ones, the registry checks and
+        publishes it (clients holding root vn follow).
+        """
+
+    @_abc_1.abstractmethod
+    def RotateRoot(
+        self,
+        request: _patch_pb2.RotateRootRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_patch_pb2.RotateRootResponse, _abc.Awaitable[_patch_pb2.RotateRootResponse]]: ...
 
 def add_PatchServiceServicer_to_server(servicer: PatchServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -512,3 +512,69 @@ class RotateKeyEncryptionKeyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RotateKeyEncryptionKeyResponse: _TypeAlias = RotateKeyEncryptionKeyResponse  # noqa: Y015
+
+@_typing.final
+class GetSchemaVersionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSchemaVersionsRequest: _TypeAlias = GetSchemaVersionsRequest  # noqa: Y015
+
+@_typing.final
+class EventSchemaVersions(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    OLDEST_SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
+    NEWEST_SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    stream: _builtins.str
+    event_type: _builtins.str
+    oldest_schema_version: _builtins.int
+    newest_schema_version: _builtins.int
+    events: _builtins.int
+    def __init__(
+        self,
+        *,
+        stream: _builtins.str = ...,
+        event_type: _builtins.str = ...,
+        oldest_schema_version: _builtins.int = ...,
+        newest_schema_version: _builtins.int = ...,
+        events: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_type", b"event_type", "events", b"events", "newest_schema_version", b"newest_schema_version", "oldest_schema_version", b"oldest_schema_version", "stream", b"stream"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventSchemaVersions: _TypeAlias = EventSchemaVersions  # noqa: Y015
+
+@_typing.final
+class GetSchemaVersionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventSchemaVersions]: ...
+    def __init__(
+        self,
+        *,
+        versions: _abc.Iterable[Global___EventSchemaVersions] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSchemaVersionsResponse: _TypeAlias = GetSchemaVersionsResponse  # noqa: Y015

@@ -161,6 +161,11 @@ class StorageArchiveServiceStub:
                 request_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.RotateKeyEncryptionKeyRequest.SerializeToString,
                 response_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.RotateKeyEncryptionKeyResponse.FromString,
                 _registered_method=True)
+        self.GetSchemaVersions = channel.unary_unary(
+                '/parley.storage.v1.StorageArchiveService/GetSchemaVersions',
+                request_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.GetSchemaVersionsRequest.SerializeToString,
+                response_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.GetSchemaVersionsResponse.FromString,
+                _registered_method=True)
 
 
 class StorageArchiveServiceServicer:
@@ -225,6 +230,15 @@ class StorageArchiveServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSchemaVersions(self, request, context):
+        """The oldest envelope schema_version of every event type in the archive, per stream: what a
+        release must still be able to read (the patch registry checks min_event_schema with it).
+        Metadata only, no event content: any service peer, the platform identity or an auditor.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageArchiveServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -267,6 +281,11 @@ def add_StorageArchiveServiceServicer_to_server(servicer, server):
                     servicer.RotateKeyEncryptionKey,
                     request_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.RotateKeyEncryptionKeyRequest.FromString,
                     response_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.RotateKeyEncryptionKeyResponse.SerializeToString,
+            ),
+            'GetSchemaVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSchemaVersions,
+                    request_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.GetSchemaVersionsRequest.FromString,
+                    response_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.GetSchemaVersionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -494,6 +513,33 @@ class StorageArchiveService:
             '/parley.storage.v1.StorageArchiveService/RotateKeyEncryptionKey',
             parley_dot_storage_dot_v1_dot_storage__pb2.RotateKeyEncryptionKeyRequest.SerializeToString,
             parley_dot_storage_dot_v1_dot_storage__pb2.RotateKeyEncryptionKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSchemaVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.storage.v1.StorageArchiveService/GetSchemaVersions',
+            parley_dot_storage_dot_v1_dot_storage__pb2.GetSchemaVersionsRequest.SerializeToString,
+            parley_dot_storage_dot_v1_dot_storage__pb2.GetSchemaVersionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -86,6 +86,11 @@ class StorageArchiveServiceStub:
     """Operator only (platform identity): retention per channel, applied by an hourly job."""
     RotateKeyEncryptionKey: _grpc.UnaryUnaryMultiCallable[_storage_pb2.RotateKeyEncryptionKeyRequest, _storage_pb2.RotateKeyEncryptionKeyResponse]
     """Operator only: a new key-encryption key; every data key is re-wrapped, no event rewritten."""
+    GetSchemaVersions: _grpc.UnaryUnaryMultiCallable[_storage_pb2.GetSchemaVersionsRequest, _storage_pb2.GetSchemaVersionsResponse]
+    """The oldest envelope schema_version of every event type in the archive, per stream: what a
+    release must still be able to read (the patch registry checks min_event_schema with it).
+    Metadata only, no event content: any service peer, the platform identity or an auditor.
+    """
 
 @_typing.type_check_only
 class StorageArchiveServiceAsyncStub(StorageArchiveServiceStub):
@@ -111,6 +116,11 @@ class StorageArchiveServiceAsyncStub(StorageArchiveServiceStub):
     """Operator only (platform identity): retention per channel, applied by an hourly job."""
     RotateKeyEncryptionKey: _aio.UnaryUnaryMultiCallable[_storage_pb2.RotateKeyEncryptionKeyRequest, _storage_pb2.RotateKeyEncryptionKeyResponse]  # type: ignore[assignment]
     """Operator only: a new key-encryption key; every data key is re-wrapped, no event rewritten."""
+    GetSchemaVersions: _aio.UnaryUnaryMultiCallable[_storage_pb2.GetSchemaVersionsRequest, _storage_pb2.GetSchemaVersionsResponse]  # type: ignore[assignment]
+    """The oldest envelope schema_version of every event type in the archive, per stream: what a
+    release must still be able to read (the patch registry checks min_event_schema with it).
+    Metadata only, no event content: any service peer, the platform identity or an auditor.
+    """
 
 class StorageArchiveServiceServicer(metaclass=_abc_1.ABCMeta):
     """---- Archive queries, privacy and operations (issue 5) ----
@@ -181,5 +191,16 @@ class StorageArchiveServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_storage_pb2.RotateKeyEncryptionKeyResponse, _abc.Awaitable[_storage_pb2.RotateKeyEncryptionKeyResponse]]:
         """Operator only: a new key-encryption key; every data key is re-wrapped, no event rewritten."""
+
+    @_abc_1.abstractmethod
+    def GetSchemaVersions(
+        self,
+        request: _storage_pb2.GetSchemaVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_pb2.GetSchemaVersionsResponse, _abc.Awaitable[_storage_pb2.GetSchemaVersionsResponse]]:
+        """The oldest envelope schema_version of every event type in the archive, per stream: what a
+        release must still be able to read (the patch registry checks min_event_schema with it).
+        Metadata only, no event content: any service peer, the platform identity or an auditor.
+        """
 
 def add_StorageArchiveServiceServicer_to_server(servicer: StorageArchiveServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -19,7 +19,7 @@ import os
 import re
 import signal
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -29,12 +29,12 @@ from grpc_health.v1 import health_pb2
 from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
 
+from parley_agent.front_door import FrontDoor
+from parley_agent.installer import TufSource, base_python, fetch_release, install_version
 from parley_core.net import free_port
 from parley_core.pki import Pki
 from parley_core.runner import secure_channel
 from parley_core.topology import PLATFORM_USER
-from parley_patch_registry.agent.front_door import FrontDoor
-from parley_patch_registry.agent.installer import TufSource, base_python, fetch_release, install_version
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ class Instance:
     python: Path
     process: asyncio.subprocess.Process | None = None
     log_file: TextIO | None = field(default=None, repr=False)
+    # Has been behind its front door: kept running (a starting or failed canary is not).
+    serving: bool = False
 
     @property
     def address(self) -> str:
@@ -63,10 +65,16 @@ class AgentTimeouts:
     # Instances recycle their connections this often; before an instance is stopped, callers'
     # connections have moved to the others (gRPC adds up to 10% jitter, hence the margin).
     connection_age_s: float = 5.0
+    # Callers of these hold live streams for as long as they like (the gateway's Subscribe):
+    # recycling their connections would cut the streams, so their instances keep connections
+    # and a drain relies on the server's graceful stop alone.
+    streaming_services: frozenset[str] = frozenset({"gateway"})
 
-    @property
-    def connections_moved_s(self) -> float:
-        return self.connection_age_s * 1.2 + 1.0
+    def recycles_connections(self, service: str) -> bool:
+        return self.connection_age_s > 0 and service not in self.streaming_services
+
+    def connections_moved_s(self, service: str) -> float:
+        return self.connection_age_s * 1.2 + 1.0 if self.recycles_connections(service) else 0.0
 
 
 class NodeAgent:
@@ -78,6 +86,7 @@ class NodeAgent:
         registry_address: str,
         environment: Mapping[str, str],
         timeouts: AgentTimeouts | None = None,
+        log_dir: Path | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.pki = pki
@@ -88,7 +97,7 @@ class NodeAgent:
         self._channel = secure_channel(pki, identity=PLATFORM_USER, address=registry_address, peer="patch-registry")
         self.registry = patch_pb2_grpc.PatchServiceStub(self._channel)
         self.fleet = fleet_pb2_grpc.FleetServiceStub(self._channel)
-        self.log_dir = data_dir / "logs"
+        self.log_dir = log_dir or data_dir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._stop = asyncio.Event()
 
@@ -99,6 +108,13 @@ class NodeAgent:
         self.front_doors[service] = door
         return door
 
+    def log_path(self, service: str) -> Path:
+        """One log per service: its instances, old and new, write to it in turn (each line names its instance)."""
+        return self.log_dir / f"{service}.log"
+
+    def instances_of(self, service: str) -> list[Instance]:
+        return [i for i in self.instances.values() if i.service == service]
+
     async def start_instance(self, service: str, version: str, python: Path | None = None) -> Instance:
         instance = Instance(
             service=service,
@@ -108,27 +124,33 @@ class NodeAgent:
             port=free_port(),
             python=python or base_python(),
         )
-        log_path = self.log_dir / f"{instance.instance_id}.log"
-        instance.log_file = open(log_path, "a", buffering=1)  # noqa: SIM115, ASYNC230 - kept for the process's life
+        await self._spawn(instance)
+        self.instances[instance.instance_id] = instance
+        return instance
+
+    async def _spawn(self, instance: Instance) -> None:
+        if instance.log_file is None:
+            path = self.log_path(instance.service)
+            instance.log_file = open(path, "a", buffering=1)  # noqa: SIM115, ASYNC230 - kept for the process's life
+            os.chmod(path, 0o600)
         env = {
             **os.environ,
             **self.environment,
             "PARLEY_LISTEN_HOST": "127.0.0.1",
             "PARLEY_LISTEN_PORT": str(instance.port),
             "PARLEY_INSTANCE_ID": instance.instance_id,
-            "PARLEY_MAX_CONNECTION_AGE_SECONDS": str(self.timeouts.connection_age_s),
         }
+        if self.timeouts.recycles_connections(instance.service):
+            env["PARLEY_MAX_CONNECTION_AGE_SECONDS"] = str(self.timeouts.connection_age_s)
         instance.process = await asyncio.create_subprocess_exec(
             str(instance.python),
             "-m",
-            "parley_" + service.replace("-", "_"),
+            "parley_" + instance.service.replace("-", "_"),
             env=env,
             stdout=instance.log_file,
             stderr=instance.log_file,
             start_new_session=True,
         )
-        self.instances[instance.instance_id] = instance
-        return instance
 
     async def _healthy(self, instance: Instance) -> bool:
         channel = secure_channel(self.pki, identity=PLATFORM_USER, address=instance.address, peer=instance.service)
@@ -146,7 +168,10 @@ class NodeAgent:
             await channel.close()
 
     async def _reporting(self, instance: Instance) -> bool:
-        response = await self.fleet.ListInstances(fleet_pb2.ListInstancesRequest(), timeout=5.0)
+        try:
+            response = await self.fleet.ListInstances(fleet_pb2.ListInstancesRequest(), timeout=5.0)
+        except grpc.aio.AioRpcError:
+            return False  # the registry restarting: asked again on the next poll
         return any(
             i.last_heartbeat.instance_id == instance.instance_id
             and not i.stale
@@ -154,14 +179,19 @@ class NodeAgent:
             for i in response.instances
         )
 
-    async def wait_ready(self, instance: Instance) -> bool:
-        """Healthy and in the registry's fleet view; False if it died or took too long."""
+    async def wait_ready(self, instance: Instance, *, in_fleet: bool = True) -> bool:
+        """Healthy and (if `in_fleet`) in the registry's fleet view; False if it died or took too long.
+
+        `in_fleet=False` is for starting a platform, when the registry may not run yet.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeouts.healthy_s
         while not await self._healthy(instance):
             if instance.process is None or instance.process.returncode is not None or loop.time() > deadline:
                 return False
             await asyncio.sleep(self.timeouts.poll_s)
+        if not in_fleet:
+            return True
         deadline = loop.time() + self.timeouts.reporting_s
         while not await self._reporting(instance):
             if instance.process is None or instance.process.returncode is not None or loop.time() > deadline:
@@ -169,12 +199,47 @@ class NodeAgent:
             await asyncio.sleep(self.timeouts.poll_s)
         return True
 
-    async def start_serving(self, service: str, version: str, python: Path | None = None) -> Instance:
+    def _serve(self, instance: Instance) -> None:
+        self.front_doors[instance.service].add(instance.address)
+        instance.serving = True
+
+    async def start_serving(
+        self, service: str, version: str, python: Path | None = None, *, in_fleet: bool = True
+    ) -> Instance:
         """Starts an instance and, once ready, puts it behind the service's front door."""
         instance = await self.start_instance(service, version, python)
-        if not await self.wait_ready(instance):
-            raise RuntimeError(f"{instance.instance_id} did not become healthy; see {self.log_dir}")
-        self.front_doors[service].add(instance.address)
+        if not await self.wait_ready(instance, in_fleet=in_fleet):
+            code = instance.process.returncode if instance.process else None
+            why = f"exited with {code}" if code is not None else "is still not ready"
+            raise RuntimeError(f"{instance.instance_id} did not become healthy ({why}); see {self.log_path(service)}")
+        self._serve(instance)
+        return instance
+
+    def exited(self) -> list[Instance]:
+        """Serving instances whose process has ended (crashed or stopped by someone else)."""
+        return [i for i in self.instances.values() if i.serving and i.process and i.process.returncode is not None]
+
+    async def restart(self, instance_id: str) -> bool:
+        """The same instance (id, port, version) started again after its process ended.
+
+        Keeping the id keeps roll-outs that name it valid. Out of the front door until healthy;
+        False if it did not get there (it stays `serving`, so a new crash is noticed again).
+        """
+        instance = self.instances[instance_id]
+        self.front_doors[instance.service].remove(instance.address)
+        await self._spawn(instance)
+        if not await self.wait_ready(instance, in_fleet=False):
+            return False
+        self._serve(instance)
+        return True
+
+    def forget(self, instance_id: str) -> Instance | None:
+        """An instance that stopped for good: out of the front door and of this agent's books."""
+        instance = self.instances.pop(instance_id, None)
+        if instance is not None:
+            self.front_doors[instance.service].remove(instance.address)
+            if instance.log_file is not None:
+                instance.log_file.close()
         return instance
 
     async def drain(self, instance_id: str) -> None:
@@ -191,7 +256,7 @@ class NodeAgent:
         process = instance.process
         if process is not None and process.returncode is None and not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(process.wait(), self.timeouts.connections_moved_s)
+                await asyncio.wait_for(process.wait(), self.timeouts.connections_moved_s(instance.service))
         if process is not None and process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
@@ -203,13 +268,17 @@ class NodeAgent:
         if instance.log_file is not None:
             instance.log_file.close()
 
-    async def stop(self) -> None:
+    async def stop(self, order: Sequence[str] = ()) -> list[Instance]:
+        """Drains every instance, service by service in `order` (then the rest); returns them as stopped."""
         self._stop.set()
-        for instance_id in list(self.instances):
-            await self.drain(instance_id)
+        rank = {service: n for n, service in enumerate(order)}
+        stopped = sorted(self.instances.values(), key=lambda i: rank.get(i.service, len(rank)))
+        for instance in stopped:
+            await self.drain(instance.instance_id)
         for door in self.front_doors.values():
             await door.stop()
         await self._channel.close()
+        return stopped
 
     # ---- roll-out steps -----------------------------------------------------------------------
 
@@ -224,7 +293,15 @@ class NodeAgent:
             raise RuntimeError(
                 f"{rollout.target_path} is signed as {custom}, not {rollout.service} {rollout.to_version}"
             )
-        return await install_version(wheel, self.data_dir / "envs" / f"{rollout.service}-{rollout.to_version}")
+        return await install_version(wheel, self.env_dir(rollout.service, rollout.to_version))
+
+    def env_dir(self, service: str, version: str) -> Path:
+        return self.data_dir / "envs" / f"{service}-{version}"
+
+    def installed_python(self, service: str, version: str) -> Path | None:
+        """The python of a version this agent installed earlier, if it did; None for the base version."""
+        env_dir = self.env_dir(service, version)
+        return env_dir / "bin" / "python" if (env_dir / ".installed").exists() else None
 
     async def step(self, rollout: patch_pb2.Rollout) -> bool:
         """Does what the roll-out's current step needs from this host; True if it did something."""
@@ -241,9 +318,8 @@ class NodeAgent:
         if not step.new_instance:
             python = await self._install(rollout)
             instance = await self.start_instance(rollout.service, rollout.to_version, python)
-            ready = await self.wait_ready(instance)
-            if ready:
-                self.front_doors[rollout.service].add(instance.address)
+            if await self.wait_ready(instance):
+                self._serve(instance)
             # Reported either way: a new instance that never became ready fails the gate.
             await self.registry.ReportInstanceStarted(
                 patch_pb2.ReportInstanceRequest(
@@ -265,7 +341,8 @@ class NodeAgent:
         """The old version back on every replaced instance first, then the new ones out."""
         for step in rollout.steps:
             if step.drained:
-                await self.start_serving(rollout.service, rollout.from_version)
+                python = self.installed_python(rollout.service, rollout.from_version)
+                await self.start_serving(rollout.service, rollout.from_version, python)
         for step in rollout.steps:
             if step.new_instance:
                 await self.drain(step.new_instance)

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
+from parley_agent.front_door import FrontDoor
 from parley_core.net import free_port
-from parley_patch_registry.agent.front_door import FrontDoor
 
 pytestmark = pytest.mark.asyncio
 TIMEOUT_S = 10.0

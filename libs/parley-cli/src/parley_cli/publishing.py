@@ -1,0 +1,120 @@
+"""The publisher's side of a release: the registry prepares the metadata, the publisher signs it.
+
+A service's delegated targets key stays with its publisher, in a PEM file only they can read
+(0600); the registry keeps only the public key it delegated `<service>/*` to. Publishing is two
+calls: the registry prepares the service's next targets metadata with the release added, the
+publisher checks that it names exactly the wheel they mean to publish and signs it with
+python-tuf's Metadata API, and the registry verifies that signature against the delegation before
+it updates snapshot and timestamp with its own online keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_private_key
+from parley.patch.v1 import patch_pb2, patch_pb2_grpc
+from securesystemslib.signer import CryptoSigner
+from tuf.api.metadata import Metadata, Targets
+
+GrpcMetadata = tuple[tuple[str, str], ...]
+
+
+class KeyFileError(Exception):
+    """A signing key file that cannot be used; the message says why and what to do."""
+
+
+def create_key_file(path: Path) -> CryptoSigner:
+    """A new Ed25519 key, written once (never over an existing file), readable by its owner only."""
+    signer = CryptoSigner.generate_ed25519()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise KeyFileError(f"{path} already exists; pass another --key-file or use the key in it") from None
+    with os.fdopen(fd, "wb") as out:
+        out.write(signer.private_bytes)
+    return signer
+
+
+def load_key_file(path: Path, service: str = "SERVICE") -> CryptoSigner:
+    if not path.exists():
+        raise KeyFileError(f"no signing key at {path}; create one with `parley patch key create {service}`")
+    if stat.S_IMODE(path.stat().st_mode) & 0o077:
+        raise KeyFileError(f"{path} is readable by others; `chmod 600 {path}` (and consider the key exposed)")
+    try:
+        return CryptoSigner(load_pem_private_key(path.read_bytes(), password=None))
+    except (ValueError, TypeError) as error:
+        raise KeyFileError(f"{path} is not an unencrypted PEM private key: {error}") from None
+
+
+def public_pem(signer: CryptoSigner) -> str:
+    """What the registry is given: the public half only, as SubjectPublicKeyInfo PEM."""
+    key = load_pem_private_key(signer.private_bytes, password=None).public_key()
+    return key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def sign_prepared(
+    prepared: bytes, *, signer: CryptoSigner, service: str, version: str, wheel_name: str, wheel: bytes
+) -> bytes:
+    """Signs the registry's prepared metadata after checking that it names this very wheel."""
+    metadata = Metadata[Targets].from_bytes(prepared)
+    target = metadata.signed.targets.get(f"{service}/{wheel_name}")
+    if target is None:
+        raise KeyFileError(f"the registry prepared metadata without {service}/{wheel_name}; not signing it")
+    target.verify_length_and_hashes(wheel)  # raises if the registry would publish other bytes
+    if target.custom.get("version") != version or target.custom.get("service") != service:
+        raise KeyFileError(f"the prepared target is {target.custom}, not {service} {version}; not signing it")
+    metadata.signatures.clear()
+    metadata.sign(signer)
+    return metadata.to_bytes()
+
+
+async def publish_release(
+    stub: patch_pb2_grpc.PatchServiceAsyncStub,
+    *,
+    signer: CryptoSigner,
+    service: str,
+    version: str,
+    wheel_name: str,
+    wheel: bytes,
+    fixes: Sequence[str] = (),
+    min_event_schema: int = 1,
+    metadata: GrpcMetadata = (),
+    timeout: float = 60.0,
+) -> patch_pb2.Release:
+    """Prepare, sign here, publish: the one way a release gets into the registry."""
+    prepared = await stub.PrepareRelease(
+        patch_pb2.PrepareReleaseRequest(
+            service=service,
+            version=version,
+            wheel_name=wheel_name,
+            sha256=hashlib.sha256(wheel).hexdigest(),
+            length=len(wheel),
+            fixes=list(fixes),
+            min_event_schema=min_event_schema,
+        ),
+        metadata=metadata,
+        timeout=timeout,
+    )
+    signed = sign_prepared(
+        prepared.metadata, signer=signer, service=service, version=version, wheel_name=wheel_name, wheel=wheel
+    )
+    release: patch_pb2.Release = await stub.PublishRelease(
+        patch_pb2.PublishReleaseRequest(
+            service=service,
+            version=version,
+            wheel_name=wheel_name,
+            wheel=wheel,
+            fixes=list(fixes),
+            min_event_schema=min_event_schema,
+            signed_metadata=signed,
+        ),
+        metadata=metadata,
+        timeout=timeout,
+    )
+    return release

@@ -1,0 +1,37 @@
+"""A client that sends all the time and counts: how tests show an upgrade loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from parley_client.client import ParleyClient, ParleyError
+
+
+@dataclass
+class Traffic:
+    acknowledged: int = 0
+    failures: list[str] = field(default_factory=list)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def send_continuously(client: ParleyClient, channel_id: str, traffic: Traffic) -> None:
+    """One message after another, each waited for; any refusal is a failed request."""
+    n = 0
+    while not traffic.stop.is_set():
+        n += 1
+        try:
+            await client.send(channel_id, f"message {n}", idempotency_key=f"k-{n}")
+            traffic.acknowledged += 1
+        except ParleyError as error:
+            traffic.failures.append(f"message {n}: {error}")
+
+
+async def history_count(client: ParleyClient, channel_id: str) -> int:
+    total, after = 0, 0
+    while True:
+        page = await client.history(channel_id, after_seq=after, limit=100)
+        if not page.messages:
+            return total
+        total += len(page.messages)
+        after = page.messages[-1].channel_seq

@@ -1,0 +1,130 @@
+"""A roll-out on the platform as `make run` starts it: the node agent in `parley up` carries it out.
+
+An operator publishes a new messaging version with `parley patch publish`, another plans it and
+a third approves; the agent fetches it through TUF, starts it beside the running instance, and
+drains the old one once the registry's gate passed. A client sends all the while: no send may
+fail and history must hold every acknowledged message. After a restart of `parley up` the
+platform still runs the new version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from parley_client import ParleyClient
+from parley_client.testing import Traffic, history_count, send_continuously
+from parley_core.net import free_port
+from parley_core.testing.operators import OperatorTokens
+from parley_core.testing.platform import RunningPlatform
+from parley_core.testing.waiting import eventually
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+MESSAGING_SOURCE = Path(__file__).resolve().parents[2] / "services" / "messaging"
+NEW_VERSION = "0.2.0"
+
+
+@pytest.fixture(scope="module")
+def upgrading(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
+    running = RunningPlatform(
+        data_dir=tmp_path_factory.mktemp("rollout") / "data",
+        env={
+            "PARLEY_REGISTRATION": "open",
+            "PARLEY_HEARTBEAT_SECONDS": "1",
+            "PARLEY_PATCH_GATE_WINDOW_SECONDS": "3",
+        },
+        up_args=("--gateway-port", str(free_port())),
+    )
+    running.start()
+    try:
+        yield running
+    finally:
+        running.kill()
+
+
+async def cli(platform: RunningPlatform, *args: str) -> str:
+    """The `parley` command in a thread, so the client keeps sending meanwhile."""
+    return (await asyncio.to_thread(platform.cli, *args)).stdout
+
+
+async def test_approved_rollout_replaces_messaging_on_the_running_platform_without_a_failed_send(
+    upgrading: RunningPlatform,
+) -> None:
+    platform = upgrading
+    operators = OperatorTokens()
+    await operators.publish_on_platform(platform.data_dir)
+    for user in ("pat", "olga", "oscar"):
+        operators.save_cli_login(platform.data_dir, user)
+    created = await cli(platform, "--as", "pat", "patch", "key", "create", "messaging")
+    assert "messaging releases are signed by key" in created
+    old_instance = platform.service("messaging")["instances"][0]["instance_id"]  # type: ignore[index]
+
+    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    await client.register("carol", "a-long-passphrase")
+    await client.login("carol", "a-long-passphrase")
+    channel = await client.create_channel("upgrades")
+    traffic = Traffic()
+    sender = asyncio.create_task(send_continuously(client, channel.channel_id, traffic))
+    try:
+        published = await cli(
+            platform, "--as", "pat", "patch", "publish", "messaging", NEW_VERSION, "--source", str(MESSAGING_SOURCE)
+        )
+        assert f"published messaging {NEW_VERSION}" in published
+        planned = await cli(platform, "--as", "olga", "patch", "rollout", "messaging", NEW_VERSION)
+        rollout_id = planned.split()[1].rstrip(":")
+        assert "approved by id-oscar" in await cli(platform, "--as", "oscar", "patch", "approve", rollout_id)
+
+        async def finished() -> str | None:
+            status = await cli(platform, "patch", "status", rollout_id)
+            return status if "state: done" in status or "state: rolled_back" in status else None
+
+        status = await eventually(finished, "the roll-out to finish", 600)
+        assert "state: done" in status, status
+        sent_during_rollout = traffic.acknowledged
+    finally:
+        traffic.stop.set()
+        await sender
+
+    print(f"\nacknowledged sends: {traffic.acknowledged}; failed: {len(traffic.failures)}")
+    assert traffic.failures == []
+    assert sent_during_rollout > 0
+
+    async def messaging_state() -> dict[str, object] | None:
+        service = platform.service("messaging")
+        return service if service["version"] == NEW_VERSION else None
+
+    service = await eventually(messaging_state, "platform.json to show the new messaging", 30)
+    instances = service["instances"]
+    assert isinstance(instances, list)
+    assert [i["version"] for i in instances] == [NEW_VERSION]
+    assert instances[0]["instance_id"] != old_instance
+    # The fleet view is what the instance itself reports: the installed wheel's own version.
+    fleet = await eventually(
+        lambda: _fleet_row(platform, "messaging", NEW_VERSION), "the fleet to show messaging 0.2.0", 60
+    )
+    assert instances[0]["instance_id"] in fleet
+
+    async def archived() -> int | None:
+        count = await history_count(client, channel.channel_id)
+        return count if count >= traffic.acknowledged else None
+
+    assert await eventually(archived, "every acknowledged message in history", 120) == traffic.acknowledged
+    await client.close()
+
+    # Ctrl-C and `make run` again: the platform starts the version it ended on.
+    assert platform.stop() == 0
+    platform.start()
+    assert platform.service("messaging")["version"] == NEW_VERSION
+    await eventually(lambda: _fleet_row(platform, "messaging", NEW_VERSION), "messaging 0.2.0 after a restart", 60)
+
+
+async def _fleet_row(platform: RunningPlatform, service: str, version: str) -> str | None:
+    """The `parley fleet` line of a SERVING instance of `service` at `version`, if there is one."""
+    out = (await asyncio.to_thread(platform.cli, "fleet", check=False)).stdout
+    return next(
+        (line for line in out.splitlines() if line.split()[:2] == [service, version] and "SERVING" in line), None
+    )
