@@ -211,6 +211,9 @@ async def test_erasure_shreds_one_user_and_is_audited(
 
     history = await all_history(bob, channel.channel_id)
     assert history == [(1, "", ""), (2, bob_name, "bob answers"), (3, "", "")]
+    # Erased, not redacted and not merely empty: the client can say why the text is gone.
+    page = await bob.history(channel.channel_id, after_seq=0, limit=10)
+    assert [(m.erased, m.redacted) for m in page.messages] == [(True, False), (False, False), (True, False)]
 
     auditor = await auditor_token(platform)
 

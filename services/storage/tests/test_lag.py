@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from parley.messaging.v1.events_pb2 import MessagePosted
 
 from parley_core.bus import EventBus, ReceivedEvent
@@ -16,6 +18,7 @@ from parley_storage.archive import SqlEventArchive, open_engine
 from parley_storage.datakeys import DataKeys
 from parley_storage.kek import FileKeyring
 from parley_storage.lag import StreamLag, measure_lag
+from parley_storage.lag_metrics import EVENTS_BEHIND, SECONDS_BEHIND, ArchiveLagGauges
 from parley_storage.migrate import upgrade_to_head
 
 TIMEOUT_S = 60.0
@@ -86,6 +89,62 @@ async def test_lag_counts_what_is_not_archived_yet(nats_server: NatsTestServer, 
         other = [lag for lag in await measure_lag(storage.js, archive) if lag.stream != "MSG"]
         assert {lag.stream for lag in other} == {c.stream for c in CONSUMERS} - {"MSG"}
         assert all(lag.events_behind == 0 for lag in other)
+    finally:
+        await storage.stop_consumers()
+        engine.dispose()
+
+
+def gauge_values(reader: InMemoryMetricReader, name: str) -> dict[str, float]:
+    """The gauge's value per stream, as an OpenTelemetry exporter would receive it."""
+    data = reader.get_metrics_data()
+    assert data is not None
+    return {
+        str(point.attributes["stream"]): point.value  # type: ignore[index, union-attr]
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == name
+        for point in metric.data.data_points
+    }
+
+
+async def test_lag_is_exported_as_opentelemetry_gauges(nats_server: NatsTestServer, tmp_path: Path) -> None:
+    engine = open_engine(f"sqlite:///{tmp_path / 'archive.db'}")
+    upgrade_to_head(engine)
+    archive = SqlEventArchive(engine, DataKeys(FileKeyring.load_or_create(tmp_path / "kek.json")))
+    platform = EventBus(await nats_server.connect(PLATFORM_USER), service=PLATFORM_USER, producer="test")
+    await platform.ensure_streams(STREAMS)
+    messaging = EventBus(await nats_server.connect("messaging"), service="messaging", producer="messaging@test")
+    storage = EventBus(await nats_server.connect("storage"), service="storage", producer="storage@test")
+    reader = InMemoryMetricReader()
+    gauges = ArchiveLagGauges(MeterProvider(metric_readers=[reader]).get_meter("test"))
+    try:
+        for i in range(4):
+            event = NewEvent(
+                aggregate_type="channel",
+                aggregate_id="metered",
+                payload=MessagePosted(channel_id="metered", sender_id="u1", channel_seq=i + 1, body=f"b{i}"),
+                actor="u1",
+            )
+            await messaging.append(
+                channel_subject("metered"), event, aggregate_version=i + 1, expected_last_subject_seq=None
+            )
+        gauges.update(await measure_lag(storage.js, archive))
+        assert gauge_values(reader, EVENTS_BEHIND)["MSG"] == 4
+        assert gauge_values(reader, SECONDS_BEHIND)["MSG"] > 0
+        assert set(gauge_values(reader, EVENTS_BEHIND)) == {c.stream for c in CONSUMERS if c.service == "storage"}
+
+        async def archive_batch(batch: Sequence[ReceivedEvent]) -> None:
+            await archive.archive(MSG_SPEC.durable, batch)
+
+        await storage.consume(MSG_SPEC, archive_batch)
+
+        async def caught_up() -> bool:
+            gauges.update(await measure_lag(storage.js, archive))
+            return gauge_values(reader, EVENTS_BEHIND)["MSG"] == 0
+
+        await wait_for(caught_up, "the gauge to read zero events behind")
+        assert gauge_values(reader, SECONDS_BEHIND)["MSG"] == 0.0
     finally:
         await storage.stop_consumers()
         engine.dispose()

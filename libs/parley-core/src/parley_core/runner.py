@@ -275,6 +275,13 @@ async def serve(
         exporter=settings.trace_exporter,
         otlp_endpoint=settings.otlp_endpoint,
     )
+    telemetry.setup_metrics(
+        service=service,
+        version=version,
+        instance_id=settings.instance_id,
+        exporter=settings.trace_exporter,
+        otlp_endpoint=settings.otlp_endpoint,
+    )
     nc = await connect_nats(
         url=settings.nats_url,
         user=settings.nats_user or service,

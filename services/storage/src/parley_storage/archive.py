@@ -28,6 +28,7 @@ from parley_core import telemetry
 from parley_core.bus import ReceivedEvent
 from parley_core.envelope import UnknownEventType, decode, open_payload
 from parley_storage.datakeys import DataKeys, ShreddedKeys
+from parley_storage.kek import Rotation
 from parley_storage.schema import (
     channel_members,
     channel_messages,
@@ -408,7 +409,7 @@ class SqlEventArchive:
                         name,
                         text.body if text else "",
                         r.sent_at_ns,
-                        erased=text is None,
+                        erased=text is None and r.key_id != EXPIRED,  # shredded, not redacted or expired
                     )
                 )
             return messages, len(rows) > limit
@@ -565,11 +566,12 @@ class SqlEventArchive:
 
         return await self.run("apply_retention", work)
 
-    async def rewrap_data_keys(self) -> int:
-        return await self.run("rewrap_data_keys", self.keys.rewrap_all)
+    async def rotate_kek(self) -> Rotation:
+        return await self.run("rotate_kek", self.keys.rotate)
 
-    async def keks_in_use(self) -> set[str]:
-        return await self.run("keks_in_use", self.keys.keks_in_use)
+    async def reconcile_data_keys(self) -> int:
+        """At start: the keyring holds every live data key and the rows match it (see DataKeys.sync)."""
+        return await self.run("reconcile_data_keys", lambda conn: self.keys.adopt(conn) + self.keys.sync(conn))
 
     async def consumer_progress(self) -> list[ConsumerProgress]:
         def work(conn: Connection) -> list[ConsumerProgress]:

@@ -13,7 +13,7 @@ from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from parley.storage.v1.events_pb2 import UserDataErased
 
 from parley_core.envelope import NewEvent, decode
-from parley_core.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unavailable
+from parley_core.errors import InvalidArgument, PermissionDenied, Unavailable
 from parley_core.runner import RunContext
 from parley_core.tokens import Caller
 from parley_core.topology import PLATFORM_USER, STREAMS_BY_NAME, privacy_subject
@@ -21,7 +21,6 @@ from parley_storage import access
 from parley_storage.access import Requester
 from parley_storage.archive import SqlEventArchive, StoredEvent
 from parley_storage.export import EXPORT_FORMAT, build_export
-from parley_storage.kek import FileKeyring
 from parley_storage.lag import measure_lag
 
 DEFAULT_PAGE = 500
@@ -188,15 +187,9 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
         self, request: storage_pb2.RotateKeyEncryptionKeyRequest, context: Context
     ) -> storage_pb2.RotateKeyEncryptionKeyResponse:
         access.require_operator(self._requester(context))
-        keyring = self._archive.keys.keks
-        if not isinstance(keyring, FileKeyring):
-            raise FailedPrecondition("key-encryption keys are held by an external KMS: rotate them there")
-        new = keyring.add_new()
-        rewrapped = await self._archive.rewrap_data_keys()
-        in_use = await self._archive.keks_in_use()
-        retired = sorted(k for k in keyring.keys if k != new and k not in in_use)
-        for kek_id in retired:
-            keyring.retire(kek_id)
+        rotation = await self._archive.rotate_kek()
         return storage_pb2.RotateKeyEncryptionKeyResponse(
-            new_kek_id=new, rewrapped_data_keys=rewrapped, retired_kek_ids=retired
+            new_kek_id=rotation.new_kek_id,
+            rewrapped_data_keys=rotation.rewrapped,
+            retired_kek_ids=list(rotation.destroyed_kek_ids),
         )

@@ -54,10 +54,6 @@ def event_aad(
     ).encode()
 
 
-def data_key_aad(key_id: str, owner: str) -> bytes:
-    return "\x1f".join(("parley-data-key-v1", key_id, owner)).encode()
-
-
 def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
     nonce = os.urandom(NONCE_BYTES)
     return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)

@@ -11,6 +11,7 @@ from functools import partial
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry import metrics
 from parley.messaging.v1 import messaging_pb2
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from sqlalchemy import Engine, inspect
@@ -26,6 +27,8 @@ from parley_storage.archive import SqlEventArchive, open_engine
 from parley_storage.archive_api import StorageArchiveApi
 from parley_storage.datakeys import DataKeys
 from parley_storage.kek import FileKeyring, KeyEncryptionKeys
+from parley_storage.lag import measure_lag
+from parley_storage.lag_metrics import ArchiveLagGauges
 from parley_storage.migrate import upgrade_to_head
 from parley_storage.progress import ArchiveProgress
 from parley_storage.residency import ResidencyBinding, check_configured, enforce_in_database
@@ -62,6 +65,7 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         self.progress = ArchiveProgress()
         self._stopping = asyncio.Event()
         self._retention_job: asyncio.Task[None] | None = None
+        self._lag_job: asyncio.Task[None] | None = None
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
@@ -74,6 +78,7 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
             enforce_in_database(conn, binding, url)
         keks = self._keks or FileKeyring.load_or_create(ensure_private_dir(ctx.settings.secrets_dir) / KEYRING_FILE)
         self.archive = SqlEventArchive(engine, DataKeys(keks))
+        await self.archive.reconcile_data_keys()
         self.progress = ArchiveProgress(await self.archive.positions())
         for spec in CONSUMERS:
             if spec.service == "storage":
@@ -83,6 +88,20 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         storage_pb2_grpc.add_StorageArchiveServiceServicer_to_server(StorageArchiveApi(ctx, self.archive), ctx.server)
         ctx.add_service_name(storage_pb2.DESCRIPTOR.services_by_name["StorageArchiveService"].full_name)
         self._retention_job = asyncio.create_task(self._apply_retention(storage_settings.retention_interval_seconds))
+        gauges = ArchiveLagGauges(metrics.get_meter("parley.storage"))
+        self._lag_job = asyncio.create_task(self._measure_lag(gauges, storage_settings.lag_interval_seconds))
+
+    async def _measure_lag(self, gauges: ArchiveLagGauges, interval_s: float) -> None:
+        """Refresh the lag gauges every interval until stopped."""
+        assert self.archive is not None
+        assert self._ctx is not None
+        while not self._stopping.is_set():
+            try:
+                gauges.update(await measure_lag(self._ctx.bus.js, self.archive))
+            except Exception:  # NATS or the database briefly away: the gauges keep the last reading
+                log.warning("archive lag measurement failed", exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), interval_s)
 
     async def _apply_retention(self, interval_s: float) -> None:
         """The retention job: apply every channel's policy now, then every interval until stopped."""
@@ -99,8 +118,9 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
 
     async def stop(self) -> None:
         self._stopping.set()
-        if self._retention_job is not None:
-            await self._retention_job
+        for job in (self._retention_job, self._lag_job):
+            if job is not None:
+                await job
         if self.archive is not None:
             self.archive.engine.dispose()
 
@@ -152,7 +172,8 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
                     channel_seq=m.channel_seq,
                     body=m.body,
                     sent_at=sent,
-                    redacted=not m.body,  # the archive blanks a redacted message's text
+                    redacted=not m.body and not m.erased,  # the archive blanks a redacted message's text
+                    erased=m.erased,
                 )
             )
         return storage_pb2.GetChannelHistoryResponse(messages=out, has_more=has_more)
