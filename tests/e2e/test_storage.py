@@ -24,6 +24,7 @@ from sqlalchemy import URL, create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from parley_client import ParleyClient
+from parley_core.net import free_port
 from parley_core.pki import ensure_pki
 from parley_core.runner import secure_channel
 from parley_core.testing.platform import RunningPlatform
@@ -115,6 +116,29 @@ async def read_stream(stub: storage_pb2_grpc.StorageArchiveServiceStub, stream: 
         after = page.events[-1].stream_seq
 
 
+PAUSE_FOLDER = "pause-in-batch"  # beside the data folder: the fault point's files (faults.py)
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
+    """parley_core's test platform, with storage's test-only fault point enabled (see faults.py)."""
+    root = tmp_path_factory.mktemp("platform")
+    running = RunningPlatform(
+        data_dir=root / "data",
+        env={
+            "PARLEY_TRACE_EXPORTER": "console",
+            "PARLEY_REGISTRATION": "open",
+            "PARLEY_STORAGE_PAUSE_IN_BATCH": str(root / PAUSE_FOLDER),
+        },
+        up_args=("--gateway-port", str(free_port())),
+    )
+    running.start()
+    try:
+        yield running
+    finally:
+        running.kill()
+
+
 @pytest.fixture(scope="module")
 def postgres_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
     """The platform with storage on PostgreSQL (its own schema, dropped afterwards), by URL alone."""
@@ -127,8 +151,10 @@ def postgres_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runn
         admin.dispose()
         pytest.skip(f"PostgreSQL not reachable on 127.0.0.1:5432: {str(exc.orig or exc).strip().splitlines()[0]}")
     url = POSTGRES.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+    root = tmp_path_factory.mktemp("pg-platform")
     running = RunningPlatform(
-        data_dir=tmp_path_factory.mktemp("pg-platform") / "data", env={"PARLEY_DATABASE_URL": url}
+        data_dir=root / "data",
+        env={"PARLEY_DATABASE_URL": url, "PARLEY_STORAGE_PAUSE_IN_BATCH": str(root / PAUSE_FOLDER)},
     )
     try:
         running.start()
@@ -292,7 +318,21 @@ async def check_exactly_once_across_kill_9(
         return msg.archived_seq > 20
 
     await eventually(archiving_started, what="storage to archive the first messages")
-    os.kill(storage_pid, signal.SIGKILL)  # while sends go on and batches are being written
+    # Arm the fault point: the next MSG batch stops with its first event written, uncommitted.
+    pause = platform.data_dir.parent / PAUSE_FOLDER
+    pause.mkdir(exist_ok=True)
+    (pause / "arm").write_text("MSG")
+
+    async def paused_in_batch() -> bool:
+        return (pause / "paused").exists()
+
+    await eventually(paused_in_batch, what="storage to pause inside a MSG batch transaction")
+    inside = json.loads((pause / "paused").read_text())
+    assert inside["pid"] == storage_pid
+    lag = await operator.GetArchiveLag(storage_pb2.GetArchiveLagRequest(), timeout=10)
+    committed = next(s for s in lag.streams if s.stream == "MSG").committed_seq
+    assert committed < inside["stream_seq"]  # the event is written in an open, uncommitted transaction
+    os.kill(storage_pid, signal.SIGKILL)  # inside that transaction, while sends go on
     await sending  # every send was acknowledged: messaging does not need storage
 
     async def restarted() -> bool:

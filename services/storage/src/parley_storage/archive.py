@@ -28,6 +28,7 @@ from parley_core import telemetry
 from parley_core.bus import ReceivedEvent
 from parley_core.envelope import UnknownEventType, decode, open_payload
 from parley_storage.datakeys import DataKeys, ShreddedKeys
+from parley_storage.faults import PauseInBatch
 from parley_storage.kek import Rotation
 from parley_storage.schema import (
     channel_members,
@@ -101,9 +102,10 @@ def open_engine(url: str) -> Engine:
 
 
 class SqlEventArchive:
-    def __init__(self, engine: Engine, keys: DataKeys) -> None:
+    def __init__(self, engine: Engine, keys: DataKeys, *, fault: PauseInBatch | None = None) -> None:
         self.engine = engine
         self.keys = keys
+        self._fault = fault  # test-only: see faults.py
 
     async def run(self, name: str, work: Callable[[Connection], T]) -> T:
         """Run one named transaction in a worker thread; the name shows in traces and slow logs."""
@@ -172,6 +174,8 @@ class SqlEventArchive:
                     self._store(conn, item)
                 archived.add(item.stream_seq)
                 stored += 1
+                if self._fault is not None and stored == 1:
+                    self._fault(stream, item.stream_seq)
             newest = max(batch, key=lambda e: e.stream_seq)
             last = max(position.last_seq if position else 0, newest.stream_seq)
             occurred = newest.envelope.occurred_at.ToNanoseconds() if last == newest.stream_seq else 0

@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -26,6 +27,7 @@ from parley_core.topology import CONSUMERS, ConsumerSpec, channel_subject
 from parley_storage.archive import SqlEventArchive, open_engine
 from parley_storage.archive_api import StorageArchiveApi
 from parley_storage.datakeys import DataKeys
+from parley_storage.faults import PauseInBatch
 from parley_storage.kek import FileKeyring, KeyEncryptionKeys
 from parley_storage.lag import measure_lag
 from parley_storage.lag_metrics import ArchiveLagGauges
@@ -77,7 +79,8 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         with engine.begin() as conn:
             enforce_in_database(conn, binding, url)
         keks = self._keks or FileKeyring.load_or_create(ensure_private_dir(ctx.settings.secrets_dir) / KEYRING_FILE)
-        self.archive = SqlEventArchive(engine, DataKeys(keks))
+        fault = PauseInBatch(Path(storage_settings.pause_in_batch)) if storage_settings.pause_in_batch else None
+        self.archive = SqlEventArchive(engine, DataKeys(keks), fault=fault)
         await self.archive.reconcile_data_keys()
         self.progress = ArchiveProgress(await self.archive.positions())
         for spec in CONSUMERS:
