@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -31,6 +32,7 @@ class DataKeys:
         self.keks = keks
         self._cache: dict[str, bytes] = {}
         self._active: dict[str, str] = {}  # owner -> key_id
+        self._revoked: set[str] = set()  # erased, here or by another instance (see erasures.py)
 
     def for_owner(self, conn: Connection, owner: str) -> tuple[str, bytes]:
         """The owner's live data key, created (and wrapped) if there is none yet."""
@@ -65,6 +67,8 @@ class DataKeys:
         return key_id, key
 
     def get(self, conn: Connection, key_id: str) -> bytes:
+        if key_id in self._revoked:
+            raise RecordUnreadable(f"data key {key_id} was shredded")
         cached = self._cache.get(key_id)
         if cached is not None:
             return cached
@@ -79,6 +83,17 @@ class DataKeys:
         if row.destroyed_at_ns is None:
             self._active[row.owner] = key_id
         return key
+
+    def revoke(self, owner: str, key_ids: Iterable[str]) -> None:
+        """Forget an erased owner's keys in this process, before or after the keyring destroys them.
+
+        Another instance erases; this one learns it from the bus. Revoked keys are refused even
+        while the keyring still holds them, so no cached or re-read copy outlives the decision.
+        """
+        self._revoked.update(key_ids)
+        for key_id in key_ids:
+            self._cache.pop(key_id, None)
+        self._active.pop(owner, None)
 
     def forget_uncommitted(self, key_ids: list[str]) -> None:
         """After a rollback: drop keys that never reached the database from the cache."""
@@ -101,9 +116,7 @@ class DataKeys:
             self.adopt(conn)  # a key only the database holds must not die with its KEK
             self.keks.rotate(shred=key_ids)
             self.sync(conn)
-        for key_id in key_ids:
-            self._cache.pop(key_id, None)
-        self._active.pop(owner, None)
+        self.revoke(owner, key_ids)
         return ShreddedKeys(owner=owner, key_ids=key_ids)
 
     def rotate(self, conn: Connection) -> Rotation:

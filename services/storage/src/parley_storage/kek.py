@@ -15,12 +15,14 @@ the KMS's wrap/unwrap calls and key-version destruction, and passes it to ``Stor
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -82,39 +84,70 @@ class KeyEncryptionKeys(Protocol):
     def shredded_key_ids(self) -> frozenset[str]: ...
 
 
-@dataclass
 class FileKeyring:
-    """KEKs and the kept data keys in one JSON file, replaced atomically on every change."""
+    """KEKs and the kept data keys in one JSON file, shared by every storage instance on the host.
 
-    path: Path
-    current: str
-    keys: dict[str, bytes] = field(default_factory=dict)
-    data_keys: dict[str, WrappedKey] = field(default_factory=dict)
-    shredded: set[str] = field(default_factory=set)
-    # Archive transactions run in worker threads: a key kept during a rotation must not be lost.
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    Every change happens under an exclusive lock on ``<file>.lock``, on the file as it is on disk
+    then, and replaces it atomically; every read first re-reads the file if another instance
+    replaced it. So a rotation by one instance is never undone by another's stale copy.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.current = ""
+        self.keys: dict[str, bytes] = {}
+        self.data_keys: dict[str, WrappedKey] = {}
+        self.shredded: set[str] = set()
+        self._seen: tuple[int, int, int] | None = None
+        # Archive transactions run in worker threads: a key kept during a rotation must not be lost.
+        self._lock = threading.RLock()
 
     @classmethod
     def load_or_create(cls, path: Path) -> FileKeyring:
-        if path.exists():
-            raw = json.loads(path.read_bytes())
-            keys = {kid: base64.b64decode(value) for kid, value in raw["keys"].items()}
-            if raw["current"] not in keys or any(len(k) != KEY_BYTES for k in keys.values()):
-                raise ValueError(f"{path} is not a valid keyring (current key missing or wrong key size)")
-            kept = {
-                key_id: WrappedKey(key_id, entry["owner"], entry["kek"], base64.b64decode(entry["wrapped"]))
-                for key_id, entry in raw.get("data_keys", {}).items()
-            }
-            return cls(path, raw["current"], keys, kept, set(raw.get("shredded", [])))
-        ring = cls(path=path, current="")
-        with ring._lock:
-            ring.current = ring._new_kek()
-            ring._save()
+        ring = cls(path)
+        with ring._exclusive():
+            if not ring.keys:
+                ring.current = ring._new_kek()
+                ring._save()
         return ring
+
+    def _refresh(self) -> None:
+        """Read the file again if it was replaced since we last read or wrote it."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return
+        seen = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if seen == self._seen:
+            return
+        raw = json.loads(self.path.read_bytes())
+        keys = {kid: base64.b64decode(value) for kid, value in raw["keys"].items()}
+        if raw["current"] not in keys or any(len(k) != KEY_BYTES for k in keys.values()):
+            raise ValueError(f"{self.path} is not a valid keyring (current key missing or wrong key size)")
+        self.current, self.keys, self.shredded = raw["current"], keys, set(raw.get("shredded", []))
+        self.data_keys = {
+            key_id: WrappedKey(key_id, entry["owner"], entry["kek"], base64.b64decode(entry["wrapped"]))
+            for key_id, entry in raw.get("data_keys", {}).items()
+        }
+        self._seen = seen
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """This thread and no other instance changes the keyring, starting from the file's state."""
+        with self._lock:
+            fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._refresh()
+                yield
+            finally:
+                os.close(fd)  # releases the lock
 
     @property
     def current_id(self) -> str:
-        return self.current
+        with self._lock:
+            self._refresh()
+            return self.current
 
     def _new_kek(self) -> str:
         kek_id = f"kek-{uuid.uuid4().hex[:12]}"
@@ -132,6 +165,8 @@ class FileKeyring:
             "shredded": sorted(self.shredded),
         }
         write_private_file(self.path, json.dumps(body, indent=1).encode())
+        st = self.path.stat()
+        self._seen = (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def _wrap(self, key_id: str, owner: str, data_key: bytes) -> WrappedKey:
         nonce = os.urandom(NONCE_BYTES)
@@ -139,14 +174,16 @@ class FileKeyring:
         return WrappedKey(key_id, owner, self.current, nonce + sealed)
 
     def wrap_and_keep(self, key_id: str, owner: str, data_key: bytes) -> WrappedKey:
-        with self._lock:
+        with self._exclusive():
             wrapped = self._wrap(key_id, owner, data_key)
             self.data_keys[key_id] = wrapped
             self._save()
             return wrapped
 
     def unwrap(self, kek_id: str, wrapped: bytes, *, context: bytes) -> bytes:
-        kek = self.keys.get(kek_id)
+        with self._lock:
+            self._refresh()
+            kek = self.keys.get(kek_id)
         if kek is None:
             raise UnknownKek(f"data key wrapped by {kek_id!r}, which is not (or no longer) in {self.path}")
         try:
@@ -156,10 +193,11 @@ class FileKeyring:
 
     def kept_keys(self) -> Mapping[str, WrappedKey]:
         with self._lock:
+            self._refresh()
             return dict(self.data_keys)
 
     def rotate(self, *, shred: Sequence[str] = ()) -> Rotation:
-        with self._lock:
+        with self._exclusive():
             survivors = [k for k in self.data_keys.values() if k.key_id not in shred]
             plain = {
                 k.key_id: self.unwrap(k.kek_id, k.wrapped, context=data_key_context(k.key_id, k.owner))
@@ -176,4 +214,5 @@ class FileKeyring:
 
     def shredded_key_ids(self) -> frozenset[str]:
         with self._lock:
+            self._refresh()
             return frozenset(self.shredded)

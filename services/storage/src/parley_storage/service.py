@@ -27,6 +27,7 @@ from parley_core.topology import CONSUMERS, ConsumerSpec, channel_subject
 from parley_storage.archive import SqlEventArchive, open_engine
 from parley_storage.archive_api import StorageArchiveApi
 from parley_storage.datakeys import DataKeys
+from parley_storage.erasures import follow_erasures
 from parley_storage.faults import PauseInBatch
 from parley_storage.kek import FileKeyring, KeyEncryptionKeys
 from parley_storage.lag import measure_lag
@@ -82,6 +83,7 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         fault = PauseInBatch(Path(storage_settings.pause_in_batch)) if storage_settings.pause_in_batch else None
         self.archive = SqlEventArchive(engine, DataKeys(keks), fault=fault)
         await self.archive.reconcile_data_keys()
+        await follow_erasures(ctx.bus, self.archive.keys)
         self.progress = ArchiveProgress(await self.archive.positions())
         for spec in CONSUMERS:
             if spec.service == "storage":
