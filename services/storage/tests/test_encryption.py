@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from parley.auth.v1.events_pb2 import UserRegistered
-from parley.messaging.v1.events_pb2 import ChannelCreated, MemberJoined, MessagePosted
+from parley.messaging.v1.events_pb2 import ChannelCreated, MemberJoined, MessageEdited, MessagePosted
 from sqlalchemy import Connection, select, update
 
 from parley_core.bus import ReceivedEvent
@@ -75,6 +75,17 @@ class Feed:
             sent_at=sent,
         )
         return self.event("MSG", "channel", channel, payload, sender)
+
+    def edit(self, channel: str, channel_seq: int, editor: str, name: str, body: str) -> ReceivedEvent:
+        payload = MessageEdited(
+            channel_id=channel,
+            message_id=f"m{channel_seq}",
+            channel_seq=channel_seq,
+            body=body,
+            editor_id=editor,
+            editor_name=name,
+        )
+        return self.event("MSG", "channel", channel, payload, editor)
 
 
 async def fill(archive: SqlEventArchive) -> Feed:
@@ -181,6 +192,20 @@ async def test_shredding_one_user_erases_their_data_and_leaves_others_intact(arc
     assert [e.envelope is None for e in auth] == [True, False]
     # Shredding twice is harmless.
     assert (await archive.shred_user(ALICE)).key_ids == ()
+
+
+async def test_shredding_reaches_the_text_of_a_users_edits(archive: SqlEventArchive) -> None:
+    feed = await fill(archive)
+    await archive.archive("storage-archive-msg", [feed.edit("general", 1, ALICE, "alice-zq7", "alice edited 9321")])
+    messages, _ = await archive.channel_history("general", after_seq=0, limit=10)
+    assert messages[0].body == "alice edited 9321"
+
+    await archive.shred_user(ALICE)
+
+    messages, _ = await archive.channel_history("general", after_seq=0, limit=10)
+    assert [(m.body, m.erased) for m in messages] == [("", True), ("bob public note 0815", False), ("", True)]
+    msg, _ = await archive.stream_events("MSG", after_seq=5, limit=10)
+    assert [(e.event_type, e.envelope) for e in msg] == [("parley.messaging.v1.MessageEdited", None)]
 
 
 async def test_export_holds_everything_about_one_user_and_nothing_of_others(archive: SqlEventArchive) -> None:
