@@ -24,10 +24,9 @@ from sqlalchemy import URL, create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from parley_client import ParleyClient
-from parley_core.net import free_port
 from parley_core.pki import ensure_pki
 from parley_core.runner import secure_channel
-from parley_core.testing.platform import RunningPlatform
+from parley_core.testing.platform import RunningPlatform, platform_in
 from parley_storage.archive import SqlEventArchive, open_engine
 from parley_storage.datakeys import DataKeys
 from parley_storage.kek import FileKeyring
@@ -123,15 +122,7 @@ PAUSE_FOLDER = "pause-in-batch"  # beside the data folder: the fault point's fil
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
     """parley_core's test platform, with storage's test-only fault point enabled (see faults.py)."""
     root = tmp_path_factory.mktemp("platform")
-    running = RunningPlatform(
-        data_dir=root / "data",
-        env={
-            "PARLEY_TRACE_EXPORTER": "console",
-            "PARLEY_REGISTRATION": "open",
-            "PARLEY_STORAGE_PAUSE_IN_BATCH": str(root / PAUSE_FOLDER),
-        },
-        up_args=("--gateway-port", str(free_port())),
-    )
+    running = platform_in(root, PARLEY_STORAGE_PAUSE_IN_BATCH=str(root / PAUSE_FOLDER))
     running.start()
     try:
         yield running

@@ -82,6 +82,15 @@ def setup_metrics(*, service: str, version: str, instance_id: str, exporter: Tra
     metrics.set_meter_provider(_meter_provider)
 
 
+def setup_telemetry(
+    *, service: str, version: str, instance_id: str, exporter: TraceExporter, otlp_endpoint: str
+) -> None:
+    """Tracing and metrics for one service process, exported the same way."""
+    options = {"service": service, "version": version, "instance_id": instance_id, "otlp_endpoint": otlp_endpoint}
+    setup_tracing(exporter=exporter, **options)
+    setup_metrics(exporter=exporter, **options)
+
+
 def shutdown_tracing() -> None:
     if _provider is not None:
         _provider.shutdown()
