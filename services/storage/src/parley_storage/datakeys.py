@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -84,7 +84,7 @@ class DataKeys:
             self._active[row.owner] = key_id
         return key
 
-    def revoke(self, owner: str, key_ids: Iterable[str]) -> None:
+    def revoke(self, owner: str, key_ids: Collection[str]) -> None:
         """Forget an erased owner's keys in this process, before or after the keyring destroys them.
 
         Another instance erases; this one learns it from the bus. Revoked keys are refused even
