@@ -27,7 +27,7 @@ from parley_client import ParleyClient
 from parley_core.pki import ensure_pki
 from parley_core.runner import secure_channel
 from parley_core.testing.platform import RunningPlatform, platform_in
-from parley_storage.archive import SqlEventArchive, open_engine
+from parley_storage.archive import SqlEventArchive, StoredMessage, open_engine
 from parley_storage.datakeys import DataKeys
 from parley_storage.kek import FileKeyring
 
@@ -369,6 +369,55 @@ async def test_backup_while_sending_on_postgresql(postgres_platform: RunningPlat
     await check_backup_while_sending(postgres_platform, tmp_path)
 
 
+async def restored_history(
+    platform: RunningPlatform, backup: Path, fresh: Path, channel_id: str
+) -> list[StoredMessage]:
+    """Disaster recovery: `parley backup restore` into an empty data folder, plus the keys from the
+    operator's key backup (taken now); then the channel's history as the restored archive has it."""
+    (fresh / "secrets").mkdir(parents=True)
+    for name in ("storage-kek.json", "storage-backup.key", "storage-backup-signing.pub"):
+        shutil.copy2(platform.data_dir / "secrets" / name, fresh / "secrets" / name)
+    restored = subprocess.run(
+        [sys.executable, "-m", "parley_cli", "--data-dir", str(fresh), "backup", "restore", str(backup)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert restored.returncode == 0, restored.stderr
+    engine = open_engine(f"sqlite:///{fresh / 'storage' / 'archive.db'}")
+    archive = SqlEventArchive(engine, DataKeys(FileKeyring.load_or_create(fresh / "secrets" / "storage-kek.json")))
+    try:
+        messages, has_more = await archive.channel_history(channel_id, after_seq=0, limit=100_000)
+    finally:
+        engine.dispose()
+    assert not has_more
+    return messages
+
+
+async def test_an_erasure_reaches_a_backup_taken_before_it(
+    platform: RunningPlatform, operator: storage_pb2_grpc.StorageArchiveServiceStub, tmp_path: Path
+) -> None:
+    alice, bob = await new_user(platform, unique("alice")), await new_user(platform, unique("bob"))
+    channel = await alice.create_channel("erase-backup")
+    await bob.join_channel(channel.channel_id)
+    await alice.send(channel.channel_id, "alice before the backup")
+    await bob.send(channel.channel_id, "bob before the backup")
+
+    async def archived() -> bool:
+        return len(await all_history(bob, channel.channel_id)) == 2
+
+    await eventually(archived, what="two messages in history")
+    backup = tmp_path / "before-erasure"
+    await asyncio.to_thread(platform.cli, "backup", "create", str(backup))
+    await operator.EraseUserData(storage_pb2.EraseUserDataRequest(user_id=alice.user_id), timeout=30)
+
+    messages = await restored_history(platform, backup, tmp_path / "fresh", channel.channel_id)
+    assert [(m.body, m.erased) for m in messages] == [("", True), ("bob before the backup", False)]
+    for client in (alice, bob):
+        await client.close()
+
+
 async def check_backup_while_sending(platform: RunningPlatform, tmp_path: Path) -> None:
     sender = await new_user(platform, unique("backup"))
     channel = await sender.create_channel("backup")
@@ -401,27 +450,7 @@ async def check_backup_while_sending(platform: RunningPlatform, tmp_path: Path) 
     assert manifest["stream_point"]["MSG"]["last_seq"] >= len(before_point)
     assert platform.cli("backup", "verify", str(backup)).returncode == 0
 
-    # Disaster recovery: an empty data folder, plus the keys from the operator's key backup.
-    fresh = tmp_path / "fresh"
-    (fresh / "secrets").mkdir(parents=True)
-    for name in ("storage-kek.json", "storage-backup.key", "storage-backup-signing.pub"):
-        shutil.copy2(platform.data_dir / "secrets" / name, fresh / "secrets" / name)
-    restored = subprocess.run(
-        [sys.executable, "-m", "parley_cli", "--data-dir", str(fresh), "backup", "restore", str(backup)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert restored.returncode == 0, restored.stderr
-
-    engine = open_engine(f"sqlite:///{fresh / 'storage' / 'archive.db'}")
-    archive = SqlEventArchive(engine, DataKeys(FileKeyring.load_or_create(fresh / "secrets" / "storage-kek.json")))
-    try:
-        messages, has_more = await archive.channel_history(channel.channel_id, after_seq=0, limit=100_000)
-    finally:
-        engine.dispose()
-    assert not has_more
+    messages = await restored_history(platform, backup, tmp_path / "fresh", channel.channel_id)
     restored_bodies = [m.body for m in messages]
     assert set(before_point) <= set(restored_bodies)  # every message acknowledged before the point
     assert restored_bodies == acknowledged[: len(restored_bodies)]  # in order, no gaps, no duplicates
