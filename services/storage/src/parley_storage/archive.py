@@ -78,6 +78,17 @@ class StoredEvent:
 
 
 @dataclass(frozen=True)
+class LoggedEvent:
+    """Where one event sealed under a user's key sits in JetStream (and, for a post, its number)."""
+
+    stream: str
+    stream_seq: int
+    subject: str
+    aggregate_id: str
+    channel_seq: int | None  # set for a message post
+
+
+@dataclass(frozen=True)
 class ConsumerProgress:
     consumer: str
     stream: str
@@ -500,6 +511,27 @@ class SqlEventArchive:
             return [self._stored_event(conn, r) for r in rows]
 
         return await self.run("user_events", work)
+
+    async def events_sealed_for(self, user_id: str, streams: Sequence[str]) -> list[LoggedEvent]:
+        """The events of `streams` sealed under any key the user ever had: their personal data."""
+
+        def work(conn: Connection) -> list[LoggedEvent]:
+            their_keys = select(data_keys.c.key_id).where(data_keys.c.owner == user_owner(user_id))
+            posts = channel_messages.c
+            query = (
+                select(events.c.stream, events.c.stream_seq, events.c.subject, events.c.aggregate_id, posts.channel_seq)
+                .select_from(
+                    events.outerjoin(
+                        channel_messages,
+                        (posts.stream == events.c.stream) & (posts.stream_seq == events.c.stream_seq),
+                    )
+                )
+                .where(events.c.key_id.in_(their_keys), events.c.stream.in_(list(streams)))
+                .order_by(events.c.stream, events.c.stream_seq)
+            )
+            return [LoggedEvent(*row) for row in conn.execute(query)]
+
+        return await self.run("events_sealed_for", work)
 
     async def shred_user(self, user_id: str) -> ShreddedKeys:
         """Crypto-shred one user: their data keys are destroyed, their records stay as unreadable bytes."""

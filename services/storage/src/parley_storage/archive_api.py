@@ -22,6 +22,7 @@ from parley_storage.access import Requester
 from parley_storage.archive import SqlEventArchive, StoredEvent
 from parley_storage.export import EXPORT_FORMAT, build_export
 from parley_storage.lag import measure_lag
+from parley_storage.stream_erasure import erase_from_streams
 
 DEFAULT_PAGE = 500
 MAX_PAGE = 1000
@@ -169,7 +170,16 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
             raise Unavailable("could not record the erasure; nothing was erased, retry") from exc
         shredded = await self._archive.shred_user(request.user_id)
         unreadable = await self._archive.count_events_under(shredded.key_ids)
-        return storage_pb2.EraseUserDataResponse(destroyed_key_ids=list(shredded.key_ids), events_unreadable=unreadable)
+        try:
+            deleted = await erase_from_streams(self._ctx.bus, self._archive, request.user_id)
+        except Exception as exc:  # the keys are gone; only the deletion from the log is left to do
+            raise Unavailable(
+                "the user's keys are destroyed, but deleting their events from the event log did not finish"
+                f" ({exc}); call EraseUserData again, or storage finishes it at its next start"
+            ) from exc
+        return storage_pb2.EraseUserDataResponse(
+            destroyed_key_ids=list(shredded.key_ids), events_unreadable=unreadable, events_deleted_from_log=deleted
+        )
 
     async def SetRetentionPolicy(
         self, request: storage_pb2.SetRetentionPolicyRequest, context: Context

@@ -9,7 +9,9 @@ instance re-reads the keyring when it is replaced (kek.FileKeyring).
 
 from __future__ import annotations
 
-from parley.storage.v1.events_pb2 import UserDataErased
+from dataclasses import dataclass, field
+
+from parley.storage.v1.events_pb2 import UserDataErased, UserDataErasedFromStreams
 
 from parley_core.bus import EventBus, ReceivedEvent, Replay
 from parley_core.envelope import open_payload
@@ -20,12 +22,27 @@ from parley_storage.sealing import user_owner
 ERASURES = privacy_subject("*")
 
 
-async def follow_erasures(bus: EventBus, keys: DataKeys) -> Replay:
+@dataclass
+class ErasureLog:
+    """Which erasures have also reached the event log (see stream_erasure.py), as replayed."""
+
+    erased: list[str] = field(default_factory=list)
+    reached_streams: set[str] = field(default_factory=set)
+
+    def unfinished(self) -> list[str]:
+        return [user_id for user_id in dict.fromkeys(self.erased) if user_id not in self.reached_streams]
+
+
+async def follow_erasures(bus: EventBus, keys: DataKeys, erasures: ErasureLog | None = None) -> Replay:
     """From the first erasure on (few, and a restarted instance must know them too), then live."""
 
     async def on_event(event: ReceivedEvent) -> None:
         payload = open_payload(event.envelope)
         if isinstance(payload, UserDataErased):
             keys.revoke(user_owner(payload.user_id), payload.destroyed_key_ids)
+            if erasures is not None:
+                erasures.erased.append(payload.user_id)
+        elif isinstance(payload, UserDataErasedFromStreams) and erasures is not None:
+            erasures.reached_streams.add(payload.user_id)
 
     return await bus.replay(stream="STORE", filter_subject=ERASURES, handler=on_event)

@@ -27,7 +27,7 @@ from parley_core.topology import CONSUMERS, ConsumerSpec, channel_subject
 from parley_storage.archive import SqlEventArchive, open_engine
 from parley_storage.archive_api import StorageArchiveApi
 from parley_storage.datakeys import DataKeys
-from parley_storage.erasures import follow_erasures
+from parley_storage.erasures import ErasureLog, follow_erasures
 from parley_storage.faults import PauseInBatch
 from parley_storage.kek import FileKeyring, KeyEncryptionKeys
 from parley_storage.lag import measure_lag
@@ -36,6 +36,7 @@ from parley_storage.migrate import upgrade_to_head
 from parley_storage.progress import ArchiveProgress
 from parley_storage.residency import ResidencyBinding, check_configured, enforce_in_database
 from parley_storage.settings import StorageSettings
+from parley_storage.stream_erasure import erase_from_streams
 
 log = logging.getLogger(__name__)
 DEFAULT_PAGE = 100
@@ -69,6 +70,7 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         self._stopping = asyncio.Event()
         self._retention_job: asyncio.Task[None] | None = None
         self._lag_job: asyncio.Task[None] | None = None
+        self._erasure_job: asyncio.Task[None] | None = None
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
@@ -83,7 +85,8 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         fault = PauseInBatch(Path(storage_settings.pause_in_batch)) if storage_settings.pause_in_batch else None
         self.archive = SqlEventArchive(engine, DataKeys(keks), fault=fault)
         await self.archive.reconcile_data_keys()
-        await follow_erasures(ctx.bus, self.archive.keys)
+        erasures = ErasureLog()
+        erasures_replay = await follow_erasures(ctx.bus, self.archive.keys, erasures)
         self.progress = ArchiveProgress(await self.archive.positions())
         for spec in CONSUMERS:
             if spec.service == "storage":
@@ -95,6 +98,20 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         self._retention_job = asyncio.create_task(self._apply_retention(storage_settings.retention_interval_seconds))
         gauges = ArchiveLagGauges(metrics.get_meter("parley.storage"))
         self._lag_job = asyncio.create_task(self._measure_lag(gauges, storage_settings.lag_interval_seconds))
+        await erasures_replay.wait_caught_up()
+        self._erasure_job = asyncio.create_task(self._resume_stream_erasures(erasures.unfinished()))
+
+    async def _resume_stream_erasures(self, user_ids: list[str]) -> None:
+        """Finish erasures that shredded keys but had not yet deleted the events from JetStream."""
+        assert self.archive is not None
+        assert self._ctx is not None
+        for user_id in user_ids:
+            if self._stopping.is_set():
+                return
+            try:
+                await erase_from_streams(self._ctx.bus, self.archive, user_id)
+            except Exception:  # left unfinished: the next start (or a repeated EraseUserData) resumes it
+                log.exception("resuming an erasure in the event log failed", extra={"user_id": user_id})
 
     async def _measure_lag(self, gauges: ArchiveLagGauges, interval_s: float) -> None:
         """Refresh the lag gauges every interval until stopped."""
@@ -123,6 +140,10 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
 
     async def stop(self) -> None:
         self._stopping.set()
+        if self._erasure_job is not None:
+            self._erasure_job.cancel()  # resumable: the next start finishes it
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._erasure_job
         for job in (self._retention_job, self._lag_job):
             if job is not None:
                 await job
