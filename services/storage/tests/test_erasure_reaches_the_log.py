@@ -15,13 +15,14 @@ import pytest
 from parley.auth.v1 import auth_pb2
 from parley.messaging.v1 import messaging_pb2
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
+from parley.storage.v1.events_pb2 import UserDataErased, UserDataErasedFromStreams
 
-from parley_core.envelope import decode
+from parley_core.envelope import NewEvent, decode
 from parley_core.pki import Pki
 from parley_core.testing.nats import NatsTestServer
 from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer, start_stack, stop_stack
 from parley_core.testing.waiting import eventually
-from parley_core.topology import channel_subject
+from parley_core.topology import channel_subject, parked_subject, privacy_subject
 
 
 def unique(prefix: str) -> str:
@@ -107,6 +108,14 @@ async def test_an_erasure_deletes_the_users_events_from_the_streams_and_services
         )
         # Alice's post is the channel's newest message: deleting it must not free its number.
         assert await send(stack, alice, cid, alice_bodies[2]) == 4
+        # A consumer parked that event as poison: a copy in PARKED, with the headers bus.park sets.
+        js = (await nats_server.connect("platform")).jetstream()
+        post = await js.get_last_msg("MSG", channel_subject(cid))
+        await js.publish(
+            parked_subject("gateway", "MSG"),
+            post.data or b"",
+            headers={"Parley-Original-Stream": "MSG", "Parley-Original-Sequence": str(post.seq)},
+        )
 
         async def all_archived() -> list[messaging_pb2.ChatMessage] | None:
             found = await history(stack, bob, cid)
@@ -148,6 +157,7 @@ async def test_an_erasure_deletes_the_users_events_from_the_streams_and_services
         bob = await stack.login(bob_name)
         # Versions come from the envelopes, not from counting the events that are left.
         js = (await nats_server.connect("platform")).jetstream()
+        assert (await js.stream_info("PARKED")).state.messages == 0  # the parked copy went too
         for channel_id in (cid, quiet.channel_id):
             newest = await js.get_last_msg("MSG", channel_subject(channel_id))
             rebuilt = stack.app("messaging").channels.get(channel_id)
@@ -168,5 +178,59 @@ async def test_an_erasure_deletes_the_users_events_from_the_streams_and_services
         assert [m.channel_seq for m in shown] == [1, 2, 3, 4, 5, 6]
         assert [m.erased for m in shown] == [True, False, True, True, False, False]
         assert (shown[1].body, shown[1].sender_name) == (bob_body, bob_name)
+    finally:
+        await stop_stack(stack, running)
+
+
+async def test_an_erasure_cut_short_after_the_shred_is_finished_by_the_next_start(
+    nats_server: NatsTestServer, pki: Pki, tmp_path: Path
+) -> None:
+    alice_name, alice_body = unique("alice"), unique("alicesecret-")
+    stack, running = await start_stack(nats_server, pki, tmp_path, registration="open")
+    try:
+        alice = await register(stack, alice_name)
+        channel = await stack.gateway().CreateChannel(
+            messaging_pb2.CreateChannelRequest(name="cut-short"), metadata=bearer(alice.access_token), timeout=TIMEOUT_S
+        )
+        await send(stack, alice, channel.channel_id, alice_body)
+
+        async def archived() -> bool | None:
+            return True if len(await history(stack, alice, channel.channel_id)) == 1 else None
+
+        await eventually(archived, "alice's message in the archive", TIMEOUT_S)
+        # What EraseUserData has done when storage dies right after the shred: the audited
+        # decision is on STORE and the keys are gone, but nothing is deleted from the streams yet.
+        storage, ctx = stack.app("storage"), stack.apps["storage"].ctx
+        assert ctx is not None
+        decision = UserDataErased(
+            user_id=alice.user_id,
+            erased_by="platform",
+            destroyed_key_ids=await storage.archive.live_user_keys(alice.user_id),
+        )
+        await ctx.bus.append(
+            privacy_subject(alice.user_id),
+            NewEvent(aggregate_type="privacy", aggregate_id=alice.user_id, payload=decision, actor="platform"),
+            aggregate_version=1,
+            expected_last_subject_seq=0,
+        )
+        await storage.archive.shred_user(alice.user_id)
+    finally:
+        await stop_stack(stack, running)
+    files = stream_files(tmp_path / "nats", "AUTH", "MSG")
+    assert holding(files, alice_body)
+    assert holding(files, alice_name)
+
+    stack, running = await start_stack(nats_server, pki, tmp_path, registration="open")
+    try:
+
+        async def finished() -> bool | None:
+            left = stream_files(tmp_path / "nats", "AUTH", "MSG")
+            return None if holding(left, alice_body) or holding(left, alice_name) else True
+
+        await eventually(finished, "the restarted storage to delete alice's events from the streams", TIMEOUT_S)
+        js = (await nats_server.connect("platform")).jetstream()
+        record = await js.get_last_msg("STORE", privacy_subject(alice.user_id))
+        assert decode(record.data or b"").event_type == UserDataErasedFromStreams.DESCRIPTOR.full_name
+        assert await name_refused(stack, alice_name) == grpc.StatusCode.ALREADY_EXISTS
     finally:
         await stop_stack(stack, running)
