@@ -43,6 +43,18 @@ async def register(stack: Stack, name: str) -> auth_pb2.LoginResponse:
     return await stack.login(name)
 
 
+async def shared_channel(stack: Stack, owner: auth_pb2.LoginResponse, member: auth_pb2.LoginResponse, name: str) -> str:
+    channel = await stack.gateway().CreateChannel(
+        messaging_pb2.CreateChannelRequest(name=name), metadata=bearer(owner.access_token), timeout=TIMEOUT_S
+    )
+    await stack.gateway().JoinChannel(
+        messaging_pb2.JoinChannelRequest(channel_id=channel.channel_id),
+        metadata=bearer(member.access_token),
+        timeout=TIMEOUT_S,
+    )
+    return channel.channel_id
+
+
 async def send(stack: Stack, who: auth_pb2.LoginResponse, channel_id: str, body: str) -> int:
     sent = await stack.gateway().SendMessage(
         messaging_pb2.PostMessageRequest(channel_id=channel_id, body=body, idempotency_key=uuid.uuid4().hex),
@@ -76,28 +88,12 @@ async def test_an_erasure_deletes_the_users_events_from_the_streams_and_services
     stack, running = await start_stack(nats_server, pki, tmp_path, registration="open")
     try:
         alice, bob = await register(stack, alice_name), await register(stack, bob_name)
-        md = bearer(bob.access_token)
-        channel = await stack.gateway().CreateChannel(
-            messaging_pb2.CreateChannelRequest(name="erasure"), metadata=md, timeout=TIMEOUT_S
-        )
-        await stack.gateway().JoinChannel(
-            messaging_pb2.JoinChannelRequest(channel_id=channel.channel_id),
-            metadata=bearer(alice.access_token),
-            timeout=TIMEOUT_S,
-        )
-        cid = channel.channel_id
+        cid = await shared_channel(stack, bob, alice, "erasure")
         # A second channel stays quiet after the erasure: its newest message, alice's, is deleted
         # and nothing is posted before the restart, so only the marker keeps its number taken.
-        quiet = await stack.gateway().CreateChannel(
-            messaging_pb2.CreateChannelRequest(name="quiet"), metadata=md, timeout=TIMEOUT_S
-        )
-        await stack.gateway().JoinChannel(
-            messaging_pb2.JoinChannelRequest(channel_id=quiet.channel_id),
-            metadata=bearer(alice.access_token),
-            timeout=TIMEOUT_S,
-        )
-        assert await send(stack, bob, quiet.channel_id, unique("bobquiet-")) == 1
-        assert await send(stack, alice, quiet.channel_id, alice_bodies[0] + "q") == 2
+        quiet_id = await shared_channel(stack, bob, alice, "quiet")
+        assert await send(stack, bob, quiet_id, unique("bobquiet-")) == 1
+        assert await send(stack, alice, quiet_id, alice_bodies[0] + "q") == 2
         assert await send(stack, alice, cid, alice_bodies[0]) == 1
         assert await send(stack, bob, cid, bob_body) == 2
         assert await send(stack, alice, cid, alice_bodies[1]) == 3
@@ -158,11 +154,11 @@ async def test_an_erasure_deletes_the_users_events_from_the_streams_and_services
         # Versions come from the envelopes, not from counting the events that are left.
         js = (await nats_server.connect("platform")).jetstream()
         assert (await js.stream_info("PARKED")).state.messages == 0  # the parked copy went too
-        for channel_id in (cid, quiet.channel_id):
+        for channel_id in (cid, quiet_id):
             newest = await js.get_last_msg("MSG", channel_subject(channel_id))
             rebuilt = stack.app("messaging").channels.get(channel_id)
             assert rebuilt.version == decode(newest.data or b"").aggregate_version
-        assert await send(stack, bob, quiet.channel_id, unique("bobrestart-")) == 3  # not #2 again
+        assert await send(stack, bob, quiet_id, unique("bobrestart-")) == 3  # not #2 again
         assert await send(stack, bob, cid, unique("bobrestart-")) == 6
         assert sorted(stack.app("messaging").channels.get(cid).messages) == [2, 5, 6]
         assert await name_refused(stack, alice_name) == grpc.StatusCode.ALREADY_EXISTS

@@ -8,11 +8,10 @@ from __future__ import annotations
 import time
 
 import grpc
-import nats.js.errors
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from parley.storage.v1.events_pb2 import UserDataErased
 
-from parley_core.envelope import NewEvent, decode
+from parley_core.envelope import NewEvent
 from parley_core.errors import InvalidArgument, PermissionDenied, Unavailable
 from parley_core.runner import RunContext
 from parley_core.tokens import Caller
@@ -22,7 +21,7 @@ from parley_storage.access import Requester
 from parley_storage.archive import SqlEventArchive, StoredEvent
 from parley_storage.export import EXPORT_FORMAT, build_export
 from parley_storage.lag import measure_lag
-from parley_storage.stream_erasure import erase_from_streams
+from parley_storage.stream_erasure import append_after_last, erase_from_streams
 
 DEFAULT_PAGE = 500
 MAX_PAGE = 1000
@@ -147,12 +146,6 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
         access.require_self_or_operator(requester, request.user_id)
         live = await self._archive.live_user_keys(request.user_id)
         # The audited decision is appended first: an erasure never happens without its record.
-        subject = privacy_subject(request.user_id)
-        try:
-            raw = await self._ctx.bus.js.get_last_msg("STORE", subject, direct=True)
-            last, version = int(raw.seq or 0), decode(raw.data or b"").aggregate_version
-        except nats.js.errors.NotFoundError:
-            last, version = 0, 0
         event = NewEvent(
             aggregate_type="privacy",
             aggregate_id=request.user_id,
@@ -165,7 +158,7 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
             actor=requester.acting_as,
         )
         try:
-            await self._ctx.bus.append(subject, event, aggregate_version=version + 1, expected_last_subject_seq=last)
+            await append_after_last(self._ctx.bus, privacy_subject(request.user_id), event)
         except Exception as exc:  # any bus failure: nothing was shredded, the caller may retry
             raise Unavailable("could not record the erasure; nothing was erased, retry") from exc
         shredded = await self._archive.shred_user(request.user_id)

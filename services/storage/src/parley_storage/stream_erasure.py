@@ -54,7 +54,7 @@ async def erase_from_streams(bus: EventBus, archive: SqlEventArchive, user_id: s
     await _archive_caught_up(bus.js, ERASED_STREAMS)  # so the archive knows every event of theirs
     logged = await archive.events_sealed_for(user_id, ERASED_STREAMS)
     for subject, marker in _markers(user_id, logged):
-        await _append_after_last(bus, subject, marker)
+        await append_after_last(bus, subject, marker)
     doomed = {(e.stream, e.stream_seq) for e in logged}
     deleted = 0
     for stream, seq in sorted(doomed):
@@ -67,7 +67,7 @@ async def erase_from_streams(bus: EventBus, archive: SqlEventArchive, user_id: s
         actor="service:storage",
         event_id=f"erased-from-streams-{user_id}",
     )
-    await _append_after_last(bus, privacy_subject(user_id), done)
+    await append_after_last(bus, privacy_subject(user_id), done)
     log.info("erasure reached the event log", extra={"user_id": user_id, "deleted": deleted})
     return deleted
 
@@ -102,8 +102,8 @@ def _marker(aggregate_type: str, aggregate_id: str, payload: Message, user_id: s
     )
 
 
-async def _append_after_last(bus: EventBus, subject: str, event: NewEvent) -> None:
-    """Append at the subject's newest event, with the next aggregate version (the owner's rule)."""
+async def append_after_last(bus: EventBus, subject: str, event: NewEvent) -> None:
+    """Append at the subject's newest event with the next aggregate version, as its owner would."""
     stream = stream_for_subject(subject).name
     for _ in range(MARKER_ATTEMPTS):
         try:
@@ -116,7 +116,7 @@ async def _append_after_last(bus: EventBus, subject: str, event: NewEvent) -> No
             return
         except ConcurrencyConflict:
             continue  # the owner appended meanwhile: read the new last event and try again
-    raise StreamErasureIncomplete(f"{subject} kept changing; the erasure will be retried")
+    raise ConcurrencyConflict(f"{subject} kept changing; try again")
 
 
 async def _secure_delete(js: JetStreamContext, stream: str, seq: int) -> int:
