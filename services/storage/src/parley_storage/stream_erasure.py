@@ -36,7 +36,7 @@ from parley_storage.archive import LoggedEvent, SqlEventArchive
 
 log = logging.getLogger(__name__)
 
-ERASED_STREAMS = ("AUTH", "MSG")
+SOURCE_STREAMS = ("AUTH", "MSG")  # where the user's own events were appended (PARKED holds copies)
 USERNAME_PREFIX = "parley.auth.username."
 PARKED_STREAM = "PARKED"
 # "sequence not found" and "no message found": deleted by an earlier run of the same erasure.
@@ -51,8 +51,8 @@ class StreamErasureIncomplete(Exception):
 
 async def erase_from_streams(bus: EventBus, archive: SqlEventArchive, user_id: str) -> int:
     """Delete the user's events from the log; returns how many were deleted (0 on a repeat)."""
-    await _archive_caught_up(bus.js, ERASED_STREAMS)  # so the archive knows every event of theirs
-    logged = await archive.events_sealed_for(user_id, ERASED_STREAMS)
+    await _archive_caught_up(bus.js, SOURCE_STREAMS)  # so the archive knows every event of theirs
+    logged = await archive.events_sealed_for(user_id, SOURCE_STREAMS)
     for subject, marker in _markers(user_id, logged):
         await append_after_last(bus, subject, marker)
     doomed = {(e.stream, e.stream_seq) for e in logged}
