@@ -85,6 +85,7 @@ async def test_an_erasure_deletes_the_users_events_from_the_streams_and_services
     alice_name, bob_name = unique("alice"), unique("bob")
     alice_bodies = [unique("alicesecret-") for _ in range(3)]
     alice_edit, bob_body = unique("aliceedit-"), unique("bobtext-")
+    alice_redacted = unique("aliceredacted-")
     stack, running = await start_stack(nats_server, pki, tmp_path, registration="open")
     try:
         alice, bob = await register(stack, alice_name), await register(stack, bob_name)
@@ -93,7 +94,13 @@ async def test_an_erasure_deletes_the_users_events_from_the_streams_and_services
         # and nothing is posted before the restart, so only the marker keeps its number taken.
         quiet_id = await shared_channel(stack, bob, alice, "quiet")
         assert await send(stack, bob, quiet_id, unique("bobquiet-")) == 1
-        assert await send(stack, alice, quiet_id, alice_bodies[0] + "q") == 2
+        # ...and she redacted it: the archive dropped its copy, the stream still has the text.
+        assert await send(stack, alice, quiet_id, alice_redacted) == 2
+        await stack.gateway().RedactMessage(
+            messaging_pb2.RedactMessageRequest(channel_id=quiet_id, channel_seq=2),
+            metadata=bearer(alice.access_token),
+            timeout=TIMEOUT_S,
+        )
         assert await send(stack, alice, cid, alice_bodies[0]) == 1
         assert await send(stack, bob, cid, bob_body) == 2
         assert await send(stack, alice, cid, alice_bodies[1]) == 3
@@ -119,7 +126,7 @@ async def test_an_erasure_deletes_the_users_events_from_the_streams_and_services
 
         await eventually(all_archived, "the four messages and the edit in the archive", TIMEOUT_S)
         files = stream_files(tmp_path / "nats", "AUTH", "MSG", "PARKED")
-        for needle in (*alice_bodies, alice_edit, alice_name):
+        for needle in (*alice_bodies, alice_edit, alice_redacted, alice_name):
             assert holding(files, needle), f"{needle} should be in the streams before the erasure"
 
         operator = storage_pb2_grpc.StorageArchiveServiceStub(stack.internal("storage", identity="platform"))
@@ -130,13 +137,13 @@ async def test_an_erasure_deletes_the_users_events_from_the_streams_and_services
         assert erased.events_deleted_from_log >= 5
 
         files = stream_files(tmp_path / "nats", "AUTH", "MSG", "PARKED")
-        for needle in (*alice_bodies, alice_edit, alice_name):
+        for needle in (*alice_bodies, alice_edit, alice_redacted, alice_name):
             assert not holding(files, needle), f"{needle} still in the JetStream store: {holding(files, needle)}"
         assert holding(files, bob_body)  # the search does see plaintext: bob's text is still there
         assert holding(files, bob_name)
         archive_db = stack.app("storage").archive.engine.url.database
         assert archive_db
-        for needle in (*alice_bodies, alice_edit, alice_name):
+        for needle in (*alice_bodies, alice_edit, alice_redacted, alice_name):
             assert needle.encode() not in Path(archive_db).read_bytes()
 
         # The running services follow at once: the number stays taken, the name too.

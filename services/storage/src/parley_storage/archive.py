@@ -79,13 +79,12 @@ class StoredEvent:
 
 @dataclass(frozen=True)
 class LoggedEvent:
-    """Where one event sealed under a user's key sits in JetStream (and, for a post, its number)."""
+    """Where one event carrying a user's personal data sits in JetStream."""
 
     stream: str
     stream_seq: int
     subject: str
     aggregate_id: str
-    channel_seq: int | None  # set for a message post
 
 
 @dataclass(frozen=True)
@@ -512,26 +511,23 @@ class SqlEventArchive:
 
         return await self.run("user_events", work)
 
-    async def events_sealed_for(self, user_id: str, streams: Sequence[str]) -> list[LoggedEvent]:
-        """The events of `streams` sealed under any key the user ever had: their personal data."""
+    async def events_of(self, user_id: str, streams: Sequence[str]) -> list[LoggedEvent]:
+        """The events of `streams` with the user's personal data: sealed under any key they ever
+        had, or texts they wrote whose archive copy redaction or retention already removed."""
 
         def work(conn: Connection) -> list[LoggedEvent]:
             their_keys = select(data_keys.c.key_id).where(data_keys.c.owner == user_owner(user_id))
-            posts = channel_messages.c
+            removed_texts = (
+                (events.c.key_id == EXPIRED) & (events.c.actor == user_id) & events.c.event_type.in_(_TEXT_EVENTS)
+            )
             query = (
-                select(events.c.stream, events.c.stream_seq, events.c.subject, events.c.aggregate_id, posts.channel_seq)
-                .select_from(
-                    events.outerjoin(
-                        channel_messages,
-                        (posts.stream == events.c.stream) & (posts.stream_seq == events.c.stream_seq),
-                    )
-                )
-                .where(events.c.key_id.in_(their_keys), events.c.stream.in_(list(streams)))
+                select(events.c.stream, events.c.stream_seq, events.c.subject, events.c.aggregate_id)
+                .where(events.c.key_id.in_(their_keys) | removed_texts, events.c.stream.in_(list(streams)))
                 .order_by(events.c.stream, events.c.stream_seq)
             )
             return [LoggedEvent(*row) for row in conn.execute(query)]
 
-        return await self.run("events_sealed_for", work)
+        return await self.run("events_of", work)
 
     async def shred_user(self, user_id: str) -> ShreddedKeys:
         """Crypto-shred one user: their data keys are destroyed, their records stay as unreadable bytes."""

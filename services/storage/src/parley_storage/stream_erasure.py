@@ -2,7 +2,8 @@
 
 Crypto-shredding makes the archive and backups unreadable, but JetStream still holds the
 events as appended. After the shred, storage deletes from AUTH and MSG every event it sealed
-under the user's keys (their account record and the messages and edits they wrote) with the
+under the user's keys (their account record and the messages and edits they wrote, also the
+texts whose archive copy a redaction or retention already removed) with the
 stream's secure erase (the message is overwritten on disk), and their parked copies too.
 
 Before punching holes, a marker is appended on each subject that will lose events, so the
@@ -26,11 +27,11 @@ import nats.js.errors
 from google.protobuf.message import Message
 from nats.js import JetStreamContext
 from parley.auth.v1.events_pb2 import AccountErased
-from parley.messaging.v1.events_pb2 import MessagesErased
+from parley.messaging.v1.events_pb2 import MessagePosted, MessagesErased
 from parley.storage.v1.events_pb2 import UserDataErasedFromStreams
 
 from parley_core.bus import ConcurrencyConflict, EventBus
-from parley_core.envelope import NewEvent, decode
+from parley_core.envelope import NewEvent, decode, open_payload
 from parley_core.topology import CONSUMERS, channel_subject, privacy_subject, stream_for_subject
 from parley_storage.archive import LoggedEvent, SqlEventArchive
 
@@ -52,8 +53,8 @@ class StreamErasureIncomplete(Exception):
 async def erase_from_streams(bus: EventBus, archive: SqlEventArchive, user_id: str) -> int:
     """Delete the user's events from the log; returns how many were deleted (0 on a repeat)."""
     await _archive_caught_up(bus.js, SOURCE_STREAMS)  # so the archive knows every event of theirs
-    logged = await archive.events_sealed_for(user_id, SOURCE_STREAMS)
-    for subject, marker in _markers(user_id, logged):
+    logged = await archive.events_of(user_id, SOURCE_STREAMS)
+    for subject, marker in await _markers(bus.js, user_id, logged):
         await append_after_last(bus, subject, marker)
     doomed = {(e.stream, e.stream_seq) for e in logged}
     deleted = 0
@@ -72,13 +73,13 @@ async def erase_from_streams(bus: EventBus, archive: SqlEventArchive, user_id: s
     return deleted
 
 
-def _markers(user_id: str, logged: Iterable[LoggedEvent]) -> list[tuple[str, NewEvent]]:
+async def _markers(js: JetStreamContext, user_id: str, logged: Iterable[LoggedEvent]) -> list[tuple[str, NewEvent]]:
     """One marker per username subject and per channel that is about to lose events."""
     channels: defaultdict[str, list[int]] = defaultdict(list)
     usernames: set[str] = set()
     for e in logged:
         if e.stream == "MSG" and e.subject == channel_subject(e.aggregate_id):
-            channels[e.aggregate_id].extend([e.channel_seq] if e.channel_seq is not None else [])
+            channels[e.aggregate_id].extend(await _post_number(js, e))
         elif e.stream == "AUTH" and e.subject.startswith(USERNAME_PREFIX):
             usernames.add(e.subject)
     markers: list[tuple[str, NewEvent]] = []
@@ -89,6 +90,20 @@ def _markers(user_id: str, logged: Iterable[LoggedEvent]) -> list[tuple[str, New
         key = subject.removeprefix(USERNAME_PREFIX)
         markers.append((subject, _marker("username", key, AccountErased(user_id=user_id), user_id)))
     return markers
+
+
+async def _post_number(js: JetStreamContext, event: LoggedEvent) -> list[int]:
+    """A post's number, read from the stream itself: its archive copy may be shredded or removed."""
+    try:
+        raw = await js.get_msg(event.stream, seq=event.stream_seq)
+    except nats.js.errors.NotFoundError:
+        return []  # deleted by an earlier run of this erasure, after that run's marker
+    except nats.js.errors.APIError as exc:
+        if exc.err_code in ALREADY_DELETED:
+            return []
+        raise
+    payload = open_payload(decode(raw.data or b""))
+    return [payload.channel_seq] if isinstance(payload, MessagePosted) else []
 
 
 def _marker(aggregate_type: str, aggregate_id: str, payload: Message, user_id: str) -> NewEvent:
