@@ -26,8 +26,8 @@ from sqlalchemy.exc import OperationalError
 from parley_client import ParleyClient
 from parley_core.pki import ensure_pki
 from parley_core.runner import secure_channel
-from parley_core.testing.platform import RunningPlatform
-from parley_storage.archive import SqlEventArchive, open_engine
+from parley_core.testing.platform import RunningPlatform, platform_in
+from parley_storage.archive import SqlEventArchive, StoredMessage, open_engine
 from parley_storage.datakeys import DataKeys
 from parley_storage.kek import FileKeyring
 
@@ -115,6 +115,21 @@ async def read_stream(stub: storage_pb2_grpc.StorageArchiveServiceStub, stream: 
         after = page.events[-1].stream_seq
 
 
+PAUSE_FOLDER = "pause-in-batch"  # beside the data folder: the fault point's files (faults.py)
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
+    """parley_core's test platform, with storage's test-only fault point enabled (see faults.py)."""
+    root = tmp_path_factory.mktemp("platform")
+    running = platform_in(root, PARLEY_STORAGE_PAUSE_IN_BATCH=str(root / PAUSE_FOLDER))
+    running.start()
+    try:
+        yield running
+    finally:
+        running.kill()
+
+
 @pytest.fixture(scope="module")
 def postgres_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
     """The platform with storage on PostgreSQL (its own schema, dropped afterwards), by URL alone."""
@@ -127,8 +142,10 @@ def postgres_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runn
         admin.dispose()
         pytest.skip(f"PostgreSQL not reachable on 127.0.0.1:5432: {str(exc.orig or exc).strip().splitlines()[0]}")
     url = POSTGRES.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+    root = tmp_path_factory.mktemp("pg-platform")
     running = RunningPlatform(
-        data_dir=tmp_path_factory.mktemp("pg-platform") / "data", env={"PARLEY_DATABASE_URL": url}
+        data_dir=root / "data",
+        env={"PARLEY_DATABASE_URL": url, "PARLEY_STORAGE_PAUSE_IN_BATCH": str(root / PAUSE_FOLDER)},
     )
     try:
         running.start()
@@ -211,6 +228,9 @@ async def test_erasure_shreds_one_user_and_is_audited(
 
     history = await all_history(bob, channel.channel_id)
     assert history == [(1, "", ""), (2, bob_name, "bob answers"), (3, "", "")]
+    # Erased, not redacted and not merely empty: the client can say why the text is gone.
+    page = await bob.history(channel.channel_id, after_seq=0, limit=10)
+    assert [(m.erased, m.redacted) for m in page.messages] == [(True, False), (False, False), (True, False)]
 
     auditor = await auditor_token(platform)
 
@@ -289,7 +309,21 @@ async def check_exactly_once_across_kill_9(
         return msg.archived_seq > 20
 
     await eventually(archiving_started, what="storage to archive the first messages")
-    os.kill(storage_pid, signal.SIGKILL)  # while sends go on and batches are being written
+    # Arm the fault point: the next MSG batch stops with its first event written, uncommitted.
+    pause = platform.data_dir.parent / PAUSE_FOLDER
+    pause.mkdir(exist_ok=True)
+    (pause / "arm").write_text("MSG")
+
+    async def paused_in_batch() -> bool:
+        return (pause / "paused").exists()
+
+    await eventually(paused_in_batch, what="storage to pause inside a MSG batch transaction")
+    inside = json.loads((pause / "paused").read_text())
+    assert inside["pid"] == storage_pid
+    lag = await operator.GetArchiveLag(storage_pb2.GetArchiveLagRequest(), timeout=10)
+    committed = next(s for s in lag.streams if s.stream == "MSG").committed_seq
+    assert committed < inside["stream_seq"]  # the event is written in an open, uncommitted transaction
+    os.kill(storage_pid, signal.SIGKILL)  # inside that transaction, while sends go on
     await sending  # every send was acknowledged: messaging does not need storage
 
     async def restarted() -> bool:
@@ -335,6 +369,55 @@ async def test_backup_while_sending_on_postgresql(postgres_platform: RunningPlat
     await check_backup_while_sending(postgres_platform, tmp_path)
 
 
+async def restored_history(
+    platform: RunningPlatform, backup: Path, fresh: Path, channel_id: str
+) -> list[StoredMessage]:
+    """Disaster recovery: `parley backup restore` into an empty data folder, plus the keys from the
+    operator's key backup (taken now); then the channel's history as the restored archive has it."""
+    (fresh / "secrets").mkdir(parents=True)
+    for name in ("storage-kek.json", "storage-backup.key", "storage-backup-signing.pub"):
+        shutil.copy2(platform.data_dir / "secrets" / name, fresh / "secrets" / name)
+    restored = subprocess.run(
+        [sys.executable, "-m", "parley_cli", "--data-dir", str(fresh), "backup", "restore", str(backup)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert restored.returncode == 0, restored.stderr
+    engine = open_engine(f"sqlite:///{fresh / 'storage' / 'archive.db'}")
+    archive = SqlEventArchive(engine, DataKeys(FileKeyring.load_or_create(fresh / "secrets" / "storage-kek.json")))
+    try:
+        messages, has_more = await archive.channel_history(channel_id, after_seq=0, limit=100_000)
+    finally:
+        engine.dispose()
+    assert not has_more
+    return messages
+
+
+async def test_an_erasure_reaches_a_backup_taken_before_it(
+    platform: RunningPlatform, operator: storage_pb2_grpc.StorageArchiveServiceStub, tmp_path: Path
+) -> None:
+    alice, bob = await new_user(platform, unique("alice")), await new_user(platform, unique("bob"))
+    channel = await alice.create_channel("erase-backup")
+    await bob.join_channel(channel.channel_id)
+    await alice.send(channel.channel_id, "alice before the backup")
+    await bob.send(channel.channel_id, "bob before the backup")
+
+    async def archived() -> bool:
+        return len(await all_history(bob, channel.channel_id)) == 2
+
+    await eventually(archived, what="two messages in history")
+    backup = tmp_path / "before-erasure"
+    await asyncio.to_thread(platform.cli, "backup", "create", str(backup))
+    await operator.EraseUserData(storage_pb2.EraseUserDataRequest(user_id=alice.user_id), timeout=30)
+
+    messages = await restored_history(platform, backup, tmp_path / "fresh", channel.channel_id)
+    assert [(m.body, m.erased) for m in messages] == [("", True), ("bob before the backup", False)]
+    for client in (alice, bob):
+        await client.close()
+
+
 async def check_backup_while_sending(platform: RunningPlatform, tmp_path: Path) -> None:
     sender = await new_user(platform, unique("backup"))
     channel = await sender.create_channel("backup")
@@ -367,27 +450,7 @@ async def check_backup_while_sending(platform: RunningPlatform, tmp_path: Path) 
     assert manifest["stream_point"]["MSG"]["last_seq"] >= len(before_point)
     assert platform.cli("backup", "verify", str(backup)).returncode == 0
 
-    # Disaster recovery: an empty data folder, plus the keys from the operator's key backup.
-    fresh = tmp_path / "fresh"
-    (fresh / "secrets").mkdir(parents=True)
-    for name in ("storage-kek.json", "storage-backup.key", "storage-backup-signing.pub"):
-        shutil.copy2(platform.data_dir / "secrets" / name, fresh / "secrets" / name)
-    restored = subprocess.run(
-        [sys.executable, "-m", "parley_cli", "--data-dir", str(fresh), "backup", "restore", str(backup)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert restored.returncode == 0, restored.stderr
-
-    engine = open_engine(f"sqlite:///{fresh / 'storage' / 'archive.db'}")
-    archive = SqlEventArchive(engine, DataKeys(FileKeyring.load_or_create(fresh / "secrets" / "storage-kek.json")))
-    try:
-        messages, has_more = await archive.channel_history(channel.channel_id, after_seq=0, limit=100_000)
-    finally:
-        engine.dispose()
-    assert not has_more
+    messages = await restored_history(platform, backup, tmp_path / "fresh", channel.channel_id)
     restored_bodies = [m.body for m in messages]
     assert set(before_point) <= set(restored_bodies)  # every message acknowledged before the point
     assert restored_bodies == acknowledged[: len(restored_bodies)]  # in order, no gaps, no duplicates

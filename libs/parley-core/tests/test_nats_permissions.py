@@ -183,3 +183,20 @@ async def test_gateway_reads_msg_with_ordered_push_consumer(nats_server: NatsTes
 
     received = [(await sub.next_msg(timeout=TIMEOUT_S)).data for _ in range(3)]
     assert received == [b"m0", b"m1", b"m2"]
+
+
+async def test_storage_may_delete_only_from_the_streams_an_erasure_reaches(nats_server: NatsTestServer) -> None:
+    messaging = await _create_msg_stream(nats_server)
+    await messaging.jetstream().publish(topology.channel_subject("x"), b"erased author's text")
+    platform = await nats_server.connect("platform")
+    await platform.jetstream().add_stream(name="SEC", subjects=["parley.sec.>"])
+    await platform.jetstream().publish("parley.sec.login.1", b"audit record")
+    errors = ErrorRecorder()
+    storage = await nats_server.connect("storage", error_cb=errors.callback)
+
+    assert await storage.jetstream().delete_msg("MSG", 1)
+    assert (await platform.jetstream().stream_info("MSG")).state.messages == 0
+    with pytest.raises((NatsError, TimeoutError)):  # refused: the request never reaches the API
+        await storage.jetstream().delete_msg("SEC", 1)
+    await errors.wait_for("permissions violation", "publish", "$JS.API.STREAM.MSG.DELETE.SEC")
+    assert (await platform.jetstream().stream_info("SEC")).state.messages == 1

@@ -1,6 +1,6 @@
 import pytest
 
-from parley_auth.domain import check_password_policy, normalize_username, username_key
+from parley_auth.domain import Account, AccountDirectory, check_password_policy, normalize_username, username_key
 from parley_auth.passwords import HASHER, hash_password, verify_password
 from parley_core.errors import InvalidArgument
 
@@ -34,3 +34,14 @@ async def test_argon2id_with_owasp_parameters() -> None:
     assert not await verify_password(stored, "another-passphrase")
     # An unknown account still costs a verification and never succeeds.
     assert not await verify_password(None, "a-long-passphrase")
+
+
+def test_an_erased_account_is_forgotten_by_name_and_by_id() -> None:
+    accounts = AccountDirectory()
+    accounts.add(Account("u1", "alice", "$argon2id$…", "member"))
+    accounts.add(Account("u2", "bob", "$argon2id$…", "member"))
+    accounts.forget("u1")
+    accounts.forget("u1")  # a repeated tombstone changes nothing
+    assert accounts.find("alice") is None
+    assert accounts.by_id("u1") is None
+    assert accounts.by_id("u2") == accounts.find("bob")

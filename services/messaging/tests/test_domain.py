@@ -90,3 +90,17 @@ def test_redaction_removes_every_version_and_blocks_edits() -> None:
     assert record.versions == []
     with pytest.raises(FailedPrecondition):
         channel.check_edit("alice", 1)
+
+
+def test_forgotten_messages_leave_no_text_and_keep_their_numbers() -> None:
+    channel = ChannelDirectory().create("c1", "general", "bob", stream_seq=1, others=("alice",))
+    for seq, sender, root in ((1, "bob", 0), (2, "alice", 1), (3, "alice", 0)):
+        posted = PostedMessage("c1", f"m{seq}", sender, sender, seq, f"text {seq}", 0, thread_root_seq=root)
+        channel.record_post(posted, idempotency_key=f"k{seq}")
+    channel.forget_messages([2, 3])  # alice's, the newest among them
+    assert sorted(channel.messages) == [1]
+    assert channel.messages[1].replies == []
+    assert channel.earlier_send("alice", "k3") is None
+    assert channel.last_seq == 3  # the next message is #4, never a second #3
+    with pytest.raises(NotFound):
+        channel.message(2)

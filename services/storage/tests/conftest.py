@@ -59,3 +59,11 @@ def archive(database_url: str, tmp_path: Path) -> Iterator[SqlEventArchive]:
     archive = migrated_archive(database_url, tmp_path / "kek.json")
     yield archive
     archive.engine.dispose()
+
+
+@pytest.fixture
+def another_instance(archive: SqlEventArchive, database_url: str, tmp_path: Path) -> Iterator[SqlEventArchive]:
+    """A second storage instance beside ``archive``: same database and keyring file, nothing shared in memory."""
+    other = migrated_archive(database_url, tmp_path / "kek.json")
+    yield other
+    other.engine.dispose()

@@ -63,6 +63,7 @@ async def test_history_shows_edits_and_no_text_of_redacted_messages(archive: Sql
     await archive.archive(CONSUMER, conversation())
     messages, _ = await archive.channel_history("c1", after_seq=0, limit=10)
     assert [m.body for m in messages] == ["text 1", "text 2, edited", "", "text 4", "text 5"]
+    assert not any(m.erased for m in messages)  # redacted is not erased: no key was shredded
     assert messages[1].sender_name == "alice"
     keys = await archive.run("key_ids", key_ids)
     assert keys[4] == keys[8] == EXPIRED  # the post and the edit of #3 lost their content

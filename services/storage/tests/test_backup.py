@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.timestamp_pb2 import Timestamp
 from parley.auth.v1.events_pb2 import UserRegistered
 from parley.messaging.v1.events_pb2 import ChannelCreated, MessagePosted
@@ -27,7 +32,7 @@ from parley_storage.backup import (
     verify_backup,
 )
 from parley_storage.datakeys import DataKeys
-from parley_storage.kek import FileKeyring
+from parley_storage.kek import FileKeyring, data_key_context
 
 ALICE, BOB = "user-alice", "user-bob"
 
@@ -167,5 +172,40 @@ async def test_shredding_after_a_backup_reaches_the_restored_copy(archive: SqlEv
         assert [r[2] for r in rows if not r[3]] == ["message 2", "message 4", "message 6"]
         auth, _ = await restored.stream_events("AUTH", after_seq=0, limit=10)
         assert [e.envelope is None for e in auth] == [True, False]
+    finally:
+        restored.engine.dispose()
+
+
+async def test_an_old_backup_holds_no_key_that_opens_after_an_erasure(archive: SqlEventArchive, tmp_path: Path) -> None:
+    """Not the code's word for it: the backup's own wrapped copy of alice's key, tried against
+    every KEK the keyring still holds, opens under none; bob's data come back from the keyring."""
+    await fill(archive, 6)
+    keys = BackupKeys.load_or_create(tmp_path / "secrets")
+    backup = tmp_path / "before-erasure"
+    create_backup(archive.engine, keys, backup)
+    keyring_path: Path = archive.keys.keks.path  # type: ignore[attr-defined]
+    kek_before = json.loads(keyring_path.read_text())["current"]
+
+    await archive.shred_user(ALICE)
+
+    ring = json.loads(keyring_path.read_text())
+    assert kek_before not in ring["keys"]  # the KEK generation of the backup's day is destroyed
+    live_keks = [base64.b64decode(k) for k in ring["keys"].values()]
+    snapshot = tmp_path / "snapshot.sqlite"
+    verify_backup(backup, keys, into=snapshot)
+    with closing(sqlite3.connect(snapshot)) as db:
+        wrapped = db.execute("SELECT key_id, owner, wrapped_key FROM data_keys").fetchall()
+    assert {owner for _, owner, _ in wrapped} == {f"user:{ALICE}", f"user:{BOB}", "channel:general"}
+    for key_id, owner, blob in wrapped:
+        for kek in live_keks:
+            with pytest.raises(InvalidTag):
+                AESGCM(kek).decrypt(blob[:12], blob[12:], data_key_context(key_id, owner))
+    assert f"user:{ALICE}" not in {k["owner"] for k in ring["data_keys"].values()}
+
+    restored = restored_archive(tmp_path, keyring_path, backup, keys, "restored.db")
+    try:
+        rows = await history(restored)
+        assert [r for r in rows if r[3]] == [(n, "", "", True) for n in (1, 3, 5)]
+        assert [(r[1], r[2]) for r in rows if not r[3]] == [("bob", f"message {n}") for n in (2, 4, 6)]
     finally:
         restored.engine.dispose()

@@ -6,7 +6,7 @@ import json
 import os
 import stat
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from parley.auth.v1.events_pb2 import UserRegistered
-from parley.messaging.v1.events_pb2 import ChannelCreated, MemberJoined, MessagePosted
+from parley.messaging.v1.events_pb2 import ChannelCreated, MemberJoined, MessageEdited, MessagePosted
 from sqlalchemy import Connection, select, update
 
 from parley_core.bus import ReceivedEvent
@@ -23,7 +23,7 @@ from parley_core.topology import channel_subject, user_subject
 from parley_storage.archive import SqlEventArchive
 from parley_storage.datakeys import DataKeys
 from parley_storage.export import build_export
-from parley_storage.kek import FileKeyring, UnknownKek
+from parley_storage.kek import FileKeyring, Rotation, UnknownKek, WrappedKey, data_key_context
 from parley_storage.schema import data_keys, events
 from parley_storage.sealing import RecordUnreadable
 
@@ -75,6 +75,17 @@ class Feed:
             sent_at=sent,
         )
         return self.event("MSG", "channel", channel, payload, sender)
+
+    def edit(self, channel: str, channel_seq: int, editor: str, name: str, body: str) -> ReceivedEvent:
+        payload = MessageEdited(
+            channel_id=channel,
+            message_id=f"m{channel_seq}",
+            channel_seq=channel_seq,
+            body=body,
+            editor_id=editor,
+            editor_name=name,
+        )
+        return self.event("MSG", "channel", channel, payload, editor)
 
 
 async def fill(archive: SqlEventArchive) -> Feed:
@@ -183,6 +194,20 @@ async def test_shredding_one_user_erases_their_data_and_leaves_others_intact(arc
     assert (await archive.shred_user(ALICE)).key_ids == ()
 
 
+async def test_shredding_reaches_the_text_of_a_users_edits(archive: SqlEventArchive) -> None:
+    feed = await fill(archive)
+    await archive.archive("storage-archive-msg", [feed.edit("general", 1, ALICE, "alice-zq7", "alice edited 9321")])
+    messages, _ = await archive.channel_history("general", after_seq=0, limit=10)
+    assert messages[0].body == "alice edited 9321"
+
+    await archive.shred_user(ALICE)
+
+    messages, _ = await archive.channel_history("general", after_seq=0, limit=10)
+    assert [(m.body, m.erased) for m in messages] == [("", True), ("bob public note 0815", False), ("", True)]
+    msg, _ = await archive.stream_events("MSG", after_seq=5, limit=10)
+    assert [(e.event_type, e.envelope) for e in msg] == [("parley.messaging.v1.MessageEdited", None)]
+
+
 async def test_export_holds_everything_about_one_user_and_nothing_of_others(archive: SqlEventArchive) -> None:
     await fill(archive)
 
@@ -216,12 +241,14 @@ async def test_kek_rotation_rewraps_data_keys_without_rewriting_events(archive: 
     old = keyring.current_id
     before = await sealed_rows(archive)
 
-    new = keyring.add_new()
-    assert await archive.rewrap_data_keys() == 3  # alice, bob and channel general
-    assert await archive.rewrap_data_keys() == 0  # all under the new KEK already
-    assert await archive.keks_in_use() == {new}
-    keyring.retire(old)
+    rotation = await archive.rotate_kek()
+    assert rotation.rewrapped == 3  # alice, bob and channel general
+    assert rotation.destroyed_kek_ids == (old,)
 
+    def keks_in_use(conn: Connection) -> set[str]:
+        return set(conn.execute(select(data_keys.c.kek_id).distinct()).scalars())
+
+    assert await archive.run("test_keks_in_use", keks_in_use) == {rotation.new_kek_id}
     assert old not in json.loads(keyring.path.read_text())["keys"]
     assert await sealed_rows(archive) == before
     reopened = SqlEventArchive(archive.engine, DataKeys(FileKeyring.load_or_create(keyring.path)))
@@ -250,24 +277,35 @@ class KmsStandIn:
     def __init__(self) -> None:
         self._kek = AESGCM.generate_key(bit_length=256)
         self._shredded: set[str] = set()
+        self._kept: dict[str, WrappedKey] = {}
         self.calls: Counter[str] = Counter()
 
     @property
     def current_id(self) -> str:
         return "kms-key-1"
 
-    def wrap(self, data_key: bytes, *, context: bytes) -> tuple[str, bytes]:
+    def wrap_and_keep(self, key_id: str, owner: str, data_key: bytes) -> WrappedKey:
         self.calls["wrap"] += 1
         nonce = os.urandom(12)
-        return self.current_id, nonce + AESGCM(self._kek).encrypt(nonce, data_key, context)
+        sealed = AESGCM(self._kek).encrypt(nonce, data_key, data_key_context(key_id, owner))
+        self._kept[key_id] = WrappedKey(key_id, owner, self.current_id, nonce + sealed)
+        return self._kept[key_id]
 
     def unwrap(self, kek_id: str, wrapped: bytes, *, context: bytes) -> bytes:
         self.calls["unwrap"] += 1
         assert kek_id == self.current_id
         return AESGCM(self._kek).decrypt(wrapped[:12], wrapped[12:], context)
 
-    def tombstone(self, key_ids: Sequence[str]) -> None:
-        self._shredded.update(key_ids)
+    def kept_keys(self) -> Mapping[str, WrappedKey]:
+        return dict(self._kept)
+
+    def rotate(self, *, shred: Sequence[str] = ()) -> Rotation:
+        # A real KMS would create a key version, re-wrap, and schedule the old version's destruction.
+        self.calls["rotate"] += 1
+        self._shredded.update(shred)
+        for key_id in shred:
+            self._kept.pop(key_id, None)
+        return Rotation(self.current_id, len(self._kept), ())
 
     def shredded_key_ids(self) -> frozenset[str]:
         return frozenset(self._shredded)
@@ -285,5 +323,6 @@ async def test_an_external_kms_plugs_in_through_the_protocol(archive: SqlEventAr
     assert kms.calls["unwrap"] >= 2
     await reopened.shred_user(BOB)
     assert len(kms.shredded_key_ids()) == 1
+    assert kms.calls["rotate"] == 1  # erasure is a new KEK generation, so the KMS destroys the old one
     messages, _ = await SqlEventArchive(archive.engine, DataKeys(kms)).channel_history("general", after_seq=0, limit=10)
     assert [m.erased for m in messages] == [False, True, False]

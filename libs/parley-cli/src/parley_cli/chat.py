@@ -18,7 +18,9 @@ from parley_client.e2ee import BODY_PREFIX
 
 def format_message(message: ChatMessage) -> str:
     when = datetime.fromtimestamp(message.sent_at.seconds).strftime("%H:%M:%S")
-    if message.redacted:
+    if message.erased:
+        body = "(erased at the author's request)"
+    elif message.redacted:
         body = "(redacted)"
     elif message.body.startswith(BODY_PREFIX):
         body = "(encrypted; this device has no key for it)"

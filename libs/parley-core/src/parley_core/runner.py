@@ -268,7 +268,7 @@ async def serve(
     stop = stop or asyncio.Event()
     pki = ensure_pki(settings.pki_dir, [service])
     password = settings.nats_password or ensure_nats_passwords(settings.nats_passwords_file, [service])[service]
-    telemetry.setup_tracing(
+    telemetry.setup_telemetry(
         service=service,
         version=version,
         instance_id=settings.instance_id,

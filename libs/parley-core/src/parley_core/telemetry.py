@@ -1,4 +1,4 @@
-"""OpenTelemetry tracing across gRPC and NATS.
+"""OpenTelemetry tracing across gRPC and NATS, and the process's metrics exporter.
 
 gRPC calls are traced by the stock instrumentation's interceptors; across NATS the W3C trace
 context travels in message headers (and in the event envelope), so one chat send is one trace
@@ -16,8 +16,10 @@ from typing import Any
 
 import grpc
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import metrics, propagate, trace
 from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
@@ -26,6 +28,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, DEFAULT_ON
 from parley_core.config import TraceExporter
 
 _provider: TracerProvider | None = None
+_meter_provider: MeterProvider | None = None
 
 
 def _span_line(span: ReadableSpan) -> str:
@@ -48,6 +51,10 @@ def _span_line(span: ReadableSpan) -> str:
     )
 
 
+def _resource(service: str, version: str, instance_id: str) -> Resource:
+    return Resource.create({"service.name": service, "service.version": version, "service.instance.id": instance_id})
+
+
 def setup_tracing(*, service: str, version: str, instance_id: str, exporter: TraceExporter, otlp_endpoint: str) -> None:
     """Install the process-wide tracer provider. `none` still propagates context.
 
@@ -56,9 +63,7 @@ def setup_tracing(*, service: str, version: str, instance_id: str, exporter: Tra
     and span ids and pass the context on through gRPC and NATS headers.
     """
     global _provider
-    resource = Resource.create(
-        {"service.name": service, "service.version": version, "service.instance.id": instance_id}
-    )
+    resource = _resource(service, version, instance_id)
     provider = TracerProvider(resource=resource, sampler=ALWAYS_OFF if exporter == "none" else DEFAULT_ON)
     if exporter == "console":
         provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stdout, formatter=_span_line)))
@@ -70,9 +75,34 @@ def setup_tracing(*, service: str, version: str, instance_id: str, exporter: Tra
     _provider = provider
 
 
+def setup_metrics(*, service: str, version: str, instance_id: str, exporter: TraceExporter, otlp_endpoint: str) -> None:
+    """Install the process-wide meter provider: with ``otlp`` metrics go to the same collector as
+    spans; otherwise instruments stay no-ops (the gRPC status calls still answer)."""
+    global _meter_provider
+    if exporter != "otlp":
+        return
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+    resource = _resource(service, version, instance_id)
+    reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=otlp_endpoint, insecure=True))
+    _meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
+    metrics.set_meter_provider(_meter_provider)
+
+
+def setup_telemetry(
+    *, service: str, version: str, instance_id: str, exporter: TraceExporter, otlp_endpoint: str
+) -> None:
+    """Tracing and metrics for one service process, exported the same way."""
+    options = {"service": service, "version": version, "instance_id": instance_id, "otlp_endpoint": otlp_endpoint}
+    setup_tracing(exporter=exporter, **options)
+    setup_metrics(exporter=exporter, **options)
+
+
 def shutdown_tracing() -> None:
     if _provider is not None:
         _provider.shutdown()
+    if _meter_provider is not None:
+        _meter_provider.shutdown()
 
 
 @functools.cache

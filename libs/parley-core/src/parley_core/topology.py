@@ -129,6 +129,12 @@ CONSUMERS: tuple[ConsumerSpec, ...] = tuple(
 
 STREAMS_BY_NAME = {s.name: s for s in STREAMS}
 
+# Erasure reaching the log (issue 5): storage securely deletes an erased user's events from
+# these streams, after appending on each affected subject the marker its owner rebuilds from
+# (MessagesErased on a channel, AccountErased on a username). Nothing else in them is its to write.
+ERASURE_MARKER_SUBJECTS = (channel_subject("*"), username_subject("*"))
+ERASED_STREAMS = ("AUTH", "MSG", "PARKED")
+
 
 def stream_for_subject(subject: str) -> StreamSpec:
     for spec in STREAMS:
@@ -184,6 +190,10 @@ def permissions_for(service: str) -> Permissions:
             publish.extend((f"$JS.API.STREAM.CREATE.{spec.name}", f"$JS.API.STREAM.UPDATE.{spec.name}"))
         if service in spec.readers or spec.owner == service:
             publish.extend(_read_permissions(spec.name))
+    if service == "storage":
+        publish.extend(ERASURE_MARKER_SUBJECTS)
+        publish.extend(f"$JS.API.STREAM.MSG.DELETE.{stream}" for stream in ERASED_STREAMS)
+        publish.append("$JS.API.STREAM.MSG.GET.PARKED")  # to find the parked copies of erased events
     if service == "patch-registry":
         subscribe.append(HEARTBEATS_FILTER)
         publish.append(PATCH_SECURITY_EVENTS)

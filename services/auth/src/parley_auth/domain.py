@@ -96,6 +96,11 @@ class AccountDirectory:
         self._by_name[account.username] = account
         self._by_id[account.user_id] = account
 
+    def forget(self, user_id: str) -> None:
+        """An erased account: gone from both indexes, as a rebuild without its events has it."""
+        if (account := self._by_id.pop(user_id, None)) is not None:
+            self._by_name.pop(account.username, None)
+
     def find(self, username: str) -> Account | None:
         return self._by_name.get(username)
 

@@ -25,6 +25,7 @@ from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 from parley.auth.v1.events_pb2 import (
     AccountDisabled,
     AccountEnabled,
+    AccountErased,
     DeviceKeysPublished,
     DeviceRemoved,
     InviteCreated,
@@ -289,11 +290,17 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         if isinstance(payload, UserRegistered):
             self.accounts.add(Account(payload.user_id, payload.username, payload.password_hash, payload.role))
             return
+        if isinstance(payload, AccountErased):
+            # Its events are being deleted from the stream; its name stays taken (see AccountErased).
+            self.accounts.forget(payload.user_id)
+            return
         if isinstance(payload, USER_EVENTS):
             account = self.accounts.by_id(payload.user_id)
             if account is None:
                 return
-            account.user_seq, account.user_version = event.stream_seq, account.user_version + 1
+            # The version from the envelope, not counted: an erasure leaves gaps in the stream.
+            account.user_seq = event.stream_seq
+            account.user_version = max(account.user_version, event.envelope.aggregate_version)
             self._apply_user(account, payload)
             return
         if isinstance(payload, DEVICE_EVENTS):

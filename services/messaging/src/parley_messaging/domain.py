@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from parley_core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
@@ -166,6 +167,17 @@ class Channel:
         self.sends[(message.sender_id, idempotency_key)] = message.channel_seq
         if message.thread_root_seq and (root := self.messages.get(message.thread_root_seq)) is not None:
             root.replies.append(message.channel_seq)
+
+    def forget_messages(self, channel_seqs: Iterable[int]) -> None:
+        """An erased author's messages go, as if never replayed; their numbers stay used."""
+        erased = set(channel_seqs)
+        for seq in erased:
+            record = self.messages.pop(seq, None)
+            root = self.messages.get(record.current.thread_root_seq) if record is not None else None
+            if root is not None:
+                root.replies = [r for r in root.replies if r != seq]
+        self.sends = {send: seq for send, seq in self.sends.items() if seq not in erased}
+        self.last_seq = max(self.last_seq, *erased, 0)
 
     def check_thread_root(self, root_seq: int) -> None:
         """Replies hang off a thread's root: one level, as in most chat apps."""

@@ -26,6 +26,7 @@ from parley.messaging.v1.events_pb2 import (
     MessageEdited,
     MessagePosted,
     MessageRedacted,
+    MessagesErased,
     ReactionAdded,
     ReactionRemoved,
     ReadMarkerMoved,
@@ -189,7 +190,8 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
             return
         channel = self.channels.get(event.envelope.aggregate_id)
         channel.last_stream_seq = event.stream_seq
-        channel.version += 1
+        # From the envelope, not counted: an erasure deletes events, leaving gaps in the stream.
+        channel.version = max(channel.version, event.envelope.aggregate_version)
         if isinstance(payload, MemberJoined):
             channel.add_member(payload.user_id)
         elif isinstance(payload, MemberLeft | MemberKicked):
@@ -223,14 +225,18 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
             )
             channel.record_post(posted, payload.idempotency_key)
         elif isinstance(payload, ReactionAdded | ReactionRemoved):
-            remove = isinstance(payload, ReactionRemoved)
-            channel.message(payload.channel_seq).react(payload.emoji, payload.user_id, remove=remove)
+            if (record := channel.messages.get(payload.channel_seq)) is not None:  # None: erased
+                record.react(payload.emoji, payload.user_id, remove=isinstance(payload, ReactionRemoved))
         elif isinstance(payload, ReadMarkerMoved):
             channel.read_up_to[payload.user_id] = max(channel.read_up_to.get(payload.user_id, 0), payload.channel_seq)
         elif isinstance(payload, MessageEdited):
-            channel.message(payload.channel_seq).edited(payload.body)
+            if (record := channel.messages.get(payload.channel_seq)) is not None:
+                record.edited(payload.body)
         elif isinstance(payload, MessageRedacted):
-            channel.message(payload.channel_seq).redacted()
+            if (record := channel.messages.get(payload.channel_seq)) is not None:
+                record.redacted()
+        elif isinstance(payload, MessagesErased):
+            channel.forget_messages(payload.channel_seqs)
 
     async def _append(self, event: NewEvent, *, after: Channel | None) -> None:
         """Append to a channel as it was read (`after`), or create it (`after=None`)."""

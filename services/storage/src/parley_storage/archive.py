@@ -31,6 +31,8 @@ from parley_core import telemetry
 from parley_core.bus import ReceivedEvent
 from parley_core.envelope import UnknownEventType, decode, open_payload
 from parley_storage.datakeys import DataKeys, ShreddedKeys
+from parley_storage.faults import PauseInBatch
+from parley_storage.kek import Rotation
 from parley_storage.schema import (
     channel_members,
     channel_messages,
@@ -84,6 +86,16 @@ class StoredEvent:
 
 
 @dataclass(frozen=True)
+class LoggedEvent:
+    """Where one event carrying a user's personal data sits in JetStream."""
+
+    stream: str
+    stream_seq: int
+    subject: str
+    aggregate_id: str
+
+
+@dataclass(frozen=True)
 class ConsumerProgress:
     consumer: str
     stream: str
@@ -119,9 +131,10 @@ def open_engine(url: str) -> Engine:
 
 
 class SqlEventArchive:
-    def __init__(self, engine: Engine, keys: DataKeys) -> None:
+    def __init__(self, engine: Engine, keys: DataKeys, *, fault: PauseInBatch | None = None) -> None:
         self.engine = engine
         self.keys = keys
+        self._fault = fault  # test-only: see faults.py
 
     async def run(self, name: str, work: Callable[[Connection], T]) -> T:
         """Run one named transaction in a worker thread; the name shows in traces and slow logs."""
@@ -184,6 +197,8 @@ class SqlEventArchive:
                     self._store(conn, item)
                 archived.add(item.stream_seq)
                 stored += 1
+                if self._fault is not None and stored == 1:
+                    self._fault(stream, item.stream_seq)
             newest = max(batch, key=lambda e: e.stream_seq)
             last = max(position.last_seq if position else 0, newest.stream_seq)
             occurred = newest.envelope.occurred_at.ToNanoseconds() if last == newest.stream_seq else 0
@@ -437,7 +452,7 @@ class SqlEventArchive:
                         name,
                         text.body if text else "",
                         r.sent_at_ns,
-                        erased=text is None,
+                        erased=text is None and r.key_id != EXPIRED,  # shredded, not redacted or expired
                         thread_root_seq=thread_root,
                     )
                 )
@@ -526,6 +541,24 @@ class SqlEventArchive:
 
         return await self.run("user_events", work)
 
+    async def events_of(self, user_id: str, streams: Sequence[str]) -> list[LoggedEvent]:
+        """The events of `streams` with the user's personal data: sealed under any key they ever
+        had, or texts they wrote whose archive copy redaction or retention already removed."""
+
+        def work(conn: Connection) -> list[LoggedEvent]:
+            their_keys = select(data_keys.c.key_id).where(data_keys.c.owner == user_owner(user_id))
+            removed_texts = (
+                (events.c.key_id == EXPIRED) & (events.c.actor == user_id) & events.c.event_type.in_(_TEXT_EVENTS)
+            )
+            query = (
+                select(events.c.stream, events.c.stream_seq, events.c.subject, events.c.aggregate_id)
+                .where(events.c.key_id.in_(their_keys) | removed_texts, events.c.stream.in_(list(streams)))
+                .order_by(events.c.stream, events.c.stream_seq)
+            )
+            return [LoggedEvent(*row) for row in conn.execute(query)]
+
+        return await self.run("events_of", work)
+
     async def shred_user(self, user_id: str) -> ShreddedKeys:
         """Crypto-shred one user: their data keys are destroyed, their records stay as unreadable bytes."""
         return await self.run("shred_user", lambda conn: self.keys.shred(conn, user_owner(user_id)))
@@ -595,11 +628,12 @@ class SqlEventArchive:
 
         return await self.run("apply_retention", work)
 
-    async def rewrap_data_keys(self) -> int:
-        return await self.run("rewrap_data_keys", self.keys.rewrap_all)
+    async def rotate_kek(self) -> Rotation:
+        return await self.run("rotate_kek", self.keys.rotate)
 
-    async def keks_in_use(self) -> set[str]:
-        return await self.run("keks_in_use", self.keys.keks_in_use)
+    async def reconcile_data_keys(self) -> int:
+        """At start: the keyring holds every live data key and the rows match it (see DataKeys.sync)."""
+        return await self.run("reconcile_data_keys", lambda conn: self.keys.adopt(conn) + self.keys.sync(conn))
 
     async def consumer_progress(self) -> list[ConsumerProgress]:
         def work(conn: Connection) -> list[ConsumerProgress]:

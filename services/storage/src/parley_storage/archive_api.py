@@ -8,12 +8,11 @@ from __future__ import annotations
 import time
 
 import grpc
-import nats.js.errors
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from parley.storage.v1.events_pb2 import UserDataErased
 
-from parley_core.envelope import NewEvent, decode
-from parley_core.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unavailable
+from parley_core.envelope import NewEvent
+from parley_core.errors import InvalidArgument, PermissionDenied, Unavailable
 from parley_core.runner import RunContext
 from parley_core.tokens import Caller
 from parley_core.topology import PLATFORM_USER, STREAMS_BY_NAME, privacy_subject
@@ -21,8 +20,8 @@ from parley_storage import access
 from parley_storage.access import Requester
 from parley_storage.archive import SqlEventArchive, StoredEvent
 from parley_storage.export import EXPORT_FORMAT, build_export
-from parley_storage.kek import FileKeyring
 from parley_storage.lag import measure_lag
+from parley_storage.stream_erasure import append_after_last, erase_from_streams
 
 DEFAULT_PAGE = 500
 MAX_PAGE = 1000
@@ -164,12 +163,6 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
         access.require_self_or_operator(requester, request.user_id)
         live = await self._archive.live_user_keys(request.user_id)
         # The audited decision is appended first: an erasure never happens without its record.
-        subject = privacy_subject(request.user_id)
-        try:
-            raw = await self._ctx.bus.js.get_last_msg("STORE", subject, direct=True)
-            last, version = int(raw.seq or 0), decode(raw.data or b"").aggregate_version
-        except nats.js.errors.NotFoundError:
-            last, version = 0, 0
         event = NewEvent(
             aggregate_type="privacy",
             aggregate_id=request.user_id,
@@ -182,12 +175,21 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
             actor=requester.acting_as,
         )
         try:
-            await self._ctx.bus.append(subject, event, aggregate_version=version + 1, expected_last_subject_seq=last)
+            await append_after_last(self._ctx.bus, privacy_subject(request.user_id), event)
         except Exception as exc:  # any bus failure: nothing was shredded, the caller may retry
             raise Unavailable("could not record the erasure; nothing was erased, retry") from exc
         shredded = await self._archive.shred_user(request.user_id)
         unreadable = await self._archive.count_events_under(shredded.key_ids)
-        return storage_pb2.EraseUserDataResponse(destroyed_key_ids=list(shredded.key_ids), events_unreadable=unreadable)
+        try:
+            deleted = await erase_from_streams(self._ctx.bus, self._archive, request.user_id)
+        except Exception as exc:  # the keys are gone; only the deletion from the log is left to do
+            raise Unavailable(
+                "the user's keys are destroyed, but deleting their events from the event log did not finish"
+                f" ({exc}); call EraseUserData again, or storage finishes it at its next start"
+            ) from exc
+        return storage_pb2.EraseUserDataResponse(
+            destroyed_key_ids=list(shredded.key_ids), events_unreadable=unreadable, events_deleted_from_log=deleted
+        )
 
     async def SetRetentionPolicy(
         self, request: storage_pb2.SetRetentionPolicyRequest, context: Context
@@ -205,15 +207,9 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
         self, request: storage_pb2.RotateKeyEncryptionKeyRequest, context: Context
     ) -> storage_pb2.RotateKeyEncryptionKeyResponse:
         access.require_operator(self._requester(context))
-        keyring = self._archive.keys.keks
-        if not isinstance(keyring, FileKeyring):
-            raise FailedPrecondition("key-encryption keys are held by an external KMS: rotate them there")
-        new = keyring.add_new()
-        rewrapped = await self._archive.rewrap_data_keys()
-        in_use = await self._archive.keks_in_use()
-        retired = sorted(k for k in keyring.keys if k != new and k not in in_use)
-        for kek_id in retired:
-            keyring.retire(kek_id)
+        rotation = await self._archive.rotate_kek()
         return storage_pb2.RotateKeyEncryptionKeyResponse(
-            new_kek_id=new, rewrapped_data_keys=rewrapped, retired_kek_ids=retired
+            new_kek_id=rotation.new_kek_id,
+            rewrapped_data_keys=rotation.rewrapped,
+            retired_kek_ids=list(rotation.destroyed_kek_ids),
         )

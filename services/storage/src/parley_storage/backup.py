@@ -10,8 +10,10 @@ A backup is a folder of three files:
   backup key.
 - ``manifest.sig``: an Ed25519 signature over manifest.json.
 
-The records inside stay sealed under their data keys, and restoring needs the KEK keyring,
-whose tombstones destroy in the restored copy every key shredded since the backup was taken.
+The records inside stay sealed under their data keys. The backup's copies of those keys are
+wrapped under the KEK generation of its day, which the next erasure destroys; restoring takes
+the live data keys from the keyring instead, so keys shredded since the backup are gone from
+the restored copy and every other key opens.
 The snapshot is consistent: SQLite's online backup API, or one REPEATABLE READ transaction on
 PostgreSQL.
 """
@@ -299,7 +301,7 @@ def restore_backup(
     *,
     before_commit: Callable[[Connection], None] | None = None,
 ) -> dict[str, Any]:
-    """Verify, then load the snapshot into an empty database and apply shreds made since the backup."""
+    """Verify, then load the snapshot into an empty database with the keyring's live data keys."""
     with tempfile.TemporaryDirectory() as scratch:
         plain = Path(scratch) / "archive.sqlite"
         manifest = verify_backup(backup_dir, keys, into=plain)
@@ -315,7 +317,7 @@ def restore_backup(
                 if any(dst.execute(select(func.count()).select_from(t)).scalar_one() for t in metadata.sorted_tables):
                     raise RestoreRefused("the target database already holds an archive; restore into an empty one")
                 _copy_rows(src, dst)
-                DataKeys(keks).apply_tombstones(dst)
+                DataKeys(keks).sync(dst)  # the backup's key copies are replaced by the keyring's
                 if before_commit is not None:
                     before_commit(dst)  # e.g. the residency check: a refusal rolls everything back
         finally:

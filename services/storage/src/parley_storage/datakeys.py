@@ -1,22 +1,24 @@
 """Data keys in SQL, wrapped by a KEK: created on first use, shredded on erasure, re-wrapped on rotation.
 
-Runs inside the caller's transaction, so a new key commits together with the first record sealed
-under it (never a record whose key was lost by a rollback). Unwrapped keys are cached in memory
-for speed; shredding evicts them.
+The keyring keeps the live copy of every data key (see kek.py); the ``data_keys`` rows are
+replicas that this module keeps in step with it. Runs inside the caller's transaction, so a new
+key's row commits together with the first record sealed under it. Unwrapped keys are cached in
+memory for speed; shredding evicts them.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Connection, insert, select, update
 
-from parley_storage.kek import KeyEncryptionKeys
+from parley_storage.kek import KeyEncryptionKeys, Rotation, data_key_context
 from parley_storage.schema import data_keys
-from parley_storage.sealing import RecordUnreadable, data_key_aad
+from parley_storage.sealing import RecordUnreadable
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class DataKeys:
         self.keks = keks
         self._cache: dict[str, bytes] = {}
         self._active: dict[str, str] = {}  # owner -> key_id
+        self._revoked: set[str] = set()  # erased, here or by another instance (see erasures.py)
 
     def for_owner(self, conn: Connection, owner: str) -> tuple[str, bytes]:
         """The owner's live data key, created (and wrapped) if there is none yet."""
@@ -46,31 +49,51 @@ class DataKeys:
             return row.key_id, self.get(conn, row.key_id)
         key_id = uuid.uuid4().hex
         key = AESGCM.generate_key(bit_length=256)
-        kek_id, wrapped = self.keks.wrap(key, context=data_key_aad(key_id, owner))
+        # Kept in the keyring before the row exists: a rolled-back transaction leaves an unused
+        # copy there, never a committed record whose key the keyring lacks.
+        wrapped = self.keks.wrap_and_keep(key_id, owner, key)
         conn.execute(
             insert(data_keys).values(
-                key_id=key_id, owner=owner, kek_id=kek_id, wrapped_key=wrapped, created_at_ns=time.time_ns()
+                key_id=key_id,
+                owner=owner,
+                kek_id=wrapped.kek_id,
+                wrapped_key=wrapped.wrapped,
+                created_at_ns=time.time_ns(),
             )
         )
-        # Cached only once the transaction commits would be stricter; a rolled-back key id is never
-        # referenced by a committed record, and for_owner re-reads when the id is not in SQL.
         conn.info.setdefault("parley_new_keys", []).append(key_id)
         self._cache[key_id] = key
         self._active[owner] = key_id
         return key_id, key
 
     def get(self, conn: Connection, key_id: str) -> bytes:
+        if key_id in self._revoked:
+            raise RecordUnreadable(f"data key {key_id} was shredded")
         cached = self._cache.get(key_id)
         if cached is not None:
             return cached
         row = conn.execute(select(data_keys).where(data_keys.c.key_id == key_id)).first()
         if row is None or row.wrapped_key is None or key_id in self.keks.shredded_key_ids():
             raise RecordUnreadable(f"data key {key_id} was shredded")
-        key = self.keks.unwrap(row.kek_id, bytes(row.wrapped_key), context=data_key_aad(key_id, row.owner))
+        # The keyring's copy is the live one; the row's may be wrapped under a destroyed KEK.
+        kept = self.keks.kept_keys().get(key_id)
+        kek_id, wrapped = (kept.kek_id, kept.wrapped) if kept else (row.kek_id, bytes(row.wrapped_key))
+        key = self.keks.unwrap(kek_id, wrapped, context=data_key_context(key_id, row.owner))
         self._cache[key_id] = key
         if row.destroyed_at_ns is None:
             self._active[row.owner] = key_id
         return key
+
+    def revoke(self, owner: str, key_ids: Collection[str]) -> None:
+        """Forget an erased owner's keys in this process, before or after the keyring destroys them.
+
+        Another instance erases; this one learns it from the bus. Revoked keys are refused even
+        while the keyring still holds them, so no cached or re-read copy outlives the decision.
+        """
+        self._revoked.update(key_ids)
+        for key_id in key_ids:
+            self._cache.pop(key_id, None)
+        self._active.pop(owner, None)
 
     def forget_uncommitted(self, key_ids: list[str]) -> None:
         """After a rollback: drop keys that never reached the database from the cache."""
@@ -79,51 +102,62 @@ class DataKeys:
         self._active = {owner: kid for owner, kid in self._active.items() if kid not in key_ids}
 
     def shred(self, conn: Connection, owner: str) -> ShreddedKeys:
-        """Destroy every data key of ``owner``: the wrapped bytes are overwritten, not kept."""
-        key_ids = tuple(
-            conn.execute(
-                select(data_keys.c.key_id).where(data_keys.c.owner == owner, data_keys.c.wrapped_key.is_not(None))
-            ).scalars()
-        )
-        # The tombstone goes first, beside the KEK: even if this transaction failed, or an old
-        # backup still holds the wrapped key, the key is never unwrapped again.
-        self.keks.tombstone(key_ids)
+        """Destroy every data key of ``owner``, in the keyring and here, and every KEK that ever wrapped it.
+
+        The keyring forgets the keys and moves to a new KEK generation first: from then on no
+        copy of them (this database's, a backup's) opens, even if this transaction fails.
+        """
+        in_sql = conn.execute(
+            select(data_keys.c.key_id).where(data_keys.c.owner == owner, data_keys.c.wrapped_key.is_not(None))
+        ).scalars()
+        kept = (k.key_id for k in self.keks.kept_keys().values() if k.owner == owner)
+        key_ids = tuple(sorted({*in_sql, *kept}))
         if key_ids:
-            conn.execute(
-                update(data_keys)
-                .where(data_keys.c.key_id.in_(key_ids))
-                .values(wrapped_key=None, kek_id=None, destroyed_at_ns=time.time_ns())
-            )
-        for key_id in key_ids:
-            self._cache.pop(key_id, None)
-        self._active.pop(owner, None)
+            self.adopt(conn)  # a key only the database holds must not die with its KEK
+            self.keks.rotate(shred=key_ids)
+            self.sync(conn)
+        self.revoke(owner, key_ids)
         return ShreddedKeys(owner=owner, key_ids=key_ids)
 
-    def apply_tombstones(self, conn: Connection) -> int:
-        """Destroy, in a restored database, the wrapped keys shredded since its backup was taken."""
-        shredded = sorted(self.keks.shredded_key_ids())
-        if not shredded:
-            return 0
-        result = conn.execute(
-            update(data_keys)
-            .where(data_keys.c.key_id.in_(shredded), data_keys.c.wrapped_key.is_not(None))
-            .values(wrapped_key=None, kek_id=None, destroyed_at_ns=time.time_ns())
-        )
-        return int(result.rowcount or 0)
+    def rotate(self, conn: Connection) -> Rotation:
+        """A new KEK generation for every data key; earlier KEKs are destroyed, no record is rewritten."""
+        self.adopt(conn)
+        rotation = self.keks.rotate()
+        self.sync(conn)
+        return rotation
 
-    def rewrap_all(self, conn: Connection) -> int:
-        """Re-wrap every live data key under the current KEK; sealed records are not touched."""
-        rows = conn.execute(
-            select(data_keys).where(data_keys.c.wrapped_key.is_not(None), data_keys.c.kek_id != self.keks.current_id)
-        ).all()
+    def adopt(self, conn: Connection) -> int:
+        """Give the keyring a copy of every live data key it lacks (archives from before it kept them)."""
+        kept, shredded = self.keks.kept_keys(), self.keks.shredded_key_ids()
+        rows = conn.execute(select(data_keys).where(data_keys.c.wrapped_key.is_not(None))).all()
+        adopted = 0
         for row in rows:
-            context = data_key_aad(row.key_id, row.owner)
+            if row.key_id in kept or row.key_id in shredded:
+                continue
+            context = data_key_context(row.key_id, row.owner)
             key = self.keks.unwrap(row.kek_id, bytes(row.wrapped_key), context=context)
-            kek_id, wrapped = self.keks.wrap(key, context=context)
-            conn.execute(
-                update(data_keys).where(data_keys.c.key_id == row.key_id).values(kek_id=kek_id, wrapped_key=wrapped)
-            )
-        return len(rows)
+            self.keks.wrap_and_keep(row.key_id, row.owner, key)
+            adopted += 1
+        return adopted
 
-    def keks_in_use(self, conn: Connection) -> set[str]:
-        return set(conn.execute(select(data_keys.c.kek_id).where(data_keys.c.kek_id.is_not(None)).distinct()).scalars())
+    def sync(self, conn: Connection) -> int:
+        """Bring the rows in step with the keyring: its wrapped copies, and its shredded keys destroyed.
+
+        Runs after a rotation or erasure, at start (repairing one interrupted between the keyring
+        and the database), and on restore, where the backup's copies are under destroyed KEKs.
+        """
+        kept, shredded = self.keks.kept_keys(), self.keks.shredded_key_ids()
+        rows = conn.execute(
+            select(data_keys.c.key_id, data_keys.c.kek_id).where(data_keys.c.wrapped_key.is_not(None))
+        ).all()
+        changed = 0
+        for row in rows:
+            if row.key_id in shredded:
+                values: dict[str, object] = {"wrapped_key": None, "kek_id": None, "destroyed_at_ns": time.time_ns()}
+            elif row.key_id in kept and kept[row.key_id].kek_id != row.kek_id:
+                values = {"kek_id": kept[row.key_id].kek_id, "wrapped_key": kept[row.key_id].wrapped}
+            else:
+                continue
+            conn.execute(update(data_keys).where(data_keys.c.key_id == row.key_id).values(**values))
+            changed += 1
+        return changed

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.message import Message
 from parley.auth.v1.events_pb2 import UserRegistered
 from parley.common.v1.envelope_pb2 import EventEnvelope
-from parley.messaging.v1.events_pb2 import MessagePosted
+from parley.messaging.v1.events_pb2 import MessageEdited, MessagePosted
 
 NONCE_BYTES = 12
 SYSTEM_OWNER = "system"
@@ -37,6 +37,8 @@ def data_owner(envelope: EventEnvelope, payload: Message | None) -> str:
     """Whose data key seals this event: its author for personal content, else its aggregate."""
     if isinstance(payload, MessagePosted):
         return user_owner(payload.sender_id)
+    if isinstance(payload, MessageEdited) and payload.editor_id:
+        return user_owner(payload.editor_id)  # the new text and name are the editor's, like the post
     if isinstance(payload, UserRegistered):
         return user_owner(payload.user_id)
     if envelope.aggregate_type == "user":
@@ -52,10 +54,6 @@ def event_aad(
     return "\x1f".join(
         ("parley-event-v1", stream, str(stream_seq), event_id, aggregate_type, aggregate_id, str(aggregate_version))
     ).encode()
-
-
-def data_key_aad(key_id: str, owner: str) -> bytes:
-    return "\x1f".join(("parley-data-key-v1", key_id, owner)).encode()
 
 
 def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:

@@ -8,9 +8,11 @@ import logging
 import time
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry import metrics
 from parley.messaging.v1 import messaging_pb2
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from sqlalchemy import Engine, inspect
@@ -25,11 +27,16 @@ from parley_core.topology import CONSUMERS, ConsumerSpec, channel_subject
 from parley_storage.archive import SqlEventArchive, open_engine
 from parley_storage.archive_api import StorageArchiveApi
 from parley_storage.datakeys import DataKeys
+from parley_storage.erasures import ErasureLog, follow_erasures
+from parley_storage.faults import PauseInBatch
 from parley_storage.kek import FileKeyring, KeyEncryptionKeys
+from parley_storage.lag import measure_lag
+from parley_storage.lag_metrics import ArchiveLagGauges
 from parley_storage.migrate import upgrade_to_head
 from parley_storage.progress import ArchiveProgress
 from parley_storage.residency import ResidencyBinding, check_configured, enforce_in_database
 from parley_storage.settings import StorageSettings
+from parley_storage.stream_erasure import erase_from_streams
 
 log = logging.getLogger(__name__)
 DEFAULT_PAGE = 100
@@ -62,6 +69,8 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         self.progress = ArchiveProgress()
         self._stopping = asyncio.Event()
         self._retention_job: asyncio.Task[None] | None = None
+        self._lag_job: asyncio.Task[None] | None = None
+        self._erasure_job: asyncio.Task[None] | None = None
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
@@ -73,7 +82,11 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         with engine.begin() as conn:
             enforce_in_database(conn, binding, url)
         keks = self._keks or FileKeyring.load_or_create(ensure_private_dir(ctx.settings.secrets_dir) / KEYRING_FILE)
-        self.archive = SqlEventArchive(engine, DataKeys(keks))
+        fault = PauseInBatch(Path(storage_settings.pause_in_batch)) if storage_settings.pause_in_batch else None
+        self.archive = SqlEventArchive(engine, DataKeys(keks), fault=fault)
+        await self.archive.reconcile_data_keys()
+        erasures = ErasureLog()
+        erasures_replay = await follow_erasures(ctx.bus, self.archive.keys, erasures)
         self.progress = ArchiveProgress(await self.archive.positions())
         for spec in CONSUMERS:
             if spec.service == "storage":
@@ -83,6 +96,34 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         storage_pb2_grpc.add_StorageArchiveServiceServicer_to_server(StorageArchiveApi(ctx, self.archive), ctx.server)
         ctx.add_service_name(storage_pb2.DESCRIPTOR.services_by_name["StorageArchiveService"].full_name)
         self._retention_job = asyncio.create_task(self._apply_retention(storage_settings.retention_interval_seconds))
+        gauges = ArchiveLagGauges(metrics.get_meter("parley.storage"))
+        self._lag_job = asyncio.create_task(self._measure_lag(gauges, storage_settings.lag_interval_seconds))
+        await erasures_replay.wait_caught_up()
+        self._erasure_job = asyncio.create_task(self._resume_stream_erasures(erasures.unfinished()))
+
+    async def _resume_stream_erasures(self, user_ids: list[str]) -> None:
+        """Finish erasures that shredded keys but had not yet deleted the events from JetStream."""
+        assert self.archive is not None
+        assert self._ctx is not None
+        for user_id in user_ids:
+            if self._stopping.is_set():
+                return
+            try:
+                await erase_from_streams(self._ctx.bus, self.archive, user_id)
+            except Exception:  # left unfinished: the next start (or a repeated EraseUserData) resumes it
+                log.exception("resuming an erasure in the event log failed", extra={"user_id": user_id})
+
+    async def _measure_lag(self, gauges: ArchiveLagGauges, interval_s: float) -> None:
+        """Refresh the lag gauges every interval until stopped."""
+        assert self.archive is not None
+        assert self._ctx is not None
+        while not self._stopping.is_set():
+            try:
+                gauges.update(await measure_lag(self._ctx.bus.js, self.archive))
+            except Exception:  # NATS or the database briefly away: the gauges keep the last reading
+                log.warning("archive lag measurement failed", exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), interval_s)
 
     async def _apply_retention(self, interval_s: float) -> None:
         """The retention job: apply every channel's policy now, then every interval until stopped."""
@@ -99,8 +140,13 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
 
     async def stop(self) -> None:
         self._stopping.set()
-        if self._retention_job is not None:
-            await self._retention_job
+        if self._erasure_job is not None:
+            self._erasure_job.cancel()  # resumable: the next start finishes it
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._erasure_job
+        for job in (self._retention_job, self._lag_job):
+            if job is not None:
+                await job
         if self.archive is not None:
             self.archive.engine.dispose()
 
@@ -156,7 +202,8 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
                     channel_seq=m.channel_seq,
                     body=m.body,
                     sent_at=sent,
-                    redacted=not m.body,  # the archive blanks a redacted message's text
+                    redacted=not m.body and not m.erased,  # the archive blanks a redacted message's text
+                    erased=m.erased,
                     thread_root_seq=m.thread_root_seq,
                     reactions=[messaging_pb2.ReactionCount(emoji=e, user_ids=users) for e, users in m.reactions],
                 )

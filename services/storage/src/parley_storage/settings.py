@@ -14,3 +14,7 @@ class StorageSettings(BaseSettings):
     bound_database_url: str = ""
     # How often the retention job removes expired message content.
     retention_interval_seconds: float = Field(default=3600.0, gt=0)
+    # How often archive lag is measured for the OpenTelemetry gauges (lag_metrics.py).
+    lag_interval_seconds: float = Field(default=15.0, gt=0)
+    # Test-only fault point (faults.py): a folder, or empty to disable.
+    pause_in_batch: str = ""

@@ -111,6 +111,17 @@ class RunningPlatform:
         return (self.data_dir / "logs" / f"{service}.log").read_text(errors="replace")
 
 
+def platform_in(root: Path, **env: str) -> RunningPlatform:
+    """The test platform in ``root``, traces on; ``env`` adds or overrides settings."""
+    # A free port of its own rather than the default 7443, which every platform on a shared
+    # machine (other test runs, a `make run`) would race for.
+    return RunningPlatform(
+        data_dir=root / "data",
+        env={"PARLEY_TRACE_EXPORTER": "console", "PARLEY_REGISTRATION": "open", **env},
+        up_args=("--gateway-port", str(free_port())),
+    )
+
+
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
     """One platform per test module, started exactly as `make run` starts it, traces on.
@@ -118,14 +129,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
     Self-registration is open here (`make run` defaults to admin-created accounts) so tests
     can call `client.register`.
     """
-    root = tmp_path_factory.mktemp("platform")
-    # A free port of its own rather than the default 7443, which every platform on a shared
-    # machine (other test runs, a `make run`) would race for.
-    running = RunningPlatform(
-        data_dir=root / "data",
-        env={"PARLEY_TRACE_EXPORTER": "console", "PARLEY_REGISTRATION": "open"},
-        up_args=("--gateway-port", str(free_port())),
-    )
+    running = platform_in(tmp_path_factory.mktemp("platform"))
     running.start()
     try:
         yield running

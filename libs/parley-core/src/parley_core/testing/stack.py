@@ -190,8 +190,9 @@ async def start_stack(
     nats_server: NatsTestServer, pki: Pki, tmp_path: Path, *, registration: RegistrationMode
 ) -> tuple[Stack, list[tuple[asyncio.Event, asyncio.Task[int]]]]:
     data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    (data_dir / "pki").symlink_to(pki.directory, target_is_directory=True)
+    if not data_dir.exists():  # a restart keeps the data folder (and so storage's archive)
+        data_dir.mkdir()
+        (data_dir / "pki").symlink_to(pki.directory, target_is_directory=True)
     stack = Stack(pki=pki, data_dir=data_dir)
     running: list[tuple[asyncio.Event, asyncio.Task[int]]] = []
     for service in APPS:

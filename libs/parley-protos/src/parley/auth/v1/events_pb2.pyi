@@ -781,3 +781,27 @@ class LoginFailuresCleared(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LoginFailuresCleared: _TypeAlias = LoginFailuresCleared  # noqa: Y015
+
+@_typing.final
+class AccountErased(_message.Message):
+    """Tombstone of an erased account, appended by storage on the account's username subject before
+    the account's own events are deleted from the stream. It names no personal data; because the
+    subject stays non-empty, the name cannot be registered again.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountErased: _TypeAlias = AccountErased  # noqa: Y015

@@ -660,3 +660,35 @@ class ReadMarkerMoved(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReadMarkerMoved: _TypeAlias = ReadMarkerMoved  # noqa: Y015
+
+@_typing.final
+class MessagesErased(_message.Message):
+    """Appended by storage on a channel's subject before it deletes an erased user's messages from
+    the stream: every projection forgets those messages, and the numbers stay taken, so the next
+    message is numbered after them even when the newest one was deleted.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_SEQS_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    user_id: _builtins.str
+    """the erased author (an id, never a name)"""
+    @_builtins.property
+    def channel_seqs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        channel_seqs: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "channel_seqs", b"channel_seqs", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessagesErased: _TypeAlias = MessagesErased  # noqa: Y015

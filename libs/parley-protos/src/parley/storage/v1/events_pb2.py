@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eparley/storage/v1/events.proto\x12\x11parley.storage.v1\"_\n\x0eUserDataErased\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\terased_by\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x19\n\x11\x64\x65stroyed_key_ids\x18\x04 \x03(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eparley/storage/v1/events.proto\x12\x11parley.storage.v1\"_\n\x0eUserDataErased\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\terased_by\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x19\n\x11\x64\x65stroyed_key_ids\x18\x04 \x03(\t\"D\n\x19UserDataErasedFromStreams\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x16\n\x0e\x65vents_deleted\x18\x02 \x01(\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,4 +33,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_USERDATAERASED']._serialized_start=53
   _globals['_USERDATAERASED']._serialized_end=148
+  _globals['_USERDATAERASEDFROMSTREAMS']._serialized_start=150
+  _globals['_USERDATAERASEDFROMSTREAMS']._serialized_end=218
 # @@protoc_insertion_point(module_scope)

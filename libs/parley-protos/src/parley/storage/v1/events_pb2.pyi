@@ -53,3 +53,30 @@ class UserDataErased(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UserDataErased: _TypeAlias = UserDataErased  # noqa: Y015
+
+@_typing.final
+class UserDataErasedFromStreams(_message.Message):
+    """After a UserDataErased, the events carrying that user's personal data were securely deleted
+    from the JetStream streams (AUTH, MSG) and their parked copies: the erasure reached the log.
+    Until this record exists, storage resumes the deletion at start (it is idempotent).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    EVENTS_DELETED_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    events_deleted: _builtins.int
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        events_deleted: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events_deleted", b"events_deleted", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UserDataErasedFromStreams: _TypeAlias = UserDataErasedFromStreams  # noqa: Y015

@@ -412,7 +412,12 @@ class EraseUserDataResponse(_message.Message):
 
     DESTROYED_KEY_IDS_FIELD_NUMBER: _builtins.int
     EVENTS_UNREADABLE_FIELD_NUMBER: _builtins.int
+    EVENTS_DELETED_FROM_LOG_FIELD_NUMBER: _builtins.int
     events_unreadable: _builtins.int
+    events_deleted_from_log: _builtins.int
+    """The user's events securely deleted from the JetStream streams (AUTH, MSG) and PARKED now;
+    0 when a repeated erasure finds them already gone.
+    """
     @_builtins.property
     def destroyed_key_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -420,10 +425,11 @@ class EraseUserDataResponse(_message.Message):
         *,
         destroyed_key_ids: _abc.Iterable[_builtins.str] | None = ...,
         events_unreadable: _builtins.int = ...,
+        events_deleted_from_log: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["destroyed_key_ids", b"destroyed_key_ids", "events_unreadable", b"events_unreadable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destroyed_key_ids", b"destroyed_key_ids", "events_deleted_from_log", b"events_deleted_from_log", "events_unreadable", b"events_unreadable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
