@@ -8,7 +8,7 @@ PACKAGES := libs/parley-protos libs/parley-core libs/parley-client libs/parley-c
 STAMP := $(VENV)/.installed
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 
-.PHONY: help venv run test test-fast lint proto proto-check wheels clean-data
+.PHONY: help venv run test test-all test-fast lint proto proto-check wheels clean-data
 
 help:
 	@echo "make run    start the whole platform (nats-server + every service) in $(DATA_DIR)"
@@ -27,7 +27,11 @@ run: venv
 	$(BIN)/parley --data-dir $(DATA_DIR) up
 
 test: venv lint proto-check
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=15
+
+# Everything, the long fault and upgrade runs marked `slow` included.
+test-all: venv lint proto-check
+	$(BIN)/pytest -m "" --durations=25
 
 test-fast: venv
 	$(BIN)/pytest -m "not e2e and not slow"
