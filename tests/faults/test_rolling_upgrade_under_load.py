@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 from locust_run import LocustRun
 from parley_load.request_log import LoggedRequest
-from rolling import agent_platform
 from workload import publish_figures
 
+from parley_cli.testing import agent_platform
 from parley_cli.wheels import build_wheel
 from parley_client import ParleyClient
 from parley_core.pki import Pki
@@ -117,14 +117,15 @@ async def test_messaging_rolled_out_under_locust_load_fails_no_request_and_loses
                 timeout=600,
                 interval=0.5,
             )
-            rollout = await platform.publish_and_plan(wheel, "0.2.0")
+            await platform.publish(wheel, "0.2.0")
+            rollout = await platform.plan("0.2.0")
             rollout_from = time.time()
             await platform.approve(rollout)
             done = await platform.finished(rollout.rollout_id, ROLLOUT_TIMEOUT_S)
             rollout_until = time.time()
             assert done.state == "done", done.rollback_reason
             assert [s.gate for s in done.steps] == ["passed", "passed"]
-            assert platform.messaging_versions() == {"0.2.0"}
+            assert platform.managed_versions() == {"0.2.0"}
             # The new version serves the load too before the run ends.
             await until(
                 lambda: load.running() and len(sends(load.requests(), rollout_until)) >= SENDS_AFTER,

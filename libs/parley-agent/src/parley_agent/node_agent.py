@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import TextIO
 
 import grpc
-from grpc_health.v1 import health_pb2
 from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
 
 from parley_agent.front_door import FrontDoor
+from parley_agent.health import is_serving
 from parley_agent.installer import TufSource, base_python, fetch_release, install_version
 from parley_core.net import free_port
 from parley_core.pki import Pki
@@ -153,19 +153,7 @@ class NodeAgent:
         )
 
     async def _healthy(self, instance: Instance) -> bool:
-        channel = secure_channel(self.pki, identity=PLATFORM_USER, address=instance.address, peer=instance.service)
-        try:
-            check = channel.unary_unary(
-                "/grpc.health.v1.Health/Check",
-                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-                response_deserializer=health_pb2.HealthCheckResponse.FromString,
-            )
-            response = await check(health_pb2.HealthCheckRequest(), timeout=2.0)
-            return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
-        except grpc.aio.AioRpcError:
-            return False
-        finally:
-            await channel.close()
+        return await is_serving(self.pki, service=instance.service, address=instance.address)
 
     async def _reporting(self, instance: Instance) -> bool:
         try:

@@ -26,6 +26,7 @@ from typing import Any, TextIO
 from parley_agent import AgentTimeouts, FrontDoor, Instance, NodeAgent
 from parley_cli.state import CLIENT_FILE, STATE_FILE, previous_port, previous_version
 from parley_core.bus import EventBus
+from parley_core.config import PEER_ADDRESS_ENV
 from parley_core.files import ensure_private_dir, write_private_file
 from parley_core.nats_connect import connect_nats
 from parley_core.nats_process import NatsServerProcess
@@ -36,12 +37,6 @@ from parley_core.topology import PLATFORM_USER, SERVICES, STREAMS
 
 # Start order; the gateway last, so its first client finds everything up. Stop in reverse.
 START_ORDER = ("auth", "messaging", "storage", "patch-registry", "gateway")
-ADDRESS_ENV = {
-    "auth": "AUTH_ADDR",
-    "messaging": "MESSAGING_ADDR",
-    "storage": "STORAGE_ADDR",
-    "patch-registry": "REGISTRY_ADDR",
-}
 DEFAULT_GATEWAY_PORT = 7443
 HEALTH_TIMEOUT_S = 60.0
 DRAIN_TIMEOUT_S = 20.0
@@ -267,8 +262,8 @@ class Platform:
             "PARLEY_NATS_URL": self.nats_url,
             "PARLEY_NATS_REPLICAS": str(self.replicas),
         }
-        for peer, var in ADDRESS_ENV.items():
-            env[f"PARLEY_{var}"] = self.front_doors[peer].address
+        for peer, var in PEER_ADDRESS_ENV.items():
+            env[var] = self.front_doors[peer].address
         return env
 
     def _state(self) -> dict[str, Any]:

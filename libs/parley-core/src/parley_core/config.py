@@ -24,6 +24,13 @@ TraceExporter = Literal["none", "console", "otlp"]
 # open: anyone may register; invite: with a single-use invitation from an administrator;
 # admin: accounts are created by an administrator only.
 RegistrationMode = Literal["open", "invite", "admin"]
+# The setting through which a process learns each peer's address (see the Peers fields below).
+PEER_ADDRESS_ENV = {
+    "auth": "PARLEY_AUTH_ADDR",
+    "messaging": "PARLEY_MESSAGING_ADDR",
+    "storage": "PARLEY_STORAGE_ADDR",
+    "patch-registry": "PARLEY_REGISTRY_ADDR",
+}
 
 
 class Settings(BaseSettings):
