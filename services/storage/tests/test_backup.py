@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import sqlite3
+import stat
 from contextlib import closing
 from pathlib import Path
 
@@ -119,6 +121,24 @@ async def test_restore_gives_the_same_history_and_events(archive: SqlEventArchiv
         assert len(await history(restored)) == 40
     finally:
         restored.engine.dispose()
+
+
+async def test_every_backup_file_is_private_whatever_the_umask(archive: SqlEventArchive, tmp_path: Path) -> None:
+    await fill(archive, 2)
+    keys = BackupKeys.load_or_create(tmp_path / "secrets")
+    backup = tmp_path / "backup-modes"
+    previous = os.umask(0o022)  # the usual umask, under which a plain open() makes files 0644
+    try:
+        create_backup(archive.engine, keys, backup)
+    finally:
+        os.umask(previous)
+
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o700
+    assert {name.name: stat.S_IMODE(name.stat().st_mode) for name in backup.iterdir()} == {
+        SNAPSHOT: 0o600,
+        MANIFEST: 0o600,
+        SIGNATURE: 0o600,
+    }
 
 
 async def test_tampering_and_foreign_keys_are_detected(archive: SqlEventArchive, tmp_path: Path) -> None:

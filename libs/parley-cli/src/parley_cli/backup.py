@@ -23,6 +23,8 @@ async def cmd_backup(args: argparse.Namespace) -> int:
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     backup = sub.add_parser("backup", help="consistent, encrypted, signed backups of the storage archive")
     backup.add_argument("action", choices=("create", "verify", "restore"))
-    backup.add_argument("backup", help="backup folder (create: a new folder; restore: into an empty --data-dir)")
+    backup.add_argument(
+        "backup", help="backup folder (create: a new folder; restore: the archive only, into an empty --data-dir)"
+    )
     backup.add_argument("--database-url", default="", help="default: $PARLEY_DATABASE_URL or SQLite in the data dir")
     backup.set_defaults(run=cmd_backup)

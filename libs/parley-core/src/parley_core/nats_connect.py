@@ -16,6 +16,26 @@ __all__ = ["ErrorCallback", "client_tls_context", "connect_nats", "log_nats_erro
 log = logging.getLogger(__name__)
 
 RECONNECT_TIME_WAIT_S = 0.5
+EOF_ON_UPGRADED_TLS = "returning true from eof_received() has no effect when using ssl"
+
+
+class _HarmlessTlsEofWarning(logging.Filter):
+    """Drops asyncio's warning when the server closes a NATS connection.
+
+    nats-py upgrades the plain socket to TLS after the server's INFO, so the stream protocol
+    does not know it is over TLS and asks to keep the connection half-open; asyncio warns that
+    this has no effect over TLS. Nothing is wrong, but the line alarms anyone reading stderr.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != EOF_ON_UPGRADED_TLS
+
+
+def quiet_tls_eof_warning() -> None:
+    """Install the filter once on asyncio's logger (idempotent)."""
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _HarmlessTlsEofWarning) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_HarmlessTlsEofWarning())
 
 
 async def log_nats_error(error: Exception) -> None:
@@ -53,6 +73,7 @@ async def connect_nats(
     otherwise every request (including every JetStream API call) would time out. The client
     reconnects forever: a service outlives a broker restart instead of exiting.
     """
+    quiet_tls_eof_warning()
     options: dict[str, Any] = {
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": RECONNECT_TIME_WAIT_S,

@@ -8,6 +8,7 @@ from parley_core.runner import run_service
 from parley_storage.archive import open_engine
 from parley_storage.migrate import SchemaNewerThanCode, UnversionedDatabase, check_schema_compatible
 from parley_storage.residency import ResidencyViolation
+from parley_storage.restored import RestoredArchiveOnly, refuse_restored
 from parley_storage.service import StorageApp, check_residency, database_url
 
 # Exit code for a configuration the service must not run with (sysexits EX_CONFIG).
@@ -16,12 +17,14 @@ EX_CONFIG = 78
 
 def main() -> None:
     # Checked before connecting to anything: an older build must not touch a newer schema.
-    url = database_url(Settings(service="storage"))
+    settings = Settings(service="storage")
+    url = database_url(settings)
     engine = open_engine(url)
     try:
+        refuse_restored(settings.data_dir)
         check_schema_compatible(engine)
         check_residency(url, engine)
-    except (SchemaNewerThanCode, UnversionedDatabase, ResidencyViolation) as exc:
+    except (SchemaNewerThanCode, UnversionedDatabase, ResidencyViolation, RestoredArchiveOnly) as exc:
         logging.getLogger("parley_storage").error("refusing to start: %s", exc)
         print(f"parley-storage: refusing to start: {exc}", file=sys.stderr)
         raise SystemExit(EX_CONFIG) from None

@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Connection, Engine, func, insert, select, text
 
-from parley_core.files import ensure_private_dir, write_private_file
+from parley_core.files import PRIVATE_FILE_MODE, ensure_private_dir, write_private_file
 from parley_storage.archive import open_engine
 from parley_storage.datakeys import DataKeys
 from parley_storage.kek import KeyEncryptionKeys
@@ -100,7 +100,7 @@ class BackupKeys:
             wrapping = base64.b64decode((secrets_dir / BACKUP_KEY_FILE).read_bytes())
             verify = serialization.load_pem_public_key((secrets_dir / VERIFY_KEY_FILE).read_bytes())
         except FileNotFoundError as exc:
-            raise BackupInvalid(f"backup keys missing: {exc.filename} (restore secrets/ from your key backup)") from exc
+            raise BackupInvalid(f"backup key missing: {exc.filename} (copy it from your key backup)") from exc
         if not isinstance(verify, Ed25519PublicKey) or len(wrapping) != 32:
             raise BackupInvalid(f"backup keys in {secrets_dir} are not an AES-256 key and an Ed25519 public key")
         signing: Ed25519PrivateKey | None = None
@@ -128,7 +128,9 @@ def _encrypt_file(plain: Path, sealed: Path, key: bytes, backup_id: str) -> None
     aead = AESGCM(key)
     size = plain.stat().st_size
     count = max(1, -(-size // CHUNK_BYTES))
-    with plain.open("rb") as src, sealed.open("wb") as dst:
+    # Created 0600 like the manifest: a backup is only for the operator, whatever the umask.
+    sealed_fd = os.open(sealed, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+    with plain.open("rb") as src, os.fdopen(sealed_fd, "wb") as dst:
         for index in range(count):
             nonce = os.urandom(NONCE_BYTES)
             body = aead.encrypt(nonce, src.read(CHUNK_BYTES), _chunk_aad(backup_id, index, index == count - 1))

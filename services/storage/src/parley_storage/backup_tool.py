@@ -15,6 +15,8 @@ from pathlib import Path
 from parley_core.config import Settings
 from parley_storage.archive import open_engine
 from parley_storage.backup import (
+    BACKUP_KEY_FILE,
+    VERIFY_KEY_FILE,
     BackupInvalid,
     BackupKeys,
     RestoreRefused,
@@ -31,8 +33,12 @@ from parley_storage.residency import (
     check_configured,
     rebind_restored,
 )
+from parley_storage.restored import WHAT_A_RESTORE_HOLDS, mark_restored
 from parley_storage.service import KEYRING_FILE, database_url
 from parley_storage.settings import StorageSettings
+
+# The secrets a restore reads, exactly as README's "Backups" names them.
+RESTORE_SECRETS = (KEYRING_FILE, BACKUP_KEY_FILE, VERIFY_KEY_FILE)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -62,8 +68,12 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     if args.action == "verify":
         return {"verified": str(args.backup), **verify_backup(args.backup, BackupKeys.load(settings.secrets_dir))}
     keyring_path = settings.secrets_dir / KEYRING_FILE
-    if not keyring_path.exists():
-        raise RestoreRefused(f"{keyring_path} is missing: copy secrets/ from your key backup into the new data folder")
+    missing = [name for name in RESTORE_SECRETS if not (settings.secrets_dir / name).exists()]
+    if missing:
+        raise RestoreRefused(
+            f"{settings.secrets_dir} lacks {', '.join(missing)}: copy {', '.join(RESTORE_SECRETS)} "
+            "from your key backup into it"
+        )
     if not settings.database_url and (settings.data_dir / "storage" / "archive.db").exists():
         raise RestoreRefused(
             f"{settings.data_dir / 'storage' / 'archive.db'} exists; restore into an empty data folder"
@@ -82,6 +92,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         )
     finally:
         engine.dispose()
+    mark_restored(settings.data_dir, manifest["backup_id"])
+    print(f"note: {WHAT_A_RESTORE_HOLDS}", file=sys.stderr)
     return {"restored": str(args.backup), **manifest}
 
 
