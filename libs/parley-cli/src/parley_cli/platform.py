@@ -113,7 +113,7 @@ class Platform:
             return
         try:
             print(f"[parley] {text}", file=self.out, flush=True)
-        except (BrokenPipeError, OSError, ValueError):
+        except (OSError, ValueError):  # BrokenPipeError is an OSError; ValueError: closed file
             self.out = None
 
     def _choose_gateway_port(self) -> int:
