@@ -14,7 +14,7 @@ import grpc
 
 from parley_cli import admin, audit, chat, devices, messages, mfa, patch
 from parley_cli.health import check_health
-from parley_cli.state import load_running_state
+from parley_cli.state import STATE_FILE, leftover_pids, load_running_state
 from parley_client import ClientConfig, MfaRequired, ParleyClient, ParleyError
 from parley_core.logs import quiet_asyncio_tls_notes
 
@@ -69,7 +69,14 @@ async def cmd_up(args: argparse.Namespace) -> int:
 async def cmd_status(args: argparse.Namespace) -> int:
     from parley_core.pki import ensure_pki
 
-    state = load_running_state(args.data_dir)
+    leftovers = leftover_pids(args.data_dir)
+    if leftovers:
+        # `parley up` is gone but what it started still serves: show that, not "not running".
+        state = json.loads((args.data_dir / STATE_FILE).read_text())
+        print(f"`parley up` (pid {state.get('pid')}) exited without stopping; still running: pids "
+              f"{' '.join(map(str, leftovers))} (stop them before the next start)", file=sys.stderr)
+    else:
+        state = load_running_state(args.data_dir)
     pki = ensure_pki(args.data_dir / "pki", ["platform"])
     healthy = True
     print(f"{'service':<16}{'address':<22}health")
@@ -246,6 +253,12 @@ def main(argv: list[str] | None = None) -> None:
     quiet_asyncio_tls_notes()
     try:
         code = asyncio.run(args.run(args))
+        sys.stdout.flush()  # a reader that left (`| head`) shows up here, not at interpreter exit
+    except BrokenPipeError:
+        # The reader of our output went away: stop quietly, as other Unix tools do, and keep the
+        # interpreter's final flush from printing a traceback of its own.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141  # 128 + SIGPIPE, what a shell reports for a tool killed by it
     except ParleyError as exc:
         print(f"error: {exc.message} ({exc.code.name})", file=sys.stderr)
         if exc.code == grpc.StatusCode.UNAVAILABLE:

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from parley_agent import AgentTimeouts, FrontDoor, Instance, NodeAgent
-from parley_cli.state import CLIENT_FILE, STATE_FILE, previous_port, previous_version
+from parley_cli.state import CLIENT_FILE, STATE_FILE, leftover_pids, previous_port, previous_version
+from parley_cli.uplock import PlatformAlreadyRunning, UpLock
 from parley_core.bus import EventBus
 from parley_core.config import PEER_ADDRESS_ENV
 from parley_core.files import ensure_private_dir, write_private_file
@@ -90,7 +91,7 @@ class Platform:
         self.data_dir = data_dir.resolve()
         self.requested_gateway_port = gateway_port
         self.nats_cluster = nats_cluster
-        self.out = out
+        self.out: TextIO | None = out
         self.front_doors: dict[str, FrontDoor] = {}
         self.agent: NodeAgent | None = None
         self.nats_nodes: list[NatsServerProcess] = []
@@ -101,7 +102,14 @@ class Platform:
         self._stopping = asyncio.Event()
 
     def say(self, text: str) -> None:
-        print(f"[parley] {text}", file=self.out, flush=True)
+        """Never raises: a terminal or pipe that went away (Ctrl-C on `make run | tee`) must not
+        stop `parley up` half-way through stopping its services; later lines are dropped."""
+        if self.out is None:
+            return
+        try:
+            print(f"[parley] {text}", file=self.out, flush=True)
+        except (OSError, ValueError):  # BrokenPipeError is an OSError; ValueError: closed file
+            self.out = None
 
     def _choose_gateway_port(self) -> int:
         previous = previous_port(self.data_dir, "gateway")
@@ -113,6 +121,9 @@ class Platform:
         return free_port()
 
     async def start(self) -> None:
+        # A new folder has no accounts yet; auth offers no cheap "any account?" question, so the
+        # first-owner hint is shown on a folder's first start only.
+        new_folder = not (self.data_dir / "pki").exists()
         ensure_private_dir(self.data_dir)
         for sub in ("logs", "nats", "secrets", "agent"):
             ensure_private_dir(self.data_dir / sub)
@@ -158,9 +169,12 @@ class Platform:
         self.say(f"all services are up. Gateway (TLS): {gateway.address}")
         self.say(f"CA certificate for clients: {self.pki.ca_cert}")
         self.say(f"logs: {self.data_dir / 'logs'}")
-        self.say("connect the CLI from another terminal, for example (first account: an owner):")
         cli = f".venv/bin/parley --data-dir {self.data_dir}"
-        self.say(f"  {cli} admin create-user alice --role owner")
+        if new_folder:
+            self.say("connect the CLI from another terminal, for example (first account: an owner):")
+            self.say(f"  {cli} admin create-user alice --role owner")
+        else:
+            self.say("connect the CLI from another terminal, for example:")
         self.say(f"  {cli} login alice")
         self.say(f"  {cli} --as alice create-channel general")
         self.say(f"  {cli} --as alice chat general")
@@ -292,6 +306,7 @@ class Platform:
             "running": True,
             "pid": os.getpid(),
             "nats_url": self.nats_url,
+            "nats_pids": [node.pid for node in self.nats_nodes],
             "services": services,
         }
 
@@ -395,6 +410,30 @@ async def run_platform(data_dir: Path, *, gateway_port: int | None, nats_cluster
     except ValueError as exc:
         print(f"[parley] --nats-cluster {nats_cluster}: {exc}", file=sys.stderr)
         return 2
+    ensure_private_dir(platform.data_dir)
+    lock = UpLock(platform.data_dir)
+    try:
+        lock.acquire()
+    except PlatformAlreadyRunning as exc:
+        print(f"[parley] refusing to start: {exc}", file=sys.stderr)
+        return 1
+    leftovers = leftover_pids(platform.data_dir)
+    if leftovers:
+        lock.release()
+        print(
+            f"[parley] refusing to start: an earlier `parley up` on {platform.data_dir} exited without "
+            f"stopping its processes; pids {' '.join(map(str, leftovers))} still run (kill -TERM them first)",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        return await _run_locked(platform)
+    finally:
+        # Released only after stop(): every process this platform started has exited.
+        lock.release()
+
+
+async def _run_locked(platform: Platform) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, platform.request_stop)

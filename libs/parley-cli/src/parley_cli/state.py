@@ -38,6 +38,24 @@ def load_running_state(data_dir: Path) -> dict[str, Any]:
     return state
 
 
+def leftover_pids(data_dir: Path) -> list[int]:
+    """Processes a `parley up` that did not stop cleanly (killed, crashed) left running.
+
+    Its nats-server and services run in sessions of their own, so they outlive it: the state
+    file still says "running" and names their pids.
+    """
+    path = data_dir / STATE_FILE
+    if not path.exists():
+        return []
+    state = json.loads(path.read_text())
+    if not state.get("running") or _alive(state.get("pid")):
+        return []
+    pids = [pid for pid in state.get("nats_pids", []) if isinstance(pid, int)]
+    for service in state.get("services", {}).values():
+        pids += [i["pid"] for i in service.get("instances", []) if isinstance(i.get("pid"), int)]
+    return [pid for pid in pids if _alive(pid)]
+
+
 def previous_port(data_dir: Path, service: str) -> int | None:
     path = data_dir / STATE_FILE
     if not path.exists():

@@ -22,13 +22,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-from parley.fleet.v1.fleet_pb2 import Distribution, InstanceHeartbeat
+from parley.fleet.v1.fleet_pb2 import InstanceHeartbeat
 
 from parley_core import telemetry
 from parley_core.access import AccessProjection, follow_access
 from parley_core.bus import EventBus
 from parley_core.config import Settings
 from parley_core.errors import DomainError, status_for
+from parley_core.inventory import running_distributions
 from parley_core.logs import configure_logging
 from parley_core.nats_connect import connect_nats
 from parley_core.natsconf import ensure_nats_passwords
@@ -88,15 +89,6 @@ def secure_channel(pki: Pki, *, identity: str, address: str, peer: str) -> grpc.
     # Verify the server's certificate names the service we mean to reach, whatever the address.
     options = [("grpc.ssl_target_name_override", peer)]
     return grpc.aio.secure_channel(address, credentials, options=options, interceptors=telemetry.client_interceptors())
-
-
-def installed_distributions() -> list[Distribution]:
-    seen: dict[str, str] = {}
-    for dist in importlib.metadata.distributions():
-        name = dist.metadata["Name"]
-        if name:
-            seen[name.lower()] = dist.version
-    return [Distribution(name=n, version=v) for n, v in sorted(seen.items())]
 
 
 _AioBehaviour = Callable[[Any, "grpc.aio.ServicerContext[Any, Any]"], Any]
@@ -225,7 +217,7 @@ def _server_credentials(pki: Pki, service: str, *, client_facing: bool) -> grpc.
 
 
 async def _heartbeats(ctx: RunContext, stop: asyncio.Event) -> None:
-    distributions = installed_distributions()
+    distributions = running_distributions(f"parley-{ctx.service}")
     subject = heartbeat_subject(ctx.service, ctx.settings.instance_id)
     while True:
         serving = not stop.is_set()
