@@ -242,7 +242,6 @@ PLATFORM_METHODS = frozenset(
         "/parley.auth.v1.AuthService/RetireSigningKey",
         "/parley.auth.v1.AuthService/CreateInvite",
         "/parley.auth.v1.AuthService/ResetMfa",
-        "/parley.auth.v1.AuthService/LookupUsers",
         "/parley.fleet.v1.FleetService/ListInstances",
     }
 )
