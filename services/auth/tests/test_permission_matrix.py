@@ -20,7 +20,13 @@ from parley.messaging.v1 import messaging_pb2
 from parley.patch.v1 import patch_pb2
 from parley.storage.v1 import storage_pb2
 
-from parley_core.rbac import METHOD_PERMISSIONS, ROLES, SERVICE_CHECKED_METHODS, permissions_of
+from parley_core.rbac import (
+    METHOD_PERMISSIONS,
+    MFA_PENDING_PERMISSIONS,
+    ROLES,
+    SERVICE_CHECKED_METHODS,
+    permissions_of,
+)
 from parley_core.testing.stack import TIMEOUT_S, Stack, bearer
 
 SERVICES: dict[str, ServiceDescriptor] = {
@@ -59,6 +65,9 @@ def test_least_privilege_roles() -> None:
     assert not auditor & {"users.manage", "roles.assign", "messages.send", "patches.rollout"}
     assert "channels.create" not in permissions_of("guest")
     assert permissions_of("no-such-role") == frozenset()
+    # Every account may export or erase its own data, but not before its second factor.
+    assert all("data.own" in permissions_of(role) for role in ROLES)
+    assert "data.own" not in MFA_PENDING_PERMISSIONS
 
 
 async def call(stack: Stack, service: str, descriptor: ServiceDescriptor, method: MethodDescriptor, token: str) -> Any:

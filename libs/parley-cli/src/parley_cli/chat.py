@@ -6,17 +6,46 @@ import asyncio
 import sys
 import threading
 import uuid
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 from grpc import StatusCode
-from parley.messaging.v1.messaging_pb2 import ChatMessage
+from parley.messaging.v1.messaging_pb2 import Channel, ChatMessage
 
 from parley_client import DeviceStore, LiveEvent, ParleyClient, ParleyError
 from parley_client.client import RESUMABLE
 from parley_client.e2ee import BODY_PREFIX
 
 
-def format_message(message: ChatMessage) -> str:
+class People:
+    """Usernames of the user ids the CLI shows, asked of the platform once per id."""
+
+    def __init__(self, client: ParleyClient) -> None:
+        self._client = client
+        self.names: dict[str, str] = {}
+
+    async def learn(self, user_ids: Iterable[str]) -> None:
+        missing = [u for u in dict.fromkeys(user_ids) if u and u not in self.names]
+        if missing:
+            found = await self._client.user_names(missing)
+            self.names.update({u: found.get(u, u[:8]) for u in missing})  # unknown: the id's start
+
+    async def learn_from(self, messages: Iterable[ChatMessage]) -> None:
+        """The people a page of messages shows: authors whose name it lacks, and who reacted."""
+        ids: list[str] = []
+        for m in messages:
+            if not m.sender_name and not m.erased:  # an erased author stays anonymous
+                ids.append(m.sender_id)
+            ids.extend(u for r in m.reactions for u in r.user_ids)
+        await self.learn(ids)
+
+
+def person(user_id: str, names: Mapping[str, str]) -> str:
+    return names.get(user_id) or user_id[:8]
+
+
+def format_message(message: ChatMessage, names: Mapping[str, str] | None = None) -> str:
+    names = names or {}
     when = datetime.fromtimestamp(message.sent_at.seconds).strftime("%H:%M:%S")
     if message.erased:
         body = "(erased at the author's request)"
@@ -25,26 +54,49 @@ def format_message(message: ChatMessage) -> str:
     elif message.body.startswith(BODY_PREFIX):
         body = "(encrypted; this device has no key for it)"
     else:
-        body = message.body + (" (edited)" if message.edit_count else "")
-    return f"[{message.channel_seq:>5}] {when} {message.sender_name or message.sender_id[:8]}: {body}"
+        body = message.body + (" (edited)" if message.edit_count or message.edited else "")
+    if message.thread_root_seq:
+        body = f"(in the thread of #{message.thread_root_seq}) {body}"
+    if message.reply_count:
+        body += f" ({message.reply_count} {'reply' if message.reply_count == 1 else 'replies'})"
+    if message.reactions:
+        body += "  " + " ".join(
+            f"{r.emoji} {', '.join(person(u, names) for u in r.user_ids)}" for r in message.reactions
+        )
+    author = message.sender_name or (message.sender_id[:8] if message.erased else person(message.sender_id, names))
+    return f"[{message.channel_seq:>5}] {when} {author}: {body}"
 
 
-def format_event(event: LiveEvent) -> str:
+def format_event(event: LiveEvent, names: Mapping[str, str] | None = None) -> str:
+    """One live event as a line; `names` (user id -> username) should know the people it shows."""
+    names = names or {}
     raw = event.event
     if event.kind == "message":
-        return format_message(event.message)
+        return format_message(event.message, names)
     if event.kind == "updated":
         if event.message.redacted:
             return f"[{event.message.channel_seq:>5}] (message redacted)"
         return f"[{event.message.channel_seq:>5}] (edited) {event.message.body}"
     if event.kind == "reaction":
         verb = "took back" if raw.reaction.removed else "reacted"
-        return f"[{raw.reaction.channel_seq:>5}] {raw.reaction.user_id[:8]} {verb} {raw.reaction.emoji}"
+        return f"[{raw.reaction.channel_seq:>5}] {person(raw.reaction.user_id, names)} {verb} {raw.reaction.emoji}"
     if event.kind == "membership":
         change = raw.membership
         detail = f": {change.detail}" if change.detail else ""
-        return f"-- {change.user_id[:8] or change.actor_id[:8]} {change.change}{detail} --"
+        return f"-- {person(change.user_id or change.actor_id, names)} {change.change}{detail} --"
     return ""  # read markers are not shown
+
+
+def event_people(event: LiveEvent) -> list[str]:
+    """The user ids a live event's line names."""
+    raw = event.event
+    if event.kind == "reaction":
+        return [raw.reaction.user_id]
+    if event.kind == "membership":
+        return [raw.membership.user_id or raw.membership.actor_id]
+    if event.kind == "message" and not event.message.sender_name:
+        return [event.message.sender_id]
+    return []
 
 
 HELP = "type a message and press Enter; /edit <#> <text>, /redact <#>, Ctrl-D to leave"
@@ -70,6 +122,14 @@ def _number(text: str) -> int:
     return int(text)
 
 
+def channel_label(channel: Channel, names: Mapping[str, str], *, me: str | None) -> str:
+    """#name, or for a direct conversation the other members' names (every one's when alone)."""
+    if not channel.direct:
+        return f"#{channel.name}"
+    others = [u for u in channel.member_ids if u != me] or list(channel.member_ids)
+    return "direct with " + ", ".join(person(u, names) for u in others)
+
+
 async def resolve_channel(client: ParleyClient, reference: str) -> str:
     """Accept a channel id or the name of a channel the user is in."""
     channels = await client.my_channels()
@@ -93,26 +153,32 @@ async def interactive(client: ParleyClient, reference: str, *, store: DeviceStor
     stream = client.subscribe([channel_id])
     await stream.ready()
     page = await client.history(channel_id, limit=20)
+    people = People(client)
+    await people.learn_from(page.messages)
     seen = 0
     for message in page.messages:
-        print(format_message(message))
+        print(format_message(message, people.names))
         seen = max(seen, message.channel_seq)
     print(f"-- live; {HELP} --", flush=True)
+
+    async def show(event: LiveEvent) -> None:
+        await people.learn(event_people(event))
+        if line := format_event(event, people.names):
+            print(line, flush=True)
 
     async def show_incoming() -> int:
         try:
             try:
                 async for event in stream.events():
-                    if (event.kind != "message" or event.message.channel_seq > seen) and (line := format_event(event)):
-                        print(line, flush=True)
+                    if event.kind != "message" or event.message.channel_seq > seen:
+                        await show(event)
             except ParleyError as exc:
                 if exc.code not in RESUMABLE:
                     raise
             # The stream dropped (gateway restart, network, too slow): resume where it stopped.
             print("-- reconnecting --", flush=True)
             async for event in client.live([channel_id], resume=stream.positions):
-                if line := format_event(event):
-                    print(line, flush=True)
+                await show(event)
         except ParleyError as exc:
             print(f"-- live stream ended: {exc.message}; leaving --", flush=True)
             return 1

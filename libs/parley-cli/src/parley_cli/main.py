@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 
-from parley_cli import admin, audit, chat, devices, messages, mfa, patch
+from parley_cli import admin, audit, chat, devices, messages, mfa, patch, privacy
 from parley_cli.health import check_health
 from parley_cli.state import STATE_FILE, leftover_pids, load_running_state
 from parley_client import ClientConfig, MfaRequired, ParleyClient, ParleyError
@@ -103,7 +103,7 @@ async def cmd_parked(args: argparse.Namespace) -> int:
 
 async def cmd_register(args: argparse.Namespace) -> int:
     async with _client(args) as client:
-        response = await client.register(args.username, _password(args))
+        response = await client.register(args.username, _password(args), invite_code=args.invite)
     print(f"registered {response.username} ({response.user_id})")
     return 0
 
@@ -148,10 +148,11 @@ async def cmd_channels(args: argparse.Namespace) -> int:
         channels = await client.my_channels()
         if not channels:
             print("you are in no channel yet: `parley create-channel NAME` or `parley join ID`")
+        people = chat.People(client)
+        await people.learn(u for c in channels if c.direct for u in c.member_ids)
         for channel in channels:
-            print(
-                f"{channel.channel_id}  #{channel.name}  members={len(channel.member_ids)}  messages={channel.last_seq}"
-            )
+            label = chat.channel_label(channel, people.names, me=client.user_id)
+            print(f"{channel.channel_id}  {label}  members={len(channel.member_ids)}  messages={channel.last_seq}")
     return 0
 
 
@@ -171,8 +172,10 @@ async def cmd_history(args: argparse.Namespace) -> int:
         page = await client.history(channel_id, after_seq=args.after, limit=args.limit)
         if not page.messages:
             print("(no messages)")
+        people = chat.People(client)
+        await people.learn_from(page.messages)
         for message in page.messages:
-            print(chat.format_message(message))
+            print(chat.format_message(message, people.names))
     return 0
 
 
@@ -214,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text + " (password from a prompt, stdin or $PARLEY_PASSWORD)")
         p.add_argument("username")
         p.set_defaults(run=run, totp="")
+        if name == "register":
+            p.add_argument("--invite", default="", help="your invitation code (PARLEY_REGISTRATION=invite)")
         if name == "login":
             p.add_argument("--totp", default="", help="the code from your authenticator app, once TOTP is enrolled")
 
@@ -245,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     messages.add_commands(sub)
     devices.add_commands(sub)  # issue 4: E2EE devices, fingerprints, verification
     mfa.add_commands(sub)  # issue 3: a user's own MFA settings
+    privacy.add_commands(sub)  # fix-d: export and erasure of a user's data
     return parser
 
 

@@ -44,8 +44,10 @@ async def cmd_older(args: argparse.Namespace) -> int:
     async with await _logged_in(args) as client:
         channel_id = await chat.resolve_channel(client, args.channel)
         page = await client.history(channel_id, before_seq=args.before, limit=args.limit)
+        people = chat.People(client)
+        await people.learn_from(page.messages)
         for message in page.messages:
-            print(chat.format_message(message))
+            print(chat.format_message(message, people.names))
         if page.has_more and page.messages:
             print(f"-- older: parley older {args.channel} {page.messages[0].channel_seq} --")
     return 0
@@ -86,8 +88,10 @@ async def cmd_thread(args: argparse.Namespace) -> int:
     async with await _logged_in(args) as client:
         channel_id = await chat.resolve_channel(client, args.channel)
         thread = await client.thread(channel_id, args.number)
+        people = chat.People(client)
+        await people.learn_from((thread.root, *thread.replies))
     for message in (thread.root, *thread.replies):
-        print(chat.format_message(message))
+        print(chat.format_message(message, people.names))
     return 0
 
 

@@ -24,6 +24,8 @@ from parley_client.e2ee import BODY_PREFIX, E2eeDevice, UndecryptableMessage
 
 DEFAULT_TIMEOUT_S = 10.0
 MAX_RETRY_WAIT_S = 5.0
+EXPORT_TIMEOUT_S = 120.0  # export and erasure walk all of a user's archived events
+LOOKUP_BATCH = 200  # auth's limit per LookupUsers call
 # A live stream that ends with one of these is reopened from where it stopped.
 RESUMABLE = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
@@ -216,8 +218,9 @@ class ParleyClient:
                 raise error
             await asyncio.sleep(wait)
 
-    async def register(self, username: str, password: str) -> auth_pb2.RegisterResponse:
-        request = auth_pb2.RegisterRequest(username=username, password=password)
+    async def register(self, username: str, password: str, *, invite_code: str = "") -> auth_pb2.RegisterResponse:
+        """`invite_code`: needed when the platform registers by invitation (PARLEY_REGISTRATION=invite)."""
+        request = auth_pb2.RegisterRequest(username=username, password=password, invite_code=invite_code)
         response: auth_pb2.RegisterResponse = await self._call(self._stub.Register, request)
         return response
 
@@ -287,6 +290,37 @@ class ParleyClient:
 
     async def revoke_session(self, session_id: str) -> None:
         await self._call(self._stub.RevokeSession, auth_pb2.RevokeSessionRequest(session_id=session_id))
+
+    def _me(self) -> str:
+        if not self.user_id:
+            raise ParleyError(grpc.StatusCode.FAILED_PRECONDITION, "log in first (or give use_token the user id)")
+        return self.user_id
+
+    async def export_my_data(self) -> bytes:
+        """Everything the archive holds about the logged-in user: a JSON document (parley-user-export/1)."""
+        request = storage_pb2.ExportUserDataRequest(user_id=self._me())
+        response: storage_pb2.ExportUserDataResponse = await self._call(
+            self._stub.ExportUserData, request, timeout=EXPORT_TIMEOUT_S
+        )
+        return response.archive
+
+    async def erase_my_data(self, reason: str = "") -> storage_pb2.EraseUserDataResponse:
+        """Crypto-shred the logged-in user's data in the archive and the event log. Irreversible."""
+        request = storage_pb2.EraseUserDataRequest(user_id=self._me(), reason=reason)
+        response: storage_pb2.EraseUserDataResponse = await self._call(
+            self._stub.EraseUserData, request, timeout=EXPORT_TIMEOUT_S
+        )
+        return response
+
+    async def user_names(self, user_ids: Sequence[str]) -> dict[str, str]:
+        """user id -> username for the ids that exist (at most 200 per call; more are asked in batches)."""
+        names: dict[str, str] = {}
+        wanted = [u for u in dict.fromkeys(user_ids) if u]
+        for start in range(0, len(wanted), LOOKUP_BATCH):
+            request = auth_pb2.LookupUsersRequest(user_ids=wanted[start : start + LOOKUP_BATCH])
+            response: auth_pb2.LookupUsersResponse = await self._call(self._stub.LookupUsers, request)
+            names.update((u.user_id, u.username) for u in response.users)
+        return names
 
     def use_token(self, access_token: str, user_id: str = "") -> None:
         self.access_token = access_token

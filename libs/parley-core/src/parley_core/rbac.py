@@ -22,6 +22,9 @@ class Permission(StrEnum):
     MESSAGES_SEND = "messages.send"
     # Logout, change one's own password, list and revoke one's own sessions.
     OWN_SESSIONS = "sessions.own"
+    # Export or erase one's own data. Apart from OWN_SESSIONS so that a session still owing its
+    # second factor (MFA_PENDING_PERMISSIONS) can neither copy nor destroy them.
+    OWN_DATA = "data.own"
     SESSIONS_READ_ANY = "sessions.read_any"
     SESSIONS_REVOKE_ANY = "sessions.revoke_any"
     USERS_READ = "users.read"
@@ -47,10 +50,12 @@ ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
     "owner": frozenset(Permission),
     # Only owners (and the platform identity) rotate the token signing keys.
     "admin": frozenset(Permission) - {P.SIGNING_KEYS},
-    "security-auditor": frozenset({P.OWN_SESSIONS, P.SESSIONS_READ_ANY, P.USERS_READ, P.AUDIT_READ, P.FLEET_READ}),
-    "operator": frozenset({P.OWN_SESSIONS, P.FLEET_READ, P.PATCHES_ROLLOUT}),
-    "member": _CHAT | {P.OWN_SESSIONS},
-    "guest": frozenset({P.CHANNELS_JOIN, P.MESSAGES_READ, P.MESSAGES_SEND, P.OWN_SESSIONS, P.DEVICE_KEYS}),
+    "security-auditor": frozenset(
+        {P.OWN_SESSIONS, P.OWN_DATA, P.SESSIONS_READ_ANY, P.USERS_READ, P.AUDIT_READ, P.FLEET_READ}
+    ),
+    "operator": frozenset({P.OWN_SESSIONS, P.OWN_DATA, P.FLEET_READ, P.PATCHES_ROLLOUT}),
+    "member": _CHAT | {P.OWN_SESSIONS, P.OWN_DATA},
+    "guest": frozenset({P.CHANNELS_JOIN, P.MESSAGES_READ, P.MESSAGES_SEND, P.OWN_SESSIONS, P.OWN_DATA, P.DEVICE_KEYS}),
 }
 
 # Roles an admin may not hand out or take away; only an owner may.
@@ -108,6 +113,8 @@ METHOD_PERMISSIONS: dict[str, Permission | None] = {
     "/parley.auth.v1.AuthService/CreateInvite": P.USERS_MANAGE,
     "/parley.auth.v1.AuthService/ResetMfa": P.USERS_MANAGE,
     "/parley.auth.v1.AuthService/RegenerateRecoveryCodes": P.OWN_SESSIONS,
+    # Usernames are public inside the platform: whoever reads messages sees people's names.
+    "/parley.auth.v1.AuthService/LookupUsers": P.MESSAGES_READ,
     # messaging
     "/parley.messaging.v1.MessagingService/CreateChannel": P.CHANNELS_CREATE,
     "/parley.messaging.v1.MessagingService/JoinChannel": P.CHANNELS_JOIN,
@@ -177,6 +184,10 @@ METHOD_PERMISSIONS: dict[str, Permission | None] = {
     "/parley.gateway.v1.Gateway/CreateInvite": P.USERS_MANAGE,
     "/parley.gateway.v1.Gateway/ResetMfa": P.USERS_MANAGE,
     "/parley.gateway.v1.Gateway/RegenerateRecoveryCodes": P.OWN_SESSIONS,
+    "/parley.gateway.v1.Gateway/LookupUsers": P.MESSAGES_READ,
+    # One's own data (export, erasure): every account may; storage checks it is the caller's own.
+    "/parley.gateway.v1.Gateway/ExportUserData": P.OWN_DATA,
+    "/parley.gateway.v1.Gateway/EraseUserData": P.OWN_DATA,
 }
 
 # RPCs whose service applies its own rules on the calling peer and user (storage's archive API:

@@ -119,6 +119,7 @@ USER_EVENTS = (
 )
 DEVICE_EVENTS = (DeviceKeysPublished, OneTimeKeysUploaded, OneTimeKeyClaimed, DeviceRemoved)
 MAX_USERS_PER_DEVICE_LIST = 100
+MAX_USERS_PER_LOOKUP = 200  # a screenful of people; ids are random, so this is no enumeration
 MFA_POLICY_SUBJECT = stream_subject("auth", "policy", "mfa")
 APPEND_ATTEMPTS = 5
 # Where the current call comes from, for the audit records it writes (one value per call task).
@@ -814,6 +815,14 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         if account is None:
             raise NotFound("no such user")
         return account_proto(account)
+
+    async def LookupUsers(self, request: auth_pb2.LookupUsersRequest, context: Context) -> auth_pb2.LookupUsersResponse:
+        if not 1 <= len(request.user_ids) <= MAX_USERS_PER_LOOKUP:
+            raise InvalidArgument(f"give 1 to {MAX_USERS_PER_LOOKUP} user ids")
+        found = (self.accounts.by_id(_id(user_id, "user_id")) for user_id in dict.fromkeys(request.user_ids))
+        return auth_pb2.LookupUsersResponse(
+            users=[auth_pb2.UserName(user_id=a.user_id, username=a.username) for a in found if a is not None]
+        )
 
     async def AssignRole(self, request: auth_pb2.AssignRoleRequest, context: Context) -> auth_pb2.Account:
         caller = self._caller_or_platform(context)

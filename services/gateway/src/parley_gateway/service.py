@@ -93,6 +93,7 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         self._messaging: messaging_pb2_grpc.MessagingServiceAsyncStub | None = None
         self._devices: messaging_pb2_grpc.DeviceKeyServiceAsyncStub | None = None
         self._storage: storage_pb2_grpc.StorageServiceAsyncStub | None = None
+        self._archive: storage_pb2_grpc.StorageArchiveServiceAsyncStub | None = None
         self.limits = limits or GatewayLimits()
         self._admission = Admission(self.limits)
 
@@ -103,7 +104,9 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         messaging = ctx.channel_to(s.messaging_addr, "messaging")
         self._messaging = messaging_pb2_grpc.MessagingServiceStub(messaging)
         self._devices = messaging_pb2_grpc.DeviceKeyServiceStub(messaging)
-        self._storage = storage_pb2_grpc.StorageServiceStub(ctx.channel_to(s.storage_addr, "storage"))
+        storage = ctx.channel_to(s.storage_addr, "storage")
+        self._storage = storage_pb2_grpc.StorageServiceStub(storage)
+        self._archive = storage_pb2_grpc.StorageArchiveServiceStub(storage)
         gateway_pb2_grpc.add_GatewayServicer_to_server(self, ctx.server)
         ctx.add_service_name(gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name)
 
@@ -258,6 +261,27 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         assert self._messaging is not None
         await self._admit(request, context)
         return await forward(self._messaging.MarkRead, request, context)
+
+    async def ExportUserData(
+        self, request: storage_pb2.ExportUserDataRequest, context: Context
+    ) -> storage_pb2.ExportUserDataResponse:
+        assert self._archive is not None
+        # Storage allows the user's own data only (parley_storage.access): with the caller's token
+        # the gateway can ask for nobody else's.
+        await self._admit(request, context)
+        return await forward(self._archive.ExportUserData, request, context)
+
+    async def EraseUserData(
+        self, request: storage_pb2.EraseUserDataRequest, context: Context
+    ) -> storage_pb2.EraseUserDataResponse:
+        assert self._archive is not None
+        await self._admit(request, context)
+        return await forward(self._archive.EraseUserData, request, context)
+
+    async def LookupUsers(self, request: auth_pb2.LookupUsersRequest, context: Context) -> auth_pb2.LookupUsersResponse:
+        assert self._auth is not None
+        await self._admit(request, context)
+        return await forward(self._auth.LookupUsers, request, context)
 
     async def GetHistory(
         self, request: storage_pb2.GetChannelHistoryRequest, context: Context

@@ -66,6 +66,7 @@ class StoredMessage:
     erased: bool = False  # the author's data key was shredded: name and body are gone for good
     thread_root_seq: int = 0  # a reply in the thread of this message
     reactions: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (emoji, user ids), sorted
+    edited: bool = False  # the text shown is an edit's
 
 
 @dataclass(frozen=True)
@@ -454,6 +455,7 @@ class SqlEventArchive:
                         r.sent_at_ns,
                         erased=text is None and r.key_id != EXPIRED,  # shredded, not redacted or expired
                         thread_root_seq=thread_root,
+                        edited=isinstance(text, MessageEdited),
                     )
                 )
             return _with_reactions(self, conn, channel_id, messages), len(rows) > limit

@@ -205,6 +205,7 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
                     redacted=not m.body and not m.erased,  # the archive blanks a redacted message's text
                     erased=m.erased,
                     thread_root_seq=m.thread_root_seq,
+                    edited=m.edited,
                     reactions=[messaging_pb2.ReactionCount(emoji=e, user_ids=users) for e, users in m.reactions],
                 )
             )

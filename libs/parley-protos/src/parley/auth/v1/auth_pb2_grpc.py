@@ -154,6 +154,11 @@ class AuthServiceStub:
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesRequest.SerializeToString,
                 response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesResponse.FromString,
                 _registered_method=True)
+        self.LookupUsers = channel.unary_unary(
+                '/parley.auth.v1.AuthService/LookupUsers',
+                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.LookupUsersRequest.SerializeToString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.LookupUsersResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -324,6 +329,14 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LookupUsers(self, request, context):
+        """Usernames of user ids, for showing people by name (reactions, members, direct conversations).
+        Usernames are public inside the platform; role and state are not returned.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -446,6 +459,11 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.RegenerateRecoveryCodes,
                     request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesRequest.FromString,
                     response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesResponse.SerializeToString,
+            ),
+            'LookupUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.LookupUsers,
+                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.LookupUsersRequest.FromString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.LookupUsersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1096,6 +1114,33 @@ class AuthService:
             '/parley.auth.v1.AuthService/RegenerateRecoveryCodes',
             parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesRequest.SerializeToString,
             parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LookupUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.auth.v1.AuthService/LookupUsers',
+            parley_dot_auth_dot_v1_dot_auth__pb2.LookupUsersRequest.SerializeToString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.LookupUsersResponse.FromString,
             options,
             channel_credentials,
             insecure,

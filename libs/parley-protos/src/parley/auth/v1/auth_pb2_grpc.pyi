@@ -83,6 +83,10 @@ class AuthServiceStub:
     their recovery codes (the old ones stop working).
     """
     RegenerateRecoveryCodes: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RegenerateRecoveryCodesRequest, _auth_pb2.RegenerateRecoveryCodesResponse]
+    LookupUsers: _grpc.UnaryUnaryMultiCallable[_auth_pb2.LookupUsersRequest, _auth_pb2.LookupUsersResponse]
+    """Usernames of user ids, for showing people by name (reactions, members, direct conversations).
+    Usernames are public inside the platform; role and state are not returned.
+    """
 
 @_typing.type_check_only
 class AuthServiceAsyncStub(AuthServiceStub):
@@ -139,6 +143,10 @@ class AuthServiceAsyncStub(AuthServiceStub):
     their recovery codes (the old ones stop working).
     """
     RegenerateRecoveryCodes: _aio.UnaryUnaryMultiCallable[_auth_pb2.RegenerateRecoveryCodesRequest, _auth_pb2.RegenerateRecoveryCodesResponse]  # type: ignore[assignment]
+    LookupUsers: _aio.UnaryUnaryMultiCallable[_auth_pb2.LookupUsersRequest, _auth_pb2.LookupUsersResponse]  # type: ignore[assignment]
+    """Usernames of user ids, for showing people by name (reactions, members, direct conversations).
+    Usernames are public inside the platform; role and state are not returned.
+    """
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -336,5 +344,15 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.RegenerateRecoveryCodesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.RegenerateRecoveryCodesResponse, _abc.Awaitable[_auth_pb2.RegenerateRecoveryCodesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def LookupUsers(
+        self,
+        request: _auth_pb2.LookupUsersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.LookupUsersResponse, _abc.Awaitable[_auth_pb2.LookupUsersResponse]]:
+        """Usernames of user ids, for showing people by name (reactions, members, direct conversations).
+        Usernames are public inside the platform; role and state are not returned.
+        """
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -254,6 +254,21 @@ class GatewayStub:
                 request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.MarkReadRequest.SerializeToString,
                 response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
                 _registered_method=True)
+        self.ExportUserData = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/ExportUserData',
+                request_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.ExportUserDataRequest.SerializeToString,
+                response_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.ExportUserDataResponse.FromString,
+                _registered_method=True)
+        self.EraseUserData = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/EraseUserData',
+                request_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.EraseUserDataRequest.SerializeToString,
+                response_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.EraseUserDataResponse.FromString,
+                _registered_method=True)
+        self.LookupUsers = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/LookupUsers',
+                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.LookupUsersRequest.SerializeToString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.LookupUsersResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -524,6 +539,27 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportUserData(self, request, context):
+        """The caller's own data (storage's archive): a copy of everything about them, or its erasure
+        (crypto-shredding, irreversible). Storage allows only the user themself through here; the
+        operator erases or exports for someone else with `parley admin erase|export`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EraseUserData(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LookupUsers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -741,6 +777,21 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.MarkRead,
                     request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.MarkReadRequest.FromString,
                     response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.SerializeToString,
+            ),
+            'ExportUserData': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportUserData,
+                    request_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.ExportUserDataRequest.FromString,
+                    response_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.ExportUserDataResponse.SerializeToString,
+            ),
+            'EraseUserData': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseUserData,
+                    request_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.EraseUserDataRequest.FromString,
+                    response_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.EraseUserDataResponse.SerializeToString,
+            ),
+            'LookupUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.LookupUsers,
+                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.LookupUsersRequest.FromString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.LookupUsersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1906,6 +1957,87 @@ class Gateway:
             '/parley.gateway.v1.Gateway/MarkRead',
             parley_dot_messaging_dot_v1_dot_messaging__pb2.MarkReadRequest.SerializeToString,
             parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportUserData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/ExportUserData',
+            parley_dot_storage_dot_v1_dot_storage__pb2.ExportUserDataRequest.SerializeToString,
+            parley_dot_storage_dot_v1_dot_storage__pb2.ExportUserDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseUserData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/EraseUserData',
+            parley_dot_storage_dot_v1_dot_storage__pb2.EraseUserDataRequest.SerializeToString,
+            parley_dot_storage_dot_v1_dot_storage__pb2.EraseUserDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LookupUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/LookupUsers',
+            parley_dot_auth_dot_v1_dot_auth__pb2.LookupUsersRequest.SerializeToString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.LookupUsersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -87,6 +87,13 @@ class GatewayStub:
     ListThread: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ListThreadRequest, _messaging_pb2.ListThreadResponse]
     React: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ReactRequest, _messaging_pb2.ChatMessage]
     MarkRead: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.MarkReadRequest, _messaging_pb2.Channel]
+    ExportUserData: _grpc.UnaryUnaryMultiCallable[_storage_pb2.ExportUserDataRequest, _storage_pb2.ExportUserDataResponse]
+    """The caller's own data (storage's archive): a copy of everything about them, or its erasure
+    (crypto-shredding, irreversible). Storage allows only the user themself through here; the
+    operator erases or exports for someone else with `parley admin erase|export`.
+    """
+    EraseUserData: _grpc.UnaryUnaryMultiCallable[_storage_pb2.EraseUserDataRequest, _storage_pb2.EraseUserDataResponse]
+    LookupUsers: _grpc.UnaryUnaryMultiCallable[_auth_pb2.LookupUsersRequest, _auth_pb2.LookupUsersResponse]
 
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
@@ -144,6 +151,13 @@ class GatewayAsyncStub(GatewayStub):
     ListThread: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ListThreadRequest, _messaging_pb2.ListThreadResponse]  # type: ignore[assignment]
     React: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ReactRequest, _messaging_pb2.ChatMessage]  # type: ignore[assignment]
     MarkRead: _aio.UnaryUnaryMultiCallable[_messaging_pb2.MarkReadRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    ExportUserData: _aio.UnaryUnaryMultiCallable[_storage_pb2.ExportUserDataRequest, _storage_pb2.ExportUserDataResponse]  # type: ignore[assignment]
+    """The caller's own data (storage's archive): a copy of everything about them, or its erasure
+    (crypto-shredding, irreversible). Storage allows only the user themself through here; the
+    operator erases or exports for someone else with `parley admin erase|export`.
+    """
+    EraseUserData: _aio.UnaryUnaryMultiCallable[_storage_pb2.EraseUserDataRequest, _storage_pb2.EraseUserDataResponse]  # type: ignore[assignment]
+    LookupUsers: _aio.UnaryUnaryMultiCallable[_auth_pb2.LookupUsersRequest, _auth_pb2.LookupUsersResponse]  # type: ignore[assignment]
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
     """The only client-facing API. Every call except Register and Login needs
@@ -456,5 +470,30 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         request: _messaging_pb2.MarkReadRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def ExportUserData(
+        self,
+        request: _storage_pb2.ExportUserDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_pb2.ExportUserDataResponse, _abc.Awaitable[_storage_pb2.ExportUserDataResponse]]:
+        """The caller's own data (storage's archive): a copy of everything about them, or its erasure
+        (crypto-shredding, irreversible). Storage allows only the user themself through here; the
+        operator erases or exports for someone else with `parley admin erase|export`.
+        """
+
+    @_abc_1.abstractmethod
+    def EraseUserData(
+        self,
+        request: _storage_pb2.EraseUserDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_pb2.EraseUserDataResponse, _abc.Awaitable[_storage_pb2.EraseUserDataResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def LookupUsers(
+        self,
+        request: _auth_pb2.LookupUsersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.LookupUsersResponse, _abc.Awaitable[_auth_pb2.LookupUsersResponse]]: ...
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

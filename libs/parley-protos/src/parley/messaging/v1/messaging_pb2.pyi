@@ -119,6 +119,7 @@ class ChatMessage(_message.Message):
     REPLY_COUNT_FIELD_NUMBER: _builtins.int
     REACTIONS_FIELD_NUMBER: _builtins.int
     ERASED_FIELD_NUMBER: _builtins.int
+    EDITED_FIELD_NUMBER: _builtins.int
     channel_id: _builtins.str
     message_id: _builtins.str
     sender_id: _builtins.str
@@ -142,6 +143,8 @@ class ChatMessage(_message.Message):
     and sender_name are empty for good. Distinct from redacted (removed by a moderator or the
     author) and from an empty body. Numbered apart from messaging's fields to leave them room.
     """
+    edited: _builtins.bool
+    """Storage's history: the text was edited (how often is in messaging's views, edit_count)."""
     @_builtins.property
     def sent_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -165,10 +168,11 @@ class ChatMessage(_message.Message):
         reply_count: _builtins.int = ...,
         reactions: _abc.Iterable[Global___ReactionCount] | None = ...,
         erased: _builtins.bool = ...,
+        edited: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sent_at", b"sent_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "channel_id", b"channel_id", "channel_seq", b"channel_seq", "edit_count", b"edit_count", "erased", b"erased", "message_id", b"message_id", "position", b"position", "reactions", b"reactions", "redacted", b"redacted", "reply_count", b"reply_count", "sender_id", b"sender_id", "sender_name", b"sender_name", "sent_at", b"sent_at", "thread_root_seq", b"thread_root_seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "channel_id", b"channel_id", "channel_seq", b"channel_seq", "edit_count", b"edit_count", "edited", b"edited", "erased", b"erased", "message_id", b"message_id", "position", b"position", "reactions", b"reactions", "redacted", b"redacted", "reply_count", b"reply_count", "sender_id", b"sender_id", "sender_name", b"sender_name", "sent_at", b"sent_at", "thread_root_seq", b"thread_root_seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

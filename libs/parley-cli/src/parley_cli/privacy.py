@@ -1,0 +1,120 @@
+"""`parley export` and `parley erase`: a user's right to a copy of their data and to its erasure.
+
+A user acts on their own data through the gateway (`parley --as alice export --out FILE`).
+For anyone else it is the operator, straight to storage over mutual TLS with the platform
+identity (`parley export alice --out FILE`): storage allows exactly these two (parley_storage.access).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import grpc
+from parley.storage.v1 import storage_pb2, storage_pb2_grpc
+
+from parley_cli.admin import _account, _auth  # the operator's auth connection: one way to reach it
+from parley_cli.state import load_running_state
+from parley_client import ParleyError
+from parley_core.files import write_private_file
+from parley_core.runner import secure_channel
+from parley_core.topology import PLATFORM_USER
+
+TIMEOUT_S = 120.0  # both walk every archived event of the user
+
+
+@asynccontextmanager
+async def _archive(args: argparse.Namespace) -> AsyncIterator[storage_pb2_grpc.StorageArchiveServiceAsyncStub]:
+    from parley_core.pki import ensure_pki
+
+    address = load_running_state(args.data_dir)["services"]["storage"]["address"]
+    pki = ensure_pki(args.data_dir / "pki", [PLATFORM_USER])
+    channel = secure_channel(pki, identity=PLATFORM_USER, address=address, peer="storage")
+    try:
+        yield storage_pb2_grpc.StorageArchiveServiceStub(channel)
+    except grpc.aio.AioRpcError as exc:
+        raise ParleyError(exc.code(), exc.details() or exc.code().name) from None
+    finally:
+        await channel.close()
+
+
+async def _user_id(args: argparse.Namespace, username: str) -> str:
+    async with _auth(args) as stub:
+        return str((await _account(stub, username)).user_id)
+
+
+def _subject(args: argparse.Namespace) -> str:
+    """Whose data: the USER argument (operator), else the --as user (their own)."""
+    if not args.username and not args.user:
+        raise SystemExit("name the user: `parley --as USER ...` for your own data, or USER as the operator")
+    return str(args.username or args.user)
+
+
+async def cmd_export(args: argparse.Namespace) -> int:
+    from parley_cli.messages import _logged_in
+
+    out: Path = args.out
+    if args.username:
+        user_id = await _user_id(args, args.username)
+        async with _archive(args) as archive:
+            response = await archive.ExportUserData(
+                storage_pb2.ExportUserDataRequest(user_id=user_id), timeout=TIMEOUT_S
+            )
+        data = response.archive
+    else:
+        async with await _logged_in(args) as client:
+            data = await client.export_my_data()
+    # Personal data: readable by the one who asked only.
+    write_private_file(out, data)
+    print(f"exported the data of {_subject(args)} to {out} ({len(data)} bytes, JSON, mode 0600)")
+    return 0
+
+
+def _confirmed(args: argparse.Namespace, who: str) -> bool:
+    if args.yes:
+        return True
+    if not sys.stdin.isatty():
+        raise SystemExit("erasure cannot be undone: add --yes to confirm when not at a terminal")
+    print(f"This erases every message and event of {who} for good (backups included); it cannot be undone.")
+    return input(f"type {who} to confirm: ").strip() == who
+
+
+async def cmd_erase(args: argparse.Namespace) -> int:
+    from parley_cli.messages import _logged_in
+
+    who = _subject(args)
+    if not _confirmed(args, who):
+        print("not erased")
+        return 1
+    if args.username:
+        user_id = await _user_id(args, args.username)
+        request = storage_pb2.EraseUserDataRequest(user_id=user_id, reason=args.reason)
+        async with _archive(args) as archive:
+            result = await archive.EraseUserData(request, timeout=TIMEOUT_S)
+    else:
+        async with await _logged_in(args) as client:
+            result = await client.erase_my_data(reason=args.reason)
+    print(
+        f"erased the data of {who}: {len(result.destroyed_key_ids)} keys destroyed, "
+        f"{result.events_unreadable} archived events unreadable, {result.events_deleted_from_log} deleted from the log"
+    )
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    export = sub.add_parser(
+        "export", help="a copy of a user's data (yours with --as; anyone's as the operator, naming USER)"
+    )
+    export.add_argument("username", nargs="?", default="", metavar="USER", help="as the operator: whose data")
+    export.add_argument("--out", type=Path, required=True, help="write the JSON document here (mode 0600)")
+    export.set_defaults(run=cmd_export)
+    erase = sub.add_parser(
+        "erase", help="erase a user's data for good (yours with --as; anyone's as the operator, naming USER)"
+    )
+    erase.add_argument("username", nargs="?", default="", metavar="USER", help="as the operator: whose data")
+    erase.add_argument("--reason", default="", help="kept in the audited erasure record")
+    erase.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    erase.set_defaults(run=cmd_erase)

@@ -1,0 +1,141 @@
+"""What a new user met in the CLI: export and erasure of their data, people shown by name, and
+history showing edits, reactions and threads."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import stat
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+from parley.storage.v1 import storage_pb2
+
+from parley_client import ParleyClient, ParleyError
+from parley_core.testing.platform import RunningPlatform
+from parley_core.testing.waiting import eventually
+
+pytestmark = pytest.mark.e2e
+
+PASSWORD = "a-long-enough-passphrase"
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+async def cli(platform: RunningPlatform, *args: str, stdin: str | None = None, check: bool = True) -> str:
+    result = await asyncio.to_thread(platform.cli, *args, stdin=stdin, check=check)
+    return result.stdout + result.stderr
+
+
+@asynccontextmanager
+async def user(platform: RunningPlatform, name: str) -> AsyncIterator[ParleyClient]:
+    async with ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes()) as client:
+        await client.register(name, PASSWORD)
+        await client.login(name, PASSWORD)
+        await cli(platform, "login", name, stdin=PASSWORD + "\n")  # the CLI's own token
+        yield client
+
+
+async def test_a_user_exports_and_erases_their_own_data_from_the_cli(platform: RunningPlatform, tmp_path: Path) -> None:
+    alice, bob = unique("alice"), unique("bob")
+    async with user(platform, alice) as a, user(platform, bob) as b:
+        room = await a.create_channel(unique("room"))
+        await b.join_channel(room.channel_id)
+        marker = f"mine {uuid.uuid4().hex}"
+        await a.send(room.channel_id, marker)
+        out = tmp_path / "alice.json"
+
+        async def exported() -> str | None:
+            await cli(platform, "--as", alice, "export", "--out", str(out))
+            text = out.read_text()
+            return text if marker in text else None  # the archive trails the stream
+
+        json.loads(await eventually(exported, "alice's message in her export"))
+        assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+        # Through the gateway a user reaches only their own data.
+        with pytest.raises(ParleyError) as refused:
+            await b._call(b._stub.ExportUserData, storage_pb2.ExportUserDataRequest(user_id=a.user_id))
+        assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+
+        unconfirmed = await cli(platform, "--as", alice, "erase", stdin="", check=False)
+        assert "--yes" in unconfirmed
+        erased = await cli(platform, "--as", alice, "erase", "--yes", "--reason", "leaving")
+        assert f"erased the data of {alice}" in erased
+
+        history = await cli(platform, "--as", bob, "history", room.name)
+        assert marker not in history
+        assert "(erased at the author's request)" in history
+
+
+async def test_the_operator_exports_and_erases_anyones_data(platform: RunningPlatform, tmp_path: Path) -> None:
+    carol = unique("carol")
+    async with user(platform, carol) as c:
+        room = await c.create_channel(unique("room"))
+        marker = f"carol {uuid.uuid4().hex}"
+        await c.send(room.channel_id, marker)
+        out = tmp_path / "carol.json"
+
+        async def exported() -> str | None:
+            await cli(platform, "export", carol, "--out", str(out))
+            return text if marker in (text := out.read_text()) else None
+
+        await eventually(exported, "carol's message in the operator's export")
+        assert f"erased the data of {carol}" in await cli(platform, "erase", carol, "--yes")
+        page = await c.history(room.channel_id)
+        assert [m.erased for m in page.messages] == [True]
+        unknown = await cli(platform, "erase", "nobody-at-all", "--yes", check=False)
+        assert "NOT_FOUND" in unknown
+        assert "Traceback" not in unknown
+
+
+async def test_history_shows_edits_reactions_threads_and_names(platform: RunningPlatform) -> None:
+    alice, bob = unique("alice"), unique("bob")
+    async with user(platform, alice) as a, user(platform, bob) as b:
+        room = await a.create_channel(unique("room"))
+        await b.join_channel(room.channel_id)
+        first = await a.send(room.channel_id, "first draft")
+        await a.edit(room.channel_id, first.channel_seq, "final words")
+        await b.react(room.channel_id, first.channel_seq, "👍")
+        await b.reply(room.channel_id, first.channel_seq, "a reply")
+        gone = await b.send(room.channel_id, "oops")
+        await b.redact(room.channel_id, gone.channel_seq)
+
+        async def shown() -> str | None:
+            text = await cli(platform, "--as", alice, "history", room.name)
+            return text if "(redacted)" in text and "👍" in text else None
+
+        history = await eventually(shown, "the reaction and the redaction in the archive's history")
+        lines = history.splitlines()
+        assert any("final words (edited)" in line and f"👍 {bob}" in line for line in lines), history
+        assert any(f"{bob}: (in the thread of #{first.channel_seq}) a reply" in line for line in lines), history
+        assert any(f"{bob}: (redacted)" in line for line in lines), history
+        assert b.user_id is not None
+        assert b.user_id[:8] not in history
+
+
+async def test_direct_conversations_are_listed_by_their_members_names(platform: RunningPlatform) -> None:
+    alice, bob = unique("alice"), unique("bob")
+    async with user(platform, alice) as a, user(platform, bob) as b:
+        assert b.user_id is not None
+        await a.create_direct([b.user_id])
+        listed = await cli(platform, "--as", alice, "channels")
+        assert f"direct with {bob}" in listed
+        assert "#direct" not in listed
+
+
+async def test_user_names_are_looked_up_in_bounded_batches(platform: RunningPlatform) -> None:
+    name = unique("dora")
+    async with user(platform, name) as d:
+        assert d.user_id is not None
+        assert await d.user_names([d.user_id, "0" * 32]) == {d.user_id: name}
+        assert await d.user_names([d.user_id] * 3 + [f"{i:032x}" for i in range(450)]) == {d.user_id: name}
+        with pytest.raises(ParleyError) as bad:
+            await d.user_names(["not-an-id!"])
+        assert bad.value.code == grpc.StatusCode.INVALID_ARGUMENT
