@@ -5,6 +5,9 @@ devices kept across restarts, trust on first use, MFA login, and the CLI's devic
 from __future__ import annotations
 
 import base64
+import os
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -16,7 +19,8 @@ from cryptography.hazmat.primitives.twofactor.totp import TOTP
 from parley.messaging.v1 import messaging_pb2
 
 from parley_client import DeviceKeyChanged, DeviceStore, MfaRequired, ParleyClient, ParleyError, fingerprint
-from parley_core.testing.platform import RunningPlatform
+from parley_core.testing.platform import TEST_DEFAULTS, RunningPlatform
+from parley_core.testing.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -208,3 +212,141 @@ async def test_cli_lists_fingerprints_verifies_and_keeps_its_device(platform: Ru
     assert stored.stat().st_mode & 0o777 == 0o600
     assert alice_device.device_id == "alice-laptop"
     await alice.close()
+
+
+async def test_an_edit_in_an_encrypted_channel_is_encrypted_on_the_device(platform: RunningPlatform) -> None:
+    alice, alice_name = await new_user(platform, "alice")
+    bob, _ = await new_user(platform, "bob")
+    await alice.enable_e2ee("alice-laptop")
+    await bob.enable_e2ee("bob-phone")
+    channel_id = await encrypted_room(alice, bob)
+    sent = await alice.send(channel_id, "draft")
+
+    edited = await alice.edit(channel_id, sent.channel_seq, "final")
+    assert edited.body.startswith("megolm.v1:")
+    assert await bob.read(edited) == "final"
+    # Without a device the same edit would be plaintext, which the server refuses there.
+    plain = connect(platform)
+    await plain.login(alice_name, PASSWORD)
+    with pytest.raises(ParleyError) as refused:
+        await plain.edit(channel_id, sent.channel_seq, "in the clear")
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    for client in (alice, bob, plain):
+        await client.close()
+
+
+async def until_cli_shows(platform: RunningPlatform, *args: str, expected: str) -> str:
+    """The CLI's output once it shows `expected` (the archive follows messaging's events, so
+    history catches up a moment after a send or an edit); else what it last showed."""
+    last = [""]
+
+    async def probe() -> str | None:
+        last[0] = platform.cli(*args).stdout
+        return last[0] if expected in last[0] else None
+
+    try:
+        return await eventually(probe, f"`parley {' '.join(args)}` to show {expected!r}")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}; it showed:\n{last[0]}") from None
+
+
+async def test_cli_sends_edits_and_reads_an_encrypted_channel_with_its_kept_device(platform: RunningPlatform) -> None:
+    alice, alice_name = await new_user(platform, "alice")
+    await alice.enable_e2ee("alice-laptop")
+    bob, bob_name = await new_user(platform, "bob")
+    platform.cli("login", bob_name, stdin=PASSWORD + "\n")
+    room = f"secret-{uuid.uuid4().hex[:6]}"
+    channel_id = (await alice.create_channel(room, encrypted=True)).channel_id
+    await bob.join_channel(channel_id)
+
+    assert "sent #1" in platform.cli("--as", bob_name, "send", room, "the merger closes friday").stdout
+    assert "edited #1" in platform.cli("--as", bob_name, "edit", room, "1", "the merger closes monday").stdout
+    # `/edit` typed in `parley chat` is encrypted the same way (stdin ends: chat leaves after it).
+    chat = platform.cli("--as", bob_name, "chat", room, stdin="/edit 1 the merger closes tuesday\n")
+    assert "not sent" not in chat.stdout, chat.stdout
+    assert "kept from an earlier run" in chat.stdout  # the device `send` made is the one chat uses
+
+    # Bob's CLI reads his own (edited) message; the server holds only ciphertext, which alice's
+    # device reads.
+    # (history marking edits is another fix's: the text is what counts here)
+    shown = await until_cli_shows(
+        platform, "--as", bob_name, "history", room, expected=f"{bob_name}: the merger closes tuesday"
+    )
+    assert "(encrypted" not in shown
+    raw = connect(platform)
+    await raw.login(alice_name, PASSWORD)  # no device: sees what the server stored
+    stored = (await raw.history(channel_id)).messages[0]
+    assert stored.body.startswith("megolm.v1:")
+    assert await alice.read(stored) == "the merger closes tuesday"
+
+    # What alice sends after bob's device exists reaches it too.
+    await alice.send(channel_id, "see you there")
+    await until_cli_shows(platform, "--as", bob_name, "history", room, expected="see you there")
+    for client in (alice, bob, raw):
+        await client.close()
+
+
+async def test_cli_removes_this_terminals_own_device_and_makes_a_new_one(platform: RunningPlatform) -> None:
+    bob, bob_name = await new_user(platform, "bob")
+    platform.cli("login", bob_name, stdin=PASSWORD + "\n")
+    first = platform.cli("--as", bob_name, "devices").stdout.split()[0]
+    stored = platform.data_dir / "cli" / f"{bob_name.casefold()}.device.json"
+    assert stored.exists()
+
+    removed = platform.cli("--as", bob_name, "devices", "--remove", first)
+    assert f"removed device {first}" in removed.stdout
+    assert "this terminal's device" in removed.stdout
+    assert not stored.exists()
+    assert not stored.with_name(stored.name + ".key").exists()
+    assert first not in [d.device_id for d in await bob.list_devices([bob.user_id or ""])]
+
+    again = platform.cli("--as", bob_name, "devices").stdout
+    assert "(this terminal)" in again
+    assert again.split()[0] != first
+    await bob.close()
+
+
+async def test_cli_lists_devices_of_a_user_by_name_and_refuses_an_unknown_name(platform: RunningPlatform) -> None:
+    alice, alice_name = await new_user(platform, "alice")
+    await alice.enable_e2ee("alice-phone")
+    _, bob_name = await new_user(platform, "bob")
+    platform.cli("login", bob_name, stdin=PASSWORD + "\n")
+
+    by_name = platform.cli("--as", bob_name, "devices", alice_name).stdout
+    assert "alice-phone" in by_name
+    unknown = platform.cli("--as", bob_name, "devices", f"nobody{uuid.uuid4().hex[:8]}", check=False)
+    assert unknown.returncode == 1
+    assert "no user named" in unknown.stderr
+    await alice.close()
+
+
+async def test_cli_enrols_mfa_and_prints_the_recovery_codes_once(platform: RunningPlatform) -> None:
+    client, name = await new_user(platform, "enrol")
+    platform.cli("login", name, stdin=PASSWORD + "\n")
+    enrol = subprocess.Popen(
+        [sys.executable, "-m", "parley_cli", "--data-dir", str(platform.data_dir), "--as", name, "mfa", "enrol"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **TEST_DEFAULTS, **platform.env},
+    )
+    assert enrol.stdout is not None
+    shown: list[str] = []
+    while (line := enrol.stdout.readline()) and not line.startswith("secret: "):
+        shown.append(line)
+    assert line.startswith("secret: "), "".join(shown) + (enrol.stderr.read() if enrol.stderr else "")
+    assert any(s.startswith("otpauth://totp/") for s in shown)
+    code = authenticator(line.removeprefix("secret: ").strip()).generate(int(time.time())).decode()
+    rest, errors = enrol.communicate(code + "\n", timeout=60)
+    assert enrol.returncode == 0, errors
+    lines = rest.splitlines()
+    recovery = lines[next(i for i, text in enumerate(lines) if text.startswith("recovery codes")) + 1 :]
+    assert len(recovery) == 10
+
+    fresh = connect(platform)
+    with pytest.raises(MfaRequired):
+        await fresh.login(name, PASSWORD)
+    assert (await fresh.login(name, PASSWORD, recovery_code=recovery[0])).user_id == client.user_id
+    await client.close()
+    await fresh.close()

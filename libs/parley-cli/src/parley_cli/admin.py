@@ -42,6 +42,12 @@ async def _account(stub: auth_pb2_grpc.AuthServiceAsyncStub, username: str) -> a
     return await stub.GetAccount(auth_pb2.GetAccountRequest(username=username), timeout=TIMEOUT_S)
 
 
+async def account_of(args: argparse.Namespace, username: str) -> auth_pb2.Account:
+    """One account by name from auth's directory (NOT_FOUND as ParleyError when there is none)."""
+    async with _auth(args) as stub:
+        return await _account(stub, username)
+
+
 def _show(account: auth_pb2.Account) -> str:
     state = "disabled" if account.disabled else "active"
     return f"{account.username} ({account.user_id}) role={account.role} {state}"

@@ -130,26 +130,41 @@ def channel_label(channel: Channel, names: Mapping[str, str], *, me: str | None)
     return "direct with " + ", ".join(person(u, names) for u in others)
 
 
-async def resolve_channel(client: ParleyClient, reference: str) -> str:
+async def find_channel(client: ParleyClient, reference: str) -> Channel:
     """Accept a channel id or the name of a channel the user is in."""
     channels = await client.my_channels()
     for channel in channels:
         if reference in (channel.channel_id, channel.name):
-            return channel.channel_id
+            return channel
     names = ", ".join(f"#{c.name}" for c in channels) or "none"
     raise SystemExit(f"{reference!r} is not one of your channels (yours: {names}); create it, or join it by id first")
 
 
+async def resolve_channel(client: ParleyClient, reference: str) -> str:
+    return (await find_channel(client, reference)).channel_id
+
+
+async def open_channel(client: ParleyClient, reference: str, *, store: DeviceStore | None) -> tuple[str, str]:
+    """The channel's id and, in an end-to-end encrypted channel, a note on the device in use.
+
+    There the client becomes the user's device in this data folder (`store`), created on first
+    use, so that sends and edits are encrypted and history is decrypted: after a restart it
+    still reads what was shared with it (its own messages included). It reads what is sent from
+    its creation on (keys are shared with it at the senders' next message).
+    """
+    channel = await find_channel(client, reference)
+    if not channel.encrypted:
+        return channel.channel_id, ""
+    new = store is None or not store.exists()
+    device = await client.enable_e2ee(f"cli-{uuid.uuid4().hex[:12]}", store=store)
+    kept = " (new)" if new else " (kept from an earlier run)"
+    return channel.channel_id, f"end-to-end encrypted; this terminal is device {device.device_id}{kept}"
+
+
 async def interactive(client: ParleyClient, reference: str, *, store: DeviceStore | None = None) -> int:
-    channel_id = await resolve_channel(client, reference)
-    if any(c.channel_id == channel_id and c.encrypted for c in await client.my_channels()):
-        # The user's device in this data folder (`store`), created on first use: after a
-        # restart it still reads what was shared with it. It reads what is sent from its
-        # creation on (keys are shared with it at the senders' next message).
-        new = store is None or not store.exists()
-        device = await client.enable_e2ee(f"cli-{uuid.uuid4().hex[:12]}", store=store)
-        kept = " (new)" if new else " (kept from an earlier run)"
-        print(f"-- end-to-end encrypted; this terminal is device {device.device_id}{kept} --", flush=True)
+    channel_id, device_note = await open_channel(client, reference, store=store)
+    if device_note:
+        print(f"-- {device_note} --", flush=True)
     stream = client.subscribe([channel_id])
     await stream.ready()
     page = await client.history(channel_id, limit=20)

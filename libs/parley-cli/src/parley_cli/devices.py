@@ -10,9 +10,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import grpc
 from parley.auth.v1 import auth_pb2
 
-from parley_client import DeviceKeyChanged, DeviceStore, E2eeDevice, ParleyClient, fingerprint
+from parley_cli.admin import account_of
+from parley_client import DeviceKeyChanged, DeviceStore, E2eeDevice, ParleyClient, ParleyError, fingerprint
+
+USER_ID_CHARS = 32  # auth makes user ids as uuid4 hex
 
 
 def device_store(args: argparse.Namespace) -> DeviceStore:
@@ -26,6 +30,36 @@ async def this_device(args: argparse.Namespace, client: ParleyClient) -> E2eeDev
     """This terminal's device for the logged-in user: the saved one, or a new one published now."""
     store = device_store(args)
     return await client.enable_e2ee(store=store)
+
+
+async def remove_device(args: argparse.Namespace, client: ParleyClient) -> None:
+    """Remove one of the user's devices; when it is this terminal's, forget it here too."""
+    store = device_store(args)
+    await client.remove_device(args.remove)
+    print(f"removed device {args.remove}: its keys and queued messages are gone")
+    if store.exists() and store.load(client).device_id == args.remove:
+        store.delete()  # only after the server removed it: a refusal leaves the device as it was
+        print("it was this terminal's device; the next encrypted command here makes a new one")
+
+
+def _looks_like_user_id(text: str) -> bool:
+    return len(text) == USER_ID_CHARS and all(c in "0123456789abcdef" for c in text)
+
+
+async def user_id_of(args: argparse.Namespace, own_id: str) -> str:
+    """A user id, or the id of a user name: yours, or one from auth's account directory (read
+    with the operator's certificate in the data folder, as `parley admin show` does)."""
+    reference: str = args.user_id
+    if not reference or reference.casefold() == (args.user or "").casefold():
+        return own_id
+    if _looks_like_user_id(reference):
+        return reference
+    try:
+        return (await account_of(args, reference)).user_id
+    except ParleyError as exc:
+        if exc.code == grpc.StatusCode.NOT_FOUND:
+            raise SystemExit(f"no user named {reference!r}; check the name, or give their user id") from None
+        raise
 
 
 def trust_of(device: E2eeDevice, listed: auth_pb2.Device) -> str:
@@ -44,17 +78,14 @@ async def cmd_devices(args: argparse.Namespace) -> int:
 
     async with _client(args) as client:
         await _login_as(args, client)
-        device = await this_device(args, client)
         if args.remove:
-            if args.remove == device.device_id:
-                raise SystemExit("that is this terminal's device; remove it from another one")
-            await client.remove_device(args.remove)
-            print(f"removed device {args.remove}: its keys and queued messages are gone")
+            await remove_device(args, client)
             return 0
-        user_id = args.user_id or client.user_id or ""
+        device = await this_device(args, client)
+        user_id = await user_id_of(args, client.user_id or "")
         listed = await client.list_devices([user_id])
         if not listed:
-            print(f"{user_id} has no devices (nobody there has turned end-to-end encryption on)")
+            print(f"{args.user_id or args.user} has no devices (they have not turned end-to-end encryption on)")
         for d in listed:
             status = trust_of(device, d)
             mine = " (this terminal)" if (d.user_id, d.device_id) == (client.user_id, device.device_id) else ""
@@ -77,7 +108,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     devices = sub.add_parser(
         "devices", help="end-to-end encryption devices of a user with their fingerprints; verify or remove one"
     )
-    devices.add_argument("user_id", nargs="?", default="", help="whose devices (default: yours)")
+    devices.add_argument("user_id", nargs="?", default="", help="whose devices: a user name or id (default: yours)")
     devices.add_argument("--verify", metavar="DEVICE", help="mark this device verified after comparing fingerprints")
-    devices.add_argument("--remove", metavar="DEVICE", help="remove one of your own devices")
+    devices.add_argument(
+        "--remove",
+        metavar="DEVICE",
+        help="remove one of your own devices (this terminal's too: it is then forgotten here)",
+    )
     devices.set_defaults(run=cmd_devices)

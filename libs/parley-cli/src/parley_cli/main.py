@@ -159,7 +159,7 @@ async def cmd_channels(args: argparse.Namespace) -> int:
 async def cmd_send(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         await _login_as(args, client)
-        channel_id = await chat.resolve_channel(client, args.channel)
+        channel_id, _ = await chat.open_channel(client, args.channel, store=devices.device_store(args))
         message = await client.send(channel_id, args.text)
     print(f"sent #{message.channel_seq}")
     return 0
@@ -168,7 +168,7 @@ async def cmd_send(args: argparse.Namespace) -> int:
 async def cmd_history(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         await _login_as(args, client)
-        channel_id = await chat.resolve_channel(client, args.channel)
+        channel_id, _ = await chat.open_channel(client, args.channel, store=devices.device_store(args))
         page = await client.history(channel_id, after_seq=args.after, limit=args.limit)
         if not page.messages:
             print("(no messages)")

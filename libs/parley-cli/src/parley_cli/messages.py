@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from parley_cli import chat
+from parley_cli import chat, devices
 from parley_client import ParleyClient
 
 
@@ -18,7 +18,7 @@ async def _logged_in(args: argparse.Namespace) -> ParleyClient:
 
 async def cmd_edit(args: argparse.Namespace) -> int:
     async with await _logged_in(args) as client:
-        channel_id = await chat.resolve_channel(client, args.channel)
+        channel_id, _ = await chat.open_channel(client, args.channel, store=devices.device_store(args))
         message = await client.edit(channel_id, args.number, args.text)
     print(f"edited #{message.channel_seq} ({message.edit_count} edits)")
     return 0
@@ -42,7 +42,7 @@ async def cmd_versions(args: argparse.Namespace) -> int:
 
 async def cmd_older(args: argparse.Namespace) -> int:
     async with await _logged_in(args) as client:
-        channel_id = await chat.resolve_channel(client, args.channel)
+        channel_id, _ = await chat.open_channel(client, args.channel, store=devices.device_store(args))
         page = await client.history(channel_id, before_seq=args.before, limit=args.limit)
         people = chat.People(client)
         await people.learn_from(page.messages)
@@ -78,7 +78,7 @@ async def cmd_dm(args: argparse.Namespace) -> int:
 
 async def cmd_reply(args: argparse.Namespace) -> int:
     async with await _logged_in(args) as client:
-        channel_id = await chat.resolve_channel(client, args.channel)
+        channel_id, _ = await chat.open_channel(client, args.channel, store=devices.device_store(args))
         message = await client.reply(channel_id, args.number, args.text)
     print(f"sent #{message.channel_seq} in the thread of #{args.number}")
     return 0
@@ -86,7 +86,7 @@ async def cmd_reply(args: argparse.Namespace) -> int:
 
 async def cmd_thread(args: argparse.Namespace) -> int:
     async with await _logged_in(args) as client:
-        channel_id = await chat.resolve_channel(client, args.channel)
+        channel_id, _ = await chat.open_channel(client, args.channel, store=devices.device_store(args))
         thread = await client.thread(channel_id, args.number)
         people = chat.People(client)
         await people.learn_from((thread.root, *thread.replies))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from parley_client import ParleyClient
 
@@ -33,6 +34,28 @@ async def cmd_recovery_codes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _code_from_app() -> str:
+    """The first code the authenticator app shows: a prompt, or the next line of piped stdin."""
+    if not sys.stdin.isatty():
+        print("code from your authenticator app: ", end="", flush=True)
+        return sys.stdin.readline().strip()
+    return input("code from your authenticator app: ").strip()
+
+
+async def cmd_enrol(args: argparse.Namespace) -> int:
+    async with await _logged_in(args) as client:
+        begun = await client.begin_totp_enrolment()
+        print("add this account to your authenticator app (scan the URI as a QR code, or type the secret):")
+        print(begun.otpauth_uri)
+        print(f"secret: {begun.secret_base32}", flush=True)
+        codes = await client.confirm_totp_enrolment(_code_from_app())
+    print("two-factor authentication is on; logins now ask for a code from the app.")
+    print("recovery codes (each works once, in place of a code; keep them safe, they are not shown again):")
+    for code in codes:
+        print(code)
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     mfa = sub.add_parser("mfa", help="your two-factor authentication (with --as USER)")
     commands = mfa.add_subparsers(dest="mfa_command", required=True)
@@ -43,3 +66,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     codes.add_argument("--totp", default="", help="a current code from your authenticator app")
     codes.set_defaults(run=cmd_recovery_codes)
+    enrol = commands.add_parser(
+        "enrol", help="turn on TOTP: shows the otpauth URI and secret, asks for a code, prints recovery codes once"
+    )
+    enrol.set_defaults(run=cmd_enrol)

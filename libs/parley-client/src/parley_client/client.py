@@ -394,10 +394,7 @@ class ParleyClient:
         In an end-to-end encrypted channel the body is encrypted on this device first (see
         enable_e2ee); the returned message then carries the ciphertext the server stored.
         """
-        if self.e2ee is not None:
-            channel = await self._channel_info(channel_id)
-            if channel.encrypted:
-                body = await self.e2ee.encrypt(channel, body)
+        body = await self._sealed(channel_id, body)
         request = messaging_pb2.PostMessageRequest(
             channel_id=channel_id,
             body=body,
@@ -507,6 +504,13 @@ class ParleyClient:
             raise UndecryptableMessage("this client has no device keys: call enable_e2ee() first")
         return await self.e2ee.decrypt(message)
 
+    async def _sealed(self, channel_id: str, body: str) -> str:
+        """The body as sent: Megolm ciphertext from this device when the channel is encrypted."""
+        if self.e2ee is None:
+            return body
+        channel = await self._channel_info(channel_id)
+        return await self.e2ee.encrypt(channel, body) if channel.encrypted else body
+
     async def _channel_info(self, channel_id: str) -> messaging_pb2.Channel:
         for channel in await self.my_channels():
             if channel.channel_id == channel_id:
@@ -568,6 +572,9 @@ class ParleyClient:
     async def thread(self, channel_id: str, root_seq: int) -> messaging_pb2.ListThreadResponse:
         request = messaging_pb2.ListThreadRequest(channel_id=channel_id, root_seq=root_seq)
         response: messaging_pb2.ListThreadResponse = await self._call(self._stub.ListThread, request)
+        if self.e2ee is not None:
+            for message in (response.root, *response.replies):
+                await self._reveal(message)
         return response
 
     async def react(
@@ -584,7 +591,11 @@ class ParleyClient:
         return channel
 
     async def edit(self, channel_id: str, channel_seq: int, body: str) -> messaging_pb2.ChatMessage:
-        request = messaging_pb2.EditMessageRequest(channel_id=channel_id, channel_seq=channel_seq, body=body)
+        """Replace a message's text; in an end-to-end encrypted channel the new text is encrypted
+        on this device like a new message (the server takes only ciphertext there)."""
+        request = messaging_pb2.EditMessageRequest(
+            channel_id=channel_id, channel_seq=channel_seq, body=await self._sealed(channel_id, body)
+        )
         message: messaging_pb2.ChatMessage = await self._call(self._stub.EditMessage, request)
         return message
 

@@ -65,6 +65,11 @@ class DeviceStore:
         device.changed = lambda: self.save(device)
         return device
 
+    def delete(self) -> None:
+        """Forget the device here (after the server removed it): the next use makes a new one."""
+        self.path.unlink(missing_ok=True)
+        self.key_path.unlink(missing_ok=True)
+
     def save(self, device: E2eeDevice) -> None:
         state = device.to_state(self._pickle_key())
         write_private(self.path, json.dumps(state).encode())
