@@ -75,10 +75,13 @@ class RegistryConnection:
         self.channel = secure_channel(pki, identity=PLATFORM_USER, address=address, peer="patch-registry")
         self.patch = patch_pb2_grpc.PatchServiceStub(self.channel)
         self.fleet = fleet_pb2_grpc.FleetServiceStub(self.channel)
-        # Storage's archive turns the user ids that roll-outs record into names.
-        address = services["storage"]["address"]
-        self.storage_channel = secure_channel(pki, identity=PLATFORM_USER, address=address, peer="storage")
-        self.storage = storage_pb2_grpc.StorageArchiveServiceStub(self.storage_channel)
+        # Storage's archive turns the user ids that roll-outs record into names (ids without it).
+        self.storage_channel: grpc.aio.Channel | None = None
+        self.storage: storage_pb2_grpc.StorageArchiveServiceAsyncStub | None = None
+        if "storage" in services:
+            address = services["storage"]["address"]
+            self.storage_channel = secure_channel(pki, identity=PLATFORM_USER, address=address, peer="storage")
+            self.storage = storage_pb2_grpc.StorageArchiveServiceStub(self.storage_channel)
         self._args = args
 
     def token(self) -> tuple[tuple[str, str], ...]:
@@ -98,12 +101,15 @@ class RegistryConnection:
             raise ParleyError(error.code(), error.details() or error.code().name) from None
 
     async def names(self, rollouts: Sequence[patch_pb2.Rollout]) -> dict[str, str]:
+        if self.storage is None:
+            return {}
         ids = [i for r in rollouts for i in (r.planned_by, r.approved_by, *(a.actor for a in r.audit))]
         return await usernames(self.storage, ids)
 
     async def close(self) -> None:
         await self.channel.close()
-        await self.storage_channel.close()
+        if self.storage_channel is not None:
+            await self.storage_channel.close()
 
 
 async def _with_registry(args: argparse.Namespace, work: Any) -> int:
