@@ -29,7 +29,9 @@ import gevent  # type: ignore[import-untyped]  # noqa: E402
 import grpc  # noqa: E402
 from locust import User, between, events, task  # noqa: E402
 from locust.env import Environment  # noqa: E402
+from locust.runners import Runner, WorkerRunner  # noqa: E402
 from parley_load.grpc_client import REQUEST_TYPE, GatewayClient  # noqa: E402
+from parley_load.preflight import require_open_registration  # noqa: E402
 from parley_load.request_log import ENV_VAR as REQUEST_LOG_ENV  # noqa: E402
 from parley_load.request_log import RequestLog  # noqa: E402
 from parley_load.target import Target  # noqa: E402
@@ -51,10 +53,13 @@ RECENT = 20  # messages a user remembers to react to or edit
 _target: Target | None = None
 
 
-def _resolve_target(environment: Environment, **_: Any) -> None:
-    """Fail at start, not in every user, when there is no platform to load."""
+def _resolve_target(environment: Environment, runner: Runner | None = None, **_: Any) -> None:
+    """Fail at start, not in every user, when there is no platform to load or it would refuse
+    the users' registrations (checked once, by the process that reports the run)."""
     global _target
     _target = Target.resolve(environment.host)
+    if not isinstance(runner, WorkerRunner):
+        require_open_registration(_target)
 
 
 def _open_request_log(environment: Environment, **_: Any) -> None:

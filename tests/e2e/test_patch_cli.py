@@ -54,7 +54,7 @@ def test_people_without_the_operator_role_are_refused(platform: RunningPlatform)
     refused = platform.cli("--as", "mallory", "advisories", "import", str(OSV_DIR), check=False)
     assert refused.returncode == 1
     assert "PERMISSION_DENIED" in refused.stderr
-    assert "operator or admin role" in refused.stderr
+    assert "permission, held by admin and operator; you are member" in refused.stderr
 
 
 @pytest.mark.skipif(not OSV_DIR.is_dir(), reason=f"OSV test data not found at {OSV_DIR}")

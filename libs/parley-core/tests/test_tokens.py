@@ -12,8 +12,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from parley.auth.v1.events_pb2 import AccountDisabled, RoleAssigned, SessionRevoked, UserRegistered
 
 from parley_core.access import AccessProjection
-from parley_core.errors import Unauthenticated
-from parley_core.tokens import ALGORITHM, AUDIENCE, ISSUER, TokenVerifier
+from parley_core.errors import PermissionDenied, Unauthenticated
+from parley_core.rbac import Permission
+from parley_core.tokens import ALGORITHM, AUDIENCE, ISSUER, Caller, TokenVerifier
 
 
 class Clock:
@@ -120,3 +121,15 @@ def test_retiring_a_key_drops_the_tokens_it_signed_from_the_cache(key: Ed25519Pr
     verifier.retire_key("k1")
     with pytest.raises(Unauthenticated, match="retired"):
         verifier.verify(token)
+
+
+def test_a_refusal_names_the_roles_that_hold_the_permission() -> None:
+    guest = Caller(user_id="user-1", role="guest", token_id="t", username="gina")
+    with pytest.raises(PermissionDenied) as refused:
+        guest.require(Permission.CHANNELS_CREATE, what="CreateChannel")
+    assert str(refused.value) == (
+        "CreateChannel needs the channels.create permission, held by owner, admin and member; you are guest"
+    )
+    member = Caller(user_id="user-2", role="member", token_id="t", username="mo")
+    with pytest.raises(PermissionDenied, match="held by owner; you are member"):
+        member.require(Permission.SIGNING_KEYS)

@@ -105,16 +105,19 @@ async def test_permission_matrix(stack: Stack) -> None:
             allowed = needed is None or needed in permissions_of(role)
             if method.name in ENDS_SESSION:
                 token = (await stack.login(f"user-{role}")).access_token
+            details = ""
             try:
                 await call(stack, service, descriptor, method, token)
                 code = grpc.StatusCode.OK
             except grpc.aio.AioRpcError as exc:
-                code = exc.code()
+                code, details = exc.code(), exc.details() or ""
             if method.name in ENDS_SESSION:
                 token = (await stack.login(f"user-{role}")).access_token
             denied = code == grpc.StatusCode.PERMISSION_DENIED
             rows.append(f"{role:<17}{path(descriptor, method):<55}{code.name}")
             if allowed == denied:
                 wrong.append(rows[-1] + f"  (expected {'allowed' if allowed else 'PERMISSION_DENIED'})")
+            elif denied and not details.endswith(f"; you are {role}"):
+                wrong.append(rows[-1] + f"  (the refusal should name who holds the permission: {details!r})")
     print("\n[permission matrix]\n" + "\n".join(rows))
     assert wrong == []

@@ -182,3 +182,26 @@ async def test_a_live_stream_ends_when_its_session_is_revoked(stack: Stack) -> N
         raise AssertionError(f"the stream went on after revocation: {leftover}")
     assert code == grpc.StatusCode.UNAUTHENTICATED
     print(f"\n[live stream] ended {(time.perf_counter() - revoked) * 1000:.1f} ms after RevokeSession returned")
+
+
+async def test_a_live_stream_ended_by_a_withdrawn_permission_says_who_holds_it(stack: Stack) -> None:
+    account = await stack.create_user("ivo", "member")
+    md = bearer((await stack.login("ivo")).access_token)
+    gateway = stack.gateway()
+    channel = await gateway.CreateChannel(
+        messaging_pb2.CreateChannelRequest(name="ivo"), metadata=md, timeout=TIMEOUT_S
+    )
+    stream = gateway.Subscribe(gateway_pb2.SubscribeRequest(channel_ids=[channel.channel_id]), metadata=md)
+    assert (await asyncio.wait_for(stream.read(), TIMEOUT_S)).HasField("ready")
+
+    platform = auth_pb2_grpc.AuthServiceStub(stack.internal("auth", identity="platform"))
+    await platform.AssignRole(
+        auth_pb2.AssignRoleRequest(user_id=account.user_id, role="security-auditor"), timeout=TIMEOUT_S
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await asyncio.wait_for(stream.read(), TIMEOUT_S)
+    assert ended.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert ended.value.details() == (
+        "reading the live stream (Subscribe) needs the messages.read permission, "
+        "held by owner, admin, member and guest; you are security-auditor"
+    )

@@ -244,6 +244,13 @@ async def test_publishing_needs_an_operator_token(registry: Registry) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as again:
         await publish(registry, "0.2.0")
     assert again.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    await publish(registry, "0.3.0")
+    with pytest.raises(grpc.aio.AioRpcError) as older:
+        await publish(registry, "0.2.5")
+    assert older.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "messaging 0.2.5 is not newer than the newest published release 0.3.0" in (older.value.details() or "")
+    listed = await registry.stub.ListReleases(patch_pb2.ListReleasesRequest(service="messaging"), timeout=TIMEOUT_S)
+    assert [r.version for r in listed.releases] == ["0.2.0", "0.3.0"]
 
 
 async def test_registry_holds_no_publisher_key_and_refuses_a_release_signed_by_another(

@@ -15,7 +15,7 @@ from tuf.api.metadata import Metadata, MetaFile, TargetFile, Targets, Timestamp
 from tuf.api.serialization.json import JSONSerializer
 from tuf.ngclient import Updater
 
-from parley_core.errors import AlreadyExists, PermissionDenied
+from parley_core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, PermissionDenied
 from parley_patch_registry.releases import Lifetimes, ReleaseRepository, delegated_role
 from parley_patch_registry.tuf_http import RepositoryHttpServer
 
@@ -110,6 +110,22 @@ def test_same_version_twice_is_refused(setup: Setup) -> None:
     setup.publish("messaging", "0.2.0", b"A")
     with pytest.raises(AlreadyExists, match="already published"):
         setup.publish("messaging", "0.2.0", b"B")
+
+
+def test_version_not_newer_than_the_newest_release_is_refused(setup: Setup) -> None:
+    setup.publish("messaging", "0.2.0", b"A")
+    setup.publish("messaging", "0.3.0", b"B")
+    with pytest.raises(FailedPrecondition, match=r"messaging 0\.2\.5 is not newer than .* 0\.3\.0"):
+        setup.publish("messaging", "0.2.5", b"C")
+    # Another service's releases do not count, and nothing was written for the refused one.
+    setup.publish("auth", "0.1.1", b"D")
+    assert [r.version for r in setup.repo.releases("messaging")] == ["0.2.0", "0.3.0"]
+    setup.publish("messaging", "0.10.0", b"E")  # PEP 440 order, not string order
+
+
+def test_version_that_is_not_a_version_is_refused(setup: Setup) -> None:
+    with pytest.raises(InvalidArgument, match="not a version"):
+        setup.publish("messaging", "latest", b"A")
 
 
 def test_tampered_artifact_is_refused(setup: Setup) -> None:

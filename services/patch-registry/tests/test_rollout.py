@@ -60,6 +60,10 @@ def test_approval_needs_patch_approve_permission() -> None:
     rollout, _ = planned()
     with pytest.raises(PermissionDenied, match="patch-approve"):
         rollout.approve(actor="bob", actor_role="member", at=2.0)
+    # Says who holds it, so an owner does not read it as "owner needed".
+    expected = "approving a roll-out needs the patch-approve permission, held by admin and operator; you are owner"
+    with pytest.raises(PermissionDenied, match=f"^{expected}$"):
+        rollout.approve(actor="bob", actor_role="owner", at=2.0)
     rollout.approve(actor="bob", actor_role="operator", at=2.0)
     assert (rollout.state, rollout.approved_by) == ("approved", "bob")
     with pytest.raises(FailedPrecondition, match="is approved"):

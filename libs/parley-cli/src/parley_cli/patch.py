@@ -20,11 +20,13 @@ from typing import Any
 import grpc
 from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
+from parley.storage.v1 import storage_pb2_grpc
 from securesystemslib.signer import CryptoSigner
 from tuf.api.exceptions import LengthOrHashMismatchError
 
 from parley_cli.publishing import KeyFileError, create_key_file, load_key_file, public_pem, publish_release
 from parley_cli.root_rotation import rotate_root
+from parley_cli.usernames import named, usernames
 from parley_client import ParleyError
 from parley_core.pki import ensure_pki
 from parley_core.runner import secure_channel
@@ -67,11 +69,19 @@ class RegistryConnection:
         state_path = data_dir / "platform.json"
         if not state_path.exists():
             raise SystemExit(f"no platform state in {data_dir}; is it running (`make run`)?")
-        address = json.loads(state_path.read_text())["services"]["patch-registry"]["address"]
+        services = json.loads(state_path.read_text())["services"]
         pki = ensure_pki(data_dir / "pki", [PLATFORM_USER])
+        address = services["patch-registry"]["address"]
         self.channel = secure_channel(pki, identity=PLATFORM_USER, address=address, peer="patch-registry")
         self.patch = patch_pb2_grpc.PatchServiceStub(self.channel)
         self.fleet = fleet_pb2_grpc.FleetServiceStub(self.channel)
+        # Storage's archive turns the user ids that roll-outs record into names (ids without it).
+        self.storage_channel: grpc.aio.Channel | None = None
+        self.storage: storage_pb2_grpc.StorageArchiveServiceAsyncStub | None = None
+        if "storage" in services:
+            address = services["storage"]["address"]
+            self.storage_channel = secure_channel(pki, identity=PLATFORM_USER, address=address, peer="storage")
+            self.storage = storage_pb2_grpc.StorageArchiveServiceStub(self.storage_channel)
         self._args = args
 
     def token(self) -> tuple[tuple[str, str], ...]:
@@ -90,8 +100,16 @@ class RegistryConnection:
         except grpc.aio.AioRpcError as error:
             raise ParleyError(error.code(), error.details() or error.code().name) from None
 
+    async def names(self, rollouts: Sequence[patch_pb2.Rollout]) -> dict[str, str]:
+        if self.storage is None:
+            return {}
+        ids = [i for r in rollouts for i in (r.planned_by, r.approved_by, *(a.actor for a in r.audit))]
+        return await usernames(self.storage, ids)
+
     async def close(self) -> None:
         await self.channel.close()
+        if self.storage_channel is not None:
+            await self.storage_channel.close()
 
 
 async def _with_registry(args: argparse.Namespace, work: Any) -> int:
@@ -103,10 +121,11 @@ async def _with_registry(args: argparse.Namespace, work: Any) -> int:
         await connection.close()
 
 
-def _print_rollout(rollout: patch_pb2.Rollout) -> None:
+def _print_rollout(rollout: patch_pb2.Rollout, names: dict[str, str]) -> None:
     print(f"roll-out {rollout.rollout_id}: {rollout.service} {rollout.from_version or '?'} -> {rollout.to_version}")
     print(f"state: {rollout.state}" + (f" ({rollout.rollback_reason})" if rollout.rollback_reason else ""))
-    print(f"planned by {rollout.planned_by}" + (f", approved by {rollout.approved_by}" if rollout.approved_by else ""))
+    approved = f", approved by {named(rollout.approved_by, names)}" if rollout.approved_by else ""
+    print(f"planned by {named(rollout.planned_by, names)}{approved}")
     total = len(rollout.old_instances)
     done = sum(1 for s in rollout.steps if s.drained)
     bar = "#" * done + "." * (total - done)
@@ -123,6 +142,11 @@ def _print_rollout(rollout: patch_pb2.Rollout) -> None:
             for i, s in enumerate(rollout.steps)
         ]
         print(table(("step", "replaces", "new instance", "gate", "old drained"), rows))
+
+
+def audit_table(rollout: patch_pb2.Rollout, names: dict[str, str]) -> str:
+    rows = [(_when(a.at), named(a.actor, names), a.event, a.detail) for a in rollout.audit]
+    return table(("when", "who", "event", "detail"), rows)
 
 
 async def cmd_publish(args: argparse.Namespace) -> int:
@@ -243,12 +267,17 @@ async def cmd_list(args: argparse.Namespace) -> int:
             else "no releases published"
         )
         rollouts = await c.call(c.patch.ListRollouts, patch_pb2.ListRolloutsRequest())
+        names = await c.names(rollouts.rollouts)
         print()
         print(
             table(
                 ("roll-out", "service", "from", "to", "state", "planned by", "approved by"),
                 [
-                    (r.rollout_id, r.service, r.from_version, r.to_version, r.state, r.planned_by, r.approved_by or "-")
+                    (
+                        *(r.rollout_id, r.service, r.from_version, r.to_version, r.state),
+                        named(r.planned_by, names),
+                        named(r.approved_by, names) if r.approved_by else "-",
+                    )
                     for r in rollouts.rollouts
                 ],
             )
@@ -264,7 +293,7 @@ async def cmd_rollout(args: argparse.Namespace) -> int:
     async def work(c: RegistryConnection) -> int:
         request = patch_pb2.PlanRolloutRequest(service=args.service, to_version=args.version)
         rollout = await c.call(c.patch.PlanRollout, request, as_user=True)
-        _print_rollout(rollout)
+        _print_rollout(rollout, await c.names([rollout]))
         print(f"ask another operator to run: parley --as <them> patch approve {rollout.rollout_id}")
         return 0
 
@@ -276,7 +305,8 @@ def _command(action: str) -> Any:
         async def work(c: RegistryConnection) -> int:
             method = getattr(c.patch, f"{action}Rollout")
             request = patch_pb2.RolloutCommand(rollout_id=args.rollout_id, reason=getattr(args, "reason", "") or "")
-            _print_rollout(await c.call(method, request, as_user=True))
+            rollout = await c.call(method, request, as_user=True)
+            _print_rollout(rollout, await c.names([rollout]))
             return 0
 
         return await _with_registry(args, work)
@@ -293,17 +323,13 @@ async def cmd_status(args: argparse.Namespace) -> int:
             rollout = await c.call(c.patch.GetRollout, patch_pb2.GetRolloutRequest(rollout_id=args.rollout_id))
             summary = f"{rollout.state}|{[(s.new_instance, s.gate, s.drained) for s in rollout.steps]}"
             if summary != last:
+                names = await c.names([rollout])
                 print(f"--- {datetime.now(UTC).strftime('%H:%M:%S')}")
-                _print_rollout(rollout)
+                _print_rollout(rollout, names)
                 last = summary
             if not args.watch or rollout.state in FINISHED:
                 if args.audit:
-                    print(
-                        table(
-                            ("when", "who", "event", "detail"),
-                            [(_when(a.at), a.actor, a.event, a.detail) for a in rollout.audit],
-                        )
-                    )
+                    print(audit_table(rollout, names))
                 return 0 if rollout.state != "rolled_back" else 1
             await asyncio.sleep(1.0)
 

@@ -9,6 +9,7 @@ the role written in the token, so a revoke takes effect on the next call everywh
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 
 
@@ -71,6 +72,26 @@ MFA_PENDING_PERMISSIONS = frozenset({Permission.OWN_SESSIONS})
 def permissions_of(role: str) -> frozenset[Permission]:
     """Unknown roles (from a newer version, say) get nothing rather than something."""
     return ROLE_PERMISSIONS.get(role, frozenset())
+
+
+def roles_holding(permission: Permission) -> tuple[str, ...]:
+    return tuple(role for role in ROLES if permission in ROLE_PERMISSIONS[role])
+
+
+def _listed(roles: Iterable[str]) -> str:
+    names = [role for role in ROLES if role in set(roles)]
+    if not names:
+        return "no role"
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def denial_message(what: str, permission: str, *, holders: Iterable[str], role: str) -> str:
+    """Every permission refusal reads the same way and names who does hold the permission, so
+    the reader knows whom to ask instead of guessing whether their own role is the one needed.
+
+    e.g. "approving a roll-out needs the patch-approve permission, held by admin and operator;
+    you are owner"."""
+    return f"{what} needs the {permission} permission, held by {_listed(holders)}; you are {role}"
 
 
 def may_assign(actor_role: str, *, target_current_role: str, new_role: str) -> bool:

@@ -21,7 +21,7 @@ from parley_core.access import AccessProjection
 from parley_core.bus import EventBus, ReceivedEvent, Replay
 from parley_core.envelope import open_payload
 from parley_core.errors import PermissionDenied, Unauthenticated
-from parley_core.rbac import MFA_PENDING_PERMISSIONS, Permission, permissions_of
+from parley_core.rbac import MFA_PENDING_PERMISSIONS, Permission, denial_message, permissions_of, roles_holding
 from parley_core.topology import SIGNING_KEYS_FILTER
 
 log = logging.getLogger(__name__)
@@ -51,14 +51,16 @@ class Caller:
         granted = permissions_of(self.role)
         return granted & MFA_PENDING_PERMISSIONS if self.mfa_pending else granted
 
-    def require(self, permission: Permission) -> None:
+    def require(self, permission: Permission, *, what: str = "this call") -> None:
         if permission in self.permissions:
             return
         if self.mfa_pending and permission in permissions_of(self.role):
             raise PermissionDenied(
                 f"role {self.role!r} requires two-factor authentication: enrol TOTP and log in again with a code"
             )
-        raise PermissionDenied(f"role {self.role!r} lacks the {permission.value!r} permission")
+        raise PermissionDenied(
+            denial_message(what, permission.value, holders=roles_holding(permission), role=self.role)
+        )
 
 
 @dataclass(frozen=True)
@@ -192,9 +194,11 @@ class TokenVerifier:
             raise Unauthenticated("missing `authorization: Bearer <token>` metadata; log in first")
         return self.verify(token)
 
-    def authorize(self, context: grpc.aio.ServicerContext[object, object], permission: Permission) -> Caller:
+    def authorize(
+        self, context: grpc.aio.ServicerContext[object, object], permission: Permission, *, what: str = "this call"
+    ) -> Caller:
         caller = self.caller(context)
-        caller.require(permission)
+        caller.require(permission, what=what)
         return caller
 
 

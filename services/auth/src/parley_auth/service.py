@@ -1061,7 +1061,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         caller = self._caller(context)
         user_id = request.user_id or caller.user_id
         if user_id != caller.user_id:
-            caller.require(Permission.SESSIONS_READ_ANY)
+            caller.require(Permission.SESSIONS_READ_ANY, what="listing another user's sessions")
             self._account(user_id)
         return auth_pb2.ListSessionsResponse(sessions=[session_proto(s) for s in self.sessions.of_user(user_id)])
 
@@ -1073,7 +1073,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         if session is None:
             raise NotFound("no such session")
         if session.user_id != caller.user_id:
-            caller.require(Permission.SESSIONS_REVOKE_ANY)
+            caller.require(Permission.SESSIONS_REVOKE_ANY, what="revoking another user's session")
         await self._revoke(session, f"revoked by user:{caller.user_id}", f"user:{caller.user_id}")
         return auth_pb2.RevokeSessionResponse()
 

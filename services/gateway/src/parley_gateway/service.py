@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 DEFAULT_DEADLINE_S = 10.0
 ARCHIVE_LAG_WAIT_S = 5.0
 MAX_LIVE_CHANNELS = 500
+# How a refusal on a live stream names what was refused (rbac.denial_message).
+LIVE_STREAM = "reading the live stream (Subscribe)"
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Req = TypeVar("Req")
@@ -372,7 +374,7 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
                     after = position
                     if (item := client_event_of(envelope, position)) is not None:
                         # The backlog is re-checked like live events: revocation ends it too.
-                        self._ctx.tokens.authorize(context, Permission.MESSAGES_READ)
+                        self._ctx.tokens.authorize(context, Permission.MESSAGES_READ, what=LIVE_STREAM)
                         yield item
                 await follow(channel_id, after=after)
             while True:
@@ -506,7 +508,7 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         a disabled account or a withdrawn messages.read ends the stream at once (issue 3)."""
         assert self._ctx is not None
         while True:
-            self._ctx.tokens.authorize(context, Permission.MESSAGES_READ)
+            self._ctx.tokens.authorize(context, Permission.MESSAGES_READ, what=LIVE_STREAM)
             getter = asyncio.ensure_future(buffer.take())
             changed = asyncio.ensure_future(self._ctx.access.changed())
             try:
@@ -516,5 +518,5 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
                 if not getter.done():
                     getter.cancel()
             if getter.done() and not getter.cancelled():
-                self._ctx.tokens.authorize(context, Permission.MESSAGES_READ)
+                self._ctx.tokens.authorize(context, Permission.MESSAGES_READ, what=LIVE_STREAM)
                 return getter.result()

@@ -24,7 +24,7 @@ from parley.patch.v1 import events_pb2
 
 from parley_core.bus import EventBus, ReceivedEvent, Replay
 from parley_core.envelope import NewEvent, open_payload
-from parley_core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from parley_core.errors import FailedPrecondition, InvalidArgument, NotFound
 from parley_core.tokens import Caller
 from parley_core.topology import (
     PATCH_FILTER,
@@ -46,7 +46,7 @@ from parley_patch_registry.releases import (
     delegated_role,
     parse_public_key,
 )
-from parley_patch_registry.rollout import PUBLISHER_ROLES, InstanceWindow, Rollout, RolloutEvent
+from parley_patch_registry.rollout import InstanceWindow, Rollout, RolloutEvent, require_patch_role
 from parley_patch_registry.schemas import SchemaCensus, check_readable
 from parley_patch_registry.settings import RegistrySettings
 
@@ -112,10 +112,7 @@ def open_repository(folder: Path, settings: RegistrySettings) -> ReleaseReposito
 
 
 def _require_operator(caller: Caller, what: str) -> None:
-    if caller.role not in PUBLISHER_ROLES:
-        raise PermissionDenied(
-            f"{what} needs the operator or admin role; {caller.username or caller.user_id} is {caller.role}"
-        )
+    require_patch_role(caller.role, what)
 
 
 class Registry:

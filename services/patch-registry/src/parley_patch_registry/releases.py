@@ -32,6 +32,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
+from packaging.version import InvalidVersion, Version
 from securesystemslib.signer import CryptoSigner, Key, Signer, SSlibKey
 from tuf.api.exceptions import LengthOrHashMismatchError, UnsignedMetadataError
 from tuf.api.metadata import (
@@ -51,6 +52,28 @@ from parley_core.errors import AlreadyExists, FailedPrecondition, InvalidArgumen
 
 TOP_ROLES = ("root", "targets", "snapshot", "timestamp")
 WHEEL_NAME = re.compile(r"^[A-Za-z0-9_.]+-[A-Za-z0-9_.+!]+(-[A-Za-z0-9_.]+){2,3}\.whl$")
+
+
+def _require_newer_version(targets: Targets, service: str, version: str) -> None:
+    """A release must be newer (PEP 440) than every published one: an older version would look
+    like an upgrade to a roll-out while bringing back what a newer release fixed."""
+    try:
+        wanted = Version(version)
+    except InvalidVersion:
+        raise InvalidArgument(f"{version!r} is not a version (PEP 440, e.g. 0.3.0)") from None
+    published: list[tuple[Version, str]] = []
+    for existing in targets.targets.values():
+        if existing.custom.get("version") == version:
+            raise AlreadyExists(f"{service} {version} is already published as {existing.path}")
+        try:
+            published.append((Version(str(existing.custom.get("version"))), existing.path))
+        except InvalidVersion:
+            continue  # written before versions were checked; nothing to compare with
+    if published and wanted <= (newest := max(published))[0]:
+        raise FailedPrecondition(
+            f"{service} {version} is not newer than the newest published release {newest[0]} ({newest[1]}); "
+            f"publish a version above {newest[0]}"
+        )
 
 
 def delegated_role(service: str) -> str:
@@ -348,7 +371,7 @@ class ReleaseRepository:
         if not re.fullmatch(r"[0-9a-f]{64}", sha256) or length < 1:
             raise InvalidArgument("sha256 must be 64 lower-case hex digits and length at least 1")
         delegated: Metadata[Targets] = self._latest(role)
-        self._refuse_published_version(delegated.signed, service, version)
+        _require_newer_version(delegated.signed, service, version)
         path = f"{service}/{wheel_name}"
         delegated.signed.targets[path] = TargetFile(
             length=length,
@@ -367,12 +390,6 @@ class ReleaseRepository:
         delegated.signed.expires = self.clock() + self.lifetimes.targets
         delegated.signatures.clear()
         return delegated
-
-    @staticmethod
-    def _refuse_published_version(targets: Targets, service: str, version: str) -> None:
-        for existing in targets.targets.values():
-            if existing.custom.get("version") == version:
-                raise AlreadyExists(f"{service} {version} is already published as {existing.path}")
 
     def publish_signed(self, *, service: str, signed: bytes, wheel: bytes) -> ReleaseInfo:
         """Stores the release whose delegated metadata its publisher signed, then snapshot and timestamp.
@@ -413,7 +430,7 @@ class ReleaseRepository:
             raise InvalidArgument(f"{target.path} is not a {service} wheel under {service}/")
         if not isinstance(custom.get("min_event_schema"), int) or custom["min_event_schema"] < 1:
             raise InvalidArgument("min_event_schema must be 1 or more")
-        self._refuse_published_version(current.signed, service, str(custom.get("version")))
+        _require_newer_version(current.signed, service, str(custom.get("version")))
         if incoming.signed.expires <= self.clock():
             raise InvalidArgument("the signed metadata has already expired")
         try:

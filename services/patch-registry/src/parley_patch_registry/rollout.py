@@ -18,10 +18,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from parley_core.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from parley_core.rbac import denial_message
 
 # Roles allowed to approve a roll-out (the patch-approve permission) until auth's RBAC lands.
 APPROVER_ROLES = frozenset({"operator", "admin"})
 PUBLISHER_ROLES = frozenset({"operator", "admin"})
+
+
+PATCH_PERMISSIONS = {"patch-rollout": PUBLISHER_ROLES, "patch-approve": APPROVER_ROLES}
+
+
+def require_patch_role(role: str, what: str, *, permission: str = "patch-rollout") -> None:
+    holders = PATCH_PERMISSIONS[permission]
+    if role not in holders:
+        raise PermissionDenied(denial_message(what, permission, holders=holders, role=role))
 
 
 # ---- events (past tense) ----------------------------------------------------------------------
@@ -241,8 +251,7 @@ class Rollout:
         actor_role: str,
         at: float,
     ) -> tuple[Rollout, list[RolloutEvent]]:
-        if actor_role not in PUBLISHER_ROLES:
-            raise PermissionDenied(f"planning a roll-out needs the operator or admin role, not {actor_role!r}")
+        require_patch_role(actor_role, "planning a roll-out")
         if not old_instances:
             raise FailedPrecondition(f"no running instance of {service} to upgrade")
         if from_version == to_version:
@@ -263,8 +272,7 @@ class Rollout:
 
     def approve(self, *, actor: str, actor_role: str, at: float) -> list[RolloutEvent]:
         """Four eyes: the patch-approve permission, and not the person who planned it."""
-        if actor_role not in APPROVER_ROLES:
-            raise PermissionDenied(f"approving a roll-out needs the patch-approve permission (role {actor_role!r})")
+        require_patch_role(actor_role, "approving a roll-out", permission="patch-approve")
         if actor in (self.planned_by, self.release_published_by):
             raise PermissionDenied(
                 "the roll-out must be approved by someone other than who planned it or published the release"
@@ -352,17 +360,17 @@ class Rollout:
         )
 
     def pause(self, *, actor: str, actor_role: str, reason: str, at: float) -> list[RolloutEvent]:
-        _operator(actor_role, "pause")
+        require_patch_role(actor_role, "pausing a roll-out")
         self._require("approved", "canary", "production")
         return self._emit(RolloutPaused(rollout_id=self.rollout_id, at=at, actor=actor, reason=reason))
 
     def resume(self, *, actor: str, actor_role: str, at: float) -> list[RolloutEvent]:
-        _operator(actor_role, "resume")
+        require_patch_role(actor_role, "resuming a roll-out")
         self._require("paused")
         return self._emit(RolloutResumed(rollout_id=self.rollout_id, at=at, actor=actor))
 
     def rollback(self, *, actor: str, actor_role: str, reason: str, at: float) -> list[RolloutEvent]:
-        _operator(actor_role, "roll back")
+        require_patch_role(actor_role, "rolling back a roll-out")
         self._require("planned", "approved", "canary", "production", "paused")
         return self._emit(
             RollbackStarted(
@@ -385,8 +393,3 @@ class Rollout:
 
     def snapshot(self) -> Rollout:
         return replace(self, steps=[replace(s) for s in self.steps], history=list(self.history))
-
-
-def _operator(role: str, what: str) -> None:
-    if role not in PUBLISHER_ROLES:
-        raise PermissionDenied(f"to {what} a roll-out needs the operator or admin role, not {role!r}")

@@ -1,0 +1,41 @@
+"""User names for the operator's views (roll-outs, their audit), which record who acted by id.
+
+The operator's CLI speaks to services as the platform identity, with no user token that auth's
+directory would accept, but storage's archive answers it: each user's aggregate begins with
+`UserRegistered`, which carries the name. An id the archive does not hold yet (archiving lags
+by moments), or whose data was erased, stays an id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import grpc
+from parley.auth.v1.events_pb2 import UserRegistered
+from parley.storage.v1 import storage_pb2, storage_pb2_grpc
+
+from parley_core.envelope import decode, open_payload
+
+TIMEOUT_S = 10.0
+
+
+async def usernames(
+    storage: storage_pb2_grpc.StorageArchiveServiceAsyncStub, user_ids: Iterable[str]
+) -> dict[str, str]:
+    """Each id's name where the archive knows it; actors that are not users ("registry") are skipped."""
+    names: dict[str, str] = {}
+    for user_id in sorted({u for u in user_ids if u and u != "registry"}):
+        request = storage_pb2.GetAggregateEventsRequest(aggregate_type="user", aggregate_id=user_id, limit=1)
+        try:
+            page = await storage.GetAggregateEvents(request, timeout=TIMEOUT_S)
+        except grpc.aio.AioRpcError:
+            continue  # a view with ids is still a view; the lookup is a courtesy
+        for event in page.events:
+            payload = None if event.erased else open_payload(decode(event.envelope))
+            if isinstance(payload, UserRegistered) and payload.username:
+                names[user_id] = payload.username
+    return names
+
+
+def named(user_id: str, names: dict[str, str]) -> str:
+    return names.get(user_id, user_id)
