@@ -143,14 +143,16 @@ async def test_append_refuses_a_stale_expected_subject_sequence(bus: EventBus) -
     with pytest.raises(ConcurrencyConflict):
         await bus.append(subject, posted("c-conc", "1 again"), aggregate_version=1, expected_last_subject_seq=0)
     # Another aggregate moves the stream on; the expectation is about this subject only.
-    other = await bus.append(channel_subject("c-other"), posted("c-other", "x"), aggregate_version=1,
-                             expected_last_subject_seq=0)
+    other = await bus.append(
+        channel_subject("c-other"), posted("c-other", "x"), aggregate_version=1, expected_last_subject_seq=0
+    )
     second = await bus.append(
         subject, posted("c-conc", "2"), aggregate_version=2, expected_last_subject_seq=first.stream_seq
     )
     with pytest.raises(ConcurrencyConflict):
-        await bus.append(subject, posted("c-conc", "2 again"), aggregate_version=2,
-                         expected_last_subject_seq=first.stream_seq)
+        await bus.append(
+            subject, posted("c-conc", "2 again"), aggregate_version=2, expected_last_subject_seq=first.stream_seq
+        )
 
     assert (first.stream_seq, other.stream_seq, second.stream_seq) == (1, 2, 3)
     assert not first.duplicate
@@ -162,8 +164,9 @@ async def test_append_refuses_a_stale_expected_subject_sequence(bus: EventBus) -
 async def test_append_without_expectation_always_appends(bus: EventBus) -> None:
     subject = channel_subject("c-free")
     seqs = [
-        (await bus.append(subject, posted("c-free", str(n)), aggregate_version=n, expected_last_subject_seq=None))
-        .stream_seq
+        (
+            await bus.append(subject, posted("c-free", str(n)), aggregate_version=n, expected_last_subject_seq=None)
+        ).stream_seq
         for n in range(3)
     ]
     assert seqs == [1, 2, 3]
@@ -192,8 +195,9 @@ async def test_retry_after_another_write_is_a_conflict(bus: EventBus) -> None:
     subject = channel_subject("c-dup")
     event = posted("c-dup", "mine")
     first = await bus.append(subject, event, aggregate_version=1, expected_last_subject_seq=0)
-    await bus.append(subject, posted("c-dup", "theirs"), aggregate_version=2,
-                     expected_last_subject_seq=first.stream_seq)
+    await bus.append(
+        subject, posted("c-dup", "theirs"), aggregate_version=2, expected_last_subject_seq=first.stream_seq
+    )
 
     with pytest.raises(ConcurrencyConflict):
         await bus.append(subject, event, aggregate_version=1, expected_last_subject_seq=0)
@@ -205,12 +209,14 @@ async def test_last_subject_seq(bus: EventBus) -> None:
 
     first = await bus.append(subject, posted("c-last", "1"), aggregate_version=1, expected_last_subject_seq=0)
     assert await bus.last_subject_seq("MSG", subject) == first.stream_seq
-    await bus.append(channel_subject("c-elsewhere"), posted("c-elsewhere", "x"), aggregate_version=1,
-                     expected_last_subject_seq=0)
+    await bus.append(
+        channel_subject("c-elsewhere"), posted("c-elsewhere", "x"), aggregate_version=1, expected_last_subject_seq=0
+    )
     assert await bus.last_subject_seq("MSG", subject) == first.stream_seq
 
-    second = await bus.append(subject, posted("c-last", "2"), aggregate_version=2,
-                              expected_last_subject_seq=first.stream_seq)
+    second = await bus.append(
+        subject, posted("c-last", "2"), aggregate_version=2, expected_last_subject_seq=first.stream_seq
+    )
     assert await bus.last_subject_seq("MSG", subject) == second.stream_seq == 3
 
 
@@ -257,6 +263,36 @@ async def test_replay_delivers_history_in_order_then_follows(bus: EventBus) -> N
     assert replay.last_seq == appended.stream_seq == 6
 
 
+async def test_replay_asks_the_consumer_when_no_event_says_it_caught_up(bus: EventBus) -> None:
+    """An erasure can delete the last event before it is delivered; then only the consumer's
+    state tells that nothing is pending. Shown by forgetting the flag the last event set."""
+    release, applying_third = asyncio.Event(), asyncio.Event()
+
+    async def apply(event: ReceivedEvent) -> None:
+        if event.stream_seq == 3:
+            applying_third.set()
+            await release.wait()
+
+    for n in range(2):
+        await bus.append(
+            channel_subject("c0"), posted("c0", f"m{n}"), aggregate_version=n, expected_last_subject_seq=None
+        )
+    replay = await bus.replay(stream="MSG", filter_subject=CHANNELS_FILTER, handler=apply)
+    await replay.wait_caught_up(TIMEOUT_S)
+
+    replay.caught_up.clear()
+    await replay.wait_caught_up(TIMEOUT_S)  # only the consumer's state can set it now
+    assert replay.caught_up.is_set()
+
+    await bus.append(channel_subject("c0"), posted("c0", "held"), aggregate_version=2, expected_last_subject_seq=None)
+    await asyncio.wait_for(applying_third.wait(), TIMEOUT_S)
+    replay.caught_up.clear()
+    with pytest.raises(TimeoutError):
+        await replay.wait_caught_up(2.0)  # event 3 is still being applied: not caught up
+    release.set()
+    await replay.wait_for_seq(3, TIMEOUT_S)
+
+
 async def test_replay_of_an_empty_stream_is_caught_up_at_once(bus: EventBus) -> None:
     async def apply(event: ReceivedEvent) -> None:
         raise AssertionError("nothing to apply")
@@ -292,8 +328,9 @@ async def test_replay_survives_a_failing_handler(bus: EventBus) -> None:
 
 async def test_replay_only_new_and_from_a_sequence(bus: EventBus) -> None:
     for n in range(3):
-        await bus.append(channel_subject("c1"), posted("c1", f"old{n}"), aggregate_version=n,
-                         expected_last_subject_seq=None)
+        await bus.append(
+            channel_subject("c1"), posted("c1", f"old{n}"), aggregate_version=n, expected_last_subject_seq=None
+        )
     new_only = Recorder()
     from_two = Recorder()
 
@@ -305,8 +342,9 @@ async def test_replay_only_new_and_from_a_sequence(bus: EventBus) -> None:
 
     live = await bus.replay(stream="MSG", filter_subject=CHANNELS_FILTER, handler=apply_new, only_new=True)
     tail = await bus.replay(stream="MSG", filter_subject=CHANNELS_FILTER, handler=apply_from_two, start_seq=2)
-    appended = await bus.append(channel_subject("c1"), posted("c1", "new"), aggregate_version=3,
-                                expected_last_subject_seq=None)
+    appended = await bus.append(
+        channel_subject("c1"), posted("c1", "new"), aggregate_version=3, expected_last_subject_seq=None
+    )
     await live.wait_for_seq(appended.stream_seq, TIMEOUT_S)
     await tail.wait_for_seq(appended.stream_seq, TIMEOUT_S)
 

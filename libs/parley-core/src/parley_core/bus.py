@@ -48,7 +48,6 @@ class RetryLater(Exception):
     """
 
 
-
 @dataclass(frozen=True)
 class ReceivedEvent:
     envelope: EventEnvelope
@@ -292,7 +291,34 @@ class Replay:
             await asyncio.wait_for(self._progress.wait_for(lambda: self.last_seq >= stream_seq), timeout)
 
     async def wait_caught_up(self, timeout: float = 30.0) -> None:
-        await asyncio.wait_for(self.caught_up.wait(), timeout)
+        """Until every event matching the filter at subscription time has been applied.
+
+        Normally the last delivered event says so (num_pending 0). If that event was deleted
+        from the stream before delivery (an erasure), no event ever says so: the consumer's own
+        state is asked as well, once a second, until the deadline.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.caught_up.is_set():
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError(
+                    f"replay of {self.stream} ({self.filter_subject}) not caught up after {timeout:.0f}s"
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.caught_up.wait(), min(1.0, left))
+            if not self.caught_up.is_set() and await self._nothing_pending():
+                self.caught_up.set()
+
+    async def _nothing_pending(self) -> bool:
+        if self._sub is None:
+            return False
+        try:
+            info = await self._sub.consumer_info()
+        except nats.errors.Error:
+            return False
+        delivered = info.delivered.stream_seq if info.delivered is not None and info.delivered.stream_seq else 0
+        return info.num_pending == 0 and self.last_seq >= delivered
 
     async def stop(self) -> None:
         if self._sub is not None:
@@ -402,7 +428,7 @@ class DurableConsumer:
                 await self.bus.park(msg, reason=repr(exc))
             else:
                 # Exponential backoff between redeliveries, bounded by max_deliver.
-                await msg.nak(delay=min(0.2 * 2 ** event.num_delivered, 30.0))
+                await msg.nak(delay=min(0.2 * 2**event.num_delivered, 30.0))
             return
         await msg.ack()
 
