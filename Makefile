@@ -38,6 +38,7 @@ test-fast: venv
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/mypy scripts/gen_protos.py
 	MYPYPATH=loadtests $(BIN)/mypy loadtests/parley_bench loadtests/parley_load loadtests/locustfile.py

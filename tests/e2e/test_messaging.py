@@ -429,7 +429,13 @@ async def test_threads_reactions_read_markers_and_unread_counts(platform: Runnin
 
     events = await read_messages(stream.events(), 7)
     assert [e.kind for e in events] == [
-        "message", "message", "message", "reaction", "reaction", "reaction", "read_marker"
+        "message",
+        "message",
+        "message",
+        "reaction",
+        "reaction",
+        "reaction",
+        "read_marker",
     ]
     assert [e.event.reaction.removed for e in events[3:6]] == [False, False, True]
     assert events[6].event.read_marker.channel_seq == 2
@@ -440,7 +446,9 @@ async def test_threads_reactions_read_markers_and_unread_counts(platform: Runnin
     await asyncio.wait_for(watcher.ready(), TIMEOUT_S)
     [left] = await read_messages(watcher.events(), 1)
     assert (left.kind, left.event.membership.change, left.event.membership.user_id) == (
-        "membership", "kicked", bob.user_id
+        "membership",
+        "kicked",
+        bob.user_id,
     )
     watcher.cancel()
     await alice.close()

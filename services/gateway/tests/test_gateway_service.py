@@ -61,8 +61,14 @@ async def gateway(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> Asyn
     stop = asyncio.Event()
     ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(
-        serve(GatewayApp(limits), service="gateway", settings=settings, client_facing=True, stop=stop,
-              on_ready=ready.set_result)
+        serve(
+            GatewayApp(limits),
+            service="gateway",
+            settings=settings,
+            client_facing=True,
+            stop=stop,
+            on_ready=ready.set_result,
+        )
     )
     await asyncio.wait_for(asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED), TIMEOUT_S)
     if task.done():

@@ -87,4 +87,3 @@ async def test_root_rotation_from_the_cli_with_offline_keys_is_followed_by_clien
     again = await asyncio.to_thread(parley, stack, "--as", "olga", "patch", "root", "rotate", *stale)
     assert again.returncode == 1
     assert "of the current root keys" in again.stderr
-

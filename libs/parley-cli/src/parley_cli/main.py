@@ -73,8 +73,11 @@ async def cmd_status(args: argparse.Namespace) -> int:
     if leftovers:
         # `parley up` is gone but what it started still serves: show that, not "not running".
         state = json.loads((args.data_dir / STATE_FILE).read_text())
-        print(f"`parley up` (pid {state.get('pid')}) exited without stopping; still running: pids "
-              f"{' '.join(map(str, leftovers))} (stop them before the next start)", file=sys.stderr)
+        print(
+            f"`parley up` (pid {state.get('pid')}) exited without stopping; still running: pids "
+            f"{' '.join(map(str, leftovers))} (stop them before the next start)",
+            file=sys.stderr,
+        )
     else:
         state = load_running_state(args.data_dir)
     pki = ensure_pki(args.data_dir / "pki", ["platform"])

@@ -182,9 +182,7 @@ class LiveBuffer:
         self.capacity = capacity
         self.overflowed = False
         # Room for `capacity` events, the overflow marker and an end marker.
-        self._queue: asyncio.Queue[gateway_pb2.ClientEvent | _Overflowed | _Ended] = asyncio.Queue(
-            maxsize=capacity + 2
-        )
+        self._queue: asyncio.Queue[gateway_pb2.ClientEvent | _Overflowed | _Ended] = asyncio.Queue(maxsize=capacity + 2)
         self._ended = False
 
     def end(self, error: DomainError) -> None:

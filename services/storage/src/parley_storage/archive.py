@@ -648,9 +648,7 @@ class SqlEventArchive:
         def work(conn: Connection) -> list[SchemaVersions]:
             c = events.c
             rows = conn.execute(
-                select(
-                    c.stream, c.event_type, func.min(c.schema_version), func.max(c.schema_version), func.count()
-                )
+                select(c.stream, c.event_type, func.min(c.schema_version), func.max(c.schema_version), func.count())
                 .group_by(c.stream, c.event_type)
                 .order_by(c.stream, c.event_type)
             ).all()
