@@ -60,6 +60,9 @@ async def publish_and_roll(cluster: AgentPlatform, wheel: Path, version: str) ->
     return rollout
 
 
+# Slow (about 95 s): `make test` keeps the same promise through tests/e2e/test_platform_rollout.py
+# (a roll-out under continuous sends) and test_registry_service.py (a failing canary rolled back).
+@pytest.mark.slow
 async def test_upgrade_under_traffic_loses_nothing_and_a_failing_canary_rolls_back(
     cluster: AgentPlatform, tmp_path: Path
 ) -> None:
