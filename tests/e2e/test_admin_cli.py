@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.twofactor.totp import TOTP
 
 from parley_client import ParleyClient, ParleyError
 from parley_core.testing.platform import RunningPlatform
+from parley_core.testing.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -92,11 +93,9 @@ def test_audit_verify_on_the_running_platform(platform: RunningPlatform) -> None
     def verified() -> subprocess.CompletedProcess[str]:
         return platform.cli("audit", "verify", check=False)
 
+    # The archive trails the stream: until it caught up, the verifier reports a truncated chain.
+    wait_until(lambda: "truncated" not in verified().stdout, timeout=60, what="the archive to catch up")
     result = verified()
-    deadline = time.monotonic() + 60
-    while "truncated" in result.stdout and time.monotonic() < deadline:  # the archive trails the stream
-        time.sleep(0.2)
-        result = verified()
     assert result.returncode == 0, result.stdout + result.stderr
     assert "audit chain intact" in result.stdout
 

@@ -8,12 +8,14 @@ import asyncio
 import sqlite3
 import uuid
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
 from parley_client import ParleyClient, ParleyError, UndecryptableMessage
 from parley_core.testing.platform import RunningPlatform
+from parley_core.testing.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -88,10 +90,12 @@ async def test_encrypted_conversation_leaves_no_plaintext_and_leaver_cannot_decr
     for message in later:
         with pytest.raises(UndecryptableMessage):
             await carol.read(message)
-    deadline = asyncio.get_running_loop().time() + TIMEOUT_S
-    while len((page := await bob.history(channel.channel_id)).messages) < len(before + after):
-        assert asyncio.get_running_loop().time() < deadline, "the archive never caught up"
-        await asyncio.sleep(0.1)
+
+    async def full_history() -> Any:
+        page = await bob.history(channel.channel_id)
+        return page if len(page.messages) >= len(before + after) else None
+
+    page = await eventually(full_history, "the archive to catch up", TIMEOUT_S)
     assert [m.body for m in page.messages] == before + after  # history, decrypted on bob's device
     with pytest.raises(ParleyError) as gone:
         await carol.history(channel.channel_id)

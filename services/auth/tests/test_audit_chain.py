@@ -5,10 +5,9 @@ here the real path, and a deletion straight in the database, which at-rest encry
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sqlite3
-import time
+from typing import Any
 
 import grpc
 from parley.storage.v1 import storage_pb2_grpc
@@ -17,6 +16,7 @@ from parley_cli.audit import archived_keys, archived_records, keys_from_stream, 
 from parley_core.audit import verify_chain
 from parley_core.testing.nats import NatsTestServer
 from parley_core.testing.stack import TIMEOUT_S, Stack
+from parley_core.testing.waiting import eventually
 
 RECORDS = 8
 
@@ -32,12 +32,11 @@ async def test_audit_chain_through_the_archive_and_a_deleted_row(stack: Stack, n
     head = await live_chain_head(**nats)
     assert head >= RECORDS
 
-    records = await archived_records(storage)
-    deadline = time.monotonic() + TIMEOUT_S
-    while not records or records[-1].record.chain_index < head:  # the archive trails the stream
-        assert time.monotonic() < deadline, "the archive never caught up with the SEC stream"
-        await asyncio.sleep(0.1)
-        records = await archived_records(storage)
+    async def caught_up() -> list[Any] | None:  # the archive trails the stream
+        archived = await archived_records(storage)
+        return archived if archived and archived[-1].record.chain_index >= head else None
+
+    records = await eventually(caught_up, "the archive to catch up with the SEC stream", TIMEOUT_S)
     keys = await keys_from_stream(**nats)
     assert verify_chain(records, keys, expected_last_index=head) == []
     assert verify_chain(records, await archived_keys(storage), expected_last_index=head) == []

@@ -16,6 +16,7 @@ from parley_core.bus import EventBus
 from parley_core.envelope import NewEvent
 from parley_core.testing.nats import NatsTestServer
 from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
+from parley_core.testing.waiting import until
 from parley_core.topology import username_subject
 
 STORM = 24
@@ -36,10 +37,7 @@ async def test_an_old_hash_is_replaced_at_login_with_owasp_parameters(
     )
     await bus.append(username_subject(username_key("olduser")), event, aggregate_version=1, expected_last_subject_seq=0)
     auth = stack.app("auth")
-    deadline = time.monotonic() + TIMEOUT_S
-    while auth.accounts.find("olduser") is None:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.01)
+    await until(lambda: auth.accounts.find("olduser") is not None, "auth to apply the old account", TIMEOUT_S)
 
     await stack.login("olduser")
     rehashed = auth.accounts.find("olduser").password_hash

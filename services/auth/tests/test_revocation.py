@@ -20,7 +20,7 @@ from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from parley_core.testing.stack import TIMEOUT_S, Stack, bearer
-from parley_core.testing.waiting import until
+from parley_core.testing.waiting import eventually, until
 
 pytestmark = pytest.mark.asyncio
 
@@ -53,11 +53,13 @@ async def test_revoked_permission_is_refused_at_messaging_and_storage_with_measu
         messaging_pb2.CreateChannelRequest(name="general"), metadata=alice_md, timeout=TIMEOUT_S
     )
     history = storage_pb2.GetChannelHistoryRequest(channel_id=channel.channel_id)
+
     # Storage checks membership from its archive, which trails the channel's creation.
-    deadline = time.monotonic() + TIMEOUT_S
-    while await code_of(storage.GetChannelHistory(history, metadata=alice_md, timeout=TIMEOUT_S)) != grpc.StatusCode.OK:
-        assert time.monotonic() < deadline, "storage never let the channel's creator read its history"
-        await asyncio.sleep(0.05)
+    async def creator_reads() -> bool | None:
+        reply = storage.GetChannelHistory(history, metadata=alice_md, timeout=TIMEOUT_S)
+        return await code_of(reply) == grpc.StatusCode.OK or None
+
+    await eventually(creator_reads, "storage to let the channel's creator read its history", TIMEOUT_S)
     assert owner.role == "owner"
 
     delays: list[float] = []
