@@ -27,6 +27,7 @@ from parley.messaging.v1.events_pb2 import (
     MessagePosted,
     MessageRedacted,
     MessagesErased,
+    MessagesExpired,
     ReactionAdded,
     ReactionRemoved,
     ReadMarkerMoved,
@@ -225,17 +226,19 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
             )
             channel.record_post(posted, payload.idempotency_key)
         elif isinstance(payload, ReactionAdded | ReactionRemoved):
-            if (record := channel.messages.get(payload.channel_seq)) is not None:  # None: erased
+            # None: its post was deleted from the stream (erased, expired, redacted); the number stays taken.
+            if (record := channel.messages.get(payload.channel_seq)) is not None:
                 record.react(payload.emoji, payload.user_id, remove=isinstance(payload, ReactionRemoved))
+            channel.keep_number(payload.channel_seq)
         elif isinstance(payload, ReadMarkerMoved):
             channel.read_up_to[payload.user_id] = max(channel.read_up_to.get(payload.user_id, 0), payload.channel_seq)
         elif isinstance(payload, MessageEdited):
             if (record := channel.messages.get(payload.channel_seq)) is not None:
                 record.edited(payload.body)
+            channel.keep_number(payload.channel_seq)
         elif isinstance(payload, MessageRedacted):
-            if (record := channel.messages.get(payload.channel_seq)) is not None:
-                record.redacted()
-        elif isinstance(payload, MessagesErased):
+            channel.record_redaction(payload.channel_seq, payload.message_id)
+        elif isinstance(payload, MessagesErased | MessagesExpired):
             channel.forget_messages(payload.channel_seqs)
 
     async def _append(self, event: NewEvent, *, after: Channel | None) -> None:
