@@ -69,6 +69,12 @@ async def test_history_shows_edits_and_no_text_of_redacted_messages(archive: Sql
     assert keys[4] == keys[8] == EXPIRED  # the post and the edit of #3 lost their content
     assert keys[9] != EXPIRED  # the redaction itself is kept
     assert keys[3] != EXPIRED  # other messages keep theirs
+    # Both texts of #3 wait for their deletion from the log, recorded with the blanking.
+    assert await archive.log_deletions(limit=10) == [("MSG", 4), ("MSG", 8)]
+    assert await archive.archive(CONSUMER, conversation()) == 0  # a redelivery queues nothing more
+    assert await archive.log_deletions(limit=10) == [("MSG", 4), ("MSG", 8)]
+    await archive.forget_log_deletions([("MSG", 4)])
+    assert await archive.log_deletions(limit=10) == [("MSG", 8)]
 
 
 async def test_a_late_redelivered_edit_never_brings_back_redacted_text(archive: SqlEventArchive) -> None:
@@ -78,6 +84,7 @@ async def test_a_late_redelivered_edit_never_brings_back_redacted_text(archive: 
     messages, _ = await archive.channel_history("c1", after_seq=2, limit=1)
     assert messages[0].body == ""
     assert (await archive.run("key_ids", key_ids))[8] == EXPIRED
+    assert await archive.log_deletions(limit=10) == [("MSG", 4), ("MSG", 8)]
 
 
 async def test_a_member_who_left_is_no_longer_a_member(archive: SqlEventArchive) -> None:
@@ -112,6 +119,7 @@ async def test_a_post_redelivered_after_its_redaction_stays_blanked(archive: Sql
     assert messages[0].channel_seq == 3
     assert messages[0].body == ""
     assert (await archive.run("key_ids", key_ids))[4] == EXPIRED
+    assert await archive.log_deletions(limit=10) == [("MSG", 4), ("MSG", 8)]
 
 
 async def test_history_carries_threads_and_reactions(archive: SqlEventArchive) -> None:
