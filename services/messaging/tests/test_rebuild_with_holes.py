@@ -64,3 +64,14 @@ async def test_rebuilds_from_a_stream_with_holes_keeping_every_number_taken() ->
     full = whole.channels.get("c1")
     assert (sorted(full.messages), full.last_seq, full.version) == ([2, 3], 3, 8)
     assert full.messages[3].current.redacted
+
+
+async def test_an_event_type_it_does_not_know_still_moves_the_append_guard() -> None:
+    app = MessagingApp()
+    await app._apply(at(1, ChannelCreated(channel_id="c1", name="general", creator_id="alice")))
+    newer = at(2, post(1))
+    newer.envelope.event_type = "parley.messaging.v1.SomethingNewer"  # appended by a newer release
+    await app._apply(newer)
+    channel = app.channels.get("c1")
+    assert (channel.last_stream_seq, channel.version) == (2, 2)  # its next append is not refused forever
+    assert channel.messages == {}

@@ -26,6 +26,7 @@ from parley.messaging.v1.events_pb2 import (
     MessagesExpired,
 )
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
+from sqlalchemy import insert
 
 from parley_core.bus import EventBus, ReceivedEvent
 from parley_core.envelope import NewEvent, decode
@@ -35,6 +36,7 @@ from parley_core.testing.waiting import eventually, until
 from parley_core.topology import STREAMS, channel_subject, parked_subject
 from parley_storage.archive import NS_PER_DAY, SqlEventArchive
 from parley_storage.log_cleanup import delete_removed_texts
+from parley_storage.schema import log_deletions
 
 Token = tuple[tuple[str, str]]
 
@@ -225,9 +227,22 @@ async def test_a_clean_up_cut_short_is_finished_by_the_next_run(
         headers={"Parley-Original-Stream": "MSG", "Parley-Original-Sequence": str(edited)},
     )
     await archive.archive("storage-archive-msg", written)
-    assert await archive.log_deletions(limit=10) == [("MSG", post), ("MSG", edited)]
+    assert [(d.stream, d.stream_seq) for d in await archive.log_deletions(limit=10)] == [("MSG", post), ("MSG", edited)]
     # An earlier run deleted the post from the log and stopped before it could drop its rows.
     assert await bus.js.delete_msg("MSG", post)
+    # A queued position that holds another event now (a log re-seeded since) is never deleted.
+    await archive.run(
+        "queue a stale position",
+        lambda conn: conn.execute(
+            insert(log_deletions).values(
+                stream="MSG",
+                stream_seq=kept,
+                event_id="an-event-of-the-earlier-log",
+                reason="redacted",
+                recorded_at_ns=0,
+            )
+        ),
+    )
 
     storage = (await nats_server.connect("storage")).jetstream()  # with storage's own permissions
     assert await delete_removed_texts(storage, archive) == 2  # the edit and its parked copy; the post was gone

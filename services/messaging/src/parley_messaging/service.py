@@ -34,7 +34,7 @@ from parley.messaging.v1.events_pb2 import (
 )
 
 from parley_core.bus import ConcurrencyConflict, ReceivedEvent, Replay
-from parley_core.envelope import NewEvent, open_payload
+from parley_core.envelope import NewEvent, UnknownEventType, open_payload
 from parley_core.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from parley_core.runner import RunContext
 from parley_core.topology import AUTH_FILTER, MESSAGING_FILTER, channel_subject
@@ -175,7 +175,10 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
             return
         if event.envelope.aggregate_type != "channel":
             return
-        payload = open_payload(event.envelope)
+        try:
+            payload: Message | None = open_payload(event.envelope)
+        except UnknownEventType:
+            payload = None  # a newer writer's event (during a roll-out): its position still counts below
         if isinstance(payload, ChannelCreated):
             self.channels.create(
                 payload.channel_id,
@@ -193,6 +196,8 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         channel.last_stream_seq = event.stream_seq
         # From the envelope, not counted: an erasure deletes events, leaving gaps in the stream.
         channel.version = max(channel.version, event.envelope.aggregate_version)
+        if payload is None:
+            return
         if isinstance(payload, MemberJoined):
             channel.add_member(payload.user_id)
         elif isinstance(payload, MemberLeft | MemberKicked):

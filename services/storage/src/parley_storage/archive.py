@@ -102,6 +102,15 @@ class LoggedEvent:
 
 
 @dataclass(frozen=True)
+class LogDeletion:
+    """A removed text still to be deleted from the log: where it sits, and which event it is."""
+
+    stream: str
+    stream_seq: int
+    event_id: str
+
+
+@dataclass(frozen=True)
 class RetentionPolicy:
     channel_id: str
     days: int
@@ -365,7 +374,7 @@ class SqlEventArchive:
             .where(channel_messages.c.channel_id == edit.channel_id, channel_messages.c.channel_seq == edit.channel_seq)
         ).first()
         if row is not None and row.key_id == EXPIRED:
-            _blank(conn, item.stream, item.stream_seq, reason=REDACTED)
+            _blank(conn, LogDeletion(item.stream, item.stream_seq, item.envelope.event_id), reason=REDACTED)
             return
         if row is not None and row.stream_seq < item.stream_seq:
             conn.execute(
@@ -393,7 +402,7 @@ class SqlEventArchive:
             envelope = self._open_row(conn, row)
             text = open_payload(envelope) if envelope is not None else None
             if isinstance(text, MessagePosted | MessageEdited) and text.channel_seq in wanted:
-                _blank(conn, row.stream, row.stream_seq, reason=reason)
+                _blank(conn, LogDeletion(row.stream, row.stream_seq, row.event_id), reason=reason)
         if reason == EXPIRED_BY_RETENTION:
             for chunk in _chunks(sorted(wanted)):
                 conn.execute(
@@ -659,23 +668,25 @@ class SqlEventArchive:
 
         return await self.run("holds", work)
 
-    async def log_deletions(self, *, limit: int) -> list[tuple[str, int]]:
-        """(stream, stream_seq) of removed texts still to be deleted from the log, oldest first."""
+    async def log_deletions(self, *, limit: int) -> list[LogDeletion]:
+        """Removed texts still to be deleted from the log, in log order."""
 
-        def work(conn: Connection) -> list[tuple[str, int]]:
-            query = select(log_deletions.c.stream, log_deletions.c.stream_seq)
-            rows = conn.execute(query.order_by(log_deletions.c.stream, log_deletions.c.stream_seq).limit(limit))
-            return [(r.stream, int(r.stream_seq)) for r in rows]
+        def work(conn: Connection) -> list[LogDeletion]:
+            c = log_deletions.c
+            rows = conn.execute(
+                select(c.stream, c.stream_seq, c.event_id).order_by(c.stream, c.stream_seq).limit(limit)
+            )
+            return [LogDeletion(r.stream, int(r.stream_seq), r.event_id) for r in rows]
 
         return await self.run("log_deletions", work)
 
-    async def forget_log_deletions(self, done: Sequence[tuple[str, int]]) -> None:
-        """These texts are gone from the log: their rows go too."""
+    async def forget_log_deletions(self, done: Sequence[LogDeletion]) -> None:
+        """These texts are gone from the log (or were never there to delete): their rows go."""
 
         def work(conn: Connection) -> None:
             by_stream: dict[str, list[int]] = {}
-            for stream, seq in done:
-                by_stream.setdefault(stream, []).append(seq)
+            for deletion in done:
+                by_stream.setdefault(deletion.stream, []).append(deletion.stream_seq)
             for stream, seqs in by_stream.items():
                 for chunk in _chunks(sorted(seqs)):
                     conn.execute(
@@ -724,16 +735,16 @@ class SqlEventArchive:
 _TEXT_EVENTS = (MessagePosted.DESCRIPTOR.full_name, MessageEdited.DESCRIPTOR.full_name)
 
 
-def _blank(conn: Connection, stream: str, stream_seq: int, *, reason: str) -> None:
+def _blank(conn: Connection, text: LogDeletion, *, reason: str) -> None:
     """Remove one text's content from the archive and queue its deletion from the log, together."""
     conn.execute(
         update(events)
-        .where(events.c.stream == stream, events.c.stream_seq == stream_seq)
+        .where(events.c.stream == text.stream, events.c.stream_seq == text.stream_seq)
         .values(envelope=b"", key_id=EXPIRED)
     )
+    row = {"stream": text.stream, "stream_seq": text.stream_seq, "event_id": text.event_id}
     conn.execute(
-        _insert_ignoring(conn.dialect.name, log_deletions),
-        {"stream": stream, "stream_seq": stream_seq, "reason": reason, "recorded_at_ns": time.time_ns()},
+        _insert_ignoring(conn.dialect.name, log_deletions), {**row, "reason": reason, "recorded_at_ns": time.time_ns()}
     )
     conn.info[QUEUED_LOG_DELETIONS] = conn.info.get(QUEUED_LOG_DELETIONS, 0) + 1
 

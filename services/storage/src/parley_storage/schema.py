@@ -111,13 +111,15 @@ retention_policies = Table(
 
 # Texts (posts, edits) whose archive copy a redaction or an expiry blanked, still to be securely
 # deleted from the JetStream log (and their parked copies). Written in the transaction that blanks
-# them; a storage job deletes them from the log, then the rows (log_cleanup.py). `reason` is
-# "redacted" or "expired", for the operator.
+# them; a storage job deletes them from the log, then the rows (log_cleanup.py). The event id is
+# checked against the log before deleting, so a position that now holds another event (a log
+# re-seeded after a restore) is left alone. `reason` is "redacted" or "expired", for the operator.
 log_deletions = Table(
     "log_deletions",
     metadata,
     Column("stream", String(32), nullable=False),
     Column("stream_seq", BigInteger, nullable=False),
+    Column("event_id", String(64), nullable=False),
     Column("reason", String(16), nullable=False),
     Column("recorded_at_ns", BigInteger, nullable=False),
     PrimaryKeyConstraint("stream", "stream_seq", name="pk_log_deletions"),

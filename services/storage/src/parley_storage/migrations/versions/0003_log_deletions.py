@@ -20,6 +20,7 @@ def upgrade() -> None:
         "log_deletions",
         sa.Column("stream", sa.String(32), nullable=False),
         sa.Column("stream_seq", sa.BigInteger, nullable=False),
+        sa.Column("event_id", sa.String(64), nullable=False),
         sa.Column("reason", sa.String(16), nullable=False),
         sa.Column("recorded_at_ns", sa.BigInteger, nullable=False),
         sa.PrimaryKeyConstraint("stream", "stream_seq", name="pk_log_deletions"),
