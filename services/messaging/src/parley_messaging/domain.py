@@ -33,7 +33,7 @@ class PostedMessage:
 
 @dataclass
 class MessageRecord:
-    """A message as it is now, plus every earlier text (kept for moderators until redaction)."""
+    """A message as it is now, plus every earlier text (kept for moderators until redaction or expiry)."""
 
     current: PostedMessage
     versions: list[str] = field(default_factory=list)

@@ -327,7 +327,7 @@ class SqlEventArchive:
                 self._remove_texts(conn, payload.channel_id, [payload.channel_seq], reason=reason)
 
     def _open_row(self, conn: Connection, row: Row[Any]) -> EventEnvelope | None:
-        """The event's envelope, or None when its data key was shredded or retention removed it."""
+        """The event's envelope, or None when its data key was shredded or a redaction or retention removed it."""
         if row.key_id == EXPIRED:
             return None
         try:
