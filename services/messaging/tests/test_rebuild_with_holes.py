@@ -13,20 +13,16 @@ from parley.messaging.v1.events_pb2 import (
 )
 
 from parley_core.bus import ReceivedEvent
-from parley_core.envelope import NewEvent, seal
-from parley_core.topology import channel_subject
+from parley_core.envelope import NewEvent
+from parley_core.testing.events import received
 from parley_messaging.service import MessagingApp
 
 
 def at(stream_seq: int, payload: Message) -> ReceivedEvent:
     """The event at `stream_seq` of channel c1, whose aggregate version is its position here."""
-    envelope = seal(
-        NewEvent(aggregate_type="channel", aggregate_id="c1", payload=payload, actor="alice"),
-        aggregate_version=stream_seq,
-        producer="test@0",
-        trace_context={},
+    return received(
+        NewEvent(aggregate_type="channel", aggregate_id="c1", payload=payload, actor="alice"), stream_seq=stream_seq
     )
-    return ReceivedEvent(envelope, channel_subject("c1"), "MSG", stream_seq, 1, {})
 
 
 def post(n: int) -> MessagePosted:

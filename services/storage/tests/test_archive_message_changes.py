@@ -17,8 +17,8 @@ from parley.messaging.v1.events_pb2 import (
 from sqlalchemy import Connection, select
 
 from parley_core.bus import ReceivedEvent
-from parley_core.envelope import NewEvent, seal
-from parley_core.topology import channel_subject
+from parley_core.envelope import NewEvent
+from parley_core.testing.events import received
 from parley_storage.archive import EXPIRED, LogDeletion, SqlEventArchive
 from parley_storage.schema import events
 
@@ -26,13 +26,9 @@ CONSUMER = "storage-archive-msg"
 
 
 def delivered(payload: Message, seq: int) -> ReceivedEvent:
-    envelope = seal(
-        NewEvent(aggregate_type="channel", aggregate_id="c1", payload=payload, actor="alice"),
-        aggregate_version=seq,
-        producer="test@0",
-        trace_context={},
+    return received(
+        NewEvent(aggregate_type="channel", aggregate_id="c1", payload=payload, actor="alice"), stream_seq=seq
     )
-    return ReceivedEvent(envelope, channel_subject("c1"), "MSG", seq, 1, {})
 
 
 def posted(n: int) -> MessagePosted:

@@ -14,8 +14,8 @@ from parley.messaging.v1.events_pb2 import ChannelCreated, MessageEdited, Messag
 from sqlalchemy import Connection, select
 
 from parley_core.bus import ReceivedEvent
-from parley_core.envelope import NewEvent, seal
-from parley_core.topology import channel_subject
+from parley_core.envelope import NewEvent
+from parley_core.testing.events import received
 from parley_storage.archive import EXPIRED, NS_PER_DAY, RetentionPolicy, SqlEventArchive, open_engine
 from parley_storage.migrate import upgrade_to_head
 from parley_storage.residency import (
@@ -47,8 +47,7 @@ class Channels:
         """`event` as the archive receives it after it was appended on its channel."""
         self.seq += 1
         self.versions[event.aggregate_id] = self.versions.get(event.aggregate_id, 0) + 1
-        envelope = seal(event, aggregate_version=self.versions[event.aggregate_id], producer="test@0", trace_context={})
-        return ReceivedEvent(envelope, channel_subject(event.aggregate_id), "MSG", self.seq, 1, {})
+        return received(event, stream_seq=self.seq, aggregate_version=self.versions[event.aggregate_id])
 
     def create(self, channel: str) -> ReceivedEvent:
         return self._event(channel, ChannelCreated(channel_id=channel, creator_id="u1"))
