@@ -24,6 +24,7 @@ from parley.messaging.v1.events_pb2 import (
     MessagePosted,
     MessageRedacted,
     MessagesExpired,
+    ReactionAdded,
 )
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from sqlalchemy import insert
@@ -230,25 +231,26 @@ async def test_a_clean_up_cut_short_is_finished_by_the_next_run(
     assert [(d.stream, d.stream_seq) for d in await archive.log_deletions(limit=10)] == [("MSG", post), ("MSG", edited)]
     # An earlier run deleted the post from the log and stopped before it could drop its rows.
     assert await bus.js.delete_msg("MSG", post)
-    # A queued position that holds another event now (a log re-seeded since) is never deleted.
-    await archive.run(
-        "queue a stale position",
-        lambda conn: conn.execute(
-            insert(log_deletions).values(
-                stream="MSG",
-                stream_seq=kept,
-                event_id="an-event-of-the-earlier-log",
-                reason="redacted",
-                recorded_at_ns=0,
-            )
-        ),
-    )
+    # A queued position that holds another event now (a log re-seeded since) is never deleted,
+    # nor is the newest event of a subject (its marker should have followed it).
+    await queue(archive, kept, "an-event-of-the-earlier-log")
+    await queue(archive, redaction, written[-1].envelope.event_id)
 
     storage = (await nats_server.connect("storage")).jetstream()  # with storage's own permissions
     assert await delete_removed_texts(storage, archive) == 2  # the edit and its parked copy; the post was gone
-    assert await archive.log_deletions(limit=10) == []
+    assert [d.stream_seq for d in await archive.log_deletions(limit=10)] == [redaction]
     assert not await in_log(bus.js, "MSG", edited)
     assert (await bus.js.stream_info("PARKED")).state.messages == 0
     assert await in_log(bus.js, "MSG", kept)
     assert await in_log(bus.js, "MSG", redaction)
     assert await delete_removed_texts(storage, archive) == 0
+    await append(ReactionAdded(channel_id="c1", channel_seq=1, user_id="bob", emoji="+1"))
+    assert await delete_removed_texts(storage, archive) == 1  # no longer the newest
+    assert await archive.log_deletions(limit=10) == []
+    assert not await in_log(bus.js, "MSG", redaction)
+
+
+async def queue(archive: SqlEventArchive, stream_seq: int, event_id: str) -> None:
+    """Queue a log position for deletion directly, as the archive does when it blanks a text."""
+    row = {"stream": "MSG", "stream_seq": stream_seq, "event_id": event_id, "reason": "redacted", "recorded_at_ns": 0}
+    await archive.run("queue a log deletion", lambda conn: conn.execute(insert(log_deletions).values(**row)))

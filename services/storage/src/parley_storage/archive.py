@@ -668,14 +668,17 @@ class SqlEventArchive:
 
         return await self.run("holds", work)
 
-    async def log_deletions(self, *, limit: int) -> list[LogDeletion]:
-        """Removed texts still to be deleted from the log, in log order."""
+    async def log_deletions(self, *, limit: int, after: LogDeletion | None = None) -> list[LogDeletion]:
+        """Removed texts still to be deleted from the log, in log order (after `after`, to page)."""
 
         def work(conn: Connection) -> list[LogDeletion]:
             c = log_deletions.c
-            rows = conn.execute(
-                select(c.stream, c.stream_seq, c.event_id).order_by(c.stream, c.stream_seq).limit(limit)
-            )
+            query = select(c.stream, c.stream_seq, c.event_id)
+            if after is not None:
+                query = query.where(
+                    (c.stream > after.stream) | ((c.stream == after.stream) & (c.stream_seq > after.stream_seq))
+                )
+            rows = conn.execute(query.order_by(c.stream, c.stream_seq).limit(limit))
             return [LogDeletion(r.stream, int(r.stream_seq), r.event_id) for r in rows]
 
         return await self.run("log_deletions", work)
