@@ -36,7 +36,7 @@ from parley_storage.log_cleanup import delete_removed_texts
 from parley_storage.migrate import upgrade_to_head
 from parley_storage.progress import ArchiveProgress
 from parley_storage.residency import ResidencyBinding, check_configured, enforce_in_database
-from parley_storage.retention import Retention
+from parley_storage.retention import ArchiveBehind, Retention
 from parley_storage.settings import StorageSettings
 from parley_storage.stream_erasure import erase_from_streams
 
@@ -146,6 +146,8 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
                 removed = await self.retention.apply(now_ns=time.time_ns(), timeout=RETENTION_CATCH_UP_S)
                 if removed:
                     log.info("retention expired messages", extra={"messages": removed})
+            except ArchiveBehind as exc:  # e.g. right after a start with a backlog: the next run catches up
+                log.warning("retention run postponed: %s", exc)
             except Exception:  # a failed run is retried next interval; the service keeps serving
                 log.exception("retention run failed")
             with contextlib.suppress(TimeoutError):
