@@ -28,7 +28,7 @@ from parley_core.topology import (
     user_subject,
 )
 from parley_storage.archive import SqlEventArchive
-from parley_storage.reseed import ReseedRefused, _put_event, reseed_folder, reseed_stream
+from parley_storage.reseed import Placed, ReseedRefused, _publish_in_order, reseed_folder, reseed_stream
 from parley_storage.restored import mark_restored, read_restored
 from parley_storage.service import KEYRING_FILE
 
@@ -90,14 +90,15 @@ async def platform_js(nats_server: NatsTestServer) -> JetStreamContext:
     return nc.jetstream()
 
 
+@pytest.mark.parametrize("page", [2, 500])  # several pages in flight one after another, or one
 async def test_every_readable_event_goes_back_at_its_sequence_and_the_rest_are_holes(
-    archive: SqlEventArchive, nats_server: NatsTestServer
+    archive: SqlEventArchive, nats_server: NatsTestServer, page: int
 ) -> None:
     await archive_with_holes(archive)
     js = await platform_js(nats_server)
 
-    auth = await reseed_stream(js, archive, "AUTH")
-    msg = await reseed_stream(js, archive, "MSG")
+    auth = await reseed_stream(js, archive, "AUTH", page=page)
+    msg = await reseed_stream(js, archive, "MSG", page=page)
 
     assert (auth.events, auth.holes, auth.last_seq) == (1, 1, 2)  # alice's registration is a hole
     assert (msg.events, msg.holes, msg.last_seq) == (3, 3, 6)  # her two posts, and the unarchived 5
@@ -121,9 +122,9 @@ async def test_an_interrupted_reseed_resumes_without_duplicates(
     await archive_with_holes(archive)
     js = await platform_js(nats_server)
     archived, _ = await archive.stream_events("MSG", after_seq=0, limit=10)
-    # The first run stopped after putting back sequence 1 and the placeholder for 2 (not yet deleted).
-    await _put_event(js, archived[0])
-    await js.publish(reseed_hole_subject("MSG"), b"", headers={"Nats-Expected-Last-Sequence": "1"})
+    # The first run stopped after publishing 1..3, before deleting its placeholder for 2 (alice's post).
+    await _publish_in_order(js, "MSG", [Placed.of(e) for e in archived[:3]])
+    assert (await js.get_msg("MSG", 2)).subject == reseed_hole_subject("MSG")
 
     resumed = await reseed_stream(js, archive, "MSG")
 

@@ -71,7 +71,12 @@ class StreamReseeded:
 async def reseed_stream(
     js: JetStreamContext, archive: SqlEventArchive, stream: str, *, page: int = PAGE
 ) -> StreamReseeded:
-    """Put one stream's archived events back at their sequences, continuing after what it holds."""
+    """Put one stream's archived events back at their sequences, continuing after what it holds.
+
+    A page of events is published at once (in order on one connection, each expecting the
+    sequence before it, so the stream always holds an unbroken prefix), then its placeholders
+    are deleted: an interrupted run can only have left placeholders in its last page.
+    """
     newest = await archive.newest_seq(stream)
     done = int((await js.stream_info(stream)).state.last_seq or 0)
     if done > newest:
@@ -79,18 +84,20 @@ async def reseed_stream(
             f"stream {stream} already holds events up to sequence {done}, past the archive's newest ({newest}): "
             "this event log is not the restored archive's; restore into an empty data folder"
         )
-    await _delete_placeholder(js, stream, done)  # an interrupted run may have left its last one
+    await _delete_placeholders(js, stream, range(max(done - page, 0) + 1, done + 1))
     after = done
     while after < newest:
         stored, _ = await archive.stream_events(stream, after_seq=after, limit=page)
+        placed: list[Placed] = []
         for event in stored:
-            for missing in range(after + 1, event.stream_seq):  # not in the archive at all
-                await _put_hole(js, stream, missing)
-            if event.envelope is None:
-                await _put_hole(js, stream, event.stream_seq)
-            else:
-                await _put_event(js, event)
+            placed.extend(Placed.placeholder(stream, missing) for missing in range(after + 1, event.stream_seq))
+            placed.append(Placed.of(event))
             after = event.stream_seq
+        for start in range(0, len(placed), page):  # never more than a page in flight
+            batch = placed[start : start + page]
+            await _publish_in_order(js, stream, batch)
+            for hole in (p for p in batch if p.hole):
+                await js.delete_msg(stream, hole.seq)
     state = (await js.stream_info(stream)).state
     last, messages = int(state.last_seq or 0), int(state.messages or 0)
     if last != newest:
@@ -98,45 +105,65 @@ async def reseed_stream(
     return StreamReseeded(stream=stream, events=messages, holes=last - messages, last_seq=last)
 
 
-async def _publish_at(js: JetStreamContext, stream: str, subject: str, data: bytes, seq: int, **headers: str) -> None:
-    """Publish so that the message lands at `seq` or not at all."""
-    try:
-        ack = await js.publish(subject, data, headers={**headers, "Nats-Expected-Last-Sequence": str(seq - 1)})
-    except nats.js.errors.APIError as exc:
-        if exc.err_code != WRONG_LAST_SEQUENCE:
+@dataclass(frozen=True)
+class Placed:
+    """What goes at one sequence: an archived event, or a placeholder to delete (a hole)."""
+
+    seq: int
+    subject: str
+    data: bytes
+    headers: dict[str, str]
+    hole: bool
+
+    @classmethod
+    def of(cls, event: StoredEvent) -> Placed:
+        if event.envelope is None:  # shredded, or its text removed: the archive cannot give it back
+            return cls.placeholder(event.stream, event.stream_seq)
+        headers = {**event.envelope.trace_context, "Parley-Event-Type": event.event_type}
+        return cls(event.stream_seq, event.subject, event.envelope.SerializeToString(), headers, hole=False)
+
+    @classmethod
+    def placeholder(cls, stream: str, seq: int) -> Placed:
+        return cls(seq, reseed_hole_subject(stream), b"", {}, hole=True)
+
+
+async def _publish_in_order(js: JetStreamContext, stream: str, batch: list[Placed]) -> None:
+    """Each message lands at its sequence or not at all, and none after one that did not."""
+    pending = [
+        await js.publish_async(
+            placed.subject, placed.data, headers={**placed.headers, "Nats-Expected-Last-Sequence": str(placed.seq - 1)}
+        )
+        for placed in batch
+    ]
+    for placed, future in zip(batch, pending, strict=True):
+        try:
+            ack = await future
+        except nats.js.errors.APIError as exc:
+            if exc.err_code != WRONG_LAST_SEQUENCE:
+                raise
+            raise ReseedRefused(
+                f"stream {stream} changed while it was being re-seeded (at sequence {placed.seq}): "
+                "is something else writing to this event log? Stop it and start `parley up` again"
+            ) from None
+        if ack.stream != stream or ack.seq != placed.seq:
+            raise ReseedRefused(
+                f"{placed.subject} landed in {ack.stream} at {ack.seq}, not in {stream} at {placed.seq}"
+            )
+
+
+async def _delete_placeholders(js: JetStreamContext, stream: str, seqs: range) -> None:
+    """Placeholders an interrupted run published but had not deleted yet."""
+    for seq in seqs:
+        try:
+            found = await js.get_msg(stream, seq)
+        except nats.js.errors.NotFoundError:
+            continue
+        except nats.js.errors.APIError as exc:
+            if exc.err_code in ALREADY_DELETED:
+                continue
             raise
-        raise ReseedRefused(
-            f"stream {stream} changed while it was being re-seeded (at sequence {seq}): "
-            "is something else writing to this event log? Stop it and start `parley up` again"
-        ) from None
-    if ack.stream != stream or ack.seq != seq:
-        raise ReseedRefused(f"{subject} landed in {ack.stream} at {ack.seq}, not in {stream} at {seq}")
-
-
-async def _put_event(js: JetStreamContext, event: StoredEvent) -> None:
-    assert event.envelope is not None
-    headers = {**event.envelope.trace_context, "Parley-Event-Type": event.event_type}
-    await _publish_at(js, event.stream, event.subject, event.envelope.SerializeToString(), event.stream_seq, **headers)
-
-
-async def _put_hole(js: JetStreamContext, stream: str, seq: int) -> None:
-    await _publish_at(js, stream, reseed_hole_subject(stream), b"", seq)
-    await js.delete_msg(stream, seq)
-
-
-async def _delete_placeholder(js: JetStreamContext, stream: str, seq: int) -> None:
-    if seq == 0:
-        return
-    try:
-        last = await js.get_msg(stream, seq)
-    except nats.js.errors.NotFoundError:
-        return
-    except nats.js.errors.APIError as exc:
-        if exc.err_code in ALREADY_DELETED:
-            return
-        raise
-    if last.subject == reseed_hole_subject(stream):
-        await js.delete_msg(stream, seq)
+        if found.subject == reseed_hole_subject(stream):
+            await js.delete_msg(stream, seq)
 
 
 async def already_recorded(js: JetStreamContext, backup_id: str) -> bool:
