@@ -385,9 +385,9 @@ async def restored_history(
         check=False,
     )
     assert restored.returncode == 0, restored.stderr
-    # The folder holds the archive only; restore says so and marks it so storage will not run on it.
-    assert "a platform cannot run on it" in restored.stderr
-    assert (fresh / "storage" / "restored-archive-only.json").exists()
+    # Its event log is re-seeded by `parley up`: restore says so and marks the folder for it.
+    assert f"parley --data-dir {fresh} up" in restored.stderr
+    assert (fresh / "storage" / "restored-from-backup.json").exists()
     engine = open_engine(f"sqlite:///{fresh / 'storage' / 'archive.db'}")
     archive = SqlEventArchive(engine, DataKeys(FileKeyring.load_or_create(fresh / "secrets" / "storage-kek.json")))
     try:

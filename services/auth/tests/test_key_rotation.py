@@ -117,3 +117,37 @@ async def test_two_instances_rotate_once_and_sign_with_the_same_successor(
         await until(lambda: other.signing_keys.keys() == first.signing_keys.keys(), "one view of the keys", TIMEOUT_S)
     finally:
         await second.shutdown()
+
+
+async def test_a_log_whose_key_in_use_is_not_in_the_secrets_folder_replaces_it_and_retires_it(
+    nats_server: NatsTestServer, pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder restored from a backup (or one that lost auth-signing-key.pem): the new key takes
+    over from the log's key in use, which verifies its tokens until they expire and is then
+    retired, instead of staying trusted for ever without anyone holding its private key here."""
+    monkeypatch.setenv("PARLEY_AUTH_ACCESS_TOKEN_SECONDS", "5")  # the shortest allowed
+    stack, running = await start_stack(nats_server, pki, tmp_path, registration="open")
+    try:
+        await stack.create_user("alice", "member")
+        old_token = (await stack.login("alice")).access_token
+        old_key = stack.app("auth").signing_key_id
+    finally:
+        await stop_stack(stack, running)
+    (tmp_path / "data" / "secrets" / "auth-signing-key.pem").unlink()
+
+    stack, running = await start_stack(nats_server, pki, tmp_path, registration="open")
+    try:
+        auth = stack.app("auth")
+        new_key = auth.signing_key_id
+        assert new_key != old_key
+        assert auth.signing_keys[new_key].replaces == old_key
+        await stack.gateway().ListMyChannels(  # the old key's token is good until it expires
+            messaging_pb2.ListMyChannelsRequest(), metadata=bearer(old_token), timeout=TIMEOUT_S
+        )
+        await until(
+            lambda: auth.signing_keys[old_key].retired, "the replaced key retired", 3 + RETIRE_MARGIN_S + TIMEOUT_S
+        )
+        replaced = await security_events(nats_server, "signing_key_replaced")
+        assert [r.detail.split(":")[0] for r in replaced] == [f"{old_key} -> {new_key}"]
+    finally:
+        await stop_stack(stack, running)

@@ -24,6 +24,7 @@ from parley_core.topology import channel_subject, user_subject
 from parley_storage.archive import SqlEventArchive, open_engine
 from parley_storage.backup import (
     MANIFEST,
+    REGISTRY,
     SIGNATURE,
     SNAPSHOT,
     BackupInvalid,
@@ -229,3 +230,67 @@ async def test_an_old_backup_holds_no_key_that_opens_after_an_erasure(archive: S
         assert [(r[1], r[2]) for r in rows if not r[3]] == [("bob", f"message {n}") for n in (2, 4, 6)]
     finally:
         restored.engine.dispose()
+
+
+def registry_folder(root: Path) -> Path:
+    """A patch registry's folder: its TUF repository, online keys, root keys and a half-written file."""
+    files = {
+        "tuf/metadata/1.root.json": "root v1",
+        "tuf/metadata/timestamp.json": "timestamp",
+        "tuf/targets/messaging/abc.parley_messaging-0.9.0-py3-none-any.whl": "wheel bytes",
+        "keys/snapshot.0.pem": "snapshot key",
+        "keys/offline/root.0.pem": "root key",
+        "tuf/metadata/.timestamp.json.tmp": "half-written",
+    }
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    (root / "keys" / "snapshot.0.pem").chmod(0o600)
+    return root
+
+
+async def test_the_registry_folder_travels_with_the_backup(archive: SqlEventArchive, tmp_path: Path) -> None:
+    await fill(archive, 2)
+    keys = BackupKeys.load_or_create(tmp_path / "secrets")
+    registry = registry_folder(tmp_path / "data" / "patch-registry")
+    backup = tmp_path / "backup"
+
+    manifest = create_backup(archive.engine, keys, backup, registry=registry)
+
+    assert manifest["registry_files"] == 4  # not the root key, not the half-written file
+    assert b"wheel bytes" not in (backup / REGISTRY).read_bytes()
+    assert verify_backup(backup, keys)["backup_id"] == manifest["backup_id"]
+    restored_registry = tmp_path / "fresh" / "patch-registry"
+    target = open_engine(f"sqlite:///{tmp_path / 'restored.db'}")
+    try:
+        restore_backup(backup, keys, archive.keys.keks, target, registry=restored_registry)
+        with pytest.raises(RestoreRefused, match="exists"):
+            restore_backup(backup, keys, archive.keys.keks, target, registry=restored_registry)
+    finally:
+        target.dispose()
+    copied = {
+        p.relative_to(restored_registry).as_posix(): p.read_text() for p in restored_registry.rglob("*") if p.is_file()
+    }
+    assert copied == {
+        "tuf/metadata/1.root.json": "root v1",
+        "tuf/metadata/timestamp.json": "timestamp",
+        "tuf/targets/messaging/abc.parley_messaging-0.9.0-py3-none-any.whl": "wheel bytes",
+        "keys/snapshot.0.pem": "snapshot key",
+    }
+    assert stat.S_IMODE((restored_registry / "keys" / "snapshot.0.pem").stat().st_mode) == 0o600
+
+    # A chunk of the archive moved into the registry's file (same key, same backup) does not open.
+    swapped = tmp_path / "swapped"
+    shutil.copytree(backup, swapped)
+    shutil.copy2(swapped / SNAPSHOT, swapped / REGISTRY)
+    body = json.loads((swapped / MANIFEST).read_text())
+    body["files"][REGISTRY] = {
+        **body["files"][REGISTRY],
+        **{k: body["files"][SNAPSHOT][k] for k in ("bytes", "sha256")},
+    }
+    signed = json.dumps(body, indent=1, sort_keys=True).encode()
+    (swapped / MANIFEST).write_bytes(signed)
+    assert keys.signing_key is not None
+    (swapped / SIGNATURE).write_bytes(keys.signing_key.sign(signed))  # even re-signed by the owner
+    with pytest.raises(BackupInvalid, match=f"{REGISTRY} chunk 0 does not authenticate"):
+        verify_backup(swapped, keys)

@@ -45,5 +45,6 @@ def test_storage_refuses_to_start_on_a_restored_folder(tmp_path: Path) -> None:
 
     assert result.returncode == EX_CONFIG
     assert "refusing to start" in result.stderr
-    assert "restored storage archive only" in result.stderr
+    assert "event log is not re-seeded yet" in result.stderr
+    assert "up`" in result.stderr  # says what to run
     assert "Traceback" not in result.stderr

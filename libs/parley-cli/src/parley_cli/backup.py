@@ -1,4 +1,4 @@
-"""`parley backup create|verify|restore`: verified backups of the storage archive.
+"""`parley backup create|verify|restore`: verified backups of the storage archive and the patch registry.
 
 The work is done by the storage package's own tool (``python -m parley_storage.backup_tool``),
 since libs never import a service; this module only forwards the data folder and arguments.
@@ -21,10 +21,14 @@ async def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    backup = sub.add_parser("backup", help="consistent, encrypted, signed backups of the storage archive")
+    backup = sub.add_parser(
+        "backup", help="consistent, encrypted, signed backups of the archive (and the patch registry's releases)"
+    )
     backup.add_argument("action", choices=("create", "verify", "restore"))
     backup.add_argument(
-        "backup", help="backup folder (create: a new folder; restore: the archive only, into an empty --data-dir)"
+        "backup",
+        help="backup folder (create: a new folder; restore: into an empty --data-dir holding the key backup's "
+        "secrets/, then `parley up` there re-seeds the event log and runs the platform)",
     )
     backup.add_argument("--database-url", default="", help="default: $PARLEY_DATABASE_URL or SQLite in the data dir")
     backup.set_defaults(run=cmd_backup)

@@ -27,7 +27,7 @@ from parley_agent import AgentTimeouts, FrontDoor, Instance, NodeAgent
 from parley_cli.state import CLIENT_FILE, STATE_FILE, leftover_pids, previous_port, previous_version
 from parley_cli.uplock import PlatformAlreadyRunning, UpLock
 from parley_core.bus import EventBus
-from parley_core.config import PEER_ADDRESS_ENV
+from parley_core.config import PEER_ADDRESS_ENV, RESTORED_MARKER
 from parley_core.files import ensure_private_dir, write_private_file
 from parley_core.nats_connect import connect_nats
 from parley_core.nats_process import NatsServerProcess
@@ -121,9 +121,9 @@ class Platform:
         return free_port()
 
     async def start(self) -> None:
-        # A new folder has no accounts yet; auth offers no cheap "any account?" question, so the
-        # first-owner hint is shown on a folder's first start only.
-        new_folder = not (self.data_dir / "pki").exists()
+        # A new folder has no accounts yet (a restored one has its backup's); auth offers no cheap
+        # "any account?" question, so the first-owner hint is shown on a new folder's first start only.
+        new_folder = not (self.data_dir / "pki").exists() and not (self.data_dir / RESTORED_MARKER).exists()
         ensure_private_dir(self.data_dir)
         for sub in ("logs", "nats", "secrets", "agent"):
             ensure_private_dir(self.data_dir / sub)
@@ -147,6 +147,8 @@ class Platform:
         bus = EventBus(nc, service=PLATFORM_USER, producer="parley-up")
         await bus.ensure_streams_when_ready(STREAMS, replicas=self.replicas, timeout=STREAMS_READY_TIMEOUT_S)
         await nc.close()
+        if (self.data_dir / RESTORED_MARKER).exists():
+            await self._reseed_restored_log()
 
         # Every front door first: each service is told the others' addresses when it starts.
         for name in START_ORDER:
@@ -252,6 +254,33 @@ class Platform:
             )
         for node in self.nats_nodes:
             await node.start()
+
+    async def _reseed_restored_log(self) -> None:
+        """A folder restored from a backup: its archive goes back into the event log before any
+        service starts (storage's own tool, as the platform identity; it resumes if interrupted)."""
+        self.say("restored from a backup: putting the archive's events back into the event log first")
+        tool = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "parley_storage.reseed",
+            "--data-dir",
+            str(self.data_dir),
+            "--nats-url",
+            self.nats_url,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert tool.stdout is not None
+        assert tool.stderr is not None
+        errors = asyncio.create_task(tool.stderr.read())
+        async for raw in tool.stdout:
+            line = raw.decode().strip()
+            if line and not line.startswith("{"):  # the closing JSON summary is for scripts
+                self.say(f"  {line}")
+        problem = (await errors).decode().strip()
+        if await tool.wait() != 0:
+            raise RuntimeError(problem.splitlines()[-1] if problem else "re-seeding the event log failed")
+        self.say("event log re-seeded from the archive; starting the services")
 
     async def _start_service(self, agent: NodeAgent, name: str) -> None:
         """The version it ran last time if the agent installed that one, else this environment's."""

@@ -32,6 +32,14 @@ PEER_ADDRESS_ENV = {
     "patch-registry": "PARLEY_REGISTRY_ADDR",
 }
 
+# Written into a data folder by `parley backup restore`; while it exists the event log still has
+# to be re-seeded from the restored archive, which `parley up` does before starting services.
+RESTORED_MARKER = Path("storage") / "restored-from-backup.json"
+# The patch registry's folder in the data folder: its TUF release repository and signing keys.
+REGISTRY_FOLDER = "patch-registry"
+# The key auth seals TOTP secrets with (in secrets/): an event log without it cannot check MFA codes.
+AUTH_MFA_KEY_FILE = "auth-mfa-key.bin"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PARLEY_", extra="ignore")

@@ -68,6 +68,18 @@ def privacy_subject(user_id: str) -> str:
     return stream_subject("storage", "privacy", user_id)
 
 
+def restore_subject(backup_id: str) -> str:
+    """The record that a restored folder's event log was re-seeded from a backup's archive (STORE)."""
+    return stream_subject("storage", "restore", backup_id)
+
+
+def reseed_hole_subject(stream: str) -> str:
+    """Where a re-seed puts a placeholder for an event the archive cannot open, deleted at once:
+    the next event then lands at its original sequence."""
+    prefix = STREAMS_BY_NAME[stream].subjects[0].removesuffix(">")
+    return f"{prefix}restore-hole"
+
+
 def parked_subject(service: str, stream: str) -> str:
     return f"parley.parked.{service}.{stream}"
 

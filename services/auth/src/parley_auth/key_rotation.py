@@ -34,6 +34,17 @@ def replaced_at(keys: Mapping[str, SigningKeyState], key_id: str) -> float | Non
     return max(times) if times else None
 
 
+def key_in_use(keys: Mapping[str, SigningKeyState]) -> str | None:
+    """The key the log says signs now: the newest published one that is neither replaced nor
+    retired (None on a fresh installation)."""
+    candidates = [
+        (state.published_at, key_id)
+        for key_id, state in keys.items()
+        if not state.retired and replaced_at(keys, key_id) is None
+    ]
+    return max(candidates)[1] if candidates else None
+
+
 @dataclass(frozen=True)
 class KeySchedule:
     rotation_s: float  # 0: never rotate on a schedule

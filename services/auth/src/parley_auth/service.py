@@ -66,7 +66,7 @@ from parley_auth.domain import (
     username_key,
     validate_role,
 )
-from parley_auth.key_rotation import KeySchedule, SigningKeyState, replaced_at
+from parley_auth.key_rotation import KeySchedule, SigningKeyState, key_in_use, replaced_at
 from parley_auth.lockout import LockoutBook
 from parley_auth.passwords import hash_password, needs_rehash, verify_password
 from parley_auth.sessions import (
@@ -82,6 +82,7 @@ from parley_auth.settings import AuthSettings
 from parley_auth.signing import TokenIssuer
 from parley_core.audit import AuditChain
 from parley_core.bus import ConcurrencyConflict, ReceivedEvent, Replay
+from parley_core.config import AUTH_MFA_KEY_FILE
 from parley_core.envelope import NewEvent, decode, open_payload
 from parley_core.errors import (
     AlreadyExists,
@@ -236,7 +237,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
         self._issuer = TokenIssuer.load_or_create(self._signing_key_path, lifetime_s=self.settings.access_token_seconds)
-        self._sealer = mfa.SecretSealer.load_or_create(ctx.settings.secrets_dir / "auth-mfa-key.bin")
+        self._sealer = mfa.SecretSealer.load_or_create(ctx.settings.secrets_dir / AUTH_MFA_KEY_FILE)
         await self._load_audit_head()
         self._replay = await ctx.bus.replay(stream="AUTH", filter_subject="parley.auth.>", handler=self._apply)
         await self._replay.wait_caught_up()
@@ -267,21 +268,35 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         return self.ctx.settings.secrets_dir / "auth-signing-key.pem"
 
     async def _publish_first_signing_key(self) -> None:
-        """A key no event knows yet (a fresh installation): published on its own subject. A key
+        """A key no event knows yet, published. On a fresh installation on its own subject; on a
+        log whose key in use this instance cannot sign with (a folder restored from a backup, or
+        auth-signing-key.pem lost) as that key's successor, so the old key verifies the tokens it
+        signed until they expire and is then retired, instead of being trusted for ever. A key
         from a rotation was published by it (and may have been adopted during the replay)."""
         assert self._issuer is not None
         issuer = self._issuer
         if issuer.key_id in self.signing_keys:
             return
-        published = SigningKeyPublished(key_id=issuer.key_id, algorithm=ALGORITHM, public_key=issuer.public_key)
+        previous = key_in_use(self.signing_keys)
+        published = SigningKeyPublished(
+            key_id=issuer.key_id, algorithm=ALGORITHM, public_key=issuer.public_key, replaces_key_id=previous or ""
+        )
+        subject_key = previous or issuer.key_id
+        state = self.signing_keys.get(subject_key)
         event = NewEvent(
-            aggregate_type="signing_key", aggregate_id=issuer.key_id, payload=published, actor="service:auth"
+            aggregate_type="signing_key", aggregate_id=subject_key, payload=published, actor="service:auth"
         )
         with contextlib.suppress(ConcurrencyConflict):  # another instance sharing the key published it
             await self.ctx.bus.append(
-                signing_key_subject(issuer.key_id), event, aggregate_version=1, expected_last_subject_seq=0
+                signing_key_subject(subject_key),
+                event,
+                aggregate_version=state.version + 1 if state else 1,
+                expected_last_subject_seq=state.last_seq if state else 0,
             )
         await self._settle()  # known to this instance's projection before it signs
+        if previous:
+            detail = f"{previous} -> {issuer.key_id}: the key in use is not in this data folder's secrets"
+            await self._security("signing_key_replaced", actor="service:auth", detail=detail)
 
     # -- projection -------------------------------------------------------------------------
 

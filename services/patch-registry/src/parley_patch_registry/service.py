@@ -15,6 +15,7 @@ from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
+from parley_core.config import REGISTRY_FOLDER
 from parley_core.errors import Unavailable
 from parley_core.runner import RunContext
 from parley_core.topology import HEARTBEATS_FILTER
@@ -63,7 +64,7 @@ class PatchRegistryApp(fleet_pb2_grpc.FleetServiceServicer):
     async def start(self, ctx: RunContext) -> None:
         self.fleet.stale_after_s = ctx.settings.heartbeat_seconds * STALE_AFTER_BEATS
         self._interval = min(1.0, ctx.settings.heartbeat_seconds)
-        folder = ctx.settings.data_dir / "patch-registry"
+        folder = ctx.settings.data_dir / REGISTRY_FOLDER
         repo = await asyncio.to_thread(open_repository, folder, self.settings)
         self.http = RepositoryHttpServer(repo.folder, self.settings.http_host, self.settings.http_port).start()
         address = ctx.settings.storage_addr

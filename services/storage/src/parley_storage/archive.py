@@ -726,6 +726,15 @@ class SqlEventArchive:
 
         return await self.run("schema_versions", work)
 
+    async def newest_seq(self, stream: str) -> int:
+        """The highest stream sequence archived from `stream` (0: none)."""
+
+        def work(conn: Connection) -> int:
+            query = select(func.max(events.c.stream_seq)).where(events.c.stream == stream)
+            return int(conn.execute(query).scalar_one() or 0)
+
+        return await self.run("newest_seq", work)
+
     async def count_events(self, stream: str) -> int:
         def work(conn: Connection) -> int:
             return conn.execute(select(func.count()).select_from(events).where(events.c.stream == stream)).scalar_one()

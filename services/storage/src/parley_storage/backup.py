@@ -1,13 +1,17 @@
 """Verified backups of the archive: a consistent snapshot, encrypted, signed, with a manifest.
 
-A backup is a folder of three files:
+A backup is a folder of these files:
 
 - ``archive.sqlite.enc``: the snapshot as a SQLite database (whatever the source database),
-  AES-256-GCM in chunks under a fresh content key; each chunk binds the backup id, its index and
-  whether it is the last, so chunks can be neither reordered, dropped nor truncated unnoticed.
+  AES-256-GCM in chunks under a fresh content key; each chunk binds the backup id, the file's
+  name, its index and whether it is the last, so chunks can be neither moved between files,
+  reordered, dropped nor truncated unnoticed.
+- ``registry.tar.enc``: the patch registry's folder (its signed TUF release repository with the
+  released wheels, and its online signing keys; not the offline root keys), sealed the same way,
+  when the data folder has one: a restored platform serves the same releases.
 - ``manifest.json``: what was backed up (schema revision, consumer positions, event counts),
-  the SHA-256 of every file and of the plaintext snapshot, and the content key wrapped under the
-  backup key.
+  the SHA-256 of every file and of each plaintext, and the content key wrapped under the backup
+  key.
 - ``manifest.sig``: an Ed25519 signature over manifest.json.
 
 The records inside stay sealed under their data keys. The backup's copies of those keys are
@@ -21,11 +25,14 @@ PostgreSQL.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
 import struct
+import tarfile
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -48,8 +55,11 @@ from parley_storage.kek import KeyEncryptionKeys
 from parley_storage.migrate import head_revision, upgrade_to_head
 from parley_storage.schema import consumer_positions, events, metadata
 
-FORMAT = "parley-storage-backup/1"
+FORMAT = "parley-storage-backup/2"
 SNAPSHOT = "archive.sqlite.enc"
+REGISTRY = "registry.tar.enc"
+# Left out of the registry copy: the root keys belong offline (dot files, half-written, too).
+REGISTRY_LEFT_OUT = ("keys/offline/",)
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 BACKUP_KEY_FILE = "storage-backup.key"
@@ -120,8 +130,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _chunk_aad(backup_id: str, index: int, last: bool) -> bytes:
-    return f"{FORMAT}|{backup_id}|{index}|{int(last)}".encode()
+def _chunk_aad(backup_id: str, name: str, index: int, last: bool) -> bytes:
+    return f"{FORMAT}|{backup_id}|{name}|{index}|{int(last)}".encode()
 
 
 def _encrypt_file(plain: Path, sealed: Path, key: bytes, backup_id: str) -> None:
@@ -133,7 +143,9 @@ def _encrypt_file(plain: Path, sealed: Path, key: bytes, backup_id: str) -> None
     with plain.open("rb") as src, os.fdopen(sealed_fd, "wb") as dst:
         for index in range(count):
             nonce = os.urandom(NONCE_BYTES)
-            body = aead.encrypt(nonce, src.read(CHUNK_BYTES), _chunk_aad(backup_id, index, index == count - 1))
+            body = aead.encrypt(
+                nonce, src.read(CHUNK_BYTES), _chunk_aad(backup_id, sealed.name, index, index == count - 1)
+            )
             dst.write(struct.pack(">I", len(body)) + nonce + body)
         dst.flush()
         os.fsync(dst.fileno())
@@ -146,16 +158,18 @@ def _decrypt_chunks(sealed: Path, key: bytes, backup_id: str) -> Iterator[bytes]
         header = src.read(4)
         while header:
             if len(header) != 4:
-                raise BackupInvalid("snapshot is truncated")
+                raise BackupInvalid(f"{sealed.name} is truncated")
             (length,) = struct.unpack(">I", header)
             nonce, body = src.read(NONCE_BYTES), src.read(length)
             if len(body) != length:
-                raise BackupInvalid("snapshot is truncated")
+                raise BackupInvalid(f"{sealed.name} is truncated")
             header = src.read(4)
             try:
-                yield aead.decrypt(nonce, body, _chunk_aad(backup_id, index, not header))
+                yield aead.decrypt(nonce, body, _chunk_aad(backup_id, sealed.name, index, not header))
             except InvalidTag as exc:
-                raise BackupInvalid(f"snapshot chunk {index} does not authenticate (damaged or reordered)") from exc
+                raise BackupInvalid(
+                    f"{sealed.name} chunk {index} does not authenticate (damaged or reordered)"
+                ) from exc
             index += 1
 
 
@@ -205,16 +219,60 @@ def _summary(conn: Connection) -> dict[str, Any]:
     return {"consumer_positions": positions, "event_counts": counts}
 
 
+def _pack_registry(folder: Path, tar_path: Path) -> int:
+    """The registry's folder as a tar. timestamp.json is read first and the rest listed after it:
+    every snapshot and target it names was written before it, so the copy is a consistent
+    repository even while the registry publishes."""
+
+    def kept(path: Path) -> bool:
+        name = path.relative_to(folder).as_posix()
+        return path.is_file() and not path.name.startswith(".") and not name.startswith(REGISTRY_LEFT_OUT)
+
+    def add(tar: tarfile.TarFile, path: Path) -> None:
+        if kept(path):
+            with contextlib.suppress(FileNotFoundError):  # replaced meanwhile: its successor is listed
+                tar.add(path, arcname=path.relative_to(folder).as_posix(), recursive=False)
+
+    with tarfile.open(tar_path, "w") as tar:
+        first = sorted(folder.rglob("timestamp.json"))
+        for path in first:
+            add(tar, path)
+        for path in sorted(folder.rglob("*")):  # listed only now, after timestamp.json was read
+            if path not in first:
+                add(tar, path)
+        return len(tar.getmembers())
+
+
+def _seal_file(plain: Path, out_dir: Path, name: str, key: bytes, backup_id: str) -> dict[str, Any]:
+    _encrypt_file(plain, out_dir / name, key, backup_id)
+    return {
+        "bytes": (out_dir / name).stat().st_size,
+        "sha256": _sha256(out_dir / name),
+        "plaintext_sha256": _sha256(plain),
+    }
+
+
 def create_backup(
-    source: Engine, keys: BackupKeys, out_dir: Path, *, point: dict[str, Any] | None = None
+    source: Engine,
+    keys: BackupKeys,
+    out_dir: Path,
+    *,
+    point: dict[str, Any] | None = None,
+    registry: Path | None = None,
 ) -> dict[str, Any]:
-    """Snapshot, encrypt, checksum and sign; returns the manifest. ``out_dir`` must not exist."""
+    """Snapshot, encrypt, checksum and sign; returns the manifest. ``out_dir`` must not exist.
+
+    ``registry``: the patch registry's folder, copied after the snapshot, so every release the
+    archived events name is in the copy.
+    """
     if keys.signing_key is None:
         raise BackupInvalid("creating a backup needs the signing key")
     if out_dir.exists():
         raise RestoreRefused(f"{out_dir} exists; choose a new folder for each backup")
     ensure_private_dir(out_dir)
     backup_id = uuid.uuid4().hex
+    content_key = AESGCM.generate_key(bit_length=256)
+    files: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
         plain = Path(scratch) / "archive.sqlite"
         _snapshot(source, plain)
@@ -229,9 +287,12 @@ def create_backup(
                 db.execute("PRAGMA journal_mode=DELETE")
         finally:
             snapshot_engine.dispose()
-        content_key = AESGCM.generate_key(bit_length=256)
-        _encrypt_file(plain, out_dir / SNAPSHOT, content_key, backup_id)
-        plaintext_sha256 = _sha256(plain)
+        files[SNAPSHOT] = _seal_file(plain, out_dir, SNAPSHOT, content_key, backup_id)
+        registry_files = 0
+        if registry is not None and registry.is_dir():
+            packed = Path(scratch) / "registry.tar"
+            registry_files = _pack_registry(registry, packed)
+            files[REGISTRY] = _seal_file(packed, out_dir, REGISTRY, content_key, backup_id)
     nonce = os.urandom(NONCE_BYTES)
     wrapped = nonce + AESGCM(keys.wrapping_key).encrypt(nonce, content_key, f"{FORMAT}|{backup_id}".encode())
     manifest = {
@@ -242,10 +303,10 @@ def create_backup(
         "schema_revision": revision,
         "stream_point": point,  # every event acknowledged on these streams up to here is inside
         **summary,
+        "registry_files": registry_files,
         "wrapped_content_key": base64.b64encode(wrapped).decode(),
         "chunk_bytes": CHUNK_BYTES,
-        "plaintext_sha256": plaintext_sha256,
-        "files": {SNAPSHOT: {"bytes": (out_dir / SNAPSHOT).stat().st_size, "sha256": _sha256(out_dir / SNAPSHOT)}},
+        "files": files,
     }
     body = json.dumps(manifest, indent=1, sort_keys=True).encode()
     write_private_file(out_dir / MANIFEST, body)
@@ -253,8 +314,22 @@ def create_backup(
     return manifest
 
 
-def verify_backup(backup_dir: Path, keys: BackupKeys, *, into: Path | None = None) -> dict[str, Any]:
-    """Check signature, checksums, every chunk's tag and the snapshot's integrity; optionally decrypt it."""
+def _open_file(sealed: Path, manifest: dict[str, Any], key: bytes, *, into: Path) -> None:
+    """Decrypt one sealed file of the backup into `into`, checking every chunk and the plaintext."""
+    digest = hashlib.sha256()
+    with into.open("wb") as out:
+        for chunk in _decrypt_chunks(sealed, key, manifest["backup_id"]):
+            digest.update(chunk)
+            out.write(chunk)
+    if digest.hexdigest() != manifest["files"][sealed.name]["plaintext_sha256"]:
+        raise BackupInvalid(f"decrypted {sealed.name} does not match its checksum")
+
+
+def verify_backup(
+    backup_dir: Path, keys: BackupKeys, *, into: Path | None = None, registry_into: Path | None = None
+) -> dict[str, Any]:
+    """Check signature, checksums, every chunk's tag, the snapshot's integrity and the registry
+    copy; optionally decrypt the snapshot (`into`) and the registry's tar (`registry_into`)."""
     try:
         body = (backup_dir / MANIFEST).read_bytes()
         signature = (backup_dir / SIGNATURE).read_bytes()
@@ -280,18 +355,22 @@ def verify_backup(backup_dir: Path, keys: BackupKeys, *, into: Path | None = Non
         raise BackupInvalid("the content key does not open with this installation's backup key") from exc
     with tempfile.TemporaryDirectory() as scratch:
         plain = into or Path(scratch) / "archive.sqlite"
-        digest = hashlib.sha256()
-        with plain.open("wb") as out:
-            for chunk in _decrypt_chunks(backup_dir / SNAPSHOT, content_key, manifest["backup_id"]):
-                digest.update(chunk)
-                out.write(chunk)
-        if digest.hexdigest() != manifest["plaintext_sha256"]:
-            raise BackupInvalid("decrypted snapshot does not match its checksum")
+        _open_file(backup_dir / SNAPSHOT, manifest, content_key, into=plain)
         with closing(sqlite3.connect(plain)) as db:
             if db.execute("PRAGMA integrity_check").fetchone() != ("ok",):
                 raise BackupInvalid("snapshot fails SQLite's integrity check")
             if db.execute("SELECT version_num FROM alembic_version").fetchone() != (manifest["schema_revision"],):
                 raise BackupInvalid("snapshot's schema revision differs from the manifest")
+        if REGISTRY in manifest["files"]:
+            packed = registry_into or Path(scratch) / "registry.tar"
+            _open_file(backup_dir / REGISTRY, manifest, content_key, into=packed)
+            try:
+                with tarfile.open(packed) as tar:
+                    count = len(tar.getmembers())
+            except tarfile.TarError as exc:
+                raise BackupInvalid(f"{REGISTRY} is not a readable tar: {exc}") from None
+            if count != manifest["registry_files"]:
+                raise BackupInvalid(f"{REGISTRY} holds {count} files, the manifest says {manifest['registry_files']}")
     return manifest
 
 
@@ -301,17 +380,25 @@ def restore_backup(
     keks: KeyEncryptionKeys,
     target: Engine,
     *,
+    registry: Path | None = None,
     before_commit: Callable[[Connection], None] | None = None,
 ) -> dict[str, Any]:
-    """Verify, then load the snapshot into an empty database with the keyring's live data keys."""
+    """Verify, then load the snapshot into an empty database with the keyring's live data keys,
+    and the registry's copy into `registry` (which must not exist) when the backup has one."""
+    if registry is not None and registry.exists():
+        raise RestoreRefused(f"{registry} exists; restore into an empty data folder")
     with tempfile.TemporaryDirectory() as scratch:
-        plain = Path(scratch) / "archive.sqlite"
-        manifest = verify_backup(backup_dir, keys, into=plain)
+        plain, packed = Path(scratch) / "archive.sqlite", Path(scratch) / "registry.tar"
+        manifest = verify_backup(backup_dir, keys, into=plain, registry_into=packed)
         if manifest["schema_revision"] != head_revision():
             raise RestoreRefused(
                 f"backup schema {manifest['schema_revision']} differs from this code's {head_revision()}; "
                 "restore with the parley-storage version that took it"
             )
+        unpacked = Path(scratch) / "registry"
+        if registry is not None and packed.exists():
+            with tarfile.open(packed) as tar:
+                tar.extractall(unpacked, filter="data")  # no absolute paths, links out or devices
         upgrade_to_head(target)
         snapshot = open_engine(f"sqlite:///{plain}")
         try:
@@ -324,4 +411,7 @@ def restore_backup(
                     before_commit(dst)  # e.g. the residency check: a refusal rolls everything back
         finally:
             snapshot.dispose()
+        if registry is not None and unpacked.exists():
+            ensure_private_dir(registry.parent)
+            shutil.move(unpacked, registry)
     return manifest

@@ -11,8 +11,12 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
-from parley_core.config import Settings
+from parley.auth.v1.events_pb2 import TotpEnrolled
+from sqlalchemy import Connection, select
+
+from parley_core.config import AUTH_MFA_KEY_FILE, REGISTRY_FOLDER, Settings
 from parley_storage.archive import open_engine
 from parley_storage.backup import (
     BACKUP_KEY_FILE,
@@ -33,12 +37,28 @@ from parley_storage.residency import (
     check_configured,
     rebind_restored,
 )
-from parley_storage.restored import WHAT_A_RESTORE_HOLDS, mark_restored
+from parley_storage.restored import mark_restored, what_a_restore_holds
+from parley_storage.schema import events
 from parley_storage.service import KEYRING_FILE, database_url
 from parley_storage.settings import StorageSettings
 
 # The secrets a restore reads, exactly as README's "Backups" names them.
 RESTORE_SECRETS = (KEYRING_FILE, BACKUP_KEY_FILE, VERIFY_KEY_FILE)
+# Secrets the services need to run on the restored event log, by the archived events that need them.
+SECRETS_FOR_EVENTS = {TotpEnrolled.DESCRIPTOR.full_name: AUTH_MFA_KEY_FILE}
+
+
+def require_platform_secrets(conn: Connection, secrets_dir: Path) -> None:
+    """Refuse a restore whose event log the platform could not use without a missing secret."""
+    kinds = conn.execute(
+        select(events.c.event_type).where(events.c.event_type.in_(list(SECRETS_FOR_EVENTS))).distinct()
+    )
+    missing = sorted({SECRETS_FOR_EVENTS[kind] for kind in kinds.scalars()} - {p.name for p in secrets_dir.iterdir()})
+    if missing:
+        raise RestoreRefused(
+            f"the archive holds MFA enrolments, whose TOTP secrets auth sealed with {', '.join(missing)}: copy it "
+            f"from your key backup into {secrets_dir} as well (without it those users could not log in)"
+        )
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -61,40 +81,57 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 BackupKeys.load_or_create(settings.secrets_dir),
                 args.backup,
                 point={stream: asdict(extent) for stream, extent in point.items()} if point else None,
+                registry=settings.data_dir / REGISTRY_FOLDER,
             )
         finally:
             engine.dispose()
         return {"created": str(args.backup), **manifest}
     if args.action == "verify":
         return {"verified": str(args.backup), **verify_backup(args.backup, BackupKeys.load(settings.secrets_dir))}
-    keyring_path = settings.secrets_dir / KEYRING_FILE
+    return {"restored": str(args.backup), **restore(settings, args.backup)}
+
+
+def restore(settings: Settings, backup: Path) -> dict[str, Any]:
+    """Into an empty data folder (only the key backup's secrets in it); marked for re-seeding."""
     missing = [name for name in RESTORE_SECRETS if not (settings.secrets_dir / name).exists()]
     if missing:
         raise RestoreRefused(
             f"{settings.secrets_dir} lacks {', '.join(missing)}: copy {', '.join(RESTORE_SECRETS)} "
             "from your key backup into it"
         )
-    if not settings.database_url and (settings.data_dir / "storage" / "archive.db").exists():
-        raise RestoreRefused(
-            f"{settings.data_dir / 'storage' / 'archive.db'} exists; restore into an empty data folder"
-        )
+    sqlite_file = None if settings.database_url else settings.data_dir / "storage" / "archive.db"
+    for path in (settings.data_dir / "nats", sqlite_file):  # an event log, an archive of its own
+        if path is not None and path.exists():
+            raise RestoreRefused(f"{path} exists; restore into an empty data folder (only secrets/ in it)")
     url = database_url(settings)
     binding = ResidencyBinding.from_settings(StorageSettings())
     check_configured(binding, url)
+
+    def before_commit(conn: Connection) -> None:  # a refusal here rolls the whole restore back
+        require_platform_secrets(conn, settings.secrets_dir)
+        rebind_restored(conn, binding, url)
+
     engine = open_engine(url)
     try:
         manifest = restore_backup(
-            args.backup,
+            backup,
             BackupKeys.load(settings.secrets_dir),
-            FileKeyring.load_or_create(keyring_path),
+            FileKeyring.load_or_create(settings.secrets_dir / KEYRING_FILE),
             engine,
-            before_commit=lambda conn: rebind_restored(conn, binding, url),
+            registry=settings.data_dir / REGISTRY_FOLDER,
+            before_commit=before_commit,
         )
+    except BaseException:
+        engine.dispose()
+        if sqlite_file is not None:  # this restore made it: gone again, so a corrected retry may run
+            for suffix in ("", "-wal", "-shm"):
+                sqlite_file.with_name(sqlite_file.name + suffix).unlink(missing_ok=True)
+        raise
     finally:
         engine.dispose()
-    mark_restored(settings.data_dir, manifest["backup_id"])
-    print(f"note: {WHAT_A_RESTORE_HOLDS}", file=sys.stderr)
-    return {"restored": str(args.backup), **manifest}
+    mark_restored(settings.data_dir, manifest["backup_id"], manifest["created_at"])
+    print(f"note: {what_a_restore_holds(settings.data_dir)}", file=sys.stderr)
+    return manifest
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,43 +1,74 @@
-"""A data folder restored from a backup holds the archive but not the JetStream event log.
+"""A data folder restored from a backup holds the archive but not yet the JetStream event log.
 
-Accounts, channels, sessions and the audit signing keys live in the event log, which no backup
-holds yet. Storage started on such a folder would face empty streams whose sequence numbers
-restart at 1, and it would skip every new event as a redelivery of the archived one with the
-same number. Restore therefore marks the folder, and storage refuses to start on it.
+Accounts, channels, sessions and the audit chain are rebuilt by replaying the event log, which
+a backup does not hold: the archive holds every event of it. Restore therefore marks the folder,
+and `parley up` re-seeds the log from the archive before any service starts (reseed.py), then
+removes the mark. Storage refuses to start on a marked folder: on empty streams, whose sequence
+numbers start again at 1, it would take every new event for a redelivery of the archived one
+with the same number and drop it.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from parley_core.config import RESTORED_MARKER
 from parley_core.files import ensure_private_dir, write_private_file
 
-MARKER = "restored-archive-only.json"
 WHAT_A_RESTORE_HOLDS = (
-    "this folder holds a restored storage archive only: accounts, channels and the audit signing keys "
-    "live in the JetStream event log, which backups do not hold yet, so a platform cannot run on it "
-    "(see README, 'Backups')"
+    "this folder holds a restored archive whose event log is not re-seeded yet: start the platform on it "
+    "with `parley --data-dir {data_dir} up` (or `make run DATA_DIR={data_dir}`), which first puts every "
+    "archived event back into the log, then starts the services"
 )
 
 
 class RestoredArchiveOnly(Exception):
-    """The data folder was restored from a backup and has no event log to run with."""
+    """The data folder was restored from a backup and its event log is not re-seeded yet."""
+
+
+@dataclass(frozen=True)
+class RestoreMarker:
+    backup_id: str
+    backup_created_at: str
 
 
 def marker_path(data_dir: Path) -> Path:
-    return data_dir / "storage" / MARKER
+    return data_dir / RESTORED_MARKER
 
 
-def mark_restored(data_dir: Path, backup_id: str) -> None:
-    body = {"backup_id": backup_id, "restored_at": datetime.now(UTC).isoformat(), "note": WHAT_A_RESTORE_HOLDS}
+def what_a_restore_holds(data_dir: Path) -> str:
+    return WHAT_A_RESTORE_HOLDS.format(data_dir=data_dir)
+
+
+def mark_restored(data_dir: Path, backup_id: str, backup_created_at: str = "") -> None:
+    body = {
+        "backup_id": backup_id,
+        "backup_created_at": backup_created_at,
+        "restored_at": datetime.now(UTC).isoformat(),
+        "note": what_a_restore_holds(data_dir),
+    }
     path = marker_path(data_dir)
     ensure_private_dir(path.parent)  # with PostgreSQL nothing else lives there
     write_private_file(path, json.dumps(body, indent=1).encode())
 
 
+def read_restored(data_dir: Path) -> RestoreMarker | None:
+    """The backup the folder was restored from, while its event log still needs re-seeding."""
+    path = marker_path(data_dir)
+    if not path.exists():
+        return None
+    body = json.loads(path.read_text())
+    return RestoreMarker(backup_id=body["backup_id"], backup_created_at=body.get("backup_created_at", ""))
+
+
+def clear_restored(data_dir: Path) -> None:
+    marker_path(data_dir).unlink(missing_ok=True)
+
+
 def refuse_restored(data_dir: Path) -> None:
-    """Raise when storage is about to start on a restored folder."""
+    """Raise when storage is about to start on a restored folder whose log is not re-seeded."""
     if marker_path(data_dir).exists():
-        raise RestoredArchiveOnly(f"{data_dir}: {WHAT_A_RESTORE_HOLDS}")
+        raise RestoredArchiveOnly(f"{data_dir}: {what_a_restore_holds(data_dir)}")

@@ -80,3 +80,66 @@ class UserDataErasedFromStreams(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UserDataErasedFromStreams: _TypeAlias = UserDataErasedFromStreams  # noqa: Y015
+
+@_typing.final
+class EventLogRestored(_message.Message):
+    """The event log of a data folder restored from a backup was re-seeded from its archive (by
+    `parley up`, before any service started), on parley.storage.restore.<backup_id>: every event
+    the archive can open is back on its subject at its original stream sequence; the others (a
+    shredded key, content a redaction or retention removed) are holes, as in the log it came from.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BACKUP_ID_FIELD_NUMBER: _builtins.int
+    BACKUP_CREATED_AT_FIELD_NUMBER: _builtins.int
+    STREAMS_FIELD_NUMBER: _builtins.int
+    backup_id: _builtins.str
+    backup_created_at: _builtins.str
+    """ISO 8601, from the backup's manifest"""
+    @_builtins.property
+    def streams(self) -> _containers.RepeatedCompositeFieldContainer[Global___RestoredStream]: ...
+    def __init__(
+        self,
+        *,
+        backup_id: _builtins.str = ...,
+        backup_created_at: _builtins.str = ...,
+        streams: _abc.Iterable[Global___RestoredStream] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_created_at", b"backup_created_at", "backup_id", b"backup_id", "streams", b"streams"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventLogRestored: _TypeAlias = EventLogRestored  # noqa: Y015
+
+@_typing.final
+class RestoredStream(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    HOLES_FIELD_NUMBER: _builtins.int
+    LAST_SEQ_FIELD_NUMBER: _builtins.int
+    stream: _builtins.str
+    events: _builtins.int
+    """put back on their subjects"""
+    holes: _builtins.int
+    """sequences left empty"""
+    last_seq: _builtins.int
+    def __init__(
+        self,
+        *,
+        stream: _builtins.str = ...,
+        events: _builtins.int = ...,
+        holes: _builtins.int = ...,
+        last_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "holes", b"holes", "last_seq", b"last_seq", "stream", b"stream"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestoredStream: _TypeAlias = RestoredStream  # noqa: Y015

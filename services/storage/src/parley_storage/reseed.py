@@ -1,0 +1,254 @@
+"""Re-seeding the event log of a restored data folder from its archive.
+
+A backup holds the archive, not the JetStream event log, yet accounts, sessions, channels, the
+audit chain and the registry's roll-outs are rebuilt by replaying that log. On a restored folder
+`parley up` therefore puts the archive back into the log first, as the operator's platform
+identity and before any service starts (``python -m parley_storage.reseed``):
+
+- every event goes back on its original subject at its original stream sequence (each publish
+  expects the sequence before it), so storage's archive positions match the new log, nothing is
+  archived twice, and the per-subject sequences the services' append guards check are as before;
+- an event the archive cannot open (its author's key was shredded, or a redaction or retention
+  removed its text) leaves a hole at its sequence: a placeholder is published there and deleted
+  at once. The markers those removals appended (MessagesErased, AccountErased, MessageRedacted,
+  MessagesExpired) are archived events themselves and come back, so the services rebuild from the
+  new log as they did from the old one;
+- an audited ``EventLogRestored`` record on STORE closes the work, and the folder's restore marker
+  is removed, which lets storage start.
+
+Interrupted, it resumes where it stopped: each stream's last sequence says how far it got.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+
+import nats.errors
+import nats.js.errors
+from nats.js import JetStreamContext
+from parley.storage.v1.events_pb2 import EventLogRestored, RestoredStream
+
+from parley_core.bus import WRONG_LAST_SEQUENCE, ConcurrencyConflict, EventBus
+from parley_core.config import Settings
+from parley_core.envelope import NewEvent
+from parley_core.nats_connect import connect_nats
+from parley_core.natsconf import ensure_nats_passwords
+from parley_core.topology import CONSUMERS, PLATFORM_USER, reseed_hole_subject, restore_subject
+from parley_storage.archive import SqlEventArchive, StoredEvent, open_engine
+from parley_storage.datakeys import DataKeys
+from parley_storage.kek import FileKeyring
+from parley_storage.migrate import SchemaNewerThanCode, UnversionedDatabase, check_schema_compatible
+from parley_storage.restored import RestoreMarker, clear_restored, read_restored
+from parley_storage.service import KEYRING_FILE, database_url
+
+# The streams storage archives, in the order they are put back.
+RESEEDED_STREAMS = tuple(spec.stream for spec in CONSUMERS if spec.service == "storage")
+PAGE = 500
+# "no message found" / "sequence not found": a placeholder deleted by an earlier, interrupted run.
+ALREADY_DELETED = {10037, 10043}
+
+
+class ReseedRefused(Exception):
+    """The event log holds events that are not this archive's; nothing was changed."""
+
+
+@dataclass(frozen=True)
+class StreamReseeded:
+    stream: str
+    events: int  # on their subjects now
+    holes: int  # sequences left empty: the archive cannot open what was there
+    last_seq: int
+
+
+async def reseed_stream(
+    js: JetStreamContext, archive: SqlEventArchive, stream: str, *, page: int = PAGE
+) -> StreamReseeded:
+    """Put one stream's archived events back at their sequences, continuing after what it holds.
+
+    A page of events is published at once (in order on one connection, each expecting the
+    sequence before it, so the stream always holds an unbroken prefix), then its placeholders
+    are deleted: an interrupted run can only have left placeholders in its last page.
+    """
+    newest = await archive.newest_seq(stream)
+    done = int((await js.stream_info(stream)).state.last_seq or 0)
+    if done > newest:
+        raise ReseedRefused(
+            f"stream {stream} already holds events up to sequence {done}, past the archive's newest ({newest}): "
+            "this event log is not the restored archive's; restore into an empty data folder"
+        )
+    await _delete_placeholders(js, stream, range(max(done - page, 0) + 1, done + 1))
+    after = done
+    while after < newest:
+        stored, _ = await archive.stream_events(stream, after_seq=after, limit=page)
+        placed: list[Placed] = []
+        for event in stored:
+            placed.extend(Placed.placeholder(stream, missing) for missing in range(after + 1, event.stream_seq))
+            placed.append(Placed.of(event))
+            after = event.stream_seq
+        for start in range(0, len(placed), page):  # never more than a page in flight
+            batch = placed[start : start + page]
+            await _publish_in_order(js, stream, batch)
+            for hole in (p for p in batch if p.hole):
+                await js.delete_msg(stream, hole.seq)
+    state = (await js.stream_info(stream)).state
+    last, messages = int(state.last_seq or 0), int(state.messages or 0)
+    if last != newest:
+        raise ReseedRefused(f"stream {stream} ends at sequence {last} after re-seeding, not at the archive's {newest}")
+    return StreamReseeded(stream=stream, events=messages, holes=last - messages, last_seq=last)
+
+
+@dataclass(frozen=True)
+class Placed:
+    """What goes at one sequence: an archived event, or a placeholder to delete (a hole)."""
+
+    seq: int
+    subject: str
+    data: bytes
+    headers: dict[str, str]
+    hole: bool
+
+    @classmethod
+    def of(cls, event: StoredEvent) -> Placed:
+        if event.envelope is None:  # shredded, or its text removed: the archive cannot give it back
+            return cls.placeholder(event.stream, event.stream_seq)
+        headers = {**event.envelope.trace_context, "Parley-Event-Type": event.event_type}
+        return cls(event.stream_seq, event.subject, event.envelope.SerializeToString(), headers, hole=False)
+
+    @classmethod
+    def placeholder(cls, stream: str, seq: int) -> Placed:
+        return cls(seq, reseed_hole_subject(stream), b"", {}, hole=True)
+
+
+async def _publish_in_order(js: JetStreamContext, stream: str, batch: list[Placed]) -> None:
+    """Each message lands at its sequence or not at all, and none after one that did not."""
+    pending = [
+        await js.publish_async(
+            placed.subject, placed.data, headers={**placed.headers, "Nats-Expected-Last-Sequence": str(placed.seq - 1)}
+        )
+        for placed in batch
+    ]
+    for placed, future in zip(batch, pending, strict=True):
+        try:
+            ack = await future
+        except nats.js.errors.APIError as exc:
+            if exc.err_code != WRONG_LAST_SEQUENCE:
+                raise
+            raise ReseedRefused(
+                f"stream {stream} changed while it was being re-seeded (at sequence {placed.seq}): "
+                "is something else writing to this event log? Stop it and start `parley up` again"
+            ) from None
+        if ack.stream != stream or ack.seq != placed.seq:
+            raise ReseedRefused(
+                f"{placed.subject} landed in {ack.stream} at {ack.seq}, not in {stream} at {placed.seq}"
+            )
+
+
+async def _delete_placeholders(js: JetStreamContext, stream: str, seqs: range) -> None:
+    """Placeholders an interrupted run published but had not deleted yet."""
+    for seq in seqs:
+        try:
+            found = await js.get_msg(stream, seq)
+        except nats.js.errors.NotFoundError:
+            continue
+        except nats.js.errors.APIError as exc:
+            if exc.err_code in ALREADY_DELETED:
+                continue
+            raise
+        if found.subject == reseed_hole_subject(stream):
+            await js.delete_msg(stream, seq)
+
+
+async def already_recorded(js: JetStreamContext, backup_id: str) -> bool:
+    """The closing record exists: an earlier run finished everything but removing the marker."""
+    try:
+        await js.get_last_msg("STORE", restore_subject(backup_id), direct=True)
+    except nats.js.errors.NotFoundError:
+        return False
+    return True
+
+
+async def record_restore(bus: EventBus, marker: RestoreMarker, streams: list[StreamReseeded]) -> None:
+    payload = EventLogRestored(
+        backup_id=marker.backup_id,
+        backup_created_at=marker.backup_created_at,
+        streams=[RestoredStream(**asdict(s)) for s in streams],
+    )
+    event = NewEvent(
+        aggregate_type="restore",
+        aggregate_id=marker.backup_id,
+        payload=payload,
+        actor=PLATFORM_USER,
+        event_id=f"restored-{marker.backup_id}",
+    )
+    with contextlib.suppress(ConcurrencyConflict):  # recorded by an earlier run stopped before the marker went
+        await bus.append(restore_subject(marker.backup_id), event, aggregate_version=1, expected_last_subject_seq=0)
+
+
+async def reseed_folder(
+    data_dir: Path, *, nats_url: str, database: str, say: Callable[[str], None] = print
+) -> list[StreamReseeded]:
+    """Re-seed the event log of a restored folder, then let storage start on it."""
+    marker = read_restored(data_dir)
+    if marker is None:
+        return []
+    engine = open_engine(database)
+    password = ensure_nats_passwords(data_dir / "secrets" / "nats-passwords.json", [PLATFORM_USER])[PLATFORM_USER]
+    nc = await connect_nats(
+        url=nats_url, user=PLATFORM_USER, password=password, ca_cert=data_dir / "pki" / "ca.crt", name="parley-reseed"
+    )
+    try:
+        check_schema_compatible(engine)
+        archive = SqlEventArchive(engine, DataKeys(FileKeyring.load_or_create(data_dir / "secrets" / KEYRING_FILE)))
+        js = nc.jetstream()
+        done: list[StreamReseeded] = []
+        if not await already_recorded(js, marker.backup_id):
+            for stream in RESEEDED_STREAMS:
+                done.append(await reseed_stream(js, archive, stream))
+                say(f"{stream}: {done[-1].events} events back in the log, {done[-1].holes} holes")
+            producer = f"parley-restore@{metadata.version('parley-storage')}"
+            await record_restore(EventBus(nc, service=PLATFORM_USER, producer=producer), marker, done)
+        clear_restored(data_dir)
+        return done
+    finally:
+        await nc.close()
+        engine.dispose()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="parley-storage-reseed", description="put a restored archive back into an empty event log"
+    )
+    parser.add_argument("--data-dir", type=Path, default=Path(".parley"))
+    parser.add_argument("--nats-url", required=True, help="the platform's NATS URL(s), comma-separated")
+    parser.add_argument("--database-url", default="", help="default: $PARLEY_DATABASE_URL or SQLite in the data folder")
+    args = parser.parse_args(argv)
+    settings = Settings(service="storage", data_dir=args.data_dir)
+    if args.database_url:
+        settings.database_url = args.database_url
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        streams = asyncio.run(
+            reseed_folder(args.data_dir, nats_url=args.nats_url, database=database_url(settings), say=say)
+        )
+    except (ReseedRefused, SchemaNewerThanCode, UnversionedDatabase) as exc:
+        print(f"re-seeding the event log failed: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except (nats.errors.Error, TimeoutError, OSError) as exc:
+        print(f"re-seeding the event log stopped ({exc!r}); it resumes at the next start", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(json.dumps({"reseeded": [asdict(s) for s in streams]}, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

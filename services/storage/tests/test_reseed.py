@@ -1,0 +1,189 @@
+"""Re-seeding a restored folder's event log from its archive: a real nats-server, the archive on
+SQLite and PostgreSQL. Every readable event lands at its original sequence on its subject, what
+the archive cannot open leaves a hole there, an interrupted run resumes, and a log that is not
+the archive's is refused untouched."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nats.js.errors
+import pytest
+from nats.js import JetStreamContext
+from parley.auth.v1.events_pb2 import UserRegistered
+from parley.messaging.v1.events_pb2 import ChannelCreated, MessagePosted
+from parley.storage.v1.events_pb2 import EventLogRestored
+
+from parley_core.bus import EventBus, ReceivedEvent
+from parley_core.envelope import NewEvent, decode, open_payload, seal
+from parley_core.pki import Pki
+from parley_core.testing.nats import NatsTestServer
+from parley_core.topology import (
+    PLATFORM_USER,
+    STREAMS,
+    channel_subject,
+    reseed_hole_subject,
+    restore_subject,
+    user_subject,
+)
+from parley_storage.archive import SqlEventArchive
+from parley_storage.reseed import Placed, ReseedRefused, _publish_in_order, reseed_folder, reseed_stream
+from parley_storage.restored import mark_restored, read_restored
+from parley_storage.service import KEYRING_FILE
+
+ALICE, BOB = "user-alice", "user-bob"
+
+
+def event(stream: str, seq: int, subject: str, aggregate: tuple[str, str, int], payload: object) -> ReceivedEvent:
+    aggregate_type, aggregate_id, version = aggregate
+    envelope = seal(
+        NewEvent(aggregate_type=aggregate_type, aggregate_id=aggregate_id, payload=payload, actor=ALICE),  # type: ignore[arg-type]
+        aggregate_version=version,
+        producer="test@0",
+        trace_context={"traceparent": f"00-{seq:032x}-{seq:016x}-01"},
+    )
+    return ReceivedEvent(envelope, subject, stream, seq, 1, {})
+
+
+def post(seq: int, channel_seq: int, sender: str) -> ReceivedEvent:
+    body = MessagePosted(channel_id="general", sender_id=sender, channel_seq=channel_seq, body=f"post {channel_seq}")
+    return event("MSG", seq, channel_subject("general"), ("channel", "general", channel_seq + 1), body)
+
+
+async def archive_with_holes(archive: SqlEventArchive) -> None:
+    """AUTH: alice, bob. MSG: a channel, posts by alice and bob, sequence 5 never archived, then
+    bob again. Alice is erased afterwards: her account and posts no longer open."""
+    await archive.archive(
+        "storage-archive-auth",
+        [
+            event("AUTH", 1, user_subject(ALICE), ("user", ALICE, 1), UserRegistered(user_id=ALICE, username="alice")),
+            event("AUTH", 2, user_subject(BOB), ("user", BOB, 1), UserRegistered(user_id=BOB, username="bob")),
+        ],
+    )
+    created = event(
+        "MSG", 1, channel_subject("general"), ("channel", "general", 1), ChannelCreated(channel_id="general")
+    )
+    await archive.archive(
+        "storage-archive-msg", [created, post(2, 1, ALICE), post(3, 2, BOB), post(4, 3, ALICE), post(6, 4, BOB)]
+    )
+    await archive.shred_user(ALICE)
+
+
+async def stream_contents(js: JetStreamContext, stream: str) -> dict[int, tuple[str, bytes] | None]:
+    """Every sequence of the stream: (subject, data), or None for a hole."""
+    last = int((await js.stream_info(stream)).state.last_seq or 0)
+    out: dict[int, tuple[str, bytes] | None] = {}
+    for seq in range(1, last + 1):
+        try:
+            msg = await js.get_msg(stream, seq)
+        except nats.js.errors.NotFoundError:
+            out[seq] = None
+            continue
+        out[seq] = (msg.subject, msg.data or b"")
+    return out
+
+
+async def platform_js(nats_server: NatsTestServer) -> JetStreamContext:
+    nc = await nats_server.connect(PLATFORM_USER)
+    await EventBus(nc, service=PLATFORM_USER, producer="test").ensure_streams(STREAMS)
+    return nc.jetstream()
+
+
+@pytest.mark.parametrize("page", [2, 500])  # several pages in flight one after another, or one
+async def test_every_readable_event_goes_back_at_its_sequence_and_the_rest_are_holes(
+    archive: SqlEventArchive, nats_server: NatsTestServer, page: int
+) -> None:
+    await archive_with_holes(archive)
+    js = await platform_js(nats_server)
+
+    auth = await reseed_stream(js, archive, "AUTH", page=page)
+    msg = await reseed_stream(js, archive, "MSG", page=page)
+
+    assert (auth.events, auth.holes, auth.last_seq) == (1, 1, 2)  # alice's registration is a hole
+    assert (msg.events, msg.holes, msg.last_seq) == (3, 3, 6)  # her two posts, and the unarchived 5
+    contents = await stream_contents(js, "MSG")
+    assert [seq for seq, found in contents.items() if found is None] == [2, 4, 5]
+    archived, _ = await archive.stream_events("MSG", after_seq=0, limit=10)
+    for stored in (e for e in archived if e.envelope is not None):
+        subject, data = contents[stored.stream_seq] or ("", b"")
+        assert subject == stored.subject
+        assert decode(data) == stored.envelope  # the very envelope: id, version, time, trace, payload
+    payloads = [open_payload(decode(found[1])) for found in contents.values() if found is not None]
+    assert [p.body for p in payloads if isinstance(p, MessagePosted)] == ["post 2", "post 4"]  # bob's
+    # A later append to the channel continues after the restored sequences, as it would have.
+    ack = await js.publish(channel_subject("general"), b"next", headers={"Nats-Expected-Last-Subject-Sequence": "6"})
+    assert ack.seq == 7
+
+
+async def test_an_interrupted_reseed_resumes_without_duplicates(
+    archive: SqlEventArchive, nats_server: NatsTestServer
+) -> None:
+    await archive_with_holes(archive)
+    js = await platform_js(nats_server)
+    archived, _ = await archive.stream_events("MSG", after_seq=0, limit=10)
+    # The first run stopped after publishing 1..3, before deleting its placeholder for 2 (alice's post).
+    await _publish_in_order(js, "MSG", [Placed.of(e) for e in archived[:3]])
+    assert (await js.get_msg("MSG", 2)).subject == reseed_hole_subject("MSG")
+
+    resumed = await reseed_stream(js, archive, "MSG")
+
+    assert (resumed.events, resumed.holes, resumed.last_seq) == (3, 3, 6)
+    contents = await stream_contents(js, "MSG")
+    assert [seq for seq, found in contents.items() if found is None] == [2, 4, 5]
+    assert all(found is None or found[0] != reseed_hole_subject("MSG") for found in contents.values())
+
+
+async def test_a_log_that_is_not_the_archives_is_refused_untouched(
+    archive: SqlEventArchive, nats_server: NatsTestServer
+) -> None:
+    await archive_with_holes(archive)
+    js = await platform_js(nats_server)
+    for n in range(3):  # an event log of its own, longer than the archive's AUTH
+        await js.publish(user_subject(f"someone-{n}"), b"x")
+
+    with pytest.raises(ReseedRefused, match="past the archive's newest"):
+        await reseed_stream(js, archive, "AUTH")
+
+    state = (await js.stream_info("AUTH")).state
+    assert (state.messages, state.last_seq) == (3, 3)
+
+
+def restored_folder(tmp_path: Path, archive: SqlEventArchive, nats_server: NatsTestServer, pki: Pki) -> Path:
+    """A data folder as restore leaves it: the marker, the keyring, and what `parley up` adds first
+    (the CA, the NATS passwords)."""
+    data_dir = tmp_path / "restored"
+    (data_dir / "secrets").mkdir(parents=True)
+    (data_dir / "pki").mkdir()
+    keyring: Path = archive.keys.keks.path  # type: ignore[attr-defined]
+    (data_dir / "secrets" / KEYRING_FILE).write_bytes(keyring.read_bytes())
+    (data_dir / "secrets" / "nats-passwords.json").write_text(json.dumps(nats_server.passwords))
+    (data_dir / "pki" / "ca.crt").write_bytes(pki.ca_cert.read_bytes())
+    mark_restored(data_dir, "backup-1", "2026-11-30T12:00:00+00:00")
+    return data_dir
+
+
+async def test_the_folder_is_reseeded_once_recorded_and_released(
+    archive: SqlEventArchive, nats_server: NatsTestServer, pki: Pki, tmp_path: Path
+) -> None:
+    await archive_with_holes(archive)
+    data_dir = restored_folder(tmp_path, archive, nats_server, pki)
+    js = await platform_js(nats_server)
+    url = archive.engine.url.render_as_string(hide_password=False)
+    said: list[str] = []
+
+    done = await reseed_folder(data_dir, nats_url=nats_server.url, database=url, say=said.append)
+
+    assert [(s.stream, s.events, s.holes) for s in done][:2] == [("AUTH", 1, 1), ("MSG", 3, 3)]
+    assert said[:2] == ["AUTH: 1 events back in the log, 1 holes", "MSG: 3 events back in the log, 3 holes"]
+    assert read_restored(data_dir) is None  # storage may start now
+    raw = await js.get_last_msg("STORE", restore_subject("backup-1"))
+    record = open_payload(decode(raw.data or b""))
+    assert isinstance(record, EventLogRestored)
+    assert record.backup_created_at == "2026-11-30T12:00:00+00:00"
+    assert {s.stream: (s.events, s.holes, s.last_seq) for s in record.streams}["MSG"] == (3, 3, 6)
+    # A run that stopped after the record but before removing the marker only removes it.
+    mark_restored(data_dir, "backup-1")
+    assert await reseed_folder(data_dir, nats_url=nats_server.url, database=url) == []
+    assert read_restored(data_dir) is None
+    assert (await js.stream_info("MSG")).state.last_seq == 6

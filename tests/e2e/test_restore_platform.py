@@ -1,0 +1,194 @@
+"""Disaster recovery end to end: a backup restored into an empty data folder runs as the platform
+it was taken from. `parley up` re-seeds the event log from the restored archive first; then the
+same people log in (MFA included), the erased stay erased, history and numbering go on, the
+audit chain verifies, and the patch registry serves the same releases."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.hashes import SHA1
+from cryptography.hazmat.primitives.twofactor.totp import TOTP
+from parley.storage.v1 import storage_pb2, storage_pb2_grpc
+from parley.storage.v1.events_pb2 import EventLogRestored
+
+from parley_client import MfaRequired, ParleyClient, ParleyError
+from parley_core.envelope import decode, open_payload
+from parley_core.net import free_port
+from parley_core.pki import ensure_pki
+from parley_core.runner import secure_channel
+from parley_core.testing.platform import RunningPlatform, platform_in
+from parley_core.testing.waiting import eventually
+
+pytestmark = pytest.mark.e2e
+
+PASSWORD = "a-long-enough-passphrase"
+ARCHIVE_SECRETS = ("storage-kek.json", "storage-backup.key", "storage-backup-signing.pub")
+Shown = tuple[int, str, str, bool, bool, bool, tuple[tuple[str, tuple[str, ...]], ...]]
+
+
+def authenticator(secret_base32: str) -> TOTP:
+    return TOTP(base64.b32decode(secret_base32 + "=" * (-len(secret_base32) % 8)), 6, SHA1(), 30)
+
+
+def connect(platform: RunningPlatform) -> ParleyClient:
+    return ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+
+
+async def person(platform: RunningPlatform, name: str) -> ParleyClient:
+    client = connect(platform)
+    await client.register(name, PASSWORD)
+    await client.login(name, PASSWORD)
+    return client
+
+
+async def shown(client: ParleyClient, channel_id: str) -> list[Shown]:
+    page = await client.history(channel_id, limit=500)
+    return [
+        (
+            m.channel_seq,
+            m.sender_name,
+            m.body,
+            m.redacted,
+            m.erased,
+            m.edited,
+            tuple((r.emoji, tuple(r.user_ids)) for r in m.reactions),
+        )
+        for m in page.messages
+    ]
+
+
+async def archived_stream(platform: RunningPlatform, stream: str) -> list[storage_pb2.ArchivedEvent]:
+    """The operator's view of one archived stream (platform identity, mutual TLS, straight to storage)."""
+    pki = ensure_pki(platform.data_dir / "pki", ["platform"])
+    channel = secure_channel(
+        pki, identity="platform", address=str(platform.service("storage")["address"]), peer="storage"
+    )
+    try:
+        page = await storage_pb2_grpc.StorageArchiveServiceStub(channel).ReadArchivedStream(
+            storage_pb2.ReadArchivedStreamRequest(stream=stream, limit=1000), timeout=30
+        )
+        return list(page.events)
+    finally:
+        await channel.close()
+
+
+async def test_a_restored_backup_runs_as_the_platform_it_was(tmp_path: Path) -> None:
+    (tmp_path / "original").mkdir()
+    original = platform_in(tmp_path / "original")
+    original.start()
+    try:
+        original.cli("admin", "create-user", "olga", "--role", "operator", stdin=PASSWORD + "\n")
+        original.cli("login", "olga", stdin=PASSWORD + "\n")
+        alice, bob, carol = [await person(original, name) for name in ("alice", "bob", "carol")]
+        app = authenticator((await alice.begin_totp_enrolment()).secret_base32)
+        enrolled_at = time.time()
+        await alice.confirm_totp_enrolment(app.generate(int(enrolled_at)).decode())
+
+        channel = (await alice.create_channel("general")).channel_id
+        for member in (bob, carol):
+            await member.join_channel(channel)
+        await alice.send(channel, "hello from alice")  # 1
+        await bob.send(channel, "hello from bob")  # 2
+        await carol.send(channel, "carol was here")  # 3, erased below
+        await alice.send(channel, "a typo I will take back")  # 4, the newest, redacted
+        await alice.edit(channel, 1, "hello from alice, edited")
+        await bob.react(channel, 1, "👍")
+        await alice.redact(channel, 4)
+        await carol.erase_my_data(reason="leaving")
+
+        wheel = tmp_path / "parley_messaging-0.9.0-py3-none-any.whl"
+        wheel.write_bytes(b"a release the registry keeps")
+        original.cli("--as", "olga", "patch", "key", "create", "messaging")
+        original.cli("--as", "olga", "patch", "publish", "messaging", "0.9.0", "--wheel", str(wheel))
+
+        before = await eventually(
+            lambda: _settled(bob, channel), what="history to show the erasure and the redaction", timeout=60
+        )
+        backup = tmp_path / "backup"
+        original.cli("backup", "create", str(backup))
+        await bob.send(channel, "after the backup")  # not in the restored platform
+        for client in (alice, bob, carol):
+            await client.close()
+    finally:
+        original.kill()
+
+    fresh = tmp_path / "restored" / "data"
+    (fresh / "secrets").mkdir(parents=True)
+    for name in ARCHIVE_SECRETS:  # from the operator's key backup, as README says
+        shutil.copy2(original.data_dir / "secrets" / name, fresh / "secrets" / name)
+    restored = RunningPlatform(data_dir=fresh, env=original.env, up_args=("--gateway-port", str(free_port())))
+    refused = restored.cli("backup", "restore", str(backup), check=False)
+    assert refused.returncode == 1
+    assert "auth-mfa-key.bin" in refused.stderr  # alice enrolled in MFA: her secret needs auth's key
+    assert not (fresh / "storage" / "archive.db").exists()
+    shutil.copy2(original.data_dir / "secrets" / "auth-mfa-key.bin", fresh / "secrets")
+    done = restored.cli("backup", "restore", str(backup))
+    assert "up`" in done.stderr  # says how to start it
+
+    restored.start()
+    try:
+        output = restored.output()
+        assert "putting the archive's events back into the event log" in output
+        assert "MSG: " in output
+        assert "first account" not in output  # it has its accounts
+
+        bob = connect(restored)
+        await bob.login("bob", PASSWORD)
+        assert await shown(bob, channel) == before
+        assert (await bob.send(channel, "after the restore")).channel_seq == 5  # numbering goes on
+
+        alice = connect(restored)
+        with pytest.raises(MfaRequired):
+            await alice.login("alice", PASSWORD)
+        step = max(time.time(), enrolled_at + 30)  # a code after the one spent on enrolment
+        await alice.login("alice", PASSWORD, totp_code=app.generate(int(step)).decode())
+        assert [c.channel_id for c in await alice.my_channels()] == [channel]
+
+        carol = connect(restored)
+        with pytest.raises(ParleyError) as no_login:
+            await carol.login("carol", PASSWORD)
+        assert no_login.value.code == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(ParleyError) as taken:
+            await carol.register("carol", PASSWORD)
+        assert taken.value.code == grpc.StatusCode.ALREADY_EXISTS
+
+        verified = restored.cli("audit", "verify", check=False)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert "audit chain intact" in verified.stdout
+
+        restored.cli("login", "olga", stdin=PASSWORD + "\n")
+        assert "0.9.0" in restored.cli("patch", "list").stdout
+        (fresh / "cli" / "keys").mkdir(parents=True, exist_ok=True)  # the publisher keeps their key
+        shutil.copy2(original.data_dir / "cli" / "keys" / "messaging.pem", fresh / "cli" / "keys")
+        again = restored.cli(
+            "--as", "olga", "patch", "publish", "messaging", "0.9.0", "--wheel", str(wheel), check=False
+        )
+        assert "already published" in again.stderr
+        newer = wheel.with_name("parley_messaging-0.9.1-py3-none-any.whl")
+        newer.write_bytes(b"the next release")
+        published = restored.cli("--as", "olga", "patch", "publish", "messaging", "0.9.1", "--wheel", str(newer))
+        assert "published messaging 0.9.1" in published.stdout
+
+        msg = await archived_stream(restored, "MSG")
+        assert len({e.stream_seq for e in msg}) == len(msg)  # nothing archived twice
+        store = await archived_stream(restored, "STORE")
+        records = [open_payload(decode(e.envelope)) for e in store if e.event_type.endswith("EventLogRestored")]
+        assert len(records) == 1
+        assert isinstance(records[0], EventLogRestored)
+        assert {s.stream for s in records[0].streams} == {"AUTH", "MSG", "SEC", "PATCH", "STORE"}
+        for client in (alice, bob, carol):
+            await client.close()
+    finally:
+        restored.kill()
+
+
+async def _settled(bob: ParleyClient, channel: str) -> list[Shown] | None:
+    rows = await shown(bob, channel)
+    flags = [(seq, redacted, erased) for seq, _, _, redacted, erased, _, _ in rows]
+    return rows if flags == [(1, False, False), (2, False, False), (3, False, True), (4, True, False)] else None
