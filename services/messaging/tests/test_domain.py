@@ -104,3 +104,29 @@ def test_forgotten_messages_leave_no_text_and_keep_their_numbers() -> None:
     assert channel.last_seq == 3  # the next message is #4, never a second #3
     with pytest.raises(NotFound):
         channel.message(2)
+
+
+def test_a_redaction_of_a_message_never_seen_keeps_its_number_and_shows_it_redacted() -> None:
+    directory, _ = _channel_with_message()
+    channel = directory.get("c1")
+    channel.record_redaction(3, "m3")  # its post (#3, the newest) was deleted from the stream
+    placeholder = channel.message(3).current
+    assert (placeholder.redacted, placeholder.body, placeholder.message_id) == (True, "", "m3")
+    assert channel.message(3).versions == []
+    assert channel.last_seq == 3  # the next message is #4
+    assert 2 not in channel.messages  # only the number is kept, not a message that was never there
+    with pytest.raises(FailedPrecondition):
+        channel.check_edit("alice", 3)
+    channel.record_redaction(1, "m1")  # a message it knows is redacted as before
+    assert channel.message(1).current.redacted
+    assert channel.message(1).current.sender_id == "alice"
+    assert channel.last_seq == 3
+
+
+def test_numbers_seen_in_edits_and_reactions_stay_taken() -> None:
+    directory, _ = _channel_with_message()
+    channel = directory.get("c1")
+    channel.keep_number(5)
+    channel.keep_number(2)  # never lowers it
+    assert channel.last_seq == 5
+    assert sorted(channel.messages) == [1]

@@ -17,22 +17,18 @@ from parley.messaging.v1.events_pb2 import (
 from sqlalchemy import Connection, select
 
 from parley_core.bus import ReceivedEvent
-from parley_core.envelope import NewEvent, seal
-from parley_core.topology import channel_subject
-from parley_storage.archive import EXPIRED, SqlEventArchive
+from parley_core.envelope import NewEvent
+from parley_core.testing.events import received
+from parley_storage.archive import EXPIRED, LogDeletion, SqlEventArchive
 from parley_storage.schema import events
 
 CONSUMER = "storage-archive-msg"
 
 
 def delivered(payload: Message, seq: int) -> ReceivedEvent:
-    envelope = seal(
-        NewEvent(aggregate_type="channel", aggregate_id="c1", payload=payload, actor="alice"),
-        aggregate_version=seq,
-        producer="test@0",
-        trace_context={},
+    return received(
+        NewEvent(aggregate_type="channel", aggregate_id="c1", payload=payload, actor="alice"), stream_seq=seq
     )
-    return ReceivedEvent(envelope, channel_subject("c1"), "MSG", seq, 1, {})
 
 
 def posted(n: int) -> MessagePosted:
@@ -55,12 +51,18 @@ def conversation() -> list[ReceivedEvent]:
     ]
 
 
+async def queued(archive: SqlEventArchive) -> list[int]:
+    """Stream sequences of the texts waiting for their deletion from the log."""
+    return [d.stream_seq for d in await archive.log_deletions(limit=10) if d.stream == "MSG"]
+
+
 def key_ids(conn: Connection) -> dict[int, str]:
     return {row.stream_seq: row.key_id for row in conn.execute(select(events.c.stream_seq, events.c.key_id))}
 
 
 async def test_history_shows_edits_and_no_text_of_redacted_messages(archive: SqlEventArchive) -> None:
-    await archive.archive(CONSUMER, conversation())
+    batch = conversation()
+    await archive.archive(CONSUMER, batch)
     messages, _ = await archive.channel_history("c1", after_seq=0, limit=10)
     assert [m.body for m in messages] == ["text 1", "text 2, edited", "", "text 4", "text 5"]
     assert not any(m.erased for m in messages)  # redacted is not erased: no key was shredded
@@ -69,6 +71,13 @@ async def test_history_shows_edits_and_no_text_of_redacted_messages(archive: Sql
     assert keys[4] == keys[8] == EXPIRED  # the post and the edit of #3 lost their content
     assert keys[9] != EXPIRED  # the redaction itself is kept
     assert keys[3] != EXPIRED  # other messages keep theirs
+    # Both texts of #3 wait for their deletion from the log, recorded with the blanking.
+    deletions = await archive.log_deletions(limit=10)
+    assert deletions == [LogDeletion("MSG", e.stream_seq, e.envelope.event_id) for e in (batch[3], batch[7])]
+    assert await archive.archive(CONSUMER, batch) == 0  # a redelivery queues nothing more
+    assert await queued(archive) == [4, 8]
+    await archive.forget_log_deletions(deletions[:1])
+    assert await queued(archive) == [8]
 
 
 async def test_a_late_redelivered_edit_never_brings_back_redacted_text(archive: SqlEventArchive) -> None:
@@ -78,6 +87,7 @@ async def test_a_late_redelivered_edit_never_brings_back_redacted_text(archive: 
     messages, _ = await archive.channel_history("c1", after_seq=2, limit=1)
     assert messages[0].body == ""
     assert (await archive.run("key_ids", key_ids))[8] == EXPIRED
+    assert await queued(archive) == [4, 8]
 
 
 async def test_a_member_who_left_is_no_longer_a_member(archive: SqlEventArchive) -> None:
@@ -112,6 +122,7 @@ async def test_a_post_redelivered_after_its_redaction_stays_blanked(archive: Sql
     assert messages[0].channel_seq == 3
     assert messages[0].body == ""
     assert (await archive.run("key_ids", key_ids))[4] == EXPIRED
+    assert await queued(archive) == [4, 8]
 
 
 async def test_history_carries_threads_and_reactions(archive: SqlEventArchive) -> None:

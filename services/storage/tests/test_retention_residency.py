@@ -1,4 +1,4 @@
-"""Retention per channel and data residency, on SQLite and PostgreSQL."""
+"""Retention per channel (as MessagesExpired markers) and data residency, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
-from parley.messaging.v1.events_pb2 import ChannelCreated, MessagePosted
-from sqlalchemy import select
+from parley.messaging.v1.events_pb2 import ChannelCreated, MessageEdited, MessagePosted, MessagesExpired
+from sqlalchemy import Connection, select
 
 from parley_core.bus import ReceivedEvent
-from parley_core.envelope import NewEvent, seal
-from parley_core.topology import channel_subject
-from parley_storage.archive import NS_PER_DAY, SqlEventArchive, open_engine
+from parley_core.envelope import NewEvent
+from parley_core.testing.events import received
+from parley_storage.archive import EXPIRED, NS_PER_DAY, RetentionPolicy, SqlEventArchive, open_engine
 from parley_storage.migrate import upgrade_to_head
 from parley_storage.residency import (
     ResidencyBinding,
@@ -24,11 +25,13 @@ from parley_storage.residency import (
     location_of,
     rebind_restored,
 )
-from parley_storage.schema import residency
+from parley_storage.retention import MARKER_SEQS, expiry_markers
+from parley_storage.schema import events, log_deletions, residency
 from parley_storage.service import check_residency
 from parley_storage.settings import StorageSettings
 
 NOW_NS = 1_800_000_000 * 10**9
+CONSUMER = "storage-archive-msg"
 
 
 class Channels:
@@ -37,16 +40,14 @@ class Channels:
         self.versions: dict[str, int] = {}
         self.channel_seqs: dict[str, int] = {}
 
-    def _event(self, channel: str, payload: object) -> ReceivedEvent:
+    def _event(self, channel: str, payload: Message) -> ReceivedEvent:
+        return self.appended(NewEvent(aggregate_type="channel", aggregate_id=channel, payload=payload, actor="u1"))
+
+    def appended(self, event: NewEvent) -> ReceivedEvent:
+        """`event` as the archive receives it after it was appended on its channel."""
         self.seq += 1
-        self.versions[channel] = self.versions.get(channel, 0) + 1
-        envelope = seal(
-            NewEvent(aggregate_type="channel", aggregate_id=channel, payload=payload, actor="u1"),  # type: ignore[arg-type]
-            aggregate_version=self.versions[channel],
-            producer="test@0",
-            trace_context={},
-        )
-        return ReceivedEvent(envelope, channel_subject(channel), "MSG", self.seq, 1, {})
+        self.versions[event.aggregate_id] = self.versions.get(event.aggregate_id, 0) + 1
+        return received(event, stream_seq=self.seq, aggregate_version=self.versions[event.aggregate_id])
 
     def create(self, channel: str) -> ReceivedEvent:
         return self._event(channel, ChannelCreated(channel_id=channel, creator_id="u1"))
@@ -66,10 +67,33 @@ class Channels:
         )
         return self._event(channel, payload)
 
+    def edit(self, channel: str, channel_seq: int, body: str) -> ReceivedEvent:
+        return self._event(
+            channel, MessageEdited(channel_id=channel, channel_seq=channel_seq, body=body, editor_id="u1")
+        )
+
 
 async def bodies(archive: SqlEventArchive, channel: str) -> list[str]:
     messages, _ = await archive.channel_history(channel, after_seq=0, limit=100)
     return [m.body for m in messages]
+
+
+async def expire(archive: SqlEventArchive, feed: Channels, *, now_ns: int) -> list[ReceivedEvent]:
+    """The retention job's decision, and its markers as the archive then receives them."""
+    markers = []
+    for policy in await archive.retention_policies():
+        expired = await archive.sent_before(policy.channel_id, now_ns - policy.days * NS_PER_DAY)
+        markers.extend(feed.appended(marker) for marker in expiry_markers(policy, expired))
+    await archive.archive(CONSUMER, markers)
+    return markers
+
+
+def queued(conn: Connection) -> list[tuple[int, str]]:
+    return [(r.stream_seq, r.reason) for r in conn.execute(select(log_deletions).order_by(log_deletions.c.stream_seq))]
+
+
+def key_ids(conn: Connection) -> dict[int, str]:
+    return {row.stream_seq: row.key_id for row in conn.execute(select(events.c.stream_seq, events.c.key_id))}
 
 
 async def test_retention_removes_old_content_of_that_channel_only(archive: SqlEventArchive) -> None:
@@ -81,27 +105,58 @@ async def test_retention_removes_old_content_of_that_channel_only(archive: SqlEv
         feed.post("forever", 40, "forever old"),
         feed.post("short", 29, "short recent"),
         feed.post("short", 0.5, "short today"),
+        feed.edit("short", 1, "short old, edited today"),  # still expires: the message is 40 days old
     ]
-    await archive.archive("storage-archive-msg", batch)
+    await archive.archive(CONSUMER, batch)
     await archive.set_retention("short", 30, set_by="platform")
 
-    assert await archive.apply_retention(now_ns=NOW_NS) == 1
+    (marker,) = await expire(archive, feed, now_ns=NOW_NS)
+    expired = MessagesExpired.FromString(marker.envelope.payload)
+    assert (list(expired.channel_seqs), expired.retention_days) == ([1], 30)
 
     assert await bodies(archive, "short") == ["short recent", "short today"]
     assert await bodies(archive, "forever") == ["forever old"]
-    events, _ = await archive.stream_events("MSG", after_seq=0, limit=100)
-    assert [e.stream_seq for e in events] == [1, 2, 3, 4, 5, 6]  # the log keeps every position
-    assert [e.envelope is None for e in events] == [False, False, True, False, False, False]
-    # Running again removes nothing more; a redelivery of the expired event stores nothing.
-    assert await archive.apply_retention(now_ns=NOW_NS) == 0
-    assert await archive.archive("storage-archive-msg", [batch[2]]) == 0
+    stored, _ = await archive.stream_events("MSG", after_seq=0, limit=100)
+    assert [e.stream_seq for e in stored] == [1, 2, 3, 4, 5, 6, 7, 8]  # the log keeps every position
+    keys = await archive.run("key_ids", key_ids)
+    assert [seq for seq, key in sorted(keys.items()) if key == EXPIRED] == [3, 7]  # the post and its edit
+    # Both texts wait for their deletion from the log; the marker keeps the fact.
+    assert await archive.run("queued", queued) == [(3, "expired"), (7, "expired")]
+    # A redelivered marker or post changes nothing; a run finds nothing more to expire.
+    assert await archive.archive(CONSUMER, [marker, batch[2]]) == 0
+    assert await expire(archive, feed, now_ns=NOW_NS) == []
     assert await bodies(archive, "short") == ["short recent", "short today"]
+    assert await archive.run("queued", queued) == [(3, "expired"), (7, "expired")]
     # Time passes: the next run takes what has aged past the policy since.
-    assert await archive.apply_retention(now_ns=NOW_NS + 2 * NS_PER_DAY) == 1
+    assert len(await expire(archive, feed, now_ns=NOW_NS + 2 * NS_PER_DAY)) == 1
     assert await bodies(archive, "short") == ["short today"]
     await archive.set_retention("short", 0, set_by="platform")  # policy removed: keep forever
-    assert await archive.apply_retention(now_ns=NOW_NS + 100 * NS_PER_DAY) == 0
+    assert await expire(archive, feed, now_ns=NOW_NS + 100 * NS_PER_DAY) == []
     assert await bodies(archive, "short") == ["short today"]
+
+
+async def test_an_edit_archived_after_its_expiry_loses_its_text_too(archive: SqlEventArchive) -> None:
+    feed = Channels()
+    created, old_post, late_edit = feed.create("c"), feed.post("c", 40, "old"), feed.edit("c", 1, "old, edited")
+    (marker,) = [feed.appended(m) for m in expiry_markers(RetentionPolicy("c", 30), [1])]
+    await archive.archive(CONSUMER, [created, old_post, marker])  # the edit is retried after the marker
+    await archive.archive(CONSUMER, [late_edit])
+    assert await bodies(archive, "c") == []
+    assert (await archive.run("key_ids", key_ids))[late_edit.stream_seq] == EXPIRED
+    assert await archive.run("queued", queued) == [(2, "expired"), (3, "expired")]
+
+
+def test_a_long_run_is_split_into_markers_with_ids_from_their_numbers() -> None:
+    policy = RetentionPolicy("c", 30)
+    markers = expiry_markers(policy, list(range(1, 2 * MARKER_SEQS + 2)))
+    payloads = [m.payload for m in markers]
+    sizes = [len(p.channel_seqs) for p in payloads if isinstance(p, MessagesExpired)]
+    assert sizes == [MARKER_SEQS, MARKER_SEQS, 1]
+    assert len({m.event_id for m in markers}) == 3
+    assert all(len(m.event_id) <= 64 for m in markers)  # the archive's event_id column
+    again = expiry_markers(policy, list(range(1, 2 * MARKER_SEQS + 2)))
+    assert [m.event_id for m in again] == [m.event_id for m in markers]  # a retried run: deduplicated
+    assert expiry_markers(RetentionPolicy("other", 30), [1])[0].event_id != expiry_markers(policy, [1])[0].event_id
 
 
 def test_residency_binds_on_first_start_and_refuses_elsewhere(database_url: str) -> None:

@@ -141,9 +141,11 @@ CONSUMERS: tuple[ConsumerSpec, ...] = tuple(
 
 STREAMS_BY_NAME = {s.name: s for s in STREAMS}
 
-# Erasure reaching the log (issue 5): storage securely deletes an erased user's events from
-# these streams, after appending on each affected subject the marker its owner rebuilds from
-# (MessagesErased on a channel, AccountErased on a username). Nothing else in them is its to write.
+# Erasure, redaction and retention reaching the log: storage securely deletes an erased user's
+# events, and redacted or expired texts, from these streams, after the marker its owner rebuilds
+# from is on the subject (MessagesErased or MessagesExpired on a channel, which storage appends;
+# MessageRedacted, which messaging does; AccountErased on a username). Nothing else in them is its
+# to write.
 ERASURE_MARKER_SUBJECTS = (channel_subject("*"), username_subject("*"))
 ERASED_STREAMS = ("AUTH", "MSG", "PARKED")
 

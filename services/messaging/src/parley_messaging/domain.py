@@ -33,7 +33,7 @@ class PostedMessage:
 
 @dataclass
 class MessageRecord:
-    """A message as it is now, plus every earlier text (kept for moderators until redaction)."""
+    """A message as it is now, plus every earlier text (kept for moderators until redaction or expiry)."""
 
     current: PostedMessage
     versions: list[str] = field(default_factory=list)
@@ -169,15 +169,31 @@ class Channel:
             root.replies.append(message.channel_seq)
 
     def forget_messages(self, channel_seqs: Iterable[int]) -> None:
-        """An erased author's messages go, as if never replayed; their numbers stay used."""
-        erased = set(channel_seqs)
-        for seq in erased:
+        """Erased or expired messages go, as if never replayed; their numbers stay used."""
+        gone = set(channel_seqs)
+        for seq in gone:
             record = self.messages.pop(seq, None)
             root = self.messages.get(record.current.thread_root_seq) if record is not None else None
             if root is not None:
                 root.replies = [r for r in root.replies if r != seq]
-        self.sends = {send: seq for send, seq in self.sends.items() if seq not in erased}
-        self.last_seq = max(self.last_seq, *erased, 0)
+        self.sends = {send: seq for send, seq in self.sends.items() if seq not in gone}
+        self.keep_number(*gone)
+
+    def keep_number(self, *channel_seqs: int) -> None:
+        """These numbers were used, whether or not their post is still in the stream: the next
+        message is numbered after them (storage deletes redacted, expired and erased posts)."""
+        self.last_seq = max(self.last_seq, *channel_seqs, 0)
+
+    def record_redaction(self, channel_seq: int, message_id: str) -> None:
+        """A redaction; of a post this projection never saw (deleted from the stream after its
+        redaction) it leaves a redacted placeholder, so the number stays taken and shows redacted."""
+        record = self.messages.get(channel_seq)
+        if record is None:
+            placeholder = PostedMessage(self.channel_id, message_id, "", "", channel_seq, "", 0, redacted=True)
+            self.messages[channel_seq] = MessageRecord(placeholder, [])
+            self.keep_number(channel_seq)
+            return
+        record.redacted()
 
     def check_thread_root(self, root_seq: int) -> None:
         """Replies hang off a thread's root: one level, as in most chat apps."""

@@ -27,13 +27,14 @@ from parley.messaging.v1.events_pb2 import (
     MessagePosted,
     MessageRedacted,
     MessagesErased,
+    MessagesExpired,
     ReactionAdded,
     ReactionRemoved,
     ReadMarkerMoved,
 )
 
 from parley_core.bus import ConcurrencyConflict, ReceivedEvent, Replay
-from parley_core.envelope import NewEvent, open_payload
+from parley_core.envelope import NewEvent, UnknownEventType, open_payload
 from parley_core.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from parley_core.runner import RunContext
 from parley_core.topology import AUTH_FILTER, MESSAGING_FILTER, channel_subject
@@ -174,7 +175,10 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
             return
         if event.envelope.aggregate_type != "channel":
             return
-        payload = open_payload(event.envelope)
+        try:
+            payload: Message | None = open_payload(event.envelope)
+        except UnknownEventType:
+            payload = None  # a newer writer's event (during a roll-out): its position still counts below
         if isinstance(payload, ChannelCreated):
             self.channels.create(
                 payload.channel_id,
@@ -192,6 +196,8 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         channel.last_stream_seq = event.stream_seq
         # From the envelope, not counted: an erasure deletes events, leaving gaps in the stream.
         channel.version = max(channel.version, event.envelope.aggregate_version)
+        if payload is None:
+            return
         if isinstance(payload, MemberJoined):
             channel.add_member(payload.user_id)
         elif isinstance(payload, MemberLeft | MemberKicked):
@@ -225,17 +231,19 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
             )
             channel.record_post(posted, payload.idempotency_key)
         elif isinstance(payload, ReactionAdded | ReactionRemoved):
-            if (record := channel.messages.get(payload.channel_seq)) is not None:  # None: erased
+            # None: its post was deleted from the stream (erased, expired, redacted); the number stays taken.
+            if (record := channel.messages.get(payload.channel_seq)) is not None:
                 record.react(payload.emoji, payload.user_id, remove=isinstance(payload, ReactionRemoved))
+            channel.keep_number(payload.channel_seq)
         elif isinstance(payload, ReadMarkerMoved):
             channel.read_up_to[payload.user_id] = max(channel.read_up_to.get(payload.user_id, 0), payload.channel_seq)
         elif isinstance(payload, MessageEdited):
             if (record := channel.messages.get(payload.channel_seq)) is not None:
                 record.edited(payload.body)
+            channel.keep_number(payload.channel_seq)
         elif isinstance(payload, MessageRedacted):
-            if (record := channel.messages.get(payload.channel_seq)) is not None:
-                record.redacted()
-        elif isinstance(payload, MessagesErased):
+            channel.record_redaction(payload.channel_seq, payload.message_id)
+        elif isinstance(payload, MessagesErased | MessagesExpired):
             channel.forget_messages(payload.channel_seqs)
 
     async def _append(self, event: NewEvent, *, after: Channel | None) -> None:

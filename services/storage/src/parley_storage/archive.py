@@ -21,6 +21,7 @@ from parley.messaging.v1.events_pb2 import (
     MessageEdited,
     MessagePosted,
     MessageRedacted,
+    MessagesExpired,
     ReactionAdded,
     ReactionRemoved,
 )
@@ -39,6 +40,7 @@ from parley_storage.schema import (
     consumer_positions,
     data_keys,
     events,
+    log_deletions,
     retention_policies,
 )
 from parley_storage.sealing import RecordUnreadable, data_owner, event_aad, open_sealed, seal, user_owner
@@ -49,9 +51,12 @@ T = TypeVar("T")
 # coercion, cache key) was most of storage's CPU at the maximum send rate (bench profile).
 _INSERT_EVENT = insert(events)
 NEW_KEYS = "parley_new_keys"
-# key_id of an event whose content the retention job removed: the row stays, the envelope is gone.
+QUEUED_LOG_DELETIONS = "parley_queued_log_deletions"
+# key_id of an event whose content a redaction or retention removed: the row stays, the envelope is gone.
 EXPIRED = "expired"
 NS_PER_DAY = 86_400 * 10**9
+# Why a text waits in log_deletions.
+REDACTED, EXPIRED_BY_RETENTION = "redacted", "expired"
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,21 @@ class LoggedEvent:
 
 
 @dataclass(frozen=True)
+class LogDeletion:
+    """A removed text still to be deleted from the log: where it sits, and which event it is."""
+
+    stream: str
+    stream_seq: int
+    event_id: str
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    channel_id: str
+    days: int
+
+
+@dataclass(frozen=True)
 class ConsumerProgress:
     consumer: str
     stream: str
@@ -132,10 +152,19 @@ def open_engine(url: str) -> Engine:
 
 
 class SqlEventArchive:
-    def __init__(self, engine: Engine, keys: DataKeys, *, fault: PauseInBatch | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        keys: DataKeys,
+        *,
+        fault: PauseInBatch | None = None,
+        on_log_deletions: Callable[[], None] | None = None,
+    ) -> None:
+        """``on_log_deletions`` is called after a batch committed texts to delete from the log."""
         self.engine = engine
         self.keys = keys
         self._fault = fault  # test-only: see faults.py
+        self._on_log_deletions = on_log_deletions
 
     async def run(self, name: str, work: Callable[[Connection], T]) -> T:
         """Run one named transaction in a worker thread; the name shows in traces and slow logs."""
@@ -176,6 +205,7 @@ class SqlEventArchive:
         (stream,) = streams
 
         def work(conn: Connection) -> int:
+            conn.info.pop(QUEUED_LOG_DELETIONS, None)  # counted afresh for this transaction
             position = conn.execute(
                 select(consumer_positions.c.last_seq, consumer_positions.c.last_occurred_at_ns).where(
                     consumer_positions.c.consumer == consumer
@@ -215,9 +245,14 @@ class SqlEventArchive:
                     .where(consumer_positions.c.consumer == consumer)
                     .values(last_seq=last, last_occurred_at_ns=occurred)
                 )
+            queued.append(conn.info.pop(QUEUED_LOG_DELETIONS, 0))
             return stored
 
-        return await self.run("archive_batch", work)
+        queued: list[int] = []
+        stored = await self.run("archive_batch", work)
+        if any(queued) and self._on_log_deletions is not None:
+            self._on_log_deletions()
+        return stored
 
     def _store(self, conn: Connection, item: ReceivedEvent) -> None:
         env = item.envelope
@@ -280,17 +315,19 @@ class SqlEventArchive:
         elif isinstance(payload, MessageEdited):
             self._apply_edit(conn, payload, item)
         elif isinstance(payload, MessageRedacted):
-            self._apply_redaction(conn, payload)
+            self._remove_texts(conn, payload.channel_id, [payload.channel_seq], reason=REDACTED)
+        elif isinstance(payload, MessagesExpired):
+            self._remove_texts(conn, payload.channel_id, payload.channel_seqs, reason=EXPIRED_BY_RETENTION)
         elif isinstance(payload, MemberLeft | MemberKicked | MemberBanned):
             _apply_member_left(conn, payload)
         if isinstance(payload, MessagePosted | MessageEdited) and _arrived_late(conn, item):
-            # Retried after its redaction was archived (out of order): blank this text too.
-            redaction = _archived_redaction(self, conn, payload.channel_id, payload.channel_seq)
-            if redaction is not None:
-                self._apply_redaction(conn, redaction)
+            # Retried after its redaction or expiry was archived (out of order): remove this text too.
+            reason = _archived_removal(self, conn, payload.channel_id, payload.channel_seq)
+            if reason is not None:
+                self._remove_texts(conn, payload.channel_id, [payload.channel_seq], reason=reason)
 
     def _open_row(self, conn: Connection, row: Row[Any]) -> EventEnvelope | None:
-        """The event's envelope, or None when its data key was shredded or retention removed it."""
+        """The event's envelope, or None when its data key was shredded or a redaction or retention removed it."""
         if row.key_id == EXPIRED:
             return None
         try:
@@ -337,11 +374,7 @@ class SqlEventArchive:
             .where(channel_messages.c.channel_id == edit.channel_id, channel_messages.c.channel_seq == edit.channel_seq)
         ).first()
         if row is not None and row.key_id == EXPIRED:
-            conn.execute(
-                update(events)
-                .where(events.c.stream == item.stream, events.c.stream_seq == item.stream_seq)
-                .values(envelope=b"", key_id=EXPIRED)
-            )
+            _blank(conn, LogDeletion(item.stream, item.stream_seq, item.envelope.event_id), reason=REDACTED)
             return
         if row is not None and row.stream_seq < item.stream_seq:
             conn.execute(
@@ -352,13 +385,15 @@ class SqlEventArchive:
                 .values(stream=item.stream, stream_seq=item.stream_seq)
             )
 
-    def _apply_redaction(self, conn: Connection, redaction: MessageRedacted) -> None:
-        """Every archived text of the message loses its content, as retention removes it; the
-        events keep their place in the log and MessageRedacted keeps the fact."""
+    def _remove_texts(self, conn: Connection, channel_id: str, channel_seqs: Sequence[int], *, reason: str) -> None:
+        """A redaction or an expiry: every archived text of these messages (post and edits) loses
+        its content and is queued for deletion from the log; expired messages also leave history.
+        The events keep their place in the archive, and the marker keeps the fact."""
+        wanted = set(channel_seqs)
         candidates = conn.execute(
             select(events).where(
                 events.c.aggregate_type == "channel",
-                events.c.aggregate_id == redaction.channel_id,
+                events.c.aggregate_id == channel_id,
                 events.c.event_type.in_(_TEXT_EVENTS),
                 events.c.key_id != EXPIRED,
             )
@@ -366,11 +401,14 @@ class SqlEventArchive:
         for row in candidates:
             envelope = self._open_row(conn, row)
             text = open_payload(envelope) if envelope is not None else None
-            if isinstance(text, MessagePosted | MessageEdited) and text.channel_seq == redaction.channel_seq:
+            if isinstance(text, MessagePosted | MessageEdited) and text.channel_seq in wanted:
+                _blank(conn, LogDeletion(row.stream, row.stream_seq, row.event_id), reason=reason)
+        if reason == EXPIRED_BY_RETENTION:
+            for chunk in _chunks(sorted(wanted)):
                 conn.execute(
-                    update(events)
-                    .where(events.c.stream == row.stream, events.c.stream_seq == row.stream_seq)
-                    .values(envelope=b"", key_id=EXPIRED)
+                    channel_messages.delete().where(
+                        channel_messages.c.channel_id == channel_id, channel_messages.c.channel_seq.in_(chunk)
+                    )
                 )
 
     async def positions(self) -> dict[str, int]:
@@ -595,40 +633,72 @@ class SqlEventArchive:
 
         await self.run("set_retention", work)
 
-    async def apply_retention(self, *, now_ns: int) -> int:
-        """Remove the content of messages older than their channel's policy; returns how many.
+    async def retention_policies(self, channel_id: str | None = None) -> list[RetentionPolicy]:
+        """Every channel's policy, or one channel's (none when it keeps its messages forever)."""
 
-        The event rows stay (position, type, aggregate, version) so the log keeps its shape and
-        exactly-once bookkeeping; their sealed envelopes are deleted and the message leaves history.
-        """
+        def work(conn: Connection) -> list[RetentionPolicy]:
+            query = select(retention_policies.c.channel_id, retention_policies.c.days)
+            if channel_id is not None:
+                query = query.where(retention_policies.c.channel_id == channel_id)
+            return [RetentionPolicy(r.channel_id, r.days) for r in conn.execute(query.order_by("channel_id"))]
 
-        def work(conn: Connection) -> int:
-            removed = 0
-            for policy in conn.execute(select(retention_policies)).all():
-                cutoff = now_ns - policy.days * NS_PER_DAY
-                expired = conn.execute(
-                    select(channel_messages.c.stream, channel_messages.c.stream_seq).where(
-                        channel_messages.c.channel_id == policy.channel_id, channel_messages.c.sent_at_ns < cutoff
-                    )
-                ).all()
-                by_stream: dict[str, list[int]] = {}
-                for row in expired:
-                    by_stream.setdefault(row.stream, []).append(row.stream_seq)
-                for stream, seqs in by_stream.items():
-                    conn.execute(
-                        update(events)
-                        .where(events.c.stream == stream, events.c.stream_seq.in_(seqs))
-                        .values(envelope=b"", key_id=EXPIRED)
-                    )
-                conn.execute(
-                    channel_messages.delete().where(
-                        channel_messages.c.channel_id == policy.channel_id, channel_messages.c.sent_at_ns < cutoff
-                    )
+        return await self.run("retention_policies", work)
+
+    async def sent_before(self, channel_id: str, before_ns: int) -> list[int]:
+        """The channel's messages in history sent before ``before_ns``: what retention expires."""
+
+        def work(conn: Connection) -> list[int]:
+            query = select(channel_messages.c.channel_seq).where(
+                channel_messages.c.channel_id == channel_id, channel_messages.c.sent_at_ns < before_ns
+            )
+            return [int(seq) for seq in conn.execute(query.order_by(channel_messages.c.channel_seq)).scalars()]
+
+        return await self.run("sent_before", work)
+
+    async def holds(self, stream: str, stream_seqs: Sequence[int]) -> bool:
+        """Whether every one of these events of ``stream`` is archived (by any storage instance)."""
+        wanted = sorted(set(stream_seqs))
+
+        def work(conn: Connection) -> bool:
+            found = 0
+            for chunk in _chunks(wanted):
+                query = select(func.count()).where(events.c.stream == stream, events.c.stream_seq.in_(chunk))
+                found += int(conn.execute(query).scalar_one())
+            return found == len(wanted)
+
+        return await self.run("holds", work)
+
+    async def log_deletions(self, *, limit: int, after: LogDeletion | None = None) -> list[LogDeletion]:
+        """Removed texts still to be deleted from the log, in log order (after `after`, to page)."""
+
+        def work(conn: Connection) -> list[LogDeletion]:
+            c = log_deletions.c
+            query = select(c.stream, c.stream_seq, c.event_id)
+            if after is not None:
+                query = query.where(
+                    (c.stream > after.stream) | ((c.stream == after.stream) & (c.stream_seq > after.stream_seq))
                 )
-                removed += len(expired)
-            return removed
+            rows = conn.execute(query.order_by(c.stream, c.stream_seq).limit(limit))
+            return [LogDeletion(r.stream, int(r.stream_seq), r.event_id) for r in rows]
 
-        return await self.run("apply_retention", work)
+        return await self.run("log_deletions", work)
+
+    async def forget_log_deletions(self, done: Sequence[LogDeletion]) -> None:
+        """These texts are gone from the log (or were never there to delete): their rows go."""
+
+        def work(conn: Connection) -> None:
+            by_stream: dict[str, list[int]] = {}
+            for deletion in done:
+                by_stream.setdefault(deletion.stream, []).append(deletion.stream_seq)
+            for stream, seqs in by_stream.items():
+                for chunk in _chunks(sorted(seqs)):
+                    conn.execute(
+                        log_deletions.delete().where(
+                            log_deletions.c.stream == stream, log_deletions.c.stream_seq.in_(chunk)
+                        )
+                    )
+
+        await self.run("forget_log_deletions", work)
 
     async def rotate_kek(self) -> Rotation:
         return await self.run("rotate_kek", self.keys.rotate)
@@ -677,6 +747,25 @@ class SqlEventArchive:
 _TEXT_EVENTS = (MessagePosted.DESCRIPTOR.full_name, MessageEdited.DESCRIPTOR.full_name)
 
 
+def _blank(conn: Connection, text: LogDeletion, *, reason: str) -> None:
+    """Remove one text's content from the archive and queue its deletion from the log, together."""
+    conn.execute(
+        update(events)
+        .where(events.c.stream == text.stream, events.c.stream_seq == text.stream_seq)
+        .values(envelope=b"", key_id=EXPIRED)
+    )
+    row = {"stream": text.stream, "stream_seq": text.stream_seq, "event_id": text.event_id}
+    conn.execute(
+        _insert_ignoring(conn.dialect.name, log_deletions), {**row, "reason": reason, "recorded_at_ns": time.time_ns()}
+    )
+    conn.info[QUEUED_LOG_DELETIONS] = conn.info.get(QUEUED_LOG_DELETIONS, 0) + 1
+
+
+def _chunks(values: Sequence[int], size: int = 500) -> list[Sequence[int]]:
+    """Bounded IN lists: SQLite and PostgreSQL take them, however long a run is."""
+    return [values[i : i + size] for i in range(0, len(values), size)]
+
+
 def _apply_member_left(conn: Connection, left: MemberLeft | MemberKicked | MemberBanned) -> None:
     """A member who left (or was removed) reads no more history of the channel."""
     conn.execute(
@@ -721,12 +810,13 @@ def _channel_payloads(
             yield row.stream_seq, open_payload(envelope)
 
 
-def _archived_redaction(
-    archive: SqlEventArchive, conn: Connection, channel_id: str, channel_seq: int
-) -> MessageRedacted | None:
-    for _, payload in _channel_payloads(archive, conn, channel_id, [MessageRedacted]):
-        if payload.channel_seq == channel_seq:
-            return payload  # type: ignore[no-any-return]
+def _archived_removal(archive: SqlEventArchive, conn: Connection, channel_id: str, channel_seq: int) -> str | None:
+    """Why this message's texts are removed (an archived redaction or expiry of it), or None."""
+    for _, payload in _channel_payloads(archive, conn, channel_id, [MessageRedacted, MessagesExpired]):
+        if isinstance(payload, MessageRedacted) and payload.channel_seq == channel_seq:
+            return REDACTED
+        if isinstance(payload, MessagesExpired) and channel_seq in payload.channel_seqs:
+            return EXPIRED_BY_RETENTION
     return None
 
 

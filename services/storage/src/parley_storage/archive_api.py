@@ -5,6 +5,7 @@ Servicer methods only translate: protobuf in, access rules (access.py), archive 
 
 from __future__ import annotations
 
+import re
 import time
 
 import grpc
@@ -12,20 +13,26 @@ from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from parley.storage.v1.events_pb2 import UserDataErased
 
 from parley_core.envelope import NewEvent
-from parley_core.errors import InvalidArgument, PermissionDenied, Unavailable
+from parley_core.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from parley_core.runner import RunContext
 from parley_core.tokens import Caller
-from parley_core.topology import PLATFORM_USER, STREAMS_BY_NAME, privacy_subject
+from parley_core.topology import PLATFORM_USER, STREAMS_BY_NAME, channel_subject, privacy_subject
 from parley_storage import access
 from parley_storage.access import Requester
 from parley_storage.archive import SqlEventArchive, StoredEvent
 from parley_storage.export import EXPORT_FORMAT, build_export
 from parley_storage.lag import measure_lag
-from parley_storage.stream_erasure import append_after_last, erase_from_streams
+from parley_storage.retention import ArchiveBehind, Retention
+from parley_storage.stream_erasure import erase_from_streams
+from parley_storage.stream_log import append_after_last
 
 DEFAULT_PAGE = 500
 MAX_PAGE = 1000
 MAX_RETENTION_DAYS = 36_500
+# SetRetentionPolicy waits this long for the archive to apply the markers it appends.
+RETENTION_WAIT_S = 20.0
+# A channel id as messaging makes them (hex), and never a subject wildcard or separator.
+CHANNEL_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 Context = grpc.aio.ServicerContext[object, object]
 
 
@@ -54,9 +61,10 @@ def _to_proto(event: StoredEvent, cursor: int = 0) -> storage_pb2.ArchivedEvent:
 
 
 class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
-    def __init__(self, ctx: RunContext, archive: SqlEventArchive) -> None:
+    def __init__(self, ctx: RunContext, archive: SqlEventArchive, retention: Retention) -> None:
         self._ctx = ctx
         self._archive = archive
+        self._retention = retention
 
     def _requester(self, context: Context) -> Requester:
         names = [n.decode() for n in context.auth_context().get("x509_common_name", [])]
@@ -197,10 +205,22 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
         access.require_operator(self._requester(context))
         if not request.channel_id:
             raise InvalidArgument("channel_id is required")
+        if not CHANNEL_ID.fullmatch(request.channel_id):
+            raise InvalidArgument("channel_id must be a channel's id: at most 64 letters, digits, '-' or '_'")
         if request.days > MAX_RETENTION_DAYS:
             raise InvalidArgument(f"days must be at most {MAX_RETENTION_DAYS} (or 0 to keep forever)")
+        if not await self._ctx.bus.last_subject_seq("MSG", channel_subject(request.channel_id)):
+            raise NotFound(f"no channel with id {request.channel_id!r}")
         await self._archive.set_retention(request.channel_id, request.days, set_by=PLATFORM_USER)
-        removed = await self._archive.apply_retention(now_ns=time.time_ns())
+        try:
+            removed = await self._retention.apply(
+                now_ns=time.time_ns(), timeout=RETENTION_WAIT_S, channel_id=request.channel_id
+            )
+        except ArchiveBehind as exc:
+            raise Unavailable(
+                f"the policy is saved, but the archive is behind ({exc}), so its expired messages may still be"
+                " in history; call again to wait for it (a repeated call removes nothing twice)"
+            ) from exc
         return storage_pb2.SetRetentionPolicyResponse(removed_now=removed)
 
     async def RotateKeyEncryptionKey(

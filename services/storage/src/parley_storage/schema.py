@@ -98,7 +98,8 @@ channel_members = Table(
     PrimaryKeyConstraint("channel_id", "user_id", name="pk_channel_members"),
 )
 
-# Per-channel retention: message content older than `days` is removed by the retention job.
+# Per-channel retention: the retention job marks messages older than `days` expired
+# (MessagesExpired on the channel's subject) and the archive removes them when it archives that.
 retention_policies = Table(
     "retention_policies",
     metadata,
@@ -106,6 +107,22 @@ retention_policies = Table(
     Column("days", Integer, nullable=False),
     Column("set_by", String(128), nullable=False),
     Column("set_at_ns", BigInteger, nullable=False),
+)
+
+# Texts (posts, edits) whose archive copy a redaction or an expiry blanked, still to be securely
+# deleted from the JetStream log (and their parked copies). Written in the transaction that blanks
+# them; a storage job deletes them from the log, then the rows (log_cleanup.py). The event id is
+# checked against the log before deleting, so a position that now holds another event (a log
+# re-seeded after a restore) is left alone. `reason` is "redacted" or "expired", for the operator.
+log_deletions = Table(
+    "log_deletions",
+    metadata,
+    Column("stream", String(32), nullable=False),
+    Column("stream_seq", BigInteger, nullable=False),
+    Column("event_id", String(64), nullable=False),
+    Column("reason", String(16), nullable=False),
+    Column("recorded_at_ns", BigInteger, nullable=False),
+    PrimaryKeyConstraint("stream", "stream_seq", name="pk_log_deletions"),
 )
 
 # Data residency: the organisation this database belongs to and the location it was bound to.

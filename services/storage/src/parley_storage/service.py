@@ -32,9 +32,11 @@ from parley_storage.faults import PauseInBatch
 from parley_storage.kek import FileKeyring, KeyEncryptionKeys
 from parley_storage.lag import measure_lag
 from parley_storage.lag_metrics import ArchiveLagGauges
+from parley_storage.log_cleanup import delete_removed_texts
 from parley_storage.migrate import upgrade_to_head
 from parley_storage.progress import ArchiveProgress
 from parley_storage.residency import ResidencyBinding, check_configured, enforce_in_database
+from parley_storage.retention import ArchiveBehind, Retention
 from parley_storage.settings import StorageSettings
 from parley_storage.stream_erasure import erase_from_streams
 
@@ -47,6 +49,8 @@ HISTORY_FRESHNESS_S = 5.0
 # lost, SQLite busy); the data and the request are fine, so the caller should retry.
 DATABASE_DOWN = (OperationalError, InterfaceError)
 MAX_PAGE = 500
+# How long a retention run waits for the archive to reach a channel's newest event, and its markers.
+RETENTION_CATCH_UP_S = 30.0
 
 
 KEYRING_FILE = "storage-kek.json"
@@ -67,10 +71,13 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         self._keks = keks
         self.archive: SqlEventArchive | None = None
         self.progress = ArchiveProgress()
+        self.retention: Retention | None = None
         self._stopping = asyncio.Event()
+        self._log_cleanup_due = asyncio.Event()  # set when the archive queued texts to delete from the log
         self._retention_job: asyncio.Task[None] | None = None
         self._lag_job: asyncio.Task[None] | None = None
         self._erasure_job: asyncio.Task[None] | None = None
+        self._log_cleanup_job: asyncio.Task[None] | None = None
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
@@ -83,19 +90,25 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
             enforce_in_database(conn, binding, url)
         keks = self._keks or FileKeyring.load_or_create(ensure_private_dir(ctx.settings.secrets_dir) / KEYRING_FILE)
         fault = PauseInBatch(Path(storage_settings.pause_in_batch)) if storage_settings.pause_in_batch else None
-        self.archive = SqlEventArchive(engine, DataKeys(keks), fault=fault)
+        self.archive = SqlEventArchive(engine, DataKeys(keks), fault=fault, on_log_deletions=self._log_cleanup_due.set)
         await self.archive.reconcile_data_keys()
         erasures = ErasureLog()
         erasures_replay = await follow_erasures(ctx.bus, self.archive.keys, erasures)
         self.progress = ArchiveProgress(await self.archive.positions())
+        self.retention = Retention(ctx.bus, self.archive, self.progress)
         for spec in CONSUMERS:
             if spec.service == "storage":
                 await ctx.bus.consume(spec, partial(self._archive, spec))
         storage_pb2_grpc.add_StorageServiceServicer_to_server(self, ctx.server)
         ctx.add_service_name(storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name)
-        storage_pb2_grpc.add_StorageArchiveServiceServicer_to_server(StorageArchiveApi(ctx, self.archive), ctx.server)
+        storage_pb2_grpc.add_StorageArchiveServiceServicer_to_server(
+            StorageArchiveApi(ctx, self.archive, self.retention), ctx.server
+        )
         ctx.add_service_name(storage_pb2.DESCRIPTOR.services_by_name["StorageArchiveService"].full_name)
         self._retention_job = asyncio.create_task(self._apply_retention(storage_settings.retention_interval_seconds))
+        self._log_cleanup_job = asyncio.create_task(
+            self._delete_removed_texts(storage_settings.log_cleanup_interval_seconds)
+        )
         gauges = ArchiveLagGauges(metrics.get_meter("parley.storage"))
         self._lag_job = asyncio.create_task(self._measure_lag(gauges, storage_settings.lag_interval_seconds))
         await erasures_replay.wait_caught_up()
@@ -127,26 +140,45 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
 
     async def _apply_retention(self, interval_s: float) -> None:
         """The retention job: apply every channel's policy now, then every interval until stopped."""
-        assert self.archive is not None
+        assert self.retention is not None
         while not self._stopping.is_set():
             try:
-                removed = await self.archive.apply_retention(now_ns=time.time_ns())
+                removed = await self.retention.apply(now_ns=time.time_ns(), timeout=RETENTION_CATCH_UP_S)
                 if removed:
-                    log.info("retention removed expired messages", extra={"messages": removed})
+                    log.info("retention expired messages", extra={"messages": removed})
+            except ArchiveBehind as exc:  # e.g. right after a start with a backlog: the next run catches up
+                log.warning("retention run postponed: %s", exc)
             except Exception:  # a failed run is retried next interval; the service keeps serving
                 log.exception("retention run failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), interval_s)
 
+    async def _delete_removed_texts(self, interval_s: float) -> None:
+        """Delete redacted and expired texts from the log: at start (what an earlier run left),
+        whenever the archive queued some, and every interval (a failed run is retried)."""
+        assert self.archive is not None
+        assert self._ctx is not None
+        while not self._stopping.is_set():
+            self._log_cleanup_due.clear()
+            try:
+                deleted = await delete_removed_texts(self._ctx.bus.js, self.archive)
+                if deleted:
+                    log.info("removed texts deleted from the event log", extra={"events": deleted})
+            except Exception:  # NATS or the database briefly away: the rows stay, the next run resumes
+                log.warning("deleting removed texts from the event log failed", exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._log_cleanup_due.wait(), interval_s)
+
     async def stop(self) -> None:
         self._stopping.set()
-        if self._erasure_job is not None:
-            self._erasure_job.cancel()  # resumable: the next start finishes it
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._erasure_job
-        for job in (self._retention_job, self._lag_job):
-            if job is not None:
-                await job
+        # Resumable, each of them: the next start (or the next run) finishes what they were doing.
+        for resumable in (self._erasure_job, self._retention_job, self._log_cleanup_job):
+            if resumable is not None:
+                resumable.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await resumable
+        if self._lag_job is not None:
+            await self._lag_job
         if self.archive is not None:
             self.archive.engine.dispose()
 

@@ -12,8 +12,11 @@ class StorageSettings(BaseSettings):
     # Data residency: both or neither (see residency.py).
     organisation: str = ""
     bound_database_url: str = ""
-    # How often the retention job removes expired message content.
+    # How often the retention job marks messages past their channel's policy expired.
     retention_interval_seconds: float = Field(default=3600.0, gt=0)
+    # How often storage retries deleting redacted and expired texts from the event log (it also
+    # runs at start and whenever the archive removed some).
+    log_cleanup_interval_seconds: float = Field(default=60.0, gt=0)
     # How often archive lag is measured for the OpenTelemetry gauges (lag_metrics.py).
     lag_interval_seconds: float = Field(default=15.0, gt=0)
     # Test-only fault point (faults.py): a folder, or empty to disable.

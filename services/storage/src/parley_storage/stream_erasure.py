@@ -3,17 +3,19 @@
 Crypto-shredding makes the archive and backups unreadable, but JetStream still holds the
 events as appended. After the shred, storage deletes from AUTH and MSG every event it sealed
 under the user's keys (their account record and the messages and edits they wrote, also the
-texts whose archive copy a redaction or retention already removed) with the
-stream's secure erase (the message is overwritten on disk), and their parked copies too.
+texts whose archive copy a redaction or retention removed, in case their own deletion from the
+log (log_cleanup.py) has not run yet) with the stream's secure erase (the message is
+overwritten on disk), and their parked copies too.
 
 Before punching holes, a marker is appended on each subject that will lose events, so the
 owners rebuild correctly from a stream with gaps: `MessagesErased` keeps the deleted message
 numbers taken (messaging never numbers a new message below them) and `AccountErased` keeps the
 username subject non-empty (the name stays taken; a registration expecting an empty subject is
 refused). A deleted event is therefore never the newest on its subject, and the owners' append
-guards (expected last subject sequence) keep working. Every step is idempotent; the closing
-`UserDataErasedFromStreams` record on STORE says it finished, and storage resumes an erasure
-without it at start.
+guards (expected last subject sequence) keep working. Retention (`MessagesExpired`) and
+redaction reuse the same mechanism and helpers (stream_log.py). Every step is idempotent; the
+closing `UserDataErasedFromStreams` record on STORE says it finished, and storage resumes an
+erasure without it at start.
 """
 
 from __future__ import annotations
@@ -23,26 +25,22 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
-import nats.js.errors
 from google.protobuf.message import Message
 from nats.js import JetStreamContext
 from parley.auth.v1.events_pb2 import AccountErased
 from parley.messaging.v1.events_pb2 import MessagePosted, MessagesErased
 from parley.storage.v1.events_pb2 import UserDataErasedFromStreams
 
-from parley_core.bus import ConcurrencyConflict, EventBus
+from parley_core.bus import EventBus
 from parley_core.envelope import NewEvent, decode, open_payload
-from parley_core.topology import CONSUMERS, channel_subject, privacy_subject, stream_for_subject
+from parley_core.topology import CONSUMERS, channel_subject, privacy_subject
 from parley_storage.archive import LoggedEvent, SqlEventArchive
+from parley_storage.stream_log import append_after_last, delete_parked_copies, read_if_present, secure_delete
 
 log = logging.getLogger(__name__)
 
 SOURCE_STREAMS = ("AUTH", "MSG")  # where the user's own events were appended (PARKED holds copies)
 USERNAME_PREFIX = "parley.auth.username."
-PARKED_STREAM = "PARKED"
-# "sequence not found" and "no message found": deleted by an earlier run of the same erasure.
-ALREADY_DELETED = {10043, 10037}
-MARKER_ATTEMPTS = 5
 CATCH_UP_TIMEOUT_S = 30.0
 
 
@@ -59,8 +57,8 @@ async def erase_from_streams(bus: EventBus, archive: SqlEventArchive, user_id: s
     doomed = {(e.stream, e.stream_seq) for e in logged}
     deleted = 0
     for stream, seq in sorted(doomed):
-        deleted += await _secure_delete(bus.js, stream, seq)
-    deleted += await _delete_parked_copies(bus.js, doomed)
+        deleted += await secure_delete(bus.js, stream, seq)
+    deleted += await delete_parked_copies(bus.js, doomed)
     done = NewEvent(
         aggregate_type="privacy",
         aggregate_id=user_id,
@@ -94,14 +92,9 @@ async def _markers(js: JetStreamContext, user_id: str, logged: Iterable[LoggedEv
 
 async def _post_number(js: JetStreamContext, event: LoggedEvent) -> list[int]:
     """A post's number, read from the stream itself: its archive copy may be shredded or removed."""
-    try:
-        raw = await js.get_msg(event.stream, seq=event.stream_seq)
-    except nats.js.errors.NotFoundError:
-        return []  # deleted by an earlier run of this erasure, after that run's marker
-    except nats.js.errors.APIError as exc:
-        if exc.err_code in ALREADY_DELETED:
-            return []
-        raise
+    raw = await read_if_present(js, event.stream, event.stream_seq)
+    if raw is None:
+        return []  # deleted by an earlier run of this erasure (after its marker), or as a removed text
     payload = open_payload(decode(raw.data or b""))
     return [payload.channel_seq] if isinstance(payload, MessagePosted) else []
 
@@ -115,57 +108,6 @@ def _marker(aggregate_type: str, aggregate_id: str, payload: Message, user_id: s
         actor="service:storage",
         event_id=f"erased-{user_id}-{aggregate_type}-{aggregate_id}"[:128],
     )
-
-
-async def append_after_last(bus: EventBus, subject: str, event: NewEvent) -> None:
-    """Append at the subject's newest event with the next aggregate version, as its owner would."""
-    stream = stream_for_subject(subject).name
-    for _ in range(MARKER_ATTEMPTS):
-        try:
-            raw = await bus.js.get_last_msg(stream, subject, direct=True)
-            last, version = int(raw.seq or 0), decode(raw.data or b"").aggregate_version
-        except nats.js.errors.NotFoundError:
-            last, version = 0, 0
-        try:
-            await bus.append(subject, event, aggregate_version=version + 1, expected_last_subject_seq=last)
-            return
-        except ConcurrencyConflict:
-            continue  # the owner appended meanwhile: read the new last event and try again
-    raise ConcurrencyConflict(f"{subject} kept changing; try again")
-
-
-async def _secure_delete(js: JetStreamContext, stream: str, seq: int) -> int:
-    """Delete one event, overwriting it on disk (the API's default: no_erase false)."""
-    try:
-        return 1 if await js.delete_msg(stream, seq) else 0
-    except nats.js.errors.NotFoundError:
-        return 0  # already gone: a repeated or resumed erasure
-    except nats.js.errors.APIError as exc:
-        if exc.err_code in ALREADY_DELETED:
-            return 0
-        raise
-
-
-async def _delete_parked_copies(js: JetStreamContext, doomed: set[tuple[str, int]]) -> int:
-    """A poison event parked by any consumer is a copy of the original: it goes too."""
-    try:
-        info = await js.stream_info(PARKED_STREAM)
-    except nats.js.errors.NotFoundError:
-        return 0
-    first, last = int(info.state.first_seq or 0), int(info.state.last_seq or 0)
-    if not info.state.messages:
-        return 0
-    deleted = 0
-    for seq in range(first, last + 1):
-        try:
-            msg = await js.get_msg(PARKED_STREAM, seq=seq)
-        except nats.js.errors.NotFoundError:
-            continue
-        headers = msg.headers or {}
-        origin = (headers.get("Parley-Original-Stream", ""), headers.get("Parley-Original-Sequence", ""))
-        if origin[1].isdigit() and (origin[0], int(origin[1])) in doomed:
-            deleted += await _secure_delete(js, PARKED_STREAM, seq)
-    return deleted
 
 
 async def _archive_caught_up(js: JetStreamContext, streams: Sequence[str]) -> None:

@@ -145,7 +145,8 @@ Global___MessagePosted: _TypeAlias = MessagePosted  # noqa: Y015
 @_typing.final
 class MessageEdited(_message.Message):
     """A sender replaced the text of one of their messages. The earlier text stays in the log and,
-    for moderators, in messaging's projection (ListMessageVersions).
+    for moderators, in messaging's projection (ListMessageVersions), until the message is
+    redacted or expires: then storage deletes every text of it from the log too.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -190,7 +191,10 @@ Global___MessageEdited: _TypeAlias = MessageEdited  # noqa: Y015
 @_typing.final
 class MessageRedacted(_message.Message):
     """A message's content was removed (by its sender or a moderator). Only the fact is kept:
-    every projection drops the text, the archive included.
+    every projection drops the text, the archive included, and storage then securely deletes the
+    post and its edits from the stream (they come before this event, so it stays the subject's
+    newest of them). A reader that finds no post for channel_seq (deleted) keeps the number
+    taken and shows the message as redacted.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -692,3 +696,35 @@ class MessagesErased(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MessagesErased: _TypeAlias = MessagesErased  # noqa: Y015
+
+@_typing.final
+class MessagesExpired(_message.Message):
+    """Appended by storage on a channel's subject when the channel's retention policy (days) expired
+    these messages (sent more than retention_days ago), before it deletes their posts and edits
+    from the stream: every projection forgets them, and the numbers stay taken, as for
+    MessagesErased. A long run is split into several markers.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_SEQS_FIELD_NUMBER: _builtins.int
+    RETENTION_DAYS_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    retention_days: _builtins.int
+    @_builtins.property
+    def channel_seqs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        channel_seqs: _abc.Iterable[_builtins.int] | None = ...,
+        retention_days: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "channel_seqs", b"channel_seqs", "retention_days", b"retention_days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessagesExpired: _TypeAlias = MessagesExpired  # noqa: Y015

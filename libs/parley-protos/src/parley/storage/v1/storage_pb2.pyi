@@ -464,7 +464,7 @@ class SetRetentionPolicyResponse(_message.Message):
 
     REMOVED_NOW_FIELD_NUMBER: _builtins.int
     removed_now: _builtins.int
-    """messages removed by applying the policy at once"""
+    """messages expired by applying the policy at once; gone from history on return"""
     def __init__(
         self,
         *,

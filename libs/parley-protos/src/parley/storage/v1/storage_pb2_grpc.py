@@ -217,7 +217,8 @@ class StorageArchiveServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetRetentionPolicy(self, request, context):
-        """Operator only (platform identity): retention per channel, applied by an hourly job.
+        """Operator only (platform identity): retention per channel, applied at once and by an hourly
+        job, as MessagesExpired markers on the channel (see parley.messaging.v1 events).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -83,7 +83,9 @@ class StorageArchiveServiceStub:
     ExportUserData: _grpc.UnaryUnaryMultiCallable[_storage_pb2.ExportUserDataRequest, _storage_pb2.ExportUserDataResponse]
     EraseUserData: _grpc.UnaryUnaryMultiCallable[_storage_pb2.EraseUserDataRequest, _storage_pb2.EraseUserDataResponse]
     SetRetentionPolicy: _grpc.UnaryUnaryMultiCallable[_storage_pb2.SetRetentionPolicyRequest, _storage_pb2.SetRetentionPolicyResponse]
-    """Operator only (platform identity): retention per channel, applied by an hourly job."""
+    """Operator only (platform identity): retention per channel, applied at once and by an hourly
+    job, as MessagesExpired markers on the channel (see parley.messaging.v1 events).
+    """
     RotateKeyEncryptionKey: _grpc.UnaryUnaryMultiCallable[_storage_pb2.RotateKeyEncryptionKeyRequest, _storage_pb2.RotateKeyEncryptionKeyResponse]
     """Operator only: a new key-encryption key; every data key is re-wrapped, no event rewritten."""
     GetSchemaVersions: _grpc.UnaryUnaryMultiCallable[_storage_pb2.GetSchemaVersionsRequest, _storage_pb2.GetSchemaVersionsResponse]
@@ -113,7 +115,9 @@ class StorageArchiveServiceAsyncStub(StorageArchiveServiceStub):
     ExportUserData: _aio.UnaryUnaryMultiCallable[_storage_pb2.ExportUserDataRequest, _storage_pb2.ExportUserDataResponse]  # type: ignore[assignment]
     EraseUserData: _aio.UnaryUnaryMultiCallable[_storage_pb2.EraseUserDataRequest, _storage_pb2.EraseUserDataResponse]  # type: ignore[assignment]
     SetRetentionPolicy: _aio.UnaryUnaryMultiCallable[_storage_pb2.SetRetentionPolicyRequest, _storage_pb2.SetRetentionPolicyResponse]  # type: ignore[assignment]
-    """Operator only (platform identity): retention per channel, applied by an hourly job."""
+    """Operator only (platform identity): retention per channel, applied at once and by an hourly
+    job, as MessagesExpired markers on the channel (see parley.messaging.v1 events).
+    """
     RotateKeyEncryptionKey: _aio.UnaryUnaryMultiCallable[_storage_pb2.RotateKeyEncryptionKeyRequest, _storage_pb2.RotateKeyEncryptionKeyResponse]  # type: ignore[assignment]
     """Operator only: a new key-encryption key; every data key is re-wrapped, no event rewritten."""
     GetSchemaVersions: _aio.UnaryUnaryMultiCallable[_storage_pb2.GetSchemaVersionsRequest, _storage_pb2.GetSchemaVersionsResponse]  # type: ignore[assignment]
@@ -182,7 +186,9 @@ class StorageArchiveServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _storage_pb2.SetRetentionPolicyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_storage_pb2.SetRetentionPolicyResponse, _abc.Awaitable[_storage_pb2.SetRetentionPolicyResponse]]:
-        """Operator only (platform identity): retention per channel, applied by an hourly job."""
+        """Operator only (platform identity): retention per channel, applied at once and by an hourly
+        job, as MessagesExpired markers on the channel (see parley.messaging.v1 events).
+        """
 
     @_abc_1.abstractmethod
     def RotateKeyEncryptionKey(
