@@ -6,23 +6,28 @@ consumer hands them, with the stream sequences JetStream would have given them.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 
 import pytest
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
-from parley.auth.v1.events_pb2 import UserRegistered
+from parley.auth.v1.events_pb2 import AccountErased, UserRegistered
 from parley.common.v1.envelope_pb2 import EventEnvelope
-from parley.messaging.v1.events_pb2 import ChannelCreated, MemberJoined, MessagePosted
+from parley.messaging.v1.events_pb2 import ChannelCreated, MemberJoined, MessagePosted, MessagesErased
 from sqlalchemy import Connection, select
 from sqlalchemy.exc import DBAPIError
 
 from parley_core.bus import ReceivedEvent
 from parley_core.envelope import NewEvent, seal
-from parley_core.topology import channel_subject, user_subject
-from parley_storage.archive import SqlEventArchive
+from parley_core.testing.events import received
+from parley_core.topology import channel_subject, user_subject, username_subject
+from parley_storage.archive import RetentionPolicy, SqlEventArchive
+from parley_storage.retention import expiry_markers
 from parley_storage.schema import consumer_positions, events
+from parley_storage.stream_erasure import erasure_marker
+from parley_storage.stream_log import MAX_EVENT_ID
 
 MSG_CONSUMER = "storage-archive-msg"
 AUTH_CONSUMER = "storage-archive-auth"
@@ -380,3 +385,25 @@ async def test_batch_from_two_streams_is_refused(archive: SqlEventArchive) -> No
         await archive.archive(MSG_CONSUMER, [general.create("user-alice"), user])
     assert await archive.count_events("MSG") == 0
     assert await archive.count_events("AUTH") == 0
+
+
+async def test_the_markers_storage_appends_fit_the_archive(archive: SqlEventArchive) -> None:
+    """Erasure and retention markers have ids of their own making; PostgreSQL enforces the column's width."""
+    user, channel = "u" * 32, "c" * 32  # ids as long as the services make them
+    username_key = hashlib.sha256(b"alice").hexdigest()
+    markers = [
+        received(
+            erasure_marker("channel", channel, MessagesErased(channel_id=channel, user_id=user), user), stream_seq=1
+        ),
+        received(
+            erasure_marker("username", username_key, AccountErased(user_id=user), user),
+            stream_seq=2,
+            stream="AUTH",
+            subject=username_subject(username_key),
+        ),
+        *(received(m, stream_seq=3 + n) for n, m in enumerate(expiry_markers(RetentionPolicy(channel, 30), [1, 2]))),
+    ]
+    assert all(len(m.envelope.event_id) <= MAX_EVENT_ID for m in markers)
+
+    assert await archive.archive("storage-archive-msg", [m for m in markers if m.stream == "MSG"]) == 2
+    assert await archive.archive("storage-archive-auth", [m for m in markers if m.stream == "AUTH"]) == 1

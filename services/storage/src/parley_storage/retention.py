@@ -12,7 +12,6 @@ comes after every text it removes, so none of them is ever the newest event on t
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Sequence
 
 from parley.messaging.v1.events_pb2 import MessagesExpired
@@ -22,7 +21,7 @@ from parley_core.envelope import NewEvent
 from parley_core.topology import channel_subject
 from parley_storage.archive import NS_PER_DAY, RetentionPolicy, SqlEventArchive
 from parley_storage.progress import ArchiveProgress
-from parley_storage.stream_log import append_after_last
+from parley_storage.stream_log import append_after_last, marker_event_id
 
 MARKER_SEQS = 500  # message numbers per marker: a long run is several events, none of them large
 STREAM = "MSG"
@@ -85,7 +84,6 @@ def expiry_markers(policy: RetentionPolicy, channel_seqs: Sequence[int]) -> list
     markers = []
     for start in range(0, len(channel_seqs), MARKER_SEQS):
         chunk = list(channel_seqs[start : start + MARKER_SEQS])
-        digest = hashlib.sha256(f"{policy.channel_id}:{','.join(map(str, chunk))}".encode()).hexdigest()
         payload = MessagesExpired(channel_id=policy.channel_id, channel_seqs=chunk, retention_days=policy.days)
         markers.append(
             NewEvent(
@@ -93,7 +91,7 @@ def expiry_markers(policy: RetentionPolicy, channel_seqs: Sequence[int]) -> list
                 aggregate_id=policy.channel_id,
                 payload=payload,
                 actor="service:storage",
-                event_id=f"expired-{digest[:40]}",
+                event_id=marker_event_id("expired", policy.channel_id, ",".join(map(str, chunk))),
             )
         )
     return markers

@@ -35,7 +35,13 @@ from parley_core.bus import EventBus
 from parley_core.envelope import NewEvent, decode, open_payload
 from parley_core.topology import CONSUMERS, channel_subject, privacy_subject
 from parley_storage.archive import LoggedEvent, SqlEventArchive
-from parley_storage.stream_log import append_after_last, delete_parked_copies, read_if_present, secure_delete
+from parley_storage.stream_log import (
+    append_after_last,
+    delete_parked_copies,
+    marker_event_id,
+    read_if_present,
+    secure_delete,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +89,10 @@ async def _markers(js: JetStreamContext, user_id: str, logged: Iterable[LoggedEv
     markers: list[tuple[str, NewEvent]] = []
     for channel_id, seqs in sorted(channels.items()):
         payload: Message = MessagesErased(channel_id=channel_id, user_id=user_id, channel_seqs=sorted(seqs))
-        markers.append((channel_subject(channel_id), _marker("channel", channel_id, payload, user_id)))
+        markers.append((channel_subject(channel_id), erasure_marker("channel", channel_id, payload, user_id)))
     for subject in sorted(usernames):
         key = subject.removeprefix(USERNAME_PREFIX)
-        markers.append((subject, _marker("username", key, AccountErased(user_id=user_id), user_id)))
+        markers.append((subject, erasure_marker("username", key, AccountErased(user_id=user_id), user_id)))
     return markers
 
 
@@ -99,14 +105,13 @@ async def _post_number(js: JetStreamContext, event: LoggedEvent) -> list[int]:
     return [payload.channel_seq] if isinstance(payload, MessagePosted) else []
 
 
-def _marker(aggregate_type: str, aggregate_id: str, payload: Message, user_id: str) -> NewEvent:
-    # A fixed id: a resumed erasure inside the duplicate window appends no second marker.
+def erasure_marker(aggregate_type: str, aggregate_id: str, payload: Message, user_id: str) -> NewEvent:
     return NewEvent(
         aggregate_type=aggregate_type,
         aggregate_id=aggregate_id,
         payload=payload,
         actor="service:storage",
-        event_id=f"erased-{user_id}-{aggregate_type}-{aggregate_id}"[:128],
+        event_id=marker_event_id("erased", user_id, aggregate_type, aggregate_id),
     )
 
 

@@ -8,6 +8,8 @@ its subject and the owners' append guards (expected last subject sequence) keep 
 
 from __future__ import annotations
 
+import hashlib
+
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
@@ -20,6 +22,15 @@ PARKED_STREAM = "PARKED"
 # "sequence not found" and "no message found": deleted already (an earlier, interrupted run).
 ALREADY_DELETED = {10043, 10037}
 MARKER_ATTEMPTS = 5
+# Event ids fit the archive's events.event_id column (64 characters), which PostgreSQL enforces.
+MAX_EVENT_ID = 64
+
+
+def marker_event_id(kind: str, *parts: str) -> str:
+    """A fixed id for the marker a decision appends, derived from what it is about: repeated (a
+    resumed erasure, a retried retention run) inside the duplicate window, it appends nothing."""
+    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:40]
+    return f"{kind}-{digest}"
 
 
 async def append_after_last(bus: EventBus, subject: str, event: NewEvent) -> int:
