@@ -26,8 +26,12 @@ venv: $(STAMP)
 run: venv
 	$(BIN)/parley --data-dir $(DATA_DIR) up
 
+# Test modules run on TEST_WORKERS processes (each module whole on one, so its platform starts
+# once); most of a test's time is waiting on servers, so two workers on two cores halve the run.
+TEST_WORKERS ?= 2
+
 test: venv lint proto-check
-	$(BIN)/pytest --durations=15
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # Everything, the long fault and upgrade runs marked `slow` included.
 test-all: venv lint proto-check

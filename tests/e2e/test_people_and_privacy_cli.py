@@ -139,3 +139,19 @@ async def test_user_names_are_looked_up_in_bounded_batches(platform: RunningPlat
         with pytest.raises(ParleyError) as bad:
             await d.user_names(["not-an-id!"])
         assert bad.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_the_operator_sets_a_channels_retention_from_the_cli(platform: RunningPlatform) -> None:
+    dave = unique("dave")
+    async with user(platform, dave) as d:
+        room = await d.create_channel(unique("room"))
+        await d.send(room.channel_id, "recent enough to stay")
+
+        kept = await cli(platform, "retention", room.channel_id, "30")
+        assert f"channel {room.channel_id} keeps its messages 30 days; 0 older messages removed now" in kept
+        assert [m.body for m in (await d.history(room.channel_id)).messages] == ["recent enough to stay"]
+        assert "keeps its messages forever" in await cli(platform, "retention", room.channel_id, "0")
+        for args, expected in (((unique("nosuch"), "30"), "NOT_FOUND"), ((room.channel_id, "-1"), "0 to keep")):
+            refused = await cli(platform, "retention", *args, check=False)
+            assert expected in refused
+            assert "Traceback" not in refused

@@ -107,9 +107,11 @@ async def test_a_restored_backup_runs_as_the_platform_it_was(tmp_path: Path) -> 
         original.cli("--as", "olga", "patch", "key", "create", "messaging")
         original.cli("--as", "olga", "patch", "publish", "messaging", "0.9.0", "--wheel", str(wheel))
 
-        before = await eventually(
-            lambda: _settled(bob, channel), what="history to show the erasure and the redaction", timeout=60
-        )
+        seen: list[list[Shown]] = []
+        try:
+            before = await eventually(lambda: _settled(bob, channel, seen), what="history settled", timeout=90)
+        except TimeoutError:
+            raise AssertionError(f"history never showed the erasure and the redaction: {seen[-1:]}") from None
         backup = tmp_path / "backup"
         original.cli("backup", "create", str(backup))
         await bob.send(channel, "after the backup")  # not in the restored platform
@@ -188,7 +190,8 @@ async def test_a_restored_backup_runs_as_the_platform_it_was(tmp_path: Path) -> 
         restored.kill()
 
 
-async def _settled(bob: ParleyClient, channel: str) -> list[Shown] | None:
+async def _settled(bob: ParleyClient, channel: str, seen: list[list[Shown]]) -> list[Shown] | None:
     rows = await shown(bob, channel)
+    seen[:] = [rows]
     flags = [(seq, redacted, erased) for seq, _, _, redacted, erased, _, _ in rows]
     return rows if flags == [(1, False, False), (2, False, False), (3, False, True), (4, True, False)] else None

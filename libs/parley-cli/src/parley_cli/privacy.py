@@ -1,4 +1,5 @@
-"""`parley export` and `parley erase`: a user's right to a copy of their data and to its erasure.
+"""`parley export`, `parley erase` and `parley retention`: a user's right to a copy of their data
+and to its erasure, and how long a channel keeps its messages.
 
 A user acts on their own data through the gateway (`parley --as alice export --out FILE`).
 For anyone else it is the operator, straight to storage over mutual TLS with the platform
@@ -104,6 +105,18 @@ async def cmd_erase(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_retention(args: argparse.Namespace) -> int:
+    """The operator's policy for one channel, applied at once (storage's SetRetentionPolicy)."""
+    if args.days < 0:
+        raise SystemExit("DAYS is a number of days, 0 to keep the channel's messages forever")
+    request = storage_pb2.SetRetentionPolicyRequest(channel_id=args.channel_id, days=args.days)
+    async with _archive(args) as archive:
+        result = await archive.SetRetentionPolicy(request, timeout=TIMEOUT_S)
+    kept = "forever" if not args.days else f"{args.days} days"
+    print(f"channel {args.channel_id} keeps its messages {kept}; {result.removed_now} older messages removed now")
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     export = sub.add_parser(
         "export", help="a copy of a user's data (yours with --as; anyone's as the operator, naming USER)"
@@ -118,3 +131,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     erase.add_argument("--reason", default="", help="kept in the audited erasure record")
     erase.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     erase.set_defaults(run=cmd_erase)
+    retention = sub.add_parser(
+        "retention", help="how long a channel keeps its messages; older ones are removed everywhere (operator)"
+    )
+    retention.add_argument("channel_id", metavar="CHANNEL_ID", help="the channel's id (`parley channels` shows it)")
+    retention.add_argument("days", type=int, metavar="DAYS", help="keep messages this many days; 0 keeps them forever")
+    retention.set_defaults(run=cmd_retention)
