@@ -16,6 +16,7 @@ from parley.messaging.v1.events_pb2 import ChannelCreated, MessagePosted
 from parley.storage.v1.events_pb2 import EventLogRestored
 
 from parley_core.bus import EventBus, ReceivedEvent
+from parley_core.config import Settings
 from parley_core.envelope import NewEvent, decode, open_payload, seal
 from parley_core.pki import Pki
 from parley_core.testing.nats import NatsTestServer
@@ -29,6 +30,7 @@ from parley_core.topology import (
 )
 from parley_storage.archive import SqlEventArchive
 from parley_storage.reseed import Placed, ReseedRefused, _publish_in_order, reseed_folder, reseed_stream
+from parley_storage.residency import location_of
 from parley_storage.restored import mark_restored, read_restored
 from parley_storage.service import KEYRING_FILE
 
@@ -159,8 +161,12 @@ def restored_folder(tmp_path: Path, archive: SqlEventArchive, nats_server: NatsT
     (data_dir / "secrets" / KEYRING_FILE).write_bytes(keyring.read_bytes())
     (data_dir / "secrets" / "nats-passwords.json").write_text(json.dumps(nats_server.passwords))
     (data_dir / "pki" / "ca.crt").write_bytes(pki.ca_cert.read_bytes())
-    mark_restored(data_dir, "backup-1", "2026-11-30T12:00:00+00:00")
+    mark_restored(data_dir, "backup-1", "2026-11-30T12:00:00+00:00", database=location_of(archive_url(archive)))
     return data_dir
+
+
+def archive_url(archive: SqlEventArchive) -> str:
+    return archive.engine.url.render_as_string(hide_password=False)
 
 
 async def test_the_folder_is_reseeded_once_recorded_and_released(
@@ -169,10 +175,16 @@ async def test_the_folder_is_reseeded_once_recorded_and_released(
     await archive_with_holes(archive)
     data_dir = restored_folder(tmp_path, archive, nats_server, pki)
     js = await platform_js(nats_server)
-    url = archive.engine.url.render_as_string(hide_password=False)
+    settings = Settings(service="storage", data_dir=data_dir, database_url=archive_url(archive))
     said: list[str] = []
 
-    done = await reseed_folder(data_dir, nats_url=nats_server.url, database=url, say=said.append)
+    elsewhere = Settings(service="storage", data_dir=data_dir)  # no PARLEY_DATABASE_URL: its own SQLite
+    with pytest.raises(ReseedRefused, match="PARLEY_DATABASE_URL set to"):
+        await reseed_folder(elsewhere, nats_url=nats_server.url)
+    assert read_restored(data_dir) is not None
+    assert (await js.stream_info("MSG")).state.last_seq == 0  # nothing was put back from an empty archive
+
+    done = await reseed_folder(settings, nats_url=nats_server.url, say=said.append)
 
     assert [(s.stream, s.events, s.holes) for s in done][:2] == [("AUTH", 1, 1), ("MSG", 3, 3)]
     assert said[:2] == ["AUTH: 1 events back in the log, 1 holes", "MSG: 3 events back in the log, 3 holes"]
@@ -183,7 +195,7 @@ async def test_the_folder_is_reseeded_once_recorded_and_released(
     assert record.backup_created_at == "2026-11-30T12:00:00+00:00"
     assert {s.stream: (s.events, s.holes, s.last_seq) for s in record.streams}["MSG"] == (3, 3, 6)
     # A run that stopped after the record but before removing the marker only removes it.
-    mark_restored(data_dir, "backup-1")
-    assert await reseed_folder(data_dir, nats_url=nats_server.url, database=url) == []
+    mark_restored(data_dir, "backup-1", database=location_of(archive_url(archive)))
+    assert await reseed_folder(settings, nats_url=nats_server.url) == []
     assert read_restored(data_dir) is None
     assert (await js.stream_info("MSG")).state.last_seq == 6

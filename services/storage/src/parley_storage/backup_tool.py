@@ -35,6 +35,7 @@ from parley_storage.residency import (
     ResidencyBinding,
     ResidencyViolation,
     check_configured,
+    location_of,
     rebind_restored,
 )
 from parley_storage.restored import mark_restored, what_a_restore_holds
@@ -129,7 +130,8 @@ def restore(settings: Settings, backup: Path) -> dict[str, Any]:
         raise
     finally:
         engine.dispose()
-    mark_restored(settings.data_dir, manifest["backup_id"], manifest["created_at"])
+    where = location_of(settings.database_url) if settings.database_url else ""
+    mark_restored(settings.data_dir, manifest["backup_id"], manifest["created_at"], where)
     print(f"note: {what_a_restore_holds(settings.data_dir)}", file=sys.stderr)
     return manifest
 

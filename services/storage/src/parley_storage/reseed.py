@@ -46,14 +46,14 @@ from parley_storage.archive import SqlEventArchive, StoredEvent, open_engine
 from parley_storage.datakeys import DataKeys
 from parley_storage.kek import FileKeyring
 from parley_storage.migrate import SchemaNewerThanCode, UnversionedDatabase, check_schema_compatible
+from parley_storage.residency import location_of
 from parley_storage.restored import RestoreMarker, clear_restored, read_restored
 from parley_storage.service import KEYRING_FILE, database_url
+from parley_storage.stream_log import read_if_present
 
 # The streams storage archives, in the order they are put back.
 RESEEDED_STREAMS = tuple(spec.stream for spec in CONSUMERS if spec.service == "storage")
 PAGE = 500
-# "no message found" / "sequence not found": a placeholder deleted by an earlier, interrupted run.
-ALREADY_DELETED = {10037, 10043}
 
 
 class ReseedRefused(Exception):
@@ -154,15 +154,8 @@ async def _publish_in_order(js: JetStreamContext, stream: str, batch: list[Place
 async def _delete_placeholders(js: JetStreamContext, stream: str, seqs: range) -> None:
     """Placeholders an interrupted run published but had not deleted yet."""
     for seq in seqs:
-        try:
-            found = await js.get_msg(stream, seq)
-        except nats.js.errors.NotFoundError:
-            continue
-        except nats.js.errors.APIError as exc:
-            if exc.err_code in ALREADY_DELETED:
-                continue
-            raise
-        if found.subject == reseed_hole_subject(stream):
+        found = await read_if_present(js, stream, seq)
+        if found is not None and found.subject == reseed_hole_subject(stream):
             await js.delete_msg(stream, seq)
 
 
@@ -193,20 +186,33 @@ async def record_restore(bus: EventBus, marker: RestoreMarker, streams: list[Str
 
 
 async def reseed_folder(
-    data_dir: Path, *, nats_url: str, database: str, say: Callable[[str], None] = print
+    settings: Settings, *, nats_url: str, say: Callable[[str], None] = print
 ) -> list[StreamReseeded]:
     """Re-seed the event log of a restored folder, then let storage start on it."""
+    data_dir = settings.data_dir
     marker = read_restored(data_dir)
     if marker is None:
         return []
-    engine = open_engine(database)
-    password = ensure_nats_passwords(data_dir / "secrets" / "nats-passwords.json", [PLATFORM_USER])[PLATFORM_USER]
+    configured = location_of(settings.database_url) if settings.database_url else ""
+    if configured != marker.database:
+        raise ReseedRefused(
+            f"{data_dir} was restored into {marker.database or 'its own SQLite archive'}, but storage is set to use "
+            f"{configured or 'the SQLite archive in the data folder'}: start it with "
+            + (
+                f"PARLEY_DATABASE_URL set to {marker.database} (and its password)"
+                if marker.database
+                else "no PARLEY_DATABASE_URL"
+            )
+        )
+    engine = open_engine(database_url(settings))
+    password = ensure_nats_passwords(settings.nats_passwords_file, [PLATFORM_USER])[PLATFORM_USER]
     nc = await connect_nats(
-        url=nats_url, user=PLATFORM_USER, password=password, ca_cert=data_dir / "pki" / "ca.crt", name="parley-reseed"
+        url=nats_url, user=PLATFORM_USER, password=password, ca_cert=settings.pki_dir / "ca.crt", name="parley-reseed"
     )
     try:
         check_schema_compatible(engine)
-        archive = SqlEventArchive(engine, DataKeys(FileKeyring.load_or_create(data_dir / "secrets" / KEYRING_FILE)))
+        keyring = FileKeyring.load_or_create(settings.secrets_dir / KEYRING_FILE)
+        archive = SqlEventArchive(engine, DataKeys(keyring))
         js = nc.jetstream()
         done: list[StreamReseeded] = []
         if not await already_recorded(js, marker.backup_id):
@@ -238,9 +244,7 @@ def main(argv: list[str] | None = None) -> None:
         print(line, flush=True)
 
     try:
-        streams = asyncio.run(
-            reseed_folder(args.data_dir, nats_url=args.nats_url, database=database_url(settings), say=say)
-        )
+        streams = asyncio.run(reseed_folder(settings, nats_url=args.nats_url, say=say))
     except (ReseedRefused, SchemaNewerThanCode, UnversionedDatabase) as exc:
         print(f"re-seeding the event log failed: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -33,6 +33,7 @@ class RestoredArchiveOnly(Exception):
 class RestoreMarker:
     backup_id: str
     backup_created_at: str
+    database: str  # where the archive was restored (a URL without password); "": the folder's SQLite
 
 
 def marker_path(data_dir: Path) -> Path:
@@ -43,10 +44,11 @@ def what_a_restore_holds(data_dir: Path) -> str:
     return WHAT_A_RESTORE_HOLDS.format(data_dir=data_dir)
 
 
-def mark_restored(data_dir: Path, backup_id: str, backup_created_at: str = "") -> None:
+def mark_restored(data_dir: Path, backup_id: str, backup_created_at: str = "", database: str = "") -> None:
     body = {
         "backup_id": backup_id,
         "backup_created_at": backup_created_at,
+        "database": database,
         "restored_at": datetime.now(UTC).isoformat(),
         "note": what_a_restore_holds(data_dir),
     }
@@ -61,7 +63,11 @@ def read_restored(data_dir: Path) -> RestoreMarker | None:
     if not path.exists():
         return None
     body = json.loads(path.read_text())
-    return RestoreMarker(backup_id=body["backup_id"], backup_created_at=body.get("backup_created_at", ""))
+    return RestoreMarker(
+        backup_id=body["backup_id"],
+        backup_created_at=body.get("backup_created_at", ""),
+        database=body.get("database", ""),
+    )
 
 
 def clear_restored(data_dir: Path) -> None:
