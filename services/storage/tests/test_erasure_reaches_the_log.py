@@ -166,6 +166,14 @@ async def test_an_erasure_deletes_the_users_events_from_the_streams_and_services
 
         # The running services follow at once: the number stays taken, the name too.
         assert await send(stack, bob, cid, unique("bobafter-")) == 5
+        # Her tokens from before the erasure are refused at once, by every service.
+        with pytest.raises(grpc.aio.AioRpcError) as old_token:
+            await send(stack, alice, cid, unique("aliceafter-"))
+        assert old_token.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "erased" in (old_token.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as refreshed:
+            await stack.gateway().Refresh(auth_pb2.RefreshRequest(refresh_token=alice.refresh_token), timeout=TIMEOUT_S)
+        assert refreshed.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert await name_refused(stack, alice_name) == grpc.StatusCode.ALREADY_EXISTS
         again = await operator.EraseUserData(storage_pb2.EraseUserDataRequest(user_id=alice.user_id), timeout=TIMEOUT_S)
         assert again.events_deleted_from_log == 0  # idempotent: nothing of hers is left to delete

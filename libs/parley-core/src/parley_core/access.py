@@ -1,8 +1,9 @@
-"""Each service's own view of who may do what: roles, disabled accounts and revoked sessions.
+"""Each service's own view of who may do what: roles, disabled and erased accounts, revoked sessions.
 
 Fed from the AUTH stream (UserRegistered, RoleAssigned, AccountDisabled/Enabled,
-SessionRevoked), never by a call to auth, so every service refuses a revoked session, a
-disabled account or a withdrawn permission on the next call, even when auth is down.
+SessionRevoked, AccountErased), never by a call to auth, so every service refuses a revoked
+session, a disabled or erased account or a withdrawn permission on the next call, even when
+auth is down.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from google.protobuf.message import Message
 from parley.auth.v1.events_pb2 import (
     AccountDisabled,
     AccountEnabled,
+    AccountErased,
     MfaRequirementSet,
     RoleAssigned,
     SessionRevoked,
@@ -39,6 +41,8 @@ class UserAccess:
 class AccessProjection:
     users: dict[str, UserAccess] = field(default_factory=dict)
     revoked_sessions: set[str] = field(default_factory=set)
+    # Erased accounts: a token issued before the erasure must not outlive it (it names no one now).
+    erased_users: set[str] = field(default_factory=set)
     mfa_required_roles: set[str] = field(default_factory=set)
     last_seq: int = 0
     # Wall-clock seconds between an access event's occurred_at and its application here, for
@@ -59,6 +63,9 @@ class AccessProjection:
             self._user(payload.user_id, "member", stream_seq).disabled = False
         elif isinstance(payload, SessionRevoked):
             self.revoked_sessions.add(payload.session_id)
+        elif isinstance(payload, AccountErased):
+            self.erased_users.add(payload.user_id)
+            self.users.pop(payload.user_id, None)
         elif isinstance(payload, MfaRequirementSet):
             if payload.required:
                 self.mfa_required_roles.add(payload.role)
@@ -93,6 +100,9 @@ class AccessProjection:
     def role_of(self, user_id: str) -> str | None:
         user = self.users.get(user_id)
         return user.role if user else None
+
+    def is_erased(self, user_id: str) -> bool:
+        return user_id in self.erased_users
 
     def is_disabled(self, user_id: str) -> bool:
         user = self.users.get(user_id)

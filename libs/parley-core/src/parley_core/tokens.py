@@ -138,6 +138,8 @@ class TokenVerifier:
 
     def _standing(self, signed: _SignedClaims) -> Caller:
         """The caller as of now: disabled, revoked, current role and MFA, never from the cache."""
+        if self.access.is_erased(signed.user_id):
+            raise Unauthenticated("this account was erased; it can no longer be used")
         if self.access.is_disabled(signed.user_id):
             raise Unauthenticated("this account is disabled; ask an administrator")
         if signed.session_id and self.access.is_revoked(signed.session_id):

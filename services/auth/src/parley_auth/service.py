@@ -1018,7 +1018,9 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         if verdict is RefreshVerdict.UNKNOWN:
             raise Unauthenticated(REFRESH_INVALID)
         account = self.accounts.by_id(session.user_id)
-        if account is None or account.disabled:
+        if account is None:
+            raise Unauthenticated("this account was erased; it can no longer be used")
+        if account.disabled:
             raise Unauthenticated("this account is disabled; ask an administrator")
         if verdict is RefreshVerdict.REUSED:
             await self._revoke(session, "refresh token reuse", "service:auth")
