@@ -294,3 +294,27 @@ async def test_the_registry_folder_travels_with_the_backup(archive: SqlEventArch
     (swapped / SIGNATURE).write_bytes(keys.signing_key.sign(signed))  # even re-signed by the owner
     with pytest.raises(BackupInvalid, match=f"{REGISTRY} chunk 0 does not authenticate"):
         verify_backup(swapped, keys)
+
+
+async def test_a_keyring_older_than_the_backup_is_refused(archive: SqlEventArchive, tmp_path: Path) -> None:
+    """The key backup was not refreshed after an erasure: the backup's newer keys would not open."""
+    await fill(archive, 2)
+    keyring: Path = archive.keys.keks.path  # type: ignore[attr-defined]
+    stale = tmp_path / "stale-kek.json"
+    shutil.copy2(keyring, stale)
+    await archive.shred_user(ALICE)  # a new key generation, which the stale copy lacks
+    carol = received("AUTH", 3, "user", "user-carol", 1, UserRegistered(user_id="user-carol", username="carol"))
+    await archive.archive("storage-archive-auth", [carol])  # her key exists under the new generation only
+    keys = BackupKeys.load_or_create(tmp_path / "secrets")
+    backup = tmp_path / "after-erasure"
+    create_backup(archive.engine, keys, backup)
+    target = open_engine(f"sqlite:///{tmp_path / 'restored.db'}")
+    try:
+        with pytest.raises(RestoreRefused, match="the keyring is older than this backup: it cannot open 1 of its"):
+            restore_backup(backup, keys, FileKeyring.load_or_create(stale), target)
+        restore_backup(backup, keys, archive.keys.keks, target)  # nothing was written: the newest one restores
+        restored = SqlEventArchive(target, DataKeys(archive.keys.keks))
+        auth, _ = await restored.stream_events("AUTH", after_seq=0, limit=10)
+        assert [e.envelope is None for e in auth] == [True, False, False]  # alice erased; bob and carol open
+    finally:
+        target.dispose()

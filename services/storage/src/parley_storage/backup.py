@@ -406,7 +406,14 @@ def restore_backup(
                 if any(dst.execute(select(func.count()).select_from(t)).scalar_one() for t in metadata.sorted_tables):
                     raise RestoreRefused("the target database already holds an archive; restore into an empty one")
                 _copy_rows(src, dst)
-                DataKeys(keks).sync(dst)  # the backup's key copies are replaced by the keyring's
+                live = DataKeys(keks)
+                live.sync(dst)  # the backup's key copies are replaced by the keyring's
+                if missing := live.unopenable(dst):
+                    raise RestoreRefused(
+                        f"the keyring is older than this backup: it cannot open {sum(missing.values())} of its data "
+                        f"keys (key generation {', '.join(sorted(missing))}, made after this copy of the keyring); "
+                        "copy the newest storage-kek.json from your key backup and restore again"
+                    )
                 if before_commit is not None:
                     before_commit(dst)  # e.g. the residency check: a refusal rolls everything back
         finally:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Connection, insert, select, update
 
-from parley_storage.kek import KeyEncryptionKeys, Rotation, data_key_context
+from parley_storage.kek import KeyEncryptionKeys, Rotation, UnknownKek, data_key_context
 from parley_storage.schema import data_keys
 from parley_storage.sealing import RecordUnreadable
 
@@ -139,6 +139,21 @@ class DataKeys:
             self.keks.wrap_and_keep(row.key_id, row.owner, key)
             adopted += 1
         return adopted
+
+    def unopenable(self, conn: Connection) -> dict[str, int]:
+        """Live data keys the keyring cannot open, counted by the key generation that wrapped them:
+        it holds no copy of its own and lacks that KEK (a keyring older than these keys)."""
+        kept = self.keks.kept_keys()
+        rows = conn.execute(select(data_keys).where(data_keys.c.wrapped_key.is_not(None))).all()
+        missing: dict[str, int] = {}
+        for row in rows:
+            if row.key_id in kept:
+                continue
+            try:
+                self.keks.unwrap(row.kek_id, bytes(row.wrapped_key), context=data_key_context(row.key_id, row.owner))
+            except UnknownKek:
+                missing[row.kek_id] = missing.get(row.kek_id, 0) + 1
+        return missing
 
     def sync(self, conn: Connection) -> int:
         """Bring the rows in step with the keyring: its wrapped copies, and its shredded keys destroyed.
