@@ -85,21 +85,22 @@ async def test_a_restored_backup_runs_as_the_platform_it_was(tmp_path: Path) -> 
     try:
         original.cli("admin", "create-user", "olga", "--role", "operator", stdin=PASSWORD + "\n")
         original.cli("login", "olga", stdin=PASSWORD + "\n")
-        alice, bob, carol = [await person(original, name) for name in ("alice", "bob", "carol")]
+        alice, bob, carol, dave = [await person(original, name) for name in ("alice", "bob", "carol", "dave")]
         app = authenticator((await alice.begin_totp_enrolment()).secret_base32)
         enrolled_at = time.time()
         await alice.confirm_totp_enrolment(app.generate(int(enrolled_at)).decode())
 
         channel = (await alice.create_channel("general")).channel_id
-        for member in (bob, carol):
+        for member in (bob, carol, dave):
             await member.join_channel(channel)
         await alice.send(channel, "hello from alice")  # 1
         await bob.send(channel, "hello from bob")  # 2
         await carol.send(channel, "carol was here")  # 3, erased below
-        await alice.send(channel, "a typo I will take back")  # 4, the newest, redacted
+        await dave.send(channel, "dave was here")  # 4, erased after the backup
+        await alice.send(channel, "a typo I will take back")  # 5, the newest, redacted
         await alice.edit(channel, 1, "hello from alice, edited")
         await bob.react(channel, 1, "👍")
-        await alice.redact(channel, 4)
+        await alice.redact(channel, 5)
         await carol.erase_my_data(reason="leaving")
 
         wheel = tmp_path / "parley_messaging-0.9.0-py3-none-any.whl"
@@ -115,7 +116,9 @@ async def test_a_restored_backup_runs_as_the_platform_it_was(tmp_path: Path) -> 
         backup = tmp_path / "backup"
         original.cli("backup", "create", str(backup))
         await bob.send(channel, "after the backup")  # not in the restored platform
-        for client in (alice, bob, carol):
+        await dave.erase_my_data(reason="after the backup")  # the newest keyring has shredded his keys
+        dave_id = dave.user_id
+        for client in (alice, bob, carol, dave):
             await client.close()
     finally:
         original.kill()
@@ -142,8 +145,9 @@ async def test_a_restored_backup_runs_as_the_platform_it_was(tmp_path: Path) -> 
 
         bob = connect(restored)
         await bob.login("bob", PASSWORD)
-        assert await shown(bob, channel) == before
-        assert (await bob.send(channel, "after the restore")).channel_seq == 5  # numbering goes on
+        daves = (4, "", "", False, True, False, ())  # erased since the backup: the keyring shredded it
+        assert await shown(bob, channel) == [daves if row[0] == 4 else row for row in before]
+        assert (await bob.send(channel, "after the restore")).channel_seq == 6  # numbering goes on
 
         alice = connect(restored)
         with pytest.raises(MfaRequired):
@@ -153,12 +157,13 @@ async def test_a_restored_backup_runs_as_the_platform_it_was(tmp_path: Path) -> 
         assert [c.channel_id for c in await alice.my_channels()] == [channel]
 
         carol = connect(restored)
-        with pytest.raises(ParleyError) as no_login:
-            await carol.login("carol", PASSWORD)
-        assert no_login.value.code == grpc.StatusCode.UNAUTHENTICATED
-        with pytest.raises(ParleyError) as taken:
-            await carol.register("carol", PASSWORD)
-        assert taken.value.code == grpc.StatusCode.ALREADY_EXISTS
+        for erased in ("carol", "dave"):  # erased before the backup, and after it: both stay erased
+            with pytest.raises(ParleyError) as no_login:
+                await carol.login(erased, PASSWORD)
+            assert no_login.value.code == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(ParleyError) as taken:
+                await carol.register(erased, PASSWORD)
+            assert taken.value.code == grpc.StatusCode.ALREADY_EXISTS
 
         verified = restored.cli("audit", "verify", check=False)
         assert verified.returncode == 0, verified.stdout + verified.stderr
@@ -184,6 +189,7 @@ async def test_a_restored_backup_runs_as_the_platform_it_was(tmp_path: Path) -> 
         assert len(records) == 1
         assert isinstance(records[0], EventLogRestored)
         assert {s.stream for s in records[0].streams} == {"AUTH", "MSG", "SEC", "PATCH", "STORE"}
+        assert list(records[0].erasures_finished) == [dave_id]  # his erasure finished in the log
         for client in (alice, bob, carol):
             await client.close()
     finally:
@@ -194,4 +200,5 @@ async def _settled(bob: ParleyClient, channel: str, seen: list[list[Shown]]) -> 
     rows = await shown(bob, channel)
     seen[:] = [rows]
     flags = [(seq, redacted, erased) for seq, _, _, redacted, erased, _, _ in rows]
-    return rows if flags == [(1, False, False), (2, False, False), (3, False, True), (4, True, False)] else None
+    settled = [(1, False, False), (2, False, False), (3, False, True), (4, False, False), (5, True, False)]
+    return rows if flags == settled else None

@@ -5,15 +5,17 @@ the archive's is refused untouched."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import nats.js.errors
 import pytest
 from nats.js import JetStreamContext
-from parley.auth.v1.events_pb2 import UserRegistered
-from parley.messaging.v1.events_pb2 import ChannelCreated, MessagePosted
-from parley.storage.v1.events_pb2 import EventLogRestored
+from nats.js.api import RawStreamMsg
+from parley.auth.v1.events_pb2 import AccountErased, UserRegistered
+from parley.messaging.v1.events_pb2 import ChannelCreated, MessagePosted, MessagesErased
+from parley.storage.v1.events_pb2 import EventLogRestored, UserDataErased, UserDataErasedFromStreams
 
 from parley_core.bus import EventBus, ReceivedEvent
 from parley_core.config import Settings
@@ -24,9 +26,11 @@ from parley_core.topology import (
     PLATFORM_USER,
     STREAMS,
     channel_subject,
+    privacy_subject,
     reseed_hole_subject,
     restore_subject,
     user_subject,
+    username_subject,
 )
 from parley_storage.archive import SqlEventArchive
 from parley_storage.reseed import Placed, ReseedRefused, _publish_in_order, reseed_folder, reseed_stream
@@ -35,6 +39,7 @@ from parley_storage.restored import mark_restored, read_restored
 from parley_storage.service import KEYRING_FILE
 
 ALICE, BOB = "user-alice", "user-bob"
+ALICE_NAME = username_subject(hashlib.sha256(b"alice").hexdigest())
 
 
 def event(stream: str, seq: int, subject: str, aggregate: tuple[str, str, int], payload: object) -> ReceivedEvent:
@@ -55,11 +60,12 @@ def post(seq: int, channel_seq: int, sender: str) -> ReceivedEvent:
 
 async def archive_with_holes(archive: SqlEventArchive) -> None:
     """AUTH: alice, bob. MSG: a channel, posts by alice and bob, sequence 5 never archived, then
-    bob again. Alice is erased afterwards: her account and posts no longer open."""
+    bob again. Alice's keys are shredded afterwards, as an erasure after the backup leaves them:
+    her account and posts no longer open, and the archive holds no record of her erasure."""
     await archive.archive(
         "storage-archive-auth",
         [
-            event("AUTH", 1, user_subject(ALICE), ("user", ALICE, 1), UserRegistered(user_id=ALICE, username="alice")),
+            event("AUTH", 1, ALICE_NAME, ("user", ALICE, 1), UserRegistered(user_id=ALICE, username="alice")),
             event("AUTH", 2, user_subject(BOB), ("user", BOB, 1), UserRegistered(user_id=BOB, username="bob")),
         ],
     )
@@ -83,6 +89,15 @@ async def stream_contents(js: JetStreamContext, stream: str) -> dict[int, tuple[
             out[seq] = None
             continue
         out[seq] = (msg.subject, msg.data or b"")
+    return out
+
+
+async def stream_messages(js: JetStreamContext, stream: str, subject: str) -> list[RawStreamMsg]:
+    """The messages of one subject, oldest first."""
+    out = []
+    for seq, found in (await stream_contents(js, stream)).items():
+        if found is not None and found[0] == subject:
+            out.append(await js.get_msg(stream, seq))
     return out
 
 
@@ -194,8 +209,19 @@ async def test_the_folder_is_reseeded_once_recorded_and_released(
     assert isinstance(record, EventLogRestored)
     assert record.backup_created_at == "2026-11-30T12:00:00+00:00"
     assert {s.stream: (s.events, s.holes, s.last_seq) for s in record.streams}["MSG"] == (3, 3, 6)
+    assert list(record.erasures_finished) == [ALICE]
+    # Alice's erasure, made after the backup, is finished in the log: her name stays taken and
+    # the numbers of her posts stay used, as the erasure's markers say; then its records.
+    marker = open_payload(decode((await js.get_last_msg("MSG", channel_subject("general"))).data or b""))
+    assert isinstance(marker, MessagesErased)
+    assert (marker.user_id, list(marker.channel_seqs)) == (ALICE, [1, 3])
+    tombstone = open_payload(decode((await js.get_last_msg("AUTH", ALICE_NAME)).data or b""))
+    assert isinstance(tombstone, AccountErased)
+    erasure = [open_payload(decode(m.data or b"")) for m in await stream_messages(js, "STORE", privacy_subject(ALICE))]
+    assert [type(e) for e in erasure] == [UserDataErased, UserDataErasedFromStreams]
+    assert "erased after backup backup-1 was taken" in erasure[0].reason  # type: ignore[attr-defined]
     # A run that stopped after the record but before removing the marker only removes it.
     mark_restored(data_dir, "backup-1", database=location_of(archive_url(archive)))
     assert await reseed_folder(settings, nats_url=nats_server.url) == []
     assert read_restored(data_dir) is None
-    assert (await js.stream_info("MSG")).state.last_seq == 6
+    assert (await js.stream_info("MSG")).state.last_seq == 7  # the six, and alice's marker once

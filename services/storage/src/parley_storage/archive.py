@@ -25,6 +25,7 @@ from parley.messaging.v1.events_pb2 import (
     ReactionAdded,
     ReactionRemoved,
 )
+from parley.storage.v1.events_pb2 import UserDataErased, UserDataErasedFromStreams
 from sqlalchemy import Connection, Engine, Row, create_engine, event, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -55,6 +56,9 @@ QUEUED_LOG_DELETIONS = "parley_queued_log_deletions"
 # key_id of an event whose content a redaction or retention removed: the row stays, the envelope is gone.
 EXPIRED = "expired"
 NS_PER_DAY = 86_400 * 10**9
+IN_CHUNK = 500  # values per SQL IN list
+ERASED = UserDataErased.DESCRIPTOR.full_name
+ERASED_FROM_STREAMS = UserDataErasedFromStreams.DESCRIPTOR.full_name
 # Why a text waits in log_deletions.
 REDACTED, EXPIRED_BY_RETENTION = "redacted", "expired"
 
@@ -114,6 +118,13 @@ class LogDeletion:
 class RetentionPolicy:
     channel_id: str
     days: int
+
+
+@dataclass(frozen=True)
+class UnfinishedErasure:
+    user_id: str
+    destroyed_key_ids: tuple[str, ...]
+    recorded: bool  # its audited UserDataErased is in the archive
 
 
 @dataclass(frozen=True)
@@ -598,6 +609,56 @@ class SqlEventArchive:
             return [LoggedEvent(*row) for row in conn.execute(query)]
 
         return await self.run("events_of", work)
+
+    async def message_numbers(self, texts: Sequence[LoggedEvent]) -> dict[tuple[str, int], int]:
+        """The message number history gives each of these archived texts (its row points at a
+        message's newest text, post or edit), by position: readable after the text is shredded."""
+        wanted = {(t.stream, t.stream_seq) for t in texts}
+
+        def work(conn: Connection) -> dict[tuple[str, int], int]:
+            found: dict[tuple[str, int], int] = {}
+            seqs = sorted({seq for _, seq in wanted})
+            for start in range(0, len(seqs), IN_CHUNK):
+                rows = conn.execute(
+                    select(
+                        channel_messages.c.stream, channel_messages.c.stream_seq, channel_messages.c.channel_seq
+                    ).where(channel_messages.c.stream_seq.in_(seqs[start : start + IN_CHUNK]))
+                ).all()
+                found.update(
+                    {(r.stream, r.stream_seq): r.channel_seq for r in rows if (r.stream, r.stream_seq) in wanted}
+                )
+            return found
+
+        return await self.run("message_numbers", work)
+
+    async def unfinished_erasures(self) -> list[UnfinishedErasure]:
+        """Users whose data keys are destroyed but whose erasure has not reached the log in this
+        archive: erased after the backup it was restored from (the keyring had shredded their
+        keys), or an erasure that was still deleting when the backup was taken."""
+
+        def work(conn: Connection) -> list[UnfinishedErasure]:
+            def recorded(event_type: str) -> set[str]:
+                query = select(events.c.aggregate_id).where(
+                    events.c.stream == "STORE", events.c.event_type == event_type
+                )
+                return set(conn.execute(query).scalars())
+
+            finished, decided = recorded(ERASED_FROM_STREAMS), recorded(ERASED)
+            destroyed: dict[str, list[str]] = {}
+            rows = conn.execute(
+                select(data_keys.c.owner, data_keys.c.key_id)
+                .where(data_keys.c.wrapped_key.is_(None), data_keys.c.owner.startswith("user:"))
+                .order_by(data_keys.c.owner, data_keys.c.key_id)
+            )
+            for row in rows:
+                destroyed.setdefault(row.owner.removeprefix("user:"), []).append(row.key_id)
+            return [
+                UnfinishedErasure(user_id, tuple(keys), recorded=user_id in decided)
+                for user_id, keys in destroyed.items()
+                if user_id not in finished
+            ]
+
+        return await self.run("unfinished_erasures", work)
 
     async def shred_user(self, user_id: str) -> ShreddedKeys:
         """Crypto-shred one user: their data keys are destroyed, their records stay as unreadable bytes."""

@@ -13,6 +13,9 @@ identity and before any service starts (``python -m parley_storage.reseed``):
   at once. The markers those removals appended (MessagesErased, AccountErased, MessageRedacted,
   MessagesExpired) are archived events themselves and come back, so the services rebuild from the
   new log as they did from the old one;
+- an erasure the backup predates (the keyring destroyed the user's keys after it was taken) is
+  finished in the log as the erasure itself would have (stream_erasure.remove_from_log), so the
+  erased stay erased;
 - an audited ``EventLogRestored`` record on STORE closes the work, and the folder's restore marker
   is removed, which lets storage start.
 
@@ -34,14 +37,14 @@ from pathlib import Path
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
-from parley.storage.v1.events_pb2 import EventLogRestored, RestoredStream
+from parley.storage.v1.events_pb2 import EventLogRestored, RestoredStream, UserDataErased
 
 from parley_core.bus import WRONG_LAST_SEQUENCE, ConcurrencyConflict, EventBus
 from parley_core.config import Settings
 from parley_core.envelope import NewEvent
 from parley_core.nats_connect import connect_nats
 from parley_core.natsconf import ensure_nats_passwords
-from parley_core.topology import CONSUMERS, PLATFORM_USER, reseed_hole_subject, restore_subject
+from parley_core.topology import CONSUMERS, PLATFORM_USER, privacy_subject, reseed_hole_subject, restore_subject
 from parley_storage.archive import SqlEventArchive, StoredEvent, open_engine
 from parley_storage.datakeys import DataKeys
 from parley_storage.kek import FileKeyring
@@ -49,7 +52,8 @@ from parley_storage.migrate import SchemaNewerThanCode, UnversionedDatabase, che
 from parley_storage.residency import location_of
 from parley_storage.restored import RestoreMarker, clear_restored, read_restored
 from parley_storage.service import KEYRING_FILE, database_url
-from parley_storage.stream_log import read_if_present
+from parley_storage.stream_erasure import remove_from_log
+from parley_storage.stream_log import append_after_last, read_if_present
 
 # The streams storage archives, in the order they are put back.
 RESEEDED_STREAMS = tuple(spec.stream for spec in CONSUMERS if spec.service == "storage")
@@ -168,11 +172,39 @@ async def already_recorded(js: JetStreamContext, backup_id: str) -> bool:
     return True
 
 
-async def record_restore(bus: EventBus, marker: RestoreMarker, streams: list[StreamReseeded]) -> None:
+async def finish_erasures(bus: EventBus, archive: SqlEventArchive, marker: RestoreMarker) -> list[str]:
+    """Erasures this archive does not know finished: someone erased after the backup was taken
+    (the keyring no longer holds their keys) has holes in the re-seeded log but no markers, so
+    without this their name would be free and the number of their newest message reused. Each
+    gets its audited record (unless the backup has it) and the erasure's log step, before any
+    service starts."""
+    finished = []
+    for erasure in await archive.unfinished_erasures():
+        if not erasure.recorded:
+            reason = f"erased after backup {marker.backup_id} was taken; finished when it was restored"
+            decided = UserDataErased(
+                user_id=erasure.user_id,
+                erased_by=PLATFORM_USER,
+                reason=reason,
+                destroyed_key_ids=list(erasure.destroyed_key_ids),
+            )
+            event = NewEvent(
+                aggregate_type="privacy", aggregate_id=erasure.user_id, payload=decided, actor=PLATFORM_USER
+            )
+            await append_after_last(bus, privacy_subject(erasure.user_id), event)
+        await remove_from_log(bus, archive, erasure.user_id)
+        finished.append(erasure.user_id)
+    return finished
+
+
+async def record_restore(
+    bus: EventBus, marker: RestoreMarker, streams: list[StreamReseeded], erasures_finished: list[str]
+) -> None:
     payload = EventLogRestored(
         backup_id=marker.backup_id,
         backup_created_at=marker.backup_created_at,
         streams=[RestoredStream(**asdict(s)) for s in streams],
+        erasures_finished=erasures_finished,
     )
     event = NewEvent(
         aggregate_type="restore",
@@ -219,8 +251,11 @@ async def reseed_folder(
             for stream in RESEEDED_STREAMS:
                 done.append(await reseed_stream(js, archive, stream))
                 say(f"{stream}: {done[-1].events} events back in the log, {done[-1].holes} holes")
-            producer = f"parley-restore@{metadata.version('parley-storage')}"
-            await record_restore(EventBus(nc, service=PLATFORM_USER, producer=producer), marker, done)
+            bus = EventBus(nc, service=PLATFORM_USER, producer=f"parley-restore@{metadata.version('parley-storage')}")
+            finished = await finish_erasures(bus, archive, marker)
+            if finished:
+                say(f"{len(finished)} erasures the backup predates finished in the log (erased stay erased)")
+            await record_restore(bus, marker, done, finished)
         clear_restored(data_dir)
         return done
     finally:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from google.protobuf.message import Message
 from nats.js import JetStreamContext
@@ -57,8 +57,15 @@ class StreamErasureIncomplete(Exception):
 async def erase_from_streams(bus: EventBus, archive: SqlEventArchive, user_id: str) -> int:
     """Delete the user's events from the log; returns how many were deleted (0 on a repeat)."""
     await _archive_caught_up(bus.js, SOURCE_STREAMS)  # so the archive knows every event of theirs
+    return await remove_from_log(bus, archive, user_id)
+
+
+async def remove_from_log(bus: EventBus, archive: SqlEventArchive, user_id: str) -> int:
+    """The markers, the deletions and the closing record, once the archive holds every event of
+    the user's (also what a re-seed runs for an erasure the restored backup predates)."""
     logged = await archive.events_of(user_id, SOURCE_STREAMS)
-    for subject, marker in await _markers(bus.js, user_id, logged):
+    numbers = await archive.message_numbers(logged)
+    for subject, marker in await _markers(bus.js, user_id, logged, numbers):
         await append_after_last(bus, subject, marker)
     doomed = {(e.stream, e.stream_seq) for e in logged}
     deleted = 0
@@ -77,13 +84,17 @@ async def erase_from_streams(bus: EventBus, archive: SqlEventArchive, user_id: s
     return deleted
 
 
-async def _markers(js: JetStreamContext, user_id: str, logged: Iterable[LoggedEvent]) -> list[tuple[str, NewEvent]]:
+async def _markers(
+    js: JetStreamContext, user_id: str, logged: Iterable[LoggedEvent], numbers: Mapping[tuple[str, int], int]
+) -> list[tuple[str, NewEvent]]:
     """One marker per username subject and per channel that is about to lose events."""
-    channels: defaultdict[str, list[int]] = defaultdict(list)
+    channels: defaultdict[str, set[int]] = defaultdict(set)
     usernames: set[str] = set()
     for e in logged:
         if e.stream == "MSG" and e.subject == channel_subject(e.aggregate_id):
-            channels[e.aggregate_id].extend(await _post_number(js, e))
+            channels[e.aggregate_id].update(await _post_number(js, e))
+            if (number := numbers.get((e.stream, e.stream_seq))) is not None:  # a hole in a re-seeded log
+                channels[e.aggregate_id].add(number)
         elif e.stream == "AUTH" and e.subject.startswith(USERNAME_PREFIX):
             usernames.add(e.subject)
     markers: list[tuple[str, NewEvent]] = []

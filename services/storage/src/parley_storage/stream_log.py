@@ -21,6 +21,9 @@ from parley_core.topology import stream_for_subject
 PARKED_STREAM = "PARKED"
 # "sequence not found" and "no message found": deleted already (an earlier, interrupted run).
 ALREADY_DELETED = {10043, 10037}
+# A delete of a message that is gone fails with the generic "message delete failed" code and
+# "no message found" as its description (nats-server 2.15).
+DELETE_FAILED = 10057
 MARKER_ATTEMPTS = 5
 # Event ids fit the archive's events.event_id column (64 characters), which PostgreSQL enforces.
 MAX_EVENT_ID = 64
@@ -68,9 +71,10 @@ async def secure_delete(js: JetStreamContext, stream: str, seq: int) -> int:
     try:
         return 1 if await js.delete_msg(stream, seq) else 0
     except nats.js.errors.NotFoundError:
-        return 0  # already gone: a repeated or resumed deletion
+        return 0  # already gone: a repeated or resumed deletion, or a hole of a re-seeded log
     except nats.js.errors.APIError as exc:
-        if exc.err_code in ALREADY_DELETED:
+        gone = exc.err_code == DELETE_FAILED and "no message found" in (exc.description or "")
+        if exc.err_code in ALREADY_DELETED or gone:
             return 0
         raise
 

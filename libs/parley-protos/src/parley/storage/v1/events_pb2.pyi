@@ -94,21 +94,29 @@ class EventLogRestored(_message.Message):
     BACKUP_ID_FIELD_NUMBER: _builtins.int
     BACKUP_CREATED_AT_FIELD_NUMBER: _builtins.int
     STREAMS_FIELD_NUMBER: _builtins.int
+    ERASURES_FINISHED_FIELD_NUMBER: _builtins.int
     backup_id: _builtins.str
     backup_created_at: _builtins.str
     """ISO 8601, from the backup's manifest"""
     @_builtins.property
     def streams(self) -> _containers.RepeatedCompositeFieldContainer[Global___RestoredStream]: ...
+    @_builtins.property
+    def erasures_finished(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Users erased after the backup was taken (the keyring had destroyed their keys) or while it
+        was taken, whose erasure the re-seed finished in the log: their markers, then this record.
+        """
+
     def __init__(
         self,
         *,
         backup_id: _builtins.str = ...,
         backup_created_at: _builtins.str = ...,
         streams: _abc.Iterable[Global___RestoredStream] | None = ...,
+        erasures_finished: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_created_at", b"backup_created_at", "backup_id", b"backup_id", "streams", b"streams"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_created_at", b"backup_created_at", "backup_id", b"backup_id", "erasures_finished", b"erasures_finished", "streams", b"streams"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
