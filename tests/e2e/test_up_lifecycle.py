@@ -7,6 +7,7 @@ refused instead of starting a second nats-server on the same store.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -149,3 +150,35 @@ def test_processes_left_by_a_killed_parley_up_are_reported_and_block_a_new_start
     finally:
         survivor.kill()
         survivor.wait()
+
+
+def test_a_parley_up_killed_before_its_services_are_up_leaves_nats_server_found(tmp_path: Path) -> None:
+    """Killed with -9 while it starts (a long re-seed of a restored folder is such a moment): the
+    nats-server it started is in the state file already, so the next start refuses and names it."""
+    data_dir = tmp_path / "data"
+    up = subprocess.Popen(
+        [sys.executable, "-m", "parley_cli", "--data-dir", str(data_dir), "up", "--gateway-port", str(free_port())],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **TEST_DEFAULTS},
+        start_new_session=True,
+    )
+    try:
+        assert up.stdout is not None
+        first = up.stdout.readline().decode()
+        assert "nats-server with JetStream" in first, first
+        os.kill(up.pid, signal.SIGKILL)
+        up.wait(timeout=STOP_TIMEOUT_S)
+        nats_pids = json.loads((data_dir / "platform.json").read_text())["nats_pids"]
+        assert nats_pids
+        assert all(_alive(pid) for pid in nats_pids)
+
+        again = parley(data_dir, "up", "--gateway-port", str(free_port()))
+        assert again.returncode != 0
+        assert f"pids {' '.join(map(str, nats_pids))}" in again.stderr
+    finally:
+        # What the killed `parley up` left: its nats-server and any service it had begun to start.
+        leftovers = subprocess.run(["pgrep", "-f", str(data_dir)], capture_output=True, text=True, check=False)
+        for pid in map(int, leftovers.stdout.split()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

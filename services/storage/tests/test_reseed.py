@@ -14,6 +14,7 @@ import pytest
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 from parley.auth.v1.events_pb2 import AccountErased, UserRegistered
+from parley.common.v1.envelope_pb2 import EventEnvelope
 from parley.messaging.v1.events_pb2 import ChannelCreated, MessagePosted, MessagesErased
 from parley.storage.v1.events_pb2 import EventLogRestored, UserDataErased, UserDataErasedFromStreams
 
@@ -21,6 +22,7 @@ from parley_core.bus import EventBus, ReceivedEvent
 from parley_core.config import Settings
 from parley_core.envelope import NewEvent, decode, open_payload, seal
 from parley_core.pki import Pki
+from parley_core.runner import RefusedToStart
 from parley_core.testing.nats import NatsTestServer
 from parley_core.topology import (
     PLATFORM_USER,
@@ -36,7 +38,7 @@ from parley_storage.archive import SqlEventArchive
 from parley_storage.reseed import Placed, ReseedRefused, _publish_in_order, reseed_folder, reseed_stream
 from parley_storage.residency import location_of
 from parley_storage.restored import mark_restored, read_restored
-from parley_storage.service import KEYRING_FILE
+from parley_storage.service import KEYRING_FILE, refuse_a_log_behind_the_archive
 
 ALICE, BOB = "user-alice", "user-bob"
 ALICE_NAME = username_subject(hashlib.sha256(b"alice").hexdigest())
@@ -51,6 +53,12 @@ def event(stream: str, seq: int, subject: str, aggregate: tuple[str, str, int], 
         trace_context={"traceparent": f"00-{seq:032x}-{seq:016x}-01"},
     )
     return ReceivedEvent(envelope, subject, stream, seq, 1, {})
+
+
+def seal_new(payload: object) -> EventEnvelope:
+    """An event as a service would append it now: not one of the archive's."""
+    new = NewEvent(aggregate_type="channel", aggregate_id="general", payload=payload, actor=BOB)  # type: ignore[arg-type]
+    return seal(new, aggregate_version=1, producer="messaging@0", trace_context={})
 
 
 def post(seq: int, channel_seq: int, sender: str) -> ReceivedEvent:
@@ -225,3 +233,33 @@ async def test_the_folder_is_reseeded_once_recorded_and_released(
     assert await reseed_folder(settings, nats_url=nats_server.url) == []
     assert read_restored(data_dir) is None
     assert (await js.stream_info("MSG")).state.last_seq == 7  # the six, and alice's marker once
+
+
+async def test_a_log_another_writer_began_is_not_continued(
+    archive: SqlEventArchive, nats_server: NatsTestServer
+) -> None:
+    """A service started on the folder before its re-seed (its mark was removed) wrote events of
+    its own where the archive's belong: re-seeding on top would mix the two logs."""
+    await archive_with_holes(archive)
+    js = await platform_js(nats_server)
+    await js.publish(channel_subject("general"), seal_new(ChannelCreated(channel_id="general")).SerializeToString())
+
+    with pytest.raises(ReseedRefused, match="holds an event at sequence 1 that is not the archive's"):
+        await reseed_stream(js, archive, "MSG")
+    assert (await js.stream_info("MSG")).state.last_seq == 1
+
+
+@pytest.mark.parametrize(("in_the_log", "refused"), [(0, True), (6, False)])
+async def test_storage_refuses_a_log_that_ends_before_its_archive(
+    nats_server: NatsTestServer, in_the_log: int, refused: bool
+) -> None:
+    nc = await nats_server.connect(PLATFORM_USER)
+    bus = EventBus(nc, service=PLATFORM_USER, producer="test")
+    await bus.ensure_streams(STREAMS)
+    for n in range(in_the_log):
+        await bus.js.publish(channel_subject(f"c{n}"), b"an event")
+    if refused:
+        with pytest.raises(RefusedToStart, match="MSG ends at sequence 0, the archive has it up to 6"):
+            await refuse_a_log_behind_the_archive(bus, {"MSG": 6})
+    else:
+        await refuse_a_log_behind_the_archive(bus, {"MSG": 6})

@@ -132,6 +132,7 @@ class Platform:
         passwords = ensure_nats_passwords(self.data_dir / "secrets" / "nats-passwords.json", users)
 
         await self._start_nats(passwords)
+        self._write_starting_state()
         where = self.data_dir / "nats" / ("jetstream" if self.nats_cluster == 1 else "node*/jetstream")
         kind = "nats-server" if self.nats_cluster == 1 else f"{self.nats_cluster}-node JetStream cluster (replicas 3)"
         self.say(f"{kind} with JetStream and TLS on {self.nats_url} (store: {where})")
@@ -278,7 +279,10 @@ class Platform:
             if line and not line.startswith("{"):  # the closing JSON summary is for scripts
                 self.say(f"  {line}")
         problem = (await errors).decode().strip()
-        if await tool.wait() != 0:
+        failed = await tool.wait() != 0
+        if self._stopping.is_set():
+            raise RuntimeError("stopped while putting the archive back into the event log; the next start resumes it")
+        if failed:
             raise RuntimeError(problem.splitlines()[-1] if problem else "re-seeding the event log failed")
         self.say("event log re-seeded from the archive; starting the services")
 
@@ -338,6 +342,25 @@ class Platform:
             "nats_pids": [node.pid for node in self.nats_nodes],
             "services": services,
         }
+
+    def _write_starting_state(self) -> None:
+        """Once nats-server runs: a `parley up` killed before its services are up (a long re-seed)
+        leaves pids the next start and `parley status` find. Ports and versions of the last run
+        are kept for this start to reuse."""
+        path = self.data_dir / STATE_FILE
+        previous = json.loads(path.read_text()) if path.exists() else {}
+        services = {
+            name: {"port": s.get("port"), "version": s.get("version"), "instances": []}
+            for name, s in previous.get("services", {}).items()
+        }
+        state = {
+            "running": True,
+            "pid": os.getpid(),
+            "nats_url": self.nats_url,
+            "nats_pids": [node.pid for node in self.nats_nodes],
+            "services": services,
+        }
+        write_private_file(path, json.dumps(state, indent=2).encode())
 
     def _write_state(self) -> None:
         """Rewritten whenever what runs changed (a restart, a roll-out step)."""

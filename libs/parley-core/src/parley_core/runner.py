@@ -12,6 +12,7 @@ import importlib.metadata
 import inspect
 import logging
 import signal
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,14 @@ from parley_core.tokens import TokenVerifier, bearer_token, follow_signing_keys
 from parley_core.topology import GRPC_CALLERS, PLATFORM_USER, STREAMS, heartbeat_subject
 
 log = logging.getLogger(__name__)
+
+
+# Exit code for a state the service must not run on (sysexits EX_CONFIG); `parley up` shows why.
+EX_CONFIG = 78
+
+
+class RefusedToStart(Exception):
+    """Raised by an app's start(): running on what it found would lose or corrupt data."""
 
 
 class ServiceApp(Protocol):
@@ -358,5 +367,10 @@ def run_service(app_factory: Callable[[], ServiceApp], *, service: str, client_f
     """Process entry point: settings from the environment, JSON logs, exit code from the drain."""
     settings = Settings(service=service)
     configure_logging(service=service, instance_id=settings.instance_id, level=settings.log_level)
-    code = asyncio.run(serve(app_factory(), service=service, settings=settings, client_facing=client_facing))
+    try:
+        code = asyncio.run(serve(app_factory(), service=service, settings=settings, client_facing=client_facing))
+    except RefusedToStart as exc:
+        log.error("refusing to start: %s", exc)
+        print(f"parley-{service}: refusing to start: {exc}", file=sys.stderr)
+        raise SystemExit(EX_CONFIG) from None
     raise SystemExit(code)

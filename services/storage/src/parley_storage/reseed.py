@@ -41,7 +41,7 @@ from parley.storage.v1.events_pb2 import EventLogRestored, RestoredStream, UserD
 
 from parley_core.bus import WRONG_LAST_SEQUENCE, ConcurrencyConflict, EventBus
 from parley_core.config import Settings
-from parley_core.envelope import NewEvent
+from parley_core.envelope import NewEvent, decode
 from parley_core.nats_connect import connect_nats
 from parley_core.natsconf import ensure_nats_passwords
 from parley_core.topology import CONSUMERS, PLATFORM_USER, privacy_subject, reseed_hole_subject, restore_subject
@@ -89,6 +89,7 @@ async def reseed_stream(
             "this event log is not the restored archive's; restore into an empty data folder"
         )
     await _delete_placeholders(js, stream, range(max(done - page, 0) + 1, done + 1))
+    await _refuse_another_prefix(js, archive, stream, done)
     after = done
     while after < newest:
         stored, _ = await archive.stream_events(stream, after_seq=after, limit=page)
@@ -161,6 +162,24 @@ async def _delete_placeholders(js: JetStreamContext, stream: str, seqs: range) -
         found = await read_if_present(js, stream, seq)
         if found is not None and found.subject == reseed_hole_subject(stream):
             await js.delete_msg(stream, seq)
+
+
+async def _refuse_another_prefix(js: JetStreamContext, archive: SqlEventArchive, stream: str, done: int) -> None:
+    """Continue only a log this re-seed began: its newest event is the archive's at that sequence
+    (a service started on the folder meanwhile would have appended events of its own there)."""
+    newest = None
+    for seq in range(done, 0, -1):  # the newest event still there: placeholders were deleted
+        if (newest := await read_if_present(js, stream, seq)) is not None:
+            break
+    if newest is None:
+        return
+    seq = int(newest.seq or 0)
+    stored, _ = await archive.stream_events(stream, after_seq=seq - 1, limit=1)
+    if not stored or stored[0].stream_seq != seq or decode(newest.data or b"").event_id != stored[0].event_id:
+        raise ReseedRefused(
+            f"stream {stream} holds an event at sequence {seq} that is not the archive's: something wrote to this "
+            "event log before it was re-seeded; restore the backup again into an empty data folder"
+        )
 
 
 async def already_recorded(js: JetStreamContext, backup_id: str) -> bool:
@@ -286,6 +305,9 @@ def main(argv: list[str] | None = None) -> None:
     except (nats.errors.Error, TimeoutError, OSError) as exc:
         print(f"re-seeding the event log stopped ({exc!r}); it resumes at the next start", file=sys.stderr)
         raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        print("re-seeding the event log was interrupted; it resumes at the next start", file=sys.stderr)
+        raise SystemExit(130) from None
     print(json.dumps({"reseeded": [asdict(s) for s in streams]}, sort_keys=True))
 
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -18,11 +18,11 @@ from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from parley_core.bus import ReceivedEvent, RetryLater
+from parley_core.bus import EventBus, ReceivedEvent, RetryLater
 from parley_core.config import Settings
 from parley_core.errors import InvalidArgument, PermissionDenied, Unavailable
 from parley_core.files import ensure_private_dir
-from parley_core.runner import RunContext
+from parley_core.runner import RefusedToStart, RunContext
 from parley_core.topology import CONSUMERS, ConsumerSpec, channel_subject
 from parley_storage.archive import SqlEventArchive, open_engine
 from parley_storage.archive_api import StorageArchiveApi
@@ -94,7 +94,9 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         await self.archive.reconcile_data_keys()
         erasures = ErasureLog()
         erasures_replay = await follow_erasures(ctx.bus, self.archive.keys, erasures)
-        self.progress = ArchiveProgress(await self.archive.positions())
+        positions = await self.archive.positions()
+        await refuse_a_log_behind_the_archive(ctx.bus, positions)
+        self.progress = ArchiveProgress(positions)
         self.retention = Retention(ctx.bus, self.archive, self.progress)
         for spec in CONSUMERS:
             if spec.service == "storage":
@@ -242,6 +244,23 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
                 )
             )
         return storage_pb2.GetChannelHistoryResponse(messages=out, has_more=has_more)
+
+
+async def refuse_a_log_behind_the_archive(bus: EventBus, positions: Mapping[str, int]) -> None:
+    """The archive knows each event by its stream sequence: on a log that ends before what it has
+    archived (lost, or re-created empty), it would take every new event for one it holds and drop it."""
+    behind = []
+    for stream, archived in sorted(positions.items()):
+        await bus.wait_for_stream(stream)
+        last = int((await bus.js.stream_info(stream)).state.last_seq or 0)
+        if last < archived:
+            behind.append(f"{stream} ends at sequence {last}, the archive has it up to {archived}")
+    if behind:
+        raise RefusedToStart(
+            f"the event log holds less than the archive ({'; '.join(behind)}): it was lost or replaced. "
+            "A data folder restored from a backup gets its log back from `parley up` while "
+            "storage/restored-from-backup.json is there; restore the folder again if that file was removed"
+        )
 
 
 def check_residency(url: str, engine: Engine) -> None:
