@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
 import time
 import uuid
@@ -14,7 +15,7 @@ from cryptography.hazmat.primitives.twofactor.totp import TOTP
 
 from parley_client import ParleyClient, ParleyError
 from parley_core.testing.platform import RunningPlatform
-from parley_core.testing.waiting import wait_until
+from parley_core.testing.waiting import eventually, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -55,6 +56,11 @@ def test_admin_cli_reports_bad_input_without_a_trace(platform: RunningPlatform) 
     assert weak.returncode == 1
     assert "INVALID_ARGUMENT" in weak.stderr
     assert "Traceback" not in weak.stderr
+    # No password at all is told where one comes from, not that it is too short.
+    empty = platform.cli("admin", "create-user", unique("empty"), stdin="", check=False)
+    assert empty.returncode == 1
+    assert "no password given" in empty.stderr
+    assert "standard input" in empty.stderr
     missing = platform.cli("admin", "show", "nobody-at-all", check=False)
     assert "NOT_FOUND" in missing.stderr
 
@@ -74,6 +80,37 @@ async def test_sdk_refresh_and_logout(platform: RunningPlatform) -> None:
         with pytest.raises(ParleyError) as refused:
             await client.my_channels()
         assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_user_changes_their_own_password_from_the_cli(platform: RunningPlatform) -> None:
+    name, new_password = unique("pat"), "another-long-enough-passphrase"
+    async with ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes()) as other:
+        await other.register(name, PASSWORD)
+        platform.cli("login", name, stdin=PASSWORD + "\n")
+        await other.login(name, PASSWORD)  # another session of the same user
+
+        wrong = platform.cli("--as", name, "password", stdin=f"not-the-password\n{new_password}\n", check=False)
+        assert "the current password is wrong" in wrong.stderr
+        assert "Traceback" not in wrong.stderr
+        changed = platform.cli("--as", name, "password", stdin=f"{PASSWORD}\n{new_password}\n")
+        assert f"password of {name} changed" in changed.stdout
+
+        async def signed_out() -> bool | None:
+            try:
+                await other.my_channels()
+            except ParleyError as exc:
+                return True if exc.code == grpc.StatusCode.UNAUTHENTICATED else None
+            return None
+
+        await eventually(signed_out, "the other session to be signed out")
+        with pytest.raises(ParleyError) as old_password:
+            await other.login(name, PASSWORD)
+        assert old_password.value.code == grpc.StatusCode.UNAUTHENTICATED
+        await other.login(name, new_password)
+        # The session that changed it stays: the token `parley login` saved still works.
+        saved = json.loads((platform.data_dir / "cli" / f"{name}.json").read_text())
+        other.use_token(saved["access_token"], saved["user_id"])
+        await other.my_channels()
 
 
 def test_admin_cli_rotates_the_signing_key_and_makes_invitations(platform: RunningPlatform) -> None:
@@ -118,10 +155,20 @@ async def test_mfa_by_cli_new_recovery_codes_and_an_admin_reset(platform: Runnin
         printed = platform.cli("--as", name, "mfa", "recovery-codes", stdin=PASSWORD + "\n").stdout
         new_codes = [line for line in printed.splitlines() if line.count("-") == 3]
         assert len(new_codes) == 10
+        assert f"parley login {name} --totp CODE" in printed  # says how to use one
         with pytest.raises(ParleyError) as old_code:
             await client.login(name, PASSWORD, recovery_code=first_codes[0])
         assert old_code.value.code == grpc.StatusCode.UNAUTHENTICATED
-        await client.login(name, PASSWORD, recovery_code=new_codes[0])
+        # A recovery code goes where the app's code goes.
+        assert (
+            f"logged in as {name}" in platform.cli("login", name, "--totp", new_codes[0], stdin=PASSWORD + "\n").stdout
+        )
+        # No code at all: the CLI says how to give either kind.
+        missing = platform.cli("login", name, stdin=PASSWORD + "\n", check=False)
+        assert missing.returncode == 1
+        assert f"`parley login {name} --totp CODE`" in missing.stderr
+        assert "recovery codes (xxxx-xxxx-xxxx-xxxx" in missing.stderr
+        assert "Traceback" not in missing.stderr
 
         assert "removed" in platform.cli("admin", "reset-mfa", name, "--reason", "lost phone").stdout
         await client.login(name, PASSWORD)  # the password alone again

@@ -9,6 +9,7 @@ import stat
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -71,7 +72,7 @@ async def test_a_user_exports_and_erases_their_own_data_from_the_cli(platform: R
 
         history = await cli(platform, "--as", bob, "history", room.name)
         assert marker not in history
-        assert "(erased at the author's request)" in history
+        assert "(erased with its author's data)" in history
 
 
 async def test_the_operator_exports_and_erases_anyones_data(platform: RunningPlatform, tmp_path: Path) -> None:
@@ -116,6 +117,8 @@ async def test_history_shows_edits_reactions_threads_and_names(platform: Running
         assert any("final words (edited)" in line and f"👍 {bob}" in line for line in lines), history
         assert any(f"{bob}: (in the thread of #{first.channel_seq}) a reply" in line for line in lines), history
         assert any(f"{bob}: (redacted)" in line for line in lines), history
+        redacted = await cli(platform, "--as", alice, "versions", room.name, str(gone.channel_seq))
+        assert redacted.strip() == f"#{gone.channel_seq} was redacted: no earlier texts are kept"
         assert b.user_id is not None
         assert b.user_id[:8] not in history
 
@@ -150,6 +153,12 @@ async def test_the_operator_sets_a_channels_retention_from_the_cli(platform: Run
         kept = await cli(platform, "retention", room.channel_id, "30")
         assert f"channel {room.channel_id} keeps its messages 30 days; 0 older messages removed now" in kept
         assert [m.body for m in (await d.history(room.channel_id)).messages] == ["recent enough to stay"]
+        listed = (await cli(platform, "retention")).splitlines()
+        assert listed[0].split() == ["channel", "days", "set", "by", "set", "at", "(UTC)"]
+        [row] = [line.split() for line in listed if line.startswith(room.channel_id)]
+        assert row[:3] == [room.channel_id, "30", "platform"]
+        set_at = datetime.strptime(" ".join(row[3:5]), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+        assert abs(datetime.now(UTC) - set_at) < timedelta(minutes=5)
         assert "keeps its messages forever" in await cli(platform, "retention", room.channel_id, "0")
         for args, expected in (((unique("nosuch"), "30"), "NOT_FOUND"), ((room.channel_id, "-1"), "0 to keep")):
             refused = await cli(platform, "retention", *args, check=False)

@@ -31,7 +31,7 @@ def test_a_redacted_message_names_its_author_and_an_erased_one_does_not() -> Non
     redacted = messaging_pb2.ChatMessage(channel_seq=1, sender_id=BOB, redacted=True)
     assert format_message(redacted, NAMES).endswith("bob: (redacted)")
     erased = messaging_pb2.ChatMessage(channel_seq=2, sender_id=BOB, erased=True)
-    assert format_message(erased, NAMES).endswith(f"{BOB[:8]}: (erased at the author's request)")
+    assert format_message(erased, NAMES).endswith(f"{BOB[:8]}: (erased with its author's data)")
 
 
 def test_live_reactions_and_membership_changes_name_people() -> None:

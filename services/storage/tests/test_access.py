@@ -62,3 +62,15 @@ def test_schema_versions_are_for_services_the_operator_and_auditors() -> None:
     for refused in (Requester("gateway", user("m")), Requester("stranger", None)):
         with pytest.raises(PermissionDenied, match="schema versions"):
             access.require_platform_peer(refused)
+
+
+def test_lag_and_retention_policies_are_for_the_operator_and_auditors() -> None:
+    for allowed in (Requester("platform", None), Requester("gateway", user("a", "security-auditor"))):
+        access.require_operator_or_auditor(allowed, "the list of retention policies")
+    for refused in (
+        Requester("gateway", user("m")),
+        Requester("platform", user("m")),  # the operator's tooling carrying a member's token acts as them
+        Requester("messaging", None),
+    ):
+        with pytest.raises(PermissionDenied, match=r"^the list of retention policies is for the operator"):
+            access.require_operator_or_auditor(refused, "the list of retention policies")

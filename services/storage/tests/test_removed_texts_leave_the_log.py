@@ -1,5 +1,6 @@
 """Retention and redaction reach the JetStream log: the removed posts and edits are deleted from
-MSG (and PARKED), while history, messaging and the numbering stay right.
+MSG (and PARKED), while history, messaging and the numbering stay right; the retention policies
+can be read back.
 
 Real nats-server, every service in-process over real gRPC, a real SQLite archive (the stack),
 and for the resumed clean-up the archive on SQLite and PostgreSQL against a real broker.
@@ -151,6 +152,41 @@ async def test_retention_removes_an_expired_message_from_history_messaging_and_t
                 storage_pb2.SetRetentionPolicyRequest(channel_id=bad, days=30), timeout=TIMEOUT_S
             )
         assert refused.value.code() == code
+
+
+async def test_the_operator_and_an_auditor_list_the_retention_policies(stack: Stack) -> None:
+    _, member = await register(stack)
+    first, second = sorted([await new_channel(stack, member), await new_channel(stack, member)])
+    operator = storage_pb2_grpc.StorageArchiveServiceStub(stack.internal("storage", identity="platform"))
+    before = time.time_ns()
+    for cid, days in ((second, 7), (first, 30)):
+        request = storage_pb2.SetRetentionPolicyRequest(channel_id=cid, days=days)
+        await operator.SetRetentionPolicy(request, timeout=TIMEOUT_S)
+
+    await stack.create_user(auditor := f"aud{uuid.uuid4().hex[:8]}", "security-auditor")
+    auditor_token = bearer((await stack.login(auditor)).access_token)
+    archive = storage_pb2_grpc.StorageArchiveServiceStub(stack.internal("storage"))  # as the gateway forwards
+    listing = storage_pb2.ListRetentionPoliciesRequest()
+    for listed in (
+        await operator.ListRetentionPolicies(listing, timeout=TIMEOUT_S),
+        await archive.ListRetentionPolicies(listing, metadata=auditor_token, timeout=TIMEOUT_S),
+    ):
+        assert [(p.channel_id, p.days, p.set_by) for p in listed.policies] == [
+            (first, 30, "platform"),
+            (second, 7, "platform"),
+        ]
+        assert all(before <= p.set_at.ToNanoseconds() <= time.time_ns() for p in listed.policies)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await archive.ListRetentionPolicies(listing, metadata=member, timeout=TIMEOUT_S)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "security-auditor" in (refused.value.details() or "")
+
+    # Keeping a channel's messages forever again is no policy at all.
+    await operator.SetRetentionPolicy(
+        storage_pb2.SetRetentionPolicyRequest(channel_id=second, days=0), timeout=TIMEOUT_S
+    )
+    listed = await operator.ListRetentionPolicies(listing, timeout=TIMEOUT_S)
+    assert [p.channel_id for p in listed.policies] == [first]
 
 
 async def test_a_redaction_deletes_the_post_and_its_edits_from_the_log_and_a_rebuild_keeps_the_number(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -44,6 +45,8 @@ def test_storage_refuses_to_start_on_a_restored_folder(tmp_path: Path) -> None:
     result = run_module("parley_storage", data_dir=data_dir)
 
     assert result.returncode == EX_CONFIG
+    [refusal] = result.stderr.splitlines()  # one line, the service log's JSON record
+    assert json.loads(refusal)["level"] == "error"
     assert "refusing to start" in result.stderr
     assert "event log is not re-seeded yet" in result.stderr
     assert "up`" in result.stderr  # says what to run

@@ -126,7 +126,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     commands = admin.add_subparsers(dest="admin_command", required=True)
 
     create = commands.add_parser(
-        "create-user", help="create an account (password from a prompt, stdin or $PARLEY_PASSWORD)"
+        "create-user",
+        help="create an account; its password from a prompt, stdin or $PARLEY_PASSWORD",
+        description="Create an account as the operator (mutual TLS with the data folder's platform identity). "
+        "The new account's password is read from a prompt, from the first line of standard input, or from "
+        "$PARLEY_PASSWORD (at least 10 characters, not containing the name, not easy to guess); the user "
+        "changes it later with `parley --as NAME password`.",
     )
     create.add_argument("username")
     create.add_argument("--role", choices=ROLES, default="member")

@@ -48,7 +48,7 @@ def format_message(message: ChatMessage, names: Mapping[str, str] | None = None)
     names = names or {}
     when = datetime.fromtimestamp(message.sent_at.seconds).strftime("%H:%M:%S")
     if message.erased:
-        body = "(erased at the author's request)"
+        body = "(erased with its author's data)"  # by the author or by the operator
     elif message.redacted:
         body = "(redacted)"
     elif message.body.startswith(BODY_PREFIX):

@@ -18,15 +18,29 @@ from parley_cli.state import STATE_FILE, leftover_pids, load_running_state
 from parley_client import ClientConfig, MfaRequired, ParleyClient, ParleyError
 from parley_core.logs import quiet_asyncio_tls_notes
 
+# Where the CLI reads a password: said in every command's help that reads one.
+PASSWORDS_COME_FROM = "a prompt, the first line of standard input, or $PARLEY_PASSWORD"
+MAX_TOTP_DIGITS = 8  # RFC 6238 codes have 6 to 8 digits; a recovery code is longer and has letters
+SECOND_FACTOR_HOW = (
+    "the code from your authenticator app, or one of your recovery codes (xxxx-xxxx-xxxx-xxxx, each works once)"
+)
+
+
+def _secret(prompt: str, *, missing: str) -> str:
+    """The next line of piped standard input, or a prompt that does not echo at a terminal. An
+    empty one ends the command here, saying `missing`: the server would only call it too short."""
+    secret = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else getpass.getpass(prompt)
+    if not secret:
+        raise SystemExit(f"error: {missing}")
+    return secret
+
 
 def _password(args: argparse.Namespace) -> str:
-    """From PARLEY_PASSWORD (scripts) or a prompt that does not echo."""
+    """From PARLEY_PASSWORD (scripts), piped stdin or a prompt."""
     if env := os.environ.get("PARLEY_PASSWORD"):
         return env
-    if not sys.stdin.isatty():
-        line = sys.stdin.readline()
-        return line.rstrip("\n")
-    return getpass.getpass(f"password for {args.username}: ")
+    missing = f"no password given for {args.username}: it is read from {PASSWORDS_COME_FROM}"
+    return _secret(f"password for {args.username}: ", missing=missing)
 
 
 def _second_factor(args: argparse.Namespace) -> str:
@@ -36,6 +50,24 @@ def _second_factor(args: argparse.Namespace) -> str:
     if not sys.stdin.isatty():
         return sys.stdin.readline().strip()
     return input(f"two-factor code for {args.username} (authenticator app, or a recovery code): ").strip()
+
+
+def _totp_or_recovery(code: str) -> tuple[str, str]:
+    """(totp_code, recovery_code) for the SDK. An authenticator app shows 6 to 8 digits (some with
+    a space in the middle); anything else is taken as a recovery code, which auth compares
+    ignoring case and spaces."""
+    digits = code.replace(" ", "")
+    if digits.isascii() and digits.isdigit() and len(digits) <= MAX_TOTP_DIGITS:
+        return digits, ""
+    return "", code
+
+
+def _mfa_hint(username: str) -> str:
+    return (
+        f"{username} uses two-factor authentication: give {SECOND_FACTOR_HOW}, "
+        f"as `parley login {username} --totp CODE`, at the prompt after the password, on the line of "
+        "standard input after the password, or in $PARLEY_MFA_CODE"
+    )
 
 
 def _client(args: argparse.Namespace) -> ParleyClient:
@@ -116,16 +148,39 @@ async def cmd_login(args: argparse.Namespace) -> int:
 
     async with _client(args) as client:
         password = _password(args)
+        totp, recovery = _totp_or_recovery(args.totp.strip())
         try:
-            response = await client.login(args.username, password, totp_code=args.totp)
+            response = await client.login(args.username, password, totp_code=totp, recovery_code=recovery)
         except MfaRequired:
-            code = _second_factor(args)
-            totp, recovery = (code, "") if code.isdigit() and len(code) <= 8 else ("", code)
+            if not (code := _second_factor(args)):
+                raise SystemExit(f"error: {_mfa_hint(args.username)}") from None
+            totp, recovery = _totp_or_recovery(code)
             response = await client.login(args.username, password, totp_code=totp, recovery_code=recovery)
     ensure_private_dir(args.data_dir / "cli")
     saved = {"access_token": response.access_token, "user_id": response.user_id}
     write_private_file(_token_path(args, args.username), json.dumps(saved).encode())
     print(f"logged in as {args.username}; the token is valid for 15 minutes")
+    return 0
+
+
+def _new_password(username: str) -> str:
+    """Typed twice at a terminal (a typo would lock the user out); the next line of piped stdin."""
+    missing = "no new password given: type it at the prompt, or give it on the second line of standard input"
+    password = _secret(f"new password for {username}: ", missing=missing)
+    if sys.stdin.isatty() and getpass.getpass("the new password again: ") != password:
+        raise SystemExit("error: the two new passwords differ; the password is not changed")
+    return password
+
+
+async def cmd_password(args: argparse.Namespace) -> int:
+    """Changes the --as user's own password. Not from $PARLEY_PASSWORD: a script's login password
+    there would otherwise be taken for the current one and the first piped line for the new one."""
+    async with _client(args) as client:
+        await _login_as(args, client)
+        missing = "no current password given: type it at the prompt, or give it on the first line of standard input"
+        current = _secret(f"current password for {args.user}: ", missing=missing)
+        await client.change_password(current, _new_password(args.user))
+    print(f"password of {args.user} changed; every other session of {args.user} is signed out, this one stays")
     return 0
 
 
@@ -213,17 +268,38 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="health of every service").set_defaults(run=cmd_status)
     sub.add_parser("parked", help="poison events that consumers set aside").set_defaults(run=cmd_parked)
 
-    for name, run, text in (
-        ("register", cmd_register, "create an account"),
-        ("login", cmd_login, "log in and keep the token"),
-    ):
-        p = sub.add_parser(name, help=text + " (password from a prompt, stdin or $PARLEY_PASSWORD)")
-        p.add_argument("username")
-        p.set_defaults(run=run, totp="")
-        if name == "register":
-            p.add_argument("--invite", default="", help="your invitation code (PARLEY_REGISTRATION=invite)")
-        if name == "login":
-            p.add_argument("--totp", default="", help="the code from your authenticator app, once TOTP is enrolled")
+    register = sub.add_parser(
+        "register",
+        help="create an account (open or invitation registration)",
+        description=f"Create an account; the password is read from {PASSWORDS_COME_FROM}.",
+    )
+    register.add_argument("username")
+    register.add_argument("--invite", default="", help="your invitation code (PARLEY_REGISTRATION=invite)")
+    register.set_defaults(run=cmd_register)
+    login = sub.add_parser(
+        "login",
+        help="log in and keep the token (15 minutes)",
+        description="Log in and keep the access token in <data-dir>/cli/; the password is read from "
+        f"{PASSWORDS_COME_FROM}. An account with "
+        f"two-factor authentication also needs {SECOND_FACTOR_HOW}: --totp CODE, or asked after the password "
+        "(the next line of standard input, or $PARLEY_MFA_CODE).",
+    )
+    login.add_argument("username")
+    login.add_argument(
+        "--totp",
+        default="",
+        metavar="CODE",
+        help="the code from your authenticator app, or a recovery code (xxxx-xxxx-xxxx-xxxx, each works once)",
+    )
+    login.set_defaults(run=cmd_login)
+    password = sub.add_parser(
+        "password",
+        help="change your password (with --as USER)",
+        description="Change your own password, as `parley --as USER password`: asks for the current one, "
+        "then the new one twice; from standard input, the current password on the first line and the new one "
+        "on the second ($PARLEY_PASSWORD is not used here). Your other sessions are signed out.",
+    )
+    password.set_defaults(run=cmd_password)
 
     create = sub.add_parser("create-channel", help="create a channel")
     create.add_argument("name")

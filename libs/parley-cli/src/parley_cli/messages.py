@@ -35,8 +35,13 @@ async def cmd_redact(args: argparse.Namespace) -> int:
 async def cmd_versions(args: argparse.Namespace) -> int:
     async with await _logged_in(args) as client:
         channel_id = await chat.resolve_channel(client, args.channel)
-        for n, body in enumerate(await client.message_versions(channel_id, args.number), start=1):
-            print(f"v{n}: {body}")
+        bodies = await client.message_versions(channel_id, args.number)
+    # A message always has its post's text until a redaction clears them all (messaging.proto:
+    # "empty once the message is redacted"); an expired or erased one is NOT_FOUND instead.
+    if not bodies:
+        print(f"#{args.number} was redacted: no earlier texts are kept")
+    for n, body in enumerate(bodies, start=1):
+        print(f"v{n}: {body}")
     return 0
 
 

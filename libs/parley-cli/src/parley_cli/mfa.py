@@ -22,13 +22,21 @@ def _password_for(user: str) -> str:
     return _password(argparse.Namespace(username=user))
 
 
+def _how_to_use_a_code(user: str) -> str:
+    return (
+        "each recovery code works once in place of the app's code: type it when `parley login` asks for "
+        f"the code, or give it as `parley login {user} --totp CODE`"
+    )
+
+
 async def cmd_recovery_codes(args: argparse.Namespace) -> int:
     async with await _logged_in(args) as client:
         if args.totp:
             codes = await client.regenerate_recovery_codes(totp_code=args.totp)
         else:
             codes = await client.regenerate_recovery_codes(password=_password_for(args.user))
-    print("new recovery codes (each works once; every earlier code no longer works):")
+    print(_how_to_use_a_code(args.user))
+    print("new recovery codes (every earlier code no longer works):")
     for code in codes:
         print(code)
     return 0
@@ -49,8 +57,9 @@ async def cmd_enrol(args: argparse.Namespace) -> int:
         print(begun.otpauth_uri)
         print(f"secret: {begun.secret_base32}", flush=True)
         codes = await client.confirm_totp_enrolment(_code_from_app())
-    print("two-factor authentication is on; logins now ask for a code from the app.")
-    print("recovery codes (each works once, in place of a code; keep them safe, they are not shown again):")
+    print(f"two-factor authentication is on; `parley login {args.user}` now asks for a code from the app.")
+    print(_how_to_use_a_code(args.user))
+    print("recovery codes (keep them safe, they are not shown again):")
     for code in codes:
         print(code)
     return 0

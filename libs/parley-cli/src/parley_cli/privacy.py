@@ -12,6 +12,7 @@ import argparse
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC
 from pathlib import Path
 
 import grpc
@@ -106,7 +107,12 @@ async def cmd_erase(args: argparse.Namespace) -> int:
 
 
 async def cmd_retention(args: argparse.Namespace) -> int:
-    """The operator's policy for one channel, applied at once (storage's SetRetentionPolicy)."""
+    """The operator's policy for one channel, applied at once (storage's SetRetentionPolicy);
+    without arguments, every channel's policy (ListRetentionPolicies)."""
+    if not args.channel_id:
+        return await _list_retention(args)
+    if args.days is None:
+        raise SystemExit("give DAYS after CHANNEL_ID (0 keeps the messages forever); `parley retention` lists them")
     if args.days < 0:
         raise SystemExit("DAYS is a number of days, 0 to keep the channel's messages forever")
     request = storage_pb2.SetRetentionPolicyRequest(channel_id=args.channel_id, days=args.days)
@@ -114,6 +120,21 @@ async def cmd_retention(args: argparse.Namespace) -> int:
         result = await archive.SetRetentionPolicy(request, timeout=TIMEOUT_S)
     kept = "forever" if not args.days else f"{args.days} days"
     print(f"channel {args.channel_id} keeps its messages {kept}; {result.removed_now} older messages removed now")
+    return 0
+
+
+async def _list_retention(args: argparse.Namespace) -> int:
+    async with _archive(args) as archive:
+        listed = await archive.ListRetentionPolicies(storage_pb2.ListRetentionPoliciesRequest(), timeout=TIMEOUT_S)
+    if not listed.policies:
+        print("no channel has a retention policy: every channel keeps its messages forever")
+        return 0
+    width = max(len("channel"), *(len(p.channel_id) for p in listed.policies))
+    print(f"{'channel':<{width}}  {'days':>5}  {'set by':<10}  set at (UTC)")
+    for policy in listed.policies:
+        set_at = policy.set_at.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{policy.channel_id:<{width}}  {policy.days:>5}  {policy.set_by:<10}  {set_at}")
+    print("other channels keep their messages forever")
     return 0
 
 
@@ -132,8 +153,15 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     erase.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     erase.set_defaults(run=cmd_erase)
     retention = sub.add_parser(
-        "retention", help="how long a channel keeps its messages; older ones are removed everywhere (operator)"
+        "retention",
+        help="how long a channel keeps its messages; older ones are removed everywhere (operator)",
+        description="With CHANNEL_ID and DAYS, set that channel's policy (applied at once, then hourly); "
+        "without arguments, list every channel's policy.",
     )
-    retention.add_argument("channel_id", metavar="CHANNEL_ID", help="the channel's id (`parley channels` shows it)")
-    retention.add_argument("days", type=int, metavar="DAYS", help="keep messages this many days; 0 keeps them forever")
+    retention.add_argument(
+        "channel_id", nargs="?", default="", metavar="CHANNEL_ID", help="the channel's id (`parley channels` shows it)"
+    )
+    retention.add_argument(
+        "days", nargs="?", type=int, metavar="DAYS", help="keep messages this many days; 0 keeps them forever"
+    )
     retention.set_defaults(run=cmd_retention)

@@ -224,6 +224,7 @@ SERVICE_CHECKED_METHODS = frozenset(
         "/parley.storage.v1.StorageArchiveService/ExportUserData",
         "/parley.storage.v1.StorageArchiveService/EraseUserData",
         "/parley.storage.v1.StorageArchiveService/SetRetentionPolicy",
+        "/parley.storage.v1.StorageArchiveService/ListRetentionPolicies",
         "/parley.storage.v1.StorageArchiveService/RotateKeyEncryptionKey",
         "/parley.storage.v1.StorageArchiveService/GetSchemaVersions",
         # The patch registry checks the platform identity, node agents and the operator/admin

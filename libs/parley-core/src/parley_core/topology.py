@@ -129,7 +129,7 @@ STREAMS: tuple[StreamSpec, ...] = (
     StreamSpec("PATCH", ("parley.patch.>",), owner="patch-registry", readers=("patch-registry", "storage")),
     # Poison events parked by any service's consumer, for an operator to list and replay.
     StreamSpec("PARKED", ("parley.parked.>",), owner="*", readers=(), duplicate_window_s=120.0),
-    # The storage service's own audited decisions (crypto-shredding erasures).
+    # The storage service's own audited records (erasures, a restored folder's re-seeded log).
     StreamSpec("STORE", ("parley.storage.>",), owner="storage", readers=("storage",)),
 )
 

@@ -986,7 +986,10 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         if state is None or not state.enrolled:
             return False
         if not request.totp_code and not request.recovery_code:
-            raise Unauthenticated("this account uses two-factor authentication: give the TOTP code or a recovery code")
+            raise Unauthenticated(
+                "this account uses two-factor authentication: send the authenticator app's code as totp_code,"
+                " or one of the account's recovery codes as recovery_code"
+            )
         actor = f"user:{account.user_id}"
         accepted: Message | None = None
         if request.totp_code:

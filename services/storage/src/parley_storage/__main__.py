@@ -1,9 +1,9 @@
 """Parley's storage service."""
 
 import logging
-import sys
 
 from parley_core.config import Settings
+from parley_core.logs import configure_logging
 from parley_core.runner import run_service
 from parley_storage.archive import open_engine
 from parley_storage.migrate import SchemaNewerThanCode, UnversionedDatabase, check_schema_compatible
@@ -25,8 +25,10 @@ def main() -> None:
         check_schema_compatible(engine)
         check_residency(url, engine)
     except (SchemaNewerThanCode, UnversionedDatabase, ResidencyViolation, RestoredArchiveOnly) as exc:
+        # One line: a JSON record on stderr like every other line of the service's log (the node
+        # agent writes stderr to logs/storage.log). Logging is not set up yet; run_service would.
+        configure_logging(service="storage", instance_id=settings.instance_id, level=settings.log_level)
         logging.getLogger("parley_storage").error("refusing to start: %s", exc)
-        print(f"parley-storage: refusing to start: {exc}", file=sys.stderr)
         raise SystemExit(EX_CONFIG) from None
     finally:
         engine.dispose()

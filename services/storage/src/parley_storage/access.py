@@ -54,9 +54,10 @@ def require_auditor(requester: Requester) -> None:
         raise PermissionDenied(f"audit queries need the {AUDITOR_ROLE!r} role in your access token")
 
 
-def require_operator_or_auditor(requester: Requester) -> None:
+def require_operator_or_auditor(requester: Requester, what: str) -> None:
+    """What the archive knows about itself (lag, retention policies): to watch it, not to change it."""
     if not (requester.is_operator or requester.is_auditor):
-        raise PermissionDenied(f"archive lag is for operators and the {AUDITOR_ROLE!r} role")
+        raise PermissionDenied(f"{what} is for the operator's platform identity and the {AUDITOR_ROLE!r} role")
 
 
 def require_self_or_operator(requester: Requester, user_id: str) -> None:

@@ -118,6 +118,9 @@ class LogDeletion:
 class RetentionPolicy:
     channel_id: str
     days: int
+    # Who set it and when (ListRetentionPolicies shows them); expiring messages needs neither.
+    set_by: str = ""
+    set_at_ns: int = 0
 
 
 @dataclass(frozen=True)
@@ -698,10 +701,13 @@ class SqlEventArchive:
         """Every channel's policy, or one channel's (none when it keeps its messages forever)."""
 
         def work(conn: Connection) -> list[RetentionPolicy]:
-            query = select(retention_policies.c.channel_id, retention_policies.c.days)
+            query = select(retention_policies)
             if channel_id is not None:
                 query = query.where(retention_policies.c.channel_id == channel_id)
-            return [RetentionPolicy(r.channel_id, r.days) for r in conn.execute(query.order_by("channel_id"))]
+            return [
+                RetentionPolicy(r.channel_id, r.days, set_by=r.set_by, set_at_ns=r.set_at_ns)
+                for r in conn.execute(query.order_by(retention_policies.c.channel_id))
+            ]
 
         return await self.run("retention_policies", work)
 

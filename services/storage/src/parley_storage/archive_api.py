@@ -9,6 +9,7 @@ import re
 import time
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from parley.storage.v1.events_pb2 import UserDataErased
 
@@ -19,7 +20,7 @@ from parley_core.tokens import Caller
 from parley_core.topology import PLATFORM_USER, STREAMS_BY_NAME, channel_subject, privacy_subject
 from parley_storage import access
 from parley_storage.access import Requester
-from parley_storage.archive import SqlEventArchive, StoredEvent
+from parley_storage.archive import RetentionPolicy, SqlEventArchive, StoredEvent
 from parley_storage.export import EXPORT_FORMAT, build_export
 from parley_storage.lag import measure_lag
 from parley_storage.retention import ArchiveBehind, Retention
@@ -57,6 +58,14 @@ def _to_proto(event: StoredEvent, cursor: int = 0) -> storage_pb2.ArchivedEvent:
         envelope=event.envelope.SerializeToString() if event.envelope is not None else b"",
         erased=event.envelope is None,
         cursor=cursor,
+    )
+
+
+def _policy_proto(policy: RetentionPolicy) -> storage_pb2.RetentionPolicy:
+    set_at = Timestamp()
+    set_at.FromNanoseconds(policy.set_at_ns)
+    return storage_pb2.RetentionPolicy(
+        channel_id=policy.channel_id, days=policy.days, set_by=policy.set_by, set_at=set_at
     )
 
 
@@ -119,7 +128,7 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
     async def GetArchiveLag(
         self, request: storage_pb2.GetArchiveLagRequest, context: Context
     ) -> storage_pb2.GetArchiveLagResponse:
-        access.require_operator_or_auditor(self._requester(context))
+        access.require_operator_or_auditor(self._requester(context), "archive lag")
         lags = await measure_lag(self._ctx.bus.js, self._archive)
         return storage_pb2.GetArchiveLagResponse(
             streams=[
@@ -222,6 +231,14 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
                 " in history; call again to wait for it (a repeated call removes nothing twice)"
             ) from exc
         return storage_pb2.SetRetentionPolicyResponse(removed_now=removed)
+
+    async def ListRetentionPolicies(
+        self, request: storage_pb2.ListRetentionPoliciesRequest, context: Context
+    ) -> storage_pb2.ListRetentionPoliciesResponse:
+        access.require_operator_or_auditor(self._requester(context), "the list of retention policies")
+        return storage_pb2.ListRetentionPoliciesResponse(
+            policies=[_policy_proto(p) for p in await self._archive.retention_policies()]
+        )
 
     async def RotateKeyEncryptionKey(
         self, request: storage_pb2.RotateKeyEncryptionKeyRequest, context: Context

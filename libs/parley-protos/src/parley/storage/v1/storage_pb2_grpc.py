@@ -111,7 +111,7 @@ class StorageArchiveServiceStub:
     declared reader of in topology.py, the operator's platform identity, or a user token with
     role `security-auditor`. This is how a service rebuilds state older than JetStream retention.
     - QueryAudit: a user token with role `security-auditor` only.
-    - GetArchiveLag: the platform identity or a `security-auditor`.
+    - GetArchiveLag, ListRetentionPolicies: the platform identity or a `security-auditor`.
     - ExportUserData / EraseUserData: the user themself, or the platform identity acting for them.
     """
 
@@ -156,6 +156,11 @@ class StorageArchiveServiceStub:
                 request_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.SetRetentionPolicyRequest.SerializeToString,
                 response_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.SetRetentionPolicyResponse.FromString,
                 _registered_method=True)
+        self.ListRetentionPolicies = channel.unary_unary(
+                '/parley.storage.v1.StorageArchiveService/ListRetentionPolicies',
+                request_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.ListRetentionPoliciesRequest.SerializeToString,
+                response_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.ListRetentionPoliciesResponse.FromString,
+                _registered_method=True)
         self.RotateKeyEncryptionKey = channel.unary_unary(
                 '/parley.storage.v1.StorageArchiveService/RotateKeyEncryptionKey',
                 request_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.RotateKeyEncryptionKeyRequest.SerializeToString,
@@ -176,7 +181,7 @@ class StorageArchiveServiceServicer:
     declared reader of in topology.py, the operator's platform identity, or a user token with
     role `security-auditor`. This is how a service rebuilds state older than JetStream retention.
     - QueryAudit: a user token with role `security-auditor` only.
-    - GetArchiveLag: the platform identity or a `security-auditor`.
+    - GetArchiveLag, ListRetentionPolicies: the platform identity or a `security-auditor`.
     - ExportUserData / EraseUserData: the user themself, or the platform identity acting for them.
     """
 
@@ -219,6 +224,14 @@ class StorageArchiveServiceServicer:
     def SetRetentionPolicy(self, request, context):
         """Operator only (platform identity): retention per channel, applied at once and by an hourly
         job, as MessagesExpired markers on the channel (see parley.messaging.v1 events).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRetentionPolicies(self, request, context):
+        """Every channel's retention policy (channels without one keep their messages forever): the
+        operator's platform identity or a `security-auditor`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -278,6 +291,11 @@ def add_StorageArchiveServiceServicer_to_server(servicer, server):
                     request_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.SetRetentionPolicyRequest.FromString,
                     response_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.SetRetentionPolicyResponse.SerializeToString,
             ),
+            'ListRetentionPolicies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRetentionPolicies,
+                    request_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.ListRetentionPoliciesRequest.FromString,
+                    response_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.ListRetentionPoliciesResponse.SerializeToString,
+            ),
             'RotateKeyEncryptionKey': grpc.unary_unary_rpc_method_handler(
                     servicer.RotateKeyEncryptionKey,
                     request_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.RotateKeyEncryptionKeyRequest.FromString,
@@ -304,7 +322,7 @@ class StorageArchiveService:
     declared reader of in topology.py, the operator's platform identity, or a user token with
     role `security-auditor`. This is how a service rebuilds state older than JetStream retention.
     - QueryAudit: a user token with role `security-auditor` only.
-    - GetArchiveLag: the platform identity or a `security-auditor`.
+    - GetArchiveLag, ListRetentionPolicies: the platform identity or a `security-auditor`.
     - ExportUserData / EraseUserData: the user themself, or the platform identity acting for them.
     """
 
@@ -487,6 +505,33 @@ class StorageArchiveService:
             '/parley.storage.v1.StorageArchiveService/SetRetentionPolicy',
             parley_dot_storage_dot_v1_dot_storage__pb2.SetRetentionPolicyRequest.SerializeToString,
             parley_dot_storage_dot_v1_dot_storage__pb2.SetRetentionPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRetentionPolicies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.storage.v1.StorageArchiveService/ListRetentionPolicies',
+            parley_dot_storage_dot_v1_dot_storage__pb2.ListRetentionPoliciesRequest.SerializeToString,
+            parley_dot_storage_dot_v1_dot_storage__pb2.ListRetentionPoliciesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -68,7 +68,7 @@ class StorageArchiveServiceStub:
       declared reader of in topology.py, the operator's platform identity, or a user token with
       role `security-auditor`. This is how a service rebuilds state older than JetStream retention.
     - QueryAudit: a user token with role `security-auditor` only.
-    - GetArchiveLag: the platform identity or a `security-auditor`.
+    - GetArchiveLag, ListRetentionPolicies: the platform identity or a `security-auditor`.
     - ExportUserData / EraseUserData: the user themself, or the platform identity acting for them.
     """
 
@@ -85,6 +85,10 @@ class StorageArchiveServiceStub:
     SetRetentionPolicy: _grpc.UnaryUnaryMultiCallable[_storage_pb2.SetRetentionPolicyRequest, _storage_pb2.SetRetentionPolicyResponse]
     """Operator only (platform identity): retention per channel, applied at once and by an hourly
     job, as MessagesExpired markers on the channel (see parley.messaging.v1 events).
+    """
+    ListRetentionPolicies: _grpc.UnaryUnaryMultiCallable[_storage_pb2.ListRetentionPoliciesRequest, _storage_pb2.ListRetentionPoliciesResponse]
+    """Every channel's retention policy (channels without one keep their messages forever): the
+    operator's platform identity or a `security-auditor`.
     """
     RotateKeyEncryptionKey: _grpc.UnaryUnaryMultiCallable[_storage_pb2.RotateKeyEncryptionKeyRequest, _storage_pb2.RotateKeyEncryptionKeyResponse]
     """Operator only: a new key-encryption key; every data key is re-wrapped, no event rewritten."""
@@ -103,7 +107,7 @@ class StorageArchiveServiceAsyncStub(StorageArchiveServiceStub):
       declared reader of in topology.py, the operator's platform identity, or a user token with
       role `security-auditor`. This is how a service rebuilds state older than JetStream retention.
     - QueryAudit: a user token with role `security-auditor` only.
-    - GetArchiveLag: the platform identity or a `security-auditor`.
+    - GetArchiveLag, ListRetentionPolicies: the platform identity or a `security-auditor`.
     - ExportUserData / EraseUserData: the user themself, or the platform identity acting for them.
     """
 
@@ -117,6 +121,10 @@ class StorageArchiveServiceAsyncStub(StorageArchiveServiceStub):
     SetRetentionPolicy: _aio.UnaryUnaryMultiCallable[_storage_pb2.SetRetentionPolicyRequest, _storage_pb2.SetRetentionPolicyResponse]  # type: ignore[assignment]
     """Operator only (platform identity): retention per channel, applied at once and by an hourly
     job, as MessagesExpired markers on the channel (see parley.messaging.v1 events).
+    """
+    ListRetentionPolicies: _aio.UnaryUnaryMultiCallable[_storage_pb2.ListRetentionPoliciesRequest, _storage_pb2.ListRetentionPoliciesResponse]  # type: ignore[assignment]
+    """Every channel's retention policy (channels without one keep their messages forever): the
+    operator's platform identity or a `security-auditor`.
     """
     RotateKeyEncryptionKey: _aio.UnaryUnaryMultiCallable[_storage_pb2.RotateKeyEncryptionKeyRequest, _storage_pb2.RotateKeyEncryptionKeyResponse]  # type: ignore[assignment]
     """Operator only: a new key-encryption key; every data key is re-wrapped, no event rewritten."""
@@ -134,7 +142,7 @@ class StorageArchiveServiceServicer(metaclass=_abc_1.ABCMeta):
       declared reader of in topology.py, the operator's platform identity, or a user token with
       role `security-auditor`. This is how a service rebuilds state older than JetStream retention.
     - QueryAudit: a user token with role `security-auditor` only.
-    - GetArchiveLag: the platform identity or a `security-auditor`.
+    - GetArchiveLag, ListRetentionPolicies: the platform identity or a `security-auditor`.
     - ExportUserData / EraseUserData: the user themself, or the platform identity acting for them.
     """
 
@@ -188,6 +196,16 @@ class StorageArchiveServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_storage_pb2.SetRetentionPolicyResponse, _abc.Awaitable[_storage_pb2.SetRetentionPolicyResponse]]:
         """Operator only (platform identity): retention per channel, applied at once and by an hourly
         job, as MessagesExpired markers on the channel (see parley.messaging.v1 events).
+        """
+
+    @_abc_1.abstractmethod
+    def ListRetentionPolicies(
+        self,
+        request: _storage_pb2.ListRetentionPoliciesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_pb2.ListRetentionPoliciesResponse, _abc.Awaitable[_storage_pb2.ListRetentionPoliciesResponse]]:
+        """Every channel's retention policy (channels without one keep their messages forever): the
+        operator's platform identity or a `security-auditor`.
         """
 
     @_abc_1.abstractmethod
