@@ -12,7 +12,6 @@ import importlib.metadata
 import inspect
 import logging
 import signal
-import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -370,7 +369,6 @@ def run_service(app_factory: Callable[[], ServiceApp], *, service: str, client_f
     try:
         code = asyncio.run(serve(app_factory(), service=service, settings=settings, client_facing=client_facing))
     except RefusedToStart as exc:
-        log.error("refusing to start: %s", exc)
-        print(f"parley-{service}: refusing to start: {exc}", file=sys.stderr)
+        log.error("refusing to start: %s", exc)  # one JSON line on stderr, which the agent keeps in the log
         raise SystemExit(EX_CONFIG) from None
     raise SystemExit(code)

@@ -4,15 +4,12 @@ import logging
 
 from parley_core.config import Settings
 from parley_core.logs import configure_logging
-from parley_core.runner import run_service
+from parley_core.runner import EX_CONFIG, run_service
 from parley_storage.archive import open_engine
 from parley_storage.migrate import SchemaNewerThanCode, UnversionedDatabase, check_schema_compatible
 from parley_storage.residency import ResidencyViolation
 from parley_storage.restored import RestoredArchiveOnly, refuse_restored
 from parley_storage.service import StorageApp, check_residency, database_url
-
-# Exit code for a configuration the service must not run with (sysexits EX_CONFIG).
-EX_CONFIG = 78
 
 
 def main() -> None:
