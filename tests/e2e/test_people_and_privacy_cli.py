@@ -23,6 +23,7 @@ from parley_core.testing.waiting import eventually
 pytestmark = pytest.mark.e2e
 
 PASSWORD = "a-long-enough-passphrase"
+KEY_BACKUP_REMINDER = "secrets/storage-kek.json changed"
 
 
 def unique(prefix: str) -> str:
@@ -69,6 +70,7 @@ async def test_a_user_exports_and_erases_their_own_data_from_the_cli(platform: R
         assert "--yes" in unconfirmed
         erased = await cli(platform, "--as", alice, "erase", "--yes", "--reason", "leaving")
         assert f"erased the data of {alice}" in erased
+        assert KEY_BACKUP_REMINDER in erased  # the keyring's older copy would open alice's data in old backups
 
         history = await cli(platform, "--as", bob, "history", room.name)
         assert marker not in history
@@ -88,12 +90,15 @@ async def test_the_operator_exports_and_erases_anyones_data(platform: RunningPla
             return text if marker in (text := out.read_text()) else None
 
         await eventually(exported, "carol's message in the operator's export")
-        assert f"erased the data of {carol}" in await cli(platform, "erase", carol, "--yes")
+        erased = await cli(platform, "erase", carol, "--yes")
+        assert f"erased the data of {carol}" in erased
+        assert KEY_BACKUP_REMINDER in erased
         page = await c.history(room.channel_id)
         assert [m.erased for m in page.messages] == [True]
         unknown = await cli(platform, "erase", "nobody-at-all", "--yes", check=False)
         assert "NOT_FOUND" in unknown
         assert "Traceback" not in unknown
+        assert KEY_BACKUP_REMINDER not in unknown  # nothing was shredded: the keyring is as it was
 
 
 async def test_history_shows_edits_reactions_threads_and_names(platform: RunningPlatform) -> None:

@@ -55,6 +55,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture
+def empty_postgres() -> Iterator[str]:
+    """An empty PostgreSQL schema (no Parley tables in it), for what must refuse one."""
+    yield from postgres_schema_url()
+
+
+@pytest.fixture
 def archive(database_url: str, tmp_path: Path) -> Iterator[SqlEventArchive]:
     archive = migrated_archive(database_url, tmp_path / "kek.json")
     yield archive

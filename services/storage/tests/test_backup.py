@@ -1,4 +1,5 @@
-"""Backups on SQLite and PostgreSQL: create, verify, restore, tampering, and shreds after a backup."""
+"""Backups on SQLite and PostgreSQL: create, verify, restore, tampering, shreds after a backup,
+and the backup keys storage makes at its first start."""
 
 from __future__ import annotations
 
@@ -17,16 +18,21 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.timestamp_pb2 import Timestamp
 from parley.auth.v1.events_pb2 import UserRegistered
 from parley.messaging.v1.events_pb2 import ChannelCreated, MessagePosted
+from sqlalchemy.exc import OperationalError
 
 from parley_core.bus import ReceivedEvent
 from parley_core.envelope import NewEvent, seal
+from parley_core.testing.stack import Stack
 from parley_core.topology import channel_subject, user_subject
 from parley_storage.archive import SqlEventArchive, open_engine
 from parley_storage.backup import (
+    BACKUP_KEY_FILE,
     MANIFEST,
     REGISTRY,
     SIGNATURE,
+    SIGNING_KEY_FILE,
     SNAPSHOT,
+    VERIFY_KEY_FILE,
     BackupInvalid,
     BackupKeys,
     RestoreRefused,
@@ -36,6 +42,7 @@ from parley_storage.backup import (
 )
 from parley_storage.datakeys import DataKeys
 from parley_storage.kek import FileKeyring, data_key_context
+from parley_storage.migrate import upgrade_to_head
 
 ALICE, BOB = "user-alice", "user-bob"
 
@@ -140,6 +147,51 @@ async def test_every_backup_file_is_private_whatever_the_umask(archive: SqlEvent
         MANIFEST: 0o600,
         SIGNATURE: 0o600,
     }
+
+
+async def test_a_failed_backup_leaves_no_folder_behind(tmp_path: Path) -> None:
+    """The failure a wrong data folder once caused (an empty database: no consumer_positions);
+    the corrected retry may use the same folder name."""
+    keys = BackupKeys.load_or_create(tmp_path / "secrets")
+    empty = open_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+    backup = tmp_path / "backup"
+    try:
+        with pytest.raises(OperationalError, match="no such table"):
+            create_backup(empty, keys, backup)
+        assert not backup.exists()
+
+        upgrade_to_head(empty)
+        assert create_backup(empty, keys, backup)["event_counts"] == {}
+        assert verify_backup(backup, keys)
+    finally:
+        empty.dispose()
+
+
+def test_the_backup_keys_are_made_once_and_never_replaced(tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets"
+    BackupKeys.create_missing(secrets)
+    made = {name: (secrets / name).read_bytes() for name in (BACKUP_KEY_FILE, SIGNING_KEY_FILE, VERIFY_KEY_FILE)}
+    assert {stat.S_IMODE((secrets / name).stat().st_mode) for name in made} == {0o600}
+
+    BackupKeys.create_missing(secrets)
+    assert {name: (secrets / name).read_bytes() for name in made} == made
+
+    (secrets / VERIFY_KEY_FILE).unlink()  # the public half is derived again from the signing key
+    BackupKeys.create_missing(secrets)
+    keys = BackupKeys.load(secrets)
+    assert (secrets / VERIFY_KEY_FILE).read_bytes() == made[VERIFY_KEY_FILE]
+    assert keys.signing_key is not None
+    keys.verify_key.verify(keys.signing_key.sign(b"manifest"), b"manifest")
+    assert sorted(p.name for p in secrets.iterdir()) == sorted(made)  # no temporary file left
+
+
+async def test_storage_makes_the_backup_keys_at_its_first_start(stack: Stack) -> None:
+    """So that a key backup taken right after installing holds every file a restore needs."""
+    secrets = stack.data_dir / "secrets"
+    keys = BackupKeys.load(secrets)
+    assert keys.signing_key is not None
+    keys.verify_key.verify(keys.signing_key.sign(b"manifest"), b"manifest")
+    assert (secrets / "storage-kek.json").exists()
 
 
 async def test_tampering_and_foreign_keys_are_detected(archive: SqlEventArchive, tmp_path: Path) -> None:

@@ -17,7 +17,10 @@ async def cmd_backup(args: argparse.Namespace) -> int:
     if args.database_url:
         command += ["--database-url", args.database_url]
     process = await asyncio.create_subprocess_exec(*command)
-    return await process.wait()
+    try:
+        return await process.wait()
+    except asyncio.CancelledError:  # Ctrl-C reached the tool too: it cleans up, says what it left, exits 130
+        return await process.wait()
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

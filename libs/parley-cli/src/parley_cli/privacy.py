@@ -26,6 +26,11 @@ from parley_core.runner import secure_channel
 from parley_core.topology import PLATFORM_USER
 
 TIMEOUT_S = 120.0  # both walk every archived event of the user
+KEYRING = Path("secrets") / "storage-kek.json"  # storage's keyring file (parley_storage.service.KEYRING_FILE)
+KEYRING_CHANGED = (
+    f"{KEYRING} changed (the erasure destroyed its earlier key generations): copy it to your key backup now "
+    "and destroy the older copy there, which could still open the erased data in older backups"
+)
 
 
 @asynccontextmanager
@@ -84,6 +89,24 @@ def _confirmed(args: argparse.Namespace, who: str) -> bool:
     return input(f"type {who} to confirm: ").strip() == who
 
 
+class _KeyringWatch:
+    """Says so once an erasure returned (or failed, as it may after the shred) when storage's
+    keyring file changed meanwhile: the key backup's copy still holds the destroyed key
+    generations, which would open the erased data in older backups. With a KMS there is no file
+    and nothing to say."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.keyring = data_dir / KEYRING
+        self.before = self._read()
+
+    def _read(self) -> bytes | None:
+        return self.keyring.read_bytes() if self.keyring.exists() else None
+
+    def remind_if_changed(self) -> None:
+        if self._read() not in (None, self.before):
+            print(KEYRING_CHANGED, file=sys.stderr)
+
+
 async def cmd_erase(args: argparse.Namespace) -> int:
     from parley_cli.messages import _logged_in
 
@@ -91,18 +114,24 @@ async def cmd_erase(args: argparse.Namespace) -> int:
     if not _confirmed(args, who):
         print("not erased")
         return 1
-    if args.username:
-        user_id = await _user_id(args, args.username)
-        request = storage_pb2.EraseUserDataRequest(user_id=user_id, reason=args.reason)
-        async with _archive(args) as archive:
-            result = await archive.EraseUserData(request, timeout=TIMEOUT_S)
-    else:
-        async with await _logged_in(args) as client:
-            result = await client.erase_my_data(reason=args.reason)
+    keyring = _KeyringWatch(args.data_dir)
+    try:
+        if args.username:
+            user_id = await _user_id(args, args.username)
+            request = storage_pb2.EraseUserDataRequest(user_id=user_id, reason=args.reason)
+            async with _archive(args) as archive:
+                result = await archive.EraseUserData(request, timeout=TIMEOUT_S)
+        else:
+            async with await _logged_in(args) as client:
+                result = await client.erase_my_data(reason=args.reason)
+    except BaseException:
+        keyring.remind_if_changed()
+        raise
     print(
         f"erased the data of {who}: {len(result.destroyed_key_ids)} keys destroyed, "
         f"{result.events_unreadable} archived events unreadable, {result.events_deleted_from_log} deleted from the log"
     )
+    keyring.remind_if_changed()
     return 0
 
 

@@ -3,28 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-STATE_FILE = "platform.json"
+from parley_core import platform_state
+from parley_core.platform_state import process_alive as _alive
+
+STATE_FILE = platform_state.STATE_FILE
 CLIENT_FILE = "client.json"
 
 
 class PlatformNotRunning(FileNotFoundError):
     pass
-
-
-def _alive(pid: object) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def load_running_state(data_dir: Path) -> dict[str, Any]:

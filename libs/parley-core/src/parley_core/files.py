@@ -27,6 +27,29 @@ def write_private_file(path: Path, data: bytes) -> None:
     The temporary file is created in the same directory so ``os.replace`` is a rename on one
     file system, and it is created 0600 so the secret is never exposed, not even briefly.
     """
+    tmp = _private_temporary(path, data)
+    try:
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def create_private_file(path: Path, data: bytes) -> bool:
+    """Like write_private_file, but a file already at ``path`` is kept (another process may be
+    creating the same secret at this moment); True when this call created it."""
+    tmp = _private_temporary(path, data)
+    try:
+        os.link(tmp, path)  # fails if path exists: never half written, never replaced
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
+
+
+def _private_temporary(path: Path, data: bytes) -> Path:
+    """``data`` in a new 0600 file beside ``path``, on disk."""
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as tmp:
@@ -34,7 +57,7 @@ def write_private_file(path: Path, data: bytes) -> None:
             tmp.write(data)
             tmp.flush()
             os.fsync(tmp.fileno())
-        Path(tmp_name).replace(path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+    return Path(tmp_name)

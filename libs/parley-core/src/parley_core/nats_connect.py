@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from pathlib import Path
@@ -11,11 +12,20 @@ from nats.aio.client import Client, ErrorCallback
 
 from parley_core import topology
 
-__all__ = ["ErrorCallback", "client_tls_context", "connect_nats", "log_nats_error"]
+__all__ = [
+    "ErrorCallback",
+    "NatsUnreachable",
+    "client_tls_context",
+    "connect_nats",
+    "connect_nats_once",
+    "log_nats_error",
+]
 
 log = logging.getLogger(__name__)
 
 RECONNECT_TIME_WAIT_S = 0.5
+# How long a one-shot tool (a backup, an audit) tries to reach NATS before it says nobody answers.
+ONE_SHOT_CONNECT_S = 2.0
 EOF_ON_UPGRADED_TLS = "returning true from eof_received() has no effect when using ssl"
 
 
@@ -73,21 +83,91 @@ async def connect_nats(
     otherwise every request (including every JetStream API call) would time out. The client
     reconnects forever: a service outlives a broker restart instead of exiting.
     """
+    tls = client_tls_context(ca_cert)
+    client = Client()
+    await _connect(client, url=url, user=user, password=password, tls=tls, name=name, error_cb=error_cb, **kwargs)
+    return client
+
+
+async def _connect(
+    client: Client,
+    *,
+    url: str,
+    user: str,
+    password: str,
+    tls: ssl.SSLContext,
+    name: str,
+    error_cb: ErrorCallback | None,
+    **kwargs: Any,
+) -> None:
     quiet_tls_eof_warning()
     options: dict[str, Any] = {
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": RECONNECT_TIME_WAIT_S,
         **kwargs,
     }
-    client = Client()
     await client.connect(
         servers=nats_servers(url),
         user=user,
         password=password,
-        tls=client_tls_context(ca_cert),
+        tls=tls,
         name=name,
         inbox_prefix=topology.inbox_prefix(user),
         error_cb=error_cb if error_cb is not None else log_nats_error,
         **options,
     )
+
+
+class NatsUnreachable(ConnectionError):
+    """No NATS server answered a one-shot tool's connect in time."""
+
+
+class _QuietUntilConnected:
+    """An error callback that keeps the first connect's failures for the tool's own message, then logs."""
+
+    def __init__(self) -> None:
+        self.connected = False
+        self.last_error: Exception | None = None
+
+    async def error_cb(self, error: Exception) -> None:  # a coroutine function, as nats-py requires
+        if self.connected:
+            await log_nats_error(error)
+        else:
+            self.last_error = error
+
+
+async def connect_nats_once(
+    *, url: str, user: str, password: str, ca_cert: Path, name: str, timeout_s: float = ONE_SHOT_CONNECT_S
+) -> Client:
+    """Connect for a one-shot tool: give up after ``timeout_s``, and never reconnect afterwards.
+
+    ``allow_reconnect=False`` alone does not bound the first connect: nats-py's server selection
+    retries a refused connection as often as ``max_reconnect_attempts`` allows, which is forever
+    under connect_nats's default for services. So the attempt runs under a deadline instead, and
+    its failures are kept quiet (no error line twice a second) and named in NatsUnreachable. A
+    server that answers and refuses (a wrong password, an untrusted certificate) raises at once.
+    """
+    tls = client_tls_context(ca_cert)  # an unreadable CA raises here, before there is a client to close
+    client, errors = Client(), _QuietUntilConnected()
+    attempt = _connect(
+        client,
+        url=url,
+        user=user,
+        password=password,
+        tls=tls,
+        name=name,
+        error_cb=errors.error_cb,
+        allow_reconnect=False,
+        connect_timeout=max(1, round(timeout_s)),
+    )
+    try:
+        await asyncio.wait_for(attempt, timeout_s)
+    except TimeoutError:
+        await client.close()
+        why = f": {errors.last_error}" if errors.last_error is not None else ""
+        raise NatsUnreachable(f"no NATS server answered on {url} within {timeout_s:g} s{why}") from None
+    except BaseException:
+        await client.close()
+        raise
+    errors.connected = True
     return client

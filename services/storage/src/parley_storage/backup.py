@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Connection, Engine, func, insert, select, text
 
-from parley_core.files import PRIVATE_FILE_MODE, ensure_private_dir, write_private_file
+from parley_core.files import PRIVATE_FILE_MODE, create_private_file, ensure_private_dir, write_private_file
 from parley_storage.archive import open_engine
 from parley_storage.datakeys import DataKeys
 from parley_storage.kek import KeyEncryptionKeys
@@ -88,21 +88,31 @@ class BackupKeys:
 
     @classmethod
     def load_or_create(cls, secrets_dir: Path) -> BackupKeys:
+        cls.create_missing(secrets_dir)
+        return cls.load(secrets_dir)
+
+    @staticmethod
+    def create_missing(secrets_dir: Path) -> None:
+        """Make whichever backup secret is missing: storage does at its first start, so a key backup
+        taken at install time holds them. Safe when two instances start at once: the wrapping and
+        signing keys are only ever created, never replaced, and the public key is derived from the
+        signing key on disk (again when a signing key was just made: a folder restored without it)."""
         ensure_private_dir(secrets_dir)
         key_path, signing_path = secrets_dir / BACKUP_KEY_FILE, secrets_dir / SIGNING_KEY_FILE
         if not key_path.exists():
-            write_private_file(key_path, base64.b64encode(AESGCM.generate_key(bit_length=256)) + b"\n")
+            create_private_file(key_path, base64.b64encode(AESGCM.generate_key(bit_length=256)) + b"\n")
+        made_signing_key = False
         if not signing_path.exists():
-            signing = Ed25519PrivateKey.generate()
-            pem = signing.private_bytes(
+            pem = Ed25519PrivateKey.generate().private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
             )
-            write_private_file(signing_path, pem)
+            made_signing_key = create_private_file(signing_path, pem)
+        if made_signing_key or not (secrets_dir / VERIFY_KEY_FILE).exists():
+            signing = serialization.load_pem_private_key(signing_path.read_bytes(), password=None)
             public = signing.public_key().public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
             )
             write_private_file(secrets_dir / VERIFY_KEY_FILE, public)
-        return cls.load(secrets_dir)
 
     @classmethod
     def load(cls, secrets_dir: Path) -> BackupKeys:
@@ -260,16 +270,37 @@ def create_backup(
     point: dict[str, Any] | None = None,
     registry: Path | None = None,
 ) -> dict[str, Any]:
-    """Snapshot, encrypt, checksum and sign; returns the manifest. ``out_dir`` must not exist.
+    """Snapshot, encrypt, checksum and sign; returns the manifest. ``out_dir`` must not exist,
+    and does not exist either after a failure (or an interrupt): a retry may use the same name.
 
     ``registry``: the patch registry's folder, copied after the snapshot, so every release the
     archived events name is in the copy.
     """
     if keys.signing_key is None:
         raise BackupInvalid("creating a backup needs the signing key")
+    refuse_existing_backup(out_dir)
+    ensure_private_dir(out_dir)
+    try:
+        return _create_backup(source, keys.signing_key, keys.wrapping_key, out_dir, point=point, registry=registry)
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+
+
+def refuse_existing_backup(out_dir: Path) -> None:
     if out_dir.exists():
         raise RestoreRefused(f"{out_dir} exists; choose a new folder for each backup")
-    ensure_private_dir(out_dir)
+
+
+def _create_backup(
+    source: Engine,
+    signing_key: Ed25519PrivateKey,
+    wrapping_key: bytes,
+    out_dir: Path,
+    *,
+    point: dict[str, Any] | None,
+    registry: Path | None,
+) -> dict[str, Any]:
     backup_id = uuid.uuid4().hex
     content_key = AESGCM.generate_key(bit_length=256)
     files: dict[str, Any] = {}
@@ -294,7 +325,7 @@ def create_backup(
             registry_files = _pack_registry(registry, packed)
             files[REGISTRY] = _seal_file(packed, out_dir, REGISTRY, content_key, backup_id)
     nonce = os.urandom(NONCE_BYTES)
-    wrapped = nonce + AESGCM(keys.wrapping_key).encrypt(nonce, content_key, f"{FORMAT}|{backup_id}".encode())
+    wrapped = nonce + AESGCM(wrapping_key).encrypt(nonce, content_key, f"{FORMAT}|{backup_id}".encode())
     manifest = {
         "format": FORMAT,
         "backup_id": backup_id,
@@ -310,7 +341,7 @@ def create_backup(
     }
     body = json.dumps(manifest, indent=1, sort_keys=True).encode()
     write_private_file(out_dir / MANIFEST, body)
-    write_private_file(out_dir / SIGNATURE, keys.signing_key.sign(body))
+    write_private_file(out_dir / SIGNATURE, signing_key.sign(body))
     return manifest
 
 

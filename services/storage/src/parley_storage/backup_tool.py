@@ -7,14 +7,17 @@ needs no running platform. Output is one JSON object on stdout; errors are one l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from alembic.runtime.migration import MigrationContext
 from parley.auth.v1.events_pb2 import TotpEnrolled
 from sqlalchemy import Connection, select
+from sqlalchemy.exc import DBAPIError
 
 from parley_core.config import AUTH_MFA_KEY_FILE, REGISTRY_FOLDER, Settings
 from parley_storage.archive import open_engine
@@ -25,12 +28,13 @@ from parley_storage.backup import (
     BackupKeys,
     RestoreRefused,
     create_backup,
+    refuse_existing_backup,
     restore_backup,
     verify_backup,
 )
-from parley_storage.backup_point import ArchiveBehind, read_point_sync, wait_until_archived
+from parley_storage.backup_point import ArchiveBehind, PointUnreadable, read_point_sync, wait_until_archived
 from parley_storage.kek import FileKeyring
-from parley_storage.migrate import SchemaNewerThanCode, UnversionedDatabase
+from parley_storage.migrate import SchemaNewerThanCode, UnversionedDatabase, check_schema_compatible
 from parley_storage.residency import (
     ResidencyBinding,
     ResidencyViolation,
@@ -40,11 +44,23 @@ from parley_storage.residency import (
 )
 from parley_storage.restored import mark_restored, what_a_restore_holds
 from parley_storage.schema import events
-from parley_storage.service import KEYRING_FILE, database_url
+from parley_storage.service import KEYRING_FILE, database_url, sqlite_archive_file
 from parley_storage.settings import StorageSettings
 
 # The secrets a restore reads, exactly as README's "Backups" names them.
 RESTORE_SECRETS = (KEYRING_FILE, BACKUP_KEY_FILE, VERIFY_KEY_FILE)
+# What the data folder a restore goes into may hold: the key backup's secrets, and what is
+# harmless from the same installation (its CA and certificates, the CLI's saved logins and
+# publisher keys, old logs). Anything else is a platform's state, which the restored one must not
+# inherit. Empty folders count as nothing.
+RESTORE_MAY_FIND = ("secrets", "pki", "cli", "logs")
+EX_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped with Ctrl-C
+
+
+class NoArchive(Exception):
+    """The data folder or database named holds no Parley archive (a wrong --data-dir, say)."""
+
+
 # Secrets the services need to run on the restored event log, by the archived events that need them.
 SECRETS_FOR_EVENTS = {TotpEnrolled.DESCRIPTOR.full_name: AUTH_MFA_KEY_FILE}
 
@@ -69,71 +85,130 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
+def note(line: str) -> None:
+    print(f"note: {line}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> dict[str, object]:
     settings = _settings(args)
     if args.action == "create":
-        engine = open_engine(database_url(settings))
-        try:
-            point = read_point_sync(settings.data_dir)
-            if point is not None:
-                wait_until_archived(engine, point, timeout_s=args.wait_seconds)
-            manifest = create_backup(
-                engine,
-                BackupKeys.load_or_create(settings.secrets_dir),
-                args.backup,
-                point={stream: asdict(extent) for stream, extent in point.items()} if point else None,
-                registry=settings.data_dir / REGISTRY_FOLDER,
-            )
-        finally:
-            engine.dispose()
-        return {"created": str(args.backup), **manifest}
+        return {"created": str(args.backup), **create(settings, args.backup, wait_seconds=args.wait_seconds)}
     if args.action == "verify":
         return {"verified": str(args.backup), **verify_backup(args.backup, BackupKeys.load(settings.secrets_dir))}
     return {"restored": str(args.backup), **restore(settings, args.backup)}
 
 
+def create(settings: Settings, backup: Path, *, wait_seconds: float) -> dict[str, Any]:
+    """A backup of the archive this data folder (or PARLEY_DATABASE_URL) holds; anything that is
+    not a platform's is refused before a file is made (no backup keys in a made-up folder)."""
+    refuse_existing_backup(backup)
+    if settings.database_url:
+        url, where = settings.database_url, location_of(settings.database_url)
+        hint = "is this the platform's database? (--database-url, PARLEY_DATABASE_URL)"
+    else:
+        archive_file = sqlite_archive_file(settings)
+        url, where = f"sqlite:///{archive_file}", f"{settings.data_dir} ({archive_file.relative_to(settings.data_dir)})"
+        hint = "is this the platform's data folder? (--data-dir)"
+        if not archive_file.is_file():
+            raise NoArchive(f"no archive in {where}: {hint}")
+    if not settings.secrets_dir.is_dir():
+        raise NoArchive(f"no secrets/ in {settings.data_dir}: is this the platform's data folder? (--data-dir)")
+    engine = open_engine(url)
+    try:
+        check_schema_compatible(engine)
+        with engine.connect() as conn:
+            if not MigrationContext.configure(conn).get_current_heads():
+                raise NoArchive(f"no archive in {where} (no Parley schema in it): {hint}")
+        point = read_point_sync(settings.data_dir, note=note)
+        if point:
+            wait_until_archived(engine, point, timeout_s=wait_seconds, note=note)
+        return create_backup(
+            engine,
+            BackupKeys.load_or_create(settings.secrets_dir),
+            backup,
+            point={stream: asdict(extent) for stream, extent in point.items()} if point else None,
+            registry=settings.data_dir / REGISTRY_FOLDER,
+        )
+    finally:
+        engine.dispose()
+
+
+def refuse_used_folder(data_dir: Path) -> None:
+    """A restore goes into a folder no platform has run in: anything of one (its event log, archive,
+    registry, the agent's cache of another registry's metadata, a platform.json or client.json
+    naming another platform's processes and ports) would be taken for the restored one's."""
+    found = sorted(
+        f"{entry.name}/" if entry.is_dir() else entry.name
+        for entry in data_dir.iterdir()
+        if entry.name not in RESTORE_MAY_FIND and not (entry.is_dir() and not any(entry.iterdir()))
+    )
+    if found:
+        raise RestoreRefused(
+            f"{data_dir} holds {', '.join(found)}: restore into an empty data folder (secrets/ from your key "
+            f"backup in it, and if you like {', '.join(f'{name}/' for name in RESTORE_MAY_FIND[1:])} of the same "
+            "installation)"
+        )
+
+
+def _listing(folder: Path) -> set[Path]:
+    return set(folder.rglob("*"))
+
+
+def remove_created(folder: Path, before: set[Path]) -> None:
+    """Remove what appeared in ``folder`` since ``before`` was listed: files, then the folders left empty."""
+    for path in sorted(_listing(folder) - before, key=lambda p: len(p.parts), reverse=True):
+        if path.is_dir() and not path.is_symlink():
+            with contextlib.suppress(OSError):  # not empty: something else made files in it
+                path.rmdir()
+        else:
+            path.unlink(missing_ok=True)
+
+
 def restore(settings: Settings, backup: Path) -> dict[str, Any]:
-    """Into an empty data folder (only the key backup's secrets in it); marked for re-seeding."""
+    """Into an empty data folder (only the key backup's secrets in it); marked for re-seeding.
+
+    A refusal, a failure or an interrupt leaves the folder as it was (with PostgreSQL, the database
+    keeps the empty tables of Parley's schema, which a retry reuses)."""
     missing = [name for name in RESTORE_SECRETS if not (settings.secrets_dir / name).exists()]
     if missing:
         raise RestoreRefused(
             f"{settings.secrets_dir} lacks {', '.join(missing)}: copy {', '.join(RESTORE_SECRETS)} "
             "from your key backup into it"
         )
-    sqlite_file = None if settings.database_url else settings.data_dir / "storage" / "archive.db"
-    for path in (settings.data_dir / "nats", sqlite_file):  # an event log, an archive of its own
-        if path is not None and path.exists():
-            raise RestoreRefused(f"{path} exists; restore into an empty data folder (only secrets/ in it)")
-    url = database_url(settings)
+    refuse_used_folder(settings.data_dir)
     binding = ResidencyBinding.from_settings(StorageSettings())
-    check_configured(binding, url)
-
-    def before_commit(conn: Connection) -> None:  # a refusal here rolls the whole restore back
-        require_platform_secrets(conn, settings.secrets_dir)
-        rebind_restored(conn, binding, url)
-
-    engine = open_engine(url)
+    before = _listing(settings.data_dir)
     try:
-        manifest = restore_backup(
-            backup,
-            BackupKeys.load(settings.secrets_dir),
-            FileKeyring.load_or_create(settings.secrets_dir / KEYRING_FILE),
-            engine,
-            registry=settings.data_dir / REGISTRY_FOLDER,
-            before_commit=before_commit,
-        )
+        url = database_url(settings)
+        check_configured(binding, url)
+
+        def before_commit(conn: Connection) -> None:  # a refusal here rolls the whole restore back
+            require_platform_secrets(conn, settings.secrets_dir)
+            rebind_restored(conn, binding, url)
+
+        engine = open_engine(url)
+        try:
+            manifest = restore_backup(
+                backup,
+                BackupKeys.load(settings.secrets_dir),
+                FileKeyring.load_or_create(settings.secrets_dir / KEYRING_FILE),
+                engine,
+                registry=settings.data_dir / REGISTRY_FOLDER,
+                before_commit=before_commit,
+            )
+        finally:
+            engine.dispose()
+        where = location_of(settings.database_url) if settings.database_url else ""
+        mark_restored(settings.data_dir, manifest["backup_id"], manifest["created_at"], where)
     except BaseException:
-        engine.dispose()
-        if sqlite_file is not None:  # this restore made it: gone again, so a corrected retry may run
-            for suffix in ("", "-wal", "-shm"):
-                sqlite_file.with_name(sqlite_file.name + suffix).unlink(missing_ok=True)
+        remove_created(settings.data_dir, before)  # so a corrected retry finds the folder as it was
         raise
-    finally:
-        engine.dispose()
-    where = location_of(settings.database_url) if settings.database_url else ""
-    mark_restored(settings.data_dir, manifest["backup_id"], manifest["created_at"], where)
-    print(f"note: {what_a_restore_holds(settings.data_dir)}", file=sys.stderr)
+    note(what_a_restore_holds(settings.data_dir))
     return manifest
+
+
+# What `backup ACTION interrupted` says was left behind.
+LEFT_BEHIND = {"create": "nothing was created", "verify": "nothing was changed", "restore": "nothing was restored"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -146,15 +221,25 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         result = run(args)
+    except KeyboardInterrupt:
+        print(f"backup {args.action} interrupted; {LEFT_BEHIND[args.action]}", file=sys.stderr)
+        raise SystemExit(EX_INTERRUPTED) from None
     except (
         BackupInvalid,
         RestoreRefused,
+        NoArchive,
         SchemaNewerThanCode,
         UnversionedDatabase,
         ArchiveBehind,
+        PointUnreadable,
         ResidencyViolation,
+        OSError,  # a folder that is a file, a permission
     ) as exc:
         print(f"backup {args.action} failed: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except DBAPIError as exc:  # the database refused or is not there
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        print(f"backup {args.action} failed: the database: {reason}", file=sys.stderr)
         raise SystemExit(1) from None
     result.pop("wrapped_content_key", None)
     print(json.dumps(result, indent=1, sort_keys=True))

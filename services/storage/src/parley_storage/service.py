@@ -26,6 +26,7 @@ from parley_core.runner import RefusedToStart, RunContext
 from parley_core.topology import CONSUMERS, ConsumerSpec, channel_subject
 from parley_storage.archive import SqlEventArchive, open_engine
 from parley_storage.archive_api import StorageArchiveApi
+from parley_storage.backup import BackupKeys
 from parley_storage.datakeys import DataKeys
 from parley_storage.erasures import ErasureLog, follow_erasures
 from parley_storage.faults import PauseInBatch
@@ -56,12 +57,18 @@ RETENTION_CATCH_UP_S = 30.0
 KEYRING_FILE = "storage-kek.json"
 
 
+def sqlite_archive_file(settings: Settings) -> Path:
+    """Where the archive is when PARLEY_DATABASE_URL names no database."""
+    return settings.data_dir / "storage" / "archive.db"
+
+
 def database_url(settings: Settings) -> str:
     """PARLEY_DATABASE_URL, else SQLite in the data folder."""
     if settings.database_url:
         return settings.database_url
-    folder = ensure_private_dir(settings.data_dir / "storage")
-    return f"sqlite:///{folder / 'archive.db'}"
+    archive_file = sqlite_archive_file(settings)
+    ensure_private_dir(archive_file.parent)
+    return f"sqlite:///{archive_file}"
 
 
 class StorageApp(storage_pb2_grpc.StorageServiceServicer):
@@ -89,6 +96,7 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         with engine.begin() as conn:
             enforce_in_database(conn, binding, url)
         keks = self._keks or FileKeyring.load_or_create(ensure_private_dir(ctx.settings.secrets_dir) / KEYRING_FILE)
+        BackupKeys.create_missing(ctx.settings.secrets_dir)  # in the key backup from the first start on
         fault = PauseInBatch(Path(storage_settings.pause_in_batch)) if storage_settings.pause_in_batch else None
         self.archive = SqlEventArchive(engine, DataKeys(keks), fault=fault, on_log_deletions=self._log_cleanup_due.set)
         await self.archive.reconcile_data_keys()
