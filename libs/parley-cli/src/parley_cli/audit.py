@@ -22,7 +22,7 @@ from parley_cli.state import PlatformNotRunning, load_running_state
 from parley_client import ParleyError
 from parley_core.audit import Finding, StoredRecord, verify_chain
 from parley_core.envelope import decode, open_payload
-from parley_core.nats_connect import connect_nats
+from parley_core.nats_connect import connect_nats_once
 from parley_core.natsconf import ensure_nats_passwords
 from parley_core.runner import secure_channel
 from parley_core.topology import PLATFORM_USER, SIGNING_KEYS_FILTER
@@ -63,8 +63,8 @@ async def archived_keys(storage: storage_pb2_grpc.StorageArchiveServiceAsyncStub
 
 async def live_chain_head(*, nats_url: str, password: str, ca_cert: Path) -> int:
     """chain_index of the newest record on the SEC stream (0 when there is none)."""
-    nc = await connect_nats(
-        url=nats_url, user=PLATFORM_USER, password=password, ca_cert=ca_cert, name="parley-audit", allow_reconnect=False
+    nc = await connect_nats_once(
+        url=nats_url, user=PLATFORM_USER, password=password, ca_cert=ca_cert, name="parley-audit"
     )
     try:
         js = nc.jetstream()
@@ -78,8 +78,8 @@ async def live_chain_head(*, nats_url: str, password: str, ca_cert: Path) -> int
 
 
 async def keys_from_stream(*, nats_url: str, password: str, ca_cert: Path) -> dict[str, Ed25519PublicKey]:
-    nc = await connect_nats(
-        url=nats_url, user=PLATFORM_USER, password=password, ca_cert=ca_cert, name="parley-audit", allow_reconnect=False
+    nc = await connect_nats_once(
+        url=nats_url, user=PLATFORM_USER, password=password, ca_cert=ca_cert, name="parley-audit"
     )
     try:
         js = nc.jetstream()

@@ -17,6 +17,7 @@ from parley_cli.health import check_health
 from parley_cli.state import STATE_FILE, leftover_pids, load_running_state
 from parley_client import ClientConfig, MfaRequired, ParleyClient, ParleyError
 from parley_core.logs import quiet_asyncio_tls_notes
+from parley_core.nats_connect import NatsUnreachable
 
 # Where the CLI reads a password: said in every command's help that reads one.
 PASSWORDS_COME_FROM = "a prompt, the first line of standard input, or $PARLEY_PASSWORD"
@@ -352,6 +353,9 @@ def main(argv: list[str] | None = None) -> None:
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = 2
+    except NatsUnreachable as exc:
+        print(f"error: {exc}; is the platform running? `parley status` shows what is down", file=sys.stderr)
+        code = 1
     except KeyboardInterrupt:
         code = 130
     raise SystemExit(code)
