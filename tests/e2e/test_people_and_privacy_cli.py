@@ -78,9 +78,10 @@ async def test_a_user_exports_and_erases_their_own_data_from_the_cli(platform: R
 
 
 async def test_the_operator_exports_and_erases_anyones_data(platform: RunningPlatform, tmp_path: Path) -> None:
-    carol = unique("carol")
-    async with user(platform, carol) as c:
+    carol, dave = unique("carol"), unique("dave")
+    async with user(platform, carol) as c, user(platform, dave) as d:
         room = await c.create_channel(unique("room"))
+        await d.join_channel(room.channel_id)
         marker = f"carol {uuid.uuid4().hex}"
         await c.send(room.channel_id, marker)
         out = tmp_path / "carol.json"
@@ -93,7 +94,10 @@ async def test_the_operator_exports_and_erases_anyones_data(platform: RunningPla
         erased = await cli(platform, "erase", carol, "--yes")
         assert f"erased the data of {carol}" in erased
         assert KEY_BACKUP_REMINDER in erased
-        page = await c.history(room.channel_id)
+        with pytest.raises(ParleyError) as refused:  # her session ends with her account
+            await c.history(room.channel_id)
+        assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
+        page = await d.history(room.channel_id)
         assert [m.erased for m in page.messages] == [True]
         unknown = await cli(platform, "erase", "nobody-at-all", "--yes", check=False)
         assert "NOT_FOUND" in unknown
