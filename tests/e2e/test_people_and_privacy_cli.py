@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import stat
 import uuid
 from collections.abc import AsyncIterator
@@ -103,6 +104,36 @@ async def test_the_operator_exports_and_erases_anyones_data(platform: RunningPla
         assert "NOT_FOUND" in unknown
         assert "Traceback" not in unknown
         assert KEY_BACKUP_REMINDER not in unknown  # nothing was shredded: the keyring is as it was
+
+
+async def test_the_operator_rotates_storages_key_encryption_key(platform: RunningPlatform) -> None:
+    alice = unique("alice")
+    keyring = platform.data_dir / "secrets" / "storage-kek.json"
+    async with user(platform, alice) as a:
+        room = await a.create_channel(unique("room"))
+        marker = f"kept {uuid.uuid4().hex}"
+        await a.send(room.channel_id, marker)
+
+        async def archived() -> str | None:
+            text = await cli(platform, "--as", alice, "history", room.name)
+            return text if marker in text else None
+
+        await eventually(archived, "alice's message in the archive's history")
+        before = keyring.read_text()
+        first = await cli(platform, "rotate-kek")
+        rewrapped = re.search(r"is now (\S+): (\d+) data keys re-wrapped, no event rewritten; destroyed: (.+)", first)
+        assert rewrapped, first
+        new_kek, count, destroyed = rewrapped.group(1), int(rewrapped.group(2)), rewrapped.group(3).split(", ")
+        assert count >= 2  # at least alice's and the channel's keys
+        assert KEY_BACKUP_REMINDER in first  # the key backup's copy is now out of date
+        after = keyring.read_text()
+        assert new_kek in after
+        assert new_kek not in before
+        assert all(kek in before and kek not in after for kek in destroyed)
+        assert marker in await cli(platform, "--as", alice, "history", room.name)  # nothing rewritten, all readable
+
+        second = await cli(platform, "rotate-kek")
+        assert f"destroyed: {new_kek}" in second  # the generation the first rotation made is retired in turn
 
 
 async def test_history_shows_edits_reactions_threads_and_names(platform: RunningPlatform) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 
-from parley_cli import admin, audit, chat, devices, messages, mfa, patch, privacy
+from parley_cli import admin, audit, chat, devices, keyring, messages, mfa, patch, privacy
 from parley_cli.health import check_health
 from parley_cli.state import STATE_FILE, leftover_pids, load_running_state
 from parley_client import ClientConfig, MfaRequired, ParleyClient, ParleyError
@@ -331,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     devices.add_commands(sub)  # issue 4: E2EE devices, fingerprints, verification
     mfa.add_commands(sub)  # issue 3: a user's own MFA settings
     privacy.add_commands(sub)  # fix-d: export and erasure of a user's data
+    keyring.add_commands(sub)  # storage's key-encryption key rotation
     return parser
 
 

@@ -90,13 +90,14 @@ def _confirmed(args: argparse.Namespace, who: str) -> bool:
 
 
 class _KeyringWatch:
-    """Says so once an erasure returned (or failed, as it may after the shred) when storage's
-    keyring file changed meanwhile: the key backup's copy still holds the destroyed key
-    generations, which would open the erased data in older backups. With a KMS there is no file
+    """Says so once an erasure or a KEK rotation returned (or failed, as it may after the change)
+    when storage's keyring file changed meanwhile: the key backup's copy still holds the destroyed
+    key generations, which would open erased data in older backups. With a KMS there is no file
     and nothing to say."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, reminder: str = KEYRING_CHANGED) -> None:
         self.keyring = data_dir / KEYRING
+        self.reminder = reminder
         self.before = self._read()
 
     def _read(self) -> bytes | None:
@@ -104,7 +105,7 @@ class _KeyringWatch:
 
     def remind_if_changed(self) -> None:
         if self._read() not in (None, self.before):
-            print(KEYRING_CHANGED, file=sys.stderr)
+            print(self.reminder, file=sys.stderr)
 
 
 async def cmd_erase(args: argparse.Namespace) -> int:
