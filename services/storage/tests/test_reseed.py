@@ -235,6 +235,24 @@ async def test_the_folder_is_reseeded_once_recorded_and_released(
     assert (await js.stream_info("MSG")).state.last_seq == 7  # the six, and alice's marker once
 
 
+async def test_a_restore_cut_short_after_its_mark_is_not_reseeded(
+    archive: SqlEventArchive, nats_server: NatsTestServer, pki: Pki, tmp_path: Path
+) -> None:
+    """Restore marks the folder just before its commit, with the number of events it put in the
+    archive; killed in between, the archive is empty and the mark says more were due."""
+    data_dir = restored_folder(tmp_path, archive, nats_server, pki)
+    mark_restored(data_dir, "backup-1", database=location_of(archive_url(archive)), events=6)
+    settings = Settings(service="storage", data_dir=data_dir, database_url=archive_url(archive))
+
+    with pytest.raises(ReseedRefused) as refused:
+        await reseed_folder(settings, nats_url=nats_server.url)
+
+    assert f"did not finish (the archive holds 0 of its 6 events): remove {data_dir / 'storage'}" in str(refused.value)
+    assert read_restored(data_dir) is not None  # the folder stays refused to storage
+    js = await platform_js(nats_server)
+    assert [(await js.stream_info(stream)).state.last_seq for stream in ("AUTH", "MSG", "STORE")] == [0, 0, 0]
+
+
 async def test_a_log_another_writer_began_is_not_continued(
     archive: SqlEventArchive, nats_server: NatsTestServer
 ) -> None:

@@ -412,7 +412,7 @@ def restore_backup(
     target: Engine,
     *,
     registry: Path | None = None,
-    before_commit: Callable[[Connection], None] | None = None,
+    before_commit: Callable[[Connection, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Verify, then load the snapshot into an empty database with the keyring's live data keys,
     and the registry's copy into `registry` (which must not exist) when the backup has one."""
@@ -432,6 +432,7 @@ def restore_backup(
                 tar.extractall(unpacked, filter="data")  # no absolute paths, links out or devices
         upgrade_to_head(target)
         snapshot = open_engine(f"sqlite:///{plain}")
+        moved = False
         try:
             with snapshot.connect() as src, target.begin() as dst:
                 if any(dst.execute(select(func.count()).select_from(t)).scalar_one() for t in metadata.sorted_tables):
@@ -445,11 +446,18 @@ def restore_backup(
                         f"keys (key generation {', '.join(sorted(missing))}, made after this copy of the keyring); "
                         "copy the newest storage-kek.json from your key backup and restore again"
                     )
+                # Everything in place before the commit, so that what commits is whole (a failed
+                # commit takes the registry away again, below).
+                if registry is not None and unpacked.exists():
+                    ensure_private_dir(registry.parent)
+                    shutil.move(unpacked, registry)
+                    moved = True
                 if before_commit is not None:
-                    before_commit(dst)  # e.g. the residency check: a refusal rolls everything back
+                    before_commit(dst, manifest)  # e.g. the residency check: a refusal rolls everything back
+        except BaseException:
+            if moved and registry is not None:
+                shutil.rmtree(registry, ignore_errors=True)
+            raise
         finally:
             snapshot.dispose()
-        if registry is not None and unpacked.exists():
-            ensure_private_dir(registry.parent)
-            shutil.move(unpacked, registry)
     return manifest

@@ -16,7 +16,7 @@ from typing import Any
 
 from alembic.runtime.migration import MigrationContext
 from parley.auth.v1.events_pb2 import TotpEnrolled
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 from sqlalchemy.exc import DBAPIError
 
 from parley_core.config import AUTH_MFA_KEY_FILE, REGISTRY_FOLDER, Settings
@@ -181,10 +181,23 @@ def restore(settings: Settings, backup: Path) -> dict[str, Any]:
     try:
         url = database_url(settings)
         check_configured(binding, url)
+        where = location_of(settings.database_url) if settings.database_url else ""
 
-        def before_commit(conn: Connection) -> None:  # a refusal here rolls the whole restore back
+        def before_commit(conn: Connection, backup_manifest: dict[str, Any]) -> None:
+            # A refusal here rolls the whole restore back.
             require_platform_secrets(conn, settings.secrets_dir)
             rebind_restored(conn, binding, url)
+            # Marked before the commit: a restore killed after the commit but before a mark would
+            # leave an archive that `parley up` takes for a running platform's and starts on with
+            # an empty log. Killed before the commit instead, the mark's count tells re-seeding so.
+            restored = conn.execute(select(func.count()).select_from(events)).scalar_one()
+            mark_restored(
+                settings.data_dir,
+                backup_manifest["backup_id"],
+                backup_manifest["created_at"],
+                where,
+                events=restored,
+            )
 
         engine = open_engine(url)
         try:
@@ -198,8 +211,6 @@ def restore(settings: Settings, backup: Path) -> dict[str, Any]:
             )
         finally:
             engine.dispose()
-        where = location_of(settings.database_url) if settings.database_url else ""
-        mark_restored(settings.data_dir, manifest["backup_id"], manifest["created_at"], where)
     except BaseException:
         remove_created(settings.data_dir, before)  # so a corrected retry finds the folder as it was
         raise

@@ -38,6 +38,7 @@ import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 from parley.storage.v1.events_pb2 import EventLogRestored, RestoredStream, UserDataErased
+from sqlalchemy import Engine, func, select
 
 from parley_core.bus import WRONG_LAST_SEQUENCE, ConcurrencyConflict, EventBus
 from parley_core.config import Settings
@@ -50,7 +51,8 @@ from parley_storage.datakeys import DataKeys
 from parley_storage.kek import FileKeyring
 from parley_storage.migrate import SchemaNewerThanCode, UnversionedDatabase, check_schema_compatible
 from parley_storage.residency import location_of
-from parley_storage.restored import RestoreMarker, clear_restored, read_restored
+from parley_storage.restored import RestoreMarker, clear_restored, marker_path, read_restored
+from parley_storage.schema import events
 from parley_storage.service import KEYRING_FILE, database_url
 from parley_storage.stream_erasure import remove_from_log
 from parley_storage.stream_log import append_after_last, read_if_present
@@ -236,6 +238,18 @@ async def record_restore(
         await bus.append(restore_subject(marker.backup_id), event, aggregate_version=1, expected_last_subject_seq=0)
 
 
+def _refuse_unfinished_restore(engine: Engine, marker: RestoreMarker, data_dir: Path) -> None:
+    """The restore marks the folder just before it commits; cut short in between, the archive is
+    empty (the commit is all or nothing) and re-seeding it would start an empty platform."""
+    with engine.connect() as conn:
+        archived = conn.execute(select(func.count()).select_from(events)).scalar_one()
+    if archived < marker.events:
+        raise ReseedRefused(
+            f"the restore of backup {marker.backup_id} did not finish (the archive holds {archived} of its "
+            f"{marker.events} events): remove {marker_path(data_dir).parent} and run `parley backup restore` again"
+        )
+
+
 async def reseed_folder(
     settings: Settings, *, nats_url: str, say: Callable[[str], None] = print
 ) -> list[StreamReseeded]:
@@ -256,12 +270,17 @@ async def reseed_folder(
             )
         )
     engine = open_engine(database_url(settings))
+    try:
+        check_schema_compatible(engine)
+        _refuse_unfinished_restore(engine, marker, data_dir)
+    except BaseException:
+        engine.dispose()
+        raise
     password = ensure_nats_passwords(settings.nats_passwords_file, [PLATFORM_USER])[PLATFORM_USER]
     nc = await connect_nats(
         url=nats_url, user=PLATFORM_USER, password=password, ca_cert=settings.pki_dir / "ca.crt", name="parley-reseed"
     )
     try:
-        check_schema_compatible(engine)
         keyring = FileKeyring.load_or_create(settings.secrets_dir / KEYRING_FILE)
         archive = SqlEventArchive(engine, DataKeys(keyring))
         js = nc.jetstream()

@@ -34,6 +34,9 @@ class RestoreMarker:
     backup_id: str
     backup_created_at: str
     database: str  # where the archive was restored (a URL without password); "": the folder's SQLite
+    # How many events the restore put in the archive; written before the restore commits, so a
+    # restore cut short after the mark (kill -9) is told apart from a finished one. 0: not recorded.
+    events: int = 0
 
 
 def marker_path(data_dir: Path) -> Path:
@@ -44,11 +47,14 @@ def what_a_restore_holds(data_dir: Path) -> str:
     return WHAT_A_RESTORE_HOLDS.format(data_dir=data_dir)
 
 
-def mark_restored(data_dir: Path, backup_id: str, backup_created_at: str = "", database: str = "") -> None:
+def mark_restored(
+    data_dir: Path, backup_id: str, backup_created_at: str = "", database: str = "", events: int = 0
+) -> None:
     body = {
         "backup_id": backup_id,
         "backup_created_at": backup_created_at,
         "database": database,
+        "events": events,
         "restored_at": datetime.now(UTC).isoformat(),
         "note": what_a_restore_holds(data_dir),
     }
@@ -67,6 +73,7 @@ def read_restored(data_dir: Path) -> RestoreMarker | None:
         backup_id=body["backup_id"],
         backup_created_at=body.get("backup_created_at", ""),
         database=body.get("database", ""),
+        events=int(body.get("events", 0)),
     )
 
 
