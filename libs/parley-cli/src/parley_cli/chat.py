@@ -165,6 +165,7 @@ async def interactive(client: ParleyClient, reference: str, *, store: DeviceStor
     channel_id, device_note = await open_channel(client, reference, store=store)
     if device_note:
         print(f"-- {device_note} --", flush=True)
+    opened_with = client.access_token
     stream = client.subscribe([channel_id])
     await stream.ready()
     page = await client.history(channel_id, limit=20)
@@ -188,9 +189,10 @@ async def interactive(client: ParleyClient, reference: str, *, store: DeviceStor
                     if event.kind != "message" or event.message.channel_seq > seen:
                         await show(event)
             except ParleyError as exc:
-                if exc.code not in RESUMABLE:
+                if exc.code not in RESUMABLE and not await client.renewed_after(exc, opened_with):
                     raise
-            # The stream dropped (gateway restart, network, too slow): resume where it stopped.
+            # The stream dropped (gateway restart, network, too slow, the access token expired
+            # and was renewed): resume where it stopped.
             print("-- reconnecting --", flush=True)
             async for event in client.live([channel_id], resume=stream.positions):
                 await show(event)

@@ -14,6 +14,7 @@ import grpc
 
 from parley_cli import admin, audit, chat, devices, keyring, messages, mfa, patch, privacy
 from parley_cli.health import check_health
+from parley_cli.saved_login import save_login, use_saved_login
 from parley_cli.state import STATE_FILE, leftover_pids, load_running_state
 from parley_client import ClientConfig, MfaRequired, ParleyClient, ParleyError
 from parley_core.logs import quiet_asyncio_tls_notes
@@ -89,8 +90,7 @@ async def _login_as(args: argparse.Namespace, client: ParleyClient) -> None:
     path = _token_path(args, args.user)
     if not path.exists():
         raise SystemExit(f"{args.user} is not logged in here; run `parley login {args.user}`")
-    saved = json.loads(path.read_text())
-    client.use_token(saved["access_token"], saved["user_id"])
+    use_saved_login(client, path, args.user)
 
 
 async def cmd_up(args: argparse.Namespace) -> int:
@@ -145,8 +145,6 @@ async def cmd_register(args: argparse.Namespace) -> int:
 
 
 async def cmd_login(args: argparse.Namespace) -> int:
-    from parley_core.files import ensure_private_dir, write_private_file
-
     async with _client(args) as client:
         password = _password(args)
         totp, recovery = _totp_or_recovery(args.totp.strip())
@@ -157,10 +155,8 @@ async def cmd_login(args: argparse.Namespace) -> int:
                 raise SystemExit(f"error: {_mfa_hint(args.username)}") from None
             totp, recovery = _totp_or_recovery(code)
             response = await client.login(args.username, password, totp_code=totp, recovery_code=recovery)
-    ensure_private_dir(args.data_dir / "cli")
-    saved = {"access_token": response.access_token, "user_id": response.user_id}
-    write_private_file(_token_path(args, args.username), json.dumps(saved).encode())
-    print(f"logged in as {args.username}; the token is valid for 15 minutes")
+    save_login(_token_path(args, args.username), response)
+    print(f"logged in as {args.username}; the CLI renews the session's 15-minute token while the session lasts")
     return 0
 
 
@@ -279,8 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     register.set_defaults(run=cmd_register)
     login = sub.add_parser(
         "login",
-        help="log in and keep the token (15 minutes)",
-        description="Log in and keep the access token in <data-dir>/cli/; the password is read from "
+        help="log in and keep the session (renewed as needed, up to 30 days)",
+        description="Log in and keep the session's tokens in <data-dir>/cli/ (the CLI renews the 15-minute "
+        "access token as needed, for up to 30 days); the password is read from "
         f"{PASSWORDS_COME_FROM}. An account with "
         f"two-factor authentication also needs {SECOND_FACTOR_HOW}: --totp CODE, or asked after the password "
         "(the next line of standard input, or $PARLEY_MFA_CODE).",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,9 @@ MAX_RETRY_WAIT_S = 5.0
 EXPORT_TIMEOUT_S = 120.0  # export and erasure walk all of a user's archived events
 LOOKUP_BATCH = 200  # auth's limit per LookupUsers call
 # A live stream that ends with one of these is reopened from where it stopped.
+# With renewal on (keep_logged_in), an access token is renewed this long before it expires (a
+# quarter of its lifetime when that is shorter).
+RENEW_MARGIN_S = 60.0
 RESUMABLE = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 )
@@ -67,6 +71,10 @@ class ClientConfig:
             raise FileNotFoundError(f"{path} not found: start the platform with `make run` (or `parley up`) first")
         raw = json.loads(path.read_text())
         return cls(gateway_address=raw["gateway_address"], ca_cert=Path(raw["ca_cert"]))
+
+
+async def _refresh(client: ParleyClient) -> None:
+    await client.refresh()
 
 
 def _raise(exc: grpc.aio.AioRpcError) -> ParleyError:
@@ -174,7 +182,11 @@ class ParleyClient:
         self.access_token: str | None = None
         self.user_id: str | None = None
         self.refresh_token: str | None = None
+        self.expires_at: float | None = None  # unix time the access token expires, from the login
         self.e2ee: E2eeDevice | None = None
+        self._renew: Callable[[ParleyClient], Awaitable[None]] | None = None
+        self._renewing: asyncio.Lock | None = None
+        self.lifetime_s = 15 * 60.0  # of the access token, as issued
 
     @classmethod
     def connect(cls, address: str, *, ca_cert: bytes, server_name: str = "gateway") -> ParleyClient:
@@ -200,17 +212,51 @@ class ParleyClient:
     def _metadata(self) -> list[tuple[str, str]]:
         return [("authorization", f"Bearer {self.access_token}")] if self.access_token else []
 
-    async def _call(self, method: Any, request: Any, timeout: float = DEFAULT_TIMEOUT_S) -> Any:
+    def keep_logged_in(self, renew: Callable[[ParleyClient], Awaitable[None]] | None = None) -> None:
+        """Renew the access token before it expires, for as long as the session lasts: before a
+        call, and when a live stream (`live`) ended because the token expired. `renew` replaces
+        the default (`refresh`), e.g. to share one saved session between processes."""
+        self._renew = renew or _refresh
+
+    def set_tokens(self, response: auth_pb2.LoginResponse, lifetime_s: float | None = None) -> None:
+        """The tokens of a login or a refresh (just issued), or saved ones with their `lifetime_s`."""
+        self.access_token, self.user_id = response.access_token, response.user_id or self.user_id
+        self.refresh_token = response.refresh_token or None
+        self.expires_at = float(response.expires_at_unix) or None
+        if self.expires_at is not None:
+            self.lifetime_s = lifetime_s if lifetime_s is not None else max(self.expires_at - time.time(), 0.0)
+
+    def _expiring(self) -> bool:
+        margin = min(RENEW_MARGIN_S, self.lifetime_s / 4)
+        return self.expires_at is not None and time.time() > self.expires_at - margin
+
+    async def _renew_if_expiring(self) -> bool:
+        """True when the token was about to expire and was renewed."""
+        if self._renew is None or not self._expiring():
+            return False
+        if self._renewing is None:
+            self._renewing = asyncio.Lock()
+        async with self._renewing:  # concurrent calls renew once
+            if self._expiring():
+                await self._renew(self)
+        return True
+
+    async def _call(
+        self, method: Any, request: Any, timeout: float = DEFAULT_TIMEOUT_S, *, authorized: bool = True
+    ) -> Any:
         """One call; a rate-limit refusal with a short retry hint is waited out and retried.
 
         Retrying is safe: the gateway refuses over-budget calls before doing anything. Retries
         stop once the call's own timeout has passed since the first attempt.
         """
+        if authorized:
+            await self._renew_if_expiring()
         loop = asyncio.get_running_loop()
         give_up = loop.time() + timeout
         while True:
             try:
-                return await method(request, metadata=self._metadata(), timeout=timeout)
+                metadata = self._metadata() if authorized else []
+                return await method(request, metadata=metadata, timeout=timeout)
             except grpc.aio.AioRpcError as exc:
                 error = _raise(exc)
             wait = error.retry_after_s
@@ -238,9 +284,7 @@ class ParleyClient:
             if exc.code == grpc.StatusCode.UNAUTHENTICATED and exc.message.startswith(MFA_MISSING):
                 raise MfaRequired(exc.code, exc.message) from None
             raise
-        self.access_token = response.access_token
-        self.user_id = response.user_id
-        self.refresh_token = response.refresh_token or None
+        self.set_tokens(response)
         return response
 
     async def refresh(self) -> auth_pb2.LoginResponse:
@@ -248,13 +292,24 @@ class ParleyClient:
         if not self.refresh_token:
             raise ParleyError(grpc.StatusCode.FAILED_PRECONDITION, "no refresh token; log in first")
         request = auth_pb2.RefreshRequest(refresh_token=self.refresh_token)
-        response: auth_pb2.LoginResponse = await self._call(self._stub.Refresh, request)
-        self.access_token, self.refresh_token = response.access_token, response.refresh_token
+        # The refresh token is the credential; the access token may have expired already.
+        response: auth_pb2.LoginResponse = await self._call(self._stub.Refresh, request, authorized=False)
+        self.set_tokens(response)
         return response
+
+    async def renewed_after(self, error: ParleyError, opened_with: str | None) -> bool:
+        """True when `error` ended a live stream opened with the access token `opened_with`
+        because that token expired, and there is a new one (keep_logged_in): open the stream
+        again, resuming where it stopped."""
+        if error.code != grpc.StatusCode.UNAUTHENTICATED or self._renew is None:
+            return False
+        await self._renew_if_expiring()
+        return self.access_token != opened_with
 
     async def logout(self) -> None:
         await self._call(self._stub.Logout, auth_pb2.LogoutRequest())
         self.access_token = self.refresh_token = None
+        self.expires_at = None
 
     async def change_password(self, current_password: str, new_password: str) -> None:
         request = auth_pb2.ChangePasswordRequest(current_password=current_password, new_password=new_password)
@@ -454,11 +509,14 @@ class ParleyClient:
 
         A stream that ends because the gateway restarted, the network dropped or the client
         read too slowly (RESOURCE_EXHAUSTED) is opened again from the last positions read, so
-        the caller sees every event once, in order.
+        the caller sees every event once, in order; so is one whose access token expired, when
+        the client renews its tokens (keep_logged_in).
         """
         positions = dict(resume or {})
         reconnects = 0
         while True:
+            await self._renew_if_expiring()
+            opened_with = self.access_token
             stream = self.subscribe(channel_ids, resume=positions)
             try:
                 await stream.ready()
@@ -467,7 +525,12 @@ class ParleyClient:
                     yield event
                     reconnects = 0
             except ParleyError as exc:
-                if exc.code not in RESUMABLE or reconnects >= max_reconnects:
+                if reconnects >= max_reconnects:
+                    raise
+                if await self.renewed_after(exc, opened_with):
+                    positions, reconnects = stream.positions, reconnects + 1
+                    continue  # the new token is good now: no back-off
+                if exc.code not in RESUMABLE:
                     raise
             finally:
                 stream.cancel()
