@@ -136,6 +136,53 @@ async def test_the_operator_rotates_storages_key_encryption_key(platform: Runnin
         assert f"destroyed: {new_kek}" in second  # the generation the first rotation made is retired in turn
 
 
+async def test_a_security_auditor_queries_the_archive_from_the_cli(platform: RunningPlatform) -> None:
+    alice, auditor, member = unique("alice"), unique("auditor"), unique("member")
+    for name, role in ((auditor, "security-auditor"), (member, "member")):
+        await cli(platform, "admin", "create-user", name, "--role", role, stdin=PASSWORD + "\n")
+        await cli(platform, "login", name, stdin=PASSWORD + "\n")
+    async with user(platform, alice) as a:
+        room = await a.create_channel(unique("room"))
+        await cli(platform, "retention", room.channel_id, "30")
+        await a.send(room.channel_id, "for the record")
+
+        async def by_alice() -> list[dict[str, object]] | None:
+            result = await asyncio.to_thread(
+                platform.cli, "--as", auditor, "audit", "query", "--actor", alice, "--json", check=False
+            )
+            assert result.returncode == 0, result.stderr
+            found = [json.loads(line) for line in result.stdout.splitlines()]
+            return found if any(e["event_type"].endswith("MessagePosted") for e in found) else None
+
+        events = await eventually(by_alice, "alice's message in the auditor's query")
+        assert {e["actor"] for e in events} == {a.user_id}
+        assert {e["actor_name"] for e in events} == {alice}
+        assert "parley.messaging.v1.ChannelCreated" in {e["event_type"] for e in events}
+        about_alice = await cli(platform, "--as", auditor, "audit", "query", "--target", alice, check=False)
+        assert f"auth.v1.UserRegistered  user:{alice}" in about_alice, about_alice  # resolved, shown by name
+        # Narrowed to one target and a time range; the summary line counts them.
+        about_room = await cli(platform, "--as", auditor, "audit", "query", "--target", room.channel_id)
+        assert f"channel:{room.channel_id}  by {alice}" in about_room
+        assert about_room.rstrip().endswith(f"{len(about_room.splitlines()) - 1} events")
+        future = await cli(platform, "--as", auditor, "audit", "query", "--actor", alice, "--since", "2200-01-01")
+        assert future.strip() == "0 events"
+        paged = await cli(platform, "--as", auditor, "audit", "query", "--actor", alice, "--limit", "1")
+        assert "more follow: add --after" in paged
+
+        # The auditor also reads the retention policies; a member may do neither.
+        assert room.channel_id in await cli(platform, "--as", auditor, "retention")
+        for command in (("audit", "query"), ("retention",)):
+            refused = await cli(platform, "--as", member, *command, check=False)
+            assert "PERMISSION_DENIED" in refused
+            assert "Traceback" not in refused
+        unlogged = await cli(platform, "audit", "query", check=False)
+        assert "parley --as AUDITOR audit query" in unlogged
+        bad_time = await cli(platform, "--as", auditor, "audit", "query", "--since", "yesterday", check=False)
+        assert "--since 'yesterday' is not a date or time" in bad_time
+        too_late = await cli(platform, "--as", auditor, "audit", "query", "--until", "2999-01-01", check=False)
+        assert "--until '2999-01-01' is outside 1970-01-01 .. 2262-04-11" in too_late
+
+
 async def test_history_shows_edits_reactions_threads_and_names(platform: RunningPlatform) -> None:
     alice, bob = unique("alice"), unique("bob")
     async with user(platform, alice) as a, user(platform, bob) as b:

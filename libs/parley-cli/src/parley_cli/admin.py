@@ -21,6 +21,7 @@ from parley_core.runner import secure_channel
 from parley_core.topology import PLATFORM_USER
 
 TIMEOUT_S = 30.0
+LOOKUP_BATCH = 200  # auth's limit per LookupUsers call
 
 
 @asynccontextmanager
@@ -46,6 +47,17 @@ async def account_of(args: argparse.Namespace, username: str) -> auth_pb2.Accoun
     """One account by name from auth's directory (NOT_FOUND as ParleyError when there is none)."""
     async with _auth(args) as stub:
         return await _account(stub, username)
+
+
+async def usernames(args: argparse.Namespace, user_ids: list[str]) -> dict[str, str]:
+    """user id -> username from auth's directory, for the operator's tooling (unknown ids left out)."""
+    names: dict[str, str] = {}
+    async with _auth(args) as stub:
+        for start in range(0, len(user_ids), LOOKUP_BATCH):
+            request = auth_pb2.LookupUsersRequest(user_ids=user_ids[start : start + LOOKUP_BATCH])
+            found = await stub.LookupUsers(request, timeout=TIMEOUT_S)
+            names.update({u.user_id: u.username for u in found.users})
+    return names
 
 
 def _show(account: auth_pb2.Account) -> str:

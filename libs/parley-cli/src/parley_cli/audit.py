@@ -1,4 +1,5 @@
-"""`parley audit verify`: check the signed hash chain of the audit records in the archive.
+"""`parley audit verify`: check the signed hash chain of the audit records in the archive
+(`parley audit query`, the auditor's search of the archive, is audit_query.py).
 
 The records are read back from storage's archive (the long-term store, which someone with
 database access could edit) through its StorageArchiveService as the operator; the
@@ -18,6 +19,7 @@ from google.protobuf.message import Message
 from parley.auth.v1.events_pb2 import SecurityEventRecorded, SigningKeyPublished
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
+from parley_cli import audit_query
 from parley_cli.state import PlatformNotRunning, load_running_state
 from parley_client import ParleyError
 from parley_core.audit import Finding, StoredRecord, verify_chain
@@ -159,3 +161,4 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         "--keys-from-archive", action="store_true", help="take the verification keys from the archive (weaker)"
     )
     verify.set_defaults(run=cmd_verify)
+    audit_query.add_command(commands)

@@ -153,9 +153,22 @@ async def cmd_retention(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _as_logged_in_user(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """With --as USER, that user's saved login to present to storage (e.g. an auditor's);
+    without, nothing: the platform identity acts as the operator."""
+    if not args.user:
+        return []
+    from parley_cli.messages import _logged_in
+
+    async with await _logged_in(args) as client:
+        return [("authorization", f"Bearer {await client.current_token()}")]
+
+
 async def _list_retention(args: argparse.Namespace) -> int:
+    request = storage_pb2.ListRetentionPoliciesRequest()
+    metadata = await _as_logged_in_user(args)  # the operator, or a security auditor with --as
     async with _archive(args) as archive:
-        listed = await archive.ListRetentionPolicies(storage_pb2.ListRetentionPoliciesRequest(), timeout=TIMEOUT_S)
+        listed = await archive.ListRetentionPolicies(request, metadata=metadata, timeout=TIMEOUT_S)
     if not listed.policies:
         print("no channel has a retention policy: every channel keeps its messages forever")
         return 0
@@ -186,7 +199,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "retention",
         help="how long a channel keeps its messages; older ones are removed everywhere (operator)",
         description="With CHANNEL_ID and DAYS, set that channel's policy (applied at once, then hourly); "
-        "without arguments, list every channel's policy.",
+        "without arguments, list every channel's policy (the operator, or a security auditor with --as).",
     )
     retention.add_argument(
         "channel_id", nargs="?", default="", metavar="CHANNEL_ID", help="the channel's id (`parley channels` shows it)"

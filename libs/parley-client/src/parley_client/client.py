@@ -226,6 +226,14 @@ class ParleyClient:
         if self.expires_at is not None:
             self.lifetime_s = lifetime_s if lifetime_s is not None else max(self.expires_at - time.time(), 0.0)
 
+    async def current_token(self) -> str:
+        """The access token, to present to another service (storage's audit queries); renewed
+        first when it is about to expire and renewal is on."""
+        await self._renew_if_expiring()
+        if not self.access_token:
+            raise ParleyError(grpc.StatusCode.UNAUTHENTICATED, "not logged in")
+        return self.access_token
+
     def _expiring(self) -> bool:
         margin = min(RENEW_MARGIN_S, self.lifetime_s / 4)
         return self.expires_at is not None and time.time() > self.expires_at - margin

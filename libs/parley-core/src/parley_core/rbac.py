@@ -259,6 +259,7 @@ PLATFORM_METHODS = frozenset(
         "/parley.auth.v1.AuthService/AssignRole",
         "/parley.auth.v1.AuthService/SetAccountDisabled",
         "/parley.auth.v1.AuthService/GetAccount",
+        "/parley.auth.v1.AuthService/LookupUsers",  # names in the auditor's `parley audit query`
         "/parley.auth.v1.AuthService/SetMfaRequired",
         "/parley.auth.v1.AuthService/RotateSigningKey",
         "/parley.auth.v1.AuthService/RetireSigningKey",
