@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from parley.auth.v1.events_pb2 import TotpEnrolled, UserRegistered
 
 from parley_core.bus import EventBus
@@ -22,6 +23,7 @@ from parley_core.envelope import NewEvent
 from parley_core.files import ensure_private_dir
 from parley_core.net import free_port
 from parley_core.pki import Pki
+from parley_core.runner import RefusedToStart
 from parley_core.testing.events import received
 from parley_core.testing.nats import NatsTestServer
 from parley_core.testing.waiting import until
@@ -32,7 +34,7 @@ from parley_storage.datakeys import DataKeys
 from parley_storage.kek import FileKeyring
 from parley_storage.migrate import upgrade_to_head
 from parley_storage.restored import mark_restored, read_restored
-from parley_storage.service import KEYRING_FILE
+from parley_storage.service import KEYRING_FILE, refuse_a_lost_backup_key
 
 EX_CONFIG = 78
 EX_INTERRUPTED = 130
@@ -73,8 +75,9 @@ def listing(folder: Path) -> list[str]:
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
 
 
-async def data_folder(root: Path, *, mfa: bool = False) -> Path:
-    """A data folder as a platform leaves it: an archive holding an account, and its keyring."""
+async def data_folder(root: Path, *, mfa: bool = False, backup_keys: bool = True) -> Path:
+    """A data folder as a platform leaves it: an archive holding an account, its keyring, and
+    (unless told otherwise) the backup keys storage makes at its first start."""
     data_dir = root / "data"
     ensure_private_dir(data_dir / "storage")
     engine = open_engine(f"sqlite:///{data_dir / 'storage' / 'archive.db'}")
@@ -100,6 +103,8 @@ async def data_folder(root: Path, *, mfa: bool = False) -> Path:
         )
     finally:
         engine.dispose()
+    if backup_keys:
+        BackupKeys.create_missing(data_dir / "secrets")
     return data_dir
 
 
@@ -257,7 +262,7 @@ async def test_a_wrong_data_folder_is_refused_before_anything_is_made(tmp_path: 
 
 
 async def test_a_database_without_parleys_schema_is_refused(empty_postgres: str, tmp_path: Path) -> None:
-    data_dir = await data_folder(tmp_path)
+    data_dir = await data_folder(tmp_path, backup_keys=False)
     backup = tmp_path / "backup"
 
     line = refusal(
@@ -273,7 +278,7 @@ async def test_a_database_without_parleys_schema_is_refused(empty_postgres: str,
 
 
 async def test_verify_and_restore_of_a_missing_or_wrong_folder_say_so_in_one_line(tmp_path: Path) -> None:
-    data_dir = await data_folder(tmp_path)
+    data_dir = await data_folder(tmp_path, backup_keys=False)
     nowhere = tmp_path / "no-backup"
 
     line = refusal(run_module(TOOL, "verify", str(nowhere), "--data-dir", str(data_dir)))
@@ -303,6 +308,31 @@ def test_restore_names_exactly_the_secrets_it_needs(tmp_path: Path) -> None:
     assert "lacks storage-backup.key, storage-backup-signing.pub:" in result.stderr
     assert "copy storage-kek.json, storage-backup.key, storage-backup-signing.pub from your key backup" in result.stderr
     assert not (data_dir / "storage" / "archive.db").exists()
+
+
+@pytest.mark.parametrize("lost", ["storage-backup.key", "storage-backup-signing.pem"])
+async def test_a_lost_backup_key_is_refused_not_made_again(tmp_path: Path, lost: str) -> None:
+    """A key made anew would leave the key backup unable to open (or verify) what is taken now."""
+    data_dir = await data_folder(tmp_path)
+    kept = {p.name: p.read_bytes() for p in (data_dir / "secrets").iterdir() if p.name != lost}
+    (data_dir / "secrets" / lost).unlink()
+
+    line = refusal(run_module(TOOL, "create", str(tmp_path / "backup"), "--data-dir", str(data_dir)))
+
+    assert line.startswith(f"backup create failed: backup {'signing ' if 'signing' in lost else ''}key missing")
+    assert lost in line
+    assert "copy it from your key backup" in line
+    assert not (tmp_path / "backup").exists()
+    assert {p.name: p.read_bytes() for p in (data_dir / "secrets").iterdir()} == kept  # nothing made or replaced
+
+
+def test_storage_refuses_to_start_without_the_backup_key_of_an_archive_it_already_holds(tmp_path: Path) -> None:
+    secrets = ensure_private_dir(tmp_path / "secrets")
+    refuse_a_lost_backup_key(secrets, archive_is_new=True)  # the first start makes it
+    with pytest.raises(RefusedToStart, match=r"storage-backup\.key is missing, yet this archive is not new"):
+        refuse_a_lost_backup_key(secrets, archive_is_new=False)
+    BackupKeys.create_missing(secrets)
+    refuse_a_lost_backup_key(secrets, archive_is_new=False)
 
 
 async def test_a_refused_restore_leaves_the_folder_as_it_found_it(tmp_path: Path) -> None:

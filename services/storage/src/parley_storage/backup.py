@@ -85,6 +85,7 @@ class BackupKeys:
     wrapping_key: bytes
     signing_key: Ed25519PrivateKey | None
     verify_key: Ed25519PublicKey
+    secrets_dir: Path = Path("secrets")  # where they were read, for messages
 
     @classmethod
     def load_or_create(cls, secrets_dir: Path) -> BackupKeys:
@@ -114,6 +115,14 @@ class BackupKeys:
             )
             write_private_file(secrets_dir / VERIFY_KEY_FILE, public)
 
+    def require_signing_key(self) -> Ed25519PrivateKey:
+        if self.signing_key is None:
+            raise BackupInvalid(
+                f"backup signing key missing: {self.secrets_dir / SIGNING_KEY_FILE} (copy it from your key backup; "
+                "a new pair would leave older backups verifiable only with the key backup's .pub)"
+            )
+        return self.signing_key
+
     @classmethod
     def load(cls, secrets_dir: Path) -> BackupKeys:
         try:
@@ -129,7 +138,7 @@ class BackupKeys:
             if not isinstance(loaded, Ed25519PrivateKey):
                 raise BackupInvalid(f"{SIGNING_KEY_FILE} is not an Ed25519 private key")
             signing = loaded
-        return cls(wrapping_key=wrapping, signing_key=signing, verify_key=verify)
+        return cls(wrapping_key=wrapping, signing_key=signing, verify_key=verify, secrets_dir=secrets_dir)
 
 
 def _sha256(path: Path) -> str:
@@ -276,12 +285,11 @@ def create_backup(
     ``registry``: the patch registry's folder, copied after the snapshot, so every release the
     archived events name is in the copy.
     """
-    if keys.signing_key is None:
-        raise BackupInvalid("creating a backup needs the signing key")
+    signing_key = keys.require_signing_key()
     refuse_existing_backup(out_dir)
     ensure_private_dir(out_dir)
     try:
-        return _create_backup(source, keys.signing_key, keys.wrapping_key, out_dir, point=point, registry=registry)
+        return _create_backup(source, signing_key, keys.wrapping_key, out_dir, point=point, registry=registry)
     except BaseException:
         shutil.rmtree(out_dir, ignore_errors=True)
         raise

@@ -119,12 +119,15 @@ def create(settings: Settings, backup: Path, *, wait_seconds: float) -> dict[str
         with engine.connect() as conn:
             if not MigrationContext.configure(conn).get_current_heads():
                 raise NoArchive(f"no archive in {where} (no Parley schema in it): {hint}")
+        # Never made here: the key backup holds the ones storage made at its first start.
+        keys = BackupKeys.load(settings.secrets_dir)
+        keys.require_signing_key()
         point = read_point_sync(settings.data_dir, note=note)
         if point:
             wait_until_archived(engine, point, timeout_s=wait_seconds, note=note)
         return create_backup(
             engine,
-            BackupKeys.load_or_create(settings.secrets_dir),
+            keys,
             backup,
             point={stream: asdict(extent) for stream, extent in point.items()} if point else None,
             registry=settings.data_dir / REGISTRY_FOLDER,

@@ -26,7 +26,7 @@ from parley_core.runner import RefusedToStart, RunContext
 from parley_core.topology import CONSUMERS, ConsumerSpec, channel_subject
 from parley_storage.archive import SqlEventArchive, open_engine
 from parley_storage.archive_api import StorageArchiveApi
-from parley_storage.backup import BackupKeys
+from parley_storage.backup import BACKUP_KEY_FILE, BackupKeys
 from parley_storage.datakeys import DataKeys
 from parley_storage.erasures import ErasureLog, follow_erasures
 from parley_storage.faults import PauseInBatch
@@ -96,7 +96,6 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         with engine.begin() as conn:
             enforce_in_database(conn, binding, url)
         keks = self._keks or FileKeyring.load_or_create(ensure_private_dir(ctx.settings.secrets_dir) / KEYRING_FILE)
-        BackupKeys.create_missing(ctx.settings.secrets_dir)  # in the key backup from the first start on
         fault = PauseInBatch(Path(storage_settings.pause_in_batch)) if storage_settings.pause_in_batch else None
         self.archive = SqlEventArchive(engine, DataKeys(keks), fault=fault, on_log_deletions=self._log_cleanup_due.set)
         await self.archive.reconcile_data_keys()
@@ -104,6 +103,8 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         erasures_replay = await follow_erasures(ctx.bus, self.archive.keys, erasures)
         positions = await self.archive.positions()
         await refuse_a_log_behind_the_archive(ctx.bus, positions)
+        refuse_a_lost_backup_key(ctx.settings.secrets_dir, archive_is_new=not any(positions.values()))
+        BackupKeys.create_missing(ctx.settings.secrets_dir)  # in the key backup from the first start on
         self.progress = ArchiveProgress(positions)
         self.retention = Retention(ctx.bus, self.archive, self.progress)
         for spec in CONSUMERS:
@@ -252,6 +253,16 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
                 )
             )
         return storage_pb2.GetChannelHistoryResponse(messages=out, has_more=has_more)
+
+
+def refuse_a_lost_backup_key(secrets_dir: Path, *, archive_is_new: bool) -> None:
+    """Storage makes the backup key at its first start, and the key backup keeps it. Made again
+    later, it would silently leave that key backup unable to open every backup taken from then on."""
+    if not archive_is_new and not (secrets_dir / BACKUP_KEY_FILE).exists():
+        raise RefusedToStart(
+            f"{secrets_dir / BACKUP_KEY_FILE} is missing, yet this archive is not new: copy it back from your key "
+            "backup (a new key would leave the key backup unable to open the backups taken from now on)"
+        )
 
 
 async def refuse_a_log_behind_the_archive(bus: EventBus, positions: Mapping[str, int]) -> None:
