@@ -348,6 +348,41 @@ async def test_the_registry_folder_travels_with_the_backup(archive: SqlEventArch
         verify_backup(swapped, keys)
 
 
+async def test_a_keyring_copy_older_than_an_erasure_forgets_the_erased_keys_on_restore(
+    archive: SqlEventArchive, tmp_path: Path
+) -> None:
+    """The key backup was not refreshed after alice's erasure, and a backup taken after it is
+    restored with that copy: the restore must not keep alice's keys, or an older backup restored
+    with the resulting keyring would bring her back."""
+    await fill(archive, 4)
+    keys = BackupKeys.load_or_create(tmp_path / "secrets")
+    create_backup(archive.engine, keys, tmp_path / "before-erasure")
+    keyring: Path = archive.keys.keks.path  # type: ignore[attr-defined]
+    stale = tmp_path / "stale-kek.json"
+    shutil.copy2(keyring, stale)  # the key backup's copy: it still holds alice's keys
+    alice_keys = {k for k, v in json.loads(stale.read_text())["data_keys"].items() if v["owner"] == f"user:{ALICE}"}
+    assert alice_keys
+    await archive.shred_user(ALICE)
+    create_backup(archive.engine, keys, tmp_path / "after-erasure")
+
+    restored = restored_archive(tmp_path, stale, tmp_path / "after-erasure", keys, "restored.db")
+    try:
+        assert [r[3] for r in await history(restored)] == [True, False, True, False]  # alice erased, bob not
+    finally:
+        restored.engine.dispose()
+    ring = json.loads(stale.read_text())
+    assert not alice_keys & set(ring["data_keys"])  # forgotten, and the generations that wrapped them destroyed
+    assert alice_keys <= set(ring["shredded"])
+
+    older = restored_archive(tmp_path, stale, tmp_path / "before-erasure", keys, "older.db")
+    try:
+        rows = await history(older)
+        assert [r for r in rows if r[3]] == [(n, "", "", True) for n in (1, 3)]  # she stays erased
+        assert [r[2] for r in rows if not r[3]] == ["message 2", "message 4"]
+    finally:
+        older.engine.dispose()
+
+
 async def test_a_keyring_older_than_the_backup_is_refused(archive: SqlEventArchive, tmp_path: Path) -> None:
     """The key backup was not refreshed after an erasure: the backup's newer keys would not open."""
     await fill(archive, 2)

@@ -194,6 +194,28 @@ async def test_shredding_one_user_erases_their_data_and_leaves_others_intact(arc
     assert (await archive.shred_user(ALICE)).key_ids == ()
 
 
+async def test_storage_start_forgets_erased_keys_an_old_keyring_copy_brought_back(
+    archive: SqlEventArchive, tmp_path: Path
+) -> None:
+    """The operator put an older copy of the keyring back (from before alice's erasure): the
+    archive records her keys destroyed, so the start-up reconcile shreds them from the keyring."""
+    await fill(archive)
+    keyring: Path = archive.keys.keks.path  # type: ignore[attr-defined]
+    old_copy = keyring.read_bytes()
+    (alice_key,) = (await archive.shred_user(ALICE)).key_ids
+    keyring.write_bytes(old_copy)
+    brought_back = FileKeyring.load_or_create(keyring)
+    assert alice_key in brought_back.kept_keys()
+
+    restarted = SqlEventArchive(archive.engine, DataKeys(brought_back))
+    await restarted.reconcile_data_keys()
+
+    assert alice_key not in brought_back.kept_keys()
+    assert alice_key in FileKeyring.load_or_create(keyring).shredded_key_ids()  # on disk, not only in memory
+    messages, _ = await restarted.channel_history("general", after_seq=0, limit=10)
+    assert [(m.erased, m.body) for m in messages] == [(True, ""), (False, "bob public note 0815"), (True, "")]
+
+
 async def test_shredding_reaches_the_text_of_a_users_edits(archive: SqlEventArchive) -> None:
     feed = await fill(archive)
     await archive.archive("storage-archive-msg", [feed.edit("general", 1, ALICE, "alice-zq7", "alice edited 9321")])

@@ -771,8 +771,14 @@ class SqlEventArchive:
         return await self.run("rotate_kek", self.keys.rotate)
 
     async def reconcile_data_keys(self) -> int:
-        """At start: the keyring holds every live data key and the rows match it (see DataKeys.sync)."""
-        return await self.run("reconcile_data_keys", lambda conn: self.keys.adopt(conn) + self.keys.sync(conn))
+        """At start: the keyring holds every live data key and no destroyed one, and the rows match
+        it (see DataKeys.sync and shred_recorded_erasures)."""
+
+        def work(conn: Connection) -> int:
+            adopted = self.keys.adopt(conn)
+            return adopted + len(self.keys.shred_recorded_erasures(conn)) + self.keys.sync(conn)
+
+        return await self.run("reconcile_data_keys", work)
 
     async def consumer_progress(self) -> list[ConsumerProgress]:
         def work(conn: Connection) -> list[ConsumerProgress]:

@@ -454,6 +454,7 @@ def restore_backup(
                         f"keys (key generation {', '.join(sorted(missing))}, made after this copy of the keyring); "
                         "copy the newest storage-kek.json from your key backup and restore again"
                     )
+                live.shred_recorded_erasures(dst)  # a keyring copy older than an erasure the backup holds
                 # Everything in place before the commit, so that what commits is whole (a failed
                 # commit takes the registry away again, below).
                 if registry is not None and unpacked.exists():

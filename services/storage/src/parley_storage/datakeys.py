@@ -140,6 +140,21 @@ class DataKeys:
             adopted += 1
         return adopted
 
+    def shred_recorded_erasures(self, conn: Connection) -> tuple[str, ...]:
+        """Shred what the database records as destroyed but the keyring still keeps: a copy of the
+        keyring older than an erasure the archive holds (restored with a backup taken after it).
+        Left kept, those keys would open the erased user's data in any older backup."""
+        kept = self.keks.kept_keys()
+        destroyed = conn.execute(select(data_keys.c.key_id).where(data_keys.c.wrapped_key.is_(None))).scalars()
+        stale = tuple(sorted(k for k in destroyed if k in kept))
+        if stale:
+            self.adopt(conn)  # a key only the database holds must not die with its KEK
+            self.keks.rotate(shred=stale)
+            self.sync(conn)
+            for key_id in stale:
+                self._cache.pop(key_id, None)
+        return stale
+
     def unopenable(self, conn: Connection) -> dict[str, int]:
         """Live data keys the keyring cannot open, counted by the key generation that wrapped them:
         it holds no copy of its own and lacks that KEK (a keyring older than these keys)."""
