@@ -152,6 +152,33 @@ def test_processes_left_by_a_killed_parley_up_are_reported_and_block_a_new_start
         survivor.wait()
 
 
+def test_status_after_parley_up_was_killed_checks_each_service_where_it_still_answers(tmp_path: Path) -> None:
+    """The front addresses are `parley up`'s own and die with it; the instances live on, each on
+    its own address, and status checks them there and says why clients cannot connect."""
+    platform = RunningPlatform(data_dir=tmp_path / "data", up_args=("--gateway-port", str(free_port())))
+    platform.start()
+    assert platform.process is not None
+    state = platform.state
+    pids = [int(pid) for pid in state["nats_pids"]]  # type: ignore[attr-defined]
+    pids += [i["pid"] for s in state["services"].values() for i in s["instances"]]  # type: ignore[attr-defined]
+    try:
+        platform.process.kill()  # -9: nothing is stopped
+        platform.process.wait()
+        status = parley(platform.data_dir, "status")
+        assert status.returncode == 1
+        assert "exited without stopping" in status.stderr
+        instances = {i["address"] for s in state["services"].values() for i in s["instances"]}  # type: ignore[attr-defined]
+        serving = {line.split()[1] for line in status.stdout.splitlines() if line.endswith("SERVING")}
+        assert serving == instances  # every service answered where it runs
+        gateway = state["services"]["gateway"]["address"]  # type: ignore[index]
+        assert f"`parley up` is gone and with it the addresses clients use (the gateway's {gateway})" in status.stdout
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not any(_alive(pid) for pid in pids), timeout=STOP_TIMEOUT_S, what="the leftovers gone")
+
+
 def test_a_parley_up_killed_before_its_services_are_up_leaves_nats_server_found(tmp_path: Path) -> None:
     """Killed with -9 while it starts (a long re-seed of a restored folder is such a moment): the
     nats-server it started is in the state file already, so the next start refuses and names it."""

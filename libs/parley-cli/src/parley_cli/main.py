@@ -117,9 +117,20 @@ async def cmd_status(args: argparse.Namespace) -> int:
     healthy = True
     print(f"{'service':<16}{'address':<22}health")
     for name, info in state["services"].items():
-        status = await check_health(pki, service=name, address=info["address"])
-        healthy &= status == "SERVING"
-        print(f"{name:<16}{info['address']:<22}{status}")
+        # The stable front addresses are `parley up`'s own: gone with it, each instance still answers on its own.
+        instances = info.get("instances") or [info]
+        addresses = [i.get("address", info["address"]) for i in instances] if leftovers else [info["address"]]
+        for address in addresses:
+            status = await check_health(pki, service=name, address=address)
+            healthy &= status == "SERVING"
+            print(f"{name:<16}{address:<22}{status}")
+    if leftovers:
+        gateway = state["services"].get("gateway", {}).get("address", "")
+        print(
+            "platform: UNHEALTHY: the services above still run, but `parley up` is gone and with it the "
+            f"addresses clients use (the gateway's {gateway}); stop the pids named and start it again"
+        )
+        return 1
     print("platform: " + ("healthy" if healthy else "UNHEALTHY"))
     return 0 if healthy else 1
 
