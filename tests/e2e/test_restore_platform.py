@@ -114,7 +114,9 @@ async def test_a_restored_backup_runs_as_the_platform_it_was(tmp_path: Path) -> 
         except TimeoutError:
             raise AssertionError(f"history never showed the erasure and the redaction: {seen[-1:]}") from None
         backup = tmp_path / "backup"
-        original.cli("backup", "create", str(backup))
+        created = original.cli("backup", "create", str(backup)).stdout
+        assert f"created in {backup}: " in created
+        assert f"check it with `parley backup verify {backup}`" in created
         await bob.send(channel, "after the backup")  # not in the restored platform
         await dave.erase_my_data(reason="after the backup")  # the newest keyring has shredded his keys
         dave_id = dave.user_id
@@ -135,6 +137,8 @@ async def test_a_restored_backup_runs_as_the_platform_it_was(tmp_path: Path) -> 
     shutil.copy2(original.data_dir / "secrets" / "auth-mfa-key.bin", fresh / "secrets")
     done = restored.cli("backup", "restore", str(backup))
     assert "up`" in done.stderr  # says how to start it
+    assert f"restored from {backup}: " in done.stdout
+    assert ", the patch registry (" in done.stdout
 
     restored.start()
     try:

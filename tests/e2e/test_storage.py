@@ -443,7 +443,7 @@ async def check_backup_while_sending(platform: RunningPlatform, tmp_path: Path) 
     await eventually(some_sent, what="the first acknowledged sends")
     before_point = list(acknowledged)  # acknowledged before the backup began
     backup = tmp_path / "backup"
-    created = await asyncio.to_thread(platform.cli, "backup", "create", str(backup))
+    created = await asyncio.to_thread(platform.cli, "backup", "create", str(backup), "--json")
     after_backup = len(acknowledged)
     stop.set()
     await sending
@@ -453,6 +453,9 @@ async def check_backup_while_sending(platform: RunningPlatform, tmp_path: Path) 
     assert manifest["stream_point"]["MSG"]["last_seq"] >= len(before_point)
     verified = platform.cli("backup", "verify", str(backup))
     assert verified.returncode == 0
+    events = sum(manifest["event_counts"].values())
+    assert f"backup {manifest['backup_id']} of {manifest['created_at']} in {backup} verified" in verified.stdout
+    assert f"every file matches, {events} events (AUTH " in verified.stdout  # one line, not the manifest
     for run in (created, verified):  # asyncio's harmless TLS half-close warning stays off stderr
         assert "eof_received" not in run.stderr, run.stderr
 
