@@ -33,7 +33,7 @@ from parley_storage.backup import (
     verify_backup,
 )
 from parley_storage.backup_point import ArchiveBehind, PointUnreadable, read_point_sync, wait_until_archived
-from parley_storage.kek import FileKeyring
+from parley_storage.kek import FileKeyring, KeyringUnreadable
 from parley_storage.migrate import SchemaNewerThanCode, UnversionedDatabase, check_schema_compatible
 from parley_storage.residency import (
     ResidencyBinding,
@@ -119,12 +119,13 @@ def create(settings: Settings, backup: Path, *, wait_seconds: float) -> dict[str
         with engine.connect() as conn:
             if not MigrationContext.configure(conn).get_current_heads():
                 raise NoArchive(f"no archive in {where} (no Parley schema in it): {hint}")
+        keys = BackupKeys.load_or_create(settings.secrets_dir)  # a damaged one is refused before any wait
         point = read_point_sync(settings.data_dir, note=note)
         if point:
             wait_until_archived(engine, point, timeout_s=wait_seconds, note=note)
         return create_backup(
             engine,
-            BackupKeys.load_or_create(settings.secrets_dir),
+            keys,
             backup,
             point={stream: asdict(extent) for stream, extent in point.items()} if point else None,
             registry=settings.data_dir / REGISTRY_FOLDER,
@@ -244,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         ArchiveBehind,
         PointUnreadable,
         ResidencyViolation,
+        KeyringUnreadable,
         OSError,  # a folder that is a file, a permission
     ) as exc:
         print(f"backup {args.action} failed: {exc}", file=sys.stderr)
