@@ -40,6 +40,8 @@ def test_sigterm_drains_one_service_and_platform_reports_it(platform: RunningPla
         after = platform.cli(command, check=False)
         assert after.returncode == 2
         assert "not running" in after.stderr
+        # A bare `make run` would start ./.parley, not this folder.
+        assert f"start it with `parley --data-dir {platform.data_dir} up`" in after.stderr
 
 
 def test_data_folder_is_private(platform: RunningPlatform) -> None:

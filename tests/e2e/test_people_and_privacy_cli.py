@@ -36,6 +36,16 @@ async def cli(platform: RunningPlatform, *args: str, stdin: str | None = None, c
     return result.stdout + result.stderr
 
 
+async def refused(platform: RunningPlatform, *args: str) -> str:
+    """The one line a refused command prints (no traceback, nothing else)."""
+    result = await asyncio.to_thread(platform.cli, *args, check=False)
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    return line
+
+
 @asynccontextmanager
 async def user(platform: RunningPlatform, name: str) -> AsyncIterator[ParleyClient]:
     async with ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes()) as client:
@@ -104,6 +114,27 @@ async def test_the_operator_exports_and_erases_anyones_data(platform: RunningPla
         assert "NOT_FOUND" in unknown
         assert "Traceback" not in unknown
         assert KEY_BACKUP_REMINDER not in unknown  # nothing was shredded: the keyring is as it was
+
+
+async def test_export_and_erase_refuse_what_they_would_get_wrong(platform: RunningPlatform, tmp_path: Path) -> None:
+    alice, carol = unique("alice"), unique("carol")
+    async with user(platform, alice), user(platform, carol) as c:
+        # --out names a file in a folder that exists; said before the archive is walked.
+        assert await refused(platform, "export", carol, "--out", str(tmp_path)) == (
+            f"--out {tmp_path} is a folder: give a file name"
+        )
+        nowhere = tmp_path / "no-such-folder" / "carol.json"
+        assert await refused(platform, "export", carol, "--out", str(nowhere)) == (
+            f"--out {nowhere}: there is no folder {nowhere.parent} to write it in"
+        )
+
+        # USER and --as both: the operator would act on carol, while alice may have meant her own data.
+        both = "name USER (as the operator) or use --as USER for your own data, not both"
+        out = tmp_path / "carol.json"
+        assert await refused(platform, "--as", alice, "export", carol, "--out", str(out)) == both
+        assert not out.exists()
+        assert await refused(platform, "--as", alice, "erase", carol, "--yes") == both
+        assert [ch.channel_id for ch in await c.my_channels()] == []  # carol's account is still there
 
 
 async def test_the_operator_rotates_storages_key_encryption_key(platform: RunningPlatform) -> None:
@@ -247,7 +278,13 @@ async def test_the_operator_sets_a_channels_retention_from_the_cli(platform: Run
         set_at = datetime.strptime(" ".join(row[3:5]), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
         assert abs(datetime.now(UTC) - set_at) < timedelta(minutes=5)
         assert "keeps its messages forever" in await cli(platform, "retention", room.channel_id, "0")
-        for args, expected in (((unique("nosuch"), "30"), "NOT_FOUND"), ((room.channel_id, "-1"), "0 to keep")):
+        out_of_range = "DAYS is a number of days up to 36500, 0 to keep the channel's messages forever"
+        for args, expected in (
+            ((unique("nosuch"), "30"), "NOT_FOUND"),
+            ((room.channel_id, "-1"), out_of_range),
+            ((room.channel_id, "36501"), out_of_range),  # what storage accepts: checked before asking it
+            ((room.channel_id, str(2**32)), out_of_range),  # more than the request's field holds
+        ):
             refused = await cli(platform, "retention", *args, check=False)
             assert expected in refused
             assert "Traceback" not in refused

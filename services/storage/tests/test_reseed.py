@@ -35,7 +35,14 @@ from parley_core.topology import (
     username_subject,
 )
 from parley_storage.archive import SqlEventArchive
-from parley_storage.reseed import Placed, ReseedRefused, _publish_in_order, reseed_folder, reseed_stream
+from parley_storage.reseed import (
+    RESEEDED_STREAMS,
+    Placed,
+    ReseedRefused,
+    _publish_in_order,
+    reseed_folder,
+    reseed_stream,
+)
 from parley_storage.residency import location_of
 from parley_storage.restored import mark_restored, read_restored
 from parley_storage.service import KEYRING_FILE, refuse_a_log_behind_the_archive
@@ -210,7 +217,12 @@ async def test_the_folder_is_reseeded_once_recorded_and_released(
     done = await reseed_folder(settings, nats_url=nats_server.url, say=said.append)
 
     assert [(s.stream, s.events, s.holes) for s in done][:2] == [("AUTH", 1, 1), ("MSG", 3, 3)]
-    assert said[:2] == ["AUTH: 1 events back in the log, 1 holes", "MSG: 3 events back in the log, 3 holes"]
+    assert said == [
+        "AUTH: 1 event back in the log, 1 hole",
+        "MSG: 3 events back in the log, 3 holes",
+        *(f"{stream}: 0 events back in the log, 0 holes" for stream in RESEEDED_STREAMS[2:]),
+        "1 erasure the backup predates finished in the log (erased stay erased)",
+    ]
     assert read_restored(data_dir) is None  # storage may start now
     raw = await js.get_last_msg("STORE", restore_subject("backup-1"))
     record = open_payload(decode(raw.data or b""))

@@ -289,11 +289,78 @@ async def test_verify_and_restore_of_a_missing_or_wrong_folder_say_so_in_one_lin
     assert line == f"backup verify failed: not a backup: {nowhere / 'manifest.json'} is missing"
     a_file = tmp_path / "a-file"
     a_file.write_text("not a folder")
-    assert "backup verify failed: " in refusal(run_module(TOOL, "verify", str(a_file), "--data-dir", str(data_dir)))
+    line = refusal(run_module(TOOL, "verify", str(a_file), "--data-dir", str(data_dir)))
+    assert line == f"backup verify failed: {a_file} is not a backup folder"
 
     line = refusal(run_module(TOOL, "restore", str(nowhere), "--data-dir", str(tmp_path / "made-up")))
     assert "lacks storage-kek.json, storage-backup.key, storage-backup-signing.pub" in line
     assert not (tmp_path / "made-up").exists()
+
+
+def backup_of(source: Path, backup: Path, *, registry: Path | None = None) -> None:
+    """What `parley backup create` makes of the data folder ``source``."""
+    engine = open_engine(f"sqlite:///{source / 'storage' / 'archive.db'}")
+    try:
+        create_backup(engine, BackupKeys.load_or_create(source / "secrets"), backup, registry=registry)
+    finally:
+        engine.dispose()
+
+
+def key_backup_in(folder: Path, source: Path) -> Path:
+    """An empty data folder holding the secrets a restore needs, copied from ``source``."""
+    ensure_private_dir(folder / "secrets")
+    for name in RESTORE_SECRETS:
+        shutil.copy2(source / "secrets" / name, folder / "secrets" / name)
+    return folder
+
+
+async def test_a_backup_missing_a_file_its_manifest_lists_says_so(tmp_path: Path) -> None:
+    source = await data_folder(tmp_path)
+    registry = ensure_private_dir(tmp_path / "registry")
+    (registry / "release.json").write_text("{}")
+    backup = tmp_path / "backup"
+    backup_of(source, backup, registry=registry)
+    (backup / "registry.tar.enc").unlink()  # a copy that stopped short
+
+    line = refusal(run_module(TOOL, "verify", str(backup), "--data-dir", str(source)))
+
+    assert line == (
+        f"backup verify failed: registry.tar.enc is missing from {backup} (its manifest lists it): "
+        "is the copy complete?"
+    )
+
+
+async def test_a_damaged_key_backup_is_named_in_one_line(tmp_path: Path) -> None:
+    """A keyring or backup key that is not one (a bad copy, another file in its place) is named,
+    with what to do, by every action that reads it; a restore refused so leaves the folder as it was."""
+    source = await data_folder(tmp_path / "original")
+    backup = tmp_path / "backup"
+    backup_of(source, backup)
+    fresh = key_backup_in(tmp_path / "fresh", source)
+    keyring = fresh / "secrets" / KEYRING_FILE
+    keyring.write_text("not JSON {")
+    before = listing(fresh)
+
+    line = refusal(run_module(TOOL, "restore", str(backup), "--data-dir", str(fresh)))
+
+    assert line == f"backup restore failed: {keyring} is not a readable keyring: copy it again from your key backup"
+    assert listing(fresh) == before
+    keyring.write_text('{"current": "kek-1", "keys": {"kek-1": "c2hvcnQ="}}')  # JSON, but a key too short
+    assert "is not a readable keyring" in refusal(run_module(TOOL, "restore", str(backup), "--data-dir", str(fresh)))
+
+    shutil.copy2(source / "secrets" / KEYRING_FILE, keyring)
+    for folder in (source, fresh):
+        (folder / "secrets" / BACKUP_KEY_FILE).write_text("not base64 !")
+    damaged = f"{BACKUP_KEY_FILE} is not a readable backup key: copy it again from your key backup"
+    for action, data_dir, target in (
+        ("create", source, tmp_path / "another-backup"),
+        ("verify", source, backup),
+        ("restore", fresh, backup),
+    ):
+        line = refusal(run_module(TOOL, action, str(target), "--data-dir", str(data_dir)))
+        assert line == f"backup {action} failed: {data_dir / 'secrets' / damaged}"
+    assert not (tmp_path / "another-backup").exists()
+    assert listing(fresh) == before
 
 
 def test_restore_names_exactly_the_secrets_it_needs(tmp_path: Path) -> None:

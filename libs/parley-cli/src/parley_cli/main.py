@@ -15,7 +15,7 @@ import grpc
 from parley_cli import admin, audit, chat, devices, keyring, messages, mfa, patch, privacy
 from parley_cli.health import check_health
 from parley_cli.saved_login import save_login, use_saved_login
-from parley_cli.state import STATE_FILE, leftover_pids, load_running_state
+from parley_cli.state import CLIENT_FILE, STATE_FILE, how_to_start, leftover_pids, load_running_state, no_platform
 from parley_client import ClientConfig, MfaRequired, ParleyClient, ParleyError
 from parley_core.logs import quiet_asyncio_tls_notes
 from parley_core.nats_connect import NatsUnreachable
@@ -73,6 +73,8 @@ def _mfa_hint(username: str) -> str:
 
 
 def _client(args: argparse.Namespace) -> ParleyClient:
+    if not (args.data_dir / CLIENT_FILE).exists():
+        raise no_platform(args.data_dir)  # says how to start it in that folder, or that the folder is not there
     config = ClientConfig.from_data_dir(args.data_dir)
     if args.gateway:
         config = ClientConfig(gateway_address=args.gateway, ca_cert=config.ca_cert)
@@ -357,7 +359,10 @@ def main(argv: list[str] | None = None) -> None:
     except ParleyError as exc:
         print(f"error: {exc.message} ({exc.code.name})", file=sys.stderr)
         if exc.code == grpc.StatusCode.UNAVAILABLE:
-            print("is the platform running? `make run` starts it; `parley status` shows what is down", file=sys.stderr)
+            print(
+                f"is the platform running? {how_to_start(args.data_dir)} starts it; `parley status` shows what is down",
+                file=sys.stderr,
+            )
         code = 1
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -26,6 +26,7 @@ from tuf.api.exceptions import LengthOrHashMismatchError
 
 from parley_cli.publishing import KeyFileError, create_key_file, load_key_file, public_pem, publish_release
 from parley_cli.root_rotation import rotate_root
+from parley_cli.state import no_platform
 from parley_cli.usernames import named, usernames
 from parley_client import ParleyError
 from parley_core.pki import ensure_pki
@@ -68,7 +69,7 @@ class RegistryConnection:
         data_dir: Path = args.data_dir
         state_path = data_dir / "platform.json"
         if not state_path.exists():
-            raise SystemExit(f"no platform state in {data_dir}; is it running (`make run`)?")
+            raise no_platform(data_dir)
         services = json.loads(state_path.read_text())["services"]
         pki = ensure_pki(data_dir / "pki", [PLATFORM_USER])
         address = services["patch-registry"]["address"]

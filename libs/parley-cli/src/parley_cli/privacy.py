@@ -26,6 +26,7 @@ from parley_core.runner import secure_channel
 from parley_core.topology import PLATFORM_USER
 
 TIMEOUT_S = 120.0  # both walk every archived event of the user
+MAX_RETENTION_DAYS = 36_500  # what storage accepts (parley_storage.archive_api.MAX_RETENTION_DAYS)
 KEYRING = Path("secrets") / "storage-kek.json"  # storage's keyring file (parley_storage.service.KEYRING_FILE)
 KEYRING_CHANGED = (
     f"{KEYRING} changed (the erasure destroyed its earlier key generations): copy it to your key backup now "
@@ -54,16 +55,29 @@ async def _user_id(args: argparse.Namespace, username: str) -> str:
 
 
 def _subject(args: argparse.Namespace) -> str:
-    """Whose data: the USER argument (operator), else the --as user (their own)."""
+    """Whose data: the USER argument (operator), else the --as user (their own). Both would leave
+    one of them ignored: the operator would act on USER while the user meant their own data."""
     if not args.username and not args.user:
         raise SystemExit("name the user: `parley --as USER ...` for your own data, or USER as the operator")
+    if args.username and args.user:
+        raise SystemExit("name USER (as the operator) or use --as USER for your own data, not both")
     return str(args.username or args.user)
+
+
+def _refuse_unwritable(out: Path) -> None:
+    """Before the export (it may walk the whole archive): --out names a file in a folder that exists."""
+    if out.is_dir():
+        raise SystemExit(f"--out {out} is a folder: give a file name")
+    if not out.parent.is_dir():
+        raise SystemExit(f"--out {out}: there is no folder {out.parent} to write it in")
 
 
 async def cmd_export(args: argparse.Namespace) -> int:
     from parley_cli.messages import _logged_in
 
     out: Path = args.out
+    who = _subject(args)
+    _refuse_unwritable(out)
     if args.username:
         user_id = await _user_id(args, args.username)
         async with _archive(args) as archive:
@@ -75,8 +89,11 @@ async def cmd_export(args: argparse.Namespace) -> int:
         async with await _logged_in(args) as client:
             data = await client.export_my_data()
     # Personal data: readable by the one who asked only.
-    write_private_file(out, data)
-    print(f"exported the data of {_subject(args)} to {out} ({len(data)} bytes, JSON, mode 0600)")
+    try:
+        write_private_file(out, data)
+    except OSError as exc:  # a folder we may not write in, a full disk: the error names a temporary file
+        raise SystemExit(f"--out {out}: not written: {exc.strerror}") from None
+    print(f"exported the data of {who} to {out} ({len(data)} bytes, JSON, mode 0600)")
     return 0
 
 
@@ -143,8 +160,10 @@ async def cmd_retention(args: argparse.Namespace) -> int:
         return await _list_retention(args)
     if args.days is None:
         raise SystemExit("give DAYS after CHANNEL_ID (0 keeps the messages forever); `parley retention` lists them")
-    if args.days < 0:
-        raise SystemExit("DAYS is a number of days, 0 to keep the channel's messages forever")
+    if not 0 <= args.days <= MAX_RETENTION_DAYS:  # the request's field holds no more than 2**32 - 1
+        raise SystemExit(
+            f"DAYS is a number of days up to {MAX_RETENTION_DAYS}, 0 to keep the channel's messages forever"
+        )
     request = storage_pb2.SetRetentionPolicyRequest(channel_id=args.channel_id, days=args.days)
     async with _archive(args) as archive:
         result = await archive.SetRetentionPolicy(request, timeout=TIMEOUT_S)

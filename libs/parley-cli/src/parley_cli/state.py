@@ -11,20 +11,38 @@ from parley_core.platform_state import process_alive as _alive
 
 STATE_FILE = platform_state.STATE_FILE
 CLIENT_FILE = "client.json"
+DEFAULT_DATA_DIR = Path(".parley")  # the folder `make run` starts without DATA_DIR or $PARLEY_DATA_DIR
 
 
 class PlatformNotRunning(FileNotFoundError):
     pass
 
 
+def how_to_start(data_dir: Path) -> str:
+    """The command that starts the platform in this folder: a bare `make run` starts ./.parley only."""
+    if data_dir.resolve() == DEFAULT_DATA_DIR.resolve():
+        return "`make run`"
+    return f"`parley --data-dir {data_dir} up` (or `make run DATA_DIR={data_dir}`)"
+
+
+def no_platform(data_dir: Path) -> PlatformNotRunning:
+    """The folder holds no platform. Another folder than the default that does not exist at all is
+    more likely a mistyped --data-dir than a platform never started there."""
+    if not data_dir.exists() and data_dir.resolve() != DEFAULT_DATA_DIR.resolve():
+        return PlatformNotRunning(f"no folder {data_dir}: is --data-dir (or $PARLEY_DATA_DIR) right?")
+    return PlatformNotRunning(
+        f"no platform state in {data_dir}; start the platform with {how_to_start(data_dir)} first"
+    )
+
+
 def load_running_state(data_dir: Path) -> dict[str, Any]:
     """The state of a running platform, or a clear error saying how to start one."""
     path = data_dir / STATE_FILE
     if not path.exists():
-        raise PlatformNotRunning(f"no platform state in {data_dir}; start the platform with `make run` first")
+        raise no_platform(data_dir)
     state: dict[str, Any] = json.loads(path.read_text())
     if not state.get("running", True) or not _alive(state.get("pid")):
-        raise PlatformNotRunning(f"the platform in {data_dir} is not running; start it with `make run`")
+        raise PlatformNotRunning(f"the platform in {data_dir} is not running; start it with {how_to_start(data_dir)}")
     return state
 
 

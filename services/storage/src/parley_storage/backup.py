@@ -40,7 +40,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import serialization
@@ -68,6 +68,8 @@ VERIFY_KEY_FILE = "storage-backup-signing.pub"
 CHUNK_BYTES = 4 * 1024 * 1024
 NONCE_BYTES = 12
 COPY_ROWS = 1000
+
+T = TypeVar("T")
 
 
 class BackupInvalid(Exception):
@@ -125,20 +127,29 @@ class BackupKeys:
 
     @classmethod
     def load(cls, secrets_dir: Path) -> BackupKeys:
-        try:
-            wrapping = base64.b64decode((secrets_dir / BACKUP_KEY_FILE).read_bytes())
-            verify = serialization.load_pem_public_key((secrets_dir / VERIFY_KEY_FILE).read_bytes())
-        except FileNotFoundError as exc:
-            raise BackupInvalid(f"backup key missing: {exc.filename} (copy it from your key backup)") from exc
+        wrapping = _read_key(secrets_dir / BACKUP_KEY_FILE, base64.b64decode)
+        verify = _read_key(secrets_dir / VERIFY_KEY_FILE, serialization.load_pem_public_key)
         if not isinstance(verify, Ed25519PublicKey) or len(wrapping) != 32:
             raise BackupInvalid(f"backup keys in {secrets_dir} are not an AES-256 key and an Ed25519 public key")
         signing: Ed25519PrivateKey | None = None
         if (secrets_dir / SIGNING_KEY_FILE).exists():
-            loaded = serialization.load_pem_private_key((secrets_dir / SIGNING_KEY_FILE).read_bytes(), password=None)
+            loaded = _read_key(
+                secrets_dir / SIGNING_KEY_FILE, lambda pem: serialization.load_pem_private_key(pem, password=None)
+            )
             if not isinstance(loaded, Ed25519PrivateKey):
                 raise BackupInvalid(f"{SIGNING_KEY_FILE} is not an Ed25519 private key")
             signing = loaded
         return cls(wrapping_key=wrapping, signing_key=signing, verify_key=verify, secrets_dir=secrets_dir)
+
+
+def _read_key(path: Path, parse: Callable[[bytes], T]) -> T:
+    """One of the backup secrets, parsed; a missing or damaged one is named (not a parser's traceback)."""
+    try:
+        return parse(path.read_bytes())
+    except FileNotFoundError as exc:
+        raise BackupInvalid(f"backup key missing: {path} (copy it from your key backup)") from exc
+    except (ValueError, TypeError) as exc:  # not base64, not PEM, a PEM key with a password
+        raise BackupInvalid(f"{path} is not a readable backup key: copy it again from your key backup") from exc
 
 
 def _sha256(path: Path) -> str:
@@ -369,6 +380,8 @@ def verify_backup(
 ) -> dict[str, Any]:
     """Check signature, checksums, every chunk's tag, the snapshot's integrity and the registry
     copy; optionally decrypt the snapshot (`into`) and the registry's tar (`registry_into`)."""
+    if backup_dir.exists() and not backup_dir.is_dir():
+        raise BackupInvalid(f"{backup_dir} is not a backup folder")
     try:
         body = (backup_dir / MANIFEST).read_bytes()
         signature = (backup_dir / SIGNATURE).read_bytes()
@@ -383,7 +396,9 @@ def verify_backup(
         raise BackupInvalid(f"unknown backup format {manifest.get('format')!r}")
     for name, expected in manifest["files"].items():
         path = backup_dir / name
-        if not path.exists() or _sha256(path) != expected["sha256"]:
+        if not path.exists():
+            raise BackupInvalid(f"{name} is missing from {backup_dir} (its manifest lists it): is the copy complete?")
+        if _sha256(path) != expected["sha256"]:
             raise BackupInvalid(f"{name} does not match its checksum in the manifest")
     wrapped = base64.b64decode(manifest["wrapped_content_key"])
     try:

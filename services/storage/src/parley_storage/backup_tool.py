@@ -33,7 +33,7 @@ from parley_storage.backup import (
     verify_backup,
 )
 from parley_storage.backup_point import ArchiveBehind, PointUnreadable, read_point_sync, wait_until_archived
-from parley_storage.kek import FileKeyring
+from parley_storage.kek import FileKeyring, KeyringUnreadable
 from parley_storage.migrate import SchemaNewerThanCode, UnversionedDatabase, check_schema_compatible
 from parley_storage.residency import (
     ResidencyBinding,
@@ -119,7 +119,8 @@ def create(settings: Settings, backup: Path, *, wait_seconds: float) -> dict[str
         with engine.connect() as conn:
             if not MigrationContext.configure(conn).get_current_heads():
                 raise NoArchive(f"no archive in {where} (no Parley schema in it): {hint}")
-        # Never made here: the key backup holds the ones storage made at its first start.
+        # Never made here: the key backup holds the ones storage made at its first start. A
+        # missing or damaged one is refused before any wait.
         keys = BackupKeys.load(settings.secrets_dir)
         keys.require_signing_key()
         point = read_point_sync(settings.data_dir, note=note)
@@ -247,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         ArchiveBehind,
         PointUnreadable,
         ResidencyViolation,
+        KeyringUnreadable,
         OSError,  # a folder that is a file, a permission
     ) as exc:
         print(f"backup {args.action} failed: {exc}", file=sys.stderr)

@@ -39,6 +39,10 @@ class UnknownKek(Exception):
     """A data key names a KEK this keyring does not hold (destroyed by a rotation, or the wrong file)."""
 
 
+class KeyringUnreadable(Exception):
+    """The keyring file is not one a keyring wrote: damaged, cut short, or another file copied over it."""
+
+
 @dataclass(frozen=True)
 class WrappedKey:
     """One data key as stored: whose it is and its bytes wrapped under one KEK."""
@@ -120,15 +124,20 @@ class FileKeyring:
         seen = (st.st_ino, st.st_mtime_ns, st.st_size)
         if seen == self._seen:
             return
-        raw = json.loads(self.path.read_bytes())
-        keys = {kid: base64.b64decode(value) for kid, value in raw["keys"].items()}
-        if raw["current"] not in keys or any(len(k) != KEY_BYTES for k in keys.values()):
-            raise ValueError(f"{self.path} is not a valid keyring (current key missing or wrong key size)")
-        self.current, self.keys, self.shredded = raw["current"], keys, set(raw.get("shredded", []))
-        self.data_keys = {
-            key_id: WrappedKey(key_id, entry["owner"], entry["kek"], base64.b64decode(entry["wrapped"]))
-            for key_id, entry in raw.get("data_keys", {}).items()
-        }
+        try:
+            raw = json.loads(self.path.read_bytes())
+            current, keys = raw["current"], {kid: base64.b64decode(value) for kid, value in raw["keys"].items()}
+            data_keys = {
+                key_id: WrappedKey(key_id, entry["owner"], entry["kek"], base64.b64decode(entry["wrapped"]))
+                for key_id, entry in raw.get("data_keys", {}).items()
+            }
+            shredded = set(raw.get("shredded", []))
+            whole = current in keys and all(len(k) == KEY_BYTES for k in keys.values())
+        except (ValueError, KeyError, TypeError, AttributeError):  # not JSON, or not a keyring's JSON
+            whole = False
+        if not whole:  # a service or tool would otherwise stop on a parser's traceback
+            raise KeyringUnreadable(f"{self.path} is not a readable keyring: copy it again from your key backup")
+        self.current, self.keys, self.data_keys, self.shredded = current, keys, data_keys, shredded
         self._seen = seen
 
     @contextmanager

@@ -48,7 +48,7 @@ from parley_core.natsconf import ensure_nats_passwords
 from parley_core.topology import CONSUMERS, PLATFORM_USER, privacy_subject, reseed_hole_subject, restore_subject
 from parley_storage.archive import SqlEventArchive, StoredEvent, open_engine
 from parley_storage.datakeys import DataKeys
-from parley_storage.kek import FileKeyring
+from parley_storage.kek import FileKeyring, KeyringUnreadable
 from parley_storage.migrate import SchemaNewerThanCode, UnversionedDatabase, check_schema_compatible
 from parley_storage.residency import location_of
 from parley_storage.restored import RestoreMarker, clear_restored, marker_path, read_restored
@@ -64,6 +64,11 @@ PAGE = 500
 
 class ReseedRefused(Exception):
     """The event log holds events that are not this archive's; nothing was changed."""
+
+
+def counted(n: int, noun: str) -> str:
+    """`1 event`, `3 events`: what the re-seed says it did, as a person would write it."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 @dataclass(frozen=True)
@@ -288,11 +293,11 @@ async def reseed_folder(
         if not await already_recorded(js, marker.backup_id):
             for stream in RESEEDED_STREAMS:
                 done.append(await reseed_stream(js, archive, stream))
-                say(f"{stream}: {done[-1].events} events back in the log, {done[-1].holes} holes")
+                say(f"{stream}: {counted(done[-1].events, 'event')} back in the log, {counted(done[-1].holes, 'hole')}")
             bus = EventBus(nc, service=PLATFORM_USER, producer=f"parley-restore@{metadata.version('parley-storage')}")
             finished = await finish_erasures(bus, archive, marker)
             if finished:
-                say(f"{len(finished)} erasures the backup predates finished in the log (erased stay erased)")
+                say(f"{counted(len(finished), 'erasure')} the backup predates finished in the log (erased stay erased)")
             await record_restore(bus, marker, done, finished)
         clear_restored(data_dir)
         return done
@@ -318,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         streams = asyncio.run(reseed_folder(settings, nats_url=args.nats_url, say=say))
-    except (ReseedRefused, SchemaNewerThanCode, UnversionedDatabase) as exc:
+    except (ReseedRefused, SchemaNewerThanCode, UnversionedDatabase, KeyringUnreadable) as exc:
         print(f"re-seeding the event log failed: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     except (nats.errors.Error, TimeoutError, OSError) as exc:

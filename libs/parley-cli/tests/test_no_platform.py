@@ -1,0 +1,87 @@
+"""What the CLI says when its data folder holds no platform: how to start one in that folder,
+or, for a folder that is not there at all, that --data-dir may be wrong. The CLI runs as the
+user runs it, a process of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from parley_core.net import free_port
+from parley_core.pki import Pki
+
+# Commands that reach the platform by each way the CLI finds it: the gateway (client.json), the
+# operator's storage and auth connections (platform.json), the patch registry's.
+COMMANDS = [("channels",), ("retention",), ("admin", "show", "alice"), ("fleet",), ("status",)]
+
+
+def run_parley(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != "PARLEY_DATA_DIR"} | env
+    return subprocess.run(
+        [sys.executable, "-m", "parley_cli", *args], capture_output=True, text=True, env=environ, cwd=cwd, check=False
+    )
+
+
+def parley(*args: str, cwd: Path) -> str:
+    """The one line a refused command prints on stderr (no traceback, nothing on stdout)."""
+    result = run_parley(*args, cwd=cwd)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    return line
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_folder_that_is_not_there_is_named(tmp_path: Path, command: tuple[str, ...]) -> None:
+    nowhere = tmp_path / "no-such-folder"
+
+    line = parley("--data-dir", str(nowhere), *command, cwd=tmp_path)
+
+    assert line == f"error: no folder {nowhere}: is --data-dir (or $PARLEY_DATA_DIR) right?"
+    assert not nowhere.exists()
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_the_hint_starts_the_platform_in_the_folder_named(tmp_path: Path, command: tuple[str, ...]) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    line = parley("--data-dir", str(elsewhere), *command, cwd=tmp_path)
+
+    assert line == (
+        f"error: no platform state in {elsewhere}; start the platform with `parley --data-dir {elsewhere} up` "
+        f"(or `make run DATA_DIR={elsewhere}`) first"
+    )
+
+
+def test_the_default_folder_is_started_with_make_run(tmp_path: Path) -> None:
+    """./.parley before the first `make run`: nothing is mistyped, the platform is not started yet."""
+    line = parley("channels", cwd=tmp_path)
+
+    assert line == "error: no platform state in .parley; start the platform with `make run` first"
+
+
+def test_a_gateway_that_does_not_answer_names_how_to_start_this_folder(pki: Pki, tmp_path: Path) -> None:
+    """client.json is left from an earlier run, but nothing listens on its gateway's port now."""
+    data_dir = tmp_path / "stopped"
+    data_dir.mkdir()
+    client = {"gateway_address": f"127.0.0.1:{free_port()}", "ca_cert": str(pki.ca_cert)}
+    (data_dir / "client.json").write_text(json.dumps(client))
+
+    result = run_parley(
+        "--data-dir", str(data_dir), "register", "bob", cwd=tmp_path, PARLEY_PASSWORD="a-long-enough-passphrase"
+    )
+
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    error, hint = result.stderr.splitlines()
+    assert error.endswith("(UNAVAILABLE)")
+    assert hint == (
+        f"is the platform running? `parley --data-dir {data_dir} up` (or `make run DATA_DIR={data_dir}`) starts it; "
+        "`parley status` shows what is down"
+    )
