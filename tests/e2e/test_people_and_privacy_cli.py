@@ -110,6 +110,11 @@ async def test_the_operator_exports_and_erases_anyones_data(platform: RunningPla
         assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
         page = await d.history(room.channel_id)
         assert [m.erased for m in page.messages] == [True]
+        # Her name no longer finds the account; an erasure to finish is called again by her id.
+        by_name = await cli(platform, "erase", carol, "--yes", check=False)
+        assert "an account already erased is named by its user id" in by_name
+        again = await cli(platform, "erase", str(c.user_id), "--yes")
+        assert f"erased the data of {c.user_id}: 0 keys destroyed" in again
         unknown = await cli(platform, "erase", "nobody-at-all", "--yes", check=False)
         assert "NOT_FOUND" in unknown
         assert "Traceback" not in unknown

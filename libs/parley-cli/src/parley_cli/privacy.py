@@ -26,6 +26,7 @@ from parley_core.runner import secure_channel
 from parley_core.topology import PLATFORM_USER
 
 TIMEOUT_S = 120.0  # both walk every archived event of the user
+USER_ID_LENGTH = 32  # auth's user ids: uuid4 in hex
 MAX_RETENTION_DAYS = 36_500  # what storage accepts (parley_storage.archive_api.MAX_RETENTION_DAYS)
 KEYRING = Path("secrets") / "storage-kek.json"  # storage's keyring file (parley_storage.service.KEYRING_FILE)
 KEYRING_CHANGED = (
@@ -49,9 +50,32 @@ async def _archive(args: argparse.Namespace) -> AsyncIterator[storage_pb2_grpc.S
         await channel.close()
 
 
+def _is_user_id(text: str) -> bool:
+    return len(text) == USER_ID_LENGTH and all(c in "0123456789abcdef" for c in text)
+
+
 async def _user_id(args: argparse.Namespace, username: str) -> str:
-    async with _auth(args) as stub:
-        return str((await _account(stub, username)).user_id)
+    """The account's user id; a user id itself is taken as given, since an erased account is no
+    longer found by its name (so an erasure that did not finish is called again by id)."""
+    try:
+        async with _auth(args) as stub:
+            return str((await _account(stub, username)).user_id)
+    except ParleyError as exc:
+        if exc.code != grpc.StatusCode.NOT_FOUND:
+            raise
+        if _is_user_id(username):
+            return username
+        raise ParleyError(
+            exc.code, f"{exc.message}; an account already erased is named by its user id (`parley erase USER_ID`)"
+        ) from None
+
+
+def _finish_by_id(exc: ParleyError, user_id: str | None) -> ParleyError:
+    """An erasure that destroyed the keys but did not finish deleting from the log: the account is
+    gone, so the retry names it by id (storage also finishes it at its next start)."""
+    if exc.code != grpc.StatusCode.UNAVAILABLE or not user_id:
+        return exc
+    return ParleyError(exc.code, f"{exc.message}; to finish now, the operator runs `parley erase {user_id} --yes`")
 
 
 def _subject(args: argparse.Namespace) -> str:
@@ -133,6 +157,7 @@ async def cmd_erase(args: argparse.Namespace) -> int:
         print("not erased")
         return 1
     keyring = _KeyringWatch(args.data_dir)
+    user_id: str | None = None
     try:
         if args.username:
             user_id = await _user_id(args, args.username)
@@ -141,7 +166,11 @@ async def cmd_erase(args: argparse.Namespace) -> int:
                 result = await archive.EraseUserData(request, timeout=TIMEOUT_S)
         else:
             async with await _logged_in(args) as client:
+                user_id = client.user_id
                 result = await client.erase_my_data(reason=args.reason)
+    except ParleyError as exc:
+        keyring.remind_if_changed()
+        raise _finish_by_id(exc, user_id) from None
     except BaseException:
         keyring.remind_if_changed()
         raise
@@ -210,7 +239,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     erase = sub.add_parser(
         "erase", help="erase a user's data for good (yours with --as; anyone's as the operator, naming USER)"
     )
-    erase.add_argument("username", nargs="?", default="", metavar="USER", help="as the operator: whose data")
+    erase.add_argument(
+        "username",
+        nargs="?",
+        default="",
+        metavar="USER",
+        help="as the operator: whose data (a username, or the user id of an account already erased)",
+    )
     erase.add_argument("--reason", default="", help="kept in the audited erasure record")
     erase.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     erase.set_defaults(run=cmd_erase)
