@@ -22,7 +22,9 @@ from sqlalchemy.exc import OperationalError
 
 from parley_core.bus import ReceivedEvent
 from parley_core.envelope import NewEvent, seal
-from parley_core.testing.stack import Stack
+from parley_core.runner import RefusedToStart
+from parley_core.testing.nats import NatsTestServer
+from parley_core.testing.stack import Stack, start_service
 from parley_core.topology import channel_subject, user_subject
 from parley_storage.archive import SqlEventArchive, open_engine
 from parley_storage.backup import (
@@ -192,6 +194,15 @@ async def test_storage_makes_the_backup_keys_at_its_first_start(stack: Stack) ->
     assert keys.signing_key is not None
     keys.verify_key.verify(keys.signing_key.sign(b"manifest"), b"manifest")
     assert (secrets / "storage-kek.json").exists()
+
+
+async def test_storage_refuses_to_start_on_a_damaged_keyring(stack: Stack, nats_server: NatsTestServer) -> None:
+    """One line saying what to do, not a JSON parser's traceback (the runner logs it and exits 78)."""
+    keyring = stack.data_dir / "secrets" / "storage-kek.json"
+    keyring.write_text(keyring.read_text()[:40])  # cut short, as a bad copy leaves it
+
+    with pytest.raises(RefusedToStart, match=r"storage-kek\.json is not a readable keyring: copy it again"):
+        await start_service(stack, nats_server, "storage", registration="open")
 
 
 async def test_tampering_and_foreign_keys_are_detected(archive: SqlEventArchive, tmp_path: Path) -> None:

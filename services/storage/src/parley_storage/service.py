@@ -30,7 +30,7 @@ from parley_storage.backup import BACKUP_KEY_FILE, BackupKeys
 from parley_storage.datakeys import DataKeys
 from parley_storage.erasures import ErasureLog, follow_erasures
 from parley_storage.faults import PauseInBatch
-from parley_storage.kek import FileKeyring, KeyEncryptionKeys
+from parley_storage.kek import FileKeyring, KeyEncryptionKeys, KeyringUnreadable
 from parley_storage.lag import measure_lag
 from parley_storage.lag_metrics import ArchiveLagGauges
 from parley_storage.log_cleanup import delete_removed_texts
@@ -95,7 +95,10 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         binding = ResidencyBinding.from_settings(storage_settings)
         with engine.begin() as conn:
             enforce_in_database(conn, binding, url)
-        keks = self._keks or FileKeyring.load_or_create(ensure_private_dir(ctx.settings.secrets_dir) / KEYRING_FILE)
+        try:
+            keks = self._keks or FileKeyring.load_or_create(ensure_private_dir(ctx.settings.secrets_dir) / KEYRING_FILE)
+        except KeyringUnreadable as exc:
+            raise RefusedToStart(str(exc)) from None
         fault = PauseInBatch(Path(storage_settings.pause_in_batch)) if storage_settings.pause_in_batch else None
         self.archive = SqlEventArchive(engine, DataKeys(keks), fault=fault, on_log_deletions=self._log_cleanup_due.set)
         await self.archive.reconcile_data_keys()
