@@ -68,7 +68,7 @@ HOST ?=
 PROCESSES ?=
 LOAD_REPORTS ?= loadtests/reports
 
-.PHONY: load bench bench-quick faults upgrade-load
+.PHONY: load bench bench-quick bench-reseed faults upgrade-load
 
 load: venv
 	mkdir -p $(LOAD_REPORTS)
@@ -82,6 +82,11 @@ bench: venv
 
 bench-quick: venv
 	cd loadtests && ../$(BIN)/python -m parley_bench --quick --out ../bench-results $(BENCH_ARGS)
+
+# Re-seeding a restored event log against one-at-a-time publishing, as a same-run ratio.
+RESEED_EVENTS ?= 20000
+bench-reseed: venv
+	cd loadtests && ../$(BIN)/python -m parley_bench.reseed --events $(RESEED_EVENTS)
 
 faults: venv
 	PARLEY_FAULT_RESULTS=fault-results $(BIN)/pytest tests/faults -m "slow or e2e" -v -s
