@@ -115,6 +115,9 @@ async def test_the_operator_exports_and_erases_anyones_data(platform: RunningPla
         assert "an account already erased is named by its user id" in by_name
         again = await cli(platform, "erase", str(c.user_id), "--yes")
         assert f"erased the data of {c.user_id}: 0 keys destroyed" in again
+        never = await cli(platform, "erase", "0" * 32, "--yes", check=False)  # a mistyped id is no erasure
+        assert "NOT_FOUND" in never
+        assert "erased the data" not in never
         unknown = await cli(platform, "erase", "nobody-at-all", "--yes", check=False)
         assert "NOT_FOUND" in unknown
         assert "Traceback" not in unknown
@@ -188,11 +191,15 @@ async def test_a_security_auditor_queries_the_archive_from_the_cli(platform: Run
             )
             assert result.returncode == 0, result.stderr
             found = [json.loads(line) for line in result.stdout.splitlines()]
-            return found if any(e["event_type"].endswith("MessagePosted") for e in found) else None
+            types = {e["event_type"] for e in found}
+            return found if {"parley.messaging.v1.MessagePosted", "parley.auth.v1.SessionStarted"} <= types else None
 
-        events = await eventually(by_alice, "alice's message in the auditor's query")
-        assert {e["actor"] for e in events} == {a.user_id}
+        events = await eventually(by_alice, "alice's message and her logins in the auditor's query")
+        # Messaging records her by id, auth as user:<id>: one person, found and named either way.
+        assert {e["actor"] for e in events} == {a.user_id, f"user:{a.user_id}"}
         assert {e["actor_name"] for e in events} == {alice}
+        as_recorded = await cli(platform, "--as", auditor, "audit", "query", "--actor", f"user:{a.user_id}", "--json")
+        assert len(as_recorded.splitlines()) == len(events)
         assert "parley.messaging.v1.ChannelCreated" in {e["event_type"] for e in events}
         about_alice = await cli(platform, "--as", auditor, "audit", "query", "--target", alice, check=False)
         assert f"auth.v1.UserRegistered  user:{alice}" in about_alice, about_alice  # resolved, shown by name
@@ -217,6 +224,16 @@ async def test_a_security_auditor_queries_the_archive_from_the_cli(platform: Run
         assert "--since 'yesterday' is not a date or time" in bad_time
         too_late = await cli(platform, "--as", auditor, "audit", "query", "--until", "2999-01-01", check=False)
         assert "--until '2999-01-01' is outside 1970-01-01 .. 2262-04-11" in too_late
+        for cursor in ("-5", str(2**64)):
+            bad_cursor = await cli(platform, "--as", auditor, "audit", "query", "--after", cursor, check=False)
+            assert "--after is a cursor a previous query printed" in bad_cursor
+            assert "Traceback" not in bad_cursor
+        nobody = await cli(platform, "--as", auditor, "audit", "query", "--actor", "nosuchuser")
+        assert "note: no account is named 'nosuchuser'; --actor 'nosuchuser' is taken as an id" in nobody
+        # What only the operator does is refused with --as, not done as the operator behind its back.
+        for command in (("retention", room.channel_id, "7"), ("rotate-kek",)):
+            refused = await cli(platform, "--as", auditor, *command, check=False)
+            assert "is the operator's (this data folder's platform identity): run it without --as" in refused
 
 
 async def test_history_shows_edits_reactions_threads_and_names(platform: RunningPlatform) -> None:

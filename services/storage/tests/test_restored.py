@@ -181,10 +181,14 @@ async def test_a_running_platform_whose_nats_does_not_answer_is_refused(pki: Pki
     assert not backup.exists()
 
 
-async def test_ctrl_c_while_the_backup_waits_for_the_archive(nats_server: NatsTestServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("to_the_group", [True, False], ids=["ctrl-c-at-a-terminal", "kill-int-of-parley-only"])
+async def test_ctrl_c_while_the_backup_waits_for_the_archive(
+    nats_server: NatsTestServer, tmp_path: Path, to_the_group: bool
+) -> None:
     """`parley backup create` of a running platform reads the point from JetStream, waits for the
-    archive to hold it, and Ctrl-C there (to the CLI and the tool, as a terminal sends it) says
-    one line, exits 130, and leaves no backup folder."""
+    archive to hold it, and Ctrl-C there (to the CLI and the tool, as a terminal sends it, or to
+    `parley` alone, as `kill -INT` or `timeout -s INT` does) says one line, exits 130, and leaves
+    no backup folder."""
     data_dir = await data_folder(tmp_path)
     write_state(
         data_dir,
@@ -216,7 +220,10 @@ async def test_ctrl_c_while_the_backup_waits_for_the_archive(nats_server: NatsTe
         )
         try:
             await until(lambda: "waiting up to" in stderr.read_text(), "the backup to wait for the archive", 60)
-            os.killpg(cli.pid, signal.SIGINT)
+            if to_the_group:
+                os.killpg(cli.pid, signal.SIGINT)
+            else:
+                os.kill(cli.pid, signal.SIGINT)
             cli.wait(timeout=HANG_GUARD_S)
         finally:
             if cli.poll() is None:

@@ -1,3 +1,3 @@
-from parley_cli.main import main
+from parley_cli.entry import run
 
-main()
+run()

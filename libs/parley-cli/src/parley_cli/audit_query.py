@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from datetime import UTC, datetime
 
 import grpc
@@ -23,6 +24,7 @@ from parley_client import ParleyError
 PAGE = 1000  # storage's largest page
 MAX_EVENTS = 100_000
 TIMEOUT_S = 60.0
+ID_LENGTH = 32  # user and channel ids: uuid4 in hex
 
 
 def instant_ns(text: str, option: str) -> int:
@@ -41,16 +43,20 @@ def instant_ns(text: str, option: str) -> int:
     return ns
 
 
-async def user_id_or_raw(args: argparse.Namespace, name: str) -> str:
-    """A username's user id; anything else (an id, `service:NAME`) as given."""
-    if not name or name.startswith("service:"):
+async def user_id_or_raw(args: argparse.Namespace, name: str, option: str) -> str:
+    """A username's user id; anything else (an id, `user:ID`, `service:NAME`) as given."""
+    if not name or ":" in name:
         return name
     try:
         return str((await account_of(args, name)).user_id)
     except ParleyError as exc:
-        if exc.code == grpc.StatusCode.NOT_FOUND:
-            return name  # not a username: an aggregate id
-        raise
+        if exc.code not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+            raise
+    # Not a username (any more): an id. Said unless it looks like one, since an erased account
+    # is found by its id only.
+    if not (len(name) == ID_LENGTH and all(c in "0123456789abcdef" for c in name)):
+        print(f"note: no account is named {name!r}; {option} {name!r} is taken as an id", file=sys.stderr)
+    return name
 
 
 def _request(args: argparse.Namespace, actor: str, target: str) -> storage_pb2.QueryAuditRequest:
@@ -100,9 +106,12 @@ async def cmd_audit_query(args: argparse.Namespace) -> int:
         )
     if not 1 <= args.limit <= MAX_EVENTS:
         raise SystemExit(f"--limit is a number of events from 1 to {MAX_EVENTS}")
+    if not 0 <= args.after < 2**64:
+        raise SystemExit("--after is a cursor a previous query printed (a whole number from 0)")
     async with _client(args) as client:
         await _login_as(args, client)
-        request = _request(args, await user_id_or_raw(args, args.actor), await user_id_or_raw(args, args.target))
+        actor = await user_id_or_raw(args, args.actor, "--actor")
+        request = _request(args, actor, await user_id_or_raw(args, args.target, "--target"))
         events: list[storage_pb2.ArchivedEvent] = []
         more, cursor = False, args.after
         async with _archive(args) as archive:
@@ -115,9 +124,11 @@ async def cmd_audit_query(args: argparse.Namespace) -> int:
                 more = page.has_more
                 if not more or not page.events:
                     break
-    people = {e.actor for e in events} | {e.aggregate_id for e in events if e.aggregate_type == "user"}
+    people = {e.actor.removeprefix("user:") for e in events}  # auth writes user:ID, messaging ID
+    people |= {e.aggregate_id for e in events if e.aggregate_type == "user"}
     people = {p for p in people if p.isascii() and p.isalnum() and len(p) <= 64}  # user ids, not "service:…"
-    names = await usernames(args, sorted(people))  # the auditor may not look people up; the operator's tooling may
+    found = await usernames(args, sorted(people))  # the auditor may not look people up; the operator's tooling may
+    names = {**found, **{f"user:{user_id}": name for user_id, name in found.items()}}
     show = _json if args.json else _line
     for event in events:
         print(show(event, names))

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import signal
 import sys
 from typing import Any
+
+FORWARD_AFTER_S = 2.0
 
 
 def _events(manifest: dict[str, Any]) -> str:
@@ -45,13 +49,29 @@ async def cmd_backup(args: argparse.Namespace) -> int:
     if args.database_url:
         command += ["--database-url", args.database_url]
     process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
+    answer = asyncio.ensure_future(process.communicate())
     try:
-        out, _ = await process.communicate()
-    except asyncio.CancelledError:  # Ctrl-C reached the tool too: it cleans up, says what it left, exits 130
-        return await process.wait()
-    if process.returncode == 0 and out:
+        out, _ = await asyncio.shield(answer)
+    except asyncio.CancelledError:
+        # Ctrl-C at a terminal reached the tool too, and it cleans up, says what it left and exits
+        # 130 (or had just finished). `kill -INT` of this process alone did not reach it: passed on
+        # when the tool is still at work after a moment (a second one during its clean-up would cut
+        # that short).
+        try:
+            out, _ = await asyncio.wait_for(asyncio.shield(answer), FORWARD_AFTER_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGINT)
+            out, _ = await answer
+        if process.returncode == 0:
+            print(f"backup {args.action} finished before the interrupt reached it", file=sys.stderr)
+    code = process.returncode or 0
+    if code < 0:  # the signal came before the tool could handle it: it had done nothing yet
+        print(f"backup {args.action} interrupted before it began; nothing was done", file=sys.stderr)
+        return 130
+    if code == 0 and out:
         print(out.decode().rstrip() if args.json else summary(args.action, json.loads(out)))
-    return process.returncode or 0
+    return code
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

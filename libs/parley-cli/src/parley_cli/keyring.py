@@ -11,7 +11,7 @@ import argparse
 
 from parley.storage.v1 import storage_pb2
 
-from parley_cli.privacy import KEYRING, TIMEOUT_S, _archive, _KeyringWatch
+from parley_cli.privacy import KEYRING, TIMEOUT_S, _archive, _KeyringWatch, operator_only
 
 KEYRING_ROTATED = (
     f"{KEYRING} changed (a new key-encryption key; the earlier ones were destroyed): copy it to your key "
@@ -20,6 +20,7 @@ KEYRING_ROTATED = (
 
 
 async def cmd_rotate_kek(args: argparse.Namespace) -> int:
+    operator_only(args, "rotating the key-encryption key")
     keyring = _KeyringWatch(args.data_dir, KEYRING_ROTATED)
     try:
         async with _archive(args) as archive:

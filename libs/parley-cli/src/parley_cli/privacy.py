@@ -63,11 +63,19 @@ async def _user_id(args: argparse.Namespace, username: str) -> str:
     except ParleyError as exc:
         if exc.code != grpc.StatusCode.NOT_FOUND:
             raise
-        if _is_user_id(username):
+        if _is_user_id(username) and await _archived_account(args, username):
             return username
         raise ParleyError(
             exc.code, f"{exc.message}; an account already erased is named by its user id (`parley erase USER_ID`)"
         ) from None
+
+
+async def _archived_account(args: argparse.Namespace, user_id: str) -> bool:
+    """Whether the archive holds an account with this id (an erased one included): a mistyped id
+    must not pass for a finished erasure."""
+    request = storage_pb2.GetAggregateEventsRequest(aggregate_type="user", aggregate_id=user_id, limit=1)
+    async with _archive(args) as archive:
+        return bool((await archive.GetAggregateEvents(request, timeout=TIMEOUT_S)).events)
 
 
 def _finish_by_id(exc: ParleyError, user_id: str | None) -> ParleyError:
@@ -182,11 +190,19 @@ async def cmd_erase(args: argparse.Namespace) -> int:
     return 0
 
 
+def operator_only(args: argparse.Namespace, what: str) -> None:
+    """Refuse --as on what only the operator does: it would not act as that user, and the
+    change would be recorded as the platform's."""
+    if args.user:
+        raise SystemExit(f"{what} is the operator's (this data folder's platform identity): run it without --as")
+
+
 async def cmd_retention(args: argparse.Namespace) -> int:
     """The operator's policy for one channel, applied at once (storage's SetRetentionPolicy);
     without arguments, every channel's policy (ListRetentionPolicies)."""
     if not args.channel_id:
         return await _list_retention(args)
+    operator_only(args, "setting a retention policy")
     if args.days is None:
         raise SystemExit("give DAYS after CHANNEL_ID (0 keeps the messages forever); `parley retention` lists them")
     if not 0 <= args.days <= MAX_RETENTION_DAYS:  # the request's field holds no more than 2**32 - 1

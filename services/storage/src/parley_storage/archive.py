@@ -165,6 +165,15 @@ def open_engine(url: str) -> Engine:
     return engine
 
 
+def actor_forms(actor: str) -> list[str]:
+    """How one person stands in the actor column: messaging records the user id, auth records
+    ``user:<id>``; either form asks for both."""
+    user_id = actor.removeprefix("user:")
+    if user_id == actor and ":" in actor:  # service:NAME and the like: one form only
+        return [actor]
+    return [user_id, f"user:{user_id}"]
+
+
 class SqlEventArchive:
     def __init__(
         self,
@@ -567,7 +576,7 @@ class SqlEventArchive:
         def work(conn: Connection) -> tuple[list[tuple[int, StoredEvent]], bool]:
             query = select(events).where(events.c.id > after_id)
             if actor:
-                query = query.where(events.c.actor == actor)
+                query = query.where(events.c.actor.in_(actor_forms(actor)))
             if target:
                 query = query.where(events.c.aggregate_id == target)
             if since_ns:
@@ -587,7 +596,9 @@ class SqlEventArchive:
             rows = conn.execute(
                 select(events)
                 .where(
-                    events.c.key_id.in_(their_keys) | (events.c.actor == user_id) | (events.c.aggregate_id == user_id)
+                    events.c.key_id.in_(their_keys)
+                    | events.c.actor.in_(actor_forms(user_id))
+                    | (events.c.aggregate_id == user_id)
                 )
                 .order_by(events.c.stream, events.c.stream_seq)
             ).all()

@@ -1,0 +1,14 @@
+"""The `parley` command's entry point: Ctrl-C while the CLI is still loading its modules ends it
+as quietly as Ctrl-C later does (exit 130), not with a traceback from the middle of an import."""
+
+from __future__ import annotations
+
+import sys
+
+
+def run() -> None:
+    try:
+        from parley_cli.main import main
+    except KeyboardInterrupt:
+        sys.exit(130)
+    main()
