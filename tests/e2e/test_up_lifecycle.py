@@ -179,6 +179,30 @@ def test_status_after_parley_up_was_killed_checks_each_service_where_it_still_an
         wait_until(lambda: not any(_alive(pid) for pid in pids), timeout=STOP_TIMEOUT_S, what="the leftovers gone")
 
 
+def test_a_service_that_refuses_to_start_is_one_line_of_parley_up(tmp_path: Path) -> None:
+    """Storage on an archive that is not new, without its backup key: `parley up` says why in
+    the service's own words, once, not as a screen of JSON log records."""
+    platform = RunningPlatform(data_dir=tmp_path / "data", up_args=("--gateway-port", str(free_port())))
+    platform.start()
+    assert platform.stop() == 0
+    (platform.data_dir / "secrets" / "storage-backup.key").unlink()
+
+    up = subprocess.run(
+        [sys.executable, "-m", "parley_cli", "--data-dir", str(platform.data_dir), "up", *platform.up_args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **TEST_DEFAULTS},
+        timeout=START_TIMEOUT_S,
+        check=False,
+    )
+
+    said = up.stdout + up.stderr
+    assert up.returncode != 0
+    assert said.count("storage-backup.key is missing, yet this archive is not new") == 1, said
+    assert '{"ts"' not in said  # no log records
+    assert not (platform.data_dir / "secrets" / "storage-backup.key").exists()  # not made again
+
+
 def test_a_parley_up_killed_before_its_services_are_up_leaves_nats_server_found(tmp_path: Path) -> None:
     """Killed with -9 while it starts (a long re-seed of a restored folder is such a moment): the
     nats-server it started is in the state file already, so the next start refuses and names it."""

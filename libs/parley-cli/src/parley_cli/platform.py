@@ -299,7 +299,7 @@ class Platform:
         try:
             await agent.start_serving(name, version, python, in_fleet=False)
         except RuntimeError as exc:
-            raise RuntimeError(f"{exc}:\n{_tail(agent.log_path(name))}") from exc
+            raise RuntimeError(f"{exc}:\n{_why_it_stopped(agent.log_path(name))}") from exc
 
     def _environment(self) -> dict[str, str]:
         """What every instance is told; the agent adds its own listening port and instance id."""
@@ -447,6 +447,18 @@ class Platform:
             await node.stop()
         if self.nats_nodes:
             self.say("nats-server stopped" if len(self.nats_nodes) == 1 else "JetStream cluster stopped")
+
+
+def _why_it_stopped(path: Path) -> str:
+    """A service that refused to start logged why as its last record: that line alone. Anything
+    else: the end of its log."""
+    tail = _tail(path)
+    last = tail.splitlines()[-1] if tail else ""
+    with contextlib.suppress(ValueError, AttributeError):
+        message = str(json.loads(last).get("msg", ""))
+        if message.startswith("refusing to start"):
+            return message
+    return tail
 
 
 def _tail(path: Path, lines: int = 20) -> str:
