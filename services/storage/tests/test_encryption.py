@@ -20,10 +20,11 @@ from sqlalchemy import Connection, select, update
 from parley_core.bus import ReceivedEvent
 from parley_core.envelope import NewEvent, seal
 from parley_core.topology import channel_subject, user_subject
-from parley_storage.archive import SqlEventArchive
+from parley_storage.archive import SqlEventArchive, open_engine
 from parley_storage.datakeys import DataKeys
 from parley_storage.export import build_export
 from parley_storage.kek import FileKeyring, Rotation, UnknownKek, WrappedKey, data_key_context
+from parley_storage.migrate import upgrade_to_head
 from parley_storage.schema import data_keys, events
 from parley_storage.sealing import RecordUnreadable
 
@@ -348,3 +349,18 @@ async def test_an_external_kms_plugs_in_through_the_protocol(archive: SqlEventAr
     assert kms.calls["rotate"] == 1  # erasure is a new KEK generation, so the KMS destroys the old one
     messages, _ = await SqlEventArchive(archive.engine, DataKeys(kms)).channel_history("general", after_seq=0, limit=10)
     assert [m.erased for m in messages] == [False, True, False]
+
+
+def test_the_sqlite_archive_and_its_wal_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        engine = open_engine(f"sqlite:///{tmp_path / 'archive.db'}")
+        try:
+            upgrade_to_head(engine)  # writes, so the -wal file exists while the engine is open
+            made = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+        finally:
+            engine.dispose()
+    finally:
+        os.umask(previous)
+    assert made["archive.db"] == 0o600
+    assert all(mode == 0o600 for mode in made.values()), made

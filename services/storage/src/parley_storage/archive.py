@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
@@ -152,6 +154,10 @@ class SchemaVersions:
 def open_engine(url: str) -> Engine:
     engine = create_engine(url, pool_pre_ping=True)
     if engine.dialect.name == "sqlite":
+        database = engine.url.database
+        if database and database != ":memory:" and Path(database).parent.is_dir():
+            # Made 0600 before SQLite makes it, whatever the umask: its -wal and -shm take its mode.
+            os.close(os.open(database, os.O_CREAT | os.O_RDWR, 0o600))
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
