@@ -204,8 +204,25 @@ async def test_a_security_auditor_queries_the_archive_from_the_cli(platform: Run
         about_alice = await cli(platform, "--as", auditor, "audit", "query", "--target", alice, check=False)
         assert f"auth.v1.UserRegistered  user:{alice}" in about_alice, about_alice  # resolved, shown by name
         # Narrowed to one target and a time range; the summary line counts them.
-        about_room = await cli(platform, "--as", auditor, "audit", "query", "--target", room.channel_id)
+        # The operator's changes are in the trail too: the retention policy set above, a KEK rotation.
+        policy_line = f"storage.v1.RetentionPolicySet  retention:{room.channel_id}  by platform"
+
+        async def room_trail() -> str | None:
+            out = await cli(platform, "--as", auditor, "audit", "query", "--target", room.channel_id)
+            return out if policy_line in out else None
+
+        about_room = await eventually(room_trail, "the retention policy in the audit trail")
         assert f"channel:{room.channel_id}  by {alice}" in about_room
+        rotated = await cli(platform, "rotate-kek")
+
+        async def rotation_recorded() -> str | None:
+            out = await cli(platform, "--as", auditor, "audit", "query", "--target", "storage", "--json")
+            found = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+            kinds = [e["event_type"] for e in found]
+            return out if "parley.storage.v1.KeyEncryptionKeyRotated" in kinds else None
+
+        await eventually(rotation_recorded, "the KEK rotation in the audit trail")
+        assert "is now" in rotated
         assert about_room.rstrip().endswith(f"{len(about_room.splitlines()) - 1} events")
         future = await cli(platform, "--as", auditor, "audit", "query", "--actor", alice, "--since", "2200-01-01")
         assert future.strip() == "0 events"

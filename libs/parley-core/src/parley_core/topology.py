@@ -73,6 +73,16 @@ def restore_subject(backup_id: str) -> str:
     return stream_subject("storage", "restore", backup_id)
 
 
+def retention_subject(channel_id: str) -> str:
+    """The operator's retention policy changes for one channel (STORE), for the audit trail."""
+    return stream_subject("storage", "retention", channel_id)
+
+
+def kek_subject() -> str:
+    """Storage's key-encryption key rotations (STORE), for the audit trail."""
+    return stream_subject("storage", "kek", "rotations")
+
+
 def reseed_hole_subject(stream: str) -> str:
     """Where a re-seed puts a placeholder for an event the archive cannot open, deleted at once:
     the next event then lands at its original sequence."""

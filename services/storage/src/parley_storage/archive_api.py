@@ -9,15 +9,23 @@ import re
 import time
 
 import grpc
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
-from parley.storage.v1.events_pb2 import UserDataErased
+from parley.storage.v1.events_pb2 import KeyEncryptionKeyRotated, RetentionPolicySet, UserDataErased
 
 from parley_core.envelope import NewEvent
 from parley_core.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from parley_core.runner import RunContext
 from parley_core.tokens import Caller
-from parley_core.topology import PLATFORM_USER, STREAMS_BY_NAME, channel_subject, privacy_subject
+from parley_core.topology import (
+    PLATFORM_USER,
+    STREAMS_BY_NAME,
+    channel_subject,
+    kek_subject,
+    privacy_subject,
+    retention_subject,
+)
 from parley_storage import access
 from parley_storage.access import Requester
 from parley_storage.archive import RetentionPolicy, SqlEventArchive, StoredEvent
@@ -211,7 +219,8 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
     async def SetRetentionPolicy(
         self, request: storage_pb2.SetRetentionPolicyRequest, context: Context
     ) -> storage_pb2.SetRetentionPolicyResponse:
-        access.require_operator(self._requester(context))
+        requester = self._requester(context)
+        access.require_operator(requester)
         if not request.channel_id:
             raise InvalidArgument("channel_id is required")
         if not CHANNEL_ID.fullmatch(request.channel_id):
@@ -220,6 +229,8 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
             raise InvalidArgument(f"days must be at most {MAX_RETENTION_DAYS} (or 0 to keep forever)")
         if not await self._ctx.bus.last_subject_seq("MSG", channel_subject(request.channel_id)):
             raise NotFound(f"no channel with id {request.channel_id!r}")
+        record = RetentionPolicySet(channel_id=request.channel_id, days=request.days, set_by=requester.acting_as)
+        await self._record(retention_subject(request.channel_id), "retention", request.channel_id, record, requester)
         await self._archive.set_retention(request.channel_id, request.days, set_by=PLATFORM_USER)
         try:
             removed = await self._retention.apply(
@@ -240,11 +251,34 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
             policies=[_policy_proto(p) for p in await self._archive.retention_policies()]
         )
 
+    async def _record(
+        self, subject: str, aggregate_type: str, aggregate_id: str, payload: Message, requester: Requester
+    ) -> None:
+        """An operator's change in the audit trail (STORE, then the archive's audit queries)."""
+        event = NewEvent(
+            aggregate_type=aggregate_type, aggregate_id=aggregate_id, payload=payload, actor=requester.acting_as
+        )
+        try:
+            await append_after_last(self._ctx.bus, subject, event)
+        except Exception as exc:  # any bus failure: the caller is told, and may call again
+            raise Unavailable("recording the change in the audit trail failed; call again") from exc
+
     async def RotateKeyEncryptionKey(
         self, request: storage_pb2.RotateKeyEncryptionKeyRequest, context: Context
     ) -> storage_pb2.RotateKeyEncryptionKeyResponse:
-        access.require_operator(self._requester(context))
+        requester = self._requester(context)
+        access.require_operator(requester)
         rotation = await self._archive.rotate_kek()
+        record = KeyEncryptionKeyRotated(
+            new_kek_id=rotation.new_kek_id,
+            rewrapped_data_keys=rotation.rewrapped,
+            retired_kek_ids=list(rotation.destroyed_kek_ids),
+            rotated_by=requester.acting_as,
+        )
+        try:
+            await self._record(kek_subject(), "kek", "storage", record, requester)
+        except Unavailable as exc:
+            raise Unavailable(f"the key-encryption key is now {rotation.new_kek_id}, but {exc.args[0]}") from exc
         return storage_pb2.RotateKeyEncryptionKeyResponse(
             new_kek_id=rotation.new_kek_id,
             rewrapped_data_keys=rotation.rewrapped,

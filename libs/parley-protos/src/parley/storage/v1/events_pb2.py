@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eparley/storage/v1/events.proto\x12\x11parley.storage.v1\"_\n\x0eUserDataErased\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\terased_by\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x19\n\x11\x64\x65stroyed_key_ids\x18\x04 \x03(\t\"D\n\x19UserDataErasedFromStreams\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x16\n\x0e\x65vents_deleted\x18\x02 \x01(\x04\"\x8f\x01\n\x10\x45ventLogRestored\x12\x11\n\tbackup_id\x18\x01 \x01(\t\x12\x19\n\x11\x62\x61\x63kup_created_at\x18\x02 \x01(\t\x12\x32\n\x07streams\x18\x03 \x03(\x0b\x32!.parley.storage.v1.RestoredStream\x12\x19\n\x11\x65rasures_finished\x18\x04 \x03(\t\"Q\n\x0eRestoredStream\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x0e\n\x06\x65vents\x18\x02 \x01(\x04\x12\r\n\x05holes\x18\x03 \x01(\x04\x12\x10\n\x08last_seq\x18\x04 \x01(\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eparley/storage/v1/events.proto\x12\x11parley.storage.v1\"_\n\x0eUserDataErased\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\terased_by\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x19\n\x11\x64\x65stroyed_key_ids\x18\x04 \x03(\t\"D\n\x19UserDataErasedFromStreams\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x16\n\x0e\x65vents_deleted\x18\x02 \x01(\x04\"\x8f\x01\n\x10\x45ventLogRestored\x12\x11\n\tbackup_id\x18\x01 \x01(\t\x12\x19\n\x11\x62\x61\x63kup_created_at\x18\x02 \x01(\t\x12\x32\n\x07streams\x18\x03 \x03(\x0b\x32!.parley.storage.v1.RestoredStream\x12\x19\n\x11\x65rasures_finished\x18\x04 \x03(\t\"Q\n\x0eRestoredStream\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x0e\n\x06\x65vents\x18\x02 \x01(\x04\x12\r\n\x05holes\x18\x03 \x01(\x04\x12\x10\n\x08last_seq\x18\x04 \x01(\x04\"F\n\x12RetentionPolicySet\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ys\x18\x02 \x01(\r\x12\x0e\n\x06set_by\x18\x03 \x01(\t\"w\n\x17KeyEncryptionKeyRotated\x12\x12\n\nnew_kek_id\x18\x01 \x01(\t\x12\x1b\n\x13rewrapped_data_keys\x18\x02 \x01(\x04\x12\x17\n\x0fretired_kek_ids\x18\x03 \x03(\t\x12\x12\n\nrotated_by\x18\x04 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,4 +39,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENTLOGRESTORED']._serialized_end=364
   _globals['_RESTOREDSTREAM']._serialized_start=366
   _globals['_RESTOREDSTREAM']._serialized_end=447
+  _globals['_RETENTIONPOLICYSET']._serialized_start=449
+  _globals['_RETENTIONPOLICYSET']._serialized_end=519
+  _globals['_KEYENCRYPTIONKEYROTATED']._serialized_start=521
+  _globals['_KEYENCRYPTIONKEYROTATED']._serialized_end=640
 # @@protoc_insertion_point(module_scope)

@@ -20,7 +20,8 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class UserDataErased(_message.Message):
-    """Events of the storage service on parley.storage.privacy.<user_id> (stream STORE).
+    """Events of the storage service on stream STORE: parley.storage.privacy.<user_id> (erasure),
+    parley.storage.restore.<backup_id>, parley.storage.retention.<channel_id>, parley.storage.kek.rotations.
 
     A user's data keys were destroyed (crypto-shredding): their personal data in the archive, and
     in every backup, can no longer be decrypted. The record itself names no personal data.
@@ -151,3 +152,66 @@ class RestoredStream(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RestoredStream: _TypeAlias = RestoredStream  # noqa: Y015
+
+@_typing.final
+class RetentionPolicySet(_message.Message):
+    """The operator set a channel's retention policy (days 0: keep its messages forever), on
+    parley.storage.retention.<channel_id>. Recorded before the policy is applied.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    DAYS_FIELD_NUMBER: _builtins.int
+    SET_BY_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    days: _builtins.int
+    set_by: _builtins.str
+    """"platform" for the operator's tooling"""
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        days: _builtins.int = ...,
+        set_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "days", b"days", "set_by", b"set_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetentionPolicySet: _TypeAlias = RetentionPolicySet  # noqa: Y015
+
+@_typing.final
+class KeyEncryptionKeyRotated(_message.Message):
+    """The key-encryption key was rotated: every data key re-wrapped under
+    the new one, the earlier ones destroyed; no event rewritten. On parley.storage.kek.rotations.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NEW_KEK_ID_FIELD_NUMBER: _builtins.int
+    REWRAPPED_DATA_KEYS_FIELD_NUMBER: _builtins.int
+    RETIRED_KEK_IDS_FIELD_NUMBER: _builtins.int
+    ROTATED_BY_FIELD_NUMBER: _builtins.int
+    new_kek_id: _builtins.str
+    rewrapped_data_keys: _builtins.int
+    rotated_by: _builtins.str
+    @_builtins.property
+    def retired_kek_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        new_kek_id: _builtins.str = ...,
+        rewrapped_data_keys: _builtins.int = ...,
+        retired_kek_ids: _abc.Iterable[_builtins.str] | None = ...,
+        rotated_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["new_kek_id", b"new_kek_id", "retired_kek_ids", b"retired_kek_ids", "rewrapped_data_keys", b"rewrapped_data_keys", "rotated_by", b"rotated_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeyEncryptionKeyRotated: _TypeAlias = KeyEncryptionKeyRotated  # noqa: Y015
