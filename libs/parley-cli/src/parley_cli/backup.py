@@ -64,7 +64,7 @@ async def cmd_backup(args: argparse.Namespace) -> int:
                 process.send_signal(signal.SIGINT)
             out, _ = await answer
         if process.returncode == 0:
-            print(f"backup {args.action} finished before the interrupt reached it", file=sys.stderr)
+            print(f"backup {args.action} was interrupted as it completed: its work is done and kept", file=sys.stderr)
     code = process.returncode or 0
     if code < 0:  # the signal came before the tool could handle it: it had done nothing yet
         print(f"backup {args.action} interrupted before it began; nothing was done", file=sys.stderr)

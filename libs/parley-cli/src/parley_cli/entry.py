@@ -10,5 +10,6 @@ def run() -> None:
     try:
         from parley_cli.main import main
     except KeyboardInterrupt:
+        print("parley: interrupted before it began; nothing was done", file=sys.stderr)
         sys.exit(130)
     main()

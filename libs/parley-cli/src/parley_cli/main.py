@@ -346,7 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("parley: interrupted before it began; nothing was done", file=sys.stderr)
+        raise SystemExit(130) from None
     quiet_asyncio_tls_notes()
     try:
         code = asyncio.run(args.run(args))
