@@ -48,7 +48,12 @@ async def cmd_backup(args: argparse.Namespace) -> int:
     command += ["--data-dir", str(args.data_dir)]
     if args.database_url:
         command += ["--database-url", args.database_url]
-    process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        stdout=asyncio.subprocess.PIPE,
+        # Ctrl-C ignored until the tool has loaded and handles it itself (backup_tool.main).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
     answer = asyncio.ensure_future(process.communicate())
     try:
         out, _ = await asyncio.shield(answer)

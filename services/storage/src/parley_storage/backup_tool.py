@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -227,6 +228,9 @@ LEFT_BEHIND = {"create": "nothing was created", "verify": "nothing was changed",
 
 
 def main(argv: list[str] | None = None) -> None:
+    # `parley backup` starts this tool with Ctrl-C ignored, so one that comes while it is still
+    # loading is no traceback (`parley backup` passes it on); from here on it is handled.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = argparse.ArgumentParser(prog="parley-storage-backup")
     parser.add_argument("action", choices=("create", "verify", "restore"))
     parser.add_argument("backup", type=Path, help="the backup folder (create: must not exist yet)")
