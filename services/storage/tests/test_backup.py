@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 import stat
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -196,13 +197,18 @@ async def test_storage_makes_the_backup_keys_at_its_first_start(stack: Stack) ->
     assert (secrets / "storage-kek.json").exists()
 
 
-async def test_storage_refuses_to_start_on_a_damaged_keyring(stack: Stack, nats_server: NatsTestServer) -> None:
-    """One line saying what to do, not a JSON parser's traceback (the runner logs it and exits 78)."""
-    keyring = stack.data_dir / "secrets" / "storage-kek.json"
+async def test_storage_refuses_to_start_on_a_damaged_keyring(
+    stack: Stack, nats_server: NatsTestServer, tmp_path: Path
+) -> None:
+    """One line saying what to do, not a JSON parser's traceback (the runner logs it and exits 78).
+    A folder of its own: the stack's storage keeps running on its intact keyring."""
+    damaged = tmp_path / "damaged"
+    shutil.copytree(stack.data_dir, damaged, ignore=shutil.ignore_patterns("*.db*", "*.lock"))
+    keyring = damaged / "secrets" / "storage-kek.json"
     keyring.write_text(keyring.read_text()[:40])  # cut short, as a bad copy leaves it
 
     with pytest.raises(RefusedToStart, match=r"storage-kek\.json is not a readable keyring: copy it again"):
-        await start_service(stack, nats_server, "storage", registration="open")
+        await start_service(replace(stack, data_dir=damaged), nats_server, "storage", registration="open")
 
 
 async def test_tampering_and_foreign_keys_are_detected(archive: SqlEventArchive, tmp_path: Path) -> None:

@@ -321,7 +321,13 @@ async def serve(
     )
     keys = await follow_signing_keys(bus, tokens)
     access_replay = await follow_access(bus, access)
-    await app.start(ctx)
+    try:
+        await app.start(ctx)
+    except BaseException:
+        # A refusal (or any failure) to start: close the connection, or its reconnecting and its
+        # subscriptions outlive the service in a process that goes on (an in-process test).
+        await nc.close()
+        raise
     await keys.wait_caught_up()
     await access_replay.wait_caught_up()
     health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
