@@ -18,13 +18,12 @@ import grpc
 from parley.storage.v1 import storage_pb2
 
 from parley_cli.admin import account_of, usernames
-from parley_cli.privacy import _archive
+from parley_cli.privacy import _archive, looks_like_id
 from parley_client import ParleyError
 
 PAGE = 1000  # storage's largest page
 MAX_EVENTS = 100_000
 TIMEOUT_S = 60.0
-ID_LENGTH = 32  # user and channel ids: uuid4 in hex
 
 
 def instant_ns(text: str, option: str) -> int:
@@ -54,7 +53,7 @@ async def user_id_or_raw(args: argparse.Namespace, name: str, option: str) -> st
             raise
     # Not a username (any more): an id. Said unless it looks like one, since an erased account
     # is found by its id only.
-    if not (len(name) == ID_LENGTH and all(c in "0123456789abcdef" for c in name)):
+    if not looks_like_id(name):
         print(f"note: no account is named {name!r}; {option} {name!r} is taken as an id", file=sys.stderr)
     return name
 
@@ -126,7 +125,7 @@ async def cmd_audit_query(args: argparse.Namespace) -> int:
                     break
     people = {e.actor.removeprefix("user:") for e in events}  # auth writes user:ID, messaging ID
     people |= {e.aggregate_id for e in events if e.aggregate_type == "user"}
-    people = {p for p in people if p.isascii() and p.isalnum() and len(p) <= 64}  # user ids, not "service:…"
+    people = {p for p in people if looks_like_id(p)}  # user ids, not "service:…" or "platform"
     found = await usernames(args, sorted(people))  # the auditor may not look people up; the operator's tooling may
     names = {**found, **{f"user:{user_id}": name for user_id, name in found.items()}}
     show = _json if args.json else _line

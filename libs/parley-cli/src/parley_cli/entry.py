@@ -1,5 +1,6 @@
-"""The `parley` command's entry point: Ctrl-C while the CLI is still loading its modules ends it
-as quietly as Ctrl-C later does (exit 130), not with a traceback from the middle of an import."""
+"""The `parley` command's entry point: Ctrl-C while the CLI is still loading its modules or
+reading its arguments ends it in one line (exit 130), not with a traceback from the middle of an
+import."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import sys
 def run() -> None:
     try:
         from parley_cli.main import main
+
+        main()  # handles Ctrl-C itself once the command runs; before that (parsing), it comes here
     except KeyboardInterrupt:
         print("parley: interrupted before it began; nothing was done", file=sys.stderr)
         sys.exit(130)
-    main()

@@ -346,11 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        args = build_parser().parse_args(argv)
-    except KeyboardInterrupt:
-        print("parley: interrupted before it began; nothing was done", file=sys.stderr)
-        raise SystemExit(130) from None
+    args = build_parser().parse_args(argv)  # Ctrl-C before the command runs: entry.run
     quiet_asyncio_tls_notes()
     try:
         code = asyncio.run(args.run(args))

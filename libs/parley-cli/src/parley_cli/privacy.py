@@ -26,7 +26,7 @@ from parley_core.runner import secure_channel
 from parley_core.topology import PLATFORM_USER
 
 TIMEOUT_S = 120.0  # both walk every archived event of the user
-USER_ID_LENGTH = 32  # auth's user ids: uuid4 in hex
+ID_LENGTH = 32  # user and channel ids: uuid4 in hex
 MAX_RETENTION_DAYS = 36_500  # what storage accepts (parley_storage.archive_api.MAX_RETENTION_DAYS)
 KEYRING = Path("secrets") / "storage-kek.json"  # storage's keyring file (parley_storage.service.KEYRING_FILE)
 KEYRING_CHANGED = (
@@ -50,8 +50,9 @@ async def _archive(args: argparse.Namespace) -> AsyncIterator[storage_pb2_grpc.S
         await channel.close()
 
 
-def _is_user_id(text: str) -> bool:
-    return len(text) == USER_ID_LENGTH and all(c in "0123456789abcdef" for c in text)
+def looks_like_id(text: str) -> bool:
+    """A user's or channel's id, as auth and messaging make them (not a username)."""
+    return len(text) == ID_LENGTH and all(c in "0123456789abcdef" for c in text)
 
 
 async def _user_id(args: argparse.Namespace, username: str) -> str:
@@ -63,7 +64,7 @@ async def _user_id(args: argparse.Namespace, username: str) -> str:
     except ParleyError as exc:
         if exc.code != grpc.StatusCode.NOT_FOUND:
             raise
-        if _is_user_id(username) and await _archived_account(args, username):
+        if looks_like_id(username) and await _archived_account(args, username):
             return username
         raise ParleyError(
             exc.code, f"{exc.message}; an account already erased is named by its user id (`parley erase USER_ID`)"

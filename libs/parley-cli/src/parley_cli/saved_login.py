@@ -20,6 +20,7 @@ from typing import Any
 from parley.auth.v1 import auth_pb2
 
 from parley_client import ParleyClient, ParleyError
+from parley_client.client import TOKEN_LIFETIME_S
 from parley_core.files import ensure_private_dir, write_private_file
 
 
@@ -48,7 +49,7 @@ def _adopt(client: ParleyClient, saved: dict[str, Any]) -> None:
             refresh_token=saved.get("refresh_token", ""),
             expires_at_unix=int(saved.get("expires_at_unix") or 0),
         ),
-        lifetime_s=float(saved.get("lifetime_s") or 15 * 60),
+        lifetime_s=float(saved.get("lifetime_s") or TOKEN_LIFETIME_S),
     )
 
 

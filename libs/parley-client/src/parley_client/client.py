@@ -27,10 +27,11 @@ DEFAULT_TIMEOUT_S = 10.0
 MAX_RETRY_WAIT_S = 5.0
 EXPORT_TIMEOUT_S = 120.0  # export and erasure walk all of a user's archived events
 LOOKUP_BATCH = 200  # auth's limit per LookupUsers call
-# A live stream that ends with one of these is reopened from where it stopped.
 # With renewal on (keep_logged_in), an access token is renewed this long before it expires (a
 # quarter of its lifetime when that is shorter).
 RENEW_MARGIN_S = 60.0
+TOKEN_LIFETIME_S = 15 * 60.0  # auth's access tokens, when nothing says otherwise
+# A live stream that ends with one of these is reopened from where it stopped.
 RESUMABLE = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 )
@@ -186,7 +187,7 @@ class ParleyClient:
         self.e2ee: E2eeDevice | None = None
         self._renew: Callable[[ParleyClient], Awaitable[None]] | None = None
         self._renewing: asyncio.Lock | None = None
-        self.lifetime_s = 15 * 60.0  # of the access token, as issued
+        self.lifetime_s = TOKEN_LIFETIME_S  # of the access token, as issued
 
     @classmethod
     def connect(cls, address: str, *, ca_cert: bytes, server_name: str = "gateway") -> ParleyClient:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -112,12 +112,19 @@ class DataKeys:
         ).scalars()
         kept = (k.key_id for k in self.keks.kept_keys().values() if k.owner == owner)
         key_ids = tuple(sorted({*in_sql, *kept}))
+        self._destroy(conn, {owner: key_ids})
+        return ShreddedKeys(owner=owner, key_ids=key_ids)
+
+    def _destroy(self, conn: Connection, by_owner: Mapping[str, Collection[str]]) -> None:
+        """The keyring forgets these keys under a new KEK generation, the rows follow, and this
+        process forgets them too."""
+        key_ids = [k for keys in by_owner.values() for k in keys]
         if key_ids:
             self.adopt(conn)  # a key only the database holds must not die with its KEK
             self.keks.rotate(shred=key_ids)
             self.sync(conn)
-        self.revoke(owner, key_ids)
-        return ShreddedKeys(owner=owner, key_ids=key_ids)
+        for owner, keys in by_owner.items():
+            self.revoke(owner, keys)
 
     def rotate(self, conn: Connection) -> Rotation:
         """A new KEK generation for every data key; earlier KEKs are destroyed, no record is rewritten."""
@@ -145,15 +152,14 @@ class DataKeys:
         keyring older than an erasure the archive holds (restored with a backup taken after it).
         Left kept, those keys would open the erased user's data in any older backup."""
         kept = self.keks.kept_keys()
-        destroyed = conn.execute(select(data_keys.c.key_id).where(data_keys.c.wrapped_key.is_(None))).scalars()
-        stale = tuple(sorted(k for k in destroyed if k in kept))
-        if stale:
-            self.adopt(conn)  # a key only the database holds must not die with its KEK
-            self.keks.rotate(shred=stale)
-            self.sync(conn)
-            for key_id in stale:
-                self._cache.pop(key_id, None)
-        return stale
+        stale: dict[str, list[str]] = {}
+        for key_id in sorted(
+            conn.execute(select(data_keys.c.key_id).where(data_keys.c.wrapped_key.is_(None))).scalars()
+        ):
+            if key_id in kept:
+                stale.setdefault(kept[key_id].owner, []).append(key_id)
+        self._destroy(conn, stale)
+        return tuple(sorted(k for keys in stale.values() for k in keys))
 
     def unopenable(self, conn: Connection) -> dict[str, int]:
         """Live data keys the keyring cannot open, counted by the key generation that wrapped them:
