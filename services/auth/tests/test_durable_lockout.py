@@ -30,7 +30,7 @@ async def login(stub: auth_pb2_grpc.AuthServiceAsyncStub, username: str, passwor
 
 async def another_auth(stack: Stack, nats_server: NatsTestServer) -> Running:
     started = await start_service(stack, nats_server, "auth", registration="open")
-    started.app.app.lockouts.account_policy = POLICY
+    started.app.app.lockouts.pair_policy = POLICY
     return started
 
 
@@ -40,7 +40,7 @@ async def test_failures_at_two_instances_add_up_and_survive_a_restart(
     await stack.create_user("victim", "member")
     await stack.create_user("bystander", "member")
     first = stack.app("auth")
-    first.lockouts.account_policy = POLICY
+    first.lockouts.pair_policy = POLICY
     second = await another_auth(stack, nats_server)
     try:
         stubs = [stack.auth_as_gateway(), stack.auth_as_gateway(second.port)]
@@ -70,7 +70,7 @@ async def test_a_successful_login_clears_the_account_counter_everywhere(
 ) -> None:
     await stack.create_user("forgetful", "member")
     first = stack.app("auth")
-    first.lockouts.account_policy = POLICY
+    first.lockouts.pair_policy = POLICY
     stub = stack.auth_as_gateway()
     for _ in range(POLICY.threshold - 1):
         assert await login(stub, "forgetful", "wrong-password-here") == grpc.StatusCode.UNAUTHENTICATED

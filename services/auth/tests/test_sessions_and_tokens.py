@@ -142,7 +142,7 @@ async def test_lockout_engages_per_account_and_releases(stack: Stack, nats_serve
     # the lockout cannot run out before the test looks; moved past it to release.
     frozen = [time.time()]
     auth.lockouts.clock = lambda: frozen[0]
-    for _ in range(auth.lockouts.account_policy.threshold - 1):
+    for _ in range(auth.lockouts.pair_policy.threshold - 1):
         code, _ = await code_of(stack.login("victim", "wrong-password-here"))
         assert code == grpc.StatusCode.UNAUTHENTICATED
     code, _ = await code_of(stack.login("victim", "wrong-password-here"))
@@ -151,17 +151,17 @@ async def test_lockout_engages_per_account_and_releases(stack: Stack, nats_serve
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED  # even the right password waits
     assert "try again in" in message
     # An unknown name is locked out the same way (no enumeration through lockouts).
-    for _ in range(auth.lockouts.account_policy.threshold):
+    for _ in range(auth.lockouts.pair_policy.threshold):
         await code_of(stack.login("nobody-here", "wrong-password-here"))
     assert (await code_of(stack.login("nobody-here", "wrong-password-here")))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
 
-    frozen[0] = time.time() + auth.lockouts.account_policy.base_s + 0.1
+    frozen[0] = time.time() + auth.lockouts.pair_policy.base_s + 0.1
     assert (await code_of(stack.login("victim")))[0] == grpc.StatusCode.OK
     lockouts = await security_events(nats_server, "lockout")
     assert {r.username for r in lockouts} == {"victim", "nobody-here"}
     assert all(r.locked_until_unix > 0 for r in lockouts)
     failed = await security_events(nats_server, "login_failed")
-    assert len(failed) >= 2 * auth.lockouts.account_policy.threshold
+    assert len(failed) >= 2 * auth.lockouts.pair_policy.threshold
 
 
 async def test_login_does_not_tell_unknown_users_from_wrong_passwords(stack: Stack) -> None:

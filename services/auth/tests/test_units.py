@@ -9,7 +9,7 @@ from cryptography.exceptions import InvalidTag
 
 from parley_auth import mfa
 from parley_auth.key_rotation import RETIRE_MARGIN_S, KeySchedule, SigningKeyState
-from parley_auth.lockout import LockoutBook, LockoutPolicy
+from parley_auth.lockout import LockoutBook, LockoutPolicy, Scope
 from parley_auth.sessions import RefreshVerdict, Session, digest, new_refresh_token
 from parley_core.rbac import may_assign
 
@@ -17,7 +17,7 @@ from parley_core.rbac import may_assign
 def test_lockout_doubles_and_releases() -> None:
     now = [0.0]
     book = LockoutBook(
-        account_policy=LockoutPolicy(threshold=3, base_s=2.0, max_s=60.0),
+        pair_policy=LockoutPolicy(threshold=3, base_s=2.0, max_s=60.0),
         source_policy=LockoutPolicy(threshold=100, base_s=2.0, max_s=60.0),
         clock=lambda: now[0],
     )
@@ -37,13 +37,13 @@ def test_lockout_doubles_and_releases() -> None:
     assert book.check("eve", "ip") is not None
     assert book.check("eve", "ip").retry_after_s <= 60.0  # type: ignore[union-attr]
     now[0] += 61
-    book.record_success("eve")
+    book.record_success("eve", "ip")
     assert book.check("eve", "ip") is None
 
 
 def test_a_count_without_failures_for_a_day_starts_again() -> None:
     policy = LockoutPolicy(threshold=3, base_s=2.0, max_s=60.0, forget_after_s=86400.0)
-    book = LockoutBook(account_policy=policy, source_policy=policy, clock=lambda: 0.0)
+    book = LockoutBook(pair_policy=policy, source_policy=policy, clock=lambda: 0.0)
     book.record_failure("ann", "ip", at=0.0)
     book.record_failure("ann", "ip", at=10.0)
     # A day and more later: the two old failures no longer count towards the threshold.
@@ -54,7 +54,7 @@ def test_a_count_without_failures_for_a_day_starts_again() -> None:
 
 def test_source_lockout_spans_accounts() -> None:
     book = LockoutBook(
-        account_policy=LockoutPolicy(threshold=100, base_s=1.0, max_s=60.0),
+        pair_policy=LockoutPolicy(threshold=100, base_s=1.0, max_s=60.0),
         source_policy=LockoutPolicy(threshold=3, base_s=5.0, max_s=60.0),
         clock=lambda: 0.0,
     )
@@ -62,8 +62,30 @@ def test_source_lockout_spans_accounts() -> None:
         book.record_failure(name, "10.0.0.9")
     locked = book.check("someone-else", "10.0.0.9")
     assert locked is not None
-    assert locked.scope == "source"
+    assert locked.scope is Scope.SOURCE
+    assert "from your address" in locked.message
     assert book.check("someone-else", "10.0.0.10") is None
+
+
+def test_a_stranger_locks_only_his_own_tries_at_an_account() -> None:
+    book = LockoutBook(
+        pair_policy=LockoutPolicy(threshold=3, base_s=60.0, max_s=600.0),
+        source_policy=LockoutPolicy(threshold=50, base_s=60.0, max_s=600.0),
+        clock=lambda: 0.0,
+    )
+    for _ in range(5):
+        book.record_failure("victim", "stranger")
+    locked = book.check("victim", "stranger")
+    assert locked is not None and locked.scope is Scope.PAIR
+    assert book.check("victim", "home") is None  # the victim, from her own address
+    # Her success at home clears her own pair only: the stranger stays locked.
+    book.record_failure("victim", "home")
+    book.record_success("victim", "home")
+    assert not book.has_failures("victim", "home")
+    assert book.check("victim", "stranger") is not None
+    # A clearing record from before per-pair counts (no source) clears every pair, as it did.
+    book.record_success("victim")
+    assert book.check("victim", "stranger") is None
 
 
 def test_refresh_token_verdicts() -> None:

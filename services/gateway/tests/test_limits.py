@@ -9,7 +9,8 @@ from parley.gateway.v1 import gateway_pb2
 from parley.messaging.v1.events_pb2 import MemberJoined, MessageEdited, MessagePosted, MessageRedacted
 
 from parley_core.errors import ResourceExhausted
-from parley_gateway.limits import Admission, GatewayLimits, RateLimited, TokenBuckets, source_of
+from parley_core.sources import budget_key, client_address
+from parley_gateway.limits import Admission, GatewayLimits, RateLimited, TokenBuckets
 from parley_gateway.live import LiveBuffer, client_event
 
 
@@ -55,10 +56,18 @@ def test_admission_checks_source_and_user_separately() -> None:
         admission.check_size(2049)
 
 
-def test_source_ignores_the_client_port() -> None:
-    assert source_of("ipv4:10.0.0.5:51234") == "ipv4:10.0.0.5"
-    assert source_of("ipv6:[::1]:4000") == "ipv6:[::1]"
-    assert source_of("unix:/tmp/sock") == "unix:/tmp/sock"
+def test_a_source_is_the_client_address_without_its_port() -> None:
+    assert client_address("ipv4:10.0.0.5:51234") == "ipv4:10.0.0.5"
+    assert client_address("ipv6:[::1]:4000") == "ipv6:[::1]"
+    assert client_address("unix:/tmp/sock") == "unix:/tmp/sock"
+
+
+def test_ipv6_addresses_share_a_budget_per_64_and_ipv4_per_address() -> None:
+    assert budget_key("ipv4:10.0.0.5") == "ipv4:10.0.0.5"
+    assert budget_key("ipv6:[2001:db8:1:2:aaaa::1]") == budget_key("ipv6:[2001:db8:1:2:bbbb::9]")
+    assert budget_key("ipv6:[2001:db8:1:2::1]") != budget_key("ipv6:[2001:db8:1:3::1]")
+    # An IPv4 client seen on a dual-stack socket keeps a budget of its own.
+    assert budget_key("ipv6:[::ffff:10.0.0.5]") != budget_key("ipv6:[::ffff:10.0.0.6]")
 
 
 async def test_live_buffer_holds_its_capacity_then_ends_in_a_resync() -> None:

@@ -94,8 +94,38 @@ def denial_message(what: str, permission: str, *, holders: Iterable[str], role: 
     return f"{what} needs the {permission} permission, held by {_listed(holders)}; you are {role}"
 
 
+class AccountAction(StrEnum):
+    """What one account may do to another; the value completes "only an owner may ... an owner"."""
+
+    ASSIGN_ROLE = "change the role of"
+    DISABLE = "disable or re-enable"
+    RESET_MFA = "reset the two-factor authentication of"
+    REVOKE_SESSIONS = "revoke the sessions of"
+
+
+# The permission each action on another account needs (the RPC's own permission, or for
+# RevokeSession, which also serves one's own sessions, the one for other people's).
+ACCOUNT_ACTION_PERMISSIONS: dict[AccountAction, Permission] = {
+    AccountAction.ASSIGN_ROLE: P.ROLES_ASSIGN,
+    AccountAction.DISABLE: P.USERS_MANAGE,
+    AccountAction.RESET_MFA: P.USERS_MANAGE,
+    AccountAction.REVOKE_SESSIONS: P.SESSIONS_REVOKE_ANY,
+}
+
+
+def may_act_on_account(actor_role: str, action: AccountAction, *, target_role: str) -> bool:
+    """The one rule for every action on another account: the action's permission, and an owner's
+    account is acted on by owners only (an admin may not disable, reset, re-role or sign out an
+    owner). Acting on one's own account is another question (auth refuses it for these actions)."""
+    if ACCOUNT_ACTION_PERMISSIONS[action] not in permissions_of(actor_role):
+        return False
+    return target_role != "owner" or actor_role == "owner"
+
+
 def may_assign(actor_role: str, *, target_current_role: str, new_role: str) -> bool:
-    if Permission.ROLES_ASSIGN not in permissions_of(actor_role):
+    """Changing a role is an action on the account (above), and only an owner hands out or takes
+    away the owner and admin roles."""
+    if not may_act_on_account(actor_role, AccountAction.ASSIGN_ROLE, target_role=target_current_role):
         return False
     if actor_role == "owner":
         return True

@@ -1,17 +1,28 @@
-"""Failed-login counters per account and per source with exponential lockout; no I/O.
+"""Failed-authentication counters per account-and-source pair and per source, with exponential
+lockout; no I/O.
 
-Counters are keyed by the normalized username whether or not such an account exists, so a
-lockout reveals nothing about which names are real. The book is a projection of the
-LoginFailureCounted / LoginFailuresCleared events on the AUTH stream, fed with each event's
-own time, so every auth instance (and a restarted one) computes the same lockouts. The clock
-that decides whether a lockout is still running is a parameter so tests can release it
-without waiting.
+Why pairs, not accounts: a count per account alone lets anyone lock another person out from
+anywhere (a stranger's wrong passwords would hold back the owner's right one, at another
+address). Counted per account *and* client address, a guesser locks only his own tries at that
+account; a separate, higher threshold per address stops one address guessing across many
+accounts. The address is the client's real one: gateway instances listen on the client port
+themselves (no proxy in between, see parley_agent.shared_port), so the gateway sees it.
+
+A failure is a wrong password or second factor at login, and the same at a step-up check (the
+current password to ChangePassword, a code to ConfirmTotpEnrolment or RegenerateRecoveryCodes):
+a stolen session buys no free guesses. Counters are keyed by the normalized username whether
+or not such an account exists, so a lockout reveals nothing about which names are real. The
+book is a projection of the LoginFailureCounted / LoginFailuresCleared events on the AUTH stream,
+fed with each event's own time, so every auth instance (and a restarted one) computes the same
+lockouts. The clock that decides whether a lockout is still running is a parameter so tests can
+release it without waiting.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from time import time
 
 
@@ -39,30 +50,48 @@ class _Counter:
         duration = policy.duration(self.failures)
         return self.last_failure_at + duration if duration > 0 else 0.0
 
+    def count(self, at: float, policy: LockoutPolicy) -> float:
+        """One more failure at `at`; returns the lockout it makes (0: none)."""
+        if at - self.last_failure_at > policy.forget_after_s:
+            self.failures = 0
+        self.failures += 1
+        self.last_failure_at = max(self.last_failure_at, at)
+        return policy.duration(self.failures)
 
-ACCOUNT_POLICY = LockoutPolicy(threshold=5, base_s=2.0, max_s=15 * 60)
-SOURCE_POLICY = LockoutPolicy(threshold=20, base_s=2.0, max_s=15 * 60)
+
+class Scope(StrEnum):
+    PAIR = "pair"  # this account from this address
+    SOURCE = "source"  # every account from this address
 
 
 @dataclass(frozen=True)
 class Locked:
-    scope: str  # "account" or "source"
+    scope: Scope
     retry_after_s: float
+
+    @property
+    def message(self) -> str:
+        wait = f"try again in {int(self.retry_after_s) + 1} s"
+        if self.scope is Scope.PAIR:
+            return f"too many failed attempts at this account from your address; {wait}"
+        return f"too many failed attempts from your address; {wait}"
 
 
 @dataclass
 class LockoutBook:
-    account_policy: LockoutPolicy = ACCOUNT_POLICY
-    source_policy: LockoutPolicy = SOURCE_POLICY
+    """The policies come from AuthSettings (PARLEY_AUTH_LOCKOUT_*)."""
+
+    pair_policy: LockoutPolicy
+    source_policy: LockoutPolicy
     clock: Callable[[], float] = time  # wall clock: event times are wall clock
-    _accounts: dict[str, _Counter] = field(default_factory=dict)
+    # account key -> source -> counter
+    _pairs: dict[str, dict[str, _Counter]] = field(default_factory=dict)
     _sources: dict[str, _Counter] = field(default_factory=dict)
 
     def check(self, username: str, source: str) -> Locked | None:
-        """Refuse before the password is even checked while either counter is locked."""
+        """Refuse before the password (or code) is even checked while either counter is locked."""
         now = self.clock()
-        for scope, book, key, policy in self._scopes(username, source):
-            counter = book.get(key)
+        for scope, counter, policy in self._counters(username, source):
             if counter is not None and (until := counter.locked_until(policy)) > now:
                 return Locked(scope, until - now)
         return None
@@ -70,29 +99,36 @@ class LockoutBook:
     def record_failure(self, username: str, source: str, *, at: float | None = None) -> Locked | None:
         """Count a failure that happened `at` (default now); returns the lockout it starts, if any."""
         now = self.clock() if at is None else at
+        pair = self._pairs.setdefault(username, {}).setdefault(source, _Counter())
+        source_counter = self._sources.setdefault(source, _Counter())
         started: Locked | None = None
-        for scope, book, key, policy in self._scopes(username, source):
-            counter = book.setdefault(key, _Counter())
-            if now - counter.last_failure_at > policy.forget_after_s:
-                counter.failures = 0
-            counter.failures += 1
-            counter.last_failure_at = max(counter.last_failure_at, now)
-            if (duration := policy.duration(counter.failures)) > 0 and (
-                started is None or duration > started.retry_after_s
-            ):
+        for scope, counter, policy in (
+            (Scope.PAIR, pair, self.pair_policy),
+            (Scope.SOURCE, source_counter, self.source_policy),
+        ):
+            if (duration := counter.count(now, policy)) > 0 and (started is None or duration > started.retry_after_s):
                 started = Locked(scope, duration)
         return started
 
-    def _scopes(self, username: str, source: str) -> tuple[tuple[str, dict[str, _Counter], str, LockoutPolicy], ...]:
+    def _counters(self, username: str, source: str) -> tuple[tuple[Scope, _Counter | None, LockoutPolicy], ...]:
         return (
-            ("account", self._accounts, username, self.account_policy),
-            ("source", self._sources, source, self.source_policy),
+            (Scope.PAIR, self._pairs.get(username, {}).get(source), self.pair_policy),
+            (Scope.SOURCE, self._sources.get(source), self.source_policy),
         )
 
-    def has_failures(self, username: str) -> bool:
-        return username in self._accounts
+    def has_failures(self, username: str, source: str) -> bool:
+        return source in self._pairs.get(username, {})
 
-    def record_success(self, username: str) -> None:
-        """Only the account's counter resets: one good password must not clear a source that
-        is guessing at many accounts."""
-        self._accounts.pop(username, None)
+    def record_success(self, username: str, source: str = "") -> None:
+        """Only the pair's counter resets: a success at one address must not clear a guesser's
+        count at another, nor one good password a source that guesses at many accounts. An empty
+        source (a LoginFailuresCleared written before counts were per pair) clears every pair of
+        the account, as it cleared the account's one counter then."""
+        if not source:
+            self._pairs.pop(username, None)
+            return
+        pairs = self._pairs.get(username)
+        if pairs is not None:
+            pairs.pop(source, None)
+            if not pairs:
+                del self._pairs[username]

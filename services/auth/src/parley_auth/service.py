@@ -13,7 +13,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +67,7 @@ from parley_auth.domain import (
     validate_role,
 )
 from parley_auth.key_rotation import KeySchedule, SigningKeyState, key_in_use, replaced_at
-from parley_auth.lockout import LockoutBook
+from parley_auth.lockout import LockoutBook, Scope
 from parley_auth.passwords import hash_password, needs_rehash, verify_password
 from parley_auth.sessions import (
     REFRESH_TOKEN_LIFETIME_S,
@@ -94,8 +94,9 @@ from parley_core.errors import (
     Unauthenticated,
 )
 from parley_core.rate import TokenBuckets
-from parley_core.rbac import Permission, may_assign
+from parley_core.rbac import ACCOUNT_ACTION_PERMISSIONS, AccountAction, Permission, may_act_on_account, may_assign
 from parley_core.runner import RunContext, peer_names
+from parley_core.sources import MAX_SOURCE_LENGTH, SOURCE_METADATA, budget_key, client_address
 from parley_core.tokens import ALGORITHM, Caller, bearer_token
 from parley_core.topology import (
     PLATFORM_USER,
@@ -166,8 +167,6 @@ log = logging.getLogger(__name__)
 LOGIN_FAILED = "username or password is wrong"
 AUDIT_APPEND_ATTEMPTS = 5
 REFRESH_INVALID = "refresh token is invalid or expired; log in again"
-# Metadata the gateway adds with the client's address; trusted only from the gateway.
-SOURCE_METADATA = "x-parley-source"
 MAX_ID_LENGTH = 64
 MAX_REASON_LENGTH = 500
 
@@ -186,6 +185,17 @@ def _id(value: str, what: str) -> str:
     if not value or len(value) > MAX_ID_LENGTH or not value.isalnum():
         raise InvalidArgument(f"{what} is required: up to {MAX_ID_LENGTH} letters and digits")
     return value
+
+
+def check_account_action(caller: Caller | None, action: AccountAction, target: Account | None) -> None:
+    """rbac's one rule for acting on another account, worded for the caller; the platform
+    identity (None) is the operator's and passes. A target account erased since is no owner."""
+    if caller is None:
+        return
+    caller.require(ACCOUNT_ACTION_PERMISSIONS[action], what=f"a request to {action} another user")
+    target_role = target.role if target is not None else ""
+    if not may_act_on_account(caller.role, action, target_role=target_role):
+        raise PermissionDenied(f"only an owner may {action} an owner")
 
 
 def account_proto(account: Account) -> auth_pb2.Account:
@@ -214,7 +224,10 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         )
         self.accounts = AccountDirectory()
         self.sessions = SessionBook()
-        self.lockouts = LockoutBook()
+        self.lockouts = LockoutBook(
+            pair_policy=self.settings.lockout_policy(per_source=False),
+            source_policy=self.settings.lockout_policy(per_source=True),
+        )
         per_hour = self.settings.registrations_per_source_per_hour
         self.registrations = TokenBuckets(rate=per_hour / 3600, burst=per_hour)
         self.mfa: dict[str, mfa.MfaState] = {}
@@ -335,10 +348,10 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                 invite.redeemed, invite.last_seq = True, event.stream_seq
             return
         if isinstance(payload, LoginFailureCounted):
-            self.lockouts.record_failure(payload.account_key, payload.source, at=at)
+            self.lockouts.record_failure(payload.account_key, budget_key(payload.source), at=at)
             return
         if isinstance(payload, LoginFailuresCleared):
-            self.lockouts.record_success(payload.account_key)
+            self.lockouts.record_success(payload.account_key, budget_key(payload.source) if payload.source else "")
             return
         if isinstance(payload, MfaRequirementSet):
             if payload.required:
@@ -533,11 +546,13 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
     # -- who is calling -----------------------------------------------------------------------
 
     def _source(self, context: Context) -> str:
+        """The client's address: the gateway's word for it (only the gateway's certificate is
+        believed), else the caller's own peer address (operator tooling)."""
         if "gateway" in peer_names(context):
             for key, value in context.invocation_metadata() or ():
                 if key == SOURCE_METADATA:
-                    return (value.decode() if isinstance(value, bytes) else value)[:128]
-        return context.peer()[:128]
+                    return (value.decode() if isinstance(value, bytes) else value)[:MAX_SOURCE_LENGTH]
+        return client_address(context.peer())
 
     def _caller_or_platform(self, context: Context) -> Caller | None:
         """None when the platform identity calls without a user token (operator tooling)."""
@@ -550,17 +565,16 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         REQUEST_SOURCE.set(self._source(context))
         return self.ctx.tokens.caller(context)
 
-    def _administered(self, context: Context, user_id: str, reason: str, action: str) -> tuple[Account, str]:
+    def _administered(self, context: Context, user_id: str, reason: str, action: AccountAction) -> tuple[Account, str]:
         """The account an administrator (or the platform identity) acts on, and the actor to
-        record; refuses what no admin may do: act on an owner unless an owner, or on oneself."""
+        record; refuses what no admin may do: what rbac's one rule refuses, or act on oneself."""
         caller = self._caller_or_platform(context)
         account = self._account(user_id)
         if len(reason) > MAX_REASON_LENGTH:
             raise InvalidArgument(f"reason must be at most {MAX_REASON_LENGTH} characters")
-        if caller is not None and account.role == "owner" and caller.role != "owner":
-            raise PermissionDenied(f"only an owner may {action} an owner")
         if caller is not None and caller.user_id == account.user_id:
             raise FailedPrecondition(f"you cannot {action} your own account; ask another administrator")
+        check_account_action(caller, action, account)
         return account, f"user:{caller.user_id}" if caller else PLATFORM_USER
 
     def _account(self, user_id: str) -> Account:
@@ -580,7 +594,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         """
         username = normalize_username(username_raw)
         check_password_policy(password, username)
-        if self_service and (wait := self.registrations.take(REQUEST_SOURCE.get())):
+        if self_service and (wait := self.registrations.take(budget_key(REQUEST_SOURCE.get()))):
             raise ResourceExhausted(f"too many registrations from this address; try again in {int(wait) + 1} s")
         password_hash = await hash_password(password)
         if self.accounts.find(username) is not None or (self_service and is_reserved(username)):
@@ -843,6 +857,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         caller = self._caller_or_platform(context)
         account = self._account(request.user_id)
         role = validate_role(request.role)
+        check_account_action(caller, AccountAction.ASSIGN_ROLE, account)
         if caller is not None and not may_assign(caller.role, target_current_role=account.role, new_role=role):
             raise PermissionDenied(f"role {caller.role!r} may not change {account.role!r} to {role!r}")
         if account.role == role:
@@ -862,7 +877,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
     async def SetAccountDisabled(
         self, request: auth_pb2.SetAccountDisabledRequest, context: Context
     ) -> auth_pb2.Account:
-        account, actor = self._administered(context, request.user_id, request.reason, "disable or re-enable")
+        account, actor = self._administered(context, request.user_id, request.reason, AccountAction.DISABLE)
         if account.disabled == request.disabled:
             return account_proto(account)
         payload: Message = (
@@ -891,23 +906,16 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         except InvalidArgument:
             username = ""
         key = username or request.username.casefold()
-        if (locked := self.lockouts.check(key, source)) is not None:
-            raise ResourceExhausted(
-                f"too many failed logins from this {locked.scope}; try again in {int(locked.retry_after_s) + 1} s"
-            )
+        self._refuse_while_locked(key, source)
         account = self.accounts.find(username) if username else None
         ok = await verify_password(account.password_hash if account else None, request.password)
         if not ok or account is None:
-            user_id = account.user_id if account else ""
-            await self._security("login_failed", actor="service:auth", user_id=user_id, username=key, source=source)
-            await self._count_failure(key, source, user_id)
+            await self._failed("login_failed", key=key, source=source, user_id=account.user_id if account else "")
             raise Unauthenticated(LOGIN_FAILED)
         if account.disabled:
             raise Unauthenticated("this account is disabled; ask an administrator")
         used_mfa = await self._second_factor(account, request, key, source)
-        if self.lockouts.has_failures(key):
-            cleared = self._lockout_event(LoginFailuresCleared(account_key=key))
-            await self._append(lockout_subject(username_key(key)), cleared, version=0, expected_seq=None)
+        await self._succeeded(key, source)
         actor = f"user:{account.user_id}"
         if needs_rehash(account.password_hash):
             # The hashing parameters were raised since this password was set.
@@ -946,23 +954,68 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             actor="service:auth",
         )
 
-    async def _count_failure(self, key: str, source: str, user_id: str) -> None:
-        """A failed login, counted on the AUTH stream so every auth instance (and this one after
-        a restart) sees it; reports the lockout it starts. Appended without an expected sequence:
-        counts add up in any order."""
+    # -- failed authentication: one lockout for logins and step-up checks (parley_auth.lockout) --
+
+    def _refuse_while_locked(self, key: str, source: str) -> None:
+        """Before a password or code is even checked: the pair's or the address's lockout."""
+        if (locked := self.lockouts.check(key, budget_key(source))) is not None:
+            raise ResourceExhausted(locked.message)
+
+    async def _failed(
+        self, kind: str, *, key: str, source: str, user_id: str, actor: str = "service:auth", detail: str = ""
+    ) -> None:
+        """A wrong password or code: audited with the client's address, then counted on the AUTH
+        stream so every auth instance (and this one after a restart) sees it. Appended without an
+        expected sequence: counts add up in any order. Reports the lockout it starts."""
+        await self._security(kind, actor=actor, user_id=user_id, username=key, source=source, detail=detail)
         counted = self._lockout_event(LoginFailureCounted(account_key=key, source=source))
         await self._append(lockout_subject(username_key(key)), counted, version=0, expected_seq=None)
-        # The caller checked the lockout before trying the password: a lock now is a new one.
-        if (locked := self.lockouts.check(key, source)) is not None:
+        # The caller checked the lockout before trying the secret: a lock now is a new one.
+        if (locked := self.lockouts.check(key, budget_key(source))) is not None:
+            where = "this account from this address" if locked.scope is Scope.PAIR else "this address"
             await self._security(
                 "lockout",
                 actor="service:auth",
                 user_id=user_id,
                 username=key,
                 source=source,
-                detail=f"{locked.scope} locked for {locked.retry_after_s:.0f} s",
+                detail=f"{where} locked for {locked.retry_after_s:.0f} s",
                 locked_until_unix=int(time.time() + locked.retry_after_s),
             )
+
+    async def _succeeded(self, key: str, source: str) -> None:
+        """The right secret from this address: its pair's count starts again (no other one's)."""
+        if self.lockouts.has_failures(key, budget_key(source)):
+            cleared = self._lockout_event(LoginFailuresCleared(account_key=key, source=source))
+            await self._append(lockout_subject(username_key(key)), cleared, version=0, expected_seq=None)
+
+    async def _step_up(
+        self,
+        context: Context,
+        caller: Caller,
+        account: Account,
+        *,
+        call: str,
+        wrong: str,
+        proven: Callable[[], Awaitable[bool]],
+    ) -> None:
+        """A re-authentication inside a session (the current password, a TOTP code): under the
+        login's lockout for this account and address, so a stolen session buys no free guesses;
+        a failure is a `step_up_failed` security event naming the call and the session, and the
+        caller is told `wrong`."""
+        source = self._source(context)
+        self._refuse_while_locked(account.username, source)
+        if not await proven():
+            await self._failed(
+                "step_up_failed",
+                key=account.username,
+                source=source,
+                user_id=account.user_id,
+                actor=f"user:{caller.user_id}",
+                detail=f"{call}: {wrong} (session {caller.session_id})",
+            )
+            raise Unauthenticated(wrong)
+        await self._succeeded(account.username, source)
 
     def _tokens(self, account: Account, session_id: str, refresh: str, *, mfa: bool) -> auth_pb2.LoginResponse:
         assert self._issuer is not None
@@ -1007,8 +1060,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                 return True
             except FailedPrecondition:
                 pass
-        await self._security("mfa_failed", actor="service:auth", user_id=account.user_id, username=key, source=source)
-        await self._count_failure(key, source, account.user_id)
+        await self._failed("mfa_failed", key=key, source=source, user_id=account.user_id)
         raise Unauthenticated("the one-time code is wrong or was already used")
 
     async def Refresh(self, request: auth_pb2.RefreshRequest, context: Context) -> auth_pb2.LoginResponse:
@@ -1064,8 +1116,14 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         account = self._account(caller.user_id)
         if not request.current_password or len(request.current_password) > MAX_PASSWORD_LENGTH:
             raise InvalidArgument(f"current_password is required (at most {MAX_PASSWORD_LENGTH} characters)")
-        if not await verify_password(account.password_hash, request.current_password):
-            raise Unauthenticated("the current password is wrong")
+        await self._step_up(
+            context,
+            caller,
+            account,
+            call="ChangePassword",
+            wrong="the current password is wrong",
+            proven=lambda: verify_password(account.password_hash, request.current_password),
+        )
         check_password_policy(request.new_password, account.username)
         new_hash = await hash_password(request.new_password)
         actor = f"user:{caller.user_id}"
@@ -1093,7 +1151,8 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         if session is None:
             raise NotFound("no such session")
         if session.user_id != caller.user_id:
-            caller.require(Permission.SESSIONS_REVOKE_ANY, what="revoking another user's session")
+            owner = self.accounts.by_id(session.user_id)
+            check_account_action(caller, AccountAction.REVOKE_SESSIONS, owner)
         await self._revoke(session, f"revoked by user:{caller.user_id}", f"user:{caller.user_id}")
         return auth_pb2.RevokeSessionResponse()
 
@@ -1128,9 +1187,16 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         if len(request.totp_code) != mfa.DIGITS or not request.totp_code.isdigit():
             raise InvalidArgument(f"totp_code must be the {mfa.DIGITS} digits the authenticator app shows")
         secret = self._sealer.open(state.pending_secret, account.user_id)
-        step = mfa.matching_step(secret, request.totp_code, time.time(), after_step=state.last_step)
-        if step is None:
-            raise InvalidArgument("the code does not match; check the authenticator app's clock and try the next code")
+        step: int | None = None
+
+        async def code_matches() -> bool:
+            nonlocal step
+            step = mfa.matching_step(secret, request.totp_code, time.time(), after_step=state.last_step)
+            return step is not None
+
+        wrong = "the code does not match; check the authenticator app's clock and try the next code"
+        await self._step_up(context, caller, account, call="ConfirmTotpEnrolment", wrong=wrong, proven=code_matches)
+        assert step is not None
         codes = mfa.new_recovery_codes()
         actor = f"user:{account.user_id}"
         enrolled = TotpEnrolled(user_id=account.user_id, recovery_code_sha256=[mfa.recovery_digest(c) for c in codes])
@@ -1160,7 +1226,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         """Removes a user's TOTP and recovery codes (a lost or stolen phone) and revokes every
         session of that user: whoever holds a session may be the one holding the phone, so the
         user logs in again with the password alone and enrols a new authenticator."""
-        account, actor = self._administered(context, request.user_id, request.reason, "reset the MFA of")
+        account, actor = self._administered(context, request.user_id, request.reason, AccountAction.RESET_MFA)
         state = self.mfa.get(account.user_id)
         if state is None or not (state.enrolled or state.pending_secret):
             raise FailedPrecondition(f"{account.username} has no two-factor authentication to reset")
@@ -1188,14 +1254,29 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         actor = f"user:{account.user_id}"
         if request.totp_code:
             secret = self._sealer.open(state.secret, account.user_id)
-            step = mfa.matching_step(secret, request.totp_code, time.time(), after_step=state.last_step)
-            if step is None:
-                raise Unauthenticated("the one-time code is wrong or was already used")
+            step: int | None = None
+
+            async def code_matches() -> bool:
+                nonlocal step
+                step = mfa.matching_step(secret, request.totp_code, time.time(), after_step=state.last_step)
+                return step is not None
+
+            wrong = "the one-time code is wrong or was already used"
+            await self._step_up(
+                context, caller, account, call="RegenerateRecoveryCodes", wrong=wrong, proven=code_matches
+            )
+            assert step is not None
             # Spent like a login code, on the user's subject: a racing use of the same code loses.
             await self._user_event(account, TotpCodeAccepted(user_id=account.user_id, time_step=step), actor)
         elif request.password:
-            if not await verify_password(account.password_hash, request.password):
-                raise Unauthenticated("the password is wrong")
+            await self._step_up(
+                context,
+                caller,
+                account,
+                call="RegenerateRecoveryCodes",
+                wrong="the password is wrong",
+                proven=lambda: verify_password(account.password_hash, request.password),
+            )
         else:
             raise InvalidArgument("give a current TOTP code (totp_code) or your password (password)")
         codes = mfa.new_recovery_codes()

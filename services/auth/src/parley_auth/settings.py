@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from parley_auth.lockout import LockoutPolicy
+
 DAY_S = 24 * 3600.0
 
 
@@ -19,3 +21,22 @@ class AuthSettings(BaseSettings):
     access_token_seconds: int = Field(default=15 * 60, ge=5, le=15 * 60)
     # Open self-registration: attempts per client address per hour, taken or free alike.
     registrations_per_source_per_hour: int = Field(default=10, ge=1)
+    # Lockouts (parley_auth.lockout): failed logins and step-up checks per account from one client
+    # address, and per address over every account; past a threshold the next attempt waits
+    # base seconds, doubling with each further failure up to max; a count with no failure for
+    # forget-after seconds starts again from zero. The per-address threshold is higher: many
+    # people may share one address (an office behind NAT), and their typos must not lock the
+    # whole office out; it is still far below what guessing across accounts needs.
+    lockout_threshold: int = Field(default=5, ge=1)
+    lockout_source_threshold: int = Field(default=50, ge=1)
+    lockout_base_seconds: float = Field(default=2.0, gt=0)
+    lockout_max_seconds: float = Field(default=15 * 60.0, gt=0)
+    lockout_forget_after_seconds: float = Field(default=DAY_S, gt=0)
+
+    def lockout_policy(self, *, per_source: bool) -> LockoutPolicy:
+        return LockoutPolicy(
+            threshold=self.lockout_source_threshold if per_source else self.lockout_threshold,
+            base_s=self.lockout_base_seconds,
+            max_s=self.lockout_max_seconds,
+            forget_after_s=self.lockout_forget_after_seconds,
+        )

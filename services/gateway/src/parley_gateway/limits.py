@@ -1,7 +1,9 @@
 """Per-user and per-source request budgets (token buckets) and request size limits, without I/O.
 
-A budget is per gateway instance: with N instances behind a balancer a client gets at most N
-times the budget, which still bounds what one client can cost the platform.
+A source is the client's real address (parley_core.sources.budget_key: an IPv4 address, an
+IPv6 /64), never a proxy's: no client's flood spends another address's budget. A budget is per
+gateway instance: with N instances sharing the client port a client gets at most N times the
+budget, which still bounds what one client can cost the platform.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from parley_core.errors import ResourceExhausted
 from parley_core.rate import TokenBuckets
 
-__all__ = ["Admission", "GatewayLimits", "RateLimited", "TokenBuckets", "source_of"]
+__all__ = ["Admission", "GatewayLimits", "RateLimited", "TokenBuckets"]
 
 
 class GatewayLimits(BaseSettings):
@@ -64,9 +66,3 @@ class Admission:
 
 def _round_up(seconds: float) -> float:
     return math.ceil(seconds * 1000) / 1000
-
-
-def source_of(peer: str) -> str:
-    """The client's address without its port: 'ipv4:10.0.0.5:51234' -> 'ipv4:10.0.0.5'."""
-    head, _, port = peer.rpartition(":")
-    return head if head and port.isdigit() else peer

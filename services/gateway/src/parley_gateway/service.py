@@ -23,9 +23,10 @@ from parley_core.bus import ReceivedEvent, Replay
 from parley_core.errors import InvalidArgument, PermissionDenied
 from parley_core.rbac import Permission
 from parley_core.runner import RunContext
+from parley_core.sources import SOURCE_METADATA, budget_key, client_address
 from parley_core.topology import channel_subject
 from parley_gateway.catchup import events_after
-from parley_gateway.limits import Admission, GatewayLimits, RateLimited, source_of
+from parley_gateway.limits import Admission, GatewayLimits, RateLimited
 from parley_gateway.live import LiveBuffer, client_event_of, left_channel
 
 log = logging.getLogger(__name__)
@@ -51,17 +52,12 @@ class Forwarded:
     @classmethod
     def of(cls, context: Context) -> Forwarded:
         metadata = tuple((k, v) for k, v in context.invocation_metadata() or () if k == "authorization")
-        # The client's address, for auth's per-source lockout and the security events.
-        metadata = (*metadata, ("x-parley-source", client_host(context.peer())))
+        # The client's real address (no proxy in front of the gateway), for auth's lockouts,
+        # registration budgets and security events; any such metadata from the client is dropped.
+        metadata = (*metadata, (SOURCE_METADATA, client_address(context.peer())))
         remaining = context.time_remaining()
         timeout = DEFAULT_DEADLINE_S if remaining is None else max(0.0, min(remaining, 60.0))
         return cls(metadata, timeout)
-
-
-def client_host(peer: str) -> str:
-    """The host of a gRPC peer (ipv4:10.0.0.7:51234 gives ipv4:10.0.0.7): a source is a host, not a connection."""
-    host, sep, port = peer.rpartition(":")
-    return host if sep and port.isdigit() else peer
 
 
 # Internal failures a client can act on only by retrying; their details (addresses, internal
@@ -121,7 +117,7 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         self._admission.check_size(request.ByteSize())
         user_id = None if anonymous else self._ctx.tokens.caller(context).user_id
         try:
-            self._admission.admit(source=source_of(context.peer()), user_id=user_id)
+            self._admission.admit(source=budget_key(client_address(context.peer())), user_id=user_id)
         except RateLimited as exc:
             retry_ms = str(max(1, round(exc.retry_after_s * 1000)))
             # The retry hint travels as trailing metadata, so a client can wait exactly that long.

@@ -736,9 +736,11 @@ Global___RecoveryCodesRegenerated: _TypeAlias = RecoveryCodesRegenerated  # noqa
 
 @_typing.final
 class LoginFailureCounted(_message.Message):
-    """On parley.auth.lockout.<sha256 hex of account_key>: one failed login (password or second
-    factor). Every auth instance counts these, per account and per source, so lockouts survive a
-    restart and hold across instances. account_key is the normalized username, existing or not.
+    """On parley.auth.lockout.<sha256 hex of account_key>: one failed authentication (a password or
+    second factor at login, or at a step-up check such as ChangePassword's current password).
+    Every auth instance counts these, per account-and-source pair and per source, so lockouts
+    survive a restart and hold across instances. account_key is the normalized username, existing
+    or not; source is the client's address as the gateway saw it.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -763,20 +765,26 @@ Global___LoginFailureCounted: _TypeAlias = LoginFailureCounted  # noqa: Y015
 
 @_typing.final
 class LoginFailuresCleared(_message.Message):
-    """On the same subject: a successful login clears the account's counter (not the source's)."""
+    """On the same subject: a successful login (or step-up) from `source` clears that pair's counter
+    (not the source's, nor the account's pairs at other addresses). Written without a source
+    before counts were per pair: such a record clears every pair of the account.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_KEY_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     account_key: _builtins.str
+    source: _builtins.str
     def __init__(
         self,
         *,
         account_key: _builtins.str = ...,
+        source: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_key", b"account_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_key", b"account_key", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
