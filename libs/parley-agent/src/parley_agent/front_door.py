@@ -1,10 +1,12 @@
 """A stable address per service on this host, in front of however many instances run.
 
-Why a TCP proxy and not a gateway change: the gateway (and any other caller) keeps one address
-per service, and TLS stays end to end (the proxy never sees plaintext). New connections go
-round-robin to the live instances; removing an instance only stops new connections to it, so
-its open HTTP/2 connections finish their calls while it drains, and gRPC clients reconnect
-through the front door to a remaining instance after the old one's GOAWAY.
+Why a TCP proxy: every caller keeps one address per service, and TLS stays end to end (the
+proxy never sees plaintext). Its callers are services, named by their certificates; the
+gateway, whose clients must be seen at their own addresses, shares its port instead
+(parley_agent.shared_port). New connections go round-robin to the live instances; removing an
+instance only stops new connections to it, so its open HTTP/2 connections finish their calls
+while it drains, and gRPC clients reconnect through the front door to a remaining instance
+after the old one's GOAWAY.
 """
 
 from __future__ import annotations
@@ -56,6 +58,10 @@ class FrontDoor:
         """No new connection goes to `address`; its open ones run on until it closes them."""
         if address in self._backends:
             self._backends.remove(address)
+
+    def instance_environment(self) -> dict[str, str]:
+        """Nothing: an instance behind a front door listens on its own port only."""
+        return {}
 
     async def start(self) -> FrontDoor:
         self._server = await asyncio.start_server(self._accept, self.host, self.port)

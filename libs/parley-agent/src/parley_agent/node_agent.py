@@ -1,13 +1,15 @@
 """The node agent: the hands of a roll-out on one host; the registry is the brain.
 
 It runs the host's instances of the services it manages, each behind a FrontDoor (the stable
-address callers know). It asks the registry what the current step of each roll-out is and does
-it: for a new step, fetch the release through TUF, install it beside the running version, start
-the new instance, wait until it is healthy and in the registry's fleet view, put it behind the
-front door and report it; once the registry's gate passed, take the old instance out of the
-front door, let it drain (SIGTERM: health NOT_SERVING, in-flight calls finish) and report it.
-On rollback it brings the old version back before stopping the new one, so the number of
-healthy instances never drops below what it was.
+address callers know), or for the gateway on a SharedPort (the client address, which its
+instances listen on themselves so that they see each client's real address). It asks the
+registry what the current step of each roll-out is and does it: for a new step, fetch the
+release through TUF, install it beside the running version, start the new instance, wait until
+it is healthy and in the registry's fleet view, put it behind the front door and report it;
+once the registry's gate passed, take the old instance out of the front door, let it drain
+(SIGTERM: health NOT_SERVING, in-flight calls finish) and report it. On rollback it brings the
+old version back before stopping the new one, so the number of healthy instances never drops
+below what it was.
 """
 
 from __future__ import annotations
@@ -31,12 +33,24 @@ from parley.patch.v1 import patch_pb2, patch_pb2_grpc
 from parley_agent.front_door import FrontDoor
 from parley_agent.health import is_serving
 from parley_agent.installer import TufSource, base_python, fetch_release, install_version
+from parley_agent.shared_port import SharedPort
 from parley_core.net import free_port
 from parley_core.pki import Pki
 from parley_core.runner import secure_channel
 from parley_core.topology import PLATFORM_USER
 
 log = logging.getLogger(__name__)
+
+# Services whose callers are clients, not other services: their instances share the client port
+# themselves (parley_agent.shared_port) instead of sitting behind a proxy, so they see each
+# client's real address. Other services' callers are named by their certificates.
+SHARED_PORT_SERVICES = frozenset({"gateway"})
+Door = FrontDoor | SharedPort
+
+
+def door_for(service: str, *, port: int = 0) -> Door:
+    """The stable address of `service` on this host (not open yet: `await door.start()`)."""
+    return SharedPort(service, port=port) if service in SHARED_PORT_SERVICES else FrontDoor(service, port=port)
 
 
 @dataclass
@@ -92,7 +106,7 @@ class NodeAgent:
         self.pki = pki
         self.environment = dict(environment)  # PARLEY_* settings every instance gets
         self.timeouts = timeouts or AgentTimeouts()
-        self.front_doors: dict[str, FrontDoor] = {}
+        self.front_doors: dict[str, Door] = {}
         self.instances: dict[str, Instance] = {}
         self._channel = secure_channel(pki, identity=PLATFORM_USER, address=registry_address, peer="patch-registry")
         self.registry = patch_pb2_grpc.PatchServiceStub(self._channel)
@@ -103,8 +117,8 @@ class NodeAgent:
 
     # ---- instances ----------------------------------------------------------------------------
 
-    async def open_front_door(self, service: str, port: int = 0) -> FrontDoor:
-        door = await FrontDoor(service, port=port).start()
+    async def open_front_door(self, service: str, port: int = 0) -> Door:
+        door = await door_for(service, port=port).start()
         self.front_doors[service] = door
         return door
 
@@ -136,6 +150,7 @@ class NodeAgent:
         env = {
             **os.environ,
             **self.environment,
+            **self.front_doors[instance.service].instance_environment(),
             "PARLEY_LISTEN_HOST": "127.0.0.1",
             "PARLEY_LISTEN_PORT": str(instance.port),
             "PARLEY_INSTANCE_ID": instance.instance_id,

@@ -3,9 +3,10 @@
 First start creates the data folder (0700), the local CA and certificates, and the NATS users;
 later starts reuse them, so messages and accounts survive a restart.
 
-Every service runs behind the agent's front door, the address the other services (and clients,
-for the gateway) are told; the agent follows the patch registry's roll-outs, so a release
-approved with `parley patch` replaces the running version without a restart of the platform.
+Every service runs behind the agent's front door, the address the other services are told; the
+gateway's instances share the client port themselves, so they see each client's real address.
+The agent follows the patch registry's roll-outs, so a release approved with `parley patch`
+replaces the running version without a restart of the platform.
 The version each service ended on is kept in the state file and started again next time.
 """
 
@@ -17,13 +18,13 @@ import json
 import os
 import secrets
 import signal
-import socket
 import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
-from parley_agent import AgentTimeouts, FrontDoor, Instance, NodeAgent
+from parley_agent import AgentTimeouts, Door, Instance, NodeAgent, door_for
+from parley_agent.shared_port import requests_migrate
 from parley_cli.state import CLIENT_FILE, STATE_FILE, leftover_pids, previous_port, previous_version
 from parley_cli.uplock import PlatformAlreadyRunning, UpLock
 from parley_core.bus import EventBus
@@ -65,18 +66,6 @@ def ensure_store_key(path: Path) -> str:
     return key
 
 
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        # As the gRPC server binds: connections of the previous run that linger in TIME_WAIT
-        # must not make the gateway move to another port, or its clients could not reconnect.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def base_version(service: str) -> str:
     """The version installed in this environment: what runs until a roll-out replaces it."""
     return metadata.version(f"parley-{service}")
@@ -92,7 +81,7 @@ class Platform:
         self.requested_gateway_port = gateway_port
         self.nats_cluster = nats_cluster
         self.out: TextIO | None = out
-        self.front_doors: dict[str, FrontDoor] = {}
+        self.front_doors: dict[str, Door] = {}
         self.agent: NodeAgent | None = None
         self.nats_nodes: list[NatsServerProcess] = []
         self.pki: Pki | None = None
@@ -111,14 +100,18 @@ class Platform:
         except (OSError, ValueError):  # BrokenPipeError is an OSError; ValueError: closed file
             self.out = None
 
-    def _choose_gateway_port(self) -> int:
+    async def _open_client_port(self) -> Door:
+        """The gateway's port: the one asked for, else the previous run's (so clients find it
+        again), else 7443, else a free one. Connections of the previous run that linger in
+        TIME_WAIT do not make it move (parley_agent.shared_port.claim)."""
         previous = previous_port(self.data_dir, "gateway")
         for candidate in (self.requested_gateway_port, previous, DEFAULT_GATEWAY_PORT):
-            if candidate and _port_is_free(int(candidate)):
-                return int(candidate)
+            if candidate:
+                with contextlib.suppress(OSError):
+                    return await door_for("gateway", port=int(candidate)).start()
         if self.requested_gateway_port:
             self.say(f"port {self.requested_gateway_port} is busy; the gateway takes a free port instead")
-        return free_port()
+        return await door_for("gateway").start()
 
     async def start(self) -> None:
         # A new folder has no accounts yet (a restored one has its backup's); auth offers no cheap
@@ -153,8 +146,13 @@ class Platform:
 
         # Every front door first: each service is told the others' addresses when it starts.
         for name in START_ORDER:
-            port = self._choose_gateway_port() if name == "gateway" else 0
-            self.front_doors[name] = await FrontDoor(name, port=port).start()
+            self.front_doors[name] = await (self._open_client_port() if name == "gateway" else door_for(name).start())
+        if requests_migrate() is False:
+            self.say(
+                "note: net.ipv4.tcp_migrate_req is 0, so a client connecting in the instant an old gateway "
+                "instance stops listening (a roll-out) is reset and reconnects; "
+                "`sysctl -w net.ipv4.tcp_migrate_req=1` hands such connections to another instance"
+            )
         agent = self.agent = NodeAgent(
             data_dir=self.data_dir / "agent",
             pki=self.pki,

@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     # Where this instance listens; port 0 picks a free one.
     listen_host: str = "127.0.0.1"
     listen_port: int = 0
+    # host:port this instance also listens on together with the other instances of its service
+    # (SO_REUSEPORT): the gateway's client address under the node agent, which claims it first
+    # (parley_agent.shared_port). Empty: none.
+    shared_listen_address: str = ""
 
     nats_url: str = ""
     nats_user: str = ""

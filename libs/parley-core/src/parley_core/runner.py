@@ -288,8 +288,10 @@ async def serve(
     access = AccessProjection()
     tokens = TokenVerifier(access)
     stats = RequestStats()
-    # gRPC sets SO_REUSEPORT by default: a second platform could then share our port unseen.
-    options: list[tuple[str, int]] = [("grpc.so_reuseport", 0)]
+    # gRPC sets SO_REUSEPORT by default: a second platform could then share our port unseen. Only
+    # an instance given a shared port (which the node agent claimed for this platform) sets it.
+    shared = settings.shared_listen_address
+    options: list[tuple[str, int]] = [("grpc.so_reuseport", 1 if shared else 0)]
     if settings.max_connection_age_seconds > 0:
         # Graceful GOAWAY per connection while the server keeps serving: calls racing the GOAWAY
         # are still handled, unlike calls racing a server shutdown (which grpc cancels).
@@ -332,15 +334,17 @@ async def serve(
     await access_replay.wait_caught_up()
     health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
     reflection.enable_server_reflection([*ctx.service_names, health_name, reflection.SERVICE_NAME], server)
-    port = server.add_secure_port(
-        f"{settings.listen_host}:{settings.listen_port}", _server_credentials(pki, service, client_facing=client_facing)
-    )
+    credentials = _server_credentials(pki, service, client_facing=client_facing)
+    port = server.add_secure_port(f"{settings.listen_host}:{settings.listen_port}", credentials)
+    if shared:
+        # Listened on only from here, once ready; the server's stop closes it first (the drain).
+        server.add_secure_port(shared, credentials)
     await server.start()
     ctx.address = f"{settings.listen_host}:{port}"
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     for name in ctx.service_names:
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving", extra={"port": port, "version": version})
+    log.info("serving", extra={"port": port, "shared": shared, "version": version})
     if on_ready is not None:
         on_ready(port)
 

@@ -2,17 +2,46 @@
 
 from __future__ import annotations
 
+import json
+
+from nats.aio.client import Client
 from parley.auth.v1.events_pb2 import SecurityEventRecorded
 
 from parley_core.envelope import decode
+from parley_core.nats_connect import connect_nats
 from parley_core.testing.nats import NatsTestServer
+from parley_core.testing.platform import RunningPlatform
+from parley_core.topology import PLATFORM_USER
 
-__all__ = ["security_events"]
+__all__ = ["platform_security_events", "security_events"]
 
 
 async def security_events(nats_server: NatsTestServer, kind: str) -> list[SecurityEventRecorded]:
     """Every record of one kind (parley.sec.<kind>.>) written so far."""
     nc = await nats_server.connect("platform")
+    try:
+        return await _read(nc, kind)
+    finally:
+        await nc.close()
+
+
+async def platform_security_events(platform: RunningPlatform, kind: str) -> list[SecurityEventRecorded]:
+    """The same from a platform `parley up` runs, as its platform identity."""
+    passwords = json.loads((platform.data_dir / "secrets" / "nats-passwords.json").read_text())
+    nc = await connect_nats(
+        url=str(platform.state["nats_url"]),
+        user=PLATFORM_USER,
+        password=passwords[PLATFORM_USER],
+        ca_cert=platform.data_dir / "pki" / "ca.crt",
+        name="test-siem",
+    )
+    try:
+        return await _read(nc, kind)
+    finally:
+        await nc.close()
+
+
+async def _read(nc: Client, kind: str) -> list[SecurityEventRecorded]:
     js = nc.jetstream()
     sub = await js.subscribe(f"parley.sec.{kind}.>", stream="SEC", ordered_consumer=True)
     found: list[SecurityEventRecorded] = []
@@ -26,5 +55,4 @@ async def security_events(nats_server: NatsTestServer, kind: str) -> list[Securi
         pass
     finally:
         await sub.unsubscribe()
-        await nc.close()
     return found

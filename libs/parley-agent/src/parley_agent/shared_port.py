@@ -1,0 +1,114 @@
+"""The client port, shared by the gateway's instances themselves: no proxy between a client and
+the gateway, so the gateway sees each client's real address.
+
+Every instance listens on the one client address with SO_REUSEPORT and the kernel spreads new
+connections over the listening instances; a call's gRPC peer is then the client itself, which the
+gateway's per-address rate limits and auth's per-address lockouts, registration budgets and
+security events rest on (parley_core.sources).
+
+Why this and not the front door speaking PROXY protocol v2: grpc-python cannot read a PROXY
+header before its TLS handshake, so the gateway would need an acceptor of its own in front of
+its gRPC server, a second copy of every byte in Python behind the front door's first one. With a
+shared port no process copies client bytes at all (the front door's copy is gone too), which is
+what platform CPU per message (`make bench`) counts. The front door stays for the internal
+services, whose callers are named by their certificates, not their addresses.
+
+Who may join the port: Linux lets a socket join a reuseport group only if it also sets
+SO_REUSEPORT and runs as the same effective user, so no other user's process can take clients.
+This agent claims the port before any instance starts (a bound socket that never listens, so it
+gets no connections) and holds it while the platform runs; the claim is made only after a plain
+bind (what `parley up` and any other program do first) found no listener there, so a second
+platform started by the same user is told the port is busy instead of silently sharing it. Only
+instances given the port (PARLEY_SHARED_LISTEN_ADDRESS) set SO_REUSEPORT (parley_core.runner).
+
+Draining: an instance leaves the group when its gRPC server stops on SIGTERM, which closes its
+listener first and then sends GOAWAY, so clients reconnect to the instances that remain. A
+connection the kernel had already queued for the closing listener but that was not yet accepted
+is reset, unless net.ipv4.tcp_migrate_req=1 hands it to another listener of the group; `parley
+up` says so when that setting is off (see `requests_migrate`).
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+# The setting through which an instance learns the shared client address (parley_core.config).
+SHARED_LISTEN_ENV = "PARLEY_SHARED_LISTEN_ADDRESS"
+TCP_MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")
+
+
+def claim(host: str, port: int) -> socket.socket:
+    """A socket holding host:port for this platform's instances (port 0: a free one).
+
+    First a plain bind, as any other program (or platform) would try it: it fails while anything
+    listens there or holds the port, and succeeds over connections of an earlier run that linger
+    in TIME_WAIT (SO_REUSEADDR). Then the claim, SO_REUSEPORT set before its bind, which instances
+    of the same user join and a plain bind from anyone else is refused by."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if port:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    held = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        held.bind((host, port))
+    except OSError:
+        held.close()
+        raise
+    return held
+
+
+def requests_migrate() -> bool | None:
+    """Whether the kernel moves connections queued at a closing listener to another listener of
+    its group (Linux 5.14+); None where the setting does not exist."""
+    try:
+        return TCP_MIGRATE_REQ.read_text().strip() != "0"
+    except OSError:
+        return None
+
+
+class SharedPort:
+    """The client address of a service whose instances accept connections themselves.
+
+    Same face as the FrontDoor, so the agent treats both alike: `add` and `remove` keep the
+    book of instances serving there (the kernel balances, the listeners come and go with the
+    instances' gRPC servers), and `instance_environment` tells a new instance where to listen."""
+
+    def __init__(self, service: str, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.service = service
+        self.host = host
+        self.port = port
+        self._backends: list[str] = []
+        self._claim: socket.socket | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def backends(self) -> list[str]:
+        return list(self._backends)
+
+    def add(self, address: str) -> None:
+        if address not in self._backends:
+            self._backends.append(address)
+
+    def remove(self, address: str) -> None:
+        """Bookkeeping only: an instance stops taking new connections when it stops listening."""
+        if address in self._backends:
+            self._backends.remove(address)
+
+    def instance_environment(self) -> dict[str, str]:
+        return {SHARED_LISTEN_ENV: self.address}
+
+    async def start(self) -> SharedPort:
+        self._claim = claim(self.host, self.port)
+        self.port = self._claim.getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self._claim is not None:
+            self._claim.close()
+            self._claim = None
