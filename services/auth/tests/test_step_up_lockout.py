@@ -63,15 +63,13 @@ def authenticator(secret_base32: str) -> TOTP:
     return TOTP(secret, 6, SHA1(), 30)
 
 
-async def test_wrong_current_passwords_lock_the_thief_not_the_owner(
-    stack: Stack, nats_server: NatsTestServer
-) -> None:
+async def test_wrong_current_passwords_lock_the_thief_not_the_owner(stack: Stack, nats_server: NatsTestServer) -> None:
     await stack.create_user("victim", "member")
     stack.app("auth").lockouts.pair_policy = POLICY
     auth = stack.auth_as_gateway()
     stolen = (await login(auth, "victim", THIEF)).access_token
 
-    change = auth_pb2.ChangePasswordRequest(current_password="not-her-password", new_password="another-new-passphrase-88")
+    change = auth_pb2.ChangePasswordRequest(current_password="not-hers", new_password="another-new-passphrase-88")
     for _ in range(POLICY.threshold):  # the last of these starts the lockout
         code, message = await status(auth.ChangePassword(change, metadata=at(THIEF, stolen), timeout=TIMEOUT_S))
         assert (code, message) == (grpc.StatusCode.UNAUTHENTICATED, "the current password is wrong")

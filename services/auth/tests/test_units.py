@@ -76,7 +76,8 @@ def test_a_stranger_locks_only_his_own_tries_at_an_account() -> None:
     for _ in range(5):
         book.record_failure("victim", "stranger")
     locked = book.check("victim", "stranger")
-    assert locked is not None and locked.scope is Scope.PAIR
+    assert locked is not None
+    assert locked.scope is Scope.PAIR
     assert book.check("victim", "home") is None  # the victim, from her own address
     # Her success at home clears her own pair only: the stranger stays locked.
     book.record_failure("victim", "home")
