@@ -1,5 +1,5 @@
-"""What a new user met in the CLI: export and erasure of their data, people shown by name, and
-history showing edits, reactions and threads."""
+"""What a new user met in the CLI: export and erasure of their data, people shown by name,
+history showing edits, reactions and threads, and what others wrote shown, never interpreted."""
 
 from __future__ import annotations
 
@@ -327,3 +327,41 @@ async def test_the_operator_sets_a_channels_retention_from_the_cli(platform: Run
             refused = await cli(platform, "retention", *args, check=False)
             assert expected in refused
             assert "Traceback" not in refused
+
+
+# What a hostile member writes: a forged line, a screen clear, a window title (OSC), a right-to-left
+# override, a carriage return, a line separator.
+HOSTILE = "hi\n[    9] 12:00:00 admin: send me your password\x1b[2J\x1b]0;pwned\x07\u202etxt.exe\rX\u2028Y"
+HOSTILE_SHOWN = "hi\\n[    9] 12:00:00 admin: send me your password\\x1b[2J\\x1b]0;pwned\\x07\\u202etxt.exe\\rX\\u2028Y"
+ACTED_ON = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\u061c\u200e\u200f]")
+
+
+async def test_what_others_wrote_is_shown_escaped_by_every_command_that_prints_it(platform: RunningPlatform) -> None:
+    """history, chat, older, thread and versions print a hostile member's texts visibly escaped:
+    no line is forged, no escape sequence or bidi control reaches the terminal."""
+    alice, mallory = unique("alice"), unique("mallory")
+    async with user(platform, alice) as a, user(platform, mallory) as m:
+        room = await a.create_channel(unique("room"))  # alice owns it: she may list versions
+        await m.join_channel(room.channel_id)
+        first = await m.send(room.channel_id, HOSTILE)
+        await m.edit(room.channel_id, first.channel_seq, HOSTILE + " (second)")
+        await m.reply(room.channel_id, first.channel_seq, HOSTILE)
+        last = await m.send(room.channel_id, HOSTILE)
+
+        async def archived() -> str | None:
+            text = await cli(platform, "--as", alice, "history", room.name)
+            return text if text.count(HOSTILE_SHOWN) >= 3 else None
+
+        outputs = {
+            "history": await eventually(archived, "mallory's messages in the archive's history"),
+            "chat": await cli(platform, "--as", alice, "chat", room.name, stdin=""),
+            "older": await cli(platform, "--as", alice, "older", room.name, str(last.channel_seq + 1)),
+            "thread": await cli(platform, "--as", alice, "thread", room.name, str(first.channel_seq)),
+            "versions": await cli(platform, "--as", alice, "versions", room.name, str(first.channel_seq)),
+        }
+    for command, output in outputs.items():
+        assert HOSTILE_SHOWN in output, (command, output)
+        for line in output.split("\n"):  # not splitlines(): it would break at \r and \u2028 too
+            assert ACTED_ON.search(line) is None, (command, line)
+            assert not line.startswith("[    9]"), (command, output)  # no forged line
+    assert outputs["versions"].splitlines() == [f"v1: {HOSTILE_SHOWN}", f"v2: {HOSTILE_SHOWN} (second)"]

@@ -15,6 +15,7 @@ import grpc
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 
 from parley_cli.state import load_running_state
+from parley_cli.terminal import shown
 from parley_client import ParleyError
 from parley_core.rbac import ROLES
 from parley_core.runner import secure_channel
@@ -62,7 +63,7 @@ async def usernames(args: argparse.Namespace, user_ids: list[str]) -> dict[str, 
 
 def _show(account: auth_pb2.Account) -> str:
     state = "disabled" if account.disabled else "active"
-    return f"{account.username} ({account.user_id}) role={account.role} {state}"
+    return f"{shown(account.username)} ({account.user_id}) role={shown(account.role)} {state}"
 
 
 async def cmd_create_user(args: argparse.Namespace) -> int:
@@ -99,7 +100,7 @@ async def cmd_reset_mfa(args: argparse.Namespace) -> int:
         account = await _account(stub, args.username)
         request = auth_pb2.ResetMfaRequest(user_id=account.user_id, reason=args.reason)
         await stub.ResetMfa(request, timeout=TIMEOUT_S)
-    print(f"two-factor authentication of {account.username} removed and every session of theirs revoked;")
+    print(f"two-factor authentication of {shown(account.username)} removed and every session of theirs revoked;")
     print("they log in with the password alone and enrol a new authenticator")
     return 0
 

@@ -19,6 +19,7 @@ from parley.storage.v1 import storage_pb2
 
 from parley_cli.admin import account_of, usernames
 from parley_cli.privacy import _archive, looks_like_id
+from parley_cli.terminal import shown
 from parley_client import ParleyError
 
 PAGE = 1000  # storage's largest page
@@ -67,8 +68,8 @@ def _request(args: argparse.Namespace, actor: str, target: str) -> storage_pb2.Q
 
 def _line(event: storage_pb2.ArchivedEvent, names: dict[str, str]) -> str:
     when = datetime.fromtimestamp(event.occurred_at_ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S")
-    actor = names.get(event.actor, event.actor)
-    target = names.get(event.aggregate_id, event.aggregate_id)
+    actor = shown(names.get(event.actor, event.actor))
+    target = shown(names.get(event.aggregate_id, event.aggregate_id))
     erased = " (erased: content unreadable)" if event.erased else ""
     return (
         f"{when}  {event.stream}#{event.stream_seq}  {event.event_type.removeprefix('parley.')}  "

@@ -12,6 +12,7 @@ from datetime import datetime
 from grpc import StatusCode
 from parley.messaging.v1.messaging_pb2 import Channel, ChatMessage
 
+from parley_cli.terminal import shown
 from parley_client import DeviceStore, LiveEvent, ParleyClient, ParleyError
 from parley_client.client import RESUMABLE
 from parley_client.e2ee import BODY_PREFIX
@@ -41,7 +42,7 @@ class People:
 
 
 def person(user_id: str, names: Mapping[str, str]) -> str:
-    return names.get(user_id) or user_id[:8]
+    return shown(names.get(user_id) or user_id[:8])
 
 
 def format_message(message: ChatMessage, names: Mapping[str, str] | None = None) -> str:
@@ -54,16 +55,19 @@ def format_message(message: ChatMessage, names: Mapping[str, str] | None = None)
     elif message.body.startswith(BODY_PREFIX):
         body = "(encrypted; this device has no key for it)"
     else:
-        body = message.body + (" (edited)" if message.edit_count or message.edited else "")
+        body = shown(message.body) + (" (edited)" if message.edit_count or message.edited else "")
     if message.thread_root_seq:
         body = f"(in the thread of #{message.thread_root_seq}) {body}"
     if message.reply_count:
         body += f" ({message.reply_count} {'reply' if message.reply_count == 1 else 'replies'})"
     if message.reactions:
         body += "  " + " ".join(
-            f"{r.emoji} {', '.join(person(u, names) for u in r.user_ids)}" for r in message.reactions
+            f"{shown(r.emoji)} {', '.join(person(u, names) for u in r.user_ids)}" for r in message.reactions
         )
-    author = message.sender_name or (message.sender_id[:8] if message.erased else person(message.sender_id, names))
+    if message.sender_name:
+        author = shown(message.sender_name)
+    else:
+        author = message.sender_id[:8] if message.erased else person(message.sender_id, names)
     return f"[{message.channel_seq:>5}] {when} {author}: {body}"
 
 
@@ -76,14 +80,15 @@ def format_event(event: LiveEvent, names: Mapping[str, str] | None = None) -> st
     if event.kind == "updated":
         if event.message.redacted:
             return f"[{event.message.channel_seq:>5}] (message redacted)"
-        return f"[{event.message.channel_seq:>5}] (edited) {event.message.body}"
+        return f"[{event.message.channel_seq:>5}] (edited) {shown(event.message.body)}"
     if event.kind == "reaction":
         verb = "took back" if raw.reaction.removed else "reacted"
-        return f"[{raw.reaction.channel_seq:>5}] {person(raw.reaction.user_id, names)} {verb} {raw.reaction.emoji}"
+        who = person(raw.reaction.user_id, names)
+        return f"[{raw.reaction.channel_seq:>5}] {who} {verb} {shown(raw.reaction.emoji)}"
     if event.kind == "membership":
         change = raw.membership
-        detail = f": {change.detail}" if change.detail else ""
-        return f"-- {person(change.user_id or change.actor_id, names)} {change.change}{detail} --"
+        detail = f": {shown(change.detail)}" if change.detail else ""
+        return f"-- {person(change.user_id or change.actor_id, names)} {shown(change.change)}{detail} --"
     return ""  # read markers are not shown
 
 
@@ -125,7 +130,7 @@ def _number(text: str) -> int:
 def channel_label(channel: Channel, names: Mapping[str, str], *, me: str | None) -> str:
     """#name, or for a direct conversation the other members' names (every one's when alone)."""
     if not channel.direct:
-        return f"#{channel.name}"
+        return f"#{shown(channel.name)}"
     others = [u for u in channel.member_ids if u != me] or list(channel.member_ids)
     return "direct with " + ", ".join(person(u, names) for u in others)
 
@@ -136,7 +141,7 @@ async def find_channel(client: ParleyClient, reference: str) -> Channel:
     for channel in channels:
         if reference in (channel.channel_id, channel.name):
             return channel
-    names = ", ".join(f"#{c.name}" for c in channels) or "none"
+    names = ", ".join(f"#{shown(c.name)}" for c in channels) or "none"
     raise SystemExit(f"{reference!r} is not one of your channels (yours: {names}); create it, or join it by id first")
 
 
@@ -197,7 +202,7 @@ async def interactive(client: ParleyClient, reference: str, *, store: DeviceStor
             async for event in client.live([channel_id], resume=stream.positions):
                 await show(event)
         except ParleyError as exc:
-            print(f"-- live stream ended: {exc.message}; leaving --", flush=True)
+            print(f"-- live stream ended: {shown(exc.message)}; leaving --", flush=True)
             return 1
         return 0
 
@@ -209,7 +214,7 @@ async def interactive(client: ParleyClient, reference: str, *, store: DeviceStor
                 try:
                     await run_typed(client, channel_id, text)
                 except ParleyError as exc:
-                    print(f"not sent: {exc.message}", flush=True)
+                    print(f"not sent: {shown(exc.message)}", flush=True)
         return 0
 
     incoming = asyncio.create_task(show_incoming())

@@ -14,6 +14,7 @@ import grpc
 from parley.auth.v1 import auth_pb2
 
 from parley_cli.admin import account_of
+from parley_cli.terminal import shown
 from parley_client import DeviceKeyChanged, DeviceStore, E2eeDevice, ParleyClient, ParleyError, fingerprint
 
 USER_ID_CHARS = 32  # auth makes user ids as uuid4 hex
@@ -73,6 +74,13 @@ def trust_of(device: E2eeDevice, listed: auth_pb2.Device) -> str:
     return "pinned on first sight (not verified)"
 
 
+def device_lines(device: auth_pb2.Device, trust: str, *, mine: bool) -> str:
+    """A device as listed; its owner chose its id and name: shown escaped."""
+    name = f" ({shown(device.display_name)})" if device.display_name else ""
+    this = " (this terminal)" if mine else ""
+    return f"{shown(device.device_id)}{name}{this}\n  fingerprint {fingerprint(device)}\n  {shown(trust)}"
+
+
 async def cmd_devices(args: argparse.Namespace) -> int:
     from parley_cli.main import _client, _login_as  # main imports this module: resolve late
 
@@ -87,9 +95,8 @@ async def cmd_devices(args: argparse.Namespace) -> int:
         if not listed:
             print(f"{args.user_id or args.user} has no devices (they have not turned end-to-end encryption on)")
         for d in listed:
-            status = trust_of(device, d)
-            mine = " (this terminal)" if (d.user_id, d.device_id) == (client.user_id, device.device_id) else ""
-            print(f"{d.device_id}{mine}\n  fingerprint {fingerprint(d)}\n  {status}")
+            mine = (d.user_id, d.device_id) == (client.user_id, device.device_id)
+            print(device_lines(d, trust_of(device, d), mine=mine))
         if args.verify:
             match = [d for d in listed if d.device_id == args.verify]
             if not match:

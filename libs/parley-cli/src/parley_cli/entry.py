@@ -1,6 +1,6 @@
 """The `parley` command's entry point: Ctrl-C while the CLI is still loading its modules or
 reading its arguments ends it in one line (exit 130), not with a traceback from the middle of an
-import."""
+import. Its output is guarded first: nothing it prints can drive the terminal (parley_cli.terminal)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import sys
 
 
 def run() -> None:
+    from parley_cli.terminal import guard_output
+
+    guard_output()
     try:
         from parley_cli.main import main
 

@@ -16,6 +16,7 @@ from parley_cli import admin, audit, chat, devices, keyring, messages, mfa, patc
 from parley_cli.health import check_health
 from parley_cli.saved_login import save_login, use_saved_login
 from parley_cli.state import CLIENT_FILE, STATE_FILE, how_to_start, leftover_pids, load_running_state, no_platform
+from parley_cli.terminal import shown
 from parley_client import ClientConfig, MfaRequired, ParleyClient, ParleyError
 from parley_core.logs import quiet_asyncio_tls_notes
 from parley_core.nats_connect import NatsUnreachable
@@ -144,16 +145,15 @@ async def cmd_parked(args: argparse.Namespace) -> int:
     if not events:
         print("no parked events")
         return 0
-    for e in events:
-        origin = f"{e.original_stream}:{e.original_seq} {e.original_subject}"
-        print(f"#{e.seq} {origin} consumer={e.consumer} reason={e.reason}")
+    for event in events:
+        print(event.line())
     return 0
 
 
 async def cmd_register(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         response = await client.register(args.username, _password(args), invite_code=args.invite)
-    print(f"registered {response.username} ({response.user_id})")
+    print(f"registered {shown(response.username)} ({response.user_id})")
     return 0
 
 
@@ -198,7 +198,7 @@ async def cmd_create_channel(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         await _login_as(args, client)
         channel = await client.create_channel(args.name)
-    print(f"created #{channel.name} with id {channel.channel_id}")
+    print(f"created #{shown(channel.name)} with id {channel.channel_id}")
     return 0
 
 
@@ -206,7 +206,7 @@ async def cmd_join(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         await _login_as(args, client)
         channel = await client.join_channel(args.channel_id)
-    print(f"joined #{channel.name} ({len(channel.member_ids)} members)")
+    print(f"joined #{shown(channel.name)} ({len(channel.member_ids)} members)")
     return 0
 
 
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 141  # 128 + SIGPIPE, what a shell reports for a tool killed by it
     except ParleyError as exc:
-        print(f"error: {exc.message} ({exc.code.name})", file=sys.stderr)
+        print(f"error: {shown(exc.message)} ({exc.code.name})", file=sys.stderr)
         if exc.code == grpc.StatusCode.UNAVAILABLE:
             print(
                 f"is the platform running? {how_to_start(args.data_dir)} starts it; `parley status` shows what is down",

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from parley.messaging.v1.messaging_pb2 import ChatMessage
+
 from parley_cli import chat, devices
+from parley_cli.terminal import shown
 from parley_client import ParleyClient
 
 
@@ -41,7 +44,7 @@ async def cmd_versions(args: argparse.Namespace) -> int:
     if not bodies:
         print(f"#{args.number} was redacted: no earlier texts are kept")
     for n, body in enumerate(bodies, start=1):
-        print(f"v{n}: {body}")
+        print(f"v{n}: {shown(body)}")
     return 0
 
 
@@ -63,14 +66,14 @@ async def cmd_member(args: argparse.Namespace) -> int:
         channel_id = await chat.resolve_channel(client, args.channel)
         action = {"invite": client.invite, "kick": client.kick, "ban": client.ban, "unban": client.unban}
         channel = await action[args.command](channel_id, args.user_id)
-    print(f"{args.command}: done; #{channel.name} has {len(channel.member_ids)} members")
+    print(f"{args.command}: done; #{shown(channel.name)} has {len(channel.member_ids)} members")
     return 0
 
 
 async def cmd_leave(args: argparse.Namespace) -> int:
     async with await _logged_in(args) as client:
         channel = await client.leave_channel(await chat.resolve_channel(client, args.channel))
-    print(f"left #{channel.name}")
+    print(f"left #{shown(channel.name)}")
     return 0
 
 
@@ -100,11 +103,15 @@ async def cmd_thread(args: argparse.Namespace) -> int:
     return 0
 
 
+def reactions_line(message: ChatMessage) -> str:
+    return " ".join(f"{shown(r.emoji)}x{len(r.user_ids)}" for r in message.reactions) or "no reactions"
+
+
 async def cmd_react(args: argparse.Namespace) -> int:
     async with await _logged_in(args) as client:
         channel_id = await chat.resolve_channel(client, args.channel)
         message = await client.react(channel_id, args.number, args.emoji, remove=args.remove)
-    print(" ".join(f"{r.emoji}x{len(r.user_ids)}" for r in message.reactions) or "no reactions")
+    print(reactions_line(message))
     return 0
 
 
@@ -113,7 +120,7 @@ async def cmd_create_channel(args: argparse.Namespace) -> int:
         channel = await client.create_channel(
             args.name, encrypted=args.encrypted, private=args.private, hide_history_before_join=args.hide_history
         )
-    print(f"created #{channel.name} with id {channel.channel_id}")
+    print(f"created #{shown(channel.name)} with id {channel.channel_id}")
     return 0
 
 

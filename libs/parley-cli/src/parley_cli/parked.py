@@ -8,6 +8,7 @@ from pathlib import Path
 import nats.js.errors
 
 from parley_cli.state import load_running_state
+from parley_cli.terminal import shown
 from parley_core.nats_connect import connect_nats
 from parley_core.natsconf import ensure_nats_passwords
 from parley_core.topology import PLATFORM_USER
@@ -22,6 +23,11 @@ class ParkedEvent:
     original_seq: str
     consumer: str
     reason: str
+
+    def line(self) -> str:
+        """Its headers come from whatever failed (a reason may quote the event): shown escaped."""
+        origin = f"{self.original_stream}:{self.original_seq} {self.original_subject}"
+        return f"#{self.seq} {shown(origin)} consumer={shown(self.consumer)} reason={shown(self.reason)}"
 
 
 async def list_parked(data_dir: Path) -> list[ParkedEvent]:

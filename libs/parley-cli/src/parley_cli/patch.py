@@ -27,6 +27,7 @@ from tuf.api.exceptions import LengthOrHashMismatchError
 from parley_cli.publishing import KeyFileError, create_key_file, load_key_file, public_pem, publish_release
 from parley_cli.root_rotation import rotate_root
 from parley_cli.state import no_platform
+from parley_cli.terminal import shown
 from parley_cli.usernames import named, usernames
 from parley_client import ParleyError
 from parley_core.pki import ensure_pki
@@ -38,7 +39,7 @@ FINISHED = ("done", "rolled_back")
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """Columns as wide as their widest cell; readable in a terminal and in a log."""
-    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
+    cells = [[str(h) for h in headers], *[[shown(str(c)) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -124,7 +125,7 @@ async def _with_registry(args: argparse.Namespace, work: Any) -> int:
 
 def _print_rollout(rollout: patch_pb2.Rollout, names: dict[str, str]) -> None:
     print(f"roll-out {rollout.rollout_id}: {rollout.service} {rollout.from_version or '?'} -> {rollout.to_version}")
-    print(f"state: {rollout.state}" + (f" ({rollout.rollback_reason})" if rollout.rollback_reason else ""))
+    print(f"state: {rollout.state}" + (f" ({shown(rollout.rollback_reason)})" if rollout.rollback_reason else ""))
     approved = f", approved by {named(rollout.approved_by, names)}" if rollout.approved_by else ""
     print(f"planned by {named(rollout.planned_by, names)}{approved}")
     total = len(rollout.old_instances)

@@ -20,6 +20,7 @@ from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from parley_cli.admin import _account, _auth  # the operator's auth connection: one way to reach it
 from parley_cli.state import load_running_state
+from parley_cli.terminal import shown
 from parley_client import ParleyError
 from parley_core.files import write_private_file
 from parley_core.runner import secure_channel
@@ -229,6 +230,11 @@ async def _as_logged_in_user(args: argparse.Namespace) -> list[tuple[str, str]]:
         return [("authorization", f"Bearer {await client.current_token()}")]
 
 
+def retention_row(policy: storage_pb2.RetentionPolicy, width: int) -> str:
+    set_at = policy.set_at.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return f"{shown(policy.channel_id):<{width}}  {policy.days:>5}  {shown(policy.set_by):<10}  {set_at}"
+
+
 async def _list_retention(args: argparse.Namespace) -> int:
     request = storage_pb2.ListRetentionPoliciesRequest()
     metadata = await _as_logged_in_user(args)  # the operator, or a security auditor with --as
@@ -240,8 +246,7 @@ async def _list_retention(args: argparse.Namespace) -> int:
     width = max(len("channel"), *(len(p.channel_id) for p in listed.policies))
     print(f"{'channel':<{width}}  {'days':>5}  {'set by':<10}  set at (UTC)")
     for policy in listed.policies:
-        set_at = policy.set_at.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%S")
-        print(f"{policy.channel_id:<{width}}  {policy.days:>5}  {policy.set_by:<10}  {set_at}")
+        print(retention_row(policy, width))
     print("other channels keep their messages forever")
     return 0
 

@@ -14,6 +14,7 @@ import grpc
 from parley.auth.v1.events_pb2 import UserRegistered
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
+from parley_cli.terminal import shown
 from parley_core.envelope import decode, open_payload
 
 TIMEOUT_S = 10.0
@@ -38,4 +39,5 @@ async def usernames(
 
 
 def named(user_id: str, names: dict[str, str]) -> str:
-    return names.get(user_id, user_id)
+    """The name to print for an id (others' names: escaped, see parley_cli.terminal)."""
+    return shown(names.get(user_id, user_id))
