@@ -21,10 +21,11 @@ bind (what `parley up` and any other program do first) found no listener there, 
 platform started by the same user is told the port is busy instead of silently sharing it. Only
 instances given the port (PARLEY_SHARED_LISTEN_ADDRESS) set SO_REUSEPORT (parley_core.runner).
 
-Draining: an instance leaves the group when its gRPC server stops on SIGTERM, which closes its
-listener first and then sends GOAWAY, so clients reconnect to the instances that remain. A
-connection the kernel had already queued for the closing listener but that was not yet accepted
-is reset, unless net.ipv4.tcp_migrate_req=1 hands it to another listener of the group; `parley
+Draining: on SIGTERM an instance first leaves the group (its listener stops listening, so the
+kernel sends new connections to the others) and stops its gRPC server a moment later, which
+sends GOAWAY to its clients (parley_core.listeners, with measurements). A connection the kernel
+had already queued at the leaving listener but that was not yet accepted is reset (its client
+reconnects) unless net.ipv4.tcp_migrate_req=1 hands it to another listener of the group; `parley
 up` says so when that setting is off (see `requests_migrate`).
 """
 

@@ -30,6 +30,7 @@ from parley_core.bus import EventBus
 from parley_core.config import Settings
 from parley_core.errors import DomainError, status_for
 from parley_core.inventory import running_distributions
+from parley_core.listeners import stop_listening
 from parley_core.logs import configure_logging
 from parley_core.nats_connect import connect_nats
 from parley_core.natsconf import ensure_nats_passwords
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 
 # Exit code for a state the service must not run on (sysexits EX_CONFIG); `parley up` shows why.
 EX_CONFIG = 78
+# Between leaving a shared port and stopping the server: connections accepted just before need
+# their TLS handshake and first call (a few round trips).
+SHARED_PORT_SETTLE_S = 0.5
 
 
 class RefusedToStart(Exception):
@@ -357,6 +361,11 @@ async def serve(
 
     log.info("draining", extra={"grace_seconds": settings.grace_seconds})
     await health.enter_graceful_shutdown()
+    if shared and stop_listening(shared):
+        # Out of the shared port first: new clients go to the other instances, and those accepted
+        # just before deliver their calls before the server stops (parley_core.listeners).
+        log.info("left the shared port", extra={"address": shared, "settle_seconds": SHARED_PORT_SETTLE_S})
+        await asyncio.sleep(SHARED_PORT_SETTLE_S)
     # Refuses new calls at once; in-flight calls get the grace period to finish.
     await server.stop(settings.grace_seconds)
     await app.stop()

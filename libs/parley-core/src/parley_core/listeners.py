@@ -1,0 +1,69 @@
+"""Leaving a shared port (SO_REUSEPORT) before the gRPC server listening on it stops.
+
+An instance that stops its gRPC server while still in the port's group takes new connections up
+to the last moment, and calls arriving on them as the server shuts down are cancelled
+(grpc/grpc#41785) or cut mid-handshake. Leaving the group first (the kernel then sends every new
+connection to the other instances) and stopping a moment later, once the connections accepted
+just before have delivered their calls, loses next to none. Measured with 8 clients each opening
+a new connection per call (500-700 a second) while one of two instances was replaced four times
+in 12 s: a plain stop failed 1 to 10 calls per run (net.ipv4.tcp_migrate_req on or off), a front
+door's removal before the stop 4 to 5, leaving first 1 call in 8 runs with tcp_migrate_req off (a
+connection reset in the accept queue) and none in 4 runs with it on.
+
+gRPC gives no handle on its listening socket, so the socket is found among the process's
+descriptors (Linux: /proc/self/fd, the only platform SO_REUSEPORT balances on) and shut down for
+reading, which on a listening socket stops it listening (the kernel resets what waits in its
+accept queue unless net.ipv4.tcp_migrate_req moves it to another listener). gRPC's descriptor
+stays open for gRPC to close; gRPC logs one "Closing acceptor. Failed accept4: Invalid argument"
+line when it next polls it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import socket
+from pathlib import Path
+
+PROCESS_FDS = Path("/proc/self/fd")
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _same_host(bound: str, host: str) -> bool:
+    """gRPC binds IPv4 addresses as IPv4-mapped IPv6 sockets: ::ffff:127.0.0.1 is 127.0.0.1."""
+    try:
+        ours, theirs = ipaddress.ip_address(bound.partition("%")[0]), ipaddress.ip_address(host)
+    except ValueError:
+        return bound == host
+    if isinstance(ours, ipaddress.IPv6Address) and ours.ipv4_mapped is not None:
+        ours = ours.ipv4_mapped
+    if ours.is_unspecified and theirs.is_unspecified:
+        return True  # 0.0.0.0 and :: (a dual-stack socket) are both "every address"
+    return ours == theirs
+
+
+def stop_listening(address: str) -> int:
+    """Stops this process's listening sockets on `address` (host:port) listening; returns how many."""
+    host, port = _split(address)
+    stopped = 0
+    with contextlib.suppress(OSError):
+        descriptors = [int(name) for name in os.listdir(PROCESS_FDS)]
+        for fd in descriptors:
+            with contextlib.suppress(OSError):
+                if not os.readlink(PROCESS_FDS / str(fd)).startswith("socket:"):
+                    continue
+                with socket.socket(fileno=os.dup(fd)) as sock:  # a copy: gRPC's own stays open
+                    if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+                        continue
+                    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                        continue
+                    bound_host, bound_port = sock.getsockname()[:2]
+                    if bound_port == port and _same_host(bound_host, host):
+                        sock.shutdown(socket.SHUT_RD)
+                        stopped += 1
+    return stopped
