@@ -5,10 +5,11 @@ to the last moment, and calls arriving on them as the server shuts down are canc
 (grpc/grpc#41785) or cut mid-handshake. Leaving the group first (the kernel then sends every new
 connection to the other instances) and stopping a moment later, once the connections accepted
 just before have delivered their calls, loses next to none. Measured with 8 clients each opening
-a new connection per call (500-700 a second) while one of two instances was replaced four times
-in 12 s: a plain stop failed 1 to 10 calls per run (net.ipv4.tcp_migrate_req on or off), a front
-door's removal before the stop 4 to 5, leaving first 1 call in 8 runs with tcp_migrate_req off (a
-connection reset in the accept queue) and none in 4 runs with it on.
+a new connection per call while one of two instances was replaced four times in about 12 s
+(`python -m parley_bench.drain_churn`, on this 2-core machine under other load): a plain stop
+lost 0 to 9 calls per run, a front door's removal before the stop 1 to 5, leaving first 1 call
+in 14 runs with net.ipv4.tcp_migrate_req off (a connection reset in the leaving listener's
+accept queue) and none in 4 runs with it on.
 
 gRPC gives no handle on its listening socket, so the socket is found among the process's
 descriptors (Linux: /proc/self/fd, the only platform SO_REUSEPORT balances on) and shut down for
