@@ -341,7 +341,7 @@ async def serve(
     credentials = _server_credentials(pki, service, client_facing=client_facing)
     port = server.add_secure_port(f"{settings.listen_host}:{settings.listen_port}", credentials)
     if shared:
-        # Listened on only from here, once ready; the server's stop closes it first (the drain).
+        # Listened on only from here, once ready; the drain leaves it before the server stops.
         server.add_secure_port(shared, credentials)
     await server.start()
     ctx.address = f"{settings.listen_host}:{port}"

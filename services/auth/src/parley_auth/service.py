@@ -1151,8 +1151,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         if session is None:
             raise NotFound("no such session")
         if session.user_id != caller.user_id:
-            owner = self.accounts.by_id(session.user_id)
-            check_account_action(caller, AccountAction.REVOKE_SESSIONS, owner)
+            check_account_action(caller, AccountAction.REVOKE_SESSIONS, self.accounts.by_id(session.user_id))
         await self._revoke(session, f"revoked by user:{caller.user_id}", f"user:{caller.user_id}")
         return auth_pb2.RevokeSessionResponse()
 
