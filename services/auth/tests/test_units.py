@@ -9,7 +9,7 @@ from cryptography.exceptions import InvalidTag
 
 from parley_auth import mfa
 from parley_auth.key_rotation import RETIRE_MARGIN_S, KeySchedule, SigningKeyState
-from parley_auth.lockout import LockoutBook, LockoutPolicy, Scope
+from parley_auth.lockout import SWEEP_EVERY, LockoutBook, LockoutPolicy, Scope
 from parley_auth.sessions import RefreshVerdict, Session, digest, new_refresh_token
 from parley_core.rbac import may_assign
 
@@ -87,6 +87,17 @@ def test_a_stranger_locks_only_his_own_tries_at_an_account() -> None:
     # A clearing record from before per-pair counts (no source) clears every pair, as it did.
     book.record_success("victim")
     assert book.check("victim", "stranger") is None
+
+
+def test_counts_older_than_a_day_are_swept_and_recent_ones_kept() -> None:
+    policy = LockoutPolicy(threshold=3, base_s=60.0, max_s=600.0, forget_after_s=86400.0)
+    book = LockoutBook(pair_policy=policy, source_policy=policy, clock=lambda: 0.0)
+    for n in range(SWEEP_EVERY - 1):
+        book.record_failure(f"sprayed{n}", f"ipv4:10.0.{n // 250}.{n % 250}", at=0.0)
+    book.record_failure("victim", "stranger", at=86400.0 + 1)  # the sweep runs with this one
+    assert not book.has_failures("sprayed0", "ipv4:10.0.0.0")
+    assert book.has_failures("victim", "stranger")
+    assert book.check("sprayed0", "ipv4:10.0.0.0") is None
 
 
 def test_refresh_token_verdicts() -> None:

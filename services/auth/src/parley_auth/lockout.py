@@ -59,6 +59,11 @@ class _Counter:
         return policy.duration(self.failures)
 
 
+def _drop_forgotten(counters: dict[str, _Counter], now: float, policy: LockoutPolicy) -> None:
+    for key in [k for k, counter in counters.items() if now - counter.last_failure_at > policy.forget_after_s]:
+        del counters[key]
+
+
 class Scope(StrEnum):
     PAIR = "pair"  # this account from this address
     SOURCE = "source"  # every account from this address
@@ -77,6 +82,12 @@ class Locked:
         return f"too many failed attempts from your address; {wait}"
 
 
+# Every this many failures counted, counts past their policy's forget-after time are dropped: they
+# would start again from zero anyway, and an attacker spraying names from many addresses must not
+# grow the book for ever.
+SWEEP_EVERY = 4096
+
+
 @dataclass
 class LockoutBook:
     """The policies come from AuthSettings (PARLEY_AUTH_LOCKOUT_*)."""
@@ -87,6 +98,7 @@ class LockoutBook:
     # account key -> source -> counter
     _pairs: dict[str, dict[str, _Counter]] = field(default_factory=dict)
     _sources: dict[str, _Counter] = field(default_factory=dict)
+    _since_sweep: int = 0
 
     def check(self, username: str, source: str) -> Locked | None:
         """Refuse before the password (or code) is even checked while either counter is locked."""
@@ -108,7 +120,19 @@ class LockoutBook:
         ):
             if (duration := counter.count(now, policy)) > 0 and (started is None or duration > started.retry_after_s):
                 started = Locked(scope, duration)
+        self._since_sweep += 1
+        if self._since_sweep >= SWEEP_EVERY:
+            self._sweep(now)
         return started
+
+    def _sweep(self, now: float) -> None:
+        self._since_sweep = 0
+        for username in list(self._pairs):
+            pairs = self._pairs[username]
+            _drop_forgotten(pairs, now, self.pair_policy)
+            if not pairs:
+                del self._pairs[username]
+        _drop_forgotten(self._sources, now, self.source_policy)
 
     def _counters(self, username: str, source: str) -> tuple[tuple[Scope, _Counter | None, LockoutPolicy], ...]:
         return (
