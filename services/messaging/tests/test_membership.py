@@ -3,7 +3,7 @@
 import pytest
 
 from parley_core.errors import FailedPrecondition, InvalidArgument, PermissionDenied
-from parley_messaging.domain import MODERATOR, OWNER, ChannelDirectory, validate_direct_members
+from parley_messaging.domain import MODERATOR, OWNER, ChannelDirectory, PostedMessage, validate_direct_members
 
 
 def test_private_channel_is_joined_by_invitation_from_a_moderator() -> None:
@@ -71,5 +71,27 @@ def test_hidden_history_starts_after_the_join() -> None:
     channel = ChannelDirectory().create("c1", "general", "owner", 1, hide_history_before_join=True)
     channel.last_seq = 41
     channel.add_member("late")
-    assert channel.visible_from["late"] == 42
-    assert channel.visible_from["owner"] == 1
+    assert channel.view("late").first_seq == 42
+    assert channel.view("owner").first_seq == 1
+
+
+def test_every_command_about_a_hidden_message_is_refused_alike() -> None:
+    """A newcomer of a hide-history channel learns nothing of an earlier message through any
+    command: not its text, not whether they sent it, not whether it is a reply."""
+    channel = ChannelDirectory().create("c1", "general", "owner", 1, hide_history_before_join=True)
+    channel.add_member("late")
+    channel.record_post(PostedMessage("c1", "m1", "late", "late", 1, "said before leaving", 0), "k1")
+    channel.remove_member("late")
+    channel.record_post(PostedMessage("c1", "m2", "owner", "owner", 2, "before the join", 0), "k2")
+    channel.add_member("late")  # rejoined: history starts after #2 again
+    channel.roles["late"] = MODERATOR  # so a role never is the reason for a refusal below
+    channel.record_post(PostedMessage("c1", "m3", "owner", "owner", 3, "after the join", 0), "k3")
+    hidden = "sent before you joined"
+    for seq in (1, 2):
+        for check in (channel.check_edit, channel.check_redact, channel.readable, channel.check_thread_root):
+            with pytest.raises(PermissionDenied, match=hidden):
+                check("late", seq)
+    assert channel.readable("late", 3).current.body == "after the join"
+    channel.check_thread_root("late", 3)
+    assert channel.check_redact("late", 3).current.channel_seq == 3
+    assert channel.check_edit("owner", 2).current.body == "before the join"  # the owner was there

@@ -25,6 +25,7 @@ from parley_core.rbac import Permission
 from parley_core.runner import RunContext
 from parley_core.sources import SOURCE_METADATA, budget_key, client_address
 from parley_core.topology import channel_subject
+from parley_core.visibility import HistoryView
 from parley_gateway.catchup import events_after
 from parley_gateway.limits import Admission, GatewayLimits, RateLimited
 from parley_gateway.live import LiveBuffer, client_event_of, left_channel
@@ -293,11 +294,13 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         channel = next((c for c in mine.channels if c.channel_id == request.channel_id), None)
         if channel is None:
             raise PermissionDenied("you are not a member of this channel")
-        if channel.visible_from_seq > 1:
-            # The channel hides what came before this member joined.
-            if request.before_seq and request.before_seq <= channel.visible_from_seq:  # all of it hidden
-                return storage_pb2.GetChannelHistoryResponse()
-            request.after_seq = max(request.after_seq, channel.visible_from_seq - 1)
+        # The channel may hide what came before this member joined (storage applies it again).
+        after_seq = HistoryView(channel.visible_from_seq).page_after(
+            after_seq=request.after_seq, before_seq=request.before_seq
+        )
+        if after_seq is None:
+            return storage_pb2.GetChannelHistoryResponse()
+        request.after_seq = after_seq
         # Messaging (the write side) says the caller is a member; the archive, which checks
         # membership again from its own copy, can trail it by its lag just after a join.
         loop = asyncio.get_running_loop()

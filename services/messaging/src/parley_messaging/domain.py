@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from parley_core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from parley_core.visibility import EVERYTHING, HistoryView
 
 MAX_CHANNEL_NAME = 64
 MAX_BODY_CHARS = 4000
@@ -78,7 +79,7 @@ class Channel:
     roles: dict[str, str] = field(default_factory=dict)  # user -> OWNER | MODERATOR (members have none)
     invited: set[str] = field(default_factory=set)
     banned: set[str] = field(default_factory=set)
-    visible_from: dict[str, int] = field(default_factory=dict)  # user -> first channel_seq they may read
+    views: dict[str, HistoryView] = field(default_factory=dict)  # user -> what they may read (latest join)
     read_up_to: dict[str, int] = field(default_factory=dict)  # user -> read marker
 
     def require_member(self, user_id: str) -> None:
@@ -97,7 +98,20 @@ class Channel:
     def add_member(self, user_id: str) -> None:
         self.members.add(user_id)
         self.invited.discard(user_id)
-        self.visible_from[user_id] = self.last_seq + 1 if self.hide_history_before_join else 1
+        self.views[user_id] = HistoryView.at_join(
+            hides_history=self.hide_history_before_join, newest_seq_at_join=self.last_seq
+        )
+
+    def view(self, user_id: str) -> HistoryView:
+        """What this user may read of the channel (parley_core.visibility: the one rule)."""
+        return self.views.get(user_id, EVERYTHING)
+
+    def readable(self, user_id: str, channel_seq: int) -> MessageRecord:
+        """A message a member may read and act on: every command and view about an existing
+        message starts here, so a hidden one yields no byte through any of them."""
+        self.require_member(user_id)
+        self.view(user_id).require(channel_seq)
+        return self.message(channel_seq)
 
     def remove_member(self, user_id: str) -> None:
         self.members.discard(user_id)
@@ -195,13 +209,13 @@ class Channel:
             return
         record.redacted()
 
-    def check_thread_root(self, root_seq: int) -> None:
+    def check_thread_root(self, user_id: str, root_seq: int) -> None:
         """Replies hang off a thread's root: one level, as in most chat apps."""
-        if root_seq and self.message(root_seq).current.thread_root_seq:
+        if root_seq and self.readable(user_id, root_seq).current.thread_root_seq:
             raise InvalidArgument(f"message #{root_seq} is itself a reply; reply to its thread's root instead")
 
     def read_seq(self, user_id: str) -> int:
-        return max(self.read_up_to.get(user_id, 0), self.visible_from.get(user_id, 1) - 1)
+        return max(self.read_up_to.get(user_id, 0), self.view(user_id).first_seq - 1)
 
     def unread_count(self, user_id: str) -> int:
         """Messages after the reader's marker that someone else sent."""
@@ -212,8 +226,7 @@ class Channel:
         )
 
     def check_edit(self, user_id: str, channel_seq: int) -> MessageRecord:
-        self.require_member(user_id)
-        record = self.message(channel_seq)
+        record = self.readable(user_id, channel_seq)
         if record.current.redacted:
             raise FailedPrecondition(f"message #{channel_seq} was redacted; it can no longer be edited")
         if record.current.sender_id != user_id:
@@ -221,8 +234,7 @@ class Channel:
         return record
 
     def check_redact(self, user_id: str, channel_seq: int) -> MessageRecord:
-        self.require_member(user_id)
-        record = self.message(channel_seq)
+        record = self.readable(user_id, channel_seq)
         if record.current.sender_id != user_id and not self.is_moderator(user_id):
             raise PermissionDenied("only the sender or a moderator of the channel may redact a message")
         return record

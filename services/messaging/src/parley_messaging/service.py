@@ -94,7 +94,7 @@ def channel_proto(channel: Channel, viewer: str = "") -> messaging_pb2.Channel:
         topic=channel.topic,
         roles={user: channel.role(user) for user in channel.members},
         hide_history_before_join=channel.hide_history_before_join,
-        visible_from_seq=channel.visible_from.get(viewer, 1),
+        visible_from_seq=channel.view(viewer).first_seq,
         read_seq=channel.read_seq(viewer) if viewer in channel.members else 0,
         unread_count=channel.unread_count(viewer) if viewer in channel.members else 0,
     )
@@ -325,7 +325,7 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         def decide(channel: Channel) -> NewEvent | None:
             channel.require_member(caller.user_id)
             body = body_for(channel, request.body)
-            channel.check_thread_root(request.thread_root_seq)
+            channel.check_thread_root(caller.user_id, request.thread_root_seq)
             if channel.earlier_send(caller.user_id, key) is not None:
                 return None  # a retried send: the first result stands
             sent = Timestamp()
@@ -600,11 +600,9 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         assert self._ctx is not None
         caller = self._ctx.tokens.caller(context)
         channel = self.channels.get(request.channel_id)
-        channel.require_member(caller.user_id)
-        if request.root_seq < channel.visible_from.get(caller.user_id, 1):
-            raise PermissionDenied("this channel hides messages from before you joined")
-        root = channel.message(request.root_seq)
-        replies = [channel.messages[seq] for seq in root.replies]
+        root = channel.readable(caller.user_id, request.root_seq)
+        view = channel.view(caller.user_id)
+        replies = [channel.messages[seq] for seq in root.replies if view.shows(seq)]
         return messaging_pb2.ListThreadResponse(
             root=to_proto(root.current, root), replies=[to_proto(r.current, r) for r in replies]
         )
@@ -617,8 +615,7 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         emoji = validate_emoji(request.emoji)
 
         def decide(channel: Channel) -> NewEvent | None:
-            channel.require_member(actor)
-            record = channel.message(request.channel_seq)
+            record = channel.readable(actor, request.channel_seq)
             if (actor in record.reactions.get(emoji, set())) != request.remove:
                 return None  # already as asked: a retried reaction
             kind = ReactionRemoved if request.remove else ReactionAdded
@@ -654,4 +651,5 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         channel = self.channels.get(request.channel_id)
         if not channel.is_moderator(caller.user_id):
             raise PermissionDenied("only a moderator of the channel may see earlier versions of a message")
-        return messaging_pb2.ListMessageVersionsResponse(bodies=channel.message(request.channel_seq).versions)
+        record = channel.readable(caller.user_id, request.channel_seq)
+        return messaging_pb2.ListMessageVersionsResponse(bodies=record.versions)

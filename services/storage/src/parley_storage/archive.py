@@ -34,6 +34,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from parley_core import telemetry
 from parley_core.bus import ReceivedEvent
 from parley_core.envelope import UnknownEventType, decode, open_payload
+from parley_core.visibility import EVERYTHING, HistoryView
 from parley_storage.datakeys import DataKeys, ShreddedKeys
 from parley_storage.faults import PauseInBatch
 from parley_storage.kek import Rotation
@@ -449,9 +450,9 @@ class SqlEventArchive:
 
         return await self.run("consumer_positions", work)
 
-    async def visible_from_seq(self, channel_id: str, user_id: str) -> int:
-        """The first channel_seq this member may read (hide-history-before-join channels)."""
-        return await self.run("visible_from_seq", lambda conn: _visible_from_seq(self, conn, channel_id, user_id))
+    async def history_view(self, channel_id: str, user_id: str) -> HistoryView:
+        """What this member may read of the channel (hide-history-before-join channels)."""
+        return await self.run("history_view", lambda conn: _history_view(self, conn, channel_id, user_id))
 
     async def is_member(self, channel_id: str, user_id: str) -> bool:
         def work(conn: Connection) -> bool:
@@ -948,9 +949,9 @@ def _with_reactions(
     ]
 
 
-def _visible_from_seq(archive: SqlEventArchive, conn: Connection, channel_id: str, user_id: str) -> int:
-    """The first message a member may read: after their (latest) join when the channel hides
-    what came before, as messaging's Channel.visible_from_seq says; 1 otherwise."""
+def _history_view(archive: SqlEventArchive, conn: Connection, channel_id: str, user_id: str) -> HistoryView:
+    """The facts parley_core.visibility's rule needs, from the archived channel events: does the
+    channel hide history, and how many messages were posted before the member's latest join."""
     hide, joined_at = False, 0
     for stream_seq, payload in _channel_payloads(archive, conn, channel_id, [ChannelCreated, MemberJoined]):
         if isinstance(payload, ChannelCreated):
@@ -960,7 +961,7 @@ def _visible_from_seq(archive: SqlEventArchive, conn: Connection, channel_id: st
         elif payload.user_id == user_id:
             joined_at = stream_seq
     if not hide or not joined_at:
-        return 1
+        return EVERYTHING
     earlier = conn.execute(
         select(func.count()).where(
             events.c.aggregate_type == "channel",
@@ -969,7 +970,7 @@ def _visible_from_seq(archive: SqlEventArchive, conn: Connection, channel_id: st
             events.c.stream_seq < joined_at,
         )
     ).scalar_one()
-    return int(earlier) + 1
+    return HistoryView.at_join(hides_history=hide, newest_seq_at_join=int(earlier))
 
 
 @functools.cache

@@ -222,12 +222,13 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
             if not await self.archive.is_member(request.channel_id, caller.user_id):
                 raise PermissionDenied("you are not a member of this channel")
             # A channel may hide what came before a member joined: enforced here, not only upstream.
-            visible_from = await self.archive.visible_from_seq(request.channel_id, caller.user_id)
-            if request.before_seq and request.before_seq <= visible_from:
+            view = await self.archive.history_view(request.channel_id, caller.user_id)
+            after_seq = view.page_after(after_seq=request.after_seq, before_seq=request.before_seq)
+            if after_seq is None:
                 return storage_pb2.GetChannelHistoryResponse()
             messages, has_more = await self.archive.channel_history(
                 request.channel_id,
-                after_seq=max(request.after_seq, visible_from - 1),
+                after_seq=after_seq,
                 limit=request.limit or DEFAULT_PAGE,
                 before_seq=request.before_seq,
                 after_ns=request.after_time.ToNanoseconds() if request.HasField("after_time") else 0,
