@@ -280,3 +280,37 @@ async def test_drain_stops_serving_refuses_new_calls_and_finishes_in_flight_ones
     assert [c.channel_id for c in response.channels] == ["c1"]
     assert await asyncio.wait_for(running.task, TIMEOUT_S) == 0
     assert running.app.stopped
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xff\xff\xff\xff",  # no valid field tag
+        b"\x0a\x05ab",  # a string field longer than the bytes that follow
+        b"\x0a\x02\xff\xfe",  # a string field that is not UTF-8
+    ],
+)
+async def test_undecodable_bytes_are_an_invalid_argument_in_plain_words(running: RunningService, raw: bytes) -> None:
+    channel = running.channel("platform")
+    create = channel.unary_unary(f"/{MESSAGING}/CreateChannel")  # bytes in, bytes out
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await create(raw, metadata=running.user, timeout=TIMEOUT_S)
+
+    details = refused.value.details() or ""
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert details == f"the request is not a valid protobuf message of the type /{MESSAGING}/CreateChannel takes"
+    assert "Error" not in details
+    assert "class" not in details
+
+
+async def test_a_number_or_time_out_of_range_is_refused_before_the_handler(running: RunningService) -> None:
+    channel = running.channel("platform")
+    raw_edit = channel.unary_unary(f"/{MESSAGING}/EditMessage")
+    too_big = messaging_pb2.EditMessageRequest(channel_id="c1", channel_seq=2**63, body="x")
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await raw_edit(too_big.SerializeToString(), metadata=running.user, timeout=TIMEOUT_S)
+
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == f"channel_seq must be between 0 and {2**63 - 1}; it is {2**63}"

@@ -35,6 +35,7 @@ from parley_core.logs import configure_logging
 from parley_core.nats_connect import connect_nats
 from parley_core.natsconf import ensure_nats_passwords
 from parley_core.pki import Pki, ensure_pki
+from parley_core.ranges import check_ranges
 from parley_core.rbac import METHOD_PERMISSIONS, PLATFORM_METHODS
 from parley_core.request_stats import RequestStats, RequestStatsInterceptor
 from parley_core.tokens import TokenVerifier, bearer_token, follow_signing_keys
@@ -105,6 +106,33 @@ def secure_channel(pki: Pki, *, identity: str, address: str, peer: str) -> grpc.
 
 _AioBehaviour = Callable[[Any, "grpc.aio.ServicerContext[Any, Any]"], Any]
 Authorize = Callable[[str, "grpc.aio.ServicerContext[Any, Any]"], None]
+Deserializer = Callable[[bytes], Any]
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """Stands in for a request whose bytes are not the method's message: gRPC would answer UNKNOWN
+    naming a Python exception; the handler answers INVALID_ARGUMENT in plain words instead."""
+
+    method: str
+
+    @property
+    def problem(self) -> str:
+        return f"the request is not a valid protobuf message of the type {self.method} takes"
+
+
+def decoding(deserializer: Deserializer | None, method: str) -> Deserializer | None:
+    """`deserializer`, returning Undecodable for bytes it cannot decode rather than raising."""
+    if deserializer is None:
+        return None
+
+    def decode(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception:  # protobuf raises DecodeError, and others for some malformed input
+            return Undecodable(method)
+
+    return decode
 
 
 def peer_names(context: grpc.aio.ServicerContext[Any, Any]) -> set[str]:
@@ -135,7 +163,9 @@ class CallerCheckAndErrors(grpc.aio.ServerInterceptor):
     """Refuses peers not allowed to call this service and maps errors to one gRPC status each.
 
     Domain errors keep their message; anything unexpected becomes INTERNAL with a reference
-    that points to the log line, never a stack trace to the client.
+    that points to the log line, never a stack trace to the client. Requests that do not decode,
+    or whose numbers or times are out of range (parley_core.ranges), are INVALID_ARGUMENT before
+    any handler sees them.
     """
 
     def __init__(self, allowed_peers: tuple[str, ...] | None, authorize: Authorize | None = None) -> None:
@@ -179,9 +209,12 @@ class CallerCheckAndErrors(grpc.aio.ServerInterceptor):
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 if (problem := check_peer(context)) is not None:
                     await context.abort(grpc.StatusCode.PERMISSION_DENIED, problem)
+                if isinstance(request, Undecodable):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.problem)
                 try:
                     if authorize is not None:
                         authorize(method, context)
+                    check_ranges(request)
                     return await inner_unary(request, context)
                 except (grpc.aio.AbortError, asyncio.CancelledError):
                     raise
@@ -190,7 +223,7 @@ class CallerCheckAndErrors(grpc.aio.ServerInterceptor):
 
             return grpc.unary_unary_rpc_method_handler(
                 unary,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=decoding(handler.request_deserializer, method),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
@@ -199,9 +232,12 @@ class CallerCheckAndErrors(grpc.aio.ServerInterceptor):
             async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
                 if (problem := check_peer(context)) is not None:
                     await context.abort(grpc.StatusCode.PERMISSION_DENIED, problem)
+                if isinstance(request, Undecodable):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.problem)
                 try:
                     if authorize is not None:
                         authorize(method, context)
+                    check_ranges(request)
                     if inspect.iscoroutinefunction(inner_stream):
                         # Writes with context.write() and returns None, as grpc's Health.Watch does.
                         await inner_stream(request, context)
@@ -215,7 +251,7 @@ class CallerCheckAndErrors(grpc.aio.ServerInterceptor):
 
             return grpc.unary_stream_rpc_method_handler(
                 stream,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=decoding(handler.request_deserializer, method),
                 response_serializer=handler.response_serializer,
             )
         return handler

@@ -148,9 +148,11 @@ class DeviceKeyServicer(messaging_pb2_grpc.DeviceKeyServiceServicer):
         self, request: messaging_pb2.FetchToDeviceRequest, context: Context
     ) -> messaging_pb2.FetchToDeviceResponse:
         caller = self._app.ctx.tokens.caller(context)
+        if request.limit > MAX_FETCH:
+            raise InvalidArgument(f"limit must be at most {MAX_FETCH} (0 means 100)")
         await self._fresh(lambda: require_own_device(self.directory, caller.user_id, request.device_id))
         queue = self._queue(caller.user_id)
-        limit = min(request.limit or 100, MAX_FETCH)
+        limit = request.limit or 100
         return messaging_pb2.FetchToDeviceResponse(
             messages=[
                 messaging_pb2.ToDeviceMessage(

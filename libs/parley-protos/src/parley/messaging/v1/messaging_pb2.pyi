@@ -515,6 +515,7 @@ class FetchToDeviceRequest(_message.Message):
     device_id: _builtins.str
     after_queue_seq: _builtins.int
     limit: _builtins.int
+    """1..500; 0 means 100"""
     def __init__(
         self,
         *,
