@@ -414,12 +414,12 @@ async def test_threads_reactions_read_markers_and_unread_counts(platform: Runnin
     assert thread.root.reply_count == 2
     assert [(m.body, m.thread_root_seq) for m in thread.replies] == [("yes, 12:30", 1), ("great", 1)]
 
-    reacted = await bob.react(cid, root.channel_seq, "+1")
-    await alice.react(cid, root.channel_seq, "+1")
-    await alice.react(cid, root.channel_seq, "+1", remove=True)
-    again = await bob.react(cid, root.channel_seq, "+1")  # a retry changes nothing
-    assert [(r.emoji, list(r.user_ids)) for r in reacted.reactions] == [("+1", [bob.user_id])]
-    assert [(r.emoji, list(r.user_ids)) for r in again.reactions] == [("+1", [bob.user_id])]
+    reacted = await bob.react(cid, root.channel_seq, "👍")
+    await alice.react(cid, root.channel_seq, "👍")
+    await alice.react(cid, root.channel_seq, "👍", remove=True)
+    again = await bob.react(cid, root.channel_seq, "👍")  # a retry changes nothing
+    assert [(r.emoji, list(r.user_ids)) for r in reacted.reactions] == [("👍", [bob.user_id])]
+    assert [(r.emoji, list(r.user_ids)) for r in again.reactions] == [("👍", [bob.user_id])]
 
     mine = {c.channel_id: c for c in await bob.my_channels()}[cid]
     assert (mine.read_seq, mine.unread_count) == (0, 2)  # alice's two messages; bob's own reply is read
@@ -470,7 +470,7 @@ def test_cli_private_channel_threads_reactions_and_direct_conversations(platform
     assert "joined #cli-private" in platform.cli("--as", guest, "join", channel_id).stdout
     platform.cli("--as", owner, "send", "cli-private", "agenda?")
     assert "in the thread of #1" in platform.cli("--as", guest, "reply", "cli-private", "1", "item one").stdout
-    assert "+1x1" in platform.cli("--as", guest, "react", "cli-private", "1", "+1").stdout
+    assert "👍x1" in platform.cli("--as", guest, "react", "cli-private", "1", "👍").stdout
     thread = platform.cli("--as", owner, "thread", "cli-private", "1").stdout
     assert "agenda?" in thread
     assert "item one" in thread

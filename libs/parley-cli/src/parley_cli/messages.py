@@ -173,7 +173,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     react = sub.add_parser("react", help="react to a message with an emoji")
     react.add_argument("channel", help="channel id or name")
     react.add_argument("number", type=int)
-    react.add_argument("emoji")
+    react.add_argument("emoji", help="one emoji, such as 👍 (text like +1 is refused)")
     react.add_argument("--remove", action="store_true", help="take the reaction back")
     react.set_defaults(run=cmd_react)
     # The foundation's create-channel, with this channel kinds.

@@ -326,9 +326,3 @@ def validate_direct_members(creator_id: str, user_ids: list[str]) -> tuple[str, 
     if not 1 <= len(others) <= MAX_DIRECT_OTHERS:
         raise InvalidArgument(f"a direct conversation has 1 to {MAX_DIRECT_OTHERS} other people")
     return others
-
-
-def validate_emoji(emoji: str) -> str:
-    if not emoji or len(emoji) > 32 or any(not ch.isprintable() or ch.isspace() for ch in emoji):
-        raise InvalidArgument("a reaction is 1..32 printable characters without spaces")
-    return emoji

@@ -50,10 +50,11 @@ from parley_messaging.domain import (
     validate_body,
     validate_channel_name,
     validate_direct_members,
-    validate_emoji,
     validate_idempotency_key,
     validate_topic,
 )
+from parley_messaging.reactions import reaction_emoji
+from parley_messaging.settings import MessagingSettings
 
 APPEND_ATTEMPTS = 5
 A = TypeVar("A", bound="Versioned | None")
@@ -123,7 +124,8 @@ class Versioned(Protocol):
 
 
 class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
-    def __init__(self) -> None:
+    def __init__(self, settings: MessagingSettings | None = None) -> None:
+        self.settings = settings or MessagingSettings()
         self.channels = ChannelDirectory()
         self.directory = AuthDirectory()
         self.device_keys = DeviceKeyServicer(self, self.directory)
@@ -612,12 +614,17 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
     ) -> messaging_pb2.ChatMessage:
         assert self._ctx is not None
         actor = self._ctx.tokens.caller(context).user_id
-        emoji = validate_emoji(request.emoji)
+        limits = self.settings.reaction_limits
 
         def decide(channel: Channel) -> NewEvent | None:
             record = channel.readable(actor, request.channel_seq)
+            # Taking back a reaction takes its text as stored (one added before emoji were checked too).
+            stored = request.remove and actor in record.reactions.get(request.emoji, set())
+            emoji = request.emoji if stored else reaction_emoji(request.emoji)
             if (actor in record.reactions.get(emoji, set())) != request.remove:
                 return None  # already as asked: a retried reaction
+            if not request.remove:
+                limits.check_add(record.reactions, emoji, actor, request.channel_seq)
             kind = ReactionRemoved if request.remove else ReactionAdded
             payload = kind(channel_id=channel.channel_id, channel_seq=request.channel_seq, user_id=actor, emoji=emoji)
             return self._event(channel, actor, payload)

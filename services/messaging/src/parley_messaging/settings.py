@@ -1,0 +1,20 @@
+"""Settings only the messaging service reads (PARLEY_MESSAGING_*), beside parley_core's shared ones."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from parley_messaging.reactions import ReactionLimits
+
+
+class MessagingSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PARLEY_MESSAGING_", extra="ignore")
+
+    # Distinct emoji on one message, and emoji one person may add to one message.
+    max_emoji_per_message: int = Field(default=ReactionLimits.emoji_per_message, ge=1, le=1000)
+    max_reactions_per_user: int = Field(default=ReactionLimits.per_user_per_message, ge=1, le=1000)
+
+    @property
+    def reaction_limits(self) -> ReactionLimits:
+        return ReactionLimits(self.max_emoji_per_message, self.max_reactions_per_user)
