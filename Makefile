@@ -91,6 +91,11 @@ bench-reseed: venv
 faults: venv
 	PARLEY_FAULT_RESULTS=fault-results $(BIN)/pytest tests/faults -m "slow or e2e" -v -s
 
+# The property-based run of every gateway call with many more examples than `make test` takes.
+.PHONY: fuzz
+fuzz: venv
+	PARLEY_FUZZ_PROFILE=thorough $(BIN)/pytest tests/e2e/test_edge_input.py -k random_requests -q
+
 # Messaging rolled out through the patch registry under Locust load (the short run is in `make faults`).
 UPGRADE_USERS ?= 40
 UPGRADE_SPAWN_RATE ?= 5

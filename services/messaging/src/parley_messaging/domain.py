@@ -109,6 +109,8 @@ class Channel:
     def readable(self, user_id: str, channel_seq: int) -> MessageRecord:
         """A message a member may read and act on: every command and view about an existing
         message starts here, so a hidden one yields no byte through any of them."""
+        if channel_seq < 1:
+            raise InvalidArgument("message numbers start at 1")
         self.require_member(user_id)
         self.view(user_id).require(channel_seq)
         return self.message(channel_seq)
