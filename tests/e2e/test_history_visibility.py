@@ -70,6 +70,7 @@ class Scene:
     hidden_seqs: tuple[int, ...] = ()
     visible: dict[str, int] = field(default_factory=dict)  # a visible message per purpose
     visible_text: str = ""
+    old_send_key: str = ""  # the idempotency key of the newcomer's send before they left
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,8 @@ async def set_scene(platform: RunningPlatform) -> Scene:
     # The newcomer was here once, said something, and left.
     await newcomer.join_channel(cid)
     own_old = unique("newcomer-old-text")
-    await newcomer.send(cid, own_old)
+    scene.old_send_key = unique("key")
+    await newcomer.send(cid, own_old, idempotency_key=scene.old_send_key)
     await newcomer.leave_channel(cid)
     # What happened while they were away: a post, its reply, its edit, a reaction.
     await early.join_channel(cid)
@@ -262,3 +264,15 @@ async def test_pages_of_messages_hold_only_what_came_after_the_join(
             response = storage_pb2.GetChannelHistoryResponse.FromString(answer)
             assert min(m.channel_seq for m in response.messages) == scene.visible["root"]
             assert scene.visible_text.encode() in answer
+
+
+async def test_a_retried_send_from_before_the_join_returns_nothing_of_it(
+    platform: RunningPlatform, scene: Scene
+) -> None:
+    """A send's retry returns the first result; not when that result is now hidden from its sender."""
+    request = messaging_pb2.PostMessageRequest(
+        channel_id=scene.channel_id, body="again", idempotency_key=scene.old_send_key
+    )
+    answer, code, details = await call(platform, scene, "SendMessage", request)
+    assert not leaked(scene, answer, details)
+    assert (code, "idempotency key was used before you joined" in details) == ("FAILED_PRECONDITION", True)

@@ -95,3 +95,6 @@ def test_every_command_about_a_hidden_message_is_refused_alike() -> None:
     channel.check_thread_root("late", 3)
     assert channel.check_redact("late", 3).current.channel_seq == 3
     assert channel.check_edit("owner", 2).current.body == "before the join"  # the owner was there
+    with pytest.raises(FailedPrecondition, match="idempotency key was used before you joined"):
+        channel.earlier_send("late", "k1")  # a "retry" of the old send would hand back its text
+    assert channel.earlier_send("owner", "k2") is not None

@@ -168,8 +168,14 @@ class Channel:
             raise PermissionDenied("only a moderator may rename the channel or change its topic")
 
     def earlier_send(self, sender_id: str, key: str) -> PostedMessage | None:
+        """The message an earlier send with this key made; a retry returns it, unless the sender
+        may no longer read it (sent before they last joined a channel that hides history)."""
         seq = self.sends.get((sender_id, key))
-        return None if seq is None else self.messages[seq].current
+        if seq is None:
+            return None
+        if not self.view(sender_id).shows(seq):
+            raise FailedPrecondition("this idempotency key was used before you joined the channel again; use a new one")
+        return self.messages[seq].current
 
     def message(self, channel_seq: int) -> MessageRecord:
         record = self.messages.get(channel_seq)
