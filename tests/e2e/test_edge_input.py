@@ -105,10 +105,12 @@ async def named_user(platform: RunningPlatform, name: str) -> ParleyClient:
     return client
 
 
-async def fresh_token(platform: RunningPlatform, username: str) -> str:
-    """A new session: a run that logged its session out (Logout) or revoked it leaves the next one whole."""
+async def fresh_token(platform: RunningPlatform, refresh_token: str) -> str:
+    """A current access token of one of the fuzzing user's sessions. By refresh, not by login: the
+    runs of Login and Register pile up failed logins from this address, and a lockout would follow."""
     async with connect(platform) as client:
-        return (await client.login(username, PASSWORD)).access_token
+        client.refresh_token = refresh_token
+        return (await client.refresh()).access_token
 
 
 # --- reactions ---------------------------------------------------------------------------------
@@ -204,9 +206,9 @@ class Target:
 
     address: str
     ca_cert: bytes
-    fuzzer_name: str
     fuzzer_id: str
-    bystander_token: str
+    sessions: dict[str, str]  # a refresh token per gateway method: one run's Logout ends no other's
+    bystander_session: str  # the bystander's refresh token
     bystander_channel: str
     strings: dict[str, list[str]]  # known values of fields whose name starts with the key
 
@@ -231,12 +233,14 @@ async def make_target(platform: RunningPlatform) -> Target:
     target = Target(
         address=platform.gateway_address,
         ca_cert=platform.ca_cert.read_bytes(),
-        fuzzer_name=fuzzer_name,
         fuzzer_id=fuzzer.user_id or "",
-        bystander_token=bystander.access_token or "",
+        sessions={},
+        bystander_session=bystander.refresh_token or "",
         bystander_channel=other,
         strings=strings,
     )
+    for method in GATEWAY.methods:
+        target.sessions[method.name] = (await fuzzer.login(fuzzer_name, PASSWORD)).refresh_token
     await fuzzer.close()
     await bystander.close()
     return target
@@ -368,7 +372,9 @@ async def bystander_is_served(platform: RunningPlatform, target: Target) -> None
     """Send in the bystander's channel and read it back from history: gateway, auth, messaging
     and storage all still serve someone who had nothing to do with the run."""
     client = connect(platform)
-    client.access_token = target.bystander_token
+    client.refresh_token = target.bystander_session
+    await client.refresh()
+    target.bystander_session = client.refresh_token or ""
     text = f"still here {uuid.uuid4().hex[:6]}"
     sent = await client.send(target.bystander_channel, text)
 
@@ -385,7 +391,7 @@ def test_random_requests_get_only_documented_answers(
     platform: RunningPlatform, target: Target, gateway: grpc.Channel, method: str
 ) -> None:
     descriptor = GATEWAY.methods_by_name[method]
-    token = asyncio.run(fresh_token(platform, target.fuzzer_name))
+    token = asyncio.run(fresh_token(platform, target.sessions[method]))
     tokens = st.one_of(st.just(token), st.sampled_from(["", "not-a-token", token[:-4] + "AAAA"]))
 
     @settings(settings.get_profile(PROFILE))

@@ -25,6 +25,13 @@ def test_password_policy() -> None:
         check_password_policy("my-name-is-Alice-ok", "alice")
 
 
+def test_a_long_password_is_scored_by_its_first_characters_not_refused_with_an_error() -> None:
+    """zxcvbn raises ValueError past 72 characters: a long password was an INTERNAL error."""
+    check_password_policy("correct-horse-battery-staple-" * 30, "bob")  # 870 characters
+    with pytest.raises(InvalidArgument, match="too weak"):
+        check_password_policy("a" * 300, "bob")
+
+
 async def test_argon2id_with_owasp_parameters() -> None:
     assert HASHER.memory_cost >= 19 * 1024
     assert HASHER.time_cost >= 2

@@ -17,8 +17,8 @@ MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 1024
 # zxcvbn scores 0..4; 3 is "safely unguessable: moderate protection from offline attacks".
 MIN_PASSWORD_SCORE = 3
-# zxcvbn's cost grows with length; its own guidance is to score only a prefix.
-SCORED_PREFIX = 100
+# zxcvbn's cost grows with length: it scores at most its default of 72 characters (and refuses more).
+SCORED_PREFIX = 72
 
 # Names a stranger must not pick for themselves (impersonating staff or the system); an
 # administrator may still create them.
