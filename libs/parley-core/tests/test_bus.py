@@ -15,10 +15,11 @@ import nats.js.errors
 import pytest
 import pytest_asyncio
 from nats.js import api
+from parley.auth.v1.events_pb2 import UserRegistered
 from parley.messaging.v1.events_pb2 import MessagePosted
 
-from parley_core.bus import ConcurrencyConflict, EventBus, ReceivedEvent, RetryLater
-from parley_core.envelope import NewEvent, decode, open_payload
+from parley_core.bus import FOREIGN_EVENT, ConcurrencyConflict, EventBus, ReceivedEvent, Refused, RetryLater
+from parley_core.envelope import NewEvent, decode, open_payload, seal
 from parley_core.testing.nats import NatsTestServer
 from parley_core.testing.waiting import eventually
 from parley_core.topology import (
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.asyncio
 TIMEOUT_S = 10.0
 MSG = STREAMS_BY_NAME["MSG"]
 PARKED = STREAMS_BY_NAME["PARKED"]
-DURABLE = "test-archive-msg"
+DURABLE = "storage-archive-msg"  # storage's own: its NATS user may use no other
 
 T = TypeVar("T")
 
@@ -522,3 +523,188 @@ async def test_an_unavailable_handler_holds_the_batch_and_parks_nothing(
     assert {e.num_delivered for e in seen.applied} == {1}
     platform = (await nats_server.connect("platform")).jetstream()
     assert await _parked_message(platform, parked_subject("storage", "MSG")) is None
+
+
+async def test_a_refused_event_is_parked_at_once(
+    nats_server: NatsTestServer, bus: EventBus, storage_bus: EventBus
+) -> None:
+    events = [posted("c1", "fine"), posted("c1", "against the rules")]
+    seqs = [await append_unconditionally(bus, e, n) for n, e in enumerate(events)]
+    seen = Recorder()
+
+    async def handle(batch: Sequence[ReceivedEvent]) -> None:
+        if any(e.envelope.event_id == events[1].event_id for e in batch):
+            await seen.record(batch, applied=False)
+            raise Refused("not the erased user's message")
+        await seen.record(batch, applied=True)
+
+    await storage_bus.consume(consumer_spec(max_deliver=5), handle)
+    platform = (await nats_server.connect("platform")).jetstream()
+    parked = await eventually(lambda: _parked_message(platform, parked_subject("storage", "MSG")))
+    await eventually(lambda: _consumer_settled(storage_bus, seqs[-1]))
+
+    assert parked.headers is not None
+    assert parked.headers["Parley-Parked-Reason"] == "refused: not the erased user's message"
+    # Once alone (after its batch failed), then parked: no redelivery budget spent on it.
+    assert sorted(e.num_delivered for batch in seen.calls for e in batch if e.stream_seq == seqs[1]) == [1, 1]
+    assert seen.applied_ids() == [events[0].event_id]
+
+
+# --- only what the owner writes ---------------------------------------------------------------
+
+
+def _foreign(event_id: str) -> bytes:
+    """An auth event (a registration with a password hash) on messaging's stream."""
+    event = NewEvent(
+        aggregate_type="channel",
+        aggregate_id="c1",
+        payload=UserRegistered(user_id="intruder", username="intruder", password_hash="$argon2id$forged"),
+        actor="intruder",
+        event_id=event_id,
+    )
+    return seal(event, aggregate_version=2, producer="forger@0", trace_context={}).SerializeToString()
+
+
+async def _foreign_copies(platform: nats.js.JetStreamContext) -> list[api.RawStreamMsg]:
+    info = await platform.stream_info("PARKED")
+    found = []
+    for seq in range(int(info.state.first_seq or 1), int(info.state.last_seq or 0) + 1):
+        msg = await platform.get_msg("PARKED", seq)
+        if (msg.headers or {}).get("Parley-Parked-Kind") == FOREIGN_EVENT:
+            found.append(msg)
+    return found
+
+
+async def test_an_event_its_streams_owner_never_writes_is_parked_once_and_never_handled(
+    nats_server: NatsTestServer, bus: EventBus, storage_bus: EventBus
+) -> None:
+    before = await append_unconditionally(bus, posted("c1", "before"), 1)
+    platform = (await nats_server.connect("platform")).jetstream()
+    forged = (await platform.publish(channel_subject("c1"), _foreign("forged-1"))).seq
+    after = await append_unconditionally(bus, posted("c1", "after"), 3)
+    projected, archived = Recorder(), Recorder()
+
+    async def project(event: ReceivedEvent) -> None:
+        await projected.record([event], applied=True)
+
+    async def archive(batch: Sequence[ReceivedEvent]) -> None:
+        await archived.record(batch, applied=True)
+
+    # Two replays of one service (as auth has three of AUTH), then the same after a restart.
+    replays = [await bus.replay(stream="MSG", filter_subject=CHANNELS_FILTER, handler=project) for _ in range(2)]
+    await storage_bus.consume(consumer_spec(), archive)
+    for replay in replays:
+        await replay.wait_for_seq(after, TIMEOUT_S)
+        await replay.stop()
+    await eventually(lambda: _consumer_settled(storage_bus, after))
+    again = await bus.replay(stream="MSG", filter_subject=CHANNELS_FILTER, handler=project)
+    await again.wait_for_seq(after, TIMEOUT_S)
+
+    assert [e.stream_seq for e in projected.applied] == [before, after] * 3
+    assert [e.stream_seq for e in archived.applied] == [before, after]
+    copies = await eventually(lambda: _n_copies(platform, 2))
+    assert sorted(m.subject for m in copies) == [
+        f"{parked_subject('messaging', 'MSG')}.{forged}",
+        f"{parked_subject('storage', 'MSG')}.{forged}",
+    ]
+    for copy in copies:
+        assert copy.headers is not None
+        assert copy.headers["Parley-Original-Sequence"] == str(forged)
+        assert "foreign event type 'parley.auth.v1.UserRegistered'" in copy.headers["Parley-Parked-Reason"]
+        assert decode(copy.data or b"").event_id == "forged-1"
+
+
+async def _n_copies(platform: nats.js.JetStreamContext, n: int) -> list[api.RawStreamMsg] | None:
+    copies = await _foreign_copies(platform)
+    return copies if len(copies) == n else None
+
+
+# --- a consumer's stream and its loss ---------------------------------------------------------
+
+
+async def test_a_consumer_of_a_stream_not_created_yet_starts_once_it_is(nats_server: NatsTestServer) -> None:
+    storage = EventBus(await nats_server.connect("storage"), service="storage", producer="storage@test")
+    seen = Recorder()
+
+    async def archive(batch: Sequence[ReceivedEvent]) -> None:
+        await seen.record(batch, applied=True)
+
+    try:
+        consumer = await storage.consume(consumer_spec(), archive)  # returns at once: MSG does not exist
+        assert await consumer.wait_drained(TIMEOUT_S)  # nothing can be waiting on a stream that is not there
+        messaging = EventBus(await nats_server.connect("messaging"), service="messaging", producer="messaging@test")
+        await messaging.ensure_streams([MSG, PARKED])
+        event = posted("c1", "first")
+        await append_unconditionally(messaging, event, 1)
+        await seen.wait_until(lambda: seen.applied_ids() == [event.event_id])
+    finally:
+        await asyncio.wait_for(storage.stop_consumers(), TIMEOUT_S)
+
+
+@dataclass
+class ResumeAt:
+    """A service's answer to a lost consumer: start at `seq`; and what it was told afterwards."""
+
+    seq: int
+    made_again: list[tuple[str, int]] = field(default_factory=list)
+
+    async def resume_from(self, spec: ConsumerSpec) -> int:
+        return self.seq
+
+    async def recreated(self, spec: ConsumerSpec, start_seq: int) -> None:
+        self.made_again.append((spec.durable, start_seq))
+
+
+async def test_a_lost_durable_is_made_again_where_its_service_says(
+    nats_server: NatsTestServer, bus: EventBus, storage_bus: EventBus
+) -> None:
+    first = [posted("c1", f"m{n}") for n in range(3)]
+    seqs = [await append_unconditionally(bus, e, n) for n, e in enumerate(first)]
+    seen = Recorder()
+
+    async def archive(batch: Sequence[ReceivedEvent]) -> None:
+        await seen.record(batch, applied=True)
+
+    on_loss = ResumeAt(seq=seqs[1])  # the service recorded seqs[0] only, say
+    consumer = await storage_bus.consume(consumer_spec(), archive, on_loss=on_loss)
+    await seen.wait_until(lambda: len(seen.applied) == 3)
+    await consumer.wait_drained(TIMEOUT_S)
+    platform = (await nats_server.connect("platform")).jetstream()
+    assert await platform.delete_consumer("MSG", DURABLE)  # an operator's mistake, or a lost server state
+    later = posted("c2", "while it was gone")
+    await append_unconditionally(bus, later, 9)
+
+    await seen.wait_until(lambda: later.event_id in seen.applied_ids())
+    assert on_loss.made_again == [(DURABLE, seqs[1])]
+    # From where the service said: seqs[1] again (a repeat its archive drops), never before it.
+    assert [e.stream_seq for e in seen.applied] == [*seqs, seqs[1], seqs[2], seqs[2] + 1]
+    info = await platform.consumer_info("MSG", DURABLE)
+    assert info.config.opt_start_seq == seqs[1]
+
+
+async def test_a_replay_whose_consumer_is_lost_makes_a_new_one_and_misses_nothing(
+    nats_server: NatsTestServer, bus: EventBus
+) -> None:
+    """nats-py recreates an ordered consumer after missed heartbeats with the same settings; the
+    name must be new each time, or the server refuses the creation and the replay stops."""
+    gateway = EventBus(await nats_server.connect("gateway"), service="gateway", producer="gateway@test")
+    seen = Recorder()
+
+    async def apply(event: ReceivedEvent) -> None:
+        await seen.record([event], applied=True)
+
+    first = await append_unconditionally(bus, posted("c1", "first"), 1)
+    replay = await gateway.replay(stream="MSG", filter_subject=CHANNELS_FILTER, handler=apply, heartbeat_s=0.5)
+    await replay.wait_for_seq(first, TIMEOUT_S)
+    platform = (await nats_server.connect("platform")).jetstream()
+    [name] = [c.name for c in await platform.consumers_info("MSG")]
+    assert name.startswith("gateway_")
+    assert await platform.delete_consumer("MSG", name)
+    later = await append_unconditionally(bus, posted("c1", "after the loss"), 2)
+
+    await replay.wait_for_seq(later, TIMEOUT_S)
+    assert [e.stream_seq for e in seen.applied] == [first, later]
+    [renamed] = [c.name for c in await platform.consumers_info("MSG")]
+    assert renamed.startswith("gateway_")
+    assert renamed != name
+    await replay.stop()

@@ -1,7 +1,8 @@
 """The broker enforces topology.permissions_for: what each service may publish and read.
 
 These run against a real nats-server started by the ``nats_server`` fixture, so a JetStream
-API subject missing from topology shows up here as a timeout or a permissions violation.
+API subject missing from topology shows up here as a timeout or a permissions violation, and a
+subject topology grants too widely as a write or a consumer change the server let through.
 """
 
 from __future__ import annotations
@@ -10,12 +11,16 @@ import asyncio
 import json
 from pathlib import Path
 
+import nats.js.errors
 import pytest
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
-from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo
+from parley.messaging.v1.events_pb2 import MessagePosted
 
 from parley_core import topology
+from parley_core.bus import EventBus, ReceivedEvent
+from parley_core.envelope import NewEvent, seal
 from parley_core.nats_connect import connect_nats
 from parley_core.pki import ensure_pki
 from parley_core.testing.nats import NatsTestServer
@@ -23,6 +28,18 @@ from parley_core.testing.nats import NatsTestServer
 pytestmark = pytest.mark.asyncio  # also runs where asyncio_mode is not auto
 
 TIMEOUT_S = 5  # an int: nats-py annotates some timeouts as int
+
+
+def _envelope(event_id: str, channel_id: str = "x") -> bytes:
+    """A post as messaging appends it (a type MSG's owner writes), known by its event id."""
+    event = NewEvent(
+        aggregate_type="channel",
+        aggregate_id=channel_id,
+        payload=MessagePosted(channel_id=channel_id, body=event_id),
+        actor="u1",
+        event_id=event_id,
+    )
+    return seal(event, aggregate_version=1, producer="test@0", trace_context={}).SerializeToString()
 
 
 class ErrorRecorder:
@@ -60,17 +77,38 @@ async def _create_msg_stream(nats_server: NatsTestServer) -> Client:
     return messaging
 
 
-async def test_messaging_owns_msg_stream(nats_server: NatsTestServer) -> None:
-    messaging = await _create_msg_stream(nats_server)
-    js = messaging.jetstream()
+async def _declared_streams(nats_server: NatsTestServer) -> EventBus:
+    """Every stream as `parley up` declares it, through the platform identity."""
+    platform = EventBus(await nats_server.connect("platform"), service="platform", producer="test@0")
+    await platform.ensure_streams(topology.STREAMS)
+    return platform
 
-    ack = await js.publish(topology.channel_subject("x"), b"hello", timeout=TIMEOUT_S)
+
+async def _read_back(bus: EventBus, stream: str, subject: str, count: int) -> list[bytes]:
+    """What a service's replay (its own named ordered consumer) delivers from `subject`."""
+    seen: list[bytes] = []
+    done = asyncio.Event()
+
+    async def handler(event: ReceivedEvent) -> None:
+        seen.append(event.envelope.event_id.encode())
+        if len(seen) == count:
+            done.set()
+
+    replay = await bus.replay(stream=stream, filter_subject=subject, handler=handler)
+    try:
+        await asyncio.wait_for(done.wait(), TIMEOUT_S)
+    finally:
+        await replay.stop()
+    return seen
+
+
+async def test_messaging_owns_msg_stream(nats_server: NatsTestServer) -> None:
+    messaging = EventBus(await _create_msg_stream(nats_server), service="messaging", producer="messaging@test")
+
+    ack = await messaging.js.publish(topology.channel_subject("x"), _envelope("hello"), timeout=TIMEOUT_S)
     assert ack.stream == "MSG"
 
-    sub = await js.pull_subscribe(topology.channel_subject("x"), durable="messaging-readback", stream="MSG")
-    [msg] = await sub.fetch(1, timeout=TIMEOUT_S)
-    assert (msg.subject, msg.data) == (topology.channel_subject("x"), b"hello")
-    await msg.ack_sync(timeout=TIMEOUT_S)
+    assert await _read_back(messaging, "MSG", topology.channel_subject("x"), 1) == [b"hello"]
 
 
 async def test_publish_outside_own_subjects_is_refused(nats_server: NatsTestServer) -> None:
@@ -173,16 +211,27 @@ async def test_storage_reads_msg_with_durable_pull_consumer(nats_server: NatsTes
     assert info.delivered.stream_seq == 3
 
 
-async def test_gateway_reads_msg_with_ordered_push_consumer(nats_server: NatsTestServer) -> None:
+async def test_gateway_reads_msg_with_its_own_named_ordered_consumer(nats_server: NatsTestServer) -> None:
     messaging = await _create_msg_stream(nats_server)
-    gateway = await nats_server.connect("gateway")
-    sub = await gateway.jetstream().subscribe(topology.CHANNELS_FILTER, stream="MSG", ordered_consumer=True)
-
+    gateway = EventBus(await nats_server.connect("gateway"), service="gateway", producer="gateway@test")
     for n in range(3):
-        await messaging.jetstream().publish(topology.channel_subject("live"), f"m{n}".encode())
+        await messaging.jetstream().publish(topology.channel_subject("live"), _envelope(f"m{n}", "live"))
 
-    received = [(await sub.next_msg(timeout=TIMEOUT_S)).data for _ in range(3)]
-    assert received == [b"m0", b"m1", b"m2"]
+    assert await _read_back(gateway, "MSG", topology.CHANNELS_FILTER, 3) == [b"m0", b"m1", b"m2"]
+
+
+async def test_an_unnamed_consumer_is_refused_for_it_could_rewrite_any_other(nats_server: NatsTestServer) -> None:
+    """The legacy ephemeral create ($JS.API.CONSUMER.CREATE.<stream>) takes the consumer's name
+    from the request body, where no permission can see it: with it, the gateway could rewrite
+    storage's archive consumer (filter, even durability). No service may use it."""
+    await _declared_streams(nats_server)
+    errors = ErrorRecorder()
+    gateway = await nats_server.connect("gateway", error_cb=errors.callback)
+
+    with pytest.raises((NatsError, TimeoutError)):  # refused: the request never reaches the API
+        await gateway.jetstream(timeout=1).subscribe(topology.CHANNELS_FILTER, stream="MSG", ordered_consumer=True)
+
+    await errors.wait_for("permissions violation", "publish", "$js.api.consumer.create.msg")
 
 
 async def test_storage_may_delete_only_from_the_streams_an_erasure_reaches(nats_server: NatsTestServer) -> None:
@@ -200,3 +249,198 @@ async def test_storage_may_delete_only_from_the_streams_an_erasure_reaches(nats_
         await storage.jetstream().delete_msg("SEC", 1)
     await errors.wait_for("permissions violation", "publish", "$JS.API.STREAM.MSG.DELETE.SEC")
     assert (await platform.jetstream().stream_info("SEC")).state.messages == 1
+
+
+# --- one writer per subject tree, and only one's own consumers: every cell of the matrix ---------
+
+
+def _every_subject_form() -> list[str]:
+    """One subject of each form topology builds, and a made-up one in every stream's tree."""
+    t = topology
+    return [
+        *(spec.subjects[0].removesuffix(">") + "forged" for spec in t.STREAMS),
+        t.user_subject("u1"),
+        t.username_subject("k1"),
+        t.signing_key_subject("key1"),
+        t.lockout_subject("k1"),
+        "parley.sec.login_succeeded.u1",
+        t.channel_subject("c1"),
+        t.to_device_subject("u1"),
+        t.privacy_subject("u1"),
+        t.restore_subject("b1"),
+        t.retention_subject("c1"),
+        t.kek_subject(),
+        t.archive_consumer_subject("MSG"),
+        *(t.due_subject(owner, "erasure", "u1") for owner in t.MARKER_OWNERS),
+        *(t.reseed_hole_subject(spec.name) for spec in t.STREAMS if spec.owner != "*"),
+        t.rollout_subject("r1"),
+        t.release_subject("auth"),
+        t.advisory_subject("a1"),
+        t.trust_root_subject(),
+        t.vulnerability_alert_subject("overdue", "a1"),
+        "parley.sec.patch.overdue.a1",  # where the registry's alerts went before: auth's audit chain
+    ]
+
+
+def _foreign_subjects(service: str) -> list[str]:
+    """Every subject `service` does not own: each other owner's stream trees, and the parking
+    and heartbeat subjects of every other service (from topology, no list of its own)."""
+    subjects = [s for s in _every_subject_form() if topology.stream_for_subject(s).owner not in (service, "*")]
+    for other in topology.SERVICES:
+        if other != service:
+            subjects.append(topology.parked_subject(other, "MSG"))
+            subjects.append(topology.heartbeat_subject(other, "forged"))
+    return subjects
+
+
+async def test_every_service_is_refused_on_every_other_owners_subjects(nats_server: NatsTestServer) -> None:
+    platform = await _declared_streams(nats_server)
+    for service in topology.SERVICES:
+        errors = ErrorRecorder()
+        client = await nats_server.connect(service, error_cb=errors.callback)
+        refused = _foreign_subjects(service)
+        for subject in refused:
+            await client.publish(subject, _envelope(f"forged-{service}"))
+        await client.flush(timeout=TIMEOUT_S)
+        for subject in refused:
+            try:
+                await errors.wait_for("permissions violation", "publish", f'"{subject}"')
+            except TimeoutError:
+                pytest.fail(f"{service} was let publish on {subject}")
+        # Control: each owner's own tree takes its writes.
+        for spec in topology.STREAMS:
+            if spec.owner == service:
+                ack = await client.jetstream().publish(
+                    spec.subjects[0].removesuffix(">") + "own", _envelope(f"own-{service}"), timeout=TIMEOUT_S
+                )
+                assert ack.stream == spec.name
+    for spec in topology.STREAMS:
+        expected = 0 if spec.owner == "*" else 1  # the owner's control write, nothing forged
+        assert (await platform.js.stream_info(spec.name)).state.messages == expected, spec.name
+
+
+async def _declared_consumers(platform: EventBus) -> dict[tuple[str, str], ConsumerInfo]:
+    """Every durable of topology, made by the platform identity as its service would."""
+    made = {}
+    for spec in topology.CONSUMERS:
+        config = ConsumerConfig(
+            name=spec.durable,
+            durable_name=spec.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            filter_subject=spec.filter_subject,
+        )
+        made[(spec.stream, spec.durable)] = await platform.js.add_consumer(spec.stream, config)
+    return made
+
+
+def _attacks_on(durable: topology.ConsumerSpec) -> list[tuple[str, bytes]]:
+    """Every API call that deletes, alters, steals from or inspects another service's durable."""
+    stream, name = durable.stream, durable.durable
+    rewrite = json.dumps(
+        {"stream_name": stream, "config": {"name": name, "durable_name": name, "filter_subject": "parley.nowhere"}}
+    ).encode()
+    return [
+        (f"$JS.API.CONSUMER.DELETE.{stream}.{name}", b""),
+        (f"$JS.API.CONSUMER.CREATE.{stream}.{name}", rewrite),
+        (f"$JS.API.CONSUMER.CREATE.{stream}.{name}.parley.nowhere", rewrite),
+        (f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{name}", rewrite),
+        (f"$JS.API.CONSUMER.PAUSE.{stream}.{name}", b'{"pause_until": "2999-01-01T00:00:00Z"}'),
+        (f"$JS.API.CONSUMER.RESET.{stream}.{name}", b'{"seq": 1000000}'),
+        (f"$JS.API.CONSUMER.UNPIN.{stream}.{name}", b""),
+        (f"$JS.API.CONSUMER.LEADER.STEPDOWN.{stream}.{name}", b""),
+        (f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}", b'{"batch": 10}'),
+        (f"$JS.API.CONSUMER.INFO.{stream}.{name}", b""),
+    ]
+
+
+def _stream_attacks(service: str) -> list[tuple[str, bytes]]:
+    """Deleting or purging any stream (its own too), re-configuring another's, listing consumers,
+    and the legacy unnamed consumer create that takes any name from its body."""
+    attacks = []
+    for spec in topology.STREAMS:
+        attacks += [(f"$JS.API.STREAM.DELETE.{spec.name}", b""), (f"$JS.API.STREAM.PURGE.{spec.name}", b"")]
+        attacks += [(f"$JS.API.CONSUMER.LIST.{spec.name}", b""), (f"$JS.API.CONSUMER.NAMES.{spec.name}", b"")]
+        if spec.owner != service:
+            attacks.append((f"$JS.API.STREAM.UPDATE.{spec.name}", json.dumps({"name": spec.name}).encode()))
+        for durable in (c for c in topology.CONSUMERS if c.stream == spec.name and c.service != service):
+            legacy = {"stream_name": spec.name, "config": {"name": durable.durable, "filter_subject": "parley.nowhere"}}
+            attacks.append((f"$JS.API.CONSUMER.CREATE.{spec.name}", json.dumps(legacy).encode()))
+    return attacks
+
+
+async def test_no_service_may_touch_another_services_consumer_or_any_stream(nats_server: NatsTestServer) -> None:
+    platform = await _declared_streams(nats_server)
+    for spec in topology.STREAMS:
+        await platform.js.publish(spec.subjects[0].removesuffix(">") + "kept", _envelope(f"kept-{spec.name}"))
+    before = await _declared_consumers(platform)
+    for service in topology.SERVICES:
+        errors = ErrorRecorder()
+        client = await nats_server.connect(service, error_cb=errors.callback)
+        attacks = _stream_attacks(service)
+        for durable in (c for c in topology.CONSUMERS if c.service != service):
+            attacks += _attacks_on(durable)
+        for subject, body in dict.fromkeys(attacks):
+            await client.publish(subject, body, reply=f"{topology.inbox_prefix(service)}.attack")
+        await client.flush(timeout=TIMEOUT_S)
+        for subject, _ in dict.fromkeys(attacks):
+            try:
+                await errors.wait_for("permissions violation", "publish", f'"{subject}"')
+            except TimeoutError:
+                pytest.fail(f"{service} was let call {subject}")
+    for (stream, durable), made in before.items():
+        now = await platform.js.consumer_info(stream, durable)
+        assert (now.config.durable_name, now.config.filter_subject) == (durable, made.config.filter_subject)
+        assert now.config.pause_until is None
+    for spec in topology.STREAMS:
+        info = await platform.js.stream_info(spec.name)
+        assert (info.config.subjects, info.state.messages) == (list(spec.subjects), 1), spec.name
+
+
+async def test_a_service_makes_inspects_and_deletes_its_own_durable(nats_server: NatsTestServer) -> None:
+    platform = await _declared_streams(nats_server)
+    await platform.js.publish(topology.channel_subject("c"), _envelope("m1", "c"))
+    js = (await nats_server.connect("storage")).jetstream(timeout=TIMEOUT_S)
+    [spec] = [c for c in topology.CONSUMERS if c.service == "storage" and c.stream == "MSG"]
+
+    sub = await js.pull_subscribe(spec.filter_subject, durable=spec.durable, stream=spec.stream)
+    [msg] = await sub.fetch(1, timeout=TIMEOUT_S)
+    await msg.ack_sync(timeout=TIMEOUT_S)
+    assert (await js.consumer_info(spec.stream, spec.durable)).ack_floor.stream_seq == 1
+    assert await js.delete_consumer(spec.stream, spec.durable)
+    with pytest.raises(nats.js.errors.NotFoundError):
+        await platform.js.consumer_info(spec.stream, spec.durable)
+
+
+async def test_an_owner_reads_of_store_only_the_facts_due_to_it(nats_server: NatsTestServer) -> None:
+    """Auth reads STORE through one durable with its own filter: not another filter, not the
+    stream's state, not a message by sequence, not a consumer of any other shape."""
+    platform = await _declared_streams(nats_server)
+    await platform.js.publish(topology.due_subject("auth", "erasure", "u1"), _envelope("due-auth"))
+    await platform.js.publish(topology.privacy_subject("u1"), _envelope("not-for-auth"))
+    errors = ErrorRecorder()
+    auth = (await nats_server.connect("auth", error_cb=errors.callback)).jetstream(timeout=1)
+    [spec] = [c for c in topology.CONSUMERS if c.service == "auth"]
+
+    sub = await auth.pull_subscribe(spec.filter_subject, durable=spec.durable, stream="STORE")
+    [msg] = await sub.fetch(1, timeout=TIMEOUT_S)
+    assert msg.subject == topology.due_subject("auth", "erasure", "u1")
+    await msg.ack_sync(timeout=TIMEOUT_S)
+
+    wider = ConsumerConfig(name=spec.durable, durable_name=spec.durable, filter_subject="parley.storage.>")
+    refused = [
+        auth.add_consumer("STORE", wider),
+        auth.stream_info("STORE"),
+        auth.get_msg("STORE", 2),
+        auth.get_last_msg("STORE", topology.privacy_subject("u1"), direct=True),
+    ]
+    for call in refused:
+        with pytest.raises((NatsError, TimeoutError)):
+            await call
+    for subject in (
+        f"$js.api.consumer.create.store.{spec.durable}.parley.storage.>",
+        "$js.api.stream.info.store",
+        "$js.api.stream.msg.get.store",
+        "$js.api.direct.get.store",
+    ):
+        await errors.wait_for("permissions violation", "publish", subject)
+    assert (await platform.js.consumer_info("STORE", spec.durable)).config.filter_subject == spec.filter_subject

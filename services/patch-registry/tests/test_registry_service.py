@@ -39,7 +39,7 @@ from parley_core.runner import secure_channel, serve
 from parley_core.testing.nats import NatsTestServer
 from parley_core.testing.waiting import eventually
 from parley_core.tokens import AUDIENCE, ISSUER
-from parley_core.topology import STREAMS_BY_NAME, heartbeat_subject, signing_key_subject
+from parley_core.topology import STREAMS_BY_NAME, VULNERABILITY_ALERTS_FILTER, heartbeat_subject, signing_key_subject
 from parley_patch_registry.service import PatchRegistryApp
 from parley_patch_registry.settings import RegistrySettings
 
@@ -346,7 +346,7 @@ async def test_advisories_against_the_fleet_and_an_overdue_security_event(regist
         assert isinstance(payload, events_pb2.VulnerabilityOverdue)
         await overdue_events.put(payload)
 
-    await registry.platform.subscribe("parley.sec.patch.>", cb=on_security_event)
+    await registry.platform.subscribe(VULNERABILITY_ALERTS_FILTER, cb=on_security_event)
     alive = asyncio.Event()
 
     async def keep_beating() -> None:

@@ -15,19 +15,18 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from parley.auth.v1.events_pb2 import AccountErased, UserRegistered
 from parley.common.v1.envelope_pb2 import EventEnvelope
-from parley.messaging.v1.events_pb2 import ChannelCreated, MemberJoined, MessagePosted, MessagesErased
+from parley.messaging.v1.events_pb2 import ChannelCreated, MemberJoined, MessagePosted, MessagesErased, MessagesExpired
 from sqlalchemy import Connection, select
 from sqlalchemy.exc import DBAPIError
 
 from parley_core.bus import ReceivedEvent
 from parley_core.envelope import NewEvent, seal
+from parley_core.markers import MAX_EVENT_ID, Marker, account_erasure_marker, channel_erasure_marker
 from parley_core.testing.events import received
 from parley_core.topology import channel_subject, user_subject, username_subject
 from parley_storage.archive import RetentionPolicy, SqlEventArchive
-from parley_storage.retention import expiry_markers
+from parley_storage.retention import expiry_facts
 from parley_storage.schema import consumer_positions, events
-from parley_storage.stream_erasure import erasure_marker
-from parley_storage.stream_log import MAX_EVENT_ID
 
 MSG_CONSUMER = "storage-archive-msg"
 AUTH_CONSUMER = "storage-archive-auth"
@@ -387,23 +386,33 @@ async def test_batch_from_two_streams_is_refused(archive: SqlEventArchive) -> No
     assert await archive.count_events("AUTH") == 0
 
 
-async def test_the_markers_storage_appends_fit_the_archive(archive: SqlEventArchive) -> None:
-    """Erasure and retention markers have ids of their own making; PostgreSQL enforces the column's width."""
+async def test_the_markers_and_their_due_facts_fit_the_archive_and_are_found(archive: SqlEventArchive) -> None:
+    """Markers (appended by their owners) and due facts (storage's) have ids of their own making;
+    PostgreSQL enforces the column's width. Storage finds a marker by its aggregate and id."""
     user, channel = "u" * 32, "c" * 32  # ids as long as the services make them
     username_key = hashlib.sha256(b"alice").hexdigest()
+    erased, named = channel_erasure_marker(user, channel), account_erasure_marker(user, username_key)
+    [(expired, fact)] = expiry_facts(RetentionPolicy(channel, 30), [1, 2], sent_before_ns=1)
+
+    def as_owner_appends(marker: Marker, payload: Message) -> NewEvent:
+        return NewEvent(marker.aggregate_type, marker.aggregate_id, payload, actor="owner", event_id=marker.event_id)
+
     markers = [
+        received(as_owner_appends(erased, MessagesErased(channel_id=channel, user_id=user)), stream_seq=1),
         received(
-            erasure_marker("channel", channel, MessagesErased(channel_id=channel, user_id=user), user), stream_seq=1
-        ),
-        received(
-            erasure_marker("username", username_key, AccountErased(user_id=user), user),
+            as_owner_appends(named, AccountErased(user_id=user)),
             stream_seq=2,
             stream="AUTH",
             subject=username_subject(username_key),
         ),
-        *(received(m, stream_seq=3 + n) for n, m in enumerate(expiry_markers(RetentionPolicy(channel, 30), [1, 2]))),
+        received(as_owner_appends(expired, MessagesExpired(channel_id=channel, channel_seqs=[1, 2])), stream_seq=3),
     ]
-    assert all(len(m.envelope.event_id) <= MAX_EVENT_ID for m in markers)
+    ids = [m.envelope.event_id for m in markers] + [fact.event_id, erased.due_event_id, named.due_event_id]
+    assert all(len(i) <= MAX_EVENT_ID for i in ids)
 
+    assert await archive.holds_markers([erased, named, expired]) == set()
     assert await archive.archive("storage-archive-msg", [m for m in markers if m.stream == "MSG"]) == 2
     assert await archive.archive("storage-archive-auth", [m for m in markers if m.stream == "AUTH"]) == 1
+    assert await archive.holds_markers([erased, named, expired]) == {erased, named, expired}
+    # The same id on another aggregate is not the marker.
+    assert await archive.holds_markers([Marker("channel", "elsewhere", erased.event_id)]) == set()

@@ -13,10 +13,10 @@ import nats.js.errors
 import pytest
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
-from parley.auth.v1.events_pb2 import AccountErased, UserRegistered
+from parley.auth.v1.events_pb2 import UserRegistered
 from parley.common.v1.envelope_pb2 import EventEnvelope
-from parley.messaging.v1.events_pb2 import ChannelCreated, MessagePosted, MessagesErased
-from parley.storage.v1.events_pb2 import EventLogRestored, UserDataErased, UserDataErasedFromStreams
+from parley.messaging.v1.events_pb2 import ChannelCreated, MessagePosted
+from parley.storage.v1.events_pb2 import AccountErasureDue, ChannelErasureDue, EventLogRestored, UserDataErased
 
 from parley_core.bus import EventBus, ReceivedEvent
 from parley_core.config import Settings
@@ -28,6 +28,7 @@ from parley_core.topology import (
     PLATFORM_USER,
     STREAMS,
     channel_subject,
+    due_subject,
     privacy_subject,
     reseed_hole_subject,
     restore_subject,
@@ -49,6 +50,7 @@ from parley_storage.service import KEYRING_FILE, refuse_a_log_behind_the_archive
 
 ALICE, BOB = "user-alice", "user-bob"
 ALICE_NAME = username_subject(hashlib.sha256(b"alice").hexdigest())
+MESSAGING_DUE, AUTH_DUE = due_subject("messaging", "erasure", ALICE), due_subject("auth", "erasure", ALICE)
 
 
 def event(stream: str, seq: int, subject: str, aggregate: tuple[str, str, int], payload: object) -> ReceivedEvent:
@@ -221,7 +223,7 @@ async def test_the_folder_is_reseeded_once_recorded_and_released(
         "AUTH: 1 event back in the log, 1 hole",
         "MSG: 3 events back in the log, 3 holes",
         *(f"{stream}: 0 events back in the log, 0 holes" for stream in RESEEDED_STREAMS[2:]),
-        "1 erasure the backup predates finished in the log (erased stay erased)",
+        "1 erasure the backup predates handed to auth and messaging (they mark it before serving; erased stay erased)",
     ]
     assert read_restored(data_dir) is None  # storage may start now
     raw = await js.get_last_msg("STORE", restore_subject("backup-1"))
@@ -230,21 +232,25 @@ async def test_the_folder_is_reseeded_once_recorded_and_released(
     assert record.backup_created_at == "2026-11-30T12:00:00+00:00"
     assert {s.stream: (s.events, s.holes, s.last_seq) for s in record.streams}["MSG"] == (3, 3, 6)
     assert list(record.erasures_finished) == [ALICE]
-    # Alice's erasure, made after the backup, is finished in the log: her name stays taken and
-    # the numbers of her posts stay used, as the erasure's markers say; then its records.
-    marker = open_payload(decode((await js.get_last_msg("MSG", channel_subject("general"))).data or b""))
-    assert isinstance(marker, MessagesErased)
-    assert (marker.user_id, list(marker.channel_seqs)) == (ALICE, [1, 3])
-    tombstone = open_payload(decode((await js.get_last_msg("AUTH", ALICE_NAME)).data or b""))
-    assert isinstance(tombstone, AccountErased)
+    # Alice's erasure, made after the backup, is recorded, with what her name's and her posts'
+    # owners must mark before anything else (they do when they start: the name stays taken, the
+    # numbers stay used). The re-seed writes nothing to their streams; storage finishes it later.
     erasure = [open_payload(decode(m.data or b"")) for m in await stream_messages(js, "STORE", privacy_subject(ALICE))]
-    assert [type(e) for e in erasure] == [UserDataErased, UserDataErasedFromStreams]
+    assert [type(e) for e in erasure] == [UserDataErased]
     assert "erased after backup backup-1 was taken" in erasure[0].reason  # type: ignore[attr-defined]
+    [posts] = [open_payload(decode(m.data or b"")) for m in await stream_messages(js, "STORE", MESSAGING_DUE)]
+    assert isinstance(posts, ChannelErasureDue)
+    assert (posts.user_id, posts.channel_id, list(posts.channel_seqs)) == (ALICE, "general", [1, 3])
+    [name] = [open_payload(decode(m.data or b"")) for m in await stream_messages(js, "STORE", AUTH_DUE)]
+    assert isinstance(name, AccountErasureDue)
+    assert (name.user_id, name.username_key) == (ALICE, ALICE_NAME.removeprefix("parley.auth.username."))
+    assert (await js.stream_info("MSG")).state.last_seq == 6
+    assert (await js.stream_info("AUTH")).state.last_seq == 2
     # A run that stopped after the record but before removing the marker only removes it.
     mark_restored(data_dir, "backup-1", database=location_of(archive_url(archive)))
     assert await reseed_folder(settings, nats_url=nats_server.url) == []
     assert read_restored(data_dir) is None
-    assert (await js.stream_info("MSG")).state.last_seq == 7  # the six, and alice's marker once
+    assert len(await stream_messages(js, "STORE", MESSAGING_DUE)) == 1  # recorded once
 
 
 async def test_a_restore_cut_short_after_its_mark_is_not_reseeded(

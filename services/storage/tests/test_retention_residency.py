@@ -1,4 +1,5 @@
-"""Retention per channel (as MessagesExpired markers) and data residency, on SQLite and PostgreSQL."""
+"""Retention per channel (RetentionDue facts, the MessagesExpired markers messaging appends for
+them) and data residency, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from parley.messaging.v1.events_pb2 import ChannelCreated, MessageEdited, MessagePosted, MessagesExpired
+from parley.storage.v1.events_pb2 import RetentionDue
 from sqlalchemy import Connection, select
 
 from parley_core.bus import ReceivedEvent
@@ -25,7 +27,7 @@ from parley_storage.residency import (
     location_of,
     rebind_restored,
 )
-from parley_storage.retention import MARKER_SEQS, expiry_markers
+from parley_storage.retention import MARKER_SEQS, expiry_facts
 from parley_storage.schema import events, log_deletions, residency
 from parley_storage.service import check_residency
 from parley_storage.settings import StorageSettings
@@ -78,12 +80,34 @@ async def bodies(archive: SqlEventArchive, channel: str) -> list[str]:
     return [m.body for m in messages]
 
 
+def expiry_markers(policy: RetentionPolicy, channel_seqs: list[int], *, now_ns: int = NOW_NS) -> list[NewEvent]:
+    """The retention job's facts, and the markers messaging appends for them (storage_due.py)."""
+    markers = []
+    for marker, fact in expiry_facts(policy, channel_seqs, sent_before_ns=now_ns - policy.days * NS_PER_DAY):
+        assert isinstance(fact.payload, RetentionDue)
+        expired = MessagesExpired(
+            channel_id=fact.payload.channel_id,
+            channel_seqs=fact.payload.channel_seqs,
+            retention_days=fact.payload.retention_days,
+        )
+        markers.append(
+            NewEvent(
+                aggregate_type=marker.aggregate_type,
+                aggregate_id=marker.aggregate_id,
+                payload=expired,
+                actor="service:messaging",
+                event_id=marker.event_id,
+            )
+        )
+    return markers
+
+
 async def expire(archive: SqlEventArchive, feed: Channels, *, now_ns: int) -> list[ReceivedEvent]:
-    """The retention job's decision, and its markers as the archive then receives them."""
+    """The retention job's decision, and messaging's markers as the archive then receives them."""
     markers = []
     for policy in await archive.retention_policies():
         expired = await archive.sent_before(policy.channel_id, now_ns - policy.days * NS_PER_DAY)
-        markers.extend(feed.appended(marker) for marker in expiry_markers(policy, expired))
+        markers.extend(feed.appended(marker) for marker in expiry_markers(policy, expired, now_ns=now_ns))
     await archive.archive(CONSUMER, markers)
     return markers
 
@@ -146,17 +170,21 @@ async def test_an_edit_archived_after_its_expiry_loses_its_text_too(archive: Sql
     assert await archive.run("queued", queued) == [(2, "expired"), (3, "expired")]
 
 
-def test_a_long_run_is_split_into_markers_with_ids_from_their_numbers() -> None:
+def test_a_long_run_is_split_into_facts_with_ids_from_their_numbers() -> None:
     policy = RetentionPolicy("c", 30)
-    markers = expiry_markers(policy, list(range(1, 2 * MARKER_SEQS + 2)))
-    payloads = [m.payload for m in markers]
-    sizes = [len(p.channel_seqs) for p in payloads if isinstance(p, MessagesExpired)]
+    due = expiry_facts(policy, list(range(1, 2 * MARKER_SEQS + 2)), sent_before_ns=NOW_NS)
+    payloads = [fact.payload for _, fact in due]
+    sizes = [len(p.channel_seqs) for p in payloads if isinstance(p, RetentionDue)]
     assert sizes == [MARKER_SEQS, MARKER_SEQS, 1]
-    assert len({m.event_id for m in markers}) == 3
-    assert all(len(m.event_id) <= 64 for m in markers)  # the archive's event_id column
-    again = expiry_markers(policy, list(range(1, 2 * MARKER_SEQS + 2)))
-    assert [m.event_id for m in again] == [m.event_id for m in markers]  # a retried run: deduplicated
-    assert expiry_markers(RetentionPolicy("other", 30), [1])[0].event_id != expiry_markers(policy, [1])[0].event_id
+    assert all(p.sent_before_unix_ns == NOW_NS for p in payloads if isinstance(p, RetentionDue))
+    ids = [marker.event_id for marker, _ in due] + [fact.event_id for _, fact in due]
+    assert len(set(ids)) == 6
+    assert all(len(i) <= 64 for i in ids)  # the archive's event_id column
+    again = expiry_facts(policy, list(range(1, 2 * MARKER_SEQS + 2)), sent_before_ns=NOW_NS + 1)
+    assert [m.event_id for m, _ in again] == [m.event_id for m, _ in due]  # a retried run: nothing twice
+    assert [f.event_id for _, f in again] == [f.event_id for _, f in due]
+    other = expiry_facts(RetentionPolicy("other", 30), [1], sent_before_ns=NOW_NS)
+    assert other[0][0].event_id != expiry_facts(policy, [1], sent_before_ns=NOW_NS)[0][0].event_id
 
 
 def test_residency_binds_on_first_start_and_refuses_elsewhere(database_url: str) -> None:

@@ -3,6 +3,9 @@
 A write is one acknowledged publish: `Nats-Msg-Id` (the event id) makes a retried append a
 no-op inside the stream's duplicate window, and `Nats-Expected-Last-Subject-Sequence` makes
 the stream refuse an append to an aggregate that changed since it was read.
+
+Every consumer accepts only what its stream's owner writes (topology.StreamSpec.event_packages):
+an event of another type is parked, never handed to a handler, and logged as a security event.
 """
 
 from __future__ import annotations
@@ -10,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import nats.errors
 import nats.js.errors
@@ -22,12 +27,16 @@ from parley.common.v1.envelope_pb2 import EventEnvelope
 
 from parley_core import telemetry
 from parley_core.envelope import NewEvent, decode, seal
-from parley_core.topology import ConsumerSpec, StreamSpec, parked_subject, stream_for_subject
+from parley_core.topology import STREAMS_BY_NAME, ConsumerSpec, StreamSpec, parked_subject, stream_for_subject
 
 log = logging.getLogger(__name__)
 
 WRONG_LAST_SEQUENCE = 10071  # JSStreamWrongLastSequenceErrF
 STREAM_NOT_FOUND = 10059
+CONSUMER_NOT_FOUND = 10014
+MARKER_ATTEMPTS = 5
+# Backoff while a consumer waits for its stream to be created, or for a lost consumer to be made again.
+SUBSCRIBE_RETRY_MAX_S = 1.0
 # Backoff of a batch held while its handler waits for a dependency (see RetryLater); the
 # longest pause stays well under any ack_wait, and every pause renews the ack deadline.
 RETRY_LATER_FIRST_S = 0.2
@@ -36,6 +45,12 @@ RETRY_LATER_MAX_S = 5.0
 
 class ConcurrencyConflict(Exception):
     """The aggregate changed since it was read; reload it and decide again."""
+
+
+class Refused(Exception):
+    """A handler's verdict that an event must never be applied (it breaks a rule the handler
+    checks, such as a marker for messages that are not the erased user's): the durable consumer
+    parks it at once, with this reason, instead of retrying it."""
 
 
 class RetryLater(Exception):
@@ -66,6 +81,46 @@ class Appended:
 
 EventHandler = Callable[[ReceivedEvent], Awaitable[None]]
 BatchHandler = Callable[[Sequence[ReceivedEvent]], Awaitable[None]]
+
+
+class ConsumerLoss(Protocol):
+    """What a service does when its durable consumer disappears (deleted by an operator, or lost
+    with the server's state): where the new one starts, and what follows once it exists."""
+
+    async def resume_from(self, spec: ConsumerSpec) -> int:
+        """The stream sequence the new consumer starts at (0: the stream's first event)."""
+
+    async def recreated(self, spec: ConsumerSpec, start_seq: int) -> None:
+        """Called once the consumer exists again."""
+
+
+def foreign_type(event: ReceivedEvent) -> str | None:
+    """Why the event is not its stream's owner's to write (None: it is)."""
+    spec = STREAMS_BY_NAME.get(event.stream)
+    event_type = event.envelope.event_type
+    if spec is None or spec.owner_writes(event_type):
+        return None
+    return (
+        f"foreign event type {event_type or '(none)'!r} on {event.subject}: stream {spec.name} holds only "
+        f"{', '.join(spec.event_packages)} events, written by {spec.owner}"
+    )
+
+
+@dataclass
+class _FreshlyNamed(api.ConsumerConfig):
+    """An ordered consumer's configuration that names each consumer made from it afresh.
+
+    nats-py creates an ordered consumer from this, and again after any gap (a reset), each time
+    from a copy (ConsumerConfig.evolve, which runs __post_init__). A name makes it use the API
+    subject that carries the name ($JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>), the only
+    creation the services' NATS permissions allow; a new one for every creation, because a
+    reset creates its consumer while the old one may still exist. The name's first part (before
+    "_") is the service's, so an operator sees whose consumer it is.
+    """
+
+    def __post_init__(self) -> None:
+        owner = (self.name or "parley").partition("_")[0]
+        self.name = f"{owner}_{uuid.uuid4().hex[:20]}"
 
 
 def _received(msg: Msg) -> ReceivedEvent:
@@ -200,39 +255,97 @@ class EventBus:
         start_seq: int | None = None,
         only_new: bool = False,
         stop_with_service: bool = True,
+        heartbeat_s: float = 5.0,
     ) -> Replay:
         """Feed every event on `filter_subject` to `handler`, in stream order, then keep following.
 
-        Backed by an ordered consumer, which the client recreates by itself after a gap. A
-        replay that outlives only one call (a client's live stream) passes
-        stop_with_service=False and stops it itself.
+        Backed by an ordered consumer, which the client recreates by itself after a gap, or when
+        two heartbeats (`heartbeat_s` apart) did not come: it was lost. A replay that outlives
+        only one call (a client's live stream) passes stop_with_service=False and stops it itself.
         """
-        replay = Replay(self, stream=stream, filter_subject=filter_subject, handler=handler)
+        replay = Replay(self, stream=stream, filter_subject=filter_subject, handler=handler, heartbeat_s=heartbeat_s)
         await replay.start(start_seq=start_seq, only_new=only_new)
         if stop_with_service:
             self._subscriptions.append(replay)
         return replay
 
-    async def consume(self, spec: ConsumerSpec, handler: BatchHandler, *, batch: int = 100) -> DurableConsumer:
-        consumer = DurableConsumer(self, spec=spec, handler=handler, batch=batch)
+    async def consume(
+        self, spec: ConsumerSpec, handler: BatchHandler, *, batch: int = 100, on_loss: ConsumerLoss | None = None
+    ) -> DurableConsumer:
+        """Feed the durable consumer's events to `handler` in batches until the service stops.
+
+        A stream its owner has not created yet is waited for in the background (no event can
+        be waiting on it). A consumer that disappears is made again: from where `on_loss` says,
+        or from the stream's start.
+        """
+        consumer = DurableConsumer(self, spec=spec, handler=handler, batch=batch, on_loss=on_loss)
         await consumer.start()
         self._subscriptions.append(consumer)
         return consumer
 
     async def park(self, msg: Msg, *, reason: str) -> None:
-        """Move a poison event aside, where `parley parked list` shows it, and stop its redelivery."""
+        """Move a poison event aside, where `parley parked` shows it, and stop its redelivery."""
         meta = msg.metadata
         headers = {
-            "Parley-Parked-Reason": reason[:500],
-            "Parley-Original-Subject": msg.subject,
-            "Parley-Original-Stream": meta.stream,
-            "Parley-Original-Sequence": str(meta.sequence.stream),
-            "Parley-Consumer": meta.consumer or "",
+            **_parked_headers(msg, reason),
             "Nats-Msg-Id": f"parked-{meta.stream}-{meta.sequence.stream}-{meta.consumer}",
         }
         await self.js.publish(parked_subject(self.service, meta.stream), msg.data, headers=headers)
         await msg.term()
         log.error("parked poison event", extra={"subject": msg.subject, "seq": meta.sequence.stream, "reason": reason})
+
+    async def reject_foreign(self, msg: Msg, *, reason: str) -> None:
+        """Park an event its stream's owner never writes, once per service, as a security event.
+
+        No service can append to auth's audit chain (SEC), so the signal is this service's own:
+        the parked copy (kind `foreign-event`, on parley.parked.<service>.<stream>.<seq>, where a
+        SIEM follows parley.parked.>) and an error log line with security_event set. The subject
+        must be empty for the copy to land, so the service's other consumers of the stream, and
+        its next start, park it no second time.
+        """
+        meta = msg.metadata
+        subject = f"{parked_subject(self.service, meta.stream)}.{meta.sequence.stream}"
+        headers = {
+            **_parked_headers(msg, reason),
+            "Parley-Parked-Kind": FOREIGN_EVENT,
+            "Nats-Expected-Last-Subject-Sequence": "0",
+        }
+        try:
+            await self.js.publish(subject, msg.data, headers=headers)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code != WRONG_LAST_SEQUENCE:
+                raise
+            return  # parked already (by another consumer of ours, or before a restart)
+        log.error(
+            "security: refused an event its stream's owner never writes",
+            extra={
+                "security_event": "foreign_event_parked",
+                "subject": msg.subject,
+                "stream": meta.stream,
+                "seq": meta.sequence.stream,
+                "reason": reason,
+            },
+        )
+
+    async def append_after_last(self, subject: str, event: NewEvent) -> int:
+        """Append at the subject's newest event with the next aggregate version, for an aggregate
+        this service keeps no version of (a marker, an audited record); returns the event's stream
+        sequence (the earlier one when the event id was appended already)."""
+        stream = stream_for_subject(subject).name
+        for _ in range(MARKER_ATTEMPTS):
+            try:
+                raw = await self.js.get_last_msg(stream, subject, direct=True)
+                last, version = int(raw.seq or 0), decode(raw.data or b"").aggregate_version
+            except nats.js.errors.NotFoundError:
+                last, version = 0, 0
+            try:
+                appended = await self.append(
+                    subject, event, aggregate_version=version + 1, expected_last_subject_seq=last
+                )
+            except ConcurrencyConflict:
+                continue  # appended to meanwhile: read the new last event and try again
+            return appended.stream_seq  # a duplicate's ack names the earlier append's sequence
+        raise ConcurrencyConflict(f"{subject} kept changing; try again")
 
     async def stop_consumers(self) -> None:
         """Stop every replay and durable consumer after their in-flight work."""
@@ -241,12 +354,27 @@ class EventBus:
         self._subscriptions.clear()
 
 
+FOREIGN_EVENT = "foreign-event"  # Parley-Parked-Kind of an event its stream's owner never writes
+
+
+def _parked_headers(msg: Msg, reason: str) -> dict[str, str]:
+    meta = msg.metadata
+    return {
+        "Parley-Parked-Reason": reason[:500],
+        "Parley-Original-Subject": msg.subject,
+        "Parley-Original-Stream": meta.stream,
+        "Parley-Original-Sequence": str(meta.sequence.stream),
+        "Parley-Consumer": meta.consumer or "",
+    }
+
+
 @dataclass
 class Replay:
     bus: EventBus
     stream: str
     filter_subject: str
     handler: EventHandler
+    heartbeat_s: float = 5.0
     caught_up: asyncio.Event = field(default_factory=asyncio.Event)
     last_seq: int = 0
     _sub: JetStreamContext.PushSubscription | None = None
@@ -254,12 +382,11 @@ class Replay:
 
     async def start(self, *, start_seq: int | None, only_new: bool) -> None:
         await self.bus.wait_for_stream(self.stream)
+        config = _FreshlyNamed(name=self.bus.service, idle_heartbeat=self.heartbeat_s)
         if start_seq:
-            config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_seq)
+            config.deliver_policy, config.opt_start_seq = api.DeliverPolicy.BY_START_SEQUENCE, start_seq
         elif only_new:
-            config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW)
-        else:
-            config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL)
+            config.deliver_policy = api.DeliverPolicy.NEW
         self._sub = await self.bus.js.subscribe(
             self.filter_subject, stream=self.stream, ordered_consumer=True, config=config, cb=self._on_msg
         )
@@ -273,12 +400,20 @@ class Replay:
         except Exception:
             log.exception("undecodable event skipped by replay", extra={"subject": msg.subject})
             return
-        try:
-            with telemetry.continued_from(event.headers, f"apply {event.envelope.event_type}", subject=msg.subject):
-                await self.handler(event)
-        except Exception:
-            # A projection must not die on one bad event; the event stays visible in the log.
-            log.exception("projection failed to apply event", extra={"subject": msg.subject, "seq": event.stream_seq})
+        if (foreign := foreign_type(event)) is not None:
+            try:
+                await self.bus.reject_foreign(msg, reason=foreign)
+            except Exception:  # not parked (NATS trouble); never applied all the same
+                log.exception("a foreign event was not parked", extra={"subject": msg.subject, "reason": foreign})
+        else:
+            try:
+                with telemetry.continued_from(event.headers, f"apply {event.envelope.event_type}", subject=msg.subject):
+                    await self.handler(event)
+            except Exception:
+                # A projection must not die on one bad event; the event stays visible in the log.
+                log.exception(
+                    "projection failed to apply event", extra={"subject": msg.subject, "seq": event.stream_seq}
+                )
         async with self._progress:
             self.last_seq = event.stream_seq
             self._progress.notify_all()
@@ -333,25 +468,75 @@ class DurableConsumer:
     spec: ConsumerSpec
     handler: BatchHandler
     batch: int
+    on_loss: ConsumerLoss | None = None
     _task: asyncio.Task[None] | None = None
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _sub: JetStreamContext.PullSubscription | None = None
 
-    async def start(self) -> None:
-        await self.bus.wait_for_stream(self.spec.stream)
-        config = api.ConsumerConfig(
+    def _config(self, start_seq: int = 0) -> api.ConsumerConfig:
+        return api.ConsumerConfig(
+            name=self.spec.durable,
             durable_name=self.spec.durable,
             ack_policy=api.AckPolicy.EXPLICIT,
-            deliver_policy=api.DeliverPolicy.ALL,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE if start_seq > 1 else api.DeliverPolicy.ALL,
+            opt_start_seq=start_seq if start_seq > 1 else None,
             max_deliver=self.spec.max_deliver,
             ack_wait=self.spec.ack_wait_s,
             filter_subject=self.spec.filter_subject,
             max_ack_pending=10_000,
         )
-        self._sub = await self.bus.js.pull_subscribe(
-            self.spec.filter_subject, durable=self.spec.durable, stream=self.spec.stream, config=config
-        )
-        self._task = asyncio.create_task(self._run(), name=f"consumer-{self.spec.durable}")
+
+    async def start(self) -> None:
+        if await self._subscribe():
+            self._task = asyncio.create_task(self._run(), name=f"consumer-{self.spec.durable}")
+        else:
+            log.info("stream not created yet; its consumer starts once it is", extra={"consumer": self.spec.durable})
+            self._task = asyncio.create_task(self._subscribe_then_run(), name=f"consumer-{self.spec.durable}")
+
+    async def _subscribe(self) -> bool:
+        """Bind to the durable (created if missing, an existing one kept as it is); False while
+        its stream does not exist. No stream_info first: a reader of only this consumer's
+        subjects may not ask for it."""
+        try:
+            self._sub = await self.bus.js.pull_subscribe(
+                self.spec.filter_subject, durable=self.spec.durable, stream=self.spec.stream, config=self._config()
+            )
+        except nats.js.errors.NotFoundError as exc:
+            if exc.err_code != STREAM_NOT_FOUND:
+                raise
+            return False
+        return True
+
+    async def _subscribe_then_run(self) -> None:
+        delay = 0.05
+        while not self._stopping.is_set():
+            try:
+                if await self._subscribe():
+                    await self._run()
+                    return
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning(
+                    "creating the consumer failed, retrying", extra={"consumer": self.spec.durable, "error": str(exc)}
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            delay = min(delay * 2, SUBSCRIBE_RETRY_MAX_S)
+
+    async def wait_drained(self, timeout: float = 30.0) -> bool:
+        """Until every event on the stream now has been handled (acknowledged or parked): a service
+        that acts on facts does so before it serves. False if that takes longer than `timeout`."""
+        if self._sub is None:
+            return True  # its stream does not exist yet: nothing can be waiting
+        loop = asyncio.get_running_loop()
+        deadline, delay = loop.time() + timeout, 0.02
+        while True:
+            info = await self._sub.consumer_info()
+            if not info.num_pending and not info.num_ack_pending:
+                return True
+            if loop.time() > deadline:
+                return False
+            await asyncio.sleep(delay)  # a consumer's state is only polled; bounded by the deadline
+            delay = min(delay * 2, 0.5)
 
     async def _run(self) -> None:
         assert self._sub is not None
@@ -363,6 +548,9 @@ class DurableConsumer:
             except nats.errors.Error as exc:
                 if self._stopping.is_set():
                     return
+                if await self._is_lost():
+                    await self._recreate()
+                    continue
                 log.warning("fetch failed, retrying", extra={"consumer": self.spec.durable, "error": str(exc)})
                 await asyncio.sleep(0.5)
                 continue
@@ -376,13 +564,54 @@ class DurableConsumer:
                 )
                 await asyncio.sleep(0.5)
 
+    async def _is_lost(self) -> bool:
+        """The durable no longer exists on the server (a fetch to it fails as no one answers)."""
+        try:
+            await self.bus.js.consumer_info(self.spec.stream, self.spec.durable)
+        except nats.js.errors.NotFoundError as exc:
+            return exc.err_code == CONSUMER_NOT_FOUND
+        except (nats.errors.Error, TimeoutError):
+            return False  # NATS itself is away: a fetch failure like any other
+        return False
+
+    async def _recreate(self) -> None:
+        """Make the lost durable again, where `on_loss` says (else from the stream's start)."""
+        log.error("durable consumer lost; creating it again", extra={"consumer": self.spec.durable})
+        start_seq = await self.on_loss.resume_from(self.spec) if self.on_loss is not None else 0
+        delay = 0.05
+        while not self._stopping.is_set():
+            try:
+                await self.bus.js.add_consumer(self.spec.stream, self._config(start_seq))
+                break
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning(
+                    "creating the lost consumer failed, retrying",
+                    extra={"consumer": self.spec.durable, "error": str(exc)},
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            delay = min(delay * 2, SUBSCRIBE_RETRY_MAX_S)
+        else:
+            return
+        log.warning(
+            "durable consumer created again", extra={"consumer": self.spec.durable, "start_seq": max(start_seq, 1)}
+        )
+        if self.on_loss is not None:
+            await self.on_loss.recreated(self.spec, max(start_seq, 1))
+
     async def _process(self, msgs: list[Msg]) -> None:
         decoded: list[tuple[Msg, ReceivedEvent]] = []
         for msg in msgs:
             try:
-                decoded.append((msg, _received(msg)))
+                event = _received(msg)
             except Exception as exc:
                 await self.bus.park(msg, reason=f"undecodable envelope: {exc}")
+                continue
+            if (foreign := foreign_type(event)) is not None:
+                await self.bus.reject_foreign(msg, reason=foreign)
+                await msg.term()
+                continue
+            decoded.append((msg, event))
         if not decoded:
             return
         try:
@@ -423,6 +652,9 @@ class DurableConsumer:
             with telemetry.continued_from(event.headers, f"consume {event.envelope.event_type}", subject=msg.subject):
                 if not await self._handle_holding([event], [msg]):
                     return
+        except Refused as exc:
+            await self.bus.park(msg, reason=f"refused: {exc}")
+            return
         except Exception as exc:
             if event.num_delivered >= self.spec.max_deliver:
                 await self.bus.park(msg, reason=repr(exc))

@@ -108,7 +108,7 @@ def render_server_config(
             f"      user: {_quote(user)}",
             f"      password: {_quote(passwords[user])}",
             "      permissions: {",
-            f"        publish: {{ allow: {_quote_list(permissions.publish)} }}",
+            f"        publish: {{ allow: {_quote_list(permissions.publish)}{_deny(permissions.publish_deny)} }}",
             f"        subscribe: {{ allow: {_quote_list(permissions.subscribe)} }}",
             "      }",
             "    }",
@@ -194,3 +194,7 @@ def _quote(value: str) -> str:
 
 def _quote_list(values: Iterable[str]) -> str:
     return "[" + ", ".join(_quote(v) for v in values) + "]"
+
+
+def _deny(values: tuple[str, ...]) -> str:
+    return f", deny: {_quote_list(values)}" if values else ""

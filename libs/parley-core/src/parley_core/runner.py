@@ -85,6 +85,13 @@ class RunContext:
     def add_service_name(self, full_name: str) -> None:
         self.service_names.append(full_name)
 
+    async def set_serving(self, serving: bool) -> None:
+        """The health every check sees (`parley status`, the node agent): the whole server and
+        each of its services. Ignored once the server drains."""
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *self.service_names):
+            await self.health.set(name, status)
+
     def channel_to(self, address: str, peer: str) -> grpc.aio.Channel:
         """A mutual-TLS channel to `peer`, whose certificate must name it."""
         channel = secure_channel(self.pki, identity=self.service, address=address, peer=peer)
@@ -381,9 +388,7 @@ async def serve(
         server.add_secure_port(shared, credentials)
     await server.start()
     ctx.address = f"{settings.listen_host}:{port}"
-    await health.set("", health_pb2.HealthCheckResponse.SERVING)
-    for name in ctx.service_names:
-        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await ctx.set_serving(True)
     log.info("serving", extra={"port": port, "shared": shared, "version": version})
     if on_ready is not None:
         on_ready(port)

@@ -1,7 +1,11 @@
 """Every JetStream stream, subject and durable consumer of Parley, declared in one place.
 
-The NATS server's per-service permissions are derived from this table, so a service can only
-publish to the subjects it owns and only read the streams it is declared to read.
+The NATS server's per-service permissions are derived from this table, with no exception beside
+it: a service publishes only on the subject trees of the streams it owns (one writer per
+subject), reads only the streams it is declared to read (or, for a narrower need, one durable
+consumer with a fixed filter), and creates, inspects and deletes only its own consumers. Each
+stream also says which protobuf packages its owner writes, so a consumer can refuse anything
+else (bus.py parks it).
 """
 
 from __future__ import annotations
@@ -18,15 +22,22 @@ PLATFORM_USER = "platform"
 class StreamSpec:
     name: str
     subjects: tuple[str, ...]
-    owner: str  # the only service allowed to append to it
-    readers: tuple[str, ...]  # services that may create consumers on it
+    owner: str  # the only service allowed to append to it ("*": each service on its own subtree)
+    readers: tuple[str, ...]  # services that may read all of it (their own consumers, direct gets)
+    # The protobuf packages of the events its owner writes; a consumer parks any other event type
+    # found on it. Empty: no rule (PARKED holds copies of anyone's events).
+    event_packages: tuple[str, ...] = ()
     duplicate_window_s: float = 120.0
+
+    def owner_writes(self, event_type: str) -> bool:
+        """Whether the stream's owner writes events of this type (a newer one of its packages too)."""
+        return not self.event_packages or event_type.rpartition(".")[0] in self.event_packages
 
 
 @dataclass(frozen=True)
 class ConsumerSpec:
     stream: str
-    durable: str
+    durable: str  # starts with "<service>-": the NATS permissions tell services' consumers apart by it
     service: str
     filter_subject: str
     max_deliver: int = 5
@@ -78,6 +89,11 @@ def retention_subject(channel_id: str) -> str:
     return stream_subject("storage", "retention", channel_id)
 
 
+def archive_consumer_subject(stream: str) -> str:
+    """Storage's record that it made one of its archive consumers again (STORE), for the audit trail."""
+    return stream_subject("storage", "archive", stream)
+
+
 def kek_subject() -> str:
     """Storage's key-encryption key rotations (STORE), for the audit trail."""
     return stream_subject("storage", "kek", "rotations")
@@ -115,16 +131,29 @@ def trust_root_subject() -> str:
     return stream_subject("patch", "trust", "root")
 
 
-def vulnerability_overdue_subject(advisory_id: str) -> str:
-    return f"parley.sec.patch.overdue.{advisory_id}"
+def vulnerability_alert_subject(kind: str, advisory_id: str) -> str:
+    """The patch registry's own alerts (VulnerabilityOverdue), on its PATCH stream: a SIEM follows
+    them beside SEC, and they never enter auth's audit chain."""
+    return stream_subject("patch", "alert", f"{kind}.{advisory_id}")
+
+
+def due_subject(owner: str, kind: str, aggregate_id: str) -> str:
+    """A fact storage records for another stream's owner to act on, on storage's own STORE stream:
+    storage is about to delete events from that owner's subjects (an erasure), or found messages
+    expired (retention), and the owner appends the marker on its own subject. One tree per owner,
+    which only that owner (and storage) reads."""
+    return f"parley.storage.due.{owner}.{kind}.{aggregate_id}"
+
+
+def due_filter(owner: str) -> str:
+    return f"parley.storage.due.{owner}.>"
 
 
 SIGNING_KEYS_FILTER = "parley.auth.key.>"
 CHANNELS_FILTER = "parley.msg.channel.>"
 HEARTBEATS_FILTER = "parley.fleet.heartbeat.>"
 PATCH_FILTER = "parley.patch.>"
-# The one corner of auth's SEC stream the patch registry may append to: overdue vulnerabilities.
-PATCH_SECURITY_EVENTS = "parley.sec.patch.>"
+VULNERABILITY_ALERTS_FILTER = "parley.patch.alert.>"
 TO_DEVICE_FILTER = "parley.msg.todevice.>"
 MESSAGING_FILTER = "parley.msg.>"
 # Messaging follows auth's users and devices (the key directory is auth's).
@@ -133,30 +162,55 @@ AUTH_FILTER = "parley.auth.>"
 ALL_READERS = SERVICES
 
 STREAMS: tuple[StreamSpec, ...] = (
-    StreamSpec("AUTH", ("parley.auth.>",), owner="auth", readers=ALL_READERS),
-    StreamSpec("MSG", ("parley.msg.>",), owner="messaging", readers=("messaging", "storage", "gateway")),
-    StreamSpec("SEC", ("parley.sec.>",), owner="auth", readers=("storage",)),
-    StreamSpec("PATCH", ("parley.patch.>",), owner="patch-registry", readers=("patch-registry", "storage")),
+    StreamSpec("AUTH", ("parley.auth.>",), owner="auth", readers=ALL_READERS, event_packages=("parley.auth.v1",)),
+    StreamSpec(
+        "MSG",
+        ("parley.msg.>",),
+        owner="messaging",
+        readers=("messaging", "storage", "gateway"),
+        event_packages=("parley.messaging.v1",),
+    ),
+    # The security event stream and audit chain: auth's alone.
+    StreamSpec("SEC", ("parley.sec.>",), owner="auth", readers=("storage",), event_packages=("parley.auth.v1",)),
+    StreamSpec(
+        "PATCH",
+        ("parley.patch.>",),
+        owner="patch-registry",
+        readers=("patch-registry", "storage"),
+        event_packages=("parley.patch.v1",),
+    ),
     # Poison events parked by any service's consumer, for an operator to list and replay.
     StreamSpec("PARKED", ("parley.parked.>",), owner="*", readers=(), duplicate_window_s=120.0),
-    # The storage service's own audited records (erasures, a restored folder's re-seeded log).
-    StreamSpec("STORE", ("parley.storage.>",), owner="storage", readers=("storage",)),
+    # The storage service's own audited records (erasures, a restored folder's re-seeded log) and
+    # the facts other owners act on (due_subject).
+    StreamSpec(
+        "STORE", ("parley.storage.>",), owner="storage", readers=("storage",), event_packages=("parley.storage.v1",)
+    ),
 )
 
-CONSUMERS: tuple[ConsumerSpec, ...] = tuple(
-    ConsumerSpec(stream=s.name, durable=f"storage-archive-{s.name.lower()}", service="storage", filter_subject=">")
-    for s in STREAMS
-    if s.name != "PARKED"
+# The owners storage records due facts for (erasure and retention markers on their own subjects).
+MARKER_OWNERS = ("auth", "messaging")
+
+CONSUMERS: tuple[ConsumerSpec, ...] = (
+    *(
+        ConsumerSpec(stream=s.name, durable=f"storage-archive-{s.name.lower()}", service="storage", filter_subject=">")
+        for s in STREAMS
+        if s.name != "PARKED"
+    ),
+    # Each owner reacts to the facts storage recorded for it, and reads nothing else of STORE.
+    *(
+        ConsumerSpec(stream="STORE", durable=f"{owner}-storage-due", service=owner, filter_subject=due_filter(owner))
+        for owner in MARKER_OWNERS
+    ),
 )
 
 STREAMS_BY_NAME = {s.name: s for s in STREAMS}
 
 # Erasure, redaction and retention reaching the log: storage securely deletes an erased user's
-# events, and redacted or expired texts, from these streams, after the marker its owner rebuilds
-# from is on the subject (MessagesErased or MessagesExpired on a channel, which storage appends;
-# MessageRedacted, which messaging does; AccountErased on a username). Nothing else in them is its
-# to write.
-ERASURE_MARKER_SUBJECTS = (channel_subject("*"), username_subject("*"))
+# events, and redacted or expired texts, from these streams, once the marker their owner rebuilds
+# from is on the subject (MessagesErased or MessagesExpired on a channel, AccountErased on a
+# username: each appended by the owner in reaction to storage's due fact; MessageRedacted, which
+# messaging appends itself). Storage appends nothing to them.
 ERASED_STREAMS = ("AUTH", "MSG", "PARKED")
 
 
@@ -177,33 +231,62 @@ def inbox_prefix(service: str) -> str:
 class Permissions:
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
+    publish_deny: tuple[str, ...] = ()  # wins over publish: other services' consumers
 
 
-def _read_permissions(stream: str) -> list[str]:
+def reads(service: str, spec: StreamSpec) -> bool:
+    """Whether the service reads the whole stream (not only through a durable of its own)."""
+    return service == spec.owner or service in spec.readers
+
+
+def _stream_read(stream: str) -> list[str]:
+    """Read a whole stream: its state, any message, and consumers of the service's own making.
+
+    A consumer is created only through the API subject that names it
+    ($JS.API.CONSUMER.CREATE.<stream>.<name>[.<filter>]): the legacy forms are refused, because
+    the ephemeral one takes the name from the request body, where no permission can see it (with
+    it, any reader could rewrite another service's durable consumer). Ephemeral consumers get
+    random, unlisted names (no CONSUMER.LIST or NAMES permission), and are never deleted by a
+    service: the server drops them once their subscriber is gone.
+    """
     return [
         f"$JS.API.STREAM.INFO.{stream}",
         f"$JS.API.STREAM.MSG.GET.{stream}",
         f"$JS.API.DIRECT.GET.{stream}",
         f"$JS.API.DIRECT.GET.{stream}.>",
-        f"$JS.API.CONSUMER.CREATE.{stream}",
-        f"$JS.API.CONSUMER.CREATE.{stream}.>",
-        f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.>",
-        f"$JS.API.CONSUMER.INFO.{stream}.>",
-        f"$JS.API.CONSUMER.DELETE.{stream}.>",
-        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.>",
-        f"$JS.ACK.{stream}.>",
-        f"$JS.FC.{stream}.>",
+        f"$JS.API.CONSUMER.CREATE.{stream}.*",
+        f"$JS.API.CONSUMER.CREATE.{stream}.*.>",
+        f"$JS.API.CONSUMER.INFO.{stream}.*",
+        f"$JS.FC.{stream}.>",  # flow control of ordered (push) consumers
     ]
 
 
+def _own_durable(spec: ConsumerSpec) -> list[str]:
+    """Create (with its declared filter only), inspect, pull from, acknowledge and delete it."""
+    create = f"$JS.API.CONSUMER.CREATE.{spec.stream}.{spec.durable}"
+    return [
+        create if spec.filter_subject == ">" else f"{create}.{spec.filter_subject}",
+        f"$JS.API.CONSUMER.INFO.{spec.stream}.{spec.durable}",
+        f"$JS.API.CONSUMER.DELETE.{spec.stream}.{spec.durable}",
+        f"$JS.API.CONSUMER.MSG.NEXT.{spec.stream}.{spec.durable}",
+        f"$JS.ACK.{spec.stream}.{spec.durable}.>",
+    ]
+
+
+def _others_durable(spec: ConsumerSpec) -> list[str]:
+    """Every API call on another service's durable (create = rewrite, info, delete, pause...)."""
+    return [f"$JS.API.CONSUMER.*.{spec.stream}.{spec.durable}", f"$JS.API.CONSUMER.*.{spec.stream}.{spec.durable}.>"]
+
+
 def permissions_for(service: str) -> Permissions:
-    """Least-privilege NATS permissions of one service, derived from STREAMS."""
+    """Least-privilege NATS permissions of one service, derived from STREAMS and CONSUMERS."""
     if service == PLATFORM_USER:
         return Permissions(publish=(">",), subscribe=(">",))
     if service not in SERVICES:
         raise KeyError(f"unknown service {service!r}")
     publish: list[str] = ["$JS.API.INFO", heartbeat_subject(service, "*"), f"parley.parked.{service}.>"]
     subscribe: list[str] = [f"{inbox_prefix(service)}.>"]
+    deny: list[str] = []
     for spec in STREAMS:
         if spec.owner == "*":
             # Any service may create the shared parking stream; what it may publish there is
@@ -212,16 +295,22 @@ def permissions_for(service: str) -> Permissions:
         if spec.owner == service:
             publish.extend(spec.subjects)
             publish.extend((f"$JS.API.STREAM.CREATE.{spec.name}", f"$JS.API.STREAM.UPDATE.{spec.name}"))
-        if service in spec.readers or spec.owner == service:
-            publish.extend(_read_permissions(spec.name))
+        if reads(service, spec):
+            publish.extend(_stream_read(spec.name))
+    for consumer in CONSUMERS:
+        if consumer.service == service:
+            publish.extend(_own_durable(consumer))
+        else:
+            deny.extend(_others_durable(consumer))
     if service == "storage":
-        publish.extend(ERASURE_MARKER_SUBJECTS)
+        # Erasure, redaction and retention reaching the log: secure deletes, never appends.
         publish.extend(f"$JS.API.STREAM.MSG.DELETE.{stream}" for stream in ERASED_STREAMS)
         publish.append("$JS.API.STREAM.MSG.GET.PARKED")  # to find the parked copies of erased events
     if service == "patch-registry":
         subscribe.append(HEARTBEATS_FILTER)
-        publish.append(PATCH_SECURITY_EVENTS)
-    return Permissions(publish=tuple(dict.fromkeys(publish)), subscribe=tuple(subscribe))
+    return Permissions(
+        publish=tuple(dict.fromkeys(publish)), subscribe=tuple(subscribe), publish_deny=tuple(dict.fromkeys(deny))
+    )
 
 
 # Which peers (by certificate name) may call each internal gRPC service. The platform identity

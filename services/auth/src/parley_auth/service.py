@@ -80,8 +80,9 @@ from parley_auth.sessions import (
 )
 from parley_auth.settings import AuthSettings
 from parley_auth.signing import TokenIssuer
+from parley_auth.storage_due import StorageDue
 from parley_core.audit import AuditChain
-from parley_core.bus import ConcurrencyConflict, ReceivedEvent, Replay
+from parley_core.bus import ConcurrencyConflict, DurableConsumer, ReceivedEvent, Replay
 from parley_core.config import AUTH_MFA_KEY_FILE
 from parley_core.envelope import NewEvent, decode, open_payload
 from parley_core.errors import (
@@ -99,6 +100,7 @@ from parley_core.runner import RunContext, peer_names
 from parley_core.sources import MAX_SOURCE_LENGTH, SOURCE_METADATA, budget_key, client_address
 from parley_core.tokens import ALGORITHM, Caller, bearer_token
 from parley_core.topology import (
+    CONSUMERS,
     PLATFORM_USER,
     lockout_subject,
     signing_key_subject,
@@ -128,6 +130,8 @@ APPEND_ATTEMPTS = 5
 REQUEST_SOURCE: ContextVar[str] = ContextVar("request_source", default="")
 INVITE_DEFAULT_HOURS = 72
 INVITE_MAX_HOURS = 720
+# Erasures storage recorded for auth are marked before it serves, for at most this long.
+DUE_CATCH_UP_S = 30.0
 # The signing-key schedule is re-read at least this often, and after a failure not sooner than:
 KEY_MAINTENANCE_MAX_WAIT_S = 3600.0
 KEY_MAINTENANCE_RETRY_S = 5.0
@@ -246,6 +250,10 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         self._ctx: RunContext | None = None
         self._issuer: TokenIssuer | None = None
         self._replay: Replay | None = None
+        # Who holds each username subject, and the erasure tombstones applied (storage_due.py).
+        self.username_holders: dict[str, str] = {}
+        self.erasure_markers: set[str] = set()
+        self._due: DurableConsumer | None = None
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
@@ -254,6 +262,12 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         await self._load_audit_head()
         self._replay = await ctx.bus.replay(stream="AUTH", filter_subject="parley.auth.>", handler=self._apply)
         await self._replay.wait_caught_up()
+        # An erased name is tombstoned before a registration can take it: a restored folder's
+        # erasures are handed over this way.
+        [due] = [c for c in CONSUMERS if c.service == "auth"]
+        self._due = await ctx.bus.consume(due, StorageDue(self).handle)
+        if not await self._due.wait_drained(DUE_CATCH_UP_S):
+            log.warning("storage's due erasures not all marked before serving; marking goes on")
         await self._publish_first_signing_key()
         auth_pb2_grpc.add_AuthServiceServicer_to_server(self, ctx.server)
         ctx.add_service_name(auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name)
@@ -318,10 +332,12 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         at = event.envelope.occurred_at.ToNanoseconds() / 1e9
         if isinstance(payload, UserRegistered):
             self.accounts.add(Account(payload.user_id, payload.username, payload.password_hash, payload.role))
+            self.username_holders[username_key(payload.username)] = payload.user_id
             return
         if isinstance(payload, AccountErased):
             # Its events are being deleted from the stream; its name stays taken (see AccountErased).
             self.accounts.forget(payload.user_id)
+            self.erasure_markers.add(event.envelope.event_id)
             return
         if isinstance(payload, USER_EVENTS):
             account = self.accounts.by_id(payload.user_id)
@@ -466,6 +482,12 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         except ConcurrencyConflict:
             raise FailedPrecondition("the account changed at the same time; try again") from None
         await self._replay.wait_for_seq(appended.stream_seq)
+
+    async def append_and_apply(self, subject: str, event: NewEvent) -> None:
+        """Append after whatever the subject holds (for a marker on an aggregate this projection
+        keeps no version of), then wait until our own projection has it."""
+        assert self._replay is not None
+        await self._replay.wait_for_seq(await self.ctx.bus.append_after_last(subject, event))
 
     async def _user_event(self, account: Account, payload: Message, actor: str) -> None:
         event = NewEvent(aggregate_type="user", aggregate_id=account.user_id, payload=payload, actor=actor)

@@ -81,6 +81,8 @@ class Channel:
     banned: set[str] = field(default_factory=set)
     views: dict[str, HistoryView] = field(default_factory=dict)  # user -> what they may read (latest join)
     read_up_to: dict[str, int] = field(default_factory=dict)  # user -> read marker
+    # Event ids of the erasure and expiry markers applied: each is appended once (markers.py).
+    markers: set[str] = field(default_factory=set)
 
     def require_member(self, user_id: str) -> None:
         if user_id not in self.members:
@@ -201,6 +203,28 @@ class Channel:
         self.sends = {send: seq for send, seq in self.sends.items() if seq not in gone}
         self.keep_number(*gone)
 
+    def check_erasure(self, user_id: str, channel_seqs: Iterable[int]) -> None:
+        """An erasure marks only the erased user's own posts. A number this projection no longer
+        holds (deleted from the stream, a hole of a re-seeded log) or holds only as a redacted
+        placeholder has no author to check."""
+        others = sorted(
+            seq
+            for seq in channel_seqs
+            if (record := self.messages.get(seq)) is not None and record.current.sender_id not in ("", user_id)
+        )
+        if others:
+            raise FailedPrecondition(f"messages {others} of channel {self.channel_id} were not sent by {user_id}")
+
+    def check_expiry(self, channel_seqs: Iterable[int], sent_before_ns: int) -> None:
+        """Retention marks only messages sent before the policy's cutoff."""
+        recent = sorted(
+            seq
+            for seq in channel_seqs
+            if (record := self.messages.get(seq)) is not None and record.current.sent_at_unix_ns >= sent_before_ns
+        )
+        if recent:
+            raise FailedPrecondition(f"messages {recent} of channel {self.channel_id} are not older than the cutoff")
+
     def keep_number(self, *channel_seqs: int) -> None:
         """These numbers were used, whether or not their post is still in the stream: the next
         message is numbered after them (storage deletes redacted, expired and erased posts)."""
@@ -287,6 +311,9 @@ class ChannelDirectory:
         if channel is None:
             raise NotFound(f"no channel with id {channel_id!r}")
         return channel
+
+    def __contains__(self, channel_id: str) -> bool:
+        return channel_id in self._channels
 
     def create(
         self,

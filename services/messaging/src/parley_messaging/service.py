@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -33,11 +34,11 @@ from parley.messaging.v1.events_pb2 import (
     ReadMarkerMoved,
 )
 
-from parley_core.bus import ConcurrencyConflict, ReceivedEvent, Replay
+from parley_core.bus import ConcurrencyConflict, DurableConsumer, ReceivedEvent, Replay
 from parley_core.envelope import NewEvent, UnknownEventType, open_payload
 from parley_core.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from parley_core.runner import RunContext
-from parley_core.topology import AUTH_FILTER, MESSAGING_FILTER, channel_subject
+from parley_core.topology import AUTH_FILTER, CONSUMERS, MESSAGING_FILTER, channel_subject
 from parley_messaging.device_service import DeviceKeyServicer
 from parley_messaging.devices import AuthDirectory, validate_encrypted_body
 from parley_messaging.domain import (
@@ -55,8 +56,12 @@ from parley_messaging.domain import (
 )
 from parley_messaging.reactions import reaction_emoji
 from parley_messaging.settings import MessagingSettings
+from parley_messaging.storage_due import StorageDue
 
 APPEND_ATTEMPTS = 5
+# Facts storage recorded for messaging are acted on before it serves, for at most this long.
+DUE_CATCH_UP_S = 30.0
+log = logging.getLogger(__name__)
 A = TypeVar("A", bound="Versioned | None")
 
 
@@ -132,6 +137,7 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         self._ctx: RunContext | None = None
         self._replay: Replay | None = None
         self._auth_replay: Replay | None = None
+        self._due: DurableConsumer | None = None
         # One writer per aggregate (subject) inside this instance; see decide_and_append.
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -142,6 +148,14 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         await self._auth_replay.wait_caught_up()
         self._replay = await ctx.bus.replay(stream="MSG", filter_subject=MESSAGING_FILTER, handler=self._apply)
         await self._replay.wait_caught_up()
+        # The markers storage waits for (an erasure, retention) are on the channels before any
+        # call can number a message: a restored folder's erasures are handed over this way.
+        [due] = [c for c in CONSUMERS if c.service == "messaging"]
+        self._due = await ctx.bus.consume(due, StorageDue(self).handle)
+        if not await self._due.wait_drained(DUE_CATCH_UP_S):
+            log.warning(
+                "storage's due facts not all marked before serving; marking goes on", extra={"consumer": due.durable}
+            )
         messaging_pb2_grpc.add_MessagingServiceServicer_to_server(self, ctx.server)
         ctx.add_service_name(messaging_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name)
         messaging_pb2_grpc.add_DeviceKeyServiceServicer_to_server(self.device_keys, ctx.server)
@@ -247,6 +261,7 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
             channel.record_redaction(payload.channel_seq, payload.message_id)
         elif isinstance(payload, MessagesErased | MessagesExpired):
             channel.forget_messages(payload.channel_seqs)
+            channel.markers.add(event.envelope.event_id)
 
     async def _append(self, event: NewEvent, *, after: Channel | None) -> None:
         """Append to a channel as it was read (`after`), or create it (`after=None`)."""
@@ -263,6 +278,12 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
             expected_last_subject_seq=after.last_stream_seq if after else 0,
         )
         await self._replay.wait_for_seq(appended.stream_seq)
+
+    async def append_unchecked(self, subject: str, event: NewEvent) -> None:
+        """Append after whatever the subject holds (an aggregate this projection does not know),
+        then read our own write."""
+        assert self._replay is not None
+        await self._replay.wait_for_seq(await self.ctx.bus.append_after_last(subject, event))
 
     async def settle(self, subject: str) -> None:
         """After a lost race, let the projection catch up with the aggregate before deciding again."""

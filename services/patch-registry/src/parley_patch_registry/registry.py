@@ -33,7 +33,7 @@ from parley_core.topology import (
     release_subject,
     rollout_subject,
     trust_root_subject,
-    vulnerability_overdue_subject,
+    vulnerability_alert_subject,
 )
 from parley_patch_registry import codec
 from parley_patch_registry.advisories import Advisory, parse_advisory
@@ -138,7 +138,7 @@ class Registry:
         self.rollouts: dict[str, Rollout] = {}
         self._rollout_seq: dict[str, int] = {}
         self._release_publishers: dict[str, str] = {}
-        self._announced_overdue: set[tuple[str, str, str]] = set()
+        self._announced_overdue: set[str] = set()  # event ids of the alerts on the stream
         self._step_started_at: dict[tuple[str, int], float] = {}
         self._lock = asyncio.Lock()
         self._replay: Replay | None = None
@@ -157,6 +157,9 @@ class Registry:
             return
         if isinstance(payload, events_pb2.ReleasePublished):
             self._release_publishers[payload.target_path] = payload.published_by
+            return
+        if isinstance(payload, events_pb2.VulnerabilityOverdue):
+            self._announced_overdue.add(event.envelope.event_id)
             return
         domain_event = codec.from_proto(payload)
         if domain_event is None:
@@ -355,12 +358,14 @@ class Registry:
         return self.findings.reconcile(self.advisories.values(), self.installed(time.monotonic()), datetime.now(UTC))
 
     async def announce_overdue(self) -> int:
-        """One security event per overdue finding (the stream's de-duplication covers restarts)."""
+        """One alert per overdue finding, on the registry's own PATCH stream
+        (parley.patch.alert.overdue.<advisory id>), never in auth's audit chain: the replay
+        knows the alerts already there, so a restart raises none twice."""
         announced = 0
         for finding in self.findings.overdue(datetime.now(UTC)):
-            if finding.key in self._announced_overdue:
-                continue
             event_id = hashlib.sha256(f"{finding.key}|{finding.deadline.isoformat()}".encode()).hexdigest()[:32]
+            if event_id in self._announced_overdue:
+                continue
             payload = events_pb2.VulnerabilityOverdue(
                 advisory_id=finding.advisory_id,
                 service=finding.service,
@@ -372,7 +377,7 @@ class Registry:
                 deadline=finding.deadline.timestamp(),
             )
             await self.bus.append(
-                vulnerability_overdue_subject(finding.advisory_id),
+                vulnerability_alert_subject("overdue", finding.advisory_id),
                 NewEvent(
                     aggregate_type="vulnerability",
                     aggregate_id=finding.advisory_id,
@@ -383,7 +388,7 @@ class Registry:
                 aggregate_version=1,
                 expected_last_subject_seq=None,
             )
-            self._announced_overdue.add(finding.key)
+            self._announced_overdue.add(event_id)
             announced += 1
         return announced
 

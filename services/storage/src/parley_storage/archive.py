@@ -34,6 +34,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from parley_core import telemetry
 from parley_core.bus import ReceivedEvent
 from parley_core.envelope import UnknownEventType, decode, open_payload
+from parley_core.markers import Marker
 from parley_core.visibility import EVERYTHING, HistoryView
 from parley_storage.datakeys import DataKeys, ShreddedKeys
 from parley_storage.faults import PauseInBatch
@@ -752,6 +753,24 @@ class SqlEventArchive:
             return found == len(wanted)
 
         return await self.run("holds", work)
+
+    async def holds_markers(self, markers: Sequence[Marker]) -> set[Marker]:
+        """Which of these owners' markers are archived (by any storage instance), found by their
+        aggregate (indexed) and event id."""
+
+        def work(conn: Connection) -> set[Marker]:
+            found = set()
+            for marker in dict.fromkeys(markers):
+                query = select(events.c.id).where(
+                    events.c.aggregate_type == marker.aggregate_type,
+                    events.c.aggregate_id == marker.aggregate_id,
+                    events.c.event_id == marker.event_id,
+                )
+                if conn.execute(query.limit(1)).first() is not None:
+                    found.add(marker)
+            return found
+
+        return await self.run("holds_markers", work)
 
     async def log_deletions(self, *, limit: int, after: LogDeletion | None = None) -> list[LogDeletion]:
         """Removed texts still to be deleted from the log, in log order (after `after`, to page)."""

@@ -33,7 +33,6 @@ from parley_storage.export import EXPORT_FORMAT, build_export
 from parley_storage.lag import measure_lag
 from parley_storage.retention import ArchiveBehind, Retention
 from parley_storage.stream_erasure import erase_from_streams
-from parley_storage.stream_log import append_after_last
 
 DEFAULT_PAGE = 500
 MAX_PAGE = 1000
@@ -200,7 +199,7 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
             actor=requester.acting_as,
         )
         try:
-            await append_after_last(self._ctx.bus, privacy_subject(request.user_id), event)
+            await self._ctx.bus.append_after_last(privacy_subject(request.user_id), event)
         except Exception as exc:  # any bus failure: nothing was shredded, the caller may retry
             raise Unavailable("could not record the erasure; nothing was erased, retry") from exc
         shredded = await self._archive.shred_user(request.user_id)
@@ -259,7 +258,7 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
             aggregate_type=aggregate_type, aggregate_id=aggregate_id, payload=payload, actor=requester.acting_as
         )
         try:
-            await append_after_last(self._ctx.bus, subject, event)
+            await self._ctx.bus.append_after_last(subject, event)
         except Exception as exc:  # any bus failure: the caller is told, and may call again
             raise Unavailable("recording the change in the audit trail failed; call again") from exc
 

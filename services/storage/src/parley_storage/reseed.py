@@ -10,12 +10,13 @@ identity and before any service starts (``python -m parley_storage.reseed``):
   archived twice, and the per-subject sequences the services' append guards check are as before;
 - an event the archive cannot open (its author's key was shredded, or a redaction or retention
   removed its text) leaves a hole at its sequence: a placeholder is published there and deleted
-  at once. The markers those removals appended (MessagesErased, AccountErased, MessageRedacted,
+  at once. The markers those removals led to (MessagesErased, AccountErased, MessageRedacted,
   MessagesExpired) are archived events themselves and come back, so the services rebuild from the
   new log as they did from the old one;
-- an erasure the backup predates (the keyring destroyed the user's keys after it was taken) is
-  finished in the log as the erasure itself would have (stream_erasure.remove_from_log), so the
-  erased stay erased;
+- an erasure the backup predates (the keyring destroyed the user's keys after it was taken) has
+  its due facts recorded on STORE, as the erasure itself would (stream_erasure.request_markers):
+  auth and messaging append their markers when they start, before they serve, so the erased stay
+  erased (the name taken, the numbers used); storage then finishes it in the log;
 - an audited ``EventLogRestored`` record on STORE closes the work, and the folder's restore marker
   is removed, which lets storage start.
 
@@ -54,8 +55,8 @@ from parley_storage.residency import location_of
 from parley_storage.restored import RestoreMarker, clear_restored, marker_path, read_restored
 from parley_storage.schema import events
 from parley_storage.service import KEYRING_FILE, database_url
-from parley_storage.stream_erasure import remove_from_log
-from parley_storage.stream_log import append_after_last, read_if_present
+from parley_storage.stream_erasure import request_markers
+from parley_storage.stream_log import read_if_present
 
 # The streams storage archives, in the order they are put back.
 RESEEDED_STREAMS = tuple(spec.stream for spec in CONSUMERS if spec.service == "storage")
@@ -201,9 +202,10 @@ async def already_recorded(js: JetStreamContext, backup_id: str) -> bool:
 async def finish_erasures(bus: EventBus, archive: SqlEventArchive, marker: RestoreMarker) -> list[str]:
     """Erasures this archive does not know finished: someone erased after the backup was taken
     (the keyring no longer holds their keys) has holes in the re-seeded log but no markers, so
-    without this their name would be free and the number of their newest message reused. Each
-    gets its audited record (unless the backup has it) and the erasure's log step, before any
-    service starts."""
+    without them their name would be free and the number of their newest message reused. Each
+    gets its audited record (unless the backup has it) and its due facts, before any service
+    starts: the owners mark them before they serve, and storage finishes the erasure (it has no
+    UserDataErasedFromStreams yet)."""
     finished = []
     for erasure in await archive.unfinished_erasures():
         if not erasure.recorded:
@@ -217,8 +219,8 @@ async def finish_erasures(bus: EventBus, archive: SqlEventArchive, marker: Resto
             event = NewEvent(
                 aggregate_type="privacy", aggregate_id=erasure.user_id, payload=decided, actor=PLATFORM_USER
             )
-            await append_after_last(bus, privacy_subject(erasure.user_id), event)
-        await remove_from_log(bus, archive, erasure.user_id)
+            await bus.append_after_last(privacy_subject(erasure.user_id), event)
+        await request_markers(bus, archive, erasure.user_id)
         finished.append(erasure.user_id)
     return finished
 
@@ -297,7 +299,10 @@ async def reseed_folder(
             bus = EventBus(nc, service=PLATFORM_USER, producer=f"parley-restore@{metadata.version('parley-storage')}")
             finished = await finish_erasures(bus, archive, marker)
             if finished:
-                say(f"{counted(len(finished), 'erasure')} the backup predates finished in the log (erased stay erased)")
+                say(
+                    f"{counted(len(finished), 'erasure')} the backup predates handed to auth and messaging"
+                    " (they mark it before serving; erased stay erased)"
+                )
             await record_restore(bus, marker, done, finished)
         clear_restored(data_dir)
         return done

@@ -1,12 +1,14 @@
-"""Retention as events: storage decides which messages expired and says so on the channel.
+"""Retention as events: storage decides which messages expired, messaging marks them on the channel.
 
 A channel's policy keeps its messages N days. The retention job (and SetRetentionPolicy, at
-once) finds the channel's messages in history sent before that and appends `MessagesExpired`
-markers on the channel's subject, at most MARKER_SEQS numbers each, with the same append guard
-as the channel's owner. Each reader applies the marker: messaging forgets the messages (their
-numbers stay taken), the archive blanks every text of them (posts and edits), takes them out of
-history and queues those texts for secure deletion from the log (log_cleanup.py). The marker
-comes after every text it removes, so none of them is ever the newest event on the subject.
+once) finds the channel's messages in history sent before that and records `RetentionDue` facts
+on its own STORE stream (parley.storage.due.messaging.expiry.<channel id>), at most MARKER_SEQS
+numbers each. Messaging, the channel's owner, checks them against its own projection and appends
+the `MessagesExpired` marker on the channel's subject (with the id parley_core.markers derives).
+Each reader applies the marker: messaging forgets the messages (their numbers stay taken), the
+archive blanks every text of them (posts and edits), takes them out of history and queues those
+texts for secure deletion from the log (log_cleanup.py). The marker comes after every text it
+removes, so none of them is ever the newest event on the subject.
 """
 
 from __future__ import annotations
@@ -14,21 +16,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from parley.messaging.v1.events_pb2 import MessagesExpired
+from parley.storage.v1.events_pb2 import RetentionDue
 
 from parley_core.bus import EventBus
 from parley_core.envelope import NewEvent
-from parley_core.topology import channel_subject
+from parley_core.markers import Marker, expiry_marker
+from parley_core.topology import channel_subject, due_subject
 from parley_storage.archive import NS_PER_DAY, RetentionPolicy, SqlEventArchive
 from parley_storage.progress import ArchiveProgress
-from parley_storage.stream_log import append_after_last, marker_event_id
 
 MARKER_SEQS = 500  # message numbers per marker: a long run is several events, none of them large
 STREAM = "MSG"
 
 
 class ArchiveBehind(Exception):
-    """The archive did not reach the channel's newest event, or the markers, in time: retry later."""
+    """The archive did not reach the channel's newest event, or messaging's markers, in time: retry later."""
 
 
 class Retention:
@@ -55,11 +57,23 @@ class Retention:
         # A marker appended by an earlier (interrupted) run is applied before deciding, so a
         # retried run finds those messages gone and marks nothing twice.
         await self._until_archived([newest], timeout)
-        expired = await self._archive.sent_before(policy.channel_id, now_ns - policy.days * NS_PER_DAY)
-        appended = [await append_after_last(self._bus, subject, marker) for marker in expiry_markers(policy, expired)]
-        if appended:
-            await self._until_archived(appended, timeout)
+        cutoff = now_ns - policy.days * NS_PER_DAY
+        expired = await self._archive.sent_before(policy.channel_id, cutoff)
+        due = expiry_facts(policy, expired, sent_before_ns=cutoff)
+        for _, fact in due:
+            await self._bus.append_after_last(due_subject("messaging", "expiry", policy.channel_id), fact)
+        await self._until_marked([marker for marker, _ in due], timeout)
         return len(expired)
+
+    async def _until_marked(self, markers: Sequence[Marker], timeout: float) -> None:
+        """Wait until the archive holds messaging's markers (and so has applied them)."""
+        loop = asyncio.get_running_loop()
+        deadline, delay = loop.time() + timeout, 0.02
+        while len(await self._archive.holds_markers(markers)) < len(set(markers)):
+            if loop.time() > deadline:
+                raise ArchiveBehind("messaging has not marked the expired messages yet (is it running?)")
+            await asyncio.sleep(delay)  # the archive is polled: the markers arrive through its consumer
+            delay = min(delay * 2, 0.5)
 
     async def _until_archived(self, stream_seqs: Sequence[int], timeout: float) -> None:
         """Wait until the archive holds these MSG events, whichever storage instance archives them."""
@@ -78,20 +92,28 @@ class Retention:
             delay = min(delay * 2, 0.5)
 
 
-def expiry_markers(policy: RetentionPolicy, channel_seqs: Sequence[int]) -> list[NewEvent]:
-    """The markers for these numbers, MARKER_SEQS a marker. Each id comes from its numbers: a run
-    retried inside the stream's duplicate window appends no second marker for the same messages."""
-    markers = []
+def expiry_facts(
+    policy: RetentionPolicy, channel_seqs: Sequence[int], *, sent_before_ns: int
+) -> list[tuple[Marker, NewEvent]]:
+    """The facts for these numbers, MARKER_SEQS a fact, each with the marker it asks for. Ids come
+    from the numbers: a run retried inside the stream's duplicate window records nothing twice,
+    and messaging appends no second marker for the same messages."""
+    due = []
     for start in range(0, len(channel_seqs), MARKER_SEQS):
         chunk = list(channel_seqs[start : start + MARKER_SEQS])
-        payload = MessagesExpired(channel_id=policy.channel_id, channel_seqs=chunk, retention_days=policy.days)
-        markers.append(
-            NewEvent(
-                aggregate_type="channel",
-                aggregate_id=policy.channel_id,
-                payload=payload,
-                actor="service:storage",
-                event_id=marker_event_id("expired", policy.channel_id, ",".join(map(str, chunk))),
-            )
+        marker = expiry_marker(policy.channel_id, chunk)
+        fact = RetentionDue(
+            channel_id=policy.channel_id,
+            channel_seqs=chunk,
+            retention_days=policy.days,
+            sent_before_unix_ns=sent_before_ns,
         )
-    return markers
+        event = NewEvent(
+            aggregate_type="retention",
+            aggregate_id=policy.channel_id,
+            payload=fact,
+            actor="service:storage",
+            event_id=marker.due_event_id,
+        )
+        due.append((marker, event))
+    return due

@@ -34,6 +34,7 @@ from parley_storage.kek import FileKeyring, KeyEncryptionKeys, KeyringUnreadable
 from parley_storage.lag import measure_lag
 from parley_storage.lag_metrics import ArchiveLagGauges
 from parley_storage.log_cleanup import delete_removed_texts
+from parley_storage.lost_consumer import LostConsumers
 from parley_storage.migrate import upgrade_to_head
 from parley_storage.progress import ArchiveProgress
 from parley_storage.residency import ResidencyBinding, check_configured, enforce_in_database
@@ -52,6 +53,10 @@ DATABASE_DOWN = (OperationalError, InterfaceError)
 MAX_PAGE = 500
 # How long a retention run waits for the archive to reach a channel's newest event, and its markers.
 RETENTION_CATCH_UP_S = 30.0
+# An erasure left unfinished at start is tried again this long after a failed attempt (doubling):
+# the owners that must mark it may still be starting, or down.
+ERASURE_RETRY_FIRST_S = 1.0
+ERASURE_RETRY_MAX_S = 60.0
 
 
 KEYRING_FILE = "storage-kek.json"
@@ -85,6 +90,7 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         self._lag_job: asyncio.Task[None] | None = None
         self._erasure_job: asyncio.Task[None] | None = None
         self._log_cleanup_job: asyncio.Task[None] | None = None
+        self._lost_consumers: LostConsumers | None = None
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
@@ -110,9 +116,10 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         BackupKeys.create_missing(ctx.settings.secrets_dir)  # in the key backup from the first start on
         self.progress = ArchiveProgress(positions)
         self.retention = Retention(ctx.bus, self.archive, self.progress)
+        self._lost_consumers = LostConsumers(ctx, self.archive)
         for spec in CONSUMERS:
             if spec.service == "storage":
-                await ctx.bus.consume(spec, partial(self._archive, spec))
+                await ctx.bus.consume(spec, partial(self._archive, spec), on_loss=self._lost_consumers)
         storage_pb2_grpc.add_StorageServiceServicer_to_server(self, ctx.server)
         ctx.add_service_name(storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name)
         storage_pb2_grpc.add_StorageArchiveServiceServicer_to_server(
@@ -129,16 +136,26 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         self._erasure_job = asyncio.create_task(self._resume_stream_erasures(erasures.unfinished()))
 
     async def _resume_stream_erasures(self, user_ids: list[str]) -> None:
-        """Finish erasures that shredded keys but had not yet deleted the events from JetStream."""
+        """Finish erasures that shredded keys but had not yet deleted the events from JetStream
+        (cut short, or handed over by a re-seed): tried until each is done, with a growing pause
+        after a failed round (an owner that must mark it may be down)."""
         assert self.archive is not None
         assert self._ctx is not None
-        for user_id in user_ids:
-            if self._stopping.is_set():
-                return
-            try:
-                await erase_from_streams(self._ctx.bus, self.archive, user_id)
-            except Exception:  # left unfinished: the next start (or a repeated EraseUserData) resumes it
-                log.exception("resuming an erasure in the event log failed", extra={"user_id": user_id})
+        left, delay = list(user_ids), ERASURE_RETRY_FIRST_S
+        while left and not self._stopping.is_set():
+            for user_id in list(left):
+                try:
+                    await erase_from_streams(self._ctx.bus, self.archive, user_id)
+                except Exception:  # left unfinished: tried again below (and at the next start)
+                    log.warning(
+                        "resuming an erasure in the event log failed", extra={"user_id": user_id}, exc_info=True
+                    )
+                else:
+                    left.remove(user_id)
+            if left:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                delay = min(delay * 2, ERASURE_RETRY_MAX_S)
 
     async def _measure_lag(self, gauges: ArchiveLagGauges, interval_s: float) -> None:
         """Refresh the lag gauges every interval until stopped."""
@@ -193,6 +210,8 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
                     await resumable
         if self._lag_job is not None:
             await self._lag_job
+        if self._lost_consumers is not None:
+            await self._lost_consumers.stop()
         if self.archive is not None:
             self.archive.engine.dispose()
 

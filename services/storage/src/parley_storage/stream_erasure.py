@@ -7,15 +7,19 @@ texts whose archive copy a redaction or retention removed, in case their own del
 log (log_cleanup.py) has not run yet) with the stream's secure erase (the message is
 overwritten on disk), and their parked copies too.
 
-Before punching holes, a marker is appended on each subject that will lose events, so the
-owners rebuild correctly from a stream with gaps: `MessagesErased` keeps the deleted message
-numbers taken (messaging never numbers a new message below them) and `AccountErased` keeps the
-username subject non-empty (the name stays taken; a registration expecting an empty subject is
-refused). A deleted event is therefore never the newest on its subject, and the owners' append
-guards (expected last subject sequence) keep working. Retention (`MessagesExpired`) and
-redaction reuse the same mechanism and helpers (stream_log.py). Every step is idempotent; the
-closing `UserDataErasedFromStreams` record on STORE says it finished, and storage resumes an
-erasure without it at start.
+Before holes are punched, the owner of each subject that will lose events appends a marker
+there, so the owners rebuild correctly from a stream with gaps: `MessagesErased` (messaging)
+keeps the deleted message numbers taken (messaging never numbers a new message below them) and
+`AccountErased` (auth) keeps the username subject non-empty (the name stays taken; a
+registration expecting an empty subject is refused). Storage writes to neither stream: it records
+what is due on its own STORE stream (`ChannelErasureDue`, `AccountErasureDue`, on
+parley.storage.due.<owner>.erasure.<user id>), each owner appends its marker with the id
+parley_core.markers derives, and storage deletes only once the archive holds every one of them.
+A deleted event is therefore never the newest on its subject, and the owners' append guards
+(expected last subject sequence) keep working. Retention (`MessagesExpired`) and redaction follow
+the same rule. Every step is idempotent; the closing `UserDataErasedFromStreams` record on STORE
+says it finished, and storage resumes an erasure without it (at start, and again until it ends:
+an owner may be down for a while).
 """
 
 from __future__ import annotations
@@ -24,49 +28,79 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from google.protobuf.message import Message
 from nats.js import JetStreamContext
-from parley.auth.v1.events_pb2 import AccountErased
-from parley.messaging.v1.events_pb2 import MessagePosted, MessagesErased
-from parley.storage.v1.events_pb2 import UserDataErasedFromStreams
+from parley.messaging.v1.events_pb2 import MessagePosted
+from parley.storage.v1.events_pb2 import AccountErasureDue, ChannelErasureDue, UserDataErasedFromStreams
 
 from parley_core.bus import EventBus
 from parley_core.envelope import NewEvent, decode, open_payload
-from parley_core.topology import CONSUMERS, channel_subject, privacy_subject
+from parley_core.markers import Marker, account_erasure_marker, channel_erasure_marker
+from parley_core.topology import CONSUMERS, channel_subject, due_subject, privacy_subject
 from parley_storage.archive import LoggedEvent, SqlEventArchive
-from parley_storage.stream_log import (
-    append_after_last,
-    delete_parked_copies,
-    marker_event_id,
-    read_if_present,
-    secure_delete,
-)
+from parley_storage.stream_log import delete_parked_copies, read_if_present, secure_delete
 
 log = logging.getLogger(__name__)
 
 SOURCE_STREAMS = ("AUTH", "MSG")  # where the user's own events were appended (PARKED holds copies)
 USERNAME_PREFIX = "parley.auth.username."
 CATCH_UP_TIMEOUT_S = 30.0
+# How long an erasure waits for the owners' markers (they react to the due facts within moments
+# while they run); then it is left to resume.
+MARKERS_TIMEOUT_S = 30.0
 
 
 class StreamErasureIncomplete(Exception):
     """The deletion could not finish now; it is resumable (retry, or it resumes at start)."""
 
 
-async def erase_from_streams(bus: EventBus, archive: SqlEventArchive, user_id: str) -> int:
+@dataclass(frozen=True)
+class DueMarker:
+    """A marker an owner must append before storage deletes, and the fact on STORE that asks for it."""
+
+    owner: str
+    marker: Marker
+    subject: str  # of the fact
+    fact: NewEvent
+
+
+async def erase_from_streams(
+    bus: EventBus, archive: SqlEventArchive, user_id: str, *, markers_timeout: float = MARKERS_TIMEOUT_S
+) -> int:
     """Delete the user's events from the log; returns how many were deleted (0 on a repeat)."""
     await _archive_caught_up(bus.js, SOURCE_STREAMS)  # so the archive knows every event of theirs
-    return await remove_from_log(bus, archive, user_id)
+    return await remove_from_log(bus, archive, user_id, markers_timeout=markers_timeout)
 
 
-async def remove_from_log(bus: EventBus, archive: SqlEventArchive, user_id: str) -> int:
-    """The markers, the deletions and the closing record, once the archive holds every event of
-    the user's (also what a re-seed runs for an erasure the restored backup predates)."""
+async def request_markers(bus: EventBus, archive: SqlEventArchive, user_id: str) -> list[DueMarker]:
+    """Record on STORE the markers the owners must append before the user's events leave the log
+    (those the archive does not hold yet); returns every marker the erasure needs. All a re-seed
+    does for an erasure its backup predates: the owners mark before they serve, storage deletes."""
+    due, _ = await _request_markers(bus, archive, user_id)
+    return due
+
+
+async def _request_markers(
+    bus: EventBus, archive: SqlEventArchive, user_id: str
+) -> tuple[list[DueMarker], list[LoggedEvent]]:
     logged = await archive.events_of(user_id, SOURCE_STREAMS)
-    numbers = await archive.message_numbers(logged)
-    for subject, marker in await _markers(bus.js, user_id, logged, numbers):
-        await append_after_last(bus, subject, marker)
+    due = await _due_markers(bus.js, user_id, logged, await archive.message_numbers(logged))
+    held = await archive.holds_markers([d.marker for d in due])
+    for d in due:
+        if d.marker not in held:
+            await bus.append_after_last(d.subject, d.fact)
+    return due, logged
+
+
+async def remove_from_log(
+    bus: EventBus, archive: SqlEventArchive, user_id: str, *, markers_timeout: float = MARKERS_TIMEOUT_S
+) -> int:
+    """The due facts, the owners' markers, the deletions and the closing record, once the archive
+    holds every event of the user's."""
+    due, logged = await _request_markers(bus, archive, user_id)
+    await _until_marked(archive, due, markers_timeout)
     doomed = {(e.stream, e.stream_seq) for e in logged}
     deleted = 0
     for stream, seq in sorted(doomed):
@@ -79,14 +113,31 @@ async def remove_from_log(bus: EventBus, archive: SqlEventArchive, user_id: str)
         actor="service:storage",
         event_id=f"erased-from-streams-{user_id}",
     )
-    await append_after_last(bus, privacy_subject(user_id), done)
+    await bus.append_after_last(privacy_subject(user_id), done)
     log.info("erasure reached the event log", extra={"user_id": user_id, "deleted": deleted})
     return deleted
 
 
-async def _markers(
+async def _until_marked(archive: SqlEventArchive, due: Sequence[DueMarker], timeout: float) -> None:
+    """Wait until the archive holds every marker, whichever storage instance archives it."""
+    loop = asyncio.get_running_loop()
+    deadline, delay = loop.time() + timeout, 0.02
+    while True:
+        held = await archive.holds_markers([d.marker for d in due])
+        if not (missing := [d for d in due if d.marker not in held]):
+            return
+        if loop.time() > deadline:
+            owners = ", ".join(sorted({d.owner for d in missing}))
+            raise StreamErasureIncomplete(
+                f"{len(missing)} marker(s) not appended yet by {owners} (is it running?); the erasure will be retried"
+            )
+        await asyncio.sleep(delay)  # the archive is polled: the markers arrive through another consumer
+        delay = min(delay * 2, 0.5)
+
+
+async def _due_markers(
     js: JetStreamContext, user_id: str, logged: Iterable[LoggedEvent], numbers: Mapping[tuple[str, int], int]
-) -> list[tuple[str, NewEvent]]:
+) -> list[DueMarker]:
     """One marker per username subject and per channel that is about to lose events."""
     channels: defaultdict[str, set[int]] = defaultdict(set)
     usernames: set[str] = set()
@@ -96,15 +147,29 @@ async def _markers(
             if (number := numbers.get((e.stream, e.stream_seq))) is not None:  # a hole in a re-seeded log
                 channels[e.aggregate_id].add(number)
         elif e.stream == "AUTH" and e.subject.startswith(USERNAME_PREFIX):
-            usernames.add(e.subject)
-    markers: list[tuple[str, NewEvent]] = []
+            usernames.add(e.subject.removeprefix(USERNAME_PREFIX))
+    due: list[DueMarker] = []
     for channel_id, seqs in sorted(channels.items()):
-        payload: Message = MessagesErased(channel_id=channel_id, user_id=user_id, channel_seqs=sorted(seqs))
-        markers.append((channel_subject(channel_id), erasure_marker("channel", channel_id, payload, user_id)))
-    for subject in sorted(usernames):
-        key = subject.removeprefix(USERNAME_PREFIX)
-        markers.append((subject, erasure_marker("username", key, AccountErased(user_id=user_id), user_id)))
-    return markers
+        marker = channel_erasure_marker(user_id, channel_id)
+        fact: Message = ChannelErasureDue(user_id=user_id, channel_id=channel_id, channel_seqs=sorted(seqs))
+        due.append(
+            DueMarker("messaging", marker, due_subject("messaging", "erasure", user_id), _fact(marker, user_id, fact))
+        )
+    for key in sorted(usernames):
+        marker = account_erasure_marker(user_id, key)
+        fact = AccountErasureDue(user_id=user_id, username_key=key)
+        due.append(DueMarker("auth", marker, due_subject("auth", "erasure", user_id), _fact(marker, user_id, fact)))
+    return due
+
+
+def _fact(marker: Marker, user_id: str, payload: Message) -> NewEvent:
+    return NewEvent(
+        aggregate_type="erasure",
+        aggregate_id=user_id,
+        payload=payload,
+        actor="service:storage",
+        event_id=marker.due_event_id,
+    )
 
 
 async def _post_number(js: JetStreamContext, event: LoggedEvent) -> list[int]:
@@ -114,16 +179,6 @@ async def _post_number(js: JetStreamContext, event: LoggedEvent) -> list[int]:
         return []  # deleted by an earlier run of this erasure (after its marker), or as a removed text
     payload = open_payload(decode(raw.data or b""))
     return [payload.channel_seq] if isinstance(payload, MessagePosted) else []
-
-
-def erasure_marker(aggregate_type: str, aggregate_id: str, payload: Message, user_id: str) -> NewEvent:
-    return NewEvent(
-        aggregate_type=aggregate_type,
-        aggregate_id=aggregate_id,
-        payload=payload,
-        actor="service:storage",
-        event_id=marker_event_id("erased", user_id, aggregate_type, aggregate_id),
-    )
 
 
 async def _archive_caught_up(js: JetStreamContext, streams: Sequence[str]) -> None:

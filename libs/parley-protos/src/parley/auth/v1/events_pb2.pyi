@@ -792,9 +792,10 @@ Global___LoginFailuresCleared: _TypeAlias = LoginFailuresCleared  # noqa: Y015
 
 @_typing.final
 class AccountErased(_message.Message):
-    """Tombstone of an erased account, appended by storage on the account's username subject before
-    the account's own events are deleted from the stream. It names no personal data; because the
-    subject stays non-empty, the name cannot be registered again.
+    """Tombstone of an erased account, appended by auth on the account's username subject when storage
+    records that it is about to delete the account's events from the stream
+    (parley.storage.v1.AccountErasureDue). It names no personal data; because the subject stays
+    non-empty, the name cannot be registered again.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -667,9 +667,10 @@ Global___ReadMarkerMoved: _TypeAlias = ReadMarkerMoved  # noqa: Y015
 
 @_typing.final
 class MessagesErased(_message.Message):
-    """Appended by storage on a channel's subject before it deletes an erased user's messages from
-    the stream: every projection forgets those messages, and the numbers stay taken, so the next
-    message is numbered after them even when the newest one was deleted.
+    """Appended by messaging on a channel's subject when storage records that it is about to delete an
+    erased user's messages from the stream (parley.storage.v1.ChannelErasureDue): every projection
+    forgets those messages, and the numbers stay taken, so the next message is numbered after them
+    even when the newest one was deleted.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -699,10 +700,11 @@ Global___MessagesErased: _TypeAlias = MessagesErased  # noqa: Y015
 
 @_typing.final
 class MessagesExpired(_message.Message):
-    """Appended by storage on a channel's subject when the channel's retention policy (days) expired
-    these messages (sent more than retention_days ago), before it deletes their posts and edits
-    from the stream: every projection forgets them, and the numbers stay taken, as for
-    MessagesErased. A long run is split into several markers.
+    """Appended by messaging on a channel's subject when storage records that the channel's retention
+    policy (days) expired these messages (parley.storage.v1.RetentionDue: sent more than
+    retention_days ago), before storage deletes their posts and edits from the stream: every
+    projection forgets them, and the numbers stay taken, as for MessagesErased. A long run is split
+    into several markers.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

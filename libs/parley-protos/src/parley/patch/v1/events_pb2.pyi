@@ -426,7 +426,8 @@ Global___RolloutRolledBack: _TypeAlias = RolloutRolledBack  # noqa: Y015
 
 @_typing.final
 class VulnerabilityOverdue(_message.Message):
-    """On the SEC stream (parley.sec.patch.overdue.<advisory id>): a vulnerable instance is past its
+    """An alert on the registry's own PATCH stream (parley.patch.alert.overdue.<advisory id>, which a
+    SIEM follows beside SEC; never in auth's audit chain): a vulnerable instance is past its
     remediation deadline.
     """
 

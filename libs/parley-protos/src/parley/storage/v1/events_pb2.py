@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eparley/storage/v1/events.proto\x12\x11parley.storage.v1\"_\n\x0eUserDataErased\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\terased_by\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x19\n\x11\x64\x65stroyed_key_ids\x18\x04 \x03(\t\"D\n\x19UserDataErasedFromStreams\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x16\n\x0e\x65vents_deleted\x18\x02 \x01(\x04\"\x8f\x01\n\x10\x45ventLogRestored\x12\x11\n\tbackup_id\x18\x01 \x01(\t\x12\x19\n\x11\x62\x61\x63kup_created_at\x18\x02 \x01(\t\x12\x32\n\x07streams\x18\x03 \x03(\x0b\x32!.parley.storage.v1.RestoredStream\x12\x19\n\x11\x65rasures_finished\x18\x04 \x03(\t\"Q\n\x0eRestoredStream\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x0e\n\x06\x65vents\x18\x02 \x01(\x04\x12\r\n\x05holes\x18\x03 \x01(\x04\x12\x10\n\x08last_seq\x18\x04 \x01(\x04\"F\n\x12RetentionPolicySet\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ys\x18\x02 \x01(\r\x12\x0e\n\x06set_by\x18\x03 \x01(\t\"w\n\x17KeyEncryptionKeyRotated\x12\x12\n\nnew_kek_id\x18\x01 \x01(\t\x12\x1b\n\x13rewrapped_data_keys\x18\x02 \x01(\x04\x12\x17\n\x0fretired_kek_ids\x18\x03 \x03(\t\x12\x12\n\nrotated_by\x18\x04 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eparley/storage/v1/events.proto\x12\x11parley.storage.v1\"_\n\x0eUserDataErased\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\terased_by\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x19\n\x11\x64\x65stroyed_key_ids\x18\x04 \x03(\t\"D\n\x19UserDataErasedFromStreams\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x16\n\x0e\x65vents_deleted\x18\x02 \x01(\x04\"N\n\x11\x43hannelErasureDue\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nchannel_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63hannel_seqs\x18\x03 \x03(\x04\":\n\x11\x41\x63\x63ountErasureDue\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0cusername_key\x18\x02 \x01(\t\"m\n\x0cRetentionDue\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63hannel_seqs\x18\x02 \x03(\x04\x12\x16\n\x0eretention_days\x18\x03 \x01(\r\x12\x1b\n\x13sent_before_unix_ns\x18\x04 \x01(\x03\"o\n\x18\x41rchiveConsumerRecreated\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x02 \x01(\t\x12\x18\n\x10resumed_from_seq\x18\x03 \x01(\x04\x12\x17\n\x0fstream_last_seq\x18\x04 \x01(\x04\"\x8f\x01\n\x10\x45ventLogRestored\x12\x11\n\tbackup_id\x18\x01 \x01(\t\x12\x19\n\x11\x62\x61\x63kup_created_at\x18\x02 \x01(\t\x12\x32\n\x07streams\x18\x03 \x03(\x0b\x32!.parley.storage.v1.RestoredStream\x12\x19\n\x11\x65rasures_finished\x18\x04 \x03(\t\"Q\n\x0eRestoredStream\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x0e\n\x06\x65vents\x18\x02 \x01(\x04\x12\r\n\x05holes\x18\x03 \x01(\x04\x12\x10\n\x08last_seq\x18\x04 \x01(\x04\"F\n\x12RetentionPolicySet\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ys\x18\x02 \x01(\r\x12\x0e\n\x06set_by\x18\x03 \x01(\t\"w\n\x17KeyEncryptionKeyRotated\x12\x12\n\nnew_kek_id\x18\x01 \x01(\t\x12\x1b\n\x13rewrapped_data_keys\x18\x02 \x01(\x04\x12\x17\n\x0fretired_kek_ids\x18\x03 \x03(\t\x12\x12\n\nrotated_by\x18\x04 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,12 +35,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USERDATAERASED']._serialized_end=148
   _globals['_USERDATAERASEDFROMSTREAMS']._serialized_start=150
   _globals['_USERDATAERASEDFROMSTREAMS']._serialized_end=218
-  _globals['_EVENTLOGRESTORED']._serialized_start=221
-  _globals['_EVENTLOGRESTORED']._serialized_end=364
-  _globals['_RESTOREDSTREAM']._serialized_start=366
-  _globals['_RESTOREDSTREAM']._serialized_end=447
-  _globals['_RETENTIONPOLICYSET']._serialized_start=449
-  _globals['_RETENTIONPOLICYSET']._serialized_end=519
-  _globals['_KEYENCRYPTIONKEYROTATED']._serialized_start=521
-  _globals['_KEYENCRYPTIONKEYROTATED']._serialized_end=640
+  _globals['_CHANNELERASUREDUE']._serialized_start=220
+  _globals['_CHANNELERASUREDUE']._serialized_end=298
+  _globals['_ACCOUNTERASUREDUE']._serialized_start=300
+  _globals['_ACCOUNTERASUREDUE']._serialized_end=358
+  _globals['_RETENTIONDUE']._serialized_start=360
+  _globals['_RETENTIONDUE']._serialized_end=469
+  _globals['_ARCHIVECONSUMERRECREATED']._serialized_start=471
+  _globals['_ARCHIVECONSUMERRECREATED']._serialized_end=582
+  _globals['_EVENTLOGRESTORED']._serialized_start=585
+  _globals['_EVENTLOGRESTORED']._serialized_end=728
+  _globals['_RESTOREDSTREAM']._serialized_start=730
+  _globals['_RESTOREDSTREAM']._serialized_end=811
+  _globals['_RETENTIONPOLICYSET']._serialized_start=813
+  _globals['_RETENTIONPOLICYSET']._serialized_end=883
+  _globals['_KEYENCRYPTIONKEYROTATED']._serialized_start=885
+  _globals['_KEYENCRYPTIONKEYROTATED']._serialized_end=1004
 # @@protoc_insertion_point(module_scope)

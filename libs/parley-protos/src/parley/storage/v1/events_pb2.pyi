@@ -21,7 +21,9 @@ DESCRIPTOR: _descriptor.FileDescriptor
 @_typing.final
 class UserDataErased(_message.Message):
     """Events of the storage service on stream STORE: parley.storage.privacy.<user_id> (erasure),
-    parley.storage.restore.<backup_id>, parley.storage.retention.<channel_id>, parley.storage.kek.rotations.
+    parley.storage.restore.<backup_id>, parley.storage.retention.<channel_id>, parley.storage.kek.rotations,
+    parley.storage.archive.<stream> (its archive consumers), and the due facts other owners act on,
+    parley.storage.due.<owner>.<kind>.<id> (below).
 
     A user's data keys were destroyed (crypto-shredding): their personal data in the archive, and
     in every backup, can no longer be decrypted. The record itself names no personal data.
@@ -83,6 +85,142 @@ class UserDataErasedFromStreams(_message.Message):
 Global___UserDataErasedFromStreams: _TypeAlias = UserDataErasedFromStreams  # noqa: Y015
 
 @_typing.final
+class ChannelErasureDue(_message.Message):
+    """Due facts. Storage writes to no other service's stream: what another owner must mark on its own
+    subjects before storage deletes events there, it records here, on parley.storage.due.<owner>.>
+    (each owner reads only its own tree, through one durable consumer). The owner appends the marker
+    with the event id parley_core.markers derives from the fact, and storage deletes nothing until
+    the archive holds that marker.
+
+    An erased user's posts on a channel are about to be deleted from MSG: messaging appends
+    MessagesErased(channel_id, user_id, channel_seqs) on the channel's subject, keeping their numbers
+    taken. On parley.storage.due.messaging.erasure.<user_id>.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_SEQS_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    channel_id: _builtins.str
+    @_builtins.property
+    def channel_seqs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """the numbers of the user's posts that leave the log"""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        channel_id: _builtins.str = ...,
+        channel_seqs: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "channel_seqs", b"channel_seqs", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChannelErasureDue: _TypeAlias = ChannelErasureDue  # noqa: Y015
+
+@_typing.final
+class AccountErasureDue(_message.Message):
+    """An erased user's account events are about to be deleted from AUTH: auth appends AccountErased on
+    the username subject, so the name stays taken. On parley.storage.due.auth.erasure.<user_id>.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    USERNAME_KEY_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    username_key: _builtins.str
+    """the subject's key: parley.auth.username.<username_key>"""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        username_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id", "username_key", b"username_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountErasureDue: _TypeAlias = AccountErasureDue  # noqa: Y015
+
+@_typing.final
+class RetentionDue(_message.Message):
+    """A channel's retention policy expired these messages: messaging appends MessagesExpired on the
+    channel's subject; the archive then removes their texts from history and from the log. At most
+    500 numbers a fact. On parley.storage.due.messaging.expiry.<channel_id>.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_SEQS_FIELD_NUMBER: _builtins.int
+    RETENTION_DAYS_FIELD_NUMBER: _builtins.int
+    SENT_BEFORE_UNIX_NS_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    retention_days: _builtins.int
+    sent_before_unix_ns: _builtins.int
+    """the policy's cutoff: each of them was sent before it"""
+    @_builtins.property
+    def channel_seqs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        channel_seqs: _abc.Iterable[_builtins.int] | None = ...,
+        retention_days: _builtins.int = ...,
+        sent_before_unix_ns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "channel_seqs", b"channel_seqs", "retention_days", b"retention_days", "sent_before_unix_ns", b"sent_before_unix_ns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetentionDue: _TypeAlias = RetentionDue  # noqa: Y015
+
+@_typing.final
+class ArchiveConsumerRecreated(_message.Message):
+    """One of storage's durable archive consumers was found missing (deleted, or lost with the broker's
+    state) and was made again from the archive's recorded position, so no event after it goes
+    unarchived. On parley.storage.archive.<stream>.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_FIELD_NUMBER: _builtins.int
+    CONSUMER_FIELD_NUMBER: _builtins.int
+    RESUMED_FROM_SEQ_FIELD_NUMBER: _builtins.int
+    STREAM_LAST_SEQ_FIELD_NUMBER: _builtins.int
+    stream: _builtins.str
+    consumer: _builtins.str
+    resumed_from_seq: _builtins.int
+    """the first sequence the new consumer delivers"""
+    stream_last_seq: _builtins.int
+    """the stream's newest event when it was made again"""
+    def __init__(
+        self,
+        *,
+        stream: _builtins.str = ...,
+        consumer: _builtins.str = ...,
+        resumed_from_seq: _builtins.int = ...,
+        stream_last_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumer", b"consumer", "resumed_from_seq", b"resumed_from_seq", "stream", b"stream", "stream_last_seq", b"stream_last_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArchiveConsumerRecreated: _TypeAlias = ArchiveConsumerRecreated  # noqa: Y015
+
+@_typing.final
 class EventLogRestored(_message.Message):
     """The event log of a data folder restored from a backup was re-seeded from its archive (by
     `parley up`, before any service started), on parley.storage.restore.<backup_id>: every event
@@ -104,7 +242,8 @@ class EventLogRestored(_message.Message):
     @_builtins.property
     def erasures_finished(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Users erased after the backup was taken (the keyring had destroyed their keys) or while it
-        was taken, whose erasure the re-seed finished in the log: their markers, then this record.
+        was taken: the re-seed recorded the due facts of their erasure, which their owners mark when
+        they start (before serving); storage then finishes it in the log.
         """
 
     def __init__(

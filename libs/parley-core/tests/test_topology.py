@@ -1,0 +1,29 @@
+"""The trust matrix as topology declares it: one writer per stream, consumers told apart by owner.
+
+What the broker makes of it is tested against a real nats-server in test_nats_permissions.py.
+"""
+
+from __future__ import annotations
+
+from parley_core import topology
+
+
+def test_the_trust_matrix_has_one_writer_per_stream_and_owners_prefix_their_consumers() -> None:
+    for spec in topology.STREAMS:
+        writers = [s for s in topology.SERVICES if set(spec.subjects) <= set(topology.permissions_for(s).publish)]
+        assert writers == ([] if spec.owner == "*" else [spec.owner]), spec.name
+    for consumer in topology.CONSUMERS:
+        assert consumer.durable.startswith(f"{consumer.service}-"), consumer
+    # The cross-owner grants of the past are gone: storage appends to no channel or username.
+    storage = topology.permissions_for("storage").publish
+    assert not [p for p in storage if p.startswith(("parley.msg.", "parley.auth.", "parley.sec."))]
+    assert not [p for p in topology.permissions_for("patch-registry").publish if p.startswith("parley.sec.")]
+
+
+def test_a_stream_accepts_only_its_owners_event_packages() -> None:
+    msg, parked = topology.STREAMS_BY_NAME["MSG"], topology.STREAMS_BY_NAME["PARKED"]
+    assert msg.owner_writes("parley.messaging.v1.MessagePosted")
+    assert msg.owner_writes("parley.messaging.v1.SomethingNewer")  # a newer release's type: still its owner's
+    assert not msg.owner_writes("parley.auth.v1.UserRegistered")
+    assert not msg.owner_writes("")
+    assert parked.owner_writes("parley.auth.v1.UserRegistered")  # copies of anyone's events

@@ -1,0 +1,69 @@
+"""Auth marks an erased account's username when storage says the erasure is due.
+
+Storage writes nothing to AUTH. Before it deletes an erased user's account events from the log,
+it records `AccountErasureDue` on its STORE stream (parley.storage.due.auth.>, the only part of
+STORE auth reads, through its durable consumer `auth-storage-due`), and auth, the username
+subjects' one writer, appends the `AccountErased` tombstone there with the id parley_core.markers
+derives: the name stays taken, and every service's access projection refuses the account's
+tokens. Storage deletes once it holds the tombstone.
+
+A fact is checked first: a username subject held by another account is never tombstoned (the
+fact is refused and parked with the reason), so a stolen storage credential cannot take
+someone else's name away. Idempotent: auth remembers the tombstones it applied, so a repeated
+fact, or a redelivery after a crash, appends nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from parley.auth.v1.events_pb2 import AccountErased
+from parley.storage.v1.events_pb2 import AccountErasureDue
+
+from parley_core.bus import ReceivedEvent, Refused
+from parley_core.envelope import NewEvent, UnknownEventType, open_payload
+from parley_core.markers import account_erasure_marker
+from parley_core.topology import username_subject
+
+if TYPE_CHECKING:
+    from parley_auth.service import AuthApp
+
+USER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+USERNAME_KEY = re.compile(r"[0-9a-f]{64}")  # domain.username_key: a SHA-256 in hex
+
+
+class StorageDue:
+    """The handler of auth's durable consumer of its due facts on STORE."""
+
+    def __init__(self, app: AuthApp) -> None:
+        self._app = app
+
+    async def handle(self, batch: Sequence[ReceivedEvent]) -> None:
+        for event in batch:
+            try:
+                payload = open_payload(event.envelope)
+            except UnknownEventType:
+                continue  # a newer storage's fact: this release has nothing to do for it
+            if isinstance(payload, AccountErasureDue):
+                await self._erased(payload)
+
+    async def _erased(self, due: AccountErasureDue) -> None:
+        if not USER_ID.fullmatch(due.user_id) or not USERNAME_KEY.fullmatch(due.username_key):
+            raise Refused(f"{due.user_id!r} / {due.username_key!r} is not a user id and a username key")
+        marker = account_erasure_marker(due.user_id, due.username_key)
+        if marker.event_id in self._app.erasure_markers:
+            return  # marked already: a repeated fact, or a redelivery
+        holder = self._app.username_holders.get(due.username_key)
+        if holder is not None and holder != due.user_id:
+            raise Refused(f"username {due.username_key} belongs to {holder}, not to the erased {due.user_id}")
+        event = NewEvent(
+            aggregate_type="username",
+            aggregate_id=due.username_key,
+            payload=AccountErased(user_id=due.user_id),
+            actor="service:auth",
+            event_id=marker.event_id,
+        )
+        # The name's subject holds its registration, or nothing (a hole of a re-seeded log).
+        await self._app.append_and_apply(username_subject(due.username_key), event)

@@ -1,0 +1,122 @@
+"""Messaging marks its own channels when storage says an erasure or retention is due there.
+
+Storage writes nothing to MSG. Before it deletes an erased user's posts, or expired texts, from
+the log, it records a due fact on its STORE stream (parley.storage.due.messaging.>, the only
+part of STORE messaging reads, through its durable consumer `messaging-storage-due`), and
+messaging, the channels' one writer, appends the marker there (MessagesErased, MessagesExpired)
+with the id parley_core.markers derives from the fact; storage deletes once it holds the marker.
+
+A fact is checked against messaging's own projection first: an erasure marks only the erased
+user's posts, an expiry only messages sent before a cutoff at least `retention_days` (one at
+least) in the past by messaging's own clock. A fact that asks for more is refused (parked with
+the reason): a stolen storage credential cannot remove another user's messages, or recent ones,
+through messaging. Idempotent: a channel remembers the marker ids it applied, so a repeated
+fact, or a redelivery after a crash, appends nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from google.protobuf.message import Message
+from parley.messaging.v1.events_pb2 import MessagesErased, MessagesExpired
+from parley.storage.v1.events_pb2 import ChannelErasureDue, RetentionDue
+
+from parley_core.bus import ReceivedEvent, Refused
+from parley_core.envelope import NewEvent, UnknownEventType, open_payload
+from parley_core.errors import FailedPrecondition
+from parley_core.markers import Marker, channel_erasure_marker, expiry_marker
+from parley_core.topology import channel_subject
+from parley_messaging.domain import Channel
+
+if TYPE_CHECKING:
+    from parley_messaging.service import MessagingApp
+
+NS_PER_DAY = 86_400 * 10**9
+# How far storage's clock may run ahead of messaging's when it decides a cutoff.
+CLOCK_SKEW_NS = 5 * 60 * 10**9
+# Ids as the services make them, never a subject wildcard or separator.
+ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class StorageDue:
+    """The handler of messaging's durable consumer of its due facts on STORE."""
+
+    def __init__(self, app: MessagingApp, *, now_ns: Callable[[], int] = time.time_ns) -> None:
+        self._app = app
+        self._now_ns = now_ns
+
+    async def handle(self, batch: Sequence[ReceivedEvent]) -> None:
+        """Each fact in turn; a refusal fails the batch, which the consumer then takes one by
+        one, parking only the refused fact (the others find their marker applied)."""
+        for event in batch:
+            try:
+                payload = open_payload(event.envelope)
+            except UnknownEventType:
+                continue  # a newer storage's fact: this release has nothing to do for it
+            if isinstance(payload, ChannelErasureDue):
+                await self._erased(payload)
+            elif isinstance(payload, RetentionDue):
+                await self._expired(payload)
+
+    async def _erased(self, due: ChannelErasureDue) -> None:
+        _check_ids(due.channel_id, due.user_id)
+        marker = channel_erasure_marker(due.user_id, due.channel_id)
+        payload = MessagesErased(channel_id=due.channel_id, user_id=due.user_id, channel_seqs=due.channel_seqs)
+        await self._mark(
+            due.channel_id, marker, payload, lambda channel: channel.check_erasure(due.user_id, due.channel_seqs)
+        )
+
+    async def _expired(self, due: RetentionDue) -> None:
+        _check_ids(due.channel_id)
+        latest = self._now_ns() - due.retention_days * NS_PER_DAY + CLOCK_SKEW_NS
+        if due.retention_days < 1 or due.sent_before_unix_ns > latest:
+            raise Refused(
+                f"retention of channel {due.channel_id}: a cutoff {due.sent_before_unix_ns} is not "
+                f"{due.retention_days} day(s) (one at least) in the past"
+            )
+        marker = expiry_marker(due.channel_id, due.channel_seqs)
+        payload = MessagesExpired(
+            channel_id=due.channel_id, channel_seqs=due.channel_seqs, retention_days=due.retention_days
+        )
+        await self._mark(
+            due.channel_id,
+            marker,
+            payload,
+            lambda channel: channel.check_expiry(due.channel_seqs, due.sent_before_unix_ns),
+        )
+
+    async def _mark(self, channel_id: str, marker: Marker, payload: Message, check: Callable[[Channel], None]) -> None:
+        event = NewEvent(
+            aggregate_type="channel",
+            aggregate_id=channel_id,
+            payload=payload,
+            actor="service:messaging",
+            event_id=marker.event_id,
+        )
+        subject = channel_subject(channel_id)
+        if channel_id not in self._app.channels:
+            # Its creation is a hole in a re-seeded log (its creator was erased): nothing to check
+            # against, and storage waits for the marker all the same.
+            await self._app.append_unchecked(subject, event)
+            return
+
+        def decide(channel: Channel) -> NewEvent | None:
+            if marker.event_id in channel.markers:
+                return None  # marked already: a repeated fact, or a redelivery
+            try:
+                check(channel)
+            except FailedPrecondition as exc:
+                raise Refused(str(exc)) from None
+            return event
+
+        await self._app.decide_and_append(subject, lambda: self._app.channels.get(channel_id), decide)
+
+
+def _check_ids(*ids: str) -> None:
+    for value in ids:
+        if not ID.fullmatch(value):
+            raise Refused(f"{value!r} is not an id")
