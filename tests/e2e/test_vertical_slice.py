@@ -8,8 +8,10 @@ import uuid
 
 import grpc
 import pytest
+from parley.auth.v1.events_pb2 import UserRegistered
 
 from parley_client import ParleyClient, ParleyError
+from parley_core.envelope import NewEvent, seal
 from parley_core.nats_connect import connect_nats
 from parley_core.testing.platform import RunningPlatform
 from parley_core.testing.waiting import wait_until
@@ -197,6 +199,10 @@ async def test_poison_event_is_parked_and_listed_for_the_operator(platform: Runn
         allow_reconnect=False,
     )
     ack = await nc.jetstream().publish("parley.msg.poison.1", b"\xff this is not an event envelope")
+    # An auth event on messaging's stream: a security finding of every consumer of MSG.
+    forged = NewEvent(aggregate_type="user", aggregate_id="u1", payload=UserRegistered(user_id="u1"), actor="forger")
+    sealed = seal(forged, aggregate_version=1, producer="forger@0", trace_context={})
+    foreign = await nc.jetstream().publish("parley.msg.channel.forged", sealed.SerializeToString())
     await nc.close()
     wait_until(
         lambda: f"MSG:{ack.seq} parley.msg.poison.1" in platform.cli("parked").stdout,
@@ -204,6 +210,13 @@ async def test_poison_event_is_parked_and_listed_for_the_operator(platform: Runn
         what="the poison event to be parked by storage's archive consumer",
     )
     assert "undecodable envelope" in platform.cli("parked").stdout
+    wait_until(
+        lambda: platform.cli("parked").stdout.count(f"MSG:{foreign.seq} parley.msg.channel.forged") == 2,
+        timeout=30,
+        what="the foreign event parked by storage and messaging (the consumers of all of MSG)",
+    )
+    listed = [line for line in platform.cli("parked").stdout.splitlines() if f"MSG:{foreign.seq} " in line]
+    assert all("SECURITY" in line and "parley.auth.v1.UserRegistered" in line for line in listed)
 
 
 async def test_history_right_after_joining_sees_the_join_and_earlier_messages(platform: RunningPlatform) -> None:

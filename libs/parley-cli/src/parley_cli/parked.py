@@ -1,4 +1,9 @@
-"""`parley parked`: list the poison events that consumers have set aside."""
+"""`parley parked`: list the poison events that consumers have set aside, and the foreign ones.
+
+A consumer parks an event it failed on (a poison event), and, as a security finding, any event
+whose type its stream's owner never writes (kind `foreign-event`: forged, or published by the
+wrong service).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import nats.js.errors
 
 from parley_cli.state import load_running_state
 from parley_cli.terminal import shown
+from parley_core.bus import FOREIGN_EVENT
 from parley_core.nats_connect import connect_nats
 from parley_core.natsconf import ensure_nats_passwords
 from parley_core.topology import PLATFORM_USER
@@ -23,11 +29,17 @@ class ParkedEvent:
     original_seq: str
     consumer: str
     reason: str
+    kind: str = ""  # FOREIGN_EVENT for an event its stream's owner never writes
+
+    @property
+    def security_finding(self) -> bool:
+        return self.kind == FOREIGN_EVENT
 
     def line(self) -> str:
         """Its headers come from whatever failed (a reason may quote the event): shown escaped."""
         origin = f"{self.original_stream}:{self.original_seq} {self.original_subject}"
-        return f"#{self.seq} {shown(origin)} consumer={shown(self.consumer)} reason={shown(self.reason)}"
+        security = " SECURITY (not its stream owner's to write)" if self.security_finding else ""
+        return f"#{self.seq} {shown(origin)} consumer={shown(self.consumer)}{security} reason={shown(self.reason)}"
 
 
 async def list_parked(data_dir: Path) -> list[ParkedEvent]:
@@ -64,6 +76,7 @@ async def list_parked(data_dir: Path) -> list[ParkedEvent]:
                     original_seq=headers.get("Parley-Original-Sequence", ""),
                     consumer=headers.get("Parley-Consumer", ""),
                     reason=headers.get("Parley-Parked-Reason", ""),
+                    kind=headers.get("Parley-Parked-Kind", ""),
                 )
             )
         return found

@@ -348,7 +348,11 @@ class EventBus:
         raise ConcurrencyConflict(f"{subject} kept changing; try again")
 
     async def stop_consumers(self) -> None:
-        """Stop every replay and durable consumer after their in-flight work."""
+        """Stop every replay and durable consumer after their in-flight work, all at once (each
+        durable consumer may be waiting out its fetch)."""
+        for sub in self._subscriptions:
+            if isinstance(sub, DurableConsumer):
+                sub.stopping()
         for sub in reversed(self._subscriptions):
             await sub.stop()
         self._subscriptions.clear()
@@ -663,6 +667,10 @@ class DurableConsumer:
                 await msg.nak(delay=min(0.2 * 2**event.num_delivered, 30.0))
             return
         await msg.ack()
+
+    def stopping(self) -> None:
+        """Take no new batch from now on (stop() then waits for the one in flight)."""
+        self._stopping.set()
 
     async def stop(self) -> None:
         self._stopping.set()
