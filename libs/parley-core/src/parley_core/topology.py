@@ -37,7 +37,7 @@ class StreamSpec:
 @dataclass(frozen=True)
 class ConsumerSpec:
     stream: str
-    durable: str  # starts with "<service>-": the NATS permissions tell services' consumers apart by it
+    durable: str  # "<service>-...": whose it is at a glance (the permissions name each one in full)
     service: str
     filter_subject: str
     max_deliver: int = 5
