@@ -1,0 +1,165 @@
+"""Live streams fan out inside the gateway: more streams than nats-server allows consumers, per-user
+caps that leave everyone else served, and a hidden history that stays hidden on the live path.
+
+Every service runs in-process (the `stack` composition) on a real TLS nats-server; clients are real
+gRPC channels to the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+from parley.auth.v1 import auth_pb2
+from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from parley.messaging.v1 import messaging_pb2
+
+from parley_core.pki import Pki
+from parley_core.testing.nats import NatsTestServer
+from parley_core.testing.stack import TIMEOUT_S, Stack, bearer, start_stack, stop_stack
+
+# nats-server refuses the 1,001st consumer of an account ("maximum consumers limit reached"):
+# one consumer per live stream ran into it with 1,000 streams.
+NATS_CONSUMER_LIMIT = 1000
+CROWD_USERS = 3
+STREAMS_PER_USER = 350  # 3 x 350 streams: more than the consumer limit
+CHANNELS_PER_STREAM = 4
+CONNECTIONS_PER_USER = 4  # streams are multiplexed over a few HTTP/2 connections, as clients do
+
+
+@pytest_asyncio.fixture
+async def crowded(
+    monkeypatch: pytest.MonkeyPatch, nats_server: NatsTestServer, pki: Pki, tmp_path: Path
+) -> AsyncIterator[Stack]:
+    """Every service, the gateway with a per-user stream cap high enough to open a crowd."""
+    monkeypatch.setenv("PARLEY_GATEWAY_LIVE_STREAMS_PER_USER", str(STREAMS_PER_USER))
+    monkeypatch.setenv("PARLEY_GATEWAY_LIVE_CHANNELS_PER_STREAM", str(CHANNELS_PER_STREAM))
+    for budget in ("USER_RATE", "USER_BURST", "SOURCE_RATE", "SOURCE_BURST"):
+        monkeypatch.setenv(f"PARLEY_GATEWAY_{budget}", "100000")
+    started, running = await start_stack(nats_server, pki, tmp_path, registration="open")
+    try:
+        yield started
+    finally:
+        await stop_stack(started, running)
+
+
+class Member:
+    """One user with a few connections to the gateway and their token."""
+
+    def __init__(self, stack: Stack, name: str, token: str, user_id: str) -> None:
+        self.name = name
+        self.md = bearer(token)
+        self.user_id = user_id
+        self.stubs = [stack.gateway() for _ in range(CONNECTIONS_PER_USER)]
+
+    @property
+    def stub(self) -> gateway_pb2_grpc.GatewayAsyncStub:
+        return self.stubs[0]
+
+    async def channel(self, name: str, **options: bool) -> str:
+        request = messaging_pb2.CreateChannelRequest(name=name, **options)
+        return (await self.stub.CreateChannel(request, metadata=self.md, timeout=TIMEOUT_S)).channel_id
+
+    async def send(self, channel_id: str, body: str) -> messaging_pb2.ChatMessage:
+        request = messaging_pb2.PostMessageRequest(channel_id=channel_id, body=body, idempotency_key=uuid.uuid4().hex)
+        return await self.stub.SendMessage(request, metadata=self.md, timeout=TIMEOUT_S)
+
+    def subscribe(
+        self, channel_ids: list[str], n: int = 0, resume: dict[str, int] | None = None
+    ) -> grpc.aio.UnaryStreamCall[gateway_pb2.SubscribeRequest, gateway_pb2.ClientEvent]:
+        request = gateway_pb2.SubscribeRequest(
+            channel_ids=channel_ids,
+            resume=[gateway_pb2.ResumeFrom(channel_id=c, after_position=p) for c, p in (resume or {}).items()],
+        )
+        return self.stubs[n % len(self.stubs)].Subscribe(request, metadata=self.md)
+
+
+async def member(stack: Stack, prefix: str) -> Member:
+    name = f"{prefix}{uuid.uuid4().hex[:6]}"
+    gateway = stack.gateway()
+    registered = await gateway.Register(
+        auth_pb2.RegisterRequest(username=name, password="a-long-enough-passphrase"), timeout=TIMEOUT_S
+    )
+    login = await stack.login(name, "a-long-enough-passphrase")
+    return Member(stack, name, login.access_token, registered.user_id)
+
+
+async def ready(stream: grpc.aio.UnaryStreamCall[gateway_pb2.SubscribeRequest, gateway_pb2.ClientEvent]) -> None:
+    first = await asyncio.wait_for(stream.read(), TIMEOUT_S)
+    assert isinstance(first, gateway_pb2.ClientEvent)
+    assert first.HasField("ready"), first
+
+
+async def refusal(
+    stream: grpc.aio.UnaryStreamCall[gateway_pb2.SubscribeRequest, gateway_pb2.ClientEvent],
+) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await asyncio.wait_for(stream.read(), TIMEOUT_S)
+    return refused.value
+
+
+async def consumers_on_msg(nats_server: NatsTestServer) -> int:
+    nc = await nats_server.connect("platform")
+    return (await nc.jetstream().stream_info("MSG")).state.consumer_count
+
+
+async def test_more_streams_than_nats_allows_consumers_each_get_their_message(
+    crowded: Stack, nats_server: NatsTestServer
+) -> None:
+    """Before the fan-out, stream 1,001 failed with INTERNAL for everyone; now one user at his cap
+    is refused alone, and every stream, his and everyone else's, gets its channel's messages."""
+    consumers_before = await consumers_on_msg(nats_server)
+    crowd = [await member(crowded, "crowd") for _ in range(CROWD_USERS)]
+    channels = {m.name: [await m.channel(f"{m.name}-{i}") for i in range(CHANNELS_PER_STREAM)] for m in crowd}
+
+    streams = []
+    for m in crowd:
+        opened = [m.subscribe(channels[m.name], n) for n in range(STREAMS_PER_USER)]
+        await asyncio.gather(*(ready(s) for s in opened))
+        streams.extend((m, s) for s in opened)
+    assert len(streams) > NATS_CONSUMER_LIMIT
+
+    # One stream more and he is over his own cap: refused, with the cap in the message.
+    capped = crowd[0]
+    over = await refusal(capped.subscribe(channels[capped.name]))
+    assert over.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"at most {STREAMS_PER_USER} live streams per user" in (over.details() or "")
+    # Too many channels in one stream: refused too, and it does not count against the streams.
+    wide = await member(crowded, "wide")
+    many = [await wide.channel(f"wide-{i}") for i in range(CHANNELS_PER_STREAM + 1)]
+    too_wide = await refusal(wide.subscribe(many))
+    assert too_wide.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"at most {CHANNELS_PER_STREAM} channels per live stream" in (too_wide.details() or "")
+
+    # Everyone else still subscribes, and the gateway holds no consumer per stream.
+    bystander = await member(crowded, "bob")
+    own = await bystander.channel("bob's")
+    bob_stream = bystander.subscribe([own])
+    await ready(bob_stream)
+    assert await consumers_on_msg(nats_server) <= consumers_before + 1
+
+    await bystander.send(own, "to bob")
+    for m in crowd:
+        for channel_id in channels[m.name]:
+            await m.send(channel_id, f"to {channel_id}")
+    bob_event = await asyncio.wait_for(bob_stream.read(), TIMEOUT_S)
+    assert bob_event.message.body == "to bob"
+
+    async def every_message(stream: grpc.aio.UnaryStreamCall[gateway_pb2.SubscribeRequest, gateway_pb2.ClientEvent]) -> set[str]:
+        bodies = set()
+        while len(bodies) < CHANNELS_PER_STREAM:
+            event = await asyncio.wait_for(stream.read(), TIMEOUT_S)
+            bodies.add(event.message.body)
+        return bodies
+
+    received = await asyncio.gather(*(every_message(s) for _, s in streams))
+    for (m, _), bodies in zip(streams, received, strict=True):
+        assert bodies == {f"to {c}" for c in channels[m.name]}
+    for _, stream in streams:
+        stream.cancel()
+    bob_stream.cancel()
