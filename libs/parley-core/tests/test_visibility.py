@@ -37,3 +37,13 @@ def test_a_history_page_is_clamped_to_what_the_member_may_read(
 ) -> None:
     view = HistoryView(first_seq=6)
     assert view.page_after(after_seq=after_seq, before_seq=before_seq) == expected
+
+
+def test_a_live_stream_sees_no_event_before_the_join_nor_about_an_earlier_message() -> None:
+    view = HistoryView.at_join(hides_history=True, newest_seq_at_join=5, joined_at=40)
+    assert not view.shows_event(39, 0)  # a kick (and its reason) before the join
+    assert view.shows_event(40, 0)  # the join itself
+    assert not view.shows_event(41, 5)  # an edit or a reaction of message #5, after the join
+    assert view.shows_event(42, 6)
+    assert all(EVERYTHING.shows_event(position, seq) for position, seq in [(1, 0), (2, 1), (3, 7)])
+    assert HistoryView.at_join(hides_history=False, newest_seq_at_join=5, joined_at=40) == EVERYTHING

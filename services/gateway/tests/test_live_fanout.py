@@ -33,10 +33,10 @@ CONNECTIONS_PER_USER = 4  # streams are multiplexed over a few HTTP/2 connection
 
 
 @pytest_asyncio.fixture
-async def crowded(
+async def roomy(
     monkeypatch: pytest.MonkeyPatch, nats_server: NatsTestServer, pki: Pki, tmp_path: Path
 ) -> AsyncIterator[Stack]:
-    """Every service, the gateway with a per-user stream cap high enough to open a crowd."""
+    """Every service; the gateway's stream cap high enough to open a crowd, its call budgets out of the way."""
     monkeypatch.setenv("PARLEY_GATEWAY_LIVE_STREAMS_PER_USER", str(STREAMS_PER_USER))
     monkeypatch.setenv("PARLEY_GATEWAY_LIVE_CHANNELS_PER_STREAM", str(CHANNELS_PER_STREAM))
     for budget in ("USER_RATE", "USER_BURST", "SOURCE_RATE", "SOURCE_BURST"):
@@ -109,12 +109,12 @@ async def consumers_on_msg(nats_server: NatsTestServer) -> int:
 
 
 async def test_more_streams_than_nats_allows_consumers_each_get_their_message(
-    crowded: Stack, nats_server: NatsTestServer
+    roomy: Stack, nats_server: NatsTestServer
 ) -> None:
     """Before the fan-out, stream 1,001 failed with INTERNAL for everyone; now one user at his cap
     is refused alone, and every stream, his and everyone else's, gets its channel's messages."""
     consumers_before = await consumers_on_msg(nats_server)
-    crowd = [await member(crowded, "crowd") for _ in range(CROWD_USERS)]
+    crowd = [await member(roomy, "crowd") for _ in range(CROWD_USERS)]
     channels = {m.name: [await m.channel(f"{m.name}-{i}") for i in range(CHANNELS_PER_STREAM)] for m in crowd}
 
     streams = []
@@ -130,14 +130,14 @@ async def test_more_streams_than_nats_allows_consumers_each_get_their_message(
     assert over.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert f"at most {STREAMS_PER_USER} live streams per user" in (over.details() or "")
     # Too many channels in one stream: refused too, and it does not count against the streams.
-    wide = await member(crowded, "wide")
+    wide = await member(roomy, "wide")
     many = [await wide.channel(f"wide-{i}") for i in range(CHANNELS_PER_STREAM + 1)]
     too_wide = await refusal(wide.subscribe(many))
     assert too_wide.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert f"at most {CHANNELS_PER_STREAM} channels per live stream" in (too_wide.details() or "")
 
     # Everyone else still subscribes, and the gateway holds no consumer per stream.
-    bystander = await member(crowded, "bob")
+    bystander = await member(roomy, "bob")
     own = await bystander.channel("bob's")
     bob_stream = bystander.subscribe([own])
     await ready(bob_stream)
@@ -150,7 +150,9 @@ async def test_more_streams_than_nats_allows_consumers_each_get_their_message(
     bob_event = await asyncio.wait_for(bob_stream.read(), TIMEOUT_S)
     assert bob_event.message.body == "to bob"
 
-    async def every_message(stream: grpc.aio.UnaryStreamCall[gateway_pb2.SubscribeRequest, gateway_pb2.ClientEvent]) -> set[str]:
+    async def every_message(
+        stream: grpc.aio.UnaryStreamCall[gateway_pb2.SubscribeRequest, gateway_pb2.ClientEvent],
+    ) -> set[str]:
         bodies = set()
         while len(bodies) < CHANNELS_PER_STREAM:
             event = await asyncio.wait_for(stream.read(), TIMEOUT_S)
@@ -163,3 +165,105 @@ async def test_more_streams_than_nats_allows_consumers_each_get_their_message(
     for _, stream in streams:
         stream.cancel()
     bob_stream.cancel()
+
+
+async def events_until(
+    stream: grpc.aio.UnaryStreamCall[gateway_pb2.SubscribeRequest, gateway_pb2.ClientEvent], last_body: str
+) -> list[tuple[str, int, str]]:
+    """(kind, channel_seq or 0, body or change) of each event up to the message `last_body`."""
+    seen: list[tuple[str, int, str]] = []
+    while True:
+        event = await asyncio.wait_for(stream.read(), TIMEOUT_S)
+        assert isinstance(event, gateway_pb2.ClientEvent)
+        kind = event.WhichOneof("event") or ""
+        if kind == "ready":
+            continue
+        if kind in ("message", "updated"):
+            item = getattr(event, kind)
+            seen.append((kind, item.channel_seq, "(redacted)" if item.redacted else item.body))
+        elif kind == "reaction":
+            seen.append((kind, event.reaction.channel_seq, event.reaction.emoji))
+        elif kind == "membership":
+            seen.append((kind, 0, f"{event.membership.change} {event.membership.detail}".strip()))
+        else:
+            seen.append((kind, 0, ""))
+        if kind == "message" and event.message.body == last_body:
+            return seen
+
+
+async def test_a_hidden_history_stays_hidden_live_and_on_resume(roomy: Stack) -> None:
+    owner, carol, newcomer = [await member(roomy, n) for n in ("owner", "carol", "late")]
+    cid = await owner.channel("staff", hide_history_before_join=True)
+    first = await owner.send(cid, "the door code is 4711")
+    second = await owner.send(cid, "and the alarm code 0815")
+    await carol.stub.JoinChannel(messaging_pb2.JoinChannelRequest(channel_id=cid), metadata=carol.md, timeout=TIMEOUT_S)
+    kick = messaging_pb2.MemberActionRequest(channel_id=cid, user_id=carol.user_id, reason="told the codes around")
+    await owner.stub.KickMember(kick, metadata=owner.md, timeout=TIMEOUT_S)
+    joined = await newcomer.stub.JoinChannel(
+        messaging_pb2.JoinChannelRequest(channel_id=cid), metadata=newcomer.md, timeout=TIMEOUT_S
+    )
+    assert joined.visible_from_seq == 3
+    assert joined.visible_from_position > 0
+
+    # From position 0 (the start of the log) and live only, and the owner, who sees it all.
+    resumed = newcomer.subscribe([cid], resume={cid: 0})
+    live = newcomer.subscribe([cid], n=1)
+    everything = owner.subscribe([cid], resume={cid: 0})
+    for stream in (resumed, live, everything):
+        await ready(stream)
+
+    # Changes to the messages from before the join, then a new message and a reaction to it.
+    react = messaging_pb2.ReactRequest(channel_id=cid, channel_seq=first.channel_seq, emoji="+1")
+    await owner.stub.React(react, metadata=owner.md, timeout=TIMEOUT_S)
+    edit = messaging_pb2.EditMessageRequest(channel_id=cid, channel_seq=first.channel_seq, body="code changed to 1234")
+    await owner.stub.EditMessage(edit, metadata=owner.md, timeout=TIMEOUT_S)
+    redact = messaging_pb2.RedactMessageRequest(channel_id=cid, channel_seq=second.channel_seq, reason="oops")
+    await owner.stub.RedactMessage(redact, metadata=owner.md, timeout=TIMEOUT_S)
+    mark = messaging_pb2.MarkReadRequest(channel_id=cid, channel_seq=second.channel_seq)
+    await owner.stub.MarkRead(mark, metadata=owner.md, timeout=TIMEOUT_S)
+    await owner.send(cid, "welcome")
+
+    after_join = [("message", 3, "welcome")]
+    assert await events_until(live, "welcome") == after_join
+    assert await events_until(resumed, "welcome") == [("membership", 0, "joined"), *after_join]
+    assert await events_until(everything, "welcome") == [
+        ("message", 1, "the door code is 4711"),
+        ("message", 2, "and the alarm code 0815"),
+        ("membership", 0, "joined"),
+        ("membership", 0, "kicked told the codes around"),
+        ("membership", 0, "joined"),
+        ("reaction", 1, "+1"),
+        ("updated", 1, "code changed to 1234"),
+        ("updated", 2, "(redacted)"),
+        ("read_marker", 0, ""),
+        ("message", 3, "welcome"),
+    ]
+    for stream in (resumed, live, everything):
+        stream.cancel()
+
+
+async def test_a_resume_during_sends_joins_the_live_feed_with_no_gap_and_no_duplicate(roomy: Stack) -> None:
+    """The backlog (several batches) is read while sends go on: what the log holds up to the
+    feed's position comes from the log, the rest from the feed, each message once, in order."""
+    alice, bob = await member(roomy, "alice"), await member(roomy, "bob")
+    cid = await alice.channel("busy")
+    await bob.stub.JoinChannel(messaging_pb2.JoinChannelRequest(channel_id=cid), metadata=bob.md, timeout=TIMEOUT_S)
+    total = 400
+    for n in range(1, 251):
+        await alice.send(cid, f"m{n}")
+
+    async def keep_sending() -> None:
+        for n in range(251, total + 1):
+            await alice.send(cid, f"m{n}")
+
+    sender = asyncio.create_task(keep_sending())
+    stream = bob.subscribe([cid], resume={cid: 0})
+    await ready(stream)
+    seen: list[int] = []
+    while len(seen) < total:
+        event = await asyncio.wait_for(stream.read(), TIMEOUT_S)
+        if event.WhichOneof("event") == "message":
+            seen.append(event.message.channel_seq)
+    await sender
+    assert seen == list(range(1, total + 1))
+    stream.cancel()

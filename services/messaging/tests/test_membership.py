@@ -3,6 +3,7 @@
 import pytest
 
 from parley_core.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from parley_core.visibility import EVERYTHING
 from parley_messaging.domain import MODERATOR, OWNER, ChannelDirectory, PostedMessage, validate_direct_members
 
 
@@ -11,7 +12,7 @@ def test_private_channel_is_joined_by_invitation_from_a_moderator() -> None:
     assert channel.role("owner") == OWNER
     with pytest.raises(PermissionDenied, match="invite"):
         channel.check_join("bob")
-    channel.add_member("mallory")
+    channel.add_member("mallory", 2)
     with pytest.raises(PermissionDenied, match="only a moderator may invite"):
         channel.check_invite("mallory", "bob")
     channel.check_invite("owner", "bob")
@@ -22,7 +23,7 @@ def test_private_channel_is_joined_by_invitation_from_a_moderator() -> None:
 def test_moderators_remove_members_and_only_the_owner_removes_moderators() -> None:
     channel = ChannelDirectory().create("c1", "general", "owner", 1)
     for user in ("mod", "mod2", "alice", "bob"):
-        channel.add_member(user)
+        channel.add_member(user, 2)
     channel.check_set_role("owner", "mod", MODERATOR)
     channel.roles["mod"] = channel.roles["mod2"] = MODERATOR
     with pytest.raises(PermissionDenied):
@@ -41,7 +42,7 @@ def test_moderators_remove_members_and_only_the_owner_removes_moderators() -> No
 
 def test_a_banned_user_stays_out_until_unbanned() -> None:
     channel = ChannelDirectory().create("c1", "general", "owner", 1)
-    channel.add_member("troll")
+    channel.add_member("troll", 2)
     channel.remove_member("troll")
     channel.banned.add("troll")
     with pytest.raises(PermissionDenied, match="banned"):
@@ -70,9 +71,12 @@ def test_direct_conversations_have_fixed_members_and_no_moderator() -> None:
 def test_hidden_history_starts_after_the_join() -> None:
     channel = ChannelDirectory().create("c1", "general", "owner", 1, hide_history_before_join=True)
     channel.last_seq = 41
-    channel.add_member("late")
+    channel.add_member("late", 90)
     assert channel.view("late").first_seq == 42
     assert channel.view("owner").first_seq == 1
+    # Live streams and resumes hide every event before the join, membership changes included.
+    assert channel.view("late").first_position == 90
+    assert channel.view("owner").first_position == 1
 
 
 def test_every_command_about_a_hidden_message_is_refused_alike() -> None:
@@ -98,3 +102,10 @@ def test_every_command_about_a_hidden_message_is_refused_alike() -> None:
     with pytest.raises(FailedPrecondition, match="idempotency key was used before you joined"):
         channel.earlier_send("late", "k1")  # a "retry" of the old send would hand back its text
     assert channel.earlier_send("owner", "k2") is not None
+
+
+def test_a_channel_that_shows_its_history_shows_it_from_the_start() -> None:
+    channel = ChannelDirectory().create("c1", "general", "owner", 1)
+    channel.last_seq = 41
+    channel.add_member("late", 90)
+    assert channel.view("late") == EVERYTHING

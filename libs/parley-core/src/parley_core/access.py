@@ -27,6 +27,8 @@ from parley_core.bus import EventBus, ReceivedEvent, Replay
 from parley_core.envelope import open_payload
 
 AUTH_FILTER = "parley.auth.>"
+# Events after which a caller allowed a moment ago may be refused now.
+_MAY_WITHDRAW_ACCESS = (RoleAssigned, AccountDisabled, SessionRevoked, AccountErased, MfaRequirementSet)
 
 
 @dataclass
@@ -85,14 +87,16 @@ class AccessProjection:
         occurred = event.envelope.occurred_at.ToNanoseconds()
         if occurred:
             self.last_delay_s = max(0.0, time.time() - occurred / 1e9)
+        if not isinstance(payload, _MAY_WITHDRAW_ACCESS):
+            return  # a registration, a login...: nobody lost anything
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
 
     async def changed(self) -> None:
-        """Returns after the next access event is applied: long-lived calls (live streams)
-        re-check their caller then, instead of only when they started."""
+        """Returns after the next event that may withdraw someone's access is applied:
+        long-lived calls (live streams) re-check their caller then, not only when they started."""
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         await waiter

@@ -8,7 +8,10 @@ facts from its own projection (does the channel hide history; what was its newes
 when the member last joined); the rule itself is here, so the services cannot disagree on it.
 
 Message numbers are dense (a post takes the channel's newest number plus one), so the newest
-number at a join is also the count of messages posted before it.
+number at a join is also the count of messages posted before it. A live stream or a resumed one
+reads the channel's events rather than its messages; for those the view also holds the join's
+position in the event log, before which the member sees no event at all (no membership change,
+rename or kick reason either).
 """
 
 from __future__ import annotations
@@ -22,17 +25,28 @@ __all__ = ["EVERYTHING", "HistoryView"]
 
 @dataclass(frozen=True)
 class HistoryView:
-    """What one member may read of one channel: the messages numbered `first_seq` and later."""
+    """What one member may read of one channel: the messages numbered `first_seq` and later, and
+    the channel's events from log position `first_position` on."""
 
     first_seq: int = 1
+    first_position: int = 0
 
     @classmethod
-    def at_join(cls, *, hides_history: bool, newest_seq_at_join: int) -> HistoryView:
-        """A member who (last) joined when the channel's newest message was `newest_seq_at_join`."""
-        return cls(newest_seq_at_join + 1 if hides_history else 1)
+    def at_join(cls, *, hides_history: bool, newest_seq_at_join: int, joined_at: int = 0) -> HistoryView:
+        """A member who (last) joined, by the event at log position `joined_at`, when the channel's
+        newest message was `newest_seq_at_join`."""
+        if not hides_history:
+            return EVERYTHING
+        return cls(newest_seq_at_join + 1, joined_at)
 
     def shows(self, channel_seq: int) -> bool:
         return channel_seq >= self.first_seq
+
+    def shows_event(self, position: int, about_seq: int) -> bool:
+        """An event at log `position` about message `about_seq` (0: about no message, such as a
+        membership change): nothing from before the join, nothing since about an earlier message
+        (an edit, a redaction, a reaction, a read marker)."""
+        return position >= self.first_position and (about_seq == 0 or self.shows(about_seq))
 
     def require(self, channel_seq: int) -> None:
         """Refuse any use of a message this member may not read: its text, its sender, its reactions,

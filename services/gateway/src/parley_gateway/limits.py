@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,7 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from parley_core.errors import ResourceExhausted
 from parley_core.rate import TokenBuckets
 
-__all__ = ["Admission", "GatewayLimits", "RateLimited", "TokenBuckets"]
+__all__ = ["Admission", "GatewayLimits", "LiveStreamCaps", "RateLimited", "TokenBuckets"]
 
 
 class GatewayLimits(BaseSettings):
@@ -33,6 +35,10 @@ class GatewayLimits(BaseSettings):
     source_burst: float = Field(default=500.0, ge=1)
     max_request_bytes: int = Field(default=64 * 1024, ge=1024)
     live_buffer: int = Field(default=1000, ge=1)  # events queued per live stream before resync
+    # Live streams (Subscribe) one user may hold open at once on this gateway, and channels in one:
+    # a few devices and tabs each, with room; the bound on what one user can make a gateway hold.
+    live_streams_per_user: int = Field(default=20, ge=1)
+    live_channels_per_stream: int = Field(default=500, ge=1)
 
 
 class RateLimited(ResourceExhausted):
@@ -62,6 +68,38 @@ class Admission:
             raise RateLimited("address", _round_up(wait))
         if user_id is not None and (wait := self._users.take(user_id)):
             raise RateLimited("user", _round_up(wait))
+
+
+class LiveStreamCaps:
+    """Per-user caps on live streams: how many each user holds open here, and how wide each is."""
+
+    def __init__(self, limits: GatewayLimits) -> None:
+        self.limits = limits
+        self._open: Counter[str] = Counter()
+
+    @contextmanager
+    def held(self, user_id: str) -> Iterator[None]:
+        """One of `user_id`'s slots for as long as the stream runs."""
+        cap = self.limits.live_streams_per_user
+        if self._open[user_id] >= cap:
+            raise ResourceExhausted(
+                f"at most {cap} live streams per user are open at once; "
+                "close one of yours (another device or tab) or follow more channels in one stream"
+            )
+        self._open[user_id] += 1
+        try:
+            yield
+        finally:
+            self._open[user_id] -= 1
+            if not self._open[user_id]:
+                del self._open[user_id]
+
+    def check_channels(self, count: int) -> None:
+        cap = self.limits.live_channels_per_stream
+        if count > cap:
+            raise ResourceExhausted(
+                f"at most {cap} channels per live stream; name the channels to follow, or split them over streams"
+            )
 
 
 def _round_up(seconds: float) -> float:

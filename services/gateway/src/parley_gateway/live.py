@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from google.protobuf.message import Message
@@ -28,7 +29,7 @@ from parley.messaging.v1.events_pb2 import (
 )
 
 from parley_core.envelope import UnknownEventType, open_payload
-from parley_core.errors import DomainError, ResourceExhausted
+from parley_core.errors import DomainError, PermissionDenied, ResourceExhausted
 
 
 def client_event(payload: Message, position: int) -> gateway_pb2.ClientEvent | None:
@@ -141,23 +142,55 @@ def membership_change(payload: Message) -> gateway_pb2.MembershipChange | None:
 
 def client_event_of(envelope: EventEnvelope, position: int) -> gateway_pb2.ClientEvent | None:
     """As client_event; an event type this gateway does not know yet is not shown."""
-    try:
-        payload = open_payload(envelope)
-    except UnknownEventType:
-        return None
-    return client_event(payload, position)
+    return channel_event_of(envelope, position).client_event
 
 
 _REMOVALS = (MemberLeft, MemberKicked, MemberBanned)
-_REMOVAL_TYPES = frozenset(t.DESCRIPTOR.full_name for t in _REMOVALS)
+_ABOUT_A_MESSAGE = (MessagePosted, MessageEdited, MessageRedacted, ReactionAdded, ReactionRemoved, ReadMarkerMoved)
 
 
-def left_channel(envelope: EventEnvelope, user_id: str) -> bool:
-    """Whether this event removes `user_id` from the channel (left, kicked, banned): their stream ends."""
-    if envelope.event_type not in _REMOVAL_TYPES:
-        return False
-    payload = open_payload(envelope)
-    return isinstance(payload, _REMOVALS) and payload.user_id == user_id
+@dataclass(frozen=True, slots=True)
+class ChannelEvent:
+    """One channel event, opened once however many streams it is handed to."""
+
+    channel_id: str
+    position: int
+    client_event: gateway_pb2.ClientEvent | None  # None: clients are not shown this event
+    about_seq: int = 0  # the message (channel_seq) it is about; 0 for membership and channel changes
+    removed_user: str = ""  # whom it removes from the channel (left, kicked, banned); their stream ends
+
+
+def channel_event_of(envelope: EventEnvelope, position: int) -> ChannelEvent:
+    try:
+        payload = open_payload(envelope)
+    except UnknownEventType:
+        return ChannelEvent(envelope.aggregate_id, position, None)
+    return ChannelEvent(
+        channel_id=envelope.aggregate_id,
+        position=position,
+        client_event=client_event(payload, position),
+        about_seq=payload.channel_seq if isinstance(payload, _ABOUT_A_MESSAGE) else 0,
+        removed_user=payload.user_id if isinstance(payload, _REMOVALS) else "",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Visibility:
+    """What one member may see of one channel, as messaging says (Channel.visible_from_*).
+
+    A channel that hides its history before a member's join shows them nothing before their
+    join, and nothing about a message before it since (an edit, a redaction, a reaction).
+    """
+
+    from_seq: int = 1
+    from_position: int = 0
+
+    @classmethod
+    def of(cls, channel: messaging_pb2.Channel) -> Visibility:
+        return cls(from_seq=max(1, channel.visible_from_seq), from_position=channel.visible_from_position)
+
+    def shows(self, event: ChannelEvent) -> bool:
+        return event.position >= self.from_position and (event.about_seq == 0 or event.about_seq >= self.from_seq)
 
 
 @dataclass(frozen=True)
@@ -213,3 +246,49 @@ class LiveBuffer:
                 "reload history and subscribe again with resume positions"
             )
         return item
+
+
+class LiveSubscriber:
+    """One client's live stream as the channel feed sees it.
+
+    `after` holds, per channel, the position after which events are new to this stream: the
+    feed's position when it joined (or the client's resume position, if later). What came up to
+    there the stream read from the log itself, so no event reaches it twice.
+    """
+
+    __slots__ = ("after", "buffer", "check", "user_id", "views")
+
+    def __init__(
+        self,
+        *,
+        user_id: str,
+        views: dict[str, Visibility],
+        after: dict[str, int],
+        buffer: LiveBuffer,
+        check: Callable[[], None],
+    ) -> None:
+        self.user_id = user_id
+        self.views = views
+        self.after = after
+        self.buffer = buffer
+        self.check = check  # raises if the caller may no longer read (revoked, disabled, role)
+
+    @property
+    def channel_ids(self) -> Iterable[str]:
+        return self.views.keys()
+
+    def deliver(self, event: ChannelEvent) -> None:
+        if event.position <= self.after[event.channel_id]:
+            return
+        if event.removed_user == self.user_id:
+            # Membership is checked when a stream opens and followed while it runs.
+            self.buffer.end(PermissionDenied(f"you are no longer in channel {event.channel_id}"))
+        elif event.client_event is not None and self.views[event.channel_id].shows(event):
+            self.buffer.offer(event.client_event)
+
+    def recheck(self) -> None:
+        """After someone's access was withdrawn: end this stream if it was its caller's."""
+        try:
+            self.check()
+        except DomainError as exc:
+            self.buffer.end(exc)

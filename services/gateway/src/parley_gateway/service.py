@@ -19,22 +19,23 @@ from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
-from parley_core.bus import ReceivedEvent, Replay
 from parley_core.errors import InvalidArgument, PermissionDenied
 from parley_core.rbac import Permission
 from parley_core.runner import RunContext
 from parley_core.sources import SOURCE_METADATA, budget_key, client_address
+from parley_core.tokens import bearer_token
 from parley_core.topology import channel_subject
 from parley_core.visibility import HistoryView
-from parley_gateway.catchup import events_after
-from parley_gateway.limits import Admission, GatewayLimits, RateLimited
-from parley_gateway.live import LiveBuffer, client_event_of, left_channel
+from parley_gateway.catchup import events_between
+from parley_gateway.fanout import ChannelFeed
+from parley_gateway.limits import Admission, GatewayLimits, LiveStreamCaps, RateLimited
+from parley_gateway.live import LiveBuffer, LiveSubscriber, Visibility, channel_event_of
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DEADLINE_S = 10.0
 ARCHIVE_LAG_WAIT_S = 5.0
-MAX_LIVE_CHANNELS = 500
+FEED_READY_WAIT_S = 10.0
 # How a refusal on a live stream names what was refused (rbac.denial_message).
 LIVE_STREAM = "reading the live stream (Subscribe)"
 
@@ -86,6 +87,8 @@ async def forward(method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp], request: 
 
 
 class GatewayApp(gateway_pb2_grpc.GatewayServicer):
+    _feed: ChannelFeed  # from start() on
+
     def __init__(self, limits: GatewayLimits | None = None) -> None:
         self._ctx: RunContext | None = None
         self._auth: auth_pb2_grpc.AuthServiceAsyncStub | None = None
@@ -95,9 +98,14 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         self._archive: storage_pb2_grpc.StorageArchiveServiceAsyncStub | None = None
         self.limits = limits or GatewayLimits()
         self._admission = Admission(self.limits)
+        self._caps = LiveStreamCaps(self.limits)
+        self._access_watch: asyncio.Task[None] | None = None
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
+        self._feed = ChannelFeed(ctx.bus)
+        self._feed.start()
+        self._access_watch = asyncio.create_task(self._end_streams_that_lost_access(), name="live-access-watch")
         s = ctx.settings
         self._auth = auth_pb2_grpc.AuthServiceStub(ctx.channel_to(s.auth_addr, "auth"))
         messaging = ctx.channel_to(s.messaging_addr, "messaging")
@@ -110,7 +118,15 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         ctx.add_service_name(gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name)
 
     async def stop(self) -> None:
-        pass
+        if self._access_watch is not None:
+            self._access_watch.cancel()
+            await asyncio.gather(self._access_watch, return_exceptions=True)
+        await self._feed.stop()
+
+    @property
+    def live_streams(self) -> int:
+        """Live streams this process serves now."""
+        return self._feed.stream_count
 
     async def _admit(self, request: Message, context: Context, *, anonymous: bool = False) -> str:
         """Size, token and budget checks every call passes before any internal call; returns the user id."""
@@ -316,71 +332,76 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
     async def Subscribe(
         self, request: gateway_pb2.SubscribeRequest, context: Context
     ) -> AsyncIterator[gateway_pb2.ClientEvent]:
+        """Live events of the caller's channels, from the process's channel feed (fanout.py).
+
+        The stream joins the feed before it reads any backlog, at the feed's position then: the
+        log up to there, the feed after it, so nothing is missed and nothing comes twice.
+        """
         assert self._ctx is not None
         assert self._messaging is not None
         user_id = await self._admit(request, context)
-        mine = await forward(self._messaging.ListMyChannels, messaging_pb2.ListMyChannelsRequest(), context)
-        my_ids = {c.channel_id for c in mine.channels}
-        resume = {r.channel_id: r.after_position for r in request.resume}
-        wanted = list(dict.fromkeys([*request.channel_ids, *resume])) or sorted(my_ids)
-        if len(wanted) > MAX_LIVE_CHANNELS:
-            raise InvalidArgument(f"at most {MAX_LIVE_CHANNELS} channels per live stream")
-        if not_mine := [c for c in wanted if c not in my_ids]:
-            raise PermissionDenied(f"not a member of channel(s): {', '.join(not_mine[:5])}")
+        with self._caps.held(user_id):
+            await self._feed.wait_ready(context.time_remaining() or FEED_READY_WAIT_S)
+            mine = await forward(self._messaging.ListMyChannels, messaging_pb2.ListMyChannelsRequest(), context)
+            views = {c.channel_id: Visibility.of(c) for c in mine.channels}
+            resume = {r.channel_id: r.after_position for r in request.resume}
+            wanted = list(dict.fromkeys([*request.channel_ids, *resume])) or sorted(views)
+            self._caps.check_channels(len(wanted))
+            if not_mine := [c for c in wanted if c not in views]:
+                raise PermissionDenied(f"not a member of channel(s): {', '.join(not_mine[:5])}")
+            token = bearer_token(context) or ""
+            tokens = self._ctx.tokens
 
-        buffer = LiveBuffer(self.limits.live_buffer)
+            def check() -> None:
+                tokens.verify(token).require(Permission.MESSAGES_READ, what=LIVE_STREAM)
 
-        async def deliver(event: ReceivedEvent) -> None:
-            if left_channel(event.envelope, user_id):
-                # Membership is checked when a stream opens and followed while it runs.
-                buffer.end(PermissionDenied(f"you are no longer in channel {event.envelope.aggregate_id}"))
-                return
-            item = client_event_of(event.envelope, event.stream_seq)
-            if item is not None:
-                buffer.offer(item)
-
-        replays: list[Replay] = []
-
-        async def follow(channel_id: str, *, after: int) -> None:
-            replays.append(
-                await self._ctx.bus.replay(  # type: ignore[union-attr]
-                    stream="MSG",
-                    filter_subject=channel_subject(channel_id),
-                    handler=deliver,
-                    start_seq=after + 1 if after else None,
-                    stop_with_service=False,
-                )
+            live_from = self._feed.position
+            # A hidden history starts at the member's join, wherever the client asks to resume.
+            starts = {c: max(resume.get(c, 0), views[c].from_position - 1) for c in wanted}
+            stream = LiveSubscriber(
+                user_id=user_id,
+                views={c: views[c] for c in wanted},
+                after={c: max(start, live_from) for c, start in starts.items()},
+                buffer=LiveBuffer(self.limits.live_buffer),
+                check=check,
             )
+            self._feed.add(stream)  # no await since reading live_from: the feed moved on from there
+            try:
+                # Channels not resumed start now; the client resumes from these if it drops.
+                positions = [
+                    gateway_pb2.ResumeFrom(channel_id=c, after_position=stream.after[c])
+                    for c in wanted
+                    if c not in resume
+                ]
+                yield gateway_pb2.ClientEvent(ready=gateway_pb2.Ready(channel_ids=wanted, positions=positions))
+                for channel_id in resume:
+                    view = views[channel_id]
+                    async for position, envelope in events_between(
+                        self._ctx.bus.nc,
+                        stream="MSG",
+                        subject=channel_subject(channel_id),
+                        after=starts[channel_id],
+                        up_to=live_from,
+                    ):
+                        event = channel_event_of(envelope, position)
+                        if event.client_event is not None and view.shows(event):
+                            check()  # the backlog is re-checked like live events: revocation ends it too
+                            yield event.client_event
+                while True:
+                    item = await stream.buffer.take()
+                    check()
+                    yield item
+            finally:
+                self._feed.remove(stream)
 
-        try:
-            starts: dict[str, int] = {}
-            for channel_id in wanted:
-                if channel_id not in resume:
-                    # Start exactly after the channel's newest event, and tell the client so:
-                    # it can then resume from there even if nothing arrives before a disconnect.
-                    starts[channel_id] = await self._ctx.bus.last_subject_seq("MSG", channel_subject(channel_id))
-                    await follow(channel_id, after=starts[channel_id])
-            positions = [gateway_pb2.ResumeFrom(channel_id=c, after_position=p) for c, p in starts.items()]
-            yield gateway_pb2.ClientEvent(ready=gateway_pb2.Ready(channel_ids=wanted, positions=positions))
-            for channel_id, resume_after in resume.items():
-                # A channel's events are one subject of the MSG stream, so the stream position
-                # of the last event the client read is exactly where to continue: first the
-                # backlog at the client's pace, then live from the event after the last one sent.
-                after = resume_after
-                async for position, envelope in events_after(
-                    self._ctx.bus.js, stream="MSG", subject=channel_subject(channel_id), after=resume_after
-                ):
-                    after = position
-                    if (item := client_event_of(envelope, position)) is not None:
-                        # The backlog is re-checked like live events: revocation ends it too.
-                        self._ctx.tokens.authorize(context, Permission.MESSAGES_READ, what=LIVE_STREAM)
-                        yield item
-                await follow(channel_id, after=after)
-            while True:
-                yield await self._next_while_allowed(buffer, context)
-        finally:
-            for replay in replays:
-                await replay.stop()
+    async def _end_streams_that_lost_access(self) -> None:
+        """A revoked session, a disabled account or a withdrawn messages.read ends the caller's
+        streams at once (issue 3), not at their next event."""
+        assert self._ctx is not None
+        while True:
+            await self._ctx.access.changed()
+            for stream in self._feed.streams():
+                stream.recheck()
 
     # -- sessions and accounts (issue 3): forwarded to auth, which checks them again; the same
     # size and rate budgets as every other call (ChangePassword and Refresh cost auth the most) --
@@ -501,21 +522,3 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         assert self._auth is not None
         await self._admit(request, context)
         return await forward(self._auth.RegenerateRecoveryCodes, request, context)
-
-    async def _next_while_allowed(self, buffer: LiveBuffer, context: Context) -> gateway_pb2.ClientEvent:
-        """The next live event, unless the caller lost the right to it first: a revoked session,
-        a disabled account or a withdrawn messages.read ends the stream at once (issue 3)."""
-        assert self._ctx is not None
-        while True:
-            self._ctx.tokens.authorize(context, Permission.MESSAGES_READ, what=LIVE_STREAM)
-            getter = asyncio.ensure_future(buffer.take())
-            changed = asyncio.ensure_future(self._ctx.access.changed())
-            try:
-                await asyncio.wait({getter, changed}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                changed.cancel()
-                if not getter.done():
-                    getter.cancel()
-            if getter.done() and not getter.cancelled():
-                self._ctx.tokens.authorize(context, Permission.MESSAGES_READ, what=LIVE_STREAM)
-                return getter.result()

@@ -97,11 +97,12 @@ class Channel:
         """Owners and moderators moderate; a direct conversation has neither."""
         return self.role(user_id) in (OWNER, MODERATOR)
 
-    def add_member(self, user_id: str) -> None:
+    def add_member(self, user_id: str, position: int = 0) -> None:
+        """`user_id` joins by the event at stream `position` (0: not known, as in unit tests)."""
         self.members.add(user_id)
         self.invited.discard(user_id)
         self.views[user_id] = HistoryView.at_join(
-            hides_history=self.hide_history_before_join, newest_seq_at_join=self.last_seq
+            hides_history=self.hide_history_before_join, newest_seq_at_join=self.last_seq, joined_at=position
         )
 
     def view(self, user_id: str) -> HistoryView:
@@ -340,7 +341,7 @@ class ChannelDirectory:
             hide_history_before_join=hide_history_before_join,
         )
         for user_id in (creator_id, *others):
-            channel.add_member(user_id)
+            channel.add_member(user_id, stream_seq)
         if not direct:
             channel.roles[creator_id] = OWNER
         self._channels[channel_id] = channel

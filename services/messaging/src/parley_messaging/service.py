@@ -101,6 +101,7 @@ def channel_proto(channel: Channel, viewer: str = "") -> messaging_pb2.Channel:
         roles={user: channel.role(user) for user in channel.members},
         hide_history_before_join=channel.hide_history_before_join,
         visible_from_seq=channel.view(viewer).first_seq,
+        visible_from_position=channel.view(viewer).first_position,
         read_seq=channel.read_seq(viewer) if viewer in channel.members else 0,
         unread_count=channel.unread_count(viewer) if viewer in channel.members else 0,
     )
@@ -215,7 +216,7 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         if payload is None:
             return
         if isinstance(payload, MemberJoined):
-            channel.add_member(payload.user_id)
+            channel.add_member(payload.user_id, event.stream_seq)
         elif isinstance(payload, MemberLeft | MemberKicked):
             channel.remove_member(payload.user_id)
         elif isinstance(payload, MemberBanned):

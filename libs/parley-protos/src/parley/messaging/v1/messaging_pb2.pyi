@@ -56,6 +56,7 @@ class Channel(_message.Message):
     VISIBLE_FROM_SEQ_FIELD_NUMBER: _builtins.int
     READ_SEQ_FIELD_NUMBER: _builtins.int
     UNREAD_COUNT_FIELD_NUMBER: _builtins.int
+    VISIBLE_FROM_POSITION_FIELD_NUMBER: _builtins.int
     channel_id: _builtins.str
     name: _builtins.str
     last_seq: _builtins.int
@@ -70,6 +71,10 @@ class Channel(_message.Message):
     """the caller's read marker"""
     unread_count: _builtins.int
     """messages after the caller's read marker that others sent"""
+    visible_from_position: _builtins.int
+    """For the caller, when the channel hides history: the event-log position of their join, before
+    which they see no event of the channel (live streams, resume); 0 when they may see it all.
+    """
     @_builtins.property
     def member_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -92,10 +97,11 @@ class Channel(_message.Message):
         visible_from_seq: _builtins.int = ...,
         read_seq: _builtins.int = ...,
         unread_count: _builtins.int = ...,
+        visible_from_position: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "direct", b"direct", "encrypted", b"encrypted", "hide_history_before_join", b"hide_history_before_join", "last_seq", b"last_seq", "member_ids", b"member_ids", "name", b"name", "private", b"private", "read_seq", b"read_seq", "roles", b"roles", "topic", b"topic", "unread_count", b"unread_count", "visible_from_seq", b"visible_from_seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "direct", b"direct", "encrypted", b"encrypted", "hide_history_before_join", b"hide_history_before_join", "last_seq", b"last_seq", "member_ids", b"member_ids", "name", b"name", "private", b"private", "read_seq", b"read_seq", "roles", b"roles", "topic", b"topic", "unread_count", b"unread_count", "visible_from_position", b"visible_from_position", "visible_from_seq", b"visible_from_seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
