@@ -17,10 +17,21 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="py-spy profiles of gateway, messaging, storage")
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="where the JSON and table go")
     parser.add_argument("--keep", action="store_true", help="keep the temporary platform data folder")
+    parser.add_argument(
+        "--live-streams-only", action="store_true", help="only the live-streams phase (streams per gateway, RSS)"
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="parley-bench-"))
     try:
-        result = asyncio.run(run(quick=args.quick, out_dir=args.out, workdir=workdir, profile=args.profile))
+        result = asyncio.run(
+            run(
+                quick=args.quick,
+                out_dir=args.out,
+                workdir=workdir,
+                profile=args.profile,
+                live_streams_only=args.live_streams_only,
+            )
+        )
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

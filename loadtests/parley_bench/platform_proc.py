@@ -7,7 +7,7 @@ import json
 import os
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 READY_LINE = "all services are up"
@@ -17,6 +17,7 @@ START_TIMEOUT_S = 180.0
 @dataclass
 class BenchPlatform:
     data_dir: Path
+    env: dict[str, str] = field(default_factory=dict)  # more settings for this platform (a bench phase's)
     process: asyncio.subprocess.Process | None = None
 
     @property
@@ -41,6 +42,7 @@ class BenchPlatform:
                     "PARLEY_TRACE_EXPORTER": "none",
                     "PARLEY_REGISTRATION": "open",
                     "PARLEY_AUTH_REGISTRATIONS_PER_SOURCE_PER_HOUR": "1000000",
+                    **self.env,
                 },
             )
         deadline = asyncio.get_running_loop().time() + START_TIMEOUT_S

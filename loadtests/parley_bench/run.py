@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from parley_bench import baselines
+from parley_bench.live_streams import measure_live_streams
 from parley_bench.platform_proc import BenchPlatform
 from parley_bench.scenarios import (
     PASSWORD,
@@ -42,15 +43,28 @@ class Plan:
     writers: int
     fanout_senders: int
     login_concurrency: int
+    live_streams: int
 
     @classmethod
     def of(cls, *, quick: bool) -> Plan:
         if quick:
             return cls(
-                seconds=3.0, echo_concurrency=32, js_messages=5_000, writers=8, fanout_senders=4, login_concurrency=8
+                seconds=3.0,
+                echo_concurrency=32,
+                js_messages=5_000,
+                writers=8,
+                fanout_senders=4,
+                login_concurrency=8,
+                live_streams=1_000,
             )
         return cls(
-            seconds=15.0, echo_concurrency=64, js_messages=50_000, writers=32, fanout_senders=8, login_concurrency=16
+            seconds=15.0,
+            echo_concurrency=64,
+            js_messages=50_000,
+            writers=32,
+            fanout_senders=8,
+            login_concurrency=16,
+            live_streams=10_000,
         )
 
 
@@ -248,8 +262,34 @@ def summarise_profiles(folder: Path) -> dict[str, list[str]]:
 
 
 def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = _platform_goals(result) if "sends" in result else []
+    if (live := result.get("live_streams")) is not None:
+        rows += [
+            (
+                f"gateway peak RSS with {live['live_streams']} live streams <= 1 GiB",
+                live["gateway_rss_peak_gib"],
+                "<=",
+                1.0,
+            ),
+            (
+                "live-stream deliveries / expected == 1",
+                ratio(live["deliveries"], live["deliveries_expected"]),
+                ">=",
+                1.0,
+            ),
+        ]
+    out = []
+    for name, value, op, target in rows:
+        met = (value >= target) if op == ">=" else (value <= target)
+        out.append(
+            {"goal": name, "value": round(value, 3), "target": target, "met": bool(met and not math.isnan(value))}
+        )
+    return out
+
+
+def _platform_goals(result: dict[str, Any]) -> list[tuple[str, float, str, float]]:
     b, s, f, lg = result["baselines"], result["sends"], result["fanout"], result["logins"]
-    rows = [
+    return [
         (
             "acknowledged sends/s >= 0.5 x gRPC echo QPS",
             ratio(s["acknowledged_sends_per_s"], b["grpc_echo_qps"]),
@@ -277,18 +317,13 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
             2.0,
         ),
     ]
-    out = []
-    for name, value, op, target in rows:
-        met = (value >= target) if op == ">=" else (value <= target)
-        out.append(
-            {"goal": name, "value": round(value, 3), "target": target, "met": bool(met and not math.isnan(value))}
-        )
-    return out
 
 
 def table(result: dict[str, Any]) -> str:
     lines = [f"Parley benchmark {result['started_at']} ({result['mode']}), {result['machine']}", ""]
-    for section in ("baselines", "sends", "fanout", "logins"):
+    for section in ("baselines", "sends", "fanout", "logins", "live_streams"):
+        if section not in result:
+            continue
         lines.append(f"[{section}]")
         for key, value in result[section].items():
             if isinstance(value, dict):
@@ -307,13 +342,28 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def run(*, quick: bool, out_dir: Path, workdir: Path, profile: bool) -> dict[str, Any]:
+async def run(
+    *, quick: bool, out_dir: Path, workdir: Path, profile: bool, live_streams_only: bool = False
+) -> dict[str, Any]:
     plan = Plan.of(quick=quick)
     result: dict[str, Any] = {
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "mode": "quick" if quick else "full",
+        "mode": ("quick" if quick else "full") + (", live streams only" if live_streams_only else ""),
         "machine": f"{host.system()} {host.machine()} python {host.python_version()}",
     }
+    if not live_streams_only:
+        await measure_platform(plan, result, out_dir=out_dir, workdir=workdir, profile=profile)
+    print(f"[bench] {plan.live_streams} live streams on one gateway (a platform of their own) ...", flush=True)
+    result["live_streams"] = await measure_live_streams(workdir, streams=plan.live_streams)
+    result["goals"] = goals(result)
+    if profile and not live_streams_only:
+        result["profiles"] = summarise_profiles(out_dir / "profiles")
+    write_report(result, out_dir)
+    return result
+
+
+async def measure_platform(plan: Plan, result: dict[str, Any], *, out_dir: Path, workdir: Path, profile: bool) -> None:
+    """Baselines, then sends, fan-out and logins on one platform."""
     print("[bench] baselines ...", flush=True)
     result["baselines"] = await measure_baselines(plan, workdir)
     platform = BenchPlatform(workdir / "data")
@@ -334,11 +384,6 @@ async def run(*, quick: bool, out_dir: Path, workdir: Path, profile: bool) -> di
     finally:
         await bench.close()
         await platform.stop()
-    result["goals"] = goals(result)
-    if profile:
-        result["profiles"] = summarise_profiles(out_dir / "profiles")
-    write_report(result, out_dir)
-    return result
 
 
 def write_report(result: dict[str, Any], out_dir: Path) -> None:

@@ -338,61 +338,67 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         log up to there, the feed after it, so nothing is missed and nothing comes twice.
         """
         assert self._ctx is not None
-        assert self._messaging is not None
         user_id = await self._admit(request, context)
         with self._caps.held(user_id):
-            await self._feed.wait_ready(context.time_remaining() or FEED_READY_WAIT_S)
-            mine = await forward(self._messaging.ListMyChannels, messaging_pb2.ListMyChannelsRequest(), context)
-            views = {c.channel_id: Visibility.of(c) for c in mine.channels}
-            resume = {r.channel_id: r.after_position for r in request.resume}
-            wanted = list(dict.fromkeys([*request.channel_ids, *resume])) or sorted(views)
-            self._caps.check_channels(len(wanted))
-            if not_mine := [c for c in wanted if c not in views]:
-                raise PermissionDenied(f"not a member of channel(s): {', '.join(not_mine[:5])}")
-            token = bearer_token(context) or ""
-            tokens = self._ctx.tokens
-
-            def check() -> None:
-                tokens.verify(token).require(Permission.MESSAGES_READ, what=LIVE_STREAM)
-
-            live_from = self._feed.position
-            # A hidden history starts at the member's join, wherever the client asks to resume.
-            starts = {c: max(resume.get(c, 0), views[c].from_position - 1) for c in wanted}
-            stream = LiveSubscriber(
-                user_id=user_id,
-                views={c: views[c] for c in wanted},
-                after={c: max(start, live_from) for c, start in starts.items()},
-                buffer=LiveBuffer(self.limits.live_buffer),
-                check=check,
-            )
-            self._feed.add(stream)  # no await since reading live_from: the feed moved on from there
+            stream, ready, backlog = await self._join_feed(request, context, user_id)
             try:
-                # Channels not resumed start now; the client resumes from these if it drops.
-                positions = [
-                    gateway_pb2.ResumeFrom(channel_id=c, after_position=stream.after[c])
-                    for c in wanted
-                    if c not in resume
-                ]
-                yield gateway_pb2.ClientEvent(ready=gateway_pb2.Ready(channel_ids=wanted, positions=positions))
-                for channel_id in resume:
-                    view = views[channel_id]
+                yield ready
+                del ready  # a stream lives long: it keeps only what it needs (10,000 of them per process)
+                for channel_id, (after, up_to) in backlog.items():
+                    view = stream.views[channel_id]
                     async for position, envelope in events_between(
-                        self._ctx.bus.nc,
-                        stream="MSG",
-                        subject=channel_subject(channel_id),
-                        after=starts[channel_id],
-                        up_to=live_from,
+                        self._ctx.bus.nc, stream="MSG", subject=channel_subject(channel_id), after=after, up_to=up_to
                     ):
                         event = channel_event_of(envelope, position)
                         if event.client_event is not None and view.shows(event):
-                            check()  # the backlog is re-checked like live events: revocation ends it too
+                            stream.check()  # the backlog is re-checked like live events: revocation ends it too
                             yield event.client_event
+                del backlog
                 while True:
                     item = await stream.buffer.take()
-                    check()
+                    stream.check()
                     yield item
             finally:
                 self._feed.remove(stream)
+
+    async def _join_feed(
+        self, request: gateway_pb2.SubscribeRequest, context: Context, user_id: str
+    ) -> tuple[LiveSubscriber, gateway_pb2.ClientEvent, dict[str, tuple[int, int]]]:
+        """The caller's stream, joined to the feed; its `ready` event; per resumed channel, the
+        positions between which its backlog is read from the log."""
+        assert self._ctx is not None
+        assert self._messaging is not None
+        await self._feed.wait_ready(min(context.time_remaining() or FEED_READY_WAIT_S, FEED_READY_WAIT_S))
+        mine = await forward(self._messaging.ListMyChannels, messaging_pb2.ListMyChannelsRequest(), context)
+        views = {c.channel_id: Visibility.of(c) for c in mine.channels}
+        resume = {r.channel_id: r.after_position for r in request.resume}
+        wanted = list(dict.fromkeys([*request.channel_ids, *resume])) or sorted(views)
+        self._caps.check_channels(len(wanted))
+        if not_mine := [c for c in wanted if c not in views]:
+            raise PermissionDenied(f"not a member of channel(s): {', '.join(not_mine[:5])}")
+        token = bearer_token(context) or ""
+        tokens = self._ctx.tokens
+
+        def check() -> None:
+            tokens.verify(token).require(Permission.MESSAGES_READ, what=LIVE_STREAM)
+
+        # A hidden history starts at the member's join, wherever the client asks to resume.
+        starts = {c: max(resume.get(c, 0), views[c].from_position - 1) for c in wanted}
+        live_from = self._feed.position
+        stream = LiveSubscriber(
+            user_id=user_id,
+            views={c: views[c] for c in wanted},
+            after={c: max(start, live_from) for c, start in starts.items()},
+            buffer=LiveBuffer(self.limits.live_buffer),
+            check=check,
+        )
+        self._feed.add(stream)  # no await since reading live_from: the feed is still there
+        # Channels not resumed start now; the client resumes from these positions if it drops.
+        positions = [
+            gateway_pb2.ResumeFrom(channel_id=c, after_position=stream.after[c]) for c in wanted if c not in resume
+        ]
+        ready = gateway_pb2.ClientEvent(ready=gateway_pb2.Ready(channel_ids=wanted, positions=positions))
+        return stream, ready, {c: (starts[c], live_from) for c in resume}
 
     async def _end_streams_that_lost_access(self) -> None:
         """A revoked session, a disabled account or a withdrawn messages.read ends the caller's
