@@ -10,7 +10,7 @@ from parley.messaging.v1.events_pb2 import MemberJoined, MessageEdited, MessageP
 
 from parley_core.errors import ResourceExhausted
 from parley_core.sources import budget_key, client_address
-from parley_gateway.limits import Admission, GatewayLimits, RateLimited, TokenBuckets
+from parley_gateway.limits import Admission, GatewayLimits, LiveStreamCaps, RateLimited, TokenBuckets
 from parley_gateway.live import LiveBuffer, client_event
 
 
@@ -97,3 +97,19 @@ def test_client_sees_messages_edits_and_redactions_with_their_position() -> None
     assert joined is not None
     assert (joined.membership.change, joined.membership.user_id, joined.membership.position) == ("joined", "u", 20)
     assert client_event(MessagePosted(channel_id="c", message_id="m", channel_seq=1, thread_root_seq=0), 1) is not None
+
+
+def test_live_stream_caps_are_per_user_and_a_closed_stream_gives_its_slot_back() -> None:
+    caps = LiveStreamCaps(GatewayLimits(live_streams_per_user=2, live_channels_per_stream=3))
+    with caps.held("mallory"), caps.held("mallory"):
+        with pytest.raises(ResourceExhausted, match="at most 2 live streams per user"), caps.held("mallory"):
+            pass
+        with caps.held("bob"):  # another user is not affected
+            pass
+    with pytest.raises(RuntimeError), caps.held("mallory"):
+        raise RuntimeError("the stream failed")
+    with caps.held("mallory"), caps.held("mallory"):  # both slots free again
+        pass
+    caps.check_channels(3)
+    with pytest.raises(ResourceExhausted, match="at most 3 channels per live stream"):
+        caps.check_channels(4)

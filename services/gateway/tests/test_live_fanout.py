@@ -22,6 +22,7 @@ from parley.messaging.v1 import messaging_pb2
 from parley_core.pki import Pki
 from parley_core.testing.nats import NatsTestServer
 from parley_core.testing.stack import TIMEOUT_S, Stack, bearer, start_stack, stop_stack
+from parley_core.testing.waiting import until
 
 # nats-server refuses the 1,001st consumer of an account ("maximum consumers limit reached"):
 # one consumer per live stream ran into it with 1,000 streams.
@@ -162,9 +163,17 @@ async def test_more_streams_than_nats_allows_consumers_each_get_their_message(
     received = await asyncio.gather(*(every_message(s) for _, s in streams))
     for (m, _), bodies in zip(streams, received, strict=True):
         assert bodies == {f"to {c}" for c in channels[m.name]}
+
+    # Streams the clients close leave the gateway, and their slots come back.
+    gateway = roomy.app("gateway")
+    assert gateway.live_streams == len(streams) + 1
     for _, stream in streams:
         stream.cancel()
     bob_stream.cancel()
+    await until(lambda: gateway.live_streams == 0, "the closed streams to leave the gateway", TIMEOUT_S)
+    again = capped.subscribe(channels[capped.name])
+    await ready(again)
+    again.cancel()
 
 
 async def events_until(

@@ -121,7 +121,3 @@ class ChannelFeed:
     @property
     def stream_count(self) -> int:
         return len(self._all)
-
-    @property
-    def channel_count(self) -> int:
-        return len(self._streams)

@@ -392,7 +392,7 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
             buffer=LiveBuffer(self.limits.live_buffer),
             check=check,
         )
-        self._feed.add(stream)  # no await since reading live_from: the feed is still there
+        self._feed.add(stream)  # no await since live_from was read: no event was handed out in between
         # Channels not resumed start now; the client resumes from these positions if it drops.
         positions = [
             gateway_pb2.ResumeFrom(channel_id=c, after_position=stream.after[c]) for c in wanted if c not in resume
