@@ -16,7 +16,8 @@ from parley.messaging.v1.events_pb2 import (
 
 from parley_core.envelope import NewEvent, seal
 from parley_core.errors import PermissionDenied
-from parley_gateway.live import ChannelEvent, LiveBuffer, LiveSubscriber, Visibility, channel_event_of
+from parley_core.visibility import EVERYTHING, HistoryView
+from parley_gateway.live import ChannelEvent, LiveBuffer, LiveSubscriber, channel_event_of
 
 
 def event(payload: Message, position: int) -> ChannelEvent:
@@ -26,7 +27,7 @@ def event(payload: Message, position: int) -> ChannelEvent:
     return channel_event_of(envelope, position)
 
 
-def stream(view: Visibility, after: int = 0) -> LiveSubscriber:
+def stream(view: HistoryView, after: int = 0) -> LiveSubscriber:
     def allowed() -> None:
         pass
 
@@ -42,7 +43,7 @@ async def taken(sub: LiveSubscriber) -> list[str]:
 
 
 async def test_nothing_at_or_before_the_join_point_is_delivered_again() -> None:
-    sub = stream(Visibility(), after=10)
+    sub = stream(EVERYTHING, after=10)
     for position in (9, 10, 11, 12):  # the stream read up to 10 from the log itself
         sub.deliver(event(MessagePosted(channel_id="c1", channel_seq=position), position))
     assert [(await sub.buffer.take()).message.channel_seq for _ in range(2)] == [11, 12]
@@ -50,7 +51,7 @@ async def test_nothing_at_or_before_the_join_point_is_delivered_again() -> None:
 
 
 async def test_a_hidden_history_shows_nothing_before_the_join_nor_about_earlier_messages() -> None:
-    sub = stream(Visibility(from_seq=3, from_position=20))
+    sub = stream(HistoryView(first_seq=3, first_position=20))
     sub.deliver(event(MemberKicked(channel_id="c1", user_id="carol", reason="secret"), 19))  # before the join
     sub.deliver(event(MemberJoined(channel_id="c1", user_id="bob"), 20))
     sub.deliver(event(MessageEdited(channel_id="c1", channel_seq=2, body="new text"), 21))
@@ -60,14 +61,14 @@ async def test_a_hidden_history_shows_nothing_before_the_join_nor_about_earlier_
     sub.deliver(event(ReactionAdded(channel_id="c1", channel_seq=3, user_id="amy", emoji="+1"), 25))
     assert await taken(sub) == ["membership", "message", "reaction"]
 
-    everything = stream(Visibility())
+    everything = stream(EVERYTHING)
     for n, payload in enumerate([MemberKicked(channel_id="c1", user_id="carol"), MessageEdited(channel_id="c1")]):
         everything.deliver(event(payload, n + 1))
     assert await taken(everything) == ["membership", "updated"]
 
 
 async def test_removing_the_member_ends_the_stream_after_what_came_before() -> None:
-    sub = stream(Visibility())
+    sub = stream(EVERYTHING)
     sub.deliver(event(MessagePosted(channel_id="c1", channel_seq=1), 1))
     sub.deliver(event(MemberKicked(channel_id="c1", user_id="carol"), 2))  # someone else
     sub.deliver(event(MemberKicked(channel_id="c1", user_id="bob"), 3))

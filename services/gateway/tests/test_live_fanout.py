@@ -222,7 +222,7 @@ async def test_a_hidden_history_stays_hidden_live_and_on_resume(roomy: Stack) ->
         await ready(stream)
 
     # Changes to the messages from before the join, then a new message and a reaction to it.
-    react = messaging_pb2.ReactRequest(channel_id=cid, channel_seq=first.channel_seq, emoji="+1")
+    react = messaging_pb2.ReactRequest(channel_id=cid, channel_seq=first.channel_seq, emoji="\N{THUMBS UP SIGN}")
     await owner.stub.React(react, metadata=owner.md, timeout=TIMEOUT_S)
     edit = messaging_pb2.EditMessageRequest(channel_id=cid, channel_seq=first.channel_seq, body="code changed to 1234")
     await owner.stub.EditMessage(edit, metadata=owner.md, timeout=TIMEOUT_S)
@@ -241,7 +241,7 @@ async def test_a_hidden_history_stays_hidden_live_and_on_resume(roomy: Stack) ->
         ("membership", 0, "joined"),
         ("membership", 0, "kicked told the codes around"),
         ("membership", 0, "joined"),
-        ("reaction", 1, "+1"),
+        ("reaction", 1, "\N{THUMBS UP SIGN}"),
         ("updated", 1, "code changed to 1234"),
         ("updated", 2, "(redacted)"),
         ("read_marker", 0, ""),

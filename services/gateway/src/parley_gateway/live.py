@@ -30,6 +30,7 @@ from parley.messaging.v1.events_pb2 import (
 
 from parley_core.envelope import UnknownEventType, open_payload
 from parley_core.errors import DomainError, PermissionDenied, ResourceExhausted
+from parley_core.visibility import HistoryView
 
 
 def client_event(payload: Message, position: int) -> gateway_pb2.ClientEvent | None:
@@ -159,6 +160,9 @@ class ChannelEvent:
     about_seq: int = 0  # the message (channel_seq) it is about; 0 for membership and channel changes
     removed_user: str = ""  # whom it removes from the channel (left, kicked, banned); their stream ends
 
+    def seen_by(self, view: HistoryView) -> bool:
+        return view.shows_event(self.position, self.about_seq)
+
 
 def channel_event_of(envelope: EventEnvelope, position: int) -> ChannelEvent:
     try:
@@ -174,23 +178,9 @@ def channel_event_of(envelope: EventEnvelope, position: int) -> ChannelEvent:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Visibility:
-    """What one member may see of one channel, as messaging says (Channel.visible_from_*).
-
-    A channel that hides its history before a member's join shows them nothing before their
-    join, and nothing about a message before it since (an edit, a redaction, a reaction).
-    """
-
-    from_seq: int = 1
-    from_position: int = 0
-
-    @classmethod
-    def of(cls, channel: messaging_pb2.Channel) -> Visibility:
-        return cls(from_seq=max(1, channel.visible_from_seq), from_position=channel.visible_from_position)
-
-    def shows(self, event: ChannelEvent) -> bool:
-        return event.position >= self.from_position and (event.about_seq == 0 or event.about_seq >= self.from_seq)
+def view_of(channel: messaging_pb2.Channel) -> HistoryView:
+    """What the caller may see of `channel`, as messaging says (parley_core.visibility: the one rule)."""
+    return HistoryView(first_seq=max(1, channel.visible_from_seq), first_position=channel.visible_from_position)
 
 
 @dataclass(frozen=True)
@@ -262,7 +252,7 @@ class LiveSubscriber:
         self,
         *,
         user_id: str,
-        views: dict[str, Visibility],
+        views: dict[str, HistoryView],
         after: dict[str, int],
         buffer: LiveBuffer,
         check: Callable[[], None],
@@ -283,7 +273,7 @@ class LiveSubscriber:
         if event.removed_user == self.user_id:
             # Membership is checked when a stream opens and followed while it runs.
             self.buffer.end(PermissionDenied(f"you are no longer in channel {event.channel_id}"))
-        elif event.client_event is not None and self.views[event.channel_id].shows(event):
+        elif event.client_event is not None and event.seen_by(self.views[event.channel_id]):
             self.buffer.offer(event.client_event)
 
     def recheck(self) -> None:

@@ -29,7 +29,7 @@ from parley_core.visibility import HistoryView
 from parley_gateway.catchup import events_between
 from parley_gateway.fanout import ChannelFeed
 from parley_gateway.limits import Admission, GatewayLimits, LiveStreamCaps, RateLimited
-from parley_gateway.live import LiveBuffer, LiveSubscriber, Visibility, channel_event_of
+from parley_gateway.live import LiveBuffer, LiveSubscriber, channel_event_of, view_of
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +350,7 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
                         self._ctx.bus.nc, stream="MSG", subject=channel_subject(channel_id), after=after, up_to=up_to
                     ):
                         event = channel_event_of(envelope, position)
-                        if event.client_event is not None and view.shows(event):
+                        if event.client_event is not None and event.seen_by(view):
                             stream.check()  # the backlog is re-checked like live events: revocation ends it too
                             yield event.client_event
                 del backlog
@@ -370,7 +370,7 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         assert self._messaging is not None
         await self._feed.wait_ready(min(context.time_remaining() or FEED_READY_WAIT_S, FEED_READY_WAIT_S))
         mine = await forward(self._messaging.ListMyChannels, messaging_pb2.ListMyChannelsRequest(), context)
-        views = {c.channel_id: Visibility.of(c) for c in mine.channels}
+        views = {c.channel_id: view_of(c) for c in mine.channels}
         resume = {r.channel_id: r.after_position for r in request.resume}
         wanted = list(dict.fromkeys([*request.channel_ids, *resume])) or sorted(views)
         self._caps.check_channels(len(wanted))
@@ -383,7 +383,7 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
             tokens.verify(token).require(Permission.MESSAGES_READ, what=LIVE_STREAM)
 
         # A hidden history starts at the member's join, wherever the client asks to resume.
-        starts = {c: max(resume.get(c, 0), views[c].from_position - 1) for c in wanted}
+        starts = {c: max(resume.get(c, 0), views[c].first_position - 1) for c in wanted}
         live_from = self._feed.position
         stream = LiveSubscriber(
             user_id=user_id,
