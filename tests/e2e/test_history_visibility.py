@@ -38,7 +38,9 @@ CHAT_MESSAGE = messaging_pb2.ChatMessage.DESCRIPTOR.full_name
 HIDDEN = "sent before you joined"
 # The live stream's cell (Subscribe: live events and resume of earlier messages) is the live
 # fan-out's; its test walks those paths as a newcomer of a hide-history channel.
-COVERED_ELSEWHERE = {"Subscribe": "the live fan-out's hide-history test (issue 13, item 2/3)"}
+COVERED_ELSEWHERE = {
+    "Subscribe": "services/gateway/tests/test_live_fanout.py::test_a_hidden_history_stays_hidden_live_and_on_resume"
+}
 
 
 def carries_message_content(message: Descriptor, seen: frozenset[str] = frozenset()) -> bool:
