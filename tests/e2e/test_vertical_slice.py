@@ -211,9 +211,10 @@ async def test_poison_event_is_parked_and_listed_for_the_operator(platform: Runn
     )
     assert "undecodable envelope" in platform.cli("parked").stdout
     wait_until(
-        lambda: platform.cli("parked").stdout.count(f"MSG:{foreign.seq} parley.msg.channel.forged") == 2,
+        lambda: platform.cli("parked").stdout.count(f"MSG:{foreign.seq} parley.msg.channel.forged") == 3,
         timeout=30,
-        what="the foreign event parked by storage and messaging (the consumers of all of MSG)",
+        what="the foreign event parked by storage and messaging (the consumers of all of MSG) and by the "
+        "gateway's channel feed (its one consumer of every channel's events)",
     )
     listed = [line for line in platform.cli("parked").stdout.splitlines() if f"MSG:{foreign.seq} " in line]
     assert all("SECURITY" in line and "parley.auth.v1.UserRegistered" in line for line in listed)
