@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from parley.auth.v1.events_pb2 import SecurityEventRecorded
 
-from parley_core.audit import AuditChain, StoredRecord, record_digest, verify_chain
+from parley_core.audit import (
+    AuditChain,
+    Checkpoint,
+    CheckpointInvalid,
+    StoredRecord,
+    TrustedKeys,
+    record_digest,
+    verify_chain,
+)
 
 KEY = Ed25519PrivateKey.generate()
-KEYS = {"k1": KEY.public_key()}
+KEYS = TrustedKeys(audit={"k1": KEY.public_key()})
 
 
 def chain(n: int) -> list[StoredRecord]:
@@ -70,7 +81,66 @@ def test_reordered_records_are_named() -> None:
 
 
 def test_an_unknown_key_is_not_trusted() -> None:
-    assert {f.kind for f in verify_chain(chain(2), {})} == {"forged"}
+    assert {f.kind for f in verify_chain(chain(2), TrustedKeys(audit={}))} == {"forged"}
+
+
+def test_an_access_token_key_signs_only_records_older_than_the_first_audit_key() -> None:
+    """Records written before auth had an audit key were signed with the access-token key of
+    their time; once an audit key exists, that key (stolen, say) can sign no record."""
+    records = chain(6)  # occurred_at_unix_ns 0..5, all signed with KEY, here a token key
+    legacy = {"k1": KEY.public_key()}
+    assert verify_chain(records, TrustedKeys(audit={}, token=legacy)) == []
+    assert verify_chain(records, TrustedKeys(audit={}, token=legacy, audit_since_ns=10)) == []
+    late = TrustedKeys(audit={}, token=legacy, audit_since_ns=4)
+    assert sorted((f.kind, f.chain_index) for f in verify_chain(records, late)) == [("forged", 5), ("forged", 6)]
+
+
+def test_unreadable_rows_are_named_by_number_and_the_rest_is_still_checked() -> None:
+    records = chain(8)
+    records[2] = StoredRecord(position=102, record=None, index=3, damage="does not open")
+    records[5] = StoredRecord(position=105, record=None, index=6, damage="its key is gone")
+    records[6].record.detail = "altered as well"  # a further modification is still found
+    findings = verify_chain(records, KEYS, expected_last_index=8)
+    assert sorted((f.kind, f.chain_index, f.position) for f in findings) == [
+        ("modified", 7, 106),
+        ("unreadable", 3, 102),
+        ("unreadable", 6, 105),
+    ]
+    assert "does not open" in str(next(f for f in findings if f.chain_index == 3))
+
+
+def test_a_checkpoint_catches_a_rewrite_by_someone_holding_every_key() -> None:
+    records = chain(6)
+    checkpoint = Checkpoint.of(records[4].record, taken_at="2026-01-01T00:00:00+00:00", source="checkpoint c.json")
+    # The insider rewrites record #3 and re-links and re-signs every record after it with auth's key.
+    head = AuditChain(last_index=2, last_hash=records[1].record.record_hash)
+    for stored in records[2:]:
+        rewritten = stored.record
+        if rewritten.chain_index == 3:
+            rewritten.user_id = "someone-else"
+        head.link(rewritten)
+        rewritten.signature = KEY.sign(rewritten.record_hash)
+        head.advance(rewritten)
+    assert verify_chain(records, KEYS, expected_last_index=6) == []  # signatures and links hold
+    findings = verify_chain(records, KEYS, expected_last_index=6, checkpoints=[checkpoint])
+    assert [(f.kind, f.chain_index, f.position) for f in findings] == [("rewritten", 5, 104)]
+    assert "checkpoint c.json (taken 2026-01-01" in findings[0].detail
+    # A checkpoint beyond what the archive holds shows the cut; one not signed by auth is refused.
+    assert [(f.kind, f.chain_index) for f in verify_chain(records[:3], KEYS, checkpoints=[checkpoint])] == [
+        ("truncated", 5)
+    ]
+    unsigned = Checkpoint.of(records[4].record, source="checkpoint x.json")
+    forged = dataclasses.replace(unsigned, signature=bytes(64))
+    assert [f.kind for f in verify_chain(records, KEYS, checkpoints=[forged])] == ["bad-checkpoint"]
+
+
+def test_a_checkpoint_file_reads_back_and_a_damaged_one_is_named() -> None:
+    checkpoint = Checkpoint.of(chain(3)[2].record, taken_at="2026-01-01T00:00:00+00:00")
+    again = Checkpoint.from_json(checkpoint.to_json(), source="checkpoint c.json")
+    assert (again.chain_index, again.record_hash, again.signature) == (3, checkpoint.record_hash, checkpoint.signature)
+    for text in ("{}", "not json", '{"format": "parley-audit-checkpoint/1", "chain_index": "x"}'):
+        with pytest.raises(CheckpointInvalid, match=r"^checkpoint c\.json: "):
+            Checkpoint.from_json(text, source="checkpoint c.json")
 
 
 def test_records_cut_from_the_end_are_found_against_the_live_head() -> None:

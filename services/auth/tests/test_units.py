@@ -10,6 +10,7 @@ from cryptography.exceptions import InvalidTag
 from parley_auth import mfa
 from parley_auth.key_rotation import RETIRE_MARGIN_S, KeySchedule, SigningKeyState
 from parley_auth.lockout import SWEEP_EVERY, LockoutBook, LockoutPolicy, Scope
+from parley_auth.sealing import PASSWORD_HASH, REFRESH_TOKEN, SealedFieldUnreadable, SecretSealer
 from parley_auth.sessions import RefreshVerdict, Session, digest, new_refresh_token
 from parley_core.rbac import may_assign
 
@@ -125,14 +126,30 @@ def test_totp_step_matching_refuses_old_and_replayed_steps() -> None:
 
 
 def test_sealed_totp_secret_is_bound_to_its_user(tmp_path: Path) -> None:
-    sealer = mfa.SecretSealer.load_or_create(tmp_path / "mfa.key")
+    sealer = SecretSealer.load_or_create(tmp_path / "mfa.key")
     assert (tmp_path / "mfa.key").stat().st_mode & 0o077 == 0
     secret = mfa.new_secret()
     sealed = sealer.seal(secret, "u1")
     assert secret not in sealed
-    assert mfa.SecretSealer.load_or_create(tmp_path / "mfa.key").open(sealed, "u1") == secret
+    assert SecretSealer.load_or_create(tmp_path / "mfa.key").open(sealed, "u1") == secret
     with pytest.raises(InvalidTag):
         sealer.open(sealed, "u2")
+
+
+def test_a_sealed_field_opens_only_as_what_it_was_sealed_as(tmp_path: Path) -> None:
+    sealer = SecretSealer.load_or_create(tmp_path / "secrets" / "mfa.key")
+    assert (tmp_path / "secrets").stat().st_mode & 0o777 == 0o700
+    value = b"$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA"
+    sealed = sealer.seal_field(value, field=PASSWORD_HASH, owner="u1")
+    assert value not in sealed
+    assert sealer.open_field(sealed, field=PASSWORD_HASH, owner="u1") == value
+    for field, owner in ((PASSWORD_HASH, "u2"), (REFRESH_TOKEN, "u1")):  # another account, another field
+        with pytest.raises(SealedFieldUnreadable):
+            sealer.open_field(sealed, field=field, owner=owner)
+    with pytest.raises(SealedFieldUnreadable):  # another key: another installation's, or a lost one's
+        SecretSealer.load_or_create(tmp_path / "other.key").open_field(sealed, field=PASSWORD_HASH, owner="u1")
+    with pytest.raises(InvalidTag):  # a TOTP secret's associated data never matches a field's
+        sealer.open(sealed, "u1")
 
 
 def test_recovery_codes_are_random_and_normalised() -> None:

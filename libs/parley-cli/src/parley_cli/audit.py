@@ -1,123 +1,183 @@
-"""`parley audit verify`: check the signed hash chain of the audit records in the archive
+"""`parley audit verify` and `parley audit checkpoint`: the signed hash chain of the audit records
 (`parley audit query`, the auditor's search of the archive, is audit_query.py).
 
 The records are read back from storage's archive (the long-term store, which someone with
 database access could edit) through its StorageArchiveService as the operator; the
 verification keys and the chain's head come from the live JetStream streams (a different trust
-domain), or, with --keys-from-archive, the keys from the archived AUTH stream.
+domain), or, with --keys-from-archive, the keys from the archived AUTH stream. A checkpoint
+(the signed head, kept by the operator outside the data folder) also catches a rewrite by
+someone holding every key in secrets/.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from google.protobuf.message import Message
-from parley.auth.v1.events_pb2 import SecurityEventRecorded, SigningKeyPublished
+from google.protobuf.message import DecodeError, Message
+from parley.auth.v1.events_pb2 import AuditKeyPublished, SecurityEventRecorded, SigningKeyPublished
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from parley_cli import audit_query
 from parley_cli.state import PlatformNotRunning, load_running_state
 from parley_client import ParleyError
-from parley_core.audit import Finding, StoredRecord, verify_chain
-from parley_core.envelope import decode, open_payload
+from parley_core.audit import Checkpoint, CheckpointInvalid, Finding, StoredRecord, TrustedKeys, verify_chain
+from parley_core.audit_log import ChainHead, chain_head
+from parley_core.envelope import UnknownEventType, decode, open_payload
 from parley_core.nats_connect import connect_nats_once
 from parley_core.natsconf import ensure_nats_passwords
 from parley_core.runner import secure_channel
-from parley_core.topology import PLATFORM_USER, SIGNING_KEYS_FILTER
+from parley_core.topology import AUDIT_KEYS_FILTER, PLATFORM_USER, SIGNING_KEYS_FILTER
 
 PAGE = 1000
 TIMEOUT_S = 30.0
+RECORD_TYPE = SecurityEventRecorded.DESCRIPTOR.full_name
+RECORD_AGGREGATE = "security"  # auth's aggregate type for audit records (bound into the row's encryption)
+# What a damaged row is, in the verifier's words.
+ROW_DOES_NOT_OPEN = "the archive cannot open it: its content was altered, or it was moved from another row"
+ROW_KEY_GONE = "its data key is gone (audit records are never erased): its key reference was altered"
+ROW_NOT_A_RECORD = "it opens, but holds no audit record"
 
 
-async def archived_payloads(
+async def archived_events(
     storage: storage_pb2_grpc.StorageArchiveServiceAsyncStub, stream: str
-) -> list[tuple[int, Message]]:
-    """Every archived event of `stream` as (stream sequence, payload), erased ones left out."""
-    found: list[tuple[int, Message]] = []
+) -> list[storage_pb2.ArchivedEvent]:
+    """Every archived row of `stream`, as storage gives it (erased and unreadable ones included)."""
+    found: list[storage_pb2.ArchivedEvent] = []
     after = 0
     while True:
         page = await storage.ReadArchivedStream(
             storage_pb2.ReadArchivedStreamRequest(stream=stream, after_seq=after, limit=PAGE), timeout=TIMEOUT_S
         )
-        for event in page.events:
-            after = event.stream_seq
-            if not event.erased:
-                found.append((int(event.stream_seq), open_payload(decode(event.envelope))))
+        found.extend(page.events)
+        if page.events:
+            after = page.events[-1].stream_seq
         if not page.has_more:
             return found
 
 
+def _payload(event: storage_pb2.ArchivedEvent) -> Message | None:
+    if event.erased or event.unreadable or event.withheld:
+        return None
+    try:
+        return open_payload(decode(event.envelope))
+    except (DecodeError, UnknownEventType):
+        return None
+
+
+def audit_rows(events: Iterable[storage_pb2.ArchivedEvent]) -> list[StoredRecord]:
+    """The rows of SEC that hold, or claim to hold, an audit record, each read as far as it can
+    be: a damaged one keeps its place, named by the number its row claims (its aggregate
+    version). Other writers' messages on SEC are no part of the chain."""
+    rows: list[StoredRecord] = []
+    for event in events:
+        position, claimed = int(event.stream_seq), int(event.aggregate_version)
+        payload = _payload(event)
+        if isinstance(payload, SecurityEventRecorded):
+            rows.append(StoredRecord(position=position, record=payload))
+        elif event.event_type == RECORD_TYPE or event.aggregate_type == RECORD_AGGREGATE:
+            damage = ROW_DOES_NOT_OPEN if event.unreadable else ROW_KEY_GONE if event.erased else ROW_NOT_A_RECORD
+            rows.append(StoredRecord(position=position, record=None, index=claimed, damage=damage))
+    return rows
+
+
 async def archived_records(storage: storage_pb2_grpc.StorageArchiveServiceAsyncStub) -> list[StoredRecord]:
-    return [
-        StoredRecord(position=seq, record=payload)
-        for seq, payload in await archived_payloads(storage, "SEC")
-        if isinstance(payload, SecurityEventRecorded)
-    ]
+    return audit_rows(await archived_events(storage, "SEC"))
 
 
-async def archived_keys(storage: storage_pb2_grpc.StorageArchiveServiceAsyncStub) -> dict[str, Ed25519PublicKey]:
-    return signing_keys(payload for _, payload in await archived_payloads(storage, "AUTH"))
+def trusted_keys(published: Iterable[tuple[int, Message]]) -> TrustedKeys:
+    """The keys from (time in ns, payload) of AUTH events: audit keys, and access-token keys
+    (retired ones included: a retired key still signed the records of its time) for the records
+    before the first audit key."""
+    audit: dict[str, Ed25519PublicKey] = {}
+    token: dict[str, Ed25519PublicKey] = {}
+    since: int | None = None
+    for at_ns, payload in published:
+        if isinstance(payload, AuditKeyPublished):
+            audit[payload.key_id] = Ed25519PublicKey.from_public_bytes(payload.public_key)
+            since = at_ns if since is None else min(since, at_ns)
+        elif isinstance(payload, SigningKeyPublished):
+            token[payload.key_id] = Ed25519PublicKey.from_public_bytes(payload.public_key)
+    return TrustedKeys(audit=audit, token=token, audit_since_ns=since)
+
+
+async def archived_keys(storage: storage_pb2_grpc.StorageArchiveServiceAsyncStub) -> TrustedKeys:
+    events = await archived_events(storage, "AUTH")
+    return trusted_keys(
+        (int(event.occurred_at_ns), payload) for event in events if (payload := _payload(event)) is not None
+    )
+
+
+async def keys_from_stream(*, nats_url: str, password: str, ca_cert: Path) -> TrustedKeys:
+    nc = await connect_nats_once(
+        url=nats_url, user=PLATFORM_USER, password=password, ca_cert=ca_cert, name="parley-audit"
+    )
+    try:
+        js = nc.jetstream()
+        published: list[tuple[int, Message]] = []
+        for subjects in (SIGNING_KEYS_FILTER, AUDIT_KEYS_FILTER):
+            sub = await js.subscribe(subjects, stream="AUTH", ordered_consumer=True)
+            try:
+                while True:
+                    msg = await sub.next_msg(timeout=1.0)
+                    envelope = decode(msg.data)
+                    published.append((envelope.occurred_at.ToNanoseconds(), open_payload(envelope)))
+                    if msg.metadata.num_pending == 0:
+                        break
+            except TimeoutError:
+                pass
+            finally:
+                await sub.unsubscribe()
+        return trusted_keys(published)
+    finally:
+        await nc.close()
+
+
+async def live_head(*, nats_url: str, password: str, ca_cert: Path) -> ChainHead:
+    """The newest audit record on the live SEC stream (not necessarily its newest message)."""
+    nc = await connect_nats_once(
+        url=nats_url, user=PLATFORM_USER, password=password, ca_cert=ca_cert, name="parley-audit"
+    )
+    try:
+        return await chain_head(nc.jetstream())
+    finally:
+        await nc.close()
 
 
 async def live_chain_head(*, nats_url: str, password: str, ca_cert: Path) -> int:
     """chain_index of the newest record on the SEC stream (0 when there is none)."""
-    nc = await connect_nats_once(
-        url=nats_url, user=PLATFORM_USER, password=password, ca_cert=ca_cert, name="parley-audit"
-    )
-    try:
-        js = nc.jetstream()
-        last = (await js.stream_info("SEC")).state.last_seq
-        if not last:
-            return 0
-        payload = open_payload(decode((await js.get_msg("SEC", last)).data or b""))
-        return int(payload.chain_index) if isinstance(payload, SecurityEventRecorded) else 0
-    finally:
-        await nc.close()
+    head = await live_head(nats_url=nats_url, password=password, ca_cert=ca_cert)
+    return int(head.record.chain_index) if head.record is not None else 0
 
 
-async def keys_from_stream(*, nats_url: str, password: str, ca_cert: Path) -> dict[str, Ed25519PublicKey]:
-    nc = await connect_nats_once(
-        url=nats_url, user=PLATFORM_USER, password=password, ca_cert=ca_cert, name="parley-audit"
-    )
-    try:
-        js = nc.jetstream()
-        sub = await js.subscribe(SIGNING_KEYS_FILTER, stream="AUTH", ordered_consumer=True)
-        payloads = []
-        try:
-            while True:
-                msg = await sub.next_msg(timeout=1.0)
-                payloads.append(open_payload(decode(msg.data)))
-                if msg.metadata.num_pending == 0:
-                    break
-        except TimeoutError:
-            pass
-        finally:
-            await sub.unsubscribe()
-        return signing_keys(payloads)
-    finally:
-        await nc.close()
-
-
-def signing_keys(payloads: Iterable[Message]) -> dict[str, Ed25519PublicKey]:
-    """Published keys, retired ones included: a retired key still signed the records of its time."""
-    keys: dict[str, Ed25519PublicKey] = {}
-    for payload in payloads:
-        if isinstance(payload, SigningKeyPublished):
-            keys[payload.key_id] = Ed25519PublicKey.from_public_bytes(payload.public_key)
-    return keys
-
-
-def report(records: list[StoredRecord], findings: list[Finding]) -> str:
+def report(records: Sequence[StoredRecord], findings: Sequence[Finding], checkpoints: Sequence[Checkpoint] = ()) -> str:
     if not findings:
-        last = records[-1].record.chain_index if records else 0
-        return f"audit chain intact: {len(records)} records, #1..#{last}, every signature valid"
+        last = max((r.chain_index for r in records), default=0)
+        line = f"audit chain intact: {len(records)} records, #1..#{last}, every signature valid"
+        if checkpoints:
+            line += "; records up to " + ", ".join(f"#{c.chain_index} match {c.name}" for c in checkpoints)
+        return line
     lines = [f"audit chain TAMPERED: {len(findings)} finding(s) over {len(records)} records"]
     lines.extend(f"  {finding}" for finding in sorted(findings, key=lambda f: (f.chain_index, f.kind)))
     return "\n".join(lines)
+
+
+def read_checkpoints(paths: Sequence[Path]) -> list[Checkpoint]:
+    checkpoints = []
+    for path in paths:
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise SystemExit(f"error: cannot read the checkpoint {path}: {exc.strerror}") from None
+        try:
+            checkpoints.append(Checkpoint.from_json(text, source=f"checkpoint {path}"))
+        except CheckpointInvalid as exc:
+            raise SystemExit(f"error: {exc}") from None
+    return checkpoints
 
 
 def _platform(data_dir: Path) -> tuple[str, str, str]:
@@ -125,7 +185,7 @@ def _platform(data_dir: Path) -> tuple[str, str, str]:
     try:
         state = load_running_state(data_dir)
     except PlatformNotRunning as exc:
-        raise SystemExit(f"{exc}; the verifier reads the archive through the storage service") from None
+        raise SystemExit(f"{exc}; the audit commands read the running platform's streams and archive") from None
     passwords = ensure_nats_passwords(data_dir / "secrets" / "nats-passwords.json", [PLATFORM_USER])
     return str(state["services"]["storage"]["address"]), str(state["nats_url"]), passwords[PLATFORM_USER]
 
@@ -133,8 +193,9 @@ def _platform(data_dir: Path) -> tuple[str, str, str]:
 async def cmd_verify(args: argparse.Namespace) -> int:
     from parley_core.pki import ensure_pki
 
+    checkpoints = read_checkpoints(args.checkpoint)
     address, nats_url, password = _platform(args.data_dir)
-    ca_cert = args.data_dir / "pki" / "ca.crt"
+    nats = {"nats_url": nats_url, "password": password, "ca_cert": args.data_dir / "pki" / "ca.crt"}
     pki = ensure_pki(args.data_dir / "pki", [PLATFORM_USER])
     channel = secure_channel(pki, identity=PLATFORM_USER, address=address, peer="storage")
     try:
@@ -145,12 +206,52 @@ async def cmd_verify(args: argparse.Namespace) -> int:
         raise ParleyError(exc.code(), f"storage refused to read the archive: {exc.details()}") from None
     finally:
         await channel.close()
-    head = await live_chain_head(nats_url=nats_url, password=password, ca_cert=ca_cert)
+    head = await live_head(**nats)
     if keys is None:
-        keys = await keys_from_stream(nats_url=nats_url, password=password, ca_cert=ca_cert)
-    findings = verify_chain(records, keys, expected_last_index=head)
-    print(report(records, findings))
+        keys = await keys_from_stream(**nats)
+    # The live head is a checkpoint too: an archive rewritten on its own no longer ends in it.
+    live = [Checkpoint.of(head.record, source="the live SEC stream")] if head.record is not None else []
+    expected = head.record.chain_index if head.record is not None else 0
+    findings = verify_chain(records, keys, expected_last_index=expected, checkpoints=[*live, *checkpoints])
+    print(report(records, findings, checkpoints))
     return 1 if findings else 0
+
+
+def write_checkpoint(out: Path, checkpoint: Checkpoint, data_dir: Path) -> bool:
+    """Writes the checkpoint to a new file; True when that file is inside the data folder."""
+    try:
+        with out.open("x") as file:  # never over another checkpoint
+            file.write(checkpoint.to_json() + "\n")
+    except FileExistsError:
+        raise SystemExit(f"error: {out} exists; keep every checkpoint: name a new file") from None
+    except OSError as exc:
+        raise SystemExit(f"error: cannot write {out}: {exc.strerror}") from None
+    return out.resolve().is_relative_to(data_dir.resolve())
+
+
+async def cmd_checkpoint(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    _, nats_url, password = _platform(args.data_dir)
+    nats = {"nats_url": nats_url, "password": password, "ca_cert": args.data_dir / "pki" / "ca.crt"}
+    head = await live_head(**nats)
+    if head.record is None:
+        raise SystemExit("error: the SEC stream holds no audit record yet: nothing to checkpoint")
+    taken_at = datetime.now(UTC).isoformat(timespec="seconds")
+    checkpoint = Checkpoint.of(head.record, taken_at=taken_at)
+    keys = await keys_from_stream(**nats)
+    if not keys.signed(checkpoint.key_id, checkpoint.occurred_at_ns, checkpoint.signature, checkpoint.record_hash):
+        raise SystemExit(
+            f"error: the newest audit record (#{checkpoint.chain_index}) is not signed by a published audit key;"
+            " run `parley audit verify` before you checkpoint"
+        )
+    inside = write_checkpoint(out, checkpoint, args.data_dir)
+    print(f"checkpoint of the audit chain at record #{checkpoint.chain_index} written to {out}")
+    where = "move it out of the data folder and keep it" if inside else "keep it"
+    print(
+        f"{where} where the platform's operators cannot change it: `parley audit verify --checkpoint {out}` then "
+        f"shows any rewrite of records #1..#{checkpoint.chain_index}, even by someone holding every key in secrets/"
+    )
+    return 0
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -160,5 +261,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     verify.add_argument(
         "--keys-from-archive", action="store_true", help="take the verification keys from the archive (weaker)"
     )
+    verify.add_argument(
+        "--checkpoint",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a checkpoint from `parley audit checkpoint`: records up to it must be unchanged (repeatable)",
+    )
     verify.set_defaults(run=cmd_verify)
+    checkpoint = commands.add_parser(
+        "checkpoint", help="write the chain's signed head to FILE, to keep outside the data folder"
+    )
+    checkpoint.add_argument("--out", type=Path, required=True, metavar="FILE", help="a new file (never overwritten)")
+    checkpoint.set_defaults(run=cmd_checkpoint)
     audit_query.add_command(commands)

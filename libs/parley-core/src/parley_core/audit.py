@@ -1,24 +1,33 @@
-"""The tamper-evident audit chain over security records, and its verifier; no I/O.
+"""The tamper-evident audit chain over security records, its checkpoints and its verifier; no I/O.
 
 Each SecurityEventRecorded is numbered (chain_index from 1, no gaps), carries the previous
-record's hash, is hashed with SHA-256 and the hash is signed with auth's Ed25519 key. Whoever
-can edit the archive can recompute hashes but not signatures, so a verifier holding only the
-public keys (from SigningKeyPublished events) finds a modified, deleted, inserted or
-reordered record and says which.
+record's hash, is hashed with SHA-256 and the hash is signed with auth's audit key (Ed25519).
+Whoever can edit the archive can recompute hashes but not signatures, so a verifier holding only
+the public keys (from AuditKeyPublished events) finds a modified, deleted, inserted or reordered
+record and says which.
+
+Whoever holds every key (an insider with the data folder's secrets/) can rewrite a record and
+re-link and re-sign all that follow. A checkpoint, the signed head (number and hash) that the
+operator keeps outside the data folder, catches that: the rewritten chain's record at the
+checkpoint's number no longer has the checkpoint's hash.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from parley.auth.v1.events_pb2 import SecurityEventRecorded
 
 GENESIS = bytes(32)
+CHECKPOINT_FORMAT = "parley-audit-checkpoint/1"
 
 
 def record_digest(record: SecurityEventRecorded) -> bytes:
@@ -32,15 +41,128 @@ def record_digest(record: SecurityEventRecorded) -> bytes:
 
 @dataclass(frozen=True)
 class StoredRecord:
-    """A record as read back from a store, with where it was found (for the report)."""
+    """A record as read back from a store, with where it was found (for the report).
+
+    A row the store could not read (its content altered, moved or its key gone) has no record:
+    `index` is then the number the row claims (its aggregate version) and `damage` says why.
+    """
 
     position: int  # e.g. the SEC stream sequence in the archive
-    record: SecurityEventRecorded
+    record: SecurityEventRecorded | None
+    index: int = 0
+    damage: str = ""
+
+    @property
+    def chain_index(self) -> int:
+        return int(self.record.chain_index) if self.record is not None else self.index
+
+
+@dataclass(frozen=True)
+class TrustedKeys:
+    """The public keys a record may be signed with.
+
+    Audit keys (AuditKeyPublished) sign records; before auth had one, the access-token key of
+    the time did, so a token key is trusted only for records older than the first audit key.
+    """
+
+    audit: Mapping[str, Ed25519PublicKey]
+    token: Mapping[str, Ed25519PublicKey] = field(default_factory=dict)
+    audit_since_ns: int | None = None  # when the first audit key was published; None: none yet
+
+    def key_for(self, key_id: str, occurred_at_ns: int) -> Ed25519PublicKey | None:
+        if (key := self.audit.get(key_id)) is not None:
+            return key
+        if self.audit_since_ns is not None and occurred_at_ns >= self.audit_since_ns:
+            return None
+        return self.token.get(key_id)
+
+    def signed(self, key_id: str, occurred_at_ns: int, signature: bytes, record_hash: bytes) -> bool:
+        key = self.key_for(key_id, occurred_at_ns)
+        if key is None:
+            return False
+        try:
+            key.verify(signature, record_hash)
+        except InvalidSignature:
+            return False
+        return True
+
+
+class CheckpointInvalid(Exception):
+    """A checkpoint file that cannot be read; the message names it and says why."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The chain's head at one moment: its number and hash, with auth's signature over the hash."""
+
+    chain_index: int
+    record_hash: bytes
+    key_id: str
+    signature: bytes
+    occurred_at_ns: int  # the head record's own time
+    taken_at: str = ""  # when the operator took it (ISO 8601), for the report
+    source: str = ""  # where it was read from ("checkpoint FILE"), for the report
+
+    @classmethod
+    def of(cls, record: SecurityEventRecorded, *, taken_at: str = "", source: str = "") -> Checkpoint:
+        return cls(
+            chain_index=int(record.chain_index),
+            record_hash=bytes(record.record_hash),
+            key_id=record.key_id,
+            signature=bytes(record.signature),
+            occurred_at_ns=int(record.occurred_at_unix_ns),
+            taken_at=taken_at,
+            source=source,
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "chain_index": self.chain_index,
+                "record_hash": self.record_hash.hex(),
+                "key_id": self.key_id,
+                "signature": base64.b64encode(self.signature).decode(),
+                "record_time": datetime.fromtimestamp(self.occurred_at_ns / 1e9, UTC).isoformat(),
+                "record_time_ns": self.occurred_at_ns,
+                "taken_at": self.taken_at,
+            },
+            indent=1,
+        )
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str) -> Checkpoint:
+        try:
+            data = json.loads(text)
+            if data.get("format") != CHECKPOINT_FORMAT:
+                raise CheckpointInvalid(f"{source}: not a Parley audit checkpoint ({CHECKPOINT_FORMAT})")
+            checkpoint = cls(
+                chain_index=int(data["chain_index"]),
+                record_hash=bytes.fromhex(data["record_hash"]),
+                key_id=str(data["key_id"]),
+                signature=base64.b64decode(data["signature"], validate=True),
+                occurred_at_ns=int(data["record_time_ns"]),
+                taken_at=str(data.get("taken_at", "")),
+                source=source,
+            )
+        except CheckpointInvalid:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointInvalid(f"{source}: not a readable audit checkpoint ({exc})") from None
+        if checkpoint.chain_index < 1 or len(checkpoint.record_hash) != len(GENESIS):
+            raise CheckpointInvalid(f"{source}: not a readable audit checkpoint (no record number or hash)")
+        return checkpoint
+
+    @property
+    def name(self) -> str:
+        """How a report names it: its source ("checkpoint FILE", "the live SEC stream") and when."""
+        when = f" (taken {self.taken_at})" if self.taken_at else ""
+        return f"{self.source or 'the checkpoint'}{when}"
 
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # modified, forged, deleted, inserted, reordered, broken-link
+    kind: str  # modified, forged, deleted, inserted, reordered, broken-link, truncated, unreadable, rewritten
     chain_index: int
     position: int
     detail: str
@@ -50,29 +172,51 @@ class Finding:
 
 
 def verify_chain(
-    records: Sequence[StoredRecord], keys: dict[str, Ed25519PublicKey], *, expected_last_index: int | None = None
+    records: Sequence[StoredRecord],
+    keys: TrustedKeys,
+    *,
+    expected_last_index: int | None = None,
+    checkpoints: Sequence[Checkpoint] = (),
 ) -> list[Finding]:
     """Findings over `records` in stored order. `expected_last_index` (the live chain's head,
-    from the SEC stream) also catches records cut from the end, which no chain can show alone."""
+    from the SEC stream) also catches records cut from the end, which no chain can show alone;
+    each checkpoint's hash must be the hash of the record at its number. Unreadable rows are
+    named and the rest of the chain is checked around them."""
     findings: list[Finding] = []
-    counts = Counter(r.record.chain_index for r in records)
     for stored in records:
-        record, index = stored.record, stored.record.chain_index
+        if stored.record is None:
+            findings.append(Finding("unreadable", stored.index, stored.position, stored.damage))
+            continue
+        record, index = stored.record, stored.chain_index
         if record_digest(record) != record.record_hash:
             findings.append(Finding("modified", index, stored.position, "its content does not match its hash"))
             continue
-        key = keys.get(record.key_id)
-        try:
-            if key is None:
-                raise InvalidSignature
-            key.verify(record.signature, record.record_hash)
-        except InvalidSignature:
+        if not keys.signed(record.key_id, record.occurred_at_unix_ns, record.signature, record.record_hash):
             findings.append(
-                Finding("forged", index, stored.position, "not signed by auth's key: inserted or rewritten")
+                Finding("forged", index, stored.position, "not signed by auth's audit key: inserted or rewritten")
             )
+    findings.extend(_copies_and_gaps(records))
+    findings.extend(_order_and_links(records))
+    last = max((r.chain_index for r in records), default=0)
+    end = max((r.position for r in records), default=0)
+    if expected_last_index is not None and last < expected_last_index:
+        findings.extend(
+            Finding("truncated", index, end, "missing from the end of the archive (or not archived yet: re-run)")
+            for index in range(last + 1, expected_last_index + 1)
+        )
+    for checkpoint in checkpoints:
+        findings.extend(
+            _against_checkpoint(records, keys, checkpoint, last=last, end=end, expected_last_index=expected_last_index)
+        )
+    return findings
+
+
+def _copies_and_gaps(records: Sequence[StoredRecord]) -> list[Finding]:
+    findings: list[Finding] = []
+    counts = Counter(r.chain_index for r in records)
     seen_first: dict[int, int] = {}
     for stored in records:
-        index = stored.record.chain_index
+        index = stored.chain_index
         if counts[index] > 1 and index in seen_first:
             findings.append(
                 Finding("inserted", index, stored.position, f"a second copy of the record at {seen_first[index]}")
@@ -81,37 +225,68 @@ def verify_chain(
     if records:
         present = set(counts)
         for missing in sorted(set(range(1, max(present) + 1)) - present):
-            after = max((r.position for r in records if r.record.chain_index < missing), default=0)
+            after = max((r.position for r in records if r.chain_index < missing), default=0)
             findings.append(Finding("deleted", missing, after, "missing from the chain"))
+    return findings
+
+
+def _order_and_links(records: Sequence[StoredRecord]) -> list[Finding]:
+    findings: list[Finding] = []
     previous: StoredRecord | None = None
     for stored in records:
         record = stored.record
-        if previous is not None:
-            before = previous.record
-            if record.chain_index < before.chain_index:
-                findings.append(
-                    Finding(
-                        "reordered",
-                        record.chain_index,
-                        stored.position,
-                        f"stored after record #{before.chain_index}",
-                    )
+        if previous is not None and stored.chain_index < previous.chain_index:
+            findings.append(
+                Finding(
+                    "reordered", stored.chain_index, stored.position, f"stored after record #{previous.chain_index}"
                 )
-            elif record.chain_index == before.chain_index + 1 and record.prev_hash != before.record_hash:
-                findings.append(
-                    Finding("broken-link", record.chain_index, stored.position, "does not point at the record before")
-                )
-        elif record.chain_index == 1 and record.prev_hash != GENESIS:
+            )
+        elif (
+            previous is not None
+            and record is not None
+            and previous.record is not None  # an unreadable neighbour's hash is unknown
+            and stored.chain_index == previous.chain_index + 1
+            and record.prev_hash != previous.record.record_hash
+        ):
+            findings.append(
+                Finding("broken-link", stored.chain_index, stored.position, "does not point at the record before")
+            )
+        elif previous is None and record is not None and record.chain_index == 1 and record.prev_hash != GENESIS:
             findings.append(Finding("broken-link", 1, stored.position, "the first record must point at genesis"))
         previous = stored
-    last = max((r.record.chain_index for r in records), default=0)
-    if expected_last_index is not None and last < expected_last_index:
-        end = max((r.position for r in records), default=0)
-        findings.extend(
-            Finding("truncated", index, end, "missing from the end of the archive (or not archived yet: re-run)")
-            for index in range(last + 1, expected_last_index + 1)
-        )
     return findings
+
+
+def _against_checkpoint(
+    records: Sequence[StoredRecord],
+    keys: TrustedKeys,
+    checkpoint: Checkpoint,
+    *,
+    last: int,
+    end: int,
+    expected_last_index: int | None,
+) -> list[Finding]:
+    index = checkpoint.chain_index
+    if not keys.signed(checkpoint.key_id, checkpoint.occurred_at_ns, checkpoint.signature, checkpoint.record_hash):
+        return [Finding("bad-checkpoint", index, 0, f"{checkpoint.name} is not signed by a published audit key")]
+    if index > last:
+        if expected_last_index is not None and index <= expected_last_index:
+            return []  # reported as truncated already
+        return [Finding("truncated", index, end, f"missing from the end of the archive ({checkpoint.name} has it)")]
+    found = next((r for r in records if r.chain_index == index), None)
+    if found is None or found.record is None:
+        return []  # reported as deleted or unreadable already
+    if found.record.record_hash != checkpoint.record_hash:
+        return [
+            Finding(
+                "rewritten",
+                index,
+                found.position,
+                f"its hash is not the one in {checkpoint.name}: records #1..#{index} were rewritten "
+                "(re-linked and re-signed: by someone holding auth's keys)",
+            )
+        ]
+    return []
 
 
 @dataclass

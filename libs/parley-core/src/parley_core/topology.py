@@ -61,6 +61,11 @@ def signing_key_subject(key_id: str) -> str:
     return stream_subject("auth", "key", key_id)
 
 
+def audit_key_subject(key_id: str) -> str:
+    """The public half of one of auth's audit keys (AuditKeyPublished)."""
+    return stream_subject("auth", "auditkey", key_id)
+
+
 def lockout_subject(account_key: str) -> str:
     """Failed-login counts of one (possibly nonexistent) username, keyed by its digest."""
     return stream_subject("auth", "lockout", account_key)
@@ -150,6 +155,7 @@ def due_filter(owner: str) -> str:
 
 
 SIGNING_KEYS_FILTER = "parley.auth.key.>"
+AUDIT_KEYS_FILTER = "parley.auth.auditkey.>"
 CHANNELS_FILTER = "parley.msg.channel.>"
 HEARTBEATS_FILTER = "parley.fleet.heartbeat.>"
 PATCH_FILTER = "parley.patch.>"

@@ -21,7 +21,7 @@ release it without waiting.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from time import time
 
@@ -107,6 +107,17 @@ class LockoutBook:
             if counter is not None and (until := counter.locked_until(policy)) > now:
                 return Locked(scope, until - now)
         return None
+
+    def would_lock(self, username: str, source: str, *, at: float | None = None) -> Locked | None:
+        """The lockout one more failure `at` (default now) would start, without counting it (auth
+        records a lockout before it appends the failure that starts it)."""
+        now = self.clock() if at is None else at
+        started: Locked | None = None
+        for scope, counter, policy in self._counters(username, source):
+            trial = replace(counter) if counter is not None else _Counter()
+            if (duration := trial.count(now, policy)) > 0 and (started is None or duration > started.retry_after_s):
+                started = Locked(scope, duration)
+        return started
 
     def record_failure(self, username: str, source: str, *, at: float | None = None) -> Locked | None:
         """Count a failure that happened `at` (default now); returns the lockout it starts, if any."""

@@ -1,6 +1,6 @@
-"""TOTP (RFC 6238) through `cryptography`'s twofactor module, sealed secrets, recovery codes.
+"""TOTP (RFC 6238) through `cryptography`'s twofactor module, and recovery codes; no I/O.
 
-No I/O beyond reading or creating auth's MFA key file. A code is checked against the current
+Secrets are sealed before they reach an event (parley_auth.sealing). A code is checked against the current
 time step and one step either side (clock drift); the step it matched is returned so the
 caller can record it and never accept that step (or an earlier one) again: a code is good once.
 """
@@ -13,13 +13,9 @@ import hmac
 import os
 import secrets
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
-
-from parley_core.files import write_private_file
 
 ISSUER = "Parley"
 DIGITS = 6
@@ -27,7 +23,6 @@ STEP_S = 30
 SECRET_BYTES = 20  # 160 bits, as RFC 4226 recommends
 DRIFT_STEPS = 1
 RECOVERY_CODES = 10
-NONCE_BYTES = 12
 
 
 def new_secret() -> bytes:
@@ -77,27 +72,6 @@ def new_recovery_codes() -> list[str]:
 def recovery_digest(code: str) -> bytes:
     """Codes carry 80 random bits, so a plain SHA-256 of the normalised code cannot be reversed."""
     return hashlib.sha256(code.strip().lower().replace(" ", "").encode()).digest()
-
-
-class SecretSealer:
-    """AES-256-GCM under a key kept in auth's secrets folder, bound to the user id."""
-
-    def __init__(self, key: bytes) -> None:
-        self._aead = AESGCM(key)
-
-    @classmethod
-    def load_or_create(cls, path: Path) -> SecretSealer:
-        if not path.exists():
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            write_private_file(path, AESGCM.generate_key(bit_length=256))
-        return cls(path.read_bytes())
-
-    def seal(self, secret: bytes, user_id: str) -> bytes:
-        nonce = os.urandom(NONCE_BYTES)
-        return nonce + self._aead.encrypt(nonce, secret, user_id.encode())
-
-    def open(self, sealed: bytes, user_id: str) -> bytes:
-        return self._aead.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], user_id.encode())
 
 
 @dataclass

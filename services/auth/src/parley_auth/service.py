@@ -13,7 +13,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,7 @@ from parley.auth.v1.events_pb2 import (
     AccountDisabled,
     AccountEnabled,
     AccountErased,
+    AuditKeyPublished,
     DeviceKeysPublished,
     DeviceRemoved,
     InviteCreated,
@@ -54,6 +55,7 @@ from parley.auth.v1.events_pb2 import (
 )
 
 from parley_auth import keys, mfa
+from parley_auth.audit_key import AUDIT_KEY_FILE, AuditSigner
 from parley_auth.domain import (
     DEFAULT_ROLE,
     MAX_PASSWORD_LENGTH,
@@ -69,6 +71,15 @@ from parley_auth.domain import (
 from parley_auth.key_rotation import KeySchedule, SigningKeyState, key_in_use, replaced_at
 from parley_auth.lockout import LockoutBook, Scope
 from parley_auth.passwords import hash_password, needs_rehash, verify_password
+from parley_auth.sealing import (
+    PASSWORD_HASH,
+    RECOVERY_CODE,
+    RECOVERY_CODES,
+    REFRESH_TOKEN,
+    SealedFieldUnreadable,
+    SecretSealer,
+    digests,
+)
 from parley_auth.sessions import (
     REFRESH_TOKEN_LIFETIME_S,
     RefreshVerdict,
@@ -82,9 +93,10 @@ from parley_auth.settings import AuthSettings
 from parley_auth.signing import TokenIssuer
 from parley_auth.storage_due import StorageDue
 from parley_core.audit import AuditChain
+from parley_core.audit_log import chain_head
 from parley_core.bus import ConcurrencyConflict, DurableConsumer, ReceivedEvent, Replay
-from parley_core.config import AUTH_MFA_KEY_FILE
-from parley_core.envelope import NewEvent, decode, open_payload
+from parley_core.config import AUTH_SEALING_KEY_FILE
+from parley_core.envelope import NewEvent, open_payload
 from parley_core.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -93,6 +105,7 @@ from parley_core.errors import (
     PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
+    Unavailable,
 )
 from parley_core.rate import TokenBuckets
 from parley_core.rbac import ACCOUNT_ACTION_PERMISSIONS, AccountAction, Permission, may_act_on_account, may_assign
@@ -102,6 +115,7 @@ from parley_core.tokens import ALGORITHM, Caller, bearer_token
 from parley_core.topology import (
     CONSUMERS,
     PLATFORM_USER,
+    audit_key_subject,
     lockout_subject,
     signing_key_subject,
     stream_subject,
@@ -169,7 +183,10 @@ def device_proto(device: keys.DeviceRecord) -> auth_pb2.Device:
 log = logging.getLogger(__name__)
 
 LOGIN_FAILED = "username or password is wrong"
-AUDIT_APPEND_ATTEMPTS = 5
+# Conflicts on SEC are other auth instances' records (each retry re-reads the head and links
+# again); past this many in a row the call fails rather than go unrecorded.
+AUDIT_APPEND_ATTEMPTS = 20
+MAX_NOT_MADE_DETAIL = 200
 REFRESH_INVALID = "refresh token is invalid or expired; log in again"
 MAX_ID_LENGTH = 64
 MAX_REASON_LENGTH = 500
@@ -200,6 +217,11 @@ def check_account_action(caller: Caller | None, action: AccountAction, target: A
     target_role = target.role if target is not None else ""
     if not may_act_on_account(caller.role, action, target_role=target_role):
         raise PermissionDenied(f"only an owner may {action} an owner")
+
+
+def _read(account: Account) -> tuple[int, int]:
+    """The account's version and sequence now: what a change decided now is appended at."""
+    return account.user_version, account.user_seq
 
 
 def account_proto(account: Account) -> auth_pb2.Account:
@@ -243,7 +265,9 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         self._key_maintenance: asyncio.Task[None] | None = None
         self.invites: dict[bytes, InviteState] = {}
         self._device_locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._sealer: mfa.SecretSealer | None = None
+        self._sealer: SecretSealer | None = None
+        self._audit_signer: AuditSigner | None = None
+        self.audit_keys: set[str] = set()  # published audit key ids
         self._audit = AuditChain()
         self._audit_lock = asyncio.Lock()
         self._sec_last_seq = 0
@@ -258,10 +282,12 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
         self._issuer = TokenIssuer.load_or_create(self._signing_key_path, lifetime_s=self.settings.access_token_seconds)
-        self._sealer = mfa.SecretSealer.load_or_create(ctx.settings.secrets_dir / AUTH_MFA_KEY_FILE)
+        self._sealer = SecretSealer.load_or_create(ctx.settings.secrets_dir / AUTH_SEALING_KEY_FILE)
+        self._audit_signer = AuditSigner.load_or_create(ctx.settings.secrets_dir / AUDIT_KEY_FILE)
         await self._load_audit_head()
         self._replay = await ctx.bus.replay(stream="AUTH", filter_subject="parley.auth.>", handler=self._apply)
         await self._replay.wait_caught_up()
+        await self._publish_audit_key()
         # An erased name is tombstoned before a registration can take it: a restored folder's
         # erasures are handed over this way.
         [due] = [c for c in CONSUMERS if c.service == "auth"]
@@ -313,17 +339,34 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         event = NewEvent(
             aggregate_type="signing_key", aggregate_id=subject_key, payload=published, actor="service:auth"
         )
-        with contextlib.suppress(ConcurrencyConflict):  # another instance sharing the key published it
-            await self.ctx.bus.append(
-                signing_key_subject(subject_key),
-                event,
-                aggregate_version=state.version + 1 if state else 1,
-                expected_last_subject_seq=state.last_seq if state else 0,
-            )
+        detail = f"{previous} -> {issuer.key_id}: the key in use is not in this data folder's secrets"
+        version, seq = (state.version + 1, state.last_seq) if state else (1, 0)  # as read now
+        async with contextlib.AsyncExitStack() as recorded:
+            if previous:
+                await recorded.enter_async_context(
+                    self._recorded("signing_key_replaced", actor="service:auth", detail=detail)
+                )
+            with contextlib.suppress(ConcurrencyConflict):  # another instance sharing the key published it
+                await self.ctx.bus.append(
+                    signing_key_subject(subject_key), event, aggregate_version=version, expected_last_subject_seq=seq
+                )
         await self._settle()  # known to this instance's projection before it signs
-        if previous:
-            detail = f"{previous} -> {issuer.key_id}: the key in use is not in this data folder's secrets"
-            await self._security("signing_key_replaced", actor="service:auth", detail=detail)
+
+    async def _publish_audit_key(self) -> None:
+        """The public half of the key this instance signs audit records with, once: on a new
+        folder, or when the folder lacks the key the earlier records were signed with (a restore
+        without it): those keep verifying with their own published key."""
+        assert self._audit_signer is not None
+        signer = self._audit_signer
+        if signer.key_id in self.audit_keys:
+            return
+        published = AuditKeyPublished(key_id=signer.key_id, algorithm="Ed25519", public_key=signer.public_key)
+        event = NewEvent(
+            aggregate_type="audit_key", aggregate_id=signer.key_id, payload=published, actor="service:auth"
+        )
+        with contextlib.suppress(FailedPrecondition):  # another instance sharing the key published it
+            await self._append(audit_key_subject(signer.key_id), event, version=1, expected_seq=0)
+        await self._settle()
 
     # -- projection -------------------------------------------------------------------------
 
@@ -331,8 +374,12 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         payload = open_payload(event.envelope)
         at = event.envelope.occurred_at.ToNanoseconds() / 1e9
         if isinstance(payload, UserRegistered):
-            self.accounts.add(Account(payload.user_id, payload.username, payload.password_hash, payload.role))
+            password_hash = self._unsealed_text(payload.sealed_password_hash, payload.password_hash, payload.user_id)
+            self.accounts.add(Account(payload.user_id, payload.username, password_hash, payload.role))
             self.username_holders[username_key(payload.username)] = payload.user_id
+            return
+        if isinstance(payload, AuditKeyPublished):
+            self.audit_keys.add(payload.key_id)
             return
         if isinstance(payload, AccountErased):
             # Its events are being deleted from the stream; its name stays taken (see AccountErased).
@@ -382,7 +429,9 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                 started_at=at,
                 source=payload.source,
                 mfa=payload.mfa,
-                current=payload.refresh_token_sha256,
+                current=self._unsealed(
+                    payload.sealed_refresh_token_sha256, payload.refresh_token_sha256, REFRESH_TOKEN, payload.session_id
+                ),
                 last_refreshed_at=at,
                 last_seq=event.stream_seq,
                 version=1,
@@ -394,7 +443,10 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                 return
             session.last_seq, session.version = event.stream_seq, session.version + 1
             if isinstance(payload, RefreshTokenRotated):
-                session.rotate(payload.previous_sha256, payload.refresh_token_sha256, at)
+                sealed, plain, owner = payload.sealed_previous_sha256, payload.previous_sha256, payload.session_id
+                previous = self._unsealed(sealed, plain, REFRESH_TOKEN, owner)
+                sealed, plain = payload.sealed_refresh_token_sha256, payload.refresh_token_sha256
+                session.rotate(previous, self._unsealed(sealed, plain, REFRESH_TOKEN, owner), at)
             else:
                 session.revoked_reason = payload.reason or "revoked"
 
@@ -454,21 +506,55 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         elif isinstance(payload, AccountEnabled):
             account.disabled = False
         elif isinstance(payload, PasswordChanged):
-            account.password_hash = payload.password_hash
+            sealed, plain = payload.sealed_password_hash, payload.password_hash
+            account.password_hash = self._unsealed_text(sealed, plain, account.user_id)
         elif isinstance(payload, TotpEnrolmentStarted):
             state.pending_secret = payload.sealed_secret
         elif isinstance(payload, TotpEnrolled):
             state.secret, state.pending_secret = state.pending_secret, b""
-            state.recovery = set(payload.recovery_code_sha256)
+            state.recovery = self._recovery_set(payload, account.user_id)
         elif isinstance(payload, TotpCodeAccepted):
             state.last_step = max(state.last_step, payload.time_step)
         elif isinstance(payload, RecoveryCodeUsed):
-            state.recovery.discard(payload.recovery_code_sha256)
+            used = payload.recovery_code_sha256
+            if payload.sealed_recovery_code_sha256:
+                used = self._unsealed(payload.sealed_recovery_code_sha256, b"", RECOVERY_CODE, account.user_id)
+            state.recovery.discard(used)
         elif isinstance(payload, TotpReset):
             # Single use is per secret: the next enrolment's secret starts its own count.
             self.mfa[account.user_id] = mfa.MfaState()
         elif isinstance(payload, RecoveryCodesRegenerated):
-            state.recovery = set(payload.recovery_code_sha256)
+            state.recovery = self._recovery_set(payload, account.user_id)
+
+    # -- sealed secrets (parley_auth.sealing): every service reads AUTH, only auth opens them ----
+
+    def _seal(self, value: bytes, field: str, owner: str) -> bytes:
+        assert self._sealer is not None
+        return self._sealer.seal_field(value, field=field, owner=owner)
+
+    def _unsealed(self, sealed: bytes, plain: bytes, field: str, owner: str) -> bytes:
+        """The value from its sealed field; from the plaintext one in an event written before
+        auth sealed it. One that does not open (another key: secrets/auth-mfa-key.bin is not
+        this event log's) is empty, which matches nothing: that account cannot log in."""
+        if not sealed:
+            return plain
+        assert self._sealer is not None
+        try:
+            return self._sealer.open_field(sealed, field=field, owner=owner)
+        except SealedFieldUnreadable as exc:
+            log.error("%s: restore the data folder's %s from the key backup", exc, AUTH_SEALING_KEY_FILE)
+            return b""
+
+    def _unsealed_text(self, sealed: bytes, plain: str, user_id: str) -> str:
+        return self._unsealed(sealed, plain.encode(), PASSWORD_HASH, user_id).decode()
+
+    def _recovery_set(self, payload: TotpEnrolled | RecoveryCodesRegenerated, user_id: str) -> set[bytes]:
+        if payload.sealed_recovery_codes:
+            return digests(self._unsealed(payload.sealed_recovery_codes, b"", RECOVERY_CODES, user_id))
+        return set(payload.recovery_code_sha256)
+
+    def _sealed_recovery_codes(self, codes: list[str], user_id: str) -> bytes:
+        return self._seal(b"".join(mfa.recovery_digest(c) for c in codes), RECOVERY_CODES, user_id)
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -489,11 +575,15 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         assert self._replay is not None
         await self._replay.wait_for_seq(await self.ctx.bus.append_after_last(subject, event))
 
-    async def _user_event(self, account: Account, payload: Message, actor: str) -> None:
+    async def _user_event(
+        self, account: Account, payload: Message, actor: str, *, read: tuple[int, int] | None = None
+    ) -> None:
+        """Appended at the account's version and sequence as they were when the change was
+        decided (`read`, from `_read`: taken before the audit record is written, which yields to
+        other calls), so a change that raced it refuses this one; by default as they are now."""
+        version, seq = read or _read(account)
         event = NewEvent(aggregate_type="user", aggregate_id=account.user_id, payload=payload, actor=actor)
-        await self._append(
-            user_subject(account.user_id), event, version=account.user_version + 1, expected_seq=account.user_seq
-        )
+        await self._append(user_subject(account.user_id), event, version=version + 1, expected_seq=seq)
 
     async def _session_event(self, session: Session, payload: Message, actor: str) -> None:
         event = NewEvent(aggregate_type="session", aggregate_id=session.session_id, payload=payload, actor=actor)
@@ -502,24 +592,24 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         )
 
     async def _load_audit_head(self) -> None:
-        """The chain continues from the newest record on the SEC stream."""
-        info = await self.ctx.bus.js.stream_info("SEC")
-        self._sec_last_seq = info.state.last_seq
+        """The chain continues from the newest audit record on the SEC stream, which need not be
+        the stream's newest message (another writer's message is no link in the chain)."""
+        head = await chain_head(self.ctx.bus.js)
+        self._sec_last_seq = head.stream_last_seq
         self._audit = AuditChain()
-        if self._sec_last_seq:
-            raw = await self.ctx.bus.js.get_msg("SEC", self._sec_last_seq)
-            payload = open_payload(decode(raw.data or b""))
-            if isinstance(payload, SecurityEventRecorded):
-                self._audit.advance(payload)
+        if head.record is not None:
+            self._audit.advance(head.record)
 
-    async def _security(self, kind: str, *, actor: str, user_id: str = "", **fields: Any) -> None:
+    async def _security(self, kind: str, *, actor: str, user_id: str = "", **fields: Any) -> int:
         """An audit record on the SEC stream: for the SIEM, and a link in the signed hash chain.
+        Returns its chain number.
 
         Appends are ordered after the stream's last message, so two auth instances cannot fork
-        the chain: the loser reloads the head and links again. A record that cannot be written
-        is logged as an error but does not fail the user's call.
+        the chain: the loser reloads the head and links again. A record is written before the
+        change it reports (see _recorded), so one that cannot be written fails the call
+        (UNAVAILABLE) before the change is made: nothing happens unrecorded.
         """
-        assert self._issuer is not None
+        assert self._audit_signer is not None
         fields.setdefault("source", REQUEST_SOURCE.get())
         async with self._audit_lock:
             for _ in range(AUDIT_APPEND_ATTEMPTS):
@@ -527,12 +617,12 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                     kind=kind,
                     user_id=user_id,
                     actor=actor,
-                    key_id=self._issuer.key_id,
+                    key_id=self._audit_signer.key_id,
                     occurred_at_unix_ns=time.time_ns(),
                     **fields,
                 )
                 self._audit.link(record)
-                record.signature = self._issuer.sign(record.record_hash)
+                record.signature = self._audit_signer.sign(record.record_hash)
                 event = NewEvent(
                     aggregate_type="security", aggregate_id=user_id or "unknown", payload=record, actor=actor
                 )
@@ -547,23 +637,43 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                 except ConcurrencyConflict:
                     await self._load_audit_head()
                     continue
-                except Exception:
+                except Exception as exc:
                     log.exception("audit record not written", extra={"kind": kind, "user_id": user_id})
-                    return
+                    raise Unavailable(
+                        f"the audit trail refused the {kind} record ({exc}); the change it records was not made,"
+                        " try again (the operator checks the SEC stream)"
+                    ) from exc
                 self._audit.advance(record)
                 self._sec_last_seq = appended.stream_seq
-                return
+                return int(record.chain_index)
             log.error("audit record not written: the SEC stream kept moving", extra={"kind": kind})
+            raise Unavailable(f"the audit trail is busy; the {kind} change was not made, try again")
+
+    @contextlib.asynccontextmanager
+    async def _recorded(self, kind: str, *, actor: str, user_id: str = "", **fields: Any) -> AsyncIterator[int]:
+        """Around a change: its audit record is written first, so a change whose record cannot be
+        written is not made. If the change then fails, a `change_not_made` record names the
+        record it contradicts (as long as the trail can still be written): the trail may hold an
+        attempt that did not take effect, never miss a change that did."""
+        index = await self._security(kind, actor=actor, user_id=user_id, **fields)
+        try:
+            yield index
+        except Exception as exc:
+            why = (str(exc) or type(exc).__name__)[:MAX_NOT_MADE_DETAIL]
+            with contextlib.suppress(Unavailable):
+                await self._security(
+                    "change_not_made", actor=actor, user_id=user_id, detail=f"record #{index} ({kind}): {why}"
+                )
+            raise
 
     async def _revoke(self, session: Session, reason: str, actor: str) -> None:
         if session.revoked:
             return
-        await self._session_event(
-            session, SessionRevoked(session_id=session.session_id, user_id=session.user_id, reason=reason), actor
-        )
-        await self._security(
-            "session_revoked", actor=actor, user_id=session.user_id, detail=f"{session.session_id}: {reason}"
-        )
+        detail = f"{session.session_id}: {reason}"
+        async with self._recorded("session_revoked", actor=actor, user_id=session.user_id, detail=detail):
+            await self._session_event(
+                session, SessionRevoked(session_id=session.session_id, user_id=session.user_id, reason=reason), actor
+            )
 
     # -- who is calling -----------------------------------------------------------------------
 
@@ -623,13 +733,13 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             raise AlreadyExists(USERNAME_UNAVAILABLE)
         return username, password_hash
 
-    async def _create(self, username: str, password_hash: str, role: str, actor: str, user_id: str = "") -> Account:
+    async def _create(self, username: str, password_hash: str, role: str, actor: str, user_id: str) -> Account:
         assert self._replay is not None
-        user_id = user_id or uuid.uuid4().hex
+        sealed = self._seal(password_hash.encode(), PASSWORD_HASH, user_id)
         event = NewEvent(
             aggregate_type="user",
             aggregate_id=user_id,
-            payload=UserRegistered(user_id=user_id, username=username, password_hash=password_hash, role=role),
+            payload=UserRegistered(user_id=user_id, username=username, sealed_password_hash=sealed, role=role),
             actor=actor or f"user:{user_id}",
         )
         try:
@@ -651,21 +761,28 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                 "self-registration is closed on this server; an administrator creates accounts "
                 "(`parley admin create-user`)"
             )
+        user_id = uuid.uuid4().hex
+        invite: tuple[bytes, InviteState] | None = None
         if mode == "open":
             username, password_hash = await self._claimable(request.username, request.password, self_service=True)
-            account = await self._create(username, password_hash, DEFAULT_ROLE, "")
+            role = DEFAULT_ROLE
         else:
-            account = await self._register_with_invite(request)
-        await self._security(
+            invite = self._valid_invite(request)
+            role = invite[1].role
+            username, password_hash = await self._claimable(request.username, request.password, self_service=True)
+        async with self._recorded(
             "account_registered",
-            actor=f"user:{account.user_id}",
-            user_id=account.user_id,
-            username=account.username,
-            detail=f"{mode} registration as {account.role}",
-        )
+            actor=f"user:{user_id}",
+            user_id=user_id,
+            username=username,
+            detail=f"{mode} registration as {role}",
+        ):
+            if invite is not None:
+                await self._redeem(*invite, user_id=user_id)
+            account = await self._create(username, password_hash, role, "", user_id)
         return auth_pb2.RegisterResponse(user_id=account.user_id, username=account.username)
 
-    async def _register_with_invite(self, request: auth_pb2.RegisterRequest) -> Account:
+    def _valid_invite(self, request: auth_pb2.RegisterRequest) -> tuple[bytes, InviteState]:
         """The invitation is redeemed (atomically, once) before the account is created; what
         could make the creation fail (name unavailable, weak password) is checked first, so a
         valid invitation is not burnt by a typo."""
@@ -677,9 +794,9 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         if invite is None or invite.redeemed or invite.expires_at_unix < time.time():
             raise PermissionDenied("this invitation is unknown, expired or already used; ask for a new one")
         # Read before hashing yields to other calls: of racing redemptions only one append lands.
-        invite_seq = invite.last_seq
-        username, password_hash = await self._claimable(request.username, request.password, self_service=True)
-        user_id = uuid.uuid4().hex
+        return invite_hash, InviteState(invite.role, invite.expires_at_unix, last_seq=invite.last_seq)
+
+    async def _redeem(self, invite_hash: bytes, invite: InviteState, *, user_id: str) -> None:
         redeemed = NewEvent(
             aggregate_type="invite",
             aggregate_id=invite_hash.hex(),
@@ -687,10 +804,9 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             actor=f"user:{user_id}",
         )
         try:
-            await self._append(invite_subject(invite_hash), redeemed, version=2, expected_seq=invite_seq)
+            await self._append(invite_subject(invite_hash), redeemed, version=2, expected_seq=invite.last_seq)
         except FailedPrecondition:
             raise PermissionDenied("this invitation was used at the same moment; ask for a new one") from None
-        return await self._create(username, password_hash, invite.role, "", user_id=user_id)
 
     async def CreateInvite(self, request: auth_pb2.CreateInviteRequest, context: Context) -> auth_pb2.Invite:
         caller = self._caller_or_platform(context)
@@ -714,8 +830,8 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             payload=InviteCreated(invite_sha256=invite_hash, role=role, created_by=actor, expires_at_unix=expires),
             actor=actor,
         )
-        await self._append(invite_subject(invite_hash), event, version=1, expected_seq=0)
-        await self._security("invite_created", actor=actor, detail=f"role {role}, valid {hours} h")
+        async with self._recorded("invite_created", actor=actor, detail=f"role {role}, valid {hours} h"):
+            await self._append(invite_subject(invite_hash), event, version=1, expected_seq=0)
         return auth_pb2.Invite(invite_code=code, role=role, expires_at_unix=expires)
 
     # -- signing keys ---------------------------------------------------------------------------
@@ -740,22 +856,22 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             key_id=issuer.key_id, algorithm=ALGORITHM, public_key=issuer.public_key, replaces_key_id=previous
         )
         event = NewEvent(aggregate_type="signing_key", aggregate_id=previous, payload=published, actor="service:auth")
+        version, seq = state.version + 1, state.last_seq  # as read now: of racing rotations, one lands
         try:
-            await self.ctx.bus.append(
-                signing_key_subject(previous),
-                event,
-                aggregate_version=state.version + 1,
-                expected_last_subject_seq=state.last_seq,
-            )
-        except ConcurrencyConflict:
+            async with self._recorded("signing_key_rotated", actor=actor, detail=f"{previous} -> {issuer.key_id}"):
+                await self.ctx.bus.append(
+                    signing_key_subject(previous), event, aggregate_version=version, expected_last_subject_seq=seq
+                )
+        except (ConcurrencyConflict, Unavailable) as exc:
             staged.unlink(missing_ok=True)
+            if isinstance(exc, Unavailable):
+                raise
             await self._settle()  # the winner's successor, adopted as it is applied
             return self._issuer
         staged.replace(self._signing_key_path)
         # This instance's verifier must know the key before a token signed with it is handed out.
         await self._settle()
         self._issuer = issuer
-        await self._security("signing_key_rotated", actor=actor, detail=f"{previous} -> {issuer.key_id}")
         return issuer
 
     def _adopt_successor(self, published: SigningKeyPublished) -> None:
@@ -777,8 +893,8 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         event = NewEvent(
             aggregate_type="signing_key", aggregate_id=key_id, payload=SigningKeyRetired(key_id=key_id), actor=actor
         )
-        await self._append(signing_key_subject(key_id), event, version=2, expected_seq=None)
-        await self._security("signing_key_retired", actor=actor, detail=key_id)
+        async with self._recorded("signing_key_retired", actor=actor, detail=key_id):
+            await self._append(signing_key_subject(key_id), event, version=2, expected_seq=None)
 
     async def _maintain_signing_keys(self) -> None:
         """Rotates the signing key on schedule (PARLEY_AUTH_SIGNING_KEY_ROTATION_SECONDS) and
@@ -851,14 +967,11 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             raise PermissionDenied(f"role {caller.role!r} may not create a user with role {role!r}")
         actor = f"user:{caller.user_id}" if caller else PLATFORM_USER
         username, password_hash = await self._claimable(request.username, request.password, self_service=False)
-        account = await self._create(username, password_hash, role, actor)
-        await self._security(
-            "role_assigned",
-            actor=actor,
-            user_id=account.user_id,
-            username=account.username,
-            detail=f"created as {role}",
-        )
+        user_id = uuid.uuid4().hex
+        async with self._recorded(
+            "role_assigned", actor=actor, user_id=user_id, username=username, detail=f"created as {role}"
+        ):
+            account = await self._create(username, password_hash, role, actor, user_id)
         return account_proto(account)
 
     async def GetAccount(self, request: auth_pb2.GetAccountRequest, context: Context) -> auth_pb2.Account:
@@ -885,15 +998,13 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         if account.role == role:
             return account_proto(account)
         actor = f"user:{caller.user_id}" if caller else PLATFORM_USER
-        previous = account.role
-        await self._user_event(account, RoleAssigned(user_id=account.user_id, role=role, previous_role=previous), actor)
-        await self._security(
-            "role_assigned",
-            actor=actor,
-            user_id=account.user_id,
-            username=account.username,
-            detail=f"{previous} -> {role}",
-        )
+        previous, read = account.role, _read(account)
+        detail = f"{previous} -> {role}"
+        async with self._recorded(
+            "role_assigned", actor=actor, user_id=account.user_id, username=account.username, detail=detail
+        ):
+            assigned = RoleAssigned(user_id=account.user_id, role=role, previous_role=previous)
+            await self._user_event(account, assigned, actor, read=read)
         return account_proto(account)
 
     async def SetAccountDisabled(
@@ -907,11 +1018,11 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             if request.disabled
             else AccountEnabled(user_id=account.user_id)
         )
-        await self._user_event(account, payload, actor)
-        kind = "account_disabled" if request.disabled else "account_enabled"
-        await self._security(
+        kind, read = "account_disabled" if request.disabled else "account_enabled", _read(account)
+        async with self._recorded(
             kind, actor=actor, user_id=account.user_id, username=account.username, detail=request.reason
-        )
+        ):
+            await self._user_event(account, payload, actor, read=read)
         return account_proto(account)
 
     # -- login and sessions -------------------------------------------------------------------
@@ -937,35 +1048,37 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         if account.disabled:
             raise Unauthenticated("this account is disabled; ask an administrator")
         used_mfa = await self._second_factor(account, request, key, source)
-        await self._succeeded(key, source)
         actor = f"user:{account.user_id}"
-        if needs_rehash(account.password_hash):
-            # The hashing parameters were raised since this password was set.
-            new_hash = await hash_password(request.password)
-            await self._user_event(account, PasswordChanged(user_id=account.user_id, password_hash=new_hash), actor)
         session_id = uuid.uuid4().hex
         refresh = new_refresh_token(session_id)
-        event = NewEvent(
-            aggregate_type="session",
-            aggregate_id=session_id,
-            payload=SessionStarted(
+        new_source = not any(s.source == source for s in self.sessions.of_user(account.user_id))
+        read = _read(account)
+        async with self._recorded(
+            "login_succeeded", actor=actor, user_id=account.user_id, username=account.username, source=source
+        ):
+            if new_source:
+                await self._security(
+                    "new_session_source", actor=actor, user_id=account.user_id, username=account.username, source=source
+                )
+            await self._succeeded(key, source)
+            if needs_rehash(account.password_hash):
+                # The hashing parameters were raised since this password was set.
+                await self._set_password(account, await hash_password(request.password), actor, read)
+            started = SessionStarted(
                 session_id=session_id,
                 user_id=account.user_id,
-                refresh_token_sha256=digest(refresh),
+                sealed_refresh_token_sha256=self._seal(digest(refresh), REFRESH_TOKEN, session_id),
                 source=source,
                 mfa=used_mfa,
-            ),
-            actor=actor,
-        )
-        await self._append(session_subject(session_id), event, version=1, expected_seq=0)
-        await self._security(
-            "login_succeeded", actor=actor, user_id=account.user_id, username=account.username, source=source
-        )
-        if not any(s.source == source for s in self.sessions.of_user(account.user_id) if s.session_id != session_id):
-            await self._security(
-                "new_session_source", actor=actor, user_id=account.user_id, username=account.username, source=source
             )
+            event = NewEvent(aggregate_type="session", aggregate_id=session_id, payload=started, actor=actor)
+            await self._append(session_subject(session_id), event, version=1, expected_seq=0)
         return self._tokens(account, session_id, refresh, mfa=used_mfa)
+
+    async def _set_password(self, account: Account, password_hash: str, actor: str, read: tuple[int, int]) -> None:
+        sealed = self._seal(password_hash.encode(), PASSWORD_HASH, account.user_id)
+        changed = PasswordChanged(user_id=account.user_id, sealed_password_hash=sealed)
+        await self._user_event(account, changed, actor, read=read)
 
     @staticmethod
     def _lockout_event(payload: LoginFailureCounted | LoginFailuresCleared) -> NewEvent:
@@ -991,9 +1104,9 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         expected sequence: counts add up in any order. Reports the lockout it starts."""
         await self._security(kind, actor=actor, user_id=user_id, username=key, source=source, detail=detail)
         counted = self._lockout_event(LoginFailureCounted(account_key=key, source=source))
-        await self._append(lockout_subject(username_key(key)), counted, version=0, expected_seq=None)
-        # The caller checked the lockout before trying the secret: a lock now is a new one.
-        if (locked := self.lockouts.check(key, budget_key(source))) is not None:
+        # The caller checked the lockout before trying the secret: a lock this failure starts is a
+        # new one, recorded before the failure that starts it is counted.
+        if (locked := self.lockouts.would_lock(key, budget_key(source))) is not None:
             where = "this account from this address" if locked.scope is Scope.PAIR else "this address"
             await self._security(
                 "lockout",
@@ -1004,6 +1117,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                 detail=f"{where} locked for {locked.retry_after_s:.0f} s",
                 locked_until_unix=int(time.time() + locked.retry_after_s),
             )
+        await self._append(lockout_subject(username_key(key)), counted, version=0, expected_seq=None)
 
     async def _succeeded(self, key: str, source: str) -> None:
         """The right secret from this address: its pair's count starts again (no other one's)."""
@@ -1073,7 +1187,8 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             if step is not None:
                 accepted = TotpCodeAccepted(user_id=account.user_id, time_step=step)
         elif (code := mfa.recovery_digest(request.recovery_code[:64])) in state.recovery:
-            accepted = RecoveryCodeUsed(user_id=account.user_id, recovery_code_sha256=code)
+            sealed = self._seal(code, RECOVERY_CODE, account.user_id)
+            accepted = RecoveryCodeUsed(user_id=account.user_id, sealed_recovery_code_sha256=sealed)
         if accepted is not None:
             try:
                 # Appended on the user's subject at the version we read: of two logins racing
@@ -1100,7 +1215,6 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         if account.disabled:
             raise Unauthenticated("this account is disabled; ask an administrator")
         if verdict is RefreshVerdict.REUSED:
-            await self._revoke(session, "refresh token reuse", "service:auth")
             await self._security(
                 "refresh_token_reuse",
                 actor="service:auth",
@@ -1109,13 +1223,14 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                 source=self._source(context),
                 detail=session.session_id,
             )
+            await self._revoke(session, "refresh token reuse", "service:auth")
             raise Unauthenticated("this refresh token was already used; the session is revoked, log in again")
         refresh = new_refresh_token(session.session_id)
         rotated = RefreshTokenRotated(
             session_id=session.session_id,
             user_id=session.user_id,
-            previous_sha256=presented,
-            refresh_token_sha256=digest(refresh),
+            sealed_previous_sha256=self._seal(presented, REFRESH_TOKEN, session.session_id),
+            sealed_refresh_token_sha256=self._seal(digest(refresh), REFRESH_TOKEN, session.session_id),
         )
         try:
             await self._session_event(session, rotated, f"user:{session.user_id}")
@@ -1147,9 +1262,11 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             proven=lambda: verify_password(account.password_hash, request.current_password),
         )
         check_password_policy(request.new_password, account.username)
+        read = _read(account)  # the password checked was this version's
         new_hash = await hash_password(request.new_password)
         actor = f"user:{caller.user_id}"
-        await self._user_event(account, PasswordChanged(user_id=account.user_id, password_hash=new_hash), actor)
+        async with self._recorded("password_changed", actor=actor, user_id=account.user_id, username=account.username):
+            await self._set_password(account, new_hash, actor, read)
         for session in self.sessions.of_user(account.user_id):
             if session.session_id != caller.session_id:
                 await self._revoke(session, "password changed", actor)
@@ -1220,11 +1337,14 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         assert step is not None
         codes = mfa.new_recovery_codes()
         actor = f"user:{account.user_id}"
-        enrolled = TotpEnrolled(user_id=account.user_id, recovery_code_sha256=[mfa.recovery_digest(c) for c in codes])
-        await self._user_event(account, enrolled, actor)
-        # The confirming code is spent too: it cannot be replayed at login.
-        await self._user_event(account, TotpCodeAccepted(user_id=account.user_id, time_step=step), actor)
-        await self._security("mfa_enrolled", actor=actor, user_id=account.user_id, username=account.username)
+        enrolled = TotpEnrolled(
+            user_id=account.user_id, sealed_recovery_codes=self._sealed_recovery_codes(codes, account.user_id)
+        )
+        read = _read(account)
+        async with self._recorded("mfa_enrolled", actor=actor, user_id=account.user_id, username=account.username):
+            await self._user_event(account, enrolled, actor, read=read)
+            # The confirming code is spent too: it cannot be replayed at login.
+            await self._user_event(account, TotpCodeAccepted(user_id=account.user_id, time_step=step), actor)
         return auth_pb2.ConfirmTotpEnrolmentResponse(recovery_codes=codes)
 
     async def SetMfaRequired(
@@ -1239,8 +1359,8 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             payload=MfaRequirementSet(role=role, required=request.required),
             actor=actor,
         )
-        await self._append(MFA_POLICY_SUBJECT, event, version=0, expected_seq=None)
-        await self._security("mfa_policy_changed", actor=actor, detail=f"{role}: required={request.required}")
+        async with self._recorded("mfa_policy_changed", actor=actor, detail=f"{role}: required={request.required}"):
+            await self._append(MFA_POLICY_SUBJECT, event, version=0, expected_seq=None)
         return auth_pb2.SetMfaRequiredResponse()
 
     async def ResetMfa(self, request: auth_pb2.ResetMfaRequest, context: Context) -> auth_pb2.Account:
@@ -1251,10 +1371,11 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         state = self.mfa.get(account.user_id)
         if state is None or not (state.enrolled or state.pending_secret):
             raise FailedPrecondition(f"{account.username} has no two-factor authentication to reset")
-        await self._user_event(account, TotpReset(user_id=account.user_id, reason=request.reason), actor)
-        await self._security(
+        read = _read(account)
+        async with self._recorded(
             "mfa_reset", actor=actor, user_id=account.user_id, username=account.username, detail=request.reason
-        )
+        ):
+            await self._user_event(account, TotpReset(user_id=account.user_id, reason=request.reason), actor, read=read)
         for session in self.sessions.of_user(account.user_id):
             await self._revoke(session, "two-factor authentication reset", actor)
         return account_proto(account)
@@ -1302,12 +1423,13 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             raise InvalidArgument("give a current TOTP code (totp_code) or your password (password)")
         codes = mfa.new_recovery_codes()
         regenerated = RecoveryCodesRegenerated(
-            user_id=account.user_id, recovery_code_sha256=[mfa.recovery_digest(c) for c in codes]
+            user_id=account.user_id, sealed_recovery_codes=self._sealed_recovery_codes(codes, account.user_id)
         )
-        await self._user_event(account, regenerated, actor)
-        await self._security(
+        read = _read(account)
+        async with self._recorded(
             "recovery_codes_regenerated", actor=actor, user_id=account.user_id, username=account.username
-        )
+        ):
+            await self._user_event(account, regenerated, actor, read=read)
         return auth_pb2.RegenerateRecoveryCodesResponse(recovery_codes=codes)
 
     # -- E2EE key directory ------------------------------------------------------------------
@@ -1462,18 +1584,18 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.RemoveDeviceResponse:
         caller = self._caller(context)
         device_id = keys.validate_device_id(request.device_id)
-        removed: list[bool] = []
 
         def decide(device: keys.DeviceRecord | None) -> Message | None:
             if device is None:
                 if (caller.user_id, device_id) in self.keys.removed:
                     return None  # a retried removal
                 raise NotFound("no such device of yours; `parley devices` lists them")
-            removed[:] = [True]
             return DeviceRemoved(user_id=caller.user_id, device_id=device_id, removed_by=caller.user_id)
 
         actor = f"user:{caller.user_id}"
-        await self._change_device(caller.user_id, device_id, actor, decide)
-        if removed:
-            await self._security("device_removed", actor=actor, user_id=caller.user_id, detail=device_id)
+        if self.keys.get(caller.user_id, device_id) is None:
+            await self._change_device(caller.user_id, device_id, actor, decide)  # a retry, or NOT_FOUND
+            return auth_pb2.RemoveDeviceResponse()
+        async with self._recorded("device_removed", actor=actor, user_id=caller.user_id, detail=device_id):
+            await self._change_device(caller.user_id, device_id, actor, decide)
         return auth_pb2.RemoveDeviceResponse()

@@ -1,17 +1,17 @@
 """Who may read what from the archive. Pure rules over the calling peer and the user behind it.
 
-The user's role comes from the access token's `role` claim (parley_core.tokens.Caller.role). The
-auth service's fuller RBAC is being built in parallel; until it lands, `security-auditor` in that
-claim is what grants audit access.
+The user's role is the one storage's own access projection holds for them now
+(parley_core.tokens.Caller.role); `security-auditor` is what grants audit access.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 from parley_core.errors import PermissionDenied
 from parley_core.tokens import Caller
-from parley_core.topology import PLATFORM_USER, SERVICES, STREAMS
+from parley_core.topology import PLATFORM_USER, SERVICES, STREAMS, STREAMS_BY_NAME
 
 AUDITOR_ROLE = "security-auditor"
 GATEWAY = "gateway"
@@ -36,17 +36,46 @@ class Requester:
         return self.caller.user_id if self.caller is not None else self.peer
 
 
-def readable_streams(requester: Requester) -> frozenset[str] | None:
-    """Streams the requester may read raw events of; None means all of them.
+class View(Enum):
+    """How much of an archived event a reader gets."""
 
-    A service reads, from the archive, exactly the streams NATS lets it read live: the readers
-    declared in topology. The gateway only forwards users, so it gets nothing on its own account.
+    REFUSED = "refused"
+    METADATA = "metadata"  # position, type, aggregate, actor, time; no content (ArchivedEvent.withheld)
+    WITHOUT_SECRETS = "without secrets"  # content, with the writer's secret fields withheld
+    FULL = "full"
+
+
+# What people write to each other: an auditor sees that it happened, never what it says.
+CONTENT_STREAMS = frozenset({"MSG"})
+
+
+def stream_view(requester: Requester, stream: str) -> View:
+    """What `requester` reads of `stream` through every archive API (ReadArchivedStream,
+    GetAggregateEvents, QueryAudit): the matrix in README's security section.
+
+    A service reads, from the archive, exactly the streams NATS lets it read live (the readers
+    declared in topology); the operator's tooling every stream; an auditor every stream, `MSG`
+    as metadata only. Fields marked secret (password hashes, token digests) go to the service
+    that wrote them and to no one else. The gateway only forwards users: nothing on its own account.
     """
-    if requester.is_operator or requester.is_auditor:
-        return None
-    if requester.peer in SERVICES and requester.peer != GATEWAY:
-        return frozenset(s.name for s in STREAMS if requester.peer in s.readers or s.owner == requester.peer)
-    raise PermissionDenied(f"reading archived events needs the {AUDITOR_ROLE!r} role")
+    spec = STREAMS_BY_NAME[stream]
+    if requester.is_auditor and stream in CONTENT_STREAMS:
+        return View.METADATA
+    service = requester.peer in SERVICES and requester.peer != GATEWAY
+    if not (requester.is_auditor or requester.is_operator) and not (
+        service and (requester.peer in spec.readers or spec.owner == requester.peer)
+    ):
+        return View.REFUSED
+    writer = service and not requester.is_auditor and spec.owner == requester.peer
+    return View.FULL if writer else View.WITHOUT_SECRETS
+
+
+def readable_streams(requester: Requester) -> frozenset[str]:
+    """Streams the requester reads anything of; refused when none."""
+    streams = frozenset(s.name for s in STREAMS if stream_view(requester, s.name) is not View.REFUSED)
+    if not streams:
+        raise PermissionDenied(f"reading archived events needs the {AUDITOR_ROLE!r} role")
+    return streams
 
 
 def require_auditor(requester: Requester) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from parley.common.v1.envelope_pb2 import EventEnvelope
 from parley.messaging.v1.events_pb2 import (
     ChannelCreated,
@@ -97,6 +97,9 @@ class StoredEvent:
     occurred_at_ns: int
     actor: str
     envelope: EventEnvelope | None
+    # The row does not open with its key at its position (its content altered, or moved from
+    # another row): envelope is None, and it is not an erasure.
+    unreadable: bool = False
 
 
 @dataclass(frozen=True)
@@ -376,6 +379,13 @@ class SqlEventArchive:
         return decode(open_sealed(key, bytes(row.envelope), aad))
 
     def _stored_event(self, conn: Connection, row: Row[Any]) -> StoredEvent:
+        """The row as stored, its envelope opened where it can be: a damaged row is reported as
+        such (by position and aggregate version) instead of failing the whole read."""
+        unreadable = False
+        try:
+            envelope = self._open_row(conn, row)
+        except (RecordUnreadable, DecodeError):
+            envelope, unreadable = None, True
         return StoredEvent(
             stream=row.stream,
             stream_seq=row.stream_seq,
@@ -387,7 +397,8 @@ class SqlEventArchive:
             aggregate_version=row.aggregate_version,
             occurred_at_ns=row.occurred_at_ns,
             actor=row.actor,
-            envelope=self._open_row(conn, row),
+            envelope=envelope,
+            unreadable=unreadable,
         )
 
     def _apply_edit(self, conn: Connection, edit: MessageEdited, item: ReceivedEvent) -> None:

@@ -17,6 +17,7 @@ from parley.storage.v1.events_pb2 import KeyEncryptionKeyRotated, RetentionPolic
 from parley_core.envelope import NewEvent
 from parley_core.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from parley_core.runner import RunContext
+from parley_core.secret_fields import envelope_without_secrets
 from parley_core.tokens import Caller
 from parley_core.topology import (
     PLATFORM_USER,
@@ -27,7 +28,7 @@ from parley_core.topology import (
     retention_subject,
 )
 from parley_storage import access
-from parley_storage.access import Requester
+from parley_storage.access import Requester, View
 from parley_storage.archive import RetentionPolicy, SqlEventArchive, StoredEvent
 from parley_storage.export import EXPORT_FORMAT, build_export
 from parley_storage.lag import measure_lag
@@ -50,7 +51,12 @@ def _page_size(limit: int) -> int:
     return limit or DEFAULT_PAGE
 
 
-def _to_proto(event: StoredEvent, cursor: int = 0) -> storage_pb2.ArchivedEvent:
+def _to_proto(event: StoredEvent, view: View, cursor: int = 0) -> storage_pb2.ArchivedEvent:
+    """The event as `view` lets its reader see it."""
+    envelope = event.envelope
+    if envelope is not None and view is View.WITHOUT_SECRETS:
+        envelope = envelope_without_secrets(envelope)  # None: a type unknown here, withheld whole
+    withheld = event.envelope is not None and (view is View.METADATA or envelope is None)
     return storage_pb2.ArchivedEvent(
         stream=event.stream,
         stream_seq=event.stream_seq,
@@ -62,8 +68,10 @@ def _to_proto(event: StoredEvent, cursor: int = 0) -> storage_pb2.ArchivedEvent:
         aggregate_version=event.aggregate_version,
         occurred_at_ns=event.occurred_at_ns,
         actor=event.actor,
-        envelope=event.envelope.SerializeToString() if event.envelope is not None else b"",
-        erased=event.envelope is None,
+        envelope=envelope.SerializeToString() if envelope is not None and not withheld else b"",
+        erased=event.envelope is None and not event.unreadable,
+        unreadable=event.unreadable,
+        withheld=withheld,
         cursor=cursor,
     )
 
@@ -91,20 +99,23 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
     async def ReadArchivedStream(
         self, request: storage_pb2.ReadArchivedStreamRequest, context: Context
     ) -> storage_pb2.ArchivedEventsPage:
-        allowed = access.readable_streams(self._requester(context))
+        requester = self._requester(context)
+        access.readable_streams(requester)
         if request.stream not in STREAMS_BY_NAME:
             raise InvalidArgument(f"unknown stream {request.stream!r}; streams: {', '.join(sorted(STREAMS_BY_NAME))}")
-        if allowed is not None and request.stream not in allowed:
-            raise PermissionDenied(f"your service does not read stream {request.stream}")
+        view = access.stream_view(requester, request.stream)
+        if view is View.REFUSED:
+            raise PermissionDenied(f"you do not read stream {request.stream} from the archive")
         stored, has_more = await self._archive.stream_events(
             request.stream, after_seq=request.after_seq, limit=_page_size(request.limit)
         )
-        return storage_pb2.ArchivedEventsPage(events=[_to_proto(e) for e in stored], has_more=has_more)
+        return storage_pb2.ArchivedEventsPage(events=[_to_proto(e, view) for e in stored], has_more=has_more)
 
     async def GetAggregateEvents(
         self, request: storage_pb2.GetAggregateEventsRequest, context: Context
     ) -> storage_pb2.ArchivedEventsPage:
-        allowed = access.readable_streams(self._requester(context))
+        requester = self._requester(context)
+        allowed = access.readable_streams(requester)
         if not request.aggregate_type or not request.aggregate_id:
             raise InvalidArgument("aggregate_type and aggregate_id are required")
         stored, has_more = await self._archive.aggregate_events(
@@ -114,12 +125,15 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
             limit=_page_size(request.limit),
             streams=allowed,
         )
-        return storage_pb2.ArchivedEventsPage(events=[_to_proto(e) for e in stored], has_more=has_more)
+        return storage_pb2.ArchivedEventsPage(
+            events=[_to_proto(e, access.stream_view(requester, e.stream)) for e in stored], has_more=has_more
+        )
 
     async def QueryAudit(
         self, request: storage_pb2.QueryAuditRequest, context: Context
     ) -> storage_pb2.ArchivedEventsPage:
-        access.require_auditor(self._requester(context))
+        requester = self._requester(context)
+        access.require_auditor(requester)
         if request.until_ns and request.since_ns and request.until_ns <= request.since_ns:
             raise InvalidArgument("until_ns must be after since_ns")
         found, has_more = await self._archive.audit_events(
@@ -130,7 +144,10 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
             after_id=request.after_cursor,
             limit=_page_size(request.limit),
         )
-        return storage_pb2.ArchivedEventsPage(events=[_to_proto(e, row_id) for row_id, e in found], has_more=has_more)
+        return storage_pb2.ArchivedEventsPage(
+            events=[_to_proto(e, access.stream_view(requester, e.stream), row_id) for row_id, e in found],
+            has_more=has_more,
+        )
 
     async def GetArchiveLag(
         self, request: storage_pb2.GetArchiveLagRequest, context: Context

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from alembic.runtime.migration import MigrationContext
-from parley.auth.v1.events_pb2 import TotpEnrolled
+from parley.auth.v1.events_pb2 import TotpEnrolled, UserRegistered
 from sqlalchemy import Connection, func, select
 from sqlalchemy.exc import DBAPIError
 
-from parley_core.config import AUTH_MFA_KEY_FILE, REGISTRY_FOLDER, Settings
+from parley_core.config import AUTH_SEALING_KEY_FILE, REGISTRY_FOLDER, Settings
 from parley_storage.archive import open_engine
 from parley_storage.backup import (
     BACKUP_KEY_FILE,
@@ -62,20 +62,26 @@ class NoArchive(Exception):
     """The data folder or database named holds no Parley archive (a wrong --data-dir, say)."""
 
 
-# Secrets the services need to run on the restored event log, by the archived events that need them.
-SECRETS_FOR_EVENTS = {TotpEnrolled.DESCRIPTOR.full_name: AUTH_MFA_KEY_FILE}
+# Secrets the services need to run on the restored event log, by the archived events that need
+# them, and what those events hold (for the refusal's message).
+SECRETS_FOR_EVENTS = {
+    UserRegistered.DESCRIPTOR.full_name: (AUTH_SEALING_KEY_FILE, "accounts' password hashes"),
+    TotpEnrolled.DESCRIPTOR.full_name: (AUTH_SEALING_KEY_FILE, "MFA enrolments' TOTP secrets"),
+}
 
 
 def require_platform_secrets(conn: Connection, secrets_dir: Path) -> None:
     """Refuse a restore whose event log the platform could not use without a missing secret."""
-    kinds = conn.execute(
-        select(events.c.event_type).where(events.c.event_type.in_(list(SECRETS_FOR_EVENTS))).distinct()
-    )
-    missing = sorted({SECRETS_FOR_EVENTS[kind] for kind in kinds.scalars()} - {p.name for p in secrets_dir.iterdir()})
+    query = select(events.c.event_type).where(events.c.event_type.in_(list(SECRETS_FOR_EVENTS))).distinct()
+    kinds = set(conn.execute(query).scalars())
+    present = {p.name for p in secrets_dir.iterdir()}
+    needed = [secret for kind, secret in SECRETS_FOR_EVENTS.items() if kind in kinds]
+    missing = sorted({secret for secret, _ in needed} - present)
     if missing:
+        holds = " and ".join(what for secret, what in needed if secret in missing)
         raise RestoreRefused(
-            f"the archive holds MFA enrolments, whose TOTP secrets auth sealed with {', '.join(missing)}: copy it "
-            f"from your key backup into {secrets_dir} as well (without it those users could not log in)"
+            f"the archive holds {holds}, which auth sealed with {', '.join(missing)}: copy it from your key backup"
+            f" into {secrets_dir} as well (without it those users could not log in)"
         )
 
 

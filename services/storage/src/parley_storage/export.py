@@ -9,11 +9,10 @@ from datetime import UTC, datetime
 from google.protobuf.json_format import MessageToDict
 
 from parley_core.envelope import UnknownEventType, open_payload
+from parley_core.secret_fields import clear_secrets
 from parley_storage.archive import StoredEvent
 
 EXPORT_FORMAT = "parley-user-export/1"
-# Secrets about the user are not their personal data to hand out: a password hash helps only an attacker.
-WITHHELD_FIELDS = frozenset({"passwordHash"})
 
 
 def _payload(event: StoredEvent) -> dict[str, object] | None:
@@ -23,7 +22,10 @@ def _payload(event: StoredEvent) -> dict[str, object] | None:
         payload = open_payload(event.envelope)
     except UnknownEventType:
         return {"undecodable": event.envelope.payload.hex()}
-    return {k: v for k, v in MessageToDict(payload).items() if k not in WITHHELD_FIELDS}
+    # Secrets about the user (password hash, token digests) are not their personal data to hand
+    # out: they help only an attacker.
+    clear_secrets(payload)
+    return dict(MessageToDict(payload))
 
 
 def build_export(user_id: str, stored: Sequence[StoredEvent], *, now: datetime | None = None) -> bytes:

@@ -20,7 +20,14 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class UserRegistered(_message.Message):
-    """Appended on subject parley.auth.username.<sha256(normalized username)> with an expected
+    """Secrets in these events (password hashes, TOTP secrets, recovery-code and refresh-token
+    digests) are sealed with AES-256-GCM under auth's key (secrets/auth-mfa-key.bin, see
+    parley_auth.sealing), bound to what they belong to: every service reads the AUTH stream, only
+    auth can open them. Fields marked secret are also withheld by the archive API from every
+    reader but auth. The plaintext fields are what versions before the sealing wrote: auth still
+    reads them, and writes only the sealed ones.
+
+    Appended on subject parley.auth.username.<sha256(normalized username)> with an expected
     last subject sequence of 0: the stream itself refuses a second account of the same name,
     and the account exists in one atomic append.
     """
@@ -31,11 +38,14 @@ class UserRegistered(_message.Message):
     USERNAME_FIELD_NUMBER: _builtins.int
     PASSWORD_HASH_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
+    SEALED_PASSWORD_HASH_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     username: _builtins.str
     password_hash: _builtins.str
-    """argon2id PHC string, never the password"""
+    """before sealing: argon2id PHC string"""
     role: _builtins.str
+    sealed_password_hash: _builtins.bytes
+    """the argon2id PHC string, sealed"""
     def __init__(
         self,
         *,
@@ -43,10 +53,11 @@ class UserRegistered(_message.Message):
         username: _builtins.str = ...,
         password_hash: _builtins.str = ...,
         role: _builtins.str = ...,
+        sealed_password_hash: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["password_hash", b"password_hash", "role", b"role", "user_id", b"user_id", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["password_hash", b"password_hash", "role", b"role", "sealed_password_hash", b"sealed_password_hash", "user_id", b"user_id", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -166,18 +177,21 @@ class PasswordChanged(_message.Message):
 
     USER_ID_FIELD_NUMBER: _builtins.int
     PASSWORD_HASH_FIELD_NUMBER: _builtins.int
+    SEALED_PASSWORD_HASH_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     password_hash: _builtins.str
-    """argon2id PHC string"""
+    """before sealing: argon2id PHC string"""
+    sealed_password_hash: _builtins.bytes
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
         password_hash: _builtins.str = ...,
+        sealed_password_hash: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["password_hash", b"password_hash", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["password_hash", b"password_hash", "sealed_password_hash", b"sealed_password_hash", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -185,7 +199,7 @@ Global___PasswordChanged: _TypeAlias = PasswordChanged  # noqa: Y015
 
 @_typing.final
 class SessionStarted(_message.Message):
-    """A login. Refresh tokens are stored only as SHA-256 digests."""
+    """A login. Refresh tokens are kept only as SHA-256 digests, sealed."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -194,12 +208,15 @@ class SessionStarted(_message.Message):
     REFRESH_TOKEN_SHA256_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     MFA_FIELD_NUMBER: _builtins.int
+    SEALED_REFRESH_TOKEN_SHA256_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     user_id: _builtins.str
     refresh_token_sha256: _builtins.bytes
+    """before sealing"""
     source: _builtins.str
     mfa: _builtins.bool
     """the login used a second factor; refreshed tokens keep saying so"""
+    sealed_refresh_token_sha256: _builtins.bytes
     def __init__(
         self,
         *,
@@ -208,10 +225,11 @@ class SessionStarted(_message.Message):
         refresh_token_sha256: _builtins.bytes = ...,
         source: _builtins.str = ...,
         mfa: _builtins.bool = ...,
+        sealed_refresh_token_sha256: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["mfa", b"mfa", "refresh_token_sha256", b"refresh_token_sha256", "session_id", b"session_id", "source", b"source", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mfa", b"mfa", "refresh_token_sha256", b"refresh_token_sha256", "sealed_refresh_token_sha256", b"sealed_refresh_token_sha256", "session_id", b"session_id", "source", b"source", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -225,10 +243,16 @@ class RefreshTokenRotated(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     PREVIOUS_SHA256_FIELD_NUMBER: _builtins.int
     REFRESH_TOKEN_SHA256_FIELD_NUMBER: _builtins.int
+    SEALED_PREVIOUS_SHA256_FIELD_NUMBER: _builtins.int
+    SEALED_REFRESH_TOKEN_SHA256_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     user_id: _builtins.str
     previous_sha256: _builtins.bytes
+    """before sealing"""
     refresh_token_sha256: _builtins.bytes
+    """before sealing"""
+    sealed_previous_sha256: _builtins.bytes
+    sealed_refresh_token_sha256: _builtins.bytes
     def __init__(
         self,
         *,
@@ -236,10 +260,12 @@ class RefreshTokenRotated(_message.Message):
         user_id: _builtins.str = ...,
         previous_sha256: _builtins.bytes = ...,
         refresh_token_sha256: _builtins.bytes = ...,
+        sealed_previous_sha256: _builtins.bytes = ...,
+        sealed_refresh_token_sha256: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous_sha256", b"previous_sha256", "refresh_token_sha256", b"refresh_token_sha256", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous_sha256", b"previous_sha256", "refresh_token_sha256", b"refresh_token_sha256", "sealed_previous_sha256", b"sealed_previous_sha256", "sealed_refresh_token_sha256", b"sealed_refresh_token_sha256", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -302,8 +328,10 @@ class SecurityEventRecorded(_message.Message):
     locked_until_unix: _builtins.int
     chain_index: _builtins.int
     """The audit hash chain (parley_core.audit): records are numbered from 1 without gaps, each
-    holds the previous record's hash, and auth signs each hash with its Ed25519 key so the
-    chain cannot be recomputed by whoever can edit the archive. `parley audit verify` checks it.
+    holds the previous record's hash, and auth signs each hash with its audit key (Ed25519,
+    AuditKeyPublished; records older than the first audit key were signed with the access-token
+    key of their time) so the chain cannot be recomputed by whoever can edit the archive.
+    `parley audit verify` checks it, against the operator's checkpoints too.
     """
     prev_hash: _builtins.bytes
     record_hash: _builtins.bytes
@@ -311,7 +339,7 @@ class SecurityEventRecorded(_message.Message):
     signature: _builtins.bytes
     """Ed25519 over record_hash"""
     key_id: _builtins.str
-    """SigningKeyPublished.key_id of the signing key"""
+    """AuditKeyPublished.key_id (SigningKeyPublished.key_id on older records)"""
     occurred_at_unix_ns: _builtins.int
     def __init__(
         self,
@@ -371,18 +399,24 @@ class TotpEnrolled(_message.Message):
 
     USER_ID_FIELD_NUMBER: _builtins.int
     RECOVERY_CODE_SHA256_FIELD_NUMBER: _builtins.int
+    SEALED_RECOVERY_CODES_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
+    sealed_recovery_codes: _builtins.bytes
+    """the 32-byte digests, concatenated, sealed"""
     @_builtins.property
-    def recovery_code_sha256(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    def recovery_code_sha256(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """before sealing"""
+
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
         recovery_code_sha256: _abc.Iterable[_builtins.bytes] | None = ...,
+        sealed_recovery_codes: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["recovery_code_sha256", b"recovery_code_sha256", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recovery_code_sha256", b"recovery_code_sha256", "sealed_recovery_codes", b"sealed_recovery_codes", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -418,17 +452,21 @@ class RecoveryCodeUsed(_message.Message):
 
     USER_ID_FIELD_NUMBER: _builtins.int
     RECOVERY_CODE_SHA256_FIELD_NUMBER: _builtins.int
+    SEALED_RECOVERY_CODE_SHA256_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     recovery_code_sha256: _builtins.bytes
+    """before sealing"""
+    sealed_recovery_code_sha256: _builtins.bytes
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
         recovery_code_sha256: _builtins.bytes = ...,
+        sealed_recovery_code_sha256: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["recovery_code_sha256", b"recovery_code_sha256", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recovery_code_sha256", b"recovery_code_sha256", "sealed_recovery_code_sha256", b"sealed_recovery_code_sha256", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -717,18 +755,24 @@ class RecoveryCodesRegenerated(_message.Message):
 
     USER_ID_FIELD_NUMBER: _builtins.int
     RECOVERY_CODE_SHA256_FIELD_NUMBER: _builtins.int
+    SEALED_RECOVERY_CODES_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
+    sealed_recovery_codes: _builtins.bytes
+    """as in TotpEnrolled"""
     @_builtins.property
-    def recovery_code_sha256(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    def recovery_code_sha256(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """before sealing"""
+
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
         recovery_code_sha256: _abc.Iterable[_builtins.bytes] | None = ...,
+        sealed_recovery_codes: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["recovery_code_sha256", b"recovery_code_sha256", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recovery_code_sha256", b"recovery_code_sha256", "sealed_recovery_codes", b"sealed_recovery_codes", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -814,3 +858,36 @@ class AccountErased(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AccountErased: _TypeAlias = AccountErased  # noqa: Y015
+
+@_typing.final
+class AuditKeyPublished(_message.Message):
+    """On parley.auth.auditkey.<key_id>: the public half of a key auth signs audit records with
+    (SecurityEventRecorded.signature). Its own key, never the access-token signing key, kept in
+    secrets/auth-audit-key.pem; published once when auth first signs with it (a new one when a
+    restored or damaged folder lacks the old one: records of its time still verify with it).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    ALGORITHM_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    algorithm: _builtins.str
+    """"Ed25519" """
+    public_key: _builtins.bytes
+    """raw, 32 bytes"""
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        algorithm: _builtins.str = ...,
+        public_key: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "key_id", b"key_id", "public_key", b"public_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditKeyPublished: _TypeAlias = AuditKeyPublished  # noqa: Y015

@@ -105,6 +105,8 @@ class ArchivedEvent(_message.Message):
     ENVELOPE_FIELD_NUMBER: _builtins.int
     ERASED_FIELD_NUMBER: _builtins.int
     CURSOR_FIELD_NUMBER: _builtins.int
+    UNREADABLE_FIELD_NUMBER: _builtins.int
+    WITHHELD_FIELD_NUMBER: _builtins.int
     stream: _builtins.str
     stream_seq: _builtins.int
     subject: _builtins.str
@@ -121,6 +123,15 @@ class ArchivedEvent(_message.Message):
     """its data key was crypto-shredded: envelope is empty for good"""
     cursor: _builtins.int
     """pass as after_cursor to QueryAudit for the next page"""
+    unreadable: _builtins.bool
+    """The archive cannot open this row (its content was altered, or moved from another row):
+    envelope is empty, the row's other fields are as stored. Distinct from erased.
+    """
+    withheld: _builtins.bool
+    """The content is not for this reader (message bodies for an auditor): envelope is empty.
+    Fields marked secret are withheld from every reader but the service that wrote them,
+    without this flag (the envelope holds the rest).
+    """
     def __init__(
         self,
         *,
@@ -137,10 +148,12 @@ class ArchivedEvent(_message.Message):
         envelope: _builtins.bytes = ...,
         erased: _builtins.bool = ...,
         cursor: _builtins.int = ...,
+        unreadable: _builtins.bool = ...,
+        withheld: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "aggregate_version", b"aggregate_version", "cursor", b"cursor", "envelope", b"envelope", "erased", b"erased", "event_id", b"event_id", "event_type", b"event_type", "occurred_at_ns", b"occurred_at_ns", "stream", b"stream", "stream_seq", b"stream_seq", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "aggregate_version", b"aggregate_version", "cursor", b"cursor", "envelope", b"envelope", "erased", b"erased", "event_id", b"event_id", "event_type", b"event_type", "occurred_at_ns", b"occurred_at_ns", "stream", b"stream", "stream_seq", b"stream_seq", "subject", b"subject", "unreadable", b"unreadable", "withheld", b"withheld"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

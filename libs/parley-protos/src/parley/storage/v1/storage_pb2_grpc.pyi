@@ -67,7 +67,10 @@ class StorageArchiveServiceStub:
     - ReadArchivedStream / GetAggregateEvents: a service peer (mutual TLS) for the streams it is a
       declared reader of in topology.py, the operator's platform identity, or a user token with
       role `security-auditor`. This is how a service rebuilds state older than JetStream retention.
-    - QueryAudit: a user token with role `security-auditor` only.
+      What each reader sees of each stream is one table (parley_storage.access.stream_view): fields
+      marked secret only for the service that wrote them; `MSG` for an auditor as metadata only
+      (ArchivedEvent.withheld).
+    - QueryAudit: a user token with role `security-auditor` only, with the same views.
     - GetArchiveLag, ListRetentionPolicies: the platform identity or a `security-auditor`.
     - ExportUserData / EraseUserData: the user themself, or the platform identity acting for them.
     """
@@ -106,7 +109,10 @@ class StorageArchiveServiceAsyncStub(StorageArchiveServiceStub):
     - ReadArchivedStream / GetAggregateEvents: a service peer (mutual TLS) for the streams it is a
       declared reader of in topology.py, the operator's platform identity, or a user token with
       role `security-auditor`. This is how a service rebuilds state older than JetStream retention.
-    - QueryAudit: a user token with role `security-auditor` only.
+      What each reader sees of each stream is one table (parley_storage.access.stream_view): fields
+      marked secret only for the service that wrote them; `MSG` for an auditor as metadata only
+      (ArchivedEvent.withheld).
+    - QueryAudit: a user token with role `security-auditor` only, with the same views.
     - GetArchiveLag, ListRetentionPolicies: the platform identity or a `security-auditor`.
     - ExportUserData / EraseUserData: the user themself, or the platform identity acting for them.
     """
@@ -141,7 +147,10 @@ class StorageArchiveServiceServicer(metaclass=_abc_1.ABCMeta):
     - ReadArchivedStream / GetAggregateEvents: a service peer (mutual TLS) for the streams it is a
       declared reader of in topology.py, the operator's platform identity, or a user token with
       role `security-auditor`. This is how a service rebuilds state older than JetStream retention.
-    - QueryAudit: a user token with role `security-auditor` only.
+      What each reader sees of each stream is one table (parley_storage.access.stream_view): fields
+      marked secret only for the service that wrote them; `MSG` for an auditor as metadata only
+      (ArchivedEvent.withheld).
+    - QueryAudit: a user token with role `security-auditor` only, with the same views.
     - GetArchiveLag, ListRetentionPolicies: the platform identity or a `security-auditor`.
     - ExportUserData / EraseUserData: the user themself, or the platform identity acting for them.
     """
