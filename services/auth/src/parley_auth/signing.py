@@ -11,7 +11,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from parley_core.files import write_private_file
+from parley_core.files import ensure_private_dir, write_private_file
 from parley_core.tokens import ALGORITHM, AUDIENCE, ISSUER
 
 ACCESS_TOKEN_SECONDS = 15 * 60
@@ -51,7 +51,7 @@ class TokenIssuer:
         pem = self._key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        ensure_private_dir(path.parent)
         staged = path.with_suffix(".new")
         staged.unlink(missing_ok=True)
         write_private_file(staged, pem)
@@ -79,7 +79,3 @@ class TokenIssuer:
         }
         token = jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"kid": self.key_id})
         return token, expires
-
-    def sign(self, data: bytes) -> bytes:
-        """Ed25519 signature, for the audit chain's record hashes."""
-        return self._key.sign(data)

@@ -25,6 +25,7 @@ from parley.patch.v1 import events_pb2
 from parley_core.bus import EventBus, ReceivedEvent, Replay
 from parley_core.envelope import NewEvent, open_payload
 from parley_core.errors import FailedPrecondition, InvalidArgument, NotFound
+from parley_core.files import ensure_private_dir
 from parley_core.tokens import Caller
 from parley_core.topology import (
     PATCH_FILTER,
@@ -92,8 +93,11 @@ class FleetView:
 
 
 def open_repository(folder: Path, settings: RegistrySettings) -> ReleaseRepository:
-    """Opens the registry's TUF repository, creating it (and its keys) on first start."""
+    """Opens the registry's TUF repository, creating it (and its keys) on first start. The
+    registry's folder holds its online signing keys: owner-only, like every secret folder."""
+    ensure_private_dir(folder)
     keys = KeyStore(folder / "keys")
+    keys.make_private()
     lifetimes = Lifetimes(timestamp=timedelta(minutes=settings.timestamp_lifetime_minutes))
     repo_dir = folder / "tuf"
     if (repo_dir / "metadata" / "1.root.json").exists():

@@ -49,6 +49,7 @@ from tuf.api.metadata import (
 from tuf.api.serialization.json import JSONSerializer
 
 from parley_core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from parley_core.files import ensure_private_dir
 
 TOP_ROLES = ("root", "targets", "snapshot", "timestamp")
 WHEEL_NAME = re.compile(r"^[A-Za-z0-9_.]+-[A-Za-z0-9_.+!]+(-[A-Za-z0-9_.]+){2,3}\.whl$")
@@ -126,10 +127,18 @@ class KeyStore:
         sub = "offline/" if role == "root" else ""
         return self.folder / f"{sub}{role}.{index}.pem"
 
+    def make_private(self) -> None:
+        """The key folder and every folder in it owner-only (0700), also when an older version
+        made them readable by others."""
+        ensure_private_dir(self.folder)
+        for folder in [p for p in self.folder.rglob("*") if p.is_dir() and not p.is_symlink()]:
+            ensure_private_dir(folder)
+
     def generate(self, role: str, index: int = 0) -> CryptoSigner:
         signer = CryptoSigner.generate_ed25519()
         path = self._path(role, index)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ensure_private_dir(self.folder)
+        ensure_private_dir(path.parent)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as out:
             out.write(signer.private_bytes)
