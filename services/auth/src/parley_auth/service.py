@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import nats.errors
 from google.protobuf.message import Message
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 from parley.auth.v1.events_pb2 import (
@@ -567,6 +568,9 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             )
         except ConcurrencyConflict:
             raise FailedPrecondition("the account changed at the same time; try again") from None
+        except nats.errors.Error as exc:
+            log.exception("append refused", extra={"subject": subject})
+            raise Unavailable(f"the event log refused the change ({exc}); nothing was changed, try again") from exc
         await self._replay.wait_for_seq(appended.stream_seq)
 
     async def append_and_apply(self, subject: str, event: NewEvent) -> None:
