@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import sqlite3
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import grpc
 import pytest
@@ -135,6 +137,81 @@ def test_audit_verify_on_the_running_platform(platform: RunningPlatform) -> None
     result = verified()
     assert result.returncode == 0, result.stdout + result.stderr
     assert "audit chain intact" in result.stdout
+
+
+def test_audit_checkpoint_and_verify_against_it_and_a_damaged_row(platform: RunningPlatform, tmp_path: Path) -> None:
+    platform.cli("admin", "create-user", unique("chk"), stdin=PASSWORD + "\n")
+    checkpoint = tmp_path / "kept-elsewhere.json"
+    taken = platform.cli("audit", "checkpoint", "--out", str(checkpoint))
+    assert f"written to {checkpoint}" in taken.stdout
+    assert "keep it where the platform's operators cannot change it" in taken.stdout
+    again = platform.cli("audit", "checkpoint", "--out", str(checkpoint), check=False)
+    assert again.returncode == 1
+    assert "exists; keep every checkpoint" in again.stderr
+    index = json.loads(checkpoint.read_text())["chain_index"]
+
+    def verified() -> subprocess.CompletedProcess[str]:
+        return platform.cli("audit", "verify", "--checkpoint", str(checkpoint), check=False)
+
+    wait_until(lambda: "truncated" not in verified().stdout, timeout=60, what="the archive to catch up")
+    result = verified()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"records up to #{index} match checkpoint {checkpoint}" in result.stdout
+
+    # A damaged row (a byte of its ciphertext flipped) is named by number and position: exit 1.
+    with sqlite3.connect(platform.data_dir / "storage" / "archive.db") as db:
+        first = "SELECT stream_seq, aggregate_version, envelope FROM events WHERE stream = 'SEC' ORDER BY stream_seq"
+        seq, number, envelope = db.execute(first).fetchone()
+        damaged = bytearray(envelope)
+        damaged[-1] ^= 0x01
+        db.execute("UPDATE events SET envelope = ? WHERE stream = 'SEC' AND stream_seq = ?", (bytes(damaged), seq))
+    try:
+        result = verified()
+        assert result.returncode == 1
+        assert f"unreadable: record #{number} (at {seq})" in result.stdout
+        assert "internal error" not in result.stdout + result.stderr
+    finally:
+        with sqlite3.connect(platform.data_dir / "storage" / "archive.db") as db:
+            db.execute("UPDATE events SET envelope = ? WHERE stream = 'SEC' AND stream_seq = ?", (envelope, seq))
+    unreadable = tmp_path / "not-a-checkpoint.json"
+    unreadable.write_text("{}")
+    refused = platform.cli("audit", "verify", "--checkpoint", str(unreadable), check=False)
+    assert refused.returncode == 1
+    assert f"checkpoint {unreadable}: not a Parley audit checkpoint" in refused.stderr
+
+
+def secret_files(data_dir: Path) -> list[Path]:
+    """What in a data folder is a secret: everything in secrets/ and cli/ (keys, passwords, saved
+    logins), the broker configuration (its users' passwords), and any private key anywhere."""
+    found = []
+    for path in data_dir.rglob("*"):
+        relative = path.relative_to(data_dir)
+        if not path.is_file() or path.is_symlink() or relative.parts[:2] == ("agent", "envs"):
+            continue
+        private_key = path.suffix in (".pem", ".key") and b"PRIVATE KEY" in path.read_bytes()[:100]
+        if relative.parts[0] in ("secrets", "cli") or path.name == "nats-server.conf" or private_key:
+            found.append(path)
+    return found
+
+
+def test_every_secret_of_a_started_platform_is_in_owner_only_folders(platform: RunningPlatform) -> None:
+    operator = unique("op")
+    platform.cli("admin", "create-user", operator, "--role", "operator", stdin=PASSWORD + "\n")
+    platform.cli("login", operator, stdin=PASSWORD + "\n")
+    platform.cli("--as", operator, "patch", "key", "create", "auth")  # cli/keys/
+    secrets = secret_files(platform.data_dir)
+    where = {path.parent.relative_to(platform.data_dir).as_posix() for path in secrets}
+    assert where >= {"secrets", "pki", "cli", "cli/keys", "nats", "patch-registry/keys", "patch-registry/keys/offline"}
+    loose = []
+    for path in secrets:
+        if path.stat().st_mode & 0o077:
+            loose.append(f"{path} is {oct(path.stat().st_mode & 0o777)}")
+        folder = path.parent
+        while folder != platform.data_dir.parent:  # every folder on the way to it, the data folder included
+            if folder.stat().st_mode & 0o777 != 0o700:
+                loose.append(f"{folder} (holding {path.name}) is {oct(folder.stat().st_mode & 0o777)}")
+            folder = folder.parent
+    assert sorted(set(loose)) == []
 
 
 def authenticator(secret_base32: str) -> TOTP:
