@@ -10,6 +10,7 @@ from cryptography.exceptions import InvalidTag
 from parley_auth import mfa
 from parley_auth.key_rotation import RETIRE_MARGIN_S, KeySchedule, SigningKeyState
 from parley_auth.lockout import SWEEP_EVERY, LockoutBook, LockoutPolicy, Scope
+from parley_auth.passwords import verify_password
 from parley_auth.sealing import PASSWORD_HASH, REFRESH_TOKEN, SealedFieldUnreadable, SecretSealer
 from parley_auth.sessions import RefreshVerdict, Session, digest, new_refresh_token
 from parley_core.rbac import may_assign
@@ -178,3 +179,25 @@ def test_schedule_rotates_after_the_interval_and_retires_after_the_token_lifetim
     keys["a"].retired = True
     assert schedule.next_due(keys, current_key_id="b") == 200.0
     assert KeySchedule(rotation_s=0, token_lifetime_s=10.0).next_due({"b": keys["b"]}, current_key_id="b") is None
+
+
+async def test_an_account_whose_hash_is_missing_or_unopenable_never_logs_in() -> None:
+    """A sealed hash that does not open is applied as empty: no password matches it, not even the
+    one the timing equaliser's dummy hash was made from."""
+    for unusable in ("", None):
+        assert not await verify_password(unusable, "parley-timing-equaliser")
+
+
+def test_the_lockout_a_failure_would_start_is_known_before_it_is_counted() -> None:
+    book = LockoutBook(
+        pair_policy=LockoutPolicy(threshold=2, base_s=2.0, max_s=60.0),
+        source_policy=LockoutPolicy(threshold=100, base_s=2.0, max_s=60.0),
+        clock=lambda: 100.0,
+    )
+    assert book.would_lock("eve", "ip") is None
+    book.record_failure("eve", "ip")
+    predicted = book.would_lock("eve", "ip")
+    assert predicted is not None
+    assert predicted.scope is Scope.PAIR
+    assert book.would_lock("eve", "ip") == predicted  # asking counts nothing
+    assert book.record_failure("eve", "ip") == predicted

@@ -19,9 +19,12 @@ async def hash_password(password: str) -> str:
 
 
 async def verify_password(password_hash: str | None, password: str) -> bool:
+    """False without a hash (no such account, or one whose sealed hash does not open), after as
+    long as a real check takes."""
+
     def check() -> bool:
         try:
-            return HASHER.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+            return HASHER.verify(password_hash or _DUMMY_HASH, password) and bool(password_hash)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
 
