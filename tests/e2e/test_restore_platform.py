@@ -132,7 +132,9 @@ async def test_a_restored_backup_runs_as_the_platform_it_was(tmp_path: Path) -> 
     restored = RunningPlatform(data_dir=fresh, env=original.env, up_args=("--gateway-port", str(free_port())))
     refused = restored.cli("backup", "restore", str(backup), check=False)
     assert refused.returncode == 1
-    assert "auth-mfa-key.bin" in refused.stderr  # alice enrolled in MFA: her secret needs auth's key
+    # The accounts' password hashes and alice's TOTP secret are sealed with auth's key.
+    assert "auth-mfa-key.bin" in refused.stderr
+    assert "password hashes and MFA enrolments' TOTP secrets" in refused.stderr
     assert not (fresh / "storage" / "archive.db").exists()
     shutil.copy2(original.data_dir / "secrets" / "auth-mfa-key.bin", fresh / "secrets")
     done = restored.cli("backup", "restore", str(backup))

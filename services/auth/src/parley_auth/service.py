@@ -342,11 +342,10 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         )
         detail = f"{previous} -> {issuer.key_id}: the key in use is not in this data folder's secrets"
         version, seq = (state.version + 1, state.last_seq) if state else (1, 0)  # as read now
-        async with contextlib.AsyncExitStack() as recorded:
-            if previous:
-                await recorded.enter_async_context(
-                    self._recorded("signing_key_replaced", actor="service:auth", detail=detail)
-                )
+        recorded: contextlib.AbstractAsyncContextManager[object] = contextlib.nullcontext()
+        if previous:
+            recorded = self._recorded("signing_key_replaced", actor="service:auth", detail=detail)
+        async with recorded:
             with contextlib.suppress(ConcurrencyConflict):  # another instance sharing the key published it
                 await self.ctx.bus.append(
                     signing_key_subject(subject_key), event, aggregate_version=version, expected_last_subject_seq=seq
@@ -643,15 +642,16 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                     continue
                 except Exception as exc:
                     log.exception("audit record not written", extra={"kind": kind, "user_id": user_id})
+                    # Which record it was stays in the log: a login's would tell whether the password was right.
                     raise Unavailable(
-                        f"the audit trail refused the {kind} record ({exc}); the change it records was not made,"
-                        " try again (the operator checks the SEC stream)"
+                        f"the audit trail refused the record of this call ({exc}); the change it records was not"
+                        " made, try again (the operator checks the SEC stream)"
                     ) from exc
                 self._audit.advance(record)
                 self._sec_last_seq = appended.stream_seq
                 return int(record.chain_index)
             log.error("audit record not written: the SEC stream kept moving", extra={"kind": kind})
-            raise Unavailable(f"the audit trail is busy; the {kind} change was not made, try again")
+            raise Unavailable("the audit trail is busy; the change this call records was not made, try again")
 
     @contextlib.asynccontextmanager
     async def _recorded(self, kind: str, *, actor: str, user_id: str = "", **fields: Any) -> AsyncIterator[int]:
@@ -1110,9 +1110,10 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         counted = self._lockout_event(LoginFailureCounted(account_key=key, source=source))
         # The caller checked the lockout before trying the secret: a lock this failure starts is a
         # new one, recorded before the failure that starts it is counted.
+        recorded: contextlib.AbstractAsyncContextManager[object] = contextlib.nullcontext()
         if (locked := self.lockouts.would_lock(key, budget_key(source))) is not None:
             where = "this account from this address" if locked.scope is Scope.PAIR else "this address"
-            await self._security(
+            recorded = self._recorded(
                 "lockout",
                 actor="service:auth",
                 user_id=user_id,
@@ -1121,7 +1122,8 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                 detail=f"{where} locked for {locked.retry_after_s:.0f} s",
                 locked_until_unix=int(time.time() + locked.retry_after_s),
             )
-        await self._append(lockout_subject(username_key(key)), counted, version=0, expected_seq=None)
+        async with recorded:
+            await self._append(lockout_subject(username_key(key)), counted, version=0, expected_seq=None)
 
     async def _succeeded(self, key: str, source: str) -> None:
         """The right secret from this address: its pair's count starts again (no other one's)."""
