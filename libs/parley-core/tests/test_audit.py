@@ -84,15 +84,22 @@ def test_an_unknown_key_is_not_trusted() -> None:
     assert {f.kind for f in verify_chain(chain(2), TrustedKeys(audit={}))} == {"forged"}
 
 
-def test_an_access_token_key_signs_only_records_older_than_the_first_audit_key() -> None:
+def test_an_access_token_key_signs_only_records_before_the_first_audit_signed_one() -> None:
     """Records written before auth had an audit key were signed with the access-token key of
-    their time; once an audit key exists, that key (stolen, say) can sign no record."""
-    records = chain(6)  # occurred_at_unix_ns 0..5, all signed with KEY, here a token key
-    legacy = {"k1": KEY.public_key()}
-    assert verify_chain(records, TrustedKeys(audit={}, token=legacy)) == []
-    assert verify_chain(records, TrustedKeys(audit={}, token=legacy, audit_since_ns=10)) == []
-    late = TrustedKeys(audit={}, token=legacy, audit_since_ns=4)
-    assert sorted((f.kind, f.chain_index) for f in verify_chain(records, late)) == [("forged", 5), ("forged", 6)]
+    their time; after the first record an audit key signed, that key (stolen, say) signs none."""
+    token_key = Ed25519PrivateKey.generate()
+    trusted = TrustedKeys(audit={"k1": KEY.public_key()}, token={"t1": token_key.public_key()})
+    head, records = AuditChain(), []
+    for i, key_id in enumerate(["t1", "t1", "t1", "k1", "k1", "t1"]):
+        record = SecurityEventRecorded(kind="login_failed", user_id=f"u{i}", key_id=key_id)
+        head.link(record)
+        record.signature = (KEY if key_id == "k1" else token_key).sign(record.record_hash)
+        head.advance(record)
+        records.append(StoredRecord(position=100 + i, record=record))
+    findings = verify_chain(records, trusted)
+    assert [(f.kind, f.chain_index) for f in findings] == [("forged", 6)]
+    assert "access-token key after auth's audit key took over" in findings[0].detail
+    assert verify_chain(records[:3], trusted) == []  # a chain from before audit keys
 
 
 def test_unreadable_rows_are_named_by_number_and_the_rest_is_still_checked() -> None:

@@ -89,27 +89,22 @@ async def archived_records(storage: storage_pb2_grpc.StorageArchiveServiceAsyncS
     return audit_rows(await archived_events(storage, "SEC"))
 
 
-def trusted_keys(published: Iterable[tuple[int, Message]]) -> TrustedKeys:
-    """The keys from (time in ns, payload) of AUTH events: audit keys, and access-token keys
-    (retired ones included: a retired key still signed the records of its time) for the records
-    before the first audit key."""
+def trusted_keys(published: Iterable[Message]) -> TrustedKeys:
+    """The keys from AUTH events: audit keys, and access-token keys (retired ones included: a
+    retired key still signed the records of its time) for the records before audit keys."""
     audit: dict[str, Ed25519PublicKey] = {}
     token: dict[str, Ed25519PublicKey] = {}
-    since: int | None = None
-    for at_ns, payload in published:
+    for payload in published:
         if isinstance(payload, AuditKeyPublished):
             audit[payload.key_id] = Ed25519PublicKey.from_public_bytes(payload.public_key)
-            since = at_ns if since is None else min(since, at_ns)
         elif isinstance(payload, SigningKeyPublished):
             token[payload.key_id] = Ed25519PublicKey.from_public_bytes(payload.public_key)
-    return TrustedKeys(audit=audit, token=token, audit_since_ns=since)
+    return TrustedKeys(audit=audit, token=token)
 
 
 async def archived_keys(storage: storage_pb2_grpc.StorageArchiveServiceAsyncStub) -> TrustedKeys:
     events = await archived_events(storage, "AUTH")
-    return trusted_keys(
-        (int(event.occurred_at_ns), payload) for event in events if (payload := _payload(event)) is not None
-    )
+    return trusted_keys(payload for event in events if (payload := _payload(event)) is not None)
 
 
 async def keys_from_stream(*, nats_url: str, password: str, ca_cert: Path) -> TrustedKeys:
@@ -118,14 +113,13 @@ async def keys_from_stream(*, nats_url: str, password: str, ca_cert: Path) -> Tr
     )
     try:
         js = nc.jetstream()
-        published: list[tuple[int, Message]] = []
+        published: list[Message] = []
         for subjects in (SIGNING_KEYS_FILTER, AUDIT_KEYS_FILTER):
             sub = await js.subscribe(subjects, stream="AUTH", ordered_consumer=True)
             try:
                 while True:
                     msg = await sub.next_msg(timeout=1.0)
-                    envelope = decode(msg.data)
-                    published.append((envelope.occurred_at.ToNanoseconds(), open_payload(envelope)))
+                    published.append(open_payload(decode(msg.data)))
                     if msg.metadata.num_pending == 0:
                         break
             except TimeoutError:
@@ -239,7 +233,8 @@ async def cmd_checkpoint(args: argparse.Namespace) -> int:
     taken_at = datetime.now(UTC).isoformat(timespec="seconds")
     checkpoint = Checkpoint.of(head.record, taken_at=taken_at)
     keys = await keys_from_stream(**nats)
-    if not keys.signed(checkpoint.key_id, checkpoint.occurred_at_ns, checkpoint.signature, checkpoint.record_hash):
+    # A head still signed with a token key (no record since the upgrade) is checkpointed all the same.
+    if not keys.signed(checkpoint.key_id, checkpoint.signature, checkpoint.record_hash, token_allowed=True):
         raise SystemExit(
             f"error: the newest audit record (#{checkpoint.chain_index}) is not signed by a published audit key;"
             " run `parley audit verify` before you checkpoint"

@@ -61,23 +61,17 @@ class StoredRecord:
 class TrustedKeys:
     """The public keys a record may be signed with.
 
-    Audit keys (AuditKeyPublished) sign records; before auth had one, the access-token key of
-    the time did, so a token key is trusted only for records older than the first audit key.
+    Audit keys (AuditKeyPublished) sign records. Before auth had one, the access-token key of
+    the time did: a token key is trusted only for records earlier in the chain than the first
+    record an audit key signed, so a stolen token key cannot add to the chain after that (it
+    would have to re-sign the audit-signed records that follow).
     """
 
     audit: Mapping[str, Ed25519PublicKey]
     token: Mapping[str, Ed25519PublicKey] = field(default_factory=dict)
-    audit_since_ns: int | None = None  # when the first audit key was published; None: none yet
 
-    def key_for(self, key_id: str, occurred_at_ns: int) -> Ed25519PublicKey | None:
-        if (key := self.audit.get(key_id)) is not None:
-            return key
-        if self.audit_since_ns is not None and occurred_at_ns >= self.audit_since_ns:
-            return None
-        return self.token.get(key_id)
-
-    def signed(self, key_id: str, occurred_at_ns: int, signature: bytes, record_hash: bytes) -> bool:
-        key = self.key_for(key_id, occurred_at_ns)
+    def signed(self, key_id: str, signature: bytes, record_hash: bytes, *, token_allowed: bool) -> bool:
+        key = self.audit.get(key_id) or (self.token.get(key_id) if token_allowed else None)
         if key is None:
             return False
         try:
@@ -85,6 +79,11 @@ class TrustedKeys:
         except InvalidSignature:
             return False
         return True
+
+    def first_audit_signed(self, records: Sequence[StoredRecord]) -> int | None:
+        """The number of the first record an audit key signed (None before auth had one)."""
+        signed = (r.chain_index for r in records if r.record is not None and r.record.key_id in self.audit)
+        return min(signed, default=None)
 
 
 class CheckpointInvalid(Exception):
@@ -183,6 +182,7 @@ def verify_chain(
     each checkpoint's hash must be the hash of the record at its number. Unreadable rows are
     named and the rest of the chain is checked around them."""
     findings: list[Finding] = []
+    first_audit = keys.first_audit_signed(records)
     for stored in records:
         if stored.record is None:
             findings.append(Finding("unreadable", stored.index, stored.position, stored.damage))
@@ -191,10 +191,9 @@ def verify_chain(
         if record_digest(record) != record.record_hash:
             findings.append(Finding("modified", index, stored.position, "its content does not match its hash"))
             continue
-        if not keys.signed(record.key_id, record.occurred_at_unix_ns, record.signature, record.record_hash):
-            findings.append(
-                Finding("forged", index, stored.position, "not signed by auth's audit key: inserted or rewritten")
-            )
+        token_allowed = first_audit is None or index < first_audit
+        if not keys.signed(record.key_id, record.signature, record.record_hash, token_allowed=token_allowed):
+            findings.append(Finding("forged", index, stored.position, _why_forged(record, keys)))
     findings.extend(_copies_and_gaps(records))
     findings.extend(_order_and_links(records))
     last = max((r.chain_index for r in records), default=0)
@@ -205,10 +204,28 @@ def verify_chain(
             for index in range(last + 1, expected_last_index + 1)
         )
     for checkpoint in checkpoints:
+        token_allowed = first_audit is None or checkpoint.chain_index < first_audit
         findings.extend(
-            _against_checkpoint(records, keys, checkpoint, last=last, end=end, expected_last_index=expected_last_index)
+            _against_checkpoint(
+                records,
+                keys,
+                checkpoint,
+                token_allowed=token_allowed,
+                last=last,
+                end=end,
+                expected_last_index=expected_last_index,
+            )
         )
     return findings
+
+
+def _why_forged(record: SecurityEventRecorded, keys: TrustedKeys) -> str:
+    if record.key_id in keys.token:
+        return (
+            "signed with an access-token key after auth's audit key took over: forged with a stolen token key,"
+            " or written by an auth from before audit keys during a roll-out"
+        )
+    return "not signed by auth's audit key: inserted or rewritten"
 
 
 def _copies_and_gaps(records: Sequence[StoredRecord]) -> list[Finding]:
@@ -262,12 +279,13 @@ def _against_checkpoint(
     keys: TrustedKeys,
     checkpoint: Checkpoint,
     *,
+    token_allowed: bool,
     last: int,
     end: int,
     expected_last_index: int | None,
 ) -> list[Finding]:
     index = checkpoint.chain_index
-    if not keys.signed(checkpoint.key_id, checkpoint.occurred_at_ns, checkpoint.signature, checkpoint.record_hash):
+    if not keys.signed(checkpoint.key_id, checkpoint.signature, checkpoint.record_hash, token_allowed=token_allowed):
         return [Finding("bad-checkpoint", index, 0, f"{checkpoint.name} is not signed by a published audit key")]
     if index > last:
         if expected_last_index is not None and index <= expected_last_index:
