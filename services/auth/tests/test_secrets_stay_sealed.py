@@ -28,7 +28,7 @@ from parley_auth.domain import username_key
 from parley_auth.passwords import hash_password
 from parley_auth.service import session_subject
 from parley_auth.sessions import digest, new_refresh_token
-from parley_core.bus import EventBus
+from parley_core.bus import EventBus, ReceivedEvent
 from parley_core.envelope import NewEvent, open_payload
 from parley_core.secret_fields import holds_secrets
 from parley_core.testing.nats import NatsTestServer
@@ -40,21 +40,20 @@ NEW_PASSWORD = "another-quite-long-passphrase-7"
 
 
 async def raw_stream(nats_server: NatsTestServer, user: str, stream: str) -> bytes:
-    """Every message of `stream` as `user` reads it live: subjects, headers and data, as bytes."""
-    nc = await nats_server.connect(user)
-    js = nc.jetstream()
-    last = (await js.stream_info(stream)).state.last_seq
-    sub = await js.subscribe(STREAMS_BY_NAME[stream].subjects[0], stream=stream, ordered_consumer=True)
+    """Every message of `stream` as `user` reads it live (the way its service does, through its
+    own consumer): subjects, headers and envelopes, as bytes."""
     chunks: list[bytes] = []
+
+    async def keep(event: ReceivedEvent) -> None:
+        chunks.extend((event.subject.encode(), repr(event.headers).encode(), event.envelope.SerializeToString()))
+
+    bus = EventBus(await nats_server.connect(user), service=user, producer=f"{user}@test")
+    replay = await bus.replay(stream=stream, filter_subject=STREAMS_BY_NAME[stream].subjects[0], handler=keep)
     try:
-        while True:
-            msg = await sub.next_msg(timeout=TIMEOUT_S)
-            chunks.extend((msg.subject.encode(), repr(msg.headers).encode(), msg.data))
-            if msg.metadata.sequence.stream >= last:
-                return b"".join(chunks)
+        await replay.wait_caught_up(TIMEOUT_S)
     finally:
-        await sub.unsubscribe()
-        await nc.close()
+        await replay.stop()
+    return b"".join(chunks)
 
 
 def totp_secret(secret_base32: str) -> bytes:
