@@ -258,8 +258,17 @@ async def test_an_erasure_cut_short_after_the_shred_is_finished_by_the_next_star
 
         await eventually(finished, "the restarted storage to delete alice's events from the streams", TIMEOUT_S)
         js = (await nats_server.connect("platform")).jetstream()
-        record = await js.get_last_msg("STORE", privacy_subject(alice.user_id))
-        assert decode(record.data or b"").event_type == UserDataErasedFromStreams.DESCRIPTOR.full_name
+
+        async def recorded() -> bool | None:
+            # Storage records the finished deletion after the last event left the streams.
+            record = await js.get_last_msg("STORE", privacy_subject(alice.user_id))
+            return (
+                True
+                if decode(record.data or b"").event_type == UserDataErasedFromStreams.DESCRIPTOR.full_name
+                else None
+            )
+
+        await eventually(recorded, "storage to record that alice's events left the streams", TIMEOUT_S)
         assert await name_refused(stack, alice_name) == grpc.StatusCode.ALREADY_EXISTS
     finally:
         await stop_stack(stack, running)
