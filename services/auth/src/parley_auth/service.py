@@ -1159,6 +1159,32 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             raise Unauthenticated(wrong)
         await self._succeeded(account.username, source)
 
+    async def _totp_step_up(
+        self,
+        context: Context,
+        caller: Caller,
+        account: Account,
+        *,
+        sealed_secret: bytes,
+        after_step: int,
+        code: str,
+        call: str,
+        wrong: str,
+    ) -> int:
+        """A step-up by TOTP code; returns the code's time step, which the caller spends."""
+        assert self._sealer is not None
+        secret = self._sealer.open(sealed_secret, account.user_id)
+        step: int | None = None
+
+        async def code_matches() -> bool:
+            nonlocal step
+            step = mfa.matching_step(secret, code, time.time(), after_step=after_step)
+            return step is not None
+
+        await self._step_up(context, caller, account, call=call, wrong=wrong, proven=code_matches)
+        assert step is not None
+        return step
+
     def _tokens(self, account: Account, session_id: str, refresh: str, *, mfa: bool) -> auth_pb2.LoginResponse:
         assert self._issuer is not None
         token, expires = self._issuer.issue(
@@ -1330,17 +1356,16 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             raise FailedPrecondition("no TOTP enrolment in progress; call BeginTotpEnrolment first")
         if len(request.totp_code) != mfa.DIGITS or not request.totp_code.isdigit():
             raise InvalidArgument(f"totp_code must be the {mfa.DIGITS} digits the authenticator app shows")
-        secret = self._sealer.open(state.pending_secret, account.user_id)
-        step: int | None = None
-
-        async def code_matches() -> bool:
-            nonlocal step
-            step = mfa.matching_step(secret, request.totp_code, time.time(), after_step=state.last_step)
-            return step is not None
-
-        wrong = "the code does not match; check the authenticator app's clock and try the next code"
-        await self._step_up(context, caller, account, call="ConfirmTotpEnrolment", wrong=wrong, proven=code_matches)
-        assert step is not None
+        step = await self._totp_step_up(
+            context,
+            caller,
+            account,
+            sealed_secret=state.pending_secret,
+            after_step=state.last_step,
+            code=request.totp_code,
+            call="ConfirmTotpEnrolment",
+            wrong="the code does not match; check the authenticator app's clock and try the next code",
+        )
         codes = mfa.new_recovery_codes()
         actor = f"user:{account.user_id}"
         enrolled = TotpEnrolled(
@@ -1401,19 +1426,16 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             raise InvalidArgument("totp_code or password is too long")
         actor = f"user:{account.user_id}"
         if request.totp_code:
-            secret = self._sealer.open(state.secret, account.user_id)
-            step: int | None = None
-
-            async def code_matches() -> bool:
-                nonlocal step
-                step = mfa.matching_step(secret, request.totp_code, time.time(), after_step=state.last_step)
-                return step is not None
-
-            wrong = "the one-time code is wrong or was already used"
-            await self._step_up(
-                context, caller, account, call="RegenerateRecoveryCodes", wrong=wrong, proven=code_matches
+            step = await self._totp_step_up(
+                context,
+                caller,
+                account,
+                sealed_secret=state.secret,
+                after_step=state.last_step,
+                code=request.totp_code,
+                call="RegenerateRecoveryCodes",
+                wrong="the one-time code is wrong or was already used",
             )
-            assert step is not None
             # Spent like a login code, on the user's subject: a racing use of the same code loses.
             await self._user_event(account, TotpCodeAccepted(user_id=account.user_id, time_step=step), actor)
         elif request.password:
