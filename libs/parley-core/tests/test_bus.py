@@ -122,14 +122,23 @@ async def test_ensure_streams_is_idempotent(bus: EventBus) -> None:
         assert info.config.allow_direct is True
 
 
-async def test_ensure_streams_brings_a_drifted_stream_back_to_its_declaration(nats_server: NatsTestServer) -> None:
-    platform = await nats_server.connect("platform")
-    await platform.jetstream().add_stream(name="MSG", subjects=list(MSG.subjects), duplicate_window=5.0)
+async def test_the_platform_brings_a_drifted_stream_back_and_a_service_takes_it_as_it_is(
+    nats_server: NatsTestServer,
+) -> None:
+    """A stream's settings are the platform's: its NATS user may re-configure a stream, a
+    service's may not (topology.permissions_for), so a service starting against a stream the
+    platform set otherwise neither changes it nor fails."""
+    platform = EventBus(await nats_server.connect("platform"), service="platform", producer="test@0")
+    await platform.js.add_stream(name="MSG", subjects=list(MSG.subjects), duplicate_window=5.0)
     messaging = EventBus(await nats_server.connect("messaging"), service="messaging", producer="messaging@test")
 
     await messaging.ensure_streams([MSG])
 
-    info = await messaging.js.stream_info("MSG")
+    assert (await platform.js.stream_info("MSG")).config.duplicate_window == pytest.approx(5.0)
+
+    await platform.ensure_streams([MSG])
+
+    info = await platform.js.stream_info("MSG")
     assert info.config.duplicate_window == pytest.approx(MSG.duplicate_window_s)
     assert info.config.allow_direct is True
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import nats.js.errors
 import pytest
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
+from nats.js import api
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo
 from parley.messaging.v1.events_pb2 import MessagePosted
 
@@ -24,6 +26,7 @@ from parley_core.envelope import NewEvent, seal
 from parley_core.nats_connect import connect_nats
 from parley_core.pki import ensure_pki
 from parley_core.testing.nats import NatsTestServer
+from parley_core.topology import reads
 
 pytestmark = pytest.mark.asyncio  # also runs where asyncio_mode is not auto
 
@@ -354,14 +357,13 @@ def _attacks_on(durable: topology.ConsumerSpec) -> list[tuple[str, bytes]]:
 
 
 def _stream_attacks(service: str) -> list[tuple[str, bytes]]:
-    """Deleting or purging any stream (its own too), re-configuring another's, listing consumers,
+    """Deleting, purging or re-configuring any stream (its own too), listing consumers,
     and the legacy unnamed consumer create that takes any name from its body."""
     attacks = []
     for spec in topology.STREAMS:
         attacks += [(f"$JS.API.STREAM.DELETE.{spec.name}", b""), (f"$JS.API.STREAM.PURGE.{spec.name}", b"")]
         attacks += [(f"$JS.API.CONSUMER.LIST.{spec.name}", b""), (f"$JS.API.CONSUMER.NAMES.{spec.name}", b"")]
-        if spec.owner != service:
-            attacks.append((f"$JS.API.STREAM.UPDATE.{spec.name}", json.dumps({"name": spec.name}).encode()))
+        attacks.append((f"$JS.API.STREAM.UPDATE.{spec.name}", json.dumps({"name": spec.name}).encode()))
         for durable in (c for c in topology.CONSUMERS if c.stream == spec.name and c.service != service):
             legacy = {"stream_name": spec.name, "config": {"name": durable.durable, "filter_subject": "parley.nowhere"}}
             attacks.append((f"$JS.API.CONSUMER.CREATE.{spec.name}", json.dumps(legacy).encode()))
@@ -444,3 +446,35 @@ async def test_an_owner_reads_of_store_only_the_facts_due_to_it(nats_server: Nat
     ):
         await errors.wait_for("permissions violation", "publish", subject)
     assert (await platform.js.consumer_info("STORE", spec.durable)).config.filter_subject == spec.filter_subject
+
+
+async def test_an_owner_may_not_re_configure_its_own_stream(nats_server: NatsTestServer) -> None:
+    """A stream's settings are the platform's. Were its owner let change them, it could make its
+    own stream source one it may not read (patch-registry copying every private message of MSG
+    into PATCH, where it reads them) or shorten its limits so events go before storage archives
+    them. Neither an update nor a create over the existing stream goes through."""
+    platform = await _declared_streams(nats_server)
+    await platform.js.publish(topology.channel_subject("c1"), _envelope("a private message", "c1"))
+    for service in topology.SERVICES:
+        errors = ErrorRecorder()
+        js = (await nats_server.connect(service, error_cb=errors.callback)).jetstream(timeout=1)
+        for spec in (s for s in topology.STREAMS if s.owner == service):
+            declared = (await platform.js.stream_info(spec.name)).config
+            # A stream it may not read if there is one (storage reads them all).
+            unread = (s for s in topology.STREAMS if s.owner not in (service, "*") and not reads(service, s))
+            other = next(unread, topology.STREAMS_BY_NAME["MSG"])
+            into_own = api.SubjectTransform(src=other.subjects[0], dest=spec.subjects[0].removesuffix(">") + "stolen.>")
+            stealing = replace(declared, sources=[api.StreamSource(name=other.name, subject_transforms=[into_own])])
+            shortened = replace(declared, max_age=600.0, max_msgs=1)
+            for changed in (stealing, shortened):
+                with pytest.raises((NatsError, TimeoutError)):  # refused before the API sees it
+                    await js.update_stream(changed)
+                await errors.wait_for("permissions violation", "publish", f"$JS.API.STREAM.UPDATE.{spec.name}")
+                with pytest.raises(nats.js.errors.APIError):  # exists with other settings
+                    await js.add_stream(changed)
+            now = (await platform.js.stream_info(spec.name)).config
+            assert (now.sources, now.max_age, now.max_msgs) == (declared.sources, declared.max_age, declared.max_msgs)
+    assert (await platform.js.stream_info("MSG")).state.messages == 1
+    for spec in topology.STREAMS:
+        if spec.name != "MSG":
+            assert (await platform.js.stream_info(spec.name)).state.messages == 0, spec.name

@@ -19,13 +19,14 @@ from google.protobuf.message import Message
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 from parley.auth.v1 import auth_pb2
+from parley.auth.v1.events_pb2 import AccountErased, SecurityEventRecorded
 from parley.messaging.v1 import messaging_pb2
 from parley.messaging.v1.events_pb2 import MemberJoined, MessagePosted
 from parley.storage.v1 import storage_pb2
 from parley.storage.v1.events_pb2 import AccountErasureDue, ChannelErasureDue, RetentionDue
 
 from parley_core.bus import FOREIGN_EVENT
-from parley_core.envelope import NewEvent, seal
+from parley_core.envelope import NewEvent, decode, open_payload, seal
 from parley_core.testing.nats import NatsTestServer
 from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
 from parley_core.testing.waiting import eventually
@@ -155,3 +156,42 @@ async def test_a_stolen_storage_credential_cannot_remove_someone_elses_account_o
     assert [m.body for m in await history(stack, alice_token, cid)] == ["mine"]
     assert sent.channel_seq in stack.app("messaging").channels.get(cid).messages
     assert (await stack.login(alice_name)).user_id == alice.user_id  # her name and account stand
+
+
+async def test_an_account_erasure_is_in_the_audit_chain_before_its_tombstone(
+    stack: Stack, nats_server: NatsTestServer
+) -> None:
+    """Storage's word erases an account: a fact naming the account's own id and name is one auth
+    must act on (an erasure can be resumed long after its request), so a stolen storage credential
+    can still erase anyone. What it cannot do is erase unseen: auth writes an `account_erased`
+    record, naming the fact, into the signed audit chain before the tombstone."""
+    victim, _, victim_name = await register(stack, "victim")
+    storage = (await nats_server.connect("storage")).jetstream()  # the stolen credential
+    fact = AccountErasureDue(user_id=victim.user_id, username_key=hashlib.sha256(victim_name.encode()).hexdigest())
+    subject = due_subject("auth", "erasure", victim.user_id)
+    ack = await storage.publish(subject, envelope("erasure", victim.user_id, fact))
+
+    async def erased() -> bool | None:
+        try:
+            await stack.login(victim_name)
+        except grpc.aio.AioRpcError as refused:
+            return refused.code() == grpc.StatusCode.UNAUTHENTICATED or None
+        return None
+
+    await eventually(erased, "the victim's account to be erased")
+    platform = (await nats_server.connect("platform")).jetstream()
+    sec = await platform.get_last_msg("SEC", f"parley.sec.account_erased.{victim.user_id}")
+    record = open_payload(decode(sec.data or b""))
+    assert isinstance(record, SecurityEventRecorded)
+    assert (record.kind, record.user_id, record.username, record.actor) == (
+        "account_erased",
+        victim.user_id,
+        victim_name,
+        "service:auth",
+    )
+    assert f"STORE #{ack.seq}" in record.detail
+    assert record.chain_index > 0
+    assert record.signature
+    tombstone = decode((await platform.get_last_msg("AUTH", username_subject(fact.username_key))).data or b"")
+    assert isinstance(open_payload(tombstone), AccountErased)
+    assert record.occurred_at_unix_ns <= tombstone.occurred_at.ToNanoseconds()  # recorded first

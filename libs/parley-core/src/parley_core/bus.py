@@ -27,7 +27,14 @@ from parley.common.v1.envelope_pb2 import EventEnvelope
 
 from parley_core import telemetry
 from parley_core.envelope import NewEvent, decode, seal
-from parley_core.topology import STREAMS_BY_NAME, ConsumerSpec, StreamSpec, parked_subject, stream_for_subject
+from parley_core.topology import (
+    PLATFORM_USER,
+    STREAMS_BY_NAME,
+    ConsumerSpec,
+    StreamSpec,
+    parked_subject,
+    stream_for_subject,
+)
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +154,10 @@ class EventBus:
         """Create or update each stream to its declared configuration (safe to repeat).
 
         `replicas` > 1 on a JetStream cluster keeps each stream on that many nodes, so an
-        acknowledged append survives the loss of a minority of them.
+        acknowledged append survives the loss of a minority of them. Only the platform identity
+        re-configures a stream: a service creates its own where none exists and otherwise takes
+        it as the platform set it, since its NATS user may not change a stream's settings
+        (topology.permissions_for).
         """
         for spec in specs:
             config = api.StreamConfig(
@@ -163,7 +173,10 @@ class EventBus:
                 await self.js.add_stream(config)
             except nats.js.errors.BadRequestError:
                 # Exists with another configuration: bring it in line with the declaration.
-                await self.js.update_stream(config)
+                if self.service == PLATFORM_USER:
+                    await self.js.update_stream(config)
+                else:
+                    log.info("stream %s exists with other settings; the platform keeps them", spec.name)
 
     async def ensure_streams_when_ready(
         self, specs: Iterable[StreamSpec], *, replicas: int = 1, timeout: float = 60.0

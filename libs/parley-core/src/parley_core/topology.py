@@ -299,8 +299,13 @@ def permissions_for(service: str) -> Permissions:
             # limited to its own parley.parked.<service>.> subjects above.
             publish.extend((f"$JS.API.STREAM.CREATE.{spec.name}", f"$JS.API.STREAM.INFO.{spec.name}"))
         if spec.owner == service:
+            # Create it where it is missing (a service started alone), never re-configure it: a
+            # stream's settings are the platform's (`parley up`). Its owner could otherwise source
+            # any other stream into its own and read it (MSG into PATCH), or shorten its limits so
+            # events go before storage archives them. Creating an existing stream with other
+            # settings is refused by the server.
             publish.extend(spec.subjects)
-            publish.extend((f"$JS.API.STREAM.CREATE.{spec.name}", f"$JS.API.STREAM.UPDATE.{spec.name}"))
+            publish.append(f"$JS.API.STREAM.CREATE.{spec.name}")
         if reads(service, spec):
             publish.extend(_stream_read(spec.name))
     for consumer in CONSUMERS:

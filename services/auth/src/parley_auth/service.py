@@ -653,6 +653,12 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             log.error("audit record not written: the SEC stream kept moving", extra={"kind": kind})
             raise Unavailable("the audit trail is busy; the change this call records was not made, try again")
 
+    def recorded(
+        self, kind: str, *, actor: str, user_id: str = "", **fields: Any
+    ) -> contextlib.AbstractAsyncContextManager[int]:
+        """`_recorded`, for auth's reactions outside a call (storage's due facts)."""
+        return self._recorded(kind, actor=actor, user_id=user_id, **fields)
+
     @contextlib.asynccontextmanager
     async def _recorded(self, kind: str, *, actor: str, user_id: str = "", **fields: Any) -> AsyncIterator[int]:
         """Around a change: its audit record is written first, so a change whose record cannot be

@@ -5,7 +5,9 @@ it records `AccountErasureDue` on its STORE stream (parley.storage.due.auth.>, t
 STORE auth reads, through its durable consumer `auth-storage-due`), and auth, the username
 subjects' one writer, appends the `AccountErased` tombstone there with the id parley_core.markers
 derives: the name stays taken, and every service's access projection refuses the account's
-tokens. Storage deletes once it holds the tombstone.
+tokens. Storage deletes once it holds the tombstone. Like every change to an account, the
+tombstone is recorded in the audit chain first (`account_erased`, naming storage's fact), and
+is not appended while the chain refuses the record (the fact waits, see RetryLater).
 
 A fact is checked first: a username subject held by another account is never tombstoned (the
 fact is refused and parked with the reason), so a stolen storage credential cannot take
@@ -22,8 +24,9 @@ from typing import TYPE_CHECKING
 from parley.auth.v1.events_pb2 import AccountErased
 from parley.storage.v1.events_pb2 import AccountErasureDue
 
-from parley_core.bus import ReceivedEvent, Refused
+from parley_core.bus import ReceivedEvent, Refused, RetryLater
 from parley_core.envelope import NewEvent, UnknownEventType, open_payload
+from parley_core.errors import Unavailable
 from parley_core.markers import account_erasure_marker
 from parley_core.topology import username_subject
 
@@ -47,9 +50,9 @@ class StorageDue:
             except UnknownEventType:
                 continue  # a newer storage's fact: this release has nothing to do for it
             if isinstance(payload, AccountErasureDue):
-                await self._erased(payload)
+                await self._erased(payload, event)
 
-    async def _erased(self, due: AccountErasureDue) -> None:
+    async def _erased(self, due: AccountErasureDue, fact: ReceivedEvent) -> None:
         if not USER_ID.fullmatch(due.user_id) or not USERNAME_KEY.fullmatch(due.username_key):
             raise Refused(f"{due.user_id!r} / {due.username_key!r} is not a user id and a username key")
         marker = account_erasure_marker(due.user_id, due.username_key)
@@ -65,5 +68,17 @@ class StorageDue:
             actor="service:auth",
             event_id=marker.event_id,
         )
-        # The name's subject holds its registration, or nothing (a hole of a re-seeded log).
-        await self._app.append_and_apply(username_subject(due.username_key), event)
+        account = self._app.accounts.by_id(due.user_id)
+        detail = f"on storage's erasure fact STORE #{fact.stream_seq} (by {fact.envelope.actor or 'unknown'})"
+        try:
+            async with self._app.recorded(
+                "account_erased",
+                actor="service:auth",
+                user_id=due.user_id,
+                username=account.username if account is not None else "",
+                detail=detail,
+            ):
+                # The name's subject holds its registration, or nothing (a hole of a re-seeded log).
+                await self._app.append_and_apply(username_subject(due.username_key), event)
+        except Unavailable as exc:  # the audit chain refused the record: nothing was changed
+            raise RetryLater(str(exc)) from exc
