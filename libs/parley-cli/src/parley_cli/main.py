@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
 import os
 import sys
@@ -14,6 +13,7 @@ import grpc
 
 from parley_cli import admin, audit, chat, devices, keyring, messages, mfa, patch, privacy
 from parley_cli.health import check_health
+from parley_cli.prompt import PromptInterrupted, ask, ask_secret
 from parley_cli.saved_login import save_login, use_saved_login
 from parley_cli.state import CLIENT_FILE, STATE_FILE, how_to_start, leftover_pids, load_running_state, no_platform
 from parley_cli.terminal import shown
@@ -32,7 +32,7 @@ SECOND_FACTOR_HOW = (
 def _secret(prompt: str, *, missing: str) -> str:
     """The next line of piped standard input, or a prompt that does not echo at a terminal. An
     empty one ends the command here, saying `missing`: the server would only call it too short."""
-    secret = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else getpass.getpass(prompt)
+    secret = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else ask_secret(prompt)
     if not secret:
         raise SystemExit(f"error: {missing}")
     return secret
@@ -52,7 +52,7 @@ def _second_factor(args: argparse.Namespace) -> str:
         return env.strip()
     if not sys.stdin.isatty():
         return sys.stdin.readline().strip()
-    return input(f"two-factor code for {args.username} (authenticator app, or a recovery code): ").strip()
+    return ask(f"two-factor code for {args.username} (authenticator app, or a recovery code): ").strip()
 
 
 def _totp_or_recovery(code: str) -> tuple[str, str]:
@@ -177,7 +177,7 @@ def _new_password(username: str) -> str:
     """Typed twice at a terminal (a typo would lock the user out); the next line of piped stdin."""
     missing = "no new password given: type it at the prompt, or give it on the second line of standard input"
     password = _secret(f"new password for {username}: ", missing=missing)
-    if sys.stdin.isatty() and getpass.getpass("the new password again: ") != password:
+    if sys.stdin.isatty() and ask_secret("the new password again: ") != password:
         raise SystemExit("error: the two new passwords differ; the password is not changed")
     return password
 
@@ -370,6 +370,9 @@ def main(argv: list[str] | None = None) -> None:
     except NatsUnreachable as exc:
         print(f"error: {exc}; is the platform running? `parley status` shows what is down", file=sys.stderr)
         code = 1
-    except KeyboardInterrupt:
+    except PromptInterrupted:
+        print("parley: interrupted; nothing was sent", file=sys.stderr)
+        code = 130
+    except KeyboardInterrupt:  # the command said what it left undone, if anything (backup create)
         code = 130
     raise SystemExit(code)

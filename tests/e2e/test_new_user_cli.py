@@ -1,0 +1,67 @@
+"""What a new user trips over in the CLI (issue 20), each through the command as typed: at a
+pseudo-terminal where the behaviour depends on one (prompts, Ctrl-C), else as a process."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from parley_core.testing.platform import RunningPlatform
+from parley_core.testing.terminal import CTRL_C
+
+pytestmark = pytest.mark.e2e
+
+PASSWORD = "a-long-enough-passphrase"
+EX_INTERRUPTED = 130
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+def cli(platform: RunningPlatform, *args: str, stdin: str | None = None) -> str:
+    return platform.cli(*args, stdin=stdin).stdout
+
+
+def new_user(platform: RunningPlatform, prefix: str) -> str:
+    """A user registered and logged in with the CLI."""
+    name = unique(prefix)
+    cli(platform, "register", name, stdin=PASSWORD + "\n")
+    cli(platform, "login", name, stdin=PASSWORD + "\n")
+    return name
+
+
+def interrupted_at(platform: RunningPlatform, prompt: str, *args: str) -> str:
+    """Ctrl-C once at the command's first `prompt`: it ends at once, says so, exits 130."""
+    terminal = platform.terminal(*args)
+    try:
+        terminal.expect(prompt)
+        terminal.send(CTRL_C)
+        code = terminal.wait(timeout=30)
+    finally:
+        terminal.kill()
+    assert code == EX_INTERRUPTED, terminal.output
+    assert "interrupted" in terminal.output
+    assert "no password given" not in terminal.output
+    assert "Traceback" not in terminal.output
+    return terminal.output
+
+
+@pytest.mark.parametrize("command", ["admin create-user", "register", "login"])
+async def test_ctrl_c_at_a_password_prompt_ends_the_command_and_creates_nothing(
+    platform: RunningPlatform, command: str
+) -> None:
+    name = unique("ctrlc")
+    await asyncio.to_thread(interrupted_at, platform, f"password for {name}: ", *command.split(), name)
+    missing = platform.cli("admin", "show", name, check=False)
+    assert "NOT_FOUND" in missing.stderr  # nothing was sent: no account
+
+
+def test_ctrl_c_at_the_password_change_and_erasure_prompts(platform: RunningPlatform) -> None:
+    name = new_user(platform, "ctrlc")
+    interrupted_at(platform, f"current password for {name}: ", "--as", name, "password")
+    said = interrupted_at(platform, "to confirm: ", "--as", name, "erase")
+    assert "not erased" not in said
+    cli(platform, "login", name, stdin=PASSWORD + "\n")  # the password is unchanged
