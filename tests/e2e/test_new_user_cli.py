@@ -8,8 +8,9 @@ import uuid
 
 import pytest
 
+from parley_client import ParleyClient
 from parley_core.testing.platform import RunningPlatform
-from parley_core.testing.terminal import CTRL_C
+from parley_core.testing.terminal import CTRL_C, CTRL_D
 
 pytestmark = pytest.mark.e2e
 
@@ -65,3 +66,39 @@ def test_ctrl_c_at_the_password_change_and_erasure_prompts(platform: RunningPlat
     said = interrupted_at(platform, "to confirm: ", "--as", name, "erase")
     assert "not erased" not in said
     cli(platform, "login", name, stdin=PASSWORD + "\n")  # the password is unchanged
+
+
+async def test_history_and_chat_open_at_the_newest_messages(platform: RunningPlatform) -> None:
+    name = await asyncio.to_thread(new_user, platform, "pager")
+    channel = unique("busy")
+    await asyncio.to_thread(cli, platform, "--as", name, "create-channel", channel)
+    async with ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes()) as client:
+        await client.login(name, PASSWORD)
+        [joined] = [c for c in await client.my_channels() if c.name == channel]
+        for n in range(1, 26):
+            await client.send(joined.channel_id, f"line {n}")
+
+    history = await asyncio.to_thread(cli, platform, "--as", name, "history", channel, "--limit", "10")
+    numbers = [int(line.split("]")[0].strip("[ ")) for line in history.splitlines() if line.startswith("[")]
+    assert numbers == list(range(16, 26))
+    assert history.splitlines()[-1] == f"-- older messages: parley older {channel} 16 --"
+    older = await asyncio.to_thread(cli, platform, "--as", name, "older", channel, "16", "--limit", "10")
+    assert "line 6" in older
+    assert "line 15" in older
+    assert "line 16" not in older
+    forward = await asyncio.to_thread(cli, platform, "--as", name, "history", channel, "--after", "20")
+    assert "line 21" in forward
+    assert "line 25" in forward
+    assert "line 20" not in forward
+
+    terminal = platform.terminal("--as", name, "chat", channel)
+    try:
+        shown = await asyncio.to_thread(terminal.expect, "-- live;")
+        terminal.send(CTRL_D)
+        assert await asyncio.to_thread(terminal.wait, 30) == 0
+    finally:
+        terminal.kill()
+    lines = shown.splitlines()
+    assert f"-- older messages: parley older {channel} 6 --" in lines
+    numbers = [int(line.split("]")[0].strip("[ ")) for line in lines if line.startswith("[")]
+    assert numbers == list(range(6, 26))

@@ -17,6 +17,8 @@ from parley_client import DeviceStore, LiveEvent, ParleyClient, ParleyError
 from parley_client.client import RESUMABLE
 from parley_client.e2ee import BODY_PREFIX
 
+OPENING_PAGE = 20  # the newest messages `parley chat` shows before going live
+
 
 class People:
     """Usernames of the user ids the CLI shows, asked of the platform once per id."""
@@ -104,6 +106,11 @@ def event_people(event: LiveEvent) -> list[str]:
     return []
 
 
+def older_hint(reference: str, first_shown: int) -> str:
+    """The line under a page that is not the channel's first: how to see what came before it."""
+    return f"-- older messages: parley older {shown(reference)} {first_shown} --"
+
+
 HELP = "type a message and press Enter; /edit <#> <text>, /redact <#>, Ctrl-D to leave"
 
 
@@ -173,10 +180,12 @@ async def interactive(client: ParleyClient, reference: str, *, store: DeviceStor
     opened_with = client.access_token
     stream = client.subscribe([channel_id])
     await stream.ready()
-    page = await client.history(channel_id, limit=20)
+    page = await client.latest(channel_id, limit=OPENING_PAGE)  # the newest, then live
     people = People(client)
     await people.learn_from(page.messages)
     seen = 0
+    if page.has_more and page.messages:
+        print(older_hint(reference, page.messages[0].channel_seq))
     for message in page.messages:
         print(format_message(message, people.names))
         seen = max(seen, message.channel_seq)

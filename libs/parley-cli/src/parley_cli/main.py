@@ -234,16 +234,25 @@ async def cmd_send(args: argparse.Namespace) -> int:
 
 
 async def cmd_history(args: argparse.Namespace) -> int:
+    """The newest page, or with --after the page after a message number; a line says how to go on."""
     async with _client(args) as client:
         await _login_as(args, client)
         channel_id, _ = await chat.open_channel(client, args.channel, store=devices.device_store(args))
-        page = await client.history(channel_id, after_seq=args.after, limit=args.limit)
+        if args.after:
+            page = await client.history(channel_id, after_seq=args.after, limit=args.limit)
+        else:
+            page = await client.latest(channel_id, limit=args.limit)
         if not page.messages:
             print("(no messages)")
         people = chat.People(client)
         await people.learn_from(page.messages)
         for message in page.messages:
             print(chat.format_message(message, people.names))
+        if page.has_more and page.messages:
+            if args.after:
+                print(f"-- newer: parley history {args.channel} --after {page.messages[-1].channel_seq} --")
+            else:
+                print(chat.older_hint(args.channel, page.messages[0].channel_seq))
     return 0
 
 
@@ -323,10 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("channel", help="channel id or name")
     send.add_argument("text")
     send.set_defaults(run=cmd_send)
-    history = sub.add_parser("history", help="print a channel's history")
+    history = sub.add_parser("history", help="print a channel's newest messages (`parley older` pages back)")
     history.add_argument("channel", help="channel id or name")
-    history.add_argument("--after", type=int, default=0, help="only messages after this sequence number")
-    history.add_argument("--limit", type=int, default=100)
+    history.add_argument(
+        "--after", type=int, default=0, help="the oldest messages after this number instead of the newest"
+    )
+    history.add_argument("--limit", type=int, default=100, help="how many messages (default 100)")
     history.set_defaults(run=cmd_history)
     chat_cmd = sub.add_parser("chat", help="chat in a channel: type lines to send, see others live")
     chat_cmd.add_argument("channel", help="channel id or name")
