@@ -102,3 +102,35 @@ async def test_history_and_chat_open_at_the_newest_messages(platform: RunningPla
     assert f"-- older messages: parley older {channel} 6 --" in lines
     numbers = [int(line.split("]")[0].strip("[ ")) for line in lines if line.startswith("[")]
     assert numbers == list(range(6, 26))
+
+
+def test_two_channels_with_one_name_are_never_picked_silently(platform: RunningPlatform) -> None:
+    name = new_user(platform, "dup")
+    channel = unique("design")
+    first = cli(platform, "--as", name, "create-channel", channel).split()[-1]
+    second = cli(platform, "--as", name, "create-channel", channel).split()[-1]
+    for command in (("history", channel), ("send", channel, "which one?")):
+        refused = platform.cli("--as", name, *command, check=False)
+        assert refused.returncode == 1
+        assert refused.stdout == ""
+        assert f"2 of your channels are named #{channel}" in refused.stderr
+        assert first in refused.stderr
+        assert second in refused.stderr
+    assert "sent #1" in cli(platform, "--as", name, "send", second, "by id")
+
+
+def test_join_by_name_when_one_channel_has_it(platform: RunningPlatform) -> None:
+    owner, member = new_user(platform, "own"), new_user(platform, "mem")
+    general, twice, hidden = unique("general"), unique("twice"), unique("hidden")
+    general_id = cli(platform, "--as", owner, "create-channel", general).split()[-1]
+    assert "joined #" + general in cli(platform, "--as", member, "join", general)
+    assert general_id in cli(platform, "--as", member, "channels")
+
+    ids = [cli(platform, "--as", owner, "create-channel", twice).split()[-1] for _ in range(2)]
+    ambiguous = platform.cli("--as", member, "join", twice, check=False)
+    assert "FAILED_PRECONDITION" in ambiguous.stderr
+    assert all(i in ambiguous.stderr for i in ids)
+    cli(platform, "--as", owner, "create-channel", "--private", hidden)
+    private = platform.cli("--as", member, "join", hidden, check=False)
+    assert "NOT_FOUND" in private.stderr  # a private channel is not found by name without an invitation
+    assert "Traceback" not in private.stderr + ambiguous.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import threading
 import uuid
@@ -17,6 +18,7 @@ from parley_client import DeviceStore, LiveEvent, ParleyClient, ParleyError
 from parley_client.client import RESUMABLE
 from parley_client.e2ee import BODY_PREFIX
 
+CHANNEL_ID = re.compile(r"[0-9a-f]{32}")
 OPENING_PAGE = 20  # the newest messages `parley chat` shows before going live
 
 
@@ -142,14 +144,28 @@ def channel_label(channel: Channel, names: Mapping[str, str], *, me: str | None)
     return "direct with " + ", ".join(person(u, names) for u in others)
 
 
+def looks_like_an_id(reference: str) -> bool:
+    """A channel id as the platform makes them (32 hex digits), not a name."""
+    return bool(CHANNEL_ID.fullmatch(reference))
+
+
 async def find_channel(client: ParleyClient, reference: str) -> Channel:
-    """Accept a channel id or the name of a channel the user is in."""
+    """Accept a channel id or the name of a channel the user is in; a name two of them share is
+    an error listing both (with ids), never a silent pick."""
     channels = await client.my_channels()
     for channel in channels:
-        if reference in (channel.channel_id, channel.name):
+        if reference == channel.channel_id:
             return channel
+    named = [c for c in channels if c.name == reference and not c.direct]
+    if len(named) == 1:
+        return named[0]
+    if named:
+        choices = "; ".join(f"{c.channel_id} ({len(c.member_ids)} members, {c.last_seq} messages)" for c in named)
+        raise SystemExit(
+            f"error: {len(named)} of your channels are named #{shown(reference)}: {choices}; give the id instead"
+        )
     names = ", ".join(f"#{shown(c.name)}" for c in channels) or "none"
-    raise SystemExit(f"{reference!r} is not one of your channels (yours: {names}); create it, or join it by id first")
+    raise SystemExit(f"{reference!r} is not one of your channels (yours: {names}); create it, or join it first")
 
 
 async def resolve_channel(client: ParleyClient, reference: str) -> str:

@@ -205,7 +205,10 @@ async def cmd_create_channel(args: argparse.Namespace) -> int:
 async def cmd_join(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         await _login_as(args, client)
-        channel = await client.join_channel(args.channel_id)
+        if chat.looks_like_an_id(args.channel):
+            channel = await client.join_channel(args.channel)
+        else:
+            channel = await client.join_channel(name=args.channel)
     print(f"joined #{shown(channel.name)} ({len(channel.member_ids)} members)")
     return 0
 
@@ -324,8 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     create = sub.add_parser("create-channel", help="create a channel")
     create.add_argument("name")
     create.set_defaults(run=cmd_create_channel)
-    join = sub.add_parser("join", help="join a channel by id")
-    join.add_argument("channel_id")
+    join = sub.add_parser("join", help="join a channel by id, or by name when one channel you may join has it")
+    join.add_argument("channel", help="channel id or name")
     join.set_defaults(run=cmd_join)
     sub.add_parser("channels", help="the channels you are in").set_defaults(run=cmd_channels)
     send = sub.add_parser("send", help="send one message")

@@ -440,9 +440,11 @@ class ParleyClient:
         channel: messaging_pb2.Channel = await self._call(self._stub.UpdateChannel, request)
         return channel
 
-    async def join_channel(self, channel_id: str) -> messaging_pb2.Channel:
+    async def join_channel(self, channel_id: str = "", *, name: str = "") -> messaging_pb2.Channel:
+        """Join by id, or by `name` when exactly one channel the caller may join has it (several:
+        FAILED_PRECONDITION naming their ids)."""
         channel: messaging_pb2.Channel = await self._call(
-            self._stub.JoinChannel, messaging_pb2.JoinChannelRequest(channel_id=channel_id)
+            self._stub.JoinChannel, messaging_pb2.JoinChannelRequest(channel_id=channel_id, name=name)
         )
         return channel
 
