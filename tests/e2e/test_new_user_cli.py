@@ -4,7 +4,11 @@ pseudo-terminal where the behaviour depends on one (prompts, Ctrl-C), else as a 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +138,21 @@ def test_join_by_name_when_one_channel_has_it(platform: RunningPlatform) -> None
     private = platform.cli("--as", member, "join", hidden, check=False)
     assert "NOT_FOUND" in private.stderr  # a private channel is not found by name without an invitation
     assert "Traceback" not in private.stderr + ambiguous.stderr
+
+
+def test_the_cli_finds_the_platform_parley_up_started_from_any_folder(
+    platform: RunningPlatform, tmp_path: Path
+) -> None:
+    name = new_user(platform, "away")
+    environ = {k: v for k, v in os.environ.items() if k != "PARLEY_DATA_DIR"}
+    result = subprocess.run(
+        [sys.executable, "-m", "parley_cli", "--as", name, "channels"],
+        cwd=tmp_path,  # no .parley here
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "you are in no channel yet" in result.stdout

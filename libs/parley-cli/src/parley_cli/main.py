@@ -15,7 +15,17 @@ from parley_cli import admin, audit, chat, devices, keyring, messages, mfa, patc
 from parley_cli.health import check_health
 from parley_cli.prompt import PromptInterrupted, ask, ask_secret
 from parley_cli.saved_login import save_login, use_saved_login
-from parley_cli.state import CLIENT_FILE, STATE_FILE, how_to_start, leftover_pids, load_running_state, no_platform
+from parley_cli.state import (
+    CLIENT_FILE,
+    DEFAULT_DATA_DIR,
+    STATE_FILE,
+    default_data_dir,
+    how_to_start,
+    leftover_pids,
+    load_running_state,
+    no_platform,
+    remember_data_dir,
+)
 from parley_cli.terminal import shown
 from parley_client import ClientConfig, MfaRequired, ParleyClient, ParleyError
 from parley_core.logs import quiet_asyncio_tls_notes
@@ -99,6 +109,7 @@ async def _login_as(args: argparse.Namespace, client: ParleyClient) -> None:
 async def cmd_up(args: argparse.Namespace) -> int:
     from parley_cli.platform import run_platform
 
+    remember_data_dir(args.data_dir)  # the CLI finds this platform from any folder from now on
     return await run_platform(args.data_dir, gateway_port=args.gateway_port, nats_cluster=args.nats_cluster)
 
 
@@ -270,8 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-dir",
         type=Path,
-        default=Path(os.environ.get("PARLEY_DATA_DIR", ".parley")),
-        help="the platform's data folder (default: $PARLEY_DATA_DIR or ./.parley)",
+        help="the platform's data folder (default: $PARLEY_DATA_DIR, else ./.parley when there is one, "
+        "else the folder `parley up` last started)",
     )
     parser.add_argument("--gateway", help="gateway host:port (default: from <data-dir>/client.json)")
     parser.add_argument("--as", dest="user", help="act as this logged-in user")
@@ -361,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)  # Ctrl-C before the command runs: entry.run
+    if args.data_dir is None:
+        up = args.command == "up"  # starts ./.parley (or $PARLEY_DATA_DIR), never a remembered folder
+        args.data_dir = Path(os.environ.get("PARLEY_DATA_DIR") or DEFAULT_DATA_DIR) if up else default_data_dir()
     quiet_asyncio_tls_notes()
     try:
         code = asyncio.run(args.run(args))
