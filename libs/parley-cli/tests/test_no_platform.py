@@ -27,9 +27,9 @@ def run_parley(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess
     )
 
 
-def parley(*args: str, cwd: Path) -> str:
+def parley(*args: str, cwd: Path, **env: str) -> str:
     """The one line a refused command prints on stderr (no traceback, nothing on stdout)."""
-    result = run_parley(*args, cwd=cwd)
+    result = run_parley(*args, cwd=cwd, **env)
     assert result.returncode == 2, result.stderr
     assert result.stdout == ""
     [line] = result.stderr.splitlines()
@@ -61,9 +61,33 @@ def test_the_hint_starts_the_platform_in_the_folder_named(tmp_path: Path, comman
 
 def test_the_default_folder_is_started_with_make_run(tmp_path: Path) -> None:
     """./.parley before the first `make run`: nothing is mistyped, the platform is not started yet."""
-    line = parley("channels", cwd=tmp_path)
+    line = parley("channels", cwd=tmp_path, XDG_CONFIG_HOME=str(tmp_path / "config"))
 
-    assert line == "error: no platform state in .parley; start the platform with `make run` first"
+    # The folder it looked in, in full, and the ways to name another (issue 20.4).
+    assert line.startswith(f"error: no platform state in {tmp_path / '.parley'}; start the platform with `make run`")
+    assert "--data-dir DIR or $PARLEY_DATA_DIR" in line
+    assert "the folder `parley up` last started" in line
+
+
+def test_outside_the_repository_the_folder_parley_up_started_is_used(tmp_path: Path) -> None:
+    """`parley up` notes its data folder in the user's config folder; from a folder without
+    ./.parley the CLI uses that one."""
+    started = tmp_path / "repo" / ".parley"
+    started.mkdir(parents=True)
+    config = tmp_path / "config"
+    (config / "parley").mkdir(parents=True)
+    (config / "parley" / "data-dir").write_text(f"{started}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    line = parley("channels", cwd=elsewhere, XDG_CONFIG_HOME=str(config))
+
+    assert line.startswith(f"error: no platform state in {started};")
+    # $PARLEY_DATA_DIR still wins over the remembered folder.
+    other = tmp_path / "other"
+    assert parley("channels", cwd=elsewhere, XDG_CONFIG_HOME=str(config), PARLEY_DATA_DIR=str(other)) == (
+        f"error: no folder {other}: is --data-dir (or $PARLEY_DATA_DIR) right?"
+    )
 
 
 def test_a_gateway_that_does_not_answer_names_how_to_start_this_folder(pki: Pki, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import threading
 import uuid
@@ -16,6 +17,9 @@ from parley_cli.terminal import shown
 from parley_client import DeviceStore, LiveEvent, ParleyClient, ParleyError
 from parley_client.client import RESUMABLE
 from parley_client.e2ee import BODY_PREFIX
+
+CHANNEL_ID = re.compile(r"[0-9a-f]{32}")
+OPENING_PAGE = 20  # the newest messages `parley chat` shows before going live
 
 
 class People:
@@ -104,6 +108,11 @@ def event_people(event: LiveEvent) -> list[str]:
     return []
 
 
+def older_hint(reference: str, first_shown: int) -> str:
+    """The line under a page that is not the channel's first: how to see what came before it."""
+    return f"-- older messages: parley older {shown(reference)} {first_shown} --"
+
+
 HELP = "type a message and press Enter; /edit <#> <text>, /redact <#>, Ctrl-D to leave"
 
 
@@ -135,14 +144,28 @@ def channel_label(channel: Channel, names: Mapping[str, str], *, me: str | None)
     return "direct with " + ", ".join(person(u, names) for u in others)
 
 
+def looks_like_an_id(reference: str) -> bool:
+    """A channel id as the platform makes them (32 hex digits), not a name."""
+    return bool(CHANNEL_ID.fullmatch(reference))
+
+
 async def find_channel(client: ParleyClient, reference: str) -> Channel:
-    """Accept a channel id or the name of a channel the user is in."""
+    """Accept a channel id or the name of a channel the user is in; a name two of them share is
+    an error listing both (with ids), never a silent pick."""
     channels = await client.my_channels()
     for channel in channels:
-        if reference in (channel.channel_id, channel.name):
+        if reference == channel.channel_id:
             return channel
+    named = [c for c in channels if c.name == reference and not c.direct]
+    if len(named) == 1:
+        return named[0]
+    if named:
+        choices = "; ".join(f"{c.channel_id} ({len(c.member_ids)} members, {c.last_seq} messages)" for c in named)
+        raise SystemExit(
+            f"error: {len(named)} of your channels are named #{shown(reference)}: {choices}; give the id instead"
+        )
     names = ", ".join(f"#{shown(c.name)}" for c in channels) or "none"
-    raise SystemExit(f"{reference!r} is not one of your channels (yours: {names}); create it, or join it by id first")
+    raise SystemExit(f"{reference!r} is not one of your channels (yours: {names}); create it, or join it first")
 
 
 async def resolve_channel(client: ParleyClient, reference: str) -> str:
@@ -173,10 +196,12 @@ async def interactive(client: ParleyClient, reference: str, *, store: DeviceStor
     opened_with = client.access_token
     stream = client.subscribe([channel_id])
     await stream.ready()
-    page = await client.history(channel_id, limit=20)
+    page = await client.latest(channel_id, limit=OPENING_PAGE)  # the newest, then live
     people = People(client)
     await people.learn_from(page.messages)
     seen = 0
+    if page.has_more and page.messages:
+        print(older_hint(reference, page.messages[0].channel_seq))
     for message in page.messages:
         print(format_message(message, people.names))
         seen = max(seen, message.channel_seq)

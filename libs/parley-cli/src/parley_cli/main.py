@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
 import os
 import sys
@@ -14,8 +13,19 @@ import grpc
 
 from parley_cli import admin, audit, chat, devices, keyring, messages, mfa, patch, privacy
 from parley_cli.health import check_health
+from parley_cli.prompt import PromptInterrupted, ask, ask_secret
 from parley_cli.saved_login import save_login, use_saved_login
-from parley_cli.state import CLIENT_FILE, STATE_FILE, how_to_start, leftover_pids, load_running_state, no_platform
+from parley_cli.state import (
+    CLIENT_FILE,
+    DEFAULT_DATA_DIR,
+    STATE_FILE,
+    default_data_dir,
+    how_to_start,
+    leftover_pids,
+    load_running_state,
+    no_platform,
+    remember_data_dir,
+)
 from parley_cli.terminal import shown
 from parley_client import ClientConfig, MfaRequired, ParleyClient, ParleyError
 from parley_core.logs import quiet_asyncio_tls_notes
@@ -32,7 +42,7 @@ SECOND_FACTOR_HOW = (
 def _secret(prompt: str, *, missing: str) -> str:
     """The next line of piped standard input, or a prompt that does not echo at a terminal. An
     empty one ends the command here, saying `missing`: the server would only call it too short."""
-    secret = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else getpass.getpass(prompt)
+    secret = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else ask_secret(prompt)
     if not secret:
         raise SystemExit(f"error: {missing}")
     return secret
@@ -52,7 +62,7 @@ def _second_factor(args: argparse.Namespace) -> str:
         return env.strip()
     if not sys.stdin.isatty():
         return sys.stdin.readline().strip()
-    return input(f"two-factor code for {args.username} (authenticator app, or a recovery code): ").strip()
+    return ask(f"two-factor code for {args.username} (authenticator app, or a recovery code): ").strip()
 
 
 def _totp_or_recovery(code: str) -> tuple[str, str]:
@@ -99,6 +109,7 @@ async def _login_as(args: argparse.Namespace, client: ParleyClient) -> None:
 async def cmd_up(args: argparse.Namespace) -> int:
     from parley_cli.platform import run_platform
 
+    remember_data_dir(args.data_dir)  # the CLI finds this platform from any folder from now on
     return await run_platform(args.data_dir, gateway_port=args.gateway_port, nats_cluster=args.nats_cluster)
 
 
@@ -177,7 +188,7 @@ def _new_password(username: str) -> str:
     """Typed twice at a terminal (a typo would lock the user out); the next line of piped stdin."""
     missing = "no new password given: type it at the prompt, or give it on the second line of standard input"
     password = _secret(f"new password for {username}: ", missing=missing)
-    if sys.stdin.isatty() and getpass.getpass("the new password again: ") != password:
+    if sys.stdin.isatty() and ask_secret("the new password again: ") != password:
         raise SystemExit("error: the two new passwords differ; the password is not changed")
     return password
 
@@ -205,7 +216,10 @@ async def cmd_create_channel(args: argparse.Namespace) -> int:
 async def cmd_join(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         await _login_as(args, client)
-        channel = await client.join_channel(args.channel_id)
+        if chat.looks_like_an_id(args.channel):
+            channel = await client.join_channel(args.channel)
+        else:
+            channel = await client.join_channel(name=args.channel)
     print(f"joined #{shown(channel.name)} ({len(channel.member_ids)} members)")
     return 0
 
@@ -234,16 +248,25 @@ async def cmd_send(args: argparse.Namespace) -> int:
 
 
 async def cmd_history(args: argparse.Namespace) -> int:
+    """The newest page, or with --after the page after a message number; a line says how to go on."""
     async with _client(args) as client:
         await _login_as(args, client)
         channel_id, _ = await chat.open_channel(client, args.channel, store=devices.device_store(args))
-        page = await client.history(channel_id, after_seq=args.after, limit=args.limit)
+        if args.after:
+            page = await client.history(channel_id, after_seq=args.after, limit=args.limit)
+        else:
+            page = await client.latest(channel_id, limit=args.limit)
         if not page.messages:
             print("(no messages)")
         people = chat.People(client)
         await people.learn_from(page.messages)
         for message in page.messages:
             print(chat.format_message(message, people.names))
+        if page.has_more and page.messages:
+            if args.after:
+                print(f"-- newer: parley history {args.channel} --after {page.messages[-1].channel_seq} --")
+            else:
+                print(chat.older_hint(args.channel, page.messages[0].channel_seq))
     return 0
 
 
@@ -258,8 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-dir",
         type=Path,
-        default=Path(os.environ.get("PARLEY_DATA_DIR", ".parley")),
-        help="the platform's data folder (default: $PARLEY_DATA_DIR or ./.parley)",
+        help="the platform's data folder (default: $PARLEY_DATA_DIR, else ./.parley when there is one, "
+        "else the folder `parley up` last started)",
     )
     parser.add_argument("--gateway", help="gateway host:port (default: from <data-dir>/client.json)")
     parser.add_argument("--as", dest="user", help="act as this logged-in user")
@@ -315,18 +338,20 @@ def build_parser() -> argparse.ArgumentParser:
     create = sub.add_parser("create-channel", help="create a channel")
     create.add_argument("name")
     create.set_defaults(run=cmd_create_channel)
-    join = sub.add_parser("join", help="join a channel by id")
-    join.add_argument("channel_id")
+    join = sub.add_parser("join", help="join a channel by id, or by name when one channel you may join has it")
+    join.add_argument("channel", help="channel id or name")
     join.set_defaults(run=cmd_join)
     sub.add_parser("channels", help="the channels you are in").set_defaults(run=cmd_channels)
     send = sub.add_parser("send", help="send one message")
     send.add_argument("channel", help="channel id or name")
     send.add_argument("text")
     send.set_defaults(run=cmd_send)
-    history = sub.add_parser("history", help="print a channel's history")
+    history = sub.add_parser("history", help="print a channel's newest messages (`parley older` pages back)")
     history.add_argument("channel", help="channel id or name")
-    history.add_argument("--after", type=int, default=0, help="only messages after this sequence number")
-    history.add_argument("--limit", type=int, default=100)
+    history.add_argument(
+        "--after", type=int, default=0, help="the oldest messages after this number instead of the newest"
+    )
+    history.add_argument("--limit", type=int, default=100, help="how many messages (default 100)")
     history.set_defaults(run=cmd_history)
     chat_cmd = sub.add_parser("chat", help="chat in a channel: type lines to send, see others live")
     chat_cmd.add_argument("channel", help="channel id or name")
@@ -347,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)  # Ctrl-C before the command runs: entry.run
+    if args.data_dir is None:
+        up = args.command == "up"  # starts ./.parley (or $PARLEY_DATA_DIR), never a remembered folder
+        args.data_dir = Path(os.environ.get("PARLEY_DATA_DIR") or DEFAULT_DATA_DIR) if up else default_data_dir()
     quiet_asyncio_tls_notes()
     try:
         code = asyncio.run(args.run(args))
@@ -370,6 +398,9 @@ def main(argv: list[str] | None = None) -> None:
     except NatsUnreachable as exc:
         print(f"error: {exc}; is the platform running? `parley status` shows what is down", file=sys.stderr)
         code = 1
-    except KeyboardInterrupt:
+    except PromptInterrupted:
+        print("parley: interrupted; nothing was sent", file=sys.stderr)
+        code = 130
+    except KeyboardInterrupt:  # the command said what it left undone, if anything (backup create)
         code = 130
     raise SystemExit(code)

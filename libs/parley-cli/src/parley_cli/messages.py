@@ -57,7 +57,7 @@ async def cmd_older(args: argparse.Namespace) -> int:
         for message in page.messages:
             print(chat.format_message(message, people.names))
         if page.has_more and page.messages:
-            print(f"-- older: parley older {args.channel} {page.messages[0].channel_seq} --")
+            print(chat.older_hint(args.channel, page.messages[0].channel_seq))
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from parley_cli.prompt import ask
 from parley_client import ParleyClient
 
 
@@ -47,7 +48,7 @@ def _code_from_app() -> str:
     if not sys.stdin.isatty():
         print("code from your authenticator app: ", end="", flush=True)
         return sys.stdin.readline().strip()
-    return input("code from your authenticator app: ").strip()
+    return ask("code from your authenticator app: ").strip()
 
 
 async def cmd_enrol(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ import grpc
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from parley_cli.admin import _account, _auth  # the operator's auth connection: one way to reach it
+from parley_cli.prompt import ask
 from parley_cli.state import load_running_state
 from parley_cli.terminal import shown
 from parley_client import ParleyError
@@ -137,7 +138,7 @@ def _confirmed(args: argparse.Namespace, who: str) -> bool:
     if not sys.stdin.isatty():
         raise SystemExit("erasure cannot be undone: add --yes to confirm when not at a terminal")
     print(f"This erases every message and event of {who} for good (backups included); it cannot be undone.")
-    return input(f"type {who} to confirm: ").strip() == who
+    return ask(f"type {who} to confirm: ").strip() == who
 
 
 class _KeyringWatch:

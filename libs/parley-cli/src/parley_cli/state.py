@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,41 @@ class PlatformNotRunning(FileNotFoundError):
     pass
 
 
+def remembered_file() -> Path:
+    """Where `parley up` notes the data folder it started, so that the CLI finds the platform from
+    any folder: $XDG_CONFIG_HOME/parley/data-dir (~/.config/parley/data-dir)."""
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config) / "parley" / "data-dir"
+
+
+def remember_data_dir(data_dir: Path) -> None:
+    """Noted by `parley up`; a home folder that cannot be written only loses the convenience."""
+    path = remembered_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{data_dir.resolve()}\n")
+    except OSError:
+        pass
+
+
+def remembered_data_dir() -> Path | None:
+    try:
+        text = remembered_file().read_text().strip()
+    except OSError:
+        return None
+    return Path(text) if text and Path(text).is_dir() else None
+
+
+def default_data_dir() -> Path:
+    """Without --data-dir: $PARLEY_DATA_DIR, else ./.parley when this folder has one (the repository's
+    `make run`), else the folder `parley up` last started, else ./.parley."""
+    if env := os.environ.get("PARLEY_DATA_DIR"):
+        return Path(env)
+    if DEFAULT_DATA_DIR.is_dir():
+        return DEFAULT_DATA_DIR
+    return remembered_data_dir() or DEFAULT_DATA_DIR
+
+
 def how_to_start(data_dir: Path) -> str:
     """The command that starts the platform in this folder: a bare `make run` starts ./.parley only."""
     if data_dir.resolve() == DEFAULT_DATA_DIR.resolve():
@@ -25,11 +61,23 @@ def how_to_start(data_dir: Path) -> str:
     return f"`parley --data-dir {data_dir} up` (or `make run DATA_DIR={data_dir}`)"
 
 
+WHICH_FOLDER = (
+    "another folder is named with --data-dir DIR or $PARLEY_DATA_DIR; without them the CLI uses ./.parley "
+    "when there is one, else the folder `parley up` last started"
+)
+
+
 def no_platform(data_dir: Path) -> PlatformNotRunning:
     """The folder holds no platform. Another folder than the default that does not exist at all is
     more likely a mistyped --data-dir than a platform never started there."""
     if not data_dir.exists() and data_dir.resolve() != DEFAULT_DATA_DIR.resolve():
         return PlatformNotRunning(f"no folder {data_dir}: is --data-dir (or $PARLEY_DATA_DIR) right?")
+    if data_dir.resolve() == DEFAULT_DATA_DIR.resolve():
+        # Run from a folder that is not the repository's: say where it looked and how to point it elsewhere.
+        return PlatformNotRunning(
+            f"no platform state in {data_dir.resolve()}; start the platform with {how_to_start(data_dir)} first "
+            f"in the repository's folder ({WHICH_FOLDER})"
+        )
     return PlatformNotRunning(
         f"no platform state in {data_dir}; start the platform with {how_to_start(data_dir)} first"
     )

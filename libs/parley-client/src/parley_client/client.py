@@ -27,6 +27,8 @@ DEFAULT_TIMEOUT_S = 10.0
 MAX_RETRY_WAIT_S = 5.0
 EXPORT_TIMEOUT_S = 120.0  # export and erasure walk all of a user's archived events
 LOOKUP_BATCH = 200  # auth's limit per LookupUsers call
+# A before_seq past any channel's last message (the archive's sequence numbers are signed 64-bit).
+AFTER_EVERY_MESSAGE = 2**63 - 1
 # With renewal on (keep_logged_in), an access token is renewed this long before it expires (a
 # quarter of its lifetime when that is shorter).
 RENEW_MARGIN_S = 60.0
@@ -438,9 +440,11 @@ class ParleyClient:
         channel: messaging_pb2.Channel = await self._call(self._stub.UpdateChannel, request)
         return channel
 
-    async def join_channel(self, channel_id: str) -> messaging_pb2.Channel:
+    async def join_channel(self, channel_id: str = "", *, name: str = "") -> messaging_pb2.Channel:
+        """Join by id, or by `name` when exactly one channel the caller may join has it (several:
+        FAILED_PRECONDITION naming their ids)."""
         channel: messaging_pb2.Channel = await self._call(
-            self._stub.JoinChannel, messaging_pb2.JoinChannelRequest(channel_id=channel_id)
+            self._stub.JoinChannel, messaging_pb2.JoinChannelRequest(channel_id=channel_id, name=name)
         )
         return channel
 
@@ -491,6 +495,11 @@ class ParleyClient:
             for message in response.messages:
                 await self._reveal(message)
         return response
+
+    async def latest(self, channel_id: str, *, limit: int = 100) -> storage_pb2.GetChannelHistoryResponse:
+        """The newest `limit` messages, oldest first; `has_more` says whether older ones exist
+        (page back with `history(channel_id, before_seq=<the first one's channel_seq>)`)."""
+        return await self.history(channel_id, before_seq=AFTER_EVERY_MESSAGE, limit=limit)
 
     def subscribe(self, channel_ids: Sequence[str] = (), *, resume: Mapping[str, int] | None = None) -> LiveStream:
         """Live events; `resume` maps channel ids to the last position read (LiveStream.positions).

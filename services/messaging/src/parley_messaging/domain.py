@@ -350,6 +350,21 @@ class ChannelDirectory:
     def of_member(self, user_id: str) -> list[Channel]:
         return [c for c in self._channels.values() if user_id in c.members]
 
+    def named_for(self, name: str, user_id: str) -> Channel:
+        """The one channel called `name` that `user_id` may see: public, or one they are in or
+        invited to. Several: an error naming each one's id (the caller picks one)."""
+        found = [
+            c
+            for c in self._channels.values()
+            if c.name == name and not c.direct and (not c.private or user_id in c.members or user_id in c.invited)
+        ]
+        if not found:
+            raise NotFound(f"no channel named {name!r} that you may join (a private one needs an invitation)")
+        if len(found) > 1:
+            ids = ", ".join(f"{c.channel_id} ({len(c.members)} members)" for c in found)
+            raise FailedPrecondition(f"{len(found)} channels are named {name!r}: {ids}; join one by its id")
+        return found[0]
+
 
 def validate_topic(topic: str) -> str:
     if len(topic) > MAX_TOPIC_CHARS or any(not ch.isprintable() for ch in topic):

@@ -329,7 +329,8 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
                 channel, caller.user_id, MemberJoined(channel_id=channel.channel_id, user_id=caller.user_id)
             )
 
-        return await self._decide_on_channel(request.channel_id, caller.user_id, decide)
+        channel_id = request.channel_id or self.channels.named_for(request.name, caller.user_id).channel_id
+        return await self._decide_on_channel(channel_id, caller.user_id, decide)
 
     async def ListMyChannels(
         self, request: messaging_pb2.ListMyChannelsRequest, context: grpc.aio.ServicerContext[object, object]

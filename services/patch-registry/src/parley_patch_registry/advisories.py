@@ -181,18 +181,22 @@ def _in_range(version: Any, vrange: VersionRange, comparator: _Comparator) -> bo
             ordered.append((1, parsed, event.kind))
     if limits and not any(version < bound for bound in limits):
         return False
-    # "0" sorts first; among equal versions the closing event wins, so [x, x) is empty.
-    ordered.sort(key=lambda e: (0,) if e[1] is None else (1, e[1], e[2] == "introduced"))
+    # Walked in version order, events at one version as a group ("0" first). A group's opening
+    # and closing at the same version mean two things: with the range closed before it, a pair
+    # `introduced x, fixed x` that affects nothing ([x, x) is empty); with it open, back-to-back
+    # ranges, `[.., x)` closing where `[x, ..)` opens, so x itself is affected.
+    groups: list[tuple[Any, list[str]]] = []
+    for _, bound, kind in sorted(ordered, key=lambda e: (0,) if e[1] is None else (1, e[1])):
+        if groups and groups[-1][0] == bound:
+            groups[-1][1].append(kind)
+        else:
+            groups.append((bound, [kind]))
     affected = False
-    for _, bound, kind in ordered:
-        if kind == "introduced":
-            if bound is None or version >= bound:
-                affected = True
-        elif kind == "fixed":
-            if version >= bound:
-                affected = False
-        elif kind == "last_affected" and version > bound:
-            affected = False
+    for bound, kinds in groups:
+        opens = "introduced" in kinds and (bound is None or version >= bound)
+        closes = ("fixed" in kinds and version >= bound) or ("last_affected" in kinds and version > bound)
+        # Open: only a closing without a reopening ends it. Closed: a pair at x leaves it closed.
+        affected = (opens or not closes) if affected else (opens and not closes)
     return affected
 
 

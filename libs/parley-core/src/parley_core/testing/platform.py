@@ -7,13 +7,14 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from parley_core.net import free_port
+from parley_core.testing.terminal import Terminal
 from parley_core.testing.waiting import wait_until
 
 READY_LINE = "all services are up"
@@ -51,6 +52,11 @@ class RunningPlatform:
             timeout=60,
             check=check,
         )
+
+    def terminal(self, *args: str, env: Mapping[str, str] | None = None) -> Terminal:
+        """The `parley` command at a pseudo-terminal of its own, as a user types it (prompts, Ctrl-C)."""
+        argv = [sys.executable, "-m", "parley_cli", "--data-dir", str(self.data_dir), *args]
+        return Terminal(argv, env={**os.environ, **TEST_DEFAULTS, **self.env, **(env or {})})
 
     def start(self) -> None:
         self.runs += 1

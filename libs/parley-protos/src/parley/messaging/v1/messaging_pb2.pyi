@@ -242,15 +242,22 @@ class JoinChannelRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     channel_id: _builtins.str
+    name: _builtins.str
+    """Instead of channel_id: the channel with this exact name among the public channels and those
+    the caller is invited to or already in. NOT_FOUND when there is none, FAILED_PRECONDITION
+    (listing each one's id) when several share the name: join by id then.
+    """
     def __init__(
         self,
         *,
         channel_id: _builtins.str = ...,
+        name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,158 @@
+"""What a new user trips over in the CLI (issue 20), each through the command as typed: at a
+pseudo-terminal where the behaviour depends on one (prompts, Ctrl-C), else as a process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from parley_client import ParleyClient
+from parley_core.testing.platform import RunningPlatform
+from parley_core.testing.terminal import CTRL_C, CTRL_D
+
+pytestmark = pytest.mark.e2e
+
+PASSWORD = "a-long-enough-passphrase"
+EX_INTERRUPTED = 130
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+def cli(platform: RunningPlatform, *args: str, stdin: str | None = None) -> str:
+    return platform.cli(*args, stdin=stdin).stdout
+
+
+def new_user(platform: RunningPlatform, prefix: str) -> str:
+    """A user registered and logged in with the CLI."""
+    name = unique(prefix)
+    cli(platform, "register", name, stdin=PASSWORD + "\n")
+    cli(platform, "login", name, stdin=PASSWORD + "\n")
+    return name
+
+
+def interrupted_at(platform: RunningPlatform, prompt: str, *args: str) -> str:
+    """Ctrl-C once at the command's first `prompt`: it ends at once, says so, exits 130."""
+    terminal = platform.terminal(*args)
+    try:
+        terminal.expect(prompt)
+        terminal.send(CTRL_C)
+        code = terminal.wait(timeout=30)
+    finally:
+        terminal.kill()
+    assert code == EX_INTERRUPTED, terminal.output
+    assert "interrupted" in terminal.output
+    assert "no password given" not in terminal.output
+    assert "Traceback" not in terminal.output
+    return terminal.output
+
+
+@pytest.mark.parametrize("command", ["admin create-user", "register", "login"])
+async def test_ctrl_c_at_a_password_prompt_ends_the_command_and_creates_nothing(
+    platform: RunningPlatform, command: str
+) -> None:
+    name = unique("ctrlc")
+    await asyncio.to_thread(interrupted_at, platform, f"password for {name}: ", *command.split(), name)
+    missing = platform.cli("admin", "show", name, check=False)
+    assert "NOT_FOUND" in missing.stderr  # nothing was sent: no account
+
+
+def test_ctrl_c_at_the_password_change_and_erasure_prompts(platform: RunningPlatform) -> None:
+    name = new_user(platform, "ctrlc")
+    interrupted_at(platform, f"current password for {name}: ", "--as", name, "password")
+    said = interrupted_at(platform, "to confirm: ", "--as", name, "erase")
+    assert "not erased" not in said
+    cli(platform, "login", name, stdin=PASSWORD + "\n")  # the password is unchanged
+
+
+async def test_history_and_chat_open_at_the_newest_messages(platform: RunningPlatform) -> None:
+    name = await asyncio.to_thread(new_user, platform, "pager")
+    channel = unique("busy")
+    await asyncio.to_thread(cli, platform, "--as", name, "create-channel", channel)
+    async with ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes()) as client:
+        await client.login(name, PASSWORD)
+        [joined] = [c for c in await client.my_channels() if c.name == channel]
+        for n in range(1, 26):
+            await client.send(joined.channel_id, f"line {n}")
+
+    history = await asyncio.to_thread(cli, platform, "--as", name, "history", channel, "--limit", "10")
+    numbers = [int(line.split("]")[0].strip("[ ")) for line in history.splitlines() if line.startswith("[")]
+    assert numbers == list(range(16, 26))
+    assert history.splitlines()[-1] == f"-- older messages: parley older {channel} 16 --"
+    older = await asyncio.to_thread(cli, platform, "--as", name, "older", channel, "16", "--limit", "10")
+    assert "line 6" in older
+    assert "line 15" in older
+    assert "line 16" not in older
+    forward = await asyncio.to_thread(cli, platform, "--as", name, "history", channel, "--after", "20")
+    assert "line 21" in forward
+    assert "line 25" in forward
+    assert "line 20" not in forward
+
+    terminal = platform.terminal("--as", name, "chat", channel)
+    try:
+        shown = await asyncio.to_thread(terminal.expect, "-- live;")
+        terminal.send(CTRL_D)
+        assert await asyncio.to_thread(terminal.wait, 30) == 0
+    finally:
+        terminal.kill()
+    lines = shown.splitlines()
+    assert f"-- older messages: parley older {channel} 6 --" in lines
+    numbers = [int(line.split("]")[0].strip("[ ")) for line in lines if line.startswith("[")]
+    assert numbers == list(range(6, 26))
+
+
+def test_two_channels_with_one_name_are_never_picked_silently(platform: RunningPlatform) -> None:
+    name = new_user(platform, "dup")
+    channel = unique("design")
+    first = cli(platform, "--as", name, "create-channel", channel).split()[-1]
+    second = cli(platform, "--as", name, "create-channel", channel).split()[-1]
+    for command in (("history", channel), ("send", channel, "which one?")):
+        refused = platform.cli("--as", name, *command, check=False)
+        assert refused.returncode == 1
+        assert refused.stdout == ""
+        assert f"2 of your channels are named #{channel}" in refused.stderr
+        assert first in refused.stderr
+        assert second in refused.stderr
+    assert "sent #1" in cli(platform, "--as", name, "send", second, "by id")
+
+
+def test_join_by_name_when_one_channel_has_it(platform: RunningPlatform) -> None:
+    owner, member = new_user(platform, "own"), new_user(platform, "mem")
+    general, twice, hidden = unique("general"), unique("twice"), unique("hidden")
+    general_id = cli(platform, "--as", owner, "create-channel", general).split()[-1]
+    assert "joined #" + general in cli(platform, "--as", member, "join", general)
+    assert general_id in cli(platform, "--as", member, "channels")
+
+    ids = [cli(platform, "--as", owner, "create-channel", twice).split()[-1] for _ in range(2)]
+    ambiguous = platform.cli("--as", member, "join", twice, check=False)
+    assert "FAILED_PRECONDITION" in ambiguous.stderr
+    assert all(i in ambiguous.stderr for i in ids)
+    cli(platform, "--as", owner, "create-channel", "--private", hidden)
+    private = platform.cli("--as", member, "join", hidden, check=False)
+    assert "NOT_FOUND" in private.stderr  # a private channel is not found by name without an invitation
+    assert "Traceback" not in private.stderr + ambiguous.stderr
+
+
+def test_the_cli_finds_the_platform_parley_up_started_from_any_folder(
+    platform: RunningPlatform, tmp_path: Path
+) -> None:
+    name = new_user(platform, "away")
+    environ = {k: v for k, v in os.environ.items() if k != "PARLEY_DATA_DIR"}
+    result = subprocess.run(
+        [sys.executable, "-m", "parley_cli", "--as", name, "channels"],
+        cwd=tmp_path,  # no .parley here
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "you are in no channel yet" in result.stdout
