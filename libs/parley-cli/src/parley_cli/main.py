@@ -17,7 +17,7 @@ from parley_cli.health import check_health
 from parley_cli.saved_login import save_login, use_saved_login
 from parley_cli.state import CLIENT_FILE, STATE_FILE, how_to_start, leftover_pids, load_running_state, no_platform
 from parley_cli.terminal import shown
-from parley_client import ClientConfig, MfaRequired, ParleyClient, ParleyError
+from parley_client import ClientConfig, MfaRequired, OutcomeUnknown, ParleyClient, ParleyError
 from parley_core.logs import quiet_asyncio_tls_notes
 from parley_core.nats_connect import NatsUnreachable
 
@@ -228,7 +228,7 @@ async def cmd_send(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         await _login_as(args, client)
         channel_id, _ = await chat.open_channel(client, args.channel, store=devices.device_store(args))
-        message = await client.send(channel_id, args.text)
+        message = await client.send(channel_id, args.text, idempotency_key=args.idempotency_key)
     print(f"sent #{message.channel_seq}")
     return 0
 
@@ -322,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     send = sub.add_parser("send", help="send one message")
     send.add_argument("channel", help="channel id or name")
     send.add_argument("text")
+    send.add_argument(
+        "--idempotency-key",
+        help="the key of an earlier send whose outcome was unknown: sends it again, never twice (default: a new one)",
+    )
     send.set_defaults(run=cmd_send)
     history = sub.add_parser("history", help="print a channel's history")
     history.add_argument("channel", help="channel id or name")
@@ -356,6 +360,14 @@ def main(argv: list[str] | None = None) -> None:
         # interpreter's final flush from printing a traceback of its own.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 141  # 128 + SIGPIPE, what a shell reports for a tool killed by it
+    except OutcomeUnknown as exc:
+        print(f"error: {shown(exc.message)} ({exc.code.name})", file=sys.stderr)
+        if exc.idempotency_key:
+            print(
+                f"`--idempotency-key {exc.idempotency_key}` on the same command sends it again, never twice",
+                file=sys.stderr,
+            )
+        code = 1
     except ParleyError as exc:
         print(f"error: {shown(exc.message)} ({exc.code.name})", file=sys.stderr)
         if exc.code == grpc.StatusCode.UNAVAILABLE:

@@ -25,8 +25,9 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from parley.common.v1.envelope_pb2 import EventEnvelope
 
-from parley_core import telemetry
+from parley_core import deadline, telemetry
 from parley_core.envelope import NewEvent, decode, seal
+from parley_core.errors import OutcomeUnknown, Unavailable
 from parley_core.topology import STREAMS_BY_NAME, ConsumerSpec, StreamSpec, parked_subject, stream_for_subject
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,19 @@ SUBSCRIBE_RETRY_MAX_S = 1.0
 # longest pause stays well under any ack_wait, and every pause renews the ack deadline.
 RETRY_LATER_FIRST_S = 0.2
 RETRY_LATER_MAX_S = 5.0
+# One publish waits this long for its ack before it is sent again (same Nats-Msg-Id).
+PUBLISH_TIMEOUT_S = 5.0
+PUBLISH_RETRY_MAX_S = 0.5
+# A publish that failed with one of these may have reached the server, or may yet reach it.
+MAYBE_SENT = (nats.errors.TimeoutError, nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError)
+
+
+class AppendNotMade(Unavailable, ConnectionError):
+    """The event log was unreachable for the whole of the write's time: it was not stored."""
+
+
+class AppendOutcomeUnknown(OutcomeUnknown, TimeoutError):
+    """A publish was sent (or buffered) but no answer came in time: it may or may not land."""
 
 
 class ConcurrencyConflict(Exception):
@@ -217,7 +231,7 @@ class EventBus:
         if expected_last_stream_seq is not None:
             headers["Nats-Expected-Last-Sequence"] = str(expected_last_stream_seq)
         try:
-            ack = await self.js.publish(subject, envelope.SerializeToString(), headers=headers)
+            ack = await self._publish_confirmed(subject, envelope.SerializeToString(), headers)
         except nats.js.errors.APIError as exc:
             if exc.err_code != WRONG_LAST_SEQUENCE:
                 raise
@@ -227,6 +241,43 @@ class EventBus:
                 return Appended(stream_seq=earlier, duplicate=True)
             raise ConcurrencyConflict(f"{subject} changed since it was read") from exc
         return Appended(stream_seq=ack.seq, duplicate=bool(ack.duplicate))
+
+    async def _publish_confirmed(self, subject: str, data: bytes, headers: dict[str, str]) -> api.PubAck:
+        """One publish whose outcome is known when this returns or raises AppendNotMade, else AppendOutcomeUnknown.
+
+        nats-py keeps what is published while it reconnects in a buffer that it sends once
+        connected again, long after the publish timed out: a write that lands after its caller
+        was told it failed. So nothing is published while disconnected (the caller waits for the
+        connection, within its deadline), and a publish whose answer did not come (a timeout, a
+        connection lost in flight) is sent again with the same Nats-Msg-Id once connected: the
+        buffered copy goes first on the same connection, so the second answer (stored, or a
+        duplicate of the first) settles what happened. Only a deadline that passes before any
+        answer leaves the outcome unknown, and the error says so.
+        """
+        loop = asyncio.get_running_loop()
+        give_up = deadline.give_up_at()
+        maybe_sent = False
+        delay = 0.02
+        while True:
+            left = give_up - loop.time()
+            if left > 0 and self.nc.is_connected:
+                try:
+                    return await self.js.publish(subject, data, headers=headers, timeout=min(PUBLISH_TIMEOUT_S, left))
+                except (nats.js.errors.NoStreamResponseError, nats.js.errors.ServiceUnavailableError):
+                    pass  # nobody took it (a stream without a leader yet): not stored; try again
+                except MAYBE_SENT:
+                    maybe_sent = True  # on its way, or in nats-py's buffer: it may still land
+            left = give_up - loop.time()
+            if left <= 0:
+                if maybe_sent:
+                    raise AppendOutcomeUnknown()
+                raise AppendNotMade(
+                    "the event log is unreachable; nothing was stored, retry shortly"
+                    if not self.nc.is_connected
+                    else "the event log did not take the change; nothing was stored, retry shortly"
+                )
+            await asyncio.sleep(min(delay, left))  # waiting for the connection or a stream leader, within the deadline
+            delay = min(delay * 2, PUBLISH_RETRY_MAX_S)
 
     async def _own_last_write(self, stream: str, subject: str, event: NewEvent) -> int | None:
         """Stream sequence of the subject's newest message if it is `event` itself."""
