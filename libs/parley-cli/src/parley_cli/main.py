@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 
 from parley_cli import admin, audit, chat, devices, keyring, messages, mfa, patch, privacy
-from parley_cli.health import check_health
+from parley_cli.health import check_broker, check_health
 from parley_cli.saved_login import save_login, use_saved_login
 from parley_cli.state import CLIENT_FILE, STATE_FILE, how_to_start, leftover_pids, load_running_state, no_platform
 from parley_cli.terminal import shown
@@ -127,6 +127,14 @@ async def cmd_status(args: argparse.Namespace) -> int:
             status = await check_health(pki, service=name, address=address)
             healthy &= status == "SERVING"
             print(f"{name:<16}{address:<22}{status}")
+    for node in state.get("nats", []):
+        # The broker is `parley up`'s too: a dead node is restarted, and shows DOWN until it is.
+        url = str(node["url"])
+        status = await check_broker(args.data_dir, url=url, ca_cert=pki.ca_cert)
+        healthy &= status == "SERVING"
+        restarts = int(node.get("restarts") or 0)
+        note = f"  (restarted {restarts}x)" if restarts else ""
+        print(f"{node['name']:<16}{url.rsplit('://', maxsplit=1)[-1]:<22}{status}{note}")
     if leftovers:
         gateway = state["services"].get("gateway", {}).get("address", "")
         print(
@@ -275,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run N nats-server nodes as one JetStream cluster, every stream on 3 of them (N >= 3)",
     )
     up.set_defaults(run=cmd_up)
-    sub.add_parser("status", help="health of every service").set_defaults(run=cmd_status)
+    sub.add_parser("status", help="health of every service and of nats-server").set_defaults(run=cmd_status)
     sub.add_parser("parked", help="poison events that consumers set aside").set_defaults(run=cmd_parked)
 
     register = sub.add_parser(
