@@ -42,6 +42,9 @@ SUBSCRIBE_RETRY_MAX_S = 1.0
 # longest pause stays well under any ack_wait, and every pause renews the ack deadline.
 RETRY_LATER_FIRST_S = 0.2
 RETRY_LATER_MAX_S = 5.0
+# A replay's ordered consumer lost with its server (a restarted nats-server keeps no ordered
+# consumer) is noticed after two missed heartbeats and made again: after 2-4 s at this interval.
+REPLAY_HEARTBEAT_S = 1.0
 # One publish waits this long for its ack before it is sent again (same Nats-Msg-Id).
 PUBLISH_TIMEOUT_S = 5.0
 PUBLISH_RETRY_MAX_S = 0.5
@@ -306,7 +309,7 @@ class EventBus:
         start_seq: int | None = None,
         only_new: bool = False,
         stop_with_service: bool = True,
-        heartbeat_s: float = 5.0,
+        heartbeat_s: float = REPLAY_HEARTBEAT_S,
     ) -> Replay:
         """Feed every event on `filter_subject` to `handler`, in stream order, then keep following.
 
@@ -429,7 +432,7 @@ class Replay:
     stream: str
     filter_subject: str
     handler: EventHandler
-    heartbeat_s: float = 5.0
+    heartbeat_s: float = REPLAY_HEARTBEAT_S
     caught_up: asyncio.Event = field(default_factory=asyncio.Event)
     last_seq: int = 0
     _sub: JetStreamContext.PushSubscription | None = None
@@ -476,7 +479,9 @@ class Replay:
             self.caught_up.set()
 
     async def wait_for_seq(self, stream_seq: int, timeout: float = 10.0) -> None:
-        """Read-your-writes: wait until this replay has applied the event at `stream_seq`."""
+        """Read-your-writes: wait until this replay has applied the event at `stream_seq`
+        (within the call's deadline too: a timeout is then answered, not cut off)."""
+        timeout = max(0.05, min(timeout, deadline.give_up_at(timeout) - asyncio.get_running_loop().time()))
         async with self._progress:
             await asyncio.wait_for(self._progress.wait_for(lambda: self.last_seq >= stream_seq), timeout)
 
