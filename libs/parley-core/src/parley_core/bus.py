@@ -262,6 +262,8 @@ class EventBus:
         maybe_sent = False
         delay = 0.02
         while True:
+            if self.nc.is_closed or self.nc.is_draining_pubs:  # this service is stopping: nothing more goes out
+                raise AppendOutcomeUnknown() if maybe_sent else AppendNotMade("this instance is stopping; retry")
             left = give_up - loop.time()
             if left > 0 and self.nc.is_connected:
                 try:
