@@ -14,6 +14,8 @@ help:
 	@echo "make run    start the whole platform (nats-server + every service) in $(DATA_DIR)"
 	@echo "make test   lint, type-check and run the whole test suite"
 	@echo "make lint   ruff + mypy;  make proto  regenerate protobuf stubs;  make wheels  build each package"
+	@echo "make faults every fault test under load (kill -9 of each service, of nats-server and of each"
+	@echo "            node of a 3-node cluster); figures and recovery times in fault-results/"
 
 $(STAMP): constraints.txt requirements-dev.txt $(PYPROJECTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

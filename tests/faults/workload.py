@@ -74,6 +74,12 @@ class Ledger:
     acknowledged: dict[str, str] = field(default_factory=dict)  # idempotency key -> message id
     retries: int = 0
     refused: Counter[str] = field(default_factory=Counter)
+    sends: list[tuple[float, float]] = field(default_factory=list)  # (began, acknowledged), monotonic
+
+    def resumed_after(self, fault_at: float) -> float | None:
+        """Seconds from a fault until the first acknowledgement of a send begun after it."""
+        acks = [acked for began, acked in self.sends if began >= fault_at]
+        return min(acks) - fault_at if acks else None
 
 
 class ChatWorkload:
@@ -104,13 +110,16 @@ class ChatWorkload:
         for member in self.members[1:]:
             await member.client.join_channel(self.channel_id)
 
-    async def start(self, *, senders_per_member: int = 1, pause_s: float = 0.02) -> None:
+    async def start(self, *, senders_per_member: int = 1, pause_s: float = 0.02, send_once: bool = False) -> None:
+        """`send_once`: each message is one call of `send()` without a key of ours, as an app that
+        leaves retrying to the SDK does; any error it raises counts as refused (the audit fails)."""
         for member in self.members:
             self._tasks.append(asyncio.create_task(self._listen(member)))
         await until(lambda: all(m.stream_opens for m in self.members), timeout=60, what="every member's live stream")
+        loop = self._send_once_loop if send_once else self._send_loop
         for member in self.members:
             for n in range(senders_per_member):
-                self._tasks.append(asyncio.create_task(self._send_loop(member, n, pause_s)))
+                self._tasks.append(asyncio.create_task(loop(member, n, pause_s)))
 
     async def stop_sending(self) -> None:
         """Stop the senders (each finishes its send in flight); live streams stay open."""
@@ -142,13 +151,33 @@ class ChatWorkload:
                 attempts += 1
                 return await member.client.send(self.channel_id, body, idempotency_key=key)
 
+            began = time.monotonic()
             try:
                 sent = await retrying(send)
             except ParleyError as exc:
                 self.ledger.refused[exc.code.name] += 1
             else:
                 self.ledger.acknowledged[key] = sent.message_id
+                self.ledger.sends.append((began, time.monotonic()))
             self.ledger.retries += max(0, attempts - 1)
+            n += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), pause_s)  # paces the sender
+
+    async def _send_once_loop(self, member: Member, lane: int, pause_s: float) -> None:
+        n = 0
+        while not self._stop.is_set():
+            label = f"{member.name}-{lane}-{n}"
+            body = f"{member.name} lane {lane} #{n}"
+            self.ledger.attempted[label] = body
+            began = time.monotonic()
+            try:
+                sent = await member.client.send(self.channel_id, body)
+            except ParleyError as exc:
+                self.ledger.refused[f"{exc.code.name}: {exc.message}"[:200]] += 1
+            else:
+                self.ledger.acknowledged[label] = sent.message_id
+                self.ledger.sends.append((began, time.monotonic()))
             n += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), pause_s)  # paces the sender
@@ -231,6 +260,8 @@ class FaultReport:
     stream_reconnects: int
     delivered_twice: int = 0  # a message that reached one member's live stream more than once
     notes: str = ""
+    # Per fault: seconds until the broken part was back, and until sends were acknowledged again.
+    recovery: list[dict[str, float | None]] = field(default_factory=list)
 
     def publish(self) -> None:
         publish_figures(self.scenario, self.__dict__)
@@ -246,7 +277,13 @@ def publish_figures(scenario: str, figures: dict[str, object]) -> None:
         (Path(folder) / f"{scenario}.json").write_text(line + "\n")
 
 
-async def audit(workload: ChatWorkload, scenario: str, *, notes: str = "") -> FaultReport:
+async def audit(
+    workload: ChatWorkload,
+    scenario: str,
+    *,
+    notes: str = "",
+    recovery: list[dict[str, float | None]] | None = None,
+) -> FaultReport:
     """Wait until the archive holds every acknowledged send, then check it holds each once."""
     acked_ids = set(workload.ledger.acknowledged.values())
     history: list[tuple[int, str, str]] = []
@@ -286,6 +323,7 @@ async def audit(workload: ChatWorkload, scenario: str, *, notes: str = "") -> Fa
         refused=dict(workload.ledger.refused),
         stream_reconnects=sum(max(0, m.stream_opens - 1) for m in workload.members),
         notes=notes,
+        recovery=recovery or [],
     )
     report.publish()
     assert report.lost == 0, f"acknowledged but not archived: {sorted(acked_ids - set(ids))[:10]}"

@@ -7,6 +7,8 @@ and parks poison events; the platform user inspects PARKED, as an operator would
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -18,10 +20,22 @@ from nats.js import api
 from parley.auth.v1.events_pb2 import UserRegistered
 from parley.messaging.v1.events_pb2 import MessagePosted
 
-from parley_core.bus import FOREIGN_EVENT, ConcurrencyConflict, EventBus, ReceivedEvent, Refused, RetryLater
+from parley_core.bus import (
+    FOREIGN_EVENT,
+    Appended,
+    AppendNotMade,
+    AppendOutcomeUnknown,
+    ConcurrencyConflict,
+    EventBus,
+    ReceivedEvent,
+    Refused,
+    RetryLater,
+)
+from parley_core.deadline import answering_within
 from parley_core.envelope import NewEvent, decode, open_payload, seal
+from parley_core.errors import OutcomeUnknown
 from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.waiting import eventually
+from parley_core.testing.waiting import eventually, until
 from parley_core.topology import (
     CHANNELS_FILTER,
     STREAMS_BY_NAME,
@@ -717,3 +731,71 @@ async def test_a_replay_whose_consumer_is_lost_makes_a_new_one_and_misses_nothin
     assert renamed.startswith("gateway_")
     assert renamed != name
     await replay.stop()
+
+
+# --- appends across a broker outage -------------------------------------------------------------
+
+
+async def subject_count(bus: EventBus, subject: str) -> int:
+    info = await bus.js.stream_info("MSG", subjects_filter=subject)
+    return (info.state.subjects or {}).get(subject, 0)
+
+
+async def test_an_append_while_the_broker_is_down_is_not_made_and_never_lands_later(
+    nats_server: NatsTestServer, bus: EventBus
+) -> None:
+    """Nothing goes into nats-py's reconnect buffer, which would land it after the caller was told it failed."""
+    subject = channel_subject("c-down")
+    nats_server.process.kill()
+    await until(lambda: not bus.nc.is_connected, what="the client to notice the broker is gone")
+
+    with answering_within(1.0), pytest.raises(AppendNotMade, match="nothing was stored"):
+        await bus.append(subject, posted("c-down", "refused"), aggregate_version=1, expected_last_subject_seq=0)
+
+    await nats_server.process.restart()
+    await until(lambda: bus.nc.is_connected, what="the client to reconnect")
+    await bus.nc.flush()
+    await bus.wait_for_stream("MSG")
+    assert await subject_count(bus, subject) == 0
+
+
+async def test_an_append_waits_for_the_broker_within_its_deadline_and_lands_once(
+    nats_server: NatsTestServer, bus: EventBus
+) -> None:
+    subject = channel_subject("c-back")
+    event = posted("c-back", "waits")
+    nats_server.process.kill()
+    await until(lambda: not bus.nc.is_connected, what="the client to notice the broker is gone")
+
+    async def append() -> Appended:
+        with answering_within(30.0):
+            return await bus.append(subject, event, aggregate_version=1, expected_last_subject_seq=0)
+
+    pending = asyncio.create_task(append())
+    await nats_server.process.restart()
+    appended = await asyncio.wait_for(pending, TIMEOUT_S * 3)
+
+    assert not appended.duplicate
+    assert await subject_count(bus, subject) == 1
+
+
+async def test_a_publish_without_an_answer_is_named_unknown_and_a_retry_makes_it_once(
+    nats_server: NatsTestServer, bus: EventBus
+) -> None:
+    """A frozen broker takes the publish but does not answer: the caller hears that the outcome
+    is unknown (never a plain failure), and the retry with the same event id settles it."""
+    subject = channel_subject("c-frozen")
+    event = posted("c-frozen", "maybe")
+    os.kill(nats_server.process.pid, signal.SIGSTOP)
+    try:
+        with answering_within(1.0), pytest.raises(AppendOutcomeUnknown) as raised:
+            await bus.append(subject, event, aggregate_version=1, expected_last_subject_seq=0)
+    finally:
+        os.kill(nats_server.process.pid, signal.SIGCONT)
+    assert isinstance(raised.value, OutcomeUnknown)
+    assert "same idempotency key" in str(raised.value)
+
+    again = await bus.append(subject, event, aggregate_version=1, expected_last_subject_seq=0)
+
+    assert again.duplicate  # the frozen broker stored the first one once it ran again
+    assert await subject_count(bus, subject) == 1

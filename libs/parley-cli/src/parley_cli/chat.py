@@ -14,7 +14,7 @@ from grpc import StatusCode
 from parley.messaging.v1.messaging_pb2 import Channel, ChatMessage
 
 from parley_cli.terminal import shown
-from parley_client import DeviceStore, LiveEvent, ParleyClient, ParleyError
+from parley_client import DeviceStore, LiveEvent, OutcomeUnknown, ParleyClient, ParleyError
 from parley_client.client import RESUMABLE
 from parley_client.e2ee import BODY_PREFIX
 
@@ -238,6 +238,12 @@ async def interactive(client: ParleyClient, reference: str, *, store: DeviceStor
             if text.strip():
                 try:
                     await run_typed(client, channel_id, text)
+                except OutcomeUnknown as exc:
+                    # Retried with its key until the deadline: shown above if it was stored after all.
+                    print(
+                        f"not confirmed, it may have been sent (shown above if it was): {shown(exc.message)}",
+                        flush=True,
+                    )
                 except ParleyError as exc:
                     print(f"not sent: {shown(exc.message)}", flush=True)
         return 0

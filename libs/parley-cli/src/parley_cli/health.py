@@ -1,5 +1,42 @@
-"""Health checks of running services: the node agent's own, so `parley status` sees what the agent sees."""
+"""Health checks of running services (the node agent's own, so `parley status` sees what the
+agent sees) and of the platform's nats-server nodes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nats.errors
 
 from parley_agent.health import check_health
+from parley_core.nats_connect import NatsUnreachable, connect_nats_once
+from parley_core.natsconf import ensure_nats_passwords
+from parley_core.topology import PLATFORM_USER
 
-__all__ = ["check_health"]
+__all__ = ["check_broker", "check_health"]
+
+BROKER_CHECK_S = 2.0
+
+
+async def check_broker(data_dir: Path, *, url: str, ca_cert: Path) -> str:
+    """SERVING when the node takes a connection and answers a JetStream request, DOWN when
+    nobody answers on its address, NOT_SERVING when it answers without JetStream (a cluster
+    node still catching up or without a leader)."""
+    password = ensure_nats_passwords(data_dir / "secrets" / "nats-passwords.json", [PLATFORM_USER])[PLATFORM_USER]
+    try:
+        nc = await connect_nats_once(
+            url=url,
+            user=PLATFORM_USER,
+            password=password,
+            ca_cert=ca_cert,
+            name="parley-status",
+            timeout_s=BROKER_CHECK_S,
+        )
+    except (NatsUnreachable, nats.errors.Error, OSError):
+        return "DOWN"
+    try:
+        await nc.jetstream(timeout=BROKER_CHECK_S).account_info()
+    except (nats.errors.Error, TimeoutError):
+        return "NOT_SERVING"
+    finally:
+        await nc.close()
+    return "SERVING"

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 
 from parley_cli import admin, audit, chat, devices, keyring, messages, mfa, patch, privacy
-from parley_cli.health import check_health
+from parley_cli.health import check_broker, check_health
 from parley_cli.prompt import PromptInterrupted, ask, ask_secret
 from parley_cli.saved_login import save_login, use_saved_login
 from parley_cli.state import (
@@ -27,7 +27,7 @@ from parley_cli.state import (
     remember_data_dir,
 )
 from parley_cli.terminal import shown
-from parley_client import ClientConfig, MfaRequired, ParleyClient, ParleyError
+from parley_client import ClientConfig, MfaRequired, OutcomeUnknown, ParleyClient, ParleyError
 from parley_core.logs import quiet_asyncio_tls_notes
 from parley_core.nats_connect import NatsUnreachable
 
@@ -138,6 +138,14 @@ async def cmd_status(args: argparse.Namespace) -> int:
             status = await check_health(pki, service=name, address=address)
             healthy &= status == "SERVING"
             print(f"{name:<16}{address:<22}{status}")
+    for node in state.get("nats", []):
+        # The broker is `parley up`'s too: a dead node is restarted, and shows DOWN until it is.
+        url = str(node["url"])
+        status = await check_broker(args.data_dir, url=url, ca_cert=pki.ca_cert)
+        healthy &= status == "SERVING"
+        restarts = int(node.get("restarts") or 0)
+        note = f"  (restarted {restarts}x)" if restarts else ""
+        print(f"{node['name']:<16}{url.rsplit('://', maxsplit=1)[-1]:<22}{status}{note}")
     if leftovers:
         gateway = state["services"].get("gateway", {}).get("address", "")
         print(
@@ -242,7 +250,7 @@ async def cmd_send(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         await _login_as(args, client)
         channel_id, _ = await chat.open_channel(client, args.channel, store=devices.device_store(args))
-        message = await client.send(channel_id, args.text)
+        message = await client.send(channel_id, args.text, idempotency_key=args.idempotency_key)
     print(f"sent #{message.channel_seq}")
     return 0
 
@@ -298,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run N nats-server nodes as one JetStream cluster, every stream on 3 of them (N >= 3)",
     )
     up.set_defaults(run=cmd_up)
-    sub.add_parser("status", help="health of every service").set_defaults(run=cmd_status)
+    sub.add_parser("status", help="health of every service and of nats-server").set_defaults(run=cmd_status)
     sub.add_parser("parked", help="poison events that consumers set aside").set_defaults(run=cmd_parked)
 
     register = sub.add_parser(
@@ -345,6 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     send = sub.add_parser("send", help="send one message")
     send.add_argument("channel", help="channel id or name")
     send.add_argument("text")
+    send.add_argument(
+        "--idempotency-key",
+        help="the key of an earlier send whose outcome was unknown: sends it again, never twice (default: a new one)",
+    )
     send.set_defaults(run=cmd_send)
     history = sub.add_parser("history", help="print a channel's newest messages (`parley older` pages back)")
     history.add_argument("channel", help="channel id or name")
@@ -384,6 +396,14 @@ def main(argv: list[str] | None = None) -> None:
         # interpreter's final flush from printing a traceback of its own.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 141  # 128 + SIGPIPE, what a shell reports for a tool killed by it
+    except OutcomeUnknown as exc:
+        print(f"error: {shown(exc.message)} ({exc.code.name})", file=sys.stderr)
+        if exc.idempotency_key:
+            print(
+                f"`--idempotency-key {exc.idempotency_key}` on the same command sends it again, never twice",
+                file=sys.stderr,
+            )
+        code = 1
     except ParleyError as exc:
         print(f"error: {shown(exc.message)} ({exc.code.name})", file=sys.stderr)
         if exc.code == grpc.StatusCode.UNAVAILABLE:

@@ -47,6 +47,11 @@ SUPERVISE_INTERVAL_S = 0.5
 STORE_KEY_FILE = "jetstream-store.key"
 CLUSTER_NAME = "parley"
 STREAMS_READY_TIMEOUT_S = 60.0
+# A nats-server that died is started again at once; one that dies again within NATS_STABLE_S
+# of its restart waits before the next, twice as long each time up to NATS_RESTART_MAX_S.
+NATS_RESTART_FIRST_S = 0.5
+NATS_RESTART_MAX_S = 30.0
+NATS_STABLE_S = 60.0
 
 
 def ensure_store_key(path: Path) -> str:
@@ -88,6 +93,8 @@ class Platform:
         self.restarts: dict[str, int] = dict.fromkeys(START_ORDER, 0)
         self._written_state: dict[str, Any] = {}
         self._agent_task: asyncio.Task[None] | None = None
+        self._nats_watchers: list[asyncio.Task[None]] = []
+        self.nats_restarts: dict[str, int] = {}
         self._stopping = asyncio.Event()
 
     def say(self, text: str) -> None:
@@ -126,6 +133,7 @@ class Platform:
 
         await self._start_nats(passwords)
         self._write_starting_state()
+        self._nats_watchers = [asyncio.create_task(self._supervise_nats(node)) for node in self.nats_nodes]
         where = self.data_dir / "nats" / ("jetstream" if self.nats_cluster == 1 else "node*/jetstream")
         kind = "nats-server" if self.nats_cluster == 1 else f"{self.nats_cluster}-node JetStream cluster (replicas 3)"
         self.say(f"{kind} with JetStream and TLS on {self.nats_url} (store: {where})")
@@ -254,6 +262,58 @@ class Platform:
         for node in self.nats_nodes:
             await node.start()
 
+    def nats_name(self, node: NatsServerProcess) -> str:
+        """`nats-server`, or a cluster node's `nats-server-N` (its log is logs/<name>.log)."""
+        return "nats-server" if len(self.nats_nodes) == 1 else f"nats-server-{self.nats_nodes.index(node)}"
+
+    async def _supervise_nats(self, node: NatsServerProcess) -> None:
+        """Start a node that died again with its own configuration, port and store, with backoff.
+
+        Services keep reconnecting meanwhile and resume by themselves; sends wait within their
+        deadline (parley_core.bus) and are answered once the broker is back. A node that dies
+        again soon after its restart waits before the next one, longer each time.
+        """
+        name = self.nats_name(node)
+        loop = asyncio.get_running_loop()
+        pause, up_since = 0.0, float("-inf")
+        while True:
+            code = await node.wait_exit()
+            if self._stopping.is_set():
+                return
+            died = loop.time()
+            pause = _longer(pause) if died - up_since < NATS_STABLE_S else 0.0
+            self.nats_restarts[name] = self.nats_restarts.get(name, 0) + 1
+            self.say(f"UNHEALTHY: {name} stopped (exit {code}); restarting it with the same configuration and store")
+            self._record_state()
+            attempt = 0
+            while not node.running:
+                if await self._stopped_within(pause):
+                    return
+                attempt += 1
+                try:
+                    await node.restart()
+                except RuntimeError as exc:
+                    pause = _longer(pause)
+                    why = str(exc).splitlines()[0]
+                    self.say(f"{name} did not start again (attempt {attempt}: {why}); next try in {pause:.1f} s")
+            up_since = loop.time()
+            self.say(f"{name} is serving again (down {up_since - died:.1f} s); services reconnect by themselves")
+            self._record_state()
+
+    async def _stopped_within(self, seconds: float) -> bool:
+        """Wait `seconds` unless `parley up` is told to stop first; True if it was."""
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), seconds)
+        return self._stopping.is_set()
+
+    def _record_state(self) -> None:
+        """The state file, once the services run (before, the starting state names the nodes' pids)."""
+        if self.agent is not None:
+            self._write_state()
+        else:
+            self._write_starting_state()
+
     async def _reseed_restored_log(self) -> None:
         """A folder restored from a backup: its archive goes back into the event log before any
         service starts (storage's own tool, as the platform identity; it resumes if interrupted)."""
@@ -337,9 +397,23 @@ class Platform:
             "running": True,
             "pid": os.getpid(),
             "nats_url": self.nats_url,
-            "nats_pids": [node.pid for node in self.nats_nodes],
+            "nats_pids": [node.pid for node in self.nats_nodes if node.running],
+            "nats": self._nats_state(),
             "services": services,
         }
+
+    def _nats_state(self) -> list[dict[str, Any]]:
+        """Each node as `parley status` shows it: where it listens, its pid, how often it was restarted."""
+        return [
+            {
+                "name": self.nats_name(node),
+                "url": node.url,
+                "pid": node.pid if node.running else None,
+                "running": node.running,
+                "restarts": self.nats_restarts.get(self.nats_name(node), 0),
+            }
+            for node in self.nats_nodes
+        ]
 
     def _write_starting_state(self) -> None:
         """Once nats-server runs: a `parley up` killed before its services are up (a long re-seed)
@@ -355,7 +429,8 @@ class Platform:
             "running": True,
             "pid": os.getpid(),
             "nats_url": self.nats_url,
-            "nats_pids": [node.pid for node in self.nats_nodes],
+            "nats_pids": [node.pid for node in self.nats_nodes if node.running],
+            "nats": self._nats_state(),
             "services": services,
         }
         write_private_file(path, json.dumps(state, indent=2).encode())
@@ -429,6 +504,9 @@ class Platform:
 
     async def stop(self) -> None:
         self._stopping.set()
+        for watcher in self._nats_watchers:
+            watcher.cancel()
+        await asyncio.gather(*self._nats_watchers, return_exceptions=True)
         self._mark_stopped()
         if self._agent_task is not None:
             self._agent_task.cancel()
@@ -445,6 +523,10 @@ class Platform:
             await node.stop()
         if self.nats_nodes:
             self.say("nats-server stopped" if len(self.nats_nodes) == 1 else "JetStream cluster stopped")
+
+
+def _longer(pause: float) -> float:
+    return min(max(pause * 2, NATS_RESTART_FIRST_S), NATS_RESTART_MAX_S)
 
 
 def _why_it_stopped(path: Path) -> str:

@@ -1,6 +1,14 @@
 """Async client for Parley's gateway."""
 
-from parley_client.client import ClientConfig, LiveEvent, LiveStream, MfaRequired, ParleyClient, ParleyError
+from parley_client.client import (
+    ClientConfig,
+    LiveEvent,
+    LiveStream,
+    MfaRequired,
+    OutcomeUnknown,
+    ParleyClient,
+    ParleyError,
+)
 from parley_client.device_store import DeviceStore
 from parley_client.e2ee import DeviceKeyChanged, E2eeDevice, UndecryptableMessage, fingerprint
 
@@ -12,6 +20,7 @@ __all__ = [
     "LiveEvent",
     "LiveStream",
     "MfaRequired",
+    "OutcomeUnknown",
     "ParleyClient",
     "ParleyError",
     "UndecryptableMessage",

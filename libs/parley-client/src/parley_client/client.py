@@ -24,6 +24,16 @@ from parley_client.device_store import DeviceStore
 from parley_client.e2ee import BODY_PREFIX, E2eeDevice, UndecryptableMessage
 
 DEFAULT_TIMEOUT_S = 10.0
+# A send (or another write that is safe to repeat) is retried for this long when its outcome is
+# unknown: long enough to ride out a restart of the platform's broker.
+WRITE_TIMEOUT_S = 30.0
+WRITE_RETRY_FIRST_S = 0.1
+WRITE_RETRY_MAX_S = 2.0
+# Answers after which a write may or may not have been made (the platform's own marker on
+# UNAVAILABLE, a deadline, a connection lost in flight): retried with the same request.
+AMBIGUOUS = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED}
+)
 MAX_RETRY_WAIT_S = 5.0
 EXPORT_TIMEOUT_S = 120.0  # export and erasure walk all of a user's archived events
 LOOKUP_BATCH = 200  # auth's limit per LookupUsers call
@@ -50,6 +60,25 @@ class ParleyError(Exception):
         self.code = code
         self.message = message
         self.retry_after_s = retry_after_s
+
+
+class OutcomeUnknown(ParleyError):
+    """A write whose outcome the platform could not confirm before the call's deadline.
+
+    It may or may not have been made. Calling again with the same `idempotency_key` (for a
+    send) or the same request never makes it twice and returns the result if it was made.
+    """
+
+    def __init__(self, last: ParleyError, idempotency_key: str = "") -> None:
+        again = (
+            f"send again with idempotency_key={idempotency_key!r}" if idempotency_key else "make the same call again"
+        )
+        super().__init__(
+            last.code,
+            f"the platform did not confirm this change before the deadline, so it may or may not have been made; "
+            f"{again} to find out (it is never made twice). Last answer: {last.message}",
+        )
+        self.idempotency_key = idempotency_key
 
 
 class MfaRequired(ParleyError):
@@ -275,6 +304,30 @@ class ParleyClient:
                 raise error
             await asyncio.sleep(wait)
 
+    async def _write(self, method: Any, request: Any, *, timeout: float, idempotency_key: str = "") -> Any:
+        """A write that is safe to repeat (a keyed send, an edit to a given text, a reaction):
+        an ambiguous answer is retried with the same request, with backoff, until `timeout`.
+
+        So a write reported failed was not made, and one made is reported made once; only a
+        deadline that passes before any answer raises OutcomeUnknown, which says so.
+        """
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + timeout
+        delay = WRITE_RETRY_FIRST_S
+        while True:
+            try:
+                return await self._call(
+                    method, request, timeout=max(0.0, min(give_up - loop.time(), DEFAULT_TIMEOUT_S))
+                )
+            except ParleyError as exc:
+                if exc.code not in AMBIGUOUS:
+                    raise
+                last = exc
+            if give_up - loop.time() <= delay:
+                raise OutcomeUnknown(last, idempotency_key) from last
+            await asyncio.sleep(delay)  # backoff while the platform recovers
+            delay = min(delay * 2, WRITE_RETRY_MAX_S)
+
     async def register(self, username: str, password: str, *, invite_code: str = "") -> auth_pb2.RegisterResponse:
         """`invite_code`: needed when the platform registers by invitation (PARLEY_REGISTRATION=invite)."""
         request = auth_pb2.RegisterRequest(username=username, password=password, invite_code=invite_code)
@@ -455,21 +508,32 @@ class ParleyClient:
         return list(response.channels)
 
     async def send(
-        self, channel_id: str, body: str, *, idempotency_key: str | None = None, thread_root_seq: int = 0
+        self,
+        channel_id: str,
+        body: str,
+        *,
+        idempotency_key: str | None = None,
+        thread_root_seq: int = 0,
+        timeout: float = WRITE_TIMEOUT_S,
     ) -> messaging_pb2.ChatMessage:
         """Send once: a retry with the same idempotency key returns the first result.
+
+        Call it once per message: when the platform cannot tell whether the message was stored
+        (its broker restarting, a deadline), it is sent again with the same key, with backoff,
+        for up to `timeout` seconds, so it is stored once and reported stored. If that time
+        passes without an answer it raises OutcomeUnknown, naming the key to send again with.
 
         In an end-to-end encrypted channel the body is encrypted on this device first (see
         enable_e2ee); the returned message then carries the ciphertext the server stored.
         """
         body = await self._sealed(channel_id, body)
+        key = idempotency_key or uuid.uuid4().hex
         request = messaging_pb2.PostMessageRequest(
-            channel_id=channel_id,
-            body=body,
-            idempotency_key=idempotency_key or uuid.uuid4().hex,
-            thread_root_seq=thread_root_seq,
+            channel_id=channel_id, body=body, idempotency_key=key, thread_root_seq=thread_root_seq
         )
-        message: messaging_pb2.ChatMessage = await self._call(self._stub.SendMessage, request)
+        message: messaging_pb2.ChatMessage = await self._write(
+            self._stub.SendMessage, request, timeout=timeout, idempotency_key=key
+        )
         return message
 
     async def history(
@@ -662,13 +726,13 @@ class ParleyClient:
         self, channel_id: str, channel_seq: int, emoji: str, *, remove: bool = False
     ) -> messaging_pb2.ChatMessage:
         request = messaging_pb2.ReactRequest(channel_id=channel_id, channel_seq=channel_seq, emoji=emoji, remove=remove)
-        message: messaging_pb2.ChatMessage = await self._call(self._stub.React, request)
+        message: messaging_pb2.ChatMessage = await self._write(self._stub.React, request, timeout=WRITE_TIMEOUT_S)
         return message
 
     async def mark_read(self, channel_id: str, channel_seq: int) -> messaging_pb2.Channel:
         """Move the caller's read marker forward; the channel then reports fewer unread messages."""
         request = messaging_pb2.MarkReadRequest(channel_id=channel_id, channel_seq=channel_seq)
-        channel: messaging_pb2.Channel = await self._call(self._stub.MarkRead, request)
+        channel: messaging_pb2.Channel = await self._write(self._stub.MarkRead, request, timeout=WRITE_TIMEOUT_S)
         return channel
 
     async def edit(self, channel_id: str, channel_seq: int, body: str) -> messaging_pb2.ChatMessage:
@@ -677,12 +741,14 @@ class ParleyClient:
         request = messaging_pb2.EditMessageRequest(
             channel_id=channel_id, channel_seq=channel_seq, body=await self._sealed(channel_id, body)
         )
-        message: messaging_pb2.ChatMessage = await self._call(self._stub.EditMessage, request)
+        message: messaging_pb2.ChatMessage = await self._write(self._stub.EditMessage, request, timeout=WRITE_TIMEOUT_S)
         return message
 
     async def redact(self, channel_id: str, channel_seq: int, *, reason: str = "") -> messaging_pb2.ChatMessage:
         request = messaging_pb2.RedactMessageRequest(channel_id=channel_id, channel_seq=channel_seq, reason=reason)
-        message: messaging_pb2.ChatMessage = await self._call(self._stub.RedactMessage, request)
+        message: messaging_pb2.ChatMessage = await self._write(
+            self._stub.RedactMessage, request, timeout=WRITE_TIMEOUT_S
+        )
         return message
 
     async def message_versions(self, channel_id: str, channel_seq: int) -> list[str]:

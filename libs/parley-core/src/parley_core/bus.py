@@ -25,8 +25,9 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from parley.common.v1.envelope_pb2 import EventEnvelope
 
-from parley_core import telemetry
+from parley_core import deadline, telemetry
 from parley_core.envelope import NewEvent, decode, seal
+from parley_core.errors import OutcomeUnknown, Unavailable
 from parley_core.topology import (
     PLATFORM_USER,
     STREAMS_BY_NAME,
@@ -48,6 +49,22 @@ SUBSCRIBE_RETRY_MAX_S = 1.0
 # longest pause stays well under any ack_wait, and every pause renews the ack deadline.
 RETRY_LATER_FIRST_S = 0.2
 RETRY_LATER_MAX_S = 5.0
+# A replay's ordered consumer lost with its server (a restarted nats-server keeps no ordered
+# consumer) is noticed after two missed heartbeats and made again: after 2-4 s at this interval.
+REPLAY_HEARTBEAT_S = 1.0
+# One publish waits this long for its ack before it is sent again (same Nats-Msg-Id).
+PUBLISH_TIMEOUT_S = 5.0
+PUBLISH_RETRY_MAX_S = 0.5
+# A publish that failed with one of these may have reached the server, or may yet reach it.
+MAYBE_SENT = (nats.errors.TimeoutError, nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError)
+
+
+class AppendNotMade(Unavailable, ConnectionError):
+    """The event log was unreachable for the whole of the write's time: it was not stored."""
+
+
+class AppendOutcomeUnknown(OutcomeUnknown, TimeoutError):
+    """A publish was sent (or buffered) but no answer came in time: it may or may not land."""
 
 
 class ConcurrencyConflict(Exception):
@@ -230,7 +247,7 @@ class EventBus:
         if expected_last_stream_seq is not None:
             headers["Nats-Expected-Last-Sequence"] = str(expected_last_stream_seq)
         try:
-            ack = await self.js.publish(subject, envelope.SerializeToString(), headers=headers)
+            ack = await self._publish_confirmed(subject, envelope.SerializeToString(), headers)
         except nats.js.errors.APIError as exc:
             if exc.err_code != WRONG_LAST_SEQUENCE:
                 raise
@@ -240,6 +257,45 @@ class EventBus:
                 return Appended(stream_seq=earlier, duplicate=True)
             raise ConcurrencyConflict(f"{subject} changed since it was read") from exc
         return Appended(stream_seq=ack.seq, duplicate=bool(ack.duplicate))
+
+    async def _publish_confirmed(self, subject: str, data: bytes, headers: dict[str, str]) -> api.PubAck:
+        """One publish whose outcome is known when this returns or raises AppendNotMade, else AppendOutcomeUnknown.
+
+        nats-py keeps what is published while it reconnects in a buffer that it sends once
+        connected again, long after the publish timed out: a write that lands after its caller
+        was told it failed. So nothing is published while disconnected (the caller waits for the
+        connection, within its deadline), and a publish whose answer did not come (a timeout, a
+        connection lost in flight) is sent again with the same Nats-Msg-Id once connected: the
+        buffered copy goes first on the same connection, so the second answer (stored, or a
+        duplicate of the first) settles what happened. Only a deadline that passes before any
+        answer leaves the outcome unknown, and the error says so.
+        """
+        loop = asyncio.get_running_loop()
+        give_up = deadline.give_up_at()
+        maybe_sent = False
+        delay = 0.02
+        while True:
+            if self.nc.is_closed or self.nc.is_draining_pubs:  # this service is stopping: nothing more goes out
+                raise AppendOutcomeUnknown() if maybe_sent else AppendNotMade("this instance is stopping; retry")
+            left = give_up - loop.time()
+            if left > 0 and self.nc.is_connected:
+                try:
+                    return await self.js.publish(subject, data, headers=headers, timeout=min(PUBLISH_TIMEOUT_S, left))
+                except (nats.js.errors.NoStreamResponseError, nats.js.errors.ServiceUnavailableError):
+                    pass  # nobody took it (a stream without a leader yet): not stored; try again
+                except MAYBE_SENT:
+                    maybe_sent = True  # on its way, or in nats-py's buffer: it may still land
+            left = give_up - loop.time()
+            if left <= 0:
+                if maybe_sent:
+                    raise AppendOutcomeUnknown()
+                raise AppendNotMade(
+                    "the event log is unreachable; nothing was stored, retry shortly"
+                    if not self.nc.is_connected
+                    else "the event log did not take the change; nothing was stored, retry shortly"
+                )
+            await asyncio.sleep(min(delay, left))  # waiting for the connection or a stream leader, within the deadline
+            delay = min(delay * 2, PUBLISH_RETRY_MAX_S)
 
     async def _own_last_write(self, stream: str, subject: str, event: NewEvent) -> int | None:
         """Stream sequence of the subject's newest message if it is `event` itself."""
@@ -268,7 +324,7 @@ class EventBus:
         start_seq: int | None = None,
         only_new: bool = False,
         stop_with_service: bool = True,
-        heartbeat_s: float = 5.0,
+        heartbeat_s: float = REPLAY_HEARTBEAT_S,
     ) -> Replay:
         """Feed every event on `filter_subject` to `handler`, in stream order, then keep following.
 
@@ -391,7 +447,7 @@ class Replay:
     stream: str
     filter_subject: str
     handler: EventHandler
-    heartbeat_s: float = 5.0
+    heartbeat_s: float = REPLAY_HEARTBEAT_S
     caught_up: asyncio.Event = field(default_factory=asyncio.Event)
     last_seq: int = 0
     _sub: JetStreamContext.PushSubscription | None = None
@@ -438,7 +494,9 @@ class Replay:
             self.caught_up.set()
 
     async def wait_for_seq(self, stream_seq: int, timeout: float = 10.0) -> None:
-        """Read-your-writes: wait until this replay has applied the event at `stream_seq`."""
+        """Read-your-writes: wait until this replay has applied the event at `stream_seq`
+        (within the call's deadline too: a timeout is then answered, not cut off)."""
+        timeout = max(0.05, min(timeout, deadline.give_up_at(timeout) - asyncio.get_running_loop().time()))
         async with self._progress:
             await asyncio.wait_for(self._progress.wait_for(lambda: self.last_seq >= stream_seq), timeout)
 

@@ -45,6 +45,27 @@ class Unavailable(DomainError):
     pass
 
 
+# Trailing metadata on an UNAVAILABLE answer whose change may or may not have been made; the
+# gateway passes it on, and the SDK retries such a call with the same idempotency key.
+OUTCOME_METADATA = "parley-outcome"
+OUTCOME_UNKNOWN = "unknown"
+OUTCOME_UNKNOWN_MESSAGE = (
+    "the event log did not confirm this change in time, so it may or may not have been made; "
+    "retry it (a send with the same idempotency key), which never makes it twice"
+)
+
+
+class OutcomeUnknown(Unavailable):
+    """A write that may or may not have landed (publish timeout, lost connection, deadline).
+
+    Answered UNAVAILABLE with `parley-outcome: unknown`, never INTERNAL: the caller retries
+    with the same idempotency key, which finds the first write if it landed.
+    """
+
+    def __init__(self, message: str = OUTCOME_UNKNOWN_MESSAGE) -> None:
+        super().__init__(message)
+
+
 STATUS_FOR: dict[type[DomainError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,

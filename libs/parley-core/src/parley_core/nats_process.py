@@ -74,6 +74,18 @@ class NatsServerProcess:
                 task.cancel()
             await asyncio.gather(ready, exited, return_exceptions=True)
 
+    async def restart(self) -> None:
+        """Start it again after its process ended (a crash): the same config, port and store."""
+        if self.running:
+            raise RuntimeError("nats-server is still running")
+        self._close_log()
+        self._process = None
+        await self.start()
+
+    async def wait_exit(self) -> int:
+        """The exit code, once the process has ended (a crash, a kill, a stop)."""
+        return await self._wait_exit()
+
     async def stop(self) -> None:
         """SIGTERM for a clean JetStream shutdown, SIGKILL if it takes more than 10 s."""
         process = self._process

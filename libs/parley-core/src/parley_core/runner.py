@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 import grpc
+import nats.errors
+import nats.js.errors
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
@@ -28,7 +30,8 @@ from parley_core import telemetry
 from parley_core.access import AccessProjection, follow_access
 from parley_core.bus import EventBus
 from parley_core.config import Settings
-from parley_core.errors import DomainError, status_for
+from parley_core.deadline import answering_within
+from parley_core.errors import OUTCOME_METADATA, OUTCOME_UNKNOWN, DomainError, OutcomeUnknown, status_for
 from parley_core.inventory import running_distributions
 from parley_core.listeners import stop_listening
 from parley_core.logs import configure_logging
@@ -166,6 +169,24 @@ def method_permission_check(tokens: TokenVerifier) -> Authorize:
     return check
 
 
+EVENT_LOG_SILENT = (
+    "the event log did not answer in time; if this call changes something, the change may or may not "
+    "have been made: retry it (a send with the same idempotency key), which never makes it twice"
+)
+
+
+# The event log did not answer: a timeout (nats-py's is a TimeoutError too), a connection
+# closed or lost, a stream without a leader. Not a bug of ours; other NATS errors are.
+EVENT_LOG_UNANSWERED = (
+    TimeoutError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.NoRespondersError,
+    nats.errors.OutboundBufferLimitError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+)
+
+
 class CallerCheckAndErrors(grpc.aio.ServerInterceptor):
     """Refuses peers not allowed to call this service and maps errors to one gRPC status each.
 
@@ -200,8 +221,16 @@ class CallerCheckAndErrors(grpc.aio.ServerInterceptor):
             return None
 
         async def fail(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
+            if isinstance(exc, OutcomeUnknown):
+                context.set_trailing_metadata(((OUTCOME_METADATA, OUTCOME_UNKNOWN),))
             if isinstance(exc, DomainError):
                 await context.abort(status_for(exc), str(exc))
+            if isinstance(exc, EVENT_LOG_UNANSWERED):
+                # The event log did not answer (a read or a write): no fault of ours to hide behind
+                # INTERNAL, and a write may have landed, so the caller is told to retry, not to give up.
+                log.warning("event log did not answer in %s: %r", method, exc)
+                context.set_trailing_metadata(((OUTCOME_METADATA, OUTCOME_UNKNOWN),))
+                await context.abort(grpc.StatusCode.UNAVAILABLE, EVENT_LOG_SILENT)
             if isinstance(exc, grpc.aio.AioRpcError):
                 # A downstream refusal passes through with its own status and message.
                 await context.abort(exc.code(), exc.details() or exc.code().name)
@@ -222,7 +251,8 @@ class CallerCheckAndErrors(grpc.aio.ServerInterceptor):
                     if authorize is not None:
                         authorize(method, context)
                     check_ranges(request)
-                    return await inner_unary(request, context)
+                    with answering_within(context.time_remaining()):
+                        return await inner_unary(request, context)
                 except (grpc.aio.AbortError, asyncio.CancelledError):
                     raise
                 except Exception as exc:

@@ -19,7 +19,13 @@ from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
-from parley_core.errors import InvalidArgument, PermissionDenied
+from parley_core.errors import (
+    OUTCOME_METADATA,
+    OUTCOME_UNKNOWN,
+    OUTCOME_UNKNOWN_MESSAGE,
+    InvalidArgument,
+    PermissionDenied,
+)
 from parley_core.rbac import Permission
 from parley_core.runner import RunContext
 from parley_core.sources import SOURCE_METADATA, budget_key, client_address
@@ -73,12 +79,23 @@ HIDDEN_DETAIL = {
 }
 
 
+def outcome_unknown(exc: grpc.aio.AioRpcError) -> bool:
+    return exc.code() == grpc.StatusCode.UNAVAILABLE and any(
+        key == OUTCOME_METADATA and value == OUTCOME_UNKNOWN for key, value in exc.trailing_metadata() or ()
+    )
+
+
 async def forward(method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp], request: Req, context: Context) -> Resp:
     """Call an internal service on behalf of the client: its token, its remaining deadline."""
     fwd = Forwarded.of(context)
     try:
         return await method(request, metadata=fwd.metadata, timeout=fwd.timeout)
     except grpc.aio.AioRpcError as exc:
+        if outcome_unknown(exc):
+            # A write that may or may not have landed: the service's words (retry with the same
+            # key) and its marker, which the SDK retries on, reach the client as they are.
+            context.set_trailing_metadata(((OUTCOME_METADATA, OUTCOME_UNKNOWN),))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, exc.details() or OUTCOME_UNKNOWN_MESSAGE)
         if (public := HIDDEN_DETAIL.get(exc.code())) is None:
             raise  # a refusal of the client's request: its message is meant for the client
         log.warning("internal call failed", extra={"code": exc.code().name, "detail": exc.details()})
