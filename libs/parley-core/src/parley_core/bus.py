@@ -57,6 +57,9 @@ PUBLISH_TIMEOUT_S = 5.0
 PUBLISH_RETRY_MAX_S = 0.5
 # A publish that failed with one of these may have reached the server, or may yet reach it.
 MAYBE_SENT = (nats.errors.TimeoutError, nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError)
+# 503 answers that mean "not now" (no cluster leader yet, JetStream still starting): retried. Any
+# other 503 is the stream's own refusal (its limits, its store), which waiting does not change.
+TEMPORARILY_UNAVAILABLE = frozenset({10008, 10076})  # JSClusterNotAvailErr, JSNotEnabledErr
 
 
 class AppendNotMade(Unavailable, ConnectionError):
@@ -281,8 +284,13 @@ class EventBus:
             if left > 0 and self.nc.is_connected:
                 try:
                     return await self.js.publish(subject, data, headers=headers, timeout=min(PUBLISH_TIMEOUT_S, left))
-                except (nats.js.errors.NoStreamResponseError, nats.js.errors.ServiceUnavailableError):
+                except nats.js.errors.NoStreamResponseError:
                     pass  # nobody took it (a stream without a leader yet): not stored; try again
+                except nats.js.errors.ServiceUnavailableError as exc:
+                    if exc.err_code and exc.err_code not in TEMPORARILY_UNAVAILABLE:
+                        raise AppendNotMade(
+                            f"the event log refused the change ({exc.description}); nothing was stored"
+                        ) from exc
                 except MAYBE_SENT:
                     maybe_sent = True  # on its way, or in nats-py's buffer: it may still land
             left = give_up - loop.time()
