@@ -281,8 +281,9 @@ class EventBus:
             if left > 0 and self.nc.is_connected:
                 try:
                     return await self.js.publish(subject, data, headers=headers, timeout=min(PUBLISH_TIMEOUT_S, left))
-                except (nats.js.errors.NoStreamResponseError, nats.js.errors.ServiceUnavailableError):
+                except nats.js.errors.NoStreamResponseError:
                     pass  # nobody took it (a stream without a leader yet): not stored; try again
+                # A refusal by the stream (full, a wrong expected sequence) is the caller's to handle.
                 except MAYBE_SENT:
                     maybe_sent = True  # on its way, or in nats-py's buffer: it may still land
             left = give_up - loop.time()
