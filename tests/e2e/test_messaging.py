@@ -314,6 +314,11 @@ def test_cli_edits_redacts_and_pages_back(platform: RunningPlatform) -> None:
     platform.cli("--as", member, "join", channel_id)
     for n in (1, 2, 3):
         assert f"sent #{n}" in platform.cli("--as", member, "send", "cli-edits", f"line {n}").stdout
+    # A send whose outcome was unknown, sent again with its key: the first result, nothing new.
+    keyed = ("--as", member, "send", "cli-edits", "line 4", "--idempotency-key", "cli-key-4")
+    assert "sent #4" in platform.cli(*keyed).stdout
+    assert "sent #4" in platform.cli(*keyed).stdout
+    assert "sent #5" in platform.cli("--as", member, "send", "cli-edits", "line 5").stdout
     assert "edited #2 (1 edits)" in platform.cli("--as", member, "edit", "cli-edits", "2", "line two").stdout
     assert "redacted #3" in platform.cli("--as", owner, "redact", "cli-edits", "3", "--reason", "spam").stdout
     versions = platform.cli("--as", owner, "versions", "cli-edits", "2").stdout

@@ -19,7 +19,7 @@ import pytest
 from parley.messaging.v1.events_pb2 import MessagePosted
 from workload import FaultReport, until
 
-from parley_core.bus import EventBus, ReceivedEvent
+from parley_core.bus import AppendNotMade, EventBus, ReceivedEvent
 from parley_core.envelope import NewEvent, open_payload
 from parley_core.pki import Pki
 from parley_core.testing.nats import start_nats_cluster
@@ -64,7 +64,7 @@ class Writer:
                     )
                     self.acknowledged.add(event_id)
                     break
-                except (nats.errors.Error, TimeoutError):
+                except (nats.errors.Error, TimeoutError, AppendNotMade):  # unknown outcomes are TimeoutErrors
                     if time.monotonic() > deadline:
                         self.refused += 1
                         break

@@ -85,3 +85,23 @@ async def test_a_send_made_once_while_the_broker_restarts_is_acknowledged_once(
 
     assert sent.body == "through the outage"
     assert await stored_messages(client, channel_id) == 1
+
+
+async def test_a_channel_created_again_with_its_key_is_the_first_one(
+    client: ParleyClient, nats_server: NatsTestServer
+) -> None:
+    os.kill(nats_server.process.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(OutcomeUnknown) as unknown:
+            await client.create_channel("made-once", timeout=2.0)
+    finally:
+        os.kill(nats_server.process.pid, signal.SIGCONT)
+
+    key = unknown.value.idempotency_key
+    again = await client.create_channel("made-once", idempotency_key=key)
+    also = await client.create_channel("made-once", idempotency_key=key)
+
+    assert also.channel_id == again.channel_id
+    assert [c.channel_id for c in await client.my_channels() if c.name == "made-once"] == [again.channel_id]
+    other = await client.create_channel("made-once")  # no key: a channel of its own, as before
+    assert other.channel_id != again.channel_id

@@ -353,10 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     send = sub.add_parser("send", help="send one message")
     send.add_argument("channel", help="channel id or name")
     send.add_argument("text")
-    send.add_argument(
-        "--idempotency-key",
-        help="the key of an earlier send whose outcome was unknown: sends it again, never twice (default: a new one)",
-    )
+    send.add_argument("--idempotency-key", help=messages.AGAIN_HELP)
     send.set_defaults(run=cmd_send)
     history = sub.add_parser("history", help="print a channel's newest messages (`parley older` pages back)")
     history.add_argument("channel", help="channel id or name")
@@ -400,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {shown(exc.message)} ({exc.code.name})", file=sys.stderr)
         if exc.idempotency_key:
             print(
-                f"`--idempotency-key {exc.idempotency_key}` on the same command sends it again, never twice",
+                f"`--idempotency-key {exc.idempotency_key}` on the same command makes it again, never twice",
                 file=sys.stderr,
             )
         code = 1

@@ -79,7 +79,9 @@ async def cmd_leave(args: argparse.Namespace) -> int:
 
 async def cmd_dm(args: argparse.Namespace) -> int:
     async with await _logged_in(args) as client:
-        channel = await client.create_direct(args.user_ids, encrypted=args.encrypted)
+        channel = await client.create_direct(
+            args.user_ids, encrypted=args.encrypted, idempotency_key=args.idempotency_key
+        )
     print(f"direct conversation {channel.channel_id}")
     return 0
 
@@ -87,7 +89,7 @@ async def cmd_dm(args: argparse.Namespace) -> int:
 async def cmd_reply(args: argparse.Namespace) -> int:
     async with await _logged_in(args) as client:
         channel_id, _ = await chat.open_channel(client, args.channel, store=devices.device_store(args))
-        message = await client.reply(channel_id, args.number, args.text)
+        message = await client.reply(channel_id, args.number, args.text, idempotency_key=args.idempotency_key)
     print(f"sent #{message.channel_seq} in the thread of #{args.number}")
     return 0
 
@@ -118,10 +120,18 @@ async def cmd_react(args: argparse.Namespace) -> int:
 async def cmd_create_channel(args: argparse.Namespace) -> int:
     async with await _logged_in(args) as client:
         channel = await client.create_channel(
-            args.name, encrypted=args.encrypted, private=args.private, hide_history_before_join=args.hide_history
+            args.name,
+            encrypted=args.encrypted,
+            private=args.private,
+            hide_history_before_join=args.hide_history,
+            idempotency_key=args.idempotency_key,
         )
     print(f"created #{shown(channel.name)} with id {channel.channel_id}")
     return 0
+
+
+# A command whose outcome was unknown names its key; the same command with it never acts twice.
+AGAIN_HELP = "the key of an earlier call whose outcome was unknown: makes it again, never twice (default: a new one)"
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -160,11 +170,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     dm = sub.add_parser("dm", help="start a direct conversation with 1 to 7 users (by id)")
     dm.add_argument("user_ids", nargs="+")
     dm.add_argument("--encrypted", action="store_true", help="end-to-end encrypted (SDK clients only)")
+    dm.add_argument("--idempotency-key", help=AGAIN_HELP)
     dm.set_defaults(run=cmd_dm)
     reply = sub.add_parser("reply", help="reply in the thread of a message")
     reply.add_argument("channel", help="channel id or name")
     reply.add_argument("number", type=int)
     reply.add_argument("text")
+    reply.add_argument("--idempotency-key", help=AGAIN_HELP)
     reply.set_defaults(run=cmd_reply)
     thread = sub.add_parser("thread", help="a message and its replies")
     thread.add_argument("channel", help="channel id or name")
@@ -181,4 +193,5 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     create.add_argument("--private", action="store_true", help="members join by invitation only")
     create.add_argument("--encrypted", action="store_true", help="end-to-end encrypted (SDK clients only)")
     create.add_argument("--hide-history", action="store_true", help="members see only what came after they joined")
+    create.add_argument("--idempotency-key", help=AGAIN_HELP)
     create.set_defaults(run=cmd_create_channel)

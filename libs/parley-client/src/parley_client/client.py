@@ -65,13 +65,13 @@ class ParleyError(Exception):
 class OutcomeUnknown(ParleyError):
     """A write whose outcome the platform could not confirm before the call's deadline.
 
-    It may or may not have been made. Calling again with the same `idempotency_key` (for a
-    send) or the same request never makes it twice and returns the result if it was made.
+    It may or may not have been made. Calling again with the same `idempotency_key` (a send,
+    a channel creation) or the same request never makes it twice and returns the result if it was.
     """
 
     def __init__(self, last: ParleyError, idempotency_key: str = "") -> None:
         again = (
-            f"send again with idempotency_key={idempotency_key!r}" if idempotency_key else "make the same call again"
+            f"call again with idempotency_key={idempotency_key!r}" if idempotency_key else "make the same call again"
         )
         super().__init__(
             last.code,
@@ -446,19 +446,48 @@ class ParleyClient:
         self.user_id = user_id or None
 
     async def create_channel(
-        self, name: str, *, encrypted: bool = False, private: bool = False, hide_history_before_join: bool = False
+        self,
+        name: str,
+        *,
+        encrypted: bool = False,
+        private: bool = False,
+        hide_history_before_join: bool = False,
+        idempotency_key: str | None = None,
+        timeout: float = WRITE_TIMEOUT_S,
     ) -> messaging_pb2.Channel:
-        """A channel owned by the caller; private ones are joined by invitation only."""
+        """A channel owned by the caller; private ones are joined by invitation only.
+
+        Created once, like a send: an unknown outcome is retried with the same key until `timeout`.
+        """
+        key = idempotency_key or uuid.uuid4().hex
         request = messaging_pb2.CreateChannelRequest(
-            name=name, encrypted=encrypted, private=private, hide_history_before_join=hide_history_before_join
+            name=name,
+            encrypted=encrypted,
+            private=private,
+            hide_history_before_join=hide_history_before_join,
+            idempotency_key=key,
         )
-        channel: messaging_pb2.Channel = await self._call(self._stub.CreateChannel, request)
+        channel: messaging_pb2.Channel = await self._write(
+            self._stub.CreateChannel, request, timeout=timeout, idempotency_key=key
+        )
         return channel
 
-    async def create_direct(self, user_ids: Sequence[str], *, encrypted: bool = False) -> messaging_pb2.Channel:
-        """A direct conversation with 1 to 7 others: fixed members, nobody moderates."""
-        request = messaging_pb2.CreateDirectChannelRequest(user_ids=list(user_ids), encrypted=encrypted)
-        channel: messaging_pb2.Channel = await self._call(self._stub.CreateDirectChannel, request)
+    async def create_direct(
+        self,
+        user_ids: Sequence[str],
+        *,
+        encrypted: bool = False,
+        idempotency_key: str | None = None,
+        timeout: float = WRITE_TIMEOUT_S,
+    ) -> messaging_pb2.Channel:
+        """A direct conversation with 1 to 7 others: fixed members, nobody moderates (created once, as above)."""
+        key = idempotency_key or uuid.uuid4().hex
+        request = messaging_pb2.CreateDirectChannelRequest(
+            user_ids=list(user_ids), encrypted=encrypted, idempotency_key=key
+        )
+        channel: messaging_pb2.Channel = await self._write(
+            self._stub.CreateDirectChannel, request, timeout=timeout, idempotency_key=key
+        )
         return channel
 
     async def _member_action(self, method: Any, channel_id: str, user_id: str, reason: str) -> messaging_pb2.Channel:

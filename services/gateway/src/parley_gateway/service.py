@@ -71,8 +71,14 @@ class Forwarded:
 # Internal failures a client can act on only by retrying; their details (addresses, internal
 # errors) stay in our logs.
 HIDDEN_DETAIL = {
-    grpc.StatusCode.UNAVAILABLE: "the service is briefly unavailable; retry shortly",
-    grpc.StatusCode.DEADLINE_EXCEEDED: "the deadline passed before the platform answered; retry with a longer one",
+    # A call cut off in flight may have made its change: the retry a client is told to make is the same call.
+    grpc.StatusCode.UNAVAILABLE: (
+        "the service is briefly unavailable; retry shortly (a send with the same idempotency key)"
+    ),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (
+        "the deadline passed before the platform answered, so a change may or may not have been made; "
+        "retry with a longer one (a send with the same idempotency key)"
+    ),
     grpc.StatusCode.UNKNOWN: "internal error",
     grpc.StatusCode.DATA_LOSS: "internal error",
     grpc.StatusCode.UNIMPLEMENTED: "this call is not available on the platform yet",

@@ -301,6 +301,12 @@ def send_event_id(channel_id: str, sender_id: str, idempotency_key: str) -> str:
     return uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{channel_id}/{sender_id}/{idempotency_key}").hex
 
 
+def created_channel_id(creator_id: str, idempotency_key: str) -> str:
+    """Same creation, same channel: a retried CreateChannel with its key finds the first one
+    (and a creation of someone else's never meets it: the creator is part of the id)."""
+    return uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"channel/{creator_id}/{idempotency_key}").hex
+
+
 class ChannelDirectory:
     """Every channel, rebuilt from the MSG stream."""
 

@@ -47,6 +47,7 @@ from parley_messaging.domain import (
     ChannelDirectory,
     MessageRecord,
     PostedMessage,
+    created_channel_id,
     send_event_id,
     validate_body,
     validate_channel_name,
@@ -298,22 +299,32 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         assert self._ctx is not None
         caller = self._ctx.tokens.caller(context)
         name = validate_channel_name(request.name)
-        channel_id = uuid.uuid4().hex
-        event = NewEvent(
-            aggregate_type="channel",
-            aggregate_id=channel_id,
-            payload=ChannelCreated(
-                channel_id=channel_id,
-                name=name,
-                creator_id=caller.user_id,
-                encrypted=request.encrypted,
-                private=request.private,
-                hide_history_before_join=request.hide_history_before_join,
-            ),
-            actor=caller.user_id,
+        channel_id = created_channel_id(caller.user_id, validate_idempotency_key(request.idempotency_key))
+        payload = ChannelCreated(
+            channel_id=channel_id,
+            name=name,
+            creator_id=caller.user_id,
+            encrypted=request.encrypted,
+            private=request.private,
+            hide_history_before_join=request.hide_history_before_join,
         )
-        await self._append(event, after=None)
-        return channel_proto(self.channels.get(channel_id), caller.user_id)
+        return channel_proto(await self._create_once(channel_id, payload, caller.user_id), caller.user_id)
+
+    async def _create_once(self, channel_id: str, payload: ChannelCreated, creator_id: str) -> Channel:
+        """Create the channel unless a call with the same key did: then the first one stands."""
+        if channel_id not in self.channels:
+            event = NewEvent(
+                aggregate_type="channel",
+                aggregate_id=channel_id,
+                payload=payload,
+                actor=creator_id,
+                event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"parley:channel-created/{channel_id}").hex,
+            )
+            try:
+                await self._append(event, after=None)
+            except ConcurrencyConflict:
+                await self.settle(channel_subject(channel_id))  # created by the first call, then changed
+        return self.channels.get(channel_id)
 
     async def JoinChannel(
         self, request: messaging_pb2.JoinChannelRequest, context: grpc.aio.ServicerContext[object, object]
@@ -494,23 +505,17 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         caller = self._ctx.tokens.caller(context)
         others = validate_direct_members(caller.user_id, list(request.user_ids))
         await self._require_users(others)
-        channel_id = uuid.uuid4().hex
-        event = NewEvent(
-            aggregate_type="channel",
-            aggregate_id=channel_id,
-            payload=ChannelCreated(
-                channel_id=channel_id,
-                name="direct",
-                creator_id=caller.user_id,
-                encrypted=request.encrypted,
-                private=True,
-                direct=True,
-                member_ids=others,
-            ),
-            actor=caller.user_id,
+        channel_id = created_channel_id(caller.user_id, validate_idempotency_key(request.idempotency_key))
+        payload = ChannelCreated(
+            channel_id=channel_id,
+            name="direct",
+            creator_id=caller.user_id,
+            encrypted=request.encrypted,
+            private=True,
+            direct=True,
+            member_ids=others,
         )
-        await self._append(event, after=None)
-        return channel_proto(self.channels.get(channel_id), caller.user_id)
+        return channel_proto(await self._create_once(channel_id, payload, caller.user_id), caller.user_id)
 
     async def InviteMember(
         self, request: messaging_pb2.MemberActionRequest, context: grpc.aio.ServicerContext[object, object]

@@ -215,12 +215,17 @@ class CreateChannelRequest(_message.Message):
     ENCRYPTED_FIELD_NUMBER: _builtins.int
     PRIVATE_FIELD_NUMBER: _builtins.int
     HIDE_HISTORY_BEFORE_JOIN_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     encrypted: _builtins.bool
     """end-to-end encrypted channel: the server only ever holds ciphertext"""
     private: _builtins.bool
     """members join by invitation only"""
     hide_history_before_join: _builtins.bool
+    idempotency_key: _builtins.str
+    """A retry with the same key (after an unknown outcome) returns the channel the first call
+    created, never a second one; empty: a new key for this call.
+    """
     def __init__(
         self,
         *,
@@ -228,10 +233,11 @@ class CreateChannelRequest(_message.Message):
         encrypted: _builtins.bool = ...,
         private: _builtins.bool = ...,
         hide_history_before_join: _builtins.bool = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["encrypted", b"encrypted", "hide_history_before_join", b"hide_history_before_join", "name", b"name", "private", b"private"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encrypted", b"encrypted", "hide_history_before_join", b"hide_history_before_join", "idempotency_key", b"idempotency_key", "name", b"name", "private", b"private"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -570,7 +576,10 @@ class CreateDirectChannelRequest(_message.Message):
 
     USER_IDS_FIELD_NUMBER: _builtins.int
     ENCRYPTED_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     encrypted: _builtins.bool
+    idempotency_key: _builtins.str
+    """as CreateChannelRequest's"""
     @_builtins.property
     def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """the others in the conversation (1 to 7)"""
@@ -580,10 +589,11 @@ class CreateDirectChannelRequest(_message.Message):
         *,
         user_ids: _abc.Iterable[_builtins.str] | None = ...,
         encrypted: _builtins.bool = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["encrypted", b"encrypted", "user_ids", b"user_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encrypted", b"encrypted", "idempotency_key", b"idempotency_key", "user_ids", b"user_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
