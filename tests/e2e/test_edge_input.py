@@ -40,6 +40,7 @@ TIMEOUT_S = 30.0
 CALL_TIMEOUT_S = 15.0
 EMOJI_PER_MESSAGE = 3
 REACTIONS_PER_USER = 2
+EDITS_PER_MESSAGE = 3
 GATEWAY = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"]
 # What the README promises a client may see for a request it made up: never INTERNAL or UNKNOWN.
 DOCUMENTED = {
@@ -72,11 +73,12 @@ PROFILE = os.environ.get("PARLEY_FUZZ_PROFILE", "quick")
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
-    """Small reaction limits, and budgets the fuzzing user does not run out of."""
+    """Small reaction and edit limits, and budgets the fuzzing user does not run out of."""
     running = platform_in(
         tmp_path_factory.mktemp("platform"),
         PARLEY_MESSAGING_MAX_EMOJI_PER_MESSAGE=str(EMOJI_PER_MESSAGE),
         PARLEY_MESSAGING_MAX_REACTIONS_PER_USER=str(REACTIONS_PER_USER),
+        PARLEY_MESSAGING_MAX_EDITS_PER_MESSAGE=str(EDITS_PER_MESSAGE),
         PARLEY_GATEWAY_USER_RATE="100000",
         PARLEY_GATEWAY_USER_BURST="100000",
         PARLEY_GATEWAY_SOURCE_RATE="100000",
@@ -146,6 +148,28 @@ async def test_reactions_are_one_emoji_each_and_capped_per_message_and_person(pl
     final = await bob.react(cid, seq, "🎉")
     assert {r.emoji: len(r.user_ids) for r in final.reactions} == {"👍": 2, "🎉": 2}
     for client in (alice, bob):
+        await client.close()
+
+
+async def test_edits_are_capped_so_moderators_always_see_the_first_text(platform: RunningPlatform) -> None:
+    """Every earlier text of a message is kept for its moderators and returned in one answer;
+    past the cap a sender cannot bury the first text under edits (400 long ones once made the
+    answer bigger than any client takes)."""
+    alice, mallory = await new_user(platform, "alice"), await new_user(platform, "mallory")
+    cid = (await alice.create_channel("moderated")).channel_id
+    await mallory.join_channel(cid)
+    seq = (await mallory.send(cid, "the first, abusive, text")).channel_seq
+    for n in range(EDITS_PER_MESSAGE):
+        await mallory.edit(cid, seq, f"harmless {n}")
+    with pytest.raises(ParleyError) as capped:
+        await mallory.edit(cid, seq, "one more")
+    assert capped.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"edited {EDITS_PER_MESSAGE} times, the most a message may be" in capped.value.message
+    versions = await alice.message_versions(cid, seq)  # alice created the channel: its moderator
+    assert "the first, abusive, text" in versions
+    assert "one more" not in versions
+    await mallory.send(cid, "one more")  # a new message is fine
+    for client in (alice, mallory):
         await client.close()
 
 

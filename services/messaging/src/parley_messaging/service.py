@@ -36,7 +36,7 @@ from parley.messaging.v1.events_pb2 import (
 
 from parley_core.bus import ConcurrencyConflict, DurableConsumer, ReceivedEvent, Replay
 from parley_core.envelope import NewEvent, UnknownEventType, open_payload
-from parley_core.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
+from parley_core.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, Unavailable
 from parley_core.runner import RunContext
 from parley_core.topology import AUTH_FILTER, CONSUMERS, MESSAGING_FILTER, channel_subject
 from parley_messaging.device_service import DeviceKeyServicer
@@ -391,12 +391,18 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
     ) -> messaging_pb2.ChatMessage:
         assert self._ctx is not None
         caller = self._ctx.tokens.caller(context)
+        max_edits = self.settings.max_edits_per_message
 
         def decide(channel: Channel) -> NewEvent | None:
             record = channel.check_edit(caller.user_id, request.channel_seq)
             body = body_for(channel, request.body)
             if record.current.body == body:
                 return None  # a retried edit: already the text
+            if record.current.edit_count >= max_edits:
+                raise ResourceExhausted(
+                    f"message #{request.channel_seq} was edited {record.current.edit_count} times, the most a message"
+                    " may be; send a new message instead"
+                )
             edited = Timestamp()
             edited.GetCurrentTime()
             payload = MessageEdited(
