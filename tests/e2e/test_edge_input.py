@@ -28,6 +28,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from parley.gateway.v1 import gateway_pb2
+from parley.messaging.v1 import messaging_pb2
 
 from parley_client import ParleyClient, ParleyError
 from parley_core.testing.platform import RunningPlatform, platform_in
@@ -170,6 +171,29 @@ async def test_edits_are_capped_so_moderators_always_see_the_first_text(platform
     assert "one more" not in versions
     await mallory.send(cid, "one more")  # a new message is fine
     for client in (alice, mallory):
+        await client.close()
+
+
+async def test_a_thread_longer_than_any_answer_is_read_page_by_page(platform: RunningPlatform) -> None:
+    """400 replies of 4000 three-byte characters (4.8 MB, more than the 4 MiB a gRPC client takes
+    in one answer) once made the thread unreadable for everyone; it is read in pages."""
+    alice, bob = await new_user(platform, "alice"), await new_user(platform, "bob")
+    cid = (await alice.create_channel("long-thread")).channel_id
+    await bob.join_channel(cid)
+    root = (await alice.send(cid, "a root")).channel_seq
+    for n in range(400):
+        await alice.reply(cid, root, f"{n:03d}" + "\u20ac" * 3990)
+    thread = await bob.thread(cid, root)
+    assert [m.body[:3] for m in thread.replies] == [f"{n:03d}" for n in range(400)]
+    request = messaging_pb2.ListThreadRequest(channel_id=cid, root_seq=root, limit=500)
+    page = await bob._call(bob._stub.ListThread, request)
+    assert page.has_more
+    assert 0 < len(page.replies) < 400
+    assert page.ByteSize() <= 2 * 1024 * 1024 + 64 * 1024  # the page's budget, and the root
+    with pytest.raises(ParleyError) as too_many:
+        await bob._call(bob._stub.ListThread, messaging_pb2.ListThreadRequest(channel_id=cid, root_seq=root, limit=501))
+    assert too_many.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    for client in (alice, bob):
         await client.close()
 
 
