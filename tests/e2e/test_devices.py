@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.twofactor.totp import TOTP
 from parley.messaging.v1 import messaging_pb2
 
 from parley_client import DeviceKeyChanged, DeviceStore, MfaRequired, ParleyClient, ParleyError, fingerprint
+from parley_client.e2ee import E2eeDevice
 from parley_core.testing.platform import TEST_DEFAULTS, RunningPlatform
 from parley_core.testing.waiting import eventually
 
@@ -350,3 +351,44 @@ async def test_cli_enrols_mfa_and_prints_the_recovery_codes_once(platform: Runni
     assert (await fresh.login(name, PASSWORD, recovery_code=recovery[0])).user_id == client.user_id
     await client.close()
     await fresh.close()
+
+
+async def test_a_member_cannot_fill_the_relay_with_messages_no_device_fetches(platform: RunningPlatform) -> None:
+    """The relay keeps what a device has not fetched yet. A member sending to a spare device of
+    their own that never fetches stops at the cap per sender (RESOURCE_EXHAUSTED), while another
+    member's messages still go through; once the device fetches, what it holds leaves the queue
+    and the sender may send again."""
+    mallory, mallory_name = await new_user(platform, "mallory")
+    spare = connect(platform)
+    await spare.login(mallory_name, PASSWORD)
+    laptop = await mallory.enable_e2ee("laptop")
+    await spare.enable_e2ee("spare")
+    bob, _ = await new_user(platform, "bob")
+    phone = await bob.enable_e2ee("phone")
+    blob = os.urandom(60 * 1024)  # under the gateway's 64 KiB request limit
+
+    def message(recipient: ParleyClient, device_id: str, sender: E2eeDevice) -> messaging_pb2.ToDeviceMessage:
+        return messaging_pb2.ToDeviceMessage(
+            recipient_user_id=recipient.user_id,
+            recipient_device_id=device_id,
+            sender_device_id=sender.device_id,
+            sender_identity_key=sender.identity_key,
+            olm_type=1,
+            ciphertext=blob,
+        )
+
+    cap = 16 * 1024 * 1024 // len(blob)
+    for _ in range(cap):
+        await mallory.send_to_device([message(spare, "spare", laptop)])
+    with pytest.raises(ParleyError) as full:
+        await mallory.send_to_device([message(spare, "spare", laptop)])
+    assert full.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "have not fetched yet" in str(full.value)
+    await bob.send_to_device([message(bob, "phone", phone)])  # not held back by mallory's backlog
+
+    waiting = await spare.fetch_to_device("spare", after_queue_seq=0)
+    assert 0 < len(waiting) <= 2 * 1024 * 1024 // len(blob)  # a page a client can receive
+    held = waiting[-1].queue_seq
+    await spare.fetch_to_device("spare", after_queue_seq=held)  # it holds those: they leave the queue
+    assert (await spare.fetch_to_device("spare", after_queue_seq=0))[0].queue_seq == held + 1
+    await mallory.send_to_device([message(spare, "spare", laptop)])

@@ -28,6 +28,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from parley.gateway.v1 import gateway_pb2
+from parley.messaging.v1 import messaging_pb2
 
 from parley_client import ParleyClient, ParleyError
 from parley_core.testing.platform import RunningPlatform, platform_in
@@ -40,6 +41,7 @@ TIMEOUT_S = 30.0
 CALL_TIMEOUT_S = 15.0
 EMOJI_PER_MESSAGE = 3
 REACTIONS_PER_USER = 2
+EDITS_PER_MESSAGE = 3
 GATEWAY = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"]
 # What the README promises a client may see for a request it made up: never INTERNAL or UNKNOWN.
 DOCUMENTED = {
@@ -72,11 +74,12 @@ PROFILE = os.environ.get("PARLEY_FUZZ_PROFILE", "quick")
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
-    """Small reaction limits, and budgets the fuzzing user does not run out of."""
+    """Small reaction and edit limits, and budgets the fuzzing user does not run out of."""
     running = platform_in(
         tmp_path_factory.mktemp("platform"),
         PARLEY_MESSAGING_MAX_EMOJI_PER_MESSAGE=str(EMOJI_PER_MESSAGE),
         PARLEY_MESSAGING_MAX_REACTIONS_PER_USER=str(REACTIONS_PER_USER),
+        PARLEY_MESSAGING_MAX_EDITS_PER_MESSAGE=str(EDITS_PER_MESSAGE),
         PARLEY_GATEWAY_USER_RATE="100000",
         PARLEY_GATEWAY_USER_BURST="100000",
         PARLEY_GATEWAY_SOURCE_RATE="100000",
@@ -145,6 +148,51 @@ async def test_reactions_are_one_emoji_each_and_capped_per_message_and_person(pl
     await bob.react(cid, seq, "❤️", remove=True)  # taking one back makes room
     final = await bob.react(cid, seq, "🎉")
     assert {r.emoji: len(r.user_ids) for r in final.reactions} == {"👍": 2, "🎉": 2}
+    for client in (alice, bob):
+        await client.close()
+
+
+async def test_edits_are_capped_so_moderators_always_see_the_first_text(platform: RunningPlatform) -> None:
+    """Every earlier text of a message is kept for its moderators and returned in one answer;
+    past the cap a sender cannot bury the first text under edits (400 long ones once made the
+    answer bigger than any client takes)."""
+    alice, mallory = await new_user(platform, "alice"), await new_user(platform, "mallory")
+    cid = (await alice.create_channel("moderated")).channel_id
+    await mallory.join_channel(cid)
+    seq = (await mallory.send(cid, "the first, abusive, text")).channel_seq
+    for n in range(EDITS_PER_MESSAGE):
+        await mallory.edit(cid, seq, f"harmless {n}")
+    with pytest.raises(ParleyError) as capped:
+        await mallory.edit(cid, seq, "one more")
+    assert capped.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"edited {EDITS_PER_MESSAGE} times, the most a message may be" in capped.value.message
+    versions = await alice.message_versions(cid, seq)  # alice created the channel: its moderator
+    assert "the first, abusive, text" in versions
+    assert "one more" not in versions
+    await mallory.send(cid, "one more")  # a new message is fine
+    for client in (alice, mallory):
+        await client.close()
+
+
+async def test_a_thread_longer_than_any_answer_is_read_page_by_page(platform: RunningPlatform) -> None:
+    """400 replies of 4000 three-byte characters (4.8 MB, more than the 4 MiB a gRPC client takes
+    in one answer) once made the thread unreadable for everyone; it is read in pages."""
+    alice, bob = await new_user(platform, "alice"), await new_user(platform, "bob")
+    cid = (await alice.create_channel("long-thread")).channel_id
+    await bob.join_channel(cid)
+    root = (await alice.send(cid, "a root")).channel_seq
+    for n in range(400):
+        await alice.reply(cid, root, f"{n:03d}" + "\u20ac" * 3990)
+    thread = await bob.thread(cid, root)
+    assert [m.body[:3] for m in thread.replies] == [f"{n:03d}" for n in range(400)]
+    request = messaging_pb2.ListThreadRequest(channel_id=cid, root_seq=root, limit=500)
+    page = await bob._call(bob._stub.ListThread, request)
+    assert page.has_more
+    assert 0 < len(page.replies) < 400
+    assert page.ByteSize() <= 2 * 1024 * 1024 + 64 * 1024  # the page's budget, and the root
+    with pytest.raises(ParleyError) as too_many:
+        await bob._call(bob._stub.ListThread, messaging_pb2.ListThreadRequest(channel_id=cid, root_seq=root, limit=501))
+    assert too_many.value.code == grpc.StatusCode.INVALID_ARGUMENT
     for client in (alice, bob):
         await client.close()
 

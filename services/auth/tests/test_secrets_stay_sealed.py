@@ -222,3 +222,34 @@ async def test_events_written_before_sealing_still_work(stack: Stack, nats_serve
             auth_pb2.LoginRequest(username=name, password=NEW_PASSWORD, recovery_code=codes[3]), timeout=TIMEOUT_S
         )
     assert spent.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_password_typed_as_the_username_reaches_no_stream(stack: Stack, nats_server: NatsTestServer) -> None:
+    """People type their password into the name field. A failed login for a name that belongs to
+    no account is counted and audited under a digest keyed by auth's sealing key: the text reaches
+    neither AUTH (which every service reads) nor the audit trail, and the failures still lock."""
+    await stack.create_user("alice", "member")
+    typed = f"Correct-Horse-{uuid.uuid4().hex[:8]}!"
+    gateway = stack.gateway()
+    locked = None
+    for _ in range(60):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await gateway.Login(auth_pb2.LoginRequest(username=typed, password="not-the-password"), timeout=TIMEOUT_S)
+        if refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            locked = refused.value
+            break
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert locked is not None, "failures for a name that belongs to no account must still lock"
+    with pytest.raises(grpc.aio.AioRpcError) as alice_failed:  # a real name stays readable for a SIEM
+        await stack.login("alice", "not-alices-password")
+    assert alice_failed.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    needles = {"typed": typed.encode(), "typed, case-folded": typed.casefold().encode()}
+    for reader in sorted({*STREAMS_BY_NAME["AUTH"].readers, STREAMS_BY_NAME["AUTH"].owner} & set(SERVICES)):
+        raw = await raw_stream(nats_server, reader, "AUTH")
+        assert b"parley.auth.v1.LoginFailureCounted" in raw
+        assert found_in(raw, needles) == [], f"{reader} reads the typed text on AUTH"
+    sec = await raw_stream(nats_server, "platform", "SEC")
+    assert b"unknown-name:" in sec  # the failures are audited, under the digest
+    assert b"alice" in sec
+    assert found_in(sec, needles) == []

@@ -2,11 +2,13 @@
 
 import pytest
 
-from parley_core.errors import InvalidArgument, NotFound, PermissionDenied
+from parley_core.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from parley_messaging.devices import (
+    MAX_UNDELIVERED_BYTES_PER_SENDER,
     AuthDirectory,
     QueuedMessage,
     ToDeviceQueue,
+    UndeliveredBySender,
     check_ciphertext,
     key_base64,
     require_device,
@@ -17,8 +19,8 @@ from parley_messaging.devices import (
 CURVE = bytes(range(32))
 
 
-def queued(seq: int) -> QueuedMessage:
-    return QueuedMessage("alice", "laptop", key_base64(CURVE), 0, b"x", seq)
+def queued(seq: int, sender: str = "alice", size: int = 1) -> QueuedMessage:
+    return QueuedMessage(sender, "laptop", key_base64(CURVE), 0, b"x" * size, seq)
 
 
 def test_only_own_published_devices_send_and_fetch() -> None:
@@ -68,3 +70,27 @@ def test_input_validation() -> None:
     assert validate_encrypted_body("megolm.v1:dev:sid:AAAA").startswith("megolm.v1:")
     with pytest.raises(InvalidArgument, match="end-to-end encrypted"):
         validate_encrypted_body("hello in plain text")
+
+
+def test_what_a_device_fetched_past_leaves_its_queue_and_stays_gone_on_replay() -> None:
+    queue = ToDeviceQueue("bob")
+    for n in range(1, 5):
+        assert queue.add("phone", queued(n), keep=True)
+    assert [m.queue_seq for m in queue.delivered("phone", 2)] == [1, 2]
+    assert [m.queue_seq for m in queue.after("phone", 0, 10)] == [3, 4]
+    assert queue.delivered("phone", 1) == []  # an older position acknowledges nothing again
+    assert not queue.add("phone", queued(2), keep=True)  # a replayed send it already fetched past
+    assert [m.queue_seq for m in queue.after("phone", 0, 10)] == [3, 4]
+
+
+def test_undelivered_bytes_are_capped_per_sender_and_freed_by_delivery() -> None:
+    undelivered = UndeliveredBySender()
+    big = queued(1, "mallory", MAX_UNDELIVERED_BYTES_PER_SENDER - 10)
+    undelivered.queued(big)
+    undelivered.check("mallory", 10)
+    with pytest.raises(ResourceExhausted, match="not fetched yet"):
+        undelivered.check("mallory", 11)
+    undelivered.check("alice", MAX_UNDELIVERED_BYTES_PER_SENDER)  # another sender's budget is whole
+    undelivered.left([big])
+    undelivered.check("mallory", MAX_UNDELIVERED_BYTES_PER_SENDER)
+    assert undelivered.bytes_of == {}

@@ -9,22 +9,43 @@ Cells: "refused"; "metadata" (position, type, aggregate, actor, time; no content
 
 from __future__ import annotations
 
+import os
 import uuid
+from pathlib import Path
 
 import grpc
+import pytest
 from parley.common.v1.envelope_pb2 import EventEnvelope
+from parley.fleet.v1 import fleet_pb2
 from parley.messaging.v1 import messaging_pb2
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
+from parley.patch.v1.events_pb2 import VulnerabilityOverdue
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from securesystemslib.signer import CryptoSigner
 
+from parley_cli.audit_query import _line
 from parley_cli.publishing import public_pem
 from parley_core.envelope import open_payload
+from parley_core.pki import Pki
 from parley_core.secret_fields import holds_secrets
-from parley_core.testing.stack import TIMEOUT_S, Stack, bearer
+from parley_core.testing.nats import NatsTestServer
+from parley_core.testing.stack import TIMEOUT_S, Stack, bearer, start_stack, stop_stack
 from parley_core.testing.waiting import eventually
+from parley_core.topology import heartbeat_subject
 
 STREAMS = ("AUTH", "MSG", "SEC", "PATCH", "STORE")
+# Real OSV advisories: $PARLEY_OSV_DIR, or ../shared/data/osv beside the repository.
+OSV_DIR = next(
+    (
+        p
+        for p in (
+            Path(os.environ.get("PARLEY_OSV_DIR") or "/nonexistent"),
+            Path(__file__).resolve().parents[3].parent / "shared" / "data" / "osv",
+        )
+        if p.is_dir()
+    ),
+    Path("/work/shared/data/osv"),
+)
 REFUSED, METADATA, CONTENT, SECRETS = "refused", "metadata", "content", "secrets"
 # reader: (certificate presented, role of the user whose token comes with the call, if any)
 READERS: dict[str, tuple[str, str | None]] = {
@@ -158,3 +179,61 @@ async def test_every_reader_reads_each_stream_as_the_matrix_says(stack: Stack) -
                 if got != table[reader][index]:
                     wrong.append((reader, api, stream, table[reader][index], got))
     assert wrong == [], "\n".join(f"{r} {a} {s}: expected {e}, got {g}" for r, a, s, e, g in wrong)
+
+
+async def test_the_registrys_overdue_alert_is_found_by_the_auditors_query(
+    nats_server: NatsTestServer, pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A finding past its deadline (a high one is due in a second here) makes the registry raise
+    VulnerabilityOverdue on its own PATCH stream; the auditor's query finds it by the registry as
+    actor (`service:patch-registry`, as every service records itself) and by the advisory, with
+    its content, and `parley audit query` prints it."""
+    if not (OSV_DIR / "PYSEC-2023-192.json").is_file():
+        pytest.skip(f"no OSV test data in {OSV_DIR} (set PARLEY_OSV_DIR)")
+    monkeypatch.setenv("PARLEY_PATCH_DEADLINE_HIGH_HOURS", str(1 / 3600))
+    stack, running = await start_stack(nats_server, pki, tmp_path, registration="open")
+    try:
+        registry = patch_pb2_grpc.PatchServiceStub(stack.internal("patch-registry", identity="platform"))
+        advisory = (OSV_DIR / "PYSEC-2023-192.json").read_text()  # urllib3 before 2.0.6, high
+        await stack.create_user("olga", "operator")
+        operator = bearer((await stack.login("olga")).access_token)
+        await registry.ImportAdvisories(
+            patch_pb2.ImportAdvisoriesRequest(osv_json=[advisory]), metadata=operator, timeout=TIMEOUT_S
+        )
+        await stack.create_user("audrey", "security-auditor")
+        auditor = bearer((await stack.login("audrey")).access_token)
+        archive = storage_pb2_grpc.StorageArchiveServiceStub(stack.internal("storage", identity="gateway"))
+        instance = await nats_server.connect("messaging")  # an instance running the vulnerable urllib3
+        beat = fleet_pb2.InstanceHeartbeat(
+            service="messaging",
+            version="0.1.0",
+            instance_id="m-1",
+            host="host-1",
+            health="SERVING",
+            distributions=[fleet_pb2.Distribution(name="urllib3", version="2.0.5")],
+        )
+
+        async def alert() -> storage_pb2.ArchivedEvent | None:
+            await instance.publish(heartbeat_subject("messaging", "m-1"), beat.SerializeToString())
+            page = await archive.QueryAudit(
+                storage_pb2.QueryAuditRequest(actor="service:patch-registry", limit=100),
+                metadata=auditor,
+                timeout=TIMEOUT_S,
+            )
+            found = [e for e in page.events if e.event_type == "parley.patch.v1.VulnerabilityOverdue"]
+            return found[0] if found else None
+
+        event = await eventually(alert, "the overdue alert in the auditor's query", 60.0, interval=0.5)
+        payload = open_payload(EventEnvelope.FromString(event.envelope))
+        assert isinstance(payload, VulnerabilityOverdue)
+        assert (payload.advisory_id, payload.instance_id, payload.package) == ("PYSEC-2023-192", "m-1", "urllib3")
+        assert (event.stream, event.aggregate_type, event.aggregate_id) == ("PATCH", "vulnerability", "PYSEC-2023-192")
+        by_advisory = await archive.QueryAudit(
+            storage_pb2.QueryAuditRequest(target="PYSEC-2023-192", limit=100), metadata=auditor, timeout=TIMEOUT_S
+        )
+        assert event.event_id in {e.event_id for e in by_advisory.events}
+        line = _line(event, {})
+        assert f"PATCH#{event.stream_seq}  patch.v1.VulnerabilityOverdue  vulnerability:PYSEC-2023-192" in line
+        assert line.endswith("by service:patch-registry")
+    finally:
+        await stop_stack(stack, running)

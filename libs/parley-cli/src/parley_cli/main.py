@@ -160,12 +160,12 @@ async def cmd_status(args: argparse.Namespace) -> int:
 async def cmd_parked(args: argparse.Namespace) -> int:
     from parley_cli.parked import list_parked
 
-    events = await list_parked(args.data_dir)
-    if not events:
+    listed = 0
+    async for event in list_parked(args.data_dir):
+        print(event.line(), flush=listed < 100)
+        listed += 1
+    if not listed:
         print("no parked events")
-        return 0
-    for event in events:
-        print(event.line())
     return 0
 
 

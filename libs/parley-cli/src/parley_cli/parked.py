@@ -7,10 +7,12 @@ wrong service).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import nats.js.errors
+import nats.errors
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from parley_cli.state import load_running_state
 from parley_cli.terminal import shown
@@ -18,6 +20,10 @@ from parley_core.bus import FOREIGN_EVENT
 from parley_core.nats_connect import connect_nats
 from parley_core.natsconf import ensure_nats_passwords
 from parley_core.topology import PLATFORM_USER
+
+BATCH = 1000
+FETCH_TIMEOUT_S = 5.0
+INACTIVE_AFTER_S = 30.0  # the listing's consumer goes by itself should the CLI die mid-way
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,10 @@ class ParkedEvent:
         return f"#{self.seq} {shown(origin)} consumer={shown(self.consumer)}{security} reason={shown(self.reason)}"
 
 
-async def list_parked(data_dir: Path) -> list[ParkedEvent]:
+async def list_parked(data_dir: Path) -> AsyncIterator[ParkedEvent]:
+    """Every parked event, oldest first, as it is read: in batches through one consumer, so a
+    stream flooded with parked copies (any service may park on its own subtree) is listed at the
+    server's pace, not one request per event, and the first lines show at once."""
     state = load_running_state(data_dir)
     password = ensure_nats_passwords(data_dir / "secrets" / "nats-passwords.json", [PLATFORM_USER])[PLATFORM_USER]
     nc = await connect_nats(
@@ -58,27 +67,40 @@ async def list_parked(data_dir: Path) -> list[ParkedEvent]:
     try:
         js = nc.jetstream()
         info = await js.stream_info("PARKED")
-        found: list[ParkedEvent] = []
         if not info.state.messages:
-            return found
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            try:
-                msg = await js.get_msg("PARKED", seq)
-            except nats.js.errors.NotFoundError:
-                continue  # removed by an operator
-            headers = msg.headers or {}
-            found.append(
-                ParkedEvent(
-                    seq=seq,
-                    subject=msg.subject or "",
-                    original_subject=headers.get("Parley-Original-Subject", ""),
-                    original_stream=headers.get("Parley-Original-Stream", ""),
-                    original_seq=headers.get("Parley-Original-Sequence", ""),
-                    consumer=headers.get("Parley-Consumer", ""),
-                    reason=headers.get("Parley-Parked-Reason", ""),
-                    kind=headers.get("Parley-Parked-Kind", ""),
-                )
-            )
-        return found
+            return
+        last = info.state.last_seq  # what is parked now; anything parked while listing waits for the next run
+        config = ConsumerConfig(
+            ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, inactive_threshold=INACTIVE_AFTER_S
+        )
+        reader = await js.pull_subscribe("parley.parked.>", stream="PARKED", config=config)
+        try:
+            while True:
+                try:
+                    batch = await reader.fetch(BATCH, timeout=FETCH_TIMEOUT_S)
+                except nats.errors.TimeoutError:
+                    return  # nothing left (removed by an operator since the count)
+                for msg in batch:
+                    seq = msg.metadata.sequence.stream
+                    if seq > last:
+                        return
+                    yield _parked(seq, msg.subject, msg.headers or {})
+                    if seq == last:
+                        return
+        finally:
+            await reader.unsubscribe()
     finally:
         await nc.close()
+
+
+def _parked(seq: int, subject: str, headers: dict[str, str]) -> ParkedEvent:
+    return ParkedEvent(
+        seq=seq,
+        subject=subject,
+        original_subject=headers.get("Parley-Original-Subject", ""),
+        original_stream=headers.get("Parley-Original-Stream", ""),
+        original_seq=headers.get("Parley-Original-Sequence", ""),
+        consumer=headers.get("Parley-Consumer", ""),
+        reason=headers.get("Parley-Parked-Reason", ""),
+        kind=headers.get("Parley-Parked-Kind", ""),
+    )

@@ -744,8 +744,14 @@ class ParleyClient:
         return await self.send(channel_id, body, idempotency_key=idempotency_key, thread_root_seq=root_seq)
 
     async def thread(self, channel_id: str, root_seq: int) -> messaging_pb2.ListThreadResponse:
+        """The root and every reply of a thread, oldest first (read page by page)."""
         request = messaging_pb2.ListThreadRequest(channel_id=channel_id, root_seq=root_seq)
         response: messaging_pb2.ListThreadResponse = await self._call(self._stub.ListThread, request)
+        while response.has_more and response.replies:
+            request.after_seq = response.replies[-1].channel_seq
+            page: messaging_pb2.ListThreadResponse = await self._call(self._stub.ListThread, request)
+            response.replies.extend(page.replies)
+            response.has_more = page.has_more
         if self.e2ee is not None:
             for message in (response.root, *response.replies):
                 await self._reveal(message)

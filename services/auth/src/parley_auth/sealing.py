@@ -13,7 +13,9 @@ import os
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from parley_core.files import create_private_file, ensure_private_dir
 
@@ -24,6 +26,8 @@ RECOVERY_CODES = "recovery_codes"  # a whole set: 32-byte digests, concatenated
 RECOVERY_CODE = "recovery_code"  # the digest of one spent code
 REFRESH_TOKEN = "refresh_token"  # noqa: S105 - a field name: a refresh token's digest, current or spent
 DIGEST_BYTES = 32
+# What a login counts failures under when the name it was given belongs to no account.
+UNKNOWN_NAME_PREFIX = "unknown-name:"
 
 
 class SealedFieldUnreadable(Exception):
@@ -35,6 +39,18 @@ class SecretSealer:
 
     def __init__(self, key: bytes) -> None:
         self._aead = AESGCM(key)
+        # A key of its own for name digests, derived from the sealing key (never used to seal).
+        derive = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"parley-auth-unknown-name-v1")
+        self._name_key = derive.derive(key)
+
+    def unknown_name(self, typed: str) -> str:
+        """What a failed login records for a name that belongs to no account: a keyed digest,
+        the same for the same text (so failures still count and lock), that nobody without this
+        key can reverse. People type their password into the name field; the AUTH stream every
+        service reads, the audit trail and the archive must not receive it."""
+        mac = hmac.HMAC(self._name_key, hashes.SHA256())
+        mac.update(typed.encode())
+        return UNKNOWN_NAME_PREFIX + mac.finalize()[:16].hex()
 
     @classmethod
     def load_or_create(cls, path: Path) -> SecretSealer:

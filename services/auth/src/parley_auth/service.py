@@ -653,6 +653,10 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             log.error("audit record not written: the SEC stream kept moving", extra={"kind": kind})
             raise Unavailable("the audit trail is busy; the change this call records was not made, try again")
 
+    def _unknown_name(self, typed: str) -> str:
+        assert self._sealer is not None
+        return self._sealer.unknown_name(typed)
+
     def recorded(
         self, kind: str, *, actor: str, user_id: str = "", **fields: Any
     ) -> contextlib.AbstractAsyncContextManager[int]:
@@ -1048,9 +1052,9 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             username = normalize_username(request.username)
         except InvalidArgument:
             username = ""
-        key = username or request.username.casefold()
-        self._refuse_while_locked(key, source)
         account = self.accounts.find(username) if username else None
+        key = username if account is not None else self._unknown_name(username or request.username.casefold())
+        self._refuse_while_locked(key, source)
         ok = await verify_password(account.password_hash if account else None, request.password)
         if not ok or account is None:
             await self._failed("login_failed", key=key, source=source, user_id=account.user_id if account else "")

@@ -3,7 +3,9 @@
 Queued messages are events of one aggregate per recipient user (parley.msg.todevice.<user>),
 appended with the same optimistic concurrency as channels. Which devices exist comes from
 auth's events (AuthDirectory): a device removed in auth can neither send nor receive here,
-and what was queued for it is dropped.
+and what was queued for it is dropped. A fetch after queue position N says the device holds
+everything up to N (`ToDeviceFetched`), which then leaves the queue; what a sender may have
+waiting undelivered is capped (MAX_UNDELIVERED_BYTES_PER_SENDER).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any, Protocol
 import grpc
 from parley.auth.v1.events_pb2 import DeviceKeysPublished, DeviceRemoved, UserRegistered
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
-from parley.messaging.v1.events_pb2 import ToDeviceSent
+from parley.messaging.v1.events_pb2 import ToDeviceFetched, ToDeviceSent
 
 from parley_core.bus import ReceivedEvent
 from parley_core.envelope import NewEvent, open_payload
@@ -27,6 +29,7 @@ from parley_messaging.devices import (
     AuthDirectory,
     QueuedMessage,
     ToDeviceQueue,
+    UndeliveredBySender,
     check_ciphertext,
     require_device,
     require_own_device,
@@ -34,6 +37,10 @@ from parley_messaging.devices import (
 
 APPEND_ATTEMPTS = 5
 MAX_FETCH = 500
+# A page stops before this many bytes of ciphertext (with one message at least), well under the
+# 4 MiB a gRPC client takes by default: a hundred large messages would otherwise make a page no
+# client can receive, and the device could never fetch past them.
+MAX_FETCH_BYTES = 2 * 1024 * 1024
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -56,6 +63,7 @@ class DeviceKeyServicer(messaging_pb2_grpc.DeviceKeyServiceServicer):
         self._app = app
         self.directory = directory
         self.queues: dict[str, ToDeviceQueue] = {}
+        self.undelivered = UndeliveredBySender()
 
     def _queue(self, user_id: str) -> ToDeviceQueue:
         return self.queues.get(user_id) or ToDeviceQueue(user_id)
@@ -74,14 +82,17 @@ class DeviceKeyServicer(messaging_pb2_grpc.DeviceKeyServiceServicer):
         elif isinstance(payload, DeviceRemoved):
             self.directory.remove_device(payload.user_id, payload.device_id)
             if (queue := self.queues.get(payload.user_id)) is not None:
-                queue.drop(payload.device_id)
+                self.undelivered.left(queue.drop(payload.device_id))
 
     def apply(self, event: ReceivedEvent) -> None:
         payload = open_payload(event.envelope)
-        if not isinstance(payload, ToDeviceSent):
+        if not isinstance(payload, ToDeviceSent | ToDeviceFetched):
             return  # messaging's retired key directory events (parley.msg.device.*)
         queue = self.queues.setdefault(payload.recipient_user_id, ToDeviceQueue(payload.recipient_user_id))
         queue.last_stream_seq, queue.version = event.stream_seq, queue.version + 1
+        if isinstance(payload, ToDeviceFetched):
+            self.undelivered.left(queue.delivered(payload.recipient_device_id, payload.up_to_queue_seq))
+            return
         message = QueuedMessage(
             sender_user_id=payload.sender_user_id,
             sender_device_id=payload.sender_device_id,
@@ -91,7 +102,8 @@ class DeviceKeyServicer(messaging_pb2_grpc.DeviceKeyServiceServicer):
             queue_seq=payload.queue_seq,
         )
         removed = (payload.recipient_user_id, payload.recipient_device_id) in self.directory.removed
-        queue.add(payload.recipient_device_id, message, keep=not removed)
+        if queue.add(payload.recipient_device_id, message, keep=not removed):
+            self.undelivered.queued(message)
 
     async def _fresh(self, check: Callable[[], object]) -> None:
         """Run a directory check; on a miss, catch up with auth's stream once and check again
@@ -120,6 +132,7 @@ class DeviceKeyServicer(messaging_pb2_grpc.DeviceKeyServiceServicer):
 
             await self._fresh(check)
             check_ciphertext(message.olm_type, message.ciphertext)
+        self.undelivered.check(caller.user_id, sum(len(m.ciphertext) for m in request.messages))
         for message in request.messages:
             recipient = message.recipient_user_id
 
@@ -151,7 +164,25 @@ class DeviceKeyServicer(messaging_pb2_grpc.DeviceKeyServiceServicer):
         if request.limit > MAX_FETCH:
             raise InvalidArgument(f"limit must be at most {MAX_FETCH} (0 means 100)")
         await self._fresh(lambda: require_own_device(self.directory, caller.user_id, request.device_id))
+        device_id = request.device_id
+
+        def decide(queue: ToDeviceQueue) -> NewEvent | None:
+            # What was handed out, at most: a device cannot wave away messages not yet sent to it.
+            up_to = min(request.after_queue_seq, queue.sent.get(device_id, 0))
+            if up_to <= queue.fetched.get(device_id, 0):
+                return None
+            fetched = ToDeviceFetched(
+                recipient_user_id=queue.user_id, recipient_device_id=device_id, up_to_queue_seq=up_to
+            )
+            return NewEvent(
+                aggregate_type="todevice", aggregate_id=queue.user_id, payload=fetched, actor=caller.user_id
+            )
+
         queue = self._queue(caller.user_id)
+        if request.after_queue_seq > queue.fetched.get(device_id, 0):
+            queue = await self._app.decide_and_append(
+                to_device_subject(caller.user_id), partial(self._queue, caller.user_id), decide
+            )
         limit = request.limit or 100
         return messaging_pb2.FetchToDeviceResponse(
             messages=[
@@ -165,6 +196,16 @@ class DeviceKeyServicer(messaging_pb2_grpc.DeviceKeyServiceServicer):
                     ciphertext=m.ciphertext,
                     queue_seq=m.queue_seq,
                 )
-                for m in queue.after(request.device_id, request.after_queue_seq, limit)
+                for m in _page(queue.after(request.device_id, request.after_queue_seq, limit))
             ]
         )
+
+
+def _page(messages: list[QueuedMessage]) -> list[QueuedMessage]:
+    """The first messages of a page, up to MAX_FETCH_BYTES of ciphertext (one at least)."""
+    size = 0
+    for n, message in enumerate(messages):
+        size += len(message.ciphertext)
+        if size > MAX_FETCH_BYTES and n > 0:
+            return messages[:n]
+    return messages

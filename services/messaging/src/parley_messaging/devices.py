@@ -13,10 +13,14 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass, field
 
-from parley_core.errors import InvalidArgument, NotFound, PermissionDenied
+from parley_core.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 
 MAX_CIPHERTEXT = 64 * 1024
 MAX_TO_DEVICE_PER_CALL = 200
+# What one sender may have waiting, undelivered, over every recipient device: room keys are a few
+# hundred bytes, so this holds keys for thousands of devices, while no member can fill the relay's
+# memory (or the log) with messages to devices that never fetch, their own spare ones included.
+MAX_UNDELIVERED_BYTES_PER_SENDER = 16 * 1024 * 1024
 E2EE_BODY_PREFIX = "megolm.v1:"
 MAX_E2EE_BODY = 12_000
 
@@ -63,23 +67,64 @@ class ToDeviceQueue:
     user_id: str
     messages: dict[str, list[QueuedMessage]] = field(default_factory=dict)  # device id -> in order
     sent: dict[str, int] = field(default_factory=dict)  # device id -> last queue_seq handed out
+    fetched: dict[str, int] = field(default_factory=dict)  # device id -> it holds every message up to
     last_stream_seq: int = 0
     version: int = 0
 
     def next_seq(self, device_id: str) -> int:
         return self.sent.get(device_id, 0) + 1
 
-    def add(self, device_id: str, message: QueuedMessage, *, keep: bool) -> None:
+    def add(self, device_id: str, message: QueuedMessage, *, keep: bool) -> bool:
+        """Whether the message waits in the queue (not for a removed device, nor one that has
+        already fetched past it)."""
         self.sent[device_id] = max(self.sent.get(device_id, 0), message.queue_seq)
-        if keep:
-            self.messages.setdefault(device_id, []).append(message)
+        if not keep or message.queue_seq <= self.fetched.get(device_id, 0):
+            return False
+        self.messages.setdefault(device_id, []).append(message)
+        return True
 
-    def drop(self, device_id: str) -> None:
+    def drop(self, device_id: str) -> list[QueuedMessage]:
         """The device was removed: what waited for it goes with it."""
-        self.messages.pop(device_id, None)
+        return self.messages.pop(device_id, [])
+
+    def delivered(self, device_id: str, up_to_seq: int) -> list[QueuedMessage]:
+        """The device fetched past `up_to_seq`: it holds those messages, which leave the queue."""
+        if up_to_seq <= self.fetched.get(device_id, 0):
+            return []
+        self.fetched[device_id] = up_to_seq
+        waiting = self.messages.get(device_id, [])
+        gone = [m for m in waiting if m.queue_seq <= up_to_seq]
+        self.messages[device_id] = [m for m in waiting if m.queue_seq > up_to_seq]
+        return gone
 
     def after(self, device_id: str, after_seq: int, limit: int) -> list[QueuedMessage]:
         return [m for m in self.messages.get(device_id, []) if m.queue_seq > after_seq][:limit]
+
+
+@dataclass
+class UndeliveredBySender:
+    """Bytes of ciphertext each sender has waiting in any queue, for the cap per sender."""
+
+    bytes_of: dict[str, int] = field(default_factory=dict)
+
+    def queued(self, message: QueuedMessage) -> None:
+        self.bytes_of[message.sender_user_id] = self.bytes_of.get(message.sender_user_id, 0) + len(message.ciphertext)
+
+    def left(self, messages: list[QueuedMessage]) -> None:
+        for m in messages:
+            remaining = self.bytes_of.get(m.sender_user_id, 0) - len(m.ciphertext)
+            if remaining > 0:
+                self.bytes_of[m.sender_user_id] = remaining
+            else:
+                self.bytes_of.pop(m.sender_user_id, None)
+
+    def check(self, sender_user_id: str, adding: int) -> None:
+        waiting = self.bytes_of.get(sender_user_id, 0)
+        if waiting + adding > MAX_UNDELIVERED_BYTES_PER_SENDER:
+            raise ResourceExhausted(
+                f"you have {waiting} bytes of to-device messages that their devices have not fetched yet;"
+                f" at most {MAX_UNDELIVERED_BYTES_PER_SENDER} may wait: send again once they have"
+            )
 
 
 def check_ciphertext(olm_type: int, ciphertext: bytes) -> None:

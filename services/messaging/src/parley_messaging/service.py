@@ -36,7 +36,7 @@ from parley.messaging.v1.events_pb2 import (
 
 from parley_core.bus import ConcurrencyConflict, DurableConsumer, ReceivedEvent, Replay
 from parley_core.envelope import NewEvent, UnknownEventType, open_payload
-from parley_core.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
+from parley_core.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, Unavailable
 from parley_core.runner import RunContext
 from parley_core.topology import AUTH_FILTER, CONSUMERS, MESSAGING_FILTER, channel_subject
 from parley_messaging.device_service import DeviceKeyServicer
@@ -60,6 +60,11 @@ from parley_messaging.settings import MessagingSettings
 from parley_messaging.storage_due import StorageDue
 
 APPEND_ATTEMPTS = 5
+# A thread is read in pages: a thread's replies, however many and long, would otherwise make one
+# answer bigger than the 4 MiB a gRPC client takes, and nobody could read that thread any more.
+DEFAULT_THREAD_PAGE = 100
+MAX_THREAD_PAGE = 500
+MAX_THREAD_PAGE_BYTES = 2 * 1024 * 1024
 # Facts storage recorded for messaging are acted on before it serves, for at most this long.
 DUE_CATCH_UP_S = 30.0
 log = logging.getLogger(__name__)
@@ -402,12 +407,18 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
     ) -> messaging_pb2.ChatMessage:
         assert self._ctx is not None
         caller = self._ctx.tokens.caller(context)
+        max_edits = self.settings.max_edits_per_message
 
         def decide(channel: Channel) -> NewEvent | None:
             record = channel.check_edit(caller.user_id, request.channel_seq)
             body = body_for(channel, request.body)
             if record.current.body == body:
                 return None  # a retried edit: already the text
+            if record.current.edit_count >= max_edits:
+                raise ResourceExhausted(
+                    f"message #{request.channel_seq} was edited {record.current.edit_count} times, the most a message"
+                    " may be; send a new message instead"
+                )
             edited = Timestamp()
             edited.GetCurrentTime()
             payload = MessageEdited(
@@ -630,12 +641,21 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         assert self._ctx is not None
         caller = self._ctx.tokens.caller(context)
         channel = self.channels.get(request.channel_id)
+        if request.limit > MAX_THREAD_PAGE:
+            raise InvalidArgument(f"limit must be at most {MAX_THREAD_PAGE} (0 means {DEFAULT_THREAD_PAGE})")
         root = channel.readable(caller.user_id, request.root_seq)
         view = channel.view(caller.user_id)
-        replies = [channel.messages[seq] for seq in root.replies if view.shows(seq)]
-        return messaging_pb2.ListThreadResponse(
-            root=to_proto(root.current, root), replies=[to_proto(r.current, r) for r in replies]
-        )
+        later = [seq for seq in root.replies if seq > request.after_seq and view.shows(seq)]
+        page = messaging_pb2.ListThreadResponse(root=to_proto(root.current, root))
+        size = page.ByteSize()
+        for seq in later[: request.limit or DEFAULT_THREAD_PAGE]:
+            reply = to_proto(channel.messages[seq].current, channel.messages[seq])
+            size += reply.ByteSize()
+            if size > MAX_THREAD_PAGE_BYTES and page.replies:
+                break
+            page.replies.append(reply)
+        page.has_more = len(page.replies) < len(later)
+        return page
 
     async def React(
         self, request: messaging_pb2.ReactRequest, context: grpc.aio.ServicerContext[object, object]

@@ -53,6 +53,11 @@ from parley_patch_registry.settings import RegistrySettings
 
 log = logging.getLogger(__name__)
 
+# The envelope actor of what the registry records on its own (overdue alerts, automatic roll-out
+# steps): "service:<name>" as every service writes it, so `parley audit query --actor
+# service:patch-registry` finds them.
+REGISTRY_ACTOR = "service:patch-registry"
+
 
 class FleetView:
     """The newest heartbeat of every instance, when it arrived, and the one before it."""
@@ -386,7 +391,7 @@ class Registry:
                     aggregate_type="vulnerability",
                     aggregate_id=finding.advisory_id,
                     payload=payload,
-                    actor="patch-registry",
+                    actor=REGISTRY_ACTOR,
                     event_id=event_id,
                 ),
                 aggregate_version=1,
@@ -500,4 +505,4 @@ class Registry:
                             self._window(step.new_instance, now), self.settings.gate_policy(), at=time.time()
                         )
                 if events:
-                    await self._record(rollout_id, events, "registry")
+                    await self._record(rollout_id, events, REGISTRY_ACTOR)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n parley/messaging/v1/events.proto\x12\x13parley.messaging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb0\x01\n\x0e\x43hannelCreated\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\ncreator_id\x18\x03 \x01(\t\x12\x11\n\tencrypted\x18\x04 \x01(\x08\x12\x0f\n\x07private\x18\x05 \x01(\x08\x12\x0e\n\x06\x64irect\x18\x06 \x01(\x08\x12\x12\n\nmember_ids\x18\x07 \x03(\t\x12 \n\x18hide_history_before_join\x18\x08 \x01(\x08\"3\n\x0cMemberJoined\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"\xe1\x01\n\rMessagePosted\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x11\n\tsender_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x04 \x01(\x04\x12\x0c\n\x04\x62ody\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12+\n\x07sent_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bsender_name\x18\x08 \x01(\t\x12\x17\n\x0fthread_root_seq\x18\t \x01(\x04\"\xb1\x01\n\rMessageEdited\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x03 \x01(\x04\x12\x0c\n\x04\x62ody\x18\x04 \x01(\t\x12\x11\n\teditor_id\x18\x05 \x01(\t\x12-\n\tedited_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x65\x64itor_name\x18\x07 \x01(\t\"\xa4\x01\n\x0fMessageRedacted\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x03 \x01(\x04\x12\x13\n\x0bredactor_id\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12/\n\x0bredacted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"1\n\nMemberLeft\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"-\n\nOneTimeKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t:\x02\x18\x01\"\xa0\x01\n\x13\x44\x65viceKeysPublished\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x14\n\x0cidentity_key\x18\x03 \x01(\t\x12\x13\n\x0bsigning_key\x18\x04 \x01(\t\x12\x36\n\rone_time_keys\x18\x05 \x03(\x0b\x32\x1f.parley.messaging.v1.OneTimeKey:\x02\x18\x01\"_\n\x11OneTimeKeyClaimed\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x12\n\nclaimed_by\x18\x04 \x01(\t:\x02\x18\x01\"\xce\x01\n\x0cToDeviceSent\x12\x19\n\x11recipient_user_id\x18\x01 \x01(\t\x12\x1b\n\x13recipient_device_id\x18\x02 \x01(\t\x12\x16\n\x0esender_user_id\x18\x03 \x01(\t\x12\x18\n\x10sender_device_id\x18\x04 \x01(\t\x12\x1b\n\x13sender_identity_key\x18\x05 \x01(\t\x12\x10\n\x08olm_type\x18\x06 \x01(\r\x12\x12\n\nciphertext\x18\x07 \x01(\x0c\x12\x11\n\tqueue_seq\x18\x08 \x01(\x04\"H\n\rMemberInvited\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\ninvited_by\x18\x03 \x01(\t\"V\n\x0cMemberKicked\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tkicked_by\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"V\n\x0cMemberBanned\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tbanned_by\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"J\n\x0eMemberUnbanned\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x13\n\x0bunbanned_by\x18\x03 \x01(\t\"Z\n\x11MemberRoleChanged\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x12\n\nchanged_by\x18\x04 \x01(\t\"F\n\x0e\x43hannelRenamed\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nrenamed_by\x18\x03 \x01(\t\"L\n\x13\x43hannelTopicChanged\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x12\n\nchanged_by\x18\x03 \x01(\t\"X\n\rReactionAdded\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x02 \x01(\x04\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\r\n\x05\x65moji\x18\x04 \x01(\t\"Z\n\x0fReactionRemoved\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x02 \x01(\x04\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\r\n\x05\x65moji\x18\x04 \x01(\t\"K\n\x0fReadMarkerMoved\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x03 \x01(\x04\"K\n\x0eMessagesErased\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63hannel_seqs\x18\x03 \x03(\x04\"S\n\x0fMessagesExpired\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63hannel_seqs\x18\x02 \x03(\x04\x12\x16\n\x0eretention_days\x18\x03 \x01(\rb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n parley/messaging/v1/events.proto\x12\x13parley.messaging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb0\x01\n\x0e\x43hannelCreated\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\ncreator_id\x18\x03 \x01(\t\x12\x11\n\tencrypted\x18\x04 \x01(\x08\x12\x0f\n\x07private\x18\x05 \x01(\x08\x12\x0e\n\x06\x64irect\x18\x06 \x01(\x08\x12\x12\n\nmember_ids\x18\x07 \x03(\t\x12 \n\x18hide_history_before_join\x18\x08 \x01(\x08\"3\n\x0cMemberJoined\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"\xe1\x01\n\rMessagePosted\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x11\n\tsender_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x04 \x01(\x04\x12\x0c\n\x04\x62ody\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12+\n\x07sent_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bsender_name\x18\x08 \x01(\t\x12\x17\n\x0fthread_root_seq\x18\t \x01(\x04\"\xb1\x01\n\rMessageEdited\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x03 \x01(\x04\x12\x0c\n\x04\x62ody\x18\x04 \x01(\t\x12\x11\n\teditor_id\x18\x05 \x01(\t\x12-\n\tedited_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x65\x64itor_name\x18\x07 \x01(\t\"\xa4\x01\n\x0fMessageRedacted\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x03 \x01(\x04\x12\x13\n\x0bredactor_id\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12/\n\x0bredacted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"1\n\nMemberLeft\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"-\n\nOneTimeKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t:\x02\x18\x01\"\xa0\x01\n\x13\x44\x65viceKeysPublished\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x14\n\x0cidentity_key\x18\x03 \x01(\t\x12\x13\n\x0bsigning_key\x18\x04 \x01(\t\x12\x36\n\rone_time_keys\x18\x05 \x03(\x0b\x32\x1f.parley.messaging.v1.OneTimeKey:\x02\x18\x01\"_\n\x11OneTimeKeyClaimed\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x12\n\nclaimed_by\x18\x04 \x01(\t:\x02\x18\x01\"\xce\x01\n\x0cToDeviceSent\x12\x19\n\x11recipient_user_id\x18\x01 \x01(\t\x12\x1b\n\x13recipient_device_id\x18\x02 \x01(\t\x12\x16\n\x0esender_user_id\x18\x03 \x01(\t\x12\x18\n\x10sender_device_id\x18\x04 \x01(\t\x12\x1b\n\x13sender_identity_key\x18\x05 \x01(\t\x12\x10\n\x08olm_type\x18\x06 \x01(\r\x12\x12\n\nciphertext\x18\x07 \x01(\x0c\x12\x11\n\tqueue_seq\x18\x08 \x01(\x04\"b\n\x0fToDeviceFetched\x12\x19\n\x11recipient_user_id\x18\x01 \x01(\t\x12\x1b\n\x13recipient_device_id\x18\x02 \x01(\t\x12\x17\n\x0fup_to_queue_seq\x18\x03 \x01(\x04\"H\n\rMemberInvited\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\ninvited_by\x18\x03 \x01(\t\"V\n\x0cMemberKicked\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tkicked_by\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"V\n\x0cMemberBanned\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tbanned_by\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"J\n\x0eMemberUnbanned\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x13\n\x0bunbanned_by\x18\x03 \x01(\t\"Z\n\x11MemberRoleChanged\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x12\n\nchanged_by\x18\x04 \x01(\t\"F\n\x0e\x43hannelRenamed\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nrenamed_by\x18\x03 \x01(\t\"L\n\x13\x43hannelTopicChanged\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x12\n\nchanged_by\x18\x03 \x01(\t\"X\n\rReactionAdded\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x02 \x01(\x04\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\r\n\x05\x65moji\x18\x04 \x01(\t\"Z\n\x0fReactionRemoved\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x02 \x01(\x04\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\r\n\x05\x65moji\x18\x04 \x01(\t\"K\n\x0fReadMarkerMoved\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63hannel_seq\x18\x03 \x01(\x04\"K\n\x0eMessagesErased\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63hannel_seqs\x18\x03 \x03(\x04\"S\n\x0fMessagesExpired\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63hannel_seqs\x18\x02 \x03(\x04\x12\x16\n\x0eretention_days\x18\x03 \x01(\rb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -58,28 +58,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ONETIMEKEYCLAIMED']._serialized_end=1253
   _globals['_TODEVICESENT']._serialized_start=1256
   _globals['_TODEVICESENT']._serialized_end=1462
-  _globals['_MEMBERINVITED']._serialized_start=1464
-  _globals['_MEMBERINVITED']._serialized_end=1536
-  _globals['_MEMBERKICKED']._serialized_start=1538
-  _globals['_MEMBERKICKED']._serialized_end=1624
-  _globals['_MEMBERBANNED']._serialized_start=1626
-  _globals['_MEMBERBANNED']._serialized_end=1712
-  _globals['_MEMBERUNBANNED']._serialized_start=1714
-  _globals['_MEMBERUNBANNED']._serialized_end=1788
-  _globals['_MEMBERROLECHANGED']._serialized_start=1790
-  _globals['_MEMBERROLECHANGED']._serialized_end=1880
-  _globals['_CHANNELRENAMED']._serialized_start=1882
-  _globals['_CHANNELRENAMED']._serialized_end=1952
-  _globals['_CHANNELTOPICCHANGED']._serialized_start=1954
-  _globals['_CHANNELTOPICCHANGED']._serialized_end=2030
-  _globals['_REACTIONADDED']._serialized_start=2032
-  _globals['_REACTIONADDED']._serialized_end=2120
-  _globals['_REACTIONREMOVED']._serialized_start=2122
-  _globals['_REACTIONREMOVED']._serialized_end=2212
-  _globals['_READMARKERMOVED']._serialized_start=2214
-  _globals['_READMARKERMOVED']._serialized_end=2289
-  _globals['_MESSAGESERASED']._serialized_start=2291
-  _globals['_MESSAGESERASED']._serialized_end=2366
-  _globals['_MESSAGESEXPIRED']._serialized_start=2368
-  _globals['_MESSAGESEXPIRED']._serialized_end=2451
+  _globals['_TODEVICEFETCHED']._serialized_start=1464
+  _globals['_TODEVICEFETCHED']._serialized_end=1562
+  _globals['_MEMBERINVITED']._serialized_start=1564
+  _globals['_MEMBERINVITED']._serialized_end=1636
+  _globals['_MEMBERKICKED']._serialized_start=1638
+  _globals['_MEMBERKICKED']._serialized_end=1724
+  _globals['_MEMBERBANNED']._serialized_start=1726
+  _globals['_MEMBERBANNED']._serialized_end=1812
+  _globals['_MEMBERUNBANNED']._serialized_start=1814
+  _globals['_MEMBERUNBANNED']._serialized_end=1888
+  _globals['_MEMBERROLECHANGED']._serialized_start=1890
+  _globals['_MEMBERROLECHANGED']._serialized_end=1980
+  _globals['_CHANNELRENAMED']._serialized_start=1982
+  _globals['_CHANNELRENAMED']._serialized_end=2052
+  _globals['_CHANNELTOPICCHANGED']._serialized_start=2054
+  _globals['_CHANNELTOPICCHANGED']._serialized_end=2130
+  _globals['_REACTIONADDED']._serialized_start=2132
+  _globals['_REACTIONADDED']._serialized_end=2220
+  _globals['_REACTIONREMOVED']._serialized_start=2222
+  _globals['_REACTIONREMOVED']._serialized_end=2312
+  _globals['_READMARKERMOVED']._serialized_start=2314
+  _globals['_READMARKERMOVED']._serialized_end=2389
+  _globals['_MESSAGESERASED']._serialized_start=2391
+  _globals['_MESSAGESERASED']._serialized_end=2466
+  _globals['_MESSAGESEXPIRED']._serialized_start=2468
+  _globals['_MESSAGESEXPIRED']._serialized_end=2551
 # @@protoc_insertion_point(module_scope)

@@ -394,6 +394,36 @@ class ToDeviceSent(_message.Message):
 Global___ToDeviceSent: _TypeAlias = ToDeviceSent  # noqa: Y015
 
 @_typing.final
+class ToDeviceFetched(_message.Message):
+    """The recipient device fetched its queue after `up_to_queue_seq`: it holds every message up to
+    that one, which leave the queue (the relay keeps only what is still undelivered, and caps it
+    per sender). On the same subject as ToDeviceSent.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECIPIENT_USER_ID_FIELD_NUMBER: _builtins.int
+    RECIPIENT_DEVICE_ID_FIELD_NUMBER: _builtins.int
+    UP_TO_QUEUE_SEQ_FIELD_NUMBER: _builtins.int
+    recipient_user_id: _builtins.str
+    recipient_device_id: _builtins.str
+    up_to_queue_seq: _builtins.int
+    def __init__(
+        self,
+        *,
+        recipient_user_id: _builtins.str = ...,
+        recipient_device_id: _builtins.str = ...,
+        up_to_queue_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recipient_device_id", b"recipient_device_id", "recipient_user_id", b"recipient_user_id", "up_to_queue_seq", b"up_to_queue_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToDeviceFetched: _TypeAlias = ToDeviceFetched  # noqa: Y015
+
+@_typing.final
 class MemberInvited(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -688,17 +688,25 @@ class ListThreadRequest(_message.Message):
 
     CHANNEL_ID_FIELD_NUMBER: _builtins.int
     ROOT_SEQ_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
     channel_id: _builtins.str
     root_seq: _builtins.int
+    after_seq: _builtins.int
+    """replies with channel_seq > after_seq (the last one of the previous page)"""
+    limit: _builtins.int
+    """1..500 replies; 0 means the default of 100"""
     def __init__(
         self,
         *,
         channel_id: _builtins.str = ...,
         root_seq: _builtins.int = ...,
+        after_seq: _builtins.int = ...,
+        limit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "root_seq", b"root_seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "channel_id", b"channel_id", "limit", b"limit", "root_seq", b"root_seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -710,21 +718,27 @@ class ListThreadResponse(_message.Message):
 
     ROOT_FIELD_NUMBER: _builtins.int
     REPLIES_FIELD_NUMBER: _builtins.int
+    HAS_MORE_FIELD_NUMBER: _builtins.int
+    has_more: _builtins.bool
+    """later replies follow: ask again with after_seq = the last one's channel_seq"""
     @_builtins.property
     def root(self) -> Global___ChatMessage: ...
     @_builtins.property
     def replies(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]:
-        """oldest first"""
+        """Oldest first; a page also stops before 2 MiB of messages (one reply at least), so any
+        thread can be read however long its replies are.
+        """
 
     def __init__(
         self,
         *,
         root: Global___ChatMessage | None = ...,
         replies: _abc.Iterable[Global___ChatMessage] | None = ...,
+        has_more: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["root", b"root"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["replies", b"replies", "root", b"root"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["has_more", b"has_more", "replies", b"replies", "root", b"root"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

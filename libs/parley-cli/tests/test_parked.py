@@ -1,0 +1,71 @@
+"""`parley parked` lists a flooded PARKED stream in batches.
+
+Any service may park on its own subtree (parley.parked.<service>.>), the internet-facing
+gateway included, so a stolen credential can fill PARKED with copies to bury the security
+records among them. The listing once asked for every event by its own request (25,200 took
+longer than a minute, and showed nothing until the end); it reads through one consumer in
+batches. Real nats-server, the platform's users and streams.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from nats.aio.msg import Msg
+
+from parley_cli.parked import list_parked
+from parley_core import topology
+from parley_core.bus import FOREIGN_EVENT, EventBus
+from parley_core.pki import Pki
+from parley_core.testing.nats import NatsTestServer
+
+pytestmark = pytest.mark.asyncio
+
+FLOOD = 3000
+
+
+class ApiRequests:
+    """The JetStream API requests clients publish (a core subscription of the platform's user
+    sees them all)."""
+
+    def __init__(self) -> None:
+        self.subjects: list[str] = []
+
+    async def seen(self, msg: Msg) -> None:
+        self.subjects.append(msg.subject)
+
+
+async def test_a_flooded_parked_stream_is_listed_in_batches(
+    nats_server: NatsTestServer, pki: Pki, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    (data_dir / "secrets").mkdir(parents=True)
+    (data_dir / "pki").symlink_to(pki.directory, target_is_directory=True)
+    (data_dir / "secrets" / "nats-passwords.json").write_text(json.dumps(nats_server.passwords))
+    state = {"running": True, "pid": os.getpid(), "nats_url": nats_server.url}  # as `parley up` writes it
+    (data_dir / "platform.json").write_text(json.dumps(state))
+    platform = EventBus(await nats_server.connect("platform"), service="platform", producer="test@0")
+    await platform.ensure_streams(topology.STREAMS)
+    gateway = (await nats_server.connect("gateway")).jetstream()  # the stolen credential
+    forged = topology.parked_subject("messaging", "MSG")
+    await platform.js.publish(
+        f"{forged}.1", b"x", headers={"Parley-Parked-Kind": FOREIGN_EVENT, "Parley-Original-Stream": "MSG"}
+    )
+    for n in range(FLOOD):
+        await gateway.publish(f"{topology.parked_subject('gateway', 'MSG')}.{n}", b"junk")
+
+    requests = ApiRequests()
+    watcher = await nats_server.connect("platform")
+    await watcher.subscribe("$JS.API.>", cb=requests.seen)
+    await watcher.flush()
+    listed = [event async for event in list_parked(data_dir)]
+    await watcher.flush()
+    calls = len(requests.subjects)
+
+    assert [e.seq for e in listed] == list(range(1, FLOOD + 2))
+    assert listed[0].security_finding
+    assert "SECURITY" in listed[0].line()
+    assert calls < 20, f"{calls} JetStream API requests to list {FLOOD + 1} parked events"
