@@ -8,7 +8,7 @@ PACKAGES := libs/parley-protos libs/parley-core libs/parley-client libs/parley-c
 STAMP := $(VENV)/.installed
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 
-.PHONY: help venv run test test-all test-fast lint proto proto-check wheels clean-data
+.PHONY: help venv run test test-all test-fast lint proto proto-check wheels clean-data web-deps
 
 help:
 	@echo "make run    start the whole platform (nats-server + every service) in $(DATA_DIR)"
@@ -24,6 +24,14 @@ $(STAMP): constraints.txt requirements-dev.txt $(PYPROJECTS)
 	touch $@
 
 venv: $(STAMP)
+
+# The web client's packages (web/package-lock.json): protoc-gen-es for `make proto`, Vite for the app.
+WEB_STAMP := web/node_modules/.installed
+$(WEB_STAMP): web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+web-deps: $(WEB_STAMP)
 
 run: venv
 	$(BIN)/parley --data-dir $(DATA_DIR) up
@@ -49,10 +57,10 @@ lint: venv
 	$(BIN)/mypy scripts/gen_protos.py
 	MYPYPATH=loadtests $(BIN)/mypy loadtests/parley_bench loadtests/parley_load loadtests/locustfile.py
 
-proto: venv
+proto: venv web-deps
 	$(BIN)/python scripts/gen_protos.py
 
-proto-check: venv
+proto-check: venv web-deps
 	$(BIN)/python scripts/gen_protos.py --check
 
 wheels: venv
