@@ -202,6 +202,29 @@ async def test_two_browsers_and_the_sdk_chat_live_and_hostile_text_stays_text(
     await expect(b_page.locator("li.message", has_text="hello bob").locator("button.reaction")).to_have_text("👍 1")
     await shot(b_page, "channel")
     assert await axe_violations(b_page) == []
+
+    # A reply in a thread, seen live by the other browser in the thread panel.
+    await b_page.locator("li.message", has_text="hello bob").get_by_role("button", name="Reply").click()
+    reply_box = b_page.get_by_label("Reply in thread")
+    await reply_box.fill("a reply")
+    await reply_box.press("Enter")
+    replies = a_page.locator("li.message", has_text="hello bob").get_by_role("button", name="1 reply")
+    await expect(replies).to_be_visible()
+    await replies.click()
+    await expect(a_page.get_by_role("log", name="Replies").locator(".body")).to_have_text(["a reply"])
+    assert "a reply" not in await messages(a_page).all_inner_texts()  # not in the main timeline
+    await shot(a_page, "thread")
+
+    # A direct conversation from the member list: the other side sees it with its unread count.
+    await a_page.get_by_role("button", name="Members").click()
+    await a_page.get_by_role("button", name=f"Message {bob}").click()
+    await expect(a_page.locator("#channel-title")).to_have_text(f"@ {bob}")
+    await send(a_page, "just between us")
+    dm = b_page.locator("nav button.channel", has_text=f"@ {alice}")
+    await expect(dm.locator(".unread")).to_have_text("1", timeout=TIMEOUT_MS)  # its list is read again every 10 s
+    await dm.click()
+    await expect(messages(b_page).last).to_have_text("just between us")
+    await expect(dm.locator(".unread")).to_have_count(0)
     await carol.close()
     await alice_sdk.close()
     await a_context.close()

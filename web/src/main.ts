@@ -12,6 +12,7 @@ import type { ClientEvent } from "./gen/parley/gateway/v1/gateway_pb.js";
 import type { Channel, ChatMessage, ReactionCount } from "./gen/parley/messaging/v1/messaging_pb.js";
 
 const PAGE = 50;
+const CHANNEL_POLL_MS = 10_000;
 const REACTION = "👍";
 const ENCRYPTED_NOTE =
   "End-to-end encrypted. This browser cannot decrypt it: no vetted build of the Olm/Megolm library is available for the web client yet. Read and write it with the parley CLI or the Python SDK.";
@@ -33,6 +34,8 @@ class App {
   private statusEl = h("p", { id: "connection", role: "status", class: "state connecting" }, "Connecting…");
   private navList = h("ul", { class: "channels" });
   private mainEl = h("main", { id: "main", tabindex: "-1" });
+  private threadEl = h("aside", { class: "thread", "aria-label": "Thread", hidden: true });
+  private thread: { channelId: string; rootSeq: bigint } | null = null;
   private logEl: HTMLDivElement | null = null;
   private noticeEl = h("p", { class: "notice", role: "alert" });
   private loadingOlder = false;
@@ -126,6 +129,7 @@ class App {
       () => [...this.channels.keys()],
     );
     this.live.start();
+    this.watchChannels();
     if (session.mfaEnrolmentRequired) this.openSettings("Your role requires two-factor authentication: enrol now.");
   }
 
@@ -164,7 +168,7 @@ class App {
       await this.open(channel.channelId);
     });
     const nav = h("nav", { "aria-label": "Channels" }, h("h2", {}, "Channels"), this.navList, create, join);
-    append(this.root, header, h("div", { class: "layout" }, nav, this.mainEl), this.noticeEl);
+    append(this.root, header, h("div", { class: "layout" }, nav, this.mainEl, this.threadEl), this.noticeEl);
   }
 
   private smallForm(id: string, label: string, action: string, run: (value: string) => Promise<void>): HTMLFormElement {
@@ -200,12 +204,15 @@ class App {
 
   // -- channels --
 
-  private async loadChannels(): Promise<void> {
+  /** Reads the channel list again; true when channels came or went (the live stream then
+   * subscribes again to cover them: a stream covers the channels it started with). */
+  private async loadChannels(): Promise<boolean> {
     const mine = await withRefresh(() => gateway.listMyChannels({})).catch((err: unknown) => {
       this.notice(api.describe(err));
       return null;
     });
-    if (mine === null) return;
+    if (mine === null) return false;
+    const before = [...this.channels.keys()].sort().join();
     const seen = new Set<string>();
     for (const channel of mine.channels) {
       seen.add(channel.channelId);
@@ -217,14 +224,33 @@ class App {
       }
     }
     for (const id of [...this.channels.keys()]) if (!seen.has(id)) this.channels.delete(id);
+    const unnamed = mine.channels.filter((c) => c.direct).flatMap((c) => c.memberIds.filter((u) => !this.names.has(u)));
+    if (unnamed.length > 0) await this.nameOf([...new Set(unnamed)].slice(0, 200));
     this.renderChannels();
-    if (this.current && this.channels.has(this.current)) {
+    if (this.current && !this.channels.has(this.current)) this.current = "";
+    if (this.current) {
       await this.loadNewer(this.current);
-    } else if (!this.current) {
+    } else if (this.mainEl.querySelector("#settings-title") === null) {
+      // Nothing open (and not in Settings): the first channel, or what to do without one.
       const first = [...this.channels.values()].sort(byName)[0];
       if (first) await this.open(first.channel.channelId);
       else this.renderEmpty();
     }
+    return [...this.channels.keys()].sort().join() !== before;
+  }
+
+  /** New conversations others start with this user (a direct message, an invitation) show up
+   * within CHANNEL_POLL_MS, or at once when the tab comes back into view. */
+  private watchChannels(): void {
+    const look = (): void => {
+      void this.loadChannels().then((changed) => {
+        if (changed) this.live?.restart();
+      });
+    };
+    window.setInterval(look, CHANNEL_POLL_MS);
+    document.addEventListener("visibilitychange", () => {
+      if (document.visibilityState === "visible") look();
+    });
   }
 
   private addChannel(channel: Channel): void {
@@ -240,7 +266,7 @@ class App {
     for (const view of [...this.channels.values()].sort(byName)) {
       const c = view.channel;
       const unread = c.channelId === this.current ? 0n : c.unreadCount;
-      const label = c.direct ? `@ ${c.name}` : `# ${c.name}`;
+      const label = this.title(c);
       const button = h(
         "button",
         {
@@ -298,9 +324,10 @@ class App {
     const heading = h(
       "div",
       { class: "channel-head" },
-      h("h2", { id: "channel-title" }, c.direct ? `@ ${c.name}` : `# ${c.name}`),
+      h("h2", { id: "channel-title" }, this.title(c)),
       c.topic ? h("p", { class: "topic" }, c.topic) : null,
       h("p", { class: "meta" }, `channel id: ${c.channelId} · ${c.memberIds.length} members`),
+      this.membersButton(view),
     );
     append(this.mainEl, heading, log, this.composer(view));
   }
@@ -350,6 +377,115 @@ class App {
     });
     queueMicrotask(() => box.focus());
     return form;
+  }
+
+  private title(c: Channel): string {
+    if (!c.direct) return `# ${c.name}`;
+    const others = c.memberIds.filter((u) => u !== this.session?.userId);
+    return `@ ${others.map((u) => this.names.get(u) ?? u).join(", ") || (this.session?.username ?? "")}`;
+  }
+
+  private membersButton(view: ChannelView): HTMLElement {
+    const list = h("ul", { class: "members", id: "members", hidden: true });
+    const button = h("button", { type: "button", class: "link", "aria-expanded": "false", "aria-controls": "members" }, "Members");
+    on(button, "click", () => {
+      const open = list.hidden;
+      list.hidden = !open;
+      button.setAttribute("aria-expanded", String(open));
+      if (!open) return;
+      void this.nameOf(view.channel.memberIds.slice(0, 200)).then(() => {
+        clear(list);
+        for (const id of view.channel.memberIds) {
+          const item = h("li", {}, this.names.get(id) ?? id);
+          if (id !== this.session?.userId) {
+            const dm = h("button", { type: "button", class: "small" }, `Message ${this.names.get(id) ?? id}`);
+            on(dm, "click", () => {
+              withRefresh(() => gateway.createDirectChannel({ userIds: [id] }))
+                .then(async (channel) => {
+                  this.addChannel(channel);
+                  await this.open(channel.channelId);
+                })
+                .catch((err: unknown) => this.notice(api.describe(err)));
+            });
+            append(item, " ", dm);
+          }
+          list.appendChild(item);
+        }
+      });
+    });
+    return h("div", { class: "members-box" }, button, list);
+  }
+
+  // -- threads --
+
+  private openThread(view: ChannelView, rootSeq: bigint): void {
+    this.thread = { channelId: view.channel.channelId, rootSeq };
+    this.renderThread();
+    withRefresh(() => gateway.listThread({ channelId: view.channel.channelId, rootSeq }))
+      .then((reply) => {
+        for (const m of [reply.root, ...reply.replies]) if (m) view.messages.set(m.channelSeq, m);
+        this.renderThread();
+      })
+      .catch((err: unknown) => this.notice(api.describe(err)));
+  }
+
+  private renderThread(): void {
+    const t = this.thread;
+    const view = t ? this.channels.get(t.channelId) : undefined;
+    clear(this.threadEl);
+    if (!t || !view) {
+      this.threadEl.hidden = true;
+      return;
+    }
+    this.threadEl.hidden = false;
+    const close = h("button", { type: "button", class: "link" }, "Close thread");
+    on(close, "click", () => {
+      this.thread = null;
+      this.renderThread();
+    });
+    const root = view.messages.get(t.rootSeq);
+    const replies = [...view.messages.values()]
+      .filter((m) => m.threadRootSeq === t.rootSeq)
+      .sort((a, b) => (a.channelSeq < b.channelSeq ? -1 : 1));
+    const list = h("ol", { class: "message-list" }, ...replies.map((m) => this.messageItem(view, m, true)));
+    const box = h("textarea", { id: "thread-composer", rows: 2 });
+    const form = h(
+      "form",
+      { class: "composer" },
+      h("label", { for: "thread-composer", class: "visually-hidden" }, "Reply in thread"),
+      box,
+      h("button", { type: "submit" }, "Reply"),
+    );
+    const submit = (): void => {
+      const body = box.value;
+      if (!body.trim()) return;
+      box.value = "";
+      withRefresh(() =>
+        gateway.sendMessage({ channelId: t.channelId, body, threadRootSeq: t.rootSeq, idempotencyKey: crypto.randomUUID() }),
+      )
+        .then((m) => this.upsert(m))
+        .catch((err: unknown) => {
+          box.value = body;
+          this.notice(`Not sent: ${api.describe(err)}`);
+        });
+    };
+    on(box, "keydown", (event) => {
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        submit();
+      }
+    });
+    on(form, "submit", (event) => {
+      event.preventDefault();
+      submit();
+    });
+    append(
+      this.threadEl,
+      h("div", { class: "thread-head" }, h("h2", {}, "Thread"), close),
+      root ? h("ol", { class: "message-list root" }, this.messageItem(view, root, true)) : null,
+      h("div", { class: "replies", role: "log", "aria-label": "Replies" }, list),
+      view.channel.encrypted ? null : form,
+    );
   }
 
   // -- history --
@@ -412,7 +548,7 @@ class App {
     else if (scroll === "older") log.scrollTop = log.scrollHeight - fromBottom;
   }
 
-  private messageItem(view: ChannelView, m: ChatMessage): HTMLLIElement {
+  private messageItem(view: ChannelView, m: ChatMessage, inThread = false): HTMLLIElement {
     const mine = m.senderId === this.session?.userId;
     const sent = m.sentAt ? timestampDate(m.sentAt) : null;
     const name = m.senderName || this.names.get(m.senderId) || m.senderId;
@@ -448,6 +584,13 @@ class App {
       const react = h("button", { type: "button", class: "small", "aria-label": `React ${REACTION}` }, REACTION);
       on(react, "click", () => void this.react(view, m, REACTION, false));
       actions.appendChild(react);
+    }
+    if (!inThread && !view.channel.encrypted) {
+      const replies = [...view.messages.values()].filter((x) => x.threadRootSeq === m.channelSeq).length;
+      const count = Math.max(replies, m.replyCount);
+      const reply = h("button", { type: "button", class: "small" }, count > 0 ? `${count} ${count === 1 ? "reply" : "replies"}` : "Reply");
+      on(reply, "click", () => this.openThread(view, m.channelSeq));
+      actions.appendChild(reply);
     }
     if (mine && !view.channel.encrypted) {
       const edit = h("button", { type: "button", class: "small" }, "Edit");
@@ -531,6 +674,7 @@ class App {
       this.renderMessages(view, "keep");
       this.markRead(view);
     }
+    if (this.thread?.channelId === m.channelId) this.renderThread();
   }
 
   private markRead(view: ChannelView): void {
@@ -587,6 +731,10 @@ class App {
         const change = e.value.change;
         if (change === "renamed") view.channel.name = e.value.detail;
         if (change === "topic") view.channel.topic = e.value.detail;
+        const members = new Set(view.channel.memberIds);
+        if (change === "joined") members.add(e.value.userId);
+        if (["left", "kicked", "banned"].includes(change)) members.delete(e.value.userId);
+        view.channel.memberIds = [...members];
         if (e.value.userId === this.session?.userId && ["left", "kicked", "banned"].includes(change)) {
           this.channels.delete(e.value.channelId);
           if (this.current === e.value.channelId) this.current = "";
