@@ -120,7 +120,7 @@ async def shot(page: Page, name: str) -> None:
     await page.screenshot(path=str(SHOTS / f"{name}.png"))
 
 
-async def test_page_has_a_strict_csp_and_passes_the_accessibility_check(
+async def test_page_has_a_strict_csp_passes_the_accessibility_check_and_registers(
     browser: Browser, platform: RunningPlatform
 ) -> None:
     context = await browser.new_context()
@@ -134,6 +134,16 @@ async def test_page_has_a_strict_csp_and_passes_the_accessibility_check(
     assert "frame-ancestors 'none'" in csp
     await expect(page.get_by_role("button", name="Log in")).to_be_visible()
     await shot(page, "login")
+    assert await axe_violations(page) == []
+
+    # Registration (this platform's is open; with PARLEY_REGISTRATION=invite the code is required).
+    name = unique("erin")
+    await page.get_by_role("button", name="Create an account with an invitation").click()
+    await page.get_by_label("Username").fill(name)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Create account").click()
+    await expect(page.get_by_text(f"Signed in as {name}")).to_be_visible()
+    await expect(page.get_by_role("heading", name="No channels yet")).to_be_visible()
     assert await axe_violations(page) == []
     await context.close()
 

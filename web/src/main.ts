@@ -78,6 +78,8 @@ class App {
     );
     const error = h("p", { class: "error", role: "alert" }, message);
     const submit = h("button", { type: "submit" }, "Log in");
+    const register = h("button", { type: "button", class: "link" }, "Create an account with an invitation");
+    on(register, "click", () => this.showRegister());
     const form = h(
       "form",
       { class: "login", "aria-labelledby": "login-title" },
@@ -88,6 +90,7 @@ class App {
       error,
       submit,
       h("p", { class: "hint" }, "Accounts are created by your operator (parley admin create-user) or by invitation."),
+      register,
     );
     on(form, "submit", (event) => {
       event.preventDefault();
@@ -107,6 +110,44 @@ class App {
             code.focus();
             return;
           }
+          error.textContent = api.describe(err);
+        });
+    });
+    append(this.root, h("div", { class: "center" }, form));
+    user.focus();
+  }
+
+  private showRegister(): void {
+    clear(this.root);
+    const user = h("input", { id: "new-username", autocomplete: "username", required: true });
+    const pass = h("input", { id: "new-password", type: "password", autocomplete: "new-password", required: true });
+    const invite = h("input", { id: "invite", autocomplete: "off" });
+    const error = h("p", { class: "error", role: "alert" });
+    const submit = h("button", { type: "submit" }, "Create account");
+    const back = h("button", { type: "button", class: "link" }, "Back to log in");
+    on(back, "click", () => this.showLogin());
+    const form = h(
+      "form",
+      { class: "login", "aria-labelledby": "register-title" },
+      h("h1", { id: "register-title" }, "Create your Parley account"),
+      h("div", { class: "row" }, h("label", { for: "new-username" }, "Username"), user),
+      h("div", { class: "row" }, h("label", { for: "new-password" }, "Password"), pass),
+      h("div", { class: "row" }, h("label", { for: "invite" }, "Invitation code"), invite),
+      error,
+      submit,
+      back,
+    );
+    on(form, "submit", (event) => {
+      event.preventDefault();
+      submit.disabled = true;
+      error.textContent = "";
+      const username = user.value.trim();
+      gateway
+        .register({ username, password: pass.value, inviteCode: invite.value.trim() })
+        .then(() => api.login(username, pass.value))
+        .then((session) => this.enter(session))
+        .catch((err: unknown) => {
+          submit.disabled = false;
           error.textContent = api.describe(err);
         });
     });
