@@ -43,7 +43,7 @@ web: web/dist/index.html
 # The browser tests drive Debian's Chromium (Playwright's own browser download does not work here).
 CHROMIUM ?= /usr/bin/chromium
 $(CHROMIUM):
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-color-emoji
 
 chromium: $(CHROMIUM)
 

@@ -53,15 +53,28 @@ export async function login(username: string, password: string, totpCode = "", r
   return sessionOf(response, username);
 }
 
-/** A new access token from the session cookie; null when this browser holds no live session. */
-export async function refresh(username = ""): Promise<Session | null> {
-  try {
-    return sessionOf(await gateway.refresh({}), username);
-  } catch (err) {
-    const code = ConnectError.from(err).code;
-    if (code === Code.Unauthenticated || code === Code.PermissionDenied || code === Code.NotFound) return null;
-    throw err;
-  }
+let refreshing: Promise<Session | null> | null = null;
+
+/** A new access token from the session cookie; null when this browser holds no live session.
+ * One refresh at a time: the refresh token is single use, and auth takes a second use of a spent
+ * one for theft (it ends the session), so calls that find the token expired together share one. */
+export function refresh(username = ""): Promise<Session | null> {
+  refreshing ??= (async () => {
+    try {
+      // Across this browser's tabs too (they share the cookie): each waits for the one before,
+      // then spends the token that one left in the cookie.
+      const spend = () => gateway.refresh({});
+      const response = navigator.locks ? await navigator.locks.request("parley-refresh", spend) : await spend();
+      return sessionOf(response, username);
+    } catch (err) {
+      const code = ConnectError.from(err).code;
+      if (code === Code.Unauthenticated || code === Code.PermissionDenied || code === Code.NotFound) return null;
+      throw err;
+    } finally {
+      refreshing = null;
+    }
+  })();
+  return refreshing;
 }
 
 export async function logout(): Promise<void> {
