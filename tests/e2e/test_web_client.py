@@ -294,3 +294,23 @@ async def test_login_with_a_totp_code(browser: Browser, platform: RunningPlatfor
     await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
     await expect(page.get_by_text(f"Signed in as {name}")).to_be_visible()
     await context.close()
+
+
+async def test_history_opens_at_the_newest_and_pages_back_as_one_scrolls(
+    browser: Browser, platform: RunningPlatform
+) -> None:
+    name = unique("fred")
+    fred = await registered(platform, name)
+    channel = await fred.create_channel(unique("long"))
+    for n in range(70):  # more than the 50 of the first page
+        await fred.send(channel.channel_id, f"m{n:02d}")
+    context, page = await logged_in(browser, platform, name)
+    await expect(messages(page).last).to_have_text("m69")
+    assert await messages(page).count() == 50
+    log = page.get_by_role("log", name=f"Messages in {channel.name}")
+    assert await log.evaluate("el => el.scrollHeight - el.scrollTop - el.clientHeight") < 5  # at the newest
+    await log.evaluate("el => { el.scrollTop = 0; }")
+    await expect(messages(page).first).to_have_text("m00")
+    assert await messages(page).count() == 70
+    await fred.close()
+    await context.close()

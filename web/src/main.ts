@@ -19,6 +19,8 @@ const ENCRYPTED_NOTE =
 
 interface ChannelView {
   channel: Channel;
+  /** Where the "new messages" line goes: the read marker when the channel was opened. */
+  readAtOpen?: bigint;
   messages: Map<bigint, ChatMessage>;
   loaded: boolean;
   hasMore: boolean;
@@ -346,6 +348,7 @@ class App {
     const view = this.channels.get(channelId);
     if (!view) return;
     this.current = channelId;
+    view.readAtOpen = view.channel.unreadCount > 0n ? view.channel.readSeq : undefined;
     view.channel.unreadCount = 0n;
     this.renderChannels();
     this.renderChannel(view);
@@ -580,8 +583,14 @@ class App {
     }
     const list = h("ol", { class: "message-list" });
     const ordered = [...view.messages.values()].sort((a, b) => (a.channelSeq < b.channelSeq ? -1 : 1));
+    let marked = false;
     for (const m of ordered) {
       if (m.threadRootSeq > 0n) continue; // replies live in their thread
+      const mark = view.readAtOpen;
+      if (!marked && mark !== undefined && m.channelSeq > mark && m.senderId !== this.session?.userId) {
+        append(list, h("li", { class: "new-line", "aria-label": "New messages" }, "New messages"));
+        marked = true;
+      }
       append(list, this.messageItem(view, m));
     }
     append(log, list);
