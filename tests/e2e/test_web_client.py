@@ -15,16 +15,19 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 import pytest_asyncio
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
+from parley.gateway.v1 import gateway_pb2_grpc
+from parley.messaging.v1 import messaging_pb2
 
 from parley_client import ParleyClient
 from parley_core.testing.platform import RunningPlatform, platform_in
-from parley_core.testing.stack import PASSWORD
+from parley_core.testing.stack import PASSWORD, bearer
 
 playwright_api = pytest.importorskip("playwright.async_api")
 Browser = playwright_api.Browser
@@ -313,4 +316,32 @@ async def test_history_opens_at_the_newest_and_pages_back_as_one_scrolls(
     await expect(messages(page).first).to_have_text("m00")
     assert await messages(page).count() == 70
     await fred.close()
+    await context.close()
+
+
+async def test_an_encrypted_channel_is_shown_as_such_and_never_its_ciphertext(
+    browser: Browser, platform: RunningPlatform
+) -> None:
+    name = unique("gina")
+    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    await client.register(name, PASSWORD)
+    login = await client.login(name, PASSWORD)
+    channel = await client.create_channel(unique("secret"), encrypted=True)
+    # Ciphertext as an SDK with E2EE posts it (the server checks only its form).
+    ciphertext = "megolm.v1:" + "QUJDREVGR0hJSktMTU5PUA" * 4
+    credentials = grpc.ssl_channel_credentials(root_certificates=platform.ca_cert.read_bytes())
+    async with grpc.aio.secure_channel(
+        platform.gateway_address, credentials, options=[("grpc.ssl_target_name_override", "gateway")]
+    ) as raw:
+        await gateway_pb2_grpc.GatewayStub(raw).SendMessage(
+            messaging_pb2.PostMessageRequest(channel_id=channel.channel_id, body=ciphertext, idempotency_key="e2ee-1"),
+            metadata=bearer(login.access_token),
+            timeout=20,
+        )
+    await client.close()
+    context, page = await logged_in(browser, platform, name)
+    await expect(messages(page)).to_have_text(["🔒 Encrypted message"])
+    await expect(page.locator(".encrypted-note")).to_contain_text("cannot decrypt")
+    await expect(page.get_by_label("Message #", exact=False)).to_have_count(0)  # nothing to send plaintext with
+    assert ciphertext not in await page.content()
     await context.close()
