@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.twofactor.totp import TOTP
 from parley.gateway.v1 import gateway_pb2_grpc
 from parley.messaging.v1 import messaging_pb2
 
-from parley_client import ParleyClient
+from parley_client import ParleyClient, ParleyError
 from parley_core.testing.platform import RunningPlatform, platform_in
 from parley_core.testing.stack import PASSWORD, bearer
 
@@ -345,3 +345,34 @@ async def test_an_encrypted_channel_is_shown_as_such_and_never_its_ciphertext(
     await expect(page.get_by_label("Message #", exact=False)).to_have_count(0)  # nothing to send plaintext with
     assert ciphertext not in await page.content()
     await context.close()
+
+
+async def test_settings_enrol_two_factor_with_a_qr_code_and_list_sessions(
+    browser: Browser, platform: RunningPlatform
+) -> None:
+    name = unique("hana")
+    await (await registered(platform, name)).close()  # its own session, listed beside the browser's
+    context, page = await logged_in(browser, platform, name)
+    await page.get_by_role("button", name="Settings").click()
+    await expect(page.get_by_role("heading", name="Sessions")).to_be_visible()
+    await expect(page.locator("ul.sessions li", has_text="This browser")).to_have_count(1)
+    await expect(page.locator("ul.sessions li").get_by_role("button", name="Revoke")).to_have_count(1)
+
+    await page.get_by_role("button", name="Set up two-factor authentication").click()
+    qr = page.get_by_role("img", name="QR code of the two-factor secret")
+    await expect(qr).to_be_visible()
+    assert (await qr.get_attribute("src") or "").startswith("data:image/png;base64,")
+    secret = await page.locator("code.secret").inner_text()
+    app = TOTP(base64.b32decode(secret + "=" * (-len(secret) % 8)), 6, SHA1(), 30)
+    await page.get_by_label("Code from your app").fill(app.generate(int(time.time())).decode())
+    await page.get_by_role("button", name="Confirm").click()
+    await expect(page.locator("ul.codes li")).to_have_count(10)
+    await shot(page, "settings")
+    assert await axe_violations(page) == []
+    await context.close()
+
+    # From now on a login asks for the code.
+    fresh = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    with pytest.raises(ParleyError, match="two-factor"):
+        await fresh.login(name, PASSWORD)
+    await fresh.close()
