@@ -8,7 +8,7 @@ PACKAGES := libs/parley-protos libs/parley-core libs/parley-client libs/parley-c
 STAMP := $(VENV)/.installed
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 
-.PHONY: help venv run test test-all test-fast lint proto proto-check wheels clean-data
+.PHONY: help venv run test test-all test-fast lint proto proto-check wheels clean-data web-deps web chromium
 
 help:
 	@echo "make run    start the whole platform (nats-server + every service) in $(DATA_DIR)"
@@ -25,18 +25,40 @@ $(STAMP): constraints.txt requirements-dev.txt $(PYPROJECTS)
 
 venv: $(STAMP)
 
-run: venv
-	$(BIN)/parley --data-dir $(DATA_DIR) up
+# The web client's packages (web/package-lock.json): protoc-gen-es for `make proto`, Vite for the app.
+WEB_STAMP := web/node_modules/.installed
+$(WEB_STAMP): web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+web-deps: $(WEB_STAMP)
+
+# The web app, built by Vite into web/dist, which the gateway serves (PARLEY_WEB_ROOT).
+WEB_SOURCES := $(shell find web/src -type f 2>/dev/null) web/index.html web/vite.config.ts web/tsconfig.json
+web/dist/index.html: $(WEB_STAMP) $(WEB_SOURCES)
+	cd web && npm run --silent build
+
+web: web/dist/index.html
+
+# The browser tests drive Debian's Chromium (Playwright's own browser download does not work here).
+CHROMIUM ?= /usr/bin/chromium
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-color-emoji
+
+chromium: $(CHROMIUM)
+
+run: venv web
+	PARLEY_WEB_ROOT=$(CURDIR)/web/dist $(BIN)/parley --data-dir $(DATA_DIR) up
 
 # Test modules run on TEST_WORKERS processes (each module whole on one, so its platform starts
 # once); most of a test's time is waiting on servers, so two workers on two cores halve the run.
 TEST_WORKERS ?= 2
 
-test: venv lint proto-check
+test: venv lint proto-check web chromium
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # Everything, the long fault and upgrade runs marked `slow` included.
-test-all: venv lint proto-check
+test-all: venv lint proto-check web chromium
 	$(BIN)/pytest -m "" --durations=25
 
 test-fast: venv
@@ -49,10 +71,10 @@ lint: venv
 	$(BIN)/mypy scripts/gen_protos.py
 	MYPYPATH=loadtests $(BIN)/mypy loadtests/parley_bench loadtests/parley_load loadtests/locustfile.py
 
-proto: venv
+proto: venv web-deps
 	$(BIN)/python scripts/gen_protos.py
 
-proto-check: venv
+proto-check: venv web-deps
 	$(BIN)/python scripts/gen_protos.py --check
 
 wheels: venv

@@ -1,13 +1,17 @@
-"""Generate the one Python package of protobuf and gRPC stubs from protos/.
+"""Generate the one Python package of protobuf and gRPC stubs from protos/, and the web
+client's TypeScript (the Gateway service and every message it reaches) with protoc-gen-es.
 
 Run through `make proto`. With --check, generate into a temporary folder and fail if the
-committed code differs (CI runs this so stale stubs never land).
+committed code differs (CI runs this so stale stubs never land). The TypeScript generator is
+the version pinned in web/package-lock.json (`npm ci --prefix web` installs it), run by the same
+protoc as the Python stubs.
 """
 
 from __future__ import annotations
 
 import argparse
 import filecmp
+import re
 import shutil
 import sys
 import tempfile
@@ -21,9 +25,15 @@ PROTO_ROOT = ROOT / "protos"
 OUT_ROOT = ROOT / "libs" / "parley-protos" / "src"
 GENERATED_TOP = "parley"
 BIN = Path(sys.executable).parent
+WEB_OUT = ROOT / "web" / "src" / "gen"
+PROTOC_GEN_ES = ROOT / "web" / "node_modules" / ".bin" / "protoc-gen-es"
+# The browser needs the client-facing API only: this file and what it imports.
+WEB_ROOT_PROTO = "parley/gateway/v1/gateway.proto"
+IMPORT = re.compile(r'^import\s+"([^"]+)";', re.MULTILINE)
 
 
 def generate(out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     args = [
@@ -49,6 +59,38 @@ def generate(out_dir: Path) -> None:
     (out_dir / GENERATED_TOP / "py.typed").touch()
 
 
+def web_protos() -> list[str]:
+    """The gateway's proto and everything it imports from protos/ (well-known types come from
+    @bufbuild/protobuf itself)."""
+    found: list[str] = []
+    pending = [WEB_ROOT_PROTO]
+    while pending:
+        name = pending.pop()
+        if name in found or not (PROTO_ROOT / name).exists():
+            continue
+        found.append(name)
+        pending.extend(IMPORT.findall((PROTO_ROOT / name).read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def generate_web(out_dir: Path) -> None:
+    if not PROTOC_GEN_ES.exists():
+        raise SystemExit(f"{PROTOC_GEN_ES} is missing: run `npm ci --prefix web` (make web-deps)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    well_known = Path(grpc_tools.__file__).parent / "_proto"
+    args = [
+        "grpc_tools.protoc",
+        f"-I{PROTO_ROOT}",
+        f"-I{well_known}",
+        f"--plugin=protoc-gen-es={PROTOC_GEN_ES}",
+        f"--es_out={out_dir}",
+        "--es_opt=target=ts,import_extension=js",
+        *web_protos(),
+    ]
+    if protoc.main(args) != 0:
+        raise SystemExit("protoc (protoc-gen-es) failed")
+
+
 def differences(left: Path, right: Path) -> list[str]:
     cmp = filecmp.dircmp(left, right, ignore=["__pycache__"])
     found = [f"only in one tree: {name}" for name in cmp.left_only + cmp.right_only]
@@ -66,19 +108,21 @@ def main() -> int:
     args = parser.parse_args()
     target = OUT_ROOT / GENERATED_TOP
     with tempfile.TemporaryDirectory() as tmp:
-        generate(Path(tmp))
-        fresh = Path(tmp) / GENERATED_TOP
+        generate(Path(tmp) / "py")
+        generate_web(Path(tmp) / "web")
+        pairs = [(Path(tmp) / "py" / GENERATED_TOP, target), (Path(tmp) / "web", WEB_OUT)]
         if args.check:
-            stale = differences(fresh, target) if target.exists() else ["no generated code"]
+            stale = [s for fresh, old in pairs for s in (differences(fresh, old) if old.exists() else [f"no {old}"])]
             if stale:
                 print("generated protobuf code is stale; run `make proto`:", *stale, sep="\n  ")
                 return 1
             print("generated protobuf code is up to date")
             return 0
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(fresh, target)
-    print(f"generated {target.relative_to(ROOT)}")
+        for fresh, old in pairs:
+            if old.exists():
+                shutil.rmtree(old)
+            shutil.copytree(fresh, old)
+            print(f"generated {old.relative_to(ROOT)}")
     return 0
 
 

@@ -18,13 +18,14 @@ import json
 import os
 import secrets
 import signal
+import socket
 import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
 from parley_agent import AgentTimeouts, Door, Instance, NodeAgent, door_for
-from parley_agent.shared_port import requests_migrate
+from parley_agent.shared_port import claim, requests_migrate
 from parley_cli.state import CLIENT_FILE, STATE_FILE, leftover_pids, previous_port, previous_version
 from parley_cli.uplock import PlatformAlreadyRunning, UpLock
 from parley_core.bus import EventBus
@@ -40,6 +41,11 @@ from parley_core.topology import PLATFORM_USER, SERVICES, STREAMS
 # Start order; the gateway last, so its first client finds everything up. Stop in reverse.
 START_ORDER = ("auth", "messaging", "storage", "patch-registry", "gateway")
 DEFAULT_GATEWAY_PORT = 7443
+# The gateway's address for browsers (the web app and the Connect API), claimed like the client
+# port so every gateway instance, old and new during a roll-out, listens there too.
+DEFAULT_WEB_PORT = 8443
+# The built web app (web/dist) the gateway serves there; `make run` sets it.
+WEB_ROOT_ENV = "PARLEY_WEB_ROOT"
 HEALTH_TIMEOUT_S = 60.0
 DRAIN_TIMEOUT_S = 20.0
 RESTART_LIMIT = 5
@@ -87,6 +93,7 @@ class Platform:
         self.nats_cluster = nats_cluster
         self.out: TextIO | None = out
         self.front_doors: dict[str, Door] = {}
+        self.web_claim: socket.socket | None = None
         self.agent: NodeAgent | None = None
         self.nats_nodes: list[NatsServerProcess] = []
         self.pki: Pki | None = None
@@ -152,6 +159,7 @@ class Platform:
         if (self.data_dir / RESTORED_MARKER).exists():
             await self._reseed_restored_log()
 
+        self._claim_web_port()
         # Every front door first: each service is told the others' addresses when it starts.
         for name in START_ORDER:
             self.front_doors[name] = await (self._open_client_port() if name == "gateway" else door_for(name).start())
@@ -176,6 +184,10 @@ class Platform:
         self._agent_task = asyncio.create_task(agent.run())
         gateway = self.front_doors["gateway"]
         self.say(f"all services are up. Gateway (TLS): {gateway.address}")
+        if os.environ.get(WEB_ROOT_ENV):
+            self.say(f"web app: {self.web_url} (TLS; your browser must trust the CA certificate below)")
+        else:
+            self.say(f"browser API (Connect, TLS): {self.web_url} (no web app: start with `make run` to build it)")
         self.say(f"CA certificate for clients: {self.pki.ca_cert}")
         self.say(f"logs: {self.data_dir / 'logs'}")
         cli = f".venv/bin/parley --data-dir {self.data_dir}"
@@ -188,6 +200,22 @@ class Platform:
         self.say(f"  {cli} --as alice create-channel general")
         self.say(f"  {cli} --as alice chat general")
         self.say("press Ctrl-C to stop everything")
+
+    def _claim_web_port(self) -> None:
+        """8443 when free, else a free port; held (parley_agent.shared_port.claim) while the platform runs."""
+        try:
+            self.web_claim = claim("127.0.0.1", DEFAULT_WEB_PORT)
+        except OSError:
+            self.web_claim = claim("127.0.0.1", 0)
+
+    @property
+    def web_address(self) -> str:
+        assert self.web_claim is not None
+        return f"127.0.0.1:{self.web_claim.getsockname()[1]}"
+
+    @property
+    def web_url(self) -> str:
+        return f"https://{self.web_address}/"
 
     @property
     def replicas(self) -> int:
@@ -366,6 +394,9 @@ class Platform:
             "PARLEY_DATA_DIR": str(self.data_dir),
             "PARLEY_NATS_URL": self.nats_url,
             "PARLEY_NATS_REPLICAS": str(self.replicas),
+            # Read by the gateway only (parley_gateway.web).
+            "PARLEY_WEB_LISTEN_ADDRESS": self.web_address,
+            WEB_ROOT_ENV: os.environ.get(WEB_ROOT_ENV, ""),
         }
         for peer, var in PEER_ADDRESS_ENV.items():
             env[var] = self.front_doors[peer].address
@@ -443,7 +474,11 @@ class Platform:
             return
         self._written_state = state
         write_private_file(self.data_dir / STATE_FILE, json.dumps(state, indent=2).encode())
-        client = {"gateway_address": self.front_doors["gateway"].address, "ca_cert": str(self.pki.ca_cert)}
+        client = {
+            "gateway_address": self.front_doors["gateway"].address,
+            "ca_cert": str(self.pki.ca_cert),
+            "web_url": self.web_url,
+        }
         write_private_file(self.data_dir / CLIENT_FILE, json.dumps(client, indent=2).encode())
 
     def _mark_stopped(self) -> None:
@@ -519,6 +554,8 @@ class Platform:
         else:
             for door in self.front_doors.values():
                 await door.stop()
+            if self.web_claim is not None:
+                self.web_claim.close()
         for node in reversed(self.nats_nodes):
             await node.stop()
         if self.nats_nodes:

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     # (SO_REUSEPORT): the gateway's client address under the node agent, which claims it first
     # (parley_agent.shared_port). Empty: none.
     shared_listen_address: str = ""
+    # The gateway's address for browsers (host:port, TLS): the Gateway API over the Connect
+    # protocol and the web app's files from `web_root` (the built web/dist). Empty: none.
+    web_listen_address: str = ""
+    web_root: str = ""
 
     nats_url: str = ""
     nats_user: str = ""

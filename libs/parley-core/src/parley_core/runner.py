@@ -83,6 +83,9 @@ class RunContext:
     access: AccessProjection = field(default_factory=AccessProjection)
     stats: RequestStats = field(default_factory=RequestStats)
     address: str = ""  # host:port once the server listens, for heartbeats
+    # The server's interceptors, for a second transport of the same calls (the gateway's Connect
+    # endpoint for browsers) to run them exactly as the gRPC server does.
+    interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()
     _channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     def add_service_name(self, full_name: str) -> None:
@@ -376,14 +379,12 @@ async def serve(
             ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
             ("grpc.max_connection_age_grace_ms", int(settings.grace_seconds * 1000)),
         ]
-    server = grpc.aio.server(
-        options=options,
-        interceptors=[
-            *telemetry.server_interceptors(),
-            RequestStatsInterceptor(stats),
-            CallerCheckAndErrors(None if client_facing else GRPC_CALLERS[service], method_permission_check(tokens)),
-        ],
+    interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (
+        *telemetry.server_interceptors(),
+        RequestStatsInterceptor(stats),
+        CallerCheckAndErrors(None if client_facing else GRPC_CALLERS[service], method_permission_check(tokens)),
     )
+    server = grpc.aio.server(options=options, interceptors=interceptors)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     ctx = RunContext(
@@ -397,6 +398,7 @@ async def serve(
         tokens=tokens,
         access=access,
         stats=stats,
+        interceptors=interceptors,
     )
     keys = await follow_signing_keys(bus, tokens)
     access_replay = await follow_access(bus, access)

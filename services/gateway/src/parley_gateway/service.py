@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -36,6 +37,7 @@ from parley_gateway.catchup import events_between
 from parley_gateway.fanout import ChannelFeed
 from parley_gateway.limits import Admission, GatewayLimits, LiveStreamCaps, RateLimited
 from parley_gateway.live import LiveBuffer, LiveSubscriber, channel_event_of, view_of
+from parley_gateway.web import BrowserApp, BrowserListener, GatewayConnectApp, GatewayPipeline, WebFiles
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +125,7 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         self._admission = Admission(self.limits)
         self._caps = LiveStreamCaps(self.limits)
         self._access_watch: asyncio.Task[None] | None = None
+        self.browser: BrowserListener | None = None
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
@@ -139,8 +142,27 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         self._archive = storage_pb2_grpc.StorageArchiveServiceStub(storage)
         gateway_pb2_grpc.add_GatewayServicer_to_server(self, ctx.server)
         ctx.add_service_name(gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name)
+        if s.web_listen_address:
+            self._start_browser_listener(ctx)
+
+    def _start_browser_listener(self, ctx: RunContext) -> None:
+        """The same calls for browsers (parley_gateway.web): Connect protocol, and the web app."""
+        s = ctx.settings
+        pipeline = GatewayPipeline(
+            lambda server: gateway_pb2_grpc.add_GatewayServicer_to_server(self, server), ctx.interceptors
+        )
+        # The body may be JSON, larger than the protobuf it holds; _admit checks the message's own size.
+        api = GatewayConnectApp(pipeline, read_max_bytes=4 * self.limits.max_request_bytes)
+        files = WebFiles(Path(s.web_root) if s.web_root else None)
+        self.browser = BrowserListener(
+            BrowserApp(api, files), pki=ctx.pki, address=s.web_listen_address, reuse_port=bool(s.shared_listen_address)
+        )
+        self.browser.start()
+        log.info("serving browsers", extra={"address": self.browser.address, "web_root": s.web_root})
 
     async def stop(self) -> None:
+        if self.browser is not None:
+            await self.browser.stop()
         if self._access_watch is not None:
             self._access_watch.cancel()
             await asyncio.gather(self._access_watch, return_exceptions=True)

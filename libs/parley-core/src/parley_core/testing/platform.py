@@ -110,6 +110,11 @@ class RunningPlatform:
         return str(json.loads((self.data_dir / "client.json").read_text())["gateway_address"])
 
     @property
+    def web_url(self) -> str:
+        """The gateway's address for browsers (the web app and the Connect API)."""
+        return str(json.loads((self.data_dir / "client.json").read_text())["web_url"])
+
+    @property
     def ca_cert(self) -> Path:
         return Path(json.loads((self.data_dir / "client.json").read_text())["ca_cert"])
 

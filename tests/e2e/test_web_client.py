@@ -1,0 +1,378 @@
+"""The web client in a real browser: Debian's Chromium driven by Playwright, against the platform
+as `make run` starts it (the built web app served by the gateway over TLS).
+
+The browser trusts exactly the gateway's key (Chromium's SPKI pin), as a user's browser trusts
+the platform's CA once it is imported. Screenshots of the main screens go to
+web/test-results/screenshots/ (the README shows copies from docs/screenshots/).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.hashes import SHA1
+from cryptography.hazmat.primitives.twofactor.totp import TOTP
+from parley.gateway.v1 import gateway_pb2_grpc
+from parley.messaging.v1 import messaging_pb2
+
+from parley_client import ParleyClient, ParleyError
+from parley_core.testing.platform import RunningPlatform, platform_in
+from parley_core.testing.stack import PASSWORD, bearer
+
+playwright_api = pytest.importorskip("playwright.async_api")
+Browser = playwright_api.Browser
+BrowserContext = playwright_api.BrowserContext
+Page = playwright_api.Page
+expect = playwright_api.expect
+
+# One platform and one browser for the module: its tests share the module's event loop.
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
+
+ROOT = Path(__file__).resolve().parents[2]
+WEB_DIST = ROOT / "web" / "dist"
+AXE = ROOT / "web" / "node_modules" / "axe-core" / "axe.min.js"
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = ROOT / "web" / "test-results" / "screenshots"
+TIMEOUT_MS = 20_000
+XSS = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=1</script>'
+XSS_NAME = "<b>x</b><img src=x onerror=alert(1)>"  # channel names are at most 64 characters
+DIALOGS: list[str] = []  # any alert() that ran
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
+    if not (WEB_DIST / "index.html").exists():
+        pytest.fail("web/dist is not built: run `make web` (make test does)")
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make chromium` installs Debian's chromium (make test does)")
+    running = platform_in(tmp_path_factory.mktemp("web"), PARLEY_WEB_ROOT=str(WEB_DIST))
+    running.start()
+    try:
+        yield running
+    finally:
+        running.kill()
+
+
+def spki_pin(cert_path: Path) -> str:
+    """base64(SHA-256(SubjectPublicKeyInfo)) of the gateway's certificate, for Chromium's pin list."""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def browser(platform: RunningPlatform) -> AsyncIterator[Browser]:
+    pin = spki_pin(platform.data_dir / "pki" / "gateway.crt")
+    async with playwright_api.async_playwright() as p:
+        launched = await p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=[f"--ignore-certificate-errors-spki-list={pin}", "--no-sandbox", "--disable-dev-shm-usage"],
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:6]}"
+
+
+async def registered(platform: RunningPlatform, name: str) -> ParleyClient:
+    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    await client.register(name, PASSWORD)
+    await client.login(name, PASSWORD)
+    return client
+
+
+async def logged_in(browser: Browser, platform: RunningPlatform, name: str) -> tuple[BrowserContext, Page]:
+    context = await browser.new_context(viewport={"width": 1100, "height": 700})
+    page = await context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.on("dialog", lambda dialog: DIALOGS.append(dialog.message))
+    await page.goto(platform.web_url)
+    await page.get_by_label("Username").fill(name)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Log in").click()
+    await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+    return context, page
+
+
+def messages(page: Page) -> object:
+    return page.locator(".messages li.message .body")
+
+
+async def send(page: Page, text: str) -> None:
+    box = page.get_by_label("Message #", exact=False)
+    await box.fill(text)
+    await box.press("Enter")
+
+
+async def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SHOTS / f"{name}.png"))
+
+
+async def test_page_has_a_strict_csp_passes_the_accessibility_check_and_registers(
+    browser: Browser, platform: RunningPlatform
+) -> None:
+    context = await browser.new_context()
+    page = await context.new_page()
+    response = await page.goto(platform.web_url)
+    assert response is not None
+    csp = response.headers["content-security-policy"]
+    assert "script-src 'self'" in csp
+    assert "unsafe-inline" not in csp
+    assert "unsafe-eval" not in csp
+    assert "frame-ancestors 'none'" in csp
+    await expect(page.get_by_role("button", name="Log in")).to_be_visible()
+    await shot(page, "login")
+    assert await axe_violations(page) == []
+
+    # Registration (this platform's is open; with PARLEY_REGISTRATION=invite the code is required).
+    name = unique("erin")
+    await page.get_by_role("button", name="Create an account with an invitation").click()
+    await page.get_by_label("Username").fill(name)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Create account").click()
+    await expect(page.get_by_text(f"Signed in as {name}")).to_be_visible()
+    await expect(page.get_by_role("heading", name="No channels yet")).to_be_visible()
+    assert await axe_violations(page) == []
+    await context.close()
+
+
+async def axe_violations(page: Page) -> list[str]:
+    """axe-core's WCAG 2 A/AA rules on the page as it is; the violations by rule and element."""
+    await page.evaluate(AXE.read_text(encoding="utf-8") + "\n;0")  # evaluated by the driver, not by the page's CSP
+    result = await page.evaluate(
+        "async () => (await axe.run(document, {runOnly: ['wcag2a', 'wcag2aa']})).violations"
+        ".map(v => `${v.id}: ${v.nodes.map(n => n.target.join(' ')).join(', ')}`)"
+    )
+    return list(result)
+
+
+async def test_two_browsers_and_the_sdk_chat_live_and_hostile_text_stays_text(
+    browser: Browser, platform: RunningPlatform
+) -> None:
+    alice, bob = unique("alice"), unique("bob")
+    carol = await registered(platform, unique("carol"))  # someone on the SDK (what the CLI uses)
+    alice_sdk = await registered(platform, alice)  # the channel's owner, later on the SDK too
+    await (await registered(platform, bob)).close()
+    a_context, a_page = await logged_in(browser, platform, alice)
+    b_context, b_page = await logged_in(browser, platform, bob)
+    await expect(a_page.get_by_role("heading", name="No channels yet")).to_be_visible()
+    await shot(a_page, "empty")
+
+    # A channel whose name is markup, created in the browser.
+    await a_page.get_by_label("New channel name").fill(XSS_NAME)
+    await a_page.get_by_role("button", name="Create").click()
+    await expect(a_page.locator("#channel-title")).to_have_text(f"# {XSS_NAME}")
+    channel_id = (await a_page.locator(".channel-head .meta").inner_text()).split("channel id: ")[1].split(" ")[0]
+    await carol.join_channel(channel_id)
+    await b_page.get_by_label("Join a channel by its id").fill(channel_id)
+    await b_page.get_by_role("button", name="Join").click()
+    await expect(b_page.locator("#channel-title")).to_have_text(f"# {XSS_NAME}")
+    await expect(b_page.locator("nav button.channel")).to_have_text(f"# {XSS_NAME}")
+
+    # Live both ways between the two browsers, Enter sends and Shift+Enter is a new line.
+    await send(a_page, "hello bob")
+    await expect(messages(b_page).last).to_have_text("hello bob")
+    box = b_page.get_by_label("Message #", exact=False)
+    await box.fill("line one")
+    await box.press("Shift+Enter")
+    await box.type("line two")
+    await box.press("Enter")
+    await expect(messages(a_page).last).to_have_text("line one\nline two")
+
+    # And with the SDK, both ways.
+    await carol.send(channel_id, "hi from the SDK")
+    await expect(messages(a_page).last).to_have_text("hi from the SDK")
+    history = await carol.history(channel_id)
+    assert [m.body for m in history.messages][-2:] == ["line one\nline two", "hi from the SDK"]
+
+    # Markup in a message and in the topic is shown as the text it is, and never runs.
+    await send(a_page, XSS)
+    await expect(messages(b_page).last).to_have_text(XSS)
+    await alice_sdk.set_topic(channel_id, XSS)
+    await expect(b_page.locator(".channel-head .topic")).to_have_text(XSS)
+    for page in (a_page, b_page):
+        assert await page.evaluate("window.__pwned") is None
+        assert await page.locator(".messages img, .channel-head img, nav img").count() == 0
+    assert DIALOGS == []
+
+    # Reactions and edits arrive live.
+    await a_page.locator("li.message", has_text="hello bob").get_by_role("button", name="React 👍").click()
+    await expect(b_page.locator("li.message", has_text="hello bob").locator("button.reaction")).to_have_text("👍 1")
+    await shot(b_page, "channel")
+    assert await axe_violations(b_page) == []
+
+    # A reply in a thread, seen live by the other browser in the thread panel.
+    await b_page.locator("li.message", has_text="hello bob").get_by_role("button", name="Reply").click()
+    reply_box = b_page.get_by_label("Reply in thread")
+    await reply_box.fill("a reply")
+    await reply_box.press("Enter")
+    replies = a_page.locator("li.message", has_text="hello bob").get_by_role("button", name="1 reply")
+    await expect(replies).to_be_visible()
+    await replies.click()
+    await expect(a_page.get_by_role("log", name="Replies").locator(".body")).to_have_text(["a reply"])
+    assert "a reply" not in await messages(a_page).all_inner_texts()  # not in the main timeline
+    await shot(a_page, "thread")
+
+    # A direct conversation from the member list: the other side sees it with its unread count.
+    await a_page.get_by_role("button", name="Members").click()
+    await a_page.get_by_role("button", name=f"Message {bob}").click()
+    await expect(a_page.locator("#channel-title")).to_have_text(f"@ {bob}")
+    await send(a_page, "just between us")
+    dm = b_page.locator("nav button.channel", has_text=f"@ {alice}")
+    await expect(dm.locator(".unread")).to_have_text("1", timeout=TIMEOUT_MS)  # its list is read again every 10 s
+    await dm.click()
+    await expect(messages(b_page).last).to_have_text("just between us")
+    await expect(dm.locator(".unread")).to_have_count(0)
+    await carol.close()
+    await alice_sdk.close()
+    await a_context.close()
+    await b_context.close()
+
+
+async def test_offline_and_back_misses_nothing(browser: Browser, platform: RunningPlatform) -> None:
+    alice, bob = await registered(platform, unique("alice")), unique("bob")
+    await (await registered(platform, bob)).close()
+    channel = await alice.create_channel(unique("room"))
+    b_context, b_page = await logged_in(browser, platform, bob)
+    await b_page.get_by_label("Join a channel by its id").fill(channel.channel_id)
+    await b_page.get_by_role("button", name="Join").click()
+    await alice.send(channel.channel_id, "before")
+    await expect(messages(b_page).last).to_have_text("before")
+
+    await b_context.set_offline(True)
+    await expect(b_page.locator("#connection")).to_have_attribute("data-state", "offline")
+    sent_while_away = [f"away {n}" for n in range(3)]
+    for text in sent_while_away:
+        await alice.send(channel.channel_id, text)
+    await shot(b_page, "offline")
+    await b_context.set_offline(False)
+    await expect(b_page.locator("#connection")).to_have_attribute("data-state", "live")
+    await expect(messages(b_page).last).to_have_text(sent_while_away[-1])
+    assert await messages(b_page).all_inner_texts() == ["before", *sent_while_away]  # each once, in order
+
+    # A reload keeps the session: the page asks for a new access token with its HttpOnly cookie,
+    # which script never saw.
+    await b_page.reload()
+    await expect(b_page.locator("#connection")).to_have_attribute("data-state", "live")
+    await expect(messages(b_page).last).to_have_text(sent_while_away[-1])
+    assert "parley-refresh" not in await b_page.evaluate("document.cookie")
+    await alice.close()
+    await b_context.close()
+
+
+async def test_login_with_a_totp_code(browser: Browser, platform: RunningPlatform) -> None:
+    name = unique("dora")
+    client = await registered(platform, name)
+    secret = (await client.begin_totp_enrolment()).secret_base32
+    app = TOTP(base64.b32decode(secret + "=" * (-len(secret) % 8)), 6, SHA1(), 30)
+    await client.confirm_totp_enrolment(app.generate(int(time.time())).decode())
+    await client.close()
+
+    context = await browser.new_context()
+    page = await context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    await page.goto(platform.web_url)
+    await page.get_by_label("Username").fill(name)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Log in").click()
+    code = page.get_by_label("Two-factor code (or a recovery code)")
+    await expect(code).to_be_visible()
+    await code.fill(app.generate(int(time.time()) + 30).decode())  # the next step: the first was spent
+    await page.get_by_role("button", name="Log in").click()
+    await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+    await expect(page.get_by_text(f"Signed in as {name}")).to_be_visible()
+    await context.close()
+
+
+async def test_history_opens_at_the_newest_and_pages_back_as_one_scrolls(
+    browser: Browser, platform: RunningPlatform
+) -> None:
+    name = unique("fred")
+    fred = await registered(platform, name)
+    channel = await fred.create_channel(unique("long"))
+    for n in range(70):  # more than the 50 of the first page
+        await fred.send(channel.channel_id, f"m{n:02d}")
+    context, page = await logged_in(browser, platform, name)
+    await expect(messages(page).last).to_have_text("m69")
+    assert await messages(page).count() == 50
+    log = page.get_by_role("log", name=f"Messages in {channel.name}")
+    assert await log.evaluate("el => el.scrollHeight - el.scrollTop - el.clientHeight") < 5  # at the newest
+    await log.evaluate("el => { el.scrollTop = 0; }")
+    await expect(messages(page).first).to_have_text("m00")
+    assert await messages(page).count() == 70
+    await fred.close()
+    await context.close()
+
+
+async def test_an_encrypted_channel_is_shown_as_such_and_never_its_ciphertext(
+    browser: Browser, platform: RunningPlatform
+) -> None:
+    name = unique("gina")
+    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    await client.register(name, PASSWORD)
+    login = await client.login(name, PASSWORD)
+    channel = await client.create_channel(unique("secret"), encrypted=True)
+    # Ciphertext as an SDK with E2EE posts it (the server checks only its form).
+    ciphertext = "megolm.v1:" + "QUJDREVGR0hJSktMTU5PUA" * 4
+    credentials = grpc.ssl_channel_credentials(root_certificates=platform.ca_cert.read_bytes())
+    async with grpc.aio.secure_channel(
+        platform.gateway_address, credentials, options=[("grpc.ssl_target_name_override", "gateway")]
+    ) as raw:
+        await gateway_pb2_grpc.GatewayStub(raw).SendMessage(
+            messaging_pb2.PostMessageRequest(channel_id=channel.channel_id, body=ciphertext, idempotency_key="e2ee-1"),
+            metadata=bearer(login.access_token),
+            timeout=20,
+        )
+    await client.close()
+    context, page = await logged_in(browser, platform, name)
+    await expect(messages(page)).to_have_text(["🔒 Encrypted message"])
+    await expect(page.locator(".encrypted-note")).to_contain_text("cannot decrypt")
+    await expect(page.get_by_label("Message #", exact=False)).to_have_count(0)  # nothing to send plaintext with
+    assert ciphertext not in await page.content()
+    await context.close()
+
+
+async def test_settings_enrol_two_factor_with_a_qr_code_and_list_sessions(
+    browser: Browser, platform: RunningPlatform
+) -> None:
+    name = unique("hana")
+    await (await registered(platform, name)).close()  # its own session, listed beside the browser's
+    context, page = await logged_in(browser, platform, name)
+    await page.get_by_role("button", name="Settings").click()
+    await expect(page.get_by_role("heading", name="Sessions")).to_be_visible()
+    await expect(page.locator("ul.sessions li", has_text="This browser")).to_have_count(1)
+    await expect(page.locator("ul.sessions li").get_by_role("button", name="Revoke")).to_have_count(1)
+
+    await page.get_by_role("button", name="Set up two-factor authentication").click()
+    qr = page.get_by_role("img", name="QR code of the two-factor secret")
+    await expect(qr).to_be_visible()
+    assert (await qr.get_attribute("src") or "").startswith("data:image/png;base64,")
+    secret = await page.locator("code.secret").inner_text()
+    app = TOTP(base64.b32decode(secret + "=" * (-len(secret) % 8)), 6, SHA1(), 30)
+    await page.get_by_label("Code from your app").fill(app.generate(int(time.time())).decode())
+    await page.get_by_role("button", name="Confirm").click()
+    await expect(page.locator("ul.codes li")).to_have_count(10)
+    await shot(page, "settings")
+    assert await axe_violations(page) == []
+    await context.close()
+
+    # From now on a login asks for the code.
+    fresh = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    with pytest.raises(ParleyError, match="two-factor"):
+        await fresh.login(name, PASSWORD)
+    await fresh.close()

@@ -1,0 +1,831 @@
+// Parley in the browser: log in, channels, history, live messages, send. Every call is the
+// gateway's own API (api.ts); every piece of user content reaches the page as text (dom.ts).
+
+import "./style.css";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import * as api from "./api.js";
+import { gateway, withRefresh, type Session } from "./api.js";
+import { append, clear, h, on } from "./dom.js";
+import { LiveStream, type ConnectionState } from "./live.js";
+import { renderSettings } from "./settings.js";
+import type { ClientEvent } from "./gen/parley/gateway/v1/gateway_pb.js";
+import type { Channel, ChatMessage, ReactionCount } from "./gen/parley/messaging/v1/messaging_pb.js";
+
+const PAGE = 50;
+const CHANNEL_POLL_MS = 10_000;
+const REACTION = "👍";
+const ENCRYPTED_NOTE =
+  "End-to-end encrypted. This browser cannot decrypt it: no vetted build of the Olm/Megolm library is available for the web client yet. Read and write it with the parley CLI or the Python SDK.";
+
+interface ChannelView {
+  channel: Channel;
+  /** Where the "new messages" line goes: the read marker when the channel was opened. */
+  readAtOpen?: bigint;
+  messages: Map<bigint, ChatMessage>;
+  loaded: boolean;
+  hasMore: boolean;
+}
+
+class App {
+  private session: Session | null = null;
+  private readonly channels = new Map<string, ChannelView>();
+  private readonly names = new Map<string, string>();
+  private current = "";
+  private live: LiveStream | null = null;
+  private readonly root: HTMLElement;
+  private statusEl = h("p", { id: "connection", role: "status", class: "state connecting" }, "Connecting…");
+  private navList = h("ul", { class: "channels" });
+  private mainEl = h("main", { id: "main", tabindex: "-1" });
+  private threadEl = h("aside", { class: "thread", "aria-label": "Thread", hidden: true });
+  private thread: { channelId: string; rootSeq: bigint } | null = null;
+  private logEl: HTMLDivElement | null = null;
+  private noticeEl = h("p", { class: "notice", role: "alert" });
+  private loadingOlder = false;
+  private markTimer: number | undefined;
+
+  constructor(root: HTMLElement) {
+    this.root = root;
+  }
+
+  async boot(): Promise<void> {
+    // A session this browser already holds (the HttpOnly cookie): no password asked again.
+    const session = await api.refresh().catch(() => null);
+    if (session) {
+      await this.enter(session);
+    } else {
+      this.showLogin();
+    }
+  }
+
+  // -- logging in --
+
+  private showLogin(message = ""): void {
+    this.live?.stop();
+    this.live = null;
+    clear(this.root);
+    const user = h("input", { id: "username", name: "username", autocomplete: "username", required: true });
+    const pass = h("input", {
+      id: "password",
+      name: "password",
+      type: "password",
+      autocomplete: "current-password",
+      required: true,
+    });
+    const code = h("input", { id: "code", name: "code", autocomplete: "one-time-code", inputmode: "text" });
+    const codeRow = h(
+      "div",
+      { class: "row", hidden: true },
+      h("label", { for: "code" }, "Two-factor code (or a recovery code)"),
+      code,
+    );
+    const error = h("p", { class: "error", role: "alert" }, message);
+    const submit = h("button", { type: "submit" }, "Log in");
+    const register = h("button", { type: "button", class: "link" }, "Create an account with an invitation");
+    on(register, "click", () => this.showRegister());
+    const form = h(
+      "form",
+      { class: "login", "aria-labelledby": "login-title" },
+      h("h1", { id: "login-title" }, "Log in to Parley"),
+      h("div", { class: "row" }, h("label", { for: "username" }, "Username"), user),
+      h("div", { class: "row" }, h("label", { for: "password" }, "Password"), pass),
+      codeRow,
+      error,
+      submit,
+      h("p", { class: "hint" }, "Accounts are created by your operator (parley admin create-user) or by invitation."),
+      register,
+    );
+    on(form, "submit", (event) => {
+      event.preventDefault();
+      submit.disabled = true;
+      error.textContent = "";
+      const value = code.value.trim();
+      const totp = /^\d{6}$/.test(value) ? value : "";
+      const recovery = value && !totp ? value : "";
+      api
+        .login(user.value.trim(), pass.value, totp, recovery)
+        .then((session) => this.enter(session))
+        .catch((err: unknown) => {
+          submit.disabled = false;
+          if (api.isMfaChallenge(err) && codeRow.hidden) {
+            codeRow.hidden = false;
+            error.textContent = "This account uses two-factor authentication: enter the code from your app.";
+            code.focus();
+            return;
+          }
+          error.textContent = api.describe(err);
+        });
+    });
+    append(this.root, h("div", { class: "center" }, form));
+    user.focus();
+  }
+
+  private showRegister(): void {
+    clear(this.root);
+    const user = h("input", { id: "new-username", autocomplete: "username", required: true });
+    const pass = h("input", { id: "new-password", type: "password", autocomplete: "new-password", required: true });
+    const invite = h("input", { id: "invite", autocomplete: "off" });
+    const error = h("p", { class: "error", role: "alert" });
+    const submit = h("button", { type: "submit" }, "Create account");
+    const back = h("button", { type: "button", class: "link" }, "Back to log in");
+    on(back, "click", () => this.showLogin());
+    const form = h(
+      "form",
+      { class: "login", "aria-labelledby": "register-title" },
+      h("h1", { id: "register-title" }, "Create your Parley account"),
+      h("div", { class: "row" }, h("label", { for: "new-username" }, "Username"), user),
+      h("div", { class: "row" }, h("label", { for: "new-password" }, "Password"), pass),
+      h("div", { class: "row" }, h("label", { for: "invite" }, "Invitation code"), invite),
+      error,
+      submit,
+      back,
+    );
+    on(form, "submit", (event) => {
+      event.preventDefault();
+      submit.disabled = true;
+      error.textContent = "";
+      const username = user.value.trim();
+      gateway
+        .register({ username, password: pass.value, inviteCode: invite.value.trim() })
+        .then(() => api.login(username, pass.value))
+        .then((session) => this.enter(session))
+        .catch((err: unknown) => {
+          submit.disabled = false;
+          error.textContent = api.describe(err);
+        });
+    });
+    append(this.root, h("div", { class: "center" }, form));
+    user.focus();
+  }
+
+  private async enter(session: Session): Promise<void> {
+    this.session = session;
+    if (!session.username) session.username = (await this.nameOf([session.userId])).get(session.userId) ?? "";
+    this.names.set(session.userId, session.username);
+    this.renderShell();
+    await this.loadChannels();
+    this.live = new LiveStream(
+      {
+        event: (e) => this.onEvent(e),
+        state: (s, d) => this.setState(s, d),
+        resumed: () => void this.loadChannels(),
+      },
+      () => [...this.channels.keys()],
+    );
+    this.live.start();
+    this.watchChannels();
+    if (session.mfaEnrolmentRequired) this.openSettings("Your role requires two-factor authentication: enrol now.");
+  }
+
+  // -- the shell: header, channel list, main pane --
+
+  private renderShell(): void {
+    clear(this.root);
+    const logout = h("button", { type: "button", class: "link" }, "Log out");
+    on(logout, "click", () => {
+      this.live?.stop();
+      void api.logout().finally(() => {
+        this.channels.clear();
+        this.current = "";
+        this.showLogin();
+      });
+    });
+    const settings = h("button", { type: "button", class: "link" }, "Settings");
+    on(settings, "click", () => this.openSettings());
+    const header = h(
+      "header",
+      { class: "top" },
+      h("span", { class: "brand" }, "Parley"),
+      this.statusEl,
+      h("span", { class: "me" }, `Signed in as ${this.session?.username ?? ""}`),
+      settings,
+      logout,
+    );
+    const create = this.smallForm("new-channel", "New channel name", "Create", async (name) => {
+      const channel = await withRefresh(() => gateway.createChannel({ name }));
+      this.addChannel(channel);
+      await this.open(channel.channelId);
+    });
+    const join = this.smallForm("join-channel", "Join a channel by its id", "Join", async (channelId) => {
+      const channel = await withRefresh(() => gateway.joinChannel({ channelId }));
+      this.addChannel(channel);
+      await this.open(channel.channelId);
+    });
+    const nav = h("nav", { "aria-label": "Channels" }, h("h2", {}, "Channels"), this.navList, create, join);
+    append(this.root, header, h("div", { class: "layout" }, nav, this.mainEl, this.threadEl), this.noticeEl);
+  }
+
+  private smallForm(id: string, label: string, action: string, run: (value: string) => Promise<void>): HTMLFormElement {
+    const input = h("input", { id, name: id, required: true, autocomplete: "off" });
+    const button = h("button", { type: "submit" }, action);
+    const form = h("form", { class: "small" }, h("label", { for: id }, label), input, button);
+    on(form, "submit", (event) => {
+      event.preventDefault();
+      const value = input.value.trim();
+      if (!value) return;
+      button.disabled = true;
+      run(value)
+        .then(() => {
+          input.value = "";
+        })
+        .catch((err: unknown) => this.notice(api.describe(err)))
+        .finally(() => {
+          button.disabled = false;
+        });
+    });
+    return form;
+  }
+
+  private notice(text: string): void {
+    this.noticeEl.textContent = text;
+  }
+
+  private setState(state: ConnectionState, detail: string): void {
+    this.statusEl.className = `state ${state}`;
+    this.statusEl.textContent = detail;
+    this.statusEl.dataset.state = state;
+  }
+
+  // -- channels --
+
+  /** Reads the channel list again; true when channels came or went (the live stream then
+   * subscribes again to cover them: a stream covers the channels it started with). */
+  private async loadChannels(): Promise<boolean> {
+    const mine = await withRefresh(() => gateway.listMyChannels({})).catch((err: unknown) => {
+      this.notice(api.describe(err));
+      return null;
+    });
+    if (mine === null) return false;
+    const before = [...this.channels.keys()].sort().join();
+    const seen = new Set<string>();
+    for (const channel of mine.channels) {
+      seen.add(channel.channelId);
+      const view = this.channels.get(channel.channelId);
+      if (view) {
+        view.channel = channel;
+      } else {
+        this.channels.set(channel.channelId, { channel, messages: new Map(), loaded: false, hasMore: true });
+      }
+    }
+    for (const id of [...this.channels.keys()]) if (!seen.has(id)) this.channels.delete(id);
+    const unnamed = mine.channels.filter((c) => c.direct).flatMap((c) => c.memberIds.filter((u) => !this.names.has(u)));
+    if (unnamed.length > 0) await this.nameOf([...new Set(unnamed)].slice(0, 200));
+    this.renderChannels();
+    if (this.current && !this.channels.has(this.current)) this.current = "";
+    if (this.current) {
+      await this.loadNewer(this.current);
+    } else if (this.mainEl.querySelector("#settings-title") === null) {
+      // Nothing open (and not in Settings): the first channel, or what to do without one.
+      const first = [...this.channels.values()].sort(byName)[0];
+      if (first) await this.open(first.channel.channelId);
+      else this.renderEmpty();
+    }
+    return [...this.channels.keys()].sort().join() !== before;
+  }
+
+  /** New conversations others start with this user (a direct message, an invitation) show up
+   * within CHANNEL_POLL_MS, or at once when the tab comes back into view. */
+  private watchChannels(): void {
+    const look = (): void => {
+      void this.loadChannels().then((changed) => {
+        if (changed) this.live?.restart();
+      });
+    };
+    window.setInterval(look, CHANNEL_POLL_MS);
+    document.addEventListener("visibilitychange", () => {
+      if (document.visibilityState === "visible") look();
+    });
+  }
+
+  private addChannel(channel: Channel): void {
+    const known = this.channels.get(channel.channelId);
+    if (known) known.channel = channel;
+    else this.channels.set(channel.channelId, { channel, messages: new Map(), loaded: false, hasMore: true });
+    this.renderChannels();
+    this.live?.restart();
+  }
+
+  private renderChannels(): void {
+    clear(this.navList);
+    for (const view of [...this.channels.values()].sort(byName)) {
+      const c = view.channel;
+      const unread = c.channelId === this.current ? 0n : c.unreadCount;
+      const label = this.title(c);
+      const button = h(
+        "button",
+        {
+          type: "button",
+          class: c.channelId === this.current ? "channel current" : "channel",
+          "aria-current": c.channelId === this.current ? "page" : undefined,
+          "data-channel-id": c.channelId,
+        },
+        h("span", { class: "name" }, label),
+        c.encrypted ? h("span", { class: "lock", title: "end-to-end encrypted" }, " 🔒") : null,
+        unread > 0n ? h("span", { class: "unread", "aria-label": `${unread} unread` }, String(unread)) : null,
+      );
+      on(button, "click", () => void this.open(c.channelId));
+      append(this.navList, h("li", {}, button));
+    }
+  }
+
+  private renderEmpty(): void {
+    clear(this.mainEl);
+    append(
+      this.mainEl,
+      h(
+        "section",
+        { class: "empty" },
+        h("h2", {}, "No channels yet"),
+        h(
+          "p",
+          {},
+          "Create a channel with the form on the left, or join one with the id someone shares with you (the CLI prints it: parley channels).",
+        ),
+      ),
+    );
+  }
+
+  private async open(channelId: string): Promise<void> {
+    const view = this.channels.get(channelId);
+    if (!view) return;
+    this.current = channelId;
+    view.readAtOpen = view.channel.unreadCount > 0n ? view.channel.readSeq : undefined;
+    view.channel.unreadCount = 0n;
+    this.renderChannels();
+    this.renderChannel(view);
+    if (!view.loaded) await this.loadLatest(view);
+    this.renderMessages(view, "bottom");
+    this.markRead(view);
+  }
+
+  private renderChannel(view: ChannelView): void {
+    const c = view.channel;
+    clear(this.mainEl);
+    const log = h("div", { class: "messages", role: "log", "aria-label": `Messages in ${c.name}`, tabindex: "0" });
+    on(log, "scroll", () => {
+      if (log.scrollTop < 40) void this.loadOlder(view);
+    });
+    this.logEl = log;
+    const heading = h(
+      "div",
+      { class: "channel-head" },
+      h("h2", { id: "channel-title" }, this.title(c)),
+      c.topic ? h("p", { class: "topic" }, c.topic) : null,
+      h("p", { class: "meta" }, `channel id: ${c.channelId} · ${c.memberIds.length} members`),
+      this.membersButton(view),
+    );
+    append(this.mainEl, heading, log, this.composer(view));
+  }
+
+  private composer(view: ChannelView): HTMLElement {
+    const c = view.channel;
+    if (c.encrypted) {
+      return h("p", { class: "encrypted-note" }, ENCRYPTED_NOTE);
+    }
+    const box = h("textarea", {
+      id: "composer",
+      name: "message",
+      rows: 2,
+      placeholder: `Message # ${c.name}`,
+      "aria-describedby": "composer-help",
+    });
+    const send = h("button", { type: "submit" }, "Send");
+    const form = h(
+      "form",
+      { class: "composer" },
+      h("label", { for: "composer", class: "visually-hidden" }, `Message # ${c.name}`),
+      box,
+      send,
+      h("p", { id: "composer-help", class: "hint" }, "Enter sends, Shift+Enter starts a new line."),
+    );
+    const submit = (): void => {
+      const body = box.value;
+      if (!body.trim()) return;
+      const idempotencyKey = crypto.randomUUID();
+      box.value = "";
+      withRefresh(() => gateway.sendMessage({ channelId: c.channelId, body, idempotencyKey }))
+        .then((message) => this.upsert(message))
+        .catch((err: unknown) => {
+          box.value = body; // nothing lost: the text comes back to be sent again
+          this.notice(`Not sent: ${api.describe(err)}`);
+        });
+    };
+    on(box, "keydown", (event) => {
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        submit();
+      }
+    });
+    on(form, "submit", (event) => {
+      event.preventDefault();
+      submit();
+    });
+    queueMicrotask(() => box.focus());
+    return form;
+  }
+
+  private title(c: Channel): string {
+    if (!c.direct) return `# ${c.name}`;
+    const others = c.memberIds.filter((u) => u !== this.session?.userId);
+    return `@ ${others.map((u) => this.names.get(u) ?? u).join(", ") || (this.session?.username ?? "")}`;
+  }
+
+  private membersButton(view: ChannelView): HTMLElement {
+    const list = h("ul", { class: "members", id: "members", hidden: true });
+    const button = h("button", { type: "button", class: "link", "aria-expanded": "false", "aria-controls": "members" }, "Members");
+    on(button, "click", () => {
+      const open = list.hidden;
+      list.hidden = !open;
+      button.setAttribute("aria-expanded", String(open));
+      if (!open) return;
+      void this.nameOf(view.channel.memberIds.slice(0, 200)).then(() => {
+        clear(list);
+        for (const id of view.channel.memberIds) {
+          const item = h("li", {}, this.names.get(id) ?? id);
+          if (id !== this.session?.userId) {
+            const dm = h("button", { type: "button", class: "small" }, `Message ${this.names.get(id) ?? id}`);
+            on(dm, "click", () => {
+              withRefresh(() => gateway.createDirectChannel({ userIds: [id] }))
+                .then(async (channel) => {
+                  this.addChannel(channel);
+                  await this.open(channel.channelId);
+                })
+                .catch((err: unknown) => this.notice(api.describe(err)));
+            });
+            append(item, " ", dm);
+          }
+          list.appendChild(item);
+        }
+      });
+    });
+    return h("div", { class: "members-box" }, button, list);
+  }
+
+  // -- threads --
+
+  private openThread(view: ChannelView, rootSeq: bigint): void {
+    this.thread = { channelId: view.channel.channelId, rootSeq };
+    this.renderThread();
+    withRefresh(() => gateway.listThread({ channelId: view.channel.channelId, rootSeq }))
+      .then((reply) => {
+        for (const m of [reply.root, ...reply.replies]) if (m) view.messages.set(m.channelSeq, m);
+        this.renderThread();
+      })
+      .catch((err: unknown) => this.notice(api.describe(err)));
+  }
+
+  private renderThread(): void {
+    const t = this.thread;
+    const view = t ? this.channels.get(t.channelId) : undefined;
+    clear(this.threadEl);
+    if (!t || !view) {
+      this.threadEl.hidden = true;
+      return;
+    }
+    this.threadEl.hidden = false;
+    const close = h("button", { type: "button", class: "link" }, "Close thread");
+    on(close, "click", () => {
+      this.thread = null;
+      this.renderThread();
+    });
+    const root = view.messages.get(t.rootSeq);
+    const replies = [...view.messages.values()]
+      .filter((m) => m.threadRootSeq === t.rootSeq)
+      .sort((a, b) => (a.channelSeq < b.channelSeq ? -1 : 1));
+    const list = h("ol", { class: "message-list" }, ...replies.map((m) => this.messageItem(view, m, true)));
+    const box = h("textarea", { id: "thread-composer", rows: 2 });
+    const form = h(
+      "form",
+      { class: "composer" },
+      h("label", { for: "thread-composer", class: "visually-hidden" }, "Reply in thread"),
+      box,
+      h("button", { type: "submit" }, "Reply"),
+    );
+    const submit = (): void => {
+      const body = box.value;
+      if (!body.trim()) return;
+      box.value = "";
+      withRefresh(() =>
+        gateway.sendMessage({ channelId: t.channelId, body, threadRootSeq: t.rootSeq, idempotencyKey: crypto.randomUUID() }),
+      )
+        .then((m) => this.upsert(m))
+        .catch((err: unknown) => {
+          box.value = body;
+          this.notice(`Not sent: ${api.describe(err)}`);
+        });
+    };
+    on(box, "keydown", (event) => {
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        submit();
+      }
+    });
+    on(form, "submit", (event) => {
+      event.preventDefault();
+      submit();
+    });
+    append(
+      this.threadEl,
+      h("div", { class: "thread-head" }, h("h2", {}, "Thread"), close),
+      root ? h("ol", { class: "message-list root" }, this.messageItem(view, root, true)) : null,
+      h("div", { class: "replies", role: "log", "aria-label": "Replies" }, list),
+      view.channel.encrypted ? null : form,
+    );
+  }
+
+  // -- history --
+
+  private async loadLatest(view: ChannelView): Promise<void> {
+    const last = view.channel.lastSeq;
+    const page = await withRefresh(() =>
+      gateway.getHistory({ channelId: view.channel.channelId, limit: PAGE, beforeSeq: last + 1n }),
+    );
+    for (const m of page.messages) view.messages.set(m.channelSeq, m);
+    view.hasMore = page.hasMore;
+    view.loaded = true;
+  }
+
+  /** After a gap (reconnect): what came since the newest message held. */
+  private async loadNewer(channelId: string): Promise<void> {
+    const view = this.channels.get(channelId);
+    if (!view?.loaded) return;
+    const newest = [...view.messages.keys()].reduce((a, b) => (a > b ? a : b), 0n);
+    const page = await withRefresh(() => gateway.getHistory({ channelId, afterSeq: newest, limit: 500 }));
+    for (const m of page.messages) view.messages.set(m.channelSeq, m);
+    if (channelId === this.current) this.renderMessages(view, "keep");
+  }
+
+  private async loadOlder(view: ChannelView): Promise<void> {
+    if (this.loadingOlder || !view.hasMore || view.messages.size === 0) return;
+    this.loadingOlder = true;
+    try {
+      const oldest = [...view.messages.keys()].reduce((a, b) => (a < b ? a : b));
+      const page = await withRefresh(() =>
+        gateway.getHistory({ channelId: view.channel.channelId, limit: PAGE, beforeSeq: oldest }),
+      );
+      for (const m of page.messages) view.messages.set(m.channelSeq, m);
+      view.hasMore = page.hasMore;
+      if (view.channel.channelId === this.current) this.renderMessages(view, "older");
+    } finally {
+      this.loadingOlder = false;
+    }
+  }
+
+  // -- messages --
+
+  private renderMessages(view: ChannelView, scroll: "bottom" | "keep" | "older"): void {
+    const log = this.logEl;
+    if (!log || view.channel.channelId !== this.current) return;
+    const fromBottom = log.scrollHeight - log.scrollTop;
+    const atBottom = fromBottom - log.clientHeight < 60;
+    clear(log);
+    if (view.messages.size === 0) {
+      append(log, h("p", { class: "empty-log" }, "No messages yet. Say hello: type below and press Enter."));
+    }
+    const list = h("ol", { class: "message-list" });
+    const ordered = [...view.messages.values()].sort((a, b) => (a.channelSeq < b.channelSeq ? -1 : 1));
+    let marked = false;
+    for (const m of ordered) {
+      if (m.threadRootSeq > 0n) continue; // replies live in their thread
+      const mark = view.readAtOpen;
+      if (!marked && mark !== undefined && m.channelSeq > mark && m.senderId !== this.session?.userId) {
+        append(list, h("li", { class: "new-line", "aria-label": "New messages" }, "New messages"));
+        marked = true;
+      }
+      append(list, this.messageItem(view, m));
+    }
+    append(log, list);
+    if (scroll === "bottom" || (scroll === "keep" && atBottom)) log.scrollTop = log.scrollHeight;
+    else if (scroll === "older") log.scrollTop = log.scrollHeight - fromBottom;
+  }
+
+  private messageItem(view: ChannelView, m: ChatMessage, inThread = false): HTMLLIElement {
+    const mine = m.senderId === this.session?.userId;
+    const sent = m.sentAt ? timestampDate(m.sentAt) : null;
+    const name = m.senderName || this.names.get(m.senderId) || m.senderId;
+    let body: HTMLElement;
+    if (m.erased) body = h("p", { class: "body gone" }, "(removed: the author's data were erased)");
+    else if (m.redacted) body = h("p", { class: "body gone" }, "(message deleted)");
+    else if (view.channel.encrypted) body = h("p", { class: "body encrypted" }, "🔒 Encrypted message");
+    else body = h("p", { class: "body" }, m.body);
+    const edited = !m.redacted && (m.edited || m.editCount > 0) ? h("span", { class: "edited" }, " (edited)") : null;
+    const li = h(
+      "li",
+      { class: mine ? "message mine" : "message", "data-seq": String(m.channelSeq) },
+      h(
+        "div",
+        { class: "meta" },
+        h("span", { class: "sender" }, name),
+        sent
+          ? h(
+              "time",
+              { datetime: sent.toISOString(), title: sent.toLocaleString() },
+              sent.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }),
+            )
+          : null,
+        edited,
+      ),
+      body,
+    );
+    if (m.redacted || m.erased) return li;
+    const reactions = h("div", { class: "reactions" });
+    for (const r of m.reactions) reactions.appendChild(this.reactionButton(view, m, r));
+    const actions = h("div", { class: "actions" });
+    if (!m.reactions.some((r) => r.emoji === REACTION)) {
+      const react = h("button", { type: "button", class: "small", "aria-label": `React ${REACTION}` }, REACTION);
+      on(react, "click", () => void this.react(view, m, REACTION, false));
+      actions.appendChild(react);
+    }
+    if (!inThread && !view.channel.encrypted) {
+      const replies = [...view.messages.values()].filter((x) => x.threadRootSeq === m.channelSeq).length;
+      const count = Math.max(replies, m.replyCount);
+      const reply = h("button", { type: "button", class: "small" }, count > 0 ? `${count} ${count === 1 ? "reply" : "replies"}` : "Reply");
+      on(reply, "click", () => this.openThread(view, m.channelSeq));
+      actions.appendChild(reply);
+    }
+    if (mine && !view.channel.encrypted) {
+      const edit = h("button", { type: "button", class: "small" }, "Edit");
+      on(edit, "click", () => this.edit(li, view, m));
+      const del = h("button", { type: "button", class: "small" }, "Delete");
+      on(del, "click", () => {
+        if (window.confirm("Delete this message for everyone?")) {
+          withRefresh(() => gateway.redactMessage({ channelId: m.channelId, channelSeq: m.channelSeq }))
+            .then((updated) => this.upsert(updated))
+            .catch((err: unknown) => this.notice(api.describe(err)));
+        }
+      });
+      append(actions, edit, del);
+    }
+    append(li, reactions, actions);
+    return li;
+  }
+
+  private reactionButton(view: ChannelView, m: ChatMessage, r: ReactionCount): HTMLButtonElement {
+    const me = this.session?.userId ?? "";
+    const pressed = r.userIds.includes(me);
+    const b = h(
+      "button",
+      {
+        type: "button",
+        class: "reaction",
+        "aria-pressed": pressed ? "true" : "false",
+        "aria-label": `${r.emoji} ${r.userIds.length}`,
+      },
+      `${r.emoji} ${r.userIds.length}`,
+    );
+    on(b, "click", () => void this.react(view, m, r.emoji, pressed));
+    return b;
+  }
+
+  private async react(view: ChannelView, m: ChatMessage, emoji: string, remove: boolean): Promise<void> {
+    try {
+      const updated = await withRefresh(() =>
+        gateway.react({ channelId: m.channelId, channelSeq: m.channelSeq, emoji, remove }),
+      );
+      view.messages.set(updated.channelSeq, { ...m, reactions: updated.reactions });
+      this.renderMessages(view, "keep");
+    } catch (err) {
+      this.notice(api.describe(err));
+    }
+  }
+
+  private edit(li: HTMLLIElement, view: ChannelView, m: ChatMessage): void {
+    const box = h("textarea", { "aria-label": "Edit message", rows: 2 });
+    box.value = m.body;
+    const save = h("button", { type: "submit" }, "Save");
+    const cancel = h("button", { type: "button" }, "Cancel");
+    const form = h("form", { class: "edit" }, box, save, cancel);
+    on(cancel, "click", () => this.renderMessages(view, "keep"));
+    on(form, "submit", (event) => {
+      event.preventDefault();
+      withRefresh(() => gateway.editMessage({ channelId: m.channelId, channelSeq: m.channelSeq, body: box.value }))
+        .then((updated) => this.upsert(updated))
+        .catch((err: unknown) => this.notice(api.describe(err)));
+    });
+    on(box, "keydown", (event) => {
+      if (event.key === "Enter" && !event.shiftKey) {
+        event.preventDefault();
+        form.requestSubmit();
+      } else if (event.key === "Escape") {
+        this.renderMessages(view, "keep");
+      }
+    });
+    li.replaceChildren(form);
+    box.focus();
+  }
+
+  private upsert(m: ChatMessage): void {
+    const view = this.channels.get(m.channelId);
+    if (!view) return;
+    const known = view.messages.get(m.channelSeq);
+    // The live stream's copy carries no reaction counts: keep the ones held.
+    view.messages.set(m.channelSeq, known && m.reactions.length === 0 ? { ...m, reactions: known.reactions } : m);
+    if (m.channelSeq > view.channel.lastSeq) view.channel.lastSeq = m.channelSeq;
+    if (m.channelId === this.current) {
+      this.renderMessages(view, "keep");
+      this.markRead(view);
+    }
+    if (this.thread?.channelId === m.channelId) this.renderThread();
+  }
+
+  private markRead(view: ChannelView): void {
+    window.clearTimeout(this.markTimer);
+    this.markTimer = window.setTimeout(() => {
+      const seq = view.channel.lastSeq;
+      if (seq > view.channel.readSeq && document.visibilityState === "visible") {
+        view.channel.readSeq = seq;
+        void withRefresh(() => gateway.markRead({ channelId: view.channel.channelId, channelSeq: seq })).catch(
+          () => undefined,
+        );
+      }
+    }, 300);
+  }
+
+  // -- live events --
+
+  private onEvent(event: ClientEvent): void {
+    const e = event.event;
+    switch (e.case) {
+      case "message": {
+        const view = this.channels.get(e.value.channelId);
+        if (!view) return;
+        const isNew = !view.messages.has(e.value.channelSeq);
+        this.upsert(e.value);
+        if (isNew && e.value.channelId !== this.current && e.value.senderId !== this.session?.userId) {
+          view.channel.unreadCount += 1n;
+          this.renderChannels();
+        }
+        return;
+      }
+      case "updated":
+        this.upsert(e.value);
+        return;
+      case "reaction": {
+        const view = this.channels.get(e.value.channelId);
+        const m = view?.messages.get(e.value.channelSeq);
+        if (!view || !m) return;
+        const reactions = m.reactions.map((r) => ({ ...r, userIds: [...r.userIds] }));
+        let r = reactions.find((x) => x.emoji === e.value.emoji);
+        if (!r) {
+          r = { $typeName: "parley.messaging.v1.ReactionCount", emoji: e.value.emoji, userIds: [] };
+          reactions.push(r);
+        }
+        r.userIds = r.userIds.filter((u) => u !== e.value.userId);
+        if (!e.value.removed) r.userIds.push(e.value.userId);
+        view.messages.set(m.channelSeq, { ...m, reactions: reactions.filter((x) => x.userIds.length > 0) });
+        if (view.channel.channelId === this.current) this.renderMessages(view, "keep");
+        return;
+      }
+      case "membership": {
+        const view = this.channels.get(e.value.channelId);
+        if (!view) return;
+        const change = e.value.change;
+        if (change === "renamed") view.channel.name = e.value.detail;
+        if (change === "topic") view.channel.topic = e.value.detail;
+        const members = new Set(view.channel.memberIds);
+        if (change === "joined") members.add(e.value.userId);
+        if (["left", "kicked", "banned"].includes(change)) members.delete(e.value.userId);
+        view.channel.memberIds = [...members];
+        if (e.value.userId === this.session?.userId && ["left", "kicked", "banned"].includes(change)) {
+          this.channels.delete(e.value.channelId);
+          if (this.current === e.value.channelId) this.current = "";
+          void this.loadChannels();
+          return;
+        }
+        this.renderChannels();
+        if (view.channel.channelId === this.current && (change === "renamed" || change === "topic")) {
+          this.renderChannel(view);
+          this.renderMessages(view, "bottom");
+        }
+        return;
+      }
+      default:
+        return;
+    }
+  }
+
+  // -- names and settings --
+
+  private async nameOf(ids: string[]): Promise<Map<string, string>> {
+    const found = new Map<string, string>();
+    const reply = await withRefresh(() => gateway.lookupUsers({ userIds: ids })).catch(() => null);
+    for (const u of reply?.users ?? []) {
+      found.set(u.userId, u.username);
+      this.names.set(u.userId, u.username);
+    }
+    return found;
+  }
+
+  private openSettings(message = ""): void {
+    if (!this.session) return;
+    this.current = "";
+    this.renderChannels();
+    renderSettings(this.mainEl, this.session, message);
+  }
+}
+
+function byName(a: ChannelView, b: ChannelView): number {
+  return a.channel.name.localeCompare(b.channel.name);
+}
+
+const root = document.getElementById("app");
+if (root) void new App(root).boot();
