@@ -154,6 +154,15 @@ def due_filter(owner: str) -> str:
     return f"parley.storage.due.{owner}.>"
 
 
+def anomaly_subject(kind: str, key: str) -> str:
+    """Storage's detector's findings (AnomalyDetected), on its own STORE tree: one subject per rule
+    and per whom it concerns, so a reader follows one rule or one account."""
+    return f"parley.storage.anomaly.{kind}.{key}"
+
+
+ANOMALY_FILTER = "parley.storage.anomaly.>"
+
+
 SIGNING_KEYS_FILTER = "parley.auth.key.>"
 AUDIT_KEYS_FILTER = "parley.auth.auditkey.>"
 CHANNELS_FILTER = "parley.msg.channel.>"

@@ -689,6 +689,10 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                 session, SessionRevoked(session_id=session.session_id, user_id=session.user_id, reason=reason), actor
             )
 
+    async def revoke_for_anomaly(self, session: Session, reason: str) -> None:
+        """Storage's detector asked for it (storage_due.py); the reason names the anomaly."""
+        await self._revoke(session, reason, "service:storage")
+
     # -- who is calling -----------------------------------------------------------------------
 
     def _source(self, context: Context) -> str:
@@ -1273,6 +1277,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             user_id=session.user_id,
             sealed_previous_sha256=self._seal(presented, REFRESH_TOKEN, session.session_id),
             sealed_refresh_token_sha256=self._seal(digest(refresh), REFRESH_TOKEN, session.session_id),
+            source=self._source(context),
         )
         try:
             await self._session_event(session, rotated, f"user:{session.user_id}")

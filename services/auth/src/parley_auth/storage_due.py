@@ -1,4 +1,5 @@
-"""Auth marks an erased account's username when storage says the erasure is due.
+"""Auth marks an erased account's username when storage says the erasure is due, and revokes a
+session when storage's anomaly detector asks (SessionRevocationDue, below).
 
 Storage writes nothing to AUTH. Before it deletes an erased user's account events from the log,
 it records `AccountErasureDue` on its STORE stream (parley.storage.due.auth.>, the only part of
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from parley.auth.v1.events_pb2 import AccountErased
-from parley.storage.v1.events_pb2 import AccountErasureDue
+from parley.storage.v1.events_pb2 import AccountErasureDue, SessionRevocationDue
 
 from parley_core.bus import ReceivedEvent, Refused, RetryLater
 from parley_core.envelope import NewEvent, UnknownEventType, open_payload
@@ -51,6 +52,20 @@ class StorageDue:
                 continue  # a newer storage's fact: this release has nothing to do for it
             if isinstance(payload, AccountErasureDue):
                 await self._erased(payload, event)
+            elif isinstance(payload, SessionRevocationDue):
+                await self._revoke(payload)
+
+    async def _revoke(self, due: SessionRevocationDue) -> None:
+        """A detection's response (storage's detector, parley_storage.detection): the session is
+        revoked with the anomaly's reason, on the SEC trail as any revocation. Only the session's
+        own account's, and only once (a revoked session is left as it is)."""
+        session = self._app.sessions.get(due.session_id)
+        if session is None or session.user_id != due.user_id:
+            raise Refused(f"no session {due.session_id!r} of user {due.user_id!r} to revoke")
+        try:
+            await self._app.revoke_for_anomaly(session, due.reason or f"anomaly {due.anomaly_event_id}")
+        except Unavailable as exc:  # the audit chain refused the record: nothing was changed
+            raise RetryLater(str(exc)) from exc
 
     async def _erased(self, due: AccountErasureDue, fact: ReceivedEvent) -> None:
         if not USER_ID.fullmatch(due.user_id) or not USERNAME_KEY.fullmatch(due.username_key):

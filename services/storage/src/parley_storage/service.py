@@ -28,6 +28,8 @@ from parley_storage.archive import SqlEventArchive, open_engine
 from parley_storage.archive_api import StorageArchiveApi
 from parley_storage.backup import BACKUP_KEY_FILE, BackupKeys
 from parley_storage.datakeys import DataKeys
+from parley_storage.detection import DetectionSettings
+from parley_storage.detector import AnomalyDetector
 from parley_storage.erasures import ErasureLog, follow_erasures
 from parley_storage.faults import PauseInBatch
 from parley_storage.kek import FileKeyring, KeyEncryptionKeys, KeyringUnreadable
@@ -91,6 +93,7 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         self._erasure_job: asyncio.Task[None] | None = None
         self._log_cleanup_job: asyncio.Task[None] | None = None
         self._lost_consumers: LostConsumers | None = None
+        self.detector: AnomalyDetector | None = None
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
@@ -132,6 +135,10 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         )
         gauges = ArchiveLagGauges(metrics.get_meter("parley.storage"))
         self._lag_job = asyncio.create_task(self._measure_lag(gauges, storage_settings.lag_interval_seconds))
+        detection = DetectionSettings()
+        if detection.enabled:
+            self.detector = AnomalyDetector(ctx.bus, detection)
+            await self.detector.start()
         await erasures_replay.wait_caught_up()
         self._erasure_job = asyncio.create_task(self._resume_stream_erasures(erasures.unfinished()))
 

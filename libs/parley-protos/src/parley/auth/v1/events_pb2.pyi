@@ -245,6 +245,7 @@ class RefreshTokenRotated(_message.Message):
     REFRESH_TOKEN_SHA256_FIELD_NUMBER: _builtins.int
     SEALED_PREVIOUS_SHA256_FIELD_NUMBER: _builtins.int
     SEALED_REFRESH_TOKEN_SHA256_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     user_id: _builtins.str
     previous_sha256: _builtins.bytes
@@ -253,6 +254,8 @@ class RefreshTokenRotated(_message.Message):
     """before sealing"""
     sealed_previous_sha256: _builtins.bytes
     sealed_refresh_token_sha256: _builtins.bytes
+    source: _builtins.str
+    """the client address that refreshed (the detector compares it with the login's)"""
     def __init__(
         self,
         *,
@@ -262,10 +265,11 @@ class RefreshTokenRotated(_message.Message):
         refresh_token_sha256: _builtins.bytes = ...,
         sealed_previous_sha256: _builtins.bytes = ...,
         sealed_refresh_token_sha256: _builtins.bytes = ...,
+        source: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous_sha256", b"previous_sha256", "refresh_token_sha256", b"refresh_token_sha256", "sealed_previous_sha256", b"sealed_previous_sha256", "sealed_refresh_token_sha256", b"sealed_refresh_token_sha256", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous_sha256", b"previous_sha256", "refresh_token_sha256", b"refresh_token_sha256", "sealed_previous_sha256", b"sealed_previous_sha256", "sealed_refresh_token_sha256", b"sealed_refresh_token_sha256", "session_id", b"session_id", "source", b"source", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
