@@ -219,6 +219,14 @@ CONSUMERS: tuple[ConsumerSpec, ...] = (
     ),
 )
 
+# Storage's SIEM feed (parley_storage.siem): the audit records and the detector's findings, each
+# forwarded to the operator's SIEM and acknowledged once sent. Kept apart from CONSUMERS, whose
+# storage entries are its archive consumers.
+SIEM_CONSUMERS: tuple[ConsumerSpec, ...] = (
+    ConsumerSpec(stream="SEC", durable="storage-siem-sec", service="storage", filter_subject=">"),
+    ConsumerSpec(stream="STORE", durable="storage-siem-anomaly", service="storage", filter_subject=ANOMALY_FILTER),
+)
+
 STREAMS_BY_NAME = {s.name: s for s in STREAMS}
 
 # Erasure, redaction and retention reaching the log: storage securely deletes an erased user's
@@ -317,7 +325,7 @@ def permissions_for(service: str) -> Permissions:
             publish.append(f"$JS.API.STREAM.CREATE.{spec.name}")
         if reads(service, spec):
             publish.extend(_stream_read(spec.name))
-    for consumer in CONSUMERS:
+    for consumer in (*CONSUMERS, *SIEM_CONSUMERS):
         if consumer.service == service:
             publish.extend(_own_durable(consumer))
         else:

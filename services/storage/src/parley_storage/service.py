@@ -42,6 +42,7 @@ from parley_storage.progress import ArchiveProgress
 from parley_storage.residency import ResidencyBinding, check_configured, enforce_in_database
 from parley_storage.retention import ArchiveBehind, Retention
 from parley_storage.settings import StorageSettings
+from parley_storage.siem import SiemFeed, SiemSettings
 from parley_storage.stream_erasure import erase_from_streams
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         self._log_cleanup_job: asyncio.Task[None] | None = None
         self._lost_consumers: LostConsumers | None = None
         self.detector: AnomalyDetector | None = None
+        self.siem: SiemFeed | None = None
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
@@ -139,6 +141,13 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         if detection.enabled:
             self.detector = AnomalyDetector(ctx.bus, detection)
             await self.detector.start()
+        siem = SiemSettings()
+        if siem.url:
+            try:
+                self.siem = SiemFeed(ctx.bus, siem, version=ctx.version)
+            except ValueError as exc:
+                raise RefusedToStart(str(exc)) from None
+            await self.siem.start()
         await erasures_replay.wait_caught_up()
         self._erasure_job = asyncio.create_task(self._resume_stream_erasures(erasures.unfinished()))
 
@@ -219,6 +228,8 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
             await self._lag_job
         if self._lost_consumers is not None:
             await self._lost_consumers.stop()
+        if self.siem is not None:
+            await self.siem.stop()
         if self.archive is not None:
             self.archive.engine.dispose()
 
