@@ -14,12 +14,14 @@ import uuid
 import grpc
 import pytest
 from parley.auth.v1 import auth_pb2
+from parley.auth.v1.events_pb2 import SecurityEventRecorded
 from parley.messaging.v1 import messaging_pb2
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from parley.storage.v1.events_pb2 import AnomalyDetected
 
 from parley_core.envelope import decode
 from parley_core.testing.nats import NatsTestServer
+from parley_core.testing.security import security_events
 from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
 from parley_core.testing.waiting import eventually, until
 from parley_core.topology import ANOMALY_FILTER
@@ -76,6 +78,8 @@ async def test_password_spraying_from_one_source_and_not_typos_from_many(
     stack: Stack, nats_server: NatsTestServer
 ) -> None:
     auth = stack.auth_as_gateway()
+    owner = f"owner{uuid.uuid4().hex[:6]}"
+    await stack.create_user(owner, "member")
 
     async def fail(username: str, address: str) -> None:
         request = auth_pb2.LoginRequest(username=username, password="wrong-password-guess")
@@ -93,8 +97,22 @@ async def test_password_spraying_from_one_source_and_not_typos_from_many(
     assert [(a.kind, a.source) for a in found] == [(PASSWORD_SPRAYING, "203.0.113.9")]  # false positives: 0
     [spraying] = found
     assert spraying.evidence["accounts"] == "10"
-    assert spraying.response == "alert"
+    assert spraying.response == "slow_source"
     assert "10 different accounts" in spraying.why
+    # The response: auth holds back that address's logins, even with the right password (its
+    # own lockout, at 50 failures an address, was far away), and no other address's.
+
+    async def slowed() -> list[SecurityEventRecorded] | None:
+        return await security_events(nats_server, "source_slowed") or None
+
+    [record] = await eventually(slowed, "auth's record of the slowed source", TIMEOUT_S)
+    assert record.source == "203.0.113.9"
+    assert record.actor == "service:storage"
+    with pytest.raises(grpc.aio.AioRpcError) as held:
+        await login(stack, owner, "203.0.113.9")
+    assert held.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "suspicious activity" in (held.value.details() or "")
+    await login(stack, owner, "198.51.100.77")
 
 
 async def test_a_sensitive_change_from_a_new_source_revokes_that_session(

@@ -180,6 +180,9 @@ def test_thresholds_and_responses_come_from_the_deployments_settings(monkeypatch
     assert settings.response(SESSION_TWO_SOURCES) == "alert"
     assert settings.response(SEND_RATE) == "alert"  # no session to revoke: only an alert
     assert settings.response(NEW_SOURCE_SENSITIVE_CHANGE) == "revoke_session"
+    assert settings.response(PASSWORD_SPRAYING) == "slow_source"
+    monkeypatch.setenv("PARLEY_DETECT_RESPONSES", '{"session_two_sources": "slow_source"}')
+    assert DetectionSettings().response(SESSION_TWO_SOURCES) == "alert"  # it names no source to slow
 
 
 def test_a_replay_finds_the_same_ids() -> None:

@@ -171,7 +171,7 @@ async def test_audit_records_and_findings_reach_the_collector(receiver: Receiver
     assert spraying.header[3] == "anomaly:password_spraying"
     assert int(spraying.header[5]) >= 7
     assert spraying.ext["cs1Label"] == "kind"
-    assert spraying.ext["act"] == "alert"
+    assert spraying.ext["act"] == "slow_source"
     assert json.loads(spraying.ext["cs3"])["accounts"] == "10"
     assert float(spraying.ext["cfp1"]) >= 1.0
     assert "10 different accounts" in spraying.ext["msg"]

@@ -71,6 +71,11 @@ def lockout_subject(account_key: str) -> str:
     return stream_subject("auth", "lockout", account_key)
 
 
+def slowed_source_subject(source_key: str) -> str:
+    """Auth's record that logins from one address are held back (SourceSlowed), keyed by a digest."""
+    return stream_subject("auth", "slowed", source_key)
+
+
 def channel_subject(channel_id: str) -> str:
     return stream_subject("msg", "channel", channel_id)
 

@@ -47,6 +47,7 @@ from parley.auth.v1.events_pb2 import (
     SessionStarted,
     SigningKeyPublished,
     SigningKeyRetired,
+    SourceSlowed,
     TotpCodeAccepted,
     TotpEnrolled,
     TotpEnrolmentStarted,
@@ -119,6 +120,7 @@ from parley_core.topology import (
     audit_key_subject,
     lockout_subject,
     signing_key_subject,
+    slowed_source_subject,
     stream_subject,
     user_subject,
     username_subject,
@@ -416,6 +418,9 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         if isinstance(payload, LoginFailuresCleared):
             self.lockouts.record_success(payload.account_key, budget_key(payload.source) if payload.source else "")
             return
+        if isinstance(payload, SourceSlowed):
+            self.lockouts.slow(budget_key(payload.source), payload.until_unix)
+            return
         if isinstance(payload, MfaRequirementSet):
             if payload.required:
                 self.mfa_required_roles.add(payload.role)
@@ -692,6 +697,21 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
     async def revoke_for_anomaly(self, session: Session, reason: str) -> None:
         """Storage's detector asked for it (storage_due.py); the reason names the anomaly."""
         await self._revoke(session, reason, "service:storage")
+
+    async def slow_source(self, slowed: SourceSlowed, event_id: str) -> None:
+        """Storage's detector asked for it (storage_due.py): logins and step-up checks from the
+        address are refused until `until_unix`, recorded first on the audit trail."""
+        if self.lockouts.slowed_until(budget_key(slowed.source)) >= slowed.until_unix:
+            return  # carried out already: a repeated fact, or a redelivery
+        key = username_key(budget_key(slowed.source))
+        event = NewEvent(
+            aggregate_type="slowed", aggregate_id=key, payload=slowed, actor="service:auth", event_id=event_id
+        )
+        detail = f"until {slowed.until_unix:.0f}: {slowed.reason}"[:MAX_NOT_MADE_DETAIL]
+        async with self._recorded(
+            "source_slowed", actor="service:storage", user_id="", source=slowed.source, detail=detail
+        ):
+            await self.append_and_apply(slowed_source_subject(key), event)
 
     # -- who is calling -----------------------------------------------------------------------
 

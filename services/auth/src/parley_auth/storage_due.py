@@ -1,5 +1,6 @@
 """Auth marks an erased account's username when storage says the erasure is due, and revokes a
-session when storage's anomaly detector asks (SessionRevocationDue, below).
+session or holds back an address's logins when storage's anomaly detector asks
+(SessionRevocationDue, SourceSlowdownDue, below).
 
 Storage writes nothing to AUTH. Before it deletes an erased user's account events from the log,
 it records `AccountErasureDue` on its STORE stream (parley.storage.due.auth.>, the only part of
@@ -19,11 +20,12 @@ fact, or a redelivery after a crash, appends nothing.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from parley.auth.v1.events_pb2 import AccountErased
-from parley.storage.v1.events_pb2 import AccountErasureDue, SessionRevocationDue
+from parley.auth.v1.events_pb2 import AccountErased, SourceSlowed
+from parley.storage.v1.events_pb2 import AccountErasureDue, SessionRevocationDue, SourceSlowdownDue
 
 from parley_core.bus import ReceivedEvent, Refused, RetryLater
 from parley_core.envelope import NewEvent, UnknownEventType, open_payload
@@ -34,6 +36,8 @@ from parley_core.topology import username_subject
 if TYPE_CHECKING:
     from parley_auth.service import AuthApp
 
+MAX_SOURCE = 256
+MAX_SLOWDOWN_S = 86400.0
 USER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 USERNAME_KEY = re.compile(r"[0-9a-f]{64}")  # domain.username_key: a SHA-256 in hex
 
@@ -54,6 +58,19 @@ class StorageDue:
                 await self._erased(payload, event)
             elif isinstance(payload, SessionRevocationDue):
                 await self._revoke(payload)
+            elif isinstance(payload, SourceSlowdownDue):
+                await self._slow(payload)
+
+    async def _slow(self, due: SourceSlowdownDue) -> None:
+        """A detection's slow-the-source response: logins from the address wait until the time
+        the detector chose (a day at most, so a forged fact cannot lock an address out for good)."""
+        if not due.source or len(due.source) > MAX_SOURCE or not due.anomaly_event_id:
+            raise Refused(f"{due.source!r} is not a client address with the anomaly that asks it")
+        until = min(due.until_unix, time.time() + MAX_SLOWDOWN_S)
+        slowed = SourceSlowed(
+            source=due.source, until_unix=until, reason=due.reason[:300], anomaly_event_id=due.anomaly_event_id
+        )
+        await self._app.slow_source(slowed, event_id=f"{due.anomaly_event_id}-slowed")
 
     async def _revoke(self, due: SessionRevocationDue) -> None:
         """A detection's response (storage's detector, parley_storage.detection): the session is

@@ -22,7 +22,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-Response = Literal["alert", "revoke_session"]
+Response = Literal["alert", "revoke_session", "slow_source"]
 
 PASSWORD_SPRAYING = "password_spraying"  # noqa: S105 - a rule name
 NEW_SOURCE_SENSITIVE_CHANGE = "new_source_sensitive_change"
@@ -42,8 +42,10 @@ KINDS = (
 )
 # Rules whose anomaly names a session; only those can have it revoked.
 SESSION_KINDS = frozenset({NEW_SOURCE_SENSITIVE_CHANGE, SESSION_TWO_SOURCES})
+# Rules whose anomaly names a client address; only those can have it slowed down.
+SOURCE_KINDS = frozenset({PASSWORD_SPRAYING})
 DEFAULT_RESPONSES: dict[str, Response] = {
-    PASSWORD_SPRAYING: "alert",
+    PASSWORD_SPRAYING: "slow_source",
     NEW_SOURCE_SENSITIVE_CHANGE: "revoke_session",
     SEND_RATE: "alert",
     SESSION_TWO_SOURCES: "revoke_session",
@@ -85,12 +87,15 @@ class DetectionSettings(BaseSettings):
     short_retention_days: int = Field(default=1, ge=1)
     # A roll-out approved sooner than this after it was planned.
     rollout_min_review_s: float = Field(default=600.0, gt=0)
+    # How long a slowed source's logins are held back.
+    slow_source_s: float = Field(default=900.0, gt=0, le=86400)
     # What each rule asks for, as JSON: {"send_rate": "alert", ...}; unnamed rules keep the default.
     responses: dict[str, Response] = Field(default_factory=dict)
 
     def response(self, kind: str) -> Response:
         chosen = self.responses.get(kind, DEFAULT_RESPONSES.get(kind, "alert"))
-        return chosen if kind in SESSION_KINDS or chosen == "alert" else "alert"
+        possible = kind in SESSION_KINDS if chosen == "revoke_session" else kind in SOURCE_KINDS
+        return chosen if chosen == "alert" or possible else "alert"
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@
 Why in storage: it already reads every stream (its credentials reach nothing new), and it already
 records facts for other owners to act on. The detector writes only on storage's own STORE tree:
 `AnomalyDetected` on parley.storage.anomaly.<kind>.<key>, and, when a rule's response is to revoke
-the session, a `SessionRevocationDue` fact on parley.storage.due.auth.revoke.<session_id>, which auth
-(the sessions' one writer) carries out through its existing durable consumer of its due facts.
+the session or slow the source down, a `SessionRevocationDue` (parley.storage.due.auth.revoke.<id>)
+or `SourceSlowdownDue` (parley.storage.due.auth.slow.<source>) fact, which auth (the one writer of
+sessions and lockouts) carries out through its existing durable consumer of its due facts.
 
 Event-sourced like the rest: at start it reads its own findings, then replays each stream from
 its start into the rules (parley_storage.detection), which are timed by the events' own clocks. A
@@ -37,6 +38,7 @@ from parley.storage.v1.events_pb2 import (
     AnomalyDetected,
     RetentionPolicySet,
     SessionRevocationDue,
+    SourceSlowdownDue,
     UserDataErased,
 )
 
@@ -186,7 +188,8 @@ class AnomalyDetector:
         if anomaly.event_id in self.recorded:
             return  # found again by a replay after a restart
         response = self.settings.response(anomaly.kind)
-        if response == "revoke_session" and (not anomaly.session_id or time.time() - anomaly.at > RESPONSE_MAX_AGE_S):
+        named = anomaly.session_id if response == "revoke_session" else anomaly.source
+        if not named or time.time() - anomaly.at > RESPONSE_MAX_AGE_S:
             response = "alert"
         detected = AnomalyDetected(
             kind=anomaly.kind,
@@ -218,6 +221,17 @@ class AnomalyDetector:
                 NewEvent(
                     "session", anomaly.session_id, due, actor="service:storage", event_id=f"{anomaly.event_id}-revoke"
                 ),
+            )
+        elif response == "slow_source":
+            slow = SourceSlowdownDue(
+                source=anomaly.source,
+                until_unix=anomaly.at + self.settings.slow_source_s,
+                anomaly_event_id=anomaly.event_id,
+                reason=f"anomaly {anomaly.kind}: {anomaly.why}"[:500],
+            )
+            await self._append(
+                due_subject("auth", "slow", anomaly.key),
+                NewEvent("source", anomaly.key, slow, actor="service:storage", event_id=f"{anomaly.event_id}-slow"),
             )
 
     async def _append(self, subject: str, event: NewEvent) -> None:

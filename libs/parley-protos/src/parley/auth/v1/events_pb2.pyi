@@ -839,6 +839,39 @@ class LoginFailuresCleared(_message.Message):
 Global___LoginFailuresCleared: _TypeAlias = LoginFailuresCleared  # noqa: Y015
 
 @_typing.final
+class SourceSlowed(_message.Message):
+    """Logins and step-up checks from `source` are refused until `until_unix` (seconds): a response of
+    storage's anomaly detector (parley.storage.v1.SourceSlowdownDue), which auth carries out. On
+    parley.auth.slowed.<digest of the source's budget key>.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    UNTIL_UNIX_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ANOMALY_EVENT_ID_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    until_unix: _builtins.float
+    reason: _builtins.str
+    anomaly_event_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        until_unix: _builtins.float = ...,
+        reason: _builtins.str = ...,
+        anomaly_event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomaly_event_id", b"anomaly_event_id", "reason", b"reason", "source", b"source", "until_unix", b"until_unix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SourceSlowed: _TypeAlias = SourceSlowed  # noqa: Y015
+
+@_typing.final
 class AccountErased(_message.Message):
     """Tombstone of an erased account, appended by auth on the account's username subject when storage
     records that it is about to delete the account's events from the stream

@@ -404,7 +404,7 @@ class AnomalyDetected(_message.Message):
     why: _builtins.str
     """one sentence a person can check against the evidence"""
     response: _builtins.str
-    """alert, revoke_session: what was asked of the owner"""
+    """alert, revoke_session, slow_source: what was asked of the owner"""
     user_id: _builtins.str
     """the account concerned, if any"""
     session_id: _builtins.str
@@ -474,3 +474,36 @@ class SessionRevocationDue(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SessionRevocationDue: _TypeAlias = SessionRevocationDue  # noqa: Y015
+
+@_typing.final
+class SourceSlowdownDue(_message.Message):
+    """A detection's response for auth to carry out: refuse logins from this source until
+    `until_unix` (auth appends SourceSlowed on its own subject). On
+    parley.storage.due.auth.slow.<source token>.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    UNTIL_UNIX_FIELD_NUMBER: _builtins.int
+    ANOMALY_EVENT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    until_unix: _builtins.float
+    anomaly_event_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        until_unix: _builtins.float = ...,
+        anomaly_event_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomaly_event_id", b"anomaly_event_id", "reason", b"reason", "source", b"source", "until_unix", b"until_unix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SourceSlowdownDue: _TypeAlias = SourceSlowdownDue  # noqa: Y015
