@@ -251,3 +251,38 @@ async def test_retention_of_a_day_and_not_of_a_month(stack: Stack, nats_server: 
     found = await first_of(nats_server, SHORT_RETENTION)
     assert [channels[a.evidence["channel_id"]] for a in found] == ["wiped"]  # false positives: 0
     assert found[0].evidence["days"] == "1"
+
+
+@pytest.fixture
+def step_up_response(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARLEY_DETECT_RESPONSES", '{"session_two_sources": "step_up"}')
+
+
+async def test_a_step_up_response_limits_the_session_until_the_user_logs_in_again(
+    step_up_response: None, stack: Stack, nats_server: NatsTestServer
+) -> None:
+    victim = f"victim{uuid.uuid4().hex[:6]}"
+    await stack.create_user(victim, "member")
+    auth = stack.auth_as_gateway()
+    gateway = stack.gateway()
+    stolen = await login(stack, victim, "10.0.0.2")
+    refreshed = await auth.Refresh(
+        auth_pb2.RefreshRequest(refresh_token=stolen.refresh_token), metadata=source("192.0.2.77"), timeout=TIMEOUT_S
+    )
+    [found] = await first_of(nats_server, SESSION_TWO_SOURCES)
+    assert found.response == "step_up"
+    gateway_access = stack.access("gateway")
+    await until(lambda: gateway_access.step_up_required(stolen.session_id), "the step-up applied", TIMEOUT_S)
+    # The next call with the session's token is refused with the step-up demand ...
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await gateway.CreateChannel(
+            messaging_pb2.CreateChannelRequest(name="after"), metadata=bearer(refreshed.access_token), timeout=TIMEOUT_S
+        )
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "log in again" in (refused.value.details() or "")
+    assert not gateway_access.is_revoked(stolen.session_id)  # limited, not revoked
+    # ... and a new login (the step-up) works as before.
+    again = await stack.login(victim)
+    await gateway.CreateChannel(
+        messaging_pb2.CreateChannelRequest(name="after"), metadata=bearer(again.access_token), timeout=TIMEOUT_S
+    )

@@ -45,6 +45,7 @@ from parley.auth.v1.events_pb2 import (
     SecurityEventRecorded,
     SessionRevoked,
     SessionStarted,
+    SessionStepUpRequired,
     SigningKeyPublished,
     SigningKeyRetired,
     SourceSlowed,
@@ -442,7 +443,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                 version=1,
             )
             return
-        if isinstance(payload, RefreshTokenRotated | SessionRevoked):
+        if isinstance(payload, RefreshTokenRotated | SessionRevoked | SessionStepUpRequired):
             session = self.sessions.get(payload.session_id)
             if session is None:
                 return
@@ -452,8 +453,10 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                 previous = self._unsealed(sealed, plain, REFRESH_TOKEN, owner)
                 sealed, plain = payload.sealed_refresh_token_sha256, payload.refresh_token_sha256
                 session.rotate(previous, self._unsealed(sealed, plain, REFRESH_TOKEN, owner), at)
-            else:
+            elif isinstance(payload, SessionRevoked):
                 session.revoked_reason = payload.reason or "revoked"
+            else:
+                session.step_up_required = True
 
     def _apply_signing_key(
         self, payload: SigningKeyPublished | SigningKeyRetired, event: ReceivedEvent, at: float
@@ -697,6 +700,19 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
     async def revoke_for_anomaly(self, session: Session, reason: str) -> None:
         """Storage's detector asked for it (storage_due.py); the reason names the anomaly."""
         await self._revoke(session, reason, "service:storage")
+
+    async def require_step_up(self, session: Session, reason: str, anomaly_event_id: str) -> None:
+        """Storage's detector asked for it (storage_due.py): every service limits the session's
+        tokens as a login owing its second factor (parley_core.tokens), until the user logs in
+        again. Once per session; a revoked session is left as it is."""
+        if session.revoked or session.step_up_required:
+            return
+        detail = f"{session.session_id}: {reason}"[:MAX_NOT_MADE_DETAIL]
+        required = SessionStepUpRequired(
+            session_id=session.session_id, user_id=session.user_id, reason=reason, anomaly_event_id=anomaly_event_id
+        )
+        async with self._recorded("step_up_required", actor="service:storage", user_id=session.user_id, detail=detail):
+            await self._session_event(session, required, "service:storage")
 
     async def slow_source(self, slowed: SourceSlowed, event_id: str) -> None:
         """Storage's detector asked for it (storage_due.py): logins and step-up checks from the

@@ -25,7 +25,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from parley.auth.v1.events_pb2 import AccountErased, SourceSlowed
-from parley.storage.v1.events_pb2 import AccountErasureDue, SessionRevocationDue, SourceSlowdownDue
+from parley.storage.v1.events_pb2 import (
+    AccountErasureDue,
+    SessionRevocationDue,
+    SessionStepUpDue,
+    SourceSlowdownDue,
+)
 
 from parley_core.bus import ReceivedEvent, Refused, RetryLater
 from parley_core.envelope import NewEvent, UnknownEventType, open_payload
@@ -60,6 +65,12 @@ class StorageDue:
                 await self._revoke(payload)
             elif isinstance(payload, SourceSlowdownDue):
                 await self._slow(payload)
+            elif isinstance(payload, SessionStepUpDue):
+                session = self._app.sessions.get(payload.session_id)
+                if session is None or session.user_id != payload.user_id:
+                    raise Refused(f"no session {payload.session_id!r} of user {payload.user_id!r} to step up")
+                reason = payload.reason or f"anomaly {payload.anomaly_event_id}"
+                await self._app.require_step_up(session, reason, payload.anomaly_event_id)
 
     async def _slow(self, due: SourceSlowdownDue) -> None:
         """A detection's slow-the-source response: logins from the address wait until the time

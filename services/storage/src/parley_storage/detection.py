@@ -22,7 +22,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-Response = Literal["alert", "revoke_session", "slow_source"]
+Response = Literal["alert", "revoke_session", "step_up", "slow_source"]
 
 PASSWORD_SPRAYING = "password_spraying"  # noqa: S105 - a rule name
 NEW_SOURCE_SENSITIVE_CHANGE = "new_source_sensitive_change"
@@ -94,7 +94,7 @@ class DetectionSettings(BaseSettings):
 
     def response(self, kind: str) -> Response:
         chosen = self.responses.get(kind, DEFAULT_RESPONSES.get(kind, "alert"))
-        possible = kind in SESSION_KINDS if chosen == "revoke_session" else kind in SOURCE_KINDS
+        possible = kind in SESSION_KINDS if chosen in ("revoke_session", "step_up") else kind in SOURCE_KINDS
         return chosen if chosen == "alert" or possible else "alert"
 
 

@@ -3,8 +3,9 @@
 Why in storage: it already reads every stream (its credentials reach nothing new), and it already
 records facts for other owners to act on. The detector writes only on storage's own STORE tree:
 `AnomalyDetected` on parley.storage.anomaly.<kind>.<key>, and, when a rule's response is to revoke
-the session or slow the source down, a `SessionRevocationDue` (parley.storage.due.auth.revoke.<id>)
-or `SourceSlowdownDue` (parley.storage.due.auth.slow.<source>) fact, which auth (the one writer of
+the session, require a step-up of it or slow the source down, a `SessionRevocationDue`
+(parley.storage.due.auth.revoke.<id>), `SessionStepUpDue` (parley.storage.due.auth.stepup.<id>) or
+`SourceSlowdownDue` (parley.storage.due.auth.slow.<source>) fact, which auth (the one writer of
 sessions and lockouts) carries out through its existing durable consumer of its due facts.
 
 Event-sourced like the rest: at start it reads its own findings, then replays each stream from
@@ -38,6 +39,7 @@ from parley.storage.v1.events_pb2 import (
     AnomalyDetected,
     RetentionPolicySet,
     SessionRevocationDue,
+    SessionStepUpDue,
     SourceSlowdownDue,
     UserDataErased,
 )
@@ -188,7 +190,7 @@ class AnomalyDetector:
         if anomaly.event_id in self.recorded:
             return  # found again by a replay after a restart
         response = self.settings.response(anomaly.kind)
-        named = anomaly.session_id if response == "revoke_session" else anomaly.source
+        named = anomaly.session_id if response in ("revoke_session", "step_up") else anomaly.source
         if not named or time.time() - anomaly.at > RESPONSE_MAX_AGE_S:
             response = "alert"
         detected = AnomalyDetected(
@@ -220,6 +222,23 @@ class AnomalyDetector:
                 due_subject("auth", "revoke", anomaly.session_id),
                 NewEvent(
                     "session", anomaly.session_id, due, actor="service:storage", event_id=f"{anomaly.event_id}-revoke"
+                ),
+            )
+        elif response == "step_up":
+            step_up = SessionStepUpDue(
+                session_id=anomaly.session_id,
+                user_id=anomaly.user_id,
+                anomaly_event_id=anomaly.event_id,
+                reason=f"anomaly {anomaly.kind}: {anomaly.why}"[:500],
+            )
+            await self._append(
+                due_subject("auth", "stepup", anomaly.session_id),
+                NewEvent(
+                    "session",
+                    anomaly.session_id,
+                    step_up,
+                    actor="service:storage",
+                    event_id=f"{anomaly.event_id}-stepup",
                 ),
             )
         elif response == "slow_source":

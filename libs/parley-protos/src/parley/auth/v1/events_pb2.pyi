@@ -276,6 +276,40 @@ class RefreshTokenRotated(_message.Message):
 Global___RefreshTokenRotated: _TypeAlias = RefreshTokenRotated  # noqa: Y015
 
 @_typing.final
+class SessionStepUpRequired(_message.Message):
+    """Storage's anomaly detector asked for a step-up (parley.storage.v1.SessionStepUpDue): from now on
+    this session's tokens may do only what a login that still owes its second factor may (its own
+    sessions, TOTP enrolment); every other call is refused until the user logs in again. On the
+    session's subject.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ANOMALY_EVENT_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    user_id: _builtins.str
+    reason: _builtins.str
+    anomaly_event_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        anomaly_event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomaly_event_id", b"anomaly_event_id", "reason", b"reason", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionStepUpRequired: _TypeAlias = SessionStepUpRequired  # noqa: Y015
+
+@_typing.final
 class SessionRevoked(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

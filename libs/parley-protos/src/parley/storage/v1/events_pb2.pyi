@@ -404,7 +404,7 @@ class AnomalyDetected(_message.Message):
     why: _builtins.str
     """one sentence a person can check against the evidence"""
     response: _builtins.str
-    """alert, revoke_session, slow_source: what was asked of the owner"""
+    """alert, revoke_session, step_up, slow_source: what was asked of the owner"""
     user_id: _builtins.str
     """the account concerned, if any"""
     session_id: _builtins.str
@@ -507,3 +507,35 @@ class SourceSlowdownDue(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SourceSlowdownDue: _TypeAlias = SourceSlowdownDue  # noqa: Y015
+
+@_typing.final
+class SessionStepUpDue(_message.Message):
+    """A detection's response for auth to carry out: require a step-up of this session (auth appends
+    SessionStepUpRequired on the session's subject). On parley.storage.due.auth.stepup.<session_id>.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ANOMALY_EVENT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    user_id: _builtins.str
+    anomaly_event_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        anomaly_event_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomaly_event_id", b"anomaly_event_id", "reason", b"reason", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionStepUpDue: _TypeAlias = SessionStepUpDue  # noqa: Y015
