@@ -366,6 +366,8 @@ class Platform:
             "PARLEY_DATA_DIR": str(self.data_dir),
             "PARLEY_NATS_URL": self.nats_url,
             "PARLEY_NATS_REPLICAS": str(self.replicas),
+            # Each instance's Prometheus /metrics on a free port, named in metrics/targets/ (file_sd).
+            "PARLEY_METRICS_LISTEN": "127.0.0.1:0",
         }
         for peer, var in PEER_ADDRESS_ENV.items():
             env[var] = self.front_doors[peer].address

@@ -56,6 +56,7 @@ from parley.auth.v1.events_pb2 import (
     UploadedOneTimeKey,
     UserRegistered,
 )
+from prometheus_client import Counter
 
 from parley_auth import keys, mfa
 from parley_auth.audit_key import AUDIT_KEY_FILE, AuditSigner
@@ -282,9 +283,14 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         self.username_holders: dict[str, str] = {}
         self.erasure_markers: set[str] = set()
         self._due: DurableConsumer | None = None
+        self._security_records: Counter | None = None
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
+        # login_failed and lockout among them: what the alert rules watch.
+        self._security_records = ctx.metrics.counter(
+            "parley_security_records", "Audit records written on SEC, per kind", ("kind",)
+        )
         self._issuer = TokenIssuer.load_or_create(self._signing_key_path, lifetime_s=self.settings.access_token_seconds)
         self._sealer = SecretSealer.load_or_create(ctx.settings.secrets_dir / AUTH_SEALING_KEY_FILE)
         self._audit_signer = AuditSigner.load_or_create(ctx.settings.secrets_dir / AUDIT_KEY_FILE)
@@ -657,6 +663,8 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                     ) from exc
                 self._audit.advance(record)
                 self._sec_last_seq = appended.stream_seq
+                if self._security_records is not None:
+                    self._security_records.labels(kind).inc()
                 return int(record.chain_index)
             log.error("audit record not written: the SEC stream kept moving", extra={"kind": kind})
             raise Unavailable("the audit trail is busy; the change this call records was not made, try again")

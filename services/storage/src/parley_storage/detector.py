@@ -43,6 +43,7 @@ from parley.storage.v1.events_pb2 import (
     SourceSlowdownDue,
     UserDataErased,
 )
+from prometheus_client import Counter
 
 from parley_core.bus import EventBus, ReceivedEvent
 from parley_core.envelope import NewEvent, UnknownEventType, open_payload
@@ -78,8 +79,11 @@ def occurred_at(event: ReceivedEvent) -> float:
 class AnomalyDetector:
     """Feeds the rules from the streams and records their findings (and responses) on STORE."""
 
-    def __init__(self, bus: EventBus, settings: DetectionSettings | None = None) -> None:
+    def __init__(
+        self, bus: EventBus, settings: DetectionSettings | None = None, *, counted: Counter | None = None
+    ) -> None:
         self.bus = bus
+        self._counted = counted
         self.settings = settings or DetectionSettings()
         self.rules = Rules(self.settings)
         self.recorded: set[str] = set()
@@ -211,6 +215,8 @@ class AnomalyDetector:
             NewEvent("anomaly", anomaly.key, detected, actor="service:storage", event_id=anomaly.event_id),
         )
         self.recorded.add(anomaly.event_id)
+        if self._counted is not None:
+            self._counted.labels(anomaly.kind, response).inc()
         if response == "revoke_session":
             due = SessionRevocationDue(
                 session_id=anomaly.session_id,

@@ -99,6 +99,12 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
+        self._lag_events = ctx.metrics.gauge(
+            "parley_archive_lag_events", "Events in JetStream not yet archived, per stream", ("stream",)
+        )
+        self._lag_seconds = ctx.metrics.gauge(
+            "parley_archive_lag_seconds", "Age of the oldest event not yet archived, per stream", ("stream",)
+        )
         url = database_url(ctx.settings)
         engine = open_engine(url)
         upgrade_to_head(engine)
@@ -139,7 +145,10 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         self._lag_job = asyncio.create_task(self._measure_lag(gauges, storage_settings.lag_interval_seconds))
         detection = DetectionSettings()
         if detection.enabled:
-            self.detector = AnomalyDetector(ctx.bus, detection)
+            anomalies = ctx.metrics.counter(
+                "parley_anomalies", "AnomalyDetected findings recorded, per rule and response", ("kind", "response")
+            )
+            self.detector = AnomalyDetector(ctx.bus, detection, counted=anomalies)
             await self.detector.start()
         siem = SiemSettings()
         if siem.url:
@@ -179,7 +188,11 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         assert self._ctx is not None
         while not self._stopping.is_set():
             try:
-                gauges.update(await measure_lag(self._ctx.bus.js, self.archive))
+                lags = await measure_lag(self._ctx.bus.js, self.archive)
+                gauges.update(lags)
+                for lag in lags:
+                    self._lag_events.labels(lag.stream).set(lag.events_behind)
+                    self._lag_seconds.labels(lag.stream).set(lag.seconds_behind)
             except Exception:  # NATS or the database briefly away: the gauges keep the last reading
                 log.warning("archive lag measurement failed", exc_info=True)
             with contextlib.suppress(TimeoutError):
