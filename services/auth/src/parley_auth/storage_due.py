@@ -70,7 +70,10 @@ class StorageDue:
                 if session is None or session.user_id != payload.user_id:
                     raise Refused(f"no session {payload.session_id!r} of user {payload.user_id!r} to step up")
                 reason = payload.reason or f"anomaly {payload.anomaly_event_id}"
-                await self._app.require_step_up(session, reason, payload.anomaly_event_id)
+                try:
+                    await self._app.require_step_up(session, reason, payload.anomaly_event_id)
+                except Unavailable as exc:  # the audit chain refused the record: nothing was changed
+                    raise RetryLater(str(exc)) from exc
 
     async def _slow(self, due: SourceSlowdownDue) -> None:
         """A detection's slow-the-source response: logins from the address wait until the time
@@ -81,7 +84,10 @@ class StorageDue:
         slowed = SourceSlowed(
             source=due.source, until_unix=until, reason=due.reason[:300], anomaly_event_id=due.anomaly_event_id
         )
-        await self._app.slow_source(slowed, event_id=f"{due.anomaly_event_id}-slowed")
+        try:
+            await self._app.slow_source(slowed, event_id=f"{due.anomaly_event_id}-slowed")
+        except Unavailable as exc:  # the audit chain refused the record: nothing was changed
+            raise RetryLater(str(exc)) from exc
 
     async def _revoke(self, due: SessionRevocationDue) -> None:
         """A detection's response (storage's detector, parley_storage.detection): the session is
