@@ -12,6 +12,9 @@ from __future__ import annotations
 import itertools
 import random
 
+import pytest
+
+from parley_storage import detection
 from parley_storage.detection import (
     MASS_ERASURE,
     NEW_SOURCE_SENSITIVE_CHANGE,
@@ -166,10 +169,7 @@ def test_operator_actions_outside_their_pattern() -> None:
     assert rushed.evidence["seconds_to_approval"] == "90.0"
 
 
-def test_thresholds_and_responses_come_from_the_deployments_settings(monkeypatch: object) -> None:
-    import pytest
-
-    assert isinstance(monkeypatch, pytest.MonkeyPatch)
+def test_thresholds_and_responses_come_from_the_deployments_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PARLEY_DETECT_SPRAYING_ACCOUNTS", "3")
     monkeypatch.setenv("PARLEY_DETECT_RESPONSES", '{"session_two_sources": "alert", "send_rate": "revoke_session"}')
     settings = DetectionSettings()
@@ -194,3 +194,14 @@ def test_a_replay_finds_the_same_ids() -> None:
         return [found.event_id]
 
     assert run() == run()
+
+
+def test_state_follows_the_active_accounts_not_the_whole_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(detection, "SWEEP_EVERY", 100)
+    r = rules()
+    for n in range(1000):  # a thousand one-off sessions, a minute apart
+        r.session_started(at=60.0 * n, session_id=f"s{n}", user_id=f"u{n % 10}", source="10.0.0.1", event_id=next(ids))
+    assert len(r._sessions) <= 100  # only those used within the two-sources window, and the newest
+    # What matters is kept: a session used a moment ago, from elsewhere, still fires.
+    found = r.session_refreshed(at=60.0 * 999 + 5, session_id="s999", user_id="u9", source="192.0.2.1", event_id="x")
+    assert found is not None

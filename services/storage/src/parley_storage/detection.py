@@ -53,6 +53,7 @@ DEFAULT_RESPONSES: dict[str, Response] = {
     SHORT_RETENTION: "alert",
     RUSHED_ROLLOUT: "alert",
 }
+SWEEP_EVERY = 10_000
 _ANOMALY_IDS = uuid.UUID("6f1f3a52-59d8-4c1e-9a43-0b7e2e3c9d11")
 
 
@@ -154,10 +155,30 @@ class Rules:
     _erasures: dict[str, deque[tuple[float, str, str]]] = field(default_factory=dict)
     _erasure_fired: dict[str, float] = field(default_factory=dict)
     _planned: dict[str, tuple[float, str, str]] = field(default_factory=dict)
+    _seen: int = 0
+
+    def _tick(self, at: float) -> None:
+        """Every SWEEP_EVERY observations, forget what no rule can use any more (idle sessions,
+        empty windows, stale fresh logins), so the state follows the active accounts, not the
+        log's whole history. Which sources an account used is kept: that is the baseline."""
+        self._seen += 1
+        if self._seen % SWEEP_EVERY:
+            return
+        s = self.settings
+        for session_id in [k for k, use in self._sessions.items() if at - use.at >= s.two_sources_window_s]:
+            del self._sessions[session_id]
+        for windows in (self._failures, self._erasures):
+            for key in [k for k, window in windows.items() if not window or window[-1][0] < at - 86400]:
+                del windows[key]
+        for user_id in [
+            u for u, fresh in self._fresh.items() if not fresh or at - fresh[-1][0] > s.new_source_window_s
+        ]:
+            del self._fresh[user_id]
 
     # -- password spraying (SEC login_failed) -------------------------------------------------
 
     def login_failed(self, *, at: float, source: str, username: str, event_id: str) -> Anomaly | None:
+        self._tick(at)
         s = self.settings
         if not source:
             return None
@@ -198,6 +219,7 @@ class Rules:
     # -- sessions (AUTH SessionStarted, RefreshTokenRotated) -----------------------------------
 
     def session_started(self, *, at: float, session_id: str, user_id: str, source: str, event_id: str) -> None:
+        self._tick(at)
         known = self._sources.setdefault(user_id, set())
         if known and source and source not in known:
             self._fresh.setdefault(user_id, []).append((at, session_id, source, event_id))
@@ -279,6 +301,7 @@ class Rules:
     # -- send rate against the account's own baseline (MSG MessagePosted) -----------------------
 
     def message_posted(self, *, at: float, sender_id: str, event_id: str) -> Anomaly | None:
+        self._tick(at)
         s = self.settings
         bucket = int(at // s.rate_bucket_s)
         rate = self._rates.setdefault(sender_id, _Rate(bucket=bucket))
@@ -325,6 +348,7 @@ class Rules:
     # -- operator actions -------------------------------------------------------------------
 
     def user_erased(self, *, at: float, actor: str, user_id: str, event_id: str) -> Anomaly | None:
+        self._tick(at)
         s = self.settings
         window = self._erasures.setdefault(actor, deque())
         window.append((at, user_id, event_id))
