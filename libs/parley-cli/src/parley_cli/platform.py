@@ -397,6 +397,8 @@ class Platform:
             # Read by the gateway only (parley_gateway.web).
             "PARLEY_WEB_LISTEN_ADDRESS": self.web_address,
             WEB_ROOT_ENV: os.environ.get(WEB_ROOT_ENV, ""),
+            # Each instance's Prometheus /metrics on a free port, named in metrics/targets/ (file_sd).
+            "PARLEY_METRICS_LISTEN": "127.0.0.1:0",
         }
         for peer, var in PEER_ADDRESS_ENV.items():
             env[var] = self.front_doors[peer].address

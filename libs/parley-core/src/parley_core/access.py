@@ -20,6 +20,7 @@ from parley.auth.v1.events_pb2 import (
     MfaRequirementSet,
     RoleAssigned,
     SessionRevoked,
+    SessionStepUpRequired,
     UserRegistered,
 )
 
@@ -28,7 +29,14 @@ from parley_core.envelope import open_payload
 
 AUTH_FILTER = "parley.auth.>"
 # Events after which a caller allowed a moment ago may be refused now.
-_MAY_WITHDRAW_ACCESS = (RoleAssigned, AccountDisabled, SessionRevoked, AccountErased, MfaRequirementSet)
+_MAY_WITHDRAW_ACCESS = (
+    RoleAssigned,
+    AccountDisabled,
+    SessionRevoked,
+    AccountErased,
+    MfaRequirementSet,
+    SessionStepUpRequired,
+)
 
 
 @dataclass
@@ -43,6 +51,8 @@ class UserAccess:
 class AccessProjection:
     users: dict[str, UserAccess] = field(default_factory=dict)
     revoked_sessions: set[str] = field(default_factory=set)
+    # Sessions the anomaly detector put under a step-up: limited as a login owing its second factor.
+    step_up_sessions: set[str] = field(default_factory=set)
     # Erased accounts: a token issued before the erasure must not outlive it (it names no one now).
     erased_users: set[str] = field(default_factory=set)
     mfa_required_roles: set[str] = field(default_factory=set)
@@ -65,6 +75,9 @@ class AccessProjection:
             self._user(payload.user_id, "member", stream_seq).disabled = False
         elif isinstance(payload, SessionRevoked):
             self.revoked_sessions.add(payload.session_id)
+            self.step_up_sessions.discard(payload.session_id)
+        elif isinstance(payload, SessionStepUpRequired):
+            self.step_up_sessions.add(payload.session_id)
         elif isinstance(payload, AccountErased):
             self.erased_users.add(payload.user_id)
             self.users.pop(payload.user_id, None)
@@ -117,6 +130,9 @@ class AccessProjection:
 
     def is_revoked(self, session_id: str) -> bool:
         return session_id in self.revoked_sessions
+
+    def step_up_required(self, session_id: str) -> bool:
+        return session_id in self.step_up_sessions
 
 
 async def follow_access(bus: EventBus, access: AccessProjection) -> Replay:

@@ -28,6 +28,7 @@ from parley.common.v1.envelope_pb2 import EventEnvelope
 from parley_core import deadline, telemetry
 from parley_core.envelope import NewEvent, decode, seal
 from parley_core.errors import OutcomeUnknown, Unavailable
+from parley_core.metrics import ServiceMetrics
 from parley_core.topology import (
     PLATFORM_USER,
     STREAMS_BY_NAME,
@@ -169,6 +170,8 @@ class EventBus:
         self.service = service
         self.producer = producer
         self._subscriptions: list[Replay | DurableConsumer] = []
+        # The runner's; a bus made elsewhere (tools, tests) counts nothing.
+        self.metrics: ServiceMetrics | None = None
 
     async def ensure_streams(self, specs: Iterable[StreamSpec], *, replicas: int = 1) -> None:
         """Create or update each stream to its declared configuration (safe to repeat).
@@ -259,6 +262,8 @@ class EventBus:
             if (earlier := await self._own_last_write(stream_for_subject(subject).name, subject, event)) is not None:
                 return Appended(stream_seq=earlier, duplicate=True)
             raise ConcurrencyConflict(f"{subject} changed since it was read") from exc
+        if self.metrics is not None and not ack.duplicate:
+            self.metrics.events_appended.labels(ack.stream).inc()
         return Appended(stream_seq=ack.seq, duplicate=bool(ack.duplicate))
 
     async def _publish_confirmed(self, subject: str, data: bytes, headers: dict[str, str]) -> api.PubAck:
@@ -369,6 +374,8 @@ class EventBus:
         }
         await self.js.publish(parked_subject(self.service, meta.stream), msg.data, headers=headers)
         await msg.term()
+        if self.metrics is not None:
+            self.metrics.parked.labels(meta.stream).inc()
         log.error("parked poison event", extra={"subject": msg.subject, "seq": meta.sequence.stream, "reason": reason})
 
     async def reject_foreign(self, msg: Msg, *, reason: str) -> None:
@@ -495,6 +502,8 @@ class Replay:
                 log.exception(
                     "projection failed to apply event", extra={"subject": msg.subject, "seq": event.stream_seq}
                 )
+        if self.bus.metrics is not None:
+            self.bus.metrics.events_consumed.labels(self.stream).inc()
         async with self._progress:
             self.last_seq = event.stream_seq
             self._progress.notify_all()
@@ -705,8 +714,15 @@ class DurableConsumer:
             for msg, event in decoded:
                 await self._process_one(msg, event)
             return
-        for msg, _ in decoded:
+        for msg, event in decoded:
             await msg.ack()
+            self._count(event)
+
+    def _count(self, event: ReceivedEvent) -> None:
+        if (metrics := self.bus.metrics) is not None:
+            metrics.events_consumed.labels(self.spec.stream).inc()
+            if event.num_delivered > 1:
+                metrics.redeliveries.labels(self.spec.durable).inc()
 
     async def _handle_holding(self, events: list[ReceivedEvent], msgs: list[Msg]) -> bool:
         """Run the handler; on RetryLater hold the batch and retry it. False if stopped first."""
@@ -746,6 +762,7 @@ class DurableConsumer:
                 await msg.nak(delay=min(0.2 * 2**event.num_delivered, 30.0))
             return
         await msg.ack()
+        self._count(event)
 
     def stopping(self) -> None:
         """Take no new batch from now on (stop() then waits for the one in flight)."""

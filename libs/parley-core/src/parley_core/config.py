@@ -77,6 +77,10 @@ class Settings(BaseSettings):
 
     database_url: str = ""
 
+    # host:port of this instance's Prometheus /metrics (port 0: a free one, named in
+    # <data>/metrics/targets/ for Prometheus's file_sd); empty: no metrics endpoint.
+    metrics_listen: str = ""
+
     registration: RegistrationMode = "admin"
 
     trace_exporter: TraceExporter = "none"

@@ -35,6 +35,7 @@ from parley_core.errors import OUTCOME_METADATA, OUTCOME_UNKNOWN, DomainError, O
 from parley_core.inventory import running_distributions
 from parley_core.listeners import stop_listening
 from parley_core.logs import configure_logging
+from parley_core.metrics import MetricsInterceptor, ServiceMetrics
 from parley_core.nats_connect import connect_nats
 from parley_core.natsconf import ensure_nats_passwords
 from parley_core.pki import Pki, ensure_pki
@@ -82,6 +83,8 @@ class RunContext:
     # The service's own projection of roles, disabled accounts and revoked sessions.
     access: AccessProjection = field(default_factory=AccessProjection)
     stats: RequestStats = field(default_factory=RequestStats)
+    # The instance's Prometheus registry: services add their own figures (metrics.py).
+    metrics: ServiceMetrics = field(default_factory=lambda: ServiceMetrics(""))
     address: str = ""  # host:port once the server listens, for heartbeats
     # The server's interceptors, for a second transport of the same calls (the gateway's Connect
     # endpoint for browsers) to run them exactly as the gRPC server does.
@@ -363,6 +366,8 @@ async def serve(
         name=f"{service}-{settings.instance_id}",
     )
     bus = EventBus(nc, service=service, producer=f"{service}@{version}")
+    metrics = ServiceMetrics(service, version)
+    bus.metrics = metrics
     await bus.ensure_streams((s for s in STREAMS if s.owner in (service, "*")), replicas=settings.nats_replicas)
 
     access = AccessProjection()
@@ -382,6 +387,7 @@ async def serve(
     interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (
         *telemetry.server_interceptors(),
         RequestStatsInterceptor(stats),
+        MetricsInterceptor(metrics),
         CallerCheckAndErrors(None if client_facing else GRPC_CALLERS[service], method_permission_check(tokens)),
     )
     server = grpc.aio.server(options=options, interceptors=interceptors)
@@ -399,6 +405,7 @@ async def serve(
         access=access,
         stats=stats,
         interceptors=interceptors,
+        metrics=metrics,
     )
     keys = await follow_signing_keys(bus, tokens)
     access_replay = await follow_access(bus, access)
@@ -421,6 +428,13 @@ async def serve(
     await server.start()
     ctx.address = f"{settings.listen_host}:{port}"
     await ctx.set_serving(True)
+    if settings.metrics_listen:
+        metrics_address = metrics.serve(
+            settings.metrics_listen,
+            targets_dir=settings.data_dir / "metrics" / "targets",
+            instance_id=settings.instance_id,
+        )
+        log.info("metrics served", extra={"address": metrics_address})
     log.info("serving", extra={"port": port, "shared": shared, "version": version})
     if on_ready is not None:
         on_ready(port)
@@ -446,6 +460,7 @@ async def serve(
     await heartbeat_task
     await ctx.close_channels()
     await nc.drain()
+    metrics.stop()
     telemetry.shutdown_tracing()
     log.info("drained; exiting")
     for sig in (signal.SIGTERM, signal.SIGINT):

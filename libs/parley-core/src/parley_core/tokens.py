@@ -45,15 +45,22 @@ class Caller:
     session_id: str = ""
     # The role requires MFA and this session's login used none.
     mfa_pending: bool = False
+    # The anomaly detector asked for a step-up of this session (SessionStepUpRequired).
+    step_up_pending: bool = False
 
     @property
     def permissions(self) -> frozenset[Permission]:
         granted = permissions_of(self.role)
-        return granted & MFA_PENDING_PERMISSIONS if self.mfa_pending else granted
+        return granted & MFA_PENDING_PERMISSIONS if self.mfa_pending or self.step_up_pending else granted
 
     def require(self, permission: Permission, *, what: str = "this call") -> None:
         if permission in self.permissions:
             return
+        if self.step_up_pending and permission in permissions_of(self.role):
+            raise PermissionDenied(
+                "this session must prove it is yours after suspicious activity: log in again "
+                "(with your one-time code if you have a second factor)"
+            )
         if self.mfa_pending and permission in permissions_of(self.role):
             raise PermissionDenied(
                 f"role {self.role!r} requires two-factor authentication: enrol TOTP and log in again with a code"
@@ -152,6 +159,7 @@ class TokenVerifier:
             username=signed.username,
             session_id=signed.session_id,
             mfa_pending=self.access.mfa_required(role) and not signed.used_mfa,
+            step_up_pending=bool(signed.session_id) and self.access.step_up_required(signed.session_id),
         )
 
     def _verify_signed(self, token: str) -> _SignedClaims:

@@ -71,6 +71,11 @@ def lockout_subject(account_key: str) -> str:
     return stream_subject("auth", "lockout", account_key)
 
 
+def slowed_source_subject(source_key: str) -> str:
+    """Auth's record that logins from one address are held back (SourceSlowed), keyed by a digest."""
+    return stream_subject("auth", "slowed", source_key)
+
+
 def channel_subject(channel_id: str) -> str:
     return stream_subject("msg", "channel", channel_id)
 
@@ -154,6 +159,15 @@ def due_filter(owner: str) -> str:
     return f"parley.storage.due.{owner}.>"
 
 
+def anomaly_subject(kind: str, key: str) -> str:
+    """Storage's detector's findings (AnomalyDetected), on its own STORE tree: one subject per rule
+    and per whom it concerns, so a reader follows one rule or one account."""
+    return f"parley.storage.anomaly.{kind}.{key}"
+
+
+ANOMALY_FILTER = "parley.storage.anomaly.>"
+
+
 SIGNING_KEYS_FILTER = "parley.auth.key.>"
 AUDIT_KEYS_FILTER = "parley.auth.auditkey.>"
 CHANNELS_FILTER = "parley.msg.channel.>"
@@ -208,6 +222,14 @@ CONSUMERS: tuple[ConsumerSpec, ...] = (
         ConsumerSpec(stream="STORE", durable=f"{owner}-storage-due", service=owner, filter_subject=due_filter(owner))
         for owner in MARKER_OWNERS
     ),
+)
+
+# Storage's SIEM feed (parley_storage.siem): the audit records and the detector's findings, each
+# forwarded to the operator's SIEM and acknowledged once sent. Kept apart from CONSUMERS, whose
+# storage entries are its archive consumers.
+SIEM_CONSUMERS: tuple[ConsumerSpec, ...] = (
+    ConsumerSpec(stream="SEC", durable="storage-siem-sec", service="storage", filter_subject=">"),
+    ConsumerSpec(stream="STORE", durable="storage-siem-anomaly", service="storage", filter_subject=ANOMALY_FILTER),
 )
 
 STREAMS_BY_NAME = {s.name: s for s in STREAMS}
@@ -308,7 +330,7 @@ def permissions_for(service: str) -> Permissions:
             publish.append(f"$JS.API.STREAM.CREATE.{spec.name}")
         if reads(service, spec):
             publish.extend(_stream_read(spec.name))
-    for consumer in CONSUMERS:
+    for consumer in (*CONSUMERS, *SIEM_CONSUMERS):
         if consumer.service == service:
             publish.extend(_own_durable(consumer))
         else:

@@ -67,6 +67,7 @@ def _drop_forgotten(counters: dict[str, _Counter], now: float, policy: LockoutPo
 class Scope(StrEnum):
     PAIR = "pair"  # this account from this address
     SOURCE = "source"  # every account from this address
+    SLOWED = "slowed"  # every account from this address, on the anomaly detector's word
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,8 @@ class Locked:
         wait = f"try again in {int(self.retry_after_s) + 1} s"
         if self.scope is Scope.PAIR:
             return f"too many failed attempts at this account from your address; {wait}"
+        if self.scope is Scope.SLOWED:
+            return f"logins from your address are held back after suspicious activity; {wait}"
         return f"too many failed attempts from your address; {wait}"
 
 
@@ -98,7 +101,15 @@ class LockoutBook:
     # account key -> source -> counter
     _pairs: dict[str, dict[str, _Counter]] = field(default_factory=dict)
     _sources: dict[str, _Counter] = field(default_factory=dict)
+    _slowed: dict[str, float] = field(default_factory=dict)  # source -> until (SourceSlowed)
     _since_sweep: int = 0
+
+    def slow(self, source: str, until: float) -> None:
+        """The detector's slow-the-source response (SourceSlowed): refused until then."""
+        self._slowed[source] = max(until, self._slowed.get(source, 0.0))
+
+    def slowed_until(self, source: str) -> float:
+        return self._slowed.get(source, 0.0)
 
     def check(self, username: str, source: str) -> Locked | None:
         """Refuse before the password (or code) is even checked while either counter is locked."""
@@ -106,6 +117,8 @@ class LockoutBook:
         for scope, counter, policy in self._counters(username, source):
             if counter is not None and (until := counter.locked_until(policy)) > now:
                 return Locked(scope, until - now)
+        if (slowed := self._slowed.get(source, 0.0)) > now:
+            return Locked(Scope.SLOWED, slowed - now)
         return None
 
     def would_lock(self, username: str, source: str, *, at: float | None = None) -> Locked | None:
@@ -144,6 +157,8 @@ class LockoutBook:
             if not pairs:
                 del self._pairs[username]
         _drop_forgotten(self._sources, now, self.source_policy)
+        for source in [s for s, until in self._slowed.items() if until <= now]:
+            del self._slowed[source]
 
     def _counters(self, username: str, source: str) -> tuple[tuple[Scope, _Counter | None, LockoutPolicy], ...]:
         return (

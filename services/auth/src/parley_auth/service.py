@@ -45,8 +45,10 @@ from parley.auth.v1.events_pb2 import (
     SecurityEventRecorded,
     SessionRevoked,
     SessionStarted,
+    SessionStepUpRequired,
     SigningKeyPublished,
     SigningKeyRetired,
+    SourceSlowed,
     TotpCodeAccepted,
     TotpEnrolled,
     TotpEnrolmentStarted,
@@ -54,6 +56,7 @@ from parley.auth.v1.events_pb2 import (
     UploadedOneTimeKey,
     UserRegistered,
 )
+from prometheus_client import Counter
 
 from parley_auth import keys, mfa
 from parley_auth.audit_key import AUDIT_KEY_FILE, AuditSigner
@@ -119,6 +122,7 @@ from parley_core.topology import (
     audit_key_subject,
     lockout_subject,
     signing_key_subject,
+    slowed_source_subject,
     stream_subject,
     user_subject,
     username_subject,
@@ -279,9 +283,14 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         self.username_holders: dict[str, str] = {}
         self.erasure_markers: set[str] = set()
         self._due: DurableConsumer | None = None
+        self._security_records: Counter | None = None
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
+        # login_failed and lockout among them: what the alert rules watch.
+        self._security_records = ctx.metrics.counter(
+            "parley_security_records", "Audit records written on SEC, per kind", ("kind",)
+        )
         self._issuer = TokenIssuer.load_or_create(self._signing_key_path, lifetime_s=self.settings.access_token_seconds)
         self._sealer = SecretSealer.load_or_create(ctx.settings.secrets_dir / AUTH_SEALING_KEY_FILE)
         self._audit_signer = AuditSigner.load_or_create(ctx.settings.secrets_dir / AUDIT_KEY_FILE)
@@ -416,6 +425,9 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         if isinstance(payload, LoginFailuresCleared):
             self.lockouts.record_success(payload.account_key, budget_key(payload.source) if payload.source else "")
             return
+        if isinstance(payload, SourceSlowed):
+            self.lockouts.slow(budget_key(payload.source), payload.until_unix)
+            return
         if isinstance(payload, MfaRequirementSet):
             if payload.required:
                 self.mfa_required_roles.add(payload.role)
@@ -437,7 +449,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                 version=1,
             )
             return
-        if isinstance(payload, RefreshTokenRotated | SessionRevoked):
+        if isinstance(payload, RefreshTokenRotated | SessionRevoked | SessionStepUpRequired):
             session = self.sessions.get(payload.session_id)
             if session is None:
                 return
@@ -447,8 +459,10 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                 previous = self._unsealed(sealed, plain, REFRESH_TOKEN, owner)
                 sealed, plain = payload.sealed_refresh_token_sha256, payload.refresh_token_sha256
                 session.rotate(previous, self._unsealed(sealed, plain, REFRESH_TOKEN, owner), at)
-            else:
+            elif isinstance(payload, SessionRevoked):
                 session.revoked_reason = payload.reason or "revoked"
+            else:
+                session.step_up_required = True
 
     def _apply_signing_key(
         self, payload: SigningKeyPublished | SigningKeyRetired, event: ReceivedEvent, at: float
@@ -649,6 +663,8 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                     ) from exc
                 self._audit.advance(record)
                 self._sec_last_seq = appended.stream_seq
+                if self._security_records is not None:
+                    self._security_records.labels(kind).inc()
                 return int(record.chain_index)
             log.error("audit record not written: the SEC stream kept moving", extra={"kind": kind})
             raise Unavailable("the audit trail is busy; the change this call records was not made, try again")
@@ -688,6 +704,38 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             await self._session_event(
                 session, SessionRevoked(session_id=session.session_id, user_id=session.user_id, reason=reason), actor
             )
+
+    async def revoke_for_anomaly(self, session: Session, reason: str) -> None:
+        """Storage's detector asked for it (storage_due.py); the reason names the anomaly."""
+        await self._revoke(session, reason, "service:storage")
+
+    async def require_step_up(self, session: Session, reason: str, anomaly_event_id: str) -> None:
+        """Storage's detector asked for it (storage_due.py): every service limits the session's
+        tokens as a login owing its second factor (parley_core.tokens), until the user logs in
+        again. Once per session; a revoked session is left as it is."""
+        if session.revoked or session.step_up_required:
+            return
+        detail = f"{session.session_id}: {reason}"[:MAX_NOT_MADE_DETAIL]
+        required = SessionStepUpRequired(
+            session_id=session.session_id, user_id=session.user_id, reason=reason, anomaly_event_id=anomaly_event_id
+        )
+        async with self._recorded("step_up_required", actor="service:storage", user_id=session.user_id, detail=detail):
+            await self._session_event(session, required, "service:storage")
+
+    async def slow_source(self, slowed: SourceSlowed, event_id: str) -> None:
+        """Storage's detector asked for it (storage_due.py): logins and step-up checks from the
+        address are refused until `until_unix`, recorded first on the audit trail."""
+        if self.lockouts.slowed_until(budget_key(slowed.source)) >= slowed.until_unix:
+            return  # carried out already: a repeated fact, or a redelivery
+        key = username_key(budget_key(slowed.source))
+        event = NewEvent(
+            aggregate_type="slowed", aggregate_id=key, payload=slowed, actor="service:auth", event_id=event_id
+        )
+        detail = f"until {slowed.until_unix:.0f}: {slowed.reason}"[:MAX_NOT_MADE_DETAIL]
+        async with self._recorded(
+            "source_slowed", actor="service:storage", user_id="", source=slowed.source, detail=detail
+        ):
+            await self.append_and_apply(slowed_source_subject(key), event)
 
     # -- who is calling -----------------------------------------------------------------------
 
@@ -1273,6 +1321,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             user_id=session.user_id,
             sealed_previous_sha256=self._seal(presented, REFRESH_TOKEN, session.session_id),
             sealed_refresh_token_sha256=self._seal(digest(refresh), REFRESH_TOKEN, session.session_id),
+            source=self._source(context),
         )
         try:
             await self._session_event(session, rotated, f"user:{session.user_id}")

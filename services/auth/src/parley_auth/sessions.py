@@ -53,6 +53,7 @@ class Session:
     spent: set[bytes] = field(default_factory=set)
     last_refreshed_at: float = 0.0
     revoked_reason: str = ""
+    step_up_required: bool = False  # SessionStepUpRequired: the anomaly detector's response
     last_seq: int = 0  # subject sequence of the newest event, for optimistic appends
     version: int = 0
 

@@ -1,4 +1,6 @@
-"""Auth marks an erased account's username when storage says the erasure is due.
+"""Auth marks an erased account's username when storage says the erasure is due, and revokes a
+session or holds back an address's logins when storage's anomaly detector asks
+(SessionRevocationDue, SourceSlowdownDue, below).
 
 Storage writes nothing to AUTH. Before it deletes an erased user's account events from the log,
 it records `AccountErasureDue` on its STORE stream (parley.storage.due.auth.>, the only part of
@@ -18,11 +20,17 @@ fact, or a redelivery after a crash, appends nothing.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from parley.auth.v1.events_pb2 import AccountErased
-from parley.storage.v1.events_pb2 import AccountErasureDue
+from parley.auth.v1.events_pb2 import AccountErased, SourceSlowed
+from parley.storage.v1.events_pb2 import (
+    AccountErasureDue,
+    SessionRevocationDue,
+    SessionStepUpDue,
+    SourceSlowdownDue,
+)
 
 from parley_core.bus import ReceivedEvent, Refused, RetryLater
 from parley_core.envelope import NewEvent, UnknownEventType, open_payload
@@ -33,6 +41,8 @@ from parley_core.topology import username_subject
 if TYPE_CHECKING:
     from parley_auth.service import AuthApp
 
+MAX_SOURCE = 256
+MAX_SLOWDOWN_S = 86400.0
 USER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 USERNAME_KEY = re.compile(r"[0-9a-f]{64}")  # domain.username_key: a SHA-256 in hex
 
@@ -51,6 +61,45 @@ class StorageDue:
                 continue  # a newer storage's fact: this release has nothing to do for it
             if isinstance(payload, AccountErasureDue):
                 await self._erased(payload, event)
+            elif isinstance(payload, SessionRevocationDue):
+                await self._revoke(payload)
+            elif isinstance(payload, SourceSlowdownDue):
+                await self._slow(payload)
+            elif isinstance(payload, SessionStepUpDue):
+                session = self._app.sessions.get(payload.session_id)
+                if session is None or session.user_id != payload.user_id:
+                    raise Refused(f"no session {payload.session_id!r} of user {payload.user_id!r} to step up")
+                reason = payload.reason or f"anomaly {payload.anomaly_event_id}"
+                try:
+                    await self._app.require_step_up(session, reason, payload.anomaly_event_id)
+                except Unavailable as exc:  # the audit chain refused the record: nothing was changed
+                    raise RetryLater(str(exc)) from exc
+
+    async def _slow(self, due: SourceSlowdownDue) -> None:
+        """A detection's slow-the-source response: logins from the address wait until the time
+        the detector chose (a day at most, so a forged fact cannot lock an address out for good)."""
+        if not due.source or len(due.source) > MAX_SOURCE or not due.anomaly_event_id:
+            raise Refused(f"{due.source!r} is not a client address with the anomaly that asks it")
+        until = min(due.until_unix, time.time() + MAX_SLOWDOWN_S)
+        slowed = SourceSlowed(
+            source=due.source, until_unix=until, reason=due.reason[:300], anomaly_event_id=due.anomaly_event_id
+        )
+        try:
+            await self._app.slow_source(slowed, event_id=f"{due.anomaly_event_id}-slowed")
+        except Unavailable as exc:  # the audit chain refused the record: nothing was changed
+            raise RetryLater(str(exc)) from exc
+
+    async def _revoke(self, due: SessionRevocationDue) -> None:
+        """A detection's response (storage's detector, parley_storage.detection): the session is
+        revoked with the anomaly's reason, on the SEC trail as any revocation. Only the session's
+        own account's, and only once (a revoked session is left as it is)."""
+        session = self._app.sessions.get(due.session_id)
+        if session is None or session.user_id != due.user_id:
+            raise Refused(f"no session {due.session_id!r} of user {due.user_id!r} to revoke")
+        try:
+            await self._app.revoke_for_anomaly(session, due.reason or f"anomaly {due.anomaly_event_id}")
+        except Unavailable as exc:  # the audit chain refused the record: nothing was changed
+            raise RetryLater(str(exc)) from exc
 
     async def _erased(self, due: AccountErasureDue, fact: ReceivedEvent) -> None:
         if not USER_ID.fullmatch(due.user_id) or not USERNAME_KEY.fullmatch(due.username_key):

@@ -94,6 +94,10 @@ class LiveStreamCaps:
             if not self._open[user_id]:
                 del self._open[user_id]
 
+    @property
+    def open_streams(self) -> int:
+        return sum(self._open.values())
+
     def check_channels(self, count: int) -> None:
         cap = self.limits.live_channels_per_stream
         if count > cap:

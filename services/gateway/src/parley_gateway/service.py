@@ -129,6 +129,8 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
+        live = ctx.metrics.gauge("parley_live_streams", "Live streams (Subscribe) open on this gateway")
+        live.set_function(lambda: float(self._caps.open_streams))
         self._feed = ChannelFeed(ctx.bus)
         self._feed.start()
         self._access_watch = asyncio.create_task(self._end_streams_that_lost_access(), name="live-access-watch")

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -14,6 +15,7 @@ from nats.aio.subscription import Subscription
 from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
+from prometheus_client import Gauge
 
 from parley_core.config import REGISTRY_FOLDER
 from parley_core.errors import Unavailable
@@ -60,8 +62,13 @@ class PatchRegistryApp(fleet_pb2_grpc.FleetServiceServicer):
         self._sub: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._interval = 1.0
+        self._ctx: RunContext | None = None
+        self._findings_gauge: Gauge | None = None
+        self._overdue_gauge: Gauge | None = None
+        self._rollouts_gauge: Gauge | None = None
 
     async def start(self, ctx: RunContext) -> None:
+        self._ctx = ctx
         self.fleet.stale_after_s = ctx.settings.heartbeat_seconds * STALE_AFTER_BEATS
         self._interval = min(1.0, ctx.settings.heartbeat_seconds)
         folder = ctx.settings.data_dir / REGISTRY_FOLDER
@@ -116,9 +123,34 @@ class PatchRegistryApp(fleet_pb2_grpc.FleetServiceServicer):
                     registry.reconcile_findings()
                     await registry.announce_overdue()
                     next_findings = loop.time() + FINDINGS_INTERVAL_S
+                self._measure(registry)
             except Exception:
                 log.exception("registry maintenance pass failed; retrying next interval")
             await asyncio.sleep(self._interval)
+
+    def _measure(self, registry: Registry) -> None:
+        """The figures /metrics shows, set here in the service's own loop (a scrape runs in the
+        metrics server's thread, which must not read the registry while it changes)."""
+        if self._ctx is None:
+            return
+        if self._findings_gauge is None:
+            metrics = self._ctx.metrics
+            self._findings_gauge = metrics.gauge("parley_findings", "Open findings, per priority", ("priority",))
+            self._overdue_gauge = metrics.gauge(
+                "parley_findings_overdue", "Findings past their deadline", ("priority",)
+            )
+            self._rollouts_gauge = metrics.gauge("parley_rollouts", "Roll-outs, per state", ("state",))
+        now = datetime.now(UTC)
+        for gauge, counted in (
+            (self._findings_gauge, Counter(f.score.priority for f in registry.findings.findings())),
+            (self._overdue_gauge, Counter(f.score.priority for f in registry.findings.overdue(now))),
+            (self._rollouts_gauge, Counter(r.state for r in registry.rollouts.values())),
+        ):
+            if gauge is None:
+                continue
+            gauge.clear()
+            for label, count in counted.items():
+                gauge.labels(label).set(count)
 
     async def _on_heartbeat(self, msg: Msg) -> None:
         beat = fleet_pb2.InstanceHeartbeat()

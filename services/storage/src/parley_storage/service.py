@@ -28,6 +28,8 @@ from parley_storage.archive import SqlEventArchive, open_engine
 from parley_storage.archive_api import StorageArchiveApi
 from parley_storage.backup import BACKUP_KEY_FILE, BackupKeys
 from parley_storage.datakeys import DataKeys
+from parley_storage.detection import DetectionSettings
+from parley_storage.detector import AnomalyDetector
 from parley_storage.erasures import ErasureLog, follow_erasures
 from parley_storage.faults import PauseInBatch
 from parley_storage.kek import FileKeyring, KeyEncryptionKeys, KeyringUnreadable
@@ -40,6 +42,7 @@ from parley_storage.progress import ArchiveProgress
 from parley_storage.residency import ResidencyBinding, check_configured, enforce_in_database
 from parley_storage.retention import ArchiveBehind, Retention
 from parley_storage.settings import StorageSettings
+from parley_storage.siem import SiemFeed, SiemSettings
 from parley_storage.stream_erasure import erase_from_streams
 
 log = logging.getLogger(__name__)
@@ -91,9 +94,17 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         self._erasure_job: asyncio.Task[None] | None = None
         self._log_cleanup_job: asyncio.Task[None] | None = None
         self._lost_consumers: LostConsumers | None = None
+        self.detector: AnomalyDetector | None = None
+        self.siem: SiemFeed | None = None
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
+        self._lag_events = ctx.metrics.gauge(
+            "parley_archive_lag_events", "Events in JetStream not yet archived, per stream", ("stream",)
+        )
+        self._lag_seconds = ctx.metrics.gauge(
+            "parley_archive_lag_seconds", "Age of the oldest event not yet archived, per stream", ("stream",)
+        )
         url = database_url(ctx.settings)
         engine = open_engine(url)
         upgrade_to_head(engine)
@@ -132,6 +143,20 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         )
         gauges = ArchiveLagGauges(metrics.get_meter("parley.storage"))
         self._lag_job = asyncio.create_task(self._measure_lag(gauges, storage_settings.lag_interval_seconds))
+        detection = DetectionSettings()
+        if detection.enabled:
+            anomalies = ctx.metrics.counter(
+                "parley_anomalies", "AnomalyDetected findings recorded, per rule and response", ("kind", "response")
+            )
+            self.detector = AnomalyDetector(ctx.bus, detection, counted=anomalies)
+            await self.detector.start()
+        siem = SiemSettings()
+        if siem.url:
+            try:
+                self.siem = SiemFeed(ctx.bus, siem, version=ctx.version)
+            except ValueError as exc:
+                raise RefusedToStart(str(exc)) from None
+            await self.siem.start()
         await erasures_replay.wait_caught_up()
         self._erasure_job = asyncio.create_task(self._resume_stream_erasures(erasures.unfinished()))
 
@@ -163,7 +188,11 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         assert self._ctx is not None
         while not self._stopping.is_set():
             try:
-                gauges.update(await measure_lag(self._ctx.bus.js, self.archive))
+                lags = await measure_lag(self._ctx.bus.js, self.archive)
+                gauges.update(lags)
+                for lag in lags:
+                    self._lag_events.labels(lag.stream).set(lag.events_behind)
+                    self._lag_seconds.labels(lag.stream).set(lag.seconds_behind)
             except Exception:  # NATS or the database briefly away: the gauges keep the last reading
                 log.warning("archive lag measurement failed", exc_info=True)
             with contextlib.suppress(TimeoutError):
@@ -212,6 +241,8 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
             await self._lag_job
         if self._lost_consumers is not None:
             await self._lost_consumers.stop()
+        if self.siem is not None:
+            await self.siem.stop()
         if self.archive is not None:
             self.archive.engine.dispose()
 

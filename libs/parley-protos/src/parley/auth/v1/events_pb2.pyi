@@ -245,6 +245,7 @@ class RefreshTokenRotated(_message.Message):
     REFRESH_TOKEN_SHA256_FIELD_NUMBER: _builtins.int
     SEALED_PREVIOUS_SHA256_FIELD_NUMBER: _builtins.int
     SEALED_REFRESH_TOKEN_SHA256_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     user_id: _builtins.str
     previous_sha256: _builtins.bytes
@@ -253,6 +254,8 @@ class RefreshTokenRotated(_message.Message):
     """before sealing"""
     sealed_previous_sha256: _builtins.bytes
     sealed_refresh_token_sha256: _builtins.bytes
+    source: _builtins.str
+    """the client address that refreshed (the detector compares it with the login's)"""
     def __init__(
         self,
         *,
@@ -262,14 +265,49 @@ class RefreshTokenRotated(_message.Message):
         refresh_token_sha256: _builtins.bytes = ...,
         sealed_previous_sha256: _builtins.bytes = ...,
         sealed_refresh_token_sha256: _builtins.bytes = ...,
+        source: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous_sha256", b"previous_sha256", "refresh_token_sha256", b"refresh_token_sha256", "sealed_previous_sha256", b"sealed_previous_sha256", "sealed_refresh_token_sha256", b"sealed_refresh_token_sha256", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous_sha256", b"previous_sha256", "refresh_token_sha256", b"refresh_token_sha256", "sealed_previous_sha256", b"sealed_previous_sha256", "sealed_refresh_token_sha256", b"sealed_refresh_token_sha256", "session_id", b"session_id", "source", b"source", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RefreshTokenRotated: _TypeAlias = RefreshTokenRotated  # noqa: Y015
+
+@_typing.final
+class SessionStepUpRequired(_message.Message):
+    """Storage's anomaly detector asked for a step-up (parley.storage.v1.SessionStepUpDue): from now on
+    this session's tokens may do only what a login that still owes its second factor may (its own
+    sessions, TOTP enrolment); every other call is refused until the user logs in again. On the
+    session's subject.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ANOMALY_EVENT_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    user_id: _builtins.str
+    reason: _builtins.str
+    anomaly_event_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        anomaly_event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomaly_event_id", b"anomaly_event_id", "reason", b"reason", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionStepUpRequired: _TypeAlias = SessionStepUpRequired  # noqa: Y015
 
 @_typing.final
 class SessionRevoked(_message.Message):
@@ -833,6 +871,39 @@ class LoginFailuresCleared(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LoginFailuresCleared: _TypeAlias = LoginFailuresCleared  # noqa: Y015
+
+@_typing.final
+class SourceSlowed(_message.Message):
+    """Logins and step-up checks from `source` are refused until `until_unix` (seconds): a response of
+    storage's anomaly detector (parley.storage.v1.SourceSlowdownDue), which auth carries out. On
+    parley.auth.slowed.<digest of the source's budget key>.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    UNTIL_UNIX_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ANOMALY_EVENT_ID_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    until_unix: _builtins.float
+    reason: _builtins.str
+    anomaly_event_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        until_unix: _builtins.float = ...,
+        reason: _builtins.str = ...,
+        anomaly_event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomaly_event_id", b"anomaly_event_id", "reason", b"reason", "source", b"source", "until_unix", b"until_unix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SourceSlowed: _TypeAlias = SourceSlowed  # noqa: Y015
 
 @_typing.final
 class AccountErased(_message.Message):

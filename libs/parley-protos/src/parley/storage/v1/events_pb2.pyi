@@ -354,3 +354,188 @@ class KeyEncryptionKeyRotated(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___KeyEncryptionKeyRotated: _TypeAlias = KeyEncryptionKeyRotated  # noqa: Y015
+
+@_typing.final
+class AnomalyDetected(_message.Message):
+    """Anomaly detection (parley_storage.detection): storage's detector follows the streams it already
+    reads and records what it found on its own tree, parley.storage.anomaly.<kind>.<key>. Every
+    field says what a reader needs to judge it without the detector: the rule, whom it concerns,
+    the facts it saw, a score (how far past the threshold: 1.0 is at it) and the reason in words.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EvidenceEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    KIND_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    WHY_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    TRIGGER_EVENT_IDS_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """password_spraying, new_source_sensitive_change, send_rate, ..."""
+    subject: _builtins.str
+    """whom it concerns: "user:<id>", "source:<address>", "actor:<who>" """
+    score: _builtins.float
+    """observed / threshold; >= 1.0"""
+    why: _builtins.str
+    """one sentence a person can check against the evidence"""
+    response: _builtins.str
+    """alert, revoke_session, step_up, slow_source: what was asked of the owner"""
+    user_id: _builtins.str
+    """the account concerned, if any"""
+    session_id: _builtins.str
+    """the session concerned, if any"""
+    source: _builtins.str
+    """the client address concerned, if any"""
+    @_builtins.property
+    def evidence(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """the facts the rule counted (names, counts, sources, times)"""
+
+    @_builtins.property
+    def trigger_event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the events that made the rule fire"""
+
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        evidence: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        score: _builtins.float = ...,
+        why: _builtins.str = ...,
+        response: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        source: _builtins.str = ...,
+        trigger_event_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evidence", b"evidence", "kind", b"kind", "response", b"response", "score", b"score", "session_id", b"session_id", "source", b"source", "subject", b"subject", "trigger_event_ids", b"trigger_event_ids", "user_id", b"user_id", "why", b"why"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnomalyDetected: _TypeAlias = AnomalyDetected  # noqa: Y015
+
+@_typing.final
+class SessionRevocationDue(_message.Message):
+    """A detection's response for auth to carry out: revoke this session (auth appends SessionRevoked on
+    its own subject, with the reason, and records it on SEC). On
+    parley.storage.due.auth.revoke.<session_id>.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ANOMALY_EVENT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    user_id: _builtins.str
+    anomaly_event_id: _builtins.str
+    """the AnomalyDetected that asked for it"""
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        anomaly_event_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomaly_event_id", b"anomaly_event_id", "reason", b"reason", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionRevocationDue: _TypeAlias = SessionRevocationDue  # noqa: Y015
+
+@_typing.final
+class SourceSlowdownDue(_message.Message):
+    """A detection's response for auth to carry out: refuse logins from this source until
+    `until_unix` (auth appends SourceSlowed on its own subject). On
+    parley.storage.due.auth.slow.<source token>.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    UNTIL_UNIX_FIELD_NUMBER: _builtins.int
+    ANOMALY_EVENT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    until_unix: _builtins.float
+    anomaly_event_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        until_unix: _builtins.float = ...,
+        anomaly_event_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomaly_event_id", b"anomaly_event_id", "reason", b"reason", "source", b"source", "until_unix", b"until_unix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SourceSlowdownDue: _TypeAlias = SourceSlowdownDue  # noqa: Y015
+
+@_typing.final
+class SessionStepUpDue(_message.Message):
+    """A detection's response for auth to carry out: require a step-up of this session (auth appends
+    SessionStepUpRequired on the session's subject). On parley.storage.due.auth.stepup.<session_id>.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ANOMALY_EVENT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    user_id: _builtins.str
+    anomaly_event_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        anomaly_event_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomaly_event_id", b"anomaly_event_id", "reason", b"reason", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionStepUpDue: _TypeAlias = SessionStepUpDue  # noqa: Y015

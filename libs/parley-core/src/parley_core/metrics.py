@@ -1,0 +1,144 @@
+"""Each service instance's Prometheus metrics, served on its own `/metrics` port.
+
+Why prometheus-client and not OpenTelemetry's Prometheus exporter: a registry per service
+instance (the test stacks run five services in one process, and each must show its own figures),
+the text format served directly with no SDK reader pipeline on the hot path, and a stable API;
+the OpenTelemetry exporter is a pre-release built on prometheus-client itself and reads the
+process-wide meter provider. Traces stay OpenTelemetry's.
+
+The figures every service has are here (calls per RPC with their status code and latency, events
+appended and consumed per stream, redeliveries, parked events); a service adds its own through
+`counter`/`gauge` (auth's audit records by kind, storage's archive lag and anomalies, the
+gateway's live streams). With PARLEY_METRICS_LISTEN set (`parley up` sets 127.0.0.1:0), the
+instance listens there and writes a Prometheus file_sd target file in <data>/metrics/targets/,
+which deploy/monitoring/prometheus.yml scrapes; the file goes when the instance drains.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from threading import Thread
+from typing import Any, cast
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from parley_core.files import ensure_private_dir
+
+_UNCOUNTED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class ServiceMetrics:
+    def __init__(self, service: str, version: str = "") -> None:
+        self.service = service
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.rpc_requests = Counter(
+            "parley_rpc_requests", "Calls handled, per method and status code", ["method", "code"], registry=r
+        )
+        self.rpc_latency = Histogram(
+            "parley_rpc_latency_seconds", "Unary call latency", ["method"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.events_appended = Counter("parley_events_appended", "Events appended, per stream", ["stream"], registry=r)
+        self.events_consumed = Counter(
+            "parley_events_consumed", "Events handled by a consumer or replay, per stream", ["stream"], registry=r
+        )
+        self.redeliveries = Counter(
+            "parley_consumer_redeliveries", "Events delivered again to a durable consumer", ["consumer"], registry=r
+        )
+        self.parked = Counter("parley_events_parked", "Poison events parked, per stream", ["stream"], registry=r)
+        info = Gauge("parley_service_info", "1 per running instance", ["service", "version"], registry=r)
+        info.labels(service, version).set(1)
+        self._server: WSGIServer | None = None
+        self._thread: Thread | None = None
+        self._target: Path | None = None
+
+    def counter(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> Counter:
+        return Counter(name, documentation, list(labels), registry=self.registry)
+
+    def gauge(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> Gauge:
+        return Gauge(name, documentation, list(labels), registry=self.registry)
+
+    def serve(self, listen: str, *, targets_dir: Path, instance_id: str) -> str:
+        """Listen on host:port (port 0: any free one); write the file_sd target. Returns host:port."""
+        host, _, port = listen.rpartition(":")
+        self._server, self._thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)
+        address = f"{host or '127.0.0.1'}:{self._server.server_port}"
+        ensure_private_dir(targets_dir)
+        _forget_dead_instances(targets_dir, self.service)
+        target = targets_dir / f"{self.service}-{instance_id}.json"
+        labels = {"service": self.service, "instance_id": instance_id, "pid": str(os.getpid())}
+        temporary = target.with_suffix(".tmp")
+        temporary.write_text(json.dumps([{"targets": [address], "labels": labels}]))
+        os.replace(temporary, target)  # Prometheus never reads half a file
+        self._target = target
+        return address
+
+    def stop(self) -> None:
+        if self._target is not None:
+            self._target.unlink(missing_ok=True)
+            self._target = None
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+
+def _forget_dead_instances(targets_dir: Path, service: str) -> None:
+    """An instance that crashed left its target behind; a new one of the service removes it, so
+    Prometheus does not report a process that is gone (and was replaced) as down for ever."""
+    for path in targets_dir.glob(f"{service}-*.json"):
+        try:
+            pid = int(json.loads(path.read_text())[0]["labels"]["pid"])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            continue  # unreadable, or another user's process: left alone
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts every call by method and final status code, and times unary calls."""
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self.metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or handler.unary_unary is None or method.startswith(_UNCOUNTED):
+            return handler
+        inner = cast(Callable[[Any, "grpc.aio.ServicerContext[Any, Any]"], Awaitable[Any]], handler.unary_unary)
+        metrics = self.metrics
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            code: grpc.StatusCode | None = grpc.StatusCode.UNKNOWN
+            try:
+                response = await inner(request, context)
+                code = context.code()
+                return response
+            except grpc.aio.AbortError:
+                code = context.code()
+                raise
+            finally:
+                name = (code or grpc.StatusCode.OK).name
+                metrics.rpc_requests.labels(method, name).inc()
+                metrics.rpc_latency.labels(method).observe(time.perf_counter() - started)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )

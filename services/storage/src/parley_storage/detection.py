@@ -1,0 +1,424 @@
+"""Anomaly detection rules: pure functions of the events, no I/O (the detector feeds them).
+
+Each rule is a small, explainable statistic over the streams storage already reads, keyed by
+whom it concerns, timed by the events' own `occurred_at` (so a replay reaches the same findings
+as the live run, in the same order). A rule that fires returns an `Anomaly`: its kind, whom it
+concerns, the evidence it counted, a score (observed / threshold, so 1.0 is at the threshold) and
+one sentence saying why. The id of an anomaly is derived from the events that made it fire, so a
+replay after a restart finds the same ids and the detector records nothing twice.
+
+The thresholds are the deployment's (one organisation per platform), from PARLEY_DETECT_*
+variables with the defaults below; README "Anomaly detection" lists them.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Response = Literal["alert", "revoke_session", "step_up", "slow_source"]
+
+PASSWORD_SPRAYING = "password_spraying"  # noqa: S105 - a rule name
+NEW_SOURCE_SENSITIVE_CHANGE = "new_source_sensitive_change"
+SEND_RATE = "send_rate"
+SESSION_TWO_SOURCES = "session_two_sources"
+MASS_ERASURE = "mass_erasure"
+SHORT_RETENTION = "short_retention"
+RUSHED_ROLLOUT = "rushed_rollout"
+KINDS = (
+    PASSWORD_SPRAYING,
+    NEW_SOURCE_SENSITIVE_CHANGE,
+    SEND_RATE,
+    SESSION_TWO_SOURCES,
+    MASS_ERASURE,
+    SHORT_RETENTION,
+    RUSHED_ROLLOUT,
+)
+# Rules whose anomaly names a session; only those can have it revoked.
+SESSION_KINDS = frozenset({NEW_SOURCE_SENSITIVE_CHANGE, SESSION_TWO_SOURCES})
+# Rules whose anomaly names a client address; only those can have it slowed down.
+SOURCE_KINDS = frozenset({PASSWORD_SPRAYING})
+DEFAULT_RESPONSES: dict[str, Response] = {
+    PASSWORD_SPRAYING: "slow_source",
+    NEW_SOURCE_SENSITIVE_CHANGE: "revoke_session",
+    SEND_RATE: "alert",
+    SESSION_TWO_SOURCES: "revoke_session",
+    MASS_ERASURE: "alert",
+    SHORT_RETENTION: "alert",
+    RUSHED_ROLLOUT: "alert",
+}
+SWEEP_EVERY = 10_000
+_ANOMALY_IDS = uuid.UUID("6f1f3a52-59d8-4c1e-9a43-0b7e2e3c9d11")
+
+
+class DetectionSettings(BaseSettings):
+    """Per-deployment thresholds (PARLEY_DETECT_<NAME>)."""
+
+    model_config = SettingsConfigDict(env_prefix="PARLEY_DETECT_", extra="ignore")
+
+    enabled: bool = True
+    # Password spraying: failed logins for this many distinct accounts from one source ...
+    spraying_accounts: int = Field(default=10, ge=2)
+    # ... within this many seconds.
+    spraying_window_s: float = Field(default=600.0, gt=0)
+    # A sensitive change this soon after a login from a source the account never used before.
+    new_source_window_s: float = Field(default=3600.0, gt=0)
+    # Send rate: messages counted per bucket of this length ...
+    rate_bucket_s: float = Field(default=60.0, gt=0)
+    # ... an exponentially weighted mean and variance of the account's past buckets (weight of
+    # the newest) ...
+    rate_alpha: float = Field(default=0.2, gt=0, lt=1)
+    # ... fires above mean + k standard deviations ...
+    rate_deviations: float = Field(default=4.0, gt=0)
+    # ... and never below this many messages in one bucket (a quiet account's first burst).
+    rate_floor: int = Field(default=30, ge=1)
+    # One session used from a second source within this many seconds of its last use elsewhere.
+    two_sources_window_s: float = Field(default=300.0, gt=0)
+    # Mass erasure: this many accounts erased by one operator ...
+    erasure_count: int = Field(default=5, ge=2)
+    # ... within this many seconds.
+    erasure_window_s: float = Field(default=3600.0, gt=0)
+    # A retention policy of this many days or fewer (0, keep forever, never fires).
+    short_retention_days: int = Field(default=1, ge=1)
+    # A roll-out approved sooner than this after it was planned.
+    rollout_min_review_s: float = Field(default=600.0, gt=0)
+    # How long a slowed source's logins are held back.
+    slow_source_s: float = Field(default=900.0, gt=0, le=86400)
+    # What each rule asks for, as JSON: {"send_rate": "alert", ...}; unnamed rules keep the default.
+    responses: dict[str, Response] = Field(default_factory=dict)
+
+    def response(self, kind: str) -> Response:
+        chosen = self.responses.get(kind, DEFAULT_RESPONSES.get(kind, "alert"))
+        possible = kind in SESSION_KINDS if chosen in ("revoke_session", "step_up") else kind in SOURCE_KINDS
+        return chosen if chosen == "alert" or possible else "alert"
+
+
+@dataclass(frozen=True)
+class Anomaly:
+    kind: str
+    key: str  # the subject token: parley.storage.anomaly.<kind>.<key>
+    subject: str
+    evidence: dict[str, str]
+    score: float
+    why: str
+    at: float
+    triggers: tuple[str, ...]
+    user_id: str = ""
+    session_id: str = ""
+    source: str = ""
+
+    @property
+    def event_id(self) -> str:
+        return uuid.uuid5(_ANOMALY_IDS, f"{self.kind}|{'|'.join(self.triggers)}").hex
+
+
+def subject_token(text: str) -> str:
+    """A NATS subject token for an address or id (no dots, wildcards or spaces)."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:128] or "_"
+
+
+@dataclass
+class _SessionUse:
+    user_id: str
+    source: str
+    at: float
+    event_id: str
+
+
+@dataclass
+class _Rate:
+    bucket: int = -1
+    count: int = 0
+    mean: float = 0.0
+    var: float = 0.0
+    buckets_seen: int = 0
+    fired_bucket: int = -1
+
+
+@dataclass
+class Rules:
+    """Every rule's state, fed one event at a time by the detector, in each stream's order."""
+
+    settings: DetectionSettings = field(default_factory=DetectionSettings)
+    _failures: dict[str, deque[tuple[float, str, str]]] = field(default_factory=dict)
+    _spraying_fired: dict[str, float] = field(default_factory=dict)
+    _sources: dict[str, set[str]] = field(default_factory=dict)
+    _fresh: dict[str, list[tuple[float, str, str, str]]] = field(default_factory=dict)
+    _sessions: dict[str, _SessionUse] = field(default_factory=dict)
+    _rates: dict[str, _Rate] = field(default_factory=dict)
+    _erasures: dict[str, deque[tuple[float, str, str]]] = field(default_factory=dict)
+    _erasure_fired: dict[str, float] = field(default_factory=dict)
+    _planned: dict[str, tuple[float, str, str]] = field(default_factory=dict)
+    _seen: int = 0
+
+    def _tick(self, at: float) -> None:
+        """Every SWEEP_EVERY observations, forget what no rule can use any more (idle sessions,
+        empty windows, stale fresh logins), so the state follows the active accounts, not the
+        log's whole history. Which sources an account used is kept: that is the baseline."""
+        self._seen += 1
+        if self._seen % SWEEP_EVERY:
+            return
+        s = self.settings
+        for session_id in [k for k, use in self._sessions.items() if at - use.at >= s.two_sources_window_s]:
+            del self._sessions[session_id]
+        for windows in (self._failures, self._erasures):
+            for key in [k for k, window in windows.items() if not window or window[-1][0] < at - 86400]:
+                del windows[key]
+        for user_id in [
+            u for u, fresh in self._fresh.items() if not fresh or at - fresh[-1][0] > s.new_source_window_s
+        ]:
+            del self._fresh[user_id]
+
+    # -- password spraying (SEC login_failed) -------------------------------------------------
+
+    def login_failed(self, *, at: float, source: str, username: str, event_id: str) -> Anomaly | None:
+        self._tick(at)
+        s = self.settings
+        if not source:
+            return None
+        window = self._failures.setdefault(source, deque())
+        window.append((at, username, event_id))
+        while window and window[0][0] < at - s.spraying_window_s:
+            window.popleft()
+        accounts = {name for _, name, _ in window}
+        if len(accounts) < s.spraying_accounts:
+            return None
+        if at - self._spraying_fired.get(source, -math.inf) < s.spraying_window_s:
+            return None  # one finding per source and window
+        self._spraying_fired[source] = at
+        firsts: dict[str, str] = {}
+        for _, name, eid in window:
+            firsts.setdefault(name, eid)
+        return Anomaly(
+            kind=PASSWORD_SPRAYING,
+            key=subject_token(source),
+            subject=f"source:{source}",
+            evidence={
+                "source": source,
+                "accounts": str(len(accounts)),
+                "failures": str(len(window)),
+                "window_s": f"{s.spraying_window_s:g}",
+                "usernames": ",".join(sorted(accounts)[:20]),
+            },
+            score=len(accounts) / s.spraying_accounts,
+            why=(
+                f"{len(window)} failed logins for {len(accounts)} different accounts from {source} within "
+                f"{s.spraying_window_s:g}s (threshold {s.spraying_accounts} accounts)"
+            ),
+            at=at,
+            triggers=tuple(firsts.values()),
+            source=source,
+        )
+
+    # -- sessions (AUTH SessionStarted, RefreshTokenRotated) -----------------------------------
+
+    def session_started(self, *, at: float, session_id: str, user_id: str, source: str, event_id: str) -> None:
+        self._tick(at)
+        known = self._sources.setdefault(user_id, set())
+        if known and source and source not in known:
+            self._fresh.setdefault(user_id, []).append((at, session_id, source, event_id))
+        if source:
+            known.add(source)
+        self._sessions[session_id] = _SessionUse(user_id, source, at, event_id)
+
+    def session_refreshed(
+        self, *, at: float, session_id: str, user_id: str, source: str, event_id: str
+    ) -> Anomaly | None:
+        last = self._sessions.get(session_id)
+        self._sessions[session_id] = _SessionUse(user_id, source or (last.source if last else ""), at, event_id)
+        if last is None or not source or not last.source or source == last.source:
+            return None
+        elapsed = at - last.at
+        window = self.settings.two_sources_window_s
+        if elapsed >= window:
+            return None  # a move (another network), not two places at once
+        return Anomaly(
+            kind=SESSION_TWO_SOURCES,
+            key=subject_token(session_id),
+            subject=f"user:{user_id}",
+            evidence={
+                "session_id": session_id,
+                "first_source": last.source,
+                "second_source": source,
+                "seconds_apart": f"{elapsed:.1f}",
+                "window_s": f"{window:g}",
+            },
+            score=window / max(elapsed, 1.0),
+            why=(
+                f"session {session_id} was used from {last.source} and from {source} {elapsed:.0f}s apart "
+                f"(under {window:g}s: one session in two places)"
+            ),
+            at=at,
+            triggers=(last.event_id, event_id),
+            user_id=user_id,
+            session_id=session_id,
+            source=source,
+        )
+
+    def session_ended(self, *, session_id: str) -> None:
+        self._sessions.pop(session_id, None)
+
+    # -- a login from a new source, then a sensitive change ------------------------------------
+
+    def sensitive_change(self, *, at: float, user_id: str, what: str, event_id: str) -> Anomaly | None:
+        window = self.settings.new_source_window_s
+        fresh = [f for f in self._fresh.get(user_id, []) if at - f[0] <= window]
+        self._fresh[user_id] = fresh
+        if not fresh:
+            return None
+        started, session_id, source, started_id = fresh.pop()  # one finding per such login
+        elapsed = max(at - started, 0.0)
+        return Anomaly(
+            kind=NEW_SOURCE_SENSITIVE_CHANGE,
+            key=subject_token(user_id),
+            subject=f"user:{user_id}",
+            evidence={
+                "change": what,
+                "new_source": source,
+                "session_id": session_id,
+                "seconds_after_login": f"{elapsed:.1f}",
+                "known_sources": str(len(self._sources.get(user_id, ())) - 1),
+                "window_s": f"{window:g}",
+            },
+            score=window / max(elapsed, 1.0),
+            why=(
+                f"{what} {elapsed:.0f}s after a login from {source}, a source this account had never used "
+                f"(window {window:g}s)"
+            ),
+            at=at,
+            triggers=(started_id, event_id),
+            user_id=user_id,
+            session_id=session_id,
+            source=source,
+        )
+
+    # -- send rate against the account's own baseline (MSG MessagePosted) -----------------------
+
+    def message_posted(self, *, at: float, sender_id: str, event_id: str) -> Anomaly | None:
+        self._tick(at)
+        s = self.settings
+        bucket = int(at // s.rate_bucket_s)
+        rate = self._rates.setdefault(sender_id, _Rate(bucket=bucket))
+        if bucket > rate.bucket:
+            # Close the finished bucket, and the empty ones since (at most a day's worth count).
+            closed = [rate.count] + [0] * min(bucket - rate.bucket - 1, int(86400 // s.rate_bucket_s))
+            for count in closed:
+                diff = count - rate.mean
+                incr = s.rate_alpha * diff
+                rate.mean += incr
+                rate.var = (1 - s.rate_alpha) * (rate.var + diff * incr)
+                rate.buckets_seen += 1
+            rate.bucket, rate.count = bucket, 0
+        elif bucket < rate.bucket:
+            return None  # an older clock's event: counted in no bucket
+        rate.count += 1
+        threshold = max(float(s.rate_floor), rate.mean + s.rate_deviations * math.sqrt(rate.var))
+        if rate.count <= threshold or rate.fired_bucket == bucket:
+            return None
+        rate.fired_bucket = bucket
+        return Anomaly(
+            kind=SEND_RATE,
+            key=subject_token(sender_id),
+            subject=f"user:{sender_id}",
+            evidence={
+                "messages_in_bucket": str(rate.count),
+                "bucket_s": f"{s.rate_bucket_s:g}",
+                "baseline_mean": f"{rate.mean:.2f}",
+                "baseline_stddev": f"{math.sqrt(rate.var):.2f}",
+                "buckets_learned": str(rate.buckets_seen),
+                "threshold": f"{threshold:.1f}",
+            },
+            score=rate.count / threshold,
+            why=(
+                f"{rate.count} messages in {s.rate_bucket_s:g}s against this account's usual "
+                f"{rate.mean:.1f} ± {math.sqrt(rate.var):.1f} (threshold: mean + {s.rate_deviations:g} deviations, "
+                f"at least {s.rate_floor})"
+            ),
+            at=at,
+            triggers=(event_id,),
+            user_id=sender_id,
+        )
+
+    # -- operator actions -------------------------------------------------------------------
+
+    def user_erased(self, *, at: float, actor: str, user_id: str, event_id: str) -> Anomaly | None:
+        self._tick(at)
+        s = self.settings
+        window = self._erasures.setdefault(actor, deque())
+        window.append((at, user_id, event_id))
+        while window and window[0][0] < at - s.erasure_window_s:
+            window.popleft()
+        if len(window) < s.erasure_count or at - self._erasure_fired.get(actor, -math.inf) < s.erasure_window_s:
+            return None
+        self._erasure_fired[actor] = at
+        return Anomaly(
+            kind=MASS_ERASURE,
+            key=subject_token(actor),
+            subject=f"actor:{actor}",
+            evidence={
+                "actor": actor,
+                "erased_accounts": str(len(window)),
+                "window_s": f"{s.erasure_window_s:g}",
+                "user_ids": ",".join(u for _, u, _ in list(window)[:20]),
+            },
+            score=len(window) / s.erasure_count,
+            why=(f"{actor} erased {len(window)} accounts within {s.erasure_window_s:g}s (threshold {s.erasure_count})"),
+            at=at,
+            triggers=tuple(e for _, _, e in window),
+        )
+
+    def retention_set(self, *, at: float, actor: str, channel_id: str, days: int, event_id: str) -> Anomaly | None:
+        limit = self.settings.short_retention_days
+        if days == 0 or days > limit:
+            return None
+        return Anomaly(
+            kind=SHORT_RETENTION,
+            key=subject_token(channel_id),
+            subject=f"actor:{actor}",
+            evidence={"actor": actor, "channel_id": channel_id, "days": str(days), "threshold_days": str(limit)},
+            score=(limit + 1) / days,
+            why=(
+                f"{actor} set channel {channel_id}'s retention to {days} day(s): its messages are destroyed "
+                f"that soon (threshold {limit})"
+            ),
+            at=at,
+            triggers=(event_id,),
+        )
+
+    def rollout_planned(self, *, at: float, rollout_id: str, actor: str, event_id: str) -> None:
+        self._planned[rollout_id] = (at, actor, event_id)
+
+    def rollout_approved(self, *, at: float, rollout_id: str, actor: str, event_id: str) -> Anomaly | None:
+        planned = self._planned.pop(rollout_id, None)
+        if planned is None:
+            return None
+        planned_at, planner, planned_id = planned
+        elapsed = max(at - planned_at, 0.0)
+        limit = self.settings.rollout_min_review_s
+        if elapsed >= limit:
+            return None
+        return Anomaly(
+            kind=RUSHED_ROLLOUT,
+            key=subject_token(rollout_id),
+            subject=f"actor:{actor}",
+            evidence={
+                "rollout_id": rollout_id,
+                "planned_by": planner,
+                "approved_by": actor,
+                "seconds_to_approval": f"{elapsed:.1f}",
+                "min_review_s": f"{limit:g}",
+            },
+            score=limit / max(elapsed, 1.0),
+            why=(
+                f"roll-out {rollout_id} planned by {planner} was approved by {actor} {elapsed:.0f}s later "
+                f"(a review takes at least {limit:g}s)"
+            ),
+            at=at,
+            triggers=(planned_id, event_id),
+        )

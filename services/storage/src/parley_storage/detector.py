@@ -1,0 +1,275 @@
+"""Storage's anomaly detector: follows the streams storage reads and records what the rules find.
+
+Why in storage: it already reads every stream (its credentials reach nothing new), and it already
+records facts for other owners to act on. The detector writes only on storage's own STORE tree:
+`AnomalyDetected` on parley.storage.anomaly.<kind>.<key>, and, when a rule's response is to revoke
+the session, require a step-up of it or slow the source down, a `SessionRevocationDue`
+(parley.storage.due.auth.revoke.<id>), `SessionStepUpDue` (parley.storage.due.auth.stepup.<id>) or
+`SourceSlowdownDue` (parley.storage.due.auth.slow.<source>) fact, which auth (the one writer of
+sessions and lockouts) carries out through its existing durable consumer of its due facts.
+
+Event-sourced like the rest: at start it reads its own findings, then replays each stream from
+its start into the rules (parley_storage.detection), which are timed by the events' own clocks. A
+finding's id comes from the events that made it, so what was recorded before a restart is found
+again and not recorded twice; a rule that fires on events older than RESPONSE_MAX_AGE_S records the
+finding but asks for no response (the session it names is long gone or was judged already).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from google.protobuf.message import Message
+from parley.auth.v1.events_pb2 import (
+    PasswordChanged,
+    RecoveryCodesRegenerated,
+    RefreshTokenRotated,
+    SecurityEventRecorded,
+    SessionRevoked,
+    SessionStarted,
+    TotpEnrolled,
+    TotpReset,
+)
+from parley.messaging.v1.events_pb2 import MessagePosted
+from parley.patch.v1.events_pb2 import RolloutApproved, RolloutPlanned
+from parley.storage.v1.events_pb2 import (
+    AnomalyDetected,
+    RetentionPolicySet,
+    SessionRevocationDue,
+    SessionStepUpDue,
+    SourceSlowdownDue,
+    UserDataErased,
+)
+from prometheus_client import Counter
+
+from parley_core.bus import EventBus, ReceivedEvent
+from parley_core.envelope import NewEvent, UnknownEventType, open_payload
+from parley_core.topology import (
+    ANOMALY_FILTER,
+    AUTH_FILTER,
+    CHANNELS_FILTER,
+    PATCH_FILTER,
+    anomaly_subject,
+    due_subject,
+)
+from parley_storage.detection import Anomaly, DetectionSettings, Rules
+
+log = logging.getLogger(__name__)
+
+RESPONSE_MAX_AGE_S = 900.0
+CATCH_UP_TIMEOUT_S = 60.0
+# The sensitive changes an account makes itself (the envelope's actor is the account).
+SENSITIVE: dict[type[Message], str] = {
+    PasswordChanged: "password changed",
+    TotpEnrolled: "second factor enrolled",
+    TotpReset: "second factor reset",
+    RecoveryCodesRegenerated: "recovery codes regenerated",
+}
+Observer = Callable[[ReceivedEvent], Awaitable[None]]
+
+
+def occurred_at(event: ReceivedEvent) -> float:
+    stamp = event.envelope.occurred_at
+    return stamp.seconds + stamp.nanos / 1e9
+
+
+class AnomalyDetector:
+    """Feeds the rules from the streams and records their findings (and responses) on STORE."""
+
+    def __init__(
+        self, bus: EventBus, settings: DetectionSettings | None = None, *, counted: Counter | None = None
+    ) -> None:
+        self.bus = bus
+        self._counted = counted
+        self.settings = settings or DetectionSettings()
+        self.rules = Rules(self.settings)
+        self.recorded: set[str] = set()
+        self.found: list[Anomaly] = []
+
+    async def start(self) -> None:
+        own = await self.bus.replay(stream="STORE", filter_subject=ANOMALY_FILTER, handler=self._own)
+        await own.wait_caught_up(CATCH_UP_TIMEOUT_S)
+        for stream, filter_subject, handler in (
+            ("SEC", "parley.sec.login_failed.>", self._security),
+            ("AUTH", AUTH_FILTER, self._auth),  # users and sessions, in the order auth wrote them
+            ("MSG", CHANNELS_FILTER, self._messages),
+            ("STORE", "parley.storage.>", self._storage),
+            ("PATCH", PATCH_FILTER, self._patch),
+        ):
+            await self.bus.replay(stream=stream, filter_subject=filter_subject, handler=self._guarded(handler))
+
+    async def _own(self, event: ReceivedEvent) -> None:
+        self.recorded.add(event.envelope.event_id)
+
+    def _guarded(self, handler: Callable[[ReceivedEvent, Message], Anomaly | None]) -> Observer:
+        async def observe(event: ReceivedEvent) -> None:
+            try:
+                payload = open_payload(event.envelope)
+            except UnknownEventType:
+                return
+            anomaly = handler(event, payload)
+            if anomaly is not None:
+                await self._record(anomaly)
+
+        return observe
+
+    # -- the streams, translated into the rules' calls -----------------------------------------
+
+    def _security(self, event: ReceivedEvent, payload: Message) -> Anomaly | None:
+        if isinstance(payload, SecurityEventRecorded) and payload.kind == "login_failed":
+            return self.rules.login_failed(
+                at=occurred_at(event),
+                source=payload.source,
+                username=payload.username,
+                event_id=event.envelope.event_id,
+            )
+        return None
+
+    def _auth(self, event: ReceivedEvent, payload: Message) -> Anomaly | None:
+        at, event_id = occurred_at(event), event.envelope.event_id
+        if isinstance(payload, SessionStarted):
+            self.rules.session_started(
+                at=at, session_id=payload.session_id, user_id=payload.user_id, source=payload.source, event_id=event_id
+            )
+            return None
+        if isinstance(payload, RefreshTokenRotated):
+            return self.rules.session_refreshed(
+                at=at, session_id=payload.session_id, user_id=payload.user_id, source=payload.source, event_id=event_id
+            )
+        if isinstance(payload, SessionRevoked):
+            self.rules.session_ended(session_id=payload.session_id)
+            if payload.reason == f"revoked by user:{payload.user_id}":
+                return self.rules.sensitive_change(
+                    at=at, user_id=payload.user_id, what="a session revoked", event_id=event_id
+                )
+            return None
+        what = SENSITIVE.get(type(payload))
+        user_id = getattr(payload, "user_id", "")
+        if what is not None and event.envelope.actor == f"user:{user_id}":
+            return self.rules.sensitive_change(at=at, user_id=user_id, what=what, event_id=event_id)
+        return None
+
+    def _messages(self, event: ReceivedEvent, payload: Message) -> Anomaly | None:
+        if isinstance(payload, MessagePosted):
+            return self.rules.message_posted(
+                at=occurred_at(event), sender_id=payload.sender_id, event_id=event.envelope.event_id
+            )
+        return None
+
+    def _storage(self, event: ReceivedEvent, payload: Message) -> Anomaly | None:
+        at, event_id = occurred_at(event), event.envelope.event_id
+        if isinstance(payload, UserDataErased):
+            return self.rules.user_erased(
+                at=at, actor=payload.erased_by or event.envelope.actor, user_id=payload.user_id, event_id=event_id
+            )
+        if isinstance(payload, RetentionPolicySet):
+            return self.rules.retention_set(
+                at=at,
+                actor=payload.set_by or event.envelope.actor,
+                channel_id=payload.channel_id,
+                days=payload.days,
+                event_id=event_id,
+            )
+        return None
+
+    def _patch(self, event: ReceivedEvent, payload: Message) -> Anomaly | None:
+        event_id = event.envelope.event_id
+        if isinstance(payload, RolloutPlanned):
+            self.rules.rollout_planned(
+                at=payload.at, rollout_id=payload.rollout_id, actor=payload.actor, event_id=event_id
+            )
+        elif isinstance(payload, RolloutApproved):
+            return self.rules.rollout_approved(
+                at=payload.at, rollout_id=payload.rollout_id, actor=payload.actor, event_id=event_id
+            )
+        return None
+
+    # -- recording ----------------------------------------------------------------------------
+
+    async def _record(self, anomaly: Anomaly) -> None:
+        self.found.append(anomaly)
+        if anomaly.event_id in self.recorded:
+            return  # found again by a replay after a restart
+        response = self.settings.response(anomaly.kind)
+        named = anomaly.session_id if response in ("revoke_session", "step_up") else anomaly.source
+        if not named or time.time() - anomaly.at > RESPONSE_MAX_AGE_S:
+            response = "alert"
+        detected = AnomalyDetected(
+            kind=anomaly.kind,
+            subject=anomaly.subject,
+            evidence=anomaly.evidence,
+            score=anomaly.score,
+            why=anomaly.why,
+            response=response,
+            user_id=anomaly.user_id,
+            session_id=anomaly.session_id,
+            source=anomaly.source,
+            trigger_event_ids=anomaly.triggers,
+        )
+        log.warning("anomaly detected", extra={"kind": anomaly.kind, "subject": anomaly.subject, "why": anomaly.why})
+        await self._append(
+            anomaly_subject(anomaly.kind, anomaly.key),
+            NewEvent("anomaly", anomaly.key, detected, actor="service:storage", event_id=anomaly.event_id),
+        )
+        self.recorded.add(anomaly.event_id)
+        if self._counted is not None:
+            self._counted.labels(anomaly.kind, response).inc()
+        if response == "revoke_session":
+            due = SessionRevocationDue(
+                session_id=anomaly.session_id,
+                user_id=anomaly.user_id,
+                anomaly_event_id=anomaly.event_id,
+                reason=f"anomaly {anomaly.kind}: {anomaly.why}"[:500],
+            )
+            await self._append(
+                due_subject("auth", "revoke", anomaly.session_id),
+                NewEvent(
+                    "session", anomaly.session_id, due, actor="service:storage", event_id=f"{anomaly.event_id}-revoke"
+                ),
+            )
+        elif response == "step_up":
+            step_up = SessionStepUpDue(
+                session_id=anomaly.session_id,
+                user_id=anomaly.user_id,
+                anomaly_event_id=anomaly.event_id,
+                reason=f"anomaly {anomaly.kind}: {anomaly.why}"[:500],
+            )
+            await self._append(
+                due_subject("auth", "stepup", anomaly.session_id),
+                NewEvent(
+                    "session",
+                    anomaly.session_id,
+                    step_up,
+                    actor="service:storage",
+                    event_id=f"{anomaly.event_id}-stepup",
+                ),
+            )
+        elif response == "slow_source":
+            slow = SourceSlowdownDue(
+                source=anomaly.source,
+                until_unix=anomaly.at + self.settings.slow_source_s,
+                anomaly_event_id=anomaly.event_id,
+                reason=f"anomaly {anomaly.kind}: {anomaly.why}"[:500],
+            )
+            await self._append(
+                due_subject("auth", "slow", anomaly.key),
+                NewEvent("source", anomaly.key, slow, actor="service:storage", event_id=f"{anomaly.event_id}-slow"),
+            )
+
+    async def _append(self, subject: str, event: NewEvent) -> None:
+        """Retried while NATS is away (a finding must not be lost to a blip); the fixed event id
+        makes a retry of an append that did land a duplicate the server drops."""
+        delay = 0.2
+        for attempt in range(6):
+            try:
+                await self.bus.append(subject, event, aggregate_version=1, expected_last_subject_seq=None)
+                return
+            except Exception:
+                if attempt == 5:
+                    log.exception("a finding was not recorded", extra={"subject": subject})
+                    return
+                await asyncio.sleep(delay)
+                delay *= 2

@@ -1,0 +1,288 @@
+"""Storage's anomaly detector against a running stack: each rule fires on a scripted attack and
+stays quiet on normal traffic of the same length, and each response takes effect.
+
+Every scenario runs its normal traffic first and the attack after it, on the same stream: the
+detector reads each stream in order, so once the attack's finding exists the normal traffic was
+judged too, and the findings counted then are all there will be (no waiting for an absence).
+Auth is called as the gateway calls it, with the client's address in `x-parley-source`.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import grpc
+import pytest
+from parley.auth.v1 import auth_pb2
+from parley.auth.v1.events_pb2 import SecurityEventRecorded
+from parley.messaging.v1 import messaging_pb2
+from parley.storage.v1 import storage_pb2, storage_pb2_grpc
+from parley.storage.v1.events_pb2 import AnomalyDetected
+
+from parley_core.envelope import decode
+from parley_core.testing.nats import NatsTestServer
+from parley_core.testing.security import security_events
+from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
+from parley_core.testing.waiting import eventually, until
+from parley_core.topology import ANOMALY_FILTER
+from parley_storage.detection import (
+    NEW_SOURCE_SENSITIVE_CHANGE,
+    PASSWORD_SPRAYING,
+    SEND_RATE,
+    SESSION_TWO_SOURCES,
+    SHORT_RETENTION,
+)
+
+NEW_PASSWORD = "another-long-enough-passphrase"
+
+
+async def anomalies(nats_server: NatsTestServer) -> list[AnomalyDetected]:
+    """Every finding recorded so far, read from STORE as an auditor's tooling would."""
+    nc = await nats_server.connect("platform")
+    found: list[AnomalyDetected] = []
+    try:
+        sub = await nc.jetstream().subscribe(ANOMALY_FILTER, stream="STORE", ordered_consumer=True)
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=1.0)
+                found.append(AnomalyDetected.FromString(decode(msg.data).payload))
+        except TimeoutError:
+            pass
+        finally:
+            await sub.unsubscribe()
+    finally:
+        await nc.close()
+    return found
+
+
+async def first_of(nats_server: NatsTestServer, kind: str) -> list[AnomalyDetected]:
+    """Waits for a finding of `kind`; returns every finding recorded by then."""
+
+    async def probe() -> list[AnomalyDetected] | None:
+        found = await anomalies(nats_server)
+        return found if any(a.kind == kind for a in found) else None
+
+    return await eventually(probe, f"an AnomalyDetected of kind {kind}", TIMEOUT_S)
+
+
+def source(address: str, token: str = "") -> tuple[tuple[str, str], ...]:
+    return (("x-parley-source", address), *(bearer(token) if token else ()))
+
+
+async def login(stack: Stack, username: str, address: str) -> auth_pb2.LoginResponse:
+    request = auth_pb2.LoginRequest(username=username, password=PASSWORD)
+    return await stack.auth_as_gateway().Login(request, metadata=source(address), timeout=TIMEOUT_S)
+
+
+async def test_password_spraying_from_one_source_and_not_typos_from_many(
+    stack: Stack, nats_server: NatsTestServer
+) -> None:
+    auth = stack.auth_as_gateway()
+    owner = f"owner{uuid.uuid4().hex[:6]}"
+    await stack.create_user(owner, "member")
+
+    async def fail(username: str, address: str) -> None:
+        request = auth_pb2.LoginRequest(username=username, password="wrong-password-guess")
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await auth.Login(request, metadata=source(address), timeout=TIMEOUT_S)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    # Normal: 10 failed logins, each user's typo from their own address.
+    for n in range(10):
+        await fail(f"typo{n}", f"198.51.100.{n}")
+    # The attack: one guess at each of 10 accounts from one address.
+    for n in range(10):
+        await fail(f"victim{n}", "203.0.113.9")
+    found = await first_of(nats_server, PASSWORD_SPRAYING)
+    assert [(a.kind, a.source) for a in found] == [(PASSWORD_SPRAYING, "203.0.113.9")]  # false positives: 0
+    [spraying] = found
+    assert spraying.evidence["accounts"] == "10"
+    assert spraying.response == "slow_source"
+    assert "10 different accounts" in spraying.why
+    # The response: auth holds back that address's logins, even with the right password (its
+    # own lockout, at 50 failures an address, was far away), and no other address's.
+
+    async def slowed() -> list[SecurityEventRecorded] | None:
+        return await security_events(nats_server, "source_slowed") or None
+
+    [record] = await eventually(slowed, "auth's record of the slowed source", TIMEOUT_S)
+    assert record.source == "203.0.113.9"
+    assert record.actor == "service:storage"
+    with pytest.raises(grpc.aio.AioRpcError) as held:
+        await login(stack, owner, "203.0.113.9")
+    assert held.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "suspicious activity" in (held.value.details() or "")
+    await login(stack, owner, "198.51.100.77")
+
+
+async def test_a_sensitive_change_from_a_new_source_revokes_that_session(
+    stack: Stack, nats_server: NatsTestServer
+) -> None:
+    normal = f"normal{uuid.uuid4().hex[:6]}"
+    victim = f"victim{uuid.uuid4().hex[:6]}"
+    for name in (normal, victim):
+        await stack.create_user(name, "member")
+    auth = stack.auth_as_gateway()
+
+    async def change_password(session: auth_pb2.LoginResponse, address: str) -> None:
+        request = auth_pb2.ChangePasswordRequest(current_password=PASSWORD, new_password=NEW_PASSWORD)
+        await auth.ChangePassword(request, metadata=source(address, session.access_token), timeout=TIMEOUT_S)
+
+    # Normal: two logins from the user's usual address, then a password change from it.
+    await login(stack, normal, "10.0.0.1")
+    usual = await login(stack, normal, "10.0.0.1")
+    await change_password(usual, "10.0.0.1")
+    # The attack: the victim's usual login, then one from an address never used, which changes
+    # the password at once.
+    await login(stack, victim, "10.0.0.2")
+    intruder = await login(stack, victim, "192.0.2.66")
+    await change_password(intruder, "192.0.2.66")
+
+    found = await first_of(nats_server, NEW_SOURCE_SENSITIVE_CHANGE)
+    assert [a.user_id for a in found] == [intruder.user_id]  # false positives: 0
+    [anomaly] = found
+    assert anomaly.session_id == intruder.session_id
+    assert anomaly.evidence["new_source"] == "192.0.2.66"
+    assert anomaly.response == "revoke_session"
+    # The response: auth revoked the session, and every service refuses its tokens.
+    gateway_access = stack.access("gateway")
+    await until(lambda: gateway_access.is_revoked(intruder.session_id), "the intruder's session revoked", TIMEOUT_S)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await auth.Refresh(
+            auth_pb2.RefreshRequest(refresh_token=intruder.refresh_token),
+            metadata=source("192.0.2.66"),
+            timeout=TIMEOUT_S,
+        )
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert not gateway_access.is_revoked(usual.session_id)
+
+
+async def test_one_session_used_from_two_sources_is_revoked(stack: Stack, nats_server: NatsTestServer) -> None:
+    normal = f"normal{uuid.uuid4().hex[:6]}"
+    victim = f"victim{uuid.uuid4().hex[:6]}"
+    for name in (normal, victim):
+        await stack.create_user(name, "member")
+    auth = stack.auth_as_gateway()
+
+    async def refresh(session: auth_pb2.LoginResponse, address: str) -> auth_pb2.LoginResponse:
+        request = auth_pb2.RefreshRequest(refresh_token=session.refresh_token)
+        return await auth.Refresh(request, metadata=source(address), timeout=TIMEOUT_S)
+
+    # Normal: a login and two refreshes from the same address.
+    kept = await login(stack, normal, "10.0.0.1")
+    await refresh(await refresh(kept, "10.0.0.1"), "10.0.0.1")
+    # The attack: the victim's refresh token replayed from elsewhere a moment after the login.
+    stolen = await login(stack, victim, "10.0.0.2")
+    await refresh(stolen, "192.0.2.77")
+
+    found = await first_of(nats_server, SESSION_TWO_SOURCES)
+    assert [a.session_id for a in found] == [stolen.session_id]  # false positives: 0
+    assert found[0].evidence["first_source"] == "10.0.0.2"
+    assert found[0].evidence["second_source"] == "192.0.2.77"
+    gateway_access = stack.access("gateway")
+    await until(lambda: gateway_access.is_revoked(stolen.session_id), "the stolen session revoked", TIMEOUT_S)
+    assert not gateway_access.is_revoked(kept.session_id)
+
+
+@pytest.fixture
+def small_rate_floor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A floor of 20 messages in an hour-long bucket: one bucket for the whole test."""
+    monkeypatch.setenv("PARLEY_DETECT_RATE_FLOOR", "20")
+    monkeypatch.setenv("PARLEY_DETECT_RATE_BUCKET_S", "3600")
+
+
+async def test_a_burst_of_sends_and_not_a_chat(
+    small_rate_floor: None, stack: Stack, nats_server: NatsTestServer
+) -> None:
+    talker = f"talker{uuid.uuid4().hex[:6]}"
+    flooder = f"flooder{uuid.uuid4().hex[:6]}"
+    for name in (talker, flooder):
+        await stack.create_user(name, "member")
+    gateway = stack.gateway()
+    talker_md = bearer((await stack.login(talker)).access_token)
+    flooding = await stack.login(flooder)
+    flooder_md = bearer(flooding.access_token)
+    channel = await gateway.CreateChannel(
+        messaging_pb2.CreateChannelRequest(name="general"), metadata=talker_md, timeout=TIMEOUT_S
+    )
+
+    async def send(md: tuple[tuple[str, str]], n: int, channel_id: str) -> None:
+        for i in range(n):
+            request = messaging_pb2.PostMessageRequest(
+                channel_id=channel_id, body=f"m{i}", idempotency_key=uuid.uuid4().hex
+            )
+            await gateway.SendMessage(request, metadata=md, timeout=TIMEOUT_S)
+
+    await send(talker_md, 20, channel.channel_id)  # at the floor: a busy chat, not a burst
+    own = await gateway.CreateChannel(
+        messaging_pb2.CreateChannelRequest(name="spam"), metadata=flooder_md, timeout=TIMEOUT_S
+    )
+    await send(flooder_md, 21, own.channel_id)
+    found = await first_of(nats_server, SEND_RATE)
+    assert [a.user_id for a in found] == [flooding.user_id]  # false positives: 0
+    assert found[0].evidence["messages_in_bucket"] == "21"
+    assert found[0].response == "alert"
+
+
+async def test_retention_of_a_day_and_not_of_a_month(stack: Stack, nats_server: NatsTestServer) -> None:
+    owner = f"owner{uuid.uuid4().hex[:6]}"
+    await stack.create_user(owner, "member")
+    md = bearer((await stack.login(owner)).access_token)
+    gateway = stack.gateway()
+    operator = storage_pb2_grpc.StorageArchiveServiceStub(stack.internal("storage", identity="platform"))
+    channels: dict[str, str] = {}
+    for name, days in (("usual", 30), ("forever", 0), ("wiped", 1)):
+        channel = await gateway.CreateChannel(
+            messaging_pb2.CreateChannelRequest(name=name), metadata=md, timeout=TIMEOUT_S
+        )
+        channels[channel.channel_id] = name
+        request = storage_pb2.SetRetentionPolicyRequest(channel_id=channel.channel_id, days=days)
+
+        async def set_policy(request: storage_pb2.SetRetentionPolicyRequest = request) -> bool | None:
+            try:
+                await operator.SetRetentionPolicy(request, timeout=TIMEOUT_S)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:  # not archived yet
+                    raise
+                return None
+            return True
+
+        await eventually(set_policy, f"channel {name}'s retention set", TIMEOUT_S)
+    found = await first_of(nats_server, SHORT_RETENTION)
+    assert [channels[a.evidence["channel_id"]] for a in found] == ["wiped"]  # false positives: 0
+    assert found[0].evidence["days"] == "1"
+
+
+@pytest.fixture
+def step_up_response(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARLEY_DETECT_RESPONSES", '{"session_two_sources": "step_up"}')
+
+
+async def test_a_step_up_response_limits_the_session_until_the_user_logs_in_again(
+    step_up_response: None, stack: Stack, nats_server: NatsTestServer
+) -> None:
+    victim = f"victim{uuid.uuid4().hex[:6]}"
+    await stack.create_user(victim, "member")
+    auth = stack.auth_as_gateway()
+    gateway = stack.gateway()
+    stolen = await login(stack, victim, "10.0.0.2")
+    refreshed = await auth.Refresh(
+        auth_pb2.RefreshRequest(refresh_token=stolen.refresh_token), metadata=source("192.0.2.77"), timeout=TIMEOUT_S
+    )
+    [found] = await first_of(nats_server, SESSION_TWO_SOURCES)
+    assert found.response == "step_up"
+    gateway_access = stack.access("gateway")
+    await until(lambda: gateway_access.step_up_required(stolen.session_id), "the step-up applied", TIMEOUT_S)
+    # The next call with the session's token is refused with the step-up demand ...
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await gateway.CreateChannel(
+            messaging_pb2.CreateChannelRequest(name="after"), metadata=bearer(refreshed.access_token), timeout=TIMEOUT_S
+        )
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "log in again" in (refused.value.details() or "")
+    assert not gateway_access.is_revoked(stolen.session_id)  # limited, not revoked
+    # ... and a new login (the step-up) works as before.
+    again = await stack.login(victim)
+    await gateway.CreateChannel(
+        messaging_pb2.CreateChannelRequest(name="after"), metadata=bearer(again.access_token), timeout=TIMEOUT_S
+    )

@@ -1,0 +1,105 @@
+"""Every service's Prometheus /metrics after a short Locust load (`make load`'s users): found
+through the file_sd targets the instances write, scraped over HTTP, parsed with
+prometheus-client's own text parser, and the series the alert rules and dashboard use are there
+with plausible values."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from parley.auth.v1 import auth_pb2
+from prometheus_client.parser import text_string_to_metric_families
+
+from parley_core.testing.stack import APPS, TIMEOUT_S, Stack
+from parley_core.testing.waiting import eventually
+
+LOCUSTFILE = Path(__file__).resolve().parents[2] / "loadtests" / "locustfile.py"
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+@pytest.fixture
+def metrics_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARLEY_METRICS_LISTEN", "127.0.0.1:0")
+    monkeypatch.setenv("PARLEY_STORAGE_LAG_INTERVAL_SECONDS", "0.5")
+
+
+async def short_load(stack: Stack, tmp_path: Path) -> None:
+    """`make load`'s Locust users against the stack's gateway, 5 of them for 8 s."""
+    ca = tmp_path / "ca.crt"
+    ca.write_bytes(stack.pki.ca_pem())
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless"),
+        *("--users", "5", "--spawn-rate", "5", "--run-time", "8s", "--only-summary"),
+        *("--host", f"127.0.0.1:{stack.ports['gateway']}"),
+        env={**os.environ, "PARLEY_CA_CERT": str(ca), "PARLEY_DATA_DIR": str(tmp_path)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 120.0)
+    assert process.returncode == 0, out.decode(errors="replace")
+
+
+def scrape(address: str) -> Samples:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=TIMEOUT_S) as response:
+        text = response.read().decode()
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls))
+
+
+def targets(data_dir: Path) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for path in (data_dir / "metrics" / "targets").glob("*.json"):
+        [group] = json.loads(path.read_text())
+        found[group["labels"]["service"]] = group["targets"][0]
+    return found
+
+
+async def test_every_service_serves_its_metrics_after_a_short_load(
+    metrics_on: None, stack: Stack, tmp_path: Path
+) -> None:
+    addresses = targets(stack.data_dir)
+    assert set(addresses) == set(APPS)
+    await short_load(stack, tmp_path)
+    with pytest.raises(grpc.aio.AioRpcError):  # one failed login, for the security figures
+        await stack.gateway().Login(auth_pb2.LoginRequest(username="nobody", password="wrong"), timeout=TIMEOUT_S)
+
+    async def scraped(service: str) -> Samples:
+        return await asyncio.to_thread(scrape, addresses[service])
+
+    gateway = await scraped("gateway")
+    assert total(gateway, "parley_rpc_requests_total", method="/parley.gateway.v1.Gateway/Login", code="OK") >= 1
+    assert total(gateway, "parley_rpc_requests_total", code="UNAUTHENTICATED") >= 1
+    assert total(gateway, "parley_rpc_latency_seconds_count") >= total(gateway, "parley_rpc_requests_total") * 0.5
+    assert ("parley_live_streams", ()) in gateway
+    messaging = await scraped("messaging")
+    sent = total(messaging, "parley_events_appended_total", stream="MSG")
+    assert sent >= 1
+    auth = await scraped("auth")
+    assert total(auth, "parley_security_records_total", kind="login_failed") >= 1
+    assert total(auth, "parley_events_appended_total", stream="AUTH") >= 1
+    assert total(auth, "parley_service_info", service="auth") == 1
+
+    async def archived() -> Samples | None:
+        storage = await scraped("storage")
+        return storage if total(storage, "parley_events_consumed_total", stream="MSG") >= sent else None
+
+    storage = await eventually(archived, "storage archived every MSG event it was shown", TIMEOUT_S)
+    assert ("parley_archive_lag_events", (("stream", "MSG"),)) in storage
+    assert total(storage, "parley_archive_lag_seconds") >= 0
+    # The default series of prometheus-client are absent (a registry per service), ours present.
+    assert not any(name.startswith("python_gc") for name, _ in storage)
