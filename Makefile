@@ -8,7 +8,7 @@ PACKAGES := libs/parley-protos libs/parley-core libs/parley-client libs/parley-c
 STAMP := $(VENV)/.installed
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 
-.PHONY: help venv run test test-all test-fast lint proto proto-check wheels clean-data web-deps web chromium
+.PHONY: help venv run test test-all test-fast lint proto proto-check wheels clean-data web-deps web chromium promtool
 
 help:
 	@echo "make run    start the whole platform (nats-server + every service) in $(DATA_DIR)"
@@ -47,6 +47,13 @@ $(CHROMIUM):
 
 chromium: $(CHROMIUM)
 
+# deploy/monitoring/'s scrape configuration and alert rules are checked with Prometheus's promtool.
+PROMTOOL ?= /usr/bin/promtool
+$(PROMTOOL):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+
+promtool: $(PROMTOOL)
+
 run: venv web
 	PARLEY_WEB_ROOT=$(CURDIR)/web/dist $(BIN)/parley --data-dir $(DATA_DIR) up
 
@@ -54,11 +61,11 @@ run: venv web
 # once); most of a test's time is waiting on servers, so two workers on two cores halve the run.
 TEST_WORKERS ?= 2
 
-test: venv lint proto-check web chromium
+test: venv lint proto-check web chromium promtool
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # Everything, the long fault and upgrade runs marked `slow` included.
-test-all: venv lint proto-check web chromium
+test-all: venv lint proto-check web chromium promtool
 	$(BIN)/pytest -m "" --durations=25
 
 test-fast: venv
