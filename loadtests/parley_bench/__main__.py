@@ -20,6 +20,11 @@ def main() -> int:
     parser.add_argument(
         "--live-streams-only", action="store_true", help="only the live-streams phase (streams per gateway, RSS)"
     )
+    parser.add_argument(
+        "--write-path-only",
+        action="store_true",
+        help="only the baselines and the write path (CPU per message, one channel, 100 channels)",
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="parley-bench-"))
     try:
@@ -30,6 +35,7 @@ def main() -> int:
                 workdir=workdir,
                 profile=args.profile,
                 live_streams_only=args.live_streams_only,
+                write_path_only=args.write_path_only,
             )
         )
     finally:

@@ -9,6 +9,7 @@ import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 READY_LINE = "all services are up"
 START_TIMEOUT_S = 180.0
@@ -72,6 +73,10 @@ class BenchPlatform:
     def ca_cert(self) -> bytes:
         return Path(json.loads((self.data_dir / "client.json").read_text())["ca_cert"]).read_bytes()
 
+    def state(self) -> dict[str, Any]:
+        """What `parley up` says runs: each service's instances and pids, nats-server's pids."""
+        state: dict[str, Any] = json.loads((self.data_dir / "platform.json").read_text())
+        return state
+
     def pid_of(self, service: str) -> int:
-        state = json.loads((self.data_dir / "platform.json").read_text())
-        return int(state["services"][service]["pid"])
+        return int(self.state()["services"][service]["pid"])
