@@ -25,6 +25,12 @@ def main() -> int:
         action="store_true",
         help="only the baselines and the write path (CPU per message, one channel, 100 channels)",
     )
+    parser.add_argument(
+        "--compare",
+        metavar="VAR=A,B",
+        help="the write path on one platform per value of an environment variable, alternating (A, B, A, B)",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of --compare")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="parley-bench-"))
     try:
@@ -36,6 +42,8 @@ def main() -> int:
                 profile=args.profile,
                 live_streams_only=args.live_streams_only,
                 write_path_only=args.write_path_only,
+                compare=args.compare,
+                compare_rounds=args.rounds,
             )
         )
     finally:

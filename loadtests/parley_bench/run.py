@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from parley_bench import baselines
+from parley_bench.compare import compare_settings
 from parley_bench.live_streams import measure_live_streams
 from parley_bench.platform_proc import BenchPlatform
 from parley_bench.scenarios import (
@@ -331,7 +332,16 @@ def _platform_goals(result: dict[str, Any]) -> list[tuple[str, float, str, float
 
 def table(result: dict[str, Any]) -> str:
     lines = [f"Parley benchmark {result['started_at']} ({result['mode']}), {result['machine']}", ""]
-    for section in ("baselines", "bench_settings", "write_path", "sends", "fanout", "logins", "live_streams"):
+    for section in (
+        "baselines",
+        "bench_settings",
+        "compare",
+        "write_path",
+        "sends",
+        "fanout",
+        "logins",
+        "live_streams",
+    ):
         if section not in result:
             continue
         lines.append(f"[{section}]")
@@ -365,6 +375,8 @@ async def run(
     profile: bool,
     live_streams_only: bool = False,
     write_path_only: bool = False,
+    compare: str | None = None,
+    compare_rounds: int = 2,
 ) -> dict[str, Any]:
     plan = Plan.of(quick=quick)
     only = ", live streams only" if live_streams_only else ", write path only" if write_path_only else ""
@@ -373,6 +385,23 @@ async def run(
         "mode": ("quick" if quick else "full") + only,
         "machine": f"{host.system()} {host.machine()} python {host.python_version()}",
     }
+    if compare is not None:
+        variable, _, values = compare.partition("=")
+        print("[bench] baselines ...", flush=True)
+        result["baselines"] = await measure_baselines(plan, workdir, argon2=False)
+        result["compare"] = await compare_settings(
+            workdir=workdir,
+            variable=variable,
+            values=values.split(","),
+            rounds=compare_rounds,
+            seconds=plan.seconds,
+            sequential=plan.sequential_sends,
+            baselines=result["baselines"],
+            env=UNLIMITED_CALLS,
+        )
+        result["goals"] = []
+        write_report(result, out_dir)
+        return result
     if not live_streams_only:
         await measure_platform(
             plan, result, out_dir=out_dir, workdir=workdir, profile=profile, write_path_only=write_path_only
