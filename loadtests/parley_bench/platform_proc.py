@@ -28,7 +28,9 @@ class BenchPlatform:
     async def start(self) -> None:
         with self.output_path.open("wb") as out:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable,
+                # Another checkout's interpreter (its own editable installs) runs that checkout's
+                # platform: `--compare PARLEY_BENCH_PYTHON=/old/.venv/bin/python,/new/.venv/bin/python`.
+                self.env.get("PARLEY_BENCH_PYTHON", sys.executable),
                 "-m",
                 "parley_cli",
                 "--data-dir",
