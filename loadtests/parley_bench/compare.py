@@ -25,6 +25,12 @@ FIGURES = {
     "sequential.send_to_deliver_p99_ms": ("sequential", "send_to_deliver_p99_ms"),
     "half_load.send_to_deliver_p99_ms": ("half_load_one_channel", "send_to_deliver_p99_ms"),
 }
+ROUND_FIGURES = (
+    "one_channel_10_senders.messages_per_s",
+    "one_channel_10_senders.platform_cpu_ms_per_message",
+    "channels_100.platform_cpu_ms_per_message",
+    "sequential.send_p50_ms",
+)
 PROCESSES = ("gateway", "messaging", "storage", "nats-server", "parley-up")
 
 
@@ -50,7 +56,9 @@ async def compare_settings(
     for round_no in range(rounds):
         for value in values:
             print(f"[bench] compare: {variable}={value}, round {round_no + 1} of {rounds} ...", flush=True)
-            platform = BenchPlatform(workdir / f"data-{value}-{round_no}", env={**env, variable: value})
+            platform = BenchPlatform(
+                workdir / f"value{values.index(value)}-{round_no}" / "data", env={**env, variable: value}
+            )
             await platform.start()
             bench = Bench(platform.gateway_address, platform.ca_cert)
             try:
@@ -70,5 +78,8 @@ async def compare_settings(
                 for k, v in figures.items()
             }
             for value, figures in medians.items()
+        },
+        "each_round": {
+            f"{value}.{k}": [round(r[k], 2) for r in rows] for value, rows in runs.items() for k in ROUND_FIGURES
         },
     }

@@ -26,6 +26,7 @@ class BenchPlatform:
         return self.data_dir.parent / "parley-up.out"
 
     async def start(self) -> None:
+        self.output_path.parent.mkdir(parents=True, exist_ok=True)
         with self.output_path.open("wb") as out:
             self.process = await asyncio.create_subprocess_exec(
                 # Another checkout's interpreter (its own editable installs) runs that checkout's
