@@ -20,6 +20,17 @@ def main() -> int:
     parser.add_argument(
         "--live-streams-only", action="store_true", help="only the live-streams phase (streams per gateway, RSS)"
     )
+    parser.add_argument(
+        "--write-path-only",
+        action="store_true",
+        help="only the baselines and the write path (CPU per message, one channel, 100 channels)",
+    )
+    parser.add_argument(
+        "--compare",
+        metavar="VAR=A,B",
+        help="the write path on one platform per value of an environment variable, alternating (A, B, A, B)",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of --compare")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="parley-bench-"))
     try:
@@ -30,6 +41,9 @@ def main() -> int:
                 workdir=workdir,
                 profile=args.profile,
                 live_streams_only=args.live_streams_only,
+                write_path_only=args.write_path_only,
+                compare=args.compare,
+                compare_rounds=args.rounds,
             )
         )
     finally:

@@ -9,6 +9,7 @@ import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 READY_LINE = "all services are up"
 START_TIMEOUT_S = 180.0
@@ -25,9 +26,12 @@ class BenchPlatform:
         return self.data_dir.parent / "parley-up.out"
 
     async def start(self) -> None:
+        self.output_path.parent.mkdir(parents=True, exist_ok=True)
         with self.output_path.open("wb") as out:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable,
+                # Another checkout's interpreter (its own editable installs) runs that checkout's
+                # platform: `--compare PARLEY_BENCH_PYTHON=/old/.venv/bin/python,/new/.venv/bin/python`.
+                self.env.get("PARLEY_BENCH_PYTHON", sys.executable),
                 "-m",
                 "parley_cli",
                 "--data-dir",
@@ -72,6 +76,10 @@ class BenchPlatform:
     def ca_cert(self) -> bytes:
         return Path(json.loads((self.data_dir / "client.json").read_text())["ca_cert"]).read_bytes()
 
+    def state(self) -> dict[str, Any]:
+        """What `parley up` says runs: each service's instances and pids, nats-server's pids."""
+        state: dict[str, Any] = json.loads((self.data_dir / "platform.json").read_text())
+        return state
+
     def pid_of(self, service: str) -> int:
-        state = json.loads((self.data_dir / "platform.json").read_text())
-        return int(state["services"][service]["pid"])
+        return int(self.state()["services"][service]["pid"])

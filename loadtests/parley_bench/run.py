@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import platform as host
 import subprocess
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from parley_bench import baselines
+from parley_bench.compare import compare_settings
 from parley_bench.live_streams import measure_live_streams
 from parley_bench.platform_proc import BenchPlatform
 from parley_bench.scenarios import (
@@ -26,6 +28,7 @@ from parley_bench.scenarios import (
     wait_for_count,
 )
 from parley_bench.stats import percentile, ratio
+from parley_bench.write_path import measure_write_path, write_path_goals
 from parley_client import ParleyClient
 
 FANOUT_MEMBERS = 50
@@ -44,6 +47,7 @@ class Plan:
     fanout_senders: int
     login_concurrency: int
     live_streams: int
+    sequential_sends: int
 
     @classmethod
     def of(cls, *, quick: bool) -> Plan:
@@ -56,6 +60,7 @@ class Plan:
                 fanout_senders=4,
                 login_concurrency=8,
                 live_streams=1_000,
+                sequential_sends=50,
             )
         return cls(
             seconds=15.0,
@@ -65,6 +70,7 @@ class Plan:
             fanout_senders=8,
             login_concurrency=16,
             live_streams=10_000,
+            sequential_sends=300,
         )
 
 
@@ -72,10 +78,12 @@ def ms(seconds: float) -> float:
     return round(seconds * 1000.0, 2) if not math.isnan(seconds) else math.nan
 
 
-async def measure_baselines(plan: Plan, workdir: Path) -> dict[str, float]:
+async def measure_baselines(plan: Plan, workdir: Path, *, argon2: bool = True) -> dict[str, float]:
     cpus = baselines.cpu_count()
     echo = await baselines.echo_qps(workdir / "echo", concurrency=plan.echo_concurrency, seconds=plan.seconds)
     js = await baselines.jetstream_throughput(workdir / "jetstream", messages=plan.js_messages)
+    if not argon2:
+        return {"cpus": cpus, "grpc_echo_qps": round(echo, 1), "jetstream_publish_consume_per_s": round(js, 1)}
     argon_one = await asyncio.to_thread(baselines.argon2_hashes_per_second, threads=1, seconds=plan.seconds)
     argon_all = await asyncio.to_thread(baselines.argon2_hashes_per_second, threads=cpus, seconds=plan.seconds)
     return {
@@ -97,7 +105,7 @@ async def measure_sends(bench: Bench, plan: Plan, profile_dir: Path | None, plat
     prober = await bench.new_member("prober")
     probe_channel = (await prober.client.create_channel("probe")).channel_id
 
-    profilers = _start_profilers(platform, profile_dir, plan.seconds) if profile_dir else []
+    profilers = start_profilers(platform, profile_dir, plan.seconds) if profile_dir else []
     lags: list[float] = []
     stop_probe = asyncio.Event()
     probe = asyncio.create_task(archive_lag_probe(prober, probe_channel, stop_probe, lags))
@@ -221,8 +229,10 @@ async def measure_logins(
     }
 
 
-def _start_profilers(platform: BenchPlatform, out: Path, seconds: float) -> list[subprocess.Popen[bytes]]:
-    """py-spy flame graphs of the send path's services during the maximum-rate phase."""
+def start_profilers(
+    platform: BenchPlatform, out: Path, seconds: float, *, prefix: str = ""
+) -> list[subprocess.Popen[bytes]]:
+    """py-spy flame graphs of the send path's services during a maximum-rate phase."""
     import shutil
     import sys
 
@@ -245,7 +255,7 @@ def _start_profilers(platform: BenchPlatform, out: Path, seconds: float) -> list
                 "--format",
                 "speedscope",
                 "--output",
-                str(out / f"{service}.speedscope.json"),
+                str(out / f"{prefix}{service}.speedscope.json"),
                 "--nonblocking",
             ],
             stdout=subprocess.DEVNULL,
@@ -262,7 +272,8 @@ def summarise_profiles(folder: Path) -> dict[str, list[str]]:
 
 
 def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = _platform_goals(result) if "sends" in result else []
+    rows = write_path_goals(result["write_path"]) if "write_path" in result else []
+    rows += _platform_goals(result) if "sends" in result else []
     if (live := result.get("live_streams")) is not None:
         rows += [
             (
@@ -321,16 +332,20 @@ def _platform_goals(result: dict[str, Any]) -> list[tuple[str, float, str, float
 
 def table(result: dict[str, Any]) -> str:
     lines = [f"Parley benchmark {result['started_at']} ({result['mode']}), {result['machine']}", ""]
-    for section in ("baselines", "sends", "fanout", "logins", "live_streams"):
+    for section in (
+        "baselines",
+        "bench_settings",
+        "compare",
+        "write_path",
+        "sends",
+        "fanout",
+        "logins",
+        "live_streams",
+    ):
         if section not in result:
             continue
         lines.append(f"[{section}]")
-        for key, value in result[section].items():
-            if isinstance(value, dict):
-                for sub, v in value.items():
-                    lines.append(f"  {key}.{sub:<34} {v}")
-            else:
-                lines.append(f"  {key:<44} {value}")
+        lines.extend(f"  {key:<60} {value}" for key, value in _flat(result[section]))
         lines.append("")
     for service, rows in result.get("profiles", {}).items():
         lines.append(f"[profile: {service}, self time of busy samples during the maximum-rate phase]")
@@ -342,19 +357,58 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _flat(section: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = []
+    for key, value in section.items():
+        if isinstance(value, dict):
+            rows += _flat(value, f"{prefix}{key}.")
+        else:
+            rows.append((f"{prefix}{key}", value))
+    return rows
+
+
 async def run(
-    *, quick: bool, out_dir: Path, workdir: Path, profile: bool, live_streams_only: bool = False
+    *,
+    quick: bool,
+    out_dir: Path,
+    workdir: Path,
+    profile: bool,
+    live_streams_only: bool = False,
+    write_path_only: bool = False,
+    compare: str | None = None,
+    compare_rounds: int = 2,
 ) -> dict[str, Any]:
     plan = Plan.of(quick=quick)
+    only = ", live streams only" if live_streams_only else ", write path only" if write_path_only else ""
     result: dict[str, Any] = {
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "mode": ("quick" if quick else "full") + (", live streams only" if live_streams_only else ""),
+        "mode": ("quick" if quick else "full") + only,
         "machine": f"{host.system()} {host.machine()} python {host.python_version()}",
     }
+    if compare is not None:
+        variable, _, values = compare.partition("=")
+        print("[bench] baselines ...", flush=True)
+        result["baselines"] = await measure_baselines(plan, workdir, argon2=False)
+        result["compare"] = await compare_settings(
+            workdir=workdir,
+            variable=variable,
+            values=values.split(","),
+            rounds=compare_rounds,
+            seconds=plan.seconds,
+            sequential=plan.sequential_sends,
+            baselines=result["baselines"],
+            env=UNLIMITED_CALLS,
+        )
+        result["goals"] = []
+        write_report(result, out_dir)
+        return result
     if not live_streams_only:
-        await measure_platform(plan, result, out_dir=out_dir, workdir=workdir, profile=profile)
-    print(f"[bench] {plan.live_streams} live streams on one gateway (a platform of their own) ...", flush=True)
-    result["live_streams"] = await measure_live_streams(workdir, streams=plan.live_streams)
+        await measure_platform(
+            plan, result, out_dir=out_dir, workdir=workdir, profile=profile, write_path_only=write_path_only
+        )
+    if not write_path_only:
+        print(f"[bench] {plan.live_streams} live streams on one gateway (a platform of their own) ...", flush=True)
+        result["live_streams"] = await measure_live_streams(workdir, streams=plan.live_streams)
     result["goals"] = goals(result)
     if profile and not live_streams_only:
         result["profiles"] = summarise_profiles(out_dir / "profiles")
@@ -362,15 +416,41 @@ async def run(
     return result
 
 
-async def measure_platform(plan: Plan, result: dict[str, Any], *, out_dir: Path, workdir: Path, profile: bool) -> None:
-    """Baselines, then sends, fan-out and logins on one platform."""
+# The gateway's per-address and per-user budgets are lifted on the bench platform: every client
+# of the bench shares one loopback address, and what is measured is the platform, not its limits.
+UNLIMITED_CALLS = {
+    "PARLEY_GATEWAY_SOURCE_RATE": "1000000",
+    "PARLEY_GATEWAY_SOURCE_BURST": "1000000",
+    "PARLEY_GATEWAY_USER_RATE": "1000000",
+    "PARLEY_GATEWAY_USER_BURST": "1000000",
+}
+
+
+async def measure_platform(
+    plan: Plan, result: dict[str, Any], *, out_dir: Path, workdir: Path, profile: bool, write_path_only: bool = False
+) -> None:
+    """Baselines, then the write path, sends, fan-out and logins on one platform."""
     print("[bench] baselines ...", flush=True)
-    result["baselines"] = await measure_baselines(plan, workdir)
-    platform = BenchPlatform(workdir / "data")
+    result["baselines"] = await measure_baselines(plan, workdir, argon2=not write_path_only)
+    platform = BenchPlatform(workdir / "data", env=dict(UNLIMITED_CALLS))
+    result["bench_settings"] = {
+        "gateway_calls_per_s_per_address_and_user": UNLIMITED_CALLS["PARLEY_GATEWAY_SOURCE_RATE"],
+        "event_loop": os.environ.get("PARLEY_EVENT_LOOP", "(default)"),
+    }
     print("[bench] starting the platform ...", flush=True)
     await platform.start()
     bench = Bench(platform.gateway_address, platform.ca_cert)
     try:
+        result["write_path"] = await measure_write_path(
+            bench,
+            platform,
+            result["baselines"],
+            seconds=plan.seconds,
+            sequential=plan.sequential_sends,
+            profile_dir=out_dir / "profiles" if profile else None,
+        )
+        if write_path_only:
+            return
         print("[bench] sends, latency at half load, archive lag ...", flush=True)
         sends = await measure_sends(bench, plan, out_dir / "profiles" if profile else None, platform)
         pairs = sends.pop("_pairs")

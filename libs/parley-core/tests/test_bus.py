@@ -287,6 +287,53 @@ async def test_replay_delivers_history_in_order_then_follows(bus: EventBus) -> N
     assert replay.last_seq == appended.stream_seq == 6
 
 
+async def test_an_own_write_is_applied_at_once_and_only_once(bus: EventBus) -> None:
+    """Read-your-writes without the round trip: the writer applies its acknowledged append when
+    the ack comes, and the replay, when the event reaches it, skips it; others' writes still come
+    through the replay, in stream order."""
+    seen = Recorder()
+    release = asyncio.Event()
+
+    async def apply(event: ReceivedEvent) -> None:
+        if event.envelope.aggregate_id == "c0":
+            await release.wait()  # the replay stalls on another channel's event
+        await seen.record([event], applied=True)
+
+    replay = await bus.replay(stream="MSG", filter_subject=CHANNELS_FILTER, handler=apply)
+    await replay.wait_caught_up(TIMEOUT_S)
+    elsewhere = await append_unconditionally(bus, posted("c0", "elsewhere"), 1)
+
+    mine = posted("c1", "mine")
+    appended = await bus.append(channel_subject("c1"), mine, aggregate_version=1, expected_last_subject_seq=0)
+    assert appended.written is not None
+    assert appended.written.envelope.event_id == mine.event_id
+    assert appended.stream_seq > elsewhere
+    await replay.apply_own(appended)
+    assert seen.applied_ids() == [mine.event_id]  # at once, while the replay is still held up
+    assert seen.applied[0].stream_seq == appended.stream_seq
+
+    release.set()
+    await replay.wait_for_seq(appended.stream_seq, TIMEOUT_S)
+    assert [e.stream_seq for e in seen.applied] == [appended.stream_seq, elsewhere]  # not applied twice
+
+    theirs = posted("c1", "theirs")  # another instance's write, after ours
+    later = await append_unconditionally(bus, theirs, 2)
+    await replay.wait_for_seq(later, TIMEOUT_S)
+    ids = [mine.event_id, seen.applied_ids()[1], theirs.event_id]
+    assert seen.applied_ids() == ids  # ours once, theirs after it through the replay
+
+    # Once the replay has passed it, applying it again changes nothing.
+    await replay.apply_own(appended)
+    assert seen.applied_ids() == ids
+
+    # A retried append is a duplicate: nothing to apply, the replay's copy stands.
+    again = await bus.append(channel_subject("c1"), mine, aggregate_version=1, expected_last_subject_seq=None)
+    assert again.duplicate
+    assert again.written is None
+    await replay.apply_own(again)
+    assert seen.applied_ids() == ids
+
+
 async def test_replay_asks_the_consumer_when_no_event_says_it_caught_up(bus: EventBus) -> None:
     """An erasure can delete the last event before it is delivered; then only the consumer's
     state tells that nothing is pending. Shown by forgetting the flag the last event set."""

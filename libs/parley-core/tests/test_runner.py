@@ -209,6 +209,20 @@ async def test_an_allowed_peer_gets_the_domain_error_as_its_status(running: Runn
         assert refused.value.details() == "x"
 
 
+async def test_each_call_is_checked_though_a_methods_handler_is_built_once(running: RunningService) -> None:
+    """The interceptors' handler for a method is kept after its first call (PerMethodHandlers);
+    who calls, and with what, is still decided call by call."""
+    request = messaging_pb2.CreateChannelRequest(name="general")
+    codes = []
+    for identity in ("gateway", "auth", "platform", "auth", "gateway"):
+        messaging = messaging_pb2_grpc.MessagingServiceStub(running.channel(identity))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await messaging.CreateChannel(request, metadata=running.user, timeout=TIMEOUT_S)
+        codes.append(refused.value.code())
+    denied, found = grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND
+    assert codes == [found, denied, found, denied, found]
+
+
 async def test_an_unexpected_error_is_internal_with_a_reference_and_no_trace(running: RunningService) -> None:
     messaging = messaging_pb2_grpc.MessagingServiceStub(running.channel("platform"))
 

@@ -45,3 +45,45 @@ def test_with_no_exporter_spans_are_not_recorded_but_the_trace_context_still_tra
 
 def test_with_an_exporter_spans_are_recorded() -> None:
     assert probe("console")["recording"] is True
+
+
+GRPC_PROBE = """
+import asyncio, json, sys
+import grpc
+from parley_core import telemetry
+telemetry.setup_tracing(service="probe", version="0", instance_id="p-1", exporter=sys.argv[1], otlp_endpoint="")
+
+async def echo_context(request: bytes, context) -> bytes:
+    return telemetry.current_trace_headers().get("traceparent", "").encode()
+
+async def main() -> None:
+    server = grpc.aio.server(interceptors=telemetry.server_interceptors())
+    handler = grpc.unary_unary_rpc_method_handler(echo_context)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("probe.Echo", {"Echo": handler}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=telemetry.client_interceptors()) as channel:
+        call = channel.unary_unary("/probe.Echo/Echo")
+        with telemetry.continued_from({}, "client"):
+            sent = telemetry.current_trace_headers()["traceparent"]
+            seen = [(await call(b"")).decode() for _ in range(2)]
+    await server.stop(None)
+    print(json.dumps({"sent": sent, "seen": seen}))
+
+asyncio.run(main())
+"""
+
+
+def test_without_an_exporter_a_calls_trace_context_reaches_the_server() -> None:
+    """The lean interceptors of `none` (no span attributes, no wrapped context) still carry the
+    caller's trace into the handler, under a server span of its own, on every call."""
+    done = subprocess.run(
+        [sys.executable, "-c", GRPC_PROBE, "none"], capture_output=True, text=True, timeout=60, check=True
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    _, sent_trace, sent_span, _ = result["sent"].split("-")
+    for seen in result["seen"]:
+        _, trace_id, span_id, _ = seen.split("-")
+        assert trace_id == sent_trace
+        assert span_id != sent_span
+    assert result["seen"][0] != result["seen"][1]  # a span of its own per call

@@ -105,6 +105,9 @@ class ReceivedEvent:
 class Appended:
     stream_seq: int
     duplicate: bool
+    # The event as the stream now holds it, for the writer's own projection (Replay.apply_own);
+    # None for a duplicate, whose stored copy may differ from this attempt's.
+    written: ReceivedEvent | None = None
 
 
 EventHandler = Callable[[ReceivedEvent], Awaitable[None]]
@@ -264,7 +267,17 @@ class EventBus:
             raise ConcurrencyConflict(f"{subject} changed since it was read") from exc
         if self.metrics is not None and not ack.duplicate:
             self.metrics.events_appended.labels(ack.stream).inc()
-        return Appended(stream_seq=ack.seq, duplicate=bool(ack.duplicate))
+        if ack.duplicate:
+            return Appended(stream_seq=ack.seq, duplicate=True)
+        written = ReceivedEvent(
+            envelope=envelope,
+            subject=subject,
+            stream=ack.stream,
+            stream_seq=ack.seq,
+            num_delivered=1,
+            headers=headers,
+        )
+        return Appended(stream_seq=ack.seq, duplicate=False, written=written)
 
     async def _publish_confirmed(self, subject: str, data: bytes, headers: dict[str, str]) -> api.PubAck:
         """One publish whose outcome is known when this returns or raises AppendNotMade, else AppendOutcomeUnknown.
@@ -467,6 +480,9 @@ class Replay:
     last_seq: int = 0
     _sub: JetStreamContext.PushSubscription | None = None
     _progress: asyncio.Condition = field(default_factory=asyncio.Condition)
+    # Stream sequences this process applied at once (apply_own), ahead of the replay's position.
+    _applied_ahead: set[int] = field(default_factory=set)
+    _delivering: int = 0
 
     async def start(self, *, start_seq: int | None, only_new: bool) -> None:
         await self.bus.wait_for_stream(self.stream)
@@ -488,20 +504,20 @@ class Replay:
         except Exception:
             log.exception("undecodable event skipped by replay", extra={"subject": msg.subject})
             return
-        if (foreign := foreign_type(event)) is not None:
+        if self._applied_ahead and min(self._applied_ahead) < event.stream_seq:
+            # Applied at once, then deleted from the stream (an erasure) before the replay reached it.
+            self._applied_ahead = {seq for seq in self._applied_ahead if seq >= event.stream_seq}
+        if event.stream_seq in self._applied_ahead:
+            self._applied_ahead.discard(event.stream_seq)  # our own write, applied when it was acknowledged
+        elif (foreign := foreign_type(event)) is not None:
             try:
                 await self.bus.reject_foreign(msg, reason=foreign)
             except Exception:  # not parked (NATS trouble); never applied all the same
                 log.exception("a foreign event was not parked", extra={"subject": msg.subject, "reason": foreign})
         else:
-            try:
-                with telemetry.continued_from(event.headers, f"apply {event.envelope.event_type}", subject=msg.subject):
-                    await self.handler(event)
-            except Exception:
-                # A projection must not die on one bad event; the event stays visible in the log.
-                log.exception(
-                    "projection failed to apply event", extra={"subject": msg.subject, "seq": event.stream_seq}
-                )
+            self._delivering = event.stream_seq
+            with telemetry.continued_from(event.headers, f"apply {event.envelope.event_type}", subject=msg.subject):
+                await self._handle(event)
         if self.bus.metrics is not None:
             self.bus.metrics.events_consumed.labels(self.stream).inc()
         async with self._progress:
@@ -509,6 +525,32 @@ class Replay:
             self._progress.notify_all()
         if msg.metadata.num_pending == 0:
             self.caught_up.set()
+
+    async def _handle(self, event: ReceivedEvent) -> None:
+        try:
+            await self.handler(event)
+        except Exception:
+            # A projection must not die on one bad event; the event stays visible in the log.
+            log.exception("projection failed to apply event", extra={"subject": event.subject, "seq": event.stream_seq})
+
+    async def apply_own(self, appended: Appended, timeout: float = 10.0) -> None:
+        """Read-your-writes without the round trip: apply this process's acknowledged append now.
+
+        The replay skips the event when it arrives. Sound for an append that expected its
+        subject's last sequence: the stream took it right after the event the writer decided
+        on, which the projection has applied, so the aggregate sees its events in stream order
+        (other aggregates' earlier events may still be on their way, as they always may be).
+        A duplicate (its stored copy may be an earlier attempt's) is waited for instead.
+        """
+        written = appended.written
+        if written is None:
+            await self.wait_for_seq(appended.stream_seq, timeout)
+            return
+        seq = written.stream_seq
+        if seq <= self.last_seq or seq == self._delivering or seq in self._applied_ahead:
+            return  # the replay got there first
+        self._applied_ahead.add(seq)
+        await self._handle(written)
 
     async def wait_for_seq(self, stream_seq: int, timeout: float = 10.0) -> None:
         """Read-your-writes: wait until this replay has applied the event at `stream_seq`

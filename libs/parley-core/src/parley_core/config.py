@@ -24,6 +24,7 @@ TraceExporter = Literal["none", "console", "otlp"]
 # open: anyone may register; invite: with a single-use invitation from an administrator;
 # admin: accounts are created by an administrator only.
 RegistrationMode = Literal["open", "invite", "admin"]
+EventLoop = Literal["asyncio", "uvloop"]
 # The setting through which a process learns each peer's address (see the Peers fields below).
 PEER_ADDRESS_ENV = {
     "auth": "PARLEY_AUTH_ADDR",
@@ -86,6 +87,8 @@ class Settings(BaseSettings):
     trace_exporter: TraceExporter = "none"
     otlp_endpoint: str = "http://127.0.0.1:4317"
     log_level: str = "INFO"
+    # The event loop a service process runs on (PARLEY_EVENT_LOOP); see parley_core.runner.event_loop.
+    event_loop: EventLoop = "asyncio"
 
     grace_seconds: float = Field(default=10.0, gt=0, le=300)
     heartbeat_seconds: float = Field(default=5.0, gt=0)

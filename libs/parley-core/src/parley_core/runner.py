@@ -13,7 +13,7 @@ import inspect
 import logging
 import signal
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -29,7 +29,7 @@ from parley.fleet.v1.fleet_pb2 import InstanceHeartbeat
 from parley_core import telemetry
 from parley_core.access import AccessProjection, follow_access
 from parley_core.bus import EventBus
-from parley_core.config import Settings
+from parley_core.config import EventLoop, Settings
 from parley_core.deadline import answering_within
 from parley_core.errors import OUTCOME_METADATA, OUTCOME_UNKNOWN, DomainError, OutcomeUnknown, status_for
 from parley_core.inventory import running_distributions
@@ -300,6 +300,46 @@ class CallerCheckAndErrors(grpc.aio.ServerInterceptor):
         return handler
 
 
+class PerMethodHandlers(grpc.aio.ServerInterceptor):
+    """Runs the interceptors once per method and keeps the handler they make.
+
+    grpc.aio asks the interceptors for a handler on every call, and each builds its wrapper
+    anew; every wrapper here depends on the method alone (the caller, metadata and request
+    are read inside it, per call), so the chain is built on a method's first call only.
+    """
+
+    def __init__(self, interceptors: Sequence[grpc.aio.ServerInterceptor]) -> None:
+        self._interceptors = tuple(interceptors)
+        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        method = handler_call_details.method
+        if (handler := self._handlers.get(method)) is not None:
+            return handler
+        handler = await self._through(0, continuation, handler_call_details)
+        if handler is not None:
+            self._handlers[method] = handler
+        return handler
+
+    async def _through(
+        self,
+        index: int,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        if index == len(self._interceptors):
+            return await continuation(details)
+
+        async def following(d: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
+            return await self._through(index + 1, continuation, d)
+
+        return await self._interceptors[index].intercept_service(following, details)
+
+
 def _server_credentials(pki: Pki, service: str, *, client_facing: bool) -> grpc.ServerCredentials:
     cert, key = pki.read(service)
     return grpc.ssl_server_credentials(
@@ -390,7 +430,7 @@ async def serve(
         MetricsInterceptor(metrics),
         CallerCheckAndErrors(None if client_facing else GRPC_CALLERS[service], method_permission_check(tokens)),
     )
-    server = grpc.aio.server(options=options, interceptors=interceptors)
+    server = grpc.aio.server(options=options, interceptors=[PerMethodHandlers(interceptors)])
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     ctx = RunContext(
@@ -469,12 +509,24 @@ async def serve(
     return 0
 
 
+def event_loop(kind: EventLoop) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The loop a service runs on. uvloop (libuv) does the NATS connection's TLS and socket work
+    in C: in the bench profile the standard loop's SSL transport was most of messaging's and
+    storage's NATS cost. `asyncio` keeps the standard loop."""
+    if kind == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
 def run_service(app_factory: Callable[[], ServiceApp], *, service: str, client_facing: bool = False) -> None:
     """Process entry point: settings from the environment, JSON logs, exit code from the drain."""
     settings = Settings(service=service)
     configure_logging(service=service, instance_id=settings.instance_id, level=settings.log_level)
     try:
-        code = asyncio.run(serve(app_factory(), service=service, settings=settings, client_facing=client_facing))
+        with asyncio.Runner(loop_factory=event_loop(settings.event_loop)) as runner:
+            code = runner.run(serve(app_factory(), service=service, settings=settings, client_facing=client_facing))
     except RefusedToStart as exc:
         log.error("refusing to start: %s", exc)  # one JSON line on stderr, which the agent keeps in the log
         raise SystemExit(EX_CONFIG) from None

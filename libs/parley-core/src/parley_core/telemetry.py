@@ -8,11 +8,12 @@ through gateway, messaging, the bus and storage.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from opentelemetry import context as otel_context
@@ -28,6 +29,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, DEFAULT_ON
 from parley_core.config import TraceExporter
 
 _provider: TracerProvider | None = None
+_spans_recorded = True  # until setup_tracing says there is no exporter
 _meter_provider: MeterProvider | None = None
 
 
@@ -64,6 +66,8 @@ def setup_tracing(*, service: str, version: str, instance_id: str, exporter: Tra
     """
     global _provider
     resource = _resource(service, version, instance_id)
+    global _spans_recorded
+    _spans_recorded = exporter != "none"
     provider = TracerProvider(resource=resource, sampler=ALWAYS_OFF if exporter == "none" else DEFAULT_ON)
     if exporter == "console":
         provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stdout, formatter=_span_line)))
@@ -115,11 +119,102 @@ def tracer(name: str) -> trace.Tracer:
 
 
 def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
-    return [aio_server_interceptor()]  # type: ignore[no-untyped-call]
+    """With an exporter, the stock instrumentation's spans; without one, only the trace context.
+
+    The stock interceptors build a span's attributes and wrap every call's context even when the
+    span is recorded nowhere: 14 % of the gateway's busy CPU in the bench profile.
+    """
+    if _spans_recorded:
+        return [aio_server_interceptor()]  # type: ignore[no-untyped-call]
+    return [_CarryTraceContext()]
 
 
 def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
-    return list(aio_client_interceptors())  # type: ignore[no-untyped-call]
+    if _spans_recorded:
+        return list(aio_client_interceptors())  # type: ignore[no-untyped-call]
+    return [_InjectTraceContext()]
+
+
+_TRACE_KEYS = ("traceparent", "tracestate")
+
+
+@contextmanager
+def _server_span(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Iterator[None]:
+    """An unrecorded server span: the caller's trace goes on (or a new one starts) with an id of its own."""
+    carrier = {k: str(v) for k, v in context.invocation_metadata() or () if k in _TRACE_KEYS}
+    parent = propagate.extract(carrier) if carrier else None
+    with tracer("parley.grpc").start_as_current_span(method, context=parent, kind=trace.SpanKind.SERVER):
+        yield
+
+
+class _CarryTraceContext(grpc.aio.ServerInterceptor):
+    """Each call runs in its caller's trace context, so NATS headers and downstream calls carry it."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        if handler.unary_unary is not None:
+            inner = cast(Callable[..., Awaitable[Any]], handler.unary_unary)
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                with _server_span(method, context):
+                    return await inner(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
+            inner_stream = cast(Callable[..., AsyncIterator[Any]], handler.unary_stream)
+
+            async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                with _server_span(method, context):
+                    async for item in inner_stream(request, context):
+                        yield item
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+def _carrying_context(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    carrier = current_trace_headers()
+    if not carrier:
+        return details
+    metadata = grpc.aio.Metadata(*(details.metadata or ()), *carrier.items())
+    return grpc.aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    )
+
+
+class _InjectTraceContext(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+    """The current trace context in each outgoing call's metadata, no client span."""
+
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        return await continuation(_carrying_context(client_call_details), request)
+
+    async def intercept_unary_stream(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        return await continuation(_carrying_context(client_call_details), request)
 
 
 def current_trace_headers() -> dict[str, str]:

@@ -275,7 +275,8 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         await self.append_to(channel_subject(event.aggregate_id), event, after)
 
     async def append_to(self, subject: str, event: NewEvent, after: Versioned | None) -> None:
-        """Append to an aggregate as it was read (None: a new one), then read our own write."""
+        """Append to an aggregate as it was read (None: a new one), then read our own write: applied
+        to the projection as soon as the stream acknowledged it, not after a trip through the replay."""
         assert self._ctx is not None
         assert self._replay is not None
         appended = await self._ctx.bus.append(
@@ -284,7 +285,7 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
             aggregate_version=after.version + 1 if after else 1,
             expected_last_subject_seq=after.last_stream_seq if after else 0,
         )
-        await self._replay.wait_for_seq(appended.stream_seq)
+        await self._replay.apply_own(appended)
 
     async def append_unchecked(self, subject: str, event: NewEvent) -> None:
         """Append after whatever the subject holds (an aggregate this projection does not know),

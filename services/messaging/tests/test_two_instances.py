@@ -1,0 +1,85 @@
+"""Two messaging instances writing one channel at once keep its total order and idempotency.
+
+Each instance applies its own acknowledged appends at once (Replay.apply_own) and learns the
+other's through its replay; the stream's expected subject sequence settles every race between
+them. Real nats-server, real gRPC over mutual TLS, the whole stack in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
+from parley.messaging.v1.events_pb2 import MessagePosted
+
+from parley_core.envelope import decode, open_payload
+from parley_core.runner import secure_channel
+from parley_core.testing.nats import NatsTestServer
+from parley_core.testing.stack import TIMEOUT_S, Stack, bearer, start_service
+from parley_core.testing.waiting import until
+from parley_core.topology import channel_subject
+from parley_messaging.service import MessagingApp
+
+SENDERS_PER_INSTANCE = 4
+SENDS_PER_SENDER = 15
+
+
+async def test_concurrent_sends_through_two_instances_keep_order_and_idempotency(
+    stack: Stack, nats_server: NatsTestServer
+) -> None:
+    await stack.create_user("alice", "member")
+    token = bearer((await stack.login("alice")).access_token)
+    second = await start_service(stack, nats_server, "messaging", registration="open")
+    try:
+        first_stub = messaging_pb2_grpc.MessagingServiceStub(stack.internal("messaging"))
+        channel = secure_channel(stack.pki, identity="gateway", address=f"127.0.0.1:{second.port}", peer="messaging")
+        stack.channels.append(channel)
+        second_stub = messaging_pb2_grpc.MessagingServiceStub(channel)
+        stubs = (first_stub, second_stub)
+        created = await first_stub.CreateChannel(
+            messaging_pb2.CreateChannelRequest(name="busy"), metadata=token, timeout=TIMEOUT_S
+        )
+        cid = created.channel_id
+
+        acknowledged: dict[str, messaging_pb2.ChatMessage] = {}
+
+        async def sender(instance: int, n: int) -> None:
+            for i in range(SENDS_PER_SENDER):
+                key = uuid.uuid4().hex
+                request = messaging_pb2.PostMessageRequest(
+                    channel_id=cid, body=f"{instance}-{n}-{i}", idempotency_key=key
+                )
+                sent = await stubs[instance].PostMessage(request, metadata=token, timeout=TIMEOUT_S)
+                # The same send retried through the other instance: the first result stands.
+                retried = await stubs[1 - instance].PostMessage(request, metadata=token, timeout=TIMEOUT_S)
+                assert (retried.channel_seq, retried.message_id) == (sent.channel_seq, sent.message_id)
+                acknowledged[key] = sent
+
+        await asyncio.gather(*(sender(k, n) for k in (0, 1) for n in range(SENDERS_PER_INSTANCE)))
+
+        total = 2 * SENDERS_PER_INSTANCE * SENDS_PER_SENDER
+        assert sorted(m.channel_seq for m in acknowledged.values()) == list(range(1, total + 1))
+        assert len({m.message_id for m in acknowledged.values()}) == total
+
+        # The stream holds the posts in channel order, each once.
+        js = stack.app("messaging").ctx.bus.js
+        numbers: list[int] = []
+        for seq in range(1, (await js.stream_info("MSG")).state.last_seq + 1):
+            raw = await js.get_msg("MSG", seq=seq)
+            if raw.subject == channel_subject(cid):
+                payload = open_payload(decode(raw.data or b""))
+                if isinstance(payload, MessagePosted):
+                    numbers.append(payload.channel_seq)
+        assert numbers == list(range(1, total + 1))
+
+        # Both projections end the same: every post once, numbered as acknowledged.
+        apps: list[MessagingApp] = [stack.app("messaging"), second.app.app]
+        for app in apps:
+            await until(lambda app=app: app.channels.get(cid).last_seq == total, "both instances to see every post")
+        for app in apps:
+            projected = app.channels.get(cid)
+            numbered = {seq: r.current.message_id for seq, r in projected.messages.items()}
+            assert numbered == {m.channel_seq: m.message_id for m in acknowledged.values()}
+    finally:
+        await second.shutdown()
