@@ -156,3 +156,18 @@ def test_the_cli_finds_the_platform_parley_up_started_from_any_folder(
     )
     assert result.returncode == 0, result.stderr
     assert "you are in no channel yet" in result.stdout
+
+
+def test_react_takes_one_emoji_or_its_shortcode(platform: RunningPlatform) -> None:
+    name = new_user(platform, "react")
+    channel = unique("fun")
+    cli(platform, "--as", name, "create-channel", channel)
+    cli(platform, "--as", name, "send", channel, "hello")
+    assert cli(platform, "--as", name, "react", channel, "1", ":thumbs_up:").strip() == "👍x1"
+    assert sorted(cli(platform, "--as", name, "react", channel, "1", "🎉").split()) == sorted(["👍x1", "🎉x1"])
+    for text in ("notanemoji", ":notanemoji:", "👍👍"):
+        refused = platform.cli("--as", name, "react", channel, "1", text, check=False)
+        assert refused.returncode == 1
+        assert "(INVALID_ARGUMENT)" in refused.stderr
+        assert "or its :shortcode: such as :thumbs_up:" in refused.stderr
+    assert ":shortcode:" in platform.cli("react", "--help").stdout

@@ -182,10 +182,17 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     thread.add_argument("channel", help="channel id or name")
     thread.add_argument("number", type=int)
     thread.set_defaults(run=cmd_thread)
-    react = sub.add_parser("react", help="react to a message with an emoji")
+    react = sub.add_parser(
+        "react",
+        help="react to a message with an emoji",
+        description="React with one emoji from Unicode's emoji list (👍, 👍🏽, 🇫🇷, 👨‍👩‍👧) or its :shortcode: "
+        "(:thumbs_up:, :+1:, :tada:, :heart:); words and several emoji are refused.",
+    )
     react.add_argument("channel", help="channel id or name")
     react.add_argument("number", type=int)
-    react.add_argument("emoji", help="one emoji, such as 👍 (text like +1 is refused)")
+    react.add_argument(
+        "emoji", help="one emoji, such as 👍, or its :shortcode:, such as :thumbs_up: or :+1: (other text is refused)"
+    )
     react.add_argument("--remove", action="store_true", help="take the reaction back")
     react.set_defaults(run=cmd_react)
     # The foundation's create-channel, with this channel kinds.

@@ -760,6 +760,8 @@ class ParleyClient:
     async def react(
         self, channel_id: str, channel_seq: int, emoji: str, *, remove: bool = False
     ) -> messaging_pb2.ChatMessage:
+        """`emoji`: one emoji of Unicode's list (👍, 👍🏽, 🇫🇷) or its `:shortcode:` (`:thumbs_up:`, `:+1:`),
+        stored as the emoji; anything else is INVALID_ARGUMENT saying what is accepted."""
         request = messaging_pb2.ReactRequest(channel_id=channel_id, channel_seq=channel_seq, emoji=emoji, remove=remove)
         message: messaging_pb2.ChatMessage = await self._write(self._stub.React, request, timeout=WRITE_TIMEOUT_S)
         return message
