@@ -10,9 +10,10 @@ import sys
 import uuid
 from pathlib import Path
 
+import grpc
 import pytest
 
-from parley_client import ParleyClient
+from parley_client import ParleyClient, ParleyError
 from parley_core.testing.platform import RunningPlatform
 from parley_core.testing.terminal import CTRL_C, CTRL_D
 
@@ -171,3 +172,56 @@ def test_react_takes_one_emoji_or_its_shortcode(platform: RunningPlatform) -> No
         assert "(INVALID_ARGUMENT)" in refused.stderr
         assert "or its :shortcode: such as :thumbs_up:" in refused.stderr
     assert ":shortcode:" in platform.cli("react", "--help").stdout
+
+
+async def sdk_user(platform: RunningPlatform, name: str) -> ParleyClient:
+    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    await client.login(name, PASSWORD)
+    return client
+
+
+async def test_people_are_found_by_name_when_they_share_a_channel(platform: RunningPlatform) -> None:
+    alice, bob, carol = [await asyncio.to_thread(new_user, platform, p) for p in ("alice", "bob", "carol")]
+    boss = unique("boss")
+    await asyncio.to_thread(cli, platform, "admin", "create-user", boss, "--role", "owner", stdin=PASSWORD + "\n")
+    channel = unique("shared")
+    channel_id = (await asyncio.to_thread(cli, platform, "--as", alice, "create-channel", channel)).split()[-1]
+    await asyncio.to_thread(cli, platform, "--as", bob, "join", channel_id)
+    async with await sdk_user(platform, alice) as a, await sdk_user(platform, boss) as owner:
+        bob_id = await a.find_user(bob.upper())  # names compare ignoring case
+        assert (await a.user_names([bob_id]))[bob_id] == bob
+        assert await a.find_users([bob, carol, "nobody-at-all"]) == {bob: bob_id}  # carol shares no channel
+        with pytest.raises(ParleyError) as hidden:
+            await a.find_user(carol)
+        assert hidden.value.code == grpc.StatusCode.NOT_FOUND
+        assert "shares a channel with you" in hidden.value.message
+        # An owner reads the directory: every account by name.
+        assert set(await owner.find_users([carol, bob])) == {carol, bob}
+
+
+async def test_member_actions_on_an_unknown_user_are_not_found_and_not_shown(platform: RunningPlatform) -> None:
+    alice, bob = [await asyncio.to_thread(new_user, platform, p) for p in ("mod", "who")]
+    channel = unique("moderated")
+    channel_id = (await asyncio.to_thread(cli, platform, "--as", alice, "create-channel", channel)).split()[-1]
+    await asyncio.to_thread(cli, platform, "--as", bob, "join", channel)
+    async with await sdk_user(platform, alice) as a:
+        live = a.subscribe([channel_id])
+        await live.ready()
+        for action in ("invite", "kick", "ban", "unban"):
+            for who in ("nosuchuser", uuid.uuid4().hex):
+                refused = await asyncio.to_thread(platform.cli, "--as", alice, action, channel, who, check=False)
+                assert refused.returncode == 1, refused.stdout
+                assert "done" not in refused.stdout
+                assert "(NOT_FOUND)" in refused.stderr
+        # By name, for someone who shares the channel: done.
+        kicked = await asyncio.to_thread(cli, platform, "--as", alice, "kick", channel, bob)
+        assert "kick: done" in kicked
+        await a.send(channel_id, "after")
+        seen = []
+        async for event in live.events():
+            seen.append(event)
+            if event.kind == "message" and event.message.body == "after":
+                break
+        live.cancel()
+    changes = [e.event.membership for e in seen if e.kind == "membership"]
+    assert [c.change for c in changes] == ["kicked"], changes  # the refused actions left no trace

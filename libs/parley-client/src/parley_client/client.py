@@ -441,6 +441,30 @@ class ParleyClient:
             names.update((u.user_id, u.username) for u in response.users)
         return names
 
+    async def find_users(self, usernames: Sequence[str]) -> dict[str, str]:
+        """username -> user id for the people you may find: those who share a channel with you
+        (and every account for a role that reads the directory: owner, admin, security-auditor).
+        Names are compared ignoring case and keyed as given; a name not found is left out."""
+        wanted = [n for n in dict.fromkeys(usernames) if n.strip()]
+        ids: dict[str, str] = {}
+        for start in range(0, len(wanted), LOOKUP_BATCH):
+            batch = wanted[start : start + LOOKUP_BATCH]
+            request = gateway_pb2.FindUsersRequest(usernames=batch)
+            response: auth_pb2.LookupUsersResponse = await self._call(self._stub.FindUsers, request)
+            by_name = {u.username.casefold(): u.user_id for u in response.users}
+            ids.update((n, by_name[n.strip().casefold()]) for n in batch if n.strip().casefold() in by_name)
+        return ids
+
+    async def find_user(self, username: str) -> str:
+        """The id of one person you may find (see `find_users`); NOT_FOUND as ParleyError otherwise."""
+        found = await self.find_users([username])
+        if username not in found:
+            raise ParleyError(
+                grpc.StatusCode.NOT_FOUND,
+                f"no user named {username!r} shares a channel with you; ask them for their user id",
+            )
+        return found[username]
+
     def use_token(self, access_token: str, user_id: str = "") -> None:
         self.access_token = access_token
         self.user_id = user_id or None

@@ -236,6 +236,7 @@ METHOD_PERMISSIONS: dict[str, Permission | None] = {
     "/parley.gateway.v1.Gateway/ResetMfa": P.USERS_MANAGE,
     "/parley.gateway.v1.Gateway/RegenerateRecoveryCodes": P.OWN_SESSIONS,
     "/parley.gateway.v1.Gateway/LookupUsers": P.MESSAGES_READ,
+    "/parley.gateway.v1.Gateway/FindUsers": P.MESSAGES_READ,
     # One's own data (export, erasure): every account may; storage checks it is the caller's own.
     "/parley.gateway.v1.Gateway/ExportUserData": P.OWN_DATA,
     "/parley.gateway.v1.Gateway/EraseUserData": P.OWN_DATA,

@@ -269,6 +269,11 @@ class GatewayStub:
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.LookupUsersRequest.SerializeToString,
                 response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.LookupUsersResponse.FromString,
                 _registered_method=True)
+        self.FindUsers = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/FindUsers',
+                request_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.FindUsersRequest.SerializeToString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.LookupUsersResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -560,6 +565,15 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FindUsers(self, request, context):
+        """Usernames to user ids, for the people the caller may find: those who share a channel with
+        the caller, and for a caller who may read the account directory (users.read: owner, admin,
+        security-auditor) every account. A name nobody visible has is left out of the answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -791,6 +805,11 @@ def add_GatewayServicer_to_server(servicer, server):
             'LookupUsers': grpc.unary_unary_rpc_method_handler(
                     servicer.LookupUsers,
                     request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.LookupUsersRequest.FromString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.LookupUsersResponse.SerializeToString,
+            ),
+            'FindUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindUsers,
+                    request_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.FindUsersRequest.FromString,
                     response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.LookupUsersResponse.SerializeToString,
             ),
     }
@@ -2037,6 +2056,33 @@ class Gateway:
             target,
             '/parley.gateway.v1.Gateway/LookupUsers',
             parley_dot_auth_dot_v1_dot_auth__pb2.LookupUsersRequest.SerializeToString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.LookupUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/FindUsers',
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.FindUsersRequest.SerializeToString,
             parley_dot_auth_dot_v1_dot_auth__pb2.LookupUsersResponse.FromString,
             options,
             channel_credentials,

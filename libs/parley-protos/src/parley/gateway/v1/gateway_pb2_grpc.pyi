@@ -94,6 +94,11 @@ class GatewayStub:
     """
     EraseUserData: _grpc.UnaryUnaryMultiCallable[_storage_pb2.EraseUserDataRequest, _storage_pb2.EraseUserDataResponse]
     LookupUsers: _grpc.UnaryUnaryMultiCallable[_auth_pb2.LookupUsersRequest, _auth_pb2.LookupUsersResponse]
+    FindUsers: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.FindUsersRequest, _auth_pb2.LookupUsersResponse]
+    """Usernames to user ids, for the people the caller may find: those who share a channel with
+    the caller, and for a caller who may read the account directory (users.read: owner, admin,
+    security-auditor) every account. A name nobody visible has is left out of the answer.
+    """
 
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
@@ -158,6 +163,11 @@ class GatewayAsyncStub(GatewayStub):
     """
     EraseUserData: _aio.UnaryUnaryMultiCallable[_storage_pb2.EraseUserDataRequest, _storage_pb2.EraseUserDataResponse]  # type: ignore[assignment]
     LookupUsers: _aio.UnaryUnaryMultiCallable[_auth_pb2.LookupUsersRequest, _auth_pb2.LookupUsersResponse]  # type: ignore[assignment]
+    FindUsers: _aio.UnaryUnaryMultiCallable[_gateway_pb2.FindUsersRequest, _auth_pb2.LookupUsersResponse]  # type: ignore[assignment]
+    """Usernames to user ids, for the people the caller may find: those who share a channel with
+    the caller, and for a caller who may read the account directory (users.read: owner, admin,
+    security-auditor) every account. A name nobody visible has is left out of the answer.
+    """
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
     """The only client-facing API. Every call except Register and Login needs
@@ -495,5 +505,16 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.LookupUsersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.LookupUsersResponse, _abc.Awaitable[_auth_pb2.LookupUsersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def FindUsers(
+        self,
+        request: _gateway_pb2.FindUsersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.LookupUsersResponse, _abc.Awaitable[_auth_pb2.LookupUsersResponse]]:
+        """Usernames to user ids, for the people the caller may find: those who share a channel with
+        the caller, and for a caller who may read the account directory (users.read: owner, admin,
+        security-auditor) every account. A name nobody visible has is left out of the answer.
+        """
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
