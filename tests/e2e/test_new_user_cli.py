@@ -225,3 +225,43 @@ async def test_member_actions_on_an_unknown_user_are_not_found_and_not_shown(pla
         live.cancel()
     changes = [e.event.membership for e in seen if e.kind == "membership"]
     assert [c.change for c in changes] == ["kicked"], changes  # the refused actions left no trace
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def run_example(platform: RunningPlatform, name: str, *users: str) -> str:
+    """An examples/ script as the README says to run it, against this platform."""
+    environ = {**os.environ, "PARLEY_DATA_DIR": str(platform.data_dir), "PARLEY_PASSWORD": PASSWORD}
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *users],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_the_readme_examples_run_as_printed(platform: RunningPlatform) -> None:
+    alice, bob = new_user(platform, "alice"), new_user(platform, "bob")
+
+    hello = run_example(platform, "hello.py", alice)
+    assert hello.strip().endswith(f"{alice}: hello from {alice}")
+    assert f"hello from {alice}" in cli(platform, "--as", alice, "history", "hello")
+
+    talk = run_example(platform, "conversations.py", alice, bob).splitlines()
+    bob_id = talk[0].rsplit(" ", 1)[-1]
+    assert "shares a channel" not in talk[0]
+    assert len(bob_id) == 32
+    assert "#1: lunch?" in talk
+    assert "#2: 12:30 at the usual place" in talk
+    assert talk[-1] == "reaction: 👍"
+    assert "membership: invited" in talk
+
+    for run in range(2):  # a second run is the same two devices, kept in the data folder
+        secret = run_example(platform, "e2ee.py", alice, bob).splitlines()
+        assert secret[0].startswith("the server holds: megolm.v1:"), (run, secret)
+        assert secret[1] == "bob reads: the merger closes friday"
