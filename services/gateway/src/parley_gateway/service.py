@@ -599,6 +599,11 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         await self._admit(request, context)
         return await forward(self._auth.ResetMfa, request, context)
 
+    async def UnlockAccount(self, request: auth_pb2.UnlockAccountRequest, context: Context) -> auth_pb2.Account:
+        assert self._auth is not None
+        await self._admit(request, context)
+        return await forward(self._auth.UnlockAccount, request, context)
+
     async def RegenerateRecoveryCodes(
         self, request: auth_pb2.RegenerateRecoveryCodesRequest, context: Context
     ) -> auth_pb2.RegenerateRecoveryCodesResponse:

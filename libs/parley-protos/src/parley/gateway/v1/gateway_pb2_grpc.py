@@ -169,6 +169,11 @@ class GatewayStub:
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.ResetMfaRequest.SerializeToString,
                 response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.Account.FromString,
                 _registered_method=True)
+        self.UnlockAccount = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/UnlockAccount',
+                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.UnlockAccountRequest.SerializeToString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.Account.FromString,
+                _registered_method=True)
         self.RegenerateRecoveryCodes = channel.unary_unary(
                 '/parley.gateway.v1.Gateway/RegenerateRecoveryCodes',
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesRequest.SerializeToString,
@@ -441,6 +446,12 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UnlockAccount(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RegenerateRecoveryCodes(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -705,6 +716,11 @@ def add_GatewayServicer_to_server(servicer, server):
             'ResetMfa': grpc.unary_unary_rpc_method_handler(
                     servicer.ResetMfa,
                     request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.ResetMfaRequest.FromString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.Account.SerializeToString,
+            ),
+            'UnlockAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnlockAccount,
+                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.UnlockAccountRequest.FromString,
                     response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.Account.SerializeToString,
             ),
             'RegenerateRecoveryCodes': grpc.unary_unary_rpc_method_handler(
@@ -1516,6 +1532,33 @@ class Gateway:
             target,
             '/parley.gateway.v1.Gateway/ResetMfa',
             parley_dot_auth_dot_v1_dot_auth__pb2.ResetMfaRequest.SerializeToString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnlockAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/UnlockAccount',
+            parley_dot_auth_dot_v1_dot_auth__pb2.UnlockAccountRequest.SerializeToString,
             parley_dot_auth_dot_v1_dot_auth__pb2.Account.FromString,
             options,
             channel_credentials,

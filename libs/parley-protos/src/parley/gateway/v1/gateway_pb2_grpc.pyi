@@ -69,6 +69,7 @@ class GatewayStub:
     RemoveDevice: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RemoveDeviceRequest, _auth_pb2.RemoveDeviceResponse]
     CreateInvite: _grpc.UnaryUnaryMultiCallable[_auth_pb2.CreateInviteRequest, _auth_pb2.Invite]
     ResetMfa: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ResetMfaRequest, _auth_pb2.Account]
+    UnlockAccount: _grpc.UnaryUnaryMultiCallable[_auth_pb2.UnlockAccountRequest, _auth_pb2.Account]
     RegenerateRecoveryCodes: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RegenerateRecoveryCodesRequest, _auth_pb2.RegenerateRecoveryCodesResponse]
     EditMessage: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.EditMessageRequest, _messaging_pb2.ChatMessage]
     RedactMessage: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.RedactMessageRequest, _messaging_pb2.ChatMessage]
@@ -138,6 +139,7 @@ class GatewayAsyncStub(GatewayStub):
     RemoveDevice: _aio.UnaryUnaryMultiCallable[_auth_pb2.RemoveDeviceRequest, _auth_pb2.RemoveDeviceResponse]  # type: ignore[assignment]
     CreateInvite: _aio.UnaryUnaryMultiCallable[_auth_pb2.CreateInviteRequest, _auth_pb2.Invite]  # type: ignore[assignment]
     ResetMfa: _aio.UnaryUnaryMultiCallable[_auth_pb2.ResetMfaRequest, _auth_pb2.Account]  # type: ignore[assignment]
+    UnlockAccount: _aio.UnaryUnaryMultiCallable[_auth_pb2.UnlockAccountRequest, _auth_pb2.Account]  # type: ignore[assignment]
     RegenerateRecoveryCodes: _aio.UnaryUnaryMultiCallable[_auth_pb2.RegenerateRecoveryCodesRequest, _auth_pb2.RegenerateRecoveryCodesResponse]  # type: ignore[assignment]
     EditMessage: _aio.UnaryUnaryMultiCallable[_messaging_pb2.EditMessageRequest, _messaging_pb2.ChatMessage]  # type: ignore[assignment]
     RedactMessage: _aio.UnaryUnaryMultiCallable[_messaging_pb2.RedactMessageRequest, _messaging_pb2.ChatMessage]  # type: ignore[assignment]
@@ -358,6 +360,13 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
     def ResetMfa(
         self,
         request: _auth_pb2.ResetMfaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.Account, _abc.Awaitable[_auth_pb2.Account]]: ...
+
+    @_abc_1.abstractmethod
+    def UnlockAccount(
+        self,
+        request: _auth_pb2.UnlockAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.Account, _abc.Awaitable[_auth_pb2.Account]]: ...
 
