@@ -4,6 +4,7 @@ pseudo-terminal where the behaviour depends on one (prompts, Ctrl-C), else as a 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 from parley_client import ParleyClient, ParleyError
 from parley_core.testing.platform import RunningPlatform
 from parley_core.testing.terminal import CTRL_C, CTRL_D
+from parley_core.testing.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -265,3 +267,31 @@ def test_the_readme_examples_run_as_printed(platform: RunningPlatform) -> None:
         secret = run_example(platform, "e2ee.py", alice, bob).splitlines()
         assert secret[0].startswith("the server holds: megolm.v1:"), (run, secret)
         assert secret[1] == "bob reads: the merger closes friday"
+
+
+def test_an_auditor_sees_each_security_records_kind_source_and_detail(platform: RunningPlatform) -> None:
+    auditor, target = unique("auditor"), new_user(platform, "audited")
+    cli(platform, "admin", "create-user", auditor, "--role", "security-auditor", stdin=PASSWORD + "\n")
+    cli(platform, "login", auditor, stdin=PASSWORD + "\n")
+    wrong = platform.cli("login", target, stdin="not-the-password\n", check=False)
+    assert wrong.returncode == 1
+    cli(platform, "admin", "disable", target, "--reason", "left\nFAKE LINE \x1b[31mred")
+
+    def trail() -> str | None:
+        out = cli(platform, "--as", auditor, "audit", "query", "--target", target)
+        return out if "account_disabled" in out and "login_failed" in out else None
+
+    wait_until(lambda: trail() is not None, timeout=60, what="the security records in the auditor's query")
+    out = trail() or ""
+    [failed] = [line for line in out.splitlines() if "login_failed" in line]
+    assert failed.split("SecurityEventRecorded", 1)[1].split("  ")[-1].startswith("login_failed from ipv4:127.0.0.1")
+    [disabled] = [line for line in out.splitlines() if "account_disabled" in line]
+    assert "left\\nFAKE LINE \\x1b[31mred" in disabled  # shown, never interpreted
+    assert "FAKE LINE" not in out.replace(disabled, "")
+    records = [
+        json.loads(line)
+        for line in cli(platform, "--as", auditor, "audit", "query", "--target", target, "--json").splitlines()
+    ]
+    kinds = {r["security"]["kind"]: r["security"] for r in records if "security" in r}
+    assert kinds["login_failed"]["source"] == "ipv4:127.0.0.1"
+    assert kinds["account_disabled"]["detail"] == "left\nFAKE LINE \x1b[31mred"
