@@ -104,10 +104,7 @@ async def cmd_thread(args: argparse.Namespace) -> int:
     return 0
 
 
-WHO = (
-    "a user id, or a username: of someone who shares a channel with you (any account's for owners, admins "
-    "and security auditors)"
-)
+WHO = "a user id, or a username: of someone who shares a channel with you (any account's for owners and admins)"
 
 
 def reactions_line(message: ChatMessage) -> str:

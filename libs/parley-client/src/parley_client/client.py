@@ -443,7 +443,7 @@ class ParleyClient:
 
     async def find_users(self, usernames: Sequence[str]) -> dict[str, str]:
         """username -> user id for the people you may find: those who share a channel with you
-        (and every account for a role that reads the directory: owner, admin, security-auditor).
+        (and every account for owners and admins, who read the account directory).
         Names are compared ignoring case and keyed as given; a name not found is left out."""
         wanted = [n for n in dict.fromkeys(usernames) if n.strip()]
         ids: dict[str, str] = {}

@@ -578,8 +578,9 @@ class GatewayServicer:
 
     def FindUsers(self, request, context):
         """Usernames to user ids, for the people the caller may find: those who share a channel with
-        the caller, and for a caller who may read the account directory (users.read: owner, admin,
-        security-auditor) every account. A name nobody visible has is left out of the answer.
+        the caller, and for a caller who may also read the account directory (users.read; with
+        messages.read, which this call needs: owner and admin) every account. A name nobody
+        visible has is left out of the answer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -97,8 +97,9 @@ class GatewayStub:
     LookupUsers: _grpc.UnaryUnaryMultiCallable[_auth_pb2.LookupUsersRequest, _auth_pb2.LookupUsersResponse]
     FindUsers: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.FindUsersRequest, _auth_pb2.LookupUsersResponse]
     """Usernames to user ids, for the people the caller may find: those who share a channel with
-    the caller, and for a caller who may read the account directory (users.read: owner, admin,
-    security-auditor) every account. A name nobody visible has is left out of the answer.
+    the caller, and for a caller who may also read the account directory (users.read; with
+    messages.read, which this call needs: owner and admin) every account. A name nobody
+    visible has is left out of the answer.
     """
 
 @_typing.type_check_only
@@ -167,8 +168,9 @@ class GatewayAsyncStub(GatewayStub):
     LookupUsers: _aio.UnaryUnaryMultiCallable[_auth_pb2.LookupUsersRequest, _auth_pb2.LookupUsersResponse]  # type: ignore[assignment]
     FindUsers: _aio.UnaryUnaryMultiCallable[_gateway_pb2.FindUsersRequest, _auth_pb2.LookupUsersResponse]  # type: ignore[assignment]
     """Usernames to user ids, for the people the caller may find: those who share a channel with
-    the caller, and for a caller who may read the account directory (users.read: owner, admin,
-    security-auditor) every account. A name nobody visible has is left out of the answer.
+    the caller, and for a caller who may also read the account directory (users.read; with
+    messages.read, which this call needs: owner and admin) every account. A name nobody
+    visible has is left out of the answer.
     """
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
@@ -522,8 +524,9 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.LookupUsersResponse, _abc.Awaitable[_auth_pb2.LookupUsersResponse]]:
         """Usernames to user ids, for the people the caller may find: those who share a channel with
-        the caller, and for a caller who may read the account directory (users.read: owner, admin,
-        security-auditor) every account. A name nobody visible has is left out of the answer.
+        the caller, and for a caller who may also read the account directory (users.read; with
+        messages.read, which this call needs: owner and admin) every account. A name nobody
+        visible has is left out of the answer.
         """
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
