@@ -75,7 +75,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/mypy scripts/gen_protos.py
+	$(BIN)/mypy scripts/gen_protos.py examples
 	MYPYPATH=loadtests $(BIN)/mypy loadtests/parley_bench loadtests/parley_load loadtests/locustfile.py
 
 proto: venv web-deps

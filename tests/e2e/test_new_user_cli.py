@@ -4,17 +4,20 @@ pseudo-terminal where the behaviour depends on one (prompts, Ctrl-C), else as a 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 
+import grpc
 import pytest
 
-from parley_client import ParleyClient
+from parley_client import ParleyClient, ParleyError
 from parley_core.testing.platform import RunningPlatform
 from parley_core.testing.terminal import CTRL_C, CTRL_D
+from parley_core.testing.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -156,3 +159,139 @@ def test_the_cli_finds_the_platform_parley_up_started_from_any_folder(
     )
     assert result.returncode == 0, result.stderr
     assert "you are in no channel yet" in result.stdout
+
+
+def test_react_takes_one_emoji_or_its_shortcode(platform: RunningPlatform) -> None:
+    name = new_user(platform, "react")
+    channel = unique("fun")
+    cli(platform, "--as", name, "create-channel", channel)
+    cli(platform, "--as", name, "send", channel, "hello")
+    assert cli(platform, "--as", name, "react", channel, "1", ":thumbs_up:").strip() == "👍x1"
+    assert sorted(cli(platform, "--as", name, "react", channel, "1", "🎉").split()) == sorted(["👍x1", "🎉x1"])
+    for text in ("notanemoji", ":notanemoji:", "👍👍"):
+        refused = platform.cli("--as", name, "react", channel, "1", text, check=False)
+        assert refused.returncode == 1
+        assert "(INVALID_ARGUMENT)" in refused.stderr
+        assert "or its :shortcode: such as :thumbs_up:" in refused.stderr
+    assert ":shortcode:" in platform.cli("react", "--help").stdout
+
+
+async def sdk_user(platform: RunningPlatform, name: str) -> ParleyClient:
+    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    await client.login(name, PASSWORD)
+    return client
+
+
+async def test_people_are_found_by_name_when_they_share_a_channel(platform: RunningPlatform) -> None:
+    alice, bob, carol = [await asyncio.to_thread(new_user, platform, p) for p in ("alice", "bob", "carol")]
+    boss = unique("boss")
+    await asyncio.to_thread(cli, platform, "admin", "create-user", boss, "--role", "owner", stdin=PASSWORD + "\n")
+    channel = unique("shared")
+    channel_id = (await asyncio.to_thread(cli, platform, "--as", alice, "create-channel", channel)).split()[-1]
+    await asyncio.to_thread(cli, platform, "--as", bob, "join", channel_id)
+    async with await sdk_user(platform, alice) as a, await sdk_user(platform, boss) as owner:
+        bob_id = await a.find_user(bob.upper())  # names compare ignoring case
+        assert (await a.user_names([bob_id]))[bob_id] == bob
+        assert await a.find_users([bob, carol, "nobody-at-all"]) == {bob: bob_id}  # carol shares no channel
+        with pytest.raises(ParleyError) as hidden:
+            await a.find_user(carol)
+        assert hidden.value.code == grpc.StatusCode.NOT_FOUND
+        assert "shares a channel with you" in hidden.value.message
+        # An owner reads the directory: every account by name.
+        assert set(await owner.find_users([carol, bob])) == {carol, bob}
+
+
+async def test_member_actions_on_an_unknown_user_are_not_found_and_not_shown(platform: RunningPlatform) -> None:
+    alice, bob = [await asyncio.to_thread(new_user, platform, p) for p in ("mod", "who")]
+    channel = unique("moderated")
+    channel_id = (await asyncio.to_thread(cli, platform, "--as", alice, "create-channel", channel)).split()[-1]
+    await asyncio.to_thread(cli, platform, "--as", bob, "join", channel)
+    async with await sdk_user(platform, alice) as a:
+        live = a.subscribe([channel_id])
+        await live.ready()
+        for action in ("invite", "kick", "ban", "unban"):
+            for who in ("nosuchuser", uuid.uuid4().hex):
+                refused = await asyncio.to_thread(platform.cli, "--as", alice, action, channel, who, check=False)
+                assert refused.returncode == 1, refused.stdout
+                assert "done" not in refused.stdout
+                assert "(NOT_FOUND)" in refused.stderr
+        # By name, for someone who shares the channel: done.
+        kicked = await asyncio.to_thread(cli, platform, "--as", alice, "kick", channel, bob)
+        assert "kick: done" in kicked
+        await a.send(channel_id, "after")
+        seen = []
+        async for event in live.events():
+            seen.append(event)
+            if event.kind == "message" and event.message.body == "after":
+                break
+        live.cancel()
+    changes = [e.event.membership for e in seen if e.kind == "membership"]
+    assert [c.change for c in changes] == ["kicked"], changes  # the refused actions left no trace
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def run_example(platform: RunningPlatform, name: str, *users: str) -> str:
+    """An examples/ script as the README says to run it, against this platform."""
+    environ = {**os.environ, "PARLEY_DATA_DIR": str(platform.data_dir), "PARLEY_PASSWORD": PASSWORD}
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *users],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_the_readme_examples_run_as_printed(platform: RunningPlatform) -> None:
+    alice, bob = new_user(platform, "alice"), new_user(platform, "bob")
+
+    hello = run_example(platform, "hello.py", alice)
+    assert hello.strip().endswith(f"{alice}: hello from {alice}")
+    assert f"hello from {alice}" in cli(platform, "--as", alice, "history", "hello")
+
+    talk = run_example(platform, "conversations.py", alice, bob).splitlines()
+    bob_id = talk[0].rsplit(" ", 1)[-1]
+    assert "shares a channel" not in talk[0]
+    assert len(bob_id) == 32
+    assert "#1: lunch?" in talk
+    assert "#2: 12:30 at the usual place" in talk
+    assert talk[-1] == "reaction: 👍"
+    assert "membership: invited" in talk
+
+    for run in range(2):  # a second run is the same two devices, kept in the data folder
+        secret = run_example(platform, "e2ee.py", alice, bob).splitlines()
+        assert secret[0].startswith("the server holds: megolm.v1:"), (run, secret)
+        assert secret[1] == "bob reads: the merger closes friday"
+
+
+def test_an_auditor_sees_each_security_records_kind_source_and_detail(platform: RunningPlatform) -> None:
+    auditor, target = unique("auditor"), new_user(platform, "audited")
+    cli(platform, "admin", "create-user", auditor, "--role", "security-auditor", stdin=PASSWORD + "\n")
+    cli(platform, "login", auditor, stdin=PASSWORD + "\n")
+    wrong = platform.cli("login", target, stdin="not-the-password\n", check=False)
+    assert wrong.returncode == 1
+    cli(platform, "admin", "disable", target, "--reason", "left\nFAKE LINE \x1b[31mred")
+
+    def trail() -> str | None:
+        out = cli(platform, "--as", auditor, "audit", "query", "--target", target)
+        return out if "account_disabled" in out and "login_failed" in out else None
+
+    wait_until(lambda: trail() is not None, timeout=60, what="the security records in the auditor's query")
+    out = trail() or ""
+    [failed] = [line for line in out.splitlines() if "login_failed" in line]
+    assert failed.split("SecurityEventRecorded", 1)[1].split("  ")[-1].startswith("login_failed from ipv4:127.0.0.1")
+    [disabled] = [line for line in out.splitlines() if "account_disabled" in line]
+    assert "left\\nFAKE LINE \\x1b[31mred" in disabled  # shown, never interpreted
+    assert "FAKE LINE" not in out.replace(disabled, "")
+    records = [
+        json.loads(line)
+        for line in cli(platform, "--as", auditor, "audit", "query", "--target", target, "--json").splitlines()
+    ]
+    kinds = {r["security"]["kind"]: r["security"] for r in records if "security" in r}
+    assert kinds["login_failed"]["source"] == "ipv4:127.0.0.1"
+    assert kinds["account_disabled"]["detail"] == "left\nFAKE LINE \x1b[31mred"

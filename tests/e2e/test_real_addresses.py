@@ -157,3 +157,31 @@ def test_the_gateway_listens_on_the_client_address_itself(edge: RunningPlatform)
     assert gateway["address"] == edge.gateway_address
     log = edge.log("gateway")
     assert f'"shared": "{edge.gateway_address}"' in log
+
+
+async def test_an_administrator_sees_and_ends_a_lockout(
+    edge: RunningPlatform, at: dict[str, gateway_pb2_grpc.GatewayAsyncStub]
+) -> None:
+    """`parley admin show` says an account is locked out and until when; `parley admin unlock`
+    ends it (every address), audited; an account without failures is not "unlocked"."""
+    victim = unique("locked")
+    await register(at[OWNER], victim)
+    assert "LOCKED" not in edge.cli("admin", "show", victim).stdout
+    refused = edge.cli("admin", "unlock", victim, check=False)
+    assert refused.returncode == 1
+    assert "not locked out (FAILED_PRECONDITION)" in refused.stderr
+
+    for _ in range(LOCKOUT_THRESHOLD):
+        await code_of(login(at[STRANGER], victim, "not-her-password"))
+    assert (await code_of(login(at[STRANGER], victim)))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    shown = edge.cli("admin", "show", victim).stdout
+    assert "LOCKED OUT from 1 address(es) until " in shown
+    assert f"`parley admin unlock {victim}` ends it" in shown
+
+    unlocked = edge.cli("admin", "unlock", victim, "--reason", "ticket 42").stdout
+    assert "LOCKED" not in unlocked
+    assert f"{victim} may log in again from every address" in unlocked
+    assert (await code_of(login(at[STRANGER], victim)))[0] == grpc.StatusCode.OK
+    [record] = [e for e in await platform_security_events(edge, "lockout_cleared") if e.username == victim]
+    assert record.actor == "platform"
+    assert "ticket 42" in record.detail

@@ -23,6 +23,7 @@ NEEDS = {
     AccountAction.ASSIGN_ROLE: "roles.assign",
     AccountAction.DISABLE: "users.manage",
     AccountAction.RESET_MFA: "users.manage",
+    AccountAction.UNLOCK: "users.manage",
     AccountAction.REVOKE_SESSIONS: "sessions.revoke_any",
 }
 
@@ -69,6 +70,9 @@ def act(
     if action is AccountAction.RESET_MFA:
         reset = auth_pb2.ResetMfaRequest(user_id=target.user_id, reason="table test")
         return gateway.ResetMfa(reset, metadata=token, timeout=TIMEOUT_S)
+    if action is AccountAction.UNLOCK:
+        unlock = auth_pb2.UnlockAccountRequest(user_id=target.user_id, reason="table test")
+        return gateway.UnlockAccount(unlock, metadata=token, timeout=TIMEOUT_S)
     revoke = auth_pb2.RevokeSessionRequest(session_id=session.session_id)
     return gateway.RevokeSession(revoke, metadata=token, timeout=TIMEOUT_S)
 
@@ -108,6 +112,7 @@ async def test_every_action_on_another_account_by_every_role(stack: Stack) -> No
                     AccountAction.RESET_MFA: code == grpc.StatusCode.FAILED_PRECONDITION
                     and "no two-factor authentication" in details,
                     AccountAction.REVOKE_SESSIONS: code == grpc.StatusCode.OK,
+                    AccountAction.UNLOCK: code == grpc.StatusCode.FAILED_PRECONDITION and "not locked out" in details,
                 }[action]
                 if not done:
                     wrong.append(cell + " (expected it to be done)")

@@ -29,6 +29,23 @@ def test_a_variant_is_stored_in_its_fully_qualified_form() -> None:
 
 
 @pytest.mark.parametrize(
+    ("shortcode", "emoji"),
+    [(":thumbs_up:", "👍"), (":+1:", "👍"), (":tada:", "🎉"), (":heart:", "❤️"), (":red_heart:", "❤️")],
+)
+def test_a_known_shortcode_is_its_emoji(shortcode: str, emoji: str) -> None:
+    assert reaction_emoji(shortcode) == emoji
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["notanemoji", ":notanemoji:", ":thumbs_up::thumbs_up:", "::", ":thumbs up:", "thumbs_up", ":skin-tone-2:"],
+)
+def test_unknown_shortcodes_and_words_are_refused_saying_what_is_accepted(text: str) -> None:
+    with pytest.raises(InvalidArgument, match=r"one emoji from Unicode's emoji list.*or its :shortcode:"):
+        reaction_emoji(text)
+
+
+@pytest.mark.parametrize(
     "text",
     ["", "+1", "1", "👍👍", "👍 ", "🏻", "a" * 10_000, "\u202e", "👍\u0000", "\u200d", "\ufe0f", "🇫"],
 )

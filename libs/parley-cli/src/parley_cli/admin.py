@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 import grpc
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
@@ -63,7 +64,14 @@ async def usernames(args: argparse.Namespace, user_ids: list[str]) -> dict[str, 
 
 def _show(account: auth_pb2.Account) -> str:
     state = "disabled" if account.disabled else "active"
-    return f"{shown(account.username)} ({account.user_id}) role={shown(account.role)} {state}"
+    line = f"{shown(account.username)} ({account.user_id}) role={shown(account.role)} {state}"
+    if account.locked_addresses:
+        until = datetime.fromtimestamp(account.locked_until_unix, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        line += (
+            f" LOCKED OUT from {account.locked_addresses} address(es) until {until} "
+            f"(`parley admin unlock {shown(account.username)}` ends it)"
+        )
+    return line
 
 
 async def cmd_create_user(args: argparse.Namespace) -> int:
@@ -102,6 +110,15 @@ async def cmd_reset_mfa(args: argparse.Namespace) -> int:
         await stub.ResetMfa(request, timeout=TIMEOUT_S)
     print(f"two-factor authentication of {shown(account.username)} removed and every session of theirs revoked;")
     print("they log in with the password alone and enrol a new authenticator")
+    return 0
+
+
+async def cmd_unlock(args: argparse.Namespace) -> int:
+    async with _auth(args) as stub:
+        account = await _account(stub, args.username)
+        request = auth_pb2.UnlockAccountRequest(user_id=account.user_id, reason=args.reason)
+        print(_show(await stub.UnlockAccount(request, timeout=TIMEOUT_S)))
+    print(f"{shown(account.username)} may log in again from every address; their failed attempts are forgotten")
     return 0
 
 
@@ -171,7 +188,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     reset_mfa.add_argument("--reason", default="", help="kept in the audit record")
     reset_mfa.set_defaults(run=cmd_reset_mfa)
 
-    show = commands.add_parser("show", help="an account's role and state")
+    unlock = commands.add_parser(
+        "unlock",
+        help="end an account's lockout after failed logins (from every address)",
+        description="End the lockouts failed logins put on an account, from every address, and forget its "
+        "failed attempts; audited as lockout_cleared. `parley admin show USER` says whether it is locked out.",
+    )
+    unlock.add_argument("username")
+    unlock.add_argument("--reason", default="", help="kept in the audit record")
+    unlock.set_defaults(run=cmd_unlock)
+
+    show = commands.add_parser("show", help="an account's role, state and lockout")
     show.add_argument("username")
     show.set_defaults(run=cmd_show)
 

@@ -15,16 +15,20 @@ import sys
 from datetime import UTC, datetime
 
 import grpc
+from google.protobuf.message import DecodeError
+from parley.auth.v1.events_pb2 import SecurityEventRecorded
 from parley.storage.v1 import storage_pb2
 
 from parley_cli.admin import account_of, usernames
 from parley_cli.privacy import _archive, looks_like_id
 from parley_cli.terminal import shown
 from parley_client import ParleyError
+from parley_core.envelope import UnknownEventType, decode, open_payload
 
 PAGE = 1000  # storage's largest page
 MAX_EVENTS = 100_000
 TIMEOUT_S = 60.0
+SECURITY_RECORD = SecurityEventRecorded.DESCRIPTOR.full_name
 
 
 def instant_ns(text: str, option: str) -> int:
@@ -66,14 +70,39 @@ def _request(args: argparse.Namespace, actor: str, target: str) -> storage_pb2.Q
     return storage_pb2.QueryAuditRequest(actor=actor, target=target, since_ns=since, until_ns=until)
 
 
+def security_record(event: storage_pb2.ArchivedEvent) -> SecurityEventRecorded | None:
+    """An audit record of SEC (a login that failed, a lockout, a role change...), read from the
+    row's envelope; None for other events and rows that do not open."""
+    if event.event_type != SECURITY_RECORD or event.erased or event.unreadable or event.withheld:
+        return None
+    try:
+        payload = open_payload(decode(event.envelope))
+    except (DecodeError, UnknownEventType):
+        return None
+    return payload if isinstance(payload, SecurityEventRecorded) else None
+
+
+def _record_text(record: SecurityEventRecorded) -> str:
+    """What the record says: its kind, the client address it came from, its detail; escaped,
+    since a detail may quote what a user typed (a reason, a device name)."""
+    text = f"  {shown(record.kind)}"
+    if record.source:
+        text += f" from {shown(record.source)}"
+    if record.detail:
+        text += f": {shown(record.detail)}"
+    return text
+
+
 def _line(event: storage_pb2.ArchivedEvent, names: dict[str, str]) -> str:
     when = datetime.fromtimestamp(event.occurred_at_ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S")
     actor = shown(names.get(event.actor, event.actor))
     target = shown(names.get(event.aggregate_id, event.aggregate_id))
     erased = " (erased: content unreadable)" if event.erased else ""
+    record = security_record(event)
+    said = _record_text(record) if record is not None else ""
     return (
         f"{when}  {event.stream}#{event.stream_seq}  {event.event_type.removeprefix('parley.')}  "
-        f"{event.aggregate_type}:{target}  by {actor}{erased}"
+        f"{event.aggregate_type}:{target}  by {actor}{erased}{said}"
     )
 
 
@@ -92,8 +121,17 @@ def _json(event: storage_pb2.ArchivedEvent, names: dict[str, str]) -> str:
             "actor_name": names.get(event.actor, ""),
             "erased": event.erased,
             "cursor": event.cursor,
+            **_record_fields(event),
         }
     )
+
+
+def _record_fields(event: storage_pb2.ArchivedEvent) -> dict[str, object]:
+    """An audit record's own fields, as recorded (JSON escapes them)."""
+    if (record := security_record(event)) is None:
+        return {}
+    fields = ("kind", "source", "detail", "username", "user_id", "locked_until_unix", "chain_index")
+    return {"security": {name: getattr(record, name) for name in fields}}
 
 
 async def cmd_audit_query(args: argparse.Namespace) -> int:

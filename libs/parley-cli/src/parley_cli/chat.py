@@ -168,6 +168,12 @@ async def find_channel(client: ParleyClient, reference: str) -> Channel:
     raise SystemExit(f"{reference!r} is not one of your channels (yours: {names}); create it, or join it first")
 
 
+async def user_id_of(client: ParleyClient, reference: str) -> str:
+    """A user id as given, or the id of the person with this name among those the caller may find
+    (who share a channel with them; every account for a role that reads the directory)."""
+    return reference if looks_like_an_id(reference) else await client.find_user(reference)
+
+
 async def resolve_channel(client: ParleyClient, reference: str) -> str:
     return (await find_channel(client, reference)).channel_id
 

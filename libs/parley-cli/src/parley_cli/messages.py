@@ -65,7 +65,7 @@ async def cmd_member(args: argparse.Namespace) -> int:
     async with await _logged_in(args) as client:
         channel_id = await chat.resolve_channel(client, args.channel)
         action = {"invite": client.invite, "kick": client.kick, "ban": client.ban, "unban": client.unban}
-        channel = await action[args.command](channel_id, args.user_id)
+        channel = await action[args.command](channel_id, await chat.user_id_of(client, args.person))
     print(f"{args.command}: done; #{shown(channel.name)} has {len(channel.member_ids)} members")
     return 0
 
@@ -79,9 +79,8 @@ async def cmd_leave(args: argparse.Namespace) -> int:
 
 async def cmd_dm(args: argparse.Namespace) -> int:
     async with await _logged_in(args) as client:
-        channel = await client.create_direct(
-            args.user_ids, encrypted=args.encrypted, idempotency_key=args.idempotency_key
-        )
+        user_ids = [await chat.user_id_of(client, u) for u in args.users]
+        channel = await client.create_direct(user_ids, encrypted=args.encrypted, idempotency_key=args.idempotency_key)
     print(f"direct conversation {channel.channel_id}")
     return 0
 
@@ -103,6 +102,9 @@ async def cmd_thread(args: argparse.Namespace) -> int:
     for message in (thread.root, *thread.replies):
         print(chat.format_message(message, people.names))
     return 0
+
+
+WHO = "a user id, or a username: of someone who shares a channel with you (any account's for owners and admins)"
 
 
 def reactions_line(message: ChatMessage) -> str:
@@ -155,20 +157,20 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     older.add_argument("--limit", type=int, default=20)
     older.set_defaults(run=cmd_older)
     for name, text in (
-        ("invite", "invite a user (by id) to a channel"),
+        ("invite", "invite a user to a channel"),
         ("kick", "remove a member (moderators)"),
         ("ban", "remove a member and keep them out (moderators)"),
         ("unban", "let a banned user back (moderators)"),
     ):
         member = sub.add_parser(name, help=text)
         member.add_argument("channel", help="channel id or name")
-        member.add_argument("user_id")
+        member.add_argument("person", metavar="USER", help=WHO)
         member.set_defaults(run=cmd_member)
     leave = sub.add_parser("leave", help="leave a channel")
     leave.add_argument("channel", help="channel id or name")
     leave.set_defaults(run=cmd_leave)
-    dm = sub.add_parser("dm", help="start a direct conversation with 1 to 7 users (by id)")
-    dm.add_argument("user_ids", nargs="+")
+    dm = sub.add_parser("dm", help="start a direct conversation with 1 to 7 users")
+    dm.add_argument("users", nargs="+", help=WHO)
     dm.add_argument("--encrypted", action="store_true", help="end-to-end encrypted (SDK clients only)")
     dm.add_argument("--idempotency-key", help=AGAIN_HELP)
     dm.set_defaults(run=cmd_dm)
@@ -182,10 +184,17 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     thread.add_argument("channel", help="channel id or name")
     thread.add_argument("number", type=int)
     thread.set_defaults(run=cmd_thread)
-    react = sub.add_parser("react", help="react to a message with an emoji")
+    react = sub.add_parser(
+        "react",
+        help="react to a message with an emoji",
+        description="React with one emoji from Unicode's emoji list (👍, 👍🏽, 🇫🇷, 👨‍👩‍👧) or its :shortcode: "
+        "(:thumbs_up:, :+1:, :tada:, :heart:); words and several emoji are refused.",
+    )
     react.add_argument("channel", help="channel id or name")
     react.add_argument("number", type=int)
-    react.add_argument("emoji", help="one emoji, such as 👍 (text like +1 is refused)")
+    react.add_argument(
+        "emoji", help="one emoji, such as 👍, or its :shortcode:, such as :thumbs_up: or :+1: (other text is refused)"
+    )
     react.add_argument("--remove", action="store_true", help="take the reaction back")
     react.set_defaults(run=cmd_react)
     # The foundation's create-channel, with this channel kinds.

@@ -441,6 +441,30 @@ class ParleyClient:
             names.update((u.user_id, u.username) for u in response.users)
         return names
 
+    async def find_users(self, usernames: Sequence[str]) -> dict[str, str]:
+        """username -> user id for the people you may find: those who share a channel with you
+        (and every account for owners and admins, who read the account directory).
+        Names are compared ignoring case and keyed as given; a name not found is left out."""
+        wanted = [n for n in dict.fromkeys(usernames) if n.strip()]
+        ids: dict[str, str] = {}
+        for start in range(0, len(wanted), LOOKUP_BATCH):
+            batch = wanted[start : start + LOOKUP_BATCH]
+            request = gateway_pb2.FindUsersRequest(usernames=batch)
+            response: auth_pb2.LookupUsersResponse = await self._call(self._stub.FindUsers, request)
+            by_name = {u.username.casefold(): u.user_id for u in response.users}
+            ids.update((n, by_name[n.strip().casefold()]) for n in batch if n.strip().casefold() in by_name)
+        return ids
+
+    async def find_user(self, username: str) -> str:
+        """The id of one person you may find (see `find_users`); NOT_FOUND as ParleyError otherwise."""
+        found = await self.find_users([username])
+        if username not in found:
+            raise ParleyError(
+                grpc.StatusCode.NOT_FOUND,
+                f"no user named {username!r} shares a channel with you; ask them for their user id",
+            )
+        return found[username]
+
     def use_token(self, access_token: str, user_id: str = "") -> None:
         self.access_token = access_token
         self.user_id = user_id or None
@@ -760,6 +784,8 @@ class ParleyClient:
     async def react(
         self, channel_id: str, channel_seq: int, emoji: str, *, remove: bool = False
     ) -> messaging_pb2.ChatMessage:
+        """`emoji`: one emoji of Unicode's list (👍, 👍🏽, 🇫🇷) or its `:shortcode:` (`:thumbs_up:`, `:+1:`),
+        stored as the emoji; anything else is INVALID_ARGUMENT saying what is accepted."""
         request = messaging_pb2.ReactRequest(channel_id=channel_id, channel_seq=channel_seq, emoji=emoji, remove=remove)
         message: messaging_pb2.ChatMessage = await self._write(self._stub.React, request, timeout=WRITE_TIMEOUT_S)
         return message

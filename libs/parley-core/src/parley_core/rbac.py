@@ -100,6 +100,7 @@ class AccountAction(StrEnum):
     ASSIGN_ROLE = "change the role of"
     DISABLE = "disable or re-enable"
     RESET_MFA = "reset the two-factor authentication of"
+    UNLOCK = "unlock"
     REVOKE_SESSIONS = "revoke the sessions of"
 
 
@@ -109,6 +110,7 @@ ACCOUNT_ACTION_PERMISSIONS: dict[AccountAction, Permission] = {
     AccountAction.ASSIGN_ROLE: P.ROLES_ASSIGN,
     AccountAction.DISABLE: P.USERS_MANAGE,
     AccountAction.RESET_MFA: P.USERS_MANAGE,
+    AccountAction.UNLOCK: P.USERS_MANAGE,
     AccountAction.REVOKE_SESSIONS: P.SESSIONS_REVOKE_ANY,
 }
 
@@ -163,6 +165,7 @@ METHOD_PERMISSIONS: dict[str, Permission | None] = {
     "/parley.auth.v1.AuthService/RetireSigningKey": P.SIGNING_KEYS,
     "/parley.auth.v1.AuthService/CreateInvite": P.USERS_MANAGE,
     "/parley.auth.v1.AuthService/ResetMfa": P.USERS_MANAGE,
+    "/parley.auth.v1.AuthService/UnlockAccount": P.USERS_MANAGE,
     "/parley.auth.v1.AuthService/RegenerateRecoveryCodes": P.OWN_SESSIONS,
     # Usernames are public inside the platform: whoever reads messages sees people's names.
     "/parley.auth.v1.AuthService/LookupUsers": P.MESSAGES_READ,
@@ -234,8 +237,10 @@ METHOD_PERMISSIONS: dict[str, Permission | None] = {
     "/parley.gateway.v1.Gateway/FetchToDevice": P.DEVICE_KEYS,
     "/parley.gateway.v1.Gateway/CreateInvite": P.USERS_MANAGE,
     "/parley.gateway.v1.Gateway/ResetMfa": P.USERS_MANAGE,
+    "/parley.gateway.v1.Gateway/UnlockAccount": P.USERS_MANAGE,
     "/parley.gateway.v1.Gateway/RegenerateRecoveryCodes": P.OWN_SESSIONS,
     "/parley.gateway.v1.Gateway/LookupUsers": P.MESSAGES_READ,
+    "/parley.gateway.v1.Gateway/FindUsers": P.MESSAGES_READ,
     # One's own data (export, erasure): every account may; storage checks it is the caller's own.
     "/parley.gateway.v1.Gateway/ExportUserData": P.OWN_DATA,
     "/parley.gateway.v1.Gateway/EraseUserData": P.OWN_DATA,
@@ -295,6 +300,7 @@ PLATFORM_METHODS = frozenset(
         "/parley.auth.v1.AuthService/RetireSigningKey",
         "/parley.auth.v1.AuthService/CreateInvite",
         "/parley.auth.v1.AuthService/ResetMfa",
+        "/parley.auth.v1.AuthService/UnlockAccount",
         "/parley.fleet.v1.FleetService/ListInstances",
     }
 )

@@ -166,6 +166,17 @@ class LockoutBook:
             (Scope.SOURCE, self._sources.get(source), self.source_policy),
         )
 
+    def account_lockouts(self, username: str) -> tuple[int, float]:
+        """How many addresses this account is locked out from now, and when the last lockout ends."""
+        now = self.clock()
+        ends = [
+            until for c in self._pairs.get(username, {}).values() if (until := c.locked_until(self.pair_policy)) > now
+        ]
+        return len(ends), max(ends, default=0.0)
+
+    def account_has_failures(self, username: str) -> bool:
+        return bool(self._pairs.get(username))
+
     def has_failures(self, username: str, source: str) -> bool:
         return source in self._pairs.get(username, {})
 

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import secrets
 import time
 import uuid
@@ -229,10 +230,15 @@ def _read(account: Account) -> tuple[int, int]:
     return account.user_version, account.user_seq
 
 
-def account_proto(account: Account) -> auth_pb2.Account:
-    return auth_pb2.Account(
+def account_proto(account: Account, lockouts: LockoutBook | None = None) -> auth_pb2.Account:
+    """The account; with `lockouts`, also whether failed logins lock it out now (admin views)."""
+    proto = auth_pb2.Account(
         user_id=account.user_id, username=account.username, role=account.role, disabled=account.disabled
     )
+    if lockouts is not None:
+        addresses, until = lockouts.account_lockouts(account.username)
+        proto.locked_addresses, proto.locked_until_unix = addresses, math.ceil(until)
+    return proto
 
 
 def session_proto(session: Session) -> auth_pb2.Session:
@@ -1040,7 +1046,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         account = self.accounts.find(normalize_username(request.username))
         if account is None:
             raise NotFound("no such user")
-        return account_proto(account)
+        return account_proto(account, self.lockouts)
 
     async def LookupUsers(self, request: auth_pb2.LookupUsersRequest, context: Context) -> auth_pb2.LookupUsersResponse:
         if not 1 <= len(request.user_ids) <= MAX_USERS_PER_LOOKUP:
@@ -1469,6 +1475,24 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         for session in self.sessions.of_user(account.user_id):
             await self._revoke(session, "two-factor authentication reset", actor)
         return account_proto(account)
+
+    async def UnlockAccount(self, request: auth_pb2.UnlockAccountRequest, context: Context) -> auth_pb2.Account:
+        """Ends the account's lockouts from every address and forgets its failure counts (the
+        owner locked out by a guesser, or by their own typos); audited as `lockout_cleared`. An
+        address's lockout across accounts stays: that one guards every other account."""
+        account, actor = self._administered(context, request.user_id, request.reason, AccountAction.UNLOCK)
+        key = account.username
+        if not self.lockouts.account_has_failures(key):
+            raise FailedPrecondition(f"{account.username} has no failed logins to clear: not locked out")
+        addresses, _ = self.lockouts.account_lockouts(key)
+        detail = f"{addresses} address(es) locked out; {request.reason}".rstrip("; ")
+        async with self._recorded(
+            "lockout_cleared", actor=actor, user_id=account.user_id, username=account.username, detail=detail
+        ):
+            cleared = self._lockout_event(LoginFailuresCleared(account_key=key, source=""))
+            await self._append(lockout_subject(username_key(key)), cleared, version=0, expected_seq=None)
+        self.lockouts.record_success(key)  # this instance at once; the event tells the others
+        return account_proto(account, self.lockouts)
 
     async def RegenerateRecoveryCodes(
         self, request: auth_pb2.RegenerateRecoveryCodesRequest, context: Context

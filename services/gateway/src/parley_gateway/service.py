@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DEADLINE_S = 10.0
 ARCHIVE_LAG_WAIT_S = 5.0
+FIND_USERS_MAX = 200  # names a FindUsers call takes, and ids per LookupUsers call (auth's limit)
 FEED_READY_WAIT_S = 10.0
 # How a refusal on a live stream names what was refused (rbac.denial_message).
 LIVE_STREAM = "reading the live stream (Subscribe)"
@@ -345,6 +346,35 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         await self._admit(request, context)
         return await forward(self._auth.LookupUsers, request, context)
 
+    async def FindUsers(self, request: gateway_pb2.FindUsersRequest, context: Context) -> auth_pb2.LookupUsersResponse:
+        """Usernames to ids among the people who share a channel with the caller (their channels'
+        members, named by auth), and for a caller with users.read in auth's whole directory."""
+        assert self._auth is not None
+        assert self._messaging is not None
+        await self._admit(request, context)
+        if not 1 <= len(request.usernames) <= FIND_USERS_MAX:
+            raise InvalidArgument(f"give 1 to {FIND_USERS_MAX} usernames")
+        wanted = {name.strip().casefold() for name in request.usernames if name.strip()}
+        found: dict[str, auth_pb2.UserName] = {}
+        mine = await forward(self._messaging.ListMyChannels, messaging_pb2.ListMyChannelsRequest(), context)
+        people = sorted({u for c in mine.channels for u in c.member_ids})
+        for start in range(0, len(people), FIND_USERS_MAX):
+            batch = auth_pb2.LookupUsersRequest(user_ids=people[start : start + FIND_USERS_MAX])
+            for user in (await forward(self._auth.LookupUsers, batch, context)).users:
+                if user.username.casefold() in wanted:
+                    found[user.username.casefold()] = user
+        assert self._ctx is not None
+        if Permission.USERS_READ in self._ctx.tokens.caller(context).permissions:
+            for name in sorted(wanted - found.keys()):  # the directory: auth checks users.read again
+                try:
+                    account = await forward(self._auth.GetAccount, auth_pb2.GetAccountRequest(username=name), context)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.NOT_FOUND:
+                        raise
+                    continue
+                found[name] = auth_pb2.UserName(user_id=account.user_id, username=account.username)
+        return auth_pb2.LookupUsersResponse(users=list(found.values()))
+
     async def GetHistory(
         self, request: storage_pb2.GetChannelHistoryRequest, context: Context
     ) -> storage_pb2.GetChannelHistoryResponse:
@@ -568,6 +598,11 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         assert self._auth is not None
         await self._admit(request, context)
         return await forward(self._auth.ResetMfa, request, context)
+
+    async def UnlockAccount(self, request: auth_pb2.UnlockAccountRequest, context: Context) -> auth_pb2.Account:
+        assert self._auth is not None
+        await self._admit(request, context)
+        return await forward(self._auth.UnlockAccount, request, context)
 
     async def RegenerateRecoveryCodes(
         self, request: auth_pb2.RegenerateRecoveryCodesRequest, context: Context

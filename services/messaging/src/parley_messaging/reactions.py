@@ -5,14 +5,17 @@ ships it): a single code point (👍), or a sequence the list names as one emoji
 (👍🏽), a flag (🇫🇷, 🏴󠁧󠁢󠁥󠁮󠁧󠁿), a keycap (1️⃣) or a ZWJ sequence (👨‍👩‍👧). Text ("+1"), several emoji ("👍👍") and
 components on their own (a skin tone swatch) are not. A variant without its emoji presentation
 selector (❤ for ❤️) is stored in its fully-qualified form, so both count as one reaction.
+A `:shortcode:` the `emoji` package knows (its CLDR names and their common aliases, as chat
+apps write them: `:thumbs_up:`, `:+1:`, `:tada:`) stands for its emoji and is stored as it.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
 
-from emoji import EMOJI_DATA, STATUS
+from emoji import EMOJI_DATA, STATUS, emojize
 
 from parley_core.errors import InvalidArgument, ResourceExhausted
 
@@ -24,13 +27,20 @@ _FULLY_QUALIFIED: dict[str, str] = {
 }
 
 
+_SHORTCODE = re.compile(r":[\w+\-]{1,60}:")
+WHAT_A_REACTION_IS = (
+    "a reaction is one emoji from Unicode's emoji list, such as 👍, 👍🏽 or 🇫🇷, or its :shortcode: "
+    "such as :thumbs_up:, :+1: or :tada:; not text, and not several emoji"
+)
+
+
 def reaction_emoji(text: str) -> str:
     """The emoji a reaction is, in its fully-qualified form; InvalidArgument for anything else."""
+    if _SHORTCODE.fullmatch(text):
+        text = emojize(text, language="alias")  # unchanged when the name is unknown: refused below
     data = EMOJI_DATA.get(text) if len(text) <= MAX_EMOJI_CHARS else None
     if data is None or data["status"] == _COMPONENT:
-        raise InvalidArgument(
-            "a reaction is one emoji from Unicode's emoji list, such as 👍, 👍🏽 or 🇫🇷: not text, and not several emoji"
-        )
+        raise InvalidArgument(WHAT_A_REACTION_IS)
     return _FULLY_QUALIFIED.get(str(data["en"]), text)
 
 

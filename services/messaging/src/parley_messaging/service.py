@@ -67,6 +67,7 @@ MAX_THREAD_PAGE = 500
 MAX_THREAD_PAGE_BYTES = 2 * 1024 * 1024
 # Facts storage recorded for messaging are acted on before it serves, for at most this long.
 DUE_CATCH_UP_S = 30.0
+MEMBER_ACTIONS_TAKE = "invite, kick, ban and unban take an existing user's id (the CLI also takes their name)"
 log = logging.getLogger(__name__)
 A = TypeVar("A", bound="Versioned | None")
 
@@ -185,12 +186,14 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         info = await self.ctx.bus.js.stream_info("AUTH")
         await self._auth_replay.wait_for_seq(info.state.last_seq)
 
-    async def _require_users(self, user_ids: Sequence[str]) -> None:
+    async def _require_users(
+        self, user_ids: Sequence[str], what: str = "direct conversations take existing user ids"
+    ) -> None:
         if not set(user_ids) <= self.directory.users:
             await self.settle_auth()
         unknown = [u for u in user_ids if u not in self.directory.users]
         if unknown:
-            raise NotFound(f"no such user: {', '.join(unknown)}; direct conversations take existing user ids")
+            raise NotFound(f"no such user: {', '.join(unknown)}; {what}")
 
     async def _apply(self, event: ReceivedEvent) -> None:
         if event.envelope.aggregate_type in ("device", "todevice"):
@@ -535,6 +538,7 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         assert self._ctx is not None
         actor = self._ctx.tokens.caller(context).user_id
         user_id = _target(request.user_id)
+        await self._require_users([user_id], MEMBER_ACTIONS_TAKE)
 
         def decide(channel: Channel) -> NewEvent | None:
             channel.check_invite(actor, user_id)
@@ -551,6 +555,7 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         assert self._ctx is not None
         actor = self._ctx.tokens.caller(context).user_id
         user_id = _target(request.user_id)
+        await self._require_users([user_id], MEMBER_ACTIONS_TAKE)
         reason = _reason(request.reason)
 
         def decide(channel: Channel) -> NewEvent | None:
@@ -568,6 +573,7 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         assert self._ctx is not None
         actor = self._ctx.tokens.caller(context).user_id
         user_id = _target(request.user_id)
+        await self._require_users([user_id], MEMBER_ACTIONS_TAKE)
         reason = _reason(request.reason)
 
         def decide(channel: Channel) -> NewEvent | None:
@@ -585,6 +591,7 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         assert self._ctx is not None
         actor = self._ctx.tokens.caller(context).user_id
         user_id = _target(request.user_id)
+        await self._require_users([user_id], MEMBER_ACTIONS_TAKE)
 
         def decide(channel: Channel) -> NewEvent | None:
             channel.check_unban(actor)

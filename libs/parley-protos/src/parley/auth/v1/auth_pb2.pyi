@@ -345,10 +345,17 @@ class Account(_message.Message):
     USERNAME_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
     DISABLED_FIELD_NUMBER: _builtins.int
+    LOCKED_ADDRESSES_FIELD_NUMBER: _builtins.int
+    LOCKED_UNTIL_UNIX_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     username: _builtins.str
     role: _builtins.str
     disabled: _builtins.bool
+    locked_addresses: _builtins.int
+    """Failed logins lock this account from the addresses they came from (parley_auth.lockout):
+    how many addresses are locked out now, and when the last of those lockouts ends (0: none).
+    """
+    locked_until_unix: _builtins.int
     def __init__(
         self,
         *,
@@ -356,10 +363,12 @@ class Account(_message.Message):
         username: _builtins.str = ...,
         role: _builtins.str = ...,
         disabled: _builtins.bool = ...,
+        locked_addresses: _builtins.int = ...,
+        locked_until_unix: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["disabled", b"disabled", "role", b"role", "user_id", b"user_id", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disabled", b"disabled", "locked_addresses", b"locked_addresses", "locked_until_unix", b"locked_until_unix", "role", b"role", "user_id", b"user_id", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -968,6 +977,33 @@ class Invite(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Invite: _TypeAlias = Invite  # noqa: Y015
+
+@_typing.final
+class UnlockAccountRequest(_message.Message):
+    """Ends every lockout of the account (from every address) and clears its failure counts; an
+    address's own lockout across accounts stays. FAILED_PRECONDITION when it has no failures.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    reason: _builtins.str
+    """up to 500 characters, kept in the audit record"""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnlockAccountRequest: _TypeAlias = UnlockAccountRequest  # noqa: Y015
 
 @_typing.final
 class ResetMfaRequest(_message.Message):

@@ -82,6 +82,7 @@ class AuthServiceStub:
     """MFA administration: an administrator removes a user's TOTP (lost phone); a user replaces
     their recovery codes (the old ones stop working).
     """
+    UnlockAccount: _grpc.UnaryUnaryMultiCallable[_auth_pb2.UnlockAccountRequest, _auth_pb2.Account]
     RegenerateRecoveryCodes: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RegenerateRecoveryCodesRequest, _auth_pb2.RegenerateRecoveryCodesResponse]
     LookupUsers: _grpc.UnaryUnaryMultiCallable[_auth_pb2.LookupUsersRequest, _auth_pb2.LookupUsersResponse]
     """Usernames of user ids, for showing people by name (reactions, members, direct conversations).
@@ -142,6 +143,7 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """MFA administration: an administrator removes a user's TOTP (lost phone); a user replaces
     their recovery codes (the old ones stop working).
     """
+    UnlockAccount: _aio.UnaryUnaryMultiCallable[_auth_pb2.UnlockAccountRequest, _auth_pb2.Account]  # type: ignore[assignment]
     RegenerateRecoveryCodes: _aio.UnaryUnaryMultiCallable[_auth_pb2.RegenerateRecoveryCodesRequest, _auth_pb2.RegenerateRecoveryCodesResponse]  # type: ignore[assignment]
     LookupUsers: _aio.UnaryUnaryMultiCallable[_auth_pb2.LookupUsersRequest, _auth_pb2.LookupUsersResponse]  # type: ignore[assignment]
     """Usernames of user ids, for showing people by name (reactions, members, direct conversations).
@@ -337,6 +339,13 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         """MFA administration: an administrator removes a user's TOTP (lost phone); a user replaces
         their recovery codes (the old ones stop working).
         """
+
+    @_abc_1.abstractmethod
+    def UnlockAccount(
+        self,
+        request: _auth_pb2.UnlockAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.Account, _abc.Awaitable[_auth_pb2.Account]]: ...
 
     @_abc_1.abstractmethod
     def RegenerateRecoveryCodes(

@@ -169,6 +169,11 @@ class GatewayStub:
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.ResetMfaRequest.SerializeToString,
                 response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.Account.FromString,
                 _registered_method=True)
+        self.UnlockAccount = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/UnlockAccount',
+                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.UnlockAccountRequest.SerializeToString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.Account.FromString,
+                _registered_method=True)
         self.RegenerateRecoveryCodes = channel.unary_unary(
                 '/parley.gateway.v1.Gateway/RegenerateRecoveryCodes',
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesRequest.SerializeToString,
@@ -267,6 +272,11 @@ class GatewayStub:
         self.LookupUsers = channel.unary_unary(
                 '/parley.gateway.v1.Gateway/LookupUsers',
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.LookupUsersRequest.SerializeToString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.LookupUsersResponse.FromString,
+                _registered_method=True)
+        self.FindUsers = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/FindUsers',
+                request_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.FindUsersRequest.SerializeToString,
                 response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.LookupUsersResponse.FromString,
                 _registered_method=True)
 
@@ -436,6 +446,12 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UnlockAccount(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RegenerateRecoveryCodes(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -556,6 +572,16 @@ class GatewayServicer:
 
     def LookupUsers(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FindUsers(self, request, context):
+        """Usernames to user ids, for the people the caller may find: those who share a channel with
+        the caller, and for a caller who may also read the account directory (users.read; with
+        messages.read, which this call needs: owner and admin) every account. A name nobody
+        visible has is left out of the answer.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -693,6 +719,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.ResetMfaRequest.FromString,
                     response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.Account.SerializeToString,
             ),
+            'UnlockAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnlockAccount,
+                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.UnlockAccountRequest.FromString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.Account.SerializeToString,
+            ),
             'RegenerateRecoveryCodes': grpc.unary_unary_rpc_method_handler(
                     servicer.RegenerateRecoveryCodes,
                     request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesRequest.FromString,
@@ -791,6 +822,11 @@ def add_GatewayServicer_to_server(servicer, server):
             'LookupUsers': grpc.unary_unary_rpc_method_handler(
                     servicer.LookupUsers,
                     request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.LookupUsersRequest.FromString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.LookupUsersResponse.SerializeToString,
+            ),
+            'FindUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindUsers,
+                    request_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.FindUsersRequest.FromString,
                     response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.LookupUsersResponse.SerializeToString,
             ),
     }
@@ -1509,6 +1545,33 @@ class Gateway:
             _registered_method=True)
 
     @staticmethod
+    def UnlockAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/UnlockAccount',
+            parley_dot_auth_dot_v1_dot_auth__pb2.UnlockAccountRequest.SerializeToString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def RegenerateRecoveryCodes(request,
             target,
             options=(),
@@ -2037,6 +2100,33 @@ class Gateway:
             target,
             '/parley.gateway.v1.Gateway/LookupUsers',
             parley_dot_auth_dot_v1_dot_auth__pb2.LookupUsersRequest.SerializeToString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.LookupUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/FindUsers',
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.FindUsersRequest.SerializeToString,
             parley_dot_auth_dot_v1_dot_auth__pb2.LookupUsersResponse.FromString,
             options,
             channel_credentials,

@@ -69,6 +69,7 @@ class GatewayStub:
     RemoveDevice: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RemoveDeviceRequest, _auth_pb2.RemoveDeviceResponse]
     CreateInvite: _grpc.UnaryUnaryMultiCallable[_auth_pb2.CreateInviteRequest, _auth_pb2.Invite]
     ResetMfa: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ResetMfaRequest, _auth_pb2.Account]
+    UnlockAccount: _grpc.UnaryUnaryMultiCallable[_auth_pb2.UnlockAccountRequest, _auth_pb2.Account]
     RegenerateRecoveryCodes: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RegenerateRecoveryCodesRequest, _auth_pb2.RegenerateRecoveryCodesResponse]
     EditMessage: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.EditMessageRequest, _messaging_pb2.ChatMessage]
     RedactMessage: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.RedactMessageRequest, _messaging_pb2.ChatMessage]
@@ -94,6 +95,12 @@ class GatewayStub:
     """
     EraseUserData: _grpc.UnaryUnaryMultiCallable[_storage_pb2.EraseUserDataRequest, _storage_pb2.EraseUserDataResponse]
     LookupUsers: _grpc.UnaryUnaryMultiCallable[_auth_pb2.LookupUsersRequest, _auth_pb2.LookupUsersResponse]
+    FindUsers: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.FindUsersRequest, _auth_pb2.LookupUsersResponse]
+    """Usernames to user ids, for the people the caller may find: those who share a channel with
+    the caller, and for a caller who may also read the account directory (users.read; with
+    messages.read, which this call needs: owner and admin) every account. A name nobody
+    visible has is left out of the answer.
+    """
 
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
@@ -133,6 +140,7 @@ class GatewayAsyncStub(GatewayStub):
     RemoveDevice: _aio.UnaryUnaryMultiCallable[_auth_pb2.RemoveDeviceRequest, _auth_pb2.RemoveDeviceResponse]  # type: ignore[assignment]
     CreateInvite: _aio.UnaryUnaryMultiCallable[_auth_pb2.CreateInviteRequest, _auth_pb2.Invite]  # type: ignore[assignment]
     ResetMfa: _aio.UnaryUnaryMultiCallable[_auth_pb2.ResetMfaRequest, _auth_pb2.Account]  # type: ignore[assignment]
+    UnlockAccount: _aio.UnaryUnaryMultiCallable[_auth_pb2.UnlockAccountRequest, _auth_pb2.Account]  # type: ignore[assignment]
     RegenerateRecoveryCodes: _aio.UnaryUnaryMultiCallable[_auth_pb2.RegenerateRecoveryCodesRequest, _auth_pb2.RegenerateRecoveryCodesResponse]  # type: ignore[assignment]
     EditMessage: _aio.UnaryUnaryMultiCallable[_messaging_pb2.EditMessageRequest, _messaging_pb2.ChatMessage]  # type: ignore[assignment]
     RedactMessage: _aio.UnaryUnaryMultiCallable[_messaging_pb2.RedactMessageRequest, _messaging_pb2.ChatMessage]  # type: ignore[assignment]
@@ -158,6 +166,12 @@ class GatewayAsyncStub(GatewayStub):
     """
     EraseUserData: _aio.UnaryUnaryMultiCallable[_storage_pb2.EraseUserDataRequest, _storage_pb2.EraseUserDataResponse]  # type: ignore[assignment]
     LookupUsers: _aio.UnaryUnaryMultiCallable[_auth_pb2.LookupUsersRequest, _auth_pb2.LookupUsersResponse]  # type: ignore[assignment]
+    FindUsers: _aio.UnaryUnaryMultiCallable[_gateway_pb2.FindUsersRequest, _auth_pb2.LookupUsersResponse]  # type: ignore[assignment]
+    """Usernames to user ids, for the people the caller may find: those who share a channel with
+    the caller, and for a caller who may also read the account directory (users.read; with
+    messages.read, which this call needs: owner and admin) every account. A name nobody
+    visible has is left out of the answer.
+    """
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
     """The only client-facing API. Every call except Register and Login needs
@@ -352,6 +366,13 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_auth_pb2.Account, _abc.Awaitable[_auth_pb2.Account]]: ...
 
     @_abc_1.abstractmethod
+    def UnlockAccount(
+        self,
+        request: _auth_pb2.UnlockAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.Account, _abc.Awaitable[_auth_pb2.Account]]: ...
+
+    @_abc_1.abstractmethod
     def RegenerateRecoveryCodes(
         self,
         request: _auth_pb2.RegenerateRecoveryCodesRequest,
@@ -495,5 +516,17 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.LookupUsersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.LookupUsersResponse, _abc.Awaitable[_auth_pb2.LookupUsersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def FindUsers(
+        self,
+        request: _gateway_pb2.FindUsersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.LookupUsersResponse, _abc.Awaitable[_auth_pb2.LookupUsersResponse]]:
+        """Usernames to user ids, for the people the caller may find: those who share a channel with
+        the caller, and for a caller who may also read the account directory (users.read; with
+        messages.read, which this call needs: owner and admin) every account. A name nobody
+        visible has is left out of the answer.
+        """
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -755,6 +755,9 @@ class ReactRequest(_message.Message):
     channel_id: _builtins.str
     channel_seq: _builtins.int
     emoji: _builtins.str
+    """One emoji of Unicode's emoji list (a single code point or a sequence the list names as one),
+    or its `:shortcode:` (`:thumbs_up:`, `:+1:`), stored as the emoji; else INVALID_ARGUMENT.
+    """
     remove: _builtins.bool
     def __init__(
         self,

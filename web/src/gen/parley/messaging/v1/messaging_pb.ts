@@ -813,6 +813,9 @@ export type ReactRequest = Message<"parley.messaging.v1.ReactRequest"> & {
   channelSeq: bigint;
 
   /**
+   * One emoji of Unicode's emoji list (a single code point or a sequence the list names as one),
+   * or its `:shortcode:` (`:thumbs_up:`, `:+1:`), stored as the emoji; else INVALID_ARGUMENT.
+   *
    * @generated from field: string emoji = 3;
    */
   emoji: string;
