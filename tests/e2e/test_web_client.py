@@ -44,6 +44,8 @@ AXE = ROOT / "web" / "node_modules" / "axe-core" / "axe.min.js"
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "web" / "test-results" / "screenshots"
 TIMEOUT_MS = 20_000
+# Assertions wait as long as actions do: on a loaded machine a live event can take seconds.
+expect.set_options(timeout=TIMEOUT_MS)
 XSS = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=1</script>'
 XSS_NAME = "<b>x</b><img src=x onerror=alert(1)>"  # channel names are at most 64 characters
 DIALOGS: list[str] = []  # any alert() that ran
