@@ -442,6 +442,8 @@ async def test_rollout_with_approval_and_automatic_rollback_of_a_failing_canary(
         "RolloutRolledBack",
     ]
     assert [a.actor for a in done.audit][:2] == ["alice", "bob"]
+    verdict = next(a for a in done.audit if a.event == "GateEvaluated")
+    assert "canary 100 calls, 50 errors" in verdict.detail, verdict.detail
 
 
 async def test_state_survives_a_restart_and_agent_reports_need_the_platform_identity(registry: Registry) -> None:

@@ -366,6 +366,7 @@ async def _heartbeats(ctx: RunContext, stop: asyncio.Event) -> None:
             errors_total=ctx.stats.errors,
             p99_latency_ms=ctx.stats.take_p99_ms(),
             address=ctx.address,
+            latency_buckets=ctx.stats.latency_buckets,
         )
         try:
             await ctx.bus.nc.publish(subject, beat.SerializeToString())

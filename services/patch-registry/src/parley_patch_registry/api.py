@@ -13,7 +13,7 @@ from parley_core.topology import PLATFORM_USER
 from parley_patch_registry.findings import Finding
 from parley_patch_registry.registry import Registry
 from parley_patch_registry.releases import ReleaseInfo
-from parley_patch_registry.rollout import Rollout
+from parley_patch_registry.rollout import GateEvaluated, Rollout
 from parley_patch_registry.tuf_http import RepositoryHttpServer
 
 Context = grpc.aio.ServicerContext[object, object]
@@ -60,6 +60,9 @@ def rollout_proto(rollout: Rollout) -> patch_pb2.Rollout:
 
 
 def _detail(event: object) -> str:
+    if isinstance(event, GateEvaluated):
+        verdict = "passed" if event.passed else "failed: " + "; ".join(event.reasons)
+        return f"step {event.step} {verdict} ({event.figures()})"
     for name in ("reason", "instance_id", "replaces_instance", "to_version"):
         value = getattr(event, name, "")
         if value:

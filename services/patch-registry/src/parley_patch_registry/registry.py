@@ -14,6 +14,7 @@ import json
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +27,7 @@ from parley_core.bus import EventBus, ReceivedEvent, Replay
 from parley_core.envelope import NewEvent, open_payload
 from parley_core.errors import FailedPrecondition, InvalidArgument, NotFound
 from parley_core.files import ensure_private_dir
+from parley_core.request_stats import LATENCY_BUCKETS_MS, bucket_percentile
 from parley_core.tokens import Caller
 from parley_core.topology import (
     PATCH_FILTER,
@@ -47,11 +49,13 @@ from parley_patch_registry.releases import (
     delegated_role,
     parse_public_key,
 )
-from parley_patch_registry.rollout import InstanceWindow, Rollout, RolloutEvent, require_patch_role
+from parley_patch_registry.rollout import CallFigures, InstanceWindow, Rollout, RolloutEvent, require_patch_role
 from parley_patch_registry.schemas import SchemaCensus, check_readable
 from parley_patch_registry.settings import RegistrySettings
 
 log = logging.getLogger(__name__)
+# Heartbeats kept per instance: at one a second, the last ten minutes, longer than any gate window.
+HEARTBEAT_HISTORY = 600
 
 # The envelope actor of what the registry records on its own (overdue alerts, automatic roll-out
 # steps): "service:<name>" as every service writes it, so `parley audit query --actor
@@ -60,26 +64,67 @@ REGISTRY_ACTOR = "service:patch-registry"
 
 
 class FleetView:
-    """The newest heartbeat of every instance, when it arrived, and the one before it."""
+    """Every instance's heartbeats of the last while (newest last), with when each arrived."""
 
-    def __init__(self, stale_after_s: float) -> None:
+    def __init__(self, stale_after_s: float, history: int = HEARTBEAT_HISTORY) -> None:
         self.stale_after_s = stale_after_s
-        self._latest: dict[str, tuple[fleet_pb2.InstanceHeartbeat, float]] = {}
+        self._history_len = history
+        self._beats: dict[str, deque[tuple[fleet_pb2.InstanceHeartbeat, float]]] = {}
         self._first: dict[str, tuple[fleet_pb2.InstanceHeartbeat, float]] = {}
+
+    @property
+    def _latest(self) -> dict[str, tuple[fleet_pb2.InstanceHeartbeat, float]]:
+        return {instance_id: beats[-1] for instance_id, beats in self._beats.items()}
 
     def record(self, beat: fleet_pb2.InstanceHeartbeat, received_at: float) -> None:
         self._first.setdefault(beat.instance_id, (beat, received_at))
-        self._latest[beat.instance_id] = (beat, received_at)
+        self._beats.setdefault(beat.instance_id, deque(maxlen=self._history_len)).append((beat, received_at))
 
     def is_live(self, instance_id: str, now: float) -> bool:
-        entry = self._latest.get(instance_id)
+        entry = self.latest(instance_id)
         return entry is not None and now - entry[1] <= self.stale_after_s and entry[0].health == "SERVING"
 
     def latest(self, instance_id: str) -> tuple[fleet_pb2.InstanceHeartbeat, float] | None:
-        return self._latest.get(instance_id)
+        beats = self._beats.get(instance_id)
+        return beats[-1] if beats else None
 
     def first(self, instance_id: str) -> tuple[fleet_pb2.InstanceHeartbeat, float] | None:
         return self._first.get(instance_id)
+
+    def figures(self, instance_ids: Iterable[str], since: float | None) -> CallFigures:
+        """The calls these instances served since `since` (None: since they started), summed.
+
+        Each instance's counters are cumulative, so the window is its newest heartbeat minus the
+        last one received at or before `since` (zero when it started later). Latencies come from
+        the difference of the latency histograms; an instance of a version without them counts
+        its heartbeats' own p99s, the worst of them.
+        """
+        calls = errors = 0
+        buckets = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+        unbucketed_p99 = 0.0
+        for instance_id in instance_ids:
+            beats = self._beats.get(instance_id)
+            if not beats:
+                continue
+            latest = beats[-1][0]
+            base: fleet_pb2.InstanceHeartbeat | None = None
+            if since is not None:
+                base = next((beat for beat, seen in reversed(beats) if seen <= since), None)
+            calls += latest.requests_total - (base.requests_total if base else 0)
+            errors += latest.errors_total - (base.errors_total if base else 0)
+            if len(latest.latency_buckets) == len(buckets):
+                before = list(base.latency_buckets) if base and len(base.latency_buckets) == len(buckets) else []
+                for index, count in enumerate(latest.latency_buckets):
+                    buckets[index] += count - (before[index] if before else 0)
+            else:
+                window = [beat for beat, seen in beats if since is None or seen > since]
+                unbucketed_p99 = max([unbucketed_p99, *(beat.p99_latency_ms for beat in window)])
+        return CallFigures(
+            calls=calls,
+            errors=errors,
+            p50_ms=bucket_percentile(buckets, 0.5),
+            p99_ms=max(bucket_percentile(buckets, 0.99), unbucketed_p99),
+        )
 
     def instances(self, now: float) -> list[fleet_pb2.InstanceStatus]:
         return [
@@ -467,19 +512,24 @@ class Registry:
                 events = work.rolled_back(at=now)
             return await self._record(rollout_id, events, "node-agent")
 
-    def _window(self, instance_id: str, now: float) -> InstanceWindow:
+    def _window(self, rollout: Rollout, instance_id: str, now: float) -> InstanceWindow:
+        """The new instance's calls since it started, the stable (old-version) instances' over the same time."""
         latest, first = self.fleet.latest(instance_id), self.fleet.first(instance_id)
         if latest is None or first is None:
-            return InstanceWindow(instance_id, serving=False, reporting=False, requests=0, errors=0, p99_latency_ms=0)
+            return InstanceWindow(instance_id, serving=False, reporting=False)
         beat, seen = latest
-        start = first[0]
+        stable = [
+            other.instance_id
+            for other in self.fleet.live(now, rollout.service)
+            if other.version == rollout.from_version and other.instance_id != instance_id
+        ]
         return InstanceWindow(
             instance_id,
             serving=beat.health == "SERVING",
             reporting=now - seen <= self.fleet.stale_after_s,
-            requests=beat.requests_total - start.requests_total,
-            errors=beat.errors_total - start.errors_total,
-            p99_latency_ms=beat.p99_latency_ms,
+            window_s=now - first[1],
+            canary=self.fleet.figures([instance_id], since=None),
+            stable=self.fleet.figures(stable, since=first[1]),
         )
 
     async def drive(self) -> None:
@@ -495,14 +545,14 @@ class Registry:
                 if step is None or (step.gate_passed and step.drained):
                     events = work.next_step(at=time.time())
                 elif step.new_instance and step.gate_passed is None:
-                    started = self._step_started_at.get((rollout_id, work.current_step), now)
+                    # The analysis window opens at the new instance's first heartbeat; the verdict
+                    # waits for enough calls until the gate's time (from its start) is up.
+                    started = self._step_started_at.setdefault((rollout_id, work.current_step), now)
                     seen = self.fleet.first(step.new_instance)
                     watched_for = now - seen[1] if seen else 0.0
-                    if watched_for >= self.settings.gate_window_seconds or (
-                        seen is None and now - started >= self.settings.gate_timeout_seconds
-                    ):
-                        events = work.gate(
-                            self._window(step.new_instance, now), self.settings.gate_policy(), at=time.time()
-                        )
+                    final = now - started >= self.settings.gate_timeout_seconds
+                    if watched_for >= self.settings.gate_window_seconds or final:
+                        window = self._window(work, step.new_instance, now)
+                        events = work.gate(window, self.settings.gate_policy(), at=time.time(), final=final)
                 if events:
                     await self._record(rollout_id, events, REGISTRY_ACTOR)

@@ -74,9 +74,30 @@ class InstanceStarted(RolloutEvent):
 
 @dataclass(frozen=True)
 class GateEvaluated(RolloutEvent):
+    """The verdict and the evidence it rests on (see InstanceWindow)."""
+
     step: int
     passed: bool
     reasons: tuple[str, ...]
+    window_s: float = 0.0
+    canary_calls: int = 0
+    canary_errors: int = 0
+    canary_p50_ms: float = 0.0
+    canary_p99_ms: float = 0.0
+    stable_calls: int = 0
+    stable_errors: int = 0
+    stable_p50_ms: float = 0.0
+    stable_p99_ms: float = 0.0
+
+    def figures(self) -> str:
+        """One line for the audit: what the verdict saw."""
+        canary = _figures("canary", self.canary_calls, self.canary_errors, self.canary_p50_ms, self.canary_p99_ms)
+        stable = _figures("stable", self.stable_calls, self.stable_errors, self.stable_p50_ms, self.stable_p99_ms)
+        return f"over {self.window_s:.1f} s: {canary}; {stable if self.stable_calls else 'no stable calls to compare'}"
+
+
+def _figures(who: str, calls: int, errors: int, p50_ms: float, p99_ms: float) -> str:
+    return f"{who} {calls} calls, {errors} errors, p50 {p50_ms:.0f} ms, p99 {p99_ms:.0f} ms"
 
 
 @dataclass(frozen=True)
@@ -118,35 +139,77 @@ class RolloutRolledBack(RolloutEvent):
 class GatePolicy:
     max_error_rate: float = 0.01
     max_p99_latency_ms: float = 500.0
-    min_requests: int = 0  # a canary that served nothing is judged on health alone by default
+    # Evidence: no verdict of "passed" on fewer calls than this; too few by the gate's timeout fails.
+    min_requests: int = 20
+    # Against the stable instances over the same window (when they served min_requests too):
+    # the canary's p99 may be at most this many times theirs, or this many ms above it.
+    max_p99_vs_stable: float = 2.0
+    p99_slack_ms: float = 100.0
+
+
+@dataclass(frozen=True)
+class CallFigures:
+    """Unary calls served over a window, as heartbeats counted them."""
+
+    calls: int = 0
+    errors: int = 0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.calls if self.calls else 0.0
 
 
 @dataclass(frozen=True)
 class InstanceWindow:
-    """What one instance reported about itself over the gate's window."""
+    """What the new instance reported over the analysis window, and the stable instances over the same window."""
 
     instance_id: str
     serving: bool
     reporting: bool  # heartbeats arrive
-    requests: int
-    errors: int
-    p99_latency_ms: float
+    window_s: float = 0.0
+    canary: CallFigures = CallFigures()
+    stable: CallFigures = CallFigures()
 
 
-def judge(window: InstanceWindow, policy: GatePolicy) -> tuple[str, ...]:
-    """Reasons the instance fails the gate; empty means it passes."""
+def judge(window: InstanceWindow, policy: GatePolicy, *, final: bool = True) -> tuple[str, ...] | None:
+    """Reasons the instance fails the gate; empty means it passes; None means wait for more calls.
+
+    Never a pass on too little evidence: below `min_requests` calls the verdict waits, unless the
+    gate's time is up (`final`), when it fails. Failures that more calls cannot undo (unhealthy,
+    more errors than the whole minimum may hold, a p99 already over the limit) fail at once.
+    """
     reasons = []
+    canary, stable = window.canary, window.stable
     if not window.reporting:
         reasons.append("stopped reporting heartbeats")
     if not window.serving:
         reasons.append("gRPC health is not SERVING")
-    if window.requests < policy.min_requests:
-        reasons.append(f"served {window.requests} requests, gate needs {policy.min_requests}")
-    if window.requests and window.errors / window.requests > policy.max_error_rate:
-        reasons.append(f"error rate {window.errors / window.requests:.1%} > {policy.max_error_rate:.1%}")
-    if window.p99_latency_ms > policy.max_p99_latency_ms:
-        reasons.append(f"p99 latency {window.p99_latency_ms:.0f} ms > {policy.max_p99_latency_ms:.0f} ms")
-    return tuple(reasons)
+    if canary.errors > policy.max_error_rate * max(canary.calls, policy.min_requests):
+        reasons.append(
+            f"error rate {canary.error_rate:.1%} ({canary.errors} of {canary.calls} calls) "
+            f"> {policy.max_error_rate:.1%}"
+        )
+    if canary.p99_ms > policy.max_p99_latency_ms:
+        reasons.append(f"p99 latency {canary.p99_ms:.0f} ms > {policy.max_p99_latency_ms:.0f} ms")
+    elif stable.calls >= policy.min_requests and canary.calls >= policy.min_requests:
+        allowed = max(stable.p99_ms * policy.max_p99_vs_stable, stable.p99_ms + policy.p99_slack_ms)
+        if canary.p99_ms > allowed:
+            reasons.append(
+                f"p99 latency {canary.p99_ms:.0f} ms > {allowed:.0f} ms allowed against the stable "
+                f"instances' {stable.p99_ms:.0f} ms"
+            )
+    if reasons:
+        return tuple(reasons)
+    if canary.calls < policy.min_requests:
+        if not final:
+            return None
+        return (
+            f"too little evidence: {canary.calls} calls in {window.window_s:.0f} s, "
+            f"the gate needs {policy.min_requests}",
+        )
+    return ()
 
 
 # ---- aggregate -------------------------------------------------------------------------------
@@ -315,13 +378,19 @@ class Rollout:
             )
         )
 
-    def gate(self, window: InstanceWindow, policy: GatePolicy, *, at: float) -> list[RolloutEvent]:
-        """Judges the new instance of the current step; a failure rolls back at once."""
+    def gate(self, window: InstanceWindow, policy: GatePolicy, *, at: float, final: bool = True) -> list[RolloutEvent]:
+        """Judges the new instance of the current step; a failure rolls back at once.
+
+        No events while the evidence is too thin and the gate's time is not up (`final`).
+        """
         self._require("canary", "production", "paused")
         step = self.steps[self.current_step]
         if window.instance_id != step.new_instance:
             raise InvalidArgument(f"step {self.current_step} gates {step.new_instance or 'no instance yet'}")
-        reasons = judge(window, policy)
+        reasons = judge(window, policy, final=final)
+        if reasons is None:
+            return []
+        canary, stable = window.canary, window.stable
         events = self._emit(
             GateEvaluated(
                 rollout_id=self.rollout_id,
@@ -330,6 +399,15 @@ class Rollout:
                 step=self.current_step,
                 passed=not reasons,
                 reasons=reasons,
+                window_s=window.window_s,
+                canary_calls=canary.calls,
+                canary_errors=canary.errors,
+                canary_p50_ms=canary.p50_ms,
+                canary_p99_ms=canary.p99_ms,
+                stable_calls=stable.calls,
+                stable_errors=stable.errors,
+                stable_p50_ms=stable.p50_ms,
+                stable_p99_ms=stable.p99_ms,
             )
         )
         if reasons:

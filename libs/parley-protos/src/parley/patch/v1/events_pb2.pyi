@@ -234,11 +234,32 @@ class GateEvaluated(_message.Message):
     STEP_FIELD_NUMBER: _builtins.int
     PASSED_FIELD_NUMBER: _builtins.int
     REASONS_FIELD_NUMBER: _builtins.int
+    WINDOW_S_FIELD_NUMBER: _builtins.int
+    CANARY_CALLS_FIELD_NUMBER: _builtins.int
+    CANARY_ERRORS_FIELD_NUMBER: _builtins.int
+    CANARY_P50_MS_FIELD_NUMBER: _builtins.int
+    CANARY_P99_MS_FIELD_NUMBER: _builtins.int
+    STABLE_CALLS_FIELD_NUMBER: _builtins.int
+    STABLE_ERRORS_FIELD_NUMBER: _builtins.int
+    STABLE_P50_MS_FIELD_NUMBER: _builtins.int
+    STABLE_P99_MS_FIELD_NUMBER: _builtins.int
     rollout_id: _builtins.str
     at: _builtins.float
     actor: _builtins.str
     step: _builtins.int
     passed: _builtins.bool
+    window_s: _builtins.float
+    """The evidence the verdict rests on: the new instance's calls over the analysis window and the
+    stable instances' over the same window (latencies are latency-bucket upper bounds).
+    """
+    canary_calls: _builtins.int
+    canary_errors: _builtins.int
+    canary_p50_ms: _builtins.float
+    canary_p99_ms: _builtins.float
+    stable_calls: _builtins.int
+    stable_errors: _builtins.int
+    stable_p50_ms: _builtins.float
+    stable_p99_ms: _builtins.float
     @_builtins.property
     def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -250,10 +271,19 @@ class GateEvaluated(_message.Message):
         step: _builtins.int = ...,
         passed: _builtins.bool = ...,
         reasons: _abc.Iterable[_builtins.str] | None = ...,
+        window_s: _builtins.float = ...,
+        canary_calls: _builtins.int = ...,
+        canary_errors: _builtins.int = ...,
+        canary_p50_ms: _builtins.float = ...,
+        canary_p99_ms: _builtins.float = ...,
+        stable_calls: _builtins.int = ...,
+        stable_errors: _builtins.int = ...,
+        stable_p50_ms: _builtins.float = ...,
+        stable_p99_ms: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "at", b"at", "passed", b"passed", "reasons", b"reasons", "rollout_id", b"rollout_id", "step", b"step"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "at", b"at", "canary_calls", b"canary_calls", "canary_errors", b"canary_errors", "canary_p50_ms", b"canary_p50_ms", "canary_p99_ms", b"canary_p99_ms", "passed", b"passed", "reasons", b"reasons", "rollout_id", b"rollout_id", "stable_calls", b"stable_calls", "stable_errors", b"stable_errors", "stable_p50_ms", b"stable_p50_ms", "stable_p99_ms", b"stable_p99_ms", "step", b"step", "window_s", b"window_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
