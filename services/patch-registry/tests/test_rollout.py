@@ -160,6 +160,7 @@ def test_canary_then_production_one_at_a_time_then_done() -> None:
         (window(calls=10, reporting=False), "heartbeats"),
         (window(calls=100, errors=5), "error rate 5.0%"),
         (window(calls=100, p99=900), "p99 latency"),
+        (window(calls=POLICY.min_requests - 1, p99=900, reporting=False), "heartbeats"),
         # Errors that even a full minimum of good calls could not dilute fail before the minimum.
         (window(calls=3, errors=3), "error rate 100.0% (3 of 3 calls)"),
         # Slower than the stable instances over the same window, though under the absolute limit.
@@ -174,7 +175,7 @@ def test_canary_failing_its_gate_is_rolled_back_automatically(evidence: Instance
     rollout.approve(actor="bob", actor_role="operator", at=2.0)
     rollout.next_step(at=2.0)
     rollout.instance_started(instance_id="n-1", version="0.2.0", at=3.0)
-    events = rollout.gate(evidence, POLICY, at=4.0, final=False)
+    events = rollout.gate(evidence, POLICY, at=4.0, final=False, settled=False)
     assert rollout.state == "rolling_back"
     rollback = events[-1]
     assert isinstance(rollback, RollbackStarted)
@@ -257,9 +258,15 @@ def canary_started() -> Rollout:
 def test_too_little_evidence_waits_then_fails_and_never_passes() -> None:
     rollout = canary_started()
     thin = window(calls=POLICY.min_requests - 1)
+    assert rollout.gate(thin, POLICY, at=4.0, final=False, settled=False) == []
     assert rollout.gate(thin, POLICY, at=4.0, final=False) == []
+    # One slow first call among too few is not a p99 yet; by the gate's time it is.
+    slow = window(calls=3, p99=900)
+    assert rollout.gate(slow, POLICY, at=4.0, final=False) == []
     assert rollout.state == "canary"
     assert rollout.steps[0].gate_passed is None
+    healthy_so_far = window(calls=POLICY.min_requests + 5)
+    assert rollout.gate(healthy_so_far, POLICY, at=4.5, final=False, settled=False) == []  # a pass needs the window
     events = rollout.gate(thin, POLICY, at=5.0, final=True)
     assert rollout.state == "rolling_back"
     assert "too little evidence: 19 calls" in rollout.rollback_reason
@@ -282,3 +289,24 @@ def test_every_verdict_records_its_figures() -> None:
     )
     # The figures survive the trip through the PATCH stream's protobuf form.
     assert codec.from_proto(codec.to_proto(verdict)) == verdict
+
+
+def test_a_canary_that_exits_is_rolled_back_at_once_with_its_last_log_lines() -> None:
+    rollout, _ = planned()
+    rollout.approve(actor="bob", actor_role="operator", at=2.0)
+    rollout.next_step(at=2.0)
+    lines = ('{"msg": "starting"}', "Traceback (most recent call last):", "SystemExit: broken on purpose", "")
+    events = rollout.instance_exited(
+        instance_id="n-1", exit_code=1, last_log_lines=lines, at=3.0, actor="node-agent@host-1"
+    )
+    assert [type(e).__name__ for e in events] == ["InstanceExited", "GateEvaluated", "RollbackStarted"]
+    assert rollout.state == "rolling_back"
+    assert rollout.rollback_reason == "canary: n-1 exited with code 1: SystemExit: broken on purpose"
+    step = rollout.steps[0]
+    assert (step.new_instance, step.exit_code, step.gate_passed) == ("n-1", 1, False)
+    assert events[0].actor == "node-agent@host-1"
+    # Through the stream and back: the replayed roll-out knows the same.
+    replayed = Rollout.replay([codec.from_proto(codec.to_proto(e)) for e in rollout.history])  # type: ignore[misc]
+    assert replayed.steps[0].last_log_lines == lines
+    # A second report of the same exit changes nothing.
+    assert rollout.instance_exited(instance_id="n-1", exit_code=1, last_log_lines=lines, at=4.0) == []

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
 import signal
+import socket
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +66,11 @@ class Instance:
     log_file: TextIO | None = field(default=None, repr=False)
     # Has been behind its front door: kept running (a starting or failed canary is not).
     serving: bool = False
+    # Where this instance's lines begin in the service's log.
+    log_offset: int = 0
+    # The roll-out whose new instance this is, while that roll-out runs: its exit is reported to
+    # the registry (which rolls back), not restarted by a supervisor.
+    rollout_id: str = ""
 
     @property
     def address(self) -> str:
@@ -101,8 +108,10 @@ class NodeAgent:
         environment: Mapping[str, str],
         timeouts: AgentTimeouts | None = None,
         log_dir: Path | None = None,
+        host: str = "",
     ) -> None:
         self.data_dir = data_dir
+        self.host = host or socket.gethostname()  # named in the registry's audit of what this agent did
         self.pki = pki
         self.environment = dict(environment)  # PARLEY_* settings every instance gets
         self.timeouts = timeouts or AgentTimeouts()
@@ -147,6 +156,7 @@ class NodeAgent:
             path = self.log_path(instance.service)
             instance.log_file = open(path, "a", buffering=1)  # noqa: SIM115, ASYNC230 - kept for the process's life
             os.chmod(path, 0o600)
+        instance.log_offset = instance.log_file.tell()
         env = {
             **os.environ,
             **self.environment,
@@ -219,8 +229,29 @@ class NodeAgent:
         return instance
 
     def exited(self) -> list[Instance]:
-        """Serving instances whose process has ended (crashed or stopped by someone else)."""
-        return [i for i in self.instances.values() if i.serving and i.process and i.process.returncode is not None]
+        """Serving instances whose process has ended (crashed or stopped by someone else); a
+        roll-out's new instance is the roll-out's business (reported, then rolled back)."""
+        return [
+            i
+            for i in self.instances.values()
+            if i.serving and not i.rollout_id and i.process and i.process.returncode is not None
+        ]
+
+    def last_log_lines(self, instance: Instance, lines: int = 20) -> list[str]:
+        """The end of what this instance wrote to its service's log (other instances' lines left out)."""
+        try:
+            with self.log_path(instance.service).open("rb") as log_file:
+                log_file.seek(instance.log_offset)
+                text = log_file.read().decode(errors="replace")
+        except OSError:
+            return []
+        own = []
+        for line in text.splitlines():
+            with contextlib.suppress(ValueError, AttributeError):
+                if json.loads(line).get("instance", instance.instance_id) != instance.instance_id:
+                    continue
+            own.append(line)
+        return own[-lines:]
 
     async def restart(self, instance_id: str) -> bool:
         """The same instance (id, port, version) started again after its process ended.
@@ -245,19 +276,20 @@ class NodeAgent:
                 instance.log_file.close()
         return instance
 
-    async def drain(self, instance_id: str) -> None:
+    async def drain(self, instance_id: str, *, failed: bool = False) -> None:
         """Out of the front door, then callers' connections move away, then SIGTERM.
 
         Stopping a gRPC server cancels calls that raced its shutdown (grpc/grpc#41785), so the
         instance is stopped only after its connections aged out through graceful GOAWAYs and
-        reconnected through the front door to the other instances.
+        reconnected through the front door to the other instances. A `failed` instance (its gate
+        failed) is stopped at once: every call its connections still bring it is one more failure.
         """
         instance = self.instances.pop(instance_id, None)
         if instance is None:
             return
         self.front_doors[instance.service].remove(instance.address)
         process = instance.process
-        if process is not None and process.returncode is None and not self._stop.is_set():
+        if process is not None and process.returncode is None and not self._stop.is_set() and not failed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(process.wait(), self.timeouts.connections_moved_s(instance.service))
         if process is not None and process.returncode is None:
@@ -321,24 +353,64 @@ class NodeAgent:
         if not step.new_instance:
             python = await self._install(rollout)
             instance = await self.start_instance(rollout.service, rollout.to_version, python)
+            instance.rollout_id = rollout.rollout_id
             if await self.wait_ready(instance):
                 self._serve(instance)
+            elif instance.process is not None and instance.process.returncode is not None:
+                await self._report_exit(rollout, instance)  # a crash at start: rolled back at once
+                return True
             # Reported either way: a new instance that never became ready fails the gate.
             await self.registry.ReportInstanceStarted(
                 patch_pb2.ReportInstanceRequest(
-                    rollout_id=rollout.rollout_id, instance_id=instance.instance_id, version=rollout.to_version
+                    rollout_id=rollout.rollout_id,
+                    instance_id=instance.instance_id,
+                    version=rollout.to_version,
+                    host=self.host,
                 ),
                 timeout=10.0,
             )
             return True
+        crashed = [
+            i
+            for s in rollout.steps
+            if (i := self.instances.get(s.new_instance)) is not None
+            and i.process is not None
+            and i.process.returncode is not None
+        ]
+        if crashed:
+            await self._report_exit(rollout, crashed[0])
+            return True
         if step.gate == "passed" and not step.drained:
             await self.drain(step.replaces_instance)
             await self.registry.ReportInstanceDrained(
-                patch_pb2.ReportInstanceRequest(rollout_id=rollout.rollout_id, instance_id=step.replaces_instance),
+                patch_pb2.ReportInstanceRequest(
+                    rollout_id=rollout.rollout_id, instance_id=step.replaces_instance, host=self.host
+                ),
                 timeout=10.0,
             )
             return True
         return False
+
+    async def _report_exit(self, rollout: patch_pb2.Rollout, instance: Instance) -> None:
+        """The exit code and the instance's last log lines, so that `patch status` shows why."""
+        assert instance.process is not None
+        assert instance.process.returncode is not None
+        log.warning(
+            "roll-out %s: %s exited with %s; reporting it",
+            rollout.rollout_id,
+            instance.instance_id,
+            instance.process.returncode,
+        )
+        await self.registry.ReportInstanceExited(
+            patch_pb2.ReportInstanceExitRequest(
+                rollout_id=rollout.rollout_id,
+                instance_id=instance.instance_id,
+                exit_code=instance.process.returncode,
+                last_log_lines=self.last_log_lines(instance),
+                host=self.host,
+            ),
+            timeout=10.0,
+        )
 
     async def _roll_back(self, rollout: patch_pb2.Rollout) -> None:
         """The old version back on every replaced instance first, then the new ones out."""
@@ -348,8 +420,10 @@ class NodeAgent:
                 await self.start_serving(rollout.service, rollout.from_version, python)
         for step in rollout.steps:
             if step.new_instance:
-                await self.drain(step.new_instance)
-        await self.registry.ReportRolledBack(patch_pb2.GetRolloutRequest(rollout_id=rollout.rollout_id), timeout=10.0)
+                await self.drain(step.new_instance, failed=step.gate != "passed")
+        await self.registry.ReportRolledBack(
+            patch_pb2.GetRolloutRequest(rollout_id=rollout.rollout_id, host=self.host), timeout=10.0
+        )
 
     async def _step_logged(self, rollout: patch_pb2.Rollout) -> None:
         """A failed step is retried on the next pass; the registry's gate timeout bounds it."""
@@ -363,9 +437,14 @@ class NodeAgent:
         while not self._stop.is_set():
             try:
                 response = await self.registry.ListRollouts(patch_pb2.ListRolloutsRequest(), timeout=10.0)
+                active = set()
                 for rollout in response.rollouts:
                     if rollout.state not in ("done", "rolled_back"):
+                        active.add(rollout.rollout_id)
                         await self._step_logged(rollout)
+                for instance in self.instances.values():
+                    if instance.rollout_id and instance.rollout_id not in active:
+                        instance.rollout_id = ""  # its roll-out finished: an ordinary instance now
             except grpc.aio.AioRpcError as error:
                 log.warning("registry not reachable: %s", error.details())
             with contextlib.suppress(TimeoutError):

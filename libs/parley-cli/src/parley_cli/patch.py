@@ -47,7 +47,10 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def _when(unix: float) -> str:
-    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M UTC") if unix else "-"
+    """To the millisecond: the audit orders steps that happen within the same second."""
+    if not unix:
+        return "-"
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
 
 
 def _due(deadline: float, now: float) -> str:
@@ -144,6 +147,15 @@ def _print_rollout(rollout: patch_pb2.Rollout, names: dict[str, str]) -> None:
             for i, s in enumerate(rollout.steps)
         ]
         print(table(("step", "replaces", "new instance", "gate", "old drained"), rows))
+    for i, s in enumerate(rollout.steps):
+        if s.exited:
+            where = "canary" if i == 0 else f"step {i}"
+            print(f"{where} {s.new_instance} {s.exited}; its last log lines:")
+            for line in s.last_log_lines:
+                print(f"  {shown(line)}")
+    verdicts = [a for a in rollout.audit if a.event == "GateEvaluated"]
+    if verdicts:
+        print(f"last gate: {shown(verdicts[-1].detail)}")
 
 
 def audit_table(rollout: patch_pb2.Rollout, names: dict[str, str]) -> str:

@@ -49,13 +49,23 @@ from parley_patch_registry.releases import (
     delegated_role,
     parse_public_key,
 )
-from parley_patch_registry.rollout import CallFigures, InstanceWindow, Rollout, RolloutEvent, require_patch_role
+from parley_patch_registry.rollout import (
+    CallFigures,
+    InstanceWindow,
+    Rollout,
+    RolloutEvent,
+    describe,
+    require_patch_role,
+)
 from parley_patch_registry.schemas import SchemaCensus, check_readable
 from parley_patch_registry.settings import RegistrySettings
 
 log = logging.getLogger(__name__)
 # Heartbeats kept per instance: at one a second, the last ten minutes, longer than any gate window.
 HEARTBEAT_HISTORY = 600
+# What of a crashed instance's log the audit keeps: its last lines, each cut to a length.
+LOG_LINES_KEPT = 20
+LOG_LINE_LIMIT = 500
 
 # The envelope actor of what the registry records on its own (overdue alerts, automatic roll-out
 # steps): "service:<name>" as every service writes it, so `parley audit query --actor
@@ -249,6 +259,7 @@ class Registry:
             await self._replay.wait_for_seq(last)
 
     async def _record(self, rollout_id: str, events: list[RolloutEvent], actor: str) -> Rollout:
+        """Appends the events, then logs each: the registry's log tells a roll-out's story too."""
         existing = self.rollouts.get(rollout_id)
         await self._append(
             rollout_subject(rollout_id),
@@ -259,7 +270,19 @@ class Registry:
             version=len(existing.history) if existing else 0,
             expected=self._rollout_seq.get(rollout_id, 0),
         )
-        return self.rollouts[rollout_id]
+        rollout = self.rollouts[rollout_id]
+        for event in events:
+            log.info(
+                "roll-out %s (%s %s -> %s): %s by %s%s",
+                rollout_id,
+                rollout.service,
+                rollout.from_version,
+                rollout.to_version,
+                type(event).__name__,
+                event.actor,
+                f": {detail}" if (detail := describe(event)) else "",
+            )
+        return rollout
 
     # ---- releases -----------------------------------------------------------------------------
 
@@ -499,18 +522,36 @@ class Registry:
                 raise InvalidArgument(f"unknown roll-out command {action!r}")
             return await self._record(rollout_id, events, caller.user_id)
 
-    async def agent_report(self, rollout_id: str, what: str, *, instance_id: str = "", version: str = "") -> Rollout:
-        """What a node agent did for the current step (mutual TLS identifies it)."""
+    async def agent_report(
+        self,
+        rollout_id: str,
+        what: str,
+        *,
+        host: str,
+        instance_id: str = "",
+        version: str = "",
+        exit_code: int = 0,
+        last_log_lines: Iterable[str] = (),
+    ) -> Rollout:
+        """What a node agent did for the current step (mutual TLS identifies it; it names its host)."""
+        actor = f"node-agent@{host}" if host else "node-agent"
         async with self._lock:
             work = self.rollout(rollout_id).snapshot()
             now = time.time()
             if what == "started":
-                events = work.instance_started(instance_id=instance_id, version=version, at=now)
+                events = work.instance_started(instance_id=instance_id, version=version, at=now, actor=actor)
             elif what == "drained":
-                events = work.drained(instance_id=instance_id, at=now)
+                events = work.drained(instance_id=instance_id, at=now, actor=actor)
+            elif what == "exited":
+                lines = [line[:LOG_LINE_LIMIT] for line in last_log_lines][-LOG_LINES_KEPT:]
+                events = work.instance_exited(
+                    instance_id=instance_id, exit_code=exit_code, last_log_lines=lines, at=now, actor=actor
+                )
             else:
-                events = work.rolled_back(at=now)
-            return await self._record(rollout_id, events, "node-agent")
+                events = work.rolled_back(at=now, actor=actor)
+            if not events:
+                return self.rollout(rollout_id)
+            return await self._record(rollout_id, events, actor)
 
     def _window(self, rollout: Rollout, instance_id: str, now: float) -> InstanceWindow:
         """The new instance's calls since it started, the stable (old-version) instances' over the same time."""
@@ -550,9 +591,14 @@ class Registry:
                     started = self._step_started_at.setdefault((rollout_id, work.current_step), now)
                     seen = self.fleet.first(step.new_instance)
                     watched_for = now - seen[1] if seen else 0.0
+                    # A failure is a verdict as soon as it shows (a broken canary serves as few
+                    # calls as possible); a pass needs the whole window and enough calls.
                     final = now - started >= self.settings.gate_timeout_seconds
-                    if watched_for >= self.settings.gate_window_seconds or final:
+                    if seen is not None or final:
                         window = self._window(work, step.new_instance, now)
-                        events = work.gate(window, self.settings.gate_policy(), at=time.time(), final=final)
+                        settled = watched_for >= self.settings.gate_window_seconds
+                        events = work.gate(
+                            window, self.settings.gate_policy(), at=time.time(), final=final, settled=settled
+                        )
                 if events:
                     await self._record(rollout_id, events, REGISTRY_ACTOR)

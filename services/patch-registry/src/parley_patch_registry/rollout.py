@@ -41,7 +41,7 @@ def require_patch_role(role: str, what: str, *, permission: str = "patch-rollout
 class RolloutEvent:
     rollout_id: str
     at: float  # unix seconds
-    actor: str  # user id, or "registry" for automatic decisions
+    actor: str  # user id, "registry" for automatic decisions, "node-agent@<host>" for what an agent did
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,16 @@ def _figures(who: str, calls: int, errors: int, p50_ms: float, p99_ms: float) ->
 
 
 @dataclass(frozen=True)
+class InstanceExited(RolloutEvent):
+    """The step's new instance ended on its own; its agent saw the exit at once."""
+
+    step: int
+    instance_id: str
+    exit_code: int
+    last_log_lines: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class InstanceDrained(RolloutEvent):
     step: int
     instance_id: str
@@ -130,6 +140,24 @@ class RolloutCompleted(RolloutEvent):
 @dataclass(frozen=True)
 class RolloutRolledBack(RolloutEvent):
     pass
+
+
+def exit_description(exit_code: int) -> str:
+    return f"killed by signal {-exit_code}" if exit_code < 0 else f"exited with code {exit_code}"
+
+
+def describe(event: RolloutEvent) -> str:
+    """The audit's detail of an event: what a reader needs beyond its name and actor."""
+    if isinstance(event, GateEvaluated):
+        verdict = "passed" if event.passed else "failed: " + "; ".join(event.reasons)
+        return f"step {event.step} {verdict} ({event.figures()})"
+    if isinstance(event, InstanceExited):
+        return f"{event.instance_id} {exit_description(event.exit_code)}"
+    for name in ("reason", "instance_id", "replaces_instance", "to_version"):
+        value = getattr(event, name, "")
+        if value:
+            return f"{name}={value}"
+    return ""
 
 
 # ---- health gate -----------------------------------------------------------------------------
@@ -173,12 +201,16 @@ class InstanceWindow:
     stable: CallFigures = CallFigures()
 
 
-def judge(window: InstanceWindow, policy: GatePolicy, *, final: bool = True) -> tuple[str, ...] | None:
-    """Reasons the instance fails the gate; empty means it passes; None means wait for more calls.
+def judge(
+    window: InstanceWindow, policy: GatePolicy, *, final: bool = True, settled: bool = True
+) -> tuple[str, ...] | None:
+    """Reasons the instance fails the gate; empty means it passes; None means wait for more.
 
     Never a pass on too little evidence: below `min_requests` calls the verdict waits, unless the
-    gate's time is up (`final`), when it fails. Failures that more calls cannot undo (unhealthy,
-    more errors than the whole minimum may hold, a p99 already over the limit) fail at once.
+    gate's time is up (`final`), when it fails. Before the window ran its length (`settled`) only
+    a failure is a verdict: unhealthy, or more errors than even the whole minimum of calls may
+    hold. Latency is judged on `min_requests` calls (or whatever came by `final`): one slow first
+    call of a fresh instance is not its p99.
     """
     reasons = []
     canary, stable = window.canary, window.stable
@@ -191,17 +223,20 @@ def judge(window: InstanceWindow, policy: GatePolicy, *, final: bool = True) -> 
             f"error rate {canary.error_rate:.1%} ({canary.errors} of {canary.calls} calls) "
             f"> {policy.max_error_rate:.1%}"
         )
-    if canary.p99_ms > policy.max_p99_latency_ms:
-        reasons.append(f"p99 latency {canary.p99_ms:.0f} ms > {policy.max_p99_latency_ms:.0f} ms")
-    elif stable.calls >= policy.min_requests and canary.calls >= policy.min_requests:
-        allowed = max(stable.p99_ms * policy.max_p99_vs_stable, stable.p99_ms + policy.p99_slack_ms)
-        if canary.p99_ms > allowed:
-            reasons.append(
-                f"p99 latency {canary.p99_ms:.0f} ms > {allowed:.0f} ms allowed against the stable "
-                f"instances' {stable.p99_ms:.0f} ms"
-            )
+    if canary.calls >= policy.min_requests or final:
+        if canary.p99_ms > policy.max_p99_latency_ms:
+            reasons.append(f"p99 latency {canary.p99_ms:.0f} ms > {policy.max_p99_latency_ms:.0f} ms")
+        elif stable.calls >= policy.min_requests and canary.calls >= policy.min_requests:
+            allowed = max(stable.p99_ms * policy.max_p99_vs_stable, stable.p99_ms + policy.p99_slack_ms)
+            if canary.p99_ms > allowed:
+                reasons.append(
+                    f"p99 latency {canary.p99_ms:.0f} ms > {allowed:.0f} ms allowed against the stable "
+                    f"instances' {stable.p99_ms:.0f} ms"
+                )
     if reasons:
         return tuple(reasons)
+    if not (settled or final):
+        return None
     if canary.calls < policy.min_requests:
         if not final:
             return None
@@ -221,6 +256,8 @@ class Step:
     new_instance: str = ""
     gate_passed: bool | None = None
     drained: bool = False
+    exit_code: int | None = None
+    last_log_lines: tuple[str, ...] = ()
 
 
 @dataclass
@@ -267,6 +304,10 @@ class Rollout:
                 self.steps[event.step].new_instance = event.instance_id
             case GateEvaluated():
                 self.steps[event.step].gate_passed = event.passed
+            case InstanceExited():
+                step = self.steps[event.step]
+                step.new_instance = step.new_instance or event.instance_id
+                step.exit_code, step.last_log_lines = event.exit_code, event.last_log_lines
             case InstanceDrained():
                 self.steps[event.step].drained = True
             case RolloutPaused():
@@ -363,7 +404,9 @@ class Rollout:
             )
         )
 
-    def instance_started(self, *, instance_id: str, version: str, at: float) -> list[RolloutEvent]:
+    def instance_started(
+        self, *, instance_id: str, version: str, at: float, actor: str = "node-agent"
+    ) -> list[RolloutEvent]:
         self._require("canary", "production", "paused")
         if version != self.to_version:
             raise InvalidArgument(f"instance {instance_id} runs {version}, the roll-out installs {self.to_version}")
@@ -371,23 +414,25 @@ class Rollout:
             InstanceStarted(
                 rollout_id=self.rollout_id,
                 at=at,
-                actor="registry",
+                actor=actor,
                 step=self.current_step,
                 instance_id=instance_id,
                 version=version,
             )
         )
 
-    def gate(self, window: InstanceWindow, policy: GatePolicy, *, at: float, final: bool = True) -> list[RolloutEvent]:
+    def gate(
+        self, window: InstanceWindow, policy: GatePolicy, *, at: float, final: bool = True, settled: bool = True
+    ) -> list[RolloutEvent]:
         """Judges the new instance of the current step; a failure rolls back at once.
 
-        No events while the evidence is too thin and the gate's time is not up (`final`).
+        No events while the evidence is too thin and the gate's time is not up (see `judge`).
         """
         self._require("canary", "production", "paused")
         step = self.steps[self.current_step]
         if window.instance_id != step.new_instance:
             raise InvalidArgument(f"step {self.current_step} gates {step.new_instance or 'no instance yet'}")
-        reasons = judge(window, policy, final=final)
+        reasons = judge(window, policy, final=final, settled=settled)
         if reasons is None:
             return []
         canary, stable = window.canary, window.stable
@@ -423,7 +468,7 @@ class Rollout:
             )
         return events
 
-    def drained(self, *, instance_id: str, at: float) -> list[RolloutEvent]:
+    def drained(self, *, instance_id: str, at: float, actor: str = "node-agent") -> list[RolloutEvent]:
         """Never fewer healthy instances than before: the old one goes only after its successor passed."""
         self._require("canary", "production", "paused")
         step = self.steps[self.current_step]
@@ -433,7 +478,7 @@ class Rollout:
             raise FailedPrecondition(f"{instance_id} cannot be drained before its successor passed the health gate")
         return self._emit(
             InstanceDrained(
-                rollout_id=self.rollout_id, at=at, actor="registry", step=self.current_step, instance_id=instance_id
+                rollout_id=self.rollout_id, at=at, actor=actor, step=self.current_step, instance_id=instance_id
             )
         )
 
@@ -456,10 +501,53 @@ class Rollout:
             )
         )
 
-    def rolled_back(self, *, at: float) -> list[RolloutEvent]:
+    def rolled_back(self, *, at: float, actor: str = "node-agent") -> list[RolloutEvent]:
         """The agent restored the old version on every replaced instance."""
         self._require("rolling_back")
-        return self._emit(RolloutRolledBack(rollout_id=self.rollout_id, at=at, actor="registry"))
+        return self._emit(RolloutRolledBack(rollout_id=self.rollout_id, at=at, actor=actor))
+
+    def instance_exited(
+        self, *, instance_id: str, exit_code: int, last_log_lines: Sequence[str], at: float, actor: str = "node-agent"
+    ) -> list[RolloutEvent]:
+        """A new instance of this roll-out ended on its own: a failed gate if it was pending, and a
+        rollback at once either way (a crash is evidence enough). Nothing once rolling back."""
+        if self.state in ("rolling_back", "rolled_back", "done"):
+            return []
+        self._require("canary", "production", "paused")
+        step_index = next(
+            (i for i, s in enumerate(self.steps) if s.new_instance == instance_id),
+            self.current_step if self.steps and not self.steps[-1].new_instance else None,
+        )
+        if step_index is None:
+            raise InvalidArgument(f"{instance_id} is not a new instance of roll-out {self.rollout_id}")
+        lines = tuple(last_log_lines)
+        events = self._emit(
+            InstanceExited(
+                rollout_id=self.rollout_id,
+                at=at,
+                actor=actor,
+                step=step_index,
+                instance_id=instance_id,
+                exit_code=exit_code,
+                last_log_lines=lines,
+            )
+        )
+        how = exit_description(exit_code)
+        last = next((line for line in reversed(lines) if line.strip()), "")
+        why = f"{instance_id} {how}" + (f": {last.strip()[:300]}" if last else "")
+        if self.steps[step_index].gate_passed is None:
+            events += self._emit(
+                GateEvaluated(
+                    rollout_id=self.rollout_id, at=at, actor="registry", step=step_index, passed=False, reasons=(why,)
+                )
+            )
+        where = "canary" if step_index == 0 else f"step {step_index}"
+        events += self._emit(
+            RollbackStarted(
+                rollout_id=self.rollout_id, at=at, actor="registry", reason=f"{where}: {why}", automatic=True
+            )
+        )
+        return events
 
     @property
     def is_paused(self) -> bool:

@@ -290,6 +290,47 @@ class GateEvaluated(_message.Message):
 Global___GateEvaluated: _TypeAlias = GateEvaluated  # noqa: Y015
 
 @_typing.final
+class InstanceExited(_message.Message):
+    """The new instance of a step ended on its own (a crash at start or later), as its node agent saw it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLLOUT_ID_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    EXIT_CODE_FIELD_NUMBER: _builtins.int
+    LAST_LOG_LINES_FIELD_NUMBER: _builtins.int
+    rollout_id: _builtins.str
+    at: _builtins.float
+    actor: _builtins.str
+    step: _builtins.int
+    instance_id: _builtins.str
+    exit_code: _builtins.int
+    """negative: killed by that signal"""
+    @_builtins.property
+    def last_log_lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        rollout_id: _builtins.str = ...,
+        at: _builtins.float = ...,
+        actor: _builtins.str = ...,
+        step: _builtins.int = ...,
+        instance_id: _builtins.str = ...,
+        exit_code: _builtins.int = ...,
+        last_log_lines: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "at", b"at", "exit_code", b"exit_code", "instance_id", b"instance_id", "last_log_lines", b"last_log_lines", "rollout_id", b"rollout_id", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InstanceExited: _TypeAlias = InstanceExited  # noqa: Y015
+
+@_typing.final
 class InstanceDrained(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -538,15 +538,19 @@ class GetRolloutRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ROLLOUT_ID_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
     rollout_id: _builtins.str
+    host: _builtins.str
+    """the reporting node agent's host (ReportRolledBack)"""
     def __init__(
         self,
         *,
         rollout_id: _builtins.str = ...,
+        host: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["rollout_id", b"rollout_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "rollout_id", b"rollout_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -595,11 +599,17 @@ class RolloutStep(_message.Message):
     NEW_INSTANCE_FIELD_NUMBER: _builtins.int
     GATE_FIELD_NUMBER: _builtins.int
     DRAINED_FIELD_NUMBER: _builtins.int
+    EXITED_FIELD_NUMBER: _builtins.int
+    LAST_LOG_LINES_FIELD_NUMBER: _builtins.int
     replaces_instance: _builtins.str
     new_instance: _builtins.str
     gate: _builtins.str
     """pending | passed | failed"""
     drained: _builtins.bool
+    exited: _builtins.str
+    """"exit code 1" when the new instance ended on its own"""
+    @_builtins.property
+    def last_log_lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -607,10 +617,12 @@ class RolloutStep(_message.Message):
         new_instance: _builtins.str = ...,
         gate: _builtins.str = ...,
         drained: _builtins.bool = ...,
+        exited: _builtins.str = ...,
+        last_log_lines: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["drained", b"drained", "gate", b"gate", "new_instance", b"new_instance", "replaces_instance", b"replaces_instance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drained", b"drained", "exited", b"exited", "gate", b"gate", "last_log_lines", b"last_log_lines", "new_instance", b"new_instance", "replaces_instance", b"replaces_instance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -706,23 +718,59 @@ class ReportInstanceRequest(_message.Message):
     ROLLOUT_ID_FIELD_NUMBER: _builtins.int
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
     rollout_id: _builtins.str
     instance_id: _builtins.str
     version: _builtins.str
+    host: _builtins.str
+    """the reporting node agent's host, for the audit"""
     def __init__(
         self,
         *,
         rollout_id: _builtins.str = ...,
         instance_id: _builtins.str = ...,
         version: _builtins.str = ...,
+        host: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "rollout_id", b"rollout_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "instance_id", b"instance_id", "rollout_id", b"rollout_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportInstanceRequest: _TypeAlias = ReportInstanceRequest  # noqa: Y015
+
+@_typing.final
+class ReportInstanceExitRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLLOUT_ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    EXIT_CODE_FIELD_NUMBER: _builtins.int
+    LAST_LOG_LINES_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    rollout_id: _builtins.str
+    instance_id: _builtins.str
+    exit_code: _builtins.int
+    host: _builtins.str
+    @_builtins.property
+    def last_log_lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        rollout_id: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+        exit_code: _builtins.int = ...,
+        last_log_lines: _abc.Iterable[_builtins.str] | None = ...,
+        host: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exit_code", b"exit_code", "host", b"host", "instance_id", b"instance_id", "last_log_lines", b"last_log_lines", "rollout_id", b"rollout_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportInstanceExitRequest: _TypeAlias = ReportInstanceExitRequest  # noqa: Y015
 
 @_typing.final
 class TufRepositoryRequest(_message.Message):

@@ -106,6 +106,11 @@ class PatchServiceStub:
                 request_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.GetRolloutRequest.SerializeToString,
                 response_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.Rollout.FromString,
                 _registered_method=True)
+        self.ReportInstanceExited = channel.unary_unary(
+                '/parley.patch.v1.PatchService/ReportInstanceExited',
+                request_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.ReportInstanceExitRequest.SerializeToString,
+                response_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.Rollout.FromString,
+                _registered_method=True)
         self.TufRepository = channel.unary_unary(
                 '/parley.patch.v1.PatchService/TufRepository',
                 request_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.TufRepositoryRequest.SerializeToString,
@@ -225,6 +230,12 @@ class PatchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportInstanceExited(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def TufRepository(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -330,6 +341,11 @@ def add_PatchServiceServicer_to_server(servicer, server):
             'ReportRolledBack': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportRolledBack,
                     request_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.GetRolloutRequest.FromString,
+                    response_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.Rollout.SerializeToString,
+            ),
+            'ReportInstanceExited': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportInstanceExited,
+                    request_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.ReportInstanceExitRequest.FromString,
                     response_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.Rollout.SerializeToString,
             ),
             'TufRepository': grpc.unary_unary_rpc_method_handler(
@@ -737,6 +753,33 @@ class PatchService:
             target,
             '/parley.patch.v1.PatchService/ReportRolledBack',
             parley_dot_patch_dot_v1_dot_patch__pb2.GetRolloutRequest.SerializeToString,
+            parley_dot_patch_dot_v1_dot_patch__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportInstanceExited(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.patch.v1.PatchService/ReportInstanceExited',
+            parley_dot_patch_dot_v1_dot_patch__pb2.ReportInstanceExitRequest.SerializeToString,
             parley_dot_patch_dot_v1_dot_patch__pb2.Rollout.FromString,
             options,
             channel_credentials,

@@ -53,6 +53,7 @@ class PatchServiceStub:
     """Node agent side: what to do next, and what it did."""
     ReportInstanceDrained: _grpc.UnaryUnaryMultiCallable[_patch_pb2.ReportInstanceRequest, _patch_pb2.Rollout]
     ReportRolledBack: _grpc.UnaryUnaryMultiCallable[_patch_pb2.GetRolloutRequest, _patch_pb2.Rollout]
+    ReportInstanceExited: _grpc.UnaryUnaryMultiCallable[_patch_pb2.ReportInstanceExitRequest, _patch_pb2.Rollout]
     TufRepository: _grpc.UnaryUnaryMultiCallable[_patch_pb2.TufRepositoryRequest, _patch_pb2.TufRepositoryResponse]
     PrepareRelease: _grpc.UnaryUnaryMultiCallable[_patch_pb2.PrepareReleaseRequest, _patch_pb2.PreparedRelease]
     SetPublisherKey: _grpc.UnaryUnaryMultiCallable[_patch_pb2.SetPublisherKeyRequest, _patch_pb2.PublisherKey]
@@ -89,6 +90,7 @@ class PatchServiceAsyncStub(PatchServiceStub):
     """Node agent side: what to do next, and what it did."""
     ReportInstanceDrained: _aio.UnaryUnaryMultiCallable[_patch_pb2.ReportInstanceRequest, _patch_pb2.Rollout]  # type: ignore[assignment]
     ReportRolledBack: _aio.UnaryUnaryMultiCallable[_patch_pb2.GetRolloutRequest, _patch_pb2.Rollout]  # type: ignore[assignment]
+    ReportInstanceExited: _aio.UnaryUnaryMultiCallable[_patch_pb2.ReportInstanceExitRequest, _patch_pb2.Rollout]  # type: ignore[assignment]
     TufRepository: _aio.UnaryUnaryMultiCallable[_patch_pb2.TufRepositoryRequest, _patch_pb2.TufRepositoryResponse]  # type: ignore[assignment]
     PrepareRelease: _aio.UnaryUnaryMultiCallable[_patch_pb2.PrepareReleaseRequest, _patch_pb2.PreparedRelease]  # type: ignore[assignment]
     SetPublisherKey: _aio.UnaryUnaryMultiCallable[_patch_pb2.SetPublisherKeyRequest, _patch_pb2.PublisherKey]  # type: ignore[assignment]
@@ -204,6 +206,13 @@ class PatchServiceServicer(metaclass=_abc_1.ABCMeta):
     def ReportRolledBack(
         self,
         request: _patch_pb2.GetRolloutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_patch_pb2.Rollout, _abc.Awaitable[_patch_pb2.Rollout]]: ...
+
+    @_abc_1.abstractmethod
+    def ReportInstanceExited(
+        self,
+        request: _patch_pb2.ReportInstanceExitRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_patch_pb2.Rollout, _abc.Awaitable[_patch_pb2.Rollout]]: ...
 
