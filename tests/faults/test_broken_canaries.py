@@ -19,6 +19,7 @@ import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 import pytest_asyncio
 from parley.patch.v1 import patch_pb2
@@ -113,6 +114,26 @@ def check_verdict(kind: str, rollout: patch_pb2.Rollout) -> None:
         assert reason in rollout.rollback_reason, rollout.rollback_reason
 
 
+async def check_force_is_needed_again(cluster: AgentPlatform, failed_version: str) -> None:
+    """A release that failed its canary goes out again only with --force and a reason, in the audit."""
+    request = patch_pb2.PlanRolloutRequest(service="messaging", to_version=failed_version)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await cluster.registry.PlanRollout(request, metadata=cluster.operator("alice"), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "--force" in (refused.value.details() or "")
+    forced = patch_pb2.PlanRolloutRequest(
+        service="messaging", to_version=failed_version, force=True, reason="the fix is in the config, not the code"
+    )
+    rollout = await cluster.registry.PlanRollout(forced, metadata=cluster.operator("alice"), timeout=30)
+    assert rollout.forced
+    planned = next(a for a in rollout.audit if a.event == "RolloutPlanned")
+    assert "FORCED over a failed canary" in planned.detail
+    assert "reason: the fix is in the config, not the code" in planned.detail
+    command = patch_pb2.RolloutCommand(rollout_id=rollout.rollout_id, reason="not today")
+    await cluster.registry.RollbackRollout(command, metadata=cluster.operator("alice"), timeout=30)
+    await cluster.finished(rollout.rollout_id, 60, "the forced plan to be dropped")
+
+
 async def roll_out_broken_releases(cluster: AgentPlatform, tmp_path: Path, rounds: int) -> None:
     client = ParleyClient.connect(cluster.gateway_address, ca_cert=cluster.pki.ca_pem())
     await client.register("carol", "a-long-passphrase")
@@ -140,6 +161,7 @@ async def roll_out_broken_releases(cluster: AgentPlatform, tmp_path: Path, round
                 check_verdict(kind, finished)
                 assert cluster.managed_versions() == {"0.1.0"}
                 assert len(cluster.agent.front_doors["messaging"].backends) == 2
+        await check_force_is_needed_again(cluster, f"0.{minor}.0")
     finally:
         traffic.stop.set()
         await sender

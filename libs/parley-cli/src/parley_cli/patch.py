@@ -131,6 +131,12 @@ def _print_rollout(rollout: patch_pb2.Rollout, names: dict[str, str]) -> None:
     print(f"state: {rollout.state}" + (f" ({shown(rollout.rollback_reason)})" if rollout.rollback_reason else ""))
     approved = f", approved by {named(rollout.approved_by, names)}" if rollout.approved_by else ""
     print(f"planned by {named(rollout.planned_by, names)}{approved}")
+    if rollout.reverts:
+        print(f"reverts roll-out {rollout.reverts}")
+    if rollout.forced:
+        print("FORCED over a canary this release failed before")
+    if rollout.reason:
+        print(f"reason: {shown(rollout.reason)}")
     total = len(rollout.old_instances)
     done = sum(1 for s in rollout.steps if s.drained)
     bar = "#" * done + "." * (total - done)
@@ -303,12 +309,42 @@ async def cmd_list(args: argparse.Namespace) -> int:
     return await _with_registry(args, work)
 
 
+def _force_needs_reason(args: argparse.Namespace) -> bool:
+    if args.force and not (args.reason or "").strip():
+        print("error: --force needs a --reason (it goes into the audit)", file=sys.stderr)
+        return False
+    return True
+
+
+def _planned(rollout: patch_pb2.Rollout, names: dict[str, str]) -> None:
+    _print_rollout(rollout, names)
+    print(f"ask another operator to run: parley --as <them> patch approve {rollout.rollout_id}")
+
+
 async def cmd_rollout(args: argparse.Namespace) -> int:
+    if not _force_needs_reason(args):
+        return 2
+
     async def work(c: RegistryConnection) -> int:
-        request = patch_pb2.PlanRolloutRequest(service=args.service, to_version=args.version)
+        request = patch_pb2.PlanRolloutRequest(
+            service=args.service, to_version=args.version, force=args.force, reason=args.reason or ""
+        )
         rollout = await c.call(c.patch.PlanRollout, request, as_user=True)
-        _print_rollout(rollout, await c.names([rollout]))
-        print(f"ask another operator to run: parley --as <them> patch approve {rollout.rollout_id}")
+        _planned(rollout, await c.names([rollout]))
+        return 0
+
+    return await _with_registry(args, work)
+
+
+async def cmd_revert(args: argparse.Namespace) -> int:
+    """Back to the version before the service's last finished roll-out: a new, gated, approved roll-out."""
+    if not _force_needs_reason(args):
+        return 2
+
+    async def work(c: RegistryConnection) -> int:
+        request = patch_pb2.RevertServiceRequest(service=args.service, reason=args.reason or "", force=args.force)
+        rollout = await c.call(c.patch.RevertService, request, as_user=True)
+        _planned(rollout, await c.names([rollout]))
         return 0
 
     return await _with_registry(args, work)
@@ -320,6 +356,10 @@ def _command(action: str) -> Any:
             method = getattr(c.patch, f"{action}Rollout")
             request = patch_pb2.RolloutCommand(rollout_id=args.rollout_id, reason=getattr(args, "reason", "") or "")
             rollout = await c.call(method, request, as_user=True)
+            if rollout.rollout_id != args.rollout_id:  # a done roll-out's rollback is a new roll-out back
+                print(f"roll-out {args.rollout_id} is done; planned its revert:")
+                _planned(rollout, await c.names([rollout]))
+                return 0
             _print_rollout(rollout, await c.names([rollout]))
             return 0
 
@@ -466,12 +506,21 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     rollout = patch.add_parser("rollout", help="plan a roll-out of a published version (needs another's approval)")
     rollout.add_argument("service")
     rollout.add_argument("version")
+    rollout.add_argument("--force", action="store_true", help="a release that failed a canary before (with --reason)")
+    rollout.add_argument("--reason", default="", help="why (recorded in the audit)")
     rollout.set_defaults(run=cmd_rollout)
+    revert = patch.add_parser(
+        "revert", help="plan a roll-out back to the version before SERVICE's last finished roll-out"
+    )
+    revert.add_argument("service")
+    revert.add_argument("--reason", default="", help="why (recorded in the audit)")
+    revert.add_argument("--force", action="store_true", help="even if that version failed a canary (with --reason)")
+    revert.set_defaults(run=cmd_revert)
     for name, action, text in (
         ("approve", "Approve", "approve a planned roll-out (not your own)"),
         ("pause", "Pause", "hold a roll-out before its next step"),
         ("resume", "Resume", "continue a paused roll-out"),
-        ("rollback", "Rollback", "roll back to the previous version"),
+        ("rollback", "Rollback", "roll back to the previous version (a done roll-out: plans its revert)"),
     ):
         p = patch.add_parser(name, help=text)
         p.add_argument("rollout_id")

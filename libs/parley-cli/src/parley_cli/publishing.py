@@ -10,10 +10,14 @@ it updates snapshot and timestamp with its own online keys.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import os
 import stat
+import tempfile
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_private_key
@@ -117,4 +121,40 @@ async def publish_release(
         metadata=metadata,
         timeout=timeout,
     )
+    return release
+
+
+def source_folder(service: str) -> Path | None:
+    """Where the installed `parley-<service>` was built from (an editable or local install), if known."""
+    try:
+        text = metadata.distribution(f"parley-{service}").read_text("direct_url.json")
+    except metadata.PackageNotFoundError:
+        return None
+    if not text:
+        return None
+    url = str(json.loads(text).get("url", ""))
+    return Path(url.removeprefix("file://")) if url.startswith("file://") else None
+
+
+async def publish_base_release(
+    registry: patch_pb2_grpc.PatchServiceAsyncStub, *, service: str, version: str, timeout: float = 120.0
+) -> patch_pb2.Release:
+    """The version this environment runs, published as a signed release (once) so that a roll-out
+    can return to it: its wheel is built from the installed source at that version and kept by the
+    registry. Called by `parley up` as the platform identity."""
+    from parley_cli.wheels import WheelBuildError, build_wheel
+
+    releases = await registry.ListReleases(patch_pb2.ListReleasesRequest(service=service), timeout=timeout)
+    for existing in releases.releases:
+        if existing.version == version:
+            return existing
+    source = source_folder(service)
+    if source is None or not (source / "pyproject.toml").exists():
+        raise WheelBuildError(f"parley-{service} was not installed from a source folder; publish {version} by hand")
+    with tempfile.TemporaryDirectory() as tmp:
+        wheel = await asyncio.to_thread(build_wheel, source, version, Path(tmp))
+        request = patch_pb2.PublishBaseReleaseRequest(
+            service=service, version=version, wheel_name=wheel.name, wheel=await asyncio.to_thread(wheel.read_bytes)
+        )
+    release: patch_pb2.Release = await registry.PublishBaseRelease(request, timeout=timeout)
     return release

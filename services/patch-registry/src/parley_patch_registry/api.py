@@ -54,6 +54,9 @@ def rollout_proto(rollout: Rollout) -> patch_pb2.Rollout:
             for s in rollout.steps
         ],
         rollback_reason=rollout.rollback_reason,
+        reverts=rollout.reverts,
+        forced=rollout.forced,
+        reason=rollout.reason,
         audit=[
             patch_pb2.AuditEntry(at=e.at, actor=e.actor, event=type(e).__name__, detail=describe(e))
             for e in rollout.history
@@ -172,7 +175,26 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
 
     async def PlanRollout(self, request: patch_pb2.PlanRolloutRequest, context: Context) -> patch_pb2.Rollout:
         caller = self.tokens.caller(context)
-        return rollout_proto(await self.registry.plan(caller, service=request.service, to_version=request.to_version))
+        rollout = await self.registry.plan(
+            caller, service=request.service, to_version=request.to_version, force=request.force, reason=request.reason
+        )
+        return rollout_proto(rollout)
+
+    async def RevertService(self, request: patch_pb2.RevertServiceRequest, context: Context) -> patch_pb2.Rollout:
+        caller = self.tokens.caller(context)
+        rollout = await self.registry.revert_service(
+            caller, request.service, reason=request.reason, force=request.force
+        )
+        return rollout_proto(rollout)
+
+    async def PublishBaseRelease(
+        self, request: patch_pb2.PublishBaseReleaseRequest, context: Context
+    ) -> patch_pb2.Release:
+        require_platform_peer(context)
+        info = await self.registry.publish_base_release(
+            service=request.service, version=request.version, wheel_name=request.wheel_name, wheel=request.wheel
+        )
+        return release_proto(info)
 
     async def _command(self, request: patch_pb2.RolloutCommand, context: Context, action: str) -> patch_pb2.Rollout:
         caller = self.tokens.caller(context)

@@ -63,6 +63,8 @@ from parley_patch_registry.settings import RegistrySettings
 log = logging.getLogger(__name__)
 # Heartbeats kept per instance: at one a second, the last ten minutes, longer than any gate window.
 HEARTBEAT_HISTORY = 600
+# Who published a base release: the platform, not a person (so any operator may approve its roll-out).
+BASE_PUBLISHER = "platform (base version)"
 # What of a crashed instance's log the audit keeps: its last lines, each cut to a length.
 LOG_LINES_KEPT = 20
 LOG_LINE_LIMIT = 500
@@ -387,6 +389,36 @@ class Registry:
             )
         return info
 
+    async def publish_base_release(self, *, service: str, version: str, wheel_name: str, wheel: bytes) -> ReleaseInfo:
+        """The version a service ran before any release (its platform publishes it at first start)."""
+        self._known_service(service)
+        for info in self.repo.releases(service):
+            if info.version == version:
+                return info  # published already (by its platform earlier, or by a publisher)
+        async with self._lock:
+            info = await asyncio.to_thread(
+                self.repo.publish_base,
+                service=service,
+                version=version,
+                wheel_name=wheel_name,
+                wheel=wheel,
+                targets_signer=self.keys.load("targets"),
+            )
+            event = events_pb2.ReleasePublished(
+                service=info.service,
+                version=info.version,
+                target_path=info.target_path,
+                sha256=info.sha256,
+                length=info.length,
+                min_event_schema=info.min_event_schema,
+                published_by=BASE_PUBLISHER,
+            )
+            await self._append(
+                release_subject(service), "release", service, [event], BASE_PUBLISHER, version=0, expected=None
+            )
+        log.info("base release %s %s published (%s)", service, version, info.target_path)
+        return info
+
     def release(self, service: str, version: str) -> ReleaseInfo:
         for info in self.repo.releases(service):
             if info.version == version:
@@ -477,7 +509,16 @@ class Registry:
             raise NotFound(f"no roll-out {rollout_id!r}; `parley patch list` shows them")
         return rollout
 
-    async def plan(self, caller: Caller, *, service: str, to_version: str) -> Rollout:
+    async def plan(
+        self,
+        caller: Caller,
+        *,
+        service: str,
+        to_version: str,
+        force: bool = False,
+        reason: str = "",
+        reverts: str = "",
+    ) -> Rollout:
         release = self.release(service, to_version)
         if release.min_event_schema > 1:  # every envelope is at schema 1 or newer
             check_readable(service, to_version, release.min_event_schema, await self.schema_census())
@@ -490,6 +531,11 @@ class Registry:
         busy = [r.rollout_id for r in self.rollouts.values() if r.service == service and not r.finished]
         if busy:
             raise FailedPrecondition(f"{service} already has an unfinished roll-out {busy[0]}")
+        failed_before = [
+            f"roll-out {r.rollout_id}: {r.failed_canary}"
+            for r in self._in_order()
+            if r.service == service and r.to_version == to_version and r.failed_canary
+        ]
         rollout_id = uuid.uuid4().hex[:12]
         async with self._lock:
             _, events = Rollout.plan(
@@ -503,10 +549,44 @@ class Registry:
                 actor=caller.user_id,
                 actor_role=caller.role,
                 at=time.time(),
+                failed_before=failed_before,
+                force=force,
+                reason=reason,
+                reverts=reverts,
             )
             return await self._record(rollout_id, events, caller.user_id)
 
+    def _in_order(self) -> list[Rollout]:
+        return sorted(self.rollouts.values(), key=lambda r: r.history[0].at if r.history else 0.0)
+
+    async def revert(self, caller: Caller, rollout_id: str, *, reason: str = "", force: bool = False) -> Rollout:
+        """A finished roll-out undone: a new roll-out back to the version it replaced, planned by
+        the caller and approved by another, gated like any other."""
+        done = self.rollout(rollout_id)
+        if done.state != "done":
+            raise FailedPrecondition(f"roll-out {rollout_id} is {done.state}; only a done roll-out is reverted")
+        if not done.from_version:
+            raise FailedPrecondition(f"roll-out {rollout_id} does not say which version it replaced")
+        why = f"revert of {rollout_id}" + (f": {reason.strip()}" if reason.strip() else "")
+        return await self.plan(
+            caller, service=done.service, to_version=done.from_version, force=force, reason=why, reverts=rollout_id
+        )
+
+    async def revert_service(self, caller: Caller, service: str, *, reason: str = "", force: bool = False) -> Rollout:
+        """Back to the version that ran before the service's last finished roll-out."""
+        self._known_service(service)
+        done = [r for r in self._in_order() if r.service == service and r.state == "done"]
+        if not done:
+            raise FailedPrecondition(
+                f"{service} has no finished roll-out to revert; it runs the version it started with"
+            )
+        return await self.revert(caller, done[-1].rollout_id, reason=reason, force=force)
+
     async def command(self, caller: Caller, rollout_id: str, action: str, reason: str = "") -> Rollout:
+        """A person's command on a roll-out; `rollback` of a done roll-out plans its revert."""
+        if action == "rollback" and self.rollout(rollout_id).state == "done":
+            require_patch_role(caller.role, "rolling back a roll-out")
+            return await self.revert(caller, rollout_id, reason=reason)
         async with self._lock:
             work = self.rollout(rollout_id).snapshot()
             now = time.time()

@@ -52,6 +52,9 @@ class RolloutPlanned(RolloutEvent):
     target_path: str
     old_instances: tuple[str, ...]
     release_published_by: str
+    reverts: str = ""  # the finished roll-out this one undoes
+    forced: bool = False  # over a canary this release failed before
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,12 @@ def describe(event: RolloutEvent) -> str:
         return f"step {event.step} {verdict} ({event.figures()})"
     if isinstance(event, InstanceExited):
         return f"{event.instance_id} {exit_description(event.exit_code)}"
+    if isinstance(event, RolloutPlanned):
+        parts = [f"{event.from_version or '?'} -> {event.to_version}"]
+        parts += [f"reverts {event.reverts}"] if event.reverts else []
+        parts += ["FORCED over a failed canary"] if event.forced else []
+        parts += [f"reason: {event.reason}"] if event.reason else []
+        return "; ".join(parts)
     for name in ("reason", "instance_id", "replaces_instance", "to_version"):
         value = getattr(event, name, "")
         if value:
@@ -275,6 +284,9 @@ class Rollout:
     old_instances: tuple[str, ...] = ()
     steps: list[Step] = field(default_factory=list)
     rollback_reason: str = ""
+    reverts: str = ""
+    forced: bool = False
+    reason: str = ""
     history: list[RolloutEvent] = field(default_factory=list)
 
     # -- replay --
@@ -295,6 +307,7 @@ class Rollout:
                 self.target_path, self.old_instances = event.target_path, event.old_instances
                 self.planned_by, self.state = event.actor, "planned"
                 self.release_published_by = event.release_published_by
+                self.reverts, self.forced, self.reason = event.reverts, event.forced, event.reason
             case RolloutApproved():
                 self.approved_by, self.state = event.actor, "approved"
             case StepStarted():
@@ -354,12 +367,25 @@ class Rollout:
         actor: str,
         actor_role: str,
         at: float,
+        failed_before: Sequence[str] = (),
+        force: bool = False,
+        reason: str = "",
+        reverts: str = "",
     ) -> tuple[Rollout, list[RolloutEvent]]:
+        """`failed_before`: why earlier canaries of this release failed; such a release goes out
+        again only with `force` and a reason, both in the audit."""
         require_patch_role(actor_role, "planning a roll-out")
         if not old_instances:
             raise FailedPrecondition(f"no running instance of {service} to upgrade")
         if from_version == to_version:
             raise FailedPrecondition(f"{service} already runs {to_version}")
+        if failed_before and not force:
+            raise FailedPrecondition(
+                f"{service} {to_version} failed a canary before ({failed_before[-1]}); "
+                "roll it out again only with --force and a --reason"
+            )
+        if force and not reason.strip():
+            raise InvalidArgument("--force needs a --reason, recorded in the audit")
         rollout = Rollout()
         event = RolloutPlanned(
             rollout_id=rollout_id,
@@ -371,6 +397,9 @@ class Rollout:
             target_path=target_path,
             old_instances=tuple(old_instances),
             release_published_by=release_published_by,
+            reverts=reverts,
+            forced=bool(failed_before) and force,
+            reason=reason.strip(),
         )
         return rollout, rollout._emit(event)
 
@@ -548,6 +577,13 @@ class Rollout:
             )
         )
         return events
+
+    @property
+    def failed_canary(self) -> str:
+        """Why a step of this roll-out failed its gate ("" if none did)."""
+        if any(step.gate_passed is False for step in self.steps):
+            return self.rollback_reason or "failed its gate"
+        return ""
 
     @property
     def is_paused(self) -> bool:

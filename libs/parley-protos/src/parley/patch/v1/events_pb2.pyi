@@ -103,6 +103,9 @@ class RolloutPlanned(_message.Message):
     TARGET_PATH_FIELD_NUMBER: _builtins.int
     OLD_INSTANCES_FIELD_NUMBER: _builtins.int
     RELEASE_PUBLISHED_BY_FIELD_NUMBER: _builtins.int
+    REVERTS_FIELD_NUMBER: _builtins.int
+    FORCED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     rollout_id: _builtins.str
     at: _builtins.float
     actor: _builtins.str
@@ -111,6 +114,9 @@ class RolloutPlanned(_message.Message):
     to_version: _builtins.str
     target_path: _builtins.str
     release_published_by: _builtins.str
+    reverts: _builtins.str
+    forced: _builtins.bool
+    reason: _builtins.str
     @_builtins.property
     def old_instances(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -125,10 +131,13 @@ class RolloutPlanned(_message.Message):
         target_path: _builtins.str = ...,
         old_instances: _abc.Iterable[_builtins.str] | None = ...,
         release_published_by: _builtins.str = ...,
+        reverts: _builtins.str = ...,
+        forced: _builtins.bool = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "at", b"at", "from_version", b"from_version", "old_instances", b"old_instances", "release_published_by", b"release_published_by", "rollout_id", b"rollout_id", "service", b"service", "target_path", b"target_path", "to_version", b"to_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "at", b"at", "forced", b"forced", "from_version", b"from_version", "old_instances", b"old_instances", "reason", b"reason", "release_published_by", b"release_published_by", "reverts", b"reverts", "rollout_id", b"rollout_id", "service", b"service", "target_path", b"target_path", "to_version", b"to_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

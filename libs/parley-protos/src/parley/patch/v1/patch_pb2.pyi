@@ -495,21 +495,81 @@ class PlanRolloutRequest(_message.Message):
 
     SERVICE_FIELD_NUMBER: _builtins.int
     TO_VERSION_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     to_version: _builtins.str
+    force: _builtins.bool
+    """needed (with a reason) for a release that failed a canary"""
+    reason: _builtins.str
     def __init__(
         self,
         *,
         service: _builtins.str = ...,
         to_version: _builtins.str = ...,
+        force: _builtins.bool = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["service", b"service", "to_version", b"to_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "reason", b"reason", "service", b"service", "to_version", b"to_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PlanRolloutRequest: _TypeAlias = PlanRolloutRequest  # noqa: Y015
+
+@_typing.final
+class RevertServiceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    reason: _builtins.str
+    force: _builtins.bool
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        force: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "reason", b"reason", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevertServiceRequest: _TypeAlias = RevertServiceRequest  # noqa: Y015
+
+@_typing.final
+class PublishBaseReleaseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    WHEEL_NAME_FIELD_NUMBER: _builtins.int
+    WHEEL_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    version: _builtins.str
+    wheel_name: _builtins.str
+    wheel: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        version: _builtins.str = ...,
+        wheel_name: _builtins.str = ...,
+        wheel: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["service", b"service", "version", b"version", "wheel", b"wheel", "wheel_name", b"wheel_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishBaseReleaseRequest: _TypeAlias = PublishBaseReleaseRequest  # noqa: Y015
 
 @_typing.final
 class RolloutCommand(_message.Message):
@@ -672,6 +732,9 @@ class Rollout(_message.Message):
     STEPS_FIELD_NUMBER: _builtins.int
     ROLLBACK_REASON_FIELD_NUMBER: _builtins.int
     AUDIT_FIELD_NUMBER: _builtins.int
+    REVERTS_FIELD_NUMBER: _builtins.int
+    FORCED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     rollout_id: _builtins.str
     service: _builtins.str
     from_version: _builtins.str
@@ -681,6 +744,12 @@ class Rollout(_message.Message):
     planned_by: _builtins.str
     approved_by: _builtins.str
     rollback_reason: _builtins.str
+    reverts: _builtins.str
+    """the finished roll-out this one undoes"""
+    forced: _builtins.bool
+    """planned with --force over a failed canary"""
+    reason: _builtins.str
+    """why it was planned (revert or --force)"""
     @_builtins.property
     def old_instances(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -702,10 +771,13 @@ class Rollout(_message.Message):
         steps: _abc.Iterable[Global___RolloutStep] | None = ...,
         rollback_reason: _builtins.str = ...,
         audit: _abc.Iterable[Global___AuditEntry] | None = ...,
+        reverts: _builtins.str = ...,
+        forced: _builtins.bool = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "audit", b"audit", "from_version", b"from_version", "old_instances", b"old_instances", "planned_by", b"planned_by", "rollback_reason", b"rollback_reason", "rollout_id", b"rollout_id", "service", b"service", "state", b"state", "steps", b"steps", "target_path", b"target_path", "to_version", b"to_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "audit", b"audit", "forced", b"forced", "from_version", b"from_version", "old_instances", b"old_instances", "planned_by", b"planned_by", "reason", b"reason", "reverts", b"reverts", "rollback_reason", b"rollback_reason", "rollout_id", b"rollout_id", "service", b"service", "state", b"state", "steps", b"steps", "target_path", b"target_path", "to_version", b"to_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
