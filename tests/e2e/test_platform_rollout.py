@@ -10,6 +10,7 @@ platform still runs the new version.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,6 +93,16 @@ async def test_approved_rollout_replaces_messaging_on_the_running_platform_witho
     print(f"\nacknowledged sends: {traffic.acknowledged}; failed: {len(traffic.failures)}")
     assert traffic.failures == []
     assert sent_during_rollout > 0
+    # `parley up` told the roll-out as it went: each step, each verdict with its figures, the end.
+    told = [line for line in platform.output().splitlines() if f"roll-out {rollout_id} " in line]
+    assert any("canary: gate passed (step 0 passed (over " in line and " calls, " in line for line in told), told
+    assert any(f"canary: {old_instance} drained" in line for line in told), told
+    assert told[-1].endswith(": done"), told
+    # The audit names the agent and host that did each step, to the millisecond.
+    audit = await cli(platform, "patch", "status", rollout_id, "--audit")
+    started = next(line for line in audit.splitlines() if "InstanceStarted" in line)
+    assert "node-agent@" in started
+    assert re.search(r"\d{2}:\d{2}:\d{2}\.\d{3} UTC", started), started
 
     async def messaging_state() -> dict[str, object] | None:
         service = platform.service("messaging")

@@ -23,7 +23,7 @@ import re
 import signal
 import socket
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -109,9 +109,13 @@ class NodeAgent:
         timeouts: AgentTimeouts | None = None,
         log_dir: Path | None = None,
         host: str = "",
+        announce: Callable[[str], None] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.host = host or socket.gethostname()  # named in the registry's audit of what this agent did
+        # Where roll-out steps and verdicts are told as they happen (`parley up` prints them).
+        self.announce = announce or (lambda line: log.info("%s", line))
+        self._told: dict[str, list[str]] = {}
         self.pki = pki
         self.environment = dict(environment)  # PARLEY_* settings every instance gets
         self.timeouts = timeouts or AgentTimeouts()
@@ -432,6 +436,18 @@ class NodeAgent:
         except Exception:
             log.exception("roll-out %s: step failed on this host; retrying", rollout.rollout_id)
 
+    def _tell_progress(self, rollout: patch_pb2.Rollout) -> None:
+        """Each new step, verdict and state of a roll-out, once, in order."""
+        lines = rollout_progress(rollout)
+        told = self._told.setdefault(rollout.rollout_id, [])
+        title = (
+            f"roll-out {rollout.rollout_id} ({rollout.service} {rollout.from_version or '?'} -> {rollout.to_version})"
+        )
+        for line in lines[len(told) :] if lines[: len(told)] == told else lines:
+            if line not in told:
+                self.announce(f"{title}: {line}")
+        self._told[rollout.rollout_id] = lines
+
     async def run(self) -> None:
         """Follows the registry until stopped: one pass per poll interval, each idempotent."""
         while not self._stop.is_set():
@@ -441,7 +457,11 @@ class NodeAgent:
                 for rollout in response.rollouts:
                     if rollout.state not in ("done", "rolled_back"):
                         active.add(rollout.rollout_id)
+                        self._tell_progress(rollout)
                         await self._step_logged(rollout)
+                    elif rollout.rollout_id in self._told:
+                        self._tell_progress(rollout)  # its last lines (the verdict, done or rolled back)
+                        del self._told[rollout.rollout_id]
                 for instance in self.instances.values():
                     if instance.rollout_id and instance.rollout_id not in active:
                         instance.rollout_id = ""  # its roll-out finished: an ordinary instance now
@@ -449,3 +469,27 @@ class NodeAgent:
                 log.warning("registry not reachable: %s", error.details())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.timeouts.poll_s)
+
+
+def rollout_progress(rollout: patch_pb2.Rollout) -> list[str]:
+    """What has happened to a roll-out so far, one line per step, verdict and state."""
+    lines = [f"planned by {rollout.planned_by}" + (f" ({rollout.reason})" if rollout.reason else "")]
+    if rollout.approved_by:
+        lines.append(f"approved by {rollout.approved_by}")
+    verdicts = [a.detail for a in rollout.audit if a.event == "GateEvaluated"]
+    for index, step in enumerate(rollout.steps):
+        where = "canary" if index == 0 else f"step {index}"
+        if step.new_instance:
+            lines.append(f"{where}: {step.new_instance} started beside {step.replaces_instance}")
+        if step.exited:
+            lines.append(f"{where}: {step.new_instance} {step.exited}")
+        if step.gate != "pending":
+            detail = next((d for d in verdicts if d.startswith(f"step {index} ")), "")
+            lines.append(f"{where}: gate {step.gate}" + (f" ({detail})" if detail else ""))
+        if step.drained:
+            lines.append(f"{where}: {step.replaces_instance} drained")
+    if rollout.state in ("rolling_back", "rolled_back"):
+        lines.append(f"rolling back: {rollout.rollback_reason}")
+    if rollout.state in ("done", "rolled_back"):
+        lines.append(rollout.state.replace("_", " "))
+    return lines

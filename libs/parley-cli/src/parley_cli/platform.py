@@ -181,6 +181,7 @@ class Platform:
             environment=self._environment(),
             timeouts=AgentTimeouts(healthy_s=HEALTH_TIMEOUT_S, drain_s=DRAIN_TIMEOUT_S),
             log_dir=self.data_dir / "logs",
+            announce=self.say,
         )
         agent.front_doors.update(self.front_doors)
         for name in START_ORDER:
