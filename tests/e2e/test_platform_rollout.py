@@ -119,6 +119,16 @@ async def test_approved_rollout_replaces_messaging_on_the_running_platform_witho
     )
     assert instances[0]["instance_id"] in fleet
 
+    # The replaced instance stopped on purpose: it leaves the fleet view (no NOT_SERVING, no STALE row).
+    async def old_instance_gone() -> bool | None:
+        out = (await asyncio.to_thread(platform.cli, "fleet", check=False)).stdout
+        return (old_instance not in out and instances[0]["instance_id"] in out) or None
+
+    await eventually(old_instance_gone, "the replaced instance to leave `parley fleet`", 60)
+    status = await cli(platform, "status")
+    messaging_line = next(line for line in status.splitlines() if line.startswith("messaging "))
+    assert NEW_VERSION in messaging_line.split(), status
+
     async def archived() -> int | None:
         count = await history_count(client, channel.channel_id)
         return count if count >= traffic.acknowledged else None

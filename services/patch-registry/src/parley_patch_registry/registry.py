@@ -63,6 +63,7 @@ from parley_patch_registry.settings import RegistrySettings
 log = logging.getLogger(__name__)
 # Heartbeats kept per instance: at one a second, the last ten minutes, longer than any gate window.
 HEARTBEAT_HISTORY = 600
+STOPPED = "STOPPED"
 # Who published a base release: the platform, not a person (so any operator may approve its roll-out).
 BASE_PUBLISHER = "platform (base version)"
 # What of a crashed instance's log the audit keeps: its last lines, each cut to a length.
@@ -89,6 +90,12 @@ class FleetView:
         return {instance_id: beats[-1] for instance_id, beats in self._beats.items()}
 
     def record(self, beat: fleet_pb2.InstanceHeartbeat, received_at: float) -> None:
+        """A STOPPED beat is an instance's last word when it stopped on purpose (a drain, a
+        platform stop): it leaves the view. One that falls silent stays, and shows as stale."""
+        if beat.health == STOPPED:
+            self._beats.pop(beat.instance_id, None)
+            self._first.pop(beat.instance_id, None)
+            return
         self._first.setdefault(beat.instance_id, (beat, received_at))
         self._beats.setdefault(beat.instance_id, deque(maxlen=self._history_len)).append((beat, received_at))
 

@@ -44,7 +44,9 @@ class InstanceHeartbeat(_message.Message):
     instance_id: _builtins.str
     host: _builtins.str
     health: _builtins.str
-    """SERVING | NOT_SERVING"""
+    """SERVING | NOT_SERVING (draining) | STOPPED (its last beat when stopped on purpose: it leaves
+    the fleet view; an instance that falls silent instead shows as stale)
+    """
     requests_total: _builtins.int
     """The instance's own figures, for roll-out health gates: cumulative unary calls and server
     faults since start, p99 latency of the calls since the previous heartbeat.
