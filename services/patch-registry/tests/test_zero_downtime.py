@@ -228,3 +228,25 @@ async def test_a_done_rollout_is_reverted_to_the_base_release_through_an_approve
     print(f"\nacknowledged sends: {traffic.acknowledged}; failed: {len(traffic.failures)}")
     assert traffic.failures == []
     await client.close()
+
+
+async def test_with_no_user_traffic_synthetic_transactions_give_the_gate_its_evidence(
+    cluster: AgentPlatform, tmp_path: Path
+) -> None:
+    """Nobody sends: the agent sends and reads back messages through each new instance itself
+    (as its prober account), so each gate has the calls it needs instead of failing for lack of them."""
+    wheel_b = await asyncio.to_thread(build_wheel, MESSAGING_SOURCE, "0.2.0", tmp_path / "wheels")
+    agent_task = cluster.start_agent()
+    try:
+        rollout = await publish_and_roll(cluster, wheel_b, "0.2.0")
+        done = await cluster.finished(rollout.rollout_id, 600, "the roll-out to 0.2.0 to finish")
+    finally:
+        cluster.agent._stop.set()
+        await agent_task
+    assert done.state == "done", done.rollback_reason
+    verdicts = [a.detail for a in done.audit if a.event == "GateEvaluated"]
+    assert len(verdicts) == 2
+    for verdict in verdicts:
+        calls = int(verdict.split("canary ")[1].split(" calls")[0])
+        assert calls >= 20, verdict  # the gate's minimum (PARLEY_PATCH_GATE_MIN_REQUESTS)
+    assert (cluster.agent.data_dir / "probe-messaging.json").stat().st_mode & 0o777 == 0o600

@@ -35,6 +35,7 @@ from parley.patch.v1 import patch_pb2, patch_pb2_grpc
 from parley_agent.front_door import FrontDoor
 from parley_agent.health import is_serving
 from parley_agent.installer import TufSource, base_python, fetch_release, install_version
+from parley_agent.probe import PROBES, MessagingProbe, ProbeUnavailable
 from parley_agent.shared_port import SharedPort
 from parley_core.net import free_port
 from parley_core.pki import Pki
@@ -48,6 +49,9 @@ log = logging.getLogger(__name__)
 # client's real address. Other services' callers are named by their certificates.
 SHARED_PORT_SERVICES = frozenset({"gateway"})
 Door = FrontDoor | SharedPort
+# Synthetic transactions per new instance while its gate is pending, and how many run at once.
+PROBE_TRANSACTIONS = 30
+PROBE_WORKERS = 3
 
 
 def door_for(service: str, *, port: int = 0) -> Door:
@@ -116,6 +120,9 @@ class NodeAgent:
         # Where roll-out steps and verdicts are told as they happen (`parley up` prints them).
         self.announce = announce or (lambda line: log.info("%s", line))
         self._told: dict[str, list[str]] = {}
+        self._probes: dict[str, MessagingProbe] = {}
+        self._probing: dict[str, asyncio.Task[None]] = {}
+        self._gate_pending: set[str] = set()
         self.pki = pki
         self.environment = dict(environment)  # PARLEY_* settings every instance gets
         self.timeouts = timeouts or AgentTimeouts()
@@ -310,6 +317,9 @@ class NodeAgent:
     async def stop(self, order: Sequence[str] = ()) -> list[Instance]:
         """Drains every instance, service by service in `order` (then the rest); returns them as stopped."""
         self._stop.set()
+        for task in self._probing.values():
+            task.cancel()
+        await asyncio.gather(*self._probing.values(), return_exceptions=True)
         rank = {service: n for n, service in enumerate(order)}
         stopped = sorted(self.instances.values(), key=lambda i: rank.get(i.service, len(rank)))
         for instance in stopped:
@@ -436,6 +446,38 @@ class NodeAgent:
         except Exception:
             log.exception("roll-out %s: step failed on this host; retrying", rollout.rollout_id)
 
+    def _start_probes(self) -> None:
+        """Synthetic transactions through each new instance whose gate is pending (once each)."""
+        for instance_id in self._gate_pending:
+            instance = self.instances.get(instance_id)
+            if instance is None or not instance.serving or instance.service not in PROBES:
+                continue
+            if instance_id not in self._probing:
+                self._probing[instance_id] = asyncio.create_task(self._probe(instance))
+
+    async def _probe(self, instance: Instance) -> None:
+        probe = self._probes.get(instance.service)
+        if probe is None:
+            probe = self._probes[instance.service] = PROBES[instance.service](
+                pki=self.pki, environment=self.environment, state_file=self.data_dir / f"probe-{instance.service}.json"
+            )
+        budget = iter(range(PROBE_TRANSACTIONS))
+
+        async def worker() -> int:
+            done = 0
+            while instance.instance_id in self._gate_pending and next(budget, None) is not None:
+                if instance.process is None or instance.process.returncode is not None:
+                    break
+                done += await probe.transaction(instance.address)
+            return done
+
+        try:
+            succeeded = sum(await asyncio.gather(*(worker() for _ in range(PROBE_WORKERS))))
+        except ProbeUnavailable as error:
+            log.warning("no synthetic calls through %s: %s", instance.instance_id, error)
+            return
+        log.info("synthetic transactions through %s: %d succeeded", instance.instance_id, succeeded)
+
     def _tell_progress(self, rollout: patch_pb2.Rollout) -> None:
         """Each new step, verdict and state of a roll-out, once, in order."""
         lines = rollout_progress(rollout)
@@ -465,6 +507,14 @@ class NodeAgent:
                 for instance in self.instances.values():
                     if instance.rollout_id and instance.rollout_id not in active:
                         instance.rollout_id = ""  # its roll-out finished: an ordinary instance now
+                self._gate_pending = {
+                    s.new_instance
+                    for r in response.rollouts
+                    if r.rollout_id in active
+                    for s in r.steps
+                    if s.gate == "pending" and s.new_instance
+                }
+                self._start_probes()
             except grpc.aio.AioRpcError as error:
                 log.warning("registry not reachable: %s", error.details())
             with contextlib.suppress(TimeoutError):
