@@ -11,9 +11,11 @@ it updates snapshot and timestamp with its own online keys.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Sequence
@@ -142,7 +144,7 @@ async def publish_base_release(
     """The version this environment runs, published as a signed release (once) so that a roll-out
     can return to it: its wheel is built from the installed source at that version and kept by the
     registry. Called by `parley up` as the platform identity."""
-    from parley_cli.wheels import WheelBuildError, build_wheel
+    from parley_cli.wheels import WheelBuildError
 
     releases = await registry.ListReleases(patch_pb2.ListReleasesRequest(service=service), timeout=timeout)
     for existing in releases.releases:
@@ -151,10 +153,31 @@ async def publish_base_release(
     source = source_folder(service)
     if source is None or not (source / "pyproject.toml").exists():
         raise WheelBuildError(f"parley-{service} was not installed from a source folder; publish {version} by hand")
-    with tempfile.TemporaryDirectory() as tmp:
-        wheel = await asyncio.to_thread(build_wheel, source, version, Path(tmp))
-        request = patch_pb2.PublishBaseReleaseRequest(
-            service=service, version=version, wheel_name=wheel.name, wheel=await asyncio.to_thread(wheel.read_bytes)
-        )
+    wheel_name, wheel = await asyncio.to_thread(_base_wheel, source, version)
+    request = patch_pb2.PublishBaseReleaseRequest(service=service, version=version, wheel_name=wheel_name, wheel=wheel)
     release: patch_pb2.Release = await registry.PublishBaseRelease(request, timeout=timeout)
     return release
+
+
+def _base_wheel(source: Path, version: str) -> tuple[str, bytes]:
+    """The wheel of `source` at `version`, built once per content of the source folder (kept in
+    the user's cache: every platform started from the same source publishes the same bytes)."""
+    from parley_cli.wheels import build_wheel, source_digest
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "parley" / "base-wheels"
+    key = cache / f"{source.name}-{version}-{source_digest(source)[:32]}"
+    built = sorted(key.glob("*.whl")) if key.is_dir() else []
+    if built:
+        return built[0].name, built[0].read_bytes()
+    with tempfile.TemporaryDirectory() as tmp:
+        wheel = build_wheel(source, version, Path(tmp))
+        data = wheel.read_bytes()
+        with contextlib.suppress(OSError):  # a cache that cannot be written only costs a rebuild
+            cache.mkdir(parents=True, exist_ok=True)
+            staged = Path(tempfile.mkdtemp(dir=cache))
+            try:
+                (staged / wheel.name).write_bytes(data)
+                staged.rename(key)  # atomic; a concurrent build of the same key keeps the first
+            finally:
+                shutil.rmtree(staged, ignore_errors=True)
+        return wheel.name, data
