@@ -95,7 +95,10 @@ async def test_approved_rollout_replaces_messaging_on_the_running_platform_witho
     assert sent_during_rollout > 0
     # `parley up` told the roll-out as it went: each step, each verdict with its figures, the end.
     told = [line for line in platform.output().splitlines() if f"roll-out {rollout_id} " in line]
-    assert any("canary: gate passed (step 0 passed (over " in line and " calls, " in line for line in told), told
+    for share in (10, 50, 100):  # each phase of the canary gated, its share of callers raised
+        assert any(f"canary: gate step 0 at {share}% passed (over " in line and " calls, " in line for line in told), (
+            told
+        )
     assert any(f"canary: {old_instance} drained" in line for line in told), told
     assert told[-1].endswith(": done"), told
     # The audit names the agent and host that did each step, to the millisecond.

@@ -20,7 +20,8 @@ def test_progress_names_each_step_and_verdict_with_its_figures() -> None:
         steps=[patch_pb2.RolloutStep(replaces_instance="m-1", new_instance="m-2", gate="failed")],
         audit=[
             patch_pb2.AuditEntry(
-                event="GateEvaluated", detail="step 0 failed: error rate 100.0% (over 2.0 s: canary 5 calls, ...)"
+                event="GateEvaluated",
+                detail="step 0 at 10% failed: error rate 100.0% (over 2.0 s: canary 5 calls, ...)",
             )
         ],
     )
@@ -28,7 +29,7 @@ def test_progress_names_each_step_and_verdict_with_its_figures() -> None:
         "planned by olga",
         "approved by oscar",
         "canary: m-2 started beside m-1",
-        "canary: gate failed (step 0 failed: error rate 100.0% (over 2.0 s: canary 5 calls, ...))",
+        "canary: gate step 0 at 10% failed: error rate 100.0% (over 2.0 s: canary 5 calls, ...)",
         "rolling back: canary failed its gate: error rate 100.0%",
         "rolled back",
     ]

@@ -7,6 +7,7 @@ import pytest
 from parley_core.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from parley_patch_registry import codec
 from parley_patch_registry.rollout import (
+    DEFAULT_WEIGHTS,
     CallFigures,
     GateEvaluated,
     GatePolicy,
@@ -14,13 +15,16 @@ from parley_patch_registry.rollout import (
     RollbackStarted,
     Rollout,
     RolloutEvent,
+    describe,
 )
 
 NO_CALLS = CallFigures()
 POLICY = GatePolicy(max_error_rate=0.01, max_p99_latency_ms=250.0, min_requests=20)
 
 
-def planned(instances: tuple[str, ...] = ("m-1", "m-2")) -> tuple[Rollout, list[RolloutEvent]]:
+def planned(
+    instances: tuple[str, ...] = ("m-1", "m-2"), weights: tuple[int, ...] = (100,)
+) -> tuple[Rollout, list[RolloutEvent]]:
     return Rollout.plan(
         rollout_id="r-1",
         service="messaging",
@@ -32,6 +36,7 @@ def planned(instances: tuple[str, ...] = ("m-1", "m-2")) -> tuple[Rollout, list[
         actor="alice",
         actor_role="operator",
         at=1.0,
+        weights=weights,
     )
 
 
@@ -283,6 +288,7 @@ def test_every_verdict_records_its_figures() -> None:
     assert verdict.passed
     figures = (verdict.canary_calls, verdict.canary_errors, verdict.canary_p99_ms, verdict.stable_calls)
     assert figures == (120, 1, 100.0, 400)
+    assert describe(verdict).startswith("step 0 at 100% passed (over 15.0 s")
     assert verdict.figures() == (
         "over 15.0 s: canary 120 calls, 1 errors, p50 50 ms, p99 100 ms; "
         "stable 400 calls, 1 errors, p50 10 ms, p99 75 ms"
@@ -310,3 +316,37 @@ def test_a_canary_that_exits_is_rolled_back_at_once_with_its_last_log_lines() ->
     assert replayed.steps[0].last_log_lines == lines
     # A second report of the same exit changes nothing.
     assert rollout.instance_exited(instance_id="n-1", exit_code=1, last_log_lines=lines, at=4.0) == []
+
+
+def test_each_step_raises_the_new_instances_share_one_gated_phase_at_a_time() -> None:
+    rollout, [plan] = planned(weights=DEFAULT_WEIGHTS)
+    assert plan.weights == (10, 50, 100)  # type: ignore[attr-defined]
+    rollout.approve(actor="bob", actor_role="operator", at=2.0)
+    rollout.next_step(at=2.0)
+    rollout.instance_started(instance_id="n-1", version="0.2.0", at=3.0)
+    seen = []
+    for at in (4.0, 5.0, 6.0):
+        seen.append(rollout.current_weight)
+        [verdict] = rollout.gate(healthy("n-1"), POLICY, at=at)
+        assert isinstance(verdict, GateEvaluated)
+        assert verdict.weight == seen[-1]
+    assert seen == [10, 50, 100]
+    assert rollout.steps[0].gate_passed  # only the pass at 100% lets the old instance go
+    rollout.drained(instance_id="m-1", at=7.0)
+
+
+def test_a_failure_at_a_small_share_rolls_back() -> None:
+    rollout, _ = planned(weights=(5, 100))
+    rollout.approve(actor="bob", actor_role="operator", at=2.0)
+    rollout.next_step(at=2.0)
+    rollout.instance_started(instance_id="n-1", version="0.2.0", at=3.0)
+    rollout.gate(healthy("n-1"), POLICY, at=4.0)
+    events = rollout.gate(window(calls=50, errors=50), POLICY, at=5.0)
+    assert rollout.state == "rolling_back"
+    assert describe(events[0]).startswith("step 0 at 100% failed: error rate 100.0%")
+
+
+@pytest.mark.parametrize("weights", [(), (50, 10, 100), (10, 50), (0, 100), (10, 10, 100)])
+def test_weights_must_rise_to_100(weights: tuple[int, ...]) -> None:
+    with pytest.raises(InvalidArgument, match="rise and end at 100"):
+        planned(weights=weights)

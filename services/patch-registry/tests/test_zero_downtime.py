@@ -245,7 +245,10 @@ async def test_with_no_user_traffic_synthetic_transactions_give_the_gate_its_evi
         await agent_task
     assert done.state == "done", done.rollback_reason
     verdicts = [a.detail for a in done.audit if a.event == "GateEvaluated"]
-    assert len(verdicts) == 2
+    # Two steps, each gated at 10 %, 50 % and 100 % of new connections, each phase on its own calls.
+    assert [v.split(" passed")[0] for v in verdicts] == [
+        f"step {step} at {share}%" for step in (0, 1) for share in (10, 50, 100)
+    ]
     for verdict in verdicts:
         calls = int(verdict.split("canary ")[1].split(" calls")[0])
         assert calls >= 20, verdict  # the gate's minimum (PARLEY_PATCH_GATE_MIN_REQUESTS)

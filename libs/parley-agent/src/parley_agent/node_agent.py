@@ -121,8 +121,8 @@ class NodeAgent:
         self.announce = announce or (lambda line: log.info("%s", line))
         self._told: dict[str, list[str]] = {}
         self._probes: dict[str, MessagingProbe] = {}
-        self._probing: dict[str, asyncio.Task[None]] = {}
-        self._gate_pending: set[str] = set()
+        self._probing: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._gate_pending: dict[str, int] = {}  # new instance -> the share its pending gate phase is on
         self.pki = pki
         self.environment = dict(environment)  # PARLEY_* settings every instance gets
         self.timeouts = timeouts or AgentTimeouts()
@@ -364,11 +364,13 @@ class NodeAgent:
         step = rollout.steps[-1]
         if step.replaces_instance not in self.instances:
             return False
+        door = self.front_doors[rollout.service]
         if not step.new_instance:
             python = await self._install(rollout)
             instance = await self.start_instance(rollout.service, rollout.to_version, python)
             instance.rollout_id = rollout.rollout_id
             if await self.wait_ready(instance):
+                door.set_share(instance.address, step.weight)  # a small share of callers first
                 self._serve(instance)
             elif instance.process is not None and instance.process.returncode is not None:
                 await self._report_exit(rollout, instance)  # a crash at start: rolled back at once
@@ -384,6 +386,10 @@ class NodeAgent:
                 timeout=10.0,
             )
             return True
+        new = self.instances.get(step.new_instance)
+        if new is not None and new.serving:
+            # The share of the phase the registry's gate is on; all of it once the gate passed.
+            door.set_share(new.address, step.weight if step.gate == "pending" else 100)
         crashed = [
             i
             for s in rollout.steps
@@ -447,15 +453,15 @@ class NodeAgent:
             log.exception("roll-out %s: step failed on this host; retrying", rollout.rollout_id)
 
     def _start_probes(self) -> None:
-        """Synthetic transactions through each new instance whose gate is pending (once each)."""
-        for instance_id in self._gate_pending:
+        """Synthetic transactions through each new instance whose gate is pending (once a phase)."""
+        for instance_id, weight in self._gate_pending.items():
             instance = self.instances.get(instance_id)
             if instance is None or not instance.serving or instance.service not in PROBES:
                 continue
-            if instance_id not in self._probing:
-                self._probing[instance_id] = asyncio.create_task(self._probe(instance))
+            if (instance_id, weight) not in self._probing:
+                self._probing[(instance_id, weight)] = asyncio.create_task(self._probe(instance, weight))
 
-    async def _probe(self, instance: Instance) -> None:
+    async def _probe(self, instance: Instance, weight: int) -> None:
         probe = self._probes.get(instance.service)
         if probe is None:
             probe = self._probes[instance.service] = PROBES[instance.service](
@@ -465,7 +471,7 @@ class NodeAgent:
 
         async def worker() -> int:
             done = 0
-            while instance.instance_id in self._gate_pending and next(budget, None) is not None:
+            while self._gate_pending.get(instance.instance_id) == weight and next(budget, None) is not None:
                 if instance.process is None or instance.process.returncode is not None:
                     break
                 done += await probe.transaction(instance.address)
@@ -508,7 +514,7 @@ class NodeAgent:
                     if instance.rollout_id and instance.rollout_id not in active:
                         instance.rollout_id = ""  # its roll-out finished: an ordinary instance now
                 self._gate_pending = {
-                    s.new_instance
+                    s.new_instance: s.weight
                     for r in response.rollouts
                     if r.rollout_id in active
                     for s in r.steps
@@ -533,9 +539,8 @@ def rollout_progress(rollout: patch_pb2.Rollout) -> list[str]:
             lines.append(f"{where}: {step.new_instance} started beside {step.replaces_instance}")
         if step.exited:
             lines.append(f"{where}: {step.new_instance} {step.exited}")
-        if step.gate != "pending":
-            detail = next((d for d in verdicts if d.startswith(f"step {index} ")), "")
-            lines.append(f"{where}: gate {step.gate}" + (f" ({detail})" if detail else ""))
+        for detail in (d for d in verdicts if d.startswith(f"step {index} ")):
+            lines.append(f"{where}: gate {detail}")
         if step.drained:
             lines.append(f"{where}: {step.replaces_instance} drained")
     if rollout.state in ("rolling_back", "rolled_back"):

@@ -137,6 +137,8 @@ def _print_rollout(rollout: patch_pb2.Rollout, names: dict[str, str]) -> None:
         print("FORCED over a canary this release failed before")
     if rollout.reason:
         print(f"reason: {shown(rollout.reason)}")
+    if rollout.weights:
+        print(f"each step: the new instance takes {'% -> '.join(map(str, rollout.weights))}% of callers, gated")
     total = len(rollout.old_instances)
     done = sum(1 for s in rollout.steps if s.drained)
     bar = "#" * done + "." * (total - done)
@@ -148,11 +150,12 @@ def _print_rollout(rollout: patch_pb2.Rollout, names: dict[str, str]) -> None:
                 s.replaces_instance,
                 s.new_instance or "-",
                 s.gate,
+                f"{s.weight}%" if s.weight else "-",
                 "yes" if s.drained else "no",
             )
             for i, s in enumerate(rollout.steps)
         ]
-        print(table(("step", "replaces", "new instance", "gate", "old drained"), rows))
+        print(table(("step", "replaces", "new instance", "gate", "share", "old drained"), rows))
     for i, s in enumerate(rollout.steps):
         if s.exited:
             where = "canary" if i == 0 else f"step {i}"
@@ -324,10 +327,19 @@ def _planned(rollout: patch_pb2.Rollout, names: dict[str, str]) -> None:
 async def cmd_rollout(args: argparse.Namespace) -> int:
     if not _force_needs_reason(args):
         return 2
+    try:
+        weights = [int(w) for w in args.weights.split(",")] if args.weights else []
+    except ValueError:
+        print(f"error: --weights {args.weights!r}: percentages separated by commas, e.g. 10,50,100", file=sys.stderr)
+        return 2
 
     async def work(c: RegistryConnection) -> int:
         request = patch_pb2.PlanRolloutRequest(
-            service=args.service, to_version=args.version, force=args.force, reason=args.reason or ""
+            service=args.service,
+            to_version=args.version,
+            force=args.force,
+            reason=args.reason or "",
+            weights=weights,
         )
         rollout = await c.call(c.patch.PlanRollout, request, as_user=True)
         _planned(rollout, await c.names([rollout]))
@@ -508,6 +520,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     rollout.add_argument("version")
     rollout.add_argument("--force", action="store_true", help="a release that failed a canary before (with --reason)")
     rollout.add_argument("--reason", default="", help="why (recorded in the audit)")
+    rollout.add_argument(
+        "--weights", help="the new instance's share of callers at each gated phase, e.g. 10,50,100 (the default)"
+    )
     rollout.set_defaults(run=cmd_rollout)
     revert = patch.add_parser(
         "revert", help="plan a roll-out back to the version before SERVICE's last finished roll-out"

@@ -50,6 +50,7 @@ def rollout_proto(rollout: Rollout) -> patch_pb2.Rollout:
                 gate="pending" if s.gate_passed is None else ("passed" if s.gate_passed else "failed"),
                 exited=exit_description(s.exit_code) if s.exit_code is not None else "",
                 last_log_lines=list(s.last_log_lines),
+                weight=100 if s.gate_passed else rollout.weights[min(s.phase, len(rollout.weights) - 1)],
             )
             for s in rollout.steps
         ],
@@ -57,6 +58,7 @@ def rollout_proto(rollout: Rollout) -> patch_pb2.Rollout:
         reverts=rollout.reverts,
         forced=rollout.forced,
         reason=rollout.reason,
+        weights=list(rollout.weights),
         audit=[
             patch_pb2.AuditEntry(at=e.at, actor=e.actor, event=type(e).__name__, detail=describe(e))
             for e in rollout.history
@@ -176,7 +178,12 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
     async def PlanRollout(self, request: patch_pb2.PlanRolloutRequest, context: Context) -> patch_pb2.Rollout:
         caller = self.tokens.caller(context)
         rollout = await self.registry.plan(
-            caller, service=request.service, to_version=request.to_version, force=request.force, reason=request.reason
+            caller,
+            service=request.service,
+            to_version=request.to_version,
+            force=request.force,
+            reason=request.reason,
+            weights=list(request.weights),
         )
         return rollout_proto(rollout)
 

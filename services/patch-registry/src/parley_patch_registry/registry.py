@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -50,6 +50,7 @@ from parley_patch_registry.releases import (
     parse_public_key,
 )
 from parley_patch_registry.rollout import (
+    DEFAULT_WEIGHTS,
     CallFigures,
     InstanceWindow,
     Rollout,
@@ -213,6 +214,7 @@ class Registry:
         self._release_publishers: dict[str, str] = {}
         self._announced_overdue: set[str] = set()  # event ids of the alerts on the stream
         self._step_started_at: dict[tuple[str, int], float] = {}
+        self._phase_since: dict[tuple[str, int], float] = {}  # when a step's current phase began
         self._lock = asyncio.Lock()
         self._replay: Replay | None = None
 
@@ -242,6 +244,10 @@ class Registry:
         self._rollout_seq[domain_event.rollout_id] = event.stream_seq
         if isinstance(payload, events_pb2.InstanceStarted):
             self._step_started_at[(payload.rollout_id, payload.step)] = time.monotonic()
+        if isinstance(payload, events_pb2.GateEvaluated) and payload.passed and payload.weight < 100:
+            # A larger share: a new phase with its own analysis window and its own time.
+            self._step_started_at[(payload.rollout_id, payload.step)] = time.monotonic()
+            self._phase_since[(payload.rollout_id, payload.step)] = time.monotonic()
 
     async def _append(
         self,
@@ -525,6 +531,7 @@ class Registry:
         force: bool = False,
         reason: str = "",
         reverts: str = "",
+        weights: Sequence[int] = (),
     ) -> Rollout:
         release = self.release(service, to_version)
         if release.min_event_schema > 1:  # every envelope is at schema 1 or newer
@@ -560,6 +567,7 @@ class Registry:
                 force=force,
                 reason=reason,
                 reverts=reverts,
+                weights=tuple(weights) or DEFAULT_WEIGHTS,
             )
             return await self._record(rollout_id, events, caller.user_id)
 
@@ -640,8 +648,9 @@ class Registry:
                 return self.rollout(rollout_id)
             return await self._record(rollout_id, events, actor)
 
-    def _window(self, rollout: Rollout, instance_id: str, now: float) -> InstanceWindow:
-        """The new instance's calls since it started, the stable (old-version) instances' over the same time."""
+    def _window(self, rollout: Rollout, instance_id: str, now: float, since: float | None) -> InstanceWindow:
+        """The new instance's calls since its phase began (`since`; None: since it started), and
+        the stable (old-version) instances' over the same time."""
         latest, first = self.fleet.latest(instance_id), self.fleet.first(instance_id)
         if latest is None or first is None:
             return InstanceWindow(instance_id, serving=False, reporting=False)
@@ -651,13 +660,14 @@ class Registry:
             for other in self.fleet.live(now, rollout.service)
             if other.version == rollout.from_version and other.instance_id != instance_id
         ]
+        opened = first[1] if since is None else since
         return InstanceWindow(
             instance_id,
             serving=beat.health == "SERVING",
             reporting=now - seen <= self.fleet.stale_after_s,
-            window_s=now - first[1],
-            canary=self.fleet.figures([instance_id], since=None),
-            stable=self.fleet.figures(stable, since=first[1]),
+            window_s=now - opened,
+            canary=self.fleet.figures([instance_id], since=since),
+            stable=self.fleet.figures(stable, since=opened),
         )
 
     async def drive(self) -> None:
@@ -677,12 +687,13 @@ class Registry:
                     # waits for enough calls until the gate's time (from its start) is up.
                     started = self._step_started_at.setdefault((rollout_id, work.current_step), now)
                     seen = self.fleet.first(step.new_instance)
-                    watched_for = now - seen[1] if seen else 0.0
+                    since = self._phase_since.get((rollout_id, work.current_step)) if step.phase else None
+                    watched_for = now - max(seen[1], since or 0.0) if seen else 0.0
                     # A failure is a verdict as soon as it shows (a broken canary serves as few
                     # calls as possible); a pass needs the whole window and enough calls.
                     final = now - started >= self.settings.gate_timeout_seconds
                     if seen is not None or final:
-                        window = self._window(work, step.new_instance, now)
+                        window = self._window(work, step.new_instance, now, since)
                         settled = watched_for >= self.settings.gate_window_seconds
                         events = work.gate(
                             window, self.settings.gate_policy(), at=time.time(), final=final, settled=settled

@@ -55,6 +55,7 @@ class RolloutPlanned(RolloutEvent):
     reverts: str = ""  # the finished roll-out this one undoes
     forced: bool = False  # over a canary this release failed before
     reason: str = ""
+    weights: tuple[int, ...] = ()  # the new instance's share per gated phase; () is (100,), one phase
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class GateEvaluated(RolloutEvent):
     stable_errors: int = 0
     stable_p50_ms: float = 0.0
     stable_p99_ms: float = 0.0
+    weight: int = 100  # the phase judged; a pass below 100 raises the share, at 100 completes the step
 
     def figures(self) -> str:
         """One line for the audit: what the verdict saw."""
@@ -145,6 +147,18 @@ class RolloutRolledBack(RolloutEvent):
     pass
 
 
+# The new instance's share of new connections at each gated phase of a step (as Argo Rollouts'
+# setWeight steps): a broken release meets a tenth of the callers first.
+DEFAULT_WEIGHTS = (10, 50, 100)
+
+
+def check_weights(weights: Sequence[int]) -> None:
+    if not weights or list(weights) != sorted(set(weights)) or weights[0] < 1 or weights[-1] != 100:
+        raise InvalidArgument(
+            f"weights {', '.join(map(str, weights)) or '(none)'}: percentages that rise and end at 100, e.g. 10,50,100"
+        )
+
+
 def exit_description(exit_code: int) -> str:
     return f"killed by signal {-exit_code}" if exit_code < 0 else f"exited with code {exit_code}"
 
@@ -153,7 +167,7 @@ def describe(event: RolloutEvent) -> str:
     """The audit's detail of an event: what a reader needs beyond its name and actor."""
     if isinstance(event, GateEvaluated):
         verdict = "passed" if event.passed else "failed: " + "; ".join(event.reasons)
-        return f"step {event.step} {verdict} ({event.figures()})"
+        return f"step {event.step} at {event.weight}% {verdict} ({event.figures()})"
     if isinstance(event, InstanceExited):
         return f"{event.instance_id} {exit_description(event.exit_code)}"
     if isinstance(event, RolloutPlanned):
@@ -161,6 +175,7 @@ def describe(event: RolloutEvent) -> str:
         parts += [f"reverts {event.reverts}"] if event.reverts else []
         parts += ["FORCED over a failed canary"] if event.forced else []
         parts += [f"reason: {event.reason}"] if event.reason else []
+        parts += [f"weights {'/'.join(map(str, event.weights))}%"] if event.weights else []
         return "; ".join(parts)
     for name in ("reason", "instance_id", "replaces_instance", "to_version"):
         value = getattr(event, name, "")
@@ -267,6 +282,7 @@ class Step:
     drained: bool = False
     exit_code: int | None = None
     last_log_lines: tuple[str, ...] = ()
+    phase: int = 0  # index into the roll-out's weights
 
 
 @dataclass
@@ -287,6 +303,7 @@ class Rollout:
     reverts: str = ""
     forced: bool = False
     reason: str = ""
+    weights: tuple[int, ...] = (100,)
     history: list[RolloutEvent] = field(default_factory=list)
 
     # -- replay --
@@ -308,6 +325,7 @@ class Rollout:
                 self.planned_by, self.state = event.actor, "planned"
                 self.release_published_by = event.release_published_by
                 self.reverts, self.forced, self.reason = event.reverts, event.forced, event.reason
+                self.weights = tuple(event.weights) or (100,)
             case RolloutApproved():
                 self.approved_by, self.state = event.actor, "approved"
             case StepStarted():
@@ -316,7 +334,11 @@ class Rollout:
             case InstanceStarted():
                 self.steps[event.step].new_instance = event.instance_id
             case GateEvaluated():
-                self.steps[event.step].gate_passed = event.passed
+                step = self.steps[event.step]
+                if event.passed and event.weight < 100:
+                    step.phase += 1  # the next, larger share, gated again
+                else:
+                    step.gate_passed = event.passed
             case InstanceExited():
                 step = self.steps[event.step]
                 step.new_instance = step.new_instance or event.instance_id
@@ -371,6 +393,7 @@ class Rollout:
         force: bool = False,
         reason: str = "",
         reverts: str = "",
+        weights: Sequence[int] = DEFAULT_WEIGHTS,
     ) -> tuple[Rollout, list[RolloutEvent]]:
         """`failed_before`: why earlier canaries of this release failed; such a release goes out
         again only with `force` and a reason, both in the audit."""
@@ -386,6 +409,7 @@ class Rollout:
             )
         if force and not reason.strip():
             raise InvalidArgument("--force needs a --reason, recorded in the audit")
+        check_weights(weights)
         rollout = Rollout()
         event = RolloutPlanned(
             rollout_id=rollout_id,
@@ -400,6 +424,7 @@ class Rollout:
             reverts=reverts,
             forced=bool(failed_before) and force,
             reason=reason.strip(),
+            weights=tuple(weights),
         )
         return rollout, rollout._emit(event)
 
@@ -482,6 +507,7 @@ class Rollout:
                 stable_errors=stable.errors,
                 stable_p50_ms=stable.p50_ms,
                 stable_p99_ms=stable.p99_ms,
+                weight=self.current_weight,
             )
         )
         if reasons:
@@ -567,7 +593,13 @@ class Rollout:
         if self.steps[step_index].gate_passed is None:
             events += self._emit(
                 GateEvaluated(
-                    rollout_id=self.rollout_id, at=at, actor="registry", step=step_index, passed=False, reasons=(why,)
+                    rollout_id=self.rollout_id,
+                    at=at,
+                    actor="registry",
+                    step=step_index,
+                    passed=False,
+                    reasons=(why,),
+                    weight=self.current_weight,
                 )
             )
         where = "canary" if step_index == 0 else f"step {step_index}"
@@ -577,6 +609,14 @@ class Rollout:
             )
         )
         return events
+
+    @property
+    def current_weight(self) -> int:
+        """The share (percent) of new connections the current step's new instance gets now."""
+        if not self.steps:
+            return self.weights[0]
+        step = self.steps[-1]
+        return 100 if step.gate_passed else self.weights[min(step.phase, len(self.weights) - 1)]
 
     @property
     def failed_canary(self) -> str:

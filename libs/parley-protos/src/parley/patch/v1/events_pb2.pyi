@@ -106,6 +106,7 @@ class RolloutPlanned(_message.Message):
     REVERTS_FIELD_NUMBER: _builtins.int
     FORCED_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
     rollout_id: _builtins.str
     at: _builtins.float
     actor: _builtins.str
@@ -119,6 +120,10 @@ class RolloutPlanned(_message.Message):
     reason: _builtins.str
     @_builtins.property
     def old_instances(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def weights(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The new instance's share of new connections (percent) at each gated phase of a step; the last is 100."""
+
     def __init__(
         self,
         *,
@@ -134,10 +139,11 @@ class RolloutPlanned(_message.Message):
         reverts: _builtins.str = ...,
         forced: _builtins.bool = ...,
         reason: _builtins.str = ...,
+        weights: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "at", b"at", "forced", b"forced", "from_version", b"from_version", "old_instances", b"old_instances", "reason", b"reason", "release_published_by", b"release_published_by", "reverts", b"reverts", "rollout_id", b"rollout_id", "service", b"service", "target_path", b"target_path", "to_version", b"to_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "at", b"at", "forced", b"forced", "from_version", b"from_version", "old_instances", b"old_instances", "reason", b"reason", "release_published_by", b"release_published_by", "reverts", b"reverts", "rollout_id", b"rollout_id", "service", b"service", "target_path", b"target_path", "to_version", b"to_version", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -252,6 +258,7 @@ class GateEvaluated(_message.Message):
     STABLE_ERRORS_FIELD_NUMBER: _builtins.int
     STABLE_P50_MS_FIELD_NUMBER: _builtins.int
     STABLE_P99_MS_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
     rollout_id: _builtins.str
     at: _builtins.float
     actor: _builtins.str
@@ -269,6 +276,8 @@ class GateEvaluated(_message.Message):
     stable_errors: _builtins.int
     stable_p50_ms: _builtins.float
     stable_p99_ms: _builtins.float
+    weight: _builtins.int
+    """the phase judged: the new instance's share (percent); 100 completes the step"""
     @_builtins.property
     def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -289,10 +298,11 @@ class GateEvaluated(_message.Message):
         stable_errors: _builtins.int = ...,
         stable_p50_ms: _builtins.float = ...,
         stable_p99_ms: _builtins.float = ...,
+        weight: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "at", b"at", "canary_calls", b"canary_calls", "canary_errors", b"canary_errors", "canary_p50_ms", b"canary_p50_ms", "canary_p99_ms", b"canary_p99_ms", "passed", b"passed", "reasons", b"reasons", "rollout_id", b"rollout_id", "stable_calls", b"stable_calls", "stable_errors", b"stable_errors", "stable_p50_ms", b"stable_p50_ms", "stable_p99_ms", b"stable_p99_ms", "step", b"step", "window_s", b"window_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "at", b"at", "canary_calls", b"canary_calls", "canary_errors", b"canary_errors", "canary_p50_ms", b"canary_p50_ms", "canary_p99_ms", b"canary_p99_ms", "passed", b"passed", "reasons", b"reasons", "rollout_id", b"rollout_id", "stable_calls", b"stable_calls", "stable_errors", b"stable_errors", "stable_p50_ms", b"stable_p50_ms", "stable_p99_ms", b"stable_p99_ms", "step", b"step", "weight", b"weight", "window_s", b"window_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -497,11 +497,16 @@ class PlanRolloutRequest(_message.Message):
     TO_VERSION_FIELD_NUMBER: _builtins.int
     FORCE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     to_version: _builtins.str
     force: _builtins.bool
     """needed (with a reason) for a release that failed a canary"""
     reason: _builtins.str
+    @_builtins.property
+    def weights(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """the new instance's share of new connections per gated phase (default 10, 50, 100)"""
+
     def __init__(
         self,
         *,
@@ -509,10 +514,11 @@ class PlanRolloutRequest(_message.Message):
         to_version: _builtins.str = ...,
         force: _builtins.bool = ...,
         reason: _builtins.str = ...,
+        weights: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "reason", b"reason", "service", b"service", "to_version", b"to_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "reason", b"reason", "service", b"service", "to_version", b"to_version", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -661,6 +667,7 @@ class RolloutStep(_message.Message):
     DRAINED_FIELD_NUMBER: _builtins.int
     EXITED_FIELD_NUMBER: _builtins.int
     LAST_LOG_LINES_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
     replaces_instance: _builtins.str
     new_instance: _builtins.str
     gate: _builtins.str
@@ -668,6 +675,8 @@ class RolloutStep(_message.Message):
     drained: _builtins.bool
     exited: _builtins.str
     """"exit code 1" when the new instance ended on its own"""
+    weight: _builtins.int
+    """the new instance's current share of new connections (percent)"""
     @_builtins.property
     def last_log_lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -679,10 +688,11 @@ class RolloutStep(_message.Message):
         drained: _builtins.bool = ...,
         exited: _builtins.str = ...,
         last_log_lines: _abc.Iterable[_builtins.str] | None = ...,
+        weight: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["drained", b"drained", "exited", b"exited", "gate", b"gate", "last_log_lines", b"last_log_lines", "new_instance", b"new_instance", "replaces_instance", b"replaces_instance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drained", b"drained", "exited", b"exited", "gate", b"gate", "last_log_lines", b"last_log_lines", "new_instance", b"new_instance", "replaces_instance", b"replaces_instance", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -735,6 +745,7 @@ class Rollout(_message.Message):
     REVERTS_FIELD_NUMBER: _builtins.int
     FORCED_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
     rollout_id: _builtins.str
     service: _builtins.str
     from_version: _builtins.str
@@ -756,6 +767,8 @@ class Rollout(_message.Message):
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___RolloutStep]: ...
     @_builtins.property
     def audit(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEntry]: ...
+    @_builtins.property
+    def weights(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
         self,
         *,
@@ -774,10 +787,11 @@ class Rollout(_message.Message):
         reverts: _builtins.str = ...,
         forced: _builtins.bool = ...,
         reason: _builtins.str = ...,
+        weights: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "audit", b"audit", "forced", b"forced", "from_version", b"from_version", "old_instances", b"old_instances", "planned_by", b"planned_by", "reason", b"reason", "reverts", b"reverts", "rollback_reason", b"rollback_reason", "rollout_id", b"rollout_id", "service", b"service", "state", b"state", "steps", b"steps", "target_path", b"target_path", "to_version", b"to_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "audit", b"audit", "forced", b"forced", "from_version", b"from_version", "old_instances", b"old_instances", "planned_by", b"planned_by", "reason", b"reason", "reverts", b"reverts", "rollback_reason", b"rollback_reason", "rollout_id", b"rollout_id", "service", b"service", "state", b"state", "steps", b"steps", "target_path", b"target_path", "to_version", b"to_version", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
