@@ -180,7 +180,7 @@ def test_canary_failing_its_gate_is_rolled_back_automatically(evidence: Instance
     rollout.approve(actor="bob", actor_role="operator", at=2.0)
     rollout.next_step(at=2.0)
     rollout.instance_started(instance_id="n-1", version="0.2.0", at=3.0)
-    events = rollout.gate(evidence, POLICY, at=4.0, final=False, settled=False)
+    events = rollout.gate(evidence, POLICY, at=4.0, final=False)
     assert rollout.state == "rolling_back"
     rollback = events[-1]
     assert isinstance(rollback, RollbackStarted)
@@ -268,6 +268,8 @@ def test_too_little_evidence_waits_then_fails_and_never_passes() -> None:
     # One slow first call among too few is not a p99 yet; by the gate's time it is.
     slow = window(calls=3, p99=900)
     assert rollout.gate(slow, POLICY, at=4.0, final=False) == []
+    # Nor is a slow p99 a verdict before the window ran its length.
+    assert rollout.gate(window(calls=50, p99=900), POLICY, at=4.0, final=False, settled=False) == []
     assert rollout.state == "canary"
     assert rollout.steps[0].gate_passed is None
     healthy_so_far = window(calls=POLICY.min_requests + 5)

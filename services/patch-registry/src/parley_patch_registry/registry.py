@@ -139,11 +139,14 @@ class FleetView:
             else:
                 window = [beat for beat, seen in beats if since is None or seen > since]
                 unbucketed_p99 = max([unbucketed_p99, *(beat.p99_latency_ms for beat in window)])
+        # The p99 of fewer than 200 calls would be its slowest call or two: those are left out, so
+        # that one hiccup of a loaded host is not read as the version's latency.
+        q = min(0.99, 1 - 2 / calls) if calls > 2 else 0.5
         return CallFigures(
             calls=calls,
             errors=errors,
             p50_ms=bucket_percentile(buckets, 0.5),
-            p99_ms=max(bucket_percentile(buckets, 0.99), unbucketed_p99),
+            p99_ms=max(bucket_percentile(buckets, q), unbucketed_p99),
         )
 
     def instances(self, now: float) -> list[fleet_pb2.InstanceStatus]:

@@ -233,8 +233,8 @@ def judge(
     Never a pass on too little evidence: below `min_requests` calls the verdict waits, unless the
     gate's time is up (`final`), when it fails. Before the window ran its length (`settled`) only
     a failure is a verdict: unhealthy, or more errors than even the whole minimum of calls may
-    hold. Latency is judged on `min_requests` calls (or whatever came by `final`): one slow first
-    call of a fresh instance is not its p99.
+    hold. Latency is judged over the whole window on `min_requests` calls (or whatever came by
+    `final`): one slow first call of a fresh instance is not its p99.
     """
     reasons = []
     canary, stable = window.canary, window.stable
@@ -247,7 +247,7 @@ def judge(
             f"error rate {canary.error_rate:.1%} ({canary.errors} of {canary.calls} calls) "
             f"> {policy.max_error_rate:.1%}"
         )
-    if canary.calls >= policy.min_requests or final:
+    if (settled and canary.calls >= policy.min_requests) or final:
         if canary.p99_ms > policy.max_p99_latency_ms:
             reasons.append(f"p99 latency {canary.p99_ms:.0f} ms > {policy.max_p99_latency_ms:.0f} ms")
         elif stable.calls >= policy.min_requests and canary.calls >= policy.min_requests:
