@@ -77,7 +77,7 @@ async def test_a_refused_backend_is_skipped(door: FrontDoor) -> None:
     alive.close()
 
 
-def test_a_share_sends_exactly_that_part_of_new_connections_to_an_instance() -> None:
+async def test_a_share_sends_exactly_that_part_of_new_connections_to_an_instance() -> None:
     door = FrontDoor("messaging")
     for address in ("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"):
         door.add(address)
