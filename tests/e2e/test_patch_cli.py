@@ -100,3 +100,12 @@ def test_operator_flow_publish_plan_approve_rollback(platform: RunningPlatform, 
     audit = wait_for(platform, ["patch", "status", rollout_id, "--audit"], "state: rolled_back")
     for event in ("RolloutPlanned", "RolloutApproved", "StepStarted", "RollbackStarted", "RolloutRolledBack"):
         assert event in audit
+    # Every service's base version is a published release (`parley up` publishes it on its first
+    # start), so that a revert can return to it; with no finished roll-out there is nothing to revert.
+    assert "messaging/parley_messaging-0.1.0-" in wait_for(platform, ["patch", "list"], "parley_messaging-0.1.0")
+    nothing = platform.cli("--as", "olga", "patch", "revert", "messaging", check=False)
+    assert nothing.returncode == 1
+    assert "no finished roll-out to revert" in nothing.stderr
+    unexplained = platform.cli("--as", "olga", "patch", "rollout", "messaging", "0.9.0", "--force", check=False)
+    assert unexplained.returncode == 2
+    assert "--force needs a --reason" in unexplained.stderr

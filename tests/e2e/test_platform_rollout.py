@@ -10,6 +10,7 @@ platform still runs the new version.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,8 +79,8 @@ async def test_approved_rollout_replaces_messaging_on_the_running_platform_witho
         rollout_id = planned.split()[1].rstrip(":")
         assert "approved by id-oscar" in await cli(platform, "--as", "oscar", "patch", "approve", rollout_id)
 
-        async def finished() -> str | None:
-            status = await cli(platform, "patch", "status", rollout_id)
+        async def finished() -> str | None:  # exit 1 once rolled back: its status says why
+            status = (await asyncio.to_thread(platform.cli, "patch", "status", rollout_id, check=False)).stdout
             return status if "state: done" in status or "state: rolled_back" in status else None
 
         status = await eventually(finished, "the roll-out to finish", 600)
@@ -92,6 +93,19 @@ async def test_approved_rollout_replaces_messaging_on_the_running_platform_witho
     print(f"\nacknowledged sends: {traffic.acknowledged}; failed: {len(traffic.failures)}")
     assert traffic.failures == []
     assert sent_during_rollout > 0
+    # `parley up` told the roll-out as it went: each step, each verdict with its figures, the end.
+    told = [line for line in platform.output().splitlines() if f"roll-out {rollout_id} " in line]
+    for share in (10, 50, 100):  # each phase of the canary gated, its share of callers raised
+        assert any(f"canary: gate step 0 at {share}% passed (over " in line and " calls, " in line for line in told), (
+            told
+        )
+    assert any(f"canary: {old_instance} drained" in line for line in told), told
+    assert told[-1].endswith(": done"), told
+    # The audit names the agent and host that did each step, to the millisecond.
+    audit = await cli(platform, "patch", "status", rollout_id, "--audit")
+    started = next(line for line in audit.splitlines() if "InstanceStarted" in line)
+    assert "node-agent@" in started
+    assert re.search(r"\d{2}:\d{2}:\d{2}\.\d{3} UTC", started), started
 
     async def messaging_state() -> dict[str, object] | None:
         service = platform.service("messaging")
@@ -107,6 +121,16 @@ async def test_approved_rollout_replaces_messaging_on_the_running_platform_witho
         lambda: _fleet_row(platform, "messaging", NEW_VERSION), "the fleet to show messaging 0.2.0", 60
     )
     assert instances[0]["instance_id"] in fleet
+
+    # The replaced instance stopped on purpose: it leaves the fleet view (no NOT_SERVING, no STALE row).
+    async def old_instance_gone() -> bool | None:
+        out = (await asyncio.to_thread(platform.cli, "fleet", check=False)).stdout
+        return (old_instance not in out and instances[0]["instance_id"] in out) or None
+
+    await eventually(old_instance_gone, "the replaced instance to leave `parley fleet`", 60)
+    status = await cli(platform, "status")
+    messaging_line = next(line for line in status.splitlines() if line.startswith("messaging "))
+    assert NEW_VERSION in messaging_line.split(), status
 
     async def archived() -> int | None:
         count = await history_count(client, channel.channel_id)

@@ -75,3 +75,19 @@ async def test_a_refused_backend_is_skipped(door: FrontDoor) -> None:
     door.add(address(alive))
     assert [await ask(door) for _ in range(3)] == ["alive"] * 3
     alive.close()
+
+
+async def test_a_share_sends_exactly_that_part_of_new_connections_to_an_instance() -> None:
+    door = FrontDoor("messaging")
+    for address in ("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"):
+        door.add(address)
+    door.set_share("127.0.0.1:3", 10)
+    picks = [door.pick() for _ in range(100)]
+    assert picks.count("127.0.0.1:3") == 10
+    assert picks.count("127.0.0.1:1") == picks.count("127.0.0.1:2") == 45
+    assert "127.0.0.1:3" in picks[:10]  # spread out, not saved for the end
+    door.set_share("127.0.0.1:3", 100)  # the gate passed: plain round-robin again
+    assert [door.pick() for _ in range(3)].count("127.0.0.1:3") == 1
+    door.set_share("127.0.0.1:3", 50)
+    door.remove("127.0.0.1:3")  # rolled back: gone, and its share with it
+    assert {door.pick() for _ in range(10)} == {"127.0.0.1:1", "127.0.0.1:2"}

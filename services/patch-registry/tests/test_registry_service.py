@@ -442,6 +442,8 @@ async def test_rollout_with_approval_and_automatic_rollback_of_a_failing_canary(
         "RolloutRolledBack",
     ]
     assert [a.actor for a in done.audit][:2] == ["alice", "bob"]
+    verdict = next(a for a in done.audit if a.event == "GateEvaluated")
+    assert "canary 100 calls, 50 errors" in verdict.detail, verdict.detail
 
 
 async def test_state_survives_a_restart_and_agent_reports_need_the_platform_identity(registry: Registry) -> None:
@@ -482,3 +484,24 @@ async def test_state_survives_a_restart_and_agent_reports_need_the_platform_iden
             timeout=TIMEOUT_S,
         )
     assert "published the release" in (own.value.details() or "")
+
+
+async def test_an_instance_stopped_on_purpose_leaves_the_fleet_view(registry: Registry) -> None:
+    """Its last heartbeat says STOPPED (a drain, a platform stop); one that falls silent stays, stale."""
+    await registry.beat("m-1", "0.1.0")
+    await registry.beat("m-2", "0.1.0")
+
+    async def listed() -> set[str] | None:
+        response = await registry.fleet.ListInstances(fleet_pb2.ListInstancesRequest(), timeout=TIMEOUT_S)
+        ids = {i.last_heartbeat.instance_id for i in response.instances}
+        return ids if {"m-1", "m-2"} <= ids else None
+
+    await eventually(listed, "both instances in the fleet view")
+    await registry.beat("m-1", "0.1.0", health="STOPPED")
+
+    async def without_m1() -> set[str] | None:
+        response = await registry.fleet.ListInstances(fleet_pb2.ListInstancesRequest(), timeout=TIMEOUT_S)
+        ids = {i.last_heartbeat.instance_id for i in response.instances}
+        return ids if "m-1" not in ids else None
+
+    assert "m-2" in await eventually(without_m1, "the stopped instance to leave the fleet view")

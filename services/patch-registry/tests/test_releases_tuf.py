@@ -29,6 +29,7 @@ class Setup:
     root_keys: list[CryptoSigner]
     service_keys: dict[str, CryptoSigner]
     tmp: Path
+    targets_key: CryptoSigner
     clients: int = 0
 
     def updater(self, *, fresh: bool = False) -> Updater:
@@ -67,18 +68,19 @@ class Setup:
 def setup(tmp_path: Path) -> Iterator[Setup]:
     root_keys = [CryptoSigner.generate_ed25519() for _ in range(3)]
     service_keys = {s: CryptoSigner.generate_ed25519() for s in ("auth", "messaging")}
+    targets_key = CryptoSigner.generate_ed25519()
     repo = ReleaseRepository.create(
         tmp_path / "repo",
         root_signers=root_keys,
         root_threshold=2,
-        targets_signer=CryptoSigner.generate_ed25519(),
+        targets_signer=targets_key,
         snapshot_signer=CryptoSigner.generate_ed25519(),
         timestamp_signer=CryptoSigner.generate_ed25519(),
         services=["auth", "messaging"],
         publisher_keys={s: k.public_key for s, k in service_keys.items()},
     )
     with RepositoryHttpServer(repo.folder) as http:
-        yield Setup(repo, http, root_keys, service_keys, tmp_path)
+        yield Setup(repo, http, root_keys, service_keys, tmp_path, targets_key)
 
 
 def download(updater: Updater, path: str) -> bytes:
@@ -104,6 +106,33 @@ def test_release_downloads_and_verifies_with_its_metadata(setup: Setup) -> None:
     stored = list((setup.repo.targets_dir / "messaging").iterdir())
     assert [p.name for p in stored] == [f"{info.hashes['sha256']}.{WHEEL_A}"]
     assert [r.version for r in setup.repo.releases("messaging")] == ["0.2.0"]
+
+
+def test_base_release_is_signed_by_the_targets_key_and_verified_like_any_release(setup: Setup) -> None:
+    """The version a service ran before any release: a revert's target, fetched through TUF."""
+    wheel = "parley_messaging-0.1.0-py3-none-any.whl"
+    base = setup.repo.publish_base(
+        service="messaging", version="0.1.0", wheel_name=wheel, wheel=b"base bytes", targets_signer=setup.targets_key
+    )
+    again = setup.repo.publish_base(
+        service="messaging", version="0.1.0", wheel_name=wheel, wheel=b"base bytes", targets_signer=setup.targets_key
+    )
+    assert again == base
+    assert download(setup.updater(), base.target_path) == b"base bytes"
+    with pytest.raises(AlreadyExists, match="already published"):
+        setup.publish("messaging", "0.1.0", b"other bytes")
+    # Releases by the publisher come after it and sit beside it.
+    setup.publish("messaging", "0.2.0", b"wheel bytes A")
+    assert [r.version for r in setup.repo.releases("messaging")] == ["0.1.0", "0.2.0"]
+    assert download(setup.updater(), base.target_path) == b"base bytes"
+    with pytest.raises(AlreadyExists, match=r"base release is 0\.1\.0"):
+        setup.repo.publish_base(
+            service="messaging",
+            version="0.0.9",
+            wheel_name="parley_messaging-0.0.9-py3-none-any.whl",
+            wheel=b"x",
+            targets_signer=setup.targets_key,
+        )
 
 
 def test_same_version_twice_is_refused(setup: Setup) -> None:
@@ -174,7 +203,7 @@ def test_expired_timestamp_is_refused(tmp_path: Path) -> None:
     )
     assert repo.timestamp_expires() < datetime.now(UTC)
     with RepositoryHttpServer(repo.folder) as http:
-        setup = Setup(repo, http, [], {}, tmp_path)
+        setup = Setup(repo, http, [], {}, tmp_path, CryptoSigner.generate_ed25519())
         with pytest.raises(tuf_errors.ExpiredMetadataError, match="timestamp"):
             setup.updater().refresh()
         # the registry refreshes its timestamp, and the same client goes on

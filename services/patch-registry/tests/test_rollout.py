@@ -5,18 +5,26 @@ from __future__ import annotations
 import pytest
 
 from parley_core.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from parley_patch_registry import codec
 from parley_patch_registry.rollout import (
+    DEFAULT_WEIGHTS,
+    CallFigures,
+    GateEvaluated,
     GatePolicy,
     InstanceWindow,
     RollbackStarted,
     Rollout,
     RolloutEvent,
+    describe,
 )
 
-POLICY = GatePolicy(max_error_rate=0.01, max_p99_latency_ms=250.0)
+NO_CALLS = CallFigures()
+POLICY = GatePolicy(max_error_rate=0.01, max_p99_latency_ms=250.0, min_requests=20)
 
 
-def planned(instances: tuple[str, ...] = ("m-1", "m-2")) -> tuple[Rollout, list[RolloutEvent]]:
+def planned(
+    instances: tuple[str, ...] = ("m-1", "m-2"), weights: tuple[int, ...] = (100,)
+) -> tuple[Rollout, list[RolloutEvent]]:
     return Rollout.plan(
         rollout_id="r-1",
         service="messaging",
@@ -28,11 +36,32 @@ def planned(instances: tuple[str, ...] = ("m-1", "m-2")) -> tuple[Rollout, list[
         actor="alice",
         actor_role="operator",
         at=1.0,
+        weights=weights,
     )
 
 
 def healthy(instance: str) -> InstanceWindow:
-    return InstanceWindow(instance, serving=True, reporting=True, requests=200, errors=1, p99_latency_ms=40.0)
+    return window(instance, calls=200, errors=1, p99=40.0)
+
+
+def window(
+    instance: str = "n-1",
+    *,
+    calls: int,
+    errors: int = 0,
+    p99: float = 5.0,
+    serving: bool = True,
+    reporting: bool = True,
+    stable: CallFigures = NO_CALLS,
+) -> InstanceWindow:
+    return InstanceWindow(
+        instance,
+        serving=serving,
+        reporting=reporting,
+        window_s=15.0,
+        canary=CallFigures(calls=calls, errors=errors, p50_ms=p99 / 2, p99_ms=p99),
+        stable=stable,
+    )
 
 
 def run_step(rollout: Rollout, new_instance: str) -> list[RolloutEvent]:
@@ -130,26 +159,28 @@ def test_canary_then_production_one_at_a_time_then_done() -> None:
 
 
 @pytest.mark.parametrize(
-    ("window", "reason"),
+    ("evidence", "reason"),
     [
-        (InstanceWindow("n-1", serving=False, reporting=True, requests=10, errors=0, p99_latency_ms=5), "not SERVING"),
-        (InstanceWindow("n-1", serving=True, reporting=False, requests=10, errors=0, p99_latency_ms=5), "heartbeats"),
+        (window(calls=10, serving=False), "not SERVING"),
+        (window(calls=10, reporting=False), "heartbeats"),
+        (window(calls=100, errors=5), "error rate 5.0%"),
+        (window(calls=100, p99=900), "p99 latency"),
+        (window(calls=POLICY.min_requests - 1, p99=900, reporting=False), "heartbeats"),
+        # Errors that even a full minimum of good calls could not dilute fail before the minimum.
+        (window(calls=3, errors=3), "error rate 100.0% (3 of 3 calls)"),
+        # Slower than the stable instances over the same window, though under the absolute limit.
         (
-            InstanceWindow("n-1", serving=True, reporting=True, requests=100, errors=5, p99_latency_ms=5),
-            "error rate 5.0%",
-        ),
-        (
-            InstanceWindow("n-1", serving=True, reporting=True, requests=100, errors=0, p99_latency_ms=900),
-            "p99 latency",
+            window(calls=100, p99=200, stable=CallFigures(calls=300, errors=0, p50_ms=10, p99_ms=50)),
+            "against the stable instances' 50 ms",
         ),
     ],
 )
-def test_canary_failing_its_gate_is_rolled_back_automatically(window: InstanceWindow, reason: str) -> None:
+def test_canary_failing_its_gate_is_rolled_back_automatically(evidence: InstanceWindow, reason: str) -> None:
     rollout, _ = planned()
     rollout.approve(actor="bob", actor_role="operator", at=2.0)
     rollout.next_step(at=2.0)
     rollout.instance_started(instance_id="n-1", version="0.2.0", at=3.0)
-    events = rollout.gate(window, POLICY, at=4.0)
+    events = rollout.gate(evidence, POLICY, at=4.0, final=False)
     assert rollout.state == "rolling_back"
     rollback = events[-1]
     assert isinstance(rollback, RollbackStarted)
@@ -219,3 +250,105 @@ def test_plan_refuses_same_version_and_empty_fleet() -> None:
             actor_role="admin",
             at=0.0,
         )
+
+
+def canary_started() -> Rollout:
+    rollout, _ = planned()
+    rollout.approve(actor="bob", actor_role="operator", at=2.0)
+    rollout.next_step(at=2.0)
+    rollout.instance_started(instance_id="n-1", version="0.2.0", at=3.0)
+    return rollout
+
+
+def test_too_little_evidence_waits_then_fails_and_never_passes() -> None:
+    rollout = canary_started()
+    thin = window(calls=POLICY.min_requests - 1)
+    assert rollout.gate(thin, POLICY, at=4.0, final=False, settled=False) == []
+    assert rollout.gate(thin, POLICY, at=4.0, final=False) == []
+    # One slow first call among too few is not a p99 yet; by the gate's time it is.
+    slow = window(calls=3, p99=900)
+    assert rollout.gate(slow, POLICY, at=4.0, final=False) == []
+    # Nor is a slow p99 a verdict before the window ran its length.
+    assert rollout.gate(window(calls=50, p99=900), POLICY, at=4.0, final=False, settled=False) == []
+    assert rollout.state == "canary"
+    assert rollout.steps[0].gate_passed is None
+    healthy_so_far = window(calls=POLICY.min_requests + 5)
+    assert rollout.gate(healthy_so_far, POLICY, at=4.5, final=False, settled=False) == []  # a pass needs the window
+    events = rollout.gate(thin, POLICY, at=5.0, final=True)
+    assert rollout.state == "rolling_back"
+    assert "too little evidence: 19 calls" in rollout.rollback_reason
+    verdict = events[0]
+    assert isinstance(verdict, GateEvaluated)
+    assert (verdict.passed, verdict.canary_calls) == (False, 19)
+
+
+def test_every_verdict_records_its_figures() -> None:
+    rollout = canary_started()
+    stable = CallFigures(calls=400, errors=1, p50_ms=10, p99_ms=75)
+    [verdict] = rollout.gate(window(calls=120, errors=1, p99=100, stable=stable), POLICY, at=4.0, final=False)
+    assert isinstance(verdict, GateEvaluated)
+    assert verdict.passed
+    figures = (verdict.canary_calls, verdict.canary_errors, verdict.canary_p99_ms, verdict.stable_calls)
+    assert figures == (120, 1, 100.0, 400)
+    assert describe(verdict).startswith("step 0 at 100% passed (over 15.0 s")
+    assert verdict.figures() == (
+        "over 15.0 s: canary 120 calls, 1 errors, p50 50 ms, p99 100 ms; "
+        "stable 400 calls, 1 errors, p50 10 ms, p99 75 ms"
+    )
+    # The figures survive the trip through the PATCH stream's protobuf form.
+    assert codec.from_proto(codec.to_proto(verdict)) == verdict
+
+
+def test_a_canary_that_exits_is_rolled_back_at_once_with_its_last_log_lines() -> None:
+    rollout, _ = planned()
+    rollout.approve(actor="bob", actor_role="operator", at=2.0)
+    rollout.next_step(at=2.0)
+    lines = ('{"msg": "starting"}', "Traceback (most recent call last):", "SystemExit: broken on purpose", "")
+    events = rollout.instance_exited(
+        instance_id="n-1", exit_code=1, last_log_lines=lines, at=3.0, actor="node-agent@host-1"
+    )
+    assert [type(e).__name__ for e in events] == ["InstanceExited", "GateEvaluated", "RollbackStarted"]
+    assert rollout.state == "rolling_back"
+    assert rollout.rollback_reason == "canary: n-1 exited with code 1: SystemExit: broken on purpose"
+    step = rollout.steps[0]
+    assert (step.new_instance, step.exit_code, step.gate_passed) == ("n-1", 1, False)
+    assert events[0].actor == "node-agent@host-1"
+    # Through the stream and back: the replayed roll-out knows the same.
+    replayed = Rollout.replay([codec.from_proto(codec.to_proto(e)) for e in rollout.history])  # type: ignore[misc]
+    assert replayed.steps[0].last_log_lines == lines
+    # A second report of the same exit changes nothing.
+    assert rollout.instance_exited(instance_id="n-1", exit_code=1, last_log_lines=lines, at=4.0) == []
+
+
+def test_each_step_raises_the_new_instances_share_one_gated_phase_at_a_time() -> None:
+    rollout, [plan] = planned(weights=DEFAULT_WEIGHTS)
+    assert plan.weights == (10, 50, 100)  # type: ignore[attr-defined]
+    rollout.approve(actor="bob", actor_role="operator", at=2.0)
+    rollout.next_step(at=2.0)
+    rollout.instance_started(instance_id="n-1", version="0.2.0", at=3.0)
+    seen = []
+    for at in (4.0, 5.0, 6.0):
+        seen.append(rollout.current_weight)
+        [verdict] = rollout.gate(healthy("n-1"), POLICY, at=at)
+        assert isinstance(verdict, GateEvaluated)
+        assert verdict.weight == seen[-1]
+    assert seen == [10, 50, 100]
+    assert rollout.steps[0].gate_passed  # only the pass at 100% lets the old instance go
+    rollout.drained(instance_id="m-1", at=7.0)
+
+
+def test_a_failure_at_a_small_share_rolls_back() -> None:
+    rollout, _ = planned(weights=(5, 100))
+    rollout.approve(actor="bob", actor_role="operator", at=2.0)
+    rollout.next_step(at=2.0)
+    rollout.instance_started(instance_id="n-1", version="0.2.0", at=3.0)
+    rollout.gate(healthy("n-1"), POLICY, at=4.0)
+    events = rollout.gate(window(calls=50, errors=50), POLICY, at=5.0)
+    assert rollout.state == "rolling_back"
+    assert describe(events[0]).startswith("step 0 at 100% failed: error rate 100.0%")
+
+
+@pytest.mark.parametrize("weights", [(), (50, 10, 100), (10, 50), (0, 100), (10, 10, 100)])
+def test_weights_must_rise_to_100(weights: tuple[int, ...]) -> None:
+    with pytest.raises(InvalidArgument, match="rise and end at 100"):
+        planned(weights=weights)

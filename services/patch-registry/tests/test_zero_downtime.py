@@ -179,3 +179,77 @@ async def login_continuously(cluster: AgentPlatform, logins: Traffic) -> None:
                 await asyncio.wait_for(logins.stop.wait(), 1.0)
     finally:
         await client.close()
+
+
+async def test_a_done_rollout_is_reverted_to_the_base_release_through_an_approved_gated_rollout(
+    cluster: AgentPlatform, tmp_path: Path
+) -> None:
+    """The base version is itself a signed release, so a finished roll-out can be undone: `patch
+    rollback` of a done roll-out plans one back, another operator approves it, and the gate
+    judges the old version like any new one. The reverted instances run the base wheel, fetched
+    through TUF and installed, not the source folder."""
+    base = await cluster.publish_base()
+    assert (base.service, base.version) == ("messaging", "0.1.0")
+    wheel_b = await asyncio.to_thread(build_wheel, MESSAGING_SOURCE, "0.2.0", tmp_path / "wheels")
+    client = client_of(cluster)
+    await client.register("carol", "a-long-passphrase")
+    await client.login("carol", "a-long-passphrase")
+    channel = await client.create_channel("reverts")
+    agent_task = cluster.start_agent()
+    traffic = Traffic()
+    sender = asyncio.create_task(send_continuously(client, channel.channel_id, traffic))
+    try:
+        rollout = await publish_and_roll(cluster, wheel_b, "0.2.0")
+        done = await cluster.finished(rollout.rollout_id, 600, "the roll-out to 0.2.0 to finish")
+        assert done.state == "done", done.rollback_reason
+        assert cluster.managed_versions() == {"0.2.0"}
+
+        command = patch_pb2.RolloutCommand(rollout_id=rollout.rollout_id, reason="customers report slow sends")
+        revert = await cluster.registry.RollbackRollout(command, metadata=cluster.operator("carla"), timeout=30)
+        assert revert.rollout_id != rollout.rollout_id
+        assert (revert.state, revert.from_version, revert.to_version) == ("planned", "0.2.0", "0.1.0")
+        assert revert.reverts == rollout.rollout_id
+        assert revert.reason == f"revert of {rollout.rollout_id}: customers report slow sends"
+        await cluster.approve(revert)
+        reverted = await cluster.finished(revert.rollout_id, 600, "the revert to 0.1.0 to finish")
+        assert reverted.state == "done", reverted.rollback_reason
+        assert [s.gate for s in reverted.steps] == ["passed", "passed"]
+    finally:
+        traffic.stop.set()
+        await sender
+        cluster.agent._stop.set()
+        await agent_task
+    assert cluster.managed_versions() == {"0.1.0"}
+    installed = cluster.agent.installed_python("messaging", "0.1.0")
+    assert installed is not None  # the base wheel, installed from the registry through TUF
+    assert {i.python for i in cluster.agent.instances_of("messaging")} == {installed}
+    planned_audit = next(a for a in reverted.audit if a.event == "RolloutPlanned")
+    assert f"reverts {rollout.rollout_id}" in planned_audit.detail
+    print(f"\nacknowledged sends: {traffic.acknowledged}; failed: {len(traffic.failures)}")
+    assert traffic.failures == []
+    await client.close()
+
+
+async def test_with_no_user_traffic_synthetic_transactions_give_the_gate_its_evidence(
+    cluster: AgentPlatform, tmp_path: Path
+) -> None:
+    """Nobody sends: the agent sends and reads back messages through each new instance itself
+    (as its prober account), so each gate has the calls it needs instead of failing for lack of them."""
+    wheel_b = await asyncio.to_thread(build_wheel, MESSAGING_SOURCE, "0.2.0", tmp_path / "wheels")
+    agent_task = cluster.start_agent()
+    try:
+        rollout = await publish_and_roll(cluster, wheel_b, "0.2.0")
+        done = await cluster.finished(rollout.rollout_id, 600, "the roll-out to 0.2.0 to finish")
+    finally:
+        cluster.agent._stop.set()
+        await agent_task
+    assert done.state == "done", done.rollback_reason
+    verdicts = [a.detail for a in done.audit if a.event == "GateEvaluated"]
+    # Two steps, each gated at 10 %, 50 % and 100 % of new connections, each phase on its own calls.
+    assert [v.split(" passed")[0] for v in verdicts] == [
+        f"step {step} at {share}%" for step in (0, 1) for share in (10, 50, 100)
+    ]
+    for verdict in verdicts:
+        calls = int(verdict.split("canary ")[1].split(" calls")[0])
+        assert calls >= 20, verdict  # the gate's minimum (PARLEY_PATCH_GATE_MIN_REQUESTS)
+    assert (cluster.agent.data_dir / "probe-messaging.json").stat().st_mode & 0o777 == 0o600

@@ -3,7 +3,9 @@
 Why a TCP proxy: every caller keeps one address per service, and TLS stays end to end (the
 proxy never sees plaintext). Its callers are services, named by their certificates; the
 gateway, whose clients must be seen at their own addresses, shares its port instead
-(parley_agent.shared_port). New connections go round-robin to the live instances; removing an
+(parley_agent.shared_port). New connections go round-robin to the live instances, or, while a
+roll-out gives a new instance a share (`set_share`: 10 % of new connections, then 50 %...), by
+smooth weighted round-robin, so that exactly that share goes to it; removing an
 instance only stops new connections to it, so its open HTTP/2 connections finish their calls
 while it drains, and gRPC clients reconnect through the front door to a remaining instance
 after the old one's GOAWAY.
@@ -39,6 +41,8 @@ class FrontDoor:
         self.port = port
         self._backends: list[str] = []
         self._turn = itertools.count()
+        self._shares: dict[str, int] = {}  # address -> percent of new connections
+        self._credit: dict[str, float] = {}  # smooth weighted round-robin state
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
@@ -58,6 +62,39 @@ class FrontDoor:
         """No new connection goes to `address`; its open ones run on until it closes them."""
         if address in self._backends:
             self._backends.remove(address)
+        self._shares.pop(address, None)
+
+    def set_share(self, address: str, percent: int) -> None:
+        """`address` gets `percent` % of new connections, the others the rest evenly; 100 (or
+        less than 1) ends the share: plain round-robin again."""
+        if 1 <= percent < 100:
+            self._shares[address] = percent
+        else:
+            self._shares.pop(address, None)
+        self._credit.clear()
+
+    def _weights(self, backends: list[str]) -> dict[str, float]:
+        shared = {a: p for a, p in self._shares.items() if a in backends}
+        others = [a for a in backends if a not in shared]
+        if not shared or not others:
+            return dict.fromkeys(backends, 1.0)
+        rest = max(0.0, 100.0 - sum(shared.values())) / len(others)
+        return {**{a: float(p) for a, p in shared.items()}, **dict.fromkeys(others, rest)}
+
+    def _next_backend(self, backends: list[str]) -> str:
+        if not any(a in self._shares for a in backends):
+            return backends[next(self._turn) % len(backends)]
+        weights = self._weights(backends)
+        for address, weight in weights.items():
+            self._credit[address] = self._credit.get(address, 0.0) + weight
+        chosen = max(backends, key=lambda a: self._credit[a])
+        self._credit[chosen] -= sum(weights.values())
+        return chosen
+
+    def pick(self) -> str | None:
+        """The backend the next new connection goes to (None with none)."""
+        backends = self._backends
+        return self._next_backend(backends) if backends else None
 
     def instance_environment(self) -> dict[str, str]:
         """Nothing: an instance behind a front door listens on its own port only."""
@@ -81,7 +118,7 @@ class FrontDoor:
             backends = self._backends
             if not backends:
                 return None
-            address = backends[next(self._turn) % len(backends)]
+            address = self._next_backend(backends)
             host, _, port = address.rpartition(":")
             try:
                 return await asyncio.wait_for(asyncio.open_connection(host, int(port)), CONNECT_TIMEOUT_S)

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
 import signal
+import socket
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -33,6 +35,7 @@ from parley.patch.v1 import patch_pb2, patch_pb2_grpc
 from parley_agent.front_door import FrontDoor
 from parley_agent.health import is_serving
 from parley_agent.installer import TufSource, base_python, fetch_release, install_version
+from parley_agent.probe import PROBES, MessagingProbe, ProbeUnavailable
 from parley_agent.shared_port import SharedPort
 from parley_core.net import free_port
 from parley_core.pki import Pki
@@ -46,6 +49,9 @@ log = logging.getLogger(__name__)
 # client's real address. Other services' callers are named by their certificates.
 SHARED_PORT_SERVICES = frozenset({"gateway"})
 Door = FrontDoor | SharedPort
+# Synthetic transactions per new instance while its gate is pending, and how many run at once.
+PROBE_TRANSACTIONS = 30
+PROBE_WORKERS = 3
 
 
 def door_for(service: str, *, port: int = 0) -> Door:
@@ -64,6 +70,11 @@ class Instance:
     log_file: TextIO | None = field(default=None, repr=False)
     # Has been behind its front door: kept running (a starting or failed canary is not).
     serving: bool = False
+    # Where this instance's lines begin in the service's log.
+    log_offset: int = 0
+    # The roll-out whose new instance this is, while that roll-out runs: its exit is reported to
+    # the registry (which rolls back), not restarted by a supervisor.
+    rollout_id: str = ""
 
     @property
     def address(self) -> str:
@@ -101,8 +112,17 @@ class NodeAgent:
         environment: Mapping[str, str],
         timeouts: AgentTimeouts | None = None,
         log_dir: Path | None = None,
+        host: str = "",
+        announce: Callable[[str], None] | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.host = host or socket.gethostname()  # named in the registry's audit of what this agent did
+        # Where roll-out steps and verdicts are told as they happen (`parley up` prints them).
+        self.announce = announce or (lambda line: log.info("%s", line))
+        self._told: dict[str, list[str]] = {}
+        self._probes: dict[str, MessagingProbe] = {}
+        self._probing: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._gate_pending: dict[str, int] = {}  # new instance -> the share its pending gate phase is on
         self.pki = pki
         self.environment = dict(environment)  # PARLEY_* settings every instance gets
         self.timeouts = timeouts or AgentTimeouts()
@@ -147,6 +167,7 @@ class NodeAgent:
             path = self.log_path(instance.service)
             instance.log_file = open(path, "a", buffering=1)  # noqa: SIM115, ASYNC230 - kept for the process's life
             os.chmod(path, 0o600)
+        instance.log_offset = instance.log_file.tell()
         env = {
             **os.environ,
             **self.environment,
@@ -219,8 +240,29 @@ class NodeAgent:
         return instance
 
     def exited(self) -> list[Instance]:
-        """Serving instances whose process has ended (crashed or stopped by someone else)."""
-        return [i for i in self.instances.values() if i.serving and i.process and i.process.returncode is not None]
+        """Serving instances whose process has ended (crashed or stopped by someone else); a
+        roll-out's new instance is the roll-out's business (reported, then rolled back)."""
+        return [
+            i
+            for i in self.instances.values()
+            if i.serving and not i.rollout_id and i.process and i.process.returncode is not None
+        ]
+
+    def last_log_lines(self, instance: Instance, lines: int = 20) -> list[str]:
+        """The end of what this instance wrote to its service's log (other instances' lines left out)."""
+        try:
+            with self.log_path(instance.service).open("rb") as log_file:
+                log_file.seek(instance.log_offset)
+                text = log_file.read().decode(errors="replace")
+        except OSError:
+            return []
+        own = []
+        for line in text.splitlines():
+            with contextlib.suppress(ValueError, AttributeError):
+                if json.loads(line).get("instance", instance.instance_id) != instance.instance_id:
+                    continue
+            own.append(line)
+        return own[-lines:]
 
     async def restart(self, instance_id: str) -> bool:
         """The same instance (id, port, version) started again after its process ended.
@@ -245,19 +287,20 @@ class NodeAgent:
                 instance.log_file.close()
         return instance
 
-    async def drain(self, instance_id: str) -> None:
+    async def drain(self, instance_id: str, *, failed: bool = False) -> None:
         """Out of the front door, then callers' connections move away, then SIGTERM.
 
         Stopping a gRPC server cancels calls that raced its shutdown (grpc/grpc#41785), so the
         instance is stopped only after its connections aged out through graceful GOAWAYs and
-        reconnected through the front door to the other instances.
+        reconnected through the front door to the other instances. A `failed` instance (its gate
+        failed) is stopped at once: every call its connections still bring it is one more failure.
         """
         instance = self.instances.pop(instance_id, None)
         if instance is None:
             return
         self.front_doors[instance.service].remove(instance.address)
         process = instance.process
-        if process is not None and process.returncode is None and not self._stop.is_set():
+        if process is not None and process.returncode is None and not self._stop.is_set() and not failed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(process.wait(), self.timeouts.connections_moved_s(instance.service))
         if process is not None and process.returncode is None:
@@ -274,6 +317,9 @@ class NodeAgent:
     async def stop(self, order: Sequence[str] = ()) -> list[Instance]:
         """Drains every instance, service by service in `order` (then the rest); returns them as stopped."""
         self._stop.set()
+        for task in self._probing.values():
+            task.cancel()
+        await asyncio.gather(*self._probing.values(), return_exceptions=True)
         rank = {service: n for n, service in enumerate(order)}
         stopped = sorted(self.instances.values(), key=lambda i: rank.get(i.service, len(rank)))
         for instance in stopped:
@@ -318,27 +364,73 @@ class NodeAgent:
         step = rollout.steps[-1]
         if step.replaces_instance not in self.instances:
             return False
+        door = self.front_doors[rollout.service]
         if not step.new_instance:
             python = await self._install(rollout)
             instance = await self.start_instance(rollout.service, rollout.to_version, python)
+            instance.rollout_id = rollout.rollout_id
             if await self.wait_ready(instance):
+                door.set_share(instance.address, step.weight)  # a small share of callers first
                 self._serve(instance)
+            elif instance.process is not None and instance.process.returncode is not None:
+                await self._report_exit(rollout, instance)  # a crash at start: rolled back at once
+                return True
             # Reported either way: a new instance that never became ready fails the gate.
             await self.registry.ReportInstanceStarted(
                 patch_pb2.ReportInstanceRequest(
-                    rollout_id=rollout.rollout_id, instance_id=instance.instance_id, version=rollout.to_version
+                    rollout_id=rollout.rollout_id,
+                    instance_id=instance.instance_id,
+                    version=rollout.to_version,
+                    host=self.host,
                 ),
                 timeout=10.0,
             )
             return True
+        new = self.instances.get(step.new_instance)
+        if new is not None and new.serving:
+            # The share of the phase the registry's gate is on; all of it once the gate passed.
+            door.set_share(new.address, step.weight if step.gate == "pending" else 100)
+        crashed = [
+            i
+            for s in rollout.steps
+            if (i := self.instances.get(s.new_instance)) is not None
+            and i.process is not None
+            and i.process.returncode is not None
+        ]
+        if crashed:
+            await self._report_exit(rollout, crashed[0])
+            return True
         if step.gate == "passed" and not step.drained:
             await self.drain(step.replaces_instance)
             await self.registry.ReportInstanceDrained(
-                patch_pb2.ReportInstanceRequest(rollout_id=rollout.rollout_id, instance_id=step.replaces_instance),
+                patch_pb2.ReportInstanceRequest(
+                    rollout_id=rollout.rollout_id, instance_id=step.replaces_instance, host=self.host
+                ),
                 timeout=10.0,
             )
             return True
         return False
+
+    async def _report_exit(self, rollout: patch_pb2.Rollout, instance: Instance) -> None:
+        """The exit code and the instance's last log lines, so that `patch status` shows why."""
+        assert instance.process is not None
+        assert instance.process.returncode is not None
+        log.warning(
+            "roll-out %s: %s exited with %s; reporting it",
+            rollout.rollout_id,
+            instance.instance_id,
+            instance.process.returncode,
+        )
+        await self.registry.ReportInstanceExited(
+            patch_pb2.ReportInstanceExitRequest(
+                rollout_id=rollout.rollout_id,
+                instance_id=instance.instance_id,
+                exit_code=instance.process.returncode,
+                last_log_lines=self.last_log_lines(instance),
+                host=self.host,
+            ),
+            timeout=10.0,
+        )
 
     async def _roll_back(self, rollout: patch_pb2.Rollout) -> None:
         """The old version back on every replaced instance first, then the new ones out."""
@@ -348,8 +440,10 @@ class NodeAgent:
                 await self.start_serving(rollout.service, rollout.from_version, python)
         for step in rollout.steps:
             if step.new_instance:
-                await self.drain(step.new_instance)
-        await self.registry.ReportRolledBack(patch_pb2.GetRolloutRequest(rollout_id=rollout.rollout_id), timeout=10.0)
+                await self.drain(step.new_instance, failed=step.gate != "passed")
+        await self.registry.ReportRolledBack(
+            patch_pb2.GetRolloutRequest(rollout_id=rollout.rollout_id, host=self.host), timeout=10.0
+        )
 
     async def _step_logged(self, rollout: patch_pb2.Rollout) -> None:
         """A failed step is retried on the next pass; the registry's gate timeout bounds it."""
@@ -358,15 +452,99 @@ class NodeAgent:
         except Exception:
             log.exception("roll-out %s: step failed on this host; retrying", rollout.rollout_id)
 
+    def _start_probes(self) -> None:
+        """Synthetic transactions through each new instance whose gate is pending (once a phase)."""
+        for instance_id, weight in self._gate_pending.items():
+            instance = self.instances.get(instance_id)
+            if instance is None or not instance.serving or instance.service not in PROBES:
+                continue
+            if (instance_id, weight) not in self._probing:
+                self._probing[(instance_id, weight)] = asyncio.create_task(self._probe(instance, weight))
+
+    async def _probe(self, instance: Instance, weight: int) -> None:
+        probe = self._probes.get(instance.service)
+        if probe is None:
+            probe = self._probes[instance.service] = PROBES[instance.service](
+                pki=self.pki, environment=self.environment, state_file=self.data_dir / f"probe-{instance.service}.json"
+            )
+        budget = iter(range(PROBE_TRANSACTIONS))
+
+        async def worker() -> int:
+            done = 0
+            while self._gate_pending.get(instance.instance_id) == weight and next(budget, None) is not None:
+                if instance.process is None or instance.process.returncode is not None:
+                    break
+                done += await probe.transaction(instance.address)
+            return done
+
+        try:
+            succeeded = sum(await asyncio.gather(*(worker() for _ in range(PROBE_WORKERS))))
+        except ProbeUnavailable as error:
+            log.warning("no synthetic calls through %s: %s", instance.instance_id, error)
+            return
+        log.info("synthetic transactions through %s: %d succeeded", instance.instance_id, succeeded)
+
+    def _tell_progress(self, rollout: patch_pb2.Rollout) -> None:
+        """Each new step, verdict and state of a roll-out, once, in order."""
+        lines = rollout_progress(rollout)
+        told = self._told.setdefault(rollout.rollout_id, [])
+        title = (
+            f"roll-out {rollout.rollout_id} ({rollout.service} {rollout.from_version or '?'} -> {rollout.to_version})"
+        )
+        for line in lines[len(told) :] if lines[: len(told)] == told else lines:
+            if line not in told:
+                self.announce(f"{title}: {line}")
+        self._told[rollout.rollout_id] = lines
+
     async def run(self) -> None:
         """Follows the registry until stopped: one pass per poll interval, each idempotent."""
         while not self._stop.is_set():
             try:
                 response = await self.registry.ListRollouts(patch_pb2.ListRolloutsRequest(), timeout=10.0)
+                active = set()
                 for rollout in response.rollouts:
                     if rollout.state not in ("done", "rolled_back"):
+                        active.add(rollout.rollout_id)
+                        self._tell_progress(rollout)
                         await self._step_logged(rollout)
+                    elif rollout.rollout_id in self._told:
+                        self._tell_progress(rollout)  # its last lines (the verdict, done or rolled back)
+                        del self._told[rollout.rollout_id]
+                for instance in self.instances.values():
+                    if instance.rollout_id and instance.rollout_id not in active:
+                        instance.rollout_id = ""  # its roll-out finished: an ordinary instance now
+                self._gate_pending = {
+                    s.new_instance: s.weight
+                    for r in response.rollouts
+                    if r.rollout_id in active
+                    for s in r.steps
+                    if s.gate == "pending" and s.new_instance
+                }
+                self._start_probes()
             except grpc.aio.AioRpcError as error:
                 log.warning("registry not reachable: %s", error.details())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.timeouts.poll_s)
+
+
+def rollout_progress(rollout: patch_pb2.Rollout) -> list[str]:
+    """What has happened to a roll-out so far, one line per step, verdict and state."""
+    lines = [f"planned by {rollout.planned_by}" + (f" ({rollout.reason})" if rollout.reason else "")]
+    if rollout.approved_by:
+        lines.append(f"approved by {rollout.approved_by}")
+    verdicts = [a.detail for a in rollout.audit if a.event == "GateEvaluated"]
+    for index, step in enumerate(rollout.steps):
+        where = "canary" if index == 0 else f"step {index}"
+        if step.new_instance:
+            lines.append(f"{where}: {step.new_instance} started beside {step.replaces_instance}")
+        if step.exited:
+            lines.append(f"{where}: {step.new_instance} {step.exited}")
+        for detail in (d for d in verdicts if d.startswith(f"step {index} ")):
+            lines.append(f"{where}: gate {detail}")
+        if step.drained:
+            lines.append(f"{where}: {step.replaces_instance} drained")
+    if rollout.state in ("rolling_back", "rolled_back"):
+        lines.append(f"rolling back: {rollout.rollback_reason}")
+    if rollout.state in ("done", "rolled_back"):
+        lines.append(rollout.state.replace("_", " "))
+    return lines

@@ -101,6 +101,10 @@ class SharedPort:
         if address in self._backends:
             self._backends.remove(address)
 
+    def set_share(self, address: str, percent: int) -> None:
+        """Not possible here: the kernel spreads new connections evenly over the port's listeners,
+        so a new gateway instance takes its equal share at once (its gate is judged on that)."""
+
     def instance_environment(self) -> dict[str, str]:
         return {SHARED_LISTEN_ENV: self.address}
 

@@ -129,15 +129,17 @@ async def cmd_status(args: argparse.Namespace) -> int:
         state = load_running_state(args.data_dir)
     pki = ensure_pki(args.data_dir / "pki", ["platform"])
     healthy = True
-    print(f"{'service':<16}{'address':<22}health")
+    print(f"{'service':<16}{'address':<22}{'version':<16}health")
     for name, info in state["services"].items():
         # The stable front addresses are `parley up`'s own: gone with it, each instance still answers on its own.
         instances = info.get("instances") or [info]
         addresses = [i.get("address", info["address"]) for i in instances] if leftovers else [info["address"]]
+        # What runs behind the address: every instance's version (two during a roll-out).
+        versions = ", ".join(sorted({str(i.get("version") or info.get("version") or "?") for i in instances}))
         for address in addresses:
             status = await check_health(pki, service=name, address=address)
             healthy &= status == "SERVING"
-            print(f"{name:<16}{address:<22}{status}")
+            print(f"{name:<16}{address:<22}{versions:<16}{status}")
     for node in state.get("nats", []):
         # The broker is `parley up`'s too: a dead node is restarted, and shows DOWN until it is.
         url = str(node["url"])
@@ -145,7 +147,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
         healthy &= status == "SERVING"
         restarts = int(node.get("restarts") or 0)
         note = f"  (restarted {restarts}x)" if restarts else ""
-        print(f"{node['name']:<16}{url.rsplit('://', maxsplit=1)[-1]:<22}{status}{note}")
+        print(f"{node['name']:<16}{url.rsplit('://', maxsplit=1)[-1]:<22}{'-':<16}{status}{note}")
     if leftovers:
         gateway = state["services"].get("gateway", {}).get("address", "")
         print(

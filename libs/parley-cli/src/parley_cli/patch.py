@@ -47,7 +47,10 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def _when(unix: float) -> str:
-    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M UTC") if unix else "-"
+    """To the millisecond: the audit orders steps that happen within the same second."""
+    if not unix:
+        return "-"
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
 
 
 def _due(deadline: float, now: float) -> str:
@@ -128,6 +131,14 @@ def _print_rollout(rollout: patch_pb2.Rollout, names: dict[str, str]) -> None:
     print(f"state: {rollout.state}" + (f" ({shown(rollout.rollback_reason)})" if rollout.rollback_reason else ""))
     approved = f", approved by {named(rollout.approved_by, names)}" if rollout.approved_by else ""
     print(f"planned by {named(rollout.planned_by, names)}{approved}")
+    if rollout.reverts:
+        print(f"reverts roll-out {rollout.reverts}")
+    if rollout.forced:
+        print("FORCED over a canary this release failed before")
+    if rollout.reason:
+        print(f"reason: {shown(rollout.reason)}")
+    if rollout.weights:
+        print(f"each step: the new instance takes {'% -> '.join(map(str, rollout.weights))}% of callers, gated")
     total = len(rollout.old_instances)
     done = sum(1 for s in rollout.steps if s.drained)
     bar = "#" * done + "." * (total - done)
@@ -139,11 +150,21 @@ def _print_rollout(rollout: patch_pb2.Rollout, names: dict[str, str]) -> None:
                 s.replaces_instance,
                 s.new_instance or "-",
                 s.gate,
+                f"{s.weight}%" if s.weight else "-",
                 "yes" if s.drained else "no",
             )
             for i, s in enumerate(rollout.steps)
         ]
-        print(table(("step", "replaces", "new instance", "gate", "old drained"), rows))
+        print(table(("step", "replaces", "new instance", "gate", "share", "old drained"), rows))
+    for i, s in enumerate(rollout.steps):
+        if s.exited:
+            where = "canary" if i == 0 else f"step {i}"
+            print(f"{where} {s.new_instance} {s.exited}; its last log lines:")
+            for line in s.last_log_lines:
+                print(f"  {shown(line)}")
+    verdicts = [a for a in rollout.audit if a.event == "GateEvaluated"]
+    if verdicts:
+        print(f"last gate: {shown(verdicts[-1].detail)}")
 
 
 def audit_table(rollout: patch_pb2.Rollout, names: dict[str, str]) -> str:
@@ -291,12 +312,51 @@ async def cmd_list(args: argparse.Namespace) -> int:
     return await _with_registry(args, work)
 
 
+def _force_needs_reason(args: argparse.Namespace) -> bool:
+    if args.force and not (args.reason or "").strip():
+        print("error: --force needs a --reason (it goes into the audit)", file=sys.stderr)
+        return False
+    return True
+
+
+def _planned(rollout: patch_pb2.Rollout, names: dict[str, str]) -> None:
+    _print_rollout(rollout, names)
+    print(f"ask another operator to run: parley --as <them> patch approve {rollout.rollout_id}")
+
+
 async def cmd_rollout(args: argparse.Namespace) -> int:
+    if not _force_needs_reason(args):
+        return 2
+    try:
+        weights = [int(w) for w in args.weights.split(",")] if args.weights else []
+    except ValueError:
+        print(f"error: --weights {args.weights!r}: percentages separated by commas, e.g. 10,50,100", file=sys.stderr)
+        return 2
+
     async def work(c: RegistryConnection) -> int:
-        request = patch_pb2.PlanRolloutRequest(service=args.service, to_version=args.version)
+        request = patch_pb2.PlanRolloutRequest(
+            service=args.service,
+            to_version=args.version,
+            force=args.force,
+            reason=args.reason or "",
+            weights=weights,
+        )
         rollout = await c.call(c.patch.PlanRollout, request, as_user=True)
-        _print_rollout(rollout, await c.names([rollout]))
-        print(f"ask another operator to run: parley --as <them> patch approve {rollout.rollout_id}")
+        _planned(rollout, await c.names([rollout]))
+        return 0
+
+    return await _with_registry(args, work)
+
+
+async def cmd_revert(args: argparse.Namespace) -> int:
+    """Back to the version before the service's last finished roll-out: a new, gated, approved roll-out."""
+    if not _force_needs_reason(args):
+        return 2
+
+    async def work(c: RegistryConnection) -> int:
+        request = patch_pb2.RevertServiceRequest(service=args.service, reason=args.reason or "", force=args.force)
+        rollout = await c.call(c.patch.RevertService, request, as_user=True)
+        _planned(rollout, await c.names([rollout]))
         return 0
 
     return await _with_registry(args, work)
@@ -308,6 +368,10 @@ def _command(action: str) -> Any:
             method = getattr(c.patch, f"{action}Rollout")
             request = patch_pb2.RolloutCommand(rollout_id=args.rollout_id, reason=getattr(args, "reason", "") or "")
             rollout = await c.call(method, request, as_user=True)
+            if rollout.rollout_id != args.rollout_id:  # a done roll-out's rollback is a new roll-out back
+                print(f"roll-out {args.rollout_id} is done; planned its revert:")
+                _planned(rollout, await c.names([rollout]))
+                return 0
             _print_rollout(rollout, await c.names([rollout]))
             return 0
 
@@ -454,12 +518,24 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     rollout = patch.add_parser("rollout", help="plan a roll-out of a published version (needs another's approval)")
     rollout.add_argument("service")
     rollout.add_argument("version")
+    rollout.add_argument("--force", action="store_true", help="a release that failed a canary before (with --reason)")
+    rollout.add_argument("--reason", default="", help="why (recorded in the audit)")
+    rollout.add_argument(
+        "--weights", help="the new instance's share of callers at each gated phase, e.g. 10,50,100 (the default)"
+    )
     rollout.set_defaults(run=cmd_rollout)
+    revert = patch.add_parser(
+        "revert", help="plan a roll-out back to the version before SERVICE's last finished roll-out"
+    )
+    revert.add_argument("service")
+    revert.add_argument("--reason", default="", help="why (recorded in the audit)")
+    revert.add_argument("--force", action="store_true", help="even if that version failed a canary (with --reason)")
+    revert.set_defaults(run=cmd_revert)
     for name, action, text in (
         ("approve", "Approve", "approve a planned roll-out (not your own)"),
         ("pause", "Pause", "hold a roll-out before its next step"),
         ("resume", "Resume", "continue a paused roll-out"),
-        ("rollback", "Rollback", "roll back to the previous version"),
+        ("rollback", "Rollback", "roll back to the previous version (a done roll-out: plans its revert)"),
     ):
         p = patch.add_parser(name, help=text)
         p.add_argument("rollout_id")

@@ -24,10 +24,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
+import grpc
+
 from parley_agent import AgentTimeouts, Door, Instance, NodeAgent, door_for
 from parley_agent.shared_port import claim, requests_migrate
+from parley_cli.publishing import publish_base_release
 from parley_cli.state import CLIENT_FILE, STATE_FILE, leftover_pids, previous_port, previous_version
 from parley_cli.uplock import PlatformAlreadyRunning, UpLock
+from parley_cli.wheels import WheelBuildError
 from parley_core.bus import EventBus
 from parley_core.config import PEER_ADDRESS_ENV, RESTORED_MARKER
 from parley_core.files import ensure_private_dir, write_private_file
@@ -102,6 +106,7 @@ class Platform:
         self._agent_task: asyncio.Task[None] | None = None
         self._nats_watchers: list[asyncio.Task[None]] = []
         self.nats_restarts: dict[str, int] = {}
+        self._base_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
     def say(self, text: str) -> None:
@@ -176,12 +181,14 @@ class Platform:
             environment=self._environment(),
             timeouts=AgentTimeouts(healthy_s=HEALTH_TIMEOUT_S, drain_s=DRAIN_TIMEOUT_S),
             log_dir=self.data_dir / "logs",
+            announce=self.say,
         )
         agent.front_doors.update(self.front_doors)
         for name in START_ORDER:
             await self._start_service(agent, name)
         self._write_state()
         self._agent_task = asyncio.create_task(agent.run())
+        self._base_task = asyncio.create_task(self._publish_base_releases(agent))
         gateway = self.front_doors["gateway"]
         self.say(f"all services are up. Gateway (TLS): {gateway.address}")
         if os.environ.get(WEB_ROOT_ENV):
@@ -387,6 +394,22 @@ class Platform:
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}:\n{_why_it_stopped(agent.log_path(name))}") from exc
 
+    async def _publish_base_releases(self, agent: NodeAgent) -> None:
+        """Each service's base version as a signed release in the registry (once, on the first
+        start), so that `parley patch revert` can return to it after a roll-out."""
+        published = []
+        for name in START_ORDER:
+            version = base_version(name)
+            try:
+                await publish_base_release(agent.registry, service=name, version=version)
+            except (grpc.aio.AioRpcError, WheelBuildError) as error:
+                why = error.details() if isinstance(error, grpc.aio.AioRpcError) else str(error)
+                self.say(f"base release {name} {version} not published ({why}); a revert cannot return to it")
+                continue
+            published.append(f"{name} {version}")
+        if published:
+            self.say(f"base releases (signed, kept for revert): {', '.join(published)}")
+
     def _environment(self) -> dict[str, str]:
         """What every instance is told; the agent adds its own listening port and instance id."""
         assert self.nats_nodes
@@ -545,10 +568,11 @@ class Platform:
             watcher.cancel()
         await asyncio.gather(*self._nats_watchers, return_exceptions=True)
         self._mark_stopped()
-        if self._agent_task is not None:
-            self._agent_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._agent_task
+        for task in (self._base_task, self._agent_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self.agent is not None:
             for instance in await self.agent.stop(order=list(reversed(START_ORDER))):
                 code = instance.process.returncode if instance.process else None

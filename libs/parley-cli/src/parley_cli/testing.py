@@ -25,7 +25,7 @@ from securesystemslib.signer import CryptoSigner
 
 from parley_agent import AgentTimeouts, NodeAgent
 from parley_agent.health import is_serving
-from parley_cli.publishing import public_pem, publish_release
+from parley_cli.publishing import public_pem, publish_base_release, publish_release
 from parley_core.bus import EventBus
 from parley_core.config import PEER_ADDRESS_ENV
 from parley_core.net import free_port
@@ -86,6 +86,10 @@ class AgentPlatform:
             metadata=metadata,
             timeout=30,
         )
+
+    async def publish_base(self, version: str = "0.1.0") -> patch_pb2.Release:
+        """The managed service's base version as a release, as `parley up` publishes it at first start."""
+        return await publish_base_release(self.registry, service=self.managed, version=version)
 
     async def plan(self, version: str, planner: str = "alice") -> patch_pb2.Rollout:
         """A roll-out of the managed service to `version` over every instance (not approved yet)."""

@@ -6,6 +6,8 @@ the service as it is in the repository; dependencies are not bundled (they are t
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import re
 import shutil
 import subprocess
@@ -19,6 +21,18 @@ class WheelBuildError(Exception):
 
 
 VERSION_LINE = re.compile(r'^version\s*=\s*"[^"]*"', re.MULTILINE)
+IGNORED = ("tests", "build", "*.egg-info", "__pycache__")
+
+
+def source_digest(source_dir: Path) -> str:
+    """sha256 over every file a wheel of `source_dir` is built from (names and contents)."""
+    digest = hashlib.sha256()
+    for path in sorted(source_dir.rglob("*")):
+        relative = path.relative_to(source_dir)
+        if not path.is_file() or any(fnmatch.fnmatch(part, pattern) for part in relative.parts for pattern in IGNORED):
+            continue
+        digest.update(str(relative).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def build_wheel(source_dir: Path, version: str, out_dir: Path) -> Path:
@@ -30,7 +44,7 @@ def build_wheel(source_dir: Path, version: str, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / source_dir.name
-        shutil.copytree(source_dir, copy, ignore=shutil.ignore_patterns("tests", "build", "*.egg-info", "__pycache__"))
+        shutil.copytree(source_dir, copy, ignore=shutil.ignore_patterns(*IGNORED))
         text = (copy / "pyproject.toml").read_text()
         if not VERSION_LINE.search(text):
             raise WheelBuildError(f"{pyproject} has no static version line")

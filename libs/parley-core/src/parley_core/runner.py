@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.metadata
 import inspect
 import logging
@@ -24,7 +25,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-from parley.fleet.v1.fleet_pb2 import InstanceHeartbeat
+from parley.fleet.v1.fleet_pb2 import Distribution, InstanceHeartbeat
 
 from parley_core import telemetry
 from parley_core.access import AccessProjection, follow_access
@@ -347,30 +348,41 @@ def _server_credentials(pki: Pki, service: str, *, client_facing: bool) -> grpc.
     )
 
 
+@functools.cache
+def _distributions(root: str) -> list[Distribution]:
+    """What an instance runs does not change while it runs: read once."""
+    return running_distributions(root)
+
+
+async def _heartbeat(ctx: RunContext, health: str) -> None:
+    """One heartbeat: SERVING, NOT_SERVING (draining), or STOPPED, the last word of an instance
+    that stopped on purpose (it leaves the fleet view; one that falls silent shows as stale)."""
+    sent = Timestamp()
+    sent.GetCurrentTime()
+    beat = InstanceHeartbeat(
+        service=ctx.service,
+        version=ctx.version,
+        instance_id=ctx.settings.instance_id,
+        host=ctx.settings.host_name,
+        health=health,
+        distributions=_distributions(f"parley-{ctx.service}"),
+        sent_at=sent,
+        requests_total=ctx.stats.requests,
+        errors_total=ctx.stats.errors,
+        p99_latency_ms=ctx.stats.take_p99_ms(),
+        address=ctx.address,
+        latency_buckets=ctx.stats.latency_buckets,
+    )
+    try:
+        await ctx.bus.nc.publish(heartbeat_subject(ctx.service, ctx.settings.instance_id), beat.SerializeToString())
+    except Exception as exc:  # a missed heartbeat is only a late one
+        log.warning("heartbeat not sent: %s", exc)
+
+
 async def _heartbeats(ctx: RunContext, stop: asyncio.Event) -> None:
-    distributions = running_distributions(f"parley-{ctx.service}")
-    subject = heartbeat_subject(ctx.service, ctx.settings.instance_id)
     while True:
         serving = not stop.is_set()
-        sent = Timestamp()
-        sent.GetCurrentTime()
-        beat = InstanceHeartbeat(
-            service=ctx.service,
-            version=ctx.version,
-            instance_id=ctx.settings.instance_id,
-            host=ctx.settings.host_name,
-            health="SERVING" if serving else "NOT_SERVING",
-            distributions=distributions,
-            sent_at=sent,
-            requests_total=ctx.stats.requests,
-            errors_total=ctx.stats.errors,
-            p99_latency_ms=ctx.stats.take_p99_ms(),
-            address=ctx.address,
-        )
-        try:
-            await ctx.bus.nc.publish(subject, beat.SerializeToString())
-        except Exception as exc:  # a missed heartbeat is only a late one
-            log.warning("heartbeat not sent: %s", exc)
+        await _heartbeat(ctx, "SERVING" if serving else "NOT_SERVING")
         if not serving:
             return
         with contextlib.suppress(TimeoutError):
@@ -498,6 +510,7 @@ async def serve(
     await app.stop()
     await bus.stop_consumers()
     await heartbeat_task
+    await _heartbeat(ctx, "STOPPED")
     await ctx.close_channels()
     await nc.drain()
     metrics.stop()

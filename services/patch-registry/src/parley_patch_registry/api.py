@@ -13,7 +13,7 @@ from parley_core.topology import PLATFORM_USER
 from parley_patch_registry.findings import Finding
 from parley_patch_registry.registry import Registry
 from parley_patch_registry.releases import ReleaseInfo
-from parley_patch_registry.rollout import Rollout
+from parley_patch_registry.rollout import Rollout, describe, exit_description
 from parley_patch_registry.tuf_http import RepositoryHttpServer
 
 Context = grpc.aio.ServicerContext[object, object]
@@ -48,24 +48,22 @@ def rollout_proto(rollout: Rollout) -> patch_pb2.Rollout:
                 new_instance=s.new_instance,
                 drained=s.drained,
                 gate="pending" if s.gate_passed is None else ("passed" if s.gate_passed else "failed"),
+                exited=exit_description(s.exit_code) if s.exit_code is not None else "",
+                last_log_lines=list(s.last_log_lines),
+                weight=100 if s.gate_passed else rollout.weights[min(s.phase, len(rollout.weights) - 1)],
             )
             for s in rollout.steps
         ],
         rollback_reason=rollout.rollback_reason,
+        reverts=rollout.reverts,
+        forced=rollout.forced,
+        reason=rollout.reason,
+        weights=list(rollout.weights),
         audit=[
-            patch_pb2.AuditEntry(at=e.at, actor=e.actor, event=type(e).__name__, detail=_detail(e))
+            patch_pb2.AuditEntry(at=e.at, actor=e.actor, event=type(e).__name__, detail=describe(e))
             for e in rollout.history
         ],
     )
-
-
-def _detail(event: object) -> str:
-    for name in ("reason", "instance_id", "replaces_instance", "to_version"):
-        value = getattr(event, name, "")
-        if value:
-            return f"{name}={value}"
-    reasons = getattr(event, "reasons", ())
-    return "; ".join(reasons) if reasons else ""
 
 
 def require_platform_peer(context: Context) -> None:
@@ -179,7 +177,31 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
 
     async def PlanRollout(self, request: patch_pb2.PlanRolloutRequest, context: Context) -> patch_pb2.Rollout:
         caller = self.tokens.caller(context)
-        return rollout_proto(await self.registry.plan(caller, service=request.service, to_version=request.to_version))
+        rollout = await self.registry.plan(
+            caller,
+            service=request.service,
+            to_version=request.to_version,
+            force=request.force,
+            reason=request.reason,
+            weights=list(request.weights),
+        )
+        return rollout_proto(rollout)
+
+    async def RevertService(self, request: patch_pb2.RevertServiceRequest, context: Context) -> patch_pb2.Rollout:
+        caller = self.tokens.caller(context)
+        rollout = await self.registry.revert_service(
+            caller, request.service, reason=request.reason, force=request.force
+        )
+        return rollout_proto(rollout)
+
+    async def PublishBaseRelease(
+        self, request: patch_pb2.PublishBaseReleaseRequest, context: Context
+    ) -> patch_pb2.Release:
+        require_platform_peer(context)
+        info = await self.registry.publish_base_release(
+            service=request.service, version=request.version, wheel_name=request.wheel_name, wheel=request.wheel
+        )
+        return release_proto(info)
 
     async def _command(self, request: patch_pb2.RolloutCommand, context: Context, action: str) -> patch_pb2.Rollout:
         caller = self.tokens.caller(context)
@@ -211,7 +233,7 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
     ) -> patch_pb2.Rollout:
         require_platform_peer(context)
         rollout = await self.registry.agent_report(
-            request.rollout_id, "started", instance_id=request.instance_id, version=request.version
+            request.rollout_id, "started", host=request.host, instance_id=request.instance_id, version=request.version
         )
         return rollout_proto(rollout)
 
@@ -220,12 +242,28 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
     ) -> patch_pb2.Rollout:
         require_platform_peer(context)
         return rollout_proto(
-            await self.registry.agent_report(request.rollout_id, "drained", instance_id=request.instance_id)
+            await self.registry.agent_report(
+                request.rollout_id, "drained", host=request.host, instance_id=request.instance_id
+            )
         )
+
+    async def ReportInstanceExited(
+        self, request: patch_pb2.ReportInstanceExitRequest, context: Context
+    ) -> patch_pb2.Rollout:
+        require_platform_peer(context)
+        rollout = await self.registry.agent_report(
+            request.rollout_id,
+            "exited",
+            host=request.host,
+            instance_id=request.instance_id,
+            exit_code=request.exit_code,
+            last_log_lines=list(request.last_log_lines),
+        )
+        return rollout_proto(rollout)
 
     async def ReportRolledBack(self, request: patch_pb2.GetRolloutRequest, context: Context) -> patch_pb2.Rollout:
         require_platform_peer(context)
-        return rollout_proto(await self.registry.agent_report(request.rollout_id, "rolled_back"))
+        return rollout_proto(await self.registry.agent_report(request.rollout_id, "rolled_back", host=request.host))
 
     async def TufRepository(
         self, request: patch_pb2.TufRepositoryRequest, context: Context

@@ -20,6 +20,7 @@ ROLLOUT_EVENTS: dict[type[domain.RolloutEvent], type[Message]] = {
     domain.StepStarted: events_pb2.StepStarted,
     domain.InstanceStarted: events_pb2.InstanceStarted,
     domain.GateEvaluated: events_pb2.GateEvaluated,
+    domain.InstanceExited: events_pb2.InstanceExited,
     domain.InstanceDrained: events_pb2.InstanceDrained,
     domain.RolloutPaused: events_pb2.RolloutPaused,
     domain.RolloutResumed: events_pb2.RolloutResumed,
@@ -48,5 +49,5 @@ def from_proto(message: Message) -> domain.RolloutEvent | None:
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         value = getattr(message, f.name)
-        values[f.name] = tuple(value) if not isinstance(value, str | bytes | int | float | bool) else value
+        values[f.name] = value if isinstance(value, str | bytes | int | float | bool) else tuple(value)
     return cls(**values)

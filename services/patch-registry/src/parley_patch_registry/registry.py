@@ -14,7 +14,8 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from parley_core.bus import EventBus, ReceivedEvent, Replay
 from parley_core.envelope import NewEvent, open_payload
 from parley_core.errors import FailedPrecondition, InvalidArgument, NotFound
 from parley_core.files import ensure_private_dir
+from parley_core.request_stats import LATENCY_BUCKETS_MS, bucket_percentile
 from parley_core.tokens import Caller
 from parley_core.topology import (
     PATCH_FILTER,
@@ -47,11 +49,27 @@ from parley_patch_registry.releases import (
     delegated_role,
     parse_public_key,
 )
-from parley_patch_registry.rollout import InstanceWindow, Rollout, RolloutEvent, require_patch_role
+from parley_patch_registry.rollout import (
+    DEFAULT_WEIGHTS,
+    CallFigures,
+    InstanceWindow,
+    Rollout,
+    RolloutEvent,
+    describe,
+    require_patch_role,
+)
 from parley_patch_registry.schemas import SchemaCensus, check_readable
 from parley_patch_registry.settings import RegistrySettings
 
 log = logging.getLogger(__name__)
+# Heartbeats kept per instance: at one a second, the last ten minutes, longer than any gate window.
+HEARTBEAT_HISTORY = 600
+STOPPED = "STOPPED"
+# Who published a base release: the platform, not a person (so any operator may approve its roll-out).
+BASE_PUBLISHER = "platform (base version)"
+# What of a crashed instance's log the audit keeps: its last lines, each cut to a length.
+LOG_LINES_KEPT = 20
+LOG_LINE_LIMIT = 500
 
 # The envelope actor of what the registry records on its own (overdue alerts, automatic roll-out
 # steps): "service:<name>" as every service writes it, so `parley audit query --actor
@@ -60,26 +78,76 @@ REGISTRY_ACTOR = "service:patch-registry"
 
 
 class FleetView:
-    """The newest heartbeat of every instance, when it arrived, and the one before it."""
+    """Every instance's heartbeats of the last while (newest last), with when each arrived."""
 
-    def __init__(self, stale_after_s: float) -> None:
+    def __init__(self, stale_after_s: float, history: int = HEARTBEAT_HISTORY) -> None:
         self.stale_after_s = stale_after_s
-        self._latest: dict[str, tuple[fleet_pb2.InstanceHeartbeat, float]] = {}
+        self._history_len = history
+        self._beats: dict[str, deque[tuple[fleet_pb2.InstanceHeartbeat, float]]] = {}
         self._first: dict[str, tuple[fleet_pb2.InstanceHeartbeat, float]] = {}
 
+    @property
+    def _latest(self) -> dict[str, tuple[fleet_pb2.InstanceHeartbeat, float]]:
+        return {instance_id: beats[-1] for instance_id, beats in self._beats.items()}
+
     def record(self, beat: fleet_pb2.InstanceHeartbeat, received_at: float) -> None:
+        """A STOPPED beat is an instance's last word when it stopped on purpose (a drain, a
+        platform stop): it leaves the view. One that falls silent stays, and shows as stale."""
+        if beat.health == STOPPED:
+            self._beats.pop(beat.instance_id, None)
+            self._first.pop(beat.instance_id, None)
+            return
         self._first.setdefault(beat.instance_id, (beat, received_at))
-        self._latest[beat.instance_id] = (beat, received_at)
+        self._beats.setdefault(beat.instance_id, deque(maxlen=self._history_len)).append((beat, received_at))
 
     def is_live(self, instance_id: str, now: float) -> bool:
-        entry = self._latest.get(instance_id)
+        entry = self.latest(instance_id)
         return entry is not None and now - entry[1] <= self.stale_after_s and entry[0].health == "SERVING"
 
     def latest(self, instance_id: str) -> tuple[fleet_pb2.InstanceHeartbeat, float] | None:
-        return self._latest.get(instance_id)
+        beats = self._beats.get(instance_id)
+        return beats[-1] if beats else None
 
     def first(self, instance_id: str) -> tuple[fleet_pb2.InstanceHeartbeat, float] | None:
         return self._first.get(instance_id)
+
+    def figures(self, instance_ids: Iterable[str], since: float | None) -> CallFigures:
+        """The calls these instances served since `since` (None: since they started), summed.
+
+        Each instance's counters are cumulative, so the window is its newest heartbeat minus the
+        last one received at or before `since` (zero when it started later). Latencies come from
+        the difference of the latency histograms; an instance of a version without them counts
+        its heartbeats' own p99s, the worst of them.
+        """
+        calls = errors = 0
+        buckets = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+        unbucketed_p99 = 0.0
+        for instance_id in instance_ids:
+            beats = self._beats.get(instance_id)
+            if not beats:
+                continue
+            latest = beats[-1][0]
+            base: fleet_pb2.InstanceHeartbeat | None = None
+            if since is not None:
+                base = next((beat for beat, seen in reversed(beats) if seen <= since), None)
+            calls += latest.requests_total - (base.requests_total if base else 0)
+            errors += latest.errors_total - (base.errors_total if base else 0)
+            if len(latest.latency_buckets) == len(buckets):
+                before = list(base.latency_buckets) if base and len(base.latency_buckets) == len(buckets) else []
+                for index, count in enumerate(latest.latency_buckets):
+                    buckets[index] += count - (before[index] if before else 0)
+            else:
+                window = [beat for beat, seen in beats if since is None or seen > since]
+                unbucketed_p99 = max([unbucketed_p99, *(beat.p99_latency_ms for beat in window)])
+        # The p99 of fewer than 200 calls would be its slowest call or two: those are left out, so
+        # that one hiccup of a loaded host is not read as the version's latency.
+        q = min(0.99, 1 - 2 / calls) if calls > 2 else 0.5
+        return CallFigures(
+            calls=calls,
+            errors=errors,
+            p50_ms=bucket_percentile(buckets, 0.5),
+            p99_ms=max(bucket_percentile(buckets, q), unbucketed_p99),
+        )
 
     def instances(self, now: float) -> list[fleet_pb2.InstanceStatus]:
         return [
@@ -149,6 +217,7 @@ class Registry:
         self._release_publishers: dict[str, str] = {}
         self._announced_overdue: set[str] = set()  # event ids of the alerts on the stream
         self._step_started_at: dict[tuple[str, int], float] = {}
+        self._phase_since: dict[tuple[str, int], float] = {}  # when a step's current phase began
         self._lock = asyncio.Lock()
         self._replay: Replay | None = None
 
@@ -178,6 +247,10 @@ class Registry:
         self._rollout_seq[domain_event.rollout_id] = event.stream_seq
         if isinstance(payload, events_pb2.InstanceStarted):
             self._step_started_at[(payload.rollout_id, payload.step)] = time.monotonic()
+        if isinstance(payload, events_pb2.GateEvaluated) and payload.passed and payload.weight < 100:
+            # A larger share: a new phase with its own analysis window and its own time.
+            self._step_started_at[(payload.rollout_id, payload.step)] = time.monotonic()
+            self._phase_since[(payload.rollout_id, payload.step)] = time.monotonic()
 
     async def _append(
         self,
@@ -204,6 +277,7 @@ class Registry:
             await self._replay.wait_for_seq(last)
 
     async def _record(self, rollout_id: str, events: list[RolloutEvent], actor: str) -> Rollout:
+        """Appends the events, then logs each: the registry's log tells a roll-out's story too."""
         existing = self.rollouts.get(rollout_id)
         await self._append(
             rollout_subject(rollout_id),
@@ -214,7 +288,19 @@ class Registry:
             version=len(existing.history) if existing else 0,
             expected=self._rollout_seq.get(rollout_id, 0),
         )
-        return self.rollouts[rollout_id]
+        rollout = self.rollouts[rollout_id]
+        for event in events:
+            log.info(
+                "roll-out %s (%s %s -> %s): %s by %s%s",
+                rollout_id,
+                rollout.service,
+                rollout.from_version,
+                rollout.to_version,
+                type(event).__name__,
+                event.actor,
+                f": {detail}" if (detail := describe(event)) else "",
+            )
+        return rollout
 
     # ---- releases -----------------------------------------------------------------------------
 
@@ -319,6 +405,36 @@ class Registry:
             )
         return info
 
+    async def publish_base_release(self, *, service: str, version: str, wheel_name: str, wheel: bytes) -> ReleaseInfo:
+        """The version a service ran before any release (its platform publishes it at first start)."""
+        self._known_service(service)
+        for info in self.repo.releases(service):
+            if info.version == version:
+                return info  # published already (by its platform earlier, or by a publisher)
+        async with self._lock:
+            info = await asyncio.to_thread(
+                self.repo.publish_base,
+                service=service,
+                version=version,
+                wheel_name=wheel_name,
+                wheel=wheel,
+                targets_signer=self.keys.load("targets"),
+            )
+            event = events_pb2.ReleasePublished(
+                service=info.service,
+                version=info.version,
+                target_path=info.target_path,
+                sha256=info.sha256,
+                length=info.length,
+                min_event_schema=info.min_event_schema,
+                published_by=BASE_PUBLISHER,
+            )
+            await self._append(
+                release_subject(service), "release", service, [event], BASE_PUBLISHER, version=0, expected=None
+            )
+        log.info("base release %s %s published (%s)", service, version, info.target_path)
+        return info
+
     def release(self, service: str, version: str) -> ReleaseInfo:
         for info in self.repo.releases(service):
             if info.version == version:
@@ -409,7 +525,17 @@ class Registry:
             raise NotFound(f"no roll-out {rollout_id!r}; `parley patch list` shows them")
         return rollout
 
-    async def plan(self, caller: Caller, *, service: str, to_version: str) -> Rollout:
+    async def plan(
+        self,
+        caller: Caller,
+        *,
+        service: str,
+        to_version: str,
+        force: bool = False,
+        reason: str = "",
+        reverts: str = "",
+        weights: Sequence[int] = (),
+    ) -> Rollout:
         release = self.release(service, to_version)
         if release.min_event_schema > 1:  # every envelope is at schema 1 or newer
             check_readable(service, to_version, release.min_event_schema, await self.schema_census())
@@ -422,6 +548,11 @@ class Registry:
         busy = [r.rollout_id for r in self.rollouts.values() if r.service == service and not r.finished]
         if busy:
             raise FailedPrecondition(f"{service} already has an unfinished roll-out {busy[0]}")
+        failed_before = [
+            f"roll-out {r.rollout_id}: {r.failed_canary}"
+            for r in self._in_order()
+            if r.service == service and r.to_version == to_version and r.failed_canary
+        ]
         rollout_id = uuid.uuid4().hex[:12]
         async with self._lock:
             _, events = Rollout.plan(
@@ -435,10 +566,45 @@ class Registry:
                 actor=caller.user_id,
                 actor_role=caller.role,
                 at=time.time(),
+                failed_before=failed_before,
+                force=force,
+                reason=reason,
+                reverts=reverts,
+                weights=tuple(weights) or DEFAULT_WEIGHTS,
             )
             return await self._record(rollout_id, events, caller.user_id)
 
+    def _in_order(self) -> list[Rollout]:
+        return sorted(self.rollouts.values(), key=lambda r: r.history[0].at if r.history else 0.0)
+
+    async def revert(self, caller: Caller, rollout_id: str, *, reason: str = "", force: bool = False) -> Rollout:
+        """A finished roll-out undone: a new roll-out back to the version it replaced, planned by
+        the caller and approved by another, gated like any other."""
+        done = self.rollout(rollout_id)
+        if done.state != "done":
+            raise FailedPrecondition(f"roll-out {rollout_id} is {done.state}; only a done roll-out is reverted")
+        if not done.from_version:
+            raise FailedPrecondition(f"roll-out {rollout_id} does not say which version it replaced")
+        why = f"revert of {rollout_id}" + (f": {reason.strip()}" if reason.strip() else "")
+        return await self.plan(
+            caller, service=done.service, to_version=done.from_version, force=force, reason=why, reverts=rollout_id
+        )
+
+    async def revert_service(self, caller: Caller, service: str, *, reason: str = "", force: bool = False) -> Rollout:
+        """Back to the version that ran before the service's last finished roll-out."""
+        self._known_service(service)
+        done = [r for r in self._in_order() if r.service == service and r.state == "done"]
+        if not done:
+            raise FailedPrecondition(
+                f"{service} has no finished roll-out to revert; it runs the version it started with"
+            )
+        return await self.revert(caller, done[-1].rollout_id, reason=reason, force=force)
+
     async def command(self, caller: Caller, rollout_id: str, action: str, reason: str = "") -> Rollout:
+        """A person's command on a roll-out; `rollback` of a done roll-out plans its revert."""
+        if action == "rollback" and self.rollout(rollout_id).state == "done":
+            require_patch_role(caller.role, "rolling back a roll-out")
+            return await self.revert(caller, rollout_id, reason=reason)
         async with self._lock:
             work = self.rollout(rollout_id).snapshot()
             now = time.time()
@@ -454,32 +620,57 @@ class Registry:
                 raise InvalidArgument(f"unknown roll-out command {action!r}")
             return await self._record(rollout_id, events, caller.user_id)
 
-    async def agent_report(self, rollout_id: str, what: str, *, instance_id: str = "", version: str = "") -> Rollout:
-        """What a node agent did for the current step (mutual TLS identifies it)."""
+    async def agent_report(
+        self,
+        rollout_id: str,
+        what: str,
+        *,
+        host: str,
+        instance_id: str = "",
+        version: str = "",
+        exit_code: int = 0,
+        last_log_lines: Iterable[str] = (),
+    ) -> Rollout:
+        """What a node agent did for the current step (mutual TLS identifies it; it names its host)."""
+        actor = f"node-agent@{host}" if host else "node-agent"
         async with self._lock:
             work = self.rollout(rollout_id).snapshot()
             now = time.time()
             if what == "started":
-                events = work.instance_started(instance_id=instance_id, version=version, at=now)
+                events = work.instance_started(instance_id=instance_id, version=version, at=now, actor=actor)
             elif what == "drained":
-                events = work.drained(instance_id=instance_id, at=now)
+                events = work.drained(instance_id=instance_id, at=now, actor=actor)
+            elif what == "exited":
+                lines = [line[:LOG_LINE_LIMIT] for line in last_log_lines][-LOG_LINES_KEPT:]
+                events = work.instance_exited(
+                    instance_id=instance_id, exit_code=exit_code, last_log_lines=lines, at=now, actor=actor
+                )
             else:
-                events = work.rolled_back(at=now)
-            return await self._record(rollout_id, events, "node-agent")
+                events = work.rolled_back(at=now, actor=actor)
+            if not events:
+                return self.rollout(rollout_id)
+            return await self._record(rollout_id, events, actor)
 
-    def _window(self, instance_id: str, now: float) -> InstanceWindow:
+    def _window(self, rollout: Rollout, instance_id: str, now: float, since: float | None) -> InstanceWindow:
+        """The new instance's calls since its phase began (`since`; None: since it started), and
+        the stable (old-version) instances' over the same time."""
         latest, first = self.fleet.latest(instance_id), self.fleet.first(instance_id)
         if latest is None or first is None:
-            return InstanceWindow(instance_id, serving=False, reporting=False, requests=0, errors=0, p99_latency_ms=0)
+            return InstanceWindow(instance_id, serving=False, reporting=False)
         beat, seen = latest
-        start = first[0]
+        stable = [
+            other.instance_id
+            for other in self.fleet.live(now, rollout.service)
+            if other.version == rollout.from_version and other.instance_id != instance_id
+        ]
+        opened = first[1] if since is None else since
         return InstanceWindow(
             instance_id,
             serving=beat.health == "SERVING",
             reporting=now - seen <= self.fleet.stale_after_s,
-            requests=beat.requests_total - start.requests_total,
-            errors=beat.errors_total - start.errors_total,
-            p99_latency_ms=beat.p99_latency_ms,
+            window_s=now - opened,
+            canary=self.fleet.figures([instance_id], since=since),
+            stable=self.fleet.figures(stable, since=opened),
         )
 
     async def drive(self) -> None:
@@ -495,14 +686,20 @@ class Registry:
                 if step is None or (step.gate_passed and step.drained):
                     events = work.next_step(at=time.time())
                 elif step.new_instance and step.gate_passed is None:
-                    started = self._step_started_at.get((rollout_id, work.current_step), now)
+                    # The analysis window opens at the new instance's first heartbeat; the verdict
+                    # waits for enough calls until the gate's time (from its start) is up.
+                    started = self._step_started_at.setdefault((rollout_id, work.current_step), now)
                     seen = self.fleet.first(step.new_instance)
-                    watched_for = now - seen[1] if seen else 0.0
-                    if watched_for >= self.settings.gate_window_seconds or (
-                        seen is None and now - started >= self.settings.gate_timeout_seconds
-                    ):
+                    since = self._phase_since.get((rollout_id, work.current_step)) if step.phase else None
+                    watched_for = now - max(seen[1], since or 0.0) if seen else 0.0
+                    # A failure is a verdict as soon as it shows (a broken canary serves as few
+                    # calls as possible); a pass needs the whole window and enough calls.
+                    final = now - started >= self.settings.gate_timeout_seconds
+                    if seen is not None or final:
+                        window = self._window(work, step.new_instance, now, since)
+                        settled = watched_for >= self.settings.gate_window_seconds
                         events = work.gate(
-                            self._window(step.new_instance, now), self.settings.gate_policy(), at=time.time()
+                            window, self.settings.gate_policy(), at=time.time(), final=final, settled=settled
                         )
                 if events:
                     await self._record(rollout_id, events, REGISTRY_ACTOR)

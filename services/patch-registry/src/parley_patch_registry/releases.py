@@ -337,6 +337,11 @@ class ReleaseRepository:
             raise NotFound(f"no delegated release role for service {service!r}")
         return role, list(delegations.roles[role].keyids)
 
+    def _base_targets(self, service: str) -> Targets:
+        """The service's base release (top-level targets), for version checks."""
+        base = {p: t for p, t in self.targets().signed.targets.items() if t.custom.get("service") == service}
+        return Targets(targets=base)
+
     def delegate_publisher_key(self, service: str, key: Key, targets_signer: Signer) -> None:
         """`<service>/*` is signed by `key` from now on (replacing any earlier publisher key)."""
         role, keyids = self._delegation(service)
@@ -381,6 +386,7 @@ class ReleaseRepository:
             raise InvalidArgument("sha256 must be 64 lower-case hex digits and length at least 1")
         delegated: Metadata[Targets] = self._latest(role)
         _require_newer_version(delegated.signed, service, version)
+        _require_newer_version(self._base_targets(service), service, version)
         path = f"{service}/{wheel_name}"
         delegated.signed.targets[path] = TargetFile(
             length=length,
@@ -440,19 +446,14 @@ class ReleaseRepository:
         if not isinstance(custom.get("min_event_schema"), int) or custom["min_event_schema"] < 1:
             raise InvalidArgument("min_event_schema must be 1 or more")
         _require_newer_version(current.signed, service, str(custom.get("version")))
+        _require_newer_version(self._base_targets(service), service, str(custom.get("version")))
         if incoming.signed.expires <= self.clock():
             raise InvalidArgument("the signed metadata has already expired")
         try:
             target.verify_length_and_hashes(wheel)
         except LengthOrHashMismatchError:
             raise InvalidArgument(f"the uploaded wheel is not the one the signed metadata names ({name})") from None
-        # Content-addressed store first: metadata never names an artifact that is not there.
-        blob = self.targets_dir / service / f"{target.hashes['sha256']}.{name}"
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        if not blob.exists():
-            tmp = blob.with_name(f".{blob.name}.tmp")
-            tmp.write_bytes(wheel)
-            tmp.replace(blob)
+        self._store_artifact(service, target, name, wheel)
         self._write(incoming, role)  # as the publisher signed it
         self._publish_snapshot()
         return ReleaseInfo.from_target(target)
@@ -481,8 +482,64 @@ class ReleaseRepository:
         prepared.sign(signer)
         return self.publish_signed(service=service, signed=prepared.to_bytes(), wheel=wheel)
 
+    def publish_base(
+        self, *, service: str, version: str, wheel_name: str, wheel: bytes, targets_signer: Signer
+    ) -> ReleaseInfo:
+        """The version a service ran before any release, so that a roll-out can return to it.
+
+        Listed in the top-level targets, signed by the targets key (the key that vouches for
+        every publisher), verified by the node agents' TUF client like any release. One per
+        service; publishing the same bytes again is a no-op.
+        """
+        if not WHEEL_NAME.match(wheel_name):
+            raise InvalidArgument(f"{wheel_name!r} is not a wheel file name")
+        sha256 = _sha256(wheel)
+        targets = self.targets()
+        for existing in targets.signed.targets.values():
+            if existing.custom.get("service") != service:
+                continue
+            if existing.custom.get("version") == version and existing.hashes["sha256"] == sha256:
+                return ReleaseInfo.from_target(existing)
+            raise AlreadyExists(
+                f"{service}'s base release is {existing.custom.get('version')} ({existing.path}) already"
+            )
+        role, _ = self._delegation(service)
+        _require_newer_version(Targets(), service, version)  # a PEP 440 version
+        for published in self._latest(role).signed.targets.values():
+            if published.custom.get("version") == version:
+                raise AlreadyExists(f"{service} {version} is already published as {published.path}")
+        path = f"{service}/{wheel_name}"
+        target = TargetFile(
+            length=len(wheel),
+            hashes={"sha256": sha256},
+            path=path,
+            unrecognized_fields={
+                "custom": {"service": service, "version": version, "fixes": [], "min_event_schema": 1, "base": True}
+            },
+        )
+        self._store_artifact(service, target, wheel_name, wheel)
+        targets.signed.targets[path] = target
+        targets.signed.version += 1
+        targets.signed.expires = self.clock() + self.lifetimes.targets
+        self._write_signed(targets, "targets", [targets_signer])
+        self._publish_snapshot()
+        return ReleaseInfo.from_target(target)
+
+    def _store_artifact(self, service: str, target: TargetFile, name: str, wheel: bytes) -> None:
+        """Content-addressed store first: metadata never names an artifact that is not there."""
+        blob = self.targets_dir / service / f"{target.hashes['sha256']}.{name}"
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        if not blob.exists():
+            tmp = blob.with_name(f".{blob.name}.tmp")
+            tmp.write_bytes(wheel)
+            tmp.replace(blob)
+
     def releases(self, service: str | None = None) -> list[ReleaseInfo]:
-        found: list[ReleaseInfo] = []
+        found: list[ReleaseInfo] = [
+            ReleaseInfo.from_target(t)
+            for t in self.targets().signed.targets.values()
+            if service is None or t.custom.get("service") == service
+        ]
         for role in self._delegated_roles():
             if service is not None and role != delegated_role(service):
                 continue

@@ -41,7 +41,7 @@ def require_patch_role(role: str, what: str, *, permission: str = "patch-rollout
 class RolloutEvent:
     rollout_id: str
     at: float  # unix seconds
-    actor: str  # user id, or "registry" for automatic decisions
+    actor: str  # user id, "registry" for automatic decisions, "node-agent@<host>" for what an agent did
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,10 @@ class RolloutPlanned(RolloutEvent):
     target_path: str
     old_instances: tuple[str, ...]
     release_published_by: str
+    reverts: str = ""  # the finished roll-out this one undoes
+    forced: bool = False  # over a canary this release failed before
+    reason: str = ""
+    weights: tuple[int, ...] = ()  # the new instance's share per gated phase; () is (100,), one phase
 
 
 @dataclass(frozen=True)
@@ -74,9 +78,41 @@ class InstanceStarted(RolloutEvent):
 
 @dataclass(frozen=True)
 class GateEvaluated(RolloutEvent):
+    """The verdict and the evidence it rests on (see InstanceWindow)."""
+
     step: int
     passed: bool
     reasons: tuple[str, ...]
+    window_s: float = 0.0
+    canary_calls: int = 0
+    canary_errors: int = 0
+    canary_p50_ms: float = 0.0
+    canary_p99_ms: float = 0.0
+    stable_calls: int = 0
+    stable_errors: int = 0
+    stable_p50_ms: float = 0.0
+    stable_p99_ms: float = 0.0
+    weight: int = 100  # the phase judged; a pass below 100 raises the share, at 100 completes the step
+
+    def figures(self) -> str:
+        """One line for the audit: what the verdict saw."""
+        canary = _figures("canary", self.canary_calls, self.canary_errors, self.canary_p50_ms, self.canary_p99_ms)
+        stable = _figures("stable", self.stable_calls, self.stable_errors, self.stable_p50_ms, self.stable_p99_ms)
+        return f"over {self.window_s:.1f} s: {canary}; {stable if self.stable_calls else 'no stable calls to compare'}"
+
+
+def _figures(who: str, calls: int, errors: int, p50_ms: float, p99_ms: float) -> str:
+    return f"{who} {calls} calls, {errors} errors, p50 {p50_ms:.0f} ms, p99 {p99_ms:.0f} ms"
+
+
+@dataclass(frozen=True)
+class InstanceExited(RolloutEvent):
+    """The step's new instance ended on its own; its agent saw the exit at once."""
+
+    step: int
+    instance_id: str
+    exit_code: int
+    last_log_lines: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -111,6 +147,43 @@ class RolloutRolledBack(RolloutEvent):
     pass
 
 
+# The new instance's share of new connections at each gated phase of a step (as Argo Rollouts'
+# setWeight steps): a broken release meets a tenth of the callers first.
+DEFAULT_WEIGHTS = (10, 50, 100)
+
+
+def check_weights(weights: Sequence[int]) -> None:
+    if not weights or list(weights) != sorted(set(weights)) or weights[0] < 1 or weights[-1] != 100:
+        raise InvalidArgument(
+            f"weights {', '.join(map(str, weights)) or '(none)'}: percentages that rise and end at 100, e.g. 10,50,100"
+        )
+
+
+def exit_description(exit_code: int) -> str:
+    return f"killed by signal {-exit_code}" if exit_code < 0 else f"exited with code {exit_code}"
+
+
+def describe(event: RolloutEvent) -> str:
+    """The audit's detail of an event: what a reader needs beyond its name and actor."""
+    if isinstance(event, GateEvaluated):
+        verdict = "passed" if event.passed else "failed: " + "; ".join(event.reasons)
+        return f"step {event.step} at {event.weight}% {verdict} ({event.figures()})"
+    if isinstance(event, InstanceExited):
+        return f"{event.instance_id} {exit_description(event.exit_code)}"
+    if isinstance(event, RolloutPlanned):
+        parts = [f"{event.from_version or '?'} -> {event.to_version}"]
+        parts += [f"reverts {event.reverts}"] if event.reverts else []
+        parts += ["FORCED over a failed canary"] if event.forced else []
+        parts += [f"reason: {event.reason}"] if event.reason else []
+        parts += [f"weights {'/'.join(map(str, event.weights))}%"] if event.weights else []
+        return "; ".join(parts)
+    for name in ("reason", "instance_id", "replaces_instance", "to_version"):
+        value = getattr(event, name, "")
+        if value:
+            return f"{name}={value}"
+    return ""
+
+
 # ---- health gate -----------------------------------------------------------------------------
 
 
@@ -118,35 +191,84 @@ class RolloutRolledBack(RolloutEvent):
 class GatePolicy:
     max_error_rate: float = 0.01
     max_p99_latency_ms: float = 500.0
-    min_requests: int = 0  # a canary that served nothing is judged on health alone by default
+    # Evidence: no verdict of "passed" on fewer calls than this; too few by the gate's timeout fails.
+    min_requests: int = 20
+    # Against the stable instances over the same window (when they served min_requests too):
+    # the canary's p99 may be at most this many times theirs, or this many ms above it.
+    max_p99_vs_stable: float = 2.0
+    p99_slack_ms: float = 100.0
+
+
+@dataclass(frozen=True)
+class CallFigures:
+    """Unary calls served over a window, as heartbeats counted them."""
+
+    calls: int = 0
+    errors: int = 0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.calls if self.calls else 0.0
 
 
 @dataclass(frozen=True)
 class InstanceWindow:
-    """What one instance reported about itself over the gate's window."""
+    """What the new instance reported over the analysis window, and the stable instances over the same window."""
 
     instance_id: str
     serving: bool
     reporting: bool  # heartbeats arrive
-    requests: int
-    errors: int
-    p99_latency_ms: float
+    window_s: float = 0.0
+    canary: CallFigures = CallFigures()
+    stable: CallFigures = CallFigures()
 
 
-def judge(window: InstanceWindow, policy: GatePolicy) -> tuple[str, ...]:
-    """Reasons the instance fails the gate; empty means it passes."""
+def judge(
+    window: InstanceWindow, policy: GatePolicy, *, final: bool = True, settled: bool = True
+) -> tuple[str, ...] | None:
+    """Reasons the instance fails the gate; empty means it passes; None means wait for more.
+
+    Never a pass on too little evidence: below `min_requests` calls the verdict waits, unless the
+    gate's time is up (`final`), when it fails. Before the window ran its length (`settled`) only
+    a failure is a verdict: unhealthy, or more errors than even the whole minimum of calls may
+    hold. Latency is judged over the whole window on `min_requests` calls (or whatever came by
+    `final`): one slow first call of a fresh instance is not its p99.
+    """
     reasons = []
+    canary, stable = window.canary, window.stable
     if not window.reporting:
         reasons.append("stopped reporting heartbeats")
     if not window.serving:
         reasons.append("gRPC health is not SERVING")
-    if window.requests < policy.min_requests:
-        reasons.append(f"served {window.requests} requests, gate needs {policy.min_requests}")
-    if window.requests and window.errors / window.requests > policy.max_error_rate:
-        reasons.append(f"error rate {window.errors / window.requests:.1%} > {policy.max_error_rate:.1%}")
-    if window.p99_latency_ms > policy.max_p99_latency_ms:
-        reasons.append(f"p99 latency {window.p99_latency_ms:.0f} ms > {policy.max_p99_latency_ms:.0f} ms")
-    return tuple(reasons)
+    if canary.errors > policy.max_error_rate * max(canary.calls, policy.min_requests):
+        reasons.append(
+            f"error rate {canary.error_rate:.1%} ({canary.errors} of {canary.calls} calls) "
+            f"> {policy.max_error_rate:.1%}"
+        )
+    if (settled and canary.calls >= policy.min_requests) or final:
+        if canary.p99_ms > policy.max_p99_latency_ms:
+            reasons.append(f"p99 latency {canary.p99_ms:.0f} ms > {policy.max_p99_latency_ms:.0f} ms")
+        elif stable.calls >= policy.min_requests and canary.calls >= policy.min_requests:
+            allowed = max(stable.p99_ms * policy.max_p99_vs_stable, stable.p99_ms + policy.p99_slack_ms)
+            if canary.p99_ms > allowed:
+                reasons.append(
+                    f"p99 latency {canary.p99_ms:.0f} ms > {allowed:.0f} ms allowed against the stable "
+                    f"instances' {stable.p99_ms:.0f} ms"
+                )
+    if reasons:
+        return tuple(reasons)
+    if not (settled or final):
+        return None
+    if canary.calls < policy.min_requests:
+        if not final:
+            return None
+        return (
+            f"too little evidence: {canary.calls} calls in {window.window_s:.0f} s, "
+            f"the gate needs {policy.min_requests}",
+        )
+    return ()
 
 
 # ---- aggregate -------------------------------------------------------------------------------
@@ -158,6 +280,9 @@ class Step:
     new_instance: str = ""
     gate_passed: bool | None = None
     drained: bool = False
+    exit_code: int | None = None
+    last_log_lines: tuple[str, ...] = ()
+    phase: int = 0  # index into the roll-out's weights
 
 
 @dataclass
@@ -175,6 +300,10 @@ class Rollout:
     old_instances: tuple[str, ...] = ()
     steps: list[Step] = field(default_factory=list)
     rollback_reason: str = ""
+    reverts: str = ""
+    forced: bool = False
+    reason: str = ""
+    weights: tuple[int, ...] = (100,)
     history: list[RolloutEvent] = field(default_factory=list)
 
     # -- replay --
@@ -195,6 +324,8 @@ class Rollout:
                 self.target_path, self.old_instances = event.target_path, event.old_instances
                 self.planned_by, self.state = event.actor, "planned"
                 self.release_published_by = event.release_published_by
+                self.reverts, self.forced, self.reason = event.reverts, event.forced, event.reason
+                self.weights = tuple(event.weights) or (100,)
             case RolloutApproved():
                 self.approved_by, self.state = event.actor, "approved"
             case StepStarted():
@@ -203,7 +334,15 @@ class Rollout:
             case InstanceStarted():
                 self.steps[event.step].new_instance = event.instance_id
             case GateEvaluated():
-                self.steps[event.step].gate_passed = event.passed
+                step = self.steps[event.step]
+                if event.passed and event.weight < 100:
+                    step.phase += 1  # the next, larger share, gated again
+                else:
+                    step.gate_passed = event.passed
+            case InstanceExited():
+                step = self.steps[event.step]
+                step.new_instance = step.new_instance or event.instance_id
+                step.exit_code, step.last_log_lines = event.exit_code, event.last_log_lines
             case InstanceDrained():
                 self.steps[event.step].drained = True
             case RolloutPaused():
@@ -250,12 +389,27 @@ class Rollout:
         actor: str,
         actor_role: str,
         at: float,
+        failed_before: Sequence[str] = (),
+        force: bool = False,
+        reason: str = "",
+        reverts: str = "",
+        weights: Sequence[int] = DEFAULT_WEIGHTS,
     ) -> tuple[Rollout, list[RolloutEvent]]:
+        """`failed_before`: why earlier canaries of this release failed; such a release goes out
+        again only with `force` and a reason, both in the audit."""
         require_patch_role(actor_role, "planning a roll-out")
         if not old_instances:
             raise FailedPrecondition(f"no running instance of {service} to upgrade")
         if from_version == to_version:
             raise FailedPrecondition(f"{service} already runs {to_version}")
+        if failed_before and not force:
+            raise FailedPrecondition(
+                f"{service} {to_version} failed a canary before ({failed_before[-1]}); "
+                "roll it out again only with --force and a --reason"
+            )
+        if force and not reason.strip():
+            raise InvalidArgument("--force needs a --reason, recorded in the audit")
+        check_weights(weights)
         rollout = Rollout()
         event = RolloutPlanned(
             rollout_id=rollout_id,
@@ -267,6 +421,10 @@ class Rollout:
             target_path=target_path,
             old_instances=tuple(old_instances),
             release_published_by=release_published_by,
+            reverts=reverts,
+            forced=bool(failed_before) and force,
+            reason=reason.strip(),
+            weights=tuple(weights),
         )
         return rollout, rollout._emit(event)
 
@@ -300,7 +458,9 @@ class Rollout:
             )
         )
 
-    def instance_started(self, *, instance_id: str, version: str, at: float) -> list[RolloutEvent]:
+    def instance_started(
+        self, *, instance_id: str, version: str, at: float, actor: str = "node-agent"
+    ) -> list[RolloutEvent]:
         self._require("canary", "production", "paused")
         if version != self.to_version:
             raise InvalidArgument(f"instance {instance_id} runs {version}, the roll-out installs {self.to_version}")
@@ -308,20 +468,28 @@ class Rollout:
             InstanceStarted(
                 rollout_id=self.rollout_id,
                 at=at,
-                actor="registry",
+                actor=actor,
                 step=self.current_step,
                 instance_id=instance_id,
                 version=version,
             )
         )
 
-    def gate(self, window: InstanceWindow, policy: GatePolicy, *, at: float) -> list[RolloutEvent]:
-        """Judges the new instance of the current step; a failure rolls back at once."""
+    def gate(
+        self, window: InstanceWindow, policy: GatePolicy, *, at: float, final: bool = True, settled: bool = True
+    ) -> list[RolloutEvent]:
+        """Judges the new instance of the current step; a failure rolls back at once.
+
+        No events while the evidence is too thin and the gate's time is not up (see `judge`).
+        """
         self._require("canary", "production", "paused")
         step = self.steps[self.current_step]
         if window.instance_id != step.new_instance:
             raise InvalidArgument(f"step {self.current_step} gates {step.new_instance or 'no instance yet'}")
-        reasons = judge(window, policy)
+        reasons = judge(window, policy, final=final, settled=settled)
+        if reasons is None:
+            return []
+        canary, stable = window.canary, window.stable
         events = self._emit(
             GateEvaluated(
                 rollout_id=self.rollout_id,
@@ -330,6 +498,16 @@ class Rollout:
                 step=self.current_step,
                 passed=not reasons,
                 reasons=reasons,
+                window_s=window.window_s,
+                canary_calls=canary.calls,
+                canary_errors=canary.errors,
+                canary_p50_ms=canary.p50_ms,
+                canary_p99_ms=canary.p99_ms,
+                stable_calls=stable.calls,
+                stable_errors=stable.errors,
+                stable_p50_ms=stable.p50_ms,
+                stable_p99_ms=stable.p99_ms,
+                weight=self.current_weight,
             )
         )
         if reasons:
@@ -345,7 +523,7 @@ class Rollout:
             )
         return events
 
-    def drained(self, *, instance_id: str, at: float) -> list[RolloutEvent]:
+    def drained(self, *, instance_id: str, at: float, actor: str = "node-agent") -> list[RolloutEvent]:
         """Never fewer healthy instances than before: the old one goes only after its successor passed."""
         self._require("canary", "production", "paused")
         step = self.steps[self.current_step]
@@ -355,7 +533,7 @@ class Rollout:
             raise FailedPrecondition(f"{instance_id} cannot be drained before its successor passed the health gate")
         return self._emit(
             InstanceDrained(
-                rollout_id=self.rollout_id, at=at, actor="registry", step=self.current_step, instance_id=instance_id
+                rollout_id=self.rollout_id, at=at, actor=actor, step=self.current_step, instance_id=instance_id
             )
         )
 
@@ -378,10 +556,74 @@ class Rollout:
             )
         )
 
-    def rolled_back(self, *, at: float) -> list[RolloutEvent]:
+    def rolled_back(self, *, at: float, actor: str = "node-agent") -> list[RolloutEvent]:
         """The agent restored the old version on every replaced instance."""
         self._require("rolling_back")
-        return self._emit(RolloutRolledBack(rollout_id=self.rollout_id, at=at, actor="registry"))
+        return self._emit(RolloutRolledBack(rollout_id=self.rollout_id, at=at, actor=actor))
+
+    def instance_exited(
+        self, *, instance_id: str, exit_code: int, last_log_lines: Sequence[str], at: float, actor: str = "node-agent"
+    ) -> list[RolloutEvent]:
+        """A new instance of this roll-out ended on its own: a failed gate if it was pending, and a
+        rollback at once either way (a crash is evidence enough). Nothing once rolling back."""
+        if self.state in ("rolling_back", "rolled_back", "done"):
+            return []
+        self._require("canary", "production", "paused")
+        step_index = next(
+            (i for i, s in enumerate(self.steps) if s.new_instance == instance_id),
+            self.current_step if self.steps and not self.steps[-1].new_instance else None,
+        )
+        if step_index is None:
+            raise InvalidArgument(f"{instance_id} is not a new instance of roll-out {self.rollout_id}")
+        lines = tuple(last_log_lines)
+        events = self._emit(
+            InstanceExited(
+                rollout_id=self.rollout_id,
+                at=at,
+                actor=actor,
+                step=step_index,
+                instance_id=instance_id,
+                exit_code=exit_code,
+                last_log_lines=lines,
+            )
+        )
+        how = exit_description(exit_code)
+        last = next((line for line in reversed(lines) if line.strip()), "")
+        why = f"{instance_id} {how}" + (f": {last.strip()[:300]}" if last else "")
+        if self.steps[step_index].gate_passed is None:
+            events += self._emit(
+                GateEvaluated(
+                    rollout_id=self.rollout_id,
+                    at=at,
+                    actor="registry",
+                    step=step_index,
+                    passed=False,
+                    reasons=(why,),
+                    weight=self.current_weight,
+                )
+            )
+        where = "canary" if step_index == 0 else f"step {step_index}"
+        events += self._emit(
+            RollbackStarted(
+                rollout_id=self.rollout_id, at=at, actor="registry", reason=f"{where}: {why}", automatic=True
+            )
+        )
+        return events
+
+    @property
+    def current_weight(self) -> int:
+        """The share (percent) of new connections the current step's new instance gets now."""
+        if not self.steps:
+            return self.weights[0]
+        step = self.steps[-1]
+        return 100 if step.gate_passed else self.weights[min(step.phase, len(self.weights) - 1)]
+
+    @property
+    def failed_canary(self) -> str:
+        """Why a step of this roll-out failed its gate ("" if none did)."""
+        if any(step.gate_passed is False for step in self.steps):
+            return self.rollback_reason or "failed its gate"
+        return ""
 
     @property
     def is_paused(self) -> bool:

@@ -21,12 +21,17 @@ class RegistrySettings(BaseSettings):
     deadline_low_hours: float = Field(default=90 * 24, gt=0)
     deadline_unscored_hours: float = Field(default=30 * 24, gt=0)
 
-    # The health gate: how long a new instance is watched, and how long it may take to appear.
+    # The health gate: the shortest analysis window of a new instance; the time it has (from its
+    # start) to appear and serve gate_min_requests calls, after which too little evidence fails.
     gate_window_seconds: float = Field(default=15.0, gt=0)
     gate_timeout_seconds: float = Field(default=90.0, gt=0)
     gate_max_error_rate: float = Field(default=0.01, ge=0, le=1)
     gate_max_p99_latency_ms: float = Field(default=500.0, gt=0)
-    gate_min_requests: int = Field(default=0, ge=0)
+    gate_min_requests: int = Field(default=20, ge=1)
+    # Against the stable instances over the same window: p99 at most this many times theirs (or
+    # gate_p99_slack_ms above it, whichever allows more).
+    gate_max_p99_vs_stable: float = Field(default=2.0, ge=1)
+    gate_p99_slack_ms: float = Field(default=100.0, ge=0)
 
     timestamp_lifetime_minutes: float = Field(default=60.0, gt=0)
     root_threshold: int = Field(default=2, ge=1)
@@ -51,4 +56,6 @@ class RegistrySettings(BaseSettings):
             max_error_rate=self.gate_max_error_rate,
             max_p99_latency_ms=self.gate_max_p99_latency_ms,
             min_requests=self.gate_min_requests,
+            max_p99_vs_stable=self.gate_max_p99_vs_stable,
+            p99_slack_ms=self.gate_p99_slack_ms,
         )

@@ -38,12 +38,15 @@ class InstanceHeartbeat(_message.Message):
     ERRORS_TOTAL_FIELD_NUMBER: _builtins.int
     P99_LATENCY_MS_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
+    LATENCY_BUCKETS_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     version: _builtins.str
     instance_id: _builtins.str
     host: _builtins.str
     health: _builtins.str
-    """SERVING | NOT_SERVING"""
+    """SERVING | NOT_SERVING (draining) | STOPPED (its last beat when stopped on purpose: it leaves
+    the fleet view; an instance that falls silent instead shows as stale)
+    """
     requests_total: _builtins.int
     """The instance's own figures, for roll-out health gates: cumulative unary calls and server
     faults since start, p99 latency of the calls since the previous heartbeat.
@@ -56,6 +59,13 @@ class InstanceHeartbeat(_message.Message):
     def distributions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Distribution]: ...
     @_builtins.property
     def sent_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def latency_buckets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Cumulative count of unary calls per latency bucket since start (bounds in
+        parley_core.request_stats.LATENCY_BUCKETS_MS, the last one open-ended): the registry takes
+        the difference of two heartbeats to get any window's percentiles.
+        """
+
     def __init__(
         self,
         *,
@@ -70,10 +80,11 @@ class InstanceHeartbeat(_message.Message):
         errors_total: _builtins.int = ...,
         p99_latency_ms: _builtins.float = ...,
         address: _builtins.str = ...,
+        latency_buckets: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sent_at", b"sent_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "distributions", b"distributions", "errors_total", b"errors_total", "health", b"health", "host", b"host", "instance_id", b"instance_id", "p99_latency_ms", b"p99_latency_ms", "requests_total", b"requests_total", "sent_at", b"sent_at", "service", b"service", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "distributions", b"distributions", "errors_total", b"errors_total", "health", b"health", "host", b"host", "instance_id", b"instance_id", "latency_buckets", b"latency_buckets", "p99_latency_ms", b"p99_latency_ms", "requests_total", b"requests_total", "sent_at", b"sent_at", "service", b"service", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -103,6 +103,10 @@ class RolloutPlanned(_message.Message):
     TARGET_PATH_FIELD_NUMBER: _builtins.int
     OLD_INSTANCES_FIELD_NUMBER: _builtins.int
     RELEASE_PUBLISHED_BY_FIELD_NUMBER: _builtins.int
+    REVERTS_FIELD_NUMBER: _builtins.int
+    FORCED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
     rollout_id: _builtins.str
     at: _builtins.float
     actor: _builtins.str
@@ -111,8 +115,15 @@ class RolloutPlanned(_message.Message):
     to_version: _builtins.str
     target_path: _builtins.str
     release_published_by: _builtins.str
+    reverts: _builtins.str
+    forced: _builtins.bool
+    reason: _builtins.str
     @_builtins.property
     def old_instances(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def weights(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The new instance's share of new connections (percent) at each gated phase of a step; the last is 100."""
+
     def __init__(
         self,
         *,
@@ -125,10 +136,14 @@ class RolloutPlanned(_message.Message):
         target_path: _builtins.str = ...,
         old_instances: _abc.Iterable[_builtins.str] | None = ...,
         release_published_by: _builtins.str = ...,
+        reverts: _builtins.str = ...,
+        forced: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        weights: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "at", b"at", "from_version", b"from_version", "old_instances", b"old_instances", "release_published_by", b"release_published_by", "rollout_id", b"rollout_id", "service", b"service", "target_path", b"target_path", "to_version", b"to_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "at", b"at", "forced", b"forced", "from_version", b"from_version", "old_instances", b"old_instances", "reason", b"reason", "release_published_by", b"release_published_by", "reverts", b"reverts", "rollout_id", b"rollout_id", "service", b"service", "target_path", b"target_path", "to_version", b"to_version", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -234,11 +249,35 @@ class GateEvaluated(_message.Message):
     STEP_FIELD_NUMBER: _builtins.int
     PASSED_FIELD_NUMBER: _builtins.int
     REASONS_FIELD_NUMBER: _builtins.int
+    WINDOW_S_FIELD_NUMBER: _builtins.int
+    CANARY_CALLS_FIELD_NUMBER: _builtins.int
+    CANARY_ERRORS_FIELD_NUMBER: _builtins.int
+    CANARY_P50_MS_FIELD_NUMBER: _builtins.int
+    CANARY_P99_MS_FIELD_NUMBER: _builtins.int
+    STABLE_CALLS_FIELD_NUMBER: _builtins.int
+    STABLE_ERRORS_FIELD_NUMBER: _builtins.int
+    STABLE_P50_MS_FIELD_NUMBER: _builtins.int
+    STABLE_P99_MS_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
     rollout_id: _builtins.str
     at: _builtins.float
     actor: _builtins.str
     step: _builtins.int
     passed: _builtins.bool
+    window_s: _builtins.float
+    """The evidence the verdict rests on: the new instance's calls over the analysis window and the
+    stable instances' over the same window (latencies are latency-bucket upper bounds).
+    """
+    canary_calls: _builtins.int
+    canary_errors: _builtins.int
+    canary_p50_ms: _builtins.float
+    canary_p99_ms: _builtins.float
+    stable_calls: _builtins.int
+    stable_errors: _builtins.int
+    stable_p50_ms: _builtins.float
+    stable_p99_ms: _builtins.float
+    weight: _builtins.int
+    """the phase judged: the new instance's share (percent); 100 completes the step"""
     @_builtins.property
     def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -250,14 +289,65 @@ class GateEvaluated(_message.Message):
         step: _builtins.int = ...,
         passed: _builtins.bool = ...,
         reasons: _abc.Iterable[_builtins.str] | None = ...,
+        window_s: _builtins.float = ...,
+        canary_calls: _builtins.int = ...,
+        canary_errors: _builtins.int = ...,
+        canary_p50_ms: _builtins.float = ...,
+        canary_p99_ms: _builtins.float = ...,
+        stable_calls: _builtins.int = ...,
+        stable_errors: _builtins.int = ...,
+        stable_p50_ms: _builtins.float = ...,
+        stable_p99_ms: _builtins.float = ...,
+        weight: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "at", b"at", "passed", b"passed", "reasons", b"reasons", "rollout_id", b"rollout_id", "step", b"step"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "at", b"at", "canary_calls", b"canary_calls", "canary_errors", b"canary_errors", "canary_p50_ms", b"canary_p50_ms", "canary_p99_ms", b"canary_p99_ms", "passed", b"passed", "reasons", b"reasons", "rollout_id", b"rollout_id", "stable_calls", b"stable_calls", "stable_errors", b"stable_errors", "stable_p50_ms", b"stable_p50_ms", "stable_p99_ms", b"stable_p99_ms", "step", b"step", "weight", b"weight", "window_s", b"window_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GateEvaluated: _TypeAlias = GateEvaluated  # noqa: Y015
+
+@_typing.final
+class InstanceExited(_message.Message):
+    """The new instance of a step ended on its own (a crash at start or later), as its node agent saw it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLLOUT_ID_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    EXIT_CODE_FIELD_NUMBER: _builtins.int
+    LAST_LOG_LINES_FIELD_NUMBER: _builtins.int
+    rollout_id: _builtins.str
+    at: _builtins.float
+    actor: _builtins.str
+    step: _builtins.int
+    instance_id: _builtins.str
+    exit_code: _builtins.int
+    """negative: killed by that signal"""
+    @_builtins.property
+    def last_log_lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        rollout_id: _builtins.str = ...,
+        at: _builtins.float = ...,
+        actor: _builtins.str = ...,
+        step: _builtins.int = ...,
+        instance_id: _builtins.str = ...,
+        exit_code: _builtins.int = ...,
+        last_log_lines: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "at", b"at", "exit_code", b"exit_code", "instance_id", b"instance_id", "last_log_lines", b"last_log_lines", "rollout_id", b"rollout_id", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InstanceExited: _TypeAlias = InstanceExited  # noqa: Y015
 
 @_typing.final
 class InstanceDrained(_message.Message):

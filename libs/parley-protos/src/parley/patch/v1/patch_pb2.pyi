@@ -495,21 +495,87 @@ class PlanRolloutRequest(_message.Message):
 
     SERVICE_FIELD_NUMBER: _builtins.int
     TO_VERSION_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     to_version: _builtins.str
+    force: _builtins.bool
+    """needed (with a reason) for a release that failed a canary"""
+    reason: _builtins.str
+    @_builtins.property
+    def weights(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """the new instance's share of new connections per gated phase (default 10, 50, 100)"""
+
     def __init__(
         self,
         *,
         service: _builtins.str = ...,
         to_version: _builtins.str = ...,
+        force: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        weights: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["service", b"service", "to_version", b"to_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "reason", b"reason", "service", b"service", "to_version", b"to_version", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PlanRolloutRequest: _TypeAlias = PlanRolloutRequest  # noqa: Y015
+
+@_typing.final
+class RevertServiceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    reason: _builtins.str
+    force: _builtins.bool
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        force: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "reason", b"reason", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevertServiceRequest: _TypeAlias = RevertServiceRequest  # noqa: Y015
+
+@_typing.final
+class PublishBaseReleaseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    WHEEL_NAME_FIELD_NUMBER: _builtins.int
+    WHEEL_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    version: _builtins.str
+    wheel_name: _builtins.str
+    wheel: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        version: _builtins.str = ...,
+        wheel_name: _builtins.str = ...,
+        wheel: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["service", b"service", "version", b"version", "wheel", b"wheel", "wheel_name", b"wheel_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishBaseReleaseRequest: _TypeAlias = PublishBaseReleaseRequest  # noqa: Y015
 
 @_typing.final
 class RolloutCommand(_message.Message):
@@ -538,15 +604,19 @@ class GetRolloutRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ROLLOUT_ID_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
     rollout_id: _builtins.str
+    host: _builtins.str
+    """the reporting node agent's host (ReportRolledBack)"""
     def __init__(
         self,
         *,
         rollout_id: _builtins.str = ...,
+        host: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["rollout_id", b"rollout_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "rollout_id", b"rollout_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -595,11 +665,20 @@ class RolloutStep(_message.Message):
     NEW_INSTANCE_FIELD_NUMBER: _builtins.int
     GATE_FIELD_NUMBER: _builtins.int
     DRAINED_FIELD_NUMBER: _builtins.int
+    EXITED_FIELD_NUMBER: _builtins.int
+    LAST_LOG_LINES_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
     replaces_instance: _builtins.str
     new_instance: _builtins.str
     gate: _builtins.str
     """pending | passed | failed"""
     drained: _builtins.bool
+    exited: _builtins.str
+    """"exit code 1" when the new instance ended on its own"""
+    weight: _builtins.int
+    """the new instance's current share of new connections (percent)"""
+    @_builtins.property
+    def last_log_lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -607,10 +686,13 @@ class RolloutStep(_message.Message):
         new_instance: _builtins.str = ...,
         gate: _builtins.str = ...,
         drained: _builtins.bool = ...,
+        exited: _builtins.str = ...,
+        last_log_lines: _abc.Iterable[_builtins.str] | None = ...,
+        weight: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["drained", b"drained", "gate", b"gate", "new_instance", b"new_instance", "replaces_instance", b"replaces_instance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drained", b"drained", "exited", b"exited", "gate", b"gate", "last_log_lines", b"last_log_lines", "new_instance", b"new_instance", "replaces_instance", b"replaces_instance", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -660,6 +742,10 @@ class Rollout(_message.Message):
     STEPS_FIELD_NUMBER: _builtins.int
     ROLLBACK_REASON_FIELD_NUMBER: _builtins.int
     AUDIT_FIELD_NUMBER: _builtins.int
+    REVERTS_FIELD_NUMBER: _builtins.int
+    FORCED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
     rollout_id: _builtins.str
     service: _builtins.str
     from_version: _builtins.str
@@ -669,12 +755,20 @@ class Rollout(_message.Message):
     planned_by: _builtins.str
     approved_by: _builtins.str
     rollback_reason: _builtins.str
+    reverts: _builtins.str
+    """the finished roll-out this one undoes"""
+    forced: _builtins.bool
+    """planned with --force over a failed canary"""
+    reason: _builtins.str
+    """why it was planned (revert or --force)"""
     @_builtins.property
     def old_instances(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___RolloutStep]: ...
     @_builtins.property
     def audit(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEntry]: ...
+    @_builtins.property
+    def weights(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
         self,
         *,
@@ -690,10 +784,14 @@ class Rollout(_message.Message):
         steps: _abc.Iterable[Global___RolloutStep] | None = ...,
         rollback_reason: _builtins.str = ...,
         audit: _abc.Iterable[Global___AuditEntry] | None = ...,
+        reverts: _builtins.str = ...,
+        forced: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        weights: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "audit", b"audit", "from_version", b"from_version", "old_instances", b"old_instances", "planned_by", b"planned_by", "rollback_reason", b"rollback_reason", "rollout_id", b"rollout_id", "service", b"service", "state", b"state", "steps", b"steps", "target_path", b"target_path", "to_version", b"to_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "audit", b"audit", "forced", b"forced", "from_version", b"from_version", "old_instances", b"old_instances", "planned_by", b"planned_by", "reason", b"reason", "reverts", b"reverts", "rollback_reason", b"rollback_reason", "rollout_id", b"rollout_id", "service", b"service", "state", b"state", "steps", b"steps", "target_path", b"target_path", "to_version", b"to_version", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -706,23 +804,59 @@ class ReportInstanceRequest(_message.Message):
     ROLLOUT_ID_FIELD_NUMBER: _builtins.int
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
     rollout_id: _builtins.str
     instance_id: _builtins.str
     version: _builtins.str
+    host: _builtins.str
+    """the reporting node agent's host, for the audit"""
     def __init__(
         self,
         *,
         rollout_id: _builtins.str = ...,
         instance_id: _builtins.str = ...,
         version: _builtins.str = ...,
+        host: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "rollout_id", b"rollout_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "instance_id", b"instance_id", "rollout_id", b"rollout_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportInstanceRequest: _TypeAlias = ReportInstanceRequest  # noqa: Y015
+
+@_typing.final
+class ReportInstanceExitRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLLOUT_ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    EXIT_CODE_FIELD_NUMBER: _builtins.int
+    LAST_LOG_LINES_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    rollout_id: _builtins.str
+    instance_id: _builtins.str
+    exit_code: _builtins.int
+    host: _builtins.str
+    @_builtins.property
+    def last_log_lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        rollout_id: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+        exit_code: _builtins.int = ...,
+        last_log_lines: _abc.Iterable[_builtins.str] | None = ...,
+        host: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exit_code", b"exit_code", "host", b"host", "instance_id", b"instance_id", "last_log_lines", b"last_log_lines", "rollout_id", b"rollout_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportInstanceExitRequest: _TypeAlias = ReportInstanceExitRequest  # noqa: Y015
 
 @_typing.final
 class TufRepositoryRequest(_message.Message):

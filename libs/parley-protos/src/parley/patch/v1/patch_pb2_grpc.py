@@ -106,6 +106,21 @@ class PatchServiceStub:
                 request_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.GetRolloutRequest.SerializeToString,
                 response_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.Rollout.FromString,
                 _registered_method=True)
+        self.ReportInstanceExited = channel.unary_unary(
+                '/parley.patch.v1.PatchService/ReportInstanceExited',
+                request_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.ReportInstanceExitRequest.SerializeToString,
+                response_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.Rollout.FromString,
+                _registered_method=True)
+        self.PublishBaseRelease = channel.unary_unary(
+                '/parley.patch.v1.PatchService/PublishBaseRelease',
+                request_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.PublishBaseReleaseRequest.SerializeToString,
+                response_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.Release.FromString,
+                _registered_method=True)
+        self.RevertService = channel.unary_unary(
+                '/parley.patch.v1.PatchService/RevertService',
+                request_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.RevertServiceRequest.SerializeToString,
+                response_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.Rollout.FromString,
+                _registered_method=True)
         self.TufRepository = channel.unary_unary(
                 '/parley.patch.v1.PatchService/TufRepository',
                 request_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.TufRepositoryRequest.SerializeToString,
@@ -225,6 +240,27 @@ class PatchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportInstanceExited(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishBaseRelease(self, request, context):
+        """The version a service runs before any release, published by its platform (node-agent
+        identity) so that a roll-out can return to it; signed by the repository's targets key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevertService(self, request, context):
+        """Plans a roll-out back to the version that ran before the service's last finished roll-out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def TufRepository(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -330,6 +366,21 @@ def add_PatchServiceServicer_to_server(servicer, server):
             'ReportRolledBack': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportRolledBack,
                     request_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.GetRolloutRequest.FromString,
+                    response_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.Rollout.SerializeToString,
+            ),
+            'ReportInstanceExited': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportInstanceExited,
+                    request_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.ReportInstanceExitRequest.FromString,
+                    response_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.Rollout.SerializeToString,
+            ),
+            'PublishBaseRelease': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishBaseRelease,
+                    request_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.PublishBaseReleaseRequest.FromString,
+                    response_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.Release.SerializeToString,
+            ),
+            'RevertService': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevertService,
+                    request_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.RevertServiceRequest.FromString,
                     response_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.Rollout.SerializeToString,
             ),
             'TufRepository': grpc.unary_unary_rpc_method_handler(
@@ -737,6 +788,87 @@ class PatchService:
             target,
             '/parley.patch.v1.PatchService/ReportRolledBack',
             parley_dot_patch_dot_v1_dot_patch__pb2.GetRolloutRequest.SerializeToString,
+            parley_dot_patch_dot_v1_dot_patch__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportInstanceExited(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.patch.v1.PatchService/ReportInstanceExited',
+            parley_dot_patch_dot_v1_dot_patch__pb2.ReportInstanceExitRequest.SerializeToString,
+            parley_dot_patch_dot_v1_dot_patch__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishBaseRelease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.patch.v1.PatchService/PublishBaseRelease',
+            parley_dot_patch_dot_v1_dot_patch__pb2.PublishBaseReleaseRequest.SerializeToString,
+            parley_dot_patch_dot_v1_dot_patch__pb2.Release.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevertService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.patch.v1.PatchService/RevertService',
+            parley_dot_patch_dot_v1_dot_patch__pb2.RevertServiceRequest.SerializeToString,
             parley_dot_patch_dot_v1_dot_patch__pb2.Rollout.FromString,
             options,
             channel_credentials,

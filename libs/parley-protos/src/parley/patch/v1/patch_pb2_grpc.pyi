@@ -53,6 +53,13 @@ class PatchServiceStub:
     """Node agent side: what to do next, and what it did."""
     ReportInstanceDrained: _grpc.UnaryUnaryMultiCallable[_patch_pb2.ReportInstanceRequest, _patch_pb2.Rollout]
     ReportRolledBack: _grpc.UnaryUnaryMultiCallable[_patch_pb2.GetRolloutRequest, _patch_pb2.Rollout]
+    ReportInstanceExited: _grpc.UnaryUnaryMultiCallable[_patch_pb2.ReportInstanceExitRequest, _patch_pb2.Rollout]
+    PublishBaseRelease: _grpc.UnaryUnaryMultiCallable[_patch_pb2.PublishBaseReleaseRequest, _patch_pb2.Release]
+    """The version a service runs before any release, published by its platform (node-agent
+    identity) so that a roll-out can return to it; signed by the repository's targets key.
+    """
+    RevertService: _grpc.UnaryUnaryMultiCallable[_patch_pb2.RevertServiceRequest, _patch_pb2.Rollout]
+    """Plans a roll-out back to the version that ran before the service's last finished roll-out."""
     TufRepository: _grpc.UnaryUnaryMultiCallable[_patch_pb2.TufRepositoryRequest, _patch_pb2.TufRepositoryResponse]
     PrepareRelease: _grpc.UnaryUnaryMultiCallable[_patch_pb2.PrepareReleaseRequest, _patch_pb2.PreparedRelease]
     SetPublisherKey: _grpc.UnaryUnaryMultiCallable[_patch_pb2.SetPublisherKeyRequest, _patch_pb2.PublisherKey]
@@ -89,6 +96,13 @@ class PatchServiceAsyncStub(PatchServiceStub):
     """Node agent side: what to do next, and what it did."""
     ReportInstanceDrained: _aio.UnaryUnaryMultiCallable[_patch_pb2.ReportInstanceRequest, _patch_pb2.Rollout]  # type: ignore[assignment]
     ReportRolledBack: _aio.UnaryUnaryMultiCallable[_patch_pb2.GetRolloutRequest, _patch_pb2.Rollout]  # type: ignore[assignment]
+    ReportInstanceExited: _aio.UnaryUnaryMultiCallable[_patch_pb2.ReportInstanceExitRequest, _patch_pb2.Rollout]  # type: ignore[assignment]
+    PublishBaseRelease: _aio.UnaryUnaryMultiCallable[_patch_pb2.PublishBaseReleaseRequest, _patch_pb2.Release]  # type: ignore[assignment]
+    """The version a service runs before any release, published by its platform (node-agent
+    identity) so that a roll-out can return to it; signed by the repository's targets key.
+    """
+    RevertService: _aio.UnaryUnaryMultiCallable[_patch_pb2.RevertServiceRequest, _patch_pb2.Rollout]  # type: ignore[assignment]
+    """Plans a roll-out back to the version that ran before the service's last finished roll-out."""
     TufRepository: _aio.UnaryUnaryMultiCallable[_patch_pb2.TufRepositoryRequest, _patch_pb2.TufRepositoryResponse]  # type: ignore[assignment]
     PrepareRelease: _aio.UnaryUnaryMultiCallable[_patch_pb2.PrepareReleaseRequest, _patch_pb2.PreparedRelease]  # type: ignore[assignment]
     SetPublisherKey: _aio.UnaryUnaryMultiCallable[_patch_pb2.SetPublisherKeyRequest, _patch_pb2.PublisherKey]  # type: ignore[assignment]
@@ -206,6 +220,31 @@ class PatchServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _patch_pb2.GetRolloutRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_patch_pb2.Rollout, _abc.Awaitable[_patch_pb2.Rollout]]: ...
+
+    @_abc_1.abstractmethod
+    def ReportInstanceExited(
+        self,
+        request: _patch_pb2.ReportInstanceExitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_patch_pb2.Rollout, _abc.Awaitable[_patch_pb2.Rollout]]: ...
+
+    @_abc_1.abstractmethod
+    def PublishBaseRelease(
+        self,
+        request: _patch_pb2.PublishBaseReleaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_patch_pb2.Release, _abc.Awaitable[_patch_pb2.Release]]:
+        """The version a service runs before any release, published by its platform (node-agent
+        identity) so that a roll-out can return to it; signed by the repository's targets key.
+        """
+
+    @_abc_1.abstractmethod
+    def RevertService(
+        self,
+        request: _patch_pb2.RevertServiceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_patch_pb2.Rollout, _abc.Awaitable[_patch_pb2.Rollout]]:
+        """Plans a roll-out back to the version that ran before the service's last finished roll-out."""
 
     @_abc_1.abstractmethod
     def TufRepository(

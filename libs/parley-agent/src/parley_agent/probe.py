@@ -1,0 +1,142 @@
+"""Synthetic calls through a canary, so that its gate has evidence when users send little.
+
+A real chat transaction, as a user makes it: a message sent to the new instance itself (not
+through the front door) and read back from it. The calls are counted by the instance like any
+other, so the registry's gate sees them in its heartbeats; a failed or slow transaction is
+evidence too. The prober is an account of its own (member role), created by the agent as the
+platform identity the first time it is needed; its password and channel are kept in the
+agent's folder (0600). Only messaging has a probe so far; other services' canaries are judged
+on their real traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+
+import grpc
+from parley.auth.v1 import auth_pb2, auth_pb2_grpc
+from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
+
+from parley_core.config import PEER_ADDRESS_ENV
+from parley_core.files import write_private_file
+from parley_core.pki import Pki
+from parley_core.runner import secure_channel
+from parley_core.topology import PLATFORM_USER
+
+log = logging.getLogger(__name__)
+PROBER_USERNAME = "canary-prober"
+CALL_TIMEOUT_S = 10.0
+
+
+class ProbeUnavailable(Exception):
+    """The prober cannot act (no account, no channel); the gate waits for real traffic."""
+
+
+class MessagingProbe:
+    def __init__(self, *, pki: Pki, environment: Mapping[str, str], state_file: Path) -> None:
+        self.pki = pki
+        self.auth_address = environment.get(PEER_ADDRESS_ENV["auth"], "")
+        self.messaging_address = environment.get(PEER_ADDRESS_ENV["messaging"], "")
+        self.state_file = state_file
+        self._token = ""
+        self._channel_id = ""
+        self._setup = asyncio.Lock()  # concurrent transactions: one creates the account, once
+
+    def _state(self) -> dict[str, str]:
+        if not self.state_file.exists():
+            return {}
+        loaded: dict[str, str] = json.loads(self.state_file.read_text())
+        return loaded
+
+    def _save(self, state: dict[str, str]) -> None:
+        write_private_file(self.state_file, json.dumps(state).encode())
+
+    async def _login(self) -> None:
+        """The prober's account (created once) and a fresh access token."""
+        if not self.auth_address:
+            raise ProbeUnavailable("no auth address to log the prober in")
+        state = self._state()
+        channel = secure_channel(self.pki, identity=PLATFORM_USER, address=self.auth_address, peer="auth")
+        try:
+            auth = auth_pb2_grpc.AuthServiceStub(channel)
+            if "password" not in state:
+                password = secrets.token_urlsafe(32)
+                try:
+                    await auth.CreateUser(
+                        auth_pb2.CreateUserRequest(username=PROBER_USERNAME, password=password, role="member"),
+                        timeout=CALL_TIMEOUT_S,
+                    )
+                except grpc.aio.AioRpcError as error:
+                    raise ProbeUnavailable(f"cannot create the prober's account: {error.details()}") from None
+                state = {"password": password}
+                self._save(state)
+            try:
+                login = await auth.Login(
+                    auth_pb2.LoginRequest(username=PROBER_USERNAME, password=state["password"]),
+                    timeout=CALL_TIMEOUT_S,
+                )
+            except grpc.aio.AioRpcError as error:
+                raise ProbeUnavailable(f"the prober cannot log in: {error.details()}") from None
+        finally:
+            await channel.close()
+        self._token = login.access_token
+        self._channel_id = state.get("channel_id", "")
+
+    def _metadata(self) -> tuple[tuple[str, str]]:
+        return (("authorization", f"Bearer {self._token}"),)
+
+    async def _ensure_channel(self) -> None:
+        if self._channel_id:
+            return
+        channel = secure_channel(self.pki, identity=PLATFORM_USER, address=self.messaging_address, peer="messaging")
+        try:
+            created = await messaging_pb2_grpc.MessagingServiceStub(channel).CreateChannel(
+                messaging_pb2.CreateChannelRequest(name="canary-probes", private=True),
+                metadata=self._metadata(),
+                timeout=CALL_TIMEOUT_S,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise ProbeUnavailable(f"cannot create the prober's channel: {error.details()}") from None
+        finally:
+            await channel.close()
+        self._channel_id = created.channel_id
+        self._save({**self._state(), "channel_id": created.channel_id})
+
+    async def transaction(self, address: str) -> bool:
+        """One message sent to the instance at `address` and read back from it; True if both worked."""
+        async with self._setup:
+            if not self._token:
+                await self._login()
+            await self._ensure_channel()
+        channel = secure_channel(self.pki, identity=PLATFORM_USER, address=address, peer="messaging")
+        stub = messaging_pb2_grpc.MessagingServiceStub(channel)
+        body = f"canary probe {uuid.uuid4().hex}"
+        try:
+            sent = await stub.PostMessage(
+                messaging_pb2.PostMessageRequest(
+                    channel_id=self._channel_id, body=body, idempotency_key=f"probe-{uuid.uuid4().hex}"
+                ),
+                metadata=self._metadata(),
+                timeout=CALL_TIMEOUT_S,
+            )
+            read = await stub.ListMessageVersions(
+                messaging_pb2.ListMessageVersionsRequest(channel_id=self._channel_id, channel_seq=sent.channel_seq),
+                metadata=self._metadata(),
+                timeout=CALL_TIMEOUT_S,
+            )
+            return list(read.bodies[-1:]) == [body]
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.UNAUTHENTICATED:
+                self._token = ""  # expired: log in again on the next transaction
+            return False
+        finally:
+            await channel.close()
+
+
+PROBES = {"messaging": MessagingProbe}
