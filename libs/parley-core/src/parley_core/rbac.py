@@ -265,6 +265,7 @@ SERVICE_CHECKED_METHODS = frozenset(
         # The patch registry checks the platform identity, node agents and the operator/admin
         # roles itself (parley_patch_registry.registry), with the caller's current role.
         "/parley.patch.v1.PatchService/PublishRelease",
+        "/parley.patch.v1.PatchService/PublishBaseRelease",
         "/parley.patch.v1.PatchService/ListReleases",
         "/parley.patch.v1.PatchService/ImportAdvisories",
         "/parley.patch.v1.PatchService/ListFindings",
@@ -273,11 +274,13 @@ SERVICE_CHECKED_METHODS = frozenset(
         "/parley.patch.v1.PatchService/PauseRollout",
         "/parley.patch.v1.PatchService/ResumeRollout",
         "/parley.patch.v1.PatchService/RollbackRollout",
+        "/parley.patch.v1.PatchService/RevertService",
         "/parley.patch.v1.PatchService/GetRollout",
         "/parley.patch.v1.PatchService/ListRollouts",
         "/parley.patch.v1.PatchService/ReportInstanceStarted",
         "/parley.patch.v1.PatchService/ReportInstanceDrained",
         "/parley.patch.v1.PatchService/ReportRolledBack",
+        "/parley.patch.v1.PatchService/ReportInstanceExited",
         "/parley.patch.v1.PatchService/TufRepository",
         "/parley.patch.v1.PatchService/PrepareRelease",
         "/parley.patch.v1.PatchService/SetPublisherKey",
