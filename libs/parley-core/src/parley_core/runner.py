@@ -44,7 +44,7 @@ from parley_core.ranges import check_ranges
 from parley_core.rbac import METHOD_PERMISSIONS, PLATFORM_METHODS
 from parley_core.request_stats import RequestStats, RequestStatsInterceptor
 from parley_core.tokens import TokenVerifier, bearer_token, follow_signing_keys
-from parley_core.topology import GRPC_CALLERS, PLATFORM_USER, STREAMS, heartbeat_subject
+from parley_core.topology import GRPC_CALLERS, PLATFORM_USER, heartbeat_subject
 
 log = logging.getLogger(__name__)
 
@@ -420,7 +420,8 @@ async def serve(
     bus = EventBus(nc, service=service, producer=f"{service}@{version}")
     metrics = ServiceMetrics(service, version)
     bus.metrics = metrics
-    await bus.ensure_streams((s for s in STREAMS if s.owner in (service, "*")), replicas=settings.nats_replicas)
+    own_streams = (s for s in settings.streams if s.owner in (service, "*"))
+    await bus.ensure_streams(own_streams, replicas=settings.nats_replicas)
 
     access = AccessProjection()
     tokens = TokenVerifier(access)
