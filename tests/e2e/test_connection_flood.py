@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import grpc
 import pytest
@@ -97,4 +98,19 @@ async def test_one_sources_idle_connections_are_capped_and_timed_out_and_others_
         assert '"security_event": "connections_over_cap"' in edge.log("gateway")
     finally:
         for sock in first + later:
+            sock.close()
+
+
+async def test_the_browser_port_counts_against_the_same_cap(edge: RunningPlatform) -> None:
+    """The gateway's web port (Connect, for browsers) is as open to strangers as its gRPC port."""
+    web = urlsplit(edge.web_url)
+    held = idle_connections(f"{web.hostname}:{web.port}", CAP)
+    more: list[socket.socket] = []
+    try:
+        more = idle_connections(f"{web.hostname}:{web.port}", LATER_WAVE)
+        await until(lambda: all(closed_by_server(s) for s in more), "the cap to close the later wave", timeout=30)
+        assert not any(closed_by_server(s) for s in held)
+        await until(lambda: all(closed_by_server(s) for s in held), "the handshake timeout", timeout=60)
+    finally:
+        for sock in held + more:
             sock.close()

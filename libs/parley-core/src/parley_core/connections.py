@@ -81,10 +81,11 @@ def close_over_cap(ports: frozenset[int], per_source: int) -> dict[str, int]:
     return closed
 
 
-async def cap_connections_per_source(ports: frozenset[int], per_source: int, stop: asyncio.Event) -> None:
-    """Until `stop`: every SWEEP_INTERVAL_S, close what any source holds beyond the cap."""
+async def cap_connections_per_source(ports: set[int], per_source: int, stop: asyncio.Event) -> None:
+    """Until `stop`: every SWEEP_INTERVAL_S, close what any source holds beyond the cap, on the
+    ports in `ports` at that moment (a listener opened later joins by being added)."""
     while not stop.is_set():
-        closed = await asyncio.to_thread(close_over_cap, ports, per_source)
+        closed = await asyncio.to_thread(close_over_cap, frozenset(ports), per_source)
         for source, count in closed.items():
             log.warning(
                 "closed connections over the per-source cap",

@@ -91,6 +91,9 @@ class RunContext:
     # The server's interceptors, for a second transport of the same calls (the gateway's Connect
     # endpoint for browsers) to run them exactly as the gRPC server does.
     interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()
+    # Client-facing ports whose connections count against the per-source cap (parley_core.connections):
+    # the gRPC server's; an app adds its others (the gateway's browser port).
+    client_ports: set[int] = field(default_factory=set)
     _channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     def add_service_name(self, full_name: str) -> None:
@@ -518,9 +521,9 @@ async def serve(
     heartbeat_task = asyncio.create_task(_heartbeats(ctx, stop))
     connection_cap: asyncio.Task[None] | None = None
     if client_facing:
-        ports = frozenset({port, *([_port_of(shared)] if shared else [])})
+        ctx.client_ports.update({port, *([_port_of(shared)] if shared else [])})
         connection_cap = asyncio.create_task(
-            cap_connections_per_source(ports, settings.client_connections_per_source, stop)
+            cap_connections_per_source(ctx.client_ports, settings.client_connections_per_source, stop)
         )
     await stop.wait()
 
