@@ -121,6 +121,8 @@ async def measure_live_streams(workdir: Path, *, streams: int) -> dict[str, Any]
             "PARLEY_GATEWAY_LIVE_STREAMS_PER_USER": str(STREAMS_PER_USER),
             "PARLEY_GATEWAY_SOURCE_RATE": "100000",
             "PARLEY_GATEWAY_SOURCE_BURST": "100000",
+            # Every user connects from 127.0.0.1, one connection each.
+            "PARLEY_CLIENT_CONNECTIONS_PER_SOURCE": str(users + 100),
         },
     )
     await platform.start()

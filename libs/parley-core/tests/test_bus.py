@@ -31,6 +31,7 @@ from parley_core.bus import (
     Refused,
     RetryLater,
 )
+from parley_core.config import Settings
 from parley_core.deadline import answering_within
 from parley_core.envelope import NewEvent, decode, open_payload, seal
 from parley_core.errors import OutcomeUnknown
@@ -38,6 +39,8 @@ from parley_core.testing.nats import NatsTestServer
 from parley_core.testing.waiting import eventually, until
 from parley_core.topology import (
     CHANNELS_FILTER,
+    PARKED_MAX_BYTES,
+    PARKED_MAX_MSGS,
     STREAMS_BY_NAME,
     ConsumerSpec,
     channel_subject,
@@ -846,3 +849,41 @@ async def test_a_publish_without_an_answer_is_named_unknown_and_a_retry_makes_it
 
     assert again.duplicate  # the frozen broker stored the first one once it ran again
     assert await subject_count(bus, subject) == 1
+
+
+async def test_a_flood_of_parked_copies_stops_at_parkeds_bounds_and_keeps_the_security_records(
+    nats_server: NatsTestServer,
+) -> None:
+    """Every service's user may park on its own subtree, so a stolen one (the gateway's) could
+    fill the JetStream store all streams share. PARKED is bounded as the platform's settings say
+    (PARLEY_PARKED_MAX_MSGS here), refuses what comes once full, and keeps what it holds: the
+    security record parked before the flood is still there, and the flood is cut at the bound."""
+    limit = 40
+    settings = Settings(parked_max_msgs=limit)
+    platform = EventBus(await nats_server.connect("platform"), service="platform", producer="test@0")
+    await platform.ensure_streams(settings.streams)
+    storage = (await nats_server.connect("storage")).jetstream()
+    finding = f"{parked_subject('storage', 'AUTH')}.7"
+    await storage.publish(
+        finding, b"forged", headers={"Parley-Parked-Kind": FOREIGN_EVENT, "Parley-Original-Stream": "AUTH"}
+    )
+    gateway = (await nats_server.connect("gateway")).jetstream()  # the stolen credential
+    refused = 0
+    for n in range(limit * 3):
+        try:
+            await gateway.publish(f"{parked_subject('gateway', 'MSG')}.{n}", b"junk" * 100)
+        except nats.js.errors.APIError:
+            refused += 1
+
+    info = await platform.js.stream_info("PARKED")
+    assert info.state.messages == limit
+    assert refused == limit * 3 - (limit - 1)
+    kept = await platform.js.get_msg("PARKED", 1)
+    assert kept.subject == finding
+    assert kept.headers is not None
+    assert kept.headers["Parley-Parked-Kind"] == FOREIGN_EVENT
+    # The default declaration is bounded too (a service creating PARKED where none exists).
+    assert PARKED.max_bytes == PARKED_MAX_BYTES > 0
+    assert PARKED.max_msgs == PARKED_MAX_MSGS > 0
+    assert info.config.max_bytes == PARKED_MAX_BYTES
+    assert info.config.discard == api.DiscardPolicy.NEW

@@ -33,14 +33,14 @@ from parley_cli.state import CLIENT_FILE, STATE_FILE, leftover_pids, previous_po
 from parley_cli.uplock import PlatformAlreadyRunning, UpLock
 from parley_cli.wheels import WheelBuildError
 from parley_core.bus import EventBus
-from parley_core.config import PEER_ADDRESS_ENV, RESTORED_MARKER
+from parley_core.config import PEER_ADDRESS_ENV, RESTORED_MARKER, Settings
 from parley_core.files import ensure_private_dir, write_private_file
 from parley_core.nats_connect import connect_nats
 from parley_core.nats_process import NatsServerProcess
 from parley_core.natsconf import ROUTE_USER, ClusterConfig, ensure_nats_passwords, render_server_config
 from parley_core.net import free_port
 from parley_core.pki import Pki, ensure_pki
-from parley_core.topology import PLATFORM_USER, SERVICES, STREAMS
+from parley_core.topology import PLATFORM_USER, SERVICES
 
 # Start order; the gateway last, so its first client finds everything up. Stop in reverse.
 START_ORDER = ("auth", "messaging", "storage", "patch-registry", "gateway")
@@ -159,7 +159,8 @@ class Platform:
             name="parley-up",
         )
         bus = EventBus(nc, service=PLATFORM_USER, producer="parley-up")
-        await bus.ensure_streams_when_ready(STREAMS, replicas=self.replicas, timeout=STREAMS_READY_TIMEOUT_S)
+        streams = Settings().streams  # PARKED's bounds from PARLEY_PARKED_MAX_*, like the services'
+        await bus.ensure_streams_when_ready(streams, replicas=self.replicas, timeout=STREAMS_READY_TIMEOUT_S)
         await nc.close()
         if (self.data_dir / RESTORED_MARKER).exists():
             await self._reseed_restored_log()

@@ -194,6 +194,9 @@ class EventBus:
                 duplicate_window=spec.duplicate_window_s,
                 allow_direct=True,
                 num_replicas=replicas,
+                max_bytes=spec.max_bytes,
+                max_msgs=spec.max_msgs,
+                discard=api.DiscardPolicy.NEW if spec.discard_new else api.DiscardPolicy.OLD,
             )
             try:
                 await self.js.add_stream(config)

@@ -20,6 +20,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from parley_core.topology import PARKED_MAX_BYTES, PARKED_MAX_MSGS, STREAMS, StreamSpec, with_parked_limits
+
 TraceExporter = Literal["none", "console", "otlp"]
 # open: anyone may register; invite: with a single-use invitation from an administrator;
 # admin: accounts are created by an administrator only.
@@ -95,6 +97,20 @@ class Settings(BaseSettings):
     # 0 keeps connections for ever. A node agent running several instances behind one address
     # sets it, so callers' connections move off an instance (graceful GOAWAY) before it drains.
     max_connection_age_seconds: float = Field(default=0.0, ge=0)
+    # The client-facing server (the gateway): how long a new connection may take to finish its TLS
+    # handshake, how long one with no call in flight stays open, and how many connections one
+    # source (an IPv4 address, an IPv6 /64) may hold open at once (parley_core.connections).
+    client_handshake_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    client_idle_seconds: float = Field(default=300.0, gt=0)
+    client_connections_per_source: int = Field(default=100, gt=0)
+    # PARKED's bounds: full, it refuses new parked copies and keeps the oldest (topology.py).
+    parked_max_bytes: int = Field(default=PARKED_MAX_BYTES, gt=0)
+    parked_max_msgs: int = Field(default=PARKED_MAX_MSGS, gt=0)
+
+    @property
+    def streams(self) -> tuple[StreamSpec, ...]:
+        """Every stream as declared, with the limits these settings give them."""
+        return with_parked_limits(STREAMS, max_bytes=self.parked_max_bytes, max_msgs=self.parked_max_msgs)
 
     @property
     def pki_dir(self) -> Path:

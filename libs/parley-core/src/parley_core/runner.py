@@ -31,6 +31,7 @@ from parley_core import telemetry
 from parley_core.access import AccessProjection, follow_access
 from parley_core.bus import EventBus
 from parley_core.config import EventLoop, Settings
+from parley_core.connections import cap_connections_per_source
 from parley_core.deadline import answering_within
 from parley_core.errors import OUTCOME_METADATA, OUTCOME_UNKNOWN, DomainError, OutcomeUnknown, status_for
 from parley_core.inventory import running_distributions
@@ -44,7 +45,7 @@ from parley_core.ranges import check_ranges
 from parley_core.rbac import METHOD_PERMISSIONS, PLATFORM_METHODS
 from parley_core.request_stats import RequestStats, RequestStatsInterceptor
 from parley_core.tokens import TokenVerifier, bearer_token, follow_signing_keys
-from parley_core.topology import GRPC_CALLERS, PLATFORM_USER, STREAMS, heartbeat_subject
+from parley_core.topology import GRPC_CALLERS, PLATFORM_USER, heartbeat_subject
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,9 @@ class RunContext:
     # The server's interceptors, for a second transport of the same calls (the gateway's Connect
     # endpoint for browsers) to run them exactly as the gRPC server does.
     interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()
+    # Client-facing ports whose connections count against the per-source cap (parley_core.connections):
+    # the gRPC server's; an app adds its others (the gateway's browser port).
+    client_ports: set[int] = field(default_factory=set)
     _channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     def add_service_name(self, full_name: str) -> None:
@@ -341,6 +345,22 @@ class PerMethodHandlers(grpc.aio.ServerInterceptor):
         return await self._interceptors[index].intercept_service(following, details)
 
 
+def client_connection_options(settings: Settings) -> list[tuple[str, int]]:
+    """What bounds a client's connection to the client-facing server: one that has not finished
+    its TLS handshake in time is closed (gRPC's default is 120 s), and one with no call in flight
+    for client_idle_seconds gets a graceful GOAWAY (a live stream is a call in flight, so it
+    stays; a client reconnects by itself for its next call). How many one source may hold at
+    once is parley_core.connections' cap."""
+    return [
+        ("grpc.server_handshake_timeout_ms", int(settings.client_handshake_timeout_seconds * 1000)),
+        ("grpc.max_connection_idle_ms", int(settings.client_idle_seconds * 1000)),
+    ]
+
+
+def _port_of(address: str) -> int:
+    return int(address.rpartition(":")[2])
+
+
 def _server_credentials(pki: Pki, service: str, *, client_facing: bool) -> grpc.ServerCredentials:
     cert, key = pki.read(service)
     return grpc.ssl_server_credentials(
@@ -420,7 +440,8 @@ async def serve(
     bus = EventBus(nc, service=service, producer=f"{service}@{version}")
     metrics = ServiceMetrics(service, version)
     bus.metrics = metrics
-    await bus.ensure_streams((s for s in STREAMS if s.owner in (service, "*")), replicas=settings.nats_replicas)
+    own_streams = (s for s in settings.streams if s.owner in (service, "*"))
+    await bus.ensure_streams(own_streams, replicas=settings.nats_replicas)
 
     access = AccessProjection()
     tokens = TokenVerifier(access)
@@ -436,6 +457,8 @@ async def serve(
             ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
             ("grpc.max_connection_age_grace_ms", int(settings.grace_seconds * 1000)),
         ]
+    if client_facing:
+        options += client_connection_options(settings)
     interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (
         *telemetry.server_interceptors(),
         RequestStatsInterceptor(stats),
@@ -496,6 +519,12 @@ async def serve(
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread (tests): caller sets stop
             loop.add_signal_handler(sig, stop.set)
     heartbeat_task = asyncio.create_task(_heartbeats(ctx, stop))
+    connection_cap: asyncio.Task[None] | None = None
+    if client_facing:
+        ctx.client_ports.update({port, *([_port_of(shared)] if shared else [])})
+        connection_cap = asyncio.create_task(
+            cap_connections_per_source(ctx.client_ports, settings.client_connections_per_source, stop)
+        )
     await stop.wait()
 
     log.info("draining", extra={"grace_seconds": settings.grace_seconds})
@@ -511,6 +540,8 @@ async def serve(
     await bus.stop_consumers()
     await heartbeat_task
     await _heartbeat(ctx, "STOPPED")
+    if connection_cap is not None:
+        await connection_cap
     await ctx.close_channels()
     await nc.drain()
     metrics.stop()

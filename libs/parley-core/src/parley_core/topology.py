@@ -10,7 +10,7 @@ else (bus.py parks it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 SERVICES: tuple[str, ...] = ("auth", "messaging", "storage", "gateway", "patch-registry")
 
@@ -28,6 +28,11 @@ class StreamSpec:
     # found on it. Empty: no rule (PARKED holds copies of anyone's events).
     event_packages: tuple[str, ...] = ()
     duplicate_window_s: float = 120.0
+    # Size limits (-1: none). With discard_new a full stream refuses further appends and keeps
+    # what it holds; otherwise it drops its oldest events to make room.
+    max_bytes: int = -1
+    max_msgs: int = -1
+    discard_new: bool = False
 
     def owner_writes(self, event_type: str) -> bool:
         """Whether the stream's owner writes events of this type (a newer one of its packages too)."""
@@ -181,6 +186,13 @@ AUTH_FILTER = "parley.auth.>"
 
 ALL_READERS = SERVICES
 
+# PARKED's bounds (PARLEY_PARKED_MAX_BYTES, PARLEY_PARKED_MAX_MSGS; config.Settings). Every
+# service's NATS user may append to its own parley.parked.<service>.> subtree, so a stolen one
+# could otherwise fill the JetStream store that every stream shares. Full, PARKED refuses new
+# copies (discard new): the oldest, where the SECURITY records of an attack already are, stay.
+PARKED_MAX_BYTES = 256 * 1024 * 1024
+PARKED_MAX_MSGS = 100_000
+
 STREAMS: tuple[StreamSpec, ...] = (
     StreamSpec("AUTH", ("parley.auth.>",), owner="auth", readers=ALL_READERS, event_packages=("parley.auth.v1",)),
     StreamSpec(
@@ -200,7 +212,16 @@ STREAMS: tuple[StreamSpec, ...] = (
         event_packages=("parley.patch.v1",),
     ),
     # Poison events parked by any service's consumer, for an operator to list and replay.
-    StreamSpec("PARKED", ("parley.parked.>",), owner="*", readers=(), duplicate_window_s=120.0),
+    StreamSpec(
+        "PARKED",
+        ("parley.parked.>",),
+        owner="*",
+        readers=(),
+        duplicate_window_s=120.0,
+        max_bytes=PARKED_MAX_BYTES,
+        max_msgs=PARKED_MAX_MSGS,
+        discard_new=True,
+    ),
     # The storage service's own audited records (erasures, a restored folder's re-seeded log) and
     # the facts other owners act on (due_subject).
     StreamSpec(
@@ -233,6 +254,12 @@ SIEM_CONSUMERS: tuple[ConsumerSpec, ...] = (
 )
 
 STREAMS_BY_NAME = {s.name: s for s in STREAMS}
+
+
+def with_parked_limits(streams: tuple[StreamSpec, ...], *, max_bytes: int, max_msgs: int) -> tuple[StreamSpec, ...]:
+    """The streams with PARKED bounded as configured (the platform's settings, `parley up`)."""
+    return tuple(replace(s, max_bytes=max_bytes, max_msgs=max_msgs) if s.name == "PARKED" else s for s in streams)
+
 
 # Erasure, redaction and retention reaching the log: storage securely deletes an erased user's
 # events, and redacted or expired texts, from these streams, once the marker their owner rebuilds

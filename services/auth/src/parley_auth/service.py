@@ -75,6 +75,7 @@ from parley_auth.domain import (
 )
 from parley_auth.key_rotation import KeySchedule, SigningKeyState, key_in_use, replaced_at
 from parley_auth.lockout import LockoutBook, Scope
+from parley_auth.log_gaps import SubjectVersions
 from parley_auth.passwords import hash_password, needs_rehash, verify_password
 from parley_auth.sealing import (
     PASSWORD_HASH,
@@ -114,7 +115,7 @@ from parley_core.errors import (
 )
 from parley_core.rate import TokenBuckets
 from parley_core.rbac import ACCOUNT_ACTION_PERMISSIONS, AccountAction, Permission, may_act_on_account, may_assign
-from parley_core.runner import RunContext, peer_names
+from parley_core.runner import RefusedToStart, RunContext, peer_names
 from parley_core.sources import MAX_SOURCE_LENGTH, SOURCE_METADATA, budget_key, client_address
 from parley_core.tokens import ALGORITHM, Caller, bearer_token
 from parley_core.topology import (
@@ -290,6 +291,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         self.erasure_markers: set[str] = set()
         self._due: DurableConsumer | None = None
         self._security_records: Counter | None = None
+        self.subject_versions = SubjectVersions()  # holes in the log (log_gaps.py)
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
@@ -303,6 +305,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         await self._load_audit_head()
         self._replay = await ctx.bus.replay(stream="AUTH", filter_subject="parley.auth.>", handler=self._apply)
         await self._replay.wait_caught_up()
+        await self._refuse_unexplained_gaps()
         await self._publish_audit_key()
         # An erased name is tombstoned before a registration can take it: a restored folder's
         # erasures are handed over this way.
@@ -383,10 +386,32 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             await self._append(audit_key_subject(signer.key_id), event, version=1, expected_seq=0)
         await self._settle()
 
+    async def _refuse_unexplained_gaps(self) -> None:
+        """Serve nothing rebuilt from a log an event was deleted from without an erasure: that
+        deletion (a stolen storage credential's) would undo what the event recorded. Recorded on
+        the audit chain (kind `event_log_gap`) and logged as a security event; the operator
+        restores the event from the archive or a backup (`parley backup`) before auth starts."""
+        gaps = self.subject_versions.unexplained()
+        if not gaps:
+            return
+        detail = "; ".join(str(gap) for gap in gaps[:20])
+        log.error(
+            "security: events deleted from AUTH that no erasure explains; refusing to serve",
+            extra={"security_event": "event_log_gap", "gaps": len(gaps), "detail": detail},
+        )
+        with contextlib.suppress(Unavailable):  # refused all the same; the log line above stands
+            await self._security("event_log_gap", actor="service:auth", detail=detail)
+        raise RefusedToStart(
+            f"{len(gaps)} event(s) are missing from AUTH with no erasure to explain them ({detail}): rebuilding"
+            " without them would undo what they recorded; restore them from the archive or a backup"
+        )
+
     # -- projection -------------------------------------------------------------------------
 
     async def _apply(self, event: ReceivedEvent) -> None:
         payload = open_payload(event.envelope)
+        user_id = str(getattr(payload, "user_id", ""))
+        self.subject_versions.see(event.subject, event.envelope.aggregate_version, user_id)
         at = event.envelope.occurred_at.ToNanoseconds() / 1e9
         if isinstance(payload, UserRegistered):
             password_hash = self._unsealed_text(payload.sealed_password_hash, payload.password_hash, payload.user_id)
@@ -400,6 +425,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             # Its events are being deleted from the stream; its name stays taken (see AccountErased).
             self.accounts.forget(payload.user_id)
             self.erasure_markers.add(event.envelope.event_id)
+            self.subject_versions.erased(payload.user_id)
             return
         if isinstance(payload, USER_EVENTS):
             account = self.accounts.by_id(payload.user_id)

@@ -158,9 +158,14 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         api = GatewayConnectApp(pipeline, read_max_bytes=4 * self.limits.max_request_bytes)
         files = WebFiles(Path(s.web_root) if s.web_root else None)
         self.browser = BrowserListener(
-            BrowserApp(api, files), pki=ctx.pki, address=s.web_listen_address, reuse_port=bool(s.shared_listen_address)
+            BrowserApp(api, files),
+            pki=ctx.pki,
+            address=s.web_listen_address,
+            reuse_port=bool(s.shared_listen_address),
+            handshake_timeout_s=s.client_handshake_timeout_seconds,
         )
         self.browser.start()
+        ctx.client_ports.add(self.browser.port)  # the same per-source cap as the gRPC port's
         log.info("serving browsers", extra={"address": self.browser.address, "web_root": s.web_root})
 
     async def stop(self) -> None:

@@ -517,8 +517,11 @@ def _listen(address: str, *, reuse_port: bool) -> socket.socket:
 class BrowserListener:
     """Serves BrowserApp with TLS (the gateway's own certificate) on one address."""
 
-    def __init__(self, app: BrowserApp, *, pki: Pki, address: str, reuse_port: bool) -> None:
+    def __init__(
+        self, app: BrowserApp, *, pki: Pki, address: str, reuse_port: bool, handshake_timeout_s: float = 10.0
+    ) -> None:
         self._app = app
+        self._handshake_timeout_s = handshake_timeout_s
         self._pki = pki
         self._sock = _listen(address, reuse_port=reuse_port)
         host, port = self._sock.getsockname()[:2]
@@ -540,6 +543,7 @@ class BrowserListener:
         config.alpn_protocols = ["h2", "http/1.1"]
         config.graceful_timeout = 2.0
         config.keep_alive_timeout = 75.0
+        config.ssl_handshake_timeout = self._handshake_timeout_s  # PARLEY_CLIENT_HANDSHAKE_TIMEOUT_SECONDS
         config.include_server_header = False
         self._task = asyncio.create_task(
             hypercorn_serve(cast(Any, self._app), config, shutdown_trigger=self._stop.wait, mode="asgi"),

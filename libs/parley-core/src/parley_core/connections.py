@@ -1,0 +1,100 @@
+"""A cap on the connections one client source holds open to a client-facing port.
+
+gRPC accepts connections in its core, with no hook for Python to refuse one, and the gateway's
+instances accept them on the shared client port themselves (parley_agent.shared_port: no proxy
+in front to count them). A source that opens connections and never speaks (no TLS handshake)
+would otherwise hold them, up to the process's descriptor limit, until no one else's login got
+through: 22,000 idle connections from one address did exactly that. gRPC's own options bound
+how long each may stay (grpc.server_handshake_timeout_ms, grpc.max_connection_idle_ms: see
+runner.client_connection_options), but not how many one source may open meanwhile.
+
+So each client-facing process sweeps its own accepted sockets (they are its descriptors, as in
+parley_core.listeners: /proc/self/fd, Linux) every SWEEP_INTERVAL_S, groups them by source as
+every other per-source budget does (sources.budget_key: an IPv4 address, an IPv6 /64), and shuts
+down a source's newest connections beyond the cap. gRPC then sees the connection end and closes
+its descriptor. A source's oldest connections (its live streams) stay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import socket
+from collections import defaultdict
+from pathlib import Path
+
+from parley_core.sources import budget_key
+
+log = logging.getLogger(__name__)
+
+PROCESS_FDS = Path("/proc/self/fd")
+SWEEP_INTERVAL_S = 0.5
+
+
+def _source(peer_host: str) -> str:
+    """A socket's peer in the gateway's source form (sources.client_address): ipv4:a.b.c.d or ipv6:[...]."""
+    ip = ipaddress.ip_address(peer_host.partition("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return f"ipv4:{ip}" if ip.version == 4 else f"ipv6:[{ip}]"
+
+
+def _accepted(ports: frozenset[int]) -> dict[str, list[tuple[int, int]]]:
+    """This process's connected TCP sockets on one of `ports`, as (inode, fd) per source budget.
+
+    Socket inodes are handed out in increasing order, so the lowest are the oldest connections."""
+    by_source: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    with contextlib.suppress(OSError):
+        for name in os.listdir(PROCESS_FDS):
+            with contextlib.suppress(OSError, ValueError):
+                target = os.readlink(PROCESS_FDS / name)
+                if not target.startswith("socket:["):
+                    continue
+                fd = int(name)
+                with socket.socket(fileno=os.dup(fd)) as sock:  # a copy: gRPC's own stays open
+                    if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+                        continue
+                    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                        continue  # a listener
+                    if sock.getsockname()[1] not in ports:
+                        continue  # not accepted here (an outgoing connection, another port)
+                    peer = sock.getpeername()[0]
+                by_source[budget_key(_source(peer))].append((int(target[len("socket:[") : -1]), fd))
+    return by_source
+
+
+def close_over_cap(ports: frozenset[int], per_source: int) -> dict[str, int]:
+    """Shuts down each source's newest connections beyond `per_source`; returns how many per source."""
+    closed: dict[str, int] = {}
+    for source, sockets in _accepted(ports).items():
+        if len(sockets) <= per_source:
+            continue
+        for inode, fd in sorted(sockets)[per_source:]:
+            with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as sock:
+                if os.fstat(sock.fileno()).st_ino != inode:
+                    continue  # closed since, its number reused by another connection
+                sock.shutdown(socket.SHUT_RDWR)  # ends the connection for gRPC too, which closes its fd
+                closed[source] = closed.get(source, 0) + 1
+    return closed
+
+
+async def cap_connections_per_source(ports: set[int], per_source: int, stop: asyncio.Event) -> None:
+    """Until `stop`: every SWEEP_INTERVAL_S, close what any source holds beyond the cap, on the
+    ports in `ports` at that moment (a listener opened later joins by being added)."""
+    while not stop.is_set():
+        closed = await asyncio.to_thread(close_over_cap, frozenset(ports), per_source)
+        for source, count in closed.items():
+            log.warning(
+                "closed connections over the per-source cap",
+                extra={
+                    "security_event": "connections_over_cap",
+                    "source": source,
+                    "closed": count,
+                    "cap": per_source,
+                },
+            )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), SWEEP_INTERVAL_S)
