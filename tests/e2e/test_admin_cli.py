@@ -121,6 +121,8 @@ def test_admin_cli_rotates_the_signing_key_and_makes_invitations(platform: Runni
     invite = platform.cli("admin", "invite", "--role", "guest")
     code = invite.stdout.strip().splitlines()[-1]
     assert len(code) >= 24
+    assert " UTC)" in invite.stdout  # a date a person reads, not a unix number
+    assert "PARLEY_REGISTRATION=invite" in invite.stderr  # where such a code works
     unknown = platform.cli("admin", "retire-signing-key", "0123456789abcdef", check=False)
     assert "NOT_FOUND" in unknown.stderr
 

@@ -8,6 +8,7 @@ fresh installation is made (`parley admin create-user alice --role owner`).
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -132,8 +133,14 @@ async def cmd_invite(args: argparse.Namespace) -> int:
     async with _auth(args) as stub:
         request = auth_pb2.CreateInviteRequest(role=args.role, valid_hours=args.hours)
         invite = await stub.CreateInvite(request, timeout=TIMEOUT_S)
-    print(f"invite code (single use, role {invite.role}, expires at unix {invite.expires_at_unix}):")
+    expires = datetime.fromtimestamp(invite.expires_at_unix, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"invite code (single use, role {invite.role}, expires {expires}):")
     print(invite.invite_code)
+    print(
+        "it registers an account (`parley register NAME --invite CODE`) where the platform was started "
+        "with PARLEY_REGISTRATION=invite; otherwise create accounts with `parley admin create-user`",
+        file=sys.stderr,
+    )
     return 0
 
 
