@@ -150,7 +150,7 @@ async def test_audit_records_and_findings_reach_the_collector(receiver: Receiver
     for n in range(10):
         request = auth_pb2.LoginRequest(username=f"victim{n}", password="wrong-password-guess")
         with pytest.raises(grpc.aio.AioRpcError):
-            await auth.Login(request, metadata=(("x-parley-source", "203.0.113.9"),), timeout=TIMEOUT_S)
+            await auth.Login(request, metadata=(("x-parley-source", "ipv4:203.0.113.9"),), timeout=TIMEOUT_S)
 
     def spraying_arrived() -> bool:
         return any(line.ext.get("cs1") == "password_spraying" for line in receiver.lines)

@@ -88,8 +88,11 @@ def cef(signature: str, name: str, severity: int, version: str, fields: dict[str
 
 
 def _address(source: str) -> dict[str, str]:
+    """CEF's `src` for an IP address, as the platform records one ('ipv4:10.0.0.5',
+    'ipv6:[2001:db8::1]') or bare; anything else (a host name) is `shost`."""
+    bare = source.removeprefix("ipv4:").removeprefix("ipv6:").removeprefix("[").removesuffix("]")
     try:
-        return {"src": str(ipaddress.ip_address(source))}
+        return {"src": str(ipaddress.ip_address(bare))}
     except ValueError:
         return {"shost": source} if source else {}
 
