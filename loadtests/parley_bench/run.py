@@ -416,13 +416,14 @@ async def run(
     return result
 
 
-# The gateway's per-address and per-user budgets are lifted on the bench platform: every client
+# The gateway's per-address and per-user budgets (calls and connections) are lifted on the bench platform: every client
 # of the bench shares one loopback address, and what is measured is the platform, not its limits.
 UNLIMITED_CALLS = {
     "PARLEY_GATEWAY_SOURCE_RATE": "1000000",
     "PARLEY_GATEWAY_SOURCE_BURST": "1000000",
     "PARLEY_GATEWAY_USER_RATE": "1000000",
     "PARLEY_GATEWAY_USER_BURST": "1000000",
+    "PARLEY_CLIENT_CONNECTIONS_PER_SOURCE": "1000000",
 }
 
 

@@ -166,6 +166,9 @@ async def start_service(
         messaging_addr=f"127.0.0.1:{stack.ports.get('messaging', 0)}",
         storage_addr=f"127.0.0.1:{stack.ports.get('storage', 0)}",
         registry_addr=f"127.0.0.1:{stack.ports.get('patch-registry', 0)}",
+        # Every test client is 127.0.0.1 and each stub a connection of its own, kept to the end:
+        # the per-source cap (tested through the front door in test_connection_flood) stays out.
+        client_connections_per_source=1_000_000,
     )
     app = Captured(_app(APPS[service]))
     stop = asyncio.Event()
