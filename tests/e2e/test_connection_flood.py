@@ -4,9 +4,10 @@ failed with DEADLINE_EXCEEDED, and they stayed open for minutes.
 
 The platform runs as `parley up` starts it, with a low cap of connections per source and a short
 handshake timeout so the test takes seconds. The flood comes from 127.0.0.2 and opens its
-connections in two waves: the cap closes the later wave (a source keeps its oldest connections)
-while the first is still open, a login from 127.0.0.3 meanwhile succeeds, and the handshake
-timeout closes the first wave too.
+connections in two waves: the first is one over the cap, so the cap's sweep closing one of them
+shows it has seen the rest; the cap then closes the whole later wave (a source keeps its oldest
+connections) while the first is still open, a login from 127.0.0.3 meanwhile succeeds, and the
+handshake timeout closes the first wave too.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.e2e
 
 CAP = 4
 LATER_WAVE = 16
-HANDSHAKE_TIMEOUT_S = 8
+HANDSHAKE_TIMEOUT_S = 15
 FLOODER, CLIENT = "127.0.0.2", "127.0.0.3"
 PASSWORD = "a-long-enough-passphrase"
 
@@ -58,6 +59,23 @@ def idle_connections(address: str, count: int) -> list[socket.socket]:
     return opened
 
 
+async def first_wave(address: str) -> list[socket.socket]:
+    """CAP connections the gateway's cap has seen: one more is opened, and the sweep closes one."""
+    opened = idle_connections(address, CAP + 1)
+    try:
+        await until(lambda: any(closed_by_server(s) for s in opened), "the cap to close one over it", timeout=30)
+    except BaseException:
+        for sock in opened:
+            sock.close()
+        raise
+    kept = [s for s in opened if not closed_by_server(s)]
+    for sock in opened:
+        if sock not in kept:
+            sock.close()
+    assert len(kept) == CAP
+    return kept
+
+
 def closed_by_server(sock: socket.socket) -> bool:
     try:
         return sock.recv(1) == b""
@@ -70,7 +88,7 @@ def closed_by_server(sock: socket.socket) -> bool:
 async def test_one_sources_idle_connections_are_capped_and_timed_out_and_others_still_log_in(
     edge: RunningPlatform,
 ) -> None:
-    first = idle_connections(edge.gateway_address, CAP)
+    first = await first_wave(edge.gateway_address)
     later: list[socket.socket] = []
     try:
         later = idle_connections(edge.gateway_address, LATER_WAVE)
@@ -104,7 +122,7 @@ async def test_one_sources_idle_connections_are_capped_and_timed_out_and_others_
 async def test_the_browser_port_counts_against_the_same_cap(edge: RunningPlatform) -> None:
     """The gateway's web port (Connect, for browsers) is as open to strangers as its gRPC port."""
     web = urlsplit(edge.web_url)
-    held = idle_connections(f"{web.hostname}:{web.port}", CAP)
+    held = await first_wave(f"{web.hostname}:{web.port}")
     more: list[socket.socket] = []
     try:
         more = idle_connections(f"{web.hostname}:{web.port}", LATER_WAVE)

@@ -12,7 +12,9 @@ So each client-facing process sweeps its own accepted sockets (they are its desc
 parley_core.listeners: /proc/self/fd, Linux) every SWEEP_INTERVAL_S, groups them by source as
 every other per-source budget does (sources.budget_key: an IPv4 address, an IPv6 /64), and shuts
 down a source's newest connections beyond the cap. gRPC then sees the connection end and closes
-its descriptor. A source's oldest connections (its live streams) stay.
+its descriptor. A source's oldest connections (its live streams) stay: age is the sweep that first
+saw a connection (a socket's inode number is no clock: the kernel hands inodes out in per-CPU
+batches, so a connection accepted later on another CPU can have the lower one).
 """
 
 from __future__ import annotations
@@ -43,9 +45,7 @@ def _source(peer_host: str) -> str:
 
 
 def _accepted(ports: frozenset[int]) -> dict[str, list[tuple[int, int]]]:
-    """This process's connected TCP sockets on one of `ports`, as (inode, fd) per source budget.
-
-    Socket inodes are handed out in increasing order, so the lowest are the oldest connections."""
+    """This process's connected TCP sockets on one of `ports`, as (inode, fd) per source budget."""
     by_source: dict[str, list[tuple[int, int]]] = defaultdict(list)
     with contextlib.suppress(OSError):
         for name in os.listdir(PROCESS_FDS):
@@ -66,26 +66,42 @@ def _accepted(ports: frozenset[int]) -> dict[str, list[tuple[int, int]]]:
     return by_source
 
 
-def close_over_cap(ports: frozenset[int], per_source: int) -> dict[str, int]:
-    """Shuts down each source's newest connections beyond `per_source`; returns how many per source."""
-    closed: dict[str, int] = {}
-    for source, sockets in _accepted(ports).items():
-        if len(sockets) <= per_source:
-            continue
-        for inode, fd in sorted(sockets)[per_source:]:
-            with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as sock:
-                if os.fstat(sock.fileno()).st_ino != inode:
-                    continue  # closed since, its number reused by another connection
-                sock.shutdown(socket.SHUT_RDWR)  # ends the connection for gRPC too, which closes its fd
-                closed[source] = closed.get(source, 0) + 1
-    return closed
+class ConnectionCap:
+    """Keeps each source at most `per_source` connections on `ports`, its oldest ones."""
+
+    def __init__(self, per_source: int) -> None:
+        self.per_source = per_source
+        self._sweeps = 0
+        self._first_seen: dict[int, int] = {}  # inode -> the sweep that first saw it
+
+    def sweep(self, ports: frozenset[int]) -> dict[str, int]:
+        """Shuts down each source's newest connections beyond the cap; returns how many per source."""
+        self._sweeps += 1
+        accepted = _accepted(ports)
+        open_now = {inode for sockets in accepted.values() for inode, _ in sockets}
+        self._first_seen = {inode: seen for inode, seen in self._first_seen.items() if inode in open_now}
+        for inode in open_now:
+            self._first_seen.setdefault(inode, self._sweeps)
+        closed: dict[str, int] = {}
+        for source, sockets in accepted.items():
+            if len(sockets) <= self.per_source:
+                continue
+            oldest_first = sorted(sockets, key=lambda s: (self._first_seen[s[0]], s[0]))
+            for inode, fd in oldest_first[self.per_source :]:
+                with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as sock:
+                    if os.fstat(sock.fileno()).st_ino != inode:
+                        continue  # closed since, its number reused by another connection
+                    sock.shutdown(socket.SHUT_RDWR)  # ends the connection for gRPC too, which closes its fd
+                    closed[source] = closed.get(source, 0) + 1
+        return closed
 
 
 async def cap_connections_per_source(ports: set[int], per_source: int, stop: asyncio.Event) -> None:
     """Until `stop`: every SWEEP_INTERVAL_S, close what any source holds beyond the cap, on the
     ports in `ports` at that moment (a listener opened later joins by being added)."""
+    cap = ConnectionCap(per_source)
     while not stop.is_set():
-        closed = await asyncio.to_thread(close_over_cap, frozenset(ports), per_source)
+        closed = await asyncio.to_thread(cap.sweep, frozenset(ports))
         for source, count in closed.items():
             log.warning(
                 "closed connections over the per-source cap",
