@@ -43,7 +43,7 @@ EMOJI_PER_MESSAGE = 3
 REACTIONS_PER_USER = 2
 EDITS_PER_MESSAGE = 3
 GATEWAY = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"]
-# What the README promises a client may see for a request it made up: never INTERNAL or UNKNOWN.
+# What docs/security.md promises a client may see for a request it made up: never INTERNAL or UNKNOWN.
 DOCUMENTED = {
     grpc.StatusCode.OK,
     grpc.StatusCode.INVALID_ARGUMENT,

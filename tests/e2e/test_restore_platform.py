@@ -127,7 +127,7 @@ async def test_a_restored_backup_runs_as_the_platform_it_was(tmp_path: Path) -> 
 
     fresh = tmp_path / "restored" / "data"
     (fresh / "secrets").mkdir(parents=True)
-    for name in ARCHIVE_SECRETS:  # from the operator's key backup, as README says
+    for name in ARCHIVE_SECRETS:  # from the operator's key backup, as docs/storage.md says
         shutil.copy2(original.data_dir / "secrets" / name, fresh / "secrets" / name)
     restored = RunningPlatform(data_dir=fresh, env=original.env, up_args=("--gateway-port", str(free_port())))
     refused = restored.cli("backup", "restore", str(backup), check=False)

@@ -375,7 +375,7 @@ async def restored_history(
     """Disaster recovery: `parley backup restore` into an empty data folder, plus the keys from the
     operator's key backup (taken now); then the channel's history as the restored archive has it."""
     (fresh / "secrets").mkdir(parents=True)
-    # As README names them; auth's key too, since the archive holds accounts (their sealed password hashes).
+    # As docs/storage.md names them; auth's key too, since the archive holds accounts (their sealed password hashes).
     for name in ("storage-kek.json", "storage-backup.key", "storage-backup-signing.pub", "auth-mfa-key.bin"):
         shutil.copy2(platform.data_dir / "secrets" / name, fresh / "secrets" / name)
     restored = subprocess.run(

@@ -3,7 +3,7 @@ as `make run` starts it (the built web app served by the gateway over TLS).
 
 The browser trusts exactly the gateway's key (Chromium's SPKI pin), as a user's browser trusts
 the platform's CA once it is imported. Screenshots of the main screens go to
-web/test-results/screenshots/ (the README shows copies from docs/screenshots/).
+web/test-results/screenshots/ (README and docs/web.md show copies from docs/screenshots/).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ def user(user_id: str, role: str = "member") -> Caller:
 
 F, S, M, R = View.FULL, View.WITHOUT_SECRETS, View.METADATA, View.REFUSED
 STREAMS = ("AUTH", "MSG", "SEC", "PATCH", "STORE")
-# Who reads what through the archive API (README's matrix), written out here by hand rather than
+# Who reads what through the archive API (docs/security.md's matrix), written out here by hand rather than
 # derived: a service reads what it reads live, secret fields only from its own stream; the
 # operator's tooling reads everything without secrets; an auditor the same, MSG as metadata only.
 VIEWS: dict[tuple[str, str], tuple[View, ...]] = {

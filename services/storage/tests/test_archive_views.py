@@ -1,4 +1,4 @@
-"""Who reads which stream through the archive API, cell by cell (the matrix in README's security
+"""Who reads which stream through the archive API, cell by cell (the matrix in docs/security.md's security
 section): every identity a call comes with (a service's certificate, the operator's platform
 identity, a user's token on the gateway's connection) against every archived stream, through
 every call that returns events. Written out by hand here, not derived from the code under test.

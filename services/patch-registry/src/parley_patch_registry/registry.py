@@ -3,7 +3,7 @@
 State is rebuilt from the PATCH stream at start (advisories and roll-outs) and from the TUF
 repository on disk (releases). A command runs the domain on a copy, appends the events, and the
 replay applies them: what is in memory is always what is in the stream. One registry instance
-writes the TUF repository; a second one would need its own (see README).
+writes the TUF repository; a second one would need its own (see docs/patching.md).
 """
 
 from __future__ import annotations

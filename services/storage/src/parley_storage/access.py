@@ -51,7 +51,7 @@ CONTENT_STREAMS = frozenset({"MSG"})
 
 def stream_view(requester: Requester, stream: str) -> View:
     """What `requester` reads of `stream` through every archive API (ReadArchivedStream,
-    GetAggregateEvents, QueryAudit): the matrix in README's security section.
+    GetAggregateEvents, QueryAudit): the matrix in docs/security.md.
 
     A service reads, from the archive, exactly the streams NATS lets it read live (the readers
     declared in topology); the operator's tooling every stream; an auditor every stream, `MSG`

@@ -48,7 +48,7 @@ from parley_storage.schema import events
 from parley_storage.service import KEYRING_FILE, database_url, sqlite_archive_file
 from parley_storage.settings import StorageSettings
 
-# The secrets a restore reads, exactly as README's "Backups" names them.
+# The secrets a restore reads, exactly as docs/storage.md's "Backups" names them.
 RESTORE_SECRETS = (KEYRING_FILE, BACKUP_KEY_FILE, VERIFY_KEY_FILE)
 # What the data folder a restore goes into may hold: the key backup's secrets, and what is
 # harmless from the same installation (its CA and certificates, the CLI's saved logins and

@@ -8,7 +8,7 @@ one sentence saying why. The id of an anomaly is derived from the events that ma
 replay after a restart finds the same ids and the detector records nothing twice.
 
 The thresholds are the deployment's (one organisation per platform), from PARLEY_DETECT_*
-variables with the defaults below; README "Anomaly detection" lists them.
+variables with the defaults below; docs/security.md "Anomaly detection" lists them.
 """
 
 from __future__ import annotations
