@@ -94,6 +94,11 @@ def privacy_subject(user_id: str) -> str:
     return stream_subject("storage", "privacy", user_id)
 
 
+def export_subject(user_id: str) -> str:
+    """The record that a user's data was exported (STORE)."""
+    return stream_subject("storage", "export", user_id)
+
+
 def restore_subject(backup_id: str) -> str:
     """The record that a restored folder's event log was re-seeded from a backup's archive (STORE)."""
     return stream_subject("storage", "restore", backup_id)
