@@ -13,7 +13,7 @@ import uuid
 
 import grpc
 import pytest
-from parley.auth.v1 import auth_pb2
+from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 from parley.auth.v1.events_pb2 import SecurityEventRecorded
 from parley.messaging.v1 import messaging_pb2
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
@@ -119,6 +119,62 @@ async def test_password_spraying_from_one_source_and_not_typos_from_many(
     assert held.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "suspicious activity" in (held.value.details() or "")
     await login(stack, owner, "198.51.100.77")
+
+
+async def test_an_administrator_lifts_a_slowed_source(stack: Stack, nats_server: NatsTestServer) -> None:
+    """`parley admin lift-slowdown` calls LiftSourceSlowdown as the platform identity, as here."""
+    owner, member = f"owner{uuid.uuid4().hex[:6]}", f"member{uuid.uuid4().hex[:6]}"
+    await stack.create_user(owner, "member")
+    await stack.create_user(member, "member")
+    auth = stack.auth_as_gateway()
+    for n in range(10):  # spraying from one address
+        with pytest.raises(grpc.aio.AioRpcError):
+            await auth.Login(
+                auth_pb2.LoginRequest(username=f"victim{n}", password="wrong-password-guess"),
+                metadata=source("203.0.113.9"),
+                timeout=TIMEOUT_S,
+            )
+
+    async def slowed() -> list[SecurityEventRecorded] | None:
+        return await security_events(nats_server, "source_slowed") or None
+
+    await eventually(slowed, "auth's record of the slowed source", TIMEOUT_S)
+    with pytest.raises(grpc.aio.AioRpcError) as held:
+        await login(stack, owner, "203.0.113.9")
+    assert held.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    operator = auth_pb2_grpc.AuthServiceStub(stack.internal("auth", identity="platform"))
+    # A member may not lift it: the permission is users.manage.
+    member_session = await login(stack, member, "198.51.100.7")
+    with pytest.raises(grpc.aio.AioRpcError) as denied:
+        await auth.LiftSourceSlowdown(
+            auth_pb2.LiftSourceSlowdownRequest(source="203.0.113.9"),
+            metadata=source("198.51.100.7", member_session.access_token),
+            timeout=TIMEOUT_S,
+        )
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # An address that is not slowed is named, with those that are.
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await operator.LiftSourceSlowdown(auth_pb2.LiftSourceSlowdownRequest(source="192.0.2.200"), timeout=TIMEOUT_S)
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "192.0.2.200 is not slowed down; addresses slowed now: 203.0.113.9" in (unknown.value.details() or "")
+    assert not await security_events(nats_server, "source_slowdown_lifted")  # nothing half-written
+
+    lifted = await operator.LiftSourceSlowdown(
+        auth_pb2.LiftSourceSlowdownRequest(source="203.0.113.9", reason="the office NAT"), timeout=TIMEOUT_S
+    )
+    assert lifted.source == "203.0.113.9"
+    assert lifted.was_slowed_until_unix > 0
+    await login(stack, owner, "203.0.113.9")  # let through at once
+
+    [record] = await security_events(nats_server, "source_slowdown_lifted")
+    assert record.source == "203.0.113.9"
+    assert record.actor == "platform"
+    assert "the office NAT" in record.detail
+    # Lifted is lifted: a second call finds nothing to lift.
+    with pytest.raises(grpc.aio.AioRpcError) as again:
+        await operator.LiftSourceSlowdown(auth_pb2.LiftSourceSlowdownRequest(source="203.0.113.9"), timeout=TIMEOUT_S)
+    assert again.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_a_sensitive_change_from_a_new_source_revokes_that_session(
