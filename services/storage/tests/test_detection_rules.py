@@ -134,7 +134,12 @@ def test_normal_traffic_of_the_same_length_finds_nothing() -> None:
     for user in range(20):
         uid, home, office = f"u{user}", f"10.1.{user}.1", f"10.2.{user}.1"
         # Known addresses (yesterday's sessions), then today from home, then the office again.
-        for at, session, address in ((-86400.0, "y", office), (-43200.0, "z", home), (0.0, "a", home), (1800.0, "b", office)):
+        for at, session, address in (
+            (-86400.0, "y", office),
+            (-43200.0, "z", home),
+            (0.0, "a", home),
+            (1800.0, "b", office),
+        ):
             found.append(
                 r.session_started(at=at, session_id=f"{uid}-{session}", user_id=uid, source=address, event_id=next(ids))
             )
@@ -147,7 +152,7 @@ def test_normal_traffic_of_the_same_length_finds_nothing() -> None:
         if user % 5 == 0:
             found.append(r.sensitive_change(at=2000.0, user_id=uid, what="password changed", event_id=next(ids)))
         # A few channels joined over the hour, a few direct conversations with colleagues.
-        for n in range(rng.randint(1, 5)):
+        for _ in range(rng.randint(1, 5)):
             channel = f"c{rng.randint(0, 40)}"
             found.append(r.member_joined(at=rng.uniform(0, 3600), user_id=uid, channel_id=channel, event_id=next(ids)))
         for peer in rng.sample([p for p in range(20) if p != user], 4):
@@ -252,7 +257,9 @@ def test_direct_messages_to_many_people_and_not_a_long_conversation() -> None:
     quiet = [r.direct_message(at=2.0 * n, sender_id="a", channel_id="chat", event_id=next(ids)) for n in range(60)]
     quiet.append(r.direct_message(at=1.0, sender_id="a", channel_id="general", event_id=next(ids)))
     assert [a for a in quiet if a is not None] == []
-    sent = [r.direct_message(at=3.0 * n, sender_id="spammer", channel_id=f"dm{n}", event_id=next(ids)) for n in range(20)]
+    sent = [
+        r.direct_message(at=3.0 * n, sender_id="spammer", channel_id=f"dm{n}", event_id=next(ids)) for n in range(20)
+    ]
     hits = [a for a in sent if a is not None]
     assert [a.kind for a in hits] == [MANY_USERS_MESSAGED]
     assert hits[0].evidence["recipients"] == "15"
@@ -284,7 +291,9 @@ def test_a_data_export_after_a_login_from_a_new_source(login_read_first: bool) -
 def test_an_export_before_the_login_from_a_new_source_is_not_explained_by_it() -> None:
     r = rules()
     r.session_started(at=0.0, session_id="s1", user_id="u1", source="10.0.0.1", event_id=next(ids))
-    exported = r.sensitive_change(at=50.0, user_id="u1", what="data exported", event_id=next(ids), read_beside_auth=True)
+    exported = r.sensitive_change(
+        at=50.0, user_id="u1", what="data exported", event_id=next(ids), read_beside_auth=True
+    )
     later = r.session_started(at=100.0, session_id="s2", user_id="u1", source="192.0.2.66", event_id=next(ids))
     assert exported is None
     assert later is None
