@@ -245,9 +245,12 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
                 resumable.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await resumable
-        for job in (self._lag_job, self._audit_job):
-            if job is not None:
-                await job
+        if self._audit_job is not None:  # it only reads: cut short, not waited for
+            self._audit_job.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._audit_job
+        if self._lag_job is not None:
+            await self._lag_job
         if self._lost_consumers is not None:
             await self._lost_consumers.stop()
         if self.siem is not None:
