@@ -186,6 +186,22 @@ class DistinctBurst:
             del self._fired[key]
 
 
+@dataclass(frozen=True)
+class TooSoon:
+    """What `too_soon` measured: how long after the first event the second came, and the score."""
+
+    elapsed: float
+    score: float  # limit / elapsed (at least a second): the sooner, the higher
+
+
+def too_soon(first_at: float, at: float, limit: float) -> TooSoon | None:
+    """The shape the pair rules share: a second event less than `limit` seconds after a first
+    (one session used from two places, a sensitive change after a new source's login, an approval
+    after its planning, an approval by an account made shortly before)."""
+    elapsed = max(at - first_at, 0.0)
+    return TooSoon(elapsed, limit / max(elapsed, 1.0)) if elapsed < limit else None
+
+
 @dataclass
 class _SessionUse:
     user_id: str
@@ -310,10 +326,11 @@ class Rules:
         self._sessions[session_id] = _SessionUse(user_id, source or (last.source if last else ""), at, event_id)
         if last is None or not source or not last.source or source == last.source:
             return None
-        elapsed = at - last.at
         window = self.settings.two_sources_window_s
-        if elapsed >= window:
+        soon = too_soon(last.at, at, window)
+        if soon is None:
             return None  # a move (another network), not two places at once
+        elapsed = soon.elapsed
         return Anomaly(
             kind=SESSION_TWO_SOURCES,
             key=subject_token(session_id),
@@ -325,7 +342,7 @@ class Rules:
                 "seconds_apart": f"{elapsed:.1f}",
                 "window_s": f"{window:g}",
             },
-            score=window / max(elapsed, 1.0),
+            score=soon.score,
             why=(
                 f"session {session_id} was used from {last.source} and from {source} {elapsed:.0f}s apart "
                 f"(under {window:g}s: one session in two places)"
@@ -348,7 +365,7 @@ class Rules:
         """`read_beside_auth`: the change comes from a stream read side by side with AUTH (an
         export on STORE), so the login it follows may be read after it; it waits for it."""
         window = self.settings.new_source_window_s
-        fresh = [f for f in self._fresh.get(user_id, []) if at - f[0] <= window]
+        fresh = [f for f in self._fresh.get(user_id, []) if too_soon(f[0], at, window)]
         self._fresh[user_id] = fresh
         if not fresh:
             if read_beside_auth:
@@ -360,7 +377,7 @@ class Rules:
         """A new source's login read after a change it precedes (see sensitive_change)."""
         changes = self._unexplained.get(user_id, [])
         for n, (at, what, event_id) in enumerate(changes):
-            if 0 <= at - login[0] <= self.settings.new_source_window_s:
+            if at >= login[0] and too_soon(login[0], at, self.settings.new_source_window_s):
                 del changes[n]
                 return self._new_source_change(user_id, login, at=at, what=what, event_id=event_id)
         return None
@@ -370,7 +387,7 @@ class Rules:
     ) -> Anomaly:
         window = self.settings.new_source_window_s
         started, session_id, source, started_id = login
-        elapsed = max(at - started, 0.0)
+        soon = too_soon(started, at, window) or TooSoon(window, 1.0)  # chosen within the window
         return Anomaly(
             kind=NEW_SOURCE_SENSITIVE_CHANGE,
             key=subject_token(user_id),
@@ -379,13 +396,13 @@ class Rules:
                 "change": what,
                 "new_source": source,
                 "session_id": session_id,
-                "seconds_after_login": f"{elapsed:.1f}",
+                "seconds_after_login": f"{soon.elapsed:.1f}",
                 "known_sources": str(len(self._sources.get(user_id, set()) - {source})),
                 "window_s": f"{window:g}",
             },
-            score=window / max(elapsed, 1.0),
+            score=soon.score,
             why=(
-                f"{what} {elapsed:.0f}s after a login from {source}, a source this account had never used "
+                f"{what} {soon.elapsed:.0f}s after a login from {source}, a source this account had never used "
                 f"(window {window:g}s)"
             ),
             at=at,
@@ -571,10 +588,11 @@ class Rules:
 
     def _new_approver(self, *, at: float, rollout_id: str, actor: str, event_id: str) -> Anomaly | None:
         registered_at, registered_id = self._registered[actor]
-        age = max(at - registered_at, 0.0)
         limit = self.settings.new_approver_age_s
-        if age >= limit:
+        soon = too_soon(registered_at, at, limit)
+        if soon is None:
             return None
+        age = soon.elapsed
         return Anomaly(
             kind=NEW_ACCOUNT_APPROVAL,
             key=subject_token(rollout_id),
@@ -585,7 +603,7 @@ class Rules:
                 "account_age_s": f"{age:.0f}",
                 "min_account_age_s": f"{limit:g}",
             },
-            score=limit / max(age, 1.0),
+            score=soon.score,
             why=(
                 f"roll-out {rollout_id} was approved by {actor}, an account made {age:.0f}s before "
                 f"(an approver's account is at least {limit:g}s old)"
@@ -600,10 +618,11 @@ class Rules:
         if planned is None:
             return None
         planned_at, planner, planned_id = planned
-        elapsed = max(at - planned_at, 0.0)
         limit = self.settings.rollout_min_review_s
-        if elapsed >= limit:
+        soon = too_soon(planned_at, at, limit)
+        if soon is None:
             return None
+        elapsed = soon.elapsed
         return Anomaly(
             kind=RUSHED_ROLLOUT,
             key=subject_token(rollout_id),
@@ -615,7 +634,7 @@ class Rules:
                 "seconds_to_approval": f"{elapsed:.1f}",
                 "min_review_s": f"{limit:g}",
             },
-            score=limit / max(elapsed, 1.0),
+            score=soon.score,
             why=(
                 f"roll-out {rollout_id} planned by {planner} was approved by {actor} {elapsed:.0f}s later "
                 f"(a review takes at least {limit:g}s)"
