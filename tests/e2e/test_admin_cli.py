@@ -67,6 +67,16 @@ def test_admin_cli_reports_bad_input_without_a_trace(platform: RunningPlatform) 
     assert "NOT_FOUND" in missing.stderr
 
 
+def test_admin_cli_lift_slowdown_names_an_address_that_is_not_slowed(platform: RunningPlatform) -> None:
+    """Lifting itself is shown in services/storage/tests/test_detection.py (the same RPC, after a
+    spraying scenario); here the command reaches auth and says what is wrong, without a trace."""
+    refused = platform.cli("admin", "lift-slowdown", "192.0.2.201", "--reason", "trial", check=False)
+    assert refused.returncode == 1
+    assert "NOT_FOUND" in refused.stderr
+    assert "192.0.2.201 is not slowed down; addresses slowed now: none" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
 async def test_sdk_refresh_and_logout(platform: RunningPlatform) -> None:
     name = unique("jo")
     platform.cli("admin", "create-user", name, stdin=PASSWORD + "\n")

@@ -1,5 +1,6 @@
 """Every service's Prometheus /metrics after a short Locust load (`make load`'s users): found
-through the file_sd targets the instances write, scraped over HTTP, parsed with
+through the file_sd targets the instances write, scraped over TLS with the scraper's certificate
+from the platform CA (as deploy/monitoring/prometheus.yml does), parsed with
 prometheus-client's own text parser, and the series the alert rules and dashboard use are there
 with plausible values."""
 
@@ -8,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from parley_core.testing.stack import APPS, TIMEOUT_S, Stack
 from parley_core.testing.waiting import eventually
+from parley_core.topology import METRICS_SCRAPER
 
 LOCUSTFILE = Path(__file__).resolve().parents[2] / "loadtests" / "locustfile.py"
 
@@ -47,8 +51,17 @@ async def short_load(stack: Stack, tmp_path: Path) -> None:
     assert process.returncode == 0, out.decode(errors="replace")
 
 
-def scrape(address: str) -> Samples:
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=TIMEOUT_S) as response:
+def scraper_tls(stack: Stack, *, with_certificate: bool = True) -> ssl.SSLContext:
+    """As Prometheus is configured: the platform CA, and the scraper's own certificate."""
+    context = ssl.create_default_context(cafile=str(stack.pki.ca_cert))
+    if with_certificate:
+        own = stack.pki.identity(METRICS_SCRAPER)
+        context.load_cert_chain(own.cert, own.key)
+    return context
+
+
+def scrape(address: str, context: ssl.SSLContext) -> Samples:
+    with urllib.request.urlopen(f"https://{address}/metrics", timeout=TIMEOUT_S, context=context) as response:
         text = response.read().decode()
     samples: Samples = {}
     for family in text_string_to_metric_families(text):
@@ -65,6 +78,7 @@ def targets(data_dir: Path) -> dict[str, str]:
     found: dict[str, str] = {}
     for path in (data_dir / "metrics" / "targets").glob("*.json"):
         [group] = json.loads(path.read_text())
+        assert group["labels"]["__scheme__"] == "https"  # Prometheus scrapes it over TLS
         found[group["labels"]["service"]] = group["targets"][0]
     return found
 
@@ -78,8 +92,16 @@ async def test_every_service_serves_its_metrics_after_a_short_load(
     with pytest.raises(grpc.aio.AioRpcError):  # one failed login, for the security figures
         await stack.gateway().Login(auth_pb2.LoginRequest(username="nobody", password="wrong"), timeout=TIMEOUT_S)
 
+    tls = scraper_tls(stack)
+
     async def scraped(service: str) -> Samples:
-        return await asyncio.to_thread(scrape, addresses[service])
+        return await asyncio.to_thread(scrape, addresses[service], tls)
+
+    # Neither plain HTTP nor TLS without a certificate from the platform CA gets the figures.
+    with pytest.raises(ConnectionResetError):  # the server's TLS answers no plain request
+        await asyncio.to_thread(urllib.request.urlopen, f"http://{addresses['auth']}/metrics", timeout=TIMEOUT_S)
+    with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionResetError)):  # refused in the handshake
+        await asyncio.to_thread(scrape, addresses["auth"], scraper_tls(stack, with_certificate=False))
 
     gateway = await scraped("gateway")
     assert total(gateway, "parley_rpc_requests_total", method="/parley.gateway.v1.Gateway/Login", code="OK") >= 1

@@ -201,3 +201,22 @@ def test_the_lockout_a_failure_would_start_is_known_before_it_is_counted() -> No
     assert predicted.scope is Scope.PAIR
     assert book.would_lock("eve", "ip") == predicted  # asking counts nothing
     assert book.record_failure("eve", "ip") == predicted
+
+
+def test_a_lifted_slow_down_is_not_put_back_by_the_same_fact_and_a_new_one_slows_again() -> None:
+    policy = LockoutPolicy(threshold=100, base_s=1.0, max_s=60.0)
+    book = LockoutBook(pair_policy=policy, source_policy=policy, clock=lambda: 1000.0)
+    book.slow("ipv4:203.0.113.9", 1900.0)
+    assert book.check("anyone", "ipv4:203.0.113.9") is not None
+    assert book.slowed_now() == {"ipv4:203.0.113.9": 1900.0}
+    book.lift("ipv4:203.0.113.9", 1900.0)
+    assert book.check("anyone", "ipv4:203.0.113.9") is None
+    assert book.slowed_now() == {}
+    # The detector's fact read again (a redelivery, a replay): answered, and changes nothing.
+    assert book.slow_down_answered("ipv4:203.0.113.9", 1900.0)
+    book.slow("ipv4:203.0.113.9", 1900.0)
+    assert book.check("anyone", "ipv4:203.0.113.9") is None
+    # A later finding slows the address again.
+    assert not book.slow_down_answered("ipv4:203.0.113.9", 2500.0)
+    book.slow("ipv4:203.0.113.9", 2500.0)
+    assert book.check("anyone", "ipv4:203.0.113.9") is not None

@@ -13,12 +13,15 @@ import uuid
 
 import grpc
 import pytest
-from parley.auth.v1 import auth_pb2
+from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 from parley.auth.v1.events_pb2 import SecurityEventRecorded
 from parley.messaging.v1 import messaging_pb2
+from parley.patch.v1 import patch_pb2, patch_pb2_grpc
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from parley.storage.v1.events_pb2 import AnomalyDetected
+from securesystemslib.signer import CryptoSigner
 
+from parley_cli.publishing import public_pem, publish_release
 from parley_core.envelope import decode
 from parley_core.testing.nats import NatsTestServer
 from parley_core.testing.security import security_events
@@ -26,6 +29,9 @@ from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
 from parley_core.testing.waiting import eventually, until
 from parley_core.topology import ANOMALY_FILTER
 from parley_storage.detection import (
+    MANY_CHANNELS_JOINED,
+    MANY_USERS_MESSAGED,
+    NEW_ACCOUNT_APPROVAL,
     NEW_SOURCE_SENSITIVE_CHANGE,
     PASSWORD_SPRAYING,
     SEND_RATE,
@@ -113,6 +119,62 @@ async def test_password_spraying_from_one_source_and_not_typos_from_many(
     assert held.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "suspicious activity" in (held.value.details() or "")
     await login(stack, owner, "198.51.100.77")
+
+
+async def test_an_administrator_lifts_a_slowed_source(stack: Stack, nats_server: NatsTestServer) -> None:
+    """`parley admin lift-slowdown` calls LiftSourceSlowdown as the platform identity, as here."""
+    owner, member = f"owner{uuid.uuid4().hex[:6]}", f"member{uuid.uuid4().hex[:6]}"
+    await stack.create_user(owner, "member")
+    await stack.create_user(member, "member")
+    auth = stack.auth_as_gateway()
+    for n in range(10):  # spraying from one address
+        with pytest.raises(grpc.aio.AioRpcError):
+            await auth.Login(
+                auth_pb2.LoginRequest(username=f"victim{n}", password="wrong-password-guess"),
+                metadata=source("203.0.113.9"),
+                timeout=TIMEOUT_S,
+            )
+
+    async def slowed() -> list[SecurityEventRecorded] | None:
+        return await security_events(nats_server, "source_slowed") or None
+
+    await eventually(slowed, "auth's record of the slowed source", TIMEOUT_S)
+    with pytest.raises(grpc.aio.AioRpcError) as held:
+        await login(stack, owner, "203.0.113.9")
+    assert held.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    operator = auth_pb2_grpc.AuthServiceStub(stack.internal("auth", identity="platform"))
+    # A member may not lift it: the permission is users.manage.
+    member_session = await login(stack, member, "198.51.100.7")
+    with pytest.raises(grpc.aio.AioRpcError) as denied:
+        await auth.LiftSourceSlowdown(
+            auth_pb2.LiftSourceSlowdownRequest(source="203.0.113.9"),
+            metadata=source("198.51.100.7", member_session.access_token),
+            timeout=TIMEOUT_S,
+        )
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # An address that is not slowed is named, with those that are.
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await operator.LiftSourceSlowdown(auth_pb2.LiftSourceSlowdownRequest(source="192.0.2.200"), timeout=TIMEOUT_S)
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "192.0.2.200 is not slowed down; addresses slowed now: 203.0.113.9" in (unknown.value.details() or "")
+    assert not await security_events(nats_server, "source_slowdown_lifted")  # nothing half-written
+
+    lifted = await operator.LiftSourceSlowdown(
+        auth_pb2.LiftSourceSlowdownRequest(source="203.0.113.9", reason="the office NAT"), timeout=TIMEOUT_S
+    )
+    assert lifted.source == "203.0.113.9"
+    assert lifted.was_slowed_until_unix > 0
+    await login(stack, owner, "203.0.113.9")  # let through at once
+
+    [record] = await security_events(nats_server, "source_slowdown_lifted")
+    assert record.source == "203.0.113.9"
+    assert record.actor == "platform"
+    assert "the office NAT" in record.detail
+    # Lifted is lifted: a second call finds nothing to lift.
+    with pytest.raises(grpc.aio.AioRpcError) as again:
+        await operator.LiftSourceSlowdown(auth_pb2.LiftSourceSlowdownRequest(source="203.0.113.9"), timeout=TIMEOUT_S)
+    assert again.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_a_sensitive_change_from_a_new_source_revokes_that_session(
@@ -286,3 +348,162 @@ async def test_a_step_up_response_limits_the_session_until_the_user_logs_in_agai
     await gateway.CreateChannel(
         messaging_pb2.CreateChannelRequest(name="after"), metadata=bearer(again.access_token), timeout=TIMEOUT_S
     )
+
+
+@pytest.fixture
+def small_burst_thresholds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four channels or four people within the default ten minutes: a short scenario."""
+    monkeypatch.setenv("PARLEY_DETECT_CHANNELS_JOINED", "4")
+    monkeypatch.setenv("PARLEY_DETECT_USERS_MESSAGED", "4")
+
+
+async def test_many_channels_joined_and_not_a_few(
+    small_burst_thresholds: None, stack: Stack, nats_server: NatsTestServer
+) -> None:
+    owner, reader, crawler = (f"{role}{uuid.uuid4().hex[:6]}" for role in ("owner", "reader", "crawler"))
+    for name in (owner, reader, crawler):
+        await stack.create_user(name, "member")
+    gateway = stack.gateway()
+    owner_md = bearer((await stack.login(owner)).access_token)
+    reader_md = bearer((await stack.login(reader)).access_token)
+    crawling = await stack.login(crawler)
+    channel_ids = [
+        (
+            await gateway.CreateChannel(
+                messaging_pb2.CreateChannelRequest(name=f"team{n}"), metadata=owner_md, timeout=TIMEOUT_S
+            )
+        ).channel_id
+        for n in range(6)
+    ]
+
+    async def join(md: tuple[tuple[str, str]], channel_id: str) -> None:
+        request = messaging_pb2.JoinChannelRequest(channel_id=channel_id)
+        await gateway.JoinChannel(request, metadata=md, timeout=TIMEOUT_S)
+
+    for channel_id in channel_ids[:3]:  # normal: a new colleague joins their three team channels
+        await join(reader_md, channel_id)
+    for channel_id in channel_ids:  # the attack: every channel it can reach
+        await join(bearer(crawling.access_token), channel_id)
+    found = await first_of(nats_server, MANY_CHANNELS_JOINED)
+    assert [(a.kind, a.user_id) for a in found] == [(MANY_CHANNELS_JOINED, crawling.user_id)]  # false positives: 0
+    assert found[0].evidence["channels"] == "4"
+    assert found[0].response == "alert"
+    assert set(found[0].evidence["channel_ids"].split(",")) <= set(channel_ids)
+
+
+async def test_direct_messages_to_many_people_and_not_a_conversation(
+    small_burst_thresholds: None, stack: Stack, nats_server: NatsTestServer
+) -> None:
+    talker, spammer = f"talker{uuid.uuid4().hex[:6]}", f"spammer{uuid.uuid4().hex[:6]}"
+    people = [f"person{n}{uuid.uuid4().hex[:4]}" for n in range(5)]
+    accounts = {name: await stack.create_user(name, "member") for name in (talker, spammer, *people)}
+    gateway = stack.gateway()
+    talker_md = bearer((await stack.login(talker)).access_token)
+    spamming = await stack.login(spammer)
+
+    async def direct(md: tuple[tuple[str, str]], to: list[str], messages: int) -> None:
+        request = messaging_pb2.CreateDirectChannelRequest(user_ids=[accounts[name].user_id for name in to])
+        channel = await gateway.CreateDirectChannel(request, metadata=md, timeout=TIMEOUT_S)
+        for n in range(messages):
+            post = messaging_pb2.PostMessageRequest(
+                channel_id=channel.channel_id, body=f"hi {n}", idempotency_key=uuid.uuid4().hex
+            )
+            await gateway.SendMessage(post, metadata=md, timeout=TIMEOUT_S)
+
+    # Normal: a long conversation with one colleague, a short one with a group of two.
+    await direct(talker_md, people[:1], 8)
+    await direct(talker_md, people[1:3], 2)
+    # The attack: one message to each of five people.
+    for name in people:
+        await direct(bearer(spamming.access_token), [name], 1)
+    found = await first_of(nats_server, MANY_USERS_MESSAGED)
+    assert [(a.kind, a.user_id) for a in found] == [(MANY_USERS_MESSAGED, spamming.user_id)]  # false positives: 0
+    assert found[0].evidence["recipients"] == "4"
+    assert found[0].response == "alert"
+
+
+async def test_a_data_export_from_a_new_source_revokes_that_session(stack: Stack, nats_server: NatsTestServer) -> None:
+    normal = f"normal{uuid.uuid4().hex[:6]}"
+    victim = f"victim{uuid.uuid4().hex[:6]}"
+    for name in (normal, victim):
+        await stack.create_user(name, "member")
+    gateway = stack.gateway()
+
+    async def export(session: auth_pb2.LoginResponse) -> None:
+        request = storage_pb2.ExportUserDataRequest(user_id=session.user_id)
+        exported = await gateway.ExportUserData(request, metadata=bearer(session.access_token), timeout=TIMEOUT_S)
+        assert exported.archive
+
+    # Normal: two logins from the user's usual address, then an export.
+    await login(stack, normal, "10.0.0.1")
+    await export(await login(stack, normal, "10.0.0.1"))
+    # The attack: the victim's usual login, then one from an address never used, which takes
+    # everything the archive holds about them at once.
+    usual = await login(stack, victim, "10.0.0.2")
+    intruder = await login(stack, victim, "192.0.2.66")
+    await export(intruder)
+
+    found = await first_of(nats_server, NEW_SOURCE_SENSITIVE_CHANGE)
+    assert [a.user_id for a in found] == [intruder.user_id]  # false positives: 0
+    [anomaly] = found
+    assert anomaly.evidence["change"] == "data exported"
+    assert anomaly.session_id == intruder.session_id
+    assert anomaly.response == "revoke_session"
+    gateway_access = stack.access("gateway")
+    await until(lambda: gateway_access.is_revoked(intruder.session_id), "the intruder's session revoked", TIMEOUT_S)
+    assert not gateway_access.is_revoked(usual.session_id)
+
+
+@pytest.fixture
+def reviewed_rollouts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The roll-out below is approved seconds after it is planned: only the approver's age is at issue."""
+    monkeypatch.setenv("PARLEY_DETECT_ROLLOUT_MIN_REVIEW_S", "0.001")
+
+
+async def test_a_rollout_approved_by_a_new_account(
+    reviewed_rollouts: None, stack: Stack, nats_server: NatsTestServer
+) -> None:
+    await stack.create_user("pat", "operator")
+    await stack.create_user("olga", "operator")
+    newcomer = await stack.create_user("oscar", "operator")  # made a moment ago
+    publisher = bearer((await stack.login("pat")).access_token)
+    planner = bearer((await stack.login("olga")).access_token)
+    approver = bearer((await stack.login("oscar")).access_token)
+    registry: patch_pb2_grpc.PatchServiceAsyncStub = patch_pb2_grpc.PatchServiceStub(
+        stack.internal("patch-registry", identity="platform")
+    )
+    signer = CryptoSigner.generate_ed25519()
+    await registry.SetPublisherKey(
+        patch_pb2.SetPublisherKeyRequest(service="messaging", public_key_pem=public_pem(signer)),
+        metadata=publisher,
+        timeout=TIMEOUT_S,
+    )
+    await publish_release(
+        registry,
+        signer=signer,
+        service="messaging",
+        version="0.2.1",
+        wheel_name="parley_messaging-0.2.1-py3-none-any.whl",
+        wheel=b"not installed by this test",
+        metadata=publisher,
+        timeout=TIMEOUT_S,
+    )
+
+    async def plan() -> patch_pb2.Rollout | None:
+        try:
+            request = patch_pb2.PlanRolloutRequest(service="messaging", to_version="0.2.1")
+            return await registry.PlanRollout(request, metadata=planner, timeout=TIMEOUT_S)
+        except grpc.aio.AioRpcError as error:
+            if "no running instance" in (error.details() or ""):
+                return None  # messaging's first heartbeat has not reached the registry yet
+            raise
+
+    planned = await eventually(plan, "a planned roll-out", TIMEOUT_S)
+    await registry.ApproveRollout(
+        patch_pb2.RolloutCommand(rollout_id=planned.rollout_id), metadata=approver, timeout=TIMEOUT_S
+    )
+    found = await first_of(nats_server, NEW_ACCOUNT_APPROVAL)
+    assert [(a.kind, a.user_id) for a in found] == [(NEW_ACCOUNT_APPROVAL, newcomer.user_id)]  # not rushed either
+    assert found[0].evidence["rollout_id"] == planned.rollout_id
+    assert float(found[0].evidence["account_age_s"]) < 3600
+    assert found[0].response == "alert"

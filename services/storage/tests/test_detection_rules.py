@@ -3,7 +3,9 @@
 Normal traffic follows the Locust users' mix (loadtests/parley_load): users log in from their own
 address and now and then a second one (home, office), refresh, send a few messages a minute with
 pauses, change a password now and then from a known address; one typo-prone user fails a login;
-operators erase one account and set a 30-day retention; a roll-out is reviewed for an hour. Each
+users join a few channels and write direct messages to a few colleagues, one exports their data
+from home; operators erase one account and set a 30-day retention; a roll-out is reviewed for an
+hour and approved by an account made a month ago. Each
 test counts the normal scenario's findings (false positives) and asserts there are none.
 """
 
@@ -16,7 +18,10 @@ import pytest
 
 from parley_storage import detection
 from parley_storage.detection import (
+    MANY_CHANNELS_JOINED,
+    MANY_USERS_MESSAGED,
     MASS_ERASURE,
+    NEW_ACCOUNT_APPROVAL,
     NEW_SOURCE_SENSITIVE_CHANGE,
     PASSWORD_SPRAYING,
     RUSHED_ROLLOUT,
@@ -129,10 +134,15 @@ def test_normal_traffic_of_the_same_length_finds_nothing() -> None:
     for user in range(20):
         uid, home, office = f"u{user}", f"10.1.{user}.1", f"10.2.{user}.1"
         # Known addresses (yesterday's sessions), then today from home, then the office again.
-        r.session_started(at=-86400.0, session_id=f"{uid}-y", user_id=uid, source=office, event_id=next(ids))
-        r.session_started(at=-43200.0, session_id=f"{uid}-z", user_id=uid, source=home, event_id=next(ids))
-        r.session_started(at=0.0, session_id=f"{uid}-a", user_id=uid, source=home, event_id=next(ids))
-        r.session_started(at=1800.0, session_id=f"{uid}-b", user_id=uid, source=office, event_id=next(ids))
+        for at, session, address in (
+            (-86400.0, "y", office),
+            (-43200.0, "z", home),
+            (0.0, "a", home),
+            (1800.0, "b", office),
+        ):
+            found.append(
+                r.session_started(at=at, session_id=f"{uid}-{session}", user_id=uid, source=address, event_id=next(ids))
+            )
         for t in range(900, 3600, 900):
             found.append(
                 r.session_refreshed(at=float(t), session_id=f"{uid}-a", user_id=uid, source=home, event_id=next(ids))
@@ -141,13 +151,29 @@ def test_normal_traffic_of_the_same_length_finds_nothing() -> None:
         found.extend(r.message_posted(at=t, sender_id=uid, event_id=next(ids)) for t in times)
         if user % 5 == 0:
             found.append(r.sensitive_change(at=2000.0, user_id=uid, what="password changed", event_id=next(ids)))
+        # A few channels joined over the hour, a few direct conversations with colleagues.
+        for _ in range(rng.randint(1, 5)):
+            channel = f"c{rng.randint(0, 40)}"
+            found.append(r.member_joined(at=rng.uniform(0, 3600), user_id=uid, channel_id=channel, event_id=next(ids)))
+        for peer in rng.sample([p for p in range(20) if p != user], 4):
+            dm = f"dm-{min(user, peer)}-{max(user, peer)}"
+            r.direct_channel_created(channel_id=dm, members=frozenset({uid, f"u{peer}"}))
+            for t in sorted(rng.uniform(0, 3600) for _ in range(rng.randint(1, 6))):
+                found.append(r.direct_message(at=t, sender_id=uid, channel_id=dm, event_id=next(ids)))
+        if user == 7:  # an export from home, a known address
+            found.append(
+                r.sensitive_change(
+                    at=2500.0, user_id=uid, what="data exported", event_id=next(ids), read_beside_auth=True
+                )
+            )
     for n in range(3):
         found.append(r.login_failed(at=100.0 * n, source="10.1.3.1", username="u3", event_id=next(ids)))
     found.append(r.user_erased(at=100.0, actor="platform", user_id="gone", event_id=next(ids)))
     found.append(r.retention_set(at=200.0, actor="platform", channel_id="c1", days=30, event_id=next(ids)))
     found.append(r.retention_set(at=200.0, actor="platform", channel_id="c2", days=0, event_id=next(ids)))
-    r.rollout_planned(at=0.0, rollout_id="r1", actor="user:alice", event_id=next(ids))
-    found.append(r.rollout_approved(at=3600.0, rollout_id="r1", actor="user:bob", event_id=next(ids)))
+    found.extend(r.account_registered(at=-30 * 86400.0, user_id="bob", event_id=next(ids)))
+    r.rollout_planned(at=0.0, rollout_id="r1", actor="alice", event_id=next(ids))
+    found.extend(r.rollout_approved(at=3600.0, rollout_id="r1", actor="bob", event_id=next(ids)))
     false_positives = [a for a in found if a is not None]
     assert false_positives == [], [a.why for a in false_positives]
 
@@ -163,8 +189,7 @@ def test_operator_actions_outside_their_pattern() -> None:
     assert short.kind == SHORT_RETENTION
     assert "1 day" in short.why
     r.rollout_planned(at=1000.0, rollout_id="r9", actor="user:mallory", event_id=next(ids))
-    rushed = r.rollout_approved(at=1090.0, rollout_id="r9", actor="user:mallory2", event_id=next(ids))
-    assert rushed is not None
+    [rushed] = r.rollout_approved(at=1090.0, rollout_id="r9", actor="user:mallory2", event_id=next(ids))
     assert rushed.kind == RUSHED_ROLLOUT
     assert rushed.evidence["seconds_to_approval"] == "90.0"
 
@@ -205,3 +230,96 @@ def test_state_follows_the_active_accounts_not_the_whole_log(monkeypatch: pytest
     # What matters is kept: a session used a moment ago, from elsewhere, still fires.
     found = r.session_refreshed(at=60.0 * 999 + 5, session_id="s999", user_id="u9", source="192.0.2.1", event_id="x")
     assert found is not None
+
+
+def test_many_channels_joined_in_a_short_time_and_not_a_few() -> None:
+    r = rules()
+    # Normal, same length: one account joins 14 channels in ten minutes (under the threshold),
+    # another joins the same channel again and again.
+    quiet = [r.member_joined(at=40.0 * n, user_id="u1", channel_id=f"c{n}", event_id=next(ids)) for n in range(14)]
+    quiet += [r.member_joined(at=30.0 * n, user_id="u2", channel_id="c1", event_id=next(ids)) for n in range(20)]
+    assert [a for a in quiet if a is not None] == []
+    # The attack: 20 channels in 100 seconds.
+    joined = [r.member_joined(at=5.0 * n, user_id="crawler", channel_id=f"c{n}", event_id=next(ids)) for n in range(20)]
+    hits = [a for a in joined if a is not None]
+    assert [a.kind for a in hits] == [MANY_CHANNELS_JOINED]  # once per account and window
+    assert hits[0].user_id == "crawler"
+    assert hits[0].evidence["channels"] == "15"
+    assert "joined 15 channels within 600s" in hits[0].why
+
+
+def test_direct_messages_to_many_people_and_not_a_long_conversation() -> None:
+    r = rules()
+    for n in range(20):
+        r.direct_channel_created(channel_id=f"dm{n}", members=frozenset({"spammer", f"v{n}"}))
+    r.direct_channel_created(channel_id="chat", members=frozenset({"a", "b"}))
+    # Normal, same length: 60 messages in one conversation; a message in an ordinary channel.
+    quiet = [r.direct_message(at=2.0 * n, sender_id="a", channel_id="chat", event_id=next(ids)) for n in range(60)]
+    quiet.append(r.direct_message(at=1.0, sender_id="a", channel_id="general", event_id=next(ids)))
+    assert [a for a in quiet if a is not None] == []
+    sent = [
+        r.direct_message(at=3.0 * n, sender_id="spammer", channel_id=f"dm{n}", event_id=next(ids)) for n in range(20)
+    ]
+    hits = [a for a in sent if a is not None]
+    assert [a.kind for a in hits] == [MANY_USERS_MESSAGED]
+    assert hits[0].evidence["recipients"] == "15"
+    assert "v0" in hits[0].evidence["recipient_ids"]
+    assert "15 different people" in hits[0].why
+
+
+@pytest.mark.parametrize("login_read_first", [True, False])
+def test_a_data_export_after_a_login_from_a_new_source(login_read_first: bool) -> None:
+    """The export is on STORE and the login on AUTH, read side by side: either may come first."""
+    r = rules()
+    r.session_started(at=0.0, session_id="s1", user_id="u1", source="10.0.0.1", event_id="usual")
+
+    def new_login() -> Anomaly | None:
+        return r.session_started(at=100.0, session_id="s2", user_id="u1", source="192.0.2.66", event_id="new")
+
+    def export() -> Anomaly | None:
+        return r.sensitive_change(at=130.0, user_id="u1", what="data exported", event_id="x", read_beside_auth=True)
+
+    found = [new_login(), export()] if login_read_first else [export(), new_login()]
+    [anomaly] = [a for a in found if a is not None]
+    assert anomaly.kind == NEW_SOURCE_SENSITIVE_CHANGE
+    assert anomaly.session_id == "s2"
+    assert anomaly.evidence["change"] == "data exported"
+    assert anomaly.evidence["seconds_after_login"] == "30.0"
+    assert anomaly.triggers == ("new", "x")  # the same id in either order
+
+
+def test_an_export_before_the_login_from_a_new_source_is_not_explained_by_it() -> None:
+    r = rules()
+    r.session_started(at=0.0, session_id="s1", user_id="u1", source="10.0.0.1", event_id=next(ids))
+    exported = r.sensitive_change(
+        at=50.0, user_id="u1", what="data exported", event_id=next(ids), read_beside_auth=True
+    )
+    later = r.session_started(at=100.0, session_id="s2", user_id="u1", source="192.0.2.66", event_id=next(ids))
+    assert exported is None
+    assert later is None
+
+
+@pytest.mark.parametrize("registration_read_first", [True, False])
+def test_a_rollout_approved_by_a_new_account(registration_read_first: bool) -> None:
+    """The registration is on AUTH and the approval on PATCH, read side by side."""
+    r = rules()
+    day = 86400.0
+    r.rollout_planned(at=10 * day, rollout_id="r1", actor="olga", event_id="planned")
+
+    def registered() -> list[Anomaly]:
+        return r.account_registered(at=10 * day - 3600, user_id="newbie", event_id="registered")
+
+    def approved() -> list[Anomaly]:
+        return r.rollout_approved(at=10 * day + 3600, rollout_id="r1", actor="newbie", event_id="approved")
+
+    found = registered() + approved() if registration_read_first else approved() + registered()
+    [anomaly] = found  # reviewed for an hour: not rushed
+    assert anomaly.kind == NEW_ACCOUNT_APPROVAL
+    assert anomaly.evidence["account_age_s"] == "7200"
+    assert anomaly.user_id == "newbie"
+    assert "an account made 7200s before" in anomaly.why
+    assert anomaly.triggers == ("registered", "approved")
+    # An account older than the threshold approves without a finding.
+    r.account_registered(at=0.0, user_id="veteran", event_id=next(ids))
+    r.rollout_planned(at=10 * day, rollout_id="r2", actor="olga", event_id=next(ids))
+    assert r.rollout_approved(at=10 * day + 3600, rollout_id="r2", actor="veteran", event_id=next(ids)) == []

@@ -123,6 +123,15 @@ async def cmd_unlock(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_lift_slowdown(args: argparse.Namespace) -> int:
+    async with _auth(args) as stub:
+        request = auth_pb2.LiftSourceSlowdownRequest(source=args.source, reason=args.reason)
+        lifted = await stub.LiftSourceSlowdown(request, timeout=TIMEOUT_S)
+    until = datetime.fromtimestamp(lifted.was_slowed_until_unix, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    print(f"logins from {shown(lifted.source)} are let through again (it was slowed down until {until})")
+    return 0
+
+
 async def cmd_show(args: argparse.Namespace) -> int:
     async with _auth(args) as stub:
         print(_show(await _account(stub, args.username)))
@@ -204,6 +213,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     unlock.add_argument("username")
     unlock.add_argument("--reason", default="", help="kept in the audit record")
     unlock.set_defaults(run=cmd_unlock)
+
+    lift = commands.add_parser(
+        "lift-slowdown",
+        help="let a client address slowed down by the anomaly detector log in again",
+        description="End the anomaly detector's slow-down of one client address (a password_spraying "
+        "response) before its time is up; audited as source_slowdown_lifted. SOURCE is the address as the "
+        "source_slowed audit record names it (ipv4:203.0.113.9, or just 203.0.113.9).",
+    )
+    lift.add_argument("source")
+    lift.add_argument("--reason", default="", help="kept in the audit record")
+    lift.set_defaults(run=cmd_lift_slowdown)
 
     show = commands.add_parser("show", help="an account's role, state and lockout")
     show.add_argument("username")

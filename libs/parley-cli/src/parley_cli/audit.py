@@ -17,15 +17,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.message import DecodeError, Message
-from parley.auth.v1.events_pb2 import AuditKeyPublished, SecurityEventRecorded, SigningKeyPublished
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from parley_cli import audit_query
 from parley_cli.state import PlatformNotRunning, load_running_state
 from parley_client import ParleyError
-from parley_core.audit import Checkpoint, CheckpointInvalid, Finding, StoredRecord, TrustedKeys, verify_chain
+from parley_core.audit import (
+    Checkpoint,
+    CheckpointInvalid,
+    Finding,
+    StoredRecord,
+    TrustedKeys,
+    audit_row,
+    trusted_keys,
+    verify_chain,
+)
 from parley_core.audit_log import ChainHead, chain_head
 from parley_core.envelope import UnknownEventType, decode, open_payload
 from parley_core.nats_connect import connect_nats_once
@@ -35,12 +42,6 @@ from parley_core.topology import AUDIT_KEYS_FILTER, PLATFORM_USER, SIGNING_KEYS_
 
 PAGE = 1000
 TIMEOUT_S = 30.0
-RECORD_TYPE = SecurityEventRecorded.DESCRIPTOR.full_name
-RECORD_AGGREGATE = "security"  # auth's aggregate type for audit records (bound into the row's encryption)
-# What a damaged row is, in the verifier's words.
-ROW_DOES_NOT_OPEN = "the archive cannot open it: its content was altered, or it was moved from another row"
-ROW_KEY_GONE = "its data key is gone (audit records are never erased): its key reference was altered"
-ROW_NOT_A_RECORD = "it opens, but holds no audit record"
 
 
 async def archived_events(
@@ -70,36 +71,24 @@ def _payload(event: storage_pb2.ArchivedEvent) -> Message | None:
 
 
 def audit_rows(events: Iterable[storage_pb2.ArchivedEvent]) -> list[StoredRecord]:
-    """The rows of SEC that hold, or claim to hold, an audit record, each read as far as it can
-    be: a damaged one keeps its place, named by the number its row claims (its aggregate
-    version). Other writers' messages on SEC are no part of the chain."""
-    rows: list[StoredRecord] = []
-    for event in events:
-        position, claimed = int(event.stream_seq), int(event.aggregate_version)
-        payload = _payload(event)
-        if isinstance(payload, SecurityEventRecorded):
-            rows.append(StoredRecord(position=position, record=payload))
-        elif event.event_type == RECORD_TYPE or event.aggregate_type == RECORD_AGGREGATE:
-            damage = ROW_DOES_NOT_OPEN if event.unreadable else ROW_KEY_GONE if event.erased else ROW_NOT_A_RECORD
-            rows.append(StoredRecord(position=position, record=None, index=claimed, damage=damage))
-    return rows
+    """The rows of SEC that hold, or claim to hold, an audit record (parley_core.audit.audit_row)."""
+    rows = (
+        audit_row(
+            position=int(event.stream_seq),
+            claimed_index=int(event.aggregate_version),
+            payload=_payload(event),
+            event_type=event.event_type,
+            aggregate_type=event.aggregate_type,
+            unreadable=event.unreadable,
+            erased=event.erased,
+        )
+        for event in events
+    )
+    return [row for row in rows if row is not None]
 
 
 async def archived_records(storage: storage_pb2_grpc.StorageArchiveServiceAsyncStub) -> list[StoredRecord]:
     return audit_rows(await archived_events(storage, "SEC"))
-
-
-def trusted_keys(published: Iterable[Message]) -> TrustedKeys:
-    """The keys from AUTH events: audit keys, and access-token keys (retired ones included: a
-    retired key still signed the records of its time) for the records before audit keys."""
-    audit: dict[str, Ed25519PublicKey] = {}
-    token: dict[str, Ed25519PublicKey] = {}
-    for payload in published:
-        if isinstance(payload, AuditKeyPublished):
-            audit[payload.key_id] = Ed25519PublicKey.from_public_bytes(payload.public_key)
-        elif isinstance(payload, SigningKeyPublished):
-            token[payload.key_id] = Ed25519PublicKey.from_public_bytes(payload.public_key)
-    return TrustedKeys(audit=audit, token=token)
 
 
 async def archived_keys(storage: storage_pb2_grpc.StorageArchiveServiceAsyncStub) -> TrustedKeys:

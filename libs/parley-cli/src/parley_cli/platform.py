@@ -40,7 +40,7 @@ from parley_core.nats_process import NatsServerProcess
 from parley_core.natsconf import ROUTE_USER, ClusterConfig, ensure_nats_passwords, render_server_config
 from parley_core.net import free_port
 from parley_core.pki import Pki, ensure_pki
-from parley_core.topology import PLATFORM_USER, SERVICES
+from parley_core.topology import METRICS_SCRAPER, PLATFORM_USER, SERVICES
 
 # Start order; the gateway last, so its first client finds everything up. Stop in reverse.
 START_ORDER = ("auth", "messaging", "storage", "patch-registry", "gateway")
@@ -139,7 +139,7 @@ class Platform:
         ensure_private_dir(self.data_dir)
         for sub in ("logs", "nats", "secrets", "agent"):
             ensure_private_dir(self.data_dir / sub)
-        self.pki = ensure_pki(self.data_dir / "pki", [*SERVICES, "nats", PLATFORM_USER])
+        self.pki = ensure_pki(self.data_dir / "pki", [*SERVICES, "nats", PLATFORM_USER, METRICS_SCRAPER])
         users = [*SERVICES, PLATFORM_USER, *([ROUTE_USER] if self.nats_cluster > 1 else [])]
         passwords = ensure_nats_passwords(self.data_dir / "secrets" / "nats-passwords.json", users)
 

@@ -18,16 +18,23 @@ import base64
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from parley.auth.v1.events_pb2 import SecurityEventRecorded
+from google.protobuf.message import Message
+from parley.auth.v1.events_pb2 import AuditKeyPublished, SecurityEventRecorded, SigningKeyPublished
 
 GENESIS = bytes(32)
 CHECKPOINT_FORMAT = "parley-audit-checkpoint/1"
+RECORD_TYPE = SecurityEventRecorded.DESCRIPTOR.full_name
+RECORD_AGGREGATE = "security"  # auth's aggregate type for audit records (bound into the row's encryption)
+# What a damaged row is, in the verifier's words.
+ROW_DOES_NOT_OPEN = "the archive cannot open it: its content was altered, or it was moved from another row"
+ROW_KEY_GONE = "its data key is gone (audit records are never erased): its key reference was altered"
+ROW_NOT_A_RECORD = "it opens, but holds no audit record"
 
 
 def record_digest(record: SecurityEventRecorded) -> bytes:
@@ -55,6 +62,40 @@ class StoredRecord:
     @property
     def chain_index(self) -> int:
         return int(self.record.chain_index) if self.record is not None else self.index
+
+
+def audit_row(
+    *,
+    position: int,
+    claimed_index: int,
+    payload: Message | None,
+    event_type: str,
+    aggregate_type: str,
+    unreadable: bool,
+    erased: bool,
+) -> StoredRecord | None:
+    """One archived SEC row as the verifier reads it, as far as it can be read: a damaged one
+    keeps its place, named by the number its row claims (its aggregate version). None for other
+    writers' messages on SEC, which are no part of the chain."""
+    if isinstance(payload, SecurityEventRecorded):
+        return StoredRecord(position=position, record=payload)
+    if event_type == RECORD_TYPE or aggregate_type == RECORD_AGGREGATE:
+        damage = ROW_DOES_NOT_OPEN if unreadable else ROW_KEY_GONE if erased else ROW_NOT_A_RECORD
+        return StoredRecord(position=position, record=None, index=claimed_index, damage=damage)
+    return None
+
+
+def trusted_keys(published: Iterable[Message]) -> TrustedKeys:
+    """The keys from AUTH events: audit keys, and access-token keys (retired ones included: a
+    retired key still signed the records of its time) for the records before audit keys."""
+    audit: dict[str, Ed25519PublicKey] = {}
+    token: dict[str, Ed25519PublicKey] = {}
+    for payload in published:
+        if isinstance(payload, AuditKeyPublished):
+            audit[payload.key_id] = Ed25519PublicKey.from_public_bytes(payload.public_key)
+        elif isinstance(payload, SigningKeyPublished):
+            token[payload.key_id] = Ed25519PublicKey.from_public_bytes(payload.public_key)
+    return TrustedKeys(audit=audit, token=token)
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     # host:port of this instance's Prometheus /metrics (port 0: a free one, named in
     # <data>/metrics/targets/ for Prometheus's file_sd); empty: no metrics endpoint.
     metrics_listen: str = ""
+    # Serve it over TLS with the instance's own certificate from the platform CA, and answer only
+    # a scraper that presents a certificate from that CA (`parley up` issues pki/prometheus.crt).
+    metrics_tls: bool = True
 
     registration: RegistrationMode = "admin"
 

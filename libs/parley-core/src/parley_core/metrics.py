@@ -12,14 +12,21 @@ appended and consumed per stream, redeliveries, parked events); a service adds i
 gateway's live streams). With PARLEY_METRICS_LISTEN set (`parley up` sets 127.0.0.1:0), the
 instance listens there and writes a Prometheus file_sd target file in <data>/metrics/targets/,
 which deploy/monitoring/prometheus.yml scrapes; the file goes when the instance drains.
+
+Over TLS unless PARLEY_METRICS_TLS=false: the instance's own certificate from the platform CA
+(its names include 127.0.0.1 and localhost), and a client certificate from the same CA is
+required, so only the platform's scraper (pki/prometheus.crt) reads the figures. The target
+file carries the scheme (`__scheme__`), so Prometheus scrapes each instance the way it serves.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import ssl
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from threading import Thread
 from typing import Any, cast
@@ -32,6 +39,13 @@ from parley_core.files import ensure_private_dir
 
 _UNCOUNTED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass(frozen=True)
+class MetricsTls:
+    cert: Path  # the instance's own certificate and key
+    key: Path
+    client_ca: Path  # a scraper must present a certificate from this CA
 
 
 class ServiceMetrics:
@@ -65,15 +79,31 @@ class ServiceMetrics:
     def gauge(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> Gauge:
         return Gauge(name, documentation, list(labels), registry=self.registry)
 
-    def serve(self, listen: str, *, targets_dir: Path, instance_id: str) -> str:
+    def serve(self, listen: str, *, targets_dir: Path, instance_id: str, tls: MetricsTls | None = None) -> str:
         """Listen on host:port (port 0: any free one); write the file_sd target. Returns host:port."""
         host, _, port = listen.rpartition(":")
-        self._server, self._thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)
+        secure: dict[str, Any] = {}
+        if tls is not None:
+            secure = {
+                "certfile": str(tls.cert),
+                "keyfile": str(tls.key),
+                "client_cafile": str(tls.client_ca),
+                "client_auth_required": True,
+                "tls_min_version": ssl.TLSVersion.TLSv1_2,
+            }
+        self._server, self._thread = start_http_server(
+            int(port), addr=host or "127.0.0.1", registry=self.registry, **secure
+        )
         address = f"{host or '127.0.0.1'}:{self._server.server_port}"
         ensure_private_dir(targets_dir)
         _forget_dead_instances(targets_dir, self.service)
         target = targets_dir / f"{self.service}-{instance_id}.json"
-        labels = {"service": self.service, "instance_id": instance_id, "pid": str(os.getpid())}
+        labels = {
+            "service": self.service,
+            "instance_id": instance_id,
+            "pid": str(os.getpid()),
+            "__scheme__": "https" if tls is not None else "http",
+        }
         temporary = target.with_suffix(".tmp")
         temporary.write_text(json.dumps([{"targets": [address], "labels": labels}]))
         os.replace(temporary, target)  # Prometheus never reads half a file

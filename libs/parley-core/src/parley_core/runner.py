@@ -37,7 +37,7 @@ from parley_core.errors import OUTCOME_METADATA, OUTCOME_UNKNOWN, DomainError, O
 from parley_core.inventory import running_distributions
 from parley_core.listeners import stop_listening
 from parley_core.logs import configure_logging
-from parley_core.metrics import MetricsInterceptor, ServiceMetrics
+from parley_core.metrics import MetricsInterceptor, MetricsTls, ServiceMetrics
 from parley_core.nats_connect import connect_nats
 from parley_core.natsconf import ensure_nats_passwords
 from parley_core.pki import Pki, ensure_pki
@@ -504,10 +504,12 @@ async def serve(
     ctx.address = f"{settings.listen_host}:{port}"
     await ctx.set_serving(True)
     if settings.metrics_listen:
+        own = pki.identity(service)
         metrics_address = metrics.serve(
             settings.metrics_listen,
             targets_dir=settings.data_dir / "metrics" / "targets",
             instance_id=settings.instance_id,
+            tls=MetricsTls(cert=own.cert, key=own.key, client_ca=pki.ca_cert) if settings.metrics_tls else None,
         )
         log.info("metrics served", extra={"address": metrics_address})
     log.info("serving", extra={"port": port, "shared": shared, "version": version})

@@ -16,6 +16,9 @@ SERVICES: tuple[str, ...] = ("auth", "messaging", "storage", "gateway", "patch-r
 
 # The platform user creates streams and lets an operator inspect parked events.
 PLATFORM_USER = "platform"
+# The certificate Prometheus presents to scrape /metrics over TLS (parley_core.metrics); no gRPC
+# server lists it among its allowed peers, so it reads figures and nothing else.
+METRICS_SCRAPER = "prometheus"
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,11 @@ def to_device_subject(user_id: str) -> str:
 
 def privacy_subject(user_id: str) -> str:
     return stream_subject("storage", "privacy", user_id)
+
+
+def export_subject(user_id: str) -> str:
+    """The record that a user's data was exported (STORE)."""
+    return stream_subject("storage", "export", user_id)
 
 
 def restore_subject(backup_id: str) -> str:

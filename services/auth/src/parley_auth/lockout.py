@@ -102,14 +102,33 @@ class LockoutBook:
     _pairs: dict[str, dict[str, _Counter]] = field(default_factory=dict)
     _sources: dict[str, _Counter] = field(default_factory=dict)
     _slowed: dict[str, float] = field(default_factory=dict)  # source -> until (SourceSlowed)
+    _lifted: dict[str, float] = field(default_factory=dict)  # source -> the until lifted (SourceSlowdownLifted)
     _since_sweep: int = 0
 
     def slow(self, source: str, until: float) -> None:
-        """The detector's slow-the-source response (SourceSlowed): refused until then."""
+        """The detector's slow-the-source response (SourceSlowed): refused until then; a slow-down
+        an administrator lifted is not put back by the same fact read again."""
+        if until <= self._lifted.get(source, 0.0):
+            return
         self._slowed[source] = max(until, self._slowed.get(source, 0.0))
 
+    def lift(self, source: str, until: float) -> None:
+        """An administrator ended the slow-down (SourceSlowdownLifted) that would last until `until`."""
+        if self._slowed.get(source, 0.0) <= until:
+            self._slowed.pop(source, None)
+        self._lifted[source] = max(until, self._lifted.get(source, 0.0))
+
     def slowed_until(self, source: str) -> float:
+        """When the slow-down of `source` ends; 0 when it is not slowed, or it was lifted."""
         return self._slowed.get(source, 0.0)
+
+    def slow_down_answered(self, source: str, until: float) -> bool:
+        """A slow-down to `until` was carried out already, or lifted by an administrator."""
+        return until <= max(self._slowed.get(source, 0.0), self._lifted.get(source, 0.0))
+
+    def slowed_now(self) -> dict[str, float]:
+        now = self.clock()
+        return {source: until for source, until in self._slowed.items() if until > now}
 
     def check(self, username: str, source: str) -> Locked | None:
         """Refuse before the password (or code) is even checked while either counter is locked."""
@@ -159,6 +178,8 @@ class LockoutBook:
         _drop_forgotten(self._sources, now, self.source_policy)
         for source in [s for s, until in self._slowed.items() if until <= now]:
             del self._slowed[source]
+        for source in [s for s, until in self._lifted.items() if until <= now]:
+            del self._lifted[source]  # a fact read again with that end would change nothing now
 
     def _counters(self, username: str, source: str) -> tuple[tuple[Scope, _Counter | None, LockoutPolicy], ...]:
         return (

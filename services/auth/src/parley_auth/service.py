@@ -49,6 +49,7 @@ from parley.auth.v1.events_pb2 import (
     SessionStepUpRequired,
     SigningKeyPublished,
     SigningKeyRetired,
+    SourceSlowdownLifted,
     SourceSlowed,
     TotpCodeAccepted,
     TotpEnrolled,
@@ -460,6 +461,9 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         if isinstance(payload, SourceSlowed):
             self.lockouts.slow(budget_key(payload.source), payload.until_unix)
             return
+        if isinstance(payload, SourceSlowdownLifted):
+            self.lockouts.lift(budget_key(payload.source), payload.lifted_until)
+            return
         if isinstance(payload, MfaRequirementSet):
             if payload.required:
                 self.mfa_required_roles.add(payload.role)
@@ -757,8 +761,8 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
     async def slow_source(self, slowed: SourceSlowed, event_id: str) -> None:
         """Storage's detector asked for it (storage_due.py): logins and step-up checks from the
         address are refused until `until_unix`, recorded first on the audit trail."""
-        if self.lockouts.slowed_until(budget_key(slowed.source)) >= slowed.until_unix:
-            return  # carried out already: a repeated fact, or a redelivery
+        if self.lockouts.slow_down_answered(budget_key(slowed.source), slowed.until_unix):
+            return  # carried out already (a repeated fact, or a redelivery), or lifted since
         key = username_key(budget_key(slowed.source))
         event = NewEvent(
             aggregate_type="slowed", aggregate_id=key, payload=slowed, actor="service:auth", event_id=event_id
@@ -1519,6 +1523,35 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             await self._append(lockout_subject(username_key(key)), cleared, version=0, expected_seq=None)
         self.lockouts.record_success(key)  # this instance at once; the event tells the others
         return account_proto(account, self.lockouts)
+
+    async def LiftSourceSlowdown(
+        self, request: auth_pb2.LiftSourceSlowdownRequest, context: Context
+    ) -> auth_pb2.LiftSourceSlowdownResponse:
+        """Ends the detector's slow-down of an address before its time (a shared office address
+        slowed by colleagues' typos); audited as `source_slowdown_lifted`. The interceptor checked
+        the caller's permission (rbac: users.manage) or the platform identity."""
+        caller = self._caller_or_platform(context)
+        actor = f"user:{caller.user_id}" if caller else PLATFORM_USER
+        if len(request.reason) > MAX_REASON_LENGTH:
+            raise InvalidArgument(f"reason must be at most {MAX_REASON_LENGTH} characters")
+        wanted = request.source.strip()
+        if not wanted or len(wanted) > MAX_SOURCE_LENGTH:
+            raise InvalidArgument("source is required: the address as the source_slowed audit record names it")
+        slowed = self.lockouts.slowed_now()
+        # The address as recorded (ipv4:203.0.113.9), or as a person types it (203.0.113.9).
+        key = next(
+            (k for k in (budget_key(c) for c in (wanted, f"ipv4:{wanted}", f"ipv6:[{wanted}]")) if k in slowed), None
+        )
+        if key is None:
+            now_slowed = ", ".join(sorted(slowed)[:10]) or "none"
+            raise NotFound(f"{wanted} is not slowed down; addresses slowed now: {now_slowed}")
+        until = slowed[key]
+        lifted = SourceSlowdownLifted(source=key, lifted_until=until, reason=request.reason)
+        event = NewEvent(aggregate_type="slowed", aggregate_id=username_key(key), payload=lifted, actor=actor)
+        detail = f"was slowed until {until:.0f}; {request.reason}".rstrip("; ")[:MAX_NOT_MADE_DETAIL]
+        async with self._recorded("source_slowdown_lifted", actor=actor, user_id="", source=key, detail=detail):
+            await self.append_and_apply(slowed_source_subject(username_key(key)), event)
+        return auth_pb2.LiftSourceSlowdownResponse(source=key, was_slowed_until_unix=until)
 
     async def RegenerateRecoveryCodes(
         self, request: auth_pb2.RegenerateRecoveryCodesRequest, context: Context

@@ -12,7 +12,12 @@ import grpc
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
-from parley.storage.v1.events_pb2 import KeyEncryptionKeyRotated, RetentionPolicySet, UserDataErased
+from parley.storage.v1.events_pb2 import (
+    KeyEncryptionKeyRotated,
+    RetentionPolicySet,
+    UserDataErased,
+    UserDataExported,
+)
 
 from parley_core.envelope import NewEvent
 from parley_core.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
@@ -23,6 +28,7 @@ from parley_core.topology import (
     PLATFORM_USER,
     STREAMS_BY_NAME,
     channel_subject,
+    export_subject,
     kek_subject,
     privacy_subject,
     retention_subject,
@@ -191,8 +197,12 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
     ) -> storage_pb2.ExportUserDataResponse:
         if not request.user_id:
             raise InvalidArgument("user_id is required")
-        access.require_self_or_operator(self._requester(context), request.user_id)
+        requester = self._requester(context)
+        access.require_self_or_operator(requester, request.user_id)
         stored = await self._archive.user_events(request.user_id)
+        # On the privacy audit trail before anything is handed out; the detector weighs it too.
+        record = UserDataExported(user_id=request.user_id, exported_by=requester.acting_as)
+        await self._record(export_subject(request.user_id), "export", request.user_id, record, requester)
         return storage_pb2.ExportUserDataResponse(format=EXPORT_FORMAT, archive=build_export(request.user_id, stored))
 
     async def EraseUserData(

@@ -31,6 +31,9 @@ SESSION_TWO_SOURCES = "session_two_sources"
 MASS_ERASURE = "mass_erasure"
 SHORT_RETENTION = "short_retention"
 RUSHED_ROLLOUT = "rushed_rollout"
+MANY_CHANNELS_JOINED = "many_channels_joined"
+MANY_USERS_MESSAGED = "many_users_messaged"
+NEW_ACCOUNT_APPROVAL = "new_account_approval"
 KINDS = (
     PASSWORD_SPRAYING,
     NEW_SOURCE_SENSITIVE_CHANGE,
@@ -39,6 +42,9 @@ KINDS = (
     MASS_ERASURE,
     SHORT_RETENTION,
     RUSHED_ROLLOUT,
+    MANY_CHANNELS_JOINED,
+    MANY_USERS_MESSAGED,
+    NEW_ACCOUNT_APPROVAL,
 )
 # Rules whose anomaly names a session; only those can have it revoked.
 SESSION_KINDS = frozenset({NEW_SOURCE_SENSITIVE_CHANGE, SESSION_TWO_SOURCES})
@@ -52,6 +58,9 @@ DEFAULT_RESPONSES: dict[str, Response] = {
     MASS_ERASURE: "alert",
     SHORT_RETENTION: "alert",
     RUSHED_ROLLOUT: "alert",
+    MANY_CHANNELS_JOINED: "alert",
+    MANY_USERS_MESSAGED: "alert",
+    NEW_ACCOUNT_APPROVAL: "alert",
 }
 SWEEP_EVERY = 10_000
 _ANOMALY_IDS = uuid.UUID("6f1f3a52-59d8-4c1e-9a43-0b7e2e3c9d11")
@@ -84,10 +93,20 @@ class DetectionSettings(BaseSettings):
     erasure_count: int = Field(default=5, ge=2)
     # ... within this many seconds.
     erasure_window_s: float = Field(default=3600.0, gt=0)
+    # Many channels joined: this many distinct channels joined by one account ...
+    channels_joined: int = Field(default=15, ge=2)
+    # ... within this many seconds.
+    channels_joined_window_s: float = Field(default=600.0, gt=0)
+    # Many users messaged: direct messages to this many distinct people from one account ...
+    users_messaged: int = Field(default=15, ge=2)
+    # ... within this many seconds.
+    users_messaged_window_s: float = Field(default=600.0, gt=0)
     # A retention policy of this many days or fewer (0, keep forever, never fires).
     short_retention_days: int = Field(default=1, ge=1)
     # A roll-out approved sooner than this after it was planned.
     rollout_min_review_s: float = Field(default=600.0, gt=0)
+    # A roll-out approved by an account registered less than this long before (seconds).
+    new_approver_age_s: float = Field(default=7 * 86400.0, gt=0)
     # How long a slowed source's logins are held back.
     slow_source_s: float = Field(default=900.0, gt=0, le=86400)
     # What each rule asks for, as JSON: {"send_rate": "alert", ...}; unnamed rules keep the default.
@@ -123,6 +142,66 @@ def subject_token(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:128] or "_"
 
 
+@dataclass(frozen=True)
+class Burst:
+    """What a `DistinctBurst` counted when it reached its threshold."""
+
+    items: tuple[str, ...]  # the distinct things, in the order first seen
+    events: int  # every event in the window, repeats included
+    triggers: tuple[str, ...]  # the first event for each item
+
+    def listed(self, most: int = 20) -> str:
+        return ",".join(sorted(self.items)[:most])
+
+
+@dataclass
+class DistinctBurst:
+    """The shape four rules share: one key (a source, an operator, an account) touching `threshold`
+    distinct things (accounts, channels, people) within a sliding window of `window_s` seconds,
+    reported once per key and window."""
+
+    threshold: int
+    window_s: float
+    _windows: dict[str, deque[tuple[float, str, str]]] = field(default_factory=dict)
+    _fired: dict[str, float] = field(default_factory=dict)
+
+    def add(self, key: str, *, at: float, item: str, event_id: str) -> Burst | None:
+        window = self._windows.setdefault(key, deque())
+        window.append((at, item, event_id))
+        while window and window[0][0] < at - self.window_s:
+            window.popleft()
+        firsts: dict[str, str] = {}
+        for _, seen, eid in window:
+            firsts.setdefault(seen, eid)
+        if len(firsts) < self.threshold or at - self._fired.get(key, -math.inf) < self.window_s:
+            return None
+        self._fired[key] = at
+        return Burst(items=tuple(firsts), events=len(window), triggers=tuple(firsts.values()))
+
+    def sweep(self, at: float) -> None:
+        """Forget keys with nothing in their window any more."""
+        for key in [k for k, window in self._windows.items() if not window or window[-1][0] < at - self.window_s]:
+            del self._windows[key]
+        for key in [k for k, fired in self._fired.items() if fired < at - self.window_s]:
+            del self._fired[key]
+
+
+@dataclass(frozen=True)
+class TooSoon:
+    """What `too_soon` measured: how long after the first event the second came, and the score."""
+
+    elapsed: float
+    score: float  # limit / elapsed (at least a second): the sooner, the higher
+
+
+def too_soon(first_at: float, at: float, limit: float) -> TooSoon | None:
+    """The shape the pair rules share: a second event less than `limit` seconds after a first
+    (one session used from two places, a sensitive change after a new source's login, an approval
+    after its planning, an approval by an account made shortly before)."""
+    elapsed = max(at - first_at, 0.0)
+    return TooSoon(elapsed, limit / max(elapsed, 1.0)) if elapsed < limit else None
+
+
 @dataclass
 class _SessionUse:
     user_id: str
@@ -146,16 +225,27 @@ class Rules:
     """Every rule's state, fed one event at a time by the detector, in each stream's order."""
 
     settings: DetectionSettings = field(default_factory=DetectionSettings)
-    _failures: dict[str, deque[tuple[float, str, str]]] = field(default_factory=dict)
-    _spraying_fired: dict[str, float] = field(default_factory=dict)
     _sources: dict[str, set[str]] = field(default_factory=dict)
     _fresh: dict[str, list[tuple[float, str, str, str]]] = field(default_factory=dict)
+    # Sensitive changes read from a stream beside AUTH (a data export on STORE) that no fresh login
+    # explained yet: the login may be read after them. user id -> [(at, what, event id)]
+    _unexplained: dict[str, list[tuple[float, str, str]]] = field(default_factory=dict)
     _sessions: dict[str, _SessionUse] = field(default_factory=dict)
     _rates: dict[str, _Rate] = field(default_factory=dict)
-    _erasures: dict[str, deque[tuple[float, str, str]]] = field(default_factory=dict)
-    _erasure_fired: dict[str, float] = field(default_factory=dict)
     _planned: dict[str, tuple[float, str, str]] = field(default_factory=dict)
+    _registered: dict[str, tuple[float, str]] = field(default_factory=dict)  # user id -> (at, event id)
+    # Approvals by an actor whose registration this detector has not read yet (AUTH and PATCH are
+    # read side by side): judged when it arrives. actor -> [(at, rollout id, event id)]
+    _unjudged_approvals: dict[str, list[tuple[float, str, str]]] = field(default_factory=dict)
+    _direct: dict[str, frozenset[str]] = field(default_factory=dict)  # direct channel -> its members
     _seen: int = 0
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self._spraying = DistinctBurst(s.spraying_accounts, s.spraying_window_s)
+        self._erasures = DistinctBurst(s.erasure_count, s.erasure_window_s)
+        self._joins = DistinctBurst(s.channels_joined, s.channels_joined_window_s)
+        self._messaged = DistinctBurst(s.users_messaged, s.users_messaged_window_s)
 
     def _tick(self, at: float) -> None:
         """Every SWEEP_EVERY observations, forget what no rule can use any more (idle sessions,
@@ -167,13 +257,18 @@ class Rules:
         s = self.settings
         for session_id in [k for k, use in self._sessions.items() if at - use.at >= s.two_sources_window_s]:
             del self._sessions[session_id]
-        for windows in (self._failures, self._erasures):
-            for key in [k for k, window in windows.items() if not window or window[-1][0] < at - 86400]:
-                del windows[key]
+        for burst in (self._spraying, self._erasures, self._joins, self._messaged):
+            burst.sweep(at)
+        for actor in [a for a, pending in self._unjudged_approvals.items() if pending[-1][0] < at - 86400]:
+            del self._unjudged_approvals[actor]  # not a registered account (the platform identity)
         for user_id in [
             u for u, fresh in self._fresh.items() if not fresh or at - fresh[-1][0] > s.new_source_window_s
         ]:
             del self._fresh[user_id]
+        for user_id in [
+            u for u, changes in self._unexplained.items() if not changes or at - changes[-1][0] > s.new_source_window_s
+        ]:
+            del self._unexplained[user_id]
 
     # -- password spraying (SEC login_failed) -------------------------------------------------
 
@@ -182,50 +277,47 @@ class Rules:
         s = self.settings
         if not source:
             return None
-        window = self._failures.setdefault(source, deque())
-        window.append((at, username, event_id))
-        while window and window[0][0] < at - s.spraying_window_s:
-            window.popleft()
-        accounts = {name for _, name, _ in window}
-        if len(accounts) < s.spraying_accounts:
+        burst = self._spraying.add(source, at=at, item=username, event_id=event_id)
+        if burst is None:
             return None
-        if at - self._spraying_fired.get(source, -math.inf) < s.spraying_window_s:
-            return None  # one finding per source and window
-        self._spraying_fired[source] = at
-        firsts: dict[str, str] = {}
-        for _, name, eid in window:
-            firsts.setdefault(name, eid)
         return Anomaly(
             kind=PASSWORD_SPRAYING,
             key=subject_token(source),
             subject=f"source:{source}",
             evidence={
                 "source": source,
-                "accounts": str(len(accounts)),
-                "failures": str(len(window)),
+                "accounts": str(len(burst.items)),
+                "failures": str(burst.events),
                 "window_s": f"{s.spraying_window_s:g}",
-                "usernames": ",".join(sorted(accounts)[:20]),
+                "usernames": burst.listed(),
             },
-            score=len(accounts) / s.spraying_accounts,
+            score=len(burst.items) / s.spraying_accounts,
             why=(
-                f"{len(window)} failed logins for {len(accounts)} different accounts from {source} within "
+                f"{burst.events} failed logins for {len(burst.items)} different accounts from {source} within "
                 f"{s.spraying_window_s:g}s (threshold {s.spraying_accounts} accounts)"
             ),
             at=at,
-            triggers=tuple(firsts.values()),
+            triggers=burst.triggers,
             source=source,
         )
 
     # -- sessions (AUTH SessionStarted, RefreshTokenRotated) -----------------------------------
 
-    def session_started(self, *, at: float, session_id: str, user_id: str, source: str, event_id: str) -> None:
+    def session_started(
+        self, *, at: float, session_id: str, user_id: str, source: str, event_id: str
+    ) -> Anomaly | None:
         self._tick(at)
         known = self._sources.setdefault(user_id, set())
+        found = None
         if known and source and source not in known:
-            self._fresh.setdefault(user_id, []).append((at, session_id, source, event_id))
+            login = (at, session_id, source, event_id)
+            found = self._explained_late(user_id, login)
+            if found is None:
+                self._fresh.setdefault(user_id, []).append(login)
         if source:
             known.add(source)
         self._sessions[session_id] = _SessionUse(user_id, source, at, event_id)
+        return found
 
     def session_refreshed(
         self, *, at: float, session_id: str, user_id: str, source: str, event_id: str
@@ -234,10 +326,11 @@ class Rules:
         self._sessions[session_id] = _SessionUse(user_id, source or (last.source if last else ""), at, event_id)
         if last is None or not source or not last.source or source == last.source:
             return None
-        elapsed = at - last.at
         window = self.settings.two_sources_window_s
-        if elapsed >= window:
+        soon = too_soon(last.at, at, window)
+        if soon is None:
             return None  # a move (another network), not two places at once
+        elapsed = soon.elapsed
         return Anomaly(
             kind=SESSION_TWO_SOURCES,
             key=subject_token(session_id),
@@ -249,7 +342,7 @@ class Rules:
                 "seconds_apart": f"{elapsed:.1f}",
                 "window_s": f"{window:g}",
             },
-            score=window / max(elapsed, 1.0),
+            score=soon.score,
             why=(
                 f"session {session_id} was used from {last.source} and from {source} {elapsed:.0f}s apart "
                 f"(under {window:g}s: one session in two places)"
@@ -266,14 +359,35 @@ class Rules:
 
     # -- a login from a new source, then a sensitive change ------------------------------------
 
-    def sensitive_change(self, *, at: float, user_id: str, what: str, event_id: str) -> Anomaly | None:
+    def sensitive_change(
+        self, *, at: float, user_id: str, what: str, event_id: str, read_beside_auth: bool = False
+    ) -> Anomaly | None:
+        """`read_beside_auth`: the change comes from a stream read side by side with AUTH (an
+        export on STORE), so the login it follows may be read after it; it waits for it."""
         window = self.settings.new_source_window_s
-        fresh = [f for f in self._fresh.get(user_id, []) if at - f[0] <= window]
+        fresh = [f for f in self._fresh.get(user_id, []) if too_soon(f[0], at, window)]
         self._fresh[user_id] = fresh
         if not fresh:
+            if read_beside_auth:
+                self._unexplained.setdefault(user_id, []).append((at, what, event_id))
             return None
-        started, session_id, source, started_id = fresh.pop()  # one finding per such login
-        elapsed = max(at - started, 0.0)
+        return self._new_source_change(user_id, fresh.pop(), at=at, what=what, event_id=event_id)  # one per login
+
+    def _explained_late(self, user_id: str, login: tuple[float, str, str, str]) -> Anomaly | None:
+        """A new source's login read after a change it precedes (see sensitive_change)."""
+        changes = self._unexplained.get(user_id, [])
+        for n, (at, what, event_id) in enumerate(changes):
+            if at >= login[0] and too_soon(login[0], at, self.settings.new_source_window_s):
+                del changes[n]
+                return self._new_source_change(user_id, login, at=at, what=what, event_id=event_id)
+        return None
+
+    def _new_source_change(
+        self, user_id: str, login: tuple[float, str, str, str], *, at: float, what: str, event_id: str
+    ) -> Anomaly:
+        window = self.settings.new_source_window_s
+        started, session_id, source, started_id = login
+        soon = too_soon(started, at, window) or TooSoon(window, 1.0)  # chosen within the window
         return Anomaly(
             kind=NEW_SOURCE_SENSITIVE_CHANGE,
             key=subject_token(user_id),
@@ -282,13 +396,13 @@ class Rules:
                 "change": what,
                 "new_source": source,
                 "session_id": session_id,
-                "seconds_after_login": f"{elapsed:.1f}",
-                "known_sources": str(len(self._sources.get(user_id, ())) - 1),
+                "seconds_after_login": f"{soon.elapsed:.1f}",
+                "known_sources": str(len(self._sources.get(user_id, set()) - {source})),
                 "window_s": f"{window:g}",
             },
-            score=window / max(elapsed, 1.0),
+            score=soon.score,
             why=(
-                f"{what} {elapsed:.0f}s after a login from {source}, a source this account had never used "
+                f"{what} {soon.elapsed:.0f}s after a login from {source}, a source this account had never used "
                 f"(window {window:g}s)"
             ),
             at=at,
@@ -345,32 +459,92 @@ class Rules:
             user_id=sender_id,
         )
 
+    # -- many channels joined, many people messaged (MSG) --------------------------------------
+
+    def member_joined(self, *, at: float, user_id: str, channel_id: str, event_id: str) -> Anomaly | None:
+        self._tick(at)
+        s = self.settings
+        burst = self._joins.add(user_id, at=at, item=channel_id, event_id=event_id)
+        if burst is None:
+            return None
+        return Anomaly(
+            kind=MANY_CHANNELS_JOINED,
+            key=subject_token(user_id),
+            subject=f"user:{user_id}",
+            evidence={
+                "channels": str(len(burst.items)),
+                "window_s": f"{s.channels_joined_window_s:g}",
+                "channel_ids": burst.listed(),
+            },
+            score=len(burst.items) / s.channels_joined,
+            why=(
+                f"joined {len(burst.items)} channels within {s.channels_joined_window_s:g}s "
+                f"(threshold {s.channels_joined}): reading everything it can reach"
+            ),
+            at=at,
+            triggers=burst.triggers,
+            user_id=user_id,
+        )
+
+    def direct_channel_created(self, *, channel_id: str, members: frozenset[str]) -> None:
+        self._direct[channel_id] = members
+
+    def direct_message(self, *, at: float, sender_id: str, channel_id: str, event_id: str) -> Anomaly | None:
+        """A message in a direct conversation counts once for each other member."""
+        members = self._direct.get(channel_id)
+        if members is None:
+            return None  # not a direct conversation
+        s = self.settings
+        burst = None
+        for recipient in sorted(members - {sender_id}):
+            burst = self._messaged.add(sender_id, at=at, item=recipient, event_id=event_id) or burst
+        if burst is None:
+            return None
+        return Anomaly(
+            kind=MANY_USERS_MESSAGED,
+            key=subject_token(sender_id),
+            subject=f"user:{sender_id}",
+            evidence={
+                "recipients": str(len(burst.items)),
+                "messages": str(burst.events),
+                "window_s": f"{s.users_messaged_window_s:g}",
+                "recipient_ids": burst.listed(),
+            },
+            score=len(burst.items) / s.users_messaged,
+            why=(
+                f"sent direct messages to {len(burst.items)} different people within "
+                f"{s.users_messaged_window_s:g}s (threshold {s.users_messaged}): a spam or phishing run"
+            ),
+            at=at,
+            triggers=burst.triggers,
+            user_id=sender_id,
+        )
+
     # -- operator actions -------------------------------------------------------------------
 
     def user_erased(self, *, at: float, actor: str, user_id: str, event_id: str) -> Anomaly | None:
         self._tick(at)
         s = self.settings
-        window = self._erasures.setdefault(actor, deque())
-        window.append((at, user_id, event_id))
-        while window and window[0][0] < at - s.erasure_window_s:
-            window.popleft()
-        if len(window) < s.erasure_count or at - self._erasure_fired.get(actor, -math.inf) < s.erasure_window_s:
+        burst = self._erasures.add(actor, at=at, item=user_id, event_id=event_id)
+        if burst is None:
             return None
-        self._erasure_fired[actor] = at
         return Anomaly(
             kind=MASS_ERASURE,
             key=subject_token(actor),
             subject=f"actor:{actor}",
             evidence={
                 "actor": actor,
-                "erased_accounts": str(len(window)),
+                "erased_accounts": str(len(burst.items)),
                 "window_s": f"{s.erasure_window_s:g}",
-                "user_ids": ",".join(u for _, u, _ in list(window)[:20]),
+                "user_ids": ",".join(burst.items[:20]),
             },
-            score=len(window) / s.erasure_count,
-            why=(f"{actor} erased {len(window)} accounts within {s.erasure_window_s:g}s (threshold {s.erasure_count})"),
+            score=len(burst.items) / s.erasure_count,
+            why=(
+                f"{actor} erased {len(burst.items)} accounts within {s.erasure_window_s:g}s "
+                f"(threshold {s.erasure_count})"
+            ),
             at=at,
-            triggers=tuple(e for _, _, e in window),
+            triggers=burst.triggers,
         )
 
     def retention_set(self, *, at: float, actor: str, channel_id: str, days: int, event_id: str) -> Anomaly | None:
@@ -394,15 +568,61 @@ class Rules:
     def rollout_planned(self, *, at: float, rollout_id: str, actor: str, event_id: str) -> None:
         self._planned[rollout_id] = (at, actor, event_id)
 
-    def rollout_approved(self, *, at: float, rollout_id: str, actor: str, event_id: str) -> Anomaly | None:
+    def account_registered(self, *, at: float, user_id: str, event_id: str) -> list[Anomaly]:
+        """Remembers when the account was made; judges its approvals read before it."""
+        self._registered[user_id] = (at, event_id)
+        pending = self._unjudged_approvals.pop(user_id, [])
+        return [
+            found
+            for approved_at, rollout_id, approval_id in pending
+            if (found := self._new_approver(at=approved_at, rollout_id=rollout_id, actor=user_id, event_id=approval_id))
+        ]
+
+    def rollout_approved(self, *, at: float, rollout_id: str, actor: str, event_id: str) -> list[Anomaly]:
+        found = [self._rushed(at=at, rollout_id=rollout_id, actor=actor, event_id=event_id)]
+        if actor in self._registered:
+            found.append(self._new_approver(at=at, rollout_id=rollout_id, actor=actor, event_id=event_id))
+        else:
+            self._unjudged_approvals.setdefault(actor, []).append((at, rollout_id, event_id))
+        return [a for a in found if a is not None]
+
+    def _new_approver(self, *, at: float, rollout_id: str, actor: str, event_id: str) -> Anomaly | None:
+        registered_at, registered_id = self._registered[actor]
+        limit = self.settings.new_approver_age_s
+        soon = too_soon(registered_at, at, limit)
+        if soon is None:
+            return None
+        age = soon.elapsed
+        return Anomaly(
+            kind=NEW_ACCOUNT_APPROVAL,
+            key=subject_token(rollout_id),
+            subject=f"actor:{actor}",
+            evidence={
+                "rollout_id": rollout_id,
+                "approved_by": actor,
+                "account_age_s": f"{age:.0f}",
+                "min_account_age_s": f"{limit:g}",
+            },
+            score=soon.score,
+            why=(
+                f"roll-out {rollout_id} was approved by {actor}, an account made {age:.0f}s before "
+                f"(an approver's account is at least {limit:g}s old)"
+            ),
+            at=at,
+            triggers=(registered_id, event_id),
+            user_id=actor,
+        )
+
+    def _rushed(self, *, at: float, rollout_id: str, actor: str, event_id: str) -> Anomaly | None:
         planned = self._planned.pop(rollout_id, None)
         if planned is None:
             return None
         planned_at, planner, planned_id = planned
-        elapsed = max(at - planned_at, 0.0)
         limit = self.settings.rollout_min_review_s
-        if elapsed >= limit:
+        soon = too_soon(planned_at, at, limit)
+        if soon is None:
             return None
+        elapsed = soon.elapsed
         return Anomaly(
             kind=RUSHED_ROLLOUT,
             key=subject_token(rollout_id),
@@ -414,7 +634,7 @@ class Rules:
                 "seconds_to_approval": f"{elapsed:.1f}",
                 "min_review_s": f"{limit:g}",
             },
-            score=limit / max(elapsed, 1.0),
+            score=soon.score,
             why=(
                 f"roll-out {rollout_id} planned by {planner} was approved by {actor} {elapsed:.0f}s later "
                 f"(a review takes at least {limit:g}s)"

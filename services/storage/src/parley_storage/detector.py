@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from google.protobuf.message import Message
 from parley.auth.v1.events_pb2 import (
@@ -32,8 +32,9 @@ from parley.auth.v1.events_pb2 import (
     SessionStarted,
     TotpEnrolled,
     TotpReset,
+    UserRegistered,
 )
-from parley.messaging.v1.events_pb2 import MessagePosted
+from parley.messaging.v1.events_pb2 import ChannelCreated, MemberJoined, MessagePosted
 from parley.patch.v1.events_pb2 import RolloutApproved, RolloutPlanned
 from parley.storage.v1.events_pb2 import (
     AnomalyDetected,
@@ -42,6 +43,7 @@ from parley.storage.v1.events_pb2 import (
     SessionStepUpDue,
     SourceSlowdownDue,
     UserDataErased,
+    UserDataExported,
 )
 from prometheus_client import Counter
 
@@ -69,6 +71,8 @@ SENSITIVE: dict[type[Message], str] = {
     RecoveryCodesRegenerated: "recovery codes regenerated",
 }
 Observer = Callable[[ReceivedEvent], Awaitable[None]]
+# What a stream's handler found in one event: most rules find one anomaly at most, some several.
+Found = Anomaly | Sequence[Anomaly] | None
 
 
 def occurred_at(event: ReceivedEvent) -> float:
@@ -104,14 +108,14 @@ class AnomalyDetector:
     async def _own(self, event: ReceivedEvent) -> None:
         self.recorded.add(event.envelope.event_id)
 
-    def _guarded(self, handler: Callable[[ReceivedEvent, Message], Anomaly | None]) -> Observer:
+    def _guarded(self, handler: Callable[[ReceivedEvent, Message], Found]) -> Observer:
         async def observe(event: ReceivedEvent) -> None:
             try:
                 payload = open_payload(event.envelope)
             except UnknownEventType:
                 return
-            anomaly = handler(event, payload)
-            if anomaly is not None:
+            found = handler(event, payload)
+            for anomaly in (found,) if isinstance(found, Anomaly) else found or ():
                 await self._record(anomaly)
 
         return observe
@@ -128,13 +132,14 @@ class AnomalyDetector:
             )
         return None
 
-    def _auth(self, event: ReceivedEvent, payload: Message) -> Anomaly | None:
+    def _auth(self, event: ReceivedEvent, payload: Message) -> Found:
         at, event_id = occurred_at(event), event.envelope.event_id
+        if isinstance(payload, UserRegistered):
+            return self.rules.account_registered(at=at, user_id=payload.user_id, event_id=event_id)
         if isinstance(payload, SessionStarted):
-            self.rules.session_started(
+            return self.rules.session_started(
                 at=at, session_id=payload.session_id, user_id=payload.user_id, source=payload.source, event_id=event_id
             )
-            return None
         if isinstance(payload, RefreshTokenRotated):
             return self.rules.session_refreshed(
                 at=at, session_id=payload.session_id, user_id=payload.user_id, source=payload.source, event_id=event_id
@@ -152,11 +157,21 @@ class AnomalyDetector:
             return self.rules.sensitive_change(at=at, user_id=user_id, what=what, event_id=event_id)
         return None
 
-    def _messages(self, event: ReceivedEvent, payload: Message) -> Anomaly | None:
+    def _messages(self, event: ReceivedEvent, payload: Message) -> Found:
+        at, event_id = occurred_at(event), event.envelope.event_id
         if isinstance(payload, MessagePosted):
-            return self.rules.message_posted(
-                at=occurred_at(event), sender_id=payload.sender_id, event_id=event.envelope.event_id
+            rate = self.rules.message_posted(at=at, sender_id=payload.sender_id, event_id=event_id)
+            many = self.rules.direct_message(
+                at=at, sender_id=payload.sender_id, channel_id=payload.channel_id, event_id=event_id
             )
+            return [a for a in (rate, many) if a is not None]
+        if isinstance(payload, MemberJoined):
+            return self.rules.member_joined(
+                at=at, user_id=payload.user_id, channel_id=payload.channel_id, event_id=event_id
+            )
+        if isinstance(payload, ChannelCreated) and payload.direct:
+            members = frozenset((payload.creator_id, *payload.member_ids))
+            self.rules.direct_channel_created(channel_id=payload.channel_id, members=members)
         return None
 
     def _storage(self, event: ReceivedEvent, payload: Message) -> Anomaly | None:
@@ -173,9 +188,13 @@ class AnomalyDetector:
                 days=payload.days,
                 event_id=event_id,
             )
+        if isinstance(payload, UserDataExported) and payload.exported_by == payload.user_id:
+            return self.rules.sensitive_change(
+                at=at, user_id=payload.user_id, what="data exported", event_id=event_id, read_beside_auth=True
+            )
         return None
 
-    def _patch(self, event: ReceivedEvent, payload: Message) -> Anomaly | None:
+    def _patch(self, event: ReceivedEvent, payload: Message) -> Found:
         event_id = event.envelope.event_id
         if isinstance(payload, RolloutPlanned):
             self.rules.rollout_planned(

@@ -26,6 +26,7 @@ from parley_core.runner import RefusedToStart, RunContext
 from parley_core.topology import CONSUMERS, ConsumerSpec, channel_subject
 from parley_storage.archive import SqlEventArchive, open_engine
 from parley_storage.archive_api import StorageArchiveApi
+from parley_storage.audit_monitor import AuditChainMonitor
 from parley_storage.backup import BACKUP_KEY_FILE, BackupKeys
 from parley_storage.datakeys import DataKeys
 from parley_storage.detection import DetectionSettings
@@ -91,6 +92,8 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         self._log_cleanup_due = asyncio.Event()  # set when the archive queued texts to delete from the log
         self._retention_job: asyncio.Task[None] | None = None
         self._lag_job: asyncio.Task[None] | None = None
+        self._audit_job: asyncio.Task[None] | None = None
+        self.audit_monitor: AuditChainMonitor | None = None
         self._erasure_job: asyncio.Task[None] | None = None
         self._log_cleanup_job: asyncio.Task[None] | None = None
         self._lost_consumers: LostConsumers | None = None
@@ -143,6 +146,11 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         )
         gauges = ArchiveLagGauges(metrics.get_meter("parley.storage"))
         self._lag_job = asyncio.create_task(self._measure_lag(gauges, storage_settings.lag_interval_seconds))
+        self.audit_monitor = AuditChainMonitor(ctx.bus, self.archive, ctx.metrics)
+        await self.audit_monitor.start()
+        self._audit_job = asyncio.create_task(
+            self.audit_monitor.run(storage_settings.audit_verify_interval_seconds, self._stopping)
+        )
         detection = DetectionSettings()
         if detection.enabled:
             anomalies = ctx.metrics.counter(
@@ -237,6 +245,10 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
                 resumable.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await resumable
+        if self._audit_job is not None:  # it only reads: cut short, not waited for
+            self._audit_job.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._audit_job
         if self._lag_job is not None:
             await self._lag_job
         if self._lost_consumers is not None:

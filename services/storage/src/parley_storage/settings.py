@@ -19,5 +19,8 @@ class StorageSettings(BaseSettings):
     log_cleanup_interval_seconds: float = Field(default=60.0, gt=0)
     # How often archive lag is measured for the OpenTelemetry gauges (lag_metrics.py).
     lag_interval_seconds: float = Field(default=15.0, gt=0)
+    # How often storage verifies the archived audit chain for the Prometheus gauges (audit_monitor.py):
+    # the whole chain each time, one signature check per record.
+    audit_verify_interval_seconds: float = Field(default=600.0, gt=0)
     # Test-only fault point (faults.py): a folder, or empty to disable.
     pause_in_batch: str = ""

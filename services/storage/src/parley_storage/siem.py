@@ -54,6 +54,7 @@ SECURITY_SEVERITY = {
     "session_revoked": 4,
     "password_changed": 5,
     "change_not_made": 5,
+    "source_slowdown_lifted": 6,  # an administrator let a suspicious address in again
 }
 ANOMALY_SEVERITY = 7
 ANOMALY_RESPONDED_SEVERITY = 8

@@ -101,7 +101,10 @@ async def start_nats_test_server(pki: Pki, directory: Path) -> NatsTestServer:
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     """One CA and certificate per service, the broker and the platform user for the session."""
-    return ensure_pki(tmp_path_factory.mktemp("pki"), [*topology.SERVICES, NATS_IDENTITY, topology.PLATFORM_USER])
+    return ensure_pki(
+        tmp_path_factory.mktemp("pki"),
+        [*topology.SERVICES, NATS_IDENTITY, topology.PLATFORM_USER, topology.METRICS_SCRAPER],
+    )
 
 
 @pytest_asyncio.fixture

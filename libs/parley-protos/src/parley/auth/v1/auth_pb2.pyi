@@ -1006,6 +1006,55 @@ class UnlockAccountRequest(_message.Message):
 Global___UnlockAccountRequest: _TypeAlias = UnlockAccountRequest  # noqa: Y015
 
 @_typing.final
+class LiftSourceSlowdownRequest(_message.Message):
+    """NOT_FOUND, naming the addresses slowed now, when `source` is not slowed down. `source` is the
+    address as the platform records it (the `source` of the source_slowed audit record).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    reason: _builtins.str
+    """up to 500 characters, kept in the audit record"""
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LiftSourceSlowdownRequest: _TypeAlias = LiftSourceSlowdownRequest  # noqa: Y015
+
+@_typing.final
+class LiftSourceSlowdownResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    WAS_SLOWED_UNTIL_UNIX_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    was_slowed_until_unix: _builtins.float
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        was_slowed_until_unix: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["source", b"source", "was_slowed_until_unix", b"was_slowed_until_unix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LiftSourceSlowdownResponse: _TypeAlias = LiftSourceSlowdownResponse  # noqa: Y015
+
+@_typing.final
 class ResetMfaRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -154,6 +154,11 @@ class AuthServiceStub:
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.UnlockAccountRequest.SerializeToString,
                 response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.Account.FromString,
                 _registered_method=True)
+        self.LiftSourceSlowdown = channel.unary_unary(
+                '/parley.auth.v1.AuthService/LiftSourceSlowdown',
+                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.LiftSourceSlowdownRequest.SerializeToString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.LiftSourceSlowdownResponse.FromString,
+                _registered_method=True)
         self.RegenerateRecoveryCodes = channel.unary_unary(
                 '/parley.auth.v1.AuthService/RegenerateRecoveryCodes',
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesRequest.SerializeToString,
@@ -334,6 +339,13 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LiftSourceSlowdown(self, request, context):
+        """Ends the anomaly detector's slow-down of a client address (SourceSlowed) before its time is up.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RegenerateRecoveryCodes(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -470,6 +482,11 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.UnlockAccount,
                     request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.UnlockAccountRequest.FromString,
                     response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.Account.SerializeToString,
+            ),
+            'LiftSourceSlowdown': grpc.unary_unary_rpc_method_handler(
+                    servicer.LiftSourceSlowdown,
+                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.LiftSourceSlowdownRequest.FromString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.LiftSourceSlowdownResponse.SerializeToString,
             ),
             'RegenerateRecoveryCodes': grpc.unary_unary_rpc_method_handler(
                     servicer.RegenerateRecoveryCodes,
@@ -1130,6 +1147,33 @@ class AuthService:
             '/parley.auth.v1.AuthService/UnlockAccount',
             parley_dot_auth_dot_v1_dot_auth__pb2.UnlockAccountRequest.SerializeToString,
             parley_dot_auth_dot_v1_dot_auth__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LiftSourceSlowdown(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.auth.v1.AuthService/LiftSourceSlowdown',
+            parley_dot_auth_dot_v1_dot_auth__pb2.LiftSourceSlowdownRequest.SerializeToString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.LiftSourceSlowdownResponse.FromString,
             options,
             channel_credentials,
             insecure,

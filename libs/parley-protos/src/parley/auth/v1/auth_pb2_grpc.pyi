@@ -83,6 +83,8 @@ class AuthServiceStub:
     their recovery codes (the old ones stop working).
     """
     UnlockAccount: _grpc.UnaryUnaryMultiCallable[_auth_pb2.UnlockAccountRequest, _auth_pb2.Account]
+    LiftSourceSlowdown: _grpc.UnaryUnaryMultiCallable[_auth_pb2.LiftSourceSlowdownRequest, _auth_pb2.LiftSourceSlowdownResponse]
+    """Ends the anomaly detector's slow-down of a client address (SourceSlowed) before its time is up."""
     RegenerateRecoveryCodes: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RegenerateRecoveryCodesRequest, _auth_pb2.RegenerateRecoveryCodesResponse]
     LookupUsers: _grpc.UnaryUnaryMultiCallable[_auth_pb2.LookupUsersRequest, _auth_pb2.LookupUsersResponse]
     """Usernames of user ids, for showing people by name (reactions, members, direct conversations).
@@ -144,6 +146,8 @@ class AuthServiceAsyncStub(AuthServiceStub):
     their recovery codes (the old ones stop working).
     """
     UnlockAccount: _aio.UnaryUnaryMultiCallable[_auth_pb2.UnlockAccountRequest, _auth_pb2.Account]  # type: ignore[assignment]
+    LiftSourceSlowdown: _aio.UnaryUnaryMultiCallable[_auth_pb2.LiftSourceSlowdownRequest, _auth_pb2.LiftSourceSlowdownResponse]  # type: ignore[assignment]
+    """Ends the anomaly detector's slow-down of a client address (SourceSlowed) before its time is up."""
     RegenerateRecoveryCodes: _aio.UnaryUnaryMultiCallable[_auth_pb2.RegenerateRecoveryCodesRequest, _auth_pb2.RegenerateRecoveryCodesResponse]  # type: ignore[assignment]
     LookupUsers: _aio.UnaryUnaryMultiCallable[_auth_pb2.LookupUsersRequest, _auth_pb2.LookupUsersResponse]  # type: ignore[assignment]
     """Usernames of user ids, for showing people by name (reactions, members, direct conversations).
@@ -346,6 +350,14 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.UnlockAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.Account, _abc.Awaitable[_auth_pb2.Account]]: ...
+
+    @_abc_1.abstractmethod
+    def LiftSourceSlowdown(
+        self,
+        request: _auth_pb2.LiftSourceSlowdownRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.LiftSourceSlowdownResponse, _abc.Awaitable[_auth_pb2.LiftSourceSlowdownResponse]]:
+        """Ends the anomaly detector's slow-down of a client address (SourceSlowed) before its time is up."""
 
     @_abc_1.abstractmethod
     def RegenerateRecoveryCodes(

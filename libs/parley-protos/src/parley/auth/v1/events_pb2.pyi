@@ -906,6 +906,37 @@ class SourceSlowed(_message.Message):
 Global___SourceSlowed: _TypeAlias = SourceSlowed  # noqa: Y015
 
 @_typing.final
+class SourceSlowdownLifted(_message.Message):
+    """An administrator ended a SourceSlowed before its time (`parley admin lift-slowdown`), on the
+    same subject: logins from `source` are let through again. A slow-down fact that ends no later
+    than `lifted_until` is not carried out again (a redelivered or replayed SourceSlowdownDue).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    LIFTED_UNTIL_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    lifted_until: _builtins.float
+    """the until_unix it ended"""
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        lifted_until: _builtins.float = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lifted_until", b"lifted_until", "reason", b"reason", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SourceSlowdownLifted: _TypeAlias = SourceSlowdownLifted  # noqa: Y015
+
+@_typing.final
 class AccountErased(_message.Message):
     """Tombstone of an erased account, appended by auth on the account's username subject when storage
     records that it is about to delete the account's events from the stream

@@ -22,7 +22,8 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class UserDataErased(_message.Message):
     """Events of the storage service on stream STORE: parley.storage.privacy.<user_id> (erasure),
     parley.storage.restore.<backup_id>, parley.storage.retention.<channel_id>, parley.storage.kek.rotations,
-    parley.storage.archive.<stream> (its archive consumers), and the due facts other owners act on,
+    parley.storage.archive.<stream> (its archive consumers), parley.storage.export.<user_id> (exports),
+    and the due facts other owners act on,
     parley.storage.due.<owner>.<kind>.<id> (below).
 
     A user's data keys were destroyed (crypto-shredding): their personal data in the archive, and
@@ -321,6 +322,34 @@ class RetentionPolicySet(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RetentionPolicySet: _TypeAlias = RetentionPolicySet  # noqa: Y015
+
+@_typing.final
+class UserDataExported(_message.Message):
+    """Everything the archive holds about a user was handed out (ExportUserData), on
+    parley.storage.export.<user_id>: the privacy audit trail, and a sensitive change the anomaly
+    detector weighs. Recorded before the export is returned.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    EXPORTED_BY_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    exported_by: _builtins.str
+    """the user themself, or "platform" for the operator's tooling"""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        exported_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exported_by", b"exported_by", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UserDataExported: _TypeAlias = UserDataExported  # noqa: Y015
 
 @_typing.final
 class KeyEncryptionKeyRotated(_message.Message):

@@ -1,0 +1,160 @@
+"""The audit chain's verification state as Prometheus gauges, so an alert fires on tampering.
+
+Storage runs the verifier `parley audit verify` runs (parley_core.audit.verify_chain) over its
+archive's copy of the chain at an interval: the records from its own SQL archive (what someone
+with database access could edit), the keys and the chain's head from the live streams (another
+trust domain). Every run checks the whole chain, so an old record altered today is found today;
+its cost grows with the chain (one Ed25519 verification per record), hence the interval
+(PARLEY_STORAGE_AUDIT_VERIFY_INTERVAL_SECONDS).
+
+A chain that merely trails the live head (the archive is behind) is not called tampered: the
+head is compared once the archive holds it, and the distance shows as head minus verified index
+(ParleyAuditChainBehind). Operator checkpoints stay with `parley audit verify --checkpoint`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError, Message
+
+from parley_core.audit import Checkpoint, Finding, StoredRecord, audit_row, trusted_keys, verify_chain
+from parley_core.audit_log import SEC_STREAM, chain_head
+from parley_core.bus import EventBus, ReceivedEvent
+from parley_core.envelope import UnknownEventType, open_payload
+from parley_core.metrics import ServiceMetrics
+from parley_core.topology import AUDIT_KEYS_FILTER, SIGNING_KEYS_FILTER
+from parley_storage.archive import SqlEventArchive, StoredEvent
+
+log = logging.getLogger(__name__)
+
+PAGE = 1000
+# Before calling the archive behind the head, read it again this many times, this far apart.
+CATCH_UP_READS = 3
+CATCH_UP_PAUSE_S = 2.0
+# Every kind verify_chain reports, so each series exists (at 0) from the first run on.
+KINDS = (
+    "modified",
+    "forged",
+    "deleted",
+    "inserted",
+    "reordered",
+    "broken-link",
+    "unreadable",
+    "rewritten",
+    "truncated",
+)
+
+
+@dataclass(frozen=True)
+class Verification:
+    findings: tuple[Finding, ...]
+    verified_index: int  # the newest record this run covered
+    head_index: int  # the newest record on the live SEC stream when it began
+
+
+class AuditChainMonitor:
+    def __init__(self, bus: EventBus, archive: SqlEventArchive, metrics: ServiceMetrics) -> None:
+        self._bus = bus
+        self._archive = archive
+        self._keys: list[Message] = []
+        self._intact = metrics.gauge(
+            "parley_audit_chain_intact",
+            "1 when the last verification of the archived audit chain found nothing wrong, 0 when it found tampering",
+        )
+        self._verified_index = metrics.gauge(
+            "parley_audit_chain_verified_index", "The newest audit record (chain index) the last verification covered"
+        )
+        self._head_index = metrics.gauge(
+            "parley_audit_chain_head_index", "The newest audit record (chain index) on the live SEC stream"
+        )
+        self._findings = metrics.gauge(
+            "parley_audit_chain_findings", "What the last verification found, per kind of finding", ("kind",)
+        )
+        self._verified_at = metrics.gauge(
+            "parley_audit_verify_last_run_timestamp_seconds", "When the audit chain was last verified (Unix time)"
+        )
+
+    async def start(self) -> None:
+        """Follow the verification keys on the live AUTH stream (audit keys and access-token keys)."""
+        for keys in (SIGNING_KEYS_FILTER, AUDIT_KEYS_FILTER):
+            await self._bus.replay(stream="AUTH", filter_subject=keys, handler=self._key)
+
+    async def _key(self, event: ReceivedEvent) -> None:
+        with contextlib.suppress(UnknownEventType):
+            self._keys.append(open_payload(event.envelope))
+
+    async def verify(self) -> Verification:
+        head = await chain_head(self._bus.js, SEC_STREAM)  # before the archive is read: it holds at least this
+        head_index = int(head.record.chain_index) if head.record is not None else 0
+        records = await self._records()
+        for _ in range(CATCH_UP_READS):  # the archive trails the stream by a moment under load
+            if max((r.chain_index for r in records), default=0) >= head_index:
+                break
+            await asyncio.sleep(CATCH_UP_PAUSE_S)
+            records = await self._records()
+        last = max((r.chain_index for r in records), default=0)
+        live = [Checkpoint.of(head.record, source="the live SEC stream")] if head.record and last >= head_index else []
+        findings = tuple(verify_chain(records, trusted_keys(self._keys), checkpoints=live))
+        verified = Verification(findings=findings, verified_index=last, head_index=head_index)
+        self._show(verified)
+        return verified
+
+    def _show(self, verified: Verification) -> None:
+        self._intact.set(0 if verified.findings else 1)
+        self._verified_index.set(verified.verified_index)
+        self._head_index.set(verified.head_index)
+        counted = dict.fromkeys(KINDS, 0)
+        for finding in verified.findings:
+            counted[finding.kind] = counted.get(finding.kind, 0) + 1
+        for kind, count in counted.items():
+            self._findings.labels(kind).set(count)
+        self._verified_at.set(time.time())
+        if verified.findings:
+            log.error(
+                "audit chain verification found tampering",
+                extra={"findings": [str(f) for f in verified.findings[:20]]},
+            )
+
+    async def _records(self) -> Sequence[StoredRecord]:
+        rows: list[StoredRecord] = []
+        after = 0
+        while True:
+            page, more = await self._archive.stream_events(SEC_STREAM, after_seq=after, limit=PAGE)
+            rows.extend(row for event in page if (row := _row(event)) is not None)
+            if page:
+                after = page[-1].stream_seq
+            if not more:
+                return rows
+
+    async def run(self, interval_s: float, stopping: asyncio.Event) -> None:
+        """Verify every interval until stopped; a failed run leaves the last figures (and its
+        timestamp, which ParleyAuditVerifyStale watches)."""
+        while not stopping.is_set():
+            try:
+                await self.verify()
+            except Exception:  # NATS or the database briefly away
+                log.warning("audit chain verification could not run", exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), interval_s)
+
+
+def _row(event: StoredEvent) -> StoredRecord | None:
+    payload: Message | None = None
+    if event.envelope is not None:
+        with contextlib.suppress(UnknownEventType, DecodeError):  # a damaged row: named as such
+            payload = open_payload(event.envelope)
+    return audit_row(
+        position=event.stream_seq,
+        claimed_index=event.aggregate_version,
+        payload=payload,
+        event_type=event.event_type,
+        aggregate_type=event.aggregate_type,
+        unreadable=event.unreadable,
+        erased=event.envelope is None and not event.unreadable,
+    )
