@@ -7,8 +7,6 @@ and parks poison events; the platform user inspects PARKED, as an operator would
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -836,12 +834,9 @@ async def test_a_publish_without_an_answer_is_named_unknown_and_a_retry_makes_it
     is unknown (never a plain failure), and the retry with the same event id settles it."""
     subject = channel_subject("c-frozen")
     event = posted("c-frozen", "maybe")
-    os.kill(nats_server.process.pid, signal.SIGSTOP)
-    try:
+    async with nats_server.frozen():
         with answering_within(1.0), pytest.raises(AppendOutcomeUnknown) as raised:
             await bus.append(subject, event, aggregate_version=1, expected_last_subject_seq=0)
-    finally:
-        os.kill(nats_server.process.pid, signal.SIGCONT)
     assert isinstance(raised.value, OutcomeUnknown)
     assert "same idempotency key" in str(raised.value)
 

@@ -7,8 +7,6 @@ tests freeze (SIGSTOP: it takes the publish but does not answer) or kill and sta
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import uuid
 from collections.abc import AsyncIterator
 
@@ -50,15 +48,12 @@ async def test_a_send_the_event_log_did_not_answer_is_unavailable_with_the_outco
     channel_id = (await client.create_channel("ambiguous")).channel_id
     assert client.access_token is not None
     request = messaging_pb2.PostMessageRequest(channel_id=channel_id, body="maybe", idempotency_key="key-1")
-    os.kill(nats_server.process.pid, signal.SIGSTOP)
-    try:
+    async with nats_server.frozen():
         with pytest.raises(grpc.aio.AioRpcError) as raw:
             await stack.gateway().SendMessage(request, metadata=bearer(client.access_token), timeout=2.0)
         # The SDK sends it again with the same key until its deadline, then says what it knows.
         with pytest.raises(OutcomeUnknown) as sdk:
             await client.send(channel_id, "maybe", idempotency_key="key-1", timeout=2.0)
-    finally:
-        os.kill(nats_server.process.pid, signal.SIGCONT)
 
     assert raw.value.code() == grpc.StatusCode.UNAVAILABLE  # never INTERNAL
     assert "same idempotency key" in (raw.value.details() or "")
@@ -90,12 +85,9 @@ async def test_a_send_made_once_while_the_broker_restarts_is_acknowledged_once(
 async def test_a_channel_created_again_with_its_key_is_the_first_one(
     client: ParleyClient, nats_server: NatsTestServer
 ) -> None:
-    os.kill(nats_server.process.pid, signal.SIGSTOP)
-    try:
+    async with nats_server.frozen():
         with pytest.raises(OutcomeUnknown) as unknown:
             await client.create_channel("made-once", timeout=2.0)
-    finally:
-        os.kill(nats_server.process.pid, signal.SIGCONT)
 
     key = unknown.value.idempotency_key
     again = await client.create_channel("made-once", idempotency_key=key)

@@ -6,6 +6,10 @@ missing from ``topology`` fails a test instead of a deployment.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,12 +54,44 @@ class NatsTestServer:
         self._clients.append(client)
         return client
 
+    @contextlib.asynccontextmanager
+    async def frozen(self) -> AsyncIterator[None]:
+        """The broker stopped (SIGSTOP: it takes what is sent but answers nothing), then resumed.
+
+        Waits until the kernel shows every thread stopped: the signal takes effect as each
+        thread next runs, and on a loaded machine the server answered a publish sent after kill()."""
+        pid = self.process.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await _until_stopped(pid)
+            yield
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
     async def close_clients(self) -> None:
         """Close clients first so none of them keeps reconnecting to a stopped server."""
         clients, self._clients = self._clients, []
         for client in clients:
             if not client.is_closed:
                 await client.close()
+
+
+def _thread_states(pid: int) -> set[str]:
+    states = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{pid}/task/{task}/stat").read_text()
+            states.add(stat.rpartition(")")[2].split()[0])
+    return states
+
+
+async def _until_stopped(pid: int, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + timeout
+    while _thread_states(pid) != {"T"}:
+        if loop.time() > give_up:
+            raise TimeoutError(f"nats-server {pid} not stopped after SIGSTOP: thread states {_thread_states(pid)}")
+        await asyncio.sleep(0.005)
 
 
 async def start_nats_test_server(pki: Pki, directory: Path) -> NatsTestServer:
