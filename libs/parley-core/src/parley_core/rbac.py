@@ -245,6 +245,20 @@ METHOD_PERMISSIONS: dict[str, Permission | None] = {
     # One's own data (export, erasure): every account may; storage checks it is the caller's own.
     "/parley.gateway.v1.Gateway/ExportUserData": P.OWN_DATA,
     "/parley.gateway.v1.Gateway/EraseUserData": P.OWN_DATA,
+    # The operator's console: the registry (which checks roll-out roles and the second-person
+    # rule again) and storage (audit queries for a security-auditor only) behind these.
+    "/parley.gateway.v1.Gateway/ListInstances": P.FLEET_READ,
+    "/parley.gateway.v1.Gateway/ListFindings": P.FLEET_READ,
+    "/parley.gateway.v1.Gateway/ListReleases": P.FLEET_READ,
+    "/parley.gateway.v1.Gateway/ListRollouts": P.FLEET_READ,
+    "/parley.gateway.v1.Gateway/GetRollout": P.FLEET_READ,
+    "/parley.gateway.v1.Gateway/ImportAdvisories": P.PATCHES_ROLLOUT,
+    "/parley.gateway.v1.Gateway/PlanRollout": P.PATCHES_ROLLOUT,
+    "/parley.gateway.v1.Gateway/ApproveRollout": P.PATCHES_ROLLOUT,
+    "/parley.gateway.v1.Gateway/PauseRollout": P.PATCHES_ROLLOUT,
+    "/parley.gateway.v1.Gateway/ResumeRollout": P.PATCHES_ROLLOUT,
+    "/parley.gateway.v1.Gateway/RollbackRollout": P.PATCHES_ROLLOUT,
+    "/parley.gateway.v1.Gateway/QueryAudit": P.AUDIT_READ,
 }
 
 # RPCs whose service applies its own rules on the calling peer and user (storage's archive API:

@@ -16,8 +16,10 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import Message
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
+from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
 from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
+from parley.patch.v1 import patch_pb2, patch_pb2_grpc
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from parley_core.errors import (
@@ -47,6 +49,7 @@ FIND_USERS_MAX = 200  # names a FindUsers call takes, and ids per LookupUsers ca
 FEED_READY_WAIT_S = 10.0
 # How a refusal on a live stream names what was refused (rbac.denial_message).
 LIVE_STREAM = "reading the live stream (Subscribe)"
+NO_REGISTRY = "this platform runs no patch registry: fleet, findings and roll-outs are not available"
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Req = TypeVar("Req")
@@ -122,6 +125,8 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         self._devices: messaging_pb2_grpc.DeviceKeyServiceAsyncStub | None = None
         self._storage: storage_pb2_grpc.StorageServiceAsyncStub | None = None
         self._archive: storage_pb2_grpc.StorageArchiveServiceAsyncStub | None = None
+        self._patch: patch_pb2_grpc.PatchServiceAsyncStub | None = None
+        self._fleet: fleet_pb2_grpc.FleetServiceAsyncStub | None = None
         self.limits = limits or GatewayLimits()
         self._admission = Admission(self.limits)
         self._caps = LiveStreamCaps(self.limits)
@@ -143,6 +148,10 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         storage = ctx.channel_to(s.storage_addr, "storage")
         self._storage = storage_pb2_grpc.StorageServiceStub(storage)
         self._archive = storage_pb2_grpc.StorageArchiveServiceStub(storage)
+        if s.registry_addr:  # a platform without a patch registry has no console calls to forward
+            registry = ctx.channel_to(s.registry_addr, "patch-registry")
+            self._patch = patch_pb2_grpc.PatchServiceStub(registry)
+            self._fleet = fleet_pb2_grpc.FleetServiceStub(registry)
         gateway_pb2_grpc.add_GatewayServicer_to_server(self, ctx.server)
         ctx.add_service_name(gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name)
         if s.web_listen_address:
@@ -615,3 +624,64 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         assert self._auth is not None
         await self._admit(request, context)
         return await forward(self._auth.RegenerateRecoveryCodes, request, context)
+
+    # -- the operator's console: the patch registry and the audit trail, as the caller --
+
+    async def _registry(self, request: Message, context: Context) -> patch_pb2_grpc.PatchServiceAsyncStub:
+        await self._admit(request, context)
+        if self._patch is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, NO_REGISTRY)
+        assert self._patch is not None
+        return self._patch
+
+    async def ListInstances(
+        self, request: fleet_pb2.ListInstancesRequest, context: Context
+    ) -> fleet_pb2.ListInstancesResponse:
+        await self._registry(request, context)
+        assert self._fleet is not None
+        return await forward(self._fleet.ListInstances, request, context)
+
+    async def ListFindings(
+        self, request: patch_pb2.ListFindingsRequest, context: Context
+    ) -> patch_pb2.ListFindingsResponse:
+        return await forward((await self._registry(request, context)).ListFindings, request, context)
+
+    async def ImportAdvisories(
+        self, request: patch_pb2.ImportAdvisoriesRequest, context: Context
+    ) -> patch_pb2.ImportAdvisoriesResponse:
+        return await forward((await self._registry(request, context)).ImportAdvisories, request, context)
+
+    async def ListReleases(
+        self, request: patch_pb2.ListReleasesRequest, context: Context
+    ) -> patch_pb2.ListReleasesResponse:
+        return await forward((await self._registry(request, context)).ListReleases, request, context)
+
+    async def ListRollouts(
+        self, request: patch_pb2.ListRolloutsRequest, context: Context
+    ) -> patch_pb2.ListRolloutsResponse:
+        return await forward((await self._registry(request, context)).ListRollouts, request, context)
+
+    async def GetRollout(self, request: patch_pb2.GetRolloutRequest, context: Context) -> patch_pb2.Rollout:
+        return await forward((await self._registry(request, context)).GetRollout, request, context)
+
+    async def PlanRollout(self, request: patch_pb2.PlanRolloutRequest, context: Context) -> patch_pb2.Rollout:
+        return await forward((await self._registry(request, context)).PlanRollout, request, context)
+
+    async def ApproveRollout(self, request: patch_pb2.RolloutCommand, context: Context) -> patch_pb2.Rollout:
+        return await forward((await self._registry(request, context)).ApproveRollout, request, context)
+
+    async def PauseRollout(self, request: patch_pb2.RolloutCommand, context: Context) -> patch_pb2.Rollout:
+        return await forward((await self._registry(request, context)).PauseRollout, request, context)
+
+    async def ResumeRollout(self, request: patch_pb2.RolloutCommand, context: Context) -> patch_pb2.Rollout:
+        return await forward((await self._registry(request, context)).ResumeRollout, request, context)
+
+    async def RollbackRollout(self, request: patch_pb2.RolloutCommand, context: Context) -> patch_pb2.Rollout:
+        return await forward((await self._registry(request, context)).RollbackRollout, request, context)
+
+    async def QueryAudit(
+        self, request: storage_pb2.QueryAuditRequest, context: Context
+    ) -> storage_pb2.ArchivedEventsPage:
+        assert self._archive is not None
+        await self._admit(request, context)
+        return await forward(self._archive.QueryAudit, request, context)
