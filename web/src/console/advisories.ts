@@ -11,7 +11,12 @@ export function byUrgency(findings: readonly Finding[]): Finding[] {
   return [...findings].sort((a, b) => Number(b.overdue) - Number(a.overdue) || a.deadline - b.deadline);
 }
 
-export async function advisoriesPage(mayImport: boolean, reload: () => void): Promise<HTMLElement> {
+/** `reload` draws the page again with a line saying what the last import did. */
+export async function advisoriesPage(
+  mayImport: boolean,
+  reload: (imported: string) => void,
+  imported = "",
+): Promise<HTMLElement> {
   const findings = byUrgency((await withRefresh(() => gateway.listFindings({}))).findings);
   const now = nowSeconds();
   const overdue = findings.filter((f) => f.overdue).length;
@@ -41,13 +46,13 @@ export async function advisoriesPage(mayImport: boolean, reload: () => void): Pr
       rows,
       "No finding: no imported advisory affects a running instance.",
     ),
-    mayImport ? importForm(reload) : null,
+    mayImport ? importForm(reload, imported) : null,
   );
 }
 
-function importForm(reload: () => void): HTMLElement {
+function importForm(reload: (imported: string) => void, imported: string): HTMLElement {
   const files = h("input", { type: "file", id: "osv-files", accept: ".json,application/json", multiple: true });
-  const result = h("p", { class: "hint", role: "status" });
+  const result = h("p", { class: "hint", role: "status", id: "import-result" }, imported);
   const form = h(
     "form",
     { class: "small" },
@@ -62,8 +67,7 @@ function importForm(reload: () => void): HTMLElement {
       try {
         const osvJson = await Promise.all([...(files.files ?? [])].map((file) => file.text()));
         const done = await withRefresh(() => gateway.importAdvisories({ osvJson }));
-        result.textContent = `imported ${done.imported}, unchanged ${done.unchanged}, withdrawn ${done.withdrawn}`;
-        reload();
+        reload(`imported ${done.imported}, unchanged ${done.unchanged}, withdrawn ${done.withdrawn}`);
       } catch (err) {
         result.textContent = describe(err);
       }

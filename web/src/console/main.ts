@@ -153,9 +153,10 @@ class Console {
         put(await fleetPage());
         return async () => put(await fleetPage());
       case "advisories": {
-        const draw = async () => put(await advisoriesPage(mayRollOut(session.role), () => void draw()));
+        const draw = async (imported = "") =>
+          put(await advisoriesPage(mayRollOut(session.role), (line) => void draw(line), imported));
         await draw();
-        return draw;
+        return () => draw();
       }
       case "rollouts": {
         const rollouts = new RolloutsPage(session);
