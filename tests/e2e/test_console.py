@@ -90,12 +90,14 @@ def unique(prefix: str) -> str:
 
 
 def account(platform: RunningPlatform, role: str) -> str:
-    name = unique(role.split("-")[0][:5])
+    name = unique(role.split("-", maxsplit=1)[0][:5])
     platform.cli("admin", "create-user", name, "--role", role, stdin=PASSWORD + "\n")
     return name
 
 
-async def console(browser: Browser, platform: RunningPlatform, name: str, page_name: str = "") -> tuple[BrowserContext, Page]:
+async def console(
+    browser: Browser, platform: RunningPlatform, name: str, page_name: str = ""
+) -> tuple[BrowserContext, Page]:
     context = await browser.new_context(viewport={"width": 1280, "height": 900})
     page = await context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
@@ -183,7 +185,12 @@ async def silent_instance(platform: RunningPlatform, instance_id: str) -> None:
         sent = Timestamp()
         sent.GetCurrentTime()
         beat = fleet_pb2.InstanceHeartbeat(
-            service="messaging", version="0.1.0", instance_id=instance_id, host="gone-host", health="SERVING", sent_at=sent
+            service="messaging",
+            version="0.1.0",
+            instance_id=instance_id,
+            host="gone-host",
+            health="SERVING",
+            sent_at=sent,
         )
         await nc.publish(heartbeat_subject("messaging", instance_id), beat.SerializeToString())
         await nc.flush()
@@ -223,7 +230,10 @@ def osv(record_id: str, vector: str, summary: str) -> str:
             "summary": summary,
             "severity": [{"type": "CVSS_V3", "score": vector}],
             "affected": [
-                {"package": {"ecosystem": "PyPI", "name": "grpcio"}, "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}]}]}
+                {
+                    "package": {"ecosystem": "PyPI", "name": "grpcio"},
+                    "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}]}],
+                }
             ],
         }
     )
@@ -286,7 +296,9 @@ async def test_operator_plans_a_second_person_approves_and_the_timeline_reaches_
 
     # Traffic for the health gate to judge.
     client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
-    await client.register(unique("carol"), PASSWORD)
+    carol = unique("carol")
+    await client.register(carol, PASSWORD)
+    await client.login(carol, PASSWORD)
     channel = await client.create_channel(unique("upgrades"))
     traffic = Traffic()
     sender = asyncio.create_task(send_continuously(client, channel.channel_id, traffic))

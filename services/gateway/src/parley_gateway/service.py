@@ -627,12 +627,24 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
 
     # -- the operator's console: the patch registry and the audit trail, as the caller --
 
-    async def _registry(self, request: Message, context: Context) -> patch_pb2_grpc.PatchServiceAsyncStub:
+    async def _registry(
+        self, request: Message, context: Context, *, changes: str = ""
+    ) -> patch_pb2_grpc.PatchServiceAsyncStub:
+        """The registry, for a caller admitted; for a change (`changes` names it), only one who
+        holds patches.rollout at all: the registry's own narrower rules decide among those."""
         await self._admit(request, context)
+        if changes:
+            self._require(context, Permission.PATCHES_ROLLOUT, changes)
         if self._patch is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, NO_REGISTRY)
         assert self._patch is not None
         return self._patch
+
+    def _require(self, context: Context, permission: Permission, what: str) -> None:
+        """The console's changes and audit queries are service-checked (rbac.SERVICE_CHECKED_METHODS):
+        this is the gateway's coarse check in front of the service's own."""
+        assert self._ctx is not None
+        self._ctx.tokens.authorize(context, permission, what=what)
 
     async def ListInstances(
         self, request: fleet_pb2.ListInstancesRequest, context: Context
@@ -649,7 +661,8 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
     async def ImportAdvisories(
         self, request: patch_pb2.ImportAdvisoriesRequest, context: Context
     ) -> patch_pb2.ImportAdvisoriesResponse:
-        return await forward((await self._registry(request, context)).ImportAdvisories, request, context)
+        registry = await self._registry(request, context, changes="importing advisories")
+        return await forward(registry.ImportAdvisories, request, context)
 
     async def ListReleases(
         self, request: patch_pb2.ListReleasesRequest, context: Context
@@ -665,23 +678,29 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         return await forward((await self._registry(request, context)).GetRollout, request, context)
 
     async def PlanRollout(self, request: patch_pb2.PlanRolloutRequest, context: Context) -> patch_pb2.Rollout:
-        return await forward((await self._registry(request, context)).PlanRollout, request, context)
+        registry = await self._registry(request, context, changes="planning a roll-out")
+        return await forward(registry.PlanRollout, request, context)
 
     async def ApproveRollout(self, request: patch_pb2.RolloutCommand, context: Context) -> patch_pb2.Rollout:
-        return await forward((await self._registry(request, context)).ApproveRollout, request, context)
+        registry = await self._registry(request, context, changes="approving a roll-out")
+        return await forward(registry.ApproveRollout, request, context)
 
     async def PauseRollout(self, request: patch_pb2.RolloutCommand, context: Context) -> patch_pb2.Rollout:
-        return await forward((await self._registry(request, context)).PauseRollout, request, context)
+        registry = await self._registry(request, context, changes="pausing a roll-out")
+        return await forward(registry.PauseRollout, request, context)
 
     async def ResumeRollout(self, request: patch_pb2.RolloutCommand, context: Context) -> patch_pb2.Rollout:
-        return await forward((await self._registry(request, context)).ResumeRollout, request, context)
+        registry = await self._registry(request, context, changes="resuming a roll-out")
+        return await forward(registry.ResumeRollout, request, context)
 
     async def RollbackRollout(self, request: patch_pb2.RolloutCommand, context: Context) -> patch_pb2.Rollout:
-        return await forward((await self._registry(request, context)).RollbackRollout, request, context)
+        registry = await self._registry(request, context, changes="rolling back a roll-out")
+        return await forward(registry.RollbackRollout, request, context)
 
     async def QueryAudit(
         self, request: storage_pb2.QueryAuditRequest, context: Context
     ) -> storage_pb2.ArchivedEventsPage:
         assert self._archive is not None
         await self._admit(request, context)
+        self._require(context, Permission.AUDIT_READ, "querying the audit trail")
         return await forward(self._archive.QueryAudit, request, context)

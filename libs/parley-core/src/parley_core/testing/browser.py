@@ -21,4 +21,8 @@ def spki_pin(cert_path: Path) -> str:
 
 
 def chromium_args(gateway_cert: Path) -> list[str]:
-    return [f"--ignore-certificate-errors-spki-list={spki_pin(gateway_cert)}", "--no-sandbox", "--disable-dev-shm-usage"]
+    return [
+        f"--ignore-certificate-errors-spki-list={spki_pin(gateway_cert)}",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+    ]
