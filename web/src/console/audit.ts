@@ -1,9 +1,11 @@
-// Audit: the archive's audit trail queried by actor, target and time (storage answers a
+// Audit: the chain's state (the archive's audit records verified: numbering, links, hashes,
+// signatures) and the trail queried by actor, target and time (storage answers a
 // security-auditor only, and shows an auditor what people wrote to each other as metadata only).
 
 import { describe, gateway, withRefresh } from "../api.js";
-import { clear, h, on } from "../dom.js";
+import { append, clear, h, on } from "../dom.js";
 import type { ArchivedEvent } from "../gen/parley/storage/v1/storage_pb.js";
+import { when } from "./format.js";
 import { table } from "./table.js";
 
 const LIMIT = 200;
@@ -61,9 +63,48 @@ export function auditPage(): HTMLElement {
     "section",
     { "aria-labelledby": "audit-title" },
     h("h2", { id: "audit-title" }, "Audit"),
+    chainState(),
+    h("h3", {}, "Search"),
     form,
     results,
   );
+}
+
+/** The verify result, and a button to verify again. */
+function chainState(): HTMLElement {
+  const state = h("div", { id: "chain-state", "aria-live": "polite" }, h("p", { class: "hint" }, "Verifying…"));
+  const again = h("button", { type: "button", class: "small" }, "Verify again");
+  const verify = async () => {
+    try {
+      const v = await withRefresh(() => gateway.verifyAudit({}));
+      clear(state);
+      state.dataset.intact = String(v.intact);
+      append(
+        state,
+        h(
+          "p",
+          { class: v.intact ? "chain intact" : "chain tampered" },
+          v.intact
+            ? `Audit chain intact: ${v.records} records, #1..#${v.lastIndex}, every signature valid.`
+            : `Audit chain TAMPERED: ${v.findings.length} finding(s) over ${v.records} records.`,
+        ),
+        v.findings.length ? h("ul", { class: "findings" }, ...v.findings.map((f) => h("li", {}, f))) : null,
+        h(
+          "p",
+          { class: "hint" },
+          `Last record ${when(v.lastRecordedAt)}; verified ${when(v.verifiedAt)} against the archive ` +
+            "(records and keys as stored). `parley audit verify` on the platform's host also checks the " +
+            "live streams and the checkpoints kept outside the data folder.",
+        ),
+      );
+    } catch (err) {
+      clear(state);
+      state.append(h("p", { class: "error", role: "alert" }, describe(err)));
+    }
+  };
+  on(again, "click", () => void verify());
+  void verify();
+  return h("div", { class: "chain-panel" }, h("h3", {}, "Chain"), state, again);
 }
 
 function instantNs(local: string): bigint {

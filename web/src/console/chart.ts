@@ -20,7 +20,7 @@ export interface ChartSpec {
 
 const WIDTH = 520;
 const HEIGHT = 200;
-const PAD = { left: 48, right: 12, top: 24, bottom: 40 };
+const PAD = { left: 48, right: 44, top: 24, bottom: 40 };
 
 function el<K extends keyof SVGElementTagNameMap>(
   tag: K,

@@ -15,7 +15,7 @@ const FINISHED = new Set(["done", "rolled_back"]);
 const RULE =
   "Four eyes: a roll-out starts only once a second person approves it. The registry refuses an " +
   "approval from whoever planned the roll-out or published its release, and from any role " +
-  "without the patch-approve permission (operator, admin, owner).";
+  "without the patch-approve permission (it is held by operator and admin).";
 
 type Command = "approveRollout" | "pauseRollout" | "resumeRollout" | "rollbackRollout";
 

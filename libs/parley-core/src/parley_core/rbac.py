@@ -305,6 +305,7 @@ SERVICE_CHECKED_METHODS = frozenset(
         "/parley.gateway.v1.Gateway/ResumeRollout",
         "/parley.gateway.v1.Gateway/RollbackRollout",
         "/parley.gateway.v1.Gateway/QueryAudit",
+        "/parley.gateway.v1.Gateway/VerifyAudit",
     }
 )
 

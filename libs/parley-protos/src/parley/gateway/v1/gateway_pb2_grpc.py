@@ -341,6 +341,11 @@ class GatewayStub:
                 request_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.QueryAuditRequest.SerializeToString,
                 response_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.ArchivedEventsPage.FromString,
                 _registered_method=True)
+        self.VerifyAudit = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/VerifyAudit',
+                request_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.VerifyAuditRequest.SerializeToString,
+                response_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.VerifyAuditResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -726,6 +731,16 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VerifyAudit(self, request, context):
+        """The audit chain as the archive holds it, verified (parley_core.audit): records from the
+        archived SEC stream, keys from the archived AUTH stream, both read with the caller's token
+        (a security-auditor's). `parley audit verify` on the host also checks the live streams'
+        head and keys, and checkpoints kept outside the data folder.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1028,6 +1043,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.QueryAudit,
                     request_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.QueryAuditRequest.FromString,
                     response_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.ArchivedEventsPage.SerializeToString,
+            ),
+            'VerifyAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyAudit,
+                    request_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.VerifyAuditRequest.FromString,
+                    response_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.VerifyAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -2652,6 +2672,33 @@ class Gateway:
             '/parley.gateway.v1.Gateway/QueryAudit',
             parley_dot_storage_dot_v1_dot_storage__pb2.QueryAuditRequest.SerializeToString,
             parley_dot_storage_dot_v1_dot_storage__pb2.ArchivedEventsPage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/VerifyAudit',
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.VerifyAuditRequest.SerializeToString,
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.VerifyAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -122,6 +122,12 @@ class GatewayStub:
     ResumeRollout: _grpc.UnaryUnaryMultiCallable[_patch_pb2.RolloutCommand, _patch_pb2.Rollout]
     RollbackRollout: _grpc.UnaryUnaryMultiCallable[_patch_pb2.RolloutCommand, _patch_pb2.Rollout]
     QueryAudit: _grpc.UnaryUnaryMultiCallable[_storage_pb2.QueryAuditRequest, _storage_pb2.ArchivedEventsPage]
+    VerifyAudit: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.VerifyAuditRequest, _gateway_pb2.VerifyAuditResponse]
+    """The audit chain as the archive holds it, verified (parley_core.audit): records from the
+    archived SEC stream, keys from the archived AUTH stream, both read with the caller's token
+    (a security-auditor's). `parley audit verify` on the host also checks the live streams'
+    head and keys, and checkpoints kept outside the data folder.
+    """
 
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
@@ -212,6 +218,12 @@ class GatewayAsyncStub(GatewayStub):
     ResumeRollout: _aio.UnaryUnaryMultiCallable[_patch_pb2.RolloutCommand, _patch_pb2.Rollout]  # type: ignore[assignment]
     RollbackRollout: _aio.UnaryUnaryMultiCallable[_patch_pb2.RolloutCommand, _patch_pb2.Rollout]  # type: ignore[assignment]
     QueryAudit: _aio.UnaryUnaryMultiCallable[_storage_pb2.QueryAuditRequest, _storage_pb2.ArchivedEventsPage]  # type: ignore[assignment]
+    VerifyAudit: _aio.UnaryUnaryMultiCallable[_gateway_pb2.VerifyAuditRequest, _gateway_pb2.VerifyAuditResponse]  # type: ignore[assignment]
+    """The audit chain as the archive holds it, verified (parley_core.audit): records from the
+    archived SEC stream, keys from the archived AUTH stream, both read with the caller's token
+    (a security-auditor's). `parley audit verify` on the host also checks the live streams'
+    head and keys, and checkpoints kept outside the data folder.
+    """
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
     """The only client-facing API. Every call except Register and Login needs
@@ -659,5 +671,17 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         request: _storage_pb2.QueryAuditRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_storage_pb2.ArchivedEventsPage, _abc.Awaitable[_storage_pb2.ArchivedEventsPage]]: ...
+
+    @_abc_1.abstractmethod
+    def VerifyAudit(
+        self,
+        request: _gateway_pb2.VerifyAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.VerifyAuditResponse, _abc.Awaitable[_gateway_pb2.VerifyAuditResponse]]:
+        """The audit chain as the archive holds it, verified (parley_core.audit): records from the
+        archived SEC stream, keys from the archived AUTH stream, both read with the caller's token
+        (a security-auditor's). `parley audit verify` on the host also checks the live streams'
+        head and keys, and checkpoints kept outside the data folder.
+        """
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
