@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 import pytest_asyncio
 from google.protobuf.timestamp_pb2 import Timestamp
 from parley.fleet.v1 import fleet_pb2
-from parley.gateway.v1 import gateway_pb2_grpc
+from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from parley.patch.v1 import patch_pb2
 from parley.storage.v1 import storage_pb2
 
@@ -146,6 +147,7 @@ async def test_a_member_gets_no_console_and_the_gateway_refuses_its_calls(
         ("ListRollouts", patch_pb2.ListRolloutsRequest()),
         ("PlanRollout", patch_pb2.PlanRolloutRequest(service="messaging", to_version="9.9.9")),
         ("QueryAudit", storage_pb2.QueryAuditRequest()),
+        ("VerifyAudit", gateway_pb2.VerifyAuditRequest()),
     ):
         assert await gateway_call(platform, member, call, request) == grpc.StatusCode.PERMISSION_DENIED, call
 
@@ -276,6 +278,23 @@ async def test_auditor_queries_the_audit_trail_by_actor(browser: Browser, platfo
     await expect(results.first).to_be_visible()
     for row in await results.all_inner_texts():
         assert login.user_id in row
+    # The chain, verified against the archive: intact, then a row deleted by someone with
+    # database access is found.
+    state = page.locator("#chain-state")
+    await expect(state).to_have_attribute("data-intact", "true")
+    await expect(state).to_contain_text("Audit chain intact: ")
+    await expect(state).to_contain_text("every signature valid")
+    await shot(page, "console-audit")
+    with sqlite3.connect(platform.data_dir / "storage" / "archive.db") as db:
+        seq, index = db.execute(
+            "SELECT stream_seq, aggregate_version FROM events WHERE stream = 'SEC' AND aggregate_type = 'security' "
+            "ORDER BY stream_seq LIMIT 1 OFFSET 1"
+        ).fetchone()
+        assert db.execute("DELETE FROM events WHERE stream = 'SEC' AND stream_seq = ?", (seq,)).rowcount == 1
+    await page.get_by_role("button", name="Verify again").click()
+    await expect(state).to_have_attribute("data-intact", "false")
+    await expect(state).to_contain_text("Audit chain TAMPERED")
+    await expect(state.locator("ul.findings li").first).to_contain_text(f"deleted: record #{index}")
     await context.close()
 
 
