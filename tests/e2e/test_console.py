@@ -152,6 +152,35 @@ async def test_a_member_gets_no_console_and_the_gateway_refuses_its_calls(
         assert await gateway_call(platform, member, call, request) == grpc.StatusCode.PERMISSION_DENIED, call
 
 
+async def chat_client(browser: Browser, platform: RunningPlatform, name: str) -> tuple[BrowserContext, Page]:
+    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    page = await context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    await page.goto(platform.web_url)
+    await page.get_by_label("Username").fill(name)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Log in").click()
+    await expect(page.get_by_text(f"Signed in as {name}")).to_be_visible()
+    return context, page
+
+
+async def test_the_chat_client_links_to_the_console_for_its_roles_only(
+    browser: Browser, platform: RunningPlatform
+) -> None:
+    context, page = await chat_client(browser, platform, account(platform, "member"))
+    await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+    await expect(page.get_by_role("link", name="Console")).to_have_count(0)
+    await context.close()
+    operator = account(platform, "operator")
+    context, page = await chat_client(browser, platform, operator)
+    await page.get_by_role("link", name="Console").click()
+    # The same session (the cookie) opens the console without a second login.
+    await expect(page.locator("#me")).to_contain_text("· operator")
+    await expect(page.get_by_role("button", name="Log in")).to_have_count(0)
+    await expect(page.get_by_role("heading", name="Fleet")).to_be_visible()
+    await context.close()
+
+
 async def test_pages_shown_by_role(browser: Browser, platform: RunningPlatform) -> None:
     expected = {
         "operator": ["Fleet", "Advisories", "Roll-outs"],
