@@ -52,6 +52,7 @@ expect.set_options(timeout=TIMEOUT_MS)
 CRITICAL_DEADLINE_HOURS = "0.001"
 CRITICAL = "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"  # 9.8
 LOW = "CVSS:3.1/AV:P/AC:H/PR:H/UI:R/S:U/C:L/I:N/A:N"  # 1.6
+CSP_REFUSALS: list[str] = []  # what the CSP refused on any console page of this module
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +103,14 @@ async def console(
     context = await browser.new_context(viewport={"width": 1280, "height": 900})
     page = await context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
-    await page.goto(f"{platform.web_url}/console.html" + (f"#{page_name}" if page_name else ""))
+    # Anything the page's Content-Security-Policy refused (an inline style, say) is a failure.
+    page.on("console", lambda m: CSP_REFUSALS.append(m.text) if "Content Security Policy" in m.text else None)
+    response = await page.goto(f"{platform.web_url}/console.html" + (f"#{page_name}" if page_name else ""))
+    assert response is not None
+    csp = response.headers["content-security-policy"]
+    assert "script-src 'self'" in csp
+    assert "style-src 'self'" in csp
+    assert "unsafe-inline" not in csp
     await page.get_by_label("Username").fill(name)
     await page.get_by_label("Password").fill(PASSWORD)
     await page.get_by_role("button", name="Log in").click()
@@ -327,19 +335,24 @@ async def test_auditor_queries_the_audit_trail_by_actor(browser: Browser, platfo
     await context.close()
 
 
+async def publish_messaging(platform: RunningPlatform, version: str) -> None:
+    """A release, published by a third operator with the CLI (the console does not publish)."""
+    operators = OperatorTokens()
+    await operators.publish_on_platform(platform.data_dir)
+    operators.save_cli_login(platform.data_dir, "pat")
+    if not (platform.data_dir / "cli" / "keys" / "messaging.pem").exists():
+        await asyncio.to_thread(platform.cli, "--as", "pat", "patch", "key", "create", "messaging")
+    published = await asyncio.to_thread(
+        platform.cli, "--as", "pat", "patch", "publish", "messaging", version, "--source", str(MESSAGING_SOURCE)
+    )
+    assert f"published messaging {version}" in published.stdout
+
+
 async def test_operator_plans_a_second_person_approves_and_the_timeline_reaches_done(
     browser: Browser, platform: RunningPlatform
 ) -> None:
     planner, approver = account(platform, "operator"), account(platform, "operator")
-    # The release, published by a third operator with the CLI (the console does not publish).
-    operators = OperatorTokens()
-    await operators.publish_on_platform(platform.data_dir)
-    operators.save_cli_login(platform.data_dir, "pat")
-    await asyncio.to_thread(platform.cli, "--as", "pat", "patch", "key", "create", "messaging")
-    published = await asyncio.to_thread(
-        platform.cli, "--as", "pat", "patch", "publish", "messaging", "0.2.0", "--source", str(MESSAGING_SOURCE)
-    )
-    assert "published messaging 0.2.0" in published.stdout
+    await publish_messaging(platform, "0.2.0")
     old_instance = str(platform.service("messaging")["instances"][0]["instance_id"])  # type: ignore[index]
 
     # Traffic for the health gate to judge.
@@ -379,6 +392,7 @@ async def test_operator_plans_a_second_person_approves_and_the_timeline_reaches_
         await expect(done.locator("svg.chart circle.canary")).to_have_count(6)
         await expect(done.locator("svg.chart text.verdict.passed")).to_have_count(6)
         await shot(a_page, "console-rollout")
+        assert CSP_REFUSALS == []  # the charts are drawn within the strict CSP
         # The replaced instance stopped on purpose: it leaves the fleet page.
         await a_page.goto(f"{platform.web_url}/console.html#fleet")
         await expect(a_page.get_by_role("button", name="Log in")).to_have_count(0)
@@ -391,3 +405,34 @@ async def test_operator_plans_a_second_person_approves_and_the_timeline_reaches_
         await sender
         await client.close()
     assert traffic.failures == []
+
+
+async def test_a_roll_out_is_paused_resumed_and_rolled_back_from_the_console(
+    browser: Browser, platform: RunningPlatform
+) -> None:
+    planner, approver = account(platform, "operator"), account(platform, "operator")
+    await publish_messaging(platform, "0.3.0")
+    a_context, a_page = await console(browser, platform, planner, "rollouts")
+    await a_page.get_by_label("Release").select_option("messaging 0.3.0")
+    await a_page.get_by_role("button", name="Plan roll-out").click()
+    card = a_page.locator('article.rollout[data-state="planned"]')
+    rollout_id = await card.get_attribute("data-rollout-id")
+    assert rollout_id
+    b_context, b_page = await console(browser, platform, approver, "rollouts")
+    b_card = b_page.locator(f'article.rollout[data-rollout-id="{rollout_id}"]')
+    await b_card.get_by_role("button", name="Approve").click()
+    await b_card.get_by_role("button", name="Pause").click()
+    await expect(b_card).to_have_attribute("data-state", "paused")
+    await b_card.get_by_role("button", name="Resume").click()
+    await expect(b_card).not_to_have_attribute("data-state", "paused")
+    await b_card.get_by_label(f"Reason for roll-out {rollout_id}").fill("changed our mind")
+    await b_card.get_by_role("button", name="Roll back").click()
+    # The planner's page follows it: the node agent restores the old version, the roll-out ends.
+    a_card = a_page.locator(f'article.rollout[data-rollout-id="{rollout_id}"]')
+    await expect(a_card).to_have_attribute("data-state", "rolled_back", timeout=ROLLOUT_TIMEOUT_MS)
+    await expect(a_card).to_contain_text("Rolled back: changed our mind")
+    for event in ("RolloutApproved", "RolloutPaused", "RolloutResumed", "RollbackStarted", "RolloutRolledBack"):
+        await expect(a_card.locator(f".timeline li.{event}")).to_have_count(1)
+    await expect(a_card.get_by_role("button")).to_have_count(0)  # nothing left to do to a finished one
+    await a_context.close()
+    await b_context.close()

@@ -11,7 +11,6 @@ import { when } from "./format.js";
 import { mayRollOut } from "./roles.js";
 import { table } from "./table.js";
 
-const FINISHED = new Set(["done", "rolled_back"]);
 const RULE =
   "Four eyes: a roll-out starts only once a second person approves it. The registry refuses an " +
   "approval from whoever planned the roll-out or published its release, and from any role " +
@@ -59,10 +58,6 @@ export class RolloutsPage {
     }
     clear(this.list);
     this.list.append(...order);
-  }
-
-  get live(): boolean {
-    return [...this.cards.values()].some(({ card }) => !FINISHED.has(card.dataset.state ?? ""));
   }
 
   private async planForm(): Promise<HTMLElement> {
