@@ -300,6 +300,11 @@ async def test_an_overdue_finding_is_first_on_the_advisories_page(
     await expect(rows.filter(has_text=low).first).not_to_have_class("overdue")
     assert await rows.filter(has_text=low).count() > 0
     await shot(page, "console-advisories")
+    # The fleet page names the findings against each instance (every one runs grpcio).
+    await page.get_by_role("link", name="Fleet").click()
+    gateway_row = page.locator("table.grid tbody tr").filter(has_text="gateway-").first
+    await expect(gateway_row).to_contain_text(f"{critical} (critical)")
+    await expect(gateway_row).to_contain_text(f"{low} (low)")
     await context.close()
 
 
