@@ -5,7 +5,8 @@
 export type PageName = "fleet" | "advisories" | "rollouts" | "audit";
 
 const FLEET_READ = new Set(["owner", "admin", "security-auditor", "operator"]);
-const PATCHES_ROLLOUT = new Set(["owner", "admin", "operator"]);
+// The registry's own roll-out roles, narrower than patches.rollout: it refuses an owner.
+const ROLLS_OUT = new Set(["admin", "operator"]);
 // Storage answers audit queries for the security-auditor role only.
 const AUDIT_QUERY = new Set(["security-auditor"]);
 
@@ -17,5 +18,5 @@ export function pagesFor(role: string): PageName[] {
 }
 
 export function mayRollOut(role: string): boolean {
-  return PATCHES_ROLLOUT.has(role);
+  return ROLLS_OUT.has(role);
 }
