@@ -34,7 +34,7 @@ $(WEB_STAMP): web/package.json web/package-lock.json
 web-deps: $(WEB_STAMP)
 
 # The web app, built by Vite into web/dist, which the gateway serves (PARLEY_WEB_ROOT).
-WEB_SOURCES := $(shell find web/src -type f 2>/dev/null) web/index.html web/vite.config.ts web/tsconfig.json
+WEB_SOURCES := $(shell find web/src -type f 2>/dev/null) web/index.html web/console.html web/vite.config.ts web/tsconfig.json
 web/dist/index.html: $(WEB_STAMP) $(WEB_SOURCES)
 	cd web && npm run --silent build
 

@@ -9,5 +9,9 @@ export default defineConfig({
     modulePreload: { polyfill: false },
     assetsInlineLimit: 0,
     sourcemap: false,
+    // Two pages: the chat client (index.html) and the operator's console (console.html).
+    rolldownOptions: {
+      input: { main: "index.html", console: "console.html" },
+    },
   },
 });

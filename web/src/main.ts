@@ -8,6 +8,7 @@ import { gateway, withRefresh, type Session } from "./api.js";
 import { append, clear, h, on } from "./dom.js";
 import { LiveStream, type ConnectionState } from "./live.js";
 import { renderSettings } from "./settings.js";
+import { consoleLink } from "./console/entry.js";
 import type { ClientEvent } from "./gen/parley/gateway/v1/gateway_pb.js";
 import type { Channel, ChatMessage, ReactionCount } from "./gen/parley/messaging/v1/messaging_pb.js";
 
@@ -197,6 +198,7 @@ class App {
       h("span", { class: "brand" }, "Parley"),
       this.statusEl,
       h("span", { class: "me" }, `Signed in as ${this.session?.username ?? ""}`),
+      consoleLink(this.session?.role ?? ""),
       settings,
       logout,
     );

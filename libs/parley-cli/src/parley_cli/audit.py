@@ -12,35 +12,35 @@ someone holding every key in secrets/.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from parley_cli import audit_query
 from parley_cli.state import PlatformNotRunning, load_running_state
 from parley_client import ParleyError
+from parley_core import audit_archive
 from parley_core.audit import (
     Checkpoint,
     CheckpointInvalid,
     Finding,
     StoredRecord,
     TrustedKeys,
-    audit_row,
     trusted_keys,
     verify_chain,
 )
+from parley_core.audit_archive import archived_trusted_keys, audit_rows
 from parley_core.audit_log import ChainHead, chain_head
-from parley_core.envelope import UnknownEventType, decode, open_payload
+from parley_core.envelope import decode, open_payload
 from parley_core.nats_connect import connect_nats_once
 from parley_core.natsconf import ensure_nats_passwords
 from parley_core.runner import secure_channel
 from parley_core.topology import AUDIT_KEYS_FILTER, PLATFORM_USER, SIGNING_KEYS_FILTER
 
-PAGE = 1000
 TIMEOUT_S = 30.0
 
 
@@ -48,43 +48,11 @@ async def archived_events(
     storage: storage_pb2_grpc.StorageArchiveServiceAsyncStub, stream: str
 ) -> list[storage_pb2.ArchivedEvent]:
     """Every archived row of `stream`, as storage gives it (erased and unreadable ones included)."""
-    found: list[storage_pb2.ArchivedEvent] = []
-    after = 0
-    while True:
-        page = await storage.ReadArchivedStream(
-            storage_pb2.ReadArchivedStreamRequest(stream=stream, after_seq=after, limit=PAGE), timeout=TIMEOUT_S
-        )
-        found.extend(page.events)
-        if page.events:
-            after = page.events[-1].stream_seq
-        if not page.has_more:
-            return found
 
+    async def read(request: storage_pb2.ReadArchivedStreamRequest) -> storage_pb2.ArchivedEventsPage:
+        return await storage.ReadArchivedStream(request, timeout=TIMEOUT_S)
 
-def _payload(event: storage_pb2.ArchivedEvent) -> Message | None:
-    if event.erased or event.unreadable or event.withheld:
-        return None
-    try:
-        return open_payload(decode(event.envelope))
-    except (DecodeError, UnknownEventType):
-        return None
-
-
-def audit_rows(events: Iterable[storage_pb2.ArchivedEvent]) -> list[StoredRecord]:
-    """The rows of SEC that hold, or claim to hold, an audit record (parley_core.audit.audit_row)."""
-    rows = (
-        audit_row(
-            position=int(event.stream_seq),
-            claimed_index=int(event.aggregate_version),
-            payload=_payload(event),
-            event_type=event.event_type,
-            aggregate_type=event.aggregate_type,
-            unreadable=event.unreadable,
-            erased=event.erased,
-        )
-        for event in events
-    )
-    return [row for row in rows if row is not None]
+    return await audit_archive.archived_events(read, stream)
 
 
 async def archived_records(storage: storage_pb2_grpc.StorageArchiveServiceAsyncStub) -> list[StoredRecord]:
@@ -92,8 +60,7 @@ async def archived_records(storage: storage_pb2_grpc.StorageArchiveServiceAsyncS
 
 
 async def archived_keys(storage: storage_pb2_grpc.StorageArchiveServiceAsyncStub) -> TrustedKeys:
-    events = await archived_events(storage, "AUTH")
-    return trusted_keys(payload for event in events if (payload := _payload(event)) is not None)
+    return archived_trusted_keys(await archived_events(storage, "AUTH"))
 
 
 async def keys_from_stream(*, nats_url: str, password: str, ca_cert: Path) -> TrustedKeys:

@@ -245,6 +245,13 @@ METHOD_PERMISSIONS: dict[str, Permission | None] = {
     # One's own data (export, erasure): every account may; storage checks it is the caller's own.
     "/parley.gateway.v1.Gateway/ExportUserData": P.OWN_DATA,
     "/parley.gateway.v1.Gateway/EraseUserData": P.OWN_DATA,
+    # The operator's console reads the registry's fleet, findings and roll-outs (which the
+    # registry itself serves to any peer it lets in: this is their only check for users).
+    "/parley.gateway.v1.Gateway/ListInstances": P.FLEET_READ,
+    "/parley.gateway.v1.Gateway/ListFindings": P.FLEET_READ,
+    "/parley.gateway.v1.Gateway/ListReleases": P.FLEET_READ,
+    "/parley.gateway.v1.Gateway/ListRollouts": P.FLEET_READ,
+    "/parley.gateway.v1.Gateway/GetRollout": P.FLEET_READ,
 }
 
 # RPCs whose service applies its own rules on the calling peer and user (storage's archive API:
@@ -287,6 +294,18 @@ SERVICE_CHECKED_METHODS = frozenset(
         "/parley.patch.v1.PatchService/SetPublisherKey",
         "/parley.patch.v1.PatchService/PrepareRootRotation",
         "/parley.patch.v1.PatchService/RotateRoot",
+        # The console's changes and audit queries: the gateway refuses whoever lacks
+        # patches.rollout (audit.read) outright, then the registry's roll-out roles and
+        # second-person rule, and storage's auditor rule, decide (narrower than this table: the
+        # registry refuses an owner, storage anyone but a security-auditor).
+        "/parley.gateway.v1.Gateway/ImportAdvisories",
+        "/parley.gateway.v1.Gateway/PlanRollout",
+        "/parley.gateway.v1.Gateway/ApproveRollout",
+        "/parley.gateway.v1.Gateway/PauseRollout",
+        "/parley.gateway.v1.Gateway/ResumeRollout",
+        "/parley.gateway.v1.Gateway/RollbackRollout",
+        "/parley.gateway.v1.Gateway/QueryAudit",
+        "/parley.gateway.v1.Gateway/VerifyAudit",
     }
 )
 

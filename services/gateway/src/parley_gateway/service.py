@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +17,14 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import Message
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
+from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
 from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
+from parley.patch.v1 import patch_pb2, patch_pb2_grpc
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
+from parley_core.audit import verify_chain
+from parley_core.audit_archive import archived_events, archived_trusted_keys, audit_rows
 from parley_core.errors import (
     OUTCOME_METADATA,
     OUTCOME_UNKNOWN,
@@ -47,6 +52,7 @@ FIND_USERS_MAX = 200  # names a FindUsers call takes, and ids per LookupUsers ca
 FEED_READY_WAIT_S = 10.0
 # How a refusal on a live stream names what was refused (rbac.denial_message).
 LIVE_STREAM = "reading the live stream (Subscribe)"
+NO_REGISTRY = "this platform runs no patch registry: fleet, findings and roll-outs are not available"
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Req = TypeVar("Req")
@@ -122,6 +128,8 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         self._devices: messaging_pb2_grpc.DeviceKeyServiceAsyncStub | None = None
         self._storage: storage_pb2_grpc.StorageServiceAsyncStub | None = None
         self._archive: storage_pb2_grpc.StorageArchiveServiceAsyncStub | None = None
+        self._patch: patch_pb2_grpc.PatchServiceAsyncStub | None = None
+        self._fleet: fleet_pb2_grpc.FleetServiceAsyncStub | None = None
         self.limits = limits or GatewayLimits()
         self._admission = Admission(self.limits)
         self._caps = LiveStreamCaps(self.limits)
@@ -143,6 +151,10 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         storage = ctx.channel_to(s.storage_addr, "storage")
         self._storage = storage_pb2_grpc.StorageServiceStub(storage)
         self._archive = storage_pb2_grpc.StorageArchiveServiceStub(storage)
+        if s.registry_addr:  # a platform without a patch registry has no console calls to forward
+            registry = ctx.channel_to(s.registry_addr, "patch-registry")
+            self._patch = patch_pb2_grpc.PatchServiceStub(registry)
+            self._fleet = fleet_pb2_grpc.FleetServiceStub(registry)
         gateway_pb2_grpc.add_GatewayServicer_to_server(self, ctx.server)
         ctx.add_service_name(gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name)
         if s.web_listen_address:
@@ -615,3 +627,108 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         assert self._auth is not None
         await self._admit(request, context)
         return await forward(self._auth.RegenerateRecoveryCodes, request, context)
+
+    # -- the operator's console: the patch registry and the audit trail, as the caller --
+
+    async def _registry(
+        self, request: Message, context: Context, *, changes: str = ""
+    ) -> patch_pb2_grpc.PatchServiceAsyncStub:
+        """The registry, for a caller admitted; for a change (`changes` names it), only one who
+        holds patches.rollout at all: the registry's own narrower rules decide among those."""
+        await self._admit(request, context)
+        if changes:
+            self._require(context, Permission.PATCHES_ROLLOUT, changes)
+        if self._patch is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, NO_REGISTRY)
+        assert self._patch is not None
+        return self._patch
+
+    def _require(self, context: Context, permission: Permission, what: str) -> None:
+        """The console's changes and audit queries are service-checked (rbac.SERVICE_CHECKED_METHODS):
+        this is the gateway's coarse check in front of the service's own."""
+        assert self._ctx is not None
+        self._ctx.tokens.authorize(context, permission, what=what)
+
+    async def ListInstances(
+        self, request: fleet_pb2.ListInstancesRequest, context: Context
+    ) -> fleet_pb2.ListInstancesResponse:
+        await self._registry(request, context)
+        assert self._fleet is not None
+        return await forward(self._fleet.ListInstances, request, context)
+
+    async def ListFindings(
+        self, request: patch_pb2.ListFindingsRequest, context: Context
+    ) -> patch_pb2.ListFindingsResponse:
+        return await forward((await self._registry(request, context)).ListFindings, request, context)
+
+    async def ImportAdvisories(
+        self, request: patch_pb2.ImportAdvisoriesRequest, context: Context
+    ) -> patch_pb2.ImportAdvisoriesResponse:
+        registry = await self._registry(request, context, changes="importing advisories")
+        return await forward(registry.ImportAdvisories, request, context)
+
+    async def ListReleases(
+        self, request: patch_pb2.ListReleasesRequest, context: Context
+    ) -> patch_pb2.ListReleasesResponse:
+        return await forward((await self._registry(request, context)).ListReleases, request, context)
+
+    async def ListRollouts(
+        self, request: patch_pb2.ListRolloutsRequest, context: Context
+    ) -> patch_pb2.ListRolloutsResponse:
+        return await forward((await self._registry(request, context)).ListRollouts, request, context)
+
+    async def GetRollout(self, request: patch_pb2.GetRolloutRequest, context: Context) -> patch_pb2.Rollout:
+        return await forward((await self._registry(request, context)).GetRollout, request, context)
+
+    async def PlanRollout(self, request: patch_pb2.PlanRolloutRequest, context: Context) -> patch_pb2.Rollout:
+        registry = await self._registry(request, context, changes="planning a roll-out")
+        return await forward(registry.PlanRollout, request, context)
+
+    async def ApproveRollout(self, request: patch_pb2.RolloutCommand, context: Context) -> patch_pb2.Rollout:
+        registry = await self._registry(request, context, changes="approving a roll-out")
+        return await forward(registry.ApproveRollout, request, context)
+
+    async def PauseRollout(self, request: patch_pb2.RolloutCommand, context: Context) -> patch_pb2.Rollout:
+        registry = await self._registry(request, context, changes="pausing a roll-out")
+        return await forward(registry.PauseRollout, request, context)
+
+    async def ResumeRollout(self, request: patch_pb2.RolloutCommand, context: Context) -> patch_pb2.Rollout:
+        registry = await self._registry(request, context, changes="resuming a roll-out")
+        return await forward(registry.ResumeRollout, request, context)
+
+    async def RollbackRollout(self, request: patch_pb2.RolloutCommand, context: Context) -> patch_pb2.Rollout:
+        registry = await self._registry(request, context, changes="rolling back a roll-out")
+        return await forward(registry.RollbackRollout, request, context)
+
+    async def QueryAudit(
+        self, request: storage_pb2.QueryAuditRequest, context: Context
+    ) -> storage_pb2.ArchivedEventsPage:
+        assert self._archive is not None
+        await self._admit(request, context)
+        self._require(context, Permission.AUDIT_READ, "querying the audit trail")
+        return await forward(self._archive.QueryAudit, request, context)
+
+    async def VerifyAudit(
+        self, request: gateway_pb2.VerifyAuditRequest, context: Context
+    ) -> gateway_pb2.VerifyAuditResponse:
+        assert self._archive is not None
+        await self._admit(request, context)
+        self._require(context, Permission.AUDIT_READ, "verifying the audit trail")
+        archive = self._archive
+
+        async def read(page: storage_pb2.ReadArchivedStreamRequest) -> storage_pb2.ArchivedEventsPage:
+            return await forward(archive.ReadArchivedStream, page, context)
+
+        records = audit_rows(await archived_events(read, "SEC"))
+        keys = archived_trusted_keys(await archived_events(read, "AUTH"))
+        findings = verify_chain(records, keys)
+        last = max(records, key=lambda r: r.chain_index, default=None)
+        recorded_ns = last.record.occurred_at_unix_ns if last is not None and last.record is not None else 0
+        return gateway_pb2.VerifyAuditResponse(
+            intact=not findings,
+            records=len(records),
+            last_index=last.chain_index if last is not None else 0,
+            last_recorded_at=recorded_ns / 1e9,
+            findings=[str(f) for f in sorted(findings, key=lambda f: (f.chain_index, f.kind))],
+            verified_at=time.time(),
+        )

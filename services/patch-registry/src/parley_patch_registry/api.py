@@ -13,7 +13,7 @@ from parley_core.topology import PLATFORM_USER
 from parley_patch_registry.findings import Finding
 from parley_patch_registry.registry import Registry
 from parley_patch_registry.releases import ReleaseInfo
-from parley_patch_registry.rollout import Rollout, describe, exit_description
+from parley_patch_registry.rollout import GateEvaluated, Rollout, RolloutEvent, describe, exit_description
 from parley_patch_registry.tuf_http import RepositoryHttpServer
 
 Context = grpc.aio.ServicerContext[object, object]
@@ -59,11 +59,29 @@ def rollout_proto(rollout: Rollout) -> patch_pb2.Rollout:
         forced=rollout.forced,
         reason=rollout.reason,
         weights=list(rollout.weights),
-        audit=[
-            patch_pb2.AuditEntry(at=e.at, actor=e.actor, event=type(e).__name__, detail=describe(e))
-            for e in rollout.history
-        ],
+        audit=[audit_entry_proto(e) for e in rollout.history],
     )
+
+
+def audit_entry_proto(event: RolloutEvent) -> patch_pb2.AuditEntry:
+    entry = patch_pb2.AuditEntry(at=event.at, actor=event.actor, event=type(event).__name__, detail=describe(event))
+    if isinstance(event, GateEvaluated):
+        # The figures as numbers too, so a console can chart them without parsing the detail.
+        entry.gate.CopyFrom(
+            patch_pb2.GateFigures(
+                step=event.step,
+                weight=event.weight,
+                passed=event.passed,
+                window_s=event.window_s,
+                canary_calls=event.canary_calls,
+                canary_errors=event.canary_errors,
+                canary_p99_ms=event.canary_p99_ms,
+                stable_calls=event.stable_calls,
+                stable_errors=event.stable_errors,
+                stable_p99_ms=event.stable_p99_ms,
+            )
+        )
+    return entry
 
 
 def require_platform_peer(context: Context) -> None:

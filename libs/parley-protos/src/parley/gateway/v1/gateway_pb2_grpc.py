@@ -4,8 +4,10 @@ import grpc
 import warnings
 
 from parley.auth.v1 import auth_pb2 as parley_dot_auth_dot_v1_dot_auth__pb2
+from parley.fleet.v1 import fleet_pb2 as parley_dot_fleet_dot_v1_dot_fleet__pb2
 from parley.gateway.v1 import gateway_pb2 as parley_dot_gateway_dot_v1_dot_gateway__pb2
 from parley.messaging.v1 import messaging_pb2 as parley_dot_messaging_dot_v1_dot_messaging__pb2
+from parley.patch.v1 import patch_pb2 as parley_dot_patch_dot_v1_dot_patch__pb2
 from parley.storage.v1 import storage_pb2 as parley_dot_storage_dot_v1_dot_storage__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -278,6 +280,71 @@ class GatewayStub:
                 '/parley.gateway.v1.Gateway/FindUsers',
                 request_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.FindUsersRequest.SerializeToString,
                 response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.LookupUsersResponse.FromString,
+                _registered_method=True)
+        self.ListInstances = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/ListInstances',
+                request_serializer=parley_dot_fleet_dot_v1_dot_fleet__pb2.ListInstancesRequest.SerializeToString,
+                response_deserializer=parley_dot_fleet_dot_v1_dot_fleet__pb2.ListInstancesResponse.FromString,
+                _registered_method=True)
+        self.ListFindings = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/ListFindings',
+                request_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.ListFindingsRequest.SerializeToString,
+                response_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.ListFindingsResponse.FromString,
+                _registered_method=True)
+        self.ImportAdvisories = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/ImportAdvisories',
+                request_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.ImportAdvisoriesRequest.SerializeToString,
+                response_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.ImportAdvisoriesResponse.FromString,
+                _registered_method=True)
+        self.ListReleases = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/ListReleases',
+                request_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.ListReleasesRequest.SerializeToString,
+                response_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.ListReleasesResponse.FromString,
+                _registered_method=True)
+        self.ListRollouts = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/ListRollouts',
+                request_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.ListRolloutsRequest.SerializeToString,
+                response_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.ListRolloutsResponse.FromString,
+                _registered_method=True)
+        self.GetRollout = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/GetRollout',
+                request_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.GetRolloutRequest.SerializeToString,
+                response_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.Rollout.FromString,
+                _registered_method=True)
+        self.PlanRollout = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/PlanRollout',
+                request_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.PlanRolloutRequest.SerializeToString,
+                response_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.Rollout.FromString,
+                _registered_method=True)
+        self.ApproveRollout = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/ApproveRollout',
+                request_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.RolloutCommand.SerializeToString,
+                response_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.Rollout.FromString,
+                _registered_method=True)
+        self.PauseRollout = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/PauseRollout',
+                request_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.RolloutCommand.SerializeToString,
+                response_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.Rollout.FromString,
+                _registered_method=True)
+        self.ResumeRollout = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/ResumeRollout',
+                request_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.RolloutCommand.SerializeToString,
+                response_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.Rollout.FromString,
+                _registered_method=True)
+        self.RollbackRollout = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/RollbackRollout',
+                request_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.RolloutCommand.SerializeToString,
+                response_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.Rollout.FromString,
+                _registered_method=True)
+        self.QueryAudit = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/QueryAudit',
+                request_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.QueryAuditRequest.SerializeToString,
+                response_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.ArchivedEventsPage.FromString,
+                _registered_method=True)
+        self.VerifyAudit = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/VerifyAudit',
+                request_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.VerifyAuditRequest.SerializeToString,
+                response_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.VerifyAuditResponse.FromString,
                 _registered_method=True)
 
 
@@ -586,6 +653,94 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListInstances(self, request, context):
+        """The operator's console (web/console.html): the patch registry's fleet view, findings and
+        roll-outs, and the archive's audit trail, with the caller's own token. Reading the fleet,
+        findings and roll-outs needs fleet.read (operator, security-auditor, admin, owner); taking
+        a roll-out step or importing advisories patches.rollout, and the registry checks the role
+        and the second-person rule again. Audit calls need audit.read, and storage answers
+        queries for a security-auditor only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFindings(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportAdvisories(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListReleases(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRollouts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PlanRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QueryAudit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyAudit(self, request, context):
+        """The audit chain as the archive holds it, verified (parley_core.audit): records from the
+        archived SEC stream, keys from the archived AUTH stream, both read with the caller's token
+        (a security-auditor's). `parley audit verify` on the host also checks the live streams'
+        head and keys, and checkpoints kept outside the data folder.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -828,6 +983,71 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.FindUsers,
                     request_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.FindUsersRequest.FromString,
                     response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.LookupUsersResponse.SerializeToString,
+            ),
+            'ListInstances': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInstances,
+                    request_deserializer=parley_dot_fleet_dot_v1_dot_fleet__pb2.ListInstancesRequest.FromString,
+                    response_serializer=parley_dot_fleet_dot_v1_dot_fleet__pb2.ListInstancesResponse.SerializeToString,
+            ),
+            'ListFindings': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFindings,
+                    request_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.ListFindingsRequest.FromString,
+                    response_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.ListFindingsResponse.SerializeToString,
+            ),
+            'ImportAdvisories': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportAdvisories,
+                    request_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.ImportAdvisoriesRequest.FromString,
+                    response_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.ImportAdvisoriesResponse.SerializeToString,
+            ),
+            'ListReleases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReleases,
+                    request_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.ListReleasesRequest.FromString,
+                    response_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.ListReleasesResponse.SerializeToString,
+            ),
+            'ListRollouts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRollouts,
+                    request_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.ListRolloutsRequest.FromString,
+                    response_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.ListRolloutsResponse.SerializeToString,
+            ),
+            'GetRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRollout,
+                    request_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.GetRolloutRequest.FromString,
+                    response_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.Rollout.SerializeToString,
+            ),
+            'PlanRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlanRollout,
+                    request_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.PlanRolloutRequest.FromString,
+                    response_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.Rollout.SerializeToString,
+            ),
+            'ApproveRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveRollout,
+                    request_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.RolloutCommand.FromString,
+                    response_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.Rollout.SerializeToString,
+            ),
+            'PauseRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseRollout,
+                    request_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.RolloutCommand.FromString,
+                    response_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.Rollout.SerializeToString,
+            ),
+            'ResumeRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeRollout,
+                    request_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.RolloutCommand.FromString,
+                    response_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.Rollout.SerializeToString,
+            ),
+            'RollbackRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackRollout,
+                    request_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.RolloutCommand.FromString,
+                    response_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.Rollout.SerializeToString,
+            ),
+            'QueryAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryAudit,
+                    request_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.QueryAuditRequest.FromString,
+                    response_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.ArchivedEventsPage.SerializeToString,
+            ),
+            'VerifyAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyAudit,
+                    request_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.VerifyAuditRequest.FromString,
+                    response_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.VerifyAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -2128,6 +2348,357 @@ class Gateway:
             '/parley.gateway.v1.Gateway/FindUsers',
             parley_dot_gateway_dot_v1_dot_gateway__pb2.FindUsersRequest.SerializeToString,
             parley_dot_auth_dot_v1_dot_auth__pb2.LookupUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInstances(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/ListInstances',
+            parley_dot_fleet_dot_v1_dot_fleet__pb2.ListInstancesRequest.SerializeToString,
+            parley_dot_fleet_dot_v1_dot_fleet__pb2.ListInstancesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFindings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/ListFindings',
+            parley_dot_patch_dot_v1_dot_patch__pb2.ListFindingsRequest.SerializeToString,
+            parley_dot_patch_dot_v1_dot_patch__pb2.ListFindingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportAdvisories(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/ImportAdvisories',
+            parley_dot_patch_dot_v1_dot_patch__pb2.ImportAdvisoriesRequest.SerializeToString,
+            parley_dot_patch_dot_v1_dot_patch__pb2.ImportAdvisoriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReleases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/ListReleases',
+            parley_dot_patch_dot_v1_dot_patch__pb2.ListReleasesRequest.SerializeToString,
+            parley_dot_patch_dot_v1_dot_patch__pb2.ListReleasesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRollouts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/ListRollouts',
+            parley_dot_patch_dot_v1_dot_patch__pb2.ListRolloutsRequest.SerializeToString,
+            parley_dot_patch_dot_v1_dot_patch__pb2.ListRolloutsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/GetRollout',
+            parley_dot_patch_dot_v1_dot_patch__pb2.GetRolloutRequest.SerializeToString,
+            parley_dot_patch_dot_v1_dot_patch__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlanRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/PlanRollout',
+            parley_dot_patch_dot_v1_dot_patch__pb2.PlanRolloutRequest.SerializeToString,
+            parley_dot_patch_dot_v1_dot_patch__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/ApproveRollout',
+            parley_dot_patch_dot_v1_dot_patch__pb2.RolloutCommand.SerializeToString,
+            parley_dot_patch_dot_v1_dot_patch__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/PauseRollout',
+            parley_dot_patch_dot_v1_dot_patch__pb2.RolloutCommand.SerializeToString,
+            parley_dot_patch_dot_v1_dot_patch__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/ResumeRollout',
+            parley_dot_patch_dot_v1_dot_patch__pb2.RolloutCommand.SerializeToString,
+            parley_dot_patch_dot_v1_dot_patch__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/RollbackRollout',
+            parley_dot_patch_dot_v1_dot_patch__pb2.RolloutCommand.SerializeToString,
+            parley_dot_patch_dot_v1_dot_patch__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/QueryAudit',
+            parley_dot_storage_dot_v1_dot_storage__pb2.QueryAuditRequest.SerializeToString,
+            parley_dot_storage_dot_v1_dot_storage__pb2.ArchivedEventsPage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/VerifyAudit',
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.VerifyAuditRequest.SerializeToString,
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.VerifyAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,8 +6,10 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from parley.auth.v1 import auth_pb2 as _auth_pb2
+from parley.fleet.v1 import fleet_pb2 as _fleet_pb2
 from parley.gateway.v1 import gateway_pb2 as _gateway_pb2
 from parley.messaging.v1 import messaging_pb2 as _messaging_pb2
+from parley.patch.v1 import patch_pb2 as _patch_pb2
 from parley.storage.v1 import storage_pb2 as _storage_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -101,6 +103,31 @@ class GatewayStub:
     messages.read, which this call needs: owner and admin) every account. A name nobody
     visible has is left out of the answer.
     """
+    ListInstances: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.ListInstancesRequest, _fleet_pb2.ListInstancesResponse]
+    """The operator's console (web/console.html): the patch registry's fleet view, findings and
+    roll-outs, and the archive's audit trail, with the caller's own token. Reading the fleet,
+    findings and roll-outs needs fleet.read (operator, security-auditor, admin, owner); taking
+    a roll-out step or importing advisories patches.rollout, and the registry checks the role
+    and the second-person rule again. Audit calls need audit.read, and storage answers
+    queries for a security-auditor only.
+    """
+    ListFindings: _grpc.UnaryUnaryMultiCallable[_patch_pb2.ListFindingsRequest, _patch_pb2.ListFindingsResponse]
+    ImportAdvisories: _grpc.UnaryUnaryMultiCallable[_patch_pb2.ImportAdvisoriesRequest, _patch_pb2.ImportAdvisoriesResponse]
+    ListReleases: _grpc.UnaryUnaryMultiCallable[_patch_pb2.ListReleasesRequest, _patch_pb2.ListReleasesResponse]
+    ListRollouts: _grpc.UnaryUnaryMultiCallable[_patch_pb2.ListRolloutsRequest, _patch_pb2.ListRolloutsResponse]
+    GetRollout: _grpc.UnaryUnaryMultiCallable[_patch_pb2.GetRolloutRequest, _patch_pb2.Rollout]
+    PlanRollout: _grpc.UnaryUnaryMultiCallable[_patch_pb2.PlanRolloutRequest, _patch_pb2.Rollout]
+    ApproveRollout: _grpc.UnaryUnaryMultiCallable[_patch_pb2.RolloutCommand, _patch_pb2.Rollout]
+    PauseRollout: _grpc.UnaryUnaryMultiCallable[_patch_pb2.RolloutCommand, _patch_pb2.Rollout]
+    ResumeRollout: _grpc.UnaryUnaryMultiCallable[_patch_pb2.RolloutCommand, _patch_pb2.Rollout]
+    RollbackRollout: _grpc.UnaryUnaryMultiCallable[_patch_pb2.RolloutCommand, _patch_pb2.Rollout]
+    QueryAudit: _grpc.UnaryUnaryMultiCallable[_storage_pb2.QueryAuditRequest, _storage_pb2.ArchivedEventsPage]
+    VerifyAudit: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.VerifyAuditRequest, _gateway_pb2.VerifyAuditResponse]
+    """The audit chain as the archive holds it, verified (parley_core.audit): records from the
+    archived SEC stream, keys from the archived AUTH stream, both read with the caller's token
+    (a security-auditor's). `parley audit verify` on the host also checks the live streams'
+    head and keys, and checkpoints kept outside the data folder.
+    """
 
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
@@ -171,6 +198,31 @@ class GatewayAsyncStub(GatewayStub):
     the caller, and for a caller who may also read the account directory (users.read; with
     messages.read, which this call needs: owner and admin) every account. A name nobody
     visible has is left out of the answer.
+    """
+    ListInstances: _aio.UnaryUnaryMultiCallable[_fleet_pb2.ListInstancesRequest, _fleet_pb2.ListInstancesResponse]  # type: ignore[assignment]
+    """The operator's console (web/console.html): the patch registry's fleet view, findings and
+    roll-outs, and the archive's audit trail, with the caller's own token. Reading the fleet,
+    findings and roll-outs needs fleet.read (operator, security-auditor, admin, owner); taking
+    a roll-out step or importing advisories patches.rollout, and the registry checks the role
+    and the second-person rule again. Audit calls need audit.read, and storage answers
+    queries for a security-auditor only.
+    """
+    ListFindings: _aio.UnaryUnaryMultiCallable[_patch_pb2.ListFindingsRequest, _patch_pb2.ListFindingsResponse]  # type: ignore[assignment]
+    ImportAdvisories: _aio.UnaryUnaryMultiCallable[_patch_pb2.ImportAdvisoriesRequest, _patch_pb2.ImportAdvisoriesResponse]  # type: ignore[assignment]
+    ListReleases: _aio.UnaryUnaryMultiCallable[_patch_pb2.ListReleasesRequest, _patch_pb2.ListReleasesResponse]  # type: ignore[assignment]
+    ListRollouts: _aio.UnaryUnaryMultiCallable[_patch_pb2.ListRolloutsRequest, _patch_pb2.ListRolloutsResponse]  # type: ignore[assignment]
+    GetRollout: _aio.UnaryUnaryMultiCallable[_patch_pb2.GetRolloutRequest, _patch_pb2.Rollout]  # type: ignore[assignment]
+    PlanRollout: _aio.UnaryUnaryMultiCallable[_patch_pb2.PlanRolloutRequest, _patch_pb2.Rollout]  # type: ignore[assignment]
+    ApproveRollout: _aio.UnaryUnaryMultiCallable[_patch_pb2.RolloutCommand, _patch_pb2.Rollout]  # type: ignore[assignment]
+    PauseRollout: _aio.UnaryUnaryMultiCallable[_patch_pb2.RolloutCommand, _patch_pb2.Rollout]  # type: ignore[assignment]
+    ResumeRollout: _aio.UnaryUnaryMultiCallable[_patch_pb2.RolloutCommand, _patch_pb2.Rollout]  # type: ignore[assignment]
+    RollbackRollout: _aio.UnaryUnaryMultiCallable[_patch_pb2.RolloutCommand, _patch_pb2.Rollout]  # type: ignore[assignment]
+    QueryAudit: _aio.UnaryUnaryMultiCallable[_storage_pb2.QueryAuditRequest, _storage_pb2.ArchivedEventsPage]  # type: ignore[assignment]
+    VerifyAudit: _aio.UnaryUnaryMultiCallable[_gateway_pb2.VerifyAuditRequest, _gateway_pb2.VerifyAuditResponse]  # type: ignore[assignment]
+    """The audit chain as the archive holds it, verified (parley_core.audit): records from the
+    archived SEC stream, keys from the archived AUTH stream, both read with the caller's token
+    (a security-auditor's). `parley audit verify` on the host also checks the live streams'
+    head and keys, and checkpoints kept outside the data folder.
     """
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
@@ -527,6 +579,109 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         the caller, and for a caller who may also read the account directory (users.read; with
         messages.read, which this call needs: owner and admin) every account. A name nobody
         visible has is left out of the answer.
+        """
+
+    @_abc_1.abstractmethod
+    def ListInstances(
+        self,
+        request: _fleet_pb2.ListInstancesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fleet_pb2.ListInstancesResponse, _abc.Awaitable[_fleet_pb2.ListInstancesResponse]]:
+        """The operator's console (web/console.html): the patch registry's fleet view, findings and
+        roll-outs, and the archive's audit trail, with the caller's own token. Reading the fleet,
+        findings and roll-outs needs fleet.read (operator, security-auditor, admin, owner); taking
+        a roll-out step or importing advisories patches.rollout, and the registry checks the role
+        and the second-person rule again. Audit calls need audit.read, and storage answers
+        queries for a security-auditor only.
+        """
+
+    @_abc_1.abstractmethod
+    def ListFindings(
+        self,
+        request: _patch_pb2.ListFindingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_patch_pb2.ListFindingsResponse, _abc.Awaitable[_patch_pb2.ListFindingsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ImportAdvisories(
+        self,
+        request: _patch_pb2.ImportAdvisoriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_patch_pb2.ImportAdvisoriesResponse, _abc.Awaitable[_patch_pb2.ImportAdvisoriesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListReleases(
+        self,
+        request: _patch_pb2.ListReleasesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_patch_pb2.ListReleasesResponse, _abc.Awaitable[_patch_pb2.ListReleasesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListRollouts(
+        self,
+        request: _patch_pb2.ListRolloutsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_patch_pb2.ListRolloutsResponse, _abc.Awaitable[_patch_pb2.ListRolloutsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetRollout(
+        self,
+        request: _patch_pb2.GetRolloutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_patch_pb2.Rollout, _abc.Awaitable[_patch_pb2.Rollout]]: ...
+
+    @_abc_1.abstractmethod
+    def PlanRollout(
+        self,
+        request: _patch_pb2.PlanRolloutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_patch_pb2.Rollout, _abc.Awaitable[_patch_pb2.Rollout]]: ...
+
+    @_abc_1.abstractmethod
+    def ApproveRollout(
+        self,
+        request: _patch_pb2.RolloutCommand,
+        context: _ServicerContext,
+    ) -> _typing.Union[_patch_pb2.Rollout, _abc.Awaitable[_patch_pb2.Rollout]]: ...
+
+    @_abc_1.abstractmethod
+    def PauseRollout(
+        self,
+        request: _patch_pb2.RolloutCommand,
+        context: _ServicerContext,
+    ) -> _typing.Union[_patch_pb2.Rollout, _abc.Awaitable[_patch_pb2.Rollout]]: ...
+
+    @_abc_1.abstractmethod
+    def ResumeRollout(
+        self,
+        request: _patch_pb2.RolloutCommand,
+        context: _ServicerContext,
+    ) -> _typing.Union[_patch_pb2.Rollout, _abc.Awaitable[_patch_pb2.Rollout]]: ...
+
+    @_abc_1.abstractmethod
+    def RollbackRollout(
+        self,
+        request: _patch_pb2.RolloutCommand,
+        context: _ServicerContext,
+    ) -> _typing.Union[_patch_pb2.Rollout, _abc.Awaitable[_patch_pb2.Rollout]]: ...
+
+    @_abc_1.abstractmethod
+    def QueryAudit(
+        self,
+        request: _storage_pb2.QueryAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_pb2.ArchivedEventsPage, _abc.Awaitable[_storage_pb2.ArchivedEventsPage]]: ...
+
+    @_abc_1.abstractmethod
+    def VerifyAudit(
+        self,
+        request: _gateway_pb2.VerifyAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.VerifyAuditResponse, _abc.Awaitable[_gateway_pb2.VerifyAuditResponse]]:
+        """The audit chain as the archive holds it, verified (parley_core.audit): records from the
+        archived SEC stream, keys from the archived AUTH stream, both read with the caller's token
+        (a security-auditor's). `parley audit verify` on the host also checks the live streams'
+        head and keys, and checkpoints kept outside the data folder.
         """
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -6,9 +6,13 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { AccountSchema, AssignRoleRequestSchema, BeginTotpEnrolmentRequestSchema, BeginTotpEnrolmentResponseSchema, ChangePasswordRequestSchema, ChangePasswordResponseSchema, ClaimedOneTimeKeySchema, ClaimOneTimeKeyRequestSchema, ConfirmTotpEnrolmentRequestSchema, ConfirmTotpEnrolmentResponseSchema, CreateInviteRequestSchema, CreateUserRequestSchema, DeviceSchema, InviteSchema, ListDevicesRequestSchema, ListDevicesResponseSchema, ListSessionsRequestSchema, ListSessionsResponseSchema, LoginRequestSchema, LoginResponseSchema, LogoutRequestSchema, LogoutResponseSchema, LookupUsersRequestSchema, LookupUsersResponseSchema, PublishDeviceKeysRequestSchema, RefreshRequestSchema, RegenerateRecoveryCodesRequestSchema, RegenerateRecoveryCodesResponseSchema, RegisterRequestSchema, RegisterResponseSchema, RemoveDeviceRequestSchema, RemoveDeviceResponseSchema, ResetMfaRequestSchema, RevokeSessionRequestSchema, RevokeSessionResponseSchema, SetAccountDisabledRequestSchema, SetMfaRequiredRequestSchema, SetMfaRequiredResponseSchema, UnlockAccountRequestSchema, UploadOneTimeKeysRequestSchema, UploadOneTimeKeysResponseSchema } from "../../auth/v1/auth_pb.js";
 import { file_parley_auth_v1_auth } from "../../auth/v1/auth_pb.js";
+import type { ListInstancesRequestSchema, ListInstancesResponseSchema } from "../../fleet/v1/fleet_pb.js";
+import { file_parley_fleet_v1_fleet } from "../../fleet/v1/fleet_pb.js";
 import type { ChannelSchema, ChatMessage, ChatMessageSchema, CreateChannelRequestSchema, CreateDirectChannelRequestSchema, EditMessageRequestSchema, FetchToDeviceRequestSchema, FetchToDeviceResponseSchema, JoinChannelRequestSchema, LeaveChannelRequestSchema, ListMessageVersionsRequestSchema, ListMessageVersionsResponseSchema, ListMyChannelsRequestSchema, ListMyChannelsResponseSchema, ListThreadRequestSchema, ListThreadResponseSchema, MarkReadRequestSchema, MemberActionRequestSchema, PostMessageRequestSchema, ReactRequestSchema, RedactMessageRequestSchema, SendToDeviceRequestSchema, SendToDeviceResponseSchema, SetMemberRoleRequestSchema, UpdateChannelRequestSchema } from "../../messaging/v1/messaging_pb.js";
 import { file_parley_messaging_v1_messaging } from "../../messaging/v1/messaging_pb.js";
-import type { EraseUserDataRequestSchema, EraseUserDataResponseSchema, ExportUserDataRequestSchema, ExportUserDataResponseSchema, GetChannelHistoryRequestSchema, GetChannelHistoryResponseSchema } from "../../storage/v1/storage_pb.js";
+import type { GetRolloutRequestSchema, ImportAdvisoriesRequestSchema, ImportAdvisoriesResponseSchema, ListFindingsRequestSchema, ListFindingsResponseSchema, ListReleasesRequestSchema, ListReleasesResponseSchema, ListRolloutsRequestSchema, ListRolloutsResponseSchema, PlanRolloutRequestSchema, RolloutCommandSchema, RolloutSchema } from "../../patch/v1/patch_pb.js";
+import { file_parley_patch_v1_patch } from "../../patch/v1/patch_pb.js";
+import type { ArchivedEventsPageSchema, EraseUserDataRequestSchema, EraseUserDataResponseSchema, ExportUserDataRequestSchema, ExportUserDataResponseSchema, GetChannelHistoryRequestSchema, GetChannelHistoryResponseSchema, QueryAuditRequestSchema } from "../../storage/v1/storage_pb.js";
 import { file_parley_storage_v1_storage } from "../../storage/v1/storage_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -16,7 +20,68 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/gateway/v1/gateway.proto.
  */
 export const file_parley_gateway_v1_gateway: GenFile = /*@__PURE__*/
-  fileDesc("Ch9wYXJsZXkvZ2F0ZXdheS92MS9nYXRld2F5LnByb3RvEhFwYXJsZXkuZ2F0ZXdheS52MSIlChBGaW5kVXNlcnNSZXF1ZXN0EhEKCXVzZXJuYW1lcxgBIAMoCSJWChBTdWJzY3JpYmVSZXF1ZXN0EhMKC2NoYW5uZWxfaWRzGAEgAygJEi0KBnJlc3VtZRgCIAMoCzIdLnBhcmxleS5nYXRld2F5LnYxLlJlc3VtZUZyb20iTgoFUmVhZHkSEwoLY2hhbm5lbF9pZHMYASADKAkSMAoJcG9zaXRpb25zGAIgAygLMh0ucGFybGV5LmdhdGV3YXkudjEuUmVzdW1lRnJvbSLNAgoLQ2xpZW50RXZlbnQSKQoFcmVhZHkYASABKAsyGC5wYXJsZXkuZ2F0ZXdheS52MS5SZWFkeUgAEjMKB21lc3NhZ2UYAiABKAsyIC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYXRNZXNzYWdlSAASMwoHdXBkYXRlZBgDIAEoCzIgLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhdE1lc3NhZ2VIABIvCghyZWFjdGlvbhgEIAEoCzIbLnBhcmxleS5nYXRld2F5LnYxLlJlYWN0aW9uSAASNAoLcmVhZF9tYXJrZXIYBSABKAsyHS5wYXJsZXkuZ2F0ZXdheS52MS5SZWFkTWFya2VySAASOQoKbWVtYmVyc2hpcBgGIAEoCzIjLnBhcmxleS5nYXRld2F5LnYxLk1lbWJlcnNoaXBDaGFuZ2VIAEIHCgVldmVudCJ2CghSZWFjdGlvbhISCgpjaGFubmVsX2lkGAEgASgJEhMKC2NoYW5uZWxfc2VxGAIgASgEEg8KB3VzZXJfaWQYAyABKAkSDQoFZW1vamkYBCABKAkSDwoHcmVtb3ZlZBgFIAEoCBIQCghwb3NpdGlvbhgGIAEoBCJYCgpSZWFkTWFya2VyEhIKCmNoYW5uZWxfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRITCgtjaGFubmVsX3NlcRgDIAEoBBIQCghwb3NpdGlvbhgEIAEoBCJ7ChBNZW1iZXJzaGlwQ2hhbmdlEhIKCmNoYW5uZWxfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIOCgZjaGFuZ2UYAyABKAkSEAoIYWN0b3JfaWQYBCABKAkSDgoGZGV0YWlsGAUgASgJEhAKCHBvc2l0aW9uGAYgASgEIjgKClJlc3VtZUZyb20SEgoKY2hhbm5lbF9pZBgBIAEoCRIWCg5hZnRlcl9wb3NpdGlvbhgCIAEoBDKfIgoHR2F0ZXdheRJNCghSZWdpc3RlchIfLnBhcmxleS5hdXRoLnYxLlJlZ2lzdGVyUmVxdWVzdBogLnBhcmxleS5hdXRoLnYxLlJlZ2lzdGVyUmVzcG9uc2USRAoFTG9naW4SHC5wYXJsZXkuYXV0aC52MS5Mb2dpblJlcXVlc3QaHS5wYXJsZXkuYXV0aC52MS5Mb2dpblJlc3BvbnNlElgKDUNyZWF0ZUNoYW5uZWwSKS5wYXJsZXkubWVzc2FnaW5nLnYxLkNyZWF0ZUNoYW5uZWxSZXF1ZXN0GhwucGFybGV5Lm1lc3NhZ2luZy52MS5DaGFubmVsElQKC0pvaW5DaGFubmVsEicucGFybGV5Lm1lc3NhZ2luZy52MS5Kb2luQ2hhbm5lbFJlcXVlc3QaHC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYW5uZWwSaQoOTGlzdE15Q2hhbm5lbHMSKi5wYXJsZXkubWVzc2FnaW5nLnYxLkxpc3RNeUNoYW5uZWxzUmVxdWVzdBorLnBhcmxleS5tZXNzYWdpbmcudjEuTGlzdE15Q2hhbm5lbHNSZXNwb25zZRJYCgtTZW5kTWVzc2FnZRInLnBhcmxleS5tZXNzYWdpbmcudjEuUG9zdE1lc3NhZ2VSZXF1ZXN0GiAucGFybGV5Lm1lc3NhZ2luZy52MS5DaGF0TWVzc2FnZRJnCgpHZXRIaXN0b3J5EisucGFybGV5LnN0b3JhZ2UudjEuR2V0Q2hhbm5lbEhpc3RvcnlSZXF1ZXN0GiwucGFybGV5LnN0b3JhZ2UudjEuR2V0Q2hhbm5lbEhpc3RvcnlSZXNwb25zZRJSCglTdWJzY3JpYmUSIy5wYXJsZXkuZ2F0ZXdheS52MS5TdWJzY3JpYmVSZXF1ZXN0Gh4ucGFybGV5LmdhdGV3YXkudjEuQ2xpZW50RXZlbnQwARJICgdSZWZyZXNoEh4ucGFybGV5LmF1dGgudjEuUmVmcmVzaFJlcXVlc3QaHS5wYXJsZXkuYXV0aC52MS5Mb2dpblJlc3BvbnNlEkcKBkxvZ291dBIdLnBhcmxleS5hdXRoLnYxLkxvZ291dFJlcXVlc3QaHi5wYXJsZXkuYXV0aC52MS5Mb2dvdXRSZXNwb25zZRJfCg5DaGFuZ2VQYXNzd29yZBIlLnBhcmxleS5hdXRoLnYxLkNoYW5nZVBhc3N3b3JkUmVxdWVzdBomLnBhcmxleS5hdXRoLnYxLkNoYW5nZVBhc3N3b3JkUmVzcG9uc2USWQoMTGlzdFNlc3Npb25zEiMucGFybGV5LmF1dGgudjEuTGlzdFNlc3Npb25zUmVxdWVzdBokLnBhcmxleS5hdXRoLnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlElwKDVJldm9rZVNlc3Npb24SJC5wYXJsZXkuYXV0aC52MS5SZXZva2VTZXNzaW9uUmVxdWVzdBolLnBhcmxleS5hdXRoLnYxLlJldm9rZVNlc3Npb25SZXNwb25zZRJICgpDcmVhdGVVc2VyEiEucGFybGV5LmF1dGgudjEuQ3JlYXRlVXNlclJlcXVlc3QaFy5wYXJsZXkuYXV0aC52MS5BY2NvdW50EkgKCkFzc2lnblJvbGUSIS5wYXJsZXkuYXV0aC52MS5Bc3NpZ25Sb2xlUmVxdWVzdBoXLnBhcmxleS5hdXRoLnYxLkFjY291bnQSWAoSU2V0QWNjb3VudERpc2FibGVkEikucGFybGV5LmF1dGgudjEuU2V0QWNjb3VudERpc2FibGVkUmVxdWVzdBoXLnBhcmxleS5hdXRoLnYxLkFjY291bnQSawoSQmVnaW5Ub3RwRW5yb2xtZW50EikucGFybGV5LmF1dGgudjEuQmVnaW5Ub3RwRW5yb2xtZW50UmVxdWVzdBoqLnBhcmxleS5hdXRoLnYxLkJlZ2luVG90cEVucm9sbWVudFJlc3BvbnNlEnEKFENvbmZpcm1Ub3RwRW5yb2xtZW50EisucGFybGV5LmF1dGgudjEuQ29uZmlybVRvdHBFbnJvbG1lbnRSZXF1ZXN0GiwucGFybGV5LmF1dGgudjEuQ29uZmlybVRvdHBFbnJvbG1lbnRSZXNwb25zZRJfCg5TZXRNZmFSZXF1aXJlZBIlLnBhcmxleS5hdXRoLnYxLlNldE1mYVJlcXVpcmVkUmVxdWVzdBomLnBhcmxleS5hdXRoLnYxLlNldE1mYVJlcXVpcmVkUmVzcG9uc2USVQoRUHVibGlzaERldmljZUtleXMSKC5wYXJsZXkuYXV0aC52MS5QdWJsaXNoRGV2aWNlS2V5c1JlcXVlc3QaFi5wYXJsZXkuYXV0aC52MS5EZXZpY2USaAoRVXBsb2FkT25lVGltZUtleXMSKC5wYXJsZXkuYXV0aC52MS5VcGxvYWRPbmVUaW1lS2V5c1JlcXVlc3QaKS5wYXJsZXkuYXV0aC52MS5VcGxvYWRPbmVUaW1lS2V5c1Jlc3BvbnNlElwKD0NsYWltT25lVGltZUtleRImLnBhcmxleS5hdXRoLnYxLkNsYWltT25lVGltZUtleVJlcXVlc3QaIS5wYXJsZXkuYXV0aC52MS5DbGFpbWVkT25lVGltZUtleRJWCgtMaXN0RGV2aWNlcxIiLnBhcmxleS5hdXRoLnYxLkxpc3REZXZpY2VzUmVxdWVzdBojLnBhcmxleS5hdXRoLnYxLkxpc3REZXZpY2VzUmVzcG9uc2USWQoMUmVtb3ZlRGV2aWNlEiMucGFybGV5LmF1dGgudjEuUmVtb3ZlRGV2aWNlUmVxdWVzdBokLnBhcmxleS5hdXRoLnYxLlJlbW92ZURldmljZVJlc3BvbnNlEksKDENyZWF0ZUludml0ZRIjLnBhcmxleS5hdXRoLnYxLkNyZWF0ZUludml0ZVJlcXVlc3QaFi5wYXJsZXkuYXV0aC52MS5JbnZpdGUSRAoIUmVzZXRNZmESHy5wYXJsZXkuYXV0aC52MS5SZXNldE1mYVJlcXVlc3QaFy5wYXJsZXkuYXV0aC52MS5BY2NvdW50Ek4KDVVubG9ja0FjY291bnQSJC5wYXJsZXkuYXV0aC52MS5VbmxvY2tBY2NvdW50UmVxdWVzdBoXLnBhcmxleS5hdXRoLnYxLkFjY291bnQSegoXUmVnZW5lcmF0ZVJlY292ZXJ5Q29kZXMSLi5wYXJsZXkuYXV0aC52MS5SZWdlbmVyYXRlUmVjb3ZlcnlDb2Rlc1JlcXVlc3QaLy5wYXJsZXkuYXV0aC52MS5SZWdlbmVyYXRlUmVjb3ZlcnlDb2Rlc1Jlc3BvbnNlElgKC0VkaXRNZXNzYWdlEicucGFybGV5Lm1lc3NhZ2luZy52MS5FZGl0TWVzc2FnZVJlcXVlc3QaIC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYXRNZXNzYWdlElwKDVJlZGFjdE1lc3NhZ2USKS5wYXJsZXkubWVzc2FnaW5nLnYxLlJlZGFjdE1lc3NhZ2VSZXF1ZXN0GiAucGFybGV5Lm1lc3NhZ2luZy52MS5DaGF0TWVzc2FnZRJ4ChNMaXN0TWVzc2FnZVZlcnNpb25zEi8ucGFybGV5Lm1lc3NhZ2luZy52MS5MaXN0TWVzc2FnZVZlcnNpb25zUmVxdWVzdBowLnBhcmxleS5tZXNzYWdpbmcudjEuTGlzdE1lc3NhZ2VWZXJzaW9uc1Jlc3BvbnNlElYKDExlYXZlQ2hhbm5lbBIoLnBhcmxleS5tZXNzYWdpbmcudjEuTGVhdmVDaGFubmVsUmVxdWVzdBocLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhbm5lbBJjCgxTZW5kVG9EZXZpY2USKC5wYXJsZXkubWVzc2FnaW5nLnYxLlNlbmRUb0RldmljZVJlcXVlc3QaKS5wYXJsZXkubWVzc2FnaW5nLnYxLlNlbmRUb0RldmljZVJlc3BvbnNlEmYKDUZldGNoVG9EZXZpY2USKS5wYXJsZXkubWVzc2FnaW5nLnYxLkZldGNoVG9EZXZpY2VSZXF1ZXN0GioucGFybGV5Lm1lc3NhZ2luZy52MS5GZXRjaFRvRGV2aWNlUmVzcG9uc2USZAoTQ3JlYXRlRGlyZWN0Q2hhbm5lbBIvLnBhcmxleS5tZXNzYWdpbmcudjEuQ3JlYXRlRGlyZWN0Q2hhbm5lbFJlcXVlc3QaHC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYW5uZWwSVgoMSW52aXRlTWVtYmVyEigucGFybGV5Lm1lc3NhZ2luZy52MS5NZW1iZXJBY3Rpb25SZXF1ZXN0GhwucGFybGV5Lm1lc3NhZ2luZy52MS5DaGFubmVsElQKCktpY2tNZW1iZXISKC5wYXJsZXkubWVzc2FnaW5nLnYxLk1lbWJlckFjdGlvblJlcXVlc3QaHC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYW5uZWwSUwoJQmFuTWVtYmVyEigucGFybGV5Lm1lc3NhZ2luZy52MS5NZW1iZXJBY3Rpb25SZXF1ZXN0GhwucGFybGV5Lm1lc3NhZ2luZy52MS5DaGFubmVsElUKC1VuYmFuTWVtYmVyEigucGFybGV5Lm1lc3NhZ2luZy52MS5NZW1iZXJBY3Rpb25SZXF1ZXN0GhwucGFybGV5Lm1lc3NhZ2luZy52MS5DaGFubmVsElgKDVNldE1lbWJlclJvbGUSKS5wYXJsZXkubWVzc2FnaW5nLnYxLlNldE1lbWJlclJvbGVSZXF1ZXN0GhwucGFybGV5Lm1lc3NhZ2luZy52MS5DaGFubmVsElgKDVVwZGF0ZUNoYW5uZWwSKS5wYXJsZXkubWVzc2FnaW5nLnYxLlVwZGF0ZUNoYW5uZWxSZXF1ZXN0GhwucGFybGV5Lm1lc3NhZ2luZy52MS5DaGFubmVsEl0KCkxpc3RUaHJlYWQSJi5wYXJsZXkubWVzc2FnaW5nLnYxLkxpc3RUaHJlYWRSZXF1ZXN0GicucGFybGV5Lm1lc3NhZ2luZy52MS5MaXN0VGhyZWFkUmVzcG9uc2USTAoFUmVhY3QSIS5wYXJsZXkubWVzc2FnaW5nLnYxLlJlYWN0UmVxdWVzdBogLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhdE1lc3NhZ2USTgoITWFya1JlYWQSJC5wYXJsZXkubWVzc2FnaW5nLnYxLk1hcmtSZWFkUmVxdWVzdBocLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhbm5lbBJlCg5FeHBvcnRVc2VyRGF0YRIoLnBhcmxleS5zdG9yYWdlLnYxLkV4cG9ydFVzZXJEYXRhUmVxdWVzdBopLnBhcmxleS5zdG9yYWdlLnYxLkV4cG9ydFVzZXJEYXRhUmVzcG9uc2USYgoNRXJhc2VVc2VyRGF0YRInLnBhcmxleS5zdG9yYWdlLnYxLkVyYXNlVXNlckRhdGFSZXF1ZXN0GigucGFybGV5LnN0b3JhZ2UudjEuRXJhc2VVc2VyRGF0YVJlc3BvbnNlElYKC0xvb2t1cFVzZXJzEiIucGFybGV5LmF1dGgudjEuTG9va3VwVXNlcnNSZXF1ZXN0GiMucGFybGV5LmF1dGgudjEuTG9va3VwVXNlcnNSZXNwb25zZRJVCglGaW5kVXNlcnMSIy5wYXJsZXkuZ2F0ZXdheS52MS5GaW5kVXNlcnNSZXF1ZXN0GiMucGFybGV5LmF1dGgudjEuTG9va3VwVXNlcnNSZXNwb25zZWIGcHJvdG8z", [file_parley_auth_v1_auth, file_parley_messaging_v1_messaging, file_parley_storage_v1_storage]);
+  fileDesc("Ch9wYXJsZXkvZ2F0ZXdheS92MS9nYXRld2F5LnByb3RvEhFwYXJsZXkuZ2F0ZXdheS52MSIUChJWZXJpZnlBdWRpdFJlcXVlc3QiiwEKE1ZlcmlmeUF1ZGl0UmVzcG9uc2USDgoGaW50YWN0GAEgASgIEg8KB3JlY29yZHMYAiABKA0SEgoKbGFzdF9pbmRleBgDIAEoBBIYChBsYXN0X3JlY29yZGVkX2F0GAQgASgBEhAKCGZpbmRpbmdzGAUgAygJEhMKC3ZlcmlmaWVkX2F0GAYgASgBIiUKEEZpbmRVc2Vyc1JlcXVlc3QSEQoJdXNlcm5hbWVzGAEgAygJIlYKEFN1YnNjcmliZVJlcXVlc3QSEwoLY2hhbm5lbF9pZHMYASADKAkSLQoGcmVzdW1lGAIgAygLMh0ucGFybGV5LmdhdGV3YXkudjEuUmVzdW1lRnJvbSJOCgVSZWFkeRITCgtjaGFubmVsX2lkcxgBIAMoCRIwCglwb3NpdGlvbnMYAiADKAsyHS5wYXJsZXkuZ2F0ZXdheS52MS5SZXN1bWVGcm9tIs0CCgtDbGllbnRFdmVudBIpCgVyZWFkeRgBIAEoCzIYLnBhcmxleS5nYXRld2F5LnYxLlJlYWR5SAASMwoHbWVzc2FnZRgCIAEoCzIgLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhdE1lc3NhZ2VIABIzCgd1cGRhdGVkGAMgASgLMiAucGFybGV5Lm1lc3NhZ2luZy52MS5DaGF0TWVzc2FnZUgAEi8KCHJlYWN0aW9uGAQgASgLMhsucGFybGV5LmdhdGV3YXkudjEuUmVhY3Rpb25IABI0CgtyZWFkX21hcmtlchgFIAEoCzIdLnBhcmxleS5nYXRld2F5LnYxLlJlYWRNYXJrZXJIABI5CgptZW1iZXJzaGlwGAYgASgLMiMucGFybGV5LmdhdGV3YXkudjEuTWVtYmVyc2hpcENoYW5nZUgAQgcKBWV2ZW50InYKCFJlYWN0aW9uEhIKCmNoYW5uZWxfaWQYASABKAkSEwoLY2hhbm5lbF9zZXEYAiABKAQSDwoHdXNlcl9pZBgDIAEoCRINCgVlbW9qaRgEIAEoCRIPCgdyZW1vdmVkGAUgASgIEhAKCHBvc2l0aW9uGAYgASgEIlgKClJlYWRNYXJrZXISEgoKY2hhbm5lbF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhMKC2NoYW5uZWxfc2VxGAMgASgEEhAKCHBvc2l0aW9uGAQgASgEInsKEE1lbWJlcnNoaXBDaGFuZ2USEgoKY2hhbm5lbF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEg4KBmNoYW5nZRgDIAEoCRIQCghhY3Rvcl9pZBgEIAEoCRIOCgZkZXRhaWwYBSABKAkSEAoIcG9zaXRpb24YBiABKAQiOAoKUmVzdW1lRnJvbRISCgpjaGFubmVsX2lkGAEgASgJEhYKDmFmdGVyX3Bvc2l0aW9uGAIgASgEMoQrCgdHYXRld2F5Ek0KCFJlZ2lzdGVyEh8ucGFybGV5LmF1dGgudjEuUmVnaXN0ZXJSZXF1ZXN0GiAucGFybGV5LmF1dGgudjEuUmVnaXN0ZXJSZXNwb25zZRJECgVMb2dpbhIcLnBhcmxleS5hdXRoLnYxLkxvZ2luUmVxdWVzdBodLnBhcmxleS5hdXRoLnYxLkxvZ2luUmVzcG9uc2USWAoNQ3JlYXRlQ2hhbm5lbBIpLnBhcmxleS5tZXNzYWdpbmcudjEuQ3JlYXRlQ2hhbm5lbFJlcXVlc3QaHC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYW5uZWwSVAoLSm9pbkNoYW5uZWwSJy5wYXJsZXkubWVzc2FnaW5nLnYxLkpvaW5DaGFubmVsUmVxdWVzdBocLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhbm5lbBJpCg5MaXN0TXlDaGFubmVscxIqLnBhcmxleS5tZXNzYWdpbmcudjEuTGlzdE15Q2hhbm5lbHNSZXF1ZXN0GisucGFybGV5Lm1lc3NhZ2luZy52MS5MaXN0TXlDaGFubmVsc1Jlc3BvbnNlElgKC1NlbmRNZXNzYWdlEicucGFybGV5Lm1lc3NhZ2luZy52MS5Qb3N0TWVzc2FnZVJlcXVlc3QaIC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYXRNZXNzYWdlEmcKCkdldEhpc3RvcnkSKy5wYXJsZXkuc3RvcmFnZS52MS5HZXRDaGFubmVsSGlzdG9yeVJlcXVlc3QaLC5wYXJsZXkuc3RvcmFnZS52MS5HZXRDaGFubmVsSGlzdG9yeVJlc3BvbnNlElIKCVN1YnNjcmliZRIjLnBhcmxleS5nYXRld2F5LnYxLlN1YnNjcmliZVJlcXVlc3QaHi5wYXJsZXkuZ2F0ZXdheS52MS5DbGllbnRFdmVudDABEkgKB1JlZnJlc2gSHi5wYXJsZXkuYXV0aC52MS5SZWZyZXNoUmVxdWVzdBodLnBhcmxleS5hdXRoLnYxLkxvZ2luUmVzcG9uc2USRwoGTG9nb3V0Eh0ucGFybGV5LmF1dGgudjEuTG9nb3V0UmVxdWVzdBoeLnBhcmxleS5hdXRoLnYxLkxvZ291dFJlc3BvbnNlEl8KDkNoYW5nZVBhc3N3b3JkEiUucGFybGV5LmF1dGgudjEuQ2hhbmdlUGFzc3dvcmRSZXF1ZXN0GiYucGFybGV5LmF1dGgudjEuQ2hhbmdlUGFzc3dvcmRSZXNwb25zZRJZCgxMaXN0U2Vzc2lvbnMSIy5wYXJsZXkuYXV0aC52MS5MaXN0U2Vzc2lvbnNSZXF1ZXN0GiQucGFybGV5LmF1dGgudjEuTGlzdFNlc3Npb25zUmVzcG9uc2USXAoNUmV2b2tlU2Vzc2lvbhIkLnBhcmxleS5hdXRoLnYxLlJldm9rZVNlc3Npb25SZXF1ZXN0GiUucGFybGV5LmF1dGgudjEuUmV2b2tlU2Vzc2lvblJlc3BvbnNlEkgKCkNyZWF0ZVVzZXISIS5wYXJsZXkuYXV0aC52MS5DcmVhdGVVc2VyUmVxdWVzdBoXLnBhcmxleS5hdXRoLnYxLkFjY291bnQSSAoKQXNzaWduUm9sZRIhLnBhcmxleS5hdXRoLnYxLkFzc2lnblJvbGVSZXF1ZXN0GhcucGFybGV5LmF1dGgudjEuQWNjb3VudBJYChJTZXRBY2NvdW50RGlzYWJsZWQSKS5wYXJsZXkuYXV0aC52MS5TZXRBY2NvdW50RGlzYWJsZWRSZXF1ZXN0GhcucGFybGV5LmF1dGgudjEuQWNjb3VudBJrChJCZWdpblRvdHBFbnJvbG1lbnQSKS5wYXJsZXkuYXV0aC52MS5CZWdpblRvdHBFbnJvbG1lbnRSZXF1ZXN0GioucGFybGV5LmF1dGgudjEuQmVnaW5Ub3RwRW5yb2xtZW50UmVzcG9uc2UScQoUQ29uZmlybVRvdHBFbnJvbG1lbnQSKy5wYXJsZXkuYXV0aC52MS5Db25maXJtVG90cEVucm9sbWVudFJlcXVlc3QaLC5wYXJsZXkuYXV0aC52MS5Db25maXJtVG90cEVucm9sbWVudFJlc3BvbnNlEl8KDlNldE1mYVJlcXVpcmVkEiUucGFybGV5LmF1dGgudjEuU2V0TWZhUmVxdWlyZWRSZXF1ZXN0GiYucGFybGV5LmF1dGgudjEuU2V0TWZhUmVxdWlyZWRSZXNwb25zZRJVChFQdWJsaXNoRGV2aWNlS2V5cxIoLnBhcmxleS5hdXRoLnYxLlB1Ymxpc2hEZXZpY2VLZXlzUmVxdWVzdBoWLnBhcmxleS5hdXRoLnYxLkRldmljZRJoChFVcGxvYWRPbmVUaW1lS2V5cxIoLnBhcmxleS5hdXRoLnYxLlVwbG9hZE9uZVRpbWVLZXlzUmVxdWVzdBopLnBhcmxleS5hdXRoLnYxLlVwbG9hZE9uZVRpbWVLZXlzUmVzcG9uc2USXAoPQ2xhaW1PbmVUaW1lS2V5EiYucGFybGV5LmF1dGgudjEuQ2xhaW1PbmVUaW1lS2V5UmVxdWVzdBohLnBhcmxleS5hdXRoLnYxLkNsYWltZWRPbmVUaW1lS2V5ElYKC0xpc3REZXZpY2VzEiIucGFybGV5LmF1dGgudjEuTGlzdERldmljZXNSZXF1ZXN0GiMucGFybGV5LmF1dGgudjEuTGlzdERldmljZXNSZXNwb25zZRJZCgxSZW1vdmVEZXZpY2USIy5wYXJsZXkuYXV0aC52MS5SZW1vdmVEZXZpY2VSZXF1ZXN0GiQucGFybGV5LmF1dGgudjEuUmVtb3ZlRGV2aWNlUmVzcG9uc2USSwoMQ3JlYXRlSW52aXRlEiMucGFybGV5LmF1dGgudjEuQ3JlYXRlSW52aXRlUmVxdWVzdBoWLnBhcmxleS5hdXRoLnYxLkludml0ZRJECghSZXNldE1mYRIfLnBhcmxleS5hdXRoLnYxLlJlc2V0TWZhUmVxdWVzdBoXLnBhcmxleS5hdXRoLnYxLkFjY291bnQSTgoNVW5sb2NrQWNjb3VudBIkLnBhcmxleS5hdXRoLnYxLlVubG9ja0FjY291bnRSZXF1ZXN0GhcucGFybGV5LmF1dGgudjEuQWNjb3VudBJ6ChdSZWdlbmVyYXRlUmVjb3ZlcnlDb2RlcxIuLnBhcmxleS5hdXRoLnYxLlJlZ2VuZXJhdGVSZWNvdmVyeUNvZGVzUmVxdWVzdBovLnBhcmxleS5hdXRoLnYxLlJlZ2VuZXJhdGVSZWNvdmVyeUNvZGVzUmVzcG9uc2USWAoLRWRpdE1lc3NhZ2USJy5wYXJsZXkubWVzc2FnaW5nLnYxLkVkaXRNZXNzYWdlUmVxdWVzdBogLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhdE1lc3NhZ2USXAoNUmVkYWN0TWVzc2FnZRIpLnBhcmxleS5tZXNzYWdpbmcudjEuUmVkYWN0TWVzc2FnZVJlcXVlc3QaIC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYXRNZXNzYWdlEngKE0xpc3RNZXNzYWdlVmVyc2lvbnMSLy5wYXJsZXkubWVzc2FnaW5nLnYxLkxpc3RNZXNzYWdlVmVyc2lvbnNSZXF1ZXN0GjAucGFybGV5Lm1lc3NhZ2luZy52MS5MaXN0TWVzc2FnZVZlcnNpb25zUmVzcG9uc2USVgoMTGVhdmVDaGFubmVsEigucGFybGV5Lm1lc3NhZ2luZy52MS5MZWF2ZUNoYW5uZWxSZXF1ZXN0GhwucGFybGV5Lm1lc3NhZ2luZy52MS5DaGFubmVsEmMKDFNlbmRUb0RldmljZRIoLnBhcmxleS5tZXNzYWdpbmcudjEuU2VuZFRvRGV2aWNlUmVxdWVzdBopLnBhcmxleS5tZXNzYWdpbmcudjEuU2VuZFRvRGV2aWNlUmVzcG9uc2USZgoNRmV0Y2hUb0RldmljZRIpLnBhcmxleS5tZXNzYWdpbmcudjEuRmV0Y2hUb0RldmljZVJlcXVlc3QaKi5wYXJsZXkubWVzc2FnaW5nLnYxLkZldGNoVG9EZXZpY2VSZXNwb25zZRJkChNDcmVhdGVEaXJlY3RDaGFubmVsEi8ucGFybGV5Lm1lc3NhZ2luZy52MS5DcmVhdGVEaXJlY3RDaGFubmVsUmVxdWVzdBocLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhbm5lbBJWCgxJbnZpdGVNZW1iZXISKC5wYXJsZXkubWVzc2FnaW5nLnYxLk1lbWJlckFjdGlvblJlcXVlc3QaHC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYW5uZWwSVAoKS2lja01lbWJlchIoLnBhcmxleS5tZXNzYWdpbmcudjEuTWVtYmVyQWN0aW9uUmVxdWVzdBocLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhbm5lbBJTCglCYW5NZW1iZXISKC5wYXJsZXkubWVzc2FnaW5nLnYxLk1lbWJlckFjdGlvblJlcXVlc3QaHC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYW5uZWwSVQoLVW5iYW5NZW1iZXISKC5wYXJsZXkubWVzc2FnaW5nLnYxLk1lbWJlckFjdGlvblJlcXVlc3QaHC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYW5uZWwSWAoNU2V0TWVtYmVyUm9sZRIpLnBhcmxleS5tZXNzYWdpbmcudjEuU2V0TWVtYmVyUm9sZVJlcXVlc3QaHC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYW5uZWwSWAoNVXBkYXRlQ2hhbm5lbBIpLnBhcmxleS5tZXNzYWdpbmcudjEuVXBkYXRlQ2hhbm5lbFJlcXVlc3QaHC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYW5uZWwSXQoKTGlzdFRocmVhZBImLnBhcmxleS5tZXNzYWdpbmcudjEuTGlzdFRocmVhZFJlcXVlc3QaJy5wYXJsZXkubWVzc2FnaW5nLnYxLkxpc3RUaHJlYWRSZXNwb25zZRJMCgVSZWFjdBIhLnBhcmxleS5tZXNzYWdpbmcudjEuUmVhY3RSZXF1ZXN0GiAucGFybGV5Lm1lc3NhZ2luZy52MS5DaGF0TWVzc2FnZRJOCghNYXJrUmVhZBIkLnBhcmxleS5tZXNzYWdpbmcudjEuTWFya1JlYWRSZXF1ZXN0GhwucGFybGV5Lm1lc3NhZ2luZy52MS5DaGFubmVsEmUKDkV4cG9ydFVzZXJEYXRhEigucGFybGV5LnN0b3JhZ2UudjEuRXhwb3J0VXNlckRhdGFSZXF1ZXN0GikucGFybGV5LnN0b3JhZ2UudjEuRXhwb3J0VXNlckRhdGFSZXNwb25zZRJiCg1FcmFzZVVzZXJEYXRhEicucGFybGV5LnN0b3JhZ2UudjEuRXJhc2VVc2VyRGF0YVJlcXVlc3QaKC5wYXJsZXkuc3RvcmFnZS52MS5FcmFzZVVzZXJEYXRhUmVzcG9uc2USVgoLTG9va3VwVXNlcnMSIi5wYXJsZXkuYXV0aC52MS5Mb29rdXBVc2Vyc1JlcXVlc3QaIy5wYXJsZXkuYXV0aC52MS5Mb29rdXBVc2Vyc1Jlc3BvbnNlElUKCUZpbmRVc2VycxIjLnBhcmxleS5nYXRld2F5LnYxLkZpbmRVc2Vyc1JlcXVlc3QaIy5wYXJsZXkuYXV0aC52MS5Mb29rdXBVc2Vyc1Jlc3BvbnNlEl4KDUxpc3RJbnN0YW5jZXMSJS5wYXJsZXkuZmxlZXQudjEuTGlzdEluc3RhbmNlc1JlcXVlc3QaJi5wYXJsZXkuZmxlZXQudjEuTGlzdEluc3RhbmNlc1Jlc3BvbnNlElsKDExpc3RGaW5kaW5ncxIkLnBhcmxleS5wYXRjaC52MS5MaXN0RmluZGluZ3NSZXF1ZXN0GiUucGFybGV5LnBhdGNoLnYxLkxpc3RGaW5kaW5nc1Jlc3BvbnNlEmcKEEltcG9ydEFkdmlzb3JpZXMSKC5wYXJsZXkucGF0Y2gudjEuSW1wb3J0QWR2aXNvcmllc1JlcXVlc3QaKS5wYXJsZXkucGF0Y2gudjEuSW1wb3J0QWR2aXNvcmllc1Jlc3BvbnNlElsKDExpc3RSZWxlYXNlcxIkLnBhcmxleS5wYXRjaC52MS5MaXN0UmVsZWFzZXNSZXF1ZXN0GiUucGFybGV5LnBhdGNoLnYxLkxpc3RSZWxlYXNlc1Jlc3BvbnNlElsKDExpc3RSb2xsb3V0cxIkLnBhcmxleS5wYXRjaC52MS5MaXN0Um9sbG91dHNSZXF1ZXN0GiUucGFybGV5LnBhdGNoLnYxLkxpc3RSb2xsb3V0c1Jlc3BvbnNlEkoKCkdldFJvbGxvdXQSIi5wYXJsZXkucGF0Y2gudjEuR2V0Um9sbG91dFJlcXVlc3QaGC5wYXJsZXkucGF0Y2gudjEuUm9sbG91dBJMCgtQbGFuUm9sbG91dBIjLnBhcmxleS5wYXRjaC52MS5QbGFuUm9sbG91dFJlcXVlc3QaGC5wYXJsZXkucGF0Y2gudjEuUm9sbG91dBJLCg5BcHByb3ZlUm9sbG91dBIfLnBhcmxleS5wYXRjaC52MS5Sb2xsb3V0Q29tbWFuZBoYLnBhcmxleS5wYXRjaC52MS5Sb2xsb3V0EkkKDFBhdXNlUm9sbG91dBIfLnBhcmxleS5wYXRjaC52MS5Sb2xsb3V0Q29tbWFuZBoYLnBhcmxleS5wYXRjaC52MS5Sb2xsb3V0EkoKDVJlc3VtZVJvbGxvdXQSHy5wYXJsZXkucGF0Y2gudjEuUm9sbG91dENvbW1hbmQaGC5wYXJsZXkucGF0Y2gudjEuUm9sbG91dBJMCg9Sb2xsYmFja1JvbGxvdXQSHy5wYXJsZXkucGF0Y2gudjEuUm9sbG91dENvbW1hbmQaGC5wYXJsZXkucGF0Y2gudjEuUm9sbG91dBJZCgpRdWVyeUF1ZGl0EiQucGFybGV5LnN0b3JhZ2UudjEuUXVlcnlBdWRpdFJlcXVlc3QaJS5wYXJsZXkuc3RvcmFnZS52MS5BcmNoaXZlZEV2ZW50c1BhZ2USXAoLVmVyaWZ5QXVkaXQSJS5wYXJsZXkuZ2F0ZXdheS52MS5WZXJpZnlBdWRpdFJlcXVlc3QaJi5wYXJsZXkuZ2F0ZXdheS52MS5WZXJpZnlBdWRpdFJlc3BvbnNlYgZwcm90bzM", [file_parley_auth_v1_auth, file_parley_fleet_v1_fleet, file_parley_messaging_v1_messaging, file_parley_patch_v1_patch, file_parley_storage_v1_storage]);
+
+/**
+ * @generated from message parley.gateway.v1.VerifyAuditRequest
+ */
+export type VerifyAuditRequest = Message<"parley.gateway.v1.VerifyAuditRequest"> & {
+};
+
+/**
+ * Describes the message parley.gateway.v1.VerifyAuditRequest.
+ * Use `create(VerifyAuditRequestSchema)` to create a new message.
+ */
+export const VerifyAuditRequestSchema: GenMessage<VerifyAuditRequest> = /*@__PURE__*/
+  messageDesc(file_parley_gateway_v1_gateway, 0);
+
+/**
+ * @generated from message parley.gateway.v1.VerifyAuditResponse
+ */
+export type VerifyAuditResponse = Message<"parley.gateway.v1.VerifyAuditResponse"> & {
+  /**
+   * @generated from field: bool intact = 1;
+   */
+  intact: boolean;
+
+  /**
+   * @generated from field: uint32 records = 2;
+   */
+  records: number;
+
+  /**
+   * the highest chain_index found
+   *
+   * @generated from field: uint64 last_index = 3;
+   */
+  lastIndex: bigint;
+
+  /**
+   * unix seconds of that record (0 when none)
+   *
+   * @generated from field: double last_recorded_at = 4;
+   */
+  lastRecordedAt: number;
+
+  /**
+   * one line each, as `parley audit verify` prints them
+   *
+   * @generated from field: repeated string findings = 5;
+   */
+  findings: string[];
+
+  /**
+   * @generated from field: double verified_at = 6;
+   */
+  verifiedAt: number;
+};
+
+/**
+ * Describes the message parley.gateway.v1.VerifyAuditResponse.
+ * Use `create(VerifyAuditResponseSchema)` to create a new message.
+ */
+export const VerifyAuditResponseSchema: GenMessage<VerifyAuditResponse> = /*@__PURE__*/
+  messageDesc(file_parley_gateway_v1_gateway, 1);
 
 /**
  * @generated from message parley.gateway.v1.FindUsersRequest
@@ -35,7 +100,7 @@ export type FindUsersRequest = Message<"parley.gateway.v1.FindUsersRequest"> & {
  * Use `create(FindUsersRequestSchema)` to create a new message.
  */
 export const FindUsersRequestSchema: GenMessage<FindUsersRequest> = /*@__PURE__*/
-  messageDesc(file_parley_gateway_v1_gateway, 0);
+  messageDesc(file_parley_gateway_v1_gateway, 2);
 
 /**
  * @generated from message parley.gateway.v1.SubscribeRequest
@@ -62,7 +127,7 @@ export type SubscribeRequest = Message<"parley.gateway.v1.SubscribeRequest"> & {
  * Use `create(SubscribeRequestSchema)` to create a new message.
  */
 export const SubscribeRequestSchema: GenMessage<SubscribeRequest> = /*@__PURE__*/
-  messageDesc(file_parley_gateway_v1_gateway, 1);
+  messageDesc(file_parley_gateway_v1_gateway, 3);
 
 /**
  * @generated from message parley.gateway.v1.Ready
@@ -87,7 +152,7 @@ export type Ready = Message<"parley.gateway.v1.Ready"> & {
  * Use `create(ReadySchema)` to create a new message.
  */
 export const ReadySchema: GenMessage<Ready> = /*@__PURE__*/
-  messageDesc(file_parley_gateway_v1_gateway, 2);
+  messageDesc(file_parley_gateway_v1_gateway, 4);
 
 /**
  * @generated from message parley.gateway.v1.ClientEvent
@@ -142,7 +207,7 @@ export type ClientEvent = Message<"parley.gateway.v1.ClientEvent"> & {
  * Use `create(ClientEventSchema)` to create a new message.
  */
 export const ClientEventSchema: GenMessage<ClientEvent> = /*@__PURE__*/
-  messageDesc(file_parley_gateway_v1_gateway, 3);
+  messageDesc(file_parley_gateway_v1_gateway, 5);
 
 /**
  * @generated from message parley.gateway.v1.Reaction
@@ -184,7 +249,7 @@ export type Reaction = Message<"parley.gateway.v1.Reaction"> & {
  * Use `create(ReactionSchema)` to create a new message.
  */
 export const ReactionSchema: GenMessage<Reaction> = /*@__PURE__*/
-  messageDesc(file_parley_gateway_v1_gateway, 4);
+  messageDesc(file_parley_gateway_v1_gateway, 6);
 
 /**
  * @generated from message parley.gateway.v1.ReadMarker
@@ -216,7 +281,7 @@ export type ReadMarker = Message<"parley.gateway.v1.ReadMarker"> & {
  * Use `create(ReadMarkerSchema)` to create a new message.
  */
 export const ReadMarkerSchema: GenMessage<ReadMarker> = /*@__PURE__*/
-  messageDesc(file_parley_gateway_v1_gateway, 5);
+  messageDesc(file_parley_gateway_v1_gateway, 7);
 
 /**
  * @generated from message parley.gateway.v1.MembershipChange
@@ -262,7 +327,7 @@ export type MembershipChange = Message<"parley.gateway.v1.MembershipChange"> & {
  * Use `create(MembershipChangeSchema)` to create a new message.
  */
 export const MembershipChangeSchema: GenMessage<MembershipChange> = /*@__PURE__*/
-  messageDesc(file_parley_gateway_v1_gateway, 6);
+  messageDesc(file_parley_gateway_v1_gateway, 8);
 
 /**
  * @generated from message parley.gateway.v1.ResumeFrom
@@ -284,7 +349,7 @@ export type ResumeFrom = Message<"parley.gateway.v1.ResumeFrom"> & {
  * Use `create(ResumeFromSchema)` to create a new message.
  */
 export const ResumeFromSchema: GenMessage<ResumeFrom> = /*@__PURE__*/
-  messageDesc(file_parley_gateway_v1_gateway, 7);
+  messageDesc(file_parley_gateway_v1_gateway, 9);
 
 /**
  * The only client-facing API. Every call except Register and Login needs
@@ -694,6 +759,122 @@ export const Gateway: GenService<{
     methodKind: "unary";
     input: typeof FindUsersRequestSchema;
     output: typeof LookupUsersResponseSchema;
+  },
+  /**
+   * The operator's console (web/console.html): the patch registry's fleet view, findings and
+   * roll-outs, and the archive's audit trail, with the caller's own token. Reading the fleet,
+   * findings and roll-outs needs fleet.read (operator, security-auditor, admin, owner); taking
+   * a roll-out step or importing advisories patches.rollout, and the registry checks the role
+   * and the second-person rule again. Audit calls need audit.read, and storage answers
+   * queries for a security-auditor only.
+   *
+   * @generated from rpc parley.gateway.v1.Gateway.ListInstances
+   */
+  listInstances: {
+    methodKind: "unary";
+    input: typeof ListInstancesRequestSchema;
+    output: typeof ListInstancesResponseSchema;
+  },
+  /**
+   * @generated from rpc parley.gateway.v1.Gateway.ListFindings
+   */
+  listFindings: {
+    methodKind: "unary";
+    input: typeof ListFindingsRequestSchema;
+    output: typeof ListFindingsResponseSchema;
+  },
+  /**
+   * @generated from rpc parley.gateway.v1.Gateway.ImportAdvisories
+   */
+  importAdvisories: {
+    methodKind: "unary";
+    input: typeof ImportAdvisoriesRequestSchema;
+    output: typeof ImportAdvisoriesResponseSchema;
+  },
+  /**
+   * @generated from rpc parley.gateway.v1.Gateway.ListReleases
+   */
+  listReleases: {
+    methodKind: "unary";
+    input: typeof ListReleasesRequestSchema;
+    output: typeof ListReleasesResponseSchema;
+  },
+  /**
+   * @generated from rpc parley.gateway.v1.Gateway.ListRollouts
+   */
+  listRollouts: {
+    methodKind: "unary";
+    input: typeof ListRolloutsRequestSchema;
+    output: typeof ListRolloutsResponseSchema;
+  },
+  /**
+   * @generated from rpc parley.gateway.v1.Gateway.GetRollout
+   */
+  getRollout: {
+    methodKind: "unary";
+    input: typeof GetRolloutRequestSchema;
+    output: typeof RolloutSchema;
+  },
+  /**
+   * @generated from rpc parley.gateway.v1.Gateway.PlanRollout
+   */
+  planRollout: {
+    methodKind: "unary";
+    input: typeof PlanRolloutRequestSchema;
+    output: typeof RolloutSchema;
+  },
+  /**
+   * @generated from rpc parley.gateway.v1.Gateway.ApproveRollout
+   */
+  approveRollout: {
+    methodKind: "unary";
+    input: typeof RolloutCommandSchema;
+    output: typeof RolloutSchema;
+  },
+  /**
+   * @generated from rpc parley.gateway.v1.Gateway.PauseRollout
+   */
+  pauseRollout: {
+    methodKind: "unary";
+    input: typeof RolloutCommandSchema;
+    output: typeof RolloutSchema;
+  },
+  /**
+   * @generated from rpc parley.gateway.v1.Gateway.ResumeRollout
+   */
+  resumeRollout: {
+    methodKind: "unary";
+    input: typeof RolloutCommandSchema;
+    output: typeof RolloutSchema;
+  },
+  /**
+   * @generated from rpc parley.gateway.v1.Gateway.RollbackRollout
+   */
+  rollbackRollout: {
+    methodKind: "unary";
+    input: typeof RolloutCommandSchema;
+    output: typeof RolloutSchema;
+  },
+  /**
+   * @generated from rpc parley.gateway.v1.Gateway.QueryAudit
+   */
+  queryAudit: {
+    methodKind: "unary";
+    input: typeof QueryAuditRequestSchema;
+    output: typeof ArchivedEventsPageSchema;
+  },
+  /**
+   * The audit chain as the archive holds it, verified (parley_core.audit): records from the
+   * archived SEC stream, keys from the archived AUTH stream, both read with the caller's token
+   * (a security-auditor's). `parley audit verify` on the host also checks the live streams'
+   * head and keys, and checkpoints kept outside the data folder.
+   *
+   * @generated from rpc parley.gateway.v1.Gateway.VerifyAudit
+   */
+  verifyAudit: {
+    methodKind: "unary";
+    input: typeof VerifyAuditRequestSchema;
+    output: typeof VerifyAuditResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_parley_gateway_v1_gateway, 0);

@@ -1,0 +1,443 @@
+"""The operator's console (web/console.html) in a real browser: Debian's Chromium driven by
+Playwright, against the platform as `make run` starts it.
+
+Accounts are real (created with `parley admin create-user --role …`) and log in with their
+passwords; the pages read the same gateway API as any client. Screenshots go to
+web/test-results/screenshots/ (the README shows copies from docs/screenshots/).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+from google.protobuf.timestamp_pb2 import Timestamp
+from parley.fleet.v1 import fleet_pb2
+from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from parley.patch.v1 import patch_pb2
+from parley.storage.v1 import storage_pb2
+
+from parley_client import ParleyClient
+from parley_client.testing import Traffic, send_continuously
+from parley_core.nats_connect import connect_nats
+from parley_core.testing.browser import CHROMIUM, chromium_args
+from parley_core.testing.operators import OperatorTokens
+from parley_core.testing.platform import RunningPlatform, platform_in
+from parley_core.testing.stack import PASSWORD, bearer
+from parley_core.topology import PLATFORM_USER, heartbeat_subject
+
+playwright_api = pytest.importorskip("playwright.async_api")
+Browser = playwright_api.Browser
+BrowserContext = playwright_api.BrowserContext
+Page = playwright_api.Page
+expect = playwright_api.expect
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(900)]
+
+ROOT = Path(__file__).resolve().parents[2]
+WEB_DIST = ROOT / "web" / "dist"
+MESSAGING_SOURCE = ROOT / "services" / "messaging"
+SHOTS = ROOT / "web" / "test-results" / "screenshots"
+TIMEOUT_MS = 20_000
+ROLLOUT_TIMEOUT_MS = 600_000
+expect.set_options(timeout=TIMEOUT_MS)
+# Critical findings fall due within seconds here, so an overdue one exists without waiting a day.
+CRITICAL_DEADLINE_HOURS = "0.001"
+CRITICAL = "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"  # 9.8
+LOW = "CVSS:3.1/AV:P/AC:H/PR:H/UI:R/S:U/C:L/I:N/A:N"  # 1.6
+CSP_REFUSALS: list[str] = []  # what the CSP refused on any console page of this module
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
+    if not (WEB_DIST / "console.html").exists():
+        pytest.fail("web/dist is not built with the console: run `make web` (make test does)")
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make chromium` installs Debian's chromium (make test does)")
+    running = platform_in(
+        tmp_path_factory.mktemp("console"),
+        PARLEY_WEB_ROOT=str(WEB_DIST),
+        PARLEY_HEARTBEAT_SECONDS="1",
+        PARLEY_PATCH_GATE_WINDOW_SECONDS="3",
+        PARLEY_PATCH_DEADLINE_CRITICAL_HOURS=CRITICAL_DEADLINE_HOURS,
+    )
+    running.start()
+    try:
+        yield running
+    finally:
+        running.kill()
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def browser(platform: RunningPlatform) -> AsyncIterator[Browser]:
+    async with playwright_api.async_playwright() as p:
+        launched = await p.chromium.launch(
+            executable_path=str(CHROMIUM), args=chromium_args(platform.data_dir / "pki" / "gateway.crt")
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:6]}"
+
+
+def account(platform: RunningPlatform, role: str) -> str:
+    name = unique(role.split("-", maxsplit=1)[0][:5])
+    platform.cli("admin", "create-user", name, "--role", role, stdin=PASSWORD + "\n")
+    return name
+
+
+async def console(
+    browser: Browser, platform: RunningPlatform, name: str, page_name: str = ""
+) -> tuple[BrowserContext, Page]:
+    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    page = await context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    # Anything the page's Content-Security-Policy refused (an inline style, say) is a failure.
+    page.on("console", lambda m: CSP_REFUSALS.append(m.text) if "Content Security Policy" in m.text else None)
+    response = await page.goto(f"{platform.web_url}/console.html" + (f"#{page_name}" if page_name else ""))
+    assert response is not None
+    csp = response.headers["content-security-policy"]
+    assert "script-src 'self'" in csp
+    assert "style-src 'self'" in csp
+    assert "unsafe-inline" not in csp
+    await page.get_by_label("Username").fill(name)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Log in").click()
+    await expect(page.locator("#me")).to_contain_text(name)
+    return context, page
+
+
+async def gateway_call(platform: RunningPlatform, name: str, call: str, request: object) -> grpc.StatusCode:
+    """A console call made over gRPC with `name`'s own token: its status (OK when answered)."""
+    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    login = await client.login(name, PASSWORD)
+    await client.close()
+    credentials = grpc.ssl_channel_credentials(root_certificates=platform.ca_cert.read_bytes())
+    async with grpc.aio.secure_channel(
+        platform.gateway_address, credentials, options=[("grpc.ssl_target_name_override", "gateway")]
+    ) as raw:
+        stub = gateway_pb2_grpc.GatewayStub(raw)
+        try:
+            await getattr(stub, call)(request, metadata=bearer(login.access_token), timeout=20)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK
+
+
+async def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+async def test_a_member_gets_no_console_and_the_gateway_refuses_its_calls(
+    browser: Browser, platform: RunningPlatform
+) -> None:
+    member = account(platform, "member")
+    context, page = await console(browser, platform, member)
+    await expect(page.get_by_role("heading", name="No console for your role")).to_be_visible()
+    await expect(page.get_by_role("navigation", name="Console pages")).to_have_count(0)
+    await expect(page.locator("table")).to_have_count(0)
+    await context.close()
+    for call, request in (
+        ("ListInstances", fleet_pb2.ListInstancesRequest()),
+        ("ListFindings", patch_pb2.ListFindingsRequest()),
+        ("ListRollouts", patch_pb2.ListRolloutsRequest()),
+        ("PlanRollout", patch_pb2.PlanRolloutRequest(service="messaging", to_version="9.9.9")),
+        ("QueryAudit", storage_pb2.QueryAuditRequest()),
+        ("VerifyAudit", gateway_pb2.VerifyAuditRequest()),
+    ):
+        assert await gateway_call(platform, member, call, request) == grpc.StatusCode.PERMISSION_DENIED, call
+
+
+async def chat_client(browser: Browser, platform: RunningPlatform, name: str) -> tuple[BrowserContext, Page]:
+    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    page = await context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    await page.goto(platform.web_url)
+    await page.get_by_label("Username").fill(name)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Log in").click()
+    await expect(page.get_by_text(f"Signed in as {name}")).to_be_visible()
+    return context, page
+
+
+async def test_the_chat_client_links_to_the_console_for_its_roles_only(
+    browser: Browser, platform: RunningPlatform
+) -> None:
+    context, page = await chat_client(browser, platform, account(platform, "member"))
+    await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+    await expect(page.get_by_role("link", name="Console")).to_have_count(0)
+    await context.close()
+    operator = account(platform, "operator")
+    context, page = await chat_client(browser, platform, operator)
+    await page.get_by_role("link", name="Console").click()
+    # The same session (the cookie) opens the console without a second login.
+    await expect(page.locator("#me")).to_contain_text("· operator")
+    await expect(page.get_by_role("button", name="Log in")).to_have_count(0)
+    await expect(page.get_by_role("heading", name="Fleet")).to_be_visible()
+    await context.close()
+
+
+async def test_pages_shown_by_role(browser: Browser, platform: RunningPlatform) -> None:
+    expected = {
+        "operator": ["Fleet", "Advisories", "Roll-outs"],
+        "security-auditor": ["Fleet", "Advisories", "Roll-outs", "Audit"],
+        "admin": ["Fleet", "Advisories", "Roll-outs"],
+    }
+    for role, pages in expected.items():
+        context, page = await console(browser, platform, account(platform, role))
+        await expect(page.get_by_role("navigation", name="Console pages").get_by_role("link")).to_have_text(pages)
+        await context.close()
+    # What the auditor may only read, the gateway refuses to take from them.
+    auditor = account(platform, "security-auditor")
+    plan = patch_pb2.PlanRolloutRequest(service="messaging", to_version="9.9.9")
+    assert await gateway_call(platform, auditor, "PlanRollout", plan) == grpc.StatusCode.PERMISSION_DENIED
+    operator = account(platform, "operator")
+    assert await gateway_call(platform, operator, "QueryAudit", storage_pb2.QueryAuditRequest()) == (
+        grpc.StatusCode.PERMISSION_DENIED
+    )
+
+
+async def silent_instance(platform: RunningPlatform, instance_id: str) -> None:
+    """One heartbeat of an instance that then falls silent (as a hung or cut-off host would)."""
+    data_dir = platform.data_dir
+    passwords = json.loads((data_dir / "secrets" / "nats-passwords.json").read_text())
+    nc = await connect_nats(
+        url=str(platform.state["nats_url"]),
+        user=PLATFORM_USER,
+        password=passwords[PLATFORM_USER],
+        ca_cert=data_dir / "pki" / "ca.crt",
+        name="test-console",
+    )
+    try:
+        sent = Timestamp()
+        sent.GetCurrentTime()
+        beat = fleet_pb2.InstanceHeartbeat(
+            service="messaging",
+            version="0.1.0",
+            instance_id=instance_id,
+            host="gone-host",
+            health="SERVING",
+            sent_at=sent,
+        )
+        await nc.publish(heartbeat_subject("messaging", instance_id), beat.SerializeToString())
+        await nc.flush()
+    finally:
+        await nc.close()
+
+
+async def test_fleet_page_lists_every_instance_and_marks_one_that_fell_silent(
+    browser: Browser, platform: RunningPlatform
+) -> None:
+    ghost = unique("ghost-")
+    await silent_instance(platform, ghost)
+    context, page = await console(browser, platform, account(platform, "operator"), "fleet")
+    rows = page.locator("table.grid tbody tr")
+    for service in ("auth", "messaging", "storage", "gateway", "patch-registry"):
+        row = rows.filter(has_text=service).first
+        await expect(row).to_contain_text("0.1.0")
+    serving = rows.filter(has_text="SERVING").filter(has_text="gateway").first
+    await expect(serving).to_contain_text(" ago")
+    await expect(serving).not_to_have_class("stale")
+    # The silent one: no heartbeat within the staleness window (15 s), marked; the page follows.
+    stale_row = page.locator(f'tr[data-key="{ghost}"]')
+    await expect(stale_row).to_contain_text("gone-host")
+    await expect(stale_row).to_have_class("stale", timeout=60_000)
+    await expect(stale_row).to_contain_text("STALE")
+    await expect(page.locator("tr.stale")).to_have_count(1)
+    await shot(page, "console-fleet")
+    await context.close()
+
+
+def osv(record_id: str, vector: str, summary: str) -> str:
+    """An OSV record against grpcio, which every instance runs."""
+    return json.dumps(
+        {
+            "id": record_id,
+            "modified": "2026-01-01T00:00:00Z",
+            "summary": summary,
+            "severity": [{"type": "CVSS_V3", "score": vector}],
+            "affected": [
+                {
+                    "package": {"ecosystem": "PyPI", "name": "grpcio"},
+                    "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}]}],
+                }
+            ],
+        }
+    )
+
+
+async def test_an_overdue_finding_is_first_on_the_advisories_page(
+    browser: Browser, platform: RunningPlatform, tmp_path: Path
+) -> None:
+    low, critical = unique("TEST-LOW-"), unique("TEST-CRIT-")
+    # The low one listed first in the upload and imported first: the page, not the order, puts
+    # the overdue critical one on top.
+    files = [tmp_path / f"{low}.json", tmp_path / f"{critical}.json"]
+    files[0].write_text(osv(low, LOW, "a low one"))
+    files[1].write_text(osv(critical, CRITICAL, "a critical one"))
+    context, page = await console(browser, platform, account(platform, "operator"), "advisories")
+    await page.get_by_label("Import OSV advisories (JSON files)").set_input_files([str(f) for f in files])
+    await page.get_by_role("button", name="Import", exact=True).click()
+    await expect(page.locator("#import-result")).to_have_text("imported 2, unchanged 0, withdrawn 0")
+    rows = page.locator("table.grid tbody tr")
+    await expect(rows.filter(has_text=critical).first).to_have_class("overdue", timeout=60_000)
+    await expect(rows.first).to_contain_text(critical)
+    await expect(rows.first).to_contain_text("overdue by")
+    await expect(rows.first).to_contain_text("9.8")
+    await expect(rows.filter(has_text=low).first).to_contain_text(" left")
+    await expect(rows.filter(has_text=low).first).not_to_have_class("overdue")
+    assert await rows.filter(has_text=low).count() > 0
+    await shot(page, "console-advisories")
+    # The fleet page names the findings against each instance (every one runs grpcio).
+    await page.get_by_role("link", name="Fleet").click()
+    gateway_row = page.locator("table.grid tbody tr").filter(has_text="gateway-").first
+    await expect(gateway_row).to_contain_text(f"{critical} (critical)")
+    await expect(gateway_row).to_contain_text(f"{low} (low)")
+    await context.close()
+
+
+async def test_auditor_queries_the_audit_trail_by_actor(browser: Browser, platform: RunningPlatform) -> None:
+    member = account(platform, "member")
+    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    login = await client.login(member, PASSWORD)
+    await client.close()
+    context, page = await console(browser, platform, account(platform, "security-auditor"), "audit")
+    await page.get_by_label("Actor").fill(login.user_id)
+    await page.get_by_role("button", name="Search").click()
+    results = page.locator(".audit-results table tbody tr")
+    await expect(results.first).to_be_visible()
+    for row in await results.all_inner_texts():
+        assert login.user_id in row
+    # The chain, verified against the archive: intact, then a row deleted by someone with
+    # database access is found.
+    state = page.locator("#chain-state")
+    await expect(state).to_have_attribute("data-intact", "true")
+    await expect(state).to_contain_text("Audit chain intact: ")
+    await expect(state).to_contain_text("every signature valid")
+    await shot(page, "console-audit")
+    with sqlite3.connect(platform.data_dir / "storage" / "archive.db") as db:
+        seq, index = db.execute(
+            "SELECT stream_seq, aggregate_version FROM events WHERE stream = 'SEC' AND aggregate_type = 'security' "
+            "ORDER BY stream_seq LIMIT 1 OFFSET 1"
+        ).fetchone()
+        assert db.execute("DELETE FROM events WHERE stream = 'SEC' AND stream_seq = ?", (seq,)).rowcount == 1
+    await page.get_by_role("button", name="Verify again").click()
+    await expect(state).to_have_attribute("data-intact", "false")
+    await expect(state).to_contain_text("Audit chain TAMPERED")
+    await expect(state.locator("ul.findings li").first).to_contain_text(f"deleted: record #{index}")
+    await context.close()
+
+
+async def publish_messaging(platform: RunningPlatform, version: str) -> None:
+    """A release, published by a third operator with the CLI (the console does not publish)."""
+    operators = OperatorTokens()
+    await operators.publish_on_platform(platform.data_dir)
+    operators.save_cli_login(platform.data_dir, "pat")
+    if not (platform.data_dir / "cli" / "keys" / "messaging.pem").exists():
+        await asyncio.to_thread(platform.cli, "--as", "pat", "patch", "key", "create", "messaging")
+    published = await asyncio.to_thread(
+        platform.cli, "--as", "pat", "patch", "publish", "messaging", version, "--source", str(MESSAGING_SOURCE)
+    )
+    assert f"published messaging {version}" in published.stdout
+
+
+async def test_operator_plans_a_second_person_approves_and_the_timeline_reaches_done(
+    browser: Browser, platform: RunningPlatform
+) -> None:
+    planner, approver = account(platform, "operator"), account(platform, "operator")
+    await publish_messaging(platform, "0.2.0")
+    old_instance = str(platform.service("messaging")["instances"][0]["instance_id"])  # type: ignore[index]
+
+    # Traffic for the health gate to judge.
+    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    carol = unique("carol")
+    await client.register(carol, PASSWORD)
+    await client.login(carol, PASSWORD)
+    channel = await client.create_channel(unique("upgrades"))
+    traffic = Traffic()
+    sender = asyncio.create_task(send_continuously(client, channel.channel_id, traffic))
+    try:
+        a_context, a_page = await console(browser, platform, planner, "rollouts")
+        await expect(a_page.locator("#second-person-rule")).to_contain_text("second person")
+        await a_page.get_by_label("Release").select_option("messaging 0.2.0")
+        await a_page.get_by_role("button", name="Plan roll-out").click()
+        card = a_page.locator('article.rollout[data-state="planned"]')
+        await expect(card).to_contain_text("you planned it, so you may not")
+        rollout_id = await card.get_attribute("data-rollout-id")
+        assert rollout_id
+        # The planner's own approval: refused by the registry, its reason shown.
+        await card.get_by_role("button", name="Approve").click()
+        await expect(card.get_by_role("alert")).to_contain_text("approved by someone other than who planned it")
+
+        b_context, b_page = await console(browser, platform, approver, "rollouts")
+        b_card = b_page.locator(f'article.rollout[data-rollout-id="{rollout_id}"]')
+        await b_card.get_by_role("button", name="Approve").click()
+        await expect(b_card).to_contain_text("(you).")  # "…, approved by <id> (you)."
+        # The planner's page follows the roll-out to its end.
+        done = a_page.locator(f'article.rollout[data-rollout-id="{rollout_id}"]')
+        await expect(done).to_have_attribute("data-state", "done", timeout=ROLLOUT_TIMEOUT_MS)
+        await expect(done.locator(".timeline li.RolloutApproved")).to_have_count(1)
+        await expect(done.locator(".timeline li.RolloutCompleted")).to_have_count(1)
+        # Every phase's gate (10, 50, 100 % of callers) passed, with its figures charted.
+        passed = done.locator("tr.gate-row.passed")
+        await expect(passed).to_have_count(3)
+        await expect(done.locator("svg.chart")).to_have_count(2)
+        await expect(done.locator("svg.chart circle.canary")).to_have_count(6)
+        await expect(done.locator("svg.chart text.verdict.passed")).to_have_count(6)
+        await shot(a_page, "console-rollout")
+        assert CSP_REFUSALS == []  # the charts are drawn within the strict CSP
+        # The replaced instance stopped on purpose: it leaves the fleet page.
+        await a_page.goto(f"{platform.web_url}/console.html#fleet")
+        await expect(a_page.get_by_role("button", name="Log in")).to_have_count(0)
+        await expect(a_page.locator("table.grid tbody tr").filter(has_text="0.2.0").first).to_contain_text("messaging")
+        await expect(a_page.locator(f'tr[data-key="{old_instance}"]')).to_have_count(0, timeout=60_000)
+        await a_context.close()
+        await b_context.close()
+    finally:
+        traffic.stop.set()
+        await sender
+        await client.close()
+    assert traffic.failures == []
+
+
+async def test_a_roll_out_is_paused_resumed_and_rolled_back_from_the_console(
+    browser: Browser, platform: RunningPlatform
+) -> None:
+    planner, approver = account(platform, "operator"), account(platform, "operator")
+    await publish_messaging(platform, "0.3.0")
+    a_context, a_page = await console(browser, platform, planner, "rollouts")
+    await a_page.get_by_label("Release").select_option("messaging 0.3.0")
+    await a_page.get_by_role("button", name="Plan roll-out").click()
+    card = a_page.locator('article.rollout[data-state="planned"]')
+    rollout_id = await card.get_attribute("data-rollout-id")
+    assert rollout_id
+    b_context, b_page = await console(browser, platform, approver, "rollouts")
+    b_card = b_page.locator(f'article.rollout[data-rollout-id="{rollout_id}"]')
+    await b_card.get_by_role("button", name="Approve").click()
+    await b_card.get_by_role("button", name="Pause").click()
+    await expect(b_card).to_have_attribute("data-state", "paused")
+    await b_card.get_by_role("button", name="Resume").click()
+    await expect(b_card).not_to_have_attribute("data-state", "paused")
+    await b_card.get_by_label(f"Reason for roll-out {rollout_id}").fill("changed our mind")
+    await b_card.get_by_role("button", name="Roll back").click()
+    # The planner's page follows it: the node agent restores the old version, the roll-out ends.
+    a_card = a_page.locator(f'article.rollout[data-rollout-id="{rollout_id}"]')
+    await expect(a_card).to_have_attribute("data-state", "rolled_back", timeout=ROLLOUT_TIMEOUT_MS)
+    await expect(a_card).to_contain_text("Rolled back: changed our mind")
+    for event in ("RolloutApproved", "RolloutPaused", "RolloutResumed", "RollbackStarted", "RolloutRolledBack"):
+        await expect(a_card.locator(f".timeline li.{event}")).to_have_count(1)
+    await expect(a_card.get_by_role("button")).to_have_count(0)  # nothing left to do to a finished one
+    await a_context.close()
+    await b_context.close()

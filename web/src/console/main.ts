@@ -1,0 +1,174 @@
+// The operator's console (console.html): fleet, advisories, roll-outs and the audit trail, over
+// the same gateway API, tokens and session cookie as the chat client. Which pages show depends
+// on the role (roles.ts); the gateway refuses the rest whatever this page shows.
+
+import { describe, isMfaChallenge, login, logout, refresh, type Session } from "../api.js";
+import { clear, h, on } from "../dom.js";
+import { advisoriesPage } from "./advisories.js";
+import { auditPage } from "./audit.js";
+import { fleetPage } from "./fleet.js";
+import { mayRollOut, pagesFor, type PageName } from "./roles.js";
+import { RolloutsPage } from "./rollouts.js";
+import "./console.css";
+
+const TITLES: Record<PageName, string> = {
+  fleet: "Fleet",
+  advisories: "Advisories",
+  rollouts: "Roll-outs",
+  audit: "Audit",
+};
+// How often an open page follows the platform: roll-outs move step by step, the fleet by heartbeats.
+const FOLLOW_MS: Partial<Record<PageName, number>> = { fleet: 5000, advisories: 15000, rollouts: 2000 };
+
+class Console {
+  private readonly root: HTMLElement;
+  private session: Session | null = null;
+  private readonly content = h("main", { id: "page" });
+  private readonly notice = h("p", { class: "error", role: "alert" });
+  private timer: number | undefined;
+  private shown = 0; // bumps on each page change, so a late answer for a page left is dropped
+
+  constructor(root: HTMLElement) {
+    this.root = root;
+  }
+
+  async start(): Promise<void> {
+    const session = await refresh().catch(() => null);
+    if (session) this.enter(session);
+    else this.loginForm();
+  }
+
+  private loginForm(): void {
+    const username = h("input", { id: "username", autocomplete: "username", required: true });
+    const password = h("input", { id: "password", type: "password", autocomplete: "current-password", required: true });
+    const code = h("input", { id: "totp", inputmode: "numeric", autocomplete: "one-time-code" });
+    const codeRow = h("div", { class: "row", hidden: true }, h("label", { for: "totp" }, "Authentication code"), code);
+    const error = h("p", { class: "error", role: "alert" });
+    const form = h(
+      "form",
+      { class: "login" },
+      h("h1", {}, "Parley console"),
+      h("div", { class: "row" }, h("label", { for: "username" }, "Username"), username),
+      h("div", { class: "row" }, h("label", { for: "password" }, "Password"), password),
+      codeRow,
+      h("button", { type: "submit" }, "Log in"),
+      error,
+    );
+    on(form, "submit", (event) => {
+      event.preventDefault();
+      void (async () => {
+        try {
+          this.enter(await login(username.value, password.value, code.value));
+        } catch (err) {
+          if (isMfaChallenge(err)) codeRow.hidden = false;
+          error.textContent = describe(err);
+        }
+      })();
+    });
+    clear(this.root);
+    this.root.append(h("div", { class: "center" }, form));
+  }
+
+  private enter(session: Session): void {
+    this.session = session;
+    const pages = pagesFor(session.role);
+    const out = h("button", { type: "button", class: "link" }, "Log out");
+    on(out, "click", () => void logout().finally(() => this.loginForm()));
+    const who = h("span", { class: "me", id: "me" }, `${session.username || session.userId} · ${session.role}`);
+    clear(this.root);
+    if (pages.length === 0) {
+      this.root.append(
+        h("header", { class: "top" }, h("span", { class: "brand" }, "Parley console"), who, out),
+        h(
+          "main",
+          { id: "no-console" },
+          h("h2", {}, "No console for your role"),
+          h(
+            "p",
+            {},
+            `The console is for operators, security auditors and administrators; you are ${session.role}. `,
+            h("a", { href: "/" }, "Open the chat"),
+          ),
+        ),
+      );
+      return;
+    }
+    const nav = h("nav", { class: "pages", "aria-label": "Console pages" });
+    for (const page of pages) {
+      const link = h("a", { href: `#${page}`, "data-page": page }, TITLES[page]);
+      nav.append(link);
+    }
+    this.root.append(
+      h("header", { class: "top" }, h("span", { class: "brand" }, "Parley console"), nav, who, out),
+      this.notice,
+      this.content,
+    );
+    window.addEventListener("hashchange", () => void this.show());
+    void this.show();
+  }
+
+  private async show(): Promise<void> {
+    if (this.session === null) return;
+    const pages = pagesFor(this.session.role);
+    const wanted = window.location.hash.slice(1) as PageName;
+    const page = pages.includes(wanted) ? wanted : pages[0];
+    for (const link of this.root.querySelectorAll<HTMLAnchorElement>("nav.pages a")) {
+      if (link.dataset.page === page) link.setAttribute("aria-current", "page");
+      else link.removeAttribute("aria-current");
+    }
+    window.clearTimeout(this.timer);
+    const shown = ++this.shown;
+    this.notice.textContent = "";
+    try {
+      const follow = await this.render(page, shown);
+      if (shown !== this.shown || follow === null) return;
+      const period = FOLLOW_MS[page];
+      if (period === undefined) return;
+      const tick = async () => {
+        if (shown !== this.shown) return;
+        try {
+          await follow();
+          this.notice.textContent = "";
+        } catch (err) {
+          this.notice.textContent = describe(err);
+        }
+        if (shown === this.shown) this.timer = window.setTimeout(() => void tick(), period);
+      };
+      this.timer = window.setTimeout(() => void tick(), period);
+    } catch (err) {
+      if (shown === this.shown) this.notice.textContent = describe(err);
+    }
+  }
+
+  /** Draws `page`; returns how to bring it up to date, or null when it follows nothing. */
+  private async render(page: PageName, shown: number): Promise<(() => Promise<void>) | null> {
+    const session = this.session!;
+    const put = (element: HTMLElement) => {
+      if (shown !== this.shown) return;
+      clear(this.content);
+      this.content.append(element);
+    };
+    switch (page) {
+      case "fleet":
+        put(await fleetPage());
+        return async () => put(await fleetPage());
+      case "advisories": {
+        const draw = async (imported = "") =>
+          put(await advisoriesPage(mayRollOut(session.role), (line) => void draw(line), imported));
+        await draw();
+        return () => draw();
+      }
+      case "rollouts": {
+        const rollouts = new RolloutsPage(session);
+        await rollouts.load();
+        put(rollouts.element);
+        return () => rollouts.refresh();
+      }
+      case "audit":
+        put(auditPage());
+        return null;
+    }
+  }
+}
+
+void new Console(document.getElementById("console")!).start();

@@ -1,0 +1,239 @@
+// Roll-outs: plan one from a published release, approve it (a second person), pause, resume or
+// roll it back, and watch each step's health gate as it is judged: the timeline and the
+// figures of every verdict, charted. The list follows the registry while the page is open.
+
+import { toJsonString } from "@bufbuild/protobuf";
+import { describe, gateway, withRefresh, type Session } from "../api.js";
+import { clear, h, on } from "../dom.js";
+import { RolloutSchema, type AuditEntry, type Rollout } from "../gen/parley/patch/v1/patch_pb.js";
+import { lineChart } from "./chart.js";
+import { when } from "./format.js";
+import { mayRollOut } from "./roles.js";
+import { table } from "./table.js";
+
+const RULE =
+  "Four eyes: a roll-out starts only once a second person approves it. The registry refuses an " +
+  "approval from whoever planned the roll-out or published its release, and from any role " +
+  "without the patch-approve permission (it is held by operator and admin).";
+
+type Command = "approveRollout" | "pauseRollout" | "resumeRollout" | "rollbackRollout";
+
+export class RolloutsPage {
+  readonly element: HTMLElement;
+  private readonly list = h("div", { class: "rollouts" });
+  private readonly cards = new Map<string, { shown: string; card: HTMLElement }>();
+
+  constructor(private readonly session: Session) {
+    this.element = h(
+      "section",
+      { "aria-labelledby": "rollouts-title" },
+      h("h2", { id: "rollouts-title" }, "Roll-outs"),
+      h("p", { class: "rule", id: "second-person-rule" }, RULE),
+      this.list,
+    );
+  }
+
+  async load(): Promise<void> {
+    if (mayRollOut(this.session.role)) this.element.insertBefore(await this.planForm(), this.list);
+    await this.refresh();
+  }
+
+  /** Newest first; a card is rebuilt only when its roll-out changed, so a reason being typed stays. */
+  async refresh(): Promise<void> {
+    const rollouts = [...(await withRefresh(() => gateway.listRollouts({}))).rollouts].reverse();
+    if (rollouts.length === 0) {
+      clear(this.list);
+      this.list.append(h("p", { class: "hint" }, "No roll-out yet."));
+      return;
+    }
+    const order: HTMLElement[] = [];
+    for (const rollout of rollouts) {
+      const shown = toJsonString(RolloutSchema, rollout);
+      let entry = this.cards.get(rollout.rolloutId);
+      if (entry === undefined || entry.shown !== shown) {
+        entry = { shown, card: this.card(rollout) };
+        this.cards.set(rollout.rolloutId, entry);
+      }
+      order.push(entry.card);
+    }
+    clear(this.list);
+    this.list.append(...order);
+  }
+
+  private async planForm(): Promise<HTMLElement> {
+    const releases = (await withRefresh(() => gateway.listReleases({}))).releases;
+    const choice = h("select", { id: "plan-release" });
+    for (const r of releases) choice.append(h("option", { value: `${r.service} ${r.version}` }, `${r.service} ${r.version}`));
+    const reason = h("input", { id: "plan-reason", type: "text", maxlength: 500 });
+    const result = h("p", { class: "error", role: "alert" });
+    const form = h(
+      "form",
+      { class: "plan" },
+      h("h3", {}, "Plan a roll-out"),
+      h("label", { for: "plan-release" }, "Release"),
+      choice,
+      h("label", { for: "plan-reason" }, "Reason (optional)"),
+      reason,
+      h("button", { type: "submit", disabled: releases.length === 0 }, "Plan roll-out"),
+      releases.length === 0 ? h("p", { class: "hint" }, "No release is published yet (parley patch publish).") : null,
+      result,
+    );
+    on(form, "submit", (event) => {
+      event.preventDefault();
+      const [service, toVersion] = choice.value.split(" ");
+      void (async () => {
+        try {
+          await withRefresh(() => gateway.planRollout({ service, toVersion, reason: reason.value }));
+          result.textContent = "";
+          await this.refresh();
+        } catch (err) {
+          result.textContent = describe(err);
+        }
+      })();
+    });
+    return form;
+  }
+
+  private card(r: Rollout): HTMLElement {
+    const error = h("p", { class: "error", role: "alert" });
+    const reason = h("input", { type: "text", maxlength: 500, "aria-label": `Reason for roll-out ${r.rolloutId}` });
+    const buttons = this.actions(r, reason, error);
+    const done = r.steps.filter((s) => s.drained).length;
+    return h(
+      "article",
+      { class: "rollout", "data-rollout-id": r.rolloutId, "data-state": r.state, "aria-label": `Roll-out ${r.rolloutId}` },
+      h("h3", {}, `${r.service} ${r.fromVersion || "?"} → ${r.toVersion}`),
+      h("p", {}, "Roll-out ", h("code", {}, r.rolloutId), " · state ", h("strong", { class: "rollout-state" }, r.state)),
+      h("p", { class: "hint" }, this.people(r)),
+      r.rollbackReason ? h("p", { class: "error" }, `Rolled back: ${r.rollbackReason}`) : null,
+      h("p", { class: "hint" }, `${done}/${r.oldInstances.length} instances replaced`),
+      buttons.length ? h("div", { class: "actions" }, reason, ...buttons) : null,
+      error,
+      r.steps.length
+        ? table(
+            `Steps of roll-out ${r.rolloutId}`,
+            ["Step", "Replaces", "New instance", "Gate", "Share", "Old drained"],
+            r.steps.map((s, i) => ({
+              cells: [
+                i === 0 ? "canary" : `step ${i}`,
+                s.replacesInstance,
+                s.newInstance || "-",
+                s.gate,
+                s.weight ? `${s.weight}%` : "-",
+                s.drained ? "yes" : "no",
+              ],
+            })),
+            "",
+          )
+        : null,
+      gateCharts(r),
+      h("h4", {}, "Timeline"),
+      h("ol", { class: "timeline" }, ...r.audit.map(timelineItem)),
+    );
+  }
+
+  private people(r: Rollout): string {
+    const me = this.session.userId;
+    const name = (id: string) => (id === me ? `${id} (you)` : id);
+    const planned = `Planned by ${name(r.plannedBy)}`;
+    if (r.approvedBy) return `${planned}, approved by ${name(r.approvedBy)}.`;
+    if (r.state !== "planned") return `${planned}.`;
+    return r.plannedBy === me
+      ? `${planned}. Waiting for a second person to approve: you planned it, so you may not.`
+      : `${planned}. Waiting for approval by a second person.`;
+  }
+
+  private actions(r: Rollout, reason: HTMLInputElement, error: HTMLElement): HTMLButtonElement[] {
+    if (!mayRollOut(this.session.role)) return [];
+    const offered: [string, Command, boolean][] = [
+      ["Approve", "approveRollout", r.state === "planned"],
+      ["Pause", "pauseRollout", ["approved", "canary", "production"].includes(r.state)],
+      ["Resume", "resumeRollout", r.state === "paused"],
+      ["Roll back", "rollbackRollout", ["planned", "approved", "canary", "production", "paused"].includes(r.state)],
+    ];
+    return offered
+      .filter(([, , shown]) => shown)
+      .map(([label, command]) => {
+        const button = h("button", { type: "button", class: "small" }, label);
+        on(button, "click", () => {
+          void (async () => {
+            try {
+              await withRefresh(() => gateway[command]({ rolloutId: r.rolloutId, reason: reason.value }));
+              error.textContent = "";
+              await this.refresh();
+            } catch (err) {
+              error.textContent = describe(err);
+            }
+          })();
+        });
+        return button;
+      });
+  }
+}
+
+function timelineItem(entry: AuditEntry): HTMLElement {
+  return h(
+    "li",
+    { class: `event ${entry.event}` },
+    h("time", {}, when(entry.at)),
+    " ",
+    h("span", { class: "actor" }, entry.actor),
+    " ",
+    h("strong", {}, entry.event),
+    entry.detail ? ` ${entry.detail}` : "",
+  );
+}
+
+/** Each gate verdict's error rate and p99, the new instance beside the old ones, as charts and
+ * as a table of the same figures. */
+function gateCharts(r: Rollout): HTMLElement | null {
+  const verdicts = r.audit.filter((a) => a.gate !== undefined).map((a) => a.gate!);
+  if (verdicts.length === 0) return null;
+  const labels = verdicts.map((g) => `${g.step === 0 ? "canary" : `step ${g.step}`} ${g.weight}%`);
+  const marks = verdicts.map((g): "passed" | "failed" => (g.passed ? "passed" : "failed"));
+  const rate = (errors: bigint, calls: bigint) => (calls > 0n ? (100 * Number(errors)) / Number(calls) : null);
+  return h(
+    "figure",
+    { class: "gates" },
+    h("figcaption", {}, `Health gates of roll-out ${r.rolloutId}: the new instance (canary) against the old (stable)`),
+    lineChart({
+      title: "Error rate",
+      unit: "%",
+      labels,
+      marks,
+      series: [
+        { name: "canary", className: "canary", values: verdicts.map((g) => rate(g.canaryErrors, g.canaryCalls)) },
+        { name: "stable", className: "stable", values: verdicts.map((g) => rate(g.stableErrors, g.stableCalls)) },
+      ],
+    }),
+    lineChart({
+      title: "p99 latency",
+      unit: "ms",
+      labels,
+      marks,
+      series: [
+        { name: "canary", className: "canary", values: verdicts.map((g) => (g.canaryCalls > 0n ? g.canaryP99Ms : null)) },
+        { name: "stable", className: "stable", values: verdicts.map((g) => (g.stableCalls > 0n ? g.stableP99Ms : null)) },
+      ],
+    }),
+    table(
+      `Gate figures of roll-out ${r.rolloutId}`,
+      ["Gate", "Verdict", "Window", "Canary calls", "Canary errors", "Canary p99", "Stable calls", "Stable errors", "Stable p99"],
+      verdicts.map((g, i) => ({
+        className: `gate-row ${marks[i]}`,
+        cells: [
+          labels[i],
+          marks[i],
+          `${g.windowS.toFixed(1)} s`,
+          String(g.canaryCalls),
+          String(g.canaryErrors),
+          `${g.canaryP99Ms.toFixed(0)} ms`,
+          String(g.stableCalls),
+          String(g.stableErrors),
+          `${g.stableP99Ms.toFixed(0)} ms`,
+        ],
+      })),
+      "",
+    ),
+  );
+}

@@ -1,0 +1,26 @@
+// A table of text cells, with a caption for screen readers and a class per row.
+
+import { h } from "../dom.js";
+
+export interface Row {
+  cells: string[];
+  className?: string;
+  key?: string;
+}
+
+export function table(caption: string, headers: string[], rows: Row[], empty: string): HTMLElement {
+  if (rows.length === 0) return h("p", { class: "hint" }, empty);
+  return h(
+    "table",
+    { class: "grid" },
+    h("caption", { class: "visually-hidden" }, caption),
+    h("thead", {}, h("tr", {}, ...headers.map((name) => h("th", { scope: "col" }, name)))),
+    h(
+      "tbody",
+      {},
+      ...rows.map((row) =>
+        h("tr", { class: row.className, "data-key": row.key }, ...row.cells.map((cell) => h("td", {}, cell))),
+      ),
+    ),
+  );
+}
