@@ -35,7 +35,14 @@ from tuf.api.exceptions import DownloadError, RepositoryError
 
 from parley_agent.front_door import FrontDoor
 from parley_agent.health import is_serving
-from parley_agent.installer import TufSource, base_python, fetch_release, install_version, installed_wheel
+from parley_agent.installer import (
+    INSTALLED,
+    TufSource,
+    base_python,
+    fetch_release,
+    install_version,
+    installed_wheel,
+)
 from parley_agent.probe import PROBES, MessagingProbe, ProbeUnavailable
 from parley_agent.shared_port import SharedPort
 from parley_core.errors import NotFound
@@ -357,7 +364,7 @@ class NodeAgent:
     def installed_python(self, service: str, version: str) -> Path | None:
         """The python of a version this agent installed earlier (a roll-out's or a base release), if it did."""
         env_dir = self.env_dir(service, version)
-        return env_dir / "bin" / "python" if installed_wheel(env_dir) is not None else None
+        return env_dir / "bin" / "python" if (env_dir / INSTALLED).exists() else None
 
     async def verify_installed(self, service: str, version: str, target_path: str) -> str | None:
         """None if the wheel `service` `version` runs from is, byte for byte, the signed release at

@@ -27,6 +27,7 @@ from typing import Any, TextIO
 import grpc
 
 from parley_agent import AgentTimeouts, Door, Instance, NodeAgent, door_for
+from parley_agent.front_door import FrontDoor
 from parley_agent.installer import installed_wheel
 from parley_agent.shared_port import claim, requests_migrate
 from parley_cli.publishing import base_wheel, publish_base_release, source_folder
@@ -34,7 +35,7 @@ from parley_cli.state import CLIENT_FILE, STATE_FILE, leftover_pids, previous_po
 from parley_cli.uplock import PlatformAlreadyRunning, UpLock
 from parley_cli.wheels import WheelBuildError
 from parley_core.bus import EventBus
-from parley_core.config import PEER_ADDRESS_ENV, RESTORED_MARKER, Settings
+from parley_core.config import PEER_ADDRESS_ENV, RESTORED_MARKER, STABLE_ADDRESS_ENV, Settings
 from parley_core.files import ensure_private_dir, write_private_file
 from parley_core.nats_connect import connect_nats
 from parley_core.nats_process import NatsServerProcess
@@ -467,6 +468,10 @@ class Platform:
         }
         for peer, var in PEER_ADDRESS_ENV.items():
             env[var] = self.front_doors[peer].address
+        for peer, var in STABLE_ADDRESS_ENV.items():
+            door = self.front_doors[peer]
+            if isinstance(door, FrontDoor):
+                env[var] = door.stable_address
         return env
 
     def _state(self) -> dict[str, Any]:
