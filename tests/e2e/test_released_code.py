@@ -6,7 +6,7 @@ environment of its own, starts every instance from there, publishes that very wh
 signed base release and checks it through TUF. The copy of the source is then broken (its
 `__main__` exits at once, its service module is deleted) and the messaging instance killed:
 the instance the supervisor starts again still serves, from the release, at the version the
-fleet reports.
+fleet reports, and so does the next `parley up`, which says that the source changed.
 """
 
 from __future__ import annotations
@@ -120,11 +120,24 @@ async def test_instances_run_the_installed_release_and_a_restart_ignores_the_sou
     assert await eventually(
         lambda: _fleet_version(platform, instance_id), "the restarted instance in the fleet", 60
     ) == (BASE_VERSION)
+    await _send(platform, "rita")
+
+    # `make run` again: the data folder's release starts, and `parley up` says the source changed.
+    assert platform.stop() == 0
+    platform.start()
+    assert f"note: {source_copy} changed since messaging {BASE_VERSION} was installed" in platform.output()
+    again = platform.service("messaging")["pid"]
+    assert isinstance(again, int)
+    assert _interpreter(again) == env_dir / "bin" / "python"
+    await _send(platform, "ruth")
+
+
+async def _send(platform: RunningPlatform, user: str) -> None:
     client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
     try:
-        await client.register("rita", "a-long-passphrase")
-        await client.login("rita", "a-long-passphrase")
-        channel = await client.create_channel("released")
+        await client.register(user, "a-long-passphrase")
+        await client.login(user, "a-long-passphrase")
+        channel = await client.create_channel(f"released-{user}")
         sent = await client.send(channel.channel_id, "still the release")
         assert sent.channel_seq > 0
     finally:

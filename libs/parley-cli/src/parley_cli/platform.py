@@ -33,7 +33,7 @@ from parley_agent.shared_port import claim, requests_migrate
 from parley_cli.publishing import base_wheel, publish_base_release, source_folder
 from parley_cli.state import CLIENT_FILE, STATE_FILE, leftover_pids, previous_port, previous_version
 from parley_cli.uplock import PlatformAlreadyRunning, UpLock
-from parley_cli.wheels import WheelBuildError
+from parley_cli.wheels import WheelBuildError, source_digest
 from parley_core.bus import EventBus
 from parley_core.config import PEER_ADDRESS_ENV, RESTORED_MARKER, STABLE_ADDRESS_ENV, Settings
 from parley_core.files import ensure_private_dir, write_private_file
@@ -393,18 +393,28 @@ class Platform:
 
         async def install(name: str) -> tuple[str, Path | None]:
             version = base_version(name)
-            python = agent.installed_python(name, version)
-            if python is not None:
-                return name, python
             source = source_folder(name)
             if source is None or not (source / "pyproject.toml").exists():
-                return name, None
+                return name, agent.installed_python(name, version)
+            digest = await asyncio.to_thread(source_digest, source)
+            env_dir = agent.env_dir(name, version)
+            built_from = env_dir.with_name(f"{env_dir.name}.source")  # the source's digest at install
+            python = agent.installed_python(name, version)
+            if python is not None:
+                if built_from.exists() and built_from.read_text().strip() != digest:
+                    self.say(
+                        f"note: {source} changed since {name} {version} was installed; the release keeps "
+                        f"running: publish the change as a new version and roll it out (or use a new data folder)"
+                    )
+                return name, python
             try:
                 wheel = await asyncio.to_thread(base_wheel, source, version)
             except (WheelBuildError, OSError) as error:
                 raise RuntimeError(f"the base release {name} {version} could not be built: {error}") from error
             wheels[name] = wheel
-            return name, await agent.install(name, version, wheel)
+            python = await agent.install(name, version, wheel)
+            built_from.write_text(digest + "\n")
+            return name, python
 
         installed = {name: python for name, python in await asyncio.gather(*map(install, START_ORDER)) if python}
         if wheels:
@@ -440,7 +450,7 @@ class Platform:
                 if wheel is not None:
                     problem = await agent.verify_installed(name, version, release.target_path)
                     if problem:
-                        self.say(f"WARNING: {problem}; a restart of {name} would not run the release it reports")
+                        self.say(f"WARNING: {problem}: {name} reports {version} but does not run that release")
                         continue
                     verified.append(f"{name} {version}")
             except (grpc.aio.AioRpcError, WheelBuildError, OSError) as error:
