@@ -118,7 +118,9 @@ async def forward(
         try:
             return await method(request, metadata=fwd.metadata, timeout=fwd.timeout)
         except grpc.aio.AioRpcError as first:
-            if again is None or first.code() not in REPEATABLE:
+            # An append the event log did not answer is the platform's trouble, not the instance's:
+            # the client's own retries with the key handle it (and a second try would wait as long).
+            if again is None or first.code() not in REPEATABLE or outcome_unknown(first):
                 raise
             log.info("sent again on a stable instance", extra={"code": first.code().name, "detail": first.details()})
             return await again(request, metadata=fwd.metadata, timeout=Forwarded.of(context).timeout)
