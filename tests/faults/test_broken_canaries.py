@@ -25,12 +25,14 @@ import pytest_asyncio
 from parley.patch.v1 import patch_pb2
 from workload import publish_figures
 
+from parley_agent.front_door import FrontDoor
 from parley_cli.testing import PLATFORM_TIMEOUTS, AgentPlatform, agent_platform
 from parley_cli.wheels import build_wheel
 from parley_client import ParleyClient
-from parley_client.testing import Traffic, send_continuously
+from parley_client.testing import Traffic, history_count, send_continuously
 from parley_core.pki import Pki
 from parley_core.testing.nats import NatsTestServer
+from parley_core.testing.waiting import eventually
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.e2e, pytest.mark.timeout(3600)]
 
@@ -54,6 +56,7 @@ BROKEN_MAINS = {
 
 
 async def _refuse(self, request, context):
+    print("refused a send on purpose", flush=True)  # counted by the retry test
     await context.abort(grpc.StatusCode.INTERNAL, "broken on purpose")
 
 
@@ -179,6 +182,55 @@ async def roll_out_broken_releases(cluster: AgentPlatform, tmp_path: Path, round
     )
     assert passes == 0
     assert traffic.acknowledged > 0
+    # A send the broken canary refused (INTERNAL, nothing appended) or that its crash cut off
+    # is sent again by the gateway on a stable instance, with the same key: no user sees it.
+    assert failed_sends["fail-every-call"] == [0] * rounds, failed_sends
+    assert failed_sends["crash-at-start"] == [0] * rounds, failed_sends
+
+
+async def test_sends_a_broken_canary_refuses_are_sent_again_on_a_stable_instance(
+    cluster: AgentPlatform, tmp_path: Path
+) -> None:
+    """A canary whose every send fails (INTERNAL) takes 90 % of new connections to messaging, and
+    no gate takes it away: every send it refuses is sent again by the gateway, with the same key,
+    through the front door's stable address. The user sees no failure and no message twice."""
+    wheel = await asyncio.to_thread(broken_wheel, "fail-every-call", "0.9.0", tmp_path)
+    agent = cluster.agent
+    canary = await agent.start_instance("messaging", "0.9.0", await agent.install("messaging", "0.9.0", wheel))
+    assert await agent.wait_ready(canary, in_fleet=False)
+    door = agent.front_doors["messaging"]
+    assert isinstance(door, FrontDoor)
+    door.set_share(canary.address, 90)
+    door.add(canary.address)
+
+    client = ParleyClient.connect(cluster.gateway_address, ca_cert=cluster.pki.ca_pem())
+    await client.register("carol", "a-long-passphrase")
+    await client.login("carol", "a-long-passphrase")
+    channel = await client.create_channel("retried")
+    traffic = Traffic()
+    sender = asyncio.create_task(send_continuously(client, channel.channel_id, traffic))
+
+    async def refused() -> int | None:  # the gateway's connections moved onto the canary (they age out every 5 s)
+        count = agent.log_path("messaging").read_text(errors="replace").count("refused a send on purpose")
+        return count if count >= 20 else None
+
+    try:
+        refusals = await eventually(refused, "the canary to refuse 20 sends", 120)
+    finally:
+        traffic.stop.set()
+        await sender
+        await agent.drain(canary.instance_id, failed=True)
+
+    async def archived() -> int | None:
+        count = await history_count(client, channel.channel_id)
+        return count if count >= traffic.acknowledged else None
+
+    stored = await eventually(archived, "every acknowledged send in history", 60)
+    await client.close()
+    print(f"\nsends refused by the canary: {refusals}; acknowledged: {traffic.acknowledged}")
+    print(f"failed: {traffic.failures}")
+    assert traffic.failures == []
+    assert stored == traffic.acknowledged  # each once: the second try's key found no first message
 
 
 async def test_one_broken_release_of_each_kind_is_rolled_back_under_sends(

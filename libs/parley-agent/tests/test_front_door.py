@@ -91,3 +91,26 @@ async def test_a_share_sends_exactly_that_part_of_new_connections_to_an_instance
     door.set_share("127.0.0.1:3", 50)
     door.remove("127.0.0.1:3")  # rolled back: gone, and its share with it
     assert {door.pick() for _ in range(10)} == {"127.0.0.1:1", "127.0.0.1:2"}
+
+
+async def test_the_stable_door_never_sends_a_connection_to_an_instance_on_trial(door: FrontDoor) -> None:
+    """Where a call the canary failed is sent again: only instances without a share answer there."""
+    stable, canary = await named_server("stable"), await named_server("canary")
+    door.add(address(stable))
+    door.add(address(canary))
+    door.set_share(address(canary), 50)
+
+    async def ask_stable() -> str:
+        reader, writer = await asyncio.open_connection(door.host, door.stable_port)
+        answer = await ask(door, (reader, writer))
+        writer.close()
+        return answer
+
+    assert {await ask(door) for _ in range(6)} == {"stable", "canary"}
+    assert [await ask_stable() for _ in range(6)] == ["stable"] * 6
+    door.set_share(address(canary), 100)  # its gate passed: stable like the others
+    assert {await ask_stable() for _ in range(6)} == {"stable", "canary"}
+    door.remove(address(stable))
+    assert [await ask_stable() for _ in range(3)] == ["canary"] * 3
+    for server in (stable, canary):
+        server.close()

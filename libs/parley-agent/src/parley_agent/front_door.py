@@ -9,6 +9,10 @@ smooth weighted round-robin, so that exactly that share goes to it; removing an
 instance only stops new connections to it, so its open HTTP/2 connections finish their calls
 while it drains, and gRPC clients reconnect through the front door to a remaining instance
 after the old one's GOAWAY.
+
+A second address, the stable door, sends new connections only to instances no roll-out is
+trying out (those without a share): a caller sends a call that a canary failed there again, so
+a broken canary costs its users nothing (the gateway does, for calls safe to repeat).
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ class FrontDoor:
         self._shares: dict[str, int] = {}  # address -> percent of new connections
         self._credit: dict[str, float] = {}  # smooth weighted round-robin state
         self._server: asyncio.Server | None = None
+        self._stable_server: asyncio.Server | None = None
+        self.stable_port = 0
         self._connections: set[asyncio.Task[None]] = set()
 
     @property
@@ -51,8 +57,16 @@ class FrontDoor:
         return f"{self.host}:{self.port}"
 
     @property
+    def stable_address(self) -> str:
+        return f"{self.host}:{self.stable_port}"
+
+    @property
     def backends(self) -> list[str]:
         return list(self._backends)
+
+    def stable_backends(self) -> list[str]:
+        """The instances no roll-out is trying out (all of them when every one is)."""
+        return [a for a in self._backends if a not in self._shares] or list(self._backends)
 
     def add(self, address: str) -> None:
         if address not in self._backends:
@@ -91,9 +105,9 @@ class FrontDoor:
         self._credit[chosen] -= sum(weights.values())
         return chosen
 
-    def pick(self) -> str | None:
-        """The backend the next new connection goes to (None with none)."""
-        backends = self._backends
+    def pick(self, *, stable: bool = False) -> str | None:
+        """The backend the next new connection goes to (None with none), through the stable door if `stable`."""
+        backends = self.stable_backends() if stable else self._backends
         return self._next_backend(backends) if backends else None
 
     def instance_environment(self) -> dict[str, str]:
@@ -103,22 +117,24 @@ class FrontDoor:
     async def start(self) -> FrontDoor:
         self._server = await asyncio.start_server(self._accept, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
+        self._stable_server = await asyncio.start_server(self._accept_stable, self.host, 0)
+        self.stable_port = self._stable_server.sockets[0].getsockname()[1]
         return self
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        for server in (self._server, self._stable_server):
+            if server is not None:
+                server.close()
+                await server.wait_closed()
         for task in list(self._connections):
             task.cancel()
 
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    async def _connect(self, *, stable: bool) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         """The next live backend in turn; a refused one is skipped, not retried forever."""
         for _ in range(len(self._backends)):
-            backends = self._backends
-            if not backends:
+            address = self.pick(stable=stable)
+            if address is None:
                 return None
-            address = self._next_backend(backends)
             host, _, port = address.rpartition(":")
             try:
                 return await asyncio.wait_for(asyncio.open_connection(host, int(port)), CONNECT_TIMEOUT_S)
@@ -127,11 +143,19 @@ class FrontDoor:
         return None
 
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        await self._proxy(client_reader, client_writer, stable=False)
+
+    async def _accept_stable(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        await self._proxy(client_reader, client_writer, stable=True)
+
+    async def _proxy(
+        self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter, *, stable: bool
+    ) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
         try:
-            backend = await self._connect()
+            backend = await self._connect(stable=stable)
             if backend is None:
                 log.warning("front door %s: no live instance for a new connection", self.service)
                 return

@@ -1,14 +1,19 @@
 """Fetches a release through the stock TUF updater and installs it beside the running version.
 
-Each version gets its own virtual environment under the agent's data folder, holding only the
-service's own wheel; the shared dependencies come from the host's base environment through a
-`.pth` hook placed after the version's own site-packages, so the new wheel wins and nothing of
-the running version is touched. Removing a version is removing its folder.
+Each version gets its own virtual environment, named in the agent's data folder, holding only the
+service's own wheel (and a copy of that wheel: what it runs, byte for byte); the shared
+dependencies come from the host's base environment through a `.pth` hook placed after the
+version's own site-packages, so the version's wheel wins over the source tree's editable install
+and nothing of the running version is touched. The base version of each service is installed
+the same way, so no instance runs from the source tree. Removing a version is removing its link.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import hashlib
+import os
 import shutil
 import sys
 import sysconfig
@@ -18,6 +23,9 @@ from pathlib import Path
 from tuf.ngclient import Updater
 
 from parley_core.errors import FailedPrecondition, NotFound
+
+INSTALLED = ".installed"  # written last: the version's wheel name and sha256
+WHEEL_DIR = ".wheel"
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,11 @@ def _base_site_packages() -> str:
     return sysconfig.get_paths()["purelib"]
 
 
+def install_cache() -> Path:
+    """Where this host keeps installed versions, shared by every data folder (`make test` starts many)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "parley" / "installs"
+
+
 async def _run(*args: str) -> None:
     process = await asyncio.create_subprocess_exec(
         *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
@@ -68,18 +81,33 @@ async def _run(*args: str) -> None:
 
 def _clear_unfinished(env_dir: Path) -> bool:
     """True if the version is already installed; removes a half-made one (interrupted install)."""
-    if (env_dir / ".installed").exists():
+    if (env_dir / INSTALLED).exists():
         return True
-    if env_dir.exists():
+    if env_dir.is_symlink():
+        env_dir.unlink()  # its cache entry was removed
+    elif env_dir.exists():
         shutil.rmtree(env_dir)
     return False
 
 
-async def install_version(wheel: Path, env_dir: Path) -> Path:
-    """A venv with just this wheel; returns its python. Idempotent per version folder."""
-    python = env_dir / "bin" / "python"
-    if await asyncio.to_thread(_clear_unfinished, env_dir):
-        return python
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as wheel:
+        for block in iter(lambda: wheel.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def installed_wheel(env_dir: Path) -> Path | None:
+    """The wheel a version's environment was installed from (kept in it: what it runs, byte for byte)."""
+    marker = env_dir / INSTALLED
+    if not marker.exists():
+        return None
+    wheel = env_dir / WHEEL_DIR / marker.read_text().split()[0]
+    return wheel if wheel.exists() else None
+
+
+async def _make_env(wheel: Path, env_dir: Path) -> None:
     await _run(sys.executable, "-m", "venv", "--without-pip", str(env_dir))
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     own_site = env_dir / "lib" / version / "site-packages"
@@ -90,17 +118,50 @@ async def install_version(wheel: Path, env_dir: Path) -> Path:
         "-m",
         "pip",
         "--python",
-        str(python),
+        str(env_dir / "bin" / "python"),
         "install",
         "--quiet",
         "--no-deps",
         "--no-index",
         str(wheel),
     )
-    (env_dir / ".installed").write_text(wheel.name)
+    (env_dir / WHEEL_DIR).mkdir()
+    shutil.copyfile(wheel, env_dir / WHEEL_DIR / wheel.name)
+    (env_dir / INSTALLED).write_text(f"{wheel.name} {_sha256(wheel)}\n")
+
+
+async def install_version(wheel: Path, env_dir: Path, *, cache_dir: Path | None = None) -> Path:
+    """A venv with just this wheel; returns its python. Idempotent per version folder.
+
+    The venv itself lives in the host's install cache, one per wheel content (and base
+    environment), and `env_dir` links to it: a version is installed once per host, so every
+    platform start after the first starts its instances at once.
+    """
+    python = env_dir / "bin" / "python"
+    if await asyncio.to_thread(_clear_unfinished, env_dir):
+        return python
+    cache_dir = cache_dir or install_cache()
+    cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    base = hashlib.sha256(f"{_base_site_packages()}|{sys.version}".encode()).hexdigest()[:8]
+    cached = cache_dir / f"{wheel.name.removesuffix('.whl')}-{_sha256(wheel)[:24]}-{base}"
+    # One installer per cache entry at a time (two platforms starting together share it).
+    lock = os.open(cache_dir / f"{cached.name}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+        if not await asyncio.to_thread(_clear_unfinished, cached):
+            await _make_env(wheel, cached)
+    finally:
+        os.close(lock)  # releases the lock
+    await asyncio.to_thread(_link, env_dir, cached)
     return python
 
 
+def _link(env_dir: Path, cached: Path) -> None:
+    env_dir.parent.mkdir(parents=True, exist_ok=True)
+    env_dir.symlink_to(cached, target_is_directory=True)
+
+
 def base_python() -> Path:
-    """The interpreter of the environment the agent itself runs in: the host's base version."""
+    """The interpreter of the environment the agent itself runs in: for a service installed there
+    from a wheel (not from a source folder), the host's base version."""
     return Path(sys.executable)

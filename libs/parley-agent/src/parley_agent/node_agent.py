@@ -31,12 +31,21 @@ from typing import TextIO
 import grpc
 from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
+from tuf.api.exceptions import DownloadError, RepositoryError
 
 from parley_agent.front_door import FrontDoor
 from parley_agent.health import is_serving
-from parley_agent.installer import TufSource, base_python, fetch_release, install_version
+from parley_agent.installer import (
+    INSTALLED,
+    TufSource,
+    base_python,
+    fetch_release,
+    install_version,
+    installed_wheel,
+)
 from parley_agent.probe import PROBES, MessagingProbe, ProbeUnavailable
 from parley_agent.shared_port import SharedPort
+from parley_core.errors import NotFound
 from parley_core.net import free_port
 from parley_core.pki import Pki
 from parley_core.runner import secure_channel
@@ -180,6 +189,7 @@ class NodeAgent:
             env["PARLEY_MAX_CONNECTION_AGE_SECONDS"] = str(self.timeouts.connection_age_s)
         instance.process = await asyncio.create_subprocess_exec(
             str(instance.python),
+            "-I",  # isolated: no PYTHONPATH or user site can put other code before the release's
             "-m",
             "parley_" + instance.service.replace("-", "_"),
             env=env,
@@ -342,15 +352,36 @@ class NodeAgent:
             raise RuntimeError(
                 f"{rollout.target_path} is signed as {custom}, not {rollout.service} {rollout.to_version}"
             )
-        return await install_version(wheel, self.env_dir(rollout.service, rollout.to_version))
+        return await self.install(rollout.service, rollout.to_version, wheel)
+
+    async def install(self, service: str, version: str, wheel: Path) -> Path:
+        """`wheel` installed as `service` `version` on this host (once); returns the python that runs it."""
+        return await install_version(wheel, self.env_dir(service, version))
 
     def env_dir(self, service: str, version: str) -> Path:
         return self.data_dir / "envs" / f"{service}-{version}"
 
     def installed_python(self, service: str, version: str) -> Path | None:
-        """The python of a version this agent installed earlier, if it did; None for the base version."""
+        """The python of a version this agent installed earlier (a roll-out's or a base release), if it did."""
         env_dir = self.env_dir(service, version)
-        return env_dir / "bin" / "python" if (env_dir / ".installed").exists() else None
+        return env_dir / "bin" / "python" if (env_dir / INSTALLED).exists() else None
+
+    async def verify_installed(self, service: str, version: str, target_path: str) -> str | None:
+        """None if the wheel `service` `version` runs from is, byte for byte, the signed release at
+        `target_path` (fetched through TUF); else what is wrong."""
+        wheel = installed_wheel(self.env_dir(service, version))
+        if wheel is None:
+            return f"{service} {version} is not installed on {self.host}"
+        try:
+            source = await self._source()
+            released, custom = await asyncio.to_thread(fetch_release, source, target_path, self.data_dir / "tuf")
+        except (RepositoryError, DownloadError, NotFound, OSError) as error:
+            return f"{target_path} could not be fetched through TUF: {error}"
+        if (custom.get("service"), custom.get("version")) != (service, version):
+            return f"{target_path} is signed as {custom}, not {service} {version}"
+        if released.read_bytes() != wheel.read_bytes():
+            return f"{service} {version} runs {wheel}, which is not the signed release {target_path}"
+        return None
 
     async def step(self, rollout: patch_pb2.Rollout) -> bool:
         """Does what the roll-out's current step needs from this host; True if it did something."""

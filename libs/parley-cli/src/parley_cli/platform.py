@@ -27,13 +27,15 @@ from typing import Any, TextIO
 import grpc
 
 from parley_agent import AgentTimeouts, Door, Instance, NodeAgent, door_for
+from parley_agent.front_door import FrontDoor
+from parley_agent.installer import installed_wheel
 from parley_agent.shared_port import claim, requests_migrate
-from parley_cli.publishing import publish_base_release
+from parley_cli.publishing import base_wheel, publish_base_release, source_folder
 from parley_cli.state import CLIENT_FILE, STATE_FILE, leftover_pids, previous_port, previous_version
 from parley_cli.uplock import PlatformAlreadyRunning, UpLock
-from parley_cli.wheels import WheelBuildError
+from parley_cli.wheels import WheelBuildError, source_digest
 from parley_core.bus import EventBus
-from parley_core.config import PEER_ADDRESS_ENV, RESTORED_MARKER, Settings
+from parley_core.config import PEER_ADDRESS_ENV, RESTORED_MARKER, STABLE_ADDRESS_ENV, Settings
 from parley_core.files import ensure_private_dir, write_private_file
 from parley_core.nats_connect import connect_nats
 from parley_core.nats_process import NatsServerProcess
@@ -185,8 +187,9 @@ class Platform:
             announce=self.say,
         )
         agent.front_doors.update(self.front_doors)
+        installed = await self._install_base_releases(agent)
         for name in START_ORDER:
-            await self._start_service(agent, name)
+            await self._start_service(agent, name, installed.get(name))
         self._write_state()
         self._agent_task = asyncio.create_task(agent.run())
         self._base_task = asyncio.create_task(self._publish_base_releases(agent))
@@ -380,14 +383,53 @@ class Platform:
             raise RuntimeError(problem.splitlines()[-1] if problem else "re-seeding the event log failed")
         self.say("event log re-seeded from the archive; starting the services")
 
-    async def _start_service(self, agent: NodeAgent, name: str) -> None:
-        """The version it ran last time if the agent installed that one, else this environment's."""
-        version, python = base_version(name), None
+    async def _install_base_releases(self, agent: NodeAgent) -> dict[str, Path]:
+        """Each service's base version installed as a wheel in its own environment (all at once;
+        once per host and source content: later starts find it installed), so that no instance
+        runs from the source tree. A service not installed from a source folder runs as installed."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        wheels: dict[str, Path] = {}
+
+        async def install(name: str) -> tuple[str, Path | None]:
+            version = base_version(name)
+            source = source_folder(name)
+            if source is None or not (source / "pyproject.toml").exists():
+                return name, agent.installed_python(name, version)
+            digest = await asyncio.to_thread(source_digest, source)
+            env_dir = agent.env_dir(name, version)
+            built_from = env_dir.with_name(f"{env_dir.name}.source")  # the source's digest at install
+            python = agent.installed_python(name, version)
+            if python is not None:
+                if built_from.exists() and built_from.read_text().strip() != digest:
+                    self.say(
+                        f"note: {source} changed since {name} {version} was installed; the release keeps "
+                        f"running: publish the change as a new version and roll it out (or use a new data folder)"
+                    )
+                return name, python
+            try:
+                wheel = await asyncio.to_thread(base_wheel, source, version)
+            except (WheelBuildError, OSError) as error:
+                raise RuntimeError(f"the base release {name} {version} could not be built: {error}") from error
+            wheels[name] = wheel
+            python = await agent.install(name, version, wheel)
+            built_from.write_text(digest + "\n")
+            return name, python
+
+        installed = {name: python for name, python in await asyncio.gather(*map(install, START_ORDER)) if python}
+        if wheels:
+            took = loop.time() - began
+            self.say(f"installed base releases {', '.join(sorted(wheels))} in {agent.data_dir / 'envs'} ({took:.1f} s)")
+        return installed
+
+    async def _start_service(self, agent: NodeAgent, name: str, base_python: Path | None) -> None:
+        """The version it ran last time if the agent installed that one, else the base release."""
+        version, python = base_version(name), base_python
         previous = previous_version(self.data_dir, name)
         if previous and previous != version:
-            python = agent.installed_python(name, previous)
-            if python is not None:
-                version = previous
+            previous_python = agent.installed_python(name, previous)
+            if previous_python is not None:
+                version, python = previous, previous_python
             else:
                 self.say(f"{name} {previous} is not installed in {agent.data_dir}; starting {version}")
         try:
@@ -397,19 +439,29 @@ class Platform:
 
     async def _publish_base_releases(self, agent: NodeAgent) -> None:
         """Each service's base version as a signed release in the registry (once, on the first
-        start), so that `parley patch revert` can return to it after a roll-out."""
-        published = []
+        start), so that `parley patch revert` can return to it after a roll-out: the very wheel
+        its instances run, which the agent then checks against the release through TUF."""
+        published, verified = [], []
         for name in START_ORDER:
             version = base_version(name)
+            wheel = installed_wheel(agent.env_dir(name, version))
             try:
-                await publish_base_release(agent.registry, service=name, version=version)
-            except (grpc.aio.AioRpcError, WheelBuildError) as error:
+                release = await publish_base_release(agent.registry, service=name, version=version, wheel=wheel)
+                if wheel is not None:
+                    problem = await agent.verify_installed(name, version, release.target_path)
+                    if problem:
+                        self.say(f"WARNING: {problem}: {name} reports {version} but does not run that release")
+                        continue
+                    verified.append(f"{name} {version}")
+            except (grpc.aio.AioRpcError, WheelBuildError, OSError) as error:
                 why = error.details() if isinstance(error, grpc.aio.AioRpcError) else str(error)
                 self.say(f"base release {name} {version} not published ({why}); a revert cannot return to it")
                 continue
             published.append(f"{name} {version}")
         if published:
             self.say(f"base releases (signed, kept for revert): {', '.join(published)}")
+        if verified:
+            self.say(f"running the signed releases (checked through TUF): {', '.join(verified)}")
 
     def _environment(self) -> dict[str, str]:
         """What every instance is told; the agent adds its own listening port and instance id."""
@@ -426,6 +478,10 @@ class Platform:
         }
         for peer, var in PEER_ADDRESS_ENV.items():
             env[var] = self.front_doors[peer].address
+        for peer, var in STABLE_ADDRESS_ENV.items():
+            door = self.front_doors[peer]
+            if isinstance(door, FrontDoor):
+                env[var] = door.stable_address
         return env
 
     def _state(self) -> dict[str, Any]:

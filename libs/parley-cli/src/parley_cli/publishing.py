@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -127,7 +128,13 @@ async def publish_release(
 
 
 def source_folder(service: str) -> Path | None:
-    """Where the installed `parley-<service>` was built from (an editable or local install), if known."""
+    """The source folder `parley-<service>` is imported from here (an editable install, or a
+    folder on PYTHONPATH), if it is one: the project folder holding its pyproject.toml."""
+    spec = importlib.util.find_spec(f"parley_{service.replace('-', '_')}")
+    if spec is not None and spec.origin:
+        project = Path(spec.origin).resolve().parents[2]  # <project>/src/parley_<service>/__init__.py
+        if (project / "pyproject.toml").exists():
+            return project
     try:
         text = metadata.distribution(f"parley-{service}").read_text("direct_url.json")
     except metadata.PackageNotFoundError:
@@ -139,45 +146,52 @@ def source_folder(service: str) -> Path | None:
 
 
 async def publish_base_release(
-    registry: patch_pb2_grpc.PatchServiceAsyncStub, *, service: str, version: str, timeout: float = 120.0
+    registry: patch_pb2_grpc.PatchServiceAsyncStub,
+    *,
+    service: str,
+    version: str,
+    wheel: Path | None = None,
+    timeout: float = 120.0,
 ) -> patch_pb2.Release:
     """The version this environment runs, published as a signed release (once) so that a roll-out
-    can return to it: its wheel is built from the installed source at that version and kept by the
-    registry. Called by `parley up` as the platform identity."""
+    can return to it: `wheel` (the one its instances were installed from), else its wheel built
+    from the installed source at that version; the registry keeps it. Called by `parley up` as
+    the platform identity."""
     from parley_cli.wheels import WheelBuildError
 
     releases = await registry.ListReleases(patch_pb2.ListReleasesRequest(service=service), timeout=timeout)
     for existing in releases.releases:
         if existing.version == version:
             return existing
-    source = source_folder(service)
-    if source is None or not (source / "pyproject.toml").exists():
-        raise WheelBuildError(f"parley-{service} was not installed from a source folder; publish {version} by hand")
-    wheel_name, wheel = await asyncio.to_thread(_base_wheel, source, version)
-    request = patch_pb2.PublishBaseReleaseRequest(service=service, version=version, wheel_name=wheel_name, wheel=wheel)
+    if wheel is None:
+        source = source_folder(service)
+        if source is None or not (source / "pyproject.toml").exists():
+            raise WheelBuildError(f"parley-{service} was not installed from a source folder; publish {version} by hand")
+        wheel = await asyncio.to_thread(base_wheel, source, version)
+    request = patch_pb2.PublishBaseReleaseRequest(
+        service=service, version=version, wheel_name=wheel.name, wheel=await asyncio.to_thread(wheel.read_bytes)
+    )
     release: patch_pb2.Release = await registry.PublishBaseRelease(request, timeout=timeout)
     return release
 
 
-def _base_wheel(source: Path, version: str) -> tuple[str, bytes]:
+def base_wheel(source: Path, version: str) -> Path:
     """The wheel of `source` at `version`, built once per content of the source folder (kept in
-    the user's cache: every platform started from the same source publishes the same bytes)."""
+    the user's cache: every platform started from the same source installs and publishes the
+    same bytes)."""
     from parley_cli.wheels import build_wheel, source_digest
 
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "parley" / "base-wheels"
     key = cache / f"{source.name}-{version}-{source_digest(source)[:32]}"
     built = sorted(key.glob("*.whl")) if key.is_dir() else []
     if built:
-        return built[0].name, built[0].read_bytes()
-    with tempfile.TemporaryDirectory() as tmp:
-        wheel = build_wheel(source, version, Path(tmp))
-        data = wheel.read_bytes()
-        with contextlib.suppress(OSError):  # a cache that cannot be written only costs a rebuild
-            cache.mkdir(parents=True, exist_ok=True)
-            staged = Path(tempfile.mkdtemp(dir=cache))
-            try:
-                (staged / wheel.name).write_bytes(data)
-                staged.rename(key)  # atomic; a concurrent build of the same key keeps the first
-            finally:
-                shutil.rmtree(staged, ignore_errors=True)
-        return wheel.name, data
+        return built[0]
+    cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+    staged = Path(tempfile.mkdtemp(dir=cache))
+    try:
+        build_wheel(source, version, staged)
+        with contextlib.suppress(OSError):  # a concurrent build of the same key got there first
+            staged.rename(key)  # atomic
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return sorted(key.glob("*.whl"))[0]

@@ -23,11 +23,12 @@ from pathlib import Path
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
 from securesystemslib.signer import CryptoSigner
 
-from parley_agent import AgentTimeouts, NodeAgent
+from parley_agent import AgentTimeouts, Door, NodeAgent
+from parley_agent.front_door import FrontDoor
 from parley_agent.health import is_serving
 from parley_cli.publishing import public_pem, publish_base_release, publish_release
 from parley_core.bus import EventBus
-from parley_core.config import PEER_ADDRESS_ENV
+from parley_core.config import PEER_ADDRESS_ENV, STABLE_ADDRESS_ENV
 from parley_core.net import free_port
 from parley_core.pki import Pki
 from parley_core.runner import secure_channel
@@ -148,13 +149,14 @@ async def _wait_serving(pki: Pki, service: str, address: str, process: asyncio.s
     await eventually(probe, f"{service} healthy", START_TIMEOUT_S)
 
 
-async def _start_managed(agent: NodeAgent, service: str, port: int, *, in_fleet: bool) -> None:
-    await agent.open_front_door(service, port=port)
+async def _start_managed(agent: NodeAgent, service: str, port: int, *, in_fleet: bool) -> Door:
+    door = await agent.open_front_door(service, port=port)
     for _ in range(MANAGED_INSTANCES):  # one after the other, as the agent starts a service
         try:
             await agent.start_serving(service, "0.1.0", in_fleet=in_fleet)
         except RuntimeError as error:  # the log lives in a temporary folder: show it with the failure
             raise RuntimeError(f"{error}\n{agent.log_path(service).read_text()[-4000:]}") from error
+    return door
 
 
 async def _stop(process: asyncio.subprocess.Process) -> None:
@@ -221,7 +223,9 @@ async def agent_platform(
         for service in START_ORDER:
             if service == managed:
                 # Started before the registry, its instances can show health only, not the fleet view.
-                await _start_managed(agent, service, ports[service], in_fleet="patch-registry" in started)
+                door = await _start_managed(agent, service, ports[service], in_fleet="patch-registry" in started)
+                if isinstance(door, FrontDoor) and service in STABLE_ADDRESS_ENV:  # for the gateway, started later
+                    env[STABLE_ADDRESS_ENV[service]] = door.stable_address
             else:
                 own = {"PARLEY_LISTEN_PORT": str(ports[service]), "PARLEY_INSTANCE_ID": f"{service}-1"}
                 process = await _spawn(service, {**env, **own}, data_dir / "logs")

@@ -28,6 +28,8 @@ TraceExporter = Literal["none", "console", "otlp"]
 RegistrationMode = Literal["open", "invite", "admin"]
 EventLoop = Literal["asyncio", "uvloop"]
 # The setting through which a process learns each peer's address (see the Peers fields below).
+# Where a call may be sent again on an instance no roll-out is trying out (the gateway's callers).
+STABLE_ADDRESS_ENV = {"messaging": "PARLEY_MESSAGING_STABLE_ADDR"}
 PEER_ADDRESS_ENV = {
     "auth": "PARLEY_AUTH_ADDR",
     "messaging": "PARLEY_MESSAGING_ADDR",
@@ -77,6 +79,10 @@ class Settings(BaseSettings):
     messaging_addr: str = ""
     storage_addr: str = ""
     registry_addr: str = ""
+    # The messaging front door's stable address (parley_agent.front_door): only instances no
+    # roll-out is trying out. The gateway sends a call a canary failed there once more, when
+    # repeating it is safe. Empty: no second try.
+    messaging_stable_addr: str = ""
 
     database_url: str = ""
 

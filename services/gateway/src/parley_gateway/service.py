@@ -100,11 +100,36 @@ def outcome_unknown(exc: grpc.aio.AioRpcError) -> bool:
     )
 
 
-async def forward(method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp], request: Req, context: Context) -> Resp:
-    """Call an internal service on behalf of the client: its token, its remaining deadline."""
+# Failures that a second instance may not have: the instance's own (a broken canary's INTERNAL or
+# UNKNOWN) or its going away (UNAVAILABLE).
+REPEATABLE = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNAVAILABLE})
+
+
+async def forward(
+    method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp],
+    request: Req,
+    context: Context,
+    *,
+    again: grpc.aio.UnaryUnaryMultiCallable[Req, Resp] | None = None,
+) -> Resp:
+    """Call an internal service on behalf of the client: its token, its remaining deadline.
+
+    `again`: the same call on an instance no roll-out is trying out, given only for calls safe to
+    repeat (reads, and writes carrying an idempotency key, which the service answers with the
+    first call's result); a repeatable failure is then sent there once, so a broken canary's
+    failures never reach the client.
+    """
     fwd = Forwarded.of(context)
     try:
-        return await method(request, metadata=fwd.metadata, timeout=fwd.timeout)
+        try:
+            return await method(request, metadata=fwd.metadata, timeout=fwd.timeout)
+        except grpc.aio.AioRpcError as first:
+            # An append the event log did not answer is the platform's trouble, not the instance's:
+            # the client's own retries with the key handle it (and a second try would wait as long).
+            if again is None or first.code() not in REPEATABLE or outcome_unknown(first):
+                raise
+            log.info("sent again on a stable instance", extra={"code": first.code().name, "detail": first.details()})
+            return await again(request, metadata=fwd.metadata, timeout=Forwarded.of(context).timeout)
     except grpc.aio.AioRpcError as exc:
         if outcome_unknown(exc):
             # A write that may or may not have landed: the service's words (retry with the same
@@ -126,6 +151,8 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         self._auth: auth_pb2_grpc.AuthServiceAsyncStub | None = None
         self._messaging: messaging_pb2_grpc.MessagingServiceAsyncStub | None = None
         self._devices: messaging_pb2_grpc.DeviceKeyServiceAsyncStub | None = None
+        # Messaging through its stable door (no canary), for calls sent again there.
+        self._stable_messaging: messaging_pb2_grpc.MessagingServiceAsyncStub | None = None
         self._storage: storage_pb2_grpc.StorageServiceAsyncStub | None = None
         self._archive: storage_pb2_grpc.StorageArchiveServiceAsyncStub | None = None
         self._patch: patch_pb2_grpc.PatchServiceAsyncStub | None = None
@@ -148,6 +175,9 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         messaging = ctx.channel_to(s.messaging_addr, "messaging")
         self._messaging = messaging_pb2_grpc.MessagingServiceStub(messaging)
         self._devices = messaging_pb2_grpc.DeviceKeyServiceStub(messaging)
+        if s.messaging_stable_addr:
+            stable = ctx.channel_to(s.messaging_stable_addr, "messaging")
+            self._stable_messaging = messaging_pb2_grpc.MessagingServiceStub(stable)
         storage = ctx.channel_to(s.storage_addr, "storage")
         self._storage = storage_pb2_grpc.StorageServiceStub(storage)
         self._archive = storage_pb2_grpc.StorageArchiveServiceStub(storage)
@@ -188,6 +218,14 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
             await asyncio.gather(self._access_watch, return_exceptions=True)
         await self._feed.stop()
 
+    def _again(self, name: str, safe: bool = True) -> grpc.aio.UnaryUnaryMultiCallable[Any, Any] | None:
+        """Messaging's `name` on an instance no roll-out is trying out, for a call `safe` to repeat
+        (a read, or a write carrying its idempotency key); None without a stable door."""
+        if self._stable_messaging is None or not safe:
+            return None
+        method: grpc.aio.UnaryUnaryMultiCallable[Any, Any] = getattr(self._stable_messaging, name)
+        return method
+
     @property
     def live_streams(self) -> int:
         """Live streams this process serves now."""
@@ -223,7 +261,8 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
     ) -> messaging_pb2.Channel:
         assert self._messaging is not None
         await self._admit(request, context)
-        return await forward(self._messaging.CreateChannel, request, context)
+        again = self._again("CreateChannel", bool(request.idempotency_key))
+        return await forward(self._messaging.CreateChannel, request, context, again=again)
 
     async def JoinChannel(self, request: messaging_pb2.JoinChannelRequest, context: Context) -> messaging_pb2.Channel:
         assert self._messaging is not None
@@ -235,14 +274,15 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
     ) -> messaging_pb2.ListMyChannelsResponse:
         assert self._messaging is not None
         await self._admit(request, context)
-        return await forward(self._messaging.ListMyChannels, request, context)
+        return await forward(self._messaging.ListMyChannels, request, context, again=self._again("ListMyChannels"))
 
     async def SendMessage(
         self, request: messaging_pb2.PostMessageRequest, context: Context
     ) -> messaging_pb2.ChatMessage:
         assert self._messaging is not None
         await self._admit(request, context)
-        return await forward(self._messaging.PostMessage, request, context)
+        again = self._again("PostMessage", bool(request.idempotency_key))
+        return await forward(self._messaging.PostMessage, request, context, again=again)
 
     async def EditMessage(
         self, request: messaging_pb2.EditMessageRequest, context: Context
@@ -263,7 +303,9 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
     ) -> messaging_pb2.ListMessageVersionsResponse:
         assert self._messaging is not None
         await self._admit(request, context)
-        return await forward(self._messaging.ListMessageVersions, request, context)
+        return await forward(
+            self._messaging.ListMessageVersions, request, context, again=self._again("ListMessageVersions")
+        )
 
     async def LeaveChannel(self, request: messaging_pb2.LeaveChannelRequest, context: Context) -> messaging_pb2.Channel:
         assert self._messaging is not None
@@ -289,7 +331,12 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
     ) -> messaging_pb2.Channel:
         assert self._messaging is not None
         await self._admit(request, context)
-        return await forward(self._messaging.CreateDirectChannel, request, context)
+        return await forward(
+            self._messaging.CreateDirectChannel,
+            request,
+            context,
+            again=self._again("CreateDirectChannel", bool(request.idempotency_key)),
+        )
 
     async def InviteMember(self, request: messaging_pb2.MemberActionRequest, context: Context) -> messaging_pb2.Channel:
         assert self._messaging is not None
@@ -330,7 +377,7 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
     ) -> messaging_pb2.ListThreadResponse:
         assert self._messaging is not None
         await self._admit(request, context)
-        return await forward(self._messaging.ListThread, request, context)
+        return await forward(self._messaging.ListThread, request, context, again=self._again("ListThread"))
 
     async def React(self, request: messaging_pb2.ReactRequest, context: Context) -> messaging_pb2.ChatMessage:
         assert self._messaging is not None

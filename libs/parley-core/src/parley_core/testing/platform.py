@@ -22,7 +22,9 @@ READY_LINE = "all services are up"
 # can call `client.register`; a test that wants another mode sets PARLEY_REGISTRATION in `env`.
 # Every test user registers from 127.0.0.1, so auth's per-address registration budget is lifted.
 TEST_DEFAULTS = {"PARLEY_REGISTRATION": "open", "PARLEY_AUTH_REGISTRATIONS_PER_SOURCE_PER_HOUR": "1000000"}
-START_TIMEOUT_S = 120.0
+# A host's first `parley up` after a source change also builds and installs the changed services'
+# base releases before starting them (about a minute for all five on a loaded 2-core host).
+START_TIMEOUT_S = 240.0
 STOP_TIMEOUT_S = 60.0
 
 
