@@ -541,6 +541,33 @@ async def test_stop_consumers_lets_the_in_flight_batch_finish(bus: EventBus, sto
     assert len(seen.calls) == 1
 
 
+async def test_a_lingering_consumer_hands_events_of_a_trickle_over_as_one_batch(
+    bus: EventBus, storage_bus: EventBus
+) -> None:
+    """A group commit: the events arriving within the linger after a batch's first one join it,
+    instead of each fetch (which answers as soon as one event is there) making its own batch."""
+    seen = Recorder()
+
+    async def archive(batch: Sequence[ReceivedEvent]) -> None:
+        await seen.record(batch, applied=True)
+
+    # A linger far longer than the test: the batch goes when it is full, not when time is up.
+    await storage_bus.consume(consumer_spec(), archive, batch=5, linger_s=60.0)
+    first = await append_unconditionally(bus, posted("c1", "first"), 1)
+
+    async def first_fetched() -> bool | None:
+        info = await storage_bus.js.consumer_info("MSG", DURABLE)
+        delivered = info.delivered.stream_seq if info.delivered else 0
+        return True if seen.calls or delivered >= first else None
+
+    await eventually(first_fetched, what="the first event fetched")
+    for n in range(2, 6):
+        await append_unconditionally(bus, posted("c1", f"then {n}"), n)
+    await seen.wait_until(lambda: len(seen.applied) == 5)
+
+    assert [len(batch) for batch in seen.calls] == [5]
+
+
 async def test_consumer_outlives_a_failure_to_park(nats_server: NatsTestServer) -> None:
     """Parking needs the PARKED stream; while it is missing the consumer must keep consuming."""
     messaging = EventBus(await nats_server.connect("messaging"), service="messaging", producer="messaging@test")

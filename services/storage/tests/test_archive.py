@@ -16,7 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from parley.auth.v1.events_pb2 import AccountErased, UserRegistered
 from parley.common.v1.envelope_pb2 import EventEnvelope
 from parley.messaging.v1.events_pb2 import ChannelCreated, MemberJoined, MessagePosted, MessagesErased, MessagesExpired
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, event, select
 from sqlalchemy.exc import DBAPIError
 
 from parley_core.bus import ReceivedEvent
@@ -164,6 +164,33 @@ async def test_batch_is_archived_with_its_projections(archive: SqlEventArchive) 
     assert [m.sent_at_ns for m in messages] == [SENT_AT_NS + 1, SENT_AT_NS + 2, SENT_AT_NS + 3]
     assert all(m.channel_id == "general" for m in messages)
     assert [m.body for m in (await archive.channel_history("random", after_seq=0, limit=100))[0]] == ["anyone here?"]
+
+
+async def test_a_batch_of_posts_costs_the_same_statements_whatever_its_size(archive: SqlEventArchive) -> None:
+    """The posts of a batch are written together (one statement per table), so a batch of fifty
+    costs no more statements than a batch of five."""
+    log = msg_stream()
+    general = Channel(log, "general")
+    # The first post also makes the sender's data key: that is not the figure here.
+    await archive.archive(MSG_CONSUMER, [general.create("user-alice"), general.post("user-alice", "first")])
+    statements = 0
+
+    def count(*_: object) -> None:
+        nonlocal statements
+        statements += 1
+
+    event.listen(archive.engine, "before_cursor_execute", count)
+    try:
+        await archive.archive(MSG_CONSUMER, [general.post("user-alice", f"small {n}") for n in range(5)])
+        small, statements = statements, 0
+        await archive.archive(MSG_CONSUMER, [general.post("user-alice", f"large {n}") for n in range(50)])
+        large = statements
+    finally:
+        event.remove(archive.engine, "before_cursor_execute", count)
+
+    assert large == small
+    assert await history_seqs(archive, "general") == list(range(1, 57))
+    assert await position(archive, MSG_CONSUMER) == log.last_seq
 
 
 async def test_events_are_stored_sealed_and_open_to_the_original(archive: SqlEventArchive) -> None:

@@ -46,6 +46,11 @@ CONSUMER_NOT_FOUND = 10014
 MARKER_ATTEMPTS = 5
 # Backoff while a consumer waits for its stream to be created, or for a lost consumer to be made again.
 SUBSCRIBE_RETRY_MAX_S = 1.0
+# How long one fetch of a durable consumer waits for events: also how soon it notices a stop.
+FETCH_WAIT_S = 0.5
+# A lingering fetch shorter than this is not worth the round trip (nats-py also needs more than
+# its 0.1 ms expiry margin).
+MIN_FETCH_WAIT_S = 0.002
 # Backoff of a batch held while its handler waits for a dependency (see RetryLater); the
 # longest pause stays well under any ack_wait, and every pause renews the ack deadline.
 RETRY_LATER_FIRST_S = 0.2
@@ -368,15 +373,23 @@ class EventBus:
         return replay
 
     async def consume(
-        self, spec: ConsumerSpec, handler: BatchHandler, *, batch: int = 100, on_loss: ConsumerLoss | None = None
+        self,
+        spec: ConsumerSpec,
+        handler: BatchHandler,
+        *,
+        batch: int = 100,
+        linger_s: float = 0.0,
+        on_loss: ConsumerLoss | None = None,
     ) -> DurableConsumer:
         """Feed the durable consumer's events to `handler` in batches until the service stops.
 
         A stream its owner has not created yet is waited for in the background (no event can
         be waiting on it). A consumer that disappears is made again: from where `on_loss` says,
-        or from the stream's start.
+        or from the stream's start. With `linger_s`, a batch that is not full waits up to that
+        long after its first event for more (a group commit: fewer, larger batches for a
+        handler whose cost is mostly per batch, at that much more delay).
         """
-        consumer = DurableConsumer(self, spec=spec, handler=handler, batch=batch, on_loss=on_loss)
+        consumer = DurableConsumer(self, spec=spec, handler=handler, batch=batch, linger_s=linger_s, on_loss=on_loss)
         await consumer.start()
         self._subscriptions.append(consumer)
         return consumer
@@ -605,6 +618,7 @@ class DurableConsumer:
     spec: ConsumerSpec
     handler: BatchHandler
     batch: int
+    linger_s: float = 0.0
     on_loss: ConsumerLoss | None = None
     _task: asyncio.Task[None] | None = None
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -679,7 +693,7 @@ class DurableConsumer:
         assert self._sub is not None
         while not self._stopping.is_set():
             try:
-                msgs = await self._sub.fetch(self.batch, timeout=0.5)
+                msgs = await self._sub.fetch(self.batch, timeout=FETCH_WAIT_S)
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
             except nats.errors.Error as exc:
@@ -691,6 +705,8 @@ class DurableConsumer:
                 log.warning("fetch failed, retrying", extra={"consumer": self.spec.durable, "error": str(exc)})
                 await asyncio.sleep(0.5)
                 continue
+            if self.linger_s > 0 and len(msgs) < self.batch:
+                msgs += await self._more(self.batch - len(msgs))
             try:
                 await self._process(msgs)
             except Exception:
@@ -700,6 +716,26 @@ class DurableConsumer:
                     "batch not settled; its unacked events will be redelivered", extra={"consumer": self.spec.durable}
                 )
                 await asyncio.sleep(0.5)
+
+    async def _more(self, wanted: int) -> list[Msg]:
+        """Up to `wanted` more events, arriving within the linger. A fetch answers as soon as
+        one event is there, so at a steady trickle each fetch brings one; without this wait the
+        handler would run (and storage commit) once per event."""
+        assert self._sub is not None
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.linger_s
+        more: list[Msg] = []
+        while len(more) < wanted and not self._stopping.is_set():
+            left = give_up - loop.time()
+            if left < MIN_FETCH_WAIT_S:
+                break
+            try:
+                more += await self._sub.fetch(wanted - len(more), timeout=min(left, FETCH_WAIT_S))
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue  # nothing within this wait; the linger may have time left
+            except nats.errors.Error:
+                break  # the batch goes as it is; the next fetch meets the trouble
+        return more
 
     async def _is_lost(self) -> bool:
         """The durable no longer exists on the server (a fetch to it fails as no one answers)."""

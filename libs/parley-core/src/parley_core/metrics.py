@@ -6,7 +6,8 @@ the text format served directly with no SDK reader pipeline on the hot path, and
 the OpenTelemetry exporter is a pre-release built on prometheus-client itself and reads the
 process-wide meter provider. Traces stay OpenTelemetry's.
 
-The figures every service has are here (calls per RPC with their status code and latency, events
+The figures every service has are here (calls per RPC with their status code and latency, fed
+by parley_core.call_stats, events
 appended and consumed per stream, redeliveries, parked events); a service adds its own through
 `counter`/`gauge` (auth's audit records by kind, storage's archive lag and anomalies, the
 gateway's live streams). With PARLEY_METRICS_LISTEN set (`parley up` sets 127.0.0.1:0), the
@@ -24,20 +25,16 @@ from __future__ import annotations
 import json
 import os
 import ssl
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from threading import Thread
-from typing import Any, cast
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
-import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from parley_core.files import ensure_private_dir
 
-_UNCOUNTED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -134,41 +131,3 @@ def _forget_dead_instances(targets_dir: Path, service: str) -> None:
             path.unlink(missing_ok=True)
         except (OSError, ValueError, KeyError, IndexError, TypeError):
             continue  # unreadable, or another user's process: left alone
-
-
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts every call by method and final status code, and times unary calls."""
-
-    def __init__(self, metrics: ServiceMetrics) -> None:
-        self.metrics = metrics
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or handler.unary_unary is None or method.startswith(_UNCOUNTED):
-            return handler
-        inner = cast(Callable[[Any, "grpc.aio.ServicerContext[Any, Any]"], Awaitable[Any]], handler.unary_unary)
-        metrics = self.metrics
-
-        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            started = time.perf_counter()
-            code: grpc.StatusCode | None = grpc.StatusCode.UNKNOWN
-            try:
-                response = await inner(request, context)
-                code = context.code()
-                return response
-            except grpc.aio.AbortError:
-                code = context.code()
-                raise
-            finally:
-                name = (code or grpc.StatusCode.OK).name
-                metrics.rpc_requests.labels(method, name).inc()
-                metrics.rpc_latency.labels(method).observe(time.perf_counter() - started)
-
-        return grpc.unary_unary_rpc_method_handler(
-            unary, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-        )

@@ -1,24 +1,21 @@
 """Each instance's own request figures, reported in its heartbeats for roll-out health gates.
 
-Counts unary calls (streams are long-lived and would only blur a latency figure) and the ones
-that ended in a server-side fault; client mistakes (INVALID_ARGUMENT, NOT_FOUND, ...) are the
+Fed by parley_core.call_stats: counts unary calls and the ones that ended in a server-side
+fault; client mistakes (INVALID_ARGUMENT, NOT_FOUND, ...) are the
 caller's, not a sign that a new version is unhealthy.
 """
 
 from __future__ import annotations
 
 import bisect
-import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, cast
+from collections.abc import Sequence
 
 import grpc
 
 SERVER_FAULTS = frozenset(
     {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS}
 )
-_UNCOUNTED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 # Upper bounds (ms) of the latency buckets heartbeats carry; one more, open-ended bucket follows.
 # Fixed and shared by every version, so counts of any two heartbeats can be subtracted.
 LATENCY_BUCKETS_MS: tuple[float, ...] = (
@@ -68,36 +65,3 @@ class RequestStats:
         if not samples:
             return 0.0
         return samples[min(len(samples) - 1, int(len(samples) * 0.99))]
-
-
-class RequestStatsInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, stats: RequestStats) -> None:
-        self.stats = stats
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None or handler_call_details.method.startswith(_UNCOUNTED):
-            return handler
-        inner = cast(Callable[[Any, "grpc.aio.ServicerContext[Any, Any]"], Awaitable[Any]], handler.unary_unary)
-        stats = self.stats
-
-        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            started = time.perf_counter()
-            fault = True
-            try:
-                response = await inner(request, context)
-                fault = context.code() in SERVER_FAULTS
-                return response
-            except grpc.aio.AbortError:
-                fault = context.code() in SERVER_FAULTS
-                raise
-            finally:
-                stats.record((time.perf_counter() - started) * 1000, fault=fault)
-
-        return grpc.unary_unary_rpc_method_handler(
-            unary, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-        )

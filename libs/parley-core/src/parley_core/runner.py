@@ -30,6 +30,7 @@ from parley.fleet.v1.fleet_pb2 import Distribution, InstanceHeartbeat
 from parley_core import telemetry
 from parley_core.access import AccessProjection, follow_access
 from parley_core.bus import EventBus
+from parley_core.call_stats import CallStatsInterceptor
 from parley_core.config import EventLoop, Settings
 from parley_core.connections import cap_connections_per_source
 from parley_core.deadline import answering_within
@@ -37,13 +38,13 @@ from parley_core.errors import OUTCOME_METADATA, OUTCOME_UNKNOWN, DomainError, O
 from parley_core.inventory import running_distributions
 from parley_core.listeners import stop_listening
 from parley_core.logs import configure_logging
-from parley_core.metrics import MetricsInterceptor, MetricsTls, ServiceMetrics
+from parley_core.metrics import MetricsTls, ServiceMetrics
 from parley_core.nats_connect import connect_nats
 from parley_core.natsconf import ensure_nats_passwords
 from parley_core.pki import Pki, ensure_pki
 from parley_core.ranges import check_ranges
 from parley_core.rbac import METHOD_PERMISSIONS, PLATFORM_METHODS
-from parley_core.request_stats import RequestStats, RequestStatsInterceptor
+from parley_core.request_stats import RequestStats
 from parley_core.tokens import TokenVerifier, bearer_token, follow_signing_keys
 from parley_core.topology import GRPC_CALLERS, PLATFORM_USER, heartbeat_subject
 
@@ -461,8 +462,7 @@ async def serve(
         options += client_connection_options(settings)
     interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (
         *telemetry.server_interceptors(),
-        RequestStatsInterceptor(stats),
-        MetricsInterceptor(metrics),
+        CallStatsInterceptor(metrics, stats),
         CallerCheckAndErrors(None if client_facing else GRPC_CALLERS[service], method_permission_check(tokens)),
     )
     server = grpc.aio.server(options=options, interceptors=[PerMethodHandlers(interceptors)])

@@ -133,7 +133,12 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         self._lost_consumers = LostConsumers(ctx, self.archive)
         for spec in CONSUMERS:
             if spec.service == "storage":
-                await ctx.bus.consume(spec, partial(self._archive, spec), on_loss=self._lost_consumers)
+                await ctx.bus.consume(
+                    spec,
+                    partial(self._archive, spec),
+                    linger_s=storage_settings.archive_linger_seconds,
+                    on_loss=self._lost_consumers,
+                )
         storage_pb2_grpc.add_StorageServiceServicer_to_server(self, ctx.server)
         ctx.add_service_name(storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name)
         storage_pb2_grpc.add_StorageArchiveServiceServicer_to_server(

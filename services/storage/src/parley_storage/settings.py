@@ -22,5 +22,9 @@ class StorageSettings(BaseSettings):
     # How often storage verifies the archived audit chain for the Prometheus gauges (audit_monitor.py):
     # the whole chain each time, one signature check per record.
     audit_verify_interval_seconds: float = Field(default=600.0, gt=0)
+    # Group commit: how long an archive batch that is not full waits for more events after its
+    # first. A transaction per event costs several times the CPU of one per ten (most of it is
+    # per transaction); archive lag, and so a history read right after a send, grows by this.
+    archive_linger_seconds: float = Field(default=0.025, ge=0, le=1)
     # Test-only fault point (faults.py): a folder, or empty to disable.
     pause_in_batch: str = ""

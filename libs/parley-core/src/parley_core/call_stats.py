@@ -1,0 +1,74 @@
+"""Times and classifies every unary call once, for each consumer of call figures.
+
+Two consumers read the same calls: Prometheus (`ServiceMetrics`: calls per method and status
+code, latency per method) and the heartbeat (`RequestStats`: calls, server faults and latency
+buckets for the roll-out gate). One wrapper reads the clock twice and the status once per call
+and hands the result to both; the labelled Prometheus series of a method are looked up when its
+handler is built, not on each call.
+
+Streams are left out (long-lived, they would only blur a latency figure), as are health checks
+and reflection.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import grpc
+
+from parley_core.metrics import ServiceMetrics
+from parley_core.request_stats import SERVER_FAULTS, RequestStats
+
+_UNCOUNTED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+class CallStatsInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, metrics: ServiceMetrics, stats: RequestStats) -> None:
+        self.metrics = metrics
+        self.stats = stats
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or handler.unary_unary is None or method.startswith(_UNCOUNTED):
+            return handler
+        inner = cast(Callable[[Any, "grpc.aio.ServicerContext[Any, Any]"], Awaitable[Any]], handler.unary_unary)
+        record = self._recorder(method)
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            code: grpc.StatusCode | None = grpc.StatusCode.UNKNOWN  # anything but an abort escaped
+            try:
+                response = await inner(request, context)
+                code = context.code()
+                return response
+            except grpc.aio.AbortError:
+                code = context.code()
+                raise
+            finally:
+                record(code or grpc.StatusCode.OK, time.perf_counter() - started)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )
+
+    def _recorder(self, method: str) -> Callable[[grpc.StatusCode, float], None]:
+        metrics, stats = self.metrics, self.stats
+        latency = metrics.rpc_latency.labels(method)
+        counted_by_code: dict[grpc.StatusCode, Any] = {}
+
+        def record(code: grpc.StatusCode, seconds: float) -> None:
+            counted = counted_by_code.get(code)
+            if counted is None:
+                counted = counted_by_code[code] = metrics.rpc_requests.labels(method, code.name)
+            counted.inc()
+            latency.observe(seconds)
+            stats.record(seconds * 1000.0, fault=code in SERVER_FAULTS)
+
+        return record
