@@ -290,6 +290,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         # Who holds each username subject, and the erasure tombstones applied (storage_due.py).
         self.username_holders: dict[str, str] = {}
         self.erasure_markers: set[str] = set()
+        self.erased_users: set[str] = set()  # accounts auth tombstoned: only theirs leave AUTH
         self._due: DurableConsumer | None = None
         self._security_records: Counter | None = None
         self.subject_versions = SubjectVersions()  # holes in the log (log_gaps.py)
@@ -426,6 +427,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             # Its events are being deleted from the stream; its name stays taken (see AccountErased).
             self.accounts.forget(payload.user_id)
             self.erasure_markers.add(event.envelope.event_id)
+            self.erased_users.add(payload.user_id)
             self.subject_versions.erased(payload.user_id)
             return
         if isinstance(payload, USER_EVENTS):
@@ -708,6 +710,10 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
     def _unknown_name(self, typed: str) -> str:
         assert self._sealer is not None
         return self._sealer.unknown_name(typed)
+
+    async def security_event(self, kind: str, *, actor: str, user_id: str = "", **fields: Any) -> int:
+        """An audit record of something auth refused to do (it changes nothing else)."""
+        return await self._security(kind, actor=actor, user_id=user_id, **fields)
 
     def recorded(
         self, kind: str, *, actor: str, user_id: str = "", **fields: Any

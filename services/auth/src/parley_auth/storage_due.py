@@ -13,8 +13,16 @@ is not appended while the chain refuses the record (the fact waits, see RetryLat
 
 A fact is checked first: a username subject held by another account is never tombstoned (the
 fact is refused and parked with the reason), so a stolen storage credential cannot take
-someone else's name away. Idempotent: auth remembers the tombstones it applied, so a repeated
-fact, or a redelivery after a crash, appends nothing.
+someone else's name away.
+
+Auth also deletes from AUTH, the only NATS user that may, what storage's `LogDeletionDue` names
+(parley_core.log_deletion): only for an account auth tombstoned itself, only that account's own
+events (sealed under its key in the archive: its registration, its account subject), never a
+subject's newest event others append after. Anything else is refused whole, with a
+`log_deletion_refused` audit record, and nothing is deleted.
+
+Idempotent: auth remembers the tombstones it applied, so a repeated fact, or a redelivery after
+a crash, appends nothing.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from typing import TYPE_CHECKING
 from parley.auth.v1.events_pb2 import AccountErased, SourceSlowed
 from parley.storage.v1.events_pb2 import (
     AccountErasureDue,
+    LogDeletionDue,
     SessionRevocationDue,
     SessionStepUpDue,
     SourceSlowdownDue,
@@ -35,6 +44,7 @@ from parley.storage.v1.events_pb2 import (
 from parley_core.bus import ReceivedEvent, Refused, RetryLater
 from parley_core.envelope import NewEvent, UnknownEventType, open_payload
 from parley_core.errors import Unavailable
+from parley_core.log_deletion import ERASURE, DeletionRefused, LoggedEventToDelete, delete_checked, personal_data_of
 from parley_core.markers import account_erasure_marker
 from parley_core.topology import username_subject
 
@@ -61,6 +71,8 @@ class StorageDue:
                 continue  # a newer storage's fact: this release has nothing to do for it
             if isinstance(payload, AccountErasureDue):
                 await self._erased(payload, event)
+            elif isinstance(payload, LogDeletionDue):
+                await self._delete(payload, event)
             elif isinstance(payload, SessionRevocationDue):
                 await self._revoke(payload)
             elif isinstance(payload, SourceSlowdownDue):
@@ -74,6 +86,33 @@ class StorageDue:
                     await self._app.require_step_up(session, reason, payload.anomaly_event_id)
                 except Unavailable as exc:  # the audit chain refused the record: nothing was changed
                     raise RetryLater(str(exc)) from exc
+
+    async def _delete(self, due: LogDeletionDue, fact: ReceivedEvent) -> None:
+        """Delete the erased account's own events from AUTH, each checked, or none of them."""
+        user_id = due.user_id
+
+        def theirs(item: LoggedEventToDelete) -> None:
+            if personal_data_of(item.envelope, item.payload) != user_id:
+                raise DeletionRefused(f"AUTH #{item.seq} ({item.envelope.event_type}) is not {user_id}'s own data")
+
+        try:
+            if due.stream != "AUTH" or due.reason != ERASURE:
+                raise DeletionRefused(
+                    f"auth deletes from AUTH for an erasure only, not {due.reason!r} on {due.stream!r}"
+                )
+            if user_id not in self._app.erased_users:
+                raise DeletionRefused(f"account {user_id!r} was not erased by auth")
+            refs = [(int(ref.stream_seq), ref.event_id) for ref in due.events]
+            await delete_checked(self._app.ctx.bus.js, "AUTH", refs, theirs, user_id=user_id)
+        except DeletionRefused as exc:
+            detail = f"storage's deletion fact STORE #{fact.stream_seq} (by {fact.envelope.actor or 'unknown'}): {exc}"
+            try:
+                await self._app.security_event(
+                    "log_deletion_refused", actor="service:auth", user_id=user_id, detail=detail[:500]
+                )
+            except Unavailable as unavailable:  # the refusal is recorded before the fact is parked
+                raise RetryLater(str(unavailable)) from unavailable
+            raise Refused(str(exc)) from None
 
     async def _slow(self, due: SourceSlowdownDue) -> None:
         """A detection's slow-the-source response: logins from the address wait until the time
