@@ -65,6 +65,11 @@ def username_subject(username_key: str) -> str:
     return stream_subject("auth", "username", username_key)
 
 
+def erasure_request_subject(user_id: str) -> str:
+    """Auth's record that the erasure of this account was requested through it."""
+    return stream_subject("auth", "erasure", user_id)
+
+
 def signing_key_subject(key_id: str) -> str:
     return stream_subject("auth", "key", key_id)
 
