@@ -157,9 +157,10 @@ async def test_a_stolen_storage_credential_cannot_remove_someone_elses_account_o
         await storage.publish(subject, envelope("erasure", mallory.user_id, fact))
 
     platform = (await nats_server.connect("platform")).jetstream()
-    # Auth refuses the tombstone before it looks at the name: no erasure of mallory was requested.
+    # Both owners refuse the erasure before they look at the posts or the name: no erasure of
+    # mallory was requested through auth.
     for service, why in (
-        ("messaging", "were not sent by"),
+        ("messaging", "was requested through auth"),
         ("messaging", "is not 1 day(s)"),
         ("auth", "was requested through auth"),
     ):
@@ -284,13 +285,18 @@ async def test_the_owners_delete_only_what_an_erasure_or_a_removal_legitimately_
     newest = await platform.get_last_msg("MSG", channel_subject(cid))
 
     storage = (await nats_server.connect("storage")).jetstream()  # the stolen credential
-    forged = [
+    # Dave's erasure is requested (auth recorded it), so the check that remains is whose posts.
+    dave, _, _ = await register(stack, "dave")
+    await auth.RequestErasure(auth_pb2.RequestErasureRequest(user_id=dave.user_id))
+    marked = ChannelErasureDue(user_id=dave.user_id, channel_id=cid, channel_seqs=[1])
+    forged: list[tuple[str, Message, str]] = [
+        ("bob's post, marked for dave's erasure", marked, "were not sent by"),
         (
             "bob's post, for carol's erasure",
             deletion("MSG", "erasure", carol.user_id, posts[0]),
             f"is not {carol.user_id}'s own",
         ),
-        ("bob's, for bob (never erased)", deletion("MSG", "erasure", bob.user_id, posts[0]), "was not erased"),
+        ("bob's, for bob (never erased)", deletion("MSG", "erasure", bob.user_id, posts[0]), "requested through auth"),
         ("a text nobody redacted", deletion("MSG", "removed", "", posts[0]), "neither redacted nor removed"),
         ("the channel's newest event", deletion("MSG", "removed", "", newest), "is the newest"),
     ]

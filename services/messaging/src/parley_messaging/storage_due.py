@@ -7,19 +7,21 @@ messaging, the channels' one writer, appends the marker there (MessagesErased, M
 with the id parley_core.markers derives from the fact; storage deletes once it holds the marker.
 
 A fact is checked against messaging's own projection first: an erasure marks only the erased
-user's posts, an expiry only messages sent before a cutoff at least `retention_days` (one at
-least) in the past by messaging's own clock. A fact that asks for more is refused (parked with
-the reason): a stolen storage credential cannot remove another user's messages, or recent ones,
-through messaging.
+user's posts, and only once auth recorded the erasure's request (AccountErasureRequested, in
+messaging's access view: storage's word alone erases nobody); an expiry only messages sent before
+a cutoff at least `retention_days` (one at least) in the past by messaging's own clock. A fact
+that asks for more is refused (parked with the reason): a stolen storage credential cannot remove
+another user's messages, or recent ones, through messaging.
 
 Messaging also deletes from MSG, the only NATS user that may, what storage's `LogDeletionDue`
 names (parley_core.log_deletion), each event checked against its own stream and channels: for an
-erasure, only the erased user's own posts and edits (and only once auth's AccountErased for
-them is in messaging's access view: auth tombstones an account only on a request it recorded);
-for removed texts, only the posts and edits of a message that is redacted or gone from its
-channel (erased or expired); never a channel's newest event. Anything else is refused whole and
-parked, and nothing is deleted. Idempotent: a channel remembers the marker ids it applied, so a repeated
-fact, or a redelivery after a crash, appends nothing.
+erasure auth recorded, only the erased user's own posts and edits; for removed texts, only the
+posts and edits of a message that is redacted or gone from its channel (erased or expired);
+never a channel's newest event. Anything else is refused whole and parked, and nothing is
+deleted.
+
+Idempotent: a channel remembers the marker ids it applied, so a repeated fact, or a redelivery
+after a crash, appends nothing.
 """
 
 from __future__ import annotations
@@ -59,6 +61,10 @@ CLOCK_SKEW_NS = 5 * 60 * 10**9
 ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
+class NotErasedYet(Exception):
+    """An erasure fact for an account whose erasure auth has not recorded (in this view, yet)."""
+
+
 class StorageDue:
     """The handler of messaging's durable consumer of its due facts on STORE."""
 
@@ -93,8 +99,7 @@ class StorageDue:
 
     def _deletion_check(self, due: LogDeletionDue) -> EventCheck:
         if due.reason == ERASURE:
-            if due.user_id not in self._app.ctx.access.erased_users:
-                raise DeletionRefused(f"account {due.user_id!r} was not erased by auth")
+            self._require_erasure_requested(due.user_id)
 
             def theirs(item: LoggedEventToDelete) -> None:
                 if personal_data_of(item.envelope, item.payload) != due.user_id:
@@ -104,6 +109,13 @@ class StorageDue:
         if due.reason == REMOVED:
             return self._removed_text
         raise DeletionRefused(f"{due.reason!r} is not a reason messaging deletes events for")
+
+    def _require_erasure_requested(self, user_id: str) -> None:
+        """Auth recorded the erasure's request (it is on AUTH before storage records any fact)."""
+        if user_id not in self._app.ctx.access.erasure_requests:
+            # Not Refused at once: this access view may be a moment behind AUTH (redelivered with
+            # a growing pause, parked after max_deliver).
+            raise NotErasedYet(f"no erasure of account {user_id!r} was requested through auth")
 
     def _removed_text(self, item: LoggedEventToDelete) -> None:
         """A post or edit of a message that was redacted, or left its channel (erased, expired)."""
@@ -123,6 +135,7 @@ class StorageDue:
 
     async def _erased(self, due: ChannelErasureDue) -> None:
         _check_ids(due.channel_id, due.user_id)
+        self._require_erasure_requested(due.user_id)
         marker = channel_erasure_marker(due.user_id, due.channel_id)
         payload = MessagesErased(channel_id=due.channel_id, user_id=due.user_id, channel_seqs=due.channel_seqs)
         await self._mark(
