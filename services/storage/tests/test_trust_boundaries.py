@@ -20,7 +20,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
-from parley.auth.v1.events_pb2 import SecurityEventRecorded
+from parley.auth.v1.events_pb2 import AccountErased, SecurityEventRecorded
 from parley.messaging.v1 import messaging_pb2
 from parley.messaging.v1.events_pb2 import MemberJoined, MessagePosted
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
@@ -279,6 +279,10 @@ async def test_the_owners_delete_only_what_an_erasure_or_a_removal_legitimately_
     assert tombstoned is not None
     assert (requested.actor, requested.username, requested.detail) == ("platform", carol_name, "art. 17")
     assert requested.chain_index < tombstoned.chain_index
+    carol_key = hashlib.sha256(carol_name.encode()).hexdigest()
+    tombstone = decode((await platform.get_last_msg("AUTH", username_subject(carol_key))).data or b"")
+    assert isinstance(open_payload(tombstone), AccountErased)
+    assert tombstoned.occurred_at_unix_ns <= tombstone.occurred_at.ToNanoseconds()  # recorded first
 
     request = messaging_pb2.PostMessageRequest(channel_id=cid, body="bob's newest", idempotency_key=uuid.uuid4().hex)
     await stack.gateway().SendMessage(request, metadata=bob_token, timeout=TIMEOUT_S)
