@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 from parley.common.v1.envelope_pb2 import EventEnvelope
 from parley.messaging.v1.events_pb2 import MessagePosted
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
@@ -86,6 +87,18 @@ async def operator(platform: RunningPlatform) -> AsyncIterator[storage_pb2_grpc.
     channel = secure_channel(pki, identity="platform", address=address, peer="storage")
     yield storage_pb2_grpc.StorageArchiveServiceStub(channel)
     await channel.close()
+
+
+async def request_erasure(platform: RunningPlatform, user_id: str, reason: str) -> None:
+    """The operator's erasure request, recorded by auth first (as `parley erase` does)."""
+    pki = ensure_pki(platform.data_dir / "pki", ["platform"])
+    address = str(platform.service("auth")["address"])
+    channel = secure_channel(pki, identity="platform", address=address, peer="auth")
+    try:
+        request = auth_pb2.RequestErasureRequest(user_id=user_id, reason=reason)
+        await auth_pb2_grpc.AuthServiceStub(channel).RequestErasure(request, timeout=30)
+    finally:
+        await channel.close()
 
 
 async def auditor_token(platform: RunningPlatform, role: str = "security-auditor") -> list[tuple[str, str]]:
@@ -220,6 +233,7 @@ async def test_erasure_shreds_one_user_and_is_audited(
             timeout=30,
         )
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    await request_erasure(platform, alice.user_id, "GDPR art. 17 request #42")
     erased = await operator.EraseUserData(
         storage_pb2.EraseUserDataRequest(user_id=alice.user_id, reason="GDPR art. 17 request #42"), timeout=30
     )
@@ -414,6 +428,7 @@ async def test_an_erasure_reaches_a_backup_taken_before_it(
     await eventually(archived, what="two messages in history")
     backup = tmp_path / "before-erasure"
     await asyncio.to_thread(platform.cli, "backup", "create", str(backup))
+    await request_erasure(platform, alice.user_id, "test")
     await operator.EraseUserData(storage_pb2.EraseUserDataRequest(user_id=alice.user_id), timeout=30)
 
     messages = await restored_history(platform, backup, tmp_path / "fresh", channel.channel_id)

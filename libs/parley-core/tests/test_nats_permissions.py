@@ -237,21 +237,36 @@ async def test_an_unnamed_consumer_is_refused_for_it_could_rewrite_any_other(nat
     await errors.wait_for("permissions violation", "publish", "$js.api.consumer.create.msg")
 
 
-async def test_storage_may_delete_only_from_the_streams_an_erasure_reaches(nats_server: NatsTestServer) -> None:
-    messaging = await _create_msg_stream(nats_server)
-    await messaging.jetstream().publish(topology.channel_subject("x"), b"erased author's text")
-    platform = await nats_server.connect("platform")
-    await platform.jetstream().add_stream(name="SEC", subjects=["parley.sec.>"])
-    await platform.jetstream().publish("parley.sec.login.1", b"audit record")
+async def test_only_a_streams_owner_may_delete_from_it_and_storage_only_parked_copies(
+    nats_server: NatsTestServer,
+) -> None:
+    """Storage's stolen password deletes nothing on AUTH or MSG (it records what is due, the owner
+    checks and deletes: parley_core.log_deletion); each owner deletes on its own stream only."""
+    await _declared_streams(nats_server)
+    platform = (await nats_server.connect("platform")).jetstream()
+    for n in range(3):
+        await platform.publish(topology.channel_subject("x"), f"text {n}".encode())
+        await platform.publish(topology.user_subject(f"u{n}"), f"account {n}".encode())
+        await platform.publish(topology.parked_subject("storage", "MSG"), f"copy {n}".encode())
     errors = ErrorRecorder()
     storage = await nats_server.connect("storage", error_cb=errors.callback)
 
-    assert await storage.jetstream().delete_msg("MSG", 1)
-    assert (await platform.jetstream().stream_info("MSG")).state.messages == 0
-    with pytest.raises((NatsError, TimeoutError)):  # refused: the request never reaches the API
-        await storage.jetstream().delete_msg("SEC", 1)
-    await errors.wait_for("permissions violation", "publish", "$JS.API.STREAM.MSG.DELETE.SEC")
-    assert (await platform.jetstream().stream_info("SEC")).state.messages == 1
+    for stream in ("AUTH", "MSG"):
+        with pytest.raises((NatsError, TimeoutError)):  # refused: the request never reaches the API
+            await storage.jetstream(timeout=1).delete_msg(stream, 1)
+        await errors.wait_for("permissions violation", "publish", f"$JS.API.STREAM.MSG.DELETE.{stream}")
+        assert (await platform.stream_info(stream)).state.messages == 3
+    assert await storage.jetstream().delete_msg("PARKED", 1)  # a copy of an event that left the log
+
+    for owner, own, other in (("messaging", "MSG", "AUTH"), ("auth", "AUTH", "MSG")):
+        owner_errors = ErrorRecorder()
+        js = (await nats_server.connect(owner, error_cb=owner_errors.callback)).jetstream(timeout=1)
+        assert await js.delete_msg(own, 2)
+        with pytest.raises((NatsError, TimeoutError)):
+            await js.delete_msg(other, 3)
+        await owner_errors.wait_for("permissions violation", "publish", f"$JS.API.STREAM.MSG.DELETE.{other}")
+    assert (await platform.stream_info("MSG")).state.messages == 2
+    assert (await platform.stream_info("AUTH")).state.messages == 2
 
 
 # --- one writer per subject tree, and only one's own consumers: every cell of the matrix ---------

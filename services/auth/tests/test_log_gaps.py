@@ -52,8 +52,10 @@ async def test_an_event_deleted_from_an_account_without_an_erasure_stops_auth_at
     disabled_seq = (await js.get_last_msg("AUTH", user_subject(victim.user_id))).seq
     await platform.AssignRole(auth_pb2.AssignRoleRequest(user_id=victim.user_id, role="guest"), timeout=TIMEOUT_S)
 
-    storage = (await nats_server.connect("storage")).jetstream()  # the stolen credential
-    assert await storage.delete_msg("AUTH", disabled_seq)
+    # Only auth's own NATS user may delete from AUTH now (storage asks, auth checks): a stolen
+    # auth credential deletes what it likes, and the gap it leaves is found at the next start.
+    stolen = (await nats_server.connect("auth")).jetstream()
+    assert await stolen.delete_msg("AUTH", disabled_seq)
 
     with pytest.raises(RefusedToStart, match="no erasure to explain them"):
         await start_service(stack, nats_server, "auth", registration="open")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from parley.auth.v1 import auth_pb2
+from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 from parley.messaging.v1 import messaging_pb2
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from parley.storage.v1.events_pb2 import UserDataErased, UserDataErasedFromStreams
@@ -81,6 +81,12 @@ async def history(stack: Stack, who: auth_pb2.LoginResponse, channel_id: str) ->
     return list(page.messages)
 
 
+async def request_erasure(stack: Stack, user_id: str) -> None:
+    """The operator's request, recorded by auth: auth acts on storage's erasure facts for no other."""
+    auth = auth_pb2_grpc.AuthServiceStub(stack.internal("auth", identity="platform"))
+    await auth.RequestErasure(auth_pb2.RequestErasureRequest(user_id=user_id, reason="test"), timeout=TIMEOUT_S)
+
+
 async def name_refused(stack: Stack, name: str) -> grpc.StatusCode:
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stack.gateway().Register(auth_pb2.RegisterRequest(username=name, password=PASSWORD), timeout=TIMEOUT_S)
@@ -144,6 +150,7 @@ async def test_an_erasure_deletes_the_users_events_from_the_streams_and_services
 
         operator = storage_pb2_grpc.StorageArchiveServiceStub(stack.internal("storage", identity="platform"))
         started = time.perf_counter()
+        await request_erasure(stack, alice.user_id)
         erased = await operator.EraseUserData(
             storage_pb2.EraseUserDataRequest(user_id=alice.user_id, reason="test"), timeout=TIMEOUT_S
         )
@@ -227,6 +234,7 @@ async def test_an_erasure_cut_short_after_the_shred_is_finished_by_the_next_star
             return True if len(await history(stack, alice, channel.channel_id)) == 1 else None
 
         await eventually(archived, "alice's message in the archive", TIMEOUT_S)
+        await request_erasure(stack, alice.user_id)
         # What EraseUserData has done when storage dies right after the shred: the audited
         # decision is on STORE and the keys are gone, but nothing is deleted from the streams yet.
         storage, ctx = stack.app("storage"), stack.apps["storage"].ctx

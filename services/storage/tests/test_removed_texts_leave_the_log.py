@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 
 import grpc
 import nats.js.errors
@@ -28,14 +29,16 @@ from parley.messaging.v1.events_pb2 import (
     ReactionAdded,
 )
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
+from parley.storage.v1.events_pb2 import LogDeletionDue
 from sqlalchemy import insert
 
 from parley_core.bus import EventBus, ReceivedEvent
-from parley_core.envelope import NewEvent, decode
+from parley_core.envelope import NewEvent, decode, open_payload
+from parley_core.log_deletion import delete_checked
 from parley_core.testing.nats import NatsTestServer
 from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer, start_service
 from parley_core.testing.waiting import eventually, until
-from parley_core.topology import STREAMS, channel_subject, parked_subject
+from parley_core.topology import CONSUMERS, STREAMS, channel_subject, parked_subject
 from parley_storage.archive import NS_PER_DAY, SqlEventArchive
 from parley_storage.log_cleanup import delete_removed_texts
 from parley_storage.schema import log_deletions
@@ -272,7 +275,9 @@ async def test_a_clean_up_cut_short_is_finished_by_the_next_run(
     await queue(archive, kept, "an-event-of-the-earlier-log")
     await queue(archive, redaction, written[-1].envelope.event_id)
 
-    storage = (await nats_server.connect("storage")).jetstream()  # with storage's own permissions
+    # With storage's own permissions: it asks, and messaging (its credentials, below) deletes.
+    storage = EventBus(await nats_server.connect("storage"), service="storage", producer="storage@test")
+    deleter = await messaging_deletes_what_is_due(nats_server)
     assert await delete_removed_texts(storage, archive) == 2  # the edit and its parked copy; the post was gone
     assert [d.stream_seq for d in await archive.log_deletions(limit=10)] == [redaction]
     assert not await in_log(bus.js, "MSG", edited)
@@ -284,6 +289,28 @@ async def test_a_clean_up_cut_short_is_finished_by_the_next_run(
     assert await delete_removed_texts(storage, archive) == 1  # no longer the newest
     assert await archive.log_deletions(limit=10) == []
     assert not await in_log(bus.js, "MSG", redaction)
+    await deleter.stop_consumers()
+    for nc in (deleter.nc, storage.nc):
+        await nc.close()
+
+
+async def messaging_deletes_what_is_due(nats_server: NatsTestServer) -> EventBus:
+    """Messaging's part, with its own NATS user on its durable consumer of STORE: it deletes what
+    storage's facts name, with the checks every owner makes (the event named, never a subject's
+    newest). Its own rules on top (only texts of redacted or removed messages) are tested with the
+    real service in test_trust_boundaries.py."""
+    bus = EventBus(await nats_server.connect("messaging"), service="messaging", producer="messaging@test")
+    [spec] = [c for c in CONSUMERS if c.service == "messaging" and c.stream == "STORE"]
+
+    async def delete(batch: Sequence[ReceivedEvent]) -> None:
+        for event in batch:
+            due = open_payload(event.envelope)
+            if isinstance(due, LogDeletionDue):
+                refs = [(int(r.stream_seq), r.event_id) for r in due.events]
+                await delete_checked(bus.js, due.stream, refs, lambda item: None)
+
+    await bus.consume(spec, delete)
+    return bus
 
 
 async def queue(archive: SqlEventArchive, stream_seq: int, event_id: str) -> None:

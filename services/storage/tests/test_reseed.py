@@ -13,7 +13,7 @@ import nats.js.errors
 import pytest
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
-from parley.auth.v1.events_pb2 import UserRegistered
+from parley.auth.v1.events_pb2 import AccountErasureRequested, UserRegistered
 from parley.common.v1.envelope_pb2 import EventEnvelope
 from parley.messaging.v1.events_pb2 import ChannelCreated, MessagePosted
 from parley.storage.v1.events_pb2 import AccountErasureDue, ChannelErasureDue, EventLogRestored, UserDataErased
@@ -29,6 +29,7 @@ from parley_core.topology import (
     STREAMS,
     channel_subject,
     due_subject,
+    erasure_request_subject,
     privacy_subject,
     reseed_hole_subject,
     restore_subject,
@@ -234,7 +235,8 @@ async def test_the_folder_is_reseeded_once_recorded_and_released(
     assert list(record.erasures_finished) == [ALICE]
     # Alice's erasure, made after the backup, is recorded, with what her name's and her posts'
     # owners must mark before anything else (they do when they start: the name stays taken, the
-    # numbers stay used). The re-seed writes nothing to their streams; storage finishes it later.
+    # numbers stay used). Storage finishes it later. On AUTH the re-seed adds only the request auth
+    # acts on (the backup predates it; the operator's identity records it, as it restores the log).
     erasure = [open_payload(decode(m.data or b"")) for m in await stream_messages(js, "STORE", privacy_subject(ALICE))]
     assert [type(e) for e in erasure] == [UserDataErased]
     assert "erased after backup backup-1 was taken" in erasure[0].reason  # type: ignore[attr-defined]
@@ -245,7 +247,10 @@ async def test_the_folder_is_reseeded_once_recorded_and_released(
     assert isinstance(name, AccountErasureDue)
     assert (name.user_id, name.username_key) == (ALICE, ALICE_NAME.removeprefix("parley.auth.username."))
     assert (await js.stream_info("MSG")).state.last_seq == 6
-    assert (await js.stream_info("AUTH")).state.last_seq == 2
+    assert (await js.stream_info("AUTH")).state.last_seq == 3
+    requested = open_payload(decode((await js.get_last_msg("AUTH", erasure_request_subject(ALICE))).data or b""))
+    assert isinstance(requested, AccountErasureRequested)
+    assert (requested.user_id, requested.requested_by) == (ALICE, "platform")
     # A run that stopped after the record but before removing the marker only removes it.
     mark_restored(data_dir, "backup-1", database=location_of(archive_url(archive)))
     assert await reseed_folder(settings, nats_url=nats_server.url) == []

@@ -16,21 +16,28 @@ import grpc
 import nats.js.errors
 import pytest
 from google.protobuf.message import Message
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
-from parley.auth.v1 import auth_pb2
+from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 from parley.auth.v1.events_pb2 import AccountErased, SecurityEventRecorded
 from parley.messaging.v1 import messaging_pb2
 from parley.messaging.v1.events_pb2 import MemberJoined, MessagePosted
-from parley.storage.v1 import storage_pb2
-from parley.storage.v1.events_pb2 import AccountErasureDue, ChannelErasureDue, RetentionDue
+from parley.storage.v1 import storage_pb2, storage_pb2_grpc
+from parley.storage.v1.events_pb2 import (
+    AccountErasureDue,
+    ChannelErasureDue,
+    LogDeletionDue,
+    LoggedEventRef,
+    RetentionDue,
+)
 
 from parley_core.bus import FOREIGN_EVENT
 from parley_core.envelope import NewEvent, decode, open_payload, seal
 from parley_core.testing.nats import NatsTestServer
 from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
 from parley_core.testing.waiting import eventually
-from parley_core.topology import SERVICES, due_subject, parked_subject, username_subject
+from parley_core.topology import SERVICES, channel_subject, due_subject, parked_subject, username_subject
 
 Token = tuple[tuple[str, str]]
 NS_PER_DAY = 86_400 * 10**9
@@ -150,7 +157,13 @@ async def test_a_stolen_storage_credential_cannot_remove_someone_elses_account_o
         await storage.publish(subject, envelope("erasure", mallory.user_id, fact))
 
     platform = (await nats_server.connect("platform")).jetstream()
-    for service, why in (("messaging", "were not sent by"), ("messaging", "is not 1 day(s)"), ("auth", "belongs to")):
+    # Both owners refuse the erasure before they look at the posts or the name: no erasure of
+    # mallory was requested through auth.
+    for service, why in (
+        ("messaging", "was requested through auth"),
+        ("messaging", "is not 1 day(s)"),
+        ("auth", "was requested through auth"),
+    ):
         await eventually(lambda s=service, w=why: refusal(platform, s, w), f"{service} refusing a fact ({why})")
 
     assert [m.body for m in await history(stack, alice_token, cid)] == ["mine"]
@@ -158,40 +171,148 @@ async def test_a_stolen_storage_credential_cannot_remove_someone_elses_account_o
     assert (await stack.login(alice_name)).user_id == alice.user_id  # her name and account stand
 
 
-async def test_an_account_erasure_is_in_the_audit_chain_before_its_tombstone(
+async def sec_record(js: JetStreamContext, kind: str, user_id: str) -> SecurityEventRecorded | None:
+    try:
+        raw = await js.get_last_msg("SEC", f"parley.sec.{kind}.{user_id}")
+    except nats.js.errors.NotFoundError:
+        return None
+    record = open_payload(decode(raw.data or b""))
+    assert isinstance(record, SecurityEventRecorded)
+    return record
+
+
+async def in_log(js: JetStreamContext, stream: str, seq: int) -> bool:
+    try:
+        await js.get_msg(stream, seq)
+    except nats.js.errors.NotFoundError:
+        return False
+    return True
+
+
+def deletion(stream: str, reason: str, user_id: str, *events: RawStreamMsg) -> LogDeletionDue:
+    refs = [LoggedEventRef(stream_seq=e.seq, event_id=decode(e.data or b"").event_id) for e in events]
+    return LogDeletionDue(stream=stream, reason=reason, user_id=user_id, events=refs)
+
+
+async def test_a_stolen_storage_credential_erases_no_account_auth_was_not_asked_to_erase(
     stack: Stack, nats_server: NatsTestServer
 ) -> None:
-    """Storage's word erases an account: a fact naming the account's own id and name is one auth
-    must act on (an erasure can be resumed long after its request), so a stolen storage credential
-    can still erase anyone. What it cannot do is erase unseen: auth writes an `account_erased`
-    record, naming the fact, into the signed audit chain before the tombstone."""
+    """Storage's word alone erases nobody: auth acts on an AccountErasureDue, or deletes from AUTH,
+    only for an account whose erasure was requested through auth itself; anything else is an
+    audited refusal that changes nothing."""
     victim, _, victim_name = await register(stack, "victim")
     storage = (await nats_server.connect("storage")).jetstream()  # the stolen credential
-    fact = AccountErasureDue(user_id=victim.user_id, username_key=hashlib.sha256(victim_name.encode()).hexdigest())
-    subject = due_subject("auth", "erasure", victim.user_id)
-    ack = await storage.publish(subject, envelope("erasure", victim.user_id, fact))
-
-    async def erased() -> bool | None:
-        try:
-            await stack.login(victim_name)
-        except grpc.aio.AioRpcError as refused:
-            return refused.code() == grpc.StatusCode.UNAUTHENTICATED or None
-        return None
-
-    await eventually(erased, "the victim's account to be erased")
     platform = (await nats_server.connect("platform")).jetstream()
-    sec = await platform.get_last_msg("SEC", f"parley.sec.account_erased.{victim.user_id}")
-    record = open_payload(decode(sec.data or b""))
-    assert isinstance(record, SecurityEventRecorded)
-    assert (record.kind, record.user_id, record.username, record.actor) == (
-        "account_erased",
-        victim.user_id,
-        victim_name,
-        "service:auth",
+    name_key = hashlib.sha256(victim_name.encode()).hexdigest()
+    registration = await platform.get_last_msg("AUTH", username_subject(name_key))
+    erase = AccountErasureDue(user_id=victim.user_id, username_key=name_key)
+    forged = await storage.publish(
+        due_subject("auth", "erasure", victim.user_id), envelope("erasure", victim.user_id, erase)
     )
-    assert f"STORE #{ack.seq}" in record.detail
-    assert record.chain_index > 0
-    assert record.signature
-    tombstone = decode((await platform.get_last_msg("AUTH", username_subject(fact.username_key))).data or b"")
+    delete = deletion("AUTH", "erasure", victim.user_id, registration)
+    await storage.publish(due_subject("auth", "deletion", "forged"), envelope("deletion", "forged", delete))
+
+    refused = await eventually(
+        lambda: sec_record(platform, "account_erasure_refused", victim.user_id), "auth's audited refusal"
+    )
+    assert f"STORE #{forged.seq}" in refused.detail
+    assert "no erasure of this account was requested through auth" in refused.detail
+    assert refused.chain_index > 0
+    assert refused.signature
+    await eventually(lambda: sec_record(platform, "log_deletion_refused", victim.user_id), "the deletion refused")
+    await eventually(lambda: refusal(platform, "auth", "was requested through auth"), "the erasure fact parked")
+    await eventually(lambda: refusal(platform, "auth", "was not erased by auth"), "the deletion fact parked")
+
+    assert await sec_record(platform, "account_erased", victim.user_id) is None
+    assert (await platform.get_last_msg("AUTH", username_subject(name_key))).seq == registration.seq  # no tombstone
+    assert await in_log(platform, "AUTH", registration.seq)
+    assert (await stack.login(victim_name)).user_id == victim.user_id
+    assert victim.user_id not in stack.app("auth").erased_users
+
+
+async def test_storages_user_may_not_delete_from_auth_or_msg(stack: Stack, nats_server: NatsTestServer) -> None:
+    _, token, _ = await register(stack, "alice")
+    channel = await stack.gateway().CreateChannel(
+        messaging_pb2.CreateChannelRequest(name="kept"), metadata=token, timeout=TIMEOUT_S
+    )
+    platform = (await nats_server.connect("platform")).jetstream()
+    created = await platform.get_last_msg("MSG", channel_subject(channel.channel_id))
+    storage = (await nats_server.connect("storage")).jetstream(timeout=1)  # the stolen credential
+    for stream, seq in (("MSG", created.seq), ("AUTH", 1)):
+        with pytest.raises((NatsError, TimeoutError)):  # the server refuses it: no answer comes
+            await storage.delete_msg(stream, seq)
+        assert await in_log(platform, stream, seq)
+
+
+async def test_the_owners_delete_only_what_an_erasure_or_a_removal_legitimately_covers(
+    stack: Stack, nats_server: NatsTestServer
+) -> None:
+    """A real erasure (requested through auth, audited before its tombstone), then forged deletion
+    facts on storage's credential: each names an event the fact does not cover, and the owner
+    refuses it whole."""
+    carol, carol_token, carol_name = await register(stack, "carol")
+    bob, bob_token, _ = await register(stack, "bob")
+    channel = await stack.gateway().CreateChannel(
+        messaging_pb2.CreateChannelRequest(name="talk"), metadata=bob_token, timeout=TIMEOUT_S
+    )
+    cid = channel.channel_id
+    await stack.gateway().JoinChannel(
+        messaging_pb2.JoinChannelRequest(channel_id=cid), metadata=carol_token, timeout=TIMEOUT_S
+    )
+    platform = (await nats_server.connect("platform")).jetstream()
+    posts = []
+    for who, body in ((bob_token, "bob's first"), (carol_token, "carol's"), (bob_token, "bob's last")):
+        request = messaging_pb2.PostMessageRequest(channel_id=cid, body=body, idempotency_key=uuid.uuid4().hex)
+        await stack.gateway().SendMessage(request, metadata=who, timeout=TIMEOUT_S)
+        posts.append(await platform.get_last_msg("MSG", channel_subject(cid)))
+    await eventually(lambda: _count(stack, bob_token, cid, 3), "three messages archived")
+
+    auth = auth_pb2_grpc.AuthServiceStub(stack.internal("auth", identity="platform"))
+    await auth.RequestErasure(auth_pb2.RequestErasureRequest(user_id=carol.user_id, reason="art. 17"))
+    operator = storage_pb2_grpc.StorageArchiveServiceStub(stack.internal("storage", identity="platform"))
+    erased = await operator.EraseUserData(storage_pb2.EraseUserDataRequest(user_id=carol.user_id), timeout=TIMEOUT_S)
+    assert erased.events_deleted_from_log >= 2  # her registration and her post, deleted by their owners
+    assert not await in_log(platform, "MSG", posts[1].seq)
+    requested = await sec_record(platform, "account_erasure_requested", carol.user_id)
+    tombstoned = await sec_record(platform, "account_erased", carol.user_id)
+    assert requested is not None
+    assert tombstoned is not None
+    assert (requested.actor, requested.username, requested.detail) == ("platform", carol_name, "art. 17")
+    assert requested.chain_index < tombstoned.chain_index
+    carol_key = hashlib.sha256(carol_name.encode()).hexdigest()
+    tombstone = decode((await platform.get_last_msg("AUTH", username_subject(carol_key))).data or b"")
     assert isinstance(open_payload(tombstone), AccountErased)
-    assert record.occurred_at_unix_ns <= tombstone.occurred_at.ToNanoseconds()  # recorded first
+    assert tombstoned.occurred_at_unix_ns <= tombstone.occurred_at.ToNanoseconds()  # recorded first
+
+    request = messaging_pb2.PostMessageRequest(channel_id=cid, body="bob's newest", idempotency_key=uuid.uuid4().hex)
+    await stack.gateway().SendMessage(request, metadata=bob_token, timeout=TIMEOUT_S)
+    newest = await platform.get_last_msg("MSG", channel_subject(cid))
+
+    storage = (await nats_server.connect("storage")).jetstream()  # the stolen credential
+    # Dave's erasure is requested (auth recorded it), so the check that remains is whose posts.
+    dave, _, _ = await register(stack, "dave")
+    await auth.RequestErasure(auth_pb2.RequestErasureRequest(user_id=dave.user_id))
+    marked = ChannelErasureDue(user_id=dave.user_id, channel_id=cid, channel_seqs=[1])
+    forged: list[tuple[str, Message, str]] = [
+        ("bob's post, marked for dave's erasure", marked, "were not sent by"),
+        (
+            "bob's post, for carol's erasure",
+            deletion("MSG", "erasure", carol.user_id, posts[0]),
+            f"is not {carol.user_id}'s own",
+        ),
+        ("bob's, for bob (never erased)", deletion("MSG", "erasure", bob.user_id, posts[0]), "requested through auth"),
+        ("a text nobody redacted", deletion("MSG", "removed", "", posts[0]), "neither redacted nor removed"),
+        ("the channel's newest event", deletion("MSG", "removed", "", newest), "is the newest"),
+    ]
+    for n, (_, fact, _) in enumerate(forged):
+        await storage.publish(due_subject("messaging", "deletion", f"forged{n}"), envelope("deletion", "x", fact))
+    for what, _, why in forged:
+        await eventually(lambda w=why: refusal(platform, "messaging", w), f"messaging refusing {what}")
+    assert await in_log(platform, "MSG", posts[0].seq)
+    assert await in_log(platform, "MSG", newest.seq)
+    await eventually(lambda: _count(stack, bob_token, cid, 4), "bob's newest archived")
+    assert [m.body for m in await history(stack, bob_token, cid)] == ["bob's first", "", "bob's last", "bob's newest"]
+
+
+async def _count(stack: Stack, token: Token, channel_id: str, n: int) -> bool | None:
+    return True if len(await history(stack, token, channel_id)) == n else None

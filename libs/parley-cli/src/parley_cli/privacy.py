@@ -16,6 +16,7 @@ from datetime import UTC
 from pathlib import Path
 
 import grpc
+from parley.auth.v1 import auth_pb2
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from parley_cli.admin import _account, _auth  # the operator's auth connection: one way to reach it
@@ -172,6 +173,10 @@ async def cmd_erase(args: argparse.Namespace) -> int:
     try:
         if args.username:
             user_id = await _user_id(args, args.username)
+            async with _auth(args) as stub:  # auth records the request: it acts on nothing else
+                await stub.RequestErasure(
+                    auth_pb2.RequestErasureRequest(user_id=user_id, reason=args.reason), timeout=TIMEOUT_S
+                )
             request = storage_pb2.EraseUserDataRequest(user_id=user_id, reason=args.reason)
             async with _archive(args) as archive:
                 result = await archive.EraseUserData(request, timeout=TIMEOUT_S)

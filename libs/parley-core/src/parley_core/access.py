@@ -17,6 +17,7 @@ from parley.auth.v1.events_pb2 import (
     AccountDisabled,
     AccountEnabled,
     AccountErased,
+    AccountErasureRequested,
     MfaRequirementSet,
     RoleAssigned,
     SessionRevoked,
@@ -55,6 +56,9 @@ class AccessProjection:
     step_up_sessions: set[str] = field(default_factory=set)
     # Erased accounts: a token issued before the erasure must not outlive it (it names no one now).
     erased_users: set[str] = field(default_factory=set)
+    # Accounts whose erasure was requested through auth (the one authority for it): the owners act
+    # on storage's erasure facts for these only.
+    erasure_requests: set[str] = field(default_factory=set)
     mfa_required_roles: set[str] = field(default_factory=set)
     last_seq: int = 0
     # Wall-clock seconds between an access event's occurred_at and its application here, for
@@ -78,6 +82,8 @@ class AccessProjection:
             self.step_up_sessions.discard(payload.session_id)
         elif isinstance(payload, SessionStepUpRequired):
             self.step_up_sessions.add(payload.session_id)
+        elif isinstance(payload, AccountErasureRequested):
+            self.erasure_requests.add(payload.user_id)
         elif isinstance(payload, AccountErased):
             self.erased_users.add(payload.user_id)
             self.users.pop(payload.user_id, None)

@@ -167,6 +167,7 @@ METHOD_PERMISSIONS: dict[str, Permission | None] = {
     "/parley.auth.v1.AuthService/ResetMfa": P.USERS_MANAGE,
     "/parley.auth.v1.AuthService/UnlockAccount": P.USERS_MANAGE,
     "/parley.auth.v1.AuthService/LiftSourceSlowdown": P.USERS_MANAGE,
+    "/parley.auth.v1.AuthService/RequestErasure": P.OWN_DATA,  # one's own account only (auth checks)
     "/parley.auth.v1.AuthService/RegenerateRecoveryCodes": P.OWN_SESSIONS,
     # Usernames are public inside the platform: whoever reads messages sees people's names.
     "/parley.auth.v1.AuthService/LookupUsers": P.MESSAGES_READ,
@@ -325,6 +326,7 @@ PLATFORM_METHODS = frozenset(
         "/parley.auth.v1.AuthService/ResetMfa",
         "/parley.auth.v1.AuthService/UnlockAccount",
         "/parley.auth.v1.AuthService/LiftSourceSlowdown",
+        "/parley.auth.v1.AuthService/RequestErasure",
         "/parley.fleet.v1.FleetService/ListInstances",
     }
 )

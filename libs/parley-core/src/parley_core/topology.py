@@ -65,6 +65,11 @@ def username_subject(username_key: str) -> str:
     return stream_subject("auth", "username", username_key)
 
 
+def erasure_request_subject(user_id: str) -> str:
+    """Auth's record that the erasure of this account was requested through it."""
+    return stream_subject("auth", "erasure", user_id)
+
+
 def signing_key_subject(key_id: str) -> str:
     return stream_subject("auth", "key", key_id)
 
@@ -269,12 +274,12 @@ def with_parked_limits(streams: tuple[StreamSpec, ...], *, max_bytes: int, max_m
     return tuple(replace(s, max_bytes=max_bytes, max_msgs=max_msgs) if s.name == "PARKED" else s for s in streams)
 
 
-# Erasure, redaction and retention reaching the log: storage securely deletes an erased user's
-# events, and redacted or expired texts, from these streams, once the marker their owner rebuilds
-# from is on the subject (MessagesErased or MessagesExpired on a channel, AccountErased on a
-# username: each appended by the owner in reaction to storage's due fact; MessageRedacted, which
-# messaging appends itself). Storage appends nothing to them.
-ERASED_STREAMS = ("AUTH", "MSG", "PARKED")
+# Erasure, redaction and retention reaching the log: events are securely deleted from these
+# streams by their owner only (auth on AUTH, messaging on MSG), each event checked first, on the
+# LogDeletionDue facts storage records on STORE (parley_core.log_deletion). Storage deletes only
+# the parked copies of what left the log: PARKED, from which no service rebuilds state.
+OWNER_DELETED_STREAMS = ("AUTH", "MSG")
+PARKED_DELETER = "storage"
 
 
 def stream_for_subject(subject: str) -> StreamSpec:
@@ -365,15 +370,16 @@ def permissions_for(service: str) -> Permissions:
             publish.append(f"$JS.API.STREAM.CREATE.{spec.name}")
         if reads(service, spec):
             publish.extend(_stream_read(spec.name))
+        if spec.owner == service and spec.name in OWNER_DELETED_STREAMS:
+            publish.append(f"$JS.API.STREAM.MSG.DELETE.{spec.name}")  # on a due fact it checked
     for consumer in (*CONSUMERS, *SIEM_CONSUMERS):
         if consumer.service == service:
             publish.extend(_own_durable(consumer))
         else:
             deny.extend(_others_durable(consumer))
-    if service == "storage":
-        # Erasure, redaction and retention reaching the log: secure deletes, never appends.
-        publish.extend(f"$JS.API.STREAM.MSG.DELETE.{stream}" for stream in ERASED_STREAMS)
-        publish.append("$JS.API.STREAM.MSG.GET.PARKED")  # to find the parked copies of erased events
+    if service == PARKED_DELETER:
+        # The parked copies of events that left the log: found by their origin headers, deleted.
+        publish.extend(("$JS.API.STREAM.MSG.GET.PARKED", "$JS.API.STREAM.MSG.DELETE.PARKED"))
     if service == "patch-registry":
         subscribe.append(HEARTBEATS_FILTER)
     return Permissions(

@@ -1,12 +1,13 @@
 """Holes in auth's own log that no erasure explains: the trace of a deleted event.
 
-Storage's NATS user may delete events from AUTH (an erasure reaching the log), so a stolen
-storage credential could delete a chosen one: an AccountDisabled, a SessionRevoked, a
-PasswordChanged, and auth would rebuild without it at its next start (the account enabled
-again, the session valid again). Every append on an account's or a session's subject carries
-the next aggregate version (optimistic concurrency), so a deleted event leaves a version gap on
-its subject. The only legitimate gaps are an erased account's (AccountErased, appended before
-storage deletes anything): auth refuses to serve on any other (see AuthService.start).
+Only auth's own NATS user may delete events from AUTH (on storage's due facts, each event checked:
+parley_core.log_deletion), so a stolen auth credential, or the operator's, could delete a chosen
+one: an AccountDisabled, a SessionRevoked, a PasswordChanged, and auth would rebuild without it
+at its next start (the account enabled again, the session valid again). Every append on an
+account's or a session's subject carries the next aggregate version (optimistic concurrency), so
+a deleted event leaves a version gap on its subject. The only legitimate gaps are an erased
+account's (AccountErased, appended before anything is deleted): auth refuses to serve on any
+other (see AuthService.start).
 
 What this cannot see: the deletion of a subject's newest event (no later version shows the gap).
 """

@@ -28,6 +28,7 @@ from parley.auth.v1.events_pb2 import (
     AccountDisabled,
     AccountEnabled,
     AccountErased,
+    AccountErasureRequested,
     AuditKeyPublished,
     DeviceKeysPublished,
     DeviceRemoved,
@@ -123,6 +124,7 @@ from parley_core.topology import (
     CONSUMERS,
     PLATFORM_USER,
     audit_key_subject,
+    erasure_request_subject,
     lockout_subject,
     signing_key_subject,
     slowed_source_subject,
@@ -290,6 +292,8 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         # Who holds each username subject, and the erasure tombstones applied (storage_due.py).
         self.username_holders: dict[str, str] = {}
         self.erasure_markers: set[str] = set()
+        self.erased_users: set[str] = set()  # accounts auth tombstoned: only theirs leave AUTH
+        self.erasure_requests: set[str] = set()  # accounts whose erasure was requested through auth
         self._due: DurableConsumer | None = None
         self._security_records: Counter | None = None
         self.subject_versions = SubjectVersions()  # holes in the log (log_gaps.py)
@@ -422,10 +426,14 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         if isinstance(payload, AuditKeyPublished):
             self.audit_keys.add(payload.key_id)
             return
+        if isinstance(payload, AccountErasureRequested):
+            self.erasure_requests.add(payload.user_id)
+            return
         if isinstance(payload, AccountErased):
             # Its events are being deleted from the stream; its name stays taken (see AccountErased).
             self.accounts.forget(payload.user_id)
             self.erasure_markers.add(event.envelope.event_id)
+            self.erased_users.add(payload.user_id)
             self.subject_versions.erased(payload.user_id)
             return
         if isinstance(payload, USER_EVENTS):
@@ -708,6 +716,10 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
     def _unknown_name(self, typed: str) -> str:
         assert self._sealer is not None
         return self._sealer.unknown_name(typed)
+
+    async def security_event(self, kind: str, *, actor: str, user_id: str = "", **fields: Any) -> int:
+        """An audit record of something auth refused to do (it changes nothing else)."""
+        return await self._security(kind, actor=actor, user_id=user_id, **fields)
 
     def recorded(
         self, kind: str, *, actor: str, user_id: str = "", **fields: Any
@@ -1552,6 +1564,39 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         async with self._recorded("source_slowdown_lifted", actor=actor, user_id="", source=key, detail=detail):
             await self.append_and_apply(slowed_source_subject(username_key(key)), event)
         return auth_pb2.LiftSourceSlowdownResponse(source=key, was_slowed_until_unix=until)
+
+    async def RequestErasure(
+        self, request: auth_pb2.RequestErasureRequest, context: Context
+    ) -> auth_pb2.RequestErasureResponse:
+        """The one way an erasure is authorised (storage_due.py acts on nothing else): the user
+        themself, or the platform identity acting for them; audited as `account_erasure_requested`."""
+        caller = self._caller_or_platform(context)
+        user_id = _id(request.user_id, "user_id")
+        if len(request.reason) > MAX_REASON_LENGTH:
+            raise InvalidArgument(f"reason must be at most {MAX_REASON_LENGTH} characters")
+        if caller is not None and caller.user_id != user_id:
+            raise PermissionDenied("only the user themself, or the operator on their behalf, may erase an account")
+        if user_id in self.erasure_requests:
+            return auth_pb2.RequestErasureResponse(already_requested=True)  # e.g. finishing one cut short
+        account = self._account(user_id)
+        actor = f"user:{caller.user_id}" if caller else PLATFORM_USER
+        requested = AccountErasureRequested(user_id=user_id, requested_by=actor, reason=request.reason)
+        event = NewEvent(
+            aggregate_type="erasure",
+            aggregate_id=user_id,
+            payload=requested,
+            actor=actor,
+            event_id=f"erasure-requested-{user_id}",
+        )
+        async with self._recorded(
+            "account_erasure_requested",
+            actor=actor,
+            user_id=user_id,
+            username=account.username,
+            detail=request.reason,
+        ):
+            await self._append(erasure_request_subject(user_id), event, version=1, expected_seq=0)
+        return auth_pb2.RequestErasureResponse()
 
     async def RegenerateRecoveryCodes(
         self, request: auth_pb2.RegenerateRecoveryCodesRequest, context: Context

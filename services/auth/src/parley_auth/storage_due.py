@@ -11,10 +11,20 @@ tokens. Storage deletes once it holds the tombstone. Like every change to an acc
 tombstone is recorded in the audit chain first (`account_erased`, naming storage's fact), and
 is not appended while the chain refuses the record (the fact waits, see RetryLater).
 
-A fact is checked first: a username subject held by another account is never tombstoned (the
-fact is refused and parked with the reason), so a stolen storage credential cannot take
-someone else's name away. Idempotent: auth remembers the tombstones it applied, so a repeated
-fact, or a redelivery after a crash, appends nothing.
+A fact is checked first: auth acts only for an account whose erasure was requested through
+auth itself (AccountErasureRequested, written by RequestErasure after it checked the caller),
+else it records `account_erasure_refused` on the audit chain and parks the fact, so storage's
+word alone erases nobody; and a username subject held by another account is never tombstoned
+(refused and parked with the reason).
+
+Auth also deletes from AUTH, the only NATS user that may, what storage's `LogDeletionDue` names
+(parley_core.log_deletion): only for an account auth tombstoned itself, only that account's own
+events (sealed under its key in the archive: its registration, its account subject), never a
+subject's newest event others append after. Anything else is refused whole, with a
+`log_deletion_refused` audit record, and nothing is deleted.
+
+Idempotent: auth remembers the tombstones it applied, so a repeated fact, or a redelivery after
+a crash, appends nothing.
 """
 
 from __future__ import annotations
@@ -22,11 +32,12 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from parley.auth.v1.events_pb2 import AccountErased, SourceSlowed
 from parley.storage.v1.events_pb2 import (
     AccountErasureDue,
+    LogDeletionDue,
     SessionRevocationDue,
     SessionStepUpDue,
     SourceSlowdownDue,
@@ -35,6 +46,7 @@ from parley.storage.v1.events_pb2 import (
 from parley_core.bus import ReceivedEvent, Refused, RetryLater
 from parley_core.envelope import NewEvent, UnknownEventType, open_payload
 from parley_core.errors import Unavailable
+from parley_core.log_deletion import ERASURE, DeletionRefused, LoggedEventToDelete, delete_checked, personal_data_of
 from parley_core.markers import account_erasure_marker
 from parley_core.topology import username_subject
 
@@ -61,6 +73,8 @@ class StorageDue:
                 continue  # a newer storage's fact: this release has nothing to do for it
             if isinstance(payload, AccountErasureDue):
                 await self._erased(payload, event)
+            elif isinstance(payload, LogDeletionDue):
+                await self._delete(payload, event)
             elif isinstance(payload, SessionRevocationDue):
                 await self._revoke(payload)
             elif isinstance(payload, SourceSlowdownDue):
@@ -74,6 +88,35 @@ class StorageDue:
                     await self._app.require_step_up(session, reason, payload.anomaly_event_id)
                 except Unavailable as exc:  # the audit chain refused the record: nothing was changed
                     raise RetryLater(str(exc)) from exc
+
+    async def _delete(self, due: LogDeletionDue, fact: ReceivedEvent) -> None:
+        """Delete the erased account's own events from AUTH, each checked, or none of them."""
+        user_id = due.user_id
+
+        def theirs(item: LoggedEventToDelete) -> None:
+            if personal_data_of(item.envelope, item.payload) != user_id:
+                raise DeletionRefused(f"AUTH #{item.seq} ({item.envelope.event_type}) is not {user_id}'s own data")
+
+        try:
+            if due.stream != "AUTH" or due.reason != ERASURE:
+                raise DeletionRefused(
+                    f"auth deletes from AUTH for an erasure only, not {due.reason!r} on {due.stream!r}"
+                )
+            if user_id not in self._app.erased_users:
+                raise DeletionRefused(f"account {user_id!r} was not erased by auth")
+            refs = [(int(ref.stream_seq), ref.event_id) for ref in due.events]
+            await delete_checked(self._app.ctx.bus.js, "AUTH", refs, theirs, user_id=user_id)
+        except DeletionRefused as exc:
+            await self._refuse("log_deletion_refused", user_id, fact, str(exc))
+
+    async def _refuse(self, kind: str, user_id: str, fact: ReceivedEvent, why: str) -> NoReturn:
+        """A security event on the audit chain, then the fact is parked; nothing else changes."""
+        detail = f"storage's fact STORE #{fact.stream_seq} (by {fact.envelope.actor or 'unknown'}): {why}"
+        try:
+            await self._app.security_event(kind, actor="service:auth", user_id=user_id, detail=detail[:500])
+        except Unavailable as exc:  # the refusal is recorded before the fact is parked
+            raise RetryLater(str(exc)) from exc
+        raise Refused(why)
 
     async def _slow(self, due: SourceSlowdownDue) -> None:
         """A detection's slow-the-source response: logins from the address wait until the time
@@ -107,6 +150,10 @@ class StorageDue:
         marker = account_erasure_marker(due.user_id, due.username_key)
         if marker.event_id in self._app.erasure_markers:
             return  # marked already: a repeated fact, or a redelivery
+        if due.user_id not in self._app.erasure_requests:
+            await self._refuse(
+                "account_erasure_refused", due.user_id, fact, "no erasure of this account was requested through auth"
+            )
         holder = self._app.username_holders.get(due.username_key)
         if holder is not None and holder != due.user_id:
             raise Refused(f"username {due.username_key} belongs to {holder}, not to the erased {due.user_id}")

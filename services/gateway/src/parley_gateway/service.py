@@ -402,7 +402,12 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         self, request: storage_pb2.EraseUserDataRequest, context: Context
     ) -> storage_pb2.EraseUserDataResponse:
         assert self._archive is not None
+        assert self._auth is not None
         await self._admit(request, context)
+        # Auth records the request first (it checks it is the caller's own account): it acts on
+        # storage's erasure facts for no account whose erasure it did not record.
+        erasure = auth_pb2.RequestErasureRequest(user_id=request.user_id, reason=request.reason)
+        await forward(self._auth.RequestErasure, erasure, context)
         return await forward(self._archive.EraseUserData, request, context)
 
     async def LookupUsers(self, request: auth_pb2.LookupUsersRequest, context: Context) -> auth_pb2.LookupUsersResponse:

@@ -7,11 +7,21 @@ messaging, the channels' one writer, appends the marker there (MessagesErased, M
 with the id parley_core.markers derives from the fact; storage deletes once it holds the marker.
 
 A fact is checked against messaging's own projection first: an erasure marks only the erased
-user's posts, an expiry only messages sent before a cutoff at least `retention_days` (one at
-least) in the past by messaging's own clock. A fact that asks for more is refused (parked with
-the reason): a stolen storage credential cannot remove another user's messages, or recent ones,
-through messaging. Idempotent: a channel remembers the marker ids it applied, so a repeated
-fact, or a redelivery after a crash, appends nothing.
+user's posts, and only once auth recorded the erasure's request (AccountErasureRequested, in
+messaging's access view: storage's word alone erases nobody); an expiry only messages sent before
+a cutoff at least `retention_days` (one at least) in the past by messaging's own clock. A fact
+that asks for more is refused (parked with the reason): a stolen storage credential cannot remove
+another user's messages, or recent ones, through messaging.
+
+Messaging also deletes from MSG, the only NATS user that may, what storage's `LogDeletionDue`
+names (parley_core.log_deletion), each event checked against its own stream and channels: for an
+erasure auth recorded, only the erased user's own posts and edits; for removed texts, only the
+posts and edits of a message that is redacted or gone from its channel (erased or expired);
+never a channel's newest event. Anything else is refused whole and parked, and nothing is
+deleted.
+
+Idempotent: a channel remembers the marker ids it applied, so a repeated fact, or a redelivery
+after a crash, appends nothing.
 """
 
 from __future__ import annotations
@@ -22,12 +32,21 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from google.protobuf.message import Message
-from parley.messaging.v1.events_pb2 import MessagesErased, MessagesExpired
-from parley.storage.v1.events_pb2 import ChannelErasureDue, RetentionDue
+from parley.messaging.v1.events_pb2 import MessageEdited, MessagePosted, MessagesErased, MessagesExpired
+from parley.storage.v1.events_pb2 import ChannelErasureDue, LogDeletionDue, RetentionDue
 
 from parley_core.bus import ReceivedEvent, Refused
 from parley_core.envelope import NewEvent, UnknownEventType, open_payload
 from parley_core.errors import FailedPrecondition
+from parley_core.log_deletion import (
+    ERASURE,
+    REMOVED,
+    DeletionRefused,
+    EventCheck,
+    LoggedEventToDelete,
+    delete_checked,
+    personal_data_of,
+)
 from parley_core.markers import Marker, channel_erasure_marker, expiry_marker
 from parley_core.topology import channel_subject
 from parley_messaging.domain import Channel
@@ -40,6 +59,10 @@ NS_PER_DAY = 86_400 * 10**9
 CLOCK_SKEW_NS = 5 * 60 * 10**9
 # Ids as the services make them, never a subject wildcard or separator.
 ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class NotErasedYet(Exception):
+    """An erasure fact for an account whose erasure auth has not recorded (in this view, yet)."""
 
 
 class StorageDue:
@@ -61,9 +84,58 @@ class StorageDue:
                 await self._erased(payload)
             elif isinstance(payload, RetentionDue):
                 await self._expired(payload)
+            elif isinstance(payload, LogDeletionDue):
+                await self._delete(payload)
+
+    async def _delete(self, due: LogDeletionDue) -> None:
+        """Delete the named events from MSG, each checked, or none of them."""
+        try:
+            if due.stream != "MSG":
+                raise DeletionRefused(f"messaging deletes from MSG only, not from {due.stream!r}")
+            refs = [(int(ref.stream_seq), ref.event_id) for ref in due.events]
+            await delete_checked(self._app.ctx.bus.js, "MSG", refs, self._deletion_check(due), user_id=due.user_id)
+        except DeletionRefused as exc:
+            raise Refused(str(exc)) from None
+
+    def _deletion_check(self, due: LogDeletionDue) -> EventCheck:
+        if due.reason == ERASURE:
+            self._require_erasure_requested(due.user_id)
+
+            def theirs(item: LoggedEventToDelete) -> None:
+                if personal_data_of(item.envelope, item.payload) != due.user_id:
+                    raise DeletionRefused(f"MSG #{item.seq} ({item.envelope.event_type}) is not {due.user_id}'s own")
+
+            return theirs
+        if due.reason == REMOVED:
+            return self._removed_text
+        raise DeletionRefused(f"{due.reason!r} is not a reason messaging deletes events for")
+
+    def _require_erasure_requested(self, user_id: str) -> None:
+        """Auth recorded the erasure's request (it is on AUTH before storage records any fact)."""
+        if user_id not in self._app.ctx.access.erasure_requests:
+            # Not Refused at once: this access view may be a moment behind AUTH (redelivered with
+            # a growing pause, parked after max_deliver).
+            raise NotErasedYet(f"no erasure of account {user_id!r} was requested through auth")
+
+    def _removed_text(self, item: LoggedEventToDelete) -> None:
+        """A post or edit of a message that was redacted, or left its channel (erased, expired)."""
+        payload = item.payload
+        if not isinstance(payload, MessagePosted | MessageEdited):
+            raise DeletionRefused(f"MSG #{item.seq} ({item.envelope.event_type}) is not a message's text")
+        channel_id = item.envelope.aggregate_id
+        if channel_id not in self._app.channels or item.raw.subject != channel_subject(channel_id):
+            raise DeletionRefused(f"MSG #{item.seq} is not on a channel messaging knows")
+        channel = self._app.channels.get(channel_id)
+        record = channel.messages.get(payload.channel_seq)
+        removed = record.current.redacted if record is not None else payload.channel_seq <= channel.last_seq
+        if not removed:
+            raise DeletionRefused(
+                f"message #{payload.channel_seq} of channel {channel.channel_id} was neither redacted nor removed"
+            )
 
     async def _erased(self, due: ChannelErasureDue) -> None:
         _check_ids(due.channel_id, due.user_id)
+        self._require_erasure_requested(due.user_id)
         marker = channel_erasure_marker(due.user_id, due.channel_id)
         payload = MessagesErased(channel_id=due.channel_id, user_id=due.user_id, channel_seqs=due.channel_seqs)
         await self._mark(

@@ -110,6 +110,7 @@ class LoggedEvent:
     stream_seq: int
     subject: str
     aggregate_id: str
+    event_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -646,7 +647,7 @@ class SqlEventArchive:
                 (events.c.key_id == EXPIRED) & (events.c.actor == user_id) & events.c.event_type.in_(_TEXT_EVENTS)
             )
             query = (
-                select(events.c.stream, events.c.stream_seq, events.c.subject, events.c.aggregate_id)
+                select(events.c.stream, events.c.stream_seq, events.c.subject, events.c.aggregate_id, events.c.event_id)
                 .where(events.c.key_id.in_(their_keys) | removed_texts, events.c.stream.in_(list(streams)))
                 .order_by(events.c.stream, events.c.stream_seq)
             )

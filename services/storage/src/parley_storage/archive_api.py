@@ -20,7 +20,7 @@ from parley.storage.v1.events_pb2 import (
 )
 
 from parley_core.envelope import NewEvent
-from parley_core.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
+from parley_core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from parley_core.runner import RunContext
 from parley_core.secret_fields import envelope_without_secrets
 from parley_core.tokens import Caller
@@ -28,6 +28,7 @@ from parley_core.topology import (
     PLATFORM_USER,
     STREAMS_BY_NAME,
     channel_subject,
+    erasure_request_subject,
     export_subject,
     kek_subject,
     privacy_subject,
@@ -212,6 +213,13 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
             raise InvalidArgument("user_id is required")
         requester = self._requester(context)
         access.require_self_or_operator(requester, request.user_id)
+        if not await self._ctx.bus.last_subject_seq("AUTH", erasure_request_subject(request.user_id)):
+            # Auth acts on this erasure's facts only if it recorded the request: without it the
+            # keys would be shredded and the events left in the log.
+            raise FailedPrecondition(
+                f"the erasure of {request.user_id} was not requested through auth; call auth's RequestErasure"
+                " first (the gateway and `parley erase` do)"
+            )
         live = await self._archive.live_user_keys(request.user_id)
         # The audited decision is appended first: an erasure never happens without its record.
         event = NewEvent(

@@ -38,6 +38,7 @@ from pathlib import Path
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
+from parley.auth.v1.events_pb2 import AccountErasureRequested
 from parley.storage.v1.events_pb2 import EventLogRestored, RestoredStream, UserDataErased
 from sqlalchemy import Engine, func, select
 
@@ -46,7 +47,14 @@ from parley_core.config import Settings
 from parley_core.envelope import NewEvent, decode
 from parley_core.nats_connect import connect_nats
 from parley_core.natsconf import ensure_nats_passwords
-from parley_core.topology import CONSUMERS, PLATFORM_USER, privacy_subject, reseed_hole_subject, restore_subject
+from parley_core.topology import (
+    CONSUMERS,
+    PLATFORM_USER,
+    erasure_request_subject,
+    privacy_subject,
+    reseed_hole_subject,
+    restore_subject,
+)
 from parley_storage.archive import SqlEventArchive, StoredEvent, open_engine
 from parley_storage.datakeys import DataKeys
 from parley_storage.kek import FileKeyring, KeyringUnreadable
@@ -220,9 +228,29 @@ async def finish_erasures(bus: EventBus, archive: SqlEventArchive, marker: Resto
                 aggregate_type="privacy", aggregate_id=erasure.user_id, payload=decided, actor=PLATFORM_USER
             )
             await bus.append_after_last(privacy_subject(erasure.user_id), event)
+        await _erasure_requested(bus, erasure.user_id, marker.backup_id)
         await request_markers(bus, archive, erasure.user_id)
         finished.append(erasure.user_id)
     return finished
+
+
+async def _erasure_requested(bus: EventBus, user_id: str, backup_id: str) -> None:
+    """Auth acts on an erasure's facts only if its request is on AUTH; a backup taken before the
+    request lacks it, and the keyring says the erasure was decided: the operator's identity, which
+    restores the log, records the request there too (as auth would have)."""
+    if await bus.last_subject_seq("AUTH", erasure_request_subject(user_id)):
+        return
+    requested = AccountErasureRequested(
+        user_id=user_id, requested_by=PLATFORM_USER, reason=f"erased after backup {backup_id} was taken"
+    )
+    event = NewEvent(
+        aggregate_type="erasure",
+        aggregate_id=user_id,
+        payload=requested,
+        actor=PLATFORM_USER,
+        event_id=f"erasure-requested-{user_id}",
+    )
+    await bus.append_after_last(erasure_request_subject(user_id), event)
 
 
 async def record_restore(

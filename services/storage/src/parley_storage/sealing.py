@@ -13,9 +13,9 @@ import os
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.message import Message
-from parley.auth.v1.events_pb2 import UserRegistered
 from parley.common.v1.envelope_pb2 import EventEnvelope
-from parley.messaging.v1.events_pb2 import MessageEdited, MessagePosted
+
+from parley_core.log_deletion import personal_data_of
 
 NONCE_BYTES = 12
 SYSTEM_OWNER = "system"
@@ -34,15 +34,10 @@ def channel_owner(channel_id: str) -> str:
 
 
 def data_owner(envelope: EventEnvelope, payload: Message | None) -> str:
-    """Whose data key seals this event: its author for personal content, else its aggregate."""
-    if isinstance(payload, MessagePosted):
-        return user_owner(payload.sender_id)
-    if isinstance(payload, MessageEdited) and payload.editor_id:
-        return user_owner(payload.editor_id)  # the new text and name are the editor's, like the post
-    if isinstance(payload, UserRegistered):
-        return user_owner(payload.user_id)
-    if envelope.aggregate_type == "user":
-        return user_owner(envelope.aggregate_id)
+    """Whose data key seals this event: its author for personal content, else its aggregate (the
+    same rule the owners check a deletion against, parley_core.log_deletion)."""
+    if (user_id := personal_data_of(envelope, payload)) is not None:
+        return user_owner(user_id)
     if envelope.aggregate_type == "channel":
         return channel_owner(envelope.aggregate_id)
     return SYSTEM_OWNER

@@ -234,7 +234,7 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         while not self._stopping.is_set():
             self._log_cleanup_due.clear()
             try:
-                deleted = await delete_removed_texts(self._ctx.bus.js, self.archive)
+                deleted = await delete_removed_texts(self._ctx.bus, self.archive)
                 if deleted:
                     log.info("removed texts deleted from the event log", extra={"events": deleted})
             except Exception:  # NATS or the database briefly away: the rows stay, the next run resumes

@@ -1,11 +1,14 @@
 """An erasure reaches the event log: an erased user's events are securely deleted from JetStream.
 
 Crypto-shredding makes the archive and backups unreadable, but JetStream still holds the
-events as appended. After the shred, storage deletes from AUTH and MSG every event it sealed
-under the user's keys (their account record and the messages and edits they wrote, also the
-texts whose archive copy a redaction or retention removed, in case their own deletion from the
-log (log_cleanup.py) has not run yet) with the stream's secure erase (the message is
-overwritten on disk), and their parked copies too.
+events as appended. After the shred, every event storage sealed under the user's keys (their
+account record and the messages and edits they wrote, also the texts whose archive copy a
+redaction or retention removed, in case their own deletion from the log (log_cleanup.py) has not
+run yet) leaves AUTH and MSG by the stream's secure erase (the message is overwritten on disk),
+and their parked copies too. Storage may not delete on AUTH or MSG: it records `LogDeletionDue`
+for each owner, who checks that every event named is the erased user's own (auth only once it
+tombstoned the account on a request it recorded itself, messaging only once that tombstone is
+in its access view) and deletes it (parley_core.log_deletion); storage waits until they are gone.
 
 Before holes are punched, the owner of each subject that will lose events appends a marker
 there, so the owners rebuild correctly from a stream with gaps: `MessagesErased` (messaging)
@@ -14,7 +17,7 @@ keeps the deleted message numbers taken (messaging never numbers a new message b
 registration expecting an empty subject is refused). Storage writes to neither stream: it records
 what is due on its own STORE stream (`ChannelErasureDue`, `AccountErasureDue`, on
 parley.storage.due.<owner>.erasure.<user id>), each owner appends its marker with the id
-parley_core.markers derives, and storage deletes only once the archive holds every one of them.
+parley_core.markers derives, and storage asks for the deletions only once the archive holds every one of them.
 A deleted event is therefore never the newest on its subject, and the owners' append guards
 (expected last subject sequence) keep working. Retention (`MessagesExpired`) and redaction follow
 the same rule. Every step is idempotent; the closing `UserDataErasedFromStreams` record on STORE
@@ -37,10 +40,17 @@ from parley.storage.v1.events_pb2 import AccountErasureDue, ChannelErasureDue, U
 
 from parley_core.bus import EventBus
 from parley_core.envelope import NewEvent, decode, open_payload
+from parley_core.log_deletion import ERASURE
 from parley_core.markers import Marker, account_erasure_marker, channel_erasure_marker
 from parley_core.topology import CONSUMERS, channel_subject, due_subject, privacy_subject
 from parley_storage.archive import LoggedEvent, SqlEventArchive
-from parley_storage.stream_log import delete_parked_copies, read_if_present, secure_delete
+from parley_storage.stream_log import (
+    DeletionsPending,
+    delete_parked_copies,
+    read_if_present,
+    request_deletions,
+    until_deleted,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +113,14 @@ async def remove_from_log(
     await _until_marked(archive, due, markers_timeout)
     doomed = {(e.stream, e.stream_seq) for e in logged}
     deleted = 0
-    for stream, seq in sorted(doomed):
-        deleted += await secure_delete(bus.js, stream, seq)
+    for stream in SOURCE_STREAMS:
+        refs = [(e.stream_seq, e.event_id) for e in logged if e.stream == stream]
+        asked = await request_deletions(bus, stream, ERASURE, refs, user_id=user_id)
+        try:
+            await until_deleted(bus.js, stream, [seq for seq, _ in asked], markers_timeout)
+        except DeletionsPending as exc:
+            raise StreamErasureIncomplete(f"{exc}; the erasure will be retried") from None
+        deleted += len(asked)
     deleted += await delete_parked_copies(bus.js, doomed)
     done = NewEvent(
         aggregate_type="privacy",

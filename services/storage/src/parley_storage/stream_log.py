@@ -1,49 +1,78 @@
-"""What storage may do to the JetStream log besides reading it: securely delete events (and their
-parked copies). It appends nothing there: the owners of the subjects append the markers first.
+"""What storage may do to the JetStream log besides reading it: ask the owners to delete events,
+and securely delete the parked copies of events that left the log.
 
-Erasure (stream_erasure.py) and the removal of redacted and expired texts (log_cleanup.py)
-both delete events only once their owner's marker follows them on the subject, so a deleted
-event is never the newest on its subject and the owners' append guards (expected last subject
-sequence) keep working.
+Storage may delete nothing on AUTH or MSG (its NATS user lacks the API subject). It records a
+LogDeletionDue fact on its own STORE stream for the stream's owner, who checks every event named
+there against its own stream and deletes it (parley_core.log_deletion); storage then sees the
+events gone. Erasure (stream_erasure.py) and the removal of redacted and expired texts
+(log_cleanup.py) ask only once their owner's marker follows the events on their subjects.
+
+PARKED holds copies of poison events parked by any service's consumer; no service rebuilds
+state from it, so storage, which finds the copies by their origin headers, deletes them itself.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.api import RawStreamMsg
+from parley.storage.v1.events_pb2 import LogDeletionDue, LoggedEventRef
+
+from parley_core.bus import EventBus
+from parley_core.envelope import NewEvent
+from parley_core.log_deletion import MAX_EVENTS_PER_FACT, deletion_due_id, read_if_present, secure_delete
+from parley_core.topology import STREAMS_BY_NAME, due_subject
+
+__all__ = ["DeletionsPending", "delete_parked_copies", "read_if_present", "request_deletions", "until_deleted"]
 
 PARKED_STREAM = "PARKED"
-# "sequence not found" and "no message found": deleted already (an earlier, interrupted run).
-ALREADY_DELETED = {10043, 10037}
-# A delete of a message that is gone fails with the generic "message delete failed" code and
-# "no message found" as its description (nats-server 2.15).
-DELETE_FAILED = 10057
 
 
-async def read_if_present(js: JetStreamContext, stream: str, seq: int) -> RawStreamMsg | None:
-    """One event of the log, or None when it was deleted already."""
-    try:
-        return await js.get_msg(stream, seq=seq)
-    except nats.js.errors.NotFoundError:
-        return None
-    except nats.js.errors.APIError as exc:
-        if exc.err_code in ALREADY_DELETED:
-            return None
-        raise
+class DeletionsPending(Exception):
+    """The owner has not deleted the events yet (it may be down, or it refused the fact)."""
 
 
-async def secure_delete(js: JetStreamContext, stream: str, seq: int) -> int:
-    """Delete one event, overwriting it on disk (the API's default: no_erase false); 1 if it was there."""
-    try:
-        return 1 if await js.delete_msg(stream, seq) else 0
-    except nats.js.errors.NotFoundError:
-        return 0  # already gone: a repeated or resumed deletion, or a hole of a re-seeded log
-    except nats.js.errors.APIError as exc:
-        gone = exc.err_code == DELETE_FAILED and "no message found" in (exc.description or "")
-        if exc.err_code in ALREADY_DELETED or gone:
-            return 0
-        raise
+async def request_deletions(
+    bus: EventBus, stream: str, reason: str, refs: Sequence[tuple[int, str]], *, user_id: str = ""
+) -> list[tuple[int, str]]:
+    """Record what is due for the stream's owner to delete (the events still in the log); returns
+    those, for until_deleted."""
+    owner = STREAMS_BY_NAME[stream].owner
+    present = [(seq, eid) for seq, eid in sorted(set(refs)) if await read_if_present(bus.js, stream, seq) is not None]
+    for start in range(0, len(present), MAX_EVENTS_PER_FACT):
+        chunk = present[start : start + MAX_EVENTS_PER_FACT]
+        fact_id = deletion_due_id(stream, reason, user_id, [seq for seq, _ in chunk])
+        fact = LogDeletionDue(
+            reason=reason,
+            user_id=user_id,
+            stream=stream,
+            events=[LoggedEventRef(stream_seq=seq, event_id=eid) for seq, eid in chunk],
+        )
+        event = NewEvent(
+            aggregate_type="deletion", aggregate_id=fact_id, payload=fact, actor="service:storage", event_id=fact_id
+        )
+        await bus.append_after_last(due_subject(owner, "deletion", fact_id), event)
+    return present
+
+
+async def until_deleted(js: JetStreamContext, stream: str, seqs: Sequence[int], timeout: float) -> None:
+    """Wait until the owner deleted every one of them (the log is polled: the owner answers by
+    deleting, on its own consumer)."""
+    loop = asyncio.get_running_loop()
+    deadline, delay, left = loop.time() + timeout, 0.02, sorted(seqs)
+    while True:
+        left = [seq for seq in left if await read_if_present(js, stream, seq) is not None]
+        if not left:
+            return
+        if loop.time() > deadline:
+            owner = STREAMS_BY_NAME[stream].owner
+            raise DeletionsPending(
+                f"{len(left)} event(s) of {stream} not deleted yet by {owner} (is it running? did it refuse?)"
+            )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.5)
 
 
 async def delete_parked_copies(js: JetStreamContext, doomed: set[tuple[str, int]]) -> int:

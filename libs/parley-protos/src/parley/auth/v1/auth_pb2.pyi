@@ -979,11 +979,54 @@ class Invite(_message.Message):
 Global___Invite: _TypeAlias = Invite  # noqa: Y015
 
 @_typing.final
-class UnlockAccountRequest(_message.Message):
+class RequestErasureRequest(_message.Message):
     """Ends every lockout of the account (from every address) and clears its failure counts; an
     address's own lockout across accounts stays. FAILED_PRECONDITION when it has no failures.
     """
 
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    reason: _builtins.str
+    """up to 500 characters, kept in the audit record"""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestErasureRequest: _TypeAlias = RequestErasureRequest  # noqa: Y015
+
+@_typing.final
+class RequestErasureResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALREADY_REQUESTED_FIELD_NUMBER: _builtins.int
+    already_requested: _builtins.bool
+    """recorded by an earlier call: nothing was appended"""
+    def __init__(
+        self,
+        *,
+        already_requested: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_requested", b"already_requested"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestErasureResponse: _TypeAlias = RequestErasureResponse  # noqa: Y015
+
+@_typing.final
+class UnlockAccountRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_ID_FIELD_NUMBER: _builtins.int

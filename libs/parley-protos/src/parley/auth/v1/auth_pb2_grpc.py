@@ -159,6 +159,11 @@ class AuthServiceStub:
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.LiftSourceSlowdownRequest.SerializeToString,
                 response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.LiftSourceSlowdownResponse.FromString,
                 _registered_method=True)
+        self.RequestErasure = channel.unary_unary(
+                '/parley.auth.v1.AuthService/RequestErasure',
+                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.RequestErasureRequest.SerializeToString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.RequestErasureResponse.FromString,
+                _registered_method=True)
         self.RegenerateRecoveryCodes = channel.unary_unary(
                 '/parley.auth.v1.AuthService/RegenerateRecoveryCodes',
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesRequest.SerializeToString,
@@ -346,6 +351,16 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RequestErasure(self, request, context):
+        """The erasure of an account's data (the user themself, or the platform identity acting for
+        them): auth records the request (audited, AccountErasureRequested on its own subject), and
+        acts on storage's erasure facts only for an account whose erasure it recorded. Then
+        storage's EraseUserData shreds the keys and has the owners delete the events.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RegenerateRecoveryCodes(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -487,6 +502,11 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.LiftSourceSlowdown,
                     request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.LiftSourceSlowdownRequest.FromString,
                     response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.LiftSourceSlowdownResponse.SerializeToString,
+            ),
+            'RequestErasure': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestErasure,
+                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.RequestErasureRequest.FromString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.RequestErasureResponse.SerializeToString,
             ),
             'RegenerateRecoveryCodes': grpc.unary_unary_rpc_method_handler(
                     servicer.RegenerateRecoveryCodes,
@@ -1174,6 +1194,33 @@ class AuthService:
             '/parley.auth.v1.AuthService/LiftSourceSlowdown',
             parley_dot_auth_dot_v1_dot_auth__pb2.LiftSourceSlowdownRequest.SerializeToString,
             parley_dot_auth_dot_v1_dot_auth__pb2.LiftSourceSlowdownResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestErasure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.auth.v1.AuthService/RequestErasure',
+            parley_dot_auth_dot_v1_dot_auth__pb2.RequestErasureRequest.SerializeToString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.RequestErasureResponse.FromString,
             options,
             channel_credentials,
             insecure,

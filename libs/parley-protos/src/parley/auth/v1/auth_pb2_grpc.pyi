@@ -85,6 +85,12 @@ class AuthServiceStub:
     UnlockAccount: _grpc.UnaryUnaryMultiCallable[_auth_pb2.UnlockAccountRequest, _auth_pb2.Account]
     LiftSourceSlowdown: _grpc.UnaryUnaryMultiCallable[_auth_pb2.LiftSourceSlowdownRequest, _auth_pb2.LiftSourceSlowdownResponse]
     """Ends the anomaly detector's slow-down of a client address (SourceSlowed) before its time is up."""
+    RequestErasure: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RequestErasureRequest, _auth_pb2.RequestErasureResponse]
+    """The erasure of an account's data (the user themself, or the platform identity acting for
+    them): auth records the request (audited, AccountErasureRequested on its own subject), and
+    acts on storage's erasure facts only for an account whose erasure it recorded. Then
+    storage's EraseUserData shreds the keys and has the owners delete the events.
+    """
     RegenerateRecoveryCodes: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RegenerateRecoveryCodesRequest, _auth_pb2.RegenerateRecoveryCodesResponse]
     LookupUsers: _grpc.UnaryUnaryMultiCallable[_auth_pb2.LookupUsersRequest, _auth_pb2.LookupUsersResponse]
     """Usernames of user ids, for showing people by name (reactions, members, direct conversations).
@@ -148,6 +154,12 @@ class AuthServiceAsyncStub(AuthServiceStub):
     UnlockAccount: _aio.UnaryUnaryMultiCallable[_auth_pb2.UnlockAccountRequest, _auth_pb2.Account]  # type: ignore[assignment]
     LiftSourceSlowdown: _aio.UnaryUnaryMultiCallable[_auth_pb2.LiftSourceSlowdownRequest, _auth_pb2.LiftSourceSlowdownResponse]  # type: ignore[assignment]
     """Ends the anomaly detector's slow-down of a client address (SourceSlowed) before its time is up."""
+    RequestErasure: _aio.UnaryUnaryMultiCallable[_auth_pb2.RequestErasureRequest, _auth_pb2.RequestErasureResponse]  # type: ignore[assignment]
+    """The erasure of an account's data (the user themself, or the platform identity acting for
+    them): auth records the request (audited, AccountErasureRequested on its own subject), and
+    acts on storage's erasure facts only for an account whose erasure it recorded. Then
+    storage's EraseUserData shreds the keys and has the owners delete the events.
+    """
     RegenerateRecoveryCodes: _aio.UnaryUnaryMultiCallable[_auth_pb2.RegenerateRecoveryCodesRequest, _auth_pb2.RegenerateRecoveryCodesResponse]  # type: ignore[assignment]
     LookupUsers: _aio.UnaryUnaryMultiCallable[_auth_pb2.LookupUsersRequest, _auth_pb2.LookupUsersResponse]  # type: ignore[assignment]
     """Usernames of user ids, for showing people by name (reactions, members, direct conversations).
@@ -358,6 +370,18 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.LiftSourceSlowdownResponse, _abc.Awaitable[_auth_pb2.LiftSourceSlowdownResponse]]:
         """Ends the anomaly detector's slow-down of a client address (SourceSlowed) before its time is up."""
+
+    @_abc_1.abstractmethod
+    def RequestErasure(
+        self,
+        request: _auth_pb2.RequestErasureRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.RequestErasureResponse, _abc.Awaitable[_auth_pb2.RequestErasureResponse]]:
+        """The erasure of an account's data (the user themself, or the platform identity acting for
+        them): auth records the request (audited, AccountErasureRequested on its own subject), and
+        acts on storage's erasure facts only for an account whose erasure it recorded. Then
+        storage's EraseUserData shreds the keys and has the owners delete the events.
+        """
 
     @_abc_1.abstractmethod
     def RegenerateRecoveryCodes(

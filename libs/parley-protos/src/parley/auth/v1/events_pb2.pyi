@@ -937,6 +937,39 @@ class SourceSlowdownLifted(_message.Message):
 Global___SourceSlowdownLifted: _TypeAlias = SourceSlowdownLifted  # noqa: Y015
 
 @_typing.final
+class AccountErasureRequested(_message.Message):
+    """The erasure of an account's data was requested through auth (RequestErasure, by the user
+    themself or the platform identity; or by the platform identity when a restored backup predates
+    an erasure its keyring already holds), on parley.auth.erasure.<user_id>. Auth tombstones the
+    account and deletes its events on storage's facts only when this exists. Names no personal data
+    beyond the id; never deleted by the erasure.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    requested_by: _builtins.str
+    """"user:<id>" or "platform" """
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        requested_by: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "requested_by", b"requested_by", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountErasureRequested: _TypeAlias = AccountErasureRequested  # noqa: Y015
+
+@_typing.final
 class AccountErased(_message.Message):
     """Tombstone of an erased account, appended by auth on the account's username subject when storage
     records that it is about to delete the account's events from the stream

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eparley/storage/v1/events.proto\x12\x11parley.storage.v1\"_\n\x0eUserDataErased\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\terased_by\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x19\n\x11\x64\x65stroyed_key_ids\x18\x04 \x03(\t\"D\n\x19UserDataErasedFromStreams\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x16\n\x0e\x65vents_deleted\x18\x02 \x01(\x04\"N\n\x11\x43hannelErasureDue\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nchannel_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63hannel_seqs\x18\x03 \x03(\x04\":\n\x11\x41\x63\x63ountErasureDue\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0cusername_key\x18\x02 \x01(\t\"m\n\x0cRetentionDue\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63hannel_seqs\x18\x02 \x03(\x04\x12\x16\n\x0eretention_days\x18\x03 \x01(\r\x12\x1b\n\x13sent_before_unix_ns\x18\x04 \x01(\x03\"o\n\x18\x41rchiveConsumerRecreated\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x02 \x01(\t\x12\x18\n\x10resumed_from_seq\x18\x03 \x01(\x04\x12\x17\n\x0fstream_last_seq\x18\x04 \x01(\x04\"\x8f\x01\n\x10\x45ventLogRestored\x12\x11\n\tbackup_id\x18\x01 \x01(\t\x12\x19\n\x11\x62\x61\x63kup_created_at\x18\x02 \x01(\t\x12\x32\n\x07streams\x18\x03 \x03(\x0b\x32!.parley.storage.v1.RestoredStream\x12\x19\n\x11\x65rasures_finished\x18\x04 \x03(\t\"Q\n\x0eRestoredStream\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x0e\n\x06\x65vents\x18\x02 \x01(\x04\x12\r\n\x05holes\x18\x03 \x01(\x04\x12\x10\n\x08last_seq\x18\x04 \x01(\x04\"F\n\x12RetentionPolicySet\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ys\x18\x02 \x01(\r\x12\x0e\n\x06set_by\x18\x03 \x01(\t\"8\n\x10UserDataExported\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65xported_by\x18\x02 \x01(\t\"w\n\x17KeyEncryptionKeyRotated\x12\x12\n\nnew_kek_id\x18\x01 \x01(\t\x12\x1b\n\x13rewrapped_data_keys\x18\x02 \x01(\x04\x12\x17\n\x0fretired_kek_ids\x18\x03 \x03(\t\x12\x12\n\nrotated_by\x18\x04 \x01(\t\"\xa3\x02\n\x0f\x41nomalyDetected\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x42\n\x08\x65vidence\x18\x03 \x03(\x0b\x32\x30.parley.storage.v1.AnomalyDetected.EvidenceEntry\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x0b\n\x03why\x18\x05 \x01(\t\x12\x10\n\x08response\x18\x06 \x01(\t\x12\x0f\n\x07user_id\x18\x07 \x01(\t\x12\x12\n\nsession_id\x18\x08 \x01(\t\x12\x0e\n\x06source\x18\t \x01(\t\x12\x19\n\x11trigger_event_ids\x18\n \x03(\t\x1a/\n\rEvidenceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"e\n\x14SessionRevocationDue\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x18\n\x10\x61nomaly_event_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"a\n\x11SourceSlowdownDue\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x12\n\nuntil_unix\x18\x02 \x01(\x01\x12\x18\n\x10\x61nomaly_event_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"a\n\x10SessionStepUpDue\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x18\n\x10\x61nomaly_event_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eparley/storage/v1/events.proto\x12\x11parley.storage.v1\"_\n\x0eUserDataErased\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\terased_by\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x19\n\x11\x64\x65stroyed_key_ids\x18\x04 \x03(\t\"D\n\x19UserDataErasedFromStreams\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x16\n\x0e\x65vents_deleted\x18\x02 \x01(\x04\"N\n\x11\x43hannelErasureDue\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nchannel_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63hannel_seqs\x18\x03 \x03(\x04\":\n\x11\x41\x63\x63ountErasureDue\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0cusername_key\x18\x02 \x01(\t\"t\n\x0eLogDeletionDue\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06stream\x18\x03 \x01(\t\x12\x31\n\x06\x65vents\x18\x04 \x03(\x0b\x32!.parley.storage.v1.LoggedEventRef\"6\n\x0eLoggedEventRef\x12\x12\n\nstream_seq\x18\x01 \x01(\x04\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\"m\n\x0cRetentionDue\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63hannel_seqs\x18\x02 \x03(\x04\x12\x16\n\x0eretention_days\x18\x03 \x01(\r\x12\x1b\n\x13sent_before_unix_ns\x18\x04 \x01(\x03\"o\n\x18\x41rchiveConsumerRecreated\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x02 \x01(\t\x12\x18\n\x10resumed_from_seq\x18\x03 \x01(\x04\x12\x17\n\x0fstream_last_seq\x18\x04 \x01(\x04\"\x8f\x01\n\x10\x45ventLogRestored\x12\x11\n\tbackup_id\x18\x01 \x01(\t\x12\x19\n\x11\x62\x61\x63kup_created_at\x18\x02 \x01(\t\x12\x32\n\x07streams\x18\x03 \x03(\x0b\x32!.parley.storage.v1.RestoredStream\x12\x19\n\x11\x65rasures_finished\x18\x04 \x03(\t\"Q\n\x0eRestoredStream\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x0e\n\x06\x65vents\x18\x02 \x01(\x04\x12\r\n\x05holes\x18\x03 \x01(\x04\x12\x10\n\x08last_seq\x18\x04 \x01(\x04\"F\n\x12RetentionPolicySet\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ys\x18\x02 \x01(\r\x12\x0e\n\x06set_by\x18\x03 \x01(\t\"8\n\x10UserDataExported\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65xported_by\x18\x02 \x01(\t\"w\n\x17KeyEncryptionKeyRotated\x12\x12\n\nnew_kek_id\x18\x01 \x01(\t\x12\x1b\n\x13rewrapped_data_keys\x18\x02 \x01(\x04\x12\x17\n\x0fretired_kek_ids\x18\x03 \x03(\t\x12\x12\n\nrotated_by\x18\x04 \x01(\t\"\xa3\x02\n\x0f\x41nomalyDetected\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x42\n\x08\x65vidence\x18\x03 \x03(\x0b\x32\x30.parley.storage.v1.AnomalyDetected.EvidenceEntry\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x0b\n\x03why\x18\x05 \x01(\t\x12\x10\n\x08response\x18\x06 \x01(\t\x12\x0f\n\x07user_id\x18\x07 \x01(\t\x12\x12\n\nsession_id\x18\x08 \x01(\t\x12\x0e\n\x06source\x18\t \x01(\t\x12\x19\n\x11trigger_event_ids\x18\n \x03(\t\x1a/\n\rEvidenceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"e\n\x14SessionRevocationDue\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x18\n\x10\x61nomaly_event_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"a\n\x11SourceSlowdownDue\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x12\n\nuntil_unix\x18\x02 \x01(\x01\x12\x18\n\x10\x61nomaly_event_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"a\n\x10SessionStepUpDue\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x18\n\x10\x61nomaly_event_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,28 +41,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHANNELERASUREDUE']._serialized_end=298
   _globals['_ACCOUNTERASUREDUE']._serialized_start=300
   _globals['_ACCOUNTERASUREDUE']._serialized_end=358
-  _globals['_RETENTIONDUE']._serialized_start=360
-  _globals['_RETENTIONDUE']._serialized_end=469
-  _globals['_ARCHIVECONSUMERRECREATED']._serialized_start=471
-  _globals['_ARCHIVECONSUMERRECREATED']._serialized_end=582
-  _globals['_EVENTLOGRESTORED']._serialized_start=585
-  _globals['_EVENTLOGRESTORED']._serialized_end=728
-  _globals['_RESTOREDSTREAM']._serialized_start=730
-  _globals['_RESTOREDSTREAM']._serialized_end=811
-  _globals['_RETENTIONPOLICYSET']._serialized_start=813
-  _globals['_RETENTIONPOLICYSET']._serialized_end=883
-  _globals['_USERDATAEXPORTED']._serialized_start=885
-  _globals['_USERDATAEXPORTED']._serialized_end=941
-  _globals['_KEYENCRYPTIONKEYROTATED']._serialized_start=943
-  _globals['_KEYENCRYPTIONKEYROTATED']._serialized_end=1062
-  _globals['_ANOMALYDETECTED']._serialized_start=1065
-  _globals['_ANOMALYDETECTED']._serialized_end=1356
-  _globals['_ANOMALYDETECTED_EVIDENCEENTRY']._serialized_start=1309
-  _globals['_ANOMALYDETECTED_EVIDENCEENTRY']._serialized_end=1356
-  _globals['_SESSIONREVOCATIONDUE']._serialized_start=1358
-  _globals['_SESSIONREVOCATIONDUE']._serialized_end=1459
-  _globals['_SOURCESLOWDOWNDUE']._serialized_start=1461
-  _globals['_SOURCESLOWDOWNDUE']._serialized_end=1558
-  _globals['_SESSIONSTEPUPDUE']._serialized_start=1560
-  _globals['_SESSIONSTEPUPDUE']._serialized_end=1657
+  _globals['_LOGDELETIONDUE']._serialized_start=360
+  _globals['_LOGDELETIONDUE']._serialized_end=476
+  _globals['_LOGGEDEVENTREF']._serialized_start=478
+  _globals['_LOGGEDEVENTREF']._serialized_end=532
+  _globals['_RETENTIONDUE']._serialized_start=534
+  _globals['_RETENTIONDUE']._serialized_end=643
+  _globals['_ARCHIVECONSUMERRECREATED']._serialized_start=645
+  _globals['_ARCHIVECONSUMERRECREATED']._serialized_end=756
+  _globals['_EVENTLOGRESTORED']._serialized_start=759
+  _globals['_EVENTLOGRESTORED']._serialized_end=902
+  _globals['_RESTOREDSTREAM']._serialized_start=904
+  _globals['_RESTOREDSTREAM']._serialized_end=985
+  _globals['_RETENTIONPOLICYSET']._serialized_start=987
+  _globals['_RETENTIONPOLICYSET']._serialized_end=1057
+  _globals['_USERDATAEXPORTED']._serialized_start=1059
+  _globals['_USERDATAEXPORTED']._serialized_end=1115
+  _globals['_KEYENCRYPTIONKEYROTATED']._serialized_start=1117
+  _globals['_KEYENCRYPTIONKEYROTATED']._serialized_end=1236
+  _globals['_ANOMALYDETECTED']._serialized_start=1239
+  _globals['_ANOMALYDETECTED']._serialized_end=1530
+  _globals['_ANOMALYDETECTED_EVIDENCEENTRY']._serialized_start=1483
+  _globals['_ANOMALYDETECTED_EVIDENCEENTRY']._serialized_end=1530
+  _globals['_SESSIONREVOCATIONDUE']._serialized_start=1532
+  _globals['_SESSIONREVOCATIONDUE']._serialized_end=1633
+  _globals['_SOURCESLOWDOWNDUE']._serialized_start=1635
+  _globals['_SOURCESLOWDOWNDUE']._serialized_end=1732
+  _globals['_SESSIONSTEPUPDUE']._serialized_start=1734
+  _globals['_SESSIONSTEPUPDUE']._serialized_end=1831
 # @@protoc_insertion_point(module_scope)

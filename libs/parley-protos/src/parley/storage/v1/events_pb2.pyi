@@ -152,6 +152,72 @@ class AccountErasureDue(_message.Message):
 Global___AccountErasureDue: _TypeAlias = AccountErasureDue  # noqa: Y015
 
 @_typing.final
+class LogDeletionDue(_message.Message):
+    """Events of an owner's stream that are due to leave the log (secure erase): an erased user's
+    events, or texts a redaction or retention removed. Storage may delete nothing on AUTH or MSG:
+    the stream's owner checks every event named here against its own stream and its own rules
+    (the event is the one named, the erased user's own personal data or a removed text, never the
+    newest on a subject others append to) and deletes it, or refuses the whole fact and deletes
+    nothing. At most 500 events a fact. On parley.storage.due.<owner>.deletion.<id>.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """"erasure" (of user_id) or "removed" (redacted or expired texts)"""
+    user_id: _builtins.str
+    """the erased user, for an erasure"""
+    stream: _builtins.str
+    """the owner's stream: AUTH (auth) or MSG (messaging)"""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___LoggedEventRef]: ...
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        stream: _builtins.str = ...,
+        events: _abc.Iterable[Global___LoggedEventRef] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "reason", b"reason", "stream", b"stream", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogDeletionDue: _TypeAlias = LogDeletionDue  # noqa: Y015
+
+@_typing.final
+class LoggedEventRef(_message.Message):
+    """One event of the log: its position and its id (a position re-used by a re-seeded log names
+    another event, which is then left alone).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_SEQ_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    stream_seq: _builtins.int
+    event_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        stream_seq: _builtins.int = ...,
+        event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "stream_seq", b"stream_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoggedEventRef: _TypeAlias = LoggedEventRef  # noqa: Y015
+
+@_typing.final
 class RetentionDue(_message.Message):
     """A channel's retention policy expired these messages: messaging appends MessagesExpired on the
     channel's subject; the archive then removes their texts from history and from the log. At most
