@@ -110,7 +110,9 @@ async def cmd_up(args: argparse.Namespace) -> int:
     from parley_cli.platform import run_platform
 
     remember_data_dir(args.data_dir)  # the CLI finds this platform from any folder from now on
-    return await run_platform(args.data_dir, gateway_port=args.gateway_port, nats_cluster=args.nats_cluster)
+    return await run_platform(
+        args.data_dir, gateway_port=args.gateway_port, nats_cluster=args.nats_cluster, database_url=args.database_url
+    )
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
@@ -306,6 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="run N nats-server nodes as one JetStream cluster, every stream on 3 of them (N >= 3)",
+    )
+    up.add_argument(
+        "--database-url",
+        default=os.environ.get("PARLEY_DATABASE_URL", ""),
+        metavar="URL",
+        help="keep the archive in PostgreSQL (postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE); the data folder "
+        "remembers it, so later starts need no flag (default: $PARLEY_DATABASE_URL, else SQLite in the data folder)",
     )
     up.set_defaults(run=cmd_up)
     sub.add_parser("status", help="health of every service and of nats-server").set_defaults(run=cmd_status)

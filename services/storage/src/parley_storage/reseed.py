@@ -54,7 +54,7 @@ from parley_storage.migrate import SchemaNewerThanCode, UnversionedDatabase, che
 from parley_storage.residency import location_of
 from parley_storage.restored import RestoreMarker, clear_restored, marker_path, read_restored
 from parley_storage.schema import events
-from parley_storage.service import KEYRING_FILE, database_url
+from parley_storage.service import KEYRING_FILE, configured_database_url, database_url
 from parley_storage.stream_erasure import request_markers
 from parley_storage.stream_log import read_if_present
 
@@ -322,6 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings(service="storage", data_dir=args.data_dir)
     if args.database_url:
         settings.database_url = args.database_url
+    settings.database_url = configured_database_url(settings)
 
     def say(line: str) -> None:
         print(line, flush=True)
