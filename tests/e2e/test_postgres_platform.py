@@ -8,6 +8,7 @@ backup of that folder is of the PostgreSQL archive; another database on the same
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,8 @@ pytestmark = pytest.mark.e2e
 PASSWORD = "a-long-enough-passphrase"
 SERVER = URL.create("postgresql", username="postgres", host="127.0.0.1", port=5432, database="test")
 MESSAGES = 12
+# What a restore needs from the key backup (README: "Backups").
+RESTORE_SECRETS = ("storage-kek.json", "storage-backup.key", "storage-backup-signing.pub", "auth-mfa-key.bin")
 
 
 @pytest.fixture(scope="module")
@@ -125,11 +128,44 @@ async def test_history_survives_a_restart_on_postgresql(
     manifest = json.loads(made.stdout)
     assert manifest["event_counts"]["MSG"] >= MESSAGES + 1
     assert platform.cli("backup", "verify", str(tmp_path / "backup"), check=False).returncode == 0
+    platform.kill()
+
+    # Restored into PostgreSQL, the new folder keeps that database: `parley up` there needs no flag.
+    restored = RunningPlatform(
+        data_dir=tmp_path / "restored" / "data",
+        env={"PARLEY_REGISTRATION": "open"},
+        up_args=("--gateway-port", str(free_port())),
+    )
+    (restored.data_dir / "secrets").mkdir(parents=True)
+    for secret in RESTORE_SECRETS:
+        shutil.copy2(platform.data_dir / "secrets" / secret, restored.data_dir / "secrets" / secret)
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema_name}_restored"'))
+    try:
+        done = restored.cli(
+            "backup",
+            "restore",
+            str(tmp_path / "backup"),
+            "--database-url",
+            url_of(f"{schema_name}_restored"),
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        restored.start()
+        assert "archive: PostgreSQL at postgresql+psycopg://postgres@127.0.0.1:5432/test" in restored.output()
+        alice = await person(restored, "alice", register=False)
+        assert await bodies(alice, channel.channel_id) == after
+        await alice.close()
+        assert archived_rows(admin, f"{schema_name}_restored") >= MESSAGES + 1
+        assert not (restored.data_dir / "storage" / "archive.db").exists()
+    finally:
+        restored.kill()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema_name}_restored" CASCADE'))
 
 
 def test_another_database_for_the_same_folder_is_refused(platform: RunningPlatform, schema: tuple[Engine, str]) -> None:
     """Runs after the platform above has stopped: its folder's archive is in that schema."""
-    platform.kill()
     other = url_of(schema[1] + "_other")
     refused = platform.cli("up", "--database-url", other, check=False)
     assert refused.returncode == 1
