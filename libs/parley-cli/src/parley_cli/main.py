@@ -387,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     mfa.add_commands(sub)  # issue 3: a user's own MFA settings
     privacy.add_commands(sub)  # fix-d: export and erasure of a user's data
     keyring.add_commands(sub)  # storage's key-encryption key rotation
+    from parley_cli import hosts  # a fleet of several hosts (issue 18)
+
+    hosts.add_commands(sub)
     return parser
 
 

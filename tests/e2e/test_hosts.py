@@ -1,0 +1,164 @@
+"""A second host joins the fleet: two node agents in two data folders on loopback, one JetStream cluster.
+
+The first host is `parley up --nats-cluster 3`; the operator issues host-b's bundle there with
+`parley host add` (certificates from the platform CA, never its key) and host-b runs
+`parley host join` from its own folder. `parley fleet` names both hosts; a client of host-b's
+gateway is served by host-b's instances and what it sends is in history on the first host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from parley_client import ParleyClient
+from parley_core.net import free_port
+from parley_core.testing.platform import TEST_DEFAULTS, RunningPlatform
+from parley_core.testing.waiting import eventually, wait_until
+
+pytestmark = pytest.mark.e2e
+
+PASSWORD = "a-long-enough-passphrase"
+JOINED_LINE = "joined the fleet"
+JOIN_TIMEOUT_S = 120.0
+
+
+@pytest.fixture(scope="module")
+def first_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
+    root = tmp_path_factory.mktemp("host-a")
+    running = RunningPlatform(
+        data_dir=root / "data",
+        env={"PARLEY_REGISTRATION": "open", "PARLEY_HEARTBEAT_SECONDS": "1"},
+        up_args=("--gateway-port", str(free_port()), "--nats-cluster", "3"),
+    )
+    running.start()
+    try:
+        yield running
+    finally:
+        running.kill()
+
+
+class JoinedHost:
+    def __init__(self, data_dir: Path, bundle: Path, env: dict[str, str]) -> None:
+        self.data_dir = data_dir
+        self.output_path = data_dir.parent / "join.out"
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
+        out = open(self.output_path, "wb")  # noqa: SIM115 - handed to the child process
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "parley_cli", "--data-dir", str(data_dir), "host", "join", str(bundle)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **TEST_DEFAULTS, **env},
+            start_new_session=True,
+        )
+        out.close()
+
+    def output(self) -> str:
+        return self.output_path.read_text(errors="replace")
+
+    def wait_joined(self) -> None:
+        def joined() -> bool:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"`parley host join` exited with {self.process.returncode}:\n{self.output()}")
+            return JOINED_LINE in self.output()
+
+        wait_until(joined, timeout=JOIN_TIMEOUT_S, what="host-b to join the fleet")
+
+    @property
+    def gateway_address(self) -> str:
+        return str(json.loads((self.data_dir / "client.json").read_text())["gateway_address"])
+
+    def stop(self) -> int:
+        os.killpg(self.process.pid, signal.SIGINT)
+        return self.process.wait(timeout=60)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.stop()
+
+
+def issued_by(cert: Path, ca: Path) -> bool:
+    x509.load_pem_x509_certificate(cert.read_bytes()).verify_directly_issued_by(
+        x509.load_pem_x509_certificate(ca.read_bytes())
+    )
+    return True
+
+
+def test_a_bundle_carries_certificates_from_the_ca_but_never_its_key(
+    first_host: RunningPlatform, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "bundle"
+    made = first_host.cli("host", "add", "host-b", "--services", "messaging,gateway", "--out", str(bundle), check=False)
+    assert made.returncode == 0, made.stderr
+    files = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file())
+    assert "pki/ca.key" not in files
+    assert {"pki/ca.crt", "pki/messaging.crt", "pki/gateway.crt", "pki/platform.crt", "fleet.json"} <= set(files)
+    ca = first_host.data_dir / "pki" / "ca.crt"
+    assert (bundle / "pki" / "ca.crt").read_bytes() == ca.read_bytes()
+    assert all(issued_by(bundle / "pki" / f"{name}.crt", ca) for name in ("messaging", "gateway", "platform"))
+    passwords = json.loads((bundle / "secrets" / "nats-passwords.json").read_text())
+    assert set(passwords) == {"messaging", "gateway"}  # not auth's, storage's or the registry's
+    fleet = json.loads((bundle / "fleet.json").read_text())
+    assert fleet["nats_url"].count(",") == 2  # every node of the cluster
+    assert fleet["nats_replicas"] == 3
+
+
+def test_services_that_keep_files_of_their_own_stay_on_the_first_host(
+    first_host: RunningPlatform, tmp_path: Path
+) -> None:
+    refused = first_host.cli(
+        "host", "add", "host-c", "--services", "storage", "--out", str(tmp_path / "b"), check=False
+    )
+    assert refused.returncode == 2
+    assert "storage cannot run on another host yet" in refused.stderr
+    assert not (tmp_path / "b").exists()
+
+
+async def test_a_second_host_serves_clients_and_shows_in_the_fleet(first_host: RunningPlatform, tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    first_host.cli("host", "add", "host-b", "--services", "messaging,gateway", "--out", str(bundle))
+    host_b = JoinedHost(tmp_path / "host-b" / "data", bundle, {"PARLEY_HEARTBEAT_SECONDS": "1"})
+    try:
+        host_b.wait_joined()
+        assert not (host_b.data_dir / "pki" / "ca.key").exists()
+
+        async def both_hosts() -> str | None:
+            shown = (await asyncio.to_thread(first_host.cli, "fleet", check=False)).stdout
+            rows = [line.split() for line in shown.splitlines()]
+            on_b = {row[0] for row in rows if "host-b" in row and "SERVING" in row}
+            return shown if on_b == {"messaging", "gateway"} else None
+
+        shown = await eventually(both_hosts, "`parley fleet` to show host-b's instances", timeout=60)
+        first_rows = [line for line in shown.splitlines() if line.startswith("auth ")]
+        assert first_rows  # the first host's services are there too
+        assert "host-b" not in first_rows[0]
+
+        # A client of host-b's gateway; what it sends is in history through the first host's.
+        bob = ParleyClient.connect(host_b.gateway_address, ca_cert=first_host.ca_cert.read_bytes())
+        await bob.register("bob", PASSWORD)
+        await bob.login("bob", PASSWORD)
+        channel = await bob.create_channel("across-hosts")
+        await bob.send(channel.channel_id, "sent through host-b")
+        alice = ParleyClient.connect(first_host.gateway_address, ca_cert=first_host.ca_cert.read_bytes())
+        await alice.login("bob", PASSWORD)
+
+        async def in_history() -> bool | None:
+            page = await alice.history(channel.channel_id, limit=10)
+            return True if [m.body for m in page.messages] == ["sent through host-b"] else None
+
+        await eventually(in_history, "host-b's message in history on the first host", timeout=60)
+        await bob.close()
+        await alice.close()
+    finally:
+        code = host_b.stop() if host_b.process.poll() is None else host_b.process.returncode
+    assert code == 0, host_b.output()
+    assert not (host_b.data_dir / "client.json").exists()
