@@ -59,7 +59,7 @@ def url_of(schema_name: str) -> str:
     return SERVER.update_query_dict({"options": f"-csearch_path={schema_name}"}).render_as_string(hide_password=False)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def platform(tmp_path_factory: pytest.TempPathFactory, schema: tuple[Engine, str]) -> Iterator[RunningPlatform]:
     root = tmp_path_factory.mktemp("pg-up")
     running = RunningPlatform(
@@ -112,6 +112,11 @@ async def test_history_survives_a_restart_on_postgresql(
     assert not (platform.data_dir / "storage" / "archive.db").exists(), "storage wrote a SQLite archive too"
 
     assert platform.stop() == 0
+    # Another database for this folder is refused: its archive is in the first one.
+    refused = platform.cli("up", "--database-url", url_of(schema_name + "_other"), check=False)
+    assert refused.returncode == 1
+    assert "archive is in postgresql+psycopg://postgres@127.0.0.1:5432/test" in refused.stderr
+    assert "--database-url" in refused.stderr
     platform.up_args = ("--gateway-port", str(free_port()))  # no --database-url: the folder remembers it
     platform.start()
     alice = await person(platform, "alice", register=False)
@@ -162,15 +167,6 @@ async def test_history_survives_a_restart_on_postgresql(
         restored.kill()
         with admin.connect() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema_name}_restored" CASCADE'))
-
-
-def test_another_database_for_the_same_folder_is_refused(platform: RunningPlatform, schema: tuple[Engine, str]) -> None:
-    """Runs after the platform above has stopped: its folder's archive is in that schema."""
-    other = url_of(schema[1] + "_other")
-    refused = platform.cli("up", "--database-url", other, check=False)
-    assert refused.returncode == 1
-    assert "archive is in postgresql+psycopg://postgres@127.0.0.1:5432/test" in refused.stderr
-    assert "--database-url" in refused.stderr
 
 
 def test_a_url_that_is_no_database_is_refused(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from parley_agent import AgentTimeouts, NodeAgent
 from parley_cli.host_bundle import BundleRefused, FleetConfig, make_bundle, parse_services, read_bundle
 from parley_cli.state import CLIENT_FILE, PlatformNotRunning, load_running_state
 from parley_cli.uplock import PlatformAlreadyRunning, UpLock
+from parley_core.config import PEER_ADDRESS_ENV
 from parley_core.files import ensure_private_dir, write_private_file
 from parley_core.natsconf import ensure_nats_passwords
 from parley_core.pki import CA_NAME, CertificateMissing, Pki, ensure_pki
@@ -89,7 +90,9 @@ class Host:
 
         for service in self.fleet.services:
             port = self.gateway_port if service == "gateway" and self.gateway_port else 0
-            await self.agent.open_front_door(service, port=port)
+            door = await self.agent.open_front_door(service, port=port)
+            if service in PEER_ADDRESS_ENV:  # callers on this host call its own instances
+                self.agent.environment[PEER_ADDRESS_ENV[service]] = door.address
         for service in self.fleet.services:  # in the fleet view before it counts as started
             await self.agent.start_serving(service, base_version(service), in_fleet=True)
         self._write_state()
