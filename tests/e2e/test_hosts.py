@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,14 +21,12 @@ from parley_client import ParleyClient
 from parley_client.testing import Traffic, history_count, send_continuously
 from parley_core.net import free_port
 from parley_core.testing.operators import OperatorTokens
-from parley_core.testing.platform import TEST_DEFAULTS, RunningPlatform
-from parley_core.testing.waiting import eventually, wait_until
+from parley_core.testing.platform import JoinedHost, RunningPlatform
+from parley_core.testing.waiting import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 PASSWORD = "a-long-enough-passphrase"
-JOINED_LINE = "joined the fleet"
-JOIN_TIMEOUT_S = 120.0
 MESSAGING_SOURCE = Path(__file__).resolve().parents[2] / "services" / "messaging"
 NEW_VERSION = "0.2.0"
 
@@ -50,45 +44,6 @@ def first_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlat
         yield running
     finally:
         running.kill()
-
-
-class JoinedHost:
-    def __init__(self, data_dir: Path, bundle: Path, env: dict[str, str]) -> None:
-        self.data_dir = data_dir
-        self.output_path = data_dir.parent / "join.out"
-        data_dir.parent.mkdir(parents=True, exist_ok=True)
-        out = open(self.output_path, "wb")  # noqa: SIM115 - handed to the child process
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "parley_cli", "--data-dir", str(data_dir), "host", "join", str(bundle)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **TEST_DEFAULTS, **env},
-            start_new_session=True,
-        )
-        out.close()
-
-    def output(self) -> str:
-        return self.output_path.read_text(errors="replace")
-
-    def wait_joined(self) -> None:
-        def joined() -> bool:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"`parley host join` exited with {self.process.returncode}:\n{self.output()}")
-            return JOINED_LINE in self.output()
-
-        wait_until(joined, timeout=JOIN_TIMEOUT_S, what="host-b to join the fleet")
-
-    @property
-    def gateway_address(self) -> str:
-        return str(json.loads((self.data_dir / "client.json").read_text())["gateway_address"])
-
-    def stop(self) -> int:
-        os.killpg(self.process.pid, signal.SIGINT)
-        return self.process.wait(timeout=60)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.stop()
 
 
 def issued_by(cert: Path, ca: Path) -> bool:
@@ -132,10 +87,8 @@ def test_services_that_keep_files_of_their_own_stay_on_the_first_host(
 def host_b(first_host: RunningPlatform, tmp_path_factory: pytest.TempPathFactory) -> Iterator[JoinedHost]:
     """host-b, joined with a bundle for messaging and gateway; it must leave cleanly (Ctrl-C, exit 0)."""
     root = tmp_path_factory.mktemp("host-b")
-    first_host.cli("host", "add", "host-b", "--services", "messaging,gateway", "--out", str(root / "bundle"))
-    joined = JoinedHost(root / "data", root / "bundle", {"PARLEY_HEARTBEAT_SECONDS": "1"})
+    joined = JoinedHost.join(first_host, root, "host-b", "messaging,gateway", {"PARLEY_HEARTBEAT_SECONDS": "1"})
     try:
-        joined.wait_joined()
         yield joined
     finally:
         code = joined.stop() if joined.process.poll() is None else joined.process.returncode
