@@ -41,7 +41,7 @@ from nats.js import JetStreamContext
 from parley.storage.v1.events_pb2 import EventLogRestored, RestoredStream, UserDataErased
 from sqlalchemy import Engine, func, select
 
-from parley_core.bus import WRONG_LAST_SEQUENCE, ConcurrencyConflict, EventBus
+from parley_core.bus import WRONG_LAST_SEQUENCE_CODES, ConcurrencyConflict, EventBus
 from parley_core.config import Settings
 from parley_core.envelope import NewEvent, decode
 from parley_core.nats_connect import connect_nats
@@ -152,7 +152,7 @@ async def _publish_in_order(js: JetStreamContext, stream: str, batch: list[Place
         try:
             ack = await future
         except nats.js.errors.APIError as exc:
-            if exc.err_code != WRONG_LAST_SEQUENCE:
+            if exc.err_code not in WRONG_LAST_SEQUENCE_CODES:
                 raise
             raise ReseedRefused(
                 f"stream {stream} changed while it was being re-seeded (at sequence {placed.seq}): "
