@@ -7,12 +7,13 @@ import ipaddress
 import stat
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from parley_core.pki import CA_COMMON_NAME, _issue_leaf, _store, ensure_pki
+from parley_core.pki import CA_COMMON_NAME, CertificateMissing, _issue_leaf, _store, ensure_pki, issue_into
 
 NAMES = ["auth", "nats"]
 
@@ -113,3 +114,24 @@ def test_reissues_cert_expiring_within_30_days(tmp_path: Path) -> None:
     renewed = x509.load_pem_x509_certificate(pki.read("auth")[0])
     assert renewed.not_valid_after_utc > dt.datetime.now(dt.UTC) + dt.timedelta(days=300)
     assert pki.read("nats") == other_before
+
+
+def test_a_host_gets_certificates_from_the_ca_without_its_key(tmp_path: Path) -> None:
+    operator = ensure_pki(tmp_path / "operator", [])
+    host = issue_into(operator, ["messaging"], tmp_path / "host")
+    assert not (tmp_path / "host" / "ca.key").exists()
+    assert host.ca_pem() == operator.ca_pem()
+    cert = x509.load_pem_x509_certificate(host.identity("messaging").cert.read_bytes())
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(operator.ca_pem()))
+    assert _mode(host.identity("messaging").key) == 0o600
+
+
+def test_a_host_folder_checks_its_certificates_and_never_makes_a_ca(tmp_path: Path) -> None:
+    operator = ensure_pki(tmp_path / "operator", [])
+    issue_into(operator, ["messaging"], tmp_path / "host")
+    before = _snapshot(tmp_path / "host")
+    ensure_pki(tmp_path / "host", ["messaging"])  # what a service does at start on the host
+    assert _snapshot(tmp_path / "host") == before
+    with pytest.raises(CertificateMissing, match="parley host add"):
+        ensure_pki(tmp_path / "host", ["gateway"])  # not issued to this host
+    assert _snapshot(tmp_path / "host") == before

@@ -496,7 +496,10 @@ class NodeAgent:
         probe = self._probes.get(instance.service)
         if probe is None:
             probe = self._probes[instance.service] = PROBES[instance.service](
-                pki=self.pki, environment=self.environment, state_file=self.data_dir / f"probe-{instance.service}.json"
+                pki=self.pki,
+                environment=self.environment,
+                state_file=self.data_dir / f"probe-{instance.service}.json",
+                host=self.host,
             )
         budget = iter(range(PROBE_TRANSACTIONS))
 

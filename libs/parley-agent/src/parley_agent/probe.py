@@ -5,13 +5,15 @@ through the front door) and read back from it. The calls are counted by the inst
 other, so the registry's gate sees them in its heartbeats; a failed or slow transaction is
 evidence too. The prober is an account of its own (member role), created by the agent as the
 platform identity the first time it is needed; its password and channel are kept in the
-agent's folder (0600). Only messaging has a probe so far; other services' canaries are judged
+agent's folder (0600). Each host's agent has an account of its own (a name from its host's), since
+it keeps the password in its own folder. Only messaging has a probe so far; other services' canaries are judged
 on their real traffic.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import secrets
@@ -38,9 +40,15 @@ class ProbeUnavailable(Exception):
     """The prober cannot act (no account, no channel); the gate waits for real traffic."""
 
 
+def prober_username(host: str) -> str:
+    """The prober of the agent on `host`: unique per host, within auth's 32 characters."""
+    return f"{PROBER_USERNAME}-{hashlib.sha256(host.encode()).hexdigest()[:10]}" if host else PROBER_USERNAME
+
+
 class MessagingProbe:
-    def __init__(self, *, pki: Pki, environment: Mapping[str, str], state_file: Path) -> None:
+    def __init__(self, *, pki: Pki, environment: Mapping[str, str], state_file: Path, host: str = "") -> None:
         self.pki = pki
+        self.host = host
         self.auth_address = environment.get(PEER_ADDRESS_ENV["auth"], "")
         self.messaging_address = environment.get(PEER_ADDRESS_ENV["messaging"], "")
         self.state_file = state_file
@@ -62,6 +70,8 @@ class MessagingProbe:
         if not self.auth_address:
             raise ProbeUnavailable("no auth address to log the prober in")
         state = self._state()
+        # An account made before probers were per host keeps its name.
+        username = state.get("username", PROBER_USERNAME if "password" in state else prober_username(self.host))
         channel = secure_channel(self.pki, identity=PLATFORM_USER, address=self.auth_address, peer="auth")
         try:
             auth = auth_pb2_grpc.AuthServiceStub(channel)
@@ -69,16 +79,16 @@ class MessagingProbe:
                 password = secrets.token_urlsafe(32)
                 try:
                     await auth.CreateUser(
-                        auth_pb2.CreateUserRequest(username=PROBER_USERNAME, password=password, role="member"),
+                        auth_pb2.CreateUserRequest(username=username, password=password, role="member"),
                         timeout=CALL_TIMEOUT_S,
                     )
                 except grpc.aio.AioRpcError as error:
                     raise ProbeUnavailable(f"cannot create the prober's account: {error.details()}") from None
-                state = {"password": password}
+                state = {"username": username, "password": password}
                 self._save(state)
             try:
                 login = await auth.Login(
-                    auth_pb2.LoginRequest(username=PROBER_USERNAME, password=state["password"]),
+                    auth_pb2.LoginRequest(username=username, password=state["password"]),
                     timeout=CALL_TIMEOUT_S,
                 )
             except grpc.aio.AioRpcError as error:

@@ -110,7 +110,9 @@ async def cmd_up(args: argparse.Namespace) -> int:
     from parley_cli.platform import run_platform
 
     remember_data_dir(args.data_dir)  # the CLI finds this platform from any folder from now on
-    return await run_platform(args.data_dir, gateway_port=args.gateway_port, nats_cluster=args.nats_cluster)
+    return await run_platform(
+        args.data_dir, gateway_port=args.gateway_port, nats_cluster=args.nats_cluster, database_url=args.database_url
+    )
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
@@ -307,6 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="run N nats-server nodes as one JetStream cluster, every stream on 3 of them (N >= 3)",
     )
+    up.add_argument(
+        "--database-url",
+        default=os.environ.get("PARLEY_DATABASE_URL", ""),
+        metavar="URL",
+        help="keep the archive in PostgreSQL (postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE); the data folder "
+        "remembers it, so later starts need no flag (default: $PARLEY_DATABASE_URL, else SQLite in the data folder)",
+    )
     up.set_defaults(run=cmd_up)
     sub.add_parser("status", help="health of every service and of nats-server").set_defaults(run=cmd_status)
     sub.add_parser("parked", help="poison events that consumers set aside").set_defaults(run=cmd_parked)
@@ -378,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     mfa.add_commands(sub)  # issue 3: a user's own MFA settings
     privacy.add_commands(sub)  # fix-d: export and erasure of a user's data
     keyring.add_commands(sub)  # storage's key-encryption key rotation
+    from parley_cli import hosts  # a fleet of several hosts (issue 18)
+
+    hosts.add_commands(sub)
     return parser
 
 

@@ -36,6 +36,14 @@ from parley_cli.uplock import PlatformAlreadyRunning, UpLock
 from parley_cli.wheels import WheelBuildError, source_digest
 from parley_core.bus import EventBus
 from parley_core.config import PEER_ADDRESS_ENV, RESTORED_MARKER, STABLE_ADDRESS_ENV, Settings
+from parley_core.database import (
+    SQLITE_ARCHIVE,
+    DatabaseChoiceRefused,
+    UnsupportedDatabase,
+    check_database_url,
+    choose_database,
+    location_of,
+)
 from parley_core.files import ensure_private_dir, write_private_file
 from parley_core.nats_connect import connect_nats
 from parley_core.nats_process import NatsServerProcess
@@ -97,6 +105,8 @@ class Platform:
         self.data_dir = data_dir.resolve()
         self.requested_gateway_port = gateway_port
         self.nats_cluster = nats_cluster
+        # PostgreSQL's URL (run_platform sets it from --database-url or the folder's record); "": SQLite.
+        self.database_url = ""
         self.out: TextIO | None = out
         self.front_doors: dict[str, Door] = {}
         self.web_claim: socket.socket | None = None
@@ -167,6 +177,7 @@ class Platform:
         if (self.data_dir / RESTORED_MARKER).exists():
             await self._reseed_restored_log()
 
+        self.say(f"archive: {self.archive_location}")
         self._claim_web_port()
         # Every front door first: each service is told the others' addresses when it starts.
         for name in START_ORDER:
@@ -227,6 +238,12 @@ class Platform:
     @property
     def web_url(self) -> str:
         return f"https://{self.web_address}/"
+
+    @property
+    def archive_location(self) -> str:
+        if self.database_url:
+            return f"PostgreSQL at {location_of(self.database_url)}"
+        return f"SQLite in {self.data_dir / SQLITE_ARCHIVE}"
 
     @property
     def replicas(self) -> int:
@@ -365,6 +382,7 @@ class Platform:
             str(self.data_dir),
             "--nats-url",
             self.nats_url,
+            *(["--database-url", self.database_url] if self.database_url else []),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
@@ -475,6 +493,8 @@ class Platform:
             WEB_ROOT_ENV: os.environ.get(WEB_ROOT_ENV, ""),
             # Each instance's Prometheus /metrics on a free port, named in metrics/targets/ (file_sd).
             "PARLEY_METRICS_LISTEN": "127.0.0.1:0",
+            # Read by storage; empty: SQLite in the data folder.
+            "PARLEY_DATABASE_URL": self.database_url,
         }
         for peer, var in PEER_ADDRESS_ENV.items():
             env[var] = self.front_doors[peer].address
@@ -668,12 +688,20 @@ def _tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
-async def run_platform(data_dir: Path, *, gateway_port: int | None, nats_cluster: int = 1) -> int:
+async def run_platform(
+    data_dir: Path, *, gateway_port: int | None, nats_cluster: int = 1, database_url: str = ""
+) -> int:
     try:
         platform = Platform(data_dir, gateway_port=gateway_port, nats_cluster=nats_cluster)
     except ValueError as exc:
         print(f"[parley] --nats-cluster {nats_cluster}: {exc}", file=sys.stderr)
         return 2
+    if database_url:
+        try:
+            check_database_url(database_url)
+        except UnsupportedDatabase as exc:
+            print(f"[parley] --database-url: {exc}", file=sys.stderr)
+            return 2
     ensure_private_dir(platform.data_dir)
     lock = UpLock(platform.data_dir)
     try:
@@ -689,6 +717,12 @@ async def run_platform(data_dir: Path, *, gateway_port: int | None, nats_cluster
             f"stopping its processes; pids {' '.join(map(str, leftovers))} still run (kill -TERM them first)",
             file=sys.stderr,
         )
+        return 1
+    try:
+        platform.database_url = choose_database(platform.data_dir, database_url)
+    except DatabaseChoiceRefused as exc:
+        lock.release()
+        print(f"[parley] refusing to start: {exc}", file=sys.stderr)
         return 1
     try:
         return await _run_locked(platform)

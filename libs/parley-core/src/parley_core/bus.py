@@ -41,6 +41,9 @@ from parley_core.topology import (
 log = logging.getLogger(__name__)
 
 WRONG_LAST_SEQUENCE = 10071  # JSStreamWrongLastSequenceErrF
+# The same refusal as a JetStream cluster's stream leader may give it, without the sequence
+# (JSStreamWrongLastSequenceConstantErr); nats.py's own key-value store takes both as one.
+WRONG_LAST_SEQUENCE_CODES = frozenset({WRONG_LAST_SEQUENCE, 10164})
 STREAM_NOT_FOUND = 10059
 CONSUMER_NOT_FOUND = 10014
 MARKER_ATTEMPTS = 5
@@ -266,7 +269,7 @@ class EventBus:
         try:
             ack = await self._publish_confirmed(subject, envelope.SerializeToString(), headers)
         except nats.js.errors.APIError as exc:
-            if exc.err_code != WRONG_LAST_SEQUENCE:
+            if exc.err_code not in WRONG_LAST_SEQUENCE_CODES:
                 raise
             # The server checks the expected sequence before Nats-Msg-Id, so a retry of an
             # append that did land (its ack was lost) looks like a conflict: it is our own write.
@@ -426,7 +429,7 @@ class EventBus:
         try:
             await self.js.publish(subject, msg.data, headers=headers)
         except nats.js.errors.APIError as exc:
-            if exc.err_code != WRONG_LAST_SEQUENCE:
+            if exc.err_code not in WRONG_LAST_SEQUENCE_CODES:
                 raise
             return  # parked already (by another consumer of ours, or before a restart)
         log.error(

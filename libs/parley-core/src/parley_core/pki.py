@@ -54,12 +54,24 @@ class Pki:
         return paths.cert.read_bytes(), paths.key.read_bytes()
 
 
+class CertificateMissing(RuntimeError):
+    """A host's folder (the CA's certificate, not its key) lacks a valid certificate it needs."""
+
+
 def ensure_pki(directory: Path, names: Iterable[str]) -> Pki:
-    """Create or repair the CA and a certificate for each of ``names`` in ``directory``."""
+    """Create or repair the CA and a certificate for each of ``names`` in ``directory``.
+
+    A folder with the CA's certificate but not its key is a host's that joined a fleet
+    (`parley host join`): its certificates were issued by the operator, so they are checked, and
+    one that is missing or expiring is an error naming the command that issues new ones.
+    """
     ensure_private_dir(directory)
     pki = Pki(directory=directory, ca_cert=directory / f"{CA_NAME}.crt")
     now = dt.datetime.now(dt.UTC)
     ca_paths = pki.identity(CA_NAME)
+    if ca_paths.cert.exists() and not ca_paths.key.exists():
+        _check_issued(pki, names, now)
+        return pki
     loaded = _load_valid(ca_paths, now)
     if loaded is None:
         ca_cert, ca_key = _issue_ca(now)
@@ -75,6 +87,37 @@ def ensure_pki(directory: Path, names: Iterable[str]) -> Pki:
             cert, key = _issue_leaf(name, ca_cert, ca_key, now)
             _store(paths, cert, key)
     return pki
+
+
+def _check_issued(pki: Pki, names: Iterable[str], now: dt.datetime) -> None:
+    ca_cert = x509.load_pem_x509_certificate(pki.ca_pem())
+    for name in dict.fromkeys(names):
+        leaf = _load_valid(pki.identity(name), now)
+        if leaf is None or not _issued_by(leaf[0], ca_cert):
+            raise CertificateMissing(
+                f"{pki.directory} has no valid certificate for {name!r} (missing, expiring or from another CA), "
+                "and the CA's key stays with the operator: issue this host a new bundle with "
+                "`parley host add HOST --services …` and join with it again"
+            )
+
+
+def issue_into(pki: Pki, names: Iterable[str], directory: Path) -> Pki:
+    """Certificates for ``names`` from this CA, written with the CA's certificate (never its key)
+    into ``directory``: what a host that joins the fleet gets."""
+    now = dt.datetime.now(dt.UTC)
+    loaded = _load_valid(pki.identity(CA_NAME), now)
+    if loaded is None:
+        raise CertificateMissing(f"{pki.directory} holds no valid CA certificate and key to issue certificates with")
+    ca_cert, ca_key = loaded
+    ensure_private_dir(directory)
+    issued = Pki(directory=directory, ca_cert=directory / f"{CA_NAME}.crt")
+    write_private_file(issued.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM))
+    for name in dict.fromkeys(names):
+        if name == CA_NAME:
+            raise ValueError(f"identity name {CA_NAME!r} is reserved for the certificate authority")
+        cert, key = _issue_leaf(name, ca_cert, ca_key, now)
+        _store(issued.identity(name), cert, key)
+    return issued
 
 
 def _load_valid(paths: CertPaths, now: dt.datetime) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None:

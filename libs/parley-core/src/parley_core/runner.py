@@ -41,7 +41,7 @@ from parley_core.logs import configure_logging
 from parley_core.metrics import MetricsTls, ServiceMetrics
 from parley_core.nats_connect import connect_nats
 from parley_core.natsconf import ensure_nats_passwords
-from parley_core.pki import Pki, ensure_pki
+from parley_core.pki import CertificateMissing, Pki, ensure_pki
 from parley_core.ranges import check_ranges
 from parley_core.rbac import METHOD_PERMISSIONS, PLATFORM_METHODS
 from parley_core.request_stats import RequestStats
@@ -422,7 +422,10 @@ async def serve(
     """Run one service until `stop` is set (or SIGTERM/SIGINT), then drain. Returns the exit code."""
     version = importlib.metadata.version(f"parley-{service}")
     stop = stop or asyncio.Event()
-    pki = ensure_pki(settings.pki_dir, [service])
+    try:
+        pki = ensure_pki(settings.pki_dir, [service])
+    except CertificateMissing as exc:
+        raise RefusedToStart(str(exc)) from None
     password = settings.nats_password or ensure_nats_passwords(settings.nats_passwords_file, [service])[service]
     telemetry.setup_telemetry(
         service=service,

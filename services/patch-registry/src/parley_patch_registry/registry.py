@@ -561,7 +561,8 @@ class Registry:
                 from_version=versions.pop() if versions else "",
                 to_version=to_version,
                 target_path=release.target_path,
-                old_instances=sorted(beat.instance_id for beat in live),
+                # Host by host: every instance of one host is replaced before the next host's.
+                old_instances=[b.instance_id for b in sorted(live, key=lambda b: (b.host, b.instance_id))],
                 release_published_by=self._release_publishers.get(release.target_path, ""),
                 actor=caller.user_id,
                 actor_role=caller.role,

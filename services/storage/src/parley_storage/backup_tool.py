@@ -21,6 +21,7 @@ from sqlalchemy import Connection, func, select
 from sqlalchemy.exc import DBAPIError
 
 from parley_core.config import AUTH_SEALING_KEY_FILE, REGISTRY_FOLDER, Settings
+from parley_core.database import choose_database
 from parley_storage.archive import open_engine
 from parley_storage.backup import (
     BACKUP_KEY_FILE,
@@ -45,7 +46,7 @@ from parley_storage.residency import (
 )
 from parley_storage.restored import mark_restored, what_a_restore_holds
 from parley_storage.schema import events
-from parley_storage.service import KEYRING_FILE, database_url, sqlite_archive_file
+from parley_storage.service import KEYRING_FILE, configured_database_url, database_url, sqlite_archive_file
 from parley_storage.settings import StorageSettings
 
 # The secrets a restore reads, exactly as docs/storage.md's "Backups" names them.
@@ -89,6 +90,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     settings = Settings(service="storage", data_dir=args.data_dir)
     if args.database_url:
         settings.database_url = args.database_url
+    settings.database_url = configured_database_url(settings)
     return settings
 
 
@@ -193,6 +195,8 @@ def restore(settings: Settings, backup: Path) -> dict[str, Any]:
         url = database_url(settings)
         check_configured(binding, url)
         where = location_of(settings.database_url) if settings.database_url else ""
+        if settings.database_url:  # `parley up` in this folder then finds its archive there
+            choose_database(settings.data_dir, settings.database_url)
 
         def before_commit(conn: Connection, backup_manifest: dict[str, Any]) -> None:
             # A refusal here rolls the whole restore back.

@@ -42,7 +42,7 @@ from parley.auth.v1.events_pb2 import AccountErasureRequested
 from parley.storage.v1.events_pb2 import EventLogRestored, RestoredStream, UserDataErased
 from sqlalchemy import Engine, func, select
 
-from parley_core.bus import WRONG_LAST_SEQUENCE, ConcurrencyConflict, EventBus
+from parley_core.bus import WRONG_LAST_SEQUENCE_CODES, ConcurrencyConflict, EventBus
 from parley_core.config import Settings
 from parley_core.envelope import NewEvent, decode
 from parley_core.nats_connect import connect_nats
@@ -62,7 +62,7 @@ from parley_storage.migrate import SchemaNewerThanCode, UnversionedDatabase, che
 from parley_storage.residency import location_of
 from parley_storage.restored import RestoreMarker, clear_restored, marker_path, read_restored
 from parley_storage.schema import events
-from parley_storage.service import KEYRING_FILE, database_url
+from parley_storage.service import KEYRING_FILE, configured_database_url, database_url
 from parley_storage.stream_erasure import request_markers
 from parley_storage.stream_log import read_if_present
 
@@ -160,7 +160,7 @@ async def _publish_in_order(js: JetStreamContext, stream: str, batch: list[Place
         try:
             ack = await future
         except nats.js.errors.APIError as exc:
-            if exc.err_code != WRONG_LAST_SEQUENCE:
+            if exc.err_code not in WRONG_LAST_SEQUENCE_CODES:
                 raise
             raise ReseedRefused(
                 f"stream {stream} changed while it was being re-seeded (at sequence {placed.seq}): "
@@ -350,6 +350,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings(service="storage", data_dir=args.data_dir)
     if args.database_url:
         settings.database_url = args.database_url
+    settings.database_url = configured_database_url(settings)
 
     def say(line: str) -> None:
         print(line, flush=True)

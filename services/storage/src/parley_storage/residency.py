@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import URL, Connection, insert, make_url, select
 
+from parley_core.database import with_driver
 from parley_storage.schema import residency
 from parley_storage.settings import StorageSettings
 
@@ -39,8 +40,9 @@ class ResidencyBinding:
 
 
 def location_of(url: str) -> str:
-    """A database URL without its password: the location, not the credential."""
-    parsed = make_url(url)
+    """A database URL without its password: the location, not the credential (`postgresql://`
+    with the driver the platform uses, as storage opens it)."""
+    parsed = make_url(with_driver(url))
     bare = URL.create(
         parsed.drivername,
         username=parsed.username,

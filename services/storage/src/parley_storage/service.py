@@ -20,6 +20,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from parley_core.bus import EventBus, ReceivedEvent, RetryLater
 from parley_core.config import Settings
+from parley_core.database import SQLITE_ARCHIVE, recorded_database_url, with_driver
 from parley_core.errors import InvalidArgument, PermissionDenied, Unavailable
 from parley_core.files import ensure_private_dir
 from parley_core.runner import RefusedToStart, RunContext
@@ -68,13 +69,20 @@ KEYRING_FILE = "storage-kek.json"
 
 def sqlite_archive_file(settings: Settings) -> Path:
     """Where the archive is when PARLEY_DATABASE_URL names no database."""
-    return settings.data_dir / "storage" / "archive.db"
+    return settings.data_dir / SQLITE_ARCHIVE
+
+
+def configured_database_url(settings: Settings) -> str:
+    """PARLEY_DATABASE_URL (or a tool's --database-url), else the URL `parley up --database-url`
+    recorded in the data folder; empty when the archive is SQLite in the folder."""
+    return with_driver(settings.database_url or recorded_database_url(settings.data_dir))
 
 
 def database_url(settings: Settings) -> str:
-    """PARLEY_DATABASE_URL, else SQLite in the data folder."""
-    if settings.database_url:
-        return settings.database_url
+    """The configured database, else SQLite in the data folder."""
+    configured = configured_database_url(settings)
+    if configured:
+        return configured
     archive_file = sqlite_archive_file(settings)
     ensure_private_dir(archive_file.parent)
     return f"sqlite:///{archive_file}"

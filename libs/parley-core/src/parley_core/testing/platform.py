@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -122,6 +123,83 @@ class RunningPlatform:
 
     def log(self, service: str) -> str:
         return (self.data_dir / "logs" / f"{service}.log").read_text(errors="replace")
+
+
+JOINED_LINE = "joined the fleet"
+
+
+class JoinedHost:
+    """Another host of the fleet as an operator starts it: `parley host join BUNDLE` in its own folder."""
+
+    def __init__(self, data_dir: Path, bundle: Path, env: Mapping[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.output_path = data_dir.parent / "join.out"
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
+        out = open(self.output_path, "wb")  # noqa: SIM115 - handed to the child process
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "parley_cli", "--data-dir", str(data_dir), "host", "join", str(bundle)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **TEST_DEFAULTS, **(env or {})},
+            start_new_session=True,
+        )
+        out.close()
+
+    @classmethod
+    def join(
+        cls, platform: RunningPlatform, root: Path, name: str, services: str, env: Mapping[str, str] | None = None
+    ) -> JoinedHost:
+        """The host's bundle issued on `platform` (`parley host add`), then the host joined and serving."""
+        platform.cli("host", "add", name, "--services", services, "--out", str(root / "bundle"))
+        host = cls(root / "data", root / "bundle", env)
+        try:
+            host.wait_joined()
+        except BaseException:
+            host.kill()
+            raise
+        return host
+
+    def output(self) -> str:
+        return self.output_path.read_text(errors="replace")
+
+    def wait_joined(self) -> None:
+        def joined() -> bool:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"`parley host join` exited with {self.process.returncode}:\n{self.output()}")
+            return JOINED_LINE in self.output()
+
+        wait_until(joined, timeout=START_TIMEOUT_S, what=f"{self.data_dir} to join the fleet")
+
+    @property
+    def gateway_address(self) -> str:
+        return str(json.loads((self.data_dir / "client.json").read_text())["gateway_address"])
+
+    def instance_pids(self) -> list[int]:
+        state = json.loads((self.data_dir / "host.json").read_text())
+        return [int(i["pid"]) for i in state.get("instances", [])]
+
+    def kill_9(self) -> list[int]:
+        """The host lost: SIGKILL to its agent and every instance it runs (each in a session of its own)."""
+        pids = [self.process.pid, *self.instance_pids()]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait(timeout=STOP_TIMEOUT_S)
+        return pids
+
+    def stop(self) -> int:
+        """Ctrl-C: the agent drains its instances and exits."""
+        os.killpg(self.process.pid, signal.SIGINT)
+        return self.process.wait(timeout=STOP_TIMEOUT_S)
+
+    def kill(self) -> None:
+        """Whatever is left of it, gone (a test's clean-up)."""
+        if self.process.poll() is None:
+            self.stop()
+        with contextlib.suppress(OSError, ValueError):
+            for pid in self.instance_pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def platform_in(root: Path, **env: str) -> RunningPlatform:

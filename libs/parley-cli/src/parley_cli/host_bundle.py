@@ -1,0 +1,128 @@
+"""A host's bundle: what a machine needs to run some of the platform's services in the fleet.
+
+`parley host add NAME --services …` makes it on the operator's side, from the first host's data
+folder: certificates issued by the platform CA for the services assigned to the host and for its
+node agent (the CA's key never leaves the operator's folder), those services' NATS passwords, and
+the fleet's shared configuration (NATS URLs, stream replicas, the registry's and the other
+services' addresses). `parley host join BUNDLE` on the host reads it.
+
+A host may run the services whose state is the event log alone (messaging, gateway). auth,
+storage and the patch registry keep keys or files of their own (auth's sealing and signing keys,
+storage's key-encryption keys and its archive, the registry's TUF repository) and stay on the
+first host for now.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from parley_core.config import PEER_ADDRESS_ENV
+from parley_core.files import ensure_private_dir, write_private_file
+from parley_core.pki import Pki, issue_into
+from parley_core.topology import PLATFORM_USER
+
+__all__ = ["HOSTABLE_SERVICES", "BundleRefused", "FleetConfig", "make_bundle", "read_bundle"]
+
+HOSTABLE_SERVICES = ("messaging", "gateway")
+FLEET_FILE = "fleet.json"
+BUNDLE_FORMAT = 1
+_HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+class BundleRefused(ValueError):
+    """The host, its services or the platform's state do not make a bundle; the message says why."""
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """The shared configuration every host of the fleet runs with, and this host's part of it."""
+
+    host: str
+    services: tuple[str, ...]
+    nats_url: str
+    nats_replicas: int
+    registry_address: str
+    # The first host's front door of each service another service calls (PEER_ADDRESS_ENV).
+    peers: dict[str, str]
+    format: int = BUNDLE_FORMAT
+
+    def environment(self, data_dir: Path) -> dict[str, str]:
+        """What every instance on this host is told (the agent adds its port and instance id)."""
+        env = {
+            "PARLEY_DATA_DIR": str(data_dir),
+            "PARLEY_HOST_NAME": self.host,
+            "PARLEY_NATS_URL": self.nats_url,
+            "PARLEY_NATS_REPLICAS": str(self.nats_replicas),
+            "PARLEY_METRICS_LISTEN": "127.0.0.1:0",
+        }
+        for peer, var in PEER_ADDRESS_ENV.items():
+            env[var] = self.peers[peer]
+        return env
+
+
+def parse_services(text: str) -> tuple[str, ...]:
+    services = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
+    if not services:
+        raise BundleRefused("name the services this host runs, e.g. --services messaging,gateway")
+    others = [s for s in services if s not in HOSTABLE_SERVICES]
+    if others:
+        raise BundleRefused(
+            f"{', '.join(others)} cannot run on another host yet (it keeps keys or files of its own on the "
+            f"first host); a host runs {' and '.join(HOSTABLE_SERVICES)}"
+        )
+    return services
+
+
+def make_bundle(
+    *, state: dict[str, Any], pki: Pki, passwords: dict[str, str], host: str, services: tuple[str, ...], out: Path
+) -> FleetConfig:
+    """Writes the bundle into `out` (a new folder, 0700); refuses before writing anything."""
+    if not _HOST_NAME.match(host):
+        raise BundleRefused(f"{host!r} is no host name: lower-case letters, digits and '-', at most 63")
+    if out.exists():
+        raise BundleRefused(f"{out} exists; name a new folder for the bundle")
+    if not state.get("running"):
+        raise BundleRefused("the platform is not running: start it with `parley up` (its addresses go into the bundle)")
+    addresses = {name: str(s.get("address", "")) for name, s in state.get("services", {}).items()}
+    missing = [name for name in (*PEER_ADDRESS_ENV, "patch-registry") if not addresses.get(name)]
+    if missing:
+        raise BundleRefused(f"the platform's state names no address for {', '.join(missing)}; is it fully up?")
+    fleet = FleetConfig(
+        host=host,
+        services=services,
+        nats_url=str(state["nats_url"]),
+        nats_replicas=3 if len(state.get("nats", [])) >= 3 else 1,
+        registry_address=addresses["patch-registry"],
+        peers={peer: addresses[peer] for peer in PEER_ADDRESS_ENV},
+    )
+    try:
+        ensure_private_dir(out)
+        issue_into(pki, [*services, PLATFORM_USER], out / "pki")
+        ensure_private_dir(out / "secrets")
+        own = {service: passwords[service] for service in services}
+        write_private_file(out / "secrets" / "nats-passwords.json", json.dumps(own, indent=2).encode())
+        write_private_file(out / FLEET_FILE, json.dumps(asdict(fleet), indent=2).encode())
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # no half-made bundle
+        raise
+    return fleet
+
+
+def read_bundle(bundle: Path) -> FleetConfig:
+    path = bundle / FLEET_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleRefused(f"{bundle} is no host bundle (no {FLEET_FILE}); make one with `parley host add`") from None
+    except ValueError as exc:
+        raise BundleRefused(f"{path} is not valid JSON: {exc}") from None
+    if raw.get("format") != BUNDLE_FORMAT:
+        raise BundleRefused(f"{path} is a bundle of format {raw.get('format')!r}; this parley reads {BUNDLE_FORMAT}")
+    fleet = FleetConfig(**{**raw, "services": tuple(raw["services"])})
+    parse_services(",".join(fleet.services))
+    return fleet

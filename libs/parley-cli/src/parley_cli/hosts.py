@@ -1,0 +1,192 @@
+"""`parley host add|join`: another machine joins the fleet with a node agent of its own.
+
+`host add` (the operator, on the first host's data folder) issues the host's bundle
+(parley_cli.host_bundle). `host join BUNDLE` (on the host) runs a node agent for the services
+the bundle assigns it, with the fleet's NATS cluster and the registry's address: its instances
+report to the same fleet view (`parley fleet` names the host), and the agent follows the
+registry's roll-outs, doing each step whose old instance is on this host. Ctrl-C drains them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+from parley_agent import AgentTimeouts, NodeAgent
+from parley_cli.host_bundle import BundleRefused, FleetConfig, make_bundle, parse_services, read_bundle
+from parley_cli.state import CLIENT_FILE, PlatformNotRunning, load_running_state
+from parley_cli.uplock import PlatformAlreadyRunning, UpLock
+from parley_core.config import PEER_ADDRESS_ENV
+from parley_core.files import ensure_private_dir, write_private_file
+from parley_core.natsconf import ensure_nats_passwords
+from parley_core.pki import CA_NAME, CertificateMissing, Pki, ensure_pki
+
+HOST_STATE_FILE = "host.json"
+SUPERVISE_INTERVAL_S = 0.5
+TIMEOUTS = AgentTimeouts(healthy_s=60.0, drain_s=20.0)
+
+
+def say(text: str) -> None:
+    print(f"[parley host] {text}", flush=True)
+
+
+async def cmd_host_add(args: argparse.Namespace) -> int:
+    try:
+        services = parse_services(args.services)
+        state = load_running_state(args.data_dir)
+        pki = Pki(directory=args.data_dir / "pki", ca_cert=args.data_dir / "pki" / f"{CA_NAME}.crt")
+        passwords = ensure_nats_passwords(args.data_dir / "secrets" / "nats-passwords.json", [])
+        fleet = make_bundle(state=state, pki=pki, passwords=passwords, host=args.name, services=services, out=args.out)
+    except (BundleRefused, PlatformNotRunning, CertificateMissing) as exc:
+        print(f"parley host add: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"bundle for host {fleet.host} ({', '.join(fleet.services)}) in {args.out}: certificates from this "
+        f"platform's CA (not its key), NATS passwords of those services, the fleet's addresses. Copy it to the "
+        f"host over a private channel and run there: parley --data-dir DIR host join {args.out}"
+    )
+    return 0
+
+
+def _install(bundle: Path, data_dir: Path) -> None:
+    """The bundle's certificates and passwords into the host's data folder (a new bundle replaces old ones)."""
+    if (data_dir / "pki" / f"{CA_NAME}.key").exists():
+        raise BundleRefused(f"{data_dir} is a platform's own folder (it holds the CA key); join from another folder")
+    ensure_private_dir(data_dir / "pki")
+    ensure_private_dir(data_dir / "secrets")
+    for source in (bundle / "pki").iterdir():
+        write_private_file(data_dir / "pki" / source.name, source.read_bytes())
+    shutil.copyfile(bundle / "secrets" / "nats-passwords.json", data_dir / "secrets" / "nats-passwords.json")
+
+
+class Host:
+    """One host's node agent and its instances, from start to drained stop."""
+
+    def __init__(self, data_dir: Path, fleet: FleetConfig, *, gateway_port: int | None) -> None:
+        self.data_dir = data_dir
+        self.fleet = fleet
+        self.gateway_port = gateway_port
+        self.pki = ensure_pki(data_dir / "pki", [*fleet.services, "platform"])  # checks, never issues here
+        self.agent = NodeAgent(
+            data_dir=data_dir / "agent",
+            pki=self.pki,
+            registry_address=fleet.registry_address,
+            environment=fleet.environment(data_dir),
+            timeouts=TIMEOUTS,
+            log_dir=data_dir / "logs",
+            host=fleet.host,
+            announce=say,
+        )
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        from parley_cli.platform import base_version
+
+        for service in self.fleet.services:
+            port = self.gateway_port if service == "gateway" and self.gateway_port else 0
+            door = await self.agent.open_front_door(service, port=port)
+            if service in PEER_ADDRESS_ENV:  # callers on this host call its own instances
+                self.agent.environment[PEER_ADDRESS_ENV[service]] = door.address
+        for service in self.fleet.services:  # in the fleet view before it counts as started
+            await self.agent.start_serving(service, base_version(service), in_fleet=True)
+        self._write_state()
+        doors = ", ".join(f"{s} on {d.address}" for s, d in self.agent.front_doors.items())
+        say(f"host {self.fleet.host} joined the fleet: {doors}")
+
+    def _write_state(self) -> None:
+        instances = [
+            {"service": i.service, "instance_id": i.instance_id, "version": i.version, "pid": i.process.pid}
+            for i in self.agent.instances.values()
+            if i.process is not None
+        ]
+        state = {"host": self.fleet.host, "running": True, "instances": instances}
+        write_private_file(self.data_dir / HOST_STATE_FILE, json.dumps(state, indent=2).encode())
+        if "gateway" in self.agent.front_doors:
+            client = {
+                "gateway_address": self.agent.front_doors["gateway"].address,
+                "ca_cert": str(self.pki.ca_cert),
+            }
+            write_private_file(self.data_dir / CLIENT_FILE, json.dumps(client, indent=2).encode())
+
+    async def run(self) -> None:
+        """Follows the registry's roll-outs; an instance that crashed is started again."""
+        following = asyncio.create_task(self.agent.run())
+        try:
+            while not self._stopping.is_set():
+                for instance in self.agent.exited():
+                    say(f"{instance.instance_id} exited; restarting it")
+                    await self.agent.restart(instance.instance_id)
+                self._write_state()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), SUPERVISE_INTERVAL_S)
+        finally:
+            following.cancel()  # its passes are idempotent: stopping mid-pass is safe
+            await asyncio.gather(following, return_exceptions=True)
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def stop(self) -> None:
+        (self.data_dir / CLIENT_FILE).unlink(missing_ok=True)
+        for instance in await self.agent.stop(order=("gateway", "messaging")):
+            say(f"{instance.instance_id} stopped")
+        write_private_file(
+            self.data_dir / HOST_STATE_FILE, json.dumps({"host": self.fleet.host, "running": False}).encode()
+        )
+
+
+async def cmd_host_join(args: argparse.Namespace) -> int:
+    data_dir = args.data_dir.resolve()
+    try:
+        fleet = read_bundle(args.bundle)
+        ensure_private_dir(data_dir)
+    except BundleRefused as exc:
+        print(f"parley host join: {exc}", file=sys.stderr)
+        return 2
+    lock = UpLock(data_dir)
+    try:
+        lock.acquire()
+    except PlatformAlreadyRunning as exc:
+        print(f"parley host join: refusing to start: {exc}", file=sys.stderr)
+        return 1
+    try:
+        _install(args.bundle, data_dir)
+        host = Host(data_dir, fleet, gateway_port=args.gateway_port)
+    except (BundleRefused, CertificateMissing) as exc:
+        lock.release()
+        print(f"parley host join: {exc}", file=sys.stderr)
+        return 2
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, host.request_stop)
+    try:
+        await host.start()
+        await host.run()
+        return 0
+    except RuntimeError as exc:
+        say(f"start failed: {exc}")
+        return 1
+    finally:
+        await host.stop()
+        lock.release()
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    host = sub.add_parser("host", help="run services on more machines: one node agent per host").add_subparsers(
+        dest="host_command", required=True
+    )
+    add = host.add_parser("add", help="issue a host's bundle (certificates, NATS passwords, the fleet's addresses)")
+    add.add_argument("name", help="the host's name, as `parley fleet` shows it")
+    add.add_argument("--services", required=True, help="comma-separated: messaging, gateway")
+    add.add_argument("--out", type=Path, required=True, help="a new folder for the bundle")
+    add.set_defaults(run=cmd_host_add)
+    join = host.add_parser("join", help="run this host's services in the fleet with a bundle from `host add`")
+    join.add_argument("bundle", type=Path)
+    join.add_argument("--gateway-port", type=int, help="the port of this host's gateway (default: a free one)")
+    join.set_defaults(run=cmd_host_join)
