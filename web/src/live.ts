@@ -11,8 +11,9 @@ export type ConnectionState = "connecting" | "live" | "offline" | "reconnecting"
 export interface LiveHandlers {
   event(event: ClientEvent): void;
   state(state: ConnectionState, detail: string): void;
-  /** A stream started again after a gap: the channel list may have changed meanwhile. */
-  resumed(): void;
+  /** A stream started again after a gap, or ended because a channel is no longer the user's:
+   * the channel list may have changed meanwhile. */
+  resumed(): Promise<void>;
 }
 
 const MAX_BACKOFF_MS = 15_000;
@@ -46,9 +47,15 @@ export class LiveStream {
     this.abort?.abort();
   }
 
-  /** A channel joined or created after the stream started: subscribe again to include it. */
+  /** A channel joined or created after the stream started, or one left: subscribe again to cover
+   * the channels the user is in now. */
   restart(): void {
     this.abort?.abort();
+  }
+
+  /** A channel the user is no longer in: joined again later, it starts afresh, not from here. */
+  forget(channelId: string): void {
+    this.positions.delete(channelId);
   }
 
   private remember(event: ClientEvent): void {
@@ -90,7 +97,7 @@ export class LiveStream {
         for await (const event of gateway.subscribe({ channelIds, resume }, { signal: this.abort.signal })) {
           if (event.event.case === "ready") {
             this.handlers.state("live", "Live");
-            if (!first) this.handlers.resumed();
+            if (!first) void this.handlers.resumed();
             first = false;
             failures = 0;
           }
@@ -104,8 +111,11 @@ export class LiveStream {
           this.handlers.state("offline", "Signed out: log in again");
           return;
         }
-        if (e.code === Code.Canceled && this.abort?.signal.aborted && navigator.onLine) {
+        if (this.abort?.signal.aborted && navigator.onLine) {
           continue; // restart(): at once, from where it was
+        }
+        if (e.code === Code.PermissionDenied) {
+          await this.handlers.resumed(); // removed from a channel unseen: the list read again first
         }
       }
       if (this.stopped) return;

@@ -9,11 +9,10 @@ import { append, clear, h, on } from "./dom.js";
 import { LiveStream, type ConnectionState } from "./live.js";
 import { renderSettings } from "./settings.js";
 import { consoleLink } from "./console/entry.js";
-import type { ClientEvent } from "./gen/parley/gateway/v1/gateway_pb.js";
+import type { ClientEvent, MembershipChange } from "./gen/parley/gateway/v1/gateway_pb.js";
 import type { Channel, ChatMessage, ReactionCount } from "./gen/parley/messaging/v1/messaging_pb.js";
 
 const PAGE = 50;
-const CHANNEL_POLL_MS = 10_000;
 const REACTION = "👍";
 const ENCRYPTED_NOTE =
   "End-to-end encrypted. This browser cannot decrypt it: no vetted build of the Olm/Megolm library is available for the web client yet. Read and write it with the parley CLI or the Python SDK.";
@@ -25,12 +24,36 @@ interface ChannelView {
   messages: Map<bigint, ChatMessage>;
   loaded: boolean;
   hasMore: boolean;
+  /** Other members' read markers (user id -> channel_seq), as the live stream moves them. */
+  readers: Map<string, bigint>;
+}
+
+function newView(channel: Channel): ChannelView {
+  return { channel, messages: new Map(), loaded: false, hasMore: true, readers: new Map() };
+}
+
+/** The message held, with what a live update says changed: an update carries only its news (a
+ * redaction has no sender, an edit no thread or time), the rest stays as it was. */
+function merged(known: ChatMessage | undefined, m: ChatMessage): ChatMessage {
+  if (!known) return m;
+  return {
+    ...m,
+    senderId: known.senderId || m.senderId,
+    senderName: m.senderName || known.senderName,
+    sentAt: m.sentAt ?? known.sentAt,
+    threadRootSeq: m.threadRootSeq || known.threadRootSeq,
+    replyCount: Math.max(m.replyCount, known.replyCount),
+    edited: m.edited || known.edited,
+    reactions: m.reactions.length > 0 || m.redacted ? m.reactions : known.reactions,
+  };
 }
 
 class App {
   private session: Session | null = null;
   private readonly channels = new Map<string, ChannelView>();
   private readonly names = new Map<string, string>();
+  /** Channels this user was invited to and has not joined: channel id -> who invited them. */
+  private readonly invitations = new Map<string, string>();
   private current = "";
   private live: LiveStream | null = null;
   private readonly root: HTMLElement;
@@ -40,6 +63,8 @@ class App {
   private threadEl = h("aside", { class: "thread", "aria-label": "Thread", hidden: true });
   private thread: { channelId: string; rootSeq: bigint } | null = null;
   private logEl: HTMLDivElement | null = null;
+  private headEl: HTMLDivElement = h("div", { class: "channel-head" });
+  private membersOpen = false;
   private noticeEl = h("p", { class: "notice", role: "alert" });
   private loadingOlder = false;
   private markTimer: number | undefined;
@@ -50,7 +75,7 @@ class App {
 
   async boot(): Promise<void> {
     // A session this browser already holds (the HttpOnly cookie): no password asked again.
-    const session = await api.refresh().catch(() => null);
+    const session = api.mayHaveSession() ? await api.refresh().catch(() => null) : null;
     if (session) {
       await this.enter(session);
     } else {
@@ -168,12 +193,11 @@ class App {
       {
         event: (e) => this.onEvent(e),
         state: (s, d) => this.setState(s, d),
-        resumed: () => void this.loadChannels(),
+        resumed: () => this.loadChannels().then(() => undefined),
       },
       () => [...this.channels.keys()],
     );
     this.live.start();
-    this.watchChannels();
     if (session.mfaEnrolmentRequired) this.openSettings("Your role requires two-factor authentication: enrol now.");
   }
 
@@ -186,6 +210,7 @@ class App {
       this.live?.stop();
       void api.logout().finally(() => {
         this.channels.clear();
+        this.invitations.clear();
         this.current = "";
         this.showLogin();
       });
@@ -265,8 +290,9 @@ class App {
       if (view) {
         view.channel = channel;
       } else {
-        this.channels.set(channel.channelId, { channel, messages: new Map(), loaded: false, hasMore: true });
+        this.channels.set(channel.channelId, newView(channel));
       }
+      this.invitations.delete(channel.channelId);
     }
     for (const id of [...this.channels.keys()]) if (!seen.has(id)) this.channels.delete(id);
     const unnamed = mine.channels.filter((c) => c.direct).flatMap((c) => c.memberIds.filter((u) => !this.names.has(u)));
@@ -284,24 +310,19 @@ class App {
     return [...this.channels.keys()].sort().join() !== before;
   }
 
-  /** New conversations others start with this user (a direct message, an invitation) show up
-   * within CHANNEL_POLL_MS, or at once when the tab comes back into view. */
-  private watchChannels(): void {
-    const look = (): void => {
-      void this.loadChannels().then((changed) => {
-        if (changed) this.live?.restart();
-      });
-    };
-    window.setInterval(look, CHANNEL_POLL_MS);
-    document.addEventListener("visibilitychange", () => {
-      if (document.visibilityState === "visible") look();
+  /** A channel this user came into elsewhere (joined by the CLI, a conversation someone started):
+   * the list read again, and the live stream subscribed again to cover it. */
+  private takeUp(): void {
+    void this.loadChannels().then((changed) => {
+      if (changed) this.live?.restart();
     });
   }
 
   private addChannel(channel: Channel): void {
     const known = this.channels.get(channel.channelId);
     if (known) known.channel = channel;
-    else this.channels.set(channel.channelId, { channel, messages: new Map(), loaded: false, hasMore: true });
+    else this.channels.set(channel.channelId, newView(channel));
+    this.invitations.delete(channel.channelId);
     this.renderChannels();
     this.live?.restart();
   }
@@ -326,6 +347,19 @@ class App {
       );
       on(button, "click", () => void this.open(c.channelId));
       append(this.navList, h("li", {}, button));
+    }
+    for (const [channelId, inviter] of this.invitations) {
+      const join = h("button", { type: "button", class: "small" }, "Join");
+      on(join, "click", () => {
+        withRefresh(() => gateway.joinChannel({ channelId }))
+          .then(async (channel) => {
+            this.addChannel(channel);
+            await this.open(channel.channelId);
+          })
+          .catch((err: unknown) => this.notice(api.describe(err)));
+      });
+      const who = this.names.get(inviter) ?? inviter;
+      append(this.navList, h("li", { class: "invitation" }, `${who} invited you to a channel `, join));
     }
   }
 
@@ -367,15 +401,22 @@ class App {
       if (log.scrollTop < 40) void this.loadOlder(view);
     });
     this.logEl = log;
-    const heading = h(
-      "div",
-      { class: "channel-head" },
+    this.headEl = h("div", { class: "channel-head" });
+    this.renderHead(view);
+    append(this.mainEl, this.headEl, log, this.composer(view));
+  }
+
+  /** The channel's name, topic and members: drawn again as they change, the composer untouched. */
+  private renderHead(view: ChannelView): void {
+    const c = view.channel;
+    clear(this.headEl);
+    append(
+      this.headEl,
       h("h2", { id: "channel-title" }, this.title(c)),
       c.topic ? h("p", { class: "topic" }, c.topic) : null,
       h("p", { class: "meta" }, `channel id: ${c.channelId} · ${c.memberIds.length} members`),
       this.membersButton(view),
     );
-    append(this.mainEl, heading, log, this.composer(view));
   }
 
   private composer(view: ChannelView): HTMLElement {
@@ -432,14 +473,14 @@ class App {
   }
 
   private membersButton(view: ChannelView): HTMLElement {
-    const list = h("ul", { class: "members", id: "members", hidden: true });
-    const button = h("button", { type: "button", class: "link", "aria-expanded": "false", "aria-controls": "members" }, "Members");
-    on(button, "click", () => {
-      const open = list.hidden;
-      list.hidden = !open;
-      button.setAttribute("aria-expanded", String(open));
-      if (!open) return;
-      void this.nameOf(view.channel.memberIds.slice(0, 200)).then(() => {
+    const list = h("ul", { class: "members", id: "members", hidden: !this.membersOpen });
+    const button = h(
+      "button",
+      { type: "button", class: "link", "aria-expanded": String(this.membersOpen), "aria-controls": "members" },
+      "Members",
+    );
+    const fill = (): void => {
+      void this.nameOf(view.channel.memberIds.filter((u) => !this.names.has(u)).slice(0, 200)).then(() => {
         clear(list);
         for (const id of view.channel.memberIds) {
           const item = h("li", {}, this.names.get(id) ?? id);
@@ -458,7 +499,14 @@ class App {
           list.appendChild(item);
         }
       });
+    };
+    on(button, "click", () => {
+      this.membersOpen = list.hidden;
+      list.hidden = !this.membersOpen;
+      button.setAttribute("aria-expanded", String(this.membersOpen));
+      if (this.membersOpen) fill();
     });
+    if (this.membersOpen) fill();
     return h("div", { class: "members-box" }, button, list);
   }
 
@@ -544,6 +592,7 @@ class App {
     for (const m of page.messages) view.messages.set(m.channelSeq, m);
     view.hasMore = page.hasMore;
     view.loaded = true;
+    this.nameThePeople(view);
   }
 
   /** After a gap (reconnect): what came since the newest message held. */
@@ -554,6 +603,7 @@ class App {
     const page = await withRefresh(() => gateway.getHistory({ channelId, afterSeq: newest, limit: 500 }));
     for (const m of page.messages) view.messages.set(m.channelSeq, m);
     if (channelId === this.current) this.renderMessages(view, "keep");
+    this.nameThePeople(view);
   }
 
   private async loadOlder(view: ChannelView): Promise<void> {
@@ -567,6 +617,7 @@ class App {
       for (const m of page.messages) view.messages.set(m.channelSeq, m);
       view.hasMore = page.hasMore;
       if (view.channel.channelId === this.current) this.renderMessages(view, "older");
+      this.nameThePeople(view);
     } finally {
       this.loadingOlder = false;
     }
@@ -584,20 +635,52 @@ class App {
       append(log, h("p", { class: "empty-log" }, "No messages yet. Say hello: type below and press Enter."));
     }
     const list = h("ol", { class: "message-list" });
-    const ordered = [...view.messages.values()].sort((a, b) => (a.channelSeq < b.channelSeq ? -1 : 1));
+    const ordered = [...view.messages.values()]
+      .filter((m) => m.threadRootSeq === 0n) // replies live in their thread
+      .sort((a, b) => (a.channelSeq < b.channelSeq ? -1 : 1));
+    const readBy = this.readersAt(view, ordered);
     let marked = false;
     for (const m of ordered) {
-      if (m.threadRootSeq > 0n) continue; // replies live in their thread
       const mark = view.readAtOpen;
       if (!marked && mark !== undefined && m.channelSeq > mark && m.senderId !== this.session?.userId) {
         append(list, h("li", { class: "new-line", "aria-label": "New messages" }, "New messages"));
         marked = true;
       }
-      append(list, this.messageItem(view, m));
+      const item = this.messageItem(view, m);
+      const readers = readBy.get(m.channelSeq);
+      if (readers) append(item, h("p", { class: "read-by" }, `Read by ${readers.join(", ")}`));
+      append(list, item);
     }
     append(log, list);
     if (scroll === "bottom" || (scroll === "keep" && atBottom)) log.scrollTop = log.scrollHeight;
     else if (scroll === "older") log.scrollTop = log.scrollHeight - fromBottom;
+  }
+
+  /** Where each other member's read marker shows: under the newest message of the timeline they
+   * have read (a marker on a thread reply shows at the timeline message before it). */
+  private readersAt(view: ChannelView, timeline: ChatMessage[]): Map<bigint, string[]> {
+    const at = new Map<bigint, string[]>();
+    for (const [userId, seq] of view.readers) {
+      let last: bigint | undefined;
+      for (const m of timeline) if (m.channelSeq <= seq) last = m.channelSeq;
+      if (last === undefined) continue;
+      at.set(last, [...(at.get(last) ?? []), this.names.get(userId) ?? userId]);
+    }
+    return at;
+  }
+
+  /** Looks up the names of the people a channel's messages and markers mention that no message
+   * names itself (a redacted message's sender, a reader), and draws the channel again with them. */
+  private nameThePeople(view: ChannelView): void {
+    const unnamed = new Set<string>();
+    for (const m of view.messages.values()) if (!m.senderName && m.senderId && !this.names.has(m.senderId)) unnamed.add(m.senderId);
+    for (const userId of view.readers.keys()) if (!this.names.has(userId)) unnamed.add(userId);
+    if (unnamed.size === 0) return;
+    void this.nameOf([...unnamed].slice(0, 200)).then((found) => {
+      if (found.size === 0) return;
+      if (view.channel.channelId === this.current) this.renderMessages(view, "keep");
+      if (this.thread?.channelId === view.channel.channelId) this.renderThread();
+    });
   }
 
   private messageItem(view: ChannelView, m: ChatMessage, inThread = false): HTMLLIElement {
@@ -718,9 +801,8 @@ class App {
   private upsert(m: ChatMessage): void {
     const view = this.channels.get(m.channelId);
     if (!view) return;
-    const known = view.messages.get(m.channelSeq);
-    // The live stream's copy carries no reaction counts: keep the ones held.
-    view.messages.set(m.channelSeq, known && m.reactions.length === 0 ? { ...m, reactions: known.reactions } : m);
+    view.messages.set(m.channelSeq, merged(view.messages.get(m.channelSeq), m));
+    this.nameThePeople(view);
     if (m.channelSeq > view.channel.lastSeq) view.channel.lastSeq = m.channelSeq;
     if (m.channelId === this.current) {
       this.renderMessages(view, "keep");
@@ -777,38 +859,77 @@ class App {
         if (view.channel.channelId === this.current) this.renderMessages(view, "keep");
         return;
       }
-      case "membership": {
+      case "readMarker": {
         const view = this.channels.get(e.value.channelId);
         if (!view) return;
-        const change = e.value.change;
-        if (change === "renamed") view.channel.name = e.value.detail;
-        if (change === "topic") view.channel.topic = e.value.detail;
-        const members = new Set(view.channel.memberIds);
-        if (change === "joined") members.add(e.value.userId);
-        if (["left", "kicked", "banned"].includes(change)) members.delete(e.value.userId);
-        view.channel.memberIds = [...members];
-        if (e.value.userId === this.session?.userId && ["left", "kicked", "banned"].includes(change)) {
-          this.channels.delete(e.value.channelId);
-          if (this.current === e.value.channelId) this.current = "";
-          void this.loadChannels();
+        const { userId, channelSeq } = e.value;
+        if (userId === this.session?.userId) {
+          // Read on another device: nothing there is unread here either.
+          if (channelSeq > view.channel.readSeq) view.channel.readSeq = channelSeq;
+          if (channelSeq >= view.channel.lastSeq && view.channel.unreadCount > 0n) {
+            view.channel.unreadCount = 0n;
+            this.renderChannels();
+          }
           return;
         }
-        this.renderChannels();
-        if (view.channel.channelId === this.current && (change === "renamed" || change === "topic")) {
-          this.renderChannel(view);
-          this.renderMessages(view, "bottom");
-        }
+        if (channelSeq <= (view.readers.get(userId) ?? 0n)) return;
+        view.readers.set(userId, channelSeq);
+        this.nameThePeople(view);
+        if (view.channel.channelId === this.current) this.renderMessages(view, "keep");
         return;
       }
+      case "membership":
+        this.onMembership(e.value);
+        return;
       default:
         return;
     }
+  }
+
+  private onMembership(change: MembershipChange): void {
+    const me = this.session?.userId;
+    const view = this.channels.get(change.channelId);
+    const removal = ["left", "kicked", "banned"].includes(change.change);
+    if (!view) {
+      // About this user in a channel the stream does not follow: an invitation, or a channel they
+      // came into elsewhere (the CLI, another tab, a conversation someone started with them).
+      if (change.userId !== me) return;
+      if (change.change === "invited") {
+        this.invitations.set(change.channelId, change.actorId);
+        void this.nameOf([change.actorId].filter((u) => !this.names.has(u))).then(() => this.renderChannels());
+      } else if (change.change === "joined") {
+        this.invitations.delete(change.channelId);
+        this.takeUp();
+      }
+      return;
+    }
+    if (change.userId === me && removal) {
+      this.channels.delete(change.channelId);
+      this.live?.forget(change.channelId);
+      if (change.change !== "left") this.notice(`You were removed from ${this.title(view.channel)}.`);
+      if (this.current === change.channelId) this.current = "";
+      if (this.thread?.channelId === change.channelId) this.thread = null;
+      this.renderThread();
+      this.live?.restart(); // the stream ends for that channel: carry on with the others at once
+      void this.loadChannels();
+      return;
+    }
+    const c = view.channel;
+    if (change.change === "renamed") c.name = change.detail;
+    if (change.change === "topic") c.topic = change.detail;
+    const members = new Set(c.memberIds);
+    if (change.change === "joined") members.add(change.userId);
+    if (removal) members.delete(change.userId);
+    c.memberIds = [...members];
+    this.renderChannels();
+    if (c.channelId === this.current) this.renderHead(view);
   }
 
   // -- names and settings --
 
   private async nameOf(ids: string[]): Promise<Map<string, string>> {
     const found = new Map<string, string>();
+    if (ids.length === 0) return found;
     const reply = await withRefresh(() => gateway.lookupUsers({ userIds: ids })).catch(() => null);
     for (const u of reply?.users ?? []) {
       found.set(u.userId, u.username);
