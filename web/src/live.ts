@@ -12,8 +12,8 @@ export interface LiveHandlers {
   event(event: ClientEvent): void;
   state(state: ConnectionState, detail: string): void;
   /** A stream started again after a gap, or ended because a channel is no longer the user's:
-   * the channel list may have changed meanwhile. */
-  resumed(): Promise<void>;
+   * the channel list may have changed meanwhile. True when it did. */
+  resumed(): Promise<boolean>;
 }
 
 const MAX_BACKOFF_MS = 15_000;
@@ -114,8 +114,8 @@ export class LiveStream {
         if (this.abort?.signal.aborted && navigator.onLine) {
           continue; // restart(): at once, from where it was
         }
-        if (e.code === Code.PermissionDenied) {
-          await this.handlers.resumed(); // removed from a channel unseen: the list read again first
+        if (e.code === Code.PermissionDenied && (await this.handlers.resumed())) {
+          continue; // a channel it asked for is no longer the user's: at once, with the list as it is now
         }
       }
       if (this.stopped) return;

@@ -193,7 +193,7 @@ class App {
       {
         event: (e) => this.onEvent(e),
         state: (s, d) => this.setState(s, d),
-        resumed: () => this.loadChannels().then(() => undefined),
+        resumed: () => this.loadChannels(),
       },
       () => [...this.channels.keys()],
     );
