@@ -514,6 +514,7 @@ class App {
 
   private openThread(view: ChannelView, rootSeq: bigint): void {
     this.thread = { channelId: view.channel.channelId, rootSeq };
+    clear(this.threadEl); // another thread: no draft carried over
     this.renderThread();
     withRefresh(() => gateway.listThread({ channelId: view.channel.channelId, rootSeq }))
       .then((reply) => {
@@ -526,6 +527,10 @@ class App {
   private renderThread(): void {
     const t = this.thread;
     const view = t ? this.channels.get(t.channelId) : undefined;
+    // Drawn again as the thread changes: a reply being written stays as it was.
+    const writing = this.threadEl.querySelector<HTMLTextAreaElement>("#thread-composer");
+    const draft = writing?.value ?? "";
+    const focused = writing !== null && document.activeElement === writing;
     clear(this.threadEl);
     if (!t || !view) {
       this.threadEl.hidden = true;
@@ -543,6 +548,8 @@ class App {
       .sort((a, b) => (a.channelSeq < b.channelSeq ? -1 : 1));
     const list = h("ol", { class: "message-list" }, ...replies.map((m) => this.messageItem(view, m, true)));
     const box = h("textarea", { id: "thread-composer", rows: 2 });
+    box.value = draft;
+    if (focused) queueMicrotask(() => box.focus());
     const form = h(
       "form",
       { class: "composer" },
@@ -673,7 +680,10 @@ class App {
    * names itself (a redacted message's sender, a reader), and draws the channel again with them. */
   private nameThePeople(view: ChannelView): void {
     const unnamed = new Set<string>();
-    for (const m of view.messages.values()) if (!m.senderName && m.senderId && !this.names.has(m.senderId)) unnamed.add(m.senderId);
+    for (const m of view.messages.values()) {
+      if (m.senderName) this.names.set(m.senderId, m.senderName);
+      else if (m.senderId && !this.names.has(m.senderId)) unnamed.add(m.senderId);
+    }
     for (const userId of view.readers.keys()) if (!this.names.has(userId)) unnamed.add(userId);
     if (unnamed.size === 0) return;
     void this.nameOf([...unnamed].slice(0, 200)).then((found) => {
