@@ -33,6 +33,7 @@ playwright_api = pytest.importorskip("playwright.async_api")
 Browser = playwright_api.Browser
 BrowserContext = playwright_api.BrowserContext
 Page = playwright_api.Page
+ConsoleMessage = playwright_api.ConsoleMessage
 expect = playwright_api.expect
 
 # One platform and one browser for the module: its tests share the module's event loop.
@@ -383,7 +384,12 @@ async def test_settings_enrol_two_factor_with_a_qr_code_and_list_sessions(
 def console_errors(page: Page) -> list[str]:
     """Every error the page logs (a failed request included) or throws, as it happens."""
     errors: list[str] = []
-    page.on("console", lambda m: errors.append(f"{m.text} ({m.location.get('url', '')})") if m.type == "error" else None)
+
+    def logged(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            errors.append(f"{message.text} ({message.location.get('url', '')})")
+
+    page.on("console", logged)
     page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
     return errors
 

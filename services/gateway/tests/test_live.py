@@ -93,7 +93,8 @@ async def test_a_stream_is_told_when_its_user_arrives_in_a_channel_it_does_not_f
     sub = stream(EVERYTHING)
     invited = elsewhere(MemberInvited(channel_id="c2", user_id="bob", invited_by="amy"), 5)
     started = elsewhere(ChannelCreated(channel_id="c2", creator_id="amy", direct=True, member_ids=["bob"]), 4)
-    assert invited.arrivals == ("bob",) and started.arrivals == ("amy", "bob")
+    assert invited.arrivals == ("bob",)
+    assert started.arrivals == ("amy", "bob")
     for arrival in (started, invited):
         sub.welcome(arrival)
     told = [(await sub.buffer.take()).membership for _ in range(2)]

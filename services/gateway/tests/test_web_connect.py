@@ -216,7 +216,8 @@ async def test_refresh_token_lives_in_an_httponly_cookie_that_only_this_origin_c
         assert attribute in cookie
     # The page may read that it has a session (to ask for a token only then), never the token.
     assert hint.startswith(f"{SESSION_HINT_COOKIE}=1;")
-    assert "HttpOnly" not in hint and "Secure" in hint
+    assert "HttpOnly" not in hint
+    assert "Secure" in hint
     token_cookie = cookie.split(";", 1)[0]
 
     refreshed = await browser.call("Refresh", auth_pb2.RefreshRequest(), cookie=token_cookie, origin=browser.origin)
