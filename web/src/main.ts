@@ -5,7 +5,7 @@ import "./style.css";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import * as api from "./api.js";
 import { gateway, withRefresh, type Session } from "./api.js";
-import { append, clear, h, on } from "./dom.js";
+import { append, clear, fillList, h, on } from "./dom.js";
 import { LiveStream, type ConnectionState } from "./live.js";
 import { renderSettings } from "./settings.js";
 import { consoleLink } from "./console/entry.js";
@@ -59,6 +59,7 @@ class App {
   private readonly root: HTMLElement;
   private statusEl = h("p", { id: "connection", role: "status", class: "state connecting" }, "Connecting…");
   private navList = h("ul", { class: "channels" });
+  private invitationList = h("ul", { class: "invitations", "aria-label": "Invitations" });
   private mainEl = h("main", { id: "main", tabindex: "-1" });
   private threadEl = h("aside", { class: "thread", "aria-label": "Thread", hidden: true });
   private thread: { channelId: string; rootSeq: bigint } | null = null;
@@ -237,7 +238,7 @@ class App {
       this.addChannel(channel);
       await this.open(channel.channelId);
     });
-    const nav = h("nav", { "aria-label": "Channels" }, h("h2", {}, "Channels"), this.navList, create, join);
+    const nav = h("nav", { "aria-label": "Channels" }, h("h2", {}, "Channels"), this.navList, this.invitationList, create, join);
     append(this.root, header, h("div", { class: "layout" }, nav, this.mainEl, this.threadEl), this.noticeEl);
   }
 
@@ -288,6 +289,11 @@ class App {
       seen.add(channel.channelId);
       const view = this.channels.get(channel.channelId);
       if (view) {
+        if (view.channel.lastSeq > channel.lastSeq) {
+          // The stream has shown newer messages than this answer knows of: their count stays.
+          channel.lastSeq = view.channel.lastSeq;
+          channel.unreadCount = view.channel.unreadCount;
+        }
         view.channel = channel;
       } else {
         this.channels.set(channel.channelId, newView(channel));
@@ -328,39 +334,45 @@ class App {
   }
 
   private renderChannels(): void {
-    clear(this.navList);
-    for (const view of [...this.channels.values()].sort(byName)) {
-      const c = view.channel;
-      const unread = c.channelId === this.current ? 0n : c.unreadCount;
-      const label = this.title(c);
-      const button = h(
-        "button",
-        {
-          type: "button",
-          class: c.channelId === this.current ? "channel current" : "channel",
-          "aria-current": c.channelId === this.current ? "page" : undefined,
-          "data-channel-id": c.channelId,
-        },
-        h("span", { class: "name" }, label),
-        c.encrypted ? h("span", { class: "lock", title: "end-to-end encrypted" }, " 🔒") : null,
-        unread > 0n ? h("span", { class: "unread", "aria-label": `${unread} unread` }, String(unread)) : null,
-      );
-      on(button, "click", () => void this.open(c.channelId));
-      append(this.navList, h("li", {}, button));
-    }
-    for (const [channelId, inviter] of this.invitations) {
-      const join = h("button", { type: "button", class: "small" }, "Join");
-      on(join, "click", () => {
-        withRefresh(() => gateway.joinChannel({ channelId }))
-          .then(async (channel) => {
-            this.addChannel(channel);
-            await this.open(channel.channelId);
-          })
-          .catch((err: unknown) => this.notice(api.describe(err)));
-      });
-      const who = this.names.get(inviter) ?? inviter;
-      append(this.navList, h("li", { class: "invitation" }, `${who} invited you to a channel `, join));
-    }
+    fillList(this.navList, [...this.channels.values()].sort(byName), (view) => this.channelItem(view));
+    fillList(this.invitationList, this.invitations, ([channelId, inviter]) => this.invitationItem(channelId, inviter));
+  }
+
+  private channelItem(view: ChannelView): HTMLLIElement {
+    const c = view.channel;
+    const unread = c.channelId === this.current ? 0n : c.unreadCount;
+    const label = this.title(c);
+    const button = h(
+      "button",
+      {
+        type: "button",
+        class: c.channelId === this.current ? "channel current" : "channel",
+        "aria-current": c.channelId === this.current ? "page" : undefined,
+        "data-channel-id": c.channelId,
+      },
+      h("span", { class: "name" }, label),
+      c.encrypted ? h("span", { class: "lock", title: "end-to-end encrypted" }, " 🔒") : null,
+      unread > 0n ? h("span", { class: "unread", "aria-label": `${unread} unread` }, String(unread)) : null,
+    );
+    on(button, "click", () => void this.open(c.channelId));
+    return h("li", {}, button);
+  }
+
+  private invitationItem(channelId: string, inviter: string): HTMLLIElement {
+    const join = h("button", { type: "button", class: "small" }, "Join");
+    on(join, "click", () => this.enterChannel(() => gateway.joinChannel({ channelId })));
+    const who = this.names.get(inviter) ?? inviter;
+    return h("li", { class: "invitation" }, `${who} invited you to a channel `, join);
+  }
+
+  /** A channel the user has just joined or started here: listed, covered by the stream, open. */
+  private enterChannel(call: () => Promise<Channel>): void {
+    withRefresh(call)
+      .then(async (channel) => {
+        this.addChannel(channel);
+        await this.open(channel.channelId);
+      })
+      .catch((err: unknown) => this.notice(api.describe(err)));
   }
 
   private renderEmpty(): void {
@@ -481,23 +493,7 @@ class App {
     );
     const fill = (): void => {
       void this.nameOf(view.channel.memberIds.filter((u) => !this.names.has(u)).slice(0, 200)).then(() => {
-        clear(list);
-        for (const id of view.channel.memberIds) {
-          const item = h("li", {}, this.names.get(id) ?? id);
-          if (id !== this.session?.userId) {
-            const dm = h("button", { type: "button", class: "small" }, `Message ${this.names.get(id) ?? id}`);
-            on(dm, "click", () => {
-              withRefresh(() => gateway.createDirectChannel({ userIds: [id] }))
-                .then(async (channel) => {
-                  this.addChannel(channel);
-                  await this.open(channel.channelId);
-                })
-                .catch((err: unknown) => this.notice(api.describe(err)));
-            });
-            append(item, " ", dm);
-          }
-          list.appendChild(item);
-        }
+        fillList(list, view.channel.memberIds, (id) => this.memberItem(id));
       });
     };
     on(button, "click", () => {
@@ -508,6 +504,14 @@ class App {
     });
     if (this.membersOpen) fill();
     return h("div", { class: "members-box" }, button, list);
+  }
+
+  private memberItem(id: string): HTMLLIElement {
+    const name = this.names.get(id) ?? id;
+    if (id === this.session?.userId) return h("li", {}, name);
+    const dm = h("button", { type: "button", class: "small" }, `Message ${name}`);
+    on(dm, "click", () => this.enterChannel(() => gateway.createDirectChannel({ userIds: [id] })));
+    return h("li", {}, name, " ", dm);
   }
 
   // -- threads --
@@ -543,10 +547,8 @@ class App {
       this.renderThread();
     });
     const root = view.messages.get(t.rootSeq);
-    const replies = [...view.messages.values()]
-      .filter((m) => m.threadRootSeq === t.rootSeq)
-      .sort((a, b) => (a.channelSeq < b.channelSeq ? -1 : 1));
-    const list = h("ol", { class: "message-list" }, ...replies.map((m) => this.messageItem(view, m, true)));
+    const replies = inOrder(view, (m) => m.threadRootSeq === t.rootSeq);
+    const list = fillList(h("ol", { class: "message-list" }), replies, (m) => this.messageItem(view, m, true));
     const box = h("textarea", { id: "thread-composer", rows: 2 });
     box.value = draft;
     if (focused) queueMicrotask(() => box.focus());
@@ -641,23 +643,20 @@ class App {
     if (view.messages.size === 0) {
       append(log, h("p", { class: "empty-log" }, "No messages yet. Say hello: type below and press Enter."));
     }
-    const list = h("ol", { class: "message-list" });
-    const ordered = [...view.messages.values()]
-      .filter((m) => m.threadRootSeq === 0n) // replies live in their thread
-      .sort((a, b) => (a.channelSeq < b.channelSeq ? -1 : 1));
+    const ordered = inOrder(view, (m) => m.threadRootSeq === 0n); // replies live in their thread
     const readBy = this.readersAt(view, ordered);
-    let marked = false;
-    for (const m of ordered) {
-      const mark = view.readAtOpen;
-      if (!marked && mark !== undefined && m.channelSeq > mark && m.senderId !== this.session?.userId) {
-        append(list, h("li", { class: "new-line", "aria-label": "New messages" }, "New messages"));
-        marked = true;
-      }
+    const mark = view.readAtOpen;
+    const firstNew = ordered.find((m) => mark !== undefined && m.channelSeq > mark && m.senderId !== this.session?.userId);
+    const list = fillList(h("ol", { class: "message-list" }), ordered, (m) => {
       const item = this.messageItem(view, m);
       const readers = readBy.get(m.channelSeq);
       if (readers) append(item, h("p", { class: "read-by" }, `Read by ${readers.join(", ")}`));
-      append(list, item);
-    }
+      if (m !== firstNew) return item;
+      const line = h("li", { class: "new-line", "aria-label": "New messages" }, "New messages");
+      const both = document.createDocumentFragment();
+      append(both, line, item);
+      return both;
+    });
     append(log, list);
     if (scroll === "bottom" || (scroll === "keep" && atBottom)) log.scrollTop = log.scrollHeight;
     else if (scroll === "older") log.scrollTop = log.scrollHeight - fromBottom;
@@ -842,7 +841,9 @@ class App {
       case "message": {
         const view = this.channels.get(e.value.channelId);
         if (!view) return;
-        const isNew = !view.messages.has(e.value.channelSeq);
+        // Unread when newer than the channel as last listed (whose count has the older ones): a
+        // message the stream replays after the list was read counts once.
+        const isNew = e.value.channelSeq > view.channel.lastSeq;
         this.upsert(e.value);
         if (isNew && e.value.channelId !== this.current && e.value.senderId !== this.session?.userId) {
           view.channel.unreadCount += 1n;
@@ -954,6 +955,11 @@ class App {
     this.renderChannels();
     renderSettings(this.mainEl, this.session, message);
   }
+}
+
+/** The messages held that `wanted` picks, oldest first. */
+function inOrder(view: ChannelView, wanted: (m: ChatMessage) => boolean): ChatMessage[] {
+  return [...view.messages.values()].filter(wanted).sort((a, b) => (a.channelSeq < b.channelSeq ? -1 : 1));
 }
 
 function byName(a: ChannelView, b: ChannelView): number {
