@@ -13,6 +13,7 @@ import type { ClientEvent, MembershipChange } from "./gen/parley/gateway/v1/gate
 import type { Channel, ChatMessage, ReactionCount } from "./gen/parley/messaging/v1/messaging_pb.js";
 
 const PAGE = 50;
+const TAKE_UP_READS = 5;
 const REACTION = "👍";
 const ENCRYPTED_NOTE =
   "End-to-end encrypted. This browser cannot decrypt it: no vetted build of the Olm/Megolm library is available for the web client yet. Read and write it with the parley CLI or the Python SDK.";
@@ -317,11 +318,13 @@ class App {
   }
 
   /** A channel this user came into elsewhere (joined by the CLI, a conversation someone started):
-   * the list read again, and the live stream subscribed again to cover it. */
-  private takeUp(): void {
-    void this.loadChannels().then((changed) => {
-      if (changed) this.live?.restart();
-    });
+   * the list read again, and the live stream subscribed again to cover it. Messaging may list it
+   * a moment after the event that told of it (it applies its own write once the log has it), so
+   * the list is read again, a few times at most, until it does. */
+  private async takeUp(channelId: string): Promise<void> {
+    for (let attempt = 0; attempt < TAKE_UP_READS && !this.channels.has(channelId); attempt += 1) {
+      if (await this.loadChannels()) this.live?.restart();
+    }
   }
 
   private addChannel(channel: Channel): void {
@@ -910,7 +913,7 @@ class App {
         void this.nameOf([change.actorId].filter((u) => !this.names.has(u))).then(() => this.renderChannels());
       } else if (change.change === "joined") {
         this.invitations.delete(change.channelId);
-        this.takeUp();
+        void this.takeUp(change.channelId);
       }
       return;
     }
