@@ -57,7 +57,7 @@ export async function login(username: string, password: string, totpCode = "", r
 // to refresh, so the page does not ask for one it cannot have (a 401 on every first visit).
 const SESSION_HINT = "__Host-parley-session";
 
-export function mayHaveSession(): boolean {
+function mayHaveSession(): boolean {
   return document.cookie.split("; ").includes(`${SESSION_HINT}=1`);
 }
 
@@ -67,10 +67,12 @@ function forgetSessionHint(): void {
 
 let refreshing: Promise<Session | null> | null = null;
 
-/** A new access token from the session cookie; null when this browser holds no live session.
+/** A new access token from the session cookie; null when this browser holds no live session
+ * (without asking, when the gateway's hint says there is none: a page's first visit).
  * One refresh at a time: the refresh token is single use, and auth takes a second use of a spent
  * one for theft (it ends the session), so calls that find the token expired together share one. */
 export function refresh(username = ""): Promise<Session | null> {
+  if (!mayHaveSession()) return Promise.resolve(null);
   refreshing ??= (async () => {
     try {
       // Across this browser's tabs too (they share the cookie): each waits for the one before,

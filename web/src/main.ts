@@ -77,7 +77,7 @@ class App {
 
   async boot(): Promise<void> {
     // A session this browser already holds (the HttpOnly cookie): no password asked again.
-    const session = api.mayHaveSession() ? await api.refresh().catch(() => null) : null;
+    const session = await api.refresh().catch(() => null);
     if (session) {
       await this.enter(session);
     } else {
