@@ -21,6 +21,7 @@ const MAX_BACKOFF_MS = 15_000;
 export class LiveStream {
   private readonly positions = new Map<string, bigint>();
   private abort: AbortController | null = null;
+  private covering = ""; // the channels the stream was opened with, sorted and joined
   private stopped = false;
   private wake: (() => void) | null = null;
   private readonly onOnline = (): void => this.wake?.();
@@ -51,6 +52,12 @@ export class LiveStream {
    * the channels the user is in now. */
   restart(): void {
     this.abort?.abort();
+  }
+
+  /** After the channel list was read: subscribes again when it is no longer what the stream covers
+   * (whoever read the list, the stream follows it). */
+  sync(): void {
+    if (this.abort !== null && [...this.channels()].sort().join() !== this.covering) this.restart();
   }
 
   /** A channel the user is no longer in: joined again later, it starts afresh, not from here. */
@@ -90,6 +97,7 @@ export class LiveStream {
       this.handlers.state(first ? "connecting" : "reconnecting", first ? "Connecting…" : "Reconnecting…");
       this.abort = new AbortController();
       const channelIds = this.channels();
+      this.covering = [...channelIds].sort().join();
       const resume = channelIds
         .filter((c) => this.positions.has(c))
         .map((channelId) => ({ channelId, afterPosition: this.positions.get(channelId) ?? 0n }));

@@ -276,8 +276,8 @@ class App {
 
   // -- channels --
 
-  /** Reads the channel list again; true when channels came or went (the live stream then
-   * subscribes again to cover them: a stream covers the channels it started with). */
+  /** Reads the channel list again; true when channels came or went. The live stream then
+   * subscribes again to cover them (a stream covers the channels it started with). */
   private async loadChannels(): Promise<boolean> {
     const mine = await withRefresh(() => gateway.listMyChannels({})).catch((err: unknown) => {
       this.notice(api.describe(err));
@@ -302,6 +302,7 @@ class App {
       this.invitations.delete(channel.channelId);
     }
     for (const id of [...this.channels.keys()]) if (!seen.has(id)) this.channels.delete(id);
+    this.live?.sync();
     const unnamed = mine.channels.filter((c) => c.direct).flatMap((c) => c.memberIds.filter((u) => !this.names.has(u)));
     if (unnamed.length > 0) await this.nameOf([...new Set(unnamed)].slice(0, 200));
     this.renderChannels();
@@ -323,7 +324,7 @@ class App {
    * the list is read again, a few times at most, until it does. */
   private async takeUp(channelId: string): Promise<void> {
     for (let attempt = 0; attempt < TAKE_UP_READS && !this.channels.has(channelId); attempt += 1) {
-      if (await this.loadChannels()) this.live?.restart();
+      await this.loadChannels();
     }
   }
 
