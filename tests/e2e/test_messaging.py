@@ -547,3 +547,23 @@ async def test_two_gateway_instances_share_the_clients_of_a_channel(platform: Ru
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=60)
         log.close()
+
+
+async def test_a_stream_told_of_an_arrival_elsewhere_still_resumes(platform: RunningPlatform) -> None:
+    alice, bob = await new_user(platform, "alice"), await new_user(platform, "bob")
+    home = (await bob.create_channel(unique("home"))).channel_id
+    stream = bob.subscribe([home])
+    await asyncio.wait_for(stream.ready(), TIMEOUT_S)
+    club = (await alice.create_channel(unique("club"), private=True)).channel_id
+    await alice.invite(club, bob.user_id or "")
+    [invited] = await read_messages(stream.events(), 1, kinds=("membership",))
+    assert (invited.channel_id, invited.event.membership.change) == (club, "invited")
+    stream.cancel()
+    # The positions are of the channels the stream covers: resuming with them is not refused
+    # for a channel bob is only invited to.
+    assert set(stream.positions) == {home}
+    resumed = bob.subscribe([home], resume=stream.positions)
+    assert await asyncio.wait_for(resumed.ready(), TIMEOUT_S) == [home]
+    resumed.cancel()
+    await alice.close()
+    await bob.close()

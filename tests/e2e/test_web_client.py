@@ -33,6 +33,7 @@ playwright_api = pytest.importorskip("playwright.async_api")
 Browser = playwright_api.Browser
 BrowserContext = playwright_api.BrowserContext
 Page = playwright_api.Page
+ConsoleMessage = playwright_api.ConsoleMessage
 expect = playwright_api.expect
 
 # One platform and one browser for the module: its tests share the module's event loop.
@@ -236,7 +237,7 @@ async def test_two_browsers_and_the_sdk_chat_live_and_hostile_text_stays_text(
     await expect(a_page.locator("#channel-title")).to_have_text(f"@ {bob}")
     await send(a_page, "just between us")
     dm = b_page.locator("nav button.channel", has_text=f"@ {alice}")
-    await expect(dm.locator(".unread")).to_have_text("1", timeout=TIMEOUT_MS)  # its list is read again every 10 s
+    await expect(dm.locator(".unread")).to_have_text("1")  # told by the live stream
     await dm.click()
     await expect(messages(b_page).last).to_have_text("just between us")
     await expect(dm.locator(".unread")).to_have_count(0)
@@ -378,3 +379,144 @@ async def test_settings_enrol_two_factor_with_a_qr_code_and_list_sessions(
     with pytest.raises(ParleyError, match="two-factor"):
         await fresh.login(name, PASSWORD)
     await fresh.close()
+
+
+def console_errors(page: Page) -> list[str]:
+    """Every error the page logs (a failed request included) or throws, as it happens."""
+    errors: list[str] = []
+
+    def logged(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            errors.append(f"{message.text} ({message.location.get('url', '')})")
+
+    page.on("console", logged)
+    page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
+    return errors
+
+
+async def test_a_first_visit_logs_no_error_in_the_console(browser: Browser, platform: RunningPlatform) -> None:
+    name = unique("ivan")
+    await (await registered(platform, name)).close()
+    context = await browser.new_context()
+    page = await context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors = console_errors(page)
+    await page.goto(platform.web_url)
+    await expect(page.get_by_role("button", name="Log in")).to_be_visible()
+    await page.get_by_label("Username").fill(name)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Log in").click()
+    await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+    await page.reload()  # the session is taken up again from the cookie
+    await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+    await page.get_by_role("button", name="Log out").click()
+    await expect(page.get_by_role("button", name="Log in")).to_be_visible()
+    await page.reload()  # logged out: the page asks for nothing it cannot have
+    await expect(page.get_by_role("button", name="Log in")).to_be_visible()
+    assert errors == []
+    await context.close()
+
+
+async def test_others_read_markers_show_live(browser: Browser, platform: RunningPlatform) -> None:
+    alice, bob = unique("alice"), unique("bob")
+    alice_sdk, bob_sdk = await registered(platform, alice), await registered(platform, bob)
+    channel = await alice_sdk.create_channel(unique("room"))
+    await bob_sdk.join_channel(channel.channel_id)
+    first = await alice_sdk.send(channel.channel_id, "first")
+    second = await alice_sdk.send(channel.channel_id, "second")
+    context, page = await logged_in(browser, platform, alice)
+    await expect(messages(page)).to_have_text(["first", "second"])
+    await expect(page.locator(".read-by")).to_have_count(0)  # nobody else has read anything yet
+
+    await bob_sdk.mark_read(channel.channel_id, first.channel_seq)
+    on_first = page.locator("li.message", has_text="first").locator(".read-by")
+    await expect(on_first).to_have_text(f"Read by {bob}")
+    await bob_sdk.mark_read(channel.channel_id, second.channel_seq)
+    await expect(page.locator("li.message", has_text="second").locator(".read-by")).to_have_text(f"Read by {bob}")
+    await expect(on_first).to_have_count(0)  # a marker is in one place: where that reader is now
+    await alice_sdk.close()
+    await bob_sdk.close()
+    await context.close()
+
+
+async def test_a_redacted_message_names_its_sender(browser: Browser, platform: RunningPlatform) -> None:
+    alice, bob = unique("alice"), unique("bob")
+    alice_sdk, bob_sdk = await registered(platform, alice), await registered(platform, bob)
+    channel = await alice_sdk.create_channel(unique("room"))
+    await bob_sdk.join_channel(channel.channel_id)
+    gone = await alice_sdk.send(channel.channel_id, "said in haste")
+    await alice_sdk.send(channel.channel_id, "kept")
+    await alice_sdk.redact(channel.channel_id, gone.channel_seq)
+    context, page = await logged_in(browser, platform, bob)
+    deleted = page.locator("li.message", has_text="(message deleted)")
+    await expect(deleted.locator(".sender")).to_have_text([alice])  # from history
+
+    reply = await alice_sdk.send(channel.channel_id, "also in haste")
+    await expect(messages(page).last).to_have_text("also in haste")
+    await alice_sdk.redact(channel.channel_id, reply.channel_seq)
+    await expect(deleted.locator(".sender")).to_have_text([alice, alice])  # and live
+    await alice_sdk.close()
+    await bob_sdk.close()
+    await context.close()
+
+
+async def test_membership_changes_reach_the_channel_and_member_lists_live(
+    browser: Browser, platform: RunningPlatform
+) -> None:
+    alice, carol, dave = unique("alice"), unique("carol"), unique("dave")
+    alice_sdk, carol_sdk, dave_sdk = [await registered(platform, n) for n in (alice, carol, dave)]
+    carol_id, dave_id = carol_sdk.user_id or "", dave_sdk.user_id or ""
+    home = await dave_sdk.create_channel(unique("home"))
+    context = await browser.new_context(viewport={"width": 1100, "height": 700})
+    page = await context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    await page.clock.install()
+    await page.goto(platform.web_url)
+    await page.get_by_label("Username").fill(dave)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Log in").click()
+    await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+    await expect(page.locator("#channel-title")).to_have_text(f"# {home.name}")
+    # From here the page's timers stand still: whatever changes comes by the live stream.
+    await page.clock.pause_at(time.time() + 1)
+    channel_buttons = page.locator("nav button.channel")
+
+    # Invited to a private channel: the invitation shows, and joining it opens the channel.
+    club = await alice_sdk.create_channel(unique("club"), private=True)
+    await alice_sdk.invite(club.channel_id, dave_id)
+    invitation = page.locator("nav .invitation")
+    await expect(invitation).to_contain_text(alice)
+    await invitation.get_by_role("button", name="Join").click()
+    await expect(page.locator("#channel-title")).to_have_text(f"# {club.name}")
+    await expect(invitation).to_have_count(0)
+    await alice_sdk.send(club.channel_id, "welcome")
+    await expect(messages(page).last).to_have_text("welcome")  # the stream covers it now
+
+    # Someone else joins: the member count and the open member list follow.
+    await page.get_by_role("button", name="Members").click()
+    await expect(page.locator("#members li")).to_have_count(2)
+    await alice_sdk.invite(club.channel_id, carol_id)
+    await carol_sdk.join_channel(club.channel_id)
+    await expect(page.locator(".channel-head .meta")).to_contain_text("3 members")
+    await expect(page.locator("#members li", has_text=carol)).to_have_count(1)
+
+    # Kicked: the channel goes from the list, the others keep streaming.
+    await alice_sdk.kick(club.channel_id, dave_id)
+    await expect(channel_buttons.filter(has_text=club.name)).to_have_count(0)
+
+    # Joined and left elsewhere (the CLI, another tab): the list follows.
+    lounge = await alice_sdk.create_channel(unique("lounge"))
+    await dave_sdk.join_channel(lounge.channel_id)
+    await expect(channel_buttons.filter(has_text=lounge.name)).to_have_count(1)
+    await dave_sdk.leave_channel(lounge.channel_id)
+    await expect(channel_buttons.filter(has_text=lounge.name)).to_have_count(0)
+
+    # A direct conversation someone else starts shows up with its unread message.
+    dm = await alice_sdk.create_direct([dave_id])
+    await alice_sdk.send(dm.channel_id, "psst")
+    await expect(channel_buttons.filter(has_text=f"@ {alice}").locator(".unread")).to_have_text("1")
+    await dave_sdk.send(home.channel_id, "still here")
+    await expect(messages(page).last).to_have_text("still here")
+    for client in (alice_sdk, carol_sdk, dave_sdk):
+        await client.close()
+    await context.close()

@@ -53,12 +53,26 @@ export async function login(username: string, password: string, totpCode = "", r
   return sessionOf(response, username);
 }
 
+// The gateway's companion to the HttpOnly refresh cookie: no secret, only that there is a session
+// to refresh, so the page does not ask for one it cannot have (a 401 on every first visit).
+const SESSION_HINT = "__Host-parley-session";
+
+function mayHaveSession(): boolean {
+  return document.cookie.split("; ").includes(`${SESSION_HINT}=1`);
+}
+
+function forgetSessionHint(): void {
+  document.cookie = `${SESSION_HINT}=; Path=/; Max-Age=0; Secure; SameSite=Strict`;
+}
+
 let refreshing: Promise<Session | null> | null = null;
 
-/** A new access token from the session cookie; null when this browser holds no live session.
+/** A new access token from the session cookie; null when this browser holds no live session
+ * (without asking, when the gateway's hint says there is none: a page's first visit).
  * One refresh at a time: the refresh token is single use, and auth takes a second use of a spent
  * one for theft (it ends the session), so calls that find the token expired together share one. */
 export function refresh(username = ""): Promise<Session | null> {
+  if (!mayHaveSession()) return Promise.resolve(null);
   refreshing ??= (async () => {
     try {
       // Across this browser's tabs too (they share the cookie): each waits for the one before,
@@ -68,7 +82,10 @@ export function refresh(username = ""): Promise<Session | null> {
       return sessionOf(response, username);
     } catch (err) {
       const code = ConnectError.from(err).code;
-      if (code === Code.Unauthenticated || code === Code.PermissionDenied || code === Code.NotFound) return null;
+      if (code === Code.Unauthenticated || code === Code.PermissionDenied || code === Code.NotFound) {
+        forgetSessionHint(); // that session is over: the next visit shows the login at once
+        return null;
+      }
       throw err;
     } finally {
       refreshing = null;

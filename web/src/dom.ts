@@ -40,3 +40,11 @@ export function on<K extends keyof HTMLElementEventMap>(
 ): void {
   el.addEventListener(type, listener);
 }
+
+/** Draws `list` again from `entries`, one item each (null for none): the one way the app draws
+ * its lists (channels, members, messages). */
+export function fillList<T>(list: HTMLElement, entries: Iterable<T>, item: (entry: T) => Child): HTMLElement {
+  clear(list);
+  for (const entry of entries) append(list, item(entry));
+  return list;
+}

@@ -11,8 +11,9 @@ export type ConnectionState = "connecting" | "live" | "offline" | "reconnecting"
 export interface LiveHandlers {
   event(event: ClientEvent): void;
   state(state: ConnectionState, detail: string): void;
-  /** A stream started again after a gap: the channel list may have changed meanwhile. */
-  resumed(): void;
+  /** A stream started again after a gap, or ended because a channel is no longer the user's:
+   * the channel list may have changed meanwhile. True when it did. */
+  resumed(): Promise<boolean>;
 }
 
 const MAX_BACKOFF_MS = 15_000;
@@ -20,6 +21,7 @@ const MAX_BACKOFF_MS = 15_000;
 export class LiveStream {
   private readonly positions = new Map<string, bigint>();
   private abort: AbortController | null = null;
+  private covering = ""; // the channels the stream was opened with, sorted and joined
   private stopped = false;
   private wake: (() => void) | null = null;
   private readonly onOnline = (): void => this.wake?.();
@@ -46,9 +48,21 @@ export class LiveStream {
     this.abort?.abort();
   }
 
-  /** A channel joined or created after the stream started: subscribe again to include it. */
+  /** A channel joined or created after the stream started, or one left: subscribe again to cover
+   * the channels the user is in now. */
   restart(): void {
     this.abort?.abort();
+  }
+
+  /** After the channel list was read: subscribes again when it is no longer what the stream covers
+   * (whoever read the list, the stream follows it). */
+  sync(): void {
+    if (this.abort !== null && [...this.channels()].sort().join() !== this.covering) this.restart();
+  }
+
+  /** A channel the user is no longer in: joined again later, it starts afresh, not from here. */
+  forget(channelId: string): void {
+    this.positions.delete(channelId);
   }
 
   private remember(event: ClientEvent): void {
@@ -83,6 +97,7 @@ export class LiveStream {
       this.handlers.state(first ? "connecting" : "reconnecting", first ? "Connecting…" : "Reconnecting…");
       this.abort = new AbortController();
       const channelIds = this.channels();
+      this.covering = [...channelIds].sort().join();
       const resume = channelIds
         .filter((c) => this.positions.has(c))
         .map((channelId) => ({ channelId, afterPosition: this.positions.get(channelId) ?? 0n }));
@@ -90,7 +105,7 @@ export class LiveStream {
         for await (const event of gateway.subscribe({ channelIds, resume }, { signal: this.abort.signal })) {
           if (event.event.case === "ready") {
             this.handlers.state("live", "Live");
-            if (!first) this.handlers.resumed();
+            if (!first) void this.handlers.resumed();
             first = false;
             failures = 0;
           }
@@ -104,8 +119,11 @@ export class LiveStream {
           this.handlers.state("offline", "Signed out: log in again");
           return;
         }
-        if (e.code === Code.Canceled && this.abort?.signal.aborted && navigator.onLine) {
+        if (this.abort?.signal.aborted && navigator.onLine) {
           continue; // restart(): at once, from where it was
+        }
+        if (e.code === Code.PermissionDenied && (await this.handlers.resumed())) {
+          continue; // a channel it asked for is no longer the user's: at once, with the list as it is now
         }
       }
       if (this.stopped) return;

@@ -5,15 +5,15 @@ import "./style.css";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import * as api from "./api.js";
 import { gateway, withRefresh, type Session } from "./api.js";
-import { append, clear, h, on } from "./dom.js";
+import { append, clear, fillList, h, on } from "./dom.js";
 import { LiveStream, type ConnectionState } from "./live.js";
 import { renderSettings } from "./settings.js";
 import { consoleLink } from "./console/entry.js";
-import type { ClientEvent } from "./gen/parley/gateway/v1/gateway_pb.js";
+import type { ClientEvent, MembershipChange } from "./gen/parley/gateway/v1/gateway_pb.js";
 import type { Channel, ChatMessage, ReactionCount } from "./gen/parley/messaging/v1/messaging_pb.js";
 
 const PAGE = 50;
-const CHANNEL_POLL_MS = 10_000;
+const TAKE_UP_READS = 5;
 const REACTION = "👍";
 const ENCRYPTED_NOTE =
   "End-to-end encrypted. This browser cannot decrypt it: no vetted build of the Olm/Megolm library is available for the web client yet. Read and write it with the parley CLI or the Python SDK.";
@@ -25,21 +25,48 @@ interface ChannelView {
   messages: Map<bigint, ChatMessage>;
   loaded: boolean;
   hasMore: boolean;
+  /** Other members' read markers (user id -> channel_seq), as the live stream moves them. */
+  readers: Map<string, bigint>;
+}
+
+function newView(channel: Channel): ChannelView {
+  return { channel, messages: new Map(), loaded: false, hasMore: true, readers: new Map() };
+}
+
+/** The message held, with what a live update says changed: an update carries only its news (a
+ * redaction has no sender, an edit no thread or time), the rest stays as it was. */
+function merged(known: ChatMessage | undefined, m: ChatMessage): ChatMessage {
+  if (!known) return m;
+  return {
+    ...m,
+    senderId: known.senderId || m.senderId,
+    senderName: m.senderName || known.senderName,
+    sentAt: m.sentAt ?? known.sentAt,
+    threadRootSeq: m.threadRootSeq || known.threadRootSeq,
+    replyCount: Math.max(m.replyCount, known.replyCount),
+    edited: m.edited || known.edited,
+    reactions: m.reactions.length > 0 || m.redacted ? m.reactions : known.reactions,
+  };
 }
 
 class App {
   private session: Session | null = null;
   private readonly channels = new Map<string, ChannelView>();
   private readonly names = new Map<string, string>();
+  /** Channels this user was invited to and has not joined: channel id -> who invited them. */
+  private readonly invitations = new Map<string, string>();
   private current = "";
   private live: LiveStream | null = null;
   private readonly root: HTMLElement;
   private statusEl = h("p", { id: "connection", role: "status", class: "state connecting" }, "Connecting…");
   private navList = h("ul", { class: "channels" });
+  private invitationList = h("ul", { class: "invitations", "aria-label": "Invitations" });
   private mainEl = h("main", { id: "main", tabindex: "-1" });
   private threadEl = h("aside", { class: "thread", "aria-label": "Thread", hidden: true });
   private thread: { channelId: string; rootSeq: bigint } | null = null;
   private logEl: HTMLDivElement | null = null;
+  private headEl: HTMLDivElement = h("div", { class: "channel-head" });
+  private membersOpen = false;
   private noticeEl = h("p", { class: "notice", role: "alert" });
   private loadingOlder = false;
   private markTimer: number | undefined;
@@ -168,12 +195,11 @@ class App {
       {
         event: (e) => this.onEvent(e),
         state: (s, d) => this.setState(s, d),
-        resumed: () => void this.loadChannels(),
+        resumed: () => this.loadChannels(),
       },
       () => [...this.channels.keys()],
     );
     this.live.start();
-    this.watchChannels();
     if (session.mfaEnrolmentRequired) this.openSettings("Your role requires two-factor authentication: enrol now.");
   }
 
@@ -186,6 +212,7 @@ class App {
       this.live?.stop();
       void api.logout().finally(() => {
         this.channels.clear();
+        this.invitations.clear();
         this.current = "";
         this.showLogin();
       });
@@ -212,7 +239,7 @@ class App {
       this.addChannel(channel);
       await this.open(channel.channelId);
     });
-    const nav = h("nav", { "aria-label": "Channels" }, h("h2", {}, "Channels"), this.navList, create, join);
+    const nav = h("nav", { "aria-label": "Channels" }, h("h2", {}, "Channels"), this.navList, this.invitationList, create, join);
     append(this.root, header, h("div", { class: "layout" }, nav, this.mainEl, this.threadEl), this.noticeEl);
   }
 
@@ -249,8 +276,8 @@ class App {
 
   // -- channels --
 
-  /** Reads the channel list again; true when channels came or went (the live stream then
-   * subscribes again to cover them: a stream covers the channels it started with). */
+  /** Reads the channel list again; true when channels came or went. The live stream then
+   * subscribes again to cover them (a stream covers the channels it started with). */
   private async loadChannels(): Promise<boolean> {
     const mine = await withRefresh(() => gateway.listMyChannels({})).catch((err: unknown) => {
       this.notice(api.describe(err));
@@ -263,12 +290,19 @@ class App {
       seen.add(channel.channelId);
       const view = this.channels.get(channel.channelId);
       if (view) {
+        if (view.channel.lastSeq > channel.lastSeq) {
+          // The stream has shown newer messages than this answer knows of: their count stays.
+          channel.lastSeq = view.channel.lastSeq;
+          channel.unreadCount = view.channel.unreadCount;
+        }
         view.channel = channel;
       } else {
-        this.channels.set(channel.channelId, { channel, messages: new Map(), loaded: false, hasMore: true });
+        this.channels.set(channel.channelId, newView(channel));
       }
+      this.invitations.delete(channel.channelId);
     }
     for (const id of [...this.channels.keys()]) if (!seen.has(id)) this.channels.delete(id);
+    this.live?.sync();
     const unnamed = mine.channels.filter((c) => c.direct).flatMap((c) => c.memberIds.filter((u) => !this.names.has(u)));
     if (unnamed.length > 0) await this.nameOf([...new Set(unnamed)].slice(0, 200));
     this.renderChannels();
@@ -284,49 +318,65 @@ class App {
     return [...this.channels.keys()].sort().join() !== before;
   }
 
-  /** New conversations others start with this user (a direct message, an invitation) show up
-   * within CHANNEL_POLL_MS, or at once when the tab comes back into view. */
-  private watchChannels(): void {
-    const look = (): void => {
-      void this.loadChannels().then((changed) => {
-        if (changed) this.live?.restart();
-      });
-    };
-    window.setInterval(look, CHANNEL_POLL_MS);
-    document.addEventListener("visibilitychange", () => {
-      if (document.visibilityState === "visible") look();
-    });
+  /** A channel this user came into elsewhere (joined by the CLI, a conversation someone started):
+   * the list read again, and the live stream subscribed again to cover it. Messaging may list it
+   * a moment after the event that told of it (it applies its own write once the log has it), so
+   * the list is read again, a few times at most, until it does. */
+  private async takeUp(channelId: string): Promise<void> {
+    for (let attempt = 0; attempt < TAKE_UP_READS && !this.channels.has(channelId); attempt += 1) {
+      await this.loadChannels();
+    }
   }
 
   private addChannel(channel: Channel): void {
     const known = this.channels.get(channel.channelId);
     if (known) known.channel = channel;
-    else this.channels.set(channel.channelId, { channel, messages: new Map(), loaded: false, hasMore: true });
+    else this.channels.set(channel.channelId, newView(channel));
+    this.invitations.delete(channel.channelId);
     this.renderChannels();
     this.live?.restart();
   }
 
   private renderChannels(): void {
-    clear(this.navList);
-    for (const view of [...this.channels.values()].sort(byName)) {
-      const c = view.channel;
-      const unread = c.channelId === this.current ? 0n : c.unreadCount;
-      const label = this.title(c);
-      const button = h(
-        "button",
-        {
-          type: "button",
-          class: c.channelId === this.current ? "channel current" : "channel",
-          "aria-current": c.channelId === this.current ? "page" : undefined,
-          "data-channel-id": c.channelId,
-        },
-        h("span", { class: "name" }, label),
-        c.encrypted ? h("span", { class: "lock", title: "end-to-end encrypted" }, " 🔒") : null,
-        unread > 0n ? h("span", { class: "unread", "aria-label": `${unread} unread` }, String(unread)) : null,
-      );
-      on(button, "click", () => void this.open(c.channelId));
-      append(this.navList, h("li", {}, button));
-    }
+    fillList(this.navList, [...this.channels.values()].sort(byName), (view) => this.channelItem(view));
+    fillList(this.invitationList, this.invitations, ([channelId, inviter]) => this.invitationItem(channelId, inviter));
+  }
+
+  private channelItem(view: ChannelView): HTMLLIElement {
+    const c = view.channel;
+    const unread = c.channelId === this.current ? 0n : c.unreadCount;
+    const label = this.title(c);
+    const button = h(
+      "button",
+      {
+        type: "button",
+        class: c.channelId === this.current ? "channel current" : "channel",
+        "aria-current": c.channelId === this.current ? "page" : undefined,
+        "data-channel-id": c.channelId,
+      },
+      h("span", { class: "name" }, label),
+      c.encrypted ? h("span", { class: "lock", title: "end-to-end encrypted" }, " 🔒") : null,
+      unread > 0n ? h("span", { class: "unread", "aria-label": `${unread} unread` }, String(unread)) : null,
+    );
+    on(button, "click", () => void this.open(c.channelId));
+    return h("li", {}, button);
+  }
+
+  private invitationItem(channelId: string, inviter: string): HTMLLIElement {
+    const join = h("button", { type: "button", class: "small" }, "Join");
+    on(join, "click", () => this.enterChannel(() => gateway.joinChannel({ channelId })));
+    const who = this.names.get(inviter) ?? inviter;
+    return h("li", { class: "invitation" }, `${who} invited you to a channel `, join);
+  }
+
+  /** A channel the user has just joined or started here: listed, covered by the stream, open. */
+  private enterChannel(call: () => Promise<Channel>): void {
+    withRefresh(call)
+      .then(async (channel) => {
+        this.addChannel(channel);
+        await this.open(channel.channelId);
+      })
+      .catch((err: unknown) => this.notice(api.describe(err)));
   }
 
   private renderEmpty(): void {
@@ -367,15 +417,22 @@ class App {
       if (log.scrollTop < 40) void this.loadOlder(view);
     });
     this.logEl = log;
-    const heading = h(
-      "div",
-      { class: "channel-head" },
+    this.headEl = h("div", { class: "channel-head" });
+    this.renderHead(view);
+    append(this.mainEl, this.headEl, log, this.composer(view));
+  }
+
+  /** The channel's name, topic and members: drawn again as they change, the composer untouched. */
+  private renderHead(view: ChannelView): void {
+    const c = view.channel;
+    clear(this.headEl);
+    append(
+      this.headEl,
       h("h2", { id: "channel-title" }, this.title(c)),
       c.topic ? h("p", { class: "topic" }, c.topic) : null,
       h("p", { class: "meta" }, `channel id: ${c.channelId} · ${c.memberIds.length} members`),
       this.membersButton(view),
     );
-    append(this.mainEl, heading, log, this.composer(view));
   }
 
   private composer(view: ChannelView): HTMLElement {
@@ -432,40 +489,40 @@ class App {
   }
 
   private membersButton(view: ChannelView): HTMLElement {
-    const list = h("ul", { class: "members", id: "members", hidden: true });
-    const button = h("button", { type: "button", class: "link", "aria-expanded": "false", "aria-controls": "members" }, "Members");
-    on(button, "click", () => {
-      const open = list.hidden;
-      list.hidden = !open;
-      button.setAttribute("aria-expanded", String(open));
-      if (!open) return;
-      void this.nameOf(view.channel.memberIds.slice(0, 200)).then(() => {
-        clear(list);
-        for (const id of view.channel.memberIds) {
-          const item = h("li", {}, this.names.get(id) ?? id);
-          if (id !== this.session?.userId) {
-            const dm = h("button", { type: "button", class: "small" }, `Message ${this.names.get(id) ?? id}`);
-            on(dm, "click", () => {
-              withRefresh(() => gateway.createDirectChannel({ userIds: [id] }))
-                .then(async (channel) => {
-                  this.addChannel(channel);
-                  await this.open(channel.channelId);
-                })
-                .catch((err: unknown) => this.notice(api.describe(err)));
-            });
-            append(item, " ", dm);
-          }
-          list.appendChild(item);
-        }
+    const list = h("ul", { class: "members", id: "members", hidden: !this.membersOpen });
+    const button = h(
+      "button",
+      { type: "button", class: "link", "aria-expanded": String(this.membersOpen), "aria-controls": "members" },
+      "Members",
+    );
+    const fill = (): void => {
+      void this.nameOf(view.channel.memberIds.filter((u) => !this.names.has(u)).slice(0, 200)).then(() => {
+        fillList(list, view.channel.memberIds, (id) => this.memberItem(id));
       });
+    };
+    on(button, "click", () => {
+      this.membersOpen = list.hidden;
+      list.hidden = !this.membersOpen;
+      button.setAttribute("aria-expanded", String(this.membersOpen));
+      if (this.membersOpen) fill();
     });
+    if (this.membersOpen) fill();
     return h("div", { class: "members-box" }, button, list);
+  }
+
+  private memberItem(id: string): HTMLLIElement {
+    const name = this.names.get(id) ?? id;
+    if (id === this.session?.userId) return h("li", {}, name);
+    const dm = h("button", { type: "button", class: "small" }, `Message ${name}`);
+    on(dm, "click", () => this.enterChannel(() => gateway.createDirectChannel({ userIds: [id] })));
+    return h("li", {}, name, " ", dm);
   }
 
   // -- threads --
 
   private openThread(view: ChannelView, rootSeq: bigint): void {
     this.thread = { channelId: view.channel.channelId, rootSeq };
+    clear(this.threadEl); // another thread: no draft carried over
     this.renderThread();
     withRefresh(() => gateway.listThread({ channelId: view.channel.channelId, rootSeq }))
       .then((reply) => {
@@ -478,6 +535,10 @@ class App {
   private renderThread(): void {
     const t = this.thread;
     const view = t ? this.channels.get(t.channelId) : undefined;
+    // Drawn again as the thread changes: a reply being written stays as it was.
+    const writing = this.threadEl.querySelector<HTMLTextAreaElement>("#thread-composer");
+    const draft = writing?.value ?? "";
+    const focused = writing !== null && document.activeElement === writing;
     clear(this.threadEl);
     if (!t || !view) {
       this.threadEl.hidden = true;
@@ -490,11 +551,11 @@ class App {
       this.renderThread();
     });
     const root = view.messages.get(t.rootSeq);
-    const replies = [...view.messages.values()]
-      .filter((m) => m.threadRootSeq === t.rootSeq)
-      .sort((a, b) => (a.channelSeq < b.channelSeq ? -1 : 1));
-    const list = h("ol", { class: "message-list" }, ...replies.map((m) => this.messageItem(view, m, true)));
+    const replies = inOrder(view, (m) => m.threadRootSeq === t.rootSeq);
+    const list = fillList(h("ol", { class: "message-list" }), replies, (m) => this.messageItem(view, m, true));
     const box = h("textarea", { id: "thread-composer", rows: 2 });
+    box.value = draft;
+    if (focused) queueMicrotask(() => box.focus());
     const form = h(
       "form",
       { class: "composer" },
@@ -544,6 +605,7 @@ class App {
     for (const m of page.messages) view.messages.set(m.channelSeq, m);
     view.hasMore = page.hasMore;
     view.loaded = true;
+    this.nameThePeople(view);
   }
 
   /** After a gap (reconnect): what came since the newest message held. */
@@ -554,6 +616,7 @@ class App {
     const page = await withRefresh(() => gateway.getHistory({ channelId, afterSeq: newest, limit: 500 }));
     for (const m of page.messages) view.messages.set(m.channelSeq, m);
     if (channelId === this.current) this.renderMessages(view, "keep");
+    this.nameThePeople(view);
   }
 
   private async loadOlder(view: ChannelView): Promise<void> {
@@ -567,6 +630,7 @@ class App {
       for (const m of page.messages) view.messages.set(m.channelSeq, m);
       view.hasMore = page.hasMore;
       if (view.channel.channelId === this.current) this.renderMessages(view, "older");
+      this.nameThePeople(view);
     } finally {
       this.loadingOlder = false;
     }
@@ -583,21 +647,53 @@ class App {
     if (view.messages.size === 0) {
       append(log, h("p", { class: "empty-log" }, "No messages yet. Say hello: type below and press Enter."));
     }
-    const list = h("ol", { class: "message-list" });
-    const ordered = [...view.messages.values()].sort((a, b) => (a.channelSeq < b.channelSeq ? -1 : 1));
-    let marked = false;
-    for (const m of ordered) {
-      if (m.threadRootSeq > 0n) continue; // replies live in their thread
-      const mark = view.readAtOpen;
-      if (!marked && mark !== undefined && m.channelSeq > mark && m.senderId !== this.session?.userId) {
-        append(list, h("li", { class: "new-line", "aria-label": "New messages" }, "New messages"));
-        marked = true;
-      }
-      append(list, this.messageItem(view, m));
-    }
+    const ordered = inOrder(view, (m) => m.threadRootSeq === 0n); // replies live in their thread
+    const readBy = this.readersAt(view, ordered);
+    const mark = view.readAtOpen;
+    const firstNew = ordered.find((m) => mark !== undefined && m.channelSeq > mark && m.senderId !== this.session?.userId);
+    const list = fillList(h("ol", { class: "message-list" }), ordered, (m) => {
+      const item = this.messageItem(view, m);
+      const readers = readBy.get(m.channelSeq);
+      if (readers) append(item, h("p", { class: "read-by" }, `Read by ${readers.join(", ")}`));
+      if (m !== firstNew) return item;
+      const line = h("li", { class: "new-line", "aria-label": "New messages" }, "New messages");
+      const both = document.createDocumentFragment();
+      append(both, line, item);
+      return both;
+    });
     append(log, list);
     if (scroll === "bottom" || (scroll === "keep" && atBottom)) log.scrollTop = log.scrollHeight;
     else if (scroll === "older") log.scrollTop = log.scrollHeight - fromBottom;
+  }
+
+  /** Where each other member's read marker shows: under the newest message of the timeline they
+   * have read (a marker on a thread reply shows at the timeline message before it). */
+  private readersAt(view: ChannelView, timeline: ChatMessage[]): Map<bigint, string[]> {
+    const at = new Map<bigint, string[]>();
+    for (const [userId, seq] of view.readers) {
+      let last: bigint | undefined;
+      for (const m of timeline) if (m.channelSeq <= seq) last = m.channelSeq;
+      if (last === undefined) continue;
+      at.set(last, [...(at.get(last) ?? []), this.names.get(userId) ?? userId]);
+    }
+    return at;
+  }
+
+  /** Looks up the names of the people a channel's messages and markers mention that no message
+   * names itself (a redacted message's sender, a reader), and draws the channel again with them. */
+  private nameThePeople(view: ChannelView): void {
+    const unnamed = new Set<string>();
+    for (const m of view.messages.values()) {
+      if (m.senderName) this.names.set(m.senderId, m.senderName);
+      else if (m.senderId && !this.names.has(m.senderId)) unnamed.add(m.senderId);
+    }
+    for (const userId of view.readers.keys()) if (!this.names.has(userId)) unnamed.add(userId);
+    if (unnamed.size === 0) return;
+    void this.nameOf([...unnamed].slice(0, 200)).then((found) => {
+      if (found.size === 0) return;
+      if (view.channel.channelId === this.current) this.renderMessages(view, "keep");
+      if (this.thread?.channelId === view.channel.channelId) this.renderThread();
+    });
   }
 
   private messageItem(view: ChannelView, m: ChatMessage, inThread = false): HTMLLIElement {
@@ -718,9 +814,8 @@ class App {
   private upsert(m: ChatMessage): void {
     const view = this.channels.get(m.channelId);
     if (!view) return;
-    const known = view.messages.get(m.channelSeq);
-    // The live stream's copy carries no reaction counts: keep the ones held.
-    view.messages.set(m.channelSeq, known && m.reactions.length === 0 ? { ...m, reactions: known.reactions } : m);
+    view.messages.set(m.channelSeq, merged(view.messages.get(m.channelSeq), m));
+    this.nameThePeople(view);
     if (m.channelSeq > view.channel.lastSeq) view.channel.lastSeq = m.channelSeq;
     if (m.channelId === this.current) {
       this.renderMessages(view, "keep");
@@ -750,7 +845,9 @@ class App {
       case "message": {
         const view = this.channels.get(e.value.channelId);
         if (!view) return;
-        const isNew = !view.messages.has(e.value.channelSeq);
+        // Unread when newer than the channel as last listed (whose count has the older ones): a
+        // message the stream replays after the list was read counts once.
+        const isNew = e.value.channelSeq > view.channel.lastSeq;
         this.upsert(e.value);
         if (isNew && e.value.channelId !== this.current && e.value.senderId !== this.session?.userId) {
           view.channel.unreadCount += 1n;
@@ -777,38 +874,77 @@ class App {
         if (view.channel.channelId === this.current) this.renderMessages(view, "keep");
         return;
       }
-      case "membership": {
+      case "readMarker": {
         const view = this.channels.get(e.value.channelId);
         if (!view) return;
-        const change = e.value.change;
-        if (change === "renamed") view.channel.name = e.value.detail;
-        if (change === "topic") view.channel.topic = e.value.detail;
-        const members = new Set(view.channel.memberIds);
-        if (change === "joined") members.add(e.value.userId);
-        if (["left", "kicked", "banned"].includes(change)) members.delete(e.value.userId);
-        view.channel.memberIds = [...members];
-        if (e.value.userId === this.session?.userId && ["left", "kicked", "banned"].includes(change)) {
-          this.channels.delete(e.value.channelId);
-          if (this.current === e.value.channelId) this.current = "";
-          void this.loadChannels();
+        const { userId, channelSeq } = e.value;
+        if (userId === this.session?.userId) {
+          // Read on another device: nothing there is unread here either.
+          if (channelSeq > view.channel.readSeq) view.channel.readSeq = channelSeq;
+          if (channelSeq >= view.channel.lastSeq && view.channel.unreadCount > 0n) {
+            view.channel.unreadCount = 0n;
+            this.renderChannels();
+          }
           return;
         }
-        this.renderChannels();
-        if (view.channel.channelId === this.current && (change === "renamed" || change === "topic")) {
-          this.renderChannel(view);
-          this.renderMessages(view, "bottom");
-        }
+        if (channelSeq <= (view.readers.get(userId) ?? 0n)) return;
+        view.readers.set(userId, channelSeq);
+        this.nameThePeople(view);
+        if (view.channel.channelId === this.current) this.renderMessages(view, "keep");
         return;
       }
+      case "membership":
+        this.onMembership(e.value);
+        return;
       default:
         return;
     }
+  }
+
+  private onMembership(change: MembershipChange): void {
+    const me = this.session?.userId;
+    const view = this.channels.get(change.channelId);
+    const removal = ["left", "kicked", "banned"].includes(change.change);
+    if (!view) {
+      // About this user in a channel the stream does not follow: an invitation, or a channel they
+      // came into elsewhere (the CLI, another tab, a conversation someone started with them).
+      if (change.userId !== me) return;
+      if (change.change === "invited") {
+        this.invitations.set(change.channelId, change.actorId);
+        void this.nameOf([change.actorId].filter((u) => !this.names.has(u))).then(() => this.renderChannels());
+      } else if (change.change === "joined") {
+        this.invitations.delete(change.channelId);
+        void this.takeUp(change.channelId);
+      }
+      return;
+    }
+    if (change.userId === me && removal) {
+      this.channels.delete(change.channelId);
+      this.live?.forget(change.channelId);
+      if (change.change !== "left") this.notice(`You were removed from ${this.title(view.channel)}.`);
+      if (this.current === change.channelId) this.current = "";
+      if (this.thread?.channelId === change.channelId) this.thread = null;
+      this.renderThread();
+      this.live?.restart(); // the stream ends for that channel: carry on with the others at once
+      void this.loadChannels();
+      return;
+    }
+    const c = view.channel;
+    if (change.change === "renamed") c.name = change.detail;
+    if (change.change === "topic") c.topic = change.detail;
+    const members = new Set(c.memberIds);
+    if (change.change === "joined") members.add(change.userId);
+    if (removal) members.delete(change.userId);
+    c.memberIds = [...members];
+    this.renderChannels();
+    if (c.channelId === this.current) this.renderHead(view);
   }
 
   // -- names and settings --
 
   private async nameOf(ids: string[]): Promise<Map<string, string>> {
     const found = new Map<string, string>();
+    if (ids.length === 0) return found;
     const reply = await withRefresh(() => gateway.lookupUsers({ userIds: ids })).catch(() => null);
     for (const u of reply?.users ?? []) {
       found.set(u.userId, u.username);
@@ -823,6 +959,11 @@ class App {
     this.renderChannels();
     renderSettings(this.mainEl, this.session, message);
   }
+}
+
+/** The messages held that `wanted` picks, oldest first. */
+function inOrder(view: ChannelView, wanted: (m: ChatMessage) => boolean): ChatMessage[] {
+  return [...view.messages.values()].filter(wanted).sort((a, b) => (a.channelSeq < b.channelSeq ? -1 : 1));
 }
 
 function byName(a: ChannelView, b: ChannelView): number {

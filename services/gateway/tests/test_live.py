@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 from google.protobuf.message import Message
 from parley.messaging.v1.events_pb2 import (
+    ChannelCreated,
+    MemberInvited,
     MemberJoined,
     MemberKicked,
     MessageEdited,
@@ -75,5 +77,30 @@ async def test_removing_the_member_ends_the_stream_after_what_came_before() -> N
     sub.deliver(event(MessagePosted(channel_id="c1", channel_seq=2), 4))
     assert (await sub.buffer.take()).message.channel_seq == 1
     assert (await sub.buffer.take()).membership.user_id == "carol"
+    told = (await sub.buffer.take()).membership  # the member learns why the stream ends
+    assert (told.user_id, told.change) == ("bob", "kicked")
     with pytest.raises(PermissionDenied, match="no longer in channel c1"):
         await sub.buffer.take()
+
+
+async def test_a_stream_is_told_when_its_user_arrives_in_a_channel_it_does_not_follow() -> None:
+    def elsewhere(payload: Message, position: int) -> ChannelEvent:
+        envelope = seal(
+            NewEvent("channel", "c2", payload, actor="amy"), aggregate_version=1, producer="t@0", trace_context={}
+        )
+        return channel_event_of(envelope, position)
+
+    sub = stream(EVERYTHING)
+    invited = elsewhere(MemberInvited(channel_id="c2", user_id="bob", invited_by="amy"), 5)
+    started = elsewhere(ChannelCreated(channel_id="c2", creator_id="amy", direct=True, member_ids=["bob"]), 4)
+    assert invited.arrivals == ("bob",)
+    assert started.arrivals == ("amy", "bob")
+    for arrival in (started, invited):
+        sub.welcome(arrival)
+    told = [(await sub.buffer.take()).membership for _ in range(2)]
+    assert [(m.channel_id, m.user_id, m.change, m.actor_id, m.position) for m in told] == [
+        ("c2", "bob", "joined", "amy", 4),
+        ("c2", "bob", "invited", "amy", 5),
+    ]
+    sub.welcome(event(MemberJoined(channel_id="c1", user_id="bob"), 6))  # a channel it follows: told as usual
+    assert sub.buffer.pending() == 0

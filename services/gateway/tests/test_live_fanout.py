@@ -276,3 +276,48 @@ async def test_a_resume_during_sends_joins_the_live_feed_with_no_gap_and_no_dupl
     await sender
     assert seen == list(range(1, total + 1))
     stream.cancel()
+
+
+async def test_a_stream_hears_of_its_user_arriving_elsewhere_and_of_their_removal_before_it_ends(
+    roomy: Stack,
+) -> None:
+    owner, dana, carol = [await member(roomy, n) for n in ("owner", "dana", "carol")]
+    home = await dana.channel("home")
+    stream = dana.subscribe([home])
+    await ready(stream)
+
+    club = await owner.channel("club", private=True)
+    for user_id in (dana.user_id, carol.user_id):  # carol's invitation is no business of dana's stream
+        invite = messaging_pb2.MemberActionRequest(channel_id=club, user_id=user_id)
+        await owner.stub.InviteMember(invite, metadata=owner.md, timeout=TIMEOUT_S)
+    await dana.stub.JoinChannel(messaging_pb2.JoinChannelRequest(channel_id=club), metadata=dana.md, timeout=TIMEOUT_S)
+    direct = await owner.stub.CreateDirectChannel(
+        messaging_pb2.CreateDirectChannelRequest(user_ids=[dana.user_id], idempotency_key=uuid.uuid4().hex),
+        metadata=owner.md,
+        timeout=TIMEOUT_S,
+    )
+    await dana.send(home, "still home")
+    told: list[tuple[str, str, str, str]] = []
+    while True:
+        event = await asyncio.wait_for(stream.read(), TIMEOUT_S)
+        assert isinstance(event, gateway_pb2.ClientEvent)
+        if event.HasField("message"):
+            break
+        m = event.membership
+        told.append((m.channel_id, m.change, m.user_id, m.actor_id))
+    assert told == [
+        (club, "invited", dana.user_id, owner.user_id),
+        (club, "joined", dana.user_id, dana.user_id),
+        (direct.channel_id, "joined", dana.user_id, owner.user_id),
+    ]
+    stream.cancel()
+
+    # A stream that covers the channel: the member is told of their removal, then it ends.
+    covering = dana.subscribe([club])
+    await ready(covering)
+    kick = messaging_pb2.MemberActionRequest(channel_id=club, user_id=dana.user_id, reason="done")
+    await owner.stub.KickMember(kick, metadata=owner.md, timeout=TIMEOUT_S)
+    last = await asyncio.wait_for(covering.read(), TIMEOUT_S)
+    assert isinstance(last, gateway_pb2.ClientEvent)
+    assert (last.membership.change, last.membership.user_id, last.membership.detail) == ("kicked", dana.user_id, "done")
+    assert (await refusal(covering)).code() == grpc.StatusCode.PERMISSION_DENIED

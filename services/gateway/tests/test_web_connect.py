@@ -26,7 +26,7 @@ from pyqwest import Client, HTTPTransport
 from parley_core.pki import Pki
 from parley_core.testing.nats import NatsTestServer
 from parley_core.testing.stack import PASSWORD, Stack, bearer, start_stack, stop_stack
-from parley_gateway.web import REFRESH_COOKIE, SERVICE, ProtoBinaryCodec, _method_info
+from parley_gateway.web import REFRESH_COOKIE, SERVICE, SESSION_HINT_COOKIE, ProtoBinaryCodec, _method_info
 
 TIMEOUT_S = 20.0
 USER_BURST = 40
@@ -210,10 +210,14 @@ async def test_refresh_token_lives_in_an_httponly_cookie_that_only_this_origin_c
     login = await login_from_page()
     assert login.access_token
     assert login.refresh_token == "", "the refresh token reached the page's script"
-    [cookie] = seen["set-cookie"]
+    cookie, hint = seen["set-cookie"]
     assert cookie.startswith(f"{REFRESH_COOKIE}=")
     for attribute in ("HttpOnly", "Secure", "SameSite=Strict", "Path=/"):
         assert attribute in cookie
+    # The page may read that it has a session (to ask for a token only then), never the token.
+    assert hint.startswith(f"{SESSION_HINT_COOKIE}=1;")
+    assert "HttpOnly" not in hint
+    assert "Secure" in hint
     token_cookie = cookie.split(";", 1)[0]
 
     refreshed = await browser.call("Refresh", auth_pb2.RefreshRequest(), cookie=token_cookie, origin=browser.origin)

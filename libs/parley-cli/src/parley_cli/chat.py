@@ -214,6 +214,8 @@ async def interactive(client: ParleyClient, reference: str, *, store: DeviceStor
     print(f"-- live; {HELP} --", flush=True)
 
     async def show(event: LiveEvent) -> None:
+        if event.channel_id != channel_id:
+            return  # the user's arrival in another channel: not this conversation's
         await people.learn(event_people(event))
         if line := format_event(event, people.names):
             print(line, flush=True)

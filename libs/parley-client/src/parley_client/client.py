@@ -147,6 +147,8 @@ class LiveStream:
 
     `positions` holds, per channel, the position of the last event read: pass it to
     `ParleyClient.subscribe(resume=...)` to continue after a disconnect with no gap or repeat.
+    A `membership` event of a channel the stream does not cover tells the caller that they
+    arrived there (invited, or joined elsewhere): subscribe again to cover it.
     """
 
     def __init__(
@@ -164,10 +166,13 @@ class LiveStream:
         first = await self._next()
         if first.WhichOneof("event") != "ready":
             raise ParleyError(grpc.StatusCode.INTERNAL, "live stream did not start with `ready`")
-        self.channel_ids = list(first.ready.channel_ids)
-        for start in first.ready.positions:
-            self.positions.setdefault(start.channel_id, start.after_position)
+        self._started(first.ready)
         return self.channel_ids
+
+    def _started(self, ready: gateway_pb2.Ready) -> None:
+        self.channel_ids = list(ready.channel_ids)
+        for start in ready.positions:
+            self.positions.setdefault(start.channel_id, start.after_position)
 
     async def _next(self) -> gateway_pb2.ClientEvent:
         try:
@@ -195,10 +200,13 @@ class LiveStream:
             except StopAsyncIteration:
                 return  # the server ended the stream (it is draining): resume elsewhere
             kind = event.WhichOneof("event")
+            if kind == "ready":
+                self._started(event.ready)
             if kind is None or kind == "ready":
                 continue
             live = LiveEvent(kind, event)
-            self.positions[live.channel_id] = max(self.positions.get(live.channel_id, 0), live.position)
+            if live.channel_id in self.channel_ids:  # not an arrival elsewhere: resuming there is refused
+                self.positions[live.channel_id] = max(self.positions.get(live.channel_id, 0), live.position)
             if self._reveal is not None and kind in ("message", "updated"):
                 await self._reveal(live.message)
             yield live

@@ -6,7 +6,9 @@ channel's events with one ordered consumer, started with the service, and hands 
 the streams of that channel it serves, in process (channel id -> set of streams). One consumer
 per process, not per channel: the count stays fixed whatever users do, and a stream joins the
 feed with a dict insertion instead of a round trip to the server. The price is that each
-gateway reads the events of channels none of its clients follow, which it drops unopened.
+gateway reads the events of channels none of its clients follow, which it drops unopened, except
+those that bring a user into a channel (invited, joined, a conversation started with them): the
+streams of that user are told, so a client takes up a channel it did not follow.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import nats.errors
 from parley_core.bus import EventBus, ReceivedEvent, Replay
 from parley_core.errors import Unavailable
 from parley_core.topology import CHANNELS_FILTER
-from parley_gateway.live import LiveSubscriber, channel_event_of
+from parley_gateway.live import ARRIVAL_TYPES, LiveSubscriber, channel_event_of
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ class ChannelFeed:
     def __init__(self, bus: EventBus) -> None:
         self._bus = bus
         self._streams: dict[str, set[LiveSubscriber]] = {}
+        self._by_user: dict[str, set[LiveSubscriber]] = {}  # for events that bring a user into a channel
         self._all: set[LiveSubscriber] = set()
         self.position = 0
         self._ready = asyncio.Event()
@@ -88,11 +91,16 @@ class ChannelFeed:
             raise Unavailable("live streams are not available yet; retry shortly") from None
 
     async def _dispatch(self, received: ReceivedEvent) -> None:
-        streams = self._streams.get(received.envelope.aggregate_id)
-        if streams:
-            event = channel_event_of(received.envelope, received.stream_seq)
-            for stream in streams:
+        envelope = received.envelope
+        streams = self._streams.get(envelope.aggregate_id)
+        arrival = envelope.event_type in ARRIVAL_TYPES and bool(self._by_user)
+        if streams or arrival:
+            event = channel_event_of(envelope, received.stream_seq)
+            for stream in streams or ():
                 stream.deliver(event)
+            for user_id in event.arrivals:
+                for stream in self._by_user.get(user_id, ()):
+                    stream.welcome(event)
         self.position = received.stream_seq
 
     def add(self, stream: LiveSubscriber) -> None:
@@ -103,6 +111,7 @@ class ChannelFeed:
         """
         for channel_id in stream.channel_ids:
             self._streams.setdefault(channel_id, set()).add(stream)
+        self._by_user.setdefault(stream.user_id, set()).add(stream)
         self._all.add(stream)
 
     def remove(self, stream: LiveSubscriber) -> None:
@@ -112,6 +121,11 @@ class ChannelFeed:
                 streams.discard(stream)
                 if not streams:
                     del self._streams[channel_id]
+        mine = self._by_user.get(stream.user_id)
+        if mine is not None:
+            mine.discard(stream)
+            if not mine:
+                del self._by_user[stream.user_id]
         self._all.discard(stream)
 
     def streams(self) -> list[LiveSubscriber]:

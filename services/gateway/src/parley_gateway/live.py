@@ -11,6 +11,7 @@ from parley.common.v1.envelope_pb2 import EventEnvelope
 from parley.gateway.v1 import gateway_pb2
 from parley.messaging.v1 import messaging_pb2
 from parley.messaging.v1.events_pb2 import (
+    ChannelCreated,
     ChannelRenamed,
     ChannelTopicChanged,
     MemberBanned,
@@ -148,6 +149,18 @@ def client_event_of(envelope: EventEnvelope, position: int) -> gateway_pb2.Clien
 
 _REMOVALS = (MemberLeft, MemberKicked, MemberBanned)
 _ABOUT_A_MESSAGE = (MessagePosted, MessageEdited, MessageRedacted, ReactionAdded, ReactionRemoved, ReadMarkerMoved)
+# Events that bring someone into a channel their streams do not follow yet (invited, joined from
+# another device, a conversation someone else started): the feed opens these for every channel.
+_ARRIVALS = (ChannelCreated, MemberInvited, MemberJoined)
+ARRIVAL_TYPES = frozenset(kind.DESCRIPTOR.full_name for kind in _ARRIVALS)
+
+
+def arrivals_of(payload: Message) -> tuple[str, ...]:
+    if isinstance(payload, ChannelCreated):
+        return (payload.creator_id, *payload.member_ids)
+    if isinstance(payload, MemberInvited | MemberJoined):
+        return (payload.user_id,)
+    return ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,9 +172,21 @@ class ChannelEvent:
     client_event: gateway_pb2.ClientEvent | None  # None: clients are not shown this event
     about_seq: int = 0  # the message (channel_seq) it is about; 0 for membership and channel changes
     removed_user: str = ""  # whom it removes from the channel (left, kicked, banned); their stream ends
+    arrivals: tuple[str, ...] = ()  # whom it brings into the channel (invited, joined, members at creation)
+    creator: str = ""  # who created the channel, for a ChannelCreated
 
     def seen_by(self, view: HistoryView) -> bool:
         return view.shows_event(self.position, self.about_seq)
+
+    def arrival_of(self, user_id: str) -> gateway_pb2.ClientEvent:
+        """What a stream of `user_id`, one of `arrivals`, is told: their own invitation or join;
+        for a channel created with them in it, that they joined it."""
+        if self.client_event is not None:
+            return self.client_event
+        change = gateway_pb2.MembershipChange(
+            channel_id=self.channel_id, user_id=user_id, change="joined", actor_id=self.creator, position=self.position
+        )
+        return gateway_pb2.ClientEvent(membership=change)
 
 
 def channel_event_of(envelope: EventEnvelope, position: int) -> ChannelEvent:
@@ -175,6 +200,8 @@ def channel_event_of(envelope: EventEnvelope, position: int) -> ChannelEvent:
         client_event=client_event(payload, position),
         about_seq=payload.channel_seq if isinstance(payload, _ABOUT_A_MESSAGE) else 0,
         removed_user=payload.user_id if isinstance(payload, _REMOVALS) else "",
+        arrivals=arrivals_of(payload),
+        creator=payload.creator_id if isinstance(payload, ChannelCreated) else "",
     )
 
 
@@ -270,11 +297,18 @@ class LiveSubscriber:
     def deliver(self, event: ChannelEvent) -> None:
         if event.position <= self.after[event.channel_id]:
             return
-        if event.removed_user == self.user_id:
-            # Membership is checked when a stream opens and followed while it runs.
-            self.buffer.end(PermissionDenied(f"you are no longer in channel {event.channel_id}"))
-        elif event.client_event is not None and event.seen_by(self.views[event.channel_id]):
+        if event.client_event is not None and event.seen_by(self.views[event.channel_id]):
             self.buffer.offer(event.client_event)
+        if event.removed_user == self.user_id:
+            # Membership is checked when a stream opens and followed while it runs: the member is
+            # told of their removal (the event above), then the stream ends.
+            self.buffer.end(PermissionDenied(f"you are no longer in channel {event.channel_id}"))
+
+    def welcome(self, event: ChannelEvent) -> None:
+        """`event` brings this stream's user into a channel the stream does not follow: the client
+        is told, to take the channel up (subscribing again with it)."""
+        if event.channel_id not in self.views:
+            self.buffer.offer(event.arrival_of(self.user_id))
 
     def recheck(self) -> None:
         """After someone's access was withdrawn: end this stream if it was its caller's."""

@@ -57,6 +57,9 @@ SERVICE: ServiceDescriptor = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"]
 # without Domain, so no other host (a sibling subdomain) can set or read it.
 REFRESH_COOKIE = "__Host-parley-refresh"
 REFRESH_COOKIE_MAX_AGE_S = 30 * 24 * 3600
+# Beside it, a cookie script may read that holds no secret: only that this browser has a session
+# to refresh, so that a first visit does not ask for one (a 401 in the console) when it has none.
+SESSION_HINT_COOKIE = "__Host-parley-session"
 # Calls whose response carries a refresh token (moved into the cookie) and which may read it.
 ISSUES_REFRESH = frozenset({"Login", "Refresh"})
 # The page may load its own scripts, styles and calls only: no inline script, no eval, no
@@ -302,6 +305,10 @@ def refresh_cookie(token: str, max_age: int = REFRESH_COOKIE_MAX_AGE_S) -> str:
     return f"{REFRESH_COOKIE}={token}; Path=/; Max-Age={max_age}; Secure; HttpOnly; SameSite=Strict"
 
 
+def session_hint_cookie(max_age: int = REFRESH_COOKIE_MAX_AGE_S) -> str:
+    return f"{SESSION_HINT_COOKIE}={1 if max_age else ''}; Path=/; Max-Age={max_age}; Secure; SameSite=Strict"
+
+
 class BrowserSessions:
     """Moves refresh tokens between response bodies and the HttpOnly cookie."""
 
@@ -325,9 +332,11 @@ class BrowserSessions:
             login = cast(auth_pb2.LoginResponse, response)
             if login.refresh_token:
                 ctx.response_headers.add("set-cookie", refresh_cookie(login.refresh_token))
+                ctx.response_headers.add("set-cookie", session_hint_cookie())
                 login.refresh_token = ""  # script never sees it
         if method == "Logout":
             ctx.response_headers.add("set-cookie", refresh_cookie("", max_age=0))
+            ctx.response_headers.add("set-cookie", session_hint_cookie(max_age=0))
         return response
 
 
