@@ -412,6 +412,7 @@ async def test_operator_plans_a_second_person_approves_and_the_timeline_reaches_
     assert traffic.failures == []
 
 
+@pytest.mark.slow  # minutes of roll-out under sends: `make test-all`; make test keeps a shorter roll-out test
 async def test_a_roll_out_is_paused_resumed_and_rolled_back_from_the_console(
     browser: Browser, platform: RunningPlatform
 ) -> None:

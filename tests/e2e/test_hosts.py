@@ -135,6 +135,7 @@ async def cli(platform: RunningPlatform, *args: str) -> str:
     return (await asyncio.to_thread(platform.cli, *args)).stdout
 
 
+@pytest.mark.slow  # minutes of roll-out under sends: `make test-all`; make test keeps a shorter roll-out test
 async def test_a_rollout_replaces_messaging_host_by_host_without_a_failed_send(
     first_host: RunningPlatform, host_b: JoinedHost
 ) -> None:

@@ -181,6 +181,7 @@ async def login_continuously(cluster: AgentPlatform, logins: Traffic) -> None:
         await client.close()
 
 
+@pytest.mark.slow  # minutes of roll-out under sends: `make test-all`; make test keeps a shorter roll-out test
 async def test_a_done_rollout_is_reverted_to_the_base_release_through_an_approved_gated_rollout(
     cluster: AgentPlatform, tmp_path: Path
 ) -> None:
