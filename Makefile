@@ -19,6 +19,7 @@ help:
 	@echo "            node of a 3-node cluster); figures and recovery times in fault-results/"
 
 $(STAMP): constraints.txt requirements-dev.txt $(PYPROJECTS)
+	@echo "[parley] installing the Python packages into $(VENV) (a first install takes a few minutes)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -r requirements-dev.txt $(addprefix -e ,$(PACKAGES))
@@ -29,6 +30,7 @@ venv: $(STAMP)
 # The web client's packages (web/package-lock.json): protoc-gen-es for `make proto`, Vite for the app.
 WEB_STAMP := web/node_modules/.installed
 $(WEB_STAMP): web/package.json web/package-lock.json
+	@echo "[parley] installing the web client's packages (npm ci in web/)"
 	cd web && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
