@@ -13,18 +13,25 @@ import pytest
 
 from parley_core.testing.operators import OperatorTokens
 from parley_core.testing.platform import RunningPlatform, platform_in
+from parley_core.testing.waiting import wait_until
 from parley_core.topology import SERVICES
 
 pytestmark = pytest.mark.e2e
 
 ADVISORY = "PARLEY-TEST-2026-0001"
+SCHEDULE_HOURS = "0.005"
 CRITICAL = "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"  # 9.8
 
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
-    # A critical finding falls due within seconds, so the report has an overdue one to show.
-    running = platform_in(tmp_path_factory.mktemp("report"), PARLEY_PATCH_DEADLINE_CRITICAL_HOURS="0.001")
+    # A critical finding falls due within seconds, so the report has an overdue one to show; the
+    # scheduled report comes every 18 s instead of daily.
+    running = platform_in(
+        tmp_path_factory.mktemp("report"),
+        PARLEY_PATCH_DEADLINE_CRITICAL_HOURS="0.001",
+        PARLEY_REPORT_EVERY_HOURS=SCHEDULE_HOURS,
+    )
     running.start()
     try:
         yield running
@@ -111,3 +118,23 @@ def test_signed_report_of_fleet_findings_and_audit_then_a_changed_byte_is_caught
     tampered = platform.cli("report", "verify", str(out), check=False)
     assert tampered.returncode == 1
     assert "NOT VERIFIED: TAMPERED" in tampered.stderr
+
+
+def test_parley_up_writes_a_signed_report_into_the_data_folder_on_schedule(platform: RunningPlatform) -> None:
+    reports = platform.data_dir / "reports"
+
+    def filed() -> list[Path]:
+        return sorted(reports.glob("compliance-*.md")) if reports.is_dir() else []
+
+    wait_until(lambda: bool(filed()), timeout=120, what="`parley up` to write a scheduled compliance report")
+    report = filed()[0]
+    assert f"compliance report: {report}" in platform.output()
+    assert "# Parley compliance report" in report.read_text()
+    assert "signature valid" in platform.cli("report", "verify", str(report)).stdout
+
+
+def test_a_bad_schedule_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    bad = platform_in(tmp_path, PARLEY_REPORT_EVERY_HOURS="daily")
+    with pytest.raises(RuntimeError, match="PARLEY_REPORT_EVERY_HOURS='daily': give hours between reports"):
+        bad.start()
+    bad.kill()

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.protobuf.message import Message
@@ -157,7 +158,7 @@ async def verify_audit(
     from parley_core.pki import ensure_pki
 
     address, nats_url, password = _platform(data_dir)
-    nats = {"nats_url": nats_url, "password": password, "ca_cert": data_dir / "pki" / "ca.crt"}
+    nats: dict[str, Any] = {"nats_url": nats_url, "password": password, "ca_cert": data_dir / "pki" / "ca.crt"}
     pki = ensure_pki(data_dir / "pki", [PLATFORM_USER])
     channel = secure_channel(pki, identity=PLATFORM_USER, address=address, peer="storage")
     try:

@@ -10,6 +10,7 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from parley.fleet.v1 import fleet_pb2
 from parley.patch.v1 import patch_pb2
@@ -36,8 +37,9 @@ def active_since(rollout: patch_pb2.Rollout, since: float) -> bool:
     return any(entry.at >= since for entry in rollout.audit)
 
 
-async def gather(args: argparse.Namespace, *, since: float, now: float) -> ComplianceFacts:
-    connection = RegistryConnection(args)
+async def gather(data_dir: Path, *, since: float, now: float) -> ComplianceFacts:
+    # As the platform identity (no --as user): every call here is a read the operator's CLI makes too.
+    connection = RegistryConnection(argparse.Namespace(data_dir=data_dir, user=None))
     try:
         instances = (await connection.call(connection.fleet.ListInstances, fleet_pb2.ListInstancesRequest())).instances
         findings = (await connection.call(connection.patch.ListFindings, patch_pb2.ListFindingsRequest())).findings
@@ -46,7 +48,7 @@ async def gather(args: argparse.Namespace, *, since: float, now: float) -> Compl
         names = await connection.names(rollouts)
     finally:
         await connection.close()
-    audit = await verify_audit(args.data_dir)
+    audit = await verify_audit(data_dir)
     return ComplianceFacts(
         generated_at=now,
         since=since,

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -41,27 +45,70 @@ def default_out(data_dir: Path, now: datetime) -> Path:
     return data_dir / REPORTS_DIR / f"compliance-{now.strftime('%Y-%m-%dT%H%M%SZ')}.md"
 
 
+class ReportExists(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class WrittenReport:
+    path: Path
+    public_key: Path
+    key_id: str
+    audit_intact: bool
+
+
+async def write_report(data_dir: Path, *, since: datetime, now: datetime, out: Path | None = None) -> WrittenReport:
+    """The signed report of the running platform in `out` (a new file, whole or not at all), its
+    public key beside it."""
+    out = out or default_out(data_dir, now)
+    if out.exists():
+        raise ReportExists(f"{out} exists; a filed report is never overwritten: name a new file")
+    facts = await gather(data_dir, since=since.timestamp(), now=now.timestamp())
+    return await asyncio.to_thread(_file, data_dir, out, render(facts).encode(), audit_intact=not facts.audit.findings)
+
+
+def _file(data_dir: Path, out: Path, body: bytes, *, audit_intact: bool) -> WrittenReport:
+    key = load_or_create_signing_key(data_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    public = out.parent / PUBLIC_KEY_NAME  # first: whoever sees the report finds its key beside it
+    public.write_bytes(public_pem(key.public_key()))
+    _create_whole(out, signed(body, key))
+    return WrittenReport(path=out, public_key=public, key_id=key_id(key.public_key()), audit_intact=audit_intact)
+
+
+def _create_whole(path: Path, data: bytes) -> None:
+    """A reader (an auditor's sync, `parley report verify`) never sees the file half written."""
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        os.link(tmp, path)  # fails if path appeared meanwhile: never replaced
+    except FileExistsError:
+        raise ReportExists(f"{path} exists; a filed report is never overwritten: name a new file") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 async def cmd_compliance(args: argparse.Namespace) -> int:
     now = datetime.fromtimestamp(time.time(), UTC)
-    since = _since(args.since, now)
-    out: Path = args.out or default_out(args.data_dir, now)
-    if out.exists():
-        raise SystemExit(f"error: {out} exists; a filed report is never overwritten: name a new file")
-    facts = await gather(args, since=since.timestamp(), now=now.timestamp())
-    key = load_or_create_signing_key(args.data_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("xb") as file:  # written whole once the facts are in: no half report on a failure above
-        file.write(signed(render(facts).encode(), key))
-    public = out.parent / PUBLIC_KEY_NAME
-    public.write_bytes(public_pem(key.public_key()))
-    print(f"compliance report written to {out}, signed by key {key_id(key.public_key())}")
-    print(f"public key: {public}; an auditor checks the report with `parley report verify {out}`")
-    return 1 if facts.audit.findings else 0
+    try:
+        written = await write_report(args.data_dir, since=_since(args.since, now), now=now, out=args.out)
+    except ReportExists as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(f"compliance report written to {written.path}, signed by key {written.key_id}")
+    print(f"public key: {written.public_key}; an auditor checks it with `parley report verify {written.path}`")
+    if not written.audit_intact:
+        print("the audit chain is TAMPERED: the report says how (`parley audit verify` too)", file=sys.stderr)
+    return 0 if written.audit_intact else 1
 
 
 async def cmd_verify(args: argparse.Namespace) -> int:
-    report: Path = args.file
-    public: Path = args.public_key or report.parent / PUBLIC_KEY_NAME
+    return await asyncio.to_thread(check_report, args.file, args.public_key)
+
+
+def check_report(report: Path, public_key: Path | None) -> int:
+    public = public_key or report.parent / PUBLIC_KEY_NAME
     try:
         content = report.read_bytes()
     except OSError as exc:
@@ -96,6 +143,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     check = report.add_parser("verify", help="check a report's signature; exit 1 when it was changed")
     check.add_argument("file", type=Path)
     check.add_argument(
-        "--public-key", type=Path, metavar="PEM", help=f"the signer's public key (default: {PUBLIC_KEY_NAME} beside FILE)"
+        "--public-key", type=Path, metavar="PEM", help=f"the signer's public key (default: {PUBLIC_KEY_NAME} by FILE)"
     )
     check.set_defaults(run=cmd_verify)

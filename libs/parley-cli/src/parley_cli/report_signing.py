@@ -27,7 +27,9 @@ from parley_core.files import create_private_file, ensure_private_dir
 SIGNING_KEY_FILE = Path("secrets") / "report-signing-key.pem"
 PUBLIC_KEY_NAME = "parley-report-key.pub.pem"  # written beside each report
 TRAILER_START = b"<!-- parley-report-signature "
-_TRAILER = re.compile(rb"<!-- parley-report-signature ed25519 key-id=([0-9a-f]{16}) signature=([A-Za-z0-9+/=]+) -->\n\Z")
+_TRAILER = re.compile(
+    rb"<!-- parley-report-signature ed25519 key-id=([0-9a-f]{16}) signature=([A-Za-z0-9+/=]+) -->\n\Z"
+)
 
 
 class ReportNotVerified(Exception):
@@ -87,10 +89,10 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
 
 def verify(report: bytes, public_key: Ed25519PublicKey) -> Verified:
     """The signed body, when the last line is a valid signature over it by `public_key`."""
-    start = report.rfind(b"\n" + TRAILER_START)
+    start = report.rfind(TRAILER_START)
     if start < 0:
         raise ReportNotVerified("no signature line at its end: not a signed Parley report, or cut short")
-    body, trailer = report[: start + 1], report[start + 1 :]
+    body, trailer = report[:start], report[start:]
     match = _TRAILER.match(trailer)
     if match is None:
         raise ReportNotVerified("its signature line is damaged")
