@@ -96,6 +96,7 @@ def test_signed_report_of_fleet_findings_and_audit_then_a_changed_byte_is_caught
     assert finding_rows, report
     assert all("| critical | 9.8 |" in row and "**OVERDUE** by" in row for row in finding_rows)
     assert "grpcio" in finding_rows[0]
+    assert f"- {ADVISORY}: a critical one \\| with a pipe" in report  # its summary cannot break a table
     assert "**" in report.split("## Open findings")[1].split("overdue")[0]  # the overdue count is there, in bold
     assert "No roll-out was planned or moved in the period." in report
     assert "Verify: **intact**" in report

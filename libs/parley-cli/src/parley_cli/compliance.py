@@ -127,7 +127,12 @@ def _findings(facts: ComplianceFacts) -> list[str]:
         for f in sorted(facts.findings, key=_severity_rank)
     ]
     headers = ("advisory", "severity", "CVSS", "service", "instance", "package", "fixed in", "detected", "deadline")
-    return lines + _table((*headers, "due"), rows)
+    lines += _table((*headers, "due"), rows)
+    advisories = {f.advisory_id: f for f in facts.findings}  # one line per advisory, not per instance
+    for advisory_id, finding in sorted(advisories.items()):
+        aliases = f" ({_cell(', '.join(finding.aliases))})" if finding.aliases else ""
+        lines.append(f"- {_cell(advisory_id)}{aliases}: {_cell(finding.summary)}")
+    return [*lines, ""]
 
 
 def _second_person(rollout: patch_pb2.Rollout) -> str:
