@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,6 +84,7 @@ def test_signed_report_of_fleet_findings_and_audit_then_a_changed_byte_is_caught
     # A login puts records on the audit chain, so the report has a head to name.
     platform.cli("register", "auditee", stdin="a-long-enough-passphrase\n")
     platform.cli("login", "auditee", stdin="a-long-enough-passphrase\n")
+    wait_for_cli(platform, ["audit", "verify"], "audit chain intact")  # the archive has caught up with the head
 
     out = tmp_path / "filed" / "compliance.md"
     made = platform.cli("report", "compliance", "--since", "2020-01-01", "--out", str(out))
@@ -119,6 +121,32 @@ def test_signed_report_of_fleet_findings_and_audit_then_a_changed_byte_is_caught
     tampered = platform.cli("report", "verify", str(out), check=False)
     assert tampered.returncode == 1
     assert "NOT VERIFIED: TAMPERED" in tampered.stderr
+
+
+def test_a_report_over_a_damaged_audit_chain_says_so_and_is_still_signed(
+    platform: RunningPlatform, tmp_path: Path
+) -> None:
+    platform.cli("register", "auditee2", stdin="a-long-enough-passphrase\n")
+    wait_for_cli(platform, ["audit", "verify"], "audit chain intact")
+    archive = platform.data_dir / "storage" / "archive.db"
+    with sqlite3.connect(archive) as db:
+        first = "SELECT stream_seq, aggregate_version, envelope FROM events WHERE stream = 'SEC' ORDER BY stream_seq"
+        seq, number, envelope = db.execute(first).fetchone()
+        damaged = bytearray(envelope)
+        damaged[-1] ^= 0x01
+        db.execute("UPDATE events SET envelope = ? WHERE stream = 'SEC' AND stream_seq = ?", (bytes(damaged), seq))
+    out = tmp_path / "compliance.md"
+    try:
+        made = platform.cli("report", "compliance", "--out", str(out), check=False)
+    finally:
+        with sqlite3.connect(archive) as db:
+            db.execute("UPDATE events SET envelope = ? WHERE stream = 'SEC' AND stream_seq = ?", (envelope, seq))
+    assert made.returncode == 1
+    assert "the audit chain is TAMPERED" in made.stderr
+    report = out.read_text()
+    assert "Verify: **TAMPERED**, 1 finding(s)" in report
+    assert f"- unreadable: record #{number} (at {seq})" in report
+    assert "signature valid" in platform.cli("report", "verify", str(out)).stdout
 
 
 def test_parley_up_writes_a_signed_report_into_the_data_folder_on_schedule(platform: RunningPlatform) -> None:
