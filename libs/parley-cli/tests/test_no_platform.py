@@ -17,7 +17,14 @@ from parley_core.pki import Pki
 
 # Commands that reach the platform by each way the CLI finds it: the gateway (client.json), the
 # operator's storage and auth connections (platform.json), the patch registry's.
-COMMANDS = [("channels",), ("retention",), ("admin", "show", "alice"), ("fleet",), ("status",)]
+COMMANDS = [
+    ("channels",),
+    ("retention",),
+    ("admin", "show", "alice"),
+    ("fleet",),
+    ("status",),
+    ("report", "compliance"),
+]
 
 
 def run_parley(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.protobuf.message import Message
@@ -140,18 +142,29 @@ def _platform(data_dir: Path) -> tuple[str, str, str]:
     return str(state["services"]["storage"]["address"]), str(state["nats_url"]), passwords[PLATFORM_USER]
 
 
-async def cmd_verify(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class AuditVerdict:
+    """What `parley audit verify` found: the archived records, what is wrong with them, the live head."""
+
+    records: list[StoredRecord]
+    findings: list[Finding]
+    head: ChainHead
+
+
+async def verify_audit(
+    data_dir: Path, *, keys_from_archive: bool = False, checkpoints: Sequence[Checkpoint] = ()
+) -> AuditVerdict:
+    """The archive's chain checked against the live SEC stream's head and the keys on the AUTH stream."""
     from parley_core.pki import ensure_pki
 
-    checkpoints = read_checkpoints(args.checkpoint)
-    address, nats_url, password = _platform(args.data_dir)
-    nats = {"nats_url": nats_url, "password": password, "ca_cert": args.data_dir / "pki" / "ca.crt"}
-    pki = ensure_pki(args.data_dir / "pki", [PLATFORM_USER])
+    address, nats_url, password = _platform(data_dir)
+    nats: dict[str, Any] = {"nats_url": nats_url, "password": password, "ca_cert": data_dir / "pki" / "ca.crt"}
+    pki = ensure_pki(data_dir / "pki", [PLATFORM_USER])
     channel = secure_channel(pki, identity=PLATFORM_USER, address=address, peer="storage")
     try:
         storage = storage_pb2_grpc.StorageArchiveServiceStub(channel)
         records = await archived_records(storage)
-        keys = await archived_keys(storage) if args.keys_from_archive else None
+        keys = await archived_keys(storage) if keys_from_archive else None
     except grpc.aio.AioRpcError as exc:
         raise ParleyError(exc.code(), f"storage refused to read the archive: {exc.details()}") from None
     finally:
@@ -163,8 +176,14 @@ async def cmd_verify(args: argparse.Namespace) -> int:
     live = [Checkpoint.of(head.record, source="the live SEC stream")] if head.record is not None else []
     expected = head.record.chain_index if head.record is not None else 0
     findings = verify_chain(records, keys, expected_last_index=expected, checkpoints=[*live, *checkpoints])
-    print(report(records, findings, checkpoints))
-    return 1 if findings else 0
+    return AuditVerdict(records=list(records), findings=list(findings), head=head)
+
+
+async def cmd_verify(args: argparse.Namespace) -> int:
+    checkpoints = read_checkpoints(args.checkpoint)
+    verdict = await verify_audit(args.data_dir, keys_from_archive=args.keys_from_archive, checkpoints=checkpoints)
+    print(report(verdict.records, verdict.findings, checkpoints))
+    return 1 if verdict.findings else 0
 
 
 def write_checkpoint(out: Path, checkpoint: Checkpoint, data_dir: Path) -> bool:

@@ -390,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     from parley_cli import hosts  # a fleet of several hosts (issue 18)
 
     hosts.add_commands(sub)
+    from parley_cli import report  # signed compliance reports for auditors
+
+    report.add_commands(sub)
     return parser
 
 

@@ -31,6 +31,7 @@ from parley_agent.front_door import FrontDoor
 from parley_agent.installer import installed_wheel
 from parley_agent.shared_port import claim, requests_migrate
 from parley_cli.publishing import base_wheel, publish_base_release, source_folder
+from parley_cli.report_schedule import report_every, write_reports
 from parley_cli.state import CLIENT_FILE, STATE_FILE, leftover_pids, previous_port, previous_version
 from parley_cli.uplock import PlatformAlreadyRunning, UpLock
 from parley_cli.wheels import WheelBuildError, source_digest
@@ -119,6 +120,7 @@ class Platform:
         self._nats_watchers: list[asyncio.Task[None]] = []
         self.nats_restarts: dict[str, int] = {}
         self._base_task: asyncio.Task[None] | None = None
+        self._report_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
     def say(self, text: str) -> None:
@@ -145,6 +147,7 @@ class Platform:
         return await door_for("gateway").start()
 
     async def start(self) -> None:
+        reports_every = report_every()  # a bad $PARLEY_REPORT_EVERY_HOURS fails here, before anything starts
         # A new folder has no accounts yet (a restored one has its backup's); auth offers no cheap
         # "any account?" question, so the first-owner hint is shown on a new folder's first start only.
         new_folder = not (self.data_dir / "pki").exists() and not (self.data_dir / RESTORED_MARKER).exists()
@@ -204,6 +207,8 @@ class Platform:
         self._write_state()
         self._agent_task = asyncio.create_task(agent.run())
         self._base_task = asyncio.create_task(self._publish_base_releases(agent))
+        if reports_every is not None:
+            self._report_task = asyncio.create_task(write_reports(self.data_dir, reports_every, self.say))
         gateway = self.front_doors["gateway"]
         self.say(f"all services are up. Gateway (TLS): {gateway.address}")
         if os.environ.get(WEB_ROOT_ENV):
@@ -645,7 +650,7 @@ class Platform:
             watcher.cancel()
         await asyncio.gather(*self._nats_watchers, return_exceptions=True)
         self._mark_stopped()
-        for task in (self._base_task, self._agent_task):
+        for task in (self._report_task, self._base_task, self._agent_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -1,0 +1,148 @@
+"""`parley report compliance` and `parley report verify`: a dated, signed report an auditor files."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from parley_cli.compliance import gather, render
+from parley_cli.report_signing import (
+    PUBLIC_KEY_NAME,
+    ReportNotVerified,
+    key_id,
+    load_or_create_signing_key,
+    load_public_key,
+    public_pem,
+    signed,
+    verify,
+)
+
+DEFAULT_PERIOD = timedelta(days=30)
+REPORTS_DIR = "reports"
+
+
+def _since(text: str | None, now: datetime) -> datetime:
+    if not text:
+        return now - DEFAULT_PERIOD
+    try:
+        since = datetime.fromisoformat(text)
+    except ValueError:
+        raise SystemExit(f"error: --since {text!r}: give a date (2026-11-01) or a time (2026-11-01T08:00)") from None
+    since = since if since.tzinfo else since.replace(tzinfo=UTC)
+    if since > now:
+        raise SystemExit(f"error: --since {text} is in the future")
+    return since
+
+
+def default_out(data_dir: Path, now: datetime) -> Path:
+    return data_dir / REPORTS_DIR / f"compliance-{now.strftime('%Y-%m-%dT%H%M%SZ')}.md"
+
+
+class ReportExists(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class WrittenReport:
+    path: Path
+    public_key: Path
+    key_id: str
+    audit_intact: bool
+
+
+async def write_report(data_dir: Path, *, since: datetime, now: datetime, out: Path | None = None) -> WrittenReport:
+    """The signed report of the running platform in `out` (a new file, whole or not at all), its
+    public key beside it."""
+    out = out or default_out(data_dir, now)
+    if out.exists():
+        raise ReportExists(f"{out} exists; a filed report is never overwritten: name a new file")
+    facts = await gather(data_dir, since=since.timestamp(), now=now.timestamp())
+    return await asyncio.to_thread(_file, data_dir, out, render(facts).encode(), audit_intact=not facts.audit.findings)
+
+
+def _file(data_dir: Path, out: Path, body: bytes, *, audit_intact: bool) -> WrittenReport:
+    key = load_or_create_signing_key(data_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    public = out.parent / PUBLIC_KEY_NAME  # first: whoever sees the report finds its key beside it
+    public.write_bytes(public_pem(key.public_key()))
+    _create_whole(out, signed(body, key))
+    return WrittenReport(path=out, public_key=public, key_id=key_id(key.public_key()), audit_intact=audit_intact)
+
+
+def _create_whole(path: Path, data: bytes) -> None:
+    """A reader (an auditor's sync, `parley report verify`) never sees the file half written."""
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        os.link(tmp, path)  # fails if path appeared meanwhile: never replaced
+    except FileExistsError:
+        raise ReportExists(f"{path} exists; a filed report is never overwritten: name a new file") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+async def cmd_compliance(args: argparse.Namespace) -> int:
+    now = datetime.fromtimestamp(time.time(), UTC)
+    try:
+        written = await write_report(args.data_dir, since=_since(args.since, now), now=now, out=args.out)
+    except ReportExists as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(f"compliance report written to {written.path}, signed by key {written.key_id}")
+    print(f"public key: {written.public_key}; an auditor checks it with `parley report verify {written.path}`")
+    if not written.audit_intact:
+        print("the audit chain is TAMPERED: the report says how (`parley audit verify` too)", file=sys.stderr)
+    return 0 if written.audit_intact else 1
+
+
+async def cmd_verify(args: argparse.Namespace) -> int:
+    return await asyncio.to_thread(check_report, args.file, args.public_key)
+
+
+def check_report(report: Path, public_key: Path | None) -> int:
+    public = public_key or report.parent / PUBLIC_KEY_NAME
+    try:
+        content = report.read_bytes()
+    except OSError as exc:
+        print(f"error: cannot read {report}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        verified = verify(content, load_public_key(public))
+    except ReportNotVerified as exc:
+        print(f"{report}: NOT VERIFIED: {exc}", file=sys.stderr)
+        return 1
+    print(f"{report}: signature valid, signed by key {verified.key_id} ({public})")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    report = sub.add_parser("report", help="signed reports for auditors").add_subparsers(
+        dest="report_command", required=True
+    )
+    compliance = report.add_parser(
+        "compliance",
+        help="a dated, signed compliance report: fleet, open findings, roll-outs and approvals, audit chain",
+        description="Write a Markdown report of the running platform (fleet, open findings with deadlines, "
+        "roll-outs in the period with who planned and approved them and their gate verdicts, the audit chain's "
+        f"verify result and head), signed with Ed25519 by the key in <data>/secrets/ (made on first use); its "
+        f"public key is written beside the report as {PUBLIC_KEY_NAME}. Exit 1 when the audit chain is tampered.",
+    )
+    compliance.add_argument("--since", metavar="DATE", help="start of the period (default: 30 days ago)")
+    compliance.add_argument(
+        "--out", type=Path, metavar="FILE", help="a new file (default <data>/reports/compliance-<time>.md)"
+    )
+    compliance.set_defaults(run=cmd_compliance)
+    check = report.add_parser("verify", help="check a report's signature; exit 1 when it was changed")
+    check.add_argument("file", type=Path)
+    check.add_argument(
+        "--public-key", type=Path, metavar="PEM", help=f"the signer's public key (default: {PUBLIC_KEY_NAME} by FILE)"
+    )
+    check.set_defaults(run=cmd_verify)

@@ -1,0 +1,169 @@
+"""`parley report compliance` and `parley report verify` against the platform as `make run` starts it:
+a report with an overdue finding and no roll-out, its content, its signature, and a changed byte caught."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from parley_core.testing.operators import OperatorTokens
+from parley_core.testing.platform import RunningPlatform, platform_in
+from parley_core.testing.waiting import wait_until
+from parley_core.topology import SERVICES
+
+pytestmark = pytest.mark.e2e
+
+ADVISORY = "PARLEY-TEST-2026-0001"
+SCHEDULE_HOURS = "0.005"
+CRITICAL = "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"  # 9.8
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
+    # A critical finding falls due within seconds, so the report has an overdue one to show; the
+    # scheduled report comes every 18 s instead of daily.
+    running = platform_in(
+        tmp_path_factory.mktemp("report"),
+        PARLEY_PATCH_DEADLINE_CRITICAL_HOURS="0.001",
+        PARLEY_REPORT_EVERY_HOURS=SCHEDULE_HOURS,
+    )
+    running.start()
+    try:
+        yield running
+    finally:
+        running.kill()
+
+
+def osv_against_grpcio(record_id: str) -> str:
+    """An OSV record against grpcio, which every instance runs."""
+    return json.dumps(
+        {
+            "id": record_id,
+            "modified": "2026-01-01T00:00:00Z",
+            "summary": "a critical one | with a pipe",
+            "severity": [{"type": "CVSS_V3", "score": CRITICAL}],
+            "affected": [
+                {
+                    "package": {"ecosystem": "PyPI", "name": "grpcio"},
+                    "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}]}],
+                }
+            ],
+        }
+    )
+
+
+def wait_for_cli(platform: RunningPlatform, args: list[str], done: str, timeout: float = 90.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        out = platform.cli(*args, check=False)
+        if done in out.stdout:
+            return out.stdout
+        if time.monotonic() > deadline:
+            raise AssertionError(f"`parley {' '.join(args)}` never showed {done!r}:\n{out.stdout}\n{out.stderr}")
+        time.sleep(0.5)
+
+
+def test_signed_report_of_fleet_findings_and_audit_then_a_changed_byte_is_caught(
+    platform: RunningPlatform, tmp_path: Path
+) -> None:
+    for service in SERVICES:
+        wait_for_cli(platform, ["fleet"], f"{service}-v0_1_0-")
+    operators = OperatorTokens()
+    asyncio.run(operators.publish_on_platform(platform.data_dir))
+    operators.save_cli_login(platform.data_dir, "olga")
+    (tmp_path / "osv").mkdir()
+    (tmp_path / "osv" / "one.json").write_text(osv_against_grpcio(ADVISORY))
+    wait_for_cli(platform, ["--as", "olga", "advisories", "import", str(tmp_path / "osv")], "imported")
+    wait_for_cli(platform, ["advisories", "list"], "OVERDUE")
+    # A login puts records on the audit chain, so the report has a head to name.
+    platform.cli("register", "auditee", stdin="a-long-enough-passphrase\n")
+    platform.cli("login", "auditee", stdin="a-long-enough-passphrase\n")
+    wait_for_cli(platform, ["audit", "verify"], "audit chain intact")  # the archive has caught up with the head
+
+    out = tmp_path / "filed" / "compliance.md"
+    made = platform.cli("report", "compliance", "--since", "2020-01-01", "--out", str(out))
+    assert f"compliance report written to {out}" in made.stdout
+    report = out.read_text()
+
+    assert "Period: 2020-01-01 00:00 UTC to " in report
+    for service in SERVICES:
+        assert f"| {service} | 0.1.0 | {service}-v0_1_0-" in report
+    finding_rows = [line for line in report.splitlines() if line.startswith(f"| {ADVISORY} |")]
+    assert finding_rows, report
+    assert all("| critical | 9.8 |" in row and "**OVERDUE** by" in row for row in finding_rows)
+    assert "grpcio" in finding_rows[0]
+    assert f"- {ADVISORY}: a critical one \\| with a pipe" in report  # its summary cannot break a table
+    assert "**" in report.split("## Open findings")[1].split("overdue")[0]  # the overdue count is there, in bold
+    assert "No roll-out was planned or moved in the period." in report
+    assert "Verify: **intact**" in report
+    assert "Head (live SEC stream): record #" in report
+
+    key = platform.data_dir / "secrets" / "report-signing-key.pem"
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert (out.parent / "parley-report-key.pub.pem").read_text().startswith("-----BEGIN PUBLIC KEY-----")
+    verified = platform.cli("report", "verify", str(out))
+    assert "signature valid" in verified.stdout
+
+    again = platform.cli("report", "compliance", "--out", str(out), check=False)
+    assert again.returncode == 1
+    assert "never overwritten" in again.stderr
+
+    content = bytearray(out.read_bytes())
+    at = content.index(b"0.1.0")
+    content[at] ^= 0x01  # "0.1.0" becomes "1.1.0"
+    out.write_bytes(bytes(content))
+    tampered = platform.cli("report", "verify", str(out), check=False)
+    assert tampered.returncode == 1
+    assert "NOT VERIFIED: TAMPERED" in tampered.stderr
+
+
+def test_a_report_over_a_damaged_audit_chain_says_so_and_is_still_signed(
+    platform: RunningPlatform, tmp_path: Path
+) -> None:
+    platform.cli("register", "auditee2", stdin="a-long-enough-passphrase\n")
+    wait_for_cli(platform, ["audit", "verify"], "audit chain intact")
+    archive = platform.data_dir / "storage" / "archive.db"
+    with sqlite3.connect(archive) as db:
+        first = "SELECT stream_seq, aggregate_version, envelope FROM events WHERE stream = 'SEC' ORDER BY stream_seq"
+        seq, number, envelope = db.execute(first).fetchone()
+        damaged = bytearray(envelope)
+        damaged[-1] ^= 0x01
+        db.execute("UPDATE events SET envelope = ? WHERE stream = 'SEC' AND stream_seq = ?", (bytes(damaged), seq))
+    out = tmp_path / "compliance.md"
+    try:
+        made = platform.cli("report", "compliance", "--out", str(out), check=False)
+    finally:
+        with sqlite3.connect(archive) as db:
+            db.execute("UPDATE events SET envelope = ? WHERE stream = 'SEC' AND stream_seq = ?", (envelope, seq))
+    assert made.returncode == 1
+    assert "the audit chain is TAMPERED" in made.stderr
+    report = out.read_text()
+    assert "Verify: **TAMPERED**, 1 finding(s)" in report
+    assert f"- unreadable: record #{number} (at {seq})" in report
+    assert "signature valid" in platform.cli("report", "verify", str(out)).stdout
+
+
+def test_parley_up_writes_a_signed_report_into_the_data_folder_on_schedule(platform: RunningPlatform) -> None:
+    reports = platform.data_dir / "reports"
+
+    def filed() -> list[Path]:
+        return sorted(reports.glob("compliance-*.md")) if reports.is_dir() else []
+
+    wait_until(lambda: bool(filed()), timeout=120, what="`parley up` to write a scheduled compliance report")
+    report = filed()[0]
+    assert f"compliance report: {report}" in platform.output()
+    assert "# Parley compliance report" in report.read_text()
+    assert "signature valid" in platform.cli("report", "verify", str(report)).stdout
+
+
+def test_a_bad_schedule_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    bad = platform_in(tmp_path, PARLEY_REPORT_EVERY_HOURS="daily")
+    with pytest.raises(RuntimeError, match="PARLEY_REPORT_EVERY_HOURS='daily': give hours between reports"):
+        bad.start()
+    bad.kill()
