@@ -11,14 +11,13 @@ from nats.js import JetStreamContext
 from parley.auth.v1 import auth_pb2
 from parley.auth.v1.events_pb2 import SecurityEventRecorded
 
+from parley_auth.service import AUDIT_HEAD_SCAN_LIMIT
 from parley_core.audit import AuditChain
 from parley_core.audit_log import chain_head
 from parley_core.envelope import NewEvent, decode, open_payload, seal
 from parley_core.testing.nats import NatsTestServer
 from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack
 from parley_core.testing.waiting import eventually
-
-from parley_auth.service import AUDIT_HEAD_SCAN_LIMIT
 
 JUNK = 4 * AUDIT_HEAD_SCAN_LIMIT
 
@@ -68,9 +67,7 @@ async def test_a_flood_of_junk_on_sec_does_not_stall_a_login(stack: Stack, nats_
         junk = forged_record(real, auth._audit_signer.key_id) if n % 2 else b"junk"
         await nc.publish(f"parley.sec.junk.n{n % 7}", junk)
     await nc.flush()
-    await eventually(
-        lambda: _grown(stolen, before + JUNK), "the junk on SEC", TIMEOUT_S
-    )
+    await eventually(lambda: _grown(stolen, before + JUNK), "the junk on SEC", TIMEOUT_S)
     read_before = auth.sec_messages_read
 
     login = await stack.login(name)  # within the call's own deadline
