@@ -31,28 +31,39 @@ async def chain_head(
     end backwards down to `after_seq` (exclusive; 0: the whole stream). Anyone who may publish on
     SEC can write a message that looks like a record; only auth's audit key signs one, so an
     unsigned or wrongly signed record is no link in the chain, however it numbers itself.
-    Access-token keys sign only a chain from before audit keys (see TrustedKeys)."""
-    token_allowed = not keys.audit
+
+    An access-token key signs only a chain from before audit keys (see TrustedKeys): a record it
+    signed heads the chain only if no audit-signed record comes before it, so the whole stream is
+    read for it (never within a bounded lookup, `after_seq`)."""
     state = (await js.stream_info(stream)).state
     seq = state.last_seq
     read = forged = 0
+    # The newest token-signed record, and how many were read, while no audit-signed one is found.
+    token_signed: SecurityEventRecorded | None = None
+    token_count = 0
     while seq and seq >= state.first_seq and seq > after_seq:
         read += 1
+        seq -= 1
         try:
-            raw = await js.get_msg(stream, seq)
+            raw = await js.get_msg(stream, seq + 1)
         except nats.js.errors.NotFoundError:  # a deleted message
-            seq -= 1
             continue
         try:
             payload = open_payload(decode(raw.data or b""))
         except (DecodeError, UnknownEventType):
-            payload = None
-        if isinstance(payload, SecurityEventRecorded):
-            if _sound(payload, keys, token_allowed=token_allowed):
-                return ChainHead(stream_last_seq=state.last_seq, record=payload, read=read, forged=forged)
+            continue
+        if not isinstance(payload, SecurityEventRecorded):
+            continue
+        if _sound(payload, keys, token_allowed=False):
+            forged += token_count  # a token key signed them after an audit key took over
+            return ChainHead(stream_last_seq=state.last_seq, record=payload, read=read, forged=forged)
+        if _sound(payload, keys, token_allowed=True):
+            token_signed = token_signed or payload
+            token_count += 1
+        else:
             forged += 1
-        seq -= 1
-    return ChainHead(stream_last_seq=state.last_seq, record=None, read=read, forged=forged)
+    head = token_signed if after_seq == 0 else None
+    return ChainHead(stream_last_seq=state.last_seq, record=head, read=read, forged=forged)
 
 
 def _sound(record: SecurityEventRecorded, keys: TrustedKeys, *, token_allowed: bool) -> bool:
