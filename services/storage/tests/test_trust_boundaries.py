@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 import uuid
 
 import grpc
@@ -316,3 +317,43 @@ async def test_the_owners_delete_only_what_an_erasure_or_a_removal_legitimately_
 
 async def _count(stack: Stack, token: Token, channel_id: str, n: int) -> bool | None:
     return True if len(await history(stack, token, channel_id)) == n else None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 12, open: messaging checks a retention fact's cutoff only, not that an operator set a policy;"
+    " the policy record (RetentionPolicySet on STORE) is storage's own, as forgeable as the fact",
+)
+async def test_a_stolen_storage_credential_cannot_expire_a_channel_no_retention_policy_covers(
+    stack: Stack, nats_server: NatsTestServer
+) -> None:
+    """A RetentionDue for a channel with no retention policy: its messages older than a day stay."""
+    _, token, _ = await register(stack, "alice")
+    channel = await stack.gateway().CreateChannel(
+        messaging_pb2.CreateChannelRequest(name="kept"), metadata=token, timeout=TIMEOUT_S
+    )
+    cid = channel.channel_id
+    sent = await stack.gateway().SendMessage(
+        messaging_pb2.PostMessageRequest(channel_id=cid, body="old", idempotency_key=uuid.uuid4().hex),
+        metadata=token,
+        timeout=TIMEOUT_S,
+    )
+    messaging = stack.app("messaging")
+    posted_at = time.time_ns()
+    messaging.storage_due._now_ns = lambda: posted_at + 2 * NS_PER_DAY  # the message is two days old
+    storage = (await nats_server.connect("storage")).jetstream()  # the stolen credential
+    fact = RetentionDue(
+        channel_id=cid, channel_seqs=[sent.channel_seq], retention_days=1, sent_before_unix_ns=posted_at
+    )
+    await storage.publish(due_subject("messaging", "expiry", cid), envelope("retention", cid, fact))
+
+    platform = (await nats_server.connect("platform")).jetstream()
+
+    async def decided() -> str | None:  # refused, or (the hole) marked expired
+        if sent.channel_seq not in messaging.channels.get(cid).messages:
+            return "expired"
+        return await refusal(platform, "messaging", "retention policy")
+
+    assert await eventually(decided, "messaging deciding on the fact") != "expired"
+    assert sent.channel_seq in messaging.channels.get(cid).messages
+    assert [m.body for m in await history(stack, token, cid)] == ["old"]

@@ -90,12 +90,14 @@ async def keys_from_stream(*, nats_url: str, password: str, ca_cert: Path) -> Tr
 
 
 async def live_head(*, nats_url: str, password: str, ca_cert: Path) -> ChainHead:
-    """The newest audit record on the live SEC stream (not necessarily its newest message)."""
+    """The newest audit record on the live SEC stream signed with a published key (not
+    necessarily the stream's newest message: nor a forged record)."""
+    keys = await keys_from_stream(nats_url=nats_url, password=password, ca_cert=ca_cert)
     nc = await connect_nats_once(
         url=nats_url, user=PLATFORM_USER, password=password, ca_cert=ca_cert, name="parley-audit"
     )
     try:
-        return await chain_head(nc.jetstream())
+        return await chain_head(nc.jetstream(), keys)
     finally:
         await nc.close()
 

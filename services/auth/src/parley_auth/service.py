@@ -100,8 +100,8 @@ from parley_auth.sessions import (
 from parley_auth.settings import AuthSettings
 from parley_auth.signing import TokenIssuer
 from parley_auth.storage_due import StorageDue
-from parley_core.audit import AuditChain
-from parley_core.audit_log import chain_head
+from parley_core.audit import AuditChain, TrustedKeys, trusted_keys
+from parley_core.audit_log import SEC_STREAM, ChainHead, chain_head
 from parley_core.bus import ConcurrencyConflict, DurableConsumer, ReceivedEvent, Replay
 from parley_core.config import AUTH_SEALING_KEY_FILE
 from parley_core.envelope import NewEvent, open_payload
@@ -196,6 +196,10 @@ LOGIN_FAILED = "username or password is wrong"
 # Conflicts on SEC are other auth instances' records (each retry re-reads the head and links
 # again); past this many in a row the call fails rather than go unrecorded.
 AUDIT_APPEND_ATTEMPTS = 20
+# After start, a conflict on SEC reads at most this many of the newest messages for another
+# instance's record: anyone who may publish there (auth's NATS password) can pile junk on the
+# stream, and a login must not wait for auth to read it all (the start reads the whole stream).
+AUDIT_HEAD_SCAN_LIMIT = 256
 MAX_NOT_MADE_DETAIL = 200
 REFRESH_INVALID = "refresh token is invalid or expired; log in again"
 MAX_ID_LENGTH = 64
@@ -283,6 +287,8 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         self._sealer: SecretSealer | None = None
         self._audit_signer: AuditSigner | None = None
         self.audit_keys: set[str] = set()  # published audit key ids
+        self._published_keys: list[AuditKeyPublished | SigningKeyPublished] = []  # what audit records verify with
+        self.sec_messages_read = 0  # by the audit head lookups (a flood on SEC must not grow a login's share)
         self._audit = AuditChain()
         self._audit_lock = asyncio.Lock()
         self._sec_last_seq = 0
@@ -307,9 +313,9 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         self._issuer = TokenIssuer.load_or_create(self._signing_key_path, lifetime_s=self.settings.access_token_seconds)
         self._sealer = SecretSealer.load_or_create(ctx.settings.secrets_dir / AUTH_SEALING_KEY_FILE)
         self._audit_signer = AuditSigner.load_or_create(ctx.settings.secrets_dir / AUDIT_KEY_FILE)
-        await self._load_audit_head()
         self._replay = await ctx.bus.replay(stream="AUTH", filter_subject="parley.auth.>", handler=self._apply)
         await self._replay.wait_caught_up()
+        await self._load_audit_head()  # once the published audit keys are known
         await self._refuse_unexplained_gaps()
         await self._publish_audit_key()
         # An erased name is tombstoned before a registration can take it: a restored folder's
@@ -423,6 +429,8 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             self.accounts.add(Account(payload.user_id, payload.username, password_hash, payload.role))
             self.username_holders[username_key(payload.username)] = payload.user_id
             return
+        if isinstance(payload, AuditKeyPublished | SigningKeyPublished):
+            self._published_keys.append(payload)
         if isinstance(payload, AuditKeyPublished):
             self.audit_keys.add(payload.key_id)
             return
@@ -652,14 +660,50 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             session_subject(session.session_id), event, version=session.version + 1, expected_seq=session.last_seq
         )
 
+    def trusted_audit_keys(self) -> TrustedKeys:
+        """The keys an audit record auth links after must be signed with: the published ones
+        (a restored folder's earlier audit key among them) and this instance's own."""
+        assert self._audit_signer is not None
+        own = AuditKeyPublished(key_id=self._audit_signer.key_id, public_key=self._audit_signer.public_key)
+        return trusted_keys([*self._published_keys, own])
+
     async def _load_audit_head(self) -> None:
-        """The chain continues from the newest audit record on the SEC stream, which need not be
-        the stream's newest message (another writer's message is no link in the chain)."""
-        head = await chain_head(self.ctx.bus.js)
+        """The chain continues from the newest audit record on the SEC stream signed with a key
+        auth trusts, which need not be the stream's newest message: another writer's message,
+        or a record forged by someone who may publish on SEC, is no link in the chain."""
+        head = await chain_head(self.ctx.bus.js, self.trusted_audit_keys())
+        self._saw(head)
         self._sec_last_seq = head.stream_last_seq
         self._audit = AuditChain()
         if head.record is not None:
             self._audit.advance(head.record)
+
+    async def _follow_audit_head(self) -> None:
+        """After a conflict: the messages since the last one this instance knew, newest first and
+        at most AUDIT_HEAD_SCAN_LIMIT of them, for another instance's newer record. Past the limit
+        the chain goes on from this instance's own head, and the skipped stretch is logged as a
+        security event (a flood on SEC; should another instance's record be in it, the verifier
+        names the fork)."""
+        last_known = self._sec_last_seq
+        after = max(last_known, (await self.ctx.bus.js.stream_info(SEC_STREAM)).state.last_seq - AUDIT_HEAD_SCAN_LIMIT)
+        head = await chain_head(self.ctx.bus.js, self.trusted_audit_keys(), after_seq=after)
+        self._saw(head)
+        if head.record is not None and head.record.chain_index > self._audit.last_index:
+            self._audit.advance(head.record)
+        elif after > last_known:
+            log.error(
+                "security: SEC grew by more messages than auth reads for its chain head; linking after its own",
+                extra={"security_event": "audit_head_scan_bounded", "unread": after - last_known},
+            )
+        self._sec_last_seq = head.stream_last_seq
+
+    def _saw(self, head: ChainHead) -> None:
+        self.sec_messages_read += head.read
+        if head.forged:
+            log.error(
+                "security: audit records on SEC that no trusted key signed (forged); not linked to",
+                extra={"security_event": "audit_record_forged", "count": head.forged},
+            )
 
     async def _security(self, kind: str, *, actor: str, user_id: str = "", **fields: Any) -> int:
         """An audit record on the SEC stream: for the SIEM, and a link in the signed hash chain.
@@ -696,7 +740,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                         expected_last_stream_seq=self._sec_last_seq,
                     )
                 except ConcurrencyConflict:
-                    await self._load_audit_head()
+                    await self._follow_audit_head()
                     continue
                 except Exception as exc:
                     log.exception("audit record not written", extra={"kind": kind, "user_id": user_id})

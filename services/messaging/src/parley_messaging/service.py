@@ -146,6 +146,7 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         self._replay: Replay | None = None
         self._auth_replay: Replay | None = None
         self._due: DurableConsumer | None = None
+        self.storage_due: StorageDue | None = None  # the checks on storage's due facts (its clock, for tests)
         # One writer per aggregate (subject) inside this instance; see decide_and_append.
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -159,7 +160,8 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         # The markers storage waits for (an erasure, retention) are on the channels before any
         # call can number a message: a restored folder's erasures are handed over this way.
         [due] = [c for c in CONSUMERS if c.service == "messaging"]
-        self._due = await ctx.bus.consume(due, StorageDue(self).handle)
+        self.storage_due = StorageDue(self)
+        self._due = await ctx.bus.consume(due, self.storage_due.handle)
         if not await self._due.wait_drained(DUE_CATCH_UP_S):
             log.warning(
                 "storage's due facts not all marked before serving; marking goes on", extra={"consumer": due.durable}

@@ -90,7 +90,8 @@ class AuditChainMonitor:
             self._keys.append(open_payload(event.envelope))
 
     async def verify(self) -> Verification:
-        head = await chain_head(self._bus.js, SEC_STREAM)  # before the archive is read: it holds at least this
+        keys = trusted_keys(self._keys)
+        head = await chain_head(self._bus.js, keys, SEC_STREAM)  # before the archive is read: it holds at least this
         head_index = int(head.record.chain_index) if head.record is not None else 0
         records = await self._records()
         for _ in range(CATCH_UP_READS):  # the archive trails the stream by a moment under load
@@ -100,7 +101,7 @@ class AuditChainMonitor:
             records = await self._records()
         last = max((r.chain_index for r in records), default=0)
         live = [Checkpoint.of(head.record, source="the live SEC stream")] if head.record and last >= head_index else []
-        findings = tuple(verify_chain(records, trusted_keys(self._keys), checkpoints=live))
+        findings = tuple(verify_chain(records, keys, checkpoints=live))
         verified = Verification(findings=findings, verified_index=last, head_index=head_index)
         self._show(verified)
         return verified
