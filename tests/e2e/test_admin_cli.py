@@ -75,6 +75,10 @@ def test_admin_cli_lift_slowdown_names_an_address_that_is_not_slowed(platform: R
     assert "NOT_FOUND" in refused.stderr
     assert "192.0.2.201 is not slowed down; addresses slowed now: none" in refused.stderr
     assert "Traceback" not in refused.stderr
+    garbage = platform.cli("admin", "lift-slowdown", "garbage", check=False)
+    assert garbage.returncode == 1
+    assert "INVALID_ARGUMENT" in garbage.stderr
+    assert "'garbage' is not a client address" in garbage.stderr
 
 
 async def test_sdk_refresh_and_logout(platform: RunningPlatform) -> None:

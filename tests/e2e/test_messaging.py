@@ -315,7 +315,7 @@ def test_cli_edits_redacts_and_pages_back(platform: RunningPlatform) -> None:
         platform.cli("register", user, stdin=PASSWORD + "\n")
         platform.cli("login", user, stdin=PASSWORD + "\n")
     channel_id = platform.cli("--as", owner, "create-channel", "cli-edits").stdout.strip().rsplit(" ", 1)[-1]
-    platform.cli("--as", member, "join", channel_id)
+    assert "joined #cli-edits (2 members)" in platform.cli("--as", member, "join", channel_id).stdout
     for n in (1, 2, 3):
         assert f"sent #{n}" in platform.cli("--as", member, "send", "cli-edits", f"line {n}").stdout
     # A send whose outcome was unknown, sent again with its key: the first result, nothing new.
@@ -323,7 +323,7 @@ def test_cli_edits_redacts_and_pages_back(platform: RunningPlatform) -> None:
     assert "sent #4" in platform.cli(*keyed).stdout
     assert "sent #4" in platform.cli(*keyed).stdout
     assert "sent #5" in platform.cli("--as", member, "send", "cli-edits", "line 5").stdout
-    assert "edited #2 (1 edits)" in platform.cli("--as", member, "edit", "cli-edits", "2", "line two").stdout
+    assert "edited #2 (1 edit)" in platform.cli("--as", member, "edit", "cli-edits", "2", "line two").stdout
     assert "redacted #3" in platform.cli("--as", owner, "redact", "cli-edits", "3", "--reason", "spam").stdout
     versions = platform.cli("--as", owner, "versions", "cli-edits", "2").stdout
     assert versions.splitlines() == ["v1: line 2", "v2: line two"]
@@ -338,10 +338,12 @@ def test_cli_edits_redacts_and_pages_back(platform: RunningPlatform) -> None:
     assert "line 3" not in history
     older = platform.cli("--as", member, "older", "cli-edits", "3", "--limit", "1").stdout
     assert "line two" in older
-    assert "parley older cli-edits 2" in older
+    assert f"--as {member} older cli-edits 2" in older  # runnable as printed: as the same user
     refused = platform.cli("--as", member, "versions", "cli-edits", "2", check=False)
     assert refused.returncode == 1
     assert "PERMISSION_DENIED" in refused.stderr
+    kicked = platform.cli("--as", owner, "kick", "cli-edits", member).stdout
+    assert "kick: done; #cli-edits has 1 member\n" in kicked
 
 
 async def test_private_channels_roles_kick_ban_dm_and_hidden_history(platform: RunningPlatform) -> None:

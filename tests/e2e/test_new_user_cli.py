@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import subprocess
 import sys
 import uuid
@@ -15,7 +16,7 @@ import grpc
 import pytest
 
 from parley_client import ParleyClient, ParleyError
-from parley_core.testing.platform import RunningPlatform
+from parley_core.testing.platform import TEST_DEFAULTS, RunningPlatform
 from parley_core.testing.terminal import CTRL_C, CTRL_D
 from parley_core.testing.waiting import wait_until
 
@@ -39,6 +40,30 @@ def new_user(platform: RunningPlatform, prefix: str) -> str:
     cli(platform, "register", name, stdin=PASSWORD + "\n")
     cli(platform, "login", name, stdin=PASSWORD + "\n")
     return name
+
+
+def run_as_printed(platform: RunningPlatform, hint: str, *more: str) -> str:
+    """The command a `-- ... : parley ... --` hint line names, run exactly as printed."""
+    words = shlex.split(hint.strip("- ").partition(": ")[2])
+    assert words[0] == "parley"
+    done = subprocess.run(
+        [sys.executable, "-m", "parley_cli", *words[1:], *more],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **TEST_DEFAULTS, **platform.env},
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_a_command_without_as_names_the_saved_logins(platform: RunningPlatform) -> None:
+    name = new_user(platform, "who")
+    refused = platform.cli("history", "general", check=False)
+    assert refused.returncode == 1
+    assert "name the user with --as USER" in refused.stderr
+    assert name.casefold() in refused.stderr.split("logged in here: ")[1]
 
 
 def interrupted_at(platform: RunningPlatform, prompt: str, *args: str) -> str:
@@ -88,8 +113,9 @@ async def test_history_and_chat_open_at_the_newest_messages(platform: RunningPla
     history = await asyncio.to_thread(cli, platform, "--as", name, "history", channel, "--limit", "10")
     numbers = [int(line.split("]")[0].strip("[ ")) for line in history.splitlines() if line.startswith("[")]
     assert numbers == list(range(16, 26))
-    assert history.splitlines()[-1] == f"-- older messages: parley older {channel} 16 --"
-    older = await asyncio.to_thread(cli, platform, "--as", name, "older", channel, "16", "--limit", "10")
+    as_run = f"parley --data-dir {shlex.quote(str(platform.data_dir))} --as {name}"
+    assert history.splitlines()[-1] == f"-- older messages: {as_run} older {channel} 16 --"
+    older = await asyncio.to_thread(run_as_printed, platform, history.splitlines()[-1], "--limit", "10")
     assert "line 6" in older
     assert "line 15" in older
     assert "line 16" not in older
@@ -106,7 +132,7 @@ async def test_history_and_chat_open_at_the_newest_messages(platform: RunningPla
     finally:
         terminal.kill()
     lines = shown.splitlines()
-    assert f"-- older messages: parley older {channel} 6 --" in lines
+    assert f"-- older messages: {as_run} older {channel} 6 --" in lines
     numbers = [int(line.split("]")[0].strip("[ ")) for line in lines if line.startswith("[")]
     assert numbers == list(range(6, 26))
 
@@ -115,7 +141,12 @@ def test_two_channels_with_one_name_are_never_picked_silently(platform: RunningP
     name = new_user(platform, "dup")
     channel = unique("design")
     first = cli(platform, "--as", name, "create-channel", channel).split()[-1]
-    second = cli(platform, "--as", name, "create-channel", channel).split()[-1]
+    again = platform.cli("--as", name, "create-channel", channel, check=False)
+    assert again.returncode == 1
+    assert f"you already have #{channel} ({first})" in again.stderr
+    assert "--allow-duplicate" in again.stderr
+    second = cli(platform, "--as", name, "create-channel", channel, "--allow-duplicate").split()[-1]
+    assert second != first
     for command in (("history", channel), ("send", channel, "which one?")):
         refused = platform.cli("--as", name, *command, check=False)
         assert refused.returncode == 1
@@ -133,7 +164,7 @@ def test_join_by_name_when_one_channel_has_it(platform: RunningPlatform) -> None
     assert "joined #" + general in cli(platform, "--as", member, "join", general)
     assert general_id in cli(platform, "--as", member, "channels")
 
-    ids = [cli(platform, "--as", owner, "create-channel", twice).split()[-1] for _ in range(2)]
+    ids = [cli(platform, "--as", owner, "create-channel", twice, "--allow-duplicate").split()[-1] for _ in range(2)]
     ambiguous = platform.cli("--as", member, "join", twice, check=False)
     assert "FAILED_PRECONDITION" in ambiguous.stderr
     assert all(i in ambiguous.stderr for i in ids)

@@ -223,7 +223,8 @@ async def test_a_security_auditor_queries_the_archive_from_the_cli(platform: Run
 
         await eventually(rotation_recorded, "the KEK rotation in the audit trail")
         assert "is now" in rotated
-        assert about_room.rstrip().endswith(f"{len(about_room.splitlines()) - 1} events")
+        listed = len(about_room.splitlines()) - 1
+        assert about_room.rstrip().endswith(f"{listed} event" + ("" if listed == 1 else "s"))
         future = await cli(platform, "--as", auditor, "audit", "query", "--actor", alice, "--since", "2200-01-01")
         assert future.strip() == "0 events"
         paged = await cli(platform, "--as", auditor, "audit", "query", "--actor", alice, "--limit", "1")

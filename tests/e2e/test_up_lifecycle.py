@@ -116,6 +116,7 @@ def test_ctrl_c_with_output_pipe_gone_stops_everything_and_folder_is_locked(tmp_
         wait_until(lambda: "Ctrl-C" in again.output(), timeout=START_TIMEOUT_S, what="the whole banner")
         assert "login" in again.output()
         assert HINT not in again.output()
+        assert "create-channel" not in again.output()  # its #general exists: a second would be ambiguous
     finally:
         assert again.stop() == 0
 

@@ -139,6 +139,8 @@ async def test_page_has_a_strict_csp_passes_the_accessibility_check_and_register
     assert "unsafe-eval" not in csp
     assert "frame-ancestors 'none'" in csp
     await expect(page.get_by_role("button", name="Log in")).to_be_visible()
+    # Asked for only after the platform says the account has two-factor authentication.
+    await expect(page.get_by_label("Two-factor code (or a recovery code)")).to_be_hidden()
     await shot(page, "login")
     assert await axe_violations(page) == []
 

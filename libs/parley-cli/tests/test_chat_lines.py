@@ -51,3 +51,26 @@ def test_a_direct_conversation_is_named_by_the_other_members() -> None:
     direct = messaging_pb2.Channel(name="direct", direct=True, member_ids=[ALICE, BOB])
     assert channel_label(direct, NAMES, me=ALICE) == "direct with bob"
     assert channel_label(messaging_pb2.Channel(name="ops"), NAMES, me=ALICE) == "#ops"
+
+
+def test_counts_take_the_noun_in_their_number() -> None:
+    from parley_cli.wording import counted
+
+    assert counted(1, "member") == "1 member"
+    assert counted(2, "edit") == "2 edits"
+    assert counted(0, "reply", "replies") == "0 replies"
+
+
+def test_the_older_messages_hint_repeats_the_data_folder_and_user_it_was_run_with() -> None:
+    import argparse
+    from pathlib import Path
+
+    from parley_cli.chat import older_hint
+    from parley_cli.invocation import parley_as_run
+
+    named = argparse.Namespace(data_dir=Path("/srv/my parley"), data_dir_given=True, user="bob")
+    assert older_hint(parley_as_run(named), "general", 28) == (
+        "-- older messages: parley --data-dir '/srv/my parley' --as bob older general 28 --"
+    )
+    found = argparse.Namespace(data_dir=Path(".parley"), data_dir_given=False, user="bob")
+    assert older_hint(parley_as_run(found), "general", 28) == "-- older messages: parley --as bob older general 28 --"

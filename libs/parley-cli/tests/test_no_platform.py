@@ -116,3 +116,20 @@ def test_a_gateway_that_does_not_answer_names_how_to_start_this_folder(pki: Pki,
         f"is the platform running? `parley --data-dir {data_dir} up` (or `make run DATA_DIR={data_dir}`) starts it; "
         "`parley status` shows what is down"
     )
+
+
+def test_admin_commands_refuse_as_a_user_before_reaching_anything(tmp_path: Path) -> None:
+    """They act as the platform identity: taking --as silently would let the operator believe otherwise."""
+    nowhere = str(tmp_path / "no-such-folder")
+    result = run_parley("--data-dir", nowhere, "--as", "bob", "admin", "show", "x", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "--as bob: `parley admin` commands act as the platform identity" in result.stderr
+    assert "run them without --as" in result.stderr
+
+
+def test_patch_status_without_an_id_says_where_the_ids_are(tmp_path: Path) -> None:
+    result = run_parley("--data-dir", str(tmp_path), "patch", "status", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "`parley patch list` lists the roll-outs with their ids" in result.stderr

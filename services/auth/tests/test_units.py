@@ -203,6 +203,17 @@ def test_the_lockout_a_failure_would_start_is_known_before_it_is_counted() -> No
     assert book.record_failure("eve", "ip") == predicted
 
 
+def test_a_slowed_address_is_told_its_recorded_name_and_how_an_administrator_lifts_it() -> None:
+    policy = LockoutPolicy(threshold=3, base_s=2.0, max_s=60.0)
+    book = LockoutBook(pair_policy=policy, source_policy=policy, clock=lambda: 1000.0)
+    book.slow("ipv4:203.0.113.9", 1900.0)
+    locked = book.check("ann", "ipv4:203.0.113.9")
+    assert locked is not None
+    assert locked.scope is Scope.SLOWED
+    assert "logins from your address (ipv4:203.0.113.9) are held back" in locked.message
+    assert "`parley admin lift-slowdown ipv4:203.0.113.9`" in locked.message
+
+
 def test_a_lifted_slow_down_is_not_put_back_by_the_same_fact_and_a_new_one_slows_again() -> None:
     policy = LockoutPolicy(threshold=100, base_s=1.0, max_s=60.0)
     book = LockoutBook(pair_policy=policy, source_policy=policy, clock=lambda: 1000.0)

@@ -22,6 +22,7 @@ from parley.storage.v1 import storage_pb2
 from parley_cli.admin import account_of, usernames
 from parley_cli.privacy import _archive, looks_like_id
 from parley_cli.terminal import shown
+from parley_cli.wording import counted
 from parley_client import ParleyError
 from parley_core.envelope import UnknownEventType, decode, open_payload
 
@@ -172,7 +173,7 @@ async def cmd_audit_query(args: argparse.Namespace) -> int:
         print(show(event, names))
     if not args.json:
         tail = f"; more follow: add --after {cursor}" if more else ""
-        print(f"{len(events)} events{tail}")
+        print(f"{counted(len(events), 'event')}{tail}")
     return 0
 
 

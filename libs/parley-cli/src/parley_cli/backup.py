@@ -15,13 +15,15 @@ import signal
 import sys
 from typing import Any
 
+from parley_cli.wording import counted
+
 FORWARD_AFTER_S = 2.0
 
 
 def _events(manifest: dict[str, Any]) -> str:
     counts: dict[str, int] = manifest.get("event_counts", {})
     by_stream = ", ".join(f"{stream} {n}" for stream, n in sorted(counts.items()))
-    return f"{sum(counts.values())} events" + (f" ({by_stream})" if by_stream else "")
+    return counted(sum(counts.values()), "event") + (f" ({by_stream})" if by_stream else "")
 
 
 def _registry(manifest: dict[str, Any]) -> str:

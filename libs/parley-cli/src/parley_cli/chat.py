@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shlex
 import sys
 import threading
 import uuid
@@ -14,6 +15,7 @@ from grpc import StatusCode
 from parley.messaging.v1.messaging_pb2 import Channel, ChatMessage
 
 from parley_cli.terminal import shown
+from parley_cli.wording import counted
 from parley_client import DeviceStore, LiveEvent, OutcomeUnknown, ParleyClient, ParleyError
 from parley_client.client import RESUMABLE
 from parley_client.e2ee import BODY_PREFIX
@@ -108,9 +110,10 @@ def event_people(event: LiveEvent) -> list[str]:
     return []
 
 
-def older_hint(reference: str, first_shown: int) -> str:
-    """The line under a page that is not the channel's first: how to see what came before it."""
-    return f"-- older messages: parley older {shown(reference)} {first_shown} --"
+def older_hint(parley: str, reference: str, first_shown: int) -> str:
+    """The line under a page that is not the channel's first: how to see what came before it.
+    `parley` is the command as this run was invoked (invocation.parley_as_run), so the line runs as printed."""
+    return f"-- older messages: {shown(parley)} older {shown(shlex.quote(reference))} {first_shown} --"
 
 
 HELP = "type a message and press Enter; /edit <#> <text>, /redact <#>, Ctrl-D to leave"
@@ -160,7 +163,9 @@ async def find_channel(client: ParleyClient, reference: str) -> Channel:
     if len(named) == 1:
         return named[0]
     if named:
-        choices = "; ".join(f"{c.channel_id} ({len(c.member_ids)} members, {c.last_seq} messages)" for c in named)
+        choices = "; ".join(
+            f"{c.channel_id} ({counted(len(c.member_ids), 'member')}, {counted(c.last_seq, 'message')})" for c in named
+        )
         raise SystemExit(
             f"error: {len(named)} of your channels are named #{shown(reference)}: {choices}; give the id instead"
         )
@@ -195,7 +200,9 @@ async def open_channel(client: ParleyClient, reference: str, *, store: DeviceSto
     return channel.channel_id, f"end-to-end encrypted; this terminal is device {device.device_id}{kept}"
 
 
-async def interactive(client: ParleyClient, reference: str, *, store: DeviceStore | None = None) -> int:
+async def interactive(
+    client: ParleyClient, reference: str, *, parley: str = "parley", store: DeviceStore | None = None
+) -> int:
     channel_id, device_note = await open_channel(client, reference, store=store)
     if device_note:
         print(f"-- {device_note} --", flush=True)
@@ -207,7 +214,7 @@ async def interactive(client: ParleyClient, reference: str, *, store: DeviceStor
     await people.learn_from(page.messages)
     seen = 0
     if page.has_more and page.messages:
-        print(older_hint(reference, page.messages[0].channel_seq))
+        print(older_hint(parley, reference, page.messages[0].channel_seq))
     for message in page.messages:
         print(format_message(message, people.names))
         seen = max(seen, message.channel_seq)

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -13,8 +14,9 @@ import grpc
 
 from parley_cli import admin, audit, chat, devices, keyring, messages, mfa, patch, privacy
 from parley_cli.health import check_broker, check_health
+from parley_cli.invocation import parley_as_run
 from parley_cli.prompt import PromptInterrupted, ask, ask_secret
-from parley_cli.saved_login import save_login, use_saved_login
+from parley_cli.saved_login import save_login, saved_logins, use_saved_login
 from parley_cli.state import (
     CLIENT_FILE,
     DEFAULT_DATA_DIR,
@@ -27,6 +29,7 @@ from parley_cli.state import (
     remember_data_dir,
 )
 from parley_cli.terminal import shown
+from parley_cli.wording import counted
 from parley_client import ClientConfig, MfaRequired, OutcomeUnknown, ParleyClient, ParleyError
 from parley_core.logs import quiet_asyncio_tls_notes
 from parley_core.nats_connect import NatsUnreachable
@@ -99,7 +102,10 @@ def _token_path(args: argparse.Namespace, user: str) -> Path:
 
 async def _login_as(args: argparse.Namespace, client: ParleyClient) -> None:
     if not args.user:
-        raise SystemExit("name the user with --as USER (log in first with `parley login USER`)")
+        raised = "name the user with --as USER"
+        if saved := saved_logins(_token_path(args, "-").parent):
+            raise SystemExit(f"{raised}; logged in here: {', '.join(map(shown, saved))}")
+        raise SystemExit(f"{raised} (log in first with `parley login USER`)")
     path = _token_path(args, args.user)
     if not path.exists():
         raise SystemExit(f"{args.user} is not logged in here; run `parley login {args.user}`")
@@ -232,7 +238,7 @@ async def cmd_join(args: argparse.Namespace) -> int:
             channel = await client.join_channel(args.channel)
         else:
             channel = await client.join_channel(name=args.channel)
-    print(f"joined #{shown(channel.name)} ({len(channel.member_ids)} members)")
+    print(f"joined #{shown(channel.name)} ({counted(len(channel.member_ids), 'member')})")
     return 0
 
 
@@ -276,16 +282,20 @@ async def cmd_history(args: argparse.Namespace) -> int:
             print(chat.format_message(message, people.names))
         if page.has_more and page.messages:
             if args.after:
-                print(f"-- newer: parley history {args.channel} --after {page.messages[-1].channel_seq} --")
+                after = page.messages[-1].channel_seq
+                newer = f"{parley_as_run(args)} history {shlex.quote(args.channel)} --after {after}"
+                print(f"-- newer: {shown(newer)} --")
             else:
-                print(chat.older_hint(args.channel, page.messages[0].channel_seq))
+                print(chat.older_hint(parley_as_run(args), args.channel, page.messages[0].channel_seq))
     return 0
 
 
 async def cmd_chat(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         await _login_as(args, client)
-        return await chat.interactive(client, args.channel, store=devices.device_store(args))
+        return await chat.interactive(
+            client, args.channel, parley=parley_as_run(args), store=devices.device_store(args)
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -397,7 +407,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)  # Ctrl-C before the command runs: entry.run
+    parser = build_parser()
+    args = parser.parse_args(argv)  # Ctrl-C before the command runs: entry.run
+    if args.command == "admin" and args.user:
+        # Taking it silently would let an operator believe the change was made, and audited, as that user.
+        parser.error(
+            f"--as {args.user}: `parley admin` commands act as the platform identity (the operator "
+            "credentials in the data folder), never as a user; run them without --as"
+        )
+    args.data_dir_given = args.data_dir is not None  # hints repeat it only when it was named
     if args.data_dir is None:
         up = args.command == "up"  # starts ./.parley (or $PARLEY_DATA_DIR), never a remembered folder
         args.data_dir = Path(os.environ.get("PARLEY_DATA_DIR") or DEFAULT_DATA_DIR) if up else default_data_dir()

@@ -7,7 +7,9 @@ import argparse
 from parley.messaging.v1.messaging_pb2 import ChatMessage
 
 from parley_cli import chat, devices
+from parley_cli.invocation import parley_as_run
 from parley_cli.terminal import shown
+from parley_cli.wording import counted
 from parley_client import ParleyClient
 
 
@@ -23,7 +25,7 @@ async def cmd_edit(args: argparse.Namespace) -> int:
     async with await _logged_in(args) as client:
         channel_id, _ = await chat.open_channel(client, args.channel, store=devices.device_store(args))
         message = await client.edit(channel_id, args.number, args.text)
-    print(f"edited #{message.channel_seq} ({message.edit_count} edits)")
+    print(f"edited #{message.channel_seq} ({counted(message.edit_count, 'edit')})")
     return 0
 
 
@@ -57,7 +59,7 @@ async def cmd_older(args: argparse.Namespace) -> int:
         for message in page.messages:
             print(chat.format_message(message, people.names))
         if page.has_more and page.messages:
-            print(chat.older_hint(args.channel, page.messages[0].channel_seq))
+            print(chat.older_hint(parley_as_run(args), args.channel, page.messages[0].channel_seq))
     return 0
 
 
@@ -66,7 +68,7 @@ async def cmd_member(args: argparse.Namespace) -> int:
         channel_id = await chat.resolve_channel(client, args.channel)
         action = {"invite": client.invite, "kick": client.kick, "ban": client.ban, "unban": client.unban}
         channel = await action[args.command](channel_id, await chat.user_id_of(client, args.person))
-    print(f"{args.command}: done; #{shown(channel.name)} has {len(channel.member_ids)} members")
+    print(f"{args.command}: done; #{shown(channel.name)} has {counted(len(channel.member_ids), 'member')}")
     return 0
 
 
@@ -121,6 +123,15 @@ async def cmd_react(args: argparse.Namespace) -> int:
 
 async def cmd_create_channel(args: argparse.Namespace) -> int:
     async with await _logged_in(args) as client:
+        # A second channel of a name makes the name ambiguous in every later command; a retry with
+        # its key may find its own first attempt, so it is not asked.
+        if not args.allow_duplicate and not args.idempotency_key:
+            same = [c.channel_id for c in await client.my_channels() if c.name == args.name and not c.direct]
+            if same:
+                raise SystemExit(
+                    f"error: you already have #{shown(args.name)} ({', '.join(same)}); use it by name, or give "
+                    f"--allow-duplicate to create a second #{shown(args.name)} (then name them by id)"
+                )
         channel = await client.create_channel(
             args.name,
             encrypted=args.encrypted,
@@ -203,4 +214,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     create.add_argument("--encrypted", action="store_true", help="end-to-end encrypted (SDK clients only)")
     create.add_argument("--hide-history", action="store_true", help="members see only what came after they joined")
     create.add_argument("--idempotency-key", help=AGAIN_HELP)
+    create.add_argument(
+        "--allow-duplicate", action="store_true", help="create it even when you have a channel of that name already"
+    )
     create.set_defaults(run=cmd_create_channel)

@@ -382,6 +382,12 @@ def _command(action: str) -> Any:
 
 async def cmd_status(args: argparse.Namespace) -> int:
     """One view, or with --watch a refreshed view until the roll-out finishes."""
+    if not args.rollout_id:  # argparse's "required" would not say where the ids are
+        print(
+            "usage: parley patch status ROLLOUT_ID: `parley patch list` lists the roll-outs with their ids",
+            file=sys.stderr,
+        )
+        return 2
 
     async def work(c: RegistryConnection) -> int:
         last = ""
@@ -543,7 +549,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
             p.add_argument("--reason", default="")
         p.set_defaults(run=_command(action))
     status = patch.add_parser("status", help="a roll-out's steps and gates")
-    status.add_argument("rollout_id")
+    status.add_argument("rollout_id", nargs="?", help="from `parley patch list`")
     status.add_argument("--watch", action="store_true", help="follow it until it finishes")
     status.add_argument("--audit", action="store_true", help="print every audited event")
     status.set_defaults(run=cmd_status)

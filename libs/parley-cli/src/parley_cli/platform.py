@@ -138,13 +138,30 @@ class Platform:
         again), else 7443, else a free one. Connections of the previous run that linger in
         TIME_WAIT do not make it move (parley_agent.shared_port.claim)."""
         previous = previous_port(self.data_dir, "gateway")
-        for candidate in (self.requested_gateway_port, previous, DEFAULT_GATEWAY_PORT):
-            if candidate:
-                with contextlib.suppress(OSError):
-                    return await door_for("gateway", port=int(candidate)).start()
-        if self.requested_gateway_port:
-            self.say(f"port {self.requested_gateway_port} is busy; the gateway takes a free port instead")
-        return await door_for("gateway").start()
+        candidates: dict[int, str] = {}  # each port once, with the first reason to try it
+        for port, why in (
+            (self.requested_gateway_port, "asked for"),
+            (previous, "the last run's"),
+            (DEFAULT_GATEWAY_PORT, "the default"),
+        ):
+            if port:
+                candidates.setdefault(int(port), why)
+        busy: list[str] = []
+        door: Door | None = None
+        for port, why in candidates.items():
+            try:
+                door = await door_for("gateway", port=port).start()
+                break
+            except OSError:
+                busy.append(f"{port} ({why})")
+        if door is None:
+            door = await door_for("gateway").start()
+        if busy:
+            # Clients told the usual address would find nothing there: say where the gateway is instead.
+            taken = door.address.rsplit(":", 1)[-1]
+            ports = f"port {busy[0]} is" if len(busy) == 1 else f"ports {' and '.join(busy)} are"
+            self.say(f"gateway {ports} busy; the gateway took port {taken} instead")
+        return door
 
     async def start(self) -> None:
         reports_every = report_every()  # a bad $PARLEY_REPORT_EVERY_HOURS fails here, before anything starts
@@ -221,11 +238,15 @@ class Platform:
         if new_folder:
             self.say("connect the CLI from another terminal, for example (first account: an owner):")
             self.say(f"  {cli} admin create-user alice --role owner")
+            self.say(f"  {cli} login alice")
+            self.say(f"  {cli} --as alice create-channel general")
+            self.say(f"  {cli} --as alice chat general")
         else:
+            # Its accounts and channels exist already: a "create #general" hint would make a second one.
             self.say("connect the CLI from another terminal, for example:")
-        self.say(f"  {cli} login alice")
-        self.say(f"  {cli} --as alice create-channel general")
-        self.say(f"  {cli} --as alice chat general")
+            self.say(f"  {cli} login USER")
+            self.say(f"  {cli} --as USER channels")
+            self.say(f"  {cli} --as USER chat CHANNEL")
         self.say("press Ctrl-C to stop everything")
 
     def _claim_web_port(self) -> None:

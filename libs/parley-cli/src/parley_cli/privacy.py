@@ -23,6 +23,7 @@ from parley_cli.admin import _account, _auth  # the operator's auth connection: 
 from parley_cli.prompt import ask
 from parley_cli.state import load_running_state
 from parley_cli.terminal import shown
+from parley_cli.wording import counted
 from parley_client import ParleyError
 from parley_core.files import write_private_file
 from parley_core.runner import secure_channel
@@ -191,8 +192,9 @@ async def cmd_erase(args: argparse.Namespace) -> int:
         keyring.remind_if_changed()
         raise
     print(
-        f"erased the data of {who}: {len(result.destroyed_key_ids)} keys destroyed, "
-        f"{result.events_unreadable} archived events unreadable, {result.events_deleted_from_log} deleted from the log"
+        f"erased the data of {who}: {counted(len(result.destroyed_key_ids), 'key')} destroyed, "
+        f"{counted(result.events_unreadable, 'archived event')} unreadable, "
+        f"{result.events_deleted_from_log} deleted from the log"
     )
     keyring.remind_if_changed()
     return 0
@@ -221,7 +223,8 @@ async def cmd_retention(args: argparse.Namespace) -> int:
     async with _archive(args) as archive:
         result = await archive.SetRetentionPolicy(request, timeout=TIMEOUT_S)
     kept = "forever" if not args.days else f"{args.days} days"
-    print(f"channel {args.channel_id} keeps its messages {kept}; {result.removed_now} older messages removed now")
+    removed = counted(result.removed_now, "older message")
+    print(f"channel {args.channel_id} keeps its messages {kept}; {removed} removed now")
     return 0
 
 

@@ -36,6 +36,13 @@ def save_login(path: Path, response: auth_pb2.LoginResponse) -> None:
     write_private_file(path, json.dumps(saved).encode())
 
 
+def saved_logins(folder: Path) -> list[str]:
+    """The users with a saved login in `folder` (<data-dir>/cli), as their files name them (casefolded)."""
+    if not folder.is_dir():
+        return []
+    return sorted(path.stem for path in folder.glob("*.json"))
+
+
 def _load(path: Path) -> dict[str, Any]:
     saved: dict[str, Any] = json.loads(path.read_text())
     return saved

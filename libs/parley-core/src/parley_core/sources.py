@@ -39,3 +39,20 @@ def budget_key(address: str) -> str:
         return address  # an IPv4 client on a dual-stack socket: its own address
     network = ipaddress.IPv6Network((ip, IPV6_BUDGET_PREFIX), strict=False)
     return f"ipv6:[{network.network_address}]/{IPV6_BUDGET_PREFIX}"
+
+
+def is_address(text: str) -> bool:
+    """Whether `text` names a client address as sources are written (ipv4:203.0.113.9,
+    ipv6:[2001:db8::1], an IPv6 budget's ipv6:[2001:db8::]/64) or as a person types one
+    (203.0.113.9, 2001:db8::1)."""
+    kind, sep, rest = text.partition(":")
+    host = rest if sep and kind in ("ipv4", "ipv6") else text
+    host = host.replace("[", "").replace("]", "")
+    try:
+        if "/" in host:
+            ipaddress.ip_network(host, strict=False)
+        else:
+            ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return False
+    return True

@@ -74,15 +74,22 @@ class Scope(StrEnum):
 class Locked:
     scope: Scope
     retry_after_s: float
+    source: str = ""  # the address as the platform records it (budget_key), named to the person refused
 
     @property
     def message(self) -> str:
         wait = f"try again in {int(self.retry_after_s) + 1} s"
+        yours = f"your address ({self.source})" if self.source else "your address"
         if self.scope is Scope.PAIR:
-            return f"too many failed attempts at this account from your address; {wait}"
+            return f"too many failed attempts at this account from {yours}; {wait}"
         if self.scope is Scope.SLOWED:
-            return f"logins from your address are held back after suspicious activity; {wait}"
-        return f"too many failed attempts from your address; {wait}"
+            # A shared office address slowed by colleagues' typos need not wait: say who can end it, and how.
+            lift = f"`parley admin lift-slowdown {self.source or 'ADDRESS'}`"
+            return (
+                f"logins from {yours} are held back after suspicious activity; {wait}, "
+                f"or ask an administrator to lift it with {lift}"
+            )
+        return f"too many failed attempts from {yours}; {wait}"
 
 
 # Every this many failures counted, counts past their policy's forget-after time are dropped: they
@@ -135,9 +142,9 @@ class LockoutBook:
         now = self.clock()
         for scope, counter, policy in self._counters(username, source):
             if counter is not None and (until := counter.locked_until(policy)) > now:
-                return Locked(scope, until - now)
+                return Locked(scope, until - now, source)
         if (slowed := self._slowed.get(source, 0.0)) > now:
-            return Locked(Scope.SLOWED, slowed - now)
+            return Locked(Scope.SLOWED, slowed - now, source)
         return None
 
     def would_lock(self, username: str, source: str, *, at: float | None = None) -> Locked | None:
@@ -148,7 +155,7 @@ class LockoutBook:
         for scope, counter, policy in self._counters(username, source):
             trial = replace(counter) if counter is not None else _Counter()
             if (duration := trial.count(now, policy)) > 0 and (started is None or duration > started.retry_after_s):
-                started = Locked(scope, duration)
+                started = Locked(scope, duration, source)
         return started
 
     def record_failure(self, username: str, source: str, *, at: float | None = None) -> Locked | None:
@@ -162,7 +169,7 @@ class LockoutBook:
             (Scope.SOURCE, source_counter, self.source_policy),
         ):
             if (duration := counter.count(now, policy)) > 0 and (started is None or duration > started.retry_after_s):
-                started = Locked(scope, duration)
+                started = Locked(scope, duration, source)
         self._since_sweep += 1
         if self._since_sweep >= SWEEP_EVERY:
             self._sweep(now)

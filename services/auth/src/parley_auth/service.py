@@ -118,7 +118,7 @@ from parley_core.errors import (
 from parley_core.rate import TokenBuckets
 from parley_core.rbac import ACCOUNT_ACTION_PERMISSIONS, AccountAction, Permission, may_act_on_account, may_assign
 from parley_core.runner import RefusedToStart, RunContext, peer_names
-from parley_core.sources import MAX_SOURCE_LENGTH, SOURCE_METADATA, budget_key, client_address
+from parley_core.sources import MAX_SOURCE_LENGTH, SOURCE_METADATA, budget_key, client_address, is_address
 from parley_core.tokens import ALGORITHM, Caller, bearer_token
 from parley_core.topology import (
     CONSUMERS,
@@ -1598,6 +1598,11 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         key = next(
             (k for k in (budget_key(c) for c in (wanted, f"ipv4:{wanted}", f"ipv6:[{wanted}]")) if k in slowed), None
         )
+        if key is None and not is_address(wanted):
+            raise InvalidArgument(
+                f"{wanted!r} is not a client address: give it as the source_slowed audit record names it "
+                "(ipv4:203.0.113.9, or just 203.0.113.9)"
+            )
         if key is None:
             now_slowed = ", ".join(sorted(slowed)[:10]) or "none"
             raise NotFound(f"{wanted} is not slowed down; addresses slowed now: {now_slowed}")

@@ -1,0 +1,34 @@
+"""Where `parley up` puts the gateway when the port it would take is busy: it says so, in one line."""
+
+from __future__ import annotations
+
+import io
+import socket
+from pathlib import Path
+
+import pytest
+
+from parley_cli import platform as platform_module
+from parley_cli.platform import Platform
+
+
+async def test_a_busy_default_port_is_named_with_the_port_taken_instead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The default port held by another program (a plain listener, as any other server holds one).
+    # 7443 itself may be anyone's on a shared machine, so the test holds a port of its own as the default.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        monkeypatch.setattr(platform_module, "DEFAULT_GATEWAY_PORT", busy)
+        out = io.StringIO()
+        door = await Platform(tmp_path, out=out)._open_client_port()
+        try:
+            taken = int(door.address.rsplit(":", 1)[-1])
+            assert taken != busy
+            assert out.getvalue().splitlines() == [
+                f"[parley] gateway port {busy} (the default) is busy; the gateway took port {taken} instead"
+            ]
+        finally:
+            await door.stop()
