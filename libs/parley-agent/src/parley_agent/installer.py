@@ -1,10 +1,12 @@
 """Fetches a release through the stock TUF updater and installs it beside the running version.
 
-Each version gets its own virtual environment, named in the agent's data folder, holding only the
-service's own wheel (and a copy of that wheel: what it runs, byte for byte); the shared
-dependencies come from the host's base environment through a `.pth` hook placed after the
-version's own site-packages, so the version's wheel wins over the source tree's editable install
-and nothing of the running version is touched. The base version of each service is installed
+Each version gets its own virtual environment, named in the agent's data folder, holding the
+service's own wheel and the shared libraries' wheels it carries (`parley-core`, `parley-protos`:
+the ones it was built with, installed as wheels, not editable), and a copy of the service's
+wheel: what it runs, byte for byte. Third-party dependencies come from the host's base
+environment through a `.pth` hook placed after the version's own site-packages, so the version's
+own packages win over the source tree's editable installs and nothing of the running version is
+touched. The base version of each service is installed
 the same way, so no instance runs from the source tree. Removing a version is removing its link.
 """
 
@@ -17,6 +19,8 @@ import os
 import shutil
 import sys
 import sysconfig
+import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +30,8 @@ from parley_core.errors import FailedPrecondition, NotFound
 
 INSTALLED = ".installed"  # written last: the version's wheel name and sha256
 WHEEL_DIR = ".wheel"
+# Where a release wheel carries the shared libraries it was built with (under its .data/data/).
+BUNDLED_LIBS = "share/parley/libs"
 
 
 @dataclass(frozen=True)
@@ -107,24 +113,44 @@ def installed_wheel(env_dir: Path) -> Path | None:
     return wheel if wheel.exists() else None
 
 
+def bundled_libraries(wheel: Path) -> list[str]:
+    """The shared-library wheels `wheel` carries (its zip members)."""
+    with zipfile.ZipFile(wheel) as archive:
+        return [name for name in archive.namelist() if f".data/data/{BUNDLED_LIBS}/" in name and name.endswith(".whl")]
+
+
+def _extract_libraries(wheel: Path, into: Path) -> list[Path]:
+    with zipfile.ZipFile(wheel) as archive:
+        extracted = []
+        for name in bundled_libraries(wheel):
+            target = into / name.rpartition("/")[2]
+            target.write_bytes(archive.read(name))
+            extracted.append(target)
+        return extracted
+
+
 async def _make_env(wheel: Path, env_dir: Path) -> None:
     await _run(sys.executable, "-m", "venv", "--without-pip", str(env_dir))
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     own_site = env_dir / "lib" / version / "site-packages"
     # addsitedir also runs the base's own .pth files (editable installs of the shared libraries).
+    # Own site-packages comes first, so the libraries installed here hide those editable installs.
     (own_site / "zz-parley-base.pth").write_text(f"import site; site.addsitedir({_base_site_packages()!r})\n")
-    await _run(
-        sys.executable,
-        "-m",
-        "pip",
-        "--python",
-        str(env_dir / "bin" / "python"),
-        "install",
-        "--quiet",
-        "--no-deps",
-        "--no-index",
-        str(wheel),
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        libraries = await asyncio.to_thread(_extract_libraries, wheel, Path(tmp))
+        await _run(
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(env_dir / "bin" / "python"),
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            str(wheel),
+            *map(str, libraries),
+        )
     (env_dir / WHEEL_DIR).mkdir()
     shutil.copyfile(wheel, env_dir / WHEEL_DIR / wheel.name)
     (env_dir / INSTALLED).write_text(f"{wheel.name} {_sha256(wheel)}\n")

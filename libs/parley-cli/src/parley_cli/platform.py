@@ -34,7 +34,7 @@ from parley_cli.publishing import base_wheel, publish_base_release, source_folde
 from parley_cli.report_schedule import report_every, write_reports
 from parley_cli.state import CLIENT_FILE, STATE_FILE, leftover_pids, previous_port, previous_version
 from parley_cli.uplock import PlatformAlreadyRunning, UpLock
-from parley_cli.wheels import WheelBuildError, source_digest
+from parley_cli.wheels import WheelBuildError, release_sources
 from parley_core.bus import EventBus
 from parley_core.config import PEER_ADDRESS_ENV, RESTORED_MARKER, STABLE_ADDRESS_ENV, Settings
 from parley_core.database import (
@@ -440,15 +440,16 @@ class Platform:
             source = source_folder(name)
             if source is None or not (source / "pyproject.toml").exists():
                 return name, agent.installed_python(name, version)
-            digest = await asyncio.to_thread(source_digest, source)
+            sources = await asyncio.to_thread(release_sources, source)
             env_dir = agent.env_dir(name, version)
-            built_from = env_dir.with_name(f"{env_dir.name}.source")  # the source's digest at install
+            built_from = env_dir.with_name(f"{env_dir.name}.source")  # the sources' digests at install
             python = agent.installed_python(name, version)
             if python is not None:
-                if built_from.exists() and built_from.read_text().strip() != digest:
+                changed = _changed_sources(built_from, sources)
+                if changed:
                     self.say(
-                        f"note: {source} changed since {name} {version} was installed; the release keeps "
-                        f"running: publish the change as a new version and roll it out (or use a new data folder)"
+                        f"note: {', '.join(changed)} changed since {name} {version} was installed; the release "
+                        f"keeps running: publish the change as a new version and roll it out (or use a new data folder)"
                     )
                 return name, python
             try:
@@ -457,7 +458,7 @@ class Platform:
                 raise RuntimeError(f"the base release {name} {version} could not be built: {error}") from error
             wheels[name] = wheel
             python = await agent.install(name, version, wheel)
-            built_from.write_text(digest + "\n")
+            built_from.write_text(json.dumps(sources, indent=1) + "\n")
             return name, python
 
         installed = {name: python for name, python in await asyncio.gather(*map(install, START_ORDER)) if python}
@@ -689,6 +690,16 @@ class Platform:
             await node.stop()
         if self.nats_nodes:
             self.say("nats-server stopped" if len(self.nats_nodes) == 1 else "JetStream cluster stopped")
+
+
+def _changed_sources(marker: Path, sources: dict[str, str]) -> list[str]:
+    """The folders whose content differs from when the release recorded in `marker` was built
+    (an older marker holds only the service folder's digest)."""
+    if not marker.exists():
+        return []
+    text = marker.read_text().strip()
+    recorded = json.loads(text) if text.startswith("{") else {next(iter(sources)): text}
+    return [folder for folder, digest in sources.items() if folder in recorded and recorded[folder] != digest]
 
 
 def _longer(pause: float) -> float:

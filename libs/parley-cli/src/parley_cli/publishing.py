@@ -176,13 +176,15 @@ async def publish_base_release(
 
 
 def base_wheel(source: Path, version: str) -> Path:
-    """The wheel of `source` at `version`, built once per content of the source folder (kept in
-    the user's cache: every platform started from the same source installs and publishes the
-    same bytes)."""
-    from parley_cli.wheels import build_wheel, source_digest
+    """The wheel of `source` at `version`, built once per content of the source folder and of the
+    shared libraries it carries (kept in the user's cache: every platform started from the same
+    sources installs and publishes the same bytes)."""
+    from parley_cli.wheels import build_wheel, release_sources
 
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "parley" / "base-wheels"
-    key = cache / f"{source.name}-{version}-{source_digest(source)[:32]}"
+    contents = sorted((Path(folder).name, digest) for folder, digest in release_sources(source).items())
+    digest = hashlib.sha256(json.dumps(contents).encode()).hexdigest()  # by content, not by checkout
+    key = cache / f"{source.name}-{version}-{digest[:32]}"
     built = sorted(key.glob("*.whl")) if key.is_dir() else []
     if built:
         return built[0]
