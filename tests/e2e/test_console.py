@@ -318,7 +318,8 @@ async def test_auditor_queries_the_audit_trail_by_actor(browser: Browser, platfo
     context, page = await console(browser, platform, account(platform, "security-auditor"), "audit")
     await page.get_by_label("Actor").fill(login.user_id)
     await page.get_by_role("button", name="Search").click()
-    results = page.locator(".audit-results table tbody tr")
+    # The page's first, unfiltered search may answer after this one: wait for this one's table.
+    results = page.locator(f'.audit-results[data-actor="{login.user_id}"] table tbody tr')
     await expect(results.first).to_be_visible()
     for row in await results.all_inner_texts():
         assert login.user_id in row

@@ -29,18 +29,22 @@ export function auditPage(): HTMLElement {
     until,
     h("button", { type: "submit" }, "Search"),
   );
+  // Only the newest search is shown: the first (unfiltered) one may answer after a later one.
+  let latest = 0;
   const run = async () => {
-    clear(results);
+    const mine = ++latest;
+    const query = {
+      actor: actor.value.trim(),
+      target: target.value.trim(),
+      sinceNs: instantNs(since.value),
+      untilNs: instantNs(until.value),
+      limit: LIMIT,
+    };
     try {
-      const page = await withRefresh(() =>
-        gateway.queryAudit({
-          actor: actor.value.trim(),
-          target: target.value.trim(),
-          sinceNs: instantNs(since.value),
-          untilNs: instantNs(until.value),
-          limit: LIMIT,
-        }),
-      );
+      const page = await withRefresh(() => gateway.queryAudit(query));
+      if (mine !== latest) return;
+      clear(results);
+      results.dataset.actor = query.actor; // which search the table shows
       results.append(
         h("p", { class: "hint" }, `${page.events.length} events${page.hasMore ? ` (the first ${LIMIT}; narrow the search)` : ""}.`),
         table(
@@ -51,6 +55,8 @@ export function auditPage(): HTMLElement {
         ),
       );
     } catch (err) {
+      if (mine !== latest) return;
+      clear(results);
       results.append(h("p", { class: "error", role: "alert" }, describe(err)));
     }
   };
