@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,33 +57,24 @@ def osv_against_grpcio(record_id: str) -> str:
     )
 
 
-def wait_for_cli(platform: RunningPlatform, args: list[str], done: str, timeout: float = 90.0) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        out = platform.cli(*args, check=False)
-        if done in out.stdout:
-            return out.stdout
-        if time.monotonic() > deadline:
-            raise AssertionError(f"`parley {' '.join(args)}` never showed {done!r}:\n{out.stdout}\n{out.stderr}")
-        time.sleep(0.5)
-
-
 def test_signed_report_of_fleet_findings_and_audit_then_a_changed_byte_is_caught(
     platform: RunningPlatform, tmp_path: Path
 ) -> None:
     for service in SERVICES:
-        wait_for_cli(platform, ["fleet"], f"{service}-v0_1_0-")
+        platform.cli_until("fleet", shows=f"{service}-v0_1_0-", timeout=90.0)
     operators = OperatorTokens()
     asyncio.run(operators.publish_on_platform(platform.data_dir))
     operators.save_cli_login(platform.data_dir, "olga")
     (tmp_path / "osv").mkdir()
     (tmp_path / "osv" / "one.json").write_text(osv_against_grpcio(ADVISORY))
-    wait_for_cli(platform, ["--as", "olga", "advisories", "import", str(tmp_path / "osv")], "imported")
-    wait_for_cli(platform, ["advisories", "list"], "OVERDUE")
+    platform.cli_until("--as", "olga", "advisories", "import", str(tmp_path / "osv"), shows="imported", timeout=90.0)
+    platform.cli_until("advisories", "list", shows="OVERDUE", timeout=90.0)
     # A login puts records on the audit chain, so the report has a head to name.
     platform.cli("register", "auditee", stdin="a-long-enough-passphrase\n")
     platform.cli("login", "auditee", stdin="a-long-enough-passphrase\n")
-    wait_for_cli(platform, ["audit", "verify"], "audit chain intact")  # the archive has caught up with the head
+    platform.cli_until(
+        "audit", "verify", shows="audit chain intact", timeout=90.0
+    )  # the archive has caught up with the head
 
     out = tmp_path / "filed" / "compliance.md"
     made = platform.cli("report", "compliance", "--since", "2020-01-01", "--out", str(out))
@@ -127,7 +117,7 @@ def test_a_report_over_a_damaged_audit_chain_says_so_and_is_still_signed(
     platform: RunningPlatform, tmp_path: Path
 ) -> None:
     platform.cli("register", "auditee2", stdin="a-long-enough-passphrase\n")
-    wait_for_cli(platform, ["audit", "verify"], "audit chain intact")
+    platform.cli_until("audit", "verify", shows="audit chain intact", timeout=90.0)
     archive = platform.data_dir / "storage" / "archive.db"
     with sqlite3.connect(archive) as db:
         first = "SELECT stream_seq, aggregate_version, envelope FROM events WHERE stream = 'SEC' ORDER BY stream_seq"

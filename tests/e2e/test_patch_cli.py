@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -31,20 +30,9 @@ OSV_DIR = next(
 )
 
 
-def wait_for(platform: RunningPlatform, args: list[str], text: str, timeout: float = 60.0) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        out = platform.cli(*args, check=False)
-        if text in out.stdout:
-            return out.stdout
-        if time.monotonic() > deadline:
-            raise AssertionError(f"`parley {' '.join(args)}` never showed {text!r}:\n{out.stdout}\n{out.stderr}")
-        time.sleep(0.5)
-
-
 def test_fleet_lists_every_service(platform: RunningPlatform) -> None:
     for service in SERVICES:  # each appears with its first heartbeat (the agent names instances)
-        out = wait_for(platform, ["fleet"], f"{service}-v0_1_0-")
+        out = platform.cli_until("fleet", shows=f"{service}-v0_1_0-")
     assert "SERVING" in out
 
 
@@ -64,7 +52,7 @@ def test_operator_flow_publish_plan_approve_rollback(platform: RunningPlatform, 
     for user in ("olga", "oscar", "pat"):
         operators.save_cli_login(platform.data_dir, user)
 
-    imported = wait_for(platform, ["--as", "olga", "advisories", "import", str(OSV_DIR)], "imported")
+    imported = platform.cli_until("--as", "olga", "advisories", "import", str(OSV_DIR), shows="imported")
     assert "imported 30" in imported or "unchanged 30" in imported
     assert platform.cli("advisories", "list", check=False).returncode in (0, 1)  # 1 when something is overdue
 
@@ -93,16 +81,16 @@ def test_operator_flow_publish_plan_approve_rollback(platform: RunningPlatform, 
     assert "published the release" in publisher.stderr
     approved = platform.cli("--as", "oscar", "patch", "approve", rollout_id).stdout
     assert "approved by id-oscar" in approved
-    wait_for(platform, ["patch", "status", rollout_id], "state: canary")
+    platform.cli_until("patch", "status", rollout_id, shows="state: canary")
     rolled = platform.cli("--as", "oscar", "patch", "rollback", rollout_id, "--reason", "not today").stdout
     assert "state: rolling_back (not today)" in rolled
     # The node agent in `parley up` finishes the rollback (nothing was replaced yet).
-    audit = wait_for(platform, ["patch", "status", rollout_id, "--audit"], "state: rolled_back")
+    audit = platform.cli_until("patch", "status", rollout_id, "--audit", shows="state: rolled_back")
     for event in ("RolloutPlanned", "RolloutApproved", "StepStarted", "RollbackStarted", "RolloutRolledBack"):
         assert event in audit
     # Every service's base version is a published release (`parley up` publishes it on its first
     # start), so that a revert can return to it; with no finished roll-out there is nothing to revert.
-    assert "messaging/parley_messaging-0.1.0-" in wait_for(platform, ["patch", "list"], "parley_messaging-0.1.0")
+    assert "messaging/parley_messaging-0.1.0-" in platform.cli_until("patch", "list", shows="parley_messaging-0.1.0")
     nothing = platform.cli("--as", "olga", "patch", "revert", "messaging", check=False)
     assert nothing.returncode == 1
     assert "no finished roll-out to revert" in nothing.stderr

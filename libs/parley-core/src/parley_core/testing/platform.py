@@ -56,6 +56,21 @@ class RunningPlatform:
             check=check,
         )
 
+    def cli_until(self, *args: str, shows: str, timeout: float = 60.0) -> str:
+        """Run `parley ARGS` again until its output shows `shows` (what it reads catches up); its output."""
+        seen: list[subprocess.CompletedProcess[str]] = []
+
+        def shown() -> bool:
+            seen.append(self.cli(*args, check=False))
+            return shows in seen[-1].stdout
+
+        try:
+            wait_until(shown, timeout=timeout, what=f"`parley {' '.join(args)}` to show {shows!r}", interval=0.5)
+        except TimeoutError as exc:
+            printed = f"{seen[-1].stdout}\n{seen[-1].stderr}" if seen else ""
+            raise AssertionError(f"{exc}; it last printed:\n{printed}") from exc
+        return seen[-1].stdout
+
     def terminal(self, *args: str, env: Mapping[str, str] | None = None) -> Terminal:
         """The `parley` command at a pseudo-terminal of its own, as a user types it (prompts, Ctrl-C)."""
         argv = [sys.executable, "-m", "parley_cli", "--data-dir", str(self.data_dir), *args]
