@@ -289,6 +289,7 @@ async def test_exactly_once_across_kill_9_of_storage_mid_archive(
     await check_exactly_once_across_kill_9(platform, operator)
 
 
+@pytest.mark.slow  # `make test-all`, to keep make test within 15 min; the SQLite kill -9 test stays
 async def test_exactly_once_across_kill_9_on_postgresql(postgres_platform: RunningPlatform) -> None:
     channel, stub = peer_stub(postgres_platform, "platform")
     try:

@@ -119,6 +119,7 @@ async def test_two_instances_rotate_once_and_sign_with_the_same_successor(
         await second.shutdown()
 
 
+@pytest.mark.slow  # `make test-all`, to keep make test within 15 minutes; the scheduled rotation stays in make test
 async def test_a_log_whose_key_in_use_is_not_in_the_secrets_folder_replaces_it_and_retires_it(
     nats_server: NatsTestServer, pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

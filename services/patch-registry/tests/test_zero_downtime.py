@@ -231,6 +231,7 @@ async def test_a_done_rollout_is_reverted_to_the_base_release_through_an_approve
     await client.close()
 
 
+@pytest.mark.slow  # `make test-all`, to keep make test within 15 minutes; roll-outs under traffic stay in make test
 async def test_with_no_user_traffic_synthetic_transactions_give_the_gate_its_evidence(
     cluster: AgentPlatform, tmp_path: Path
 ) -> None:
