@@ -278,6 +278,23 @@ def run_example(platform: RunningPlatform, name: str, *users: str) -> str:
     return result.stdout
 
 
+def test_hello_says_a_wrong_password_in_one_line(platform: RunningPlatform) -> None:
+    alice = new_user(platform, "alice")
+    environ = {**os.environ, "PARLEY_DATA_DIR": str(platform.data_dir), "PARLEY_PASSWORD": "not-" + PASSWORD}
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "hello.py"), alice],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [result.stderr.strip()]  # one line, no traceback
+    assert result.stderr.startswith(f"{alice}: ")
+    assert "UNAUTHENTICATED" in result.stderr
+
+
 def test_the_readme_examples_run_as_printed(platform: RunningPlatform) -> None:
     alice, bob = new_user(platform, "alice"), new_user(platform, "bob")
 
@@ -326,8 +343,6 @@ def test_an_auditor_sees_each_security_records_kind_source_and_detail(platform: 
     kinds = {r["security"]["kind"]: r["security"] for r in records if "security" in r}
     assert kinds["login_failed"]["source"] == "ipv4:127.0.0.1"
     assert kinds["account_disabled"]["detail"] == "left\nFAKE LINE \x1b[31mred"
-
-
 
 
 async def test_chat_moves_the_read_marker_and_names_an_invitation(platform: RunningPlatform) -> None:
