@@ -542,6 +542,8 @@ async def test_invitations_made_while_the_page_was_closed_are_listed_and_accepte
         [f"{alice} invited you to #{plans.name} Join Decline", f"{alice} invited you to #{club.name} Join Decline"]
     )
     await expect(page.get_by_role("heading", name="No channels yet")).to_be_visible()
+    await shot(page, "invitations")
+    assert await axe_violations(page) == []
 
     # Accepted: the channel appears, opens and is live; declined: gone, here and for messaging.
     await invitations.filter(has_text=club.name).get_by_role("button", name="Join").click()

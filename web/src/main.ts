@@ -427,9 +427,7 @@ class App {
       { class: "invitation", "data-channel-id": channelId },
       h("span", { class: "what" }, `${who} invited you to ${where}`),
       " ",
-      join,
-      " ",
-      decline,
+      h("span", { class: "actions" }, join, " ", decline),
     );
   }
 
@@ -454,7 +452,7 @@ class App {
         h(
           "p",
           {},
-          "Create a channel with the form on the left, or join one with the id someone shares with you (the CLI prints it: parley channels).",
+          "Create a channel with the form on the left, join one with the id someone shares with you (the CLI prints it: parley channels), or accept an invitation listed there.",
         ),
       ),
     );
