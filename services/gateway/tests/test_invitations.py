@@ -100,6 +100,7 @@ async def test_nobody_declines_an_invitation_that_is_not_theirs(people: People) 
     assert theirs.code == missing.code == grpc.StatusCode.NOT_FOUND
     assert theirs.message == missing.message == "you have no pending invitation to this channel"
     assert [i.channel_id for i in await bob.invitations()] == [secret.channel_id]  # untouched
+    assert (await refusal(carol.decline_invitation(""))).code == grpc.StatusCode.INVALID_ARGUMENT
     # A member (the owner) has nothing to decline either.
     assert (await refusal(owner.decline_invitation(secret.channel_id))).code == grpc.StatusCode.NOT_FOUND
 

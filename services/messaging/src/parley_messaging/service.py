@@ -392,6 +392,8 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
     ) -> messaging_pb2.DeclineInvitationResponse:
         assert self._ctx is not None
         actor = self._ctx.tokens.caller(context).user_id
+        if not request.channel_id:
+            raise InvalidArgument("channel_id is required")
         if request.channel_id not in self.channels:
             raise NotFound("you have no pending invitation to this channel")  # as for a channel that exists
 
