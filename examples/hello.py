@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from parley_client import ClientConfig, ParleyClient
+from parley_client import ClientConfig, ParleyClient, ParleyError
 
 DATA_DIR = Path(os.environ.get("PARLEY_DATA_DIR", ".parley"))  # what `make run` started
 
@@ -27,4 +27,7 @@ async def main(username: str, password: str) -> None:
 
 if __name__ == "__main__":
     user = sys.argv[1] if len(sys.argv) > 1 else "alice"
-    asyncio.run(main(user, os.environ.get("PARLEY_PASSWORD") or getpass.getpass(f"password for {user}: ")))
+    try:
+        asyncio.run(main(user, os.environ.get("PARLEY_PASSWORD") or getpass.getpass(f"password for {user}: ")))
+    except ParleyError as exc:  # a wrong password, the platform down: one line saying so
+        sys.exit(f"{user}: {exc.message} ({exc.code.name})")

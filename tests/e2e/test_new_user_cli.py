@@ -278,6 +278,23 @@ def run_example(platform: RunningPlatform, name: str, *users: str) -> str:
     return result.stdout
 
 
+def test_hello_says_a_wrong_password_in_one_line(platform: RunningPlatform) -> None:
+    alice = new_user(platform, "alice")
+    environ = {**os.environ, "PARLEY_DATA_DIR": str(platform.data_dir), "PARLEY_PASSWORD": "not-" + PASSWORD}
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "hello.py"), alice],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [result.stderr.strip()]  # one line, no traceback
+    assert result.stderr.startswith(f"{alice}: ")
+    assert "UNAUTHENTICATED" in result.stderr
+
+
 def test_the_readme_examples_run_as_printed(platform: RunningPlatform) -> None:
     alice, bob = new_user(platform, "alice"), new_user(platform, "bob")
 
@@ -326,3 +343,50 @@ def test_an_auditor_sees_each_security_records_kind_source_and_detail(platform: 
     kinds = {r["security"]["kind"]: r["security"] for r in records if "security" in r}
     assert kinds["login_failed"]["source"] == "ipv4:127.0.0.1"
     assert kinds["account_disabled"]["detail"] == "left\nFAKE LINE \x1b[31mred"
+
+
+async def test_chat_moves_the_read_marker_and_names_an_invitation(platform: RunningPlatform) -> None:
+    reader = await asyncio.to_thread(new_user, platform, "reader")
+    owner_name = await asyncio.to_thread(new_user, platform, "owner")
+    room = unique("room")
+    room_id = (await asyncio.to_thread(cli, platform, "--as", owner_name, "create-channel", room)).split()[-1]
+    await asyncio.to_thread(cli, platform, "--as", reader, "join", room_id)
+    for n in range(1, 4):
+        await asyncio.to_thread(cli, platform, "--as", owner_name, "send", room_id, f"line {n}")
+    # The chat starts before this process opens a gRPC channel (a fork then would break gRPC).
+    terminal = platform.terminal("--as", reader, "chat", room)
+    try:
+        await asyncio.to_thread(terminal.expect, "-- live;")
+        async with ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes()) as owner:
+            await owner.login(owner_name, PASSWORD)
+            reader_id = (await owner.find_users([reader]))[reader]
+            # The channel's events from its start: the reader's marker, whenever it moved.
+            watching = owner.subscribe([room_id], resume={room_id: 0})
+            await watching.ready()
+            marks = (
+                e.event.read_marker.channel_seq
+                async for e in watching.events()
+                if e.kind == "read_marker" and e.event.read_marker.user_id == reader_id
+            )
+            # What the chat shows is read, as in the web client: the marker moves for all to see.
+            assert await asyncio.wait_for(anext(marks), 60) == 3
+            await owner.send(room_id, "line 4")
+            await asyncio.to_thread(terminal.expect, "line 4")
+            assert await asyncio.wait_for(anext(marks), 60) == 4
+            watching.cancel()
+
+            # An invitation elsewhere is named: the channel, who invited, how to accept.
+            secret = await owner.create_channel(unique("secret"), private=True)
+            await owner.invite(secret.channel_id, reader_id)
+            shown = await asyncio.to_thread(terminal.expect, f"invited you to #{secret.name}")
+            assert f"-- {owner_name} invited you to #{secret.name}: parley" in shown
+            assert f"join {secret.channel_id} --" in shown
+        terminal.send(CTRL_D)
+        assert await asyncio.to_thread(terminal.wait, 30) == 0
+    finally:
+        terminal.kill()
+
+    listed = await asyncio.to_thread(cli, platform, "--as", reader, "invitations")
+    assert f"{secret.channel_id}  #{secret.name} (private)  invited by {owner_name}" in listed
+    assert "declined the invitation" in await asyncio.to_thread(cli, platform, "--as", reader, "decline", secret.name)
+    assert "no pending invitations" in await asyncio.to_thread(cli, platform, "--as", reader, "invitations")

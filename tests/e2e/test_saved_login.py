@@ -167,6 +167,10 @@ async def test_cli_chat_keeps_its_live_stream_and_sends_past_expiry(platform: Ru
             await past(float(saved(platform, bob)["expires_at_unix"]))  # type: ignore[arg-type]
             await a.send(room.channel_id, "alice after expiry")
             await eventually(lambda: shown(out, "alice after expiry"), "alice's message in bob's chat")
+            # The stream its expired token ended was opened again, and the chat says it is live again.
+            await eventually(lambda: shown(out, "-- live again --"), "bob's chat live again")
+            printed = out.read_text(errors="replace")
+            assert printed.index("-- reconnecting --") < printed.index("-- live again --")
             chat.stdin.write(b"bob after expiry\n")
             chat.stdin.flush()
 

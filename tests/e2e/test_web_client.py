@@ -487,7 +487,7 @@ async def test_membership_changes_reach_the_channel_and_member_lists_live(
     club = await alice_sdk.create_channel(unique("club"), private=True)
     await alice_sdk.invite(club.channel_id, dave_id)
     invitation = page.locator("nav .invitation")
-    await expect(invitation).to_contain_text(alice)
+    await expect(invitation).to_contain_text(f"{alice} invited you to #{club.name}")
     await invitation.get_by_role("button", name="Join").click()
     await expect(page.locator("#channel-title")).to_have_text(f"# {club.name}")
     await expect(invitation).to_have_count(0)
@@ -521,4 +521,44 @@ async def test_membership_changes_reach_the_channel_and_member_lists_live(
     await expect(messages(page).last).to_have_text("still here")
     for client in (alice_sdk, carol_sdk, dave_sdk):
         await client.close()
+    await context.close()
+
+
+async def test_invitations_made_while_the_page_was_closed_are_listed_and_accepted_or_declined(
+    browser: Browser, platform: RunningPlatform
+) -> None:
+    alice, dave = unique("alice"), unique("dave")
+    alice_sdk, dave_sdk = await registered(platform, alice), await registered(platform, dave)
+    dave_id = dave_sdk.user_id or ""
+    club = await alice_sdk.create_channel(unique("club"), private=True)
+    plans = await alice_sdk.create_channel(unique("plans"), private=True)
+    await alice_sdk.invite(club.channel_id, dave_id)
+    await alice_sdk.invite(plans.channel_id, dave_id)
+
+    # Dave opens the page only now: both invitations are there, with the channel and who invited.
+    context, page = await logged_in(browser, platform, dave)
+    invitations = page.locator("nav .invitation")
+    await expect(invitations).to_have_text(
+        [f"{alice} invited you to #{plans.name} Join Decline", f"{alice} invited you to #{club.name} Join Decline"]
+    )
+    await expect(page.get_by_role("heading", name="No channels yet")).to_be_visible()
+    await shot(page, "invitations")
+    assert await axe_violations(page) == []
+
+    # Accepted: the channel appears, opens and is live; declined: gone, here and for messaging.
+    await invitations.filter(has_text=club.name).get_by_role("button", name="Join").click()
+    await expect(page.locator("#channel-title")).to_have_text(f"# {club.name}")
+    await expect(page.locator("nav button.channel").filter(has_text=club.name)).to_have_count(1)
+    await alice_sdk.send(club.channel_id, "welcome")
+    await expect(messages(page).last).to_have_text("welcome")
+    await invitations.filter(has_text=plans.name).get_by_role("button", name="Decline").click()
+    await expect(invitations).to_have_count(0)
+    assert await dave_sdk.invitations() == []
+
+    await page.reload()  # the session from the cookie; the list from messaging again
+    await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+    await expect(page.locator("nav button.channel").filter(has_text=club.name)).to_have_count(1)
+    await expect(invitations).to_have_count(0)
+    await alice_sdk.close()
+    await dave_sdk.close()
     await context.close()

@@ -2,6 +2,7 @@
 // gateway's own API (api.ts); every piece of user content reaches the page as text (dom.ts).
 
 import "./style.css";
+import { create } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import * as api from "./api.js";
 import { gateway, withRefresh, type Session } from "./api.js";
@@ -10,7 +11,13 @@ import { LiveStream, type ConnectionState } from "./live.js";
 import { renderSettings } from "./settings.js";
 import { consoleLink } from "./console/entry.js";
 import type { ClientEvent, MembershipChange } from "./gen/parley/gateway/v1/gateway_pb.js";
-import type { Channel, ChatMessage, ReactionCount } from "./gen/parley/messaging/v1/messaging_pb.js";
+import {
+  InvitationSchema,
+  type Channel,
+  type ChatMessage,
+  type Invitation,
+  type ReactionCount,
+} from "./gen/parley/messaging/v1/messaging_pb.js";
 
 const PAGE = 50;
 const TAKE_UP_READS = 5;
@@ -53,8 +60,8 @@ class App {
   private session: Session | null = null;
   private readonly channels = new Map<string, ChannelView>();
   private readonly names = new Map<string, string>();
-  /** Channels this user was invited to and has not joined: channel id -> who invited them. */
-  private readonly invitations = new Map<string, string>();
+  /** Channels this user was invited to and has not joined (ListInvitations, and live ones). */
+  private readonly invitations = new Map<string, Invitation>();
   private current = "";
   private live: LiveStream | null = null;
   private readonly root: HTMLElement;
@@ -191,11 +198,16 @@ class App {
     this.names.set(session.userId, session.username);
     this.renderShell();
     await this.loadChannels();
+    await this.loadInvitations();
     this.live = new LiveStream(
       {
         event: (e) => this.onEvent(e),
         state: (s, d) => this.setState(s, d),
-        resumed: () => this.loadChannels(),
+        resumed: async () => {
+          const changed = await this.loadChannels();
+          await this.loadInvitations();
+          return changed;
+        },
       },
       () => [...this.channels.keys()],
     );
@@ -339,7 +351,7 @@ class App {
 
   private renderChannels(): void {
     fillList(this.navList, [...this.channels.values()].sort(byName), (view) => this.channelItem(view));
-    fillList(this.invitationList, this.invitations, ([channelId, inviter]) => this.invitationItem(channelId, inviter));
+    fillList(this.invitationList, this.invitations.values(), (invitation) => this.invitationItem(invitation));
   }
 
   private channelItem(view: ChannelView): HTMLLIElement {
@@ -362,11 +374,61 @@ class App {
     return h("li", {}, button);
   }
 
-  private invitationItem(channelId: string, inviter: string): HTMLLIElement {
+  /** The pending invitations as messaging lists them (with the channel's name), those made while
+   * the page was closed included; each inviter named. Returns whether `channelId` is among them. */
+  private async loadInvitations(channelId = ""): Promise<boolean> {
+    const reply = await withRefresh(() => gateway.listInvitations({})).catch((err: unknown) => {
+      this.notice(api.describe(err));
+      return null;
+    });
+    if (reply === null) return false;
+    this.invitations.clear();
+    for (const invitation of reply.invitations) {
+      if (!this.channels.has(invitation.channelId)) this.invitations.set(invitation.channelId, invitation);
+    }
+    const inviters = reply.invitations.map((i) => i.invitedBy).filter((u) => !this.names.has(u));
+    if (inviters.length > 0) await this.nameOf([...new Set(inviters)].slice(0, 200));
+    this.renderChannels();
+    return reply.invitations.some((i) => i.channelId === channelId);
+  }
+
+  /** An invitation the live stream told of: listed at once, then read with the channel's name
+   * (messaging may list it a moment after the event, as for takeUp). */
+  private async takeUpInvitation(channelId: string, inviter: string): Promise<void> {
+    this.invitations.set(channelId, create(InvitationSchema, { channelId, invitedBy: inviter }));
+    await this.nameOf([inviter].filter((u) => !this.names.has(u)));
+    this.renderChannels();
+    for (let attempt = 0; attempt < TAKE_UP_READS; attempt += 1) {
+      if (await this.loadInvitations(channelId)) return;
+    }
+  }
+
+  private invitationItem(invitation: Invitation): HTMLLIElement {
+    const { channelId } = invitation;
     const join = h("button", { type: "button", class: "small" }, "Join");
     on(join, "click", () => this.enterChannel(() => gateway.joinChannel({ channelId })));
-    const who = this.names.get(inviter) ?? inviter;
-    return h("li", { class: "invitation" }, `${who} invited you to a channel `, join);
+    const decline = h("button", { type: "button", class: "small link" }, "Decline");
+    on(decline, "click", () => {
+      decline.disabled = true;
+      withRefresh(() => gateway.declineInvitation({ channelId }))
+        .then(() => {
+          this.invitations.delete(channelId);
+          this.renderChannels();
+        })
+        .catch((err: unknown) => {
+          decline.disabled = false;
+          this.notice(api.describe(err));
+        });
+    });
+    const who = this.names.get(invitation.invitedBy) ?? invitation.invitedBy;
+    const where = invitation.channelName ? `#${invitation.channelName}` : "a channel";
+    return h(
+      "li",
+      { class: "invitation", "data-channel-id": channelId },
+      h("span", { class: "what" }, `${who} invited you to ${where}`),
+      " ",
+      h("span", { class: "actions" }, join, " ", decline),
+    );
   }
 
   /** A channel the user has just joined or started here: listed, covered by the stream, open. */
@@ -390,7 +452,7 @@ class App {
         h(
           "p",
           {},
-          "Create a channel with the form on the left, or join one with the id someone shares with you (the CLI prints it: parley channels).",
+          "Create a channel with the form on the left, join one with the id someone shares with you (the CLI prints it: parley channels), or accept an invitation listed there.",
         ),
       ),
     );
@@ -910,8 +972,7 @@ class App {
       // came into elsewhere (the CLI, another tab, a conversation someone started with them).
       if (change.userId !== me) return;
       if (change.change === "invited") {
-        this.invitations.set(change.channelId, change.actorId);
-        void this.nameOf([change.actorId].filter((u) => !this.names.has(u))).then(() => this.renderChannels());
+        void this.takeUpInvitation(change.channelId, change.actorId);
       } else if (change.change === "joined") {
         this.invitations.delete(change.channelId);
         void this.takeUp(change.channelId);

@@ -47,6 +47,16 @@ def test_live_reactions_and_membership_changes_name_people() -> None:
     assert format_event(joined, {}) == f"-- {ALICE[:8]} joined --"  # unknown: the id's start
 
 
+def test_a_live_redaction_names_the_author_shown_before_and_an_invitation_the_inviter() -> None:
+    redaction = gateway_pb2.ClientEvent(updated=messaging_pb2.ChatMessage(channel_seq=5, redacted=True))
+    assert format_event(LiveEvent("updated", redaction), NAMES, {5: "bob"}) == "[    5] (bob's message redacted)"
+    assert format_event(LiveEvent("updated", redaction), NAMES, {}) == "[    5] (message redacted)"  # not shown here
+    change = gateway_pb2.MembershipChange(user_id=BOB, actor_id=ALICE, change="invited")
+    invited = LiveEvent("membership", gateway_pb2.ClientEvent(membership=change))
+    assert event_people(invited) == [BOB, ALICE]
+    assert format_event(invited, NAMES) == "-- alice invited bob --"
+
+
 def test_a_direct_conversation_is_named_by_the_other_members() -> None:
     direct = messaging_pb2.Channel(name="direct", direct=True, member_ids=[ALICE, BOB])
     assert channel_label(direct, NAMES, me=ALICE) == "direct with bob"

@@ -16,7 +16,7 @@ def test_private_channel_is_joined_by_invitation_from_a_moderator() -> None:
     with pytest.raises(PermissionDenied, match="only a moderator may invite"):
         channel.check_invite("mallory", "bob")
     channel.check_invite("owner", "bob")
-    channel.invited.add("bob")
+    channel.invite("bob", "owner")
     channel.check_join("bob")
 
 

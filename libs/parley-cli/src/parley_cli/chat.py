@@ -77,15 +77,20 @@ def format_message(message: ChatMessage, names: Mapping[str, str] | None = None)
     return f"[{message.channel_seq:>5}] {when} {author}: {body}"
 
 
-def format_event(event: LiveEvent, names: Mapping[str, str] | None = None) -> str:
-    """One live event as a line; `names` (user id -> username) should know the people it shows."""
+def format_event(
+    event: LiveEvent, names: Mapping[str, str] | None = None, authors: Mapping[int, str] | None = None
+) -> str:
+    """One live event as a line; `names` (user id -> username) should know the people it shows,
+    `authors` (channel_seq -> author's name) those of the messages shown before."""
     names = names or {}
     raw = event.event
     if event.kind == "message":
         return format_message(event.message, names)
     if event.kind == "updated":
         if event.message.redacted:
-            return f"[{event.message.channel_seq:>5}] (message redacted)"
+            author = (authors or {}).get(event.message.channel_seq)
+            whose = f"{author}'s message" if author else "message"
+            return f"[{event.message.channel_seq:>5}] ({whose} redacted)"
         return f"[{event.message.channel_seq:>5}] (edited) {shown(event.message.body)}"
     if event.kind == "reaction":
         verb = "took back" if raw.reaction.removed else "reacted"
@@ -93,6 +98,8 @@ def format_event(event: LiveEvent, names: Mapping[str, str] | None = None) -> st
         return f"[{raw.reaction.channel_seq:>5}] {who} {verb} {shown(raw.reaction.emoji)}"
     if event.kind == "membership":
         change = raw.membership
+        if change.change == "invited":
+            return f"-- {person(change.actor_id, names)} invited {person(change.user_id, names)} --"
         detail = f": {shown(change.detail)}" if change.detail else ""
         return f"-- {person(change.user_id or change.actor_id, names)} {shown(change.change)}{detail} --"
     return ""  # read markers are not shown
@@ -104,10 +111,56 @@ def event_people(event: LiveEvent) -> list[str]:
     if event.kind == "reaction":
         return [raw.reaction.user_id]
     if event.kind == "membership":
-        return [raw.membership.user_id or raw.membership.actor_id]
+        return [raw.membership.user_id, raw.membership.actor_id]
     if event.kind == "message" and not event.message.sender_name:
         return [event.message.sender_id]
     return []
+
+
+def author_of(message: ChatMessage, names: Mapping[str, str]) -> str:
+    """The name a message's line shows for its author ("" for an erased author)."""
+    if message.sender_name:
+        return shown(message.sender_name)
+    return "" if message.erased else person(message.sender_id, names)
+
+
+class ReadMarker:
+    """Moves the user's read marker to the newest message this terminal has shown, as the web
+    client does: one call at a time, the newest number wins, a failure is said once."""
+
+    def __init__(self, client: ParleyClient, channel_id: str) -> None:
+        self._client = client
+        self._channel_id = channel_id
+        self._wanted = 0
+        self._marked = 0
+        self._task: asyncio.Task[None] | None = None
+        self._failed = False
+
+    def shown(self, channel_seq: int) -> None:
+        self._wanted = max(self._wanted, channel_seq)
+        if self._wanted > self._marked and (self._task is None or self._task.done()):
+            self._task = asyncio.create_task(self._move())
+
+    async def _move(self) -> None:
+        while self._wanted > self._marked:
+            target = self._wanted
+            try:
+                await self._client.mark_read(self._channel_id, target)
+            except ParleyError as exc:
+                if not self._failed:
+                    print(f"-- read marker not moved: {shown(exc.message)} --", flush=True)
+                self._failed = True
+                return
+            self._marked = target
+
+    async def settled(self) -> None:
+        """Waits for the marker call in flight (leaving the chat lets it finish)."""
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
 
 
 def older_hint(parley: str, reference: str, first_shown: int) -> str:
@@ -212,20 +265,42 @@ async def interactive(
     page = await client.latest(channel_id, limit=OPENING_PAGE)  # the newest, then live
     people = People(client)
     await people.learn_from(page.messages)
+    read = ReadMarker(client, channel_id)
+    authors: dict[int, str] = {}  # channel_seq -> author's name, for a redaction's line
     seen = 0
     if page.has_more and page.messages:
         print(older_hint(parley, reference, page.messages[0].channel_seq))
     for message in page.messages:
         print(format_message(message, people.names))
+        authors[message.channel_seq] = author_of(message, people.names)
         seen = max(seen, message.channel_seq)
     print(f"-- live; {HELP} --", flush=True)
+    read.shown(seen)
 
     async def show(event: LiveEvent) -> None:
         if event.channel_id != channel_id:
-            return  # the user's arrival in another channel: not this conversation's
+            await show_elsewhere(event)
+            return
         await people.learn(event_people(event))
-        if line := format_event(event, people.names):
+        if line := format_event(event, people.names, authors):
             print(line, flush=True)
+        if event.kind == "message":
+            authors[event.message.channel_seq] = author_of(event.message, people.names)
+            read.shown(event.message.channel_seq)
+
+    async def show_elsewhere(event: LiveEvent) -> None:
+        """The user's arrival in another channel: an invitation is said, with the channel's name."""
+        change = event.event.membership
+        if event.kind != "membership" or change.change != "invited" or change.user_id != client.user_id:
+            return
+        await people.learn([change.actor_id])
+        pending = {i.channel_id: i for i in await client.invitations()}
+        name = f"#{shown(pending[event.channel_id].channel_name)}" if event.channel_id in pending else "a channel"
+        joining = shown(f"{parley} join {event.channel_id}")
+        print(f"-- {person(change.actor_id, people.names)} invited you to {name}: {joining} --", flush=True)
+
+    def live_again() -> None:
+        print("-- live again --", flush=True)
 
     async def show_incoming() -> int:
         try:
@@ -239,7 +314,7 @@ async def interactive(
             # The stream dropped (gateway restart, network, too slow, the access token expired
             # and was renewed): resume where it stopped.
             print("-- reconnecting --", flush=True)
-            async for event in client.live([channel_id], resume=stream.positions):
+            async for event in client.live([channel_id], resume=stream.positions, on_ready=live_again):
                 await show(event)
         except ParleyError as exc:
             print(f"-- live stream ended: {shown(exc.message)}; leaving --", flush=True)
@@ -267,8 +342,10 @@ async def interactive(
     typed = asyncio.create_task(send_typed())
     try:
         done, _ = await asyncio.wait({incoming, typed}, return_when=asyncio.FIRST_COMPLETED)
+        await read.settled()
         return next(iter(done)).result()
     finally:
+        read.cancel()
         stream.cancel()
         incoming.cancel()
         typed.cancel()

@@ -72,6 +72,35 @@ async def cmd_member(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_invitations(args: argparse.Namespace) -> int:
+    async with await _logged_in(args) as client:
+        pending = await client.invitations()
+        people = chat.People(client)
+        await people.learn(i.invited_by for i in pending)
+    if not pending:
+        print("no pending invitations")
+    for invitation in pending:
+        kind = " (private)" if invitation.private else ""
+        who = chat.person(invitation.invited_by, people.names)
+        print(f"{invitation.channel_id}  #{shown(invitation.channel_name)}{kind}  invited by {who}")
+    if pending:
+        print(f"-- accept: {shown(parley_as_run(args))} join ID; decline: {shown(parley_as_run(args))} decline ID --")
+    return 0
+
+
+async def cmd_decline(args: argparse.Namespace) -> int:
+    """Declines by channel id, or by the name of exactly one channel the user is invited to."""
+    async with await _logged_in(args) as client:
+        pending = await client.invitations()
+        named = [i for i in pending if args.channel in (i.channel_id, i.channel_name)]
+        if len(named) > 1:
+            ids = ", ".join(i.channel_id for i in named)
+            raise SystemExit(f"error: several invitations are to #{shown(args.channel)} ({ids}); give the id")
+        await client.decline_invitation(named[0].channel_id if named else args.channel)
+    print(f"declined the invitation to #{shown(named[0].channel_name) if named else shown(args.channel)}")
+    return 0
+
+
 async def cmd_leave(args: argparse.Namespace) -> int:
     async with await _logged_in(args) as client:
         channel = await client.leave_channel(await chat.resolve_channel(client, args.channel))
@@ -177,6 +206,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         member.add_argument("channel", help="channel id or name")
         member.add_argument("person", metavar="USER", help=WHO)
         member.set_defaults(run=cmd_member)
+    sub.add_parser("invitations", help="your pending invitations to channels").set_defaults(run=cmd_invitations)
+    decline = sub.add_parser("decline", help="decline an invitation to a channel")
+    decline.add_argument("channel", help="channel id, or the name of the channel you are invited to")
+    decline.set_defaults(run=cmd_decline)
     leave = sub.add_parser("leave", help="leave a channel")
     leave.add_argument("channel", help="channel id or name")
     leave.set_defaults(run=cmd_leave)

@@ -562,6 +562,18 @@ class ParleyClient:
         )
         return channel
 
+    async def invitations(self) -> list[messaging_pb2.Invitation]:
+        """The caller's pending invitations, newest first: `join_channel(id)` accepts one,
+        `decline_invitation(id)` drops it."""
+        response: messaging_pb2.ListInvitationsResponse = await self._call(
+            self._stub.ListInvitations, messaging_pb2.ListInvitationsRequest()
+        )
+        return list(response.invitations)
+
+    async def decline_invitation(self, channel_id: str) -> None:
+        """NOT_FOUND when the caller has no pending invitation to that channel."""
+        await self._call(self._stub.DeclineInvitation, messaging_pb2.DeclineInvitationRequest(channel_id=channel_id))
+
     async def my_channels(self) -> list[messaging_pb2.Channel]:
         response: messaging_pb2.ListMyChannelsResponse = await self._call(
             self._stub.ListMyChannels, messaging_pb2.ListMyChannelsRequest()
@@ -646,14 +658,20 @@ class ParleyClient:
                 message.body = await self.e2ee.decrypt(message)
 
     async def live(
-        self, channel_ids: Sequence[str], *, resume: Mapping[str, int] | None = None, max_reconnects: int = 100
+        self,
+        channel_ids: Sequence[str],
+        *,
+        resume: Mapping[str, int] | None = None,
+        max_reconnects: int = 100,
+        on_ready: Callable[[], None] | None = None,
     ) -> AsyncIterator[LiveEvent]:
         """Live events that survive dropped streams: reconnects and resumes where it stopped.
 
         A stream that ends because the gateway restarted, the network dropped or the client
         read too slowly (RESOURCE_EXHAUSTED) is opened again from the last positions read, so
         the caller sees every event once, in order; so is one whose access token expired, when
-        the client renews its tokens (keep_logged_in).
+        the client renews its tokens (keep_logged_in). `on_ready` is called each time a stream
+        is ready (live, nothing missed), so a client can say it is live again.
         """
         positions = dict(resume or {})
         reconnects = 0
@@ -663,6 +681,8 @@ class ParleyClient:
             stream = self.subscribe(channel_ids, resume=positions)
             try:
                 await stream.ready()
+                if on_ready is not None:
+                    on_ready()
                 async for event in stream.events():
                     positions = stream.positions
                     yield event

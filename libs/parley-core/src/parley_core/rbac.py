@@ -190,6 +190,8 @@ METHOD_PERMISSIONS: dict[str, Permission | None] = {
     "/parley.messaging.v1.MessagingService/ListThread": P.MESSAGES_READ,
     "/parley.messaging.v1.MessagingService/React": P.MESSAGES_SEND,
     "/parley.messaging.v1.MessagingService/MarkRead": P.MESSAGES_READ,
+    "/parley.messaging.v1.MessagingService/ListInvitations": P.MESSAGES_READ,
+    "/parley.messaging.v1.MessagingService/DeclineInvitation": P.CHANNELS_JOIN,
     "/parley.messaging.v1.DeviceKeyService/SendToDevice": P.DEVICE_KEYS,
     "/parley.messaging.v1.DeviceKeyService/FetchToDevice": P.DEVICE_KEYS,
     # storage
@@ -230,6 +232,8 @@ METHOD_PERMISSIONS: dict[str, Permission | None] = {
     "/parley.gateway.v1.Gateway/ListThread": P.MESSAGES_READ,
     "/parley.gateway.v1.Gateway/React": P.MESSAGES_SEND,
     "/parley.gateway.v1.Gateway/MarkRead": P.MESSAGES_READ,
+    "/parley.gateway.v1.Gateway/ListInvitations": P.MESSAGES_READ,
+    "/parley.gateway.v1.Gateway/DeclineInvitation": P.CHANNELS_JOIN,
     "/parley.gateway.v1.Gateway/PublishDeviceKeys": P.DEVICE_KEYS,
     "/parley.gateway.v1.Gateway/UploadOneTimeKeys": P.DEVICE_KEYS,
     "/parley.gateway.v1.Gateway/ClaimOneTimeKey": P.DEVICE_KEYS,

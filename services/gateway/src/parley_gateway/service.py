@@ -389,6 +389,20 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         await self._admit(request, context)
         return await forward(self._messaging.MarkRead, request, context)
 
+    async def ListInvitations(
+        self, request: messaging_pb2.ListInvitationsRequest, context: Context
+    ) -> messaging_pb2.ListInvitationsResponse:
+        assert self._messaging is not None
+        await self._admit(request, context)
+        return await forward(self._messaging.ListInvitations, request, context)
+
+    async def DeclineInvitation(
+        self, request: messaging_pb2.DeclineInvitationRequest, context: Context
+    ) -> messaging_pb2.DeclineInvitationResponse:
+        assert self._messaging is not None
+        await self._admit(request, context)
+        return await forward(self._messaging.DeclineInvitation, request, context)
+
     async def ExportUserData(
         self, request: storage_pb2.ExportUserDataRequest, context: Context
     ) -> storage_pb2.ExportUserDataResponse:

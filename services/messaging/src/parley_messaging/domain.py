@@ -32,6 +32,14 @@ class PostedMessage:
     thread_root_seq: int = 0
 
 
+@dataclass(frozen=True)
+class Invitation:
+    """A pending invitation: who invited, and the stream position of the invitation (its order)."""
+
+    invited_by: str
+    position: int = 0
+
+
 @dataclass
 class MessageRecord:
     """A message as it is now, plus every earlier text (kept for moderators until redaction or expiry)."""
@@ -77,7 +85,7 @@ class Channel:
     topic: str = ""
     hide_history_before_join: bool = False
     roles: dict[str, str] = field(default_factory=dict)  # user -> OWNER | MODERATOR (members have none)
-    invited: set[str] = field(default_factory=set)
+    invited: dict[str, Invitation] = field(default_factory=dict)  # invitee -> their pending invitation
     banned: set[str] = field(default_factory=set)
     views: dict[str, HistoryView] = field(default_factory=dict)  # user -> what they may read (latest join)
     read_up_to: dict[str, int] = field(default_factory=dict)  # user -> read marker
@@ -100,7 +108,7 @@ class Channel:
     def add_member(self, user_id: str, position: int = 0) -> None:
         """`user_id` joins by the event at stream `position` (0: not known, as in unit tests)."""
         self.members.add(user_id)
-        self.invited.discard(user_id)
+        self.invited.pop(user_id, None)  # joining accepts the invitation
         self.views[user_id] = HistoryView.at_join(
             hides_history=self.hide_history_before_join, newest_seq_at_join=self.last_seq, joined_at=position
         )
@@ -140,6 +148,17 @@ class Channel:
             raise PermissionDenied("only a moderator may invite to a private channel")
         if user_id in self.banned:
             raise FailedPrecondition("that user is banned; unban them first")
+
+    def invite(self, user_id: str, invited_by: str, position: int = 0) -> None:
+        self.invited[user_id] = Invitation(invited_by, position)
+
+    def pending_invitation(self, user_id: str) -> Invitation | None:
+        """`user_id`'s invitation they may still accept (joining or a ban ends it)."""
+        return None if user_id in self.members else self.invited.get(user_id)
+
+    def check_decline(self, user_id: str) -> None:
+        if self.pending_invitation(user_id) is None:
+            raise NotFound("you have no pending invitation to this channel")
 
     def check_remove(self, actor: str, user_id: str) -> None:
         """Kick or ban: a moderator over a plain member; the owner over moderators too."""
@@ -355,6 +374,11 @@ class ChannelDirectory:
 
     def of_member(self, user_id: str) -> list[Channel]:
         return [c for c in self._channels.values() if user_id in c.members]
+
+    def invitations_of(self, user_id: str) -> list[tuple[Channel, Invitation]]:
+        """`user_id`'s pending invitations, newest first."""
+        found = [(c, i) for c in self._channels.values() if (i := c.pending_invitation(user_id)) is not None]
+        return sorted(found, key=lambda pair: pair[1].position, reverse=True)
 
     def named_for(self, name: str, user_id: str) -> Channel:
         """The one channel called `name` that `user_id` may see: public, or one they are in or

@@ -17,6 +17,7 @@ from parley.messaging.v1.events_pb2 import (
     ChannelCreated,
     ChannelRenamed,
     ChannelTopicChanged,
+    InvitationDeclined,
     MemberBanned,
     MemberInvited,
     MemberJoined,
@@ -233,10 +234,13 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         elif isinstance(payload, MemberBanned):
             channel.remove_member(payload.user_id)
             channel.banned.add(payload.user_id)
+            channel.invited.pop(payload.user_id, None)  # an unban needs a new invitation
         elif isinstance(payload, MemberUnbanned):
             channel.banned.discard(payload.user_id)
         elif isinstance(payload, MemberInvited):
-            channel.invited.add(payload.user_id)
+            channel.invite(payload.user_id, payload.invited_by, event.stream_seq)
+        elif isinstance(payload, InvitationDeclined):
+            channel.invited.pop(payload.user_id, None)
         elif isinstance(payload, MemberRoleChanged):
             if payload.role == MODERATOR:
                 channel.roles[payload.user_id] = MODERATOR
@@ -361,6 +365,44 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         caller = self._ctx.tokens.caller(context)
         channels = sorted(self.channels.of_member(caller.user_id), key=lambda c: c.name)
         return messaging_pb2.ListMyChannelsResponse(channels=[channel_proto(c, caller.user_id) for c in channels])
+
+    async def ListInvitations(
+        self, request: messaging_pb2.ListInvitationsRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.ListInvitationsResponse:
+        """The caller's own invitations only: there is no asking about someone else's."""
+        assert self._ctx is not None
+        caller = self._ctx.tokens.caller(context)
+        return messaging_pb2.ListInvitationsResponse(
+            invitations=[
+                messaging_pb2.Invitation(
+                    channel_id=c.channel_id,
+                    channel_name=c.name,
+                    invited_by=invitation.invited_by,
+                    private=c.private,
+                    encrypted=c.encrypted,
+                    member_count=len(c.members),
+                    topic=c.topic,
+                )
+                for c, invitation in self.channels.invitations_of(caller.user_id)
+            ]
+        )
+
+    async def DeclineInvitation(
+        self, request: messaging_pb2.DeclineInvitationRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.DeclineInvitationResponse:
+        assert self._ctx is not None
+        actor = self._ctx.tokens.caller(context).user_id
+        if not request.channel_id:
+            raise InvalidArgument("channel_id is required")
+        if request.channel_id not in self.channels:
+            raise NotFound("you have no pending invitation to this channel")  # as for a channel that exists
+
+        def decide(channel: Channel) -> NewEvent | None:
+            channel.check_decline(actor)
+            return self._event(channel, actor, InvitationDeclined(channel_id=channel.channel_id, user_id=actor))
+
+        await self._on_channel(request.channel_id, decide)
+        return messaging_pb2.DeclineInvitationResponse()
 
     async def PostMessage(
         self, request: messaging_pb2.PostMessageRequest, context: grpc.aio.ServicerContext[object, object]
@@ -544,7 +586,7 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
 
         def decide(channel: Channel) -> NewEvent | None:
             channel.check_invite(actor, user_id)
-            if user_id in channel.members or user_id in channel.invited:
+            if user_id in channel.members or channel.pending_invitation(user_id) is not None:
                 return None
             payload = MemberInvited(channel_id=channel.channel_id, user_id=user_id, invited_by=actor)
             return self._event(channel, actor, payload)

@@ -261,6 +261,16 @@ class GatewayStub:
                 request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.MarkReadRequest.SerializeToString,
                 response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
                 _registered_method=True)
+        self.ListInvitations = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/ListInvitations',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListInvitationsRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListInvitationsResponse.FromString,
+                _registered_method=True)
+        self.DeclineInvitation = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/DeclineInvitation',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.DeclineInvitationRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.DeclineInvitationResponse.FromString,
+                _registered_method=True)
         self.ExportUserData = channel.unary_unary(
                 '/parley.gateway.v1.Gateway/ExportUserData',
                 request_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.ExportUserDataRequest.SerializeToString,
@@ -622,6 +632,19 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListInvitations(self, request, context):
+        """The caller's own pending invitations, and declining one (messaging's).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeclineInvitation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ExportUserData(self, request, context):
         """The caller's own data (storage's archive): a copy of everything about them, or its erasure
         (crypto-shredding, irreversible). Storage allows only the user themself through here; the
@@ -963,6 +986,16 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.MarkRead,
                     request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.MarkReadRequest.FromString,
                     response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.SerializeToString,
+            ),
+            'ListInvitations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInvitations,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListInvitationsRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListInvitationsResponse.SerializeToString,
+            ),
+            'DeclineInvitation': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeclineInvitation,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.DeclineInvitationRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.DeclineInvitationResponse.SerializeToString,
             ),
             'ExportUserData': grpc.unary_unary_rpc_method_handler(
                     servicer.ExportUserData,
@@ -2240,6 +2273,60 @@ class Gateway:
             '/parley.gateway.v1.Gateway/MarkRead',
             parley_dot_messaging_dot_v1_dot_messaging__pb2.MarkReadRequest.SerializeToString,
             parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInvitations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/ListInvitations',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ListInvitationsRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ListInvitationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeclineInvitation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/DeclineInvitation',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.DeclineInvitationRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.DeclineInvitationResponse.FromString,
             options,
             channel_credentials,
             insecure,

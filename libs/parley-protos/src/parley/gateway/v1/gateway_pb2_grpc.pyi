@@ -90,6 +90,9 @@ class GatewayStub:
     ListThread: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ListThreadRequest, _messaging_pb2.ListThreadResponse]
     React: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ReactRequest, _messaging_pb2.ChatMessage]
     MarkRead: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.MarkReadRequest, _messaging_pb2.Channel]
+    ListInvitations: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ListInvitationsRequest, _messaging_pb2.ListInvitationsResponse]
+    """The caller's own pending invitations, and declining one (messaging's)."""
+    DeclineInvitation: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.DeclineInvitationRequest, _messaging_pb2.DeclineInvitationResponse]
     ExportUserData: _grpc.UnaryUnaryMultiCallable[_storage_pb2.ExportUserDataRequest, _storage_pb2.ExportUserDataResponse]
     """The caller's own data (storage's archive): a copy of everything about them, or its erasure
     (crypto-shredding, irreversible). Storage allows only the user themself through here; the
@@ -186,6 +189,9 @@ class GatewayAsyncStub(GatewayStub):
     ListThread: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ListThreadRequest, _messaging_pb2.ListThreadResponse]  # type: ignore[assignment]
     React: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ReactRequest, _messaging_pb2.ChatMessage]  # type: ignore[assignment]
     MarkRead: _aio.UnaryUnaryMultiCallable[_messaging_pb2.MarkReadRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    ListInvitations: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ListInvitationsRequest, _messaging_pb2.ListInvitationsResponse]  # type: ignore[assignment]
+    """The caller's own pending invitations, and declining one (messaging's)."""
+    DeclineInvitation: _aio.UnaryUnaryMultiCallable[_messaging_pb2.DeclineInvitationRequest, _messaging_pb2.DeclineInvitationResponse]  # type: ignore[assignment]
     ExportUserData: _aio.UnaryUnaryMultiCallable[_storage_pb2.ExportUserDataRequest, _storage_pb2.ExportUserDataResponse]  # type: ignore[assignment]
     """The caller's own data (storage's archive): a copy of everything about them, or its erasure
     (crypto-shredding, irreversible). Storage allows only the user themself through here; the
@@ -543,6 +549,21 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         request: _messaging_pb2.MarkReadRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def ListInvitations(
+        self,
+        request: _messaging_pb2.ListInvitationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.ListInvitationsResponse, _abc.Awaitable[_messaging_pb2.ListInvitationsResponse]]:
+        """The caller's own pending invitations, and declining one (messaging's)."""
+
+    @_abc_1.abstractmethod
+    def DeclineInvitation(
+        self,
+        request: _messaging_pb2.DeclineInvitationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.DeclineInvitationResponse, _abc.Awaitable[_messaging_pb2.DeclineInvitationResponse]]: ...
 
     @_abc_1.abstractmethod
     def ExportUserData(

@@ -449,6 +449,30 @@ class MemberInvited(_message.Message):
 Global___MemberInvited: _TypeAlias = MemberInvited  # noqa: Y015
 
 @_typing.final
+class InvitationDeclined(_message.Message):
+    """The invitee turned the invitation down; joining a private channel needs a new one."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    user_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InvitationDeclined: _TypeAlias = InvitationDeclined  # noqa: Y015
+
+@_typing.final
 class MemberKicked(_message.Message):
     """Removed by a moderator; may join again (a private channel needs a new invitation)."""
 

@@ -126,6 +126,16 @@ class MessagingServiceStub:
                 request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.MarkReadRequest.SerializeToString,
                 response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
                 _registered_method=True)
+        self.ListInvitations = channel.unary_unary(
+                '/parley.messaging.v1.MessagingService/ListInvitations',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListInvitationsRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListInvitationsResponse.FromString,
+                _registered_method=True)
+        self.DeclineInvitation = channel.unary_unary(
+                '/parley.messaging.v1.MessagingService/DeclineInvitation',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.DeclineInvitationRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.DeclineInvitationResponse.FromString,
+                _registered_method=True)
 
 
 class MessagingServiceServicer:
@@ -242,6 +252,21 @@ class MessagingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListInvitations(self, request, context):
+        """The caller's own pending invitations (channels they were invited to and have not joined),
+        newest first. Joining (JoinChannel) accepts one; DeclineInvitation drops it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeclineInvitation(self, request, context):
+        """Drops the caller's invitation to a channel; NOT_FOUND when they have none there.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MessagingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -334,6 +359,16 @@ def add_MessagingServiceServicer_to_server(servicer, server):
                     servicer.MarkRead,
                     request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.MarkReadRequest.FromString,
                     response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.SerializeToString,
+            ),
+            'ListInvitations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInvitations,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListInvitationsRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ListInvitationsResponse.SerializeToString,
+            ),
+            'DeclineInvitation': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeclineInvitation,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.DeclineInvitationRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.DeclineInvitationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -824,6 +859,60 @@ class MessagingService:
             '/parley.messaging.v1.MessagingService/MarkRead',
             parley_dot_messaging_dot_v1_dot_messaging__pb2.MarkReadRequest.SerializeToString,
             parley_dot_messaging_dot_v1_dot_messaging__pb2.Channel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInvitations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.messaging.v1.MessagingService/ListInvitations',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ListInvitationsRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.ListInvitationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeclineInvitation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.messaging.v1.MessagingService/DeclineInvitation',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.DeclineInvitationRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.DeclineInvitationResponse.FromString,
             options,
             channel_credentials,
             insecure,

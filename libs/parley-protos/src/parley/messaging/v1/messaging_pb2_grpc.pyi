@@ -54,6 +54,12 @@ class MessagingServiceStub:
     ListThread: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ListThreadRequest, _messaging_pb2.ListThreadResponse]
     React: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ReactRequest, _messaging_pb2.ChatMessage]
     MarkRead: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.MarkReadRequest, _messaging_pb2.Channel]
+    ListInvitations: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ListInvitationsRequest, _messaging_pb2.ListInvitationsResponse]
+    """The caller's own pending invitations (channels they were invited to and have not joined),
+    newest first. Joining (JoinChannel) accepts one; DeclineInvitation drops it.
+    """
+    DeclineInvitation: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.DeclineInvitationRequest, _messaging_pb2.DeclineInvitationResponse]
+    """Drops the caller's invitation to a channel; NOT_FOUND when they have none there."""
 
 @_typing.type_check_only
 class MessagingServiceAsyncStub(MessagingServiceStub):
@@ -81,6 +87,12 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     ListThread: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ListThreadRequest, _messaging_pb2.ListThreadResponse]  # type: ignore[assignment]
     React: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ReactRequest, _messaging_pb2.ChatMessage]  # type: ignore[assignment]
     MarkRead: _aio.UnaryUnaryMultiCallable[_messaging_pb2.MarkReadRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
+    ListInvitations: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ListInvitationsRequest, _messaging_pb2.ListInvitationsResponse]  # type: ignore[assignment]
+    """The caller's own pending invitations (channels they were invited to and have not joined),
+    newest first. Joining (JoinChannel) accepts one; DeclineInvitation drops it.
+    """
+    DeclineInvitation: _aio.UnaryUnaryMultiCallable[_messaging_pb2.DeclineInvitationRequest, _messaging_pb2.DeclineInvitationResponse]  # type: ignore[assignment]
+    """Drops the caller's invitation to a channel; NOT_FOUND when they have none there."""
 
 class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Internal API of the messaging service; reached by the gateway over mutual TLS with the
@@ -213,6 +225,24 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _messaging_pb2.MarkReadRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_messaging_pb2.Channel, _abc.Awaitable[_messaging_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def ListInvitations(
+        self,
+        request: _messaging_pb2.ListInvitationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.ListInvitationsResponse, _abc.Awaitable[_messaging_pb2.ListInvitationsResponse]]:
+        """The caller's own pending invitations (channels they were invited to and have not joined),
+        newest first. Joining (JoinChannel) accepts one; DeclineInvitation drops it.
+        """
+
+    @_abc_1.abstractmethod
+    def DeclineInvitation(
+        self,
+        request: _messaging_pb2.DeclineInvitationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.DeclineInvitationResponse, _abc.Awaitable[_messaging_pb2.DeclineInvitationResponse]]:
+        """Drops the caller's invitation to a channel; NOT_FOUND when they have none there."""
 
 def add_MessagingServiceServicer_to_server(servicer: MessagingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

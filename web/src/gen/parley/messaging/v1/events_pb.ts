@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/messaging/v1/events.proto.
  */
 export const file_parley_messaging_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("CiBwYXJsZXkvbWVzc2FnaW5nL3YxL2V2ZW50cy5wcm90bxITcGFybGV5Lm1lc3NhZ2luZy52MSKwAQoOQ2hhbm5lbENyZWF0ZWQSEgoKY2hhbm5lbF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEhIKCmNyZWF0b3JfaWQYAyABKAkSEQoJZW5jcnlwdGVkGAQgASgIEg8KB3ByaXZhdGUYBSABKAgSDgoGZGlyZWN0GAYgASgIEhIKCm1lbWJlcl9pZHMYByADKAkSIAoYaGlkZV9oaXN0b3J5X2JlZm9yZV9qb2luGAggASgIIjMKDE1lbWJlckpvaW5lZBISCgpjaGFubmVsX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAki4QEKDU1lc3NhZ2VQb3N0ZWQSEgoKY2hhbm5lbF9pZBgBIAEoCRISCgptZXNzYWdlX2lkGAIgASgJEhEKCXNlbmRlcl9pZBgDIAEoCRITCgtjaGFubmVsX3NlcRgEIAEoBBIMCgRib2R5GAUgASgJEhcKD2lkZW1wb3RlbmN5X2tleRgGIAEoCRIrCgdzZW50X2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtzZW5kZXJfbmFtZRgIIAEoCRIXCg90aHJlYWRfcm9vdF9zZXEYCSABKAQisQEKDU1lc3NhZ2VFZGl0ZWQSEgoKY2hhbm5lbF9pZBgBIAEoCRISCgptZXNzYWdlX2lkGAIgASgJEhMKC2NoYW5uZWxfc2VxGAMgASgEEgwKBGJvZHkYBCABKAkSEQoJZWRpdG9yX2lkGAUgASgJEi0KCWVkaXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLZWRpdG9yX25hbWUYByABKAkipAEKD01lc3NhZ2VSZWRhY3RlZBISCgpjaGFubmVsX2lkGAEgASgJEhIKCm1lc3NhZ2VfaWQYAiABKAkSEwoLY2hhbm5lbF9zZXEYAyABKAQSEwoLcmVkYWN0b3JfaWQYBCABKAkSDgoGcmVhc29uGAUgASgJEi8KC3JlZGFjdGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIxCgpNZW1iZXJMZWZ0EhIKCmNoYW5uZWxfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCSItCgpPbmVUaW1lS2V5Eg4KBmtleV9pZBgBIAEoCRILCgNrZXkYAiABKAk6AhgBIqABChNEZXZpY2VLZXlzUHVibGlzaGVkEg8KB3VzZXJfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJEhQKDGlkZW50aXR5X2tleRgDIAEoCRITCgtzaWduaW5nX2tleRgEIAEoCRI2Cg1vbmVfdGltZV9rZXlzGAUgAygLMh8ucGFybGV5Lm1lc3NhZ2luZy52MS5PbmVUaW1lS2V5OgIYASJfChFPbmVUaW1lS2V5Q2xhaW1lZBIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRIOCgZrZXlfaWQYAyABKAkSEgoKY2xhaW1lZF9ieRgEIAEoCToCGAEizgEKDFRvRGV2aWNlU2VudBIZChFyZWNpcGllbnRfdXNlcl9pZBgBIAEoCRIbChNyZWNpcGllbnRfZGV2aWNlX2lkGAIgASgJEhYKDnNlbmRlcl91c2VyX2lkGAMgASgJEhgKEHNlbmRlcl9kZXZpY2VfaWQYBCABKAkSGwoTc2VuZGVyX2lkZW50aXR5X2tleRgFIAEoCRIQCghvbG1fdHlwZRgGIAEoDRISCgpjaXBoZXJ0ZXh0GAcgASgMEhEKCXF1ZXVlX3NlcRgIIAEoBCJiCg9Ub0RldmljZUZldGNoZWQSGQoRcmVjaXBpZW50X3VzZXJfaWQYASABKAkSGwoTcmVjaXBpZW50X2RldmljZV9pZBgCIAEoCRIXCg91cF90b19xdWV1ZV9zZXEYAyABKAQiSAoNTWVtYmVySW52aXRlZBISCgpjaGFubmVsX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSEgoKaW52aXRlZF9ieRgDIAEoCSJWCgxNZW1iZXJLaWNrZWQSEgoKY2hhbm5lbF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhEKCWtpY2tlZF9ieRgDIAEoCRIOCgZyZWFzb24YBCABKAkiVgoMTWVtYmVyQmFubmVkEhIKCmNoYW5uZWxfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIRCgliYW5uZWRfYnkYAyABKAkSDgoGcmVhc29uGAQgASgJIkoKDk1lbWJlclVuYmFubmVkEhIKCmNoYW5uZWxfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRITCgt1bmJhbm5lZF9ieRgDIAEoCSJaChFNZW1iZXJSb2xlQ2hhbmdlZBISCgpjaGFubmVsX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSDAoEcm9sZRgDIAEoCRISCgpjaGFuZ2VkX2J5GAQgASgJIkYKDkNoYW5uZWxSZW5hbWVkEhIKCmNoYW5uZWxfaWQYASABKAkSDAoEbmFtZRgCIAEoCRISCgpyZW5hbWVkX2J5GAMgASgJIkwKE0NoYW5uZWxUb3BpY0NoYW5nZWQSEgoKY2hhbm5lbF9pZBgBIAEoCRINCgV0b3BpYxgCIAEoCRISCgpjaGFuZ2VkX2J5GAMgASgJIlgKDVJlYWN0aW9uQWRkZWQSEgoKY2hhbm5lbF9pZBgBIAEoCRITCgtjaGFubmVsX3NlcRgCIAEoBBIPCgd1c2VyX2lkGAMgASgJEg0KBWVtb2ppGAQgASgJIloKD1JlYWN0aW9uUmVtb3ZlZBISCgpjaGFubmVsX2lkGAEgASgJEhMKC2NoYW5uZWxfc2VxGAIgASgEEg8KB3VzZXJfaWQYAyABKAkSDQoFZW1vamkYBCABKAkiSwoPUmVhZE1hcmtlck1vdmVkEhIKCmNoYW5uZWxfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRITCgtjaGFubmVsX3NlcRgDIAEoBCJLCg5NZXNzYWdlc0VyYXNlZBISCgpjaGFubmVsX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSFAoMY2hhbm5lbF9zZXFzGAMgAygEIlMKD01lc3NhZ2VzRXhwaXJlZBISCgpjaGFubmVsX2lkGAEgASgJEhQKDGNoYW5uZWxfc2VxcxgCIAMoBBIWCg5yZXRlbnRpb25fZGF5cxgDIAEoDWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("CiBwYXJsZXkvbWVzc2FnaW5nL3YxL2V2ZW50cy5wcm90bxITcGFybGV5Lm1lc3NhZ2luZy52MSKwAQoOQ2hhbm5lbENyZWF0ZWQSEgoKY2hhbm5lbF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEhIKCmNyZWF0b3JfaWQYAyABKAkSEQoJZW5jcnlwdGVkGAQgASgIEg8KB3ByaXZhdGUYBSABKAgSDgoGZGlyZWN0GAYgASgIEhIKCm1lbWJlcl9pZHMYByADKAkSIAoYaGlkZV9oaXN0b3J5X2JlZm9yZV9qb2luGAggASgIIjMKDE1lbWJlckpvaW5lZBISCgpjaGFubmVsX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAki4QEKDU1lc3NhZ2VQb3N0ZWQSEgoKY2hhbm5lbF9pZBgBIAEoCRISCgptZXNzYWdlX2lkGAIgASgJEhEKCXNlbmRlcl9pZBgDIAEoCRITCgtjaGFubmVsX3NlcRgEIAEoBBIMCgRib2R5GAUgASgJEhcKD2lkZW1wb3RlbmN5X2tleRgGIAEoCRIrCgdzZW50X2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtzZW5kZXJfbmFtZRgIIAEoCRIXCg90aHJlYWRfcm9vdF9zZXEYCSABKAQisQEKDU1lc3NhZ2VFZGl0ZWQSEgoKY2hhbm5lbF9pZBgBIAEoCRISCgptZXNzYWdlX2lkGAIgASgJEhMKC2NoYW5uZWxfc2VxGAMgASgEEgwKBGJvZHkYBCABKAkSEQoJZWRpdG9yX2lkGAUgASgJEi0KCWVkaXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLZWRpdG9yX25hbWUYByABKAkipAEKD01lc3NhZ2VSZWRhY3RlZBISCgpjaGFubmVsX2lkGAEgASgJEhIKCm1lc3NhZ2VfaWQYAiABKAkSEwoLY2hhbm5lbF9zZXEYAyABKAQSEwoLcmVkYWN0b3JfaWQYBCABKAkSDgoGcmVhc29uGAUgASgJEi8KC3JlZGFjdGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIxCgpNZW1iZXJMZWZ0EhIKCmNoYW5uZWxfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCSItCgpPbmVUaW1lS2V5Eg4KBmtleV9pZBgBIAEoCRILCgNrZXkYAiABKAk6AhgBIqABChNEZXZpY2VLZXlzUHVibGlzaGVkEg8KB3VzZXJfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJEhQKDGlkZW50aXR5X2tleRgDIAEoCRITCgtzaWduaW5nX2tleRgEIAEoCRI2Cg1vbmVfdGltZV9rZXlzGAUgAygLMh8ucGFybGV5Lm1lc3NhZ2luZy52MS5PbmVUaW1lS2V5OgIYASJfChFPbmVUaW1lS2V5Q2xhaW1lZBIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRIOCgZrZXlfaWQYAyABKAkSEgoKY2xhaW1lZF9ieRgEIAEoCToCGAEizgEKDFRvRGV2aWNlU2VudBIZChFyZWNpcGllbnRfdXNlcl9pZBgBIAEoCRIbChNyZWNpcGllbnRfZGV2aWNlX2lkGAIgASgJEhYKDnNlbmRlcl91c2VyX2lkGAMgASgJEhgKEHNlbmRlcl9kZXZpY2VfaWQYBCABKAkSGwoTc2VuZGVyX2lkZW50aXR5X2tleRgFIAEoCRIQCghvbG1fdHlwZRgGIAEoDRISCgpjaXBoZXJ0ZXh0GAcgASgMEhEKCXF1ZXVlX3NlcRgIIAEoBCJiCg9Ub0RldmljZUZldGNoZWQSGQoRcmVjaXBpZW50X3VzZXJfaWQYASABKAkSGwoTcmVjaXBpZW50X2RldmljZV9pZBgCIAEoCRIXCg91cF90b19xdWV1ZV9zZXEYAyABKAQiSAoNTWVtYmVySW52aXRlZBISCgpjaGFubmVsX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSEgoKaW52aXRlZF9ieRgDIAEoCSI5ChJJbnZpdGF0aW9uRGVjbGluZWQSEgoKY2hhbm5lbF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJIlYKDE1lbWJlcktpY2tlZBISCgpjaGFubmVsX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSEQoJa2lja2VkX2J5GAMgASgJEg4KBnJlYXNvbhgEIAEoCSJWCgxNZW1iZXJCYW5uZWQSEgoKY2hhbm5lbF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhEKCWJhbm5lZF9ieRgDIAEoCRIOCgZyZWFzb24YBCABKAkiSgoOTWVtYmVyVW5iYW5uZWQSEgoKY2hhbm5lbF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhMKC3VuYmFubmVkX2J5GAMgASgJIloKEU1lbWJlclJvbGVDaGFuZ2VkEhIKCmNoYW5uZWxfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIMCgRyb2xlGAMgASgJEhIKCmNoYW5nZWRfYnkYBCABKAkiRgoOQ2hhbm5lbFJlbmFtZWQSEgoKY2hhbm5lbF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEhIKCnJlbmFtZWRfYnkYAyABKAkiTAoTQ2hhbm5lbFRvcGljQ2hhbmdlZBISCgpjaGFubmVsX2lkGAEgASgJEg0KBXRvcGljGAIgASgJEhIKCmNoYW5nZWRfYnkYAyABKAkiWAoNUmVhY3Rpb25BZGRlZBISCgpjaGFubmVsX2lkGAEgASgJEhMKC2NoYW5uZWxfc2VxGAIgASgEEg8KB3VzZXJfaWQYAyABKAkSDQoFZW1vamkYBCABKAkiWgoPUmVhY3Rpb25SZW1vdmVkEhIKCmNoYW5uZWxfaWQYASABKAkSEwoLY2hhbm5lbF9zZXEYAiABKAQSDwoHdXNlcl9pZBgDIAEoCRINCgVlbW9qaRgEIAEoCSJLCg9SZWFkTWFya2VyTW92ZWQSEgoKY2hhbm5lbF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhMKC2NoYW5uZWxfc2VxGAMgASgEIksKDk1lc3NhZ2VzRXJhc2VkEhIKCmNoYW5uZWxfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIUCgxjaGFubmVsX3NlcXMYAyADKAQiUwoPTWVzc2FnZXNFeHBpcmVkEhIKCmNoYW5uZWxfaWQYASABKAkSFAoMY2hhbm5lbF9zZXFzGAIgAygEEhYKDnJldGVudGlvbl9kYXlzGAMgASgNYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message parley.messaging.v1.ChannelCreated
@@ -511,6 +511,30 @@ export const MemberInvitedSchema: GenMessage<MemberInvited> = /*@__PURE__*/
   messageDesc(file_parley_messaging_v1_events, 11);
 
 /**
+ * The invitee turned the invitation down; joining a private channel needs a new one.
+ *
+ * @generated from message parley.messaging.v1.InvitationDeclined
+ */
+export type InvitationDeclined = Message<"parley.messaging.v1.InvitationDeclined"> & {
+  /**
+   * @generated from field: string channel_id = 1;
+   */
+  channelId: string;
+
+  /**
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message parley.messaging.v1.InvitationDeclined.
+ * Use `create(InvitationDeclinedSchema)` to create a new message.
+ */
+export const InvitationDeclinedSchema: GenMessage<InvitationDeclined> = /*@__PURE__*/
+  messageDesc(file_parley_messaging_v1_events, 12);
+
+/**
  * Removed by a moderator; may join again (a private channel needs a new invitation).
  *
  * @generated from message parley.messaging.v1.MemberKicked
@@ -542,7 +566,7 @@ export type MemberKicked = Message<"parley.messaging.v1.MemberKicked"> & {
  * Use `create(MemberKickedSchema)` to create a new message.
  */
 export const MemberKickedSchema: GenMessage<MemberKicked> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_events, 12);
+  messageDesc(file_parley_messaging_v1_events, 13);
 
 /**
  * Removed and kept out until unbanned.
@@ -576,7 +600,7 @@ export type MemberBanned = Message<"parley.messaging.v1.MemberBanned"> & {
  * Use `create(MemberBannedSchema)` to create a new message.
  */
 export const MemberBannedSchema: GenMessage<MemberBanned> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_events, 13);
+  messageDesc(file_parley_messaging_v1_events, 14);
 
 /**
  * @generated from message parley.messaging.v1.MemberUnbanned
@@ -603,7 +627,7 @@ export type MemberUnbanned = Message<"parley.messaging.v1.MemberUnbanned"> & {
  * Use `create(MemberUnbannedSchema)` to create a new message.
  */
 export const MemberUnbannedSchema: GenMessage<MemberUnbanned> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_events, 14);
+  messageDesc(file_parley_messaging_v1_events, 15);
 
 /**
  * @generated from message parley.messaging.v1.MemberRoleChanged
@@ -637,7 +661,7 @@ export type MemberRoleChanged = Message<"parley.messaging.v1.MemberRoleChanged">
  * Use `create(MemberRoleChangedSchema)` to create a new message.
  */
 export const MemberRoleChangedSchema: GenMessage<MemberRoleChanged> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_events, 15);
+  messageDesc(file_parley_messaging_v1_events, 16);
 
 /**
  * @generated from message parley.messaging.v1.ChannelRenamed
@@ -664,7 +688,7 @@ export type ChannelRenamed = Message<"parley.messaging.v1.ChannelRenamed"> & {
  * Use `create(ChannelRenamedSchema)` to create a new message.
  */
 export const ChannelRenamedSchema: GenMessage<ChannelRenamed> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_events, 16);
+  messageDesc(file_parley_messaging_v1_events, 17);
 
 /**
  * @generated from message parley.messaging.v1.ChannelTopicChanged
@@ -691,7 +715,7 @@ export type ChannelTopicChanged = Message<"parley.messaging.v1.ChannelTopicChang
  * Use `create(ChannelTopicChangedSchema)` to create a new message.
  */
 export const ChannelTopicChangedSchema: GenMessage<ChannelTopicChanged> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_events, 17);
+  messageDesc(file_parley_messaging_v1_events, 18);
 
 /**
  * @generated from message parley.messaging.v1.ReactionAdded
@@ -723,7 +747,7 @@ export type ReactionAdded = Message<"parley.messaging.v1.ReactionAdded"> & {
  * Use `create(ReactionAddedSchema)` to create a new message.
  */
 export const ReactionAddedSchema: GenMessage<ReactionAdded> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_events, 18);
+  messageDesc(file_parley_messaging_v1_events, 19);
 
 /**
  * @generated from message parley.messaging.v1.ReactionRemoved
@@ -755,7 +779,7 @@ export type ReactionRemoved = Message<"parley.messaging.v1.ReactionRemoved"> & {
  * Use `create(ReactionRemovedSchema)` to create a new message.
  */
 export const ReactionRemovedSchema: GenMessage<ReactionRemoved> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_events, 19);
+  messageDesc(file_parley_messaging_v1_events, 20);
 
 /**
  * A member has read the channel up to and including channel_seq (only ever moves forward).
@@ -784,7 +808,7 @@ export type ReadMarkerMoved = Message<"parley.messaging.v1.ReadMarkerMoved"> & {
  * Use `create(ReadMarkerMovedSchema)` to create a new message.
  */
 export const ReadMarkerMovedSchema: GenMessage<ReadMarkerMoved> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_events, 20);
+  messageDesc(file_parley_messaging_v1_events, 21);
 
 /**
  * Appended by messaging on a channel's subject when storage records that it is about to delete an
@@ -818,7 +842,7 @@ export type MessagesErased = Message<"parley.messaging.v1.MessagesErased"> & {
  * Use `create(MessagesErasedSchema)` to create a new message.
  */
 export const MessagesErasedSchema: GenMessage<MessagesErased> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_events, 21);
+  messageDesc(file_parley_messaging_v1_events, 22);
 
 /**
  * Appended by messaging on a channel's subject when storage records that the channel's retention
@@ -851,5 +875,5 @@ export type MessagesExpired = Message<"parley.messaging.v1.MessagesExpired"> & {
  * Use `create(MessagesExpiredSchema)` to create a new message.
  */
 export const MessagesExpiredSchema: GenMessage<MessagesExpired> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_events, 22);
+  messageDesc(file_parley_messaging_v1_events, 23);
 
