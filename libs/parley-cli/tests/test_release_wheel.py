@@ -136,7 +136,7 @@ def test_a_locked_dependency_whose_bytes_differ_from_its_hash_is_not_installed(
     wheel = build_wheel(REPO_ROOT / "services" / "messaging", "0.7.2", tmp_path / "wheels", dependency_lock=lock)
     monkeypatch.setenv(WHEELHOUSE_ENV, str(wheelhouse))
     env_dir = tmp_path / "envs" / "messaging-0.7.2"
-    with pytest.raises(FailedPrecondition, match="(?i)do not match the hashes"):
+    with pytest.raises(FailedPrecondition, match=r"(?i)do not match the hashes"):
         asyncio.run(install_version(wheel, env_dir, cache_dir=tmp_path / "installs"))
     assert not env_dir.exists()  # no half-made version to run
 
