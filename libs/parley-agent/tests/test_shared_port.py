@@ -155,6 +155,14 @@ async def test_a_canary_takes_the_share_the_agent_gives_it(port: SharedPort) -> 
             answered = await canary_answers(port.address, 400)
             assert 16 <= answered <= 72, f"the canary took {answered} of 400 new connections at a 10 % share"
 
+            # An instance given no share (a stable one restarting) leaves the canary's program alone.
+            assert (
+                ShareFile(port.address, Path(port.instance_environment("127.0.0.1:5003")[SHARE_FILE_ENV])).apply()
+                == 100
+            )
+            answered = await canary_answers(port.address, 200)
+            assert answered <= 40, f"the canary took {answered} of 200 new connections at a 10 % share"
+
             port.set_share(canary_address, 50)
             await until(lambda: share.applied == 50, "the canary to apply its 50 % share", TIMEOUT_S)
             answered = await canary_answers(port.address, 200)

@@ -89,7 +89,7 @@ class SharedPort:
         self.port = port
         self._backends: list[str] = []
         self._claim: socket.socket | None = None
-        self._shares = Path(tempfile.mkdtemp(prefix=f"parley-{service}-shares-"))  # 0700
+        self._shares: Path | None = None  # where the shares are written (0700), made by `start`
 
     @property
     def address(self) -> str:
@@ -111,6 +111,8 @@ class SharedPort:
             self.share_file(address).unlink()  # no share any more: an even one if it stays
 
     def share_file(self, address: str) -> Path:
+        if self._shares is None:
+            self._shares = Path(tempfile.mkdtemp(prefix=f"parley-{self.service}-shares-"))
         return self._shares / address.rpartition(":")[2]
 
     def set_share(self, address: str, percent: int) -> None:
@@ -140,4 +142,6 @@ class SharedPort:
         if self._claim is not None:
             self._claim.close()
             self._claim = None
-        shutil.rmtree(self._shares, ignore_errors=True)
+        if self._shares is not None:
+            shutil.rmtree(self._shares, ignore_errors=True)
+            self._shares = None

@@ -14,7 +14,9 @@ so its sockets are the group's last; the stable ones come before it. Counted fro
 join, and the node agent claimed the port for this platform). Should a stable instance restart
 during the canary's phase (it rejoins last) the shares are off until the canary's next phase
 writes a new program; an index outside the group falls back to the kernel's hash, so no
-connection is lost either way. 100 % (or none) detaches the program: the kernel's even spread again.
+connection is lost either way. When the share an instance was given ends (100 %, or the file is
+gone) it detaches its program: the kernel's even spread again. An instance never given a share
+leaves the group's program alone (a stable instance restarting beside a canary).
 
 The node agent says the share in a file (`PARLEY_SHARED_PORT_SHARE_FILE`: a percent); the
 instance applies it before its gRPC server starts and again whenever the file changes.
@@ -132,6 +134,10 @@ class ShareFile:
     def apply(self) -> float:
         self._seen = _stamp(self.path)
         percent = read_share(self.path)
+        if not 0 < percent < 100 and not (self.applied is not None and 0 < self.applied < 100):
+            # No share and none given before: the group's program (a canary's) is not ours to remove.
+            self.applied = percent
+            return percent
         own = listening_sockets(self.address)
         try:
             log.info("shared port share", extra={"address": self.address, "share": apply_share(own, percent)})
