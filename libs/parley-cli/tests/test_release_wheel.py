@@ -122,6 +122,10 @@ def test_a_release_runs_the_third_party_version_its_lock_pins(tmp_path: Path, mo
     assert _import(python, "import emoji; print(emoji.__version__)") == pinned
     module = Path(_import(python, "import emoji; print(emoji.__file__)"))
     assert module.is_relative_to(env_dir), module
+    # What its heartbeats report to the advisory matcher is the version it runs.
+    reported = "from parley_core.inventory import running_distributions as r; "
+    reported += "print({d.name: d.version for d in r('parley-messaging')}['emoji'])"
+    assert _import(python, reported) == pinned
     # The base environment keeps its own version.
     assert _import(Path(sys.executable), "import importlib.metadata as m; print(m.version('emoji'))") == base_version
 
