@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -15,8 +16,10 @@ import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from parley_agent.shared_port import SharedPort
+from parley_agent.shared_port import SHARE_FILE_ENV, SharedPort
 from parley_core.listeners import stop_listening
+from parley_core.port_share import ShareFile
+from parley_core.testing.waiting import until
 
 pytestmark = pytest.mark.asyncio
 TIMEOUT_S = 10.0
@@ -83,6 +86,7 @@ async def test_the_claim_keeps_other_platforms_out_and_gets_no_connection(port: 
         with pytest.raises(OSError, match="in use"):
             plain.bind((port.host, port.port))
     assert port.instance_environment() == {"PARLEY_SHARED_LISTEN_ADDRESS": port.address}
+    assert port.instance_environment("127.0.0.1:5001")[SHARE_FILE_ENV] == str(port.share_file("127.0.0.1:5001"))
     # With no instance listening, the claim refuses connections rather than queueing them.
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((port.host, port.port), timeout=TIMEOUT_S).close()
@@ -117,3 +121,60 @@ async def test_a_leaving_instance_gets_no_new_connection_and_keeps_serving_its_o
             await leaving.stop(0)
     finally:
         other.communicate(input="", timeout=TIMEOUT_S)
+
+
+async def canary_answers(address: str, connections: int) -> int:
+    """How many of `connections` new connections the canary (this process's instance) answered."""
+    answered = 0
+    for _ in range(connections):
+        channel = new_connection(address)
+        try:
+            answered += await answers_as(channel, "canary")
+        finally:
+            await channel.close()
+    return answered
+
+
+async def test_a_canary_takes_the_share_the_agent_gives_it(port: SharedPort) -> None:
+    """Without a share a canary beside one stable instance takes half the new connections (the
+    kernel's even spread); with one it takes that share: 10 %, then 50 %, then even again.
+    Statistical: the bounds are about four standard deviations wide."""
+    command = [sys.executable, "-c", INSTANCE, port.address, "stable"]
+    stable = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert stable.stdout is not None
+    canary_address = "127.0.0.1:5002"  # the canary's own address names its share file
+    port.set_share(canary_address, 10)  # before it starts, as the agent does for a roll-out's new instance
+    stop = asyncio.Event()
+    try:
+        assert await asyncio.to_thread(stable.stdout.readline) == "ready\n"
+        canary = await instance_in_this_process(port.address, "canary")  # joins last, as a canary does
+        share = ShareFile(port.address, Path(port.instance_environment(canary_address)[SHARE_FILE_ENV]))
+        assert share.apply() == 10
+        follower = asyncio.create_task(share.follow(stop))
+        try:
+            answered = await canary_answers(port.address, 400)
+            assert 16 <= answered <= 72, f"the canary took {answered} of 400 new connections at a 10 % share"
+
+            # An instance given no share (a stable one restarting) leaves the canary's program alone.
+            assert (
+                ShareFile(port.address, Path(port.instance_environment("127.0.0.1:5003")[SHARE_FILE_ENV])).apply()
+                == 100
+            )
+            answered = await canary_answers(port.address, 200)
+            assert answered <= 40, f"the canary took {answered} of 200 new connections at a 10 % share"
+
+            port.set_share(canary_address, 50)
+            await until(lambda: share.applied == 50, "the canary to apply its 50 % share", TIMEOUT_S)
+            answered = await canary_answers(port.address, 200)
+            assert 70 <= answered <= 130, f"the canary took {answered} of 200 new connections at 50 %"
+
+            port.remove(canary_address)  # the roll-out ended: no share, the kernel's even spread
+            await until(lambda: share.applied == 100, "the canary to drop its share", TIMEOUT_S)
+            answered = await canary_answers(port.address, 200)
+            assert 70 <= answered <= 130, f"the canary took {answered} of 200 new connections without a share"
+        finally:
+            stop.set()
+            await follower
+            await canary.stop(0)
+    finally:
+        stable.communicate(input="", timeout=TIMEOUT_S)

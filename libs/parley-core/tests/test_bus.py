@@ -365,6 +365,30 @@ async def test_replay_asks_the_consumer_when_no_event_says_it_caught_up(bus: Eve
     await replay.wait_for_seq(3, TIMEOUT_S)
 
 
+async def test_a_replay_that_keeps_applying_is_not_timed_out_however_long_it_takes(bus: EventBus) -> None:
+    """The timeout bounds a stall, not the replay: eight events, each applied half a second
+    after the one before (a long stream on a loaded host), take longer than the 3 s given, and
+    the wait still ends caught up. (Time passing is what is tested here, hence the pauses.)"""
+    release = asyncio.Semaphore(0)
+
+    async def apply(event: ReceivedEvent) -> None:
+        await release.acquire()
+
+    for n in range(8):
+        await bus.append(
+            channel_subject("c0"), posted("c0", f"m{n}"), aggregate_version=n, expected_last_subject_seq=None
+        )
+    replay = await bus.replay(stream="MSG", filter_subject=CHANNELS_FILTER, handler=apply)
+    waiting = asyncio.create_task(replay.wait_caught_up(3.0))
+    started = asyncio.get_running_loop().time()
+    for _ in range(8):
+        await asyncio.sleep(0.5)
+        release.release()
+    await asyncio.wait_for(waiting, TIMEOUT_S)
+    assert replay.last_seq == 8
+    assert asyncio.get_running_loop().time() - started > 3.0  # longer than the timeout, as meant
+
+
 async def test_replay_of_an_empty_stream_is_caught_up_at_once(bus: EventBus) -> None:
     async def apply(event: ReceivedEvent) -> None:
         raise AssertionError("nothing to apply")

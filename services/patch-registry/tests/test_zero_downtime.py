@@ -142,6 +142,12 @@ async def test_two_instances_of_a_service_upgraded_under_traffic(cluster: AgentP
         assert done.state == "done", done.rollback_reason
         assert {i.version for i in cluster.agent.instances.values()} == {"0.2.0"}
         assert len(cluster.agent.front_doors[service].backends) == 2
+        if service == "gateway":
+            # Each new instance took its phase's share of the client port, not the kernel's even
+            # half (parley_core.port_share; the share itself: test_shared_port.py).
+            shares = cluster.agent.log_path(service).read_text()
+            assert shares.count("10% of new connections") == 2, shares[-3000:]
+            assert shares.count("50% of new connections") == 2, shares[-3000:]
     finally:
         traffic.stop.set()
         await asyncio.gather(*workers)

@@ -110,7 +110,7 @@ class FrontDoor:
         backends = self.stable_backends() if stable else self._backends
         return self._next_backend(backends) if backends else None
 
-    def instance_environment(self) -> dict[str, str]:
+    def instance_environment(self, address: str = "") -> dict[str, str]:
         """Nothing: an instance behind a front door listens on its own port only."""
         return {}
 

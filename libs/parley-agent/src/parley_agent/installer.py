@@ -2,11 +2,14 @@
 
 Each version gets its own virtual environment, named in the agent's data folder, holding the
 service's own wheel and the shared libraries' wheels it carries (`parley-core`, `parley-protos`:
-the ones it was built with, installed as wheels, not editable), and a copy of the service's
-wheel: what it runs, byte for byte. Third-party dependencies come from the host's base
-environment through a `.pth` hook placed after the version's own site-packages, so the version's
-own packages win over the source tree's editable installs and nothing of the running version is
-touched. The base version of each service is installed
+the ones it was built with, installed as wheels, not editable), the third-party packages its
+dependency lock pins (if it carries one: each `name==version` with its sha256, installed from the
+host's package index or `PARLEY_RELEASE_WHEELHOUSE` with pip's --require-hashes), and a copy of
+the service's wheel: what it runs, byte for byte. The lock is inside the wheel, so the TUF
+signature over the wheel covers every hash in it. Other third-party dependencies come from the
+host's base environment through a `.pth` hook placed after the version's own site-packages, so
+the version's own packages win over the base's and the source tree's editable installs, and
+nothing of the running version is touched. The base version of each service is installed
 the same way, so no instance runs from the source tree. Removing a version is removing its link.
 """
 
@@ -16,6 +19,7 @@ import asyncio
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import sys
 import sysconfig
@@ -32,6 +36,41 @@ INSTALLED = ".installed"  # written last: the version's wheel name and sha256
 WHEEL_DIR = ".wheel"
 # Where a release wheel carries the shared libraries it was built with (under its .data/data/).
 BUNDLED_LIBS = "share/parley/libs"
+# Where a release wheel carries its dependency lock (pip requirements: name==version --hash=sha256:...).
+BUNDLED_LOCK = "share/parley/requirements.lock"
+# A folder of wheels to install locked dependencies from instead of the host's package index.
+WHEELHOUSE_ENV = "PARLEY_RELEASE_WHEELHOUSE"
+_PINNED = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;\\]+)")
+
+
+class DependencyLockError(ValueError):
+    """A dependency lock that does not pin and hash every requirement; the message says which."""
+
+
+def parse_dependency_lock(text: str) -> dict[str, str]:
+    """The packages a lock pins (name -> version); every one must be `name==version` with at least
+    one `--hash=sha256:`, and no option may point pip elsewhere (the index is the host's)."""
+    pinned = {}
+    for number, line in enumerate(text.replace("\\\n", " ").splitlines(), 1):
+        requirement = line.split(" #")[0].strip()
+        if not requirement or requirement.startswith("#"):
+            continue
+        match = _PINNED.match(requirement)
+        if match is None:
+            raise DependencyLockError(f"line {number} of the dependency lock is not name==version: {line.strip()!r}")
+        if "--hash=sha256:" not in requirement:
+            raise DependencyLockError(f"line {number} of the dependency lock has no --hash=sha256: {match[1]}")
+        pinned[match[1].lower().replace("_", "-")] = match[3]
+    return pinned
+
+
+def dependency_lock(wheel: Path) -> str | None:
+    """The dependency lock `wheel` carries, if any."""
+    with zipfile.ZipFile(wheel) as archive:
+        for name in archive.namelist():
+            if name.endswith(f".data/data/{BUNDLED_LOCK}"):
+                return archive.read(name).decode()
+    return None
 
 
 @dataclass(frozen=True)
@@ -151,9 +190,39 @@ async def _make_env(wheel: Path, env_dir: Path) -> None:
             str(wheel),
             *map(str, libraries),
         )
+    lock = await asyncio.to_thread(dependency_lock, wheel)
+    if lock is not None:
+        await _install_locked(env_dir, lock)
     (env_dir / WHEEL_DIR).mkdir()
     shutil.copyfile(wheel, env_dir / WHEEL_DIR / wheel.name)
     (env_dir / INSTALLED).write_text(f"{wheel.name} {_sha256(wheel)}\n")
+
+
+async def _install_locked(env_dir: Path, lock: str) -> None:
+    """The pinned third-party packages, into the version's own site-packages (before the base's),
+    each file checked against the lock's sha256 by pip."""
+    parse_dependency_lock(lock)  # refused at build already; a wheel built by other means too
+    wheelhouse = os.environ.get(WHEELHOUSE_ENV, "")
+    source = ["--no-index", "--find-links", wheelhouse] if wheelhouse else []
+    with tempfile.TemporaryDirectory() as tmp:
+        requirements = Path(tmp) / "requirements.lock"
+        requirements.write_text(lock)
+        await _run(
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(env_dir / "bin" / "python"),
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--require-hashes",
+            "--only-binary",
+            ":all:",
+            *source,
+            "-r",
+            str(requirements),
+        )
 
 
 async def install_version(wheel: Path, env_dir: Path, *, cache_dir: Path | None = None) -> Path:

@@ -158,7 +158,11 @@ class NodeAgent:
     def instances_of(self, service: str) -> list[Instance]:
         return [i for i in self.instances.values() if i.service == service]
 
-    async def start_instance(self, service: str, version: str, python: Path | None = None) -> Instance:
+    async def start_instance(
+        self, service: str, version: str, python: Path | None = None, *, share: int = 100
+    ) -> Instance:
+        """`share`: the percent of the service's new connections it takes once serving; given
+        before it starts, for an instance that listens on a shared port from its start."""
         instance = Instance(
             service=service,
             version=version,
@@ -167,6 +171,8 @@ class NodeAgent:
             port=free_port(),
             python=python or base_python(),
         )
+        if share < 100:
+            self.front_doors[service].set_share(instance.address, share)
         await self._spawn(instance)
         self.instances[instance.instance_id] = instance
         return instance
@@ -180,7 +186,7 @@ class NodeAgent:
         env = {
             **os.environ,
             **self.environment,
-            **self.front_doors[instance.service].instance_environment(),
+            **self.front_doors[instance.service].instance_environment(instance.address),
             "PARLEY_LISTEN_HOST": "127.0.0.1",
             "PARLEY_LISTEN_PORT": str(instance.port),
             "PARLEY_INSTANCE_ID": instance.instance_id,
@@ -398,7 +404,7 @@ class NodeAgent:
         door = self.front_doors[rollout.service]
         if not step.new_instance:
             python = await self._install(rollout)
-            instance = await self.start_instance(rollout.service, rollout.to_version, python)
+            instance = await self.start_instance(rollout.service, rollout.to_version, python, share=step.weight)
             instance.rollout_id = rollout.rollout_id
             if await self.wait_ready(instance):
                 door.set_share(instance.address, step.weight)  # a small share of callers first

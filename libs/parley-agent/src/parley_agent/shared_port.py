@@ -31,11 +31,16 @@ up` says so when that setting is off (see `requests_migrate`).
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 # The setting through which an instance learns the shared client address (parley_core.config).
 SHARED_LISTEN_ENV = "PARLEY_SHARED_LISTEN_ADDRESS"
+# The file in which an instance finds its share of the port's new connections (parley_core.port_share).
+SHARE_FILE_ENV = "PARLEY_SHARED_PORT_SHARE_FILE"
 TCP_MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")
 
 
@@ -75,7 +80,8 @@ class SharedPort:
 
     Same face as the FrontDoor, so the agent treats both alike: `add` and `remove` keep the
     book of instances serving there (the kernel balances, the listeners come and go with the
-    instances' gRPC servers), and `instance_environment` tells a new instance where to listen."""
+    instances' gRPC servers), `set_share` gives a roll-out's new instance its weight, and
+    `instance_environment` tells a new instance where to listen and where its share is written."""
 
     def __init__(self, service: str, host: str = "127.0.0.1", port: int = 0) -> None:
         self.service = service
@@ -83,6 +89,7 @@ class SharedPort:
         self.port = port
         self._backends: list[str] = []
         self._claim: socket.socket | None = None
+        self._shares: Path | None = None  # where the shares are written (0700), made by `start`
 
     @property
     def address(self) -> str:
@@ -100,13 +107,31 @@ class SharedPort:
         """Bookkeeping only: an instance stops taking new connections when it stops listening."""
         if address in self._backends:
             self._backends.remove(address)
+        with contextlib.suppress(FileNotFoundError):
+            self.share_file(address).unlink()  # no share any more: an even one if it stays
+
+    def share_file(self, address: str) -> Path:
+        if self._shares is None:
+            self._shares = Path(tempfile.mkdtemp(prefix=f"parley-{self.service}-shares-"))
+        return self._shares / address.rpartition(":")[2]
 
     def set_share(self, address: str, percent: int) -> None:
-        """Not possible here: the kernel spreads new connections evenly over the port's listeners,
-        so a new gateway instance takes its equal share at once (its gate is judged on that)."""
+        """`address`'s instance takes `percent` % of the port's new connections (100: an even
+        share): written where it reads it, applied by the instance itself (parley_core.port_share),
+        whose listeners are the port's newest."""
+        target = self.share_file(address)
+        with contextlib.suppress(OSError):
+            if target.read_text() == f"{percent}\n":
+                return  # the agent repeats itself every poll; the instance applies changes only
+        staged = target.with_suffix(".new")
+        staged.write_text(f"{percent}\n")
+        staged.replace(target)  # whole or not at all: the instance polls it
 
-    def instance_environment(self) -> dict[str, str]:
-        return {SHARED_LISTEN_ENV: self.address}
+    def instance_environment(self, address: str = "") -> dict[str, str]:
+        environment = {SHARED_LISTEN_ENV: self.address}
+        if address:
+            environment[SHARE_FILE_ENV] = str(self.share_file(address))
+        return environment
 
     async def start(self) -> SharedPort:
         self._claim = claim(self.host, self.port)
@@ -117,3 +142,6 @@ class SharedPort:
         if self._claim is not None:
             self._claim.close()
             self._claim = None
+        if self._shares is not None:
+            shutil.rmtree(self._shares, ignore_errors=True)
+            self._shares = None

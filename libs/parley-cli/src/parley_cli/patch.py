@@ -175,12 +175,17 @@ def audit_table(rollout: patch_pb2.Rollout, names: dict[str, str]) -> str:
 async def cmd_publish(args: argparse.Namespace) -> int:
     from parley_cli.wheels import WheelBuildError, build_wheel
 
+    if args.wheel and args.dependency_lock:
+        print("error: --dependency-lock is built into the wheel: give it without --wheel", file=sys.stderr)
+        return 2
     if args.wheel:
         wheel = Path(args.wheel)
     else:
         source = Path(args.source or f"services/{args.service}")
         try:
-            wheel = await asyncio.to_thread(build_wheel, source, args.version, Path(args.data_dir) / "wheels")
+            lock = Path(args.dependency_lock) if args.dependency_lock else None
+            out_dir = Path(args.data_dir) / "wheels"
+            wheel = await asyncio.to_thread(build_wheel, source, args.version, out_dir, dependency_lock=lock)
         except WheelBuildError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
@@ -504,6 +509,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     publish.add_argument("--wheel", help="an already built wheel (default: build services/<service> at VERSION)")
     publish.add_argument("--source", help="the service's source folder (default services/<service>)")
     publish.add_argument("--fixes", help="comma-separated OSV ids this release fixes")
+    publish.add_argument(
+        "--dependency-lock",
+        help="pip requirements the release brings itself, each name==version --hash=sha256:… (e.g. a patched grpcio)",
+    )
     publish.add_argument("--min-event-schema", type=int, default=1, help="oldest event schema it can read")
     publish.add_argument("--key-file", help="the publisher key (default <data>/cli/keys/<service>.pem)")
     publish.set_defaults(run=cmd_publish)

@@ -5,7 +5,10 @@ the service as it is in the repository. The shared libraries it is built against
 `parley-protos`, from the source folders this environment imports them from) travel inside it,
 as wheels of their own under `<dist>.data/data/share/parley/libs/`; the agent's installer
 installs them into the release's environment (not editable), so a release runs the libraries it
-was built with, whatever happens to the source tree later. Third-party dependencies are the host's.
+was built with, whatever happens to the source tree later. Third-party dependencies are the
+host's, except those the publisher pins in a dependency lock (`--dependency-lock`: pip
+requirements, each `name==version --hash=sha256:...`), which the release carries at
+`<dist>.data/data/share/parley/requirements.lock` and the installer installs into its environment.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from parley_agent.installer import BUNDLED_LIBS
+from parley_agent.installer import BUNDLED_LIBS, BUNDLED_LOCK, DependencyLockError, parse_dependency_lock
 
 
 class WheelBuildError(Exception):
@@ -105,13 +108,15 @@ def _record_hash(data: bytes) -> str:
     return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
-def bundle_libraries(wheel: Path, libraries: list[Path]) -> None:
-    """Adds `libraries` (wheels) to `wheel` as data files, listed in its RECORD."""
+def bundle_libraries(wheel: Path, libraries: list[Path], lock: str | None = None) -> None:
+    """Adds `libraries` (wheels) and the dependency `lock` to `wheel` as data files, listed in its RECORD."""
     with zipfile.ZipFile(wheel) as original:
         entries = [(info, original.read(info)) for info in original.infolist()]
     record_name = next(info.filename for info, _ in entries if info.filename.endswith(".dist-info/RECORD"))
     data_dir = record_name.split("/")[0].removesuffix(".dist-info") + ".data"
     added = [(f"{data_dir}/data/{BUNDLED_LIBS}/{library.name}", library.read_bytes()) for library in libraries]
+    if lock is not None:
+        added.append((f"{data_dir}/data/{BUNDLED_LOCK}", lock.encode()))
     record = next(data for info, data in entries if info.filename == record_name).decode()
     record += "".join(f"{name},{_record_hash(data)},{len(data)}\n" for name, data in added)
     staged = wheel.with_suffix(".bundling")
@@ -125,12 +130,20 @@ def bundle_libraries(wheel: Path, libraries: list[Path]) -> None:
     staged.replace(wheel)
 
 
-def build_wheel(source_dir: Path, version: str, out_dir: Path) -> Path:
+def build_wheel(source_dir: Path, version: str, out_dir: Path, *, dependency_lock: Path | None = None) -> Path:
+    """`dependency_lock`: third-party packages the release brings itself (pinned and hashed)."""
     pyproject = source_dir / "pyproject.toml"
     if not pyproject.exists():
         raise WheelBuildError(f"{source_dir} has no pyproject.toml; name a service folder such as services/messaging")
     if not re.fullmatch(r"[0-9][0-9A-Za-z.+!-]*", version):
         raise WheelBuildError(f"{version!r} is not a version")
+    lock = None
+    if dependency_lock is not None:
+        try:
+            lock = dependency_lock.read_text()
+            parse_dependency_lock(lock)
+        except (OSError, UnicodeDecodeError, DependencyLockError) as error:
+            raise WheelBuildError(f"{dependency_lock}: {error}") from error
     out_dir.mkdir(parents=True, exist_ok=True)
     libraries = [library_wheel(folder) for folder in shared_library_sources()]
     with tempfile.TemporaryDirectory() as tmp:
@@ -145,5 +158,5 @@ def build_wheel(source_dir: Path, version: str, out_dir: Path) -> Path:
     built = [p for p in out_dir.glob("*.whl") if p not in before and f"-{version}-" in p.name]
     if len(built) != 1:
         raise WheelBuildError(f"expected one new wheel for {version} in {out_dir}, found {built}")
-    bundle_libraries(built[0], libraries)
+    bundle_libraries(built[0], libraries, lock)
     return built[0]

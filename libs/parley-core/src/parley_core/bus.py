@@ -581,17 +581,26 @@ class Replay:
     async def wait_caught_up(self, timeout: float = 30.0) -> None:
         """Until every event matching the filter at subscription time has been applied.
 
+        `timeout` bounds a stall, not the whole replay: while events keep being applied the wait
+        goes on, since a long stream on a loaded host (a canary started after thousands of sends)
+        takes as long as it takes; whoever starts the instance bounds its start as a whole (the
+        node agent's healthy_s). A replay that applied nothing for `timeout` seconds fails.
+
         Normally the last delivered event says so (num_pending 0). If that event was deleted
         from the stream before delivery (an erasure), no event ever says so: the consumer's own
         state is asked as well, once a second, until the deadline.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        progress = self.last_seq
         while not self.caught_up.is_set():
+            if self.last_seq != progress:
+                progress, deadline = self.last_seq, loop.time() + timeout
             left = deadline - loop.time()
             if left <= 0:
                 raise TimeoutError(
-                    f"replay of {self.stream} ({self.filter_subject}) not caught up after {timeout:.0f}s"
+                    f"replay of {self.stream} ({self.filter_subject}) not caught up: no event applied for"
+                    f" {timeout:.0f}s (at stream sequence {self.last_seq})"
                 )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.caught_up.wait(), min(1.0, left))

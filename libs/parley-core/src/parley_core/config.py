@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     # (SO_REUSEPORT): the gateway's client address under the node agent, which claims it first
     # (parley_agent.shared_port). Empty: none.
     shared_listen_address: str = ""
+    # The file in which the node agent writes this instance's percent of the shared port's new
+    # connections during a roll-out (parley_core.port_share). Empty: an even share.
+    shared_port_share_file: str = ""
     # The gateway's address for browsers (host:port, TLS): the Gateway API over the Connect
     # protocol and the web app's files from `web_root` (the built web/dist). Empty: none.
     web_listen_address: str = ""

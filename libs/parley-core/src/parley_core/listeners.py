@@ -28,6 +28,7 @@ import socket
 from pathlib import Path
 
 PROCESS_FDS = Path("/proc/self/fd")
+_INET = (socket.AF_INET, socket.AF_INET6)
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -48,23 +49,42 @@ def _same_host(bound: str, host: str) -> bool:
     return ours == theirs
 
 
-def stop_listening(address: str) -> int:
-    """Stops this process's listening sockets on `address` (host:port) listening; returns how many."""
+def listening_sockets(address: str) -> list[socket.socket]:
+    """Copies of this process's listening sockets on `address` (host:port), oldest descriptor
+    first; the caller closes them (gRPC's own descriptors stay open)."""
     host, port = _split(address)
-    stopped = 0
+    found = []
+    seen = set()  # socket inodes: a descriptor listed may be a copy made here (its number reused)
     with contextlib.suppress(OSError):
-        descriptors = [int(name) for name in os.listdir(PROCESS_FDS)]
+        descriptors = sorted(int(name) for name in os.listdir(PROCESS_FDS))
         for fd in descriptors:
             with contextlib.suppress(OSError):
-                if not os.readlink(PROCESS_FDS / str(fd)).startswith("socket:"):
+                link = os.readlink(PROCESS_FDS / str(fd))
+                if not link.startswith("socket:") or link in seen:
                     continue
-                with socket.socket(fileno=os.dup(fd)) as sock:  # a copy: gRPC's own stays open
-                    if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+                seen.add(link)
+                sock = socket.socket(fileno=os.dup(fd))
+                try:
+                    bound_host, bound_port = sock.getsockname()[:2] if sock.family in _INET else ("", -1)
+                    if (
+                        sock.type == socket.SOCK_STREAM
+                        and bound_port == port
+                        and _same_host(bound_host, host)
+                        and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+                    ):
+                        found.append(sock)
                         continue
-                    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-                        continue
-                    bound_host, bound_port = sock.getsockname()[:2]
-                    if bound_port == port and _same_host(bound_host, host):
-                        sock.shutdown(socket.SHUT_RD)
-                        stopped += 1
+                except OSError:
+                    pass
+                sock.close()
+    return found
+
+
+def stop_listening(address: str) -> int:
+    """Stops this process's listening sockets on `address` (host:port) listening; returns how many."""
+    stopped = 0
+    for sock in listening_sockets(address):
+        with sock, contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RD)
+            stopped += 1
     return stopped

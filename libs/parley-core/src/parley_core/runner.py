@@ -16,6 +16,7 @@ import signal
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, cast
 
 import grpc
@@ -27,7 +28,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from parley.fleet.v1.fleet_pb2 import Distribution, InstanceHeartbeat
 
-from parley_core import telemetry
+from parley_core import port_share, telemetry
 from parley_core.access import AccessProjection, follow_access
 from parley_core.bus import EventBus
 from parley_core.call_stats import CallStatsInterceptor
@@ -500,9 +501,12 @@ async def serve(
     reflection.enable_server_reflection([*ctx.service_names, health_name, reflection.SERVICE_NAME], server)
     credentials = _server_credentials(pki, service, client_facing=client_facing)
     port = server.add_secure_port(f"{settings.listen_host}:{settings.listen_port}", credentials)
+    share = port_share.ShareFile(shared, Path(settings.shared_port_share_file)) if shared else None
     if shared:
         # Listened on only from here, once ready; the drain leaves it before the server stops.
         server.add_secure_port(shared, credentials)
+    if share is not None and settings.shared_port_share_file:
+        share.apply()  # a roll-out's new instance: its weight before its first connection
     await server.start()
     ctx.address = f"{settings.listen_host}:{port}"
     await ctx.set_serving(True)
@@ -524,6 +528,9 @@ async def serve(
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread (tests): caller sets stop
             loop.add_signal_handler(sig, stop.set)
     heartbeat_task = asyncio.create_task(_heartbeats(ctx, stop))
+    share_task = (
+        asyncio.create_task(share.follow(stop)) if share is not None and settings.shared_port_share_file else None
+    )
     connection_cap: asyncio.Task[None] | None = None
     if client_facing:
         ctx.client_ports.update({port, *([_port_of(shared)] if shared else [])})
@@ -534,6 +541,8 @@ async def serve(
 
     log.info("draining", extra={"grace_seconds": settings.grace_seconds})
     await health.enter_graceful_shutdown()
+    if share_task is not None:
+        await share_task
     if shared and stop_listening(shared):
         # Out of the shared port first: new clients go to the other instances, and those accepted
         # just before deliver their calls before the server stops (parley_core.listeners).
