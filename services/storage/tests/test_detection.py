@@ -10,6 +10,7 @@ Auth is called as the gateway calls it, with the client's address in `x-parley-s
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import grpc
 import pytest
@@ -21,7 +22,9 @@ from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from parley.storage.v1.events_pb2 import AnomalyDetected
 from securesystemslib.signer import CryptoSigner
 
+from parley_agent.probe import MessagingProbe
 from parley_cli.publishing import public_pem, publish_release
+from parley_core.config import PEER_ADDRESS_ENV
 from parley_core.envelope import decode
 from parley_core.testing.nats import NatsTestServer
 from parley_core.testing.security import security_events
@@ -284,6 +287,41 @@ async def test_a_burst_of_sends_and_not_a_chat(
     assert [a.user_id for a in found] == [flooding.user_id]  # false positives: 0
     assert found[0].evidence["messages_in_bucket"] == "21"
     assert found[0].response == "alert"
+
+
+async def test_the_roll_out_probers_sends_are_the_platforms_and_a_person_sending_as_much_is_found(
+    small_rate_floor: None, stack: Stack, nats_server: NatsTestServer, tmp_path: Path
+) -> None:
+    """The node agent's prober (parley_agent.probe) as a messaging roll-out on a quiet platform
+    runs it: its account made by the platform identity, its sends straight to the new instance.
+    Over the rate floor, yet no finding; a person sending as much right after is found. The
+    person's registration and sends come after the prober's on AUTH and on MSG, so once the
+    person's finding exists the prober's were judged too."""
+    messaging = f"127.0.0.1:{stack.ports['messaging']}"
+    probe = MessagingProbe(
+        pki=stack.pki,
+        environment={
+            PEER_ADDRESS_ENV["auth"]: f"127.0.0.1:{stack.ports['auth']}",
+            PEER_ADDRESS_ENV["messaging"]: messaging,
+        },
+        state_file=tmp_path / "probe-messaging.json",
+        host="test-host",
+    )
+    sends = 25  # over the floor of 20 in one bucket
+    assert sum([await probe.transaction(messaging) for _ in range(sends)]) == sends
+    person = f"busy{uuid.uuid4().hex[:6]}"
+    await stack.create_user(person, "member")
+    login = await stack.login(person)
+    md, gateway = bearer(login.access_token), stack.gateway()
+    own = await gateway.CreateChannel(messaging_pb2.CreateChannelRequest(name="mine"), metadata=md, timeout=TIMEOUT_S)
+    for i in range(sends):
+        request = messaging_pb2.PostMessageRequest(
+            channel_id=own.channel_id, body=f"m{i}", idempotency_key=uuid.uuid4().hex
+        )
+        await gateway.SendMessage(request, metadata=md, timeout=TIMEOUT_S)
+    found = await first_of(nats_server, SEND_RATE)
+    assert [a.user_id for a in found] == [login.user_id]  # the prober's: none
+    assert found[0].evidence["messages_in_bucket"] == "21"
 
 
 async def test_retention_of_a_day_and_not_of_a_month(stack: Stack, nats_server: NatsTestServer) -> None:

@@ -9,6 +9,12 @@ replay after a restart finds the same ids and the detector records nothing twice
 
 The thresholds are the deployment's (one organisation per platform), from PARLEY_DETECT_*
 variables with the defaults below; docs/security.md "Anomaly detection" lists them.
+
+The behaviour rules (send rate, channels joined, people messaged) judge a person's use of their
+account, so they leave out the platform's synthetic accounts (the roll-out probers,
+parley_core.synthetic), whose sends are the platform's own. Whether an account is one is on its
+registration (AUTH), read side by side with its messages (MSG): a behaviour finding about an
+account whose registration was not read yet waits for it, and is dropped if it was a prober's.
 """
 
 from __future__ import annotations
@@ -238,6 +244,9 @@ class Rules:
     # read side by side): judged when it arrives. actor -> [(at, rollout id, event id)]
     _unjudged_approvals: dict[str, list[tuple[float, str, str]]] = field(default_factory=dict)
     _direct: dict[str, frozenset[str]] = field(default_factory=dict)  # direct channel -> its members
+    _synthetic: set[str] = field(default_factory=set)  # the platform's probers' user ids
+    # Behaviour findings about accounts whose registration was not read yet: user id -> findings.
+    _unjudged_behaviour: dict[str, list[Anomaly]] = field(default_factory=dict)
     _seen: int = 0
 
     def __post_init__(self) -> None:
@@ -261,6 +270,8 @@ class Rules:
             burst.sweep(at)
         for actor in [a for a, pending in self._unjudged_approvals.items() if pending[-1][0] < at - 86400]:
             del self._unjudged_approvals[actor]  # not a registered account (the platform identity)
+        for user_id in [u for u, held in self._unjudged_behaviour.items() if held[-1].at < at - 86400]:
+            del self._unjudged_behaviour[user_id]  # a registration gone from AUTH (an erased account)
         for user_id in [
             u for u, fresh in self._fresh.items() if not fresh or at - fresh[-1][0] > s.new_source_window_s
         ]:
@@ -412,10 +423,38 @@ class Rules:
             source=source,
         )
 
-    # -- send rate against the account's own baseline (MSG MessagePosted) -----------------------
+    # -- the behaviour rules: a person's use of their account (MSG) -----------------------------
 
     def message_posted(self, *, at: float, sender_id: str, event_id: str) -> Anomaly | None:
         self._tick(at)
+        if sender_id in self._synthetic:
+            return None
+        return self._behaviour(self._send_rate(at=at, sender_id=sender_id, event_id=event_id))
+
+    def member_joined(self, *, at: float, user_id: str, channel_id: str, event_id: str) -> Anomaly | None:
+        self._tick(at)
+        if user_id in self._synthetic:
+            return None
+        return self._behaviour(self._channels_joined(at=at, user_id=user_id, channel_id=channel_id, event_id=event_id))
+
+    def direct_message(self, *, at: float, sender_id: str, channel_id: str, event_id: str) -> Anomaly | None:
+        """A message in a direct conversation counts once for each other member."""
+        if sender_id in self._synthetic:
+            return None
+        return self._behaviour(
+            self._users_messaged(at=at, sender_id=sender_id, channel_id=channel_id, event_id=event_id)
+        )
+
+    def _behaviour(self, found: Anomaly | None) -> Anomaly | None:
+        """A behaviour rule's finding about an account, once its registration says it is a person's."""
+        if found is not None and found.user_id not in self._registered:
+            self._unjudged_behaviour.setdefault(found.user_id, []).append(found)
+            return None
+        return found
+
+    # -- send rate against the account's own baseline (MSG MessagePosted) -----------------------
+
+    def _send_rate(self, *, at: float, sender_id: str, event_id: str) -> Anomaly | None:
         s = self.settings
         bucket = int(at // s.rate_bucket_s)
         rate = self._rates.setdefault(sender_id, _Rate(bucket=bucket))
@@ -461,8 +500,7 @@ class Rules:
 
     # -- many channels joined, many people messaged (MSG) --------------------------------------
 
-    def member_joined(self, *, at: float, user_id: str, channel_id: str, event_id: str) -> Anomaly | None:
-        self._tick(at)
+    def _channels_joined(self, *, at: float, user_id: str, channel_id: str, event_id: str) -> Anomaly | None:
         s = self.settings
         burst = self._joins.add(user_id, at=at, item=channel_id, event_id=event_id)
         if burst is None:
@@ -489,8 +527,7 @@ class Rules:
     def direct_channel_created(self, *, channel_id: str, members: frozenset[str]) -> None:
         self._direct[channel_id] = members
 
-    def direct_message(self, *, at: float, sender_id: str, channel_id: str, event_id: str) -> Anomaly | None:
-        """A message in a direct conversation counts once for each other member."""
+    def _users_messaged(self, *, at: float, sender_id: str, channel_id: str, event_id: str) -> Anomaly | None:
         members = self._direct.get(channel_id)
         if members is None:
             return None  # not a direct conversation
@@ -568,11 +605,16 @@ class Rules:
     def rollout_planned(self, *, at: float, rollout_id: str, actor: str, event_id: str) -> None:
         self._planned[rollout_id] = (at, actor, event_id)
 
-    def account_registered(self, *, at: float, user_id: str, event_id: str) -> list[Anomaly]:
-        """Remembers when the account was made; judges its approvals read before it."""
+    def account_registered(self, *, at: float, user_id: str, event_id: str, synthetic: bool = False) -> list[Anomaly]:
+        """Remembers when the account was made and whether it is the platform's own (a prober);
+        judges its approvals and its behaviour findings read before it."""
         self._registered[user_id] = (at, event_id)
+        held = self._unjudged_behaviour.pop(user_id, [])
+        if synthetic:
+            self._synthetic.add(user_id)
+            held = []
         pending = self._unjudged_approvals.pop(user_id, [])
-        return [
+        return held + [
             found
             for approved_at, rollout_id, approval_id in pending
             if (found := self._new_approver(at=approved_at, rollout_id=rollout_id, actor=user_id, event_id=approval_id))
