@@ -34,9 +34,11 @@ from parley_core.topology import ANOMALY_FILTER
 from parley_storage.detection import (
     MANY_CHANNELS_JOINED,
     MANY_USERS_MESSAGED,
+    MASS_ERASURE,
     NEW_ACCOUNT_APPROVAL,
     NEW_SOURCE_SENSITIVE_CHANGE,
     PASSWORD_SPRAYING,
+    RUSHED_ROLLOUT,
     SEND_RATE,
     SESSION_TWO_SOURCES,
     SHORT_RETENTION,
@@ -354,6 +356,32 @@ async def test_retention_of_a_day_and_not_of_a_month(stack: Stack, nats_server: 
 
 
 @pytest.fixture
+def three_erasures(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARLEY_DETECT_ERASURE_COUNT", "3")
+
+
+async def test_an_operator_erasing_many_accounts_and_not_people_erasing_their_own(
+    three_erasures: None, stack: Stack, nats_server: NatsTestServer
+) -> None:
+    leavers = [await stack.create_user(f"leaver{n}{uuid.uuid4().hex[:6]}", "member") for n in range(6)]
+    gateway = stack.gateway()
+    for account in leavers[:3]:  # normal: three people erase their own accounts (art. 17)
+        md = bearer((await stack.login(account.username)).access_token)
+        request = storage_pb2.EraseUserDataRequest(user_id=account.user_id, reason="leaving")
+        await gateway.EraseUserData(request, metadata=md, timeout=TIMEOUT_S)
+    auth = auth_pb2_grpc.AuthServiceStub(stack.internal("auth", identity="platform"))
+    operator = storage_pb2_grpc.StorageArchiveServiceStub(stack.internal("storage", identity="platform"))
+    for account in leavers[3:]:  # the attack: one operator erases three accounts
+        await auth.RequestErasure(auth_pb2.RequestErasureRequest(user_id=account.user_id), timeout=TIMEOUT_S)
+        await operator.EraseUserData(storage_pb2.EraseUserDataRequest(user_id=account.user_id), timeout=TIMEOUT_S)
+    found = await first_of(nats_server, MASS_ERASURE)
+    assert [(a.kind, a.subject) for a in found] == [(MASS_ERASURE, "actor:platform")]  # false positives: 0
+    assert found[0].evidence["erased_accounts"] == "3"
+    assert set(found[0].evidence["user_ids"].split(",")) == {a.user_id for a in leavers[3:]}
+    assert found[0].response == "alert"
+
+
+@pytest.fixture
 def step_up_response(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PARLEY_DETECT_RESPONSES", '{"session_two_sources": "step_up"}')
 
@@ -498,9 +526,9 @@ def reviewed_rollouts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PARLEY_DETECT_ROLLOUT_MIN_REVIEW_S", "0.001")
 
 
-async def test_a_rollout_approved_by_a_new_account(
-    reviewed_rollouts: None, stack: Stack, nats_server: NatsTestServer
-) -> None:
+async def plan_and_approve(stack: Stack) -> tuple[patch_pb2.Rollout, auth_pb2.Account]:
+    """A release published by one operator, a roll-out planned by a second and approved at once
+    by a third, made a moment ago; the roll-out and its approver."""
     await stack.create_user("pat", "operator")
     await stack.create_user("olga", "operator")
     newcomer = await stack.create_user("oscar", "operator")  # made a moment ago
@@ -540,8 +568,35 @@ async def test_a_rollout_approved_by_a_new_account(
     await registry.ApproveRollout(
         patch_pb2.RolloutCommand(rollout_id=planned.rollout_id), metadata=approver, timeout=TIMEOUT_S
     )
+    return planned, newcomer
+
+
+async def test_a_rollout_approved_by_a_new_account(
+    reviewed_rollouts: None, stack: Stack, nats_server: NatsTestServer
+) -> None:
+    planned, newcomer = await plan_and_approve(stack)
     found = await first_of(nats_server, NEW_ACCOUNT_APPROVAL)
     assert [(a.kind, a.user_id) for a in found] == [(NEW_ACCOUNT_APPROVAL, newcomer.user_id)]  # not rushed either
     assert found[0].evidence["rollout_id"] == planned.rollout_id
     assert float(found[0].evidence["account_age_s"]) < 3600
+    assert found[0].response == "alert"
+
+
+@pytest.fixture
+def veteran_approvers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every approver counts as old enough: only the time between planning and approval is at issue."""
+    monkeypatch.setenv("PARLEY_DETECT_NEW_APPROVER_AGE_S", "0.001")
+
+
+async def test_a_rollout_approved_seconds_after_it_was_planned(
+    veteran_approvers: None, stack: Stack, nats_server: NatsTestServer
+) -> None:
+    """The same scenario as above judged on its review time (the default 10 minutes); with a
+    review threshold below the seconds it took (the test above), it is not rushed."""
+    planned, approver = await plan_and_approve(stack)
+    found = await first_of(nats_server, RUSHED_ROLLOUT)
+    assert [a.kind for a in found] == [RUSHED_ROLLOUT]  # not a new account's approval either
+    assert found[0].evidence["rollout_id"] == planned.rollout_id
+    assert found[0].evidence["approved_by"] == approver.user_id
+    assert float(found[0].evidence["seconds_to_approval"]) < 600
     assert found[0].response == "alert"
