@@ -119,6 +119,7 @@ def test_send_rate_far_above_the_accounts_own_baseline() -> None:
     found = _send(r, "u1", burst)
     assert [a.kind for a in found] == [SEND_RATE]
     assert float(found[0].evidence["baseline_mean"]) < 8
+    assert found[0].evidence["baseline"] == "account"
     assert "usual" in found[0].why
 
 
@@ -130,6 +131,34 @@ def test_a_busy_accounts_usual_rate_is_its_baseline() -> None:
     found = _send(r, "bot", times)
     # Its first minutes are above the floor before any baseline exists; then it is quiet.
     assert all(a.at < 600 for a in found)
+
+
+def test_a_bot_flooding_a_quiet_channel_at_its_own_usual_rate() -> None:
+    """Far above the channel's baseline, though not above its own: the second baseline."""
+    r = rules("bot", *(f"p{n}" for n in range(5)))
+    rng = random.Random(5)
+    # An hour: the bot posts 40 to 50 a minute into its own channel; people write 0 to 3 a minute in general.
+    for m in range(60):
+        for t in sorted(60.0 * m + rng.uniform(0, 59) for _ in range(rng.randint(40, 50))):
+            r.message_posted(at=t, sender_id="bot", event_id=next(ids), channel_id="builds")
+        for t in sorted(60.0 * m + rng.uniform(0, 59) for _ in range(rng.randint(0, 3))):
+            r.message_posted(at=t, sender_id=f"p{rng.randint(0, 4)}", event_id=next(ids), channel_id="general")
+    # Normal, the same length: a minute more of the bot in its own channel.
+    usual = [
+        r.message_posted(at=3600.0 + n, sender_id="bot", event_id=next(ids), channel_id="builds") for n in range(45)
+    ]
+    assert [a for a in usual if a is not None] == []
+    # The attack: as many in a minute into general.
+    flood = [
+        r.message_posted(at=3660.0 + n, sender_id="bot", event_id=next(ids), channel_id="general") for n in range(45)
+    ]
+    [found] = [a for a in flood if a is not None]
+    assert found.kind == SEND_RATE
+    assert found.evidence["baseline"] == "channel"
+    assert found.evidence["channel_id"] == "general"
+    assert found.evidence["messages_in_bucket"] == "31"  # over the floor of 30
+    assert float(found.evidence["baseline_mean"]) < 3
+    assert "into channel general, which usually hears" in found.why
 
 
 def test_normal_traffic_of_the_same_length_finds_nothing() -> None:
@@ -153,7 +182,10 @@ def test_normal_traffic_of_the_same_length_finds_nothing() -> None:
                 r.session_refreshed(at=float(t), session_id=f"{uid}-a", user_id=uid, source=home, event_id=next(ids))
             )
         times = sorted(60.0 * m + rng.uniform(0, 59) for m in range(60) for _ in range(rng.randint(0, 6)))
-        found.extend(r.message_posted(at=t, sender_id=uid, event_id=next(ids)) for t in times)
+        found.extend(
+            r.message_posted(at=t, sender_id=uid, event_id=next(ids), channel_id=f"team{rng.randint(0, 3)}")
+            for t in times
+        )
         if user % 5 == 0:
             found.append(r.sensitive_change(at=2000.0, user_id=uid, what="password changed", event_id=next(ids)))
         # A few channels joined over the hour, a few direct conversations with colleagues.

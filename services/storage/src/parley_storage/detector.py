@@ -162,7 +162,9 @@ class AnomalyDetector:
     def _messages(self, event: ReceivedEvent, payload: Message) -> Found:
         at, event_id = occurred_at(event), event.envelope.event_id
         if isinstance(payload, MessagePosted):
-            rate = self.rules.message_posted(at=at, sender_id=payload.sender_id, event_id=event_id)
+            rate = self.rules.message_posted(
+                at=at, sender_id=payload.sender_id, event_id=event_id, channel_id=payload.channel_id
+            )
             many = self.rules.direct_message(
                 at=at, sender_id=payload.sender_id, channel_id=payload.channel_id, event_id=event_id
             )
