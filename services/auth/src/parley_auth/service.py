@@ -307,9 +307,12 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
-        # login_failed and lockout among them: what the alert rules watch.
+        # login_failed and lockout among them: what the alert rules watch, at 0 before the first.
         self._security_records = ctx.metrics.counter(
-            "parley_security_records", "Audit records written on SEC, per kind", ("kind",)
+            "parley_security_records",
+            "Audit records written on SEC, per kind",
+            ("kind",),
+            zeroed=[(kind,) for kind in ("login_failed", "lockout", "change_not_made")],
         )
         self._issuer = TokenIssuer.load_or_create(self._signing_key_path, lifetime_s=self.settings.access_token_seconds)
         self._sealer = SecretSealer.load_or_create(ctx.settings.secrets_dir / AUTH_SEALING_KEY_FILE)
