@@ -73,7 +73,11 @@ async def first_of(nats_server: NatsTestServer, kind: str) -> list[AnomalyDetect
         found = await anomalies(nats_server)
         return found if any(a.kind == kind for a in found) else None
 
-    return await eventually(probe, f"an AnomalyDetected of kind {kind}", TIMEOUT_S)
+    found = await eventually(probe, f"an AnomalyDetected of kind {kind}", TIMEOUT_S)
+    # The report (pytest -s): everything recorded by then; each test asserts the attack's is all
+    # (false positives: the rest).
+    print(f"\n[detection] awaiting {kind}: {len(found)} finding(s): {[f'{a.kind} {a.subject}' for a in found]}")
+    return found
 
 
 def source(address: str, token: str = "") -> tuple[tuple[str, str], ...]:

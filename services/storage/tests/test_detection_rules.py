@@ -212,6 +212,7 @@ def test_normal_traffic_of_the_same_length_finds_nothing() -> None:
     r.rollout_planned(at=0.0, rollout_id="r1", actor="alice", event_id=next(ids))
     found.extend(r.rollout_approved(at=3600.0, rollout_id="r1", actor="bob", event_id=next(ids)))
     false_positives = [a for a in found if a is not None]
+    print(f"\n[detection rules] an hour of 20 users' normal traffic: {len(false_positives)} false positives")
     assert false_positives == [], [a.why for a in false_positives]
 
 
