@@ -9,6 +9,7 @@ Auth is called as the gateway calls it, with the client's address in `x-parley-s
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from parley.storage.v1.events_pb2 import AnomalyDetected
 from securesystemslib.signer import CryptoSigner
 
+from parley_agent.node_agent import PROBE_WORKERS
 from parley_agent.probe import MessagingProbe
 from parley_cli.publishing import public_pem, publish_release
 from parley_core.config import PEER_ADDRESS_ENV
@@ -313,8 +315,12 @@ async def test_the_roll_out_probers_sends_are_the_platforms_and_a_person_sending
         state_file=tmp_path / "probe-messaging.json",
         host="test-host",
     )
-    sends = 25  # over the floor of 20 in one bucket
-    assert sum([await probe.transaction(messaging) for _ in range(sends)]) == sends
+    sends = 27  # over the floor of 20 in one bucket, from the agent's three workers at once
+
+    async def worker() -> int:
+        return sum([await probe.transaction(messaging) for _ in range(sends // PROBE_WORKERS)])
+
+    assert sum(await asyncio.gather(*(worker() for _ in range(PROBE_WORKERS)))) == sends
     person = f"busy{uuid.uuid4().hex[:6]}"
     await stack.create_user(person, "member")
     login = await stack.login(person)
