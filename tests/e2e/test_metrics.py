@@ -125,3 +125,20 @@ async def test_every_service_serves_its_metrics_after_a_short_load(
     assert total(storage, "parley_archive_lag_seconds") >= 0
     # The default series of prometheus-client are absent (a registry per service), ours present.
     assert not any(name.startswith("python_gc") for name, _ in storage)
+    # What the alert rules take increase() of is there before its first event (a series born at 1
+    # would hide that event from increase()).
+    assert ("parley_events_parked_total", (("stream", "MSG"),)) in storage
+    assert ("parley_anomalies_total", (("kind", "password_spraying"), ("response", "slow_source"))) in storage
+    assert ("parley_anomalies_total", (("kind", "send_rate"), ("response", "alert"))) in storage
+    assert total(auth, "parley_security_records_total", kind="change_not_made") == 0
+    assert ("parley_security_records_total", (("kind", "lockout"),)) in auth
+
+    async def measured() -> Samples | None:
+        registry = await scraped("patch-registry")
+        return registry if ("parley_rollouts", (("state", "rolled_back"),)) in registry else None
+
+    # Findings per priority and overdue, roll-outs per state: every one, 0 included.
+    registry = await eventually(measured, "the patch registry's first measurement", TIMEOUT_S)
+    assert total(registry, "parley_findings", priority="critical") == 0
+    assert total(registry, "parley_findings_overdue", priority="critical") == 0
+    assert total(registry, "parley_rollouts", state="rolled_back") == 0

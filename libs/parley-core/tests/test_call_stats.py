@@ -4,6 +4,7 @@ roll-out gate (calls, server faults, latency buckets). A real grpc.aio server, r
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -14,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from parley_core.call_stats import CallStatsInterceptor
 from parley_core.metrics import ServiceMetrics
 from parley_core.request_stats import RequestStats
+from parley_core.testing.waiting import until
 
 pytestmark = pytest.mark.asyncio
 
@@ -39,10 +41,21 @@ async def _crash(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
 
 
 class Served:
-    def __init__(self, channel: grpc.aio.Channel, metrics: ServiceMetrics, stats: RequestStats) -> None:
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        channel: grpc.aio.Channel,
+        metrics: ServiceMetrics,
+        stats: RequestStats,
+        interceptor: CallStatsInterceptor,
+        slow_started: asyncio.Event,
+    ) -> None:
+        self.server = server
         self.channel = channel
         self.metrics = metrics
         self.stats = stats
+        self.interceptor = interceptor
+        self.slow_started = slow_started
 
     async def call(self, method: str) -> grpc.StatusCode:
         try:
@@ -70,8 +83,17 @@ class Served:
 async def served() -> AsyncIterator[Served]:
     metrics = ServiceMetrics("test")
     stats = RequestStats()
-    server = grpc.aio.server(interceptors=[CallStatsInterceptor(metrics, stats)])
-    handlers = {"Ok": _ok, "Invalid": _invalid, "Unavailable": _unavailable, "Crash": _crash}
+    interceptor = CallStatsInterceptor(metrics, stats)
+    server = grpc.aio.server(interceptors=[interceptor])
+    slow_started = asyncio.Event()
+
+    async def _slow(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        """Answers only once the caller gives up (or the server stops)."""
+        slow_started.set()
+        await asyncio.Event().wait()
+        return request
+
+    handlers = {"Ok": _ok, "Invalid": _invalid, "Unavailable": _unavailable, "Crash": _crash, "Slow": _slow}
     server.add_generic_rpc_handlers(
         [
             grpc.method_handlers_generic_handler(
@@ -84,7 +106,7 @@ async def served() -> AsyncIterator[Served]:
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield Served(channel, metrics, stats)
+        yield Served(server, channel, metrics, stats, interceptor, slow_started)
     finally:
         await channel.close()
         await server.stop(None)
@@ -116,3 +138,40 @@ async def test_health_checks_are_left_out_of_both(served: Served) -> None:
     await stub.Check(health_pb2.HealthCheckRequest(service=""))
     assert served.stats.requests == 0
     assert served.timed() == 0
+
+
+async def test_a_call_the_client_cancels_is_cancelled_not_a_server_fault(served: Served) -> None:
+    await served.call("Ok")
+    call = served.channel.unary_unary(f"/{SERVICE}/Slow")(b"x")
+    await asyncio.wait_for(served.slow_started.wait(), 10)
+    call.cancel()
+    await until(lambda: served.stats.requests == 2, "the cancelled call to be counted", 10)
+
+    assert served.requests("Slow", "CANCELLED") == 1
+    assert served.requests("Slow", "UNKNOWN") == 0
+    assert served.stats.errors == 0  # the gate's error rate: no fault of the server's
+    assert served.timed() == 2
+
+
+async def test_a_call_whose_deadline_passed_is_deadline_exceeded_not_a_server_fault(served: Served) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await served.channel.unary_unary(f"/{SERVICE}/Slow")(b"x", timeout=0.2)
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    await until(lambda: served.stats.requests == 1, "the expired call to be counted", 10)
+
+    assert served.requests("Slow", "DEADLINE_EXCEEDED") == 1
+    assert served.stats.errors == 0
+
+
+async def test_a_call_the_stopping_server_cuts_off_is_unavailable_and_a_fault(served: Served) -> None:
+    call = served.channel.unary_unary(f"/{SERVICE}/Slow")(b"x")
+    await asyncio.wait_for(served.slow_started.wait(), 10)
+    served.interceptor.server_stopping()
+    await served.server.stop(0)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE  # what the client is told
+    await until(lambda: served.stats.requests == 1, "the cut-off call to be counted", 10)
+
+    assert served.requests("Slow", "UNAVAILABLE") == 1
+    assert served.stats.errors == 1

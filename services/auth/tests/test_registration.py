@@ -8,7 +8,7 @@ import pytest
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 
 from parley_auth.domain import USERNAME_UNAVAILABLE
-from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack
+from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
 
 pytestmark = pytest.mark.asyncio
 
@@ -50,3 +50,26 @@ async def test_registrations_are_budgeted_per_client_address(stack: Stack) -> No
     # Another address is not affected; a rejected password or name syntax spends nothing.
     assert (await register(auth, "fresh-name", "ipv4:198.51.100.10"))[0] == grpc.StatusCode.OK
     assert (await register(auth, "x", "ipv4:198.51.100.9"))[0] == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_the_roll_out_probers_names_are_the_platform_identitys_alone(stack: Stack) -> None:
+    """The detector takes an account the platform identity made under a prober's name for the
+    platform's own (parley_core.synthetic); nobody else may take such a name."""
+    auth = stack.auth_as_gateway()
+    reserved = "usernames beginning with 'canary-prober' are reserved for the platform's roll-out probers"
+    for name in ("canary-prober", "canary-prober-0123456789", "Canary-Prober-x"):
+        code, message = await register(auth, name, "ipv4:198.51.100.20")
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert reserved in message
+    # Not an owner with a token either: only the platform identity (the node agent) over mTLS.
+    await stack.create_user("chief", "owner")
+    chief = bearer((await stack.login("chief")).access_token)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await auth.CreateUser(
+            auth_pb2.CreateUserRequest(username="canary-prober-x", password=PASSWORD), metadata=chief, timeout=TIMEOUT_S
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reserved in (refused.value.details() or "")
+    assert (await stack.create_user("canary-prober-x", "member")).username == "canary-prober-x"
+    # A name that only starts alike is anyone's.
+    assert await register(auth, "canary-probes", "ipv4:198.51.100.21") == (grpc.StatusCode.OK, "")

@@ -9,7 +9,9 @@ Auth is called as the gateway calls it, with the client's address in `x-parley-s
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from pathlib import Path
 
 import grpc
 import pytest
@@ -21,7 +23,10 @@ from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from parley.storage.v1.events_pb2 import AnomalyDetected
 from securesystemslib.signer import CryptoSigner
 
+from parley_agent.node_agent import PROBE_WORKERS
+from parley_agent.probe import MessagingProbe
 from parley_cli.publishing import public_pem, publish_release
+from parley_core.config import PEER_ADDRESS_ENV
 from parley_core.envelope import decode
 from parley_core.testing.nats import NatsTestServer
 from parley_core.testing.security import security_events
@@ -31,9 +36,11 @@ from parley_core.topology import ANOMALY_FILTER
 from parley_storage.detection import (
     MANY_CHANNELS_JOINED,
     MANY_USERS_MESSAGED,
+    MASS_ERASURE,
     NEW_ACCOUNT_APPROVAL,
     NEW_SOURCE_SENSITIVE_CHANGE,
     PASSWORD_SPRAYING,
+    RUSHED_ROLLOUT,
     SEND_RATE,
     SESSION_TWO_SOURCES,
     SHORT_RETENTION,
@@ -68,7 +75,11 @@ async def first_of(nats_server: NatsTestServer, kind: str) -> list[AnomalyDetect
         found = await anomalies(nats_server)
         return found if any(a.kind == kind for a in found) else None
 
-    return await eventually(probe, f"an AnomalyDetected of kind {kind}", TIMEOUT_S)
+    found = await eventually(probe, f"an AnomalyDetected of kind {kind}", TIMEOUT_S)
+    # The report (pytest -s): everything recorded by then; each test asserts the attack's is all
+    # (false positives: the rest).
+    print(f"\n[detection] awaiting {kind}: {len(found)} finding(s): {[f'{a.kind} {a.subject}' for a in found]}")
+    return found
 
 
 def source(address: str, token: str = "") -> tuple[tuple[str, str], ...]:
@@ -286,6 +297,45 @@ async def test_a_burst_of_sends_and_not_a_chat(
     assert found[0].response == "alert"
 
 
+async def test_the_roll_out_probers_sends_are_the_platforms_and_a_person_sending_as_much_is_found(
+    small_rate_floor: None, stack: Stack, nats_server: NatsTestServer, tmp_path: Path
+) -> None:
+    """The node agent's prober (parley_agent.probe) as a messaging roll-out on a quiet platform
+    runs it: its account made by the platform identity, its sends straight to the new instance.
+    Over the rate floor, yet no finding; a person sending as much right after is found. The
+    person's registration and sends come after the prober's on AUTH and on MSG, so once the
+    person's finding exists the prober's were judged too."""
+    messaging = f"127.0.0.1:{stack.ports['messaging']}"
+    probe = MessagingProbe(
+        pki=stack.pki,
+        environment={
+            PEER_ADDRESS_ENV["auth"]: f"127.0.0.1:{stack.ports['auth']}",
+            PEER_ADDRESS_ENV["messaging"]: messaging,
+        },
+        state_file=tmp_path / "probe-messaging.json",
+        host="test-host",
+    )
+    sends = 27  # over the floor of 20 in one bucket, from the agent's three workers at once
+
+    async def worker() -> int:
+        return sum([await probe.transaction(messaging) for _ in range(sends // PROBE_WORKERS)])
+
+    assert sum(await asyncio.gather(*(worker() for _ in range(PROBE_WORKERS)))) == sends
+    person = f"busy{uuid.uuid4().hex[:6]}"
+    await stack.create_user(person, "member")
+    login = await stack.login(person)
+    md, gateway = bearer(login.access_token), stack.gateway()
+    own = await gateway.CreateChannel(messaging_pb2.CreateChannelRequest(name="mine"), metadata=md, timeout=TIMEOUT_S)
+    for i in range(sends):
+        request = messaging_pb2.PostMessageRequest(
+            channel_id=own.channel_id, body=f"m{i}", idempotency_key=uuid.uuid4().hex
+        )
+        await gateway.SendMessage(request, metadata=md, timeout=TIMEOUT_S)
+    found = await first_of(nats_server, SEND_RATE)
+    assert [a.user_id for a in found] == [login.user_id]  # the prober's: none
+    assert found[0].evidence["messages_in_bucket"] == "21"
+
+
 async def test_retention_of_a_day_and_not_of_a_month(stack: Stack, nats_server: NatsTestServer) -> None:
     owner = f"owner{uuid.uuid4().hex[:6]}"
     await stack.create_user(owner, "member")
@@ -313,6 +363,32 @@ async def test_retention_of_a_day_and_not_of_a_month(stack: Stack, nats_server: 
     found = await first_of(nats_server, SHORT_RETENTION)
     assert [channels[a.evidence["channel_id"]] for a in found] == ["wiped"]  # false positives: 0
     assert found[0].evidence["days"] == "1"
+
+
+@pytest.fixture
+def three_erasures(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARLEY_DETECT_ERASURE_COUNT", "3")
+
+
+async def test_an_operator_erasing_many_accounts_and_not_people_erasing_their_own(
+    three_erasures: None, stack: Stack, nats_server: NatsTestServer
+) -> None:
+    leavers = [await stack.create_user(f"leaver{n}{uuid.uuid4().hex[:6]}", "member") for n in range(6)]
+    gateway = stack.gateway()
+    for account in leavers[:3]:  # normal: three people erase their own accounts (art. 17)
+        md = bearer((await stack.login(account.username)).access_token)
+        request = storage_pb2.EraseUserDataRequest(user_id=account.user_id, reason="leaving")
+        await gateway.EraseUserData(request, metadata=md, timeout=TIMEOUT_S)
+    auth = auth_pb2_grpc.AuthServiceStub(stack.internal("auth", identity="platform"))
+    operator = storage_pb2_grpc.StorageArchiveServiceStub(stack.internal("storage", identity="platform"))
+    for account in leavers[3:]:  # the attack: one operator erases three accounts
+        await auth.RequestErasure(auth_pb2.RequestErasureRequest(user_id=account.user_id), timeout=TIMEOUT_S)
+        await operator.EraseUserData(storage_pb2.EraseUserDataRequest(user_id=account.user_id), timeout=TIMEOUT_S)
+    found = await first_of(nats_server, MASS_ERASURE)
+    assert [(a.kind, a.subject) for a in found] == [(MASS_ERASURE, "actor:platform")]  # false positives: 0
+    assert found[0].evidence["erased_accounts"] == "3"
+    assert set(found[0].evidence["user_ids"].split(",")) == {a.user_id for a in leavers[3:]}
+    assert found[0].response == "alert"
 
 
 @pytest.fixture
@@ -460,9 +536,9 @@ def reviewed_rollouts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PARLEY_DETECT_ROLLOUT_MIN_REVIEW_S", "0.001")
 
 
-async def test_a_rollout_approved_by_a_new_account(
-    reviewed_rollouts: None, stack: Stack, nats_server: NatsTestServer
-) -> None:
+async def plan_and_approve(stack: Stack) -> tuple[patch_pb2.Rollout, auth_pb2.Account]:
+    """A release published by one operator, a roll-out planned by a second and approved at once
+    by a third, made a moment ago; the roll-out and its approver."""
     await stack.create_user("pat", "operator")
     await stack.create_user("olga", "operator")
     newcomer = await stack.create_user("oscar", "operator")  # made a moment ago
@@ -502,8 +578,35 @@ async def test_a_rollout_approved_by_a_new_account(
     await registry.ApproveRollout(
         patch_pb2.RolloutCommand(rollout_id=planned.rollout_id), metadata=approver, timeout=TIMEOUT_S
     )
+    return planned, newcomer
+
+
+async def test_a_rollout_approved_by_a_new_account(
+    reviewed_rollouts: None, stack: Stack, nats_server: NatsTestServer
+) -> None:
+    planned, newcomer = await plan_and_approve(stack)
     found = await first_of(nats_server, NEW_ACCOUNT_APPROVAL)
     assert [(a.kind, a.user_id) for a in found] == [(NEW_ACCOUNT_APPROVAL, newcomer.user_id)]  # not rushed either
     assert found[0].evidence["rollout_id"] == planned.rollout_id
     assert float(found[0].evidence["account_age_s"]) < 3600
+    assert found[0].response == "alert"
+
+
+@pytest.fixture
+def veteran_approvers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every approver counts as old enough: only the time between planning and approval is at issue."""
+    monkeypatch.setenv("PARLEY_DETECT_NEW_APPROVER_AGE_S", "0.001")
+
+
+async def test_a_rollout_approved_seconds_after_it_was_planned(
+    veteran_approvers: None, stack: Stack, nats_server: NatsTestServer
+) -> None:
+    """The same scenario as above judged on its review time (the default 10 minutes); with a
+    review threshold below the seconds it took (the test above), it is not rushed."""
+    planned, approver = await plan_and_approve(stack)
+    found = await first_of(nats_server, RUSHED_ROLLOUT)
+    assert [a.kind for a in found] == [RUSHED_ROLLOUT]  # not a new account's approval either
+    assert found[0].evidence["rollout_id"] == planned.rollout_id
+    assert found[0].evidence["approved_by"] == approver.user_id
+    assert float(found[0].evidence["seconds_to_approval"]) < 600
     assert found[0].response == "alert"

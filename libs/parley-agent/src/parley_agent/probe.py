@@ -4,10 +4,11 @@ A real chat transaction, as a user makes it: a message sent to the new instance 
 through the front door) and read back from it. The calls are counted by the instance like any
 other, so the registry's gate sees them in its heartbeats; a failed or slow transaction is
 evidence too. The prober is an account of its own (member role), created by the agent as the
-platform identity the first time it is needed; its password and channel are kept in the
-agent's folder (0600). Each host's agent has an account of its own (a name from its host's), since
-it keeps the password in its own folder. Only messaging has a probe so far; other services' canaries are judged
-on their real traffic.
+platform identity the first time it is needed, under a name only that identity may take
+(parley_core.synthetic), so the anomaly detector knows its sends for the platform's own; its
+password and channel are kept in the agent's folder (0600). Each host's agent has an account of
+its own (a name from its host's), since it keeps the password in its own folder. Only messaging
+has a probe so far; other services' canaries are judged on their real traffic.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from parley_core.config import PEER_ADDRESS_ENV
 from parley_core.files import write_private_file
 from parley_core.pki import Pki
 from parley_core.runner import secure_channel
+from parley_core.synthetic import PROBER_NAME_PREFIX
 from parley_core.topology import PLATFORM_USER
 
 log = logging.getLogger(__name__)
-PROBER_USERNAME = "canary-prober"
+PROBER_USERNAME = PROBER_NAME_PREFIX
 CALL_TIMEOUT_S = 10.0
 
 

@@ -6,12 +6,19 @@ buckets for the roll-out gate). One wrapper reads the clock twice and the status
 and hands the result to both; the labelled Prometheus series of a method are looked up when its
 handler is built, not on each call.
 
+A call the client gave up on (cancelled, or its deadline passed) ends the handler with
+`asyncio.CancelledError`; it is counted as CANCELLED or DEADLINE_EXCEEDED, not as UNKNOWN, so a
+caller walking away is not a server fault in the gate's error rate nor in the alert on server
+errors. A call the server itself cut off when it stopped (past its grace period) is cancelled the
+same way; the client is told UNAVAILABLE, and so is it counted (a fault).
+
 Streams are left out (long-lived, they would only blur a latency figure), as are health checks
 and reflection.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -28,6 +35,11 @@ class CallStatsInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: ServiceMetrics, stats: RequestStats) -> None:
         self.metrics = metrics
         self.stats = stats
+        self._stopping = False
+
+    def server_stopping(self) -> None:
+        """From here on, a cancelled call may be one the server's stop cut off (not the client)."""
+        self._stopping = True
 
     async def intercept_service(
         self,
@@ -51,6 +63,9 @@ class CallStatsInterceptor(grpc.aio.ServerInterceptor):
             except grpc.aio.AbortError:
                 code = context.code()
                 raise
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.UNAVAILABLE if self._stopping else given_up_by_client(context)
+                raise
             finally:
                 record(code or grpc.StatusCode.OK, time.perf_counter() - started)
 
@@ -72,3 +87,9 @@ class CallStatsInterceptor(grpc.aio.ServerInterceptor):
             stats.record(seconds * 1000.0, fault=code in SERVER_FAULTS)
 
         return record
+
+
+def given_up_by_client(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+    """Why the call's handler was cancelled: its deadline passed, or the client cancelled it."""
+    remaining = context.time_remaining()
+    return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED

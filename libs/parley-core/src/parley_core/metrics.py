@@ -10,7 +10,12 @@ The figures every service has are here (calls per RPC with their status code and
 by parley_core.call_stats, events
 appended and consumed per stream, redeliveries, parked events); a service adds its own through
 `counter`/`gauge` (auth's audit records by kind, storage's archive lag and anomalies, the
-gateway's live streams). With PARLEY_METRICS_LISTEN set (`parley up` sets 127.0.0.1:0), the
+gateway's live streams). A labelled counter shows no series before its first event, and
+Prometheus's increase() of a series born at 1 is 0: the alert on the first parked event, the
+first refused audit record or the first response to an anomaly would never fire. So the label
+values an alert watches are exported at 0 from the start (`counter(..., zeroed=...)`).
+
+With PARLEY_METRICS_LISTEN set (`parley up` sets 127.0.0.1:0), the
 instance listens there and writes a Prometheus file_sd target file in <data>/metrics/targets/,
 which deploy/monitoring/prometheus.yml scrapes; the file goes when the instance drains.
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import ssl
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from threading import Thread
@@ -34,6 +40,7 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from parley_core.files import ensure_private_dir
+from parley_core.topology import STREAMS
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -64,14 +71,23 @@ class ServiceMetrics:
             "parley_consumer_redeliveries", "Events delivered again to a durable consumer", ["consumer"], registry=r
         )
         self.parked = Counter("parley_events_parked", "Poison events parked, per stream", ["stream"], registry=r)
+        for stream in STREAMS:  # those this service consumes, so ParleyParkedEvents sees the first
+            if service in (stream.owner, *stream.readers):
+                self.parked.labels(stream.name)
         info = Gauge("parley_service_info", "1 per running instance", ["service", "version"], registry=r)
         info.labels(service, version).set(1)
         self._server: WSGIServer | None = None
         self._thread: Thread | None = None
         self._target: Path | None = None
 
-    def counter(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> Counter:
-        return Counter(name, documentation, list(labels), registry=self.registry)
+    def counter(
+        self, name: str, documentation: str, labels: tuple[str, ...] = (), *, zeroed: Iterable[tuple[str, ...]] = ()
+    ) -> Counter:
+        """`zeroed`: label values exported at 0 before their first event (see the module's note)."""
+        counter = Counter(name, documentation, list(labels), registry=self.registry)
+        for values in zeroed:
+            counter.labels(*values)
+        return counter
 
     def gauge(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> Gauge:
         return Gauge(name, documentation, list(labels), registry=self.registry)

@@ -464,9 +464,10 @@ async def serve(
         ]
     if client_facing:
         options += client_connection_options(settings)
+    call_stats = CallStatsInterceptor(metrics, stats)
     interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (
         *telemetry.server_interceptors(),
-        CallStatsInterceptor(metrics, stats),
+        call_stats,
         CallerCheckAndErrors(None if client_facing else GRPC_CALLERS[service], method_permission_check(tokens)),
     )
     server = grpc.aio.server(options=options, interceptors=[PerMethodHandlers(interceptors)])
@@ -549,6 +550,7 @@ async def serve(
         log.info("left the shared port", extra={"address": shared, "settle_seconds": SHARED_PORT_SETTLE_S})
         await asyncio.sleep(SHARED_PORT_SETTLE_S)
     # Refuses new calls at once; in-flight calls get the grace period to finish.
+    call_stats.server_stopping()
     await server.stop(settings.grace_seconds)
     await app.stop()
     await bus.stop_consumers()

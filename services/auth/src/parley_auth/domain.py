@@ -11,6 +11,7 @@ from zxcvbn import zxcvbn
 
 from parley_core.errors import InvalidArgument
 from parley_core.rbac import DEFAULT_ROLE, ROLES
+from parley_core.synthetic import PROBER_NAME_PREFIX, is_prober_name
 
 USERNAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{2,31}$")
 MIN_PASSWORD_LENGTH = 10
@@ -47,6 +48,17 @@ def normalize_username(raw: str) -> str:
 
 def is_reserved(normalized: str) -> bool:
     return normalized in RESERVED_USERNAMES
+
+
+def check_name_claimable(normalized: str, *, by_platform: bool) -> None:
+    """Only the platform identity names an account in the roll-out probers' range: the detector
+    takes such an account's sends for synthetic (parley_core.synthetic). The range is a fixed,
+    documented rule, so saying so tells a stranger nothing about who has an account."""
+    if is_prober_name(normalized) and not by_platform:
+        raise InvalidArgument(
+            f"usernames beginning with {PROBER_NAME_PREFIX!r} are reserved for the platform's roll-out "
+            "probers; choose another"
+        )
 
 
 def username_key(normalized: str) -> str:

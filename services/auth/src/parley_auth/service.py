@@ -69,6 +69,7 @@ from parley_auth.domain import (
     USERNAME_UNAVAILABLE,
     Account,
     AccountDirectory,
+    check_name_claimable,
     check_password_policy,
     is_reserved,
     normalize_username,
@@ -306,9 +307,12 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
-        # login_failed and lockout among them: what the alert rules watch.
+        # login_failed and lockout among them: what the alert rules watch, at 0 before the first.
         self._security_records = ctx.metrics.counter(
-            "parley_security_records", "Audit records written on SEC, per kind", ("kind",)
+            "parley_security_records",
+            "Audit records written on SEC, per kind",
+            ("kind",),
+            zeroed=[(kind,) for kind in ("login_failed", "lockout", "change_not_made")],
         )
         self._issuer = TokenIssuer.load_or_create(self._signing_key_path, lifetime_s=self.settings.access_token_seconds)
         self._sealer = SecretSealer.load_or_create(ctx.settings.secrets_dir / AUTH_SEALING_KEY_FILE)
@@ -871,7 +875,9 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
 
     # -- accounts -----------------------------------------------------------------------------
 
-    async def _claimable(self, username_raw: str, password: str, *, self_service: bool) -> tuple[str, str]:
+    async def _claimable(
+        self, username_raw: str, password: str, *, self_service: bool, by_platform: bool = False
+    ) -> tuple[str, str]:
         """The normalized name and the password's hash, if the name can be had.
 
         The hash is computed before the name is looked up, so a taken name costs the same time
@@ -879,6 +885,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         get this far (a valid name and password, so a real probe) spend the source's budget.
         """
         username = normalize_username(username_raw)
+        check_name_claimable(username, by_platform=by_platform)
         check_password_policy(password, username)
         if self_service and (wait := self.registrations.take(budget_key(REQUEST_SOURCE.get()))):
             raise ResourceExhausted(f"too many registrations from this address; try again in {int(wait) + 1} s")
@@ -1120,7 +1127,9 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         ):
             raise PermissionDenied(f"role {caller.role!r} may not create a user with role {role!r}")
         actor = f"user:{caller.user_id}" if caller else PLATFORM_USER
-        username, password_hash = await self._claimable(request.username, request.password, self_service=False)
+        username, password_hash = await self._claimable(
+            request.username, request.password, self_service=False, by_platform=caller is None
+        )
         user_id = uuid.uuid4().hex
         async with self._recorded(
             "role_assigned", actor=actor, user_id=user_id, username=username, detail=f"created as {role}"

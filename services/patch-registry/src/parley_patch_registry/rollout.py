@@ -26,6 +26,8 @@ PUBLISHER_ROLES = frozenset({"operator", "admin"})
 
 
 PATCH_PERMISSIONS = {"patch-rollout": PUBLISHER_ROLES, "patch-approve": APPROVER_ROLES}
+# Every state a planned roll-out can be in (Rollout.apply), in the order it moves through them.
+STATES = ("planned", "approved", "canary", "production", "paused", "rolling_back", "done", "rolled_back")
 
 
 def require_patch_role(role: str, what: str, *, permission: str = "patch-rollout") -> None:

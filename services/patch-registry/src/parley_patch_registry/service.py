@@ -22,8 +22,10 @@ from parley_core.errors import Unavailable
 from parley_core.runner import RunContext
 from parley_core.topology import HEARTBEATS_FILTER
 from parley_patch_registry.api import PatchApi
+from parley_patch_registry.findings import PRIORITIES
 from parley_patch_registry.registry import FleetView, Registry, open_repository
 from parley_patch_registry.releases import KeyStore
+from parley_patch_registry.rollout import STATES
 from parley_patch_registry.schemas import SchemaCensus, StoredSchemas
 from parley_patch_registry.settings import RegistrySettings
 from parley_patch_registry.tuf_http import RepositoryHttpServer
@@ -141,16 +143,17 @@ class PatchRegistryApp(fleet_pb2_grpc.FleetServiceServicer):
             )
             self._rollouts_gauge = metrics.gauge("parley_rollouts", "Roll-outs, per state", ("state",))
         now = datetime.now(UTC)
-        for gauge, counted in (
-            (self._findings_gauge, Counter(f.score.priority for f in registry.findings.findings())),
-            (self._overdue_gauge, Counter(f.score.priority for f in registry.findings.overdue(now))),
-            (self._rollouts_gauge, Counter(r.state for r in registry.rollouts.values())),
+        # Every priority and state is set, 0 included: a dashboard shows 0, not "no data", and no
+        # clear() leaves a scrape in between with nothing.
+        for gauge, counted, known in (
+            (self._findings_gauge, Counter(f.score.priority for f in registry.findings.findings()), PRIORITIES),
+            (self._overdue_gauge, Counter(f.score.priority for f in registry.findings.overdue(now)), PRIORITIES),
+            (self._rollouts_gauge, Counter(r.state for r in registry.rollouts.values()), STATES),
         ):
             if gauge is None:
                 continue
-            gauge.clear()
-            for label, count in counted.items():
-                gauge.labels(label).set(count)
+            for label in dict.fromkeys((*known, *counted)):
+                gauge.labels(label).set(counted.get(label, 0))
 
     async def _on_heartbeat(self, msg: Msg) -> None:
         beat = fleet_pb2.InstanceHeartbeat()

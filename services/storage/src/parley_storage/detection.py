@@ -9,6 +9,12 @@ replay after a restart finds the same ids and the detector records nothing twice
 
 The thresholds are the deployment's (one organisation per platform), from PARLEY_DETECT_*
 variables with the defaults below; docs/security.md "Anomaly detection" lists them.
+
+The behaviour rules (send rate, channels joined, people messaged) judge a person's use of their
+account, so they leave out the platform's synthetic accounts (the roll-out probers,
+parley_core.synthetic), whose sends are the platform's own. Whether an account is one is on its
+registration (AUTH), read side by side with its messages (MSG): a behaviour finding about an
+account whose registration was not read yet waits for it, and is dropped if it was a prober's.
 """
 
 from __future__ import annotations
@@ -87,6 +93,10 @@ class DetectionSettings(BaseSettings):
     rate_deviations: float = Field(default=4.0, gt=0)
     # ... and never below this many messages in one bucket (a quiet account's first burst).
     rate_floor: int = Field(default=30, ge=1)
+    # One account's messages in one channel in a bucket, against that channel's usual traffic from
+    # everyone (the same weight and deviations), and never below this many: an account whose own
+    # baseline is high (a bot) flooding a channel that usually hears little.
+    rate_channel_floor: int = Field(default=30, ge=1)
     # One session used from a second source within this many seconds of its last use elsewhere.
     two_sources_window_s: float = Field(default=300.0, gt=0)
     # Mass erasure: this many accounts erased by one operator ...
@@ -212,12 +222,35 @@ class _SessionUse:
 
 @dataclass
 class _Rate:
+    """Messages counted per bucket, and an exponentially weighted mean and variance of the
+    finished buckets: an account's own baseline, or a channel's from everyone in it."""
+
     bucket: int = -1
     count: int = 0
     mean: float = 0.0
     var: float = 0.0
     buckets_seen: int = 0
     fired_bucket: int = -1
+
+    def count_in(self, bucket: int, settings: DetectionSettings) -> bool:
+        """Counts one message in `bucket`, first closing the finished bucket and the empty ones
+        since (at most a day's worth); False for an older clock's event, counted in no bucket."""
+        if bucket > self.bucket:
+            closed = [self.count] + [0] * min(bucket - self.bucket - 1, int(86400 // settings.rate_bucket_s))
+            for count in closed:
+                diff = count - self.mean
+                incr = settings.rate_alpha * diff
+                self.mean += incr
+                self.var = (1 - settings.rate_alpha) * (self.var + diff * incr)
+                self.buckets_seen += 1
+            self.bucket, self.count = bucket, 0
+        elif bucket < self.bucket:
+            return False
+        self.count += 1
+        return True
+
+    def threshold(self, settings: DetectionSettings, floor: int) -> float:
+        return max(float(floor), self.mean + settings.rate_deviations * math.sqrt(self.var))
 
 
 @dataclass
@@ -232,12 +265,18 @@ class Rules:
     _unexplained: dict[str, list[tuple[float, str, str]]] = field(default_factory=dict)
     _sessions: dict[str, _SessionUse] = field(default_factory=dict)
     _rates: dict[str, _Rate] = field(default_factory=dict)
+    _channel_rates: dict[str, _Rate] = field(default_factory=dict)
+    # (channel id, sender id) -> (bucket, the sender's messages in that channel in it)
+    _in_channel: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
     _planned: dict[str, tuple[float, str, str]] = field(default_factory=dict)
     _registered: dict[str, tuple[float, str]] = field(default_factory=dict)  # user id -> (at, event id)
     # Approvals by an actor whose registration this detector has not read yet (AUTH and PATCH are
     # read side by side): judged when it arrives. actor -> [(at, rollout id, event id)]
     _unjudged_approvals: dict[str, list[tuple[float, str, str]]] = field(default_factory=dict)
     _direct: dict[str, frozenset[str]] = field(default_factory=dict)  # direct channel -> its members
+    _synthetic: set[str] = field(default_factory=set)  # the platform's probers' user ids
+    # Behaviour findings about accounts whose registration was not read yet: user id -> findings.
+    _unjudged_behaviour: dict[str, list[Anomaly]] = field(default_factory=dict)
     _seen: int = 0
 
     def __post_init__(self) -> None:
@@ -259,8 +298,13 @@ class Rules:
             del self._sessions[session_id]
         for burst in (self._spraying, self._erasures, self._joins, self._messaged):
             burst.sweep(at)
+        bucket = int(at // s.rate_bucket_s)
+        for pair in [p for p, (counted, _) in self._in_channel.items() if counted < bucket]:
+            del self._in_channel[pair]
         for actor in [a for a, pending in self._unjudged_approvals.items() if pending[-1][0] < at - 86400]:
             del self._unjudged_approvals[actor]  # not a registered account (the platform identity)
+        for user_id in [u for u, held in self._unjudged_behaviour.items() if held[-1].at < at - 86400]:
+            del self._unjudged_behaviour[user_id]  # a registration gone from AUTH (an erased account)
         for user_id in [
             u for u, fresh in self._fresh.items() if not fresh or at - fresh[-1][0] > s.new_source_window_s
         ]:
@@ -412,47 +456,121 @@ class Rules:
             source=source,
         )
 
+    # -- the behaviour rules: a person's use of their account (MSG) -----------------------------
+
+    def message_posted(self, *, at: float, sender_id: str, event_id: str, channel_id: str = "") -> Anomaly | None:
+        self._tick(at)
+        if sender_id in self._synthetic:
+            return None
+        return self._behaviour(self._send_rate(at=at, sender_id=sender_id, event_id=event_id, channel_id=channel_id))
+
+    def member_joined(self, *, at: float, user_id: str, channel_id: str, event_id: str) -> Anomaly | None:
+        self._tick(at)
+        if user_id in self._synthetic:
+            return None
+        return self._behaviour(self._channels_joined(at=at, user_id=user_id, channel_id=channel_id, event_id=event_id))
+
+    def direct_message(self, *, at: float, sender_id: str, channel_id: str, event_id: str) -> Anomaly | None:
+        """A message in a direct conversation counts once for each other member."""
+        if sender_id in self._synthetic:
+            return None
+        return self._behaviour(
+            self._users_messaged(at=at, sender_id=sender_id, channel_id=channel_id, event_id=event_id)
+        )
+
+    def _behaviour(self, found: Anomaly | None) -> Anomaly | None:
+        """A behaviour rule's finding about an account, once its registration says it is a person's."""
+        if found is not None and found.user_id not in self._registered:
+            self._unjudged_behaviour.setdefault(found.user_id, []).append(found)
+            return None
+        return found
+
     # -- send rate against the account's own baseline (MSG MessagePosted) -----------------------
 
-    def message_posted(self, *, at: float, sender_id: str, event_id: str) -> Anomaly | None:
-        self._tick(at)
+    def _send_rate(self, *, at: float, sender_id: str, event_id: str, channel_id: str) -> Anomaly | None:
+        """Fires once per account and bucket, on the first of its two baselines exceeded: its own
+        past buckets, or the channel's (a burst into a channel that usually hears little)."""
         s = self.settings
         bucket = int(at // s.rate_bucket_s)
         rate = self._rates.setdefault(sender_id, _Rate(bucket=bucket))
-        if bucket > rate.bucket:
-            # Close the finished bucket, and the empty ones since (at most a day's worth count).
-            closed = [rate.count] + [0] * min(bucket - rate.bucket - 1, int(86400 // s.rate_bucket_s))
-            for count in closed:
-                diff = count - rate.mean
-                incr = s.rate_alpha * diff
-                rate.mean += incr
-                rate.var = (1 - s.rate_alpha) * (rate.var + diff * incr)
-                rate.buckets_seen += 1
-            rate.bucket, rate.count = bucket, 0
-        elif bucket < rate.bucket:
-            return None  # an older clock's event: counted in no bucket
-        rate.count += 1
-        threshold = max(float(s.rate_floor), rate.mean + s.rate_deviations * math.sqrt(rate.var))
-        if rate.count <= threshold or rate.fired_bucket == bucket:
+        if not rate.count_in(bucket, s):
             return None
-        rate.fired_bucket = bucket
+        in_channel = 0
+        if channel_id:
+            channel = self._channel_rates.setdefault(channel_id, _Rate(bucket=bucket))
+            if channel.count_in(bucket, s):
+                counted, sent = self._in_channel.get((channel_id, sender_id), (bucket, 0))
+                in_channel = (sent if counted == bucket else 0) + 1
+                self._in_channel[(channel_id, sender_id)] = (bucket, in_channel)
+        if rate.fired_bucket == bucket:
+            return None
+        own = rate.threshold(s, s.rate_floor)
+        if rate.count > own:
+            rate.fired_bucket = bucket
+            return self._rate_anomaly(
+                at=at,
+                sender_id=sender_id,
+                event_id=event_id,
+                count=rate.count,
+                baseline=rate,
+                threshold=own,
+                floor=s.rate_floor,
+            )
+        if in_channel:
+            channel = self._channel_rates[channel_id]
+            usual = channel.threshold(s, s.rate_channel_floor)
+            if in_channel > usual:
+                rate.fired_bucket = bucket
+                return self._rate_anomaly(
+                    at=at,
+                    sender_id=sender_id,
+                    event_id=event_id,
+                    count=in_channel,
+                    baseline=channel,
+                    threshold=usual,
+                    floor=s.rate_channel_floor,
+                    channel_id=channel_id,
+                )
+        return None
+
+    def _rate_anomaly(
+        self,
+        *,
+        at: float,
+        sender_id: str,
+        event_id: str,
+        count: int,
+        baseline: _Rate,
+        threshold: float,
+        floor: int,
+        channel_id: str = "",
+    ) -> Anomaly:
+        s = self.settings
+        mean, stddev = baseline.mean, math.sqrt(baseline.var)
+        evidence = {
+            "baseline": "channel" if channel_id else "account",
+            "messages_in_bucket": str(count),
+            "bucket_s": f"{s.rate_bucket_s:g}",
+            "baseline_mean": f"{mean:.2f}",
+            "baseline_stddev": f"{stddev:.2f}",
+            "buckets_learned": str(baseline.buckets_seen),
+            "threshold": f"{threshold:.1f}",
+        }
+        usual = f"{mean:.1f} ± {stddev:.1f}"
+        if channel_id:
+            evidence["channel_id"] = channel_id
+            observed = f"into channel {channel_id}, which usually hears {usual} from everyone"
+        else:
+            observed = f"against this account's usual {usual}"
         return Anomaly(
             kind=SEND_RATE,
             key=subject_token(sender_id),
             subject=f"user:{sender_id}",
-            evidence={
-                "messages_in_bucket": str(rate.count),
-                "bucket_s": f"{s.rate_bucket_s:g}",
-                "baseline_mean": f"{rate.mean:.2f}",
-                "baseline_stddev": f"{math.sqrt(rate.var):.2f}",
-                "buckets_learned": str(rate.buckets_seen),
-                "threshold": f"{threshold:.1f}",
-            },
-            score=rate.count / threshold,
+            evidence=evidence,
+            score=count / threshold,
             why=(
-                f"{rate.count} messages in {s.rate_bucket_s:g}s against this account's usual "
-                f"{rate.mean:.1f} ± {math.sqrt(rate.var):.1f} (threshold: mean + {s.rate_deviations:g} deviations, "
-                f"at least {s.rate_floor})"
+                f"{count} messages in {s.rate_bucket_s:g}s {observed} (threshold: mean + {s.rate_deviations:g} "
+                f"deviations, at least {floor})"
             ),
             at=at,
             triggers=(event_id,),
@@ -461,8 +579,7 @@ class Rules:
 
     # -- many channels joined, many people messaged (MSG) --------------------------------------
 
-    def member_joined(self, *, at: float, user_id: str, channel_id: str, event_id: str) -> Anomaly | None:
-        self._tick(at)
+    def _channels_joined(self, *, at: float, user_id: str, channel_id: str, event_id: str) -> Anomaly | None:
         s = self.settings
         burst = self._joins.add(user_id, at=at, item=channel_id, event_id=event_id)
         if burst is None:
@@ -489,8 +606,7 @@ class Rules:
     def direct_channel_created(self, *, channel_id: str, members: frozenset[str]) -> None:
         self._direct[channel_id] = members
 
-    def direct_message(self, *, at: float, sender_id: str, channel_id: str, event_id: str) -> Anomaly | None:
-        """A message in a direct conversation counts once for each other member."""
+    def _users_messaged(self, *, at: float, sender_id: str, channel_id: str, event_id: str) -> Anomaly | None:
         members = self._direct.get(channel_id)
         if members is None:
             return None  # not a direct conversation
@@ -568,11 +684,16 @@ class Rules:
     def rollout_planned(self, *, at: float, rollout_id: str, actor: str, event_id: str) -> None:
         self._planned[rollout_id] = (at, actor, event_id)
 
-    def account_registered(self, *, at: float, user_id: str, event_id: str) -> list[Anomaly]:
-        """Remembers when the account was made; judges its approvals read before it."""
+    def account_registered(self, *, at: float, user_id: str, event_id: str, synthetic: bool = False) -> list[Anomaly]:
+        """Remembers when the account was made and whether it is the platform's own (a prober);
+        judges its approvals and its behaviour findings read before it."""
         self._registered[user_id] = (at, event_id)
+        held = self._unjudged_behaviour.pop(user_id, [])
+        if synthetic:
+            self._synthetic.add(user_id)
+            held = []
         pending = self._unjudged_approvals.pop(user_id, [])
-        return [
+        return held + [
             found
             for approved_at, rollout_id, approval_id in pending
             if (found := self._new_approver(at=approved_at, rollout_id=rollout_id, actor=user_id, event_id=approval_id))

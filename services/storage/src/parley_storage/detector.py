@@ -49,6 +49,7 @@ from prometheus_client import Counter
 
 from parley_core.bus import EventBus, ReceivedEvent
 from parley_core.envelope import NewEvent, UnknownEventType, open_payload
+from parley_core.synthetic import is_synthetic_account
 from parley_core.topology import (
     ANOMALY_FILTER,
     AUTH_FILTER,
@@ -135,7 +136,8 @@ class AnomalyDetector:
     def _auth(self, event: ReceivedEvent, payload: Message) -> Found:
         at, event_id = occurred_at(event), event.envelope.event_id
         if isinstance(payload, UserRegistered):
-            return self.rules.account_registered(at=at, user_id=payload.user_id, event_id=event_id)
+            synthetic = is_synthetic_account(username=payload.username, registered_by=event.envelope.actor)
+            return self.rules.account_registered(at=at, user_id=payload.user_id, event_id=event_id, synthetic=synthetic)
         if isinstance(payload, SessionStarted):
             return self.rules.session_started(
                 at=at, session_id=payload.session_id, user_id=payload.user_id, source=payload.source, event_id=event_id
@@ -160,7 +162,9 @@ class AnomalyDetector:
     def _messages(self, event: ReceivedEvent, payload: Message) -> Found:
         at, event_id = occurred_at(event), event.envelope.event_id
         if isinstance(payload, MessagePosted):
-            rate = self.rules.message_posted(at=at, sender_id=payload.sender_id, event_id=event_id)
+            rate = self.rules.message_posted(
+                at=at, sender_id=payload.sender_id, event_id=event_id, channel_id=payload.channel_id
+            )
             many = self.rules.direct_message(
                 at=at, sender_id=payload.sender_id, channel_id=payload.channel_id, event_id=event_id
             )

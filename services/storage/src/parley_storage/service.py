@@ -30,7 +30,7 @@ from parley_storage.archive_api import StorageArchiveApi
 from parley_storage.audit_monitor import AuditChainMonitor
 from parley_storage.backup import BACKUP_KEY_FILE, BackupKeys
 from parley_storage.datakeys import DataKeys
-from parley_storage.detection import DetectionSettings
+from parley_storage.detection import KINDS, DetectionSettings
 from parley_storage.detector import AnomalyDetector
 from parley_storage.erasures import ErasureLog, follow_erasures
 from parley_storage.faults import PauseInBatch
@@ -167,7 +167,11 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         detection = DetectionSettings()
         if detection.enabled:
             anomalies = ctx.metrics.counter(
-                "parley_anomalies", "AnomalyDetected findings recorded, per rule and response", ("kind", "response")
+                "parley_anomalies",
+                "AnomalyDetected findings recorded, per rule and response",
+                ("kind", "response"),
+                # Each rule's configured response, and alert (what an old finding's response becomes).
+                zeroed={(kind, response) for kind in KINDS for response in (detection.response(kind), "alert")},
             )
             self.detector = AnomalyDetector(ctx.bus, detection, counted=anomalies)
             await self.detector.start()

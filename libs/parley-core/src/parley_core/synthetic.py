@@ -1,0 +1,25 @@
+"""The platform's synthetic accounts: the node agents' roll-out probers (parley_agent.probe).
+
+A prober sends real messages through each new messaging instance so that a quiet platform's
+roll-out gate has evidence; the anomaly detector must not take those sends for a person's. What
+marks a prober is nothing a user can fake: auth lets only the platform identity create an account
+whose name begins with PROBER_NAME_PREFIX, and records that identity as the registration's actor
+on AUTH, which only auth writes. A look-alike made before the prefix was reserved (registered by
+a user, or by an administrator's token) is not synthetic: its registration names another actor.
+"""
+
+from __future__ import annotations
+
+from parley_core.topology import PLATFORM_USER
+
+PROBER_NAME_PREFIX = "canary-prober"
+
+
+def is_prober_name(username: str) -> bool:
+    """Whether a (normalized) username is in the probers' reserved range."""
+    return username.startswith(PROBER_NAME_PREFIX)
+
+
+def is_synthetic_account(*, username: str, registered_by: str) -> bool:
+    """An account the platform identity registered under a prober's name."""
+    return registered_by == PLATFORM_USER and is_prober_name(username)
