@@ -37,7 +37,7 @@ from parley_core.bus import FOREIGN_EVENT
 from parley_core.envelope import NewEvent, decode, open_payload, seal
 from parley_core.testing.nats import NatsTestServer
 from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
-from parley_core.testing.waiting import eventually
+from parley_core.testing.waiting import eventually, until
 from parley_core.topology import SERVICES, channel_subject, due_subject, parked_subject, username_subject
 
 Token = tuple[tuple[str, str]]
@@ -162,7 +162,7 @@ async def test_a_stolen_storage_credential_cannot_remove_someone_elses_account_o
     # mallory was requested through auth.
     for service, why in (
         ("messaging", "was requested through auth"),
-        ("messaging", "is not 1 day(s)"),
+        ("messaging", "no retention policy is recorded"),
         ("auth", "was requested through auth"),
     ):
         await eventually(lambda s=service, w=why: refusal(platform, s, w), f"{service} refusing a fact ({why})")
@@ -319,15 +319,12 @@ async def _count(stack: Stack, token: Token, channel_id: str, n: int) -> bool | 
     return True if len(await history(stack, token, channel_id)) == n else None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12, open: messaging checks a retention fact's cutoff only, not that an operator set a policy;"
-    " the policy record (RetentionPolicySet on STORE) is storage's own, as forgeable as the fact",
-)
 async def test_a_stolen_storage_credential_cannot_expire_a_channel_no_retention_policy_covers(
     stack: Stack, nats_server: NatsTestServer
 ) -> None:
-    """A RetentionDue for a channel with no retention policy: its messages older than a day stay."""
+    """A RetentionDue for a channel with no retention policy: its messages older than a day stay.
+    Then the operator sets a 30-day policy (messaging records it, on MSG, where storage cannot
+    write): a fact with a shorter cutoff is refused too, and only one the policy covers expires."""
     _, token, _ = await register(stack, "alice")
     channel = await stack.gateway().CreateChannel(
         messaging_pb2.CreateChannelRequest(name="kept"), metadata=token, timeout=TIMEOUT_S
@@ -357,3 +354,21 @@ async def test_a_stolen_storage_credential_cannot_expire_a_channel_no_retention_
     assert await eventually(decided, "messaging deciding on the fact") != "expired"
     assert sent.channel_seq in messaging.channels.get(cid).messages
     assert [m.body for m in await history(stack, token, cid)] == ["old"]
+
+    assert "no retention policy is recorded" in (await refusal(platform, "messaging", "retention policy") or "")
+
+    await stack.set_retention(cid, 30)  # nothing is 30 days old by storage's (real) clock
+    assert messaging.channels.get(cid).retention_days == 30
+    shorter = RetentionDue(
+        channel_id=cid, channel_seqs=[sent.channel_seq], retention_days=1, sent_before_unix_ns=posted_at
+    )
+    await storage.publish(due_subject("messaging", "expiry", cid), envelope("retention", cid, shorter))
+    await eventually(lambda: refusal(platform, "messaging", "is not 30 day(s)"), "messaging refusing a 1-day cutoff")
+    assert sent.channel_seq in messaging.channels.get(cid).messages
+
+    messaging.storage_due._now_ns = lambda: posted_at + 31 * NS_PER_DAY  # now the policy covers it
+    covered = RetentionDue(
+        channel_id=cid, channel_seqs=[sent.channel_seq], retention_days=30, sent_before_unix_ns=posted_at + 1
+    )
+    await storage.publish(due_subject("messaging", "expiry", cid), envelope("retention", cid, covered))
+    await until(lambda: sent.channel_seq not in messaging.channels.get(cid).messages, "the covered expiry")

@@ -15,6 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.messaging.v1.events_pb2 import (
     ChannelCreated,
+    ChannelRetentionSet,
     ChannelRenamed,
     ChannelTopicChanged,
     InvitationDeclined,
@@ -38,8 +39,9 @@ from parley.messaging.v1.events_pb2 import (
 from parley_core.bus import ConcurrencyConflict, DurableConsumer, ReceivedEvent, Replay
 from parley_core.envelope import NewEvent, UnknownEventType, open_payload
 from parley_core.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, Unavailable
-from parley_core.runner import RunContext
-from parley_core.topology import AUTH_FILTER, CONSUMERS, MESSAGING_FILTER, channel_subject
+from parley_core.runner import RunContext, peer_names
+from parley_core.tokens import bearer_token
+from parley_core.topology import AUTH_FILTER, CONSUMERS, MESSAGING_FILTER, PLATFORM_USER, channel_subject
 from parley_messaging.device_service import DeviceKeyServicer
 from parley_messaging.devices import AuthDirectory, validate_encrypted_body
 from parley_messaging.domain import (
@@ -54,6 +56,7 @@ from parley_messaging.domain import (
     validate_channel_name,
     validate_direct_members,
     validate_idempotency_key,
+    validate_retention_days,
     validate_topic,
 )
 from parley_messaging.reactions import reaction_emoji
@@ -250,6 +253,8 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
             channel.name = payload.name
         elif isinstance(payload, ChannelTopicChanged):
             channel.topic = payload.topic
+        elif isinstance(payload, ChannelRetentionSet):
+            channel.retention_days = payload.days
         elif isinstance(payload, MessagePosted):
             posted = PostedMessage(
                 channel_id=payload.channel_id,
@@ -686,6 +691,29 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
             return self._event(channel, actor, payload)
 
         return await self._decide_on_channel(request.channel_id, actor, decide)
+
+    async def SetChannelRetention(
+        self, request: messaging_pb2.SetChannelRetentionRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.SetChannelRetentionResponse:
+        """The operator's (or a `retention.manage` holder's) policy, recorded on the channel
+        before storage expires anything by it: storage's expiry facts are checked against it."""
+        actor = self._caller_or_platform(context)
+        days = validate_retention_days(request.days)
+
+        def decide(channel: Channel) -> NewEvent | None:
+            if channel.retention_days == days:
+                return None  # already so: a retry records nothing twice
+            return self._event(channel, actor, ChannelRetentionSet(channel_id=channel.channel_id, days=days, set_by=actor))
+
+        await self._on_channel(request.channel_id, decide)
+        return messaging_pb2.SetChannelRetentionResponse(days=days, set_by=actor)
+
+    def _caller_or_platform(self, context: grpc.aio.ServicerContext[object, object]) -> str:
+        """The acting user's id, or "platform" for the operator's tooling (its certificate, no
+        token); the interceptor let only these through (rbac.PLATFORM_METHODS)."""
+        if bearer_token(context) is None and PLATFORM_USER in peer_names(context):
+            return PLATFORM_USER
+        return self.ctx.tokens.caller(context).user_id
 
     async def ListThread(
         self, request: messaging_pb2.ListThreadRequest, context: grpc.aio.ServicerContext[object, object]
