@@ -60,7 +60,9 @@ def test_a_retention_fact_no_recorded_policy_covers_is_refused(policy: int, days
     with pytest.raises(FailedPrecondition, match=why):
         check_retention_policy(channel, due, now_ns=NOW_NS)
     channel.retention_days = 30
-    check_retention_policy(channel, RetentionDue(channel_id="c1", sent_before_unix_ns=NOW_NS - 31 * NS_PER_DAY), now_ns=NOW_NS)
+    check_retention_policy(
+        channel, RetentionDue(channel_id="c1", sent_before_unix_ns=NOW_NS - 31 * NS_PER_DAY), now_ns=NOW_NS
+    )
 
 
 async def test_a_retention_fact_for_a_channel_messaging_does_not_know_is_refused() -> None:

@@ -15,8 +15,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.messaging.v1.events_pb2 import (
     ChannelCreated,
-    ChannelRetentionSet,
     ChannelRenamed,
+    ChannelRetentionSet,
     ChannelTopicChanged,
     InvitationDeclined,
     MemberBanned,
@@ -703,7 +703,9 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         def decide(channel: Channel) -> NewEvent | None:
             if channel.retention_days == days:
                 return None  # already so: a retry records nothing twice
-            return self._event(channel, actor, ChannelRetentionSet(channel_id=channel.channel_id, days=days, set_by=actor))
+            return self._event(
+                channel, actor, ChannelRetentionSet(channel_id=channel.channel_id, days=days, set_by=actor)
+            )
 
         await self._on_channel(request.channel_id, decide)
         return messaging_pb2.SetChannelRetentionResponse(days=days, set_by=actor)

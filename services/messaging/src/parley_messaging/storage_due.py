@@ -154,7 +154,9 @@ class StorageDue:
             check_retention_policy(channel, due, now_ns=self._now_ns())
             channel.check_expiry(due.channel_seqs, due.sent_before_unix_ns)
 
-        payload = MessagesExpired(channel_id=due.channel_id, channel_seqs=due.channel_seqs, retention_days=due.retention_days)
+        payload = MessagesExpired(
+            channel_id=due.channel_id, channel_seqs=due.channel_seqs, retention_days=due.retention_days
+        )
         await self._mark(due.channel_id, marker, payload, check)
 
     async def _mark(self, channel_id: str, marker: Marker, payload: Message, check: Callable[[Channel], None]) -> None:

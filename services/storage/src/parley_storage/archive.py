@@ -734,7 +734,8 @@ class SqlEventArchive:
         """Keep a channel's messages for ``days`` days; 0 removes the policy (keep forever). What
         archiving messaging's ChannelRetentionSet does; tests set a policy this way directly."""
         await self.run(
-            "set_retention", lambda conn: _set_retention(conn, channel_id, days, set_by=set_by, set_at_ns=time.time_ns())
+            "set_retention",
+            lambda conn: _set_retention(conn, channel_id, days, set_by=set_by, set_at_ns=time.time_ns()),
         )
 
     async def retention_policies(self, channel_id: str | None = None) -> list[RetentionPolicy]:

@@ -24,7 +24,6 @@ from parley_core.runner import RunContext
 from parley_core.secret_fields import envelope_without_secrets
 from parley_core.tokens import Caller
 from parley_core.topology import (
-    PLATFORM_USER,
     STREAMS_BY_NAME,
     channel_subject,
     erasure_request_subject,

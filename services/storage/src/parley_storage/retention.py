@@ -3,10 +3,12 @@
 A channel's policy keeps its messages N days. It is messaging's record (ChannelRetentionSet on
 the channel, set by the operator through messaging's SetChannelRetention), which the archive
 copies into its retention_policies table as it archives MSG; messaging checks every fact below
-against its own record. The retention job (and SetRetentionPolicy, at once) finds the channel's messages in history sent before that and records `RetentionDue` facts
-on its own STORE stream (parley.storage.due.messaging.expiry.<channel id>), at most MARKER_SEQS
-numbers each. Messaging, the channel's owner, checks them against its own projection and appends
-the `MessagesExpired` marker on the channel's subject (with the id parley_core.markers derives).
+against its own record, so storage's word sets no policy. The retention job (and
+SetRetentionPolicy, at once) finds the channel's messages in history sent before that and
+records `RetentionDue` facts on its own STORE stream
+(parley.storage.due.messaging.expiry.<channel id>), at most MARKER_SEQS numbers each.
+Messaging, the channel's owner, checks them against its own projection and appends the
+`MessagesExpired` marker on the channel's subject (with the id parley_core.markers derives).
 Each reader applies the marker: messaging forgets the messages (their numbers stay taken), the
 archive blanks every text of them (posts and edits), takes them out of history and queues those
 texts for secure deletion from the log (log_cleanup.py). The marker comes after every text it
