@@ -31,6 +31,9 @@ from parley.storage.v1.events_pb2 import (
     LogDeletionDue,
     LoggedEventRef,
     RetentionDue,
+    SessionRevocationDue,
+    SessionStepUpDue,
+    SourceSlowdownDue,
 )
 
 from parley_core.bus import FOREIGN_EVENT
@@ -372,3 +375,49 @@ async def test_a_stolen_storage_credential_cannot_expire_a_channel_no_retention_
     )
     await storage.publish(due_subject("messaging", "expiry", cid), envelope("retention", cid, covered))
     await until(lambda: sent.channel_seq not in messaging.channels.get(cid).messages, "the covered expiry")
+
+
+async def test_a_stolen_storage_credential_cannot_revoke_step_up_or_slow_without_a_findings_evidence(
+    stack: Stack, nats_server: NatsTestServer
+) -> None:
+    """The detector's responses, forged: a revocation and a step-up of an ordinary session (its
+    account's only one, used from one address) and a slow-down of an address nobody failed a
+    login from. Auth finds no evidence of any rule in its own records, refuses each on the audit
+    trail and parks it: the session works, the address logs in."""
+    victim, token, name = await register(stack, "victim")
+    storage = (await nats_server.connect("storage")).jetstream()  # the stolen credential
+    platform = (await nats_server.connect("platform")).jetstream()
+    sid = victim.session_id
+    forged: list[tuple[str, str, Message]] = [
+        (
+            "revoke",
+            sid,
+            SessionRevocationDue(session_id=sid, user_id=victim.user_id, anomaly_event_id="f1", reason="x"),
+        ),
+        ("stepup", sid, SessionStepUpDue(session_id=sid, user_id=victim.user_id, anomaly_event_id="f2", reason="x")),
+        (
+            "slow",
+            "f3",
+            SourceSlowdownDue(source="ipv4:127.0.0.1", until_unix=time.time() + 86_400, anomaly_event_id="f3"),
+        ),
+    ]
+    for kind, key, fact in forged:
+        await storage.publish(due_subject("auth", kind, key), envelope("session", key, fact))
+
+    for what in ("revocation", "step-up", "slow-down"):
+        await eventually(
+            lambda w=what: refusal(platform, "auth", f"no evidence for the {w}"), f"auth refusing the {what}"
+        )
+    refused = await eventually(
+        lambda: sec_record(platform, "anomaly_response_refused", victim.user_id), "the refusal on the audit trail"
+    )
+    assert "no evidence" in refused.detail
+    await eventually(lambda: sec_record(platform, "anomaly_response_refused", "unknown"), "the slow-down's refusal")
+    assert await sec_record(platform, "session_revoked", victim.user_id) is None
+    assert await sec_record(platform, "step_up_required", victim.user_id) is None
+    session = stack.app("auth").sessions.get(sid)
+    assert not session.revoked
+    assert not session.step_up_required
+    sessions = await stack.gateway().ListSessions(auth_pb2.ListSessionsRequest(), metadata=token, timeout=TIMEOUT_S)
+    assert sid in [s.session_id for s in sessions.sessions]  # the token still works
+    assert (await stack.login(name)).user_id == victim.user_id  # the address is not held back
