@@ -22,7 +22,7 @@ from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 from parley.auth.v1.events_pb2 import AccountErased, SecurityEventRecorded
-from parley.messaging.v1 import messaging_pb2
+from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.messaging.v1.events_pb2 import MemberJoined, MessagePosted
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from parley.storage.v1.events_pb2 import (
@@ -38,8 +38,9 @@ from parley.storage.v1.events_pb2 import (
 
 from parley_core.bus import FOREIGN_EVENT
 from parley_core.envelope import NewEvent, decode, open_payload, seal
+from parley_core.runner import secure_channel
 from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
+from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer, start_service
 from parley_core.testing.waiting import eventually, until
 from parley_core.topology import SERVICES, channel_subject, due_subject, parked_subject, username_subject
 
@@ -421,3 +422,43 @@ async def test_a_stolen_storage_credential_cannot_revoke_step_up_or_slow_without
     sessions = await stack.gateway().ListSessions(auth_pb2.ListSessionsRequest(), metadata=token, timeout=TIMEOUT_S)
     assert sid in [s.session_id for s in sessions.sessions]  # the token still works
     assert (await stack.login(name)).user_id == victim.user_id  # the address is not held back
+
+
+async def test_a_stolen_messaging_credential_deleting_a_channels_newest_message_frees_no_number(
+    stack: Stack, nats_server: NatsTestServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Messaging may delete from MSG (erasure, retention, redaction reach the log through it), so
+    its credential can delete a channel's newest post. An instance that rebuilds from that log
+    (a restart) finds the lost number in the archive and numbers the next message after it."""
+    caplog.set_level(logging.ERROR, logger="parley_messaging.log_tail")
+    _, token, _ = await register(stack, "alice")
+    channel = await stack.gateway().CreateChannel(
+        messaging_pb2.CreateChannelRequest(name="numbers"), metadata=token, timeout=TIMEOUT_S
+    )
+    cid = channel.channel_id
+    for body in ("one", "two"):
+        request = messaging_pb2.PostMessageRequest(channel_id=cid, body=body, idempotency_key=uuid.uuid4().hex)
+        await stack.gateway().SendMessage(request, metadata=token, timeout=TIMEOUT_S)
+    await eventually(lambda: _count(stack, token, cid, 2), "both messages archived")
+    platform = (await nats_server.connect("platform")).jetstream()
+    newest = await platform.get_last_msg("MSG", channel_subject(cid))
+    messaging_js = (await nats_server.connect("messaging")).jetstream()  # the stolen credential
+    assert await messaging_js.delete_msg("MSG", newest.seq)
+    assert not await in_log(platform, "MSG", newest.seq)
+
+    restarted = await start_service(stack, nats_server, "messaging", registration="open")
+    try:
+        link = secure_channel(stack.pki, identity="gateway", address=f"127.0.0.1:{restarted.port}", peer="messaging")
+        stack.channels.append(link)
+        request = messaging_pb2.PostMessageRequest(channel_id=cid, body="three", idempotency_key=uuid.uuid4().hex)
+        sent = await messaging_pb2_grpc.MessagingServiceStub(link).PostMessage(
+            request, metadata=token, timeout=TIMEOUT_S
+        )
+    finally:
+        await restarted.shutdown()
+    assert sent.channel_seq == 3  # not a second #2
+    gaps = [r for r in caplog.records if getattr(r, "security_event", "") == "event_log_gap"]
+    assert [(r.channel_id, r.lost_seqs) for r in gaps] == [(cid, [newest.seq])]  # type: ignore[attr-defined]
+    # The archive kept what the log lost, and the new message shows beside it, not hidden behind it.
+    await eventually(lambda: _count(stack, token, cid, 3), "three messages in history")
+    assert [m.body for m in await history(stack, token, cid)] == ["one", "two", "three"]

@@ -35,6 +35,7 @@ from parley.messaging.v1.events_pb2 import (
     ReactionRemoved,
     ReadMarkerMoved,
 )
+from parley.storage.v1 import storage_pb2_grpc
 
 from parley_core.bus import ConcurrencyConflict, DurableConsumer, ReceivedEvent, Replay
 from parley_core.envelope import NewEvent, UnknownEventType, open_payload
@@ -59,6 +60,7 @@ from parley_messaging.domain import (
     validate_retention_days,
     validate_topic,
 )
+from parley_messaging.log_tail import ArchivedTail
 from parley_messaging.reactions import reaction_emoji
 from parley_messaging.settings import MessagingSettings
 from parley_messaging.storage_due import StorageDue
@@ -151,6 +153,8 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         self._auth_replay: Replay | None = None
         self._due: DurableConsumer | None = None
         self.storage_due: StorageDue | None = None  # the checks on storage's due facts (its clock, for tests)
+        # Before a channel's first change here: numbers deleted from the log's tail stay taken.
+        self.log_tail = ArchivedTail(None)
         # One writer per aggregate (subject) inside this instance; see decide_and_append.
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -159,6 +163,10 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         # Users and devices (auth owns them) first, then channels and to-device queues.
         self._auth_replay = await ctx.bus.replay(stream="AUTH", filter_subject=AUTH_FILTER, handler=self._apply_auth)
         await self._auth_replay.wait_caught_up()
+        if ctx.settings.storage_addr:
+            self.log_tail = ArchivedTail(
+                storage_pb2_grpc.StorageArchiveServiceStub(ctx.channel_to(ctx.settings.storage_addr, "storage"))
+            )
         self._replay = await ctx.bus.replay(stream="MSG", filter_subject=MESSAGING_FILTER, handler=self._apply)
         await self._replay.wait_caught_up()
         # The markers storage waits for (an erasure, retention) are on the channels before any
@@ -552,6 +560,7 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
     async def _on_channel(self, channel_id: str, decide: Callable[[Channel], NewEvent | None]) -> Channel:
         if not channel_id:
             raise InvalidArgument("channel_id is required")
+        await self.log_tail.check(self.channels.get(channel_id))
         return await self.decide_and_append(channel_subject(channel_id), lambda: self.channels.get(channel_id), decide)
 
     async def _decide_on_channel(

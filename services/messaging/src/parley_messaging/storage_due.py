@@ -174,6 +174,8 @@ class StorageDue:
             await self._app.append_unchecked(subject, event)
             return
 
+        await self._app.log_tail.check(self._app.channels.get(channel_id))
+
         def decide(channel: Channel) -> NewEvent | None:
             if marker.event_id in channel.markers:
                 return None  # marked already: a repeated fact, or a redelivery
