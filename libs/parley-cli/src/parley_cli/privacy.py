@@ -296,7 +296,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     retention = sub.add_parser(
         "retention",
         help="how long a channel keeps its messages; older ones are removed everywhere (operator)",
-        description="With CHANNEL_ID and DAYS, set that channel's policy (applied at once, then hourly); "
+        description="With CHANNEL_ID and DAYS, set that channel's policy (recorded by messaging, which expires "
+        "nothing else; applied by storage at once, then hourly); "
         "without arguments, list every channel's policy (the operator, or a security auditor with --as).",
     )
     retention.add_argument(

@@ -274,9 +274,10 @@ class MessagingServiceServicer:
 
     def SetChannelRetention(self, request, context):
         """A channel's retention policy, the one record messaging checks storage's RetentionDue facts
-        against (ChannelRetentionSet on the channel): the operator's platform identity or a user
-        with `retention.manage` (owner, admin). Storage applies it (`parley retention` then calls
-        StorageArchiveService.SetRetentionPolicy to apply it at once).
+        against (ChannelRetentionSet on the channel): the operator's platform identity, or a user
+        token with `retention.manage` (owner, admin; the gateway does not offer it to users yet).
+        Storage applies it (`parley retention` then calls StorageArchiveService.SetRetentionPolicy
+        to apply it at once).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

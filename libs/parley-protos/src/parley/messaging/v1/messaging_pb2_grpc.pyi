@@ -62,9 +62,10 @@ class MessagingServiceStub:
     """Drops the caller's invitation to a channel; NOT_FOUND when they have none there."""
     SetChannelRetention: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.SetChannelRetentionRequest, _messaging_pb2.SetChannelRetentionResponse]
     """A channel's retention policy, the one record messaging checks storage's RetentionDue facts
-    against (ChannelRetentionSet on the channel): the operator's platform identity or a user
-    with `retention.manage` (owner, admin). Storage applies it (`parley retention` then calls
-    StorageArchiveService.SetRetentionPolicy to apply it at once).
+    against (ChannelRetentionSet on the channel): the operator's platform identity, or a user
+    token with `retention.manage` (owner, admin; the gateway does not offer it to users yet).
+    Storage applies it (`parley retention` then calls StorageArchiveService.SetRetentionPolicy
+    to apply it at once).
     """
 
 @_typing.type_check_only
@@ -101,9 +102,10 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     """Drops the caller's invitation to a channel; NOT_FOUND when they have none there."""
     SetChannelRetention: _aio.UnaryUnaryMultiCallable[_messaging_pb2.SetChannelRetentionRequest, _messaging_pb2.SetChannelRetentionResponse]  # type: ignore[assignment]
     """A channel's retention policy, the one record messaging checks storage's RetentionDue facts
-    against (ChannelRetentionSet on the channel): the operator's platform identity or a user
-    with `retention.manage` (owner, admin). Storage applies it (`parley retention` then calls
-    StorageArchiveService.SetRetentionPolicy to apply it at once).
+    against (ChannelRetentionSet on the channel): the operator's platform identity, or a user
+    token with `retention.manage` (owner, admin; the gateway does not offer it to users yet).
+    Storage applies it (`parley retention` then calls StorageArchiveService.SetRetentionPolicy
+    to apply it at once).
     """
 
 class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -263,9 +265,10 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_messaging_pb2.SetChannelRetentionResponse, _abc.Awaitable[_messaging_pb2.SetChannelRetentionResponse]]:
         """A channel's retention policy, the one record messaging checks storage's RetentionDue facts
-        against (ChannelRetentionSet on the channel): the operator's platform identity or a user
-        with `retention.manage` (owner, admin). Storage applies it (`parley retention` then calls
-        StorageArchiveService.SetRetentionPolicy to apply it at once).
+        against (ChannelRetentionSet on the channel): the operator's platform identity, or a user
+        token with `retention.manage` (owner, admin; the gateway does not offer it to users yet).
+        Storage applies it (`parley retention` then calls StorageArchiveService.SetRetentionPolicy
+        to apply it at once).
         """
 
 def add_MessagingServiceServicer_to_server(servicer: MessagingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1188,9 +1188,10 @@ export const MessagingService: GenService<{
   },
   /**
    * A channel's retention policy, the one record messaging checks storage's RetentionDue facts
-   * against (ChannelRetentionSet on the channel): the operator's platform identity or a user
-   * with `retention.manage` (owner, admin). Storage applies it (`parley retention` then calls
-   * StorageArchiveService.SetRetentionPolicy to apply it at once).
+   * against (ChannelRetentionSet on the channel): the operator's platform identity, or a user
+   * token with `retention.manage` (owner, admin; the gateway does not offer it to users yet).
+   * Storage applies it (`parley retention` then calls StorageArchiveService.SetRetentionPolicy
+   * to apply it at once).
    *
    * @generated from rpc parley.messaging.v1.MessagingService.SetChannelRetention
    */
