@@ -19,7 +19,7 @@ from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 from parley.auth.v1.events_pb2 import SecurityEventRecorded
 from parley.messaging.v1 import messaging_pb2
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
-from parley.storage.v1 import storage_pb2
+from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from parley.storage.v1.events_pb2 import AnomalyDetected
 from securesystemslib.signer import CryptoSigner
 
