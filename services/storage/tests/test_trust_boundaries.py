@@ -445,6 +445,11 @@ async def test_a_stolen_messaging_credential_deleting_a_channels_newest_message_
     messaging_js = (await nats_server.connect("messaging")).jetstream()  # the stolen credential
     assert await messaging_js.delete_msg("MSG", newest.seq)
     assert not await in_log(platform, "MSG", newest.seq)
+    # The running instance still holds #2: its append guard fails, and nothing is numbered twice.
+    request = messaging_pb2.PostMessageRequest(channel_id=cid, body="frozen", idempotency_key=uuid.uuid4().hex)
+    with pytest.raises(grpc.aio.AioRpcError) as frozen:
+        await stack.gateway().SendMessage(request, metadata=token, timeout=TIMEOUT_S)
+    assert frozen.value.code() == grpc.StatusCode.UNAVAILABLE
 
     restarted = await start_service(stack, nats_server, "messaging", registration="open")
     try:
