@@ -205,7 +205,7 @@ async def test_a_security_auditor_queries_the_archive_from_the_cli(platform: Run
         assert f"auth.v1.UserRegistered  user:{alice}" in about_alice, about_alice  # resolved, shown by name
         # Narrowed to one target and a time range; the summary line counts them.
         # The operator's changes are in the trail too: the retention policy set above, a KEK rotation.
-        policy_line = f"storage.v1.RetentionPolicySet  retention:{room.channel_id}  by platform"
+        policy_line = f"messaging.v1.ChannelRetentionSet  channel:{room.channel_id}  by platform"
 
         async def room_trail() -> str | None:
             out = await cli(platform, "--as", auditor, "audit", "query", "--target", room.channel_id)

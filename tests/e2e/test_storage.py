@@ -18,6 +18,7 @@ import grpc
 import pytest
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 from parley.common.v1.envelope_pb2 import EventEnvelope
+from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.messaging.v1.events_pb2 import MessagePosted
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from parley.storage.v1.events_pb2 import UserDataErased
@@ -97,6 +98,18 @@ async def request_erasure(platform: RunningPlatform, user_id: str, reason: str) 
     try:
         request = auth_pb2.RequestErasureRequest(user_id=user_id, reason=reason)
         await auth_pb2_grpc.AuthServiceStub(channel).RequestErasure(request, timeout=30)
+    finally:
+        await channel.close()
+
+
+async def record_retention(platform: RunningPlatform, channel_id: str, days: int) -> None:
+    """The operator's retention policy, recorded by messaging first (as `parley retention` does)."""
+    pki = ensure_pki(platform.data_dir / "pki", ["platform"])
+    address = str(platform.service("messaging")["address"])
+    channel = secure_channel(pki, identity="platform", address=address, peer="messaging")
+    try:
+        request = messaging_pb2.SetChannelRetentionRequest(channel_id=channel_id, days=days)
+        await messaging_pb2_grpc.MessagingServiceStub(channel).SetChannelRetention(request, timeout=30)
     finally:
         await channel.close()
 
@@ -545,6 +558,7 @@ async def test_services_rebuild_from_the_archive_within_their_streams_and_rotati
         await messaging_channel.close()
         await gateway_channel.close()
 
+    await record_retention(platform, channel.channel_id, 30)
     retention = await operator.SetRetentionPolicy(
         storage_pb2.SetRetentionPolicyRequest(channel_id=channel.channel_id, days=30), timeout=30
     )

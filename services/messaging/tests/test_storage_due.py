@@ -16,7 +16,7 @@ from parley_core.errors import FailedPrecondition
 from parley_core.testing.events import received
 from parley_messaging.domain import Channel, ChannelDirectory, PostedMessage
 from parley_messaging.service import MessagingApp
-from parley_messaging.storage_due import NS_PER_DAY, StorageDue
+from parley_messaging.storage_due import NS_PER_DAY, StorageDue, check_retention_policy
 
 NOW_NS = 1_800_000_000 * 10**9
 
@@ -45,22 +45,35 @@ def test_an_expiry_marks_only_messages_sent_before_its_cutoff() -> None:
 
 
 @pytest.mark.parametrize(
-    ("days", "cutoff"),
+    ("policy", "days", "cutoff", "why"),
     [
-        (30, NOW_NS - 29 * NS_PER_DAY),  # not 30 days ago by messaging's clock
-        (0, NOW_NS - 400 * NS_PER_DAY),  # 0 days is "keep forever", never an expiry
-        (1, NOW_NS),  # everything up to now
+        (30, 30, NOW_NS - 29 * NS_PER_DAY, "is not 30 day"),  # not 30 days ago by messaging's clock
+        (30, 1, NOW_NS - 2 * NS_PER_DAY, "is not 30 day"),  # the fact's own days decide nothing
+        (1, 1, NOW_NS, "is not 1 day"),  # everything up to now
+        (0, 30, NOW_NS - 400 * NS_PER_DAY, "no retention policy is recorded"),  # none set: keep forever
     ],
 )
-async def test_a_retention_fact_with_a_cutoff_too_recent_is_refused(days: int, cutoff: int) -> None:
+def test_a_retention_fact_no_recorded_policy_covers_is_refused(policy: int, days: int, cutoff: int, why: str) -> None:
+    channel = channel_with()
+    channel.retention_days = policy
     due = RetentionDue(channel_id="c1", channel_seqs=[1], retention_days=days, sent_before_unix_ns=cutoff)
+    with pytest.raises(FailedPrecondition, match=why):
+        check_retention_policy(channel, due, now_ns=NOW_NS)
+    channel.retention_days = 30
+    check_retention_policy(
+        channel, RetentionDue(channel_id="c1", sent_before_unix_ns=NOW_NS - 31 * NS_PER_DAY), now_ns=NOW_NS
+    )
+
+
+async def test_a_retention_fact_for_a_channel_messaging_does_not_know_is_refused() -> None:
+    due = RetentionDue(channel_id="c1", channel_seqs=[1], retention_days=1, sent_before_unix_ns=0)
     fact = received(
         NewEvent(aggregate_type="retention", aggregate_id="c1", payload=due, actor="service:storage"),
         stream_seq=1,
         stream="STORE",
         subject="parley.storage.due.messaging.expiry.c1",
     )
-    with pytest.raises(Refused, match="in the past"):
+    with pytest.raises(Refused, match="no retention policy covers it"):
         await StorageDue(MessagingApp(), now_ns=lambda: NOW_NS).handle([fact])
 
 

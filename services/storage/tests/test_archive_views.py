@@ -105,7 +105,7 @@ async def test_every_reader_reads_each_stream_as_the_matrix_says(stack: Stack) -
         if role == "member":
             member = account  # the one whose account and audit records are read
     # An event in every stream: accounts (AUTH) and their audit records (SEC), a channel and a
-    # message (MSG), a publisher key (PATCH), a retention policy (STORE).
+    # message (MSG), a publisher key (PATCH), a key-encryption key rotation (STORE).
     gateway = stack.gateway()
     channel = await gateway.CreateChannel(
         messaging_pb2.CreateChannelRequest(name="matrix"), metadata=tokens["member"], timeout=TIMEOUT_S
@@ -122,15 +122,13 @@ async def test_every_reader_reads_each_stream_as_the_matrix_says(stack: Stack) -
         timeout=TIMEOUT_S,
     )
     operator = storage_pb2_grpc.StorageArchiveServiceStub(stack.internal("storage", identity="platform"))
-    await operator.SetRetentionPolicy(
-        storage_pb2.SetRetentionPolicyRequest(channel_id=channel.channel_id, days=30), timeout=TIMEOUT_S
-    )
+    await operator.RotateKeyEncryptionKey(storage_pb2.RotateKeyEncryptionKeyRequest(), timeout=TIMEOUT_S)
     aggregates = {
         "AUTH": ("user", member.user_id),
         "MSG": ("channel", channel.channel_id),
         "SEC": ("security", member.user_id),
         "PATCH": ("release", "messaging"),
-        "STORE": ("retention", channel.channel_id),
+        "STORE": ("kek", "storage"),
     }
 
     async def all_archived() -> bool:

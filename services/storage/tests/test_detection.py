@@ -341,25 +341,13 @@ async def test_retention_of_a_day_and_not_of_a_month(stack: Stack, nats_server: 
     await stack.create_user(owner, "member")
     md = bearer((await stack.login(owner)).access_token)
     gateway = stack.gateway()
-    operator = storage_pb2_grpc.StorageArchiveServiceStub(stack.internal("storage", identity="platform"))
     channels: dict[str, str] = {}
     for name, days in (("usual", 30), ("forever", 0), ("wiped", 1)):
         channel = await gateway.CreateChannel(
             messaging_pb2.CreateChannelRequest(name=name), metadata=md, timeout=TIMEOUT_S
         )
         channels[channel.channel_id] = name
-        request = storage_pb2.SetRetentionPolicyRequest(channel_id=channel.channel_id, days=days)
-
-        async def set_policy(request: storage_pb2.SetRetentionPolicyRequest = request) -> bool | None:
-            try:
-                await operator.SetRetentionPolicy(request, timeout=TIMEOUT_S)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.NOT_FOUND:  # not archived yet
-                    raise
-                return None
-            return True
-
-        await eventually(set_policy, f"channel {name}'s retention set", TIMEOUT_S)
+        await stack.set_retention(channel.channel_id, days)
     found = await first_of(nats_server, SHORT_RETENTION)
     assert [channels[a.evidence["channel_id"]] for a in found] == ["wiped"]  # false positives: 0
     assert found[0].evidence["days"] == "1"

@@ -126,9 +126,7 @@ async def test_retention_removes_an_expired_message_from_history_messaging_and_t
     await edit(stack, token, cid, 2, "old text, edited today")
     edit_at = await newest(js, cid)
 
-    operator = storage_pb2_grpc.StorageArchiveServiceStub(stack.internal("storage", identity="platform"))
-    policy = storage_pb2.SetRetentionPolicyRequest(channel_id=cid, days=30)
-    assert (await operator.SetRetentionPolicy(policy, timeout=TIMEOUT_S)).removed_now == 1
+    assert (await stack.set_retention(cid, 30)).removed_now == 1
     assert await history(stack, token, cid) == [(1, "recent text", False)]  # at once, when the call returns
 
     marker_at = await newest(js, cid)
@@ -142,19 +140,22 @@ async def test_retention_removes_an_expired_message_from_history_messaging_and_t
     assert await in_log(js, "MSG", recent_at)
     assert await in_log(js, "MSG", marker_at)
 
-    # A repeated call finds nothing more and appends no second marker.
-    assert (await operator.SetRetentionPolicy(policy, timeout=TIMEOUT_S)).removed_now == 0
+    # A repeated call finds nothing more and appends no second marker (nor a second policy).
+    assert (await stack.set_retention(cid, 30)).removed_now == 0
     assert await newest(js, cid) == marker_at
     assert await send(stack, token, cid, "after retention") == 3  # not a second #2
-    for bad, code in (
-        ("parley.msg.>", grpc.StatusCode.INVALID_ARGUMENT),
-        (uuid.uuid4().hex, grpc.StatusCode.NOT_FOUND),
+    operator = storage_pb2_grpc.StorageArchiveServiceStub(stack.internal("storage", identity="platform"))
+    for bad, days, code in (
+        ("parley.msg.>", 30, grpc.StatusCode.INVALID_ARGUMENT),
+        (uuid.uuid4().hex, 30, grpc.StatusCode.NOT_FOUND),
+        (cid, 1, grpc.StatusCode.FAILED_PRECONDITION),  # not what messaging recorded: applies nothing
     ):
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await operator.SetRetentionPolicy(
-                storage_pb2.SetRetentionPolicyRequest(channel_id=bad, days=30), timeout=TIMEOUT_S
+                storage_pb2.SetRetentionPolicyRequest(channel_id=bad, days=days), timeout=TIMEOUT_S
             )
         assert refused.value.code() == code
+    assert "messaging has recorded 30 retention days" in (refused.value.details() or "")
 
 
 async def test_the_operator_and_an_auditor_list_the_retention_policies(stack: Stack) -> None:
@@ -163,8 +164,7 @@ async def test_the_operator_and_an_auditor_list_the_retention_policies(stack: St
     operator = storage_pb2_grpc.StorageArchiveServiceStub(stack.internal("storage", identity="platform"))
     before = time.time_ns()
     for cid, days in ((second, 7), (first, 30)):
-        request = storage_pb2.SetRetentionPolicyRequest(channel_id=cid, days=days)
-        await operator.SetRetentionPolicy(request, timeout=TIMEOUT_S)
+        await stack.set_retention(cid, days)
 
     await stack.create_user(auditor := f"aud{uuid.uuid4().hex[:8]}", "security-auditor")
     auditor_token = bearer((await stack.login(auditor)).access_token)
@@ -185,9 +185,7 @@ async def test_the_operator_and_an_auditor_list_the_retention_policies(stack: St
     assert "security-auditor" in (refused.value.details() or "")
 
     # Keeping a channel's messages forever again is no policy at all.
-    await operator.SetRetentionPolicy(
-        storage_pb2.SetRetentionPolicyRequest(channel_id=second, days=0), timeout=TIMEOUT_S
-    )
+    await stack.set_retention(second, 0)
     listed = await operator.ListRetentionPolicies(listing, timeout=TIMEOUT_S)
     assert [p.channel_id for p in listed.policies] == [first]
 

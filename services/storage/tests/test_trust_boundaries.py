@@ -22,7 +22,7 @@ from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 from parley.auth.v1.events_pb2 import AccountErased, SecurityEventRecorded
-from parley.messaging.v1 import messaging_pb2
+from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.messaging.v1.events_pb2 import MemberJoined, MessagePosted
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from parley.storage.v1.events_pb2 import (
@@ -31,13 +31,17 @@ from parley.storage.v1.events_pb2 import (
     LogDeletionDue,
     LoggedEventRef,
     RetentionDue,
+    SessionRevocationDue,
+    SessionStepUpDue,
+    SourceSlowdownDue,
 )
 
 from parley_core.bus import FOREIGN_EVENT
 from parley_core.envelope import NewEvent, decode, open_payload, seal
+from parley_core.runner import secure_channel
 from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
-from parley_core.testing.waiting import eventually
+from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer, start_service
+from parley_core.testing.waiting import eventually, until
 from parley_core.topology import SERVICES, channel_subject, due_subject, parked_subject, username_subject
 
 Token = tuple[tuple[str, str]]
@@ -162,7 +166,7 @@ async def test_a_stolen_storage_credential_cannot_remove_someone_elses_account_o
     # mallory was requested through auth.
     for service, why in (
         ("messaging", "was requested through auth"),
-        ("messaging", "is not 1 day(s)"),
+        ("messaging", "no retention policy is recorded"),
         ("auth", "was requested through auth"),
     ):
         await eventually(lambda s=service, w=why: refusal(platform, s, w), f"{service} refusing a fact ({why})")
@@ -319,15 +323,12 @@ async def _count(stack: Stack, token: Token, channel_id: str, n: int) -> bool | 
     return True if len(await history(stack, token, channel_id)) == n else None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12, open: messaging checks a retention fact's cutoff only, not that an operator set a policy;"
-    " the policy record (RetentionPolicySet on STORE) is storage's own, as forgeable as the fact",
-)
 async def test_a_stolen_storage_credential_cannot_expire_a_channel_no_retention_policy_covers(
     stack: Stack, nats_server: NatsTestServer
 ) -> None:
-    """A RetentionDue for a channel with no retention policy: its messages older than a day stay."""
+    """A RetentionDue for a channel with no retention policy: its messages older than a day stay.
+    Then the operator sets a 30-day policy (messaging records it, on MSG, where storage cannot
+    write): a fact with a shorter cutoff is refused too, and only one the policy covers expires."""
     _, token, _ = await register(stack, "alice")
     channel = await stack.gateway().CreateChannel(
         messaging_pb2.CreateChannelRequest(name="kept"), metadata=token, timeout=TIMEOUT_S
@@ -357,3 +358,112 @@ async def test_a_stolen_storage_credential_cannot_expire_a_channel_no_retention_
     assert await eventually(decided, "messaging deciding on the fact") != "expired"
     assert sent.channel_seq in messaging.channels.get(cid).messages
     assert [m.body for m in await history(stack, token, cid)] == ["old"]
+
+    assert "no retention policy is recorded" in (await refusal(platform, "messaging", "retention policy") or "")
+
+    await stack.set_retention(cid, 30)  # nothing is 30 days old by storage's (real) clock
+    assert messaging.channels.get(cid).retention_days == 30
+    shorter = RetentionDue(
+        channel_id=cid, channel_seqs=[sent.channel_seq], retention_days=1, sent_before_unix_ns=posted_at
+    )
+    await storage.publish(due_subject("messaging", "expiry", cid), envelope("retention", cid, shorter))
+    await eventually(lambda: refusal(platform, "messaging", "is not 30 day(s)"), "messaging refusing a 1-day cutoff")
+    assert sent.channel_seq in messaging.channels.get(cid).messages
+
+    messaging.storage_due._now_ns = lambda: posted_at + 31 * NS_PER_DAY  # now the policy covers it
+    covered = RetentionDue(
+        channel_id=cid, channel_seqs=[sent.channel_seq], retention_days=30, sent_before_unix_ns=posted_at + 1
+    )
+    await storage.publish(due_subject("messaging", "expiry", cid), envelope("retention", cid, covered))
+    await until(lambda: sent.channel_seq not in messaging.channels.get(cid).messages, "the covered expiry")
+
+
+async def test_a_stolen_storage_credential_cannot_revoke_step_up_or_slow_without_a_findings_evidence(
+    stack: Stack, nats_server: NatsTestServer
+) -> None:
+    """The detector's responses, forged: a revocation and a step-up of an ordinary session (its
+    account's only one, used from one address) and a slow-down of an address nobody failed a
+    login from. Auth finds no evidence of any rule in its own records, refuses each on the audit
+    trail and parks it: the session works, the address logs in."""
+    victim, token, name = await register(stack, "victim")
+    storage = (await nats_server.connect("storage")).jetstream()  # the stolen credential
+    platform = (await nats_server.connect("platform")).jetstream()
+    sid = victim.session_id
+    forged: list[tuple[str, str, Message]] = [
+        (
+            "revoke",
+            sid,
+            SessionRevocationDue(session_id=sid, user_id=victim.user_id, anomaly_event_id="f1", reason="x"),
+        ),
+        ("stepup", sid, SessionStepUpDue(session_id=sid, user_id=victim.user_id, anomaly_event_id="f2", reason="x")),
+        (
+            "slow",
+            "f3",
+            SourceSlowdownDue(source="ipv4:127.0.0.1", until_unix=time.time() + 86_400, anomaly_event_id="f3"),
+        ),
+    ]
+    for kind, key, fact in forged:
+        await storage.publish(due_subject("auth", kind, key), envelope("session", key, fact))
+
+    for what in ("revocation", "step-up", "slow-down"):
+        await eventually(
+            lambda w=what: refusal(platform, "auth", f"no evidence for the {w}"), f"auth refusing the {what}"
+        )
+    refused = await eventually(
+        lambda: sec_record(platform, "anomaly_response_refused", victim.user_id), "the refusal on the audit trail"
+    )
+    assert "no evidence" in refused.detail
+    await eventually(lambda: sec_record(platform, "anomaly_response_refused", "unknown"), "the slow-down's refusal")
+    assert await sec_record(platform, "session_revoked", victim.user_id) is None
+    assert await sec_record(platform, "step_up_required", victim.user_id) is None
+    session = stack.app("auth").sessions.get(sid)
+    assert not session.revoked
+    assert not session.step_up_required
+    sessions = await stack.gateway().ListSessions(auth_pb2.ListSessionsRequest(), metadata=token, timeout=TIMEOUT_S)
+    assert sid in [s.session_id for s in sessions.sessions]  # the token still works
+    assert (await stack.login(name)).user_id == victim.user_id  # the address is not held back
+
+
+async def test_a_stolen_messaging_credential_deleting_a_channels_newest_message_frees_no_number(
+    stack: Stack, nats_server: NatsTestServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Messaging may delete from MSG (erasure, retention, redaction reach the log through it), so
+    its credential can delete a channel's newest post. An instance that rebuilds from that log
+    (a restart) finds the lost number in the archive and numbers the next message after it."""
+    caplog.set_level(logging.ERROR, logger="parley_messaging.log_tail")
+    _, token, _ = await register(stack, "alice")
+    channel = await stack.gateway().CreateChannel(
+        messaging_pb2.CreateChannelRequest(name="numbers"), metadata=token, timeout=TIMEOUT_S
+    )
+    cid = channel.channel_id
+    for body in ("one", "two"):
+        request = messaging_pb2.PostMessageRequest(channel_id=cid, body=body, idempotency_key=uuid.uuid4().hex)
+        await stack.gateway().SendMessage(request, metadata=token, timeout=TIMEOUT_S)
+    await eventually(lambda: _count(stack, token, cid, 2), "both messages archived")
+    platform = (await nats_server.connect("platform")).jetstream()
+    newest = await platform.get_last_msg("MSG", channel_subject(cid))
+    messaging_js = (await nats_server.connect("messaging")).jetstream()  # the stolen credential
+    assert await messaging_js.delete_msg("MSG", newest.seq)
+    assert not await in_log(platform, "MSG", newest.seq)
+    # The running instance still holds #2: its append guard fails, and nothing is numbered twice.
+    request = messaging_pb2.PostMessageRequest(channel_id=cid, body="frozen", idempotency_key=uuid.uuid4().hex)
+    with pytest.raises(grpc.aio.AioRpcError) as frozen:
+        await stack.gateway().SendMessage(request, metadata=token, timeout=TIMEOUT_S)
+    assert frozen.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    restarted = await start_service(stack, nats_server, "messaging", registration="open")
+    try:
+        link = secure_channel(stack.pki, identity="gateway", address=f"127.0.0.1:{restarted.port}", peer="messaging")
+        stack.channels.append(link)
+        request = messaging_pb2.PostMessageRequest(channel_id=cid, body="three", idempotency_key=uuid.uuid4().hex)
+        sent = await messaging_pb2_grpc.MessagingServiceStub(link).PostMessage(
+            request, metadata=token, timeout=TIMEOUT_S
+        )
+    finally:
+        await restarted.shutdown()
+    assert sent.channel_seq == 3  # not a second #2
+    gaps = [r for r in caplog.records if getattr(r, "security_event", "") == "event_log_gap"]
+    assert [(r.channel_id, r.lost_seqs) for r in gaps] == [(cid, [newest.seq])]  # type: ignore[attr-defined]
+    # The archive kept what the log lost, and the new message shows beside it, not hidden behind it.
+    await eventually(lambda: _count(stack, token, cid, 3), "three messages in history")
+    assert [m.body for m in await history(stack, token, cid)] == ["one", "two", "three"]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 from parley.auth.v1 import auth_pb2
+from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from parley_cli.admin import _account, _auth  # the operator's auth connection: one way to reach it
@@ -40,18 +41,25 @@ KEYRING_CHANGED = (
 
 
 @asynccontextmanager
-async def _archive(args: argparse.Namespace) -> AsyncIterator[storage_pb2_grpc.StorageArchiveServiceAsyncStub]:
+async def _as_operator(args: argparse.Namespace, service: str) -> AsyncIterator[grpc.aio.Channel]:
+    """The platform identity over mutual TLS, straight to `service`; its refusals as ParleyError."""
     from parley_core.pki import ensure_pki
 
-    address = load_running_state(args.data_dir)["services"]["storage"]["address"]
+    address = load_running_state(args.data_dir)["services"][service]["address"]
     pki = ensure_pki(args.data_dir / "pki", [PLATFORM_USER])
-    channel = secure_channel(pki, identity=PLATFORM_USER, address=address, peer="storage")
+    channel = secure_channel(pki, identity=PLATFORM_USER, address=address, peer=service)
     try:
-        yield storage_pb2_grpc.StorageArchiveServiceStub(channel)
+        yield channel
     except grpc.aio.AioRpcError as exc:
         raise ParleyError(exc.code(), exc.details() or exc.code().name) from None
     finally:
         await channel.close()
+
+
+@asynccontextmanager
+async def _archive(args: argparse.Namespace) -> AsyncIterator[storage_pb2_grpc.StorageArchiveServiceAsyncStub]:
+    async with _as_operator(args, "storage") as channel:
+        yield storage_pb2_grpc.StorageArchiveServiceStub(channel)
 
 
 def looks_like_id(text: str) -> bool:
@@ -208,8 +216,10 @@ def operator_only(args: argparse.Namespace, what: str) -> None:
 
 
 async def cmd_retention(args: argparse.Namespace) -> int:
-    """The operator's policy for one channel, applied at once (storage's SetRetentionPolicy);
-    without arguments, every channel's policy (ListRetentionPolicies)."""
+    """The operator's policy for one channel: recorded by messaging, the channels' owner, which
+    expires nothing no policy of its record covers (SetChannelRetention), then applied at once
+    by storage (SetRetentionPolicy); without arguments, every channel's policy
+    (ListRetentionPolicies)."""
     if not args.channel_id:
         return await _list_retention(args)
     operator_only(args, "setting a retention policy")
@@ -219,6 +229,9 @@ async def cmd_retention(args: argparse.Namespace) -> int:
         raise SystemExit(
             f"DAYS is a number of days up to {MAX_RETENTION_DAYS}, 0 to keep the channel's messages forever"
         )
+    policy = messaging_pb2.SetChannelRetentionRequest(channel_id=args.channel_id, days=args.days)
+    async with _as_operator(args, "messaging") as channel:
+        await messaging_pb2_grpc.MessagingServiceStub(channel).SetChannelRetention(policy, timeout=TIMEOUT_S)
     request = storage_pb2.SetRetentionPolicyRequest(channel_id=args.channel_id, days=args.days)
     async with _archive(args) as archive:
         result = await archive.SetRetentionPolicy(request, timeout=TIMEOUT_S)
@@ -283,7 +296,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     retention = sub.add_parser(
         "retention",
         help="how long a channel keeps its messages; older ones are removed everywhere (operator)",
-        description="With CHANNEL_ID and DAYS, set that channel's policy (applied at once, then hourly); "
+        description="With CHANNEL_ID and DAYS, set that channel's policy (recorded by messaging, which expires "
+        "nothing else; applied by storage at once, then hourly); "
         "without arguments, list every channel's policy (the operator, or a security auditor with --as).",
     )
     retention.add_argument(

@@ -36,6 +36,8 @@ class Permission(StrEnum):
     PATCHES_ROLLOUT = "patches.rollout"
     DEVICE_KEYS = "keys.devices"  # publish one's device keys, claim others' one-time keys
     SIGNING_KEYS = "keys.signing"  # rotate and retire the access-token signing keys
+    # Set a channel's retention policy (messaging's record, which its expiry checks follow).
+    RETENTION_MANAGE = "retention.manage"
 
 
 P = Permission
@@ -192,6 +194,7 @@ METHOD_PERMISSIONS: dict[str, Permission | None] = {
     "/parley.messaging.v1.MessagingService/MarkRead": P.MESSAGES_READ,
     "/parley.messaging.v1.MessagingService/ListInvitations": P.MESSAGES_READ,
     "/parley.messaging.v1.MessagingService/DeclineInvitation": P.CHANNELS_JOIN,
+    "/parley.messaging.v1.MessagingService/SetChannelRetention": P.RETENTION_MANAGE,
     "/parley.messaging.v1.DeviceKeyService/SendToDevice": P.DEVICE_KEYS,
     "/parley.messaging.v1.DeviceKeyService/FetchToDevice": P.DEVICE_KEYS,
     # storage
@@ -331,6 +334,7 @@ PLATFORM_METHODS = frozenset(
         "/parley.auth.v1.AuthService/UnlockAccount",
         "/parley.auth.v1.AuthService/LiftSourceSlowdown",
         "/parley.auth.v1.AuthService/RequestErasure",
+        "/parley.messaging.v1.MessagingService/SetChannelRetention",
         "/parley.fleet.v1.FleetService/ListInstances",
     }
 )

@@ -175,6 +175,13 @@ class LockoutBook:
             self._sweep(now)
         return started
 
+    def accounts_failed_from(self, source: str, *, since: float) -> int:
+        """How many accounts (keys) failed from this address at or after `since`: the evidence
+        a password-spraying response must have (anomaly_evidence.py)."""
+        return sum(
+            1 for by_source in self._pairs.values() if (c := by_source.get(source)) and c.last_failure_at >= since
+        )
+
     def _sweep(self, now: float) -> None:
         self._since_sweep = 0
         for username in list(self._pairs):

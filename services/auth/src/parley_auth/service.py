@@ -62,6 +62,7 @@ from parley.auth.v1.events_pb2 import (
 from prometheus_client import Counter
 
 from parley_auth import keys, mfa
+from parley_auth.anomaly_evidence import DetectionWindows, EvidenceRules
 from parley_auth.audit_key import AUDIT_KEY_FILE, AuditSigner
 from parley_auth.domain import (
     DEFAULT_ROLE,
@@ -299,6 +300,8 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         # Who holds each username subject, and the erasure tombstones applied (storage_due.py).
         self.username_holders: dict[str, str] = {}
         self.erasure_markers: set[str] = set()
+        # What a detector's response must find in this projection before auth carries it out.
+        self.evidence = EvidenceRules(DetectionWindows())
         self.erased_users: set[str] = set()  # accounts auth tombstoned: only theirs leave AUTH
         self.erasure_requests: set[str] = set()  # accounts whose erasure was requested through auth
         self._due: DurableConsumer | None = None
@@ -491,11 +494,14 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                 self.mfa_required_roles.discard(payload.role)
             return
         if isinstance(payload, SessionStarted):
+            earlier = self.sessions.of_user(payload.user_id)
             self.sessions.sessions[payload.session_id] = Session(
                 session_id=payload.session_id,
                 user_id=payload.user_id,
                 started_at=at,
                 source=payload.source,
+                first_from_source=bool(earlier) and all(s.source != payload.source for s in earlier),
+                last_source=payload.source,
                 mfa=payload.mfa,
                 current=self._unsealed(
                     payload.sealed_refresh_token_sha256, payload.refresh_token_sha256, REFRESH_TOKEN, payload.session_id
@@ -511,6 +517,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                 return
             session.last_seq, session.version = event.stream_seq, session.version + 1
             if isinstance(payload, RefreshTokenRotated):
+                self._note_source(session, payload.source, at)
                 sealed, plain, owner = payload.sealed_previous_sha256, payload.previous_sha256, payload.session_id
                 previous = self._unsealed(sealed, plain, REFRESH_TOKEN, owner)
                 sealed, plain = payload.sealed_refresh_token_sha256, payload.refresh_token_sha256
@@ -519,6 +526,16 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                 session.revoked_reason = payload.reason or "revoked"
             else:
                 session.step_up_required = True
+
+    def _note_source(self, session: Session, source: str, at: float) -> None:
+        """A refresh from another address than the session's last use, soon after it: what the
+        two-sources rule counts, and so what its response must find (anomaly_evidence.py)."""
+        if not source:
+            return
+        window = self.evidence.windows.two_sources_window_s
+        if session.last_source and source != session.last_source and at - session.last_refreshed_at <= window:
+            session.switched_source_at = at
+        session.last_source = source
 
     def _apply_signing_key(
         self, payload: SigningKeyPublished | SigningKeyRetired, event: ReceivedEvent, at: float

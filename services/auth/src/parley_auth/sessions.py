@@ -54,6 +54,12 @@ class Session:
     last_refreshed_at: float = 0.0
     revoked_reason: str = ""
     step_up_required: bool = False  # SessionStepUpRequired: the anomaly detector's response
+    # What a detector's response about this session must find (anomaly_evidence.py): started
+    # from an address its account never used before; refreshed from another address than its
+    # last use's, soon after it (when, and from where it was last used).
+    first_from_source: bool = False
+    switched_source_at: float = 0.0
+    last_source: str = ""
     last_seq: int = 0  # subject sequence of the newest event, for optimistic appends
     version: int = 0
 

@@ -1,6 +1,8 @@
 """Auth marks an erased account's username when storage says the erasure is due, and revokes a
-session or holds back an address's logins when storage's anomaly detector asks
-(SessionRevocationDue, SourceSlowdownDue, below).
+session, requires its step-up or holds back an address's logins when storage's anomaly detector
+asks (SessionRevocationDue, SessionStepUpDue, SourceSlowdownDue, below) and auth's own records
+show what the asking rule counted (anomaly_evidence.py); else it records
+`anomaly_response_refused` on the audit chain and parks the fact.
 
 Storage writes nothing to AUTH. Before it deletes an erased user's account events from the log,
 it records `AccountErasureDue` on its STORE stream (parley.storage.due.auth.>, the only part of
@@ -48,15 +50,21 @@ from parley_core.envelope import NewEvent, UnknownEventType, open_payload
 from parley_core.errors import Unavailable
 from parley_core.log_deletion import ERASURE, DeletionRefused, LoggedEventToDelete, delete_checked, personal_data_of
 from parley_core.markers import account_erasure_marker
+from parley_core.sources import budget_key
 from parley_core.topology import username_subject
 
 if TYPE_CHECKING:
     from parley_auth.service import AuthApp
+    from parley_auth.sessions import Session
 
 MAX_SOURCE = 256
 MAX_SLOWDOWN_S = 86400.0
 USER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 USERNAME_KEY = re.compile(r"[0-9a-f]{64}")  # domain.username_key: a SHA-256 in hex
+
+
+class NoEvidenceYet(Exception):
+    """A detector's response whose evidence auth does not hold yet: redelivered once, then refused."""
 
 
 class StorageDue:
@@ -76,18 +84,45 @@ class StorageDue:
             elif isinstance(payload, LogDeletionDue):
                 await self._delete(payload, event)
             elif isinstance(payload, SessionRevocationDue):
-                await self._revoke(payload)
+                await self._revoke(payload, event)
             elif isinstance(payload, SourceSlowdownDue):
-                await self._slow(payload)
+                await self._slow(payload, event)
             elif isinstance(payload, SessionStepUpDue):
-                session = self._app.sessions.get(payload.session_id)
-                if session is None or session.user_id != payload.user_id:
-                    raise Refused(f"no session {payload.session_id!r} of user {payload.user_id!r} to step up")
-                reason = payload.reason or f"anomaly {payload.anomaly_event_id}"
-                try:
-                    await self._app.require_step_up(session, reason, payload.anomaly_event_id)
-                except Unavailable as exc:  # the audit chain refused the record: nothing was changed
-                    raise RetryLater(str(exc)) from exc
+                await self._step_up(payload, event)
+
+    async def _step_up(self, due: SessionStepUpDue, fact: ReceivedEvent) -> None:
+        session = self._app.sessions.get(due.session_id)
+        if session is None or session.user_id != due.user_id:
+            raise Refused(f"no session {due.session_id!r} of user {due.user_id!r} to step up")
+        if session.revoked or session.step_up_required:
+            return  # carried out already, or moot
+        await self._require_session_evidence(session, "step-up", fact)
+        try:
+            await self._app.require_step_up(
+                session, due.reason or f"anomaly {due.anomaly_event_id}", due.anomaly_event_id
+            )
+        except Unavailable as exc:  # the audit chain refused the record: nothing was changed
+            raise RetryLater(str(exc)) from exc
+
+    async def _require_session_evidence(self, session: Session, what: str, fact: ReceivedEvent) -> None:
+        """A rule that names a session could have named this one now (anomaly_evidence.py)."""
+        if self._app.evidence.session_evidence(session, time.time()) is None:
+            await self._no_evidence(
+                what,
+                session.user_id,
+                fact,
+                f"session {session.session_id} started from an address its account had used before and was"
+                " not used from a second one lately",
+            )
+
+    async def _no_evidence(self, what: str, user_id: str, fact: ReceivedEvent, why: str) -> None:
+        """Looked at twice, a moment apart (a failure is counted on AUTH just after its audit
+        record, which the detector reads): then refused on the audit trail and parked."""
+        if fact.num_delivered < 2:
+            raise NoEvidenceYet(f"no evidence for the {what} yet")
+        await self._refuse(
+            "anomaly_response_refused", user_id, fact, f"no evidence for the {what} in auth's records: {why}"
+        )
 
     async def _delete(self, due: LogDeletionDue, fact: ReceivedEvent) -> None:
         """Delete the erased account's own events from AUTH, each checked, or none of them."""
@@ -118,12 +153,19 @@ class StorageDue:
             raise RetryLater(str(exc)) from exc
         raise Refused(why)
 
-    async def _slow(self, due: SourceSlowdownDue) -> None:
+    async def _slow(self, due: SourceSlowdownDue, fact: ReceivedEvent) -> None:
         """A detection's slow-the-source response: logins from the address wait until the time
-        the detector chose (a day at most, so a forged fact cannot lock an address out for good)."""
+        the detector chose (a day at most, so a forged fact cannot lock an address out for good),
+        and only an address auth itself counted a spraying's failed logins from."""
         if not due.source or len(due.source) > MAX_SOURCE or not due.anomaly_event_id:
             raise Refused(f"{due.source!r} is not a client address with the anomaly that asks it")
         until = min(due.until_unix, time.time() + MAX_SLOWDOWN_S)
+        if self._app.lockouts.slow_down_answered(budget_key(due.source), until):
+            return  # carried out already (a repeated fact, or a redelivery), or lifted since
+        if self._app.evidence.spraying_evidence(self._app.lockouts, budget_key(due.source), time.time()) is None:
+            accounts = self._app.evidence.windows.spraying_accounts
+            why = f"fewer than {accounts} accounts failed a login from {due.source} lately"
+            await self._no_evidence("slow-down", "", fact, why)
         slowed = SourceSlowed(
             source=due.source, until_unix=until, reason=due.reason[:300], anomaly_event_id=due.anomaly_event_id
         )
@@ -132,13 +174,17 @@ class StorageDue:
         except Unavailable as exc:  # the audit chain refused the record: nothing was changed
             raise RetryLater(str(exc)) from exc
 
-    async def _revoke(self, due: SessionRevocationDue) -> None:
+    async def _revoke(self, due: SessionRevocationDue, fact: ReceivedEvent) -> None:
         """A detection's response (storage's detector, parley_storage.detection): the session is
         revoked with the anomaly's reason, on the SEC trail as any revocation. Only the session's
-        own account's, and only once (a revoked session is left as it is)."""
+        own account's, only one a rule could have named, and only once (a revoked session is left
+        as it is)."""
         session = self._app.sessions.get(due.session_id)
         if session is None or session.user_id != due.user_id:
             raise Refused(f"no session {due.session_id!r} of user {due.user_id!r} to revoke")
+        if session.revoked:
+            return
+        await self._require_session_evidence(session, "revocation", fact)
         try:
             await self._app.revoke_for_anomaly(session, due.reason or f"anomaly {due.anomaly_event_id}")
         except Unavailable as exc:  # the audit chain refused the record: nothing was changed

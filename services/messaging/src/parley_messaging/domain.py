@@ -14,6 +14,7 @@ MAX_BODY_CHARS = 4000
 MAX_IDEMPOTENCY_KEY = 128
 MAX_TOPIC_CHARS = 500
 MAX_DIRECT_OTHERS = 7
+MAX_RETENTION_DAYS = 36_500  # a hundred years; 0 keeps a channel's messages forever
 OWNER, MODERATOR, MEMBER = "owner", "moderator", "member"
 IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0c8f5e-7f0a-4a53-9a0e-6c1f2f1d9e11")
 
@@ -91,6 +92,9 @@ class Channel:
     read_up_to: dict[str, int] = field(default_factory=dict)  # user -> read marker
     # Event ids of the erasure and expiry markers applied: each is appended once (markers.py).
     markers: set[str] = field(default_factory=set)
+    # The retention policy recorded on this channel (ChannelRetentionSet); 0: keep forever. The
+    # one record an expiry fact of storage's is checked against.
+    retention_days: int = 0
 
     def require_member(self, user_id: str) -> None:
         if user_id not in self.members:
@@ -236,7 +240,8 @@ class Channel:
             raise FailedPrecondition(f"messages {others} of channel {self.channel_id} were not sent by {user_id}")
 
     def check_expiry(self, channel_seqs: Iterable[int], sent_before_ns: int) -> None:
-        """Retention marks only messages sent before the policy's cutoff."""
+        """Retention marks only messages sent before the policy's cutoff (its age is checked by
+        storage_due against retention_days)."""
         recent = sorted(
             seq
             for seq in channel_seqs
@@ -394,6 +399,12 @@ class ChannelDirectory:
             ids = ", ".join(f"{c.channel_id} ({len(c.members)} members)" for c in found)
             raise FailedPrecondition(f"{len(found)} channels are named {name!r}: {ids}; join one by its id")
         return found[0]
+
+
+def validate_retention_days(days: int) -> int:
+    if days > MAX_RETENTION_DAYS:
+        raise InvalidArgument(f"days must be at most {MAX_RETENTION_DAYS} (or 0 to keep the messages forever)")
+    return days
 
 
 def validate_topic(topic: str) -> str:

@@ -16,6 +16,7 @@ from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.messaging.v1.events_pb2 import (
     ChannelCreated,
     ChannelRenamed,
+    ChannelRetentionSet,
     ChannelTopicChanged,
     InvitationDeclined,
     MemberBanned,
@@ -34,12 +35,14 @@ from parley.messaging.v1.events_pb2 import (
     ReactionRemoved,
     ReadMarkerMoved,
 )
+from parley.storage.v1 import storage_pb2_grpc
 
 from parley_core.bus import ConcurrencyConflict, DurableConsumer, ReceivedEvent, Replay
 from parley_core.envelope import NewEvent, UnknownEventType, open_payload
 from parley_core.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, Unavailable
-from parley_core.runner import RunContext
-from parley_core.topology import AUTH_FILTER, CONSUMERS, MESSAGING_FILTER, channel_subject
+from parley_core.runner import RunContext, peer_names
+from parley_core.tokens import bearer_token
+from parley_core.topology import AUTH_FILTER, CONSUMERS, MESSAGING_FILTER, PLATFORM_USER, channel_subject
 from parley_messaging.device_service import DeviceKeyServicer
 from parley_messaging.devices import AuthDirectory, validate_encrypted_body
 from parley_messaging.domain import (
@@ -54,8 +57,10 @@ from parley_messaging.domain import (
     validate_channel_name,
     validate_direct_members,
     validate_idempotency_key,
+    validate_retention_days,
     validate_topic,
 )
+from parley_messaging.log_tail import ArchivedTail
 from parley_messaging.reactions import reaction_emoji
 from parley_messaging.settings import MessagingSettings
 from parley_messaging.storage_due import StorageDue
@@ -148,6 +153,8 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         self._auth_replay: Replay | None = None
         self._due: DurableConsumer | None = None
         self.storage_due: StorageDue | None = None  # the checks on storage's due facts (its clock, for tests)
+        # Before a channel's first change here: numbers deleted from the log's tail stay taken.
+        self.log_tail = ArchivedTail(None)
         # One writer per aggregate (subject) inside this instance; see decide_and_append.
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -156,6 +163,10 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         # Users and devices (auth owns them) first, then channels and to-device queues.
         self._auth_replay = await ctx.bus.replay(stream="AUTH", filter_subject=AUTH_FILTER, handler=self._apply_auth)
         await self._auth_replay.wait_caught_up()
+        if ctx.settings.storage_addr:
+            self.log_tail = ArchivedTail(
+                storage_pb2_grpc.StorageArchiveServiceStub(ctx.channel_to(ctx.settings.storage_addr, "storage"))
+            )
         self._replay = await ctx.bus.replay(stream="MSG", filter_subject=MESSAGING_FILTER, handler=self._apply)
         await self._replay.wait_caught_up()
         # The markers storage waits for (an erasure, retention) are on the channels before any
@@ -250,6 +261,8 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
             channel.name = payload.name
         elif isinstance(payload, ChannelTopicChanged):
             channel.topic = payload.topic
+        elif isinstance(payload, ChannelRetentionSet):
+            channel.retention_days = payload.days
         elif isinstance(payload, MessagePosted):
             posted = PostedMessage(
                 channel_id=payload.channel_id,
@@ -547,6 +560,7 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
     async def _on_channel(self, channel_id: str, decide: Callable[[Channel], NewEvent | None]) -> Channel:
         if not channel_id:
             raise InvalidArgument("channel_id is required")
+        await self.log_tail.check(self.channels.get(channel_id))
         return await self.decide_and_append(channel_subject(channel_id), lambda: self.channels.get(channel_id), decide)
 
     async def _decide_on_channel(
@@ -686,6 +700,31 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
             return self._event(channel, actor, payload)
 
         return await self._decide_on_channel(request.channel_id, actor, decide)
+
+    async def SetChannelRetention(
+        self, request: messaging_pb2.SetChannelRetentionRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> messaging_pb2.SetChannelRetentionResponse:
+        """The operator's (or a `retention.manage` holder's) policy, recorded on the channel
+        before storage expires anything by it: storage's expiry facts are checked against it."""
+        actor = self._caller_or_platform(context)
+        days = validate_retention_days(request.days)
+
+        def decide(channel: Channel) -> NewEvent | None:
+            if channel.retention_days == days:
+                return None  # already so: a retry records nothing twice
+            return self._event(
+                channel, actor, ChannelRetentionSet(channel_id=channel.channel_id, days=days, set_by=actor)
+            )
+
+        await self._on_channel(request.channel_id, decide)
+        return messaging_pb2.SetChannelRetentionResponse(days=days, set_by=actor)
+
+    def _caller_or_platform(self, context: grpc.aio.ServicerContext[object, object]) -> str:
+        """The acting user's id, or "platform" for the operator's tooling (its certificate, no
+        token); the interceptor let only these through (rbac.PLATFORM_METHODS)."""
+        if bearer_token(context) is None and PLATFORM_USER in peer_names(context):
+            return PLATFORM_USER
+        return self.ctx.tokens.caller(context).user_id
 
     async def ListThread(
         self, request: messaging_pb2.ListThreadRequest, context: grpc.aio.ServicerContext[object, object]

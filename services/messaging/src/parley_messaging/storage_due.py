@@ -8,10 +8,12 @@ with the id parley_core.markers derives from the fact; storage deletes once it h
 
 A fact is checked against messaging's own projection first: an erasure marks only the erased
 user's posts, and only once auth recorded the erasure's request (AccountErasureRequested, in
-messaging's access view: storage's word alone erases nobody); an expiry only messages sent before
-a cutoff at least `retention_days` (one at least) in the past by messaging's own clock. A fact
-that asks for more is refused (parked with the reason): a stolen storage credential cannot remove
-another user's messages, or recent ones, through messaging.
+messaging's access view: storage's word alone erases nobody); an expiry only messages of a
+channel whose retention policy messaging recorded itself (ChannelRetentionSet, set by the
+operator through SetChannelRetention), sent before a cutoff at least that policy's days in the
+past by messaging's own clock. A fact that asks for more is refused (parked with the reason): a
+stolen storage credential cannot remove another user's messages, recent ones, or any of a
+channel no policy covers, through messaging.
 
 Messaging also deletes from MSG, the only NATS user that may, what storage's `LogDeletionDue`
 names (parley_core.log_deletion), each event checked against its own stream and channels: for an
@@ -144,22 +146,18 @@ class StorageDue:
 
     async def _expired(self, due: RetentionDue) -> None:
         _check_ids(due.channel_id)
-        latest = self._now_ns() - due.retention_days * NS_PER_DAY + CLOCK_SKEW_NS
-        if due.retention_days < 1 or due.sent_before_unix_ns > latest:
-            raise Refused(
-                f"retention of channel {due.channel_id}: a cutoff {due.sent_before_unix_ns} is not "
-                f"{due.retention_days} day(s) (one at least) in the past"
-            )
+        if due.channel_id not in self._app.channels:
+            raise Refused(f"retention of channel {due.channel_id}: no such channel, so no retention policy covers it")
         marker = expiry_marker(due.channel_id, due.channel_seqs)
+
+        def check(channel: Channel) -> None:
+            check_retention_policy(channel, due, now_ns=self._now_ns())
+            channel.check_expiry(due.channel_seqs, due.sent_before_unix_ns)
+
         payload = MessagesExpired(
             channel_id=due.channel_id, channel_seqs=due.channel_seqs, retention_days=due.retention_days
         )
-        await self._mark(
-            due.channel_id,
-            marker,
-            payload,
-            lambda channel: channel.check_expiry(due.channel_seqs, due.sent_before_unix_ns),
-        )
+        await self._mark(due.channel_id, marker, payload, check)
 
     async def _mark(self, channel_id: str, marker: Marker, payload: Message, check: Callable[[Channel], None]) -> None:
         event = NewEvent(
@@ -176,6 +174,8 @@ class StorageDue:
             await self._app.append_unchecked(subject, event)
             return
 
+        await self._app.log_tail.check(self._app.channels.get(channel_id))
+
         def decide(channel: Channel) -> NewEvent | None:
             if marker.event_id in channel.markers:
                 return None  # marked already: a repeated fact, or a redelivery
@@ -186,6 +186,25 @@ class StorageDue:
             return event
 
         await self._app.decide_and_append(subject, lambda: self._app.channels.get(channel_id), decide)
+
+
+def check_retention_policy(channel: Channel, due: RetentionDue, *, now_ns: int) -> None:
+    """The policy messaging itself recorded on the channel (ChannelRetentionSet, which only the
+    operator or a `retention.manage` holder sets) covers the fact: a policy is set, and the
+    cutoff is at least its days in the past by messaging's own clock. The fact's own
+    retention_days is storage's word and decides nothing."""
+    days = channel.retention_days
+    if days < 1:
+        raise FailedPrecondition(
+            f"retention of channel {channel.channel_id}: no retention policy is recorded for it"
+            " (set one with `parley retention`)"
+        )
+    latest = now_ns - days * NS_PER_DAY + CLOCK_SKEW_NS
+    if due.sent_before_unix_ns > latest:
+        raise FailedPrecondition(
+            f"retention of channel {channel.channel_id}: a cutoff {due.sent_before_unix_ns} is not "
+            f"{days} day(s) in the past, as its retention policy says"
+        )
 
 
 def _check_ids(*ids: str) -> None:

@@ -16,6 +16,7 @@ from google.protobuf.message import DecodeError, Message
 from parley.common.v1.envelope_pb2 import EventEnvelope
 from parley.messaging.v1.events_pb2 import (
     ChannelCreated,
+    ChannelRetentionSet,
     MemberBanned,
     MemberJoined,
     MemberKicked,
@@ -366,6 +367,10 @@ class SqlEventArchive:
             self._remove_texts(conn, payload.channel_id, payload.channel_seqs, reason=EXPIRED_BY_RETENTION)
         elif isinstance(payload, MemberLeft | MemberKicked | MemberBanned):
             _apply_member_left(conn, payload)
+        elif isinstance(payload, ChannelRetentionSet):
+            # Messaging's record is the policy; the retention job reads this copy of it.
+            set_at_ns = env.occurred_at.ToNanoseconds()
+            _set_retention(conn, payload.channel_id, payload.days, set_by=payload.set_by, set_at_ns=set_at_ns)
         if isinstance(payload, MessagePosted | MessageEdited) and late:
             # Retried after its redaction or expiry was archived (out of order): remove this text too.
             reason = _archived_removal(self, conn, payload.channel_id, payload.channel_seq)
@@ -726,18 +731,12 @@ class SqlEventArchive:
         return await self.run("count_events_under", work)
 
     async def set_retention(self, channel_id: str, days: int, *, set_by: str) -> None:
-        """Keep a channel's messages for ``days`` days; 0 removes the policy (keep forever)."""
-
-        def work(conn: Connection) -> None:
-            conn.execute(retention_policies.delete().where(retention_policies.c.channel_id == channel_id))
-            if days:
-                conn.execute(
-                    insert(retention_policies).values(
-                        channel_id=channel_id, days=days, set_by=set_by, set_at_ns=time.time_ns()
-                    )
-                )
-
-        await self.run("set_retention", work)
+        """Keep a channel's messages for ``days`` days; 0 removes the policy (keep forever). What
+        archiving messaging's ChannelRetentionSet does; tests set a policy this way directly."""
+        await self.run(
+            "set_retention",
+            lambda conn: _set_retention(conn, channel_id, days, set_by=set_by, set_at_ns=time.time_ns()),
+        )
 
     async def retention_policies(self, channel_id: str | None = None) -> list[RetentionPolicy]:
         """Every channel's policy, or one channel's (none when it keeps its messages forever)."""
@@ -892,6 +891,14 @@ def _blank(conn: Connection, text: LogDeletion, *, reason: str) -> None:
         _insert_ignoring(conn.dialect.name, log_deletions), {**row, "reason": reason, "recorded_at_ns": time.time_ns()}
     )
     conn.info[QUEUED_LOG_DELETIONS] = conn.info.get(QUEUED_LOG_DELETIONS, 0) + 1
+
+
+def _set_retention(conn: Connection, channel_id: str, days: int, *, set_by: str, set_at_ns: int) -> None:
+    conn.execute(retention_policies.delete().where(retention_policies.c.channel_id == channel_id))
+    if days:
+        conn.execute(
+            insert(retention_policies).values(channel_id=channel_id, days=days, set_by=set_by, set_at_ns=set_at_ns)
+        )
 
 
 def _chunks(values: Sequence[int], size: int = 500) -> list[Sequence[int]]:

@@ -14,7 +14,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from parley.storage.v1.events_pb2 import (
     KeyEncryptionKeyRotated,
-    RetentionPolicySet,
     UserDataErased,
     UserDataExported,
 )
@@ -25,14 +24,12 @@ from parley_core.runner import RunContext
 from parley_core.secret_fields import envelope_without_secrets
 from parley_core.tokens import Caller
 from parley_core.topology import (
-    PLATFORM_USER,
     STREAMS_BY_NAME,
     channel_subject,
     erasure_request_subject,
     export_subject,
     kek_subject,
     privacy_subject,
-    retention_subject,
 )
 from parley_storage import access
 from parley_storage.access import Requester, View
@@ -261,19 +258,28 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
             raise InvalidArgument("channel_id must be a channel's id: at most 64 letters, digits, '-' or '_'")
         if request.days > MAX_RETENTION_DAYS:
             raise InvalidArgument(f"days must be at most {MAX_RETENTION_DAYS} (or 0 to keep forever)")
-        if not await self._ctx.bus.last_subject_seq("MSG", channel_subject(request.channel_id)):
+        newest = await self._ctx.bus.last_subject_seq("MSG", channel_subject(request.channel_id))
+        if not newest:
             raise NotFound(f"no channel with id {request.channel_id!r}")
-        record = RetentionPolicySet(channel_id=request.channel_id, days=request.days, set_by=requester.acting_as)
-        await self._record(retention_subject(request.channel_id), "retention", request.channel_id, record, requester)
-        await self._archive.set_retention(request.channel_id, request.days, set_by=PLATFORM_USER)
         try:
+            # The policy is messaging's record (ChannelRetentionSet on the channel): read it from
+            # the archive once that holds the channel's newest event.
+            await self._retention.until_archived([newest], RETENTION_WAIT_S)
+            recorded = await self._archive.retention_policies(request.channel_id)
+            days = recorded[0].days if recorded else 0
+            if days != request.days:
+                raise FailedPrecondition(
+                    f"messaging has recorded {days or 'no'} retention days for channel {request.channel_id}, not"
+                    f" {request.days}: set the policy through messaging first (`parley retention CHANNEL DAYS` does"
+                    " both)"
+                )
             removed = await self._retention.apply(
                 now_ns=time.time_ns(), timeout=RETENTION_WAIT_S, channel_id=request.channel_id
             )
         except ArchiveBehind as exc:
             raise Unavailable(
-                f"the policy is saved, but the archive is behind ({exc}), so its expired messages may still be"
-                " in history; call again to wait for it (a repeated call removes nothing twice)"
+                f"the archive is behind ({exc}), so the channel's expired messages may still be in history;"
+                " call again to wait for it (a repeated call removes nothing twice)"
             ) from exc
         return storage_pb2.SetRetentionPolicyResponse(removed_now=removed)
 

@@ -34,7 +34,7 @@ from parley.auth.v1.events_pb2 import (
     TotpReset,
     UserRegistered,
 )
-from parley.messaging.v1.events_pb2 import ChannelCreated, MemberJoined, MessagePosted
+from parley.messaging.v1.events_pb2 import ChannelCreated, ChannelRetentionSet, MemberJoined, MessagePosted
 from parley.patch.v1.events_pb2 import RolloutApproved, RolloutPlanned
 from parley.storage.v1.events_pb2 import (
     AnomalyDetected,
@@ -176,6 +176,14 @@ class AnomalyDetector:
         if isinstance(payload, ChannelCreated) and payload.direct:
             members = frozenset((payload.creator_id, *payload.member_ids))
             self.rules.direct_channel_created(channel_id=payload.channel_id, members=members)
+        if isinstance(payload, ChannelRetentionSet):
+            return self.rules.retention_set(
+                at=at,
+                actor=payload.set_by or event.envelope.actor,
+                channel_id=payload.channel_id,
+                days=payload.days,
+                event_id=event_id,
+            )
         return None
 
     def _storage(self, event: ReceivedEvent, payload: Message) -> Anomaly | None:
@@ -184,7 +192,7 @@ class AnomalyDetector:
             return self.rules.user_erased(
                 at=at, actor=payload.erased_by or event.envelope.actor, user_id=payload.user_id, event_id=event_id
             )
-        if isinstance(payload, RetentionPolicySet):
+        if isinstance(payload, RetentionPolicySet):  # an older storage's record of a policy
             return self.rules.retention_set(
                 at=at,
                 actor=payload.set_by or event.envelope.actor,

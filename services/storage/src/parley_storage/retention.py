@@ -1,10 +1,14 @@
 """Retention as events: storage decides which messages expired, messaging marks them on the channel.
 
-A channel's policy keeps its messages N days. The retention job (and SetRetentionPolicy, at
-once) finds the channel's messages in history sent before that and records `RetentionDue` facts
-on its own STORE stream (parley.storage.due.messaging.expiry.<channel id>), at most MARKER_SEQS
-numbers each. Messaging, the channel's owner, checks them against its own projection and appends
-the `MessagesExpired` marker on the channel's subject (with the id parley_core.markers derives).
+A channel's policy keeps its messages N days. It is messaging's record (ChannelRetentionSet on
+the channel, set by the operator through messaging's SetChannelRetention), which the archive
+copies into its retention_policies table as it archives MSG; messaging checks every fact below
+against its own record, so storage's word sets no policy. The retention job (and
+SetRetentionPolicy, at once) finds the channel's messages in history sent before that and
+records `RetentionDue` facts on its own STORE stream
+(parley.storage.due.messaging.expiry.<channel id>), at most MARKER_SEQS numbers each.
+Messaging, the channel's owner, checks them against its own projection and appends the
+`MessagesExpired` marker on the channel's subject (with the id parley_core.markers derives).
 Each reader applies the marker: messaging forgets the messages (their numbers stay taken), the
 archive blanks every text of them (posts and edits), takes them out of history and queues those
 texts for secure deletion from the log (log_cleanup.py). The marker comes after every text it
@@ -56,7 +60,7 @@ class Retention:
             return 0  # no such channel in the log (yet)
         # A marker appended by an earlier (interrupted) run is applied before deciding, so a
         # retried run finds those messages gone and marks nothing twice.
-        await self._until_archived([newest], timeout)
+        await self.until_archived([newest], timeout)
         cutoff = now_ns - policy.days * NS_PER_DAY
         expired = await self._archive.sent_before(policy.channel_id, cutoff)
         due = expiry_facts(policy, expired, sent_before_ns=cutoff)
@@ -75,7 +79,7 @@ class Retention:
             await asyncio.sleep(delay)  # the archive is polled: the markers arrive through its consumer
             delay = min(delay * 2, 0.5)
 
-    async def _until_archived(self, stream_seqs: Sequence[int], timeout: float) -> None:
+    async def until_archived(self, stream_seqs: Sequence[int], timeout: float) -> None:
         """Wait until the archive holds these MSG events, whichever storage instance archives them."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

@@ -20,6 +20,8 @@ import grpc
 import pytest_asyncio
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 from parley.gateway.v1 import gateway_pb2_grpc
+from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
+from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from parley_core.access import AccessProjection
 from parley_core.config import RegistrationMode, Settings
@@ -128,6 +130,15 @@ class Stack:
         return await stub.CreateUser(
             auth_pb2.CreateUserRequest(username=username, password=PASSWORD, role=role), timeout=TIMEOUT_S
         )
+
+    async def set_retention(self, channel_id: str, days: int) -> storage_pb2.SetRetentionPolicyResponse:
+        """As `parley retention CHANNEL DAYS` does: messaging records the policy, storage applies it."""
+        messaging = messaging_pb2_grpc.MessagingServiceStub(self.internal("messaging", identity="platform"))
+        request = messaging_pb2.SetChannelRetentionRequest(channel_id=channel_id, days=days)
+        await messaging.SetChannelRetention(request, timeout=TIMEOUT_S)
+        storage = storage_pb2_grpc.StorageArchiveServiceStub(self.internal("storage", identity="platform"))
+        apply = storage_pb2.SetRetentionPolicyRequest(channel_id=channel_id, days=days)
+        return await storage.SetRetentionPolicy(apply, timeout=TIMEOUT_S)
 
 
 def bearer(token: str) -> tuple[tuple[str, str]]:

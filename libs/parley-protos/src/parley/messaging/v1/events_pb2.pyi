@@ -753,6 +753,39 @@ class MessagesErased(_message.Message):
 Global___MessagesErased: _TypeAlias = MessagesErased  # noqa: Y015
 
 @_typing.final
+class ChannelRetentionSet(_message.Message):
+    """The channel's retention policy (days 0: keep its messages forever), appended by messaging on
+    the channel's subject when the operator (or a user with `retention.manage`) set it
+    (MessagingService.SetChannelRetention). Messaging expires messages only as far as the newest
+    of these allows; storage's retention job follows it from the archive. Storage may not write
+    MSG, so a stolen storage credential can forge no policy.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    DAYS_FIELD_NUMBER: _builtins.int
+    SET_BY_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    days: _builtins.int
+    set_by: _builtins.str
+    """"platform" for the operator's tooling, else "user:<id>" """
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        days: _builtins.int = ...,
+        set_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "days", b"days", "set_by", b"set_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChannelRetentionSet: _TypeAlias = ChannelRetentionSet  # noqa: Y015
+
+@_typing.final
 class MessagesExpired(_message.Message):
     """Appended by messaging on a channel's subject when storage records that the channel's retention
     policy (days) expired these messages (parley.storage.v1.RetentionDue: sent more than

@@ -683,6 +683,52 @@ class UpdateChannelRequest(_message.Message):
 Global___UpdateChannelRequest: _TypeAlias = UpdateChannelRequest  # noqa: Y015
 
 @_typing.final
+class SetChannelRetentionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    DAYS_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    days: _builtins.int
+    """keep messages this many days (1..36500); 0 removes the policy (keep forever)"""
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        days: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "days", b"days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetChannelRetentionRequest: _TypeAlias = SetChannelRetentionRequest  # noqa: Y015
+
+@_typing.final
+class SetChannelRetentionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAYS_FIELD_NUMBER: _builtins.int
+    SET_BY_FIELD_NUMBER: _builtins.int
+    days: _builtins.int
+    set_by: _builtins.str
+    """"platform" for the operator's tooling, else "user:<id>" """
+    def __init__(
+        self,
+        *,
+        days: _builtins.int = ...,
+        set_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["days", b"days", "set_by", b"set_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetChannelRetentionResponse: _TypeAlias = SetChannelRetentionResponse  # noqa: Y015
+
+@_typing.final
 class ListThreadRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -136,6 +136,11 @@ class MessagingServiceStub:
                 request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.DeclineInvitationRequest.SerializeToString,
                 response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.DeclineInvitationResponse.FromString,
                 _registered_method=True)
+        self.SetChannelRetention = channel.unary_unary(
+                '/parley.messaging.v1.MessagingService/SetChannelRetention',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.SetChannelRetentionRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.SetChannelRetentionResponse.FromString,
+                _registered_method=True)
 
 
 class MessagingServiceServicer:
@@ -267,6 +272,17 @@ class MessagingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetChannelRetention(self, request, context):
+        """A channel's retention policy, the one record messaging checks storage's RetentionDue facts
+        against (ChannelRetentionSet on the channel): the operator's platform identity, or a user
+        token with `retention.manage` (owner, admin; the gateway does not offer it to users yet).
+        Storage applies it (`parley retention` then calls StorageArchiveService.SetRetentionPolicy
+        to apply it at once).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MessagingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -369,6 +385,11 @@ def add_MessagingServiceServicer_to_server(servicer, server):
                     servicer.DeclineInvitation,
                     request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.DeclineInvitationRequest.FromString,
                     response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.DeclineInvitationResponse.SerializeToString,
+            ),
+            'SetChannelRetention': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetChannelRetention,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.SetChannelRetentionRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.SetChannelRetentionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -913,6 +934,33 @@ class MessagingService:
             '/parley.messaging.v1.MessagingService/DeclineInvitation',
             parley_dot_messaging_dot_v1_dot_messaging__pb2.DeclineInvitationRequest.SerializeToString,
             parley_dot_messaging_dot_v1_dot_messaging__pb2.DeclineInvitationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetChannelRetention(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.messaging.v1.MessagingService/SetChannelRetention',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.SetChannelRetentionRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.SetChannelRetentionResponse.FromString,
             options,
             channel_credentials,
             insecure,

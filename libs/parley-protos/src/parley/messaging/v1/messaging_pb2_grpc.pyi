@@ -60,6 +60,13 @@ class MessagingServiceStub:
     """
     DeclineInvitation: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.DeclineInvitationRequest, _messaging_pb2.DeclineInvitationResponse]
     """Drops the caller's invitation to a channel; NOT_FOUND when they have none there."""
+    SetChannelRetention: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.SetChannelRetentionRequest, _messaging_pb2.SetChannelRetentionResponse]
+    """A channel's retention policy, the one record messaging checks storage's RetentionDue facts
+    against (ChannelRetentionSet on the channel): the operator's platform identity, or a user
+    token with `retention.manage` (owner, admin; the gateway does not offer it to users yet).
+    Storage applies it (`parley retention` then calls StorageArchiveService.SetRetentionPolicy
+    to apply it at once).
+    """
 
 @_typing.type_check_only
 class MessagingServiceAsyncStub(MessagingServiceStub):
@@ -93,6 +100,13 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     """
     DeclineInvitation: _aio.UnaryUnaryMultiCallable[_messaging_pb2.DeclineInvitationRequest, _messaging_pb2.DeclineInvitationResponse]  # type: ignore[assignment]
     """Drops the caller's invitation to a channel; NOT_FOUND when they have none there."""
+    SetChannelRetention: _aio.UnaryUnaryMultiCallable[_messaging_pb2.SetChannelRetentionRequest, _messaging_pb2.SetChannelRetentionResponse]  # type: ignore[assignment]
+    """A channel's retention policy, the one record messaging checks storage's RetentionDue facts
+    against (ChannelRetentionSet on the channel): the operator's platform identity, or a user
+    token with `retention.manage` (owner, admin; the gateway does not offer it to users yet).
+    Storage applies it (`parley retention` then calls StorageArchiveService.SetRetentionPolicy
+    to apply it at once).
+    """
 
 class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Internal API of the messaging service; reached by the gateway over mutual TLS with the
@@ -243,6 +257,19 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_messaging_pb2.DeclineInvitationResponse, _abc.Awaitable[_messaging_pb2.DeclineInvitationResponse]]:
         """Drops the caller's invitation to a channel; NOT_FOUND when they have none there."""
+
+    @_abc_1.abstractmethod
+    def SetChannelRetention(
+        self,
+        request: _messaging_pb2.SetChannelRetentionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.SetChannelRetentionResponse, _abc.Awaitable[_messaging_pb2.SetChannelRetentionResponse]]:
+        """A channel's retention policy, the one record messaging checks storage's RetentionDue facts
+        against (ChannelRetentionSet on the channel): the operator's platform identity, or a user
+        token with `retention.manage` (owner, admin; the gateway does not offer it to users yet).
+        Storage applies it (`parley retention` then calls StorageArchiveService.SetRetentionPolicy
+        to apply it at once).
+        """
 
 def add_MessagingServiceServicer_to_server(servicer: MessagingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -361,8 +361,9 @@ Global___RestoredStream: _TypeAlias = RestoredStream  # noqa: Y015
 
 @_typing.final
 class RetentionPolicySet(_message.Message):
-    """The operator set a channel's retention policy (days 0: keep its messages forever), on
-    parley.storage.retention.<channel_id>. Recorded before the policy is applied.
+    """Before retention policies were messaging's record (parley.messaging.v1.ChannelRetentionSet):
+    the operator set a channel's retention policy (days 0: keep its messages forever), on
+    parley.storage.retention.<channel_id>. No longer recorded; kept to read old archives.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -456,7 +456,7 @@ class SetRetentionPolicyRequest(_message.Message):
     DAYS_FIELD_NUMBER: _builtins.int
     channel_id: _builtins.str
     days: _builtins.int
-    """keep messages this many days; 0 removes the policy (keep forever)"""
+    """the days messaging recorded for the channel; 0: it has no policy"""
     def __init__(
         self,
         *,

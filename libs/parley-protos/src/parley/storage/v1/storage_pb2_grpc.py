@@ -228,8 +228,11 @@ class StorageArchiveServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetRetentionPolicy(self, request, context):
-        """Operator only (platform identity): retention per channel, applied at once and by an hourly
-        job, as MessagesExpired markers on the channel (see parley.messaging.v1 events).
+        """Operator only (platform identity): apply a channel's retention policy at once, as
+        MessagesExpired markers on the channel (see parley.messaging.v1 events); an hourly job
+        applies every policy. The policy itself is messaging's record (MessagingService.
+        SetChannelRetention, ChannelRetentionSet on the channel), which storage follows from the
+        archive: `days` must be what messaging recorded (FAILED_PRECONDITION otherwise).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -86,8 +86,11 @@ class StorageArchiveServiceStub:
     ExportUserData: _grpc.UnaryUnaryMultiCallable[_storage_pb2.ExportUserDataRequest, _storage_pb2.ExportUserDataResponse]
     EraseUserData: _grpc.UnaryUnaryMultiCallable[_storage_pb2.EraseUserDataRequest, _storage_pb2.EraseUserDataResponse]
     SetRetentionPolicy: _grpc.UnaryUnaryMultiCallable[_storage_pb2.SetRetentionPolicyRequest, _storage_pb2.SetRetentionPolicyResponse]
-    """Operator only (platform identity): retention per channel, applied at once and by an hourly
-    job, as MessagesExpired markers on the channel (see parley.messaging.v1 events).
+    """Operator only (platform identity): apply a channel's retention policy at once, as
+    MessagesExpired markers on the channel (see parley.messaging.v1 events); an hourly job
+    applies every policy. The policy itself is messaging's record (MessagingService.
+    SetChannelRetention, ChannelRetentionSet on the channel), which storage follows from the
+    archive: `days` must be what messaging recorded (FAILED_PRECONDITION otherwise).
     """
     ListRetentionPolicies: _grpc.UnaryUnaryMultiCallable[_storage_pb2.ListRetentionPoliciesRequest, _storage_pb2.ListRetentionPoliciesResponse]
     """Every channel's retention policy (channels without one keep their messages forever): the
@@ -125,8 +128,11 @@ class StorageArchiveServiceAsyncStub(StorageArchiveServiceStub):
     ExportUserData: _aio.UnaryUnaryMultiCallable[_storage_pb2.ExportUserDataRequest, _storage_pb2.ExportUserDataResponse]  # type: ignore[assignment]
     EraseUserData: _aio.UnaryUnaryMultiCallable[_storage_pb2.EraseUserDataRequest, _storage_pb2.EraseUserDataResponse]  # type: ignore[assignment]
     SetRetentionPolicy: _aio.UnaryUnaryMultiCallable[_storage_pb2.SetRetentionPolicyRequest, _storage_pb2.SetRetentionPolicyResponse]  # type: ignore[assignment]
-    """Operator only (platform identity): retention per channel, applied at once and by an hourly
-    job, as MessagesExpired markers on the channel (see parley.messaging.v1 events).
+    """Operator only (platform identity): apply a channel's retention policy at once, as
+    MessagesExpired markers on the channel (see parley.messaging.v1 events); an hourly job
+    applies every policy. The policy itself is messaging's record (MessagingService.
+    SetChannelRetention, ChannelRetentionSet on the channel), which storage follows from the
+    archive: `days` must be what messaging recorded (FAILED_PRECONDITION otherwise).
     """
     ListRetentionPolicies: _aio.UnaryUnaryMultiCallable[_storage_pb2.ListRetentionPoliciesRequest, _storage_pb2.ListRetentionPoliciesResponse]  # type: ignore[assignment]
     """Every channel's retention policy (channels without one keep their messages forever): the
@@ -203,8 +209,11 @@ class StorageArchiveServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _storage_pb2.SetRetentionPolicyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_storage_pb2.SetRetentionPolicyResponse, _abc.Awaitable[_storage_pb2.SetRetentionPolicyResponse]]:
-        """Operator only (platform identity): retention per channel, applied at once and by an hourly
-        job, as MessagesExpired markers on the channel (see parley.messaging.v1 events).
+        """Operator only (platform identity): apply a channel's retention policy at once, as
+        MessagesExpired markers on the channel (see parley.messaging.v1 events); an hourly job
+        applies every policy. The policy itself is messaging's record (MessagingService.
+        SetChannelRetention, ChannelRetentionSet on the channel), which storage follows from the
+        archive: `days` must be what messaging recorded (FAILED_PRECONDITION otherwise).
         """
 
     @_abc_1.abstractmethod

@@ -521,7 +521,7 @@ export type SetRetentionPolicyRequest = Message<"parley.storage.v1.SetRetentionP
   channelId: string;
 
   /**
-   * keep messages this many days; 0 removes the policy (keep forever)
+   * the days messaging recorded for the channel; 0: it has no policy
    *
    * @generated from field: uint32 days = 2;
    */
@@ -813,8 +813,11 @@ export const StorageArchiveService: GenService<{
     output: typeof EraseUserDataResponseSchema;
   },
   /**
-   * Operator only (platform identity): retention per channel, applied at once and by an hourly
-   * job, as MessagesExpired markers on the channel (see parley.messaging.v1 events).
+   * Operator only (platform identity): apply a channel's retention policy at once, as
+   * MessagesExpired markers on the channel (see parley.messaging.v1 events); an hourly job
+   * applies every policy. The policy itself is messaging's record (MessagingService.
+   * SetChannelRetention, ChannelRetentionSet on the channel), which storage follows from the
+   * archive: `days` must be what messaging recorded (FAILED_PRECONDITION otherwise).
    *
    * @generated from rpc parley.storage.v1.StorageArchiveService.SetRetentionPolicy
    */
