@@ -61,9 +61,12 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
         pytest.fail("web/dist is not built with the console: run `make web` (make test does)")
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: `make chromium` installs Debian's chromium (make test does)")
+    root = tmp_path_factory.mktemp("console")
+    (root / "checkpoints").mkdir()  # the operator's checkpoints, outside the data folder
     running = platform_in(
-        tmp_path_factory.mktemp("console"),
+        root,
         PARLEY_WEB_ROOT=str(WEB_DIST),
+        PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR=str(root / "checkpoints"),
         PARLEY_HEARTBEAT_SECONDS="1",
         PARLEY_PATCH_GATE_WINDOW_SECONDS="3",
         PARLEY_PATCH_DEADLINE_CRITICAL_HOURS=CRITICAL_DEADLINE_HOURS,
@@ -329,6 +332,15 @@ async def test_auditor_queries_the_audit_trail_by_actor(browser: Browser, platfo
     await expect(state).to_have_attribute("data-intact", "true")
     await expect(state).to_contain_text("Audit chain intact: ")
     await expect(state).to_contain_text("every signature valid")
+    # The operator's checkpoint, written where storage reads them, shows after a fresh run.
+    checkpoint = page.locator("#chain-checkpoint")
+    out = platform.data_dir.parent / "checkpoints" / f"{unique('cp-')}.json"
+    taken = await asyncio.to_thread(platform.cli, "audit", "checkpoint", "--out", str(out))
+    index_taken = taken.stdout.split("at record #", 1)[1].split()[0]
+    await page.get_by_role("button", name="Verify again").click()
+    await expect(checkpoint).to_have_attribute("data-matches", "true")
+    await expect(checkpoint).to_contain_text(f"Last checkpoint: record #{index_taken} ")
+    await expect(checkpoint).to_contain_text(f"(checkpoint {out.name}): the archive still holds it")
     await shot(page, "console-audit")
     with sqlite3.connect(platform.data_dir / "storage" / "archive.db") as db:
         seq, index = db.execute(

@@ -755,10 +755,10 @@ class GatewayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def VerifyAudit(self, request, context):
-        """The audit chain as the archive holds it, verified (parley_core.audit): records from the
-        archived SEC stream, keys from the archived AUTH stream, both read with the caller's token
-        (a security-auditor's). `parley audit verify` on the host also checks the live streams'
-        head and keys, and checkpoints kept outside the data folder.
+        """The audit chain as storage's audit monitor last verified it (parley_core.audit over the
+        archived records, with the keys and the head of the live AUTH and SEC streams, and the
+        checkpoints in PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR), asked with the caller's token (a
+        security-auditor's): cheap, a stored verdict; verify_now waits for a fresh run.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

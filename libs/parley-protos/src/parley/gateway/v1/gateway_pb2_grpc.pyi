@@ -126,10 +126,10 @@ class GatewayStub:
     RollbackRollout: _grpc.UnaryUnaryMultiCallable[_patch_pb2.RolloutCommand, _patch_pb2.Rollout]
     QueryAudit: _grpc.UnaryUnaryMultiCallable[_storage_pb2.QueryAuditRequest, _storage_pb2.ArchivedEventsPage]
     VerifyAudit: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.VerifyAuditRequest, _gateway_pb2.VerifyAuditResponse]
-    """The audit chain as the archive holds it, verified (parley_core.audit): records from the
-    archived SEC stream, keys from the archived AUTH stream, both read with the caller's token
-    (a security-auditor's). `parley audit verify` on the host also checks the live streams'
-    head and keys, and checkpoints kept outside the data folder.
+    """The audit chain as storage's audit monitor last verified it (parley_core.audit over the
+    archived records, with the keys and the head of the live AUTH and SEC streams, and the
+    checkpoints in PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR), asked with the caller's token (a
+    security-auditor's): cheap, a stored verdict; verify_now waits for a fresh run.
     """
 
 @_typing.type_check_only
@@ -225,10 +225,10 @@ class GatewayAsyncStub(GatewayStub):
     RollbackRollout: _aio.UnaryUnaryMultiCallable[_patch_pb2.RolloutCommand, _patch_pb2.Rollout]  # type: ignore[assignment]
     QueryAudit: _aio.UnaryUnaryMultiCallable[_storage_pb2.QueryAuditRequest, _storage_pb2.ArchivedEventsPage]  # type: ignore[assignment]
     VerifyAudit: _aio.UnaryUnaryMultiCallable[_gateway_pb2.VerifyAuditRequest, _gateway_pb2.VerifyAuditResponse]  # type: ignore[assignment]
-    """The audit chain as the archive holds it, verified (parley_core.audit): records from the
-    archived SEC stream, keys from the archived AUTH stream, both read with the caller's token
-    (a security-auditor's). `parley audit verify` on the host also checks the live streams'
-    head and keys, and checkpoints kept outside the data folder.
+    """The audit chain as storage's audit monitor last verified it (parley_core.audit over the
+    archived records, with the keys and the head of the live AUTH and SEC streams, and the
+    checkpoints in PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR), asked with the caller's token (a
+    security-auditor's): cheap, a stored verdict; verify_now waits for a fresh run.
     """
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
@@ -699,10 +699,10 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.VerifyAuditRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.VerifyAuditResponse, _abc.Awaitable[_gateway_pb2.VerifyAuditResponse]]:
-        """The audit chain as the archive holds it, verified (parley_core.audit): records from the
-        archived SEC stream, keys from the archived AUTH stream, both read with the caller's token
-        (a security-auditor's). `parley audit verify` on the host also checks the live streams'
-        head and keys, and checkpoints kept outside the data folder.
+        """The audit chain as storage's audit monitor last verified it (parley_core.audit over the
+        archived records, with the keys and the head of the live AUTH and SEC streams, and the
+        checkpoints in PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR), asked with the caller's token (a
+        security-auditor's): cheap, a stored verdict; verify_now waits for a fresh run.
         """
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -113,7 +113,7 @@ class StorageArchiveServiceStub:
     What each reader sees of each stream is one table (parley_storage.access.stream_view): fields
     marked secret only for the service that wrote them; `MSG` for an auditor as metadata only
     (ArchivedEvent.withheld).
-    - QueryAudit: a user token with role `security-auditor` only, with the same views.
+    - QueryAudit, GetAuditChainState: a user token with role `security-auditor` only, with the same views.
     - GetArchiveLag, ListRetentionPolicies: the platform identity or a `security-auditor`.
     - ExportUserData / EraseUserData: the user themself, or the platform identity acting for them.
     """
@@ -174,6 +174,11 @@ class StorageArchiveServiceStub:
                 request_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.GetSchemaVersionsRequest.SerializeToString,
                 response_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.GetSchemaVersionsResponse.FromString,
                 _registered_method=True)
+        self.GetAuditChainState = channel.unary_unary(
+                '/parley.storage.v1.StorageArchiveService/GetAuditChainState',
+                request_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.GetAuditChainStateRequest.SerializeToString,
+                response_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.AuditChainState.FromString,
+                _registered_method=True)
 
 
 class StorageArchiveServiceServicer:
@@ -186,7 +191,7 @@ class StorageArchiveServiceServicer:
     What each reader sees of each stream is one table (parley_storage.access.stream_view): fields
     marked secret only for the service that wrote them; `MSG` for an auditor as metadata only
     (ArchivedEvent.withheld).
-    - QueryAudit: a user token with role `security-auditor` only, with the same views.
+    - QueryAudit, GetAuditChainState: a user token with role `security-auditor` only, with the same views.
     - GetArchiveLag, ListRetentionPolicies: the platform identity or a `security-auditor`.
     - ExportUserData / EraseUserData: the user themself, or the platform identity acting for them.
     """
@@ -262,6 +267,15 @@ class StorageArchiveServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAuditChainState(self, request, context):
+        """The archived audit chain as storage's audit monitor last verified it (audit_monitor.py):
+        answered from that run, so a call costs nothing; verify_now runs a verification first (one
+        at a time: callers during a run share it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageArchiveServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -315,6 +329,11 @@ def add_StorageArchiveServiceServicer_to_server(servicer, server):
                     request_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.GetSchemaVersionsRequest.FromString,
                     response_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.GetSchemaVersionsResponse.SerializeToString,
             ),
+            'GetAuditChainState': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAuditChainState,
+                    request_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.GetAuditChainStateRequest.FromString,
+                    response_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.AuditChainState.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'parley.storage.v1.StorageArchiveService', rpc_method_handlers)
@@ -333,7 +352,7 @@ class StorageArchiveService:
     What each reader sees of each stream is one table (parley_storage.access.stream_view): fields
     marked secret only for the service that wrote them; `MSG` for an auditor as metadata only
     (ArchivedEvent.withheld).
-    - QueryAudit: a user token with role `security-auditor` only, with the same views.
+    - QueryAudit, GetAuditChainState: a user token with role `security-auditor` only, with the same views.
     - GetArchiveLag, ListRetentionPolicies: the platform identity or a `security-auditor`.
     - ExportUserData / EraseUserData: the user themself, or the platform identity acting for them.
     """
@@ -598,6 +617,33 @@ class StorageArchiveService:
             '/parley.storage.v1.StorageArchiveService/GetSchemaVersions',
             parley_dot_storage_dot_v1_dot_storage__pb2.GetSchemaVersionsRequest.SerializeToString,
             parley_dot_storage_dot_v1_dot_storage__pb2.GetSchemaVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAuditChainState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.storage.v1.StorageArchiveService/GetAuditChainState',
+            parley_dot_storage_dot_v1_dot_storage__pb2.GetAuditChainStateRequest.SerializeToString,
+            parley_dot_storage_dot_v1_dot_storage__pb2.AuditChainState.FromString,
             options,
             channel_credentials,
             insecure,
