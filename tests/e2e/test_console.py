@@ -325,7 +325,8 @@ async def test_auditor_queries_the_audit_trail_by_actor(browser: Browser, platfo
     results = page.locator(f'.audit-results[data-actor="{login.user_id}"] table tbody tr')
     await expect(results.first).to_be_visible()
     for row in await results.all_inner_texts():
-        assert login.user_id in row
+        assert member in row  # the actor by name, not by id
+        assert login.user_id not in row
     # The chain, verified against the archive: intact, then a row deleted by someone with
     # database access is found.
     state = page.locator("#chain-state")
@@ -399,7 +400,7 @@ async def test_operator_plans_a_second_person_approves_and_the_timeline_reaches_
         b_context, b_page = await console(browser, platform, approver, "rollouts")
         b_card = b_page.locator(f'article.rollout[data-rollout-id="{rollout_id}"]')
         await b_card.get_by_role("button", name="Approve").click()
-        await expect(b_card).to_contain_text("(you).")  # "…, approved by <id> (you)."
+        await expect(b_card).to_contain_text(f"Planned by {planner}, approved by {approver} (you).")
         # The planner's page follows the roll-out to its end.
         done = a_page.locator(f'article.rollout[data-rollout-id="{rollout_id}"]')
         await expect(done).to_have_attribute("data-state", "done", timeout=ROLLOUT_TIMEOUT_MS)

@@ -6,9 +6,11 @@ import { describe, gateway, withRefresh } from "../api.js";
 import { append, clear, h, on } from "../dom.js";
 import type { ArchivedEvent } from "../gen/parley/storage/v1/storage_pb.js";
 import { span, when } from "./format.js";
+import { actorName, actorUserId, learnNames, personName } from "./names.js";
 import { table } from "./table.js";
 
 const LIMIT = 200;
+const PEOPLE = new Set(["user", "security"]); // aggregates whose id is a user id
 
 export function auditPage(): HTMLElement {
   const actor = h("input", { id: "audit-actor", type: "text", placeholder: "user id, or service:<name>" });
@@ -42,6 +44,9 @@ export function auditPage(): HTMLElement {
     };
     try {
       const page = await withRefresh(() => gateway.queryAudit(query));
+      await learnNames(
+        page.events.flatMap((e) => [actorUserId(e.actor), PEOPLE.has(e.aggregateType) ? e.aggregateId : ""]),
+      );
       if (mine !== latest) return;
       clear(results);
       results.dataset.actor = query.actor; // which search the table shows
@@ -138,5 +143,8 @@ function instantNs(local: string): bigint {
 function row(e: ArchivedEvent): string[] {
   const at = new Date(Number(e.occurredAtNs / 1_000_000n)).toISOString().replace("T", " ").replace("Z", "");
   const content = e.erased ? "erased" : e.unreadable ? "UNREADABLE (altered?)" : e.withheld ? "withheld" : "kept";
-  return [at, `${e.stream} #${e.streamSeq}`, e.eventType, `${e.aggregateType} ${e.aggregateId}`, e.actor, content];
+  // A user's or a security record's aggregate is a person (named when known); a channel's is not.
+  const aggregate = PEOPLE.has(e.aggregateType) ? personName(e.aggregateId) : e.aggregateId;
+  const who = actorName(e.actor);
+  return [at, `${e.stream} #${e.streamSeq}`, e.eventType, `${e.aggregateType} ${aggregate}`, who, content];
 }

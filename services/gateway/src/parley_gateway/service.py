@@ -771,6 +771,29 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         self._require(context, Permission.AUDIT_READ, "querying the audit trail")
         return await forward(self._archive.QueryAudit, request, context)
 
+    async def WatchSecurityEvents(
+        self, request: storage_pb2.WatchSecurityEventsRequest, context: Context
+    ) -> AsyncIterator[storage_pb2.SecurityEventNotice]:
+        """Storage's security event stream, relayed for as long as the caller holds it open (one of
+        the caller's live-stream slots); storage ends it when the token no longer holds."""
+        assert self._archive is not None
+        user_id = await self._admit(request, context)
+        self._require(context, Permission.AUDIT_READ, "watching the security events")
+        fwd = Forwarded.of(context)
+        with self._caps.held(user_id):
+            # No deadline of ours: the stream lives as long as the client keeps it (or its own deadline).
+            call = self._archive.WatchSecurityEvents(request, metadata=fwd.metadata, timeout=context.time_remaining())
+            try:
+                async for notice in call:
+                    yield notice
+            except grpc.aio.AioRpcError as exc:
+                if (public := HIDDEN_DETAIL.get(exc.code())) is None:
+                    await context.abort(exc.code(), exc.details() or "")
+                log.warning("security event stream failed", extra={"code": exc.code().name, "detail": exc.details()})
+                await context.abort(exc.code(), public)
+            finally:
+                call.cancel()
+
     async def VerifyAudit(
         self, request: gateway_pb2.VerifyAuditRequest, context: Context
     ) -> gateway_pb2.VerifyAuditResponse:

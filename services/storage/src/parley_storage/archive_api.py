@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf.message import Message
@@ -37,7 +38,9 @@ from parley_storage.archive import RetentionPolicy, SqlEventArchive, StoredEvent
 from parley_storage.audit_monitor import AuditChainMonitor, Verification
 from parley_storage.export import EXPORT_FORMAT, build_export
 from parley_storage.lag import measure_lag
+from parley_storage.progress import ArchiveProgress
 from parley_storage.retention import ArchiveBehind, Retention
+from parley_storage.security_feed import MAX_BACKLOG, SecurityFeed
 from parley_storage.stream_erasure import erase_from_streams
 
 DEFAULT_PAGE = 500
@@ -123,6 +126,7 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
         archive: SqlEventArchive,
         retention: Retention,
         audit_monitor: AuditChainMonitor,
+        progress: ArchiveProgress,
         *,
         audit_verify_interval_s: float,
     ) -> None:
@@ -131,6 +135,7 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
         self._retention = retention
         self._audit_monitor = audit_monitor
         self._audit_verify_interval_s = audit_verify_interval_s
+        self._security = SecurityFeed(archive, progress)
 
     def _requester(self, context: Context) -> Requester:
         names = [n.decode() for n in context.auth_context().get("x509_common_name", [])]
@@ -198,6 +203,19 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
         monitor = self._audit_monitor
         verified = await (monitor.verify() if request.verify_now else monitor.latest())
         return _chain_state(verified, self._audit_verify_interval_s)
+
+    async def WatchSecurityEvents(
+        self, request: storage_pb2.WatchSecurityEventsRequest, context: Context
+    ) -> AsyncIterator[storage_pb2.SecurityEventNotice]:
+        access.require_security_watcher(self._requester(context))
+        if request.backlog > MAX_BACKLOG:
+            raise InvalidArgument(f"backlog must be at most {MAX_BACKLOG}")
+
+        def still_allowed() -> None:  # the token expired or was revoked, or the role changed
+            access.require_security_watcher(self._requester(context))
+
+        async for notice in self._security.watch(request, still_allowed):
+            yield notice
 
     async def GetArchiveLag(
         self, request: storage_pb2.GetArchiveLagRequest, context: Context

@@ -157,6 +157,7 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
                 self.archive,
                 self.retention,
                 self.audit_monitor,
+                self.progress,
                 audit_verify_interval_s=storage_settings.audit_verify_interval_seconds,
             ),
             ctx.server,

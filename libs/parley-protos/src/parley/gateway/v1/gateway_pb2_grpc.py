@@ -356,6 +356,11 @@ class GatewayStub:
                 request_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.VerifyAuditRequest.SerializeToString,
                 response_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.VerifyAuditResponse.FromString,
                 _registered_method=True)
+        self.WatchSecurityEvents = channel.unary_stream(
+                '/parley.gateway.v1.Gateway/WatchSecurityEvents',
+                request_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.WatchSecurityEventsRequest.SerializeToString,
+                response_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.SecurityEventNotice.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -764,6 +769,14 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchSecurityEvents(self, request, context):
+        """The security event stream live (logins, lockouts, revocations, anomalies), filtered by kind
+        and actor: audit.read at the gateway, then storage answers a security-auditor, admin or owner.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1081,6 +1094,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.VerifyAudit,
                     request_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.VerifyAuditRequest.FromString,
                     response_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.VerifyAuditResponse.SerializeToString,
+            ),
+            'WatchSecurityEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSecurityEvents,
+                    request_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.WatchSecurityEventsRequest.FromString,
+                    response_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.SecurityEventNotice.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -2786,6 +2804,33 @@ class Gateway:
             '/parley.gateway.v1.Gateway/VerifyAudit',
             parley_dot_gateway_dot_v1_dot_gateway__pb2.VerifyAuditRequest.SerializeToString,
             parley_dot_gateway_dot_v1_dot_gateway__pb2.VerifyAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSecurityEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/WatchSecurityEvents',
+            parley_dot_storage_dot_v1_dot_storage__pb2.WatchSecurityEventsRequest.SerializeToString,
+            parley_dot_storage_dot_v1_dot_storage__pb2.SecurityEventNotice.FromString,
             options,
             channel_credentials,
             insecure,

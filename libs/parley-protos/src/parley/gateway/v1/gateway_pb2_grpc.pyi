@@ -131,6 +131,10 @@ class GatewayStub:
     checkpoints in PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR), asked with the caller's token (a
     security-auditor's): cheap, a stored verdict; verify_now waits for a fresh run.
     """
+    WatchSecurityEvents: _grpc.UnaryStreamMultiCallable[_storage_pb2.WatchSecurityEventsRequest, _storage_pb2.SecurityEventNotice]
+    """The security event stream live (logins, lockouts, revocations, anomalies), filtered by kind
+    and actor: audit.read at the gateway, then storage answers a security-auditor, admin or owner.
+    """
 
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
@@ -229,6 +233,10 @@ class GatewayAsyncStub(GatewayStub):
     archived records, with the keys and the head of the live AUTH and SEC streams, and the
     checkpoints in PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR), asked with the caller's token (a
     security-auditor's): cheap, a stored verdict; verify_now waits for a fresh run.
+    """
+    WatchSecurityEvents: _aio.UnaryStreamMultiCallable[_storage_pb2.WatchSecurityEventsRequest, _storage_pb2.SecurityEventNotice]  # type: ignore[assignment]
+    """The security event stream live (logins, lockouts, revocations, anomalies), filtered by kind
+    and actor: audit.read at the gateway, then storage answers a security-auditor, admin or owner.
     """
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
@@ -703,6 +711,16 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         archived records, with the keys and the head of the live AUTH and SEC streams, and the
         checkpoints in PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR), asked with the caller's token (a
         security-auditor's): cheap, a stored verdict; verify_now waits for a fresh run.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchSecurityEvents(
+        self,
+        request: _storage_pb2.WatchSecurityEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_storage_pb2.SecurityEventNotice], _abc.AsyncIterator[_storage_pb2.SecurityEventNotice]]:
+        """The security event stream live (logins, lockouts, revocations, anomalies), filtered by kind
+        and actor: audit.read at the gateway, then storage answers a security-auditor, admin or owner.
         """
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

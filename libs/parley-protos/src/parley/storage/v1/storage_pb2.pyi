@@ -278,6 +278,91 @@ class QueryAuditRequest(_message.Message):
 Global___QueryAuditRequest: _TypeAlias = QueryAuditRequest  # noqa: Y015
 
 @_typing.final
+class WatchSecurityEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KINDS_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    BACKLOG_FIELD_NUMBER: _builtins.int
+    actor: _builtins.str
+    """Events by or about one person or service: a user id, a username, or service:<name>."""
+    backlog: _builtins.int
+    """recent events sent first: 0..500, 0 means 50"""
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Kinds to show, e.g. login_failed, new_session, lockout, session_revoked, or "anomaly" (every
+        finding) and "anomaly:<rule>"; empty: every kind.
+        """
+
+    def __init__(
+        self,
+        *,
+        kinds: _abc.Iterable[_builtins.str] | None = ...,
+        actor: _builtins.str = ...,
+        backlog: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "backlog", b"backlog", "kinds", b"kinds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchSecurityEventsRequest: _TypeAlias = WatchSecurityEventsRequest  # noqa: Y015
+
+@_typing.final
+class SecurityEventNotice(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    USERNAME_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    CHAIN_INDEX_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
+    STREAM_SEQ_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """the audit record's kind, or "anomaly:<rule>" """
+    occurred_at: _builtins.float
+    """unix seconds"""
+    actor: _builtins.str
+    """who caused it: user:<id>, platform, service:<name>"""
+    user_id: _builtins.str
+    """whom it concerns, if anyone"""
+    username: _builtins.str
+    source: _builtins.str
+    """the client address, if known"""
+    detail: _builtins.str
+    chain_index: _builtins.int
+    """the audit record's number; 0 for an anomaly"""
+    stream: _builtins.str
+    """where it is archived (SEC, STORE), with its position"""
+    stream_seq: _builtins.int
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        occurred_at: _builtins.float = ...,
+        actor: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        username: _builtins.str = ...,
+        source: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        chain_index: _builtins.int = ...,
+        stream: _builtins.str = ...,
+        stream_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "chain_index", b"chain_index", "detail", b"detail", "kind", b"kind", "occurred_at", b"occurred_at", "source", b"source", "stream", b"stream", "stream_seq", b"stream_seq", "user_id", b"user_id", "username", b"username"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecurityEventNotice: _TypeAlias = SecurityEventNotice  # noqa: Y015
+
+@_typing.final
 class GetAuditChainStateRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -179,6 +179,11 @@ class StorageArchiveServiceStub:
                 request_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.GetAuditChainStateRequest.SerializeToString,
                 response_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.AuditChainState.FromString,
                 _registered_method=True)
+        self.WatchSecurityEvents = channel.unary_stream(
+                '/parley.storage.v1.StorageArchiveService/WatchSecurityEvents',
+                request_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.WatchSecurityEventsRequest.SerializeToString,
+                response_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.SecurityEventNotice.FromString,
+                _registered_method=True)
 
 
 class StorageArchiveServiceServicer:
@@ -276,6 +281,16 @@ class StorageArchiveServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchSecurityEvents(self, request, context):
+        """The security event stream, live: auth's audit records (logins, lockouts, revocations, role
+        changes) and the detector's findings (AnomalyDetected), the newest `backlog` first, then each
+        as it is archived. A security-auditor, admin or owner; the stream ends when the caller's
+        access token no longer holds (expired, revoked): call again with a fresh one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageArchiveServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -333,6 +348,11 @@ def add_StorageArchiveServiceServicer_to_server(servicer, server):
                     servicer.GetAuditChainState,
                     request_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.GetAuditChainStateRequest.FromString,
                     response_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.AuditChainState.SerializeToString,
+            ),
+            'WatchSecurityEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSecurityEvents,
+                    request_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.WatchSecurityEventsRequest.FromString,
+                    response_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.SecurityEventNotice.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -644,6 +664,33 @@ class StorageArchiveService:
             '/parley.storage.v1.StorageArchiveService/GetAuditChainState',
             parley_dot_storage_dot_v1_dot_storage__pb2.GetAuditChainStateRequest.SerializeToString,
             parley_dot_storage_dot_v1_dot_storage__pb2.AuditChainState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSecurityEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/parley.storage.v1.StorageArchiveService/WatchSecurityEvents',
+            parley_dot_storage_dot_v1_dot_storage__pb2.WatchSecurityEventsRequest.SerializeToString,
+            parley_dot_storage_dot_v1_dot_storage__pb2.SecurityEventNotice.FromString,
             options,
             channel_credentials,
             insecure,

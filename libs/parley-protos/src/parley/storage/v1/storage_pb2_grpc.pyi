@@ -108,6 +108,12 @@ class StorageArchiveServiceStub:
     answered from that run, so a call costs nothing; verify_now runs a verification first (one
     at a time: callers during a run share it).
     """
+    WatchSecurityEvents: _grpc.UnaryStreamMultiCallable[_storage_pb2.WatchSecurityEventsRequest, _storage_pb2.SecurityEventNotice]
+    """The security event stream, live: auth's audit records (logins, lockouts, revocations, role
+    changes) and the detector's findings (AnomalyDetected), the newest `backlog` first, then each
+    as it is archived. A security-auditor, admin or owner; the stream ends when the caller's
+    access token no longer holds (expired, revoked): call again with a fresh one.
+    """
 
 @_typing.type_check_only
 class StorageArchiveServiceAsyncStub(StorageArchiveServiceStub):
@@ -154,6 +160,12 @@ class StorageArchiveServiceAsyncStub(StorageArchiveServiceStub):
     """The archived audit chain as storage's audit monitor last verified it (audit_monitor.py):
     answered from that run, so a call costs nothing; verify_now runs a verification first (one
     at a time: callers during a run share it).
+    """
+    WatchSecurityEvents: _aio.UnaryStreamMultiCallable[_storage_pb2.WatchSecurityEventsRequest, _storage_pb2.SecurityEventNotice]  # type: ignore[assignment]
+    """The security event stream, live: auth's audit records (logins, lockouts, revocations, role
+    changes) and the detector's findings (AnomalyDetected), the newest `backlog` first, then each
+    as it is archived. A security-auditor, admin or owner; the stream ends when the caller's
+    access token no longer holds (expired, revoked): call again with a fresh one.
     """
 
 class StorageArchiveServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -264,6 +276,18 @@ class StorageArchiveServiceServicer(metaclass=_abc_1.ABCMeta):
         """The archived audit chain as storage's audit monitor last verified it (audit_monitor.py):
         answered from that run, so a call costs nothing; verify_now runs a verification first (one
         at a time: callers during a run share it).
+        """
+
+    @_abc_1.abstractmethod
+    def WatchSecurityEvents(
+        self,
+        request: _storage_pb2.WatchSecurityEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_storage_pb2.SecurityEventNotice], _abc.AsyncIterator[_storage_pb2.SecurityEventNotice]]:
+        """The security event stream, live: auth's audit records (logins, lockouts, revocations, role
+        changes) and the detector's findings (AnomalyDetected), the newest `backlog` first, then each
+        as it is archived. A security-auditor, admin or owner; the stream ends when the caller's
+        access token no longer holds (expired, revoked): call again with a fresh one.
         """
 
 def add_StorageArchiveServiceServicer_to_server(servicer: StorageArchiveServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/storage/v1/storage.proto.
  */
 export const file_parley_storage_v1_storage: GenFile = /*@__PURE__*/
-  fileDesc("Ch9wYXJsZXkvc3RvcmFnZS92MS9zdG9yYWdlLnByb3RvEhFwYXJsZXkuc3RvcmFnZS52MSLFAQoYR2V0Q2hhbm5lbEhpc3RvcnlSZXF1ZXN0EhIKCmNoYW5uZWxfaWQYASABKAkSEQoJYWZ0ZXJfc2VxGAIgASgEEg0KBWxpbWl0GAMgASgNEhIKCmJlZm9yZV9zZXEYBCABKAQSLgoKYWZ0ZXJfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLYmVmb3JlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImEKGUdldENoYW5uZWxIaXN0b3J5UmVzcG9uc2USMgoIbWVzc2FnZXMYASADKAsyIC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYXRNZXNzYWdlEhAKCGhhc19tb3JlGAIgASgIIrICCg1BcmNoaXZlZEV2ZW50Eg4KBnN0cmVhbRgBIAEoCRISCgpzdHJlYW1fc2VxGAIgASgEEg8KB3N1YmplY3QYAyABKAkSEAoIZXZlbnRfaWQYBCABKAkSEgoKZXZlbnRfdHlwZRgFIAEoCRIWCg5hZ2dyZWdhdGVfdHlwZRgGIAEoCRIUCgxhZ2dyZWdhdGVfaWQYByABKAkSGQoRYWdncmVnYXRlX3ZlcnNpb24YCCABKAQSFgoOb2NjdXJyZWRfYXRfbnMYCSABKAMSDQoFYWN0b3IYCiABKAkSEAoIZW52ZWxvcGUYCyABKAwSDgoGZXJhc2VkGAwgASgIEg4KBmN1cnNvchgNIAEoBBISCgp1bnJlYWRhYmxlGA4gASgIEhAKCHdpdGhoZWxkGA8gASgIIlgKEkFyY2hpdmVkRXZlbnRzUGFnZRIwCgZldmVudHMYASADKAsyIC5wYXJsZXkuc3RvcmFnZS52MS5BcmNoaXZlZEV2ZW50EhAKCGhhc19tb3JlGAIgASgIIk0KGVJlYWRBcmNoaXZlZFN0cmVhbVJlcXVlc3QSDgoGc3RyZWFtGAEgASgJEhEKCWFmdGVyX3NlcRgCIAEoBBINCgVsaW1pdBgDIAEoDSJvChlHZXRBZ2dyZWdhdGVFdmVudHNSZXF1ZXN0EhYKDmFnZ3JlZ2F0ZV90eXBlGAEgASgJEhQKDGFnZ3JlZ2F0ZV9pZBgCIAEoCRIVCg1hZnRlcl92ZXJzaW9uGAMgASgEEg0KBWxpbWl0GAQgASgNInsKEVF1ZXJ5QXVkaXRSZXF1ZXN0Eg0KBWFjdG9yGAEgASgJEg4KBnRhcmdldBgCIAEoCRIQCghzaW5jZV9ucxgDIAEoAxIQCgh1bnRpbF9ucxgEIAEoAxIUCgxhZnRlcl9jdXJzb3IYBSABKAQSDQoFbGltaXQYBiABKA0iLwoZR2V0QXVkaXRDaGFpblN0YXRlUmVxdWVzdBISCgp2ZXJpZnlfbm93GAEgASgIIm4KD0F1ZGl0Q2hlY2twb2ludBITCgtjaGFpbl9pbmRleBgBIAEoBBIQCgh0YWtlbl9hdBgCIAEoCRITCgtyZWNvcmRfdGltZRgDIAEoARIOCgZzb3VyY2UYBCABKAkSDwoHbWF0Y2hlcxgFIAEoCCKUAgoPQXVkaXRDaGFpblN0YXRlEg4KBmludGFjdBgBIAEoCBIPCgdyZWNvcmRzGAIgASgNEhIKCmxhc3RfaW5kZXgYAyABKAQSGAoQbGFzdF9yZWNvcmRlZF9hdBgEIAEoARIQCghmaW5kaW5ncxgFIAMoCRITCgt2ZXJpZmllZF9hdBgGIAEoARISCgpoZWFkX2luZGV4GAcgASgEEjsKD2xhc3RfY2hlY2twb2ludBgIIAEoCzIiLnBhcmxleS5zdG9yYWdlLnYxLkF1ZGl0Q2hlY2twb2ludBIZChFjaGVja3BvaW50X2Vycm9ycxgJIAMoCRIfChd2ZXJpZnlfaW50ZXJ2YWxfc2Vjb25kcxgKIAEoASIWChRHZXRBcmNoaXZlTGFnUmVxdWVzdCKiAQoJU3RyZWFtTGFnEg4KBnN0cmVhbRgBIAEoCRIQCghjb25zdW1lchgCIAEoCRIXCg9zdHJlYW1fbGFzdF9zZXEYAyABKAQSFAoMYXJjaGl2ZWRfc2VxGAQgASgEEhUKDWV2ZW50c19iZWhpbmQYBSABKAQSFgoOc2Vjb25kc19iZWhpbmQYBiABKAESFQoNY29tbWl0dGVkX3NlcRgHIAEoBCJGChVHZXRBcmNoaXZlTGFnUmVzcG9uc2USLQoHc3RyZWFtcxgBIAMoCzIcLnBhcmxleS5zdG9yYWdlLnYxLlN0cmVhbUxhZyIoChVFeHBvcnRVc2VyRGF0YVJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSI5ChZFeHBvcnRVc2VyRGF0YVJlc3BvbnNlEg4KBmZvcm1hdBgBIAEoCRIPCgdhcmNoaXZlGAIgASgMIjcKFEVyYXNlVXNlckRhdGFSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSDgoGcmVhc29uGAIgASgJIm4KFUVyYXNlVXNlckRhdGFSZXNwb25zZRIZChFkZXN0cm95ZWRfa2V5X2lkcxgBIAMoCRIZChFldmVudHNfdW5yZWFkYWJsZRgCIAEoBBIfChdldmVudHNfZGVsZXRlZF9mcm9tX2xvZxgDIAEoBCI9ChlTZXRSZXRlbnRpb25Qb2xpY3lSZXF1ZXN0EhIKCmNoYW5uZWxfaWQYASABKAkSDAoEZGF5cxgCIAEoDSIxChpTZXRSZXRlbnRpb25Qb2xpY3lSZXNwb25zZRITCgtyZW1vdmVkX25vdxgBIAEoBCIeChxMaXN0UmV0ZW50aW9uUG9saWNpZXNSZXF1ZXN0Im8KD1JldGVudGlvblBvbGljeRISCgpjaGFubmVsX2lkGAEgASgJEgwKBGRheXMYAiABKA0SDgoGc2V0X2J5GAMgASgJEioKBnNldF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiVQodTGlzdFJldGVudGlvblBvbGljaWVzUmVzcG9uc2USNAoIcG9saWNpZXMYASADKAsyIi5wYXJsZXkuc3RvcmFnZS52MS5SZXRlbnRpb25Qb2xpY3kiHwodUm90YXRlS2V5RW5jcnlwdGlvbktleVJlcXVlc3QiagoeUm90YXRlS2V5RW5jcnlwdGlvbktleVJlc3BvbnNlEhIKCm5ld19rZWtfaWQYASABKAkSGwoTcmV3cmFwcGVkX2RhdGFfa2V5cxgCIAEoBBIXCg9yZXRpcmVkX2tla19pZHMYAyADKAkiGgoYR2V0U2NoZW1hVmVyc2lvbnNSZXF1ZXN0IocBChNFdmVudFNjaGVtYVZlcnNpb25zEg4KBnN0cmVhbRgBIAEoCRISCgpldmVudF90eXBlGAIgASgJEh0KFW9sZGVzdF9zY2hlbWFfdmVyc2lvbhgDIAEoDRIdChVuZXdlc3Rfc2NoZW1hX3ZlcnNpb24YBCABKA0SDgoGZXZlbnRzGAUgASgEIlUKGUdldFNjaGVtYVZlcnNpb25zUmVzcG9uc2USOAoIdmVyc2lvbnMYASADKAsyJi5wYXJsZXkuc3RvcmFnZS52MS5FdmVudFNjaGVtYVZlcnNpb25zMoABCg5TdG9yYWdlU2VydmljZRJuChFHZXRDaGFubmVsSGlzdG9yeRIrLnBhcmxleS5zdG9yYWdlLnYxLkdldENoYW5uZWxIaXN0b3J5UmVxdWVzdBosLnBhcmxleS5zdG9yYWdlLnYxLkdldENoYW5uZWxIaXN0b3J5UmVzcG9uc2UyvQkKFVN0b3JhZ2VBcmNoaXZlU2VydmljZRJpChJSZWFkQXJjaGl2ZWRTdHJlYW0SLC5wYXJsZXkuc3RvcmFnZS52MS5SZWFkQXJjaGl2ZWRTdHJlYW1SZXF1ZXN0GiUucGFybGV5LnN0b3JhZ2UudjEuQXJjaGl2ZWRFdmVudHNQYWdlEmkKEkdldEFnZ3JlZ2F0ZUV2ZW50cxIsLnBhcmxleS5zdG9yYWdlLnYxLkdldEFnZ3JlZ2F0ZUV2ZW50c1JlcXVlc3QaJS5wYXJsZXkuc3RvcmFnZS52MS5BcmNoaXZlZEV2ZW50c1BhZ2USWQoKUXVlcnlBdWRpdBIkLnBhcmxleS5zdG9yYWdlLnYxLlF1ZXJ5QXVkaXRSZXF1ZXN0GiUucGFybGV5LnN0b3JhZ2UudjEuQXJjaGl2ZWRFdmVudHNQYWdlEmIKDUdldEFyY2hpdmVMYWcSJy5wYXJsZXkuc3RvcmFnZS52MS5HZXRBcmNoaXZlTGFnUmVxdWVzdBooLnBhcmxleS5zdG9yYWdlLnYxLkdldEFyY2hpdmVMYWdSZXNwb25zZRJlCg5FeHBvcnRVc2VyRGF0YRIoLnBhcmxleS5zdG9yYWdlLnYxLkV4cG9ydFVzZXJEYXRhUmVxdWVzdBopLnBhcmxleS5zdG9yYWdlLnYxLkV4cG9ydFVzZXJEYXRhUmVzcG9uc2USYgoNRXJhc2VVc2VyRGF0YRInLnBhcmxleS5zdG9yYWdlLnYxLkVyYXNlVXNlckRhdGFSZXF1ZXN0GigucGFybGV5LnN0b3JhZ2UudjEuRXJhc2VVc2VyRGF0YVJlc3BvbnNlEnEKElNldFJldGVudGlvblBvbGljeRIsLnBhcmxleS5zdG9yYWdlLnYxLlNldFJldGVudGlvblBvbGljeVJlcXVlc3QaLS5wYXJsZXkuc3RvcmFnZS52MS5TZXRSZXRlbnRpb25Qb2xpY3lSZXNwb25zZRJ6ChVMaXN0UmV0ZW50aW9uUG9saWNpZXMSLy5wYXJsZXkuc3RvcmFnZS52MS5MaXN0UmV0ZW50aW9uUG9saWNpZXNSZXF1ZXN0GjAucGFybGV5LnN0b3JhZ2UudjEuTGlzdFJldGVudGlvblBvbGljaWVzUmVzcG9uc2USfQoWUm90YXRlS2V5RW5jcnlwdGlvbktleRIwLnBhcmxleS5zdG9yYWdlLnYxLlJvdGF0ZUtleUVuY3J5cHRpb25LZXlSZXF1ZXN0GjEucGFybGV5LnN0b3JhZ2UudjEuUm90YXRlS2V5RW5jcnlwdGlvbktleVJlc3BvbnNlEm4KEUdldFNjaGVtYVZlcnNpb25zEisucGFybGV5LnN0b3JhZ2UudjEuR2V0U2NoZW1hVmVyc2lvbnNSZXF1ZXN0GiwucGFybGV5LnN0b3JhZ2UudjEuR2V0U2NoZW1hVmVyc2lvbnNSZXNwb25zZRJmChJHZXRBdWRpdENoYWluU3RhdGUSLC5wYXJsZXkuc3RvcmFnZS52MS5HZXRBdWRpdENoYWluU3RhdGVSZXF1ZXN0GiIucGFybGV5LnN0b3JhZ2UudjEuQXVkaXRDaGFpblN0YXRlYgZwcm90bzM", [file_google_protobuf_timestamp, file_parley_messaging_v1_messaging]);
+  fileDesc("Ch9wYXJsZXkvc3RvcmFnZS92MS9zdG9yYWdlLnByb3RvEhFwYXJsZXkuc3RvcmFnZS52MSLFAQoYR2V0Q2hhbm5lbEhpc3RvcnlSZXF1ZXN0EhIKCmNoYW5uZWxfaWQYASABKAkSEQoJYWZ0ZXJfc2VxGAIgASgEEg0KBWxpbWl0GAMgASgNEhIKCmJlZm9yZV9zZXEYBCABKAQSLgoKYWZ0ZXJfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLYmVmb3JlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImEKGUdldENoYW5uZWxIaXN0b3J5UmVzcG9uc2USMgoIbWVzc2FnZXMYASADKAsyIC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYXRNZXNzYWdlEhAKCGhhc19tb3JlGAIgASgIIrICCg1BcmNoaXZlZEV2ZW50Eg4KBnN0cmVhbRgBIAEoCRISCgpzdHJlYW1fc2VxGAIgASgEEg8KB3N1YmplY3QYAyABKAkSEAoIZXZlbnRfaWQYBCABKAkSEgoKZXZlbnRfdHlwZRgFIAEoCRIWCg5hZ2dyZWdhdGVfdHlwZRgGIAEoCRIUCgxhZ2dyZWdhdGVfaWQYByABKAkSGQoRYWdncmVnYXRlX3ZlcnNpb24YCCABKAQSFgoOb2NjdXJyZWRfYXRfbnMYCSABKAMSDQoFYWN0b3IYCiABKAkSEAoIZW52ZWxvcGUYCyABKAwSDgoGZXJhc2VkGAwgASgIEg4KBmN1cnNvchgNIAEoBBISCgp1bnJlYWRhYmxlGA4gASgIEhAKCHdpdGhoZWxkGA8gASgIIlgKEkFyY2hpdmVkRXZlbnRzUGFnZRIwCgZldmVudHMYASADKAsyIC5wYXJsZXkuc3RvcmFnZS52MS5BcmNoaXZlZEV2ZW50EhAKCGhhc19tb3JlGAIgASgIIk0KGVJlYWRBcmNoaXZlZFN0cmVhbVJlcXVlc3QSDgoGc3RyZWFtGAEgASgJEhEKCWFmdGVyX3NlcRgCIAEoBBINCgVsaW1pdBgDIAEoDSJvChlHZXRBZ2dyZWdhdGVFdmVudHNSZXF1ZXN0EhYKDmFnZ3JlZ2F0ZV90eXBlGAEgASgJEhQKDGFnZ3JlZ2F0ZV9pZBgCIAEoCRIVCg1hZnRlcl92ZXJzaW9uGAMgASgEEg0KBWxpbWl0GAQgASgNInsKEVF1ZXJ5QXVkaXRSZXF1ZXN0Eg0KBWFjdG9yGAEgASgJEg4KBnRhcmdldBgCIAEoCRIQCghzaW5jZV9ucxgDIAEoAxIQCgh1bnRpbF9ucxgEIAEoAxIUCgxhZnRlcl9jdXJzb3IYBSABKAQSDQoFbGltaXQYBiABKA0iSwoaV2F0Y2hTZWN1cml0eUV2ZW50c1JlcXVlc3QSDQoFa2luZHMYASADKAkSDQoFYWN0b3IYAiABKAkSDwoHYmFja2xvZxgDIAEoDSLDAQoTU2VjdXJpdHlFdmVudE5vdGljZRIMCgRraW5kGAEgASgJEhMKC29jY3VycmVkX2F0GAIgASgBEg0KBWFjdG9yGAMgASgJEg8KB3VzZXJfaWQYBCABKAkSEAoIdXNlcm5hbWUYBSABKAkSDgoGc291cmNlGAYgASgJEg4KBmRldGFpbBgHIAEoCRITCgtjaGFpbl9pbmRleBgIIAEoBBIOCgZzdHJlYW0YCSABKAkSEgoKc3RyZWFtX3NlcRgKIAEoBCIvChlHZXRBdWRpdENoYWluU3RhdGVSZXF1ZXN0EhIKCnZlcmlmeV9ub3cYASABKAgibgoPQXVkaXRDaGVja3BvaW50EhMKC2NoYWluX2luZGV4GAEgASgEEhAKCHRha2VuX2F0GAIgASgJEhMKC3JlY29yZF90aW1lGAMgASgBEg4KBnNvdXJjZRgEIAEoCRIPCgdtYXRjaGVzGAUgASgIIpQCCg9BdWRpdENoYWluU3RhdGUSDgoGaW50YWN0GAEgASgIEg8KB3JlY29yZHMYAiABKA0SEgoKbGFzdF9pbmRleBgDIAEoBBIYChBsYXN0X3JlY29yZGVkX2F0GAQgASgBEhAKCGZpbmRpbmdzGAUgAygJEhMKC3ZlcmlmaWVkX2F0GAYgASgBEhIKCmhlYWRfaW5kZXgYByABKAQSOwoPbGFzdF9jaGVja3BvaW50GAggASgLMiIucGFybGV5LnN0b3JhZ2UudjEuQXVkaXRDaGVja3BvaW50EhkKEWNoZWNrcG9pbnRfZXJyb3JzGAkgAygJEh8KF3ZlcmlmeV9pbnRlcnZhbF9zZWNvbmRzGAogASgBIhYKFEdldEFyY2hpdmVMYWdSZXF1ZXN0IqIBCglTdHJlYW1MYWcSDgoGc3RyZWFtGAEgASgJEhAKCGNvbnN1bWVyGAIgASgJEhcKD3N0cmVhbV9sYXN0X3NlcRgDIAEoBBIUCgxhcmNoaXZlZF9zZXEYBCABKAQSFQoNZXZlbnRzX2JlaGluZBgFIAEoBBIWCg5zZWNvbmRzX2JlaGluZBgGIAEoARIVCg1jb21taXR0ZWRfc2VxGAcgASgEIkYKFUdldEFyY2hpdmVMYWdSZXNwb25zZRItCgdzdHJlYW1zGAEgAygLMhwucGFybGV5LnN0b3JhZ2UudjEuU3RyZWFtTGFnIigKFUV4cG9ydFVzZXJEYXRhUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJIjkKFkV4cG9ydFVzZXJEYXRhUmVzcG9uc2USDgoGZm9ybWF0GAEgASgJEg8KB2FyY2hpdmUYAiABKAwiNwoURXJhc2VVc2VyRGF0YVJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkibgoVRXJhc2VVc2VyRGF0YVJlc3BvbnNlEhkKEWRlc3Ryb3llZF9rZXlfaWRzGAEgAygJEhkKEWV2ZW50c191bnJlYWRhYmxlGAIgASgEEh8KF2V2ZW50c19kZWxldGVkX2Zyb21fbG9nGAMgASgEIj0KGVNldFJldGVudGlvblBvbGljeVJlcXVlc3QSEgoKY2hhbm5lbF9pZBgBIAEoCRIMCgRkYXlzGAIgASgNIjEKGlNldFJldGVudGlvblBvbGljeVJlc3BvbnNlEhMKC3JlbW92ZWRfbm93GAEgASgEIh4KHExpc3RSZXRlbnRpb25Qb2xpY2llc1JlcXVlc3QibwoPUmV0ZW50aW9uUG9saWN5EhIKCmNoYW5uZWxfaWQYASABKAkSDAoEZGF5cxgCIAEoDRIOCgZzZXRfYnkYAyABKAkSKgoGc2V0X2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJVCh1MaXN0UmV0ZW50aW9uUG9saWNpZXNSZXNwb25zZRI0Cghwb2xpY2llcxgBIAMoCzIiLnBhcmxleS5zdG9yYWdlLnYxLlJldGVudGlvblBvbGljeSIfCh1Sb3RhdGVLZXlFbmNyeXB0aW9uS2V5UmVxdWVzdCJqCh5Sb3RhdGVLZXlFbmNyeXB0aW9uS2V5UmVzcG9uc2USEgoKbmV3X2tla19pZBgBIAEoCRIbChNyZXdyYXBwZWRfZGF0YV9rZXlzGAIgASgEEhcKD3JldGlyZWRfa2VrX2lkcxgDIAMoCSIaChhHZXRTY2hlbWFWZXJzaW9uc1JlcXVlc3QihwEKE0V2ZW50U2NoZW1hVmVyc2lvbnMSDgoGc3RyZWFtGAEgASgJEhIKCmV2ZW50X3R5cGUYAiABKAkSHQoVb2xkZXN0X3NjaGVtYV92ZXJzaW9uGAMgASgNEh0KFW5ld2VzdF9zY2hlbWFfdmVyc2lvbhgEIAEoDRIOCgZldmVudHMYBSABKAQiVQoZR2V0U2NoZW1hVmVyc2lvbnNSZXNwb25zZRI4Cgh2ZXJzaW9ucxgBIAMoCzImLnBhcmxleS5zdG9yYWdlLnYxLkV2ZW50U2NoZW1hVmVyc2lvbnMygAEKDlN0b3JhZ2VTZXJ2aWNlEm4KEUdldENoYW5uZWxIaXN0b3J5EisucGFybGV5LnN0b3JhZ2UudjEuR2V0Q2hhbm5lbEhpc3RvcnlSZXF1ZXN0GiwucGFybGV5LnN0b3JhZ2UudjEuR2V0Q2hhbm5lbEhpc3RvcnlSZXNwb25zZTKtCgoVU3RvcmFnZUFyY2hpdmVTZXJ2aWNlEmkKElJlYWRBcmNoaXZlZFN0cmVhbRIsLnBhcmxleS5zdG9yYWdlLnYxLlJlYWRBcmNoaXZlZFN0cmVhbVJlcXVlc3QaJS5wYXJsZXkuc3RvcmFnZS52MS5BcmNoaXZlZEV2ZW50c1BhZ2USaQoSR2V0QWdncmVnYXRlRXZlbnRzEiwucGFybGV5LnN0b3JhZ2UudjEuR2V0QWdncmVnYXRlRXZlbnRzUmVxdWVzdBolLnBhcmxleS5zdG9yYWdlLnYxLkFyY2hpdmVkRXZlbnRzUGFnZRJZCgpRdWVyeUF1ZGl0EiQucGFybGV5LnN0b3JhZ2UudjEuUXVlcnlBdWRpdFJlcXVlc3QaJS5wYXJsZXkuc3RvcmFnZS52MS5BcmNoaXZlZEV2ZW50c1BhZ2USYgoNR2V0QXJjaGl2ZUxhZxInLnBhcmxleS5zdG9yYWdlLnYxLkdldEFyY2hpdmVMYWdSZXF1ZXN0GigucGFybGV5LnN0b3JhZ2UudjEuR2V0QXJjaGl2ZUxhZ1Jlc3BvbnNlEmUKDkV4cG9ydFVzZXJEYXRhEigucGFybGV5LnN0b3JhZ2UudjEuRXhwb3J0VXNlckRhdGFSZXF1ZXN0GikucGFybGV5LnN0b3JhZ2UudjEuRXhwb3J0VXNlckRhdGFSZXNwb25zZRJiCg1FcmFzZVVzZXJEYXRhEicucGFybGV5LnN0b3JhZ2UudjEuRXJhc2VVc2VyRGF0YVJlcXVlc3QaKC5wYXJsZXkuc3RvcmFnZS52MS5FcmFzZVVzZXJEYXRhUmVzcG9uc2UScQoSU2V0UmV0ZW50aW9uUG9saWN5EiwucGFybGV5LnN0b3JhZ2UudjEuU2V0UmV0ZW50aW9uUG9saWN5UmVxdWVzdBotLnBhcmxleS5zdG9yYWdlLnYxLlNldFJldGVudGlvblBvbGljeVJlc3BvbnNlEnoKFUxpc3RSZXRlbnRpb25Qb2xpY2llcxIvLnBhcmxleS5zdG9yYWdlLnYxLkxpc3RSZXRlbnRpb25Qb2xpY2llc1JlcXVlc3QaMC5wYXJsZXkuc3RvcmFnZS52MS5MaXN0UmV0ZW50aW9uUG9saWNpZXNSZXNwb25zZRJ9ChZSb3RhdGVLZXlFbmNyeXB0aW9uS2V5EjAucGFybGV5LnN0b3JhZ2UudjEuUm90YXRlS2V5RW5jcnlwdGlvbktleVJlcXVlc3QaMS5wYXJsZXkuc3RvcmFnZS52MS5Sb3RhdGVLZXlFbmNyeXB0aW9uS2V5UmVzcG9uc2USbgoRR2V0U2NoZW1hVmVyc2lvbnMSKy5wYXJsZXkuc3RvcmFnZS52MS5HZXRTY2hlbWFWZXJzaW9uc1JlcXVlc3QaLC5wYXJsZXkuc3RvcmFnZS52MS5HZXRTY2hlbWFWZXJzaW9uc1Jlc3BvbnNlEmYKEkdldEF1ZGl0Q2hhaW5TdGF0ZRIsLnBhcmxleS5zdG9yYWdlLnYxLkdldEF1ZGl0Q2hhaW5TdGF0ZVJlcXVlc3QaIi5wYXJsZXkuc3RvcmFnZS52MS5BdWRpdENoYWluU3RhdGUSbgoTV2F0Y2hTZWN1cml0eUV2ZW50cxItLnBhcmxleS5zdG9yYWdlLnYxLldhdGNoU2VjdXJpdHlFdmVudHNSZXF1ZXN0GiYucGFybGV5LnN0b3JhZ2UudjEuU2VjdXJpdHlFdmVudE5vdGljZTABYgZwcm90bzM", [file_google_protobuf_timestamp, file_parley_messaging_v1_messaging]);
 
 /**
  * @generated from message parley.storage.v1.GetChannelHistoryRequest
@@ -330,6 +330,116 @@ export const QueryAuditRequestSchema: GenMessage<QueryAuditRequest> = /*@__PURE_
   messageDesc(file_parley_storage_v1_storage, 6);
 
 /**
+ * @generated from message parley.storage.v1.WatchSecurityEventsRequest
+ */
+export type WatchSecurityEventsRequest = Message<"parley.storage.v1.WatchSecurityEventsRequest"> & {
+  /**
+   * Kinds to show, e.g. login_failed, new_session, lockout, session_revoked, or "anomaly" (every
+   * finding) and "anomaly:<rule>"; empty: every kind.
+   *
+   * @generated from field: repeated string kinds = 1;
+   */
+  kinds: string[];
+
+  /**
+   * Events by or about one person or service: a user id, a username, or service:<name>.
+   *
+   * @generated from field: string actor = 2;
+   */
+  actor: string;
+
+  /**
+   * recent events sent first: 0..500, 0 means 50
+   *
+   * @generated from field: uint32 backlog = 3;
+   */
+  backlog: number;
+};
+
+/**
+ * Describes the message parley.storage.v1.WatchSecurityEventsRequest.
+ * Use `create(WatchSecurityEventsRequestSchema)` to create a new message.
+ */
+export const WatchSecurityEventsRequestSchema: GenMessage<WatchSecurityEventsRequest> = /*@__PURE__*/
+  messageDesc(file_parley_storage_v1_storage, 7);
+
+/**
+ * @generated from message parley.storage.v1.SecurityEventNotice
+ */
+export type SecurityEventNotice = Message<"parley.storage.v1.SecurityEventNotice"> & {
+  /**
+   * the audit record's kind, or "anomaly:<rule>"
+   *
+   * @generated from field: string kind = 1;
+   */
+  kind: string;
+
+  /**
+   * unix seconds
+   *
+   * @generated from field: double occurred_at = 2;
+   */
+  occurredAt: number;
+
+  /**
+   * who caused it: user:<id>, platform, service:<name>
+   *
+   * @generated from field: string actor = 3;
+   */
+  actor: string;
+
+  /**
+   * whom it concerns, if anyone
+   *
+   * @generated from field: string user_id = 4;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: string username = 5;
+   */
+  username: string;
+
+  /**
+   * the client address, if known
+   *
+   * @generated from field: string source = 6;
+   */
+  source: string;
+
+  /**
+   * @generated from field: string detail = 7;
+   */
+  detail: string;
+
+  /**
+   * the audit record's number; 0 for an anomaly
+   *
+   * @generated from field: uint64 chain_index = 8;
+   */
+  chainIndex: bigint;
+
+  /**
+   * where it is archived (SEC, STORE), with its position
+   *
+   * @generated from field: string stream = 9;
+   */
+  stream: string;
+
+  /**
+   * @generated from field: uint64 stream_seq = 10;
+   */
+  streamSeq: bigint;
+};
+
+/**
+ * Describes the message parley.storage.v1.SecurityEventNotice.
+ * Use `create(SecurityEventNoticeSchema)` to create a new message.
+ */
+export const SecurityEventNoticeSchema: GenMessage<SecurityEventNotice> = /*@__PURE__*/
+  messageDesc(file_parley_storage_v1_storage, 8);
+
+/**
  * @generated from message parley.storage.v1.GetAuditChainStateRequest
  */
 export type GetAuditChainStateRequest = Message<"parley.storage.v1.GetAuditChainStateRequest"> & {
@@ -344,7 +454,7 @@ export type GetAuditChainStateRequest = Message<"parley.storage.v1.GetAuditChain
  * Use `create(GetAuditChainStateRequestSchema)` to create a new message.
  */
 export const GetAuditChainStateRequestSchema: GenMessage<GetAuditChainStateRequest> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 7);
+  messageDesc(file_parley_storage_v1_storage, 9);
 
 /**
  * An operator's checkpoint (`parley audit checkpoint`) that storage read from
@@ -392,7 +502,7 @@ export type AuditCheckpoint = Message<"parley.storage.v1.AuditCheckpoint"> & {
  * Use `create(AuditCheckpointSchema)` to create a new message.
  */
 export const AuditCheckpointSchema: GenMessage<AuditCheckpoint> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 8);
+  messageDesc(file_parley_storage_v1_storage, 10);
 
 /**
  * @generated from message parley.storage.v1.AuditChainState
@@ -470,7 +580,7 @@ export type AuditChainState = Message<"parley.storage.v1.AuditChainState"> & {
  * Use `create(AuditChainStateSchema)` to create a new message.
  */
 export const AuditChainStateSchema: GenMessage<AuditChainState> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 9);
+  messageDesc(file_parley_storage_v1_storage, 11);
 
 /**
  * @generated from message parley.storage.v1.GetArchiveLagRequest
@@ -483,7 +593,7 @@ export type GetArchiveLagRequest = Message<"parley.storage.v1.GetArchiveLagReque
  * Use `create(GetArchiveLagRequestSchema)` to create a new message.
  */
 export const GetArchiveLagRequestSchema: GenMessage<GetArchiveLagRequest> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 10);
+  messageDesc(file_parley_storage_v1_storage, 12);
 
 /**
  * @generated from message parley.storage.v1.StreamLag
@@ -538,7 +648,7 @@ export type StreamLag = Message<"parley.storage.v1.StreamLag"> & {
  * Use `create(StreamLagSchema)` to create a new message.
  */
 export const StreamLagSchema: GenMessage<StreamLag> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 11);
+  messageDesc(file_parley_storage_v1_storage, 13);
 
 /**
  * @generated from message parley.storage.v1.GetArchiveLagResponse
@@ -555,7 +665,7 @@ export type GetArchiveLagResponse = Message<"parley.storage.v1.GetArchiveLagResp
  * Use `create(GetArchiveLagResponseSchema)` to create a new message.
  */
 export const GetArchiveLagResponseSchema: GenMessage<GetArchiveLagResponse> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 12);
+  messageDesc(file_parley_storage_v1_storage, 14);
 
 /**
  * @generated from message parley.storage.v1.ExportUserDataRequest
@@ -572,7 +682,7 @@ export type ExportUserDataRequest = Message<"parley.storage.v1.ExportUserDataReq
  * Use `create(ExportUserDataRequestSchema)` to create a new message.
  */
 export const ExportUserDataRequestSchema: GenMessage<ExportUserDataRequest> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 13);
+  messageDesc(file_parley_storage_v1_storage, 15);
 
 /**
  * @generated from message parley.storage.v1.ExportUserDataResponse
@@ -598,7 +708,7 @@ export type ExportUserDataResponse = Message<"parley.storage.v1.ExportUserDataRe
  * Use `create(ExportUserDataResponseSchema)` to create a new message.
  */
 export const ExportUserDataResponseSchema: GenMessage<ExportUserDataResponse> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 14);
+  messageDesc(file_parley_storage_v1_storage, 16);
 
 /**
  * @generated from message parley.storage.v1.EraseUserDataRequest
@@ -622,7 +732,7 @@ export type EraseUserDataRequest = Message<"parley.storage.v1.EraseUserDataReque
  * Use `create(EraseUserDataRequestSchema)` to create a new message.
  */
 export const EraseUserDataRequestSchema: GenMessage<EraseUserDataRequest> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 15);
+  messageDesc(file_parley_storage_v1_storage, 17);
 
 /**
  * @generated from message parley.storage.v1.EraseUserDataResponse
@@ -652,7 +762,7 @@ export type EraseUserDataResponse = Message<"parley.storage.v1.EraseUserDataResp
  * Use `create(EraseUserDataResponseSchema)` to create a new message.
  */
 export const EraseUserDataResponseSchema: GenMessage<EraseUserDataResponse> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 16);
+  messageDesc(file_parley_storage_v1_storage, 18);
 
 /**
  * @generated from message parley.storage.v1.SetRetentionPolicyRequest
@@ -676,7 +786,7 @@ export type SetRetentionPolicyRequest = Message<"parley.storage.v1.SetRetentionP
  * Use `create(SetRetentionPolicyRequestSchema)` to create a new message.
  */
 export const SetRetentionPolicyRequestSchema: GenMessage<SetRetentionPolicyRequest> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 17);
+  messageDesc(file_parley_storage_v1_storage, 19);
 
 /**
  * @generated from message parley.storage.v1.SetRetentionPolicyResponse
@@ -695,7 +805,7 @@ export type SetRetentionPolicyResponse = Message<"parley.storage.v1.SetRetention
  * Use `create(SetRetentionPolicyResponseSchema)` to create a new message.
  */
 export const SetRetentionPolicyResponseSchema: GenMessage<SetRetentionPolicyResponse> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 18);
+  messageDesc(file_parley_storage_v1_storage, 20);
 
 /**
  * @generated from message parley.storage.v1.ListRetentionPoliciesRequest
@@ -708,7 +818,7 @@ export type ListRetentionPoliciesRequest = Message<"parley.storage.v1.ListRetent
  * Use `create(ListRetentionPoliciesRequestSchema)` to create a new message.
  */
 export const ListRetentionPoliciesRequestSchema: GenMessage<ListRetentionPoliciesRequest> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 19);
+  messageDesc(file_parley_storage_v1_storage, 21);
 
 /**
  * @generated from message parley.storage.v1.RetentionPolicy
@@ -744,7 +854,7 @@ export type RetentionPolicy = Message<"parley.storage.v1.RetentionPolicy"> & {
  * Use `create(RetentionPolicySchema)` to create a new message.
  */
 export const RetentionPolicySchema: GenMessage<RetentionPolicy> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 20);
+  messageDesc(file_parley_storage_v1_storage, 22);
 
 /**
  * @generated from message parley.storage.v1.ListRetentionPoliciesResponse
@@ -763,7 +873,7 @@ export type ListRetentionPoliciesResponse = Message<"parley.storage.v1.ListReten
  * Use `create(ListRetentionPoliciesResponseSchema)` to create a new message.
  */
 export const ListRetentionPoliciesResponseSchema: GenMessage<ListRetentionPoliciesResponse> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 21);
+  messageDesc(file_parley_storage_v1_storage, 23);
 
 /**
  * @generated from message parley.storage.v1.RotateKeyEncryptionKeyRequest
@@ -776,7 +886,7 @@ export type RotateKeyEncryptionKeyRequest = Message<"parley.storage.v1.RotateKey
  * Use `create(RotateKeyEncryptionKeyRequestSchema)` to create a new message.
  */
 export const RotateKeyEncryptionKeyRequestSchema: GenMessage<RotateKeyEncryptionKeyRequest> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 22);
+  messageDesc(file_parley_storage_v1_storage, 24);
 
 /**
  * @generated from message parley.storage.v1.RotateKeyEncryptionKeyResponse
@@ -803,7 +913,7 @@ export type RotateKeyEncryptionKeyResponse = Message<"parley.storage.v1.RotateKe
  * Use `create(RotateKeyEncryptionKeyResponseSchema)` to create a new message.
  */
 export const RotateKeyEncryptionKeyResponseSchema: GenMessage<RotateKeyEncryptionKeyResponse> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 23);
+  messageDesc(file_parley_storage_v1_storage, 25);
 
 /**
  * @generated from message parley.storage.v1.GetSchemaVersionsRequest
@@ -816,7 +926,7 @@ export type GetSchemaVersionsRequest = Message<"parley.storage.v1.GetSchemaVersi
  * Use `create(GetSchemaVersionsRequestSchema)` to create a new message.
  */
 export const GetSchemaVersionsRequestSchema: GenMessage<GetSchemaVersionsRequest> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 24);
+  messageDesc(file_parley_storage_v1_storage, 26);
 
 /**
  * @generated from message parley.storage.v1.EventSchemaVersions
@@ -853,7 +963,7 @@ export type EventSchemaVersions = Message<"parley.storage.v1.EventSchemaVersions
  * Use `create(EventSchemaVersionsSchema)` to create a new message.
  */
 export const EventSchemaVersionsSchema: GenMessage<EventSchemaVersions> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 25);
+  messageDesc(file_parley_storage_v1_storage, 27);
 
 /**
  * @generated from message parley.storage.v1.GetSchemaVersionsResponse
@@ -870,7 +980,7 @@ export type GetSchemaVersionsResponse = Message<"parley.storage.v1.GetSchemaVers
  * Use `create(GetSchemaVersionsResponseSchema)` to create a new message.
  */
 export const GetSchemaVersionsResponseSchema: GenMessage<GetSchemaVersionsResponse> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 26);
+  messageDesc(file_parley_storage_v1_storage, 28);
 
 /**
  * Query side of the event archive. Callers present the user's access token; the storage
@@ -1013,6 +1123,19 @@ export const StorageArchiveService: GenService<{
     methodKind: "unary";
     input: typeof GetAuditChainStateRequestSchema;
     output: typeof AuditChainStateSchema;
+  },
+  /**
+   * The security event stream, live: auth's audit records (logins, lockouts, revocations, role
+   * changes) and the detector's findings (AnomalyDetected), the newest `backlog` first, then each
+   * as it is archived. A security-auditor, admin or owner; the stream ends when the caller's
+   * access token no longer holds (expired, revoked): call again with a fresh one.
+   *
+   * @generated from rpc parley.storage.v1.StorageArchiveService.WatchSecurityEvents
+   */
+  watchSecurityEvents: {
+    methodKind: "server_streaming";
+    input: typeof WatchSecurityEventsRequestSchema;
+    output: typeof SecurityEventNoticeSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_parley_storage_v1_storage, 1);
