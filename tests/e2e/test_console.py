@@ -24,7 +24,7 @@ from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from parley.patch.v1 import patch_pb2
 from parley.storage.v1 import storage_pb2
 
-from parley_client import ParleyClient
+from parley_client import ParleyClient, ParleyError
 from parley_client.testing import Traffic, send_continuously
 from parley_core.nats_connect import connect_nats
 from parley_core.testing.browser import CHROMIUM, chromium_args
@@ -354,6 +354,57 @@ async def test_auditor_queries_the_audit_trail_by_actor(browser: Browser, platfo
     await expect(state).to_contain_text("Audit chain TAMPERED")
     await expect(state.locator("ul.findings li").first).to_contain_text(f"deleted: record #{index}")
     await context.close()
+
+
+async def test_auditor_follows_the_security_events_live_filtered_by_kind_and_actor(
+    browser: Browser, platform: RunningPlatform
+) -> None:
+    member, other = account(platform, "member"), account(platform, "member")
+    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    try:
+        await client.login(member, PASSWORD)  # a login before the page opens: in its backlog
+        context, page = await console(browser, platform, account(platform, "security-auditor"), "audit")
+        await page.get_by_label("Kind").select_option(label="failed logins")
+        await page.get_by_label("Person or service").fill(member)
+        await page.get_by_role("button", name="Follow").click()
+        events = page.locator(f'table.security-events[data-actor="{member}"] tbody tr')
+        await expect(page.locator("#security-state")).to_have_attribute("data-state", "live")
+        # Live: the member's failed login appears; the other's, and the member's success, do not.
+        for name in (other, member):
+            with pytest.raises(ParleyError, match="UNAUTHENTICATED"):
+                await client.login(name, "not-the-password-at-all")
+        await expect(events).to_have_count(1)
+        await expect(events.first).to_have_attribute("data-kind", "login_failed")
+        await expect(events.first).to_contain_text(member)  # by name
+        await expect(events.first).not_to_contain_text(other)
+        await shot(page, "console-security-events")
+        await context.close()
+    finally:
+        await client.close()
+    # The stream is the auditor's and the admin's: a member and an operator are refused it.
+    for role in ("member", "operator"):
+        refused = await gateway_stream_status(platform, account(platform, role))
+        assert refused == grpc.StatusCode.PERMISSION_DENIED, role
+
+
+async def gateway_stream_status(platform: RunningPlatform, name: str) -> grpc.StatusCode:
+    """How the gateway answers `name` asking for the security event stream."""
+    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    login = await client.login(name, PASSWORD)
+    await client.close()
+    credentials = grpc.ssl_channel_credentials(root_certificates=platform.ca_cert.read_bytes())
+    async with grpc.aio.secure_channel(
+        platform.gateway_address, credentials, options=[("grpc.ssl_target_name_override", "gateway")]
+    ) as raw:
+        stream = gateway_pb2_grpc.GatewayStub(raw).WatchSecurityEvents(
+            storage_pb2.WatchSecurityEventsRequest(), metadata=bearer(login.access_token), timeout=20
+        )
+        try:
+            async for _ in stream:
+                return grpc.StatusCode.OK
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK
 
 
 async def publish_messaging(platform: RunningPlatform, version: str) -> None:

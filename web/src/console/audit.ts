@@ -1,5 +1,6 @@
 // Audit: the chain's state (storage's audit monitor's last verdict over the archive's audit
-// records: numbering, links, hashes, signatures; and the newest operator checkpoint) and the trail queried by actor, target and time (storage answers a
+// records: numbering, links, hashes, signatures; and the newest operator checkpoint), the security
+// event stream live (security.ts), and the trail queried by actor, target and time (storage answers a
 // security-auditor only, and shows an auditor what people wrote to each other as metadata only).
 
 import { describe, gateway, withRefresh } from "../api.js";
@@ -7,12 +8,14 @@ import { append, clear, h, on } from "../dom.js";
 import type { ArchivedEvent } from "../gen/parley/storage/v1/storage_pb.js";
 import { span, when } from "./format.js";
 import { actorName, actorUserId, learnNames, personName } from "./names.js";
+import { securityPanel } from "./security.js";
 import { table } from "./table.js";
 
 const LIMIT = 200;
 const PEOPLE = new Set(["user", "security"]); // aggregates whose id is a user id
 
-export function auditPage(): HTMLElement {
+/** The page, and how to stop its live stream when the page is left. */
+export function auditPage(): { element: HTMLElement; stop(): void } {
   const actor = h("input", { id: "audit-actor", type: "text", placeholder: "user id, or service:<name>" });
   const target = h("input", { id: "audit-target", type: "text", placeholder: "aggregate id (user, channel)" });
   const since = h("input", { id: "audit-since", type: "datetime-local" });
@@ -70,15 +73,18 @@ export function auditPage(): HTMLElement {
     void run();
   });
   void run();
-  return h(
+  const security = securityPanel();
+  const element = h(
     "section",
     { "aria-labelledby": "audit-title" },
     h("h2", { id: "audit-title" }, "Audit"),
     chainState(),
+    security.element,
     h("h3", {}, "Search"),
     form,
     results,
   );
+  return { element, stop: security.stop };
 }
 
 /** Storage's audit monitor's verdict and the newest operator checkpoint, and a button for a fresh run. */

@@ -27,6 +27,7 @@ class Console {
   private readonly notice = h("p", { class: "error", role: "alert" });
   private timer: number | undefined;
   private shown = 0; // bumps on each page change, so a late answer for a page left is dropped
+  private leave: (() => void) | null = null; // ends what the shown page keeps open (a live stream)
 
   constructor(root: HTMLElement) {
     this.root = root;
@@ -117,6 +118,8 @@ class Console {
       else link.removeAttribute("aria-current");
     }
     window.clearTimeout(this.timer);
+    this.leave?.();
+    this.leave = null;
     const shown = ++this.shown;
     this.notice.textContent = "";
     try {
@@ -164,9 +167,13 @@ class Console {
         put(rollouts.element);
         return () => rollouts.refresh();
       }
-      case "audit":
-        put(auditPage());
+      case "audit": {
+        const audit = auditPage();
+        if (shown !== this.shown) audit.stop();
+        else this.leave = audit.stop;
+        put(audit.element);
         return null;
+      }
     }
   }
 }

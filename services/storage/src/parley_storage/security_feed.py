@@ -32,6 +32,7 @@ PAGE = 500
 # A quiet stream still re-checks the caller's token this often, so a revoked one ends it.
 RECHECK_S = 15.0
 ANOMALY = "anomaly"
+CAUGHT_UP = storage_pb2.SecurityEventNotice(caught_up=True)
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,8 @@ class SecurityFeed:
     async def watch(
         self, request: storage_pb2.WatchSecurityEventsRequest, still_allowed: Callable[[], None]
     ) -> AsyncIterator[storage_pb2.SecurityEventNotice]:
-        """The backlog, then every new matching event; `still_allowed` raises once the caller may
-        no longer read (it is asked before each batch and at least every RECHECK_S)."""
+        """The backlog, a caught-up marker, then every new matching event (and the marker again
+        after each quiet RECHECK_S); `still_allowed` raises once the caller may no longer read."""
         wanted = Filter.of(request)
         backlog = request.backlog or DEFAULT_BACKLOG
         seen = {stream: self._progress.archived(stream) for stream in (SEC, STORE)}
@@ -113,9 +114,13 @@ class SecurityFeed:
         recent.sort(key=lambda n: (n.occurred_at, n.stream, n.stream_seq))
         for notice in recent[-backlog:]:
             yield notice
+        yield CAUGHT_UP
         while True:
-            await self._progress.wait_past(seen, timeout=RECHECK_S)
+            moved = await self._progress.wait_past(seen, timeout=RECHECK_S)
             still_allowed()
+            if not moved:
+                yield CAUGHT_UP  # a sign of life on a quiet stream
+                continue
             for stream, after in list(seen.items()):
                 up_to = self._progress.archived(stream)
                 if up_to <= after:

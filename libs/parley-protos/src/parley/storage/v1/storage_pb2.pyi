@@ -323,6 +323,7 @@ class SecurityEventNotice(_message.Message):
     CHAIN_INDEX_FIELD_NUMBER: _builtins.int
     STREAM_FIELD_NUMBER: _builtins.int
     STREAM_SEQ_FIELD_NUMBER: _builtins.int
+    CAUGHT_UP_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
     """the audit record's kind, or "anomaly:<rule>" """
     occurred_at: _builtins.float
@@ -340,6 +341,10 @@ class SecurityEventNotice(_message.Message):
     stream: _builtins.str
     """where it is archived (SEC, STORE), with its position"""
     stream_seq: _builtins.int
+    caught_up: _builtins.bool
+    """A marker, not an event (every other field empty): everything archived so far is sent. It
+    follows the backlog, and comes again after each quiet RECHECK (15 s) as a sign of life.
+    """
     def __init__(
         self,
         *,
@@ -353,10 +358,11 @@ class SecurityEventNotice(_message.Message):
         chain_index: _builtins.int = ...,
         stream: _builtins.str = ...,
         stream_seq: _builtins.int = ...,
+        caught_up: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "chain_index", b"chain_index", "detail", b"detail", "kind", b"kind", "occurred_at", b"occurred_at", "source", b"source", "stream", b"stream", "stream_seq", b"stream_seq", "user_id", b"user_id", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "caught_up", b"caught_up", "chain_index", b"chain_index", "detail", b"detail", "kind", b"kind", "occurred_at", b"occurred_at", "source", b"source", "stream", b"stream", "stream_seq", b"stream_seq", "user_id", b"user_id", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
