@@ -156,6 +156,7 @@ async def test_a_member_gets_no_console_and_the_gateway_refuses_its_calls(
     await context.close()
     for call, request in (
         ("ListInstances", fleet_pb2.ListInstancesRequest()),
+        ("GetServiceHealth", fleet_pb2.GetServiceHealthRequest()),
         ("ListFindings", patch_pb2.ListFindingsRequest()),
         ("ListRollouts", patch_pb2.ListRolloutsRequest()),
         ("PlanRollout", patch_pb2.PlanRolloutRequest(service="messaging", to_version="9.9.9")),
@@ -261,6 +262,13 @@ async def test_fleet_page_lists_every_instance_and_marks_one_that_fell_silent(
     await expect(stale_row).to_have_class("stale", timeout=60_000)
     await expect(stale_row).to_contain_text("STALE")
     await expect(page.locator("tr.stale")).to_have_count(1)
+    # Each service's health over time: error rate and p99 charted, from the gates' figures. The
+    # gateway has served this page's own calls, so its charts have points.
+    for service in ("auth", "messaging", "storage", "gateway", "patch-registry"):
+        await expect(page.locator(f'figure.service-health[data-service="{service}"] svg.chart')).to_have_count(2)
+    gateway_health = page.locator('figure.service-health[data-service="gateway"]')
+    await expect(gateway_health.locator("svg.chart").nth(1).locator("circle.service").first).to_be_visible()
+    await expect(gateway_health.locator("figcaption")).not_to_contain_text(": 0 calls")
     await shot(page, "console-fleet")
     await context.close()
 

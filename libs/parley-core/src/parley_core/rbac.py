@@ -207,6 +207,7 @@ METHOD_PERMISSIONS: dict[str, Permission | None] = {
     "/parley.storage.v1.StorageService/GetChannelHistory": P.MESSAGES_READ,
     # patch registry
     "/parley.fleet.v1.FleetService/ListInstances": P.FLEET_READ,
+    "/parley.fleet.v1.FleetService/GetServiceHealth": P.FLEET_READ,
     # gateway
     "/parley.gateway.v1.Gateway/Register": PUBLIC,
     "/parley.gateway.v1.Gateway/Login": PUBLIC,
@@ -262,6 +263,7 @@ METHOD_PERMISSIONS: dict[str, Permission | None] = {
     # The operator's console reads the registry's fleet, findings and roll-outs (which the
     # registry itself serves to any peer it lets in: this is their only check for users).
     "/parley.gateway.v1.Gateway/ListInstances": P.FLEET_READ,
+    "/parley.gateway.v1.Gateway/GetServiceHealth": P.FLEET_READ,
     "/parley.gateway.v1.Gateway/ListFindings": P.FLEET_READ,
     "/parley.gateway.v1.Gateway/ListReleases": P.FLEET_READ,
     "/parley.gateway.v1.Gateway/ListRollouts": P.FLEET_READ,

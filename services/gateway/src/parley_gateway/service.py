@@ -719,6 +719,13 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         assert self._fleet is not None
         return await forward(self._fleet.ListInstances, request, context)
 
+    async def GetServiceHealth(
+        self, request: fleet_pb2.GetServiceHealthRequest, context: Context
+    ) -> fleet_pb2.GetServiceHealthResponse:
+        await self._registry(request, context)
+        assert self._fleet is not None
+        return await forward(self._fleet.GetServiceHealth, request, context)
+
     async def ListFindings(
         self, request: patch_pb2.ListFindingsRequest, context: Context
     ) -> patch_pb2.ListFindingsResponse:

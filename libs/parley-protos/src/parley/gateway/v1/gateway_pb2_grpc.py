@@ -296,6 +296,11 @@ class GatewayStub:
                 request_serializer=parley_dot_fleet_dot_v1_dot_fleet__pb2.ListInstancesRequest.SerializeToString,
                 response_deserializer=parley_dot_fleet_dot_v1_dot_fleet__pb2.ListInstancesResponse.FromString,
                 _registered_method=True)
+        self.GetServiceHealth = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/GetServiceHealth',
+                request_serializer=parley_dot_fleet_dot_v1_dot_fleet__pb2.GetServiceHealthRequest.SerializeToString,
+                response_deserializer=parley_dot_fleet_dot_v1_dot_fleet__pb2.GetServiceHealthResponse.FromString,
+                _registered_method=True)
         self.ListFindings = channel.unary_unary(
                 '/parley.gateway.v1.Gateway/ListFindings',
                 request_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.ListFindingsRequest.SerializeToString,
@@ -693,6 +698,12 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetServiceHealth(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListFindings(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -1034,6 +1045,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.ListInstances,
                     request_deserializer=parley_dot_fleet_dot_v1_dot_fleet__pb2.ListInstancesRequest.FromString,
                     response_serializer=parley_dot_fleet_dot_v1_dot_fleet__pb2.ListInstancesResponse.SerializeToString,
+            ),
+            'GetServiceHealth': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServiceHealth,
+                    request_deserializer=parley_dot_fleet_dot_v1_dot_fleet__pb2.GetServiceHealthRequest.FromString,
+                    response_serializer=parley_dot_fleet_dot_v1_dot_fleet__pb2.GetServiceHealthResponse.SerializeToString,
             ),
             'ListFindings': grpc.unary_unary_rpc_method_handler(
                     servicer.ListFindings,
@@ -2480,6 +2496,33 @@ class Gateway:
             '/parley.gateway.v1.Gateway/ListInstances',
             parley_dot_fleet_dot_v1_dot_fleet__pb2.ListInstancesRequest.SerializeToString,
             parley_dot_fleet_dot_v1_dot_fleet__pb2.ListInstancesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServiceHealth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/GetServiceHealth',
+            parley_dot_fleet_dot_v1_dot_fleet__pb2.GetServiceHealthRequest.SerializeToString,
+            parley_dot_fleet_dot_v1_dot_fleet__pb2.GetServiceHealthResponse.FromString,
             options,
             channel_credentials,
             insecure,

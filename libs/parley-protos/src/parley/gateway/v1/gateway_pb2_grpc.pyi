@@ -114,6 +114,7 @@ class GatewayStub:
     and the second-person rule again. Audit calls need audit.read, and storage answers
     queries for a security-auditor only.
     """
+    GetServiceHealth: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.GetServiceHealthRequest, _fleet_pb2.GetServiceHealthResponse]
     ListFindings: _grpc.UnaryUnaryMultiCallable[_patch_pb2.ListFindingsRequest, _patch_pb2.ListFindingsResponse]
     ImportAdvisories: _grpc.UnaryUnaryMultiCallable[_patch_pb2.ImportAdvisoriesRequest, _patch_pb2.ImportAdvisoriesResponse]
     ListReleases: _grpc.UnaryUnaryMultiCallable[_patch_pb2.ListReleasesRequest, _patch_pb2.ListReleasesResponse]
@@ -217,6 +218,7 @@ class GatewayAsyncStub(GatewayStub):
     and the second-person rule again. Audit calls need audit.read, and storage answers
     queries for a security-auditor only.
     """
+    GetServiceHealth: _aio.UnaryUnaryMultiCallable[_fleet_pb2.GetServiceHealthRequest, _fleet_pb2.GetServiceHealthResponse]  # type: ignore[assignment]
     ListFindings: _aio.UnaryUnaryMultiCallable[_patch_pb2.ListFindingsRequest, _patch_pb2.ListFindingsResponse]  # type: ignore[assignment]
     ImportAdvisories: _aio.UnaryUnaryMultiCallable[_patch_pb2.ImportAdvisoriesRequest, _patch_pb2.ImportAdvisoriesResponse]  # type: ignore[assignment]
     ListReleases: _aio.UnaryUnaryMultiCallable[_patch_pb2.ListReleasesRequest, _patch_pb2.ListReleasesResponse]  # type: ignore[assignment]
@@ -623,6 +625,13 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         and the second-person rule again. Audit calls need audit.read, and storage answers
         queries for a security-auditor only.
         """
+
+    @_abc_1.abstractmethod
+    def GetServiceHealth(
+        self,
+        request: _fleet_pb2.GetServiceHealthRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fleet_pb2.GetServiceHealthResponse, _abc.Awaitable[_fleet_pb2.GetServiceHealthResponse]]: ...
 
     @_abc_1.abstractmethod
     def ListFindings(
