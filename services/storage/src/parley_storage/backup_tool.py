@@ -20,6 +20,7 @@ from parley.auth.v1.events_pb2 import TotpEnrolled, UserRegistered
 from sqlalchemy import Connection, func, select
 from sqlalchemy.exc import DBAPIError
 
+from parley_core import backup_journal
 from parley_core.config import AUTH_SEALING_KEY_FILE, REGISTRY_FOLDER, Settings
 from parley_core.database import choose_database
 from parley_storage.archive import open_engine
@@ -101,9 +102,13 @@ def note(line: str) -> None:
 def run(args: argparse.Namespace) -> dict[str, object]:
     settings = _settings(args)
     if args.action == "create":
-        return {"created": str(args.backup), **create(settings, args.backup, wait_seconds=args.wait_seconds)}
+        manifest = create(settings, args.backup, wait_seconds=args.wait_seconds)
+        backup_journal.record(settings.data_dir, "created", args.backup, manifest)
+        return {"created": str(args.backup), **manifest}
     if args.action == "verify":
-        return {"verified": str(args.backup), **verify_backup(args.backup, BackupKeys.load(settings.secrets_dir))}
+        manifest = verify_backup(args.backup, BackupKeys.load(settings.secrets_dir))
+        backup_journal.record(settings.data_dir, "verified", args.backup, manifest)
+        return {"verified": str(args.backup), **manifest}
     return {"restored": str(args.backup), **restore(settings, args.backup)}
 
 
