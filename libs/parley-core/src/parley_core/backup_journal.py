@@ -25,7 +25,8 @@ class BackupEntry:
     backup_created_at: str  # ISO 8601, from the backup's manifest
 
 
-def record(data_dir: Path, action: str, backup: Path, manifest: dict[str, object]) -> None:
+def record(data_dir: Path, action: str, backup: Path, manifest: dict[str, object]) -> str:
+    """Appends the entry; "" when written, else why not (the backup itself stands either way)."""
     entry = {
         "action": action,
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -33,8 +34,12 @@ def record(data_dir: Path, action: str, backup: Path, manifest: dict[str, object
         "backup_id": str(manifest.get("backup_id", "")),
         "backup_created_at": str(manifest.get("created_at", "")),
     }
-    with (data_dir / JOURNAL).open("a") as journal:
-        journal.write(json.dumps(entry, sort_keys=True) + "\n")
+    try:
+        with (data_dir / JOURNAL).open("a") as journal:
+            journal.write(json.dumps(entry, sort_keys=True) + "\n")
+    except OSError as exc:
+        return f"not recorded in {data_dir / JOURNAL}: {exc.strerror}"
+    return ""
 
 
 def read(data_dir: Path) -> list[BackupEntry]:

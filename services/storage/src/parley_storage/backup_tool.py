@@ -103,13 +103,19 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     settings = _settings(args)
     if args.action == "create":
         manifest = create(settings, args.backup, wait_seconds=args.wait_seconds)
-        backup_journal.record(settings.data_dir, "created", args.backup, manifest)
+        _journal(settings, "created", args.backup, manifest)
         return {"created": str(args.backup), **manifest}
     if args.action == "verify":
         manifest = verify_backup(args.backup, BackupKeys.load(settings.secrets_dir))
-        backup_journal.record(settings.data_dir, "verified", args.backup, manifest)
+        _journal(settings, "verified", args.backup, manifest)
         return {"verified": str(args.backup), **manifest}
     return {"restored": str(args.backup), **restore(settings, args.backup)}
+
+
+def _journal(settings: Settings, action: str, backup: Path, manifest: dict[str, Any]) -> None:
+    """For the compliance report; a journal that cannot be written is said, the backup stands."""
+    if problem := backup_journal.record(settings.data_dir, action, backup, manifest):
+        note(f"the backup journal: {problem}")
 
 
 def create(settings: Settings, backup: Path, *, wait_seconds: float) -> dict[str, Any]:
