@@ -91,6 +91,7 @@ def test_signed_report_of_fleet_findings_and_audit_then_a_changed_byte_is_caught
     platform.cli("login", "auditee", stdin="a-long-enough-passphrase\n")
     # What the security sections report: one account with a second factor, a retention policy,
     # a KEK rotation, a backup made and verified, an erasure.
+    assert platform.cli("login", "auditee", stdin="not-the-passphrase-at-all\n", check=False).returncode != 0
     channel = platform.cli("--as", "auditee", "create-channel", "kept-a-month").stdout.split()[-1]
     asyncio.run(enrol_totp(platform, "auditee"))
     platform.cli("retention", channel, "30")
@@ -141,6 +142,12 @@ def test_signed_report_of_fleet_findings_and_audit_then_a_changed_byte_is_caught
     erasure_row = next(line for line in erasures.splitlines() if "asked to be forgotten" in line)
     assert "| STORE #" in erasure_row
     assert "| SEC record #" in erasure_row
+    events = section(report, "Security events in the period")
+    assert "| login_failed | 1 |" in events
+    assert "| account_erased | 1 |" in events
+    listed = events.split("Failures, lockouts")[1]
+    assert any("| login_failed |" in line and "SEC record #" in line for line in listed.splitlines())
+    assert "| login_succeeded |" not in listed  # counted, not listed
 
     key = platform.data_dir / "secrets" / "report-signing-key.pem"
     assert key.stat().st_mode & 0o777 == 0o600

@@ -51,9 +51,12 @@ def test_keys_mfa_by_role_and_erasures_with_their_audit_reference() -> None:
     store_events = [
         archived("STORE", 4, store.UserDataErased(user_id="gone", erased_by="platform", reason="asked"), 90 * DAY),
         archived("STORE", 5, store.KeyEncryptionKeyRotated(new_kek_id="kek-2"), 90 * DAY),
+        archived("STORE", 6, store.AnomalyDetected(kind="password_spraying", source="10.0.0.9", why="w"), 92 * DAY),
     ]
     sec_events = [
-        archived("SEC", 7, auth.SecurityEventRecorded(kind="account_erased", user_id="gone", chain_index=7), 90 * DAY)
+        archived("SEC", 6, auth.SecurityEventRecorded(kind="login_succeeded", user_id="u1", chain_index=6), 85 * DAY),
+        archived("SEC", 7, auth.SecurityEventRecorded(kind="account_erased", user_id="gone", chain_index=7), 90 * DAY),
+        archived("SEC", 8, auth.SecurityEventRecorded(kind="lockout", user_id="u1", chain_index=8), 91 * DAY),
     ]
     facts = facts_from(
         auth=auth_events,
@@ -79,6 +82,13 @@ def test_keys_mfa_by_role_and_erasures_with_their_audit_reference() -> None:
     assert "| gone | platform | asked | STORE #4 | SEC record #7 |" in report
     assert "None: every channel keeps its messages" in report
     assert "Last backup created: none recorded in the backup journal." in report
+    events = report.split("## Security events in the period\n", 1)[1]
+    assert "| login_succeeded | 1 |" in events
+    assert "| lockout | 1 |" in events
+    assert "| anomaly:password_spraying | 1 |" in events
+    assert "| lockout | u1 | - | SEC record #8 |" in events  # listed: a reviewer looks at it
+    assert "| anomaly:password_spraying | 10.0.0.9 | w (response: alert) | STORE #6 |" in events
+    assert "| login_succeeded | u1 |" not in events  # counted, not listed
     # An erasure before the period is counted in all, not listed.
     earlier = "\n".join(render_sections(facts, since=95 * DAY, now=now, table=_table))
     assert "0 erasure(s) in the period; 1 archived in all." in earlier

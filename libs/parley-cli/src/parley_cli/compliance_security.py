@@ -66,6 +66,17 @@ class Restore:
 
 
 @dataclass(frozen=True)
+class SecurityEvent:
+    """An audit record or an anomaly finding, for the period's security events."""
+
+    at: float
+    kind: str  # the record's kind, or "anomaly:<rule>"
+    concerns: str  # the account (user id) or address it concerns
+    detail: str
+    reference: str  # "SEC record #N" or "STORE #seq"
+
+
+@dataclass(frozen=True)
 class SecurityFacts:
     keys: Sequence[KeyAge] = ()
     kek_rotations: Sequence[tuple[float, str]] = ()  # (when, new KEK id), oldest first
@@ -75,6 +86,7 @@ class SecurityFacts:
     backups: Sequence[BackupEntry] = ()
     restores: Sequence[Restore] = ()
     certificates: Sequence[KeyAge] = ()
+    events: Sequence[SecurityEvent] = ()  # every audit record and finding archived, oldest first
 
 
 def _payloads(events: Iterable[storage_pb2.ArchivedEvent]) -> Iterable[tuple[storage_pb2.ArchivedEvent, Message]]:
@@ -135,9 +147,21 @@ def facts_from(
         for role in ROLES
     ]
     audit_erased: dict[str, int] = {}
-    for _, payload in _payloads(sec):
-        if isinstance(payload, auth_events.SecurityEventRecorded) and payload.kind == "account_erased":
+    events: list[SecurityEvent] = []
+    for event, payload in _payloads(sec):
+        if not isinstance(payload, auth_events.SecurityEventRecorded):
+            continue
+        if payload.kind == "account_erased":
             audit_erased.setdefault(payload.user_id, int(payload.chain_index))
+        events.append(
+            SecurityEvent(
+                at=event.occurred_at_ns / 1e9,
+                kind=payload.kind,
+                concerns=payload.user_id or payload.source,
+                detail=payload.detail,
+                reference=f"SEC record #{payload.chain_index}",
+            )
+        )
     rotations: list[tuple[float, str]] = []
     erasures: list[Erasure] = []
     restores: list[Restore] = []
@@ -158,6 +182,16 @@ def facts_from(
             )
         elif isinstance(payload, storage_events.EventLogRestored):
             restores.append(Restore(at, payload.backup_id, payload.backup_created_at))
+        elif isinstance(payload, storage_events.AnomalyDetected):
+            events.append(
+                SecurityEvent(
+                    at=at,
+                    kind=f"anomaly:{payload.kind}",
+                    concerns=payload.user_id or payload.source or payload.subject,
+                    detail=f"{payload.why} (response: {payload.response or 'alert'})",
+                    reference=f"STORE #{event.stream_seq}",
+                )
+            )
     return SecurityFacts(
         keys=sorted(keys.values(), key=lambda k: (k.what, k.since)),
         kek_rotations=rotations,
@@ -167,6 +201,7 @@ def facts_from(
         backups=list(backups),
         restores=restores,
         certificates=certificates,
+        events=sorted(events, key=lambda e: e.at),
     )
 
 
@@ -228,6 +263,7 @@ def render_sections(facts: SecurityFacts, *, since: float, now: float, table: Ta
         *_retention(facts, table),
         *_backups(facts, now, table),
         *_erasures(facts, since, table),
+        *_security_events(facts, since, table),
     ]
 
 
@@ -330,3 +366,39 @@ def _erasures(facts: SecurityFacts, since: float, table: TableFn) -> list[str]:
         for e in period
     ]
     return lines + table(("erased", "account", "by", "reason", "recorded", "audit reference"), rows)
+
+
+# Kinds a reviewer must look at: failures, lockouts, revocations, privilege changes, the detector.
+ATTENTION = (
+    "login_failed",
+    "mfa_failed",
+    "step_up_failed",
+    "lockout",
+    "refresh_token_reuse",
+    "session_revoked",
+    "role_assigned",
+    "account_disabled",
+    "audit_record_forged",
+    "anomaly_response_refused",
+    "change_not_made",
+)
+LISTED = 200  # rows of the period's notable events; the counts cover them all
+
+
+def _security_events(facts: SecurityFacts, since: float, table: TableFn) -> list[str]:
+    lines = ["## Security events in the period", ""]
+    period = [e for e in facts.events if e.at >= since]
+    if not period:
+        return [*lines, "None recorded in the period.", ""]
+    counts: dict[str, int] = {}
+    for e in period:
+        counts[e.kind] = counts.get(e.kind, 0) + 1
+    lines += table(("kind", "count"), sorted(counts.items()))
+    notable = [e for e in period if e.kind in ATTENTION or e.kind.startswith("anomaly:")]
+    if not notable:
+        return [*lines, "None of them a failure, lockout, revocation, role change or anomaly.", ""]
+    shown = notable[-LISTED:]
+    more = f" (the newest {LISTED} of {len(notable)})" if len(notable) > LISTED else ""
+    lines += [f"Failures, lockouts, revocations, role changes and anomalies{more}:", ""]
+    rows = [(_when(e.at), e.kind, e.concerns or "-", e.detail or "-", e.reference) for e in shown]
+    return lines + table(("when", "kind", "concerns", "detail", "reference"), rows)
