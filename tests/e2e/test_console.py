@@ -199,7 +199,7 @@ async def test_pages_shown_by_role(browser: Browser, platform: RunningPlatform) 
     expected = {
         "operator": ["Fleet", "Advisories", "Roll-outs"],
         "security-auditor": ["Fleet", "Advisories", "Roll-outs", "Audit"],
-        "admin": ["Fleet", "Advisories", "Roll-outs"],
+        "admin": ["Fleet", "Advisories", "Roll-outs", "Security events"],
     }
     for role, pages in expected.items():
         context, page = await console(browser, platform, account(platform, role))
@@ -389,6 +389,12 @@ async def test_auditor_follows_the_security_events_live_filtered_by_kind_and_act
         await context.close()
     finally:
         await client.close()
+    # An admin has the stream on a page of its own, live.
+    context, page = await console(browser, platform, account(platform, "admin"), "security")
+    await expect(page.get_by_role("heading", name="Security events", exact=True)).to_be_visible()
+    await expect(page.locator("#security-state")).to_have_attribute("data-state", "live")
+    await expect(page.locator("table.security-events tbody tr").first).to_be_visible()
+    await context.close()
     # The stream is the auditor's and the admin's: a member and an operator are refused it.
     for role in ("member", "operator"):
         refused = await gateway_stream_status(platform, account(platform, role))

@@ -6,6 +6,7 @@ import { describe, isMfaChallenge, login, logout, refresh, type Session } from "
 import { clear, h, on } from "../dom.js";
 import { advisoriesPage } from "./advisories.js";
 import { auditPage } from "./audit.js";
+import { securityPage } from "./security.js";
 import { fleetPage } from "./fleet.js";
 import { mayRollOut, pagesFor, type PageName } from "./roles.js";
 import { RolloutsPage } from "./rollouts.js";
@@ -16,6 +17,7 @@ const TITLES: Record<PageName, string> = {
   advisories: "Advisories",
   rollouts: "Roll-outs",
   audit: "Audit",
+  security: "Security events",
 };
 // How often an open page follows the platform: roll-outs move step by step, the fleet by heartbeats.
 const FOLLOW_MS: Partial<Record<PageName, number>> = { fleet: 5000, advisories: 15000, rollouts: 2000 };
@@ -167,11 +169,13 @@ class Console {
         put(rollouts.element);
         return () => rollouts.refresh();
       }
-      case "audit": {
-        const audit = auditPage();
-        if (shown !== this.shown) audit.stop();
-        else this.leave = audit.stop;
-        put(audit.element);
+      case "audit":
+      case "security": {
+        // The auditor's Audit page holds the live stream; an admin's or owner's page is the stream alone.
+        const opened = page === "audit" ? auditPage() : securityPage();
+        if (shown !== this.shown) opened.stop();
+        else this.leave = opened.stop;
+        put(opened.element);
         return null;
       }
     }

@@ -136,3 +136,17 @@ function row(n: SecurityEventNotice, key: string): HTMLTableRowElement {
     ...cells.map((c) => h("td", {}, c)),
   );
 }
+
+/** The page of an admin or owner: the live stream on its own (the audit trail is the auditor's). */
+export function securityPage(): SecurityPanel {
+  const panel = securityPanel();
+  return {
+    element: h(
+      "section",
+      { "aria-labelledby": "security-title" },
+      h("h2", { id: "security-title" }, "Security events"),
+      panel.element,
+    ),
+    stop: panel.stop,
+  };
+}
