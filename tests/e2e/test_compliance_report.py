@@ -4,13 +4,18 @@ a report with an overdue finding and no roll-out, its content, its signature, an
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.hashes import SHA1
+from cryptography.hazmat.primitives.twofactor.totp import TOTP
 
+from parley_client import ParleyClient
 from parley_core.testing.operators import OperatorTokens
 from parley_core.testing.platform import RunningPlatform, platform_in
 from parley_core.testing.waiting import wait_until
@@ -57,6 +62,18 @@ def osv_against_grpcio(record_id: str) -> str:
     )
 
 
+def section(report: str, title: str) -> str:
+    return report.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+async def enrol_totp(platform: RunningPlatform, name: str) -> None:
+    async with ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes()) as client:
+        await client.login(name, "a-long-enough-passphrase")
+        secret = (await client.begin_totp_enrolment()).secret_base32
+        app = TOTP(base64.b32decode(secret + "=" * (-len(secret) % 8)), 6, SHA1(), 30)
+        await client.confirm_totp_enrolment(app.generate(int(time.time())).decode())
+
+
 def test_signed_report_of_fleet_findings_and_audit_then_a_changed_byte_is_caught(
     platform: RunningPlatform, tmp_path: Path
 ) -> None:
@@ -72,6 +89,18 @@ def test_signed_report_of_fleet_findings_and_audit_then_a_changed_byte_is_caught
     # A login puts records on the audit chain, so the report has a head to name.
     platform.cli("register", "auditee", stdin="a-long-enough-passphrase\n")
     platform.cli("login", "auditee", stdin="a-long-enough-passphrase\n")
+    # What the security sections report: one account with a second factor, a retention policy,
+    # a KEK rotation, a backup made and verified, an erasure.
+    assert platform.cli("login", "auditee", stdin="not-the-passphrase-at-all\n", check=False).returncode != 0
+    channel = platform.cli("--as", "auditee", "create-channel", "kept-a-month").stdout.split()[-1]
+    asyncio.run(enrol_totp(platform, "auditee"))
+    platform.cli("retention", channel, "30")
+    platform.cli("rotate-kek")
+    backup = tmp_path / "backups" / "today"
+    platform.cli("backup", "create", str(backup))
+    platform.cli("backup", "verify", str(backup))
+    platform.cli("register", "leaver", stdin="a-long-enough-passphrase\n")
+    platform.cli("erase", "leaver", "--reason", "asked to be forgotten", "--yes")
     platform.cli_until(
         "audit", "verify", shows="audit chain intact", timeout=90.0
     )  # the archive has caught up with the head
@@ -93,6 +122,32 @@ def test_signed_report_of_fleet_findings_and_audit_then_a_changed_byte_is_caught
     assert "No roll-out was planned or moved in the period." in report
     assert "Verify: **intact**" in report
     assert "Head (live SEC stream): record #" in report
+    # The security sections, each filled from the platform.
+    keys = section(report, "Encryption and key ages")
+    assert "| access-token signing key (Ed25519) |" in keys
+    assert "| audit record signing key (Ed25519) |" in keys
+    assert "| TLS certificate (CA) | ca |" in keys
+    assert "| TLS certificate | gateway |" in keys
+    assert "Last KEK rotation: " in keys
+    assert "none archived" not in keys
+    mfa = section(report, "MFA coverage")
+    assert "| member | 1 | 1 | 100% | optional |" in mfa  # auditee enrolled; leaver erased, no longer counted
+    assert f"| {channel} | 30 days | platform |" in section(report, "Retention policies in force")
+    backups = section(report, "Backups")
+    assert "Last backup created: " in backups
+    assert f"in `{backup}`" in backups
+    assert "Last backup verified: " in backups
+    erasures = section(report, "Erasures")
+    assert "1 erasure(s) in the period" in erasures
+    erasure_row = next(line for line in erasures.splitlines() if "asked to be forgotten" in line)
+    assert "| STORE #" in erasure_row
+    assert "| SEC record #" in erasure_row
+    events = section(report, "Security events in the period")
+    assert "| login_failed | 1 |" in events
+    assert "| account_erased | 1 |" in events
+    listed = events.split("Failures, lockouts")[1]
+    assert any("| login_failed |" in line and "SEC record #" in line for line in listed.splitlines())
+    assert "| login_succeeded |" not in listed  # counted, not listed
 
     key = platform.data_dir / "secrets" / "report-signing-key.pem"
     assert key.stat().st_mode & 0o777 == 0o600

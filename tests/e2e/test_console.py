@@ -24,7 +24,7 @@ from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from parley.patch.v1 import patch_pb2
 from parley.storage.v1 import storage_pb2
 
-from parley_client import ParleyClient
+from parley_client import ParleyClient, ParleyError
 from parley_client.testing import Traffic, send_continuously
 from parley_core.nats_connect import connect_nats
 from parley_core.testing.browser import CHROMIUM, chromium_args
@@ -61,9 +61,12 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
         pytest.fail("web/dist is not built with the console: run `make web` (make test does)")
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: `make chromium` installs Debian's chromium (make test does)")
+    root = tmp_path_factory.mktemp("console")
+    (root / "checkpoints").mkdir()  # the operator's checkpoints, outside the data folder
     running = platform_in(
-        tmp_path_factory.mktemp("console"),
+        root,
         PARLEY_WEB_ROOT=str(WEB_DIST),
+        PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR=str(root / "checkpoints"),
         PARLEY_HEARTBEAT_SECONDS="1",
         PARLEY_PATCH_GATE_WINDOW_SECONDS="3",
         PARLEY_PATCH_DEADLINE_CRITICAL_HOURS=CRITICAL_DEADLINE_HOURS,
@@ -153,6 +156,7 @@ async def test_a_member_gets_no_console_and_the_gateway_refuses_its_calls(
     await context.close()
     for call, request in (
         ("ListInstances", fleet_pb2.ListInstancesRequest()),
+        ("GetServiceHealth", fleet_pb2.GetServiceHealthRequest()),
         ("ListFindings", patch_pb2.ListFindingsRequest()),
         ("ListRollouts", patch_pb2.ListRolloutsRequest()),
         ("PlanRollout", patch_pb2.PlanRolloutRequest(service="messaging", to_version="9.9.9")),
@@ -195,7 +199,7 @@ async def test_pages_shown_by_role(browser: Browser, platform: RunningPlatform) 
     expected = {
         "operator": ["Fleet", "Advisories", "Roll-outs"],
         "security-auditor": ["Fleet", "Advisories", "Roll-outs", "Audit"],
-        "admin": ["Fleet", "Advisories", "Roll-outs"],
+        "admin": ["Fleet", "Advisories", "Roll-outs", "Security events"],
     }
     for role, pages in expected.items():
         context, page = await console(browser, platform, account(platform, role))
@@ -258,6 +262,13 @@ async def test_fleet_page_lists_every_instance_and_marks_one_that_fell_silent(
     await expect(stale_row).to_have_class("stale", timeout=60_000)
     await expect(stale_row).to_contain_text("STALE")
     await expect(page.locator("tr.stale")).to_have_count(1)
+    # Each service's health over time: error rate and p99 charted, from the gates' figures. The
+    # gateway has served this page's own calls, so its charts have points.
+    for service in ("auth", "messaging", "storage", "gateway", "patch-registry"):
+        await expect(page.locator(f'figure.service-health[data-service="{service}"] svg.chart')).to_have_count(2)
+    gateway_health = page.locator('figure.service-health[data-service="gateway"]')
+    await expect(gateway_health.locator("svg.chart").nth(1).locator("circle.service").first).to_be_visible()
+    await expect(gateway_health.locator("figcaption")).not_to_contain_text(": 0 calls")
     await shot(page, "console-fleet")
     await context.close()
 
@@ -322,13 +333,23 @@ async def test_auditor_queries_the_audit_trail_by_actor(browser: Browser, platfo
     results = page.locator(f'.audit-results[data-actor="{login.user_id}"] table tbody tr')
     await expect(results.first).to_be_visible()
     for row in await results.all_inner_texts():
-        assert login.user_id in row
+        assert member in row  # the actor by name, not by id
+        assert login.user_id not in row
     # The chain, verified against the archive: intact, then a row deleted by someone with
     # database access is found.
     state = page.locator("#chain-state")
     await expect(state).to_have_attribute("data-intact", "true")
     await expect(state).to_contain_text("Audit chain intact: ")
     await expect(state).to_contain_text("every signature valid")
+    # The operator's checkpoint, written where storage reads them, shows after a fresh run.
+    checkpoint = page.locator("#chain-checkpoint")
+    out = platform.data_dir.parent / "checkpoints" / f"{unique('cp-')}.json"
+    taken = await asyncio.to_thread(platform.cli, "audit", "checkpoint", "--out", str(out))
+    index_taken = taken.stdout.split("at record #", 1)[1].split()[0]
+    await page.get_by_role("button", name="Verify again").click()
+    await expect(checkpoint).to_have_attribute("data-matches", "true")
+    await expect(checkpoint).to_contain_text(f"Last checkpoint: record #{index_taken} ")
+    await expect(checkpoint).to_contain_text(f"(checkpoint {out.name}): the archive still holds it")
     await shot(page, "console-audit")
     with sqlite3.connect(platform.data_dir / "storage" / "archive.db") as db:
         seq, index = db.execute(
@@ -341,6 +362,63 @@ async def test_auditor_queries_the_audit_trail_by_actor(browser: Browser, platfo
     await expect(state).to_contain_text("Audit chain TAMPERED")
     await expect(state.locator("ul.findings li").first).to_contain_text(f"deleted: record #{index}")
     await context.close()
+
+
+async def test_auditor_follows_the_security_events_live_filtered_by_kind_and_actor(
+    browser: Browser, platform: RunningPlatform
+) -> None:
+    member, other = account(platform, "member"), account(platform, "member")
+    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    try:
+        await client.login(member, PASSWORD)  # a login before the page opens: in its backlog
+        context, page = await console(browser, platform, account(platform, "security-auditor"), "audit")
+        await page.get_by_label("Kind").select_option(label="failed logins")
+        await page.get_by_label("Person or service").fill(member)
+        await page.get_by_role("button", name="Follow").click()
+        events = page.locator(f'table.security-events[data-actor="{member}"] tbody tr')
+        await expect(page.locator("#security-state")).to_have_attribute("data-state", "live")
+        # Live: the member's failed login appears; the other's, and the member's success, do not.
+        for name in (other, member):
+            with pytest.raises(ParleyError, match="UNAUTHENTICATED"):
+                await client.login(name, "not-the-password-at-all")
+        await expect(events).to_have_count(1)
+        await expect(events.first).to_have_attribute("data-kind", "login_failed")
+        await expect(events.first).to_contain_text(member)  # by name
+        await expect(events.first).not_to_contain_text(other)
+        await shot(page, "console-security-events")
+        await context.close()
+    finally:
+        await client.close()
+    # An admin has the stream on a page of its own, live.
+    context, page = await console(browser, platform, account(platform, "admin"), "security")
+    await expect(page.get_by_role("heading", name="Security events", exact=True)).to_be_visible()
+    await expect(page.locator("#security-state")).to_have_attribute("data-state", "live")
+    await expect(page.locator("table.security-events tbody tr").first).to_be_visible()
+    await context.close()
+    # The stream is the auditor's and the admin's: a member and an operator are refused it.
+    for role in ("member", "operator"):
+        refused = await gateway_stream_status(platform, account(platform, role))
+        assert refused == grpc.StatusCode.PERMISSION_DENIED, role
+
+
+async def gateway_stream_status(platform: RunningPlatform, name: str) -> grpc.StatusCode:
+    """How the gateway answers `name` asking for the security event stream."""
+    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    login = await client.login(name, PASSWORD)
+    await client.close()
+    credentials = grpc.ssl_channel_credentials(root_certificates=platform.ca_cert.read_bytes())
+    async with grpc.aio.secure_channel(
+        platform.gateway_address, credentials, options=[("grpc.ssl_target_name_override", "gateway")]
+    ) as raw:
+        stream = gateway_pb2_grpc.GatewayStub(raw).WatchSecurityEvents(
+            storage_pb2.WatchSecurityEventsRequest(), metadata=bearer(login.access_token), timeout=20
+        )
+        try:
+            async for _ in stream:
+                return grpc.StatusCode.OK
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK
 
 
 async def publish_messaging(platform: RunningPlatform, version: str) -> None:
@@ -387,7 +465,7 @@ async def test_operator_plans_a_second_person_approves_and_the_timeline_reaches_
         b_context, b_page = await console(browser, platform, approver, "rollouts")
         b_card = b_page.locator(f'article.rollout[data-rollout-id="{rollout_id}"]')
         await b_card.get_by_role("button", name="Approve").click()
-        await expect(b_card).to_contain_text("(you).")  # "…, approved by <id> (you)."
+        await expect(b_card).to_contain_text(f"Planned by {planner}, approved by {approver} (you).")
         # The planner's page follows the roll-out to its end.
         done = a_page.locator(f'article.rollout[data-rollout-id="{rollout_id}"]')
         await expect(done).to_have_attribute("data-state", "done", timeout=ROLLOUT_TIMEOUT_MS)

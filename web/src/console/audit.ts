@@ -1,16 +1,21 @@
-// Audit: the chain's state (the archive's audit records verified: numbering, links, hashes,
-// signatures) and the trail queried by actor, target and time (storage answers a
+// Audit: the chain's state (storage's audit monitor's last verdict over the archive's audit
+// records: numbering, links, hashes, signatures; and the newest operator checkpoint), the security
+// event stream live (security.ts), and the trail queried by actor, target and time (storage answers a
 // security-auditor only, and shows an auditor what people wrote to each other as metadata only).
 
 import { describe, gateway, withRefresh } from "../api.js";
 import { append, clear, h, on } from "../dom.js";
 import type { ArchivedEvent } from "../gen/parley/storage/v1/storage_pb.js";
-import { when } from "./format.js";
+import { span, when } from "./format.js";
+import { actorName, actorUserId, learnNames, personName } from "./names.js";
+import { securityPanel } from "./security.js";
 import { table } from "./table.js";
 
 const LIMIT = 200;
+const PEOPLE = new Set(["user", "security"]); // aggregates whose id is a user id
 
-export function auditPage(): HTMLElement {
+/** The page, and how to stop its live stream when the page is left. */
+export function auditPage(): { element: HTMLElement; stop(): void } {
   const actor = h("input", { id: "audit-actor", type: "text", placeholder: "user id, or service:<name>" });
   const target = h("input", { id: "audit-target", type: "text", placeholder: "aggregate id (user, channel)" });
   const since = h("input", { id: "audit-since", type: "datetime-local" });
@@ -42,6 +47,9 @@ export function auditPage(): HTMLElement {
     };
     try {
       const page = await withRefresh(() => gateway.queryAudit(query));
+      await learnNames(
+        page.events.flatMap((e) => [actorUserId(e.actor), PEOPLE.has(e.aggregateType) ? e.aggregateId : ""]),
+      );
       if (mine !== latest) return;
       clear(results);
       results.dataset.actor = query.actor; // which search the table shows
@@ -65,26 +73,32 @@ export function auditPage(): HTMLElement {
     void run();
   });
   void run();
-  return h(
+  const security = securityPanel();
+  const element = h(
     "section",
     { "aria-labelledby": "audit-title" },
     h("h2", { id: "audit-title" }, "Audit"),
     chainState(),
+    security.element,
     h("h3", {}, "Search"),
     form,
     results,
   );
+  return { element, stop: security.stop };
 }
 
-/** The verify result, and a button to verify again. */
+/** Storage's audit monitor's verdict and the newest operator checkpoint, and a button for a fresh run. */
 function chainState(): HTMLElement {
   const state = h("div", { id: "chain-state", "aria-live": "polite" }, h("p", { class: "hint" }, "Verifying…"));
+  const checkpoint = h("div", { id: "chain-checkpoint", "aria-live": "polite" });
   const again = h("button", { type: "button", class: "small" }, "Verify again");
-  const verify = async () => {
+  const verify = async (verifyNow: boolean) => {
     try {
-      const v = await withRefresh(() => gateway.verifyAudit({}));
+      const v = await withRefresh(() => gateway.verifyAudit({ verifyNow }));
       clear(state);
       state.dataset.intact = String(v.intact);
+      state.dataset.verifiedAt = String(v.verifiedAt);
+      const behind = v.headIndex > v.lastIndex ? ` The live chain is at #${v.headIndex}: the archive trails it.` : "";
       append(
         state,
         h(
@@ -98,19 +112,33 @@ function chainState(): HTMLElement {
         h(
           "p",
           { class: "hint" },
-          `Last record ${when(v.lastRecordedAt)}; verified ${when(v.verifiedAt)} against the archive ` +
-            "(records and keys as stored). `parley audit verify` on the platform's host also checks the " +
-            "live streams and the checkpoints kept outside the data folder.",
+          `Last record ${when(v.lastRecordedAt)}; verified ${when(v.verifiedAt)} by storage's audit monitor ` +
+            `(archived records, keys and head from the live streams; every ${span(v.verifyIntervalSeconds)}).${behind}`,
         ),
+      );
+      clear(checkpoint);
+      const c = v.lastCheckpoint;
+      checkpoint.dataset.matches = c ? String(c.matches) : "none";
+      append(
+        checkpoint,
+        c
+          ? h(
+              "p",
+              { class: c.matches ? "chain intact" : "chain tampered" },
+              `Last checkpoint: record #${c.chainIndex} of ${when(c.recordTime)}, taken ${c.takenAt || "-"} ` +
+                `(${c.source}): ${c.matches ? "the archive still holds it" : "the archive no longer matches it"}.`,
+            )
+          : h("p", { class: "hint" }, "Last checkpoint: none that storage reads (PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR)."),
+        v.checkpointErrors.length ? h("ul", { class: "hint" }, ...v.checkpointErrors.map((e) => h("li", {}, e))) : null,
       );
     } catch (err) {
       clear(state);
       state.append(h("p", { class: "error", role: "alert" }, describe(err)));
     }
   };
-  on(again, "click", () => void verify());
-  void verify();
-  return h("div", { class: "chain-panel" }, h("h3", {}, "Chain"), state, again);
+  on(again, "click", () => void verify(true));
+  void verify(false);
+  return h("div", { class: "chain-panel" }, h("h3", {}, "Chain"), state, checkpoint, again);
 }
 
 function instantNs(local: string): bigint {
@@ -121,5 +149,8 @@ function instantNs(local: string): bigint {
 function row(e: ArchivedEvent): string[] {
   const at = new Date(Number(e.occurredAtNs / 1_000_000n)).toISOString().replace("T", " ").replace("Z", "");
   const content = e.erased ? "erased" : e.unreadable ? "UNREADABLE (altered?)" : e.withheld ? "withheld" : "kept";
-  return [at, `${e.stream} #${e.streamSeq}`, e.eventType, `${e.aggregateType} ${e.aggregateId}`, e.actor, content];
+  // A user's or a security record's aggregate is a person (named when known); a channel's is not.
+  const aggregate = PEOPLE.has(e.aggregateType) ? personName(e.aggregateId) : e.aggregateId;
+  const who = actorName(e.actor);
+  return [at, `${e.stream} #${e.streamSeq}`, e.eventType, `${e.aggregateType} ${aggregate}`, who, content];
 }

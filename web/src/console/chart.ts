@@ -16,6 +16,7 @@ export interface ChartSpec {
   labels: string[]; // one per point, along the x axis
   series: Series[];
   marks?: ("passed" | "failed")[]; // a verdict per point, drawn under the axis
+  labelEvery?: number; // label only every n-th point (a long time axis); default every one
 }
 
 const WIDTH = 520;
@@ -54,7 +55,9 @@ export function lineChart(spec: ChartSpec): SVGSVGElement {
     svg.append(el("text", { x: PAD.left - 6, y: y(tick) + 4, class: "tick", "text-anchor": "end" }, fmt(tick)));
   }
   spec.labels.forEach((label, i) => {
-    svg.append(el("text", { x: x(i), y: HEIGHT - PAD.bottom + 16, class: "tick", "text-anchor": "middle" }, label));
+    if (i % (spec.labelEvery ?? 1) === 0) {
+      svg.append(el("text", { x: x(i), y: HEIGHT - PAD.bottom + 16, class: "tick", "text-anchor": "middle" }, label));
+    }
     const mark = spec.marks?.[i];
     if (mark) {
       svg.append(el("text", { x: x(i), y: HEIGHT - 6, class: `verdict ${mark}`, "text-anchor": "middle" }, mark));

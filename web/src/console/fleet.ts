@@ -1,18 +1,20 @@
 // Fleet: every instance the registry hears from, its heartbeat's age and the findings against it.
 // One that fell silent is marked stale; one stopped on purpose (replaced by a roll-out) has left
-// the registry's view, and so this page.
+// the registry's view, and so this page. Below, each service's health over time (health.ts).
 
 import { gateway, withRefresh } from "../api.js";
 import { h } from "../dom.js";
 import type { InstanceStatus } from "../gen/parley/fleet/v1/fleet_pb.js";
 import type { Finding } from "../gen/parley/patch/v1/patch_pb.js";
 import { nowSeconds, span } from "./format.js";
+import { healthCharts } from "./health.js";
 import { table } from "./table.js";
 
 export async function fleetPage(): Promise<HTMLElement> {
-  const [fleet, findings] = await Promise.all([
+  const [fleet, findings, health] = await Promise.all([
     withRefresh(() => gateway.listInstances({})),
     withRefresh(() => gateway.listFindings({})),
+    healthCharts(),
   ]);
   const byInstance = new Map<string, Finding[]>();
   for (const f of findings.findings) byInstance.set(f.instanceId, [...(byInstance.get(f.instanceId) ?? []), f]);
@@ -52,6 +54,7 @@ export async function fleetPage(): Promise<HTMLElement> {
       rows,
       "No instance has sent a heartbeat yet.",
     ),
+    health,
   );
 }
 

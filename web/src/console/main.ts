@@ -6,6 +6,7 @@ import { describe, isMfaChallenge, login, logout, refresh, type Session } from "
 import { clear, h, on } from "../dom.js";
 import { advisoriesPage } from "./advisories.js";
 import { auditPage } from "./audit.js";
+import { securityPage } from "./security.js";
 import { fleetPage } from "./fleet.js";
 import { mayRollOut, pagesFor, type PageName } from "./roles.js";
 import { RolloutsPage } from "./rollouts.js";
@@ -16,6 +17,7 @@ const TITLES: Record<PageName, string> = {
   advisories: "Advisories",
   rollouts: "Roll-outs",
   audit: "Audit",
+  security: "Security events",
 };
 // How often an open page follows the platform: roll-outs move step by step, the fleet by heartbeats.
 const FOLLOW_MS: Partial<Record<PageName, number>> = { fleet: 5000, advisories: 15000, rollouts: 2000 };
@@ -27,6 +29,7 @@ class Console {
   private readonly notice = h("p", { class: "error", role: "alert" });
   private timer: number | undefined;
   private shown = 0; // bumps on each page change, so a late answer for a page left is dropped
+  private leave: (() => void) | null = null; // ends what the shown page keeps open (a live stream)
 
   constructor(root: HTMLElement) {
     this.root = root;
@@ -117,6 +120,8 @@ class Console {
       else link.removeAttribute("aria-current");
     }
     window.clearTimeout(this.timer);
+    this.leave?.();
+    this.leave = null;
     const shown = ++this.shown;
     this.notice.textContent = "";
     try {
@@ -165,8 +170,14 @@ class Console {
         return () => rollouts.refresh();
       }
       case "audit":
-        put(auditPage());
+      case "security": {
+        // The auditor's Audit page holds the live stream; an admin's or owner's page is the stream alone.
+        const opened = page === "audit" ? auditPage() : securityPage();
+        if (shown !== this.shown) opened.stop();
+        else this.leave = opened.stop;
+        put(opened.element);
         return null;
+      }
     }
   }
 }

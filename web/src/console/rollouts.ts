@@ -8,6 +8,7 @@ import { clear, h, on } from "../dom.js";
 import { RolloutSchema, type AuditEntry, type Rollout } from "../gen/parley/patch/v1/patch_pb.js";
 import { lineChart } from "./chart.js";
 import { when } from "./format.js";
+import { actorName, actorUserId, learnNames, personName } from "./names.js";
 import { mayRollOut } from "./roles.js";
 import { table } from "./table.js";
 
@@ -46,6 +47,9 @@ export class RolloutsPage {
       this.list.append(h("p", { class: "hint" }, "No roll-out yet."));
       return;
     }
+    await learnNames(
+      rollouts.flatMap((r) => [r.plannedBy, r.approvedBy, ...r.audit.map((a) => actorUserId(a.actor))]),
+    );
     const order: HTMLElement[] = [];
     for (const rollout of rollouts) {
       const shown = toJsonString(RolloutSchema, rollout);
@@ -134,7 +138,7 @@ export class RolloutsPage {
 
   private people(r: Rollout): string {
     const me = this.session.userId;
-    const name = (id: string) => (id === me ? `${id} (you)` : id);
+    const name = (id: string) => (id === me ? `${personName(id)} (you)` : personName(id));
     const planned = `Planned by ${name(r.plannedBy)}`;
     if (r.approvedBy) return `${planned}, approved by ${name(r.approvedBy)}.`;
     if (r.state !== "planned") return `${planned}.`;
@@ -177,7 +181,7 @@ function timelineItem(entry: AuditEntry): HTMLElement {
     { class: `event ${entry.event}` },
     h("time", {}, when(entry.at)),
     " ",
-    h("span", { class: "actor" }, entry.actor),
+    h("span", { class: "actor" }, actorName(entry.actor)),
     " ",
     h("strong", {}, entry.event),
     entry.detail ? ` ${entry.detail}` : "",

@@ -153,16 +153,22 @@ class AuditVerdict:
     head: ChainHead
 
 
+def storage_channel(data_dir: Path) -> grpc.aio.Channel:
+    """Storage's archive API as the platform identity (mutual TLS), the operator's reads."""
+    from parley_core.pki import ensure_pki
+
+    address, _, _ = _platform(data_dir)
+    pki = ensure_pki(data_dir / "pki", [PLATFORM_USER])
+    return secure_channel(pki, identity=PLATFORM_USER, address=address, peer="storage")
+
+
 async def verify_audit(
     data_dir: Path, *, keys_from_archive: bool = False, checkpoints: Sequence[Checkpoint] = ()
 ) -> AuditVerdict:
     """The archive's chain checked against the live SEC stream's head and the keys on the AUTH stream."""
-    from parley_core.pki import ensure_pki
-
-    address, nats_url, password = _platform(data_dir)
+    _, nats_url, password = _platform(data_dir)
     nats: dict[str, Any] = {"nats_url": nats_url, "password": password, "ca_cert": data_dir / "pki" / "ca.crt"}
-    pki = ensure_pki(data_dir / "pki", [PLATFORM_USER])
-    channel = secure_channel(pki, identity=PLATFORM_USER, address=address, peer="storage")
+    channel = storage_channel(data_dir)
     try:
         storage = storage_pb2_grpc.StorageArchiveServiceStub(channel)
         records = await archived_records(storage)

@@ -1,21 +1,24 @@
 """The compliance report's content: what the fleet runs, open findings, roll-outs with their
 approvals and gate verdicts, and the audit chain's state, read from the running platform through
 the APIs behind `parley fleet`, `parley advisories list`, `parley patch status` and `parley audit
-verify`, then written as Markdown (render) with no I/O of its own.
+verify`, then written as Markdown (render) with no I/O of its own; the security sections
+(encryption and keys, MFA, retention, backups, erasures) come from compliance_security.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from parley.fleet.v1 import fleet_pb2
 from parley.patch.v1 import patch_pb2
+from parley.storage.v1 import storage_pb2_grpc
 
-from parley_cli.audit import AuditVerdict, verify_audit
+from parley_cli.audit import AuditVerdict, storage_channel, verify_audit
+from parley_cli.compliance_security import SecurityFacts, gather_security, render_sections
 from parley_cli.patch import RegistryConnection, _due, _when
 from parley_cli.usernames import named
 
@@ -31,6 +34,7 @@ class ComplianceFacts:
     rollouts: Sequence[patch_pb2.Rollout]  # those with activity in the period
     names: dict[str, str]
     audit: AuditVerdict
+    security: SecurityFacts = field(default_factory=SecurityFacts)
 
 
 def active_since(rollout: patch_pb2.Rollout, since: float) -> bool:
@@ -49,6 +53,11 @@ async def gather(data_dir: Path, *, since: float, now: float) -> ComplianceFacts
     finally:
         await connection.close()
     audit = await verify_audit(data_dir)
+    channel = storage_channel(data_dir)
+    try:
+        security = await gather_security(storage_pb2_grpc.StorageArchiveServiceStub(channel), data_dir)
+    finally:
+        await channel.close()
     return ComplianceFacts(
         generated_at=now,
         since=since,
@@ -57,6 +66,7 @@ async def gather(data_dir: Path, *, since: float, now: float) -> ComplianceFacts
         rollouts=rollouts,
         names=names,
         audit=audit,
+        security=security,
     )
 
 
@@ -215,4 +225,5 @@ def render(facts: ComplianceFacts) -> str:
         "- Signed: Ed25519, the last line of this file; check with `parley report verify FILE`",
         "",
     ]
-    return "\n".join(header + _fleet(facts) + _findings(facts) + _rollouts(facts) + _audit(facts))
+    security = render_sections(facts.security, since=facts.since, now=facts.generated_at, table=_table)
+    return "\n".join(header + _fleet(facts) + _findings(facts) + _rollouts(facts) + _audit(facts) + security)

@@ -1,8 +1,8 @@
 """The audit chain as storage's archive gives it back over its API: rows of the SEC stream read
 as records (parley_core.audit.audit_row) and the verification keys from the AUTH stream's events.
 
-Shared by `parley audit verify` (parley_cli.audit, as the operator) and the gateway's VerifyAudit
-(with an auditor's token); the verifier itself is parley_core.audit.
+Used by `parley audit verify` (parley_cli.audit, as the operator); the verifier itself is
+parley_core.audit.
 """
 
 from __future__ import annotations

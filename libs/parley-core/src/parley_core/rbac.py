@@ -28,6 +28,9 @@ class Permission(StrEnum):
     OWN_DATA = "data.own"
     SESSIONS_READ_ANY = "sessions.read_any"
     SESSIONS_REVOKE_ANY = "sessions.revoke_any"
+    # Name user ids one already holds (LookupUsers; no search of the directory): whoever reads
+    # messages, runs the fleet or audits it sees people by name rather than by id.
+    USER_NAMES = "users.names"
     USERS_READ = "users.read"
     USERS_MANAGE = "users.manage"  # create, disable, re-enable accounts
     ROLES_ASSIGN = "roles.assign"
@@ -54,11 +57,13 @@ ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
     # Only owners (and the platform identity) rotate the token signing keys.
     "admin": frozenset(Permission) - {P.SIGNING_KEYS},
     "security-auditor": frozenset(
-        {P.OWN_SESSIONS, P.OWN_DATA, P.SESSIONS_READ_ANY, P.USERS_READ, P.AUDIT_READ, P.FLEET_READ}
+        {P.OWN_SESSIONS, P.OWN_DATA, P.SESSIONS_READ_ANY, P.USERS_READ, P.USER_NAMES, P.AUDIT_READ, P.FLEET_READ}
     ),
-    "operator": frozenset({P.OWN_SESSIONS, P.OWN_DATA, P.FLEET_READ, P.PATCHES_ROLLOUT}),
-    "member": _CHAT | {P.OWN_SESSIONS, P.OWN_DATA},
-    "guest": frozenset({P.CHANNELS_JOIN, P.MESSAGES_READ, P.MESSAGES_SEND, P.OWN_SESSIONS, P.OWN_DATA, P.DEVICE_KEYS}),
+    "operator": frozenset({P.OWN_SESSIONS, P.OWN_DATA, P.USER_NAMES, P.FLEET_READ, P.PATCHES_ROLLOUT}),
+    "member": _CHAT | {P.OWN_SESSIONS, P.OWN_DATA, P.USER_NAMES},
+    "guest": frozenset(
+        {P.CHANNELS_JOIN, P.MESSAGES_READ, P.MESSAGES_SEND, P.OWN_SESSIONS, P.OWN_DATA, P.USER_NAMES, P.DEVICE_KEYS}
+    ),
 }
 
 # Roles an admin may not hand out or take away; only an owner may.
@@ -171,8 +176,9 @@ METHOD_PERMISSIONS: dict[str, Permission | None] = {
     "/parley.auth.v1.AuthService/LiftSourceSlowdown": P.USERS_MANAGE,
     "/parley.auth.v1.AuthService/RequestErasure": P.OWN_DATA,  # one's own account only (auth checks)
     "/parley.auth.v1.AuthService/RegenerateRecoveryCodes": P.OWN_SESSIONS,
-    # Usernames are public inside the platform: whoever reads messages sees people's names.
-    "/parley.auth.v1.AuthService/LookupUsers": P.MESSAGES_READ,
+    # Usernames are public inside the platform: whoever reads messages, runs the fleet or audits it
+    # sees people's names (for ids already held: there is no search here).
+    "/parley.auth.v1.AuthService/LookupUsers": P.USER_NAMES,
     # messaging
     "/parley.messaging.v1.MessagingService/CreateChannel": P.CHANNELS_CREATE,
     "/parley.messaging.v1.MessagingService/JoinChannel": P.CHANNELS_JOIN,
@@ -201,6 +207,7 @@ METHOD_PERMISSIONS: dict[str, Permission | None] = {
     "/parley.storage.v1.StorageService/GetChannelHistory": P.MESSAGES_READ,
     # patch registry
     "/parley.fleet.v1.FleetService/ListInstances": P.FLEET_READ,
+    "/parley.fleet.v1.FleetService/GetServiceHealth": P.FLEET_READ,
     # gateway
     "/parley.gateway.v1.Gateway/Register": PUBLIC,
     "/parley.gateway.v1.Gateway/Login": PUBLIC,
@@ -248,7 +255,7 @@ METHOD_PERMISSIONS: dict[str, Permission | None] = {
     "/parley.gateway.v1.Gateway/ResetMfa": P.USERS_MANAGE,
     "/parley.gateway.v1.Gateway/UnlockAccount": P.USERS_MANAGE,
     "/parley.gateway.v1.Gateway/RegenerateRecoveryCodes": P.OWN_SESSIONS,
-    "/parley.gateway.v1.Gateway/LookupUsers": P.MESSAGES_READ,
+    "/parley.gateway.v1.Gateway/LookupUsers": P.USER_NAMES,
     "/parley.gateway.v1.Gateway/FindUsers": P.MESSAGES_READ,
     # One's own data (export, erasure): every account may; storage checks it is the caller's own.
     "/parley.gateway.v1.Gateway/ExportUserData": P.OWN_DATA,
@@ -256,6 +263,7 @@ METHOD_PERMISSIONS: dict[str, Permission | None] = {
     # The operator's console reads the registry's fleet, findings and roll-outs (which the
     # registry itself serves to any peer it lets in: this is their only check for users).
     "/parley.gateway.v1.Gateway/ListInstances": P.FLEET_READ,
+    "/parley.gateway.v1.Gateway/GetServiceHealth": P.FLEET_READ,
     "/parley.gateway.v1.Gateway/ListFindings": P.FLEET_READ,
     "/parley.gateway.v1.Gateway/ListReleases": P.FLEET_READ,
     "/parley.gateway.v1.Gateway/ListRollouts": P.FLEET_READ,
@@ -278,6 +286,8 @@ SERVICE_CHECKED_METHODS = frozenset(
         "/parley.storage.v1.StorageArchiveService/ListRetentionPolicies",
         "/parley.storage.v1.StorageArchiveService/RotateKeyEncryptionKey",
         "/parley.storage.v1.StorageArchiveService/GetSchemaVersions",
+        "/parley.storage.v1.StorageArchiveService/GetAuditChainState",
+        "/parley.storage.v1.StorageArchiveService/WatchSecurityEvents",
         # The patch registry checks the platform identity, node agents and the operator/admin
         # roles itself (parley_patch_registry.registry), with the caller's current role.
         "/parley.patch.v1.PatchService/PublishRelease",
@@ -314,6 +324,7 @@ SERVICE_CHECKED_METHODS = frozenset(
         "/parley.gateway.v1.Gateway/RollbackRollout",
         "/parley.gateway.v1.Gateway/QueryAudit",
         "/parley.gateway.v1.Gateway/VerifyAudit",
+        "/parley.gateway.v1.Gateway/WatchSecurityEvents",
     }
 )
 

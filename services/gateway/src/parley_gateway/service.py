@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,6 @@ from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
-from parley_core.audit import verify_chain
-from parley_core.audit_archive import archived_events, archived_trusted_keys, audit_rows
 from parley_core.errors import (
     OUTCOME_METADATA,
     OUTCOME_UNKNOWN,
@@ -722,6 +719,13 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         assert self._fleet is not None
         return await forward(self._fleet.ListInstances, request, context)
 
+    async def GetServiceHealth(
+        self, request: fleet_pb2.GetServiceHealthRequest, context: Context
+    ) -> fleet_pb2.GetServiceHealthResponse:
+        await self._registry(request, context)
+        assert self._fleet is not None
+        return await forward(self._fleet.GetServiceHealth, request, context)
+
     async def ListFindings(
         self, request: patch_pb2.ListFindingsRequest, context: Context
     ) -> patch_pb2.ListFindingsResponse:
@@ -774,27 +778,51 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         self._require(context, Permission.AUDIT_READ, "querying the audit trail")
         return await forward(self._archive.QueryAudit, request, context)
 
+    async def WatchSecurityEvents(
+        self, request: storage_pb2.WatchSecurityEventsRequest, context: Context
+    ) -> AsyncIterator[storage_pb2.SecurityEventNotice]:
+        """Storage's security event stream, relayed for as long as the caller holds it open (one of
+        the caller's live-stream slots); storage ends it when the token no longer holds."""
+        assert self._archive is not None
+        user_id = await self._admit(request, context)
+        self._require(context, Permission.AUDIT_READ, "watching the security events")
+        fwd = Forwarded.of(context)
+        with self._caps.held(user_id):
+            # No deadline of ours: the stream lives as long as the client keeps it (or its own deadline).
+            call = self._archive.WatchSecurityEvents(request, metadata=fwd.metadata, timeout=context.time_remaining())
+            try:
+                async for notice in call:
+                    yield notice
+            except grpc.aio.AioRpcError as exc:
+                if (public := HIDDEN_DETAIL.get(exc.code())) is None:
+                    await context.abort(exc.code(), exc.details() or "")
+                log.warning("security event stream failed", extra={"code": exc.code().name, "detail": exc.details()})
+                await context.abort(exc.code(), public)
+            finally:
+                call.cancel()
+
     async def VerifyAudit(
         self, request: gateway_pb2.VerifyAuditRequest, context: Context
     ) -> gateway_pb2.VerifyAuditResponse:
+        """Storage's audit monitor's verdict (a stored one, or a fresh run on request): reading the
+        whole archive here on every call would cost a page of SEC and AUTH per hundred records."""
         assert self._archive is not None
         await self._admit(request, context)
         self._require(context, Permission.AUDIT_READ, "verifying the audit trail")
-        archive = self._archive
-
-        async def read(page: storage_pb2.ReadArchivedStreamRequest) -> storage_pb2.ArchivedEventsPage:
-            return await forward(archive.ReadArchivedStream, page, context)
-
-        records = audit_rows(await archived_events(read, "SEC"))
-        keys = archived_trusted_keys(await archived_events(read, "AUTH"))
-        findings = verify_chain(records, keys)
-        last = max(records, key=lambda r: r.chain_index, default=None)
-        recorded_ns = last.record.occurred_at_unix_ns if last is not None and last.record is not None else 0
+        state = await forward(
+            self._archive.GetAuditChainState,
+            storage_pb2.GetAuditChainStateRequest(verify_now=request.verify_now),
+            context,
+        )
         return gateway_pb2.VerifyAuditResponse(
-            intact=not findings,
-            records=len(records),
-            last_index=last.chain_index if last is not None else 0,
-            last_recorded_at=recorded_ns / 1e9,
-            findings=[str(f) for f in sorted(findings, key=lambda f: (f.chain_index, f.kind))],
-            verified_at=time.time(),
+            intact=state.intact,
+            records=state.records,
+            last_index=state.last_index,
+            last_recorded_at=state.last_recorded_at,
+            findings=state.findings,
+            verified_at=state.verified_at,
+            head_index=state.head_index,
+            last_checkpoint=state.last_checkpoint if state.HasField("last_checkpoint") else None,
+            checkpoint_errors=state.checkpoint_errors,
+            verify_interval_seconds=state.verify_interval_seconds,
         )

@@ -119,35 +119,44 @@ class FleetView:
         the difference of the latency histograms; an instance of a version without them counts
         its heartbeats' own p99s, the worst of them.
         """
-        calls = errors = 0
-        buckets = [0] * (len(LATENCY_BUCKETS_MS) + 1)
-        unbucketed_p99 = 0.0
+        spans: list[tuple[fleet_pb2.InstanceHeartbeat | None, fleet_pb2.InstanceHeartbeat, list[Beat]]] = []
         for instance_id in instance_ids:
             beats = self._beats.get(instance_id)
             if not beats:
                 continue
-            latest = beats[-1][0]
             base: fleet_pb2.InstanceHeartbeat | None = None
             if since is not None:
                 base = next((beat for beat, seen in reversed(beats) if seen <= since), None)
-            calls += latest.requests_total - (base.requests_total if base else 0)
-            errors += latest.errors_total - (base.errors_total if base else 0)
-            if len(latest.latency_buckets) == len(buckets):
-                before = list(base.latency_buckets) if base and len(base.latency_buckets) == len(buckets) else []
-                for index, count in enumerate(latest.latency_buckets):
-                    buckets[index] += count - (before[index] if before else 0)
-            else:
-                window = [beat for beat, seen in beats if since is None or seen > since]
-                unbucketed_p99 = max([unbucketed_p99, *(beat.p99_latency_ms for beat in window)])
-        # The p99 of fewer than 200 calls would be its slowest call or two: those are left out, so
-        # that one hiccup of a loaded host is not read as the version's latency.
-        q = min(0.99, 1 - 2 / calls) if calls > 2 else 0.5
-        return CallFigures(
-            calls=calls,
-            errors=errors,
-            p50_ms=bucket_percentile(buckets, 0.5),
-            p99_ms=max(bucket_percentile(buckets, q), unbucketed_p99),
-        )
+            window = [beat for beat, seen in beats if since is None or seen > since]
+            spans.append((base, beats[-1][0], window))
+        return _summed(spans)
+
+    def window(self, instance_ids: Iterable[str], start: float, end: float) -> CallFigures:
+        """The calls these instances served between `start` and `end` (monotonic seconds), as
+        the heartbeats around both tell. An instance whose kept history begins after `start`
+        while it ran before (older heartbeats dropped) is left out: its count there is unknown."""
+        spans: list[tuple[fleet_pb2.InstanceHeartbeat | None, fleet_pb2.InstanceHeartbeat, list[Beat]]] = []
+        for instance_id in instance_ids:
+            beats = self._beats.get(instance_id)
+            first = self._first.get(instance_id)
+            if not beats or first is None:
+                continue
+            latest = next((beat for beat, seen in reversed(beats) if seen <= end), None)
+            if latest is None:
+                continue  # not started yet then
+            base = next((beat for beat, seen in reversed(beats) if seen <= start), None)
+            if base is None and first[1] <= start:
+                continue  # its heartbeats from then are no longer kept
+            window = [beat for beat, seen in beats if start < seen <= end]
+            spans.append((base, latest, window))
+        return _summed(spans)
+
+    def services(self) -> dict[str, list[str]]:
+        """Every service in the view, with its instances."""
+        found: dict[str, list[str]] = {}
+        for instance_id, (beat, _) in sorted(self._latest.items()):
+            found.setdefault(beat.service, []).append(instance_id)
+        return found
 
     def instances(self, now: float) -> list[fleet_pb2.InstanceStatus]:
         return [
@@ -163,6 +172,37 @@ class FleetView:
             and beat.health == "SERVING"
             and (service is None or beat.service == service)
         ]
+
+
+Beat = fleet_pb2.InstanceHeartbeat
+
+
+def _summed(
+    spans: Iterable[tuple[fleet_pb2.InstanceHeartbeat | None, fleet_pb2.InstanceHeartbeat, list[Beat]]],
+) -> CallFigures:
+    """Calls, errors and latency percentiles over (base, latest, beats between) of each instance:
+    the difference of the cumulative counters and latency histograms."""
+    calls = errors = 0
+    buckets = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+    unbucketed_p99 = 0.0
+    for base, latest, window in spans:
+        calls += latest.requests_total - (base.requests_total if base else 0)
+        errors += latest.errors_total - (base.errors_total if base else 0)
+        if len(latest.latency_buckets) == len(buckets):
+            before = list(base.latency_buckets) if base and len(base.latency_buckets) == len(buckets) else []
+            for index, count in enumerate(latest.latency_buckets):
+                buckets[index] += count - (before[index] if before else 0)
+        else:
+            unbucketed_p99 = max([unbucketed_p99, *(beat.p99_latency_ms for beat in window)])
+    # The p99 of fewer than 200 calls would be its slowest call or two: those are left out, so
+    # that one hiccup of a loaded host is not read as the version's latency.
+    q = min(0.99, 1 - 2 / calls) if calls > 2 else 0.5
+    return CallFigures(
+        calls=calls,
+        errors=errors,
+        p50_ms=bucket_percentile(buckets, 0.5),
+        p99_ms=max(bucket_percentile(buckets, q), unbucketed_p99),
+    )
 
 
 def open_repository(folder: Path, settings: RegistrySettings) -> ReleaseRepository:

@@ -18,11 +18,12 @@ from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from prometheus_client import Gauge
 
 from parley_core.config import REGISTRY_FOLDER
-from parley_core.errors import Unavailable
+from parley_core.errors import InvalidArgument, Unavailable
 from parley_core.runner import RunContext
 from parley_core.topology import HEARTBEATS_FILTER
 from parley_patch_registry.api import PatchApi
 from parley_patch_registry.findings import PRIORITIES
+from parley_patch_registry.health import service_health
 from parley_patch_registry.registry import FleetView, Registry, open_repository
 from parley_patch_registry.releases import KeyStore
 from parley_patch_registry.rollout import STATES
@@ -31,6 +32,9 @@ from parley_patch_registry.settings import RegistrySettings
 from parley_patch_registry.tuf_http import RepositoryHttpServer
 
 STALE_AFTER_BEATS = 3
+# GetServiceHealth's window and steps (the console's Health charts).
+DEFAULT_HEALTH_WINDOW_S, MIN_HEALTH_WINDOW_S, MAX_HEALTH_WINDOW_S = 600, 60, 3600
+DEFAULT_HEALTH_POINTS, MAX_HEALTH_POINTS = 30, 120
 FINDINGS_INTERVAL_S = 5.0
 log = logging.getLogger(__name__)
 
@@ -164,3 +168,37 @@ class PatchRegistryApp(fleet_pb2_grpc.FleetServiceServicer):
         self, request: fleet_pb2.ListInstancesRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> fleet_pb2.ListInstancesResponse:
         return fleet_pb2.ListInstancesResponse(instances=self.fleet.instances(time.monotonic()))
+
+    async def GetServiceHealth(
+        self, request: fleet_pb2.GetServiceHealthRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> fleet_pb2.GetServiceHealthResponse:
+        window_s = request.window_seconds or DEFAULT_HEALTH_WINDOW_S
+        points = request.points or DEFAULT_HEALTH_POINTS
+        if not MIN_HEALTH_WINDOW_S <= window_s <= MAX_HEALTH_WINDOW_S:
+            raise InvalidArgument(
+                f"window_seconds must be {MIN_HEALTH_WINDOW_S}..{MAX_HEALTH_WINDOW_S} (0: {DEFAULT_HEALTH_WINDOW_S})"
+            )
+        if not 2 <= points <= MAX_HEALTH_POINTS:
+            raise InvalidArgument(f"points must be 2..{MAX_HEALTH_POINTS} (0: {DEFAULT_HEALTH_POINTS})")
+        series = service_health(
+            self.fleet, window_s=window_s, points=points, now_monotonic=time.monotonic(), now_wall=time.time()
+        )
+        return fleet_pb2.GetServiceHealthResponse(
+            services=[
+                fleet_pb2.ServiceHealth(
+                    service=service,
+                    points=[
+                        fleet_pb2.HealthPoint(
+                            at=step.at,
+                            calls=step.figures.calls,
+                            errors=step.figures.errors,
+                            error_rate=step.figures.error_rate,
+                            p99_ms=step.figures.p99_ms if step.figures.calls else 0.0,
+                        )
+                        for step in steps
+                    ],
+                )
+                for service, steps in sorted(series.items())
+            ],
+            step_seconds=window_s / points,
+        )

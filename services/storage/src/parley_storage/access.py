@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from enum import Enum
 
 from parley_core.errors import PermissionDenied
+from parley_core.rbac import Permission
 from parley_core.tokens import Caller
 from parley_core.topology import PLATFORM_USER, SERVICES, STREAMS, STREAMS_BY_NAME
 
 AUDITOR_ROLE = "security-auditor"
+SECURITY_WATCHERS = (AUDITOR_ROLE, "admin", "owner")
 GATEWAY = "gateway"
 
 
@@ -81,6 +83,14 @@ def readable_streams(requester: Requester) -> frozenset[str]:
 def require_auditor(requester: Requester) -> None:
     if not requester.is_auditor:
         raise PermissionDenied(f"audit queries need the {AUDITOR_ROLE!r} role in your access token")
+
+
+def require_security_watcher(requester: Requester) -> None:
+    """The live security events: who audits, and who responds to them (admin, owner)."""
+    caller = requester.caller
+    # The role, and a session that owes no second factor (its permissions hold audit.read).
+    if caller is None or caller.role not in SECURITY_WATCHERS or Permission.AUDIT_READ not in caller.permissions:
+        raise PermissionDenied(f"the security event stream is for the {', '.join(SECURITY_WATCHERS)} roles")
 
 
 def require_operator_or_auditor(requester: Requester, what: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf.message import Message
@@ -34,9 +35,12 @@ from parley_core.topology import (
 from parley_storage import access
 from parley_storage.access import Requester, View
 from parley_storage.archive import RetentionPolicy, SqlEventArchive, StoredEvent
+from parley_storage.audit_monitor import AuditChainMonitor, Verification
 from parley_storage.export import EXPORT_FORMAT, build_export
 from parley_storage.lag import measure_lag
+from parley_storage.progress import ArchiveProgress
 from parley_storage.retention import ArchiveBehind, Retention
+from parley_storage.security_feed import MAX_BACKLOG, SecurityFeed
 from parley_storage.stream_erasure import erase_from_streams
 
 DEFAULT_PAGE = 500
@@ -88,11 +92,50 @@ def _policy_proto(policy: RetentionPolicy) -> storage_pb2.RetentionPolicy:
     )
 
 
+def _chain_state(verified: Verification, interval_s: float) -> storage_pb2.AuditChainState:
+    seen = verified.last_checkpoint
+    checkpoint = (
+        storage_pb2.AuditCheckpoint(
+            chain_index=seen.checkpoint.chain_index,
+            taken_at=seen.checkpoint.taken_at,
+            record_time=seen.checkpoint.occurred_at_ns / 1e9,
+            source=seen.checkpoint.source,
+            matches=seen.matches,
+        )
+        if seen is not None
+        else None
+    )
+    return storage_pb2.AuditChainState(
+        intact=not verified.findings,
+        records=verified.records,
+        last_index=verified.verified_index,
+        last_recorded_at=verified.last_recorded_at_ns / 1e9,
+        findings=[str(f) for f in sorted(verified.findings, key=lambda f: (f.chain_index, f.kind))],
+        verified_at=verified.verified_at,
+        head_index=verified.head_index,
+        last_checkpoint=checkpoint,
+        checkpoint_errors=verified.checkpoint_errors,
+        verify_interval_seconds=interval_s,
+    )
+
+
 class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
-    def __init__(self, ctx: RunContext, archive: SqlEventArchive, retention: Retention) -> None:
+    def __init__(
+        self,
+        ctx: RunContext,
+        archive: SqlEventArchive,
+        retention: Retention,
+        audit_monitor: AuditChainMonitor,
+        progress: ArchiveProgress,
+        *,
+        audit_verify_interval_s: float,
+    ) -> None:
         self._ctx = ctx
         self._archive = archive
         self._retention = retention
+        self._audit_monitor = audit_monitor
+        self._audit_verify_interval_s = audit_verify_interval_s
+        self._security = SecurityFeed(archive, progress)
 
     def _requester(self, context: Context) -> Requester:
         names = [n.decode() for n in context.auth_context().get("x509_common_name", [])]
@@ -152,6 +195,27 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
             events=[_to_proto(e, access.stream_view(requester, e.stream), row_id) for row_id, e in found],
             has_more=has_more,
         )
+
+    async def GetAuditChainState(
+        self, request: storage_pb2.GetAuditChainStateRequest, context: Context
+    ) -> storage_pb2.AuditChainState:
+        access.require_auditor(self._requester(context))
+        monitor = self._audit_monitor
+        verified = await (monitor.verify() if request.verify_now else monitor.latest())
+        return _chain_state(verified, self._audit_verify_interval_s)
+
+    async def WatchSecurityEvents(
+        self, request: storage_pb2.WatchSecurityEventsRequest, context: Context
+    ) -> AsyncIterator[storage_pb2.SecurityEventNotice]:
+        access.require_security_watcher(self._requester(context))
+        if request.backlog > MAX_BACKLOG:
+            raise InvalidArgument(f"backlog must be at most {MAX_BACKLOG}")
+
+        def still_allowed() -> None:  # the token expired or was revoked, or the role changed
+            access.require_security_watcher(self._requester(context))
+
+        async for notice in self._security.watch(request, still_allowed):
+            yield notice
 
     async def GetArchiveLag(
         self, request: storage_pb2.GetArchiveLagRequest, context: Context

@@ -9,7 +9,11 @@ its cost grows with the chain (one Ed25519 verification per record), hence the i
 
 A chain that merely trails the live head (the archive is behind) is not called tampered: the
 head is compared once the archive holds it, and the distance shows as head minus verified index
-(ParleyAuditChainBehind). Operator checkpoints stay with `parley audit verify --checkpoint`.
+(ParleyAuditChainBehind). Operator checkpoints (`parley audit checkpoint`) in
+PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR are compared on every run too.
+
+The last run's verdict is what the console's VerifyAudit shows (GetAuditChainState): a call
+costs nothing, and a call that asks for a fresh run joins one already under way.
 """
 
 from __future__ import annotations
@@ -20,10 +24,19 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from google.protobuf.message import DecodeError, Message
 
-from parley_core.audit import Checkpoint, Finding, StoredRecord, audit_row, trusted_keys, verify_chain
+from parley_core.audit import (
+    Checkpoint,
+    CheckpointInvalid,
+    Finding,
+    StoredRecord,
+    audit_row,
+    trusted_keys,
+    verify_chain,
+)
 from parley_core.audit_log import SEC_STREAM, chain_head
 from parley_core.bus import EventBus, ReceivedEvent
 from parley_core.envelope import UnknownEventType, open_payload
@@ -52,17 +65,40 @@ KINDS = (
 
 
 @dataclass(frozen=True)
+class CheckpointSeen:
+    """The newest operator checkpoint a run compared the archive with."""
+
+    checkpoint: Checkpoint
+    matches: bool  # the archive's record at its number still has its hash
+
+
+@dataclass(frozen=True)
 class Verification:
     findings: tuple[Finding, ...]
     verified_index: int  # the newest record this run covered
     head_index: int  # the newest record on the live SEC stream when it began
+    records: int = 0
+    last_recorded_at_ns: int = 0  # the newest verified record's own time
+    verified_at: float = 0.0  # when the run began (Unix time)
+    last_checkpoint: CheckpointSeen | None = None
+    checkpoint_errors: tuple[str, ...] = ()
 
 
 class AuditChainMonitor:
-    def __init__(self, bus: EventBus, archive: SqlEventArchive, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self,
+        bus: EventBus,
+        archive: SqlEventArchive,
+        metrics: ServiceMetrics,
+        *,
+        checkpoint_dir: Path | None = None,
+    ) -> None:
         self._bus = bus
         self._archive = archive
+        self._checkpoint_dir = checkpoint_dir
         self._keys: list[Message] = []
+        self.last: Verification | None = None
+        self._running: asyncio.Task[Verification] | None = None
         self._intact = metrics.gauge(
             "parley_audit_chain_intact",
             "1 when the last verification of the archived audit chain found nothing wrong, 0 when it found tampering",
@@ -90,6 +126,17 @@ class AuditChainMonitor:
             self._keys.append(open_payload(event.envelope))
 
     async def verify(self) -> Verification:
+        """A fresh run; one at a time: a caller during a run waits for that run's verdict."""
+        if self._running is None or self._running.done():
+            self._running = asyncio.create_task(self._verify())
+        return await asyncio.shield(self._running)
+
+    async def latest(self) -> Verification:
+        """The last run's verdict, or a first run's when none finished yet."""
+        return self.last if self.last is not None else await self.verify()
+
+    async def _verify(self) -> Verification:
+        started = time.time()
         keys = trusted_keys(self._keys)
         head = await chain_head(self._bus.js, keys, SEC_STREAM)  # before the archive is read: it holds at least this
         head_index = int(head.record.chain_index) if head.record is not None else 0
@@ -101,10 +148,43 @@ class AuditChainMonitor:
             records = await self._records()
         last = max((r.chain_index for r in records), default=0)
         live = [Checkpoint.of(head.record, source="the live SEC stream")] if head.record and last >= head_index else []
-        findings = tuple(verify_chain(records, keys, checkpoints=live))
-        verified = Verification(findings=findings, verified_index=last, head_index=head_index)
+        operators, unreadable = self._operator_checkpoints()
+        findings = tuple(verify_chain(records, keys, checkpoints=[*live, *operators]))
+        newest = max((r for r in records if r.chain_index == last and r.record is not None), default=None, key=_index)
+        verified = Verification(
+            findings=findings,
+            verified_index=last,
+            head_index=head_index,
+            records=len(records),
+            last_recorded_at_ns=int(newest.record.occurred_at_unix_ns) if newest and newest.record else 0,
+            verified_at=started,
+            last_checkpoint=_newest_checkpoint(operators, records, findings),
+            checkpoint_errors=unreadable,
+        )
         self._show(verified)
+        self.last = verified
         return verified
+
+    def _operator_checkpoints(self) -> tuple[list[Checkpoint], tuple[str, ...]]:
+        """Every `*.json` checkpoint in the configured folder, and what could not be read."""
+        if self._checkpoint_dir is None:
+            return [], ()
+        checkpoints: list[Checkpoint] = []
+        errors: list[str] = []
+        try:
+            files = sorted(self._checkpoint_dir.glob("*.json"))
+        except OSError as exc:
+            return [], (f"cannot list {self._checkpoint_dir}: {exc.strerror}",)
+        for file in files:
+            try:
+                checkpoints.append(Checkpoint.from_json(file.read_text(), source=f"checkpoint {file.name}"))
+            except OSError as exc:
+                errors.append(f"checkpoint {file.name}: cannot be read ({exc.strerror})")
+            except CheckpointInvalid as exc:
+                errors.append(str(exc))
+        if not files:
+            errors.append(f"no checkpoint in {self._checkpoint_dir} yet (parley audit checkpoint --out FILE)")
+        return checkpoints, tuple(errors)
 
     def _show(self, verified: Verification) -> None:
         self._intact.set(0 if verified.findings else 1)
@@ -143,6 +223,24 @@ class AuditChainMonitor:
                 log.warning("audit chain verification could not run", exc_info=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), interval_s)
+
+
+def _index(record: StoredRecord) -> int:
+    return record.position
+
+
+def _newest_checkpoint(
+    checkpoints: Sequence[Checkpoint], records: Sequence[StoredRecord], findings: Sequence[Finding]
+) -> CheckpointSeen | None:
+    newest = max(checkpoints, key=lambda c: (c.chain_index, c.taken_at), default=None)
+    if newest is None:
+        return None
+    held = any(
+        r.record is not None and r.chain_index == newest.chain_index and r.record.record_hash == newest.record_hash
+        for r in records
+    )
+    named = any(newest.name in f.detail for f in findings)  # rewritten, or not signed by an audit key
+    return CheckpointSeen(checkpoint=newest, matches=held and not named)
 
 
 def _row(event: StoredEvent) -> StoredRecord | None:

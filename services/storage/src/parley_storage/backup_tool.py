@@ -20,6 +20,7 @@ from parley.auth.v1.events_pb2 import TotpEnrolled, UserRegistered
 from sqlalchemy import Connection, func, select
 from sqlalchemy.exc import DBAPIError
 
+from parley_core import backup_journal
 from parley_core.config import AUTH_SEALING_KEY_FILE, REGISTRY_FOLDER, Settings
 from parley_core.database import choose_database
 from parley_storage.archive import open_engine
@@ -101,10 +102,20 @@ def note(line: str) -> None:
 def run(args: argparse.Namespace) -> dict[str, object]:
     settings = _settings(args)
     if args.action == "create":
-        return {"created": str(args.backup), **create(settings, args.backup, wait_seconds=args.wait_seconds)}
+        manifest = create(settings, args.backup, wait_seconds=args.wait_seconds)
+        _journal(settings, "created", args.backup, manifest)
+        return {"created": str(args.backup), **manifest}
     if args.action == "verify":
-        return {"verified": str(args.backup), **verify_backup(args.backup, BackupKeys.load(settings.secrets_dir))}
+        manifest = verify_backup(args.backup, BackupKeys.load(settings.secrets_dir))
+        _journal(settings, "verified", args.backup, manifest)
+        return {"verified": str(args.backup), **manifest}
     return {"restored": str(args.backup), **restore(settings, args.backup)}
+
+
+def _journal(settings: Settings, action: str, backup: Path, manifest: dict[str, Any]) -> None:
+    """For the compliance report; a journal that cannot be written is said, the backup stands."""
+    if problem := backup_journal.record(settings.data_dir, action, backup, manifest):
+        note(f"the backup journal: {problem}")
 
 
 def create(settings: Settings, backup: Path, *, wait_seconds: float) -> dict[str, Any]:

@@ -7,6 +7,7 @@ count; the archive trails the stream by the archive lag, so history waits for it
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 
 
 class ArchiveProgress:
@@ -28,6 +29,20 @@ class ArchiveProgress:
         try:
             async with self._changed:
                 await asyncio.wait_for(self._changed.wait_for(lambda: self.archived(stream) >= seq), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def wait_past(self, seen: Mapping[str, int], *, timeout: float) -> bool:
+        """True once any of these streams is archived beyond where `seen` has it; False after
+        `timeout` without (a watcher of several streams: security_feed.py)."""
+
+        def moved() -> bool:
+            return any(self.archived(stream) > seq for stream, seq in seen.items())
+
+        try:
+            async with self._changed:
+                await asyncio.wait_for(self._changed.wait_for(moved), timeout)
         except TimeoutError:
             return False
         return True

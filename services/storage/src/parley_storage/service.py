@@ -149,8 +149,18 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
                 )
         storage_pb2_grpc.add_StorageServiceServicer_to_server(self, ctx.server)
         ctx.add_service_name(storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name)
+        checkpoints = Path(storage_settings.audit_checkpoint_dir) if storage_settings.audit_checkpoint_dir else None
+        self.audit_monitor = AuditChainMonitor(ctx.bus, self.archive, ctx.metrics, checkpoint_dir=checkpoints)
         storage_pb2_grpc.add_StorageArchiveServiceServicer_to_server(
-            StorageArchiveApi(ctx, self.archive, self.retention), ctx.server
+            StorageArchiveApi(
+                ctx,
+                self.archive,
+                self.retention,
+                self.audit_monitor,
+                self.progress,
+                audit_verify_interval_s=storage_settings.audit_verify_interval_seconds,
+            ),
+            ctx.server,
         )
         ctx.add_service_name(storage_pb2.DESCRIPTOR.services_by_name["StorageArchiveService"].full_name)
         self._retention_job = asyncio.create_task(self._apply_retention(storage_settings.retention_interval_seconds))
@@ -159,7 +169,6 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         )
         gauges = ArchiveLagGauges(metrics.get_meter("parley.storage"))
         self._lag_job = asyncio.create_task(self._measure_lag(gauges, storage_settings.lag_interval_seconds))
-        self.audit_monitor = AuditChainMonitor(ctx.bus, self.archive, ctx.metrics)
         await self.audit_monitor.start()
         self._audit_job = asyncio.create_task(
             self.audit_monitor.run(storage_settings.audit_verify_interval_seconds, self._stopping)

@@ -113,6 +113,114 @@ class Distribution(_message.Message):
 Global___Distribution: _TypeAlias = Distribution  # noqa: Y015
 
 @_typing.final
+class GetServiceHealthRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    window_seconds: _builtins.int
+    """how far back: 60..3600, 0 means 600"""
+    points: _builtins.int
+    """steps in that window: 2..120, 0 means 30"""
+    def __init__(
+        self,
+        *,
+        window_seconds: _builtins.int = ...,
+        points: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["points", b"points", "window_seconds", b"window_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServiceHealthRequest: _TypeAlias = GetServiceHealthRequest  # noqa: Y015
+
+@_typing.final
+class HealthPoint(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_FIELD_NUMBER: _builtins.int
+    CALLS_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    ERROR_RATE_FIELD_NUMBER: _builtins.int
+    P99_MS_FIELD_NUMBER: _builtins.int
+    at: _builtins.float
+    """unix seconds: the end of the step"""
+    calls: _builtins.int
+    """unary calls served in the step, by every instance of the service"""
+    errors: _builtins.int
+    """of which server faults"""
+    error_rate: _builtins.float
+    """errors / calls; 0 without calls"""
+    p99_ms: _builtins.float
+    """0 without calls"""
+    def __init__(
+        self,
+        *,
+        at: _builtins.float = ...,
+        calls: _builtins.int = ...,
+        errors: _builtins.int = ...,
+        error_rate: _builtins.float = ...,
+        p99_ms: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "calls", b"calls", "error_rate", b"error_rate", "errors", b"errors", "p99_ms", b"p99_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HealthPoint: _TypeAlias = HealthPoint  # noqa: Y015
+
+@_typing.final
+class ServiceHealth(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    @_builtins.property
+    def points(self) -> _containers.RepeatedCompositeFieldContainer[Global___HealthPoint]:
+        """oldest first"""
+
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        points: _abc.Iterable[Global___HealthPoint] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["points", b"points", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceHealth: _TypeAlias = ServiceHealth  # noqa: Y015
+
+@_typing.final
+class GetServiceHealthResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICES_FIELD_NUMBER: _builtins.int
+    STEP_SECONDS_FIELD_NUMBER: _builtins.int
+    step_seconds: _builtins.float
+    @_builtins.property
+    def services(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceHealth]: ...
+    def __init__(
+        self,
+        *,
+        services: _abc.Iterable[Global___ServiceHealth] | None = ...,
+        step_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["services", b"services", "step_seconds", b"step_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServiceHealthResponse: _TypeAlias = GetServiceHealthResponse  # noqa: Y015
+
+@_typing.final
 class ListInstancesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

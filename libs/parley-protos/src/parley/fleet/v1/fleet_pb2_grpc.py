@@ -39,6 +39,11 @@ class FleetServiceStub:
                 request_serializer=parley_dot_fleet_dot_v1_dot_fleet__pb2.ListInstancesRequest.SerializeToString,
                 response_deserializer=parley_dot_fleet_dot_v1_dot_fleet__pb2.ListInstancesResponse.FromString,
                 _registered_method=True)
+        self.GetServiceHealth = channel.unary_unary(
+                '/parley.fleet.v1.FleetService/GetServiceHealth',
+                request_serializer=parley_dot_fleet_dot_v1_dot_fleet__pb2.GetServiceHealthRequest.SerializeToString,
+                response_deserializer=parley_dot_fleet_dot_v1_dot_fleet__pb2.GetServiceHealthResponse.FromString,
+                _registered_method=True)
 
 
 class FleetServiceServicer:
@@ -50,6 +55,14 @@ class FleetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetServiceHealth(self, request, context):
+        """Each service's calls, errors and p99 latency over the last while, in equal steps: the
+        figures the roll-out health gates judge, from the heartbeats the registry keeps.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +70,11 @@ def add_FleetServiceServicer_to_server(servicer, server):
                     servicer.ListInstances,
                     request_deserializer=parley_dot_fleet_dot_v1_dot_fleet__pb2.ListInstancesRequest.FromString,
                     response_serializer=parley_dot_fleet_dot_v1_dot_fleet__pb2.ListInstancesResponse.SerializeToString,
+            ),
+            'GetServiceHealth': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServiceHealth,
+                    request_deserializer=parley_dot_fleet_dot_v1_dot_fleet__pb2.GetServiceHealthRequest.FromString,
+                    response_serializer=parley_dot_fleet_dot_v1_dot_fleet__pb2.GetServiceHealthResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +104,33 @@ class FleetService:
             '/parley.fleet.v1.FleetService/ListInstances',
             parley_dot_fleet_dot_v1_dot_fleet__pb2.ListInstancesRequest.SerializeToString,
             parley_dot_fleet_dot_v1_dot_fleet__pb2.ListInstancesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServiceHealth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.fleet.v1.FleetService/GetServiceHealth',
+            parley_dot_fleet_dot_v1_dot_fleet__pb2.GetServiceHealthRequest.SerializeToString,
+            parley_dot_fleet_dot_v1_dot_fleet__pb2.GetServiceHealthResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -32,11 +32,19 @@ class FleetServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> FleetServiceAsyncStub: ...
     ListInstances: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.ListInstancesRequest, _fleet_pb2.ListInstancesResponse]
+    GetServiceHealth: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.GetServiceHealthRequest, _fleet_pb2.GetServiceHealthResponse]
+    """Each service's calls, errors and p99 latency over the last while, in equal steps: the
+    figures the roll-out health gates judge, from the heartbeats the registry keeps.
+    """
 
 @_typing.type_check_only
 class FleetServiceAsyncStub(FleetServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListInstances: _aio.UnaryUnaryMultiCallable[_fleet_pb2.ListInstancesRequest, _fleet_pb2.ListInstancesResponse]  # type: ignore[assignment]
+    GetServiceHealth: _aio.UnaryUnaryMultiCallable[_fleet_pb2.GetServiceHealthRequest, _fleet_pb2.GetServiceHealthResponse]  # type: ignore[assignment]
+    """Each service's calls, errors and p99 latency over the last while, in equal steps: the
+    figures the roll-out health gates judge, from the heartbeats the registry keeps.
+    """
 
 class FleetServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -45,5 +53,15 @@ class FleetServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _fleet_pb2.ListInstancesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_fleet_pb2.ListInstancesResponse, _abc.Awaitable[_fleet_pb2.ListInstancesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetServiceHealth(
+        self,
+        request: _fleet_pb2.GetServiceHealthRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fleet_pb2.GetServiceHealthResponse, _abc.Awaitable[_fleet_pb2.GetServiceHealthResponse]]:
+        """Each service's calls, errors and p99 latency over the last while, in equal steps: the
+        figures the roll-out health gates judge, from the heartbeats the registry keeps.
+        """
 
 def add_FleetServiceServicer_to_server(servicer: FleetServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -296,6 +296,11 @@ class GatewayStub:
                 request_serializer=parley_dot_fleet_dot_v1_dot_fleet__pb2.ListInstancesRequest.SerializeToString,
                 response_deserializer=parley_dot_fleet_dot_v1_dot_fleet__pb2.ListInstancesResponse.FromString,
                 _registered_method=True)
+        self.GetServiceHealth = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/GetServiceHealth',
+                request_serializer=parley_dot_fleet_dot_v1_dot_fleet__pb2.GetServiceHealthRequest.SerializeToString,
+                response_deserializer=parley_dot_fleet_dot_v1_dot_fleet__pb2.GetServiceHealthResponse.FromString,
+                _registered_method=True)
         self.ListFindings = channel.unary_unary(
                 '/parley.gateway.v1.Gateway/ListFindings',
                 request_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.ListFindingsRequest.SerializeToString,
@@ -355,6 +360,11 @@ class GatewayStub:
                 '/parley.gateway.v1.Gateway/VerifyAudit',
                 request_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.VerifyAuditRequest.SerializeToString,
                 response_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.VerifyAuditResponse.FromString,
+                _registered_method=True)
+        self.WatchSecurityEvents = channel.unary_stream(
+                '/parley.gateway.v1.Gateway/WatchSecurityEvents',
+                request_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.WatchSecurityEventsRequest.SerializeToString,
+                response_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.SecurityEventNotice.FromString,
                 _registered_method=True)
 
 
@@ -688,6 +698,12 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetServiceHealth(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListFindings(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -755,10 +771,18 @@ class GatewayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def VerifyAudit(self, request, context):
-        """The audit chain as the archive holds it, verified (parley_core.audit): records from the
-        archived SEC stream, keys from the archived AUTH stream, both read with the caller's token
-        (a security-auditor's). `parley audit verify` on the host also checks the live streams'
-        head and keys, and checkpoints kept outside the data folder.
+        """The audit chain as storage's audit monitor last verified it (parley_core.audit over the
+        archived records, with the keys and the head of the live AUTH and SEC streams, and the
+        checkpoints in PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR), asked with the caller's token (a
+        security-auditor's): cheap, a stored verdict; verify_now waits for a fresh run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchSecurityEvents(self, request, context):
+        """The security event stream live (logins, lockouts, revocations, anomalies), filtered by kind
+        and actor: audit.read at the gateway, then storage answers a security-auditor, admin or owner.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1022,6 +1046,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     request_deserializer=parley_dot_fleet_dot_v1_dot_fleet__pb2.ListInstancesRequest.FromString,
                     response_serializer=parley_dot_fleet_dot_v1_dot_fleet__pb2.ListInstancesResponse.SerializeToString,
             ),
+            'GetServiceHealth': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServiceHealth,
+                    request_deserializer=parley_dot_fleet_dot_v1_dot_fleet__pb2.GetServiceHealthRequest.FromString,
+                    response_serializer=parley_dot_fleet_dot_v1_dot_fleet__pb2.GetServiceHealthResponse.SerializeToString,
+            ),
             'ListFindings': grpc.unary_unary_rpc_method_handler(
                     servicer.ListFindings,
                     request_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.ListFindingsRequest.FromString,
@@ -1081,6 +1110,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.VerifyAudit,
                     request_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.VerifyAuditRequest.FromString,
                     response_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.VerifyAuditResponse.SerializeToString,
+            ),
+            'WatchSecurityEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSecurityEvents,
+                    request_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.WatchSecurityEventsRequest.FromString,
+                    response_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.SecurityEventNotice.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -2473,6 +2507,33 @@ class Gateway:
             _registered_method=True)
 
     @staticmethod
+    def GetServiceHealth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/GetServiceHealth',
+            parley_dot_fleet_dot_v1_dot_fleet__pb2.GetServiceHealthRequest.SerializeToString,
+            parley_dot_fleet_dot_v1_dot_fleet__pb2.GetServiceHealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListFindings(request,
             target,
             options=(),
@@ -2786,6 +2847,33 @@ class Gateway:
             '/parley.gateway.v1.Gateway/VerifyAudit',
             parley_dot_gateway_dot_v1_dot_gateway__pb2.VerifyAuditRequest.SerializeToString,
             parley_dot_gateway_dot_v1_dot_gateway__pb2.VerifyAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSecurityEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/WatchSecurityEvents',
+            parley_dot_storage_dot_v1_dot_storage__pb2.WatchSecurityEventsRequest.SerializeToString,
+            parley_dot_storage_dot_v1_dot_storage__pb2.SecurityEventNotice.FromString,
             options,
             channel_credentials,
             insecure,

@@ -114,6 +114,7 @@ class GatewayStub:
     and the second-person rule again. Audit calls need audit.read, and storage answers
     queries for a security-auditor only.
     """
+    GetServiceHealth: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.GetServiceHealthRequest, _fleet_pb2.GetServiceHealthResponse]
     ListFindings: _grpc.UnaryUnaryMultiCallable[_patch_pb2.ListFindingsRequest, _patch_pb2.ListFindingsResponse]
     ImportAdvisories: _grpc.UnaryUnaryMultiCallable[_patch_pb2.ImportAdvisoriesRequest, _patch_pb2.ImportAdvisoriesResponse]
     ListReleases: _grpc.UnaryUnaryMultiCallable[_patch_pb2.ListReleasesRequest, _patch_pb2.ListReleasesResponse]
@@ -126,10 +127,14 @@ class GatewayStub:
     RollbackRollout: _grpc.UnaryUnaryMultiCallable[_patch_pb2.RolloutCommand, _patch_pb2.Rollout]
     QueryAudit: _grpc.UnaryUnaryMultiCallable[_storage_pb2.QueryAuditRequest, _storage_pb2.ArchivedEventsPage]
     VerifyAudit: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.VerifyAuditRequest, _gateway_pb2.VerifyAuditResponse]
-    """The audit chain as the archive holds it, verified (parley_core.audit): records from the
-    archived SEC stream, keys from the archived AUTH stream, both read with the caller's token
-    (a security-auditor's). `parley audit verify` on the host also checks the live streams'
-    head and keys, and checkpoints kept outside the data folder.
+    """The audit chain as storage's audit monitor last verified it (parley_core.audit over the
+    archived records, with the keys and the head of the live AUTH and SEC streams, and the
+    checkpoints in PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR), asked with the caller's token (a
+    security-auditor's): cheap, a stored verdict; verify_now waits for a fresh run.
+    """
+    WatchSecurityEvents: _grpc.UnaryStreamMultiCallable[_storage_pb2.WatchSecurityEventsRequest, _storage_pb2.SecurityEventNotice]
+    """The security event stream live (logins, lockouts, revocations, anomalies), filtered by kind
+    and actor: audit.read at the gateway, then storage answers a security-auditor, admin or owner.
     """
 
 @_typing.type_check_only
@@ -213,6 +218,7 @@ class GatewayAsyncStub(GatewayStub):
     and the second-person rule again. Audit calls need audit.read, and storage answers
     queries for a security-auditor only.
     """
+    GetServiceHealth: _aio.UnaryUnaryMultiCallable[_fleet_pb2.GetServiceHealthRequest, _fleet_pb2.GetServiceHealthResponse]  # type: ignore[assignment]
     ListFindings: _aio.UnaryUnaryMultiCallable[_patch_pb2.ListFindingsRequest, _patch_pb2.ListFindingsResponse]  # type: ignore[assignment]
     ImportAdvisories: _aio.UnaryUnaryMultiCallable[_patch_pb2.ImportAdvisoriesRequest, _patch_pb2.ImportAdvisoriesResponse]  # type: ignore[assignment]
     ListReleases: _aio.UnaryUnaryMultiCallable[_patch_pb2.ListReleasesRequest, _patch_pb2.ListReleasesResponse]  # type: ignore[assignment]
@@ -225,10 +231,14 @@ class GatewayAsyncStub(GatewayStub):
     RollbackRollout: _aio.UnaryUnaryMultiCallable[_patch_pb2.RolloutCommand, _patch_pb2.Rollout]  # type: ignore[assignment]
     QueryAudit: _aio.UnaryUnaryMultiCallable[_storage_pb2.QueryAuditRequest, _storage_pb2.ArchivedEventsPage]  # type: ignore[assignment]
     VerifyAudit: _aio.UnaryUnaryMultiCallable[_gateway_pb2.VerifyAuditRequest, _gateway_pb2.VerifyAuditResponse]  # type: ignore[assignment]
-    """The audit chain as the archive holds it, verified (parley_core.audit): records from the
-    archived SEC stream, keys from the archived AUTH stream, both read with the caller's token
-    (a security-auditor's). `parley audit verify` on the host also checks the live streams'
-    head and keys, and checkpoints kept outside the data folder.
+    """The audit chain as storage's audit monitor last verified it (parley_core.audit over the
+    archived records, with the keys and the head of the live AUTH and SEC streams, and the
+    checkpoints in PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR), asked with the caller's token (a
+    security-auditor's): cheap, a stored verdict; verify_now waits for a fresh run.
+    """
+    WatchSecurityEvents: _aio.UnaryStreamMultiCallable[_storage_pb2.WatchSecurityEventsRequest, _storage_pb2.SecurityEventNotice]  # type: ignore[assignment]
+    """The security event stream live (logins, lockouts, revocations, anomalies), filtered by kind
+    and actor: audit.read at the gateway, then storage answers a security-auditor, admin or owner.
     """
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
@@ -617,6 +627,13 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def GetServiceHealth(
+        self,
+        request: _fleet_pb2.GetServiceHealthRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fleet_pb2.GetServiceHealthResponse, _abc.Awaitable[_fleet_pb2.GetServiceHealthResponse]]: ...
+
+    @_abc_1.abstractmethod
     def ListFindings(
         self,
         request: _patch_pb2.ListFindingsRequest,
@@ -699,10 +716,20 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.VerifyAuditRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.VerifyAuditResponse, _abc.Awaitable[_gateway_pb2.VerifyAuditResponse]]:
-        """The audit chain as the archive holds it, verified (parley_core.audit): records from the
-        archived SEC stream, keys from the archived AUTH stream, both read with the caller's token
-        (a security-auditor's). `parley audit verify` on the host also checks the live streams'
-        head and keys, and checkpoints kept outside the data folder.
+        """The audit chain as storage's audit monitor last verified it (parley_core.audit over the
+        archived records, with the keys and the head of the live AUTH and SEC streams, and the
+        checkpoints in PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR), asked with the caller's token (a
+        security-auditor's): cheap, a stored verdict; verify_now waits for a fresh run.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchSecurityEvents(
+        self,
+        request: _storage_pb2.WatchSecurityEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_storage_pb2.SecurityEventNotice], _abc.AsyncIterator[_storage_pb2.SecurityEventNotice]]:
+        """The security event stream live (logins, lockouts, revocations, anomalies), filtered by kind
+        and actor: audit.read at the gateway, then storage answers a security-auditor, admin or owner.
         """
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -278,6 +278,215 @@ class QueryAuditRequest(_message.Message):
 Global___QueryAuditRequest: _TypeAlias = QueryAuditRequest  # noqa: Y015
 
 @_typing.final
+class WatchSecurityEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KINDS_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    BACKLOG_FIELD_NUMBER: _builtins.int
+    actor: _builtins.str
+    """Events by or about one person or service: a user id, a username, or service:<name>."""
+    backlog: _builtins.int
+    """recent events sent first: 0..500, 0 means 50"""
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Kinds to show, e.g. login_failed, new_session, lockout, session_revoked, or "anomaly" (every
+        finding) and "anomaly:<rule>"; empty: every kind.
+        """
+
+    def __init__(
+        self,
+        *,
+        kinds: _abc.Iterable[_builtins.str] | None = ...,
+        actor: _builtins.str = ...,
+        backlog: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "backlog", b"backlog", "kinds", b"kinds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchSecurityEventsRequest: _TypeAlias = WatchSecurityEventsRequest  # noqa: Y015
+
+@_typing.final
+class SecurityEventNotice(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    USERNAME_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    CHAIN_INDEX_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
+    STREAM_SEQ_FIELD_NUMBER: _builtins.int
+    CAUGHT_UP_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """the audit record's kind, or "anomaly:<rule>" """
+    occurred_at: _builtins.float
+    """unix seconds"""
+    actor: _builtins.str
+    """who caused it: user:<id>, platform, service:<name>"""
+    user_id: _builtins.str
+    """whom it concerns, if anyone"""
+    username: _builtins.str
+    source: _builtins.str
+    """the client address, if known"""
+    detail: _builtins.str
+    chain_index: _builtins.int
+    """the audit record's number; 0 for an anomaly"""
+    stream: _builtins.str
+    """where it is archived (SEC, STORE), with its position"""
+    stream_seq: _builtins.int
+    caught_up: _builtins.bool
+    """A marker, not an event (every other field empty): everything archived so far is sent. It
+    follows the backlog, and comes again after each quiet RECHECK (15 s) as a sign of life.
+    """
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        occurred_at: _builtins.float = ...,
+        actor: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        username: _builtins.str = ...,
+        source: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        chain_index: _builtins.int = ...,
+        stream: _builtins.str = ...,
+        stream_seq: _builtins.int = ...,
+        caught_up: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "caught_up", b"caught_up", "chain_index", b"chain_index", "detail", b"detail", "kind", b"kind", "occurred_at", b"occurred_at", "source", b"source", "stream", b"stream", "stream_seq", b"stream_seq", "user_id", b"user_id", "username", b"username"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecurityEventNotice: _TypeAlias = SecurityEventNotice  # noqa: Y015
+
+@_typing.final
+class GetAuditChainStateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERIFY_NOW_FIELD_NUMBER: _builtins.int
+    verify_now: _builtins.bool
+    def __init__(
+        self,
+        *,
+        verify_now: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["verify_now", b"verify_now"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAuditChainStateRequest: _TypeAlias = GetAuditChainStateRequest  # noqa: Y015
+
+@_typing.final
+class AuditCheckpoint(_message.Message):
+    """An operator's checkpoint (`parley audit checkpoint`) that storage read from
+    PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR and compared the archive with.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHAIN_INDEX_FIELD_NUMBER: _builtins.int
+    TAKEN_AT_FIELD_NUMBER: _builtins.int
+    RECORD_TIME_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    MATCHES_FIELD_NUMBER: _builtins.int
+    chain_index: _builtins.int
+    taken_at: _builtins.str
+    """ISO 8601, as the checkpoint file says"""
+    record_time: _builtins.float
+    """unix seconds of the record it names"""
+    source: _builtins.str
+    """"checkpoint <file>" """
+    matches: _builtins.bool
+    """the archive's record #chain_index still has the checkpoint's hash"""
+    def __init__(
+        self,
+        *,
+        chain_index: _builtins.int = ...,
+        taken_at: _builtins.str = ...,
+        record_time: _builtins.float = ...,
+        source: _builtins.str = ...,
+        matches: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain_index", b"chain_index", "matches", b"matches", "record_time", b"record_time", "source", b"source", "taken_at", b"taken_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditCheckpoint: _TypeAlias = AuditCheckpoint  # noqa: Y015
+
+@_typing.final
+class AuditChainState(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INTACT_FIELD_NUMBER: _builtins.int
+    RECORDS_FIELD_NUMBER: _builtins.int
+    LAST_INDEX_FIELD_NUMBER: _builtins.int
+    LAST_RECORDED_AT_FIELD_NUMBER: _builtins.int
+    FINDINGS_FIELD_NUMBER: _builtins.int
+    VERIFIED_AT_FIELD_NUMBER: _builtins.int
+    HEAD_INDEX_FIELD_NUMBER: _builtins.int
+    LAST_CHECKPOINT_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_ERRORS_FIELD_NUMBER: _builtins.int
+    VERIFY_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
+    intact: _builtins.bool
+    records: _builtins.int
+    last_index: _builtins.int
+    """the highest chain_index verified"""
+    last_recorded_at: _builtins.float
+    """unix seconds of that record (0 when none)"""
+    verified_at: _builtins.float
+    """when the run began (unix seconds)"""
+    head_index: _builtins.int
+    """the live SEC stream's newest record when the run began"""
+    verify_interval_seconds: _builtins.float
+    """how often the monitor runs by itself"""
+    @_builtins.property
+    def findings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """one line each, as `parley audit verify` prints them"""
+
+    @_builtins.property
+    def last_checkpoint(self) -> Global___AuditCheckpoint:
+        """the newest one read; unset when none"""
+
+    @_builtins.property
+    def checkpoint_errors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """checkpoint files that could not be read, and why"""
+
+    def __init__(
+        self,
+        *,
+        intact: _builtins.bool = ...,
+        records: _builtins.int = ...,
+        last_index: _builtins.int = ...,
+        last_recorded_at: _builtins.float = ...,
+        findings: _abc.Iterable[_builtins.str] | None = ...,
+        verified_at: _builtins.float = ...,
+        head_index: _builtins.int = ...,
+        last_checkpoint: Global___AuditCheckpoint | None = ...,
+        checkpoint_errors: _abc.Iterable[_builtins.str] | None = ...,
+        verify_interval_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_checkpoint", b"last_checkpoint"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_errors", b"checkpoint_errors", "findings", b"findings", "head_index", b"head_index", "intact", b"intact", "last_checkpoint", b"last_checkpoint", "last_index", b"last_index", "last_recorded_at", b"last_recorded_at", "records", b"records", "verified_at", b"verified_at", "verify_interval_seconds", b"verify_interval_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditChainState: _TypeAlias = AuditChainState  # noqa: Y015
+
+@_typing.final
 class GetArchiveLagRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -113,7 +113,7 @@ class StorageArchiveServiceStub:
     What each reader sees of each stream is one table (parley_storage.access.stream_view): fields
     marked secret only for the service that wrote them; `MSG` for an auditor as metadata only
     (ArchivedEvent.withheld).
-    - QueryAudit: a user token with role `security-auditor` only, with the same views.
+    - QueryAudit, GetAuditChainState: a user token with role `security-auditor` only, with the same views.
     - GetArchiveLag, ListRetentionPolicies: the platform identity or a `security-auditor`.
     - ExportUserData / EraseUserData: the user themself, or the platform identity acting for them.
     """
@@ -174,6 +174,16 @@ class StorageArchiveServiceStub:
                 request_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.GetSchemaVersionsRequest.SerializeToString,
                 response_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.GetSchemaVersionsResponse.FromString,
                 _registered_method=True)
+        self.GetAuditChainState = channel.unary_unary(
+                '/parley.storage.v1.StorageArchiveService/GetAuditChainState',
+                request_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.GetAuditChainStateRequest.SerializeToString,
+                response_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.AuditChainState.FromString,
+                _registered_method=True)
+        self.WatchSecurityEvents = channel.unary_stream(
+                '/parley.storage.v1.StorageArchiveService/WatchSecurityEvents',
+                request_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.WatchSecurityEventsRequest.SerializeToString,
+                response_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.SecurityEventNotice.FromString,
+                _registered_method=True)
 
 
 class StorageArchiveServiceServicer:
@@ -186,7 +196,7 @@ class StorageArchiveServiceServicer:
     What each reader sees of each stream is one table (parley_storage.access.stream_view): fields
     marked secret only for the service that wrote them; `MSG` for an auditor as metadata only
     (ArchivedEvent.withheld).
-    - QueryAudit: a user token with role `security-auditor` only, with the same views.
+    - QueryAudit, GetAuditChainState: a user token with role `security-auditor` only, with the same views.
     - GetArchiveLag, ListRetentionPolicies: the platform identity or a `security-auditor`.
     - ExportUserData / EraseUserData: the user themself, or the platform identity acting for them.
     """
@@ -262,6 +272,25 @@ class StorageArchiveServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAuditChainState(self, request, context):
+        """The archived audit chain as storage's audit monitor last verified it (audit_monitor.py):
+        answered from that run, so a call costs nothing; verify_now runs a verification first (one
+        at a time: callers during a run share it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchSecurityEvents(self, request, context):
+        """The security event stream, live: auth's audit records (logins, lockouts, revocations, role
+        changes) and the detector's findings (AnomalyDetected), the newest `backlog` first, then each
+        as it is archived. A security-auditor, admin or owner; the stream ends when the caller's
+        access token no longer holds (expired, revoked): call again with a fresh one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageArchiveServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -315,6 +344,16 @@ def add_StorageArchiveServiceServicer_to_server(servicer, server):
                     request_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.GetSchemaVersionsRequest.FromString,
                     response_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.GetSchemaVersionsResponse.SerializeToString,
             ),
+            'GetAuditChainState': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAuditChainState,
+                    request_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.GetAuditChainStateRequest.FromString,
+                    response_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.AuditChainState.SerializeToString,
+            ),
+            'WatchSecurityEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSecurityEvents,
+                    request_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.WatchSecurityEventsRequest.FromString,
+                    response_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.SecurityEventNotice.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'parley.storage.v1.StorageArchiveService', rpc_method_handlers)
@@ -333,7 +372,7 @@ class StorageArchiveService:
     What each reader sees of each stream is one table (parley_storage.access.stream_view): fields
     marked secret only for the service that wrote them; `MSG` for an auditor as metadata only
     (ArchivedEvent.withheld).
-    - QueryAudit: a user token with role `security-auditor` only, with the same views.
+    - QueryAudit, GetAuditChainState: a user token with role `security-auditor` only, with the same views.
     - GetArchiveLag, ListRetentionPolicies: the platform identity or a `security-auditor`.
     - ExportUserData / EraseUserData: the user themself, or the platform identity acting for them.
     """
@@ -598,6 +637,60 @@ class StorageArchiveService:
             '/parley.storage.v1.StorageArchiveService/GetSchemaVersions',
             parley_dot_storage_dot_v1_dot_storage__pb2.GetSchemaVersionsRequest.SerializeToString,
             parley_dot_storage_dot_v1_dot_storage__pb2.GetSchemaVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAuditChainState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.storage.v1.StorageArchiveService/GetAuditChainState',
+            parley_dot_storage_dot_v1_dot_storage__pb2.GetAuditChainStateRequest.SerializeToString,
+            parley_dot_storage_dot_v1_dot_storage__pb2.AuditChainState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSecurityEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/parley.storage.v1.StorageArchiveService/WatchSecurityEvents',
+            parley_dot_storage_dot_v1_dot_storage__pb2.WatchSecurityEventsRequest.SerializeToString,
+            parley_dot_storage_dot_v1_dot_storage__pb2.SecurityEventNotice.FromString,
             options,
             channel_credentials,
             insecure,

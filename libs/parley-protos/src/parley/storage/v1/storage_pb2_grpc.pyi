@@ -70,7 +70,7 @@ class StorageArchiveServiceStub:
       What each reader sees of each stream is one table (parley_storage.access.stream_view): fields
       marked secret only for the service that wrote them; `MSG` for an auditor as metadata only
       (ArchivedEvent.withheld).
-    - QueryAudit: a user token with role `security-auditor` only, with the same views.
+    - QueryAudit, GetAuditChainState: a user token with role `security-auditor` only, with the same views.
     - GetArchiveLag, ListRetentionPolicies: the platform identity or a `security-auditor`.
     - ExportUserData / EraseUserData: the user themself, or the platform identity acting for them.
     """
@@ -103,6 +103,17 @@ class StorageArchiveServiceStub:
     release must still be able to read (the patch registry checks min_event_schema with it).
     Metadata only, no event content: any service peer, the platform identity or an auditor.
     """
+    GetAuditChainState: _grpc.UnaryUnaryMultiCallable[_storage_pb2.GetAuditChainStateRequest, _storage_pb2.AuditChainState]
+    """The archived audit chain as storage's audit monitor last verified it (audit_monitor.py):
+    answered from that run, so a call costs nothing; verify_now runs a verification first (one
+    at a time: callers during a run share it).
+    """
+    WatchSecurityEvents: _grpc.UnaryStreamMultiCallable[_storage_pb2.WatchSecurityEventsRequest, _storage_pb2.SecurityEventNotice]
+    """The security event stream, live: auth's audit records (logins, lockouts, revocations, role
+    changes) and the detector's findings (AnomalyDetected), the newest `backlog` first, then each
+    as it is archived. A security-auditor, admin or owner; the stream ends when the caller's
+    access token no longer holds (expired, revoked): call again with a fresh one.
+    """
 
 @_typing.type_check_only
 class StorageArchiveServiceAsyncStub(StorageArchiveServiceStub):
@@ -115,7 +126,7 @@ class StorageArchiveServiceAsyncStub(StorageArchiveServiceStub):
       What each reader sees of each stream is one table (parley_storage.access.stream_view): fields
       marked secret only for the service that wrote them; `MSG` for an auditor as metadata only
       (ArchivedEvent.withheld).
-    - QueryAudit: a user token with role `security-auditor` only, with the same views.
+    - QueryAudit, GetAuditChainState: a user token with role `security-auditor` only, with the same views.
     - GetArchiveLag, ListRetentionPolicies: the platform identity or a `security-auditor`.
     - ExportUserData / EraseUserData: the user themself, or the platform identity acting for them.
     """
@@ -145,6 +156,17 @@ class StorageArchiveServiceAsyncStub(StorageArchiveServiceStub):
     release must still be able to read (the patch registry checks min_event_schema with it).
     Metadata only, no event content: any service peer, the platform identity or an auditor.
     """
+    GetAuditChainState: _aio.UnaryUnaryMultiCallable[_storage_pb2.GetAuditChainStateRequest, _storage_pb2.AuditChainState]  # type: ignore[assignment]
+    """The archived audit chain as storage's audit monitor last verified it (audit_monitor.py):
+    answered from that run, so a call costs nothing; verify_now runs a verification first (one
+    at a time: callers during a run share it).
+    """
+    WatchSecurityEvents: _aio.UnaryStreamMultiCallable[_storage_pb2.WatchSecurityEventsRequest, _storage_pb2.SecurityEventNotice]  # type: ignore[assignment]
+    """The security event stream, live: auth's audit records (logins, lockouts, revocations, role
+    changes) and the detector's findings (AnomalyDetected), the newest `backlog` first, then each
+    as it is archived. A security-auditor, admin or owner; the stream ends when the caller's
+    access token no longer holds (expired, revoked): call again with a fresh one.
+    """
 
 class StorageArchiveServiceServicer(metaclass=_abc_1.ABCMeta):
     """---- Archive queries, privacy and operations (issue 5) ----
@@ -156,7 +178,7 @@ class StorageArchiveServiceServicer(metaclass=_abc_1.ABCMeta):
       What each reader sees of each stream is one table (parley_storage.access.stream_view): fields
       marked secret only for the service that wrote them; `MSG` for an auditor as metadata only
       (ArchivedEvent.withheld).
-    - QueryAudit: a user token with role `security-auditor` only, with the same views.
+    - QueryAudit, GetAuditChainState: a user token with role `security-auditor` only, with the same views.
     - GetArchiveLag, ListRetentionPolicies: the platform identity or a `security-auditor`.
     - ExportUserData / EraseUserData: the user themself, or the platform identity acting for them.
     """
@@ -243,6 +265,29 @@ class StorageArchiveServiceServicer(metaclass=_abc_1.ABCMeta):
         """The oldest envelope schema_version of every event type in the archive, per stream: what a
         release must still be able to read (the patch registry checks min_event_schema with it).
         Metadata only, no event content: any service peer, the platform identity or an auditor.
+        """
+
+    @_abc_1.abstractmethod
+    def GetAuditChainState(
+        self,
+        request: _storage_pb2.GetAuditChainStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_pb2.AuditChainState, _abc.Awaitable[_storage_pb2.AuditChainState]]:
+        """The archived audit chain as storage's audit monitor last verified it (audit_monitor.py):
+        answered from that run, so a call costs nothing; verify_now runs a verification first (one
+        at a time: callers during a run share it).
+        """
+
+    @_abc_1.abstractmethod
+    def WatchSecurityEvents(
+        self,
+        request: _storage_pb2.WatchSecurityEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_storage_pb2.SecurityEventNotice], _abc.AsyncIterator[_storage_pb2.SecurityEventNotice]]:
+        """The security event stream, live: auth's audit records (logins, lockouts, revocations, role
+        changes) and the detector's findings (AnomalyDetected), the newest `backlog` first, then each
+        as it is archived. A security-auditor, admin or owner; the stream ends when the caller's
+        access token no longer holds (expired, revoked): call again with a fresh one.
         """
 
 def add_StorageArchiveServiceServicer_to_server(servicer: StorageArchiveServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/fleet/v1/fleet.proto.
  */
 export const file_parley_fleet_v1_fleet: GenFile = /*@__PURE__*/
-  fileDesc("ChtwYXJsZXkvZmxlZXQvdjEvZmxlZXQucHJvdG8SD3BhcmxleS5mbGVldC52MSK7AgoRSW5zdGFuY2VIZWFydGJlYXQSDwoHc2VydmljZRgBIAEoCRIPCgd2ZXJzaW9uGAIgASgJEhMKC2luc3RhbmNlX2lkGAMgASgJEgwKBGhvc3QYBCABKAkSDgoGaGVhbHRoGAUgASgJEjQKDWRpc3RyaWJ1dGlvbnMYBiADKAsyHS5wYXJsZXkuZmxlZXQudjEuRGlzdHJpYnV0aW9uEisKB3NlbnRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDnJlcXVlc3RzX3RvdGFsGAggASgEEhQKDGVycm9yc190b3RhbBgJIAEoBBIWCg5wOTlfbGF0ZW5jeV9tcxgKIAEoARIPCgdhZGRyZXNzGAsgASgJEhcKD2xhdGVuY3lfYnVja2V0cxgMIAMoBCItCgxEaXN0cmlidXRpb24SDAoEbmFtZRgBIAEoCRIPCgd2ZXJzaW9uGAIgASgJIhYKFExpc3RJbnN0YW5jZXNSZXF1ZXN0IksKFUxpc3RJbnN0YW5jZXNSZXNwb25zZRIyCglpbnN0YW5jZXMYASADKAsyHy5wYXJsZXkuZmxlZXQudjEuSW5zdGFuY2VTdGF0dXMiWwoOSW5zdGFuY2VTdGF0dXMSOgoObGFzdF9oZWFydGJlYXQYASABKAsyIi5wYXJsZXkuZmxlZXQudjEuSW5zdGFuY2VIZWFydGJlYXQSDQoFc3RhbGUYAiABKAgybgoMRmxlZXRTZXJ2aWNlEl4KDUxpc3RJbnN0YW5jZXMSJS5wYXJsZXkuZmxlZXQudjEuTGlzdEluc3RhbmNlc1JlcXVlc3QaJi5wYXJsZXkuZmxlZXQudjEuTGlzdEluc3RhbmNlc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("ChtwYXJsZXkvZmxlZXQvdjEvZmxlZXQucHJvdG8SD3BhcmxleS5mbGVldC52MSK7AgoRSW5zdGFuY2VIZWFydGJlYXQSDwoHc2VydmljZRgBIAEoCRIPCgd2ZXJzaW9uGAIgASgJEhMKC2luc3RhbmNlX2lkGAMgASgJEgwKBGhvc3QYBCABKAkSDgoGaGVhbHRoGAUgASgJEjQKDWRpc3RyaWJ1dGlvbnMYBiADKAsyHS5wYXJsZXkuZmxlZXQudjEuRGlzdHJpYnV0aW9uEisKB3NlbnRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDnJlcXVlc3RzX3RvdGFsGAggASgEEhQKDGVycm9yc190b3RhbBgJIAEoBBIWCg5wOTlfbGF0ZW5jeV9tcxgKIAEoARIPCgdhZGRyZXNzGAsgASgJEhcKD2xhdGVuY3lfYnVja2V0cxgMIAMoBCItCgxEaXN0cmlidXRpb24SDAoEbmFtZRgBIAEoCRIPCgd2ZXJzaW9uGAIgASgJIkEKF0dldFNlcnZpY2VIZWFsdGhSZXF1ZXN0EhYKDndpbmRvd19zZWNvbmRzGAEgASgNEg4KBnBvaW50cxgCIAEoDSJcCgtIZWFsdGhQb2ludBIKCgJhdBgBIAEoARINCgVjYWxscxgCIAEoBBIOCgZlcnJvcnMYAyABKAQSEgoKZXJyb3JfcmF0ZRgEIAEoARIOCgZwOTlfbXMYBSABKAEiTgoNU2VydmljZUhlYWx0aBIPCgdzZXJ2aWNlGAEgASgJEiwKBnBvaW50cxgCIAMoCzIcLnBhcmxleS5mbGVldC52MS5IZWFsdGhQb2ludCJiChhHZXRTZXJ2aWNlSGVhbHRoUmVzcG9uc2USMAoIc2VydmljZXMYASADKAsyHi5wYXJsZXkuZmxlZXQudjEuU2VydmljZUhlYWx0aBIUCgxzdGVwX3NlY29uZHMYAiABKAEiFgoUTGlzdEluc3RhbmNlc1JlcXVlc3QiSwoVTGlzdEluc3RhbmNlc1Jlc3BvbnNlEjIKCWluc3RhbmNlcxgBIAMoCzIfLnBhcmxleS5mbGVldC52MS5JbnN0YW5jZVN0YXR1cyJbCg5JbnN0YW5jZVN0YXR1cxI6Cg5sYXN0X2hlYXJ0YmVhdBgBIAEoCzIiLnBhcmxleS5mbGVldC52MS5JbnN0YW5jZUhlYXJ0YmVhdBINCgVzdGFsZRgCIAEoCDLXAQoMRmxlZXRTZXJ2aWNlEl4KDUxpc3RJbnN0YW5jZXMSJS5wYXJsZXkuZmxlZXQudjEuTGlzdEluc3RhbmNlc1JlcXVlc3QaJi5wYXJsZXkuZmxlZXQudjEuTGlzdEluc3RhbmNlc1Jlc3BvbnNlEmcKEEdldFNlcnZpY2VIZWFsdGgSKC5wYXJsZXkuZmxlZXQudjEuR2V0U2VydmljZUhlYWx0aFJlcXVlc3QaKS5wYXJsZXkuZmxlZXQudjEuR2V0U2VydmljZUhlYWx0aFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * Published by every service instance on parley.fleet.heartbeat.<service>.<instance_id>
@@ -124,6 +124,125 @@ export const DistributionSchema: GenMessage<Distribution> = /*@__PURE__*/
   messageDesc(file_parley_fleet_v1_fleet, 1);
 
 /**
+ * @generated from message parley.fleet.v1.GetServiceHealthRequest
+ */
+export type GetServiceHealthRequest = Message<"parley.fleet.v1.GetServiceHealthRequest"> & {
+  /**
+   * how far back: 60..3600, 0 means 600
+   *
+   * @generated from field: uint32 window_seconds = 1;
+   */
+  windowSeconds: number;
+
+  /**
+   * steps in that window: 2..120, 0 means 30
+   *
+   * @generated from field: uint32 points = 2;
+   */
+  points: number;
+};
+
+/**
+ * Describes the message parley.fleet.v1.GetServiceHealthRequest.
+ * Use `create(GetServiceHealthRequestSchema)` to create a new message.
+ */
+export const GetServiceHealthRequestSchema: GenMessage<GetServiceHealthRequest> = /*@__PURE__*/
+  messageDesc(file_parley_fleet_v1_fleet, 2);
+
+/**
+ * @generated from message parley.fleet.v1.HealthPoint
+ */
+export type HealthPoint = Message<"parley.fleet.v1.HealthPoint"> & {
+  /**
+   * unix seconds: the end of the step
+   *
+   * @generated from field: double at = 1;
+   */
+  at: number;
+
+  /**
+   * unary calls served in the step, by every instance of the service
+   *
+   * @generated from field: uint64 calls = 2;
+   */
+  calls: bigint;
+
+  /**
+   * of which server faults
+   *
+   * @generated from field: uint64 errors = 3;
+   */
+  errors: bigint;
+
+  /**
+   * errors / calls; 0 without calls
+   *
+   * @generated from field: double error_rate = 4;
+   */
+  errorRate: number;
+
+  /**
+   * 0 without calls
+   *
+   * @generated from field: double p99_ms = 5;
+   */
+  p99Ms: number;
+};
+
+/**
+ * Describes the message parley.fleet.v1.HealthPoint.
+ * Use `create(HealthPointSchema)` to create a new message.
+ */
+export const HealthPointSchema: GenMessage<HealthPoint> = /*@__PURE__*/
+  messageDesc(file_parley_fleet_v1_fleet, 3);
+
+/**
+ * @generated from message parley.fleet.v1.ServiceHealth
+ */
+export type ServiceHealth = Message<"parley.fleet.v1.ServiceHealth"> & {
+  /**
+   * @generated from field: string service = 1;
+   */
+  service: string;
+
+  /**
+   * oldest first
+   *
+   * @generated from field: repeated parley.fleet.v1.HealthPoint points = 2;
+   */
+  points: HealthPoint[];
+};
+
+/**
+ * Describes the message parley.fleet.v1.ServiceHealth.
+ * Use `create(ServiceHealthSchema)` to create a new message.
+ */
+export const ServiceHealthSchema: GenMessage<ServiceHealth> = /*@__PURE__*/
+  messageDesc(file_parley_fleet_v1_fleet, 4);
+
+/**
+ * @generated from message parley.fleet.v1.GetServiceHealthResponse
+ */
+export type GetServiceHealthResponse = Message<"parley.fleet.v1.GetServiceHealthResponse"> & {
+  /**
+   * @generated from field: repeated parley.fleet.v1.ServiceHealth services = 1;
+   */
+  services: ServiceHealth[];
+
+  /**
+   * @generated from field: double step_seconds = 2;
+   */
+  stepSeconds: number;
+};
+
+/**
+ * Describes the message parley.fleet.v1.GetServiceHealthResponse.
+ * Use `create(GetServiceHealthResponseSchema)` to create a new message.
+ */
+export const GetServiceHealthResponseSchema: GenMessage<GetServiceHealthResponse> = /*@__PURE__*/
+  messageDesc(file_parley_fleet_v1_fleet, 5);
+
+/**
  * @generated from message parley.fleet.v1.ListInstancesRequest
  */
 export type ListInstancesRequest = Message<"parley.fleet.v1.ListInstancesRequest"> & {
@@ -134,7 +253,7 @@ export type ListInstancesRequest = Message<"parley.fleet.v1.ListInstancesRequest
  * Use `create(ListInstancesRequestSchema)` to create a new message.
  */
 export const ListInstancesRequestSchema: GenMessage<ListInstancesRequest> = /*@__PURE__*/
-  messageDesc(file_parley_fleet_v1_fleet, 2);
+  messageDesc(file_parley_fleet_v1_fleet, 6);
 
 /**
  * @generated from message parley.fleet.v1.ListInstancesResponse
@@ -151,7 +270,7 @@ export type ListInstancesResponse = Message<"parley.fleet.v1.ListInstancesRespon
  * Use `create(ListInstancesResponseSchema)` to create a new message.
  */
 export const ListInstancesResponseSchema: GenMessage<ListInstancesResponse> = /*@__PURE__*/
-  messageDesc(file_parley_fleet_v1_fleet, 3);
+  messageDesc(file_parley_fleet_v1_fleet, 7);
 
 /**
  * @generated from message parley.fleet.v1.InstanceStatus
@@ -175,7 +294,7 @@ export type InstanceStatus = Message<"parley.fleet.v1.InstanceStatus"> & {
  * Use `create(InstanceStatusSchema)` to create a new message.
  */
 export const InstanceStatusSchema: GenMessage<InstanceStatus> = /*@__PURE__*/
-  messageDesc(file_parley_fleet_v1_fleet, 4);
+  messageDesc(file_parley_fleet_v1_fleet, 8);
 
 /**
  * @generated from service parley.fleet.v1.FleetService
@@ -188,6 +307,17 @@ export const FleetService: GenService<{
     methodKind: "unary";
     input: typeof ListInstancesRequestSchema;
     output: typeof ListInstancesResponseSchema;
+  },
+  /**
+   * Each service's calls, errors and p99 latency over the last while, in equal steps: the
+   * figures the roll-out health gates judge, from the heartbeats the registry keeps.
+   *
+   * @generated from rpc parley.fleet.v1.FleetService.GetServiceHealth
+   */
+  getServiceHealth: {
+    methodKind: "unary";
+    input: typeof GetServiceHealthRequestSchema;
+    output: typeof GetServiceHealthResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_parley_fleet_v1_fleet, 0);

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/storage/v1/storage.proto.
  */
 export const file_parley_storage_v1_storage: GenFile = /*@__PURE__*/
-  fileDesc("Ch9wYXJsZXkvc3RvcmFnZS92MS9zdG9yYWdlLnByb3RvEhFwYXJsZXkuc3RvcmFnZS52MSLFAQoYR2V0Q2hhbm5lbEhpc3RvcnlSZXF1ZXN0EhIKCmNoYW5uZWxfaWQYASABKAkSEQoJYWZ0ZXJfc2VxGAIgASgEEg0KBWxpbWl0GAMgASgNEhIKCmJlZm9yZV9zZXEYBCABKAQSLgoKYWZ0ZXJfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLYmVmb3JlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImEKGUdldENoYW5uZWxIaXN0b3J5UmVzcG9uc2USMgoIbWVzc2FnZXMYASADKAsyIC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYXRNZXNzYWdlEhAKCGhhc19tb3JlGAIgASgIIrICCg1BcmNoaXZlZEV2ZW50Eg4KBnN0cmVhbRgBIAEoCRISCgpzdHJlYW1fc2VxGAIgASgEEg8KB3N1YmplY3QYAyABKAkSEAoIZXZlbnRfaWQYBCABKAkSEgoKZXZlbnRfdHlwZRgFIAEoCRIWCg5hZ2dyZWdhdGVfdHlwZRgGIAEoCRIUCgxhZ2dyZWdhdGVfaWQYByABKAkSGQoRYWdncmVnYXRlX3ZlcnNpb24YCCABKAQSFgoOb2NjdXJyZWRfYXRfbnMYCSABKAMSDQoFYWN0b3IYCiABKAkSEAoIZW52ZWxvcGUYCyABKAwSDgoGZXJhc2VkGAwgASgIEg4KBmN1cnNvchgNIAEoBBISCgp1bnJlYWRhYmxlGA4gASgIEhAKCHdpdGhoZWxkGA8gASgIIlgKEkFyY2hpdmVkRXZlbnRzUGFnZRIwCgZldmVudHMYASADKAsyIC5wYXJsZXkuc3RvcmFnZS52MS5BcmNoaXZlZEV2ZW50EhAKCGhhc19tb3JlGAIgASgIIk0KGVJlYWRBcmNoaXZlZFN0cmVhbVJlcXVlc3QSDgoGc3RyZWFtGAEgASgJEhEKCWFmdGVyX3NlcRgCIAEoBBINCgVsaW1pdBgDIAEoDSJvChlHZXRBZ2dyZWdhdGVFdmVudHNSZXF1ZXN0EhYKDmFnZ3JlZ2F0ZV90eXBlGAEgASgJEhQKDGFnZ3JlZ2F0ZV9pZBgCIAEoCRIVCg1hZnRlcl92ZXJzaW9uGAMgASgEEg0KBWxpbWl0GAQgASgNInsKEVF1ZXJ5QXVkaXRSZXF1ZXN0Eg0KBWFjdG9yGAEgASgJEg4KBnRhcmdldBgCIAEoCRIQCghzaW5jZV9ucxgDIAEoAxIQCgh1bnRpbF9ucxgEIAEoAxIUCgxhZnRlcl9jdXJzb3IYBSABKAQSDQoFbGltaXQYBiABKA0iFgoUR2V0QXJjaGl2ZUxhZ1JlcXVlc3QiogEKCVN0cmVhbUxhZxIOCgZzdHJlYW0YASABKAkSEAoIY29uc3VtZXIYAiABKAkSFwoPc3RyZWFtX2xhc3Rfc2VxGAMgASgEEhQKDGFyY2hpdmVkX3NlcRgEIAEoBBIVCg1ldmVudHNfYmVoaW5kGAUgASgEEhYKDnNlY29uZHNfYmVoaW5kGAYgASgBEhUKDWNvbW1pdHRlZF9zZXEYByABKAQiRgoVR2V0QXJjaGl2ZUxhZ1Jlc3BvbnNlEi0KB3N0cmVhbXMYASADKAsyHC5wYXJsZXkuc3RvcmFnZS52MS5TdHJlYW1MYWciKAoVRXhwb3J0VXNlckRhdGFSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkiOQoWRXhwb3J0VXNlckRhdGFSZXNwb25zZRIOCgZmb3JtYXQYASABKAkSDwoHYXJjaGl2ZRgCIAEoDCI3ChRFcmFzZVVzZXJEYXRhUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSJuChVFcmFzZVVzZXJEYXRhUmVzcG9uc2USGQoRZGVzdHJveWVkX2tleV9pZHMYASADKAkSGQoRZXZlbnRzX3VucmVhZGFibGUYAiABKAQSHwoXZXZlbnRzX2RlbGV0ZWRfZnJvbV9sb2cYAyABKAQiPQoZU2V0UmV0ZW50aW9uUG9saWN5UmVxdWVzdBISCgpjaGFubmVsX2lkGAEgASgJEgwKBGRheXMYAiABKA0iMQoaU2V0UmV0ZW50aW9uUG9saWN5UmVzcG9uc2USEwoLcmVtb3ZlZF9ub3cYASABKAQiHgocTGlzdFJldGVudGlvblBvbGljaWVzUmVxdWVzdCJvCg9SZXRlbnRpb25Qb2xpY3kSEgoKY2hhbm5lbF9pZBgBIAEoCRIMCgRkYXlzGAIgASgNEg4KBnNldF9ieRgDIAEoCRIqCgZzZXRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlUKHUxpc3RSZXRlbnRpb25Qb2xpY2llc1Jlc3BvbnNlEjQKCHBvbGljaWVzGAEgAygLMiIucGFybGV5LnN0b3JhZ2UudjEuUmV0ZW50aW9uUG9saWN5Ih8KHVJvdGF0ZUtleUVuY3J5cHRpb25LZXlSZXF1ZXN0ImoKHlJvdGF0ZUtleUVuY3J5cHRpb25LZXlSZXNwb25zZRISCgpuZXdfa2VrX2lkGAEgASgJEhsKE3Jld3JhcHBlZF9kYXRhX2tleXMYAiABKAQSFwoPcmV0aXJlZF9rZWtfaWRzGAMgAygJIhoKGEdldFNjaGVtYVZlcnNpb25zUmVxdWVzdCKHAQoTRXZlbnRTY2hlbWFWZXJzaW9ucxIOCgZzdHJlYW0YASABKAkSEgoKZXZlbnRfdHlwZRgCIAEoCRIdChVvbGRlc3Rfc2NoZW1hX3ZlcnNpb24YAyABKA0SHQoVbmV3ZXN0X3NjaGVtYV92ZXJzaW9uGAQgASgNEg4KBmV2ZW50cxgFIAEoBCJVChlHZXRTY2hlbWFWZXJzaW9uc1Jlc3BvbnNlEjgKCHZlcnNpb25zGAEgAygLMiYucGFybGV5LnN0b3JhZ2UudjEuRXZlbnRTY2hlbWFWZXJzaW9uczKAAQoOU3RvcmFnZVNlcnZpY2USbgoRR2V0Q2hhbm5lbEhpc3RvcnkSKy5wYXJsZXkuc3RvcmFnZS52MS5HZXRDaGFubmVsSGlzdG9yeVJlcXVlc3QaLC5wYXJsZXkuc3RvcmFnZS52MS5HZXRDaGFubmVsSGlzdG9yeVJlc3BvbnNlMtUIChVTdG9yYWdlQXJjaGl2ZVNlcnZpY2USaQoSUmVhZEFyY2hpdmVkU3RyZWFtEiwucGFybGV5LnN0b3JhZ2UudjEuUmVhZEFyY2hpdmVkU3RyZWFtUmVxdWVzdBolLnBhcmxleS5zdG9yYWdlLnYxLkFyY2hpdmVkRXZlbnRzUGFnZRJpChJHZXRBZ2dyZWdhdGVFdmVudHMSLC5wYXJsZXkuc3RvcmFnZS52MS5HZXRBZ2dyZWdhdGVFdmVudHNSZXF1ZXN0GiUucGFybGV5LnN0b3JhZ2UudjEuQXJjaGl2ZWRFdmVudHNQYWdlElkKClF1ZXJ5QXVkaXQSJC5wYXJsZXkuc3RvcmFnZS52MS5RdWVyeUF1ZGl0UmVxdWVzdBolLnBhcmxleS5zdG9yYWdlLnYxLkFyY2hpdmVkRXZlbnRzUGFnZRJiCg1HZXRBcmNoaXZlTGFnEicucGFybGV5LnN0b3JhZ2UudjEuR2V0QXJjaGl2ZUxhZ1JlcXVlc3QaKC5wYXJsZXkuc3RvcmFnZS52MS5HZXRBcmNoaXZlTGFnUmVzcG9uc2USZQoORXhwb3J0VXNlckRhdGESKC5wYXJsZXkuc3RvcmFnZS52MS5FeHBvcnRVc2VyRGF0YVJlcXVlc3QaKS5wYXJsZXkuc3RvcmFnZS52MS5FeHBvcnRVc2VyRGF0YVJlc3BvbnNlEmIKDUVyYXNlVXNlckRhdGESJy5wYXJsZXkuc3RvcmFnZS52MS5FcmFzZVVzZXJEYXRhUmVxdWVzdBooLnBhcmxleS5zdG9yYWdlLnYxLkVyYXNlVXNlckRhdGFSZXNwb25zZRJxChJTZXRSZXRlbnRpb25Qb2xpY3kSLC5wYXJsZXkuc3RvcmFnZS52MS5TZXRSZXRlbnRpb25Qb2xpY3lSZXF1ZXN0Gi0ucGFybGV5LnN0b3JhZ2UudjEuU2V0UmV0ZW50aW9uUG9saWN5UmVzcG9uc2USegoVTGlzdFJldGVudGlvblBvbGljaWVzEi8ucGFybGV5LnN0b3JhZ2UudjEuTGlzdFJldGVudGlvblBvbGljaWVzUmVxdWVzdBowLnBhcmxleS5zdG9yYWdlLnYxLkxpc3RSZXRlbnRpb25Qb2xpY2llc1Jlc3BvbnNlEn0KFlJvdGF0ZUtleUVuY3J5cHRpb25LZXkSMC5wYXJsZXkuc3RvcmFnZS52MS5Sb3RhdGVLZXlFbmNyeXB0aW9uS2V5UmVxdWVzdBoxLnBhcmxleS5zdG9yYWdlLnYxLlJvdGF0ZUtleUVuY3J5cHRpb25LZXlSZXNwb25zZRJuChFHZXRTY2hlbWFWZXJzaW9ucxIrLnBhcmxleS5zdG9yYWdlLnYxLkdldFNjaGVtYVZlcnNpb25zUmVxdWVzdBosLnBhcmxleS5zdG9yYWdlLnYxLkdldFNjaGVtYVZlcnNpb25zUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_parley_messaging_v1_messaging]);
+  fileDesc("Ch9wYXJsZXkvc3RvcmFnZS92MS9zdG9yYWdlLnByb3RvEhFwYXJsZXkuc3RvcmFnZS52MSLFAQoYR2V0Q2hhbm5lbEhpc3RvcnlSZXF1ZXN0EhIKCmNoYW5uZWxfaWQYASABKAkSEQoJYWZ0ZXJfc2VxGAIgASgEEg0KBWxpbWl0GAMgASgNEhIKCmJlZm9yZV9zZXEYBCABKAQSLgoKYWZ0ZXJfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLYmVmb3JlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImEKGUdldENoYW5uZWxIaXN0b3J5UmVzcG9uc2USMgoIbWVzc2FnZXMYASADKAsyIC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYXRNZXNzYWdlEhAKCGhhc19tb3JlGAIgASgIIrICCg1BcmNoaXZlZEV2ZW50Eg4KBnN0cmVhbRgBIAEoCRISCgpzdHJlYW1fc2VxGAIgASgEEg8KB3N1YmplY3QYAyABKAkSEAoIZXZlbnRfaWQYBCABKAkSEgoKZXZlbnRfdHlwZRgFIAEoCRIWCg5hZ2dyZWdhdGVfdHlwZRgGIAEoCRIUCgxhZ2dyZWdhdGVfaWQYByABKAkSGQoRYWdncmVnYXRlX3ZlcnNpb24YCCABKAQSFgoOb2NjdXJyZWRfYXRfbnMYCSABKAMSDQoFYWN0b3IYCiABKAkSEAoIZW52ZWxvcGUYCyABKAwSDgoGZXJhc2VkGAwgASgIEg4KBmN1cnNvchgNIAEoBBISCgp1bnJlYWRhYmxlGA4gASgIEhAKCHdpdGhoZWxkGA8gASgIIlgKEkFyY2hpdmVkRXZlbnRzUGFnZRIwCgZldmVudHMYASADKAsyIC5wYXJsZXkuc3RvcmFnZS52MS5BcmNoaXZlZEV2ZW50EhAKCGhhc19tb3JlGAIgASgIIk0KGVJlYWRBcmNoaXZlZFN0cmVhbVJlcXVlc3QSDgoGc3RyZWFtGAEgASgJEhEKCWFmdGVyX3NlcRgCIAEoBBINCgVsaW1pdBgDIAEoDSJvChlHZXRBZ2dyZWdhdGVFdmVudHNSZXF1ZXN0EhYKDmFnZ3JlZ2F0ZV90eXBlGAEgASgJEhQKDGFnZ3JlZ2F0ZV9pZBgCIAEoCRIVCg1hZnRlcl92ZXJzaW9uGAMgASgEEg0KBWxpbWl0GAQgASgNInsKEVF1ZXJ5QXVkaXRSZXF1ZXN0Eg0KBWFjdG9yGAEgASgJEg4KBnRhcmdldBgCIAEoCRIQCghzaW5jZV9ucxgDIAEoAxIQCgh1bnRpbF9ucxgEIAEoAxIUCgxhZnRlcl9jdXJzb3IYBSABKAQSDQoFbGltaXQYBiABKA0iSwoaV2F0Y2hTZWN1cml0eUV2ZW50c1JlcXVlc3QSDQoFa2luZHMYASADKAkSDQoFYWN0b3IYAiABKAkSDwoHYmFja2xvZxgDIAEoDSLWAQoTU2VjdXJpdHlFdmVudE5vdGljZRIMCgRraW5kGAEgASgJEhMKC29jY3VycmVkX2F0GAIgASgBEg0KBWFjdG9yGAMgASgJEg8KB3VzZXJfaWQYBCABKAkSEAoIdXNlcm5hbWUYBSABKAkSDgoGc291cmNlGAYgASgJEg4KBmRldGFpbBgHIAEoCRITCgtjaGFpbl9pbmRleBgIIAEoBBIOCgZzdHJlYW0YCSABKAkSEgoKc3RyZWFtX3NlcRgKIAEoBBIRCgljYXVnaHRfdXAYCyABKAgiLwoZR2V0QXVkaXRDaGFpblN0YXRlUmVxdWVzdBISCgp2ZXJpZnlfbm93GAEgASgIIm4KD0F1ZGl0Q2hlY2twb2ludBITCgtjaGFpbl9pbmRleBgBIAEoBBIQCgh0YWtlbl9hdBgCIAEoCRITCgtyZWNvcmRfdGltZRgDIAEoARIOCgZzb3VyY2UYBCABKAkSDwoHbWF0Y2hlcxgFIAEoCCKUAgoPQXVkaXRDaGFpblN0YXRlEg4KBmludGFjdBgBIAEoCBIPCgdyZWNvcmRzGAIgASgNEhIKCmxhc3RfaW5kZXgYAyABKAQSGAoQbGFzdF9yZWNvcmRlZF9hdBgEIAEoARIQCghmaW5kaW5ncxgFIAMoCRITCgt2ZXJpZmllZF9hdBgGIAEoARISCgpoZWFkX2luZGV4GAcgASgEEjsKD2xhc3RfY2hlY2twb2ludBgIIAEoCzIiLnBhcmxleS5zdG9yYWdlLnYxLkF1ZGl0Q2hlY2twb2ludBIZChFjaGVja3BvaW50X2Vycm9ycxgJIAMoCRIfChd2ZXJpZnlfaW50ZXJ2YWxfc2Vjb25kcxgKIAEoASIWChRHZXRBcmNoaXZlTGFnUmVxdWVzdCKiAQoJU3RyZWFtTGFnEg4KBnN0cmVhbRgBIAEoCRIQCghjb25zdW1lchgCIAEoCRIXCg9zdHJlYW1fbGFzdF9zZXEYAyABKAQSFAoMYXJjaGl2ZWRfc2VxGAQgASgEEhUKDWV2ZW50c19iZWhpbmQYBSABKAQSFgoOc2Vjb25kc19iZWhpbmQYBiABKAESFQoNY29tbWl0dGVkX3NlcRgHIAEoBCJGChVHZXRBcmNoaXZlTGFnUmVzcG9uc2USLQoHc3RyZWFtcxgBIAMoCzIcLnBhcmxleS5zdG9yYWdlLnYxLlN0cmVhbUxhZyIoChVFeHBvcnRVc2VyRGF0YVJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSI5ChZFeHBvcnRVc2VyRGF0YVJlc3BvbnNlEg4KBmZvcm1hdBgBIAEoCRIPCgdhcmNoaXZlGAIgASgMIjcKFEVyYXNlVXNlckRhdGFSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSDgoGcmVhc29uGAIgASgJIm4KFUVyYXNlVXNlckRhdGFSZXNwb25zZRIZChFkZXN0cm95ZWRfa2V5X2lkcxgBIAMoCRIZChFldmVudHNfdW5yZWFkYWJsZRgCIAEoBBIfChdldmVudHNfZGVsZXRlZF9mcm9tX2xvZxgDIAEoBCI9ChlTZXRSZXRlbnRpb25Qb2xpY3lSZXF1ZXN0EhIKCmNoYW5uZWxfaWQYASABKAkSDAoEZGF5cxgCIAEoDSIxChpTZXRSZXRlbnRpb25Qb2xpY3lSZXNwb25zZRITCgtyZW1vdmVkX25vdxgBIAEoBCIeChxMaXN0UmV0ZW50aW9uUG9saWNpZXNSZXF1ZXN0Im8KD1JldGVudGlvblBvbGljeRISCgpjaGFubmVsX2lkGAEgASgJEgwKBGRheXMYAiABKA0SDgoGc2V0X2J5GAMgASgJEioKBnNldF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiVQodTGlzdFJldGVudGlvblBvbGljaWVzUmVzcG9uc2USNAoIcG9saWNpZXMYASADKAsyIi5wYXJsZXkuc3RvcmFnZS52MS5SZXRlbnRpb25Qb2xpY3kiHwodUm90YXRlS2V5RW5jcnlwdGlvbktleVJlcXVlc3QiagoeUm90YXRlS2V5RW5jcnlwdGlvbktleVJlc3BvbnNlEhIKCm5ld19rZWtfaWQYASABKAkSGwoTcmV3cmFwcGVkX2RhdGFfa2V5cxgCIAEoBBIXCg9yZXRpcmVkX2tla19pZHMYAyADKAkiGgoYR2V0U2NoZW1hVmVyc2lvbnNSZXF1ZXN0IocBChNFdmVudFNjaGVtYVZlcnNpb25zEg4KBnN0cmVhbRgBIAEoCRISCgpldmVudF90eXBlGAIgASgJEh0KFW9sZGVzdF9zY2hlbWFfdmVyc2lvbhgDIAEoDRIdChVuZXdlc3Rfc2NoZW1hX3ZlcnNpb24YBCABKA0SDgoGZXZlbnRzGAUgASgEIlUKGUdldFNjaGVtYVZlcnNpb25zUmVzcG9uc2USOAoIdmVyc2lvbnMYASADKAsyJi5wYXJsZXkuc3RvcmFnZS52MS5FdmVudFNjaGVtYVZlcnNpb25zMoABCg5TdG9yYWdlU2VydmljZRJuChFHZXRDaGFubmVsSGlzdG9yeRIrLnBhcmxleS5zdG9yYWdlLnYxLkdldENoYW5uZWxIaXN0b3J5UmVxdWVzdBosLnBhcmxleS5zdG9yYWdlLnYxLkdldENoYW5uZWxIaXN0b3J5UmVzcG9uc2UyrQoKFVN0b3JhZ2VBcmNoaXZlU2VydmljZRJpChJSZWFkQXJjaGl2ZWRTdHJlYW0SLC5wYXJsZXkuc3RvcmFnZS52MS5SZWFkQXJjaGl2ZWRTdHJlYW1SZXF1ZXN0GiUucGFybGV5LnN0b3JhZ2UudjEuQXJjaGl2ZWRFdmVudHNQYWdlEmkKEkdldEFnZ3JlZ2F0ZUV2ZW50cxIsLnBhcmxleS5zdG9yYWdlLnYxLkdldEFnZ3JlZ2F0ZUV2ZW50c1JlcXVlc3QaJS5wYXJsZXkuc3RvcmFnZS52MS5BcmNoaXZlZEV2ZW50c1BhZ2USWQoKUXVlcnlBdWRpdBIkLnBhcmxleS5zdG9yYWdlLnYxLlF1ZXJ5QXVkaXRSZXF1ZXN0GiUucGFybGV5LnN0b3JhZ2UudjEuQXJjaGl2ZWRFdmVudHNQYWdlEmIKDUdldEFyY2hpdmVMYWcSJy5wYXJsZXkuc3RvcmFnZS52MS5HZXRBcmNoaXZlTGFnUmVxdWVzdBooLnBhcmxleS5zdG9yYWdlLnYxLkdldEFyY2hpdmVMYWdSZXNwb25zZRJlCg5FeHBvcnRVc2VyRGF0YRIoLnBhcmxleS5zdG9yYWdlLnYxLkV4cG9ydFVzZXJEYXRhUmVxdWVzdBopLnBhcmxleS5zdG9yYWdlLnYxLkV4cG9ydFVzZXJEYXRhUmVzcG9uc2USYgoNRXJhc2VVc2VyRGF0YRInLnBhcmxleS5zdG9yYWdlLnYxLkVyYXNlVXNlckRhdGFSZXF1ZXN0GigucGFybGV5LnN0b3JhZ2UudjEuRXJhc2VVc2VyRGF0YVJlc3BvbnNlEnEKElNldFJldGVudGlvblBvbGljeRIsLnBhcmxleS5zdG9yYWdlLnYxLlNldFJldGVudGlvblBvbGljeVJlcXVlc3QaLS5wYXJsZXkuc3RvcmFnZS52MS5TZXRSZXRlbnRpb25Qb2xpY3lSZXNwb25zZRJ6ChVMaXN0UmV0ZW50aW9uUG9saWNpZXMSLy5wYXJsZXkuc3RvcmFnZS52MS5MaXN0UmV0ZW50aW9uUG9saWNpZXNSZXF1ZXN0GjAucGFybGV5LnN0b3JhZ2UudjEuTGlzdFJldGVudGlvblBvbGljaWVzUmVzcG9uc2USfQoWUm90YXRlS2V5RW5jcnlwdGlvbktleRIwLnBhcmxleS5zdG9yYWdlLnYxLlJvdGF0ZUtleUVuY3J5cHRpb25LZXlSZXF1ZXN0GjEucGFybGV5LnN0b3JhZ2UudjEuUm90YXRlS2V5RW5jcnlwdGlvbktleVJlc3BvbnNlEm4KEUdldFNjaGVtYVZlcnNpb25zEisucGFybGV5LnN0b3JhZ2UudjEuR2V0U2NoZW1hVmVyc2lvbnNSZXF1ZXN0GiwucGFybGV5LnN0b3JhZ2UudjEuR2V0U2NoZW1hVmVyc2lvbnNSZXNwb25zZRJmChJHZXRBdWRpdENoYWluU3RhdGUSLC5wYXJsZXkuc3RvcmFnZS52MS5HZXRBdWRpdENoYWluU3RhdGVSZXF1ZXN0GiIucGFybGV5LnN0b3JhZ2UudjEuQXVkaXRDaGFpblN0YXRlEm4KE1dhdGNoU2VjdXJpdHlFdmVudHMSLS5wYXJsZXkuc3RvcmFnZS52MS5XYXRjaFNlY3VyaXR5RXZlbnRzUmVxdWVzdBomLnBhcmxleS5zdG9yYWdlLnYxLlNlY3VyaXR5RXZlbnROb3RpY2UwAWIGcHJvdG8z", [file_google_protobuf_timestamp, file_parley_messaging_v1_messaging]);
 
 /**
  * @generated from message parley.storage.v1.GetChannelHistoryRequest
@@ -330,6 +330,267 @@ export const QueryAuditRequestSchema: GenMessage<QueryAuditRequest> = /*@__PURE_
   messageDesc(file_parley_storage_v1_storage, 6);
 
 /**
+ * @generated from message parley.storage.v1.WatchSecurityEventsRequest
+ */
+export type WatchSecurityEventsRequest = Message<"parley.storage.v1.WatchSecurityEventsRequest"> & {
+  /**
+   * Kinds to show, e.g. login_failed, new_session, lockout, session_revoked, or "anomaly" (every
+   * finding) and "anomaly:<rule>"; empty: every kind.
+   *
+   * @generated from field: repeated string kinds = 1;
+   */
+  kinds: string[];
+
+  /**
+   * Events by or about one person or service: a user id, a username, or service:<name>.
+   *
+   * @generated from field: string actor = 2;
+   */
+  actor: string;
+
+  /**
+   * recent events sent first: 0..500, 0 means 50
+   *
+   * @generated from field: uint32 backlog = 3;
+   */
+  backlog: number;
+};
+
+/**
+ * Describes the message parley.storage.v1.WatchSecurityEventsRequest.
+ * Use `create(WatchSecurityEventsRequestSchema)` to create a new message.
+ */
+export const WatchSecurityEventsRequestSchema: GenMessage<WatchSecurityEventsRequest> = /*@__PURE__*/
+  messageDesc(file_parley_storage_v1_storage, 7);
+
+/**
+ * @generated from message parley.storage.v1.SecurityEventNotice
+ */
+export type SecurityEventNotice = Message<"parley.storage.v1.SecurityEventNotice"> & {
+  /**
+   * the audit record's kind, or "anomaly:<rule>"
+   *
+   * @generated from field: string kind = 1;
+   */
+  kind: string;
+
+  /**
+   * unix seconds
+   *
+   * @generated from field: double occurred_at = 2;
+   */
+  occurredAt: number;
+
+  /**
+   * who caused it: user:<id>, platform, service:<name>
+   *
+   * @generated from field: string actor = 3;
+   */
+  actor: string;
+
+  /**
+   * whom it concerns, if anyone
+   *
+   * @generated from field: string user_id = 4;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: string username = 5;
+   */
+  username: string;
+
+  /**
+   * the client address, if known
+   *
+   * @generated from field: string source = 6;
+   */
+  source: string;
+
+  /**
+   * @generated from field: string detail = 7;
+   */
+  detail: string;
+
+  /**
+   * the audit record's number; 0 for an anomaly
+   *
+   * @generated from field: uint64 chain_index = 8;
+   */
+  chainIndex: bigint;
+
+  /**
+   * where it is archived (SEC, STORE), with its position
+   *
+   * @generated from field: string stream = 9;
+   */
+  stream: string;
+
+  /**
+   * @generated from field: uint64 stream_seq = 10;
+   */
+  streamSeq: bigint;
+
+  /**
+   * A marker, not an event (every other field empty): everything archived so far is sent. It
+   * follows the backlog, and comes again after each quiet RECHECK (15 s) as a sign of life.
+   *
+   * @generated from field: bool caught_up = 11;
+   */
+  caughtUp: boolean;
+};
+
+/**
+ * Describes the message parley.storage.v1.SecurityEventNotice.
+ * Use `create(SecurityEventNoticeSchema)` to create a new message.
+ */
+export const SecurityEventNoticeSchema: GenMessage<SecurityEventNotice> = /*@__PURE__*/
+  messageDesc(file_parley_storage_v1_storage, 8);
+
+/**
+ * @generated from message parley.storage.v1.GetAuditChainStateRequest
+ */
+export type GetAuditChainStateRequest = Message<"parley.storage.v1.GetAuditChainStateRequest"> & {
+  /**
+   * @generated from field: bool verify_now = 1;
+   */
+  verifyNow: boolean;
+};
+
+/**
+ * Describes the message parley.storage.v1.GetAuditChainStateRequest.
+ * Use `create(GetAuditChainStateRequestSchema)` to create a new message.
+ */
+export const GetAuditChainStateRequestSchema: GenMessage<GetAuditChainStateRequest> = /*@__PURE__*/
+  messageDesc(file_parley_storage_v1_storage, 9);
+
+/**
+ * An operator's checkpoint (`parley audit checkpoint`) that storage read from
+ * PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR and compared the archive with.
+ *
+ * @generated from message parley.storage.v1.AuditCheckpoint
+ */
+export type AuditCheckpoint = Message<"parley.storage.v1.AuditCheckpoint"> & {
+  /**
+   * @generated from field: uint64 chain_index = 1;
+   */
+  chainIndex: bigint;
+
+  /**
+   * ISO 8601, as the checkpoint file says
+   *
+   * @generated from field: string taken_at = 2;
+   */
+  takenAt: string;
+
+  /**
+   * unix seconds of the record it names
+   *
+   * @generated from field: double record_time = 3;
+   */
+  recordTime: number;
+
+  /**
+   * "checkpoint <file>"
+   *
+   * @generated from field: string source = 4;
+   */
+  source: string;
+
+  /**
+   * the archive's record #chain_index still has the checkpoint's hash
+   *
+   * @generated from field: bool matches = 5;
+   */
+  matches: boolean;
+};
+
+/**
+ * Describes the message parley.storage.v1.AuditCheckpoint.
+ * Use `create(AuditCheckpointSchema)` to create a new message.
+ */
+export const AuditCheckpointSchema: GenMessage<AuditCheckpoint> = /*@__PURE__*/
+  messageDesc(file_parley_storage_v1_storage, 10);
+
+/**
+ * @generated from message parley.storage.v1.AuditChainState
+ */
+export type AuditChainState = Message<"parley.storage.v1.AuditChainState"> & {
+  /**
+   * @generated from field: bool intact = 1;
+   */
+  intact: boolean;
+
+  /**
+   * @generated from field: uint32 records = 2;
+   */
+  records: number;
+
+  /**
+   * the highest chain_index verified
+   *
+   * @generated from field: uint64 last_index = 3;
+   */
+  lastIndex: bigint;
+
+  /**
+   * unix seconds of that record (0 when none)
+   *
+   * @generated from field: double last_recorded_at = 4;
+   */
+  lastRecordedAt: number;
+
+  /**
+   * one line each, as `parley audit verify` prints them
+   *
+   * @generated from field: repeated string findings = 5;
+   */
+  findings: string[];
+
+  /**
+   * when the run began (unix seconds)
+   *
+   * @generated from field: double verified_at = 6;
+   */
+  verifiedAt: number;
+
+  /**
+   * the live SEC stream's newest record when the run began
+   *
+   * @generated from field: uint64 head_index = 7;
+   */
+  headIndex: bigint;
+
+  /**
+   * the newest one read; unset when none
+   *
+   * @generated from field: parley.storage.v1.AuditCheckpoint last_checkpoint = 8;
+   */
+  lastCheckpoint?: AuditCheckpoint | undefined;
+
+  /**
+   * checkpoint files that could not be read, and why
+   *
+   * @generated from field: repeated string checkpoint_errors = 9;
+   */
+  checkpointErrors: string[];
+
+  /**
+   * how often the monitor runs by itself
+   *
+   * @generated from field: double verify_interval_seconds = 10;
+   */
+  verifyIntervalSeconds: number;
+};
+
+/**
+ * Describes the message parley.storage.v1.AuditChainState.
+ * Use `create(AuditChainStateSchema)` to create a new message.
+ */
+export const AuditChainStateSchema: GenMessage<AuditChainState> = /*@__PURE__*/
+  messageDesc(file_parley_storage_v1_storage, 11);
+
+/**
  * @generated from message parley.storage.v1.GetArchiveLagRequest
  */
 export type GetArchiveLagRequest = Message<"parley.storage.v1.GetArchiveLagRequest"> & {
@@ -340,7 +601,7 @@ export type GetArchiveLagRequest = Message<"parley.storage.v1.GetArchiveLagReque
  * Use `create(GetArchiveLagRequestSchema)` to create a new message.
  */
 export const GetArchiveLagRequestSchema: GenMessage<GetArchiveLagRequest> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 7);
+  messageDesc(file_parley_storage_v1_storage, 12);
 
 /**
  * @generated from message parley.storage.v1.StreamLag
@@ -395,7 +656,7 @@ export type StreamLag = Message<"parley.storage.v1.StreamLag"> & {
  * Use `create(StreamLagSchema)` to create a new message.
  */
 export const StreamLagSchema: GenMessage<StreamLag> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 8);
+  messageDesc(file_parley_storage_v1_storage, 13);
 
 /**
  * @generated from message parley.storage.v1.GetArchiveLagResponse
@@ -412,7 +673,7 @@ export type GetArchiveLagResponse = Message<"parley.storage.v1.GetArchiveLagResp
  * Use `create(GetArchiveLagResponseSchema)` to create a new message.
  */
 export const GetArchiveLagResponseSchema: GenMessage<GetArchiveLagResponse> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 9);
+  messageDesc(file_parley_storage_v1_storage, 14);
 
 /**
  * @generated from message parley.storage.v1.ExportUserDataRequest
@@ -429,7 +690,7 @@ export type ExportUserDataRequest = Message<"parley.storage.v1.ExportUserDataReq
  * Use `create(ExportUserDataRequestSchema)` to create a new message.
  */
 export const ExportUserDataRequestSchema: GenMessage<ExportUserDataRequest> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 10);
+  messageDesc(file_parley_storage_v1_storage, 15);
 
 /**
  * @generated from message parley.storage.v1.ExportUserDataResponse
@@ -455,7 +716,7 @@ export type ExportUserDataResponse = Message<"parley.storage.v1.ExportUserDataRe
  * Use `create(ExportUserDataResponseSchema)` to create a new message.
  */
 export const ExportUserDataResponseSchema: GenMessage<ExportUserDataResponse> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 11);
+  messageDesc(file_parley_storage_v1_storage, 16);
 
 /**
  * @generated from message parley.storage.v1.EraseUserDataRequest
@@ -479,7 +740,7 @@ export type EraseUserDataRequest = Message<"parley.storage.v1.EraseUserDataReque
  * Use `create(EraseUserDataRequestSchema)` to create a new message.
  */
 export const EraseUserDataRequestSchema: GenMessage<EraseUserDataRequest> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 12);
+  messageDesc(file_parley_storage_v1_storage, 17);
 
 /**
  * @generated from message parley.storage.v1.EraseUserDataResponse
@@ -509,7 +770,7 @@ export type EraseUserDataResponse = Message<"parley.storage.v1.EraseUserDataResp
  * Use `create(EraseUserDataResponseSchema)` to create a new message.
  */
 export const EraseUserDataResponseSchema: GenMessage<EraseUserDataResponse> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 13);
+  messageDesc(file_parley_storage_v1_storage, 18);
 
 /**
  * @generated from message parley.storage.v1.SetRetentionPolicyRequest
@@ -533,7 +794,7 @@ export type SetRetentionPolicyRequest = Message<"parley.storage.v1.SetRetentionP
  * Use `create(SetRetentionPolicyRequestSchema)` to create a new message.
  */
 export const SetRetentionPolicyRequestSchema: GenMessage<SetRetentionPolicyRequest> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 14);
+  messageDesc(file_parley_storage_v1_storage, 19);
 
 /**
  * @generated from message parley.storage.v1.SetRetentionPolicyResponse
@@ -552,7 +813,7 @@ export type SetRetentionPolicyResponse = Message<"parley.storage.v1.SetRetention
  * Use `create(SetRetentionPolicyResponseSchema)` to create a new message.
  */
 export const SetRetentionPolicyResponseSchema: GenMessage<SetRetentionPolicyResponse> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 15);
+  messageDesc(file_parley_storage_v1_storage, 20);
 
 /**
  * @generated from message parley.storage.v1.ListRetentionPoliciesRequest
@@ -565,7 +826,7 @@ export type ListRetentionPoliciesRequest = Message<"parley.storage.v1.ListRetent
  * Use `create(ListRetentionPoliciesRequestSchema)` to create a new message.
  */
 export const ListRetentionPoliciesRequestSchema: GenMessage<ListRetentionPoliciesRequest> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 16);
+  messageDesc(file_parley_storage_v1_storage, 21);
 
 /**
  * @generated from message parley.storage.v1.RetentionPolicy
@@ -601,7 +862,7 @@ export type RetentionPolicy = Message<"parley.storage.v1.RetentionPolicy"> & {
  * Use `create(RetentionPolicySchema)` to create a new message.
  */
 export const RetentionPolicySchema: GenMessage<RetentionPolicy> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 17);
+  messageDesc(file_parley_storage_v1_storage, 22);
 
 /**
  * @generated from message parley.storage.v1.ListRetentionPoliciesResponse
@@ -620,7 +881,7 @@ export type ListRetentionPoliciesResponse = Message<"parley.storage.v1.ListReten
  * Use `create(ListRetentionPoliciesResponseSchema)` to create a new message.
  */
 export const ListRetentionPoliciesResponseSchema: GenMessage<ListRetentionPoliciesResponse> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 18);
+  messageDesc(file_parley_storage_v1_storage, 23);
 
 /**
  * @generated from message parley.storage.v1.RotateKeyEncryptionKeyRequest
@@ -633,7 +894,7 @@ export type RotateKeyEncryptionKeyRequest = Message<"parley.storage.v1.RotateKey
  * Use `create(RotateKeyEncryptionKeyRequestSchema)` to create a new message.
  */
 export const RotateKeyEncryptionKeyRequestSchema: GenMessage<RotateKeyEncryptionKeyRequest> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 19);
+  messageDesc(file_parley_storage_v1_storage, 24);
 
 /**
  * @generated from message parley.storage.v1.RotateKeyEncryptionKeyResponse
@@ -660,7 +921,7 @@ export type RotateKeyEncryptionKeyResponse = Message<"parley.storage.v1.RotateKe
  * Use `create(RotateKeyEncryptionKeyResponseSchema)` to create a new message.
  */
 export const RotateKeyEncryptionKeyResponseSchema: GenMessage<RotateKeyEncryptionKeyResponse> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 20);
+  messageDesc(file_parley_storage_v1_storage, 25);
 
 /**
  * @generated from message parley.storage.v1.GetSchemaVersionsRequest
@@ -673,7 +934,7 @@ export type GetSchemaVersionsRequest = Message<"parley.storage.v1.GetSchemaVersi
  * Use `create(GetSchemaVersionsRequestSchema)` to create a new message.
  */
 export const GetSchemaVersionsRequestSchema: GenMessage<GetSchemaVersionsRequest> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 21);
+  messageDesc(file_parley_storage_v1_storage, 26);
 
 /**
  * @generated from message parley.storage.v1.EventSchemaVersions
@@ -710,7 +971,7 @@ export type EventSchemaVersions = Message<"parley.storage.v1.EventSchemaVersions
  * Use `create(EventSchemaVersionsSchema)` to create a new message.
  */
 export const EventSchemaVersionsSchema: GenMessage<EventSchemaVersions> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 22);
+  messageDesc(file_parley_storage_v1_storage, 27);
 
 /**
  * @generated from message parley.storage.v1.GetSchemaVersionsResponse
@@ -727,7 +988,7 @@ export type GetSchemaVersionsResponse = Message<"parley.storage.v1.GetSchemaVers
  * Use `create(GetSchemaVersionsResponseSchema)` to create a new message.
  */
 export const GetSchemaVersionsResponseSchema: GenMessage<GetSchemaVersionsResponse> = /*@__PURE__*/
-  messageDesc(file_parley_storage_v1_storage, 23);
+  messageDesc(file_parley_storage_v1_storage, 28);
 
 /**
  * Query side of the event archive. Callers present the user's access token; the storage
@@ -757,7 +1018,7 @@ export const StorageService: GenService<{
  *   What each reader sees of each stream is one table (parley_storage.access.stream_view): fields
  *   marked secret only for the service that wrote them; `MSG` for an auditor as metadata only
  *   (ArchivedEvent.withheld).
- * - QueryAudit: a user token with role `security-auditor` only, with the same views.
+ * - QueryAudit, GetAuditChainState: a user token with role `security-auditor` only, with the same views.
  * - GetArchiveLag, ListRetentionPolicies: the platform identity or a `security-auditor`.
  * - ExportUserData / EraseUserData: the user themself, or the platform identity acting for them.
  *
@@ -858,6 +1119,31 @@ export const StorageArchiveService: GenService<{
     methodKind: "unary";
     input: typeof GetSchemaVersionsRequestSchema;
     output: typeof GetSchemaVersionsResponseSchema;
+  },
+  /**
+   * The archived audit chain as storage's audit monitor last verified it (audit_monitor.py):
+   * answered from that run, so a call costs nothing; verify_now runs a verification first (one
+   * at a time: callers during a run share it).
+   *
+   * @generated from rpc parley.storage.v1.StorageArchiveService.GetAuditChainState
+   */
+  getAuditChainState: {
+    methodKind: "unary";
+    input: typeof GetAuditChainStateRequestSchema;
+    output: typeof AuditChainStateSchema;
+  },
+  /**
+   * The security event stream, live: auth's audit records (logins, lockouts, revocations, role
+   * changes) and the detector's findings (AnomalyDetected), the newest `backlog` first, then each
+   * as it is archived. A security-auditor, admin or owner; the stream ends when the caller's
+   * access token no longer holds (expired, revoked): call again with a fresh one.
+   *
+   * @generated from rpc parley.storage.v1.StorageArchiveService.WatchSecurityEvents
+   */
+  watchSecurityEvents: {
+    methodKind: "server_streaming";
+    input: typeof WatchSecurityEventsRequestSchema;
+    output: typeof SecurityEventNoticeSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_parley_storage_v1_storage, 1);
