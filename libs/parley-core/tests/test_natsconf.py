@@ -10,7 +10,14 @@ import pytest
 
 from parley_core import topology
 from parley_core.nats_process import NatsServerProcess
-from parley_core.natsconf import ClusterConfig, _quote, ensure_nats_passwords, render_server_config
+from parley_core.natsconf import (
+    LEGACY_ACCOUNT,
+    ClusterConfig,
+    _quote,
+    ensure_nats_passwords,
+    holds_pre_account_streams,
+    render_server_config,
+)
 from parley_core.net import free_port
 from parley_core.pki import Pki
 
@@ -132,3 +139,13 @@ def test_nobody_logs_into_the_streams_account_and_each_user_into_its_own(tmp_pat
         assert text.count(f'user: "{user}"') == 1
         assert f"  {topology.account_of(user)}: {{" in accounts
     assert "\nauthorization {" not in text  # no user outside an account
+
+
+def test_a_store_of_the_layout_before_accounts_is_recognised(tmp_path: Path) -> None:
+    """`parley up` refuses such a data folder rather than start on an empty log beside it."""
+    store = tmp_path / "jetstream"
+    assert not holds_pre_account_streams(store)
+    (store / "jetstream" / LEGACY_ACCOUNT / "streams" / "AUTH").mkdir(parents=True)
+    assert holds_pre_account_streams(store)
+    (store / "jetstream" / topology.STREAMS_ACCOUNT / "streams").mkdir(parents=True)
+    assert not holds_pre_account_streams(store)

@@ -200,6 +200,21 @@ def _export(kind: str, subject: str, accounts: list[str], *, response: str | Non
     return f"{{{kind}: {_quote(subject)}, accounts: [{', '.join(accounts)}]{answers}}}"
 
 
+# The account every user belonged to before each service had its own (an `authorization {}` block).
+LEGACY_ACCOUNT = "$G"
+
+
+def holds_pre_account_streams(store_dir: Path) -> bool:
+    """Whether a JetStream store keeps its streams in the one account of the layout before this one.
+
+    nats-server keeps each account's streams under its name, and with a store key it derives each
+    stream's encryption key from the account's name too: such streams cannot just be moved into
+    the streams' account, and the new layout would start with an empty event log beside them.
+    """
+    root = store_dir / "jetstream"
+    return (root / LEGACY_ACCOUNT / "streams").is_dir() and not (root / topology.STREAMS_ACCOUNT).exists()
+
+
 # The NATS user that cluster nodes authenticate their routes with (not a service).
 ROUTE_USER = "route"
 
