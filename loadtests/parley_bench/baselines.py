@@ -81,7 +81,8 @@ async def jetstream_throughput(workdir: Path, *, messages: int, window: int = 25
     nc = await server.connect(PLATFORM_USER)
     try:
         js = nc.jetstream()
-        await js.add_stream(api.StreamConfig(name="BENCH", subjects=["bench.>"], storage=api.StorageType.FILE))
+        # Under parley.>, the one tree the platform's NATS account reaches the streams' account on.
+        await js.add_stream(api.StreamConfig(name="BENCH", subjects=["parley.bench.>"], storage=api.StorageType.FILE))
         payload = b"x" * 256
         consumed = 0
         all_consumed = asyncio.get_running_loop().create_future()
@@ -94,12 +95,12 @@ async def jetstream_throughput(workdir: Path, *, messages: int, window: int = 25
                 all_consumed.set_result(None)
 
         sub = await js.subscribe(
-            "bench.>", cb=on_msg, manual_ack=True, config=api.ConsumerConfig(max_ack_pending=10_000)
+            "parley.bench.>", cb=on_msg, manual_ack=True, config=api.ConsumerConfig(max_ack_pending=10_000)
         )
         started = time.perf_counter()
         for first in range(0, messages, window):
             batch = range(first, min(first + window, messages))
-            await asyncio.gather(*(js.publish(f"bench.{i % 64}", payload) for i in batch))
+            await asyncio.gather(*(js.publish(f"parley.bench.{i % 64}", payload) for i in batch))
         await asyncio.wait_for(all_consumed, 120)
         elapsed = time.perf_counter() - started
         await sub.unsubscribe()

@@ -115,24 +115,18 @@ async def test_messaging_owns_msg_stream(nats_server: NatsTestServer) -> None:
 
 
 async def test_publish_outside_own_subjects_is_refused(nats_server: NatsTestServer) -> None:
+    platform = await _declared_streams(nats_server)
     errors = ErrorRecorder()
     messaging = await nats_server.connect("messaging", error_cb=errors.callback)
-    platform = await nats_server.connect("platform")
-    watcher = await platform.subscribe("parley.auth.>")
-    await platform.flush(timeout=TIMEOUT_S)
 
     await messaging.publish(topology.user_subject("1"), b"forged")
 
     await errors.wait_for("permissions violation", "publish", topology.user_subject("1"))
-    await messaging.flush(timeout=TIMEOUT_S)
-    await platform.flush(timeout=TIMEOUT_S)
-    assert watcher.pending_msgs == 0
-    # Control: the subscription is live, the owner's publish on the same subject arrives.
+    # Control: the owner's publish on the same subject is stored, and it is the only one.
     auth = await nats_server.connect("auth")
-    await auth.publish(topology.user_subject("1"), b"genuine")
-    await auth.flush(timeout=TIMEOUT_S)
-    msg = await watcher.next_msg(timeout=TIMEOUT_S)
-    assert msg.data == b"genuine"
+    await auth.jetstream().publish(topology.user_subject("1"), b"genuine", timeout=TIMEOUT_S)
+    msg = await platform.js.get_last_msg("AUTH", topology.user_subject("1"))
+    assert (msg.data, msg.seq) == (b"genuine", 1)
 
 
 async def test_subscribe_outside_own_streams_is_refused(nats_server: NatsTestServer) -> None:
@@ -234,7 +228,9 @@ async def test_an_unnamed_consumer_is_refused_for_it_could_rewrite_any_other(nat
     with pytest.raises((NatsError, TimeoutError)):  # refused: the request never reaches the API
         await gateway.jetstream(timeout=1).subscribe(topology.CHANNELS_FILTER, stream="MSG", ordered_consumer=True)
 
-    await errors.wait_for("permissions violation", "publish", "$js.api.consumer.create.msg")
+    await errors.wait_for(
+        "permissions violation", "publish", topology.local_subject("gateway", "$JS.API.CONSUMER.CREATE.MSG")
+    )
 
 
 async def test_only_a_streams_owner_may_delete_from_it_and_storage_only_parked_copies(
@@ -254,7 +250,9 @@ async def test_only_a_streams_owner_may_delete_from_it_and_storage_only_parked_c
     for stream in ("AUTH", "MSG"):
         with pytest.raises((NatsError, TimeoutError)):  # refused: the request never reaches the API
             await storage.jetstream(timeout=1).delete_msg(stream, 1)
-        await errors.wait_for("permissions violation", "publish", f"$JS.API.STREAM.MSG.DELETE.{stream}")
+        await errors.wait_for(
+            "permissions violation", "publish", topology.local_subject("storage", f"$JS.API.STREAM.MSG.DELETE.{stream}")
+        )
         assert (await platform.stream_info(stream)).state.messages == 3
     assert await storage.jetstream().delete_msg("PARKED", 1)  # a copy of an event that left the log
 
@@ -264,7 +262,9 @@ async def test_only_a_streams_owner_may_delete_from_it_and_storage_only_parked_c
         assert await js.delete_msg(own, 2)
         with pytest.raises((NatsError, TimeoutError)):
             await js.delete_msg(other, 3)
-        await owner_errors.wait_for("permissions violation", "publish", f"$JS.API.STREAM.MSG.DELETE.{other}")
+        await owner_errors.wait_for(
+            "permissions violation", "publish", topology.local_subject(owner, f"$JS.API.STREAM.MSG.DELETE.{other}")
+        )
     assert (await platform.stream_info("MSG")).state.messages == 2
     assert (await platform.stream_info("AUTH")).state.messages == 2
 
@@ -396,6 +396,8 @@ async def test_no_service_may_touch_another_services_consumer_or_any_stream(nats
         attacks = _stream_attacks(service)
         for durable in (c for c in topology.CONSUMERS if c.service != service):
             attacks += _attacks_on(durable)
+        # As the service's own account names them: its JetStream API prefix.
+        attacks = [(topology.local_subject(service, subject), body) for subject, body in attacks]
         for subject, body in dict.fromkeys(attacks):
             await client.publish(subject, body, reply=f"{topology.inbox_prefix(service)}.attack")
         await client.flush(timeout=TIMEOUT_S)
@@ -454,12 +456,12 @@ async def test_an_owner_reads_of_store_only_the_facts_due_to_it(nats_server: Nat
         with pytest.raises((NatsError, TimeoutError)):
             await call
     for subject in (
-        f"$js.api.consumer.create.store.{spec.durable}.parley.storage.>",
-        "$js.api.stream.info.store",
-        "$js.api.stream.msg.get.store",
-        "$js.api.direct.get.store",
+        f"$JS.API.CONSUMER.CREATE.STORE.{spec.durable}.parley.storage.>",
+        "$JS.API.STREAM.INFO.STORE",
+        "$JS.API.STREAM.MSG.GET.STORE",
+        "$JS.API.DIRECT.GET.STORE",
     ):
-        await errors.wait_for("permissions violation", "publish", subject)
+        await errors.wait_for("permissions violation", "publish", topology.local_subject("auth", subject))
     assert (await platform.js.consumer_info("STORE", spec.durable)).config.filter_subject == spec.filter_subject
 
 
@@ -484,7 +486,11 @@ async def test_an_owner_may_not_re_configure_its_own_stream(nats_server: NatsTes
             for changed in (stealing, shortened):
                 with pytest.raises((NatsError, TimeoutError)):  # refused before the API sees it
                     await js.update_stream(changed)
-                await errors.wait_for("permissions violation", "publish", f"$JS.API.STREAM.UPDATE.{spec.name}")
+                await errors.wait_for(
+                    "permissions violation",
+                    "publish",
+                    topology.local_subject(service, f"$JS.API.STREAM.UPDATE.{spec.name}"),
+                )
                 with pytest.raises(nats.js.errors.APIError):  # exists with other settings
                     await js.add_stream(changed)
             now = (await platform.js.stream_info(spec.name)).config
@@ -493,3 +499,22 @@ async def test_an_owner_may_not_re_configure_its_own_stream(nats_server: NatsTes
     for spec in topology.STREAMS:
         if spec.name != "MSG":
             assert (await platform.js.stream_info(spec.name)).state.messages == 0, spec.name
+
+
+async def test_every_heartbeat_reaches_the_registry_and_no_other_service(nats_server: NatsTestServer) -> None:
+    """Heartbeats are plain NATS between accounts: each service's account exports its own subjects
+    to the registry's, which alone may subscribe to them."""
+    registry = await nats_server.connect(topology.HEARTBEAT_READER)
+    beats = await registry.subscribe(topology.HEARTBEATS_FILTER)
+    await registry.flush(timeout=TIMEOUT_S)
+    for service in topology.SERVICES:
+        client = await nats_server.connect(service)
+        await client.publish(topology.heartbeat_subject(service, "i1"), service.encode())
+        await client.flush(timeout=TIMEOUT_S)
+        msg = await beats.next_msg(timeout=TIMEOUT_S)
+        assert (msg.subject, msg.data) == (topology.heartbeat_subject(service, "i1"), service.encode())
+    for service in (s for s in topology.SERVICES if s != topology.HEARTBEAT_READER):
+        errors = ErrorRecorder()
+        client = await nats_server.connect(service, error_cb=errors.callback)
+        await client.subscribe(topology.HEARTBEATS_FILTER)
+        await errors.wait_for("permissions violation", "subscription", topology.HEARTBEATS_FILTER)

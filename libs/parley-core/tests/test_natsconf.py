@@ -10,7 +10,14 @@ import pytest
 
 from parley_core import topology
 from parley_core.nats_process import NatsServerProcess
-from parley_core.natsconf import ClusterConfig, _quote, ensure_nats_passwords, render_server_config
+from parley_core.natsconf import (
+    LEGACY_ACCOUNT,
+    ClusterConfig,
+    _quote,
+    ensure_nats_passwords,
+    holds_pre_account_streams,
+    render_server_config,
+)
 from parley_core.net import free_port
 from parley_core.pki import Pki
 
@@ -108,3 +115,37 @@ async def test_cluster_node_config_is_accepted_with_tls_routes(pki: Pki, tmp_pat
     text = config.read_text()
     assert "verify: true" in text.split("cluster {", 1)[1]
     assert '"nats-route://route:route-pw@127.0.0.1:' in text
+
+
+def test_nobody_logs_into_the_streams_account_and_each_user_into_its_own(tmp_path: Path) -> None:
+    """A subscriber in the streams' account would be the interest a push consumer waits for
+    before it delivers onto a stream's subject; each user is the one user of its account."""
+    text = render_server_config(
+        host="127.0.0.1",
+        port=1,
+        store_dir=tmp_path,
+        tls_cert=tmp_path / "c",
+        tls_key=tmp_path / "k",
+        ca_cert=tmp_path / "ca",
+        passwords=dict.fromkeys(USERS, "pw"),
+    )
+    accounts = text.split("accounts {", 1)[1]
+    blocks = accounts.split(f"\n  {topology.account_of(USERS[0])}: {{", 1)
+    streams_block = blocks[0]
+    assert f"{topology.STREAMS_ACCOUNT}: {{" in streams_block
+    assert "users:" not in streams_block
+    assert "jetstream: enabled" in streams_block
+    for user in USERS:
+        assert text.count(f'user: "{user}"') == 1
+        assert f"  {topology.account_of(user)}: {{" in accounts
+    assert "\nauthorization {" not in text  # no user outside an account
+
+
+def test_a_store_of_the_layout_before_accounts_is_recognised(tmp_path: Path) -> None:
+    """`parley up` refuses such a data folder rather than start on an empty log beside it."""
+    store = tmp_path / "jetstream"
+    assert not holds_pre_account_streams(store)
+    (store / "jetstream" / LEGACY_ACCOUNT / "streams" / "AUTH").mkdir(parents=True)
+    assert holds_pre_account_streams(store)
+    (store / "jetstream" / topology.STREAMS_ACCOUNT / "streams").mkdir(parents=True)
+    assert not holds_pre_account_streams(store)

@@ -20,6 +20,18 @@ def test_the_trust_matrix_has_one_writer_per_stream_and_owners_prefix_their_cons
     assert not [p for p in topology.permissions_for("patch-registry").publish if p.startswith("parley.sec.")]
 
 
+def test_each_account_imports_only_its_own_streams_subjects_and_its_users_may_publish_them() -> None:
+    """The account layer (natsconf) and the permission layer name the same subjects."""
+    for service in topology.SERVICES:
+        imported = topology.imports_of(service)
+        own = {subject for spec in topology.STREAMS if spec.owner == service for subject in spec.subjects}
+        stream_subjects = {s for s in imported if s.startswith("parley.")}
+        assert stream_subjects == own | {f"parley.parked.{service}.>"}, service
+        allowed = set(topology.permissions_for(service).publish)
+        assert {topology.local_subject(service, s) for s in imported} <= allowed, service
+        assert not [s for s in allowed if s.startswith(topology.JS_API + ".")], service  # no API outside its import
+
+
 def test_a_stream_accepts_only_its_owners_event_packages() -> None:
     msg, parked = topology.STREAMS_BY_NAME["MSG"], topology.STREAMS_BY_NAME["PARKED"]
     assert msg.owner_writes("parley.messaging.v1.MessagePosted")

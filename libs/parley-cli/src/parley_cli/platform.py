@@ -48,7 +48,13 @@ from parley_core.database import (
 from parley_core.files import ensure_private_dir, write_private_file
 from parley_core.nats_connect import connect_nats
 from parley_core.nats_process import NatsServerProcess
-from parley_core.natsconf import ROUTE_USER, ClusterConfig, ensure_nats_passwords, render_server_config
+from parley_core.natsconf import (
+    ROUTE_USER,
+    ClusterConfig,
+    ensure_nats_passwords,
+    holds_pre_account_streams,
+    render_server_config,
+)
 from parley_core.net import free_port
 from parley_core.pki import Pki, ensure_pki
 from parley_core.topology import METRICS_SCRAPER, PLATFORM_USER, SERVICES
@@ -296,6 +302,13 @@ class Platform:
             raise RuntimeError(f"{self.data_dir} holds a single nats-server's events; start it without --nats-cluster")
         if self.nats_cluster == 1 and clustered:
             raise RuntimeError(f"{self.data_dir} holds a JetStream cluster's events; start it with --nats-cluster")
+        if any(holds_pre_account_streams(folder / "jetstream") for folder in self._nats_folders()):
+            raise RuntimeError(
+                f"{self.data_dir} holds an event log from before each service had its own NATS account, which this "
+                "version cannot read: back it up with the version that made it (`parley backup create`), restore "
+                "the backup into a new, empty data folder with this one (`parley backup restore`) and start that "
+                "folder, which re-seeds the log"
+            )
 
     async def _start_nats(self, passwords: dict[str, str]) -> None:
         assert self.pki is not None

@@ -9,15 +9,18 @@ from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client, ErrorCallback
+from nats.js import JetStreamContext
 
 from parley_core import topology
 
 __all__ = [
     "ErrorCallback",
     "NatsUnreachable",
+    "ParleyNatsClient",
     "client_tls_context",
     "connect_nats",
     "connect_nats_once",
+    "js_api_prefix",
     "log_nats_error",
 ]
 
@@ -53,6 +56,23 @@ async def log_nats_error(error: Exception) -> None:
     log.error("NATS error: %s", error)
 
 
+class ParleyNatsClient(Client):
+    """A NATS client whose JetStream calls go where its user's account reaches the API.
+
+    A service's account imports the streams' JetStream API under its own prefix
+    (topology.js_api_prefix), so every `jetstream()` of the process, the bus's and any tool's,
+    uses it without each caller having to know.
+    """
+
+    def __init__(self, js_api_prefix: str) -> None:
+        super().__init__()
+        self.js_api_prefix = js_api_prefix
+
+    def jetstream(self, **opts: Any) -> JetStreamContext:
+        opts.setdefault("prefix", self.js_api_prefix)
+        return super().jetstream(**opts)
+
+
 def client_tls_context(ca_cert: Path) -> ssl.SSLContext:
     """Trust only Parley's CA and check the host name against the server certificate's SAN."""
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_cert))
@@ -84,7 +104,7 @@ async def connect_nats(
     reconnects forever: a service outlives a broker restart instead of exiting.
     """
     tls = client_tls_context(ca_cert)
-    client = Client()
+    client = ParleyNatsClient(topology.js_api_prefix(user))
     await _connect(client, url=url, user=user, password=password, tls=tls, name=name, error_cb=error_cb, **kwargs)
     return client
 
@@ -148,7 +168,7 @@ async def connect_nats_once(
     server that answers and refuses (a wrong password, an untrusted certificate) raises at once.
     """
     tls = client_tls_context(ca_cert)  # an unreadable CA raises here, before there is a client to close
-    client, errors = Client(), _QuietUntilConnected()
+    client, errors = ParleyNatsClient(topology.js_api_prefix(user)), _QuietUntilConnected()
     attempt = _connect(
         client,
         url=url,
@@ -171,3 +191,8 @@ async def connect_nats_once(
         raise
     errors.connected = True
     return client
+
+
+def js_api_prefix(nc: Client) -> str:
+    """The JetStream API prefix a connection's calls use (its account's, for a ParleyNatsClient)."""
+    return nc.js_api_prefix if isinstance(nc, ParleyNatsClient) else topology.JS_API

@@ -1,7 +1,17 @@
-"""The nats-server configuration of a Parley platform: TLS, JetStream and per-service users.
+"""The nats-server configuration of a Parley platform: TLS, JetStream and an account per service.
 
-Each service connects as its own user whose permissions come from ``topology.permissions_for``,
-so the broker itself enforces who may publish to and read from which subjects.
+JetStream and every stream live in one account that no client logs into. Each service, and the
+platform identity, logs into an account of its own that imports from the streams' account
+exactly the subjects ``topology.imports_of`` names (its own streams' subjects, its JetStream API
+calls, its acknowledgements), so the broker enforces who may write and read what. Its user's
+permissions (``topology.permissions_for``) are a second layer over the same subjects.
+
+Accounts, not only permissions: nats-server checks a client's permissions on the subject it
+publishes, not on the reply subject it names, and JetStream answers on that reply subject. In
+one account a direct get answered onto another owner's subject was stored by that owner's
+stream, and an answer sent to `$JS.API.STREAM.PURGE.<stream>` purged it. Across accounts an
+answer goes back into the asker's account, where no stream listens and only its own imports
+are; and a push consumer, which delivers in the streams' account, finds no subscriber there.
 """
 
 from __future__ import annotations
@@ -98,23 +108,111 @@ def render_server_config(
         "}",
         "",
         *(render_cluster_block(cluster, tls_cert=tls_cert, tls_key=tls_key, ca_cert=ca_cert) if cluster else []),
-        "authorization {",
-        "  users: [",
+        *render_accounts(passwords),
+    ]
+    return "\n".join(lines)
+
+
+def render_accounts(passwords: Mapping[str, str]) -> list[str]:
+    """The `accounts {}` block: the streams' account and one account per user (topology's layout)."""
+    streams = topology.STREAMS_ACCOUNT
+    users = [*topology.SERVICES, topology.PLATFORM_USER]
+    everyone = [topology.account_of(user) for user in users]
+    exports = [
+        # A JetStream publish answers with one PubAck; the API answers a pull or a batched direct
+        # get with several messages (a stream response).
+        _export("service", "parley.>", everyone),
+        _export("service", f"{topology.JS_API}.>", everyone, response="stream"),
+        _export("service", "$JS.ACK.>", everyone),
+        _export("service", "$JS.FC.>", everyone),
+        # Push consumers (a replay's ordered consumer) deliver into the streams' account, to the
+        # creator's inbox; each account gets its own inboxes back, the platform's tools the default.
+        *(_export("stream", f"{topology.inbox_prefix(user)}.>", [topology.account_of(user)]) for user in users),
+        _export("stream", "_INBOX.>", [topology.account_of(topology.PLATFORM_USER)]),
+    ]
+    lines = [
+        "accounts {",
+        f"  {streams}: {{",
+        "    # JetStream and every stream; nobody logs in here.",
+        "    jetstream: enabled",
+        "    exports: [",
+        *(f"      {export}" for export in exports),
+        "    ]",
+        "  }",
     ]
     for user in users:
-        permissions = topology.permissions_for(user)
-        lines += [
-            "    {",
-            f"      user: {_quote(user)}",
-            f"      password: {_quote(passwords[user])}",
-            "      permissions: {",
-            f"        publish: {{ allow: {_quote_list(permissions.publish)}{_deny(permissions.publish_deny)} }}",
-            f"        subscribe: {{ allow: {_quote_list(permissions.subscribe)} }}",
-            "      }",
-            "    }",
-        ]
-    lines += ["  ]", "}", ""]
-    return "\n".join(lines)
+        lines += _user_account(user, passwords[user])
+    lines += ["}", ""]
+    return lines
+
+
+def _user_account(user: str, password: str) -> list[str]:
+    permissions = topology.permissions_for(user)
+    # The platform's tools also take push deliveries on nats-py's and the nats CLI's default inbox.
+    inboxes = [topology.inbox_prefix(user), *(["_INBOX"] if user == topology.PLATFORM_USER else [])]
+    imports = [_service_import(subject, topology.local_subject(user, subject)) for subject in topology.imports_of(user)]
+    imports += [_stream_import(topology.STREAMS_ACCOUNT, f"{inbox}.>") for inbox in inboxes]
+    exports: list[str] = []
+    if user in topology.SERVICES:
+        reader = topology.account_of(topology.HEARTBEAT_READER)
+        if user != topology.HEARTBEAT_READER:
+            exports.append(_export("stream", topology.heartbeat_subject(user, ">"), [reader]))
+        else:
+            imports += [
+                _stream_import(topology.account_of(other), topology.heartbeat_subject(other, ">"))
+                for other in topology.SERVICES
+                if other != user
+            ]
+    lines = [
+        f"  {topology.account_of(user)}: {{",
+        "    users: [",
+        "      {",
+        f"        user: {_quote(user)}",
+        f"        password: {_quote(password)}",
+        "        permissions: {",
+        f"          publish: {{ allow: {_quote_list(permissions.publish)}{_deny(permissions.publish_deny)} }}",
+        f"          subscribe: {{ allow: {_quote_list(permissions.subscribe)} }}",
+        "        }",
+        "      }",
+        "    ]",
+        "    imports: [",
+        *(f"      {line}" for line in imports),
+        "    ]",
+    ]
+    if exports:
+        lines += ["    exports: [", *(f"      {line}" for line in exports), "    ]"]
+    return [*lines, "  }"]
+
+
+def _service_import(subject: str, local: str) -> str:
+    rename = f", to: {_quote(local)}" if local != subject else ""
+    return f"{{service: {{account: {topology.STREAMS_ACCOUNT}, subject: {_quote(subject)}}}{rename}}}"
+
+
+def _stream_import(account: str, subject: str) -> str:
+    return f"{{stream: {{account: {account}, subject: {_quote(subject)}}}}}"
+
+
+def _export(kind: str, subject: str, accounts: list[str], *, response: str | None = None) -> str:
+    answers = (
+        f", response_type: {response}, response_threshold: {_quote(topology.JS_RESPONSE_THRESHOLD)}" if response else ""
+    )
+    return f"{{{kind}: {_quote(subject)}, accounts: [{', '.join(accounts)}]{answers}}}"
+
+
+# The account every user belonged to before each service had its own (an `authorization {}` block).
+LEGACY_ACCOUNT = "$G"
+
+
+def holds_pre_account_streams(store_dir: Path) -> bool:
+    """Whether a JetStream store keeps its streams in the one account of the layout before this one.
+
+    nats-server keeps each account's streams under its name, and with a store key it derives each
+    stream's encryption key from the account's name too: such streams cannot just be moved into
+    the streams' account, and the new layout would start with an empty event log beside them.
+    """
+    root = store_dir / "jetstream"
+    return (root / LEGACY_ACCOUNT / "streams").is_dir() and not (root / topology.STREAMS_ACCOUNT).exists()
 
 
 # The NATS user that cluster nodes authenticate their routes with (not a service).

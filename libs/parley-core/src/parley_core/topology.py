@@ -6,6 +6,12 @@ subject), reads only the streams it is declared to read (or, for a narrower need
 consumer with a fixed filter), and creates, inspects and deletes only its own consumers. Each
 stream also says which protobuf packages its owner writes, so a consumer can refuse anything
 else (bus.py parks it).
+
+Each service is also its own NATS account (natsconf renders them): JetStream and every stream live
+in one account no client logs into, and a service reaches them only through imports of exactly
+the subjects below. nats-server checks permissions on the subject a client publishes, not on the
+reply subject it names, and JetStream answers (a stored message, a consumer's next one) on that
+reply subject; in an account of its own the answer comes back where no stream listens.
 """
 
 from __future__ import annotations
@@ -198,6 +204,9 @@ MESSAGING_FILTER = "parley.msg.>"
 AUTH_FILTER = "parley.auth.>"
 
 ALL_READERS = SERVICES
+# Who follows every instance's heartbeats (plain NATS, no stream): each service's account exports
+# its own heartbeat subjects to this one's.
+HEARTBEAT_READER = "patch-registry"
 
 # PARKED's bounds (PARLEY_PARKED_MAX_BYTES, PARLEY_PARKED_MAX_MSGS; config.Settings). Every
 # service's NATS user may append to its own parley.parked.<service>.> subtree, so a stolen one
@@ -295,6 +304,36 @@ def inbox_prefix(service: str) -> str:
     return f"_INBOX_{service.replace('-', '_')}"
 
 
+# The NATS accounts. The streams' account holds JetStream and exports to the others; nobody logs
+# into it, so no subscription there gives a push consumer the interest it needs to deliver onto a
+# stream's subject. The platform identity's account imports everything (the operator's tools).
+STREAMS_ACCOUNT = "PARLEY_STREAMS"
+JS_API = "$JS.API"
+# Where a service's account reaches the streams' JetStream API (its imports' local name): apart
+# from $JS.API, which in an account without JetStream of its own answers "not enabled".
+SERVICE_JS_API = "$PARLEY.JS.API"
+# How long the streams' account routes JetStream's answers back to an asker: a pull or a batched
+# direct get answers with several messages, so every API answer stays routable this long.
+JS_RESPONSE_THRESHOLD = "60s"
+
+
+def account_of(user: str) -> str:
+    """The NATS account a user (a service or the platform identity) logs into."""
+    return "PARLEY_" + user.upper().replace("-", "_")
+
+
+def js_api_prefix(user: str) -> str:
+    """The JetStream API prefix of the user's connection (nats-py's `jetstream(prefix=...)`)."""
+    return JS_API if user == PLATFORM_USER else SERVICE_JS_API
+
+
+def local_subject(user: str, subject: str) -> str:
+    """A subject of the streams' account as the user's account names it (its import's `to`)."""
+    if subject.startswith(JS_API + "."):
+        return js_api_prefix(user) + subject.removeprefix(JS_API)
+    return subject
+
+
 @dataclass(frozen=True)
 class Permissions:
     publish: tuple[str, ...]
@@ -347,12 +386,33 @@ def _others_durable(spec: ConsumerSpec) -> list[str]:
 
 
 def permissions_for(service: str) -> Permissions:
-    """Least-privilege NATS permissions of one service, derived from STREAMS and CONSUMERS."""
+    """Least-privilege NATS permissions of one service's user, as its own account names the
+    subjects (its JetStream API under SERVICE_JS_API): a second layer beside its imports, which
+    cannot refuse another service's durable inside a wildcard."""
     if service == PLATFORM_USER:
         return Permissions(publish=(">",), subscribe=(">",))
+    reached = streams_reached(service)
+    return Permissions(
+        publish=(heartbeat_subject(service, "*"), *(local_subject(service, s) for s in reached.publish)),
+        subscribe=reached.subscribe,
+        publish_deny=tuple(local_subject(service, s) for s in reached.publish_deny),
+    )
+
+
+def imports_of(user: str) -> tuple[str, ...]:
+    """The subjects of the streams' account a user's account imports: for a service exactly those
+    it may publish there; for the platform identity every stream's subjects and the whole API."""
+    if user == PLATFORM_USER:
+        return ("parley.>", f"{JS_API}.>", "$JS.ACK.>", "$JS.FC.>")
+    return streams_reached(user).publish
+
+
+def streams_reached(service: str) -> Permissions:
+    """What one service may do in the streams' account, derived from STREAMS and CONSUMERS, as that
+    account names the subjects ($JS.API...); subscribe: its own account's subjects."""
     if service not in SERVICES:
         raise KeyError(f"unknown service {service!r}")
-    publish: list[str] = ["$JS.API.INFO", heartbeat_subject(service, "*"), f"parley.parked.{service}.>"]
+    publish: list[str] = ["$JS.API.INFO", f"parley.parked.{service}.>"]
     subscribe: list[str] = [f"{inbox_prefix(service)}.>"]
     deny: list[str] = []
     for spec in STREAMS:
@@ -380,7 +440,7 @@ def permissions_for(service: str) -> Permissions:
     if service == PARKED_DELETER:
         # The parked copies of events that left the log: found by their origin headers, deleted.
         publish.extend(("$JS.API.STREAM.MSG.GET.PARKED", "$JS.API.STREAM.MSG.DELETE.PARKED"))
-    if service == "patch-registry":
+    if service == HEARTBEAT_READER:
         subscribe.append(HEARTBEATS_FILTER)
     return Permissions(
         publish=tuple(dict.fromkeys(publish)), subscribe=tuple(subscribe), publish_deny=tuple(dict.fromkeys(deny))

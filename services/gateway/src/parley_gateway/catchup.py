@@ -21,6 +21,7 @@ from parley.common.v1.envelope_pb2 import EventEnvelope
 
 from parley_core.envelope import decode
 from parley_core.errors import Unavailable
+from parley_core.nats_connect import js_api_prefix
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ async def _direct_batch(
     sub = await nc.subscribe(inbox)
     events: list[tuple[int, bytes]] = []
     try:
-        await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox)
+        await nc.publish(f"{js_api_prefix(nc)}.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox)
         while True:
             reply = await sub.next_msg(timeout=REPLY_TIMEOUT_S)
             headers = reply.headers or {}
