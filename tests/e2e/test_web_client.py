@@ -371,6 +371,8 @@ async def test_settings_enrol_two_factor_with_a_qr_code_and_list_sessions(
     await expect(page.get_by_role("heading", name="Sessions")).to_be_visible()
     await expect(page.locator("ul.sessions li", has_text="This browser")).to_have_count(1)
     await expect(page.locator("ul.sessions li").get_by_role("button", name="Revoke")).to_have_count(1)
+    for session in await page.locator("ul.sessions li").all():  # where each logged in from, and when
+        await expect(session).to_contain_text(re.compile(r"· from 127\.0\.0\.1 · started "))
 
     await page.get_by_role("button", name="Set up two-factor authentication").click()
     qr = page.get_by_role("img", name="QR code of the two-factor secret")

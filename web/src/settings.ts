@@ -58,7 +58,8 @@ function sessionsSection(session: Session, status: HTMLElement): HTMLElement {
  * (a client renews its token every few minutes while it is in use). */
 function sessionFacts(s: AuthSession): string[] {
   const when = (unix: bigint): string => new Date(Number(unix) * 1000).toLocaleString();
-  const facts = [`from ${s.source || "an unknown address"}`, `started ${when(s.startedAtUnix)}`];
+  const address = s.source.replace(/^ipv[46]:/, ""); // gRPC's peer form, "ipv4:127.0.0.1"
+  const facts = [`from ${address || "an unknown address"}`, `started ${when(s.startedAtUnix)}`];
   if (s.lastRefreshedAtUnix > s.startedAtUnix) facts.push(`last renewed ${when(s.lastRefreshedAtUnix)}`);
   return facts;
 }
