@@ -481,7 +481,7 @@ def test_cli_private_channel_threads_reactions_and_direct_conversations(platform
     assert "joined #cli-private" in platform.cli("--as", guest, "join", channel_id).stdout
     platform.cli("--as", owner, "send", "cli-private", "agenda?")
     assert "in the thread of #1" in platform.cli("--as", guest, "reply", "cli-private", "1", "item one").stdout
-    assert "👍x1" in platform.cli("--as", guest, "react", "cli-private", "1", "👍").stdout
+    assert "reacted 👍 to #1 (1 so far)" in platform.cli("--as", guest, "react", "cli-private", "1", "👍").stdout
     thread = platform.cli("--as", owner, "thread", "cli-private", "1").stdout
     assert "agenda?" in thread
     assert "item one" in thread

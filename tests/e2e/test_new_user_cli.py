@@ -197,8 +197,12 @@ def test_react_takes_one_emoji_or_its_shortcode(platform: RunningPlatform) -> No
     channel = unique("fun")
     cli(platform, "--as", name, "create-channel", channel)
     cli(platform, "--as", name, "send", channel, "hello")
-    assert cli(platform, "--as", name, "react", channel, "1", ":thumbs_up:").strip() == "👍x1"
-    assert sorted(cli(platform, "--as", name, "react", channel, "1", "🎉").split()) == sorted(["👍x1", "🎉x1"])
+    assert cli(platform, "--as", name, "react", channel, "1", ":thumbs_up:").strip() == (
+        "reacted :thumbs_up: to #1; reactions now: 👍x1"
+    )
+    added = cli(platform, "--as", name, "react", channel, "1", "🎉").strip()
+    assert added.startswith("reacted 🎉 to #1 (1 so far); reactions now: ")
+    assert sorted(added.split(": ")[-1].split()) == sorted(["👍x1", "🎉x1"])
     for text in ("notanemoji", ":notanemoji:", "👍👍"):
         refused = platform.cli("--as", name, "react", channel, "1", text, check=False)
         assert refused.returncode == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -182,6 +183,7 @@ async def test_two_browsers_and_the_sdk_chat_live_and_hostile_text_stays_text(
     await a_page.get_by_label("New channel name").fill(XSS_NAME)
     await a_page.get_by_role("button", name="Create").click()
     await expect(a_page.locator("#channel-title")).to_have_text(f"# {XSS_NAME}")
+    await expect(a_page.locator(".channel-head .meta")).to_have_text(re.compile(r"· 1 member$"))
     channel_id = (await a_page.locator(".channel-head .meta").inner_text()).split("channel id: ")[1].split(" ")[0]
     await carol.join_channel(channel_id)
     await b_page.get_by_label("Join a channel by its id").fill(channel_id)
@@ -199,9 +201,12 @@ async def test_two_browsers_and_the_sdk_chat_live_and_hostile_text_stays_text(
     await box.press("Enter")
     await expect(messages(a_page).last).to_have_text("line one\nline two")
 
-    # And with the SDK, both ways.
-    await carol.send(channel_id, "hi from the SDK")
+    # And with the SDK, both ways; someone else's edit shows live, tagged as one.
+    sent = await carol.send(channel_id, "hi from the SDK?")
+    await expect(messages(a_page).last).to_have_text("hi from the SDK?")
+    await carol.edit(channel_id, sent.channel_seq, "hi from the SDK")
     await expect(messages(a_page).last).to_have_text("hi from the SDK")
+    await expect(a_page.locator("li.message", has_text="hi from the SDK").locator(".edited")).to_have_text("(edited)")
     history = await carol.history(channel_id)
     assert [m.body for m in history.messages][-2:] == ["line one\nline two", "hi from the SDK"]
 
@@ -232,11 +237,15 @@ async def test_two_browsers_and_the_sdk_chat_live_and_hostile_text_stays_text(
     await expect(a_page.get_by_role("log", name="Replies").locator(".body")).to_have_text(["a reply"])
     assert "a reply" not in await messages(a_page).all_inner_texts()  # not in the main timeline
     await shot(a_page, "thread")
+    thread_panel = a_page.get_by_role("complementary", name="Thread")
+    await expect(thread_panel).to_be_visible()
 
     # A direct conversation from the member list: the other side sees it with its unread count.
     await a_page.get_by_role("button", name="Members").click()
     await a_page.get_by_role("button", name=f"Message {bob}").click()
     await expect(a_page.locator("#channel-title")).to_have_text(f"@ {bob}")
+    await expect(thread_panel).to_be_hidden()  # the other channel's thread closed with it
+    await expect(a_page.get_by_label("Reply in thread")).to_have_count(0)
     await send(a_page, "just between us")
     dm = b_page.locator("nav button.channel", has_text=f"@ {alice}")
     await expect(dm.locator(".unread")).to_have_text("1")  # told by the live stream
@@ -362,6 +371,8 @@ async def test_settings_enrol_two_factor_with_a_qr_code_and_list_sessions(
     await expect(page.get_by_role("heading", name="Sessions")).to_be_visible()
     await expect(page.locator("ul.sessions li", has_text="This browser")).to_have_count(1)
     await expect(page.locator("ul.sessions li").get_by_role("button", name="Revoke")).to_have_count(1)
+    for session in await page.locator("ul.sessions li").all():  # where each logged in from, and when
+        await expect(session).to_contain_text(re.compile(r"· from 127\.0\.0\.1 · started "))
 
     await page.get_by_role("button", name="Set up two-factor authentication").click()
     qr = page.get_by_role("img", name="QR code of the two-factor secret")
@@ -369,9 +380,16 @@ async def test_settings_enrol_two_factor_with_a_qr_code_and_list_sessions(
     assert (await qr.get_attribute("src") or "").startswith("data:image/png;base64,")
     secret = await page.locator("code.secret").inner_text()
     app = TOTP(base64.b32decode(secret + "=" * (-len(secret) % 8)), 6, SHA1(), 30)
-    await page.get_by_label("Code from your app").fill(app.generate(int(time.time())).decode())
+    right = app.generate(int(time.time())).decode()
+    await page.get_by_label("Code from your app").fill(f"{(int(right) + 500_000) % 1_000_000:06d}")
+    await page.get_by_role("button", name="Confirm").click()
+    status = page.get_by_role("status").filter(has_text="does not match")
+    await expect(status).to_be_visible()
+    await page.get_by_label("Code from your app").fill(right)
     await page.get_by_role("button", name="Confirm").click()
     await expect(page.locator("ul.codes li")).to_have_count(10)
+    await expect(status).to_have_count(0)  # the wrong code's error went with the right one
+    recovery = await page.locator("ul.codes li").first.inner_text()
     await shot(page, "settings")
     assert await axe_violations(page) == []
     await context.close()
@@ -381,6 +399,22 @@ async def test_settings_enrol_two_factor_with_a_qr_code_and_list_sessions(
     with pytest.raises(ParleyError, match="two-factor"):
         await fresh.login(name, PASSWORD)
     await fresh.close()
+
+    # Logged in again (with a recovery code), Settings knows two-factor is on.
+    context = await browser.new_context()
+    page = await context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    await page.goto(platform.web_url)
+    await page.get_by_label("Username").fill(name)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Log in").click()
+    await page.get_by_label("Two-factor code (or a recovery code)").fill(recovery)
+    await page.get_by_role("button", name="Log in").click()
+    await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+    await page.get_by_role("button", name="Settings").click()
+    await expect(page.get_by_text("Two-factor authentication is on for this account")).to_be_visible()
+    await expect(page.get_by_role("button", name="Set up two-factor authentication")).to_have_count(0)
+    await context.close()
 
 
 def console_errors(page: Page) -> list[str]:

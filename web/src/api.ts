@@ -16,6 +16,8 @@ export interface Session {
   sessionId: string;
   expiresAt: number; // unix seconds
   mfaEnrolmentRequired: boolean;
+  /** A TOTP second factor is enrolled for the account (Settings shows it on). */
+  mfaEnrolled: boolean;
 }
 
 let accessToken = "";
@@ -45,6 +47,7 @@ function sessionOf(login: LoginResponse, username: string): Session {
     sessionId: login.sessionId,
     expiresAt: Number(login.expiresAtUnix),
     mfaEnrolmentRequired: login.mfaEnrolmentRequired,
+    mfaEnrolled: login.mfaEnrolled,
   };
 }
 

@@ -226,6 +226,7 @@ class App {
         this.channels.clear();
         this.invitations.clear();
         this.current = "";
+        this.closeThread(); // the next login starts with none open
         this.showLogin();
       });
     });
@@ -462,6 +463,7 @@ class App {
     const view = this.channels.get(channelId);
     if (!view) return;
     this.current = channelId;
+    if (this.thread?.channelId !== channelId) this.closeThread(); // a thread belongs to its channel
     view.readAtOpen = view.channel.unreadCount > 0n ? view.channel.readSeq : undefined;
     view.channel.unreadCount = 0n;
     this.renderChannels();
@@ -492,7 +494,7 @@ class App {
       this.headEl,
       h("h2", { id: "channel-title" }, this.title(c)),
       c.topic ? h("p", { class: "topic" }, c.topic) : null,
-      h("p", { class: "meta" }, `channel id: ${c.channelId} · ${c.memberIds.length} members`),
+      h("p", { class: "meta" }, `channel id: ${c.channelId} · ${c.memberIds.length} ${c.memberIds.length === 1 ? "member" : "members"}`),
       this.membersButton(view),
     );
   }
@@ -594,6 +596,11 @@ class App {
       .catch((err: unknown) => this.notice(api.describe(err)));
   }
 
+  private closeThread(): void {
+    this.thread = null;
+    this.renderThread();
+  }
+
   private renderThread(): void {
     const t = this.thread;
     const view = t ? this.channels.get(t.channelId) : undefined;
@@ -608,10 +615,7 @@ class App {
     }
     this.threadEl.hidden = false;
     const close = h("button", { type: "button", class: "link" }, "Close thread");
-    on(close, "click", () => {
-      this.thread = null;
-      this.renderThread();
-    });
+    on(close, "click", () => this.closeThread());
     const root = view.messages.get(t.rootSeq);
     const replies = inOrder(view, (m) => m.threadRootSeq === t.rootSeq);
     const list = fillList(h("ol", { class: "message-list" }), replies, (m) => this.messageItem(view, m, true));
@@ -1017,6 +1021,7 @@ class App {
   private openSettings(message = ""): void {
     if (!this.session) return;
     this.current = "";
+    this.closeThread();
     this.renderChannels();
     renderSettings(this.mainEl, this.session, message);
   }

@@ -5,6 +5,7 @@ import QRCode from "qrcode";
 import * as api from "./api.js";
 import { gateway, withRefresh, type Session } from "./api.js";
 import { append, clear, h, on } from "./dom.js";
+import type { Session as AuthSession } from "./gen/parley/auth/v1/auth_pb.js";
 
 export function renderSettings(main: HTMLElement, session: Session, message = ""): void {
   clear(main);
@@ -14,7 +15,7 @@ export function renderSettings(main: HTMLElement, session: Session, message = ""
     h("h2", { tabindex: "-1", id: "settings-title" }, "Settings"),
     status,
     sessionsSection(session, status),
-    mfaSection(status),
+    mfaSection(session, status),
     exportSection(session, status),
   );
 }
@@ -33,9 +34,8 @@ function sessionsSection(session: Session, status: HTMLElement): HTMLElement {
       .then((reply) => {
         clear(list);
         for (const s of reply.sessions.filter((x) => !x.revoked)) {
-          const started = new Date(Number(s.startedAtUnix) * 1000).toLocaleString();
           const here = s.sessionId === session.sessionId;
-          const item = h("li", {}, `${here ? "This browser" : "Session"} · started ${started} `);
+          const item = h("li", {}, `${here ? "This browser" : "Session"} · ${sessionFacts(s).join(" · ")} `);
           if (!here) {
             const revoke = h("button", { type: "button", class: "small" }, "Revoke");
             on(revoke, "click", () => {
@@ -54,8 +54,24 @@ function sessionsSection(session: Session, status: HTMLElement): HTMLElement {
   return section;
 }
 
-function mfaSection(status: HTMLElement): HTMLElement {
+/** What auth recorded of a session: the address it logged in from, when, and its last renewal
+ * (a client renews its token every few minutes while it is in use). */
+function sessionFacts(s: AuthSession): string[] {
+  const when = (unix: bigint): string => new Date(Number(unix) * 1000).toLocaleString();
+  const address = s.source.replace(/^ipv[46]:/, ""); // gRPC's peer form, "ipv4:127.0.0.1"
+  const facts = [`from ${address || "an unknown address"}`, `started ${when(s.startedAtUnix)}`];
+  if (s.lastRefreshedAtUnix > s.startedAtUnix) facts.push(`last renewed ${when(s.lastRefreshedAtUnix)}`);
+  return facts;
+}
+
+function mfaSection(session: Session, status: HTMLElement): HTMLElement {
   const area = h("div");
+  const section = h("section", { "aria-labelledby": "mfa-title" }, h("h3", { id: "mfa-title" }, "Two-factor authentication"), area);
+  if (session.mfaEnrolled) {
+    // Known from the login (or refresh) answer: enrolling again would only be refused.
+    area.appendChild(h("p", {}, "Two-factor authentication is on for this account: each login asks for a code."));
+    return section;
+  }
   const begin = h("button", { type: "button" }, "Set up two-factor authentication");
   on(begin, "click", () => {
     withRefresh(() => gateway.beginTotpEnrolment({}))
@@ -74,6 +90,8 @@ function mfaSection(status: HTMLElement): HTMLElement {
           event.preventDefault();
           withRefresh(() => gateway.confirmTotpEnrolment({ totpCode: code.value.trim() }))
             .then((done) => {
+              session.mfaEnrolled = true;
+              status.textContent = ""; // an earlier wrong code is no longer the news
               clear(area);
               append(
                 area,
@@ -96,7 +114,7 @@ function mfaSection(status: HTMLElement): HTMLElement {
       .catch(fail(status));
   });
   area.appendChild(begin);
-  return h("section", { "aria-labelledby": "mfa-title" }, h("h3", { id: "mfa-title" }, "Two-factor authentication"), area);
+  return section;
 }
 
 function exportSection(session: Session, status: HTMLElement): HTMLElement {

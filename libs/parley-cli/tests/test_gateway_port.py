@@ -1,4 +1,5 @@
-"""Where `parley up` puts the gateway when the port it would take is busy: it says so, in one line."""
+"""Where `parley up` puts the gateway and the web app when the port it would take is busy: it says
+so, in one line."""
 
 from __future__ import annotations
 
@@ -32,3 +33,23 @@ async def test_a_busy_default_port_is_named_with_the_port_taken_instead(
             ]
         finally:
             await door.stop()
+
+
+def test_a_busy_web_port_is_named_with_the_port_taken_instead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as holder:  # 8443 may be anyone's: the test holds a port of its own as the default
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        monkeypatch.setattr(platform_module, "DEFAULT_WEB_PORT", busy)
+        out = io.StringIO()
+        platform = Platform(tmp_path, out=out)
+        platform._claim_web_port()
+        assert platform.web_claim is not None
+        try:
+            taken = platform.web_claim.getsockname()[1]
+            assert taken != busy
+            assert out.getvalue().splitlines() == [
+                f"[parley] web port {busy} (the default) is busy; the web app took port {taken} instead"
+            ]
+        finally:
+            platform.web_claim.close()

@@ -19,7 +19,7 @@ from parley_cli.admin import _show
 from parley_cli.audit_query import _line
 from parley_cli.chat import channel_label, format_event, format_message
 from parley_cli.devices import device_lines
-from parley_cli.messages import reactions_line
+from parley_cli.messages import reacted_line, reactions_line
 from parley_cli.parked import ParkedEvent
 from parley_cli.patch import table
 from parley_cli.privacy import retention_row
@@ -105,6 +105,7 @@ def test_channel_names_and_direct_conversations() -> None:
 def test_reactions_devices_accounts_audit_parked_retention_and_patch_tables() -> None:
     reacted = messaging_pb2.ChatMessage(reactions=[messaging_pb2.ReactionCount(emoji=HOSTILE, user_ids=[ALICE])])
     safe_line(reactions_line(reacted))
+    safe_line(reacted_line(reacted, HOSTILE, removed=False))
     device = auth_pb2.Device(user_id=ALICE, device_id=HOSTILE, display_name=HOSTILE, ed25519=b"\x01" * 32)
     safe_lines(device_lines(device, HOSTILE, mine=False))
     safe_line(_show(auth_pb2.Account(user_id=ALICE, username=HOSTILE, role="member")))

@@ -89,6 +89,7 @@ def test_client_sees_messages_edits_and_redactions_with_their_position() -> None
     edited = client_event(MessageEdited(channel_id="c", message_id="m", channel_seq=4, body="hey"), 18)
     assert edited is not None
     assert (edited.updated.body, edited.updated.position) == ("hey", 18)
+    assert edited.updated.edited  # shown "(edited)" live, not only after a reload
     redacted = client_event(MessageRedacted(channel_id="c", message_id="m", channel_seq=4), 19)
     assert redacted is not None
     assert redacted.updated.redacted

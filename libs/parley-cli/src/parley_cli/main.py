@@ -16,7 +16,7 @@ from parley_cli import admin, audit, chat, devices, keyring, messages, mfa, patc
 from parley_cli.health import check_broker, check_health
 from parley_cli.invocation import parley_as_run
 from parley_cli.prompt import PromptInterrupted, ask, ask_secret
-from parley_cli.saved_login import save_login, saved_logins, use_saved_login
+from parley_cli.saved_login import as_saved_login_refusal, save_login, saved_logins, use_saved_login
 from parley_cli.state import (
     CLIENT_FILE,
     DEFAULT_DATA_DIR,
@@ -436,9 +436,10 @@ def main(argv: list[str] | None = None) -> None:
                 file=sys.stderr,
             )
         code = 1
-    except ParleyError as exc:
-        print(f"error: {shown(exc.message)} ({exc.code.name})", file=sys.stderr)
-        if exc.code == grpc.StatusCode.UNAVAILABLE:
+    except ParleyError as refused:
+        said = as_saved_login_refusal(args.user, refused) if args.user and args.command != "login" else refused
+        print(f"error: {shown(said.message)} ({said.code.name})", file=sys.stderr)
+        if said.code == grpc.StatusCode.UNAVAILABLE:
             print(
                 f"is the platform running? {how_to_start(args.data_dir)} starts it; `parley status` shows what is down",
                 file=sys.stderr,

@@ -142,11 +142,25 @@ def reactions_line(message: ChatMessage) -> str:
     return " ".join(f"{shown(r.emoji)}x{len(r.user_ids)}" for r in message.reactions) or "no reactions"
 
 
+def reacted_line(message: ChatMessage, emoji: str, *, removed: bool) -> str:
+    """What `parley react` did, then the message's reactions. A `:shortcode:` is stored as its
+    emoji (messaging's reactions.py knows the list), so its count shows among all of them."""
+    number = message.channel_seq
+    did = f"removed your {shown(emoji)} from #{number}" if removed else f"reacted {shown(emoji)} to #{number}"
+    same = [len(r.user_ids) for r in message.reactions if r.emoji == emoji]
+    if same:
+        did += f" ({same[0]} so far)"
+    others = [r for r in message.reactions if r.emoji != emoji]
+    if not others and same:
+        return did
+    return f"{did}; reactions now: {reactions_line(message)}"
+
+
 async def cmd_react(args: argparse.Namespace) -> int:
     async with await _logged_in(args) as client:
         channel_id = await chat.resolve_channel(client, args.channel)
         message = await client.react(channel_id, args.number, args.emoji, remove=args.remove)
-    print(reactions_line(message))
+    print(reacted_line(message, args.emoji, removed=args.remove))
     return 0
 
 

@@ -261,6 +261,9 @@ class Platform:
             self.web_claim = claim("127.0.0.1", DEFAULT_WEB_PORT)
         except OSError:
             self.web_claim = claim("127.0.0.1", 0)
+            # A browser pointed at the usual address would find nothing there: say where it is instead.
+            taken = self.web_claim.getsockname()[1]
+            self.say(f"web port {DEFAULT_WEB_PORT} (the default) is busy; the web app took port {taken} instead")
 
     @property
     def web_address(self) -> str:

@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import grpc
 from parley.auth.v1 import auth_pb2
 
 from parley_client import ParleyClient, ParleyError
@@ -80,8 +81,19 @@ async def _renew(path: Path, username: str, client: ParleyClient) -> None:
         try:
             save_login(path, await client.refresh())
         except ParleyError as exc:
-            raise ParleyError(
-                exc.code, f"the saved login of {username} ended ({exc.message}): run `parley login {username}`"
-            ) from None
+            raise login_ended(username, exc) from None
     finally:
         os.close(lock)  # releases the lock
+
+
+def login_ended(username: str, exc: ParleyError) -> ParleyError:
+    """The refusal of a saved login's session, saying which command starts a new one."""
+    return ParleyError(exc.code, f"the saved login of {username} ended ({exc.message}): run `parley login {username}`")
+
+
+def as_saved_login_refusal(username: str, exc: ParleyError) -> ParleyError:
+    """`exc` as a command on `username`'s saved login shows it: a session the platform no longer
+    takes (revoked, signed out, expired: its answer says to log in again) names `parley login`,
+    whether the refresh or the call itself found it over."""
+    over = exc.code == grpc.StatusCode.UNAUTHENTICATED and "log in again" in exc.message
+    return login_ended(username, exc) if over and "parley login" not in exc.message else exc

@@ -1374,6 +1374,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             session_id=session_id,
             role=account.role,
             mfa_enrolment_required=account.role in self.mfa_required_roles and not mfa,
+            mfa_enrolled=(state := self.mfa.get(account.user_id)) is not None and state.enrolled,
         )
 
     async def _second_factor(self, account: Account, request: auth_pb2.LoginRequest, key: str, source: str) -> bool:

@@ -59,6 +59,7 @@ def client_event(payload: Message, position: int) -> gateway_pb2.ClientEvent | N
                 channel_seq=payload.channel_seq,
                 body=payload.body,
                 position=position,
+                edited=True,  # clients tag it "(edited)" at once, as history does after a reload
             )
         )
     if isinstance(payload, MessageRedacted):

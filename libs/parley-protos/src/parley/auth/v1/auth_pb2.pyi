@@ -110,6 +110,7 @@ class LoginResponse(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
     MFA_ENROLMENT_REQUIRED_FIELD_NUMBER: _builtins.int
+    MFA_ENROLLED_FIELD_NUMBER: _builtins.int
     access_token: _builtins.str
     user_id: _builtins.str
     expires_at_unix: _builtins.int
@@ -121,6 +122,8 @@ class LoginResponse(_message.Message):
     """The role requires MFA and none is enrolled: until BeginTotpEnrolment/ConfirmTotpEnrolment
     and a new login with a code, this session may only manage itself.
     """
+    mfa_enrolled: _builtins.bool
+    """A TOTP second factor is enrolled for this account (a client's settings show it as on)."""
     def __init__(
         self,
         *,
@@ -131,10 +134,11 @@ class LoginResponse(_message.Message):
         session_id: _builtins.str = ...,
         role: _builtins.str = ...,
         mfa_enrolment_required: _builtins.bool = ...,
+        mfa_enrolled: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_token", b"access_token", "expires_at_unix", b"expires_at_unix", "mfa_enrolment_required", b"mfa_enrolment_required", "refresh_token", b"refresh_token", "role", b"role", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_token", b"access_token", "expires_at_unix", b"expires_at_unix", "mfa_enrolled", b"mfa_enrolled", "mfa_enrolment_required", b"mfa_enrolment_required", "refresh_token", b"refresh_token", "role", b"role", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -150,7 +150,9 @@ class ChatMessage(_message.Message):
     author) and from an empty body. Numbered apart from messaging's fields to leave them room.
     """
     edited: _builtins.bool
-    """Storage's history: the text was edited (how often is in messaging's views, edit_count)."""
+    """Storage's history and the gateway's live `updated` events: the text was edited (how often is
+    in messaging's views, edit_count).
+    """
     @_builtins.property
     def sent_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property

@@ -200,7 +200,8 @@ export type ChatMessage = Message<"parley.messaging.v1.ChatMessage"> & {
   erased: boolean;
 
   /**
-   * Storage's history: the text was edited (how often is in messaging's views, edit_count).
+   * Storage's history and the gateway's live `updated` events: the text was edited (how often is
+   * in messaging's views, edit_count).
    *
    * @generated from field: bool edited = 21;
    */
