@@ -69,10 +69,11 @@ run: venv web
 
 # Test modules run on TEST_WORKERS processes (each module whole on one, so its platform starts
 # once); most of a test's time is waiting on servers, so two workers on two cores halve the run.
+# Modules go out in collection order, the whole-platform ones first (parley_core.testing.fixtures).
 TEST_WORKERS ?= 2
 
 test: venv lint proto-check web chromium promtool
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 # Everything, the long fault and upgrade runs marked `slow` included.
 test-all: venv lint proto-check web chromium promtool

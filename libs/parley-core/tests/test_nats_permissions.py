@@ -26,6 +26,7 @@ from parley_core.envelope import NewEvent, seal
 from parley_core.nats_connect import connect_nats
 from parley_core.pki import ensure_pki
 from parley_core.testing.nats import NatsTestServer
+from parley_core.testing.refusals import ErrorRecorder, refused
 from parley_core.topology import reads
 
 pytestmark = pytest.mark.asyncio  # also runs where asyncio_mode is not auto
@@ -43,35 +44,6 @@ def _envelope(event_id: str, channel_id: str = "x") -> bytes:
         event_id=event_id,
     )
     return seal(event, aggregate_version=1, producer="test@0", trace_context={}).SerializeToString()
-
-
-class ErrorRecorder:
-    """An error_cb that lets a test wait for a specific asynchronous server error."""
-
-    def __init__(self) -> None:
-        self.errors: list[Exception] = []
-        self._changed = asyncio.Condition()
-
-    async def callback(self, error: Exception) -> None:
-        async with self._changed:
-            self.errors.append(error)
-            self._changed.notify_all()
-
-    async def wait_for(self, *fragments: str) -> Exception:
-        """Return the first error whose text contains all ``fragments`` (case-insensitive)."""
-
-        def match() -> Exception | None:
-            for error in self.errors:
-                text = str(error).lower()
-                if all(f.lower() in text for f in fragments):
-                    return error
-            return None
-
-        async with asyncio.timeout(TIMEOUT_S), self._changed:
-            await self._changed.wait_for(lambda: match() is not None)
-        found = match()
-        assert found is not None
-        return found
 
 
 async def _create_msg_stream(nats_server: NatsTestServer) -> Client:
@@ -225,12 +197,9 @@ async def test_an_unnamed_consumer_is_refused_for_it_could_rewrite_any_other(nat
     errors = ErrorRecorder()
     gateway = await nats_server.connect("gateway", error_cb=errors.callback)
 
-    with pytest.raises((NatsError, TimeoutError)):  # refused: the request never reaches the API
-        await gateway.jetstream(timeout=1).subscribe(topology.CHANNELS_FILTER, stream="MSG", ordered_consumer=True)
-
-    await errors.wait_for(
-        "permissions violation", "publish", topology.local_subject("gateway", "$JS.API.CONSUMER.CREATE.MSG")
-    )
+    ordered = gateway.jetstream(timeout=1).subscribe(topology.CHANNELS_FILTER, stream="MSG", ordered_consumer=True)
+    # Refused: the request never reaches the API.
+    await refused(ordered, errors, topology.local_subject("gateway", "$JS.API.CONSUMER.CREATE.MSG"))
 
 
 async def test_only_a_streams_owner_may_delete_from_it_and_storage_only_parked_copies(
@@ -248,11 +217,9 @@ async def test_only_a_streams_owner_may_delete_from_it_and_storage_only_parked_c
     storage = await nats_server.connect("storage", error_cb=errors.callback)
 
     for stream in ("AUTH", "MSG"):
-        with pytest.raises((NatsError, TimeoutError)):  # refused: the request never reaches the API
-            await storage.jetstream(timeout=1).delete_msg(stream, 1)
-        await errors.wait_for(
-            "permissions violation", "publish", topology.local_subject("storage", f"$JS.API.STREAM.MSG.DELETE.{stream}")
-        )
+        # Refused: the request never reaches the API.
+        delete = storage.jetstream().delete_msg(stream, 1)
+        await refused(delete, errors, topology.local_subject("storage", f"$JS.API.STREAM.MSG.DELETE.{stream}"))
         assert (await platform.stream_info(stream)).state.messages == 3
     assert await storage.jetstream().delete_msg("PARKED", 1)  # a copy of an event that left the log
 
@@ -260,11 +227,8 @@ async def test_only_a_streams_owner_may_delete_from_it_and_storage_only_parked_c
         owner_errors = ErrorRecorder()
         js = (await nats_server.connect(owner, error_cb=owner_errors.callback)).jetstream(timeout=1)
         assert await js.delete_msg(own, 2)
-        with pytest.raises((NatsError, TimeoutError)):
-            await js.delete_msg(other, 3)
-        await owner_errors.wait_for(
-            "permissions violation", "publish", topology.local_subject(owner, f"$JS.API.STREAM.MSG.DELETE.{other}")
-        )
+        delete = js.delete_msg(other, 3)
+        await refused(delete, owner_errors, topology.local_subject(owner, f"$JS.API.STREAM.MSG.DELETE.{other}"))
     assert (await platform.stream_info("MSG")).state.messages == 2
     assert (await platform.stream_info("AUTH")).state.messages == 2
 
@@ -446,22 +410,13 @@ async def test_an_owner_reads_of_store_only_the_facts_due_to_it(nats_server: Nat
     await msg.ack_sync(timeout=TIMEOUT_S)
 
     wider = ConsumerConfig(name=spec.durable, durable_name=spec.durable, filter_subject="parley.storage.>")
-    refused = [
-        auth.add_consumer("STORE", wider),
-        auth.stream_info("STORE"),
-        auth.get_msg("STORE", 2),
-        auth.get_last_msg("STORE", topology.privacy_subject("u1"), direct=True),
-    ]
-    for call in refused:
-        with pytest.raises((NatsError, TimeoutError)):
-            await call
-    for subject in (
-        f"$JS.API.CONSUMER.CREATE.STORE.{spec.durable}.parley.storage.>",
-        "$JS.API.STREAM.INFO.STORE",
-        "$JS.API.STREAM.MSG.GET.STORE",
-        "$JS.API.DIRECT.GET.STORE",
+    for call, subject in (
+        (auth.add_consumer("STORE", wider), f"$JS.API.CONSUMER.CREATE.STORE.{spec.durable}.parley.storage.>"),
+        (auth.stream_info("STORE"), "$JS.API.STREAM.INFO.STORE"),
+        (auth.get_msg("STORE", 2), "$JS.API.STREAM.MSG.GET.STORE"),
+        (auth.get_last_msg("STORE", topology.privacy_subject("u1"), direct=True), "$JS.API.DIRECT.GET.STORE"),
     ):
-        await errors.wait_for("permissions violation", "publish", topology.local_subject("auth", subject))
+        await refused(call, errors, topology.local_subject("auth", subject))
     assert (await platform.js.consumer_info("STORE", spec.durable)).config.filter_subject == spec.filter_subject
 
 
@@ -484,13 +439,9 @@ async def test_an_owner_may_not_re_configure_its_own_stream(nats_server: NatsTes
             stealing = replace(declared, sources=[api.StreamSource(name=other.name, subject_transforms=[into_own])])
             shortened = replace(declared, max_age=600.0, max_msgs=1)
             for changed in (stealing, shortened):
-                with pytest.raises((NatsError, TimeoutError)):  # refused before the API sees it
-                    await js.update_stream(changed)
-                await errors.wait_for(
-                    "permissions violation",
-                    "publish",
-                    topology.local_subject(service, f"$JS.API.STREAM.UPDATE.{spec.name}"),
-                )
+                # Refused before the API sees it.
+                update = js.update_stream(changed)
+                await refused(update, errors, topology.local_subject(service, f"$JS.API.STREAM.UPDATE.{spec.name}"))
                 with pytest.raises(nats.js.errors.APIError):  # exists with other settings
                     await js.add_stream(changed)
             now = (await platform.js.stream_info(spec.name)).config

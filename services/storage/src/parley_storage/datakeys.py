@@ -33,6 +33,7 @@ class DataKeys:
         self._cache: dict[str, bytes] = {}
         self._active: dict[str, str] = {}  # owner -> key_id
         self._revoked: set[str] = set()  # erased, here or by another instance (see erasures.py)
+        self._erased_owners: set[str] = set()
 
     def for_owner(self, conn: Connection, owner: str) -> tuple[str, bytes]:
         """The owner's live data key, created (and wrapped) if there is none yet."""
@@ -49,6 +50,8 @@ class DataKeys:
             return row.key_id, self.get(conn, row.key_id)
         key_id = uuid.uuid4().hex
         key = AESGCM.generate_key(bit_length=256)
+        if self._erased(conn, owner):
+            return key_id, self._destroyed_at_birth(conn, owner, key_id, key)
         # Kept in the keyring before the row exists: a rolled-back transaction leaves an unused
         # copy there, never a committed record whose key the keyring lacks.
         wrapped = self.keks.wrap_and_keep(key_id, owner, key)
@@ -65,6 +68,30 @@ class DataKeys:
         self._cache[key_id] = key
         self._active[owner] = key_id
         return key_id, key
+
+    def _erased(self, conn: Connection, owner: str) -> bool:
+        """The owner's keys were shredded (only an erasure destroys a data key): nothing of theirs
+        is readable again."""
+        if owner in self._erased_owners:
+            return True
+        destroyed = data_keys.c.destroyed_at_ns.is_not(None)
+        row = conn.execute(select(data_keys.c.key_id).where(data_keys.c.owner == owner, destroyed).limit(1)).first()
+        if row is not None:
+            self._erased_owners.add(owner)
+        return row is not None
+
+    def _destroyed_at_birth(self, conn: Connection, owner: str, key_id: str, key: bytes) -> bytes:
+        """A key for one event of an erased owner that reached the archive after the shred (it was
+        behind the erasure): the record is sealed with it and the key kept nowhere, so the record is
+        as unreadable as the owner's others, and the erasure's deletion from the log finds it as theirs."""
+        now = time.time_ns()
+        conn.execute(
+            insert(data_keys).values(
+                key_id=key_id, owner=owner, kek_id=None, wrapped_key=None, created_at_ns=now, destroyed_at_ns=now
+            )
+        )
+        self._revoked.add(key_id)
+        return key
 
     def get(self, conn: Connection, key_id: str) -> bytes:
         if key_id in self._revoked:
@@ -94,6 +121,8 @@ class DataKeys:
         for key_id in key_ids:
             self._cache.pop(key_id, None)
         self._active.pop(owner, None)
+        if key_ids:
+            self._erased_owners.add(owner)
 
     def forget_uncommitted(self, key_ids: list[str]) -> None:
         """After a rollback: drop keys that never reached the database from the cache."""

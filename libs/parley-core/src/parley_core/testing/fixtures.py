@@ -37,3 +37,16 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     if home := getattr(config, "parley_config_home", None):
         shutil.rmtree(home, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules that start the whole platform (marked e2e, or on the `platform` fixture) run first,
+    the rest after them, each module whole and otherwise in collection order. `make test` hands
+    out modules in this order (`--dist loadfile --no-loadscope-reorder`): the long ones start
+    early and the many short ones even out the end, so no worker is left with a two-minute module
+    while the other idles (xdist's own order, by number of tests, put the one-test e2e modules,
+    the longest, last)."""
+    platform_modules = {
+        item.path for item in items if item.get_closest_marker("e2e") or "platform" in getattr(item, "fixturenames", ())
+    }
+    items.sort(key=lambda item: item.path not in platform_modules)  # stable: modules stay whole
