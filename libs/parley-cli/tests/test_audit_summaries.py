@@ -8,7 +8,7 @@ import json
 from google.protobuf.message import Message
 from parley.auth.v1.events_pb2 import SecurityEventRecorded
 from parley.storage.v1 import storage_pb2
-from parley.storage.v1.events_pb2 import AnomalyDetected
+from parley.storage.v1.events_pb2 import AnomalyDetected, SessionRevocationDue, SourceSlowdownDue
 
 from parley_cli.audit_query import _json, _line
 from parley_core.envelope import NewEvent, seal
@@ -53,3 +53,13 @@ def test_a_security_record_still_shows_its_kind_source_and_detail() -> None:
     assert json.loads(_json(event, {}))["security"]["kind"] == "source_slowed"
     erased = storage_pb2.ArchivedEvent(event_type=event.event_type, erased=True, envelope=event.envelope)
     assert "source_slowed" not in _line(erased, {})
+
+
+def test_a_response_the_detector_asked_for_shows_what_and_why() -> None:
+    slow = SourceSlowdownDue(source="ipv4:127.0.0.1", until_unix=1796437005, reason="password_spraying: 10 accounts")
+    line = _line(_archived(slow, "service:storage"), {})
+    assert "slow ipv4:127.0.0.1 until 2026-12-05 " in line
+    assert line.endswith(" UTC: password_spraying: 10 accounts")
+    revoke = SessionRevocationDue(session_id="s-1", user_id="u-1", reason="new_source_sensitive_change")
+    assert _line(_archived(revoke, "service:storage"), {}).endswith("  revoke session s-1: new_source_sensitive_change")
+    assert json.loads(_json(_archived(revoke, "service:storage"), {}))["response"]["session_id"] == "s-1"

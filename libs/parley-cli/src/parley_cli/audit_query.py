@@ -21,7 +21,12 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 from parley.auth.v1.events_pb2 import SecurityEventRecorded
 from parley.storage.v1 import storage_pb2
-from parley.storage.v1.events_pb2 import AnomalyDetected
+from parley.storage.v1.events_pb2 import (
+    AnomalyDetected,
+    SessionRevocationDue,
+    SessionStepUpDue,
+    SourceSlowdownDue,
+)
 
 from parley_cli.admin import account_of, usernames
 from parley_cli.privacy import _archive, looks_like_id
@@ -115,10 +120,23 @@ def _anomaly_summary(found: AnomalyDetected) -> Summary:
     return Summary("anomaly", text, {**{name: getattr(found, name) for name in fields}, **evidence})
 
 
+def _due_summary(due: SessionRevocationDue | SessionStepUpDue | SourceSlowdownDue) -> Summary:
+    """A response the detector asked of auth: what to do to which session or address, and why."""
+    if isinstance(due, SourceSlowdownDue):
+        until = datetime.fromtimestamp(due.until_unix, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        what = f"slow {shown(due.source)} until {until}"
+    else:
+        verb = "revoke" if isinstance(due, SessionRevocationDue) else "step up"
+        what = f"{verb} session {shown(due.session_id)}"
+    fields = {f.name: getattr(due, f.name) for f in due.DESCRIPTOR.fields}
+    return Summary("response", f"  {what}: {shown(due.reason)}", fields)
+
+
 # Event types whose content the query shows, each with its summary.
 SUMMARIES: dict[str, Callable[[Any], Summary]] = {
     SECURITY_RECORD: _security_summary,
     AnomalyDetected.DESCRIPTOR.full_name: _anomaly_summary,
+    **{due.DESCRIPTOR.full_name: _due_summary for due in (SessionRevocationDue, SessionStepUpDue, SourceSlowdownDue)},
 }
 
 
