@@ -58,7 +58,8 @@ class ArchiveUsernames:
     async def __call__(self, user_ids: Iterable[str]) -> dict[str, str]:
         if self._channel is None:  # made in the running loop, on first use
             self._channel = secure_channel(self._pki, identity=PLATFORM_USER, address=self._address, peer="storage")
-        return await usernames(storage_pb2_grpc.StorageArchiveServiceStub(self._channel), user_ids)
+        found = await usernames(storage_pb2_grpc.StorageArchiveServiceStub(self._channel), user_ids)
+        return {user_id: shown(name) for user_id, name in found.items()}  # printed to a terminal as they are
 
     async def close(self) -> None:
         if self._channel is not None:
