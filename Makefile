@@ -12,7 +12,8 @@ PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 
 help:
 	@echo "make run    start the whole platform (nats-server + every service) in $(DATA_DIR)"
-	@echo "            (DATABASE=postgres: the archive in PostgreSQL at $(POSTGRES_URL))"
+	@echo "            (DATABASE=postgres: the archive in PostgreSQL at $(POSTGRES_URL);"
+	@echo "            GATEWAY_PORT=N: the gateway on port N if free)"
 	@echo "make test   lint, type-check and run the whole test suite"
 	@echo "make lint   ruff + mypy;  make proto  regenerate protobuf stubs;  make wheels  build each package"
 	@echo "make faults every fault test under load (kill -9 of each service, of nats-server and of each"
@@ -63,9 +64,12 @@ DATABASE ?=
 POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/parley
 DATABASE_ARG = $(if $(filter postgres,$(DATABASE)),$(POSTGRES_URL),$(DATABASE))
 
+# `make run GATEWAY_PORT=7444`: the gateway's port asked for (`parley up --gateway-port`).
+GATEWAY_PORT ?=
+
 run: venv web
 	PARLEY_WEB_ROOT=$(CURDIR)/web/dist $(BIN)/parley --data-dir $(DATA_DIR) up \
-		$(if $(DATABASE_ARG),--database-url '$(DATABASE_ARG)')
+		$(if $(DATABASE_ARG),--database-url '$(DATABASE_ARG)') $(if $(GATEWAY_PORT),--gateway-port $(GATEWAY_PORT))
 
 # Test modules run on TEST_WORKERS processes (each module whole on one, so its platform starts
 # once); most of a test's time is waiting on servers, so two workers on two cores halve the run.

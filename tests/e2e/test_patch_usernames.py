@@ -8,7 +8,7 @@ from parley.patch.v1 import patch_pb2
 from parley.storage.v1 import storage_pb2_grpc
 
 from parley_cli.patch import _print_rollout, audit_table
-from parley_cli.usernames import usernames
+from parley_cli.usernames import ArchiveUsernames, usernames
 from parley_core.testing.stack import Stack
 from parley_core.testing.waiting import eventually
 from parley_core.topology import PLATFORM_USER
@@ -25,6 +25,12 @@ async def test_user_ids_resolve_to_names_through_the_archive(stack: Stack) -> No
     # Archiving follows the AUTH stream by moments; until then the id is shown as it is.
     names = await eventually(olga_named, "olga's registration archived")
     assert names == {olga.user_id: "olga"}
+    # `parley up`'s node agent asks the same way, on a channel of its own, for its roll-out lines.
+    agents_lookup = ArchiveUsernames(stack.pki, f"127.0.0.1:{stack.ports['storage']}")
+    try:
+        assert await agents_lookup([olga.user_id, "registry"]) == {olga.user_id: "olga"}
+    finally:
+        await agents_lookup.close()
 
 
 def test_rollout_view_and_audit_show_names(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,7 +4,9 @@ so, in one line."""
 from __future__ import annotations
 
 import io
+import shlex
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -53,3 +55,17 @@ def test_a_busy_web_port_is_named_with_the_port_taken_instead(tmp_path: Path, mo
             ]
         finally:
             platform.web_claim.close()
+
+
+@pytest.mark.parametrize(("make_args", "expected"), [(["GATEWAY_PORT=7444"], ["--gateway-port", "7444"]), ([], [])])
+def test_make_run_passes_the_gateway_port_asked_for(tmp_path: Path, make_args: list[str], expected: list[str]) -> None:
+    """`make run GATEWAY_PORT=N` is `parley up --gateway-port N` (a dry run: nothing is started)."""
+    root = Path(__file__).resolve().parents[3]
+    dry = subprocess.run(
+        ["make", "-n", "-C", str(root), "run", f"DATA_DIR={tmp_path}", "DATABASE=", *make_args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    command = shlex.split(dry.stdout.replace("\\\n", " ").split(f"--data-dir {tmp_path} up", 1)[1].splitlines()[0])
+    assert command == expected

@@ -10,6 +10,7 @@ Auth is called as the gateway calls it, with the client's address in `x-parley-s
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from pathlib import Path
 
@@ -124,6 +125,7 @@ async def test_password_spraying_from_one_source_and_not_typos_from_many(
 
     [record] = await eventually(slowed, "auth's record of the slowed source", TIMEOUT_S)
     assert record.source == "203.0.113.9"
+    assert re.match(r"until \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC: ", record.detail), record.detail  # not epoch
     assert record.actor == "service:storage"
     with pytest.raises(grpc.aio.AioRpcError) as held:
         await login(stack, owner, "203.0.113.9")

@@ -23,7 +23,7 @@ import re
 import signal
 import socket
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -123,11 +123,17 @@ class NodeAgent:
         log_dir: Path | None = None,
         host: str = "",
         announce: Callable[[str], None] | None = None,
+        usernames: Callable[[Sequence[str]], Awaitable[dict[str, str]]] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.host = host or socket.gethostname()  # named in the registry's audit of what this agent did
         # Where roll-out steps and verdicts are told as they happen (`parley up` prints them).
         self.announce = announce or (lambda line: log.info("%s", line))
+        # Warnings go the same way when someone follows the lines (else they lose `parley up`'s prefix).
+        self.warn = announce or (lambda line: log.warning("%s", line))
+        # The names of the people a roll-out records by id (`parley up` asks storage's archive).
+        self._usernames = usernames
+        self._names: dict[str, str] = {}
         self._told: dict[str, list[str]] = {}
         self._probes: dict[str, MessagingProbe] = {}
         self._probing: dict[tuple[str, int], asyncio.Task[None]] = {}
@@ -452,11 +458,9 @@ class NodeAgent:
         """The exit code and the instance's last log lines, so that `patch status` shows why."""
         assert instance.process is not None
         assert instance.process.returncode is not None
-        log.warning(
-            "roll-out %s: %s exited with %s; reporting it",
-            rollout.rollout_id,
-            instance.instance_id,
-            instance.process.returncode,
+        self.warn(
+            f"roll-out {rollout.rollout_id}: {instance.instance_id} exited with "
+            f"{instance.process.returncode}; reporting it"
         )
         await self.registry.ReportInstanceExited(
             patch_pb2.ReportInstanceExitRequest(
@@ -520,21 +524,36 @@ class NodeAgent:
         try:
             succeeded = sum(await asyncio.gather(*(worker() for _ in range(PROBE_WORKERS))))
         except ProbeUnavailable as error:
-            log.warning("no synthetic calls through %s: %s", instance.instance_id, error)
+            self.warn(f"no synthetic calls through {instance.instance_id}: {error}")
             return
         log.info("synthetic transactions through %s: %d succeeded", instance.instance_id, succeeded)
 
-    def _tell_progress(self, rollout: patch_pb2.Rollout) -> None:
-        """Each new step, verdict and state of a roll-out, once, in order."""
+    async def _tell_progress(self, rollout: patch_pb2.Rollout) -> None:
+        """Each new step, verdict and state of a roll-out, once, in order; people by name where known.
+
+        What was told is kept as lines with ids, so a name found later does not tell a line again."""
         lines = rollout_progress(rollout)
         told = self._told.setdefault(rollout.rollout_id, [])
         title = (
             f"roll-out {rollout.rollout_id} ({rollout.service} {rollout.from_version or '?'} -> {rollout.to_version})"
         )
-        for line in lines[len(told) :] if lines[: len(told)] == told else lines:
-            if line not in told:
-                self.announce(f"{title}: {line}")
+        start = len(told) if lines[: len(told)] == told else 0
+        new = [i for i in range(start, len(lines)) if lines[i] not in told]
+        if new:
+            named = rollout_progress(rollout, await self._people(rollout))
+            for i in new:
+                self.announce(f"{title}: {named[i]}")
         self._told[rollout.rollout_id] = lines
+
+    async def _people(self, rollout: patch_pb2.Rollout) -> dict[str, str]:
+        """Names of who planned and approved, asked once each (a failed lookup leaves the id)."""
+        unknown = [u for u in (rollout.planned_by, rollout.approved_by) if u and u not in self._names]
+        if unknown and self._usernames is not None:
+            try:
+                self._names.update(await self._usernames(unknown))
+            except Exception as error:  # a courtesy: the lines are told with ids rather than not at all
+                self.warn(f"no names for {', '.join(unknown)}: {error!r}")
+        return self._names
 
     async def run(self) -> None:
         """Follows the registry until stopped: one pass per poll interval, each idempotent."""
@@ -545,10 +564,10 @@ class NodeAgent:
                 for rollout in response.rollouts:
                     if rollout.state not in ("done", "rolled_back"):
                         active.add(rollout.rollout_id)
-                        self._tell_progress(rollout)
+                        await self._tell_progress(rollout)
                         await self._step_logged(rollout)
                     elif rollout.rollout_id in self._told:
-                        self._tell_progress(rollout)  # its last lines (the verdict, done or rolled back)
+                        await self._tell_progress(rollout)  # its last lines (the verdict, done or rolled back)
                         del self._told[rollout.rollout_id]
                 for instance in self.instances.values():
                     if instance.rollout_id and instance.rollout_id not in active:
@@ -562,16 +581,19 @@ class NodeAgent:
                 }
                 self._start_probes()
             except grpc.aio.AioRpcError as error:
-                log.warning("registry not reachable: %s", error.details())
+                self.warn(f"registry not reachable: {error.details()}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.timeouts.poll_s)
 
 
-def rollout_progress(rollout: patch_pb2.Rollout) -> list[str]:
-    """What has happened to a roll-out so far, one line per step, verdict and state."""
-    lines = [f"planned by {rollout.planned_by}" + (f" ({rollout.reason})" if rollout.reason else "")]
+def rollout_progress(rollout: patch_pb2.Rollout, names: Mapping[str, str] | None = None) -> list[str]:
+    """What has happened to a roll-out so far, one line per step, verdict and state (people by
+    their names where `names` has them, else by id)."""
+    names = names or {}
+    planner = names.get(rollout.planned_by, rollout.planned_by)
+    lines = [f"planned by {planner}" + (f" ({rollout.reason})" if rollout.reason else "")]
     if rollout.approved_by:
-        lines.append(f"approved by {rollout.approved_by}")
+        lines.append(f"approved by {names.get(rollout.approved_by, rollout.approved_by)}")
     verdicts = [a.detail for a in rollout.audit if a.event == "GateEvaluated"]
     for index, step in enumerate(rollout.steps):
         where = "canary" if index == 0 else f"step {index}"

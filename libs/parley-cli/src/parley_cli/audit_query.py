@@ -12,12 +12,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from parley.auth.v1.events_pb2 import SecurityEventRecorded
 from parley.storage.v1 import storage_pb2
+from parley.storage.v1.events_pb2 import (
+    AnomalyDetected,
+    SessionRevocationDue,
+    SessionStepUpDue,
+    SourceSlowdownDue,
+)
 
 from parley_cli.admin import account_of, usernames
 from parley_cli.privacy import _archive, looks_like_id
@@ -71,27 +80,69 @@ def _request(args: argparse.Namespace, actor: str, target: str) -> storage_pb2.Q
     return storage_pb2.QueryAuditRequest(actor=actor, target=target, since_ns=since, until_ns=until)
 
 
-def security_record(event: storage_pb2.ArchivedEvent) -> SecurityEventRecorded | None:
-    """An audit record of SEC (a login that failed, a lockout, a role change...), read from the
-    row's envelope; None for other events and rows that do not open."""
-    if event.event_type != SECURITY_RECORD or event.erased or event.unreadable or event.withheld:
+def opened(event: storage_pb2.ArchivedEvent) -> Message | None:
+    """An archived event's payload, for the kinds this view summarises; None for other events
+    and rows that do not open (erased, unreadable, withheld, of a type not loaded here)."""
+    if event.event_type not in SUMMARIES or event.erased or event.unreadable or event.withheld:
         return None
     try:
-        payload = open_payload(decode(event.envelope))
+        return open_payload(decode(event.envelope))
     except (DecodeError, UnknownEventType):
         return None
-    return payload if isinstance(payload, SecurityEventRecorded) else None
 
 
-def _record_text(record: SecurityEventRecorded) -> str:
-    """What the record says: its kind, the client address it came from, its detail; escaped,
-    since a detail may quote what a user typed (a reason, a device name)."""
+@dataclass(frozen=True)
+class Summary:
+    """What an event says beyond its type and actor: a text for the line, fields for --json."""
+
+    key: str  # the JSON member its fields go in
+    text: str  # appended to the line; escaped by whoever builds it
+    fields: dict[str, object]
+
+
+def _security_summary(record: SecurityEventRecorded) -> Summary:
+    """Its kind, the client address it came from, its detail; escaped, since a detail may quote
+    what a user typed (a reason, a device name)."""
     text = f"  {shown(record.kind)}"
     if record.source:
         text += f" from {shown(record.source)}"
     if record.detail:
         text += f": {shown(record.detail)}"
-    return text
+    fields = ("kind", "source", "detail", "username", "user_id", "locked_until_unix", "chain_index")
+    return Summary("security", text, {name: getattr(record, name) for name in fields})
+
+
+def _anomaly_summary(found: AnomalyDetected) -> Summary:
+    """A detector's finding: which rule, how far over its threshold, why, and what it asked for."""
+    text = f"  {shown(found.kind)} score {found.score:.1f}, response {shown(found.response)}: {shown(found.why)}"
+    fields = ("kind", "subject", "score", "why", "response", "user_id", "session_id", "source")
+    evidence = {"evidence": dict(found.evidence), "trigger_event_ids": list(found.trigger_event_ids)}
+    return Summary("anomaly", text, {**{name: getattr(found, name) for name in fields}, **evidence})
+
+
+def _due_summary(due: SessionRevocationDue | SessionStepUpDue | SourceSlowdownDue) -> Summary:
+    """A response the detector asked of auth: what to do to which session or address, and why."""
+    if isinstance(due, SourceSlowdownDue):
+        until = datetime.fromtimestamp(due.until_unix, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        what = f"slow {shown(due.source)} until {until}"
+    else:
+        verb = "revoke" if isinstance(due, SessionRevocationDue) else "step up"
+        what = f"{verb} session {shown(due.session_id)}"
+    fields = {f.name: getattr(due, f.name) for f in due.DESCRIPTOR.fields}
+    return Summary("response", f"  {what}: {shown(due.reason)}", fields)
+
+
+# Event types whose content the query shows, each with its summary.
+SUMMARIES: dict[str, Callable[[Any], Summary]] = {
+    SECURITY_RECORD: _security_summary,
+    AnomalyDetected.DESCRIPTOR.full_name: _anomaly_summary,
+    **{due.DESCRIPTOR.full_name: _due_summary for due in (SessionRevocationDue, SessionStepUpDue, SourceSlowdownDue)},
+}
+
+
+def summary(event: storage_pb2.ArchivedEvent) -> Summary | None:
+    payload = opened(event)
+    return None if payload is None else SUMMARIES[event.event_type](payload)
 
 
 def _line(event: storage_pb2.ArchivedEvent, names: dict[str, str]) -> str:
@@ -99,15 +150,15 @@ def _line(event: storage_pb2.ArchivedEvent, names: dict[str, str]) -> str:
     actor = shown(names.get(event.actor, event.actor))
     target = shown(names.get(event.aggregate_id, event.aggregate_id))
     erased = " (erased: content unreadable)" if event.erased else ""
-    record = security_record(event)
-    said = _record_text(record) if record is not None else ""
+    said = summary(event)
     return (
         f"{when}  {event.stream}#{event.stream_seq}  {event.event_type.removeprefix('parley.')}  "
-        f"{event.aggregate_type}:{target}  by {actor}{erased}{said}"
+        f"{event.aggregate_type}:{target}  by {actor}{erased}{said.text if said else ''}"
     )
 
 
 def _json(event: storage_pb2.ArchivedEvent, names: dict[str, str]) -> str:
+    said = summary(event)
     return json.dumps(
         {
             "occurred_at": datetime.fromtimestamp(event.occurred_at_ns / 1e9, UTC).isoformat(),
@@ -122,17 +173,9 @@ def _json(event: storage_pb2.ArchivedEvent, names: dict[str, str]) -> str:
             "actor_name": names.get(event.actor, ""),
             "erased": event.erased,
             "cursor": event.cursor,
-            **_record_fields(event),
+            **({said.key: said.fields} if said else {}),
         }
     )
-
-
-def _record_fields(event: storage_pb2.ArchivedEvent) -> dict[str, object]:
-    """An audit record's own fields, as recorded (JSON escapes them)."""
-    if (record := security_record(event)) is None:
-        return {}
-    fields = ("kind", "source", "detail", "username", "user_id", "locked_until_unix", "chain_index")
-    return {"security": {name: getattr(record, name) for name in fields}}
 
 
 async def cmd_audit_query(args: argparse.Namespace) -> int:

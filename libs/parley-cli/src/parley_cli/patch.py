@@ -126,7 +126,8 @@ async def _with_registry(args: argparse.Namespace, work: Any) -> int:
         await connection.close()
 
 
-def _print_rollout(rollout: patch_pb2.Rollout, names: dict[str, str]) -> None:
+def _print_rollout(rollout: patch_pb2.Rollout, names: dict[str, str], *, verdicts_from: int | None = None) -> None:
+    """The view; with verdicts_from (--watch), each gate verdict from that one on, else the last."""
     print(f"roll-out {rollout.rollout_id}: {rollout.service} {rollout.from_version or '?'} -> {rollout.to_version}")
     print(f"state: {rollout.state}" + (f" ({shown(rollout.rollback_reason)})" if rollout.rollback_reason else ""))
     approved = f", approved by {named(rollout.approved_by, names)}" if rollout.approved_by else ""
@@ -162,9 +163,17 @@ def _print_rollout(rollout: patch_pb2.Rollout, names: dict[str, str]) -> None:
             print(f"{where} {s.new_instance} {s.exited}; its last log lines:")
             for line in s.last_log_lines:
                 print(f"  {shown(line)}")
-    verdicts = [a for a in rollout.audit if a.event == "GateEvaluated"]
-    if verdicts:
-        print(f"last gate: {shown(verdicts[-1].detail)}")
+    verdicts = _verdicts(rollout)
+    if verdicts_from is None:
+        if verdicts:
+            print(f"last gate: {shown(verdicts[-1].detail)}")
+        return
+    for verdict in verdicts[verdicts_from:]:
+        print(f"gate at {_when(verdict.at)}: {shown(verdict.detail)}")
+
+
+def _verdicts(rollout: patch_pb2.Rollout) -> list[patch_pb2.AuditEntry]:
+    return [a for a in rollout.audit if a.event == "GateEvaluated"]
 
 
 def audit_table(rollout: patch_pb2.Rollout, names: dict[str, str]) -> str:
@@ -385,6 +394,29 @@ def _command(action: str) -> Any:
     return run
 
 
+class StatusWatch:
+    """What `patch status --watch` prints: the view whenever it changes (a step, its share, its
+    gate), and every gate verdict with its figures, even those that came between two polls."""
+
+    def __init__(self) -> None:
+        self.last = ""
+        self.verdicts_shown = 0
+
+    def changed(self, rollout: patch_pb2.Rollout) -> bool:
+        return self._summary(rollout) != self.last
+
+    @staticmethod
+    def _summary(rollout: patch_pb2.Rollout) -> str:
+        steps = [(s.new_instance, s.gate, s.weight, s.drained) for s in rollout.steps]
+        return f"{rollout.state}|{steps}|{len(_verdicts(rollout))}"
+
+    def show(self, rollout: patch_pb2.Rollout, names: dict[str, str]) -> None:
+        print(f"--- {datetime.now(UTC).strftime('%H:%M:%S')}")
+        _print_rollout(rollout, names, verdicts_from=self.verdicts_shown)
+        self.last = self._summary(rollout)
+        self.verdicts_shown = len(_verdicts(rollout))
+
+
 async def cmd_status(args: argparse.Namespace) -> int:
     """One view, or with --watch a refreshed view until the roll-out finishes."""
     if not args.rollout_id:  # argparse's "required" would not say where the ids are
@@ -395,15 +427,12 @@ async def cmd_status(args: argparse.Namespace) -> int:
         return 2
 
     async def work(c: RegistryConnection) -> int:
-        last = ""
+        watch = StatusWatch()
         while True:
             rollout = await c.call(c.patch.GetRollout, patch_pb2.GetRolloutRequest(rollout_id=args.rollout_id))
-            summary = f"{rollout.state}|{[(s.new_instance, s.gate, s.drained) for s in rollout.steps]}"
-            if summary != last:
+            if watch.changed(rollout):
                 names = await c.names([rollout])
-                print(f"--- {datetime.now(UTC).strftime('%H:%M:%S')}")
-                _print_rollout(rollout, names)
-                last = summary
+                watch.show(rollout, names)
             if not args.watch or rollout.state in FINISHED:
                 if args.audit:
                     print(audit_table(rollout, names))

@@ -34,6 +34,7 @@ from parley_cli.publishing import base_wheel, publish_base_release, source_folde
 from parley_cli.report_schedule import report_every, write_reports
 from parley_cli.state import CLIENT_FILE, STATE_FILE, leftover_pids, previous_port, previous_version
 from parley_cli.uplock import PlatformAlreadyRunning, UpLock
+from parley_cli.usernames import ArchiveUsernames
 from parley_cli.wheels import WheelBuildError, release_sources
 from parley_core.bus import EventBus
 from parley_core.config import PEER_ADDRESS_ENV, RESTORED_MARKER, STABLE_ADDRESS_ENV, Settings
@@ -126,6 +127,7 @@ class Platform:
         self._nats_watchers: list[asyncio.Task[None]] = []
         self.nats_restarts: dict[str, int] = {}
         self._base_task: asyncio.Task[None] | None = None
+        self._usernames: ArchiveUsernames | None = None
         self._report_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
@@ -214,6 +216,7 @@ class Platform:
                 "instance stops listening (a roll-out) is reset and reconnects; "
                 "`sysctl -w net.ipv4.tcp_migrate_req=1` hands such connections to another instance"
             )
+        self._usernames = ArchiveUsernames(self.pki, self.front_doors["storage"].address)
         agent = self.agent = NodeAgent(
             data_dir=self.data_dir / "agent",
             pki=self.pki,
@@ -222,6 +225,7 @@ class Platform:
             timeouts=AgentTimeouts(healthy_s=HEALTH_TIMEOUT_S, drain_s=DRAIN_TIMEOUT_S),
             log_dir=self.data_dir / "logs",
             announce=self.say,
+            usernames=self._usernames,
         )
         agent.front_doors.update(self.front_doors)
         installed = await self._install_base_releases(agent)
@@ -693,6 +697,8 @@ class Platform:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        if self._usernames is not None:
+            await self._usernames.close()
         if self.agent is not None:
             for instance in await self.agent.stop(order=list(reversed(START_ORDER))):
                 code = instance.process.returncode if instance.process else None

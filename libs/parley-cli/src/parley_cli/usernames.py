@@ -16,6 +16,9 @@ from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from parley_cli.terminal import shown
 from parley_core.envelope import decode, open_payload
+from parley_core.pki import Pki
+from parley_core.runner import secure_channel
+from parley_core.topology import PLATFORM_USER
 
 TIMEOUT_S = 10.0
 
@@ -41,3 +44,23 @@ async def usernames(
 def named(user_id: str, names: dict[str, str]) -> str:
     """The name to print for an id (others' names: escaped, see parley_cli.terminal)."""
     return shown(names.get(user_id, user_id))
+
+
+class ArchiveUsernames:
+    """`usernames` over a channel of its own to storage, for `parley up`'s node agent, which tells
+    roll-out lines (planned by, approved by) as the platform identity."""
+
+    def __init__(self, pki: Pki, storage_address: str) -> None:
+        self._pki = pki
+        self._address = storage_address
+        self._channel: grpc.aio.Channel | None = None
+
+    async def __call__(self, user_ids: Iterable[str]) -> dict[str, str]:
+        if self._channel is None:  # made in the running loop, on first use
+            self._channel = secure_channel(self._pki, identity=PLATFORM_USER, address=self._address, peer="storage")
+        found = await usernames(storage_pb2_grpc.StorageArchiveServiceStub(self._channel), user_ids)
+        return {user_id: shown(name) for user_id, name in found.items()}  # printed to a terminal as they are
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +209,11 @@ MAX_ID_LENGTH = 64
 MAX_REASON_LENGTH = 500
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def utc_text(unix: float) -> str:
+    """A time as audit records state it: read by people (`audit query`), so not epoch seconds."""
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def session_subject(session_id: str) -> str:
@@ -844,7 +850,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         event = NewEvent(
             aggregate_type="slowed", aggregate_id=key, payload=slowed, actor="service:auth", event_id=event_id
         )
-        detail = f"until {slowed.until_unix:.0f}: {slowed.reason}"[:MAX_NOT_MADE_DETAIL]
+        detail = f"until {utc_text(slowed.until_unix)}: {slowed.reason}"[:MAX_NOT_MADE_DETAIL]
         async with self._recorded(
             "source_slowed", actor="service:storage", user_id="", source=slowed.source, detail=detail
         ):
@@ -1636,7 +1642,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         until = slowed[key]
         lifted = SourceSlowdownLifted(source=key, lifted_until=until, reason=request.reason)
         event = NewEvent(aggregate_type="slowed", aggregate_id=username_key(key), payload=lifted, actor=actor)
-        detail = f"was slowed until {until:.0f}; {request.reason}".rstrip("; ")[:MAX_NOT_MADE_DETAIL]
+        detail = f"was slowed until {utc_text(until)}; {request.reason}".rstrip("; ")[:MAX_NOT_MADE_DETAIL]
         async with self._recorded("source_slowdown_lifted", actor=actor, user_id="", source=key, detail=detail):
             await self.append_and_apply(slowed_source_subject(username_key(key)), event)
         return auth_pb2.LiftSourceSlowdownResponse(source=key, was_slowed_until_unix=until)
