@@ -346,7 +346,11 @@ async def test_advisories_against_the_fleet_and_an_overdue_security_event(regist
         assert isinstance(payload, events_pb2.VulnerabilityOverdue)
         await overdue_events.put(payload)
 
-    await registry.platform.subscribe(VULNERABILITY_ALERTS_FILTER, cb=on_security_event)
+    # a SIEM follows the alerts through a JetStream consumer on PATCH: with every service in a NATS
+    # account of its own, a plain subscription sees no other account's publishes
+    await registry.platform.jetstream().subscribe(
+        VULNERABILITY_ALERTS_FILTER, stream="PATCH", cb=on_security_event, ordered_consumer=True
+    )
     alive = asyncio.Event()
 
     async def keep_beating() -> None:
