@@ -15,13 +15,18 @@ import pytest
 from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
 
+from playwright.sync_api import sync_playwright
+
 from parley_client import ParleyClient
+from parley_core.testing.browser import CHROMIUM
 from parley_core.testing.operators import OperatorTokens
 from parley_core.testing.platform import RunningPlatform, platform_in
 from parley_core.testing.waiting import wait_until
 from parley_core.topology import SERVICES
 
 pytestmark = pytest.mark.e2e
+
+SHOTS = Path(__file__).resolve().parents[2] / "web" / "test-results" / "screenshots"
 
 ADVISORY = "PARLEY-TEST-2026-0001"
 SCHEDULE_HOURS = "0.005"
@@ -60,6 +65,26 @@ def osv_against_grpcio(record_id: str) -> str:
             ],
         }
     )
+
+
+REPORT_SECTIONS = [
+    "Fleet",
+    "Open findings",
+    "Roll-outs in the period",
+    "Audit chain",
+    "Encryption and key ages",
+    "MFA coverage",
+    "Retention policies in force",
+    "Backups",
+    "Erasures",
+    "Security events in the period",
+]
+# Each <h2> of the page with the text of what follows it up to the next one.
+SECTIONS_JS = """() => [...document.querySelectorAll('h2')].map(h => {
+  let text = '', next = h.nextElementSibling;
+  while (next && next.tagName !== 'H2') { text += next.innerText || next.textContent; next = next.nextElementSibling; }
+  return [h.textContent, text];
+})"""
 
 
 def section(report: str, title: str) -> str:
@@ -155,6 +180,8 @@ def test_signed_report_of_fleet_findings_and_audit_then_a_changed_byte_is_caught
     verified = platform.cli("report", "verify", str(out))
     assert "signature valid" in verified.stdout
 
+    look_at_the_html_report(platform, tmp_path)
+
     again = platform.cli("report", "compliance", "--out", str(out), check=False)
     assert again.returncode == 1
     assert "never overwritten" in again.stderr
@@ -164,6 +191,44 @@ def test_signed_report_of_fleet_findings_and_audit_then_a_changed_byte_is_caught
     content[at] ^= 0x01  # "0.1.0" becomes "1.1.0"
     out.write_bytes(bytes(content))
     tampered = platform.cli("report", "verify", str(out), check=False)
+    assert tampered.returncode == 1
+    assert "NOT VERIFIED: TAMPERED" in tampered.stderr
+
+
+def look_at_the_html_report(platform: RunningPlatform, tmp_path: Path) -> None:
+    """The same report as an HTML page, in Chromium: every section filled, both charts drawn, no
+    script, a screenshot for a look; a changed byte is caught as in the Markdown."""
+    page_file = tmp_path / "filed" / "compliance.html"
+    platform.cli("report", "compliance", "--since", "2020-01-01", "--out", str(page_file))
+    assert "signature valid" in platform.cli("report", "verify", str(page_file)).stdout
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make chromium` installs Debian's chromium (make test does)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-dev-shm-usage"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(page_file.as_uri())
+            sections = page.evaluate(SECTIONS_JS)
+            assert [title for title, _ in sections] == REPORT_SECTIONS
+            for title, text in sections:
+                assert text.strip(), f"section {title!r} is empty"
+            assert page.locator("script").count() == 0
+            severity = page.get_by_role("img", name="Open findings by severity: critical ")
+            assert severity.count() == 1
+            assert severity.locator("rect").count() >= 1
+            sla = page.get_by_role("img", name="Patch SLA over the period: now 0 within their deadline, ")
+            assert sla.count() == 1
+            assert page.locator("td", has_text=ADVISORY).count() >= len(SERVICES)
+            assert page.get_by_text("a critical one | with a pipe").count() == 1
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SHOTS / "report.png"), full_page=False)
+            page.screenshot(path=str(SHOTS / "report-full.png"), full_page=True)
+        finally:
+            browser.close()
+    content = bytearray(page_file.read_bytes())
+    content[content.index(b"<td>0.1.0</td>") + 4] ^= 0x01
+    page_file.write_bytes(bytes(content))
+    tampered = platform.cli("report", "verify", str(page_file), check=False)
     assert tampered.returncode == 1
     assert "NOT VERIFIED: TAMPERED" in tampered.stderr
 
@@ -205,6 +270,9 @@ def test_parley_up_writes_a_signed_report_into_the_data_folder_on_schedule(platf
     assert f"compliance report: {report}" in platform.output()
     assert "# Parley compliance report" in report.read_text()
     assert "signature valid" in platform.cli("report", "verify", str(report)).stdout
+    page = report.with_suffix(".html")  # the same report as a page, filed beside it
+    assert "<h1>Parley compliance report</h1>" in page.read_text()
+    assert "signature valid" in platform.cli("report", "verify", str(page)).stdout
 
 
 def test_a_bad_schedule_is_refused_before_anything_starts(tmp_path: Path) -> None:
