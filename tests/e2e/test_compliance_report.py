@@ -7,14 +7,16 @@ import asyncio
 import base64
 import json
 import sqlite3
+import struct
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import pypdfium2 as pdfium
 import pytest
 from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
-
 from playwright.sync_api import sync_playwright
 
 from parley_client import ParleyClient
@@ -181,6 +183,7 @@ def test_signed_report_of_fleet_findings_and_audit_then_a_changed_byte_is_caught
     assert "signature valid" in verified.stdout
 
     look_at_the_html_report(platform, tmp_path)
+    look_at_the_pdf_report(platform, tmp_path)
 
     again = platform.cli("report", "compliance", "--out", str(out), check=False)
     assert again.returncode == 1
@@ -229,6 +232,49 @@ def look_at_the_html_report(platform: RunningPlatform, tmp_path: Path) -> None:
     content[content.index(b"<td>0.1.0</td>") + 4] ^= 0x01
     page_file.write_bytes(bytes(content))
     tampered = platform.cli("report", "verify", str(page_file), check=False)
+    assert tampered.returncode == 1
+    assert "NOT VERIFIED: TAMPERED" in tampered.stderr
+
+
+def png(width: int, height: int, rgb: bytes, stride: int) -> bytes:
+    """An RGB bitmap as a PNG file (no imaging library needed for a look at a page)."""
+    rows = b"".join(b"\x00" + rgb[y * stride : y * stride + width * 3] for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def look_at_the_pdf_report(platform: RunningPlatform, tmp_path: Path) -> None:
+    """The same page printed to PDF by Chromium headless: signed, readable page by page (each page
+    saved as a PNG for a look), and a changed byte is caught."""
+    pdf_file = tmp_path / "filed" / "compliance.pdf"
+    platform.cli("report", "compliance", "--since", "2020-01-01", "--out", str(pdf_file))
+    assert pdf_file.read_bytes().startswith(b"%PDF-")
+    assert "signature valid" in platform.cli("report", "verify", str(pdf_file)).stdout
+    document = pdfium.PdfDocument(pdf_file.read_bytes())
+    try:
+        assert len(document) >= 2  # ten sections do not fit one A4 page
+        text = ""
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        for number in range(len(document)):
+            page = document[number]
+            text += page.get_textpage().get_text_range()
+            bitmap = page.render(scale=1.5, rev_byteorder=True)
+            assert bitmap.n_channels == 3
+            shot = png(bitmap.width, bitmap.height, bytes(bitmap.buffer), bitmap.stride)
+            (SHOTS / f"report-pdf-page-{number + 1}.png").write_bytes(shot)
+    finally:
+        document.close()
+    for title in REPORT_SECTIONS:
+        assert title in text, title
+    assert ADVISORY in text
+    content = bytearray(pdf_file.read_bytes())
+    content[len(content) // 2] ^= 0x01
+    pdf_file.write_bytes(bytes(content))
+    tampered = platform.cli("report", "verify", str(pdf_file), check=False)
     assert tampered.returncode == 1
     assert "NOT VERIFIED: TAMPERED" in tampered.stderr
 

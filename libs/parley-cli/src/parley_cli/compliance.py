@@ -19,9 +19,9 @@ from parley.storage.v1 import storage_pb2_grpc
 
 from parley_cli.audit import AuditVerdict, storage_channel, verify_audit
 from parley_cli.compliance_security import SecurityFacts, gather_security, render_sections
+from parley_cli.patch import RegistryConnection, _due, _when
 from parley_cli.report_charts import FindingPoint, findings_by_severity, patch_sla_over_time
 from parley_cli.report_html import SEVERITY_COLOURS, markdown_to_html
-from parley_cli.patch import RegistryConnection, _due, _when
 from parley_cli.usernames import named
 
 SEVERITY_ORDER = ("critical", "high", "medium", "low", "unscored")
@@ -233,7 +233,9 @@ def render(facts: ComplianceFacts) -> str:
 
 def render_html(facts: ComplianceFacts) -> str:
     """The same report as one self-contained HTML page, with its charts under "Open findings"."""
-    points = [FindingPoint(f.priority, f.detected_at or facts.generated_at, f.deadline, f.overdue) for f in facts.findings]
+    points = [
+        FindingPoint(f.priority, f.detected_at or facts.generated_at, f.deadline, f.overdue) for f in facts.findings
+    ]
     charts = [
         findings_by_severity(points, SEVERITY_ORDER, SEVERITY_COLOURS),
         patch_sla_over_time(points, since=facts.since, now=facts.generated_at),

@@ -24,10 +24,9 @@ from parley_cli.report_signing import (
     signed,
     verify,
 )
+from parley_core.compliance_reports import REPORTS_DIR, report_id
 
 DEFAULT_PERIOD = timedelta(days=30)
-REPORTS_DIR = "reports"
-FORMATS = (".md", ".html")  # Markdown is the source; the HTML page renders the same content
 
 
 def _since(text: str | None, now: datetime) -> datetime:
@@ -44,7 +43,7 @@ def _since(text: str | None, now: datetime) -> datetime:
 
 
 def default_out(data_dir: Path, now: datetime) -> Path:
-    return data_dir / REPORTS_DIR / f"compliance-{now.strftime('%Y-%m-%dT%H%M%SZ')}.md"
+    return data_dir / REPORTS_DIR / f"{report_id(now)}.md"
 
 
 class ReportExists(Exception):
@@ -98,7 +97,9 @@ async def write_report(
     facts = await gather(data_dir, since=since.timestamp(), now=now.timestamp())
     contents = [await asyncio.to_thread(_content, facts, path) for path in outs]
     intact = not facts.audit.findings
-    written = [await asyncio.to_thread(_file, data_dir, p, c, audit_intact=intact) for p, c in zip(outs, contents)]
+    written = [
+        await asyncio.to_thread(_file, data_dir, p, c, audit_intact=intact) for p, c in zip(outs, contents, strict=True)
+    ]
     return WrittenReport(
         path=out,
         public_key=written[0].public_key,
@@ -134,10 +135,14 @@ def _create_whole(path: Path, data: bytes) -> None:
 async def cmd_compliance(args: argparse.Namespace) -> int:
     now = datetime.fromtimestamp(time.time(), UTC)
     try:
-        written = await write_report(args.data_dir, since=_since(args.since, now), now=now, out=args.out)
+        # Filed in the data folder, as the daily one: Markdown and the HTML page the console shows.
+        written = await write_report(
+            args.data_dir, since=_since(args.since, now), now=now, out=args.out, html_too=args.out is None
+        )
     except (ReportExists, UnknownFormat, PdfNotPrinted) as exc:
         raise SystemExit(f"error: {exc}") from None
-    print(f"compliance report written to {written.path}, signed by key {written.key_id}")
+    also = "".join(f" and {path}" for path in written.also)
+    print(f"compliance report written to {written.path}{also}, signed by key {written.key_id}")
     print(f"public key: {written.public_key}; an auditor checks it with `parley report verify {written.path}`")
     if not written.audit_intact:
         print("the audit chain is TAMPERED: the report says how (`parley audit verify` too)", file=sys.stderr)
@@ -183,7 +188,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         metavar="FILE",
         help="a new file: .md (Markdown), .html (a self-contained page with charts) or .pdf (that page "
         "printed by Chromium headless); "
-        "default <data>/reports/compliance-<time>.md",
+        "default <data>/reports/compliance-<time>.md and .html",
     )
     compliance.set_defaults(run=cmd_compliance)
     check = report.add_parser("verify", help="check a report's signature; exit 1 when it was changed")

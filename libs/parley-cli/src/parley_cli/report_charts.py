@@ -26,7 +26,7 @@ def _svg(width: int, height: int, label: str, parts: Sequence[str]) -> str:
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(label)}">'
-        f'<title>{html.escape(label)}</title>{"".join(parts)}</svg>'
+        f"<title>{html.escape(label)}</title>{''.join(parts)}</svg>"
     )
 
 
@@ -36,7 +36,7 @@ def _figure(svg: str, caption: str) -> str:
 
 def findings_by_severity(findings: Sequence[FindingPoint], severities: Sequence[str], colours: dict[str, str]) -> str:
     """Horizontal bars, one per severity: overdue (dark) and within the deadline."""
-    width, row, left, right = 420, 26, 80, 60
+    width, row, left, right = 420, 26, 80, 110
     height = row * len(severities) + 30
     most = max((sum(1 for f in findings if f.priority == s) for s in severities), default=0) or 1
     scale = (width - left - right) / most
@@ -45,7 +45,9 @@ def findings_by_severity(findings: Sequence[FindingPoint], severities: Sequence[
         y = 10 + n * row
         overdue = sum(1 for f in findings if f.priority == severity and f.overdue)
         total = sum(1 for f in findings if f.priority == severity)
-        parts.append(f'<text x="{left - 8}" y="{y + 15}" text-anchor="end" font-size="12">{html.escape(severity)}</text>')
+        parts.append(
+            f'<text x="{left - 8}" y="{y + 15}" text-anchor="end" font-size="12">{html.escape(severity)}</text>'
+        )
         parts.append(
             f'<rect x="{left}" y="{y + 2}" width="{total * scale:.1f}" height="{row - 8}" '
             f'fill="{colours.get(severity, "#888")}" opacity="0.55"/>'
@@ -70,7 +72,7 @@ def patch_sla_over_time(findings: Sequence[FindingPoint], *, since: float, now: 
     step = DAY_S
     while (now - since) / step > MAX_BARS:
         step *= 2
-    ends = []
+    ends: list[float] = []
     end = now
     while end > since and len(ends) < MAX_BARS:
         ends.append(end)
@@ -100,7 +102,8 @@ def patch_sla_over_time(findings: Sequence[FindingPoint], *, since: float, now: 
         base = height - bottom
         if past:
             parts.append(
-                f'<rect x="{x:.1f}" y="{base - past_h:.1f}" width="{bar_w - 2:.1f}" height="{past_h:.1f}" fill="{PAST}"/>'
+                f'<rect x="{x:.1f}" y="{base - past_h:.1f}" width="{bar_w - 2:.1f}" '
+                f'height="{past_h:.1f}" fill="{PAST}"/>'
             )
         if within:
             parts.append(

@@ -13,22 +13,8 @@ import html
 import re
 from collections.abc import Mapping, Sequence
 
-STYLE = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:#1d2330;margin:2rem auto;max-width:70rem;
-padding:0 1.5rem}
-h1{font-size:1.7rem;border-bottom:3px solid #2f5fd0;padding-bottom:.3rem}
-h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #d5dae3;padding-bottom:.2rem;break-after:avoid}
-h3{font-size:1.05rem}
-table{border-collapse:collapse;margin:.5rem 0 1rem;font-size:12.5px;width:100%}
-th,td{border:1px solid #d5dae3;padding:.25rem .45rem;text-align:left;vertical-align:top;overflow-wrap:anywhere}
-th{background:#eef1f7}
-tr{break-inside:avoid}
-code{font:12px ui-monospace,monospace;background:#f2f4f8;padding:0 .2rem;overflow-wrap:anywhere}
-strong{color:#a3171b}
-figure{margin:1rem 0;break-inside:avoid}
-figcaption{font-size:12px;color:#555}
-.charts{display:flex;flex-wrap:wrap;gap:2rem}
-"""
+from parley_core.compliance_reports import REPORT_STYLE
+
 SEVERITY_COLOURS = {
     "critical": "#a3171b",
     "high": "#e0622a",
@@ -126,7 +112,7 @@ def markdown_to_html(markdown: str, charts: Mapping[str, Sequence[str]] | None =
             # No script, no fetch: the page is a record, opened anywhere, by anyone.
             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">",
             f"<title>{html.escape(title)}</title>",
-            f"<style>{STYLE}</style>",
+            f"<style>{REPORT_STYLE}</style>",
             "</head><body>",
             *body,
             "</body></html>",
