@@ -39,8 +39,11 @@ CRITICAL = "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"  # 9.8
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
     # A critical finding falls due within seconds, so the report has an overdue one to show; the
     # scheduled report comes every 18 s instead of daily.
+    root = tmp_path_factory.mktemp("report")
+    (root / "checkpoints").mkdir()  # the operator's checkpoints, outside the data folder
     running = platform_in(
-        tmp_path_factory.mktemp("report"),
+        root,
+        PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR=str(root / "checkpoints"),
         PARLEY_PATCH_DEADLINE_CRITICAL_HOURS="0.001",
         PARLEY_REPORT_EVERY_HOURS=SCHEDULE_HOURS,
     )
@@ -132,6 +135,10 @@ def test_signed_report_of_fleet_findings_and_audit_then_a_changed_byte_is_caught
         "audit", "verify", shows="audit chain intact", timeout=90.0
     )  # the archive has caught up with the head
 
+    checkpoint = platform.data_dir.parent / "checkpoints" / "today.json"
+    taken = platform.cli("audit", "checkpoint", "--out", str(checkpoint)).stdout
+    index_taken = taken.split("at record #", 1)[1].split()[0]
+
     out = tmp_path / "filed" / "compliance.md"
     made = platform.cli("report", "compliance", "--since", "2020-01-01", "--out", str(out))
     assert f"compliance report written to {out}" in made.stdout
@@ -149,6 +156,9 @@ def test_signed_report_of_fleet_findings_and_audit_then_a_changed_byte_is_caught
     assert "No roll-out was planned or moved in the period." in report
     assert "Verify: **intact**" in report
     assert "Head (live SEC stream): record #" in report
+    assert f"Last operator checkpoint: record #{index_taken}, taken " in report
+    assert "(checkpoint today.json), compared " in report
+    assert ": the archive still holds it." in report
     # The security sections, each filled from the platform.
     keys = section(report, "Encryption and key ages")
     assert "| access-token signing key (Ed25519) |" in keys

@@ -25,7 +25,7 @@ h1{font-size:1.7rem;border-bottom:3px solid #2f5fd0;padding-bottom:.3rem}
 h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #d5dae3;padding-bottom:.2rem;break-after:avoid}
 h3{font-size:1.05rem}
 table{border-collapse:collapse;margin:.5rem 0 1rem;font-size:12.5px;width:100%}
-th,td{border:1px solid #d5dae3;padding:.25rem .45rem;text-align:left;vertical-align:top;overflow-wrap:anywhere}
+th,td{border:1px solid #d5dae3;padding:.25rem .45rem;text-align:left;vertical-align:top;overflow-wrap:break-word}
 th{background:#eef1f7}
 tr{break-inside:avoid}
 code{font:12px ui-monospace,monospace;background:#f2f4f8;padding:0 .2rem;overflow-wrap:anywhere}
@@ -34,7 +34,7 @@ figure{margin:1rem 0;break-inside:avoid}
 figcaption{font-size:12px;color:#555}
 .charts{display:flex;flex-wrap:wrap;gap:2rem}
 @page{size:A4;margin:14mm}
-@media print{body{margin:0;max-width:none;padding:0}}
+@media print{body{margin:0;max-width:none;padding:0}table{font-size:10.5px}}
 """
 REPORT_STYLE_SOURCE = "'sha256-" + base64.b64encode(hashlib.sha256(REPORT_STYLE.encode()).digest()).decode() + "'"
 _ID = re.compile(r"compliance-(\d{4}-\d{2}-\d{2}T\d{6}Z)")
