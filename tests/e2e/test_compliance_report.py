@@ -7,21 +7,28 @@ import asyncio
 import base64
 import json
 import sqlite3
+import struct
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import pypdfium2 as pdfium
 import pytest
 from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
+from playwright.sync_api import sync_playwright
 
 from parley_client import ParleyClient
+from parley_core.testing.browser import CHROMIUM
 from parley_core.testing.operators import OperatorTokens
 from parley_core.testing.platform import RunningPlatform, platform_in
 from parley_core.testing.waiting import wait_until
 from parley_core.topology import SERVICES
 
 pytestmark = pytest.mark.e2e
+
+SHOTS = Path(__file__).resolve().parents[2] / "web" / "test-results" / "screenshots"
 
 ADVISORY = "PARLEY-TEST-2026-0001"
 SCHEDULE_HOURS = "0.005"
@@ -32,8 +39,11 @@ CRITICAL = "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"  # 9.8
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
     # A critical finding falls due within seconds, so the report has an overdue one to show; the
     # scheduled report comes every 18 s instead of daily.
+    root = tmp_path_factory.mktemp("report")
+    (root / "checkpoints").mkdir()  # the operator's checkpoints, outside the data folder
     running = platform_in(
-        tmp_path_factory.mktemp("report"),
+        root,
+        PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR=str(root / "checkpoints"),
         PARLEY_PATCH_DEADLINE_CRITICAL_HOURS="0.001",
         PARLEY_REPORT_EVERY_HOURS=SCHEDULE_HOURS,
     )
@@ -60,6 +70,26 @@ def osv_against_grpcio(record_id: str) -> str:
             ],
         }
     )
+
+
+REPORT_SECTIONS = [
+    "Fleet",
+    "Open findings",
+    "Roll-outs in the period",
+    "Audit chain",
+    "Encryption and key ages",
+    "MFA coverage",
+    "Retention policies in force",
+    "Backups",
+    "Erasures",
+    "Security events in the period",
+]
+# Each <h2> of the page with the text of what follows it up to the next one.
+SECTIONS_JS = """() => [...document.querySelectorAll('h2')].map(h => {
+  let text = '', next = h.nextElementSibling;
+  while (next && next.tagName !== 'H2') { text += next.innerText || next.textContent; next = next.nextElementSibling; }
+  return [h.textContent, text];
+})"""
 
 
 def section(report: str, title: str) -> str:
@@ -105,6 +135,10 @@ def test_signed_report_of_fleet_findings_and_audit_then_a_changed_byte_is_caught
         "audit", "verify", shows="audit chain intact", timeout=90.0
     )  # the archive has caught up with the head
 
+    checkpoint = platform.data_dir.parent / "checkpoints" / "today.json"
+    taken = platform.cli("audit", "checkpoint", "--out", str(checkpoint)).stdout
+    index_taken = taken.split("at record #", 1)[1].split()[0]
+
     out = tmp_path / "filed" / "compliance.md"
     made = platform.cli("report", "compliance", "--since", "2020-01-01", "--out", str(out))
     assert f"compliance report written to {out}" in made.stdout
@@ -122,6 +156,9 @@ def test_signed_report_of_fleet_findings_and_audit_then_a_changed_byte_is_caught
     assert "No roll-out was planned or moved in the period." in report
     assert "Verify: **intact**" in report
     assert "Head (live SEC stream): record #" in report
+    assert f"Last operator checkpoint: record #{index_taken}, taken " in report
+    assert "(checkpoint today.json), compared " in report
+    assert ": the archive still holds it." in report
     # The security sections, each filled from the platform.
     keys = section(report, "Encryption and key ages")
     assert "| access-token signing key (Ed25519) |" in keys
@@ -155,6 +192,9 @@ def test_signed_report_of_fleet_findings_and_audit_then_a_changed_byte_is_caught
     verified = platform.cli("report", "verify", str(out))
     assert "signature valid" in verified.stdout
 
+    look_at_the_html_report(platform, tmp_path)
+    look_at_the_pdf_report(platform, tmp_path)
+
     again = platform.cli("report", "compliance", "--out", str(out), check=False)
     assert again.returncode == 1
     assert "never overwritten" in again.stderr
@@ -164,6 +204,87 @@ def test_signed_report_of_fleet_findings_and_audit_then_a_changed_byte_is_caught
     content[at] ^= 0x01  # "0.1.0" becomes "1.1.0"
     out.write_bytes(bytes(content))
     tampered = platform.cli("report", "verify", str(out), check=False)
+    assert tampered.returncode == 1
+    assert "NOT VERIFIED: TAMPERED" in tampered.stderr
+
+
+def look_at_the_html_report(platform: RunningPlatform, tmp_path: Path) -> None:
+    """The same report as an HTML page, in Chromium: every section filled, both charts drawn, no
+    script, a screenshot for a look; a changed byte is caught as in the Markdown."""
+    page_file = tmp_path / "filed" / "compliance.html"
+    platform.cli("report", "compliance", "--since", "2020-01-01", "--out", str(page_file))
+    assert "signature valid" in platform.cli("report", "verify", str(page_file)).stdout
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make chromium` installs Debian's chromium (make test does)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-dev-shm-usage"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(page_file.as_uri())
+            sections = page.evaluate(SECTIONS_JS)
+            assert [title for title, _ in sections] == REPORT_SECTIONS
+            for title, text in sections:
+                assert text.strip(), f"section {title!r} is empty"
+            assert page.locator("script").count() == 0
+            severity = page.get_by_role("img", name="Open findings by severity: critical ")
+            assert severity.count() == 1
+            assert severity.locator("rect").count() >= 1
+            sla = page.get_by_role("img", name="Patch SLA over the period: now 0 within their deadline, ")
+            assert sla.count() == 1
+            assert page.locator("td", has_text=ADVISORY).count() >= len(SERVICES)
+            assert page.get_by_text("a critical one | with a pipe").count() == 1
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SHOTS / "report.png"), full_page=False)
+            page.screenshot(path=str(SHOTS / "report-full.png"), full_page=True)
+        finally:
+            browser.close()
+    content = bytearray(page_file.read_bytes())
+    content[content.index(b"<td>0.1.0</td>") + 4] ^= 0x01
+    page_file.write_bytes(bytes(content))
+    tampered = platform.cli("report", "verify", str(page_file), check=False)
+    assert tampered.returncode == 1
+    assert "NOT VERIFIED: TAMPERED" in tampered.stderr
+
+
+def png(width: int, height: int, rgb: bytes, stride: int) -> bytes:
+    """An RGB bitmap as a PNG file (no imaging library needed for a look at a page)."""
+    rows = b"".join(b"\x00" + rgb[y * stride : y * stride + width * 3] for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def look_at_the_pdf_report(platform: RunningPlatform, tmp_path: Path) -> None:
+    """The same page printed to PDF by Chromium headless: signed, readable page by page (each page
+    saved as a PNG for a look), and a changed byte is caught."""
+    pdf_file = tmp_path / "filed" / "compliance.pdf"
+    platform.cli("report", "compliance", "--since", "2020-01-01", "--out", str(pdf_file))
+    assert pdf_file.read_bytes().startswith(b"%PDF-")
+    assert "signature valid" in platform.cli("report", "verify", str(pdf_file)).stdout
+    document = pdfium.PdfDocument(pdf_file.read_bytes())
+    try:
+        assert len(document) >= 2  # ten sections do not fit one A4 page
+        text = ""
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        for number in range(len(document)):
+            page = document[number]
+            text += page.get_textpage().get_text_range()
+            bitmap = page.render(scale=1.5, rev_byteorder=True)
+            assert bitmap.n_channels == 3
+            shot = png(bitmap.width, bitmap.height, bytes(bitmap.buffer), bitmap.stride)
+            (SHOTS / f"report-pdf-page-{number + 1}.png").write_bytes(shot)
+    finally:
+        document.close()
+    for title in REPORT_SECTIONS:
+        assert title in text, title
+    assert ADVISORY in text
+    content = bytearray(pdf_file.read_bytes())
+    content[len(content) // 2] ^= 0x01
+    pdf_file.write_bytes(bytes(content))
+    tampered = platform.cli("report", "verify", str(pdf_file), check=False)
     assert tampered.returncode == 1
     assert "NOT VERIFIED: TAMPERED" in tampered.stderr
 
@@ -205,6 +326,9 @@ def test_parley_up_writes_a_signed_report_into_the_data_folder_on_schedule(platf
     assert f"compliance report: {report}" in platform.output()
     assert "# Parley compliance report" in report.read_text()
     assert "signature valid" in platform.cli("report", "verify", str(report)).stdout
+    page = report.with_suffix(".html")  # the same report as a page, filed beside it
+    assert "<h1>Parley compliance report</h1>" in page.read_text()
+    assert "signature valid" in platform.cli("report", "verify", str(page)).stdout
 
 
 def test_a_bad_schedule_is_refused_before_anything_starts(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -162,6 +163,8 @@ async def test_a_member_gets_no_console_and_the_gateway_refuses_its_calls(
         ("PlanRollout", patch_pb2.PlanRolloutRequest(service="messaging", to_version="9.9.9")),
         ("QueryAudit", storage_pb2.QueryAuditRequest()),
         ("VerifyAudit", gateway_pb2.VerifyAuditRequest()),
+        ("ListComplianceReports", gateway_pb2.ListComplianceReportsRequest()),
+        ("GetComplianceReport", gateway_pb2.GetComplianceReportRequest()),
     ):
         assert await gateway_call(platform, member, call, request) == grpc.StatusCode.PERMISSION_DENIED, call
 
@@ -197,9 +200,9 @@ async def test_the_chat_client_links_to_the_console_for_its_roles_only(
 
 async def test_pages_shown_by_role(browser: Browser, platform: RunningPlatform) -> None:
     expected = {
-        "operator": ["Fleet", "Advisories", "Roll-outs"],
-        "security-auditor": ["Fleet", "Advisories", "Roll-outs", "Audit"],
-        "admin": ["Fleet", "Advisories", "Roll-outs", "Security events"],
+        "operator": ["Fleet", "Advisories", "Roll-outs", "Reports"],
+        "security-auditor": ["Fleet", "Advisories", "Roll-outs", "Audit", "Reports"],
+        "admin": ["Fleet", "Advisories", "Roll-outs", "Security events", "Reports"],
     }
     for role, pages in expected.items():
         context, page = await console(browser, platform, account(platform, role))
@@ -319,6 +322,47 @@ async def test_an_overdue_finding_is_first_on_the_advisories_page(
     await expect(gateway_row).to_contain_text(f"{critical} (critical)")
     await expect(gateway_row).to_contain_text(f"{low} (low)")
     await context.close()
+
+
+async def test_the_reports_page_lists_the_filed_reports_and_shows_the_latest(
+    browser: Browser, platform: RunningPlatform
+) -> None:
+    reports = platform.data_dir / "reports"
+    older = "compliance-2026-01-01T000000Z"  # filed as Markdown only
+    platform.cli("report", "compliance", "--out", str(reports / f"{older}.md"))
+    made = platform.cli("report", "compliance").stdout  # the newest: Markdown and its HTML page
+    newest = re.search(r"(compliance-[0-9T-]+Z)\.html", made).group(1)  # type: ignore[union-attr]
+    context, page = await console(browser, platform, account(platform, "security-auditor"), "reports")
+    rows = page.locator("#reports tbody tr")
+    await expect(rows).to_have_count(2)
+    await expect(rows.first).to_contain_text(newest)
+    await expect(rows.first).to_contain_text("html, md")
+    await expect(rows.nth(1)).to_contain_text(older)
+    # The newest as its page, in a sandboxed frame that runs nothing and keeps the console's CSP.
+    frame_element = page.locator("iframe.report")
+    await expect(frame_element).to_have_attribute("sandbox", "")
+    report = page.frame_locator("iframe.report")
+    await expect(report.get_by_role("heading", name="Parley compliance report", level=1)).to_be_visible()
+    await expect(report.locator("h2")).to_have_count(10)
+    await expect(report.get_by_role("heading", name="Open findings")).to_be_visible()
+    await expect(report.locator("svg")).to_have_count(2)
+    assert "<table>" in (await frame_element.get_attribute("srcdoc") or "")
+    await shot(page, "console-reports")
+    # The older one as Markdown text.
+    await rows.nth(1).get_by_role("button", name="Show").click()
+    await expect(page.locator("pre.report")).to_contain_text("# Parley compliance report")
+    await expect(page.locator("iframe.report")).to_have_count(0)
+    await context.close()
+    assert CSP_REFUSALS == []  # the report's stylesheet is allowed by its hash, nothing else inline
+    # Ids, never paths: nothing outside reports/ can be named.
+    auditor = account(platform, "security-auditor")
+    for bad in ("../secrets/report-signing-key", "/etc/passwd", f"{newest}.html"):
+        request = gateway_pb2.GetComplianceReportRequest(report_id=bad)
+        assert await gateway_call(platform, auditor, "GetComplianceReport", request) == (
+            grpc.StatusCode.INVALID_ARGUMENT
+        ), bad
+    missing = gateway_pb2.GetComplianceReportRequest(report_id="compliance-2020-01-01T000000Z")
+    assert await gateway_call(platform, auditor, "GetComplianceReport", missing) == grpc.StatusCode.NOT_FOUND
 
 
 async def test_auditor_queries_the_audit_trail_by_actor(browser: Browser, platform: RunningPlatform) -> None:

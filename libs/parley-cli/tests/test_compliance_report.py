@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from parley.patch.v1 import patch_pb2
 
 from parley_cli.audit import AuditVerdict
-from parley_cli.compliance import ComplianceFacts, render
+from parley_cli.compliance import ComplianceFacts, render, render_html
 from parley_cli.report_signing import ReportNotVerified, load_or_create_signing_key, signed, verify
 from parley_core.audit_log import ChainHead
 
@@ -86,3 +86,53 @@ def test_roll_outs_name_planner_and_approver_and_each_gate_verdict() -> None:
     assert "| 0 | 10% | FAILED | errors 5% |" in text
     own = render(_facts([_rollout("id-olga", "id-olga")]))
     assert "| NO: planner approved |" in own
+
+
+def _finding(priority: str, *, detected_at: float, deadline: float, overdue: bool) -> patch_pb2.Finding:
+    return patch_pb2.Finding(
+        advisory_id=f"ADV-{priority}",
+        summary="<script>alert(1)</script> | piped",
+        service="gateway",
+        instance_id="gateway-1",
+        package="grpcio",
+        installed_version="1.0",
+        priority=priority,
+        detected_at=detected_at,
+        deadline=deadline,
+        overdue=overdue,
+    )
+
+
+def test_the_html_page_renders_the_same_report_escaped_with_its_charts_and_signs_like_markdown() -> None:
+    day = 86_400.0
+    facts = ComplianceFacts(
+        generated_at=1000.0 + 10 * day,
+        since=1000.0,
+        instances=[],
+        findings=[
+            _finding("critical", detected_at=1000.0 + 2 * day, deadline=1000.0 + 3 * day, overdue=True),
+            _finding("medium", detected_at=1000.0 + 5 * day, deadline=1000.0 + 30 * day, overdue=False),
+        ],
+        rollouts=[_rollout("id-olga", "id-oscar")],
+        names={"id-olga": "olga", "id-oscar": "oscar"},
+        audit=AuditVerdict(records=[], findings=[], head=ChainHead(stream_last_seq=0, record=None)),
+    )
+    page = render_html(facts)
+    assert "<script" not in page  # the registry's strings are text, never markup
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; | piped" in page
+    assert "<td>rolled_back (gate failed)</td><td>olga</td><td>oscar</td><td>yes</td>" in page
+    assert "<h2>Open findings</h2>" in page
+    assert "<strong>1 overdue</strong>" in page
+    # Every heading of the Markdown report is a heading of the page.
+    for line in render(facts).splitlines():
+        if line.startswith("## "):
+            assert f"<h2>{line[3:]}</h2>" in page
+    assert 'aria-label="Open findings by severity: critical 1, high 0, medium 1, low 0, unscored 0"' in page
+    assert 'aria-label="Patch SLA over the period: now 1 within their deadline, 1 overdue"' in page
+    assert page.count('<rect x="') >= 10 + 2  # a bar a day, and the severities
+    key = Ed25519PrivateKey.generate()
+    filed = signed(page.encode(), key)
+    assert verify(filed, key.public_key()).body == page.encode()
+    changed = filed.replace(b"olga", b"olgb", 1)
+    with pytest.raises(ReportNotVerified, match="TAMPERED"):
+        verify(changed, key.public_key())

@@ -6,6 +6,7 @@ import { describe, isMfaChallenge, login, logout, refresh, type Session } from "
 import { clear, h, on } from "../dom.js";
 import { advisoriesPage } from "./advisories.js";
 import { auditPage } from "./audit.js";
+import { reportsPage } from "./reports.js";
 import { securityPage } from "./security.js";
 import { fleetPage } from "./fleet.js";
 import { mayRollOut, pagesFor, type PageName } from "./roles.js";
@@ -18,6 +19,7 @@ const TITLES: Record<PageName, string> = {
   rollouts: "Roll-outs",
   audit: "Audit",
   security: "Security events",
+  reports: "Reports",
 };
 // How often an open page follows the platform: roll-outs move step by step, the fleet by heartbeats.
 const FOLLOW_MS: Partial<Record<PageName, number>> = { fleet: 5000, advisories: 15000, rollouts: 2000 };
@@ -168,6 +170,11 @@ class Console {
         await rollouts.load();
         put(rollouts.element);
         return () => rollouts.refresh();
+      }
+      case "reports": {
+        const draw = async (reportId = "") => put(await reportsPage((picked) => void draw(picked), reportId));
+        await draw();
+        return null;
       }
       case "audit":
       case "security": {

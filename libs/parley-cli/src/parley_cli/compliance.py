@@ -15,11 +15,13 @@ from pathlib import Path
 
 from parley.fleet.v1 import fleet_pb2
 from parley.patch.v1 import patch_pb2
-from parley.storage.v1 import storage_pb2_grpc
+from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from parley_cli.audit import AuditVerdict, storage_channel, verify_audit
 from parley_cli.compliance_security import SecurityFacts, gather_security, render_sections
 from parley_cli.patch import RegistryConnection, _due, _when
+from parley_cli.report_charts import FindingPoint, findings_by_severity, patch_sla_over_time
+from parley_cli.report_html import SEVERITY_COLOURS, markdown_to_html
 from parley_cli.usernames import named
 
 SEVERITY_ORDER = ("critical", "high", "medium", "low", "unscored")
@@ -35,6 +37,8 @@ class ComplianceFacts:
     names: dict[str, str]
     audit: AuditVerdict
     security: SecurityFacts = field(default_factory=SecurityFacts)
+    # Storage's audit monitor's last run, for the newest operator checkpoint; None when unread.
+    chain_state: storage_pb2.AuditChainState | None = None
 
 
 def active_since(rollout: patch_pb2.Rollout, since: float) -> bool:
@@ -55,7 +59,11 @@ async def gather(data_dir: Path, *, since: float, now: float) -> ComplianceFacts
     audit = await verify_audit(data_dir)
     channel = storage_channel(data_dir)
     try:
-        security = await gather_security(storage_pb2_grpc.StorageArchiveServiceStub(channel), data_dir)
+        archive = storage_pb2_grpc.StorageArchiveServiceStub(channel)
+        security = await gather_security(archive, data_dir)
+        # A fresh run, so a checkpoint written since the monitor's last one is compared too.
+        fresh = storage_pb2.GetAuditChainStateRequest(verify_now=True)
+        chain_state = await archive.GetAuditChainState(fresh, timeout=120.0)
     finally:
         await channel.close()
     return ComplianceFacts(
@@ -67,6 +75,7 @@ async def gather(data_dir: Path, *, since: float, now: float) -> ComplianceFacts
         names=names,
         audit=audit,
         security=security,
+        chain_state=chain_state,
     )
 
 
@@ -213,6 +222,24 @@ def _audit(facts: ComplianceFacts) -> list[str]:
             f"Head (live SEC stream): record #{head.chain_index}, hash `{bytes(head.record_hash).hex()}`, "
             f"key `{head.key_id}`, at {at}."
         )
+    return [*lines, "", *_checkpoint(facts.chain_state)]
+
+
+def _checkpoint(state: storage_pb2.AuditChainState | None) -> list[str]:
+    """The newest operator checkpoint (`parley audit checkpoint`) storage compared the archive with."""
+    if state is None:
+        return []
+    if not state.HasField("last_checkpoint"):
+        line = "Last operator checkpoint: none read (`parley audit checkpoint --out DIR/<name>.json`, DIR being "
+        lines = [line + "storage's PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR)."]
+    else:
+        cp = state.last_checkpoint
+        held = "the archive still holds it" if cp.matches else "**the archive's record DIFFERS from it**"
+        lines = [
+            f"Last operator checkpoint: record #{cp.chain_index}, taken {_cell(cp.taken_at)} "
+            f"({_cell(cp.source)}), compared {_when(state.verified_at)}: {held}."
+        ]
+    lines += [f"- checkpoint not read: {_cell(error)}" for error in state.checkpoint_errors]
     return [*lines, ""]
 
 
@@ -227,3 +254,15 @@ def render(facts: ComplianceFacts) -> str:
     ]
     security = render_sections(facts.security, since=facts.since, now=facts.generated_at, table=_table)
     return "\n".join(header + _fleet(facts) + _findings(facts) + _rollouts(facts) + _audit(facts) + security)
+
+
+def render_html(facts: ComplianceFacts) -> str:
+    """The same report as one self-contained HTML page, with its charts under "Open findings"."""
+    points = [
+        FindingPoint(f.priority, f.detected_at or facts.generated_at, f.deadline, f.overdue) for f in facts.findings
+    ]
+    charts = [
+        findings_by_severity(points, SEVERITY_ORDER, SEVERITY_COLOURS),
+        patch_sla_over_time(points, since=facts.since, now=facts.generated_at),
+    ]
+    return markdown_to_html(render(facts), charts={"Open findings": charts})

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from parley_cli.compliance import gather, render
+from parley_cli.compliance import ComplianceFacts, gather, render, render_html
+from parley_cli.report_pdf import PdfNotPrinted, chromium, html_to_pdf
 from parley_cli.report_signing import (
     PUBLIC_KEY_NAME,
     ReportNotVerified,
@@ -23,9 +24,9 @@ from parley_cli.report_signing import (
     signed,
     verify,
 )
+from parley_core.compliance_reports import REPORTS_DIR, report_id
 
 DEFAULT_PERIOD = timedelta(days=30)
-REPORTS_DIR = "reports"
 
 
 def _since(text: str | None, now: datetime) -> datetime:
@@ -42,10 +43,14 @@ def _since(text: str | None, now: datetime) -> datetime:
 
 
 def default_out(data_dir: Path, now: datetime) -> Path:
-    return data_dir / REPORTS_DIR / f"compliance-{now.strftime('%Y-%m-%dT%H%M%SZ')}.md"
+    return data_dir / REPORTS_DIR / f"{report_id(now)}.md"
 
 
 class ReportExists(Exception):
+    pass
+
+
+class UnknownFormat(Exception):
     pass
 
 
@@ -55,16 +60,53 @@ class WrittenReport:
     public_key: Path
     key_id: str
     audit_intact: bool
+    also: tuple[Path, ...] = ()  # the same report in other formats
 
 
-async def write_report(data_dir: Path, *, since: datetime, now: datetime, out: Path | None = None) -> WrittenReport:
+def _check_format(out: Path) -> None:
+    """Refused before anything is read: an unknown suffix, or a PDF without Chromium to print it."""
+    suffix = out.suffix.lower()
+    if suffix == ".pdf":
+        chromium()
+    elif suffix not in (".html", ".md", ".markdown", ".txt", ""):
+        raise UnknownFormat(f"{out}: name a .md (Markdown), .html or .pdf file")
+
+
+def _content(facts: ComplianceFacts, out: Path) -> bytes:
+    suffix = out.suffix.lower()
+    if suffix == ".html":
+        return render_html(facts).encode()
+    if suffix == ".pdf":
+        return html_to_pdf(render_html(facts).encode())
+    if suffix in (".md", ".markdown", ".txt", ""):
+        return render(facts).encode()
+    raise UnknownFormat(f"{out}: name a .md (Markdown), .html or .pdf file")
+
+
+async def write_report(
+    data_dir: Path, *, since: datetime, now: datetime, out: Path | None = None, html_too: bool = False
+) -> WrittenReport:
     """The signed report of the running platform in `out` (a new file, whole or not at all), its
-    public key beside it."""
+    public key beside it; with `html_too`, the same report as a signed HTML page beside it."""
     out = out or default_out(data_dir, now)
-    if out.exists():
-        raise ReportExists(f"{out} exists; a filed report is never overwritten: name a new file")
+    outs = [out, out.with_suffix(".html")] if html_too and out.suffix != ".html" else [out]
+    for path in outs:
+        if path.exists():
+            raise ReportExists(f"{path} exists; a filed report is never overwritten: name a new file")
+        _check_format(path)
     facts = await gather(data_dir, since=since.timestamp(), now=now.timestamp())
-    return await asyncio.to_thread(_file, data_dir, out, render(facts).encode(), audit_intact=not facts.audit.findings)
+    contents = [await asyncio.to_thread(_content, facts, path) for path in outs]
+    intact = not facts.audit.findings
+    written = [
+        await asyncio.to_thread(_file, data_dir, p, c, audit_intact=intact) for p, c in zip(outs, contents, strict=True)
+    ]
+    return WrittenReport(
+        path=out,
+        public_key=written[0].public_key,
+        key_id=written[0].key_id,
+        audit_intact=intact,
+        also=tuple(w.path for w in written[1:]),
+    )
 
 
 def _file(data_dir: Path, out: Path, body: bytes, *, audit_intact: bool) -> WrittenReport:
@@ -93,10 +135,14 @@ def _create_whole(path: Path, data: bytes) -> None:
 async def cmd_compliance(args: argparse.Namespace) -> int:
     now = datetime.fromtimestamp(time.time(), UTC)
     try:
-        written = await write_report(args.data_dir, since=_since(args.since, now), now=now, out=args.out)
-    except ReportExists as exc:
+        # Filed in the data folder, as the daily one: Markdown and the HTML page the console shows.
+        written = await write_report(
+            args.data_dir, since=_since(args.since, now), now=now, out=args.out, html_too=args.out is None
+        )
+    except (ReportExists, UnknownFormat, PdfNotPrinted) as exc:
         raise SystemExit(f"error: {exc}") from None
-    print(f"compliance report written to {written.path}, signed by key {written.key_id}")
+    also = "".join(f" and {path}" for path in written.also)
+    print(f"compliance report written to {written.path}{also}, signed by key {written.key_id}")
     print(f"public key: {written.public_key}; an auditor checks it with `parley report verify {written.path}`")
     if not written.audit_intact:
         print("the audit chain is TAMPERED: the report says how (`parley audit verify` too)", file=sys.stderr)
@@ -137,7 +183,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     )
     compliance.add_argument("--since", metavar="DATE", help="start of the period (default: 30 days ago)")
     compliance.add_argument(
-        "--out", type=Path, metavar="FILE", help="a new file (default <data>/reports/compliance-<time>.md)"
+        "--out",
+        type=Path,
+        metavar="FILE",
+        help="a new file: .md (Markdown), .html (a self-contained page with charts) or .pdf (that page "
+        "printed by Chromium headless); "
+        "default <data>/reports/compliance-<time>.md and .html",
     )
     compliance.set_defaults(run=cmd_compliance)
     check = report.add_parser("verify", help="check a report's signature; exit 1 when it was changed")

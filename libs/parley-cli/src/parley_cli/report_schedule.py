@@ -1,5 +1,5 @@
-"""`parley up` writes a signed compliance report into <data>/reports/ every day (by default), so
-an auditor finds a dated one for any day the platform ran."""
+"""`parley up` writes a signed compliance report into <data>/reports/ every day (by default), as
+Markdown and as an HTML page, so an auditor finds a dated one for any day the platform ran."""
 
 from __future__ import annotations
 
@@ -34,9 +34,10 @@ async def write_reports(data_dir: Path, every: timedelta, say: Callable[[str], N
         await asyncio.sleep(every.total_seconds())
         now = datetime.now(UTC)
         try:
-            written = await write_report(data_dir, since=now - every, now=now)
+            written = await write_report(data_dir, since=now - every, now=now, html_too=True)
         except Exception as exc:  # a report is a record, not a reason to stop the platform
             say(f"compliance report not written: {exc}; the next in {every}")
             continue
         state = "audit chain intact" if written.audit_intact else "audit chain TAMPERED"
-        say(f"compliance report: {written.path} ({state}; `parley report verify` checks it)")
+        files = ", ".join(str(p) for p in (written.path, *written.also))
+        say(f"compliance report: {files} ({state}; `parley report verify` checks each)")

@@ -5,8 +5,9 @@ is kept in the data folder's secrets/ (0600), made on first use; its public half
 beside every report, where an auditor takes it (or, better, compares its fingerprint with the one
 the operator handed over once) to check the report with `parley report verify`.
 
-The signature is the report's last line, a Markdown comment (invisible when rendered), so one
-file carries both; it covers every byte before that line.
+The signature is the report's last line, a Markdown and HTML comment (invisible when rendered),
+so one file carries both; it covers every byte before that line. A PDF report carries it after
+its %%EOF, where PDF readers look no further.
 """
 
 from __future__ import annotations

@@ -268,6 +268,9 @@ METHOD_PERMISSIONS: dict[str, Permission | None] = {
     "/parley.gateway.v1.Gateway/ListReleases": P.FLEET_READ,
     "/parley.gateway.v1.Gateway/ListRollouts": P.FLEET_READ,
     "/parley.gateway.v1.Gateway/GetRollout": P.FLEET_READ,
+    # The compliance reports filed in the data folder, which the gateway reads itself.
+    "/parley.gateway.v1.Gateway/ListComplianceReports": P.FLEET_READ,
+    "/parley.gateway.v1.Gateway/GetComplianceReport": P.FLEET_READ,
 }
 
 # RPCs whose service applies its own rules on the calling peer and user (storage's archive API:

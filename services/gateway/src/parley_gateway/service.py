@@ -22,6 +22,7 @@ from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
+from parley_core.compliance_reports import BadReportRequest, NoSuchReport, filed_reports, read_report
 from parley_core.errors import (
     OUTCOME_METADATA,
     OUTCOME_UNKNOWN,
@@ -800,6 +801,40 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
                 await context.abort(exc.code(), public)
             finally:
                 call.cancel()
+
+    async def ListComplianceReports(
+        self, request: gateway_pb2.ListComplianceReportsRequest, context: Context
+    ) -> gateway_pb2.ListComplianceReportsResponse:
+        """The reports filed in the data folder (fleet.read, checked by the interceptor)."""
+        assert self._ctx is not None
+        await self._admit(request, context)
+        filed = await asyncio.to_thread(filed_reports, self._ctx.settings.data_dir)
+        return gateway_pb2.ListComplianceReportsResponse(
+            reports=[
+                gateway_pb2.ComplianceReportEntry(report_id=r.report_id, written_at=r.written_at, formats=r.formats)
+                for r in filed
+            ]
+        )
+
+    async def GetComplianceReport(
+        self, request: gateway_pb2.GetComplianceReportRequest, context: Context
+    ) -> gateway_pb2.ComplianceReport:
+        """One filed report's text, by id (never a path: parley_core.compliance_reports)."""
+        assert self._ctx is not None
+        await self._admit(request, context)
+        try:
+            report, fmt, content = await asyncio.to_thread(
+                read_report, self._ctx.settings.data_dir, request.report_id, request.format
+            )
+        except BadReportRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise  # abort raises; this keeps type checkers informed
+        except NoSuchReport as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            raise
+        return gateway_pb2.ComplianceReport(
+            report_id=report.report_id, format=fmt, content=content, written_at=report.written_at
+        )
 
     async def VerifyAudit(
         self, request: gateway_pb2.VerifyAuditRequest, context: Context

@@ -48,6 +48,7 @@ from hypercorn.config import Config as HypercornConfig
 from parley.auth.v1 import auth_pb2
 from parley.gateway.v1 import gateway_pb2
 
+from parley_core.compliance_reports import REPORT_STYLE_SOURCE
 from parley_core.pki import Pki
 
 log = logging.getLogger(__name__)
@@ -63,10 +64,13 @@ SESSION_HINT_COOKIE = "__Host-parley-session"
 # Calls whose response carries a refresh token (moved into the cookie) and which may read it.
 ISSUES_REFRESH = frozenset({"Login", "Refresh"})
 # The page may load its own scripts, styles and calls only: no inline script, no eval, no
-# framing, no plugins; the QR code of a two-factor enrolment is a data: image.
+# framing, no plugins; the QR code of a two-factor enrolment is a data: image. One inline style
+# is allowed, by its hash: the compliance report's stylesheet, for the report the console shows in
+# a sandboxed srcdoc frame (which keeps this policy).
 CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-    "font-src 'self'; manifest-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    f"default-src 'none'; script-src 'self'; style-src 'self' {REPORT_STYLE_SOURCE}; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; manifest-src 'self'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
 )
 SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),

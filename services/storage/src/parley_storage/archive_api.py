@@ -199,7 +199,8 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
     async def GetAuditChainState(
         self, request: storage_pb2.GetAuditChainStateRequest, context: Context
     ) -> storage_pb2.AuditChainState:
-        access.require_auditor(self._requester(context))
+        # The auditor, and the platform identity for the compliance report's last checkpoint.
+        access.require_operator_or_auditor(self._requester(context), "the audit chain's state")
         monitor = self._audit_monitor
         verified = await (monitor.verify() if request.verify_now else monitor.latest())
         return _chain_state(verified, self._audit_verify_interval_s)

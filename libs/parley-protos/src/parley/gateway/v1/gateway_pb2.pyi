@@ -21,6 +21,124 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class ListComplianceReportsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListComplianceReportsRequest: _TypeAlias = ListComplianceReportsRequest  # noqa: Y015
+
+@_typing.final
+class ComplianceReportEntry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORT_ID_FIELD_NUMBER: _builtins.int
+    WRITTEN_AT_FIELD_NUMBER: _builtins.int
+    FORMATS_FIELD_NUMBER: _builtins.int
+    report_id: _builtins.str
+    """"compliance-2026-12-05T020000Z": the file name without its suffix"""
+    written_at: _builtins.float
+    """unix seconds, from the id"""
+    @_builtins.property
+    def formats(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """those filed: "html", "md", "pdf" """
+
+    def __init__(
+        self,
+        *,
+        report_id: _builtins.str = ...,
+        written_at: _builtins.float = ...,
+        formats: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["formats", b"formats", "report_id", b"report_id", "written_at", b"written_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ComplianceReportEntry: _TypeAlias = ComplianceReportEntry  # noqa: Y015
+
+@_typing.final
+class ListComplianceReportsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reports(self) -> _containers.RepeatedCompositeFieldContainer[Global___ComplianceReportEntry]: ...
+    def __init__(
+        self,
+        *,
+        reports: _abc.Iterable[Global___ComplianceReportEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reports", b"reports"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListComplianceReportsResponse: _TypeAlias = ListComplianceReportsResponse  # noqa: Y015
+
+@_typing.final
+class GetComplianceReportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORT_ID_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    report_id: _builtins.str
+    """as listed; empty: the newest"""
+    format: _builtins.str
+    """"html" or "md"; empty: html when filed, else md"""
+    def __init__(
+        self,
+        *,
+        report_id: _builtins.str = ...,
+        format: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "report_id", b"report_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetComplianceReportRequest: _TypeAlias = GetComplianceReportRequest  # noqa: Y015
+
+@_typing.final
+class ComplianceReport(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORT_ID_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    WRITTEN_AT_FIELD_NUMBER: _builtins.int
+    report_id: _builtins.str
+    format: _builtins.str
+    content: _builtins.str
+    """the signed file's text, signature line included"""
+    written_at: _builtins.float
+    def __init__(
+        self,
+        *,
+        report_id: _builtins.str = ...,
+        format: _builtins.str = ...,
+        content: _builtins.str = ...,
+        written_at: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "format", b"format", "report_id", b"report_id", "written_at", b"written_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ComplianceReport: _TypeAlias = ComplianceReport  # noqa: Y015
+
+@_typing.final
 class VerifyAuditRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -366,6 +366,16 @@ class GatewayStub:
                 request_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.WatchSecurityEventsRequest.SerializeToString,
                 response_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.SecurityEventNotice.FromString,
                 _registered_method=True)
+        self.ListComplianceReports = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/ListComplianceReports',
+                request_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.ListComplianceReportsRequest.SerializeToString,
+                response_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.ListComplianceReportsResponse.FromString,
+                _registered_method=True)
+        self.GetComplianceReport = channel.unary_unary(
+                '/parley.gateway.v1.Gateway/GetComplianceReport',
+                request_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.GetComplianceReportRequest.SerializeToString,
+                response_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.ComplianceReport.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -788,6 +798,20 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListComplianceReports(self, request, context):
+        """The signed compliance reports `parley up` files in <data>/reports/ (and any written there by
+        `parley report compliance`), newest first, and one of them by id (never a path): fleet.read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetComplianceReport(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1115,6 +1139,16 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.WatchSecurityEvents,
                     request_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.WatchSecurityEventsRequest.FromString,
                     response_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.SecurityEventNotice.SerializeToString,
+            ),
+            'ListComplianceReports': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListComplianceReports,
+                    request_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.ListComplianceReportsRequest.FromString,
+                    response_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.ListComplianceReportsResponse.SerializeToString,
+            ),
+            'GetComplianceReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetComplianceReport,
+                    request_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.GetComplianceReportRequest.FromString,
+                    response_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.ComplianceReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -2874,6 +2908,60 @@ class Gateway:
             '/parley.gateway.v1.Gateway/WatchSecurityEvents',
             parley_dot_storage_dot_v1_dot_storage__pb2.WatchSecurityEventsRequest.SerializeToString,
             parley_dot_storage_dot_v1_dot_storage__pb2.SecurityEventNotice.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListComplianceReports(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/ListComplianceReports',
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.ListComplianceReportsRequest.SerializeToString,
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.ListComplianceReportsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetComplianceReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.gateway.v1.Gateway/GetComplianceReport',
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.GetComplianceReportRequest.SerializeToString,
+            parley_dot_gateway_dot_v1_dot_gateway__pb2.ComplianceReport.FromString,
             options,
             channel_credentials,
             insecure,

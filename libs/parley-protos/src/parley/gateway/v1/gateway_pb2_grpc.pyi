@@ -136,6 +136,11 @@ class GatewayStub:
     """The security event stream live (logins, lockouts, revocations, anomalies), filtered by kind
     and actor: audit.read at the gateway, then storage answers a security-auditor, admin or owner.
     """
+    ListComplianceReports: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListComplianceReportsRequest, _gateway_pb2.ListComplianceReportsResponse]
+    """The signed compliance reports `parley up` files in <data>/reports/ (and any written there by
+    `parley report compliance`), newest first, and one of them by id (never a path): fleet.read.
+    """
+    GetComplianceReport: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetComplianceReportRequest, _gateway_pb2.ComplianceReport]
 
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
@@ -240,6 +245,11 @@ class GatewayAsyncStub(GatewayStub):
     """The security event stream live (logins, lockouts, revocations, anomalies), filtered by kind
     and actor: audit.read at the gateway, then storage answers a security-auditor, admin or owner.
     """
+    ListComplianceReports: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListComplianceReportsRequest, _gateway_pb2.ListComplianceReportsResponse]  # type: ignore[assignment]
+    """The signed compliance reports `parley up` files in <data>/reports/ (and any written there by
+    `parley report compliance`), newest first, and one of them by id (never a path): fleet.read.
+    """
+    GetComplianceReport: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetComplianceReportRequest, _gateway_pb2.ComplianceReport]  # type: ignore[assignment]
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
     """The only client-facing API. Every call except Register and Login needs
@@ -731,5 +741,22 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         """The security event stream live (logins, lockouts, revocations, anomalies), filtered by kind
         and actor: audit.read at the gateway, then storage answers a security-auditor, admin or owner.
         """
+
+    @_abc_1.abstractmethod
+    def ListComplianceReports(
+        self,
+        request: _gateway_pb2.ListComplianceReportsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListComplianceReportsResponse, _abc.Awaitable[_gateway_pb2.ListComplianceReportsResponse]]:
+        """The signed compliance reports `parley up` files in <data>/reports/ (and any written there by
+        `parley report compliance`), newest first, and one of them by id (never a path): fleet.read.
+        """
+
+    @_abc_1.abstractmethod
+    def GetComplianceReport(
+        self,
+        request: _gateway_pb2.GetComplianceReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ComplianceReport, _abc.Awaitable[_gateway_pb2.ComplianceReport]]: ...
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

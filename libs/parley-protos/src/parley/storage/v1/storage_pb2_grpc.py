@@ -113,7 +113,8 @@ class StorageArchiveServiceStub:
     What each reader sees of each stream is one table (parley_storage.access.stream_view): fields
     marked secret only for the service that wrote them; `MSG` for an auditor as metadata only
     (ArchivedEvent.withheld).
-    - QueryAudit, GetAuditChainState: a user token with role `security-auditor` only, with the same views.
+    - QueryAudit: a user token with role `security-auditor` only, with the same views.
+    - GetAuditChainState: a `security-auditor`, or the platform identity (the compliance report).
     - GetArchiveLag, ListRetentionPolicies: the platform identity or a `security-auditor`.
     - ExportUserData / EraseUserData: the user themself, or the platform identity acting for them.
     """
@@ -196,7 +197,8 @@ class StorageArchiveServiceServicer:
     What each reader sees of each stream is one table (parley_storage.access.stream_view): fields
     marked secret only for the service that wrote them; `MSG` for an auditor as metadata only
     (ArchivedEvent.withheld).
-    - QueryAudit, GetAuditChainState: a user token with role `security-auditor` only, with the same views.
+    - QueryAudit: a user token with role `security-auditor` only, with the same views.
+    - GetAuditChainState: a `security-auditor`, or the platform identity (the compliance report).
     - GetArchiveLag, ListRetentionPolicies: the platform identity or a `security-auditor`.
     - ExportUserData / EraseUserData: the user themself, or the platform identity acting for them.
     """
@@ -372,7 +374,8 @@ class StorageArchiveService:
     What each reader sees of each stream is one table (parley_storage.access.stream_view): fields
     marked secret only for the service that wrote them; `MSG` for an auditor as metadata only
     (ArchivedEvent.withheld).
-    - QueryAudit, GetAuditChainState: a user token with role `security-auditor` only, with the same views.
+    - QueryAudit: a user token with role `security-auditor` only, with the same views.
+    - GetAuditChainState: a `security-auditor`, or the platform identity (the compliance report).
     - GetArchiveLag, ListRetentionPolicies: the platform identity or a `security-auditor`.
     - ExportUserData / EraseUserData: the user themself, or the platform identity acting for them.
     """
