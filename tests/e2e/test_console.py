@@ -32,7 +32,7 @@ from parley_core.testing.browser import CHROMIUM, chromium_args
 from parley_core.testing.operators import OperatorTokens
 from parley_core.testing.platform import RunningPlatform, platform_in
 from parley_core.testing.stack import PASSWORD, bearer
-from parley_core.topology import PLATFORM_USER, heartbeat_subject
+from parley_core.topology import heartbeat_subject
 
 playwright_api = pytest.importorskip("playwright.async_api")
 Browser = playwright_api.Browser
@@ -217,13 +217,15 @@ async def test_pages_shown_by_role(browser: Browser, platform: RunningPlatform) 
 
 
 async def silent_instance(platform: RunningPlatform, instance_id: str) -> None:
-    """One heartbeat of an instance that then falls silent (as a hung or cut-off host would)."""
+    """One heartbeat of an instance that then falls silent (as a hung or cut-off host would).
+    Sent with messaging's own NATS credentials: each service's account exports its heartbeat
+    subjects, and only its own, to the registry's."""
     data_dir = platform.data_dir
     passwords = json.loads((data_dir / "secrets" / "nats-passwords.json").read_text())
     nc = await connect_nats(
         url=str(platform.state["nats_url"]),
-        user=PLATFORM_USER,
-        password=passwords[PLATFORM_USER],
+        user="messaging",
+        password=passwords["messaging"],
         ca_cert=data_dir / "pki" / "ca.crt",
         name="test-console",
     )
