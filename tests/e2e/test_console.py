@@ -32,7 +32,7 @@ from parley_core.testing.browser import CHROMIUM, chromium_args
 from parley_core.testing.operators import OperatorTokens
 from parley_core.testing.platform import RunningPlatform, platform_in
 from parley_core.testing.stack import PASSWORD, bearer
-from parley_core.topology import PLATFORM_USER, heartbeat_subject
+from parley_core.topology import heartbeat_subject
 
 playwright_api = pytest.importorskip("playwright.async_api")
 Browser = playwright_api.Browser
@@ -200,9 +200,9 @@ async def test_the_chat_client_links_to_the_console_for_its_roles_only(
 
 async def test_pages_shown_by_role(browser: Browser, platform: RunningPlatform) -> None:
     expected = {
-        "operator": ["Fleet", "Advisories", "Roll-outs", "Reports"],
-        "security-auditor": ["Fleet", "Advisories", "Roll-outs", "Audit", "Reports"],
-        "admin": ["Fleet", "Advisories", "Roll-outs", "Security events", "Reports"],
+        "operator": ["Fleet", "Advisories", "Roll-outs", "Health", "Reports"],
+        "security-auditor": ["Fleet", "Advisories", "Roll-outs", "Health", "Audit", "Reports"],
+        "admin": ["Fleet", "Advisories", "Roll-outs", "Health", "Security events", "Reports"],
     }
     for role, pages in expected.items():
         context, page = await console(browser, platform, account(platform, role))
@@ -219,13 +219,15 @@ async def test_pages_shown_by_role(browser: Browser, platform: RunningPlatform) 
 
 
 async def silent_instance(platform: RunningPlatform, instance_id: str) -> None:
-    """One heartbeat of an instance that then falls silent (as a hung or cut-off host would)."""
+    """One heartbeat of an instance that then falls silent (as a hung or cut-off host would).
+    Sent with messaging's own NATS credentials: each service's account exports its heartbeat
+    subjects, and only its own, to the registry's."""
     data_dir = platform.data_dir
     passwords = json.loads((data_dir / "secrets" / "nats-passwords.json").read_text())
     nc = await connect_nats(
         url=str(platform.state["nats_url"]),
-        user=PLATFORM_USER,
-        password=passwords[PLATFORM_USER],
+        user="messaging",
+        password=passwords["messaging"],
         ca_cert=data_dir / "pki" / "ca.crt",
         name="test-console",
     )
@@ -430,6 +432,12 @@ async def test_auditor_follows_the_security_events_live_filtered_by_kind_and_act
         await expect(events.first).to_contain_text(member)  # by name
         await expect(events.first).not_to_contain_text(other)
         await shot(page, "console-security-events")
+        # The Health page charts what just happened, from the services' heartbeats: these
+        # failed logins, a few messages, and the auditor's page's open live stream.
+        channel = await client.create_channel(unique("health-"))
+        for n in range(3):
+            await client.send(channel.channel_id, f"health {n}")
+        await platform_health_charted(browser, platform)
         await context.close()
     finally:
         await client.close()
@@ -443,6 +451,24 @@ async def test_auditor_follows_the_security_events_live_filtered_by_kind_and_act
     for role in ("member", "operator"):
         refused = await gateway_stream_status(platform, account(platform, role))
         assert refused == grpc.StatusCode.PERMISSION_DENIED, role
+
+
+async def platform_health_charted(browser: Browser, platform: RunningPlatform) -> None:
+    """An operator's Health page shows the four charts, each with points, and (the page follows
+    the registry) non-zero messages/s, live streams and login failures per minute."""
+    context, page = await console(browser, platform, account(platform, "operator"), "health")
+    await expect(page.get_by_role("heading", name="Health", exact=True)).to_be_visible()
+    figures = page.locator("figure.platform-health")
+    await expect(figures).to_have_count(4)
+    for figure in ("archive_lag_seconds", "messages_per_second", "live_streams", "login_failures_per_minute"):
+        chart = page.locator(f'figure.platform-health[data-figure="{figure}"]')
+        await expect(chart.locator("svg.chart circle").first).to_be_attached()
+        if figure != "archive_lag_seconds":  # caught up here: 0 s behind is the right figure
+            await expect(chart).not_to_have_attribute("data-peak", re.compile(r"^(0)?$"))
+    lag = page.locator('figure.platform-health[data-figure="archive_lag_seconds"]')
+    await expect(lag.locator("svg.chart")).to_contain_text("MSG")  # a line per stream
+    await shot(page, "console-health")
+    await context.close()
 
 
 async def gateway_stream_status(platform: RunningPlatform, name: str) -> grpc.StatusCode:

@@ -24,3 +24,18 @@ def test_a_services_own_counter_exports_the_label_values_it_is_given_at_zero() -
     assert metrics.registry.get_sample_value("parley_security_records_total", {"kind": "login_failed"}) is None
     records.labels("login_failed").inc()
     assert metrics.registry.get_sample_value("parley_security_records_total", {"kind": "login_failed"}) == 1
+
+
+def test_only_the_series_marked_for_the_heartbeat_travel_in_it_as_metrics_shows_them() -> None:
+    metrics = ServiceMetrics("gateway")
+    live = metrics.gauge("parley_live_streams", "live", heartbeat=True)
+    live.set_function(lambda: 3.0)
+    records = metrics.counter("parley_security_records", "records", ("kind",), zeroed=[("lockout",)], heartbeat=True)
+    records.labels("login_failed").inc(2)
+    metrics.gauge("parley_not_carried", "kept to /metrics")
+    carried = {(f.name, tuple(sorted(f.labels.items()))): f.value for f in metrics.heartbeat_figures()}
+    assert carried == {
+        ("parley_live_streams", ()): 3.0,
+        ("parley_security_records_total", (("kind", "lockout"),)): 0.0,
+        ("parley_security_records_total", (("kind", "login_failed"),)): 2.0,
+    }

@@ -75,9 +75,10 @@ export function lineChart(spec: ChartSpec): SVGSVGElement {
         el("circle", { cx: x(i), cy: y(v), r: 3.5, class: `dot ${series.className}` }, el("title", {}, `${series.name} ${spec.labels[i]}: ${fmt(v)} ${spec.unit}`)),
       );
     });
-    const lx = WIDTH - PAD.right - 150 + k * 75;
-    svg.append(el("rect", { x: lx, y: 6, width: 10, height: 10, class: `key ${series.className}` }));
-    svg.append(el("text", { x: lx + 14, y: 15, class: "tick" }, series.name));
+    // Two keys fit beside the title; more (a line per stream) go along the bottom.
+    const [lx, ly] = spec.series.length > 2 ? [PAD.left + k * 70, HEIGHT - 16] : [WIDTH - PAD.right - 150 + k * 75, 6];
+    svg.append(el("rect", { x: lx, y: ly, width: 10, height: 10, class: `key ${series.className}` }));
+    svg.append(el("text", { x: lx + 14, y: ly + 9, class: "tick" }, series.name));
   });
   return svg;
 }

@@ -17,7 +17,7 @@ export async function healthCharts(): Promise<HTMLElement> {
   return h(
     "section",
     { class: "health", "aria-labelledby": "health-title" },
-    h("h3", { id: "health-title" }, "Health"),
+    h("h3", { id: "health-title" }, "Service health"),
     h(
       "p",
       { class: "hint" },

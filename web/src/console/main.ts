@@ -9,6 +9,7 @@ import { auditPage } from "./audit.js";
 import { reportsPage } from "./reports.js";
 import { securityPage } from "./security.js";
 import { fleetPage } from "./fleet.js";
+import { platformPage } from "./platform.js";
 import { mayRollOut, pagesFor, type PageName } from "./roles.js";
 import { RolloutsPage } from "./rollouts.js";
 import "./console.css";
@@ -17,12 +18,13 @@ const TITLES: Record<PageName, string> = {
   fleet: "Fleet",
   advisories: "Advisories",
   rollouts: "Roll-outs",
+  health: "Health",
   audit: "Audit",
   security: "Security events",
   reports: "Reports",
 };
 // How often an open page follows the platform: roll-outs move step by step, the fleet by heartbeats.
-const FOLLOW_MS: Partial<Record<PageName, number>> = { fleet: 5000, advisories: 15000, rollouts: 2000 };
+const FOLLOW_MS: Partial<Record<PageName, number>> = { fleet: 5000, advisories: 15000, rollouts: 2000, health: 10000 };
 
 class Console {
   private readonly root: HTMLElement;
@@ -159,6 +161,9 @@ class Console {
       case "fleet":
         put(await fleetPage());
         return async () => put(await fleetPage());
+      case "health":
+        put(await platformPage());
+        return async () => put(await platformPage());
       case "advisories": {
         const draw = async (imported = "") =>
           put(await advisoriesPage(mayRollOut(session.role), (line) => void draw(line), imported));

@@ -2,7 +2,7 @@
 // need (fleet.read, patches.rollout, audit.read) and the roles storage answers. The gateway checks them again on every call;
 // this only spares a person buttons that would be refused.
 
-export type PageName = "fleet" | "advisories" | "rollouts" | "audit" | "security" | "reports";
+export type PageName = "fleet" | "advisories" | "rollouts" | "health" | "audit" | "security" | "reports";
 
 const FLEET_READ = new Set(["owner", "admin", "security-auditor", "operator"]);
 // The registry's own roll-out roles, narrower than patches.rollout: it refuses an owner.
@@ -14,7 +14,7 @@ const SECURITY_EVENTS = new Set(["admin", "owner"]);
 
 export function pagesFor(role: string): PageName[] {
   const pages: PageName[] = [];
-  if (FLEET_READ.has(role)) pages.push("fleet", "advisories", "rollouts");
+  if (FLEET_READ.has(role)) pages.push("fleet", "advisories", "rollouts", "health");
   if (AUDIT_QUERY.has(role)) pages.push("audit");
   if (SECURITY_EVENTS.has(role)) pages.push("security");
   if (FLEET_READ.has(role)) pages.push("reports"); // the filed compliance reports

@@ -19,6 +19,11 @@ With PARLEY_METRICS_LISTEN set (`parley up` sets 127.0.0.1:0), the
 instance listens there and writes a Prometheus file_sd target file in <data>/metrics/targets/,
 which deploy/monitoring/prometheus.yml scrapes; the file goes when the instance drains.
 
+A series made with `heartbeat=True` also travels in the instance's heartbeat
+(`heartbeat_figures`, InstanceHeartbeat.figures): the patch registry keeps the last heartbeats of
+every instance, so the console's Health page charts the platform's figures over the last hour
+from them, with no Prometheus server in between.
+
 Over TLS unless PARLEY_METRICS_TLS=false: the instance's own certificate from the platform CA
 (its names include 127.0.0.1 and localhost), and a client certificate from the same CA is
 required, so only the platform's scraper (pki/prometheus.crt) reads the figures. The target
@@ -52,6 +57,13 @@ class MetricsTls:
     client_ca: Path  # a scraper must present a certificate from this CA
 
 
+@dataclass(frozen=True)
+class HeartbeatFigure:
+    name: str  # the sample's name as /metrics shows it (a counter's ends in _total)
+    labels: dict[str, str]
+    value: float
+
+
 class ServiceMetrics:
     def __init__(self, service: str, version: str = "") -> None:
         self.service = service
@@ -76,21 +88,45 @@ class ServiceMetrics:
                 self.parked.labels(stream.name)
         info = Gauge("parley_service_info", "1 per running instance", ["service", "version"], registry=r)
         info.labels(service, version).set(1)
+        self._carried: list[Counter | Gauge] = []  # the series sent in heartbeats
         self._server: WSGIServer | None = None
         self._thread: Thread | None = None
         self._target: Path | None = None
 
     def counter(
-        self, name: str, documentation: str, labels: tuple[str, ...] = (), *, zeroed: Iterable[tuple[str, ...]] = ()
+        self,
+        name: str,
+        documentation: str,
+        labels: tuple[str, ...] = (),
+        *,
+        zeroed: Iterable[tuple[str, ...]] = (),
+        heartbeat: bool = False,
     ) -> Counter:
-        """`zeroed`: label values exported at 0 before their first event (see the module's note)."""
+        """`zeroed`: label values exported at 0 before their first event (see the module's note);
+        `heartbeat`: the series travels in heartbeats too."""
         counter = Counter(name, documentation, list(labels), registry=self.registry)
         for values in zeroed:
             counter.labels(*values)
+        if heartbeat:
+            self._carried.append(counter)
         return counter
 
-    def gauge(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> Gauge:
-        return Gauge(name, documentation, list(labels), registry=self.registry)
+    def gauge(self, name: str, documentation: str, labels: tuple[str, ...] = (), *, heartbeat: bool = False) -> Gauge:
+        gauge = Gauge(name, documentation, list(labels), registry=self.registry)
+        if heartbeat:
+            self._carried.append(gauge)
+        return gauge
+
+    def heartbeat_figures(self) -> list[HeartbeatFigure]:
+        """Every sample of the series marked `heartbeat=True`, as /metrics shows them now (a
+        counter's `_total`, not its `_created`)."""
+        return [
+            HeartbeatFigure(sample.name, dict(sample.labels), float(sample.value))
+            for series in self._carried
+            for family in series.collect()
+            for sample in family.samples
+            if not sample.name.endswith("_created")
+        ]
 
     def serve(self, listen: str, *, targets_dir: Path, instance_id: str, tls: MetricsTls | None = None) -> str:
         """Listen on host:port (port 0: any free one); write the file_sd target. Returns host:port."""

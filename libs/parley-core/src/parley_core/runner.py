@@ -26,7 +26,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-from parley.fleet.v1.fleet_pb2 import Distribution, InstanceHeartbeat
+from parley.fleet.v1.fleet_pb2 import Distribution, Figure, InstanceHeartbeat
 
 from parley_core import port_share, telemetry
 from parley_core.access import AccessProjection, follow_access
@@ -394,6 +394,7 @@ async def _heartbeat(ctx: RunContext, health: str) -> None:
         p99_latency_ms=ctx.stats.take_p99_ms(),
         address=ctx.address,
         latency_buckets=ctx.stats.latency_buckets,
+        figures=[Figure(name=f.name, labels=f.labels, value=f.value) for f in ctx.metrics.heartbeat_figures()],
     )
     try:
         await ctx.bus.nc.publish(heartbeat_subject(ctx.service, ctx.settings.instance_id), beat.SerializeToString())

@@ -322,6 +322,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             "Audit records written on SEC, per kind",
             ("kind",),
             zeroed=[(kind,) for kind in ("login_failed", "lockout", "change_not_made")],
+            heartbeat=True,  # failed logins per minute on the console's Health page
         )
         self._issuer = TokenIssuer.load_or_create(self._signing_key_path, lifetime_s=self.settings.access_token_seconds)
         self._sealer = SecretSealer.load_or_create(ctx.settings.secrets_dir / AUTH_SEALING_KEY_FILE)

@@ -163,7 +163,7 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
-        live = ctx.metrics.gauge("parley_live_streams", "Live streams (Subscribe) open on this gateway")
+        live = ctx.metrics.gauge("parley_live_streams", "Live streams (Subscribe) open on this gateway", heartbeat=True)
         live.set_function(lambda: float(self._caps.open_streams))
         self._feed = ChannelFeed(ctx.bus)
         self._feed.start()

@@ -160,6 +160,11 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
+        # Sends that posted a message (a retried send is not counted again): messages/s on the
+        # console's Health page, and in /metrics.
+        self._posted = ctx.metrics.counter(
+            "parley_messages_posted", "Messages posted (a retried send counts once)", heartbeat=True
+        )
         # Users and devices (auth owns them) first, then channels and to-device queues.
         self._auth_replay = await ctx.bus.replay(stream="AUTH", filter_subject=AUTH_FILTER, handler=self._apply_auth)
         await self._auth_replay.wait_caught_up()
@@ -423,13 +428,17 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         assert self._ctx is not None
         caller = self._ctx.tokens.caller(context)
         key = validate_idempotency_key(request.idempotency_key)
+        posting = False  # whether the last decision (the one appended, or not) was a new post
 
         def decide(channel: Channel) -> NewEvent | None:
+            nonlocal posting
+            posting = False
             channel.require_member(caller.user_id)
             body = body_for(channel, request.body)
             channel.check_thread_root(caller.user_id, request.thread_root_seq)
             if channel.earlier_send(caller.user_id, key) is not None:
                 return None  # a retried send: the first result stands
+            posting = True
             sent = Timestamp()
             sent.GetCurrentTime()
             return NewEvent(
@@ -451,6 +460,8 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
             )
 
         channel = await self._on_channel(request.channel_id, decide)
+        if posting:
+            self._posted.inc()
         posted = channel.earlier_send(caller.user_id, key)
         assert posted is not None
         return to_proto(posted)

@@ -62,8 +62,9 @@ from parley_patch_registry.schemas import SchemaCensus, check_readable
 from parley_patch_registry.settings import RegistrySettings
 
 log = logging.getLogger(__name__)
-# Heartbeats kept per instance: at one a second, the last ten minutes, longer than any gate window.
-HEARTBEAT_HISTORY = 600
+# Heartbeats kept per instance: at the default one every 5 s, the last hour (the console's Health
+# page); at one a second, twelve minutes, longer than any gate window.
+HEARTBEAT_HISTORY = 720
 STOPPED = "STOPPED"
 # Who published a base release: the platform, not a person (so any operator may approve its roll-out).
 BASE_PUBLISHER = "platform (base version)"
@@ -110,6 +111,10 @@ class FleetView:
 
     def first(self, instance_id: str) -> tuple[fleet_pb2.InstanceHeartbeat, float] | None:
         return self._first.get(instance_id)
+
+    def history(self, instance_id: str) -> list[tuple[fleet_pb2.InstanceHeartbeat, float]]:
+        """The instance's kept heartbeats with when each arrived, oldest first."""
+        return list(self._beats.get(instance_id, ()))
 
     def figures(self, instance_ids: Iterable[str], since: float | None) -> CallFigures:
         """The calls these instances served since `since` (None: since they started), summed.

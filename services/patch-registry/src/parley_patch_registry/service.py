@@ -24,6 +24,7 @@ from parley_core.topology import HEARTBEATS_FILTER
 from parley_patch_registry.api import PatchApi
 from parley_patch_registry.findings import PRIORITIES
 from parley_patch_registry.health import service_health
+from parley_patch_registry.platform_health import platform_health
 from parley_patch_registry.registry import FleetView, Registry, open_repository
 from parley_patch_registry.releases import KeyStore
 from parley_patch_registry.rollout import STATES
@@ -180,9 +181,10 @@ class PatchRegistryApp(fleet_pb2_grpc.FleetServiceServicer):
             )
         if not 2 <= points <= MAX_HEALTH_POINTS:
             raise InvalidArgument(f"points must be 2..{MAX_HEALTH_POINTS} (0: {DEFAULT_HEALTH_POINTS})")
-        series = service_health(
-            self.fleet, window_s=window_s, points=points, now_monotonic=time.monotonic(), now_wall=time.time()
-        )
+        now_monotonic, now_wall = time.monotonic(), time.time()
+        at = {"now_monotonic": now_monotonic, "now_wall": now_wall}
+        series = service_health(self.fleet, window_s=window_s, points=points, **at)
+        platform = platform_health(self.fleet, window_s=window_s, points=points, **at)
         return fleet_pb2.GetServiceHealthResponse(
             services=[
                 fleet_pb2.ServiceHealth(
@@ -201,4 +203,16 @@ class PatchRegistryApp(fleet_pb2_grpc.FleetServiceServicer):
                 for service, steps in sorted(series.items())
             ],
             step_seconds=window_s / points,
+            platform=[
+                fleet_pb2.PlatformSeries(
+                    figure=line.figure.figure,
+                    label=line.label,
+                    unit=line.figure.unit,
+                    points=[
+                        fleet_pb2.PlatformPoint(at=p.at, known=p.value is not None, value=p.value or 0.0)
+                        for p in line.steps
+                    ],
+                )
+                for line in platform
+            ],
         )

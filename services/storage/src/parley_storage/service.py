@@ -114,7 +114,10 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
             "parley_archive_lag_events", "Events in JetStream not yet archived, per stream", ("stream",)
         )
         self._lag_seconds = ctx.metrics.gauge(
-            "parley_archive_lag_seconds", "Age of the oldest event not yet archived, per stream", ("stream",)
+            "parley_archive_lag_seconds",
+            "Age of the oldest event not yet archived, per stream",
+            ("stream",),
+            heartbeat=True,  # the console's Health page
         )
         url = database_url(ctx.settings)
         engine = open_engine(url)

@@ -25,31 +25,41 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bparley/fleet/v1/fleet.proto\x12\x0fparley.fleet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbb\x02\n\x11InstanceHeartbeat\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\x12\x0c\n\x04host\x18\x04 \x01(\t\x12\x0e\n\x06health\x18\x05 \x01(\t\x12\x34\n\rdistributions\x18\x06 \x03(\x0b\x32\x1d.parley.fleet.v1.Distribution\x12+\n\x07sent_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0erequests_total\x18\x08 \x01(\x04\x12\x14\n\x0c\x65rrors_total\x18\t \x01(\x04\x12\x16\n\x0ep99_latency_ms\x18\n \x01(\x01\x12\x0f\n\x07\x61\x64\x64ress\x18\x0b \x01(\t\x12\x17\n\x0flatency_buckets\x18\x0c \x03(\x04\"-\n\x0c\x44istribution\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"A\n\x17GetServiceHealthRequest\x12\x16\n\x0ewindow_seconds\x18\x01 \x01(\r\x12\x0e\n\x06points\x18\x02 \x01(\r\"\\\n\x0bHealthPoint\x12\n\n\x02\x61t\x18\x01 \x01(\x01\x12\r\n\x05\x63\x61lls\x18\x02 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x03 \x01(\x04\x12\x12\n\nerror_rate\x18\x04 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x05 \x01(\x01\"N\n\rServiceHealth\x12\x0f\n\x07service\x18\x01 \x01(\t\x12,\n\x06points\x18\x02 \x03(\x0b\x32\x1c.parley.fleet.v1.HealthPoint\"b\n\x18GetServiceHealthResponse\x12\x30\n\x08services\x18\x01 \x03(\x0b\x32\x1e.parley.fleet.v1.ServiceHealth\x12\x14\n\x0cstep_seconds\x18\x02 \x01(\x01\"\x16\n\x14ListInstancesRequest\"K\n\x15ListInstancesResponse\x12\x32\n\tinstances\x18\x01 \x03(\x0b\x32\x1f.parley.fleet.v1.InstanceStatus\"[\n\x0eInstanceStatus\x12:\n\x0elast_heartbeat\x18\x01 \x01(\x0b\x32\".parley.fleet.v1.InstanceHeartbeat\x12\r\n\x05stale\x18\x02 \x01(\x08\x32\xd7\x01\n\x0c\x46leetService\x12^\n\rListInstances\x12%.parley.fleet.v1.ListInstancesRequest\x1a&.parley.fleet.v1.ListInstancesResponse\x12g\n\x10GetServiceHealth\x12(.parley.fleet.v1.GetServiceHealthRequest\x1a).parley.fleet.v1.GetServiceHealthResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bparley/fleet/v1/fleet.proto\x12\x0fparley.fleet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe5\x02\n\x11InstanceHeartbeat\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\x12\x0c\n\x04host\x18\x04 \x01(\t\x12\x0e\n\x06health\x18\x05 \x01(\t\x12\x34\n\rdistributions\x18\x06 \x03(\x0b\x32\x1d.parley.fleet.v1.Distribution\x12+\n\x07sent_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0erequests_total\x18\x08 \x01(\x04\x12\x14\n\x0c\x65rrors_total\x18\t \x01(\x04\x12\x16\n\x0ep99_latency_ms\x18\n \x01(\x01\x12\x0f\n\x07\x61\x64\x64ress\x18\x0b \x01(\t\x12\x17\n\x0flatency_buckets\x18\x0c \x03(\x04\x12(\n\x07\x66igures\x18\r \x03(\x0b\x32\x17.parley.fleet.v1.Figure\"\x89\x01\n\x06\x46igure\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x33\n\x06labels\x18\x02 \x03(\x0b\x32#.parley.fleet.v1.Figure.LabelsEntry\x12\r\n\x05value\x18\x03 \x01(\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"-\n\x0c\x44istribution\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"A\n\x17GetServiceHealthRequest\x12\x16\n\x0ewindow_seconds\x18\x01 \x01(\r\x12\x0e\n\x06points\x18\x02 \x01(\r\"\\\n\x0bHealthPoint\x12\n\n\x02\x61t\x18\x01 \x01(\x01\x12\r\n\x05\x63\x61lls\x18\x02 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x03 \x01(\x04\x12\x12\n\nerror_rate\x18\x04 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x05 \x01(\x01\"N\n\rServiceHealth\x12\x0f\n\x07service\x18\x01 \x01(\t\x12,\n\x06points\x18\x02 \x03(\x0b\x32\x1c.parley.fleet.v1.HealthPoint\"\x95\x01\n\x18GetServiceHealthResponse\x12\x30\n\x08services\x18\x01 \x03(\x0b\x32\x1e.parley.fleet.v1.ServiceHealth\x12\x14\n\x0cstep_seconds\x18\x02 \x01(\x01\x12\x31\n\x08platform\x18\x03 \x03(\x0b\x32\x1f.parley.fleet.v1.PlatformSeries\"m\n\x0ePlatformSeries\x12\x0e\n\x06\x66igure\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12.\n\x06points\x18\x04 \x03(\x0b\x32\x1e.parley.fleet.v1.PlatformPoint\"9\n\rPlatformPoint\x12\n\n\x02\x61t\x18\x01 \x01(\x01\x12\r\n\x05known\x18\x02 \x01(\x08\x12\r\n\x05value\x18\x03 \x01(\x01\"\x16\n\x14ListInstancesRequest\"K\n\x15ListInstancesResponse\x12\x32\n\tinstances\x18\x01 \x03(\x0b\x32\x1f.parley.fleet.v1.InstanceStatus\"[\n\x0eInstanceStatus\x12:\n\x0elast_heartbeat\x18\x01 \x01(\x0b\x32\".parley.fleet.v1.InstanceHeartbeat\x12\r\n\x05stale\x18\x02 \x01(\x08\x32\xd7\x01\n\x0c\x46leetService\x12^\n\rListInstances\x12%.parley.fleet.v1.ListInstancesRequest\x1a&.parley.fleet.v1.ListInstancesResponse\x12g\n\x10GetServiceHealth\x12(.parley.fleet.v1.GetServiceHealthRequest\x1a).parley.fleet.v1.GetServiceHealthResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parley.fleet.v1.fleet_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_FIGURE_LABELSENTRY']._loaded_options = None
+  _globals['_FIGURE_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_INSTANCEHEARTBEAT']._serialized_start=82
-  _globals['_INSTANCEHEARTBEAT']._serialized_end=397
-  _globals['_DISTRIBUTION']._serialized_start=399
-  _globals['_DISTRIBUTION']._serialized_end=444
-  _globals['_GETSERVICEHEALTHREQUEST']._serialized_start=446
-  _globals['_GETSERVICEHEALTHREQUEST']._serialized_end=511
-  _globals['_HEALTHPOINT']._serialized_start=513
-  _globals['_HEALTHPOINT']._serialized_end=605
-  _globals['_SERVICEHEALTH']._serialized_start=607
-  _globals['_SERVICEHEALTH']._serialized_end=685
-  _globals['_GETSERVICEHEALTHRESPONSE']._serialized_start=687
-  _globals['_GETSERVICEHEALTHRESPONSE']._serialized_end=785
-  _globals['_LISTINSTANCESREQUEST']._serialized_start=787
-  _globals['_LISTINSTANCESREQUEST']._serialized_end=809
-  _globals['_LISTINSTANCESRESPONSE']._serialized_start=811
-  _globals['_LISTINSTANCESRESPONSE']._serialized_end=886
-  _globals['_INSTANCESTATUS']._serialized_start=888
-  _globals['_INSTANCESTATUS']._serialized_end=979
-  _globals['_FLEETSERVICE']._serialized_start=982
-  _globals['_FLEETSERVICE']._serialized_end=1197
+  _globals['_INSTANCEHEARTBEAT']._serialized_end=439
+  _globals['_FIGURE']._serialized_start=442
+  _globals['_FIGURE']._serialized_end=579
+  _globals['_FIGURE_LABELSENTRY']._serialized_start=534
+  _globals['_FIGURE_LABELSENTRY']._serialized_end=579
+  _globals['_DISTRIBUTION']._serialized_start=581
+  _globals['_DISTRIBUTION']._serialized_end=626
+  _globals['_GETSERVICEHEALTHREQUEST']._serialized_start=628
+  _globals['_GETSERVICEHEALTHREQUEST']._serialized_end=693
+  _globals['_HEALTHPOINT']._serialized_start=695
+  _globals['_HEALTHPOINT']._serialized_end=787
+  _globals['_SERVICEHEALTH']._serialized_start=789
+  _globals['_SERVICEHEALTH']._serialized_end=867
+  _globals['_GETSERVICEHEALTHRESPONSE']._serialized_start=870
+  _globals['_GETSERVICEHEALTHRESPONSE']._serialized_end=1019
+  _globals['_PLATFORMSERIES']._serialized_start=1021
+  _globals['_PLATFORMSERIES']._serialized_end=1130
+  _globals['_PLATFORMPOINT']._serialized_start=1132
+  _globals['_PLATFORMPOINT']._serialized_end=1189
+  _globals['_LISTINSTANCESREQUEST']._serialized_start=1191
+  _globals['_LISTINSTANCESREQUEST']._serialized_end=1213
+  _globals['_LISTINSTANCESRESPONSE']._serialized_start=1215
+  _globals['_LISTINSTANCESRESPONSE']._serialized_end=1290
+  _globals['_INSTANCESTATUS']._serialized_start=1292
+  _globals['_INSTANCESTATUS']._serialized_end=1383
+  _globals['_FLEETSERVICE']._serialized_start=1386
+  _globals['_FLEETSERVICE']._serialized_end=1601
 # @@protoc_insertion_point(module_scope)

@@ -39,6 +39,7 @@ class InstanceHeartbeat(_message.Message):
     P99_LATENCY_MS_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
     LATENCY_BUCKETS_FIELD_NUMBER: _builtins.int
+    FIGURES_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     version: _builtins.str
     instance_id: _builtins.str
@@ -66,6 +67,13 @@ class InstanceHeartbeat(_message.Message):
         the difference of two heartbeats to get any window's percentiles.
         """
 
+    @_builtins.property
+    def figures(self) -> _containers.RepeatedCompositeFieldContainer[Global___Figure]:
+        """The platform figures this instance measures (its Prometheus series marked for the
+        heartbeat: storage's archive lag, messages posted, the gateway's live streams, auth's audit
+        records by kind), for the registry's platform health history (GetServiceHealth.platform).
+        """
+
     def __init__(
         self,
         *,
@@ -81,14 +89,65 @@ class InstanceHeartbeat(_message.Message):
         p99_latency_ms: _builtins.float = ...,
         address: _builtins.str = ...,
         latency_buckets: _abc.Iterable[_builtins.int] | None = ...,
+        figures: _abc.Iterable[Global___Figure] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sent_at", b"sent_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "distributions", b"distributions", "errors_total", b"errors_total", "health", b"health", "host", b"host", "instance_id", b"instance_id", "latency_buckets", b"latency_buckets", "p99_latency_ms", b"p99_latency_ms", "requests_total", b"requests_total", "sent_at", b"sent_at", "service", b"service", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "distributions", b"distributions", "errors_total", b"errors_total", "figures", b"figures", "health", b"health", "host", b"host", "instance_id", b"instance_id", "latency_buckets", b"latency_buckets", "p99_latency_ms", b"p99_latency_ms", "requests_total", b"requests_total", "sent_at", b"sent_at", "service", b"service", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InstanceHeartbeat: _TypeAlias = InstanceHeartbeat  # noqa: Y015
+
+@_typing.final
+class Figure(_message.Message):
+    """One sample of a Prometheus series, as the instance's own /metrics shows it now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """the series, e.g. parley_live_streams, parley_messages_posted_total"""
+    value: _builtins.float
+    """a counter's is cumulative since start; a gauge's is its value now"""
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        value: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "name", b"name", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Figure: _TypeAlias = Figure  # noqa: Y015
 
 @_typing.final
 class Distribution(_message.Message):
@@ -203,22 +262,91 @@ class GetServiceHealthResponse(_message.Message):
 
     SERVICES_FIELD_NUMBER: _builtins.int
     STEP_SECONDS_FIELD_NUMBER: _builtins.int
+    PLATFORM_FIELD_NUMBER: _builtins.int
     step_seconds: _builtins.float
     @_builtins.property
     def services(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceHealth]: ...
+    @_builtins.property
+    def platform(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlatformSeries]: ...
     def __init__(
         self,
         *,
         services: _abc.Iterable[Global___ServiceHealth] | None = ...,
         step_seconds: _builtins.float = ...,
+        platform: _abc.Iterable[Global___PlatformSeries] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["services", b"services", "step_seconds", b"step_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["platform", b"platform", "services", b"services", "step_seconds", b"step_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetServiceHealthResponse: _TypeAlias = GetServiceHealthResponse  # noqa: Y015
+
+@_typing.final
+class PlatformSeries(_message.Message):
+    """One of the platform's figures over the steps, e.g. messages_per_second, or
+    archive_lag_seconds for one stream (label "MSG").
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIGURE_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    UNIT_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    figure: _builtins.str
+    """archive_lag_seconds | messages_per_second | live_streams | login_failures_per_minute"""
+    label: _builtins.str
+    """which one of several (archive lag: the stream); empty for a single series"""
+    unit: _builtins.str
+    """s, messages/s, streams, failures/min"""
+    @_builtins.property
+    def points(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlatformPoint]:
+        """the same steps as the services' points, oldest first"""
+
+    def __init__(
+        self,
+        *,
+        figure: _builtins.str = ...,
+        label: _builtins.str = ...,
+        unit: _builtins.str = ...,
+        points: _abc.Iterable[Global___PlatformPoint] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["figure", b"figure", "label", b"label", "points", b"points", "unit", b"unit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlatformSeries: _TypeAlias = PlatformSeries  # noqa: Y015
+
+@_typing.final
+class PlatformPoint(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_FIELD_NUMBER: _builtins.int
+    KNOWN_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    at: _builtins.float
+    """unix seconds: the end of the step"""
+    known: _builtins.bool
+    """false: no heartbeat the registry keeps says (before its history, or no instance then)"""
+    value: _builtins.float
+    def __init__(
+        self,
+        *,
+        at: _builtins.float = ...,
+        known: _builtins.bool = ...,
+        value: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "known", b"known", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlatformPoint: _TypeAlias = PlatformPoint  # noqa: Y015
 
 @_typing.final
 class ListInstancesRequest(_message.Message):

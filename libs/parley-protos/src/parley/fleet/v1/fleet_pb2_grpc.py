@@ -57,7 +57,9 @@ class FleetServiceServicer:
 
     def GetServiceHealth(self, request, context):
         """Each service's calls, errors and p99 latency over the last while, in equal steps: the
-        figures the roll-out health gates judge, from the heartbeats the registry keeps.
+        figures the roll-out health gates judge, from the heartbeats the registry keeps; and the
+        platform's own figures over the same steps (archive lag, messages/s, live streams, login
+        failures per minute), from the figures the heartbeats carry.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

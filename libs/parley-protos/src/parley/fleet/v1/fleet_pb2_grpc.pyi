@@ -34,7 +34,9 @@ class FleetServiceStub:
     ListInstances: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.ListInstancesRequest, _fleet_pb2.ListInstancesResponse]
     GetServiceHealth: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.GetServiceHealthRequest, _fleet_pb2.GetServiceHealthResponse]
     """Each service's calls, errors and p99 latency over the last while, in equal steps: the
-    figures the roll-out health gates judge, from the heartbeats the registry keeps.
+    figures the roll-out health gates judge, from the heartbeats the registry keeps; and the
+    platform's own figures over the same steps (archive lag, messages/s, live streams, login
+    failures per minute), from the figures the heartbeats carry.
     """
 
 @_typing.type_check_only
@@ -43,7 +45,9 @@ class FleetServiceAsyncStub(FleetServiceStub):
     ListInstances: _aio.UnaryUnaryMultiCallable[_fleet_pb2.ListInstancesRequest, _fleet_pb2.ListInstancesResponse]  # type: ignore[assignment]
     GetServiceHealth: _aio.UnaryUnaryMultiCallable[_fleet_pb2.GetServiceHealthRequest, _fleet_pb2.GetServiceHealthResponse]  # type: ignore[assignment]
     """Each service's calls, errors and p99 latency over the last while, in equal steps: the
-    figures the roll-out health gates judge, from the heartbeats the registry keeps.
+    figures the roll-out health gates judge, from the heartbeats the registry keeps; and the
+    platform's own figures over the same steps (archive lag, messages/s, live streams, login
+    failures per minute), from the figures the heartbeats carry.
     """
 
 class FleetServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -61,7 +65,9 @@ class FleetServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_fleet_pb2.GetServiceHealthResponse, _abc.Awaitable[_fleet_pb2.GetServiceHealthResponse]]:
         """Each service's calls, errors and p99 latency over the last while, in equal steps: the
-        figures the roll-out health gates judge, from the heartbeats the registry keeps.
+        figures the roll-out health gates judge, from the heartbeats the registry keeps; and the
+        platform's own figures over the same steps (archive lag, messages/s, live streams, login
+        failures per minute), from the figures the heartbeats carry.
         """
 
 def add_FleetServiceServicer_to_server(servicer: FleetServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

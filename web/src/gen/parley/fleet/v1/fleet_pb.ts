@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/fleet/v1/fleet.proto.
  */
 export const file_parley_fleet_v1_fleet: GenFile = /*@__PURE__*/
-  fileDesc("ChtwYXJsZXkvZmxlZXQvdjEvZmxlZXQucHJvdG8SD3BhcmxleS5mbGVldC52MSK7AgoRSW5zdGFuY2VIZWFydGJlYXQSDwoHc2VydmljZRgBIAEoCRIPCgd2ZXJzaW9uGAIgASgJEhMKC2luc3RhbmNlX2lkGAMgASgJEgwKBGhvc3QYBCABKAkSDgoGaGVhbHRoGAUgASgJEjQKDWRpc3RyaWJ1dGlvbnMYBiADKAsyHS5wYXJsZXkuZmxlZXQudjEuRGlzdHJpYnV0aW9uEisKB3NlbnRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDnJlcXVlc3RzX3RvdGFsGAggASgEEhQKDGVycm9yc190b3RhbBgJIAEoBBIWCg5wOTlfbGF0ZW5jeV9tcxgKIAEoARIPCgdhZGRyZXNzGAsgASgJEhcKD2xhdGVuY3lfYnVja2V0cxgMIAMoBCItCgxEaXN0cmlidXRpb24SDAoEbmFtZRgBIAEoCRIPCgd2ZXJzaW9uGAIgASgJIkEKF0dldFNlcnZpY2VIZWFsdGhSZXF1ZXN0EhYKDndpbmRvd19zZWNvbmRzGAEgASgNEg4KBnBvaW50cxgCIAEoDSJcCgtIZWFsdGhQb2ludBIKCgJhdBgBIAEoARINCgVjYWxscxgCIAEoBBIOCgZlcnJvcnMYAyABKAQSEgoKZXJyb3JfcmF0ZRgEIAEoARIOCgZwOTlfbXMYBSABKAEiTgoNU2VydmljZUhlYWx0aBIPCgdzZXJ2aWNlGAEgASgJEiwKBnBvaW50cxgCIAMoCzIcLnBhcmxleS5mbGVldC52MS5IZWFsdGhQb2ludCJiChhHZXRTZXJ2aWNlSGVhbHRoUmVzcG9uc2USMAoIc2VydmljZXMYASADKAsyHi5wYXJsZXkuZmxlZXQudjEuU2VydmljZUhlYWx0aBIUCgxzdGVwX3NlY29uZHMYAiABKAEiFgoUTGlzdEluc3RhbmNlc1JlcXVlc3QiSwoVTGlzdEluc3RhbmNlc1Jlc3BvbnNlEjIKCWluc3RhbmNlcxgBIAMoCzIfLnBhcmxleS5mbGVldC52MS5JbnN0YW5jZVN0YXR1cyJbCg5JbnN0YW5jZVN0YXR1cxI6Cg5sYXN0X2hlYXJ0YmVhdBgBIAEoCzIiLnBhcmxleS5mbGVldC52MS5JbnN0YW5jZUhlYXJ0YmVhdBINCgVzdGFsZRgCIAEoCDLXAQoMRmxlZXRTZXJ2aWNlEl4KDUxpc3RJbnN0YW5jZXMSJS5wYXJsZXkuZmxlZXQudjEuTGlzdEluc3RhbmNlc1JlcXVlc3QaJi5wYXJsZXkuZmxlZXQudjEuTGlzdEluc3RhbmNlc1Jlc3BvbnNlEmcKEEdldFNlcnZpY2VIZWFsdGgSKC5wYXJsZXkuZmxlZXQudjEuR2V0U2VydmljZUhlYWx0aFJlcXVlc3QaKS5wYXJsZXkuZmxlZXQudjEuR2V0U2VydmljZUhlYWx0aFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("ChtwYXJsZXkvZmxlZXQvdjEvZmxlZXQucHJvdG8SD3BhcmxleS5mbGVldC52MSLlAgoRSW5zdGFuY2VIZWFydGJlYXQSDwoHc2VydmljZRgBIAEoCRIPCgd2ZXJzaW9uGAIgASgJEhMKC2luc3RhbmNlX2lkGAMgASgJEgwKBGhvc3QYBCABKAkSDgoGaGVhbHRoGAUgASgJEjQKDWRpc3RyaWJ1dGlvbnMYBiADKAsyHS5wYXJsZXkuZmxlZXQudjEuRGlzdHJpYnV0aW9uEisKB3NlbnRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDnJlcXVlc3RzX3RvdGFsGAggASgEEhQKDGVycm9yc190b3RhbBgJIAEoBBIWCg5wOTlfbGF0ZW5jeV9tcxgKIAEoARIPCgdhZGRyZXNzGAsgASgJEhcKD2xhdGVuY3lfYnVja2V0cxgMIAMoBBIoCgdmaWd1cmVzGA0gAygLMhcucGFybGV5LmZsZWV0LnYxLkZpZ3VyZSKJAQoGRmlndXJlEgwKBG5hbWUYASABKAkSMwoGbGFiZWxzGAIgAygLMiMucGFybGV5LmZsZWV0LnYxLkZpZ3VyZS5MYWJlbHNFbnRyeRINCgV2YWx1ZRgDIAEoARotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIi0KDERpc3RyaWJ1dGlvbhIMCgRuYW1lGAEgASgJEg8KB3ZlcnNpb24YAiABKAkiQQoXR2V0U2VydmljZUhlYWx0aFJlcXVlc3QSFgoOd2luZG93X3NlY29uZHMYASABKA0SDgoGcG9pbnRzGAIgASgNIlwKC0hlYWx0aFBvaW50EgoKAmF0GAEgASgBEg0KBWNhbGxzGAIgASgEEg4KBmVycm9ycxgDIAEoBBISCgplcnJvcl9yYXRlGAQgASgBEg4KBnA5OV9tcxgFIAEoASJOCg1TZXJ2aWNlSGVhbHRoEg8KB3NlcnZpY2UYASABKAkSLAoGcG9pbnRzGAIgAygLMhwucGFybGV5LmZsZWV0LnYxLkhlYWx0aFBvaW50IpUBChhHZXRTZXJ2aWNlSGVhbHRoUmVzcG9uc2USMAoIc2VydmljZXMYASADKAsyHi5wYXJsZXkuZmxlZXQudjEuU2VydmljZUhlYWx0aBIUCgxzdGVwX3NlY29uZHMYAiABKAESMQoIcGxhdGZvcm0YAyADKAsyHy5wYXJsZXkuZmxlZXQudjEuUGxhdGZvcm1TZXJpZXMibQoOUGxhdGZvcm1TZXJpZXMSDgoGZmlndXJlGAEgASgJEg0KBWxhYmVsGAIgASgJEgwKBHVuaXQYAyABKAkSLgoGcG9pbnRzGAQgAygLMh4ucGFybGV5LmZsZWV0LnYxLlBsYXRmb3JtUG9pbnQiOQoNUGxhdGZvcm1Qb2ludBIKCgJhdBgBIAEoARINCgVrbm93bhgCIAEoCBINCgV2YWx1ZRgDIAEoASIWChRMaXN0SW5zdGFuY2VzUmVxdWVzdCJLChVMaXN0SW5zdGFuY2VzUmVzcG9uc2USMgoJaW5zdGFuY2VzGAEgAygLMh8ucGFybGV5LmZsZWV0LnYxLkluc3RhbmNlU3RhdHVzIlsKDkluc3RhbmNlU3RhdHVzEjoKDmxhc3RfaGVhcnRiZWF0GAEgASgLMiIucGFybGV5LmZsZWV0LnYxLkluc3RhbmNlSGVhcnRiZWF0Eg0KBXN0YWxlGAIgASgIMtcBCgxGbGVldFNlcnZpY2USXgoNTGlzdEluc3RhbmNlcxIlLnBhcmxleS5mbGVldC52MS5MaXN0SW5zdGFuY2VzUmVxdWVzdBomLnBhcmxleS5mbGVldC52MS5MaXN0SW5zdGFuY2VzUmVzcG9uc2USZwoQR2V0U2VydmljZUhlYWx0aBIoLnBhcmxleS5mbGVldC52MS5HZXRTZXJ2aWNlSGVhbHRoUmVxdWVzdBopLnBhcmxleS5mbGVldC52MS5HZXRTZXJ2aWNlSGVhbHRoUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * Published by every service instance on parley.fleet.heartbeat.<service>.<instance_id>
@@ -92,6 +92,15 @@ export type InstanceHeartbeat = Message<"parley.fleet.v1.InstanceHeartbeat"> & {
    * @generated from field: repeated uint64 latency_buckets = 12;
    */
   latencyBuckets: bigint[];
+
+  /**
+   * The platform figures this instance measures (its Prometheus series marked for the
+   * heartbeat: storage's archive lag, messages posted, the gateway's live streams, auth's audit
+   * records by kind), for the registry's platform health history (GetServiceHealth.platform).
+   *
+   * @generated from field: repeated parley.fleet.v1.Figure figures = 13;
+   */
+  figures: Figure[];
 };
 
 /**
@@ -100,6 +109,39 @@ export type InstanceHeartbeat = Message<"parley.fleet.v1.InstanceHeartbeat"> & {
  */
 export const InstanceHeartbeatSchema: GenMessage<InstanceHeartbeat> = /*@__PURE__*/
   messageDesc(file_parley_fleet_v1_fleet, 0);
+
+/**
+ * One sample of a Prometheus series, as the instance's own /metrics shows it now.
+ *
+ * @generated from message parley.fleet.v1.Figure
+ */
+export type Figure = Message<"parley.fleet.v1.Figure"> & {
+  /**
+   * the series, e.g. parley_live_streams, parley_messages_posted_total
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: map<string, string> labels = 2;
+   */
+  labels: { [key: string]: string };
+
+  /**
+   * a counter's is cumulative since start; a gauge's is its value now
+   *
+   * @generated from field: double value = 3;
+   */
+  value: number;
+};
+
+/**
+ * Describes the message parley.fleet.v1.Figure.
+ * Use `create(FigureSchema)` to create a new message.
+ */
+export const FigureSchema: GenMessage<Figure> = /*@__PURE__*/
+  messageDesc(file_parley_fleet_v1_fleet, 1);
 
 /**
  * @generated from message parley.fleet.v1.Distribution
@@ -121,7 +163,7 @@ export type Distribution = Message<"parley.fleet.v1.Distribution"> & {
  * Use `create(DistributionSchema)` to create a new message.
  */
 export const DistributionSchema: GenMessage<Distribution> = /*@__PURE__*/
-  messageDesc(file_parley_fleet_v1_fleet, 1);
+  messageDesc(file_parley_fleet_v1_fleet, 2);
 
 /**
  * @generated from message parley.fleet.v1.GetServiceHealthRequest
@@ -147,7 +189,7 @@ export type GetServiceHealthRequest = Message<"parley.fleet.v1.GetServiceHealthR
  * Use `create(GetServiceHealthRequestSchema)` to create a new message.
  */
 export const GetServiceHealthRequestSchema: GenMessage<GetServiceHealthRequest> = /*@__PURE__*/
-  messageDesc(file_parley_fleet_v1_fleet, 2);
+  messageDesc(file_parley_fleet_v1_fleet, 3);
 
 /**
  * @generated from message parley.fleet.v1.HealthPoint
@@ -194,7 +236,7 @@ export type HealthPoint = Message<"parley.fleet.v1.HealthPoint"> & {
  * Use `create(HealthPointSchema)` to create a new message.
  */
 export const HealthPointSchema: GenMessage<HealthPoint> = /*@__PURE__*/
-  messageDesc(file_parley_fleet_v1_fleet, 3);
+  messageDesc(file_parley_fleet_v1_fleet, 4);
 
 /**
  * @generated from message parley.fleet.v1.ServiceHealth
@@ -218,7 +260,7 @@ export type ServiceHealth = Message<"parley.fleet.v1.ServiceHealth"> & {
  * Use `create(ServiceHealthSchema)` to create a new message.
  */
 export const ServiceHealthSchema: GenMessage<ServiceHealth> = /*@__PURE__*/
-  messageDesc(file_parley_fleet_v1_fleet, 4);
+  messageDesc(file_parley_fleet_v1_fleet, 5);
 
 /**
  * @generated from message parley.fleet.v1.GetServiceHealthResponse
@@ -233,6 +275,11 @@ export type GetServiceHealthResponse = Message<"parley.fleet.v1.GetServiceHealth
    * @generated from field: double step_seconds = 2;
    */
   stepSeconds: number;
+
+  /**
+   * @generated from field: repeated parley.fleet.v1.PlatformSeries platform = 3;
+   */
+  platform: PlatformSeries[];
 };
 
 /**
@@ -240,7 +287,81 @@ export type GetServiceHealthResponse = Message<"parley.fleet.v1.GetServiceHealth
  * Use `create(GetServiceHealthResponseSchema)` to create a new message.
  */
 export const GetServiceHealthResponseSchema: GenMessage<GetServiceHealthResponse> = /*@__PURE__*/
-  messageDesc(file_parley_fleet_v1_fleet, 5);
+  messageDesc(file_parley_fleet_v1_fleet, 6);
+
+/**
+ * One of the platform's figures over the steps, e.g. messages_per_second, or
+ * archive_lag_seconds for one stream (label "MSG").
+ *
+ * @generated from message parley.fleet.v1.PlatformSeries
+ */
+export type PlatformSeries = Message<"parley.fleet.v1.PlatformSeries"> & {
+  /**
+   * archive_lag_seconds | messages_per_second | live_streams | login_failures_per_minute
+   *
+   * @generated from field: string figure = 1;
+   */
+  figure: string;
+
+  /**
+   * which one of several (archive lag: the stream); empty for a single series
+   *
+   * @generated from field: string label = 2;
+   */
+  label: string;
+
+  /**
+   * s, messages/s, streams, failures/min
+   *
+   * @generated from field: string unit = 3;
+   */
+  unit: string;
+
+  /**
+   * the same steps as the services' points, oldest first
+   *
+   * @generated from field: repeated parley.fleet.v1.PlatformPoint points = 4;
+   */
+  points: PlatformPoint[];
+};
+
+/**
+ * Describes the message parley.fleet.v1.PlatformSeries.
+ * Use `create(PlatformSeriesSchema)` to create a new message.
+ */
+export const PlatformSeriesSchema: GenMessage<PlatformSeries> = /*@__PURE__*/
+  messageDesc(file_parley_fleet_v1_fleet, 7);
+
+/**
+ * @generated from message parley.fleet.v1.PlatformPoint
+ */
+export type PlatformPoint = Message<"parley.fleet.v1.PlatformPoint"> & {
+  /**
+   * unix seconds: the end of the step
+   *
+   * @generated from field: double at = 1;
+   */
+  at: number;
+
+  /**
+   * false: no heartbeat the registry keeps says (before its history, or no instance then)
+   *
+   * @generated from field: bool known = 2;
+   */
+  known: boolean;
+
+  /**
+   * @generated from field: double value = 3;
+   */
+  value: number;
+};
+
+/**
+ * Describes the message parley.fleet.v1.PlatformPoint.
+ * Use `create(PlatformPointSchema)` to create a new message.
+ */
+export const PlatformPointSchema: GenMessage<PlatformPoint> = /*@__PURE__*/
+  messageDesc(file_parley_fleet_v1_fleet, 8);
 
 /**
  * @generated from message parley.fleet.v1.ListInstancesRequest
@@ -253,7 +374,7 @@ export type ListInstancesRequest = Message<"parley.fleet.v1.ListInstancesRequest
  * Use `create(ListInstancesRequestSchema)` to create a new message.
  */
 export const ListInstancesRequestSchema: GenMessage<ListInstancesRequest> = /*@__PURE__*/
-  messageDesc(file_parley_fleet_v1_fleet, 6);
+  messageDesc(file_parley_fleet_v1_fleet, 9);
 
 /**
  * @generated from message parley.fleet.v1.ListInstancesResponse
@@ -270,7 +391,7 @@ export type ListInstancesResponse = Message<"parley.fleet.v1.ListInstancesRespon
  * Use `create(ListInstancesResponseSchema)` to create a new message.
  */
 export const ListInstancesResponseSchema: GenMessage<ListInstancesResponse> = /*@__PURE__*/
-  messageDesc(file_parley_fleet_v1_fleet, 7);
+  messageDesc(file_parley_fleet_v1_fleet, 10);
 
 /**
  * @generated from message parley.fleet.v1.InstanceStatus
@@ -294,7 +415,7 @@ export type InstanceStatus = Message<"parley.fleet.v1.InstanceStatus"> & {
  * Use `create(InstanceStatusSchema)` to create a new message.
  */
 export const InstanceStatusSchema: GenMessage<InstanceStatus> = /*@__PURE__*/
-  messageDesc(file_parley_fleet_v1_fleet, 8);
+  messageDesc(file_parley_fleet_v1_fleet, 11);
 
 /**
  * @generated from service parley.fleet.v1.FleetService
@@ -310,7 +431,9 @@ export const FleetService: GenService<{
   },
   /**
    * Each service's calls, errors and p99 latency over the last while, in equal steps: the
-   * figures the roll-out health gates judge, from the heartbeats the registry keeps.
+   * figures the roll-out health gates judge, from the heartbeats the registry keeps; and the
+   * platform's own figures over the same steps (archive lag, messages/s, live streams, login
+   * failures per minute), from the figures the heartbeats carry.
    *
    * @generated from rpc parley.fleet.v1.FleetService.GetServiceHealth
    */
