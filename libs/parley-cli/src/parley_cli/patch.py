@@ -31,7 +31,7 @@ from parley_cli.terminal import shown
 from parley_cli.usernames import named, usernames
 from parley_client import ParleyError
 from parley_core.pki import ensure_pki
-from parley_core.runner import secure_channel
+from parley_core.grpc_channel import secure_channel
 from parley_core.topology import PLATFORM_USER
 
 FINISHED = ("done", "rolled_back")
