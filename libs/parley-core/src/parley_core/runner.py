@@ -35,8 +35,8 @@ from parley_core.call_stats import CallStatsInterceptor
 from parley_core.config import EventLoop, Settings
 from parley_core.connections import cap_connections_per_source
 from parley_core.deadline import answering_within
-from parley_core.grpc_channel import secure_channel as secure_channel  # re-exported: its old home
 from parley_core.errors import OUTCOME_METADATA, OUTCOME_UNKNOWN, DomainError, OutcomeUnknown, status_for
+from parley_core.grpc_channel import secure_channel
 from parley_core.inventory import running_distributions
 from parley_core.listeners import stop_listening
 from parley_core.logs import configure_logging
