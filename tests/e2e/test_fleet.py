@@ -9,8 +9,8 @@ import signal
 import pytest
 from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
 
+from parley_core.grpc_channel import secure_channel
 from parley_core.pki import ensure_pki
-from parley_core.runner import secure_channel
 from parley_core.testing.platform import RunningPlatform
 from parley_core.testing.waiting import wait_until
 from parley_core.topology import SERVICES

@@ -19,9 +19,9 @@ from parley.storage.v1.events_pb2 import EventLogRestored
 
 from parley_client import MfaRequired, ParleyClient, ParleyError
 from parley_core.envelope import decode, open_payload
+from parley_core.grpc_channel import secure_channel
 from parley_core.net import free_port
 from parley_core.pki import ensure_pki
-from parley_core.runner import secure_channel
 from parley_core.testing.platform import RunningPlatform, platform_in
 from parley_core.testing.waiting import eventually
 

@@ -26,8 +26,8 @@ from sqlalchemy import URL, create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from parley_client import ParleyClient
+from parley_core.grpc_channel import secure_channel
 from parley_core.pki import ensure_pki
-from parley_core.runner import secure_channel
 from parley_core.testing.platform import RunningPlatform, platform_in
 from parley_storage.archive import SqlEventArchive, StoredMessage, open_engine
 from parley_storage.datakeys import DataKeys

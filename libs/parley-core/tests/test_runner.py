@@ -29,8 +29,9 @@ from parley_core.bus import EventBus
 from parley_core.config import Settings
 from parley_core.envelope import NewEvent
 from parley_core.errors import NotFound
+from parley_core.grpc_channel import secure_channel
 from parley_core.pki import Pki
-from parley_core.runner import RunContext, secure_channel, serve
+from parley_core.runner import RunContext, serve
 from parley_core.testing.nats import NatsTestServer
 from parley_core.tokens import ALGORITHM, AUDIENCE, ISSUER
 from parley_core.topology import STREAMS_BY_NAME, signing_key_subject

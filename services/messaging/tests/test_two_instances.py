@@ -14,7 +14,7 @@ from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.messaging.v1.events_pb2 import MessagePosted
 
 from parley_core.envelope import decode, open_payload
-from parley_core.runner import secure_channel
+from parley_core.grpc_channel import secure_channel
 from parley_core.testing.nats import NatsTestServer
 from parley_core.testing.stack import TIMEOUT_S, Stack, bearer, start_service
 from parley_core.testing.waiting import until

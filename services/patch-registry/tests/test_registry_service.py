@@ -34,8 +34,9 @@ from parley_cli.publishing import public_pem, publish_release, sign_prepared
 from parley_core.bus import EventBus
 from parley_core.config import Settings
 from parley_core.envelope import NewEvent, decode, open_payload
+from parley_core.grpc_channel import secure_channel
 from parley_core.pki import Pki
-from parley_core.runner import secure_channel, serve
+from parley_core.runner import serve
 from parley_core.testing.nats import NatsTestServer
 from parley_core.testing.waiting import eventually
 from parley_core.tokens import AUDIENCE, ISSUER

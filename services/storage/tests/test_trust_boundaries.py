@@ -37,7 +37,7 @@ from parley.storage.v1.events_pb2 import (
 
 from parley_core.bus import FOREIGN_EVENT
 from parley_core.envelope import NewEvent, decode, open_payload, seal
-from parley_core.runner import secure_channel
+from parley_core.grpc_channel import secure_channel
 from parley_core.testing.nats import NatsTestServer
 from parley_core.testing.refusals import ErrorRecorder, refused
 from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer, start_service

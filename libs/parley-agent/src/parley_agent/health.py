@@ -9,8 +9,8 @@ from __future__ import annotations
 import grpc
 from grpc_health.v1 import health_pb2
 
+from parley_core.grpc_channel import secure_channel
 from parley_core.pki import Pki
-from parley_core.runner import secure_channel
 from parley_core.topology import PLATFORM_USER
 
 

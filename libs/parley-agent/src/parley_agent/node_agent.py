@@ -46,9 +46,9 @@ from parley_agent.installer import (
 from parley_agent.probe import PROBES, MessagingProbe, ProbeUnavailable
 from parley_agent.shared_port import SharedPort
 from parley_core.errors import NotFound
+from parley_core.grpc_channel import secure_channel
 from parley_core.net import free_port
 from parley_core.pki import Pki
-from parley_core.runner import secure_channel
 from parley_core.topology import PLATFORM_USER
 
 log = logging.getLogger(__name__)

@@ -28,8 +28,8 @@ from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 
 from parley_core.config import PEER_ADDRESS_ENV
 from parley_core.files import write_private_file
+from parley_core.grpc_channel import secure_channel
 from parley_core.pki import Pki
-from parley_core.runner import secure_channel
 from parley_core.synthetic import PROBER_NAME_PREFIX
 from parley_core.topology import PLATFORM_USER
 

@@ -19,8 +19,8 @@ from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 from parley_cli.state import load_running_state
 from parley_cli.terminal import shown
 from parley_client import ParleyError
+from parley_core.grpc_channel import secure_channel
 from parley_core.rbac import ROLES
-from parley_core.runner import secure_channel
 from parley_core.topology import PLATFORM_USER
 
 TIMEOUT_S = 30.0

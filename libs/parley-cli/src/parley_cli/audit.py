@@ -38,9 +38,9 @@ from parley_core.audit import (
 from parley_core.audit_archive import archived_trusted_keys, audit_rows
 from parley_core.audit_log import ChainHead, chain_head
 from parley_core.envelope import decode, open_payload
+from parley_core.grpc_channel import secure_channel
 from parley_core.nats_connect import connect_nats_once
 from parley_core.natsconf import ensure_nats_passwords
-from parley_core.runner import secure_channel
 from parley_core.topology import AUDIT_KEYS_FILTER, PLATFORM_USER, SIGNING_KEYS_FILTER
 
 TIMEOUT_S = 30.0

@@ -4,17 +4,28 @@ agent sees) and of the platform's nats-server nodes."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nats.errors
 
-from parley_agent.health import check_health
 from parley_core.nats_connect import NatsUnreachable, connect_nats_once
 from parley_core.natsconf import ensure_nats_passwords
 from parley_core.topology import PLATFORM_USER
 
+if TYPE_CHECKING:
+    from parley_core.pki import Pki
+
 __all__ = ["check_broker", "check_health"]
 
 BROKER_CHECK_S = 2.0
+
+
+async def check_health(pki: Pki, *, service: str, address: str) -> str:
+    """The node agent's check. Imported here, not at the top: the parley_agent package loads the
+    whole agent (TUF, the installer), which every other `parley` command would pay for."""
+    from parley_agent.health import check_health as agent_check
+
+    return await agent_check(pki, service=service, address=address)
 
 
 async def check_broker(data_dir: Path, *, url: str, ca_cert: Path) -> str:

@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from parley_core.config import PEER_ADDRESS_ENV
 from parley_core.files import ensure_private_dir, write_private_file
 from parley_core.pki import Pki, issue_into
 from parley_core.topology import PLATFORM_USER
@@ -53,6 +52,8 @@ class FleetConfig:
 
     def environment(self, data_dir: Path) -> dict[str, str]:
         """What every instance on this host is told (the agent adds its port and instance id)."""
+        from parley_core.config import PEER_ADDRESS_ENV  # pydantic-settings: slow to import for every command
+
         env = {
             "PARLEY_DATA_DIR": str(data_dir),
             "PARLEY_HOST_NAME": self.host,
@@ -82,6 +83,8 @@ def make_bundle(
     *, state: dict[str, Any], pki: Pki, passwords: dict[str, str], host: str, services: tuple[str, ...], out: Path
 ) -> FleetConfig:
     """Writes the bundle into `out` (a new folder, 0700); refuses before writing anything."""
+    from parley_core.config import PEER_ADDRESS_ENV
+
     if not _HOST_NAME.match(host):
         raise BundleRefused(f"{host!r} is no host name: lower-case letters, digits and '-', at most 63")
     if out.exists():

@@ -18,18 +18,17 @@ import signal
 import sys
 from pathlib import Path
 
-from parley_agent import AgentTimeouts, NodeAgent
 from parley_cli.host_bundle import BundleRefused, FleetConfig, make_bundle, parse_services, read_bundle
 from parley_cli.state import CLIENT_FILE, PlatformNotRunning, load_running_state
 from parley_cli.uplock import PlatformAlreadyRunning, UpLock
-from parley_core.config import PEER_ADDRESS_ENV
 from parley_core.files import ensure_private_dir, write_private_file
 from parley_core.natsconf import ensure_nats_passwords
 from parley_core.pki import CA_NAME, CertificateMissing, Pki, ensure_pki
 
 HOST_STATE_FILE = "host.json"
 SUPERVISE_INTERVAL_S = 0.5
-TIMEOUTS = AgentTimeouts(healthy_s=60.0, drain_s=20.0)
+HEALTHY_S = 60.0  # the node agent waits this long for a new instance to answer its health check
+DRAIN_S = 20.0
 
 
 def say(text: str) -> None:
@@ -69,6 +68,8 @@ class Host:
     """One host's node agent and its instances, from start to drained stop."""
 
     def __init__(self, data_dir: Path, fleet: FleetConfig, *, gateway_port: int | None) -> None:
+        from parley_agent import AgentTimeouts, NodeAgent  # the whole agent (TUF): only `host join` loads it
+
         self.data_dir = data_dir
         self.fleet = fleet
         self.gateway_port = gateway_port
@@ -78,7 +79,7 @@ class Host:
             pki=self.pki,
             registry_address=fleet.registry_address,
             environment=fleet.environment(data_dir),
-            timeouts=TIMEOUTS,
+            timeouts=AgentTimeouts(healthy_s=HEALTHY_S, drain_s=DRAIN_S),
             log_dir=data_dir / "logs",
             host=fleet.host,
             announce=say,
@@ -87,6 +88,7 @@ class Host:
 
     async def start(self) -> None:
         from parley_cli.platform import base_version
+        from parley_core.config import PEER_ADDRESS_ENV
 
         for service in self.fleet.services:
             port = self.gateway_port if service == "gateway" and self.gateway_port else 0

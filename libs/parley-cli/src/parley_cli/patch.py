@@ -15,24 +15,23 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
 from parley.storage.v1 import storage_pb2_grpc
-from securesystemslib.signer import CryptoSigner
-from tuf.api.exceptions import LengthOrHashMismatchError
 
-from parley_cli.publishing import KeyFileError, create_key_file, load_key_file, public_pem, publish_release
-from parley_cli.root_rotation import rotate_root
 from parley_cli.state import no_platform
 from parley_cli.terminal import shown
 from parley_cli.usernames import named, usernames
 from parley_client import ParleyError
+from parley_core.grpc_channel import secure_channel
 from parley_core.pki import ensure_pki
-from parley_core.runner import secure_channel
 from parley_core.topology import PLATFORM_USER
+
+if TYPE_CHECKING:
+    from securesystemslib.signer import CryptoSigner
 
 FINISHED = ("done", "rolled_back")
 
@@ -198,6 +197,10 @@ async def cmd_publish(args: argparse.Namespace) -> int:
         except WheelBuildError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
+    from tuf.api.exceptions import LengthOrHashMismatchError
+
+    from parley_cli.publishing import KeyFileError, load_key_file, publish_release  # TUF: only the commands that sign
+
     key_file = _key_file(args)
     try:
         signer = load_key_file(key_file, args.service)
@@ -237,6 +240,8 @@ def _key_file(args: argparse.Namespace) -> Path:
 
 async def cmd_key_create(args: argparse.Namespace) -> int:
     """A new publisher key, kept here (0600); the registry is given its public half and delegates to it."""
+    from parley_cli.publishing import KeyFileError, create_key_file, public_pem
+
     key_file = _key_file(args)
     try:
         signer = create_key_file(key_file)
@@ -260,12 +265,17 @@ async def cmd_key_create(args: argparse.Namespace) -> int:
 
 def _root_signers(args: argparse.Namespace) -> tuple[list[CryptoSigner], list[CryptoSigner]]:
     """The current root keys given (they must exist) and the new ones (made here if missing)."""
+    from parley_cli.publishing import create_key_file, load_key_file
+
     old = [load_key_file(Path(p)) for p in args.old_key]
     new = [load_key_file(Path(p)) if Path(p).exists() else create_key_file(Path(p)) for p in args.new_key]
     return old, new
 
 
 async def cmd_root_rotate(args: argparse.Namespace) -> int:
+    from parley_cli.publishing import KeyFileError
+    from parley_cli.root_rotation import rotate_root
+
     try:
         old, new = _root_signers(args)
     except KeyFileError as error:

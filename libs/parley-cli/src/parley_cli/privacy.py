@@ -27,7 +27,7 @@ from parley_cli.terminal import shown
 from parley_cli.wording import counted
 from parley_client import ParleyError
 from parley_core.files import write_private_file
-from parley_core.runner import secure_channel
+from parley_core.grpc_channel import secure_channel
 from parley_core.topology import PLATFORM_USER
 
 TIMEOUT_S = 120.0  # both walk every archived event of the user

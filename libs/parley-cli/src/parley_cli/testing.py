@@ -29,9 +29,9 @@ from parley_agent.health import is_serving
 from parley_cli.publishing import public_pem, publish_base_release, publish_release
 from parley_core.bus import EventBus
 from parley_core.config import PEER_ADDRESS_ENV, STABLE_ADDRESS_ENV
+from parley_core.grpc_channel import secure_channel
 from parley_core.net import free_port
 from parley_core.pki import Pki
-from parley_core.runner import secure_channel
 from parley_core.testing.nats import NatsTestServer
 from parley_core.testing.operators import OperatorTokens
 from parley_core.testing.waiting import eventually

@@ -16,8 +16,8 @@ from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from parley_cli.terminal import shown
 from parley_core.envelope import decode, open_payload
+from parley_core.grpc_channel import secure_channel
 from parley_core.pki import Pki
-from parley_core.runner import secure_channel
 from parley_core.topology import PLATFORM_USER
 
 TIMEOUT_S = 10.0

@@ -36,6 +36,7 @@ from parley_core.config import EventLoop, Settings
 from parley_core.connections import cap_connections_per_source
 from parley_core.deadline import answering_within
 from parley_core.errors import OUTCOME_METADATA, OUTCOME_UNKNOWN, DomainError, OutcomeUnknown, status_for
+from parley_core.grpc_channel import secure_channel
 from parley_core.inventory import running_distributions
 from parley_core.listeners import stop_listening
 from parley_core.logs import configure_logging
@@ -117,14 +118,6 @@ class RunContext:
     async def close_channels(self) -> None:
         for channel in self._channels:
             await channel.close()
-
-
-def secure_channel(pki: Pki, *, identity: str, address: str, peer: str) -> grpc.aio.Channel:
-    cert, key = pki.read(identity)
-    credentials = grpc.ssl_channel_credentials(root_certificates=pki.ca_pem(), private_key=key, certificate_chain=cert)
-    # Verify the server's certificate names the service we mean to reach, whatever the address.
-    options = [("grpc.ssl_target_name_override", peer)]
-    return grpc.aio.secure_channel(address, credentials, options=options, interceptors=telemetry.client_interceptors())
 
 
 _AioBehaviour = Callable[[Any, "grpc.aio.ServicerContext[Any, Any]"], Any]

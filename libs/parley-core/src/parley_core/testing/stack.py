@@ -25,8 +25,9 @@ from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from parley_core.access import AccessProjection
 from parley_core.config import RegistrationMode, Settings
+from parley_core.grpc_channel import secure_channel
 from parley_core.pki import Pki
-from parley_core.runner import RunContext, ServiceApp, secure_channel, serve
+from parley_core.runner import RunContext, ServiceApp, serve
 from parley_core.testing.nats import NatsTestServer
 
 __all__ = [
