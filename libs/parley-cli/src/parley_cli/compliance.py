@@ -298,7 +298,8 @@ def render(facts: ComplianceFacts) -> str:
         "",
     ]
     security = render_sections(facts.security, since=facts.since, now=facts.generated_at, table=_table)
-    return "\n".join(header + _fleet(facts) + _findings(facts) + _time_to_patch(facts) + _rollouts(facts) + _audit(facts) + security)
+    patching = _findings(facts) + _time_to_patch(facts)
+    return "\n".join(header + _fleet(facts) + patching + _rollouts(facts) + _audit(facts) + security)
 
 
 def render_html(facts: ComplianceFacts) -> str:
