@@ -3,6 +3,7 @@ tests/e2e/test_compliance_report.py generates one from a running platform)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from parley.patch.v1 import patch_pb2
 
 from parley_cli.audit import AuditVerdict
 from parley_cli.compliance import ComplianceFacts, render, render_html
+from parley_cli.report_charts import PAST, FindingPoint, patch_sla_over_time
 from parley_cli.report_signing import ReportNotVerified, load_or_create_signing_key, signed, verify
 from parley_core.audit_log import ChainHead
 
@@ -136,3 +138,53 @@ def test_the_html_page_renders_the_same_report_escaped_with_its_charts_and_signs
     changed = filed.replace(b"olga", b"olgb", 1)
     with pytest.raises(ReportNotVerified, match="TAMPERED"):
         verify(changed, key.public_key())
+
+
+def test_time_to_patch_per_severity_from_the_fixed_findings_and_the_open_ones_ages() -> None:
+    hour = 3600.0
+    now = 1000.0 + 100 * hour
+
+    def fixed(priority: str, detected: float, took: float, *, late: bool = False) -> patch_pb2.Finding:
+        shown = _finding(priority, detected_at=detected, deadline=detected + hour, overdue=late)
+        shown.fixed_at = detected + took
+        return shown
+
+    facts = ComplianceFacts(
+        generated_at=now,
+        since=1000.0,
+        instances=[],
+        findings=[
+            _finding("high", detected_at=now - 10 * hour, deadline=now + hour, overdue=False),
+            _finding("high", detected_at=now - 30 * hour, deadline=now - hour, overdue=True),
+        ],
+        rollouts=[],
+        names={},
+        audit=AuditVerdict(records=[], findings=[], head=ChainHead(stream_last_seq=0, record=None)),
+        fixed=[
+            fixed("critical", 1000.0, 2 * hour, late=True),
+            fixed("critical", 2000.0, 4 * hour, late=True),
+            fixed("medium", 3000.0, 0.5 * hour),
+        ],
+    )
+    text = render(facts)
+    assert "## Time to patch" in text
+    # critical: (2 h + 4 h) / 2 = 3 h, the longest 4 h, both past their one-hour deadline
+    assert "| critical | 2 | 3.0 h | 4.0 h | 2 | 0 | - | - |" in text
+    # high: nothing fixed; open for 10 h and 30 h
+    assert "| high | 0 | - | - | 0 | 2 | 20.0 h | 30.0 h |" in text
+    assert "| medium | 1 | 0.5 h | 0.5 h | 0 | 0 | - | - |" in text
+    assert "| low |" not in text  # a severity with nothing fixed nor open has no row
+    page = render_html(facts)
+    assert "<h2>Time to patch</h2>" in page
+    assert "<td>critical</td><td>2</td><td>3.0 h</td><td>4.0 h</td>" in page
+
+
+def test_the_patch_sla_chart_counts_a_fixed_finding_on_the_days_it_was_open_only() -> None:
+    day = 86_400.0
+    # detected on day 1, overdue from day 2, fixed on day 3.5; the report is on day 5
+    late = FindingPoint("high", 1000.0 + day, 1000.0 + 2 * day, True, fixed_at=1000.0 + 3.5 * day)
+    chart = patch_sla_over_time([late], since=1000.0, now=1000.0 + 5 * day)
+    assert 'aria-label="Patch SLA over the period: now 0 within their deadline, 0 overdue"' in chart
+    assert f'fill="{PAST}"' in chart, "it was overdue on the days before its fix"
+    still_open = patch_sla_over_time([replace(late, fixed_at=0.0)], since=1000.0, now=1000.0 + 5 * day)
+    assert 'now 0 within their deadline, 1 overdue"' in still_open

@@ -202,3 +202,41 @@ def test_deadlines_are_configurable(osv: dict[str, Advisory]) -> None:
     book = FindingBook(policy)
     [finding] = book.reconcile([osv["PYSEC-2023-192"]], [InstalledPackage("m", "m-1", "h", "urllib3", "1.26.0")], t0)
     assert finding.deadline == t0 + timedelta(hours=1)
+
+
+def test_an_exposure_is_fixed_only_when_the_live_service_is_no_longer_affected() -> None:
+    record = {
+        "id": "TEST-FIX-1",
+        "modified": "2026-11-01T00:00:00Z",
+        "affected": [
+            {
+                "package": {"ecosystem": "PyPI", "name": "parley-messaging"},
+                "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": "0.2.0"}]}],
+            }
+        ],
+    }
+    advisory = parse_advisory(record)
+    book = FindingBook(DeadlinePolicy.default())
+    t0 = datetime(2026, 12, 1, tzinfo=UTC)
+
+    def running(instance: str, version: str) -> list[InstalledPackage]:
+        return [InstalledPackage("messaging", instance, "h", "parley-messaging", version)]
+
+    assert [f.instance_id for f in book.reconcile([advisory], running("m-1", "0.1.0"), t0)] == ["m-1"]
+    # m-1 replaced by m-2 still vulnerable: the exposure goes on (from t0), nothing is fixed
+    book.reconcile([advisory], running("m-2", "0.1.5"), t0 + timedelta(hours=1))
+    # the service silent (no live instance): unseen, not fixed
+    assert book.reconcile([advisory], [], t0 + timedelta(hours=2)) == []
+    assert book.fixed() == []
+    # a fixed version runs: fixed, its time to patch counted from the first detection
+    book.reconcile([advisory], running("m-3", "0.2.0"), t0 + timedelta(hours=5))
+    [fixed] = book.fixed()
+    assert (fixed.finding.instance_id, fixed.finding.installed_version) == ("m-2", "0.1.5")
+    assert fixed.time_to_patch == timedelta(hours=5)
+    assert book.fixed(since=t0 + timedelta(hours=6)) == []
+    # a withdrawn advisory's findings end without being fixed
+    book.reconcile([advisory], running("m-4", "0.1.0"), t0 + timedelta(hours=7))
+    withdrawn = parse_advisory({**record, "modified": "2026-12-02T00:00:00Z", "withdrawn": "2026-12-02T00:00:00Z"})
+    assert book.reconcile([withdrawn], running("m-4", "0.1.0"), t0 + timedelta(hours=8)) == []
+    book.reconcile([withdrawn], running("m-5", "0.2.0"), t0 + timedelta(hours=9))
+    assert len(book.fixed()) == 1, "only the patched exposure counts"

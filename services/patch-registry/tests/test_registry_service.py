@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import time
 import uuid
@@ -510,3 +511,60 @@ async def test_an_instance_stopped_on_purpose_leaves_the_fleet_view(registry: Re
         return ids if "m-1" not in ids else None
 
     assert "m-2" in await eventually(without_m1, "the stopped instance to leave the fleet view")
+
+
+async def test_a_finding_ends_fixed_with_its_time_to_patch_when_a_fixed_instance_replaces_the_vulnerable_one(
+    registry: Registry,
+) -> None:
+    advisory = {
+        "id": "TEST-MTTP-1",
+        "modified": "2026-11-01T00:00:00Z",
+        "summary": "messaging before 0.2.0",
+        "affected": [
+            {
+                "package": {"ecosystem": "PyPI", "name": "parley-messaging"},
+                "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": "0.2.0"}]}],
+            }
+        ],
+    }
+    await registry.stub.ImportAdvisories(
+        patch_pb2.ImportAdvisoriesRequest(osv_json=[json.dumps(advisory)]),
+        metadata=registry.token("alice", "operator"),
+        timeout=TIMEOUT_S,
+    )
+    with_fixed = patch_pb2.ListFindingsRequest(include_fixed=True)
+    await registry.beat("m-1", "0.1.0")
+
+    async def open_finding() -> patch_pb2.Finding | None:
+        response = await registry.stub.ListFindings(with_fixed, timeout=TIMEOUT_S)
+        assert not response.fixed, "nothing is fixed while m-1 runs the vulnerable version"
+        return next((f for f in response.findings if f.advisory_id == "TEST-MTTP-1"), None)
+
+    found = await eventually(open_finding, "the finding against m-1")
+    assert (found.instance_id, found.installed_version, found.fixed_at) == ("m-1", "0.1.0", 0.0)
+
+    # A roll-out's step: m-2 at the fixed version starts, then m-1 stops.
+    await registry.beat("m-2", "0.2.0")
+    await registry.beat("m-1", "0.1.0", health="STOPPED")
+
+    async def fixed() -> patch_pb2.ListFindingsResponse | None:
+        response = await registry.stub.ListFindings(with_fixed, timeout=TIMEOUT_S)
+        return response if response.fixed else None
+
+    response = await eventually(fixed, "the finding listed as fixed")
+    assert not [f for f in response.findings if f.advisory_id == "TEST-MTTP-1"]
+    [done] = response.fixed
+    assert (done.advisory_id, done.service, done.instance_id, done.package) == (
+        "TEST-MTTP-1",
+        "messaging",
+        "m-1",
+        "parley-messaging",
+    )
+    assert done.detected_at == found.detected_at, "time to patch runs from the first detection"
+    assert found.detected_at <= done.fixed_at <= time.time()
+    # Without include_fixed the answer is the open findings only, as before.
+    plain = await registry.stub.ListFindings(patch_pb2.ListFindingsRequest(), timeout=TIMEOUT_S)
+    assert not plain.fixed
+    # The period: a fix before `fixed_since` is left out.
+    later = patch_pb2.ListFindingsRequest(include_fixed=True, fixed_since=done.fixed_at + 1)
+    assert not (await registry.stub.ListFindings(later, timeout=TIMEOUT_S)).fixed

@@ -39,6 +39,8 @@ class ComplianceFacts:
     security: SecurityFacts = field(default_factory=SecurityFacts)
     # Storage's audit monitor's last run, for the newest operator checkpoint; None when unread.
     chain_state: storage_pb2.AuditChainState | None = None
+    # Findings fixed in the period, each with its detected_at and fixed_at.
+    fixed: Sequence[patch_pb2.Finding] = ()
 
 
 def active_since(rollout: patch_pb2.Rollout, since: float) -> bool:
@@ -50,7 +52,10 @@ async def gather(data_dir: Path, *, since: float, now: float) -> ComplianceFacts
     connection = RegistryConnection(argparse.Namespace(data_dir=data_dir, user=None))
     try:
         instances = (await connection.call(connection.fleet.ListInstances, fleet_pb2.ListInstancesRequest())).instances
-        findings = (await connection.call(connection.patch.ListFindings, patch_pb2.ListFindingsRequest())).findings
+        listed = await connection.call(
+            connection.patch.ListFindings, patch_pb2.ListFindingsRequest(include_fixed=True, fixed_since=since)
+        )
+        findings, fixed = listed.findings, listed.fixed
         every = (await connection.call(connection.patch.ListRollouts, patch_pb2.ListRolloutsRequest())).rollouts
         rollouts = [r for r in every if active_since(r, since)]
         names = await connection.names(rollouts)
@@ -76,6 +81,7 @@ async def gather(data_dir: Path, *, since: float, now: float) -> ComplianceFacts
         audit=audit,
         security=security,
         chain_state=chain_state,
+        fixed=list(fixed),
     )
 
 
@@ -152,6 +158,45 @@ def _findings(facts: ComplianceFacts) -> list[str]:
         aliases = f" ({_cell(', '.join(finding.aliases))})" if finding.aliases else ""
         lines.append(f"- {_cell(advisory_id)}{aliases}: {_cell(finding.summary)}")
     return [*lines, ""]
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h"
+
+
+def _time_to_patch(facts: ComplianceFacts) -> list[str]:
+    """Per severity: findings fixed in the period with their mean and longest time to patch (from
+    first detection on the service to no live instance affected), and how old the open ones are."""
+    lines = ["## Time to patch", ""]
+    if not facts.fixed and not facts.findings:
+        return [*lines, "No finding was open or fixed in the period.", ""]
+    lines += [
+        "A finding is fixed when the service has live instances again and none of them is affected "
+        "(a roll-out replaced them); its time to patch runs from when the service was first seen affected. "
+        "The registry keeps fixed findings since it last started.",
+        "",
+    ]
+    rows = []
+    for priority in SEVERITY_ORDER:
+        fixed = [f.fixed_at - f.detected_at for f in facts.fixed if f.priority == priority]
+        late = sum(1 for f in facts.fixed if f.priority == priority and f.overdue)
+        ages = [facts.generated_at - f.detected_at for f in facts.findings if f.priority == priority and f.detected_at]
+        if not fixed and not ages:
+            continue
+        rows.append(
+            (
+                priority,
+                len(fixed),
+                _hours(sum(fixed) / len(fixed)) if fixed else "-",
+                _hours(max(fixed)) if fixed else "-",
+                late,
+                len(ages),
+                _hours(sum(ages) / len(ages)) if ages else "-",
+                _hours(max(ages)) if ages else "-",
+            )
+        )
+    headers = ("severity", "fixed", "mean time to patch", "max time to patch", "fixed late")
+    return lines + _table((*headers, "open", "mean open age", "oldest open"), rows)
 
 
 def _second_person(rollout: patch_pb2.Rollout) -> str:
@@ -253,7 +298,8 @@ def render(facts: ComplianceFacts) -> str:
         "",
     ]
     security = render_sections(facts.security, since=facts.since, now=facts.generated_at, table=_table)
-    return "\n".join(header + _fleet(facts) + _findings(facts) + _rollouts(facts) + _audit(facts) + security)
+    patching = _findings(facts) + _time_to_patch(facts)
+    return "\n".join(header + _fleet(facts) + patching + _rollouts(facts) + _audit(facts) + security)
 
 
 def render_html(facts: ComplianceFacts) -> str:
@@ -261,8 +307,9 @@ def render_html(facts: ComplianceFacts) -> str:
     points = [
         FindingPoint(f.priority, f.detected_at or facts.generated_at, f.deadline, f.overdue) for f in facts.findings
     ]
+    fixed = [FindingPoint(f.priority, f.detected_at, f.deadline, f.overdue, f.fixed_at) for f in facts.fixed]
     charts = [
         findings_by_severity(points, SEVERITY_ORDER, SEVERITY_COLOURS),
-        patch_sla_over_time(points, since=facts.since, now=facts.generated_at),
+        patch_sla_over_time(points + fixed, since=facts.since, now=facts.generated_at),
     ]
     return markdown_to_html(render(facts), charts={"Open findings": charts})

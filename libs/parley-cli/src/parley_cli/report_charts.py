@@ -20,6 +20,10 @@ class FindingPoint:
     detected_at: float
     deadline: float
     overdue: bool
+    fixed_at: float = 0.0  # 0: still open
+
+    def open_at(self, t: float) -> bool:
+        return self.detected_at <= t and (not self.fixed_at or t < self.fixed_at)
 
 
 def _svg(width: int, height: int, label: str, parts: Sequence[str]) -> str:
@@ -67,8 +71,8 @@ def findings_by_severity(findings: Sequence[FindingPoint], severities: Sequence[
 
 def patch_sla_over_time(findings: Sequence[FindingPoint], *, since: float, now: float) -> str:
     """Stacked bars, one per day (or longer step) of the period: the findings open at its end that
-    were detected by then, within their deadline or past it. Only findings still open at report
-    time are known to the registry, so fixed ones drop out of the earlier days too."""
+    were detected by then and not yet fixed, within their deadline or past it. Fixed findings
+    count on the days they were open (the registry keeps those fixed since it last started)."""
     step = DAY_S
     while (now - since) / step > MAX_BARS:
         step *= 2
@@ -80,8 +84,8 @@ def patch_sla_over_time(findings: Sequence[FindingPoint], *, since: float, now: 
     ends.reverse()
     counts = [
         (
-            sum(1 for f in findings if f.detected_at <= t < f.deadline),
-            sum(1 for f in findings if f.detected_at <= t and f.deadline <= t),
+            sum(1 for f in findings if f.open_at(t) and t < f.deadline),
+            sum(1 for f in findings if f.open_at(t) and f.deadline <= t),
         )
         for t in ends
     ]
@@ -116,7 +120,7 @@ def patch_sla_over_time(findings: Sequence[FindingPoint], *, since: float, now: 
     label = f"Patch SLA over the period: now {within_now} within their deadline, {past_now} overdue"
     caption = (
         f"Open findings at the end of each {'day' if step == DAY_S else f'{step / DAY_S:g} days'}: "
-        "green within their deadline, red overdue (findings open at report time)"
+        "green within their deadline, red overdue"
     )
     return _figure(_svg(width, height, label, parts), caption)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 import grpc
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
@@ -189,9 +190,16 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
         self, request: patch_pb2.ListFindingsRequest, context: Context
     ) -> patch_pb2.ListFindingsResponse:
         now = time.time()
-        return patch_pb2.ListFindingsResponse(
+        response = patch_pb2.ListFindingsResponse(
             findings=[finding_proto(f, now) for f in self.registry.reconcile_findings()]
         )
+        if request.include_fixed:
+            since = datetime.fromtimestamp(request.fixed_since, UTC) if request.fixed_since > 0 else None
+            for fixed in self.registry.findings.fixed(since):
+                shown = finding_proto(fixed.finding, fixed.fixed_at.timestamp())
+                shown.fixed_at = fixed.fixed_at.timestamp()
+                response.fixed.append(shown)
+        return response
 
     async def PlanRollout(self, request: patch_pb2.PlanRolloutRequest, context: Context) -> patch_pb2.Rollout:
         caller = self.tokens.caller(context)

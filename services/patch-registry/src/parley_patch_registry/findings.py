@@ -9,8 +9,9 @@ Pure: the fleet and the clock are passed in.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from cvss import CVSS3, CVSS4
@@ -91,6 +92,24 @@ class Finding:
         return now > self.deadline
 
 
+@dataclass(frozen=True)
+class FixedFinding:
+    """A finding that ended because the service stopped being vulnerable: `finding` is how it
+    was last seen, its `detected_at` when the service was first seen affected by that advisory in
+    that package (whichever instance), `fixed_at` when none of its live instances was any more."""
+
+    finding: Finding
+    fixed_at: datetime
+
+    @property
+    def time_to_patch(self) -> timedelta:
+        return self.fixed_at - self.finding.detected_at
+
+
+# Fixed findings kept (newest): they live in memory, like the open findings they came from.
+FIXED_KEPT = 10_000
+
+
 @dataclass
 class DeadlinePolicy:
     deadlines: Mapping[str, timedelta]
@@ -105,11 +124,19 @@ class DeadlinePolicy:
 
 class FindingBook:
     """Current findings; a finding keeps its first detection time (and so its deadline) for as
-    long as the instance stays affected, and disappears when it is fixed or stops existing."""
+    long as the instance stays affected, and disappears when it is fixed or stops existing.
+
+    Beside them it follows each exposure, a service affected by an advisory in a package, from
+    its first finding on any instance: the exposure ends, fixed, when the service has live
+    instances again and none is affected (the roll-out replaced them, or they upgraded). A service
+    with no live instance is not fixed, only unseen; an advisory withdrawn or gone ends nothing.
+    """
 
     def __init__(self, policy: DeadlinePolicy) -> None:
         self.policy = policy
         self._findings: dict[tuple[str, str, str], Finding] = {}
+        self._exposures: dict[tuple[str, str, str], Finding] = {}  # (advisory, service, package)
+        self._fixed: deque[FixedFinding] = deque(maxlen=FIXED_KEPT)
 
     def reconcile(
         self, advisories: Iterable[Advisory], installed: Iterable[InstalledPackage], now: datetime
@@ -140,7 +167,31 @@ class FindingBook:
                     deadline=self.policy.deadline(scored.priority, detected),
                 )
         self._findings = current
+        self._follow_exposures(current.values(), {a.id for a in advisories if not a.is_withdrawn}, installed, now)
         return self.findings()
+
+    def _follow_exposures(
+        self, current: Iterable[Finding], active: set[str], installed: Iterable[InstalledPackage], now: datetime
+    ) -> None:
+        for finding in current:
+            key = (finding.advisory_id, finding.service, finding.package)
+            first = self._exposures.get(key)
+            detected = min(first.detected_at, finding.detected_at) if first else finding.detected_at
+            self._exposures[key] = replace(finding, detected_at=detected)
+        exposed = {(f.advisory_id, f.service, f.package) for f in current}
+        live_services = {item.service for item in installed}
+        for key, last in list(self._exposures.items()):
+            if key in exposed:
+                continue
+            if last.advisory_id not in active:
+                del self._exposures[key]  # withdrawn or gone: nobody patched anything
+            elif last.service in live_services:
+                del self._exposures[key]
+                self._fixed.append(FixedFinding(last, fixed_at=now))
+
+    def fixed(self, since: datetime | None = None) -> list[FixedFinding]:
+        """Findings fixed (at or after `since`), oldest fix first."""
+        return [f for f in self._fixed if since is None or f.fixed_at >= since]
 
     def findings(self) -> list[Finding]:
         return sorted(self._findings.values(), key=lambda f: (f.deadline, f.service, f.instance_id, f.advisory_id))

@@ -397,12 +397,22 @@ Global___ImportAdvisoriesResponse: _TypeAlias = ImportAdvisoriesResponse  # noqa
 class ListFindingsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    INCLUDE_FIXED_FIELD_NUMBER: _builtins.int
+    FIXED_SINCE_FIELD_NUMBER: _builtins.int
+    include_fixed: _builtins.bool
+    """Also the findings fixed since `fixed_since` (unix seconds; 0: every one the registry keeps),
+    in `fixed`: what the compliance report's mean time to patch is computed from.
+    """
+    fixed_since: _builtins.float
     def __init__(
         self,
+        *,
+        include_fixed: _builtins.bool = ...,
+        fixed_since: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fixed_since", b"fixed_since", "include_fixed", b"include_fixed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -426,6 +436,7 @@ class Finding(_message.Message):
     DETECTED_AT_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
     OVERDUE_FIELD_NUMBER: _builtins.int
+    FIXED_AT_FIELD_NUMBER: _builtins.int
     advisory_id: _builtins.str
     summary: _builtins.str
     service: _builtins.str
@@ -439,6 +450,11 @@ class Finding(_message.Message):
     detected_at: _builtins.float
     deadline: _builtins.float
     overdue: _builtins.bool
+    fixed_at: _builtins.float
+    """Set on a fixed finding: when the service stopped being affected (its `overdue`: fixed after
+    the deadline). Its detected_at is when the service was first seen affected by this advisory
+    (on any instance), so fixed_at - detected_at is its time to patch.
+    """
     @_builtins.property
     def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -460,10 +476,11 @@ class Finding(_message.Message):
         detected_at: _builtins.float = ...,
         deadline: _builtins.float = ...,
         overdue: _builtins.bool = ...,
+        fixed_at: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["advisory_id", b"advisory_id", "aliases", b"aliases", "cvss_score", b"cvss_score", "deadline", b"deadline", "detected_at", b"detected_at", "fixed_in", b"fixed_in", "host", b"host", "installed_version", b"installed_version", "instance_id", b"instance_id", "overdue", b"overdue", "package", b"package", "priority", b"priority", "service", b"service", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advisory_id", b"advisory_id", "aliases", b"aliases", "cvss_score", b"cvss_score", "deadline", b"deadline", "detected_at", b"detected_at", "fixed_at", b"fixed_at", "fixed_in", b"fixed_in", "host", b"host", "installed_version", b"installed_version", "instance_id", b"instance_id", "overdue", b"overdue", "package", b"package", "priority", b"priority", "service", b"service", "summary", b"summary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -474,16 +491,24 @@ class ListFindingsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     FINDINGS_FIELD_NUMBER: _builtins.int
+    FIXED_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def findings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Finding]: ...
+    def findings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Finding]:
+        """open"""
+
+    @_builtins.property
+    def fixed(self) -> _containers.RepeatedCompositeFieldContainer[Global___Finding]:
+        """only with include_fixed, oldest fix first"""
+
     def __init__(
         self,
         *,
         findings: _abc.Iterable[Global___Finding] | None = ...,
+        fixed: _abc.Iterable[Global___Finding] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["findings", b"findings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["findings", b"findings", "fixed", b"fixed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
