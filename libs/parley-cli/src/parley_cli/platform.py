@@ -495,6 +495,7 @@ class Platform:
             previous_python = agent.installed_python(name, previous)
             if previous_python is not None:
                 version, python = previous, previous_python
+                self.say(f"{name} runs {previous}, the release its last roll-out left running")
             else:
                 self.say(f"{name} {previous} is not installed in {agent.data_dir}; starting {version}")
         try:
@@ -526,7 +527,7 @@ class Platform:
         if published:
             self.say(f"base releases (signed, kept for revert): {', '.join(published)}")
         if verified:
-            self.say(f"running the signed releases (checked through TUF): {', '.join(verified)}")
+            self.say(f"base releases installed as signed (checked through TUF): {', '.join(verified)}")
 
     def _environment(self) -> dict[str, str]:
         """What every instance is told; the agent adds its own listening port and instance id."""
