@@ -72,9 +72,10 @@ run: venv web
 		$(if $(DATABASE_ARG),--database-url '$(DATABASE_ARG)') $(if $(GATEWAY_PORT),--gateway-port $(GATEWAY_PORT))
 
 # Test modules run on TEST_WORKERS processes (each module whole on one, so its platform starts
-# once); most of a test's time is waiting on servers, so two workers on two cores halve the run.
+# once); most of a test's time is waiting on servers, so three workers keep two cores busy (on a
+# quiet 2-core machine two workers took 17.5 minutes).
 # Modules go out in collection order, the whole-platform ones first (parley_core.testing.fixtures).
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 
 test: venv lint proto-check web chromium promtool
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15

@@ -345,7 +345,7 @@ async def test_the_reports_page_lists_the_filed_reports_and_shows_the_latest(
     await expect(frame_element).to_have_attribute("sandbox", "")
     report = page.frame_locator("iframe.report")
     await expect(report.get_by_role("heading", name="Parley compliance report", level=1)).to_be_visible()
-    await expect(report.locator("h2")).to_have_count(10)
+    await expect(report.locator("h2")).to_have_count(11)
     await expect(report.get_by_role("heading", name="Open findings")).to_be_visible()
     await expect(report.locator("svg")).to_have_count(2)
     assert "<table>" in (await frame_element.get_attribute("srcdoc") or "")

@@ -568,3 +568,8 @@ async def test_a_finding_ends_fixed_with_its_time_to_patch_when_a_fixed_instance
     # The period: a fix before `fixed_since` is left out.
     later = patch_pb2.ListFindingsRequest(include_fixed=True, fixed_since=done.fixed_at + 1)
     assert not (await registry.stub.ListFindings(later, timeout=TIMEOUT_S)).fixed
+    with pytest.raises(grpc.aio.AioRpcError) as refused:  # no time at all: refused, not an internal error
+        await registry.stub.ListFindings(
+            patch_pb2.ListFindingsRequest(include_fixed=True, fixed_since=float("inf")), timeout=TIMEOUT_S
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()

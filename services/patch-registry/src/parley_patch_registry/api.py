@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import UTC, datetime
 
 import grpc
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
 
-from parley_core.errors import PermissionDenied
+from parley_core.errors import InvalidArgument, PermissionDenied
 from parley_core.tokens import TokenVerifier
 from parley_core.topology import PLATFORM_USER
 from parley_patch_registry.findings import Finding
@@ -194,7 +195,7 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
             findings=[finding_proto(f, now) for f in self.registry.reconcile_findings()]
         )
         if request.include_fixed:
-            since = datetime.fromtimestamp(request.fixed_since, UTC) if request.fixed_since > 0 else None
+            since = fixed_since(request.fixed_since)
             for fixed in self.registry.findings.fixed(since):
                 shown = finding_proto(fixed.finding, fixed.fixed_at.timestamp())
                 shown.fixed_at = fixed.fixed_at.timestamp()
@@ -299,3 +300,15 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
             targets_url=self.http.targets_url,
             trusted_root=(self.registry.repo.metadata_dir / "1.root.json").read_bytes(),
         )
+
+
+LATEST_UNIX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, the last time a datetime holds
+
+
+def fixed_since(seconds: float) -> datetime | None:
+    """A request's `fixed_since` (unix seconds; 0: every fix kept) as a time, refused when no time."""
+    if not math.isfinite(seconds) or not 0 <= seconds <= LATEST_UNIX_SECONDS:
+        raise InvalidArgument(
+            f"fixed_since is unix seconds from 0 (every fix kept) to {LATEST_UNIX_SECONDS}, not {seconds}"
+        )
+    return datetime.fromtimestamp(seconds, UTC) if seconds > 0 else None
