@@ -177,19 +177,7 @@ async def _make_env(wheel: Path, env_dir: Path) -> None:
     (own_site / "zz-parley-base.pth").write_text(f"import site; site.addsitedir({_base_site_packages()!r})\n")
     with tempfile.TemporaryDirectory() as tmp:
         libraries = await asyncio.to_thread(_extract_libraries, wheel, Path(tmp))
-        await _run(
-            sys.executable,
-            "-m",
-            "pip",
-            "--python",
-            str(env_dir / "bin" / "python"),
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-index",
-            str(wheel),
-            *map(str, libraries),
-        )
+        await _pip_install(env_dir, "--no-index", str(wheel), *map(str, libraries))
     lock = await asyncio.to_thread(dependency_lock, wheel)
     if lock is not None:
         await _install_locked(env_dir, lock)
@@ -207,22 +195,22 @@ async def _install_locked(env_dir: Path, lock: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         requirements = Path(tmp) / "requirements.lock"
         requirements.write_text(lock)
-        await _run(
-            sys.executable,
-            "-m",
-            "pip",
-            "--python",
-            str(env_dir / "bin" / "python"),
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--require-hashes",
-            "--only-binary",
-            ":all:",
-            *source,
-            "-r",
-            str(requirements),
-        )
+        await _pip_install(env_dir, "--require-hashes", "--only-binary", ":all:", *source, "-r", str(requirements))
+
+
+async def _pip_install(env_dir: Path, *args: str) -> None:
+    """pip of the base environment installing into the version's own, never a dependency unasked."""
+    await _run(
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        str(env_dir / "bin" / "python"),
+        "install",
+        "--quiet",
+        "--no-deps",
+        *args,
+    )
 
 
 async def install_version(wheel: Path, env_dir: Path, *, cache_dir: Path | None = None) -> Path:
