@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import re
+from pathlib import Path
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from parley.auth.v1 import auth_pb2
@@ -127,3 +128,20 @@ def test_reactions_devices_accounts_audit_parked_retention_and_patch_tables() ->
     rendered = table(("who", "detail"), [(named(ALICE, {}), HOSTILE)])
     assert len(rendered.split("\n")) == 3  # header, rule, one row: the cell's newline forged none
     safe_lines(rendered)
+
+
+def test_parley_up_prints_a_roll_out_reason_as_one_visible_line() -> None:
+    """A planner's --reason reaches `parley up`'s output through the node agent's announce."""
+    from parley.patch.v1 import patch_pb2
+
+    from parley_agent.node_agent import rollout_progress
+    from parley_cli.platform import Platform
+
+    out = io.StringIO()
+    platform = Platform(Path("unused"), out=out)
+    rollout = patch_pb2.Rollout(rollout_id="r1", planned_by=ALICE, reason=HOSTILE, state="planned")
+    for line in rollout_progress(rollout):
+        platform.say(f"roll-out r1: {line}")
+    printed = out.getvalue()
+    assert printed.count("\n") == 1, printed
+    safe_line(printed.removesuffix("\n"))

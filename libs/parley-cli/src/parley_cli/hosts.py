@@ -20,6 +20,7 @@ from pathlib import Path
 
 from parley_cli.host_bundle import BundleRefused, FleetConfig, make_bundle, parse_services, read_bundle
 from parley_cli.state import CLIENT_FILE, PlatformNotRunning, load_running_state
+from parley_cli.terminal import shown
 from parley_cli.uplock import PlatformAlreadyRunning, UpLock
 from parley_core.files import ensure_private_dir, write_private_file
 from parley_core.natsconf import ensure_nats_passwords
@@ -32,7 +33,7 @@ DRAIN_S = 20.0
 
 
 def say(text: str) -> None:
-    print(f"[parley host] {text}", flush=True)
+    print(f"[parley host] {shown(text)}", flush=True)  # a roll-out's reason is others' text
 
 
 async def cmd_host_add(args: argparse.Namespace) -> int:

@@ -33,6 +33,7 @@ from parley_agent.shared_port import claim, requests_migrate
 from parley_cli.publishing import base_wheel, publish_base_release, source_folder
 from parley_cli.report_schedule import report_every, write_reports
 from parley_cli.state import CLIENT_FILE, STATE_FILE, leftover_pids, previous_port, previous_version
+from parley_cli.terminal import shown
 from parley_cli.uplock import PlatformAlreadyRunning, UpLock
 from parley_cli.usernames import ArchiveUsernames
 from parley_cli.wheels import WheelBuildError, release_sources
@@ -133,11 +134,12 @@ class Platform:
 
     def say(self, text: str) -> None:
         """Never raises: a terminal or pipe that went away (Ctrl-C on `make run | tee`) must not
-        stop `parley up` half-way through stopping its services; later lines are dropped."""
+        stop `parley up` half-way through stopping its services; later lines are dropped.
+        One line whatever `text` holds: a roll-out's reason or a service's refusal is others' text."""
         if self.out is None:
             return
         try:
-            print(f"[parley] {text}", file=self.out, flush=True)
+            print(f"[parley] {shown(text)}", file=self.out, flush=True)
         except (OSError, ValueError):  # BrokenPipeError is an OSError; ValueError: closed file
             self.out = None
 
