@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from parley_cli.main import _totp_or_recovery
+from parley_cli.signin import totp_or_recovery as _totp_or_recovery
 
 
 def test_digits_go_as_the_apps_code_and_anything_else_as_a_recovery_code() -> None:

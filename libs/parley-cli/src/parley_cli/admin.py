@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 import grpc
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 
+from parley_cli.signin import read_password
 from parley_cli.state import load_running_state
 from parley_cli.terminal import shown
 from parley_client import ParleyError
@@ -76,9 +77,7 @@ def _show(account: auth_pb2.Account) -> str:
 
 
 async def cmd_create_user(args: argparse.Namespace) -> int:
-    from parley_cli.main import _password
-
-    password = _password(args)
+    password = read_password(args)
     async with _auth(args) as stub:
         request = auth_pb2.CreateUserRequest(username=args.username, password=password, role=args.role)
         account = await stub.CreateUser(request, timeout=TIMEOUT_S)

@@ -30,6 +30,7 @@ from parley.storage.v1.events_pb2 import (
 
 from parley_cli.admin import account_of, usernames
 from parley_cli.privacy import _archive, looks_like_id
+from parley_cli.signin import client_for, login_as
 from parley_cli.terminal import shown
 from parley_cli.wording import counted
 from parley_client import ParleyError
@@ -179,8 +180,6 @@ def _json(event: storage_pb2.ArchivedEvent, names: dict[str, str]) -> str:
 
 
 async def cmd_audit_query(args: argparse.Namespace) -> int:
-    from parley_cli.main import _client, _login_as  # main imports this module: resolve late
-
     if not args.user:
         raise SystemExit(
             "audit queries are for a security auditor: `parley --as AUDITOR audit query ...` "
@@ -190,8 +189,8 @@ async def cmd_audit_query(args: argparse.Namespace) -> int:
         raise SystemExit(f"--limit is a number of events from 1 to {MAX_EVENTS}")
     if not 0 <= args.after < 2**64:
         raise SystemExit("--after is a cursor a previous query printed (a whole number from 0)")
-    async with _client(args) as client:
-        await _login_as(args, client)
+    async with client_for(args) as client:
+        await login_as(args, client)
         actor = await user_id_or_raw(args, args.actor, "--actor")
         request = _request(args, actor, await user_id_or_raw(args, args.target, "--target"))
         events: list[storage_pb2.ArchivedEvent] = []

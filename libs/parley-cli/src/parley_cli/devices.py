@@ -14,6 +14,7 @@ import grpc
 from parley.auth.v1 import auth_pb2
 
 from parley_cli.admin import account_of
+from parley_cli.signin import client_for, login_as
 from parley_cli.terminal import shown
 from parley_client import DeviceKeyChanged, DeviceStore, E2eeDevice, ParleyClient, ParleyError, fingerprint
 
@@ -82,10 +83,8 @@ def device_lines(device: auth_pb2.Device, trust: str, *, mine: bool) -> str:
 
 
 async def cmd_devices(args: argparse.Namespace) -> int:
-    from parley_cli.main import _client, _login_as  # main imports this module: resolve late
-
-    async with _client(args) as client:
-        await _login_as(args, client)
+    async with client_for(args) as client:
+        await login_as(args, client)
         if args.remove:
             await remove_device(args, client)
             return 0

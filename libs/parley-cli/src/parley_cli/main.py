@@ -15,101 +15,34 @@ import grpc
 from parley_cli import admin, audit, chat, devices, keyring, messages, mfa, patch, privacy
 from parley_cli.health import check_broker, check_health
 from parley_cli.invocation import parley_as_run
-from parley_cli.prompt import PromptInterrupted, ask, ask_secret
-from parley_cli.saved_login import as_saved_login_refusal, save_login, saved_logins, use_saved_login
+from parley_cli.prompt import PromptInterrupted, ask_secret
+from parley_cli.saved_login import as_saved_login_refusal, save_login
+from parley_cli.signin import (
+    PASSWORDS_COME_FROM,
+    SECOND_FACTOR_HOW,
+    client_for,
+    login_as,
+    mfa_hint,
+    read_password,
+    read_secret,
+    second_factor,
+    token_path,
+    totp_or_recovery,
+)
 from parley_cli.state import (
-    CLIENT_FILE,
     DEFAULT_DATA_DIR,
     STATE_FILE,
     default_data_dir,
     how_to_start,
     leftover_pids,
     load_running_state,
-    no_platform,
     remember_data_dir,
 )
 from parley_cli.terminal import shown
 from parley_cli.wording import counted
-from parley_client import ClientConfig, MfaRequired, OutcomeUnknown, ParleyClient, ParleyError
+from parley_client import MfaRequired, OutcomeUnknown, ParleyError
 from parley_core.logs import quiet_asyncio_tls_notes
 from parley_core.nats_connect import NatsUnreachable
-
-# Where the CLI reads a password: said in every command's help that reads one.
-PASSWORDS_COME_FROM = "a prompt, the first line of standard input, or $PARLEY_PASSWORD"
-MAX_TOTP_DIGITS = 8  # RFC 6238 codes have 6 to 8 digits; a recovery code is longer and has letters
-SECOND_FACTOR_HOW = (
-    "the code from your authenticator app, or one of your recovery codes (xxxx-xxxx-xxxx-xxxx, each works once)"
-)
-
-
-def _secret(prompt: str, *, missing: str) -> str:
-    """The next line of piped standard input, or a prompt that does not echo at a terminal. An
-    empty one ends the command here, saying `missing`: the server would only call it too short."""
-    secret = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else ask_secret(prompt)
-    if not secret:
-        raise SystemExit(f"error: {missing}")
-    return secret
-
-
-def _password(args: argparse.Namespace) -> str:
-    """From PARLEY_PASSWORD (scripts), piped stdin or a prompt."""
-    if env := os.environ.get("PARLEY_PASSWORD"):
-        return env
-    missing = f"no password given for {args.username}: it is read from {PASSWORDS_COME_FROM}"
-    return _secret(f"password for {args.username}: ", missing=missing)
-
-
-def _second_factor(args: argparse.Namespace) -> str:
-    """The TOTP code (digits) or a recovery code: from PARLEY_MFA_CODE, stdin or a prompt."""
-    if env := os.environ.get("PARLEY_MFA_CODE"):
-        return env.strip()
-    if not sys.stdin.isatty():
-        return sys.stdin.readline().strip()
-    return ask(f"two-factor code for {args.username} (authenticator app, or a recovery code): ").strip()
-
-
-def _totp_or_recovery(code: str) -> tuple[str, str]:
-    """(totp_code, recovery_code) for the SDK. An authenticator app shows 6 to 8 digits (some with
-    a space in the middle); anything else is taken as a recovery code, which auth compares
-    ignoring case and spaces."""
-    digits = code.replace(" ", "")
-    if digits.isascii() and digits.isdigit() and len(digits) <= MAX_TOTP_DIGITS:
-        return digits, ""
-    return "", code
-
-
-def _mfa_hint(username: str) -> str:
-    return (
-        f"{username} uses two-factor authentication: give {SECOND_FACTOR_HOW}, "
-        f"as `parley login {username} --totp CODE`, at the prompt after the password, on the line of "
-        "standard input after the password, or in $PARLEY_MFA_CODE"
-    )
-
-
-def _client(args: argparse.Namespace) -> ParleyClient:
-    if not (args.data_dir / CLIENT_FILE).exists():
-        raise no_platform(args.data_dir)  # says how to start it in that folder, or that the folder is not there
-    config = ClientConfig.from_data_dir(args.data_dir)
-    if args.gateway:
-        config = ClientConfig(gateway_address=args.gateway, ca_cert=config.ca_cert)
-    return ParleyClient.from_config(config)
-
-
-def _token_path(args: argparse.Namespace, user: str) -> Path:
-    data_dir: Path = args.data_dir
-    return data_dir / "cli" / f"{user.casefold()}.json"
-
-
-async def _login_as(args: argparse.Namespace, client: ParleyClient) -> None:
-    if not args.user:
-        raised = "name the user with --as USER"
-        if saved := saved_logins(_token_path(args, "-").parent):
-            raise SystemExit(f"{raised}; logged in here: {', '.join(map(shown, saved))}")
-        raise SystemExit(f"{raised} (log in first with `parley login USER`)")
-    path = _token_path(args, args.user)
-    if not path.exists():
-        raise SystemExit(f"{args.user} is not logged in here; run `parley login {args.user}`")
-    use_saved_login(client, path, args.user)
 
 
 async def cmd_up(args: argparse.Namespace) -> int:
@@ -180,24 +113,24 @@ async def cmd_parked(args: argparse.Namespace) -> int:
 
 
 async def cmd_register(args: argparse.Namespace) -> int:
-    async with _client(args) as client:
-        response = await client.register(args.username, _password(args), invite_code=args.invite)
+    async with client_for(args) as client:
+        response = await client.register(args.username, read_password(args), invite_code=args.invite)
     print(f"registered {shown(response.username)} ({response.user_id})")
     return 0
 
 
 async def cmd_login(args: argparse.Namespace) -> int:
-    async with _client(args) as client:
-        password = _password(args)
-        totp, recovery = _totp_or_recovery(args.totp.strip())
+    async with client_for(args) as client:
+        password = read_password(args)
+        totp, recovery = totp_or_recovery(args.totp.strip())
         try:
             response = await client.login(args.username, password, totp_code=totp, recovery_code=recovery)
         except MfaRequired:
-            if not (code := _second_factor(args)):
-                raise SystemExit(f"error: {_mfa_hint(args.username)}") from None
-            totp, recovery = _totp_or_recovery(code)
+            if not (code := second_factor(args)):
+                raise SystemExit(f"error: {mfa_hint(args.username)}") from None
+            totp, recovery = totp_or_recovery(code)
             response = await client.login(args.username, password, totp_code=totp, recovery_code=recovery)
-    save_login(_token_path(args, args.username), response)
+    save_login(token_path(args, args.username), response)
     print(f"logged in as {args.username}; the CLI renews the session's 15-minute token while the session lasts")
     return 0
 
@@ -205,7 +138,7 @@ async def cmd_login(args: argparse.Namespace) -> int:
 def _new_password(username: str) -> str:
     """Typed twice at a terminal (a typo would lock the user out); the next line of piped stdin."""
     missing = "no new password given: type it at the prompt, or give it on the second line of standard input"
-    password = _secret(f"new password for {username}: ", missing=missing)
+    password = read_secret(f"new password for {username}: ", missing=missing)
     if sys.stdin.isatty() and ask_secret("the new password again: ") != password:
         raise SystemExit("error: the two new passwords differ; the password is not changed")
     return password
@@ -214,26 +147,26 @@ def _new_password(username: str) -> str:
 async def cmd_password(args: argparse.Namespace) -> int:
     """Changes the --as user's own password. Not from $PARLEY_PASSWORD: a script's login password
     there would otherwise be taken for the current one and the first piped line for the new one."""
-    async with _client(args) as client:
-        await _login_as(args, client)
+    async with client_for(args) as client:
+        await login_as(args, client)
         missing = "no current password given: type it at the prompt, or give it on the first line of standard input"
-        current = _secret(f"current password for {args.user}: ", missing=missing)
+        current = read_secret(f"current password for {args.user}: ", missing=missing)
         await client.change_password(current, _new_password(args.user))
     print(f"password of {args.user} changed; every other session of {args.user} is signed out, this one stays")
     return 0
 
 
 async def cmd_create_channel(args: argparse.Namespace) -> int:
-    async with _client(args) as client:
-        await _login_as(args, client)
+    async with client_for(args) as client:
+        await login_as(args, client)
         channel = await client.create_channel(args.name)
     print(f"created #{shown(channel.name)} with id {channel.channel_id}")
     return 0
 
 
 async def cmd_join(args: argparse.Namespace) -> int:
-    async with _client(args) as client:
-        await _login_as(args, client)
+    async with client_for(args) as client:
+        await login_as(args, client)
         if chat.looks_like_an_id(args.channel):
             channel = await client.join_channel(args.channel)
         else:
@@ -243,8 +176,8 @@ async def cmd_join(args: argparse.Namespace) -> int:
 
 
 async def cmd_channels(args: argparse.Namespace) -> int:
-    async with _client(args) as client:
-        await _login_as(args, client)
+    async with client_for(args) as client:
+        await login_as(args, client)
         channels = await client.my_channels()
         if not channels:
             print("you are in no channel yet: `parley create-channel NAME` or `parley join ID`")
@@ -257,8 +190,8 @@ async def cmd_channels(args: argparse.Namespace) -> int:
 
 
 async def cmd_send(args: argparse.Namespace) -> int:
-    async with _client(args) as client:
-        await _login_as(args, client)
+    async with client_for(args) as client:
+        await login_as(args, client)
         channel_id, _ = await chat.open_channel(client, args.channel, store=devices.device_store(args))
         message = await client.send(channel_id, args.text, idempotency_key=args.idempotency_key)
     print(f"sent #{message.channel_seq}")
@@ -267,8 +200,8 @@ async def cmd_send(args: argparse.Namespace) -> int:
 
 async def cmd_history(args: argparse.Namespace) -> int:
     """The newest page, or with --after the page after a message number; a line says how to go on."""
-    async with _client(args) as client:
-        await _login_as(args, client)
+    async with client_for(args) as client:
+        await login_as(args, client)
         channel_id, _ = await chat.open_channel(client, args.channel, store=devices.device_store(args))
         if args.after:
             page = await client.history(channel_id, after_seq=args.after, limit=args.limit)
@@ -291,8 +224,8 @@ async def cmd_history(args: argparse.Namespace) -> int:
 
 
 async def cmd_chat(args: argparse.Namespace) -> int:
-    async with _client(args) as client:
-        await _login_as(args, client)
+    async with client_for(args) as client:
+        await login_as(args, client)
         return await chat.interactive(
             client, args.channel, parley=parley_as_run(args), store=devices.device_store(args)
         )

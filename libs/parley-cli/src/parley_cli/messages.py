@@ -8,16 +8,15 @@ from parley.messaging.v1.messaging_pb2 import ChatMessage
 
 from parley_cli import chat, devices
 from parley_cli.invocation import parley_as_run
+from parley_cli.signin import client_for, login_as
 from parley_cli.terminal import shown
 from parley_cli.wording import counted
 from parley_client import ParleyClient
 
 
 async def _logged_in(args: argparse.Namespace) -> ParleyClient:
-    from parley_cli.main import _client, _login_as  # main imports this module: resolve late
-
-    client = _client(args)
-    await _login_as(args, client)
+    client = client_for(args)
+    await login_as(args, client)
     return client
 
 

@@ -6,21 +6,18 @@ import argparse
 import sys
 
 from parley_cli.prompt import ask
+from parley_cli.signin import client_for, login_as, read_password
 from parley_client import ParleyClient
 
 
 async def _logged_in(args: argparse.Namespace) -> ParleyClient:
-    from parley_cli.main import _client, _login_as  # main imports this module: resolve late
-
-    client = _client(args)
-    await _login_as(args, client)
+    client = client_for(args)
+    await login_as(args, client)
     return client
 
 
 def _password_for(user: str) -> str:
-    from parley_cli.main import _password  # the one way the CLI reads a password
-
-    return _password(argparse.Namespace(username=user))
+    return read_password(argparse.Namespace(username=user))
 
 
 def _how_to_use_a_code(user: str) -> str:
