@@ -13,7 +13,8 @@ PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 help:
 	@echo "make run    start the whole platform (nats-server + every service) in $(DATA_DIR)"
 	@echo "            (DATABASE=postgres: the archive in PostgreSQL at $(POSTGRES_URL);"
-	@echo "            GATEWAY_PORT=N: the gateway on port N if free)"
+	@echo "            GATEWAY_PORT=N: the gateway on port N if free;"
+	@echo "            INSTANCES=messaging=2,gateway=2: several instances of gateway, messaging or auth)"
 	@echo "make test   lint, type-check and run the whole test suite"
 	@echo "make lint   ruff + mypy;  make proto  regenerate protobuf stubs;  make wheels  build each package"
 	@echo "make faults every fault test under load (kill -9 of each service, of nats-server and of each"
@@ -69,7 +70,8 @@ GATEWAY_PORT ?=
 
 run: venv web
 	PARLEY_WEB_ROOT=$(CURDIR)/web/dist $(BIN)/parley --data-dir $(DATA_DIR) up \
-		$(if $(DATABASE_ARG),--database-url '$(DATABASE_ARG)') $(if $(GATEWAY_PORT),--gateway-port $(GATEWAY_PORT))
+		$(if $(DATABASE_ARG),--database-url '$(DATABASE_ARG)') $(if $(GATEWAY_PORT),--gateway-port $(GATEWAY_PORT)) \
+		$(if $(INSTANCES),--instances $(INSTANCES))
 
 # Test modules run on TEST_WORKERS processes (each module whole on one, so its platform starts
 # once); most of a test's time is waiting on servers, so three workers keep two cores busy (on a

@@ -50,7 +50,11 @@ async def cmd_up(args: argparse.Namespace) -> int:
 
     remember_data_dir(args.data_dir)  # the CLI finds this platform from any folder from now on
     return await run_platform(
-        args.data_dir, gateway_port=args.gateway_port, nats_cluster=args.nats_cluster, database_url=args.database_url
+        args.data_dir,
+        gateway_port=args.gateway_port,
+        nats_cluster=args.nats_cluster,
+        database_url=args.database_url,
+        instances=args.instances,
     )
 
 
@@ -258,6 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="keep the archive in PostgreSQL (postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE); the data folder "
         "remembers it, so later starts need no flag (default: $PARLEY_DATABASE_URL, else SQLite in the data folder)",
+    )
+    up.add_argument(
+        "--instances",
+        default=os.environ.get("PARLEY_INSTANCES", ""),
+        metavar="SERVICE=N,...",
+        help="run several instances of gateway, messaging or auth behind their addresses, e.g. messaging=2,gateway=2 "
+        "(default: $PARLEY_INSTANCES, else one of each)",
     )
     up.set_defaults(run=cmd_up)
     sub.add_parser("status", help="health of every service and of nats-server").set_defaults(run=cmd_status)

@@ -22,6 +22,7 @@ import socket
 import sys
 from importlib import metadata
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 import grpc
@@ -63,6 +64,11 @@ from parley_core.topology import METRICS_SCRAPER, PLATFORM_USER, SERVICES
 
 # Start order; the gateway last, so its first client finds everything up. Stop in reverse.
 START_ORDER = ("auth", "messaging", "storage", "patch-registry", "gateway")
+# Services that may run several instances on one host (`parley up --instances`): the stateless
+# front and the two whose instances settle races through the event log (expected sequences and
+# claims). Storage's archive consumer and the registry's roll-out driver run once per platform.
+SCALABLE = ("gateway", "messaging", "auth")
+MAX_INSTANCES = 4  # on one host: more only splits the same cores further
 DEFAULT_GATEWAY_PORT = 7443
 # The gateway's address for browsers (the web app and the Connect API), claimed like the client
 # port so every gateway instance, old and new during a roll-out, listens there too.
@@ -107,10 +113,17 @@ def base_version(service: str) -> str:
 
 class Platform:
     def __init__(
-        self, data_dir: Path, *, gateway_port: int | None = None, nats_cluster: int = 1, out: TextIO = sys.stdout
+        self,
+        data_dir: Path,
+        *,
+        gateway_port: int | None = None,
+        nats_cluster: int = 1,
+        instances: Mapping[str, int] | None = None,
+        out: TextIO = sys.stdout,
     ) -> None:
         if nats_cluster != 1 and nats_cluster < 3:
             raise ValueError("a JetStream cluster needs at least 3 nodes to survive the loss of one")
+        self.instances = {name: 1 for name in START_ORDER} | dict(instances or {})
         self.data_dir = data_dir.resolve()
         self.requested_gateway_port = gateway_port
         self.nats_cluster = nats_cluster
@@ -232,7 +245,8 @@ class Platform:
         agent.front_doors.update(self.front_doors)
         installed = await self._install_base_releases(agent)
         for name in START_ORDER:
-            await self._start_service(agent, name, installed.get(name))
+            for _ in range(self.instances[name]):
+                await self._start_service(agent, name, installed.get(name))
         self._write_state()
         self._agent_task = asyncio.create_task(agent.run())
         self._base_task = asyncio.create_task(self._publish_base_releases(agent))
@@ -750,11 +764,37 @@ def _tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
+def parse_instances(spec: str) -> dict[str, int]:
+    """`messaging=2,gateway=2` as {service: count}; ValueError with what to write instead."""
+    counts: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, equals, number = part.partition("=")
+        name = name.strip()
+        if not equals or not number.strip().isdigit():
+            raise ValueError(f"{part!r} is not SERVICE=N (for example messaging=2,gateway=2)")
+        if name not in SCALABLE:
+            if name in START_ORDER:
+                raise ValueError(f"{name} runs once per platform; several instances: {', '.join(SCALABLE)}")
+            raise ValueError(f"no service {name!r}; several instances: {', '.join(SCALABLE)}")
+        if name in counts:
+            raise ValueError(f"{name} is given twice")
+        count = int(number)
+        if not 1 <= count <= MAX_INSTANCES:
+            raise ValueError(f"{name}={count}: from 1 to {MAX_INSTANCES} instances on one host")
+        counts[name] = count
+    return counts
+
+
 async def run_platform(
-    data_dir: Path, *, gateway_port: int | None, nats_cluster: int = 1, database_url: str = ""
+    data_dir: Path, *, gateway_port: int | None, nats_cluster: int = 1, database_url: str = "", instances: str = ""
 ) -> int:
     try:
-        platform = Platform(data_dir, gateway_port=gateway_port, nats_cluster=nats_cluster)
+        counts = parse_instances(instances)
+    except ValueError as exc:
+        print(f"[parley] --instances: {exc}", file=sys.stderr)
+        return 2
+    try:
+        platform = Platform(data_dir, gateway_port=gateway_port, nats_cluster=nats_cluster, instances=counts)
     except ValueError as exc:
         print(f"[parley] --nats-cluster {nats_cluster}: {exc}", file=sys.stderr)
         return 2
