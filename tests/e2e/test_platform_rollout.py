@@ -38,7 +38,8 @@ def upgrading(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatf
             "PARLEY_HEARTBEAT_SECONDS": "1",
             "PARLEY_PATCH_GATE_WINDOW_SECONDS": "3",
         },
-        up_args=("--gateway-port", str(free_port())),
+        # Two messaging instances: the roll-out replaces each in turn, never both at once.
+        up_args=("--gateway-port", str(free_port()), "--instances", "messaging=2"),
     )
     running.start()
     try:
@@ -62,7 +63,8 @@ async def test_approved_rollout_replaces_messaging_on_the_running_platform_witho
         operators.save_cli_login(platform.data_dir, user)
     created = await cli(platform, "--as", "pat", "patch", "key", "create", "messaging")
     assert "messaging releases are signed by key" in created
-    old_instance = platform.service("messaging")["instances"][0]["instance_id"]  # type: ignore[index]
+    old_instances = [i["instance_id"] for i in platform.service("messaging")["instances"]]  # type: ignore[attr-defined]
+    assert len(old_instances) == 2
 
     client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
     await client.register("carol", "a-long-passphrase")
@@ -99,7 +101,10 @@ async def test_approved_rollout_replaces_messaging_on_the_running_platform_witho
         assert any(f"canary: gate step 0 at {share}% passed (over " in line and " calls, " in line for line in told), (
             told
         )
-    assert any(f"canary: {old_instance} drained" in line for line in told), told
+    drained = [line for line in told if line.endswith(" drained")]
+    assert sorted(old for old in old_instances if any(f" {old} drained" in line for line in drained)) == sorted(
+        old_instances
+    ), told
     assert told[-1].endswith(": done"), told
     # The audit names the agent and host that did each step, to the millisecond.
     audit = await cli(platform, "patch", "status", rollout_id, "--audit")
@@ -114,8 +119,8 @@ async def test_approved_rollout_replaces_messaging_on_the_running_platform_witho
     service = await eventually(messaging_state, "platform.json to show the new messaging", 30)
     instances = service["instances"]
     assert isinstance(instances, list)
-    assert [i["version"] for i in instances] == [NEW_VERSION]
-    assert instances[0]["instance_id"] != old_instance
+    assert [i["version"] for i in instances] == [NEW_VERSION, NEW_VERSION]
+    assert not {i["instance_id"] for i in instances} & set(old_instances)
     # The fleet view is what the instance itself reports: the installed wheel's own version.
     fleet = await eventually(
         lambda: _fleet_row(platform, "messaging", NEW_VERSION), "the fleet to show messaging 0.2.0", 60
@@ -125,7 +130,7 @@ async def test_approved_rollout_replaces_messaging_on_the_running_platform_witho
     # The replaced instance stopped on purpose: it leaves the fleet view (no NOT_SERVING, no STALE row).
     async def old_instance_gone() -> bool | None:
         out = (await asyncio.to_thread(platform.cli, "fleet", check=False)).stdout
-        return (old_instance not in out and instances[0]["instance_id"] in out) or None
+        return (not any(old in out for old in old_instances) and instances[0]["instance_id"] in out) or None
 
     await eventually(old_instance_gone, "the replaced instance to leave `parley fleet`", 60)
     status = await cli(platform, "status")

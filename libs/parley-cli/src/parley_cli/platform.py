@@ -20,9 +20,9 @@ import secrets
 import signal
 import socket
 import sys
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any, TextIO
 
 import grpc
@@ -123,7 +123,7 @@ class Platform:
     ) -> None:
         if nats_cluster != 1 and nats_cluster < 3:
             raise ValueError("a JetStream cluster needs at least 3 nodes to survive the loss of one")
-        self.instances = {name: 1 for name in START_ORDER} | dict(instances or {})
+        self.instances = dict.fromkeys(START_ORDER, 1) | dict(instances or {})
         self.data_dir = data_dir.resolve()
         self.requested_gateway_port = gateway_port
         self.nats_cluster = nats_cluster
