@@ -566,14 +566,14 @@ async def test_a_finding_ends_fixed_with_its_time_to_patch_when_a_fixed_instance
     assert (found.instance_id, found.installed_version, found.fixed_at) == ("m-1", "0.1.0", 0.0)
 
     # A roll-out's step: m-2 at the fixed version starts, then m-1 stops.
-    await registry.beat("m-2", "0.2.0")
-    await registry.beat("m-1", "0.1.0", health="STOPPED")
-
     async def fixed() -> patch_pb2.ListFindingsResponse | None:
         response = await registry.stub.ListFindings(with_fixed, timeout=TIMEOUT_S)
         return response if response.fixed else None
 
-    response = await eventually(fixed, "the finding listed as fixed")
+    async with beating(registry, "m-2", "0.2.0"):
+        await registry.beat("m-1", "0.1.0", health="STOPPED")
+        # (a fix waits until the registry has heard every live instance: 15 s after its start here)
+        response = await eventually(fixed, "the finding listed as fixed")
     assert not [f for f in response.findings if f.advisory_id == "TEST-MTTP-1"]
     [done] = response.fixed
     assert (done.advisory_id, done.service, done.instance_id, done.package) == (
