@@ -587,14 +587,8 @@ class Registry:
             await self._replay.wait_for_seq(last)
             return
         await self._replay.wait_for_seq(appended.stream_seq)
-        log.info(
-            "%s %s in %s %s (%s)",
-            type(change).__name__,
-            change.advisory_id,
-            change.service,
-            change.package,
-            getattr(change, "installed_version", ""),
-        )
+        if not appended.duplicate:  # a duplicate is the other registry's, logged there
+            log.info("%s: %s in %s (%s)", type(change).__name__, change.advisory_id, change.service, change.package)
 
     async def announce_overdue(self) -> int:
         """One alert per overdue finding (a service exposed in a package past its deadline,
