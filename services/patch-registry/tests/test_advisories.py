@@ -10,8 +10,17 @@ from pathlib import Path
 import pytest
 
 from parley_core.errors import InvalidArgument
+from parley_patch_registry import codec
 from parley_patch_registry.advisories import Advisory, affects, load_advisories, parse_advisory
-from parley_patch_registry.findings import DeadlinePolicy, FindingBook, InstalledPackage, score
+from parley_patch_registry.findings import (
+    DeadlinePolicy,
+    FindingBook,
+    FindingDetected,
+    FindingEvent,
+    FindingFixed,
+    InstalledPackage,
+    score,
+)
 
 # The shared OSV test data: $PARLEY_OSV_DIR, else shared/ beside the clone (as CI has it).
 _REPO = Path(__file__).resolve().parents[3]
@@ -240,3 +249,65 @@ def test_an_exposure_is_fixed_only_when_the_live_service_is_no_longer_affected()
     assert book.reconcile([withdrawn], running("m-4", "0.1.0"), t0 + timedelta(hours=8)) == []
     book.reconcile([withdrawn], running("m-5", "0.2.0"), t0 + timedelta(hours=9))
     assert len(book.fixed()) == 1, "only the patched exposure counts"
+
+
+def test_a_book_rebuilt_from_its_events_has_the_same_clocks_and_fixes() -> None:
+    """What a restart does: the events a book decided (through their protobuf form) make a fresh
+    book with the same detection times, deadlines and times to patch; nothing is decided twice."""
+    advisory = parse_advisory(
+        {
+            "id": "TEST-REPLAY-1",
+            "modified": "2026-11-01T00:00:00Z",
+            "summary": "messaging before 0.3.0",
+            "affected": [
+                {
+                    "package": {"ecosystem": "PyPI", "name": "parley-messaging"},
+                    "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": "0.3.0"}]}],
+                }
+            ],
+        }
+    )
+    book = FindingBook(DeadlinePolicy.default())
+    stream: list[FindingEvent] = []
+    t0 = datetime(2026, 12, 1, tzinfo=UTC)
+
+    def look(book: FindingBook, instance: str, version: str, at: datetime, *, complete: bool = True) -> None:
+        running = [InstalledPackage("messaging", instance, "h", "parley-messaging", version)]
+        for event in book.observe([advisory], running, at, fleet_complete=complete):
+            replayed = codec.from_proto(codec.to_proto(event))
+            assert replayed == event
+            stream.append(event)
+            book.apply(event, advisory)
+
+    look(book, "m-1", "0.1.0", t0)
+    look(book, "m-1", "0.1.0", t0 + timedelta(hours=1))  # seen again: nothing new
+    look(book, "m-2", "0.2.0", t0 + timedelta(hours=2))  # a roll-out to a version still affected
+    assert [type(e) for e in stream] == [FindingDetected]
+    [moved] = book.findings()
+    assert (moved.instance_id, moved.detected_at) == ("m-2", t0)
+
+    fresh = FindingBook(DeadlinePolicy.default())
+    for event in stream:
+        fresh.apply(event, advisory)
+    fresh.apply(stream[0], advisory)  # a detection replayed twice changes nothing
+    look(fresh, "m-3", "0.2.0", t0 + timedelta(hours=3))  # after a restart, a new instance id
+    assert [type(e) for e in stream] == [FindingDetected], "the restarted book records no new detection"
+    [kept] = fresh.findings()
+    assert (kept.instance_id, kept.detected_at, kept.deadline) == ("m-3", t0, moved.deadline)
+
+    look(fresh, "m-4", "0.3.0", t0 + timedelta(hours=4), complete=False)  # not every instance heard yet
+    assert fresh.fixed() == [], "no fix is decided before the whole fleet was heard"
+    look(fresh, "m-4", "0.3.0", t0 + timedelta(hours=5))
+    assert [type(e) for e in stream] == [FindingDetected, FindingFixed]
+    again = FindingBook(DeadlinePolicy.default())
+    for event in stream:
+        again.apply(event, advisory)
+    [fixed] = again.fixed()
+    assert fixed.time_to_patch == timedelta(hours=5)
+    assert (fixed.finding.instance_id, fixed.finding.installed_version, fixed.finding.summary) == (
+        "m-3",
+        "0.2.0",
+        "messaging before 0.3.0",
+    )
+    assert again.findings() == []
+    assert again.fixed() == fresh.fixed()

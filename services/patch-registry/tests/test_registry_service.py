@@ -75,6 +75,10 @@ class Registry:
     publisher: CryptoSigner | None = None
     start: Callable[[], Awaitable[None]] = field(default=lambda: asyncio.sleep(0))
     stop: Callable[[], Awaitable[None]] = field(default=lambda: asyncio.sleep(0))
+    # A second registry instance on the same NATS, with a data folder of its own: its stub and its stop.
+    start_another: Callable[
+        [], Awaitable[tuple[patch_pb2_grpc.PatchServiceAsyncStub, Callable[[], Awaitable[None]]]]
+    ] = field(default=lambda: asyncio.sleep(0))  # type: ignore[assignment,return-value]
 
     async def restart(self) -> None:
         await self.stop()
@@ -170,29 +174,47 @@ async def registry(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> Asy
         data_dir=data_dir,
     )
 
-    async def start() -> None:
+    async def launch(folder: Path) -> tuple[str, grpc.aio.Channel, Callable[[], Awaitable[None]]]:
+        """One registry instance on the data folder `folder`: its address, a channel to it, its stop."""
         stop = asyncio.Event()
         ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         app = PatchRegistryApp(registry_settings)
         task = asyncio.create_task(
-            serve(app, service="patch-registry", settings=settings, stop=stop, on_ready=ready.set_result)
+            serve(
+                app,
+                service="patch-registry",
+                settings=settings.model_copy(update={"data_dir": folder}),
+                stop=stop,
+                on_ready=ready.set_result,
+            )
         )
         await asyncio.wait_for(asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED), TIMEOUT_S)
         if task.done():
             task.result()
-        running.address = f"127.0.0.1:{ready.result()}"
-        channel = secure_channel(pki, identity="platform", address=running.address, peer="patch-registry")
-        running.stub = patch_pb2_grpc.PatchServiceStub(channel)
-        running.fleet = fleet_pb2_grpc.FleetServiceStub(channel)
+        address = f"127.0.0.1:{ready.result()}"
+        channel = secure_channel(pki, identity="platform", address=address, peer="patch-registry")
 
         async def stop_it() -> None:
             stop.set()
             await channel.close()
             await asyncio.wait_for(task, TIMEOUT_S)
 
-        running.stop = stop_it
+        return address, channel, stop_it
+
+    async def start() -> None:
+        running.address, channel, running.stop = await launch(data_dir)
+        running.stub = patch_pb2_grpc.PatchServiceStub(channel)
+        running.fleet = fleet_pb2_grpc.FleetServiceStub(channel)
+
+    async def start_another() -> tuple[patch_pb2_grpc.PatchServiceAsyncStub, Callable[[], Awaitable[None]]]:
+        folder = tmp_path / f"data-{uuid.uuid4().hex[:6]}"
+        folder.mkdir()
+        (folder / "pki").symlink_to(pki.directory, target_is_directory=True)
+        _, channel, stop_it = await launch(folder)
+        return patch_pb2_grpc.PatchServiceStub(channel), stop_it
 
     running.start = start
+    running.start_another = start_another
     await start()
     try:
         yield running
@@ -544,14 +566,14 @@ async def test_a_finding_ends_fixed_with_its_time_to_patch_when_a_fixed_instance
     assert (found.instance_id, found.installed_version, found.fixed_at) == ("m-1", "0.1.0", 0.0)
 
     # A roll-out's step: m-2 at the fixed version starts, then m-1 stops.
-    await registry.beat("m-2", "0.2.0")
-    await registry.beat("m-1", "0.1.0", health="STOPPED")
-
     async def fixed() -> patch_pb2.ListFindingsResponse | None:
         response = await registry.stub.ListFindings(with_fixed, timeout=TIMEOUT_S)
         return response if response.fixed else None
 
-    response = await eventually(fixed, "the finding listed as fixed")
+    async with beating(registry, "m-2", "0.2.0"):
+        await registry.beat("m-1", "0.1.0", health="STOPPED")
+        # (a fix waits until the registry has heard every live instance: 15 s after its start here)
+        response = await eventually(fixed, "the finding listed as fixed")
     assert not [f for f in response.findings if f.advisory_id == "TEST-MTTP-1"]
     [done] = response.fixed
     assert (done.advisory_id, done.service, done.instance_id, done.package) == (
@@ -573,3 +595,160 @@ async def test_a_finding_ends_fixed_with_its_time_to_patch_when_a_fixed_instance
             patch_pb2.ListFindingsRequest(include_fixed=True, fixed_since=float("inf")), timeout=TIMEOUT_S
         )
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+    # The fix outlives the registry: it is on the PATCH stream, and the replay finds it again.
+    await registry.restart()
+    kept = (await registry.stub.ListFindings(with_fixed, timeout=TIMEOUT_S)).fixed
+    assert [(f.advisory_id, f.instance_id, f.installed_version, f.detected_at, f.fixed_at) for f in kept] == [
+        (done.advisory_id, done.instance_id, done.installed_version, done.detected_at, done.fixed_at)
+    ], "the time to patch survives a restart"
+    assert (kept[0].priority, kept[0].deadline, kept[0].summary) == (done.priority, done.deadline, done.summary)
+
+
+# ---- findings are events on the PATCH stream: restarts, roll-outs and a second registry ----------
+
+HIGH_VECTOR = "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:N/A:N"  # 7.5: high, due in a second in these tests
+
+
+def messaging_advisory(advisory_id: str, fixed: str, *, vector: str = "") -> str:
+    record: dict[str, object] = {
+        "id": advisory_id,
+        "modified": "2026-11-01T00:00:00Z",
+        "summary": f"messaging before {fixed}",
+        "affected": [
+            {
+                "package": {"ecosystem": "PyPI", "name": "parley-messaging"},
+                "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": fixed}]}],
+            }
+        ],
+    }
+    if vector:
+        record["severity"] = [{"type": "CVSS_V3", "score": vector}]
+    return json.dumps(record)
+
+
+async def import_advisories(registry: Registry, *records: str) -> None:
+    await registry.stub.ImportAdvisories(
+        patch_pb2.ImportAdvisoriesRequest(osv_json=list(records)),
+        metadata=registry.token("alice", "operator"),
+        timeout=TIMEOUT_S,
+    )
+
+
+@contextlib.asynccontextmanager
+async def beating(registry: Registry, instance: str, version: str) -> AsyncIterator[None]:
+    """The instance reports like a live one (a finding lasts only while its instance is live)."""
+    done = asyncio.Event()
+
+    async def keep_beating() -> None:
+        while not done.is_set():
+            await registry.beat(instance, version)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), 0.25)
+
+    task = asyncio.create_task(keep_beating())
+    try:
+        yield
+    finally:
+        done.set()
+        await task
+
+
+async def finding_of(
+    stub: patch_pb2_grpc.PatchServiceAsyncStub, advisory_id: str, instance: str
+) -> patch_pb2.Finding | None:
+    response = await stub.ListFindings(patch_pb2.ListFindingsRequest(include_fixed=True), timeout=TIMEOUT_S)
+    return next((f for f in response.findings if (f.advisory_id, f.instance_id) == (advisory_id, instance)), None)
+
+
+async def test_a_finding_keeps_its_detection_time_and_deadline_over_a_restart_and_is_alerted_once(
+    registry: Registry,
+) -> None:
+    alerts: list[events_pb2.VulnerabilityOverdue] = []
+
+    async def on_alert(msg: object) -> None:
+        payload = open_payload(decode(msg.data))  # type: ignore[attr-defined]
+        assert isinstance(payload, events_pb2.VulnerabilityOverdue)
+        alerts.append(payload)
+
+    await registry.platform.jetstream().subscribe(
+        VULNERABILITY_ALERTS_FILTER, stream="PATCH", cb=on_alert, ordered_consumer=True
+    )
+    await import_advisories(registry, messaging_advisory("TEST-DUR-1", "0.3.0", vector=HIGH_VECTOR))
+
+    async def overdue_finding() -> patch_pb2.Finding | None:
+        found = await finding_of(registry.stub, "TEST-DUR-1", "m-1")
+        return found if found and found.overdue else None
+
+    async def alerted(advisory_id: str) -> bool | None:
+        return any(a.advisory_id == advisory_id for a in alerts) or None
+
+    async with beating(registry, "m-1", "0.1.0"):
+        before = await eventually(overdue_finding, "the finding against m-1 past its deadline")
+        await eventually(lambda: alerted("TEST-DUR-1"), "the overdue alert")
+        await registry.restart()
+
+        after = await eventually(
+            lambda: finding_of(registry.stub, "TEST-DUR-1", "m-1"), "the finding after the restart"
+        )
+        assert (after.detected_at, after.deadline) == (before.detected_at, before.deadline), (
+            "a restart does not reset the detection time nor the deadline"
+        )
+        assert after.overdue, "an overdue finding stays overdue after a restart"
+        # Another finding goes overdue after the restart: once its alert is out, a pass of the
+        # overdue check has seen the first one too, and (earlier deadline first) raised nothing again.
+        await import_advisories(registry, messaging_advisory("TEST-DUR-2", "0.3.0", vector=HIGH_VECTOR))
+        await eventually(lambda: alerted("TEST-DUR-2"), "the second finding's overdue alert")
+    assert sorted(a.advisory_id for a in alerts) == ["TEST-DUR-1", "TEST-DUR-2"], "one alert per finding"
+
+
+async def test_a_roll_out_to_a_version_still_affected_keeps_the_detection_time(registry: Registry) -> None:
+    await import_advisories(registry, messaging_advisory("TEST-DUR-3", "0.3.0"))
+    async with beating(registry, "m-1", "0.1.0"):
+        first = await eventually(lambda: finding_of(registry.stub, "TEST-DUR-3", "m-1"), "the finding against m-1")
+    # A roll-out's step to 0.2.0, still affected: m-2 starts, m-1 stops.
+    async with beating(registry, "m-2", "0.2.0"):
+        await registry.beat("m-1", "0.1.0", health="STOPPED")
+        moved = await eventually(lambda: finding_of(registry.stub, "TEST-DUR-3", "m-2"), "the finding against m-2")
+        response = await registry.stub.ListFindings(
+            patch_pb2.ListFindingsRequest(include_fixed=True), timeout=TIMEOUT_S
+        )
+    assert moved.installed_version == "0.2.0"
+    assert (moved.detected_at, moved.deadline) == (first.detected_at, first.deadline), (
+        "the service is still exposed: its clock runs on from the first detection"
+    )
+    assert not response.fixed, "a roll-out to a version still affected fixes nothing"
+
+
+async def test_two_registries_record_one_detection_and_show_the_same_clock(
+    registry: Registry, nats_server: NatsTestServer
+) -> None:
+    other, stop_other = await registry.start_another()
+    try:
+        await import_advisories(registry, messaging_advisory("TEST-DUR-4", "0.3.0"))
+        async with beating(registry, "m-1", "0.1.0"):
+            seen = [
+                await eventually(lambda stub=stub: finding_of(stub, "TEST-DUR-4", "m-1"), "the finding")  # type: ignore[misc]
+                for stub in (registry.stub, other)
+            ]
+        assert seen[0].detected_at == seen[1].detected_at
+        assert seen[0].deadline == seen[1].deadline
+    finally:
+        await stop_other()
+    # Every event of the exposure's subject: one detection, whoever saw it first.
+    reader = await nats_server.connect("platform")
+    try:
+        detections: list[events_pb2.FindingDetected] = []
+        subscription = await reader.jetstream().subscribe(
+            "parley.patch.finding.TEST-DUR-4.>", stream="PATCH", ordered_consumer=True
+        )
+        while True:  # until the consumer says none is left
+            msg = await subscription.next_msg(timeout=TIMEOUT_S)
+            payload = open_payload(decode(msg.data))
+            if isinstance(payload, events_pb2.FindingDetected):
+                detections.append(payload)
+            if msg.metadata.num_pending == 0:
+                break
+        assert len(detections) == 1, detections
+        assert detections[0].detected_at == seen[0].detected_at
+    finally:
+        await reader.close()

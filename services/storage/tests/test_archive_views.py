@@ -19,7 +19,7 @@ from parley.common.v1.envelope_pb2 import EventEnvelope
 from parley.fleet.v1 import fleet_pb2
 from parley.messaging.v1 import messaging_pb2
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
-from parley.patch.v1.events_pb2 import VulnerabilityOverdue
+from parley.patch.v1.events_pb2 import FindingDetected, VulnerabilityOverdue
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from securesystemslib.signer import CryptoSigner
 
@@ -185,7 +185,8 @@ async def test_the_registrys_overdue_alert_is_found_by_the_auditors_query(
     """A finding past its deadline (a high one is due in a second here) makes the registry raise
     VulnerabilityOverdue on its own PATCH stream; the auditor's query finds it by the registry as
     actor (`service:patch-registry`, as every service records itself) and by the advisory, with
-    its content, and `parley audit query` prints it."""
+    its content, and `parley audit query` prints it. The detection the deadline counts from is
+    archived beside it (FindingDetected), found by the finding's advisory/service/package."""
     if not (OSV_DIR / "PYSEC-2023-192.json").is_file():
         pytest.skip(f"no OSV test data in {OSV_DIR} (set PARLEY_OSV_DIR)")
     monkeypatch.setenv("PARLEY_PATCH_DEADLINE_HIGH_HOURS", str(1 / 3600))
@@ -233,5 +234,20 @@ async def test_the_registrys_overdue_alert_is_found_by_the_auditors_query(
         line = _line(event, {})
         assert f"PATCH#{event.stream_seq}  patch.v1.VulnerabilityOverdue  vulnerability:PYSEC-2023-192" in line
         assert line.endswith("by service:patch-registry")
+        # The detection it counts from is archived too, as the registry's own finding event.
+        finding = "PYSEC-2023-192/messaging/urllib3"
+        detections = await archive.QueryAudit(
+            storage_pb2.QueryAuditRequest(target=finding, limit=100), metadata=auditor, timeout=TIMEOUT_S
+        )
+        [detected] = [e for e in detections.events if e.event_type == "parley.patch.v1.FindingDetected"]
+        detection = open_payload(EventEnvelope.FromString(detected.envelope))
+        assert isinstance(detection, FindingDetected)
+        assert (detection.instance_id, detection.installed_version, detection.priority) == ("m-1", "2.0.5", "high")
+        assert detection.deadline == payload.deadline
+        assert (detected.stream, detected.aggregate_type, detected.actor) == (
+            "PATCH",
+            "finding",
+            "service:patch-registry",
+        )
     finally:
         await stop_stack(stack, running)

@@ -173,7 +173,7 @@ def _time_to_patch(facts: ComplianceFacts) -> list[str]:
     lines += [
         "A finding is fixed when the service has live instances again and none of them is affected "
         "(a roll-out replaced them); its time to patch runs from when the service was first seen affected. "
-        "The registry keeps fixed findings since it last started.",
+        "Detections and fixes are the registry's own events, so a restart loses none.",
         "",
     ]
     rows = []

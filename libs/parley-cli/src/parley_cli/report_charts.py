@@ -72,7 +72,7 @@ def findings_by_severity(findings: Sequence[FindingPoint], severities: Sequence[
 def patch_sla_over_time(findings: Sequence[FindingPoint], *, since: float, now: float) -> str:
     """Stacked bars, one per day (or longer step) of the period: the findings open at its end that
     were detected by then and not yet fixed, within their deadline or past it. Fixed findings
-    count on the days they were open (the registry keeps those fixed since it last started)."""
+    count on the days they were open (the registry records every fix; it keeps the newest 10,000 in memory)."""
     step = DAY_S
     while (now - since) / step > MAX_BARS:
         step *= 2

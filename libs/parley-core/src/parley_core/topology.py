@@ -160,6 +160,12 @@ def advisory_subject(advisory_id: str) -> str:
     return stream_subject("patch", "advisory", advisory_id)
 
 
+def finding_subject(advisory_id: str, service: str, package: str) -> str:
+    """One finding's events (FindingDetected, FindingFixed): a service affected by an advisory in a
+    package (its PEP 503 name, which holds no dot)."""
+    return stream_subject("patch", "finding", f"{advisory_id}.{service}.{package}")
+
+
 def trust_root_subject() -> str:
     """The release repository's TUF root: every rotation is an audited event here."""
     return stream_subject("patch", "trust", "root")

@@ -192,7 +192,7 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
     ) -> patch_pb2.ListFindingsResponse:
         now = time.time()
         response = patch_pb2.ListFindingsResponse(
-            findings=[finding_proto(f, now) for f in self.registry.reconcile_findings()]
+            findings=[finding_proto(f, now) for f in await self.registry.reconcile_findings()]
         )
         if request.include_fixed:
             since = fixed_since(request.fixed_since)

@@ -1,4 +1,4 @@
-"""Roll-out domain events to and from their protobuf form on the PATCH stream.
+"""The registry's domain events (roll-outs, findings) to and from their protobuf form on the PATCH stream.
 
 The protobuf messages mirror the dataclasses field for field (same names), so one pair of
 functions covers all of them and a new event only needs its two declarations.
@@ -12,7 +12,10 @@ from typing import Any
 from google.protobuf.message import Message
 from parley.patch.v1 import events_pb2
 
+from parley_patch_registry import findings
 from parley_patch_registry import rollout as domain
+
+DomainEvent = domain.RolloutEvent | findings.FindingEvent
 
 ROLLOUT_EVENTS: dict[type[domain.RolloutEvent], type[Message]] = {
     domain.RolloutPlanned: events_pb2.RolloutPlanned,
@@ -28,21 +31,26 @@ ROLLOUT_EVENTS: dict[type[domain.RolloutEvent], type[Message]] = {
     domain.RolloutCompleted: events_pb2.RolloutCompleted,
     domain.RolloutRolledBack: events_pb2.RolloutRolledBack,
 }
-DOMAIN_BY_PROTO: dict[str, type[domain.RolloutEvent]] = {
-    proto.DESCRIPTOR.full_name: event for event, proto in ROLLOUT_EVENTS.items()
+FINDING_EVENTS: dict[type[findings.FindingEvent], type[Message]] = {
+    findings.FindingDetected: events_pb2.FindingDetected,
+    findings.FindingFixed: events_pb2.FindingFixed,
 }
+EVENTS: dict[type[DomainEvent], type[Message]] = {
+    event: proto for table in (ROLLOUT_EVENTS, FINDING_EVENTS) for event, proto in table.items()
+}
+DOMAIN_BY_PROTO: dict[str, type[DomainEvent]] = {proto.DESCRIPTOR.full_name: event for event, proto in EVENTS.items()}
 
 
-def to_proto(event: domain.RolloutEvent) -> Message:
+def to_proto(event: DomainEvent) -> Message:
     values: dict[str, Any] = {}
     for f in dataclasses.fields(event):
         value = getattr(event, f.name)
         values[f.name] = list(value) if isinstance(value, tuple) else value
-    return ROLLOUT_EVENTS[type(event)](**values)
+    return EVENTS[type(event)](**values)
 
 
-def from_proto(message: Message) -> domain.RolloutEvent | None:
-    """None for PATCH events that are not roll-out events."""
+def from_proto(message: Message) -> DomainEvent | None:
+    """None for PATCH events that are neither roll-out nor finding events."""
     cls = DOMAIN_BY_PROTO.get(message.DESCRIPTOR.full_name)
     if cls is None:
         return None

@@ -2,9 +2,14 @@
 
 Severity comes from the advisory's CVSS vector, scored by the `cvss` library (v3.x and v4.0);
 the priority sets a remediation deadline counted from when the registry first saw the
-instance affected. Advisories without a CVSS vector (most PYSEC records) are given the
-`unscored` priority, whose deadline is configurable like the others: unknown is not low.
-Pure: the fleet and the clock are passed in.
+service affected (by that advisory, in that package: whichever instance or version). Advisories
+without a CVSS vector (most PYSEC records) are given the `unscored` priority, whose deadline is
+configurable like the others: unknown is not low.
+
+A detection and a fix are events (FindingDetected, FindingFixed) on the registry's PATCH stream,
+so the clock, the deadline and the time to patch survive restarts: the book decides which events
+a look at the fleet makes (`observe`) and is rebuilt from them (`apply`). Pure: the fleet and the
+clock are passed in.
 """
 
 from __future__ import annotations
@@ -12,12 +17,12 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from cvss import CVSS3, CVSS4
 from cvss.exceptions import CVSSError
 
-from parley_patch_registry.advisories import PYPI, Advisory, affects, fixed_versions
+from parley_patch_registry.advisories import PYPI, Advisory, AffectedPackage, affects, fixed_versions
 
 PRIORITIES = ("critical", "high", "medium", "low", "unscored")
 
@@ -69,6 +74,50 @@ class InstalledPackage:
     version: str
 
 
+# What a finding's clock belongs to: a service affected by an advisory in a package. Not the
+# instance nor the version: a roll-out to a version still affected, or a restart that gives every
+# instance a new id, leaves the service exposed, and its deadline where it was.
+Exposure = tuple[str, str, str]  # (advisory id, service, package)
+
+
+# ---- events (past tense) ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FindingEvent:
+    advisory_id: str
+    service: str
+    package: str
+
+    @property
+    def exposure(self) -> Exposure:
+        return (self.advisory_id, self.service, self.package)
+
+
+@dataclass(frozen=True)
+class FindingDetected(FindingEvent):
+    """The service was first seen affected, on this instance at this version."""
+
+    instance_id: str
+    host: str
+    installed_version: str
+    priority: str
+    detected_at: float  # unix seconds
+    deadline: float  # as the priority's deadline stood at detection
+
+
+@dataclass(frozen=True)
+class FindingFixed(FindingEvent):
+    """The service runs and none of its live instances is affected; the instance and version
+    are the last seen affected."""
+
+    instance_id: str
+    host: str
+    installed_version: str
+    detected_at: float
+    fixed_at: float
+
+
 @dataclass(frozen=True)
 class Finding:
     advisory_id: str
@@ -88,6 +137,10 @@ class Finding:
     def key(self) -> tuple[str, str, str]:
         return (self.advisory_id, self.instance_id, self.package)
 
+    @property
+    def exposure(self) -> Exposure:
+        return (self.advisory_id, self.service, self.package)
+
     def overdue(self, now: datetime) -> bool:
         return now > self.deadline
 
@@ -106,7 +159,7 @@ class FixedFinding:
         return self.fixed_at - self.finding.detected_at
 
 
-# Fixed findings kept (newest): they live in memory, like the open findings they came from.
+# Fixed findings kept in memory (newest); every fix stays on the PATCH stream and in the archive.
 FIXED_KEPT = 10_000
 
 
@@ -122,79 +175,181 @@ class DeadlinePolicy:
         return detected_at + self.deadlines[priority]
 
 
-class FindingBook:
-    """Current findings; a finding keeps its first detection time (and so its deadline) for as
-    long as the instance stays affected, and disappears when it is fixed or stops existing.
+def _instant(unix_seconds: float) -> datetime:
+    return datetime.fromtimestamp(unix_seconds, UTC)
 
-    Beside them it follows each exposure, a service affected by an advisory in a package, from
-    its first finding on any instance: the exposure ends, fixed, when the service has live
-    instances again and none is affected (the roll-out replaced them, or they upgraded). A service
-    with no live instance is not fixed, only unseen; an advisory withdrawn or gone ends nothing.
+
+def _affected_entry(advisory: Advisory, package: str) -> AffectedPackage | None:
+    return next((p for p in advisory.affected if p.ecosystem == PYPI and p.key == package), None)
+
+
+class FindingBook:
+    """Current findings, each an instance's view of an open exposure: the exposure's first
+    detection (and so its deadline) holds for as long as the service stays affected, whichever
+    instances and versions it runs meanwhile.
+
+    The exposure ends, fixed, when the service has live instances again and none is affected (a
+    roll-out replaced them, or they upgraded). A service with no live instance is not fixed, only
+    unseen; nor is one whose advisory was withdrawn (its findings are not shown meanwhile).
     """
 
     def __init__(self, policy: DeadlinePolicy) -> None:
         self.policy = policy
-        self._findings: dict[tuple[str, str, str], Finding] = {}
-        self._exposures: dict[tuple[str, str, str], Finding] = {}  # (advisory, service, package)
+        self._open: dict[Exposure, FindingDetected] = {}
+        self._current: dict[tuple[str, str, str], Finding] = {}  # per instance, as last observed
+        self._last_seen: dict[Exposure, Finding] = {}  # in memory: the instance to name in a fix
         self._fixed: deque[FixedFinding] = deque(maxlen=FIXED_KEPT)
 
-    def reconcile(
-        self, advisories: Iterable[Advisory], installed: Iterable[InstalledPackage], now: datetime
-    ) -> list[Finding]:
-        current: dict[tuple[str, str, str], Finding] = {}
+    # -- projection --
+
+    def apply(self, event: FindingEvent, advisory: Advisory | None) -> None:
+        """One event from the stream; `advisory` as imported then (None if unknown). Idempotent:
+        a detection of an open exposure, or a fix of a closed one, changes nothing."""
+        if isinstance(event, FindingDetected):
+            self._open.setdefault(event.exposure, event)
+        elif isinstance(event, FindingFixed) and self._open.pop(event.exposure, None) is not None:
+            self._last_seen.pop(event.exposure, None)
+            detected = _instant(event.detected_at)
+            shown = self._finding(
+                advisory,
+                event.exposure,
+                instance_id=event.instance_id,
+                host=event.host,
+                installed_version=event.installed_version,
+                detected_at=detected,
+            )
+            self._fixed.append(FixedFinding(shown, fixed_at=_instant(event.fixed_at)))
+
+    def _finding(
+        self,
+        advisory: Advisory | None,
+        exposure: Exposure,
+        *,
+        instance_id: str,
+        host: str,
+        installed_version: str,
+        detected_at: datetime,
+    ) -> Finding:
+        advisory_id, service, package = exposure
+        entry = _affected_entry(advisory, package) if advisory else None
+        scored = score(advisory) if advisory else Score(value=None, priority="unscored", vector="")
+        return Finding(
+            advisory_id=advisory_id,
+            aliases=advisory.aliases if advisory else (),
+            summary=advisory.summary if advisory else "",
+            service=service,
+            instance_id=instance_id,
+            host=host,
+            package=package,
+            installed_version=installed_version,
+            fixed_in=tuple(fixed_versions(entry)) if entry else (),
+            score=scored,
+            detected_at=detected_at,
+            deadline=self.policy.deadline(scored.priority, detected_at),
+        )
+
+    # -- decisions --
+
+    def observe(
+        self,
+        advisories: Iterable[Advisory],
+        installed: Iterable[InstalledPackage],
+        now: datetime,
+        *,
+        fleet_complete: bool = True,
+    ) -> list[FindingEvent]:
+        """Matches the fleet against the advisories; returns the events that makes: a detection
+        per exposure not open yet, a fix per open one that no live instance shows any more.
+
+        `fleet_complete`: every live instance has been heard. Right after a start it is not, and
+        an affected instance not heard yet would look fixed: no fix is decided until it is.
+        """
         advisories = list(advisories)
-        for item in installed:
+        installed = list(installed)
+        by_id = {a.id: a for a in advisories}
+        current: dict[tuple[str, str, str], Finding] = {}
+        for item in sorted(installed, key=lambda i: (i.service, i.instance_id, i.name, i.version)):
             for advisory in advisories:
                 package = affects(advisory, ecosystem=PYPI, name=item.name, version=item.version)
                 if package is None:
                     continue
-                key = (advisory.id, item.instance_id, package.key)
-                previous = self._findings.get(key)
-                detected = previous.detected_at if previous else now
-                scored = score(advisory)
-                current[key] = Finding(
-                    advisory_id=advisory.id,
-                    aliases=advisory.aliases,
-                    summary=advisory.summary,
-                    service=item.service,
+                opened = self._open.get((advisory.id, item.service, package.key))
+                found = self._finding(
+                    advisory,
+                    (advisory.id, item.service, package.key),
                     instance_id=item.instance_id,
                     host=item.host,
-                    package=package.key,
                     installed_version=item.version,
-                    fixed_in=tuple(fixed_versions(package)),
-                    score=scored,
-                    detected_at=detected,
-                    deadline=self.policy.deadline(scored.priority, detected),
+                    detected_at=_instant(opened.detected_at) if opened else now,
                 )
-        self._findings = current
-        self._follow_exposures(current.values(), {a.id for a in advisories if not a.is_withdrawn}, installed, now)
-        return self.findings()
-
-    def _follow_exposures(
-        self, current: Iterable[Finding], active: set[str], installed: Iterable[InstalledPackage], now: datetime
-    ) -> None:
-        for finding in current:
-            key = (finding.advisory_id, finding.service, finding.package)
-            first = self._exposures.get(key)
-            detected = min(first.detected_at, finding.detected_at) if first else finding.detected_at
-            self._exposures[key] = replace(finding, detected_at=detected)
-        exposed = {(f.advisory_id, f.service, f.package) for f in current}
+                current[found.key] = replace(found, fixed_in=tuple(fixed_versions(package)))
+        self._current = current
+        events: list[FindingEvent] = []
+        detecting: set[Exposure] = set()
+        for found in current.values():
+            self._last_seen[found.exposure] = found
+            if found.exposure not in self._open and found.exposure not in detecting:
+                detecting.add(found.exposure)
+                events.append(
+                    FindingDetected(
+                        *found.exposure,
+                        instance_id=found.instance_id,
+                        host=found.host,
+                        installed_version=found.installed_version,
+                        priority=found.score.priority,
+                        detected_at=now.timestamp(),
+                        deadline=found.deadline.timestamp(),
+                    )
+                )
+        if not fleet_complete:
+            return events
+        exposed = {f.exposure for f in current.values()}
         live_services = {item.service for item in installed}
-        for key, last in list(self._exposures.items()):
-            if key in exposed:
+        for exposure, detection in self._open.items():
+            if exposure in exposed or detection.service not in live_services:
                 continue
-            if last.advisory_id not in active:
-                del self._exposures[key]  # withdrawn or gone: nobody patched anything
-            elif last.service in live_services:
-                del self._exposures[key]
-                self._fixed.append(FixedFinding(last, fixed_at=now))
+            known = by_id.get(detection.advisory_id)
+            if known is None or known.is_withdrawn:
+                continue  # withdrawn or unknown: nobody patched anything
+            last = self._last_seen.get(exposure)
+            events.append(
+                FindingFixed(
+                    *exposure,
+                    instance_id=last.instance_id if last else detection.instance_id,
+                    host=last.host if last else detection.host,
+                    installed_version=last.installed_version if last else detection.installed_version,
+                    detected_at=detection.detected_at,
+                    fixed_at=now.timestamp(),
+                )
+            )
+        return events
+
+    def reconcile(
+        self, advisories: Iterable[Advisory], installed: Iterable[InstalledPackage], now: datetime
+    ) -> list[Finding]:
+        """`observe` and `apply` at once, for a book that records its events nowhere else."""
+        advisories = list(advisories)
+        by_id = {a.id: a for a in advisories}
+        for event in self.observe(advisories, installed, now):
+            self.apply(event, by_id.get(event.advisory_id))
+        return self.findings()
 
     def fixed(self, since: datetime | None = None) -> list[FixedFinding]:
         """Findings fixed (at or after `since`), oldest fix first."""
         return [f for f in self._fixed if since is None or f.fixed_at >= since]
 
     def findings(self) -> list[Finding]:
-        return sorted(self._findings.values(), key=lambda f: (f.deadline, f.service, f.instance_id, f.advisory_id))
+        """The instances' findings as last observed, each with its exposure's detection time."""
+        shown = []
+        for observed in self._current.values():
+            opened = self._open.get(observed.exposure)
+            if opened is None:
+                shown.append(observed)
+                continue
+            detected = _instant(opened.detected_at)  # as recorded, by this registry or another
+            deadline = self.policy.deadline(observed.score.priority, detected)
+            shown.append(replace(observed, detected_at=detected, deadline=deadline))
+        return sorted(shown, key=lambda f: (f.deadline, f.service, f.instance_id, f.advisory_id))
 
     def overdue(self, now: datetime) -> list[Finding]:
         return [f for f in self.findings() if f.overdue(now)]

@@ -1,7 +1,7 @@
 """The registry's application layer: releases, advisories, findings and roll-outs over the bus.
 
-State is rebuilt from the PATCH stream at start (advisories and roll-outs) and from the TUF
-repository on disk (releases). A command runs the domain on a copy, appends the events, and the
+State is rebuilt from the PATCH stream at start (advisories, findings and roll-outs) and from
+the TUF repository on disk (releases). A command runs the domain on a copy, appends the events, and the
 replay applies them: what is in memory is always what is in the stream. One registry instance
 writes the TUF repository; a second one would need its own (see docs/patching.md).
 """
@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 from parley.fleet.v1 import fleet_pb2
 from parley.patch.v1 import events_pb2
 
-from parley_core.bus import EventBus, ReceivedEvent, Replay
+from parley_core.bus import ConcurrencyConflict, EventBus, ReceivedEvent, Replay
 from parley_core.envelope import NewEvent, open_payload
 from parley_core.errors import FailedPrecondition, InvalidArgument, NotFound
 from parley_core.files import ensure_private_dir
@@ -33,6 +33,7 @@ from parley_core.topology import (
     PATCH_FILTER,
     SERVICES,
     advisory_subject,
+    finding_subject,
     release_subject,
     rollout_subject,
     trust_root_subject,
@@ -40,7 +41,7 @@ from parley_core.topology import (
 )
 from parley_patch_registry import codec
 from parley_patch_registry.advisories import Advisory, parse_advisory
-from parley_patch_registry.findings import Finding, FindingBook, InstalledPackage
+from parley_patch_registry.findings import Finding, FindingBook, FindingEvent, InstalledPackage
 from parley_patch_registry.releases import (
     KeyStore,
     Lifetimes,
@@ -84,6 +85,7 @@ class FleetView:
     def __init__(self, stale_after_s: float, history: int = HEARTBEAT_HISTORY) -> None:
         self.stale_after_s = stale_after_s
         self._history_len = history
+        self.heard_since: float | None = None  # when the registry began to follow heartbeats (monotonic)
         self._beats: dict[str, deque[tuple[fleet_pb2.InstanceHeartbeat, float]]] = {}
         self._first: dict[str, tuple[fleet_pb2.InstanceHeartbeat, float]] = {}
 
@@ -100,6 +102,11 @@ class FleetView:
             return
         self._first.setdefault(beat.instance_id, (beat, received_at))
         self._beats.setdefault(beat.instance_id, deque(maxlen=self._history_len)).append((beat, received_at))
+
+    def complete(self, now: float) -> bool:
+        """Every live instance has been heard: the view has followed heartbeats as long as an
+        instance stays live without one."""
+        return self.heard_since is not None and now - self.heard_since >= self.stale_after_s
 
     def is_live(self, instance_id: str, now: float) -> bool:
         entry = self.latest(instance_id)
@@ -233,6 +240,12 @@ def open_repository(folder: Path, settings: RegistrySettings) -> ReleaseReposito
     )
 
 
+def _alert_key(advisory_id: str, service: str, package: str, deadline: float) -> tuple[str, str, str, int]:
+    """What makes an overdue alert the same one: the finding and its deadline (to the millisecond,
+    so a deadline read back from the stream matches the one computed)."""
+    return (advisory_id, service, package, round(deadline * 1000))
+
+
 def _require_operator(caller: Caller, what: str) -> None:
     require_patch_role(caller.role, what)
 
@@ -260,7 +273,10 @@ class Registry:
         self.rollouts: dict[str, Rollout] = {}
         self._rollout_seq: dict[str, int] = {}
         self._release_publishers: dict[str, str] = {}
-        self._announced_overdue: set[str] = set()  # event ids of the alerts on the stream
+        # The overdue alerts on the stream: (advisory, service, package, deadline in ms).
+        self._announced_overdue: set[tuple[str, str, str, int]] = set()
+        self._finding_seq: dict[str, int] = {}  # a finding's subject -> its last event's stream seq
+        self._finding_version: dict[str, int] = {}  # ... and how many events it holds
         self._step_started_at: dict[tuple[str, int], float] = {}
         self._phase_since: dict[tuple[str, int], float] = {}  # when a step's current phase began
         self._lock = asyncio.Lock()
@@ -282,10 +298,17 @@ class Registry:
             self._release_publishers[payload.target_path] = payload.published_by
             return
         if isinstance(payload, events_pb2.VulnerabilityOverdue):
-            self._announced_overdue.add(event.envelope.event_id)
+            self._announced_overdue.add(
+                _alert_key(payload.advisory_id, payload.service, payload.package, payload.deadline)
+            )
             return
         domain_event = codec.from_proto(payload)
         if domain_event is None:
+            return
+        if isinstance(domain_event, FindingEvent):
+            self.findings.apply(domain_event, self.advisories.get(domain_event.advisory_id))
+            self._finding_seq[event.subject] = event.stream_seq
+            self._finding_version[event.subject] = self._finding_version.get(event.subject, 0) + 1
             return
         rollout = self.rollouts.setdefault(domain_event.rollout_id, Rollout())
         rollout.apply(domain_event)
@@ -524,18 +547,60 @@ class Registry:
             for dist in beat.distributions
         ]
 
-    def reconcile_findings(self) -> list[Finding]:
-        return self.findings.reconcile(self.advisories.values(), self.installed(time.monotonic()), datetime.now(UTC))
+    async def reconcile_findings(self) -> list[Finding]:
+        """Matches the fleet against the advisories, and records what that detects or fixes."""
+        async with self._lock:
+            now = time.monotonic()
+            changes = self.findings.observe(
+                self.advisories.values(),
+                self.installed(now),
+                datetime.now(UTC),
+                fleet_complete=self.fleet.complete(now),
+            )
+            for change in changes:
+                await self._record_finding(change)
+        return self.findings.findings()
+
+    async def _record_finding(self, change: FindingEvent) -> None:
+        """Appends one detection or fix after the finding's last event. Another registry that
+        recorded one first wins: its event is replayed here, and the next look decides again."""
+        assert self._replay is not None
+        subject = finding_subject(change.advisory_id, change.service, change.package)
+        expected = self._finding_seq.get(subject, 0)
+        # The same id for the same step of the same finding: two registries' appends are one.
+        event_id = hashlib.sha256(f"{subject}|{type(change).__name__}|{expected}".encode()).hexdigest()[:32]
+        try:
+            appended = await self.bus.append(
+                subject,
+                NewEvent(
+                    aggregate_type="finding",
+                    aggregate_id="/".join(change.exposure),
+                    payload=codec.to_proto(change),
+                    actor=REGISTRY_ACTOR,
+                    event_id=event_id,
+                ),
+                aggregate_version=self._finding_version.get(subject, 0) + 1,
+                expected_last_subject_seq=expected,
+            )
+        except ConcurrencyConflict:
+            last = await self.bus.last_subject_seq("PATCH", subject)
+            await self._replay.wait_for_seq(last)
+            return
+        await self._replay.wait_for_seq(appended.stream_seq)
+        if not appended.duplicate:  # a duplicate is the other registry's, logged there
+            log.info("%s: %s in %s (%s)", type(change).__name__, change.advisory_id, change.service, change.package)
 
     async def announce_overdue(self) -> int:
-        """One alert per overdue finding, on the registry's own PATCH stream
-        (parley.patch.alert.overdue.<advisory id>), never in auth's audit chain: the replay
-        knows the alerts already there, so a restart raises none twice."""
+        """One alert per overdue finding (a service exposed in a package past its deadline,
+        naming one of its affected instances), on the registry's own PATCH stream
+        (parley.patch.alert.overdue.<advisory id>), never in auth's audit chain: the replay knows
+        the alerts already there, so neither a restart nor new instances raise one twice."""
         announced = 0
         for finding in self.findings.overdue(datetime.now(UTC)):
-            event_id = hashlib.sha256(f"{finding.key}|{finding.deadline.isoformat()}".encode()).hexdigest()[:32]
-            if event_id in self._announced_overdue:
+            key = _alert_key(finding.advisory_id, finding.service, finding.package, finding.deadline.timestamp())
+            if key in self._announced_overdue:
                 continue
+            event_id = hashlib.sha256(repr(key).encode()).hexdigest()[:32]
             payload = events_pb2.VulnerabilityOverdue(
                 advisory_id=finding.advisory_id,
                 service=finding.service,
@@ -558,7 +623,7 @@ class Registry:
                 aggregate_version=1,
                 expected_last_subject_seq=None,
             )
-            self._announced_overdue.add(event_id)
+            self._announced_overdue.add(key)
             announced += 1
         return announced
 

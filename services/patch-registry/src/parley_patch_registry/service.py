@@ -95,6 +95,7 @@ class PatchRegistryApp(fleet_pb2_grpc.FleetServiceServicer):
         )
         await self.registry.start()
         self._sub = await ctx.bus.nc.subscribe(HEARTBEATS_FILTER, cb=self._on_heartbeat)
+        self.fleet.heard_since = time.monotonic()
         fleet_pb2_grpc.add_FleetServiceServicer_to_server(self, ctx.server)
         patch_pb2_grpc.add_PatchServiceServicer_to_server(PatchApi(self.registry, ctx.tokens, self.http), ctx.server)
         ctx.add_service_name(fleet_pb2.DESCRIPTOR.services_by_name["FleetService"].full_name)
@@ -127,7 +128,7 @@ class PatchRegistryApp(fleet_pb2_grpc.FleetServiceServicer):
                     await asyncio.to_thread(registry.repo.refresh_timestamp)
                 await registry.drive()
                 if loop.time() >= next_findings:  # matching the whole fleet is the costly part
-                    registry.reconcile_findings()
+                    await registry.reconcile_findings()
                     await registry.announce_overdue()
                     next_findings = loop.time() + FINDINGS_INTERVAL_S
                 self._measure(registry)

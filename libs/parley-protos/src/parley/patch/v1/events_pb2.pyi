@@ -21,8 +21,9 @@ DESCRIPTOR: _descriptor.FileDescriptor
 @_typing.final
 class ReleasePublished(_message.Message):
     """Events of the patch registry on the PATCH stream. Roll-outs on parley.patch.rollout.<id>,
-    releases on parley.patch.release.<service>, advisories on parley.patch.advisory.<osv id>.
-    Field names match the registry's domain events one to one (see rollout.py).
+    releases on parley.patch.release.<service>, advisories on parley.patch.advisory.<osv id>,
+    findings on parley.patch.finding.<osv id>.<service>.<package>.
+    Field names match the registry's domain events one to one (see rollout.py and findings.py).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -558,6 +559,100 @@ class VulnerabilityOverdue(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VulnerabilityOverdue: _TypeAlias = VulnerabilityOverdue  # noqa: Y015
+
+@_typing.final
+class FindingDetected(_message.Message):
+    """A service is affected by an advisory in a package, seen first on `instance_id` running
+    `installed_version` (parley.patch.finding.<advisory id>.<service>.<package>). The finding's
+    clock starts at `detected_at` and runs, whichever of the service's instances and versions are
+    affected, until a FindingFixed; `deadline` is the one its priority gave it then.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADVISORY_ID_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    PACKAGE_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    INSTALLED_VERSION_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    DETECTED_AT_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    advisory_id: _builtins.str
+    service: _builtins.str
+    package: _builtins.str
+    instance_id: _builtins.str
+    host: _builtins.str
+    installed_version: _builtins.str
+    priority: _builtins.str
+    detected_at: _builtins.float
+    """unix seconds"""
+    deadline: _builtins.float
+    def __init__(
+        self,
+        *,
+        advisory_id: _builtins.str = ...,
+        service: _builtins.str = ...,
+        package: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+        host: _builtins.str = ...,
+        installed_version: _builtins.str = ...,
+        priority: _builtins.str = ...,
+        detected_at: _builtins.float = ...,
+        deadline: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advisory_id", b"advisory_id", "deadline", b"deadline", "detected_at", b"detected_at", "host", b"host", "installed_version", b"installed_version", "instance_id", b"instance_id", "package", b"package", "priority", b"priority", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindingDetected: _TypeAlias = FindingDetected  # noqa: Y015
+
+@_typing.final
+class FindingFixed(_message.Message):
+    """The service runs again and none of its live instances is affected: the finding is fixed, its
+    time to patch `fixed_at - detected_at`. The instance and version are the last seen affected.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADVISORY_ID_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    PACKAGE_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    INSTALLED_VERSION_FIELD_NUMBER: _builtins.int
+    DETECTED_AT_FIELD_NUMBER: _builtins.int
+    FIXED_AT_FIELD_NUMBER: _builtins.int
+    advisory_id: _builtins.str
+    service: _builtins.str
+    package: _builtins.str
+    instance_id: _builtins.str
+    host: _builtins.str
+    installed_version: _builtins.str
+    detected_at: _builtins.float
+    fixed_at: _builtins.float
+    def __init__(
+        self,
+        *,
+        advisory_id: _builtins.str = ...,
+        service: _builtins.str = ...,
+        package: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+        host: _builtins.str = ...,
+        installed_version: _builtins.str = ...,
+        detected_at: _builtins.float = ...,
+        fixed_at: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advisory_id", b"advisory_id", "detected_at", b"detected_at", "fixed_at", b"fixed_at", "host", b"host", "installed_version", b"installed_version", "instance_id", b"instance_id", "package", b"package", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindingFixed: _TypeAlias = FindingFixed  # noqa: Y015
 
 @_typing.final
 class PublisherKeySet(_message.Message):
