@@ -122,10 +122,14 @@ async def test_approved_rollout_replaces_messaging_on_the_running_platform_witho
     assert [i["version"] for i in instances] == [NEW_VERSION, NEW_VERSION]
     assert not {i["instance_id"] for i in instances} & set(old_instances)
     # The fleet view is what the instance itself reports: the installed wheel's own version.
-    fleet = await eventually(
-        lambda: _fleet_row(platform, "messaging", NEW_VERSION), "the fleet to show messaging 0.2.0", 60
-    )
-    assert instances[0]["instance_id"] in fleet
+    new_instances = {i["instance_id"] for i in instances}
+
+    async def both_serving() -> bool | None:
+        out = (await asyncio.to_thread(platform.cli, "fleet", check=False)).stdout
+        rows = [line.split() for line in out.splitlines()]
+        return {r[2] for r in rows if r[:2] == ["messaging", NEW_VERSION] and "SERVING" in r} == new_instances or None
+
+    await eventually(both_serving, "the fleet to show both messaging 0.2.0 instances", 60)
 
     # The replaced instance stopped on purpose: it leaves the fleet view (no NOT_SERVING, no STALE row).
     async def old_instance_gone() -> bool | None:
