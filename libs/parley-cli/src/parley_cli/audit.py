@@ -235,9 +235,9 @@ async def cmd_checkpoint(args: argparse.Namespace) -> int:
     print(f"checkpoint of the audit chain at record #{checkpoint.chain_index} written to {out}")
     if same_folder(out.parent, folder):
         print("storage compares the archive with it: the console's Audit page and the compliance report show it")
-    where = "keep a copy outside the data folder" if inside else "keep it"
+    where, kept = ("keep a copy outside the data folder", "COPY") if inside else ("keep it", str(out))
     print(
-        f"{where} where the platform's operators cannot change it: `parley audit verify --checkpoint FILE` then "
+        f"{where} where the platform's operators cannot change it: `parley audit verify --checkpoint {kept}` then "
         f"shows any rewrite of records #1..#{checkpoint.chain_index}, even by someone holding every key in secrets/"
     )
     return 0
