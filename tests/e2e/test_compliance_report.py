@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import sqlite3
 import struct
 import time
@@ -38,12 +39,11 @@ CRITICAL = "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"  # 9.8
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
     # A critical finding falls due within seconds, so the report has an overdue one to show; the
-    # scheduled report comes every 18 s instead of daily.
+    # scheduled report comes every 18 s instead of daily. No checkpoint folder is set, as with
+    # `make run`: storage reads <data>/audit-checkpoints, where `parley audit checkpoint` writes.
     root = tmp_path_factory.mktemp("report")
-    (root / "checkpoints").mkdir()  # the operator's checkpoints, outside the data folder
     running = platform_in(
         root,
-        PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR=str(root / "checkpoints"),
         PARLEY_PATCH_DEADLINE_CRITICAL_HOURS="0.001",
         PARLEY_REPORT_EVERY_HOURS=SCHEDULE_HOURS,
     )
@@ -130,15 +130,19 @@ def test_signed_report_of_fleet_findings_and_audit_then_a_changed_byte_is_caught
     backup = tmp_path / "backups" / "today"
     platform.cli("backup", "create", str(backup))
     platform.cli("backup", "verify", str(backup))
+    # The roll-out prober's kind of account (the platform identity registers it): no person's.
+    platform.cli("admin", "create-user", "canary-prober-e2e", stdin="a-long-enough-passphrase\n")
     platform.cli("register", "leaver", stdin="a-long-enough-passphrase\n")
     platform.cli("erase", "leaver", "--reason", "asked to be forgotten", "--yes")
     platform.cli_until(
         "audit", "verify", shows="audit chain intact", timeout=90.0
     )  # the archive has caught up with the head
 
-    checkpoint = platform.data_dir.parent / "checkpoints" / "today.json"
-    taken = platform.cli("audit", "checkpoint", "--out", str(checkpoint)).stdout
+    taken = platform.cli("audit", "checkpoint").stdout  # into the data folder's checkpoint folder
     index_taken = taken.split("at record #", 1)[1].split()[0]
+    checkpoint = Path(taken.split(" written to ", 1)[1].split()[0])
+    assert checkpoint.parent.resolve() == (platform.data_dir / "audit-checkpoints").resolve()
+    assert "the console's Audit page and the compliance report show it" in taken
 
     out = tmp_path / "filed" / "compliance.md"
     made = platform.cli("report", "compliance", "--since", "2020-01-01", "--out", str(out))
@@ -153,14 +157,16 @@ def test_signed_report_of_fleet_findings_and_audit_then_a_changed_byte_is_caught
     assert all("| critical | 9.8 |" in row and "**OVERDUE** by" in row for row in finding_rows)
     assert "grpcio" in finding_rows[0]
     assert f"- {ADVISORY}: a critical one \\| with a pipe" in report  # its summary cannot break a table
-    assert "**" in report.split("## Open findings")[1].split("overdue")[0]  # the overdue count is there, in bold
+    # The overdue count, in bold (red on the page).
+    assert re.search(r"\*\*[1-9]\d* overdue\*\*", section(report, "Open findings"))
     # nothing fixed yet; every instance affected, its open finding aged
     assert "| critical | 0 | - | - | 0 | " in section(report, "Time to patch")
     assert "No roll-out was planned or moved in the period." in report
-    assert "Verify: **intact**" in report
+    assert "Verify: intact, " in report  # not in bold: the page's bold is red, for what needs attention
     assert "Head (live SEC stream): record #" in report
-    assert f"Last operator checkpoint: record #{index_taken}, taken " in report
-    assert "(checkpoint today.json), compared " in report
+    taken_at = r"taken \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC "  # like the report's other times, not raw ISO
+    assert re.search(f"Last operator checkpoint: record #{index_taken}, {taken_at}", report)
+    assert f"(checkpoint {checkpoint.name}), compared " in report
     assert ": the archive still holds it." in report
     # The security sections, each filled from the platform.
     keys = section(report, "Encryption and key ages")
@@ -171,7 +177,8 @@ def test_signed_report_of_fleet_findings_and_audit_then_a_changed_byte_is_caught
     assert "Last KEK rotation: " in keys
     assert "none archived" not in keys
     mfa = section(report, "MFA coverage")
-    assert "| member | 1 | 1 | 100% | optional |" in mfa  # auditee enrolled; leaver erased, no longer counted
+    assert "| member | 1 | 1 | 100% | optional |" in mfa  # auditee enrolled; leaver erased, the prober not a person
+    assert "Not counted: 1 synthetic account(s), the platform's own roll-out probers" in mfa
     assert f"| {channel} | 30 days | platform |" in section(report, "Retention policies in force")
     backups = section(report, "Backups")
     assert "Last backup created: " in backups
@@ -186,7 +193,9 @@ def test_signed_report_of_fleet_findings_and_audit_then_a_changed_byte_is_caught
     assert "| login_failed | 1 |" in events
     assert "| account_erased | 1 |" in events
     listed = events.split("Failures, lockouts")[1]
-    assert any("| login_failed |" in line and "SEC record #" in line for line in listed.splitlines())
+    failed = [line for line in listed.splitlines() if "| login_failed |" in line and "SEC record #" in line]
+    assert failed
+    assert all("| login_failed | auditee |" in line for line in failed), failed  # by name, not by id
     assert "| login_succeeded |" not in listed  # counted, not listed
 
     key = platform.data_dir / "secrets" / "report-signing-key.pem"

@@ -63,11 +63,10 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: `make chromium` installs Debian's chromium (make test does)")
     root = tmp_path_factory.mktemp("console")
-    (root / "checkpoints").mkdir()  # the operator's checkpoints, outside the data folder
+    # No checkpoint folder is set, as with `make run`: storage reads <data>/audit-checkpoints.
     running = platform_in(
         root,
         PARLEY_WEB_ROOT=str(WEB_DIST),
-        PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR=str(root / "checkpoints"),
         PARLEY_HEARTBEAT_SECONDS="1",
         PARLEY_PATCH_GATE_WINDOW_SECONDS="3",
         PARLEY_PATCH_DEADLINE_CRITICAL_HOURS=CRITICAL_DEADLINE_HOURS,
@@ -335,6 +334,10 @@ async def test_the_reports_page_lists_the_filed_reports_and_shows_the_latest(
     made = platform.cli("report", "compliance").stdout  # the newest: Markdown and its HTML page
     newest = re.search(r"(compliance-[0-9T-]+Z)\.html", made).group(1)  # type: ignore[union-attr]
     context, page = await console(browser, platform, account(platform, "security-auditor"), "reports")
+    # Commands as code, not Markdown's backticks shown as they are.
+    hint = page.locator("#reports-hint")
+    await expect(hint.locator("code")).to_have_text(["reports/", "parley report verify FILE"])
+    await expect(hint).not_to_contain_text("`")
     rows = page.locator("#reports tbody tr")
     await expect(rows).to_have_count(2)
     await expect(rows.first).to_contain_text(newest)
@@ -348,6 +351,9 @@ async def test_the_reports_page_lists_the_filed_reports_and_shows_the_latest(
     await expect(report.locator("h2")).to_have_count(11)
     await expect(report.get_by_role("heading", name="Open findings")).to_be_visible()
     await expect(report.locator("svg")).to_have_count(2)
+    # The report's bold is red, for what needs attention: an intact chain is not in it.
+    await expect(report.get_by_text(re.compile(r"^Verify: intact, "))).to_be_visible()
+    await expect(report.locator("strong").filter(has_text="intact")).to_have_count(0)
     assert "<table>" in (await frame_element.get_attribute("srcdoc") or "")
     await shot(page, "console-reports")
     # The older one as Markdown text.
@@ -372,6 +378,12 @@ async def test_auditor_queries_the_audit_trail_by_actor(browser: Browser, platfo
     client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
     login = await client.login(member, PASSWORD)
     await client.close()
+    # The operator's checkpoint, written where storage reads them with no setting (the data
+    # folder's audit-checkpoints/), shows on the page's first verdict: no "Verify again" needed.
+    taken = await asyncio.to_thread(platform.cli, "audit", "checkpoint")
+    index_taken = taken.stdout.split("at record #", 1)[1].split()[0]
+    written = Path(taken.stdout.split(" written to ", 1)[1].split()[0])
+    assert written.parent.resolve() == (platform.data_dir / "audit-checkpoints").resolve()
     context, page = await console(browser, platform, account(platform, "security-auditor"), "audit")
     await page.get_by_label("Actor").fill(login.user_id)
     await page.get_by_role("button", name="Search").click()
@@ -387,15 +399,12 @@ async def test_auditor_queries_the_audit_trail_by_actor(browser: Browser, platfo
     await expect(state).to_have_attribute("data-intact", "true")
     await expect(state).to_contain_text("Audit chain intact: ")
     await expect(state).to_contain_text("every signature valid")
-    # The operator's checkpoint, written where storage reads them, shows after a fresh run.
     checkpoint = page.locator("#chain-checkpoint")
-    out = platform.data_dir.parent / "checkpoints" / f"{unique('cp-')}.json"
-    taken = await asyncio.to_thread(platform.cli, "audit", "checkpoint", "--out", str(out))
-    index_taken = taken.stdout.split("at record #", 1)[1].split()[0]
-    await page.get_by_role("button", name="Verify again").click()
     await expect(checkpoint).to_have_attribute("data-matches", "true")
     await expect(checkpoint).to_contain_text(f"Last checkpoint: record #{index_taken} ")
-    await expect(checkpoint).to_contain_text(f"(checkpoint {out.name}): the archive still holds it")
+    await expect(checkpoint).to_contain_text(f"(checkpoint {written.name}): the archive still holds it")
+    # Its time like the page's other times, not raw ISO 8601.
+    await expect(checkpoint).to_contain_text(re.compile(r"taken \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \("))
     await shot(page, "console-audit")
     with sqlite3.connect(platform.data_dir / "storage" / "archive.db") as db:
         seq, index = db.execute(
@@ -541,12 +550,22 @@ async def test_operator_plans_a_second_person_approves_and_the_timeline_reaches_
         await expect(done).to_have_attribute("data-state", "done", timeout=ROLLOUT_TIMEOUT_MS)
         await expect(done.locator(".timeline li.RolloutApproved")).to_have_count(1)
         await expect(done.locator(".timeline li.RolloutCompleted")).to_have_count(1)
+        # Gates come seconds apart: the timeline's times are to the millisecond.
+        await expect(done.locator(".timeline time").first).to_have_text(
+            re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} UTC$")
+        )
         # Every phase's gate (10, 50, 100 % of callers) passed, with its figures charted.
         passed = done.locator("tr.gate-row.passed")
         await expect(passed).to_have_count(3)
         await expect(done.locator("svg.chart")).to_have_count(2)
         await expect(done.locator("svg.chart circle.canary")).to_have_count(6)
         await expect(done.locator("svg.chart text.verdict.passed")).to_have_count(6)
+        # A p99 over no calls is no figure ("no calls"), never "0 ms".
+        for cells in await done.locator("tr.gate-row").evaluate_all(
+            "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
+        ):
+            for calls, p99 in ((cells[3], cells[5]), (cells[6], cells[8])):
+                assert p99 == "no calls" if calls == "0" else p99.endswith(" ms"), cells
         await shot(a_page, "console-rollout")
         assert CSP_REFUSALS == []  # the charts are drawn within the strict CSP
         # The replaced instance stopped on purpose: it leaves the fleet page.

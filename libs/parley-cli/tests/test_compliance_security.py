@@ -15,9 +15,9 @@ from parley_core.envelope import NewEvent, seal
 DAY = 86400.0
 
 
-def archived(stream: str, seq: int, payload: Message, at: float) -> storage_pb2.ArchivedEvent:
+def archived(stream: str, seq: int, payload: Message, at: float, actor: str = "platform") -> storage_pb2.ArchivedEvent:
     envelope = seal(
-        NewEvent(aggregate_type="x", aggregate_id="x", payload=payload, actor="platform"),
+        NewEvent(aggregate_type="x", aggregate_id="x", payload=payload, actor=actor),
         aggregate_version=1,
         producer="test",
         trace_context={},
@@ -27,6 +27,7 @@ def archived(stream: str, seq: int, payload: Message, at: float) -> storage_pb2.
         stream_seq=seq,
         event_type=envelope.event_type,
         occurred_at_ns=int(at * 1e9),
+        actor=actor,
         envelope=envelope.SerializeToString(),
     )
 
@@ -37,9 +38,9 @@ def test_keys_mfa_by_role_and_erasures_with_their_audit_reference() -> None:
         archived("AUTH", 1, auth.SigningKeyPublished(key_id="k1"), 1 * DAY),
         archived("AUTH", 2, auth.SigningKeyPublished(key_id="k2", replaces_key_id="k1"), 50 * DAY),
         archived("AUTH", 3, auth.AuditKeyPublished(key_id="a1"), 1 * DAY),
-        archived("AUTH", 4, auth.UserRegistered(user_id="u1", role="member"), 2 * DAY),
-        archived("AUTH", 5, auth.UserRegistered(user_id="u2", role="member"), 2 * DAY),
-        archived("AUTH", 6, auth.UserRegistered(user_id="u3", role="operator"), 2 * DAY),
+        archived("AUTH", 4, auth.UserRegistered(user_id="u1", username="alice", role="member"), 2 * DAY),
+        archived("AUTH", 5, auth.UserRegistered(user_id="u2", username="bob", role="member"), 2 * DAY),
+        archived("AUTH", 6, auth.UserRegistered(user_id="u3", username="olga", role="operator"), 2 * DAY),
         archived("AUTH", 7, auth.TotpEnrolled(user_id="u1"), 3 * DAY),
         archived("AUTH", 8, auth.TotpEnrolled(user_id="u3"), 3 * DAY),
         archived("AUTH", 9, auth.TotpReset(user_id="u3"), 4 * DAY),  # lost phone: no second factor now
@@ -47,6 +48,12 @@ def test_keys_mfa_by_role_and_erasures_with_their_audit_reference() -> None:
         archived("AUTH", 11, auth.MfaRequirementSet(role="admin", required=True), 5 * DAY),
         archived("AUTH", 12, auth.UserRegistered(user_id="gone", role="member"), 6 * DAY),
         archived("AUTH", 13, auth.AccountErased(user_id="gone"), 90 * DAY),
+        # The roll-out prober, registered by the platform identity: synthetic, not counted.
+        archived("AUTH", 14, auth.UserRegistered(user_id="p1", username="canary-prober-0a1b", role="member"), 7 * DAY),
+        # A look-alike registered by a user's token before the prefix was reserved: a person's account.
+        archived(
+            "AUTH", 15, auth.UserRegistered(user_id="p2", username="canary-prober-x", role="guest"), 7 * DAY, "u2"
+        ),
     ]
     store_events = [
         archived("STORE", 4, store.UserDataErased(user_id="gone", erased_by="platform", reason="asked"), 90 * DAY),
@@ -70,13 +77,16 @@ def test_keys_mfa_by_role_and_erasures_with_their_audit_reference() -> None:
     states = {k.key_id: k.state for k in facts.keys}
     assert states == {"k1": "replaced by k2", "k2": "in use", "a1": "in use"}
     coverage = {c.role: (c.accounts, c.with_second_factor, c.required) for c in facts.mfa}
-    assert coverage["member"] == (1, 1, False)  # u1; u2 is admin now, the erased one not counted
+    assert coverage["member"] == (1, 1, False)  # u1; u2 is admin now, the erased one and the prober not counted
+    assert coverage["guest"] == (1, 0, False)  # the look-alike
+    assert facts.synthetic == 1
     assert coverage["admin"] == (1, 0, True)
     assert coverage["operator"] == (1, 0, False)
 
     report = "\n".join(render_sections(facts, since=80 * DAY, now=now, table=_table))
     assert "| access-token signing key (Ed25519) | k1 | 1970-01-02 00:00 UTC | 99 days | - | replaced by k2 |" in report
-    assert "1 of 3 accounts (33%) have a second factor" in report
+    assert "1 of 4 accounts (25%) have a second factor" in report
+    assert "Not counted: 1 synthetic account(s), the platform's own roll-out probers (`canary-prober…`" in report
     assert "| admin | 1 | 0 | 0% | required |" in report
     assert "Last KEK rotation: 1970-04-01 00:00 UTC (10 days ago), now KEK `kek-2`" in report
     assert "| gone | platform | asked | STORE #4 | SEC record #7 |" in report
@@ -86,7 +96,7 @@ def test_keys_mfa_by_role_and_erasures_with_their_audit_reference() -> None:
     assert "| login_succeeded | 1 |" in events
     assert "| lockout | 1 |" in events
     assert "| anomaly:password_spraying | 1 |" in events
-    assert "| lockout | u1 | - | SEC record #8 |" in events  # listed: a reviewer looks at it
+    assert "| lockout | alice | - | SEC record #8 |" in events  # listed by name: a reviewer looks at it
     assert "| anomaly:password_spraying | 10.0.0.9 | w (response: alert) | STORE #6 |" in events
     assert "| login_succeeded | u1 |" not in events  # counted, not listed
     # An erasure before the period is counted in all, not listed.

@@ -4,15 +4,18 @@ so, in one line."""
 from __future__ import annotations
 
 import io
+import json
 import shlex
 import socket
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from parley_cli import platform as platform_module
 from parley_cli.platform import Platform
+from parley_cli.state import STATE_FILE
 
 
 async def test_a_busy_default_port_is_named_with_the_port_taken_instead(
@@ -55,6 +58,32 @@ def test_a_busy_web_port_is_named_with_the_port_taken_instead(tmp_path: Path, mo
             ]
         finally:
             platform.web_claim.close()
+
+
+def test_the_web_port_is_the_last_runs_on_the_next_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A start that found the default busy took another port; the next start, the default free
+    again, keeps the port the last run had (a browser's bookmark finds the app), and says nothing."""
+    with socket.socket() as holder:  # the default held (8443 may be anyone's: the test holds a port of its own)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        monkeypatch.setattr(platform_module, "DEFAULT_WEB_PORT", holder.getsockname()[1])
+        first = Platform(tmp_path, out=io.StringIO())
+        first._claim_web_port()
+        assert first.web_claim is not None
+        taken = first.web_claim.getsockname()[1]
+        first.agent = SimpleNamespace()  # type: ignore[assignment]  # no service: the platform's own state only
+        (tmp_path / STATE_FILE).write_text(json.dumps(first._state()))
+        first.web_claim.close()
+    out = io.StringIO()
+    second = Platform(tmp_path, out=out)
+    second._write_starting_state()  # as a start does: the last run's ports kept for this one
+    second._claim_web_port()
+    assert second.web_claim is not None
+    try:
+        assert second.web_claim.getsockname()[1] == taken
+        assert out.getvalue() == ""
+    finally:
+        second.web_claim.close()
 
 
 @pytest.mark.parametrize(("make_args", "expected"), [(["GATEWAY_PORT=7444"], ["--gateway-port", "7444"]), ([], [])])

@@ -139,3 +139,39 @@ async def test_verify_audit_answers_from_the_monitor_with_the_newest_checkpoint_
     assert checked.last_checkpoint.source == "checkpoint 2026-12-05-later.json"
     assert not checked.last_checkpoint.matches
     assert not checked.intact
+
+
+async def test_without_a_setting_the_checkpoints_are_the_data_folders_and_a_plain_read_is_up_to_date(
+    stack: Stack,
+) -> None:
+    """No PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR (as `make run` starts it): storage reads
+    <data>/audit-checkpoints, where `parley audit checkpoint` writes without --out. The page's
+    first read (no verify_now) tells what is there now, not the periodic run's older verdict."""
+    gateway = stack.gateway()
+    await stack.create_user("audrey", "security-auditor")
+    auditor = bearer((await stack.login("audrey")).access_token)
+    first = await gateway.VerifyAudit(gateway_pb2.VerifyAuditRequest(), metadata=auditor, timeout=TIMEOUT_S)
+    assert not first.HasField("last_checkpoint")
+    folder = stack.data_dir / "audit-checkpoints"
+    assert [e for e in first.checkpoint_errors if f"no checkpoint in {folder} yet" in e], list(first.checkpoint_errors)
+
+    head = await newest_record(stack, auditor)
+    folder.mkdir()
+    (folder / "checkpoint-now.json").write_text(Checkpoint.of(head, taken_at="2026-12-05T03:00:00+00:00").to_json())
+    read = await gateway.VerifyAudit(gateway_pb2.VerifyAuditRequest(), metadata=auditor, timeout=TIMEOUT_S)
+    assert read.last_checkpoint.source == "checkpoint checkpoint-now.json"
+    assert read.last_checkpoint.matches
+    assert read.intact, list(read.findings)
+
+    # A record appended since (a login): the next plain read covers it.
+    await stack.create_user("bob", "member")
+    await stack.login("bob")
+    newest = await newest_record(stack, auditor)
+    assert newest.chain_index > read.last_index
+
+    settled = await gateway.VerifyAudit(gateway_pb2.VerifyAuditRequest(), metadata=auditor, timeout=TIMEOUT_S)
+    assert settled.last_index >= newest.chain_index  # the archive holds it (read above): the run covers it
+    assert settled.verified_at > read.verified_at
+    # Nothing changed since: the stored verdict, not another run.
+    again = await gateway.VerifyAudit(gateway_pb2.VerifyAuditRequest(), metadata=auditor, timeout=TIMEOUT_S)
+    assert again.verified_at == settled.verified_at

@@ -6,7 +6,7 @@
 import { describe, gateway, withRefresh } from "../api.js";
 import { append, clear, h, on } from "../dom.js";
 import type { ArchivedEvent } from "../gen/parley/storage/v1/storage_pb.js";
-import { span, when } from "./format.js";
+import { span, when, whenIso } from "./format.js";
 import { actorName, actorUserId, learnNames, personName } from "./names.js";
 import { securityPanel } from "./security.js";
 import { table } from "./table.js";
@@ -125,10 +125,10 @@ function chainState(): HTMLElement {
           ? h(
               "p",
               { class: c.matches ? "chain intact" : "chain tampered" },
-              `Last checkpoint: record #${c.chainIndex} of ${when(c.recordTime)}, taken ${c.takenAt || "-"} ` +
+              `Last checkpoint: record #${c.chainIndex} of ${when(c.recordTime)}, taken ${whenIso(c.takenAt)} ` +
                 `(${c.source}): ${c.matches ? "the archive still holds it" : "the archive no longer matches it"}.`,
             )
-          : h("p", { class: "hint" }, "Last checkpoint: none that storage reads (PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR)."),
+          : h("p", { class: "hint" }, "Last checkpoint: none yet (", h("code", {}, "parley audit checkpoint"), " writes one)."),
         v.checkpointErrors.length ? h("ul", { class: "hint" }, ...v.checkpointErrors.map((e) => h("li", {}, e))) : null,
       );
     } catch (err) {

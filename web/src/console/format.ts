@@ -18,6 +18,18 @@ export function when(unixSeconds: number): string {
   return new Date(unixSeconds * 1000).toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC");
 }
 
+/** To the millisecond: a roll-out's gates and steps come seconds apart, some within one second. */
+export function whenMs(unixSeconds: number): string {
+  if (!unixSeconds) return "-";
+  return new Date(unixSeconds * 1000).toISOString().replace("T", " ").replace(/Z$/, " UTC");
+}
+
+/** An ISO 8601 time (a checkpoint's taken_at) like the page's other times; what is no time, as written. */
+export function whenIso(iso: string): string {
+  const ms = Date.parse(iso);
+  return Number.isNaN(ms) ? iso || "-" : when(ms / 1000);
+}
+
 export function nowSeconds(): number {
   return Date.now() / 1000;
 }

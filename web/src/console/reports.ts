@@ -30,12 +30,18 @@ export async function reportsPage(pick: (reportId: string) => void, reportId = "
     h("h2", { id: "reports-title" }, "Compliance reports"),
     h(
       "p",
-      { class: "hint" },
-      "Signed reports filed in the data folder's reports/ (daily by default); `parley report verify FILE` checks one.",
+      { class: "hint", id: "reports-hint" },
+      "Signed reports filed in the data folder's ",
+      h("code", {}, "reports/"),
+      " (daily by default); ",
+      h("code", {}, "parley report verify FILE"),
+      " checks one.",
     ),
   );
   if (reports.length === 0) {
-    section.append(h("p", { class: "hint" }, "No report is filed yet: `parley up` files one a day."));
+    section.append(
+      h("p", { class: "hint" }, "No report is filed yet: ", h("code", {}, "parley up"), " files one a day."),
+    );
     return section;
   }
   const chosen = reportId || reports[0].reportId;

@@ -7,7 +7,7 @@ import { describe, gateway, withRefresh, type Session } from "../api.js";
 import { clear, h, on } from "../dom.js";
 import { RolloutSchema, type AuditEntry, type Rollout } from "../gen/parley/patch/v1/patch_pb.js";
 import { lineChart } from "./chart.js";
-import { when } from "./format.js";
+import { whenMs } from "./format.js";
 import { actorName, actorUserId, learnNames, personName } from "./names.js";
 import { mayRollOut } from "./roles.js";
 import { table } from "./table.js";
@@ -179,7 +179,7 @@ function timelineItem(entry: AuditEntry): HTMLElement {
   return h(
     "li",
     { class: `event ${entry.event}` },
-    h("time", {}, when(entry.at)),
+    h("time", {}, whenMs(entry.at)),
     " ",
     h("span", { class: "actor" }, actorName(entry.actor)),
     " ",
@@ -196,6 +196,8 @@ function gateCharts(r: Rollout): HTMLElement | null {
   const labels = verdicts.map((g) => `${g.step === 0 ? "canary" : `step ${g.step}`} ${g.weight}%`);
   const marks = verdicts.map((g): "passed" | "failed" => (g.passed ? "passed" : "failed"));
   const rate = (errors: bigint, calls: bigint) => (calls > 0n ? (100 * Number(errors)) / Number(calls) : null);
+  // A p99 of no calls is no figure: the registry sends 0 then, which is not 0 ms.
+  const p99 = (ms: number, calls: bigint) => (calls > 0n ? `${ms.toFixed(0)} ms` : "no calls");
   return h(
     "figure",
     { class: "gates" },
@@ -231,10 +233,10 @@ function gateCharts(r: Rollout): HTMLElement | null {
           `${g.windowS.toFixed(1)} s`,
           String(g.canaryCalls),
           String(g.canaryErrors),
-          `${g.canaryP99Ms.toFixed(0)} ms`,
+          p99(g.canaryP99Ms, g.canaryCalls),
           String(g.stableCalls),
           String(g.stableErrors),
-          `${g.stableP99Ms.toFixed(0)} ms`,
+          p99(g.stableP99Ms, g.stableCalls),
         ],
       })),
       "",

@@ -36,8 +36,10 @@ from parley_core.audit import (
     verify_chain,
 )
 from parley_core.audit_archive import archived_trusted_keys, audit_rows
+from parley_core.audit_checkpoints import checkpoint_file_name, checkpoint_folder
 from parley_core.audit_log import ChainHead, chain_head
 from parley_core.envelope import decode, open_payload
+from parley_core.files import ensure_private_dir
 from parley_core.grpc_channel import secure_channel
 from parley_core.nats_connect import connect_nats_once
 from parley_core.natsconf import ensure_nats_passwords
@@ -206,8 +208,15 @@ def write_checkpoint(out: Path, checkpoint: Checkpoint, data_dir: Path) -> bool:
     return out.resolve().is_relative_to(data_dir.resolve())
 
 
+def same_folder(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
+
+
 async def cmd_checkpoint(args: argparse.Namespace) -> int:
-    out: Path = args.out
+    folder = checkpoint_folder(args.data_dir)
+    out: Path = args.out or folder / checkpoint_file_name(datetime.now(UTC))
+    if args.out is None:
+        ensure_private_dir(folder)
     _, nats_url, password = _platform(args.data_dir)
     nats = {"nats_url": nats_url, "password": password, "ca_cert": args.data_dir / "pki" / "ca.crt"}
     head = await live_head(**nats)
@@ -224,9 +233,11 @@ async def cmd_checkpoint(args: argparse.Namespace) -> int:
         )
     inside = write_checkpoint(out, checkpoint, args.data_dir)
     print(f"checkpoint of the audit chain at record #{checkpoint.chain_index} written to {out}")
-    where = "move it out of the data folder and keep it" if inside else "keep it"
+    if same_folder(out.parent, folder):
+        print("storage compares the archive with it: the console's Audit page and the compliance report show it")
+    where, kept = ("keep a copy outside the data folder", "COPY") if inside else ("keep it", str(out))
     print(
-        f"{where} where the platform's operators cannot change it: `parley audit verify --checkpoint {out}` then "
+        f"{where} where the platform's operators cannot change it: `parley audit verify --checkpoint {kept}` then "
         f"shows any rewrite of records #1..#{checkpoint.chain_index}, even by someone holding every key in secrets/"
     )
     return 0
@@ -249,8 +260,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     )
     verify.set_defaults(run=cmd_verify)
     checkpoint = commands.add_parser(
-        "checkpoint", help="write the chain's signed head to FILE, to keep outside the data folder"
+        "checkpoint",
+        help="write the chain's signed head into the checkpoint folder storage compares the archive with "
+        "(<data>/audit-checkpoints, or $PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR), or to FILE",
     )
-    checkpoint.add_argument("--out", type=Path, required=True, metavar="FILE", help="a new file (never overwritten)")
+    checkpoint.add_argument(
+        "--out", type=Path, metavar="FILE", help="a new file (never overwritten), not one in the checkpoint folder"
+    )
     checkpoint.set_defaults(run=cmd_checkpoint)
     audit_query.add_command(commands)

@@ -134,7 +134,9 @@ def _findings(facts: ComplianceFacts) -> list[str]:
     overdue = [f for f in facts.findings if f.overdue]
     counts = {p: sum(1 for f in facts.findings if f.priority == p) for p in SEVERITY_ORDER}
     summary = ", ".join(f"{p} {n}" for p, n in counts.items() if n)
-    lines.append(f"{len(facts.findings)} open findings ({summary}); **{len(overdue)} overdue**.")
+    # Bold (red on the page) only what needs someone's attention.
+    late = f"**{len(overdue)} overdue**" if overdue else "none overdue"
+    lines.append(f"{len(facts.findings)} open findings ({summary}); {late}.")
     lines.append("")
     rows = [
         (
@@ -256,7 +258,7 @@ def _audit(facts: ComplianceFacts) -> list[str]:
         lines.append("")
         lines.extend(f"- {_cell(f)}" for f in sorted(audit.findings, key=lambda f: (f.chain_index, f.kind)))
     else:
-        lines.append(f"Verify: **intact**, {len(audit.records)} records (#1..#{last}), every signature valid.")
+        lines.append(f"Verify: intact, {len(audit.records)} records (#1..#{last}), every signature valid.")
     lines.append("")
     head = audit.head.record
     if head is None:
@@ -275,17 +277,27 @@ def _checkpoint(state: storage_pb2.AuditChainState | None) -> list[str]:
     if state is None:
         return []
     if not state.HasField("last_checkpoint"):
-        line = "Last operator checkpoint: none read (`parley audit checkpoint --out DIR/<name>.json`, DIR being "
-        lines = [line + "storage's PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR)."]
+        lines = ["Last operator checkpoint: none read (`parley audit checkpoint` writes one where storage reads it)."]
     else:
         cp = state.last_checkpoint
         held = "the archive still holds it" if cp.matches else "**the archive's record DIFFERS from it**"
         lines = [
-            f"Last operator checkpoint: record #{cp.chain_index}, taken {_cell(cp.taken_at)} "
+            f"Last operator checkpoint: record #{cp.chain_index}, taken {_cell(_taken(cp.taken_at))} "
             f"({_cell(cp.source)}), compared {_when(state.verified_at)}: {held}."
         ]
     lines += [f"- checkpoint not read: {_cell(error)}" for error in state.checkpoint_errors]
     return [*lines, ""]
+
+
+def _taken(iso: str) -> str:
+    """A checkpoint's ISO 8601 time as the report's other times; what is no such time, as written."""
+    try:
+        at = datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def render(facts: ComplianceFacts) -> str:

@@ -9,8 +9,8 @@ The folding (`facts_from`) and rendering (`render_sections`) do no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from parley_core import backup_journal
 from parley_core.audit_archive import archived_events, payload_of
 from parley_core.backup_journal import BackupEntry
 from parley_core.rbac import ROLES
+from parley_core.synthetic import PROBER_NAME_PREFIX, is_synthetic_account
 
 TIMEOUT_S = 30.0
 REPORT_KEY = Path("secrets") / "report-signing-key.pem"
@@ -87,6 +88,11 @@ class SecurityFacts:
     restores: Sequence[Restore] = ()
     certificates: Sequence[KeyAge] = ()
     events: Sequence[SecurityEvent] = ()  # every audit record and finding archived, oldest first
+    # Each account's name from its UserRegistered (an erased one's is gone), to show people by name.
+    names: Mapping[str, str] = field(default_factory=dict)
+    # The platform's own accounts (the roll-out probers, parley_core.synthetic): no person's, so
+    # left out of MFA coverage.
+    synthetic: int = 0
 
 
 def _payloads(events: Iterable[storage_pb2.ArchivedEvent]) -> Iterable[tuple[storage_pb2.ArchivedEvent, Message]]:
@@ -111,6 +117,8 @@ def facts_from(
     roles: dict[str, str] = {}
     second_factor: dict[str, bool] = {}
     required: dict[str, bool] = {}
+    names: dict[str, str] = {}
+    synthetic: set[str] = set()
     for event, payload in _payloads(auth):
         at = event.occurred_at_ns / 1e9
         if isinstance(payload, auth_events.SigningKeyPublished):
@@ -123,9 +131,13 @@ def facts_from(
         elif isinstance(payload, auth_events.AuditKeyPublished):
             keys[payload.key_id] = KeyAge("audit record signing key (Ed25519)", payload.key_id, at)
         elif isinstance(payload, auth_events.UserRegistered):
+            names[payload.user_id] = payload.username
+            if is_synthetic_account(username=payload.username, registered_by=event.actor):
+                synthetic.add(payload.user_id)
+                continue
             roles[payload.user_id] = payload.role
             second_factor.setdefault(payload.user_id, False)
-        elif isinstance(payload, auth_events.RoleAssigned):
+        elif isinstance(payload, auth_events.RoleAssigned) and payload.user_id not in synthetic:
             roles[payload.user_id] = payload.role
         elif isinstance(payload, auth_events.TotpEnrolled):
             second_factor[payload.user_id] = True
@@ -135,6 +147,7 @@ def facts_from(
             required[payload.role] = payload.required
         elif isinstance(payload, auth_events.AccountErased):
             roles.pop(payload.user_id, None)
+            synthetic.discard(payload.user_id)
     if report_key_since:
         keys["report"] = KeyAge("compliance report signing key (Ed25519)", "report-signing-key.pem", report_key_since)
     coverage = [
@@ -202,6 +215,8 @@ def facts_from(
         restores=restores,
         certificates=certificates,
         events=sorted(events, key=lambda e: e.at),
+        names=names,
+        synthetic=len(synthetic),
     )
 
 
@@ -256,6 +271,11 @@ def _age(unix: float, now: float) -> str:
     return f"{days:.0f} days" if days >= 1 else f"{(now - unix) / 3600:.1f} hours"
 
 
+def _person(who: str, names: Mapping[str, str]) -> str:
+    """A user id as its name (an erased account's stays an id); an address or a service as it is."""
+    return names.get(who) or who or "-"
+
+
 def render_sections(facts: SecurityFacts, *, since: float, now: float, table: TableFn) -> list[str]:
     return [
         *_encryption(facts, now, table),
@@ -302,6 +322,12 @@ def _mfa(facts: SecurityFacts, table: TableFn) -> list[str]:
     covered = sum(c.with_second_factor for c in facts.mfa)
     share = f"{100 * covered / accounts:.0f}%" if accounts else "-"
     lines += [f"{covered} of {accounts} accounts ({share}) have a second factor (TOTP).", ""]
+    if facts.synthetic:
+        lines += [
+            f"Not counted: {facts.synthetic} synthetic account(s), the platform's own roll-out probers "
+            f"(`{PROBER_NAME_PREFIX}…`, registered by the platform identity, which no person logs in as).",
+            "",
+        ]
     rows = [
         (
             c.role,
@@ -357,8 +383,8 @@ def _erasures(facts: SecurityFacts, since: float, table: TableFn) -> list[str]:
     rows = [
         (
             _when(e.at),
-            e.user_id,
-            e.erased_by,
+            _person(e.user_id, facts.names),
+            _person(e.erased_by, facts.names),
             e.reason or "-",
             e.archive_ref,
             f"SEC record #{e.audit_index}" if e.audit_index else "not yet in the audit chain",
@@ -400,5 +426,5 @@ def _security_events(facts: SecurityFacts, since: float, table: TableFn) -> list
     shown = notable[-LISTED:]
     more = f" (the newest {LISTED} of {len(notable)})" if len(notable) > LISTED else ""
     lines += [f"Failures, lockouts, revocations, role changes and anomalies{more}:", ""]
-    rows = [(_when(e.at), e.kind, e.concerns or "-", e.detail or "-", e.reference) for e in shown]
+    rows = [(_when(e.at), e.kind, _person(e.concerns, facts.names), e.detail or "-", e.reference) for e in shown]
     return lines + table(("when", "kind", "concerns", "detail", "reference"), rows)

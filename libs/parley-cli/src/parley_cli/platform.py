@@ -33,7 +33,14 @@ from parley_agent.installer import installed_wheel
 from parley_agent.shared_port import claim, requests_migrate
 from parley_cli.publishing import base_wheel, publish_base_release, source_folder
 from parley_cli.report_schedule import report_every, write_reports
-from parley_cli.state import CLIENT_FILE, STATE_FILE, leftover_pids, previous_port, previous_version
+from parley_cli.state import (
+    CLIENT_FILE,
+    STATE_FILE,
+    leftover_pids,
+    previous_port,
+    previous_version,
+    previous_web_port,
+)
 from parley_cli.terminal import shown
 from parley_cli.uplock import PlatformAlreadyRunning, UpLock
 from parley_cli.usernames import ArchiveUsernames
@@ -276,14 +283,26 @@ class Platform:
         self.say("press Ctrl-C to stop everything")
 
     def _claim_web_port(self) -> None:
-        """8443 when free, else a free port; held (parley_agent.shared_port.claim) while the platform runs."""
-        try:
-            self.web_claim = claim("127.0.0.1", DEFAULT_WEB_PORT)
-        except OSError:
+        """The previous run's port (so a browser's bookmark finds the app again), else 8443, else a
+        free port; held (parley_agent.shared_port.claim) while the platform runs."""
+        candidates: dict[int, str] = {}  # each port once, with the first reason to try it
+        for port, why in ((previous_web_port(self.data_dir), "the last run's"), (DEFAULT_WEB_PORT, "the default")):
+            if port:
+                candidates.setdefault(port, why)
+        busy: list[str] = []
+        for port, why in candidates.items():
+            try:
+                self.web_claim = claim("127.0.0.1", port)
+                break
+            except OSError:
+                busy.append(f"{port} ({why})")
+        if self.web_claim is None:
             self.web_claim = claim("127.0.0.1", 0)
+        if busy:
             # A browser pointed at the usual address would find nothing there: say where it is instead.
             taken = self.web_claim.getsockname()[1]
-            self.say(f"web port {DEFAULT_WEB_PORT} (the default) is busy; the web app took port {taken} instead")
+            ports = f"port {busy[0]} is" if len(busy) == 1 else f"ports {' and '.join(busy)} are"
+            self.say(f"web {ports} busy; the web app took port {taken} instead")
 
     @property
     def web_address(self) -> str:
@@ -597,6 +616,7 @@ class Platform:
             "nats_pids": [node.pid for node in self.nats_nodes if node.running],
             "nats": self._nats_state(),
             "services": services,
+            "web": {"port": self.web_claim.getsockname()[1] if self.web_claim is not None else None},
         }
 
     def _nats_state(self) -> list[dict[str, Any]]:
@@ -629,6 +649,7 @@ class Platform:
             "nats_pids": [node.pid for node in self.nats_nodes if node.running],
             "nats": self._nats_state(),
             "services": services,
+            "web": previous.get("web", {}),
         }
         write_private_file(path, json.dumps(state, indent=2).encode())
 

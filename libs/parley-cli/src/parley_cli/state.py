@@ -120,6 +120,15 @@ def previous_port(data_dir: Path, service: str) -> int | None:
     return int(port) if port else None
 
 
+def previous_web_port(data_dir: Path) -> int | None:
+    """The web app's port on this data folder's last run (kept in platform.json)."""
+    path = data_dir / STATE_FILE
+    if not path.exists():
+        return None
+    port = json.loads(path.read_text()).get("web", {}).get("port")
+    return int(port) if port else None
+
+
 def previous_version(data_dir: Path, service: str) -> str | None:
     """The version a service ran when the platform last wrote its state (a roll-out may have changed it)."""
     path = data_dir / STATE_FILE

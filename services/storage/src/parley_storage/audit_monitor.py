@@ -9,11 +9,15 @@ its cost grows with the chain (one Ed25519 verification per record), hence the i
 
 A chain that merely trails the live head (the archive is behind) is not called tampered: the
 head is compared once the archive holds it, and the distance shows as head minus verified index
-(ParleyAuditChainBehind). Operator checkpoints (`parley audit checkpoint`) in
-PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR are compared on every run too.
+(ParleyAuditChainBehind). Operator checkpoints (`parley audit checkpoint`) in the checkpoint
+folder (parley_core.audit_checkpoints: <data>/audit-checkpoints unless
+PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR names another) are compared on every run too.
 
-The last run's verdict is what the console's VerifyAudit shows (GetAuditChainState): a call
-costs nothing, and a call that asks for a fresh run joins one already under way.
+The last run's verdict is what the console's VerifyAudit shows (GetAuditChainState) while it still
+tells the truth: a call costs a look at the SEC stream's last sequence and the checkpoint folder's
+listing, and runs afresh when either moved since the verdict (a record appended, a checkpoint
+written) or when the archive trailed the head then; a call that asks for a fresh run, or finds
+one under way, joins it.
 """
 
 from __future__ import annotations
@@ -82,6 +86,9 @@ class Verification:
     verified_at: float = 0.0  # when the run began (Unix time)
     last_checkpoint: CheckpointSeen | None = None
     checkpoint_errors: tuple[str, ...] = ()
+    # What the verdict was drawn from, to tell when it is out of date (AuditChainMonitor.latest).
+    head_seq: int = 0  # the SEC stream's last sequence when the run began
+    checkpoint_files: tuple[tuple[str, int, int], ...] = ()  # (name, mtime_ns, size) of each checkpoint file
 
 
 class AuditChainMonitor:
@@ -132,11 +139,40 @@ class AuditChainMonitor:
         return await asyncio.shield(self._running)
 
     async def latest(self) -> Verification:
-        """The last run's verdict, or a first run's when none finished yet."""
-        return self.last if self.last is not None else await self.verify()
+        """The last run's verdict while it is up to date, else a fresh run's. The periodic run comes
+        every few minutes: its verdict alone would miss the records and checkpoints since."""
+        last = self.last
+        if last is None or await self._outdated(last):
+            return await self.verify()
+        return last
+
+    async def _outdated(self, last: Verification) -> bool:
+        """A record was appended since the verdict, a checkpoint came or went, or the archive
+        trailed the live head then."""
+        if last.verified_index < last.head_index or self._checkpoint_files() != last.checkpoint_files:
+            return True
+        try:
+            return await self._head_seq() != last.head_seq
+        except Exception:  # NATS briefly away: the stored verdict is the best answer there is
+            log.warning("cannot read the SEC stream's last sequence", exc_info=True)
+            return False
+
+    async def _head_seq(self) -> int:
+        return int((await self._bus.js.stream_info(SEC_STREAM)).state.last_seq)
+
+    def _checkpoint_files(self) -> tuple[tuple[str, int, int], ...]:
+        if self._checkpoint_dir is None:
+            return ()
+        try:
+            stats = [(file.name, file.stat()) for file in sorted(self._checkpoint_dir.glob("*.json"))]
+        except OSError:
+            return ()
+        return tuple((name, stat.st_mtime_ns, stat.st_size) for name, stat in stats)
 
     async def _verify(self) -> Verification:
         started = time.time()
+        head_seq = await self._head_seq()  # first: a record appended during the run makes the verdict out of date
+        listing = self._checkpoint_files()
         keys = trusted_keys(self._keys)
         head = await chain_head(self._bus.js, keys, SEC_STREAM)  # before the archive is read: it holds at least this
         head_index = int(head.record.chain_index) if head.record is not None else 0
@@ -160,6 +196,8 @@ class AuditChainMonitor:
             verified_at=started,
             last_checkpoint=_newest_checkpoint(operators, records, findings),
             checkpoint_errors=unreadable,
+            head_seq=head_seq,
+            checkpoint_files=listing,
         )
         self._show(verified)
         self.last = verified
@@ -183,7 +221,7 @@ class AuditChainMonitor:
             except CheckpointInvalid as exc:
                 errors.append(str(exc))
         if not files:
-            errors.append(f"no checkpoint in {self._checkpoint_dir} yet (parley audit checkpoint --out FILE)")
+            errors.append(f"no checkpoint in {self._checkpoint_dir} yet (`parley audit checkpoint` writes one there)")
         return checkpoints, tuple(errors)
 
     def _show(self, verified: Verification) -> None:

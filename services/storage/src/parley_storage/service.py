@@ -18,6 +18,7 @@ from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from parley_core.audit_checkpoints import checkpoint_folder
 from parley_core.bus import EventBus, ReceivedEvent, RetryLater
 from parley_core.config import Settings
 from parley_core.database import SQLITE_ARCHIVE, recorded_database_url, with_driver
@@ -152,7 +153,7 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
                 )
         storage_pb2_grpc.add_StorageServiceServicer_to_server(self, ctx.server)
         ctx.add_service_name(storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name)
-        checkpoints = Path(storage_settings.audit_checkpoint_dir) if storage_settings.audit_checkpoint_dir else None
+        checkpoints = checkpoint_folder(ctx.settings.data_dir, storage_settings.audit_checkpoint_dir)
         self.audit_monitor = AuditChainMonitor(ctx.bus, self.archive, ctx.metrics, checkpoint_dir=checkpoints)
         storage_pb2_grpc.add_StorageArchiveServiceServicer_to_server(
             StorageArchiveApi(

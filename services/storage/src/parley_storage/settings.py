@@ -22,8 +22,9 @@ class StorageSettings(BaseSettings):
     # How often storage verifies the archived audit chain for the Prometheus gauges (audit_monitor.py):
     # the whole chain each time, one signature check per record.
     audit_verify_interval_seconds: float = Field(default=600.0, gt=0)
-    # A folder of operator checkpoints (`parley audit checkpoint --out DIR/FILE.json`) every
-    # verification compares the archive with; outside the data folder, read-only to storage.
+    # A folder of operator checkpoints (`parley audit checkpoint`) every verification compares the
+    # archive with; empty: <data>/audit-checkpoints (parley_core.audit_checkpoints). A folder outside
+    # the data folder, read-only to storage, is the stronger place.
     audit_checkpoint_dir: str = ""
     # Group commit: how long an archive batch that is not full waits for more events after its
     # first. A transaction per event costs several times the CPU of one per ten (most of it is

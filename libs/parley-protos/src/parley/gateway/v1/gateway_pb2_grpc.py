@@ -783,8 +783,9 @@ class GatewayServicer:
     def VerifyAudit(self, request, context):
         """The audit chain as storage's audit monitor last verified it (parley_core.audit over the
         archived records, with the keys and the head of the live AUTH and SEC streams, and the
-        checkpoints in PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR), asked with the caller's token (a
-        security-auditor's): cheap, a stored verdict; verify_now waits for a fresh run.
+        operator checkpoints in its checkpoint folder), asked with the caller's token (a
+        security-auditor's): cheap, a stored verdict while the SEC stream and the checkpoints are as
+        they were then (else a fresh run); verify_now waits for a fresh run.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -129,8 +129,9 @@ class GatewayStub:
     VerifyAudit: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.VerifyAuditRequest, _gateway_pb2.VerifyAuditResponse]
     """The audit chain as storage's audit monitor last verified it (parley_core.audit over the
     archived records, with the keys and the head of the live AUTH and SEC streams, and the
-    checkpoints in PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR), asked with the caller's token (a
-    security-auditor's): cheap, a stored verdict; verify_now waits for a fresh run.
+    operator checkpoints in its checkpoint folder), asked with the caller's token (a
+    security-auditor's): cheap, a stored verdict while the SEC stream and the checkpoints are as
+    they were then (else a fresh run); verify_now waits for a fresh run.
     """
     WatchSecurityEvents: _grpc.UnaryStreamMultiCallable[_storage_pb2.WatchSecurityEventsRequest, _storage_pb2.SecurityEventNotice]
     """The security event stream live (logins, lockouts, revocations, anomalies), filtered by kind
@@ -238,8 +239,9 @@ class GatewayAsyncStub(GatewayStub):
     VerifyAudit: _aio.UnaryUnaryMultiCallable[_gateway_pb2.VerifyAuditRequest, _gateway_pb2.VerifyAuditResponse]  # type: ignore[assignment]
     """The audit chain as storage's audit monitor last verified it (parley_core.audit over the
     archived records, with the keys and the head of the live AUTH and SEC streams, and the
-    checkpoints in PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR), asked with the caller's token (a
-    security-auditor's): cheap, a stored verdict; verify_now waits for a fresh run.
+    operator checkpoints in its checkpoint folder), asked with the caller's token (a
+    security-auditor's): cheap, a stored verdict while the SEC stream and the checkpoints are as
+    they were then (else a fresh run); verify_now waits for a fresh run.
     """
     WatchSecurityEvents: _aio.UnaryStreamMultiCallable[_storage_pb2.WatchSecurityEventsRequest, _storage_pb2.SecurityEventNotice]  # type: ignore[assignment]
     """The security event stream live (logins, lockouts, revocations, anomalies), filtered by kind
@@ -728,8 +730,9 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_gateway_pb2.VerifyAuditResponse, _abc.Awaitable[_gateway_pb2.VerifyAuditResponse]]:
         """The audit chain as storage's audit monitor last verified it (parley_core.audit over the
         archived records, with the keys and the head of the live AUTH and SEC streams, and the
-        checkpoints in PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR), asked with the caller's token (a
-        security-auditor's): cheap, a stored verdict; verify_now waits for a fresh run.
+        operator checkpoints in its checkpoint folder), asked with the caller's token (a
+        security-auditor's): cheap, a stored verdict while the SEC stream and the checkpoints are as
+        they were then (else a fresh run); verify_now waits for a fresh run.
         """
 
     @_abc_1.abstractmethod

@@ -389,8 +389,8 @@ Global___GetAuditChainStateRequest: _TypeAlias = GetAuditChainStateRequest  # no
 
 @_typing.final
 class AuditCheckpoint(_message.Message):
-    """An operator's checkpoint (`parley audit checkpoint`) that storage read from
-    PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR and compared the archive with.
+    """An operator's checkpoint (`parley audit checkpoint`) that storage read from its checkpoint
+    folder (<data>/audit-checkpoints, or PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR) and compared the archive with.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

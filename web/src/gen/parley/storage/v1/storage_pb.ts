@@ -465,8 +465,8 @@ export const GetAuditChainStateRequestSchema: GenMessage<GetAuditChainStateReque
   messageDesc(file_parley_storage_v1_storage, 9);
 
 /**
- * An operator's checkpoint (`parley audit checkpoint`) that storage read from
- * PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR and compared the archive with.
+ * An operator's checkpoint (`parley audit checkpoint`) that storage read from its checkpoint
+ * folder (<data>/audit-checkpoints, or PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR) and compared the archive with.
  *
  * @generated from message parley.storage.v1.AuditCheckpoint
  */
