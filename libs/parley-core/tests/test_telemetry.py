@@ -10,6 +10,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 PROBE = """
 import json, sys
 from parley_core import telemetry
@@ -62,11 +64,14 @@ async def main() -> None:
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("probe.Echo", {"Echo": handler}),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=telemetry.client_interceptors()) as channel:
+    in_metadata = sys.argv[2] == "metadata"  # the caller carries the context, as the gateway does
+    interceptors = telemetry.client_interceptors(context_in_metadata=in_metadata)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=interceptors) as channel:
         call = channel.unary_unary("/probe.Echo/Echo")
         with telemetry.continued_from({}, "client"):
             sent = telemetry.current_trace_headers()["traceparent"]
-            seen = [(await call(b"")).decode() for _ in range(2)]
+            metadata = telemetry.trace_metadata() if in_metadata else None
+            seen = [(await call(b"", metadata=metadata)).decode() for _ in range(2)]
     await server.stop(None)
     print(json.dumps({"sent": sent, "seen": seen}))
 
@@ -74,11 +79,15 @@ asyncio.run(main())
 """
 
 
-def test_without_an_exporter_a_calls_trace_context_reaches_the_server() -> None:
-    """The lean interceptors of `none` (no span attributes, no wrapped context) still carry the
+@pytest.mark.parametrize(
+    ("exporter", "carried_by"), [("none", "interceptor"), ("none", "metadata"), ("console", "metadata")]
+)
+def test_a_calls_trace_context_reaches_the_server(exporter: str, carried_by: str) -> None:
+    """The lean interceptors of `none` (no span attributes, no wrapped context), or a caller that
+    puts `trace_metadata()` on each call on a channel without them (the gateway), still carry the
     caller's trace into the handler, under a server span of its own, on every call."""
     done = subprocess.run(
-        [sys.executable, "-c", GRPC_PROBE, "none"], capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-c", GRPC_PROBE, exporter, carried_by], capture_output=True, text=True, timeout=60, check=True
     )
     result = json.loads(done.stdout.strip().splitlines()[-1])
     _, sent_trace, sent_span, _ = result["sent"].split("-")

@@ -193,6 +193,29 @@ async def test_a_batch_of_posts_costs_the_same_statements_whatever_its_size(arch
     assert await position(archive, MSG_CONSUMER) == log.last_seq
 
 
+async def test_a_batch_of_new_posts_takes_five_statements(archive: SqlEventArchive) -> None:
+    """The usual batch, wholly past what is archived: the consumer's position, the stream's newest
+    archived sequence, the events, their messages, the new position; no look-up of which events
+    are archived already (none can be), which was a sixth statement on every batch."""
+    log = msg_stream()
+    general = Channel(log, "general")
+    await archive.archive(MSG_CONSUMER, [general.create("user-alice"), general.post("user-alice", "first")])
+    statements: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement.split(maxsplit=1)[0].upper())
+
+    event.listen(archive.engine, "before_cursor_execute", record)
+    try:
+        await archive.archive(MSG_CONSUMER, [general.post("user-alice", f"new {n}") for n in range(3)])
+    finally:
+        event.remove(archive.engine, "before_cursor_execute", record)
+
+    assert statements == ["SELECT", "SELECT", "INSERT", "INSERT", "UPDATE"]
+    assert await history_seqs(archive, "general") == [1, 2, 3, 4]
+    assert await position(archive, MSG_CONSUMER) == log.last_seq
+
+
 async def test_events_are_stored_sealed_and_open_to_the_original(archive: SqlEventArchive) -> None:
     log = msg_stream()
     general = Channel(log, "general")

@@ -15,11 +15,16 @@ if TYPE_CHECKING:
     from parley_core.pki import Pki
 
 
-def secure_channel(pki: Pki, *, identity: str, address: str, peer: str) -> grpc.aio.Channel:
+def secure_channel(
+    pki: Pki, *, identity: str, address: str, peer: str, context_in_metadata: bool = False
+) -> grpc.aio.Channel:
+    """`context_in_metadata`: the caller adds `telemetry.trace_metadata()` to every call it makes
+    on the channel (see `telemetry.client_interceptors`)."""
     from parley_core import telemetry  # OpenTelemetry is slow to import: only once a channel is made
 
     cert, key = pki.read(identity)
     credentials = grpc.ssl_channel_credentials(root_certificates=pki.ca_pem(), private_key=key, certificate_chain=cert)
     # Verify the server's certificate names the service we mean to reach, whatever the address.
     options = [("grpc.ssl_target_name_override", peer)]
-    return grpc.aio.secure_channel(address, credentials, options=options, interceptors=telemetry.client_interceptors())
+    interceptors = telemetry.client_interceptors(context_in_metadata=context_in_metadata)
+    return grpc.aio.secure_channel(address, credentials, options=options, interceptors=interceptors)

@@ -109,9 +109,12 @@ class RunContext:
         for name in ("", *self.service_names):
             await self.health.set(name, status)
 
-    def channel_to(self, address: str, peer: str) -> grpc.aio.Channel:
-        """A mutual-TLS channel to `peer`, whose certificate must name it."""
-        channel = secure_channel(self.pki, identity=self.service, address=address, peer=peer)
+    def channel_to(self, address: str, peer: str, *, context_in_metadata: bool = False) -> grpc.aio.Channel:
+        """A mutual-TLS channel to `peer`, whose certificate must name it (`context_in_metadata`:
+        see `secure_channel`)."""
+        channel = secure_channel(
+            self.pki, identity=self.service, address=address, peer=peer, context_in_metadata=context_in_metadata
+        )
         self._channels.append(channel)
         return channel
 

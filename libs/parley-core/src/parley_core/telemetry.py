@@ -129,10 +129,20 @@ def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
     return [_CarryTraceContext()]
 
 
-def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
+def client_interceptors(*, context_in_metadata: bool = False) -> list[grpc.aio.ClientInterceptor]:
+    """With an exporter, the stock client spans; without one, an interceptor that only carries the
+    trace context, or none for a caller that puts `trace_metadata()` in each call's metadata itself
+    (`context_in_metadata`): any client interceptor turns gRPC's call into its slower intercepted
+    kind, which cost the gateway about 30 µs per forwarded call."""
     if _spans_recorded:
         return list(aio_client_interceptors())  # type: ignore[no-untyped-call]
-    return [_InjectTraceContext()]
+    return [] if context_in_metadata else [_InjectTraceContext()]
+
+
+def trace_metadata() -> tuple[tuple[str, str], ...]:
+    """The current trace context as call metadata, for a channel made with
+    `client_interceptors(context_in_metadata=True)`; empty with an exporter, whose interceptors add it."""
+    return () if _spans_recorded else tuple(current_trace_headers().items())
 
 
 _TRACE_KEYS = ("traceparent", "tracestate")

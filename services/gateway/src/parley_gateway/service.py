@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +23,7 @@ from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
+from parley_core import telemetry
 from parley_core.compliance_reports import BadReportRequest, NoSuchReport, filed_reports, read_report
 from parley_core.errors import (
     OUTCOME_METADATA,
@@ -70,6 +72,8 @@ class Forwarded:
         # The client's real address (no proxy in front of the gateway), for auth's lockouts,
         # registration budgets and security events; any such metadata from the client is dropped.
         metadata = (*metadata, (SOURCE_METADATA, client_address(context.peer())))
+        # The gateway's channels carry no interceptor (see GatewayApp.start): the trace goes on here.
+        metadata = (*metadata, *telemetry.trace_metadata())
         remaining = context.time_remaining()
         timeout = DEFAULT_DEADLINE_S if remaining is None else max(0.0, min(remaining, 60.0))
         return cls(metadata, timeout)
@@ -169,18 +173,21 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         self._feed.start()
         self._access_watch = asyncio.create_task(self._end_streams_that_lost_access(), name="live-access-watch")
         s = ctx.settings
-        self._auth = auth_pb2_grpc.AuthServiceStub(ctx.channel_to(s.auth_addr, "auth"))
-        messaging = ctx.channel_to(s.messaging_addr, "messaging")
+        # Every call on these channels is made with Forwarded's metadata, which carries the trace
+        # context: no client interceptor per forwarded call.
+        channel_to = partial(ctx.channel_to, context_in_metadata=True)
+        self._auth = auth_pb2_grpc.AuthServiceStub(channel_to(s.auth_addr, "auth"))
+        messaging = channel_to(s.messaging_addr, "messaging")
         self._messaging = messaging_pb2_grpc.MessagingServiceStub(messaging)
         self._devices = messaging_pb2_grpc.DeviceKeyServiceStub(messaging)
         if s.messaging_stable_addr:
-            stable = ctx.channel_to(s.messaging_stable_addr, "messaging")
+            stable = channel_to(s.messaging_stable_addr, "messaging")
             self._stable_messaging = messaging_pb2_grpc.MessagingServiceStub(stable)
-        storage = ctx.channel_to(s.storage_addr, "storage")
+        storage = channel_to(s.storage_addr, "storage")
         self._storage = storage_pb2_grpc.StorageServiceStub(storage)
         self._archive = storage_pb2_grpc.StorageArchiveServiceStub(storage)
         if s.registry_addr:  # a platform without a patch registry has no console calls to forward
-            registry = ctx.channel_to(s.registry_addr, "patch-registry")
+            registry = channel_to(s.registry_addr, "patch-registry")
             self._patch = patch_pb2_grpc.PatchServiceStub(registry)
             self._fleet = fleet_pb2_grpc.FleetServiceStub(registry)
         gateway_pb2_grpc.add_GatewayServicer_to_server(self, ctx.server)

@@ -29,7 +29,7 @@ from parley.messaging.v1.events_pb2 import (
     ReactionRemoved,
 )
 from parley.storage.v1.events_pb2 import UserDataErased, UserDataErasedFromStreams
-from sqlalchemy import Connection, Engine, Row, create_engine, event, func, insert, select, update
+from sqlalchemy import Connection, Engine, Row, bindparam, create_engine, event, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from parley_core import telemetry
@@ -56,6 +56,16 @@ T = TypeVar("T")
 # Built once and executed with parameters: building `insert(...).values(**row)` per event (bind
 # coercion, cache key) was most of storage's CPU at the maximum send rate (bench profile).
 _INSERT_EVENT = insert(events)
+# The statements every archived batch runs, built once for the same reason.
+_POSITION = select(consumer_positions.c.last_seq, consumer_positions.c.last_occurred_at_ns).where(
+    consumer_positions.c.consumer == bindparam("consumer")
+)
+_NEWEST_SEQ = select(func.max(events.c.stream_seq)).where(events.c.stream == bindparam("stream"))
+_ARCHIVED_SEQS = select(events.c.stream_seq).where(
+    events.c.stream == bindparam("stream"), events.c.stream_seq.in_(bindparam("seqs", expanding=True))
+)
+_INSERT_POSITION = insert(consumer_positions)
+_UPDATE_POSITION = update(consumer_positions).where(consumer_positions.c.consumer == bindparam("which"))
 NEW_KEYS = "parley_new_keys"
 QUEUED_LOG_DELETIONS = "parley_queued_log_deletions"
 # key_id of an event whose content a redaction or retention removed: the row stays, the envelope is gone.
@@ -159,7 +169,9 @@ class SchemaVersions:
 
 
 def open_engine(url: str) -> Engine:
-    engine = create_engine(url, pool_pre_ping=True)
+    # A ping before each use finds a server connection that died; a SQLite file has none to
+    # lose, and the ping was a statement more per archived batch.
+    engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
     if engine.dialect.name == "sqlite":
         database = engine.url.database
         if database and database != ":memory:" and Path(database).parent.is_dir():
@@ -242,23 +254,18 @@ class SqlEventArchive:
 
         def work(conn: Connection) -> int:
             conn.info.pop(QUEUED_LOG_DELETIONS, None)  # counted afresh for this transaction
-            position = conn.execute(
-                select(consumer_positions.c.last_seq, consumer_positions.c.last_occurred_at_ns).where(
-                    consumer_positions.c.consumer == consumer
-                )
-            ).first()
-            archived = set(
-                conn.execute(
-                    select(events.c.stream_seq).where(
-                        events.c.stream == stream, events.c.stream_seq.in_(sorted({item.stream_seq for item in batch}))
-                    )
-                ).scalars()
-            )
+            position = conn.execute(_POSITION, {"consumer": consumer}).first()
             # Events of the stream archived before this batch, past which an event arrived late.
-            newest_before = conn.execute(
-                select(func.max(events.c.stream_seq)).where(events.c.stream == stream)
-            ).scalar_one_or_none()
-            rows = _BatchRows(newest_before=newest_before or 0)
+            newest_before = conn.execute(_NEWEST_SEQ, {"stream": stream}).scalar_one_or_none() or 0
+            seqs = sorted({item.stream_seq for item in batch})
+            # Only a sequence at or below the newest archived one can be archived already (a
+            # redelivery); a batch wholly past it, the usual case, needs no look-up.
+            archived = (
+                set(conn.execute(_ARCHIVED_SEQS, {"stream": stream, "seqs": seqs}).scalars())
+                if seqs[0] <= newest_before
+                else set()
+            )
+            rows = _BatchRows(newest_before=newest_before)
             stored = 0
             for item in sorted(batch, key=lambda e: e.stream_seq):
                 if item.stream_seq in archived:
@@ -278,16 +285,11 @@ class SqlEventArchive:
             occurred = newest.envelope.occurred_at.ToNanoseconds() if last == newest.stream_seq else 0
             if position is None:
                 conn.execute(
-                    insert(consumer_positions).values(
-                        consumer=consumer, stream=stream, last_seq=last, last_occurred_at_ns=occurred
-                    )
+                    _INSERT_POSITION,
+                    {"consumer": consumer, "stream": stream, "last_seq": last, "last_occurred_at_ns": occurred},
                 )
             elif last != position.last_seq:
-                conn.execute(
-                    update(consumer_positions)
-                    .where(consumer_positions.c.consumer == consumer)
-                    .values(last_seq=last, last_occurred_at_ns=occurred)
-                )
+                conn.execute(_UPDATE_POSITION, {"which": consumer, "last_seq": last, "last_occurred_at_ns": occurred})
             queued.append(conn.info.pop(QUEUED_LOG_DELETIONS, 0))
             return stored
 
