@@ -29,8 +29,6 @@ from parley.messaging.v1.events_pb2 import (
     MessageEdited,
     MessagePosted,
     MessageRedacted,
-    MessagesErased,
-    MessagesExpired,
     ReactionAdded,
     ReactionRemoved,
     ReadMarkerMoved,
@@ -38,7 +36,7 @@ from parley.messaging.v1.events_pb2 import (
 from parley.storage.v1 import storage_pb2_grpc
 
 from parley_core.bus import ConcurrencyConflict, DurableConsumer, ReceivedEvent, Replay
-from parley_core.envelope import NewEvent, UnknownEventType, open_payload
+from parley_core.envelope import NewEvent
 from parley_core.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, Unavailable
 from parley_core.runner import RunContext, peer_names
 from parley_core.tokens import bearer_token
@@ -46,9 +44,7 @@ from parley_core.topology import AUTH_FILTER, CONSUMERS, MESSAGING_FILTER, PLATF
 from parley_messaging.device_service import DeviceKeyServicer
 from parley_messaging.devices import AuthDirectory, validate_encrypted_body
 from parley_messaging.domain import (
-    MODERATOR,
     Channel,
-    ChannelDirectory,
     MessageRecord,
     PostedMessage,
     created_channel_id,
@@ -61,6 +57,7 @@ from parley_messaging.domain import (
     validate_topic,
 )
 from parley_messaging.log_tail import ArchivedTail
+from parley_messaging.projection import ChannelDirectory
 from parley_messaging.reactions import reaction_emoji
 from parley_messaging.settings import MessagingSettings
 from parley_messaging.storage_due import StorageDue
@@ -218,84 +215,8 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         if event.envelope.aggregate_type in ("device", "todevice"):
             self.device_keys.apply(event)
             return
-        if event.envelope.aggregate_type != "channel":
-            return
-        try:
-            payload: Message | None = open_payload(event.envelope)
-        except UnknownEventType:
-            payload = None  # a newer writer's event (during a roll-out): its position still counts below
-        if isinstance(payload, ChannelCreated):
-            self.channels.create(
-                payload.channel_id,
-                payload.name,
-                payload.creator_id,
-                event.stream_seq,
-                encrypted=payload.encrypted,
-                private=payload.private,
-                direct=payload.direct,
-                others=tuple(payload.member_ids),
-                hide_history_before_join=payload.hide_history_before_join,
-            )
-            return
-        channel = self.channels.get(event.envelope.aggregate_id)
-        channel.last_stream_seq = event.stream_seq
-        # From the envelope, not counted: an erasure deletes events, leaving gaps in the stream.
-        channel.version = max(channel.version, event.envelope.aggregate_version)
-        if payload is None:
-            return
-        if isinstance(payload, MemberJoined):
-            channel.add_member(payload.user_id, event.stream_seq)
-        elif isinstance(payload, MemberLeft | MemberKicked):
-            channel.remove_member(payload.user_id)
-        elif isinstance(payload, MemberBanned):
-            channel.remove_member(payload.user_id)
-            channel.banned.add(payload.user_id)
-            channel.invited.pop(payload.user_id, None)  # an unban needs a new invitation
-        elif isinstance(payload, MemberUnbanned):
-            channel.banned.discard(payload.user_id)
-        elif isinstance(payload, MemberInvited):
-            channel.invite(payload.user_id, payload.invited_by, event.stream_seq)
-        elif isinstance(payload, InvitationDeclined):
-            channel.invited.pop(payload.user_id, None)
-        elif isinstance(payload, MemberRoleChanged):
-            if payload.role == MODERATOR:
-                channel.roles[payload.user_id] = MODERATOR
-            else:
-                channel.roles.pop(payload.user_id, None)
-        elif isinstance(payload, ChannelRenamed):
-            channel.name = payload.name
-        elif isinstance(payload, ChannelTopicChanged):
-            channel.topic = payload.topic
-        elif isinstance(payload, ChannelRetentionSet):
-            channel.retention_days = payload.days
-        elif isinstance(payload, MessagePosted):
-            posted = PostedMessage(
-                channel_id=payload.channel_id,
-                message_id=payload.message_id,
-                sender_id=payload.sender_id,
-                sender_name=payload.sender_name,
-                channel_seq=payload.channel_seq,
-                body=payload.body,
-                sent_at_unix_ns=payload.sent_at.ToNanoseconds(),
-                thread_root_seq=payload.thread_root_seq,
-            )
-            channel.record_post(posted, payload.idempotency_key)
-        elif isinstance(payload, ReactionAdded | ReactionRemoved):
-            # None: its post was deleted from the stream (erased, expired, redacted); the number stays taken.
-            if (record := channel.messages.get(payload.channel_seq)) is not None:
-                record.react(payload.emoji, payload.user_id, remove=isinstance(payload, ReactionRemoved))
-            channel.keep_number(payload.channel_seq)
-        elif isinstance(payload, ReadMarkerMoved):
-            channel.read_up_to[payload.user_id] = max(channel.read_up_to.get(payload.user_id, 0), payload.channel_seq)
-        elif isinstance(payload, MessageEdited):
-            if (record := channel.messages.get(payload.channel_seq)) is not None:
-                record.edited(payload.body)
-            channel.keep_number(payload.channel_seq)
-        elif isinstance(payload, MessageRedacted):
-            channel.record_redaction(payload.channel_seq, payload.message_id)
-        elif isinstance(payload, MessagesErased | MessagesExpired):
-            channel.forget_messages(payload.channel_seqs)
-            channel.markers.add(event.envelope.event_id)
+        if event.envelope.aggregate_type == "channel":
+            self.channels.apply_envelope(event.envelope, event.stream_seq)
 
     async def _append(self, event: NewEvent, *, after: Channel | None) -> None:
         """Append to a channel as it was read (`after`), or create it (`after=None`)."""
