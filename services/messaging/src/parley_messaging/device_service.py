@@ -34,6 +34,7 @@ from parley_messaging.devices import (
     require_device,
     require_own_device,
 )
+from parley_messaging.event_log import MessagingLog
 
 APPEND_ATTEMPTS = 5
 MAX_FETCH = 500
@@ -46,14 +47,13 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 class Appender(Protocol):
     """What the messaging app lends this servicer: its context, its one way to change an
-    aggregate (MessagingApp.decide_and_append) and catching up with auth's stream."""
+    aggregate (event_log.MessagingLog.decide_and_append) and catching up with auth's stream."""
 
     @property
     def ctx(self) -> RunContext: ...
 
-    async def decide_and_append(
-        self, subject: str, read: Callable[[], ToDeviceQueue], decide: Callable[[ToDeviceQueue], NewEvent | None]
-    ) -> ToDeviceQueue: ...
+    @property
+    def event_log(self) -> MessagingLog: ...
 
     async def settle_auth(self) -> None: ...
 
@@ -154,7 +154,7 @@ class DeviceKeyServicer(messaging_pb2_grpc.DeviceKeyServiceServicer):
                 )
 
             read = partial(self._queue, recipient)
-            await self._app.decide_and_append(to_device_subject(recipient), read, decide)
+            await self._app.event_log.decide_and_append(to_device_subject(recipient), read, decide)
         return messaging_pb2.SendToDeviceResponse()
 
     async def FetchToDevice(
@@ -180,7 +180,7 @@ class DeviceKeyServicer(messaging_pb2_grpc.DeviceKeyServiceServicer):
 
         queue = self._queue(caller.user_id)
         if request.after_queue_seq > queue.fetched.get(device_id, 0):
-            queue = await self._app.decide_and_append(
+            queue = await self._app.event_log.decide_and_append(
                 to_device_subject(caller.user_id), partial(self._queue, caller.user_id), decide
             )
         limit = request.limit or 100

@@ -178,6 +178,12 @@ class Channel:
         self.view(user_id).require(channel_seq)
         return self.message(channel_seq)
 
+    def earlier_versions(self, user_id: str, channel_seq: int) -> MessageRecord:
+        """A message with every text it had: for the channel's moderators only."""
+        if not self.is_moderator(user_id):
+            raise PermissionDenied("only a moderator of the channel may see earlier versions of a message")
+        return self.readable(user_id, channel_seq)
+
     def remove_member(self, user_id: str) -> None:
         self.members.discard(user_id)
         self.roles.pop(user_id, None)

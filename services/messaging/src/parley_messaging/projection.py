@@ -27,6 +27,9 @@ class ChannelDirectory:
             raise NotFound(f"no channel with id {channel_id!r}")
         return channel
 
+    def find(self, channel_id: str) -> Channel | None:
+        return self._channels.get(channel_id)
+
     def __contains__(self, channel_id: str) -> bool:
         return channel_id in self._channels
 
