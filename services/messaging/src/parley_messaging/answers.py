@@ -7,7 +7,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from parley.messaging.v1 import messaging_pb2
 
 from parley_core.errors import InvalidArgument
-from parley_messaging.domain import Channel, MessageRecord, PostedMessage
+from parley_messaging.domain import Channel
+from parley_messaging.messages import MessageRecord, PostedMessage
 
 # A thread is read in pages: a thread's replies, however many and long, would otherwise make one
 # answer bigger than the 4 MiB a gRPC client takes, and nobody could read that thread any more.

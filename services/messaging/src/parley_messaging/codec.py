@@ -16,7 +16,7 @@ from parley.messaging.v1 import events_pb2
 
 from parley_core.envelope import NewEvent
 from parley_messaging import events
-from parley_messaging.domain import send_event_id
+from parley_messaging.inputs import send_event_id
 
 CHANNEL_EVENTS: dict[type[events.ChannelEvent], type[Message]] = {
     events.ChannelCreated: events_pb2.ChannelCreated,

@@ -16,7 +16,9 @@ from typing import Any
 from parley_core.errors import InvalidArgument, ResourceExhausted
 from parley_messaging import events as ev
 from parley_messaging.devices import validate_encrypted_body
-from parley_messaging.domain import Channel, PostedMessage, validate_body
+from parley_messaging.domain import Channel
+from parley_messaging.inputs import validate_body
+from parley_messaging.messages import PostedMessage
 from parley_messaging.reactions import ReactionLimits, reaction_emoji
 
 Events = tuple[ev.ChannelEvent, ...]

@@ -25,8 +25,9 @@ from parley_messaging.answers import channel_proto, invitations_proto, thread_pa
 from parley_messaging.codec import new_event
 from parley_messaging.device_service import DeviceKeyServicer
 from parley_messaging.devices import AuthDirectory
-from parley_messaging.domain import (
-    Channel,
+from parley_messaging.domain import Channel
+from parley_messaging.event_log import MessagingLog
+from parley_messaging.inputs import (
     created_channel_id,
     validate_channel_name,
     validate_direct_members,
@@ -34,7 +35,6 @@ from parley_messaging.domain import (
     validate_retention_days,
     validate_topic,
 )
-from parley_messaging.event_log import MessagingLog
 from parley_messaging.log_tail import ArchivedTail
 from parley_messaging.projection import ChannelDirectory
 from parley_messaging.settings import MessagingSettings
