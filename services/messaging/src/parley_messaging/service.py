@@ -23,6 +23,7 @@ from parley_core.topology import AUTH_FILTER, CONSUMERS, MESSAGING_FILTER, PLATF
 from parley_messaging import decisions as cmd
 from parley_messaging.answers import channel_proto, invitations_proto, thread_page, to_proto
 from parley_messaging.codec import new_event
+from parley_messaging.device_projection import DeviceRelay
 from parley_messaging.device_service import DeviceKeyServicer
 from parley_messaging.devices import AuthDirectory
 from parley_messaging.domain import Channel
@@ -64,7 +65,8 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         self.settings = settings or MessagingSettings()
         self.channels = ChannelDirectory()
         self.directory = AuthDirectory()
-        self.device_keys = DeviceKeyServicer(self, self.directory)
+        self.devices = DeviceRelay(self.directory)  # the to-device relay's projection
+        self.device_keys = DeviceKeyServicer(self, self.devices)
         self._ctx: RunContext | None = None
         self._event_log: MessagingLog | None = None
         self._auth_replay: Replay | None = None
@@ -120,13 +122,13 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
     # --- projections ------------------------------------------------------------------------
 
     async def _apply_auth(self, event: ReceivedEvent) -> None:
-        self.device_keys.apply_auth(event)
+        self.devices.apply_auth(event.envelope)
 
     async def _apply(self, event: ReceivedEvent) -> None:
         if event.envelope.aggregate_type == "channel":
             self.channels.apply_envelope(event.envelope, event.stream_seq)
         elif event.envelope.aggregate_type in ("device", "todevice"):
-            self.device_keys.apply(event)
+            self.devices.apply(event.envelope, event.stream_seq)
 
     async def settle_auth(self) -> None:
         """Catch up with auth's stream as it is now: a user or device created a moment ago is then known."""
