@@ -13,7 +13,7 @@ from parley_core.envelope import seal
 from parley_core.errors import NotFound
 from parley_messaging import codec
 from parley_messaging import events as ev
-from parley_messaging.domain import APPLY, MODERATOR, OWNER
+from parley_messaging.domain import APPLY, MODERATOR, OWNER, Recorded
 from parley_messaging.projection import ChannelDirectory
 
 C = "c1"
@@ -198,3 +198,20 @@ def test_position_and_version_come_from_the_log_even_for_an_event_this_release_c
     newer = EventEnvelope(event_type="parley.messaging.v1.FromTheFuture", aggregate_id=C, aggregate_version=9)
     log.channels.apply_envelope(newer, 12)
     assert (channel.version, channel.last_stream_seq, channel.members) == (9, 12, {"owner", "alice"})
+
+
+def test_events_lost_from_the_logs_tail_leave_their_numbers_version_and_markers_taken(log: Log) -> None:
+    log.post(1)
+    log.post(2, "bob")
+    channel = log.channels.get(C)
+    guard = channel.last_stream_seq
+    channel.keep_taken(ev.ReactionAdded(C, 4, "bob", "👍"), Recorded(0, 9, "lost-1"))
+    channel.keep_taken(ev.MessageRedacted(C, "m5", 5, "owner"), Recorded(0, 10, "lost-2"))
+    channel.keep_taken(ev.MessagesErased(C, "alice", (1,)), Recorded(0, 11, "lost-3"))
+    channel.keep_taken(None, Recorded(0, 12, "lost-4"))  # a type this release cannot read
+    assert (channel.last_seq, channel.version, channel.last_stream_seq) == (5, 12, guard)
+    assert (sorted(channel.messages), channel.messages[5].current.redacted, channel.markers) == (
+        [2, 5],
+        True,
+        {"lost-3"},
+    )

@@ -95,6 +95,17 @@ class Channel:
         if event is not None:
             APPLY[type(event)](self, event, at)
 
+    def keep_taken(self, event: ev.ChannelEvent | None, at: Recorded) -> None:
+        """What an event deleted from the log's tail leaves taken (log_tail.py): its version, the
+        message number it used, the messages it removed (so no second marker is appended). The
+        append guard (last_stream_seq) stays the newest event the log still holds."""
+        self.version = max(self.version, at.version)
+        if isinstance(event, ev.MessageRedacted | ev.MessagesErased | ev.MessagesExpired):
+            APPLY[type(event)](self, event, at)
+        numbered = ev.MessagePosted | ev.MessageEdited | ev.MessageRedacted | ev.ReactionAdded | ev.ReactionRemoved
+        if isinstance(event, numbered):
+            self.keep_number(event.channel_seq)
+
     def require_member(self, user_id: str) -> None:
         if user_id not in self.members:
             raise PermissionDenied("you are not a member of this channel; join it first")
