@@ -1,14 +1,9 @@
 import pytest
 
 from parley_core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
-from parley_messaging.domain import (
-    ChannelDirectory,
-    PostedMessage,
-    send_event_id,
-    validate_body,
-    validate_channel_name,
-    validate_idempotency_key,
-)
+from parley_messaging.inputs import send_event_id, validate_body, validate_channel_name, validate_idempotency_key
+from parley_messaging.messages import PostedMessage
+from parley_messaging.projection import ChannelDirectory
 
 
 def test_same_send_has_same_event_id() -> None:

@@ -4,7 +4,10 @@ import pytest
 
 from parley_core.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from parley_core.visibility import EVERYTHING
-from parley_messaging.domain import MODERATOR, OWNER, ChannelDirectory, PostedMessage, validate_direct_members
+from parley_messaging.domain import MODERATOR, OWNER
+from parley_messaging.inputs import validate_direct_members
+from parley_messaging.messages import PostedMessage
+from parley_messaging.projection import ChannelDirectory
 
 
 def test_private_channel_is_joined_by_invitation_from_a_moderator() -> None:

@@ -108,7 +108,7 @@ async def post_sent_days_ago(stack: Stack, user: auth_pb2.LoginResponse, channel
         sent_at=sent,
     )
     event = NewEvent(aggregate_type="channel", aggregate_id=channel_id, payload=payload, actor=user.user_id)
-    await messaging.append_to(channel_subject(channel_id), event, channel)
+    await messaging.event_log.append_to(channel_subject(channel_id), event, channel)
     return int(payload.channel_seq)
 
 

@@ -15,27 +15,24 @@ from functools import partial
 from typing import Any, Protocol
 
 import grpc
-from parley.auth.v1.events_pb2 import DeviceKeysPublished, DeviceRemoved, UserRegistered
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.messaging.v1.events_pb2 import ToDeviceFetched, ToDeviceSent
 
-from parley_core.bus import ReceivedEvent
-from parley_core.envelope import NewEvent, open_payload
+from parley_core.envelope import NewEvent
 from parley_core.errors import InvalidArgument, NotFound, PermissionDenied
 from parley_core.runner import RunContext
 from parley_core.topology import to_device_subject
+from parley_messaging.device_projection import DeviceRelay
 from parley_messaging.devices import (
     MAX_TO_DEVICE_PER_CALL,
-    AuthDirectory,
     QueuedMessage,
     ToDeviceQueue,
-    UndeliveredBySender,
     check_ciphertext,
     require_device,
     require_own_device,
 )
+from parley_messaging.event_log import MessagingLog
 
-APPEND_ATTEMPTS = 5
 MAX_FETCH = 500
 # A page stops before this many bytes of ciphertext (with one message at least), well under the
 # 4 MiB a gRPC client takes by default: a hundred large messages would otherwise make a page no
@@ -46,64 +43,22 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 class Appender(Protocol):
     """What the messaging app lends this servicer: its context, its one way to change an
-    aggregate (MessagingApp.decide_and_append) and catching up with auth's stream."""
+    aggregate (event_log.MessagingLog.decide_and_append) and catching up with auth's stream."""
 
     @property
     def ctx(self) -> RunContext: ...
 
-    async def decide_and_append(
-        self, subject: str, read: Callable[[], ToDeviceQueue], decide: Callable[[ToDeviceQueue], NewEvent | None]
-    ) -> ToDeviceQueue: ...
+    @property
+    def event_log(self) -> MessagingLog: ...
 
     async def settle_auth(self) -> None: ...
 
 
 class DeviceKeyServicer(messaging_pb2_grpc.DeviceKeyServiceServicer):
-    def __init__(self, app: Appender, directory: AuthDirectory) -> None:
+    def __init__(self, app: Appender, relay: DeviceRelay) -> None:
         self._app = app
-        self.directory = directory
-        self.queues: dict[str, ToDeviceQueue] = {}
-        self.undelivered = UndeliveredBySender()
-
-    def _queue(self, user_id: str) -> ToDeviceQueue:
-        return self.queues.get(user_id) or ToDeviceQueue(user_id)
-
-    # --- projections ------------------------------------------------------------------------
-
-    def apply_auth(self, event: ReceivedEvent) -> None:
-        """Users and devices from auth's stream (other auth events are skipped unopened)."""
-        if event.envelope.aggregate_type not in ("user", "device"):
-            return
-        payload = open_payload(event.envelope)
-        if isinstance(payload, UserRegistered):
-            self.directory.users.add(payload.user_id)
-        elif isinstance(payload, DeviceKeysPublished):
-            self.directory.add_device(payload.user_id, payload.device_id, payload.curve25519)
-        elif isinstance(payload, DeviceRemoved):
-            self.directory.remove_device(payload.user_id, payload.device_id)
-            if (queue := self.queues.get(payload.user_id)) is not None:
-                self.undelivered.left(queue.drop(payload.device_id))
-
-    def apply(self, event: ReceivedEvent) -> None:
-        payload = open_payload(event.envelope)
-        if not isinstance(payload, ToDeviceSent | ToDeviceFetched):
-            return  # messaging's retired key directory events (parley.msg.device.*)
-        queue = self.queues.setdefault(payload.recipient_user_id, ToDeviceQueue(payload.recipient_user_id))
-        queue.last_stream_seq, queue.version = event.stream_seq, queue.version + 1
-        if isinstance(payload, ToDeviceFetched):
-            self.undelivered.left(queue.delivered(payload.recipient_device_id, payload.up_to_queue_seq))
-            return
-        message = QueuedMessage(
-            sender_user_id=payload.sender_user_id,
-            sender_device_id=payload.sender_device_id,
-            sender_identity_key=payload.sender_identity_key,
-            olm_type=payload.olm_type,
-            ciphertext=payload.ciphertext,
-            queue_seq=payload.queue_seq,
-        )
-        removed = (payload.recipient_user_id, payload.recipient_device_id) in self.directory.removed
-        if queue.add(payload.recipient_device_id, message, keep=not removed):
-            self.undelivered.queued(message)
+        self.relay = relay
+        self.directory = relay.directory
 
     async def _fresh(self, check: Callable[[], object]) -> None:
         """Run a directory check; on a miss, catch up with auth's stream once and check again
@@ -132,7 +87,7 @@ class DeviceKeyServicer(messaging_pb2_grpc.DeviceKeyServiceServicer):
 
             await self._fresh(check)
             check_ciphertext(message.olm_type, message.ciphertext)
-        self.undelivered.check(caller.user_id, sum(len(m.ciphertext) for m in request.messages))
+        self.relay.undelivered.check(caller.user_id, sum(len(m.ciphertext) for m in request.messages))
         for message in request.messages:
             recipient = message.recipient_user_id
 
@@ -153,8 +108,8 @@ class DeviceKeyServicer(messaging_pb2_grpc.DeviceKeyServiceServicer):
                     actor=caller.user_id,
                 )
 
-            read = partial(self._queue, recipient)
-            await self._app.decide_and_append(to_device_subject(recipient), read, decide)
+            read = partial(self.relay.queue, recipient)
+            await self._app.event_log.decide_and_append(to_device_subject(recipient), read, decide)
         return messaging_pb2.SendToDeviceResponse()
 
     async def FetchToDevice(
@@ -178,10 +133,10 @@ class DeviceKeyServicer(messaging_pb2_grpc.DeviceKeyServiceServicer):
                 aggregate_type="todevice", aggregate_id=queue.user_id, payload=fetched, actor=caller.user_id
             )
 
-        queue = self._queue(caller.user_id)
+        queue = self.relay.queue(caller.user_id)
         if request.after_queue_seq > queue.fetched.get(device_id, 0):
-            queue = await self._app.decide_and_append(
-                to_device_subject(caller.user_id), partial(self._queue, caller.user_id), decide
+            queue = await self._app.event_log.decide_and_append(
+                to_device_subject(caller.user_id), partial(self.relay.queue, caller.user_id), decide
             )
         limit = request.limit or 100
         return messaging_pb2.FetchToDeviceResponse(

@@ -1,36 +1,35 @@
-"""Channels: membership, the per-channel message order and idempotent sends, without I/O."""
+"""Channels: membership, the per-channel message order and idempotent sends, without I/O.
+
+`Channel` is the aggregate: `Channel.created` starts one from its `ChannelCreated`, and
+`Channel.apply` folds every later event through one table (`APPLY`, keyed by event type). The
+`check_*` rules say whether someone may act; `decisions` turns commands into events with them.
+"""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 from parley_core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from parley_core.visibility import EVERYTHING, HistoryView
+from parley_messaging import events as ev
+from parley_messaging.messages import MessageRecord, PostedMessage
 
-MAX_CHANNEL_NAME = 64
-MAX_BODY_CHARS = 4000
-MAX_IDEMPOTENCY_KEY = 128
-MAX_TOPIC_CHARS = 500
-MAX_DIRECT_OTHERS = 7
-MAX_RETENTION_DAYS = 36_500  # a hundred years; 0 keeps a channel's messages forever
 OWNER, MODERATOR, MEMBER = "owner", "moderator", "member"
-IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0c8f5e-7f0a-4a53-9a0e-6c1f2f1d9e11")
 
 
-@dataclass(frozen=True)
-class PostedMessage:
-    channel_id: str
-    message_id: str
-    sender_id: str
-    sender_name: str
-    channel_seq: int
-    body: str
-    sent_at_unix_ns: int
-    redacted: bool = False
-    edit_count: int = 0
-    thread_root_seq: int = 0
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """Where the log holds an event: its stream sequence (the order, and the append guard), the
+    aggregate's version it carries, and its id (a marker's is remembered). Zeros in unit tests."""
+
+    stream_seq: int = 0
+    version: int = 0
+    event_id: str = ""
+
+
+NOWHERE = Recorded()
 
 
 @dataclass(frozen=True)
@@ -39,34 +38,6 @@ class Invitation:
 
     invited_by: str
     position: int = 0
-
-
-@dataclass
-class MessageRecord:
-    """A message as it is now, plus every earlier text (kept for moderators until redaction or expiry)."""
-
-    current: PostedMessage
-    versions: list[str] = field(default_factory=list)
-    replies: list[int] = field(default_factory=list)  # channel_seq of each reply in this thread
-    reactions: dict[str, set[str]] = field(default_factory=dict)  # emoji -> users
-
-    def react(self, emoji: str, user_id: str, *, remove: bool) -> None:
-        users = self.reactions.setdefault(emoji, set())
-        if remove:
-            users.discard(user_id)
-            if not users:
-                del self.reactions[emoji]
-        else:
-            users.add(user_id)
-
-    def edited(self, body: str) -> None:
-        self.versions.append(body)
-        self.current = replace(self.current, body=body, edit_count=self.current.edit_count + 1)
-
-    def redacted(self) -> None:
-        # Redaction removes every text this projection holds, not only the visible one.
-        self.versions.clear()
-        self.current = replace(self.current, body="", redacted=True)
 
 
 @dataclass
@@ -95,6 +66,45 @@ class Channel:
     # The retention policy recorded on this channel (ChannelRetentionSet); 0: keep forever. The
     # one record an expiry fact of storage's is checked against.
     retention_days: int = 0
+
+    @classmethod
+    def created(cls, event: ev.ChannelCreated, at: Recorded = NOWHERE) -> Channel:
+        channel = cls(
+            event.channel_id,
+            event.name,
+            last_stream_seq=at.stream_seq,
+            version=max(1, at.version),
+            creator_id=event.creator_id,
+            encrypted=event.encrypted,
+            private=event.private or event.direct,
+            direct=event.direct,
+            hide_history_before_join=event.hide_history_before_join,
+        )
+        for user_id in (event.creator_id, *event.member_ids):
+            channel.add_member(user_id, at.stream_seq)
+        if not event.direct:
+            channel.roles[event.creator_id] = OWNER
+        return channel
+
+    def apply(self, event: ev.ChannelEvent | None, at: Recorded = NOWHERE) -> None:
+        """Fold one event of this channel. None: a newer writer's event this release cannot read
+        (during a roll-out); its position and version still count."""
+        self.last_stream_seq = at.stream_seq
+        # From the envelope, not counted: an erasure deletes events, leaving gaps in the stream.
+        self.version = max(self.version, at.version)
+        if event is not None:
+            APPLY[type(event)](self, event, at)
+
+    def keep_taken(self, event: ev.ChannelEvent | None, at: Recorded) -> None:
+        """What an event deleted from the log's tail leaves taken (log_tail.py): its version, the
+        message number it used, the messages it removed (so no second marker is appended). The
+        append guard (last_stream_seq) stays the newest event the log still holds."""
+        self.version = max(self.version, at.version)
+        if isinstance(event, ev.MessageRedacted | ev.MessagesErased | ev.MessagesExpired):
+            APPLY[type(event)](self, event, at)
+        numbered = ev.MessagePosted | ev.MessageEdited | ev.MessageRedacted | ev.ReactionAdded | ev.ReactionRemoved
+        if isinstance(event, numbered):
+            self.keep_number(event.channel_seq)
 
     def require_member(self, user_id: str) -> None:
         if user_id not in self.members:
@@ -129,6 +139,12 @@ class Channel:
         self.require_member(user_id)
         self.view(user_id).require(channel_seq)
         return self.message(channel_seq)
+
+    def earlier_versions(self, user_id: str, channel_seq: int) -> MessageRecord:
+        """A message with every text it had: for the channel's moderators only."""
+        if not self.is_moderator(user_id):
+            raise PermissionDenied("only a moderator of the channel may see earlier versions of a message")
+        return self.readable(user_id, channel_seq)
 
     def remove_member(self, user_id: str) -> None:
         self.members.discard(user_id)
@@ -297,124 +313,117 @@ class Channel:
         return record
 
 
-def validate_channel_name(name: str) -> str:
-    name = name.strip()
-    if not name:
-        raise InvalidArgument("channel name is required")
-    if len(name) > MAX_CHANNEL_NAME or any(not ch.isprintable() for ch in name):
-        raise InvalidArgument(f"channel name must be at most {MAX_CHANNEL_NAME} printable characters")
-    return name
+# --- the one fold: how each event changes a channel ------------------------------------------
 
 
-def validate_body(body: str) -> str:
-    if not body.strip():
-        raise InvalidArgument("message body is empty")
-    if len(body) > MAX_BODY_CHARS:
-        raise InvalidArgument(f"message body must be at most {MAX_BODY_CHARS} characters")
-    return body
+def _joined(channel: Channel, e: ev.MemberJoined, at: Recorded) -> None:
+    channel.add_member(e.user_id, at.stream_seq)
 
 
-def validate_idempotency_key(key: str) -> str:
-    if len(key) > MAX_IDEMPOTENCY_KEY:
-        raise InvalidArgument(f"idempotency key must be at most {MAX_IDEMPOTENCY_KEY} characters")
-    return key or uuid.uuid4().hex
+def _left(channel: Channel, e: ev.MemberLeft | ev.MemberKicked, at: Recorded) -> None:
+    channel.remove_member(e.user_id)
 
 
-def send_event_id(channel_id: str, sender_id: str, idempotency_key: str) -> str:
-    """Same send, same event id: JetStream's Nats-Msg-Id then drops a concurrent retry."""
-    return uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{channel_id}/{sender_id}/{idempotency_key}").hex
+def _banned(channel: Channel, e: ev.MemberBanned, at: Recorded) -> None:
+    channel.remove_member(e.user_id)
+    channel.banned.add(e.user_id)
+    channel.invited.pop(e.user_id, None)  # an unban needs a new invitation
 
 
-def created_channel_id(creator_id: str, idempotency_key: str) -> str:
-    """Same creation, same channel: a retried CreateChannel with its key finds the first one
-    (and a creation of someone else's never meets it: the creator is part of the id)."""
-    return uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"channel/{creator_id}/{idempotency_key}").hex
+def _unbanned(channel: Channel, e: ev.MemberUnbanned, at: Recorded) -> None:
+    channel.banned.discard(e.user_id)
 
 
-class ChannelDirectory:
-    """Every channel, rebuilt from the MSG stream."""
-
-    def __init__(self) -> None:
-        self._channels: dict[str, Channel] = {}
-
-    def get(self, channel_id: str) -> Channel:
-        channel = self._channels.get(channel_id)
-        if channel is None:
-            raise NotFound(f"no channel with id {channel_id!r}")
-        return channel
-
-    def __contains__(self, channel_id: str) -> bool:
-        return channel_id in self._channels
-
-    def create(
-        self,
-        channel_id: str,
-        name: str,
-        creator_id: str,
-        stream_seq: int,
-        *,
-        encrypted: bool = False,
-        private: bool = False,
-        direct: bool = False,
-        others: tuple[str, ...] = (),
-        hide_history_before_join: bool = False,
-    ) -> Channel:
-        channel = Channel(
-            channel_id,
-            name,
-            set(),
-            last_stream_seq=stream_seq,
-            creator_id=creator_id,
-            encrypted=encrypted,
-            private=private or direct,
-            direct=direct,
-            hide_history_before_join=hide_history_before_join,
-        )
-        for user_id in (creator_id, *others):
-            channel.add_member(user_id, stream_seq)
-        if not direct:
-            channel.roles[creator_id] = OWNER
-        self._channels[channel_id] = channel
-        return channel
-
-    def of_member(self, user_id: str) -> list[Channel]:
-        return [c for c in self._channels.values() if user_id in c.members]
-
-    def invitations_of(self, user_id: str) -> list[tuple[Channel, Invitation]]:
-        """`user_id`'s pending invitations, newest first."""
-        found = [(c, i) for c in self._channels.values() if (i := c.pending_invitation(user_id)) is not None]
-        return sorted(found, key=lambda pair: pair[1].position, reverse=True)
-
-    def named_for(self, name: str, user_id: str) -> Channel:
-        """The one channel called `name` that `user_id` may see: public, or one they are in or
-        invited to. Several: an error naming each one's id (the caller picks one)."""
-        found = [
-            c
-            for c in self._channels.values()
-            if c.name == name and not c.direct and (not c.private or user_id in c.members or user_id in c.invited)
-        ]
-        if not found:
-            raise NotFound(f"no channel named {name!r} that you may join (a private one needs an invitation)")
-        if len(found) > 1:
-            ids = ", ".join(f"{c.channel_id} ({len(c.members)} members)" for c in found)
-            raise FailedPrecondition(f"{len(found)} channels are named {name!r}: {ids}; join one by its id")
-        return found[0]
+def _invited(channel: Channel, e: ev.MemberInvited, at: Recorded) -> None:
+    channel.invite(e.user_id, e.invited_by, at.stream_seq)
 
 
-def validate_retention_days(days: int) -> int:
-    if days > MAX_RETENTION_DAYS:
-        raise InvalidArgument(f"days must be at most {MAX_RETENTION_DAYS} (or 0 to keep the messages forever)")
-    return days
+def _declined(channel: Channel, e: ev.InvitationDeclined, at: Recorded) -> None:
+    channel.invited.pop(e.user_id, None)
 
 
-def validate_topic(topic: str) -> str:
-    if len(topic) > MAX_TOPIC_CHARS or any(not ch.isprintable() for ch in topic):
-        raise InvalidArgument(f"topic must be at most {MAX_TOPIC_CHARS} printable characters")
-    return topic.strip()
+def _role_changed(channel: Channel, e: ev.MemberRoleChanged, at: Recorded) -> None:
+    if e.role == MODERATOR:
+        channel.roles[e.user_id] = MODERATOR
+    else:
+        channel.roles.pop(e.user_id, None)
 
 
-def validate_direct_members(creator_id: str, user_ids: list[str]) -> tuple[str, ...]:
-    others = tuple(dict.fromkeys(u for u in user_ids if u and u != creator_id))
-    if not 1 <= len(others) <= MAX_DIRECT_OTHERS:
-        raise InvalidArgument(f"a direct conversation has 1 to {MAX_DIRECT_OTHERS} other people")
-    return others
+def _renamed(channel: Channel, e: ev.ChannelRenamed, at: Recorded) -> None:
+    channel.name = e.name
+
+
+def _topic_changed(channel: Channel, e: ev.ChannelTopicChanged, at: Recorded) -> None:
+    channel.topic = e.topic
+
+
+def _retention_set(channel: Channel, e: ev.ChannelRetentionSet, at: Recorded) -> None:
+    channel.retention_days = e.days
+
+
+def _posted(channel: Channel, e: ev.MessagePosted, at: Recorded) -> None:
+    posted = PostedMessage(
+        channel_id=e.channel_id,
+        message_id=e.message_id,
+        sender_id=e.sender_id,
+        sender_name=e.sender_name,
+        channel_seq=e.channel_seq,
+        body=e.body,
+        sent_at_unix_ns=e.sent_at,
+        thread_root_seq=e.thread_root_seq,
+    )
+    channel.record_post(posted, e.idempotency_key)
+
+
+def _reacted(channel: Channel, e: ev.ReactionAdded | ev.ReactionRemoved, at: Recorded) -> None:
+    # None: its post was deleted from the stream (erased, expired, redacted); the number stays taken.
+    if (record := channel.messages.get(e.channel_seq)) is not None:
+        record.react(e.emoji, e.user_id, remove=isinstance(e, ev.ReactionRemoved))
+    channel.keep_number(e.channel_seq)
+
+
+def _read(channel: Channel, e: ev.ReadMarkerMoved, at: Recorded) -> None:
+    channel.read_up_to[e.user_id] = max(channel.read_up_to.get(e.user_id, 0), e.channel_seq)
+
+
+def _edited(channel: Channel, e: ev.MessageEdited, at: Recorded) -> None:
+    if (record := channel.messages.get(e.channel_seq)) is not None:
+        record.edited(e.body)
+    channel.keep_number(e.channel_seq)
+
+
+def _redacted(channel: Channel, e: ev.MessageRedacted, at: Recorded) -> None:
+    channel.record_redaction(e.channel_seq, e.message_id)
+
+
+def _removed(channel: Channel, e: ev.MessagesErased | ev.MessagesExpired, at: Recorded) -> None:
+    channel.forget_messages(e.channel_seqs)
+    channel.markers.add(at.event_id)
+
+
+def _created_again(channel: Channel, e: ev.ChannelCreated, at: Recorded) -> None:
+    raise FailedPrecondition(f"channel {channel.channel_id} was created already")  # the directory starts channels
+
+
+APPLY: dict[type[ev.ChannelEvent], Callable[[Channel, Any, Recorded], None]] = {
+    ev.ChannelCreated: _created_again,
+    ev.MemberJoined: _joined,
+    ev.MemberLeft: _left,
+    ev.MemberKicked: _left,
+    ev.MemberBanned: _banned,
+    ev.MemberUnbanned: _unbanned,
+    ev.MemberInvited: _invited,
+    ev.InvitationDeclined: _declined,
+    ev.MemberRoleChanged: _role_changed,
+    ev.ChannelRenamed: _renamed,
+    ev.ChannelTopicChanged: _topic_changed,
+    ev.ChannelRetentionSet: _retention_set,
+    ev.MessagePosted: _posted,
+    ev.MessageEdited: _edited,
+    ev.MessageRedacted: _redacted,
+    ev.ReactionAdded: _reacted,
+    ev.ReactionRemoved: _reacted,
+    ev.ReadMarkerMoved: _read,
+    ev.MessagesErased: _removed,
+    ev.MessagesExpired: _removed,
+}

@@ -26,19 +26,11 @@ import logging
 
 import grpc
 from parley.common.v1.envelope_pb2 import EventEnvelope
-from parley.messaging.v1.events_pb2 import (
-    MessageEdited,
-    MessagePosted,
-    MessageRedacted,
-    MessagesErased,
-    MessagesExpired,
-    ReactionAdded,
-    ReactionRemoved,
-)
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from parley_core.envelope import UnknownEventType, open_payload
-from parley_messaging.domain import Channel
+from parley_messaging.codec import from_proto
+from parley_messaging.domain import Channel, Recorded
 
 log = logging.getLogger(__name__)
 ARCHIVE_TIMEOUT_S = 2.0  # a send waits at most this long for the archive, once per channel
@@ -98,18 +90,9 @@ class ArchivedTail:
 
 
 def keep_taken(channel: Channel, envelope: EventEnvelope) -> None:
-    """What a lost event leaves taken: its version, the message numbers it used, the messages
-    it removed (so no second marker for them is appended)."""
-    channel.version = max(channel.version, envelope.aggregate_version)
+    """A lost event, as the archive kept it, leaves its number and version taken (Channel.keep_taken)."""
     try:
-        payload = open_payload(envelope)
+        event = from_proto(open_payload(envelope))
     except UnknownEventType:
-        return
-    if isinstance(payload, MessagePosted | MessageEdited | ReactionAdded | ReactionRemoved):
-        channel.keep_number(payload.channel_seq)
-    elif isinstance(payload, MessageRedacted):
-        channel.record_redaction(payload.channel_seq, payload.message_id)
-        channel.keep_number(payload.channel_seq)
-    elif isinstance(payload, MessagesErased | MessagesExpired):
-        channel.forget_messages(payload.channel_seqs)
-        channel.markers.add(envelope.event_id)
+        event = None
+    channel.keep_taken(event, Recorded(0, envelope.aggregate_version, envelope.event_id))

@@ -1,59 +1,35 @@
-"""The messaging service's composition: channel projection, commands and the gRPC servicer."""
+"""The messaging service's composition and gRPC servicer: a request becomes a command, the
+channel is read from the projection, `decisions` decides, the event log appends, and the answer
+is made from the channel after (answers.py). No rule of the channel lives here."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import time
 import uuid
-from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Protocol, TypeVar
+from typing import Any
 
 import grpc
-from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
-from parley.messaging.v1.events_pb2 import (
-    ChannelCreated,
-    ChannelRenamed,
-    ChannelRetentionSet,
-    ChannelTopicChanged,
-    InvitationDeclined,
-    MemberBanned,
-    MemberInvited,
-    MemberJoined,
-    MemberKicked,
-    MemberLeft,
-    MemberRoleChanged,
-    MemberUnbanned,
-    MessageEdited,
-    MessagePosted,
-    MessageRedacted,
-    MessagesErased,
-    MessagesExpired,
-    ReactionAdded,
-    ReactionRemoved,
-    ReadMarkerMoved,
-)
 from parley.storage.v1 import storage_pb2_grpc
 
 from parley_core.bus import ConcurrencyConflict, DurableConsumer, ReceivedEvent, Replay
-from parley_core.envelope import NewEvent, UnknownEventType, open_payload
-from parley_core.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, Unavailable
+from parley_core.envelope import NewEvent
+from parley_core.errors import InvalidArgument, NotFound
 from parley_core.runner import RunContext, peer_names
 from parley_core.tokens import bearer_token
 from parley_core.topology import AUTH_FILTER, CONSUMERS, MESSAGING_FILTER, PLATFORM_USER, channel_subject
+from parley_messaging import decisions as cmd
+from parley_messaging.answers import channel_proto, invitations_proto, thread_page, to_proto
+from parley_messaging.codec import new_event
+from parley_messaging.device_projection import DeviceRelay
 from parley_messaging.device_service import DeviceKeyServicer
-from parley_messaging.devices import AuthDirectory, validate_encrypted_body
-from parley_messaging.domain import (
-    MODERATOR,
-    Channel,
-    ChannelDirectory,
-    MessageRecord,
-    PostedMessage,
+from parley_messaging.devices import AuthDirectory
+from parley_messaging.domain import Channel
+from parley_messaging.event_log import MessagingLog
+from parley_messaging.inputs import (
     created_channel_id,
-    send_event_id,
-    validate_body,
     validate_channel_name,
     validate_direct_members,
     validate_idempotency_key,
@@ -61,63 +37,15 @@ from parley_messaging.domain import (
     validate_topic,
 )
 from parley_messaging.log_tail import ArchivedTail
-from parley_messaging.reactions import reaction_emoji
+from parley_messaging.projection import ChannelDirectory
 from parley_messaging.settings import MessagingSettings
 from parley_messaging.storage_due import StorageDue
 
-APPEND_ATTEMPTS = 5
-# A thread is read in pages: a thread's replies, however many and long, would otherwise make one
-# answer bigger than the 4 MiB a gRPC client takes, and nobody could read that thread any more.
-DEFAULT_THREAD_PAGE = 100
-MAX_THREAD_PAGE = 500
-MAX_THREAD_PAGE_BYTES = 2 * 1024 * 1024
 # Facts storage recorded for messaging are acted on before it serves, for at most this long.
 DUE_CATCH_UP_S = 30.0
 MEMBER_ACTIONS_TAKE = "invite, kick, ban and unban take an existing user's id (the CLI also takes their name)"
 log = logging.getLogger(__name__)
-A = TypeVar("A", bound="Versioned | None")
-
-
-def to_proto(message: PostedMessage, record: MessageRecord | None = None) -> messaging_pb2.ChatMessage:
-    sent = Timestamp()
-    sent.FromNanoseconds(message.sent_at_unix_ns)
-    reactions = [
-        messaging_pb2.ReactionCount(emoji=emoji, user_ids=sorted(users))
-        for emoji, users in sorted((record.reactions if record else {}).items())
-    ]
-    return messaging_pb2.ChatMessage(
-        channel_id=message.channel_id,
-        message_id=message.message_id,
-        sender_id=message.sender_id,
-        sender_name=message.sender_name,
-        channel_seq=message.channel_seq,
-        body=message.body,
-        sent_at=sent,
-        redacted=message.redacted,
-        edit_count=message.edit_count,
-        thread_root_seq=message.thread_root_seq,
-        reply_count=len(record.replies) if record else 0,
-        reactions=reactions,
-    )
-
-
-def channel_proto(channel: Channel, viewer: str = "") -> messaging_pb2.Channel:
-    return messaging_pb2.Channel(
-        channel_id=channel.channel_id,
-        name=channel.name,
-        member_ids=sorted(channel.members),
-        last_seq=channel.last_seq,
-        encrypted=channel.encrypted,
-        private=channel.private,
-        direct=channel.direct,
-        topic=channel.topic,
-        roles={user: channel.role(user) for user in channel.members},
-        hide_history_before_join=channel.hide_history_before_join,
-        visible_from_seq=channel.view(viewer).first_seq,
-        visible_from_position=channel.view(viewer).first_position,
-        read_seq=channel.read_seq(viewer) if viewer in channel.members else 0,
-        unread_count=channel.unread_count(viewer) if viewer in channel.members else 0,
-    )
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def _target(user_id: str) -> str:
@@ -132,31 +60,20 @@ def _reason(reason: str) -> str:
     return reason
 
 
-def body_for(channel: Channel, body: str) -> str:
-    """Plain channels take text; encrypted ones only Megolm ciphertext, which the server cannot read."""
-    return validate_encrypted_body(body) if channel.encrypted else validate_body(body)
-
-
-class Versioned(Protocol):
-    version: int
-    last_stream_seq: int
-
-
 class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
     def __init__(self, settings: MessagingSettings | None = None) -> None:
         self.settings = settings or MessagingSettings()
         self.channels = ChannelDirectory()
         self.directory = AuthDirectory()
-        self.device_keys = DeviceKeyServicer(self, self.directory)
+        self.devices = DeviceRelay(self.directory)  # the to-device relay's projection
+        self.device_keys = DeviceKeyServicer(self, self.devices)
         self._ctx: RunContext | None = None
-        self._replay: Replay | None = None
+        self._event_log: MessagingLog | None = None
         self._auth_replay: Replay | None = None
         self._due: DurableConsumer | None = None
         self.storage_due: StorageDue | None = None  # the checks on storage's due facts (its clock, for tests)
         # Before a channel's first change here: numbers deleted from the log's tail stay taken.
         self.log_tail = ArchivedTail(None)
-        # One writer per aggregate (subject) inside this instance; see decide_and_append.
-        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
@@ -172,8 +89,9 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
             self.log_tail = ArchivedTail(
                 storage_pb2_grpc.StorageArchiveServiceStub(ctx.channel_to(ctx.settings.storage_addr, "storage"))
             )
-        self._replay = await ctx.bus.replay(stream="MSG", filter_subject=MESSAGING_FILTER, handler=self._apply)
-        await self._replay.wait_caught_up()
+        replay = await ctx.bus.replay(stream="MSG", filter_subject=MESSAGING_FILTER, handler=self._apply)
+        self._event_log = MessagingLog(ctx.bus, replay)
+        await replay.wait_caught_up()
         # The markers storage waits for (an erasure, retention) are on the channels before any
         # call can number a message: a restored folder's erasures are handed over this way.
         [due] = [c for c in CONSUMERS if c.service == "messaging"]
@@ -193,11 +111,24 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         assert self._ctx is not None
         return self._ctx
 
+    @property
+    def event_log(self) -> MessagingLog:
+        assert self._event_log is not None
+        return self._event_log
+
     async def stop(self) -> None:
         pass
 
+    # --- projections ------------------------------------------------------------------------
+
     async def _apply_auth(self, event: ReceivedEvent) -> None:
-        self.device_keys.apply_auth(event)
+        self.devices.apply_auth(event.envelope)
+
+    async def _apply(self, event: ReceivedEvent) -> None:
+        if event.envelope.aggregate_type == "channel":
+            self.channels.apply_envelope(event.envelope, event.stream_seq)
+        elif event.envelope.aggregate_type in ("device", "todevice"):
+            self.devices.apply(event.envelope, event.stream_seq)
 
     async def settle_auth(self) -> None:
         """Catch up with auth's stream as it is now: a user or device created a moment ago is then known."""
@@ -214,599 +145,247 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         if unknown:
             raise NotFound(f"no such user: {', '.join(unknown)}; {what}")
 
-    async def _apply(self, event: ReceivedEvent) -> None:
-        if event.envelope.aggregate_type in ("device", "todevice"):
-            self.device_keys.apply(event)
-            return
-        if event.envelope.aggregate_type != "channel":
-            return
-        try:
-            payload: Message | None = open_payload(event.envelope)
-        except UnknownEventType:
-            payload = None  # a newer writer's event (during a roll-out): its position still counts below
-        if isinstance(payload, ChannelCreated):
-            self.channels.create(
-                payload.channel_id,
-                payload.name,
-                payload.creator_id,
-                event.stream_seq,
-                encrypted=payload.encrypted,
-                private=payload.private,
-                direct=payload.direct,
-                others=tuple(payload.member_ids),
-                hide_history_before_join=payload.hide_history_before_join,
-            )
-            return
-        channel = self.channels.get(event.envelope.aggregate_id)
-        channel.last_stream_seq = event.stream_seq
-        # From the envelope, not counted: an erasure deletes events, leaving gaps in the stream.
-        channel.version = max(channel.version, event.envelope.aggregate_version)
-        if payload is None:
-            return
-        if isinstance(payload, MemberJoined):
-            channel.add_member(payload.user_id, event.stream_seq)
-        elif isinstance(payload, MemberLeft | MemberKicked):
-            channel.remove_member(payload.user_id)
-        elif isinstance(payload, MemberBanned):
-            channel.remove_member(payload.user_id)
-            channel.banned.add(payload.user_id)
-            channel.invited.pop(payload.user_id, None)  # an unban needs a new invitation
-        elif isinstance(payload, MemberUnbanned):
-            channel.banned.discard(payload.user_id)
-        elif isinstance(payload, MemberInvited):
-            channel.invite(payload.user_id, payload.invited_by, event.stream_seq)
-        elif isinstance(payload, InvitationDeclined):
-            channel.invited.pop(payload.user_id, None)
-        elif isinstance(payload, MemberRoleChanged):
-            if payload.role == MODERATOR:
-                channel.roles[payload.user_id] = MODERATOR
-            else:
-                channel.roles.pop(payload.user_id, None)
-        elif isinstance(payload, ChannelRenamed):
-            channel.name = payload.name
-        elif isinstance(payload, ChannelTopicChanged):
-            channel.topic = payload.topic
-        elif isinstance(payload, ChannelRetentionSet):
-            channel.retention_days = payload.days
-        elif isinstance(payload, MessagePosted):
-            posted = PostedMessage(
-                channel_id=payload.channel_id,
-                message_id=payload.message_id,
-                sender_id=payload.sender_id,
-                sender_name=payload.sender_name,
-                channel_seq=payload.channel_seq,
-                body=payload.body,
-                sent_at_unix_ns=payload.sent_at.ToNanoseconds(),
-                thread_root_seq=payload.thread_root_seq,
-            )
-            channel.record_post(posted, payload.idempotency_key)
-        elif isinstance(payload, ReactionAdded | ReactionRemoved):
-            # None: its post was deleted from the stream (erased, expired, redacted); the number stays taken.
-            if (record := channel.messages.get(payload.channel_seq)) is not None:
-                record.react(payload.emoji, payload.user_id, remove=isinstance(payload, ReactionRemoved))
-            channel.keep_number(payload.channel_seq)
-        elif isinstance(payload, ReadMarkerMoved):
-            channel.read_up_to[payload.user_id] = max(channel.read_up_to.get(payload.user_id, 0), payload.channel_seq)
-        elif isinstance(payload, MessageEdited):
-            if (record := channel.messages.get(payload.channel_seq)) is not None:
-                record.edited(payload.body)
-            channel.keep_number(payload.channel_seq)
-        elif isinstance(payload, MessageRedacted):
-            channel.record_redaction(payload.channel_seq, payload.message_id)
-        elif isinstance(payload, MessagesErased | MessagesExpired):
-            channel.forget_messages(payload.channel_seqs)
-            channel.markers.add(event.envelope.event_id)
+    # --- the write path ---------------------------------------------------------------------
 
-    async def _append(self, event: NewEvent, *, after: Channel | None) -> None:
-        """Append to a channel as it was read (`after`), or create it (`after=None`)."""
-        await self.append_to(channel_subject(event.aggregate_id), event, after)
+    async def _decide(self, channel_id: str, actor: str, command: object) -> tuple[Channel, cmd.Decision]:
+        """The channel after `command` (decisions.decide), and the last decision made on it."""
+        if not channel_id:
+            raise InvalidArgument("channel_id is required")
+        await self.log_tail.check(self.channels.get(channel_id))
+        last: cmd.Decision = cmd.NOTHING
 
-    async def append_to(self, subject: str, event: NewEvent, after: Versioned | None) -> None:
-        """Append to an aggregate as it was read (None: a new one), then read our own write: applied
-        to the projection as soon as the stream acknowledged it, not after a trip through the replay."""
-        assert self._ctx is not None
-        assert self._replay is not None
-        appended = await self._ctx.bus.append(
-            subject,
-            event,
-            aggregate_version=after.version + 1 if after else 1,
-            expected_last_subject_seq=after.last_stream_seq if after else 0,
-        )
-        await self._replay.apply_own(appended)
+        def decide(channel: Channel) -> NewEvent | None:
+            nonlocal last
+            last = cmd.decide(channel, command)
+            events = last[0]
+            return new_event(events[0], actor) if events else None  # one event per command at most
 
-    async def append_unchecked(self, subject: str, event: NewEvent) -> None:
-        """Append after whatever the subject holds (an aggregate this projection does not know),
-        then read our own write."""
-        assert self._replay is not None
-        await self._replay.wait_for_seq(await self.ctx.bus.append_after_last(subject, event))
+        read = lambda: self.channels.get(channel_id)  # noqa: E731
+        channel = await self.event_log.decide_and_append(channel_subject(channel_id), read, decide)
+        return channel, last
 
-    async def settle(self, subject: str) -> None:
-        """After a lost race, let the projection catch up with the aggregate before deciding again."""
-        assert self._ctx is not None
-        assert self._replay is not None
-        await self._replay.wait_for_seq(await self._ctx.bus.last_subject_seq("MSG", subject))
+    async def _create(self, command: cmd.CreateChannel) -> Channel:
+        """Create the channel unless a call with the same key did: then the first one stands."""
+        events, _ = cmd.create(self.channels.find(command.channel_id), command)
+        if events:
+            subject = channel_subject(command.channel_id)
+            try:
+                await self.event_log.append_to(subject, new_event(events[0], command.creator_id), None)
+            except ConcurrencyConflict:
+                await self.event_log.settle(subject)  # created by the first call, then changed
+        return self.channels.get(command.channel_id)
+
+    def _user(self, context: Context) -> str:
+        return self.ctx.tokens.caller(context).user_id
+
+    def _caller_or_platform(self, context: Context) -> str:
+        """The acting user's id, or "platform" for the operator's tooling (its certificate, no
+        token); the interceptor let only these through (rbac.PLATFORM_METHODS)."""
+        if bearer_token(context) is None and PLATFORM_USER in peer_names(context):
+            return PLATFORM_USER
+        return self._user(context)
+
+    # --- channels ---------------------------------------------------------------------------
 
     async def CreateChannel(
-        self, request: messaging_pb2.CreateChannelRequest, context: grpc.aio.ServicerContext[object, object]
+        self, request: messaging_pb2.CreateChannelRequest, context: Context
     ) -> messaging_pb2.Channel:
-        assert self._ctx is not None
-        caller = self._ctx.tokens.caller(context)
+        creator = self._user(context)
         name = validate_channel_name(request.name)
-        channel_id = created_channel_id(caller.user_id, validate_idempotency_key(request.idempotency_key))
-        payload = ChannelCreated(
-            channel_id=channel_id,
+        command = cmd.CreateChannel(
+            channel_id=created_channel_id(creator, validate_idempotency_key(request.idempotency_key)),
             name=name,
-            creator_id=caller.user_id,
+            creator_id=creator,
             encrypted=request.encrypted,
             private=request.private,
             hide_history_before_join=request.hide_history_before_join,
         )
-        return channel_proto(await self._create_once(channel_id, payload, caller.user_id), caller.user_id)
-
-    async def _create_once(self, channel_id: str, payload: ChannelCreated, creator_id: str) -> Channel:
-        """Create the channel unless a call with the same key did: then the first one stands."""
-        if channel_id not in self.channels:
-            event = NewEvent(
-                aggregate_type="channel",
-                aggregate_id=channel_id,
-                payload=payload,
-                actor=creator_id,
-                event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"parley:channel-created/{channel_id}").hex,
-            )
-            try:
-                await self._append(event, after=None)
-            except ConcurrencyConflict:
-                await self.settle(channel_subject(channel_id))  # created by the first call, then changed
-        return self.channels.get(channel_id)
-
-    async def JoinChannel(
-        self, request: messaging_pb2.JoinChannelRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> messaging_pb2.Channel:
-        assert self._ctx is not None
-        caller = self._ctx.tokens.caller(context)
-
-        def decide(channel: Channel) -> NewEvent | None:
-            if caller.user_id in channel.members:
-                return None  # already in: a retried join
-            channel.check_join(caller.user_id)
-            return self._event(
-                channel, caller.user_id, MemberJoined(channel_id=channel.channel_id, user_id=caller.user_id)
-            )
-
-        channel_id = request.channel_id or self.channels.named_for(request.name, caller.user_id).channel_id
-        return await self._decide_on_channel(channel_id, caller.user_id, decide)
-
-    async def ListMyChannels(
-        self, request: messaging_pb2.ListMyChannelsRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> messaging_pb2.ListMyChannelsResponse:
-        assert self._ctx is not None
-        caller = self._ctx.tokens.caller(context)
-        channels = sorted(self.channels.of_member(caller.user_id), key=lambda c: c.name)
-        return messaging_pb2.ListMyChannelsResponse(channels=[channel_proto(c, caller.user_id) for c in channels])
-
-    async def ListInvitations(
-        self, request: messaging_pb2.ListInvitationsRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> messaging_pb2.ListInvitationsResponse:
-        """The caller's own invitations only: there is no asking about someone else's."""
-        assert self._ctx is not None
-        caller = self._ctx.tokens.caller(context)
-        return messaging_pb2.ListInvitationsResponse(
-            invitations=[
-                messaging_pb2.Invitation(
-                    channel_id=c.channel_id,
-                    channel_name=c.name,
-                    invited_by=invitation.invited_by,
-                    private=c.private,
-                    encrypted=c.encrypted,
-                    member_count=len(c.members),
-                    topic=c.topic,
-                )
-                for c, invitation in self.channels.invitations_of(caller.user_id)
-            ]
-        )
-
-    async def DeclineInvitation(
-        self, request: messaging_pb2.DeclineInvitationRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> messaging_pb2.DeclineInvitationResponse:
-        assert self._ctx is not None
-        actor = self._ctx.tokens.caller(context).user_id
-        if not request.channel_id:
-            raise InvalidArgument("channel_id is required")
-        if request.channel_id not in self.channels:
-            raise NotFound("you have no pending invitation to this channel")  # as for a channel that exists
-
-        def decide(channel: Channel) -> NewEvent | None:
-            channel.check_decline(actor)
-            return self._event(channel, actor, InvitationDeclined(channel_id=channel.channel_id, user_id=actor))
-
-        await self._on_channel(request.channel_id, decide)
-        return messaging_pb2.DeclineInvitationResponse()
-
-    async def PostMessage(
-        self, request: messaging_pb2.PostMessageRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> messaging_pb2.ChatMessage:
-        assert self._ctx is not None
-        caller = self._ctx.tokens.caller(context)
-        key = validate_idempotency_key(request.idempotency_key)
-        posting = False  # whether the last decision (the one appended, or not) was a new post
-
-        def decide(channel: Channel) -> NewEvent | None:
-            nonlocal posting
-            posting = False
-            channel.require_member(caller.user_id)
-            body = body_for(channel, request.body)
-            channel.check_thread_root(caller.user_id, request.thread_root_seq)
-            if channel.earlier_send(caller.user_id, key) is not None:
-                return None  # a retried send: the first result stands
-            posting = True
-            sent = Timestamp()
-            sent.GetCurrentTime()
-            return NewEvent(
-                aggregate_type="channel",
-                aggregate_id=channel.channel_id,
-                payload=MessagePosted(
-                    channel_id=channel.channel_id,
-                    message_id=uuid.uuid4().hex,
-                    sender_id=caller.user_id,
-                    sender_name=caller.username,
-                    channel_seq=channel.last_seq + 1,
-                    body=body,
-                    idempotency_key=key,
-                    sent_at=sent,
-                    thread_root_seq=request.thread_root_seq,
-                ),
-                actor=caller.user_id,
-                event_id=send_event_id(channel.channel_id, caller.user_id, key),
-            )
-
-        channel = await self._on_channel(request.channel_id, decide)
-        if posting:
-            self._posted.inc()
-        posted = channel.earlier_send(caller.user_id, key)
-        assert posted is not None
-        return to_proto(posted)
-
-    async def _change_message(
-        self, channel_id: str, channel_seq: int, decide: Callable[[Channel], NewEvent | None]
-    ) -> messaging_pb2.ChatMessage:
-        if channel_seq <= 0:
-            raise InvalidArgument("channel_id and channel_seq (>= 1) are required")
-        channel = await self._on_channel(channel_id, decide)
-        return to_proto(channel.message(channel_seq).current)
-
-    async def EditMessage(
-        self, request: messaging_pb2.EditMessageRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> messaging_pb2.ChatMessage:
-        assert self._ctx is not None
-        caller = self._ctx.tokens.caller(context)
-        max_edits = self.settings.max_edits_per_message
-
-        def decide(channel: Channel) -> NewEvent | None:
-            record = channel.check_edit(caller.user_id, request.channel_seq)
-            body = body_for(channel, request.body)
-            if record.current.body == body:
-                return None  # a retried edit: already the text
-            if record.current.edit_count >= max_edits:
-                raise ResourceExhausted(
-                    f"message #{request.channel_seq} was edited {record.current.edit_count} times, the most a message"
-                    " may be; send a new message instead"
-                )
-            edited = Timestamp()
-            edited.GetCurrentTime()
-            payload = MessageEdited(
-                channel_id=channel.channel_id,
-                message_id=record.current.message_id,
-                channel_seq=request.channel_seq,
-                body=body,
-                editor_id=caller.user_id,
-                editor_name=caller.username,
-                edited_at=edited,
-            )
-            return self._event(channel, caller.user_id, payload)
-
-        return await self._change_message(request.channel_id, request.channel_seq, decide)
-
-    async def RedactMessage(
-        self, request: messaging_pb2.RedactMessageRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> messaging_pb2.ChatMessage:
-        assert self._ctx is not None
-        caller = self._ctx.tokens.caller(context)
-        if len(request.reason) > 500:
-            raise InvalidArgument("reason must be at most 500 characters")
-
-        def decide(channel: Channel) -> NewEvent | None:
-            record = channel.check_redact(caller.user_id, request.channel_seq)
-            if record.current.redacted:
-                return None  # redacting twice changes nothing
-            redacted = Timestamp()
-            redacted.GetCurrentTime()
-            payload = MessageRedacted(
-                channel_id=channel.channel_id,
-                message_id=record.current.message_id,
-                channel_seq=request.channel_seq,
-                redactor_id=caller.user_id,
-                reason=request.reason,
-                redacted_at=redacted,
-            )
-            return self._event(channel, caller.user_id, payload)
-
-        return await self._change_message(request.channel_id, request.channel_seq, decide)
-
-    async def LeaveChannel(
-        self, request: messaging_pb2.LeaveChannelRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> messaging_pb2.Channel:
-        assert self._ctx is not None
-        caller = self._ctx.tokens.caller(context)
-
-        def decide(channel: Channel) -> NewEvent | None:
-            if caller.user_id not in channel.members:
-                return None  # already gone: a retried leave
-            return self._event(
-                channel, caller.user_id, MemberLeft(channel_id=channel.channel_id, user_id=caller.user_id)
-            )
-
-        return await self._decide_on_channel(request.channel_id, "", decide)
-
-    async def decide_and_append(self, subject: str, read: Callable[[], A], decide: Callable[[A], NewEvent | None]) -> A:
-        """The one way a command changes an aggregate: read it, let `decide` make the event (None:
-        nothing to do, e.g. a retry), append at the version read, and return the aggregate after.
-
-        One writer per aggregate inside this instance; across instances the stream's expected
-        sequence settles races: the loser catches up and decides again.
-        """
-        async with self._locks[subject]:
-            for _ in range(APPEND_ATTEMPTS):
-                aggregate = read()
-                event = decide(aggregate)
-                if event is None:
-                    return aggregate
-                try:
-                    await self.append_to(subject, event, aggregate)
-                except ConcurrencyConflict:
-                    await self.settle(subject)
-                    continue
-                return read()
-        raise Unavailable("this is changing too fast; try again")
-
-    async def _on_channel(self, channel_id: str, decide: Callable[[Channel], NewEvent | None]) -> Channel:
-        if not channel_id:
-            raise InvalidArgument("channel_id is required")
-        await self.log_tail.check(self.channels.get(channel_id))
-        return await self.decide_and_append(channel_subject(channel_id), lambda: self.channels.get(channel_id), decide)
-
-    async def _decide_on_channel(
-        self, channel_id: str, viewer: str, decide: Callable[[Channel], NewEvent | None]
-    ) -> messaging_pb2.Channel:
-        return channel_proto(await self._on_channel(channel_id, decide), viewer)
-
-    def _event(self, channel: Channel, actor: str, payload: Message) -> NewEvent:
-        return NewEvent(aggregate_type="channel", aggregate_id=channel.channel_id, payload=payload, actor=actor)
+        return channel_proto(await self._create(command), creator)
 
     async def CreateDirectChannel(
-        self, request: messaging_pb2.CreateDirectChannelRequest, context: grpc.aio.ServicerContext[object, object]
+        self, request: messaging_pb2.CreateDirectChannelRequest, context: Context
     ) -> messaging_pb2.Channel:
-        assert self._ctx is not None
-        caller = self._ctx.tokens.caller(context)
-        others = validate_direct_members(caller.user_id, list(request.user_ids))
+        creator = self._user(context)
+        others = validate_direct_members(creator, list(request.user_ids))
         await self._require_users(others)
-        channel_id = created_channel_id(caller.user_id, validate_idempotency_key(request.idempotency_key))
-        payload = ChannelCreated(
-            channel_id=channel_id,
+        command = cmd.CreateChannel(
+            channel_id=created_channel_id(creator, validate_idempotency_key(request.idempotency_key)),
             name="direct",
-            creator_id=caller.user_id,
+            creator_id=creator,
             encrypted=request.encrypted,
             private=True,
             direct=True,
             member_ids=others,
         )
-        return channel_proto(await self._create_once(channel_id, payload, caller.user_id), caller.user_id)
+        return channel_proto(await self._create(command), creator)
 
-    async def InviteMember(
-        self, request: messaging_pb2.MemberActionRequest, context: grpc.aio.ServicerContext[object, object]
+    async def JoinChannel(self, request: messaging_pb2.JoinChannelRequest, context: Context) -> messaging_pb2.Channel:
+        user = self._user(context)
+        channel_id = request.channel_id or self.channels.named_for(request.name, user).channel_id
+        channel, _ = await self._decide(channel_id, user, cmd.JoinChannel(user))
+        return channel_proto(channel, user)
+
+    async def LeaveChannel(self, request: messaging_pb2.LeaveChannelRequest, context: Context) -> messaging_pb2.Channel:
+        user = self._user(context)
+        channel, _ = await self._decide(request.channel_id, user, cmd.LeaveChannel(user))
+        return channel_proto(channel, "")  # no longer a member: the channel as anyone sees it
+
+    async def ListMyChannels(
+        self, request: messaging_pb2.ListMyChannelsRequest, context: Context
+    ) -> messaging_pb2.ListMyChannelsResponse:
+        user = self._user(context)
+        channels = sorted(self.channels.of_member(user), key=lambda c: c.name)
+        return messaging_pb2.ListMyChannelsResponse(channels=[channel_proto(c, user) for c in channels])
+
+    async def ListInvitations(
+        self, request: messaging_pb2.ListInvitationsRequest, context: Context
+    ) -> messaging_pb2.ListInvitationsResponse:
+        """The caller's own invitations only: there is no asking about someone else's."""
+        invitations = self.channels.invitations_of(self._user(context))
+        return invitations_proto([(c, invitation.invited_by) for c, invitation in invitations])
+
+    async def DeclineInvitation(
+        self, request: messaging_pb2.DeclineInvitationRequest, context: Context
+    ) -> messaging_pb2.DeclineInvitationResponse:
+        user = self._user(context)
+        if not request.channel_id:
+            raise InvalidArgument("channel_id is required")
+        if request.channel_id not in self.channels:
+            raise NotFound("you have no pending invitation to this channel")  # as for a channel that exists
+        await self._decide(request.channel_id, user, cmd.DeclineInvitation(user))
+        return messaging_pb2.DeclineInvitationResponse()
+
+    async def _member_action(
+        self, request: messaging_pb2.MemberActionRequest, context: Context, command: Callable[[str, str], object]
     ) -> messaging_pb2.Channel:
-        assert self._ctx is not None
-        actor = self._ctx.tokens.caller(context).user_id
+        actor = self._user(context)
         user_id = _target(request.user_id)
         await self._require_users([user_id], MEMBER_ACTIONS_TAKE)
+        channel, _ = await self._decide(request.channel_id, actor, command(actor, user_id))
+        return channel_proto(channel, actor)
 
-        def decide(channel: Channel) -> NewEvent | None:
-            channel.check_invite(actor, user_id)
-            if user_id in channel.members or channel.pending_invitation(user_id) is not None:
-                return None
-            payload = MemberInvited(channel_id=channel.channel_id, user_id=user_id, invited_by=actor)
-            return self._event(channel, actor, payload)
+    async def InviteMember(self, request: messaging_pb2.MemberActionRequest, context: Context) -> messaging_pb2.Channel:
+        return await self._member_action(request, context, cmd.InviteMember)
 
-        return await self._decide_on_channel(request.channel_id, actor, decide)
+    async def KickMember(self, request: messaging_pb2.MemberActionRequest, context: Context) -> messaging_pb2.Channel:
+        return await self._member_action(
+            request, context, lambda actor, user: cmd.KickMember(actor, user, _reason(request.reason))
+        )
 
-    async def KickMember(
-        self, request: messaging_pb2.MemberActionRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> messaging_pb2.Channel:
-        assert self._ctx is not None
-        actor = self._ctx.tokens.caller(context).user_id
-        user_id = _target(request.user_id)
-        await self._require_users([user_id], MEMBER_ACTIONS_TAKE)
-        reason = _reason(request.reason)
+    async def BanMember(self, request: messaging_pb2.MemberActionRequest, context: Context) -> messaging_pb2.Channel:
+        return await self._member_action(
+            request, context, lambda actor, user: cmd.BanMember(actor, user, _reason(request.reason))
+        )
 
-        def decide(channel: Channel) -> NewEvent | None:
-            channel.check_remove(actor, user_id)
-            if user_id not in channel.members:
-                return None
-            payload = MemberKicked(channel_id=channel.channel_id, user_id=user_id, kicked_by=actor, reason=reason)
-            return self._event(channel, actor, payload)
-
-        return await self._decide_on_channel(request.channel_id, actor, decide)
-
-    async def BanMember(
-        self, request: messaging_pb2.MemberActionRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> messaging_pb2.Channel:
-        assert self._ctx is not None
-        actor = self._ctx.tokens.caller(context).user_id
-        user_id = _target(request.user_id)
-        await self._require_users([user_id], MEMBER_ACTIONS_TAKE)
-        reason = _reason(request.reason)
-
-        def decide(channel: Channel) -> NewEvent | None:
-            channel.check_remove(actor, user_id)
-            if user_id in channel.banned:
-                return None
-            payload = MemberBanned(channel_id=channel.channel_id, user_id=user_id, banned_by=actor, reason=reason)
-            return self._event(channel, actor, payload)
-
-        return await self._decide_on_channel(request.channel_id, actor, decide)
-
-    async def UnbanMember(
-        self, request: messaging_pb2.MemberActionRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> messaging_pb2.Channel:
-        assert self._ctx is not None
-        actor = self._ctx.tokens.caller(context).user_id
-        user_id = _target(request.user_id)
-        await self._require_users([user_id], MEMBER_ACTIONS_TAKE)
-
-        def decide(channel: Channel) -> NewEvent | None:
-            channel.check_unban(actor)
-            if user_id not in channel.banned:
-                return None
-            payload = MemberUnbanned(channel_id=channel.channel_id, user_id=user_id, unbanned_by=actor)
-            return self._event(channel, actor, payload)
-
-        return await self._decide_on_channel(request.channel_id, actor, decide)
+    async def UnbanMember(self, request: messaging_pb2.MemberActionRequest, context: Context) -> messaging_pb2.Channel:
+        return await self._member_action(request, context, cmd.UnbanMember)
 
     async def SetMemberRole(
-        self, request: messaging_pb2.SetMemberRoleRequest, context: grpc.aio.ServicerContext[object, object]
+        self, request: messaging_pb2.SetMemberRoleRequest, context: Context
     ) -> messaging_pb2.Channel:
-        assert self._ctx is not None
-        actor = self._ctx.tokens.caller(context).user_id
-        user_id = _target(request.user_id)
-
-        def decide(channel: Channel) -> NewEvent | None:
-            channel.check_set_role(actor, user_id, request.role)
-            if channel.role(user_id) == request.role:
-                return None
-            payload = MemberRoleChanged(
-                channel_id=channel.channel_id, user_id=user_id, role=request.role, changed_by=actor
-            )
-            return self._event(channel, actor, payload)
-
-        return await self._decide_on_channel(request.channel_id, actor, decide)
+        actor = self._user(context)
+        command = cmd.SetMemberRole(actor, _target(request.user_id), request.role)
+        channel, _ = await self._decide(request.channel_id, actor, command)
+        return channel_proto(channel, actor)
 
     async def UpdateChannel(
-        self, request: messaging_pb2.UpdateChannelRequest, context: grpc.aio.ServicerContext[object, object]
+        self, request: messaging_pb2.UpdateChannelRequest, context: Context
     ) -> messaging_pb2.Channel:
-        assert self._ctx is not None
-        actor = self._ctx.tokens.caller(context).user_id
-        has_name, has_topic = request.HasField("name"), request.HasField("topic")
-        if has_name == has_topic:
+        actor = self._user(context)
+        if request.HasField("name") == request.HasField("topic"):
             raise InvalidArgument("give exactly one of name or topic")
-        value = validate_channel_name(request.name) if has_name else validate_topic(request.topic)
-
-        def decide(channel: Channel) -> NewEvent | None:
-            channel.check_update(actor)
-            if (channel.name if has_name else channel.topic) == value:
-                return None
-            payload: Message = (
-                ChannelRenamed(channel_id=channel.channel_id, name=value, renamed_by=actor)
-                if has_name
-                else ChannelTopicChanged(channel_id=channel.channel_id, topic=value, changed_by=actor)
-            )
-            return self._event(channel, actor, payload)
-
-        return await self._decide_on_channel(request.channel_id, actor, decide)
+        command: object = (
+            cmd.RenameChannel(actor, validate_channel_name(request.name))
+            if request.HasField("name")
+            else cmd.ChangeTopic(actor, validate_topic(request.topic))
+        )
+        channel, _ = await self._decide(request.channel_id, actor, command)
+        return channel_proto(channel, actor)
 
     async def SetChannelRetention(
-        self, request: messaging_pb2.SetChannelRetentionRequest, context: grpc.aio.ServicerContext[object, object]
+        self, request: messaging_pb2.SetChannelRetentionRequest, context: Context
     ) -> messaging_pb2.SetChannelRetentionResponse:
         """The operator's (or a `retention.manage` holder's) policy, recorded on the channel
         before storage expires anything by it: storage's expiry facts are checked against it."""
         actor = self._caller_or_platform(context)
         days = validate_retention_days(request.days)
-
-        def decide(channel: Channel) -> NewEvent | None:
-            if channel.retention_days == days:
-                return None  # already so: a retry records nothing twice
-            return self._event(
-                channel, actor, ChannelRetentionSet(channel_id=channel.channel_id, days=days, set_by=actor)
-            )
-
-        await self._on_channel(request.channel_id, decide)
+        await self._decide(request.channel_id, actor, cmd.SetRetention(actor, days))
         return messaging_pb2.SetChannelRetentionResponse(days=days, set_by=actor)
 
-    def _caller_or_platform(self, context: grpc.aio.ServicerContext[object, object]) -> str:
-        """The acting user's id, or "platform" for the operator's tooling (its certificate, no
-        token); the interceptor let only these through (rbac.PLATFORM_METHODS)."""
-        if bearer_token(context) is None and PLATFORM_USER in peer_names(context):
-            return PLATFORM_USER
-        return self.ctx.tokens.caller(context).user_id
+    # --- messages ---------------------------------------------------------------------------
 
-    async def ListThread(
-        self, request: messaging_pb2.ListThreadRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> messaging_pb2.ListThreadResponse:
-        assert self._ctx is not None
-        caller = self._ctx.tokens.caller(context)
-        channel = self.channels.get(request.channel_id)
-        if request.limit > MAX_THREAD_PAGE:
-            raise InvalidArgument(f"limit must be at most {MAX_THREAD_PAGE} (0 means {DEFAULT_THREAD_PAGE})")
-        root = channel.readable(caller.user_id, request.root_seq)
-        view = channel.view(caller.user_id)
-        later = [seq for seq in root.replies if seq > request.after_seq and view.shows(seq)]
-        page = messaging_pb2.ListThreadResponse(root=to_proto(root.current, root))
-        size = page.ByteSize()
-        for seq in later[: request.limit or DEFAULT_THREAD_PAGE]:
-            reply = to_proto(channel.messages[seq].current, channel.messages[seq])
-            size += reply.ByteSize()
-            if size > MAX_THREAD_PAGE_BYTES and page.replies:
-                break
-            page.replies.append(reply)
-        page.has_more = len(page.replies) < len(later)
-        return page
-
-    async def React(
-        self, request: messaging_pb2.ReactRequest, context: grpc.aio.ServicerContext[object, object]
+    async def PostMessage(
+        self, request: messaging_pb2.PostMessageRequest, context: Context
     ) -> messaging_pb2.ChatMessage:
-        assert self._ctx is not None
-        actor = self._ctx.tokens.caller(context).user_id
-        limits = self.settings.reaction_limits
+        caller = self.ctx.tokens.caller(context)
+        command = cmd.PostMessage(
+            sender_id=caller.user_id,
+            sender_name=caller.username,
+            body=request.body,
+            idempotency_key=validate_idempotency_key(request.idempotency_key),
+            message_id=uuid.uuid4().hex,
+            at_ns=time.time_ns(),
+            thread_root_seq=request.thread_root_seq,
+        )
+        channel, (events, _) = await self._decide(request.channel_id, caller.user_id, command)
+        if events:
+            self._posted.inc()
+        # As the log holds it: a concurrent retry's first copy may be the one that was stored.
+        posted = channel.earlier_send(caller.user_id, command.idempotency_key)
+        assert posted is not None
+        return to_proto(posted)
 
-        def decide(channel: Channel) -> NewEvent | None:
-            record = channel.readable(actor, request.channel_seq)
-            # Taking back a reaction takes its text as stored (one added before emoji were checked too).
-            stored = request.remove and actor in record.reactions.get(request.emoji, set())
-            emoji = request.emoji if stored else reaction_emoji(request.emoji)
-            if (actor in record.reactions.get(emoji, set())) != request.remove:
-                return None  # already as asked: a retried reaction
-            if not request.remove:
-                limits.check_add(record.reactions, emoji, actor, request.channel_seq)
-            kind = ReactionRemoved if request.remove else ReactionAdded
-            payload = kind(channel_id=channel.channel_id, channel_seq=request.channel_seq, user_id=actor, emoji=emoji)
-            return self._event(channel, actor, payload)
+    async def _change_message(self, channel_id: str, channel_seq: int, actor: str, command: object) -> Channel:
+        if channel_seq <= 0:
+            raise InvalidArgument("channel_id and channel_seq (>= 1) are required")
+        channel, _ = await self._decide(channel_id, actor, command)
+        return channel
 
-        await self._decide_on_channel(request.channel_id, actor, decide)
-        record = self.channels.get(request.channel_id).message(request.channel_seq)
+    async def EditMessage(
+        self, request: messaging_pb2.EditMessageRequest, context: Context
+    ) -> messaging_pb2.ChatMessage:
+        caller = self.ctx.tokens.caller(context)
+        command = cmd.EditMessage(
+            caller.user_id,
+            caller.username,
+            request.channel_seq,
+            request.body,
+            time.time_ns(),
+            self.settings.max_edits_per_message,
+        )
+        channel = await self._change_message(request.channel_id, request.channel_seq, caller.user_id, command)
+        return to_proto(channel.message(request.channel_seq).current)
+
+    async def RedactMessage(
+        self, request: messaging_pb2.RedactMessageRequest, context: Context
+    ) -> messaging_pb2.ChatMessage:
+        actor = self._user(context)
+        command = cmd.RedactMessage(actor, request.channel_seq, time.time_ns(), _reason(request.reason))
+        channel = await self._change_message(request.channel_id, request.channel_seq, actor, command)
+        return to_proto(channel.message(request.channel_seq).current)
+
+    async def React(self, request: messaging_pb2.ReactRequest, context: Context) -> messaging_pb2.ChatMessage:
+        actor = self._user(context)
+        command = cmd.React(actor, request.channel_seq, request.emoji, request.remove, self.settings.reaction_limits)
+        channel, _ = await self._decide(request.channel_id, actor, command)
+        record = channel.message(request.channel_seq)
         return to_proto(record.current, record)
 
-    async def MarkRead(
-        self, request: messaging_pb2.MarkReadRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> messaging_pb2.Channel:
-        assert self._ctx is not None
-        actor = self._ctx.tokens.caller(context).user_id
+    async def MarkRead(self, request: messaging_pb2.MarkReadRequest, context: Context) -> messaging_pb2.Channel:
+        actor = self._user(context)
+        channel, _ = await self._decide(request.channel_id, actor, cmd.MarkRead(actor, request.channel_seq))
+        return channel_proto(channel, actor)
 
-        def decide(channel: Channel) -> NewEvent | None:
-            channel.require_member(actor)
-            if request.channel_seq > channel.last_seq:
-                raise InvalidArgument(f"the channel's newest message is #{channel.last_seq}")
-            if request.channel_seq <= channel.read_up_to.get(actor, 0):
-                return None  # read markers only move forward
-            payload = ReadMarkerMoved(channel_id=channel.channel_id, user_id=actor, channel_seq=request.channel_seq)
-            return self._event(channel, actor, payload)
-
-        return await self._decide_on_channel(request.channel_id, actor, decide)
+    async def ListThread(
+        self, request: messaging_pb2.ListThreadRequest, context: Context
+    ) -> messaging_pb2.ListThreadResponse:
+        user = self._user(context)
+        channel = self.channels.get(request.channel_id)
+        return thread_page(channel, user, request.root_seq, request.after_seq, request.limit)
 
     async def ListMessageVersions(
-        self, request: messaging_pb2.ListMessageVersionsRequest, context: grpc.aio.ServicerContext[object, object]
+        self, request: messaging_pb2.ListMessageVersionsRequest, context: Context
     ) -> messaging_pb2.ListMessageVersionsResponse:
-        assert self._ctx is not None
-        caller = self._ctx.tokens.caller(context)
-        channel = self.channels.get(request.channel_id)
-        if not channel.is_moderator(caller.user_id):
-            raise PermissionDenied("only a moderator of the channel may see earlier versions of a message")
-        record = channel.readable(caller.user_id, request.channel_seq)
+        user = self._user(context)
+        record = self.channels.get(request.channel_id).earlier_versions(user, request.channel_seq)
         return messaging_pb2.ListMessageVersionsResponse(bodies=record.versions)

@@ -171,7 +171,7 @@ class StorageDue:
         if channel_id not in self._app.channels:
             # Its creation is a hole in a re-seeded log (its creator was erased): nothing to check
             # against, and storage waits for the marker all the same.
-            await self._app.append_unchecked(subject, event)
+            await self._app.event_log.append_unchecked(subject, event)
             return
 
         await self._app.log_tail.check(self._app.channels.get(channel_id))
@@ -185,7 +185,7 @@ class StorageDue:
                 raise Refused(str(exc)) from None
             return event
 
-        await self._app.decide_and_append(subject, lambda: self._app.channels.get(channel_id), decide)
+        await self._app.event_log.decide_and_append(subject, lambda: self._app.channels.get(channel_id), decide)
 
 
 def check_retention_policy(channel: Channel, due: RetentionDue, *, now_ns: int) -> None:
