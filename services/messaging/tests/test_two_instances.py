@@ -10,9 +10,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import grpc
+import pytest
+from nats.aio.msg import Msg
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.messaging.v1.events_pb2 import MessagePosted
 
+from parley_core.bus import Replay
 from parley_core.envelope import decode, open_payload
 from parley_core.grpc_channel import secure_channel
 from parley_core.testing.nats import NatsTestServer
@@ -23,6 +27,7 @@ from parley_messaging.service import MessagingApp
 
 SENDERS_PER_INSTANCE = 4
 SENDS_PER_SENDER = 15
+SLOW_REPLAY_S = 0.3
 
 
 async def test_concurrent_sends_through_two_instances_keep_order_and_idempotency(
@@ -81,5 +86,47 @@ async def test_concurrent_sends_through_two_instances_keep_order_and_idempotency
             projected = app.channels.get(cid)
             numbered = {seq: r.current.message_id for seq, r in projected.messages.items()}
             assert numbered == {m.channel_seq: m.message_id for m in acknowledged.values()}
+    finally:
+        await second.shutdown()
+
+
+async def test_a_channel_created_through_one_instance_is_found_at_once_by_the_other(
+    stack: Stack, nats_server: NatsTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client's next call after creating a channel may reach the other instance before that
+    instance's replay applied the creation (a loaded host): it reads the channel from the log,
+    never NOT_FOUND. The second instance's replay of MSG is made to run behind."""
+    await stack.create_user("bea", "member")
+    token = bearer((await stack.login("bea")).access_token)
+    running_replays = {id(r) for r in stack.app("messaging").ctx.bus._subscriptions}
+    delivered_at_once = Replay._on_msg
+
+    async def behind(replay: Replay, msg: Msg) -> None:
+        if replay.stream == "MSG" and id(replay) not in running_replays:
+            await asyncio.sleep(SLOW_REPLAY_S)  # a replay behind by this much, not a wait for a result
+        await delivered_at_once(replay, msg)
+
+    monkeypatch.setattr(Replay, "_on_msg", behind)
+    second = await start_service(stack, nats_server, "messaging", registration="open")
+    first_stub = messaging_pb2_grpc.MessagingServiceStub(stack.internal("messaging"))
+    channel = secure_channel(stack.pki, identity="gateway", address=f"127.0.0.1:{second.port}", peer="messaging")
+    stack.channels.append(channel)
+    second_stub = messaging_pb2_grpc.MessagingServiceStub(channel)
+    try:
+        for n in range(5):
+            created = await first_stub.CreateChannel(
+                messaging_pb2.CreateChannelRequest(name=f"fresh-{n}"), metadata=token, timeout=TIMEOUT_S
+            )
+            request = messaging_pb2.PostMessageRequest(
+                channel_id=created.channel_id, body="first", idempotency_key=uuid.uuid4().hex
+            )
+            posted = await second_stub.PostMessage(request, metadata=token, timeout=TIMEOUT_S)
+            assert posted.channel_seq == 1
+        # An id that is no channel is still NOT_FOUND, and one shaped like a wildcard never reaches the log.
+        for missing in ("0" * 32, "*", ">"):
+            request = messaging_pb2.PostMessageRequest(channel_id=missing, body="x", idempotency_key=uuid.uuid4().hex)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await second_stub.PostMessage(request, metadata=token, timeout=TIMEOUT_S)
+            assert refused.value.code() == grpc.StatusCode.NOT_FOUND
     finally:
         await second.shutdown()

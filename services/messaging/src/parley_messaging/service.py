@@ -5,6 +5,7 @@ is made from the channel after (answers.py). No rule of the channel lives here."
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -43,6 +44,9 @@ from parley_messaging.storage_due import StorageDue
 
 # Facts storage recorded for messaging are acted on before it serves, for at most this long.
 DUE_CATCH_UP_S = 30.0
+# What a channel id is (inputs.created_channel_id: a uuid's hex); anything else is no channel and
+# is never looked up in the log, where a wildcard would name other subjects.
+CHANNEL_ID = re.compile(r"[0-9a-f]{32}")
 MEMBER_ACTIONS_TAKE = "invite, kick, ban and unban take an existing user's id (the CLI also takes their name)"
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -151,7 +155,7 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         """The channel after `command` (decisions.decide), and the last decision made on it."""
         if not channel_id:
             raise InvalidArgument("channel_id is required")
-        await self.log_tail.check(self.channels.get(channel_id))
+        await self.log_tail.check(await self._caught_up(channel_id))
         last: cmd.Decision = cmd.NOTHING
 
         def decide(channel: Channel) -> NewEvent | None:
@@ -163,6 +167,14 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         read = lambda: self.channels.get(channel_id)  # noqa: E731
         channel = await self.event_log.decide_and_append(channel_subject(channel_id), read, decide)
         return channel, last
+
+    async def _caught_up(self, channel_id: str) -> Channel:
+        """The channel; one this instance has not applied yet (created a moment ago through
+        another instance) is read from the log first, so a client's next call after creating it
+        never meets NOT_FOUND, whichever instance answers. Costs one look-up, on a miss only."""
+        if channel_id not in self.channels and CHANNEL_ID.fullmatch(channel_id):
+            await self.event_log.settle(channel_subject(channel_id))
+        return self.channels.get(channel_id)
 
     async def _create(self, command: cmd.CreateChannel) -> Channel:
         """Create the channel unless a call with the same key did: then the first one stands."""
