@@ -3,14 +3,18 @@
 The first host is `parley up --nats-cluster 3`; the operator issues host-b's bundle there with
 `parley host add` (certificates from the platform CA, never its key) and host-b runs
 `parley host join` from its own folder. `parley fleet` names both hosts; a client of host-b's
-gateway is served by host-b's instances and what it sends is in history on the first host.
+gateway is served by host-b's instances (auth among them: logins go on while the first host's
+auth is stopped) and what it sends is in history on the first host.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,9 +89,10 @@ def test_services_that_keep_files_of_their_own_stay_on_the_first_host(
 
 @pytest.fixture(scope="module")
 def host_b(first_host: RunningPlatform, tmp_path_factory: pytest.TempPathFactory) -> Iterator[JoinedHost]:
-    """host-b, joined with a bundle for messaging and gateway; it must leave cleanly (Ctrl-C, exit 0)."""
+    """host-b, joined with a bundle for messaging, gateway and auth; it must leave cleanly (Ctrl-C, exit 0)."""
     root = tmp_path_factory.mktemp("host-b")
-    joined = JoinedHost.join(first_host, root, "host-b", "messaging,gateway", {"PARLEY_HEARTBEAT_SECONDS": "1"})
+    env = {"PARLEY_HEARTBEAT_SECONDS": "1"}
+    joined = JoinedHost.join(first_host, root, "host-b", "messaging,gateway,auth", env)
     try:
         yield joined
     finally:
@@ -105,12 +110,12 @@ async def test_a_second_host_serves_clients_and_shows_in_the_fleet(
         shown = (await asyncio.to_thread(first_host.cli, "fleet", check=False)).stdout
         rows = [line.split() for line in shown.splitlines()]
         on_b = {row[0] for row in rows if "host-b" in row and "SERVING" in row}
-        return shown if on_b == {"messaging", "gateway"} else None
+        return shown if on_b == {"messaging", "gateway", "auth"} else None
 
     shown = await eventually(both_hosts, "`parley fleet` to show host-b's instances", timeout=60)
-    first_rows = [line for line in shown.splitlines() if line.startswith("auth ")]
-    assert first_rows  # the first host's services are there too
-    assert "host-b" not in first_rows[0]
+    auth_rows = [line for line in shown.splitlines() if line.startswith("auth ")]
+    assert any("host-b" not in row for row in auth_rows)  # the first host's auth is there too
+    assert any("host-b" in row for row in auth_rows)
 
     # A client of host-b's gateway; what it sends is in history through the first host's.
     bob = ParleyClient.connect(host_b.gateway_address, ca_cert=first_host.ca_cert.read_bytes())
@@ -128,6 +133,40 @@ async def test_a_second_host_serves_clients_and_shows_in_the_fleet(
     await eventually(in_history, "host-b's message in history on the first host", timeout=60)
     await bob.close()
     await alice.close()
+
+
+def test_a_bundle_for_auth_carries_its_keys(first_host: RunningPlatform, tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    first_host.cli("host", "add", "host-c", "--services", "auth", "--out", str(bundle))
+    secrets = first_host.data_dir / "secrets"
+    for name in ("auth-mfa-key.bin", "auth-audit-key.pem", "auth-signing-key.pem"):
+        assert (bundle / "secrets" / name).read_bytes() == (secrets / name).read_bytes()
+    assert not (bundle / "pki" / "ca.key").exists()
+    assert set(json.loads((bundle / "secrets" / "nats-passwords.json").read_text())) == {"auth"}
+
+
+async def test_logins_go_on_through_host_b_while_the_first_hosts_auth_is_stopped(
+    first_host: RunningPlatform, host_b: JoinedHost
+) -> None:
+    ca = first_host.ca_cert.read_bytes()
+    registering = ParleyClient.connect(host_b.gateway_address, ca_cert=ca)
+    await registering.register("carol", PASSWORD)
+    await registering.close()
+    auth = first_host.service("auth")
+    pids = [int(i["pid"]) for i in auth["instances"] if i.get("pid")]  # type: ignore[union-attr]
+    assert pids
+    for pid in pids:  # stopped, not killed: the first host's supervisor does not start another
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        carol = ParleyClient.connect(host_b.gateway_address, ca_cert=ca)
+        await carol.login("carol", PASSWORD)  # host-b's gateway calls host-b's auth
+        channel = await carol.create_channel("auth-on-host-b")
+        await carol.send(channel.channel_id, "logged in on host-b")
+        await carol.close()
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
 
 async def cli(platform: RunningPlatform, *args: str) -> str:

@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -42,13 +41,22 @@ async def cmd_host_add(args: argparse.Namespace) -> int:
         state = load_running_state(args.data_dir)
         pki = Pki(directory=args.data_dir / "pki", ca_cert=args.data_dir / "pki" / f"{CA_NAME}.crt")
         passwords = ensure_nats_passwords(args.data_dir / "secrets" / "nats-passwords.json", [])
-        fleet = make_bundle(state=state, pki=pki, passwords=passwords, host=args.name, services=services, out=args.out)
+        fleet = make_bundle(
+            state=state,
+            pki=pki,
+            passwords=passwords,
+            host=args.name,
+            services=services,
+            out=args.out,
+            secrets=args.data_dir / "secrets",
+        )
     except (BundleRefused, PlatformNotRunning, CertificateMissing) as exc:
         print(f"parley host add: {exc}", file=sys.stderr)
         return 2
     print(
         f"bundle for host {fleet.host} ({', '.join(fleet.services)}) in {args.out}: certificates from this "
-        f"platform's CA (not its key), NATS passwords of those services, the fleet's addresses. Copy it to the "
+        f"platform's CA (not its key), NATS passwords of those services (and auth's keys if it runs there), "
+        f"the fleet's addresses. Copy it to the "
         f"host over a private channel and run there: parley --data-dir DIR host join {args.out}"
     )
     return 0
@@ -62,7 +70,8 @@ def _install(bundle: Path, data_dir: Path) -> None:
     ensure_private_dir(data_dir / "secrets")
     for source in (bundle / "pki").iterdir():
         write_private_file(data_dir / "pki" / source.name, source.read_bytes())
-    shutil.copyfile(bundle / "secrets" / "nats-passwords.json", data_dir / "secrets" / "nats-passwords.json")
+    for source in (bundle / "secrets").iterdir():  # NATS passwords, and auth's keys if it runs here
+        write_private_file(data_dir / "secrets" / source.name, source.read_bytes())
 
 
 class Host:
@@ -137,7 +146,7 @@ class Host:
 
     async def stop(self) -> None:
         (self.data_dir / CLIENT_FILE).unlink(missing_ok=True)
-        for instance in await self.agent.stop(order=("gateway", "messaging")):
+        for instance in await self.agent.stop(order=("gateway", "messaging", "auth")):
             say(f"{instance.instance_id} stopped")
         write_private_file(
             self.data_dir / HOST_STATE_FILE, json.dumps({"host": self.fleet.host, "running": False}).encode()
@@ -186,7 +195,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     )
     add = host.add_parser("add", help="issue a host's bundle (certificates, NATS passwords, the fleet's addresses)")
     add.add_argument("name", help="the host's name, as `parley fleet` shows it")
-    add.add_argument("--services", required=True, help="comma-separated: messaging, gateway")
+    add.add_argument("--services", required=True, help="comma-separated: messaging, gateway, auth")
     add.add_argument("--out", type=Path, required=True, help="a new folder for the bundle")
     add.set_defaults(run=cmd_host_add)
     join = host.add_parser("join", help="run this host's services in the fleet with a bundle from `host add`")
