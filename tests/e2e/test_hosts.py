@@ -76,14 +76,17 @@ def test_a_bundle_carries_certificates_from_the_ca_but_never_its_key(
     assert fleet["nats_replicas"] == 3
 
 
-def test_services_that_keep_files_of_their_own_stay_on_the_first_host(
-    first_host: RunningPlatform, tmp_path: Path
-) -> None:
+def test_the_registry_and_a_sqlite_archive_stay_on_the_first_host(first_host: RunningPlatform, tmp_path: Path) -> None:
+    refused = first_host.cli(
+        "host", "add", "host-c", "--services", "patch-registry", "--out", str(tmp_path / "b"), check=False
+    )
+    assert refused.returncode == 2
+    assert "patch-registry cannot run on another host yet" in refused.stderr
     refused = first_host.cli(
         "host", "add", "host-c", "--services", "storage", "--out", str(tmp_path / "b"), check=False
     )
     assert refused.returncode == 2
-    assert "storage cannot run on another host yet" in refused.stderr
+    assert "storage runs on another host only when the archive is in PostgreSQL" in refused.stderr
     assert not (tmp_path / "b").exists()
 
 

@@ -6,13 +6,14 @@ node agent (the CA's key never leaves the operator's folder), those services' NA
 the fleet's shared configuration (NATS URLs, stream replicas, the registry's and the other
 services' addresses). `parley host join BUNDLE` on the host reads it.
 
-A host may run the services whose state is the event log alone (messaging, gateway) and auth,
+A host may run the services whose state is the event log alone (messaging, gateway); auth,
 whose keys the bundle carries (its sealing key, audit key and the signing key in use; a later
 rotation's successor reaches every auth instance sealed under the sealing key, on the AUTH
-stream). Storage and the patch registry stay on the first host: storage's keyring file keeps
-the live wrapped copy of every data key it makes (a second host's keyring would not know the
-first one's new keys), and the registry's TUF repository and roll-out driver are files and a
-loop of one process.
+stream); and storage when the archive is in PostgreSQL: the bundle carries the database URL and
+the backup keys, but not the KEK keyring, which `host join --storage-keyring` names on a file
+system the hosts share (a copy would diverge at the first KEK rotation or erasure: the first
+host destroys the KEKs the copy still holds). The patch registry stays on the first host: its
+TUF repository (releases, online keys) is files only it writes.
 """
 
 from __future__ import annotations
@@ -25,18 +26,24 @@ from pathlib import Path
 from typing import Any
 
 from parley_core.config import AUTH_SEALING_KEY_FILE
+from parley_core.database import DATABASE_URL_FILE
 from parley_core.files import ensure_private_dir, write_private_file
 from parley_core.pki import Pki, issue_into
 from parley_core.topology import PLATFORM_USER
 
 AUDIT_KEY_FILE = "auth-audit-key.pem"  # parley_auth.audit_key (the CLI does not import services)
 AUTH_SIGNING_KEY_FILE = "auth-signing-key.pem"  # parley_auth.service
+# parley_storage.backup: without them a storage instance would make backup keys of its own.
+STORAGE_BACKUP_KEY_FILES = ("storage-backup.key", "storage-backup-signing.pem", "storage-backup-signing.pub")
 
 __all__ = ["HOSTABLE_SERVICES", "BundleRefused", "FleetConfig", "make_bundle", "read_bundle"]
 
-HOSTABLE_SERVICES = ("messaging", "gateway", "auth")
+HOSTABLE_SERVICES = ("messaging", "gateway", "auth", "storage")
 # What a service on another host needs from the first host's secrets/ besides its NATS password.
-SERVICE_SECRETS = {"auth": (AUTH_SEALING_KEY_FILE, AUDIT_KEY_FILE, AUTH_SIGNING_KEY_FILE)}
+SERVICE_SECRETS = {
+    "auth": (AUTH_SEALING_KEY_FILE, AUDIT_KEY_FILE, AUTH_SIGNING_KEY_FILE),
+    "storage": (DATABASE_URL_FILE.name, *STORAGE_BACKUP_KEY_FILES),
+}
 FLEET_FILE = "fleet.json"
 BUNDLE_FORMAT = 1
 _HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -112,6 +119,11 @@ def make_bundle(
     missing = [name for name in (*PEER_ADDRESS_ENV, "patch-registry") if not addresses.get(name)]
     if missing:
         raise BundleRefused(f"the platform's state names no address for {', '.join(missing)}; is it fully up?")
+    if "storage" in services and not (secrets / DATABASE_URL_FILE.name).is_file():
+        raise BundleRefused(
+            "storage runs on another host only when the archive is in PostgreSQL (SQLite is a file on the first "
+            "host): start the platform with `parley up --database-url postgresql://…`"
+        )
     keys = [name for service in services for name in SERVICE_SECRETS.get(service, ())]
     absent = [name for name in keys if not (secrets / name).is_file()]
     if absent:

@@ -55,11 +55,26 @@ async def cmd_host_add(args: argparse.Namespace) -> int:
         return 2
     print(
         f"bundle for host {fleet.host} ({', '.join(fleet.services)}) in {args.out}: certificates from this "
-        f"platform's CA (not its key), NATS passwords of those services (and auth's keys if it runs there), "
-        f"the fleet's addresses. Copy it to the "
+        f"platform's CA (not its key), NATS passwords of those services (and auth's keys, storage's database "
+        f"URL and backup keys), the fleet's addresses. Copy it to the "
         f"host over a private channel and run there: parley --data-dir DIR host join {args.out}"
     )
     return 0
+
+
+def _storage_keyring(fleet: FleetConfig, keyring: Path | None) -> dict[str, str]:
+    """Storage on this host uses the fleet's one KEK keyring, which the bundle never carries."""
+    if "storage" not in fleet.services:
+        return {}
+    if keyring is None:
+        raise BundleRefused(
+            "this host runs storage: name the fleet's KEK keyring with --storage-keyring PATH (the first host's "
+            "secrets/storage-kek.json on a file system both hosts share); a copy would diverge at the first "
+            "KEK rotation or erasure"
+        )
+    if not keyring.is_file():
+        raise BundleRefused(f"--storage-keyring {keyring}: no such file (storage would start a keyring of its own)")
+    return {"PARLEY_STORAGE_KEYRING_FILE": str(keyring.resolve())}
 
 
 def _install(bundle: Path, data_dir: Path) -> None:
@@ -77,7 +92,9 @@ def _install(bundle: Path, data_dir: Path) -> None:
 class Host:
     """One host's node agent and its instances, from start to drained stop."""
 
-    def __init__(self, data_dir: Path, fleet: FleetConfig, *, gateway_port: int | None) -> None:
+    def __init__(
+        self, data_dir: Path, fleet: FleetConfig, *, gateway_port: int | None, environment: dict[str, str]
+    ) -> None:
         from parley_agent import AgentTimeouts, NodeAgent  # the whole agent (TUF): only `host join` loads it
 
         self.data_dir = data_dir
@@ -88,7 +105,7 @@ class Host:
             data_dir=data_dir / "agent",
             pki=self.pki,
             registry_address=fleet.registry_address,
-            environment=fleet.environment(data_dir),
+            environment={**fleet.environment(data_dir), **environment},
             timeouts=AgentTimeouts(healthy_s=HEALTHY_S, drain_s=DRAIN_S),
             log_dir=data_dir / "logs",
             host=fleet.host,
@@ -146,7 +163,7 @@ class Host:
 
     async def stop(self) -> None:
         (self.data_dir / CLIENT_FILE).unlink(missing_ok=True)
-        for instance in await self.agent.stop(order=("gateway", "messaging", "auth")):
+        for instance in await self.agent.stop(order=("gateway", "messaging", "auth", "storage")):
             say(f"{instance.instance_id} stopped")
         write_private_file(
             self.data_dir / HOST_STATE_FILE, json.dumps({"host": self.fleet.host, "running": False}).encode()
@@ -157,6 +174,7 @@ async def cmd_host_join(args: argparse.Namespace) -> int:
     data_dir = args.data_dir.resolve()
     try:
         fleet = read_bundle(args.bundle)
+        environment = _storage_keyring(fleet, args.storage_keyring)
         ensure_private_dir(data_dir)
     except BundleRefused as exc:
         print(f"parley host join: {exc}", file=sys.stderr)
@@ -169,7 +187,7 @@ async def cmd_host_join(args: argparse.Namespace) -> int:
         return 1
     try:
         _install(args.bundle, data_dir)
-        host = Host(data_dir, fleet, gateway_port=args.gateway_port)
+        host = Host(data_dir, fleet, gateway_port=args.gateway_port, environment=environment)
     except (BundleRefused, CertificateMissing) as exc:
         lock.release()
         print(f"parley host join: {exc}", file=sys.stderr)
@@ -195,10 +213,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     )
     add = host.add_parser("add", help="issue a host's bundle (certificates, NATS passwords, the fleet's addresses)")
     add.add_argument("name", help="the host's name, as `parley fleet` shows it")
-    add.add_argument("--services", required=True, help="comma-separated: messaging, gateway, auth")
+    add.add_argument("--services", required=True, help="comma-separated: messaging, gateway, auth, storage")
     add.add_argument("--out", type=Path, required=True, help="a new folder for the bundle")
     add.set_defaults(run=cmd_host_add)
     join = host.add_parser("join", help="run this host's services in the fleet with a bundle from `host add`")
     join.add_argument("bundle", type=Path)
     join.add_argument("--gateway-port", type=int, help="the port of this host's gateway (default: a free one)")
+    join.add_argument(
+        "--storage-keyring",
+        type=Path,
+        help="the fleet's KEK keyring (the first host's secrets/storage-kek.json on shared storage), for storage",
+    )
     join.set_defaults(run=cmd_host_join)
