@@ -48,8 +48,10 @@ def test_the_base_image_is_pinned() -> None:
 def test_the_image_runs_as_the_manifests_non_root_user() -> None:
     [user] = re.findall(r"^USER (\S+)$", DOCKERFILE.read_text(), flags=re.MULTILINE)
     uid, _, gid = user.partition(":")
-    assert uid.isdigit() and int(uid) != 0, "USER must be numeric (runAsNonRoot cannot check a name)"
-    assert gid.isdigit() and int(gid) != 0
+    assert uid.isdigit(), "USER must be numeric (runAsNonRoot cannot check a name)"
+    assert gid.isdigit()
+    assert int(uid) != 0
+    assert int(gid) != 0
     assert run_as_users() == {int(uid)}
 
 
