@@ -14,8 +14,9 @@ delivered to the watcher exactly once.
 What this run does not lose, and a real host loss would: the three nats-server nodes are children
 of the first host's `parley up`, but they are spared, standing for JetStream cluster nodes on
 other machines (`parley host join` does not run a NATS node yet). The patch registry dies with
-the first host and has no second instance, so no roll-out follows the loss here. The short run is
-in `make test`; `make faults` runs the long one and keeps its counts in fault-results/.
+the first host and has no second instance, so no roll-out follows the loss here. Both runs are in
+`make faults` (the short one takes 1-2 minutes, too long for `make test`), which keeps their
+counts in fault-results/.
 """
 
 from __future__ import annotations
@@ -240,6 +241,7 @@ async def lose_the_first_host_under_load(
     await owner.close()
 
 
+@pytest.mark.slow  # 1-2 min with two hosts' start on a 2-core machine: more than make test can spare
 @pytest.mark.timeout(600)
 async def test_the_first_host_lost_under_load_loses_nothing_acknowledged(fleet: Fleet) -> None:
     await lose_the_first_host_under_load(fleet, senders_per_host=1, acks_after=100, scenario="first-host-lost-short")
