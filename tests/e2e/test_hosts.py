@@ -3,14 +3,18 @@
 The first host is `parley up --nats-cluster 3`; the operator issues host-b's bundle there with
 `parley host add` (certificates from the platform CA, never its key) and host-b runs
 `parley host join` from its own folder. `parley fleet` names both hosts; a client of host-b's
-gateway is served by host-b's instances and what it sends is in history on the first host.
+gateway is served by host-b's instances and what it sends is in history on the first host. A
+host running auth (host-c) logs people in while the first host's auth is stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,14 +76,17 @@ def test_a_bundle_carries_certificates_from_the_ca_but_never_its_key(
     assert fleet["nats_replicas"] == 3
 
 
-def test_services_that_keep_files_of_their_own_stay_on_the_first_host(
-    first_host: RunningPlatform, tmp_path: Path
-) -> None:
+def test_the_registry_and_a_sqlite_archive_stay_on_the_first_host(first_host: RunningPlatform, tmp_path: Path) -> None:
+    refused = first_host.cli(
+        "host", "add", "host-c", "--services", "patch-registry", "--out", str(tmp_path / "b"), check=False
+    )
+    assert refused.returncode == 2
+    assert "patch-registry cannot run on another host yet" in refused.stderr
     refused = first_host.cli(
         "host", "add", "host-c", "--services", "storage", "--out", str(tmp_path / "b"), check=False
     )
     assert refused.returncode == 2
-    assert "storage cannot run on another host yet" in refused.stderr
+    assert "storage runs on another host only when the archive is in PostgreSQL" in refused.stderr
     assert not (tmp_path / "b").exists()
 
 
@@ -128,6 +135,58 @@ async def test_a_second_host_serves_clients_and_shows_in_the_fleet(
     await eventually(in_history, "host-b's message in history on the first host", timeout=60)
     await bob.close()
     await alice.close()
+
+
+def test_a_bundle_for_auth_carries_its_keys(first_host: RunningPlatform, tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    first_host.cli("host", "add", "host-c", "--services", "auth", "--out", str(bundle))
+    secrets = first_host.data_dir / "secrets"
+    for name in ("auth-mfa-key.bin", "auth-audit-key.pem", "auth-signing-key.pem"):
+        assert (bundle / "secrets" / name).read_bytes() == (secrets / name).read_bytes()
+    assert not (bundle / "pki" / "ca.key").exists()
+    assert set(json.loads((bundle / "secrets" / "nats-passwords.json").read_text())) == {"auth"}
+
+
+@pytest.fixture
+def host_c(first_host: RunningPlatform, tmp_path: Path) -> Iterator[JoinedHost]:
+    """host-c, with auth and a gateway, for one test (the roll-out test's load stays as it was)."""
+    joined = JoinedHost.join(
+        first_host, tmp_path / "host-c", "host-c", "gateway,auth", {"PARLEY_HEARTBEAT_SECONDS": "1"}
+    )
+    try:
+        yield joined
+    finally:
+        code = joined.stop() if joined.process.poll() is None else joined.process.returncode
+    assert code == 0, joined.output()
+
+
+async def test_logins_go_on_through_another_host_while_the_first_hosts_auth_is_stopped(
+    first_host: RunningPlatform, host_c: JoinedHost
+) -> None:
+    async def auth_on_c() -> bool | None:
+        shown = (await asyncio.to_thread(first_host.cli, "fleet", check=False)).stdout
+        rows = [line.split() for line in shown.splitlines()]
+        return True if any(r[:1] == ["auth"] and "host-c" in r and "SERVING" in r for r in rows) else None
+
+    await eventually(auth_on_c, "`parley fleet` to show host-c's auth", timeout=60)
+    ca = first_host.ca_cert.read_bytes()
+    registering = ParleyClient.connect(host_c.gateway_address, ca_cert=ca)
+    await registering.register("carol", PASSWORD)
+    await registering.close()
+    auth = first_host.service("auth")
+    pids = [int(i["pid"]) for i in auth["instances"] if i.get("pid")]  # type: ignore[union-attr]
+    assert pids
+    for pid in pids:  # stopped, not killed: the first host's supervisor does not start another
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        carol = ParleyClient.connect(host_c.gateway_address, ca_cert=ca)
+        await carol.login("carol", PASSWORD)  # host-c's gateway calls host-c's auth
+        await carol.my_channels()  # and the token it issued is good at messaging on the first host
+        await carol.close()
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
 
 async def cli(platform: RunningPlatform, *args: str) -> str:

@@ -3,6 +3,7 @@ verifying the tokens it signed, and is retired once the last of them has expired
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from parley.auth.v1.events_pb2 import SigningKeyRetired
 from parley.messaging.v1 import messaging_pb2
 
 from parley_auth.key_rotation import RETIRE_MARGIN_S
+from parley_auth.signing import TokenIssuer
 from parley_core.envelope import decode, open_payload
 from parley_core.pki import Pki
 from parley_core.testing.nats import NatsTestServer
@@ -115,6 +117,47 @@ async def test_two_instances_rotate_once_and_sign_with_the_same_successor(
             assert len(successors(key_id)) <= 1, f"{key_id} has successors {successors(key_id)}"
         await until(lambda: first.signing_key_id == other.signing_key_id, "both signing with one key", TIMEOUT_S)
         await until(lambda: other.signing_keys.keys() == first.signing_keys.keys(), "one view of the keys", TIMEOUT_S)
+    finally:
+        await second.shutdown()
+
+
+AUTH_HOST_SECRETS = ("auth-mfa-key.bin", "auth-audit-key.pem", "auth-signing-key.pem")
+
+
+def another_host(stack: Stack, root: Path) -> Path:
+    """A second host's data folder as `parley host join` makes it: certificates and a copy of
+    auth's keys as they were when the bundle was made, no folder shared with the first host."""
+    shutil.copytree(stack.data_dir / "pki", root / "pki")
+    (root / "secrets").mkdir(mode=0o700)
+    for name in AUTH_HOST_SECRETS:
+        shutil.copy2(stack.data_dir / "secrets" / name, root / "secrets" / name)
+    return root
+
+
+async def test_an_instance_on_another_host_signs_with_the_successor_it_did_not_publish(
+    rotating_stack: Stack, nats_server: NatsTestServer, tmp_path: Path
+) -> None:
+    """Two hosts' auth instances rotate on the same schedule without sharing a secrets folder:
+    the winner's successor carries its private key sealed under the sealing key both hold, so
+    the other instance signs with it instead of publishing a second successor of its own."""
+    stack = rotating_stack
+    first = stack.app("auth")
+    folder = another_host(stack, tmp_path / "host-b")
+    second = await start_service(stack, nats_server, "auth", registration="open", data_dir=folder)
+    try:
+        other = second.app.app
+        start = first.signing_key_id
+        assert other.signing_key_id == start  # the bundle's copy of the key in use
+
+        def successors(key_id: str) -> list[str]:
+            return [k for k, s in first.signing_keys.items() if s.replaces == key_id]
+
+        await until(lambda: any(successors(k) for k in successors(start)), "two rotations", TIMEOUT_S)
+        for key_id in list(first.signing_keys):
+            assert len(successors(key_id)) <= 1, f"{key_id} has successors {successors(key_id)}"
+        await until(lambda: first.signing_key_id == other.signing_key_id, "both signing with one key", TIMEOUT_S)
+        # The adopted key is in the other host's own folder, for its next start.
+        assert TokenIssuer.load(folder / "secrets" / "auth-signing-key.pem").key_id == other.signing_key_id
     finally:
         await second.shutdown()
 

@@ -6,10 +6,14 @@ node agent (the CA's key never leaves the operator's folder), those services' NA
 the fleet's shared configuration (NATS URLs, stream replicas, the registry's and the other
 services' addresses). `parley host join BUNDLE` on the host reads it.
 
-A host may run the services whose state is the event log alone (messaging, gateway). auth,
-storage and the patch registry keep keys or files of their own (auth's sealing and signing keys,
-storage's key-encryption keys and its archive, the registry's TUF repository) and stay on the
-first host for now.
+A host may run the services whose state is the event log alone (messaging, gateway); auth,
+whose keys the bundle carries (its sealing key, audit key and the signing key in use; a later
+rotation's successor reaches every auth instance sealed under the sealing key, on the AUTH
+stream); and storage when the archive is in PostgreSQL: the bundle carries the database URL and
+the backup keys, but not the KEK keyring, which `host join --storage-keyring` names on a file
+system the hosts share (a copy would diverge at the first KEK rotation or erasure: the first
+host destroys the KEKs the copy still holds). The patch registry stays on the first host: its
+TUF repository (releases, online keys) is files only it writes.
 """
 
 from __future__ import annotations
@@ -21,13 +25,25 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from parley_core.config import AUTH_SEALING_KEY_FILE
+from parley_core.database import DATABASE_URL_FILE
 from parley_core.files import ensure_private_dir, write_private_file
 from parley_core.pki import Pki, issue_into
 from parley_core.topology import PLATFORM_USER
 
+AUDIT_KEY_FILE = "auth-audit-key.pem"  # parley_auth.audit_key (the CLI does not import services)
+AUTH_SIGNING_KEY_FILE = "auth-signing-key.pem"  # parley_auth.service
+# parley_storage.backup: without them a storage instance would make backup keys of its own.
+STORAGE_BACKUP_KEY_FILES = ("storage-backup.key", "storage-backup-signing.pem", "storage-backup-signing.pub")
+
 __all__ = ["HOSTABLE_SERVICES", "BundleRefused", "FleetConfig", "make_bundle", "read_bundle"]
 
-HOSTABLE_SERVICES = ("messaging", "gateway")
+HOSTABLE_SERVICES = ("messaging", "gateway", "auth", "storage")
+# What a service on another host needs from the first host's secrets/ besides its NATS password.
+SERVICE_SECRETS = {
+    "auth": (AUTH_SEALING_KEY_FILE, AUDIT_KEY_FILE, AUTH_SIGNING_KEY_FILE),
+    "storage": (DATABASE_URL_FILE.name, *STORAGE_BACKUP_KEY_FILES),
+}
 FLEET_FILE = "fleet.json"
 BUNDLE_FORMAT = 1
 _HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -74,15 +90,23 @@ def parse_services(text: str) -> tuple[str, ...]:
     if others:
         raise BundleRefused(
             f"{', '.join(others)} cannot run on another host yet (it keeps keys or files of its own on the "
-            f"first host); a host runs {' and '.join(HOSTABLE_SERVICES)}"
+            f"first host); a host runs {', '.join(HOSTABLE_SERVICES)}"
         )
     return services
 
 
 def make_bundle(
-    *, state: dict[str, Any], pki: Pki, passwords: dict[str, str], host: str, services: tuple[str, ...], out: Path
+    *,
+    state: dict[str, Any],
+    pki: Pki,
+    passwords: dict[str, str],
+    host: str,
+    services: tuple[str, ...],
+    out: Path,
+    secrets: Path,
 ) -> FleetConfig:
-    """Writes the bundle into `out` (a new folder, 0700); refuses before writing anything."""
+    """Writes the bundle into `out` (a new folder, 0700); refuses before writing anything.
+    `secrets` is the first host's secrets folder (the keys SERVICE_SECRETS names)."""
     from parley_core.config import PEER_ADDRESS_ENV
 
     if not _HOST_NAME.match(host):
@@ -95,6 +119,15 @@ def make_bundle(
     missing = [name for name in (*PEER_ADDRESS_ENV, "patch-registry") if not addresses.get(name)]
     if missing:
         raise BundleRefused(f"the platform's state names no address for {', '.join(missing)}; is it fully up?")
+    if "storage" in services and not (secrets / DATABASE_URL_FILE.name).is_file():
+        raise BundleRefused(
+            "storage runs on another host only when the archive is in PostgreSQL (SQLite is a file on the first "
+            "host): start the platform with `parley up --database-url postgresql://…`"
+        )
+    keys = [name for service in services for name in SERVICE_SECRETS.get(service, ())]
+    absent = [name for name in keys if not (secrets / name).is_file()]
+    if absent:
+        raise BundleRefused(f"{secrets} lacks {', '.join(absent)}; has every service started once?")
     fleet = FleetConfig(
         host=host,
         services=services,
@@ -109,6 +142,8 @@ def make_bundle(
         ensure_private_dir(out / "secrets")
         own = {service: passwords[service] for service in services}
         write_private_file(out / "secrets" / "nats-passwords.json", json.dumps(own, indent=2).encode())
+        for name in keys:
+            write_private_file(out / "secrets" / name, (secrets / name).read_bytes())
         write_private_file(out / FLEET_FILE, json.dumps(asdict(fleet), indent=2).encode())
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)  # no half-made bundle

@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -42,16 +41,40 @@ async def cmd_host_add(args: argparse.Namespace) -> int:
         state = load_running_state(args.data_dir)
         pki = Pki(directory=args.data_dir / "pki", ca_cert=args.data_dir / "pki" / f"{CA_NAME}.crt")
         passwords = ensure_nats_passwords(args.data_dir / "secrets" / "nats-passwords.json", [])
-        fleet = make_bundle(state=state, pki=pki, passwords=passwords, host=args.name, services=services, out=args.out)
+        fleet = make_bundle(
+            state=state,
+            pki=pki,
+            passwords=passwords,
+            host=args.name,
+            services=services,
+            out=args.out,
+            secrets=args.data_dir / "secrets",
+        )
     except (BundleRefused, PlatformNotRunning, CertificateMissing) as exc:
         print(f"parley host add: {exc}", file=sys.stderr)
         return 2
     print(
         f"bundle for host {fleet.host} ({', '.join(fleet.services)}) in {args.out}: certificates from this "
-        f"platform's CA (not its key), NATS passwords of those services, the fleet's addresses. Copy it to the "
+        f"platform's CA (not its key), NATS passwords of those services (and auth's keys, storage's database "
+        f"URL and backup keys), the fleet's addresses. Copy it to the "
         f"host over a private channel and run there: parley --data-dir DIR host join {args.out}"
     )
     return 0
+
+
+def _storage_keyring(fleet: FleetConfig, keyring: Path | None) -> dict[str, str]:
+    """Storage on this host uses the fleet's one KEK keyring, which the bundle never carries."""
+    if "storage" not in fleet.services:
+        return {}
+    if keyring is None:
+        raise BundleRefused(
+            "this host runs storage: name the fleet's KEK keyring with --storage-keyring PATH (the first host's "
+            "secrets/storage-kek.json on a file system both hosts share); a copy would diverge at the first "
+            "KEK rotation or erasure"
+        )
+    if not keyring.is_file():
+        raise BundleRefused(f"--storage-keyring {keyring}: no such file (storage would start a keyring of its own)")
+    return {"PARLEY_STORAGE_KEYRING_FILE": str(keyring.resolve())}
 
 
 def _install(bundle: Path, data_dir: Path) -> None:
@@ -62,13 +85,16 @@ def _install(bundle: Path, data_dir: Path) -> None:
     ensure_private_dir(data_dir / "secrets")
     for source in (bundle / "pki").iterdir():
         write_private_file(data_dir / "pki" / source.name, source.read_bytes())
-    shutil.copyfile(bundle / "secrets" / "nats-passwords.json", data_dir / "secrets" / "nats-passwords.json")
+    for source in (bundle / "secrets").iterdir():  # NATS passwords, and auth's keys if it runs here
+        write_private_file(data_dir / "secrets" / source.name, source.read_bytes())
 
 
 class Host:
     """One host's node agent and its instances, from start to drained stop."""
 
-    def __init__(self, data_dir: Path, fleet: FleetConfig, *, gateway_port: int | None) -> None:
+    def __init__(
+        self, data_dir: Path, fleet: FleetConfig, *, gateway_port: int | None, environment: dict[str, str]
+    ) -> None:
         from parley_agent import AgentTimeouts, NodeAgent  # the whole agent (TUF): only `host join` loads it
 
         self.data_dir = data_dir
@@ -79,7 +105,7 @@ class Host:
             data_dir=data_dir / "agent",
             pki=self.pki,
             registry_address=fleet.registry_address,
-            environment=fleet.environment(data_dir),
+            environment={**fleet.environment(data_dir), **environment},
             timeouts=AgentTimeouts(healthy_s=HEALTHY_S, drain_s=DRAIN_S),
             log_dir=data_dir / "logs",
             host=fleet.host,
@@ -137,7 +163,7 @@ class Host:
 
     async def stop(self) -> None:
         (self.data_dir / CLIENT_FILE).unlink(missing_ok=True)
-        for instance in await self.agent.stop(order=("gateway", "messaging")):
+        for instance in await self.agent.stop(order=("gateway", "messaging", "auth", "storage")):
             say(f"{instance.instance_id} stopped")
         write_private_file(
             self.data_dir / HOST_STATE_FILE, json.dumps({"host": self.fleet.host, "running": False}).encode()
@@ -148,6 +174,7 @@ async def cmd_host_join(args: argparse.Namespace) -> int:
     data_dir = args.data_dir.resolve()
     try:
         fleet = read_bundle(args.bundle)
+        environment = _storage_keyring(fleet, args.storage_keyring)
         ensure_private_dir(data_dir)
     except BundleRefused as exc:
         print(f"parley host join: {exc}", file=sys.stderr)
@@ -160,7 +187,7 @@ async def cmd_host_join(args: argparse.Namespace) -> int:
         return 1
     try:
         _install(args.bundle, data_dir)
-        host = Host(data_dir, fleet, gateway_port=args.gateway_port)
+        host = Host(data_dir, fleet, gateway_port=args.gateway_port, environment=environment)
     except (BundleRefused, CertificateMissing) as exc:
         lock.release()
         print(f"parley host join: {exc}", file=sys.stderr)
@@ -186,10 +213,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     )
     add = host.add_parser("add", help="issue a host's bundle (certificates, NATS passwords, the fleet's addresses)")
     add.add_argument("name", help="the host's name, as `parley fleet` shows it")
-    add.add_argument("--services", required=True, help="comma-separated: messaging, gateway")
+    add.add_argument("--services", required=True, help="comma-separated: messaging, gateway, auth, storage")
     add.add_argument("--out", type=Path, required=True, help="a new folder for the bundle")
     add.set_defaults(run=cmd_host_add)
     join = host.add_parser("join", help="run this host's services in the fleet with a bundle from `host add`")
     join.add_argument("bundle", type=Path)
     join.add_argument("--gateway-port", type=int, help="the port of this host's gateway (default: a free one)")
+    join.add_argument(
+        "--storage-keyring",
+        type=Path,
+        help="the fleet's KEK keyring (the first host's secrets/storage-kek.json on shared storage), for storage",
+    )
     join.set_defaults(run=cmd_host_join)

@@ -162,6 +162,8 @@ DUE_CATCH_UP_S = 30.0
 # The signing-key schedule is re-read at least this often, and after a failure not sooner than:
 KEY_MAINTENANCE_MAX_WAIT_S = 3600.0
 KEY_MAINTENANCE_RETRY_S = 5.0
+# A rotation's successor carries its private key sealed under this field name (SecretSealer).
+SEALED_SIGNING_KEY_FIELD = "signing_private_key"
 
 
 def invite_subject(invite_sha256: bytes) -> str:
@@ -1037,8 +1039,16 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         # Saved before the claim, so an instance that sees the publication can read the key.
         staged = self._successor_path(issuer.key_id)
         issuer.save(staged)
+        assert self._sealer is not None
         published = SigningKeyPublished(
-            key_id=issuer.key_id, algorithm=ALGORITHM, public_key=issuer.public_key, replaces_key_id=previous
+            key_id=issuer.key_id,
+            algorithm=ALGORITHM,
+            public_key=issuer.public_key,
+            replaces_key_id=previous,
+            # For the auth instances on other hosts, which do not share this secrets folder.
+            sealed_private_key=self._sealer.seal_field(
+                issuer.private_der(), field=SEALED_SIGNING_KEY_FIELD, owner=issuer.key_id
+            ),
         )
         event = NewEvent(aggregate_type="signing_key", aggregate_id=previous, payload=published, actor="service:auth")
         version, seq = state.version + 1, state.last_seq  # as read now: of racing rotations, one lands
@@ -1060,8 +1070,9 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         return issuer
 
     def _adopt_successor(self, published: SigningKeyPublished) -> None:
-        """The key we sign with was replaced (by this instance or another one sharing the
-        secrets folder): sign with the successor, so the replaced key can be retired on time."""
+        """The key we sign with was replaced (by this instance, another one sharing the secrets
+        folder, or one on another host): sign with the successor, so the replaced key can be
+        retired on time."""
         if self._issuer is None or published.replaces_key_id != self._issuer.key_id:
             return
         for path in (self._successor_path(published.key_id), self._signing_key_path):
@@ -1070,6 +1081,20 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
                 if issuer.key_id == published.key_id:
                     self._issuer = issuer
                     return
+        if published.sealed_private_key and self._sealer is not None:
+            try:
+                der = self._sealer.open_field(
+                    published.sealed_private_key, field=SEALED_SIGNING_KEY_FIELD, owner=published.key_id
+                )
+                issuer = TokenIssuer.from_der(der, lifetime_s=self.settings.access_token_seconds)
+            except (SealedFieldUnreadable, ValueError):
+                log.error("signing key %s is sealed under another sealing key; not adopted", published.key_id)
+                return
+            if issuer.key_id != published.key_id:
+                log.error("signing key %s's sealed private key is another key's; not adopted", published.key_id)
+                return
+            issuer.save(self._signing_key_path)  # a restart signs with it too
+            self._issuer = issuer
 
     async def _retire_signing_key(self, key_id: str, actor: str) -> None:
         state = self.signing_keys[key_id]

@@ -46,6 +46,19 @@ class TokenIssuer:
         """A fresh key, in memory until saved."""
         return cls(Ed25519PrivateKey.generate(), lifetime_s=lifetime_s)
 
+    def private_der(self) -> bytes:
+        """The private key as PKCS#8 DER, to be sealed (never stored or sent in the clear)."""
+        return self._key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    @classmethod
+    def from_der(cls, der: bytes, *, lifetime_s: int = ACCESS_TOKEN_SECONDS) -> TokenIssuer:
+        key = serialization.load_der_private_key(der, password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError("not an Ed25519 private key")
+        return cls(key, lifetime_s=lifetime_s)
+
     def save(self, path: Path) -> None:
         """Written whole or not at all (staged, then renamed over `path`), readable by auth only."""
         pem = self._key.private_bytes(

@@ -89,6 +89,13 @@ def database_url(settings: Settings) -> str:
     return f"sqlite:///{archive_file}"
 
 
+def keyring_file(settings: Settings, storage_settings: StorageSettings) -> Path:
+    """The fleet's keyring (PARLEY_STORAGE_KEYRING_FILE), else the one in the data folder."""
+    if storage_settings.keyring_file:
+        return Path(storage_settings.keyring_file)
+    return ensure_private_dir(settings.secrets_dir) / KEYRING_FILE
+
+
 class StorageApp(storage_pb2_grpc.StorageServiceServicer):
     def __init__(self, keks: KeyEncryptionKeys | None = None) -> None:
         """``keks`` is the KMS hook; by default a keyring file in the data folder's secrets."""
@@ -120,15 +127,15 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
             ("stream",),
             heartbeat=True,  # the console's Health page
         )
+        storage_settings = StorageSettings()
         url = database_url(ctx.settings)
         engine = open_engine(url)
         upgrade_to_head(engine)
-        storage_settings = StorageSettings()
         binding = ResidencyBinding.from_settings(storage_settings)
         with engine.begin() as conn:
             enforce_in_database(conn, binding, url)
         try:
-            keks = self._keks or FileKeyring.load_or_create(ensure_private_dir(ctx.settings.secrets_dir) / KEYRING_FILE)
+            keks = self._keks or FileKeyring.load_or_create(keyring_file(ctx.settings, storage_settings))
         except KeyringUnreadable as exc:
             raise RefusedToStart(str(exc)) from None
         fault = PauseInBatch(Path(storage_settings.pause_in_batch)) if storage_settings.pause_in_batch else None

@@ -30,5 +30,9 @@ class StorageSettings(BaseSettings):
     # first. A transaction per event costs several times the CPU of one per ten (most of it is
     # per transaction); archive lag, and so a history read right after a send, grows by this.
     archive_linger_seconds: float = Field(default=0.025, ge=0, le=1)
+    # The KEK keyring file, when not the data folder's secrets/storage-kek.json: a joined host's
+    # storage (`parley host join --storage-keyring`) uses the fleet's one keyring, on a file system
+    # the hosts share; a copy of it would diverge at the first KEK rotation or erasure.
+    keyring_file: str = ""
     # Test-only fault point (faults.py): a folder, or empty to disable.
     pause_in_batch: str = ""

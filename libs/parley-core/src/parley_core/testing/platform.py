@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,13 +146,15 @@ JOINED_LINE = "joined the fleet"
 class JoinedHost:
     """Another host of the fleet as an operator starts it: `parley host join BUNDLE` in its own folder."""
 
-    def __init__(self, data_dir: Path, bundle: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, bundle: Path, env: Mapping[str, str] | None = None, args: Sequence[str] = ()
+    ) -> None:
         self.data_dir = data_dir
         self.output_path = data_dir.parent / "join.out"
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         out = open(self.output_path, "wb")  # noqa: SIM115 - handed to the child process
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "parley_cli", "--data-dir", str(data_dir), "host", "join", str(bundle)],
+            [sys.executable, "-m", "parley_cli", "--data-dir", str(data_dir), "host", "join", str(bundle), *args],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **TEST_DEFAULTS, **(env or {})},
@@ -162,11 +164,19 @@ class JoinedHost:
 
     @classmethod
     def join(
-        cls, platform: RunningPlatform, root: Path, name: str, services: str, env: Mapping[str, str] | None = None
+        cls,
+        platform: RunningPlatform,
+        root: Path,
+        name: str,
+        services: str,
+        env: Mapping[str, str] | None = None,
+        *,
+        args: Sequence[str] = (),
     ) -> JoinedHost:
-        """The host's bundle issued on `platform` (`parley host add`), then the host joined and serving."""
+        """The host's bundle issued on `platform` (`parley host add`), then the host joined and serving
+        (`args`: more of `host join`'s options)."""
         platform.cli("host", "add", name, "--services", services, "--out", str(root / "bundle"))
-        host = cls(root / "data", root / "bundle", env)
+        host = cls(root / "data", root / "bundle", env, args)
         try:
             host.wait_joined()
         except BaseException:

@@ -162,13 +162,19 @@ class Running:
 
 
 async def start_service(
-    stack: Stack, nats_server: NatsTestServer, service: str, *, registration: RegistrationMode
+    stack: Stack,
+    nats_server: NatsTestServer,
+    service: str,
+    *,
+    registration: RegistrationMode,
+    data_dir: Path | None = None,
 ) -> Running:
     """One instance of `service` on the stack's bus and data folder: the stack's own, or a
-    second instance beside it (or a restarted one) that a test starts itself."""
+    second instance beside it (or a restarted one) that a test starts itself. `data_dir` is
+    another host's folder (its own secrets and pki)."""
     settings = Settings(
         service=service,
-        data_dir=stack.data_dir,
+        data_dir=data_dir or stack.data_dir,
         nats_url=nats_server.url,
         nats_password=nats_server.passwords[service],
         listen_port=0,

@@ -73,6 +73,7 @@ class SigningKeyPublished(_message.Message):
     ALGORITHM_FIELD_NUMBER: _builtins.int
     PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     REPLACES_KEY_ID_FIELD_NUMBER: _builtins.int
+    SEALED_PRIVATE_KEY_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     algorithm: _builtins.str
     """"EdDSA" """
@@ -82,6 +83,13 @@ class SigningKeyPublished(_message.Message):
     """The key this one replaces (rotation): that key is retired once every token it signed has
     expired. Empty for a key that replaces none (first start).
     """
+    sealed_private_key: _builtins.bytes
+    """The private key (PKCS#8 DER) sealed with AES-256-GCM under auth's sealing key (field
+    "signing_private_key", owner the key id), set on a rotation's successor: every auth instance
+    of the fleet holds the sealing key (a joined host gets it in its bundle), so an instance on
+    another host signs with the successor too; no other service can open it. Empty on a first
+    key and on successors published before it existed.
+    """
     def __init__(
         self,
         *,
@@ -89,10 +97,11 @@ class SigningKeyPublished(_message.Message):
         algorithm: _builtins.str = ...,
         public_key: _builtins.bytes = ...,
         replaces_key_id: _builtins.str = ...,
+        sealed_private_key: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "key_id", b"key_id", "public_key", b"public_key", "replaces_key_id", b"replaces_key_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "key_id", b"key_id", "public_key", b"public_key", "replaces_key_id", b"replaces_key_id", "sealed_private_key", b"sealed_private_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,253 @@
+"""The first host lost under load: kill -9 of its `parley up` and every service instance it runs.
+
+Two hosts on loopback, the archive in a PostgreSQL server of the test's own: the first runs
+`parley up --nats-cluster 3 --database-url …` (every service), host-b joins with messaging, a
+gateway, auth and storage (`parley host join --storage-keyring`, the fleet's one KEK keyring).
+Senders on both gateways send one message after another under idempotency keys; a watcher
+follows the channel's live stream through the first host's gateway. Then the first host's
+`parley up` (its node agent and front doors) and every instance it runs are SIGKILLed at once:
+its senders and the watcher move to host-b's gateway, log in there (host-b's auth), the senders
+resend their message in flight under the same key and the watcher resumes its stream from its
+last position. Every acknowledged message must be archived exactly once (host-b's storage) and
+delivered to the watcher exactly once.
+
+What this run does not lose, and a real host loss would: the three nats-server nodes are children
+of the first host's `parley up`, but they are spared, standing for JetStream cluster nodes on
+other machines (`parley host join` does not run a NATS node yet). The patch registry dies with
+the first host and has no second instance, so no roll-out follows the loss here. Both runs are in
+`make faults` (the short one takes 1-2 minutes, too long for `make test`), which keeps their
+counts in fault-results/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from failover import PASSWORD, FailoverSender, all_bodies
+from workload import publish_figures
+
+from parley_client import ParleyClient, ParleyError
+from parley_core.net import free_port
+from parley_core.testing.platform import JoinedHost, RunningPlatform
+from parley_core.testing.postgres import PrivatePostgres
+from parley_core.testing.waiting import eventually, until
+
+pytestmark = pytest.mark.e2e
+
+HOST_B_SERVICES = ("messaging", "gateway", "auth", "storage")
+RECONNECT_PAUSE_S = 0.2  # a client's pacing between tries while its gateway is gone, not a wait for state
+
+
+@dataclass
+class Fleet:
+    first: RunningPlatform
+    host_b: JoinedHost
+    nats_pids: list[int] = field(default_factory=list)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, private_postgres: PrivatePostgres) -> Iterator[Fleet]:
+    (tmp_path / "first").mkdir()
+    first = RunningPlatform(
+        data_dir=tmp_path / "first" / "data",
+        env={"PARLEY_REGISTRATION": "open", "PARLEY_HEARTBEAT_SECONDS": "1"},
+        up_args=(
+            "--gateway-port",
+            str(free_port()),
+            "--nats-cluster",
+            "3",
+            "--database-url",
+            private_postgres.url,
+        ),
+    )
+    first.start()
+    nats_pids = [int(p) for p in first.state["nats_pids"]]  # type: ignore[attr-defined]
+    try:
+        keyring = first.data_dir / "secrets" / "storage-kek.json"
+        host = JoinedHost.join(
+            first,
+            tmp_path / "host-b",
+            "host-b",
+            ",".join(HOST_B_SERVICES),
+            {"PARLEY_HEARTBEAT_SECONDS": "1"},
+            args=("--storage-keyring", str(keyring)),
+        )
+        try:
+            yield Fleet(first, host, nats_pids)
+        finally:
+            host.kill()
+    finally:
+        first.kill()
+        for pid in nats_pids:  # spared by the loss, orphaned by it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def first_host_pids(first: RunningPlatform) -> list[int]:
+    """`parley up` (agent, supervisor, front doors) and every service instance it runs; not NATS."""
+    services = first.state["services"]
+    assert isinstance(services, dict)
+    instances = [int(i["pid"]) for s in services.values() for i in s["instances"] if i.get("pid")]
+    assert first.process is not None
+    return [first.process.pid, *instances]
+
+
+@dataclass
+class FailoverWatcher:
+    """One person following the channel live; when the gateway is gone, logs in at the next one
+    and resumes the stream from the last position read (no gap, no repeat)."""
+
+    name: str
+    addresses: list[str]
+    ca_cert: bytes
+    at: int = 0
+    delivered: list[str] = field(default_factory=list)
+    positions: dict[str, int] = field(default_factory=dict)
+    resumes: int = 0
+
+    async def run(self, channel_id: str, ready: asyncio.Event) -> None:
+        while True:
+            client = ParleyClient.connect(self.addresses[self.at], ca_cert=self.ca_cert)
+            try:
+                await client.login(self.name, PASSWORD)
+                stream = client.subscribe([channel_id], resume=self.positions or None)
+                await stream.ready()
+                ready.set()
+                self.positions = stream.positions  # updated as events are read
+                async for event in stream.events():
+                    if event.kind == "message":
+                        self.delivered.append(event.message.body)
+            except ParleyError:
+                pass  # the gateway is gone (or not reachable yet): on to the next one
+            finally:
+                await client.close()
+            self.at = (self.at + 1) % len(self.addresses)
+            self.resumes += 1
+            await asyncio.sleep(RECONNECT_PAUSE_S)
+
+
+async def lose_the_first_host_under_load(
+    fleet: Fleet, *, senders_per_host: int, acks_after: int, scenario: str
+) -> None:
+    first, host_b = fleet.first, fleet.host_b
+
+    async def host_b_serving() -> bool | None:
+        shown = (await asyncio.to_thread(first.cli, "fleet", check=False)).stdout
+        on_b = {row.split()[0] for row in shown.splitlines() if "host-b" in row.split() and "SERVING" in row}
+        return True if on_b == set(HOST_B_SERVICES) else None
+
+    await eventually(host_b_serving, "`parley fleet` to show host-b's instances serving", timeout=120)
+    ca = first.ca_cert.read_bytes()
+    both = [first.gateway_address, host_b.gateway_address]
+    owner = ParleyClient.connect(host_b.gateway_address, ca_cert=ca)
+    await owner.register("watcher", PASSWORD)
+    await owner.login("watcher", PASSWORD)
+    channel = await owner.create_channel("first-host-lost")
+    senders = []
+    for n in range(senders_per_host * 2):
+        on_first = n % 2 == 0
+        sender = FailoverSender(f"sender{n}", both if on_first else [host_b.gateway_address], ca)
+        registering = ParleyClient.connect(host_b.gateway_address, ca_cert=ca)
+        await registering.register(sender.name, PASSWORD)
+        await registering.close()
+        await sender.connect()
+        assert sender.client is not None
+        await sender.client.join_channel(channel.channel_id)
+        senders.append(sender)
+    watcher = FailoverWatcher("watcher", both, ca)
+    watching = asyncio.Event()
+    watch = asyncio.create_task(watcher.run(channel.channel_id, watching))
+    await asyncio.wait_for(watching.wait(), 60)
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(s.run(channel.channel_id, stop)) for s in senders]
+
+    def acknowledged() -> int:
+        return sum(len(s.acknowledged) for s in senders)
+
+    try:
+        await until(lambda: acknowledged() >= 50, "sends through both hosts", timeout=60)
+        pids = first_host_pids(first)
+        killed_at = time.monotonic()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        before_kill = acknowledged()
+        await until(lambda: acknowledged() >= before_kill + acks_after, "sends after the first host is lost", 300)
+        resumed_s = time.monotonic() - killed_at
+        # A login on the surviving host after the loss: auth runs there.
+        late = ParleyClient.connect(host_b.gateway_address, ca_cert=ca)
+        await late.login("watcher", PASSWORD)
+        await late.close()
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+    acked = [body for s in senders for body in s.acknowledged]
+    history: list[str] = []
+
+    async def archived_all() -> bool | None:
+        nonlocal history
+        history = await all_bodies(owner, channel.channel_id)
+        return True if set(acked) <= set(history) else None
+
+    try:
+        await eventually(archived_all, "every acknowledged send in history", 120)
+        await until(lambda: set(acked) <= set(watcher.delivered), "every acknowledged send delivered live", 120)
+    finally:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
+    duplicated = [body for body, count in Counter(history).items() if count > 1]
+    delivered_twice = [body for body, count in Counter(watcher.delivered).items() if count > 1]
+    refusals = [r for s in senders for r in s.refusals]
+    figures: dict[str, object] = {
+        "acknowledged": len(acked),
+        "acknowledged_before_kill": before_kill,
+        "in_history": len(history),
+        "lost": len(set(acked) - set(history)),
+        "duplicated": len(duplicated),
+        "delivered_live": len(watcher.delivered),
+        "not_delivered_live": len(set(acked) - set(watcher.delivered)),
+        "delivered_live_twice": len(delivered_twice),
+        "watcher_resumes": watcher.resumes,
+        "refused_calls": sum(s.refused for s in senders),
+        "refused_on_the_surviving_host": sum(s.refused for s in senders if len(s.addresses) == 1),
+        "refusals": refusals[:10],
+        "moved_to_other_gateway": sum(s.moves for s in senders),
+        "killed_pids": len(pids),
+        "nats_nodes_spared": len(fleet.nats_pids),
+        "seconds_to_acks_after_kill": round(resumed_s, 1),
+    }
+    publish_figures(scenario, figures)
+    assert figures["lost"] == 0
+    assert duplicated == []
+    assert delivered_twice == []
+    assert not [r for r in refusals if "INTERNAL" in r], figures
+    assert figures["refused_on_the_surviving_host"] == 0
+    assert all(s.moves >= 1 for s in senders if len(s.addresses) == 2), "a sender on the first host never moved"
+    assert watcher.resumes >= 1
+    for s in senders:
+        if s.client is not None:
+            await s.client.close()
+    await owner.close()
+
+
+@pytest.mark.slow  # 1-2 min with two hosts' start on a 2-core machine: more than make test can spare
+@pytest.mark.timeout(600)
+async def test_the_first_host_lost_under_load_loses_nothing_acknowledged(fleet: Fleet) -> None:
+    await lose_the_first_host_under_load(fleet, senders_per_host=1, acks_after=100, scenario="first-host-lost-short")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+async def test_the_first_host_lost_under_heavy_load_loses_nothing_acknowledged(fleet: Fleet) -> None:
+    await lose_the_first_host_under_load(fleet, senders_per_host=4, acks_after=3000, scenario="first-host-lost")
