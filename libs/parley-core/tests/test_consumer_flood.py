@@ -150,10 +150,10 @@ async def test_a_readers_flood_leaves_room_for_every_services_consumer(
 
     async def watch() -> None:
         while True:
-            for stream in peak:
+            for stream, highest in peak.items():
                 with contextlib.suppress(nats.errors.Error):  # a busy server: sampled next time
                     info = await platform.nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=1)
-                    peak[stream] = max(peak[stream], json.loads(info.data)["state"]["consumer_count"])
+                    peak[stream] = max(highest, json.loads(info.data)["state"]["consumer_count"])
             await asyncio.sleep(0.02)  # sampling the consumer count for the report, not a wait
 
     watching = asyncio.create_task(watch())

@@ -1,16 +1,17 @@
 """The platform's consumer guard: every JetStream consumer judged as it is made, the rest deleted.
 
 Run with the platform identity where the platform is supervised (`parley up`). JetStream tells
-the streams' account of every API call and of who made it (the audit advisory, `$JS.EVENT.
-ADVISORY.API`, whose client account is the server's word); the platform's account imports those
-advisories (natsconf). Each consumer made is judged at once (parley_core.consumer_policy) and
-deleted if it may not stay; a sweep of every stream's consumers (CONSUMER.LIST) catches what
-was made while the guard did not watch (before its start, across a reconnect). A service over
-its quota, or making a consumer it may not keep at all, is a security finding: logged with `security_event: consumer_flood`, announced, and
-parked on the platform's own `parley.parked.platform.<stream>` subtree (kind `consumer-flood`,
-`parley parked` marks it SECURITY, a SIEM follows `parley.parked.>`). One that keeps flooding is
-handed to `quarantine` (the platform takes its consumer-create rights away until an operator
-lifts it).
+the streams' account of every API call and of who made it (the audit advisory,
+`$JS.EVENT.ADVISORY.API`, whose client account is the server's word); the platform's account
+imports those advisories (natsconf). Each consumer made is judged at once
+(parley_core.consumer_policy) and deleted if it may not stay; a sweep of every stream's
+consumers (CONSUMER.LIST) catches what was made while the guard did not watch (before its
+start, across a reconnect). A consumer a service may not keep, made with that service's
+credential, is a security finding: logged with `security_event: consumer_flood`, announced, and
+parked on the platform's own `parley.parked.platform.<stream>` subtree (kind `consumer-flood`:
+`parley parked` marks it SECURITY, a SIEM follows `parley.parked.>`). A credential that keeps
+at it is handed to `quarantine`: the platform takes its account's consumer-create imports away
+until an operator lifts it (`parley consumers lift`).
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ class ConsumerGuard:
             await self.nc.subscribe(API_AUDIT, cb=self._on_api_call),
             await self.nc.subscribe(CONSUMER_DELETED, cb=self._on_deleted),
         ]
-        await self.nc.flush(timeout=REQUEST_TIMEOUT_S)
+        await self.nc.flush(timeout=int(REQUEST_TIMEOUT_S))
         self._tasks = [
             asyncio.create_task(self._delete_doomed(), name="consumer-guard-delete") for _ in range(DELETERS)
         ]
