@@ -25,55 +25,14 @@ from nats.aio.client import Client
 from parley_core import topology
 from parley_core.bus import EventBus, ReceivedEvent, durable_config
 from parley_core.consumer_guard import CONSUMER_FLOOD, ConsumerGuard, ensure_declared_durables
+from parley_core.testing.consumer_flood import FLOOD_ATTEMPTS, Flood, flood_consumers
 from parley_core.testing.nats import NatsTestServer
 from parley_core.testing.waiting import eventually
 
 pytestmark = pytest.mark.asyncio
 
-FLOOD_ATTEMPTS = 1500  # more than a stream's 1,000 slots
-IN_FLIGHT = 50  # creations the attacker has in flight at once
-ATTACK_TIMEOUT_S = 2.0
 LEGIT_WAIT_S = 30.0  # how long a service's creation may wait for a slot (a bound, not a timing)
 ARCHIVE = next(c for c in topology.CONSUMERS if c.durable == "storage-archive-msg")
-
-
-@dataclass
-class Flood:
-    made: int = 0
-    refused: int = 0
-    first_refusal: str = ""
-
-
-async def _flood(
-    client: Client, service: str, stream: str, *, flood: Flood | None = None, attempts: int = FLOOD_ATTEMPTS
-) -> Flood:
-    """Durable consumers named as the attacker likes, `IN_FLIGHT` at a time, until refused."""
-    flood = flood if flood is not None else Flood()
-    prefix = topology.js_api_prefix(service)
-
-    async def create(n: int) -> None:
-        name = f"{service.replace('-', '_')}_flood{n}"
-        config = {"name": name, "durable_name": name, "ack_policy": "explicit", "filter_subject": ">"}
-        body = json.dumps({"stream_name": stream, "config": config}).encode()
-        try:
-            answer = json.loads(
-                (await client.request(f"{prefix}.CONSUMER.CREATE.{stream}.{name}", body, timeout=ATTACK_TIMEOUT_S)).data
-            )
-        except nats.errors.TimeoutError:  # the server no longer lets this account ask (quarantined)
-            flood.refused += 1
-            flood.first_refusal = flood.first_refusal or "no answer (permission refused)"
-            return
-        if "error" in answer:
-            flood.refused += 1
-            flood.first_refusal = flood.first_refusal or answer["error"]["description"]
-        else:
-            flood.made += 1
-
-    for start in range(0, attempts, IN_FLIGHT):
-        await asyncio.gather(*(create(n) for n in range(start, min(start + IN_FLIGHT, attempts))))
-        if flood.refused:
-            break
-    return flood
 
 
 async def _flooders_left(platform: EventBus) -> int:
@@ -162,8 +121,8 @@ async def test_a_readers_flood_leaves_room_for_every_services_consumer(
     attack_began = loop.time()
     floods = (Flood(), Flood())
     attack = asyncio.gather(
-        _flood(gateway, "gateway", "MSG", flood=floods[0]),
-        _flood(patch_registry, "patch-registry", "AUTH", flood=floods[1]),
+        flood_consumers(gateway, "gateway", "MSG", flood=floods[0]),
+        flood_consumers(patch_registry, "patch-registry", "AUTH", flood=floods[1]),
     )
 
     # During the flood: messaging's and auth's replays at their start.
@@ -242,7 +201,7 @@ async def test_a_quarantined_credential_reads_but_makes_no_consumer_until_lifted
 ) -> None:
     guard = guarded.guard
     gateway = EventBus(await nats_server.connect("gateway"), service="gateway", producer="test@0")
-    flood = await _flood(gateway.nc, "gateway", "MSG")
+    flood = await flood_consumers(gateway.nc, "gateway", "MSG")
     assert flood.refused, "the flood was stopped"
     await eventually(lambda: _some(guard.quarantined == {"gateway"}), "the gateway quarantined", timeout=30)
 
@@ -258,13 +217,15 @@ async def test_a_quarantined_credential_reads_but_makes_no_consumer_until_lifted
     await replay.stop()
 
 
-async def test_the_guards_deletions_alone_keep_a_slot_free_through_a_whole_flood(nats_server: NatsTestServer) -> None:
+async def test_the_guards_deletions_alone_keep_a_slot_free_through_a_whole_flood(
+    nats_server: NatsTestServer,
+) -> None:
     """No quarantine: the gateway's credential asks for consumers as fast as it can, 1,500 times,
     while messaging starts its replay of the same stream."""
     async with _guarded(nats_server, quarantines=False) as guarded:
         gateway = await nats_server.connect("gateway")
         flood = Flood()
-        attack = asyncio.create_task(_flood(gateway, "gateway", "MSG", flood=flood))
+        attack = asyncio.create_task(flood_consumers(gateway, "gateway", "MSG", flood=flood))
         await eventually(lambda: _some(flood.made >= 200), "the flood under way", timeout=LEGIT_WAIT_S)
         messaging = EventBus(await nats_server.connect("messaging"), service="messaging", producer="test@0")
         loop = asyncio.get_running_loop()
