@@ -243,3 +243,24 @@ async def test_the_guards_deletions_alone_keep_a_slot_free_through_a_whole_flood
             f"({flood.first_refusal or 'none'}); the replay was made within {replay_took:.2f} s; "
             f"deleted by the guard: {sum(guarded.guard.deleted.values())}"
         )
+
+
+async def test_a_replay_waits_for_a_free_consumer_slot(
+    nats_server: NatsTestServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No guard: a stream full of consumers, a replay starting, then one slot freed (as the guard frees
+    them): the replay is made instead of failing its service's start."""
+    platform = EventBus(await nats_server.connect("platform"), service="platform", producer="test@0")
+    await platform.ensure_streams(topology.STREAMS)
+    filled = await flood_consumers(platform.nc, topology.PLATFORM_USER, "MSG")
+    assert filled.first_refusal == "maximum consumers limit reached"
+    messaging = EventBus(await nats_server.connect("messaging"), service="messaging", producer="test@0")
+    starting = asyncio.create_task(
+        messaging.replay(stream="MSG", filter_subject=topology.MESSAGING_FILTER, handler=_ignore)
+    )
+    await eventually(
+        lambda: _some("no free consumer slot on the stream; retrying" in caplog.text), "a refused try", timeout=30
+    )
+    await platform.js.delete_consumer("MSG", "platform_flood0")
+    replay = await asyncio.wait_for(starting, LEGIT_WAIT_S)
+    await replay.stop()

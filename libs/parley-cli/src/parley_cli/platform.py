@@ -319,11 +319,11 @@ class Platform:
                 return
             for node, render in zip(self.nats_nodes, self._renderers, strict=True):
                 write_private_file(node.config_path, render(held).encode())
+            put_in, lifted = held - self._rendered_quarantine, self._rendered_quarantine - held
+            self._rendered_quarantine = held  # in the files now: a node started again applies it too
             for node in self.nats_nodes:
                 if node.running:
                     await node.reload()
-            put_in, lifted = held - self._rendered_quarantine, self._rendered_quarantine - held
-            self._rendered_quarantine = held
             if self.guard is not None:
                 for service in lifted:
                     self.guard.lifted(service)

@@ -239,7 +239,8 @@ STREAMS: tuple[StreamSpec, ...] = (
         readers=("patch-registry", "storage"),
         event_packages=("parley.patch.v1",),
     ),
-    # Poison events parked by any service's consumer, for an operator to list and replay.
+    # Poison events parked by any service's consumer, for an operator to list and replay; the
+    # platform's consumer guard parks its findings on its own parley.parked.platform.> subtree.
     StreamSpec(
         "PARKED",
         ("parley.parked.>",),
