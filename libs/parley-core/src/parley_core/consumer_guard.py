@@ -129,6 +129,7 @@ class ConsumerGuard:
     _over_times: dict[str, deque[float]] = field(default_factory=dict)
     _last_report: dict[str, float] = field(default_factory=dict)
     _doomed: asyncio.Queue[tuple[str, str]] = field(default_factory=asyncio.Queue)
+    _deleting: set[tuple[str, str]] = field(default_factory=set)  # queued: a sweep judges them no second time
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _subs: list[Any] = field(default_factory=list)
     _started_at: float = 0.0
@@ -202,13 +203,12 @@ class ConsumerGuard:
                 self._counts[(creator, consumer.stream)] += 1
             return verdict
         self.deleted[verdict.why] += 1
+        self._deleting.add(key)
         self._doomed.put_nowait(key)
         if verdict.violation and creator is not None:
             self._violated(creator, consumer.stream)
         else:
-            log.warning(
-                "consumer deleted by the guard", extra={"stream": key[0], "consumer": key[1], "why": verdict.why}
-            )
+            log.warning("consumer %s of %s deleted by the guard: %s", key[1], key[0], verdict.why)
         return verdict
 
     # -- a service's credential misused ------------------------------------------------------------
@@ -282,6 +282,8 @@ class ConsumerGuard:
                     )
             except (nats.errors.Error, TimeoutError, ValueError) as exc:
                 log.warning("deleting a consumer failed", extra={"stream": stream, "consumer": name, "error": str(exc)})
+            finally:
+                self._deleting.discard((stream, name))  # a sweep tries again if it is still there
 
     async def _sweep_often(self) -> None:
         while True:
@@ -298,7 +300,8 @@ class ConsumerGuard:
             for key in [k for k in self._kept if k[0] == stream and k[1] not in listed]:
                 self._forget(*key)  # gone without an advisory reaching us
             for name, info in listed.items():
-                if (stream, name) not in self._kept and _age_s(info) >= ADVISORY_GRACE_S:
+                key = (stream, name)
+                if key not in self._kept and key not in self._deleting and _age_s(info) >= ADVISORY_GRACE_S:
                     self._judge(seen_from_info({**info, "stream_name": stream}, None))
 
     async def _list(self, stream: str) -> Any:
