@@ -22,7 +22,7 @@ import pytest
 import pytest_asyncio
 from nats.aio.client import Client
 
-from parley_core import topology
+from parley_core import consumer_guard, topology
 from parley_core.bus import EventBus, ReceivedEvent, durable_config
 from parley_core.consumer_guard import CONSUMER_FLOOD, ConsumerGuard, ensure_declared_durables
 from parley_core.testing.consumer_flood import FLOOD_ATTEMPTS, Flood, flood_consumers
@@ -264,3 +264,34 @@ async def test_a_replay_waits_for_a_free_consumer_slot(
     await platform.js.delete_consumer("MSG", "platform_flood0")
     replay = await asyncio.wait_for(starting, LEGIT_WAIT_S)
     await replay.stop()
+
+
+async def test_a_sweep_deletes_what_no_guard_saw_made_and_keeps_what_it_did(
+    nats_server: NatsTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Consumers made before the guard started (a flood while `parley up` was down) go at its first
+    sweep, declared durables stay; a replay the guard saw made survives every later sweep."""
+    monkeypatch.setattr(consumer_guard, "ADVISORY_GRACE_S", 0.0)  # judge at once what no advisory named
+    platform = EventBus(await nats_server.connect("platform"), service="platform", producer="test@0")
+    await platform.ensure_streams(topology.STREAMS)
+    await ensure_declared_durables(platform.nc)
+    before = await flood_consumers(await nats_server.connect("gateway"), "gateway", "MSG", attempts=40)
+    assert before.made == 40
+    guard = ConsumerGuard(platform.nc, sweep_every_s=3600)
+    await guard.start()  # its first sweep
+    try:
+        await eventually(lambda: _none_left(platform), "the unseen flood deleted", timeout=LEGIT_WAIT_S)
+        assert not guard.findings  # made while no guard watched: no one to blame
+        messaging = EventBus(await nats_server.connect("messaging"), service="messaging", producer="test@0")
+        replay = await messaging.replay(stream="MSG", filter_subject=topology.MESSAGING_FILTER, handler=_ignore)
+        await eventually(lambda: _some(guard.kept("messaging", "MSG") == 1), "the replay judged", timeout=30)
+        await guard.sweep()
+        await guard.sweep()
+        names = [info["name"] async for info in _consumers(platform.nc, "MSG")]
+        assert replay._sub is not None
+        assert [n for n in names if n.startswith("messaging_")] == [(await replay._sub.consumer_info()).name]
+        declared = {c.durable for c in (*topology.CONSUMERS, *topology.SIEM_CONSUMERS) if c.stream == "MSG"}
+        assert declared <= set(names)
+        await replay.stop()
+    finally:
+        await guard.stop()

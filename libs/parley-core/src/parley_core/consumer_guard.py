@@ -130,6 +130,7 @@ class ConsumerGuard:
     _last_report: dict[str, float] = field(default_factory=dict)
     _doomed: asyncio.Queue[tuple[str, str]] = field(default_factory=asyncio.Queue)
     _deleting: set[tuple[str, str]] = field(default_factory=set)  # queued: a sweep judges them no second time
+    _deleted: set[tuple[str, str]] = field(default_factory=set)  # since the last sweep
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _subs: list[Any] = field(default_factory=list)
     _started_at: float = 0.0
@@ -283,7 +284,8 @@ class ConsumerGuard:
             except (nats.errors.Error, TimeoutError, ValueError) as exc:
                 log.warning("deleting a consumer failed", extra={"stream": stream, "consumer": name, "error": str(exc)})
             finally:
-                self._deleting.discard((stream, name))  # a sweep tries again if it is still there
+                self._deleting.discard((stream, name))
+                self._deleted.add((stream, name))  # a sweep's listing may be older than the deletion
 
     async def _sweep_often(self) -> None:
         while True:
@@ -296,13 +298,16 @@ class ConsumerGuard:
     async def sweep(self) -> None:
         """Judge every consumer no advisory named (made before the guard watched, or missed)."""
         for stream in self.streams:
+            known_before = [k for k in self._kept if k[0] == stream]  # one made while listing is not missing
             listed = {str(info.get("name", "")): info async for info in self._list(stream)}
-            for key in [k for k in self._kept if k[0] == stream and k[1] not in listed]:
+            for key in [k for k in known_before if k[1] not in listed]:
                 self._forget(*key)  # gone without an advisory reaching us
             for name, info in listed.items():
                 key = (stream, name)
-                if key not in self._kept and key not in self._deleting and _age_s(info) >= ADVISORY_GRACE_S:
+                known = key in self._kept or key in self._deleting or key in self._deleted
+                if not known and _age_s(info) >= ADVISORY_GRACE_S:
                     self._judge(seen_from_info({**info, "stream_name": stream}, None))
+        self._deleted.clear()  # the next sweep lists after these deletions
 
     async def _list(self, stream: str) -> Any:
         offset = 0
