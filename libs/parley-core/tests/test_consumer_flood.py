@@ -116,51 +116,54 @@ async def test_a_readers_flood_leaves_room_for_every_services_consumer(
             await asyncio.sleep(0.02)  # sampling the consumer count for the report, not a wait
 
     watching = asyncio.create_task(watch())
-    gateway, patch_registry = await nats_server.connect("gateway"), await nats_server.connect("patch-registry")
-    loop = asyncio.get_running_loop()
-    attack_began = loop.time()
-    floods = (Flood(), Flood())
-    attack = asyncio.gather(
-        flood_consumers(gateway, "gateway", "MSG", flood=floods[0]),
-        flood_consumers(patch_registry, "patch-registry", "AUTH", flood=floods[1]),
-    )
+    try:
+        gateway, patch_registry = await nats_server.connect("gateway"), await nats_server.connect("patch-registry")
+        loop = asyncio.get_running_loop()
+        attack_began = loop.time()
+        floods = (Flood(), Flood())
+        attack = asyncio.gather(
+            flood_consumers(gateway, "gateway", "MSG", flood=floods[0]),
+            flood_consumers(patch_registry, "patch-registry", "AUTH", flood=floods[1]),
+        )
 
-    # During the flood: messaging's and auth's replays at their start.
-    await eventually(lambda: _some(floods[0].made >= 100), "the flood under way", timeout=LEGIT_WAIT_S)
-    messaging = EventBus(await nats_server.connect("messaging"), service="messaging", producer="test@0")
-    auth = EventBus(await nats_server.connect("auth"), service="auth", producer="test@0")
-    during = loop.time()
-    msg_replay = await asyncio.wait_for(
-        messaging.replay(stream="MSG", filter_subject=topology.MESSAGING_FILTER, handler=_ignore), LEGIT_WAIT_S
-    )
-    auth_replay = await asyncio.wait_for(
-        auth.replay(stream="AUTH", filter_subject=topology.AUTH_FILTER, handler=_ignore), LEGIT_WAIT_S
-    )
-    replays_took = loop.time() - during
-    for replay in (msg_replay, auth_replay):
-        assert replay._sub is not None  # its ordered consumer exists: made in spite of the flood
-    await attack
-    attack_took = loop.time() - attack_began
+        # During the flood: messaging's and auth's replays at their start.
+        await eventually(lambda: _some(floods[0].made >= 100), "the flood under way", timeout=LEGIT_WAIT_S)
+        messaging = EventBus(await nats_server.connect("messaging"), service="messaging", producer="test@0")
+        auth = EventBus(await nats_server.connect("auth"), service="auth", producer="test@0")
+        during = loop.time()
+        msg_replay = await asyncio.wait_for(
+            messaging.replay(stream="MSG", filter_subject=topology.MESSAGING_FILTER, handler=_ignore), LEGIT_WAIT_S
+        )
+        auth_replay = await asyncio.wait_for(
+            auth.replay(stream="AUTH", filter_subject=topology.AUTH_FILTER, handler=_ignore), LEGIT_WAIT_S
+        )
+        replays_took = loop.time() - during
+        for replay in (msg_replay, auth_replay):
+            assert replay._sub is not None  # its ordered consumer exists: made in spite of the flood
+        await attack
+        attack_took = loop.time() - attack_began
 
-    # After it: an operator deletes storage's archive consumer, and storage makes it again.
-    await platform.js.delete_consumer(ARCHIVE.stream, ARCHIVE.durable)
-    storage = (await nats_server.connect("storage")).jetstream()
-    after = loop.time()
+        # After it: an operator deletes storage's archive consumer, and storage makes it again.
+        await platform.js.delete_consumer(ARCHIVE.stream, ARCHIVE.durable)
+        storage = (await nats_server.connect("storage")).jetstream()
+        after = loop.time()
 
-    async def archive_made() -> bool | None:
-        try:
-            await storage.add_consumer(ARCHIVE.stream, durable_config(ARCHIVE))
-        except nats.js.errors.APIError:
-            return None
-        return True
+        async def archive_made() -> bool | None:
+            try:
+                await storage.add_consumer(ARCHIVE.stream, durable_config(ARCHIVE))
+            except nats.js.errors.APIError:
+                return None
+            return True
 
-    await eventually(archive_made, "storage's archive consumer made again", timeout=LEGIT_WAIT_S)
-    archive_took = loop.time() - after
+        await eventually(archive_made, "storage's archive consumer made again", timeout=LEGIT_WAIT_S)
+        archive_took = loop.time() - after
 
-    await eventually(lambda: _none_left(platform), "the flood's consumers deleted", timeout=LEGIT_WAIT_S)
-    watching.cancel()
-    flood_records = await eventually(lambda: _flood_records(platform, {"gateway", "patch-registry"}), timeout=30)
-    assert guard.quarantined == {"gateway", "patch-registry"}, "both kept flooding past QUARANTINE_AFTER"
+        await eventually(lambda: _none_left(platform), "the flood's consumers deleted", timeout=LEGIT_WAIT_S)
+        flood_records = await eventually(lambda: _flood_records(platform, {"gateway", "patch-registry"}), timeout=30)
+        assert guard.quarantined == {"gateway", "patch-registry"}, "both kept flooding past QUARANTINE_AFTER"
+
+    finally:
+        watching.cancel()
 
     # Nothing in any stream changed, but the two findings parked on the platform's own subtree.
     now = await _states(platform)

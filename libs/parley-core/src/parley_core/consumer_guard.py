@@ -32,7 +32,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from parley_core.bus import durable_config
+from parley_core.bus import CONSUMER_NOT_FOUND, durable_config
 from parley_core.consumer_policy import DECLARED, EPHEMERAL_QUOTA, ConsumerSeen, Verdict, judge
 from parley_core.topology import (
     CONSUMERS,
@@ -54,6 +54,7 @@ CONSUMER_FLOOD = "consumer-flood"  # Parley-Parked-Kind of the guard's finding
 ADVISORY_GRACE_S = 2.0
 SWEEP_EVERY_S = 10.0
 DELETERS = 16  # deletions in flight at once: a flood is undone at the server's pace
+DELETE_ATTEMPTS = 4
 REQUEST_TIMEOUT_S = 5.0
 # A service whose credential made this many consumers it may not keep within the window keeps
 # flooding: quarantined. No service's own code makes one.
@@ -273,19 +274,28 @@ class ConsumerGuard:
         while True:
             stream, name = await self._doomed.get()
             try:
+                deleted = await self._delete(stream, name)
+            finally:
+                self._deleting.discard((stream, name))
+            if deleted:
+                self._deleted.add((stream, name))  # a sweep's listing may be older than the deletion
+            else:  # NATS busy or reloading: the next sweep finds it again if it is still there
+                log.warning("deleting a consumer failed; the next sweep tries again", extra={"stream": stream})
+
+    async def _delete(self, stream: str, name: str) -> bool:
+        """Delete it (gone already counts); a few tries, since a reload briefly answers nothing."""
+        for attempt in range(DELETE_ATTEMPTS):
+            try:
                 answer = await self.nc.request(
                     f"{JS_API}.CONSUMER.DELETE.{stream}.{name}", b"", timeout=REQUEST_TIMEOUT_S
                 )
                 error = json.loads(answer.data).get("error")
-                if error and error.get("err_code") != 10014:  # not found: gone already
-                    log.warning(
-                        "deleting a consumer failed", extra={"stream": stream, "consumer": name, "error": error}
-                    )
-            except (nats.errors.Error, TimeoutError, ValueError) as exc:
-                log.warning("deleting a consumer failed", extra={"stream": stream, "consumer": name, "error": str(exc)})
-            finally:
-                self._deleting.discard((stream, name))
-                self._deleted.add((stream, name))  # a sweep's listing may be older than the deletion
+                if not error or error.get("err_code") == CONSUMER_NOT_FOUND:
+                    return True
+            except (nats.errors.Error, TimeoutError, ValueError):
+                pass
+            await asyncio.sleep(0.2 * 2**attempt)  # backoff before the next try
+        return False
 
     async def _sweep_often(self) -> None:
         while True:

@@ -38,7 +38,7 @@ async def flood_consumers(
             answer = json.loads(
                 (await client.request(f"{prefix}.CONSUMER.CREATE.{stream}.{name}", body, timeout=ATTACK_TIMEOUT_S)).data
             )
-        except nats.errors.TimeoutError:  # the server no longer lets this account ask (quarantined)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):  # quarantined: it may no longer ask
             flood.refused += 1
             flood.first_refusal = flood.first_refusal or "no answer (permission refused)"
             return
