@@ -347,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     from parley_cli import report  # signed compliance reports for auditors
 
     report.add_commands(sub)
+    from parley_cli import quarantine  # the consumer guard's quarantined services
+
+    quarantine.add_commands(sub)
     return parser
 
 

@@ -2,7 +2,8 @@
 
 A consumer parks an event it failed on (a poison event), and, as a security finding, any event
 whose type its stream's owner never writes (kind `foreign-event`: forged, or published by the
-wrong service).
+wrong service). The platform's consumer guard parks its findings too (kind `consumer-flood`: a
+service's credential made consumers it may not keep, on `parley.parked.platform.<stream>`).
 """
 
 from __future__ import annotations
@@ -17,10 +18,16 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from parley_cli.state import load_running_state
 from parley_cli.terminal import shown
 from parley_core.bus import FOREIGN_EVENT
+from parley_core.consumer_guard import CONSUMER_FLOOD
 from parley_core.nats_connect import connect_nats
 from parley_core.natsconf import ensure_nats_passwords
 from parley_core.topology import PLATFORM_USER
 
+# The kinds of parked record that are security findings, and what each says.
+SECURITY_KINDS = {
+    FOREIGN_EVENT: "not its stream owner's to write",
+    CONSUMER_FLOOD: "a service's credential made consumers it may not keep",
+}
 BATCH = 1000
 FETCH_TIMEOUT_S = 5.0
 INACTIVE_AFTER_S = 30.0  # the listing's consumer goes by itself should the CLI die mid-way
@@ -39,12 +46,12 @@ class ParkedEvent:
 
     @property
     def security_finding(self) -> bool:
-        return self.kind == FOREIGN_EVENT
+        return self.kind in SECURITY_KINDS
 
     def line(self) -> str:
         """Its headers come from whatever failed (a reason may quote the event): shown escaped."""
         origin = f"{self.original_stream}:{self.original_seq} {self.original_subject}"
-        security = " SECURITY (not its stream owner's to write)" if self.security_finding else ""
+        security = f" SECURITY ({SECURITY_KINDS[self.kind]})" if self.security_finding else ""
         return f"#{self.seq} {shown(origin)} consumer={shown(self.consumer)}{security} reason={shown(self.reason)}"
 
 

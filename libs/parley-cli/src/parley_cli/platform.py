@@ -20,18 +20,21 @@ import secrets
 import signal
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
+from nats.aio.client import Client
 
 from parley_agent import AgentTimeouts, Door, Instance, NodeAgent, door_for
 from parley_agent.front_door import FrontDoor
 from parley_agent.installer import installed_wheel
 from parley_agent.shared_port import claim, requests_migrate
 from parley_cli.publishing import base_wheel, publish_base_release, source_folder
+from parley_cli.quarantine import put_in_quarantine, quarantined
 from parley_cli.report_schedule import report_every, write_reports
 from parley_cli.state import (
     CLIENT_FILE,
@@ -47,6 +50,7 @@ from parley_cli.usernames import ArchiveUsernames
 from parley_cli.wheels import WheelBuildError, release_sources
 from parley_core.bus import EventBus
 from parley_core.config import PEER_ADDRESS_ENV, RESTORED_MARKER, STABLE_ADDRESS_ENV, Settings
+from parley_core.consumer_guard import ConsumerGuard, ensure_declared_durables
 from parley_core.database import (
     SQLITE_ARCHIVE,
     DatabaseChoiceRefused,
@@ -151,6 +155,13 @@ class Platform:
         self._usernames: ArchiveUsernames | None = None
         self._report_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        # The consumer guard, on the platform's own NATS connection; each node's config as a
+        # function of the quarantined services (rendered again when that changes).
+        self.guard: ConsumerGuard | None = None
+        self._guard_nc: Client | None = None
+        self._renderers: list[Callable[[frozenset[str]], str]] = []
+        self._rendered_quarantine: frozenset[str] = frozenset()
+        self._quarantine_lock = asyncio.Lock()
 
     def say(self, text: str) -> None:
         """Never raises: a terminal or pipe that went away (Ctrl-C on `make run | tee`) must not
@@ -213,7 +224,7 @@ class Platform:
         self.say(f"{kind} with JetStream and TLS on {self.nats_url} (store: {where})")
 
         # The platform identity declares every stream once, before any service needs one.
-        nc = await connect_nats(
+        nc = self._guard_nc = await connect_nats(
             url=self.nats_url,
             user=PLATFORM_USER,
             password=passwords[PLATFORM_USER],
@@ -221,11 +232,12 @@ class Platform:
             name="parley-up",
         )
         bus = EventBus(nc, service=PLATFORM_USER, producer="parley-up")
-        streams = Settings().streams  # PARKED's bounds from PARLEY_PARKED_MAX_*, like the services'
+        settings = Settings()
+        streams = settings.streams  # PARKED's bounds from PARLEY_PARKED_MAX_*, like the services'
         await bus.ensure_streams_when_ready(streams, replicas=self.replicas, timeout=STREAMS_READY_TIMEOUT_S)
-        await nc.close()
         if (self.data_dir / RESTORED_MARKER).exists():
             await self._reseed_restored_log()
+        await self._start_consumer_guard(nc, settings.consumer_quota)
 
         self.say(f"archive: {self.archive_location}")
         self._claim_web_port()
@@ -281,6 +293,48 @@ class Platform:
             self.say(f"  {cli} --as USER channels")
             self.say(f"  {cli} --as USER chat CHANNEL")
         self.say("press Ctrl-C to stop everything")
+
+    async def _start_consumer_guard(self, nc: Client, quota: int) -> None:
+        """Every declared durable made (so no flood keeps one from being made), then the guard
+        watching every consumer made from now on (parley_core.consumer_guard), before any service starts."""
+        made = await ensure_declared_durables(nc)
+        if made:
+            self.say(f"declared durable consumers made: {', '.join(made)}")
+        self.guard = ConsumerGuard(nc, quota=quota, announce=self.say, quarantine=self._quarantine)
+        self.guard.quarantined.update(self._rendered_quarantine)
+        await self.guard.start()
+        held = f"; quarantined: {', '.join(sorted(self._rendered_quarantine))}" if self._rendered_quarantine else ""
+        self.say(f"consumer guard on: at most {quota} ephemeral consumers per service and stream{held}")
+
+    async def _quarantine(self, service: str, why: str) -> None:
+        """The guard found `service`'s credential flooding: on record, and out of nats-server's config."""
+        put_in_quarantine(self.data_dir, service, why)
+        await self._apply_quarantine()
+
+    async def _apply_quarantine(self) -> None:
+        """nats-server's config as the quarantine file says (an operator may have lifted one), reloaded."""
+        async with self._quarantine_lock:
+            held = frozenset(quarantined(self.data_dir))
+            if held == self._rendered_quarantine:
+                return
+            for node, render in zip(self.nats_nodes, self._renderers, strict=True):
+                write_private_file(node.config_path, render(held).encode())
+            put_in, lifted = held - self._rendered_quarantine, self._rendered_quarantine - held
+            self._rendered_quarantine = held  # in the files now: a node started again applies it too
+            for node in self.nats_nodes:
+                if node.running:
+                    await node.reload()
+            if self.guard is not None:
+                for service in lifted:
+                    self.guard.lifted(service)
+                self.guard.quarantined.update(held)
+            for service in sorted(put_in):
+                self.say(
+                    f"SECURITY: {service} quarantined: its NATS account may make no consumer but its declared "
+                    f"durables; see `parley quarantine`, then `parley quarantine lift {service}`"
+                )
+            for service in sorted(lifted):
+                self.say(f"{service}'s quarantine lifted: it may make consumers again")
 
     def _claim_web_port(self) -> None:
         """The previous run's port (so a browser's bookmark finds the app again), else 8443, else a
@@ -355,6 +409,7 @@ class Platform:
     async def _start_nats(self, passwords: dict[str, str]) -> None:
         assert self.pki is not None
         self._refuse_other_layout()
+        self._rendered_quarantine = frozenset(quarantined(self.data_dir))
         identity = self.pki.identity("nats")
         store_key = ensure_store_key(self.data_dir / "secrets" / STORE_KEY_FILE)
         folders = self._nats_folders()
@@ -373,7 +428,8 @@ class Platform:
                     route_user=ROUTE_USER,
                     route_password=passwords[ROUTE_USER],
                 )
-            config = render_server_config(
+            render = partial(
+                render_server_config,
                 host="127.0.0.1",
                 port=client_ports[index],
                 store_dir=folder / "jetstream",
@@ -385,8 +441,9 @@ class Platform:
                 store_cipher_key=store_key,
                 cluster=cluster,
             )
+            self._renderers.append(_with_quarantine(render))
             config_path = folder / "nats-server.conf"
-            write_private_file(config_path, config.encode())
+            write_private_file(config_path, self._renderers[-1](self._rendered_quarantine).encode())
             log_name = "nats-server.log" if cluster is None else f"nats-server-{index}.log"
             self.nats_nodes.append(
                 NatsServerProcess(
@@ -690,6 +747,10 @@ class Platform:
                 assert instance.process is not None
                 await self._on_exit(instance, instance.process.returncode or 0)
             self._write_state()
+            try:
+                await self._apply_quarantine()  # `parley quarantine lift` changed the file
+            except RuntimeError as exc:
+                self.say(f"nats-server's quarantine not applied: {exc}")
             if self._agent_task is not None and self._agent_task.done() and not self._agent_task.cancelled():
                 self.say(f"the node agent stopped: {self._agent_task.exception()!r}; roll-outs wait for a restart")
                 self._agent_task = None
@@ -735,6 +796,10 @@ class Platform:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        if self.guard is not None:
+            await self.guard.stop()
+        if self._guard_nc is not None:
+            await self._guard_nc.close()
         if self._usernames is not None:
             await self._usernames.close()
         if self.agent is not None:
@@ -750,6 +815,13 @@ class Platform:
             await node.stop()
         if self.nats_nodes:
             self.say("nats-server stopped" if len(self.nats_nodes) == 1 else "JetStream cluster stopped")
+
+
+def _with_quarantine(render: Callable[..., str]) -> Callable[[frozenset[str]], str]:
+    def rendered(held: frozenset[str]) -> str:
+        return render(quarantined=held)
+
+    return rendered
 
 
 def _changed_sources(marker: Path, sources: dict[str, str]) -> list[str]:

@@ -46,6 +46,10 @@ WRONG_LAST_SEQUENCE = 10071  # JSStreamWrongLastSequenceErrF
 WRONG_LAST_SEQUENCE_CODES = frozenset({WRONG_LAST_SEQUENCE, 10164})
 STREAM_NOT_FOUND = 10059
 CONSUMER_NOT_FOUND = 10014
+# A stream's consumer slots are all taken (JSMaximumConsumersLimitErr): by a flood, which the
+# platform's consumer guard removes; a replay waits this long for a slot before it gives up.
+MAX_CONSUMERS_REACHED = 10026
+NO_CONSUMER_SLOT_WAIT_S = 60.0
 MARKER_ATTEMPTS = 5
 # Backoff while a consumer waits for its stream to be created, or for a lost consumer to be made again.
 SUBSCRIBE_RETRY_MAX_S = 1.0
@@ -507,17 +511,35 @@ class Replay:
 
     async def start(self, *, start_seq: int | None, only_new: bool) -> None:
         await self.bus.wait_for_stream(self.stream)
-        config = _FreshlyNamed(name=self.bus.service, idle_heartbeat=self.heartbeat_s)
-        if start_seq:
-            config.deliver_policy, config.opt_start_seq = api.DeliverPolicy.BY_START_SEQUENCE, start_seq
-        elif only_new:
-            config.deliver_policy = api.DeliverPolicy.NEW
-        self._sub = await self.bus.js.subscribe(
-            self.filter_subject, stream=self.stream, ordered_consumer=True, config=config, cb=self._on_msg
-        )
+        self._sub = await self._subscribe(start_seq=start_seq, only_new=only_new)
         info = await self._sub.consumer_info()
         if info.num_pending == 0 and (info.delivered is None or not info.delivered.consumer_seq):
             self.caught_up.set()
+
+    async def _subscribe(self, *, start_seq: int | None, only_new: bool) -> JetStreamContext.PushSubscription:
+        """The ordered consumer, made again with backoff while the stream has no free consumer slot
+        (another reader's credential filled them: the platform's consumer guard frees them)."""
+        loop = asyncio.get_running_loop()
+        give_up, delay = loop.time() + NO_CONSUMER_SLOT_WAIT_S, 0.05
+        while True:
+            config = _FreshlyNamed(name=self.bus.service, idle_heartbeat=self.heartbeat_s)
+            if start_seq:
+                config.deliver_policy, config.opt_start_seq = api.DeliverPolicy.BY_START_SEQUENCE, start_seq
+            elif only_new:
+                config.deliver_policy = api.DeliverPolicy.NEW
+            try:
+                return await self.bus.js.subscribe(
+                    self.filter_subject, stream=self.stream, ordered_consumer=True, config=config, cb=self._on_msg
+                )
+            except nats.js.errors.APIError as exc:
+                if exc.err_code != MAX_CONSUMERS_REACHED or loop.time() > give_up:
+                    raise
+                log.warning(
+                    "no free consumer slot on the stream; retrying",
+                    extra={"stream": self.stream, "filter": self.filter_subject},
+                )
+            await asyncio.sleep(delay)  # until the guard has freed a slot, within NO_CONSUMER_SLOT_WAIT_S
+            delay = min(delay * 2, SUBSCRIBE_RETRY_MAX_S)
 
     async def _on_msg(self, msg: Msg) -> None:
         try:
@@ -626,6 +648,21 @@ class Replay:
             self._sub = None
 
 
+def durable_config(spec: ConsumerSpec, start_seq: int = 0) -> api.ConsumerConfig:
+    """A declared durable consumer as its service makes it (and the platform, before it starts)."""
+    return api.ConsumerConfig(
+        name=spec.durable,
+        durable_name=spec.durable,
+        ack_policy=api.AckPolicy.EXPLICIT,
+        deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE if start_seq > 1 else api.DeliverPolicy.ALL,
+        opt_start_seq=start_seq if start_seq > 1 else None,
+        max_deliver=spec.max_deliver,
+        ack_wait=spec.ack_wait_s,
+        filter_subject=spec.filter_subject,
+        max_ack_pending=10_000,
+    )
+
+
 @dataclass
 class DurableConsumer:
     bus: EventBus
@@ -639,23 +676,20 @@ class DurableConsumer:
     _sub: JetStreamContext.PullSubscription | None = None
 
     def _config(self, start_seq: int = 0) -> api.ConsumerConfig:
-        return api.ConsumerConfig(
-            name=self.spec.durable,
-            durable_name=self.spec.durable,
-            ack_policy=api.AckPolicy.EXPLICIT,
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE if start_seq > 1 else api.DeliverPolicy.ALL,
-            opt_start_seq=start_seq if start_seq > 1 else None,
-            max_deliver=self.spec.max_deliver,
-            ack_wait=self.spec.ack_wait_s,
-            filter_subject=self.spec.filter_subject,
-            max_ack_pending=10_000,
-        )
+        return durable_config(self.spec, start_seq)
 
     async def start(self) -> None:
-        if await self._subscribe():
+        try:
+            subscribed = await self._subscribe()
+        except nats.js.errors.APIError as exc:
+            if exc.err_code != MAX_CONSUMERS_REACHED:
+                raise
+            log.warning("no free consumer slot on the stream; retrying", extra={"consumer": self.spec.durable})
+            subscribed = False
+        if subscribed:
             self._task = asyncio.create_task(self._run(), name=f"consumer-{self.spec.durable}")
         else:
-            log.info("stream not created yet; its consumer starts once it is", extra={"consumer": self.spec.durable})
+            log.info("its consumer starts once it can be made", extra={"consumer": self.spec.durable})
             self._task = asyncio.create_task(self._subscribe_then_run(), name=f"consumer-{self.spec.durable}")
 
     async def _subscribe(self) -> bool:

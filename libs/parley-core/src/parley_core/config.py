@@ -20,6 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from parley_core.consumer_policy import EPHEMERAL_QUOTA
 from parley_core.topology import PARKED_MAX_BYTES, PARKED_MAX_MSGS, STREAMS, StreamSpec, with_parked_limits
 
 TraceExporter = Literal["none", "console", "otlp"]
@@ -118,6 +119,9 @@ class Settings(BaseSettings):
     # PARKED's bounds: full, it refuses new parked copies and keeps the oldest (topology.py).
     parked_max_bytes: int = Field(default=PARKED_MAX_BYTES, gt=0)
     parked_max_msgs: int = Field(default=PARKED_MAX_MSGS, gt=0)
+    # Ephemeral consumers one service may keep on one stream, all its instances together
+    # (`parley up`'s consumer guard deletes the rest: parley_core.consumer_policy).
+    consumer_quota: int = Field(default=EPHEMERAL_QUOTA, gt=0)
 
     @property
     def streams(self) -> tuple[StreamSpec, ...]:

@@ -17,6 +17,9 @@ from parley_core.net import wait_for_port
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 _LOG_TAIL_BYTES = 4000
+RELOAD_TIMEOUT_S = 10.0
+_RELOADED = "Reloaded server configuration"
+_RELOAD_FAILED = "Failed to reload"
 
 
 class NatsServerProcess:
@@ -81,6 +84,34 @@ class NatsServerProcess:
         self._close_log()
         self._process = None
         await self.start()
+
+    async def reload(self, timeout: float = RELOAD_TIMEOUT_S) -> None:
+        """Apply its config file again without a restart (SIGHUP): connections stay, the accounts'
+        imports and users' permissions change (the consumer guard's quarantine). Returns once the
+        server's log says it reloaded; raises with its log's reason if it refused the file."""
+        process = self._running()
+        before = self._log_size()
+        process.send_signal(signal.SIGHUP)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + timeout
+        while True:
+            news = self._log_since(before)
+            if _RELOADED in news:
+                return
+            if _RELOAD_FAILED in news or loop.time() > give_up:
+                raise RuntimeError(f"nats-server did not reload {self.config_path}: {news.strip()[-1000:]}")
+            await asyncio.sleep(0.02)  # the log is the only answer a reload gives
+
+    def _log_size(self) -> int:
+        with contextlib.suppress(OSError):
+            return self.log_path.stat().st_size
+        return 0
+
+    def _log_since(self, offset: int) -> str:
+        with contextlib.suppress(OSError), self.log_path.open("rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
+        return ""
 
     async def wait_exit(self) -> int:
         """The exit code, once the process has ended (a crash, a kill, a stop)."""

@@ -70,12 +70,14 @@ def render_server_config(
     server_name: str = "parley",
     store_cipher_key: str | None = None,
     cluster: ClusterConfig | None = None,
+    quarantined: Iterable[str] = (),
 ) -> str:
     """Render a nats-server config requiring TLS and a password for every connection.
 
     ``passwords`` must contain every service of ``topology.SERVICES`` and the platform user;
     a missing user would be silently locked out, so it is an error here instead. Passwords of
-    users that topology no longer declares are ignored: they get no account.
+    users that topology no longer declares are ignored: they get no account. A `quarantined`
+    service's account may make no consumer but its declared durables (topology.streams_reached).
     """
     users = [*topology.SERVICES, topology.PLATFORM_USER]
     missing = [user for user in users if user not in passwords]
@@ -108,13 +110,14 @@ def render_server_config(
         "}",
         "",
         *(render_cluster_block(cluster, tls_cert=tls_cert, tls_key=tls_key, ca_cert=ca_cert) if cluster else []),
-        *render_accounts(passwords),
+        *render_accounts(passwords, quarantined=quarantined),
     ]
     return "\n".join(lines)
 
 
-def render_accounts(passwords: Mapping[str, str]) -> list[str]:
+def render_accounts(passwords: Mapping[str, str], *, quarantined: Iterable[str] = ()) -> list[str]:
     """The `accounts {}` block: the streams' account and one account per user (topology's layout)."""
+    held = frozenset(quarantined)
     streams = topology.STREAMS_ACCOUNT
     users = [*topology.SERVICES, topology.PLATFORM_USER]
     everyone = [topology.account_of(user) for user in users]
@@ -129,6 +132,8 @@ def render_accounts(passwords: Mapping[str, str]) -> list[str]:
         # creator's inbox; each account gets its own inboxes back, the platform's tools the default.
         *(_export("stream", f"{topology.inbox_prefix(user)}.>", [topology.account_of(user)]) for user in users),
         _export("stream", "_INBOX.>", [topology.account_of(topology.PLATFORM_USER)]),
+        # JetStream's advisories (a consumer made, and by whom): the platform's consumer guard.
+        _export("stream", topology.JS_ADVISORIES, [topology.account_of(topology.PLATFORM_USER)]),
     ]
     lines = [
         "accounts {",
@@ -141,17 +146,22 @@ def render_accounts(passwords: Mapping[str, str]) -> list[str]:
         "  }",
     ]
     for user in users:
-        lines += _user_account(user, passwords[user])
+        lines += _user_account(user, passwords[user], quarantined=user in held)
     lines += ["}", ""]
     return lines
 
 
-def _user_account(user: str, password: str) -> list[str]:
-    permissions = topology.permissions_for(user)
+def _user_account(user: str, password: str, *, quarantined: bool = False) -> list[str]:
+    permissions = topology.permissions_for(user, quarantined=quarantined)
     # The platform's tools also take push deliveries on nats-py's and the nats CLI's default inbox.
     inboxes = [topology.inbox_prefix(user), *(["_INBOX"] if user == topology.PLATFORM_USER else [])]
-    imports = [_service_import(subject, topology.local_subject(user, subject)) for subject in topology.imports_of(user)]
+    imports = [
+        _service_import(subject, topology.local_subject(user, subject))
+        for subject in topology.imports_of(user, quarantined=quarantined)
+    ]
     imports += [_stream_import(topology.STREAMS_ACCOUNT, f"{inbox}.>") for inbox in inboxes]
+    if user == topology.PLATFORM_USER:
+        imports.append(_stream_import(topology.STREAMS_ACCOUNT, topology.JS_ADVISORIES))
     exports: list[str] = []
     if user in topology.SERVICES:
         reader = topology.account_of(topology.HEARTBEAT_READER)

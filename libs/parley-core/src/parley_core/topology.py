@@ -239,7 +239,8 @@ STREAMS: tuple[StreamSpec, ...] = (
         readers=("patch-registry", "storage"),
         event_packages=("parley.patch.v1",),
     ),
-    # Poison events parked by any service's consumer, for an operator to list and replay.
+    # Poison events parked by any service's consumer, for an operator to list and replay; the
+    # platform's consumer guard parks its findings on its own parley.parked.platform.> subtree.
     StreamSpec(
         "PARKED",
         ("parley.parked.>",),
@@ -315,6 +316,9 @@ def inbox_prefix(service: str) -> str:
 # stream's subject. The platform identity's account imports everything (the operator's tools).
 STREAMS_ACCOUNT = "PARLEY_STREAMS"
 JS_API = "$JS.API"
+# JetStream's advisories in the streams' account (consumers made and deleted, every API call and
+# who made it): the platform imports them for its consumer guard (parley_core.consumer_guard).
+JS_ADVISORIES = "$JS.EVENT.ADVISORY.>"
 # Where a service's account reaches the streams' JetStream API (its imports' local name): apart
 # from $JS.API, which in an account without JetStream of its own answers "not enabled".
 SERVICE_JS_API = "$PARLEY.JS.API"
@@ -352,7 +356,7 @@ def reads(service: str, spec: StreamSpec) -> bool:
     return service == spec.owner or service in spec.readers
 
 
-def _stream_read(stream: str) -> list[str]:
+def _stream_read(stream: str, *, makes_consumers: bool = True) -> list[str]:
     """Read a whole stream: its state, any message, and consumers of the service's own making.
 
     A consumer is created only through the API subject that names it
@@ -360,15 +364,17 @@ def _stream_read(stream: str) -> list[str]:
     the ephemeral one takes the name from the request body, where no permission can see it (with
     it, any reader could rewrite another service's durable consumer). Ephemeral consumers get
     random, unlisted names (no CONSUMER.LIST or NAMES permission), and are never deleted by a
-    service: the server drops them once their subscriber is gone.
+    service: the server drops them once their subscriber is gone. How many a service keeps is
+    the platform's consumer guard's to check (parley_core.consumer_guard); a service that keeps
+    flooding loses `makes_consumers` (quarantined) until an operator lifts it.
     """
+    create = [f"$JS.API.CONSUMER.CREATE.{stream}.*", f"$JS.API.CONSUMER.CREATE.{stream}.*.>"]
     return [
         f"$JS.API.STREAM.INFO.{stream}",
         f"$JS.API.STREAM.MSG.GET.{stream}",
         f"$JS.API.DIRECT.GET.{stream}",
         f"$JS.API.DIRECT.GET.{stream}.>",
-        f"$JS.API.CONSUMER.CREATE.{stream}.*",
-        f"$JS.API.CONSUMER.CREATE.{stream}.*.>",
+        *(create if makes_consumers else []),
         f"$JS.API.CONSUMER.INFO.{stream}.*",
         f"$JS.FC.{stream}.>",  # flow control of ordered (push) consumers
     ]
@@ -391,13 +397,14 @@ def _others_durable(spec: ConsumerSpec) -> list[str]:
     return [f"$JS.API.CONSUMER.*.{spec.stream}.{spec.durable}", f"$JS.API.CONSUMER.*.{spec.stream}.{spec.durable}.>"]
 
 
-def permissions_for(service: str) -> Permissions:
+def permissions_for(service: str, *, quarantined: bool = False) -> Permissions:
     """Least-privilege NATS permissions of one service's user, as its own account names the
     subjects (its JetStream API under SERVICE_JS_API): a second layer beside its imports, which
-    cannot refuse another service's durable inside a wildcard."""
+    cannot refuse another service's durable inside a wildcard. Quarantined: no consumer but its
+    declared durables (see streams_reached)."""
     if service == PLATFORM_USER:
         return Permissions(publish=(">",), subscribe=(">",))
-    reached = streams_reached(service)
+    reached = streams_reached(service, quarantined=quarantined)
     return Permissions(
         publish=(heartbeat_subject(service, "*"), *(local_subject(service, s) for s in reached.publish)),
         subscribe=reached.subscribe,
@@ -405,17 +412,21 @@ def permissions_for(service: str) -> Permissions:
     )
 
 
-def imports_of(user: str) -> tuple[str, ...]:
+def imports_of(user: str, *, quarantined: bool = False) -> tuple[str, ...]:
     """The subjects of the streams' account a user's account imports: for a service exactly those
     it may publish there; for the platform identity every stream's subjects and the whole API."""
     if user == PLATFORM_USER:
         return ("parley.>", f"{JS_API}.>", "$JS.ACK.>", "$JS.FC.>")
-    return streams_reached(user).publish
+    return streams_reached(user, quarantined=quarantined).publish
 
 
-def streams_reached(service: str) -> Permissions:
+def streams_reached(service: str, *, quarantined: bool = False) -> Permissions:
     """What one service may do in the streams' account, derived from STREAMS and CONSUMERS, as that
-    account names the subjects ($JS.API...); subscribe: its own account's subjects."""
+    account names the subjects ($JS.API...); subscribe: its own account's subjects.
+
+    A quarantined service (its credential kept flooding a stream with consumers: the platform's
+    consumer guard put it there, `parley consumers lift` takes it out) makes no consumer but its
+    declared durables, whose create subjects name them in full and so cannot multiply."""
     if service not in SERVICES:
         raise KeyError(f"unknown service {service!r}")
     publish: list[str] = ["$JS.API.INFO", f"parley.parked.{service}.>"]
@@ -435,7 +446,7 @@ def streams_reached(service: str) -> Permissions:
             publish.extend(spec.subjects)
             publish.append(f"$JS.API.STREAM.CREATE.{spec.name}")
         if reads(service, spec):
-            publish.extend(_stream_read(spec.name))
+            publish.extend(_stream_read(spec.name, makes_consumers=not quarantined))
         if spec.owner == service and spec.name in OWNER_DELETED_STREAMS:
             publish.append(f"$JS.API.STREAM.MSG.DELETE.{spec.name}")  # on a due fact it checked
     for consumer in (*CONSUMERS, *SIEM_CONSUMERS):

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,15 @@ class NatsTestServer:
     passwords: dict[str, str]
     ca_cert: Path
     process: NatsServerProcess
+    # Its config again, with some services quarantined (the consumer guard's sanction).
+    render: Callable[[Iterable[str]], str] = field(default=lambda _quarantined: "", repr=False)
     _clients: list[Client] = field(default_factory=list, repr=False)
+
+    async def quarantine(self, services: Iterable[str]) -> None:
+        """Rewrite its config with these services quarantined (none: lifted) and reload it, as the
+        platform does when its consumer guard finds a service flooding a stream."""
+        self.process.config_path.write_text(self.render(services), encoding="utf-8")
+        await self.process.reload()
 
     async def connect(self, user: str, **kwargs: Any) -> Client:
         """Connect as ``user``; the client is closed when the test's server stops."""
@@ -107,8 +115,9 @@ async def start_nats_test_server(pki: Pki, directory: Path) -> NatsTestServer:
     for attempt in range(_START_ATTEMPTS):
         port = free_port(_HOST)
         config_path = directory / "nats.conf"
-        config_path.write_text(
-            render_server_config(
+
+        def render(quarantined: Iterable[str], port: int = port) -> str:
+            return render_server_config(
                 host=_HOST,
                 port=port,
                 store_dir=directory / "jetstream",
@@ -117,9 +126,10 @@ async def start_nats_test_server(pki: Pki, directory: Path) -> NatsTestServer:
                 ca_cert=pki.ca_cert,
                 passwords=passwords,
                 server_name=f"parley-test-{port}",
-            ),
-            encoding="utf-8",
-        )
+                quarantined=quarantined,
+            )
+
+        config_path.write_text(render(()), encoding="utf-8")
         config_path.chmod(0o600)
         process = NatsServerProcess(
             config_path=config_path, host=_HOST, port=port, log_path=directory / f"nats-{attempt}.log"
@@ -129,7 +139,7 @@ async def start_nats_test_server(pki: Pki, directory: Path) -> NatsTestServer:
         except RuntimeError as exc:
             error = exc
             continue
-        return NatsTestServer(url=process.url, passwords=passwords, ca_cert=pki.ca_cert, process=process)
+        return NatsTestServer(url=process.url, passwords=passwords, ca_cert=pki.ca_cert, process=process, render=render)
     assert error is not None
     raise error
 

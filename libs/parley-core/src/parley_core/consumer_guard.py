@@ -1,0 +1,365 @@
+"""The platform's consumer guard: every JetStream consumer judged as it is made, the rest deleted.
+
+Run with the platform identity where the platform is supervised (`parley up`). JetStream tells
+the streams' account of every API call and of who made it (the audit advisory,
+`$JS.EVENT.ADVISORY.API`, whose client account is the server's word); the platform's account
+imports those advisories (natsconf). Each consumer made is judged at once
+(parley_core.consumer_policy) and deleted if it may not stay; a sweep of every stream's
+consumers (CONSUMER.LIST) catches what was made while the guard did not watch (before its
+start, across a reconnect). A consumer a service may not keep, made with that service's
+credential, is a security finding: logged with `security_event: consumer_flood`, announced, and
+parked on the platform's own `parley.parked.platform.<stream>` subtree (kind `consumer-flood`:
+`parley parked` marks it SECURITY, a SIEM follows `parley.parked.>`). A credential that keeps
+at it is handed to `quarantine`: the platform takes its account's consumer-create imports away
+until an operator lifts it (`parley consumers lift`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from parley_core.bus import CONSUMER_NOT_FOUND, durable_config
+from parley_core.consumer_policy import DECLARED, EPHEMERAL_QUOTA, ConsumerSeen, Verdict, judge
+from parley_core.topology import (
+    CONSUMERS,
+    JS_API,
+    PLATFORM_USER,
+    SERVICES,
+    SIEM_CONSUMERS,
+    STREAMS,
+    account_of,
+    parked_subject,
+)
+
+log = logging.getLogger(__name__)
+
+API_AUDIT = "$JS.EVENT.ADVISORY.API"
+CONSUMER_DELETED = "$JS.EVENT.ADVISORY.CONSUMER.DELETED.>"
+CONSUMER_FLOOD = "consumer-flood"  # Parley-Parked-Kind of the guard's finding
+# A consumer no advisory named is judged only once it is this old: its advisory may be on its way.
+ADVISORY_GRACE_S = 2.0
+SWEEP_EVERY_S = 10.0
+DELETERS = 16  # deletions in flight at once: a flood is undone at the server's pace
+DELETE_ATTEMPTS = 4
+REQUEST_TIMEOUT_S = 5.0
+# A service whose credential made this many consumers it may not keep within the window keeps
+# flooding: quarantined. No service's own code makes one.
+QUARANTINE_AFTER = 100
+QUARANTINE_WINDOW_S = 60.0
+# The first finding of a flood is reported this soon (with what it made by then), later ones at most this often.
+REPORT_FIRST_S = 1.0
+REPORT_EVERY_S = 10.0
+
+USER_OF_ACCOUNT = {account_of(user): user for user in (*SERVICES, PLATFORM_USER)}
+_CREATE_CALLS = (f"{JS_API}.CONSUMER.CREATE.", f"{JS_API}.CONSUMER.DURABLE.CREATE.")
+
+
+@dataclass(frozen=True)
+class Flood:
+    """A service's credential made consumers no service may keep (undeclared durables, more than
+    its quota, ...): what the guard deleted of them."""
+
+    service: str
+    deleted: dict[str, int]  # per stream
+    quota: int
+    quarantined: bool
+
+    def sentence(self) -> str:
+        made = ", ".join(f"{count} on {stream}" for stream, count in sorted(self.deleted.items()))
+        then = "; its account may make no more consumers until an operator lifts the quarantine" * self.quarantined
+        return (
+            f"{self.service}'s NATS credential made consumers it may not keep ({made}: undeclared durables, "
+            f"or more than its quota of {self.quota} per stream); the consumer guard deleted them{then}"
+        )
+
+
+def seen_from_info(info: dict[str, Any], creator: str | None) -> ConsumerSeen:
+    """A consumer as JetStream's API describes it (a create answer, a CONSUMER.LIST entry)."""
+    config = info.get("config") or {}
+    filters = tuple(
+        config.get("filter_subjects") or ([config["filter_subject"]] if config.get("filter_subject") else [])
+    )
+    return ConsumerSeen(
+        stream=str(info.get("stream_name", "")),
+        name=str(info.get("name", "")),
+        durable=bool(config.get("durable_name")),
+        filter_subjects=filters,
+        inactive_threshold_s=int(config.get("inactive_threshold") or 0) / 1e9,
+        creator=creator,
+    )
+
+
+@dataclass
+class _Kept:
+    creator: str | None
+    counted: bool  # an ephemeral consumer within its maker's quota
+
+
+@dataclass
+class ConsumerGuard:
+    """Watches, judges and deletes; `start()` once the streams exist, `stop()` when the platform stops."""
+
+    nc: Client
+    quota: int = EPHEMERAL_QUOTA
+    quarantine_after: int = QUARANTINE_AFTER
+    streams: tuple[str, ...] = tuple(s.name for s in STREAMS)
+    sweep_every_s: float = SWEEP_EVERY_S
+    # Told of each finding (`parley up` prints it); and asked to take a flooding service's rights away.
+    announce: Callable[[str], None] = lambda _text: None
+    quarantine: Callable[[str, str], Awaitable[None]] | None = None
+    deleted: Counter[str] = field(default_factory=Counter)  # why -> how many, for tests and status
+    findings: list[Flood] = field(default_factory=list)
+    quarantined: set[str] = field(default_factory=set)
+    _kept: dict[tuple[str, str], _Kept] = field(default_factory=dict)
+    _counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (service, stream) -> kept ephemerals
+    _over: dict[str, Counter[str]] = field(default_factory=dict)  # service -> stream -> deleted, unreported
+    _over_times: dict[str, deque[float]] = field(default_factory=dict)
+    _last_report: dict[str, float] = field(default_factory=dict)
+    _doomed: asyncio.Queue[tuple[str, str]] = field(default_factory=asyncio.Queue)
+    _deleting: set[tuple[str, str]] = field(default_factory=set)  # queued: a sweep judges them no second time
+    _deleted: set[tuple[str, str]] = field(default_factory=set)  # since the last sweep
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _subs: list[Any] = field(default_factory=list)
+    _started_at: float = 0.0
+
+    async def start(self) -> None:
+        self._started_at = time.time()
+        self._subs = [
+            await self.nc.subscribe(API_AUDIT, cb=self._on_api_call),
+            await self.nc.subscribe(CONSUMER_DELETED, cb=self._on_deleted),
+        ]
+        await self.nc.flush(timeout=int(REQUEST_TIMEOUT_S))
+        self._tasks = [
+            asyncio.create_task(self._delete_doomed(), name="consumer-guard-delete") for _ in range(DELETERS)
+        ]
+        await self.sweep()
+        self._tasks.append(asyncio.create_task(self._sweep_often(), name="consumer-guard-sweep"))
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks, self._subs = [], []
+
+    def kept(self, service: str, stream: str) -> int:
+        """Ephemeral consumers `service` keeps on `stream` now, as the guard counts them."""
+        return self._counts[(service, stream)]
+
+    def lifted(self, service: str) -> None:
+        """An operator lifted the service's quarantine: its flood count starts again."""
+        self.quarantined.discard(service)
+        self._over_times.pop(service, None)
+
+    # -- what the server tells ---------------------------------------------------------------
+
+    async def _on_api_call(self, msg: Msg) -> None:
+        try:
+            audit = json.loads(msg.data)
+            subject = str(audit.get("subject", ""))
+            if not subject.startswith(_CREATE_CALLS):
+                return
+            answer = json.loads(audit.get("response") or "{}")
+        except (ValueError, AttributeError):
+            return
+        if not isinstance(answer, dict) or "error" in answer or not answer.get("name"):
+            return  # refused: nothing was made
+        creator = USER_OF_ACCOUNT.get(str((audit.get("client") or {}).get("acc", "")))
+        self._judge(seen_from_info(answer, creator))
+
+    async def _on_deleted(self, msg: Msg) -> None:
+        with contextlib.suppress(ValueError, AttributeError):
+            gone = json.loads(msg.data)
+            self._forget(str(gone.get("stream", "")), str(gone.get("consumer", "")))
+
+    def _forget(self, stream: str, name: str) -> None:
+        kept = self._kept.pop((stream, name), None)
+        if kept is not None and kept.counted and kept.creator is not None:
+            self._counts[(kept.creator, stream)] -= 1
+
+    def _judge(self, consumer: ConsumerSeen) -> Verdict:
+        key = (consumer.stream, consumer.name)
+        self._forget(*key)  # an update of one it knew: judged again, counted once
+        creator = consumer.creator
+        verdict = judge(consumer, kept_of_creator=self._counts[(creator or "", consumer.stream)], quota=self.quota)
+        if verdict.keep:
+            counted = creator not in (None, PLATFORM_USER) and key not in DECLARED
+            self._kept[key] = _Kept(creator, counted)
+            if counted and creator is not None:
+                self._counts[(creator, consumer.stream)] += 1
+            return verdict
+        self.deleted[verdict.why] += 1
+        self._deleting.add(key)
+        self._doomed.put_nowait(key)
+        if verdict.violation and creator is not None:
+            self._violated(creator, consumer.stream)
+        else:
+            log.warning("consumer %s of %s deleted by the guard: %s", key[1], key[0], verdict.why)
+        return verdict
+
+    # -- a service's credential misused ------------------------------------------------------------
+
+    def _violated(self, service: str, stream: str) -> None:
+        now = time.monotonic()
+        first = service not in self._over
+        self._over.setdefault(service, Counter())[stream] += 1
+        times = self._over_times.setdefault(service, deque())
+        times.append(now)
+        while times and times[0] < now - QUARANTINE_WINDOW_S:
+            times.popleft()
+        if len(times) >= self.quarantine_after and service not in self.quarantined and self.quarantine is not None:
+            self.quarantined.add(service)
+            why = f"made {len(times)} consumers it may not keep within {QUARANTINE_WINDOW_S:g} s"
+            self._tasks.append(asyncio.create_task(self._quarantine(service, why), name=f"quarantine-{service}"))
+        if first:
+            wait = max(REPORT_FIRST_S, self._last_report.get(service, -REPORT_EVERY_S) + REPORT_EVERY_S - now)
+            self._tasks.append(asyncio.create_task(self._report_after(service, wait), name=f"report-{service}"))
+
+    async def _quarantine(self, service: str, why: str) -> None:
+        assert self.quarantine is not None
+        try:
+            await self.quarantine(service, why)
+        except Exception:  # the guard keeps deleting all the same
+            log.exception("quarantining a flooding service failed", extra={"service": service})
+
+    async def _report_after(self, service: str, wait: float) -> None:
+        await asyncio.sleep(wait)  # a flood's first findings gathered into one report
+        deleted = self._over.pop(service, Counter())
+        self._last_report[service] = time.monotonic()
+        flood = Flood(service, dict(deleted), self.quota, quarantined=service in self.quarantined)
+        self.findings.append(flood)
+        log.error(
+            "security: a service's credential flooded a stream with consumers",
+            extra={"security_event": "consumer_flood", "service": service, "deleted": dict(deleted)},
+        )
+        self.announce(f"SECURITY: {flood.sentence()}")
+        try:
+            await self._park(flood)
+        except (nats.errors.Error, TimeoutError) as exc:  # PARKED full or NATS away: the log line stays
+            log.error("the consumer flood was not parked", extra={"service": service, "error": str(exc)})
+
+    async def _park(self, flood: Flood) -> None:
+        js = self.nc.jetstream()
+        for stream, count in sorted(flood.deleted.items()):
+            headers = {
+                "Parley-Parked-Kind": CONSUMER_FLOOD,
+                "Parley-Parked-Reason": flood.sentence()[:500],
+                "Parley-Original-Stream": stream,
+                "Parley-Original-Subject": "",
+                "Parley-Original-Sequence": "",
+                "Parley-Consumer": f"{count} made by {flood.service}",
+            }
+            body = json.dumps({"service": flood.service, "stream": stream, "deleted": count, "quota": flood.quota})
+            await js.publish(parked_subject(PLATFORM_USER, stream), body.encode(), headers=headers)
+
+    # -- deleting, sweeping ------------------------------------------------------------------
+
+    async def _delete_doomed(self) -> None:
+        while True:
+            stream, name = await self._doomed.get()
+            try:
+                deleted = await self._delete(stream, name)
+            finally:
+                self._deleting.discard((stream, name))
+            if deleted:
+                self._deleted.add((stream, name))  # a sweep's listing may be older than the deletion
+            else:  # NATS busy or reloading: the next sweep finds it again if it is still there
+                log.warning("deleting a consumer failed; the next sweep tries again", extra={"stream": stream})
+
+    async def _delete(self, stream: str, name: str) -> bool:
+        """Delete it (gone already counts); a few tries, since a reload briefly answers nothing."""
+        for attempt in range(DELETE_ATTEMPTS):
+            try:
+                answer = await self.nc.request(
+                    f"{JS_API}.CONSUMER.DELETE.{stream}.{name}", b"", timeout=REQUEST_TIMEOUT_S
+                )
+                error = json.loads(answer.data).get("error")
+                if not error or error.get("err_code") == CONSUMER_NOT_FOUND:
+                    return True
+            except (nats.errors.Error, TimeoutError, ValueError):
+                pass
+            await asyncio.sleep(0.2 * 2**attempt)  # backoff before the next try
+        return False
+
+    async def _sweep_often(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_every_s)  # the advisories are the fast path; this catches the rest
+            try:
+                await self.sweep()
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning("consumer sweep failed; trying again", extra={"error": str(exc)})
+
+    async def sweep(self) -> None:
+        """Judge every consumer no advisory named (made before the guard watched, or missed)."""
+        for stream in self.streams:
+            known_before = [k for k in self._kept if k[0] == stream]  # one made while listing is not missing
+            listed = {str(info.get("name", "")): info async for info in self._list(stream)}
+            for key in [k for k in known_before if k[1] not in listed]:
+                self._forget(*key)  # gone without an advisory reaching us
+            for name, info in listed.items():
+                key = (stream, name)
+                known = key in self._kept or key in self._deleting or key in self._deleted
+                if not known and _age_s(info) >= ADVISORY_GRACE_S:
+                    self._judge(seen_from_info({**info, "stream_name": stream}, None))
+        self._deleted.clear()  # the next sweep lists after these deletions
+
+    async def _list(self, stream: str) -> Any:
+        offset = 0
+        while True:
+            body = json.dumps({"offset": offset}).encode()
+            try:
+                answer = json.loads(
+                    (await self.nc.request(f"{JS_API}.CONSUMER.LIST.{stream}", body, timeout=REQUEST_TIMEOUT_S)).data
+                )
+            except ValueError:
+                return
+            if "error" in answer:
+                return  # no such stream (yet)
+            page = answer.get("consumers") or []
+            for info in page:
+                yield info
+            offset += len(page)
+            if not page or offset >= int(answer.get("total", 0)):
+                return
+
+
+def _age_s(info: dict[str, Any]) -> float:
+    """How long ago the server made it (its `created`, RFC 3339 with nanoseconds)."""
+    try:
+        made = datetime.fromisoformat(str(info.get("created", "")))
+    except ValueError:
+        return float("inf")
+    return time.time() - made.timestamp()
+
+
+async def ensure_declared_durables(nc: Client, specs: Iterable[Any] = (*CONSUMERS, *SIEM_CONSUMERS)) -> list[str]:
+    """Make every declared durable that does not exist yet (the platform, before the services start),
+    so no flood can keep one from being made; an existing one is left as it is (it may resume
+    from where its service put it). Returns the ones made."""
+    js = nc.jetstream()
+    made = []
+    for spec in specs:
+        try:
+            await js.consumer_info(spec.stream, spec.durable)
+            continue
+        except nats.js.errors.NotFoundError:
+            pass
+        await js.add_consumer(spec.stream, durable_config(spec))
+        made.append(f"{spec.stream}/{spec.durable}")
+    return made
