@@ -65,7 +65,10 @@ export class RolloutsPage {
   }
 
   private async planForm(): Promise<HTMLElement> {
-    const releases = (await withRefresh(() => gateway.listReleases({}))).releases;
+    const published = (await withRefresh(() => gateway.listReleases({}))).releases;
+    // A release every live instance of its service already runs is nothing to roll out.
+    const running = await runningEverywhere();
+    const releases = published.filter((r) => !running.has(`${r.service} ${r.version}`));
     const choice = h("select", { id: "plan-release" });
     for (const r of releases) choice.append(h("option", { value: `${r.service} ${r.version}` }, `${r.service} ${r.version}`));
     const reason = h("input", { id: "plan-reason", type: "text", maxlength: 500 });
@@ -79,7 +82,15 @@ export class RolloutsPage {
       h("label", { for: "plan-reason" }, "Reason (optional)"),
       reason,
       h("button", { type: "submit", disabled: releases.length === 0 }, "Plan roll-out"),
-      releases.length === 0 ? h("p", { class: "hint" }, "No release is published yet (parley patch publish).") : null,
+      releases.length === 0
+        ? h(
+            "p",
+            { class: "hint" },
+            published.length === 0
+              ? "No release is published yet (parley patch publish)."
+              : "Every published release already runs on all its instances (parley patch publish a new one).",
+          )
+        : null,
       result,
     );
     on(form, "submit", (event) => {
@@ -89,6 +100,7 @@ export class RolloutsPage {
         try {
           await withRefresh(() => gateway.planRollout({ service, toVersion, reason: reason.value }));
           result.textContent = "";
+          form.reset(); // planned: the form is ready for the next one
           await this.refresh();
         } catch (err) {
           result.textContent = describe(err);
@@ -100,7 +112,14 @@ export class RolloutsPage {
 
   private card(r: Rollout): HTMLElement {
     const error = h("p", { class: "error", role: "alert" });
-    const reason = h("input", { type: "text", maxlength: 500, "aria-label": `Reason for roll-out ${r.rolloutId}` });
+    const reasonId = `reason-${r.rolloutId}`;
+    const reason = h("input", {
+      id: reasonId,
+      type: "text",
+      maxlength: 500,
+      placeholder: "why (kept on the audit trail)",
+      "aria-label": `Reason for roll-out ${r.rolloutId}`,
+    });
     const buttons = this.actions(r, reason, error);
     const done = r.steps.filter((s) => s.drained).length;
     return h(
@@ -111,7 +130,9 @@ export class RolloutsPage {
       h("p", { class: "hint" }, this.people(r)),
       r.rollbackReason ? h("p", { class: "error" }, `Rolled back: ${r.rollbackReason}`) : null,
       h("p", { class: "hint" }, `${done}/${r.oldInstances.length} instances replaced`),
-      buttons.length ? h("div", { class: "actions" }, reason, ...buttons) : null,
+      buttons.length
+        ? h("div", { class: "actions" }, h("label", { for: reasonId }, "Reason (optional)"), reason, ...buttons)
+        : null,
       error,
       r.steps.length
         ? table(
@@ -158,7 +179,13 @@ export class RolloutsPage {
     return offered
       .filter(([, , shown]) => shown)
       .map(([label, command]) => {
-        const button = h("button", { type: "button", class: "small" }, label);
+        // The planner may not approve (the card says so; the registry refuses it anyway).
+        const own = command === "approveRollout" && r.plannedBy === this.session.userId;
+        const button = h(
+          "button",
+          { type: "button", class: "small", disabled: own, title: own ? "You planned it: a second person approves" : undefined },
+          label,
+        );
         on(button, "click", () => {
           void (async () => {
             try {
@@ -173,6 +200,23 @@ export class RolloutsPage {
         return button;
       });
   }
+}
+
+/** "service version" of each release every live instance of its service runs (none when the
+ * fleet cannot be read: then every release is offered). */
+async function runningEverywhere(): Promise<Set<string>> {
+  const fleet = await withRefresh(() => gateway.listInstances({})).catch(() => null);
+  const versions = new Map<string, Set<string>>();
+  for (const i of fleet?.instances ?? []) {
+    const beat = i.lastHeartbeat;
+    if (i.stale || beat === undefined) continue;
+    const seen = versions.get(beat.service) ?? new Set<string>();
+    seen.add(beat.version);
+    versions.set(beat.service, seen);
+  }
+  return new Set(
+    [...versions].filter(([, seen]) => seen.size === 1).map(([service, seen]) => `${service} ${[...seen][0]}`),
+  );
 }
 
 function timelineItem(entry: AuditEntry): HTMLElement {
