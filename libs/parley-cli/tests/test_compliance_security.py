@@ -146,7 +146,7 @@ def test_anomalies_name_people_and_the_probers_events_are_not_counted() -> None:
     report = "\n".join(render_sections(facts, since=0.0, now=3 * DAY, table=_table))
     assert "| compliance report signing key (Ed25519) | bee9ea0fd4f18b66 |" in report
     events = report.split("## Security events in the period\n", 1)[1]
-    assert "3 events of the platform's synthetic accounts (the roll-out probers) not counted." in events
+    assert "3 event(s) of the platform's synthetic accounts (the roll-out probers) not counted." in events
     assert "| anomaly:rushed_rollout | bob | roll-out r-1 planned by olga was approved by bob 18s later" in events
     assert approver not in events
     assert planner not in events

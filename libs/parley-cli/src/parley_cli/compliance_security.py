@@ -443,7 +443,7 @@ def _security_events(facts: SecurityFacts, since: float, table: TableFn) -> list
     period = [e for e in every if not facts.synthetic_ids.intersection(e.accounts)]
     if len(period) < len(every):
         lines += [
-            f"{len(every) - len(period)} events of the platform's synthetic accounts (the roll-out probers) "
+            f"{len(every) - len(period)} event(s) of the platform's synthetic accounts (the roll-out probers) "
             "not counted.",
             "",
         ]

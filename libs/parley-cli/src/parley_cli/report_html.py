@@ -59,7 +59,7 @@ def _cells(row: str) -> list[str]:
 
 # Columns kept on one line (a time, a record's position): printed on A4, the table would
 # otherwise squeeze them into a few characters a line beside a wide sentence.
-NOWRAP = frozenset({"when", "reference", "recorded"})
+NOWRAP = frozenset({"when", "erased", "reference", "recorded"})
 
 
 def _table(rows: Sequence[str]) -> list[str]:
