@@ -607,6 +607,10 @@ async def test_operator_plans_a_second_person_approves_and_the_timeline_reaches_
         await expect(a_page.get_by_role("button", name="Log in")).to_have_count(0)
         await expect(a_page.locator("table.grid tbody tr").filter(has_text="0.2.0").first).to_contain_text("messaging")
         await expect(a_page.locator(f'tr[data-key="{old_instance}"]')).to_have_count(0, timeout=60_000)
+        # Now every messaging instance runs 0.2.0: it is no longer offered for a roll-out.
+        await a_page.get_by_role("link", name="Roll-outs").click()
+        await expect(a_page.locator("#plan-release")).to_be_attached()  # filled before it is shown
+        await expect(a_page.locator("#plan-release option", has_text="messaging 0.2.0")).to_have_count(0)
         await a_context.close()
         await b_context.close()
     finally:

@@ -17,12 +17,17 @@ const RULE =
   "approval from whoever planned the roll-out or published its release, and from any role " +
   "without the patch-approve permission (it is held by operator and admin).";
 
+const RELEASES_EVERY_MS = 15_000;
+const ENDED = new Set(["done", "rolled_back"]); // a roll-out that changed what runs, for the last time
+
 type Command = "approveRollout" | "pauseRollout" | "resumeRollout" | "rollbackRollout";
 
 export class RolloutsPage {
   readonly element: HTMLElement;
   private readonly list = h("div", { class: "rollouts" });
   private readonly cards = new Map<string, { shown: string; card: HTMLElement }>();
+  private fillReleases: () => Promise<void> = async () => {}; // the plan form's, once it is shown
+  private releasesAt = Infinity; // when fillReleases last ran (never: no plan form)
 
   constructor(private readonly session: Session) {
     this.element = h(
@@ -51,10 +56,12 @@ export class RolloutsPage {
       rollouts.flatMap((r) => [r.plannedBy, r.approvedBy, ...r.audit.map((a) => actorUserId(a.actor))]),
     );
     const order: HTMLElement[] = [];
+    let ended = false;
     for (const rollout of rollouts) {
       const shown = toJsonString(RolloutSchema, rollout);
       let entry = this.cards.get(rollout.rolloutId);
       if (entry === undefined || entry.shown !== shown) {
+        if (entry !== undefined && ENDED.has(rollout.state)) ended = true;
         entry = { shown, card: this.card(rollout) };
         this.cards.set(rollout.rolloutId, entry);
       }
@@ -62,16 +69,16 @@ export class RolloutsPage {
     }
     clear(this.list);
     this.list.append(...order);
+    // What runs changes when a roll-out ends, and again when the registry drops the instances it
+    // replaced: read again then, and every RELEASES_EVERY_MS (a failed read leaves the list).
+    if (ended || Date.now() - this.releasesAt > RELEASES_EVERY_MS) await this.fillReleases().catch(() => undefined);
   }
 
   private async planForm(): Promise<HTMLElement> {
-    const published = (await withRefresh(() => gateway.listReleases({}))).releases;
-    // A release every live instance of its service already runs is nothing to roll out.
-    const running = await runningEverywhere();
-    const releases = published.filter((r) => !running.has(`${r.service} ${r.version}`));
     const choice = h("select", { id: "plan-release" });
-    for (const r of releases) choice.append(h("option", { value: `${r.service} ${r.version}` }, `${r.service} ${r.version}`));
     const reason = h("input", { id: "plan-reason", type: "text", maxlength: 500 });
+    const submit = h("button", { type: "submit" }, "Plan roll-out");
+    const none = h("p", { class: "hint", id: "plan-none" });
     const result = h("p", { class: "error", role: "alert" });
     const form = h(
       "form",
@@ -81,18 +88,32 @@ export class RolloutsPage {
       choice,
       h("label", { for: "plan-reason" }, "Reason (optional)"),
       reason,
-      h("button", { type: "submit", disabled: releases.length === 0 }, "Plan roll-out"),
-      releases.length === 0
-        ? h(
-            "p",
-            { class: "hint" },
-            published.length === 0
-              ? "No release is published yet (parley patch publish)."
-              : "Every published release already runs on all its instances (parley patch publish a new one).",
-          )
-        : null,
+      submit,
+      none,
       result,
     );
+    // Filled again whenever a roll-out ends: what it rolled out then runs everywhere.
+    this.fillReleases = async () => {
+      this.releasesAt = Date.now();
+      const published = (await withRefresh(() => gateway.listReleases({}))).releases;
+      // A release every live instance of its service already runs is nothing to roll out.
+      const running = await runningEverywhere();
+      const releases = published.filter((r) => !running.has(`${r.service} ${r.version}`));
+      const picked = choice.value;
+      clear(choice);
+      for (const r of releases) {
+        const name = `${r.service} ${r.version}`;
+        choice.append(h("option", { value: name, selected: name === picked }, name));
+      }
+      submit.disabled = releases.length === 0;
+      none.textContent =
+        releases.length > 0
+          ? ""
+          : published.length === 0
+            ? "No release is published yet (parley patch publish)."
+            : "Every published release already runs on all its instances (parley patch publish a new one).";
+    };
+    await this.fillReleases();
     on(form, "submit", (event) => {
       event.preventDefault();
       const [service, toVersion] = choice.value.split(" ");
