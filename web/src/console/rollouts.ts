@@ -184,8 +184,9 @@ export class RolloutsPage {
     const planned = `Planned by ${name(r.plannedBy)}`;
     if (r.approvedBy) return `${planned}, approved by ${name(r.approvedBy)}.`;
     if (r.state !== "planned") return `${planned}.`;
-    return r.plannedBy === me
-      ? `${planned}. Waiting for a second person to approve: you planned it, so you may not.`
+    if (r.plannedBy === me) return `${planned}. Waiting for a second person to approve: you planned it, so you may not.`;
+    return r.releasePublishedBy === me
+      ? `${planned}. Waiting for a second person to approve: you published its release, so you may not.`
       : `${planned}. Waiting for approval by a second person.`;
   }
 
@@ -200,11 +201,13 @@ export class RolloutsPage {
     return offered
       .filter(([, , shown]) => shown)
       .map(([label, command]) => {
-        // The planner may not approve (the card says so; the registry refuses it anyway).
-        const own = command === "approveRollout" && r.plannedBy === this.session.userId;
+        // The planner and the release's publisher may not approve (the card says so; the
+        // registry refuses it anyway).
+        const me = this.session.userId;
+        const own = command === "approveRollout" && (r.plannedBy === me || r.releasePublishedBy === me);
         const button = h(
           "button",
-          { type: "button", class: "small", disabled: own, title: own ? "You planned it: a second person approves" : undefined },
+          { type: "button", class: "small", disabled: own, title: own ? "Yours: a second person approves" : undefined },
           label,
         );
         on(button, "click", () => {
