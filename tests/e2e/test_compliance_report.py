@@ -172,6 +172,9 @@ def test_signed_report_of_fleet_findings_and_audit_then_a_changed_byte_is_caught
     keys = section(report, "Encryption and key ages")
     assert "| access-token signing key (Ed25519) |" in keys
     assert "| audit record signing key (Ed25519) |" in keys
+    # The report key by its id, the one `parley report verify` prints, not by its file name.
+    signer = made.stdout.split("signed by key ", 1)[1].split()[0]
+    assert f"| compliance report signing key (Ed25519) | {signer} |" in keys
     assert "| TLS certificate (CA) | ca |" in keys
     assert "| TLS certificate | gateway |" in keys
     assert "Last KEK rotation: " in keys
@@ -197,6 +200,9 @@ def test_signed_report_of_fleet_findings_and_audit_then_a_changed_byte_is_caught
     assert failed
     assert all("| login_failed | auditee |" in line for line in failed), failed  # by name, not by id
     assert "| login_succeeded |" not in listed  # counted, not listed
+    # The prober's account (its creation's role_assigned) is the platform's, not a person's.
+    assert "event(s) of the platform's synthetic accounts (the roll-out probers) not counted." in events
+    assert "canary-prober-e2e" not in events
 
     key = platform.data_dir / "secrets" / "report-signing-key.pem"
     assert key.stat().st_mode & 0o777 == 0o600

@@ -305,6 +305,14 @@ async def test_an_overdue_finding_is_first_on_the_advisories_page(
     files[0].write_text(osv(low, LOW, "a low one"))
     files[1].write_text(osv(critical, CRITICAL, "a critical one"))
     context, page = await console(browser, platform, account(platform, "operator"), "advisories")
+    # The upload's controls are their own size, not stretched across the page.
+    chooser = await page.get_by_label("Import OSV advisories (JSON files)").bounding_box()
+    button = await page.get_by_role("button", name="Import", exact=True).bounding_box()
+    width = await page.evaluate("document.documentElement.clientWidth")
+    assert chooser is not None
+    assert button is not None
+    assert chooser["width"] < width / 2, chooser
+    assert button["width"] < width / 4, button
     await page.get_by_label("Import OSV advisories (JSON files)").set_input_files([str(f) for f in files])
     await page.get_by_role("button", name="Import", exact=True).click()
     await expect(page.locator("#import-result")).to_have_text("imported 2, unchanged 0, withdrawn 0")
@@ -390,9 +398,16 @@ async def test_auditor_queries_the_audit_trail_by_actor(browser: Browser, platfo
     # The page's first, unfiltered search may answer after this one: wait for this one's table.
     results = page.locator(f'.audit-results[data-actor="{login.user_id}"] table tbody tr')
     await expect(results.first).to_be_visible()
-    for row in await results.all_inner_texts():
+    by_id = await results.all_inner_texts()
+    for row in by_id:
         assert member in row  # the actor by name, not by id
         assert login.user_id not in row
+    # By name too: the archive keeps ids, the page resolves the name it has seen to its id.
+    await page.get_by_label("Actor").fill(member)
+    await page.get_by_role("button", name="Search").click()
+    by_name = page.locator(f'.audit-results[data-actor="{member}"] table tbody tr')
+    await expect(by_name.first).to_be_visible()
+    assert await by_name.all_inner_texts() == by_id
     # The chain, verified against the archive: intact, then a row deleted by someone with
     # database access is found.
     state = page.locator("#chain-state")
@@ -406,6 +421,12 @@ async def test_auditor_queries_the_audit_trail_by_actor(browser: Browser, platfo
     # Its time like the page's other times, not raw ISO 8601.
     await expect(checkpoint).to_contain_text(re.compile(r"taken \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \("))
     await shot(page, "console-audit")
+    # A name nobody has: said so, with what the field takes, not an empty table.
+    await page.get_by_label("Actor").fill("nobody-by-this-name")
+    await page.get_by_role("button", name="Search").click()
+    await expect(page.locator('.audit-results[data-actor="nobody-by-this-name"]')).to_contain_text(
+        'No account named "nobody-by-this-name"'
+    )
     with sqlite3.connect(platform.data_dir / "storage" / "archive.db") as db:
         seq, index = db.execute(
             "SELECT stream_seq, aggregate_version FROM events WHERE stream = 'SEC' AND aggregate_type = 'security' "
@@ -531,15 +552,27 @@ async def test_operator_plans_a_second_person_approves_and_the_timeline_reaches_
     try:
         a_context, a_page = await console(browser, platform, planner, "rollouts")
         await expect(a_page.locator("#second-person-rule")).to_contain_text("second person")
+        # What already runs everywhere (the base release) is nothing to roll out.
+        offered = await a_page.get_by_label("Release").locator("option").all_inner_texts()
+        assert "messaging 0.2.0" in offered, offered
+        assert "messaging 0.1.0" not in offered, offered
         await a_page.get_by_label("Release").select_option("messaging 0.2.0")
+        await a_page.get_by_label("Reason (optional)").fill("grpcio fix")
         await a_page.get_by_role("button", name="Plan roll-out").click()
         card = a_page.locator('article.rollout[data-state="planned"]')
         await expect(card).to_contain_text("you planned it, so you may not")
+        await expect(a_page.locator("#plan-reason")).to_have_value("")  # the form is cleared once planned
         rollout_id = await card.get_attribute("data-rollout-id")
         assert rollout_id
-        # The planner's own approval: refused by the registry, its reason shown.
-        await card.get_by_role("button", name="Approve").click()
-        await expect(card.get_by_role("alert")).to_contain_text("approved by someone other than who planned it")
+        # The reason box is labelled on the page; the planner's Approve is off, and the registry
+        # refuses the planner's own approval anyway.
+        await expect(card.get_by_text("Reason (optional)")).to_be_visible()
+        await expect(card.get_by_label(f"Reason for roll-out {rollout_id}")).to_have_attribute(
+            "placeholder", re.compile(".")
+        )
+        await expect(card.get_by_role("button", name="Approve")).to_be_disabled()
+        own = patch_pb2.RolloutCommand(rollout_id=rollout_id)
+        assert await gateway_call(platform, planner, "ApproveRollout", own) == grpc.StatusCode.PERMISSION_DENIED
 
         b_context, b_page = await console(browser, platform, approver, "rollouts")
         b_card = b_page.locator(f'article.rollout[data-rollout-id="{rollout_id}"]')
@@ -568,11 +601,16 @@ async def test_operator_plans_a_second_person_approves_and_the_timeline_reaches_
                 assert p99 == "no calls" if calls == "0" else p99.endswith(" ms"), cells
         await shot(a_page, "console-rollout")
         assert CSP_REFUSALS == []  # the charts are drawn within the strict CSP
+        await rushed_rollout_named(browser, platform, rollout_id, planner, approver)
         # The replaced instance stopped on purpose: it leaves the fleet page.
         await a_page.goto(f"{platform.web_url}/console.html#fleet")
         await expect(a_page.get_by_role("button", name="Log in")).to_have_count(0)
         await expect(a_page.locator("table.grid tbody tr").filter(has_text="0.2.0").first).to_contain_text("messaging")
         await expect(a_page.locator(f'tr[data-key="{old_instance}"]')).to_have_count(0, timeout=60_000)
+        # Now every messaging instance runs 0.2.0: it is no longer offered for a roll-out.
+        await a_page.get_by_role("link", name="Roll-outs").click()
+        await expect(a_page.locator("#plan-release")).to_be_attached()  # filled before it is shown
+        await expect(a_page.locator("#plan-release option", has_text="messaging 0.2.0")).to_have_count(0)
         await a_context.close()
         await b_context.close()
     finally:
@@ -580,6 +618,23 @@ async def test_operator_plans_a_second_person_approves_and_the_timeline_reaches_
         await sender
         await client.close()
     assert traffic.failures == []
+
+
+async def rushed_rollout_named(
+    browser: Browser, platform: RunningPlatform, rollout_id: str, planner: str, approver: str
+) -> None:
+    """Approved seconds after it was planned: the detector's rushed_rollout finding, shown on the
+    auditor's page with people by name (the finding itself keeps their ids)."""
+    context, page = await console(browser, platform, account(platform, "security-auditor"), "audit")
+    await page.get_by_label("Kind").select_option(label="anomalies")
+    await page.get_by_role("button", name="Follow").click()
+    rushed = page.locator('table.security-events tr[data-kind="anomaly:rushed_rollout"]').filter(has_text=rollout_id)
+    await expect(rushed).to_have_count(1, timeout=60_000)
+    cells = await rushed.locator("td").all_inner_texts()
+    assert cells[2] == approver, cells  # Who: the approver, not "-"
+    assert f"planned by {planner} was approved by {approver}" in cells[5], cells
+    assert not re.search(r"\b[0-9a-f]{32}\b", cells[5]), cells
+    await context.close()
 
 
 @pytest.mark.slow  # minutes of roll-out under sends: `make test-all`; make test keeps a shorter roll-out test

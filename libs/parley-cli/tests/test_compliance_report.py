@@ -188,3 +188,17 @@ def test_the_patch_sla_chart_counts_a_fixed_finding_on_the_days_it_was_open_only
     assert f'fill="{PAST}"' in chart, "it was overdue on the days before its fix"
     still_open = patch_sla_over_time([replace(late, fixed_at=0.0)], since=1000.0, now=1000.0 + 5 * day)
     assert 'now 0 within their deadline, 1 overdue"' in still_open
+
+
+def test_times_and_record_positions_stay_on_one_line_in_the_page_and_its_pdf() -> None:
+    """A4 print squeezed "2026-12-05 05:01 UTC" into four lines beside a wide sentence."""
+    from parley_cli.report_html import markdown_to_html
+    from parley_core.compliance_reports import REPORT_STYLE
+
+    table = "| when | kind | concerns | detail | reference |\n|---|---|---|---|---|\n"
+    row = "| 2026-12-05 05:01 UTC | anomaly:rushed_rollout | bob | a long sentence | STORE #12 |\n"
+    page = markdown_to_html("# R\n\n" + table + row)
+    assert '<th class="nowrap">when</th><th>kind</th>' in page
+    assert '<td class="nowrap">2026-12-05 05:01 UTC</td><td>anomaly:rushed_rollout</td>' in page
+    assert '<td class="nowrap">STORE #12</td>' in page
+    assert ".nowrap{white-space:nowrap" in REPORT_STYLE

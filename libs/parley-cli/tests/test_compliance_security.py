@@ -9,7 +9,7 @@ from parley.storage.v1 import events_pb2 as store
 from parley.storage.v1 import storage_pb2
 
 from parley_cli.compliance import _table
-from parley_cli.compliance_security import facts_from, render_sections
+from parley_cli.compliance_security import KeyAge, facts_from, render_sections
 from parley_core.envelope import NewEvent, seal
 
 DAY = 86400.0
@@ -71,7 +71,7 @@ def test_keys_mfa_by_role_and_erasures_with_their_audit_reference() -> None:
         sec=sec_events,
         retention=[],
         certificates=[],
-        report_key_since=0.0,
+        report_key=None,
         backups=[],
     )
     states = {k.key_id: k.state for k in facts.keys}
@@ -102,3 +102,55 @@ def test_keys_mfa_by_role_and_erasures_with_their_audit_reference() -> None:
     # An erasure before the period is counted in all, not listed.
     earlier = "\n".join(render_sections(facts, since=95 * DAY, now=now, table=_table))
     assert "0 erasure(s) in the period; 1 archived in all." in earlier
+
+
+def test_anomalies_name_people_and_the_probers_events_are_not_counted() -> None:
+    planner, approver, prober = "137e7b" + "0" * 26, "9696aa" + "0" * 26, "ab" * 16
+    auth_events = [
+        archived("AUTH", 1, auth.UserRegistered(user_id=planner, username="olga", role="operator"), 1 * DAY),
+        archived("AUTH", 2, auth.UserRegistered(user_id=approver, username="bob", role="operator"), 1 * DAY),
+        archived("AUTH", 3, auth.UserRegistered(user_id=prober, username="canary-prober-0a1b", role="member"), DAY),
+    ]
+    why = f"roll-out r-1 planned by {planner} was approved by {approver} 18s later (a review takes at least 600s)"
+    store_events = [
+        archived(
+            "STORE", 7, store.AnomalyDetected(kind="rushed_rollout", subject=f"actor:{approver}", why=why), 2 * DAY
+        ),
+        archived("STORE", 8, store.AnomalyDetected(kind="new_session_source", user_id=prober, why="w"), 2 * DAY),
+    ]
+    sec_events = [
+        archived("SEC", 1, auth.SecurityEventRecorded(kind="role_assigned", user_id=prober, chain_index=1), 2 * DAY),
+        archived(
+            "SEC",
+            2,
+            auth.SecurityEventRecorded(kind="login_succeeded", user_id=prober, chain_index=2),
+            2 * DAY,
+            actor=f"user:{prober}",
+        ),
+        archived("SEC", 3, auth.SecurityEventRecorded(kind="lockout", user_id=approver, chain_index=3), 2 * DAY),
+    ]
+    report_key = KeyAge("compliance report signing key (Ed25519)", "bee9ea0fd4f18b66", 1 * DAY)
+    facts = facts_from(
+        auth=auth_events,
+        store=store_events,
+        sec=sec_events,
+        retention=[],
+        certificates=[],
+        report_key=report_key,
+        backups=[],
+    )
+    # The finding keeps ids (a name must not outlive an erasure); the report shows names.
+    rushed = next(e for e in facts.events if e.kind == "anomaly:rushed_rollout")
+    assert rushed.concerns == f"actor:{approver}"
+    assert planner in rushed.detail
+    report = "\n".join(render_sections(facts, since=0.0, now=3 * DAY, table=_table))
+    assert "| compliance report signing key (Ed25519) | bee9ea0fd4f18b66 |" in report
+    events = report.split("## Security events in the period\n", 1)[1]
+    assert "3 event(s) of the platform's synthetic accounts (the roll-out probers) not counted." in events
+    assert "| anomaly:rushed_rollout | bob | roll-out r-1 planned by olga was approved by bob 18s later" in events
+    assert approver not in events
+    assert planner not in events
+    assert "role_assigned" not in events
+    assert "login_succeeded" not in events
+    assert "new_session_source" not in events
+    assert "| lockout | bob |" in events

@@ -419,6 +419,7 @@ async def test_rollout_with_approval_and_automatic_rollback_of_a_failing_canary(
         patch_pb2.PlanRolloutRequest(service="messaging", to_version="0.2.0"), metadata=alice, timeout=TIMEOUT_S
     )
     assert (rollout.state, rollout.from_version, list(rollout.old_instances)) == ("planned", "0.1.0", ["m-1", "m-2"])
+    assert rollout.release_published_by == "dave"  # the console disables Approve for them too
     command = patch_pb2.RolloutCommand(rollout_id=rollout.rollout_id)
     for who, expected in (
         (alice, "planned it"),

@@ -78,3 +78,34 @@ async def test_the_security_stream_is_live_filtered_and_for_auditors_and_admins_
     # alice's every kind, oldest first
     assert "login_failed" in kinds
     assert "role_assigned" in kinds
+
+
+def test_a_finding_about_an_approver_names_the_account_it_concerns() -> None:
+    """rushed_rollout names its approver only in its subject ("actor:<id>"): the console's Who
+    column shows that account (by name, looked up there), not "-"; an address or a service is no one."""
+    from parley.storage.v1.events_pb2 import AnomalyDetected
+
+    from parley_core.envelope import NewEvent, seal
+    from parley_storage.archive import StoredEvent
+    from parley_storage.security_feed import notice_of
+
+    def notice(finding: AnomalyDetected) -> storage_pb2.SecurityEventNotice:
+        envelope = seal(
+            NewEvent(aggregate_type="anomaly", aggregate_id="a", payload=finding, actor="service:storage"),
+            aggregate_version=1,
+            producer="test",
+            trace_context={},
+        )
+        stored = StoredEvent(
+            "STORE", 9, "s", "e", envelope.event_type, "anomaly", "a", 1, 0, "service:storage", envelope
+        )
+        found = notice_of(stored)
+        assert found is not None
+        return found
+
+    approver = "9696" + "a" * 28
+    why = f"roll-out r-1 planned by p was approved by {approver} 18s later"
+    assert notice(AnomalyDetected(kind="rushed_rollout", subject=f"actor:{approver}", why=why)).user_id == approver
+    assert notice(AnomalyDetected(kind="send_rate", subject="user:u1", user_id="u1")).user_id == "u1"
+    assert notice(AnomalyDetected(kind="short_retention", subject="actor:service:patch-registry")).user_id == ""
+    assert notice(AnomalyDetected(kind="password_spraying", subject="source:10.0.0.9", source="10.0.0.9")).user_id == ""

@@ -55,7 +55,7 @@ function importForm(reload: (imported: string) => void, imported: string): HTMLE
   const result = h("p", { class: "hint", role: "status", id: "import-result" }, imported);
   const form = h(
     "form",
-    { class: "small" },
+    { class: "small import" },
     h("label", { for: "osv-files" }, "Import OSV advisories (JSON files)"),
     files,
     h("button", { type: "submit" }, "Import"),

@@ -7,7 +7,7 @@ import { describe, gateway, withRefresh } from "../api.js";
 import { append, clear, h, on } from "../dom.js";
 import type { ArchivedEvent } from "../gen/parley/storage/v1/storage_pb.js";
 import { span, when, whenIso } from "./format.js";
-import { actorName, actorUserId, learnNames, personName } from "./names.js";
+import { actorName, actorUserId, knownUserId, learnNames, personName } from "./names.js";
 import { securityPanel } from "./security.js";
 import { table } from "./table.js";
 
@@ -16,7 +16,7 @@ const PEOPLE = new Set(["user", "security"]); // aggregates whose id is a user i
 
 /** The page, and how to stop its live stream when the page is left. */
 export function auditPage(): { element: HTMLElement; stop(): void } {
-  const actor = h("input", { id: "audit-actor", type: "text", placeholder: "user id, or service:<name>" });
+  const actor = h("input", { id: "audit-actor", type: "text", placeholder: "username, user id, or service:<name>" });
   const target = h("input", { id: "audit-target", type: "text", placeholder: "aggregate id (user, channel)" });
   const since = h("input", { id: "audit-since", type: "datetime-local" });
   const until = h("input", { id: "audit-until", type: "datetime-local" });
@@ -38,8 +38,24 @@ export function auditPage(): { element: HTMLElement; stop(): void } {
   let latest = 0;
   const run = async () => {
     const mine = ++latest;
+    const typed = actor.value.trim();
+    const who = await actorToQuery(typed);
+    if (mine !== latest) return;
+    if (who === null) {
+      clear(results);
+      results.dataset.actor = typed;
+      results.append(
+        h(
+          "p",
+          { class: "error", role: "alert" },
+          `No account named "${typed}" that you may look up. The Actor field takes a username seen on this page, ` +
+            "a user id (as in the Actor column), or service:<name>.",
+        ),
+      );
+      return;
+    }
     const query = {
-      actor: actor.value.trim(),
+      actor: who,
       target: target.value.trim(),
       sinceNs: instantNs(since.value),
       untilNs: instantNs(until.value),
@@ -52,7 +68,7 @@ export function auditPage(): { element: HTMLElement; stop(): void } {
       );
       if (mine !== latest) return;
       clear(results);
-      results.dataset.actor = query.actor; // which search the table shows
+      results.dataset.actor = typed; // which search the table shows
       results.append(
         h("p", { class: "hint" }, `${page.events.length} events${page.hasMore ? ` (the first ${LIMIT}; narrow the search)` : ""}.`),
         table(
@@ -139,6 +155,18 @@ function chainState(): HTMLElement {
   on(again, "click", () => void verify(true));
   void verify(false);
   return h("div", { class: "chain-panel" }, h("h3", {}, "Chain"), state, checkpoint, again);
+}
+
+/** The archive's actor column holds ids: a username typed is resolved to its id (one seen on this
+ * page, else FindUsers: people the caller shares a channel with, or the directory for users.read);
+ * null when nobody by that name is found. */
+async function actorToQuery(typed: string): Promise<string | null> {
+  if (!typed || typed.includes(":") || /^[0-9a-f]{32}$/.test(typed)) return typed;
+  const seen = knownUserId(typed);
+  if (seen) return seen;
+  const reply = await withRefresh(() => gateway.findUsers({ usernames: [typed] })).catch(() => null);
+  const found = reply?.users.find((u) => u.username.toLowerCase() === typed.toLowerCase());
+  return found ? found.userId : null;
 }
 
 function instantNs(local: string): bigint {

@@ -42,6 +42,26 @@ export function actorName(actor: string): string {
   return actor || "-";
 }
 
+const USER_ID_IN_TEXT = /\b[0-9a-f]{32}\b/g; // auth's user ids, as the detector's sentences name them
+
+/** The user ids a sentence names (a finding's "planned by <id> was approved by <id>"). */
+export function idsIn(text: string): string[] {
+  return text.match(USER_ID_IN_TEXT) ?? [];
+}
+
+/** A sentence with each known account's id as its name: findings keep ids (a name must not
+ * outlive an erasure), a person reads names. */
+export function namedText(text: string): string {
+  return text.replace(USER_ID_IN_TEXT, (id) => personName(id));
+}
+
+/** The user id of a username this page has already seen (case ignored); "" when none. */
+export function knownUserId(username: string): string {
+  const wanted = username.toLowerCase();
+  for (const [id, name] of known) if (name.toLowerCase() === wanted) return id;
+  return "";
+}
+
 /** Auth refuses a whole lookup over one id that is not letters and digits: ask only for those. */
 function looksLikeUserId(id: string): boolean {
   return /^[A-Za-z0-9]{1,64}$/.test(id);

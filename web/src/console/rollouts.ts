@@ -17,12 +17,17 @@ const RULE =
   "approval from whoever planned the roll-out or published its release, and from any role " +
   "without the patch-approve permission (it is held by operator and admin).";
 
+const RELEASES_EVERY_MS = 15_000;
+const ENDED = new Set(["done", "rolled_back"]); // a roll-out that changed what runs, for the last time
+
 type Command = "approveRollout" | "pauseRollout" | "resumeRollout" | "rollbackRollout";
 
 export class RolloutsPage {
   readonly element: HTMLElement;
   private readonly list = h("div", { class: "rollouts" });
   private readonly cards = new Map<string, { shown: string; card: HTMLElement }>();
+  private fillReleases: () => Promise<void> = async () => {}; // the plan form's, once it is shown
+  private releasesAt = Infinity; // when fillReleases last ran (never: no plan form)
 
   constructor(private readonly session: Session) {
     this.element = h(
@@ -51,10 +56,12 @@ export class RolloutsPage {
       rollouts.flatMap((r) => [r.plannedBy, r.approvedBy, ...r.audit.map((a) => actorUserId(a.actor))]),
     );
     const order: HTMLElement[] = [];
+    let ended = false;
     for (const rollout of rollouts) {
       const shown = toJsonString(RolloutSchema, rollout);
       let entry = this.cards.get(rollout.rolloutId);
       if (entry === undefined || entry.shown !== shown) {
+        if (entry !== undefined && ENDED.has(rollout.state)) ended = true;
         entry = { shown, card: this.card(rollout) };
         this.cards.set(rollout.rolloutId, entry);
       }
@@ -62,13 +69,16 @@ export class RolloutsPage {
     }
     clear(this.list);
     this.list.append(...order);
+    // What runs changes when a roll-out ends, and again when the registry drops the instances it
+    // replaced: read again then, and every RELEASES_EVERY_MS (a failed read leaves the list).
+    if (ended || Date.now() - this.releasesAt > RELEASES_EVERY_MS) await this.fillReleases().catch(() => undefined);
   }
 
   private async planForm(): Promise<HTMLElement> {
-    const releases = (await withRefresh(() => gateway.listReleases({}))).releases;
     const choice = h("select", { id: "plan-release" });
-    for (const r of releases) choice.append(h("option", { value: `${r.service} ${r.version}` }, `${r.service} ${r.version}`));
     const reason = h("input", { id: "plan-reason", type: "text", maxlength: 500 });
+    const submit = h("button", { type: "submit" }, "Plan roll-out");
+    const none = h("p", { class: "hint", id: "plan-none" });
     const result = h("p", { class: "error", role: "alert" });
     const form = h(
       "form",
@@ -78,10 +88,32 @@ export class RolloutsPage {
       choice,
       h("label", { for: "plan-reason" }, "Reason (optional)"),
       reason,
-      h("button", { type: "submit", disabled: releases.length === 0 }, "Plan roll-out"),
-      releases.length === 0 ? h("p", { class: "hint" }, "No release is published yet (parley patch publish).") : null,
+      submit,
+      none,
       result,
     );
+    // Filled again whenever a roll-out ends: what it rolled out then runs everywhere.
+    this.fillReleases = async () => {
+      this.releasesAt = Date.now();
+      const published = (await withRefresh(() => gateway.listReleases({}))).releases;
+      // A release every live instance of its service already runs is nothing to roll out.
+      const running = await runningEverywhere();
+      const releases = published.filter((r) => !running.has(`${r.service} ${r.version}`));
+      const picked = choice.value;
+      clear(choice);
+      for (const r of releases) {
+        const name = `${r.service} ${r.version}`;
+        choice.append(h("option", { value: name, selected: name === picked }, name));
+      }
+      submit.disabled = releases.length === 0;
+      none.textContent =
+        releases.length > 0
+          ? ""
+          : published.length === 0
+            ? "No release is published yet (parley patch publish)."
+            : "Every published release already runs on all its instances (parley patch publish a new one).";
+    };
+    await this.fillReleases();
     on(form, "submit", (event) => {
       event.preventDefault();
       const [service, toVersion] = choice.value.split(" ");
@@ -89,6 +121,7 @@ export class RolloutsPage {
         try {
           await withRefresh(() => gateway.planRollout({ service, toVersion, reason: reason.value }));
           result.textContent = "";
+          form.reset(); // planned: the form is ready for the next one
           await this.refresh();
         } catch (err) {
           result.textContent = describe(err);
@@ -100,7 +133,14 @@ export class RolloutsPage {
 
   private card(r: Rollout): HTMLElement {
     const error = h("p", { class: "error", role: "alert" });
-    const reason = h("input", { type: "text", maxlength: 500, "aria-label": `Reason for roll-out ${r.rolloutId}` });
+    const reasonId = `reason-${r.rolloutId}`;
+    const reason = h("input", {
+      id: reasonId,
+      type: "text",
+      maxlength: 500,
+      placeholder: "why (kept on the audit trail)",
+      "aria-label": `Reason for roll-out ${r.rolloutId}`,
+    });
     const buttons = this.actions(r, reason, error);
     const done = r.steps.filter((s) => s.drained).length;
     return h(
@@ -111,7 +151,9 @@ export class RolloutsPage {
       h("p", { class: "hint" }, this.people(r)),
       r.rollbackReason ? h("p", { class: "error" }, `Rolled back: ${r.rollbackReason}`) : null,
       h("p", { class: "hint" }, `${done}/${r.oldInstances.length} instances replaced`),
-      buttons.length ? h("div", { class: "actions" }, reason, ...buttons) : null,
+      buttons.length
+        ? h("div", { class: "actions" }, h("label", { for: reasonId }, "Reason (optional)"), reason, ...buttons)
+        : null,
       error,
       r.steps.length
         ? table(
@@ -142,8 +184,9 @@ export class RolloutsPage {
     const planned = `Planned by ${name(r.plannedBy)}`;
     if (r.approvedBy) return `${planned}, approved by ${name(r.approvedBy)}.`;
     if (r.state !== "planned") return `${planned}.`;
-    return r.plannedBy === me
-      ? `${planned}. Waiting for a second person to approve: you planned it, so you may not.`
+    if (r.plannedBy === me) return `${planned}. Waiting for a second person to approve: you planned it, so you may not.`;
+    return r.releasePublishedBy === me
+      ? `${planned}. Waiting for a second person to approve: you published its release, so you may not.`
       : `${planned}. Waiting for approval by a second person.`;
   }
 
@@ -158,7 +201,15 @@ export class RolloutsPage {
     return offered
       .filter(([, , shown]) => shown)
       .map(([label, command]) => {
-        const button = h("button", { type: "button", class: "small" }, label);
+        // The planner and the release's publisher may not approve (the card says so; the
+        // registry refuses it anyway).
+        const me = this.session.userId;
+        const own = command === "approveRollout" && (r.plannedBy === me || r.releasePublishedBy === me);
+        const button = h(
+          "button",
+          { type: "button", class: "small", disabled: own, title: own ? "Yours: a second person approves" : undefined },
+          label,
+        );
         on(button, "click", () => {
           void (async () => {
             try {
@@ -173,6 +224,23 @@ export class RolloutsPage {
         return button;
       });
   }
+}
+
+/** "service version" of each release every live instance of its service runs (none when the
+ * fleet cannot be read: then every release is offered). */
+async function runningEverywhere(): Promise<Set<string>> {
+  const fleet = await withRefresh(() => gateway.listInstances({})).catch(() => null);
+  const versions = new Map<string, Set<string>>();
+  for (const i of fleet?.instances ?? []) {
+    const beat = i.lastHeartbeat;
+    if (i.stale || beat === undefined) continue;
+    const seen = versions.get(beat.service) ?? new Set<string>();
+    seen.add(beat.version);
+    versions.set(beat.service, seen);
+  }
+  return new Set(
+    [...versions].filter(([, seen]) => seen.size === 1).map(([service, seen]) => `${service} ${[...seen][0]}`),
+  );
 }
 
 function timelineItem(entry: AuditEntry): HTMLElement {

@@ -8,7 +8,7 @@ import { describe, gateway, refresh } from "../api.js";
 import { clear, h, on } from "../dom.js";
 import type { SecurityEventNotice } from "../gen/parley/storage/v1/storage_pb.js";
 import { when } from "./format.js";
-import { actorName, actorUserId, learnNames, personName } from "./names.js";
+import { actorName, actorUserId, idsIn, learnNames, namedText, personName } from "./names.js";
 
 const SHOWN = 200; // rows kept on the page, newest first
 const BACKLOG = 50;
@@ -79,7 +79,7 @@ export function securityPanel(): SecurityPanel {
           const key = `${notice.stream}:${notice.streamSeq}`;
           if (shown.has(key)) continue; // the backlog again after a reconnect
           shown.add(key);
-          await learnNames([notice.userId, actorUserId(notice.actor)]);
+          await learnNames([notice.userId, actorUserId(notice.actor), ...idsIn(notice.detail)]);
           body.prepend(row(notice, key));
           while (body.rows.length > SHOWN) body.deleteRow(-1);
         }
@@ -129,7 +129,7 @@ export function securityPanel(): SecurityPanel {
 
 function row(n: SecurityEventNotice, key: string): HTMLTableRowElement {
   const who = n.userId ? personName(n.userId) : n.username || "-";
-  const cells = [when(n.occurredAt), n.kind, who, actorName(n.actor), n.source || "-", n.detail || ""];
+  const cells = [when(n.occurredAt), n.kind, who, actorName(n.actor), n.source || "-", namedText(n.detail)];
   return h(
     "tr",
     { class: `security-event ${n.kind.split(":")[0]}`, "data-key": key, "data-kind": n.kind },

@@ -9,6 +9,7 @@ The folding (`facts_from`) and rendering (`render_sections`) do no I/O.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from parley.auth.v1 import events_pb2 as auth_events
 from parley.storage.v1 import events_pb2 as storage_events
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
+from parley_cli.report_signing import key_id, load_or_create_signing_key
 from parley_core import backup_journal
 from parley_core.audit_archive import archived_events, payload_of
 from parley_core.backup_journal import BackupEntry
@@ -75,6 +77,8 @@ class SecurityEvent:
     concerns: str  # the account (user id) or address it concerns
     detail: str
     reference: str  # "SEC record #N" or "STORE #seq"
+    # The accounts it is about (the one concerned, the actor), to leave the platform's own out.
+    accounts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -91,8 +95,9 @@ class SecurityFacts:
     # Each account's name from its UserRegistered (an erased one's is gone), to show people by name.
     names: Mapping[str, str] = field(default_factory=dict)
     # The platform's own accounts (the roll-out probers, parley_core.synthetic): no person's, so
-    # left out of MFA coverage.
+    # left out of MFA coverage and of the security events.
     synthetic: int = 0
+    synthetic_ids: frozenset[str] = frozenset()
 
 
 def _payloads(events: Iterable[storage_pb2.ArchivedEvent]) -> Iterable[tuple[storage_pb2.ArchivedEvent, Message]]:
@@ -109,7 +114,7 @@ def facts_from(
     sec: Sequence[storage_pb2.ArchivedEvent],
     retention: Sequence[storage_pb2.RetentionPolicy],
     certificates: Sequence[KeyAge],
-    report_key_since: float,
+    report_key: KeyAge | None,
     backups: Sequence[BackupEntry],
 ) -> SecurityFacts:
     """Everything the sections say, folded from the archived streams and the files read."""
@@ -148,8 +153,8 @@ def facts_from(
         elif isinstance(payload, auth_events.AccountErased):
             roles.pop(payload.user_id, None)
             synthetic.discard(payload.user_id)
-    if report_key_since:
-        keys["report"] = KeyAge("compliance report signing key (Ed25519)", "report-signing-key.pem", report_key_since)
+    if report_key is not None:
+        keys["report"] = report_key
     coverage = [
         RoleCoverage(
             role=role,
@@ -173,6 +178,7 @@ def facts_from(
                 concerns=payload.user_id or payload.source,
                 detail=payload.detail,
                 reference=f"SEC record #{payload.chain_index}",
+                accounts=(payload.user_id, _user_in(payload.actor)),
             )
         )
     rotations: list[tuple[float, str]] = []
@@ -203,6 +209,7 @@ def facts_from(
                     concerns=payload.user_id or payload.source or payload.subject,
                     detail=f"{payload.why} (response: {payload.response or 'alert'})",
                     reference=f"STORE #{event.stream_seq}",
+                    accounts=(payload.user_id, _user_in(payload.subject)),
                 )
             )
     return SecurityFacts(
@@ -217,7 +224,13 @@ def facts_from(
         events=sorted(events, key=lambda e: e.at),
         names=names,
         synthetic=len(synthetic),
+        synthetic_ids=frozenset(synthetic),
     )
+
+
+def _user_in(who: str) -> str:
+    """The user id in an actor or an anomaly's subject ("user:<id>", "actor:<id>", a bare id)."""
+    return who.removeprefix("user:").removeprefix("actor:")
 
 
 def certificates_in(pki: Path) -> list[KeyAge]:
@@ -246,13 +259,16 @@ async def gather_security(storage: storage_pb2_grpc.StorageArchiveServiceAsyncSt
 
     retention = await storage.ListRetentionPolicies(storage_pb2.ListRetentionPoliciesRequest(), timeout=TIMEOUT_S)
     report_key = data_dir / REPORT_KEY
+    if report_key.exists():  # made with the first report; not made by reading
+        public = load_or_create_signing_key(data_dir).public_key()
+        made = KeyAge("compliance report signing key (Ed25519)", key_id(public), report_key.stat().st_mtime)
     return facts_from(
         auth=await archived_events(read, "AUTH"),
         store=await archived_events(read, "STORE"),
         sec=await archived_events(read, "SEC"),
         retention=list(retention.policies),
         certificates=certificates_in(data_dir / "pki"),
-        report_key_since=report_key.stat().st_mtime if report_key.exists() else 0.0,
+        report_key=made if report_key.exists() else None,
         backups=backup_journal.read(data_dir),
     )
 
@@ -272,8 +288,18 @@ def _age(unix: float, now: float) -> str:
 
 
 def _person(who: str, names: Mapping[str, str]) -> str:
-    """A user id as its name (an erased account's stays an id); an address or a service as it is."""
-    return names.get(who) or who or "-"
+    """A user id (or an anomaly's "actor:<id>") as its name (an erased account's stays an id); an
+    address or a service as it is."""
+    return names.get(who) or names.get(_user_in(who)) or who or "-"
+
+
+_USER_ID = re.compile(r"\b[0-9a-f]{32}\b")  # auth's user ids, as the detector's sentences name them
+
+
+def _named(text: str, names: Mapping[str, str]) -> str:
+    """A sentence with each account's id as its name: findings keep ids (a name must not outlive an
+    erasure), the report shows people."""
+    return _USER_ID.sub(lambda m: names.get(m.group(), m.group()), text)
 
 
 def render_sections(facts: SecurityFacts, *, since: float, now: float, table: TableFn) -> list[str]:
@@ -413,7 +439,14 @@ LISTED = 200  # rows of the period's notable events; the counts cover them all
 
 def _security_events(facts: SecurityFacts, since: float, table: TableFn) -> list[str]:
     lines = ["## Security events in the period", ""]
-    period = [e for e in facts.events if e.at >= since]
+    every = [e for e in facts.events if e.at >= since]
+    period = [e for e in every if not facts.synthetic_ids.intersection(e.accounts)]
+    if len(period) < len(every):
+        lines += [
+            f"{len(every) - len(period)} event(s) of the platform's synthetic accounts (the roll-out probers) "
+            "not counted.",
+            "",
+        ]
     if not period:
         return [*lines, "None recorded in the period.", ""]
     counts: dict[str, int] = {}
@@ -426,5 +459,8 @@ def _security_events(facts: SecurityFacts, since: float, table: TableFn) -> list
     shown = notable[-LISTED:]
     more = f" (the newest {LISTED} of {len(notable)})" if len(notable) > LISTED else ""
     lines += [f"Failures, lockouts, revocations, role changes and anomalies{more}:", ""]
-    rows = [(_when(e.at), e.kind, _person(e.concerns, facts.names), e.detail or "-", e.reference) for e in shown]
+    rows = [
+        (_when(e.at), e.kind, _person(e.concerns, facts.names), _named(e.detail, facts.names) or "-", e.reference)
+        for e in shown
+    ]
     return lines + table(("when", "kind", "concerns", "detail", "reference"), rows)

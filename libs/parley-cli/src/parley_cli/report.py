@@ -94,6 +94,8 @@ async def write_report(
         if path.exists():
             raise ReportExists(f"{path} exists; a filed report is never overwritten: name a new file")
         _check_format(path)
+    # Made before the facts are read, so even the first report lists the key that signs it.
+    await asyncio.to_thread(load_or_create_signing_key, data_dir)
     facts = await gather(data_dir, since=since.timestamp(), now=now.timestamp())
     contents = [await asyncio.to_thread(_content, facts, path) for path in outs]
     intact = not facts.audit.findings

@@ -57,10 +57,19 @@ def _cells(row: str) -> list[str]:
     return cells
 
 
+# Columns kept on one line (a time, a record's position): printed on A4, the table would
+# otherwise squeeze them into a few characters a line beside a wide sentence.
+NOWRAP = frozenset({"when", "erased", "reference", "recorded"})
+
+
 def _table(rows: Sequence[str]) -> list[str]:
     header, body = _cells(rows[0]), [_cells(r) for r in rows[1:] if not _SEPARATOR.match(r)]
-    out = ["<table>", "<thead><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in header) + "</tr></thead>", "<tbody>"]
-    out += ["<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in body]
+    kept = [' class="nowrap"' if c in NOWRAP else "" for c in header]
+    head = "".join(f"<th{k}>{_inline(c)}</th>" for k, c in zip(kept, header, strict=False))
+    out = ["<table>", f"<thead><tr>{head}</tr></thead>", "<tbody>"]
+    out += [
+        "<tr>" + "".join(f"<td{k}>{_inline(c)}</td>" for k, c in zip(kept, row, strict=False)) + "</tr>" for row in body
+    ]
     return [*out, "</tbody></table>"]
 
 

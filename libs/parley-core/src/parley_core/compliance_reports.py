@@ -27,6 +27,7 @@ h3{font-size:1.05rem}
 table{border-collapse:collapse;margin:.5rem 0 1rem;font-size:12.5px;width:100%}
 th,td{border:1px solid #d5dae3;padding:.25rem .45rem;text-align:left;vertical-align:top;overflow-wrap:break-word}
 th{background:#eef1f7}
+.nowrap{white-space:nowrap;overflow-wrap:normal}
 tr{break-inside:avoid}
 code{font:12px ui-monospace,monospace;background:#f2f4f8;padding:0 .2rem;overflow-wrap:anywhere}
 strong{color:#a3171b}

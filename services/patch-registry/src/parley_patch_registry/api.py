@@ -43,6 +43,7 @@ def rollout_proto(rollout: Rollout) -> patch_pb2.Rollout:
         state=rollout.state,
         planned_by=rollout.planned_by,
         approved_by=rollout.approved_by,
+        release_published_by=rollout.release_published_by,
         old_instances=list(rollout.old_instances),
         steps=[
             patch_pb2.RolloutStep(

@@ -86,13 +86,20 @@ def notice_of(event: StoredEvent) -> storage_pb2.SecurityEventNotice | None:
             kind=f"{ANOMALY}:{payload.kind}",
             occurred_at=at,
             actor=event.actor,
-            user_id=payload.user_id,
+            user_id=payload.user_id or _person_in(payload.subject),
             source=payload.source,
             detail=f"{payload.why} (response: {payload.response or 'alert'})",
             stream=event.stream,
             stream_seq=event.stream_seq,
         )
     return None
+
+
+def _person_in(subject: str) -> str:
+    """The account a finding is about when its subject names one ("actor:<id>" of a roll-out's
+    approver, "user:<id>"), so the console shows who; an address or a service names none."""
+    who = subject.partition(":")[2] if subject.startswith(("actor:", "user:")) else ""
+    return who if who and ":" not in who and who != "platform" else ""
 
 
 class SecurityFeed:

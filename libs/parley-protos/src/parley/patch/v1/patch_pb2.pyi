@@ -828,6 +828,7 @@ class Rollout(_message.Message):
     FORCED_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     WEIGHTS_FIELD_NUMBER: _builtins.int
+    RELEASE_PUBLISHED_BY_FIELD_NUMBER: _builtins.int
     rollout_id: _builtins.str
     service: _builtins.str
     from_version: _builtins.str
@@ -843,6 +844,10 @@ class Rollout(_message.Message):
     """planned with --force over a failed canary"""
     reason: _builtins.str
     """why it was planned (revert or --force)"""
+    release_published_by: _builtins.str
+    """Who published the release rolled out ("" for a base release): like the planner, they may
+    not approve it, and the console says so before the registry refuses.
+    """
     @_builtins.property
     def old_instances(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -870,10 +875,11 @@ class Rollout(_message.Message):
         forced: _builtins.bool = ...,
         reason: _builtins.str = ...,
         weights: _abc.Iterable[_builtins.int] | None = ...,
+        release_published_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "audit", b"audit", "forced", b"forced", "from_version", b"from_version", "old_instances", b"old_instances", "planned_by", b"planned_by", "reason", b"reason", "reverts", b"reverts", "rollback_reason", b"rollback_reason", "rollout_id", b"rollout_id", "service", b"service", "state", b"state", "steps", b"steps", "target_path", b"target_path", "to_version", b"to_version", "weights", b"weights"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "audit", b"audit", "forced", b"forced", "from_version", b"from_version", "old_instances", b"old_instances", "planned_by", b"planned_by", "reason", b"reason", "release_published_by", b"release_published_by", "reverts", b"reverts", "rollback_reason", b"rollback_reason", "rollout_id", b"rollout_id", "service", b"service", "state", b"state", "steps", b"steps", "target_path", b"target_path", "to_version", b"to_version", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
