@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
+from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message_factory import GetMessageClass
 from parley.auth.v1 import auth_pb2
@@ -38,6 +39,7 @@ from parley_core.testing.nats import NatsTestServer
 from parley_core.testing.operators import OperatorTokens
 from parley_core.topology import STREAMS_BY_NAME
 from parley_gateway.limits import GatewayLimits
+from parley_gateway.routes import ROUTES
 from parley_gateway.service import GatewayApp
 
 TIMEOUT_S = 20.0
@@ -124,7 +126,9 @@ class Forwarding:
     sent_authorization: str = ""
 
     def all_calls(self) -> list[Seen]:
-        return [c for s in (self.auth, self.messaging, self.stable_messaging, self.storage, self.registry) for c in s.calls]
+        return [
+            c for s in (self.auth, self.messaging, self.stable_messaging, self.storage, self.registry) for c in s.calls
+        ]
 
     def forget(self) -> None:
         for s in (self.auth, self.messaging, self.stable_messaging, self.storage, self.registry):
@@ -172,7 +176,14 @@ async def running_gateway(
     ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     limits = GatewayLimits(source_rate=1000, source_burst=1000, user_rate=1000, user_burst=1000)
     task = asyncio.create_task(
-        serve(GatewayApp(limits), service="gateway", settings=settings, client_facing=True, stop=stop, on_ready=ready.set_result)
+        serve(
+            GatewayApp(limits),
+            service="gateway",
+            settings=settings,
+            client_facing=True,
+            stop=stop,
+            on_ready=ready.set_result,
+        )
     )
     await asyncio.wait_for(asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED), TIMEOUT_S)
     if task.done():
@@ -214,9 +225,22 @@ def request_of(method: MethodDescriptor) -> Any:
 def test_every_gateway_rpc_is_served() -> None:
     """A new RPC in gateway.proto fails here until the gateway serves it (routes it or writes it)."""
     unserved = [
-        m.name for m in GATEWAY.methods if getattr(GatewayApp, m.name) is getattr(gateway_pb2_grpc.GatewayServicer, m.name)
+        m.name
+        for m in GATEWAY.methods
+        if getattr(GatewayApp, m.name) is getattr(gateway_pb2_grpc.GatewayServicer, m.name)
     ]
     assert unserved == []
+
+
+def test_each_route_calls_its_services_rpc_of_the_same_name_and_messages() -> None:
+    pool = descriptor_pool.Default()
+    for name, route in ROUTES.items():
+        method = GATEWAY.methods_by_name[name]
+        target = pool.FindServiceByName(route.upstream.value).methods_by_name.get(name)
+        assert target is not None, f"{route.upstream.value} has no {name}"
+        assert (target.input_type, target.output_type) == (method.input_type, method.output_type), name
+        assert not method.server_streaming, name
+    assert {name for name, route in ROUTES.items() if route.anonymous} == {"Register", "Login", "Refresh"}
 
 
 def test_calls_without_a_token_at_the_gateway_are_the_public_ones() -> None:
@@ -248,7 +272,10 @@ async def test_a_forwarded_call_reaches_its_service_as_sent_and_its_answer_comes
             assert error.details().startswith("the service is briefly unavailable; retry shortly"), name
         else:
             assert len(calls) == (2 if name in SENT_AGAIN else 1), name
-            assert (error.code(), error.details()) == (grpc.StatusCode.FAILED_PRECONDITION, f"failed_precondition from {target}"), name
+            assert (error.code(), error.details()) == (
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"failed_precondition from {target}",
+            ), name
 
 
 async def test_a_write_is_sent_again_on_the_stable_door_only_with_its_idempotency_key(forwarding: Forwarding) -> None:
@@ -280,10 +307,15 @@ async def test_a_console_change_needs_patches_rollout_before_the_registry_hears_
     assert forwarding.all_calls() == []
 
 
-async def test_without_a_registry_the_console_calls_say_so(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> None:
+async def test_without_a_registry_the_console_calls_say_so(
+    nats_server: NatsTestServer, pki: Pki, tmp_path: Path
+) -> None:
     async with running_gateway(nats_server, pki, tmp_path, registry=False) as forwarding:
         for name in ("ListInstances", "GetServiceHealth", "ListFindings", "GetRollout", "PauseRollout"):
             error = await forwarding.refusal(name, request_of(GATEWAY.methods_by_name[name]))
             assert error.code() == grpc.StatusCode.UNAVAILABLE, name
-            assert error.details() == "this platform runs no patch registry: fleet, findings and roll-outs are not available"
+            assert (
+                error.details()
+                == "this platform runs no patch registry: fleet, findings and roll-outs are not available"
+            )
         assert forwarding.all_calls() == []
