@@ -1,148 +1,52 @@
 """The gateway: verifies the caller, forwards to the owning service, streams live events.
 
 Internal calls carry the caller's own token (each service checks it again: the gateway is not
-the only gate) and the client's remaining deadline.
+the only gate) and the client's remaining deadline (parley_gateway.forwarding). The plain calls
+are served from one table (parley_gateway.routes); the ones that do more are written out here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from google.protobuf.message import Message
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
-from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
+from parley.fleet.v1 import fleet_pb2_grpc
 from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
-from parley.patch.v1 import patch_pb2, patch_pb2_grpc
+from parley.patch.v1 import patch_pb2_grpc
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
-from parley_core import telemetry
 from parley_core.compliance_reports import BadReportRequest, NoSuchReport, filed_reports, read_report
-from parley_core.errors import (
-    OUTCOME_METADATA,
-    OUTCOME_UNKNOWN,
-    OUTCOME_UNKNOWN_MESSAGE,
-    InvalidArgument,
-    PermissionDenied,
-)
+from parley_core.errors import InvalidArgument, PermissionDenied
 from parley_core.rbac import Permission
 from parley_core.runner import RunContext
-from parley_core.sources import SOURCE_METADATA, budget_key, client_address
+from parley_core.sources import budget_key, client_address
 from parley_core.tokens import bearer_token
 from parley_core.topology import channel_subject
 from parley_core.visibility import HistoryView
 from parley_gateway.catchup import events_between
 from parley_gateway.fanout import ChannelFeed
+from parley_gateway.forwarding import HIDDEN_DETAIL, Context, Forwarded, forward
 from parley_gateway.limits import Admission, GatewayLimits, LiveStreamCaps, RateLimited
 from parley_gateway.live import LiveBuffer, LiveSubscriber, channel_event_of, view_of
+from parley_gateway.routes import ROUTES, Again, Bound, Upstream, bind
 from parley_gateway.web import BrowserApp, BrowserListener, GatewayConnectApp, GatewayPipeline, WebFiles
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DEADLINE_S = 10.0
 ARCHIVE_LAG_WAIT_S = 5.0
 FIND_USERS_MAX = 200  # names a FindUsers call takes, and ids per LookupUsers call (auth's limit)
 FEED_READY_WAIT_S = 10.0
 # How a refusal on a live stream names what was refused (rbac.denial_message).
 LIVE_STREAM = "reading the live stream (Subscribe)"
 NO_REGISTRY = "this platform runs no patch registry: fleet, findings and roll-outs are not available"
-
-Context = grpc.aio.ServicerContext[Any, Any]
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
-
-
-@dataclass(frozen=True)
-class Forwarded:
-    """Metadata and deadline for an internal call made on behalf of one client call."""
-
-    metadata: tuple[tuple[str, str | bytes], ...]
-    timeout: float
-
-    @classmethod
-    def of(cls, context: Context) -> Forwarded:
-        metadata = tuple((k, v) for k, v in context.invocation_metadata() or () if k == "authorization")
-        # The client's real address (no proxy in front of the gateway), for auth's lockouts,
-        # registration budgets and security events; any such metadata from the client is dropped.
-        metadata = (*metadata, (SOURCE_METADATA, client_address(context.peer())))
-        # The gateway's channels carry no interceptor (see GatewayApp.start): the trace goes on here.
-        metadata = (*metadata, *telemetry.trace_metadata())
-        remaining = context.time_remaining()
-        timeout = DEFAULT_DEADLINE_S if remaining is None else max(0.0, min(remaining, 60.0))
-        return cls(metadata, timeout)
-
-
-# Internal failures a client can act on only by retrying; their details (addresses, internal
-# errors) stay in our logs.
-HIDDEN_DETAIL = {
-    # A call cut off in flight may have made its change: the retry a client is told to make is the same call.
-    grpc.StatusCode.UNAVAILABLE: (
-        "the service is briefly unavailable; retry shortly (a send with the same idempotency key)"
-    ),
-    grpc.StatusCode.DEADLINE_EXCEEDED: (
-        "the deadline passed before the platform answered, so a change may or may not have been made; "
-        "retry with a longer one (a send with the same idempotency key)"
-    ),
-    grpc.StatusCode.UNKNOWN: "internal error",
-    grpc.StatusCode.DATA_LOSS: "internal error",
-    grpc.StatusCode.UNIMPLEMENTED: "this call is not available on the platform yet",
-}
-
-
-def outcome_unknown(exc: grpc.aio.AioRpcError) -> bool:
-    return exc.code() == grpc.StatusCode.UNAVAILABLE and any(
-        key == OUTCOME_METADATA and value == OUTCOME_UNKNOWN for key, value in exc.trailing_metadata() or ()
-    )
-
-
-# Failures that a second instance may not have: the instance's own (a broken canary's INTERNAL or
-# UNKNOWN) or its going away (UNAVAILABLE).
-REPEATABLE = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNAVAILABLE})
-
-
-async def forward(
-    method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp],
-    request: Req,
-    context: Context,
-    *,
-    again: grpc.aio.UnaryUnaryMultiCallable[Req, Resp] | None = None,
-) -> Resp:
-    """Call an internal service on behalf of the client: its token, its remaining deadline.
-
-    `again`: the same call on an instance no roll-out is trying out, given only for calls safe to
-    repeat (reads, and writes carrying an idempotency key, which the service answers with the
-    first call's result); a repeatable failure is then sent there once, so a broken canary's
-    failures never reach the client.
-    """
-    fwd = Forwarded.of(context)
-    try:
-        try:
-            return await method(request, metadata=fwd.metadata, timeout=fwd.timeout)
-        except grpc.aio.AioRpcError as first:
-            # An append the event log did not answer is the platform's trouble, not the instance's:
-            # the client's own retries with the key handle it (and a second try would wait as long).
-            if again is None or first.code() not in REPEATABLE or outcome_unknown(first):
-                raise
-            log.info("sent again on a stable instance", extra={"code": first.code().name, "detail": first.details()})
-            return await again(request, metadata=fwd.metadata, timeout=Forwarded.of(context).timeout)
-    except grpc.aio.AioRpcError as exc:
-        if outcome_unknown(exc):
-            # A write that may or may not have landed: the service's words (retry with the same
-            # key) and its marker, which the SDK retries on, reach the client as they are.
-            context.set_trailing_metadata(((OUTCOME_METADATA, OUTCOME_UNKNOWN),))
-            await context.abort(grpc.StatusCode.UNAVAILABLE, exc.details() or OUTCOME_UNKNOWN_MESSAGE)
-        if (public := HIDDEN_DETAIL.get(exc.code())) is None:
-            raise  # a refusal of the client's request: its message is meant for the client
-        log.warning("internal call failed", extra={"code": exc.code().name, "detail": exc.details()})
-        await context.abort(exc.code(), public)
-        raise  # abort raises; this keeps type checkers informed
 
 
 class GatewayApp(gateway_pb2_grpc.GatewayServicer):
@@ -152,17 +56,15 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         self._ctx: RunContext | None = None
         self._auth: auth_pb2_grpc.AuthServiceAsyncStub | None = None
         self._messaging: messaging_pb2_grpc.MessagingServiceAsyncStub | None = None
-        self._devices: messaging_pb2_grpc.DeviceKeyServiceAsyncStub | None = None
         # Messaging through its stable door (no canary), for calls sent again there.
         self._stable_messaging: messaging_pb2_grpc.MessagingServiceAsyncStub | None = None
         self._storage: storage_pb2_grpc.StorageServiceAsyncStub | None = None
         self._archive: storage_pb2_grpc.StorageArchiveServiceAsyncStub | None = None
-        self._patch: patch_pb2_grpc.PatchServiceAsyncStub | None = None
-        self._fleet: fleet_pb2_grpc.FleetServiceAsyncStub | None = None
         self.limits = limits or GatewayLimits()
         self._admission = Admission(self.limits)
         self._caps = LiveStreamCaps(self.limits)
         self._access_watch: asyncio.Task[None] | None = None
+        self._routes: dict[str, Bound] = {}  # from start() on: the table's calls, bound to their stubs
         self.browser: BrowserListener | None = None
 
     async def start(self, ctx: RunContext) -> None:
@@ -179,17 +81,23 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         self._auth = auth_pb2_grpc.AuthServiceStub(channel_to(s.auth_addr, "auth"))
         messaging = channel_to(s.messaging_addr, "messaging")
         self._messaging = messaging_pb2_grpc.MessagingServiceStub(messaging)
-        self._devices = messaging_pb2_grpc.DeviceKeyServiceStub(messaging)
         if s.messaging_stable_addr:
             stable = channel_to(s.messaging_stable_addr, "messaging")
             self._stable_messaging = messaging_pb2_grpc.MessagingServiceStub(stable)
         storage = channel_to(s.storage_addr, "storage")
         self._storage = storage_pb2_grpc.StorageServiceStub(storage)
         self._archive = storage_pb2_grpc.StorageArchiveServiceStub(storage)
-        if s.registry_addr:  # a platform without a patch registry has no console calls to forward
-            registry = channel_to(s.registry_addr, "patch-registry")
-            self._patch = patch_pb2_grpc.PatchServiceStub(registry)
-            self._fleet = fleet_pb2_grpc.FleetServiceStub(registry)
+        # A platform without a patch registry has no console calls to forward.
+        registry = channel_to(s.registry_addr, "patch-registry") if s.registry_addr else None
+        upstreams = {
+            Upstream.AUTH: self._auth,
+            Upstream.MESSAGING: self._messaging,
+            Upstream.DEVICES: messaging_pb2_grpc.DeviceKeyServiceStub(messaging),
+            Upstream.ARCHIVE: self._archive,
+            Upstream.PATCH: None if registry is None else patch_pb2_grpc.PatchServiceStub(registry),
+            Upstream.FLEET: None if registry is None else fleet_pb2_grpc.FleetServiceStub(registry),
+        }
+        self._routes = bind(upstreams, stable=self._stable_messaging)
         gateway_pb2_grpc.add_GatewayServicer_to_server(self, ctx.server)
         ctx.add_service_name(gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name)
         if s.web_listen_address:
@@ -251,35 +159,20 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
             )
         return user_id or ""
 
-    async def Register(self, request: auth_pb2.RegisterRequest, context: Context) -> auth_pb2.RegisterResponse:
-        assert self._auth is not None
-        await self._admit(request, context, anonymous=True)
-        return await forward(self._auth.Register, request, context)
-
-    async def Login(self, request: auth_pb2.LoginRequest, context: Context) -> auth_pb2.LoginResponse:
-        assert self._auth is not None
-        await self._admit(request, context, anonymous=True)
-        return await forward(self._auth.Login, request, context)
-
-    async def CreateChannel(
-        self, request: messaging_pb2.CreateChannelRequest, context: Context
-    ) -> messaging_pb2.Channel:
-        assert self._messaging is not None
-        await self._admit(request, context)
-        again = self._again("CreateChannel", bool(request.idempotency_key))
-        return await forward(self._messaging.CreateChannel, request, context, again=again)
-
-    async def JoinChannel(self, request: messaging_pb2.JoinChannelRequest, context: Context) -> messaging_pb2.Channel:
-        assert self._messaging is not None
-        await self._admit(request, context)
-        return await forward(self._messaging.JoinChannel, request, context)
-
-    async def ListMyChannels(
-        self, request: messaging_pb2.ListMyChannelsRequest, context: Context
-    ) -> messaging_pb2.ListMyChannelsResponse:
-        assert self._messaging is not None
-        await self._admit(request, context)
-        return await forward(self._messaging.ListMyChannels, request, context, again=self._again("ListMyChannels"))
+    async def _pass_on(self, name: str, request: Any, context: Context) -> Any:
+        """A call of the routes table: the checks its route names, then forwarded as it is."""
+        bound = self._routes[name]
+        route = bound.route
+        await self._admit(request, context, anonymous=route.anonymous)
+        if route.needs is not None:
+            self._require(context, *route.needs)
+        if bound.method is None:  # only the registry is optional
+            await context.abort(grpc.StatusCode.UNAVAILABLE, NO_REGISTRY)
+            raise AssertionError("abort raises")
+        again = bound.again
+        if route.again is Again.WITH_KEY and not request.idempotency_key:
+            again = None
+        return await forward(bound.method, request, context, again=again)
 
     async def SendMessage(
         self, request: messaging_pb2.PostMessageRequest, context: Context
@@ -288,134 +181,6 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         await self._admit(request, context)
         again = self._again("PostMessage", bool(request.idempotency_key))
         return await forward(self._messaging.PostMessage, request, context, again=again)
-
-    async def EditMessage(
-        self, request: messaging_pb2.EditMessageRequest, context: Context
-    ) -> messaging_pb2.ChatMessage:
-        assert self._messaging is not None
-        await self._admit(request, context)
-        return await forward(self._messaging.EditMessage, request, context)
-
-    async def RedactMessage(
-        self, request: messaging_pb2.RedactMessageRequest, context: Context
-    ) -> messaging_pb2.ChatMessage:
-        assert self._messaging is not None
-        await self._admit(request, context)
-        return await forward(self._messaging.RedactMessage, request, context)
-
-    async def ListMessageVersions(
-        self, request: messaging_pb2.ListMessageVersionsRequest, context: Context
-    ) -> messaging_pb2.ListMessageVersionsResponse:
-        assert self._messaging is not None
-        await self._admit(request, context)
-        return await forward(
-            self._messaging.ListMessageVersions, request, context, again=self._again("ListMessageVersions")
-        )
-
-    async def LeaveChannel(self, request: messaging_pb2.LeaveChannelRequest, context: Context) -> messaging_pb2.Channel:
-        assert self._messaging is not None
-        await self._admit(request, context)
-        return await forward(self._messaging.LeaveChannel, request, context)
-
-    async def SendToDevice(
-        self, request: messaging_pb2.SendToDeviceRequest, context: Context
-    ) -> messaging_pb2.SendToDeviceResponse:
-        assert self._devices is not None
-        await self._admit(request, context)
-        return await forward(self._devices.SendToDevice, request, context)
-
-    async def FetchToDevice(
-        self, request: messaging_pb2.FetchToDeviceRequest, context: Context
-    ) -> messaging_pb2.FetchToDeviceResponse:
-        assert self._devices is not None
-        await self._admit(request, context)
-        return await forward(self._devices.FetchToDevice, request, context)
-
-    async def CreateDirectChannel(
-        self, request: messaging_pb2.CreateDirectChannelRequest, context: Context
-    ) -> messaging_pb2.Channel:
-        assert self._messaging is not None
-        await self._admit(request, context)
-        return await forward(
-            self._messaging.CreateDirectChannel,
-            request,
-            context,
-            again=self._again("CreateDirectChannel", bool(request.idempotency_key)),
-        )
-
-    async def InviteMember(self, request: messaging_pb2.MemberActionRequest, context: Context) -> messaging_pb2.Channel:
-        assert self._messaging is not None
-        await self._admit(request, context)
-        return await forward(self._messaging.InviteMember, request, context)
-
-    async def KickMember(self, request: messaging_pb2.MemberActionRequest, context: Context) -> messaging_pb2.Channel:
-        assert self._messaging is not None
-        await self._admit(request, context)
-        return await forward(self._messaging.KickMember, request, context)
-
-    async def BanMember(self, request: messaging_pb2.MemberActionRequest, context: Context) -> messaging_pb2.Channel:
-        assert self._messaging is not None
-        await self._admit(request, context)
-        return await forward(self._messaging.BanMember, request, context)
-
-    async def UnbanMember(self, request: messaging_pb2.MemberActionRequest, context: Context) -> messaging_pb2.Channel:
-        assert self._messaging is not None
-        await self._admit(request, context)
-        return await forward(self._messaging.UnbanMember, request, context)
-
-    async def SetMemberRole(
-        self, request: messaging_pb2.SetMemberRoleRequest, context: Context
-    ) -> messaging_pb2.Channel:
-        assert self._messaging is not None
-        await self._admit(request, context)
-        return await forward(self._messaging.SetMemberRole, request, context)
-
-    async def UpdateChannel(
-        self, request: messaging_pb2.UpdateChannelRequest, context: Context
-    ) -> messaging_pb2.Channel:
-        assert self._messaging is not None
-        await self._admit(request, context)
-        return await forward(self._messaging.UpdateChannel, request, context)
-
-    async def ListThread(
-        self, request: messaging_pb2.ListThreadRequest, context: Context
-    ) -> messaging_pb2.ListThreadResponse:
-        assert self._messaging is not None
-        await self._admit(request, context)
-        return await forward(self._messaging.ListThread, request, context, again=self._again("ListThread"))
-
-    async def React(self, request: messaging_pb2.ReactRequest, context: Context) -> messaging_pb2.ChatMessage:
-        assert self._messaging is not None
-        await self._admit(request, context)
-        return await forward(self._messaging.React, request, context)
-
-    async def MarkRead(self, request: messaging_pb2.MarkReadRequest, context: Context) -> messaging_pb2.Channel:
-        assert self._messaging is not None
-        await self._admit(request, context)
-        return await forward(self._messaging.MarkRead, request, context)
-
-    async def ListInvitations(
-        self, request: messaging_pb2.ListInvitationsRequest, context: Context
-    ) -> messaging_pb2.ListInvitationsResponse:
-        assert self._messaging is not None
-        await self._admit(request, context)
-        return await forward(self._messaging.ListInvitations, request, context)
-
-    async def DeclineInvitation(
-        self, request: messaging_pb2.DeclineInvitationRequest, context: Context
-    ) -> messaging_pb2.DeclineInvitationResponse:
-        assert self._messaging is not None
-        await self._admit(request, context)
-        return await forward(self._messaging.DeclineInvitation, request, context)
-
-    async def ExportUserData(
-        self, request: storage_pb2.ExportUserDataRequest, context: Context
-    ) -> storage_pb2.ExportUserDataResponse:
-        assert self._archive is not None
-        # Storage allows the user's own data only (parley_storage.access): with the caller's token
-        # the gateway can ask for nobody else's.
-        await self._admit(request, context)
-        return await forward(self._archive.ExportUserData, request, context)
 
     async def EraseUserData(
         self, request: storage_pb2.EraseUserDataRequest, context: Context
@@ -428,11 +193,6 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         erasure = auth_pb2.RequestErasureRequest(user_id=request.user_id, reason=request.reason)
         await forward(self._auth.RequestErasure, erasure, context)
         return await forward(self._archive.EraseUserData, request, context)
-
-    async def LookupUsers(self, request: auth_pb2.LookupUsersRequest, context: Context) -> auth_pb2.LookupUsersResponse:
-        assert self._auth is not None
-        await self._admit(request, context)
-        return await forward(self._auth.LookupUsers, request, context)
 
     async def FindUsers(self, request: gateway_pb2.FindUsersRequest, context: Context) -> auth_pb2.LookupUsersResponse:
         """Usernames to ids among the people who share a channel with the caller (their channels'
@@ -574,217 +334,13 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
             for stream in self._feed.streams():
                 stream.recheck()
 
-    # -- sessions and accounts (issue 3): forwarded to auth, which checks them again; the same
-    # size and rate budgets as every other call (ChangePassword and Refresh cost auth the most) --
-
-    async def Refresh(self, request: auth_pb2.RefreshRequest, context: Context) -> auth_pb2.LoginResponse:
-        assert self._auth is not None
-        await self._admit(request, context, anonymous=True)
-        return await forward(self._auth.Refresh, request, context)
-
-    async def Logout(self, request: auth_pb2.LogoutRequest, context: Context) -> auth_pb2.LogoutResponse:
-        assert self._auth is not None
-        await self._admit(request, context)
-        return await forward(self._auth.Logout, request, context)
-
-    async def ChangePassword(
-        self, request: auth_pb2.ChangePasswordRequest, context: Context
-    ) -> auth_pb2.ChangePasswordResponse:
-        assert self._auth is not None
-        await self._admit(request, context)
-        return await forward(self._auth.ChangePassword, request, context)
-
-    async def ListSessions(
-        self, request: auth_pb2.ListSessionsRequest, context: Context
-    ) -> auth_pb2.ListSessionsResponse:
-        assert self._auth is not None
-        await self._admit(request, context)
-        return await forward(self._auth.ListSessions, request, context)
-
-    async def RevokeSession(
-        self, request: auth_pb2.RevokeSessionRequest, context: Context
-    ) -> auth_pb2.RevokeSessionResponse:
-        assert self._auth is not None
-        await self._admit(request, context)
-        return await forward(self._auth.RevokeSession, request, context)
-
-    async def CreateUser(self, request: auth_pb2.CreateUserRequest, context: Context) -> auth_pb2.Account:
-        assert self._auth is not None
-        await self._admit(request, context)
-        return await forward(self._auth.CreateUser, request, context)
-
-    async def AssignRole(self, request: auth_pb2.AssignRoleRequest, context: Context) -> auth_pb2.Account:
-        assert self._auth is not None
-        await self._admit(request, context)
-        return await forward(self._auth.AssignRole, request, context)
-
-    async def SetAccountDisabled(
-        self, request: auth_pb2.SetAccountDisabledRequest, context: Context
-    ) -> auth_pb2.Account:
-        assert self._auth is not None
-        await self._admit(request, context)
-        return await forward(self._auth.SetAccountDisabled, request, context)
-
-    async def BeginTotpEnrolment(
-        self, request: auth_pb2.BeginTotpEnrolmentRequest, context: Context
-    ) -> auth_pb2.BeginTotpEnrolmentResponse:
-        assert self._auth is not None
-        await self._admit(request, context)
-        return await forward(self._auth.BeginTotpEnrolment, request, context)
-
-    async def ConfirmTotpEnrolment(
-        self, request: auth_pb2.ConfirmTotpEnrolmentRequest, context: Context
-    ) -> auth_pb2.ConfirmTotpEnrolmentResponse:
-        assert self._auth is not None
-        await self._admit(request, context)
-        return await forward(self._auth.ConfirmTotpEnrolment, request, context)
-
-    async def SetMfaRequired(
-        self, request: auth_pb2.SetMfaRequiredRequest, context: Context
-    ) -> auth_pb2.SetMfaRequiredResponse:
-        assert self._auth is not None
-        await self._admit(request, context)
-        return await forward(self._auth.SetMfaRequired, request, context)
-
-    async def PublishDeviceKeys(self, request: auth_pb2.PublishDeviceKeysRequest, context: Context) -> auth_pb2.Device:
-        assert self._auth is not None
-        await self._admit(request, context)
-        return await forward(self._auth.PublishDeviceKeys, request, context)
-
-    async def UploadOneTimeKeys(
-        self, request: auth_pb2.UploadOneTimeKeysRequest, context: Context
-    ) -> auth_pb2.UploadOneTimeKeysResponse:
-        assert self._auth is not None
-        await self._admit(request, context)
-        return await forward(self._auth.UploadOneTimeKeys, request, context)
-
-    async def ClaimOneTimeKey(
-        self, request: auth_pb2.ClaimOneTimeKeyRequest, context: Context
-    ) -> auth_pb2.ClaimedOneTimeKey:
-        assert self._auth is not None
-        await self._admit(request, context)
-        return await forward(self._auth.ClaimOneTimeKey, request, context)
-
-    async def ListDevices(self, request: auth_pb2.ListDevicesRequest, context: Context) -> auth_pb2.ListDevicesResponse:
-        assert self._auth is not None
-        await self._admit(request, context)
-        return await forward(self._auth.ListDevices, request, context)
-
-    async def RemoveDevice(
-        self, request: auth_pb2.RemoveDeviceRequest, context: Context
-    ) -> auth_pb2.RemoveDeviceResponse:
-        assert self._auth is not None
-        await self._admit(request, context)
-        return await forward(self._auth.RemoveDevice, request, context)
-
-    async def CreateInvite(self, request: auth_pb2.CreateInviteRequest, context: Context) -> auth_pb2.Invite:
-        assert self._auth is not None
-        await self._admit(request, context)
-        return await forward(self._auth.CreateInvite, request, context)
-
-    async def ResetMfa(self, request: auth_pb2.ResetMfaRequest, context: Context) -> auth_pb2.Account:
-        assert self._auth is not None
-        await self._admit(request, context)
-        return await forward(self._auth.ResetMfa, request, context)
-
-    async def UnlockAccount(self, request: auth_pb2.UnlockAccountRequest, context: Context) -> auth_pb2.Account:
-        assert self._auth is not None
-        await self._admit(request, context)
-        return await forward(self._auth.UnlockAccount, request, context)
-
-    async def RegenerateRecoveryCodes(
-        self, request: auth_pb2.RegenerateRecoveryCodesRequest, context: Context
-    ) -> auth_pb2.RegenerateRecoveryCodesResponse:
-        assert self._auth is not None
-        await self._admit(request, context)
-        return await forward(self._auth.RegenerateRecoveryCodes, request, context)
-
-    # -- the operator's console: the patch registry and the audit trail, as the caller --
-
-    async def _registry(
-        self, request: Message, context: Context, *, changes: str = ""
-    ) -> patch_pb2_grpc.PatchServiceAsyncStub:
-        """The registry, for a caller admitted; for a change (`changes` names it), only one who
-        holds patches.rollout at all: the registry's own narrower rules decide among those."""
-        await self._admit(request, context)
-        if changes:
-            self._require(context, Permission.PATCHES_ROLLOUT, changes)
-        if self._patch is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, NO_REGISTRY)
-        assert self._patch is not None
-        return self._patch
+    # -- the operator's console: the audit trail and the filed reports, as the caller --
 
     def _require(self, context: Context, permission: Permission, what: str) -> None:
         """The console's changes and audit queries are service-checked (rbac.SERVICE_CHECKED_METHODS):
         this is the gateway's coarse check in front of the service's own."""
         assert self._ctx is not None
         self._ctx.tokens.authorize(context, permission, what=what)
-
-    async def ListInstances(
-        self, request: fleet_pb2.ListInstancesRequest, context: Context
-    ) -> fleet_pb2.ListInstancesResponse:
-        await self._registry(request, context)
-        assert self._fleet is not None
-        return await forward(self._fleet.ListInstances, request, context)
-
-    async def GetServiceHealth(
-        self, request: fleet_pb2.GetServiceHealthRequest, context: Context
-    ) -> fleet_pb2.GetServiceHealthResponse:
-        await self._registry(request, context)
-        assert self._fleet is not None
-        return await forward(self._fleet.GetServiceHealth, request, context)
-
-    async def ListFindings(
-        self, request: patch_pb2.ListFindingsRequest, context: Context
-    ) -> patch_pb2.ListFindingsResponse:
-        return await forward((await self._registry(request, context)).ListFindings, request, context)
-
-    async def ImportAdvisories(
-        self, request: patch_pb2.ImportAdvisoriesRequest, context: Context
-    ) -> patch_pb2.ImportAdvisoriesResponse:
-        registry = await self._registry(request, context, changes="importing advisories")
-        return await forward(registry.ImportAdvisories, request, context)
-
-    async def ListReleases(
-        self, request: patch_pb2.ListReleasesRequest, context: Context
-    ) -> patch_pb2.ListReleasesResponse:
-        return await forward((await self._registry(request, context)).ListReleases, request, context)
-
-    async def ListRollouts(
-        self, request: patch_pb2.ListRolloutsRequest, context: Context
-    ) -> patch_pb2.ListRolloutsResponse:
-        return await forward((await self._registry(request, context)).ListRollouts, request, context)
-
-    async def GetRollout(self, request: patch_pb2.GetRolloutRequest, context: Context) -> patch_pb2.Rollout:
-        return await forward((await self._registry(request, context)).GetRollout, request, context)
-
-    async def PlanRollout(self, request: patch_pb2.PlanRolloutRequest, context: Context) -> patch_pb2.Rollout:
-        registry = await self._registry(request, context, changes="planning a roll-out")
-        return await forward(registry.PlanRollout, request, context)
-
-    async def ApproveRollout(self, request: patch_pb2.RolloutCommand, context: Context) -> patch_pb2.Rollout:
-        registry = await self._registry(request, context, changes="approving a roll-out")
-        return await forward(registry.ApproveRollout, request, context)
-
-    async def PauseRollout(self, request: patch_pb2.RolloutCommand, context: Context) -> patch_pb2.Rollout:
-        registry = await self._registry(request, context, changes="pausing a roll-out")
-        return await forward(registry.PauseRollout, request, context)
-
-    async def ResumeRollout(self, request: patch_pb2.RolloutCommand, context: Context) -> patch_pb2.Rollout:
-        registry = await self._registry(request, context, changes="resuming a roll-out")
-        return await forward(registry.ResumeRollout, request, context)
-
-    async def RollbackRollout(self, request: patch_pb2.RolloutCommand, context: Context) -> patch_pb2.Rollout:
-        registry = await self._registry(request, context, changes="rolling back a roll-out")
-        return await forward(registry.RollbackRollout, request, context)
-
-    async def QueryAudit(
-        self, request: storage_pb2.QueryAuditRequest, context: Context
-    ) -> storage_pb2.ArchivedEventsPage:
-        assert self._archive is not None
-        await self._admit(request, context)
-        self._require(context, Permission.AUDIT_READ, "querying the audit trail")
-        return await forward(self._archive.QueryAudit, request, context)
 
     async def WatchSecurityEvents(
         self, request: storage_pb2.WatchSecurityEventsRequest, context: Context
@@ -868,3 +424,18 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
             checkpoint_errors=state.checkpoint_errors,
             verify_interval_seconds=state.verify_interval_seconds,
         )
+
+
+def _served_from_the_table(name: str) -> Callable[[GatewayApp, Any, Context], Awaitable[Any]]:
+    async def call(self: GatewayApp, request: Any, context: Context) -> Any:
+        return await self._pass_on(name, request, context)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = f"Forwarded as parley_gateway.routes.ROUTES[{name!r}] says."
+    return call
+
+
+for _name in ROUTES:
+    if _name in GatewayApp.__dict__:
+        raise TypeError(f"Gateway.{_name} is both in the routes table and written out in GatewayApp")
+    setattr(GatewayApp, _name, _served_from_the_table(_name))
