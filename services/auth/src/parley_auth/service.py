@@ -22,9 +22,6 @@ import grpc
 from google.protobuf.message import Message
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 from parley.auth.v1.events_pb2 import (
-    AccountDisabled,
-    AccountEnabled,
-    AccountErasureRequested,
     AuditKeyPublished,
     DeviceKeysPublished,
     DeviceRemoved,
@@ -35,25 +32,19 @@ from parley.auth.v1.events_pb2 import (
     MfaRequirementSet,
     OneTimeKeyClaimed,
     OneTimeKeysUploaded,
-    PasswordChanged,
     RecoveryCodesRegenerated,
     RecoveryCodeUsed,
     RefreshTokenRotated,
-    RoleAssigned,
-    SessionRevoked,
     SessionStarted,
     SessionStepUpRequired,
     SourceSlowdownLifted,
     SourceSlowed,
     TotpCodeAccepted,
     TotpEnrolled,
-    TotpEnrolmentStarted,
-    TotpReset,
     UploadedOneTimeKey,
-    UserRegistered,
 )
 
-from parley_auth import keys, mfa
+from parley_auth import codec, domain, keys, mfa
 from parley_auth.audit_key import AUDIT_KEY_FILE, AuditSigner
 from parley_auth.audit_trail import MAX_NOT_MADE_DETAIL, REQUEST_SOURCE, AuditTrail
 from parley_auth.domain import (
@@ -61,9 +52,11 @@ from parley_auth.domain import (
     MAX_PASSWORD_LENGTH,
     USERNAME_UNAVAILABLE,
     Account,
+    LoginVerdict,
+    actor_of,
     check_name_claimable,
     check_password_policy,
-    is_reserved,
+    checked_id,
     normalize_username,
     username_key,
     validate_role,
@@ -73,7 +66,6 @@ from parley_auth.lockout import LockoutBook, Scope
 from parley_auth.passwords import hash_password, needs_rehash, verify_password
 from parley_auth.projection import AuthProjection, InviteState
 from parley_auth.sealing import (
-    PASSWORD_HASH,
     RECOVERY_CODE,
     RECOVERY_CODES,
     REFRESH_TOKEN,
@@ -104,7 +96,7 @@ from parley_core.errors import (
     Unavailable,
 )
 from parley_core.rate import TokenBuckets
-from parley_core.rbac import ACCOUNT_ACTION_PERMISSIONS, AccountAction, Permission, may_act_on_account, may_assign
+from parley_core.rbac import AccountAction, Permission
 from parley_core.runner import RefusedToStart, RunContext, peer_names
 from parley_core.sources import MAX_SOURCE_LENGTH, SOURCE_METADATA, budget_key, client_address, is_address
 from parley_core.tokens import Caller, bearer_token
@@ -155,8 +147,6 @@ log = logging.getLogger(__name__)
 
 LOGIN_FAILED = "username or password is wrong"
 REFRESH_INVALID = "refresh token is invalid or expired; log in again"
-MAX_ID_LENGTH = 64
-MAX_REASON_LENGTH = 500
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -168,23 +158,6 @@ def utc_text(unix: float) -> str:
 
 def session_subject(session_id: str) -> str:
     return stream_subject("auth", "session", session_id)
-
-
-def _id(value: str, what: str) -> str:
-    if not value or len(value) > MAX_ID_LENGTH or not value.isalnum():
-        raise InvalidArgument(f"{what} is required: up to {MAX_ID_LENGTH} letters and digits")
-    return value
-
-
-def check_account_action(caller: Caller | None, action: AccountAction, target: Account | None) -> None:
-    """rbac's one rule for acting on another account, worded for the caller; the platform
-    identity (None) is the operator's and passes. A target account erased since is no owner."""
-    if caller is None:
-        return
-    caller.require(ACCOUNT_ACTION_PERMISSIONS[action], what=f"a request to {action} another user")
-    target_role = target.role if target is not None else ""
-    if not may_act_on_account(caller.role, action, target_role=target_role):
-        raise PermissionDenied(f"only an owner may {action} an owner")
 
 
 def _read(account: Account) -> tuple[int, int]:
@@ -377,6 +350,17 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         event = NewEvent(aggregate_type="user", aggregate_id=account.user_id, payload=payload, actor=actor)
         await self.events.append(user_subject(account.user_id), event, version=version + 1, expected_seq=seq)
 
+    async def _user_events(
+        self, account: Account, events: list[domain.Event], actor: str, *, read: tuple[int, int] | None = None
+    ) -> None:
+        """A decision's facts about the account, appended in order (the first at `read`)."""
+        for event in events:
+            await self._user_event(account, self._encode(event), actor, read=read)
+            read = None
+
+    def _encode(self, event: domain.Event) -> Message:
+        return codec.payload(event, self._seal)
+
     async def _session_event(self, session: Session, payload: Message, actor: str) -> None:
         event = NewEvent(aggregate_type="session", aggregate_id=session.session_id, payload=payload, actor=actor)
         await self.events.append(
@@ -388,13 +372,10 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         return self._sealer.unknown_name(typed)
 
     async def _revoke(self, session: Session, reason: str, actor: str) -> None:
-        if session.revoked:
-            return
-        detail = f"{session.session_id}: {reason}"
-        async with self.audit.recorded("session_revoked", actor=actor, user_id=session.user_id, detail=detail):
-            await self._session_event(
-                session, SessionRevoked(session_id=session.session_id, user_id=session.user_id, reason=reason), actor
-            )
+        for revoked in domain.revocation(session, reason):
+            detail = f"{session.session_id}: {reason}"
+            async with self.audit.recorded("session_revoked", actor=actor, user_id=session.user_id, detail=detail):
+                await self._session_event(session, self._encode(revoked), actor)
 
     async def revoke_for_anomaly(self, session: Session, reason: str) -> None:
         """Storage's detector asked for it (storage_due.py); the reason names the anomaly."""
@@ -457,15 +438,10 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         record; refuses what no admin may do: what rbac's one rule refuses, or act on oneself."""
         caller = self._caller_or_platform(context)
         account = self._account(user_id)
-        if len(reason) > MAX_REASON_LENGTH:
-            raise InvalidArgument(f"reason must be at most {MAX_REASON_LENGTH} characters")
-        if caller is not None and caller.user_id == account.user_id:
-            raise FailedPrecondition(f"you cannot {action} your own account; ask another administrator")
-        check_account_action(caller, action, account)
-        return account, f"user:{caller.user_id}" if caller else PLATFORM_USER
+        return account, domain.check_administered(caller, account, reason, action)
 
     def _account(self, user_id: str) -> Account:
-        account = self.accounts.by_id(_id(user_id, "user_id"))
+        account = self.accounts.by_id(checked_id(user_id, "user_id"))
         if account is None:
             raise NotFound("no such user")
         return account
@@ -487,17 +463,23 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         if self_service and (wait := self.registrations.take(budget_key(REQUEST_SOURCE.get()))):
             raise ResourceExhausted(f"too many registrations from this address; try again in {int(wait) + 1} s")
         password_hash = await hash_password(password)
-        if self.accounts.find(username) is not None or (self_service and is_reserved(username)):
-            raise AlreadyExists(USERNAME_UNAVAILABLE)
+        domain.check_name_available(self.accounts, username, self_service=self_service)
         return username, password_hash
 
     async def _create(self, username: str, password_hash: str, role: str, actor: str, user_id: str) -> Account:
         assert self._replay is not None
-        sealed = self._seal(password_hash.encode(), PASSWORD_HASH, user_id)
+        [registered], _ = domain.decide_register(
+            self.accounts,
+            user_id=user_id,
+            username=username,
+            role=role,
+            password_hash=password_hash,
+            self_service=False,
+        )
         event = NewEvent(
             aggregate_type="user",
             aggregate_id=user_id,
-            payload=UserRegistered(user_id=user_id, username=username, sealed_password_hash=sealed, role=role),
+            payload=self._encode(registered),
             actor=actor or f"user:{user_id}",
         )
         try:
@@ -568,20 +550,14 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
 
     async def CreateInvite(self, request: auth_pb2.CreateInviteRequest, context: Context) -> auth_pb2.Invite:
         caller = self._caller_or_platform(context)
-        role = validate_role(request.role or DEFAULT_ROLE)
-        if (
-            caller is not None
-            and role != DEFAULT_ROLE
-            and not may_assign(caller.role, target_current_role=DEFAULT_ROLE, new_role=role)
-        ):
-            raise PermissionDenied(f"role {caller.role!r} may not invite a {role!r}")
+        role = domain.check_may_grant(caller, request.role, what="invite a")
         hours = request.valid_hours or INVITE_DEFAULT_HOURS
         if not 1 <= hours <= INVITE_MAX_HOURS:
             raise InvalidArgument(f"valid_hours must be 1-{INVITE_MAX_HOURS}")
         code = secrets.token_urlsafe(24)
         invite_hash = hashlib.sha256(code.encode()).digest()
         expires = int(time.time()) + hours * 3600
-        actor = f"user:{caller.user_id}" if caller else PLATFORM_USER
+        actor = actor_of(caller)
         event = NewEvent(
             aggregate_type="invite",
             aggregate_id=invite_hash.hex(),
@@ -598,7 +574,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.RotateSigningKeyRequest, context: Context
     ) -> auth_pb2.SigningKeyInfo:
         caller = self._caller_or_platform(context)
-        issuer = await self.signing.rotate(f"user:{caller.user_id}" if caller else PLATFORM_USER)
+        issuer = await self.signing.rotate(actor_of(caller))
         return auth_pb2.SigningKeyInfo(key_id=issuer.key_id, current=True)
 
     async def RetireSigningKey(
@@ -606,24 +582,18 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.SigningKeyInfo:
         """Retires a key before its tokens expired (a leaked key): they are refused at once."""
         caller = self._caller_or_platform(context)
-        key_id = _id(request.key_id, "key_id")
+        key_id = checked_id(request.key_id, "key_id")
         if key_id not in self.signing_keys:
             raise NotFound("no such signing key")
         if key_id == self.signing_key_id:
             raise FailedPrecondition("this is the key in use; rotate to a new key first")
-        await self.signing.retire(key_id, f"user:{caller.user_id}" if caller else PLATFORM_USER)
+        await self.signing.retire(key_id, actor_of(caller))
         return auth_pb2.SigningKeyInfo(key_id=key_id, current=False, retired=True)
 
     async def CreateUser(self, request: auth_pb2.CreateUserRequest, context: Context) -> auth_pb2.Account:
         caller = self._caller_or_platform(context)
-        role = validate_role(request.role or DEFAULT_ROLE)
-        if (
-            caller is not None
-            and role != DEFAULT_ROLE
-            and not may_assign(caller.role, target_current_role=DEFAULT_ROLE, new_role=role)
-        ):
-            raise PermissionDenied(f"role {caller.role!r} may not create a user with role {role!r}")
-        actor = f"user:{caller.user_id}" if caller else PLATFORM_USER
+        role = domain.check_may_grant(caller, request.role, what="create a user with role")
+        actor = actor_of(caller)
         username, password_hash = await self._claimable(
             request.username, request.password, self_service=False, by_platform=caller is None
         )
@@ -643,7 +613,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
     async def LookupUsers(self, request: auth_pb2.LookupUsersRequest, context: Context) -> auth_pb2.LookupUsersResponse:
         if not 1 <= len(request.user_ids) <= MAX_USERS_PER_LOOKUP:
             raise InvalidArgument(f"give 1 to {MAX_USERS_PER_LOOKUP} user ids")
-        found = (self.accounts.by_id(_id(user_id, "user_id")) for user_id in dict.fromkeys(request.user_ids))
+        found = (self.accounts.by_id(checked_id(user_id, "user_id")) for user_id in dict.fromkeys(request.user_ids))
         return auth_pb2.LookupUsersResponse(
             users=[auth_pb2.UserName(user_id=a.user_id, username=a.username) for a in found if a is not None]
         )
@@ -651,48 +621,36 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
     async def AssignRole(self, request: auth_pb2.AssignRoleRequest, context: Context) -> auth_pb2.Account:
         caller = self._caller_or_platform(context)
         account = self._account(request.user_id)
-        role = validate_role(request.role)
-        check_account_action(caller, AccountAction.ASSIGN_ROLE, account)
-        if caller is not None and not may_assign(caller.role, target_current_role=account.role, new_role=role):
-            raise PermissionDenied(f"role {caller.role!r} may not change {account.role!r} to {role!r}")
-        if account.role == role:
-            return account_proto(account)
-        actor = f"user:{caller.user_id}" if caller else PLATFORM_USER
-        previous, read = account.role, _read(account)
-        detail = f"{previous} -> {role}"
-        async with self.audit.recorded(
-            "role_assigned", actor=actor, user_id=account.user_id, username=account.username, detail=detail
-        ):
-            assigned = RoleAssigned(user_id=account.user_id, role=role, previous_role=previous)
-            await self._user_event(account, assigned, actor, read=read)
+        read = _read(account)
+        events, changed = domain.decide_assign_role(account, caller, request.role)
+        if changed:
+            actor, detail = actor_of(caller), f"{account.role} -> {validate_role(request.role)}"
+            async with self.audit.recorded(
+                "role_assigned", actor=actor, user_id=account.user_id, username=account.username, detail=detail
+            ):
+                await self._user_events(account, events, actor, read=read)
         return account_proto(account)
 
     async def SetAccountDisabled(
         self, request: auth_pb2.SetAccountDisabledRequest, context: Context
     ) -> auth_pb2.Account:
-        account, actor = self._administered(context, request.user_id, request.reason, AccountAction.DISABLE)
-        if account.disabled == request.disabled:
+        caller = self._caller_or_platform(context)
+        account = self._account(request.user_id)
+        events, actor = domain.decide_set_disabled(account, caller, disabled=request.disabled, reason=request.reason)
+        if not events:
             return account_proto(account)
-        payload: Message = (
-            AccountDisabled(user_id=account.user_id, reason=request.reason)
-            if request.disabled
-            else AccountEnabled(user_id=account.user_id)
-        )
         kind, read = "account_disabled" if request.disabled else "account_enabled", _read(account)
         async with self.audit.recorded(
             kind, actor=actor, user_id=account.user_id, username=account.username, detail=request.reason
         ):
-            await self._user_event(account, payload, actor, read=read)
+            await self._user_events(account, events, actor, read=read)
         return account_proto(account)
 
     # -- login and sessions -------------------------------------------------------------------
 
     async def Login(self, request: auth_pb2.LoginRequest, context: Context) -> auth_pb2.LoginResponse:
         REQUEST_SOURCE.set(self._source(context))
-        if not request.username or not request.password:
-            raise InvalidArgument("username and password are required")
-        if len(request.username) > 256 or len(request.password) > MAX_PASSWORD_LENGTH:
-            raise InvalidArgument("username or password is too long")
+        domain.check_login_input(request.username, request.password)
         source = self._source(context)
         try:
             username = normalize_username(request.username)
@@ -702,12 +660,15 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         key = username if account is not None else self._unknown_name(username or request.username.casefold())
         self._refuse_while_locked(key, source)
         ok = await verify_password(account.password_hash if account else None, request.password)
-        if not ok or account is None:
+        code_given = bool(request.totp_code or request.recovery_code)
+        mfa_state = self.mfa.get(account.user_id) if account else None
+        verdict = domain.judge_login(account, ok, mfa_state, code_given=code_given)
+        if verdict is LoginVerdict.WRONG or account is None:
             await self._failed("login_failed", key=key, source=source, user_id=account.user_id if account else "")
             raise Unauthenticated(LOGIN_FAILED)
-        if account.disabled:
+        if verdict is LoginVerdict.DISABLED:
             raise Unauthenticated("this account is disabled; ask an administrator")
-        used_mfa = await self._second_factor(account, request, key, source)
+        used_mfa = await self._second_factor(account, request, key, source, verdict)
         actor = f"user:{account.user_id}"
         session_id = uuid.uuid4().hex
         refresh = new_refresh_token(session_id)
@@ -736,9 +697,8 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         return self._tokens(account, session_id, refresh, mfa=used_mfa)
 
     async def _set_password(self, account: Account, password_hash: str, actor: str, read: tuple[int, int]) -> None:
-        sealed = self._seal(password_hash.encode(), PASSWORD_HASH, account.user_id)
-        changed = PasswordChanged(user_id=account.user_id, sealed_password_hash=sealed)
-        await self._user_event(account, changed, actor, read=read)
+        events, _ = domain.decide_change_password(account, password_hash)
+        await self._user_events(account, events, actor, read=read)
 
     @staticmethod
     def _lockout_event(payload: LoginFailureCounted | LoginFailuresCleared) -> NewEvent:
@@ -856,13 +816,15 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             mfa_enrolled=(state := self.mfa.get(account.user_id)) is not None and state.enrolled,
         )
 
-    async def _second_factor(self, account: Account, request: auth_pb2.LoginRequest, key: str, source: str) -> bool:
+    async def _second_factor(
+        self, account: Account, request: auth_pb2.LoginRequest, key: str, source: str, verdict: LoginVerdict
+    ) -> bool:
         """True when a TOTP or recovery code was used; refuses when one is enrolled and missing."""
         assert self._sealer is not None
-        state = self.mfa.get(account.user_id)
-        if state is None or not state.enrolled:
+        if verdict is LoginVerdict.NO_SECOND_FACTOR:
             return False
-        if not request.totp_code and not request.recovery_code:
+        state = self.mfa[account.user_id]
+        if verdict is LoginVerdict.SECOND_FACTOR_MISSING:
             raise Unauthenticated(
                 "this account uses two-factor authentication: send the authenticator app's code as totp_code,"
                 " or one of the account's recovery codes as recovery_code"
@@ -940,8 +902,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.ChangePasswordResponse:
         caller = self._caller(context)
         account = self._account(caller.user_id)
-        if not request.current_password or len(request.current_password) > MAX_PASSWORD_LENGTH:
-            raise InvalidArgument(f"current_password is required (at most {MAX_PASSWORD_LENGTH} characters)")
+        domain.check_current_password_given(request.current_password)
         await self._step_up(
             context,
             caller,
@@ -958,9 +919,8 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
             "password_changed", actor=actor, user_id=account.user_id, username=account.username
         ):
             await self._set_password(account, new_hash, actor, read)
-        for session in self.sessions.of_user(account.user_id):
-            if session.session_id != caller.session_id:
-                await self._revoke(session, "password changed", actor)
+        for session in domain.sessions_to_end(self.sessions.of_user(account.user_id), keep=caller.session_id):
+            await self._revoke(session, "password changed", actor)
         return auth_pb2.ChangePasswordResponse()
 
     async def ListSessions(
@@ -977,12 +937,13 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.RevokeSessionRequest, context: Context
     ) -> auth_pb2.RevokeSessionResponse:
         caller = self._caller(context)
-        session = self.sessions.get(_id(request.session_id, "session_id"))
-        if session is None:
-            raise NotFound("no such session")
-        if session.user_id != caller.user_id:
-            check_account_action(caller, AccountAction.REVOKE_SESSIONS, self.accounts.by_id(session.user_id))
-        await self._revoke(session, f"revoked by user:{caller.user_id}", f"user:{caller.user_id}")
+        session = self.sessions.get(checked_id(request.session_id, "session_id"))
+        owner = self.accounts.by_id(session.user_id) if session is not None else None
+        events, _ = domain.decide_revoke_session(session, caller, owner)
+        for revoked in events:
+            assert session is not None
+            assert isinstance(revoked, domain.SessionRevoked)
+            await self._revoke(session, revoked.reason, f"user:{caller.user_id}")
         return auth_pb2.RevokeSessionResponse()
 
     # -- MFA ------------------------------------------------------------------------------------
@@ -993,13 +954,11 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         assert self._sealer is not None
         caller = self._caller(context)
         account = self._account(caller.user_id)
-        if (state := self.mfa.get(account.user_id)) is not None and state.enrolled:
-            raise FailedPrecondition("TOTP is already enrolled for this account")
         secret = mfa.new_secret()
-        sealed = self._sealer.seal(secret, account.user_id)
-        await self._user_event(
-            account, TotpEnrolmentStarted(user_id=account.user_id, sealed_secret=sealed), f"user:{account.user_id}"
+        events, _ = domain.decide_begin_totp(
+            account, self.mfa.get(account.user_id), self._sealer.seal(secret, account.user_id)
         )
+        await self._user_events(account, events, f"user:{account.user_id}")
         return auth_pb2.BeginTotpEnrolmentResponse(
             otpauth_uri=mfa.provisioning_uri(secret, account.username), secret_base32=mfa.secret_base32(secret)
         )
@@ -1042,7 +1001,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.SetMfaRequiredResponse:
         caller = self._caller_or_platform(context)
         role = validate_role(request.role)
-        actor = f"user:{caller.user_id}" if caller else PLATFORM_USER
+        actor = actor_of(caller)
         event = NewEvent(
             aggregate_type="policy",
             aggregate_id="mfa",
@@ -1059,16 +1018,15 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         """Removes a user's TOTP and recovery codes (a lost or stolen phone) and revokes every
         session of that user: whoever holds a session may be the one holding the phone, so the
         user logs in again with the password alone and enrols a new authenticator."""
-        account, actor = self._administered(context, request.user_id, request.reason, AccountAction.RESET_MFA)
-        state = self.mfa.get(account.user_id)
-        if state is None or not (state.enrolled or state.pending_secret):
-            raise FailedPrecondition(f"{account.username} has no two-factor authentication to reset")
+        caller = self._caller_or_platform(context)
+        account = self._account(request.user_id)
+        events, actor = domain.decide_reset_mfa(account, caller, self.mfa.get(account.user_id), request.reason)
         read = _read(account)
         async with self.audit.recorded(
             "mfa_reset", actor=actor, user_id=account.user_id, username=account.username, detail=request.reason
         ):
-            await self._user_event(account, TotpReset(user_id=account.user_id, reason=request.reason), actor, read=read)
-        for session in self.sessions.of_user(account.user_id):
+            await self._user_events(account, events, actor, read=read)
+        for session in domain.sessions_to_end(self.sessions.of_user(account.user_id)):
             await self._revoke(session, "two-factor authentication reset", actor)
         return account_proto(account)
 
@@ -1097,9 +1055,8 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         slowed by colleagues' typos); audited as `source_slowdown_lifted`. The interceptor checked
         the caller's permission (rbac: users.manage) or the platform identity."""
         caller = self._caller_or_platform(context)
-        actor = f"user:{caller.user_id}" if caller else PLATFORM_USER
-        if len(request.reason) > MAX_REASON_LENGTH:
-            raise InvalidArgument(f"reason must be at most {MAX_REASON_LENGTH} characters")
+        actor = actor_of(caller)
+        domain.check_reason(request.reason)
         wanted = request.source.strip()
         if not wanted or len(wanted) > MAX_SOURCE_LENGTH:
             raise InvalidArgument("source is required: the address as the source_slowed audit record names it")
@@ -1130,20 +1087,17 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         """The one way an erasure is authorised (storage_due.py acts on nothing else): the user
         themself, or the platform identity acting for them; audited as `account_erasure_requested`."""
         caller = self._caller_or_platform(context)
-        user_id = _id(request.user_id, "user_id")
-        if len(request.reason) > MAX_REASON_LENGTH:
-            raise InvalidArgument(f"reason must be at most {MAX_REASON_LENGTH} characters")
-        if caller is not None and caller.user_id != user_id:
-            raise PermissionDenied("only the user themself, or the operator on their behalf, may erase an account")
-        if user_id in self.erasure_requests:
+        events, already = domain.decide_request_erasure(
+            self.accounts, self.erasure_requests, caller, user_id=request.user_id, reason=request.reason
+        )
+        if already:
             return auth_pb2.RequestErasureResponse(already_requested=True)  # e.g. finishing one cut short
-        account = self._account(user_id)
-        actor = f"user:{caller.user_id}" if caller else PLATFORM_USER
-        requested = AccountErasureRequested(user_id=user_id, requested_by=actor, reason=request.reason)
+        [requested] = events
+        user_id, account, actor = request.user_id, self._account(request.user_id), actor_of(caller)
         event = NewEvent(
             aggregate_type="erasure",
             aggregate_id=user_id,
-            payload=requested,
+            payload=self._encode(requested),
             actor=actor,
             event_id=f"erasure-requested-{user_id}",
         )
@@ -1311,7 +1265,7 @@ class AuthApp(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.ClaimOneTimeKeyRequest, context: Context
     ) -> auth_pb2.ClaimedOneTimeKey:
         caller = self._caller(context)
-        user_id = _id(request.user_id, "user_id")
+        user_id = checked_id(request.user_id, "user_id")
         device_id = keys.validate_device_id(request.device_id)
         chosen: list[keys.StoredKey] = []
 
