@@ -44,8 +44,8 @@ class AuthApp(AccountsApi, SessionsApi, MfaApi, DevicesApi, auth_pb2_grpc.AuthSe
 
     async def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
-        self.signing.load(ctx.settings.secrets_dir)
         self._sealer = SecretSealer.load_or_create(ctx.settings.secrets_dir / AUTH_SEALING_KEY_FILE)
+        self.signing.load(ctx.settings.secrets_dir, self._sealer)
         self.projection.sealer = self._sealer
         self._audit_signer = AuditSigner.load_or_create(ctx.settings.secrets_dir / AUDIT_KEY_FILE)
         # login_failed and lockout among them: what the alert rules watch, at 0 before the first.

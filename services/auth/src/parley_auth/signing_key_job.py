@@ -18,6 +18,7 @@ from parley.auth.v1.events_pb2 import SigningKeyPublished, SigningKeyRetired
 from parley_auth.audit_trail import AuditTrail
 from parley_auth.event_log import AuthLog
 from parley_auth.key_rotation import KeySchedule, SigningKeyState, key_in_use, replaced_at
+from parley_auth.sealing import SealedFieldUnreadable, SecretSealer
 from parley_auth.signing import TokenIssuer
 from parley_core.bus import ConcurrencyConflict, EventBus
 from parley_core.envelope import NewEvent
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 KEY_MAINTENANCE_MAX_WAIT_S = 3600.0
 KEY_MAINTENANCE_RETRY_S = 5.0
 SIGNING_KEY_FILE = "auth-signing-key.pem"
+# A rotation's successor carries its private key sealed under this field name (SecretSealer).
+SEALED_SIGNING_KEY_FIELD = "signing_private_key"
 
 
 class SigningKeyJob:
@@ -46,10 +49,12 @@ class SigningKeyJob:
         self._task: asyncio.Task[None] | None = None
         self._issuer: TokenIssuer | None = None
         self._secrets_dir = Path()
+        self._sealer: SecretSealer | None = None
         self._connected: tuple[EventBus, AuthLog, AuditTrail] | None = None
 
-    def load(self, secrets_dir: Path) -> None:
-        self._secrets_dir = secrets_dir
+    def load(self, secrets_dir: Path, sealer: SecretSealer) -> None:
+        """The key in the secrets folder; `sealer` opens a successor published on another host."""
+        self._secrets_dir, self._sealer = secrets_dir, sealer
         self._issuer = TokenIssuer.load_or_create(self._signing_key_path, lifetime_s=self._token_lifetime_s)
 
     def connect(self, bus: EventBus, events: AuthLog, audit: AuditTrail) -> None:
@@ -143,8 +148,16 @@ class SigningKeyJob:
         # Saved before the claim, so an instance that sees the publication can read the key.
         staged = self._successor_path(issuer.key_id)
         issuer.save(staged)
+        assert self._sealer is not None
         published = SigningKeyPublished(
-            key_id=issuer.key_id, algorithm=ALGORITHM, public_key=issuer.public_key, replaces_key_id=previous
+            key_id=issuer.key_id,
+            algorithm=ALGORITHM,
+            public_key=issuer.public_key,
+            replaces_key_id=previous,
+            # For the auth instances on other hosts, which do not share this secrets folder.
+            sealed_private_key=self._sealer.seal_field(
+                issuer.private_der(), field=SEALED_SIGNING_KEY_FIELD, owner=issuer.key_id
+            ),
         )
         event = NewEvent(aggregate_type="signing_key", aggregate_id=previous, payload=published, actor="service:auth")
         version, seq = state.version + 1, state.last_seq  # as read now: of racing rotations, one lands
@@ -166,8 +179,9 @@ class SigningKeyJob:
         return issuer
 
     def _adopt_successor(self, published: SigningKeyPublished) -> None:
-        """The key we sign with was replaced (by this instance or another one sharing the
-        secrets folder): sign with the successor, so the replaced key can be retired on time."""
+        """The key we sign with was replaced (by this instance, another one sharing the secrets
+        folder, or one on another host): sign with the successor, so the replaced key can be
+        retired on time."""
         if self._issuer is None or published.replaces_key_id != self._issuer.key_id:
             return
         for path in (self._successor_path(published.key_id), self._signing_key_path):
@@ -176,6 +190,20 @@ class SigningKeyJob:
                 if issuer.key_id == published.key_id:
                     self._issuer = issuer
                     return
+        if published.sealed_private_key and self._sealer is not None:
+            try:
+                der = self._sealer.open_field(
+                    published.sealed_private_key, field=SEALED_SIGNING_KEY_FIELD, owner=published.key_id
+                )
+                issuer = TokenIssuer.from_der(der, lifetime_s=self._token_lifetime_s)
+            except (SealedFieldUnreadable, ValueError):
+                log.error("signing key %s is sealed under another sealing key; not adopted", published.key_id)
+                return
+            if issuer.key_id != published.key_id:
+                log.error("signing key %s's sealed private key is another key's; not adopted", published.key_id)
+                return
+            issuer.save(self._signing_key_path)  # a restart signs with it too
+            self._issuer = issuer
 
     async def retire(self, key_id: str, actor: str) -> None:
         state = self._keys[key_id]
