@@ -11,7 +11,7 @@ from nats.js import JetStreamContext
 from parley.auth.v1 import auth_pb2
 from parley.auth.v1.events_pb2 import SecurityEventRecorded
 
-from parley_auth.service import AUDIT_HEAD_SCAN_LIMIT
+from parley_auth.audit_trail import AUDIT_HEAD_SCAN_LIMIT
 from parley_core.audit import AuditChain
 from parley_core.audit_log import chain_head
 from parley_core.envelope import NewEvent, decode, open_payload, seal
@@ -37,7 +37,7 @@ async def test_a_forged_record_on_sec_does_not_become_the_chain_head(stack: Stac
     await stack.login(name)
     auth = stack.app("auth")
     stolen = (await nats_server.connect("auth")).jetstream()  # auth's NATS password, not its audit key
-    real = (await chain_head(stolen, auth.trusted_audit_keys())).record
+    real = (await chain_head(stolen, auth.audit.trusted_keys())).record
     assert real is not None
 
     await stolen.publish("parley.sec.login_succeeded.forged", forged_record(real, auth._audit_signer.key_id))
@@ -60,7 +60,7 @@ async def test_a_flood_of_junk_on_sec_does_not_stall_a_login(stack: Stack, nats_
     auth = stack.app("auth")
     nc = await nats_server.connect("auth")
     stolen = nc.jetstream()
-    real = (await chain_head(stolen, auth.trusted_audit_keys())).record
+    real = (await chain_head(stolen, auth.audit.trusted_keys())).record
     assert real is not None
     before = (await stolen.stream_info("SEC")).state.last_seq
     for n in range(JUNK):

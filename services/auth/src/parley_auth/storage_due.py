@@ -148,7 +148,7 @@ class StorageDue:
         """A security event on the audit chain, then the fact is parked; nothing else changes."""
         detail = f"storage's fact STORE #{fact.stream_seq} (by {fact.envelope.actor or 'unknown'}): {why}"
         try:
-            await self._app.security_event(kind, actor="service:auth", user_id=user_id, detail=detail[:500])
+            await self._app.audit.write(kind, actor="service:auth", user_id=user_id, detail=detail[:500])
         except Unavailable as exc:  # the refusal is recorded before the fact is parked
             raise RetryLater(str(exc)) from exc
         raise Refused(why)
@@ -213,7 +213,7 @@ class StorageDue:
         account = self._app.accounts.by_id(due.user_id)
         detail = f"on storage's erasure fact STORE #{fact.stream_seq} (by {fact.envelope.actor or 'unknown'})"
         try:
-            async with self._app.recorded(
+            async with self._app.audit.recorded(
                 "account_erased",
                 actor="service:auth",
                 user_id=due.user_id,
@@ -221,6 +221,6 @@ class StorageDue:
                 detail=detail,
             ):
                 # The name's subject holds its registration, or nothing (a hole of a re-seeded log).
-                await self._app.append_and_apply(username_subject(due.username_key), event)
+                await self._app.events.append_after_last(username_subject(due.username_key), event)
         except Unavailable as exc:  # the audit chain refused the record: nothing was changed
             raise RetryLater(str(exc)) from exc
