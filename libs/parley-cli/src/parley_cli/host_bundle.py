@@ -32,7 +32,7 @@ from parley_core.pki import Pki, issue_into
 from parley_core.topology import PLATFORM_USER
 
 AUDIT_KEY_FILE = "auth-audit-key.pem"  # parley_auth.audit_key (the CLI does not import services)
-AUTH_SIGNING_KEY_FILE = "auth-signing-key.pem"  # parley_auth.service
+AUTH_SIGNING_KEY_FILE = "auth-signing-key.pem"  # parley_auth.signing_key_job
 # parley_storage.backup: without them a storage instance would make backup keys of its own.
 STORAGE_BACKUP_KEY_FILES = ("storage-backup.key", "storage-backup-signing.pem", "storage-backup-signing.pub")
 
