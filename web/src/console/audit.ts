@@ -142,10 +142,12 @@ function chainState(): HTMLElement {
               "p",
               { class: c.matches ? "chain intact" : "chain tampered" },
               `Last checkpoint: record #${c.chainIndex} of ${when(c.recordTime)}, taken ${whenIso(c.takenAt)} ` +
-                `(${c.source}): ${c.matches ? "the archive still holds it" : "the archive no longer matches it"}.`,
+                `(${c.source.replace(/^checkpoint /, "")}): ${c.matches ? "the archive still holds it" : "the archive no longer matches it"}.`,
             )
           : h("p", { class: "hint" }, "Last checkpoint: none yet (", h("code", {}, "parley audit checkpoint"), " writes one)."),
-        v.checkpointErrors.length ? h("ul", { class: "hint" }, ...v.checkpointErrors.map((e) => h("li", {}, e))) : null,
+        v.checkpointErrors.length
+          ? h("ul", { class: "hint" }, ...v.checkpointErrors.map((e) => h("li", {}, ...withCode(e))))
+          : null,
       );
     } catch (err) {
       clear(state);
@@ -181,4 +183,9 @@ function row(e: ArchivedEvent): string[] {
   const aggregate = PEOPLE.has(e.aggregateType) ? personName(e.aggregateId) : e.aggregateId;
   const who = actorName(e.actor);
   return [at, `${e.stream} #${e.streamSeq}`, e.eventType, `${e.aggregateType} ${aggregate}`, who, content];
+}
+
+/** Storage's messages mark commands with backticks: shown as code, not as literal backticks. */
+function withCode(text: string): (string | HTMLElement)[] {
+  return text.split("`").map((part, i) => (i % 2 ? h("code", {}, part) : part));
 }

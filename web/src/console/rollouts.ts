@@ -28,6 +28,7 @@ export class RolloutsPage {
   private readonly cards = new Map<string, { shown: string; card: HTMLElement }>();
   private fillReleases: () => Promise<void> = async () => {}; // the plan form's, once it is shown
   private releasesAt = Infinity; // when fillReleases last ran (never: no plan form)
+  private underWay = new Set<string>(); // "service version" of every roll-out not ended yet
 
   constructor(private readonly session: Session) {
     this.element = h(
@@ -56,7 +57,9 @@ export class RolloutsPage {
       rollouts.flatMap((r) => [r.plannedBy, r.approvedBy, ...r.audit.map((a) => actorUserId(a.actor))]),
     );
     const order: HTMLElement[] = [];
-    let ended = false;
+    const underWay = new Set(rollouts.filter((r) => !ENDED.has(r.state)).map((r) => `${r.service} ${r.toVersion}`));
+    let ended = [...underWay].join() !== [...this.underWay].join(); // a plan made: offered no more
+    this.underWay = underWay;
     for (const rollout of rollouts) {
       const shown = toJsonString(RolloutSchema, rollout);
       let entry = this.cards.get(rollout.rolloutId);
@@ -98,7 +101,10 @@ export class RolloutsPage {
       const published = (await withRefresh(() => gateway.listReleases({}))).releases;
       // A release every live instance of its service already runs is nothing to roll out.
       const running = await runningEverywhere();
-      const releases = published.filter((r) => !running.has(`${r.service} ${r.version}`));
+      // Nor one a roll-out is already taking there (a second plan would be refused).
+      const releases = published.filter(
+        (r) => !running.has(`${r.service} ${r.version}`) && !this.underWay.has(`${r.service} ${r.version}`),
+      );
       const picked = choice.value;
       clear(choice);
       for (const r of releases) {

@@ -283,8 +283,8 @@ def _when(unix: float) -> str:
 def _age(unix: float, now: float) -> str:
     if not unix:
         return "-"
-    days = (now - unix) / 86400
-    return f"{days:.0f} days" if days >= 1 else f"{(now - unix) / 3600:.1f} hours"
+    seconds = max(0.0, now - unix)  # a key made while the report was being written is 0 hours old
+    return f"{seconds / 86400:.0f} days" if seconds >= 86400 else f"{seconds / 3600:.1f} hours"
 
 
 def _person(who: str, names: Mapping[str, str]) -> str:
