@@ -22,7 +22,7 @@ import nats.errors
 import pytest
 
 from parley_core.net import free_port
-from parley_core.testing.fleet_nats import connect_platform, streams_current_on
+from parley_core.testing.fleet_nats import connect_platform, wait_current_on
 from parley_core.testing.platform import JoinedHost, RunningPlatform
 from parley_core.testing.waiting import eventually
 
@@ -61,13 +61,7 @@ async def test_streams_keep_working_when_the_first_hosts_node_is_killed(
     first, hosts = fleet
     host_b = hosts[0]
     # One node handed over at a time: host-b's node current before node2 stops for host-c.
-    on_first = await connect_platform(first.data_dir, str(first.state["nats_url"]), first.ca_cert)
-    try:
-        await eventually(
-            lambda: _none_is_ready(streams_current_on(on_first, {"parley-node1"})), "host-b's node current", 120
-        )
-    finally:
-        await on_first.close()
+    await wait_current_on(first.data_dir, str(first.state["nats_url"]), first.ca_cert, {"parley-node1"}, 120)
     host_c = await asyncio.to_thread(
         JoinedHost.join, first, tmp_path / "host-c", "host-c", "", add_args=("--nats-node",)
     )
@@ -87,13 +81,9 @@ async def test_streams_keep_working_when_the_first_hosts_node_is_killed(
     assert not (tmp_path / "d").exists()
 
     joined_urls = f"{host_b.nats['url']},{host_c.nats['url']}"
+    await wait_current_on(first.data_dir, joined_urls, first.ca_cert, JOINED_NODES, 120)
     nc = await connect_platform(first.data_dir, joined_urls, first.ca_cert)
     try:
-        await eventually(
-            lambda: _none_is_ready(streams_current_on(nc, JOINED_NODES)),
-            "host-b's and host-c's nodes current on every stream",
-            timeout=120,
-        )
         js = nc.jetstream()  # type: ignore[attr-defined]
         before = await js.publish(PROBE_SUBJECT, b"before")
 
@@ -117,10 +107,6 @@ async def test_streams_keep_working_when_the_first_hosts_node_is_killed(
         assert kept.data == b"before"
     finally:
         await nc.close()
-
-
-async def _none_is_ready(behind):  # type: ignore[no-untyped-def]
-    return True if await behind is None else None
 
 
 async def _published(js):  # type: ignore[no-untyped-def]

@@ -9,6 +9,7 @@ from pathlib import Path
 from nats.aio.client import Client
 
 from parley_core.nats_connect import connect_nats
+from parley_core.testing.waiting import eventually
 from parley_core.topology import PLATFORM_USER
 
 
@@ -39,3 +40,16 @@ async def streams_current_on(nc: Client, nodes: set[str]) -> str | None:
         if not nodes <= current:
             behind.append(f"{name}: current on {sorted(n for n in current if n)}")
     return None if not behind else "; ".join(behind)
+
+
+async def wait_current_on(first_host_data: Path, url: str, ca_cert: Path, nodes: set[str], timeout: float) -> None:
+    """Until every stream lives on `nodes` alone (their replicas current), asked through `url`."""
+    nc = await connect_platform(first_host_data, url, ca_cert)
+    try:
+
+        async def current() -> bool | None:
+            return True if await streams_current_on(nc, nodes) is None else None
+
+        await eventually(current, f"{', '.join(sorted(nodes))} current replicas of every stream", timeout)
+    finally:
+        await nc.close()
