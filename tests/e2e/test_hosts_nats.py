@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,6 +75,9 @@ async def test_streams_keep_working_when_the_first_hosts_node_is_killed(
     assert nodes["nats-server-1"]["moved_to"] == "host-b"
     assert not nodes["nats-server-1"]["running"]
     assert host_c.nats["name"] == "parley-node2"
+    status = first.cli("status", check=False).stdout
+    assert re.search(r"nats-server-1 .*on host host-b", status), status
+    assert re.search(r"nats-server-2 .*on host host-c", status), status
     # The first host keeps node0: a fourth bundle has no node left to take.
     refused = first.cli("host", "add", "host-d", "--nats-node", "--out", str(tmp_path / "d"), check=False)
     assert refused.returncode == 2

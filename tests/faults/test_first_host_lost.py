@@ -1,12 +1,12 @@
-"""The first host lost under load: kill -9 of its `parley up` and every service instance it runs.
+"""The first host lost under load: kill -9 of its `parley up`, every service instance and its NATS node.
 
-Two hosts on loopback, the archive in a PostgreSQL server of the test's own: the first runs
+Three hosts on loopback, the archive in a PostgreSQL server of the test's own: the first runs
 `parley up --nats-cluster 3 --database-url …` (every service), host-b joins with messaging, a
 gateway, auth and storage (`parley host join --storage-keyring`, the fleet's one KEK keyring)
 and takes over the JetStream cluster's node1 (`parley host add --nats-node`); host-c joins with
-node2 alone. The first host keeps node0.
-Senders on both gateways send one message after another under idempotency keys; a watcher
-follows the channel's live stream through the first host's gateway. Once host-b's and host-c's
+node2 alone. The first host keeps node0. Senders on both gateways send one message after another
+under idempotency keys; a watcher follows the channel's live stream through the first host's
+gateway. Once host-b's and host-c's
 nodes are current replicas of every stream, the first host's `parley up` (its node agent and
 front doors), every instance it runs and its NATS node are SIGKILLed at once:
 its senders and the watcher move to host-b's gateway, log in there (host-b's auth), the senders
@@ -14,10 +14,10 @@ resend their message in flight under the same key and the watcher resumes its st
 last position. Every acknowledged message must be archived exactly once (host-b's storage) and
 delivered to the watcher exactly once.
 
-The event log lives on: its streams' leaders move to the two joined nodes. The patch registry dies with
-the first host and has no second instance, so no roll-out follows the loss here. Both runs are in
-`make faults` (the short one takes 1-2 minutes, too long for `make test`), which keeps their
-counts in fault-results/.
+The event log lives on: its streams' leaders move to the two joined nodes. The patch registry
+dies with the first host and has no second instance, so no roll-out follows the loss here. Both
+runs are in `make faults` (the short one takes 2-3 minutes, too long for `make test`), which keeps
+their counts in fault-results/.
 """
 
 from __future__ import annotations
@@ -258,7 +258,7 @@ async def lose_the_first_host_under_load(
     await owner.close()
 
 
-@pytest.mark.slow  # 1-2 min with two hosts' start on a 2-core machine: more than make test can spare
+@pytest.mark.slow  # 2-3 min with three hosts' start on a 2-core machine: more than make test can spare
 @pytest.mark.timeout(600)
 async def test_the_first_host_lost_under_load_loses_nothing_acknowledged(fleet: Fleet) -> None:
     await lose_the_first_host_under_load(fleet, senders_per_host=1, acks_after=100, scenario="first-host-lost-short")

@@ -13,7 +13,9 @@ stream); and storage when the archive is in PostgreSQL: the bundle carries the d
 the backup keys, but not the KEK keyring, which `host join --storage-keyring` names on a file
 system the hosts share (a copy would diverge at the first KEK rotation or erasure: the first
 host destroys the KEKs the copy still holds). The patch registry stays on the first host: its
-TUF repository (releases, online keys) is files only it writes.
+TUF repository (releases, online keys) is files only it writes. With `--nats-node` the host also
+runs one of the JetStream cluster's nodes, handed over from the first host (nats_handover): the
+bundle then carries the nats certificate and every NATS password, which a node's accounts hold.
 """
 
 from __future__ import annotations
