@@ -3,7 +3,8 @@
 The first host is `parley up --nats-cluster 3`; `parley host add host-b --nats-node` hands its
 node1 to host-b and `host add host-c --nats-node` its node2 to host-c (each joins with no
 services, only the node). Once both are current replicas of every stream, the first host's
-`parley up`, every instance it runs and its node0 are killed with `kill -9`: the two joined
+`parley up`, every instance it runs and its node0 are killed with `kill -9` (after a restart of
+the first host, whose node0 finds the moved nodes again on its kept route port): the two joined
 nodes elect leaders among themselves, and an event published then is acknowledged and kept
 with the event appended before the loss.
 """
@@ -86,6 +87,15 @@ async def test_streams_keep_working_when_the_first_hosts_node_is_killed(
 
     joined_urls = f"{host_b.nats['url']},{host_c.nats['url']}"
     await wait_current_on(first.data_dir, joined_urls, first.ca_cert, JOINED_NODES, 120)
+
+    # The first host restarted: its node0 comes back on the same route port, which the moved
+    # nodes know, and is a current replica again beside them.
+    route_before = first.state["nats"][0]["route"]  # type: ignore[index]
+    assert await asyncio.to_thread(first.stop) == 0
+    await asyncio.to_thread(first.start)
+    assert first.state["nats"][0]["route"] == route_before  # type: ignore[index]
+    node0_url = str(first.state["nats_url"])
+    await wait_current_on(first.data_dir, node0_url, first.ca_cert, {"parley-node0", *JOINED_NODES}, 120)
     nc = await connect_platform(first.data_dir, joined_urls, first.ca_cert)
     try:
         js = nc.jetstream()  # type: ignore[attr-defined]

@@ -41,6 +41,7 @@ from parley_cli.state import (
     CLIENT_FILE,
     STATE_FILE,
     leftover_pids,
+    previous_nats_ports,
     previous_port,
     previous_version,
     previous_web_port,
@@ -70,7 +71,7 @@ from parley_core.natsconf import (
     holds_pre_account_streams,
     render_server_config,
 )
-from parley_core.net import free_port
+from parley_core.net import port_or_free
 from parley_core.pki import Pki, ensure_pki
 from parley_core.topology import METRICS_SCRAPER, PLATFORM_USER, SERVICES
 
@@ -223,6 +224,8 @@ class Platform:
         self._nats_watchers = [asyncio.create_task(self._supervise_nats(node)) for node in self._local_nats_nodes()]
         where = self.data_dir / "nats" / ("jetstream" if self.nats_cluster == 1 else "node*/jetstream")
         kind = "nats-server" if self.nats_cluster == 1 else f"{self.nats_cluster}-node JetStream cluster (replicas 3)"
+        if len(self._local_nats_nodes()) < len(self.nats_nodes):
+            kind += f", {len(self._local_nats_nodes())} node(s) on this host, the others on joined hosts,"
         self.say(f"{kind} with JetStream and TLS on {self.nats_url} (store: {where})")
 
         # The platform identity declares every stream once, before any service needs one.
@@ -420,8 +423,10 @@ class Platform:
         identity = self.pki.identity("nats")
         store_key = ensure_store_key(self.data_dir / "secrets" / STORE_KEY_FILE)
         folders = self._nats_folders()
-        client_ports = [free_port() for _ in folders]
-        route_ports = [free_port() for _ in folders]
+        previous = previous_nats_ports(self.data_dir)
+        previous += [(None, None)] * (len(folders) - len(previous))
+        client_ports = [port_or_free(client) for client, _ in previous[: len(folders)]]
+        route_ports = [port_or_free(route) for _, route in previous[: len(folders)]]
         routes = tuple(f"127.0.0.1:{port}" for port in route_ports)
         self.nats_routes = list(routes)
         for index, folder in enumerate(folders):
