@@ -1,22 +1,23 @@
-"""The first host lost under load: kill -9 of its `parley up` and every service instance it runs.
+"""The first host lost under load: kill -9 of its `parley up`, every service instance and its NATS node.
 
-Two hosts on loopback, the archive in a PostgreSQL server of the test's own: the first runs
+Three hosts on loopback, the archive in a PostgreSQL server of the test's own: the first runs
 `parley up --nats-cluster 3 --database-url …` (every service), host-b joins with messaging, a
-gateway, auth and storage (`parley host join --storage-keyring`, the fleet's one KEK keyring).
-Senders on both gateways send one message after another under idempotency keys; a watcher
-follows the channel's live stream through the first host's gateway. Then the first host's
-`parley up` (its node agent and front doors) and every instance it runs are SIGKILLed at once:
+gateway, auth and storage (`parley host join --storage-keyring`, the fleet's one KEK keyring)
+and takes over the JetStream cluster's node1 (`parley host add --nats-node`); host-c joins with
+node2 alone. The first host keeps node0. Senders on both gateways send one message after another
+under idempotency keys; a watcher follows the channel's live stream through the first host's
+gateway. Once host-b's and host-c's
+nodes are current replicas of every stream, the first host's `parley up` (its node agent and
+front doors), every instance it runs and its NATS node are SIGKILLed at once:
 its senders and the watcher move to host-b's gateway, log in there (host-b's auth), the senders
 resend their message in flight under the same key and the watcher resumes its stream from its
 last position. Every acknowledged message must be archived exactly once (host-b's storage) and
 delivered to the watcher exactly once.
 
-What this run does not lose, and a real host loss would: the three nats-server nodes are children
-of the first host's `parley up`, but they are spared, standing for JetStream cluster nodes on
-other machines (`parley host join` does not run a NATS node yet). The patch registry dies with
-the first host and has no second instance, so no roll-out follows the loss here. Both runs are in
-`make faults` (the short one takes 1-2 minutes, too long for `make test`), which keeps their
-counts in fault-results/.
+The event log lives on: its streams' leaders move to the two joined nodes. The patch registry
+dies with the first host and has no second instance, so no roll-out follows the loss here. Both
+runs are in `make faults` (the short one takes 2-3 minutes, too long for `make test`), which keeps
+their counts in fault-results/.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from workload import publish_figures
 
 from parley_client import ParleyClient, ParleyError
 from parley_core.net import free_port
+from parley_core.testing.fleet_nats import wait_current_on
 from parley_core.testing.platform import JoinedHost, RunningPlatform
 from parley_core.testing.postgres import PrivatePostgres
 from parley_core.testing.waiting import eventually, until
@@ -44,6 +46,7 @@ from parley_core.testing.waiting import eventually, until
 pytestmark = pytest.mark.e2e
 
 HOST_B_SERVICES = ("messaging", "gateway", "auth", "storage")
+JOINED_NODES = {"parley-node1", "parley-node2"}  # host-b's and host-c's: the first host keeps node0
 RECONNECT_PAUSE_S = 0.2  # a client's pacing between tries while its gateway is gone, not a wait for state
 
 
@@ -51,7 +54,7 @@ RECONNECT_PAUSE_S = 0.2  # a client's pacing between tries while its gateway is 
 class Fleet:
     first: RunningPlatform
     host_b: JoinedHost
-    nats_pids: list[int] = field(default_factory=list)
+    host_c: JoinedHost
 
 
 @pytest.fixture
@@ -71,34 +74,43 @@ def fleet(tmp_path: Path, private_postgres: PrivatePostgres) -> Iterator[Fleet]:
     )
     first.start()
     nats_pids = [int(p) for p in first.state["nats_pids"]]  # type: ignore[attr-defined]
+    hosts: list[JoinedHost] = []
     try:
         keyring = first.data_dir / "secrets" / "storage-kek.json"
-        host = JoinedHost.join(
-            first,
-            tmp_path / "host-b",
-            "host-b",
-            ",".join(HOST_B_SERVICES),
-            {"PARLEY_HEARTBEAT_SECONDS": "1"},
-            args=("--storage-keyring", str(keyring)),
+        hosts.append(
+            JoinedHost.join(
+                first,
+                tmp_path / "host-b",
+                "host-b",
+                ",".join(HOST_B_SERVICES),
+                {"PARLEY_HEARTBEAT_SECONDS": "1"},
+                args=("--storage-keyring", str(keyring)),
+                add_args=("--nats-node",),
+            )
         )
-        try:
-            yield Fleet(first, host, nats_pids)
-        finally:
-            host.kill()
+        # One node handed over at a time: host-b's current before node2 stops for host-c.
+        nats_url = str(first.state["nats_url"])
+        asyncio.run(wait_current_on(first.data_dir, nats_url, first.ca_cert, {"parley-node1"}, 120))
+        hosts.append(JoinedHost.join(first, tmp_path / "host-c", "host-c", "", add_args=("--nats-node",)))
+        yield Fleet(first, hosts[0], hosts[1])
     finally:
+        for host in hosts:
+            host.kill()
         first.kill()
-        for pid in nats_pids:  # spared by the loss, orphaned by it
+        for pid in nats_pids:  # node0, in a session of its own: orphaned by a kill -9 of parley up
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
 
 def first_host_pids(first: RunningPlatform) -> list[int]:
-    """`parley up` (agent, supervisor, front doors) and every service instance it runs; not NATS."""
-    services = first.state["services"]
+    """`parley up` (agent, supervisor, front doors), every service instance it runs and its NATS node."""
+    state = first.state
+    services = state["services"]
     assert isinstance(services, dict)
     instances = [int(i["pid"]) for s in services.values() for i in s["instances"] if i.get("pid")]
+    nats = [int(p) for p in state["nats_pids"]]  # type: ignore[union-attr]
     assert first.process is not None
-    return [first.process.pid, *instances]
+    return [first.process.pid, *instances, *nats]
 
 
 @dataclass
@@ -146,6 +158,9 @@ async def lose_the_first_host_under_load(
         return True if on_b == set(HOST_B_SERVICES) else None
 
     await eventually(host_b_serving, "`parley fleet` to show host-b's instances serving", timeout=120)
+    joined_nats = f"{host_b.nats['url']},{fleet.host_c.nats['url']}"
+    await wait_current_on(first.data_dir, joined_nats, first.ca_cert, JOINED_NODES, 120)
+    nats_killed = len(first.state["nats_pids"])  # type: ignore[arg-type]
     ca = first.ca_cert.read_bytes()
     both = [first.gateway_address, host_b.gateway_address]
     owner = ParleyClient.connect(host_b.gateway_address, ca_cert=ca)
@@ -224,10 +239,12 @@ async def lose_the_first_host_under_load(
         "refusals": refusals[:10],
         "moved_to_other_gateway": sum(s.moves for s in senders),
         "killed_pids": len(pids),
-        "nats_nodes_spared": len(fleet.nats_pids),
+        "nats_nodes_killed": nats_killed,
+        "nats_nodes_on_joined_hosts": len(JOINED_NODES),
         "seconds_to_acks_after_kill": round(resumed_s, 1),
     }
     publish_figures(scenario, figures)
+    assert nats_killed == 1, "the first host's node0 is lost with it"
     assert figures["lost"] == 0
     assert duplicated == []
     assert delivered_twice == []
@@ -241,7 +258,7 @@ async def lose_the_first_host_under_load(
     await owner.close()
 
 
-@pytest.mark.slow  # 1-2 min with two hosts' start on a 2-core machine: more than make test can spare
+@pytest.mark.slow  # 2-3 min with three hosts' start on a 2-core machine: more than make test can spare
 @pytest.mark.timeout(600)
 async def test_the_first_host_lost_under_load_loses_nothing_acknowledged(fleet: Fleet) -> None:
     await lose_the_first_host_under_load(fleet, senders_per_host=1, acks_after=100, scenario="first-host-lost-short")

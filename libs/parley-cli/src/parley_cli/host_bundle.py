@@ -13,7 +13,9 @@ stream); and storage when the archive is in PostgreSQL: the bundle carries the d
 the backup keys, but not the KEK keyring, which `host join --storage-keyring` names on a file
 system the hosts share (a copy would diverge at the first KEK rotation or erasure: the first
 host destroys the KEKs the copy still holds). The patch registry stays on the first host: its
-TUF repository (releases, online keys) is files only it writes.
+TUF repository (releases, online keys) is files only it writes. With `--nats-node` the host also
+runs one of the JetStream cluster's nodes, handed over from the first host (nats_handover): the
+bundle then carries the nats certificate and every NATS password, which a node's accounts hold.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ SERVICE_SECRETS = {
     "storage": (DATABASE_URL_FILE.name, *STORAGE_BACKUP_KEY_FILES),
 }
 FLEET_FILE = "fleet.json"
+NATS_IDENTITY = "nats"  # the certificate every nats-server node of the platform serves
 BUNDLE_FORMAT = 1
 _HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -64,6 +67,9 @@ class FleetConfig:
     registry_address: str
     # The first host's front door of each service another service calls (PEER_ADDRESS_ENV).
     peers: dict[str, str]
+    # A NATS cluster node this host runs in place of one of the first host's: its server name and
+    # the route addresses of the cluster's other nodes (nats_node_bundle); None when it runs none.
+    nats_node: dict[str, Any] | None = None
     format: int = BUNDLE_FORMAT
 
     def environment(self, data_dir: Path) -> dict[str, str]:
@@ -82,10 +88,10 @@ class FleetConfig:
         return env
 
 
-def parse_services(text: str) -> tuple[str, ...]:
+def parse_services(text: str, *, nats_node: bool = False) -> tuple[str, ...]:
     services = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
-    if not services:
-        raise BundleRefused("name the services this host runs, e.g. --services messaging,gateway")
+    if not services and not nats_node:
+        raise BundleRefused("name the services this host runs, e.g. --services messaging,gateway (or --nats-node)")
     others = [s for s in services if s not in HOSTABLE_SERVICES]
     if others:
         raise BundleRefused(
@@ -104,9 +110,12 @@ def make_bundle(
     services: tuple[str, ...],
     out: Path,
     secrets: Path,
+    nats_node: dict[str, Any] | None = None,
 ) -> FleetConfig:
     """Writes the bundle into `out` (a new folder, 0700); refuses before writing anything.
-    `secrets` is the first host's secrets folder (the keys SERVICE_SECRETS names)."""
+    `secrets` is the first host's secrets folder (the keys SERVICE_SECRETS names); `nats_node`
+    the NATS node the host takes over (its name and routes): then the bundle carries the nats
+    certificate and every NATS password, which the node's accounts config holds."""
     from parley_core.config import PEER_ADDRESS_ENV
 
     if not _HOST_NAME.match(host):
@@ -135,12 +144,13 @@ def make_bundle(
         nats_replicas=3 if len(state.get("nats", [])) >= 3 else 1,
         registry_address=addresses["patch-registry"],
         peers={peer: addresses[peer] for peer in PEER_ADDRESS_ENV},
+        nats_node=nats_node,
     )
     try:
         ensure_private_dir(out)
-        issue_into(pki, [*services, PLATFORM_USER], out / "pki")
+        issue_into(pki, [*services, PLATFORM_USER, *([NATS_IDENTITY] if nats_node else [])], out / "pki")
         ensure_private_dir(out / "secrets")
-        own = {service: passwords[service] for service in services}
+        own = dict(passwords) if nats_node else {service: passwords[service] for service in services}
         write_private_file(out / "secrets" / "nats-passwords.json", json.dumps(own, indent=2).encode())
         for name in keys:
             write_private_file(out / "secrets" / name, (secrets / name).read_bytes())
@@ -162,5 +172,5 @@ def read_bundle(bundle: Path) -> FleetConfig:
     if raw.get("format") != BUNDLE_FORMAT:
         raise BundleRefused(f"{path} is a bundle of format {raw.get('format')!r}; this parley reads {BUNDLE_FORMAT}")
     fleet = FleetConfig(**{**raw, "services": tuple(raw["services"])})
-    parse_services(",".join(fleet.services))
+    parse_services(",".join(fleet.services), nats_node=fleet.nats_node is not None)
     return fleet

@@ -17,7 +17,16 @@ import signal
 import sys
 from pathlib import Path
 
-from parley_cli.host_bundle import BundleRefused, FleetConfig, make_bundle, parse_services, read_bundle
+from parley_cli.host_bundle import (
+    NATS_IDENTITY,
+    BundleRefused,
+    FleetConfig,
+    make_bundle,
+    parse_services,
+    read_bundle,
+)
+from parley_cli.joined_nats import JoinedNatsNode
+from parley_cli.nats_handover import choose_node, hand_over
 from parley_cli.state import CLIENT_FILE, PlatformNotRunning, load_running_state
 from parley_cli.terminal import shown
 from parley_cli.uplock import PlatformAlreadyRunning, UpLock
@@ -37,10 +46,11 @@ def say(text: str) -> None:
 
 async def cmd_host_add(args: argparse.Namespace) -> int:
     try:
-        services = parse_services(args.services)
+        services = parse_services(args.services, nats_node=args.nats_node)
         state = load_running_state(args.data_dir)
         pki = Pki(directory=args.data_dir / "pki", ca_cert=args.data_dir / "pki" / f"{CA_NAME}.crt")
         passwords = ensure_nats_passwords(args.data_dir / "secrets" / "nats-passwords.json", [])
+        node = choose_node(state, args.data_dir) if args.nats_node else None
         fleet = make_bundle(
             state=state,
             pki=pki,
@@ -49,14 +59,21 @@ async def cmd_host_add(args: argparse.Namespace) -> int:
             services=services,
             out=args.out,
             secrets=args.data_dir / "secrets",
+            nats_node=node,
         )
     except (BundleRefused, PlatformNotRunning, CertificateMissing) as exc:
         print(f"parley host add: {exc}", file=sys.stderr)
         return 2
+    if node is not None:
+        hand_over(args.data_dir, state, node, fleet.host)
+        print(
+            f"NATS node {node['name']} is handed over to host {fleet.host}: stopped here, the cluster runs on the "
+            "other nodes until that host joins (the bundle carries every NATS password, for the node's accounts)"
+        )
     print(
-        f"bundle for host {fleet.host} ({', '.join(fleet.services)}) in {args.out}: certificates from this "
-        f"platform's CA (not its key), NATS passwords of those services (and auth's keys, storage's database "
-        f"URL and backup keys), the fleet's addresses. Copy it to the "
+        f"bundle for host {fleet.host} ({', '.join(fleet.services) or 'no services'}) in {args.out}: "
+        f"certificates from this platform's CA (not its key), NATS passwords of those services (and auth's keys, "
+        f"storage's database URL and backup keys), the fleet's addresses. Copy it to the "
         f"host over a private channel and run there: parley --data-dir DIR host join {args.out}"
     )
     return 0
@@ -100,7 +117,12 @@ class Host:
         self.data_dir = data_dir
         self.fleet = fleet
         self.gateway_port = gateway_port
-        self.pki = ensure_pki(data_dir / "pki", [*fleet.services, "platform"])  # checks, never issues here
+        identities = [*fleet.services, "platform", *([NATS_IDENTITY] if fleet.nats_node else [])]
+        self.pki = ensure_pki(data_dir / "pki", identities)  # checks, never issues here
+        self.nats = JoinedNatsNode(data_dir, fleet.nats_node, self.pki) if fleet.nats_node else None
+        environment = {**environment}
+        if self.nats is not None:  # its services connect to this host's node first, the others are fallbacks
+            environment["PARLEY_NATS_URL"] = f"{self.nats.process.url},{fleet.nats_url}"
         self.agent = NodeAgent(
             data_dir=data_dir / "agent",
             pki=self.pki,
@@ -116,6 +138,10 @@ class Host:
     async def start(self) -> None:
         from parley_cli.platform import base_version
         from parley_core.config import PEER_ADDRESS_ENV
+
+        if self.nats is not None:
+            await self.nats.process.start()
+            say(f"NATS node {self.nats.name} serving on {self.nats.process.url} (routes on {self.nats.route})")
 
         for service in self.fleet.services:
             port = self.gateway_port if service == "gateway" and self.gateway_port else 0
@@ -134,7 +160,9 @@ class Host:
             for i in self.agent.instances.values()
             if i.process is not None
         ]
-        state = {"host": self.fleet.host, "running": True, "instances": instances}
+        state: dict[str, object] = {"host": self.fleet.host, "running": True, "instances": instances}
+        if self.nats is not None:
+            state["nats"] = self.nats.state()
         write_private_file(self.data_dir / HOST_STATE_FILE, json.dumps(state, indent=2).encode())
         if "gateway" in self.agent.front_doors:
             client = {
@@ -148,6 +176,10 @@ class Host:
         following = asyncio.create_task(self.agent.run())
         try:
             while not self._stopping.is_set():
+                if self.nats is not None and not self.nats.process.running:
+                    say(f"NATS node {self.nats.name} exited; restarting it with the same configuration and store")
+                    with contextlib.suppress(RuntimeError):  # tried again on the next pass
+                        await self.nats.process.restart()
                 for instance in self.agent.exited():
                     say(f"{instance.instance_id} exited; restarting it")
                     await self.agent.restart(instance.instance_id)
@@ -165,6 +197,9 @@ class Host:
         (self.data_dir / CLIENT_FILE).unlink(missing_ok=True)
         for instance in await self.agent.stop(order=("gateway", "messaging", "auth", "storage")):
             say(f"{instance.instance_id} stopped")
+        if self.nats is not None:
+            await self.nats.process.stop()
+            say(f"NATS node {self.nats.name} stopped")
         write_private_file(
             self.data_dir / HOST_STATE_FILE, json.dumps({"host": self.fleet.host, "running": False}).encode()
         )
@@ -213,7 +248,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     )
     add = host.add_parser("add", help="issue a host's bundle (certificates, NATS passwords, the fleet's addresses)")
     add.add_argument("name", help="the host's name, as `parley fleet` shows it")
-    add.add_argument("--services", required=True, help="comma-separated: messaging, gateway, auth, storage")
+    add.add_argument("--services", default="", help="comma-separated: messaging, gateway, auth, storage")
+    add.add_argument(
+        "--nats-node",
+        action="store_true",
+        help="the host runs one of the JetStream cluster's nodes, handed over from this host (--nats-cluster 3)",
+    )
     add.add_argument("--out", type=Path, required=True, help="a new folder for the bundle")
     add.set_defaults(run=cmd_host_add)
     join = host.add_parser("join", help="run this host's services in the fleet with a bundle from `host add`")

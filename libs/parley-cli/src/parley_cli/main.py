@@ -88,6 +88,9 @@ async def cmd_status(args: argparse.Namespace) -> int:
     for node in state.get("nats", []):
         # The broker is `parley up`'s too: a dead node is restarted, and shows DOWN until it is.
         url = str(node["url"])
+        if node.get("moved_to"):  # handed over to a joined host (`host add --nats-node`), which runs it
+            print(f"{node['name']:<16}{'-':<22}{'-':<16}on host {shown(str(node['moved_to']))}")
+            continue
         status = await check_broker(args.data_dir, url=url, ca_cert=pki.ca_cert)
         healthy &= status == "SERVING"
         restarts = int(node.get("restarts") or 0)

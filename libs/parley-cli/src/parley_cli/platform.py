@@ -33,6 +33,7 @@ from parley_agent import AgentTimeouts, Door, Instance, NodeAgent, door_for
 from parley_agent.front_door import FrontDoor
 from parley_agent.installer import installed_wheel
 from parley_agent.shared_port import claim, requests_migrate
+from parley_cli.nats_handover import moved_to
 from parley_cli.publishing import base_wheel, publish_base_release, source_folder
 from parley_cli.quarantine import put_in_quarantine, quarantined
 from parley_cli.report_schedule import report_every, write_reports
@@ -40,6 +41,7 @@ from parley_cli.state import (
     CLIENT_FILE,
     STATE_FILE,
     leftover_pids,
+    previous_nats_ports,
     previous_port,
     previous_version,
     previous_web_port,
@@ -69,7 +71,7 @@ from parley_core.natsconf import (
     holds_pre_account_streams,
     render_server_config,
 )
-from parley_core.net import free_port
+from parley_core.net import port_or_free
 from parley_core.pki import Pki, ensure_pki
 from parley_core.topology import METRICS_SCRAPER, PLATFORM_USER, SERVICES
 
@@ -145,6 +147,7 @@ class Platform:
         self.web_claim: socket.socket | None = None
         self.agent: NodeAgent | None = None
         self.nats_nodes: list[NatsServerProcess] = []
+        self.nats_routes: list[str] = []
         self.pki: Pki | None = None
         self.restarts: dict[str, int] = dict.fromkeys(START_ORDER, 0)
         self._written_state: dict[str, Any] = {}
@@ -218,9 +221,11 @@ class Platform:
 
         await self._start_nats(passwords)
         self._write_starting_state()
-        self._nats_watchers = [asyncio.create_task(self._supervise_nats(node)) for node in self.nats_nodes]
+        self._nats_watchers = [asyncio.create_task(self._supervise_nats(node)) for node in self._local_nats_nodes()]
         where = self.data_dir / "nats" / ("jetstream" if self.nats_cluster == 1 else "node*/jetstream")
         kind = "nats-server" if self.nats_cluster == 1 else f"{self.nats_cluster}-node JetStream cluster (replicas 3)"
+        if len(self._local_nats_nodes()) < len(self.nats_nodes):
+            kind += f", {len(self._local_nats_nodes())} node(s) on this host, the others on joined hosts,"
         self.say(f"{kind} with JetStream and TLS on {self.nats_url} (store: {where})")
 
         # The platform identity declares every stream once, before any service needs one.
@@ -380,8 +385,13 @@ class Platform:
 
     @property
     def nats_url(self) -> str:
-        """Every node's URL, comma-separated: clients fail over between them."""
-        return ",".join(node.url for node in self.nats_nodes)
+        """Every local node's URL, comma-separated: clients fail over between them (and learn the
+        nodes on other hosts from the cluster)."""
+        return ",".join(node.url for node in self._local_nats_nodes())
+
+    def _local_nats_nodes(self) -> list[NatsServerProcess]:
+        """The nodes this host runs: not those handed over to a joined host (nats_handover)."""
+        return [node for node in self.nats_nodes if moved_to(node.config_path.parent) is None]
 
     def _nats_folders(self) -> list[Path]:
         """Where each node keeps its config and store: one server in nats/, cluster nodes in nats/nodeN/."""
@@ -413,9 +423,12 @@ class Platform:
         identity = self.pki.identity("nats")
         store_key = ensure_store_key(self.data_dir / "secrets" / STORE_KEY_FILE)
         folders = self._nats_folders()
-        client_ports = [free_port() for _ in folders]
-        route_ports = [free_port() for _ in folders]
+        previous = previous_nats_ports(self.data_dir)
+        previous += [(None, None)] * (len(folders) - len(previous))
+        client_ports = [port_or_free(client) for client, _ in previous[: len(folders)]]
+        route_ports = [port_or_free(route) for _, route in previous[: len(folders)]]
         routes = tuple(f"127.0.0.1:{port}" for port in route_ports)
+        self.nats_routes = list(routes)
         for index, folder in enumerate(folders):
             ensure_private_dir(folder)
             cluster = None
@@ -453,7 +466,7 @@ class Platform:
                     log_path=self.data_dir / "logs" / log_name,
                 )
             )
-        for node in self.nats_nodes:
+        for node in self._local_nats_nodes():
             await node.start()
 
     def nats_name(self, node: NatsServerProcess) -> str:
@@ -473,6 +486,10 @@ class Platform:
         while True:
             code = await node.wait_exit()
             if self._stopping.is_set():
+                return
+            if (host := moved_to(node.config_path.parent)) is not None:
+                self.say(f"{name} stopped (exit {code}): handed over to host {shown(host)}, which runs it now")
+                self._record_state()
                 return
             died = loop.time()
             pause = _longer(pause) if died - up_since < NATS_STABLE_S else 0.0
@@ -682,11 +699,13 @@ class Platform:
             {
                 "name": self.nats_name(node),
                 "url": node.url,
+                "route": self.nats_routes[index] if len(self.nats_routes) > 1 else None,
                 "pid": node.pid if node.running else None,
                 "running": node.running,
                 "restarts": self.nats_restarts.get(self.nats_name(node), 0),
+                "moved_to": moved_to(node.config_path.parent),
             }
-            for node in self.nats_nodes
+            for index, node in enumerate(self.nats_nodes)
         ]
 
     def _write_starting_state(self) -> None:

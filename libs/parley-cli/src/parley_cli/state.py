@@ -120,6 +120,20 @@ def previous_port(data_dir: Path, service: str) -> int | None:
     return int(port) if port else None
 
 
+def previous_nats_ports(data_dir: Path) -> list[tuple[int | None, int | None]]:
+    """Each NATS node's client and route port on this folder's last run: reused, so the nodes
+    handed over to other hosts (which know these routes) find the first host's again."""
+    path = data_dir / STATE_FILE
+    if not path.exists():
+        return []
+    nodes = json.loads(path.read_text()).get("nats", [])
+    return [(_port_of(n.get("url")), _port_of(n.get("route"))) for n in nodes]
+
+
+def _port_of(address: object) -> int | None:
+    return int(address.rsplit(":", 1)[1]) if isinstance(address, str) and ":" in address else None
+
+
 def previous_web_port(data_dir: Path) -> int | None:
     """The web app's port on this data folder's last run (kept in platform.json)."""
     path = data_dir / STATE_FILE

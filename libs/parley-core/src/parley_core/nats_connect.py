@@ -124,6 +124,9 @@ async def _connect(
     options: dict[str, Any] = {
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": RECONNECT_TIME_WAIT_S,
+        # The URLs in the order given: a joined host's services name its own node first, the
+        # other nodes as fallbacks (parley host join --nats-node).
+        "dont_randomize": True,
         **kwargs,
     }
     await client.connect(

@@ -19,6 +19,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def port_or_free(port: int | None, host: str = "127.0.0.1") -> int:
+    """``port`` when a server may listen on it now (as Go's listeners do, with SO_REUSEADDR, so a
+    previous run's connections in TIME_WAIT do not count), else a free one."""
+    if port:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            return port
+    return free_port(host)
+
+
 async def wait_for_port(host: str, port: int, timeout: float) -> None:
     """Return once ``host:port`` accepts a TCP connection, polling with a growing backoff.
 

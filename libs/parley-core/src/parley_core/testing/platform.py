@@ -172,10 +172,11 @@ class JoinedHost:
         env: Mapping[str, str] | None = None,
         *,
         args: Sequence[str] = (),
+        add_args: Sequence[str] = (),
     ) -> JoinedHost:
         """The host's bundle issued on `platform` (`parley host add`), then the host joined and serving
-        (`args`: more of `host join`'s options)."""
-        platform.cli("host", "add", name, "--services", services, "--out", str(root / "bundle"))
+        (`args`: more of `host join`'s options, `add_args` of `host add`'s, e.g. --nats-node)."""
+        platform.cli("host", "add", name, "--services", services, "--out", str(root / "bundle"), *add_args)
         host = cls(root / "data", root / "bundle", env, args)
         try:
             host.wait_joined()
@@ -199,9 +200,18 @@ class JoinedHost:
     def gateway_address(self) -> str:
         return str(json.loads((self.data_dir / "client.json").read_text())["gateway_address"])
 
+    @property
+    def nats(self) -> dict[str, object]:
+        """The NATS node this host runs (`host add --nats-node`): name, url, route, pid."""
+        node = json.loads((self.data_dir / "host.json").read_text())["nats"]
+        assert isinstance(node, dict)
+        return node
+
     def instance_pids(self) -> list[int]:
+        """Its service instances and its NATS node, if it runs one (each in a session of its own)."""
         state = json.loads((self.data_dir / "host.json").read_text())
-        return [int(i["pid"]) for i in state.get("instances", [])]
+        node = [int(state["nats"]["pid"])] if state.get("nats", {}).get("pid") else []
+        return [*(int(i["pid"]) for i in state.get("instances", [])), *node]
 
     def kill_9(self) -> list[int]:
         """The host lost: SIGKILL to its agent and every instance it runs (each in a session of its own)."""
