@@ -27,12 +27,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from parley_core.config import AUTH_SEALING_KEY_FILE
 from parley_core.database import DATABASE_URL_FILE
 from parley_core.files import ensure_private_dir, write_private_file
 from parley_core.pki import Pki, issue_into
 from parley_core.topology import PLATFORM_USER
 
+# parley_core.config's name (the CLI does not import it at start: pydantic-settings is slow to load).
+AUTH_SEALING_KEY_FILE = "auth-mfa-key.bin"
 AUDIT_KEY_FILE = "auth-audit-key.pem"  # parley_auth.audit_key (the CLI does not import services)
 AUTH_SIGNING_KEY_FILE = "auth-signing-key.pem"  # parley_auth.signing_key_job
 # parley_storage.backup: without them a storage instance would make backup keys of its own.

@@ -44,6 +44,15 @@ from parley_messaging.storage_due import StorageDue
 
 # Facts storage recorded for messaging are acted on before it serves, for at most this long.
 DUE_CATCH_UP_S = 30.0
+
+
+def _now_ns() -> int:
+    """Now, to the microsecond: a client's datetime holds no more, so a message's time read back
+    and given as `after_time` must not find the message itself again (protobuf's GetCurrentTime
+    kept microseconds too)."""
+    return time.time_ns() // 1000 * 1000
+
+
 # What a channel id is (inputs.created_channel_id: a uuid's hex); anything else is no channel and
 # is never looked up in the log, where a wildcard would name other subjects.
 CHANNEL_ID = re.compile(r"[0-9a-f]{32}")
@@ -336,7 +345,7 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
             body=request.body,
             idempotency_key=validate_idempotency_key(request.idempotency_key),
             message_id=uuid.uuid4().hex,
-            at_ns=time.time_ns(),
+            at_ns=_now_ns(),
             thread_root_seq=request.thread_root_seq,
         )
         channel, (events, _) = await self._decide(request.channel_id, caller.user_id, command)
@@ -362,7 +371,7 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
             caller.username,
             request.channel_seq,
             request.body,
-            time.time_ns(),
+            _now_ns(),
             self.settings.max_edits_per_message,
         )
         channel = await self._change_message(request.channel_id, request.channel_seq, caller.user_id, command)
@@ -372,7 +381,7 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
         self, request: messaging_pb2.RedactMessageRequest, context: Context
     ) -> messaging_pb2.ChatMessage:
         actor = self._user(context)
-        command = cmd.RedactMessage(actor, request.channel_seq, time.time_ns(), _reason(request.reason))
+        command = cmd.RedactMessage(actor, request.channel_seq, _now_ns(), _reason(request.reason))
         channel = await self._change_message(request.channel_id, request.channel_seq, actor, command)
         return to_proto(channel.message(request.channel_seq).current)
 
