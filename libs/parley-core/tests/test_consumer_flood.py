@@ -319,13 +319,22 @@ async def test_a_stream_writer_cannot_frame_another_service_with_delivered_advis
     js = patch_registry.jetstream(prefix=topology.SERVICE_JS_API)
     forged = 120
     for i in range(forged):
-        made = {"type": "io.nats.jetstream.api.v1.consumer_create_response", "stream_name": "MSG", "name": f"f{i}",
-                "config": {"name": f"f{i}", "durable_name": f"f{i}"}}  # fmt: skip
-        advisory = {"type": "io.nats.jetstream.advisory.v1.api_audit", "subject": f"$JS.API.CONSUMER.CREATE.MSG.f{i}",
-                    "request": "{}", "response": json.dumps(made), "client": {"acc": topology.account_of("messaging")}}  # fmt: skip
+        made = {"stream_name": "MSG", "name": f"f{i}", "config": {"name": f"f{i}", "durable_name": f"f{i}"}}
+        advisory = {
+            "type": "io.nats.jetstream.advisory.v1.api_audit",
+            "subject": f"$JS.API.CONSUMER.CREATE.MSG.f{i}",
+            "request": "{}",
+            "response": json.dumps(made),
+            "client": {"acc": topology.account_of("messaging")},
+        }
         await js.publish("parley.patch.redteam.frame", json.dumps(advisory).encode())
-    push = {"name": "fwd1", "ack_policy": "none", "deliver_policy": "all", "inactive_threshold": 5_000_000_000,
-            "deliver_subject": consumer_guard.API_AUDIT, "filter_subject": "parley.patch.redteam.frame"}  # fmt: skip
+    push = {
+        "name": "fwd1",
+        "ack_policy": "none",
+        "inactive_threshold": 5_000_000_000,
+        "deliver_subject": consumer_guard.API_AUDIT,
+        "filter_subject": "parley.patch.redteam.frame",
+    }
     answer = await patch_registry.request(
         f"{topology.SERVICE_JS_API}.CONSUMER.CREATE.PATCH.fwd1",
         json.dumps({"stream_name": "PATCH", "config": push}).encode(),
@@ -345,6 +354,7 @@ async def test_a_stream_writer_cannot_frame_another_service_with_delivered_advis
     real = [m for m in on_advisory if b"CONSUMER.CREATE.PATCH.fwd1" in m.data]
     assert delivered, "the push consumer delivered forgeries before the guard deleted it"
     assert all(m.reply.startswith("$JS.ACK.") for m in delivered)
-    assert real and all(not m.reply and not m.headers for m in real)
+    assert real
+    assert all(not m.reply and not m.headers for m in real)
     assert guard.forged >= len(delivered)
     print(f"\nframe: {len(delivered)} forgeries delivered, {guard.forged} refused by the guard; {dict(guard.deleted)}")

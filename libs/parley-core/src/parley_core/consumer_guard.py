@@ -159,9 +159,7 @@ class ConsumerGuard:
     async def start(self) -> None:
         self._started_at = time.time()
         self._subs = [
-            await self.nc.subscribe(
-                subject, cb=cb, pending_msgs_limit=PENDING_MSGS, pending_bytes_limit=PENDING_BYTES
-            )
+            await self.nc.subscribe(subject, cb=cb, pending_msgs_limit=PENDING_MSGS, pending_bytes_limit=PENDING_BYTES)
             for subject, cb in ((API_AUDIT, self._on_api_call), (CONSUMER_DELETED, self._on_deleted))
         ]
         await self.nc.flush(timeout=int(REQUEST_TIMEOUT_S))

@@ -89,11 +89,7 @@ def judge(
     if declared is not None:
         if consumer.creator not in (None, declared.service, PLATFORM_USER):
             return Verdict(False, f"{declared.service}'s declared durable made by {maker}", violation=True)
-        if (
-            not consumer.durable
-            or consumer.filter_subjects != (declared.filter_subject,)
-            or consumer.deliver_subject
-        ):
+        if not consumer.durable or consumer.filter_subjects != (declared.filter_subject,) or consumer.deliver_subject:
             return Verdict(False, f"{declared.service}'s declared durable with other settings", violation=service)
         return Verdict(True, f"{declared.service}'s declared durable")
     if consumer.creator == PLATFORM_USER:

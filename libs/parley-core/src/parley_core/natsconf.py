@@ -133,7 +133,10 @@ def render_accounts(passwords: Mapping[str, str], *, quarantined: Iterable[str] 
         *(_export("stream", f"{topology.inbox_prefix(user)}.>", [topology.account_of(user)]) for user in users),
         _export("stream", "_INBOX.>", [topology.account_of(topology.PLATFORM_USER)]),
         # JetStream's advisories (a consumer made, and by whom): the platform's consumer guard.
-        *(_export("stream", subject, [topology.account_of(topology.PLATFORM_USER)]) for subject in topology.JS_ADVISORIES),
+        *(
+            _export("stream", advisory, [topology.account_of(topology.PLATFORM_USER)])
+            for advisory in topology.JS_ADVISORIES
+        ),
     ]
     lines = [
         "accounts {",
