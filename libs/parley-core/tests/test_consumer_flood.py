@@ -356,5 +356,9 @@ async def test_a_stream_writer_cannot_frame_another_service_with_delivered_advis
     assert all(m.reply.startswith("$JS.ACK.") for m in delivered)
     assert real
     assert all(not m.reply and not m.headers for m in real)
+    # ... and names its call before its request, so the guard skips other calls' bodies unparsed.
+    head = consumer_guard._AUDIT_SUBJECT.search(real[0].data[: consumer_guard._AUDIT_HEAD])
+    assert head is not None
+    assert head.group(1) == b"$JS.API.CONSUMER.CREATE.PATCH.fwd1"
     assert guard.forged >= len(delivered)
     print(f"\nframe: {len(delivered)} forgeries delivered, {guard.forged} refused by the guard; {dict(guard.deleted)}")
