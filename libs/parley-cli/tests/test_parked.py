@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from nats.aio.msg import Msg
 
-from parley_cli.parked import list_parked
+from parley_cli.parked import ParkedEvent, list_parked
 from parley_core import topology
 from parley_core.bus import FOREIGN_EVENT, EventBus
+from parley_core.consumer_guard import CONSUMER_FLOOD
 from parley_core.pki import Pki
 from parley_core.testing.nats import NatsTestServer
 
@@ -69,3 +70,35 @@ async def test_a_flooded_parked_stream_is_listed_in_batches(
     assert listed[0].security_finding
     assert "SECURITY" in listed[0].line()
     assert calls < 20, f"{calls} JetStream API requests to list {FLOOD + 1} parked events"
+
+
+def _record(subject: str, kind: str) -> ParkedEvent:
+    return ParkedEvent(
+        seq=7,
+        subject=subject,
+        original_subject="",
+        original_stream="AUTH",
+        original_seq="",
+        consumer="640 made by messaging",
+        reason="messaging's NATS credential made consumers it may not keep",
+        kind=kind,
+    )
+
+
+def test_a_consumer_flood_record_is_the_guards_finding_only_on_the_platforms_subtree() -> None:
+    """The red team's gateway parked a consumer-flood record blaming messaging on its own
+    subtree; `parley parked` printed it exactly like the guard's finding."""
+    guards = _record(topology.parked_subject(topology.PLATFORM_USER, "AUTH"), CONSUMER_FLOOD)
+    assert guards.security_finding
+    assert guards.line().startswith("#7 parked by platform: ")
+    assert "SECURITY (a service's credential made consumers it may not keep)" in guards.line()
+
+    claimed = _record(topology.parked_subject("gateway", "AUTH"), CONSUMER_FLOOD)
+    assert not claimed.security_finding
+    assert claimed.line().startswith("#7 parked by gateway: ")
+    assert "SECURITY" not in claimed.line()
+    assert "claims kind consumer-flood, which only platform parks: NOT a finding" in claimed.line()
+
+    foreign = _record(f"{topology.parked_subject('storage', 'MSG')}.3", FOREIGN_EVENT)  # any consumer parks these
+    assert foreign.security_finding
+    assert foreign.line().startswith("#7 parked by storage: ")

@@ -16,6 +16,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import nats.aio.msg
 import nats.errors
 import nats.js.errors
 import pytest
@@ -298,3 +299,66 @@ async def test_a_sweep_deletes_what_no_guard_saw_made_and_keeps_what_it_did(
         await replay.stop()
     finally:
         await guard.stop()
+
+
+async def test_a_stream_writer_cannot_frame_another_service_with_delivered_advisories(
+    nats_server: NatsTestServer, guarded: Guarded
+) -> None:
+    """The red team's frame: patch-registry stores 120 audit advisories naming messaging's account
+    on its own stream, then makes a push consumer delivering them onto `$JS.EVENT.ADVISORY.API`,
+    which the platform imports. The guard quarantined messaging; now it takes only what the server
+    published (no reply subject, no headers), and the forger's consumer is its own violation."""
+    platform, guard = guarded.platform, guarded.guard
+    on_advisory: list[nats.aio.msg.Msg] = []
+
+    async def keep(msg: nats.aio.msg.Msg) -> None:
+        on_advisory.append(msg)
+
+    await platform.nc.subscribe(consumer_guard.API_AUDIT, cb=keep)
+    patch_registry = await nats_server.connect("patch-registry")
+    js = patch_registry.jetstream(prefix=topology.SERVICE_JS_API)
+    forged = 120
+    for i in range(forged):
+        made = {"stream_name": "MSG", "name": f"f{i}", "config": {"name": f"f{i}", "durable_name": f"f{i}"}}
+        advisory = {
+            "type": "io.nats.jetstream.advisory.v1.api_audit",
+            "subject": f"$JS.API.CONSUMER.CREATE.MSG.f{i}",
+            "request": "{}",
+            "response": json.dumps(made),
+            "client": {"acc": topology.account_of("messaging")},
+        }
+        await js.publish("parley.patch.redteam.frame", json.dumps(advisory).encode())
+    push = {
+        "name": "fwd1",
+        "ack_policy": "none",
+        "inactive_threshold": 5_000_000_000,
+        "deliver_subject": consumer_guard.API_AUDIT,
+        "filter_subject": "parley.patch.redteam.frame",
+    }
+    answer = await patch_registry.request(
+        f"{topology.SERVICE_JS_API}.CONSUMER.CREATE.PATCH.fwd1",
+        json.dumps({"stream_name": "PATCH", "config": push}).encode(),
+        timeout=5,
+    )
+    assert json.loads(answer.data).get("name") == "fwd1", answer.data  # the server lets it be made
+
+    # The forger is found out, its consumer deleted; messaging is neither quarantined nor blamed.
+    await eventually(lambda: _some(any(f.service == "patch-registry" for f in guard.findings)), timeout=30)
+    gone = json.loads((await platform.nc.request("$JS.API.CONSUMER.INFO.PATCH.fwd1", b"", timeout=5)).data)
+    assert gone.get("error", {}).get("err_code") == 10014, gone
+    assert "messaging" not in guard.quarantined
+    assert not [f for f in guard.findings if f.service == "messaging"]
+
+    # What told them apart, as this nats-server sends it: a delivery has a $JS.ACK reply, an advisory none.
+    delivered = [m for m in on_advisory if b"CONSUMER.CREATE.MSG.f" in m.data]
+    real = [m for m in on_advisory if b"CONSUMER.CREATE.PATCH.fwd1" in m.data]
+    assert delivered, "the push consumer delivered forgeries before the guard deleted it"
+    assert all(m.reply.startswith("$JS.ACK.") for m in delivered)
+    assert real
+    assert all(not m.reply and not m.headers for m in real)
+    # ... and names its call before its request, so the guard skips other calls' bodies unparsed.
+    head = consumer_guard._AUDIT_SUBJECT.search(real[0].data[: consumer_guard._AUDIT_HEAD])
+    assert head is not None
+    assert head.group(1) == b"$JS.API.CONSUMER.CREATE.PATCH.fwd1"
+    assert guard.forged >= len(delivered)
+    print(f"\nframe: {len(delivered)} forgeries delivered, {guard.forged} refused by the guard; {dict(guard.deleted)}")

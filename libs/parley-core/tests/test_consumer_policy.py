@@ -101,3 +101,21 @@ def test_a_consumer_as_the_jetstream_api_describes_it() -> None:
     )
     durable = {"stream_name": "AUTH", "name": "d", "config": {"durable_name": "d", "filter_subjects": ["a", "b"]}}
     assert seen_from_info(durable, None) == ConsumerSeen("AUTH", "d", True, ("a", "b"), 0.0, None)
+
+
+def test_a_push_consumer_delivering_outside_its_makers_inbox_is_its_makers_violation() -> None:
+    """The red team's frame: patch-registry's push consumer delivering its stored forgeries onto
+    `$JS.EVENT.ADVISORY.API`. A replay's delivery into its own inbox stays."""
+    info = {
+        "stream_name": "PATCH",
+        "name": "fwd1",
+        "config": {"deliver_subject": "$JS.EVENT.ADVISORY.API", "inactive_threshold": 5_000_000_000},
+    }
+    framing = judge(seen_from_info(info, "patch-registry"), kept_of_creator=0)
+    assert not framing.keep
+    assert framing.violation
+    assert "deliver outside its inbox" in framing.why
+    own = {**info, "config": {**info["config"], "deliver_subject": "_INBOX_patch_registry.abc"}}
+    assert judge(seen_from_info(own, "patch-registry"), kept_of_creator=0).keep
+    other = {**info, "config": {**info["config"], "deliver_subject": "_INBOX_messaging.abc"}}
+    assert not judge(seen_from_info(other, "patch-registry"), kept_of_creator=0).keep

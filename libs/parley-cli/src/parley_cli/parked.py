@@ -4,6 +4,12 @@ A consumer parks an event it failed on (a poison event), and, as a security find
 whose type its stream's owner never writes (kind `foreign-event`: forged, or published by the
 wrong service). The platform's consumer guard parks its findings too (kind `consumer-flood`: a
 service's credential made consumers it may not keep, on `parley.parked.platform.<stream>`).
+
+Every service may park on its own subtree (`parley.parked.<service>.>`, its NATS permissions) with
+any headers it likes, so each line names who parked it (the subject's service, which nats-server
+enforces), and a consumer-flood record is the guard's finding only on the platform's own subtree:
+one a service parked claiming that kind is shown as what it is (a red team's gateway parked one
+blaming messaging).
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ SECURITY_KINDS = {
     FOREIGN_EVENT: "not its stream owner's to write",
     CONSUMER_FLOOD: "a service's credential made consumers it may not keep",
 }
+# Who alone parks each kind (none: any service's consumer, on its own subtree).
+PARKED_ONLY_BY = {CONSUMER_FLOOD: PLATFORM_USER}
 BATCH = 1000
 FETCH_TIMEOUT_S = 5.0
 INACTIVE_AFTER_S = 30.0  # the listing's consumer goes by itself should the CLI die mid-way
@@ -45,14 +53,29 @@ class ParkedEvent:
     kind: str = ""  # FOREIGN_EVENT for an event its stream's owner never writes
 
     @property
+    def parked_by(self) -> str:
+        """The service (or the platform) whose subtree it is on: the one thing in it nats-server vouches for."""
+        parts = self.subject.split(".")
+        return parts[2] if len(parts) > 3 and parts[:2] == ["parley", "parked"] else "?"
+
+    @property
     def security_finding(self) -> bool:
-        return self.kind in SECURITY_KINDS
+        only_by = PARKED_ONLY_BY.get(self.kind)
+        return self.kind in SECURITY_KINDS and only_by in (None, self.parked_by)
 
     def line(self) -> str:
         """Its headers come from whatever failed (a reason may quote the event): shown escaped."""
         origin = f"{self.original_stream}:{self.original_seq} {self.original_subject}"
-        security = f" SECURITY ({SECURITY_KINDS[self.kind]})" if self.security_finding else ""
-        return f"#{self.seq} {shown(origin)} consumer={shown(self.consumer)}{security} reason={shown(self.reason)}"
+        if self.security_finding:
+            security = f" SECURITY ({SECURITY_KINDS[self.kind]})"
+        elif self.kind in SECURITY_KINDS:  # a kind only the platform parks, claimed by a service
+            security = f" claims kind {self.kind}, which only {PARKED_ONLY_BY[self.kind]} parks: NOT a finding"
+        else:
+            security = ""
+        return (
+            f"#{self.seq} parked by {shown(self.parked_by)}: {shown(origin)} consumer={shown(self.consumer)}"
+            f"{security} reason={shown(self.reason)}"
+        )
 
 
 async def list_parked(data_dir: Path) -> AsyncIterator[ParkedEvent]:

@@ -20,6 +20,7 @@ import secrets
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Mapping
 from functools import partial
 from importlib import metadata
@@ -37,6 +38,7 @@ from parley_cli.nats_handover import moved_to
 from parley_cli.publishing import base_wheel, publish_base_release, source_folder
 from parley_cli.quarantine import put_in_quarantine, quarantined
 from parley_cli.report_schedule import report_every, write_reports
+from parley_cli.restart_budget import RESTART_LIMIT, RESTART_RESET_AFTER_S, RestartBudget
 from parley_cli.state import (
     CLIENT_FILE,
     STATE_FILE,
@@ -90,7 +92,6 @@ DEFAULT_WEB_PORT = 8443
 WEB_ROOT_ENV = "PARLEY_WEB_ROOT"
 HEALTH_TIMEOUT_S = 60.0
 DRAIN_TIMEOUT_S = 20.0
-RESTART_LIMIT = 5
 SUPERVISE_INTERVAL_S = 0.5
 STORE_KEY_FILE = "jetstream-store.key"
 CLUSTER_NAME = "parley"
@@ -149,7 +150,7 @@ class Platform:
         self.nats_nodes: list[NatsServerProcess] = []
         self.nats_routes: list[str] = []
         self.pki: Pki | None = None
-        self.restarts: dict[str, int] = dict.fromkeys(START_ORDER, 0)
+        self.restart_budget = RestartBudget()
         self._written_state: dict[str, Any] = {}
         self._agent_task: asyncio.Task[None] | None = None
         self._nats_watchers: list[asyncio.Task[None]] = []
@@ -158,10 +159,13 @@ class Platform:
         self._usernames: ArchiveUsernames | None = None
         self._report_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
-        # The consumer guard, on the platform's own NATS connection; each node's config as a
-        # function of the quarantined services (rendered again when that changes).
+        # The platform's own NATS connection, and the consumer guard's, apart: every JetStream API
+        # call's audit advisory (with its request body, up to max_payload) reaches the guard, and a
+        # junk flood of them once had nats-server cut `parley up`'s one connection as a slow consumer.
+        # Each node's config as a function of the quarantined services (rendered again when that changes).
         self.guard: ConsumerGuard | None = None
         self._guard_nc: Client | None = None
+        self._guard_watch_nc: Client | None = None
         self._renderers: list[Callable[[frozenset[str]], str]] = []
         self._rendered_quarantine: frozenset[str] = frozenset()
         self._quarantine_lock = asyncio.Lock()
@@ -242,7 +246,14 @@ class Platform:
         await bus.ensure_streams_when_ready(streams, replicas=self.replicas, timeout=STREAMS_READY_TIMEOUT_S)
         if (self.data_dir / RESTORED_MARKER).exists():
             await self._reseed_restored_log()
-        await self._start_consumer_guard(nc, settings.consumer_quota)
+        self._guard_watch_nc = await connect_nats(
+            url=self.nats_url,
+            user=PLATFORM_USER,
+            password=passwords[PLATFORM_USER],
+            ca_cert=self.pki.ca_cert,
+            name="parley-up-consumer-guard",
+        )
+        await self._start_consumer_guard(nc, self._guard_watch_nc, settings.consumer_quota)
 
         self.say(f"archive: {self.archive_location}")
         self._claim_web_port()
@@ -299,13 +310,13 @@ class Platform:
             self.say(f"  {cli} --as USER chat CHANNEL")
         self.say("press Ctrl-C to stop everything")
 
-    async def _start_consumer_guard(self, nc: Client, quota: int) -> None:
+    async def _start_consumer_guard(self, nc: Client, watch_nc: Client, quota: int) -> None:
         """Every declared durable made (so no flood keeps one from being made), then the guard
         watching every consumer made from now on (parley_core.consumer_guard), before any service starts."""
         made = await ensure_declared_durables(nc)
         if made:
             self.say(f"declared durable consumers made: {', '.join(made)}")
-        self.guard = ConsumerGuard(nc, quota=quota, announce=self.say, quarantine=self._quarantine)
+        self.guard = ConsumerGuard(watch_nc, quota=quota, announce=self.say, quarantine=self._quarantine)
         self.guard.quarantined.update(self._rendered_quarantine)
         await self.guard.start()
         held = f"; quarantined: {', '.join(sorted(self._rendered_quarantine))}" if self._rendered_quarantine else ""
@@ -789,12 +800,15 @@ class Platform:
             self.agent.forget(instance.instance_id)
             self.say(f"UNHEALTHY: {name} stopped (exit 0) and stays down; platform degraded")
             return
-        if self.restarts[name] >= RESTART_LIMIT:
+        if not self.restart_budget.take(name, time.monotonic()):
             self.agent.forget(instance.instance_id)
-            self.say(f"UNHEALTHY: {name} crashed (exit {code}) {self.restarts[name]} times; not restarting")
+            self.say(
+                f"UNHEALTHY: {name} crashed (exit {code}) {RESTART_LIMIT} times, each within "
+                f"{RESTART_RESET_AFTER_S:g} s of its restart; not restarting"
+            )
             return
-        self.restarts[name] += 1
-        self.say(f"UNHEALTHY: {name} crashed (exit {code}); restarting ({self.restarts[name]}/{RESTART_LIMIT})")
+        used = self.restart_budget.used[name]
+        self.say(f"UNHEALTHY: {name} crashed (exit {code}); restarting ({used}/{RESTART_LIMIT})")
         if await self.agent.restart(instance.instance_id):
             self._write_state()
             self.say(f"{name} is serving again")
@@ -817,8 +831,9 @@ class Platform:
                     await task
         if self.guard is not None:
             await self.guard.stop()
-        if self._guard_nc is not None:
-            await self._guard_nc.close()
+        for connection in (self._guard_watch_nc, self._guard_nc):
+            if connection is not None:
+                await connection.close()
         if self._usernames is not None:
             await self._usernames.close()
         if self.agent is not None:

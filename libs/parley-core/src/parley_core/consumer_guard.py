@@ -1,9 +1,13 @@
 """The platform's consumer guard: every JetStream consumer judged as it is made, the rest deleted.
 
-Run with the platform identity where the platform is supervised (`parley up`). JetStream tells
-the streams' account of every API call and of who made it (the audit advisory,
-`$JS.EVENT.ADVISORY.API`, whose client account is the server's word); the platform's account
-imports those advisories (natsconf). Each consumer made is judged at once
+Run with the platform identity where the platform is supervised (`parley up`), on a NATS
+connection of its own. JetStream tells the streams' account of every API call and of who made it
+(the audit advisory, `$JS.EVENT.ADVISORY.API`, whose client account is the server's word); the
+platform's account imports those advisories (natsconf). A push consumer can deliver stored
+messages onto the same subject (a red team forged 120 advisories naming messaging so): the server
+publishes an advisory with no reply subject and no headers, while a consumer's delivery always has
+a `$JS.ACK.` reply, so the guard takes only the former and counts the rest as forgeries (logged as
+`security_event: forged_advisory`, the delivering consumer deleted). Each consumer made is judged at once
 (parley_core.consumer_policy) and deleted if it may not stay; a sweep of every stream's
 consumers (CONSUMER.LIST) catches what was made while the guard did not watch (before its
 start, across a reconnect). A consumer a service may not keep, made with that service's
@@ -20,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -37,6 +42,8 @@ from parley_core.consumer_policy import DECLARED, EPHEMERAL_QUOTA, ConsumerSeen,
 from parley_core.topology import (
     CONSUMERS,
     JS_API,
+    JS_API_AUDIT,
+    JS_CONSUMER_DELETED,
     PLATFORM_USER,
     SERVICES,
     SIEM_CONSUMERS,
@@ -47,8 +54,8 @@ from parley_core.topology import (
 
 log = logging.getLogger(__name__)
 
-API_AUDIT = "$JS.EVENT.ADVISORY.API"
-CONSUMER_DELETED = "$JS.EVENT.ADVISORY.CONSUMER.DELETED.>"
+API_AUDIT = JS_API_AUDIT
+CONSUMER_DELETED = JS_CONSUMER_DELETED
 CONSUMER_FLOOD = "consumer-flood"  # Parley-Parked-Kind of the guard's finding
 # A consumer no advisory named is judged only once it is this old: its advisory may be on its way.
 ADVISORY_GRACE_S = 2.0
@@ -63,6 +70,16 @@ QUARANTINE_WINDOW_S = 60.0
 # The first finding of a flood is reported this soon (with what it made by then), later ones at most this often.
 REPORT_FIRST_S = 1.0
 REPORT_EVERY_S = 10.0
+
+# A delivered message's subscription buffer: an audit advisory carries the call's whole request
+# (up to max_payload), and a junk flood of them must not make the guard drop the real ones.
+PENDING_MSGS = 1_000_000
+PENDING_BYTES = 512 * 1024 * 1024
+# The audit's subject comes before its request (nats-server's field order): found in the first
+# bytes, so a call that made no consumer is skipped without parsing a big body.
+_AUDIT_SUBJECT = re.compile(rb'"subject":"([^"\\]*)"')
+_AUDIT_HEAD = 8192
+FORGERY_LOG_EVERY_S = 10.0
 
 USER_OF_ACCOUNT = {account_of(user): user for user in (*SERVICES, PLATFORM_USER)}
 _CREATE_CALLS = (f"{JS_API}.CONSUMER.CREATE.", f"{JS_API}.CONSUMER.DURABLE.CREATE.")
@@ -100,6 +117,7 @@ def seen_from_info(info: dict[str, Any], creator: str | None) -> ConsumerSeen:
         filter_subjects=filters,
         inactive_threshold_s=int(config.get("inactive_threshold") or 0) / 1e9,
         creator=creator,
+        deliver_subject=str(config.get("deliver_subject") or ""),
     )
 
 
@@ -124,6 +142,7 @@ class ConsumerGuard:
     deleted: Counter[str] = field(default_factory=Counter)  # why -> how many, for tests and status
     findings: list[Flood] = field(default_factory=list)
     quarantined: set[str] = field(default_factory=set)
+    forged: int = 0  # messages on an advisory subject that the server did not publish
     _kept: dict[tuple[str, str], _Kept] = field(default_factory=dict)
     _counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (service, stream) -> kept ephemerals
     _over: dict[str, Counter[str]] = field(default_factory=dict)  # service -> stream -> deleted, unreported
@@ -135,12 +154,13 @@ class ConsumerGuard:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _subs: list[Any] = field(default_factory=list)
     _started_at: float = 0.0
+    _forgery_logged: float = float("-inf")
 
     async def start(self) -> None:
         self._started_at = time.time()
         self._subs = [
-            await self.nc.subscribe(API_AUDIT, cb=self._on_api_call),
-            await self.nc.subscribe(CONSUMER_DELETED, cb=self._on_deleted),
+            await self.nc.subscribe(subject, cb=cb, pending_msgs_limit=PENDING_MSGS, pending_bytes_limit=PENDING_BYTES)
+            for subject, cb in ((API_AUDIT, self._on_api_call), (CONSUMER_DELETED, self._on_deleted))
         ]
         await self.nc.flush(timeout=int(REQUEST_TIMEOUT_S))
         self._tasks = [
@@ -169,7 +189,39 @@ class ConsumerGuard:
 
     # -- what the server tells ---------------------------------------------------------------
 
+    def _from_server(self, msg: Msg) -> bool:
+        """The server publishes an advisory bare; a consumer's delivery has a `$JS.ACK.` reply (and
+        a stored message's headers): a forgery, whose consumer goes."""
+        if not msg.reply and not msg.headers:
+            return True
+        self.forged += 1
+        consumer = None
+        with contextlib.suppress(Exception):  # no JetStream metadata: a plain publish, nothing to delete
+            meta = msg.metadata
+            consumer = (meta.stream, meta.consumer)
+        if consumer is not None and consumer not in self._deleting:
+            self._deleting.add(consumer)
+            self._doomed.put_nowait(consumer)
+        now = time.monotonic()
+        if now - self._forgery_logged >= FORGERY_LOG_EVERY_S:
+            self._forgery_logged = now
+            log.error(
+                "security: a message on a JetStream advisory subject did not come from the server",
+                extra={
+                    "security_event": "forged_advisory",
+                    "subject": msg.subject,
+                    "consumer": "/".join(consumer) if consumer else None,
+                    "forged": self.forged,
+                },
+            )
+        return False
+
     async def _on_api_call(self, msg: Msg) -> None:
+        if not self._from_server(msg):
+            return
+        head = _AUDIT_SUBJECT.search(msg.data[:_AUDIT_HEAD])
+        if head is not None and not head.group(1).decode(errors="replace").startswith(_CREATE_CALLS):
+            return  # not a consumer made: its (maybe huge) request is never parsed
         try:
             audit = json.loads(msg.data)
             subject = str(audit.get("subject", ""))
@@ -184,6 +236,8 @@ class ConsumerGuard:
         self._judge(seen_from_info(answer, creator))
 
     async def _on_deleted(self, msg: Msg) -> None:
+        if not self._from_server(msg):
+            return
         with contextlib.suppress(ValueError, AttributeError):
             gone = json.loads(msg.data)
             self._forget(str(gone.get("stream", "")), str(gone.get("consumer", "")))

@@ -12,20 +12,32 @@ seconds and no service could start a replay on it again. The platform's guard
 - a service's ephemeral consumer stays on a stream it reads, going by itself once unused (an
   inactive threshold no longer than the servers' default for ordered consumers), while that
   service keeps fewer than its quota on that stream;
+- a push consumer delivers only into its maker's own inbox (topology.inbox_prefix): one
+  delivering anywhere else (an advisory subject, another account's subject) is a violation of
+  its maker, made to forge what the server says (a red team framed messaging so);
 - anything else goes: an undeclared durable, a consumer on a stream its maker does not read,
   one that would outlive its maker, one over quota, and one nobody was seen making. A service's
   own code never makes such a consumer, so one made with a service's credential is a violation:
   a security finding, which the guard reports and counts towards that service's quarantine.
 
-Who made a consumer is the server's word (the account of the API call, from JetStream's audit
-advisory), never the consumer's name, which its maker chooses.
+Who made a consumer is the account of the API call in JetStream's audit advisory, never the
+consumer's name, which its maker chooses; the guard takes an advisory only as the server
+publishes it (no reply subject, no headers), never one a consumer delivered.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from parley_core.topology import CONSUMERS, PLATFORM_USER, SIEM_CONSUMERS, STREAMS_BY_NAME, ConsumerSpec, reads
+from parley_core.topology import (
+    CONSUMERS,
+    PLATFORM_USER,
+    SIEM_CONSUMERS,
+    STREAMS_BY_NAME,
+    ConsumerSpec,
+    inbox_prefix,
+    reads,
+)
 
 # Ephemeral consumers one service may keep on one stream, all its instances together. One
 # instance keeps at most 5 on a stream (storage on STORE and AUTH: its erasures, detector and
@@ -50,6 +62,7 @@ class ConsumerSeen:
     filter_subjects: tuple[str, ...]
     inactive_threshold_s: float  # 0: none (it never goes by itself)
     creator: str | None
+    deliver_subject: str = ""  # a push consumer's; "" for a pull consumer
 
 
 @dataclass(frozen=True)
@@ -76,13 +89,16 @@ def judge(
     if declared is not None:
         if consumer.creator not in (None, declared.service, PLATFORM_USER):
             return Verdict(False, f"{declared.service}'s declared durable made by {maker}", violation=True)
-        if not consumer.durable or consumer.filter_subjects != (declared.filter_subject,):
+        if not consumer.durable or consumer.filter_subjects != (declared.filter_subject,) or consumer.deliver_subject:
             return Verdict(False, f"{declared.service}'s declared durable with other settings", violation=service)
         return Verdict(True, f"{declared.service}'s declared durable")
     if consumer.creator == PLATFORM_USER:
         return Verdict(True, "the platform's own")
     if consumer.creator is None:
         return Verdict(False, "not declared, and made while no guard watched")
+    if consumer.deliver_subject and not consumer.deliver_subject.startswith(inbox_prefix(maker) + "."):
+        why = f"made by {maker} to deliver outside its inbox (to {consumer.deliver_subject})"
+        return Verdict(False, why, violation=True)
     if consumer.durable:
         return Verdict(False, f"an undeclared durable consumer made by {maker}", violation=True)
     spec = STREAMS_BY_NAME.get(consumer.stream)

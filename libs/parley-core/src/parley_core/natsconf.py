@@ -133,7 +133,10 @@ def render_accounts(passwords: Mapping[str, str], *, quarantined: Iterable[str] 
         *(_export("stream", f"{topology.inbox_prefix(user)}.>", [topology.account_of(user)]) for user in users),
         _export("stream", "_INBOX.>", [topology.account_of(topology.PLATFORM_USER)]),
         # JetStream's advisories (a consumer made, and by whom): the platform's consumer guard.
-        _export("stream", topology.JS_ADVISORIES, [topology.account_of(topology.PLATFORM_USER)]),
+        *(
+            _export("stream", advisory, [topology.account_of(topology.PLATFORM_USER)])
+            for advisory in topology.JS_ADVISORIES
+        ),
     ]
     lines = [
         "accounts {",
@@ -161,7 +164,7 @@ def _user_account(user: str, password: str, *, quarantined: bool = False) -> lis
     ]
     imports += [_stream_import(topology.STREAMS_ACCOUNT, f"{inbox}.>") for inbox in inboxes]
     if user == topology.PLATFORM_USER:
-        imports.append(_stream_import(topology.STREAMS_ACCOUNT, topology.JS_ADVISORIES))
+        imports += [_stream_import(topology.STREAMS_ACCOUNT, subject) for subject in topology.JS_ADVISORIES]
     exports: list[str] = []
     if user in topology.SERVICES:
         reader = topology.account_of(topology.HEARTBEAT_READER)

@@ -316,9 +316,11 @@ def inbox_prefix(service: str) -> str:
 # stream's subject. The platform identity's account imports everything (the operator's tools).
 STREAMS_ACCOUNT = "PARLEY_STREAMS"
 JS_API = "$JS.API"
-# JetStream's advisories in the streams' account (consumers made and deleted, every API call and
-# who made it): the platform imports them for its consumer guard (parley_core.consumer_guard).
-JS_ADVISORIES = "$JS.EVENT.ADVISORY.>"
+# JetStream's advisories in the streams' account that the platform's consumer guard reads (every
+# API call and who made it, consumers deleted; parley_core.consumer_guard): imported, and no others.
+JS_API_AUDIT = "$JS.EVENT.ADVISORY.API"
+JS_CONSUMER_DELETED = "$JS.EVENT.ADVISORY.CONSUMER.DELETED.>"
+JS_ADVISORIES = (JS_API_AUDIT, JS_CONSUMER_DELETED)
 # Where a service's account reaches the streams' JetStream API (its imports' local name): apart
 # from $JS.API, which in an account without JetStream of its own answers "not enabled".
 SERVICE_JS_API = "$PARLEY.JS.API"
