@@ -1,0 +1,172 @@
+"""What archiving a messaging event changes in storage's own tables (history rows, members,
+retention policies, texts to delete from the log), in the transaction that archives it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from google.protobuf.message import Message
+from parley.messaging.v1.events_pb2 import (
+    ChannelCreated,
+    ChannelRetentionSet,
+    MemberBanned,
+    MemberJoined,
+    MemberKicked,
+    MemberLeft,
+    MessageEdited,
+    MessagePosted,
+    MessageRedacted,
+    MessagesExpired,
+)
+from sqlalchemy import Connection, insert, select, update
+
+from parley_core.bus import ReceivedEvent
+from parley_core.envelope import open_payload
+from parley_storage.archive.db import ArchiveDb, chunks, insert_ignoring
+from parley_storage.archive.records import EXPIRED, EXPIRED_BY_RETENTION, REDACTED, LogDeletion
+from parley_storage.schema import channel_members, channel_messages, events, log_deletions, retention_policies
+
+QUEUED_LOG_DELETIONS = "parley_queued_log_deletions"  # conn.info: texts this transaction queued
+TEXT_EVENTS = (MessagePosted.DESCRIPTOR.full_name, MessageEdited.DESCRIPTOR.full_name)
+
+
+def post_row(post: MessagePosted, item: ReceivedEvent) -> dict[str, object]:
+    """A new post's row in channel_messages: history's index of the channel's messages."""
+    return {
+        "channel_id": post.channel_id,
+        "channel_seq": post.channel_seq,
+        "message_id": post.message_id,
+        "sender_id": post.sender_id,
+        "sent_at_ns": post.sent_at.ToNanoseconds(),
+        "stream": item.stream,
+        "stream_seq": item.stream_seq,
+    }
+
+
+def project(db: ArchiveDb, conn: Connection, item: ReceivedEvent, payload: Message | None, *, late: bool) -> None:
+    """Apply one archived event (already inserted) to storage's tables. ``late``: it arrived after
+    events with higher sequences of its stream were archived (a retry)."""
+    if isinstance(payload, MessagePosted):
+        conn.execute(insert_ignoring(conn.dialect.name, channel_messages), post_row(payload, item))
+    elif isinstance(payload, ChannelCreated):
+        for user_id in (payload.creator_id, *payload.member_ids):  # member_ids: direct conversations
+            _add_member(conn, payload.channel_id, user_id)
+    elif isinstance(payload, MemberJoined):
+        _add_member(conn, payload.channel_id, payload.user_id)
+    elif isinstance(payload, MessageEdited):
+        _apply_edit(conn, payload, item)
+    elif isinstance(payload, MessageRedacted):
+        _remove_texts(db, conn, payload.channel_id, [payload.channel_seq], reason=REDACTED)
+    elif isinstance(payload, MessagesExpired):
+        _remove_texts(db, conn, payload.channel_id, payload.channel_seqs, reason=EXPIRED_BY_RETENTION)
+    elif isinstance(payload, MemberLeft | MemberKicked | MemberBanned):
+        _remove_member(conn, payload)
+    elif isinstance(payload, ChannelRetentionSet):
+        # Messaging's record is the policy; the retention job reads this copy of it.
+        set_at_ns = item.envelope.occurred_at.ToNanoseconds()
+        set_retention(conn, payload.channel_id, payload.days, set_by=payload.set_by, set_at_ns=set_at_ns)
+    if isinstance(payload, MessagePosted | MessageEdited) and late:
+        # Retried after its redaction or expiry was archived (out of order): remove this text too.
+        reason = _archived_removal(db, conn, payload.channel_id, payload.channel_seq)
+        if reason is not None:
+            _remove_texts(db, conn, payload.channel_id, [payload.channel_seq], reason=reason)
+
+
+def set_retention(conn: Connection, channel_id: str, days: int, *, set_by: str, set_at_ns: int) -> None:
+    conn.execute(retention_policies.delete().where(retention_policies.c.channel_id == channel_id))
+    if days:
+        conn.execute(
+            insert(retention_policies).values(channel_id=channel_id, days=days, set_by=set_by, set_at_ns=set_at_ns)
+        )
+
+
+def _add_member(conn: Connection, channel_id: str, user_id: str) -> None:
+    conn.execute(insert_ignoring(conn.dialect.name, channel_members), {"channel_id": channel_id, "user_id": user_id})
+
+
+def _remove_member(conn: Connection, left: MemberLeft | MemberKicked | MemberBanned) -> None:
+    """A member who left (or was removed) reads no more history of the channel."""
+    conn.execute(
+        channel_members.delete().where(
+            channel_members.c.channel_id == left.channel_id, channel_members.c.user_id == left.user_id
+        )
+    )
+
+
+def _apply_edit(conn: Connection, edit: MessageEdited, item: ReceivedEvent) -> None:
+    """History shows the newest text: point the message's row at this edit.
+
+    A redacted message stays redacted whatever order a redelivery comes in: its row points
+    at an expired event, and an edit arriving later is expired too.
+    """
+    row = conn.execute(
+        select(channel_messages.c.stream, channel_messages.c.stream_seq, events.c.key_id)
+        .join(
+            events,
+            (events.c.stream == channel_messages.c.stream) & (events.c.stream_seq == channel_messages.c.stream_seq),
+        )
+        .where(channel_messages.c.channel_id == edit.channel_id, channel_messages.c.channel_seq == edit.channel_seq)
+    ).first()
+    if row is not None and row.key_id == EXPIRED:
+        _blank(conn, LogDeletion(item.stream, item.stream_seq, item.envelope.event_id), reason=REDACTED)
+        return
+    if row is not None and row.stream_seq < item.stream_seq:
+        conn.execute(
+            update(channel_messages)
+            .where(channel_messages.c.channel_id == edit.channel_id, channel_messages.c.channel_seq == edit.channel_seq)
+            .values(stream=item.stream, stream_seq=item.stream_seq)
+        )
+
+
+def _remove_texts(
+    db: ArchiveDb, conn: Connection, channel_id: str, channel_seqs: Sequence[int], *, reason: str
+) -> None:
+    """A redaction or an expiry: every archived text of these messages (post and edits) loses
+    its content and is queued for deletion from the log; expired messages also leave history.
+    The events keep their place in the archive, and the marker keeps the fact."""
+    wanted = set(channel_seqs)
+    candidates = conn.execute(
+        select(events).where(
+            events.c.aggregate_type == "channel",
+            events.c.aggregate_id == channel_id,
+            events.c.event_type.in_(TEXT_EVENTS),
+            events.c.key_id != EXPIRED,
+        )
+    ).all()
+    for row in candidates:
+        envelope = db.open_row(conn, row)
+        text = open_payload(envelope) if envelope is not None else None
+        if isinstance(text, MessagePosted | MessageEdited) and text.channel_seq in wanted:
+            _blank(conn, LogDeletion(row.stream, row.stream_seq, row.event_id), reason=reason)
+    if reason == EXPIRED_BY_RETENTION:
+        for chunk in chunks(sorted(wanted)):
+            conn.execute(
+                channel_messages.delete().where(
+                    channel_messages.c.channel_id == channel_id, channel_messages.c.channel_seq.in_(chunk)
+                )
+            )
+
+
+def _blank(conn: Connection, text: LogDeletion, *, reason: str) -> None:
+    """Remove one text's content from the archive and queue its deletion from the log, together."""
+    conn.execute(
+        update(events)
+        .where(events.c.stream == text.stream, events.c.stream_seq == text.stream_seq)
+        .values(envelope=b"", key_id=EXPIRED)
+    )
+    row = {"stream": text.stream, "stream_seq": text.stream_seq, "event_id": text.event_id}
+    conn.execute(
+        insert_ignoring(conn.dialect.name, log_deletions), {**row, "reason": reason, "recorded_at_ns": time.time_ns()}
+    )
+    conn.info[QUEUED_LOG_DELETIONS] = conn.info.get(QUEUED_LOG_DELETIONS, 0) + 1
+
+
+def _archived_removal(db: ArchiveDb, conn: Connection, channel_id: str, channel_seq: int) -> str | None:
+    """Why this message's texts are removed (an archived redaction or expiry of it), or None."""
+    for _, payload in db.channel_payloads(conn, channel_id, [MessageRedacted, MessagesExpired]):
+        if isinstance(payload, MessageRedacted) and payload.channel_seq == channel_seq:
+            return REDACTED
+        if isinstance(payload, MessagesExpired) and channel_seq in payload.channel_seqs:
+            return EXPIRED_BY_RETENTION
+    return None
