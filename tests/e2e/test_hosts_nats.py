@@ -28,7 +28,7 @@ from parley_core.testing.fleet_nats import connect_platform, wait_current_on
 from parley_core.testing.platform import JoinedHost, RunningPlatform
 from parley_core.testing.waiting import eventually
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]  # a host lost: `make test-all`
 
 JOINED_NODES = {"parley-node1", "parley-node2"}
 PROBE_SUBJECT = "parley.parked.messaging.nats-node-test"  # the PARKED stream's, which no service reads

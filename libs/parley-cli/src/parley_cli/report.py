@@ -24,6 +24,7 @@ from parley_cli.report_signing import (
     signed,
     verify,
 )
+from parley_cli.state import load_running_state
 from parley_core.compliance_reports import REPORTS_DIR, report_id
 
 DEFAULT_PERIOD = timedelta(days=30)
@@ -94,6 +95,7 @@ async def write_report(
         if path.exists():
             raise ReportExists(f"{path} exists; a filed report is never overwritten: name a new file")
         _check_format(path)
+    load_running_state(data_dir)  # a mistyped folder is named, not created by the key below
     # Made before the facts are read, so even the first report lists the key that signs it.
     await asyncio.to_thread(load_or_create_signing_key, data_dir)
     facts = await gather(data_dir, since=since.timestamp(), now=now.timestamp())
