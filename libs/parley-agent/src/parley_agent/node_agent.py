@@ -47,7 +47,7 @@ from parley_agent.probe import PROBES, MessagingProbe, ProbeUnavailable
 from parley_agent.shared_port import SharedPort
 from parley_core.errors import NotFound
 from parley_core.grpc_channel import secure_channel
-from parley_core.net import free_port
+from parley_core.net import free_port, host_address
 from parley_core.pki import Pki
 from parley_core.topology import PLATFORM_USER
 
@@ -65,7 +65,10 @@ PROBE_WORKERS = 3
 
 def door_for(service: str, *, port: int = 0) -> Door:
     """The stable address of `service` on this host (not open yet: `await door.start()`)."""
-    return SharedPort(service, port=port) if service in SHARED_PORT_SERVICES else FrontDoor(service, port=port)
+    host = host_address()  # where other hosts reach this service
+    if service in SHARED_PORT_SERVICES:
+        return SharedPort(service, host=host, port=port)
+    return FrontDoor(service, host=host, port=port)
 
 
 @dataclass

@@ -112,6 +112,7 @@ def make_bundle(
     out: Path,
     secrets: Path,
     nats_node: dict[str, Any] | None = None,
+    address: str = "",
 ) -> FleetConfig:
     """Writes the bundle into `out` (a new folder, 0700); refuses before writing anything.
     `secrets` is the first host's secrets folder (the keys SERVICE_SECRETS names); `nats_node`
@@ -149,7 +150,8 @@ def make_bundle(
     )
     try:
         ensure_private_dir(out)
-        issue_into(pki, [*services, PLATFORM_USER, *([NATS_IDENTITY] if nats_node else [])], out / "pki")
+        names = [*services, PLATFORM_USER, *([NATS_IDENTITY] if nats_node else [])]
+        issue_into(pki, names, out / "pki", [address] if address else [])
         ensure_private_dir(out / "secrets")
         own = dict(passwords) if nats_node else {service: passwords[service] for service in services}
         write_private_file(out / "secrets" / "nats-passwords.json", json.dumps(own, indent=2).encode())

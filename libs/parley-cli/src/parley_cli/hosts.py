@@ -17,6 +17,7 @@ import signal
 import sys
 from pathlib import Path
 
+from parley_cli.host_address import add_host_address_option
 from parley_cli.host_bundle import (
     NATS_IDENTITY,
     BundleRefused,
@@ -60,6 +61,7 @@ async def cmd_host_add(args: argparse.Namespace) -> int:
             out=args.out,
             secrets=args.data_dir / "secrets",
             nats_node=node,
+            address=args.address,
         )
     except (BundleRefused, PlatformNotRunning, CertificateMissing) as exc:
         print(f"parley host add: {exc}", file=sys.stderr)
@@ -255,10 +257,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         help="the host runs one of the JetStream cluster's nodes, handed over from this host (--nats-cluster 3)",
     )
     add.add_argument("--out", type=Path, required=True, help="a new folder for the bundle")
+    add.add_argument("--address", default="", help="the host's own IP address, named in its certificates")
     add.set_defaults(run=cmd_host_add)
     join = host.add_parser("join", help="run this host's services in the fleet with a bundle from `host add`")
     join.add_argument("bundle", type=Path)
     join.add_argument("--gateway-port", type=int, help="the port of this host's gateway (default: a free one)")
+    add_host_address_option(join)
     join.add_argument(
         "--storage-keyring",
         type=Path,

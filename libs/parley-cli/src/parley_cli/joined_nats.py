@@ -16,10 +16,8 @@ from typing import Any
 from parley_core.files import ensure_private_dir, write_private_file
 from parley_core.nats_process import NatsServerProcess
 from parley_core.natsconf import ROUTE_USER, ClusterConfig, ensure_nats_passwords, render_server_config
-from parley_core.net import free_port
+from parley_core.net import free_port, host_address
 from parley_core.pki import Pki
-
-HOST = "127.0.0.1"  # the certificates name localhost and 127.0.0.1 only (docs/deploy.md)
 
 
 class JoinedNatsNode:
@@ -31,11 +29,12 @@ class JoinedNatsNode:
         folder = data_dir / "nats"
         ensure_private_dir(folder)
         passwords = ensure_nats_passwords(data_dir / "secrets" / "nats-passwords.json", [])
-        port, route_port = free_port(), free_port()
-        self.route = f"{HOST}:{route_port}"
+        host = host_address()  # the host add bundle's nats certificate names it
+        port, route_port = free_port(host), free_port(host)
+        self.route = f"{host}:{route_port}"
         identity = pki.identity("nats")
         config = render_server_config(
-            host=HOST,
+            host=host,
             port=port,
             store_dir=folder / "jetstream",
             tls_cert=identity.cert,
@@ -46,7 +45,7 @@ class JoinedNatsNode:
             store_cipher_key=ensure_store_key(data_dir / "secrets" / STORE_KEY_FILE),
             cluster=ClusterConfig(
                 name=CLUSTER_NAME,
-                host=HOST,
+                host=host,
                 port=route_port,
                 routes=(self.route, *node["routes"]),
                 route_user=ROUTE_USER,
@@ -56,7 +55,7 @@ class JoinedNatsNode:
         config_path = folder / "nats-server.conf"
         write_private_file(config_path, config.encode())
         self.process = NatsServerProcess(
-            config_path=config_path, host=HOST, port=port, log_path=data_dir / "logs" / "nats-server.log"
+            config_path=config_path, host=host, port=port, log_path=data_dir / "logs" / "nats-server.log"
         )
 
     def state(self) -> dict[str, Any]:

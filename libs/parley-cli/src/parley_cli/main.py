@@ -14,6 +14,7 @@ import grpc
 
 from parley_cli import admin, audit, chat, devices, keyring, messages, mfa, patch, privacy
 from parley_cli.health import check_broker, check_health
+from parley_cli.host_address import add_host_address_option
 from parley_cli.invocation import parley_as_run
 from parley_cli.prompt import PromptInterrupted, ask_secret
 from parley_cli.saved_login import as_saved_login_refusal, save_login
@@ -252,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start nats-server and every service; Ctrl-C stops them")
     up.add_argument("--gateway-port", type=int, help="preferred gateway port (default 7443, or a free one)")
+    add_host_address_option(up)
     up.add_argument(
         "--nats-cluster",
         type=int,

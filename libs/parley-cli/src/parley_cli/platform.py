@@ -73,7 +73,7 @@ from parley_core.natsconf import (
     holds_pre_account_streams,
     render_server_config,
 )
-from parley_core.net import port_or_free
+from parley_core.net import host_address, port_or_free
 from parley_core.pki import Pki, ensure_pki
 from parley_core.topology import METRICS_SCRAPER, PLATFORM_USER, SERVICES
 
@@ -219,7 +219,8 @@ class Platform:
         ensure_private_dir(self.data_dir)
         for sub in ("logs", "nats", "secrets", "agent"):
             ensure_private_dir(self.data_dir / sub)
-        self.pki = ensure_pki(self.data_dir / "pki", [*SERVICES, "nats", PLATFORM_USER, METRICS_SCRAPER])
+        own = [host_address()]  # the certificates name the address other hosts reach this one at
+        self.pki = ensure_pki(self.data_dir / "pki", [*SERVICES, "nats", PLATFORM_USER, METRICS_SCRAPER], own)
         users = [*SERVICES, PLATFORM_USER, *([ROUTE_USER] if self.nats_cluster > 1 else [])]
         passwords = ensure_nats_passwords(self.data_dir / "secrets" / "nats-passwords.json", users)
 
@@ -435,10 +436,11 @@ class Platform:
         store_key = ensure_store_key(self.data_dir / "secrets" / STORE_KEY_FILE)
         folders = self._nats_folders()
         previous = previous_nats_ports(self.data_dir)
+        address = host_address()  # other hosts' nodes route here and clients connect here
         previous += [(None, None)] * (len(folders) - len(previous))
-        client_ports = [port_or_free(client) for client, _ in previous[: len(folders)]]
-        route_ports = [port_or_free(route) for _, route in previous[: len(folders)]]
-        routes = tuple(f"127.0.0.1:{port}" for port in route_ports)
+        client_ports = [port_or_free(client, address) for client, _ in previous[: len(folders)]]
+        route_ports = [port_or_free(route, address) for _, route in previous[: len(folders)]]
+        routes = tuple(f"{address}:{port}" for port in route_ports)
         self.nats_routes = list(routes)
         for index, folder in enumerate(folders):
             ensure_private_dir(folder)
@@ -446,7 +448,7 @@ class Platform:
             if self.nats_cluster > 1:
                 cluster = ClusterConfig(
                     name=CLUSTER_NAME,
-                    host="127.0.0.1",
+                    host=address,
                     port=route_ports[index],
                     routes=routes,
                     route_user=ROUTE_USER,
@@ -454,7 +456,7 @@ class Platform:
                 )
             render = partial(
                 render_server_config,
-                host="127.0.0.1",
+                host=address,
                 port=client_ports[index],
                 store_dir=folder / "jetstream",
                 tls_cert=identity.cert,
@@ -472,7 +474,7 @@ class Platform:
             self.nats_nodes.append(
                 NatsServerProcess(
                     config_path=config_path,
-                    host="127.0.0.1",
+                    host=address,
                     port=client_ports[index],
                     log_path=self.data_dir / "logs" / log_name,
                 )

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 
 _FIRST_BACKOFF_S = 0.01
 _MAX_BACKOFF_S = 0.25
+HOST_ADDRESS_ENV = "PARLEY_HOST_ADDRESS"
+LOOPBACK = "127.0.0.1"
+
+
+def host_address() -> str:
+    """The address this host's front doors and NATS nodes listen on and advertise to other hosts:
+    PARLEY_HOST_ADDRESS (`parley up --host-address`, `parley host join --host-address`), else
+    loopback (one machine, `make run`). Instances stay on loopback behind their front doors."""
+    return os.environ.get(HOST_ADDRESS_ENV, "").strip() or LOOPBACK
 
 
 def free_port(host: str = "127.0.0.1") -> int:

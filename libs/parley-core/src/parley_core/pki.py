@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +28,7 @@ LEAF_VALIDITY = dt.timedelta(days=365)
 RENEW_BEFORE = dt.timedelta(days=30)
 # Backdate notBefore a little so a peer whose clock lags slightly still accepts a fresh cert.
 _CLOCK_SKEW = dt.timedelta(minutes=5)
+_LOOPBACK = {"127.0.0.1", "::1"}  # every leaf names these already
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,11 @@ class CertificateMissing(RuntimeError):
     """A host's folder (the CA's certificate, not its key) lacks a valid certificate it needs."""
 
 
-def ensure_pki(directory: Path, names: Iterable[str]) -> Pki:
+def ensure_pki(directory: Path, names: Iterable[str], addresses: Sequence[str] = ()) -> Pki:
     """Create or repair the CA and a certificate for each of ``names`` in ``directory``.
+
+    Each leaf names localhost and loopback, and ``addresses`` (the host's own, `--host-address`):
+    a leaf that lacks one of them is issued again.
 
     A folder with the CA's certificate but not its key is a host's that joined a fleet
     (`parley host join`): its certificates were issued by the operator, so they are checked, and
@@ -83,8 +87,8 @@ def ensure_pki(directory: Path, names: Iterable[str]) -> Pki:
             raise ValueError(f"identity name {CA_NAME!r} is reserved for the certificate authority")
         paths = pki.identity(name)
         leaf = _load_valid(paths, now)
-        if leaf is None or not _issued_by(leaf[0], ca_cert):
-            cert, key = _issue_leaf(name, ca_cert, ca_key, now)
+        if leaf is None or not _issued_by(leaf[0], ca_cert) or not _names_addresses(leaf[0], addresses):
+            cert, key = _issue_leaf(name, ca_cert, ca_key, now, addresses)
             _store(paths, cert, key)
     return pki
 
@@ -101,9 +105,9 @@ def _check_issued(pki: Pki, names: Iterable[str], now: dt.datetime) -> None:
             )
 
 
-def issue_into(pki: Pki, names: Iterable[str], directory: Path) -> Pki:
+def issue_into(pki: Pki, names: Iterable[str], directory: Path, addresses: Sequence[str] = ()) -> Pki:
     """Certificates for ``names`` from this CA, written with the CA's certificate (never its key)
-    into ``directory``: what a host that joins the fleet gets."""
+    into ``directory``: what a host that joins the fleet gets (naming ``addresses``, its own)."""
     now = dt.datetime.now(dt.UTC)
     loaded = _load_valid(pki.identity(CA_NAME), now)
     if loaded is None:
@@ -115,7 +119,7 @@ def issue_into(pki: Pki, names: Iterable[str], directory: Path) -> Pki:
     for name in dict.fromkeys(names):
         if name == CA_NAME:
             raise ValueError(f"identity name {CA_NAME!r} is reserved for the certificate authority")
-        cert, key = _issue_leaf(name, ca_cert, ca_key, now)
+        cert, key = _issue_leaf(name, ca_cert, ca_key, now, addresses)
         _store(issued.identity(name), cert, key)
     return issued
 
@@ -177,8 +181,19 @@ def _issue_ca(now: dt.datetime) -> tuple[x509.Certificate, ec.EllipticCurvePriva
     return cert, key
 
 
+def _names_addresses(cert: x509.Certificate, addresses: Sequence[str]) -> bool:
+    named = set(
+        cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.IPAddress)
+    )
+    return all(ipaddress.ip_address(a) in named for a in addresses)
+
+
 def _issue_leaf(
-    name: str, ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, now: dt.datetime
+    name: str,
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    now: dt.datetime,
+    addresses: Sequence[str] = (),
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     public_key = key.public_key()
@@ -188,6 +203,7 @@ def _issue_leaf(
             *([x509.DNSName(name)] if name != "localhost" else []),
             x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
             x509.IPAddress(ipaddress.IPv6Address("::1")),
+            *(x509.IPAddress(ipaddress.ip_address(a)) for a in dict.fromkeys(addresses) if a not in _LOOPBACK),
         ]
     )
     cert = (

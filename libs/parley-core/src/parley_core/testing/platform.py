@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +36,8 @@ class RunningPlatform:
     process: subprocess.Popen[bytes] | None = None
     runs: int = 0
     up_args: tuple[str, ...] = ()  # extra `parley up` options, e.g. ("--gateway-port", "12345")
+    # What runs every `parley` command of this host, e.g. Namespace.command (a host of its own).
+    within: Callable[[Sequence[str]], list[str]] = list
 
     @property
     def output_path(self) -> Path:
@@ -47,7 +49,7 @@ class RunningPlatform:
     def cli(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run the `parley` command as a user would, against this platform."""
         return subprocess.run(
-            [sys.executable, "-m", "parley_cli", "--data-dir", str(self.data_dir), *args],
+            self.within([sys.executable, "-m", "parley_cli", "--data-dir", str(self.data_dir), *args]),
             input=stdin,
             capture_output=True,
             text=True,
@@ -80,7 +82,7 @@ class RunningPlatform:
         self.runs += 1
         out = open(self.output_path, "wb")  # noqa: SIM115 - handed to the child process
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "parley_cli", "--data-dir", str(self.data_dir), "up", *self.up_args],
+            self.within([sys.executable, "-m", "parley_cli", "--data-dir", str(self.data_dir), "up", *self.up_args]),
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **TEST_DEFAULTS, **self.env},
@@ -147,14 +149,20 @@ class JoinedHost:
     """Another host of the fleet as an operator starts it: `parley host join BUNDLE` in its own folder."""
 
     def __init__(
-        self, data_dir: Path, bundle: Path, env: Mapping[str, str] | None = None, args: Sequence[str] = ()
+        self,
+        data_dir: Path,
+        bundle: Path,
+        env: Mapping[str, str] | None = None,
+        args: Sequence[str] = (),
+        within: Callable[[Sequence[str]], list[str]] = list,
     ) -> None:
         self.data_dir = data_dir
         self.output_path = data_dir.parent / "join.out"
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         out = open(self.output_path, "wb")  # noqa: SIM115 - handed to the child process
+        argv = [sys.executable, "-m", "parley_cli", "--data-dir", str(data_dir), "host", "join", str(bundle), *args]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "parley_cli", "--data-dir", str(data_dir), "host", "join", str(bundle), *args],
+            within(argv),  # `ip netns exec` execs the command: its pid is the agent's
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **TEST_DEFAULTS, **(env or {})},
@@ -173,11 +181,12 @@ class JoinedHost:
         *,
         args: Sequence[str] = (),
         add_args: Sequence[str] = (),
+        within: Callable[[Sequence[str]], list[str]] = list,
     ) -> JoinedHost:
         """The host's bundle issued on `platform` (`parley host add`), then the host joined and serving
         (`args`: more of `host join`'s options, `add_args` of `host add`'s, e.g. --nats-node)."""
         platform.cli("host", "add", name, "--services", services, "--out", str(root / "bundle"), *add_args)
-        host = cls(root / "data", root / "bundle", env, args)
+        host = cls(root / "data", root / "bundle", env, args, within)
         try:
             host.wait_joined()
         except BaseException:
