@@ -933,3 +933,23 @@ async def test_a_flood_of_parked_copies_stops_at_parkeds_bounds_and_keeps_the_se
     assert PARKED.max_msgs == PARKED_MAX_MSGS > 0
     assert info.config.max_bytes == PARKED_MAX_BYTES
     assert info.config.discard == api.DiscardPolicy.NEW
+
+
+async def test_a_replay_passes_junk_at_the_streams_end_and_catches_up(bus: EventBus) -> None:
+    """Bytes that are no event envelope (written with a stolen owner's credential) at the end of a
+    stream: a reader's replay parks and passes them, so a service restarting then still starts."""
+    appended = await bus.append(
+        channel_subject("j1"), posted("j1", "real"), aggregate_version=1, expected_last_subject_seq=0
+    )
+    for n in range(3):
+        await bus.js.publish(channel_subject("j1"), f"junk {n}".encode())
+    seen = Recorder()
+
+    async def apply(event: ReceivedEvent) -> None:
+        await seen.record([event], applied=True)
+
+    replay = await bus.replay(stream="MSG", filter_subject=CHANNELS_FILTER, handler=apply)
+    await replay.wait_caught_up(TIMEOUT_S)
+
+    assert [e.stream_seq for e in seen.applied] == [appended.stream_seq]
+    assert replay.last_seq == appended.stream_seq + 3

@@ -545,7 +545,14 @@ class Replay:
         try:
             event = _received(msg)
         except Exception:
+            # Bytes no owner's code writes (a stolen credential's junk): parked and passed, so
+            # junk at a stream's end cannot keep every reader from ever catching up at start.
             log.exception("undecodable event skipped by replay", extra={"subject": msg.subject})
+            try:
+                await self.bus.reject_foreign(msg, reason="undecodable: not a Parley event envelope")
+            except Exception:  # not parked (NATS trouble); passed all the same
+                log.exception("an undecodable event was not parked", extra={"subject": msg.subject})
+            await self._passed(msg.metadata.sequence.stream, msg.metadata.num_pending)
             return
         if self._applied_ahead and min(self._applied_ahead) < event.stream_seq:
             # Applied at once, then deleted from the stream (an erasure) before the replay reached it.
@@ -563,10 +570,14 @@ class Replay:
                 await self._handle(event)
         if self.bus.metrics is not None:
             self.bus.metrics.events_consumed.labels(self.stream).inc()
+        await self._passed(event.stream_seq, msg.metadata.num_pending)
+
+    async def _passed(self, stream_seq: int, num_pending: int) -> None:
+        """The replay is past `stream_seq`: read-your-writes waiters and the caught-up flag see it."""
         async with self._progress:
-            self.last_seq = event.stream_seq
+            self.last_seq = stream_seq
             self._progress.notify_all()
-        if msg.metadata.num_pending == 0:
+        if num_pending == 0:
             self.caught_up.set()
 
     async def _handle(self, event: ReceivedEvent) -> None:
