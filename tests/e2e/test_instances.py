@@ -21,7 +21,7 @@ from parley_core.grpc_channel import secure_channel
 from parley_core.net import free_port
 from parley_core.pki import ensure_pki
 from parley_core.testing.platform import RunningPlatform
-from parley_core.testing.waiting import eventually
+from parley_core.testing.waiting import eventually, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -47,8 +47,12 @@ def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform
 def test_parley_up_runs_the_instances_asked_for(scaled: RunningPlatform) -> None:
     counts = {name: len(scaled.service(name)["instances"]) for name in ("messaging", "gateway", "auth", "storage")}  # type: ignore[arg-type]
     assert counts == {"messaging": 2, "gateway": 2, "auth": 1, "storage": 1}
-    fleet = scaled.cli("fleet").stdout
-    assert sum(line.startswith("messaging ") and "SERVING" in line for line in fleet.splitlines()) == 2, fleet
+
+    def both_in_the_fleet() -> bool:  # each instance's first heartbeat reaches the registry in turn
+        fleet = scaled.cli("fleet").stdout
+        return sum(line.startswith("messaging ") and "SERVING" in line for line in fleet.splitlines()) == 2
+
+    wait_until(both_in_the_fleet, timeout=60, what="`parley fleet` to show both messaging instances serving")
 
 
 def test_a_service_that_runs_once_is_refused_with_the_ones_that_scale(tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from parley_core.testing.netns import Bridge, namespaces_on_a_bridge, netns_available
+from parley_core.testing.waiting import wait_until
 
 REASON = netns_available()
 pytestmark = pytest.mark.skipif(bool(REASON), reason=REASON or "namespaces available")
@@ -47,7 +48,15 @@ def test_a_server_in_one_namespace_is_reached_from_another_and_from_the_root_nam
 def _fail_with_a_process_left(made: dict[str, object]) -> None:
     with namespaces_on_a_bridge(2) as bridge:
         made["bridge"] = bridge
-        made["sleeper"] = subprocess.Popen(bridge.hosts[0].command(["sleep", "600"]))
+        host = bridge.hosts[0]
+        made["sleeper"] = subprocess.Popen(host.command(["sleep", "600"]))
+
+        # In the namespace before the failure: `ip netns exec` takes a moment to enter it and exec.
+        def inside() -> bool:
+            listed = subprocess.run(["ip", "netns", "pids", host.name], capture_output=True, text=True, check=False)
+            return bool(listed.stdout.strip())
+
+        wait_until(inside, timeout=10, what="the sleeper to run inside the namespace")
         raise RuntimeError("the test failed")
 
 
