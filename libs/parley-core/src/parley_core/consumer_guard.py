@@ -54,6 +54,8 @@ from parley_core.topology import (
 
 log = logging.getLogger(__name__)
 
+# How long a stop waits for an unsubscribe or a cancelled task before going on without it.
+STOP_WAIT_S = 5.0
 API_AUDIT = JS_API_AUDIT
 CONSUMER_DELETED = JS_CONSUMER_DELETED
 CONSUMER_FLOOD = "consumer-flood"  # Parley-Parked-Kind of the guard's finding
@@ -170,12 +172,14 @@ class ConsumerGuard:
         self._tasks.append(asyncio.create_task(self._sweep_often(), name="consumer-guard-sweep"))
 
     async def stop(self) -> None:
+        """Bounded: a connection that stopped answering (a flood, a reload) must not hold up a stop."""
         for sub in self._subs:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await asyncio.wait_for(sub.unsubscribe(), STOP_WAIT_S)
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), STOP_WAIT_S)
         self._tasks, self._subs = [], []
 
     def kept(self, service: str, stream: str) -> int:

@@ -30,6 +30,8 @@ from parley_core.pki import Pki, ensure_pki
 __all__ = ["NatsTestCluster", "NatsTestServer", "nats_server", "pki", "start_nats_cluster", "start_nats_test_server"]
 
 NATS_IDENTITY = "nats"
+# A test client's close is bounded: one stuck flushing to a server under a flood must not hang teardown.
+CLOSE_TIMEOUT_S = 10.0
 NATS_USERS: tuple[str, ...] = (*topology.SERVICES, topology.PLATFORM_USER)
 _HOST = "127.0.0.1"
 _START_ATTEMPTS = 3
@@ -81,7 +83,8 @@ class NatsTestServer:
         clients, self._clients = self._clients, []
         for client in clients:
             if not client.is_closed:
-                await client.close()
+                with contextlib.suppress(TimeoutError):  # a client stuck flushing: the server goes anyway
+                    await asyncio.wait_for(client.close(), CLOSE_TIMEOUT_S)
 
 
 def _thread_states(pid: int) -> set[str]:
@@ -204,7 +207,8 @@ class NatsTestCluster:
         clients, self._clients = self._clients, []
         for client in clients:
             if not client.is_closed:
-                await client.close()
+                with contextlib.suppress(TimeoutError):  # a client stuck flushing: the server goes anyway
+                    await asyncio.wait_for(client.close(), CLOSE_TIMEOUT_S)
         for node in self.nodes:
             if node.running:
                 await node.stop()
