@@ -7,7 +7,7 @@ and parks poison events; the platform user inspects PARKED, as an operator would
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -704,25 +704,34 @@ async def test_an_event_its_streams_owner_never_writes_is_parked_once_and_never_
     platform = (await nats_server.connect("platform")).jetstream()
     forged = (await platform.publish(channel_subject("c1"), _foreign("forged-1"))).seq
     after = await append_unconditionally(bus, posted("c1", "after"), 3)
-    projected, archived = Recorder(), Recorder()
+    # One recorder per replay: two replays run at once, so their calls interleave.
+    projected = [Recorder() for _ in range(3)]
+    archived = Recorder()
 
-    async def project(event: ReceivedEvent) -> None:
-        await projected.record([event], applied=True)
+    def project_into(recorder: Recorder) -> Callable[[ReceivedEvent], Awaitable[None]]:
+        async def project(event: ReceivedEvent) -> None:
+            await recorder.record([event], applied=True)
+
+        return project
 
     async def archive(batch: Sequence[ReceivedEvent]) -> None:
         await archived.record(batch, applied=True)
 
     # Two replays of one service (as auth has three of AUTH), then the same after a restart.
-    replays = [await bus.replay(stream="MSG", filter_subject=CHANNELS_FILTER, handler=project) for _ in range(2)]
+    replays = [
+        await bus.replay(stream="MSG", filter_subject=CHANNELS_FILTER, handler=project_into(recorder))
+        for recorder in projected[:2]
+    ]
     await storage_bus.consume(consumer_spec(), archive)
     for replay in replays:
         await replay.wait_for_seq(after, TIMEOUT_S)
         await replay.stop()
     await eventually(lambda: _consumer_settled(storage_bus, after))
-    again = await bus.replay(stream="MSG", filter_subject=CHANNELS_FILTER, handler=project)
+    again = await bus.replay(stream="MSG", filter_subject=CHANNELS_FILTER, handler=project_into(projected[2]))
     await again.wait_for_seq(after, TIMEOUT_S)
 
-    assert [e.stream_seq for e in projected.applied] == [before, after] * 3
+    for recorder in projected:
+        assert [e.stream_seq for e in recorder.applied] == [before, after]
     assert [e.stream_seq for e in archived.applied] == [before, after]
     copies = await eventually(lambda: _n_copies(platform, 2))
     assert sorted(m.subject for m in copies) == [

@@ -140,10 +140,11 @@ async def _spawn(service: str, env: dict[str, str], logs: Path) -> asyncio.subpr
         )
 
 
-async def _wait_serving(pki: Pki, service: str, address: str, process: asyncio.subprocess.Process) -> None:
+async def _wait_serving(pki: Pki, service: str, address: str, process: asyncio.subprocess.Process, log: Path) -> None:
     async def probe() -> bool | None:
-        if process.returncode is not None:
-            raise RuntimeError(f"{service} exited with {process.returncode}")
+        if process.returncode is not None:  # the log lives in a temporary folder: show it with the failure
+            output = await asyncio.to_thread(log.read_text)
+            raise RuntimeError(f"{service} exited with {process.returncode}\n{output[-4000:]}")
         return await is_serving(pki, service=service, address=address) or None
 
     await eventually(probe, f"{service} healthy", START_TIMEOUT_S)
@@ -230,7 +231,8 @@ async def agent_platform(
                 own = {"PARLEY_LISTEN_PORT": str(ports[service]), "PARLEY_INSTANCE_ID": f"{service}-1"}
                 process = await _spawn(service, {**env, **own}, data_dir / "logs")
                 platform.processes.append(process)
-                await _wait_serving(pki, service, f"127.0.0.1:{ports[service]}", process)
+                log = data_dir / "logs" / f"{service}.log"
+                await _wait_serving(pki, service, f"127.0.0.1:{ports[service]}", process, log)
             started.add(service)
         yield platform
     finally:
