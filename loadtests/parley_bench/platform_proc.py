@@ -19,6 +19,7 @@ START_TIMEOUT_S = 180.0
 class BenchPlatform:
     data_dir: Path
     env: dict[str, str] = field(default_factory=dict)  # more settings for this platform (a bench phase's)
+    up_args: tuple[str, ...] = ()  # more arguments of `parley up`, e.g. ("--instances", "messaging=2")
     process: asyncio.subprocess.Process | None = None
 
     @property
@@ -37,6 +38,7 @@ class BenchPlatform:
                 "--data-dir",
                 str(self.data_dir),
                 "up",
+                *self.up_args,
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
                 # The benchmark registers its users (`make run` defaults to admin-created accounts),

@@ -15,6 +15,7 @@ from typing import Any
 
 from parley_bench import baselines
 from parley_bench.compare import compare_settings
+from parley_bench.instances import measure_two_instances
 from parley_bench.live_streams import measure_live_streams
 from parley_bench.platform_proc import BenchPlatform
 from parley_bench.scenarios import (
@@ -337,6 +338,7 @@ def table(result: dict[str, Any]) -> str:
         "bench_settings",
         "compare",
         "write_path",
+        "write_path_two_instances",
         "sends",
         "fanout",
         "logins",
@@ -430,7 +432,8 @@ UNLIMITED_CALLS = {
 async def measure_platform(
     plan: Plan, result: dict[str, Any], *, out_dir: Path, workdir: Path, profile: bool, write_path_only: bool = False
 ) -> None:
-    """Baselines, then the write path, sends, fan-out and logins on one platform."""
+    """Baselines, then the write path, sends, fan-out and logins on one platform; then the write
+    path again on a platform with two instances of each stateless service."""
     print("[bench] baselines ...", flush=True)
     result["baselines"] = await measure_baselines(plan, workdir, argon2=not write_path_only)
     platform = BenchPlatform(workdir / "data", env=dict(UNLIMITED_CALLS))
@@ -450,21 +453,32 @@ async def measure_platform(
             sequential=plan.sequential_sends,
             profile_dir=out_dir / "profiles" if profile else None,
         )
-        if write_path_only:
-            return
-        print("[bench] sends, latency at half load, archive lag ...", flush=True)
-        sends = await measure_sends(bench, plan, out_dir / "profiles" if profile else None, platform)
-        pairs = sends.pop("_pairs")
-        result["sends"] = sends
-        print("[bench] fan-out ...", flush=True)
-        fanout = await measure_fanout(bench, plan)
-        usernames = fanout.pop("_usernames")
-        result["fanout"] = fanout
-        print("[bench] login storm ...", flush=True)
-        result["logins"] = await measure_logins(bench, plan, usernames, pairs[0])
+        if not write_path_only:
+            profile_dir = out_dir / "profiles" if profile else None
+            await _other_phases(bench, plan, result, profile_dir=profile_dir, platform=platform)
     finally:
         await bench.close()
         await platform.stop()
+    # After the one-instance platform stopped: the two never compete for the cores.
+    result["write_path_two_instances"] = await measure_two_instances(
+        workdir, result["baselines"], result["write_path"], seconds=plan.seconds, env=dict(UNLIMITED_CALLS)
+    )
+
+
+async def _other_phases(
+    bench: Bench, plan: Plan, result: dict[str, Any], *, profile_dir: Path | None, platform: BenchPlatform
+) -> None:
+    """Sends, fan-out and logins on the one-instance platform (not in `--write-path-only`)."""
+    print("[bench] sends, latency at half load, archive lag ...", flush=True)
+    sends = await measure_sends(bench, plan, profile_dir, platform)
+    pairs = sends.pop("_pairs")
+    result["sends"] = sends
+    print("[bench] fan-out ...", flush=True)
+    fanout = await measure_fanout(bench, plan)
+    usernames = fanout.pop("_usernames")
+    result["fanout"] = fanout
+    print("[bench] login storm ...", flush=True)
+    result["logins"] = await measure_logins(bench, plan, usernames, pairs[0])
 
 
 def write_report(result: dict[str, Any], out_dir: Path) -> None:

@@ -257,7 +257,9 @@ async def measure_write_path(
     seconds: float,
     sequential: int,
     profile_dir: Path | None = None,
+    throughput_only: bool = False,
 ) -> dict[str, Any]:
+    """Every write-path figure; `throughput_only`: the two closed-loop phases alone."""
     from parley_bench.run import start_profilers
 
     users = await bench.new_members("wp", SHARED_SENDERS)
@@ -278,7 +280,8 @@ async def measure_write_path(
     one_channel = [(user, shared) for user in users]
     result: dict[str, Any] = {"baseline_grpc_echo_qps": baselines["grpc_echo_qps"]}
     result["baseline_jetstream_publish_consume_per_s"] = baselines["jetstream_publish_consume_per_s"]
-    result["sequential"] = await _one_at_a_time(owner, shared, sequential, deliveries)
+    if not throughput_only:
+        result["sequential"] = await _one_at_a_time(owner, shared, sequential, deliveries)
     profilers = start_profilers(platform, profile_dir, seconds, prefix="write-path-") if profile_dir else []
     result["one_channel_10_senders"] = await _phase(
         "1 channel x 10 senders",
@@ -298,9 +301,10 @@ async def measure_write_path(
         cpu=cpu,
         baselines=baselines,
     )
-    result["half_load_one_channel"] = await _half_load(
-        one_channel, result["one_channel_10_senders"]["messages_per_s"], seconds, deliveries
-    )
+    if not throughput_only:
+        result["half_load_one_channel"] = await _half_load(
+            one_channel, result["one_channel_10_senders"]["messages_per_s"], seconds, deliveries
+        )
     return result
 
 
