@@ -1,0 +1,44 @@
+"""The client's plain calls are declared, not written out: the declarations must match the API."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+
+import grpc
+
+from parley_client import ParleyClient
+from parley_client.plain_calls import PlainCalls
+from parley_client.rpc import GATEWAY, Rpc
+
+
+def declared() -> dict[str, Rpc[..., object]]:
+    return {name: attr for name, attr in vars(PlainCalls).items() if isinstance(attr, Rpc)}
+
+
+def test_every_plain_call_builds_the_request_its_gateway_method_takes() -> None:
+    calls = declared()
+    assert len(calls) >= 25
+    for name, call in calls.items():
+        request = typing.get_type_hints(call.request)["return"]
+        expected = GATEWAY.methods_by_name[call.method].input_type
+        assert request.DESCRIPTOR is expected, f"{name} builds a {request.__name__}, {call.method} takes {expected.name}"
+
+
+def test_a_call_on_a_method_the_gateway_lacks_is_refused_when_declared() -> None:
+    try:
+        Rpc("NoSuchMethod", lambda: None, lambda r: r, write=False, timeout=1.0)  # type: ignore[arg-type,return-value]
+    except TypeError as exc:
+        assert "NoSuchMethod" in str(exc)
+    else:
+        raise AssertionError("an unknown gateway method was accepted")
+
+
+async def test_a_plain_call_shows_its_builders_signature_and_docstring() -> None:
+    client = ParleyClient(grpc.aio.insecure_channel("127.0.0.1:1"))  # never connected: nothing is called
+    try:
+        assert list(inspect.signature(client.kick).parameters) == ["channel_id", "user_id", "reason"]
+        assert client.join_channel.__doc__ == ParleyClient.join_channel.__doc__
+        assert "exactly one channel" in (ParleyClient.join_channel.__doc__ or "")
+    finally:
+        await client.close()
