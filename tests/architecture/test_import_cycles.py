@@ -45,7 +45,8 @@ def imported(name: str, path: Path, known: dict[str, Path]) -> Iterator[str]:
             targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
         else:
             continue
-        for target in targets:
+        for dotted in targets:
+            target = dotted
             while target and target not in known:  # `import a.b.c` of a name inside a module
                 target = target.rpartition(".")[0]
             if target and target != name:
