@@ -36,6 +36,7 @@ async def test_a_plain_call_shows_its_builders_signature_and_docstring() -> None
     client = ParleyClient(grpc.aio.insecure_channel("127.0.0.1:1"))  # never connected: nothing is called
     try:
         assert list(inspect.signature(client.kick).parameters) == ["channel_id", "user_id", "reason"]
+        assert (client.kick.__name__, client.ban.__name__) == ("kick", "ban")
         assert client.join_channel.__doc__ == ParleyClient.join_channel.__doc__
         assert "exactly one channel" in (ParleyClient.join_channel.__doc__ or "")
     finally:

@@ -74,15 +74,9 @@ class PlainCalls(GatewaySession):
     def kick(channel_id: str, user_id: str, *, reason: str = "") -> messaging_pb2.MemberActionRequest:
         return messaging_pb2.MemberActionRequest(channel_id=channel_id, user_id=user_id, reason=reason)
 
-    @rpc("BanMember", whole(Channel))
-    @staticmethod
-    def ban(channel_id: str, user_id: str, *, reason: str = "") -> messaging_pb2.MemberActionRequest:
-        return messaging_pb2.MemberActionRequest(channel_id=channel_id, user_id=user_id, reason=reason)
-
-    @rpc("UnbanMember", whole(Channel))
-    @staticmethod
-    def unban(channel_id: str, user_id: str) -> messaging_pb2.MemberActionRequest:
-        return messaging_pb2.MemberActionRequest(channel_id=channel_id, user_id=user_id)
+    # A ban takes what a kick takes, lifting it what an invitation takes.
+    ban = rpc("BanMember", whole(Channel))(kick.request)
+    unban = rpc("UnbanMember", whole(Channel))(invite.request)
 
     @rpc("SetMemberRole", whole(Channel))
     @staticmethod

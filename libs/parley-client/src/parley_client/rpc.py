@@ -40,6 +40,10 @@ class Rpc(Generic[P, R]):
         self.write = write
         self.timeout = timeout
         self.__doc__ = request.__doc__
+        self.name = request.__name__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name  # a builder may serve two calls (a kick's request also bans)
 
     @overload
     def __get__(self, client: None, owner: type) -> Rpc[P, R]: ...
@@ -59,6 +63,8 @@ class Rpc(Generic[P, R]):
                 response = await client._call(stub_method, request, self.timeout)
             return self.answer(response)
 
+        call.__name__ = self.name
+        call.__qualname__ = f"{type(client).__name__}.{self.name}"
         return call
 
 
