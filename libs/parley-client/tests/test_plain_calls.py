@@ -35,7 +35,9 @@ def test_a_call_on_a_method_the_gateway_lacks_is_refused_when_declared() -> None
 async def test_a_plain_call_shows_its_builders_signature_and_docstring() -> None:
     client = ParleyClient(grpc.aio.insecure_channel("127.0.0.1:1"))  # never connected: nothing is called
     try:
-        assert list(inspect.signature(client.kick).parameters) == ["channel_id", "user_id", "reason"]
+        shown = inspect.signature(client.kick)
+        assert list(shown.parameters) == ["channel_id", "user_id", "reason"]
+        assert shown.return_annotation is inspect.Signature.empty  # not the request the builder returns
         assert (client.kick.__name__, client.ban.__name__) == ("kick", "ban")
         assert client.join_channel.__doc__ == ParleyClient.join_channel.__doc__
         assert "exactly one channel" in (ParleyClient.join_channel.__doc__ or "")

@@ -10,6 +10,7 @@ ambiguous writes) is the session's, written once.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
@@ -65,6 +66,10 @@ class Rpc(Generic[P, R]):
 
         call.__name__ = self.name
         call.__qualname__ = f"{type(client).__name__}.{self.name}"
+        # help() shows the builder's parameters, not its return type (the request, not the answer).
+        call.__signature__ = inspect.signature(self.request).replace(  # type: ignore[attr-defined]
+            return_annotation=inspect.Signature.empty
+        )
         return call
 
 
