@@ -17,8 +17,8 @@ from parley.messaging.v1.messaging_pb2 import Channel, ChatMessage
 from parley_cli.terminal import shown
 from parley_cli.wording import counted
 from parley_client import DeviceStore, LiveEvent, OutcomeUnknown, ParleyClient, ParleyError
-from parley_client.client import RESUMABLE
 from parley_client.e2ee import BODY_PREFIX
+from parley_client.live import RESUMABLE
 
 CHANNEL_ID = re.compile(r"[0-9a-f]{32}")
 OPENING_PAGE = 20  # the newest messages `parley chat` shows before going live

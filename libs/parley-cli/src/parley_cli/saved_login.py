@@ -21,7 +21,7 @@ import grpc
 from parley.auth.v1 import auth_pb2
 
 from parley_client import ParleyClient, ParleyError
-from parley_client.client import TOKEN_LIFETIME_S
+from parley_client.session import TOKEN_LIFETIME_S
 from parley_core.files import ensure_private_dir, write_private_file
 
 

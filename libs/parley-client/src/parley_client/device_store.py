@@ -13,11 +13,9 @@ import os
 import secrets
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from parley_client.client import ParleyClient
-    from parley_client.e2ee import E2eeDevice
+from parley_client.e2ee import DeviceCalls, E2eeDevice
 
 PICKLE_KEY_BYTES = 32
 
@@ -55,9 +53,7 @@ class DeviceStore:
             raise ValueError(f"{self.key_path} is not a {PICKLE_KEY_BYTES}-byte pickle key")
         return key
 
-    def load(self, client: ParleyClient) -> E2eeDevice:
-        from parley_client.e2ee import E2eeDevice
-
+    def load(self, client: DeviceCalls) -> E2eeDevice:
         state: dict[str, Any] = json.loads(self.path.read_text())
         if client.user_id and state["user_id"] != client.user_id:
             raise ValueError(f"{self.path} holds a device of another user")

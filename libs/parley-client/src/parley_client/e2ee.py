@@ -19,16 +19,13 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import vodozemac
 from parley.auth.v1 import auth_pb2
 from parley.messaging.v1 import messaging_pb2
-
-if TYPE_CHECKING:
-    from parley_client.client import ParleyClient
 
 BODY_PREFIX = "megolm.v1:"
 ROOM_KEY = "parley.room_key.v1"
@@ -133,10 +130,34 @@ def parse_body(body: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2]
 
 
+class DeviceCalls(Protocol):
+    """What a device asks of the platform: the key directory and the to-device queue.
+    ParleyClient provides them; the device needs nothing else of it, and does not import it."""
+
+    @property
+    def user_id(self) -> str | None: ...
+
+    async def publish_device_keys(
+        self, *, device_id: str, curve25519: bytes, ed25519: bytes, signature: bytes, display_name: str = ""
+    ) -> auth_pb2.Device: ...
+
+    async def upload_one_time_keys(
+        self, device_id: str, keys: Sequence[auth_pb2.OneTimeKey], *, fallback_key: auth_pb2.OneTimeKey | None = None
+    ) -> int: ...
+
+    async def list_devices(self, user_ids: Sequence[str]) -> list[auth_pb2.Device]: ...
+
+    async def claim_one_time_key(self, user_id: str, device_id: str) -> auth_pb2.ClaimedOneTimeKey: ...
+
+    async def send_to_device(self, messages: Sequence[messaging_pb2.ToDeviceMessage]) -> None: ...
+
+    async def fetch_to_device(self, device_id: str, *, after_queue_seq: int) -> list[messaging_pb2.ToDeviceMessage]: ...
+
+
 class E2eeDevice:
     """One device of the logged-in user: its Olm account and every session it holds."""
 
-    def __init__(self, client: ParleyClient, device_id: str, account: vodozemac.Account | None = None) -> None:
+    def __init__(self, client: DeviceCalls, device_id: str, account: vodozemac.Account | None = None) -> None:
         self._client = client
         self.device_id = device_id
         self.account = account or vodozemac.Account()
@@ -168,7 +189,7 @@ class E2eeDevice:
         }
 
     @classmethod
-    def from_state(cls, client: ParleyClient, state: dict[str, Any], pickle_key: bytes) -> E2eeDevice:
+    def from_state(cls, client: DeviceCalls, state: dict[str, Any], pickle_key: bytes) -> E2eeDevice:
         device = cls(client, state["device_id"], vodozemac.Account.from_pickle(state["account"], pickle_key))
         device._olm = {
             peer: [vodozemac.Session.from_pickle(s, pickle_key) for s in sessions]

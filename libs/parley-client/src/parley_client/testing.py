@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from parley_client.client import ParleyClient, ParleyError
+from parley_client.client import ParleyClient
+from parley_client.errors import ParleyError
 
 
 @dataclass

@@ -34,7 +34,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn, Protocol
 
 from parley.auth.v1.events_pb2 import AccountErased, SourceSlowed
 from parley.storage.v1.events_pb2 import (
@@ -45,17 +45,20 @@ from parley.storage.v1.events_pb2 import (
     SourceSlowdownDue,
 )
 
+from parley_auth.anomaly_evidence import EvidenceRules
+from parley_auth.audit_trail import AuditTrail
+from parley_auth.domain import AccountDirectory
+from parley_auth.event_log import AuthLog
+from parley_auth.lockout import LockoutBook
+from parley_auth.sessions import Session, SessionBook
 from parley_core.bus import ReceivedEvent, Refused, RetryLater
 from parley_core.envelope import NewEvent, UnknownEventType, open_payload
 from parley_core.errors import Unavailable
 from parley_core.log_deletion import ERASURE, DeletionRefused, LoggedEventToDelete, delete_checked, personal_data_of
 from parley_core.markers import account_erasure_marker
+from parley_core.runner import RunContext
 from parley_core.sources import budget_key
 from parley_core.topology import username_subject
-
-if TYPE_CHECKING:
-    from parley_auth.service import AuthApp
-    from parley_auth.sessions import Session
 
 MAX_SOURCE = 256
 MAX_SLOWDOWN_S = 86400.0
@@ -67,10 +70,35 @@ class NoEvidenceYet(Exception):
     """A detector's response whose evidence auth does not hold yet: redelivered once, then refused."""
 
 
+class AuthHost(Protocol):
+    """What the handler uses of the auth servicer (service.AuthApp), named here so that this
+    module does not import the servicer that imports it: the projection's state, the log, the
+    audit trail, and the servicer's responses to a detector's finding."""
+
+    accounts: AccountDirectory
+    sessions: SessionBook
+    lockouts: LockoutBook
+    evidence: EvidenceRules
+    erased_users: set[str]
+    erasure_requests: set[str]
+    erasure_markers: set[str]
+    username_holders: dict[str, str]
+
+    @property
+    def ctx(self) -> RunContext: ...
+    @property
+    def events(self) -> AuthLog: ...
+    @property
+    def audit(self) -> AuditTrail: ...
+    async def require_step_up(self, session: Session, reason: str, anomaly_event_id: str) -> None: ...
+    async def slow_source(self, slowed: SourceSlowed, event_id: str) -> None: ...
+    async def revoke_for_anomaly(self, session: Session, reason: str) -> None: ...
+
+
 class StorageDue:
     """The handler of auth's durable consumer of its due facts on STORE."""
 
-    def __init__(self, app: AuthApp) -> None:
+    def __init__(self, app: AuthHost) -> None:
         self._app = app
 
     async def handle(self, batch: Sequence[ReceivedEvent]) -> None:

@@ -29,6 +29,7 @@ from parley.messaging.v1.events_pb2 import (
     ReadMarkerMoved,
 )
 
+from parley_core.chat_messages import chat_message
 from parley_core.envelope import UnknownEventType, open_payload
 from parley_core.errors import DomainError, PermissionDenied, ResourceExhausted
 from parley_core.visibility import HistoryView
@@ -38,21 +39,21 @@ def client_event(payload: Message, position: int) -> gateway_pb2.ClientEvent | N
     """The client's view of one channel event at stream `position`; None for events clients don't see."""
     if isinstance(payload, MessagePosted):
         return gateway_pb2.ClientEvent(
-            message=messaging_pb2.ChatMessage(
+            message=chat_message(
                 channel_id=payload.channel_id,
                 message_id=payload.message_id,
                 sender_id=payload.sender_id,
                 sender_name=payload.sender_name,
                 channel_seq=payload.channel_seq,
                 body=payload.body,
-                sent_at=payload.sent_at,
+                sent_at_ns=payload.sent_at.ToNanoseconds(),
                 position=position,
                 thread_root_seq=payload.thread_root_seq,
             )
         )
     if isinstance(payload, MessageEdited):
         return gateway_pb2.ClientEvent(
-            updated=messaging_pb2.ChatMessage(
+            updated=chat_message(
                 channel_id=payload.channel_id,
                 message_id=payload.message_id,
                 sender_id=payload.editor_id,
@@ -64,7 +65,7 @@ def client_event(payload: Message, position: int) -> gateway_pb2.ClientEvent | N
         )
     if isinstance(payload, MessageRedacted):
         return gateway_pb2.ClientEvent(
-            updated=messaging_pb2.ChatMessage(
+            updated=chat_message(
                 channel_id=payload.channel_id,
                 message_id=payload.message_id,
                 channel_seq=payload.channel_seq,

@@ -23,21 +23,22 @@ from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.patch.v1 import patch_pb2_grpc
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
-from parley_core.compliance_reports import BadReportRequest, NoSuchReport, filed_reports, read_report
 from parley_core.errors import InvalidArgument, PermissionDenied
 from parley_core.rbac import Permission
 from parley_core.runner import RunContext
 from parley_core.sources import budget_key, client_address
 from parley_core.tokens import bearer_token
-from parley_core.topology import channel_subject
 from parley_core.visibility import HistoryView
-from parley_gateway.catchup import events_between
+from parley_gateway.console import audit_verdict, relay_security_events, report, report_list
 from parley_gateway.fanout import ChannelFeed
-from parley_gateway.forwarding import HIDDEN_DETAIL, Context, Forwarded, forward
+from parley_gateway.forwarding import Context, forward
 from parley_gateway.limits import Admission, GatewayLimits, LiveStreamCaps, RateLimited
-from parley_gateway.live import LiveBuffer, LiveSubscriber, channel_event_of, view_of
+from parley_gateway.live import LiveSubscriber
 from parley_gateway.routes import ROUTES, Again, Bound, Upstream, bind
-from parley_gateway.web import BrowserApp, BrowserListener, GatewayConnectApp, GatewayPipeline, WebFiles
+from parley_gateway.subscriptions import Backlog, backlog_events, joined
+from parley_gateway.web import BrowserApp, BrowserListener, WebFiles
+from parley_gateway.web_api import GatewayConnectApp
+from parley_gateway.web_calls import GatewayPipeline
 
 log = logging.getLogger(__name__)
 
@@ -257,11 +258,8 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
     async def Subscribe(
         self, request: gateway_pb2.SubscribeRequest, context: Context
     ) -> AsyncIterator[gateway_pb2.ClientEvent]:
-        """Live events of the caller's channels, from the process's channel feed (fanout.py).
-
-        The stream joins the feed before it reads any backlog, at the feed's position then: the
-        log up to there, the feed after it, so nothing is missed and nothing comes twice.
-        """
+        """Live events of the caller's channels, from the process's channel feed (fanout.py),
+        after the backlog of the channels it resumes (subscriptions.py)."""
         assert self._ctx is not None
         user_id = await self._admit(request, context)
         with self._caps.held(user_id):
@@ -269,15 +267,8 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
             try:
                 yield ready
                 del ready  # a stream lives long: it keeps only what it needs (10,000 of them per process)
-                for channel_id, (after, up_to) in backlog.items():
-                    view = stream.views[channel_id]
-                    async for position, envelope in events_between(
-                        self._ctx.bus.nc, stream="MSG", subject=channel_subject(channel_id), after=after, up_to=up_to
-                    ):
-                        event = channel_event_of(envelope, position)
-                        if event.client_event is not None and event.seen_by(view):
-                            stream.check()  # the backlog is re-checked like live events: revocation ends it too
-                            yield event.client_event
+                async for event in backlog_events(self._ctx.bus.nc, stream, backlog):
+                    yield event
                 del backlog
                 while True:
                     item = await stream.buffer.take()
@@ -288,42 +279,25 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
 
     async def _join_feed(
         self, request: gateway_pb2.SubscribeRequest, context: Context, user_id: str
-    ) -> tuple[LiveSubscriber, gateway_pb2.ClientEvent, dict[str, tuple[int, int]]]:
-        """The caller's stream, joined to the feed; its `ready` event; per resumed channel, the
-        positions between which its backlog is read from the log."""
+    ) -> tuple[LiveSubscriber, gateway_pb2.ClientEvent, Backlog]:
         assert self._ctx is not None
         assert self._messaging is not None
         await self._feed.wait_ready(min(context.time_remaining() or FEED_READY_WAIT_S, FEED_READY_WAIT_S))
         mine = await forward(self._messaging.ListMyChannels, messaging_pb2.ListMyChannelsRequest(), context)
-        views = {c.channel_id: view_of(c) for c in mine.channels}
-        resume = {r.channel_id: r.after_position for r in request.resume}
-        wanted = list(dict.fromkeys([*request.channel_ids, *resume])) or sorted(views)
-        self._caps.check_channels(len(wanted))
-        if not_mine := [c for c in wanted if c not in views]:
-            raise PermissionDenied(f"not a member of channel(s): {', '.join(not_mine[:5])}")
-        token = bearer_token(context) or ""
-        tokens = self._ctx.tokens
+        token, tokens = bearer_token(context) or "", self._ctx.tokens
 
         def check() -> None:
             tokens.verify(token).require(Permission.MESSAGES_READ, what=LIVE_STREAM)
 
-        # A hidden history starts at the member's join, wherever the client asks to resume.
-        starts = {c: max(resume.get(c, 0), views[c].first_position - 1) for c in wanted}
-        live_from = self._feed.position
-        stream = LiveSubscriber(
+        return joined(
+            self._feed,
+            mine,
+            request,
             user_id=user_id,
-            views={c: views[c] for c in wanted},
-            after={c: max(start, live_from) for c, start in starts.items()},
-            buffer=LiveBuffer(self.limits.live_buffer),
+            caps=self._caps,
+            buffer_size=self.limits.live_buffer,
             check=check,
         )
-        self._feed.add(stream)  # no await since live_from was read: no event was handed out in between
-        # Channels not resumed start now; the client resumes from these positions if it drops.
-        positions = [
-            gateway_pb2.ResumeFrom(channel_id=c, after_position=stream.after[c]) for c in wanted if c not in resume
-        ]
-        ready = gateway_pb2.ClientEvent(ready=gateway_pb2.Ready(channel_ids=wanted, positions=positions))
-        return stream, ready, {c: (starts[c], live_from) for c in resume}
 
     async def _end_streams_that_lost_access(self) -> None:
         """A revoked session, a disabled account or a withdrawn messages.read ends the caller's
@@ -345,25 +319,13 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
     async def WatchSecurityEvents(
         self, request: storage_pb2.WatchSecurityEventsRequest, context: Context
     ) -> AsyncIterator[storage_pb2.SecurityEventNotice]:
-        """Storage's security event stream, relayed for as long as the caller holds it open (one of
-        the caller's live-stream slots); storage ends it when the token no longer holds."""
+        """Storage's security event stream, relayed in one of the caller's live-stream slots."""
         assert self._archive is not None
         user_id = await self._admit(request, context)
         self._require(context, Permission.AUDIT_READ, "watching the security events")
-        fwd = Forwarded.of(context)
         with self._caps.held(user_id):
-            # No deadline of ours: the stream lives as long as the client keeps it (or its own deadline).
-            call = self._archive.WatchSecurityEvents(request, metadata=fwd.metadata, timeout=context.time_remaining())
-            try:
-                async for notice in call:
-                    yield notice
-            except grpc.aio.AioRpcError as exc:
-                if (public := HIDDEN_DETAIL.get(exc.code())) is None:
-                    await context.abort(exc.code(), exc.details() or "")
-                log.warning("security event stream failed", extra={"code": exc.code().name, "detail": exc.details()})
-                await context.abort(exc.code(), public)
-            finally:
-                call.cancel()
+            async for notice in relay_security_events(self._archive, request, context):
+                yield notice
 
     async def ListComplianceReports(
         self, request: gateway_pb2.ListComplianceReportsRequest, context: Context
@@ -371,33 +333,14 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         """The reports filed in the data folder (fleet.read, checked by the interceptor)."""
         assert self._ctx is not None
         await self._admit(request, context)
-        filed = await asyncio.to_thread(filed_reports, self._ctx.settings.data_dir)
-        return gateway_pb2.ListComplianceReportsResponse(
-            reports=[
-                gateway_pb2.ComplianceReportEntry(report_id=r.report_id, written_at=r.written_at, formats=r.formats)
-                for r in filed
-            ]
-        )
+        return await report_list(self._ctx.settings.data_dir)
 
     async def GetComplianceReport(
         self, request: gateway_pb2.GetComplianceReportRequest, context: Context
     ) -> gateway_pb2.ComplianceReport:
-        """One filed report's text, by id (never a path: parley_core.compliance_reports)."""
         assert self._ctx is not None
         await self._admit(request, context)
-        try:
-            report, fmt, content = await asyncio.to_thread(
-                read_report, self._ctx.settings.data_dir, request.report_id, request.format
-            )
-        except BadReportRequest as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise  # abort raises; this keeps type checkers informed
-        except NoSuchReport as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-            raise
-        return gateway_pb2.ComplianceReport(
-            report_id=report.report_id, format=fmt, content=content, written_at=report.written_at
-        )
+        return await report(self._ctx.settings.data_dir, request, context)
 
     async def VerifyAudit(
         self, request: gateway_pb2.VerifyAuditRequest, context: Context
@@ -412,18 +355,7 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
             storage_pb2.GetAuditChainStateRequest(verify_now=request.verify_now),
             context,
         )
-        return gateway_pb2.VerifyAuditResponse(
-            intact=state.intact,
-            records=state.records,
-            last_index=state.last_index,
-            last_recorded_at=state.last_recorded_at,
-            findings=state.findings,
-            verified_at=state.verified_at,
-            head_index=state.head_index,
-            last_checkpoint=state.last_checkpoint if state.HasField("last_checkpoint") else None,
-            checkpoint_errors=state.checkpoint_errors,
-            verify_interval_seconds=state.verify_interval_seconds,
-        )
+        return audit_verdict(state)
 
 
 def _served_from_the_table(name: str) -> Callable[[GatewayApp, Any, Context], Awaitable[Any]]:

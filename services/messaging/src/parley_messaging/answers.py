@@ -1,11 +1,12 @@
-"""Protobuf answers from the channel projection: the one `ChatMessage` and `Channel` converters,
-and a thread's page. Reads only; what a viewer may see is the channel's rule (Channel.view)."""
+"""Protobuf answers from the channel projection: its messages (parley_core.chat_messages builds every
+`ChatMessage`), the one `Channel` converter and a thread's page. Reads only; what a viewer may see
+is the channel's rule (Channel.view)."""
 
 from __future__ import annotations
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from parley.messaging.v1 import messaging_pb2
 
+from parley_core.chat_messages import chat_message
 from parley_core.errors import InvalidArgument
 from parley_messaging.domain import Channel
 from parley_messaging.messages import MessageRecord, PostedMessage
@@ -18,25 +19,19 @@ MAX_THREAD_PAGE_BYTES = 2 * 1024 * 1024
 
 
 def to_proto(message: PostedMessage, record: MessageRecord | None = None) -> messaging_pb2.ChatMessage:
-    sent = Timestamp()
-    sent.FromNanoseconds(message.sent_at_unix_ns)
-    reactions = [
-        messaging_pb2.ReactionCount(emoji=emoji, user_ids=sorted(users))
-        for emoji, users in sorted((record.reactions if record else {}).items())
-    ]
-    return messaging_pb2.ChatMessage(
+    return chat_message(
         channel_id=message.channel_id,
         message_id=message.message_id,
         sender_id=message.sender_id,
         sender_name=message.sender_name,
         channel_seq=message.channel_seq,
         body=message.body,
-        sent_at=sent,
+        sent_at_ns=message.sent_at_unix_ns,
         redacted=message.redacted,
         edit_count=message.edit_count,
         thread_root_seq=message.thread_root_seq,
         reply_count=len(record.replies) if record else 0,
-        reactions=reactions,
+        reactions=record.reactions if record else {},
     )
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from google.protobuf.message import Message
 from parley.messaging.v1.events_pb2 import MessageEdited, MessagePosted, MessagesErased, MessagesExpired
@@ -50,11 +50,12 @@ from parley_core.log_deletion import (
     personal_data_of,
 )
 from parley_core.markers import Marker, channel_erasure_marker, expiry_marker
+from parley_core.runner import RunContext
 from parley_core.topology import channel_subject
 from parley_messaging.domain import Channel
-
-if TYPE_CHECKING:
-    from parley_messaging.service import MessagingApp
+from parley_messaging.event_log import MessagingLog
+from parley_messaging.log_tail import ArchivedTail
+from parley_messaging.projection import ChannelDirectory
 
 NS_PER_DAY = 86_400 * 10**9
 # How far storage's clock may run ahead of messaging's when it decides a cutoff.
@@ -67,10 +68,23 @@ class NotErasedYet(Exception):
     """An erasure fact for an account whose erasure auth has not recorded (in this view, yet)."""
 
 
+class MessagingHost(Protocol):
+    """What the handler uses of the messaging servicer (service.MessagingApp), named here so
+    that this module does not import the servicer that imports it."""
+
+    channels: ChannelDirectory
+    log_tail: ArchivedTail
+
+    @property
+    def ctx(self) -> RunContext: ...
+    @property
+    def event_log(self) -> MessagingLog: ...
+
+
 class StorageDue:
     """The handler of messaging's durable consumer of its due facts on STORE."""
 
-    def __init__(self, app: MessagingApp, *, now_ns: Callable[[], int] = time.time_ns) -> None:
+    def __init__(self, app: MessagingHost, *, now_ns: Callable[[], int] = time.time_ns) -> None:
         self._app = app
         self._now_ns = now_ns
 

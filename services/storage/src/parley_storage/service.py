@@ -11,15 +11,14 @@ from functools import partial
 from pathlib import Path
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import metrics
-from parley.messaging.v1 import messaging_pb2
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from parley_core.audit_checkpoints import checkpoint_folder
 from parley_core.bus import EventBus, ReceivedEvent, RetryLater
+from parley_core.chat_messages import chat_message
 from parley_core.config import Settings
 from parley_core.database import SQLITE_ARCHIVE, recorded_database_url, with_driver
 from parley_core.errors import InvalidArgument, PermissionDenied, Unavailable
@@ -335,26 +334,23 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
             )
         except DATABASE_DOWN:
             raise Unavailable("history is unavailable while the archive database is down; retry shortly") from None
-        out = []
-        for m in messages:
-            sent = Timestamp()
-            sent.FromNanoseconds(m.sent_at_ns)
-            out.append(
-                messaging_pb2.ChatMessage(
-                    channel_id=m.channel_id,
-                    message_id=m.message_id,
-                    sender_id=m.sender_id,
-                    sender_name=m.sender_name,
-                    channel_seq=m.channel_seq,
-                    body=m.body,
-                    sent_at=sent,
-                    redacted=not m.body and not m.erased,  # the archive blanks a redacted message's text
-                    erased=m.erased,
-                    thread_root_seq=m.thread_root_seq,
-                    edited=m.edited,
-                    reactions=[messaging_pb2.ReactionCount(emoji=e, user_ids=users) for e, users in m.reactions],
-                )
+        out = [
+            chat_message(
+                channel_id=m.channel_id,
+                message_id=m.message_id,
+                sender_id=m.sender_id,
+                sender_name=m.sender_name,
+                channel_seq=m.channel_seq,
+                body=m.body,
+                sent_at_ns=m.sent_at_ns,
+                redacted=not m.body and not m.erased,  # the archive blanks a redacted message's text
+                erased=m.erased,
+                thread_root_seq=m.thread_root_seq,
+                edited=m.edited,
+                reactions=m.reactions,
             )
+            for m in messages
+        ]
         return storage_pb2.GetChannelHistoryResponse(messages=out, has_more=has_more)
 
 
