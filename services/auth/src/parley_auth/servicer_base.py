@@ -29,7 +29,8 @@ from parley_core.envelope import NewEvent
 from parley_core.errors import NotFound
 from parley_core.rate import TokenBuckets
 from parley_core.rbac import AccountAction
-from parley_core.runner import RunContext, peer_names
+from parley_core.run_context import RunContext
+from parley_core.server_interceptors import peer_names
 from parley_core.sources import MAX_SOURCE_LENGTH, SOURCE_METADATA, client_address
 from parley_core.tokens import Caller, bearer_token
 from parley_core.topology import PLATFORM_USER, stream_subject, user_subject
