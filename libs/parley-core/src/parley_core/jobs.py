@@ -136,7 +136,13 @@ class PeriodicJob:
             await self._tick()
         except Exception:
             self.failures += 1
-            log.exception("periodic job's tick failed; it runs again at its next interval", extra={"job": self.name})
+            # A warning: the next tick retries, as a reconnecting client does; a job whose failure
+            # needs an operator says so in its own log line or metric.
+            log.warning(
+                "periodic job's tick failed; it runs again at its next interval",
+                extra={"job": self.name},
+                exc_info=True,
+            )
             return True
         else:
             return False

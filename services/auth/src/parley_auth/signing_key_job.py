@@ -6,7 +6,6 @@ module reads and writes the key files and appends the events.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -23,6 +22,7 @@ from parley_auth.signing import TokenIssuer
 from parley_core.bus import ConcurrencyConflict, EventBus
 from parley_core.envelope import NewEvent
 from parley_core.errors import FailedPrecondition, Unavailable
+from parley_core.jobs import every
 from parley_core.tokens import ALGORITHM
 from parley_core.topology import signing_key_subject
 
@@ -44,9 +44,15 @@ class SigningKeyJob:
         self.schedule = KeySchedule(rotation_s=rotation_s, token_lifetime_s=token_lifetime_s)
         self._keys = keys  # the projection's
         self._token_lifetime_s = token_lifetime_s
-        self._changed = asyncio.Event()
-        self._stopping = False
-        self._task: asyncio.Task[None] | None = None
+        # Rotates the key on schedule and retires replaced keys once every token they signed has
+        # expired. Times come from the AUTH stream, so a restart keeps the schedule; woken when the
+        # keys change, else at the next due time (re-read at least hourly, retried after a failure).
+        self._job = every(
+            self._next_due_s,
+            self._chores,
+            name="auth-signing-keys",
+            after_failure=KEY_MAINTENANCE_RETRY_S,
+        )
         self._issuer: TokenIssuer | None = None
         self._secrets_dir = Path()
         self._sealer: SecretSealer | None = None
@@ -86,16 +92,13 @@ class SigningKeyJob:
         if isinstance(payload, SigningKeyPublished):
             self._adopt_successor(payload)
         if isinstance(payload, SigningKeyPublished | SigningKeyRetired):
-            self._changed.set()
+            self._job.wake()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._maintain(), name="auth-signing-keys")
+        self._job.start()
 
     async def stop(self) -> None:
-        self._stopping = True
-        self._changed.set()
-        if self._task is not None:
-            await self._task
+        await self._job.stop()
 
     @property
     def _signing_key_path(self) -> Path:
@@ -215,30 +218,12 @@ class SigningKeyJob:
         async with self.audit.recorded("signing_key_retired", actor=actor, detail=key_id):
             await self.events.append(signing_key_subject(key_id), event, version=2, expected_seq=None)
 
-    async def _maintain(self) -> None:
-        """Rotates the signing key on schedule (PARLEY_AUTH_SIGNING_KEY_ROTATION_SECONDS) and
-        retires each replaced key once every token it signed has expired. Times come from the
-        AUTH stream, so a restart keeps the schedule; wakes when the keys change or at the next
-        due time."""
-        while not self._stopping:
-            self._changed.clear()
-            failed = False
-            try:
-                await self._chores()
-            except Exception:  # retried shortly; tokens keep being issued and verified meanwhile
-                log.exception("signing key rotation or retirement failed")
-                failed = True
-            assert self._issuer is not None
-            due = self.schedule.next_due(self._keys, current_key_id=self._issuer.key_id)
-            delay = (
-                KEY_MAINTENANCE_MAX_WAIT_S
-                if due is None
-                else min(max(due - time.time(), 0.0), KEY_MAINTENANCE_MAX_WAIT_S)
-            )
-            if failed:
-                delay = max(delay, KEY_MAINTENANCE_RETRY_S)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), delay)
+    def _next_due_s(self) -> float:
+        assert self._issuer is not None
+        due = self.schedule.next_due(self._keys, current_key_id=self._issuer.key_id)
+        if due is None:
+            return KEY_MAINTENANCE_MAX_WAIT_S
+        return min(max(due - time.time(), 0.0), KEY_MAINTENANCE_MAX_WAIT_S)
 
     async def _chores(self) -> None:
         assert self._issuer is not None
