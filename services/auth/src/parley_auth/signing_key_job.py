@@ -19,6 +19,7 @@ from parley_auth.event_log import AuthLog
 from parley_auth.key_rotation import KeySchedule, SigningKeyState, key_in_use, replaced_at
 from parley_auth.sealing import SealedFieldUnreadable, SecretSealer
 from parley_auth.signing import TokenIssuer
+from parley_core.actor import Actor
 from parley_core.bus import ConcurrencyConflict, EventBus
 from parley_core.envelope import NewEvent
 from parley_core.errors import FailedPrecondition, Unavailable
@@ -121,13 +122,13 @@ class SigningKeyJob:
         subject_key = previous or issuer.key_id
         state = self._keys.get(subject_key)
         event = NewEvent(
-            aggregate_type="signing_key", aggregate_id=subject_key, payload=published, actor="service:auth"
+            aggregate_type="signing_key", aggregate_id=subject_key, payload=published, actor=Actor.service("auth")
         )
         detail = f"{previous} -> {issuer.key_id}: the key in use is not in this data folder's secrets"
         version, seq = (state.version + 1, state.last_seq) if state else (1, 0)  # as read now
         recorded: contextlib.AbstractAsyncContextManager[object] = contextlib.nullcontext()
         if previous:
-            recorded = self.audit.recorded("signing_key_replaced", actor="service:auth", detail=detail)
+            recorded = self.audit.recorded("signing_key_replaced", actor=Actor.service("auth"), detail=detail)
         async with recorded:
             with contextlib.suppress(ConcurrencyConflict):  # another instance sharing the key published it
                 await self._bus.append(
@@ -138,7 +139,7 @@ class SigningKeyJob:
     def _successor_path(self, key_id: str) -> Path:
         return self._secrets_dir / f"auth-signing-key.{key_id}.pem"
 
-    async def rotate(self, actor: str) -> TokenIssuer:
+    async def rotate(self, actor: Actor) -> TokenIssuer:
         """A successor for the key in use, published on that key's subject at its last sequence:
         of auth instances rotating at the same moment (their schedule is the same) exactly one
         succeeds; the others adopt its key from the shared secrets folder instead of adding one."""
@@ -162,7 +163,9 @@ class SigningKeyJob:
                 issuer.private_der(), field=SEALED_SIGNING_KEY_FIELD, owner=issuer.key_id
             ),
         )
-        event = NewEvent(aggregate_type="signing_key", aggregate_id=previous, payload=published, actor="service:auth")
+        event = NewEvent(
+            aggregate_type="signing_key", aggregate_id=previous, payload=published, actor=Actor.service("auth")
+        )
         version, seq = state.version + 1, state.last_seq  # as read now: of racing rotations, one lands
         try:
             async with self.audit.recorded("signing_key_rotated", actor=actor, detail=f"{previous} -> {issuer.key_id}"):
@@ -208,7 +211,7 @@ class SigningKeyJob:
             issuer.save(self._signing_key_path)  # a restart signs with it too
             self._issuer = issuer
 
-    async def retire(self, key_id: str, actor: str) -> None:
+    async def retire(self, key_id: str, actor: Actor) -> None:
         state = self._keys[key_id]
         if state.retired:
             return
@@ -229,7 +232,7 @@ class SigningKeyJob:
         assert self._issuer is not None
         now = time.time()
         for key_id in self.schedule.retirable(self._keys, current_key_id=self._issuer.key_id, now=now):
-            await self.retire(key_id, "service:auth")
+            await self.retire(key_id, Actor.service("auth"))
         current = self._keys.get(self._issuer.key_id)
         if current is None:
             return
@@ -237,4 +240,4 @@ class SigningKeyJob:
         # Replaced, yet still ours: the successor's private key was lost (a crash mid-rotation).
         orphaned = replaced_at(self._keys, self._issuer.key_id) is not None
         if due or orphaned:
-            await self.rotate("service:auth")
+            await self.rotate(Actor.service("auth"))

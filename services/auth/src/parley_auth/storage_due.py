@@ -51,6 +51,7 @@ from parley_auth.domain import AccountDirectory
 from parley_auth.event_log import AuthLog
 from parley_auth.lockout import LockoutBook
 from parley_auth.sessions import Session, SessionBook
+from parley_core.actor import Actor
 from parley_core.bus import ReceivedEvent, Refused, RetryLater
 from parley_core.envelope import NewEvent, UnknownEventType, open_payload
 from parley_core.errors import Unavailable
@@ -176,7 +177,7 @@ class StorageDue:
         """A security event on the audit chain, then the fact is parked; nothing else changes."""
         detail = f"storage's fact STORE #{fact.stream_seq} (by {fact.envelope.actor or 'unknown'}): {why}"
         try:
-            await self._app.audit.write(kind, actor="service:auth", user_id=user_id, detail=detail[:500])
+            await self._app.audit.write(kind, actor=Actor.service("auth"), user_id=user_id, detail=detail[:500])
         except Unavailable as exc:  # the refusal is recorded before the fact is parked
             raise RetryLater(str(exc)) from exc
         raise Refused(why)
@@ -235,7 +236,7 @@ class StorageDue:
             aggregate_type="username",
             aggregate_id=due.username_key,
             payload=AccountErased(user_id=due.user_id),
-            actor="service:auth",
+            actor=Actor.service("auth"),
             event_id=marker.event_id,
         )
         account = self._app.accounts.by_id(due.user_id)
@@ -243,7 +244,7 @@ class StorageDue:
         try:
             async with self._app.audit.recorded(
                 "account_erased",
-                actor="service:auth",
+                actor=Actor.service("auth"),
                 user_id=due.user_id,
                 username=account.username if account is not None else "",
                 detail=detail,
