@@ -150,17 +150,5 @@ class PeriodicJob:
             self.ticks += 1
 
 
-def every(
-    interval: float | Callable[[], float],
-    tick: Tick,
-    *,
-    name: str,
-    first_after: float = 0.0,
-    after_failure: float = 0.0,
-    grace: float = STOP_GRACE_S,
-    pause: Pause = sleeping,
-) -> PeriodicJob:
-    """A job running `tick` every `interval` seconds once started (see the module's contract)."""
-    return PeriodicJob(
-        interval, tick, name=name, first_after=first_after, after_failure=after_failure, grace=grace, pause=pause
-    )
+# The helper's name where a job is made: `every(60.0, tick, name="retention")`.
+every = PeriodicJob

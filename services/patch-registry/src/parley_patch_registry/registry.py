@@ -388,13 +388,7 @@ class Registry:
             self.keys.remove(delegated_role(service))
             event = events_pb2.PublisherKeySet(service=service, keyid=key.keyid, set_by=caller.user_id)
             await self._append(
-                release_subject(service),
-                "release",
-                service,
-                [event],
-                Actor.user(caller.user_id),
-                version=0,
-                expected=None,
+                release_subject(service), "release", service, [event], _by(caller), version=0, expected=None
             )
         return key.keyid
 
@@ -414,13 +408,7 @@ class Registry:
                 version=root.version, keyids=list(role.keyids), threshold=role.threshold, rotated_by=caller.user_id
             )
             await self._append(
-                trust_root_subject(),
-                "trust",
-                "root",
-                [event],
-                Actor.user(caller.user_id),
-                version=root.version - 2,
-                expected=None,
+                trust_root_subject(), "trust", "root", [event], _by(caller), version=root.version - 2, expected=None
             )
         return root.version, list(role.keyids), role.threshold
 
@@ -482,13 +470,7 @@ class Registry:
                 published_by=caller.user_id,
             )
             await self._append(
-                release_subject(service),
-                "release",
-                service,
-                [event],
-                Actor.user(caller.user_id),
-                version=0,
-                expected=None,
+                release_subject(service), "release", service, [event], _by(caller), version=0, expected=None
             )
         return info
 
@@ -551,7 +533,7 @@ class Registry:
                     "advisory",
                     advisory.id,
                     [event],
-                    Actor.user(caller.user_id),
+                    _by(caller),
                     version=0,
                     expected=None,
                 )
@@ -702,7 +684,7 @@ class Registry:
                 reverts=reverts,
                 weights=tuple(weights) or DEFAULT_WEIGHTS,
             )
-            return await self._record(rollout_id, events, Actor.user(caller.user_id))
+            return await self._record(rollout_id, events, _by(caller))
 
     def _in_order(self) -> list[Rollout]:
         return sorted(self.rollouts.values(), key=lambda r: r.history[0].at if r.history else 0.0)
@@ -748,7 +730,7 @@ class Registry:
                 events = work.rollback(actor=caller.user_id, actor_role=caller.role, reason=reason, at=now)
             else:
                 raise InvalidArgument(f"unknown roll-out command {action!r}")
-            return await self._record(rollout_id, events, Actor.user(caller.user_id))
+            return await self._record(rollout_id, events, _by(caller))
 
     async def agent_report(
         self,
@@ -833,3 +815,8 @@ class Registry:
                         )
                 if events:
                     await self._record(rollout_id, events, REGISTRY_ACTOR)
+
+
+def _by(caller: Caller) -> Actor:
+    """The envelope actor of what an operator's call records."""
+    return Actor.user(caller.user_id)
