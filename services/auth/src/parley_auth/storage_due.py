@@ -175,7 +175,7 @@ class StorageDue:
 
     async def _refuse(self, kind: str, user_id: str, fact: ReceivedEvent, why: str) -> NoReturn:
         """A security event on the audit chain, then the fact is parked; nothing else changes."""
-        detail = f"storage's fact STORE #{fact.stream_seq} (by {fact.envelope.actor or 'unknown'}): {why}"
+        detail = f"storage's fact STORE #{fact.stream_seq} (by {_who(fact)}): {why}"
         try:
             await self._app.audit.write(kind, actor=Actor.service("auth"), user_id=user_id, detail=detail[:500])
         except Unavailable as exc:  # the refusal is recorded before the fact is parked
@@ -240,7 +240,7 @@ class StorageDue:
             event_id=marker.event_id,
         )
         account = self._app.accounts.by_id(due.user_id)
-        detail = f"on storage's erasure fact STORE #{fact.stream_seq} (by {fact.envelope.actor or 'unknown'})"
+        detail = f"on storage's erasure fact STORE #{fact.stream_seq} (by {_who(fact)})"
         try:
             async with self._app.audit.recorded(
                 "account_erased",
@@ -253,3 +253,7 @@ class StorageDue:
                 await self._app.events.append_after_last(username_subject(due.username_key), event)
         except Unavailable as exc:  # the audit chain refused the record: nothing was changed
             raise RetryLater(str(exc)) from exc
+
+
+def _who(fact: ReceivedEvent) -> str:
+    return str(Actor.parse(fact.envelope.actor)) or "unknown"
