@@ -150,19 +150,27 @@ class CallerCheckAndErrors(grpc.aio.ServerInterceptor):
             log.error("unhandled error in %s (ref %s)", method, ref, exc_info=exc)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error (reference {ref})")
 
+        async def admit(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            """Refuses a peer not allowed here and a request that did not decode (aborts the call)."""
+            if (problem := check_peer(context)) is not None:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, problem)
+            if isinstance(request, Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.problem)
+
+        def check_request(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            """The caller's permission and the request's numbers and times: a domain error each."""
+            if authorize is not None:
+                authorize(method, context)
+            check_ranges(request)
+
         if handler.unary_unary is not None:
             # The stubs describe synchronous handlers; on a grpc.aio server they are coroutines.
             inner_unary = cast(_AioBehaviour, handler.unary_unary)
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                if (problem := check_peer(context)) is not None:
-                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, problem)
-                if isinstance(request, Undecodable):
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.problem)
+                await admit(request, context)
                 try:
-                    if authorize is not None:
-                        authorize(method, context)
-                    check_ranges(request)
+                    check_request(request, context)
                     with answering_within(context.time_remaining()):
                         return await inner_unary(request, context)
                 except (grpc.aio.AbortError, asyncio.CancelledError):
@@ -179,14 +187,9 @@ class CallerCheckAndErrors(grpc.aio.ServerInterceptor):
             inner_stream = cast(_AioBehaviour, handler.unary_stream)
 
             async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-                if (problem := check_peer(context)) is not None:
-                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, problem)
-                if isinstance(request, Undecodable):
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.problem)
+                await admit(request, context)
                 try:
-                    if authorize is not None:
-                        authorize(method, context)
-                    check_ranges(request)
+                    check_request(request, context)
                     if inspect.iscoroutinefunction(inner_stream):
                         # Writes with context.write() and returns None, as grpc's Health.Watch does.
                         await inner_stream(request, context)
