@@ -11,10 +11,11 @@ The contract, the same for every job:
   after the previous tick *ended*, so a slow tick never causes a burst of catch-up ticks.
   `interval` may be a function, asked after each tick (a schedule that depends on what the tick
   found, as the signing keys' is). `wake()` runs the next tick at once (something changed).
-- A tick that raises is logged with the job's name and the job goes on at its next interval (not
-  sooner than `after_failure` seconds): a periodic job retries by being periodic, and one failing
-  pass (NATS or the database briefly away) must not end it for the life of the process. No job in
-  Parley must end on a failure; one that would, stops itself from its tick (`stop_soon()`).
+- A tick that raises is logged (a warning with the job's name and the traceback) and the job goes
+  on at its next interval (not sooner than `after_failure` seconds): a periodic job retries by
+  being periodic, and one failing pass (NATS or the database briefly away) must not end it for the
+  life of the process. No job in Parley must end on a failure; one that would, ends itself from
+  its tick with `stop_soon()` (a tick never awaits its own job's `stop()`, which waits for it).
 - `await stop()` is the one way to end a job: no tick starts after it is called, a running tick
   gets `grace` seconds to finish and is then cancelled (0 for a tick that is safe to cut short,
   e.g. resumable or read-only work), and stop() returns once the job's task has ended. It never
