@@ -21,6 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nats.js import JetStreamContext
 from parley.messaging.v1.events_pb2 import MessagePosted
 
+from parley_core.actor import Actor
 from parley_core.bus import EventBus, ReceivedEvent
 from parley_core.envelope import NewEvent, seal
 from parley_core.pki import ensure_pki
@@ -39,7 +40,7 @@ def posted(seq: int) -> ReceivedEvent:
     sent = Timestamp()
     sent.GetCurrentTime()
     body = MessagePosted(channel_id="bench", sender_id="u-bench", channel_seq=seq, body=f"message {seq}", sent_at=sent)
-    new = NewEvent(aggregate_type="channel", aggregate_id="bench", payload=body, actor="u-bench")
+    new = NewEvent(aggregate_type="channel", aggregate_id="bench", payload=body, actor=Actor.user("u-bench"))
     envelope = seal(new, aggregate_version=seq, producer="bench@0", trace_context={})
     return ReceivedEvent(envelope, channel_subject("bench"), STREAM, seq, 1, {})
 

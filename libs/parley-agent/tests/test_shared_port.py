@@ -144,13 +144,13 @@ async def test_a_canary_takes_the_share_the_agent_gives_it(port: SharedPort) -> 
     assert stable.stdout is not None
     canary_address = "127.0.0.1:5002"  # the canary's own address names its share file
     port.set_share(canary_address, 10)  # before it starts, as the agent does for a roll-out's new instance
-    stop = asyncio.Event()
     try:
         assert await asyncio.to_thread(stable.stdout.readline) == "ready\n"
         canary = await instance_in_this_process(port.address, "canary")  # joins last, as a canary does
         share = ShareFile(port.address, Path(port.instance_environment(canary_address)[SHARE_FILE_ENV]))
         assert share.apply() == 10
-        follower = asyncio.create_task(share.follow(stop))
+        follower = share.following()
+        follower.start()
         try:
             answered = await canary_answers(port.address, 400)
             assert 16 <= answered <= 72, f"the canary took {answered} of 400 new connections at a 10 % share"
@@ -173,8 +173,7 @@ async def test_a_canary_takes_the_share_the_agent_gives_it(port: SharedPort) -> 
             answered = await canary_answers(port.address, 200)
             assert 70 <= answered <= 130, f"the canary took {answered} of 200 new connections without a share"
         finally:
-            stop.set()
-            await follower
+            await follower.stop()
             await canary.stop(0)
     finally:
         stable.communicate(input="", timeout=TIMEOUT_S)

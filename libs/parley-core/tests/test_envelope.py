@@ -12,6 +12,7 @@ from parley.common.v1.envelope_pb2 import EventEnvelope
 from parley.messaging.v1.events_pb2 import MessagePosted
 
 from parley_core import envelope as env
+from parley_core.actor import Actor
 from parley_core.envelope import NewEvent, UnknownEventType, decode, open_payload, seal
 
 POSTED = MessagePosted.DESCRIPTOR.full_name
@@ -47,7 +48,7 @@ def registries() -> Iterator[None]:
 def test_seal_and_open_round_trip() -> None:
     payload = _posted()
     payload.sent_at.FromSeconds(1_700_000_000)
-    event = NewEvent(aggregate_type="channel", aggregate_id="c1", payload=payload, actor="u1")
+    event = NewEvent(aggregate_type="channel", aggregate_id="c1", payload=payload, actor=Actor.user("u1"))
 
     sealed = seal(event, aggregate_version=3, producer="messaging@0.1.0", trace_context={"traceparent": "00-ab-cd-01"})
     received = decode(sealed.SerializeToString())
@@ -56,7 +57,7 @@ def test_seal_and_open_round_trip() -> None:
     assert received.event_type == POSTED == event.event_type
     assert received.schema_version == 1
     assert (received.aggregate_type, received.aggregate_id, received.aggregate_version) == ("channel", "c1", 3)
-    assert received.actor == "u1"
+    assert received.actor == "user:u1"  # the canonical form
     assert received.producer == "messaging@0.1.0"
     assert dict(received.trace_context) == {"traceparent": "00-ab-cd-01"}
     assert received.occurred_at.seconds > 0

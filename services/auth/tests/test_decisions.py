@@ -12,6 +12,7 @@ from parley_auth.domain import Account, AccountDirectory, LoginVerdict
 from parley_auth.mfa import MfaState
 from parley_auth.sealing import PASSWORD_HASH, SecretSealer
 from parley_auth.sessions import Session
+from parley_core.actor import Actor
 from parley_core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from parley_core.rbac import Permission, permissions_of
 
@@ -92,7 +93,7 @@ def test_disable_and_enable() -> None:
     target = account()
     events, actor = domain.decide_set_disabled(target, ADMIN, disabled=True, reason="left")
     assert events == [domain.Disabled("u1", "left")]
-    assert actor == "user:a1"
+    assert actor == Actor.user("a1")
     assert domain.decide_set_disabled(target, None, disabled=False, reason="")[0] == []  # already enabled
     events, _ = domain.decide_set_disabled(account(disabled=True), ADMIN, disabled=False, reason="")
     assert events == [domain.Enabled("u1")]
@@ -126,7 +127,7 @@ def test_totp_enrolment_starts_only_when_none_is_enrolled() -> None:
 def test_mfa_reset_needs_something_to_reset() -> None:
     events, actor = domain.decide_reset_mfa(account(), ADMIN, MfaState(secret=b"s"), "lost phone")
     assert events == [domain.TotpReset("u1", "lost phone")]
-    assert actor == "user:a1"
+    assert actor == Actor.user("a1")
     assert domain.decide_reset_mfa(account(), None, MfaState(pending_secret=b"p"), "")[0]  # a pending one too
     with pytest.raises(FailedPrecondition, match="no two-factor authentication to reset"):
         domain.decide_reset_mfa(account(), ADMIN, MfaState(), "")

@@ -47,6 +47,7 @@ from parley_agent.probe import PROBES, MessagingProbe, ProbeUnavailable
 from parley_agent.shared_port import SharedPort
 from parley_core.errors import NotFound
 from parley_core.grpc_channel import secure_channel
+from parley_core.jobs import every
 from parley_core.net import free_port, host_address
 from parley_core.pki import Pki
 from parley_core.topology import PLATFORM_USER
@@ -559,34 +560,40 @@ class NodeAgent:
         return self._names
 
     async def run(self) -> None:
-        """Follows the registry until stopped: one pass per poll interval, each idempotent."""
-        while not self._stop.is_set():
-            try:
-                response = await self.registry.ListRollouts(patch_pb2.ListRolloutsRequest(), timeout=10.0)
-                active = set()
-                for rollout in response.rollouts:
-                    if rollout.state not in ("done", "rolled_back"):
-                        active.add(rollout.rollout_id)
-                        await self._tell_progress(rollout)
-                        await self._step_logged(rollout)
-                    elif rollout.rollout_id in self._told:
-                        await self._tell_progress(rollout)  # its last lines (the verdict, done or rolled back)
-                        del self._told[rollout.rollout_id]
-                for instance in self.instances.values():
-                    if instance.rollout_id and instance.rollout_id not in active:
-                        instance.rollout_id = ""  # its roll-out finished: an ordinary instance now
-                self._gate_pending = {
-                    s.new_instance: s.weight
-                    for r in response.rollouts
-                    if r.rollout_id in active
-                    for s in r.steps
-                    if s.gate == "pending" and s.new_instance
-                }
-                self._start_probes()
-            except grpc.aio.AioRpcError as error:
-                self.warn(f"registry not reachable: {error.details()}")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.timeouts.poll_s)
+        """Follows the registry until stopped (`stop()`): one pass per poll interval, each idempotent."""
+        passes = every(self.timeouts.poll_s, self._follow_rollouts, name="node-agent", grace=0.0)
+        passes.start()
+        try:
+            await self._stop.wait()
+        finally:  # stopped, or this task cancelled: its passes are idempotent, stopping mid-pass is safe
+            await passes.stop()
+
+    async def _follow_rollouts(self) -> None:
+        try:
+            response = await self.registry.ListRollouts(patch_pb2.ListRolloutsRequest(), timeout=10.0)
+        except grpc.aio.AioRpcError as error:
+            self.warn(f"registry not reachable: {error.details()}")
+            return
+        active = set()
+        for rollout in response.rollouts:
+            if rollout.state not in ("done", "rolled_back"):
+                active.add(rollout.rollout_id)
+                await self._tell_progress(rollout)
+                await self._step_logged(rollout)
+            elif rollout.rollout_id in self._told:
+                await self._tell_progress(rollout)  # its last lines (the verdict, done or rolled back)
+                del self._told[rollout.rollout_id]
+        for instance in self.instances.values():
+            if instance.rollout_id and instance.rollout_id not in active:
+                instance.rollout_id = ""  # its roll-out finished: an ordinary instance now
+        self._gate_pending = {
+            s.new_instance: s.weight
+            for r in response.rollouts
+            if r.rollout_id in active
+            for s in r.steps
+            if s.gate == "pending" and s.new_instance
+        }
+        self._start_probes()
 
 
 def rollout_progress(rollout: patch_pb2.Rollout, names: Mapping[str, str] | None = None) -> list[str]:

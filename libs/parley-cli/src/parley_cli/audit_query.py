@@ -34,6 +34,7 @@ from parley_cli.signin import client_for, login_as
 from parley_cli.terminal import shown
 from parley_cli.wording import counted
 from parley_client import ParleyError
+from parley_core.actor import Actor
 from parley_core.envelope import UnknownEventType, decode, open_payload
 
 PAGE = 1000  # storage's largest page
@@ -205,11 +206,11 @@ async def cmd_audit_query(args: argparse.Namespace) -> int:
                 more = page.has_more
                 if not more or not page.events:
                     break
-    people = {e.actor.removeprefix("user:") for e in events}  # auth writes user:ID, messaging ID
+    people = {Actor.parse(e.actor).user_id for e in events}
     people |= {e.aggregate_id for e in events if e.aggregate_type == "user"}
     people = {p for p in people if looks_like_id(p)}  # user ids, not "service:…" or "platform"
     found = await usernames(args, sorted(people))  # the auditor may not look people up; the operator's tooling may
-    names = {**found, **{f"user:{user_id}": name for user_id, name in found.items()}}
+    names = {**found, **{str(Actor.user(user_id)): name for user_id, name in found.items()}}
     show = _json if args.json else _line
     for event in events:
         print(show(event, names))

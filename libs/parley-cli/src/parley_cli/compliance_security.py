@@ -23,6 +23,7 @@ from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from parley_cli.report_signing import key_id, load_or_create_signing_key
 from parley_core import backup_journal
+from parley_core.actor import Actor
 from parley_core.audit_archive import archived_events, payload_of
 from parley_core.backup_journal import BackupEntry
 from parley_core.rbac import ROLES
@@ -137,7 +138,7 @@ def facts_from(
             keys[payload.key_id] = KeyAge("audit record signing key (Ed25519)", payload.key_id, at)
         elif isinstance(payload, auth_events.UserRegistered):
             names[payload.user_id] = payload.username
-            if is_synthetic_account(username=payload.username, registered_by=event.actor):
+            if is_synthetic_account(username=payload.username, registered_by=str(Actor.parse(event.actor))):
                 synthetic.add(payload.user_id)
                 continue
             roles[payload.user_id] = payload.role
@@ -178,7 +179,7 @@ def facts_from(
                 concerns=payload.user_id or payload.source,
                 detail=payload.detail,
                 reference=f"SEC record #{payload.chain_index}",
-                accounts=(payload.user_id, _user_in(payload.actor)),
+                accounts=(payload.user_id, Actor.parse(payload.actor).user_id),
             )
         )
     rotations: list[tuple[float, str]] = []

@@ -32,6 +32,7 @@ from parley_cli.state import CLIENT_FILE, PlatformNotRunning, load_running_state
 from parley_cli.terminal import shown
 from parley_cli.uplock import PlatformAlreadyRunning, UpLock
 from parley_core.files import ensure_private_dir, write_private_file
+from parley_core.jobs import every
 from parley_core.natsconf import ensure_nats_passwords
 from parley_core.pki import CA_NAME, CertificateMissing, Pki, ensure_pki
 
@@ -176,21 +177,24 @@ class Host:
     async def run(self) -> None:
         """Follows the registry's roll-outs; an instance that crashed is started again."""
         following = asyncio.create_task(self.agent.run())
+        passes = every(SUPERVISE_INTERVAL_S, self._supervise_once, name="host-supervisor")
+        passes.start()
         try:
-            while not self._stopping.is_set():
-                if self.nats is not None and not self.nats.process.running:
-                    say(f"NATS node {self.nats.name} exited; restarting it with the same configuration and store")
-                    with contextlib.suppress(RuntimeError):  # tried again on the next pass
-                        await self.nats.process.restart()
-                for instance in self.agent.exited():
-                    say(f"{instance.instance_id} exited; restarting it")
-                    await self.agent.restart(instance.instance_id)
-                self._write_state()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), SUPERVISE_INTERVAL_S)
+            await self._stopping.wait()
         finally:
+            await passes.stop()
             following.cancel()  # its passes are idempotent: stopping mid-pass is safe
             await asyncio.gather(following, return_exceptions=True)
+
+    async def _supervise_once(self) -> None:
+        if self.nats is not None and not self.nats.process.running:
+            say(f"NATS node {self.nats.name} exited; restarting it with the same configuration and store")
+            with contextlib.suppress(RuntimeError):  # tried again on the next pass
+                await self.nats.process.restart()
+        for instance in self.agent.exited():
+            say(f"{instance.instance_id} exited; restarting it")
+            await self.agent.restart(instance.instance_id)
+        self._write_state()
 
     def request_stop(self) -> None:
         self._stopping.set()

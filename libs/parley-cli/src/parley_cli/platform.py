@@ -37,7 +37,7 @@ from parley_agent.shared_port import claim, requests_migrate
 from parley_cli.nats_handover import moved_to
 from parley_cli.publishing import base_wheel, publish_base_release, source_folder
 from parley_cli.quarantine import put_in_quarantine, quarantined
-from parley_cli.report_schedule import report_every, write_reports
+from parley_cli.report_schedule import report_every, report_job
 from parley_cli.restart_budget import RESTART_LIMIT, RESTART_RESET_AFTER_S, RestartBudget
 from parley_cli.state import (
     CLIENT_FILE,
@@ -64,6 +64,7 @@ from parley_core.database import (
     location_of,
 )
 from parley_core.files import ensure_private_dir, write_private_file
+from parley_core.jobs import PeriodicJob, every
 from parley_core.nats_connect import connect_nats
 from parley_core.nats_process import NatsServerProcess
 from parley_core.natsconf import (
@@ -157,7 +158,8 @@ class Platform:
         self.nats_restarts: dict[str, int] = {}
         self._base_task: asyncio.Task[None] | None = None
         self._usernames: ArchiveUsernames | None = None
-        self._report_task: asyncio.Task[None] | None = None
+        self._reports: PeriodicJob | None = None
+        self._supervisor: PeriodicJob | None = None
         self._stopping = asyncio.Event()
         # The platform's own NATS connection, and the consumer guard's, apart: every JetStream API
         # call's audit advisory (with its request body, up to max_payload) reaches the guard, and a
@@ -287,7 +289,8 @@ class Platform:
         self._agent_task = asyncio.create_task(agent.run())
         self._base_task = asyncio.create_task(self._publish_base_releases(agent))
         if reports_every is not None:
-            self._report_task = asyncio.create_task(write_reports(self.data_dir, reports_every, self.say))
+            self._reports = report_job(self.data_dir, reports_every, self.say)
+            self._reports.start()
         gateway = self.front_doors["gateway"]
         self.say(f"all services are up. Gateway (TLS): {gateway.address}")
         if os.environ.get(WEB_ROOT_ENV):
@@ -773,27 +776,33 @@ class Platform:
         was waiting for health, so several crashes at once are all handled. Instances a roll-out
         stops are the agent's business: they leave its books before they stop.
         """
+        # Looks again every half second: waiting on each child's wait() missed exits that happened
+        # while another service was being restarted.
+        passes = every(SUPERVISE_INTERVAL_S, self._supervise_once, name="platform-supervisor")
+        self._supervisor = passes
+        passes.start()
+        try:
+            await self._stopping.wait()
+        finally:
+            await passes.stop()
+
+    async def _supervise_once(self) -> None:
         assert self.agent is not None
-        while not self._stopping.is_set():
-            for instance in self.agent.exited():
-                assert instance.process is not None
-                await self._on_exit(instance, instance.process.returncode or 0)
-            self._write_state()
-            try:
-                await self._apply_quarantine()  # `parley quarantine lift` changed the file
-            except RuntimeError as exc:
-                self.say(f"nats-server's quarantine not applied: {exc}")
-            if self._agent_task is not None and self._agent_task.done() and not self._agent_task.cancelled():
-                self.say(f"the node agent stopped: {self._agent_task.exception()!r}; roll-outs wait for a restart")
-                self._agent_task = None
-            if not any(i.process and i.process.returncode is None for i in self.agent.instances.values()):
-                self.say("no service is running; waiting for Ctrl-C")
-                await self._stopping.wait()
-                return
-            # Look again every half second: waiting on each child's wait() missed exits that
-            # happened while another service was being restarted.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), SUPERVISE_INTERVAL_S)
+        for instance in self.agent.exited():
+            assert instance.process is not None
+            await self._on_exit(instance, instance.process.returncode or 0)
+        self._write_state()
+        try:
+            await self._apply_quarantine()  # `parley quarantine lift` changed the file
+        except RuntimeError as exc:
+            self.say(f"nats-server's quarantine not applied: {exc}")
+        if self._agent_task is not None and self._agent_task.done() and not self._agent_task.cancelled():
+            self.say(f"the node agent stopped: {self._agent_task.exception()!r}; roll-outs wait for a restart")
+            self._agent_task = None
+        if not any(i.process and i.process.returncode is None for i in self.agent.instances.values()):
+            self.say("no service is running; waiting for Ctrl-C")
+            if self._supervisor is not None:
+                self._supervisor.stop_soon()
 
     async def _on_exit(self, instance: Instance, code: int) -> None:
         assert self.agent is not None
@@ -826,7 +835,9 @@ class Platform:
             watcher.cancel()
         await asyncio.gather(*self._nats_watchers, return_exceptions=True)
         self._mark_stopped()
-        for task in (self._report_task, self._base_task, self._agent_task):
+        if self._reports is not None:
+            await self._reports.stop()
+        for task in (self._base_task, self._agent_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -10,7 +10,6 @@ stands in for "the end of the previous one". The decision (`next_report`) is pur
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from parley_core.compliance_reports import REPORTS_DIR, filed_reports
+from parley_core.jobs import PeriodicJob, every
 
 REPORT_EVERY_ENV = "PARLEY_REPORT_EVERY_HOURS"
 DEFAULT_EVERY_HOURS = 24.0
@@ -66,29 +66,39 @@ def previous_end(data_dir: Path, now: datetime) -> datetime:
         return now
 
 
-async def write_reports(
+def report_job(
     data_dir: Path,
-    every: timedelta,
+    period: timedelta,
     say: Callable[[str], None],
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-) -> None:
-    """Each report when due, covering since the previous one; one that fails is said and tried again."""
-    from parley_cli.report import write_report  # the report's gRPC stubs load only when one is due
+) -> PeriodicJob:
+    """Each report when due, covering since the previous one; one that fails is said and tried again
+    (within RETRY_AFTER), its period going into the next one."""
 
-    while True:
+    def plan() -> tuple[datetime, NextReport]:
         now = clock()
-        plan = next_report(now=now, previous_end=previous_end(data_dir, now), every=every)
-        if plan.due > now:
-            await asyncio.sleep((plan.due - now).total_seconds())
+        return now, next_report(now=now, previous_end=previous_end(data_dir, now), every=period)
+
+    def until_due() -> float:
+        now, upcoming = plan()
+        return (upcoming.due - now).total_seconds()
+
+    async def write_if_due() -> None:
+        from parley_cli.report import write_report  # the report's gRPC stubs load only when one is due
+
+        now, upcoming = plan()
+        if upcoming.due > now:
+            return
         # Report ids are whole seconds: end there, so the next one starts exactly where this ends.
-        end = max(clock().replace(microsecond=0), plan.since + timedelta(seconds=1))
+        end = max(clock().replace(microsecond=0), upcoming.since + timedelta(seconds=1))
         try:
-            written = await write_report(data_dir, since=plan.since, now=end, html_too=True)
+            written = await write_report(data_dir, since=upcoming.since, now=end, html_too=True)
         except Exception as exc:  # a report is a record, not a reason to stop the platform
-            retry = min(every, RETRY_AFTER)
             say(f"compliance report not written: {exc}; tried again in {retry}, covering this period too")
-            await asyncio.sleep(retry.total_seconds())
-            continue
+            raise
         state = "audit chain intact" if written.audit_intact else "audit chain TAMPERED"
         files = ", ".join(str(p) for p in (written.path, *written.also))
         say(f"compliance report: {files} ({state}; `parley report verify` checks each)")
+
+    retry = min(period, RETRY_AFTER)
+    return every(until_due, write_if_due, name="compliance-reports", after_failure=retry.total_seconds())

@@ -28,6 +28,7 @@ import socket
 from collections import defaultdict
 from pathlib import Path
 
+from parley_core.jobs import PeriodicJob, every
 from parley_core.sources import budget_key
 
 log = logging.getLogger(__name__)
@@ -96,11 +97,12 @@ class ConnectionCap:
         return closed
 
 
-async def cap_connections_per_source(ports: set[int], per_source: int, stop: asyncio.Event) -> None:
-    """Until `stop`: every SWEEP_INTERVAL_S, close what any source holds beyond the cap, on the
+def connection_cap_job(ports: set[int], per_source: int) -> PeriodicJob:
+    """Every SWEEP_INTERVAL_S once started: close what any source holds beyond the cap, on the
     ports in `ports` at that moment (a listener opened later joins by being added)."""
     cap = ConnectionCap(per_source)
-    while not stop.is_set():
+
+    async def sweep() -> None:
         closed = await asyncio.to_thread(cap.sweep, frozenset(ports))
         for source, count in closed.items():
             log.warning(
@@ -112,5 +114,5 @@ async def cap_connections_per_source(ports: set[int], per_source: int, stop: asy
                     "cap": per_source,
                 },
             )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), SWEEP_INTERVAL_S)
+
+    return every(SWEEP_INTERVAL_S, sweep, name="connection-cap")

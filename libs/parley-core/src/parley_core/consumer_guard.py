@@ -39,6 +39,7 @@ from nats.aio.msg import Msg
 
 from parley_core.bus import CONSUMER_NOT_FOUND, durable_config
 from parley_core.consumer_policy import DECLARED, EPHEMERAL_QUOTA, ConsumerSeen, Verdict, judge
+from parley_core.jobs import PeriodicJob, every
 from parley_core.topology import (
     CONSUMERS,
     JS_API,
@@ -154,6 +155,7 @@ class ConsumerGuard:
     _deleting: set[tuple[str, str]] = field(default_factory=set)  # queued: a sweep judges them no second time
     _deleted: set[tuple[str, str]] = field(default_factory=set)  # since the last sweep
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _sweeps: PeriodicJob | None = None
     _subs: list[Any] = field(default_factory=list)
     _started_at: float = 0.0
     _forgery_logged: float = float("-inf")
@@ -169,10 +171,17 @@ class ConsumerGuard:
             asyncio.create_task(self._delete_doomed(), name="consumer-guard-delete") for _ in range(DELETERS)
         ]
         await self.sweep()
-        self._tasks.append(asyncio.create_task(self._sweep_often(), name="consumer-guard-sweep"))
+        # The advisories are the fast path; the sweep catches the rest. Read-only but for the deletions
+        # it queues: cut short at a stop.
+        self._sweeps = every(
+            self.sweep_every_s, self.sweep, name="consumer-guard-sweep", first_after=self.sweep_every_s, grace=0.0
+        )
+        self._sweeps.start()
 
     async def stop(self) -> None:
         """Bounded: a connection that stopped answering (a flood, a reload) must not hold up a stop."""
+        if self._sweeps is not None:
+            await self._sweeps.stop()
         for sub in self._subs:
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 await asyncio.wait_for(sub.unsubscribe(), STOP_WAIT_S)
@@ -354,14 +363,6 @@ class ConsumerGuard:
                 pass
             await asyncio.sleep(0.2 * 2**attempt)  # backoff before the next try
         return False
-
-    async def _sweep_often(self) -> None:
-        while True:
-            await asyncio.sleep(self.sweep_every_s)  # the advisories are the fast path; this catches the rest
-            try:
-                await self.sweep()
-            except (nats.errors.Error, TimeoutError) as exc:
-                log.warning("consumer sweep failed; trying again", extra={"error": str(exc)})
 
     async def sweep(self) -> None:
         """Judge every consumer no advisory named (made before the guard watched, or missed)."""

@@ -1,6 +1,6 @@
 """How long the call being served may still take, for the writes made on its behalf.
 
-The server interceptor (runner.CallerCheckAndErrors) sets it from the caller's gRPC deadline,
+The server interceptor (server_interceptors.CallerCheckAndErrors) sets it from the caller's gRPC deadline,
 a little before that deadline, so that a write the event log did not confirm in time is
 answered by the service (UNAVAILABLE, outcome unknown: retry with the same key) instead of
 being cut off by the deadline, which would tell the caller nothing about what happened.

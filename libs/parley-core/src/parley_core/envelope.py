@@ -16,6 +16,8 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from parley.common.v1.envelope_pb2 import EventEnvelope
 
+from parley_core.actor import Actor
+
 # (event_type, from_version) -> function turning the old payload bytes into the next version's.
 UPCASTERS: dict[tuple[str, int], Callable[[bytes], bytes]] = {}
 CURRENT_SCHEMA_VERSION: dict[str, int] = {}
@@ -28,7 +30,7 @@ class NewEvent:
     aggregate_type: str
     aggregate_id: str
     payload: Message
-    actor: str
+    actor: Actor  # written in its canonical form (parley_core.actor)
     event_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
@@ -47,7 +49,7 @@ def seal(event: NewEvent, *, aggregate_version: int, producer: str, trace_contex
         aggregate_id=event.aggregate_id,
         aggregate_version=aggregate_version,
         occurred_at=occurred,
-        actor=event.actor,
+        actor=str(event.actor),
         trace_context=trace_context,
         payload=event.payload.SerializeToString(),
         producer=producer,

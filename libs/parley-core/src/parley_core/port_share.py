@@ -24,7 +24,6 @@ instance applies it before its gRPC server starts and again whenever the file ch
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import logging
@@ -33,6 +32,7 @@ import socket
 import struct
 from pathlib import Path
 
+from parley_core.jobs import PeriodicJob, every
 from parley_core.listeners import listening_sockets
 
 log = logging.getLogger(__name__)
@@ -147,14 +147,15 @@ class ShareFile:
         self.applied = percent
         return percent
 
-    async def follow(self, stop: asyncio.Event) -> None:
-        """Applies the file again whenever it changes, until `stop`."""
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), POLL_S)
-            if not stop.is_set() and _stamp(self.path) != self._seen:
+    def following(self) -> PeriodicJob:
+        """A job applying the file again whenever it changes (once started, until stopped)."""
+
+        async def check() -> None:
+            if _stamp(self.path) != self._seen:
                 with contextlib.suppress(OSError):
                     self.apply()
+
+        return every(POLL_S, check, name="port-share", first_after=POLL_S)
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

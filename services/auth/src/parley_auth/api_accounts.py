@@ -37,6 +37,7 @@ from parley_auth.servicer_base import (
     utc_text,
 )
 from parley_auth.step_up import StepUps
+from parley_core.actor import Actor
 from parley_core.bus import ConcurrencyConflict
 from parley_core.envelope import NewEvent
 from parley_core.errors import (
@@ -73,7 +74,7 @@ class AccountsApi(StepUps):
         domain.check_name_available(self.accounts, username, self_service=self_service)
         return username, password_hash
 
-    async def _create(self, username: str, password_hash: str, role: str, actor: str, user_id: str) -> Account:
+    async def _create(self, username: str, password_hash: str, role: str, actor: Actor | None, user_id: str) -> Account:
         assert self._replay is not None
         [registered], _ = domain.decide_register(
             self.accounts,
@@ -87,7 +88,7 @@ class AccountsApi(StepUps):
             aggregate_type="user",
             aggregate_id=user_id,
             payload=self._encode(registered),
-            actor=actor or f"user:{user_id}",
+            actor=actor or Actor.user(user_id),
         )
         try:
             appended = await self.ctx.bus.append(
@@ -119,14 +120,14 @@ class AccountsApi(StepUps):
             username, password_hash = await self._claimable(request.username, request.password, self_service=True)
         async with self.audit.recorded(
             "account_registered",
-            actor=f"user:{user_id}",
+            actor=Actor.user(user_id),
             user_id=user_id,
             username=username,
             detail=f"{mode} registration as {role}",
         ):
             if invite is not None:
                 await self._redeem(*invite, user_id=user_id)
-            account = await self._create(username, password_hash, role, "", user_id)
+            account = await self._create(username, password_hash, role, None, user_id)
         return auth_pb2.RegisterResponse(user_id=account.user_id, username=account.username)
 
     def _valid_invite(self, request: auth_pb2.RegisterRequest) -> tuple[bytes, InviteState]:
@@ -148,7 +149,7 @@ class AccountsApi(StepUps):
             aggregate_type="invite",
             aggregate_id=invite_hash.hex(),
             payload=InviteRedeemed(invite_sha256=invite_hash, user_id=user_id),
-            actor=f"user:{user_id}",
+            actor=Actor.user(user_id),
         )
         try:
             await self.events.append(invite_subject(invite_hash), redeemed, version=2, expected_seq=invite.last_seq)
@@ -168,7 +169,7 @@ class AccountsApi(StepUps):
         event = NewEvent(
             aggregate_type="invite",
             aggregate_id=invite_hash.hex(),
-            payload=InviteCreated(invite_sha256=invite_hash, role=role, created_by=actor, expires_at_unix=expires),
+            payload=InviteCreated(invite_sha256=invite_hash, role=role, created_by=str(actor), expires_at_unix=expires),
             actor=actor,
         )
         async with self.audit.recorded("invite_created", actor=actor, detail=f"role {role}, valid {hours} h"):

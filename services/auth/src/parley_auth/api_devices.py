@@ -25,6 +25,7 @@ from parley_auth.servicer_base import (
     device_proto,
     device_subject,
 )
+from parley_core.actor import Actor
 from parley_core.envelope import NewEvent
 from parley_core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 
@@ -32,7 +33,7 @@ from parley_core.errors import AlreadyExists, FailedPrecondition, InvalidArgumen
 class DevicesApi(AuthBase):
     """The E2EE key directory."""
 
-    def _device_event(self, device_user: str, device_id: str, payload: Message, actor: str) -> NewEvent:
+    def _device_event(self, device_user: str, device_id: str, payload: Message, actor: Actor) -> NewEvent:
         return NewEvent(
             aggregate_type="device", aggregate_id=f"{device_user}.{device_id}", payload=payload, actor=actor
         )
@@ -64,7 +65,7 @@ class DevicesApi(AuthBase):
             signature=request.signature,
             display_name=request.display_name,
         )
-        event = self._device_event(caller.user_id, request.device_id, published, f"user:{caller.user_id}")
+        event = self._device_event(caller.user_id, request.device_id, published, Actor.user(caller.user_id))
         try:
             await self.events.append(
                 device_subject(caller.user_id, request.device_id), event, version=1, expected_seq=0
@@ -76,7 +77,7 @@ class DevicesApi(AuthBase):
         return device_proto(device)
 
     async def _change_device(
-        self, user_id: str, device_id: str, actor: str, decide: Callable[[keys.DeviceRecord | None], Message | None]
+        self, user_id: str, device_id: str, actor: Actor, decide: Callable[[keys.DeviceRecord | None], Message | None]
     ) -> keys.DeviceRecord | None:
         """The one way a device's keys change: `decide` makes the event from the device as read
         (None: nothing to append), appended at the device subject's sequence it was read at, so
@@ -127,7 +128,7 @@ class DevicesApi(AuthBase):
                 )
             return payload
 
-        device = await self._change_device(caller.user_id, device_id, f"user:{caller.user_id}", decide)
+        device = await self._change_device(caller.user_id, device_id, Actor.user(caller.user_id), decide)
         assert device is not None
         return auth_pb2.UploadOneTimeKeysResponse(one_time_keys_left=len(device.unclaimed))
 
@@ -153,7 +154,7 @@ class DevicesApi(AuthBase):
             chosen[:] = [key]
             return OneTimeKeyClaimed(user_id=user_id, device_id=device_id, key_id=key.key_id, claimed_by=caller.user_id)
 
-        device = await self._change_device(user_id, device_id, f"user:{caller.user_id}", decide)
+        device = await self._change_device(user_id, device_id, Actor.user(caller.user_id), decide)
         assert device is not None
         (key,) = chosen
         return auth_pb2.ClaimedOneTimeKey(
@@ -186,7 +187,7 @@ class DevicesApi(AuthBase):
                 raise NotFound("no such device of yours; `parley devices` lists them")
             return DeviceRemoved(user_id=caller.user_id, device_id=device_id, removed_by=caller.user_id)
 
-        actor = f"user:{caller.user_id}"
+        actor = Actor.user(caller.user_id)
         if self.keys.get(caller.user_id, device_id) is None:
             await self._change_device(caller.user_id, device_id, actor, decide)  # a retry, or NOT_FOUND
             return auth_pb2.RemoveDeviceResponse()

@@ -11,6 +11,7 @@ from parley_auth.domain import MAX_PASSWORD_LENGTH, actor_of, validate_role
 from parley_auth.passwords import verify_password
 from parley_auth.servicer_base import MFA_POLICY_SUBJECT, Context, account_proto, account_read
 from parley_auth.step_up import StepUps
+from parley_core.actor import Actor
 from parley_core.envelope import NewEvent
 from parley_core.errors import FailedPrecondition, InvalidArgument
 
@@ -28,7 +29,7 @@ class MfaApi(StepUps):
         events, _ = domain.decide_begin_totp(
             account, self.mfa.get(account.user_id), self._sealer.seal(secret, account.user_id)
         )
-        await self._user_events(account, events, f"user:{account.user_id}")
+        await self._user_events(account, events, Actor.user(account.user_id))
         return auth_pb2.BeginTotpEnrolmentResponse(
             otpauth_uri=mfa.provisioning_uri(secret, account.username), secret_base32=mfa.secret_base32(secret)
         )
@@ -55,7 +56,7 @@ class MfaApi(StepUps):
             wrong="the code does not match; check the authenticator app's clock and try the next code",
         )
         codes = mfa.new_recovery_codes()
-        actor = f"user:{account.user_id}"
+        actor = Actor.user(account.user_id)
         enrolled = TotpEnrolled(
             user_id=account.user_id, sealed_recovery_codes=self._sealed_recovery_codes(codes, account.user_id)
         )
@@ -113,7 +114,7 @@ class MfaApi(StepUps):
             raise FailedPrecondition("two-factor authentication is not enrolled; enrol TOTP first")
         if len(request.totp_code) > 16 or len(request.password) > MAX_PASSWORD_LENGTH:
             raise InvalidArgument("totp_code or password is too long")
-        actor = f"user:{account.user_id}"
+        actor = Actor.user(account.user_id)
         if request.totp_code:
             step = await self._totp_step_up(
                 context,

@@ -25,6 +25,7 @@ from parley_auth.servicer_base import (
 )
 from parley_auth.sessions import REFRESH_TOKEN_LIFETIME_S, RefreshVerdict, digest, new_refresh_token, session_id_of
 from parley_auth.step_up import StepUps
+from parley_core.actor import Actor
 from parley_core.envelope import NewEvent
 from parley_core.errors import FailedPrecondition, InvalidArgument, Unauthenticated
 from parley_core.rbac import Permission
@@ -54,7 +55,7 @@ class SessionsApi(StepUps):
         if verdict is LoginVerdict.DISABLED:
             raise Unauthenticated("this account is disabled; ask an administrator")
         used_mfa = await self._second_factor(account, request, key, source, verdict)
-        actor = f"user:{account.user_id}"
+        actor = Actor.user(account.user_id)
         session_id = uuid.uuid4().hex
         refresh = new_refresh_token(session_id)
         new_source = not any(s.source == source for s in self.sessions.of_user(account.user_id))
@@ -81,7 +82,7 @@ class SessionsApi(StepUps):
             await self.events.append(session_subject(session_id), event, version=1, expected_seq=0)
         return self._tokens(account, session_id, refresh, mfa=used_mfa)
 
-    async def _set_password(self, account: Account, password_hash: str, actor: str, read: tuple[int, int]) -> None:
+    async def _set_password(self, account: Account, password_hash: str, actor: Actor, read: tuple[int, int]) -> None:
         events, _ = domain.decide_change_password(account, password_hash)
         await self._user_events(account, events, actor, read=read)
 
@@ -113,7 +114,7 @@ class SessionsApi(StepUps):
                 "this account uses two-factor authentication: send the authenticator app's code as totp_code,"
                 " or one of the account's recovery codes as recovery_code"
             )
-        actor = f"user:{account.user_id}"
+        actor = Actor.user(account.user_id)
         accepted: Message | None = None
         if request.totp_code:
             secret = self._sealer.open(state.secret, account.user_id)
@@ -151,13 +152,13 @@ class SessionsApi(StepUps):
         if verdict is RefreshVerdict.REUSED:
             await self.audit.write(
                 "refresh_token_reuse",
-                actor="service:auth",
+                actor=Actor.service("auth"),
                 user_id=session.user_id,
                 username=account.username,
                 source=self._source(context),
                 detail=session.session_id,
             )
-            await self._revoke(session, "refresh token reuse", "service:auth")
+            await self._revoke(session, "refresh token reuse", Actor.service("auth"))
             raise Unauthenticated("this refresh token was already used; the session is revoked, log in again")
         refresh = new_refresh_token(session.session_id)
         rotated = RefreshTokenRotated(
@@ -168,7 +169,7 @@ class SessionsApi(StepUps):
             source=self._source(context),
         )
         try:
-            await self._session_event(session, rotated, f"user:{session.user_id}")
+            await self._session_event(session, rotated, Actor.user(session.user_id))
         except FailedPrecondition:
             # Another refresh with the same token won the race: that is reuse too.
             raise Unauthenticated("this refresh token was already used; log in again") from None
@@ -178,7 +179,7 @@ class SessionsApi(StepUps):
         caller = self._caller(context)
         session = self.sessions.get(caller.session_id)
         if session is not None:
-            await self._revoke(session, "logout", f"user:{caller.user_id}")
+            await self._revoke(session, "logout", Actor.user(caller.user_id))
         return auth_pb2.LogoutResponse()
 
     async def ChangePassword(
@@ -198,7 +199,7 @@ class SessionsApi(StepUps):
         check_password_policy(request.new_password, account.username)
         read = account_read(account)  # the password checked was this version's
         new_hash = await hash_password(request.new_password)
-        actor = f"user:{caller.user_id}"
+        actor = Actor.user(caller.user_id)
         async with self.audit.recorded(
             "password_changed", actor=actor, user_id=account.user_id, username=account.username
         ):
@@ -227,5 +228,5 @@ class SessionsApi(StepUps):
         for revoked in events:
             assert session is not None
             assert isinstance(revoked, domain.SessionRevoked)
-            await self._revoke(session, revoked.reason, f"user:{caller.user_id}")
+            await self._revoke(session, revoked.reason, Actor.user(caller.user_id))
         return auth_pb2.RevokeSessionResponse()

@@ -20,6 +20,7 @@ from parley.auth.v1.events_pb2 import AuditKeyPublished, SecurityEventRecorded, 
 from prometheus_client import Counter
 
 from parley_auth.audit_key import AuditSigner
+from parley_core.actor import Actor
 from parley_core.audit import AuditChain, TrustedKeys, trusted_keys
 from parley_core.audit_log import SEC_STREAM, ChainHead, chain_head
 from parley_core.bus import ConcurrencyConflict, EventBus
@@ -107,7 +108,7 @@ class AuditTrail:
                 extra={"security_event": "audit_record_forged", "count": head.forged},
             )
 
-    async def write(self, kind: str, *, actor: str, user_id: str = "", **fields: Any) -> int:
+    async def write(self, kind: str, *, actor: Actor, user_id: str = "", **fields: Any) -> int:
         """An audit record on the SEC stream: for the SIEM, and a link in the signed hash chain.
         Returns its chain number.
 
@@ -122,7 +123,7 @@ class AuditTrail:
                 record = SecurityEventRecorded(
                     kind=kind,
                     user_id=user_id,
-                    actor=actor,
+                    actor=str(actor),
                     key_id=self._signer.key_id,
                     occurred_at_unix_ns=time.time_ns(),
                     **fields,
@@ -159,7 +160,7 @@ class AuditTrail:
             raise Unavailable("the audit trail is busy; the change this call records was not made, try again")
 
     @contextlib.asynccontextmanager
-    async def recorded(self, kind: str, *, actor: str, user_id: str = "", **fields: Any) -> AsyncIterator[int]:
+    async def recorded(self, kind: str, *, actor: Actor, user_id: str = "", **fields: Any) -> AsyncIterator[int]:
         """Around a change: its audit record is written first, so a change whose record cannot be
         written is not made. If the change then fails, a `change_not_made` record names the
         record it contradicts (as long as the trail can still be written): the trail may hold an

@@ -15,6 +15,7 @@ from zxcvbn import zxcvbn
 
 from parley_auth.mfa import MfaState
 from parley_auth.sessions import Session
+from parley_core.actor import Actor
 from parley_core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from parley_core.rbac import (
     ACCOUNT_ACTION_PERMISSIONS,
@@ -26,7 +27,6 @@ from parley_core.rbac import (
     may_assign,
 )
 from parley_core.synthetic import PROBER_NAME_PREFIX, is_prober_name
-from parley_core.topology import PLATFORM_USER
 
 USERNAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{2,31}$")
 MIN_PASSWORD_LENGTH = 10
@@ -154,8 +154,8 @@ class Acting(Protocol):
     def require(self, permission: Permission, *, what: str = ...) -> None: ...
 
 
-def actor_of(by: Acting | None) -> str:
-    return f"user:{by.user_id}" if by is not None else PLATFORM_USER
+def actor_of(by: Acting | None) -> Actor:
+    return Actor.user(by.user_id) if by is not None else Actor.PLATFORM
 
 
 def checked_id(value: str, what: str) -> str:
@@ -181,7 +181,7 @@ def check_account_action(by: Acting | None, action: AccountAction, target: Accou
         raise PermissionDenied(f"only an owner may {action} an owner")
 
 
-def check_administered(by: Acting | None, account: Account, reason: str, action: AccountAction) -> str:
+def check_administered(by: Acting | None, account: Account, reason: str, action: AccountAction) -> Actor:
     """What no administrator may do to an account (what rbac's one rule refuses, or act on
     oneself); returns the actor to record."""
     check_reason(reason)
@@ -296,7 +296,7 @@ def decide_assign_role(account: Account, by: Acting | None, role: str) -> Decide
     return [RoleAssigned(account.user_id, role, account.role)], True
 
 
-def decide_set_disabled(account: Account, by: Acting | None, *, disabled: bool, reason: str) -> Decided[str]:
+def decide_set_disabled(account: Account, by: Acting | None, *, disabled: bool, reason: str) -> Decided[Actor]:
     """Result: the actor to record."""
     actor = check_administered(by, account, reason, AccountAction.DISABLE)
     if account.disabled == disabled:
@@ -324,7 +324,7 @@ def decide_begin_totp(account: Account, state: MfaState | None, sealed_secret: b
     return [TotpEnrolmentStarted(account.user_id, sealed_secret)], None
 
 
-def decide_reset_mfa(account: Account, by: Acting | None, state: MfaState | None, reason: str) -> Decided[str]:
+def decide_reset_mfa(account: Account, by: Acting | None, state: MfaState | None, reason: str) -> Decided[Actor]:
     """Result: the actor to record. Every session of the account is ended after it
     (`sessions_to_end`): whoever holds one may hold the phone too."""
     actor = check_administered(by, account, reason, AccountAction.RESET_MFA)
@@ -361,7 +361,7 @@ def decide_request_erasure(accounts: AccountDirectory, requested: set[str], by: 
         return [], True
     if accounts.by_id(user_id) is None:
         raise NotFound("no such user")
-    return [ErasureRequested(user_id, actor_of(by), reason)], False
+    return [ErasureRequested(user_id, str(actor_of(by)), reason)], False
 
 
 class LoginVerdict(Enum):

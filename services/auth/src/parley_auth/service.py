@@ -27,6 +27,7 @@ from parley_auth.sealing import SecretSealer
 from parley_auth.servicer_base import DUE_CATCH_UP_S, Context, session_subject, utc_text
 from parley_auth.sessions import Session
 from parley_auth.storage_due import StorageDue
+from parley_core.actor import Actor
 from parley_core.config import AUTH_SEALING_KEY_FILE
 from parley_core.envelope import NewEvent
 from parley_core.errors import FailedPrecondition, NotFound, Unavailable
@@ -88,7 +89,7 @@ class AuthApp(AccountsApi, SessionsApi, MfaApi, DevicesApi, auth_pb2_grpc.AuthSe
             return
         published = AuditKeyPublished(key_id=signer.key_id, algorithm="Ed25519", public_key=signer.public_key)
         event = NewEvent(
-            aggregate_type="audit_key", aggregate_id=signer.key_id, payload=published, actor="service:auth"
+            aggregate_type="audit_key", aggregate_id=signer.key_id, payload=published, actor=Actor.service("auth")
         )
         with contextlib.suppress(FailedPrecondition):  # another instance sharing the key published it
             await self.events.append(audit_key_subject(signer.key_id), event, version=1, expected_seq=0)
@@ -108,7 +109,7 @@ class AuthApp(AccountsApi, SessionsApi, MfaApi, DevicesApi, auth_pb2_grpc.AuthSe
             extra={"security_event": "event_log_gap", "gaps": len(gaps), "detail": detail},
         )
         with contextlib.suppress(Unavailable):  # refused all the same; the log line above stands
-            await self.audit.write("event_log_gap", actor="service:auth", detail=detail)
+            await self.audit.write("event_log_gap", actor=Actor.service("auth"), detail=detail)
         raise RefusedToStart(
             f"{len(gaps)} event(s) are missing from AUTH with no erasure to explain them ({detail}): rebuilding"
             " without them would undo what they recorded; restore them from the archive or a backup"
@@ -116,7 +117,7 @@ class AuthApp(AccountsApi, SessionsApi, MfaApi, DevicesApi, auth_pb2_grpc.AuthSe
 
     async def revoke_for_anomaly(self, session: Session, reason: str) -> None:
         """Storage's detector asked for it (storage_due.py); the reason names the anomaly."""
-        await self._revoke(session, reason, "service:storage")
+        await self._revoke(session, reason, Actor.service("storage"))
 
     async def require_step_up(self, session: Session, reason: str, anomaly_event_id: str) -> None:
         """Storage's detector asked for it (storage_due.py): every service limits the session's
@@ -129,9 +130,9 @@ class AuthApp(AccountsApi, SessionsApi, MfaApi, DevicesApi, auth_pb2_grpc.AuthSe
             session_id=session.session_id, user_id=session.user_id, reason=reason, anomaly_event_id=anomaly_event_id
         )
         async with self.audit.recorded(
-            "step_up_required", actor="service:storage", user_id=session.user_id, detail=detail
+            "step_up_required", actor=Actor.service("storage"), user_id=session.user_id, detail=detail
         ):
-            await self._session_event(session, required, "service:storage")
+            await self._session_event(session, required, Actor.service("storage"))
 
     async def slow_source(self, slowed: SourceSlowed, event_id: str) -> None:
         """Storage's detector asked for it (storage_due.py): logins and step-up checks from the
@@ -140,11 +141,11 @@ class AuthApp(AccountsApi, SessionsApi, MfaApi, DevicesApi, auth_pb2_grpc.AuthSe
             return  # carried out already (a repeated fact, or a redelivery), or lifted since
         key = username_key(budget_key(slowed.source))
         event = NewEvent(
-            aggregate_type="slowed", aggregate_id=key, payload=slowed, actor="service:auth", event_id=event_id
+            aggregate_type="slowed", aggregate_id=key, payload=slowed, actor=Actor.service("auth"), event_id=event_id
         )
         detail = f"until {utc_text(slowed.until_unix)}: {slowed.reason}"[:MAX_NOT_MADE_DETAIL]
         async with self.audit.recorded(
-            "source_slowed", actor="service:storage", user_id="", source=slowed.source, detail=detail
+            "source_slowed", actor=Actor.service("storage"), user_id="", source=slowed.source, detail=detail
         ):
             await self.events.append_after_last(slowed_source_subject(key), event)
 

@@ -24,12 +24,14 @@ from parley_auth.sealing import RECOVERY_CODES, SecretSealer
 from parley_auth.sessions import Session
 from parley_auth.settings import AuthSettings
 from parley_auth.signing_key_job import SigningKeyJob
+from parley_core.actor import Actor
 from parley_core.bus import DurableConsumer, ReceivedEvent, Replay
 from parley_core.envelope import NewEvent
 from parley_core.errors import NotFound
 from parley_core.rate import TokenBuckets
 from parley_core.rbac import AccountAction
-from parley_core.runner import RunContext, peer_names
+from parley_core.run_context import RunContext
+from parley_core.server_interceptors import peer_names
 from parley_core.sources import MAX_SOURCE_LENGTH, SOURCE_METADATA, client_address
 from parley_core.tokens import Caller, bearer_token
 from parley_core.topology import PLATFORM_USER, stream_subject, user_subject
@@ -192,7 +194,7 @@ class AuthBase:
     # -- writing ----------------------------------------------------------------------------
 
     async def _user_event(
-        self, account: Account, payload: Message, actor: str, *, read: tuple[int, int] | None = None
+        self, account: Account, payload: Message, actor: Actor, *, read: tuple[int, int] | None = None
     ) -> None:
         """Appended at the account's version and sequence as they were when the change was
         decided (`read`, from `_read`: taken before the audit record is written, which yields to
@@ -202,7 +204,7 @@ class AuthBase:
         await self.events.append(user_subject(account.user_id), event, version=version + 1, expected_seq=seq)
 
     async def _user_events(
-        self, account: Account, events: list[domain.Event], actor: str, *, read: tuple[int, int] | None = None
+        self, account: Account, events: list[domain.Event], actor: Actor, *, read: tuple[int, int] | None = None
     ) -> None:
         """A decision's facts about the account, appended in order (the first at `read`)."""
         for event in events:
@@ -212,7 +214,7 @@ class AuthBase:
     def _encode(self, event: domain.Event) -> Message:
         return codec.payload(event, self._seal)
 
-    async def _session_event(self, session: Session, payload: Message, actor: str) -> None:
+    async def _session_event(self, session: Session, payload: Message, actor: Actor) -> None:
         event = NewEvent(aggregate_type="session", aggregate_id=session.session_id, payload=payload, actor=actor)
         await self.events.append(
             session_subject(session.session_id), event, version=session.version + 1, expected_seq=session.last_seq
@@ -222,7 +224,7 @@ class AuthBase:
         assert self._sealer is not None
         return self._sealer.unknown_name(typed)
 
-    async def _revoke(self, session: Session, reason: str, actor: str) -> None:
+    async def _revoke(self, session: Session, reason: str, actor: Actor) -> None:
         for revoked in domain.revocation(session, reason):
             detail = f"{session.session_id}: {reason}"
             async with self.audit.recorded("session_revoked", actor=actor, user_id=session.user_id, detail=detail):
@@ -250,7 +252,9 @@ class AuthBase:
         REQUEST_SOURCE.set(self._source(context))
         return self.ctx.tokens.caller(context)
 
-    def _administered(self, context: Context, user_id: str, reason: str, action: AccountAction) -> tuple[Account, str]:
+    def _administered(
+        self, context: Context, user_id: str, reason: str, action: AccountAction
+    ) -> tuple[Account, Actor]:
         """The account an administrator (or the platform identity) acts on, and the actor to
         record; refuses what no admin may do: what rbac's one rule refuses, or act on oneself."""
         caller = self._caller_or_platform(context)

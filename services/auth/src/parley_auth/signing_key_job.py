@@ -6,7 +6,6 @@ module reads and writes the key files and appends the events.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -20,9 +19,11 @@ from parley_auth.event_log import AuthLog
 from parley_auth.key_rotation import KeySchedule, SigningKeyState, key_in_use, replaced_at
 from parley_auth.sealing import SealedFieldUnreadable, SecretSealer
 from parley_auth.signing import TokenIssuer
+from parley_core.actor import Actor
 from parley_core.bus import ConcurrencyConflict, EventBus
 from parley_core.envelope import NewEvent
 from parley_core.errors import FailedPrecondition, Unavailable
+from parley_core.jobs import every
 from parley_core.tokens import ALGORITHM
 from parley_core.topology import signing_key_subject
 
@@ -44,9 +45,15 @@ class SigningKeyJob:
         self.schedule = KeySchedule(rotation_s=rotation_s, token_lifetime_s=token_lifetime_s)
         self._keys = keys  # the projection's
         self._token_lifetime_s = token_lifetime_s
-        self._changed = asyncio.Event()
-        self._stopping = False
-        self._task: asyncio.Task[None] | None = None
+        # Rotates the key on schedule and retires replaced keys once every token they signed has
+        # expired. Times come from the AUTH stream, so a restart keeps the schedule; woken when the
+        # keys change, else at the next due time (re-read at least hourly, retried after a failure).
+        self._job = every(
+            self._next_due_s,
+            self._chores,
+            name="auth-signing-keys",
+            after_failure=KEY_MAINTENANCE_RETRY_S,
+        )
         self._issuer: TokenIssuer | None = None
         self._secrets_dir = Path()
         self._sealer: SecretSealer | None = None
@@ -86,16 +93,13 @@ class SigningKeyJob:
         if isinstance(payload, SigningKeyPublished):
             self._adopt_successor(payload)
         if isinstance(payload, SigningKeyPublished | SigningKeyRetired):
-            self._changed.set()
+            self._job.wake()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._maintain(), name="auth-signing-keys")
+        self._job.start()
 
     async def stop(self) -> None:
-        self._stopping = True
-        self._changed.set()
-        if self._task is not None:
-            await self._task
+        await self._job.stop()
 
     @property
     def _signing_key_path(self) -> Path:
@@ -118,13 +122,13 @@ class SigningKeyJob:
         subject_key = previous or issuer.key_id
         state = self._keys.get(subject_key)
         event = NewEvent(
-            aggregate_type="signing_key", aggregate_id=subject_key, payload=published, actor="service:auth"
+            aggregate_type="signing_key", aggregate_id=subject_key, payload=published, actor=Actor.service("auth")
         )
         detail = f"{previous} -> {issuer.key_id}: the key in use is not in this data folder's secrets"
         version, seq = (state.version + 1, state.last_seq) if state else (1, 0)  # as read now
         recorded: contextlib.AbstractAsyncContextManager[object] = contextlib.nullcontext()
         if previous:
-            recorded = self.audit.recorded("signing_key_replaced", actor="service:auth", detail=detail)
+            recorded = self.audit.recorded("signing_key_replaced", actor=Actor.service("auth"), detail=detail)
         async with recorded:
             with contextlib.suppress(ConcurrencyConflict):  # another instance sharing the key published it
                 await self._bus.append(
@@ -135,7 +139,7 @@ class SigningKeyJob:
     def _successor_path(self, key_id: str) -> Path:
         return self._secrets_dir / f"auth-signing-key.{key_id}.pem"
 
-    async def rotate(self, actor: str) -> TokenIssuer:
+    async def rotate(self, actor: Actor) -> TokenIssuer:
         """A successor for the key in use, published on that key's subject at its last sequence:
         of auth instances rotating at the same moment (their schedule is the same) exactly one
         succeeds; the others adopt its key from the shared secrets folder instead of adding one."""
@@ -159,7 +163,9 @@ class SigningKeyJob:
                 issuer.private_der(), field=SEALED_SIGNING_KEY_FIELD, owner=issuer.key_id
             ),
         )
-        event = NewEvent(aggregate_type="signing_key", aggregate_id=previous, payload=published, actor="service:auth")
+        event = NewEvent(
+            aggregate_type="signing_key", aggregate_id=previous, payload=published, actor=Actor.service("auth")
+        )
         version, seq = state.version + 1, state.last_seq  # as read now: of racing rotations, one lands
         try:
             async with self.audit.recorded("signing_key_rotated", actor=actor, detail=f"{previous} -> {issuer.key_id}"):
@@ -205,7 +211,7 @@ class SigningKeyJob:
             issuer.save(self._signing_key_path)  # a restart signs with it too
             self._issuer = issuer
 
-    async def retire(self, key_id: str, actor: str) -> None:
+    async def retire(self, key_id: str, actor: Actor) -> None:
         state = self._keys[key_id]
         if state.retired:
             return
@@ -215,36 +221,18 @@ class SigningKeyJob:
         async with self.audit.recorded("signing_key_retired", actor=actor, detail=key_id):
             await self.events.append(signing_key_subject(key_id), event, version=2, expected_seq=None)
 
-    async def _maintain(self) -> None:
-        """Rotates the signing key on schedule (PARLEY_AUTH_SIGNING_KEY_ROTATION_SECONDS) and
-        retires each replaced key once every token it signed has expired. Times come from the
-        AUTH stream, so a restart keeps the schedule; wakes when the keys change or at the next
-        due time."""
-        while not self._stopping:
-            self._changed.clear()
-            failed = False
-            try:
-                await self._chores()
-            except Exception:  # retried shortly; tokens keep being issued and verified meanwhile
-                log.exception("signing key rotation or retirement failed")
-                failed = True
-            assert self._issuer is not None
-            due = self.schedule.next_due(self._keys, current_key_id=self._issuer.key_id)
-            delay = (
-                KEY_MAINTENANCE_MAX_WAIT_S
-                if due is None
-                else min(max(due - time.time(), 0.0), KEY_MAINTENANCE_MAX_WAIT_S)
-            )
-            if failed:
-                delay = max(delay, KEY_MAINTENANCE_RETRY_S)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), delay)
+    def _next_due_s(self) -> float:
+        assert self._issuer is not None
+        due = self.schedule.next_due(self._keys, current_key_id=self._issuer.key_id)
+        if due is None:
+            return KEY_MAINTENANCE_MAX_WAIT_S
+        return min(max(due - time.time(), 0.0), KEY_MAINTENANCE_MAX_WAIT_S)
 
     async def _chores(self) -> None:
         assert self._issuer is not None
         now = time.time()
         for key_id in self.schedule.retirable(self._keys, current_key_id=self._issuer.key_id, now=now):
-            await self.retire(key_id, "service:auth")
+            await self.retire(key_id, Actor.service("auth"))
         current = self._keys.get(self._issuer.key_id)
         if current is None:
             return
@@ -252,4 +240,4 @@ class SigningKeyJob:
         # Replaced, yet still ours: the successor's private key was lost (a crash mid-rotation).
         orphaned = replaced_at(self._keys, self._issuer.key_id) is not None
         if due or orphaned:
-            await self.rotate("service:auth")
+            await self.rotate(Actor.service("auth"))

@@ -14,11 +14,14 @@ from parley_auth import mfa
 from parley_auth.domain import Account, username_key
 from parley_auth.lockout import Scope
 from parley_auth.servicer_base import AuthBase, Context
+from parley_core.actor import Actor
 from parley_core.envelope import NewEvent
 from parley_core.errors import ResourceExhausted, Unauthenticated
 from parley_core.sources import budget_key
 from parley_core.tokens import Caller
 from parley_core.topology import lockout_subject
+
+AUTH = Actor.service("auth")  # the lockout's own counting
 
 
 class StepUps(AuthBase):
@@ -30,7 +33,7 @@ class StepUps(AuthBase):
             aggregate_type="lockout",
             aggregate_id=username_key(payload.account_key),
             payload=payload,
-            actor="service:auth",
+            actor=AUTH,
         )
 
     # -- failed authentication: one lockout for logins and step-up checks (parley_auth.lockout) --
@@ -41,7 +44,7 @@ class StepUps(AuthBase):
             raise ResourceExhausted(locked.message)
 
     async def _failed(
-        self, kind: str, *, key: str, source: str, user_id: str, actor: str = "service:auth", detail: str = ""
+        self, kind: str, *, key: str, source: str, user_id: str, actor: Actor = AUTH, detail: str = ""
     ) -> None:
         """A wrong password or code: audited with the client's address, then counted on the AUTH
         stream so every auth instance (and this one after a restart) sees it. Appended without an
@@ -55,7 +58,7 @@ class StepUps(AuthBase):
             where = "this account from this address" if locked.scope is Scope.PAIR else "this address"
             recorded = self.audit.recorded(
                 "lockout",
-                actor="service:auth",
+                actor=AUTH,
                 user_id=user_id,
                 username=key,
                 source=source,
@@ -93,7 +96,7 @@ class StepUps(AuthBase):
                 key=account.username,
                 source=source,
                 user_id=account.user_id,
-                actor=f"user:{caller.user_id}",
+                actor=Actor.user(caller.user_id),
                 detail=f"{call}: {wrong} (session {caller.session_id})",
             )
             raise Unauthenticated(wrong)

@@ -51,6 +51,7 @@ from parley_auth.domain import AccountDirectory
 from parley_auth.event_log import AuthLog
 from parley_auth.lockout import LockoutBook
 from parley_auth.sessions import Session, SessionBook
+from parley_core.actor import Actor
 from parley_core.bus import ReceivedEvent, Refused, RetryLater
 from parley_core.envelope import NewEvent, UnknownEventType, open_payload
 from parley_core.errors import Unavailable
@@ -174,9 +175,9 @@ class StorageDue:
 
     async def _refuse(self, kind: str, user_id: str, fact: ReceivedEvent, why: str) -> NoReturn:
         """A security event on the audit chain, then the fact is parked; nothing else changes."""
-        detail = f"storage's fact STORE #{fact.stream_seq} (by {fact.envelope.actor or 'unknown'}): {why}"
+        detail = f"storage's fact STORE #{fact.stream_seq} (by {_who(fact)}): {why}"
         try:
-            await self._app.audit.write(kind, actor="service:auth", user_id=user_id, detail=detail[:500])
+            await self._app.audit.write(kind, actor=Actor.service("auth"), user_id=user_id, detail=detail[:500])
         except Unavailable as exc:  # the refusal is recorded before the fact is parked
             raise RetryLater(str(exc)) from exc
         raise Refused(why)
@@ -235,15 +236,15 @@ class StorageDue:
             aggregate_type="username",
             aggregate_id=due.username_key,
             payload=AccountErased(user_id=due.user_id),
-            actor="service:auth",
+            actor=Actor.service("auth"),
             event_id=marker.event_id,
         )
         account = self._app.accounts.by_id(due.user_id)
-        detail = f"on storage's erasure fact STORE #{fact.stream_seq} (by {fact.envelope.actor or 'unknown'})"
+        detail = f"on storage's erasure fact STORE #{fact.stream_seq} (by {_who(fact)})"
         try:
             async with self._app.audit.recorded(
                 "account_erased",
-                actor="service:auth",
+                actor=Actor.service("auth"),
                 user_id=due.user_id,
                 username=account.username if account is not None else "",
                 detail=detail,
@@ -252,3 +253,7 @@ class StorageDue:
                 await self._app.events.append_after_last(username_subject(due.username_key), event)
         except Unavailable as exc:  # the audit chain refused the record: nothing was changed
             raise RetryLater(str(exc)) from exc
+
+
+def _who(fact: ReceivedEvent) -> str:
+    return str(Actor.parse(fact.envelope.actor)) or "unknown"

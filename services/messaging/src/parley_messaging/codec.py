@@ -14,6 +14,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from parley.messaging.v1 import events_pb2
 
+from parley_core.actor import Actor
 from parley_core.envelope import NewEvent
 from parley_messaging import events
 from parley_messaging.inputs import send_event_id
@@ -101,11 +102,12 @@ def event_id_of(event: events.ChannelEvent) -> str:
     return uuid.uuid4().hex
 
 
-def new_event(event: events.ChannelEvent, actor: str, event_id: str = "") -> NewEvent:
+def new_event(event: events.ChannelEvent, user_id: str, event_id: str = "") -> NewEvent:
+    """The envelope of a channel event that the user `user_id` caused."""
     return NewEvent(
         aggregate_type="channel",
         aggregate_id=event.channel_id,
         payload=to_proto(event),
-        actor=actor,
+        actor=Actor.user(user_id),
         event_id=event_id or event_id_of(event),
     )

@@ -18,6 +18,7 @@ import grpc
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.messaging.v1.events_pb2 import ToDeviceFetched, ToDeviceSent
 
+from parley_core.actor import Actor
 from parley_core.envelope import NewEvent
 from parley_core.errors import InvalidArgument, NotFound, PermissionDenied
 from parley_core.runner import RunContext
@@ -105,7 +106,7 @@ class DeviceKeyServicer(messaging_pb2_grpc.DeviceKeyServiceServicer):
                         ciphertext=message.ciphertext,
                         queue_seq=queue.next_seq(message.recipient_device_id),
                     ),
-                    actor=caller.user_id,
+                    actor=Actor.user(caller.user_id),
                 )
 
             read = partial(self.relay.queue, recipient)
@@ -130,7 +131,7 @@ class DeviceKeyServicer(messaging_pb2_grpc.DeviceKeyServiceServicer):
                 recipient_user_id=queue.user_id, recipient_device_id=device_id, up_to_queue_seq=up_to
             )
             return NewEvent(
-                aggregate_type="todevice", aggregate_id=queue.user_id, payload=fetched, actor=caller.user_id
+                aggregate_type="todevice", aggregate_id=queue.user_id, payload=fetched, actor=Actor.user(caller.user_id)
             )
 
         queue = self.relay.queue(caller.user_id)

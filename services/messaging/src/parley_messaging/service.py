@@ -18,7 +18,8 @@ from parley.storage.v1 import storage_pb2_grpc
 from parley_core.bus import ConcurrencyConflict, DurableConsumer, ReceivedEvent, Replay
 from parley_core.envelope import NewEvent
 from parley_core.errors import InvalidArgument, NotFound
-from parley_core.runner import RunContext, peer_names
+from parley_core.run_context import RunContext
+from parley_core.server_interceptors import peer_names
 from parley_core.tokens import bearer_token
 from parley_core.topology import AUTH_FILTER, CONSUMERS, MESSAGING_FILTER, PLATFORM_USER, channel_subject
 from parley_messaging import decisions as cmd

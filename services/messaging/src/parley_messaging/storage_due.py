@@ -37,6 +37,7 @@ from google.protobuf.message import Message
 from parley.messaging.v1.events_pb2 import MessageEdited, MessagePosted, MessagesErased, MessagesExpired
 from parley.storage.v1.events_pb2 import ChannelErasureDue, LogDeletionDue, RetentionDue
 
+from parley_core.actor import Actor
 from parley_core.bus import ReceivedEvent, Refused
 from parley_core.envelope import NewEvent, UnknownEventType, open_payload
 from parley_core.errors import FailedPrecondition
@@ -178,7 +179,7 @@ class StorageDue:
             aggregate_type="channel",
             aggregate_id=channel_id,
             payload=payload,
-            actor="service:messaging",
+            actor=Actor.service("messaging"),
             event_id=marker.event_id,
         )
         subject = channel_subject(channel_id)

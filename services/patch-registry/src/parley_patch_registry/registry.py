@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 from parley.fleet.v1 import fleet_pb2
 from parley.patch.v1 import events_pb2
 
+from parley_core.actor import Actor
 from parley_core.bus import ConcurrencyConflict, EventBus, ReceivedEvent, Replay
 from parley_core.envelope import NewEvent, open_payload
 from parley_core.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -76,7 +77,7 @@ LOG_LINE_LIMIT = 500
 # The envelope actor of what the registry records on its own (overdue alerts, automatic roll-out
 # steps): "service:<name>" as every service writes it, so `parley audit query --actor
 # service:patch-registry` finds them.
-REGISTRY_ACTOR = "service:patch-registry"
+REGISTRY_ACTOR = Actor.service("patch-registry")
 
 
 class FleetView:
@@ -326,7 +327,7 @@ class Registry:
         aggregate_type: str,
         aggregate_id: str,
         payloads: Iterable[Message],
-        actor: str,
+        actor: Actor,
         *,
         version: int,
         expected: int | None,
@@ -344,7 +345,7 @@ class Registry:
         if last:
             await self._replay.wait_for_seq(last)
 
-    async def _record(self, rollout_id: str, events: list[RolloutEvent], actor: str) -> Rollout:
+    async def _record(self, rollout_id: str, events: list[RolloutEvent], actor: Actor) -> Rollout:
         """Appends the events, then logs each: the registry's log tells a roll-out's story too."""
         existing = self.rollouts.get(rollout_id)
         await self._append(
@@ -387,7 +388,7 @@ class Registry:
             self.keys.remove(delegated_role(service))
             event = events_pb2.PublisherKeySet(service=service, keyid=key.keyid, set_by=caller.user_id)
             await self._append(
-                release_subject(service), "release", service, [event], caller.user_id, version=0, expected=None
+                release_subject(service), "release", service, [event], _by(caller), version=0, expected=None
             )
         return key.keyid
 
@@ -407,7 +408,7 @@ class Registry:
                 version=root.version, keyids=list(role.keyids), threshold=role.threshold, rotated_by=caller.user_id
             )
             await self._append(
-                trust_root_subject(), "trust", "root", [event], caller.user_id, version=root.version - 2, expected=None
+                trust_root_subject(), "trust", "root", [event], _by(caller), version=root.version - 2, expected=None
             )
         return root.version, list(role.keyids), role.threshold
 
@@ -469,7 +470,7 @@ class Registry:
                 published_by=caller.user_id,
             )
             await self._append(
-                release_subject(service), "release", service, [event], caller.user_id, version=0, expected=None
+                release_subject(service), "release", service, [event], _by(caller), version=0, expected=None
             )
         return info
 
@@ -498,7 +499,7 @@ class Registry:
                 published_by=BASE_PUBLISHER,
             )
             await self._append(
-                release_subject(service), "release", service, [event], BASE_PUBLISHER, version=0, expected=None
+                release_subject(service), "release", service, [event], Actor.PLATFORM, version=0, expected=None
             )
         log.info("base release %s %s published (%s)", service, version, info.target_path)
         return info
@@ -532,7 +533,7 @@ class Registry:
                     "advisory",
                     advisory.id,
                     [event],
-                    caller.user_id,
+                    _by(caller),
                     version=0,
                     expected=None,
                 )
@@ -683,7 +684,7 @@ class Registry:
                 reverts=reverts,
                 weights=tuple(weights) or DEFAULT_WEIGHTS,
             )
-            return await self._record(rollout_id, events, caller.user_id)
+            return await self._record(rollout_id, events, _by(caller))
 
     def _in_order(self) -> list[Rollout]:
         return sorted(self.rollouts.values(), key=lambda r: r.history[0].at if r.history else 0.0)
@@ -729,7 +730,7 @@ class Registry:
                 events = work.rollback(actor=caller.user_id, actor_role=caller.role, reason=reason, at=now)
             else:
                 raise InvalidArgument(f"unknown roll-out command {action!r}")
-            return await self._record(rollout_id, events, caller.user_id)
+            return await self._record(rollout_id, events, _by(caller))
 
     async def agent_report(
         self,
@@ -760,7 +761,7 @@ class Registry:
                 events = work.rolled_back(at=now, actor=actor)
             if not events:
                 return self.rollout(rollout_id)
-            return await self._record(rollout_id, events, actor)
+            return await self._record(rollout_id, events, Actor.service(actor))
 
     def _window(self, rollout: Rollout, instance_id: str, now: float, since: float | None) -> InstanceWindow:
         """The new instance's calls since its phase began (`since`; None: since it started), and
@@ -814,3 +815,8 @@ class Registry:
                         )
                 if events:
                     await self._record(rollout_id, events, REGISTRY_ACTOR)
+
+
+def _by(caller: Caller) -> Actor:
+    """The envelope actor of what an operator's call records."""
+    return Actor.user(caller.user_id)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter
@@ -19,6 +18,7 @@ from prometheus_client import Gauge
 
 from parley_core.config import REGISTRY_FOLDER
 from parley_core.errors import InvalidArgument, Unavailable
+from parley_core.jobs import PeriodicJob, every
 from parley_core.runner import RunContext
 from parley_core.topology import HEARTBEATS_FILTER
 from parley_patch_registry.api import PatchApi
@@ -67,7 +67,8 @@ class PatchRegistryApp(fleet_pb2_grpc.FleetServiceServicer):
         self.registry: Registry | None = None
         self.http: RepositoryHttpServer | None = None
         self._sub: Subscription | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._jobs: list[PeriodicJob] = []
+        self._findings_due = 0.0
         self._interval = 1.0
         self._ctx: RunContext | None = None
         self._findings_gauge: Gauge | None = None
@@ -100,41 +101,34 @@ class PatchRegistryApp(fleet_pb2_grpc.FleetServiceServicer):
         patch_pb2_grpc.add_PatchServiceServicer_to_server(PatchApi(self.registry, ctx.tokens, self.http), ctx.server)
         ctx.add_service_name(fleet_pb2.DESCRIPTOR.services_by_name["FleetService"].full_name)
         ctx.add_service_name(patch_pb2.DESCRIPTOR.services_by_name["PatchService"].full_name)
-        self._tasks = [asyncio.create_task(self._maintain(), name="patch-registry-maintain")]
+        # Woken every interval by a timer, as a scheduler would; each pass is idempotent (a failed
+        # one is retried at the next interval). Cut short at a stop: the next start resumes.
+        self._jobs = [every(self._interval, self._maintain, name="patch-registry-maintain", grace=0.0)]
+        for job in self._jobs:
+            job.start()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for job in self._jobs:
+            await job.stop()
         if self._sub is not None:
             await self._sub.unsubscribe()
         if self.http is not None:
             self.http.stop()
 
     async def _maintain(self) -> None:
-        """Keeps the timestamp fresh, moves roll-outs on and raises overdue findings.
-
-        Woken every interval by a timer, as a scheduler would; each pass is idempotent.
-        """
+        """Keeps the timestamp fresh, moves roll-outs on and raises overdue findings."""
         assert self.registry is not None
         registry = self.registry
         loop = asyncio.get_running_loop()
-        next_findings = 0.0
-        while True:
-            try:
-                remaining = registry.repo.timestamp_expires() - datetime.now(UTC)
-                if remaining < timedelta(minutes=self.settings.timestamp_lifetime_minutes / 2):
-                    await asyncio.to_thread(registry.repo.refresh_timestamp)
-                await registry.drive()
-                if loop.time() >= next_findings:  # matching the whole fleet is the costly part
-                    await registry.reconcile_findings()
-                    await registry.announce_overdue()
-                    next_findings = loop.time() + FINDINGS_INTERVAL_S
-                self._measure(registry)
-            except Exception:
-                log.exception("registry maintenance pass failed; retrying next interval")
-            await asyncio.sleep(self._interval)
+        remaining = registry.repo.timestamp_expires() - datetime.now(UTC)
+        if remaining < timedelta(minutes=self.settings.timestamp_lifetime_minutes / 2):
+            await asyncio.to_thread(registry.repo.refresh_timestamp)
+        await registry.drive()
+        if loop.time() >= self._findings_due:  # matching the whole fleet is the costly part
+            await registry.reconcile_findings()
+            await registry.announce_overdue()
+            self._findings_due = loop.time() + FINDINGS_INTERVAL_S
+        self._measure(registry)
 
     def _measure(self, registry: Registry) -> None:
         """The figures /metrics shows, set here in the service's own loop (a scrape runs in the

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from parley_core.actor import Actor
 from parley_core.errors import PermissionDenied
 from parley_core.rbac import Permission
 from parley_core.tokens import Caller
@@ -35,7 +36,15 @@ class Requester:
 
     @property
     def acting_as(self) -> str:
+        """Who, as a payload names people (a user id; a process by its certificate name)."""
         return self.caller.user_id if self.caller is not None else self.peer
+
+    @property
+    def actor(self) -> Actor:
+        """Who, as an envelope records it."""
+        if self.caller is not None or self.peer == PLATFORM_USER:
+            return Actor.user(self.acting_as)  # the platform identity's is Actor.PLATFORM
+        return Actor.service(self.peer)
 
 
 class View(Enum):

@@ -19,6 +19,7 @@ from parley.storage.v1.events_pb2 import (
     UserDataExported,
 )
 
+from parley_core.actor import Actor
 from parley_core.envelope import NewEvent
 from parley_core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from parley_core.runner import RunContext
@@ -75,7 +76,7 @@ def _to_proto(event: StoredEvent, view: View, cursor: int = 0) -> storage_pb2.Ar
         aggregate_id=event.aggregate_id,
         aggregate_version=event.aggregate_version,
         occurred_at_ns=event.occurred_at_ns,
-        actor=event.actor,
+        actor=str(Actor.parse(event.actor)),  # old forms read as the canonical one
         envelope=envelope.SerializeToString() if envelope is not None and not withheld else b"",
         erased=event.envelope is None and not event.unreadable,
         unreadable=event.unreadable,
@@ -293,7 +294,7 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
                 reason=request.reason,
                 destroyed_key_ids=live,
             ),
-            actor=requester.acting_as,
+            actor=requester.actor,
         )
         try:
             await self._ctx.bus.append_after_last(privacy_subject(request.user_id), event)
@@ -361,7 +362,7 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
     ) -> None:
         """An operator's change in the audit trail (STORE, then the archive's audit queries)."""
         event = NewEvent(
-            aggregate_type=aggregate_type, aggregate_id=aggregate_id, payload=payload, actor=requester.acting_as
+            aggregate_type=aggregate_type, aggregate_id=aggregate_id, payload=payload, actor=requester.actor
         )
         try:
             await self._ctx.bus.append_after_last(subject, event)

@@ -251,17 +251,6 @@ class AuditChainMonitor:
             if not more:
                 return rows
 
-    async def run(self, interval_s: float, stopping: asyncio.Event) -> None:
-        """Verify every interval until stopped; a failed run leaves the last figures (and its
-        timestamp, which ParleyAuditVerifyStale watches)."""
-        while not stopping.is_set():
-            try:
-                await self.verify()
-            except Exception:  # NATS or the database briefly away
-                log.warning("audit chain verification could not run", exc_info=True)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), interval_s)
-
 
 def _index(record: StoredRecord) -> int:
     return record.position

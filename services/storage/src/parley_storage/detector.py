@@ -47,6 +47,7 @@ from parley.storage.v1.events_pb2 import (
 )
 from prometheus_client import Counter
 
+from parley_core.actor import Actor
 from parley_core.bus import EventBus, ReceivedEvent
 from parley_core.envelope import NewEvent, UnknownEventType, open_payload
 from parley_core.synthetic import is_synthetic_account
@@ -136,7 +137,9 @@ class AnomalyDetector:
     def _auth(self, event: ReceivedEvent, payload: Message) -> Found:
         at, event_id = occurred_at(event), event.envelope.event_id
         if isinstance(payload, UserRegistered):
-            synthetic = is_synthetic_account(username=payload.username, registered_by=event.envelope.actor)
+            synthetic = is_synthetic_account(
+                username=payload.username, registered_by=str(Actor.parse(event.envelope.actor))
+            )
             return self.rules.account_registered(at=at, user_id=payload.user_id, event_id=event_id, synthetic=synthetic)
         if isinstance(payload, SessionStarted):
             return self.rules.session_started(
@@ -155,7 +158,7 @@ class AnomalyDetector:
             return None
         what = SENSITIVE.get(type(payload))
         user_id = getattr(payload, "user_id", "")
-        if what is not None and event.envelope.actor == f"user:{user_id}":
+        if what is not None and user_id and Actor.parse(event.envelope.actor) == Actor.user(user_id):
             return self.rules.sensitive_change(at=at, user_id=user_id, what=what, event_id=event_id)
         return None
 
@@ -179,7 +182,7 @@ class AnomalyDetector:
         if isinstance(payload, ChannelRetentionSet):
             return self.rules.retention_set(
                 at=at,
-                actor=payload.set_by or event.envelope.actor,
+                actor=payload.set_by or _person(event.envelope.actor),
                 channel_id=payload.channel_id,
                 days=payload.days,
                 event_id=event_id,
@@ -190,12 +193,15 @@ class AnomalyDetector:
         at, event_id = occurred_at(event), event.envelope.event_id
         if isinstance(payload, UserDataErased):
             return self.rules.user_erased(
-                at=at, actor=payload.erased_by or event.envelope.actor, user_id=payload.user_id, event_id=event_id
+                at=at,
+                actor=payload.erased_by or _person(event.envelope.actor),
+                user_id=payload.user_id,
+                event_id=event_id,
             )
         if isinstance(payload, RetentionPolicySet):  # an older storage's record of a policy
             return self.rules.retention_set(
                 at=at,
-                actor=payload.set_by or event.envelope.actor,
+                actor=payload.set_by or _person(event.envelope.actor),
                 channel_id=payload.channel_id,
                 days=payload.days,
                 event_id=event_id,
@@ -243,7 +249,7 @@ class AnomalyDetector:
         log.warning("anomaly detected", extra={"kind": anomaly.kind, "subject": anomaly.subject, "why": anomaly.why})
         await self._append(
             anomaly_subject(anomaly.kind, anomaly.key),
-            NewEvent("anomaly", anomaly.key, detected, actor="service:storage", event_id=anomaly.event_id),
+            NewEvent("anomaly", anomaly.key, detected, actor=Actor.service("storage"), event_id=anomaly.event_id),
         )
         self.recorded.add(anomaly.event_id)
         if self._counted is not None:
@@ -258,7 +264,11 @@ class AnomalyDetector:
             await self._append(
                 due_subject("auth", "revoke", anomaly.session_id),
                 NewEvent(
-                    "session", anomaly.session_id, due, actor="service:storage", event_id=f"{anomaly.event_id}-revoke"
+                    "session",
+                    anomaly.session_id,
+                    due,
+                    actor=Actor.service("storage"),
+                    event_id=f"{anomaly.event_id}-revoke",
                 ),
             )
         elif response == "step_up":
@@ -274,7 +284,7 @@ class AnomalyDetector:
                     "session",
                     anomaly.session_id,
                     step_up,
-                    actor="service:storage",
+                    actor=Actor.service("storage"),
                     event_id=f"{anomaly.event_id}-stepup",
                 ),
             )
@@ -287,7 +297,9 @@ class AnomalyDetector:
             )
             await self._append(
                 due_subject("auth", "slow", anomaly.key),
-                NewEvent("source", anomaly.key, slow, actor="service:storage", event_id=f"{anomaly.event_id}-slow"),
+                NewEvent(
+                    "source", anomaly.key, slow, actor=Actor.service("storage"), event_id=f"{anomaly.event_id}-slow"
+                ),
             )
 
     async def _append(self, subject: str, event: NewEvent) -> None:
@@ -304,3 +316,9 @@ class AnomalyDetector:
                     return
                 await asyncio.sleep(delay)
                 delay *= 2
+
+
+def _person(envelope_actor: str) -> str:
+    """Who, as the payloads name people (a bare user id), from an envelope of any age."""
+    actor = Actor.parse(envelope_actor)
+    return actor.user_id or str(actor)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from google.protobuf.json_format import MessageToDict
 
+from parley_core.actor import Actor
 from parley_core.envelope import UnknownEventType, open_payload
 from parley_core.secret_fields import clear_secrets
 from parley_storage.archive import StoredEvent
@@ -43,7 +44,7 @@ def build_export(user_id: str, stored: Sequence[StoredEvent], *, now: datetime |
                 "aggregate_id": e.aggregate_id,
                 "aggregate_version": e.aggregate_version,
                 "occurred_at": datetime.fromtimestamp(e.occurred_at_ns / 1e9, UTC).isoformat(),
-                "actor": e.actor,
+                "actor": str(Actor.parse(e.actor)),  # old forms as the canonical one
                 "erased": e.envelope is None,
                 "payload": _payload(e),
             }

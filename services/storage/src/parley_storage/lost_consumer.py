@@ -18,6 +18,7 @@ import logging
 import nats.errors
 from parley.storage.v1.events_pb2 import ArchiveConsumerRecreated
 
+from parley_core.actor import Actor
 from parley_core.bus import EventBus
 from parley_core.envelope import NewEvent
 from parley_core.runner import RunContext
@@ -56,7 +57,9 @@ class LostConsumers:
         record = ArchiveConsumerRecreated(
             stream=spec.stream, consumer=spec.durable, resumed_from_seq=start_seq, stream_last_seq=last
         )
-        event = NewEvent(aggregate_type="archive", aggregate_id=spec.stream, payload=record, actor="service:storage")
+        event = NewEvent(
+            aggregate_type="archive", aggregate_id=spec.stream, payload=record, actor=Actor.service("storage")
+        )
         try:
             await self._bus.append_after_last(archive_consumer_subject(spec.stream), event)
         except Exception:  # the consumer runs again all the same; the log line keeps the fact

@@ -42,6 +42,7 @@ from parley.auth.v1.events_pb2 import AccountErasureRequested
 from parley.storage.v1.events_pb2 import EventLogRestored, RestoredStream, UserDataErased
 from sqlalchemy import Engine, func, select
 
+from parley_core.actor import Actor
 from parley_core.bus import WRONG_LAST_SEQUENCE_CODES, ConcurrencyConflict, EventBus
 from parley_core.config import Settings
 from parley_core.envelope import NewEvent, decode
@@ -225,7 +226,7 @@ async def finish_erasures(bus: EventBus, archive: SqlEventArchive, marker: Resto
                 destroyed_key_ids=list(erasure.destroyed_key_ids),
             )
             event = NewEvent(
-                aggregate_type="privacy", aggregate_id=erasure.user_id, payload=decided, actor=PLATFORM_USER
+                aggregate_type="privacy", aggregate_id=erasure.user_id, payload=decided, actor=Actor.PLATFORM
             )
             await bus.append_after_last(privacy_subject(erasure.user_id), event)
         await _erasure_requested(bus, erasure.user_id, marker.backup_id)
@@ -247,7 +248,7 @@ async def _erasure_requested(bus: EventBus, user_id: str, backup_id: str) -> Non
         aggregate_type="erasure",
         aggregate_id=user_id,
         payload=requested,
-        actor=PLATFORM_USER,
+        actor=Actor.PLATFORM,
         event_id=f"erasure-requested-{user_id}",
     )
     await bus.append_after_last(erasure_request_subject(user_id), event)
@@ -266,7 +267,7 @@ async def record_restore(
         aggregate_type="restore",
         aggregate_id=marker.backup_id,
         payload=payload,
-        actor=PLATFORM_USER,
+        actor=Actor.PLATFORM,
         event_id=f"restored-{marker.backup_id}",
     )
     with contextlib.suppress(ConcurrencyConflict):  # recorded by an earlier run stopped before the marker went

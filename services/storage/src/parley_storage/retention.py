@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 from parley.storage.v1.events_pb2 import RetentionDue
 
+from parley_core.actor import Actor
 from parley_core.bus import EventBus
 from parley_core.envelope import NewEvent
 from parley_core.markers import Marker, expiry_marker
@@ -116,7 +117,7 @@ def expiry_facts(
             aggregate_type="retention",
             aggregate_id=policy.channel_id,
             payload=fact,
-            actor="service:storage",
+            actor=Actor.service("storage"),
             event_id=marker.due_event_id,
         )
         due.append((marker, event))

@@ -23,6 +23,7 @@ from parley_core.config import Settings
 from parley_core.database import SQLITE_ARCHIVE, recorded_database_url, with_driver
 from parley_core.errors import InvalidArgument, PermissionDenied, Unavailable
 from parley_core.files import ensure_private_dir
+from parley_core.jobs import PeriodicJob, every
 from parley_core.runner import RefusedToStart, RunContext
 from parley_core.topology import CONSUMERS, ConsumerSpec, channel_subject
 from parley_storage.archive import SqlEventArchive, open_engine
@@ -104,13 +105,10 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         self.progress = ArchiveProgress()
         self.retention: Retention | None = None
         self._stopping = asyncio.Event()
-        self._log_cleanup_due = asyncio.Event()  # set when the archive queued texts to delete from the log
-        self._retention_job: asyncio.Task[None] | None = None
-        self._lag_job: asyncio.Task[None] | None = None
-        self._audit_job: asyncio.Task[None] | None = None
+        self._jobs: list[PeriodicJob] = []
+        self._log_cleanup: PeriodicJob | None = None
         self.audit_monitor: AuditChainMonitor | None = None
         self._erasure_job: asyncio.Task[None] | None = None
-        self._log_cleanup_job: asyncio.Task[None] | None = None
         self._lost_consumers: LostConsumers | None = None
         self.detector: AnomalyDetector | None = None
         self.siem: SiemFeed | None = None
@@ -138,7 +136,7 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         except KeyringUnreadable as exc:
             raise RefusedToStart(str(exc)) from None
         fault = PauseInBatch(Path(storage_settings.pause_in_batch)) if storage_settings.pause_in_batch else None
-        self.archive = SqlEventArchive(engine, DataKeys(keks), fault=fault, on_log_deletions=self._log_cleanup_due.set)
+        self.archive = SqlEventArchive(engine, DataKeys(keks), fault=fault, on_log_deletions=self._log_deletions_queued)
         await self.archive.reconcile_data_keys()
         erasures = ErasureLog()
         erasures_replay = await follow_erasures(ctx.bus, self.archive.keys, erasures)
@@ -173,16 +171,31 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
             ctx.server,
         )
         ctx.add_service_name(storage_pb2.DESCRIPTOR.services_by_name["StorageArchiveService"].full_name)
-        self._retention_job = asyncio.create_task(self._apply_retention(storage_settings.retention_interval_seconds))
-        self._log_cleanup_job = asyncio.create_task(
-            self._delete_removed_texts(storage_settings.log_cleanup_interval_seconds)
-        )
+        # Periodic jobs (parley_core.jobs). Retention and the log cleanup are resumable and the audit
+        # verification only reads: a stop cuts them short; the lag reading is let finish.
         gauges = ArchiveLagGauges(metrics.get_meter("parley.storage"))
-        self._lag_job = asyncio.create_task(self._measure_lag(gauges, storage_settings.lag_interval_seconds))
+        self._jobs = [
+            every(storage_settings.retention_interval_seconds, self._apply_retention, name="retention", grace=0.0),
+            every(
+                storage_settings.log_cleanup_interval_seconds,
+                self._delete_removed_texts,
+                name="log-cleanup",
+                grace=0.0,
+            ),
+            every(storage_settings.lag_interval_seconds, lambda: self._measure_lag(gauges), name="archive-lag"),
+        ]
+        self._log_cleanup = self._jobs[1]
         await self.audit_monitor.start()
-        self._audit_job = asyncio.create_task(
-            self.audit_monitor.run(storage_settings.audit_verify_interval_seconds, self._stopping)
+        self._jobs.append(
+            every(
+                storage_settings.audit_verify_interval_seconds,
+                self.audit_monitor.verify,
+                name="audit-verify",
+                grace=0.0,
+            )
         )
+        for job in self._jobs:
+            job.start()
         detection = DetectionSettings()
         if detection.enabled:
             anomalies = ctx.metrics.counter(
@@ -203,6 +216,10 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
             await self.siem.start()
         await erasures_replay.wait_caught_up()
         self._erasure_job = asyncio.create_task(self._resume_stream_erasures(erasures.unfinished()))
+
+    def _log_deletions_queued(self) -> None:
+        if self._log_cleanup is not None:
+            self._log_cleanup.wake()
 
     async def _resume_stream_erasures(self, user_ids: list[str]) -> None:
         """Finish erasures that shredded keys but had not yet deleted the events from JetStream
@@ -226,67 +243,46 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
                     await asyncio.wait_for(self._stopping.wait(), delay)
                 delay = min(delay * 2, ERASURE_RETRY_MAX_S)
 
-    async def _measure_lag(self, gauges: ArchiveLagGauges, interval_s: float) -> None:
-        """Refresh the lag gauges every interval until stopped."""
+    async def _measure_lag(self, gauges: ArchiveLagGauges) -> None:
+        """Refresh the lag gauges (a failed reading keeps the last one)."""
         assert self.archive is not None
         assert self._ctx is not None
-        while not self._stopping.is_set():
-            try:
-                lags = await measure_lag(self._ctx.bus.js, self.archive)
-                gauges.update(lags)
-                for lag in lags:
-                    self._lag_events.labels(lag.stream).set(lag.events_behind)
-                    self._lag_seconds.labels(lag.stream).set(lag.seconds_behind)
-            except Exception:  # NATS or the database briefly away: the gauges keep the last reading
-                log.warning("archive lag measurement failed", exc_info=True)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), interval_s)
+        lags = await measure_lag(self._ctx.bus.js, self.archive)
+        gauges.update(lags)
+        for lag in lags:
+            self._lag_events.labels(lag.stream).set(lag.events_behind)
+            self._lag_seconds.labels(lag.stream).set(lag.seconds_behind)
 
-    async def _apply_retention(self, interval_s: float) -> None:
-        """The retention job: apply every channel's policy now, then every interval until stopped."""
+    async def _apply_retention(self) -> None:
+        """Apply every channel's policy (a failed run is retried next interval; the service keeps serving)."""
         assert self.retention is not None
-        while not self._stopping.is_set():
-            try:
-                removed = await self.retention.apply(now_ns=time.time_ns(), timeout=RETENTION_CATCH_UP_S)
-                if removed:
-                    log.info("retention expired messages", extra={"messages": removed})
-            except ArchiveBehind as exc:  # e.g. right after a start with a backlog: the next run catches up
-                log.warning("retention run postponed: %s", exc)
-            except Exception:  # a failed run is retried next interval; the service keeps serving
-                log.exception("retention run failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), interval_s)
+        try:
+            removed = await self.retention.apply(now_ns=time.time_ns(), timeout=RETENTION_CATCH_UP_S)
+        except ArchiveBehind as exc:  # e.g. right after a start with a backlog: the next run catches up
+            log.warning("retention run postponed: %s", exc)
+            return
+        if removed:
+            log.info("retention expired messages", extra={"messages": removed})
 
-    async def _delete_removed_texts(self, interval_s: float) -> None:
+    async def _delete_removed_texts(self) -> None:
         """Delete redacted and expired texts from the log: at start (what an earlier run left),
-        whenever the archive queued some, and every interval (a failed run is retried)."""
+        whenever the archive queued some (it wakes the job), and every interval (a failed run is
+        retried; the rows stay, the next run resumes)."""
         assert self.archive is not None
         assert self._ctx is not None
-        while not self._stopping.is_set():
-            self._log_cleanup_due.clear()
-            try:
-                deleted = await delete_removed_texts(self._ctx.bus, self.archive)
-                if deleted:
-                    log.info("removed texts deleted from the event log", extra={"events": deleted})
-            except Exception:  # NATS or the database briefly away: the rows stay, the next run resumes
-                log.warning("deleting removed texts from the event log failed", exc_info=True)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._log_cleanup_due.wait(), interval_s)
+        deleted = await delete_removed_texts(self._ctx.bus, self.archive)
+        if deleted:
+            log.info("removed texts deleted from the event log", extra={"events": deleted})
 
     async def stop(self) -> None:
         self._stopping.set()
         # Resumable, each of them: the next start (or the next run) finishes what they were doing.
-        for resumable in (self._erasure_job, self._retention_job, self._log_cleanup_job):
-            if resumable is not None:
-                resumable.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await resumable
-        if self._audit_job is not None:  # it only reads: cut short, not waited for
-            self._audit_job.cancel()
+        if self._erasure_job is not None:  # resumable: the next start finishes it
+            self._erasure_job.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._audit_job
-        if self._lag_job is not None:
-            await self._lag_job
+                await self._erasure_job
+        for job in self._jobs:
+            await job.stop()
         if self._lost_consumers is not None:
             await self._lost_consumers.stop()
         if self.siem is not None:

@@ -38,6 +38,7 @@ from nats.js import JetStreamContext
 from parley.messaging.v1.events_pb2 import MessagePosted
 from parley.storage.v1.events_pb2 import AccountErasureDue, ChannelErasureDue, UserDataErasedFromStreams
 
+from parley_core.actor import Actor
 from parley_core.bus import EventBus
 from parley_core.envelope import NewEvent, decode, open_payload
 from parley_core.log_deletion import ERASURE
@@ -126,7 +127,7 @@ async def remove_from_log(
         aggregate_type="privacy",
         aggregate_id=user_id,
         payload=UserDataErasedFromStreams(user_id=user_id, events_deleted=deleted),
-        actor="service:storage",
+        actor=Actor.service("storage"),
         event_id=f"erased-from-streams-{user_id}",
     )
     await bus.append_after_last(privacy_subject(user_id), done)
@@ -183,7 +184,7 @@ def _fact(marker: Marker, user_id: str, payload: Message) -> NewEvent:
         aggregate_type="erasure",
         aggregate_id=user_id,
         payload=payload,
-        actor="service:storage",
+        actor=Actor.service("storage"),
         event_id=marker.due_event_id,
     )
 

@@ -20,6 +20,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from parley.storage.v1.events_pb2 import LogDeletionDue, LoggedEventRef
 
+from parley_core.actor import Actor
 from parley_core.bus import EventBus
 from parley_core.envelope import NewEvent
 from parley_core.log_deletion import MAX_EVENTS_PER_FACT, deletion_due_id, read_if_present, secure_delete
@@ -51,7 +52,11 @@ async def request_deletions(
             events=[LoggedEventRef(stream_seq=seq, event_id=eid) for seq, eid in chunk],
         )
         event = NewEvent(
-            aggregate_type="deletion", aggregate_id=fact_id, payload=fact, actor="service:storage", event_id=fact_id
+            aggregate_type="deletion",
+            aggregate_id=fact_id,
+            payload=fact,
+            actor=Actor.service("storage"),
+            event_id=fact_id,
         )
         await bus.append_after_last(due_subject(owner, "deletion", fact_id), event)
     return present

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from parley.auth.v1.events_pb2 import SigningKeyPublished
 
+from parley_core.actor import Actor
 from parley_core.bus import EventBus
 from parley_core.envelope import NewEvent
 from parley_core.files import write_private_file
@@ -54,7 +55,7 @@ class OperatorTokens:
             NewEvent(
                 aggregate_type="key",
                 aggregate_id=self.key_id,
-                actor="test",
+                actor=Actor.service("test"),
                 payload=SigningKeyPublished(
                     key_id=self.key_id,
                     algorithm="EdDSA",

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from parley.storage.v1.events_pb2 import UserDataErased, UserDataErasedFromStreams
 from sqlalchemy import Connection, select
 
+from parley_core.actor import Actor
 from parley_storage.archive.db import ArchiveDb, chunks
 from parley_storage.archive.projection import TEXT_EVENTS
 from parley_storage.archive.records import EXPIRED, LoggedEvent, StoredEvent, UnfinishedErasure
@@ -18,13 +19,9 @@ ERASED = UserDataErased.DESCRIPTOR.full_name
 ERASED_FROM_STREAMS = UserDataErasedFromStreams.DESCRIPTOR.full_name
 
 
-def actor_forms(actor: str) -> list[str]:
-    """How one person stands in the actor column: messaging records the user id, auth records
-    ``user:<id>``; either form asks for both."""
-    user_id = actor.removeprefix("user:")
-    if user_id == actor and ":" in actor:  # service:NAME and the like: one form only
-        return [actor]
-    return [user_id, f"user:{user_id}"]
+def actor_forms(actor: str) -> tuple[str, ...]:
+    """Every form the actor column may hold for `actor`, given in any form (parley_core.actor)."""
+    return Actor.parse(actor).stored_forms()
 
 
 class PrivacyQueries:
@@ -83,7 +80,9 @@ class PrivacyQueries:
         def work(conn: Connection) -> list[LoggedEvent]:
             their_keys = select(data_keys.c.key_id).where(data_keys.c.owner == user_owner(user_id))
             removed_texts = (
-                (events.c.key_id == EXPIRED) & (events.c.actor == user_id) & events.c.event_type.in_(TEXT_EVENTS)
+                (events.c.key_id == EXPIRED)
+                & events.c.actor.in_(Actor.user(user_id).stored_forms())
+                & events.c.event_type.in_(TEXT_EVENTS)
             )
             query = (
                 select(events.c.stream, events.c.stream_seq, events.c.subject, events.c.aggregate_id, events.c.event_id)
