@@ -22,7 +22,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from nats.aio.msg import Msg
 from parley.auth.v1.events_pb2 import SigningKeyPublished, UserRegistered
+from parley.fleet.v1.fleet_pb2 import InstanceHeartbeat
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 
 from parley_core.bus import EventBus, ReceivedEvent
@@ -35,7 +37,14 @@ from parley_core.runner import RunContext, serve
 from parley_core.testing.nats import NatsTestServer
 from parley_core.testing.waiting import eventually
 from parley_core.tokens import ALGORITHM, AUDIENCE, ISSUER
-from parley_core.topology import AUTH_FILTER, STREAMS_BY_NAME, signing_key_subject, user_subject
+from parley_core.topology import (
+    AUTH_FILTER,
+    HEARTBEAT_READER,
+    STREAMS_BY_NAME,
+    heartbeat_subject,
+    signing_key_subject,
+    user_subject,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -182,9 +191,19 @@ async def test_health_reports_serving_for_the_server_and_each_service(running: R
     assert running.app.started
 
 
-async def test_a_projection_that_fails_on_an_event_turns_the_process_not_serving(running: RunningService) -> None:
+async def test_a_projection_that_fails_on_an_event_turns_the_process_not_serving(
+    running: RunningService, nats_server: NatsTestServer
+) -> None:
     """The process's projection of AUTH halts on the event it failed to apply (it does not skip
-    it): the server and each of its services answer NOT_SERVING from then on."""
+    it): the server and each of its services answer NOT_SERVING from then on, and so do its
+    heartbeats (the fleet view, a roll-out's health gate)."""
+    beats: asyncio.Queue[InstanceHeartbeat] = asyncio.Queue()
+
+    async def beat(msg: Msg) -> None:
+        await beats.put(InstanceHeartbeat.FromString(msg.data))
+
+    watcher = await nats_server.connect(HEARTBEAT_READER)  # the one account the heartbeats reach
+    await watcher.subscribe(heartbeat_subject(SERVICE, "*"), cb=beat)
     health = health_pb2_grpc.HealthStub(running.channel("platform"))
     assert (await health.Check(health_pb2.HealthCheckRequest(service=MESSAGING), timeout=TIMEOUT_S)).status == SERVING
 
@@ -204,6 +223,9 @@ async def test_a_projection_that_fails_on_an_event_turns_the_process_not_serving
         return True if statuses == [NOT_SERVING, NOT_SERVING] else None
 
     await eventually(not_serving, "NOT_SERVING after the halt", TIMEOUT_S)
+    while (await asyncio.wait_for(beats.get(), 3 * TIMEOUT_S)).health != "NOT_SERVING":
+        pass  # beats sent before the halt
+    await watcher.close()
 
 
 async def test_reflection_lists_the_services(running: RunningService) -> None:
