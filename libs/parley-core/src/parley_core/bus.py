@@ -20,7 +20,6 @@ from collections.abc import Iterable
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from parley_core import bus_append, bus_parking
@@ -46,7 +45,6 @@ from parley_core.bus_events import (
 )
 from parley_core.bus_parking import FOREIGN_EVENT
 from parley_core.bus_replay import REPLAY_HEARTBEAT_S, Replay
-from parley_core.envelope import NewEvent
 from parley_core.metrics import ServiceMetrics
 from parley_core.projection_dispatch import Dispatcher, Halt, OnHalt, ProjectionHalted
 from parley_core.topology import PLATFORM_USER, ConsumerSpec, StreamSpec
@@ -158,36 +156,12 @@ class EventBus:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
-    async def append(
-        self,
-        subject: str,
-        event: NewEvent,
-        *,
-        aggregate_version: int,
-        expected_last_subject_seq: int | None,
-        expected_last_stream_seq: int | None = None,
-    ) -> Appended:
-        """Append one event. `expected_last_subject_seq=0` means the subject must be empty.
-
-        `expected_last_stream_seq` orders the append after the whole stream's last message
-        (a single-writer chain over a stream, such as the audit chain on SEC).
-        """
-        return await bus_append.append(
-            self,
-            subject,
-            event,
-            aggregate_version=aggregate_version,
-            expected_last_subject_seq=expected_last_subject_seq,
-            expected_last_stream_seq=expected_last_stream_seq,
-        )
-
-    async def append_after_last(self, subject: str, event: NewEvent) -> int:
-        """Append with the next aggregate version after the subject's newest event (bus_append)."""
-        return await bus_append.append_after_last(self, subject, event)
-
-    async def last_subject_seq(self, stream: str, subject: str) -> int:
-        """Stream sequence of the newest event on a subject, 0 when there is none."""
-        return await bus_append.last_subject_seq(self, stream, subject)
+    # Writing (bus_append) and parking (bus_parking): functions of the bus, as its methods.
+    append = bus_append.append
+    append_after_last = bus_append.append_after_last
+    last_subject_seq = bus_append.last_subject_seq
+    park = bus_parking.park
+    reject_foreign = bus_parking.reject_foreign
 
     def follow(self, *, stream: str, filter_subject: str, handler: EventHandler, subjects: str | None = None) -> Replay:
         """Add a projection to this process's one replay of `stream` (reading `filter_subject`),
@@ -271,14 +245,6 @@ class EventBus:
         await consumer.start()
         self._subscriptions.append(consumer)
         return consumer
-
-    async def park(self, msg: Msg, *, reason: str) -> None:
-        """Move a poison event aside, where `parley parked` shows it (bus_parking)."""
-        await bus_parking.park(self, msg, reason=reason)
-
-    async def reject_foreign(self, msg: Msg, *, reason: str) -> None:
-        """Park an event its stream's owner never writes, once per service (bus_parking)."""
-        await bus_parking.reject_foreign(self, msg, reason=reason)
 
     async def stop_consumers(self) -> None:
         """Stop every replay and durable consumer after their in-flight work, all at once (each

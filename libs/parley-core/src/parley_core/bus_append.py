@@ -8,7 +8,6 @@ the stream refuse an append to an aggregate that changed since it was read.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
 import nats.errors
 import nats.js.errors
@@ -20,14 +19,12 @@ from parley_core.bus_events import (
     Appended,
     AppendNotMade,
     AppendOutcomeUnknown,
+    BusConnection,
     ConcurrencyConflict,
     ReceivedEvent,
 )
 from parley_core.envelope import NewEvent, decode, seal
 from parley_core.topology import stream_for_subject
-
-if TYPE_CHECKING:
-    from parley_core.bus import EventBus
 
 MARKER_ATTEMPTS = 5
 # One publish waits this long for its ack before it is sent again (same Nats-Msg-Id).
@@ -41,7 +38,7 @@ TEMPORARILY_UNAVAILABLE = frozenset({10008, 10076})  # JSClusterNotAvailErr, JSN
 
 
 async def append(
-    bus: EventBus,
+    bus: BusConnection,
     subject: str,
     event: NewEvent,
     *,
@@ -86,7 +83,7 @@ async def append(
     return Appended(stream_seq=ack.seq, duplicate=False, written=written)
 
 
-async def publish_confirmed(bus: EventBus, subject: str, data: bytes, headers: dict[str, str]) -> api.PubAck:
+async def publish_confirmed(bus: BusConnection, subject: str, data: bytes, headers: dict[str, str]) -> api.PubAck:
     """One publish whose outcome is known when this returns or raises AppendNotMade, else AppendOutcomeUnknown.
 
     nats-py keeps what is published while it reconnects in a buffer that it sends once
@@ -131,7 +128,7 @@ async def publish_confirmed(bus: EventBus, subject: str, data: bytes, headers: d
         delay = min(delay * 2, PUBLISH_RETRY_MAX_S)
 
 
-async def own_last_write(bus: EventBus, stream: str, subject: str, event: NewEvent) -> int | None:
+async def own_last_write(bus: BusConnection, stream: str, subject: str, event: NewEvent) -> int | None:
     """Stream sequence of the subject's newest message if it is `event` itself."""
     try:
         raw = await bus.js.get_last_msg(stream, subject, direct=True)
@@ -142,7 +139,7 @@ async def own_last_write(bus: EventBus, stream: str, subject: str, event: NewEve
     return None
 
 
-async def last_subject_seq(bus: EventBus, stream: str, subject: str) -> int:
+async def last_subject_seq(bus: BusConnection, stream: str, subject: str) -> int:
     """Stream sequence of the newest event on a subject, 0 when there is none."""
     try:
         raw = await bus.js.get_last_msg(stream, subject, direct=True)
@@ -151,7 +148,7 @@ async def last_subject_seq(bus: EventBus, stream: str, subject: str) -> int:
     return int(raw.seq or 0)
 
 
-async def append_after_last(bus: EventBus, subject: str, event: NewEvent) -> int:
+async def append_after_last(bus: BusConnection, subject: str, event: NewEvent) -> int:
     """Append at the subject's newest event with the next aggregate version, for an aggregate
     this service keeps no version of (a marker, an audited record); returns the event's stream
     sequence (the earlier one when the event id was appended already)."""

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import nats.errors
 import nats.js.errors
@@ -26,6 +25,7 @@ from parley_core.bus_events import (
     STREAM_NOT_FOUND,
     SUBSCRIBE_RETRY_MAX_S,
     BatchHandler,
+    BusConnection,
     ConsumerLoss,
     ReceivedEvent,
     Refused,
@@ -34,9 +34,6 @@ from parley_core.bus_events import (
     received,
 )
 from parley_core.topology import ConsumerSpec
-
-if TYPE_CHECKING:
-    from parley_core.bus import EventBus
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +68,7 @@ def durable_config(spec: ConsumerSpec, start_seq: int = 0) -> api.ConsumerConfig
 
 @dataclass
 class DurableConsumer:
-    bus: EventBus
+    bus: BusConnection
     spec: ConsumerSpec
     handler: BatchHandler
     batch: int

@@ -11,11 +11,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from parley.common.v1.envelope_pb2 import EventEnvelope
 
 from parley_core.envelope import decode
 from parley_core.errors import OutcomeUnknown, Unavailable
+from parley_core.metrics import ServiceMetrics
 from parley_core.topology import STREAMS_BY_NAME, ConsumerSpec
 
 WRONG_LAST_SEQUENCE = 10071  # JSStreamWrongLastSequenceErrF
@@ -91,6 +94,23 @@ class ConsumerLoss(Protocol):
 
     async def recreated(self, spec: ConsumerSpec, start_seq: int) -> None:
         """Called once the consumer exists again."""
+
+
+class BusConnection(Protocol):
+    """What the bus's parts (appends, replays, durable consumers, parking) use of the process's
+    EventBus (bus.py), named here so that none of them imports the module that composes them."""
+
+    nc: NatsClient
+    js: JetStreamContext
+    service: str
+    producer: str
+    metrics: ServiceMetrics | None
+
+    async def wait_for_stream(self, name: str, *, timeout: float = 30.0) -> None: ...
+
+    async def park(self, msg: Msg, *, reason: str) -> None: ...
+
+    async def reject_foreign(self, msg: Msg, *, reason: str) -> None: ...
 
 
 def foreign_type(event: ReceivedEvent) -> str | None:

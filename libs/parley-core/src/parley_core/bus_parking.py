@@ -8,16 +8,12 @@ parked once per service as a security event, and never handed to a handler.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import nats.js.errors
 from nats.aio.msg import Msg
 
-from parley_core.bus_events import WRONG_LAST_SEQUENCE_CODES
+from parley_core.bus_events import WRONG_LAST_SEQUENCE_CODES, BusConnection
 from parley_core.topology import parked_subject
-
-if TYPE_CHECKING:
-    from parley_core.bus import EventBus
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +31,7 @@ def parked_headers(msg: Msg, reason: str) -> dict[str, str]:
     }
 
 
-async def park(bus: EventBus, msg: Msg, *, reason: str) -> None:
+async def park(bus: BusConnection, msg: Msg, *, reason: str) -> None:
     """Move a poison event aside, where `parley parked` shows it, and stop its redelivery."""
     meta = msg.metadata
     headers = {
@@ -49,7 +45,7 @@ async def park(bus: EventBus, msg: Msg, *, reason: str) -> None:
     log.error("parked poison event", extra={"subject": msg.subject, "seq": meta.sequence.stream, "reason": reason})
 
 
-async def reject_foreign(bus: EventBus, msg: Msg, *, reason: str) -> None:
+async def reject_foreign(bus: BusConnection, msg: Msg, *, reason: str) -> None:
     """Park an event its stream's owner never writes, once per service, as a security event.
 
     No service can append to auth's audit chain (SEC), so the signal is this service's own:

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import nats.errors
 import nats.js.errors
@@ -25,13 +24,11 @@ from parley_core.bus_events import (
     MAX_CONSUMERS_REACHED,
     SUBSCRIBE_RETRY_MAX_S,
     Appended,
+    BusConnection,
     foreign_type,
     received,
 )
 from parley_core.projection_dispatch import Dispatcher, ProjectionHalted
-
-if TYPE_CHECKING:
-    from parley_core.bus import EventBus
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +58,7 @@ class _FreshlyNamed(api.ConsumerConfig):
 
 @dataclass
 class Replay:
-    bus: EventBus
+    bus: BusConnection
     stream: str
     filter_subject: str
     dispatcher: Dispatcher
