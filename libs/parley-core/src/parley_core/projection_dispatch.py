@@ -37,12 +37,13 @@ OnHalt = Callable[[Halt], Awaitable[None]]
 
 
 class ProjectionHalted(Unavailable):
-    """This process's projection of a stream stopped at an event it could not apply."""
+    """This process's projection of a stream stopped at an event it could not apply. Its message
+    reaches callers, so it names the place, not the error (the ERROR log line has that)."""
 
     def __init__(self, halt: Halt) -> None:
         super().__init__(
             f"this instance stopped applying {halt.stream} at stream sequence {halt.stream_seq}"
-            f" ({halt.event_type or 'no event type'}: {halt.error}), so it cannot show changes made since;"
+            f" ({halt.event_type or 'no event type'}; its log says why), so it cannot show changes made since:"
             " retry on another instance, and have an operator fix that event or the code and restart this one"
         )
         self.halt = halt
