@@ -25,6 +25,7 @@ from nats.aio.client import Client
 
 from parley_core import consumer_guard, topology
 from parley_core.bus import EventBus, ReceivedEvent, durable_config
+from parley_core.config import Settings
 from parley_core.consumer_guard import CONSUMER_FLOOD, ConsumerGuard, ensure_declared_durables
 from parley_core.testing.consumer_flood import FLOOD_ATTEMPTS, Flood, flood_consumers
 from parley_core.testing.nats import NatsTestServer
@@ -106,7 +107,7 @@ async def test_a_readers_flood_leaves_room_for_every_services_consumer(
 ) -> None:
     platform, guard = guarded.platform, guarded.guard
     before = await _states(platform)
-    findings_before, parked_before = await _platform_parked(platform), await _parked_subjects(platform)
+    findings_before, parked_before = await _platform_findings(platform), await _parked_subjects(platform)
     peak = {"MSG": 0, "AUTH": 0}
 
     async def watch() -> None:
@@ -167,16 +168,17 @@ async def test_a_readers_flood_leaves_room_for_every_services_consumer(
     finally:
         watching.cancel()
 
-    # Nothing in any stream changed, but the guard's findings parked on the platform's own subtree
-    # (one or more per flooded stream, as the deletions came in).
+    # Nothing in any stream changed, but the guard's findings on the platform's own stream (one or
+    # more per flooded stream, as the deletions came in).
     now = await _states(platform)
-    assert {k: v for k, v in now.items() if k != "PARKED"} == {k: v for k, v in before.items() if k != "PARKED"}
-    findings = await _platform_parked(platform) - findings_before
+    recorded = ("PARKED", topology.PLATFORM_FINDINGS)
+    assert {k: v for k, v in now.items() if k not in recorded} == {k: v for k, v in before.items() if k not in recorded}
+    findings = await _platform_findings(platform) - findings_before
     assert findings >= len(flood_records)
-    # Besides them, only the replays' copies of the fixture's raw b"kept" (no event envelope).
-    others = {s for s in await _parked_subjects(platform) - parked_before if ".platform." not in s}
+    # PARKED holds only the replays' copies of the fixture's raw b"kept" (no event envelope).
+    others = await _parked_subjects(platform) - parked_before
     assert others <= {"parley.parked.messaging.MSG.1", "parley.parked.auth.AUTH.1"}
-    assert now["PARKED"][0] == before["PARKED"][0] + findings + len(others)
+    assert now["PARKED"][0] == before["PARKED"][0] + len(others)
     print(
         f"\nflood: {floods[0].made} made by gateway on MSG, {floods[1].made} by patch-registry on AUTH in "
         f"{attack_took:.1f} s (first refusal: {floods[0].first_refusal!r}); peak consumers MSG {peak['MSG']}, "
@@ -193,11 +195,9 @@ async def _none_left(platform: EventBus) -> bool | None:
     return True if await _flooders_left(platform) == 0 else None
 
 
-async def _platform_parked(platform: EventBus) -> int:
-    """How many records PARKED holds on the platform's own subtree (the guard's findings)."""
-    subtree = topology.parked_subject(topology.PLATFORM_USER, ">")
-    info = await platform.js.stream_info("PARKED", subjects_filter=subtree)
-    return sum((info.state.subjects or {}).values())
+async def _platform_findings(platform: EventBus) -> int:
+    """How many records the platform's own findings stream holds (the guard's findings among them)."""
+    return (await platform.js.stream_info(topology.PLATFORM_FINDINGS)).state.messages
 
 
 async def _parked_subjects(platform: EventBus) -> set[str]:
@@ -206,12 +206,12 @@ async def _parked_subjects(platform: EventBus) -> set[str]:
 
 
 async def _flood_records(platform: EventBus, services: set[str]) -> list[dict[str, object]] | None:
-    """The guard's parked findings, once one names each of `services`."""
+    """The guard's findings, once one names each of `services`."""
     records = []
     for stream in ("MSG", "AUTH"):
-        subject = topology.parked_subject(topology.PLATFORM_USER, stream)
+        subject = topology.platform_finding_subject(CONSUMER_FLOOD, stream)
         try:
-            msg = await platform.js.get_last_msg("PARKED", subject)
+            msg = await platform.js.get_last_msg(topology.PLATFORM_FINDINGS, subject)
         except nats.js.errors.NotFoundError:
             continue
         assert (msg.headers or {}).get("Parley-Parked-Kind") == CONSUMER_FLOOD
@@ -265,6 +265,36 @@ async def test_the_guards_deletions_alone_keep_a_slot_free_through_a_whole_flood
             f"\nunquarantined flood: {flood.made} made of {FLOOD_ATTEMPTS} asked, {flood.refused} refused "
             f"({flood.first_refusal or 'none'}); the replay was made within {replay_took:.2f} s; "
             f"deleted by the guard: {sum(guarded.guard.deleted.values())}"
+        )
+
+
+async def test_a_flood_of_parked_junk_does_not_hide_the_guards_finding(
+    nats_server: NatsTestServer, guarded: Guarded
+) -> None:
+    """A stolen gateway credential first fills PARKED to its bound (it may park on its own
+    subtree), then floods MSG with consumers: the guard's finding still lands, on the platform's
+    own stream, which no service may write."""
+    platform = guarded.platform
+    limit = 20
+    await platform.ensure_streams(Settings(parked_max_msgs=limit).streams)  # PARKED bounded small
+    gateway = await nats_server.connect("gateway")
+    refused = 0
+    for n in range(2 * limit):
+        try:
+            await gateway.jetstream().publish(f"{topology.parked_subject('gateway', 'MSG')}.{n}", b"junk")
+        except nats.js.errors.APIError:
+            refused += 1
+    assert refused > 0, "PARKED is full"
+
+    made = await flood_consumers(gateway, "gateway", "MSG")
+    assert made.made > 0
+    [record] = await eventually(lambda: _flood_records(platform, {"gateway"}), "the guard's finding", timeout=30)
+    assert record["service"] == "gateway"
+    assert record["stream"] == "MSG"
+    assert (await platform.js.stream_info("PARKED")).state.messages == limit  # still full: nothing went there
+    with pytest.raises(nats.errors.Error):  # and the gateway cannot write a finding of its own
+        await gateway.jetstream().publish(
+            topology.platform_finding_subject(CONSUMER_FLOOD, "AUTH"), b"forged", timeout=2
         )
 
 

@@ -22,19 +22,29 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from parley.auth.v1.events_pb2 import SigningKeyPublished
+from nats.aio.msg import Msg
+from parley.auth.v1.events_pb2 import SigningKeyPublished, UserRegistered
+from parley.fleet.v1.fleet_pb2 import InstanceHeartbeat
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 
-from parley_core.bus import EventBus
+from parley_core.bus import EventBus, ReceivedEvent
 from parley_core.config import Settings
-from parley_core.envelope import NewEvent
+from parley_core.envelope import NewEvent, open_payload
 from parley_core.errors import NotFound
 from parley_core.grpc_channel import secure_channel
 from parley_core.pki import Pki
 from parley_core.runner import RunContext, serve
 from parley_core.testing.nats import NatsTestServer
+from parley_core.testing.waiting import eventually
 from parley_core.tokens import ALGORITHM, AUDIENCE, ISSUER
-from parley_core.topology import STREAMS_BY_NAME, signing_key_subject
+from parley_core.topology import (
+    AUTH_FILTER,
+    HEARTBEAT_READER,
+    STREAMS_BY_NAME,
+    heartbeat_subject,
+    signing_key_subject,
+    user_subject,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -43,6 +53,7 @@ SERVICE = "messaging"
 MESSAGING = messaging_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+POISON = "poison"  # the username the scripted app's projection fails on
 
 
 class ScriptedMessaging(messaging_pb2_grpc.MessagingServiceServicer):
@@ -80,7 +91,14 @@ class ScriptedApp:
     async def start(self, ctx: RunContext) -> None:
         messaging_pb2_grpc.add_MessagingServiceServicer_to_server(self.servicer, ctx.server)
         ctx.add_service_name(MESSAGING)
+        # A projection of AUTH with a bug, on the process's one replay of AUTH (started by the runner).
+        ctx.bus.follow(stream="AUTH", filter_subject=AUTH_FILTER, handler=self._apply_auth)
         self.started = True
+
+    async def _apply_auth(self, event: ReceivedEvent) -> None:
+        payload = open_payload(event.envelope)
+        if isinstance(payload, UserRegistered) and payload.username == POISON:
+            raise RuntimeError("projection bug")
 
     async def stop(self) -> None:
         self.stopped = True
@@ -93,6 +111,7 @@ class RunningService:
     task: asyncio.Task[int]
     port: int
     pki: Pki
+    auth_bus: EventBus
     # A member's access token, so calls pass the runner's permission check (rbac).
     user: tuple[tuple[str, str], ...] = ()
     channels: list[grpc.aio.Channel] = field(default_factory=list)
@@ -142,7 +161,13 @@ async def running(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> Asyn
     if task.done():
         task.result()  # serve() failed before it was ready: show why
     service = RunningService(
-        app=app, stop=stop, task=task, port=ready.result(), pki=pki, user=(("authorization", f"Bearer {token}"),)
+        app=app,
+        stop=stop,
+        task=task,
+        port=ready.result(),
+        pki=pki,
+        auth_bus=auth_bus,
+        user=(("authorization", f"Bearer {token}"),),
     )
     try:
         yield service
@@ -164,6 +189,43 @@ async def test_health_reports_serving_for_the_server_and_each_service(running: R
     assert overall.status == SERVING
     assert messaging.status == SERVING
     assert running.app.started
+
+
+async def test_a_projection_that_fails_on_an_event_turns_the_process_not_serving(
+    running: RunningService, nats_server: NatsTestServer
+) -> None:
+    """The process's projection of AUTH halts on the event it failed to apply (it does not skip
+    it): the server and each of its services answer NOT_SERVING from then on, and so do its
+    heartbeats (the fleet view, a roll-out's health gate)."""
+    beats: asyncio.Queue[InstanceHeartbeat] = asyncio.Queue()
+
+    async def beat(msg: Msg) -> None:
+        await beats.put(InstanceHeartbeat.FromString(msg.data))
+
+    watcher = await nats_server.connect(HEARTBEAT_READER)  # the one account the heartbeats reach
+    await watcher.subscribe(heartbeat_subject(SERVICE, "*"), cb=beat)
+    health = health_pb2_grpc.HealthStub(running.channel("platform"))
+    assert (await health.Check(health_pb2.HealthCheckRequest(service=MESSAGING), timeout=TIMEOUT_S)).status == SERVING
+
+    poison = UserRegistered(user_id="u-poison", username=POISON)
+    await running.auth_bus.append(
+        user_subject("u-poison"),
+        NewEvent(aggregate_type="user", aggregate_id="u-poison", payload=poison, actor="test"),
+        aggregate_version=1,
+        expected_last_subject_seq=0,
+    )
+
+    async def not_serving() -> bool | None:
+        statuses = [
+            (await health.Check(health_pb2.HealthCheckRequest(service=name), timeout=TIMEOUT_S)).status
+            for name in ("", MESSAGING)
+        ]
+        return True if statuses == [NOT_SERVING, NOT_SERVING] else None
+
+    await eventually(not_serving, "NOT_SERVING after the halt", TIMEOUT_S)
+    while (await asyncio.wait_for(beats.get(), 3 * TIMEOUT_S)).health != "NOT_SERVING":
+        pass  # beats sent before the halt
+    await watcher.close()
 
 
 async def test_reflection_lists_the_services(running: RunningService) -> None:

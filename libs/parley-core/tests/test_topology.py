@@ -11,13 +11,17 @@ from parley_core import topology
 def test_the_trust_matrix_has_one_writer_per_stream_and_owners_prefix_their_consumers() -> None:
     for spec in topology.STREAMS:
         writers = [s for s in topology.SERVICES if set(spec.subjects) <= set(topology.permissions_for(s).publish)]
-        assert writers == ([] if spec.owner == "*" else [spec.owner]), spec.name
+        assert writers == ([spec.owner] if spec.owner in topology.SERVICES else []), spec.name
     for consumer in topology.CONSUMERS:
         assert consumer.durable.startswith(f"{consumer.service}-"), consumer
     # The cross-owner grants of the past are gone: storage appends to no channel or username.
     storage = topology.permissions_for("storage").publish
     assert not [p for p in storage if p.startswith(("parley.msg.", "parley.auth.", "parley.sec."))]
     assert not [p for p in topology.permissions_for("patch-registry").publish if p.startswith("parley.sec.")]
+    # The platform's security findings are its own: no service may write or read them.
+    findings = topology.STREAMS_BY_NAME[topology.PLATFORM_FINDINGS]
+    assert findings.owner == topology.PLATFORM_USER
+    assert not [s for s in topology.SERVICES if topology.reads(s, findings)]
 
 
 def test_each_account_imports_only_its_own_streams_subjects_and_its_users_may_publish_them() -> None:

@@ -1,14 +1,16 @@
-"""`parley parked`: list the poison events that consumers have set aside, and the foreign ones.
+"""`parley parked`: list the platform's security findings, then the events consumers set aside.
 
-A consumer parks an event it failed on (a poison event), and, as a security finding, any event
-whose type its stream's owner never writes (kind `foreign-event`: forged, or published by the
-wrong service). The platform's consumer guard parks its findings too (kind `consumer-flood`: a
-service's credential made consumers it may not keep, on `parley.parked.platform.<stream>`).
+The platform's consumer guard records its findings (kind `consumer-flood`: a service's
+credential made consumers it may not keep) on PLATFORM_FINDINGS, a stream only the platform
+identity writes, so no flood of parked copies can push them out; they are listed first. A
+consumer parks an event it failed on (a poison event) on PARKED, and, as a security finding, any
+event whose type its stream's owner never writes (kind `foreign-event`: forged, or published by
+the wrong service).
 
 Every service may park on its own subtree (`parley.parked.<service>.>`, its NATS permissions) with
 any headers it likes, so each line names who parked it (the subject's service, which nats-server
-enforces), and a consumer-flood record is the guard's finding only on the platform's own subtree:
-one a service parked claiming that kind is shown as what it is (a red team's gateway parked one
+enforces), and a consumer-flood record is the guard's finding only on PLATFORM_FINDINGS: one a
+service parked claiming that kind is shown as what it is (a red team's gateway parked one
 blaming messaging).
 """
 
@@ -19,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nats.errors
+import nats.js.errors
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from parley_cli.state import load_running_state
@@ -27,15 +31,17 @@ from parley_core.bus import FOREIGN_EVENT
 from parley_core.consumer_guard import CONSUMER_FLOOD
 from parley_core.nats_connect import connect_nats
 from parley_core.natsconf import ensure_nats_passwords
-from parley_core.topology import PLATFORM_USER
+from parley_core.topology import PLATFORM_FINDINGS, PLATFORM_USER, STREAMS_BY_NAME
 
 # The kinds of parked record that are security findings, and what each says.
 SECURITY_KINDS = {
     FOREIGN_EVENT: "not its stream owner's to write",
     CONSUMER_FLOOD: "a service's credential made consumers it may not keep",
 }
-# Who alone parks each kind (none: any service's consumer, on its own subtree).
-PARKED_ONLY_BY = {CONSUMER_FLOOD: PLATFORM_USER}
+PARKED = "PARKED"
+# The kinds only the platform records, on PLATFORM_FINDINGS (the others: any service's consumer,
+# on its own subtree of PARKED).
+PLATFORM_KINDS = frozenset({CONSUMER_FLOOD})
 BATCH = 1000
 FETCH_TIMEOUT_S = 5.0
 INACTIVE_AFTER_S = 30.0  # the listing's consumer goes by itself should the CLI die mid-way
@@ -51,37 +57,44 @@ class ParkedEvent:
     consumer: str
     reason: str
     kind: str = ""  # FOREIGN_EVENT for an event its stream's owner never writes
+    stream: str = PARKED  # or PLATFORM_FINDINGS, the platform's own
 
     @property
     def parked_by(self) -> str:
-        """The service (or the platform) whose subtree it is on: the one thing in it nats-server vouches for."""
+        """Who wrote it, the one thing in it nats-server vouches for: the platform alone writes
+        PLATFORM_FINDINGS; on PARKED, the service whose subtree it is on."""
+        if self.stream == PLATFORM_FINDINGS:
+            return PLATFORM_USER
         parts = self.subject.split(".")
         return parts[2] if len(parts) > 3 and parts[:2] == ["parley", "parked"] else "?"
 
     @property
     def security_finding(self) -> bool:
-        only_by = PARKED_ONLY_BY.get(self.kind)
-        return self.kind in SECURITY_KINDS and only_by in (None, self.parked_by)
+        return self.kind in SECURITY_KINDS and (self.kind not in PLATFORM_KINDS or self.stream == PLATFORM_FINDINGS)
 
     def line(self) -> str:
         """Its headers come from whatever failed (a reason may quote the event): shown escaped."""
         origin = f"{self.original_stream}:{self.original_seq} {self.original_subject}"
         if self.security_finding:
             security = f" SECURITY ({SECURITY_KINDS[self.kind]})"
-        elif self.kind in SECURITY_KINDS:  # a kind only the platform parks, claimed by a service
-            security = f" claims kind {self.kind}, which only {PARKED_ONLY_BY[self.kind]} parks: NOT a finding"
+        elif self.kind in SECURITY_KINDS:  # a kind only the platform records, claimed by a service
+            security = (
+                f" claims kind {self.kind}, which only {PLATFORM_USER} records (on {PLATFORM_FINDINGS}): NOT a finding"
+            )
         else:
             security = ""
+        where = f"{PLATFORM_FINDINGS} #{self.seq} found" if self.stream == PLATFORM_FINDINGS else f"#{self.seq} parked"
         return (
-            f"#{self.seq} parked by {shown(self.parked_by)}: {shown(origin)} consumer={shown(self.consumer)}"
+            f"{where} by {shown(self.parked_by)}: {shown(origin)} consumer={shown(self.consumer)}"
             f"{security} reason={shown(self.reason)}"
         )
 
 
 async def list_parked(data_dir: Path) -> AsyncIterator[ParkedEvent]:
-    """Every parked event, oldest first, as it is read: in batches through one consumer, so a
-    stream flooded with parked copies (any service may park on its own subtree) is listed at the
-    server's pace, not one request per event, and the first lines show at once."""
+    """The platform's findings, then every parked event, oldest first, as they are read: in
+    batches through one consumer per stream, so a stream flooded with parked copies (any service
+    may park on its own subtree) is listed at the server's pace, not one request per event, and
+    the first lines show at once."""
     state = load_running_state(data_dir)
     password = ensure_nats_passwords(data_dir / "secrets" / "nats-passwords.json", [PLATFORM_USER])[PLATFORM_USER]
     nc = await connect_nats(
@@ -96,34 +109,43 @@ async def list_parked(data_dir: Path) -> AsyncIterator[ParkedEvent]:
     )
     try:
         js = nc.jetstream()
-        info = await js.stream_info("PARKED")
-        if not info.state.messages:
-            return
-        last = info.state.last_seq  # what is parked now; anything parked while listing waits for the next run
-        config = ConsumerConfig(
-            ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, inactive_threshold=INACTIVE_AFTER_S
-        )
-        reader = await js.pull_subscribe("parley.parked.>", stream="PARKED", config=config)
-        try:
-            while True:
-                try:
-                    batch = await reader.fetch(BATCH, timeout=FETCH_TIMEOUT_S)
-                except nats.errors.TimeoutError:
-                    return  # nothing left (removed by an operator since the count)
-                for msg in batch:
-                    seq = msg.metadata.sequence.stream
-                    if seq > last:
-                        return
-                    yield _parked(seq, msg.subject, msg.headers or {})
-                    if seq == last:
-                        return
-        finally:
-            await reader.unsubscribe()
+        for stream in (PLATFORM_FINDINGS, PARKED):
+            async for event in _listed(js, stream):
+                yield event
     finally:
         await nc.close()
 
 
-def _parked(seq: int, subject: str, headers: dict[str, str]) -> ParkedEvent:
+async def _listed(js: JetStreamContext, stream: str) -> AsyncIterator[ParkedEvent]:
+    try:
+        info = await js.stream_info(stream)
+    except nats.js.errors.NotFoundError:
+        return  # PLATFORM_FINDINGS on a platform started before it existed: nothing found there yet
+    if not info.state.messages:
+        return
+    last = info.state.last_seq  # what is there now; anything added while listing waits for the next run
+    config = ConsumerConfig(
+        ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, inactive_threshold=INACTIVE_AFTER_S
+    )
+    reader = await js.pull_subscribe(STREAMS_BY_NAME[stream].subjects[0], stream=stream, config=config)
+    try:
+        while True:
+            try:
+                batch = await reader.fetch(BATCH, timeout=FETCH_TIMEOUT_S)
+            except nats.errors.TimeoutError:
+                return  # nothing left (removed by an operator since the count)
+            for msg in batch:
+                seq = msg.metadata.sequence.stream
+                if seq > last:
+                    return
+                yield _parked(seq, msg.subject, msg.headers or {}, stream)
+                if seq == last:
+                    return
+    finally:
+        await reader.unsubscribe()
+
+
+def _parked(seq: int, subject: str, headers: dict[str, str], stream: str) -> ParkedEvent:
     return ParkedEvent(
         seq=seq,
         subject=subject,
@@ -133,4 +155,5 @@ def _parked(seq: int, subject: str, headers: dict[str, str]) -> ParkedEvent:
         consumer=headers.get("Parley-Consumer", ""),
         reason=headers.get("Parley-Parked-Reason", ""),
         kind=headers.get("Parley-Parked-Kind", ""),
+        stream=stream,
     )

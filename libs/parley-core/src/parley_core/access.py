@@ -141,5 +141,6 @@ class AccessProjection:
         return session_id in self.step_up_sessions
 
 
-async def follow_access(bus: EventBus, access: AccessProjection) -> Replay:
-    return await bus.replay(stream="AUTH", filter_subject=AUTH_FILTER, handler=access.apply)
+def follow_access(bus: EventBus, access: AccessProjection) -> Replay:
+    """Added to the process's one replay of AUTH (EventBus.follow)."""
+    return bus.follow(stream="AUTH", filter_subject=AUTH_FILTER, handler=access.apply)

@@ -12,8 +12,10 @@ a `$JS.ACK.` reply, so the guard takes only the former and counts the rest as fo
 consumers (CONSUMER.LIST) catches what was made while the guard did not watch (before its
 start, across a reconnect). A consumer a service may not keep, made with that service's
 credential, is a security finding: logged with `security_event: consumer_flood`, announced, and
-parked on the platform's own `parley.parked.platform.<stream>` subtree (kind `consumer-flood`:
-`parley parked` marks it SECURITY, a SIEM follows `parley.parked.>`). A credential that keeps
+recorded on the platform's own PLATFORM_FINDINGS stream
+(`parley.platform.finding.consumer-flood.<stream>`, which no service may write, so no flood of
+parked copies in PARKED can push it out: `parley parked` marks it SECURITY, a SIEM follows
+`parley.platform.>`). A credential that keeps
 at it is handed to `quarantine`: the platform takes its account's consumer-create imports away
 until an operator lifts it (`parley consumers lift`).
 """
@@ -50,7 +52,7 @@ from parley_core.topology import (
     SIEM_CONSUMERS,
     STREAMS,
     account_of,
-    parked_subject,
+    platform_finding_subject,
 )
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,7 @@ log = logging.getLogger(__name__)
 STOP_WAIT_S = 5.0
 API_AUDIT = JS_API_AUDIT
 CONSUMER_DELETED = JS_CONSUMER_DELETED
-CONSUMER_FLOOD = "consumer-flood"  # Parley-Parked-Kind of the guard's finding
+CONSUMER_FLOOD = "consumer-flood"  # Parley-Parked-Kind of the guard's finding (on PLATFORM_FINDINGS)
 # A consumer no advisory named is judged only once it is this old: its advisory may be on its way.
 ADVISORY_GRACE_S = 2.0
 SWEEP_EVERY_S = 10.0
@@ -317,11 +319,12 @@ class ConsumerGuard:
         )
         self.announce(f"SECURITY: {flood.sentence()}")
         try:
-            await self._park(flood)
-        except (nats.errors.Error, TimeoutError) as exc:  # PARKED full or NATS away: the log line stays
-            log.error("the consumer flood was not parked", extra={"service": service, "error": str(exc)})
+            await self._record(flood)
+        except (nats.errors.Error, TimeoutError) as exc:  # NATS away: the log line stays
+            log.error("the consumer flood was not recorded", extra={"service": service, "error": str(exc)})
 
-    async def _park(self, flood: Flood) -> None:
+    async def _record(self, flood: Flood) -> None:
+        """One record per flooded stream on PLATFORM_FINDINGS, in PARKED's header shape (`parley parked`)."""
         js = self.nc.jetstream()
         for stream, count in sorted(flood.deleted.items()):
             headers = {
@@ -333,7 +336,7 @@ class ConsumerGuard:
                 "Parley-Consumer": f"{count} made by {flood.service}",
             }
             body = json.dumps({"service": flood.service, "stream": stream, "deleted": count, "quota": flood.quota})
-            await js.publish(parked_subject(PLATFORM_USER, stream), body.encode(), headers=headers)
+            await js.publish(platform_finding_subject(CONSUMER_FLOOD, stream), body.encode(), headers=headers)
 
     # -- deleting, sweeping ------------------------------------------------------------------
 

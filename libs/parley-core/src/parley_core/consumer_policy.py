@@ -40,8 +40,9 @@ from parley_core.topology import (
 )
 
 # Ephemeral consumers one service may keep on one stream, all its instances together. One
-# instance keeps at most 5 on a stream (storage on STORE and AUTH: its erasures, detector and
-# audit-monitor replays; test_consumer_guard measures every service on a running platform), an
+# instance keeps at most 3 on a stream (storage on STORE: its erasures, its detector's own findings
+# and the process's one replay of STORE; every other stream it reads once, EventBus.follow;
+# test_consumer_guard measures every service on a running platform), an
 # ordered consumer's reset briefly holds two, and a roll-out runs two instances: 32 leaves room
 # for that on a few hosts. PARLEY_CONSUMER_QUOTA raises it for a larger fleet.
 EPHEMERAL_QUOTA = 32

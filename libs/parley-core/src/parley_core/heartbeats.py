@@ -50,11 +50,11 @@ async def send_heartbeat(ctx: RunContext, health: str) -> None:
 
 
 def heartbeat_job(ctx: RunContext) -> PeriodicJob:
-    """SERVING every interval while the instance serves; the runner sends the draining and stopping
-    words itself once the job is stopped."""
+    """SERVING every interval while the instance serves (NOT_SERVING once a projection of it halted);
+    the runner sends the draining and stopping words itself once the job is stopped."""
 
     async def beat() -> None:
-        await send_heartbeat(ctx, "SERVING")
+        await send_heartbeat(ctx, "SERVING" if ctx.bus.halted is None else "NOT_SERVING")
 
     # A beat is one publish (its failure is logged in send_heartbeat): cut short at a stop.
     return every(ctx.settings.heartbeat_seconds, beat, name="heartbeats", grace=0.0)

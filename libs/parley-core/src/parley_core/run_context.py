@@ -63,7 +63,9 @@ class RunContext:
 
     async def set_serving(self, serving: bool) -> None:
         """The health every check sees (`parley status`, the node agent): the whole server and
-        each of its services. Ignored once the server drains."""
+        each of its services. Ignored once the server drains; never SERVING once a projection
+        of this process halted (parley_core.projection_dispatch)."""
+        serving = serving and self.bus.halted is None
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", *self.service_names):
             await self.health.set(name, status)

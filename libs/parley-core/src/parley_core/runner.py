@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from parley_core import port_share, telemetry
 from parley_core.access import AccessProjection, follow_access
-from parley_core.bus import EventBus
+from parley_core.bus import EventBus, ProjectionHalted
 from parley_core.call_stats import CallStatsInterceptor
 from parley_core.config import EventLoop, Settings
 from parley_core.connections import connection_cap_job
@@ -150,17 +150,23 @@ async def serve(
         interceptors=interceptors,
         metrics=metrics,
     )
-    keys = await follow_signing_keys(bus, tokens)
-    access_replay = await follow_access(bus, access)
+    bus.on_halt = lambda _halt: ctx.set_serving(False)
+    # The process's one replay of AUTH: these, and the app's own projections of it (added in
+    # start), are started by the app or just after it.
+    follow_signing_keys(bus, tokens)
+    auth_replay = follow_access(bus, access)
     try:
         await app.start(ctx)
+        await bus.start_following()
+        await auth_replay.wait_caught_up()
+    except ProjectionHalted as exc:  # logged where it halted; the agent shows why it did not start
+        await nc.close()
+        raise RefusedToStart(str(exc)) from None
     except BaseException:
         # A refusal (or any failure) to start: close the connection, or its reconnecting and its
         # subscriptions outlive the service in a process that goes on (an in-process test).
         await nc.close()
         raise
-    await keys.wait_caught_up()
-    await access_replay.wait_caught_up()
     health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
     reflection.enable_server_reflection([*ctx.service_names, health_name, reflection.SERVICE_NAME], server)
     credentials = _server_credentials(pki, service, client_facing=client_facing)

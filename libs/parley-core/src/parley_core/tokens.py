@@ -22,7 +22,7 @@ from parley_core.bus import EventBus, ReceivedEvent, Replay
 from parley_core.envelope import open_payload
 from parley_core.errors import PermissionDenied, Unauthenticated
 from parley_core.rbac import MFA_PENDING_PERMISSIONS, Permission, denial_message, permissions_of, roles_holding
-from parley_core.topology import SIGNING_KEYS_FILTER
+from parley_core.topology import AUTH_FILTER, SIGNING_KEYS_FILTER
 
 log = logging.getLogger(__name__)
 
@@ -222,5 +222,6 @@ def bearer_token(context: grpc.aio.ServicerContext[object, object]) -> str | Non
     return None
 
 
-async def follow_signing_keys(bus: EventBus, verifier: TokenVerifier) -> Replay:
-    return await bus.replay(stream="AUTH", filter_subject=SIGNING_KEYS_FILTER, handler=verifier.apply)
+def follow_signing_keys(bus: EventBus, verifier: TokenVerifier) -> Replay:
+    """Added to the process's one replay of AUTH (EventBus.follow), for the signing keys only."""
+    return bus.follow(stream="AUTH", filter_subject=AUTH_FILTER, handler=verifier.apply, subjects=SIGNING_KEYS_FILTER)

@@ -31,7 +31,9 @@ METRICS_SCRAPER = "prometheus"
 class StreamSpec:
     name: str
     subjects: tuple[str, ...]
-    owner: str  # the only service allowed to append to it ("*": each service on its own subtree)
+    # The only one allowed to append to it: a service, the platform identity, or "*" (each
+    # service on its own subtree).
+    owner: str
     readers: tuple[str, ...]  # services that may read all of it (their own consumers, direct gets)
     # The protobuf packages of the events its owner writes; a consumer parks any other event type
     # found on it. Empty: no rule (PARKED holds copies of anyone's events).
@@ -144,6 +146,11 @@ def parked_subject(service: str, stream: str) -> str:
     return f"parley.parked.{service}.{stream}"
 
 
+def platform_finding_subject(kind: str, stream: str) -> str:
+    """Where the platform records a security finding of `kind` about `stream` (PLATFORM_FINDINGS)."""
+    return f"parley.platform.finding.{kind}.{stream}"
+
+
 def heartbeat_subject(service: str, instance_id: str) -> str:
     return f"parley.fleet.heartbeat.{service}.{instance_id}"
 
@@ -220,6 +227,11 @@ HEARTBEAT_READER = "patch-registry"
 # copies (discard new): the oldest, where the SECURITY records of an attack already are, stay.
 PARKED_MAX_BYTES = 256 * 1024 * 1024
 PARKED_MAX_MSGS = 100_000
+# PLATFORM_FINDINGS' bounds: only the platform writes it, a few records per attack (the guard reports a
+# flood once a minute per service), so the oldest go only after years of them.
+FINDINGS_MAX_BYTES = 64 * 1024 * 1024
+FINDINGS_MAX_MSGS = 100_000
+PLATFORM_FINDINGS = "PLATFORM_FINDINGS"
 
 STREAMS: tuple[StreamSpec, ...] = (
     StreamSpec("AUTH", ("parley.auth.>",), owner="auth", readers=ALL_READERS, event_packages=("parley.auth.v1",)),
@@ -239,8 +251,7 @@ STREAMS: tuple[StreamSpec, ...] = (
         readers=("patch-registry", "storage"),
         event_packages=("parley.patch.v1",),
     ),
-    # Poison events parked by any service's consumer, for an operator to list and replay; the
-    # platform's consumer guard parks its findings on its own parley.parked.platform.> subtree.
+    # Poison events parked by any service's consumer, for an operator to list and replay.
     StreamSpec(
         "PARKED",
         ("parley.parked.>",),
@@ -250,6 +261,17 @@ STREAMS: tuple[StreamSpec, ...] = (
         max_bytes=PARKED_MAX_BYTES,
         max_msgs=PARKED_MAX_MSGS,
         discard_new=True,
+    ),
+    # The platform's own security findings (the consumer guard's), apart from PARKED, which any
+    # service's credential can fill: written by the platform identity alone (no service's
+    # permissions name these subjects), read by the operator (`parley parked`) and a SIEM.
+    StreamSpec(
+        PLATFORM_FINDINGS,
+        ("parley.platform.>",),
+        owner=PLATFORM_USER,
+        readers=(),
+        max_bytes=FINDINGS_MAX_BYTES,
+        max_msgs=FINDINGS_MAX_MSGS,
     ),
     # The storage service's own audited records (erasures, a restored folder's re-seeded log) and
     # the facts other owners act on (due_subject).
@@ -265,7 +287,7 @@ CONSUMERS: tuple[ConsumerSpec, ...] = (
     *(
         ConsumerSpec(stream=s.name, durable=f"storage-archive-{s.name.lower()}", service="storage", filter_subject=">")
         for s in STREAMS
-        if s.name != "PARKED"
+        if s.owner in SERVICES  # not PARKED's copies, nor the platform's findings
     ),
     # Each owner reacts to the facts storage recorded for it, and reads nothing else of STORE.
     *(

@@ -33,7 +33,7 @@ from parley_core.envelope import NewEvent
 from parley_core.errors import FailedPrecondition, NotFound, Unavailable
 from parley_core.runner import RefusedToStart, RunContext
 from parley_core.sources import budget_key
-from parley_core.topology import CONSUMERS, audit_key_subject, slowed_source_subject
+from parley_core.topology import AUTH_FILTER, CONSUMERS, audit_key_subject, slowed_source_subject
 
 __all__ = ["AuthApp", "session_subject"]
 
@@ -58,8 +58,11 @@ class AuthApp(AccountsApi, SessionsApi, MfaApi, DevicesApi, auth_pb2_grpc.AuthSe
             heartbeat=True,  # failed logins per minute on the console's Health page
         )
         self._audit_trail = AuditTrail(ctx.bus, self._audit_signer, self.projection.published_keys, records)
-        self._replay = await ctx.bus.replay(stream="AUTH", filter_subject="parley.auth.>", handler=self._apply)
+        # Auth's own projection joins the process's one replay of AUTH (after the runner's access
+        # and signing keys), started here: the rest of start needs it caught up.
+        self._replay = ctx.bus.follow(stream="AUTH", filter_subject=AUTH_FILTER, handler=self._apply)
         self._events = AuthLog(ctx.bus, self._replay)
+        await ctx.bus.start_following()
         await self._replay.wait_caught_up()
         await self.audit.load_head()  # once the published audit keys are known
         await self._refuse_unexplained_gaps()

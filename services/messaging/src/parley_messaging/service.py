@@ -97,7 +97,9 @@ class MessagingApp(messaging_pb2_grpc.MessagingServiceServicer):
             "parley_messages_posted", "Messages posted (a retried send counts once)", heartbeat=True
         )
         # Users and devices (auth owns them) first, then channels and to-device queues.
-        self._auth_replay = await ctx.bus.replay(stream="AUTH", filter_subject=AUTH_FILTER, handler=self._apply_auth)
+        # On the process's one replay of AUTH, with the runner's access and signing keys.
+        self._auth_replay = ctx.bus.follow(stream="AUTH", filter_subject=AUTH_FILTER, handler=self._apply_auth)
+        await ctx.bus.start_following()
         await self._auth_replay.wait_caught_up()
         if ctx.settings.storage_addr:
             self.log_tail = ArchivedTail(

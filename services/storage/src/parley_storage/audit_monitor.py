@@ -42,10 +42,10 @@ from parley_core.audit import (
     verify_chain,
 )
 from parley_core.audit_log import SEC_STREAM, chain_head
-from parley_core.bus import EventBus, ReceivedEvent
+from parley_core.bus import EventBus, ReceivedEvent, Replay
 from parley_core.envelope import UnknownEventType, open_payload
 from parley_core.metrics import ServiceMetrics
-from parley_core.topology import AUDIT_KEYS_FILTER, SIGNING_KEYS_FILTER
+from parley_core.topology import AUDIT_KEYS_FILTER, AUTH_FILTER, SIGNING_KEYS_FILTER
 from parley_storage.archive import SqlEventArchive, StoredEvent
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,7 @@ class AuditChainMonitor:
         self._archive = archive
         self._checkpoint_dir = checkpoint_dir
         self._keys: list[Message] = []
+        self._keys_replay: Replay | None = None
         self.last: Verification | None = None
         self._running: asyncio.Task[Verification] | None = None
         self._intact = metrics.gauge(
@@ -123,10 +124,13 @@ class AuditChainMonitor:
             "parley_audit_verify_last_run_timestamp_seconds", "When the audit chain was last verified (Unix time)"
         )
 
-    async def start(self) -> None:
-        """Follow the verification keys on the live AUTH stream (audit keys and access-token keys)."""
+    def start(self) -> None:
+        """Follow the verification keys on the process's replay of AUTH (audit keys and
+        access-token keys); a verification waits until it has caught up."""
         for keys in (SIGNING_KEYS_FILTER, AUDIT_KEYS_FILTER):
-            await self._bus.replay(stream="AUTH", filter_subject=keys, handler=self._key)
+            self._keys_replay = self._bus.follow(
+                stream="AUTH", filter_subject=AUTH_FILTER, handler=self._key, subjects=keys
+            )
 
     async def _key(self, event: ReceivedEvent) -> None:
         with contextlib.suppress(UnknownEventType):
@@ -170,6 +174,10 @@ class AuditChainMonitor:
         return tuple((name, stat.st_mtime_ns, stat.st_size) for name, stat in stats)
 
     async def _verify(self) -> Verification:
+        if self._keys_replay is not None:
+            # A verdict without every key would report tampering that is none; a halted replay
+            # (ProjectionHalted) fails the run, which leaves the last figures.
+            await self._keys_replay.wait_caught_up()
         started = time.time()
         head_seq = await self._head_seq()  # first: a record appended during the run makes the verdict out of date
         listing = self._checkpoint_files()

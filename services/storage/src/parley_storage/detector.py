@@ -96,6 +96,8 @@ class AnomalyDetector:
         self.found: list[Anomaly] = []
 
     async def start(self) -> None:
+        """Knows its own findings first, then joins the process's replays of the streams it
+        watches (EventBus.follow; the service starts them once every projection is added)."""
         own = await self.bus.replay(stream="STORE", filter_subject=ANOMALY_FILTER, handler=self._own)
         await own.wait_caught_up(CATCH_UP_TIMEOUT_S)
         for stream, filter_subject, handler in (
@@ -105,7 +107,7 @@ class AnomalyDetector:
             ("STORE", "parley.storage.>", self._storage),
             ("PATCH", PATCH_FILTER, self._patch),
         ):
-            await self.bus.replay(stream=stream, filter_subject=filter_subject, handler=self._guarded(handler))
+            self.bus.follow(stream=stream, filter_subject=filter_subject, handler=self._guarded(handler))
 
     async def _own(self, event: ReceivedEvent) -> None:
         self.recorded.add(event.envelope.event_id)
@@ -118,7 +120,13 @@ class AnomalyDetector:
                 return
             found = handler(event, payload)
             for anomaly in (found,) if isinstance(found, Anomaly) else found or ():
-                await self._record(anomaly)
+                try:
+                    await self._record(anomaly)
+                except Exception:
+                    # Recording is I/O (appends to STORE), not the projection: a finding the log
+                    # did not take is logged (the warning above names it), and the streams'
+                    # replays, which other projections share, go on.
+                    log.exception("anomaly not recorded", extra={"kind": anomaly.kind, "subject": anomaly.subject})
 
         return observe
 

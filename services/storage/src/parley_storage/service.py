@@ -185,7 +185,7 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
             every(storage_settings.lag_interval_seconds, lambda: self._measure_lag(gauges), name="archive-lag"),
         ]
         self._log_cleanup = self._jobs[1]
-        await self.audit_monitor.start()
+        self.audit_monitor.start()  # its keys, on the replay of AUTH started below
         self._jobs.append(
             every(
                 storage_settings.audit_verify_interval_seconds,
@@ -207,6 +207,8 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
             )
             self.detector = AnomalyDetector(ctx.bus, detection, counted=anomalies)
             await self.detector.start()
+        # Every projection of the streams storage follows is added: one replay per stream starts.
+        await ctx.bus.start_following()
         siem = SiemSettings()
         if siem.url:
             try:
