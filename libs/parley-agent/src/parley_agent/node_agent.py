@@ -165,6 +165,14 @@ class NodeAgent:
         self.registry_address = address
         return channel
 
+    async def prefer_registry(self, address: str) -> None:
+        """Follow the registry at `address` first from now on (its host's own: its TUF server's
+        address is one this host reaches), the others staying fallbacks."""
+        self.registry_addresses = [address, *(a for a in self.registry_addresses if a != address)]
+        if self.registry_address != address:
+            old, self._channel = self._channel, self._connect_registry(address)
+            await old.close()
+
     async def _next_registry(self, why: str) -> None:
         """The registry followed so far is gone (its host lost): on to the next instance's address."""
         if len(self.registry_addresses) < 2:

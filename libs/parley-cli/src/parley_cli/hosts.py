@@ -171,11 +171,13 @@ class Host:
             door = await self.agent.open_front_door(service, port=port)
             if service in PEER_ADDRESS_ENV:  # callers on this host call its own instances
                 self.agent.environment[PEER_ADDRESS_ENV[service]] = door.address
-            if service == REGISTRY:  # the agent's second registry, once the first host's stops answering
-                self.agent.registry_addresses.append(door.address)
         services = sorted(self.fleet.services, key=START_ORDER.index)
         for service in services:  # in the fleet view before it counts as started
             await self.agent.start_serving(service, base_version(service), in_fleet=True)
+        if REGISTRY in self.agent.front_doors:
+            # Its own registry first from now on (the first host's a fallback): its TUF server is
+            # on this host, and it answers when the first host is lost.
+            await self.agent.prefer_registry(self.agent.front_doors[REGISTRY].address)
         self._write_state()
         doors = ", ".join(f"{s} on {d.address}" for s, d in self.agent.front_doors.items())
         say(f"host {self.fleet.host} joined the fleet: {doors}")
