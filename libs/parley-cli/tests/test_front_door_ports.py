@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from parley_cli import platform_nats
 from parley_cli.platform_doors import KeptPortTaken, open_service_door
 from parley_cli.state import STATE_FILE
 from parley_core.net import free_port
@@ -52,3 +53,15 @@ async def test_a_kept_port_held_by_another_program_stops_the_start_with_what_to_
     assert "Joined hosts call auth there" in message
     assert f"sport = :{busy}" in message
     assert isinstance(refused.value, RuntimeError)  # `parley up` says "start failed: …" and exits 1
+
+
+def test_nats_nodes_never_get_one_port_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The OS may name one free port twice while no node listens yet (a three-node start once
+    gave node0 and node2 one client port): each node gets its own, and kept ports stay kept."""
+    kept = free_port()
+    repeated = iter([kept, 40001, 40001, 40001, 40002, 40003, 40004, 40005])
+    monkeypatch.setattr(platform_nats, "free_port", lambda host: next(repeated))
+    monkeypatch.setattr(platform_nats, "port_or_free", lambda port, host: port or platform_nats.free_port(host))
+    ports = platform_nats.distinct_ports([None, kept, None, None, None, None], "127.0.0.1")
+    assert ports[1] == kept
+    assert len(set(ports)) == 6, ports

@@ -38,8 +38,6 @@ from parley_core.pki import CA_NAME, CertificateMissing, Pki, ensure_pki
 
 HOST_STATE_FILE = "host.json"
 REGISTRY = "patch-registry"
-# The first host's start order (parley_cli.platform): the registry before the gateway that calls it.
-START_ORDER = ("auth", "messaging", "storage", REGISTRY, "gateway")
 SUPERVISE_INTERVAL_S = 0.5
 HEALTHY_S = 60.0  # the node agent waits this long for a new instance to answer its health check
 DRAIN_S = 20.0
@@ -159,6 +157,7 @@ class Host:
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
+        from parley_cli.platform import START_ORDER  # the registry before the gateway that calls it
         from parley_cli.platform_releases import base_version
         from parley_core.config import PEER_ADDRESS_ENV
 
@@ -234,7 +233,9 @@ class Host:
 
     async def stop(self) -> None:
         (self.data_dir / CLIENT_FILE).unlink(missing_ok=True)
-        for instance in await self.agent.stop(order=("gateway", "messaging", "auth", "storage")):
+        from parley_cli.platform import START_ORDER
+
+        for instance in await self.agent.stop(order=list(reversed(START_ORDER))):
             say(f"{instance.instance_id} stopped")
         if self.nats is not None:
             await self.nats.process.stop()

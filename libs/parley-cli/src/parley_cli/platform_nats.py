@@ -27,7 +27,7 @@ from parley_core.consumer_guard import ConsumerGuard, ensure_declared_durables
 from parley_core.files import ensure_private_dir, write_private_file
 from parley_core.nats_process import NatsServerProcess
 from parley_core.natsconf import ROUTE_USER, ClusterConfig, holds_pre_account_streams, render_server_config
-from parley_core.net import host_address, port_or_free
+from parley_core.net import free_port, host_address, port_or_free
 from parley_core.pki import Pki
 
 STORE_KEY_FILE = "jetstream-store.key"
@@ -150,8 +150,8 @@ class PlatformNats:
         previous = previous_nats_ports(self.data_dir)
         address = host_address()  # other hosts' nodes route here and clients connect here
         previous += [(None, None)] * (len(folders) - len(previous))
-        client_ports = [port_or_free(client, address) for client, _ in previous[: len(folders)]]
-        route_ports = [port_or_free(route, address) for _, route in previous[: len(folders)]]
+        ports = distinct_ports([port for pair in previous[: len(folders)] for port in pair], address)
+        client_ports, route_ports = ports[0::2], ports[1::2]
         routes = tuple(f"{address}:{port}" for port in route_ports)
         self.routes = list(routes)
         for index, folder in enumerate(folders):
@@ -298,6 +298,19 @@ class PlatformNats:
             await node.stop()
         if self.nodes:
             self.say("nats-server stopped" if len(self.nodes) == 1 else "JetStream cluster stopped")
+
+
+def distinct_ports(kept: list[int | None], address: str) -> list[int]:
+    """Each kept port while it is free, else a free one, no two alike: the OS may report one free
+    port twice while none of the nodes listens yet, and a free pick must not take a kept port."""
+    reserved = {port for port in kept if port}
+    chosen: list[int] = []
+    for port in kept:
+        pick = port_or_free(port, address)
+        while pick in chosen or (pick != port and pick in reserved):
+            pick = free_port(address)
+        chosen.append(pick)
+    return chosen
 
 
 def _with_quarantine(render: Callable[..., str]) -> Callable[[frozenset[str]], str]:
