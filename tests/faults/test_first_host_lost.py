@@ -126,11 +126,15 @@ def first_host_pids(first: RunningPlatform) -> list[int]:
     return [first.process.pid, *instances, *nats]
 
 
-def parley(data_dir: Path, *args: str) -> str:
-    """The `parley` command on a host's folder (in a thread, so the clients keep sending meanwhile)."""
+def run_parley(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-m", "parley_cli", "--data-dir", str(data_dir), *args]
     env = {**os.environ, **TEST_DEFAULTS, **ENV}
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=False)
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=False)
+
+
+def parley(data_dir: Path, *args: str) -> str:
+    """The `parley` command on a host's folder (in a thread, so the clients keep sending meanwhile)."""
+    done = run_parley(data_dir, *args)
     assert done.returncode == 0, f"`parley {' '.join(args)}` failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
@@ -142,7 +146,16 @@ async def publish_a_messaging_release(fleet: Fleet, operators: OperatorTokens) -
     for user in ("pat", "olga", "oscar"):
         for folder in (first, fleet.host_b.data_dir):
             operators.save_cli_login(folder, user)
-    await asyncio.to_thread(parley, first, "--as", "pat", "patch", "key", "create", "messaging")
+
+    async def key_created() -> bool | None:
+        """Once the registry has read the operators' signing key from the AUTH stream."""
+        done = await asyncio.to_thread(run_parley, first, "--as", "pat", "patch", "key", "create", "messaging")
+        if "unknown or retired key" in done.stderr:
+            return None
+        assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+        return True
+
+    await eventually(key_created, "the registry to know the operators' signing key", 60)
     published = await asyncio.to_thread(
         parley, first, "--as", "pat", "patch", "publish", "messaging", NEW_VERSION, "--source", str(MESSAGING_SOURCE)
     )
