@@ -31,7 +31,7 @@ from parley_agent import AgentTimeouts, Door, Instance, NodeAgent
 from parley_agent.front_door import FrontDoor
 from parley_agent.shared_port import requests_migrate
 from parley_cli.platform_doors import claim_web_port, open_client_port, open_service_door
-from parley_cli.platform_hints import tell_first_steps, tell_how_to_connect, tell_next_steps
+from parley_cli.platform_hints import tell_cli_steps, tell_how_to_connect
 from parley_cli.platform_nats import PlatformNats
 from parley_cli.platform_releases import install_base_releases, publish_base_releases, start_service
 from parley_cli.platform_reseed import reseed_restored_log
@@ -214,10 +214,7 @@ class Platform:
             web_app=web_app,
             ca=self.pki.ca_cert,
         )
-        if new_folder:
-            tell_first_steps(self.say, self.data_dir)
-        else:
-            tell_next_steps(self.say, self.data_dir)
+        tell_cli_steps(self.say, self.data_dir, new_folder=new_folder)
         self.say("press Ctrl-C to stop everything")
 
     @property

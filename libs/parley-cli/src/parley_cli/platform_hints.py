@@ -22,19 +22,25 @@ def tell_how_to_connect(say: Say, data_dir: Path, gateway: Door, *, api_url: str
     say(f"logs: {data_dir / 'logs'}")
 
 
-def tell_first_steps(say: Say, data_dir: Path) -> None:
-    cli = f".venv/bin/parley --data-dir {data_dir}"
-    say("connect the CLI from another terminal, for example (first account: an owner):")
-    say(f"  {cli} admin create-user alice --role owner")
-    say(f"  {cli} login alice")
-    say(f"  {cli} --as alice create-channel general")
-    say(f"  {cli} --as alice chat general")
+# The first commands to type: on a new folder an owner's account and #general; on one in use a
+# login (its accounts and channels exist already: a "create #general" hint would make a second).
+FIRST_STEPS = (
+    "connect the CLI from another terminal, for example (first account: an owner):",
+    (
+        "admin create-user alice --role owner",
+        "login alice",
+        "--as alice create-channel general",
+        "--as alice chat general",
+    ),
+)
+NEXT_STEPS = (
+    "connect the CLI from another terminal, for example:",
+    ("login USER", "--as USER channels", "--as USER chat CHANNEL"),
+)
 
 
-def tell_next_steps(say: Say, data_dir: Path) -> None:
-    """Its accounts and channels exist already: a "create #general" hint would make a second one."""
-    cli = f".venv/bin/parley --data-dir {data_dir}"
-    say("connect the CLI from another terminal, for example:")
-    say(f"  {cli} login USER")
-    say(f"  {cli} --as USER channels")
-    say(f"  {cli} --as USER chat CHANNEL")
+def tell_cli_steps(say: Say, data_dir: Path, *, new_folder: bool) -> None:
+    intro, commands = FIRST_STEPS if new_folder else NEXT_STEPS
+    say(intro)
+    for command in commands:
+        say(f"  .venv/bin/parley --data-dir {data_dir} {command}")
