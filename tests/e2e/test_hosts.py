@@ -76,12 +76,25 @@ def test_a_bundle_carries_certificates_from_the_ca_but_never_its_key(
     assert fleet["nats_replicas"] == 3
 
 
-def test_the_registry_and_a_sqlite_archive_stay_on_the_first_host(first_host: RunningPlatform, tmp_path: Path) -> None:
-    refused = first_host.cli(
-        "host", "add", "host-c", "--services", "patch-registry", "--out", str(tmp_path / "b"), check=False
-    )
+def test_a_registry_on_another_host_writes_the_first_hosts_repository(
+    first_host: RunningPlatform, tmp_path: Path
+) -> None:
+    """A second registry must write the one TUF repository the agents trust, never start its own."""
+    bundle = tmp_path / "registry-bundle"
+    first_host.cli("host", "add", "host-r", "--services", "patch-registry", "--out", str(bundle))
+    assert json.loads((bundle / "fleet.json").read_text())["services"] == ["patch-registry"]
+    joining = RunningPlatform(data_dir=tmp_path / "host-r")  # only its `parley` command: never started
+    refused = joining.cli("host", "join", str(bundle), check=False)
     assert refused.returncode == 2
-    assert "patch-registry cannot run on another host yet" in refused.stderr
+    assert "name the first host's registry folder with --registry-folder" in refused.stderr
+    (tmp_path / "empty").mkdir()
+    refused = joining.cli("host", "join", str(bundle), "--registry-folder", str(tmp_path / "empty"), check=False)
+    assert refused.returncode == 2
+    assert "no TUF repository there" in refused.stderr
+    assert not (tmp_path / "empty" / "tuf").exists()
+
+
+def test_a_sqlite_archive_stays_on_the_first_host(first_host: RunningPlatform, tmp_path: Path) -> None:
     refused = first_host.cli(
         "host", "add", "host-c", "--services", "storage", "--out", str(tmp_path / "b"), check=False
     )

@@ -4,9 +4,10 @@ The first host is `parley up --nats-cluster 3`; `parley host add host-b --nats-n
 node1 to host-b and `host add host-c --nats-node` its node2 to host-c (each joins with no
 services, only the node). Once both are current replicas of every stream, the first host's
 `parley up`, every instance it runs and its node0 are killed with `kill -9` (after a restart of
-the first host, whose node0 finds the moved nodes again on its kept route port): the two joined
-nodes elect leaders among themselves, and an event published then is acknowledged and kept
-with the event appended before the loss.
+the first host, whose node0 finds the moved nodes again on its kept route port, and whose front
+doors come back on the ports the joined hosts' bundles name): the two joined nodes elect leaders
+among themselves, and an event published then is acknowledged and kept with the event appended
+before the loss.
 """
 
 from __future__ import annotations
@@ -94,6 +95,12 @@ async def test_streams_keep_working_when_the_first_hosts_node_is_killed(
     assert await asyncio.to_thread(first.stop) == 0
     await asyncio.to_thread(first.start)
     assert first.state["nats"][0]["route"] == route_before  # type: ignore[index]
+    # Its front doors too: the addresses host-b's bundle gave its services and agent still answer.
+    given = json.loads((bundle / "fleet.json").read_text())
+    services = first.state["services"]
+    assert isinstance(services, dict)
+    assert given["registry_address"] == services["patch-registry"]["address"]
+    assert {peer: services[peer]["address"] for peer in given["peers"]} == given["peers"]
     node0_url = str(first.state["nats_url"])
     await wait_current_on(first.data_dir, node0_url, first.ca_cert, {"parley-node0", *JOINED_NODES}, 120)
     nc = await connect_platform(first.data_dir, joined_urls, first.ca_cert)

@@ -108,17 +108,26 @@ def test_ctrl_c_with_output_pipe_gone_stops_everything_and_folder_is_locked(tmp_
         lambda: not any(_alive(pid) for pid in pids), timeout=STOP_TIMEOUT_S, what="every started process to exit"
     )
     assert json.loads((data_dir / "platform.json").read_text())["running"] is False
+    doors = _service_ports(data_dir)
 
     # The folder is free again; a later start has accounts to log in to, so no first-account hint.
     again = RunningPlatform(data_dir=data_dir, up_args=("--gateway-port", str(free_port())))
     again.start()
     try:
+        # Every service's front door where it was (joined hosts' bundles name them).
+        assert _service_ports(data_dir) == doors
         wait_until(lambda: "Ctrl-C" in again.output(), timeout=START_TIMEOUT_S, what="the whole banner")
         assert "login" in again.output()
         assert HINT not in again.output()
         assert "create-channel" not in again.output()  # its #general exists: a second would be ambiguous
     finally:
         assert again.stop() == 0
+
+
+def _service_ports(data_dir: Path) -> dict[str, int]:
+    """The front doors' ports but the gateway's (its port is asked for on each start here)."""
+    services = json.loads((data_dir / "platform.json").read_text())["services"]
+    return {name: int(s["port"]) for name, s in services.items() if name != "gateway"}
 
 
 def test_processes_left_by_a_killed_parley_up_are_reported_and_block_a_new_start(tmp_path: Path) -> None:

@@ -13,8 +13,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from parley_cli import platform as platform_module
+from parley_cli import platform_doors
 from parley_cli.platform import Platform
+from parley_cli.platform_doors import claim_web_port, open_client_port
 from parley_cli.state import STATE_FILE
 
 
@@ -27,9 +28,9 @@ async def test_a_busy_default_port_is_named_with_the_port_taken_instead(
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         busy = holder.getsockname()[1]
-        monkeypatch.setattr(platform_module, "DEFAULT_GATEWAY_PORT", busy)
+        monkeypatch.setattr(platform_doors, "DEFAULT_GATEWAY_PORT", busy)
         out = io.StringIO()
-        door = await Platform(tmp_path, out=out)._open_client_port()
+        door = await open_client_port(tmp_path, None, Platform(tmp_path, out=out).say)
         try:
             taken = int(door.address.rsplit(":", 1)[-1])
             assert taken != busy
@@ -45,11 +46,10 @@ def test_a_busy_web_port_is_named_with_the_port_taken_instead(tmp_path: Path, mo
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         busy = holder.getsockname()[1]
-        monkeypatch.setattr(platform_module, "DEFAULT_WEB_PORT", busy)
+        monkeypatch.setattr(platform_doors, "DEFAULT_WEB_PORT", busy)
         out = io.StringIO()
         platform = Platform(tmp_path, out=out)
-        platform._claim_web_port()
-        assert platform.web_claim is not None
+        platform.web_claim = claim_web_port(tmp_path, platform.say)
         try:
             taken = platform.web_claim.getsockname()[1]
             assert taken != busy
@@ -66,10 +66,9 @@ def test_the_web_port_is_the_last_runs_on_the_next_start(tmp_path: Path, monkeyp
     with socket.socket() as holder:  # the default held (8443 may be anyone's: the test holds a port of its own)
         holder.bind(("127.0.0.1", 0))
         holder.listen()
-        monkeypatch.setattr(platform_module, "DEFAULT_WEB_PORT", holder.getsockname()[1])
+        monkeypatch.setattr(platform_doors, "DEFAULT_WEB_PORT", holder.getsockname()[1])
         first = Platform(tmp_path, out=io.StringIO())
-        first._claim_web_port()
-        assert first.web_claim is not None
+        first.web_claim = claim_web_port(tmp_path, first.say)
         taken = first.web_claim.getsockname()[1]
         first.agent = SimpleNamespace()  # type: ignore[assignment]  # no service: the platform's own state only
         (tmp_path / STATE_FILE).write_text(json.dumps(first._state()))
@@ -77,8 +76,7 @@ def test_the_web_port_is_the_last_runs_on_the_next_start(tmp_path: Path, monkeyp
     out = io.StringIO()
     second = Platform(tmp_path, out=out)
     second._write_starting_state()  # as a start does: the last run's ports kept for this one
-    second._claim_web_port()
-    assert second.web_claim is not None
+    second.web_claim = claim_web_port(tmp_path, second.say)
     try:
         assert second.web_claim.getsockname()[1] == taken
         assert out.getvalue() == ""

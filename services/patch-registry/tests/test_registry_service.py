@@ -33,13 +33,14 @@ from securesystemslib.signer import CryptoSigner
 
 from parley_cli.publishing import public_pem, publish_release, sign_prepared
 from parley_core.bus import EventBus
-from parley_core.config import Settings
+from parley_core.config import REGISTRY_FOLDER, Settings
 from parley_core.envelope import NewEvent, decode, open_payload
 from parley_core.grpc_channel import secure_channel
+from parley_core.net import free_port
 from parley_core.pki import Pki
 from parley_core.runner import serve
 from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.waiting import eventually
+from parley_core.testing.waiting import eventually, until
 from parley_core.tokens import AUDIENCE, ISSUER
 from parley_core.topology import STREAMS_BY_NAME, VULNERABILITY_ALERTS_FILTER, heartbeat_subject, signing_key_subject
 from parley_patch_registry.service import PatchRegistryApp
@@ -59,6 +60,16 @@ OSV_DIR = next(
     Path("/work/shared/data/osv"),
 )
 T = TypeVar("T")
+# A roll-out's history when its canary fails the gate: each event once.
+CANARY_ROLLED_BACK = (
+    "RolloutPlanned",
+    "RolloutApproved",
+    "StepStarted",
+    "InstanceStarted",
+    "GateEvaluated",
+    "RollbackStarted",
+    "RolloutRolledBack",
+)
 
 
 @dataclass
@@ -75,10 +86,11 @@ class Registry:
     publisher: CryptoSigner | None = None
     start: Callable[[], Awaitable[None]] = field(default=lambda: asyncio.sleep(0))
     stop: Callable[[], Awaitable[None]] = field(default=lambda: asyncio.sleep(0))
-    # A second registry instance on the same NATS, with a data folder of its own: its stub and its stop.
+    # A second registry instance on the same NATS, with a data folder of its own (its TUF repository
+    # there too, or with `shared_repository` the first one's, as a joined host's): its stub and its stop.
     start_another: Callable[
-        [], Awaitable[tuple[patch_pb2_grpc.PatchServiceAsyncStub, Callable[[], Awaitable[None]]]]
-    ] = field(default=lambda: asyncio.sleep(0))  # type: ignore[assignment,return-value]
+        ..., Awaitable[tuple[patch_pb2_grpc.PatchServiceAsyncStub, Callable[[], Awaitable[None]]]]
+    ] = field(default=lambda: asyncio.sleep(0))  # type: ignore[assignment]
 
     async def restart(self) -> None:
         await self.stop()
@@ -174,11 +186,13 @@ async def registry(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> Asy
         data_dir=data_dir,
     )
 
-    async def launch(folder: Path) -> tuple[str, grpc.aio.Channel, Callable[[], Awaitable[None]]]:
+    async def launch(
+        folder: Path, own_settings: RegistrySettings = registry_settings
+    ) -> tuple[str, grpc.aio.Channel, Callable[[], Awaitable[None]]]:
         """One registry instance on the data folder `folder`: its address, a channel to it, its stop."""
         stop = asyncio.Event()
         ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        app = PatchRegistryApp(registry_settings)
+        app = PatchRegistryApp(own_settings)
         task = asyncio.create_task(
             serve(
                 app,
@@ -206,11 +220,14 @@ async def registry(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> Asy
         running.stub = patch_pb2_grpc.PatchServiceStub(channel)
         running.fleet = fleet_pb2_grpc.FleetServiceStub(channel)
 
-    async def start_another() -> tuple[patch_pb2_grpc.PatchServiceAsyncStub, Callable[[], Awaitable[None]]]:
+    async def start_another(
+        *, shared_repository: bool = False
+    ) -> tuple[patch_pb2_grpc.PatchServiceAsyncStub, Callable[[], Awaitable[None]]]:
         folder = tmp_path / f"data-{uuid.uuid4().hex[:6]}"
         folder.mkdir()
         (folder / "pki").symlink_to(pki.directory, target_is_directory=True)
-        _, channel, stop_it = await launch(folder)
+        shared = registry_settings.model_copy(update={"folder": data_dir / REGISTRY_FOLDER})
+        _, channel, stop_it = await launch(folder, shared if shared_repository else registry_settings)
         return patch_pb2_grpc.PatchServiceStub(channel), stop_it
 
     running.start = start
@@ -461,15 +478,7 @@ async def test_rollout_with_approval_and_automatic_rollback_of_a_failing_canary(
     assert not failed.steps[0].drained  # the old instance was never stopped
     done = await registry.stub.ReportRolledBack(get, timeout=TIMEOUT_S)
     assert done.state == "rolled_back"
-    assert [a.event for a in done.audit] == [
-        "RolloutPlanned",
-        "RolloutApproved",
-        "StepStarted",
-        "InstanceStarted",
-        "GateEvaluated",
-        "RollbackStarted",
-        "RolloutRolledBack",
-    ]
+    assert [a.event for a in done.audit] == list(CANARY_ROLLED_BACK)
     assert [a.actor for a in done.audit][:2] == ["alice", "bob"]
     verdict = next(a for a in done.audit if a.event == "GateEvaluated")
     assert "canary 100 calls, 50 errors" in verdict.detail, verdict.detail
@@ -753,3 +762,101 @@ async def test_two_registries_record_one_detection_and_show_the_same_clock(
         assert detections[0].detected_at == seen[0].detected_at
     finally:
         await reader.close()
+
+
+async def test_two_registries_on_one_repository_drive_one_roll_out_without_a_repeated_step(registry: Registry) -> None:
+    """A joined host's registry beside the first one (one TUF repository, in a folder both reach):
+    a release published through one is there for the other, both drive the same roll-out, and a
+    decision both take at once (two approvals) is recorded once, the other refused precisely."""
+    other, stop_other = await registry.start_another(shared_repository=True)
+    try:
+        await publish(registry, "0.2.0", user="dave")
+        releases = await other.ListReleases(patch_pb2.ListReleasesRequest(service="messaging"), timeout=TIMEOUT_S)
+        assert "0.2.0" in {r.version for r in releases.releases}, "the other instance reads the same repository"
+        await registry.beat("m-1", "0.1.0")
+
+        async def m1_live() -> bool | None:
+            response = await registry.fleet.ListInstances(fleet_pb2.ListInstancesRequest(), timeout=TIMEOUT_S)
+            return "m-1" in {i.last_heartbeat.instance_id for i in response.instances} or None
+
+        await eventually(m1_live, "m-1 in the fleet view")
+        # Planned through the other instance, from the release the first one wrote.
+        rollout = await other.PlanRollout(
+            patch_pb2.PlanRolloutRequest(service="messaging", to_version="0.2.0"),
+            metadata=registry.token("alice", "operator"),
+            timeout=TIMEOUT_S,
+        )
+        assert list(rollout.old_instances) == ["m-1"]
+        get = patch_pb2.GetRolloutRequest(rollout_id=rollout.rollout_id)
+
+        async def known_to_the_first() -> bool | None:
+            try:
+                await registry.stub.GetRollout(get, timeout=TIMEOUT_S)
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                return None  # not replayed there yet
+            return True
+
+        await eventually(known_to_the_first, "the plan in the first instance")
+        command = patch_pb2.RolloutCommand(rollout_id=rollout.rollout_id)
+        answers = await asyncio.gather(
+            registry.stub.ApproveRollout(command, metadata=registry.token("bob", "operator"), timeout=TIMEOUT_S),
+            other.ApproveRollout(command, metadata=registry.token("carol", "operator"), timeout=TIMEOUT_S),
+            return_exceptions=True,
+        )
+        approved = [a for a in answers if isinstance(a, patch_pb2.Rollout)]
+        refused = [a for a in answers if isinstance(a, grpc.aio.AioRpcError)]
+        assert len(approved) == 1, answers
+        assert [r.code() for r in refused] == [grpc.StatusCode.FAILED_PRECONDITION], answers
+
+        async def in_canary() -> patch_pb2.Rollout | None:
+            current = await other.GetRollout(get, timeout=TIMEOUT_S)
+            return current if current.state == "canary" else None
+
+        await eventually(in_canary, "the canary step")
+        await other.ReportInstanceStarted(
+            patch_pb2.ReportInstanceRequest(rollout_id=rollout.rollout_id, instance_id="n-1", version="0.2.0"),
+            timeout=TIMEOUT_S,
+        )
+        await registry.beat("n-1", "0.2.0", requests=0, errors=0)
+
+        async def rolling_back() -> patch_pb2.Rollout | None:
+            await registry.beat("n-1", "0.2.0", requests=100, errors=50)
+            current = await registry.stub.GetRollout(get, timeout=TIMEOUT_S)
+            return current if current.state == "rolling_back" else None
+
+        await eventually(rolling_back, "the failing canary rolled back")
+        done = await registry.stub.ReportRolledBack(get, timeout=TIMEOUT_S)
+    finally:
+        await stop_other()
+    # Both instances drove it every second: each step and verdict is in its history once.
+    assert [a.event for a in done.audit] == list(CANARY_ROLLED_BACK)
+
+
+async def test_a_node_agent_moves_to_the_next_registry_when_its_own_stops_answering(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """An agent given several registries (the first host's and a joined host's) follows the one
+    that answers: nothing listens at the first address any more (its host lost)."""
+    from parley_agent import NodeAgent  # the whole agent (TUF): only this test needs it
+
+    lost = f"127.0.0.1:{free_port()}"
+    said: list[str] = []
+    agent = NodeAgent(
+        data_dir=tmp_path / "agent",
+        pki=registry.pki,
+        registry_address=[lost, registry.address],
+        environment={},
+        host="host-b",
+        announce=said.append,
+    )
+    following = asyncio.create_task(agent.run())
+    try:
+        await until(lambda: agent.registry_address == registry.address, "the agent following the other registry")
+        listed = await agent.registry.ListRollouts(patch_pb2.ListRolloutsRequest(), timeout=TIMEOUT_S)
+        assert isinstance(listed, patch_pb2.ListRolloutsResponse)
+    finally:
+        await agent.stop()
+        await following
+    assert any(f"registry at {lost} not reachable (UNAVAILABLE); following the one at" in line for line in said), said

@@ -121,7 +121,7 @@ class NodeAgent:
         *,
         data_dir: Path,
         pki: Pki,
-        registry_address: str,
+        registry_address: str | Sequence[str],
         environment: Mapping[str, str],
         timeouts: AgentTimeouts | None = None,
         log_dir: Path | None = None,
@@ -147,12 +147,41 @@ class NodeAgent:
         self.timeouts = timeouts or AgentTimeouts()
         self.front_doors: dict[str, Door] = {}
         self.instances: dict[str, Instance] = {}
-        self._channel = secure_channel(pki, identity=PLATFORM_USER, address=registry_address, peer="patch-registry")
-        self.registry = patch_pb2_grpc.PatchServiceStub(self._channel)
-        self.fleet = fleet_pb2_grpc.FleetServiceStub(self._channel)
+        # Every registry instance of the fleet, the preferred first (a joined host's own): the
+        # agent follows the first that answers and moves on when it stops answering.
+        addresses = [registry_address] if isinstance(registry_address, str) else list(registry_address)
+        if not addresses:
+            raise ValueError("a node agent needs the address of at least one patch registry")
+        self.registry_addresses = addresses
+        self._channel = self._connect_registry(addresses[0])
         self.log_dir = log_dir or data_dir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._stop = asyncio.Event()
+
+    def _connect_registry(self, address: str) -> grpc.aio.Channel:
+        channel = secure_channel(self.pki, identity=PLATFORM_USER, address=address, peer="patch-registry")
+        self.registry = patch_pb2_grpc.PatchServiceStub(channel)
+        self.fleet = fleet_pb2_grpc.FleetServiceStub(channel)
+        self.registry_address = address
+        return channel
+
+    async def prefer_registry(self, address: str) -> None:
+        """Follow the registry at `address` first from now on (its host's own: its TUF server's
+        address is one this host reaches), the others staying fallbacks."""
+        self.registry_addresses = [address, *(a for a in self.registry_addresses if a != address)]
+        if self.registry_address != address:
+            old, self._channel = self._channel, self._connect_registry(address)
+            await old.close()
+
+    async def _next_registry(self, why: str) -> None:
+        """The registry followed so far is gone (its host lost): on to the next instance's address."""
+        if len(self.registry_addresses) < 2:
+            return
+        at = self.registry_addresses.index(self.registry_address)
+        address = self.registry_addresses[(at + 1) % len(self.registry_addresses)]
+        self.warn(f"registry at {self.registry_address} not reachable ({why}); following the one at {address}")
+        old, self._channel = self._channel, self._connect_registry(address)
+        await old.close()
 
     # ---- instances ----------------------------------------------------------------------------
 
@@ -573,6 +602,8 @@ class NodeAgent:
             response = await self.registry.ListRollouts(patch_pb2.ListRolloutsRequest(), timeout=10.0)
         except grpc.aio.AioRpcError as error:
             self.warn(f"registry not reachable: {error.details()}")
+            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                await self._next_registry(error.code().name)
             return
         active = set()
         for rollout in response.rollouts:

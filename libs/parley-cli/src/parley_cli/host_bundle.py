@@ -12,8 +12,9 @@ rotation's successor reaches every auth instance sealed under the sealing key, o
 stream); and storage when the archive is in PostgreSQL: the bundle carries the database URL and
 the backup keys, but not the KEK keyring, which `host join --storage-keyring` names on a file
 system the hosts share (a copy would diverge at the first KEK rotation or erasure: the first
-host destroys the KEKs the copy still holds). The patch registry stays on the first host: its
-TUF repository (releases, online keys) is files only it writes. With `--nats-node` the host also
+host destroys the KEKs the copy still holds). The patch registry likewise: a second instance
+writes the first host's TUF repository (releases, online keys), which `host join
+--registry-folder` names on a shared file system. With `--nats-node` the host also
 runs one of the JetStream cluster's nodes, handed over from the first host (nats_handover): the
 bundle then carries the nats certificate and every NATS password, which a node's accounts hold.
 """
@@ -41,7 +42,7 @@ STORAGE_BACKUP_KEY_FILES = ("storage-backup.key", "storage-backup-signing.pem", 
 
 __all__ = ["HOSTABLE_SERVICES", "BundleRefused", "FleetConfig", "make_bundle", "read_bundle"]
 
-HOSTABLE_SERVICES = ("messaging", "gateway", "auth", "storage")
+HOSTABLE_SERVICES = ("messaging", "gateway", "auth", "storage", "patch-registry")
 # What a service on another host needs from the first host's secrets/ besides its NATS password.
 SERVICE_SECRETS = {
     "auth": (AUTH_SEALING_KEY_FILE, AUDIT_KEY_FILE, AUTH_SIGNING_KEY_FILE),
@@ -95,10 +96,7 @@ def parse_services(text: str, *, nats_node: bool = False) -> tuple[str, ...]:
         raise BundleRefused("name the services this host runs, e.g. --services messaging,gateway (or --nats-node)")
     others = [s for s in services if s not in HOSTABLE_SERVICES]
     if others:
-        raise BundleRefused(
-            f"{', '.join(others)} cannot run on another host yet (it keeps keys or files of its own on the "
-            f"first host); a host runs {', '.join(HOSTABLE_SERVICES)}"
-        )
+        raise BundleRefused(f"no service {', '.join(others)}; a host runs any of {', '.join(HOSTABLE_SERVICES)}")
     return services
 
 

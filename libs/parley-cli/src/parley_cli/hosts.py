@@ -37,6 +37,7 @@ from parley_core.natsconf import ensure_nats_passwords
 from parley_core.pki import CA_NAME, CertificateMissing, Pki, ensure_pki
 
 HOST_STATE_FILE = "host.json"
+REGISTRY = "patch-registry"
 SUPERVISE_INTERVAL_S = 0.5
 HEALTHY_S = 60.0  # the node agent waits this long for a new instance to answer its health check
 DRAIN_S = 20.0
@@ -97,6 +98,23 @@ def _storage_keyring(fleet: FleetConfig, keyring: Path | None) -> dict[str, str]
     return {"PARLEY_STORAGE_KEYRING_FILE": str(keyring.resolve())}
 
 
+def _registry_folder(fleet: FleetConfig, folder: Path | None) -> dict[str, str]:
+    """The registry on this host writes the fleet's one TUF repository, which the bundle never carries."""
+    if REGISTRY not in fleet.services:
+        return {}
+    if folder is None:
+        raise BundleRefused(
+            "this host runs the patch registry: name the first host's registry folder with --registry-folder PATH "
+            "(its patch-registry/ on a file system both hosts share); a copy would miss every later release"
+        )
+    if not (folder / "tuf" / "metadata" / "1.root.json").is_file():
+        raise BundleRefused(
+            f"--registry-folder {folder}: no TUF repository there (tuf/metadata/1.root.json); name the first "
+            "host's patch-registry/ folder, or the registry would start a repository of its own"
+        )
+    return {"PARLEY_PATCH_FOLDER": str(folder.resolve())}
+
+
 def _install(bundle: Path, data_dir: Path) -> None:
     """The bundle's certificates and passwords into the host's data folder (a new bundle replaces old ones)."""
     if (data_dir / "pki" / f"{CA_NAME}.key").exists():
@@ -139,7 +157,8 @@ class Host:
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
-        from parley_cli.platform import base_version
+        from parley_cli.platform import START_ORDER  # the registry before the gateway that calls it
+        from parley_cli.platform_releases import base_version
         from parley_core.config import PEER_ADDRESS_ENV
 
         if self.nats is not None:
@@ -151,8 +170,13 @@ class Host:
             door = await self.agent.open_front_door(service, port=port)
             if service in PEER_ADDRESS_ENV:  # callers on this host call its own instances
                 self.agent.environment[PEER_ADDRESS_ENV[service]] = door.address
-        for service in self.fleet.services:  # in the fleet view before it counts as started
+        services = sorted(self.fleet.services, key=START_ORDER.index)
+        for service in services:  # in the fleet view before it counts as started
             await self.agent.start_serving(service, base_version(service), in_fleet=True)
+        if REGISTRY in self.agent.front_doors:
+            # Its own registry first from now on (the first host's a fallback): its TUF server is
+            # on this host, and it answers when the first host is lost.
+            await self.agent.prefer_registry(self.agent.front_doors[REGISTRY].address)
         self._write_state()
         doors = ", ".join(f"{s} on {d.address}" for s, d in self.agent.front_doors.items())
         say(f"host {self.fleet.host} joined the fleet: {doors}")
@@ -163,7 +187,15 @@ class Host:
             for i in self.agent.instances.values()
             if i.process is not None
         ]
-        state: dict[str, object] = {"host": self.fleet.host, "running": True, "instances": instances}
+        # Its front doors' addresses, as platform.json names the first host's: `parley patch` on
+        # this folder calls this host's registry (the one left when the first host is lost).
+        doors = {service: {"address": door.address} for service, door in self.agent.front_doors.items()}
+        state: dict[str, object] = {
+            "host": self.fleet.host,
+            "running": True,
+            "instances": instances,
+            "services": doors,
+        }
         if self.nats is not None:
             state["nats"] = self.nats.state()
         write_private_file(self.data_dir / HOST_STATE_FILE, json.dumps(state, indent=2).encode())
@@ -201,7 +233,9 @@ class Host:
 
     async def stop(self) -> None:
         (self.data_dir / CLIENT_FILE).unlink(missing_ok=True)
-        for instance in await self.agent.stop(order=("gateway", "messaging", "auth", "storage")):
+        from parley_cli.platform import START_ORDER
+
+        for instance in await self.agent.stop(order=list(reversed(START_ORDER))):
             say(f"{instance.instance_id} stopped")
         if self.nats is not None:
             await self.nats.process.stop()
@@ -215,7 +249,7 @@ async def cmd_host_join(args: argparse.Namespace) -> int:
     data_dir = args.data_dir.resolve()
     try:
         fleet = read_bundle(args.bundle)
-        environment = _storage_keyring(fleet, args.storage_keyring)
+        environment = _storage_keyring(fleet, args.storage_keyring) | _registry_folder(fleet, args.registry_folder)
         ensure_private_dir(data_dir)
     except BundleRefused as exc:
         print(f"parley host join: {exc}", file=sys.stderr)
@@ -254,7 +288,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     )
     add = host.add_parser("add", help="issue a host's bundle (certificates, NATS passwords, the fleet's addresses)")
     add.add_argument("name", help="the host's name, as `parley fleet` shows it")
-    add.add_argument("--services", default="", help="comma-separated: messaging, gateway, auth, storage")
+    add.add_argument(
+        "--services", default="", help="comma-separated: messaging, gateway, auth, storage, patch-registry"
+    )
     add.add_argument(
         "--nats-node",
         action="store_true",
@@ -271,5 +307,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         "--storage-keyring",
         type=Path,
         help="the fleet's KEK keyring (the first host's secrets/storage-kek.json on shared storage), for storage",
+    )
+    join.add_argument(
+        "--registry-folder",
+        type=Path,
+        help="the first host's patch-registry/ folder (TUF repository and keys) on shared storage, for the registry",
     )
     join.set_defaults(run=cmd_host_join)

@@ -23,7 +23,7 @@ from parley_core.pki import Pki
 class JoinedNatsNode:
     def __init__(self, data_dir: Path, node: dict[str, Any], pki: Pki) -> None:
         # As `parley up` keeps its own nodes' (platform.py loads the agent: only `host join` needs it).
-        from parley_cli.platform import CLUSTER_NAME, STORE_KEY_FILE, ensure_store_key
+        from parley_cli.platform_nats import CLUSTER_NAME, STORE_KEY_FILE, ensure_store_key
 
         self.name = str(node["name"])
         folder = data_dir / "nats"

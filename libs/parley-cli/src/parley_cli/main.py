@@ -47,7 +47,7 @@ from parley_core.nats_connect import NatsUnreachable
 
 
 async def cmd_up(args: argparse.Namespace) -> int:
-    from parley_cli.platform import run_platform
+    from parley_cli.platform_run import run_platform
 
     remember_data_dir(args.data_dir)  # the CLI finds this platform from any folder from now on
     return await run_platform(

@@ -70,10 +70,14 @@ def _span(seconds: float) -> str:
 class RegistryConnection:
     def __init__(self, args: argparse.Namespace) -> None:
         data_dir: Path = args.data_dir
-        state_path = data_dir / "platform.json"
-        if not state_path.exists():
+        # The first host's folder, or a joined host's that runs a registry of its own (`host join`
+        # writes its front doors to host.json): the registry left when the first host is lost.
+        state_path = next((p for p in (data_dir / "platform.json", data_dir / "host.json") if p.exists()), None)
+        if state_path is None:
             raise no_platform(data_dir)
-        services = json.loads(state_path.read_text())["services"]
+        services = json.loads(state_path.read_text()).get("services", {})
+        if "patch-registry" not in services:
+            raise SystemExit(f"no patch registry runs on the host of {data_dir}; use a folder of a host running one")
         pki = ensure_pki(data_dir / "pki", [PLATFORM_USER])
         address = services["patch-registry"]["address"]
         self.channel = secure_channel(pki, identity=PLATFORM_USER, address=address, peer="patch-registry")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from parley_core import platform_state
+from parley_core.files import write_private_file
 from parley_core.platform_state import process_alive as _alive
 
 STATE_FILE = platform_state.STATE_FILE
@@ -150,3 +151,27 @@ def previous_version(data_dir: Path, service: str) -> str | None:
         return None
     version = json.loads(path.read_text()).get("services", {}).get(service, {}).get("version")
     return str(version) if version else None
+
+
+def write_starting_state(data_dir: Path, nats: dict[str, Any]) -> None:
+    """Once nats-server runs (`nats`: its nats_url, nats_pids and nats entries): a `parley up`
+    killed before its services are up (a long re-seed) leaves pids the next start and `parley
+    status` find. Ports and versions of the last run are kept for this start to reuse."""
+    path = data_dir / STATE_FILE
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    services = {
+        name: {"port": s.get("port"), "version": s.get("version"), "instances": []}
+        for name, s in previous.get("services", {}).items()
+    }
+    state = {"running": True, "pid": os.getpid(), **nats, "services": services, "web": previous.get("web", {})}
+    write_private_file(path, json.dumps(state, indent=2).encode())
+
+
+def mark_stopped(data_dir: Path) -> None:
+    """Keep the ports and versions for the next start, but let no client dial a platform that is gone."""
+    (data_dir / CLIENT_FILE).unlink(missing_ok=True)
+    path = data_dir / STATE_FILE
+    if path.exists():
+        state = json.loads(path.read_text())
+        state["running"] = False
+        write_private_file(path, json.dumps(state, indent=2).encode())

@@ -2,8 +2,11 @@
 
 State is rebuilt from the PATCH stream at start (advisories, findings and roll-outs) and from
 the TUF repository on disk (releases). A command runs the domain on a copy, appends the events, and the
-replay applies them: what is in memory is always what is in the stream. One registry instance
-writes the TUF repository; a second one would need its own (see docs/patching.md).
+replay applies them: what is in memory is always what is in the stream. A second registry
+instance may run on a joined host too (docs/deploy.md): both follow the stream, decide on what they
+replayed and append with the subject's expected sequence, so a decision the other made first is
+read and decided again (`_decide`); both write one TUF repository in a folder the hosts share,
+one change at a time (ReleaseRepository.exclusive).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,7 +29,7 @@ from parley.patch.v1 import events_pb2
 from parley_core.actor import Actor
 from parley_core.bus import ConcurrencyConflict, EventBus, ReceivedEvent, Replay
 from parley_core.envelope import NewEvent, open_payload
-from parley_core.errors import FailedPrecondition, InvalidArgument, NotFound
+from parley_core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from parley_core.files import ensure_private_dir
 from parley_core.request_stats import LATENCY_BUCKETS_MS, bucket_percentile
 from parley_core.tokens import Caller
@@ -73,6 +76,9 @@ BASE_PUBLISHER = "platform (base version)"
 # What of a crashed instance's log the audit keeps: its last lines, each cut to a length.
 LOG_LINES_KEPT = 20
 LOG_LINE_LIMIT = 500
+# How often a roll-out's decision is made again after another registry instance appended first.
+CONFLICT_ATTEMPTS = 5
+DRIVEN = ("approved", "canary", "production")  # the states the registry moves on by itself
 
 # The envelope actor of what the registry records on its own (overdue alerts, automatic roll-out
 # steps): "service:<name>" as every service writes it, so `parley audit query --actor
@@ -717,20 +723,20 @@ class Registry:
         if action == "rollback" and self.rollout(rollout_id).state == "done":
             require_patch_role(caller.role, "rolling back a roll-out")
             return await self.revert(caller, rollout_id, reason=reason)
-        async with self._lock:
-            work = self.rollout(rollout_id).snapshot()
+        if action not in ("approve", "pause", "resume", "rollback"):
+            raise InvalidArgument(f"unknown roll-out command {action!r}")
+
+        def decide(work: Rollout) -> list[RolloutEvent]:
             now = time.time()
             if action == "approve":
-                events = work.approve(actor=caller.user_id, actor_role=caller.role, at=now)
-            elif action == "pause":
-                events = work.pause(actor=caller.user_id, actor_role=caller.role, reason=reason, at=now)
-            elif action == "resume":
-                events = work.resume(actor=caller.user_id, actor_role=caller.role, at=now)
-            elif action == "rollback":
-                events = work.rollback(actor=caller.user_id, actor_role=caller.role, reason=reason, at=now)
-            else:
-                raise InvalidArgument(f"unknown roll-out command {action!r}")
-            return await self._record(rollout_id, events, _by(caller))
+                return work.approve(actor=caller.user_id, actor_role=caller.role, at=now)
+            if action == "pause":
+                return work.pause(actor=caller.user_id, actor_role=caller.role, reason=reason, at=now)
+            if action == "resume":
+                return work.resume(actor=caller.user_id, actor_role=caller.role, at=now)
+            return work.rollback(actor=caller.user_id, actor_role=caller.role, reason=reason, at=now)
+
+        return await self._decide(rollout_id, decide, _by(caller))
 
     async def agent_report(
         self,
@@ -745,23 +751,44 @@ class Registry:
     ) -> Rollout:
         """What a node agent did for the current step (mutual TLS identifies it; it names its host)."""
         actor = f"node-agent@{host}" if host else "node-agent"
-        async with self._lock:
-            work = self.rollout(rollout_id).snapshot()
+
+        def decide(work: Rollout) -> list[RolloutEvent]:
             now = time.time()
             if what == "started":
-                events = work.instance_started(instance_id=instance_id, version=version, at=now, actor=actor)
-            elif what == "drained":
-                events = work.drained(instance_id=instance_id, at=now, actor=actor)
-            elif what == "exited":
+                return work.instance_started(instance_id=instance_id, version=version, at=now, actor=actor)
+            if what == "drained":
+                return work.drained(instance_id=instance_id, at=now, actor=actor)
+            if what == "exited":
                 lines = [line[:LOG_LINE_LIMIT] for line in last_log_lines][-LOG_LINES_KEPT:]
-                events = work.instance_exited(
+                return work.instance_exited(
                     instance_id=instance_id, exit_code=exit_code, last_log_lines=lines, at=now, actor=actor
                 )
-            else:
-                events = work.rolled_back(at=now, actor=actor)
-            if not events:
-                return self.rollout(rollout_id)
-            return await self._record(rollout_id, events, Actor.service(actor))
+            return work.rolled_back(at=now, actor=actor)
+
+        return await self._decide(rollout_id, decide, Actor.service(actor))
+
+    async def _decide(self, rollout_id: str, decide: Callable[[Rollout], list[RolloutEvent]], actor: Actor) -> Rollout:
+        """The roll-out's events decided on its newest state and appended after its last event.
+
+        Another registry instance (a joined host's) may have appended first: the append is
+        refused (the expected subject sequence moved on), this instance reads that event and
+        decides again, so both instances drive one roll-out without a lease between them.
+        """
+        for _ in range(CONFLICT_ATTEMPTS):
+            async with self._lock:
+                events = decide(self.rollout(rollout_id).snapshot())
+                if not events:
+                    return self.rollout(rollout_id)
+                try:
+                    return await self._record(rollout_id, events, actor)
+                except ConcurrencyConflict:
+                    await self._catch_up(rollout_subject(rollout_id))
+        raise Unavailable(f"roll-out {rollout_id} kept changing under another registry instance; try again")
+
+    async def _catch_up(self, subject: str) -> None:
+        """This instance's projection holds the subject's newest event (another instance's)."""
+        assert self._replay is not None
+        await self._replay.wait_for_seq(await self.bus.last_subject_seq("PATCH", subject))
 
     def _window(self, rollout: Rollout, instance_id: str, now: float, since: float | None) -> InstanceWindow:
         """The new instance's calls since its phase began (`since`; None: since it started), and
@@ -789,15 +816,16 @@ class Registry:
         """Moves every roll-out on: starts steps, judges gates once their window has passed."""
         now = time.monotonic()
         for rollout_id, rollout in list(self.rollouts.items()):
-            if rollout.state not in ("approved", "canary", "production"):
+            if rollout.state not in DRIVEN:
                 continue
-            async with self._lock:
-                work = rollout.snapshot()
-                events: list[RolloutEvent] = []
+
+            def decide(work: Rollout, rollout_id: str = rollout_id) -> list[RolloutEvent]:
+                if work.state not in DRIVEN:
+                    return []  # another registry instance moved it on meanwhile
                 step = work.steps[-1] if work.steps else None
                 if step is None or (step.gate_passed and step.drained):
-                    events = work.next_step(at=time.time())
-                elif step.new_instance and step.gate_passed is None:
+                    return work.next_step(at=time.time())
+                if step.new_instance and step.gate_passed is None:
                     # The analysis window opens at the new instance's first heartbeat; the verdict
                     # waits for enough calls until the gate's time (from its start) is up.
                     started = self._step_started_at.setdefault((rollout_id, work.current_step), now)
@@ -810,11 +838,12 @@ class Registry:
                     if seen is not None or final:
                         window = self._window(work, step.new_instance, now, since)
                         settled = watched_for >= self.settings.gate_window_seconds
-                        events = work.gate(
+                        return work.gate(
                             window, self.settings.gate_policy(), at=time.time(), final=final, settled=settled
                         )
-                if events:
-                    await self._record(rollout_id, events, REGISTRY_ACTOR)
+                return []
+
+            await self._decide(rollout_id, decide, REGISTRY_ACTOR)
 
 
 def _by(caller: Caller) -> Actor:

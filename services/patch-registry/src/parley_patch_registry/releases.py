@@ -21,14 +21,18 @@ with an unmodified `tuf.ngclient.Updater`.
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import hashlib
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
@@ -52,6 +56,9 @@ from parley_core.errors import AlreadyExists, FailedPrecondition, InvalidArgumen
 from parley_core.files import ensure_private_dir
 
 TOP_ROLES = ("root", "targets", "snapshot", "timestamp")
+WRITE_LOCK_FILE = ".write.lock"
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 WHEEL_NAME = re.compile(r"^[A-Za-z0-9_.]+-[A-Za-z0-9_.+!]+(-[A-Za-z0-9_.]+){2,3}\.whl$")
 
 
@@ -75,6 +82,19 @@ def _require_newer_version(targets: Targets, service: str, version: str) -> None
             f"{service} {version} is not newer than the newest published release {newest[0]} ({newest[1]}); "
             f"publish a version above {newest[0]}"
         )
+
+
+def _exclusive(change: Callable[_P, _R]) -> Callable[_P, _R]:
+    """A change of the repository, made while no other process changes it (ReleaseRepository.exclusive)."""
+
+    @functools.wraps(change)
+    def locked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        repo = args[0]
+        assert isinstance(repo, ReleaseRepository)
+        with repo.exclusive():
+            return change(*args, **kwargs)
+
+    return locked
 
 
 def delegated_role(service: str) -> str:
@@ -187,6 +207,28 @@ class ReleaseRepository:
         self.online = dict(online)  # snapshot and timestamp signers
         self.lifetimes = lifetimes or Lifetimes()
         self.clock = clock
+        self._held = threading.RLock()
+        self._depth = 0
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """The repository to itself while one change reads and writes its metadata: every write
+        reads the newest version from disk and writes the next one, so two registry instances
+        sharing the folder (a joined host's, on a shared file system) must not interleave.
+        A POSIX lock on a file in the folder (held once per process: nested changes reuse it)."""
+        with self._held:
+            handle = None
+            if self._depth == 0:
+                handle = open(self.folder / WRITE_LOCK_FILE, "a")  # noqa: SIM115 - closed below
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if handle is not None:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+                    handle.close()
 
     # ---- creation and loading -------------------------------------------------------------
 
@@ -308,6 +350,7 @@ class ReleaseRepository:
         self._write_signed(Metadata(snapshot), "snapshot", [self.online["snapshot"]])
         self.refresh_timestamp()
 
+    @_exclusive
     def refresh_timestamp(self) -> int:
         """A new timestamp for the current snapshot; the registry calls this well before expiry."""
         now = self.clock()
@@ -342,6 +385,7 @@ class ReleaseRepository:
         base = {p: t for p, t in self.targets().signed.targets.items() if t.custom.get("service") == service}
         return Targets(targets=base)
 
+    @_exclusive
     def delegate_publisher_key(self, service: str, key: Key, targets_signer: Signer) -> None:
         """`<service>/*` is signed by `key` from now on (replacing any earlier publisher key)."""
         role, keyids = self._delegation(service)
@@ -406,6 +450,7 @@ class ReleaseRepository:
         delegated.signatures.clear()
         return delegated
 
+    @_exclusive
     def publish_signed(self, *, service: str, signed: bytes, wheel: bytes) -> ReleaseInfo:
         """Stores the release whose delegated metadata its publisher signed, then snapshot and timestamp.
 
@@ -482,6 +527,7 @@ class ReleaseRepository:
         prepared.sign(signer)
         return self.publish_signed(service=service, signed=prepared.to_bytes(), wheel=wheel)
 
+    @_exclusive
     def publish_base(
         self, *, service: str, version: str, wheel_name: str, wheel: bytes, targets_signer: Signer
     ) -> ReleaseInfo:
@@ -565,6 +611,7 @@ class ReleaseRepository:
         root.expires = self.clock() + self.lifetimes.root
         return Metadata(root)
 
+    @_exclusive
     def apply_root(self, signed: bytes) -> Root:
         """Publishes root v(n+1) signed offline, after checking what a client will check, and more.
 
@@ -602,6 +649,7 @@ class ReleaseRepository:
         self._write(incoming, "root")
         return new
 
+    @_exclusive
     def rotate_root(
         self,
         *,

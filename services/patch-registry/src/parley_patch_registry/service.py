@@ -79,7 +79,7 @@ class PatchRegistryApp(fleet_pb2_grpc.FleetServiceServicer):
         self._ctx = ctx
         self.fleet.stale_after_s = ctx.settings.heartbeat_seconds * STALE_AFTER_BEATS
         self._interval = min(1.0, ctx.settings.heartbeat_seconds)
-        folder = ctx.settings.data_dir / REGISTRY_FOLDER
+        folder = self.settings.folder or ctx.settings.data_dir / REGISTRY_FOLDER
         repo = await asyncio.to_thread(open_repository, folder, self.settings)
         self.http = RepositoryHttpServer(repo.folder, self.settings.http_host, self.settings.http_port).start()
         address = ctx.settings.storage_addr

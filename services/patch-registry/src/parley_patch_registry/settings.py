@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,6 +40,10 @@ class RegistrySettings(BaseSettings):
     # TUF repository over HTTP; 0 picks a free port (reported by the TufRepository RPC).
     http_host: str = "127.0.0.1"
     http_port: int = 0
+    # The TUF repository and its online keys; unset: <data dir>/patch-registry. A joined host's
+    # registry names the first host's folder on a file system the hosts share (`host join
+    # --registry-folder`): one repository, whichever instance an agent asks.
+    folder: Path | None = None
 
     def deadline_policy(self) -> DeadlinePolicy:
         return DeadlinePolicy(
