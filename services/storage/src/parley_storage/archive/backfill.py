@@ -35,12 +35,22 @@ class KeyringNeeded(Exception):
     """The archive holds events, and filling the read model from them needs the keyring."""
 
 
+def require_keyring(conn: Connection, keys: DataKeys | None) -> None:
+    """Refuse before any change when the archive has channel events and no keyring came (SQLite
+    commits each schema change as it goes, so a refusal after one would leave half a migration)."""
+    if keys is None and _has_channel_events(conn):
+        raise KeyringNeeded("migrating an archive to the read model opens its channel events: pass the keyring")
+
+
+def _has_channel_events(conn: Connection) -> bool:
+    return conn.execute(select(events.c.id).where(events.c.aggregate_type == "channel").limit(1)).first() is not None
+
+
 def fill_read_model(conn: Connection, keys: DataKeys | None) -> int:
     """Apply every archived channel event to the read model; returns how many were opened."""
-    if conn.execute(select(events.c.id).where(events.c.aggregate_type == "channel").limit(1)).first() is None:
+    require_keyring(conn, keys)
+    if keys is None or not _has_channel_events(conn):
         return 0
-    if keys is None:
-        raise KeyringNeeded("migrating an archive to the read model opens its channel events: pass the keyring")
     db = ArchiveDb(conn.engine, keys)
     posts: Counter[str] = Counter()  # each channel's posts archived so far, in log order
     opened = 0

@@ -21,8 +21,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    from parley_storage.archive.backfill import fill_read_model
+    from parley_storage.archive.backfill import fill_read_model, require_keyring
 
+    keys = context.config.attributes.get("keys")
+    require_keyring(op.get_bind(), keys)
     op.add_column("channel_messages", sa.Column("thread_root_seq", sa.BigInteger, nullable=False, server_default="0"))
     op.add_column(
         "channel_members", sa.Column("joined_at_stream_seq", sa.BigInteger, nullable=False, server_default="0")
@@ -61,7 +63,7 @@ def upgrade() -> None:
         sa.Column("reason", sa.String(16), nullable=False),
         sa.PrimaryKeyConstraint("channel_id", "channel_seq", name="pk_removed_messages"),
     )
-    fill_read_model(op.get_bind(), context.config.attributes.get("keys"))
+    fill_read_model(op.get_bind(), keys)
 
 
 def downgrade() -> None:
