@@ -76,10 +76,11 @@ def _channel(log: _Log, channel_id: str, messages: int, reactions: int) -> Itera
     for user in users[1:]:
         yield log.event(channel_id, MemberJoined(channel_id=channel_id, user_id=user), user)
     every = max(1, messages // reactions) if reactions else 0
-    sent = Timestamp()
-    sent.GetCurrentTime()
+    first_sent_ns = time.time_ns() - messages * 1_000_000_000
     for n in range(1, messages + 1):
         sender = users[n % USERS]
+        sent = Timestamp()
+        sent.FromNanoseconds(first_sent_ns + n * 1_000_000_000)  # a message a second
         post = MessagePosted(
             channel_id=channel_id,
             message_id=f"{channel_id}-{n}",
