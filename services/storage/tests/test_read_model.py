@@ -20,10 +20,10 @@ from parley.messaging.v1.events_pb2 import (
     ReactionAdded,
     ReactionRemoved,
 )
-from sqlalchemy import inspect
+from sqlalchemy import Connection, inspect, select
 
 from parley_core.bus import ReceivedEvent
-from parley_core.envelope import NewEvent
+from parley_core.envelope import NewEvent, open_payload
 from parley_core.testing.events import received
 from parley_core.visibility import HistoryView
 from parley_storage.archive import SqlEventArchive, StoredMessage
@@ -32,6 +32,14 @@ from parley_storage.archive.db import ArchiveDb
 from parley_storage.datakeys import DataKeys
 from parley_storage.kek import FileKeyring
 from parley_storage.migrate import _config, upgrade_to_head
+from parley_storage.schema import (
+    channel_members,
+    channel_messages,
+    channels,
+    message_reactions,
+    message_texts,
+    removed_messages,
+)
 
 CONSUMER = "storage-archive-msg"
 
@@ -197,3 +205,32 @@ async def test_a_page_opens_only_its_own_texts_and_reactions(
     assert [m.channel_seq for m in page] == list(range(101, 111))
     assert all(m.reactions == (("+1", ("bob",)),) for m in page)
     assert len(opened) == 20  # ten texts and their ten reactions, of 400 such events
+
+
+async def test_a_redelivered_batch_changes_nothing_in_the_read_model(archive: SqlEventArchive) -> None:
+    batch = scenario(Log())
+    await archive.archive(CONSUMER, batch)
+    before = await everything_read(archive)
+    assert await archive.archive(CONSUMER, batch) == 0
+    assert await everything_read(archive) == before  # no post counted twice, no reaction applied twice
+
+
+async def test_the_read_model_keeps_no_content(archive: SqlEventArchive) -> None:
+    """Texts and emoji stay in their sealed events only, so shredding, redaction and retention
+    reach them there; an expired message's reactions leave with it."""
+    batch = scenario(Log())
+    await archive.archive(CONSUMER, batch)
+    payloads = [open_payload(item.envelope) for item in batch]
+    content = {p.body for p in payloads if isinstance(p, MessagePosted | MessageEdited)}
+    content |= {p.emoji for p in payloads if isinstance(p, ReactionAdded | ReactionRemoved)}
+    tables = (channel_messages, channels, channel_members, message_reactions, message_texts, removed_messages)
+
+    def rows(conn: Connection) -> dict[str, list[Any]]:
+        return {t.name: [tuple(r) for r in conn.execute(select(t))] for t in tables}
+
+    found = await archive.run("test_read_model_rows", rows)
+    values = {str(v) for table in found.values() for row in table for v in row}
+    assert not values & content
+    reacted = {(r[0], r[1]) for r in found["message_reactions"]}
+    assert ("open", 4) not in reacted  # expired with its message
+    assert ("open", 2) in reacted
