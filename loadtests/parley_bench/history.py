@@ -27,6 +27,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from parley.messaging.v1.events_pb2 import ChannelCreated, MemberJoined, MessagePosted, ReactionAdded
 
 from parley_bench.stats import percentile, ratio
+from parley_core.actor import Actor
 from parley_core.bus import ReceivedEvent
 from parley_core.envelope import NewEvent, seal
 from parley_core.topology import channel_subject
@@ -64,7 +65,7 @@ class _Log:
 
     def event(self, channel_id: str, payload: Message, actor: str) -> ReceivedEvent:
         self.seq += 1
-        new = NewEvent(aggregate_type="channel", aggregate_id=channel_id, payload=payload, actor=actor)
+        new = NewEvent(aggregate_type="channel", aggregate_id=channel_id, payload=payload, actor=Actor.user(actor))
         envelope = seal(new, aggregate_version=self.seq, producer="bench@0", trace_context={})
         return ReceivedEvent(envelope, channel_subject(channel_id), "MSG", self.seq, 1, {})
 

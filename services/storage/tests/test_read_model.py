@@ -22,6 +22,7 @@ from parley.messaging.v1.events_pb2 import (
 )
 from sqlalchemy import Connection, inspect, select
 
+from parley_core.actor import Actor
 from parley_core.bus import ReceivedEvent
 from parley_core.envelope import NewEvent, open_payload
 from parley_core.testing.events import received
@@ -54,7 +55,7 @@ class Log:
     def event(self, channel_id: str, payload: Message, *, actor: str = "alice") -> ReceivedEvent:
         self.seq += 1
         return received(
-            NewEvent(aggregate_type="channel", aggregate_id=channel_id, payload=payload, actor=actor),
+            NewEvent(aggregate_type="channel", aggregate_id=channel_id, payload=payload, actor=Actor.user(actor)),
             stream_seq=self.seq,
         )
 
