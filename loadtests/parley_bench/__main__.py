@@ -26,6 +26,11 @@ def main() -> int:
         help="only the baselines and the write path (CPU per message, one channel, 100 channels)",
     )
     parser.add_argument(
+        "--history-only",
+        action="store_true",
+        help="only the history page's p99 on a small and a large channel (filled through the archive API)",
+    )
+    parser.add_argument(
         "--compare",
         metavar="VAR=A,B",
         help="the write path on one platform per value of an environment variable, alternating (A, B, A, B)",
@@ -42,6 +47,7 @@ def main() -> int:
                 profile=args.profile,
                 live_streams_only=args.live_streams_only,
                 write_path_only=args.write_path_only,
+                history_only=args.history_only,
                 compare=args.compare,
                 compare_rounds=args.rounds,
             )

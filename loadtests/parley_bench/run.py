@@ -15,6 +15,7 @@ from typing import Any
 
 from parley_bench import baselines
 from parley_bench.compare import compare_settings
+from parley_bench.history import history_goals, measure_history
 from parley_bench.instances import measure_two_instances
 from parley_bench.live_streams import measure_live_streams
 from parley_bench.platform_proc import BenchPlatform
@@ -275,6 +276,7 @@ def summarise_profiles(folder: Path) -> dict[str, list[str]]:
 def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
     rows = write_path_goals(result["write_path"]) if "write_path" in result else []
     rows += _platform_goals(result) if "sends" in result else []
+    rows += history_goals(result["history"]) if "history" in result else []
     if (live := result.get("live_streams")) is not None:
         rows += [
             (
@@ -343,6 +345,7 @@ def table(result: dict[str, Any]) -> str:
         "fanout",
         "logins",
         "live_streams",
+        "history",
     ):
         if section not in result:
             continue
@@ -377,11 +380,20 @@ async def run(
     profile: bool,
     live_streams_only: bool = False,
     write_path_only: bool = False,
+    history_only: bool = False,
     compare: str | None = None,
     compare_rounds: int = 2,
 ) -> dict[str, Any]:
     plan = Plan.of(quick=quick)
-    only = ", live streams only" if live_streams_only else ", write path only" if write_path_only else ""
+    only = (
+        ", live streams only"
+        if live_streams_only
+        else ", write path only"
+        if write_path_only
+        else ", history only"
+        if history_only
+        else ""
+    )
     result: dict[str, Any] = {
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "mode": ("quick" if quick else "full") + only,
@@ -404,15 +416,18 @@ async def run(
         result["goals"] = []
         write_report(result, out_dir)
         return result
-    if not live_streams_only:
+    if not live_streams_only and not history_only:
         await measure_platform(
             plan, result, out_dir=out_dir, workdir=workdir, profile=profile, write_path_only=write_path_only
         )
-    if not write_path_only:
+    if not write_path_only and not history_only:
         print(f"[bench] {plan.live_streams} live streams on one gateway (a platform of their own) ...", flush=True)
         result["live_streams"] = await measure_live_streams(workdir, streams=plan.live_streams)
+    if not write_path_only and not live_streams_only:
+        print("[bench] history pages: a channel of 100 messages beside a large one (the archive API) ...", flush=True)
+        result["history"] = await measure_history(workdir, quick=quick)
     result["goals"] = goals(result)
-    if profile and not live_streams_only:
+    if profile and not live_streams_only and not history_only:
         result["profiles"] = summarise_profiles(out_dir / "profiles")
     write_report(result, out_dir)
     return result

@@ -16,7 +16,6 @@ import random
 
 import pytest
 
-from parley_storage import detection
 from parley_storage.detection import (
     MANY_CHANNELS_JOINED,
     MANY_USERS_MESSAGED,
@@ -32,6 +31,7 @@ from parley_storage.detection import (
     DetectionSettings,
     Rules,
 )
+from parley_storage.detection import state as detection_state
 
 ids = (f"e{n}" for n in itertools.count())
 
@@ -260,7 +260,7 @@ def test_a_replay_finds_the_same_ids() -> None:
 
 
 def test_state_follows_the_active_accounts_not_the_whole_log(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(detection, "SWEEP_EVERY", 100)
+    monkeypatch.setattr(detection_state, "SWEEP_EVERY", 100)
     r = rules()
     for n in range(1000):  # a thousand one-off sessions, a minute apart
         r.session_started(at=60.0 * n, session_id=f"s{n}", user_id=f"u{n % 10}", source="10.0.0.1", event_id=next(ids))

@@ -20,187 +20,76 @@ the live data keys from the keyring instead, so keys shredded since the backup a
 the restored copy and every other key opens.
 The snapshot is consistent: SQLite's online backup API, or one REPEATABLE READ transaction on
 PostgreSQL.
+
+The backup secrets are backup_keys.py's, the chunked sealing of a file backup_files.py's; this
+module takes, verifies and restores the snapshot with them.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import json
 import os
 import shutil
 import sqlite3
-import struct
 import tarfile
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import closing
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Connection, Engine, func, insert, select, text
 
-from parley_core.files import PRIVATE_FILE_MODE, create_private_file, ensure_private_dir, write_private_file
+from parley_core.files import ensure_private_dir, write_private_file
 from parley_storage.archive import open_engine
+from parley_storage.backup_files import CHUNK_BYTES, FORMAT, NONCE_BYTES, open_file, seal_file, sha256_of
+from parley_storage.backup_keys import (
+    BACKUP_KEY_FILE,
+    SIGNING_KEY_FILE,
+    VERIFY_KEY_FILE,
+    BackupInvalid,
+    BackupKeys,
+)
 from parley_storage.datakeys import DataKeys
 from parley_storage.kek import KeyEncryptionKeys
 from parley_storage.migrate import head_revision, upgrade_to_head
 from parley_storage.schema import consumer_positions, events, metadata
 
-FORMAT = "parley-storage-backup/2"
+__all__ = [  # the backup's secrets and errors are used under these names too
+    "BACKUP_KEY_FILE",
+    "MANIFEST",
+    "REGISTRY",
+    "SIGNATURE",
+    "SIGNING_KEY_FILE",
+    "SNAPSHOT",
+    "VERIFY_KEY_FILE",
+    "BackupInvalid",
+    "BackupKeys",
+    "RestoreRefused",
+    "create_backup",
+    "refuse_existing_backup",
+    "restore_backup",
+    "verify_backup",
+]
+
 SNAPSHOT = "archive.sqlite.enc"
 REGISTRY = "registry.tar.enc"
 # Left out of the registry copy: the root keys belong offline (dot files, half-written, too).
 REGISTRY_LEFT_OUT = ("keys/offline/",)
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
-BACKUP_KEY_FILE = "storage-backup.key"
-SIGNING_KEY_FILE = "storage-backup-signing.pem"
-VERIFY_KEY_FILE = "storage-backup-signing.pub"
-CHUNK_BYTES = 4 * 1024 * 1024
-NONCE_BYTES = 12
 COPY_ROWS = 1000
-
-T = TypeVar("T")
-
-
-class BackupInvalid(Exception):
-    """The backup is damaged, tampered with, or not signed by this installation's key."""
 
 
 class RestoreRefused(Exception):
     """Restoring would overwrite or mix with existing data."""
-
-
-@dataclass(frozen=True)
-class BackupKeys:
-    """Backup secrets in the data folder's secrets/ (0600): content-wrapping key and signing key."""
-
-    wrapping_key: bytes
-    signing_key: Ed25519PrivateKey | None
-    verify_key: Ed25519PublicKey
-    secrets_dir: Path = Path("secrets")  # where they were read, for messages
-
-    @classmethod
-    def load_or_create(cls, secrets_dir: Path) -> BackupKeys:
-        cls.create_missing(secrets_dir)
-        return cls.load(secrets_dir)
-
-    @staticmethod
-    def create_missing(secrets_dir: Path) -> None:
-        """Make whichever backup secret is missing: storage does at its first start, so a key backup
-        taken at install time holds them. Safe when two instances start at once: the wrapping and
-        signing keys are only ever created, never replaced, and the public key is derived from the
-        signing key on disk (again when a signing key was just made: a folder restored without it)."""
-        ensure_private_dir(secrets_dir)
-        key_path, signing_path = secrets_dir / BACKUP_KEY_FILE, secrets_dir / SIGNING_KEY_FILE
-        if not key_path.exists():
-            create_private_file(key_path, base64.b64encode(AESGCM.generate_key(bit_length=256)) + b"\n")
-        made_signing_key = False
-        if not signing_path.exists():
-            pem = Ed25519PrivateKey.generate().private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-            made_signing_key = create_private_file(signing_path, pem)
-        if made_signing_key or not (secrets_dir / VERIFY_KEY_FILE).exists():
-            signing = serialization.load_pem_private_key(signing_path.read_bytes(), password=None)
-            public = signing.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-            write_private_file(secrets_dir / VERIFY_KEY_FILE, public)
-
-    def require_signing_key(self) -> Ed25519PrivateKey:
-        if self.signing_key is None:
-            raise BackupInvalid(
-                f"backup signing key missing: {self.secrets_dir / SIGNING_KEY_FILE} (copy it from your key backup; "
-                "a new pair would leave older backups verifiable only with the key backup's .pub)"
-            )
-        return self.signing_key
-
-    @classmethod
-    def load(cls, secrets_dir: Path) -> BackupKeys:
-        wrapping = _read_key(secrets_dir / BACKUP_KEY_FILE, base64.b64decode)
-        verify = _read_key(secrets_dir / VERIFY_KEY_FILE, serialization.load_pem_public_key)
-        if not isinstance(verify, Ed25519PublicKey) or len(wrapping) != 32:
-            raise BackupInvalid(f"backup keys in {secrets_dir} are not an AES-256 key and an Ed25519 public key")
-        signing: Ed25519PrivateKey | None = None
-        if (secrets_dir / SIGNING_KEY_FILE).exists():
-            loaded = _read_key(
-                secrets_dir / SIGNING_KEY_FILE, lambda pem: serialization.load_pem_private_key(pem, password=None)
-            )
-            if not isinstance(loaded, Ed25519PrivateKey):
-                raise BackupInvalid(f"{SIGNING_KEY_FILE} is not an Ed25519 private key")
-            signing = loaded
-        return cls(wrapping_key=wrapping, signing_key=signing, verify_key=verify, secrets_dir=secrets_dir)
-
-
-def _read_key(path: Path, parse: Callable[[bytes], T]) -> T:
-    """One of the backup secrets, parsed; a missing or damaged one is named (not a parser's traceback)."""
-    try:
-        return parse(path.read_bytes())
-    except FileNotFoundError as exc:
-        raise BackupInvalid(f"backup key missing: {path} (copy it from your key backup)") from exc
-    except (ValueError, TypeError) as exc:  # not base64, not PEM, a PEM key with a password
-        raise BackupInvalid(f"{path} is not a readable backup key: copy it again from your key backup") from exc
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _chunk_aad(backup_id: str, name: str, index: int, last: bool) -> bytes:
-    return f"{FORMAT}|{backup_id}|{name}|{index}|{int(last)}".encode()
-
-
-def _encrypt_file(plain: Path, sealed: Path, key: bytes, backup_id: str) -> None:
-    aead = AESGCM(key)
-    size = plain.stat().st_size
-    count = max(1, -(-size // CHUNK_BYTES))
-    # Created 0600 like the manifest: a backup is only for the operator, whatever the umask.
-    sealed_fd = os.open(sealed, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
-    with plain.open("rb") as src, os.fdopen(sealed_fd, "wb") as dst:
-        for index in range(count):
-            nonce = os.urandom(NONCE_BYTES)
-            body = aead.encrypt(
-                nonce, src.read(CHUNK_BYTES), _chunk_aad(backup_id, sealed.name, index, index == count - 1)
-            )
-            dst.write(struct.pack(">I", len(body)) + nonce + body)
-        dst.flush()
-        os.fsync(dst.fileno())
-
-
-def _decrypt_chunks(sealed: Path, key: bytes, backup_id: str) -> Iterator[bytes]:
-    aead = AESGCM(key)
-    with sealed.open("rb") as src:
-        index = 0
-        header = src.read(4)
-        while header:
-            if len(header) != 4:
-                raise BackupInvalid(f"{sealed.name} is truncated")
-            (length,) = struct.unpack(">I", header)
-            nonce, body = src.read(NONCE_BYTES), src.read(length)
-            if len(body) != length:
-                raise BackupInvalid(f"{sealed.name} is truncated")
-            header = src.read(4)
-            try:
-                yield aead.decrypt(nonce, body, _chunk_aad(backup_id, sealed.name, index, not header))
-            except InvalidTag as exc:
-                raise BackupInvalid(
-                    f"{sealed.name} chunk {index} does not authenticate (damaged or reordered)"
-                ) from exc
-            index += 1
 
 
 def _snapshot(source: Engine, target_file: Path) -> None:
@@ -273,15 +162,6 @@ def _pack_registry(folder: Path, tar_path: Path) -> int:
         return len(tar.getmembers())
 
 
-def _seal_file(plain: Path, out_dir: Path, name: str, key: bytes, backup_id: str) -> dict[str, Any]:
-    _encrypt_file(plain, out_dir / name, key, backup_id)
-    return {
-        "bytes": (out_dir / name).stat().st_size,
-        "sha256": _sha256(out_dir / name),
-        "plaintext_sha256": _sha256(plain),
-    }
-
-
 def create_backup(
     source: Engine,
     keys: BackupKeys,
@@ -337,12 +217,12 @@ def _create_backup(
                 db.execute("PRAGMA journal_mode=DELETE")
         finally:
             snapshot_engine.dispose()
-        files[SNAPSHOT] = _seal_file(plain, out_dir, SNAPSHOT, content_key, backup_id)
+        files[SNAPSHOT] = seal_file(plain, out_dir, SNAPSHOT, content_key, backup_id)
         registry_files = 0
         if registry is not None and registry.is_dir():
             packed = Path(scratch) / "registry.tar"
             registry_files = _pack_registry(registry, packed)
-            files[REGISTRY] = _seal_file(packed, out_dir, REGISTRY, content_key, backup_id)
+            files[REGISTRY] = seal_file(packed, out_dir, REGISTRY, content_key, backup_id)
     nonce = os.urandom(NONCE_BYTES)
     wrapped = nonce + AESGCM(wrapping_key).encrypt(nonce, content_key, f"{FORMAT}|{backup_id}".encode())
     manifest = {
@@ -362,17 +242,6 @@ def _create_backup(
     write_private_file(out_dir / MANIFEST, body)
     write_private_file(out_dir / SIGNATURE, signing_key.sign(body))
     return manifest
-
-
-def _open_file(sealed: Path, manifest: dict[str, Any], key: bytes, *, into: Path) -> None:
-    """Decrypt one sealed file of the backup into `into`, checking every chunk and the plaintext."""
-    digest = hashlib.sha256()
-    with into.open("wb") as out:
-        for chunk in _decrypt_chunks(sealed, key, manifest["backup_id"]):
-            digest.update(chunk)
-            out.write(chunk)
-    if digest.hexdigest() != manifest["files"][sealed.name]["plaintext_sha256"]:
-        raise BackupInvalid(f"decrypted {sealed.name} does not match its checksum")
 
 
 def verify_backup(
@@ -398,7 +267,7 @@ def verify_backup(
         path = backup_dir / name
         if not path.exists():
             raise BackupInvalid(f"{name} is missing from {backup_dir} (its manifest lists it): is the copy complete?")
-        if _sha256(path) != expected["sha256"]:
+        if sha256_of(path) != expected["sha256"]:
             raise BackupInvalid(f"{name} does not match its checksum in the manifest")
     wrapped = base64.b64decode(manifest["wrapped_content_key"])
     try:
@@ -409,7 +278,7 @@ def verify_backup(
         raise BackupInvalid("the content key does not open with this installation's backup key") from exc
     with tempfile.TemporaryDirectory() as scratch:
         plain = into or Path(scratch) / "archive.sqlite"
-        _open_file(backup_dir / SNAPSHOT, manifest, content_key, into=plain)
+        open_file(backup_dir / SNAPSHOT, manifest, content_key, into=plain)
         with closing(sqlite3.connect(plain)) as db:
             if db.execute("PRAGMA integrity_check").fetchone() != ("ok",):
                 raise BackupInvalid("snapshot fails SQLite's integrity check")
@@ -417,7 +286,7 @@ def verify_backup(
                 raise BackupInvalid("snapshot's schema revision differs from the manifest")
         if REGISTRY in manifest["files"]:
             packed = registry_into or Path(scratch) / "registry.tar"
-            _open_file(backup_dir / REGISTRY, manifest, content_key, into=packed)
+            open_file(backup_dir / REGISTRY, manifest, content_key, into=packed)
             try:
                 with tarfile.open(packed) as tar:
                     count = len(tar.getmembers())

@@ -14,6 +14,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect
 
+from parley_storage.datakeys import DataKeys
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -62,11 +64,15 @@ def check_schema_compatible(engine: Engine) -> None:
         _refuse_unknown(conn, ScriptDirectory.from_config(_config()))
 
 
-def upgrade_to_head(engine: Engine) -> str:
-    """Apply every migration not yet applied, in one transaction; returns the revision reached."""
+def upgrade_to_head(engine: Engine, keys: DataKeys | None = None) -> str:
+    """Apply every migration not yet applied, in one transaction; returns the revision reached.
+
+    ``keys`` opens archived events for a migration that fills a table from them (0004); an empty
+    database needs none."""
     config = _config()
     with engine.begin() as conn:
         _refuse_unknown(conn, ScriptDirectory.from_config(config))
         config.attributes["connection"] = conn
+        config.attributes["keys"] = keys
         command.upgrade(config, "head")
     return head_revision()

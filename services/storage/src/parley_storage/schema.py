@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Index,
     Integer,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    false,
 )
 
 metadata = MetaData()
@@ -75,8 +77,12 @@ data_keys = Table(
     Index("ix_data_keys_owner", "owner"),
 )
 
-# The message projection points at the event that carries the message, so a body exists once,
-# sealed, and shredding its author's key erases it here too.
+# The read model history is served from, written in the transaction that archives each event
+# (archive/read_model.py). Its rows hold positions, numbers and ids, never content: every text and
+# emoji stays in its sealed event, which a row points at, so a body exists once, sealed, and
+# shredding its author's key or blanking it for a redaction or retention removes it here too.
+
+# A channel's messages, each pointing at its newest text (the post, or its latest edit).
 channel_messages = Table(
     "channel_messages",
     metadata,
@@ -87,15 +93,68 @@ channel_messages = Table(
     Column("sent_at_ns", BigInteger, nullable=False),
     Column("stream", String(32), nullable=False),
     Column("stream_seq", BigInteger, nullable=False),
+    Column("thread_root_seq", BigInteger, nullable=False, server_default="0"),  # from the post; an edit keeps it
     PrimaryKeyConstraint("channel_id", "channel_seq", name="pk_channel_messages"),
 )
 
+# Whether a channel hides history before a join, and how many posts of it are archived: the
+# newest message number, since message numbers are dense.
+channels = Table(
+    "channels",
+    metadata,
+    Column("channel_id", String(64), primary_key=True),
+    Column("hides_history", Boolean, nullable=False, server_default=false()),
+    Column("posts", BigInteger, nullable=False, server_default="0"),
+)
+
+# The current members, with the facts of their latest join that parley_core.visibility's rule
+# needs: its stream position, and the channel's newest message number then.
 channel_members = Table(
     "channel_members",
     metadata,
     Column("channel_id", String(64), nullable=False),
     Column("user_id", String(64), nullable=False),
+    Column("joined_at_stream_seq", BigInteger, nullable=False, server_default="0"),
+    Column("newest_seq_at_join", BigInteger, nullable=False, server_default="0"),
     PrimaryKeyConstraint("channel_id", "user_id", name="pk_channel_members"),
+)
+
+# One row per (message, user, emoji): the newest ReactionAdded or ReactionRemoved of it, which the
+# row points at (the emoji stays in that sealed event). A change applies only when it is newer
+# than the row's, so a retried event arriving late cannot undo a later one.
+message_reactions = Table(
+    "message_reactions",
+    metadata,
+    Column("channel_id", String(64), nullable=False),
+    Column("channel_seq", BigInteger, nullable=False),
+    Column("user_id", String(64), nullable=False),
+    Column("stream", String(32), nullable=False),
+    Column("stream_seq", BigInteger, nullable=False),
+    Column("present", Boolean, nullable=False),
+    PrimaryKeyConstraint("stream", "stream_seq", name="pk_message_reactions"),
+    Index("ix_message_reactions_message", "channel_id", "channel_seq", "user_id"),
+)
+
+# Every text of a message (its post and its edits), so a redaction or an expiry blanks them by key.
+message_texts = Table(
+    "message_texts",
+    metadata,
+    Column("channel_id", String(64), nullable=False),
+    Column("channel_seq", BigInteger, nullable=False),
+    Column("stream", String(32), nullable=False),
+    Column("stream_seq", BigInteger, nullable=False),
+    PrimaryKeyConstraint("stream", "stream_seq", name="pk_message_texts"),
+    Index("ix_message_texts_message", "channel_id", "channel_seq"),
+)
+
+# Messages a redaction or retention removed, and why: a text of one arriving late is removed too.
+removed_messages = Table(
+    "removed_messages",
+    metadata,
+    Column("channel_id", String(64), nullable=False),
+    Column("channel_seq", BigInteger, nullable=False),
+    Column("reason", String(16), nullable=False),
+    PrimaryKeyConstraint("channel_id", "channel_seq", name="pk_removed_messages"),
 )
 
 # Per-channel retention: the retention job marks messages older than `days` expired

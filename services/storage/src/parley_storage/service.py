@@ -127,16 +127,17 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         storage_settings = StorageSettings()
         url = database_url(ctx.settings)
         engine = open_engine(url)
-        upgrade_to_head(engine)
-        binding = ResidencyBinding.from_settings(storage_settings)
-        with engine.begin() as conn:
-            enforce_in_database(conn, binding, url)
         try:
             keks = self._keks or FileKeyring.load_or_create(keyring_file(ctx.settings, storage_settings))
         except KeyringUnreadable as exc:
             raise RefusedToStart(str(exc)) from None
+        keys = DataKeys(keks)
+        upgrade_to_head(engine, keys)  # with the keyring: a migration may fill a table from the events
+        binding = ResidencyBinding.from_settings(storage_settings)
+        with engine.begin() as conn:
+            enforce_in_database(conn, binding, url)
         fault = PauseInBatch(Path(storage_settings.pause_in_batch)) if storage_settings.pause_in_batch else None
-        self.archive = SqlEventArchive(engine, DataKeys(keks), fault=fault, on_log_deletions=self._log_deletions_queued)
+        self.archive = SqlEventArchive(engine, keys, fault=fault, on_log_deletions=self._log_deletions_queued)
         await self.archive.reconcile_data_keys()
         erasures = ErasureLog()
         erasures_replay = await follow_erasures(ctx.bus, self.archive.keys, erasures)

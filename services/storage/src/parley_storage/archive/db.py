@@ -8,20 +8,19 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import DecodeError
 from parley.common.v1.envelope_pb2 import EventEnvelope
-from sqlalchemy import Connection, Engine, Row, create_engine, event, insert, select
+from sqlalchemy import Connection, Engine, Row, create_engine, event, insert
 from sqlalchemy.dialects import postgresql, sqlite
 
 from parley_core import telemetry
-from parley_core.envelope import decode, open_payload
+from parley_core.envelope import decode
 from parley_storage.archive.records import EXPIRED, StoredEvent
 from parley_storage.datakeys import DataKeys
-from parley_storage.schema import events
 from parley_storage.sealing import RecordUnreadable, event_aad, open_sealed
 
 # The archive's logger and tracer keep the name they had when the archive was one module.
@@ -122,26 +121,6 @@ class ArchiveDb:
             envelope=envelope,
             unreadable=unreadable,
         )
-
-    def channel_payloads(
-        self, conn: Connection, channel_id: str, types: Sequence[type[Message]], *, before_stream_seq: int | None = None
-    ) -> Iterator[tuple[int, Any]]:
-        """(stream_seq, payload) of the channel's events of these types, oldest first (newest
-        first below ``before_stream_seq``); erased and removed ones skipped."""
-        query = select(events).where(
-            events.c.aggregate_type == "channel",
-            events.c.aggregate_id == channel_id,
-            events.c.event_type.in_([t.DESCRIPTOR.full_name for t in types]),
-            events.c.key_id != EXPIRED,
-        )
-        if before_stream_seq is not None:
-            query = query.where(events.c.stream_seq < before_stream_seq).order_by(events.c.stream_seq.desc())
-        else:
-            query = query.order_by(events.c.stream_seq)
-        for row in conn.execute(query).all():
-            envelope = self.open_row(conn, row)
-            if envelope is not None:
-                yield row.stream_seq, open_payload(envelope)
 
 
 @functools.cache

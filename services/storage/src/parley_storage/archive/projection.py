@@ -1,5 +1,5 @@
-"""What archiving a messaging event changes in storage's own tables (history rows, members,
-retention policies, texts to delete from the log), in the transaction that archives it."""
+"""What archiving a messaging event changes in storage's own tables (the read model history is
+served from, retention policies, texts to delete from the log), in the transaction that archives it."""
 
 from __future__ import annotations
 
@@ -18,12 +18,14 @@ from parley.messaging.v1.events_pb2 import (
     MessagePosted,
     MessageRedacted,
     MessagesExpired,
+    ReactionAdded,
+    ReactionRemoved,
 )
 from sqlalchemy import Connection, insert, select, update
 
 from parley_core.bus import ReceivedEvent
-from parley_core.envelope import open_payload
-from parley_storage.archive.db import ArchiveDb, chunks, insert_ignoring
+from parley_storage.archive import read_model
+from parley_storage.archive.db import ArchiveDb, insert_ignoring
 from parley_storage.archive.records import EXPIRED, EXPIRED_BY_RETENTION, REDACTED, LogDeletion
 from parley_storage.schema import channel_members, channel_messages, events, log_deletions, retention_policies
 
@@ -41,6 +43,7 @@ def post_row(post: MessagePosted, item: ReceivedEvent) -> dict[str, object]:
         "sent_at_ns": post.sent_at.ToNanoseconds(),
         "stream": item.stream,
         "stream_seq": item.stream_seq,
+        "thread_root_seq": post.thread_root_seq,
     }
 
 
@@ -48,12 +51,20 @@ def project(db: ArchiveDb, conn: Connection, item: ReceivedEvent, payload: Messa
     """Apply one archived event (already inserted) to storage's tables. ``late``: it arrived after
     events with higher sequences of its stream were archived (a retry)."""
     if isinstance(payload, MessagePosted):
-        conn.execute(insert_ignoring(conn.dialect.name, channel_messages), post_row(payload, item))
+        message = post_row(payload, item)
+        conn.execute(insert_ignoring(conn.dialect.name, channel_messages), message)
+        read_model.record_posts(conn, [message])
+        if late:
+            read_model.record_late_post(conn, payload.channel_id, item.stream_seq)
     elif isinstance(payload, ChannelCreated):
+        hides = payload.hide_history_before_join
+        read_model.record_channel(conn, payload.channel_id, hides_history=hides, late=late)
         for user_id in (payload.creator_id, *payload.member_ids):  # member_ids: direct conversations
-            _add_member(conn, payload.channel_id, user_id)
+            read_model.record_join(conn, payload.channel_id, user_id, item.stream_seq, late=late)
     elif isinstance(payload, MemberJoined):
-        _add_member(conn, payload.channel_id, payload.user_id)
+        read_model.record_join(conn, payload.channel_id, payload.user_id, item.stream_seq, late=late)
+    elif isinstance(payload, ReactionAdded | ReactionRemoved):
+        read_model.record_reaction(db, conn, payload, item.stream, item.stream_seq)
     elif isinstance(payload, MessageEdited):
         _apply_edit(conn, payload, item)
     elif isinstance(payload, MessageRedacted):
@@ -68,7 +79,7 @@ def project(db: ArchiveDb, conn: Connection, item: ReceivedEvent, payload: Messa
         set_retention(conn, payload.channel_id, payload.days, set_by=payload.set_by, set_at_ns=set_at_ns)
     if isinstance(payload, MessagePosted | MessageEdited) and late:
         # Retried after its redaction or expiry was archived (out of order): remove this text too.
-        reason = _archived_removal(db, conn, payload.channel_id, payload.channel_seq)
+        reason = read_model.removal_of(conn, payload.channel_id, payload.channel_seq)
         if reason is not None:
             _remove_texts(db, conn, payload.channel_id, [payload.channel_seq], reason=reason)
 
@@ -81,10 +92,6 @@ def set_retention(conn: Connection, channel_id: str, days: int, *, set_by: str, 
         )
 
 
-def _add_member(conn: Connection, channel_id: str, user_id: str) -> None:
-    conn.execute(insert_ignoring(conn.dialect.name, channel_members), {"channel_id": channel_id, "user_id": user_id})
-
-
 def _remove_member(conn: Connection, left: MemberLeft | MemberKicked | MemberBanned) -> None:
     """A member who left (or was removed) reads no more history of the channel."""
     conn.execute(
@@ -95,7 +102,7 @@ def _remove_member(conn: Connection, left: MemberLeft | MemberKicked | MemberBan
 
 
 def _apply_edit(conn: Connection, edit: MessageEdited, item: ReceivedEvent) -> None:
-    """History shows the newest text: point the message's row at this edit.
+    """History shows the newest text: point the message's row at this edit (keeping its thread).
 
     A redacted message stays redacted whatever order a redelivery comes in: its row points
     at an expired event, and an edit arriving later is expired too.
@@ -108,6 +115,8 @@ def _apply_edit(conn: Connection, edit: MessageEdited, item: ReceivedEvent) -> N
         )
         .where(channel_messages.c.channel_id == edit.channel_id, channel_messages.c.channel_seq == edit.channel_seq)
     ).first()
+    shown = [(row.stream, row.stream_seq)] if row is not None else []
+    read_model.record_texts(conn, edit.channel_id, edit.channel_seq, [*shown, (item.stream, item.stream_seq)])
     if row is not None and row.key_id == EXPIRED:
         _blank(conn, LogDeletion(item.stream, item.stream_seq, item.envelope.event_id), reason=REDACTED)
         return
@@ -125,27 +134,9 @@ def _remove_texts(
     """A redaction or an expiry: every archived text of these messages (post and edits) loses
     its content and is queued for deletion from the log; expired messages also leave history.
     The events keep their place in the archive, and the marker keeps the fact."""
-    wanted = set(channel_seqs)
-    candidates = conn.execute(
-        select(events).where(
-            events.c.aggregate_type == "channel",
-            events.c.aggregate_id == channel_id,
-            events.c.event_type.in_(TEXT_EVENTS),
-            events.c.key_id != EXPIRED,
-        )
-    ).all()
-    for row in candidates:
-        envelope = db.open_row(conn, row)
-        text = open_payload(envelope) if envelope is not None else None
-        if isinstance(text, MessagePosted | MessageEdited) and text.channel_seq in wanted:
-            _blank(conn, LogDeletion(row.stream, row.stream_seq, row.event_id), reason=reason)
-    if reason == EXPIRED_BY_RETENTION:
-        for chunk in chunks(sorted(wanted)):
-            conn.execute(
-                channel_messages.delete().where(
-                    channel_messages.c.channel_id == channel_id, channel_messages.c.channel_seq.in_(chunk)
-                )
-            )
+    for text in read_model.texts_to_remove(db, conn, channel_id, channel_seqs):
+        _blank(conn, LogDeletion(text.stream, text.stream_seq, text.event_id), reason=reason)
+    read_model.record_removal(conn, channel_id, channel_seqs, reason=reason)
 
 
 def _blank(conn: Connection, text: LogDeletion, *, reason: str) -> None:
@@ -160,13 +151,3 @@ def _blank(conn: Connection, text: LogDeletion, *, reason: str) -> None:
         insert_ignoring(conn.dialect.name, log_deletions), {**row, "reason": reason, "recorded_at_ns": time.time_ns()}
     )
     conn.info[QUEUED_LOG_DELETIONS] = conn.info.get(QUEUED_LOG_DELETIONS, 0) + 1
-
-
-def _archived_removal(db: ArchiveDb, conn: Connection, channel_id: str, channel_seq: int) -> str | None:
-    """Why this message's texts are removed (an archived redaction or expiry of it), or None."""
-    for _, payload in db.channel_payloads(conn, channel_id, [MessageRedacted, MessagesExpired]):
-        if isinstance(payload, MessageRedacted) and payload.channel_seq == channel_seq:
-            return REDACTED
-        if isinstance(payload, MessagesExpired) and channel_seq in payload.channel_seqs:
-            return EXPIRED_BY_RETENTION
-    return None

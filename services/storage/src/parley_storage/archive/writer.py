@@ -12,6 +12,7 @@ from sqlalchemy import Connection, bindparam, func, insert, select, update
 from parley_core import telemetry
 from parley_core.bus import ReceivedEvent
 from parley_core.envelope import UnknownEventType, open_payload
+from parley_storage.archive import read_model
 from parley_storage.archive.db import ArchiveDb, insert_ignoring
 from parley_storage.archive.projection import QUEUED_LOG_DELETIONS, post_row, project
 from parley_storage.faults import PauseInBatch
@@ -153,8 +154,8 @@ class BatchWriter:
 
 
 class _BatchRows:
-    """A batch's new posts, written with one statement per table (an executemany) instead of two
-    statements per post: per-statement work was most of storage's CPU per message."""
+    """A batch's new posts, written with one statement per table (an executemany) instead of a
+    few statements per post: per-statement work was most of storage's CPU per message."""
 
     def __init__(self, *, newest_before: int) -> None:
         self.newest_before = newest_before  # an event below it arrived after later ones were archived
@@ -169,4 +170,5 @@ class _BatchRows:
         if self._events:
             conn.execute(_INSERT_EVENT, self._events)
             conn.execute(insert_ignoring(conn.dialect.name, channel_messages), self._messages)
+            read_model.record_posts(conn, self._messages)
             self._events, self._messages = [], []

@@ -1,0 +1,198 @@
+"""The behaviour rules: a person's use of their account (MSG): send rate, channels joined, people
+messaged. They leave out the platform's synthetic accounts."""
+
+from __future__ import annotations
+
+import math
+
+from parley_storage.detection.shapes import Rate
+from parley_storage.detection.state import RuleState
+from parley_storage.detection.vocabulary import (
+    MANY_CHANNELS_JOINED,
+    MANY_USERS_MESSAGED,
+    SEND_RATE,
+    Anomaly,
+    subject_token,
+)
+
+
+class BehaviourRules(RuleState):
+    # -- the behaviour rules: a person's use of their account (MSG) -----------------------------
+
+    def message_posted(self, *, at: float, sender_id: str, event_id: str, channel_id: str = "") -> Anomaly | None:
+        self._tick(at)
+        if sender_id in self._synthetic:
+            return None
+        return self._behaviour(self._send_rate(at=at, sender_id=sender_id, event_id=event_id, channel_id=channel_id))
+
+    def member_joined(self, *, at: float, user_id: str, channel_id: str, event_id: str) -> Anomaly | None:
+        self._tick(at)
+        if user_id in self._synthetic:
+            return None
+        return self._behaviour(self._channels_joined(at=at, user_id=user_id, channel_id=channel_id, event_id=event_id))
+
+    def direct_message(self, *, at: float, sender_id: str, channel_id: str, event_id: str) -> Anomaly | None:
+        """A message in a direct conversation counts once for each other member."""
+        if sender_id in self._synthetic:
+            return None
+        return self._behaviour(
+            self._users_messaged(at=at, sender_id=sender_id, channel_id=channel_id, event_id=event_id)
+        )
+
+    def _behaviour(self, found: Anomaly | None) -> Anomaly | None:
+        """A behaviour rule's finding about an account, once its registration says it is a person's."""
+        if found is not None and found.user_id not in self._registered:
+            self._unjudged_behaviour.setdefault(found.user_id, []).append(found)
+            return None
+        return found
+
+    # -- send rate against the account's own baseline (MSG MessagePosted) -----------------------
+
+    def _send_rate(self, *, at: float, sender_id: str, event_id: str, channel_id: str) -> Anomaly | None:
+        """Fires once per account and bucket, on the first of its two baselines exceeded: its own
+        past buckets, or the channel's (a burst into a channel that usually hears little)."""
+        s = self.settings
+        bucket = int(at // s.rate_bucket_s)
+        rate = self._rates.setdefault(sender_id, Rate(bucket=bucket))
+        if not rate.count_in(bucket, s):
+            return None
+        in_channel = 0
+        if channel_id:
+            channel = self._channel_rates.setdefault(channel_id, Rate(bucket=bucket))
+            if channel.count_in(bucket, s):
+                counted, sent = self._in_channel.get((channel_id, sender_id), (bucket, 0))
+                in_channel = (sent if counted == bucket else 0) + 1
+                self._in_channel[(channel_id, sender_id)] = (bucket, in_channel)
+        if rate.fired_bucket == bucket:
+            return None
+        own = rate.threshold(s, s.rate_floor)
+        if rate.count > own:
+            rate.fired_bucket = bucket
+            return self._rate_anomaly(
+                at=at,
+                sender_id=sender_id,
+                event_id=event_id,
+                count=rate.count,
+                baseline=rate,
+                threshold=own,
+                floor=s.rate_floor,
+            )
+        if in_channel:
+            channel = self._channel_rates[channel_id]
+            usual = channel.threshold(s, s.rate_channel_floor)
+            if in_channel > usual:
+                rate.fired_bucket = bucket
+                return self._rate_anomaly(
+                    at=at,
+                    sender_id=sender_id,
+                    event_id=event_id,
+                    count=in_channel,
+                    baseline=channel,
+                    threshold=usual,
+                    floor=s.rate_channel_floor,
+                    channel_id=channel_id,
+                )
+        return None
+
+    def _rate_anomaly(
+        self,
+        *,
+        at: float,
+        sender_id: str,
+        event_id: str,
+        count: int,
+        baseline: Rate,
+        threshold: float,
+        floor: int,
+        channel_id: str = "",
+    ) -> Anomaly:
+        s = self.settings
+        mean, stddev = baseline.mean, math.sqrt(baseline.var)
+        evidence = {
+            "baseline": "channel" if channel_id else "account",
+            "messages_in_bucket": str(count),
+            "bucket_s": f"{s.rate_bucket_s:g}",
+            "baseline_mean": f"{mean:.2f}",
+            "baseline_stddev": f"{stddev:.2f}",
+            "buckets_learned": str(baseline.buckets_seen),
+            "threshold": f"{threshold:.1f}",
+        }
+        usual = f"{mean:.1f} ± {stddev:.1f}"
+        if channel_id:
+            evidence["channel_id"] = channel_id
+            observed = f"into channel {channel_id}, which usually hears {usual} from everyone"
+        else:
+            observed = f"against this account's usual {usual}"
+        return Anomaly(
+            kind=SEND_RATE,
+            key=subject_token(sender_id),
+            subject=f"user:{sender_id}",
+            evidence=evidence,
+            score=count / threshold,
+            why=(
+                f"{count} messages in {s.rate_bucket_s:g}s {observed} (threshold: mean + {s.rate_deviations:g} "
+                f"deviations, at least {floor})"
+            ),
+            at=at,
+            triggers=(event_id,),
+            user_id=sender_id,
+        )
+
+    # -- many channels joined, many people messaged (MSG) --------------------------------------
+
+    def _channels_joined(self, *, at: float, user_id: str, channel_id: str, event_id: str) -> Anomaly | None:
+        s = self.settings
+        burst = self._joins.add(user_id, at=at, item=channel_id, event_id=event_id)
+        if burst is None:
+            return None
+        return Anomaly(
+            kind=MANY_CHANNELS_JOINED,
+            key=subject_token(user_id),
+            subject=f"user:{user_id}",
+            evidence={
+                "channels": str(len(burst.items)),
+                "window_s": f"{s.channels_joined_window_s:g}",
+                "channel_ids": burst.listed(),
+            },
+            score=len(burst.items) / s.channels_joined,
+            why=(
+                f"joined {len(burst.items)} channels within {s.channels_joined_window_s:g}s "
+                f"(threshold {s.channels_joined}): reading everything it can reach"
+            ),
+            at=at,
+            triggers=burst.triggers,
+            user_id=user_id,
+        )
+
+    def direct_channel_created(self, *, channel_id: str, members: frozenset[str]) -> None:
+        self._direct[channel_id] = members
+
+    def _users_messaged(self, *, at: float, sender_id: str, channel_id: str, event_id: str) -> Anomaly | None:
+        members = self._direct.get(channel_id)
+        if members is None:
+            return None  # not a direct conversation
+        s = self.settings
+        burst = None
+        for recipient in sorted(members - {sender_id}):
+            burst = self._messaged.add(sender_id, at=at, item=recipient, event_id=event_id) or burst
+        if burst is None:
+            return None
+        return Anomaly(
+            kind=MANY_USERS_MESSAGED,
+            key=subject_token(sender_id),
+            subject=f"user:{sender_id}",
+            evidence={
+                "recipients": str(len(burst.items)),
+                "messages": str(burst.events),
+                "window_s": f"{s.users_messaged_window_s:g}",
+                "recipient_ids": burst.listed(),
+            },
+            score=len(burst.items) / s.users_messaged,
+            why=(
+                f"sent direct messages to {len(burst.items)} different people within "
+                f"{s.users_messaged_window_s:g}s (threshold {s.users_messaged}): a spam or phishing run"
+            ),
+            at=at,
+            triggers=burst.triggers,
+            user_id=sender_id,
+        )
