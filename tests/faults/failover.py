@@ -1,5 +1,5 @@
-"""A sender that moves to the next gateway when its own is lost, and history read whole: the
-host-loss fault tests' clients."""
+"""A sender and a watcher that move to the next gateway when their own is lost, and history read
+whole: the host-loss fault tests' clients."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from parley_client import ParleyClient, ParleyError
 
 PASSWORD = "a-long-enough-passphrase"
+RECONNECT_PAUSE_S = 0.2  # a client's pacing between tries while its gateway is gone, not a wait for state
 
 
 @dataclass
@@ -59,6 +60,40 @@ class FailoverSender:
                     continue
                 self.acknowledged.append(body)
                 break
+
+
+@dataclass
+class FailoverWatcher:
+    """One person following the channel live; when the gateway is gone, logs in at the next one
+    and resumes the stream from the last position read (no gap, no repeat)."""
+
+    name: str
+    addresses: list[str]
+    ca_cert: bytes
+    at: int = 0
+    delivered: list[str] = field(default_factory=list)
+    positions: dict[str, int] = field(default_factory=dict)
+    resumes: int = 0
+
+    async def run(self, channel_id: str, ready: asyncio.Event) -> None:
+        while True:
+            client = ParleyClient.connect(self.addresses[self.at], ca_cert=self.ca_cert)
+            try:
+                await client.login(self.name, PASSWORD)
+                stream = client.subscribe([channel_id], resume=self.positions or None)
+                await stream.ready()
+                ready.set()
+                self.positions = stream.positions  # updated as events are read
+                async for event in stream.events():
+                    if event.kind == "message":
+                        self.delivered.append(event.message.body)
+            except ParleyError:
+                pass  # the gateway is gone (or not reachable yet): on to the next one
+            finally:
+                await client.close()
+            self.at = (self.at + 1) % len(self.addresses)
+            self.resumes += 1
+            await asyncio.sleep(RECONNECT_PAUSE_S)
 
 
 async def all_bodies(client: ParleyClient, channel_id: str) -> list[str]:
