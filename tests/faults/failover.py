@@ -4,9 +4,12 @@ whole: the host-loss fault tests' clients."""
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from parley_client import ParleyClient, ParleyError
+from parley_core.testing.waiting import eventually, until
 
 PASSWORD = "a-long-enough-passphrase"
 RECONNECT_PAUSE_S = 0.2  # a client's pacing between tries while its gateway is gone, not a wait for state
@@ -105,3 +108,52 @@ async def all_bodies(client: ParleyClient, channel_id: str) -> list[str]:
         if not page.has_more:
             return bodies
         after = page.messages[-1].channel_seq
+
+
+@dataclass(frozen=True)
+class Loss:
+    acknowledged_before: int
+    killed_pids: list[int]
+    seconds_to_acks_after: float
+
+
+async def send_through_a_loss(
+    senders: list[FailoverSender],
+    channel_id: str,
+    lose: Callable[[], Awaitable[list[int]]],
+    *,
+    acks_after: int,
+    what: str,
+    acks_before: int = 50,
+) -> Loss:
+    """`senders` sending all along; `lose` (a host's kill -9, its pids) once `acks_before` sends
+    are acknowledged; on until `acks_after` more are. The senders have stopped on return."""
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(s.run(channel_id, stop)) for s in senders]
+
+    def acknowledged() -> int:
+        return sum(len(s.acknowledged) for s in senders)
+
+    try:
+        await until(lambda: acknowledged() >= acks_before, "sends before the loss", timeout=60)
+        killed_at = time.monotonic()
+        pids = await lose()
+        before = acknowledged()
+        await until(lambda: acknowledged() >= before + acks_after, f"sends after {what}", timeout=300)
+        return Loss(before, pids, round(time.monotonic() - killed_at, 1))
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
+async def history_holding(client: ParleyClient, channel_id: str, acked: list[str], timeout: float = 120) -> list[str]:
+    """The channel's history once it holds every acknowledged body (repeats kept, for counting)."""
+    history: list[str] = []
+
+    async def archived_all() -> bool | None:
+        nonlocal history
+        history = await all_bodies(client, channel_id)
+        return True if set(acked) <= set(history) else None
+
+    await eventually(archived_all, "every acknowledged send in history", timeout)
+    return history

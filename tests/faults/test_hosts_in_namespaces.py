@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from failover import PASSWORD, FailoverSender, FailoverWatcher, all_bodies
+from failover import PASSWORD, FailoverSender, FailoverWatcher, all_bodies, history_holding, send_through_a_loss
 from workload import publish_figures
 
 from parley_client import ParleyClient, ParleyError
@@ -168,11 +167,11 @@ async def lose_host_a_under_load(
     await owner.register("watcher-a", PASSWORD)
     await owner.login("watcher-a", PASSWORD)
     channel = await owner.create_channel("hosts-in-namespaces")
-    senders: list[FailoverSender] = []
-    for n in range(senders_per_host * 2):
-        on_a = n % 2 == 0
-        sender = FailoverSender(f"sender{n}", both if on_a else [host_b.gateway_address], ca)
-        senders.append(sender)
+    # Even senders start on A's gateway and move to B's; odd ones stay on B's.
+    senders = [
+        FailoverSender(f"sender{n}", both if n % 2 == 0 else [host_b.gateway_address], ca)
+        for n in range(senders_per_host * 2)
+    ]
     for person in [s.name for s in senders] + ["watcher-b"]:
         registering = ParleyClient.connect(host_b.gateway_address, ca_cert=ca)
         await registering.register(person, PASSWORD)
@@ -185,38 +184,22 @@ async def lose_host_a_under_load(
     watching = [asyncio.Event() for _ in watchers]
     watches = [asyncio.create_task(w.run(channel.channel_id, r)) for w, r in zip(watchers, watching, strict=True)]
     await asyncio.wait_for(asyncio.gather(*(r.wait() for r in watching)), 60)
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(s.run(channel.channel_id, stop)) for s in senders]
 
-    def acknowledged() -> int:
-        return sum(len(s.acknowledged) for s in senders)
+    async def lose_host_a() -> list[int]:
+        pids = a.kill_every_process()  # parley up, every instance, node0: host A lost
+        await asyncio.to_thread(first.process.wait, 60)  # type: ignore[union-attr]
+        return pids
 
     try:
-        await until(lambda: acknowledged() >= 50, "sends through both hosts", timeout=60)
-        killed_at = time.monotonic()
-        pids = a.kill_every_process()  # parley up, every instance, node0: host A lost
-        before_kill = acknowledged()
-        first.process.wait(timeout=60)  # type: ignore[union-attr]
-        await until(lambda: acknowledged() >= before_kill + acks_after, "sends after host A is lost", 300)
-        resumed_s = time.monotonic() - killed_at
+        loss = await send_through_a_loss(
+            senders, channel.channel_id, lose_host_a, acks_after=acks_after, what="host A is lost"
+        )
         # A login on the surviving host after the loss: auth runs there.
         late = ParleyClient.connect(host_b.gateway_address, ca_cert=ca)
         await late.login("watcher-b", PASSWORD)
         await late.close()
-    finally:
-        stop.set()
-        await asyncio.gather(*tasks)
-
-    acked = [body for s in senders for body in s.acknowledged]
-    history: list[str] = []
-
-    async def archived_all() -> bool | None:
-        nonlocal history
-        history = await all_bodies(owner, channel.channel_id)
-        return True if set(acked) <= set(history) else None
-
-    try:
-        await eventually(archived_all, "every acknowledged send in history", 120)
+        acked = [body for s in senders for body in s.acknowledged]
+        history = await history_holding(owner, channel.channel_id, acked)
         for watcher in watchers:
             await until(_delivered(watcher, acked), f"every acknowledged send delivered live to {watcher.name}", 120)
     finally:
@@ -231,7 +214,7 @@ async def lose_host_a_under_load(
         "hosts": 3,
         "database_host": db.address,
         "acknowledged": len(acked),
-        "acknowledged_before_kill": before_kill,
+        "acknowledged_before_kill": loss.acknowledged_before,
         "in_history": len(history),
         "lost": len(set(acked) - set(history)),
         "duplicated": len(duplicated),
@@ -243,8 +226,8 @@ async def lose_host_a_under_load(
         "refused_on_the_surviving_host": sum(s.refused for s in senders if len(s.addresses) == 1),
         "refusals": refusals[:10],
         "moved_to_other_gateway": sum(s.moves for s in senders),
-        "killed_pids": len(pids),
-        "seconds_to_acks_after_kill": round(resumed_s, 1),
+        "killed_pids": len(loss.killed_pids),
+        "seconds_to_acks_after_kill": loss.seconds_to_acks_after,
     }
     publish_figures(scenario, figures)
     assert figures["lost"] == 0
