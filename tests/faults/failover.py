@@ -115,6 +115,7 @@ class Loss:
     acknowledged_before: int
     killed_pids: list[int]
     seconds_to_acks_after: float
+    afterwards: dict[str, object] = field(default_factory=dict)  # what `afterwards` reported
 
 
 async def send_through_a_loss(
@@ -125,9 +126,11 @@ async def send_through_a_loss(
     acks_after: int,
     what: str,
     acks_before: int = 50,
+    afterwards: Callable[[], Awaitable[dict[str, object]]] | None = None,
 ) -> Loss:
     """`senders` sending all along; `lose` (a host's kill -9, its pids) once `acks_before` sends
-    are acknowledged; on until `acks_after` more are. The senders have stopped on return."""
+    are acknowledged; on until `acks_after` more are, then `afterwards` (a roll-out, say) while
+    they go on. The senders have stopped on return."""
     stop = asyncio.Event()
     tasks = [asyncio.create_task(s.run(channel_id, stop)) for s in senders]
 
@@ -140,7 +143,8 @@ async def send_through_a_loss(
         pids = await lose()
         before = acknowledged()
         await until(lambda: acknowledged() >= before + acks_after, f"sends after {what}", timeout=300)
-        return Loss(before, pids, round(time.monotonic() - killed_at, 1))
+        seconds = round(time.monotonic() - killed_at, 1)
+        return Loss(before, pids, seconds, await afterwards() if afterwards is not None else {})
     finally:
         stop.set()
         await asyncio.gather(*tasks)

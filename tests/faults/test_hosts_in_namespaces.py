@@ -4,24 +4,27 @@
 The database host runs a PostgreSQL server the test makes (initdb, then postgres as the
 `postgres` user), listening on its own address only and trusting the bridge's network. Host A
 (`parley up --host-address A --nats-cluster 3 --database-url postgresql://…@DB`) runs every
-service; host B joins with messaging, a gateway, auth and storage (`host join --storage-keyring`,
-the fleet's one KEK keyring, archiving into the same database across the bridge) and takes over
-the JetStream cluster's node1 (`host add --nats-node --address B`); host C takes node2 alone. So
-each service that keeps no file of its own runs on two hosts, and every stream has 3 replicas on
-three hosts. Nothing listens on a loopback another host could reach: each host's loopback is its
-own, so every address in the fleet's state, the bundles and the NATS routes must be the host's.
+service; host B joins with messaging, a gateway, auth, storage (`host join --storage-keyring`,
+the fleet's one KEK keyring, archiving into the same database across the bridge) and a second
+patch registry (`--registry-folder`: A's registry folder, as a shared file system holds it), and
+takes over the JetStream cluster's node1 (`host add --nats-node --address B`); host C takes node2
+alone. So each service that keeps no file of its own runs on two hosts, and every stream has 3
+replicas on three hosts. Nothing listens on a loopback another host could reach: each host's
+loopback is its own, so every address in the fleet's state, the bundles and the NATS routes must
+be the host's.
 
 The clients are the test process in the root namespace, over the bridge: senders on A's gateway
 (moving to B's when A is gone) and on B's, one message after another under idempotency keys, and
 two watchers following the channel's live stream, one through each gateway. Once B's and C's
 nodes are current replicas, every process in A's namespace is SIGKILLed (`ip netns pids`): A's
 senders and watcher move to B's gateway, log in there (B's auth), resend the message in flight
-under the same key and resume the stream from its last position. Every acknowledged message must
-be archived exactly once (B's storage, into the database host) and delivered once to each
-watcher. Then A starts again in its namespace and serves the same history. The patch registry
-dies with A (it has no second instance yet), so no roll-out follows the loss. Both runs are in
-`make faults` (three hosts' start takes more than a minute, too long for `make test`), which
-keeps their counts in fault-results/.
+under the same key and resume the stream from its last position. In the short run, a messaging
+release published through A's registry before the loss is then planned and approved by two
+operators through B's registry and rolled out over the surviving messaging while the senders go
+on: no call may fail meanwhile. Every acknowledged message must be archived exactly once (B's
+storage, into the database host) and delivered once to each watcher. Then A starts again in its
+namespace and serves the same history. Both runs are in `make faults` (three hosts' start takes
+more than a minute, too long for `make test`), which keeps their counts in fault-results/.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pathlib import Path
 
 import pytest
 from failover import PASSWORD, FailoverSender, FailoverWatcher, all_bodies, history_holding, send_through_a_loss
+from survivors_rollout import ROLLOUT_ENV, publish_a_messaging_release, roll_out_messaging
 from workload import publish_figures
 
 from parley_client import ParleyClient, ParleyError
@@ -48,9 +52,14 @@ from parley_core.testing.waiting import eventually, until
 REASON = netns_available() or postgres_missing()
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(bool(REASON), reason=REASON or "namespaces and PostgreSQL here")]
 
-HOST_B_SERVICES = ("messaging", "gateway", "auth", "storage")
+HOST_SERVICES = {
+    "host-b": ("messaging", "gateway", "auth", "storage", "patch-registry"),
+    # NATS node2 alone: a host without a registry of its own follows the first host's only, so after
+    # A's loss its agent would take no roll-out step (node_agent.registry_addresses).
+    "host-c": (),
+}
 JOINED_NODES = {"parley-node1", "parley-node2"}  # B's and C's: A keeps node0
-HEARTBEAT = {"PARLEY_HEARTBEAT_SECONDS": "1"}
+ENV = {"PARLEY_HEARTBEAT_SECONDS": "1", **ROLLOUT_ENV}
 
 
 @dataclass
@@ -81,7 +90,7 @@ def fleet(tmp_path: Path, bridge: Bridge, database: PrivatePostgres) -> Iterator
     (tmp_path / "first").mkdir()
     first = RunningPlatform(
         data_dir=tmp_path / "first" / "data",
-        env={"PARLEY_REGISTRATION": "open", **HEARTBEAT},
+        env={"PARLEY_REGISTRATION": "open", **ENV},
         up_args=(
             "--gateway-port",
             str(free_port()),
@@ -103,9 +112,13 @@ def fleet(tmp_path: Path, bridge: Bridge, database: PrivatePostgres) -> Iterator
                 first,
                 tmp_path / "host-b",
                 "host-b",
-                ",".join(HOST_B_SERVICES),
-                HEARTBEAT,
-                args=("--host-address", b.address, "--storage-keyring", str(keyring)),
+                ",".join(HOST_SERVICES["host-b"]),
+                ENV,
+                # The first host's registry folder, as a file system both hosts share would hold it.
+                args=(
+                    *("--host-address", b.address, "--storage-keyring", str(keyring)),
+                    *("--registry-folder", str(first.data_dir / "patch-registry")),
+                ),
                 add_args=("--nats-node", "--address", b.address),
                 within=b.command,
             )
@@ -118,7 +131,8 @@ def fleet(tmp_path: Path, bridge: Bridge, database: PrivatePostgres) -> Iterator
                 first,
                 tmp_path / "host-c",
                 "host-c",
-                "",
+                ",".join(HOST_SERVICES["host-c"]),
+                ENV,
                 args=("--host-address", c.address),
                 add_args=("--nats-node", "--address", c.address),
                 within=c.command,
@@ -141,7 +155,7 @@ def _host_of(address: str) -> str:
 
 
 async def lose_host_a_under_load(
-    fleet: Fleet, *, senders_per_host: int, acks_after: int, scenario: str, comes_back: bool
+    fleet: Fleet, *, senders_per_host: int, acks_after: int, scenario: str, comes_back: bool, roll_out: bool
 ) -> None:
     a, b, c, db = fleet.bridge.hosts
     first, host_b = fleet.first, fleet.host_b
@@ -152,12 +166,12 @@ async def lose_host_a_under_load(
     assert _host_of(str(fleet.host_c.nats["url"]).split("//")[-1]) == c.address
     assert f"@{db.address}:" in fleet.database.url
 
-    async def host_b_serving() -> bool | None:
-        shown = (await asyncio.to_thread(first.cli, "fleet", check=False)).stdout
-        on_b = {row.split()[0] for row in shown.splitlines() if "host-b" in row.split() and "SERVING" in row}
-        return True if on_b == set(HOST_B_SERVICES) else None
+    async def joined_hosts_serving() -> bool | None:
+        rows = [row.split() for row in (await asyncio.to_thread(first.cli, "fleet", check=False)).stdout.splitlines()]
+        serving = {host: {r[0] for r in rows if host in r and "SERVING" in r} for host in HOST_SERVICES}
+        return True if serving == {host: set(services) for host, services in HOST_SERVICES.items()} else None
 
-    await eventually(host_b_serving, "`parley fleet` to show host-b's instances serving", timeout=120)
+    await eventually(joined_hosts_serving, "`parley fleet` to show host-b's and host-c's instances serving", 120)
     joined_nats = f"{host_b.nats['url']},{fleet.host_c.nats['url']}"
     await wait_current_on(first.data_dir, joined_nats, first.ca_cert, JOINED_NODES, 120)
 
@@ -185,6 +199,23 @@ async def lose_host_a_under_load(
     watches = [asyncio.create_task(w.run(channel.channel_id, r)) for w, r in zip(watchers, watching, strict=True)]
     await asyncio.wait_for(asyncio.gather(*(r.wait() for r in watching)), 60)
 
+    if roll_out:  # before the loss, through A's registry, into the folder both registries use
+        await publish_a_messaging_release(first.data_dir, [host_b.data_dir], within=a.command)
+
+    async def roll_out_on_b_and_c() -> dict[str, object]:
+        """Through B's registry, every sender on B's gateway first (a send in flight on the lost one
+        fails at its deadline): from here on no call may fail."""
+        await until(
+            lambda: all(s.addresses[s.at] == host_b.gateway_address for s in senders),
+            "every sender moved to host-b's gateway",
+            120,
+        )
+        refused, acked = sum(s.refused for s in senders), sum(len(s.acknowledged) for s in senders)
+        rolled = await roll_out_messaging(host_b.data_dir, {"host-b"}, within=b.command)
+        rolled["acknowledged_during_rollout"] = sum(len(s.acknowledged) for s in senders) - acked
+        rolled["refused_during_rollout"] = sum(s.refused for s in senders) - refused
+        return rolled
+
     async def lose_host_a() -> list[int]:
         pids = a.kill_every_process()  # parley up, every instance, node0: host A lost
         await asyncio.to_thread(first.process.wait, 60)  # type: ignore[union-attr]
@@ -192,7 +223,12 @@ async def lose_host_a_under_load(
 
     try:
         loss = await send_through_a_loss(
-            senders, channel.channel_id, lose_host_a, acks_after=acks_after, what="host A is lost"
+            senders,
+            channel.channel_id,
+            lose_host_a,
+            acks_after=acks_after,
+            what="host A is lost",
+            afterwards=roll_out_on_b_and_c if roll_out else None,
         )
         # A login on the surviving host after the loss: auth runs there.
         late = ParleyClient.connect(host_b.gateway_address, ca_cert=ca)
@@ -228,6 +264,7 @@ async def lose_host_a_under_load(
         "moved_to_other_gateway": sum(s.moves for s in senders),
         "killed_pids": len(loss.killed_pids),
         "seconds_to_acks_after_kill": loss.seconds_to_acks_after,
+        **loss.afterwards,
     }
     publish_figures(scenario, figures)
     assert figures["lost"] == 0
@@ -235,6 +272,10 @@ async def lose_host_a_under_load(
     assert delivered_twice == {w.name: [] for w in watchers}
     assert not [r for r in refusals if "INTERNAL" in r], figures
     assert figures["refused_on_the_surviving_host"] == 0, figures
+    if roll_out:
+        assert figures["refused_during_rollout"] == 0, figures
+        assert figures["rolled_out_on"] == ["host-b"], figures
+        assert int(figures["acknowledged_during_rollout"]) > 0, figures  # type: ignore[call-overload]
     assert all(s.moves >= 1 for s in senders if len(s.addresses) == 2), "a sender on host A never moved"
     assert watchers[0].resumes >= 1, "the watcher on host A never resumed on host B"
     for s in senders:
@@ -269,7 +310,7 @@ async def host_a_serves_again(fleet: Fleet, channel_id: str, history: list[str])
 @pytest.mark.timeout(900)
 async def test_a_host_lost_under_load_in_namespaces_loses_nothing_acknowledged(fleet: Fleet) -> None:
     await lose_host_a_under_load(
-        fleet, senders_per_host=2, acks_after=300, scenario="hosts-in-namespaces", comes_back=True
+        fleet, senders_per_host=2, acks_after=300, scenario="hosts-in-namespaces", comes_back=True, roll_out=True
     )
 
 
@@ -277,5 +318,10 @@ async def test_a_host_lost_under_load_in_namespaces_loses_nothing_acknowledged(f
 @pytest.mark.timeout(1500)
 async def test_a_host_lost_under_heavy_load_in_namespaces_loses_nothing_acknowledged(fleet: Fleet) -> None:
     await lose_host_a_under_load(
-        fleet, senders_per_host=4, acks_after=3000, scenario="hosts-in-namespaces-heavy", comes_back=False
+        fleet,
+        senders_per_host=4,
+        acks_after=3000,
+        scenario="hosts-in-namespaces-heavy",
+        comes_back=False,
+        roll_out=False,
     )
