@@ -1,14 +1,18 @@
-"""A sender that moves to the next gateway when its own is lost, and history read whole: the
-host-loss fault tests' clients."""
+"""A sender and a watcher that move to the next gateway when their own is lost, and history read
+whole: the host-loss fault tests' clients."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from parley_client import ParleyClient, ParleyError
+from parley_core.testing.waiting import eventually, until
 
 PASSWORD = "a-long-enough-passphrase"
+RECONNECT_PAUSE_S = 0.2  # a client's pacing between tries while its gateway is gone, not a wait for state
 
 
 @dataclass
@@ -61,6 +65,40 @@ class FailoverSender:
                 break
 
 
+@dataclass
+class FailoverWatcher:
+    """One person following the channel live; when the gateway is gone, logs in at the next one
+    and resumes the stream from the last position read (no gap, no repeat)."""
+
+    name: str
+    addresses: list[str]
+    ca_cert: bytes
+    at: int = 0
+    delivered: list[str] = field(default_factory=list)
+    positions: dict[str, int] = field(default_factory=dict)
+    resumes: int = 0
+
+    async def run(self, channel_id: str, ready: asyncio.Event) -> None:
+        while True:
+            client = ParleyClient.connect(self.addresses[self.at], ca_cert=self.ca_cert)
+            try:
+                await client.login(self.name, PASSWORD)
+                stream = client.subscribe([channel_id], resume=self.positions or None)
+                await stream.ready()
+                ready.set()
+                self.positions = stream.positions  # updated as events are read
+                async for event in stream.events():
+                    if event.kind == "message":
+                        self.delivered.append(event.message.body)
+            except ParleyError:
+                pass  # the gateway is gone (or not reachable yet): on to the next one
+            finally:
+                await client.close()
+            self.at = (self.at + 1) % len(self.addresses)
+            self.resumes += 1
+            await asyncio.sleep(RECONNECT_PAUSE_S)
+
+
 async def all_bodies(client: ParleyClient, channel_id: str) -> list[str]:
     bodies: list[str] = []
     after = 0
@@ -70,3 +108,56 @@ async def all_bodies(client: ParleyClient, channel_id: str) -> list[str]:
         if not page.has_more:
             return bodies
         after = page.messages[-1].channel_seq
+
+
+@dataclass(frozen=True)
+class Loss:
+    acknowledged_before: int
+    killed_pids: list[int]
+    seconds_to_acks_after: float
+    afterwards: dict[str, object] = field(default_factory=dict)  # what `afterwards` reported
+
+
+async def send_through_a_loss(
+    senders: list[FailoverSender],
+    channel_id: str,
+    lose: Callable[[], Awaitable[list[int]]],
+    *,
+    acks_after: int,
+    what: str,
+    acks_before: int = 50,
+    afterwards: Callable[[], Awaitable[dict[str, object]]] | None = None,
+) -> Loss:
+    """`senders` sending all along; `lose` (a host's kill -9, its pids) once `acks_before` sends
+    are acknowledged; on until `acks_after` more are, then `afterwards` (a roll-out, say) while
+    they go on. The senders have stopped on return."""
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(s.run(channel_id, stop)) for s in senders]
+
+    def acknowledged() -> int:
+        return sum(len(s.acknowledged) for s in senders)
+
+    try:
+        await until(lambda: acknowledged() >= acks_before, "sends before the loss", timeout=60)
+        killed_at = time.monotonic()
+        pids = await lose()
+        before = acknowledged()
+        await until(lambda: acknowledged() >= before + acks_after, f"sends after {what}", timeout=300)
+        seconds = round(time.monotonic() - killed_at, 1)
+        return Loss(before, pids, seconds, await afterwards() if afterwards is not None else {})
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
+async def history_holding(client: ParleyClient, channel_id: str, acked: list[str], timeout: float = 120) -> list[str]:
+    """The channel's history once it holds every acknowledged body (repeats kept, for counting)."""
+    history: list[str] = []
+
+    async def archived_all() -> bool | None:
+        nonlocal history
+        history = await all_bodies(client, channel_id)
+        return True if set(acked) <= set(history) else None
+
+    await eventually(archived_all, "every acknowledged send in history", timeout)
+    return history

@@ -53,12 +53,26 @@ class Namespace:
     def run(self, argv: Sequence[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.command(argv), capture_output=True, text=True, check=False, **kwargs)  # type: ignore[call-overload, no-any-return]
 
+    def kill_every_process(self) -> list[int]:
+        """The host lost: SIGKILL to every process in this namespace (`ip netns pids`); their pids."""
+        listed = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True, check=False)
+        pids = [int(pid) for pid in listed.stdout.split()]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return pids
+
 
 @dataclass(frozen=True)
 class Bridge:
     name: str
     root_address: str  # the root namespace's address on the bridge
     hosts: tuple[Namespace, ...]
+
+    @property
+    def network(self) -> str:
+        """The bridge's /24, every host's address and the root namespace's in it."""
+        return f"{self.root_address.rsplit('.', 1)[0]}.0/24"
 
 
 @contextlib.contextmanager
@@ -74,7 +88,7 @@ def namespaces_on_a_bridge(count: int) -> Iterator[Bridge]:
         made_links.append(bridge)
         _ip("addr", "add", f"{subnet}.{ROOT_HOST}/24", "dev", bridge)
         _ip("link", "set", bridge, "up")
-        hosts = []
+        hosts: list[Namespace] = []
         for n in range(1, count + 1):
             name, outside = f"pns{token}{n}", f"pve{token}{n}"
             _ip("netns", "add", name)
@@ -91,12 +105,7 @@ def namespaces_on_a_bridge(count: int) -> Iterator[Bridge]:
         yield Bridge(bridge, f"{subnet}.{ROOT_HOST}", tuple(hosts))
     finally:
         for name in made_namespaces:  # what the test started in them and left running (a failed test)
-            pids = subprocess.run(
-                ["ip", "netns", "pids", name], capture_output=True, text=True, check=False
-            ).stdout.split()
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
+            Namespace(name, "").kill_every_process()
         for name in made_namespaces:  # deleting a namespace deletes its end of the veth pair, and so both
             subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
         for link in reversed(made_links):
