@@ -25,8 +25,8 @@ from parley_core.actor import Actor
 from parley_core.bus import EventBus, ReceivedEvent
 from parley_core.envelope import NewEvent, seal
 from parley_core.pki import ensure_pki
-from parley_core.testing.nats import NATS_IDENTITY, start_nats_test_server
-from parley_core.topology import PLATFORM_USER, SERVICES, STREAMS, channel_subject
+from parley_core.testing.nats import start_nats_test_server
+from parley_core.topology import NATS_IDENTITY, PLATFORM_USER, SERVICES, STREAMS, channel_subject
 from parley_storage.archive import SqlEventArchive, open_engine
 from parley_storage.datakeys import DataKeys
 from parley_storage.kek import FileKeyring

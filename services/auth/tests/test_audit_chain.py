@@ -19,7 +19,8 @@ from parley.patch.v1.events_pb2 import VulnerabilityOverdue
 from parley.storage.v1 import storage_pb2_grpc
 from sqlalchemy import Connection, select, update
 
-from parley_auth.audit_key import AUDIT_KEY_FILE, AuditSigner
+from parley_auth.audit_key import AuditSigner
+from parley_auth.key_files import AUDIT_KEY_FILE
 from parley_cli.audit import (
     archived_keys,
     archived_records,

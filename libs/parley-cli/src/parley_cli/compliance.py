@@ -23,8 +23,7 @@ from parley_cli.patch import RegistryConnection, _due, _when
 from parley_cli.report_charts import FindingPoint, findings_by_severity, patch_sla_over_time
 from parley_cli.report_html import SEVERITY_COLOURS, markdown_to_html
 from parley_cli.usernames import named
-
-SEVERITY_ORDER = ("critical", "high", "medium", "low", "unscored")
+from parley_patch_registry.priorities import PRIORITIES as SEVERITY_ORDER
 
 
 @dataclass(frozen=True)

@@ -43,10 +43,6 @@ PEER_ADDRESS_ENV = {
 RESTORED_MARKER = Path("storage") / "restored-from-backup.json"
 # The patch registry's folder in the data folder: its TUF release repository and signing keys.
 REGISTRY_FOLDER = "patch-registry"
-# The key auth seals the secrets in its events with (in secrets/): TOTP secrets, password hashes,
-# recovery-code and refresh-token digests. An event log without it lets no one log in. Its name
-# is from when it sealed TOTP secrets only (existing folders and key backups hold it so).
-AUTH_SEALING_KEY_FILE = "auth-mfa-key.bin"
 
 
 class Settings(BaseSettings):

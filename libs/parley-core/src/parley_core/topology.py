@@ -22,6 +22,8 @@ SERVICES: tuple[str, ...] = ("auth", "messaging", "storage", "gateway", "patch-r
 
 # The platform user creates streams and lets an operator inspect parked events.
 PLATFORM_USER = "platform"
+# The certificate every nats-server node of the platform serves.
+NATS_IDENTITY = "nats"
 # The certificate Prometheus presents to scrape /metrics over TLS (parley_core.metrics); no gRPC
 # server lists it among its allowed peers, so it reads figures and nothing else.
 METRICS_SCRAPER = "prometheus"

@@ -29,7 +29,6 @@ from parley_core.pki import Pki, ensure_pki
 
 __all__ = ["NatsTestCluster", "NatsTestServer", "nats_server", "pki", "start_nats_cluster", "start_nats_test_server"]
 
-NATS_IDENTITY = "nats"
 # A test client's close is bounded: one stuck flushing to a server under a flood must not hang teardown.
 CLOSE_TIMEOUT_S = 10.0
 NATS_USERS: tuple[str, ...] = (*topology.SERVICES, topology.PLATFORM_USER)
@@ -113,7 +112,7 @@ async def start_nats_test_server(pki: Pki, directory: Path) -> NatsTestServer:
     """
     ensure_private_dir(directory)
     passwords = ensure_nats_passwords(directory / "passwords.json", NATS_USERS)
-    tls = pki.identity(NATS_IDENTITY)
+    tls = pki.identity(topology.NATS_IDENTITY)
     error: RuntimeError | None = None
     for attempt in range(_START_ATTEMPTS):
         port = free_port(_HOST)
@@ -152,7 +151,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     """One CA and certificate per service, the broker and the platform user for the session."""
     return ensure_pki(
         tmp_path_factory.mktemp("pki"),
-        [*topology.SERVICES, NATS_IDENTITY, topology.PLATFORM_USER, topology.METRICS_SCRAPER],
+        [*topology.SERVICES, topology.NATS_IDENTITY, topology.PLATFORM_USER, topology.METRICS_SCRAPER],
     )
 
 
@@ -218,7 +217,7 @@ async def start_nats_cluster(pki: Pki, directory: Path, *, size: int = 3) -> Nat
     """Start `size` TLS nodes routed to each other, with Parley's users, and wait for them all."""
     ensure_private_dir(directory)
     passwords = ensure_nats_passwords(directory / "passwords.json", [*NATS_USERS, ROUTE_USER])
-    tls = pki.identity(NATS_IDENTITY)
+    tls = pki.identity(topology.NATS_IDENTITY)
     client_ports = [free_port(_HOST) for _ in range(size)]
     route_ports = [free_port(_HOST) for _ in range(size)]
     routes = tuple(f"{_HOST}:{port}" for port in route_ports)

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from parley_core.net import free_port
+from parley_core.platform_state import READY_LINE
 from parley_core.testing.terminal import Terminal
 from parley_core.testing.waiting import wait_until
 
-READY_LINE = "all services are up"
 # Test platforms let anyone register (`make run` defaults to admin-created accounts), so tests
 # can call `client.register`; a test that wants another mode sets PARLEY_REGISTRATION in `env`.
 # Every test user registers from 127.0.0.1, so auth's per-address registration budget is lifted.
