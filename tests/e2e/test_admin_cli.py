@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
 
 from parley_client import ParleyClient, ParleyError
-from parley_core.testing.platform import RunningPlatform
-from parley_core.testing.waiting import eventually, wait_until
+from parley_testing.platform import RunningPlatform
+from parley_testing.waiting import eventually, wait_until
 
 pytestmark = pytest.mark.e2e
 

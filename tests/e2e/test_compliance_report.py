@@ -21,11 +21,11 @@ from cryptography.hazmat.primitives.twofactor.totp import TOTP
 from playwright.sync_api import sync_playwright
 
 from parley_client import ParleyClient
-from parley_core.testing.browser import CHROMIUM
-from parley_core.testing.operators import OperatorTokens
-from parley_core.testing.platform import RunningPlatform, platform_in
-from parley_core.testing.waiting import wait_until
 from parley_core.topology import SERVICES
+from parley_testing.browser import CHROMIUM
+from parley_testing.operators import OperatorTokens
+from parley_testing.platform import RunningPlatform, platform_in
+from parley_testing.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -21,9 +21,9 @@ import pytest
 from parley.auth.v1 import auth_pb2
 from parley.gateway.v1 import gateway_pb2_grpc
 
-from parley_core.testing.platform import RunningPlatform, platform_in
-from parley_core.testing.relay import SourceRelay
-from parley_core.testing.waiting import until
+from parley_testing.platform import RunningPlatform, platform_in
+from parley_testing.relay import SourceRelay
+from parley_testing.waiting import until
 
 pytestmark = pytest.mark.e2e
 

@@ -26,13 +26,13 @@ from parley.patch.v1 import patch_pb2
 from parley.storage.v1 import storage_pb2
 
 from parley_client import ParleyClient, ParleyError
-from parley_client.testing import Traffic, send_continuously
 from parley_core.nats_connect import connect_nats
-from parley_core.testing.browser import CHROMIUM, chromium_args
-from parley_core.testing.operators import OperatorTokens
-from parley_core.testing.platform import RunningPlatform, platform_in
-from parley_core.testing.stack import PASSWORD, bearer
 from parley_core.topology import heartbeat_subject
+from parley_testing.browser import CHROMIUM, chromium_args
+from parley_testing.operators import OperatorTokens
+from parley_testing.platform import RunningPlatform, platform_in
+from parley_testing.stack import PASSWORD, bearer
+from parley_testing.traffic import Traffic, send_continuously
 
 playwright_api = pytest.importorskip("playwright.async_api")
 Browser = playwright_api.Browser

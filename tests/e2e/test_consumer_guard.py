@@ -21,9 +21,9 @@ from parley_core import topology
 from parley_core.bus import EventBus, ReceivedEvent
 from parley_core.consumer_policy import EPHEMERAL_QUOTA
 from parley_core.nats_connect import connect_nats
-from parley_core.testing.consumer_flood import flood_consumers
-from parley_core.testing.platform import RunningPlatform, platform_in
-from parley_core.testing.waiting import wait_until
+from parley_testing.consumer_flood import flood_consumers
+from parley_testing.platform import RunningPlatform, platform_in
+from parley_testing.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

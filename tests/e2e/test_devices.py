@@ -20,8 +20,8 @@ from parley.messaging.v1 import messaging_pb2
 
 from parley_client import DeviceKeyChanged, DeviceStore, MfaRequired, ParleyClient, ParleyError, fingerprint
 from parley_client.e2ee import E2eeDevice
-from parley_core.testing.platform import TEST_DEFAULTS, RunningPlatform
-from parley_core.testing.waiting import eventually
+from parley_testing.platform import TEST_DEFAULTS, RunningPlatform
+from parley_testing.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 

@@ -14,8 +14,8 @@ import grpc
 import pytest
 
 from parley_client import ParleyClient, ParleyError, UndecryptableMessage
-from parley_core.testing.platform import RunningPlatform
-from parley_core.testing.waiting import eventually
+from parley_testing.platform import RunningPlatform
+from parley_testing.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 

@@ -31,8 +31,8 @@ from parley.gateway.v1 import gateway_pb2
 from parley.messaging.v1 import messaging_pb2
 
 from parley_client import ParleyClient, ParleyError
-from parley_core.testing.platform import RunningPlatform, platform_in
-from parley_core.testing.waiting import eventually
+from parley_testing.platform import RunningPlatform, platform_in
+from parley_testing.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 

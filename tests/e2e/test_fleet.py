@@ -11,9 +11,9 @@ from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
 
 from parley_core.grpc_channel import secure_channel
 from parley_core.pki import ensure_pki
-from parley_core.testing.platform import RunningPlatform
-from parley_core.testing.waiting import wait_until
 from parley_core.topology import SERVICES
+from parley_testing.platform import RunningPlatform
+from parley_testing.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -26,8 +26,8 @@ from parley.messaging.v1 import messaging_pb2
 from parley.storage.v1 import storage_pb2
 
 from parley_client import ParleyClient
-from parley_core.testing.platform import RunningPlatform
-from parley_core.testing.waiting import eventually
+from parley_testing.platform import RunningPlatform
+from parley_testing.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 

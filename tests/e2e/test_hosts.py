@@ -22,11 +22,11 @@ import pytest
 from cryptography import x509
 
 from parley_client import ParleyClient
-from parley_client.testing import Traffic, history_count, send_continuously
 from parley_core.net import free_port
-from parley_core.testing.operators import OperatorTokens
-from parley_core.testing.platform import JoinedHost, RunningPlatform
-from parley_core.testing.waiting import eventually
+from parley_testing.operators import OperatorTokens
+from parley_testing.platform import JoinedHost, RunningPlatform
+from parley_testing.traffic import Traffic, history_count, send_continuously
+from parley_testing.waiting import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 

@@ -16,12 +16,12 @@ import pytest
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 
 from parley_client import ParleyClient
-from parley_client.testing import history_count
 from parley_core.grpc_channel import secure_channel
 from parley_core.net import free_port
 from parley_core.pki import ensure_pki
-from parley_core.testing.platform import RunningPlatform
-from parley_core.testing.waiting import eventually, wait_until
+from parley_testing.platform import RunningPlatform
+from parley_testing.traffic import history_count
+from parley_testing.waiting import eventually, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from parley_client import ParleyClient, ParleyError
-from parley_core.testing.platform import RunningPlatform, platform_in
+from parley_testing.platform import RunningPlatform, platform_in
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from parley_core.testing.stack import Stack
+from parley_testing.stack import Stack
 
 LOCUSTFILE = Path(__file__).resolve().parents[2] / "loadtests" / "locustfile.py"
 LOCUST_TIMEOUT_S = 120.0

@@ -20,8 +20,8 @@ import pytest
 
 from parley_client import LiveEvent, ParleyClient, ParleyError
 from parley_core.net import free_port
-from parley_core.testing.platform import RunningPlatform
-from parley_core.testing.waiting import wait_until
+from parley_testing.platform import RunningPlatform
+from parley_testing.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

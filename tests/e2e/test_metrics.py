@@ -20,9 +20,9 @@ import pytest
 from parley.auth.v1 import auth_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
-from parley_core.testing.stack import APPS, TIMEOUT_S, Stack
-from parley_core.testing.waiting import eventually
 from parley_core.topology import METRICS_SCRAPER
+from parley_testing.stack import APPS, TIMEOUT_S, Stack
+from parley_testing.waiting import eventually
 
 LOCUSTFILE = Path(__file__).resolve().parents[2] / "loadtests" / "locustfile.py"
 

@@ -16,9 +16,9 @@ import grpc
 import pytest
 
 from parley_client import ParleyClient, ParleyError
-from parley_core.testing.platform import TEST_DEFAULTS, RunningPlatform
-from parley_core.testing.terminal import CTRL_C, CTRL_D
-from parley_core.testing.waiting import wait_until
+from parley_testing.platform import TEST_DEFAULTS, RunningPlatform
+from parley_testing.terminal import CTRL_C, CTRL_D
+from parley_testing.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -9,9 +9,9 @@ from parley.storage.v1 import storage_pb2_grpc
 
 from parley_cli.patch import _print_rollout, audit_table
 from parley_cli.usernames import ArchiveUsernames, usernames
-from parley_core.testing.stack import Stack
-from parley_core.testing.waiting import eventually
 from parley_core.topology import PLATFORM_USER
+from parley_testing.stack import Stack
+from parley_testing.waiting import eventually
 
 
 async def test_user_ids_resolve_to_names_through_the_archive(stack: Stack) -> None:

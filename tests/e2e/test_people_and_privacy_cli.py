@@ -18,8 +18,8 @@ import pytest
 from parley.storage.v1 import storage_pb2
 
 from parley_client import ParleyClient, ParleyError
-from parley_core.testing.platform import RunningPlatform
-from parley_core.testing.waiting import eventually
+from parley_testing.platform import RunningPlatform
+from parley_testing.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 

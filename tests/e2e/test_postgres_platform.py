@@ -20,8 +20,8 @@ from sqlalchemy.exc import OperationalError
 
 from parley_client import ParleyClient
 from parley_core.net import free_port
-from parley_core.testing.platform import RunningPlatform
-from parley_core.testing.waiting import eventually
+from parley_testing.platform import RunningPlatform
+from parley_testing.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 

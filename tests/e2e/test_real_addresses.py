@@ -23,9 +23,9 @@ import pytest_asyncio
 from parley.auth.v1 import auth_pb2
 from parley.gateway.v1 import gateway_pb2_grpc
 
-from parley_core.testing.platform import RunningPlatform, platform_in
-from parley_core.testing.relay import SourceRelay
-from parley_core.testing.security import platform_security_events
+from parley_testing.platform import RunningPlatform, platform_in
+from parley_testing.relay import SourceRelay
+from parley_testing.security import platform_security_events
 
 pytestmark = pytest.mark.e2e
 

@@ -22,8 +22,8 @@ from parley_core.envelope import decode, open_payload
 from parley_core.grpc_channel import secure_channel
 from parley_core.net import free_port
 from parley_core.pki import ensure_pki
-from parley_core.testing.platform import RunningPlatform, platform_in
-from parley_core.testing.waiting import eventually
+from parley_testing.platform import RunningPlatform, platform_in
+from parley_testing.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 

@@ -21,8 +21,8 @@ import grpc
 import pytest
 
 from parley_client import ParleyClient, ParleyError
-from parley_core.testing.platform import TEST_DEFAULTS, RunningPlatform, platform_in
-from parley_core.testing.waiting import eventually, until
+from parley_testing.platform import TEST_DEFAULTS, RunningPlatform, platform_in
+from parley_testing.waiting import eventually, until
 
 pytestmark = pytest.mark.e2e
 

@@ -28,10 +28,10 @@ from sqlalchemy.exc import OperationalError
 from parley_client import ParleyClient
 from parley_core.grpc_channel import secure_channel
 from parley_core.pki import ensure_pki
-from parley_core.testing.platform import RunningPlatform, platform_in
 from parley_storage.archive import SqlEventArchive, StoredMessage, open_engine
 from parley_storage.datakeys import DataKeys
 from parley_storage.kek import FileKeyring
+from parley_testing.platform import RunningPlatform, platform_in
 
 pytestmark = pytest.mark.e2e
 

@@ -13,8 +13,8 @@ from parley.auth.v1.events_pb2 import UserRegistered
 from parley_client import ParleyClient, ParleyError
 from parley_core.envelope import NewEvent, seal
 from parley_core.nats_connect import connect_nats
-from parley_core.testing.platform import RunningPlatform
-from parley_core.testing.waiting import wait_until
+from parley_testing.platform import RunningPlatform
+from parley_testing.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

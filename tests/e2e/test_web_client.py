@@ -27,8 +27,8 @@ from parley.gateway.v1 import gateway_pb2_grpc
 from parley.messaging.v1 import messaging_pb2
 
 from parley_client import ParleyClient, ParleyError
-from parley_core.testing.platform import RunningPlatform, platform_in
-from parley_core.testing.stack import PASSWORD, bearer
+from parley_testing.platform import RunningPlatform, platform_in
+from parley_testing.stack import PASSWORD, bearer
 
 playwright_api = pytest.importorskip("playwright.async_api")
 Browser = playwright_api.Browser

@@ -1,4 +1,4 @@
-"""Hosts with addresses of their own: three network namespaces on a bridge (parley_core.testing.netns).
+"""Hosts with addresses of their own: three network namespaces on a bridge (parley_testing.netns).
 
 Host A (the first, `parley up --host-address A --nats-cluster 3`) runs every service; host B joins
 with messaging and a gateway and takes over the JetStream cluster's node1 (`host add --nats-node
@@ -27,10 +27,10 @@ from workload import publish_figures
 
 from parley_client import ParleyClient, ParleyError
 from parley_core.net import free_port
-from parley_core.testing.fleet_nats import wait_current_on
-from parley_core.testing.netns import Bridge, namespaces_on_a_bridge, netns_available
-from parley_core.testing.platform import JoinedHost, RunningPlatform
-from parley_core.testing.waiting import eventually
+from parley_testing.fleet_nats import wait_current_on
+from parley_testing.netns import Bridge, namespaces_on_a_bridge, netns_available
+from parley_testing.platform import JoinedHost, RunningPlatform
+from parley_testing.waiting import eventually
 
 REASON = netns_available()
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(bool(REASON), reason=REASON or "namespaces available")]

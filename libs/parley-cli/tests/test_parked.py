@@ -22,7 +22,7 @@ from parley_core import topology
 from parley_core.bus import FOREIGN_EVENT, EventBus
 from parley_core.consumer_guard import CONSUMER_FLOOD
 from parley_core.pki import Pki
-from parley_core.testing.nats import NatsTestServer
+from parley_testing.nats import NatsTestServer
 
 pytestmark = pytest.mark.asyncio
 

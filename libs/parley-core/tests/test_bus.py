@@ -33,8 +33,6 @@ from parley_core.config import Settings
 from parley_core.deadline import answering_within
 from parley_core.envelope import NewEvent, decode, open_payload, seal
 from parley_core.errors import OutcomeUnknown
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.waiting import eventually, until
 from parley_core.topology import (
     CHANNELS_FILTER,
     PARKED_MAX_BYTES,
@@ -44,6 +42,8 @@ from parley_core.topology import (
     channel_subject,
     parked_subject,
 )
+from parley_testing.nats import NatsTestServer
+from parley_testing.waiting import eventually, until
 
 pytestmark = pytest.mark.asyncio
 

@@ -27,9 +27,9 @@ from parley_core import consumer_guard, topology
 from parley_core.bus import EventBus, ReceivedEvent, durable_config
 from parley_core.config import Settings
 from parley_core.consumer_guard import CONSUMER_FLOOD, ConsumerGuard, ensure_declared_durables
-from parley_core.testing.consumer_flood import FLOOD_ATTEMPTS, Flood, flood_consumers
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.waiting import eventually
+from parley_testing.consumer_flood import FLOOD_ATTEMPTS, Flood, flood_consumers
+from parley_testing.nats import NatsTestServer
+from parley_testing.waiting import eventually
 
 pytestmark = pytest.mark.asyncio
 

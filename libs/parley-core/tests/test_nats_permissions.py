@@ -25,9 +25,9 @@ from parley_core.bus import EventBus, ReceivedEvent
 from parley_core.envelope import NewEvent, seal
 from parley_core.nats_connect import connect_nats
 from parley_core.pki import ensure_pki
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.refusals import ErrorRecorder, refused
 from parley_core.topology import reads
+from parley_testing.nats import NatsTestServer
+from parley_testing.refusals import ErrorRecorder, refused
 
 pytestmark = pytest.mark.asyncio  # also runs where asyncio_mode is not auto
 

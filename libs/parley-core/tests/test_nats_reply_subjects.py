@@ -22,7 +22,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from parley_core import topology
 from parley_core.bus import EventBus
-from parley_core.testing.nats import NatsTestServer
+from parley_testing.nats import NatsTestServer
 
 pytestmark = pytest.mark.asyncio
 

@@ -34,12 +34,12 @@ from parley_cli.audit import (
 from parley_core.audit import AuditChain, Checkpoint, StoredRecord, verify_chain
 from parley_core.bus import EventBus
 from parley_core.envelope import NewEvent, decode, open_payload
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack, start_service
-from parley_core.testing.waiting import eventually
 from parley_core.topology import user_subject
 from parley_storage.schema import events
 from parley_storage.sealing import event_aad, open_sealed, seal
+from parley_testing.nats import NatsTestServer
+from parley_testing.stack import PASSWORD, TIMEOUT_S, Stack, start_service
+from parley_testing.waiting import eventually
 
 RECORDS = 8
 

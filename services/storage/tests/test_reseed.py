@@ -23,7 +23,6 @@ from parley_core.config import Settings
 from parley_core.envelope import NewEvent, decode, open_payload, seal
 from parley_core.pki import Pki
 from parley_core.runner import RefusedToStart
-from parley_core.testing.nats import NatsTestServer
 from parley_core.topology import (
     PLATFORM_USER,
     STREAMS,
@@ -49,6 +48,7 @@ from parley_storage.reseed import (
 from parley_storage.residency import location_of
 from parley_storage.restored import mark_restored, read_restored
 from parley_storage.service import refuse_a_log_behind_the_archive
+from parley_testing.nats import NatsTestServer
 
 ALICE, BOB = "user-alice", "user-bob"
 ALICE_NAME = username_subject(hashlib.sha256(b"alice").hexdigest())

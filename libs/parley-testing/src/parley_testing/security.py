@@ -9,9 +9,9 @@ from parley.auth.v1.events_pb2 import SecurityEventRecorded
 
 from parley_core.envelope import decode
 from parley_core.nats_connect import connect_nats
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.platform import RunningPlatform
 from parley_core.topology import PLATFORM_USER
+from parley_testing.nats import NatsTestServer
+from parley_testing.platform import RunningPlatform
 
 __all__ = ["platform_security_events", "security_events"]
 

@@ -16,8 +16,8 @@ import pytest
 
 from parley_core.net import free_port
 from parley_core.platform_state import READY_LINE
-from parley_core.testing.terminal import Terminal
-from parley_core.testing.waiting import wait_until
+from parley_testing.terminal import Terminal
+from parley_testing.waiting import wait_until
 
 # Test platforms let anyone register (`make run` defaults to admin-created accounts), so tests
 # can call `client.register`; a test that wants another mode sets PARLEY_REGISTRATION in `env`.

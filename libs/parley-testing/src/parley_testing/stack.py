@@ -28,7 +28,7 @@ from parley_core.config import RegistrationMode, Settings
 from parley_core.grpc_channel import secure_channel
 from parley_core.pki import Pki
 from parley_core.runner import RunContext, ServiceApp, serve
-from parley_core.testing.nats import NatsTestServer
+from parley_testing.nats import NatsTestServer
 
 __all__ = [
     "PASSWORD",
