@@ -9,7 +9,8 @@ from parley.storage.v1 import events_pb2 as store
 from parley.storage.v1 import storage_pb2
 
 from parley_cli.compliance import _table
-from parley_cli.compliance_security import KeyAge, facts_from, render_sections
+from parley_cli.compliance_security import KeyAge, facts_from
+from parley_cli.security_sections import render_sections
 from parley_core.envelope import NewEvent, seal
 
 DAY = 86400.0

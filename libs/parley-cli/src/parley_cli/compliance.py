@@ -18,11 +18,12 @@ from parley.patch.v1 import patch_pb2
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from parley_cli.audit import AuditVerdict, storage_channel, verify_audit
-from parley_cli.compliance_security import SecurityFacts, gather_security, render_sections
+from parley_cli.compliance_security import SecurityFacts, gather_security
 from parley_cli.layout import due, when
 from parley_cli.registry_connection import RegistryConnection
 from parley_cli.report_charts import FindingPoint, findings_by_severity, patch_sla_over_time
 from parley_cli.report_html import SEVERITY_COLOURS, markdown_to_html
+from parley_cli.security_sections import render_sections
 from parley_cli.usernames import named
 from parley_patch_registry.priorities import PRIORITIES as SEVERITY_ORDER
 
