@@ -134,7 +134,7 @@ def test_parley_up_prints_a_roll_out_reason_as_one_visible_line() -> None:
     """A planner's --reason reaches `parley up`'s output through the node agent's announce."""
     from parley.patch.v1 import patch_pb2
 
-    from parley_agent.node_agent import rollout_progress
+    from parley_agent.progress import rollout_progress
     from parley_cli.platform import Platform
 
     out = io.StringIO()

@@ -24,7 +24,7 @@ from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from parley.storage.v1.events_pb2 import AnomalyDetected
 from securesystemslib.signer import CryptoSigner
 
-from parley_agent.node_agent import PROBE_WORKERS
+from parley_agent.gate_probes import PROBE_WORKERS
 from parley_agent.probe import MessagingProbe
 from parley_cli.publishing import public_pem, publish_release
 from parley_core.config import PEER_ADDRESS_ENV
