@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from parley_core import topology
+from parley_core import nats_accounts, topology
 from parley_core.nats_process import NatsServerProcess
 from parley_core.natsconf import (
     LEGACY_ACCOUNT,
@@ -130,14 +130,14 @@ def test_nobody_logs_into_the_streams_account_and_each_user_into_its_own(tmp_pat
         passwords=dict.fromkeys(USERS, "pw"),
     )
     accounts = text.split("accounts {", 1)[1]
-    blocks = accounts.split(f"\n  {topology.account_of(USERS[0])}: {{", 1)
+    blocks = accounts.split(f"\n  {nats_accounts.account_of(USERS[0])}: {{", 1)
     streams_block = blocks[0]
-    assert f"{topology.STREAMS_ACCOUNT}: {{" in streams_block
+    assert f"{nats_accounts.STREAMS_ACCOUNT}: {{" in streams_block
     assert "users:" not in streams_block
     assert "jetstream: enabled" in streams_block
     for user in USERS:
         assert text.count(f'user: "{user}"') == 1
-        assert f"  {topology.account_of(user)}: {{" in accounts
+        assert f"  {nats_accounts.account_of(user)}: {{" in accounts
     assert "\nauthorization {" not in text  # no user outside an account
 
 
@@ -147,5 +147,5 @@ def test_a_store_of_the_layout_before_accounts_is_recognised(tmp_path: Path) -> 
     assert not holds_pre_account_streams(store)
     (store / "jetstream" / LEGACY_ACCOUNT / "streams" / "AUTH").mkdir(parents=True)
     assert holds_pre_account_streams(store)
-    (store / "jetstream" / topology.STREAMS_ACCOUNT / "streams").mkdir(parents=True)
+    (store / "jetstream" / nats_accounts.STREAMS_ACCOUNT / "streams").mkdir(parents=True)
     assert not holds_pre_account_streams(store)

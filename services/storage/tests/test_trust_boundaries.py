@@ -38,11 +38,11 @@ from parley.storage.v1.events_pb2 import (
 from parley_core.bus import FOREIGN_EVENT
 from parley_core.envelope import NewEvent, decode, open_payload, seal
 from parley_core.grpc_channel import secure_channel
+from parley_core.nats_accounts import local_subject
 from parley_core.topology import (
     SERVICES,
     channel_subject,
     due_subject,
-    local_subject,
     parked_subject,
     username_subject,
 )

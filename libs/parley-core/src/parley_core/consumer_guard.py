@@ -42,16 +42,13 @@ from nats.aio.msg import Msg
 from parley_core.bus import CONSUMER_NOT_FOUND, durable_config
 from parley_core.consumer_policy import DECLARED, EPHEMERAL_QUOTA, ConsumerSeen, Verdict, judge
 from parley_core.jobs import PeriodicJob, every
+from parley_core.nats_accounts import JS_API, JS_API_AUDIT, JS_CONSUMER_DELETED, account_of
 from parley_core.topology import (
     CONSUMERS,
-    JS_API,
-    JS_API_AUDIT,
-    JS_CONSUMER_DELETED,
     PLATFORM_USER,
     SERVICES,
     SIEM_CONSUMERS,
     STREAMS,
-    account_of,
     platform_finding_subject,
 )
 
