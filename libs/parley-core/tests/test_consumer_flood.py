@@ -26,7 +26,8 @@ from nats.aio.client import Client
 from parley_core import consumer_guard, nats_accounts, topology
 from parley_core.bus import EventBus, ReceivedEvent, durable_config
 from parley_core.config import Settings
-from parley_core.consumer_guard import CONSUMER_FLOOD, ConsumerGuard, ensure_declared_durables
+from parley_core.consumer_floods import CONSUMER_FLOOD
+from parley_core.consumer_guard import ConsumerGuard, ensure_declared_durables
 from parley_testing.consumer_flood import FLOOD_ATTEMPTS, Flood, flood_consumers
 from parley_testing.nats import NatsTestServer
 from parley_testing.waiting import eventually

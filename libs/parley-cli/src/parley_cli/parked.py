@@ -28,7 +28,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from parley_cli.state import load_running_state
 from parley_cli.terminal import shown
 from parley_core.bus import FOREIGN_EVENT
-from parley_core.consumer_guard import CONSUMER_FLOOD
+from parley_core.consumer_floods import CONSUMER_FLOOD
 from parley_core.nats_connect import connect_nats
 from parley_core.natsconf import ensure_nats_passwords
 from parley_core.topology import PLATFORM_FINDINGS, PLATFORM_USER, STREAMS_BY_NAME
