@@ -47,11 +47,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
         PARLEY_PATCH_DEADLINE_CRITICAL_HOURS="0.001",
         PARLEY_REPORT_EVERY_HOURS=SCHEDULE_HOURS,
     )
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
+    yield from running.served()
 
 
 def osv_against_grpcio(record_id: str) -> str:

@@ -41,11 +41,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
         PARLEY_CLIENT_CONNECTIONS_PER_SOURCE=str(CAP),
         PARLEY_CLIENT_HANDSHAKE_TIMEOUT_SECONDS=str(HANDSHAKE_TIMEOUT_S),
     )
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
+    yield from running.served()
 
 
 def idle_connections(address: str, count: int) -> list[socket.socket]:

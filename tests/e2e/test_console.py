@@ -71,11 +71,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
         PARLEY_PATCH_GATE_WINDOW_SECONDS="3",
         PARLEY_PATCH_DEADLINE_CRITICAL_HOURS=CRITICAL_DEADLINE_HOURS,
     )
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
+    yield from running.served()
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")

@@ -33,11 +33,7 @@ WAIT_S = 90.0  # a service restart on a loaded host included
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
     running = platform_in(tmp_path_factory.mktemp("guard"))
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
+    yield from running.served()
 
 
 async def _connect(platform: RunningPlatform, user: str) -> Client:

@@ -86,11 +86,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
         PARLEY_GATEWAY_SOURCE_BURST="100000",
         PARLEY_TRACE_EXPORTER="none",
     )
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
+    yield from running.served()
 
 
 def connect(platform: RunningPlatform) -> ParleyClient:

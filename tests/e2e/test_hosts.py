@@ -43,11 +43,7 @@ def first_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlat
         env={"PARLEY_REGISTRATION": "open", "PARLEY_HEARTBEAT_SECONDS": "1", "PARLEY_PATCH_GATE_WINDOW_SECONDS": "3"},
         up_args=("--gateway-port", str(free_port()), "--nats-cluster", "3"),
     )
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
+    yield from running.served()
 
 
 def issued_by(cert: Path, ca: Path) -> bool:

@@ -68,11 +68,7 @@ def first_host(tmp_path_factory: pytest.TempPathFactory, schema: str) -> Iterato
         env={"PARLEY_REGISTRATION": "open", "PARLEY_HEARTBEAT_SECONDS": "1"},
         up_args=("--gateway-port", str(free_port()), "--nats-cluster", "3", "--database-url", url),
     )
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
+    yield from running.served()
 
 
 def test_a_bundle_for_storage_carries_the_database_and_backup_keys_but_not_the_keyring(

@@ -37,11 +37,7 @@ def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform
         env={"PARLEY_REGISTRATION": "open"},
         up_args=("--gateway-port", str(free_port()), "--instances", "messaging=2,gateway=2"),
     )
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
+    yield from running.served()
 
 
 def test_parley_up_runs_the_instances_asked_for(scaled: RunningPlatform) -> None:

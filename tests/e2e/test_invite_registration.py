@@ -19,11 +19,7 @@ PASSWORD = "a-long-enough-passphrase"
 @pytest.fixture(scope="module")
 def invite_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
     running = platform_in(tmp_path_factory.mktemp("invite"), PARLEY_REGISTRATION="invite")
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
+    yield from running.served()
 
 
 def invite_code(platform: RunningPlatform) -> str:

@@ -43,11 +43,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
         "PARLEY_GATEWAY_SOURCE_BURST": "2000",
     }
     running = RunningPlatform(data_dir=root / "data", env=env)
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
+    yield from running.served()
 
 
 def unique(prefix: str) -> str:

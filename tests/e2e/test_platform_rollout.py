@@ -41,11 +41,7 @@ def upgrading(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatf
         # Two messaging instances: the roll-out replaces each in turn, never both at once.
         up_args=("--gateway-port", str(free_port()), "--instances", "messaging=2"),
     )
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
+    yield from running.served()
 
 
 async def cli(platform: RunningPlatform, *args: str) -> str:

@@ -51,11 +51,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
         PARLEY_GATEWAY_SOURCE_RATE="0.01",
         PARLEY_GATEWAY_SOURCE_BURST=str(CALLS_PER_ADDRESS),
     )
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
+    yield from running.served()
 
 
 @pytest_asyncio.fixture

@@ -57,11 +57,7 @@ def platform(tmp_path: Path, source_copy: Path, core_copy: Path) -> Iterator[Run
         env={"PYTHONPATH": path, "PARLEY_HEARTBEAT_SECONDS": "1"},
         up_args=("--gateway-port", str(free_port())),
     )
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
+    yield from running.served()
 
 
 def _interpreter(pid: int) -> Path:

@@ -33,11 +33,7 @@ TOKEN_SECONDS = 5
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
     running = platform_in(tmp_path_factory.mktemp("platform"), PARLEY_AUTH_ACCESS_TOKEN_SECONDS=str(TOKEN_SECONDS))
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
+    yield from running.served()
 
 
 def unique(prefix: str) -> str:

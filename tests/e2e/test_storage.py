@@ -149,11 +149,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
     """parley_core's test platform, with storage's test-only fault point enabled (see faults.py)."""
     root = tmp_path_factory.mktemp("platform")
     running = platform_in(root, PARLEY_STORAGE_PAUSE_IN_BATCH=str(root / PAUSE_FOLDER))
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
+    yield from running.served()
 
 
 @pytest.fixture(scope="module")

@@ -60,11 +60,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: `make chromium` installs Debian's chromium (make test does)")
     running = platform_in(tmp_path_factory.mktemp("web"), PARLEY_WEB_ROOT=str(WEB_DIST))
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
+    yield from running.served()
 
 
 def spki_pin(cert_path: Path) -> str:

@@ -40,11 +40,7 @@ def fresh_platform(data_dir: Path, **env: str) -> RunningPlatform:
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[RunningPlatform]:
     platform = fresh_platform(tmp_path / "data")
-    platform.start()
-    try:
-        yield platform
-    finally:
-        platform.kill()
+    yield from platform.served()
 
 
 @pytest_asyncio.fixture

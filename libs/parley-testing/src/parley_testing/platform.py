@@ -98,6 +98,14 @@ class RunningPlatform:
 
         wait_until(ready, timeout=START_TIMEOUT_S, what="`parley up` to report every service up")
 
+    def served(self) -> Iterator[RunningPlatform]:
+        """Started, then killed once the caller is done: a fixture's `yield from platform.served()`."""
+        self.start()
+        try:
+            yield self
+        finally:
+            self.kill()
+
     def stop(self) -> int:
         """Ctrl-C in the terminal, as a user stops `make run`: SIGINT to the whole process group."""
         assert self.process is not None
@@ -265,8 +273,4 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
     can call `client.register`.
     """
     running = platform_in(tmp_path_factory.mktemp("platform"))
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
+    yield from running.served()
