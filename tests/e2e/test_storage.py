@@ -22,8 +22,6 @@ from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.messaging.v1.events_pb2 import MessagePosted
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from parley.storage.v1.events_pb2 import UserDataErased
-from sqlalchemy import URL, create_engine, text
-from sqlalchemy.exc import OperationalError
 
 from parley_client import ParleyClient
 from parley_core.grpc_channel import secure_channel
@@ -32,12 +30,12 @@ from parley_storage.archive import SqlEventArchive, StoredMessage, open_engine
 from parley_storage.datakeys import DataKeys
 from parley_storage.kek import FileKeyring
 from parley_testing.platform import RunningPlatform, platform_in
+from parley_testing.shared_postgres import schema_url, shared_schema
 
 pytestmark = pytest.mark.e2e
 
 PASSWORD = "a-long-enough-passphrase"
 TIMEOUT_S = 90.0
-POSTGRES = URL.create("postgresql+psycopg", username="postgres", host="127.0.0.1", port=5432, database="test")
 
 
 def unique(prefix: str) -> str:
@@ -155,28 +153,14 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
 @pytest.fixture(scope="module")
 def postgres_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
     """The platform with storage on PostgreSQL (its own schema, dropped afterwards), by URL alone."""
-    admin = create_engine(POSTGRES.update_query_dict({"connect_timeout": "5"}), isolation_level="AUTOCOMMIT")
-    schema = f"parley_e2e_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    except OperationalError as exc:
-        admin.dispose()
-        pytest.skip(f"PostgreSQL not reachable on 127.0.0.1:5432: {str(exc.orig or exc).strip().splitlines()[0]}")
-    url = POSTGRES.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
-    root = tmp_path_factory.mktemp("pg-platform")
-    running = RunningPlatform(
-        data_dir=root / "data",
-        env={"PARLEY_DATABASE_URL": url, "PARLEY_STORAGE_PAUSE_IN_BATCH": str(root / PAUSE_FOLDER)},
-    )
-    try:
-        running.start()
-        yield running
-    finally:
-        running.kill()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with shared_schema("parley_e2e") as (_, schema):
+        url = schema_url(schema, driver="postgresql+psycopg")
+        root = tmp_path_factory.mktemp("pg-platform")
+        running = RunningPlatform(
+            data_dir=root / "data",
+            env={"PARLEY_DATABASE_URL": url, "PARLEY_STORAGE_PAUSE_IN_BATCH": str(root / PAUSE_FOLDER)},
+        )
+        yield from running.served()
 
 
 def files_under(*folders: Path) -> list[Path]:

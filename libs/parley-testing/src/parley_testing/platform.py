@@ -99,9 +99,10 @@ class RunningPlatform:
         wait_until(ready, timeout=START_TIMEOUT_S, what="`parley up` to report every service up")
 
     def served(self) -> Iterator[RunningPlatform]:
-        """Started, then killed once the caller is done: a fixture's `yield from platform.served()`."""
-        self.start()
+        """Started, then killed once the caller is done (or its start failed half-way): a fixture's
+        `yield from platform.served()`."""
         try:
+            self.start()
             yield self
         finally:
             self.kill()
