@@ -27,7 +27,7 @@ from parley_bench.scenarios import PASSWORD, open_loop, wait_for_count
 from parley_bench.stats import percentile
 from parley_client import LiveStream, ParleyClient, ParleyError
 from parley_core.nats_connect import connect_nats
-from parley_core.natsconf import ensure_nats_passwords
+from parley_core.natsconf import platform_nats_password
 from parley_core.topology import PLATFORM_USER
 
 MEMBERS_PER_CHANNEL = 10
@@ -75,11 +75,10 @@ def rss_bytes(pid: int) -> tuple[int, int]:
 async def msg_consumers(data_dir: Path) -> int:
     """Consumers on the MSG stream, as nats-server counts them: the gateway's share is its feed."""
     state = json.loads((data_dir / "platform.json").read_text())
-    password = ensure_nats_passwords(data_dir / "secrets" / "nats-passwords.json", [PLATFORM_USER])[PLATFORM_USER]
     nc = await connect_nats(
         url=state["nats_url"],
         user=PLATFORM_USER,
-        password=password,
+        password=platform_nats_password(data_dir),
         ca_cert=data_dir / "pki" / "ca.crt",
         name="parley-bench",
         allow_reconnect=False,

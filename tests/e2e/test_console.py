@@ -26,9 +26,8 @@ from parley.patch.v1 import patch_pb2
 from parley.storage.v1 import storage_pb2
 
 from parley_client import ParleyClient, ParleyError
-from parley_core.nats_connect import connect_nats
 from parley_core.topology import heartbeat_subject
-from parley_testing.browser import CHROMIUM, chromium_args
+from parley_testing.browser import launched_chromium, require_built
 from parley_testing.operators import OperatorTokens
 from parley_testing.platform import RunningPlatform, platform_in
 from parley_testing.stack import PASSWORD, bearer
@@ -58,10 +57,7 @@ CSP_REFUSALS: list[str] = []  # what the CSP refused on any console page of this
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
-    if not (WEB_DIST / "console.html").exists():
-        pytest.fail("web/dist is not built with the console: run `make web` (make test does)")
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: `make chromium` installs Debian's chromium (make test does)")
+    require_built(WEB_DIST, "console.html")
     root = tmp_path_factory.mktemp("console")
     # No checkpoint folder is set, as with `make run`: storage reads <data>/audit-checkpoints.
     running = platform_in(
@@ -76,14 +72,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def browser(platform: RunningPlatform) -> AsyncIterator[Browser]:
-    async with playwright_api.async_playwright() as p:
-        launched = await p.chromium.launch(
-            executable_path=str(CHROMIUM), args=chromium_args(platform.data_dir / "pki" / "gateway.crt")
-        )
-        try:
-            yield launched
-        finally:
-            await launched.close()
+    async with launched_chromium(platform.data_dir / "pki" / "gateway.crt") as launched:
+        yield launched
 
 
 def unique(prefix: str) -> str:
@@ -217,15 +207,7 @@ async def silent_instance(platform: RunningPlatform, instance_id: str) -> None:
     """One heartbeat of an instance that then falls silent (as a hung or cut-off host would).
     Sent with messaging's own NATS credentials: each service's account exports its heartbeat
     subjects, and only its own, to the registry's."""
-    data_dir = platform.data_dir
-    passwords = json.loads((data_dir / "secrets" / "nats-passwords.json").read_text())
-    nc = await connect_nats(
-        url=str(platform.state["nats_url"]),
-        user="messaging",
-        password=passwords["messaging"],
-        ca_cert=data_dir / "pki" / "ca.crt",
-        name="test-console",
-    )
+    nc = await platform.nats("messaging", name="test-console")
     try:
         sent = Timestamp()
         sent.GetCurrentTime()

@@ -7,7 +7,6 @@ storage's archive consumer after an operator deletes it). `parley quarantine lif
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 from collections import Counter
@@ -20,7 +19,6 @@ from nats.aio.client import Client
 from parley_core import topology
 from parley_core.bus import EventBus, ReceivedEvent
 from parley_core.consumer_policy import EPHEMERAL_QUOTA
-from parley_core.nats_connect import connect_nats
 from parley_testing.consumer_flood import flood_consumers
 from parley_testing.platform import RunningPlatform, platform_in
 from parley_testing.waiting import wait_until
@@ -37,14 +35,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
 
 
 async def _connect(platform: RunningPlatform, user: str) -> Client:
-    passwords = json.loads((platform.data_dir / "secrets" / "nats-passwords.json").read_text())
-    return await connect_nats(
-        url=str(platform.state["nats_url"]),
-        user=user,
-        password=passwords[user],
-        ca_cert=platform.data_dir / "pki" / "ca.crt",
-        name=f"test-{user}",
-    )
+    return await platform.nats(user)
 
 
 async def _consumer_names(platform: RunningPlatform) -> dict[str, list[str]]:

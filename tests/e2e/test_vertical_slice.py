@@ -12,7 +12,6 @@ from parley.auth.v1.events_pb2 import UserRegistered
 
 from parley_client import ParleyClient, ParleyError
 from parley_core.envelope import NewEvent, seal
-from parley_core.nats_connect import connect_nats
 from parley_testing.platform import RunningPlatform
 from parley_testing.waiting import wait_until
 
@@ -189,15 +188,7 @@ def test_cli_user_flow(platform: RunningPlatform) -> None:
 
 
 async def test_poison_event_is_parked_and_listed_for_the_operator(platform: RunningPlatform) -> None:
-    passwords = json.loads((platform.data_dir / "secrets" / "nats-passwords.json").read_text())
-    nc = await connect_nats(
-        url=str(platform.state["nats_url"]),
-        user="platform",
-        password=passwords["platform"],
-        ca_cert=platform.data_dir / "pki" / "ca.crt",
-        name="poisoner",
-        allow_reconnect=False,
-    )
+    nc = await platform.nats(name="poisoner", allow_reconnect=False)
     ack = await nc.jetstream().publish("parley.msg.poison.1", b"\xff this is not an event envelope")
     # An auth event on messaging's stream: a security finding of every consumer of MSG.
     forged = NewEvent(aggregate_type="user", aggregate_id="u1", payload=UserRegistered(user_id="u1"), actor="forger")

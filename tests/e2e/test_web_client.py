@@ -9,7 +9,6 @@ web/test-results/screenshots/ (README and docs/web.md show copies from docs/scre
 from __future__ import annotations
 
 import base64
-import hashlib
 import re
 import time
 import uuid
@@ -19,14 +18,13 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
 from parley.gateway.v1 import gateway_pb2_grpc
 from parley.messaging.v1 import messaging_pb2
 
 from parley_client import ParleyClient, ParleyError
+from parley_testing.browser import launched_chromium, require_built
 from parley_testing.platform import RunningPlatform, platform_in
 from parley_testing.stack import PASSWORD, bearer
 
@@ -43,7 +41,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 ROOT = Path(__file__).resolve().parents[2]
 WEB_DIST = ROOT / "web" / "dist"
 AXE = ROOT / "web" / "node_modules" / "axe-core" / "axe.min.js"
-CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "web" / "test-results" / "screenshots"
 TIMEOUT_MS = 20_000
 # Assertions wait as long as actions do: on a loaded machine a live event can take seconds.
@@ -55,33 +52,15 @@ DIALOGS: list[str] = []  # any alert() that ran
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
-    if not (WEB_DIST / "index.html").exists():
-        pytest.fail("web/dist is not built: run `make web` (make test does)")
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: `make chromium` installs Debian's chromium (make test does)")
+    require_built(WEB_DIST, "index.html")
     running = platform_in(tmp_path_factory.mktemp("web"), PARLEY_WEB_ROOT=str(WEB_DIST))
     yield from running.served()
 
 
-def spki_pin(cert_path: Path) -> str:
-    """base64(SHA-256(SubjectPublicKeyInfo)) of the gateway's certificate, for Chromium's pin list."""
-    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
-
-
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def browser(platform: RunningPlatform) -> AsyncIterator[Browser]:
-    pin = spki_pin(platform.data_dir / "pki" / "gateway.crt")
-    async with playwright_api.async_playwright() as p:
-        launched = await p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=[f"--ignore-certificate-errors-spki-list={pin}", "--no-sandbox", "--disable-dev-shm-usage"],
-        )
-        try:
-            yield launched
-        finally:
-            await launched.close()
+    async with launched_chromium(platform.data_dir / "pki" / "gateway.crt") as launched:
+        yield launched
 
 
 def unique(prefix: str) -> str:

@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from parley_core.consumer_policy import EPHEMERAL_QUOTA
+from parley_core.natsconf import NATS_PASSWORDS_FILE
 from parley_core.topology import PARKED_MAX_BYTES, PARKED_MAX_MSGS, STREAMS, StreamSpec, with_parked_limits
 
 TraceExporter = Literal["none", "console", "otlp"]
@@ -134,7 +135,7 @@ class Settings(BaseSettings):
 
     @property
     def nats_passwords_file(self) -> Path:
-        return self.secrets_dir / "nats-passwords.json"
+        return self.data_dir / NATS_PASSWORDS_FILE
 
     @classmethod
     def settings_customise_sources(

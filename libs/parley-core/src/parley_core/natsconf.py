@@ -35,6 +35,15 @@ NATS_SERVER = "nats-server"
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 
+# Every NATS user's password, in a data folder (0600).
+NATS_PASSWORDS_FILE = Path("secrets") / "nats-passwords.json"
+
+
+def platform_nats_password(data_dir: Path) -> str:
+    """The platform identity's NATS password in a data folder (the operator's tools connect as it)."""
+    return ensure_nats_passwords(data_dir / NATS_PASSWORDS_FILE, [topology.PLATFORM_USER])[topology.PLATFORM_USER]
+
+
 def ensure_nats_passwords(path: Path, users: Iterable[str]) -> dict[str, str]:
     """Load the password of every user from ``path``, generating and saving missing ones.
 

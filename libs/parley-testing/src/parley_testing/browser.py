@@ -4,11 +4,18 @@ trusts the platform's CA once it is imported."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -26,3 +33,24 @@ def chromium_args(gateway_cert: Path) -> list[str]:
         "--no-sandbox",
         "--disable-dev-shm-usage",
     ]
+
+
+def require_built(web_dist: Path, page: str) -> None:
+    """A browser test fails, saying what to run, without the built app or Debian's Chromium."""
+    if not (web_dist / page).exists():
+        pytest.fail(f"web/dist is not built with {page}: run `make web` (make test does)")
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make chromium` installs Debian's chromium (make test does)")
+
+
+@contextlib.asynccontextmanager
+async def launched_chromium(gateway_cert: Path) -> AsyncIterator[Browser]:
+    """Chromium trusting exactly the gateway's key (closed afterwards)."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=chromium_args(gateway_cert))
+        try:
+            yield browser
+        finally:
+            await browser.close()

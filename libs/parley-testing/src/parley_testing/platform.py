@@ -11,11 +11,16 @@ import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+from nats.aio.client import Client
 
+from parley_core.nats_connect import connect_nats
+from parley_core.natsconf import NATS_PASSWORDS_FILE
 from parley_core.net import free_port
 from parley_core.platform_state import READY_LINE
+from parley_core.topology import PLATFORM_USER
 from parley_testing.terminal import Terminal
 from parley_testing.waiting import wait_until
 
@@ -124,6 +129,18 @@ class RunningPlatform:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+    async def nats(self, user: str = PLATFORM_USER, *, name: str = "", **options: Any) -> Client:
+        """A NATS connection to this platform as `user`, with its password from the data folder."""
+        passwords = json.loads((self.data_dir / NATS_PASSWORDS_FILE).read_text())
+        return await connect_nats(
+            url=str(self.state["nats_url"]),
+            user=user,
+            password=passwords[user],
+            ca_cert=self.data_dir / "pki" / "ca.crt",
+            name=name or f"test-{user}",
+            **options,
+        )
 
     @property
     def state(self) -> dict[str, object]:
