@@ -13,12 +13,11 @@ import json
 import re
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-import pytest_asyncio
 from google.protobuf.timestamp_pb2 import Timestamp
 from parley.fleet.v1 import fleet_pb2
 from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
@@ -27,7 +26,7 @@ from parley.storage.v1 import storage_pb2
 
 from parley_client import ParleyClient, ParleyError
 from parley_core.topology import heartbeat_subject
-from parley_testing.browser import launched_chromium, require_built
+from parley_testing.browser import require_built
 from parley_testing.operators import OperatorTokens
 from parley_testing.platform import RunningPlatform, platform_in
 from parley_testing.stack import PASSWORD, bearer
@@ -68,12 +67,6 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
         PARLEY_PATCH_DEADLINE_CRITICAL_HOURS=CRITICAL_DEADLINE_HOURS,
     )
     yield from running.served()
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def browser(platform: RunningPlatform) -> AsyncIterator[Browser]:
-    async with launched_chromium(platform.data_dir / "pki" / "gateway.crt") as launched:
-        yield launched
 
 
 def unique(prefix: str) -> str:

@@ -12,19 +12,18 @@ import base64
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-import pytest_asyncio
 from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
 from parley.gateway.v1 import gateway_pb2_grpc
 from parley.messaging.v1 import messaging_pb2
 
 from parley_client import ParleyClient, ParleyError
-from parley_testing.browser import launched_chromium, require_built
+from parley_testing.browser import require_built
 from parley_testing.platform import RunningPlatform, platform_in
 from parley_testing.stack import PASSWORD, bearer
 
@@ -55,12 +54,6 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
     require_built(WEB_DIST, "index.html")
     running = platform_in(tmp_path_factory.mktemp("web"), PARLEY_WEB_ROOT=str(WEB_DIST))
     yield from running.served()
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def browser(platform: RunningPlatform) -> AsyncIterator[Browser]:
-    async with launched_chromium(platform.data_dir / "pki" / "gateway.crt") as launched:
-        yield launched
 
 
 def unique(prefix: str) -> str:

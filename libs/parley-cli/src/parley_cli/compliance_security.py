@@ -110,10 +110,10 @@ def facts_from(
     auth: Sequence[storage_pb2.ArchivedEvent],
     store: Sequence[storage_pb2.ArchivedEvent],
     sec: Sequence[storage_pb2.ArchivedEvent],
-    retention: Sequence[storage_pb2.RetentionPolicy],
-    certificates: Sequence[KeyAge],
-    report_key: KeyAge | None,
-    backups: Sequence[BackupEntry],
+    retention: Sequence[storage_pb2.RetentionPolicy] = (),
+    certificates: Sequence[KeyAge] = (),
+    report_key: KeyAge | None = None,
+    backups: Sequence[BackupEntry] = (),
 ) -> SecurityFacts:
     """Everything the sections say, folded from the archived streams and the files read."""
     keys: dict[str, KeyAge] = {}

@@ -29,8 +29,7 @@ from parley_cli.state import load_running_state
 from parley_cli.terminal import shown
 from parley_core.bus import FOREIGN_EVENT
 from parley_core.consumer_floods import CONSUMER_FLOOD
-from parley_core.nats_connect import connect_nats
-from parley_core.natsconf import platform_nats_password
+from parley_core.nats_connect import connect_as_platform
 from parley_core.topology import PLATFORM_FINDINGS, PLATFORM_USER, STREAMS_BY_NAME
 
 # The kinds of parked record that are security findings, and what each says.
@@ -96,11 +95,9 @@ async def list_parked(data_dir: Path) -> AsyncIterator[ParkedEvent]:
     may park on its own subtree) is listed at the server's pace, not one request per event, and
     the first lines show at once."""
     state = load_running_state(data_dir)
-    nc = await connect_nats(
+    nc = await connect_as_platform(
+        data_dir,
         url=state["nats_url"],
-        user=PLATFORM_USER,
-        password=platform_nats_password(data_dir),
-        ca_cert=data_dir / "pki" / "ca.crt",
         name="parley-parked",
         allow_reconnect=False,
         max_reconnect_attempts=1,

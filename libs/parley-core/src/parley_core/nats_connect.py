@@ -12,6 +12,7 @@ from nats.aio.client import Client, ErrorCallback
 from nats.js import JetStreamContext
 
 from parley_core import nats_accounts, topology
+from parley_core.natsconf import platform_nats_password
 
 __all__ = [
     "ErrorCallback",
@@ -107,6 +108,19 @@ async def connect_nats(
     client = ParleyNatsClient(nats_accounts.js_api_prefix(user))
     await _connect(client, url=url, user=user, password=password, tls=tls, name=name, error_cb=error_cb, **kwargs)
     return client
+
+
+async def connect_as_platform(data_dir: Path, *, url: str, name: str, **kwargs: Any) -> Client:
+    """The platform identity's connection, with the password and CA of its data folder: how the
+    operator's tools (`parley parked`, the benchmarks) read the running platform's streams."""
+    return await connect_nats(
+        url=url,
+        user=topology.PLATFORM_USER,
+        password=platform_nats_password(data_dir),
+        ca_cert=data_dir / "pki" / "ca.crt",
+        name=name,
+        **kwargs,
+    )
 
 
 async def _connect(
