@@ -20,7 +20,6 @@ from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
 from playwright.sync_api import sync_playwright
 
-from parley_client import ParleyClient
 from parley_core.topology import SERVICES
 from parley_testing.browser import CHROMIUM
 from parley_testing.operators import OperatorTokens
@@ -94,7 +93,7 @@ def section(report: str, title: str) -> str:
 
 
 async def enrol_totp(platform: RunningPlatform, name: str) -> None:
-    async with ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes()) as client:
+    async with platform.client() as client:
         await client.login(name, "a-long-enough-passphrase")
         secret = (await client.begin_totp_enrolment()).secret_base32
         app = TOTP(base64.b32decode(secret + "=" * (-len(secret) % 8)), 6, SHA1(), 30)

@@ -23,6 +23,7 @@ from parley.gateway.v1 import gateway_pb2_grpc
 
 from parley_testing.platform import RunningPlatform, platform_in
 from parley_testing.relay import SourceRelay
+from parley_testing.stack import PASSWORD
 from parley_testing.waiting import until
 
 pytestmark = pytest.mark.e2e
@@ -31,7 +32,6 @@ CAP = 4
 LATER_WAVE = 16
 HANDSHAKE_TIMEOUT_S = 15
 FLOODER, CLIENT = "127.0.0.2", "127.0.0.3"
-PASSWORD = "a-long-enough-passphrase"
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from parley.patch.v1 import patch_pb2
 from parley.storage.v1 import storage_pb2
 
-from parley_client import ParleyClient, ParleyError
+from parley_client import ParleyError
 from parley_core.topology import heartbeat_subject
 from parley_testing.browser import require_built
 from parley_testing.operators import OperatorTokens
@@ -104,7 +104,7 @@ async def console(
 
 async def gateway_call(platform: RunningPlatform, name: str, call: str, request: object) -> grpc.StatusCode:
     """A console call made over gRPC with `name`'s own token: its status (OK when answered)."""
-    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    client = platform.client()
     login = await client.login(name, PASSWORD)
     await client.close()
     credentials = grpc.ssl_channel_credentials(root_certificates=platform.ca_cert.read_bytes())
@@ -354,7 +354,7 @@ async def test_the_reports_page_lists_the_filed_reports_and_shows_the_latest(
 
 async def test_auditor_queries_the_audit_trail_by_actor(browser: Browser, platform: RunningPlatform) -> None:
     member = account(platform, "member")
-    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    client = platform.client()
     login = await client.login(member, PASSWORD)
     await client.close()
     # The operator's checkpoint, written where storage reads them with no setting (the data
@@ -415,7 +415,7 @@ async def test_auditor_follows_the_security_events_live_filtered_by_kind_and_act
     browser: Browser, platform: RunningPlatform
 ) -> None:
     member, other = account(platform, "member"), account(platform, "member")
-    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    client = platform.client()
     try:
         await client.login(member, PASSWORD)  # a login before the page opens: in its backlog
         context, page = await console(browser, platform, account(platform, "security-auditor"), "audit")
@@ -474,7 +474,7 @@ async def platform_health_charted(browser: Browser, platform: RunningPlatform) -
 
 async def gateway_stream_status(platform: RunningPlatform, name: str) -> grpc.StatusCode:
     """How the gateway answers `name` asking for the security event stream."""
-    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    client = platform.client()
     login = await client.login(name, PASSWORD)
     await client.close()
     credentials = grpc.ssl_channel_credentials(root_certificates=platform.ca_cert.read_bytes())
@@ -513,7 +513,7 @@ async def test_operator_plans_a_second_person_approves_and_the_timeline_reaches_
     old_instance = str(platform.service("messaging")["instances"][0]["instance_id"])  # type: ignore[index]
 
     # Traffic for the health gate to judge.
-    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    client = platform.client()
     carol = unique("carol")
     await client.register(carol, PASSWORD)
     await client.login(carol, PASSWORD)

@@ -32,11 +32,11 @@ from parley.messaging.v1 import messaging_pb2
 
 from parley_client import ParleyClient, ParleyError
 from parley_testing.platform import RunningPlatform, platform_in
+from parley_testing.stack import PASSWORD
 from parley_testing.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
-PASSWORD = "a-long-enough-passphrase"
 TIMEOUT_S = 30.0
 CALL_TIMEOUT_S = 15.0
 EMOJI_PER_MESSAGE = 3
@@ -89,16 +89,12 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
     yield from running.served()
 
 
-def connect(platform: RunningPlatform) -> ParleyClient:
-    return ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
-
-
 async def new_user(platform: RunningPlatform, prefix: str) -> ParleyClient:
     return await named_user(platform, f"{prefix}{uuid.uuid4().hex[:8]}")
 
 
 async def named_user(platform: RunningPlatform, name: str) -> ParleyClient:
-    client = connect(platform)
+    client = platform.client()
     await client.register(name, PASSWORD)
     await client.login(name, PASSWORD)
     return client
@@ -107,7 +103,7 @@ async def named_user(platform: RunningPlatform, name: str) -> ParleyClient:
 async def fresh_token(platform: RunningPlatform, refresh_token: str) -> str:
     """A current access token of one of the fuzzing user's sessions. By refresh, not by login: the
     runs of Login and Register pile up failed logins from this address, and a lockout would follow."""
-    async with connect(platform) as client:
+    async with platform.client() as client:
         client.refresh_token = refresh_token
         return (await client.refresh()).access_token
 
@@ -418,7 +414,7 @@ def call(gateway: grpc.Channel, method: str, payload: bytes, token: str) -> grpc
 async def bystander_is_served(platform: RunningPlatform, target: Target) -> None:
     """Send in the bystander's channel and read it back from history: gateway, auth, messaging
     and storage all still serve someone who had nothing to do with the run."""
-    client = connect(platform)
+    client = platform.client()
     client.refresh_token = target.bystander_session
     await client.refresh()
     target.bystander_session = client.refresh_token or ""

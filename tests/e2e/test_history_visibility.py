@@ -27,11 +27,11 @@ from parley.storage.v1 import storage_pb2
 
 from parley_client import ParleyClient
 from parley_testing.platform import RunningPlatform
+from parley_testing.stack import PASSWORD
 from parley_testing.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
-PASSWORD = "a-long-enough-passphrase"
 TIMEOUT_S = 30.0
 GATEWAY = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"]
 CHAT_MESSAGE = messaging_pb2.ChatMessage.DESCRIPTOR.full_name
@@ -89,7 +89,7 @@ def unique(prefix: str) -> str:
 
 async def set_scene(platform: RunningPlatform) -> Scene:
     def client() -> ParleyClient:
-        return ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+        return platform.client()
 
     owner, early, newcomer = client(), client(), client()
     names = {c: unique(n) for c, n in ((owner, "owner"), (early, "early"), (newcomer, "newcomer"))}

@@ -27,11 +27,11 @@ from parley_client import ParleyClient, ParleyError
 from parley_core.net import free_port
 from parley_testing.platform import JoinedHost, RunningPlatform
 from parley_testing.shared_postgres import schema_url, shared_schema
+from parley_testing.stack import PASSWORD
 from parley_testing.waiting import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
-PASSWORD = "a-long-enough-passphrase"
 MESSAGES = 20
 
 

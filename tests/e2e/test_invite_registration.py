@@ -10,10 +10,9 @@ import pytest
 
 from parley_client import ParleyClient, ParleyError
 from parley_testing.platform import RunningPlatform, platform_in
+from parley_testing.stack import PASSWORD
 
 pytestmark = pytest.mark.e2e
-
-PASSWORD = "a-long-enough-passphrase"
 
 
 @pytest.fixture(scope="module")

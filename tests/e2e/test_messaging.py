@@ -21,11 +21,11 @@ import pytest
 from parley_client import LiveEvent, ParleyClient, ParleyError
 from parley_core.net import free_port
 from parley_testing.platform import RunningPlatform
+from parley_testing.stack import PASSWORD
 from parley_testing.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
-PASSWORD = "a-long-enough-passphrase"
 LIVE_BUFFER = 10
 TIMEOUT_S = 30.0
 
@@ -51,11 +51,7 @@ def unique(prefix: str) -> str:
 
 
 async def new_user(platform: RunningPlatform, prefix: str) -> ParleyClient:
-    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
-    name = unique(prefix)
-    await client.register(name, PASSWORD)
-    await client.login(name, PASSWORD)
-    return client
+    return await platform.new_user(unique(prefix))
 
 
 async def history_until(client: ParleyClient, channel_id: str, condition: object, *, timeout: float = TIMEOUT_S):  # type: ignore[no-untyped-def]

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from parley_client import ParleyClient
 from parley_core.net import free_port
 from parley_testing.operators import OperatorTokens
 from parley_testing.platform import RunningPlatform
@@ -62,7 +61,7 @@ async def test_approved_rollout_replaces_messaging_on_the_running_platform_witho
     old_instances = [i["instance_id"] for i in platform.service("messaging")["instances"]]  # type: ignore[attr-defined]
     assert len(old_instances) == 2
 
-    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    client = platform.client()
     await client.register("carol", "a-long-passphrase")
     await client.login("carol", "a-long-passphrase")
     channel = await client.create_channel("upgrades")

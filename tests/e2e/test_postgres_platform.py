@@ -20,11 +20,11 @@ from parley_client import ParleyClient
 from parley_core.net import free_port
 from parley_testing.platform import RunningPlatform
 from parley_testing.shared_postgres import schema_url, shared_schema
+from parley_testing.stack import PASSWORD
 from parley_testing.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
-PASSWORD = "a-long-enough-passphrase"
 MESSAGES = 12
 # What a restore needs from the key backup (README: "Backups").
 RESTORE_SECRETS = ("storage-kek.json", "storage-backup.key", "storage-backup-signing.pub", "auth-mfa-key.bin")
@@ -61,7 +61,7 @@ def archived_rows(admin: Engine, schema_name: str) -> int:
 
 
 async def person(platform: RunningPlatform, name: str, *, register: bool) -> ParleyClient:
-    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    client = platform.client()
     if register:
         await client.register(name, PASSWORD)
     await client.login(name, PASSWORD)

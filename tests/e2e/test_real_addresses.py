@@ -26,10 +26,10 @@ from parley.gateway.v1 import gateway_pb2_grpc
 from parley_testing.platform import RunningPlatform, platform_in
 from parley_testing.relay import SourceRelay
 from parley_testing.security import platform_security_events
+from parley_testing.stack import PASSWORD
 
 pytestmark = pytest.mark.e2e
 
-PASSWORD = "a-long-enough-passphrase"
 LOCKOUT_THRESHOLD = 3
 REGISTRATIONS_PER_ADDRESS = 2
 CALLS_PER_ADDRESS = 30  # the burst; at 0.01 calls/s it does not refill during the test

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 
-from parley_client import ParleyClient
 from parley_core.net import free_port
 from parley_testing.platform import RunningPlatform
 from parley_testing.waiting import eventually
@@ -154,7 +153,7 @@ async def test_instances_run_the_installed_release_and_a_restart_ignores_the_sou
 
 
 async def _send(platform: RunningPlatform, user: str) -> None:
-    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    client = platform.client()
     try:
         await client.register(user, "a-long-passphrase")
         await client.login(user, "a-long-passphrase")

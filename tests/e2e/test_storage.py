@@ -31,22 +31,15 @@ from parley_storage.datakeys import DataKeys
 from parley_storage.kek import FileKeyring
 from parley_testing.platform import RunningPlatform, platform_in
 from parley_testing.shared_postgres import schema_url, shared_schema
+from parley_testing.stack import PASSWORD
 
 pytestmark = pytest.mark.e2e
 
-PASSWORD = "a-long-enough-passphrase"
 TIMEOUT_S = 90.0
 
 
 def unique(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:8]}"
-
-
-async def new_user(platform: RunningPlatform, name: str) -> ParleyClient:
-    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
-    await client.register(name, PASSWORD)
-    await client.login(name, PASSWORD)
-    return client
 
 
 async def eventually(check: Callable[[], object], *, what: str, timeout: float = TIMEOUT_S) -> None:
@@ -117,7 +110,7 @@ async def auditor_token(platform: RunningPlatform, role: str = "security-auditor
     their access projection (rbac), so a token that merely claims it would not do."""
     name = unique(f"{role.replace('-', '')}-")
     await asyncio.to_thread(platform.cli, "admin", "create-user", name, "--role", role, stdin=PASSWORD + "\n")
-    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    client = platform.client()
     try:
         await client.login(name, PASSWORD)
         assert client.access_token is not None
@@ -169,7 +162,7 @@ def files_under(*folders: Path) -> list[Path]:
 
 async def test_no_plaintext_body_or_user_name_at_rest(platform: RunningPlatform) -> None:
     alice_name, bob_name = unique("alicezq"), unique("bobxk")
-    alice, bob = await new_user(platform, alice_name), await new_user(platform, bob_name)
+    alice, bob = await platform.new_user(alice_name), await platform.new_user(bob_name)
     channel = await alice.create_channel("at-rest")
     await bob.join_channel(channel.channel_id)
     bodies = [unique("secretbody-") for _ in range(5)]
@@ -203,7 +196,7 @@ async def test_erasure_shreds_one_user_and_is_audited(
     platform: RunningPlatform, operator: storage_pb2_grpc.StorageArchiveServiceStub
 ) -> None:
     alice_name, bob_name = unique("alice"), unique("bob")
-    alice, bob = await new_user(platform, alice_name), await new_user(platform, bob_name)
+    alice, bob = await platform.new_user(alice_name), await platform.new_user(bob_name)
     channel = await alice.create_channel("erasure")
     await bob.join_channel(channel.channel_id)
     await alice.send(channel.channel_id, "alice writes first")
@@ -294,7 +287,7 @@ async def test_exactly_once_across_kill_9_on_postgresql(postgres_platform: Runni
 async def check_exactly_once_across_kill_9(
     platform: RunningPlatform, operator: storage_pb2_grpc.StorageArchiveServiceStub
 ) -> None:
-    sender = await new_user(platform, unique("sender"))
+    sender = await platform.new_user(unique("sender"))
     channel = await sender.create_channel("kill-9")
     total = 300
     bodies = [f"kill9-{n:04d}" for n in range(total)]
@@ -410,7 +403,7 @@ async def restored_history(
 async def test_an_erasure_reaches_a_backup_taken_before_it(
     platform: RunningPlatform, operator: storage_pb2_grpc.StorageArchiveServiceStub, tmp_path: Path
 ) -> None:
-    alice, bob = await new_user(platform, unique("alice")), await new_user(platform, unique("bob"))
+    alice, bob = await platform.new_user(unique("alice")), await platform.new_user(unique("bob"))
     channel = await alice.create_channel("erase-backup")
     await bob.join_channel(channel.channel_id)
     await alice.send(channel.channel_id, "alice before the backup")
@@ -432,7 +425,7 @@ async def test_an_erasure_reaches_a_backup_taken_before_it(
 
 
 async def check_backup_while_sending(platform: RunningPlatform, tmp_path: Path) -> None:
-    sender = await new_user(platform, unique("backup"))
+    sender = await platform.new_user(unique("backup"))
     channel = await sender.create_channel("backup")
     acknowledged: list[str] = []
     stop = asyncio.Event()
@@ -491,7 +484,7 @@ def peer_stub(
 async def test_services_rebuild_from_the_archive_within_their_streams_and_rotation_keeps_history(
     platform: RunningPlatform, operator: storage_pb2_grpc.StorageArchiveServiceStub
 ) -> None:
-    owner = await new_user(platform, unique("owner"))
+    owner = await platform.new_user(unique("owner"))
     channel = await owner.create_channel("rebuild")
     for n in range(3):
         await owner.send(channel.channel_id, f"rebuild {n}")

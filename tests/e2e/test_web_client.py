@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.twofactor.totp import TOTP
 from parley.gateway.v1 import gateway_pb2_grpc
 from parley.messaging.v1 import messaging_pb2
 
-from parley_client import ParleyClient, ParleyError
+from parley_client import ParleyError
 from parley_testing.browser import require_built
 from parley_testing.platform import RunningPlatform, platform_in
 from parley_testing.stack import PASSWORD, bearer
@@ -58,13 +58,6 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
 
 def unique(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:6]}"
-
-
-async def registered(platform: RunningPlatform, name: str) -> ParleyClient:
-    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
-    await client.register(name, PASSWORD)
-    await client.login(name, PASSWORD)
-    return client
 
 
 async def logged_in(browser: Browser, platform: RunningPlatform, name: str) -> tuple[BrowserContext, Page]:
@@ -139,9 +132,9 @@ async def test_two_browsers_and_the_sdk_chat_live_and_hostile_text_stays_text(
     browser: Browser, platform: RunningPlatform
 ) -> None:
     alice, bob = unique("alice"), unique("bob")
-    carol = await registered(platform, unique("carol"))  # someone on the SDK (what the CLI uses)
-    alice_sdk = await registered(platform, alice)  # the channel's owner, later on the SDK too
-    await (await registered(platform, bob)).close()
+    carol = await platform.new_user(unique("carol"))  # someone on the SDK (what the CLI uses)
+    alice_sdk = await platform.new_user(alice)  # the channel's owner, later on the SDK too
+    await (await platform.new_user(bob)).close()
     a_context, a_page = await logged_in(browser, platform, alice)
     b_context, b_page = await logged_in(browser, platform, bob)
     await expect(a_page.get_by_role("heading", name="No channels yet")).to_be_visible()
@@ -227,8 +220,8 @@ async def test_two_browsers_and_the_sdk_chat_live_and_hostile_text_stays_text(
 
 
 async def test_offline_and_back_misses_nothing(browser: Browser, platform: RunningPlatform) -> None:
-    alice, bob = await registered(platform, unique("alice")), unique("bob")
-    await (await registered(platform, bob)).close()
+    alice, bob = await platform.new_user(unique("alice")), unique("bob")
+    await (await platform.new_user(bob)).close()
     channel = await alice.create_channel(unique("room"))
     b_context, b_page = await logged_in(browser, platform, bob)
     await b_page.get_by_label("Join a channel by its id").fill(channel.channel_id)
@@ -259,7 +252,7 @@ async def test_offline_and_back_misses_nothing(browser: Browser, platform: Runni
 
 async def test_login_with_a_totp_code(browser: Browser, platform: RunningPlatform) -> None:
     name = unique("dora")
-    client = await registered(platform, name)
+    client = await platform.new_user(name)
     secret = (await client.begin_totp_enrolment()).secret_base32
     app = TOTP(base64.b32decode(secret + "=" * (-len(secret) % 8)), 6, SHA1(), 30)
     await client.confirm_totp_enrolment(app.generate(int(time.time())).decode())
@@ -285,7 +278,7 @@ async def test_history_opens_at_the_newest_and_pages_back_as_one_scrolls(
     browser: Browser, platform: RunningPlatform
 ) -> None:
     name = unique("fred")
-    fred = await registered(platform, name)
+    fred = await platform.new_user(name)
     channel = await fred.create_channel(unique("long"))
     for n in range(70):  # more than the 50 of the first page
         await fred.send(channel.channel_id, f"m{n:02d}")
@@ -305,7 +298,7 @@ async def test_an_encrypted_channel_is_shown_as_such_and_never_its_ciphertext(
     browser: Browser, platform: RunningPlatform
 ) -> None:
     name = unique("gina")
-    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    client = platform.client()
     await client.register(name, PASSWORD)
     login = await client.login(name, PASSWORD)
     channel = await client.create_channel(unique("secret"), encrypted=True)
@@ -333,7 +326,7 @@ async def test_settings_enrol_two_factor_with_a_qr_code_and_list_sessions(
     browser: Browser, platform: RunningPlatform
 ) -> None:
     name = unique("hana")
-    await (await registered(platform, name)).close()  # its own session, listed beside the browser's
+    await (await platform.new_user(name)).close()  # its own session, listed beside the browser's
     context, page = await logged_in(browser, platform, name)
     await page.get_by_role("button", name="Settings").click()
     await expect(page.get_by_role("heading", name="Sessions")).to_be_visible()
@@ -363,7 +356,7 @@ async def test_settings_enrol_two_factor_with_a_qr_code_and_list_sessions(
     await context.close()
 
     # From now on a login asks for the code.
-    fresh = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    fresh = platform.client()
     with pytest.raises(ParleyError, match="two-factor"):
         await fresh.login(name, PASSWORD)
     await fresh.close()
@@ -400,7 +393,7 @@ def console_errors(page: Page) -> list[str]:
 
 async def test_a_first_visit_logs_no_error_in_the_console(browser: Browser, platform: RunningPlatform) -> None:
     name = unique("ivan")
-    await (await registered(platform, name)).close()
+    await (await platform.new_user(name)).close()
     context = await browser.new_context()
     page = await context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
@@ -423,7 +416,7 @@ async def test_a_first_visit_logs_no_error_in_the_console(browser: Browser, plat
 
 async def test_others_read_markers_show_live(browser: Browser, platform: RunningPlatform) -> None:
     alice, bob = unique("alice"), unique("bob")
-    alice_sdk, bob_sdk = await registered(platform, alice), await registered(platform, bob)
+    alice_sdk, bob_sdk = await platform.new_user(alice), await platform.new_user(bob)
     channel = await alice_sdk.create_channel(unique("room"))
     await bob_sdk.join_channel(channel.channel_id)
     first = await alice_sdk.send(channel.channel_id, "first")
@@ -445,7 +438,7 @@ async def test_others_read_markers_show_live(browser: Browser, platform: Running
 
 async def test_a_redacted_message_names_its_sender(browser: Browser, platform: RunningPlatform) -> None:
     alice, bob = unique("alice"), unique("bob")
-    alice_sdk, bob_sdk = await registered(platform, alice), await registered(platform, bob)
+    alice_sdk, bob_sdk = await platform.new_user(alice), await platform.new_user(bob)
     channel = await alice_sdk.create_channel(unique("room"))
     await bob_sdk.join_channel(channel.channel_id)
     gone = await alice_sdk.send(channel.channel_id, "said in haste")
@@ -468,7 +461,7 @@ async def test_membership_changes_reach_the_channel_and_member_lists_live(
     browser: Browser, platform: RunningPlatform
 ) -> None:
     alice, carol, dave = unique("alice"), unique("carol"), unique("dave")
-    alice_sdk, carol_sdk, dave_sdk = [await registered(platform, n) for n in (alice, carol, dave)]
+    alice_sdk, carol_sdk, dave_sdk = [await platform.new_user(n) for n in (alice, carol, dave)]
     carol_id, dave_id = carol_sdk.user_id or "", dave_sdk.user_id or ""
     home = await dave_sdk.create_channel(unique("home"))
     context = await browser.new_context(viewport={"width": 1100, "height": 700})
@@ -530,7 +523,7 @@ async def test_invitations_made_while_the_page_was_closed_are_listed_and_accepte
     browser: Browser, platform: RunningPlatform
 ) -> None:
     alice, dave = unique("alice"), unique("dave")
-    alice_sdk, dave_sdk = await registered(platform, alice), await registered(platform, dave)
+    alice_sdk, dave_sdk = await platform.new_user(alice), await platform.new_user(dave)
     dave_id = dave_sdk.user_id or ""
     club = await alice_sdk.create_channel(unique("club"), private=True)
     plans = await alice_sdk.create_channel(unique("plans"), private=True)

@@ -7,8 +7,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from parley_client import ParleyClient, ParleyError
-
-PASSWORD = "a-long-enough-passphrase"
+from parley_testing.stack import PASSWORD
 
 
 @dataclass

@@ -16,11 +16,13 @@ from typing import Any
 import pytest
 from nats.aio.client import Client
 
+from parley_client import ParleyClient
 from parley_core.nats_connect import connect_nats
 from parley_core.natsconf import NATS_PASSWORDS_FILE
 from parley_core.net import free_port
 from parley_core.platform_state import READY_LINE
 from parley_core.topology import PLATFORM_USER
+from parley_testing.stack import PASSWORD
 from parley_testing.terminal import Terminal
 from parley_testing.waiting import wait_until
 
@@ -129,6 +131,17 @@ class RunningPlatform:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+    def client(self) -> ParleyClient:
+        """A client of this platform's gateway, trusting its CA."""
+        return ParleyClient.connect(self.gateway_address, ca_cert=self.ca_cert.read_bytes())
+
+    async def new_user(self, name: str) -> ParleyClient:
+        """A client registered and logged in as `name` (registration is open on test platforms)."""
+        client = self.client()
+        await client.register(name, PASSWORD)
+        await client.login(name, PASSWORD)
+        return client
 
     async def nats(self, user: str = PLATFORM_USER, *, name: str = "", **options: Any) -> Client:
         """A NATS connection to this platform as `user`, with its password from the data folder."""
