@@ -26,7 +26,7 @@ from parley.storage.v1 import storage_pb2
 
 from parley_client import ParleyError
 from parley_core.topology import heartbeat_subject
-from parley_testing.browser import require_built
+from parley_testing.browser import log_in, require_built
 from parley_testing.operators import OperatorTokens
 from parley_testing.platform import RunningPlatform, platform_in
 from parley_testing.stack import PASSWORD, bearer
@@ -152,9 +152,7 @@ async def chat_client(browser: Browser, platform: RunningPlatform, name: str) ->
     page = await context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     await page.goto(platform.web_url)
-    await page.get_by_label("Username").fill(name)
-    await page.get_by_label("Password").fill(PASSWORD)
-    await page.get_by_role("button", name="Log in").click()
+    await log_in(page, name)
     await expect(page.get_by_text(f"Signed in as {name}")).to_be_visible()
     return context, page
 

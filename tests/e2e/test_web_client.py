@@ -23,7 +23,7 @@ from parley.gateway.v1 import gateway_pb2_grpc
 from parley.messaging.v1 import messaging_pb2
 
 from parley_client import ParleyError
-from parley_testing.browser import require_built
+from parley_testing.browser import log_in, require_built
 from parley_testing.platform import RunningPlatform, platform_in
 from parley_testing.stack import PASSWORD, bearer
 
@@ -66,9 +66,7 @@ async def logged_in(browser: Browser, platform: RunningPlatform, name: str) -> t
     page.set_default_timeout(TIMEOUT_MS)
     page.on("dialog", lambda dialog: DIALOGS.append(dialog.message))
     await page.goto(platform.web_url)
-    await page.get_by_label("Username").fill(name)
-    await page.get_by_label("Password").fill(PASSWORD)
-    await page.get_by_role("button", name="Log in").click()
+    await log_in(page, name)
     await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
     return context, page
 
@@ -262,9 +260,7 @@ async def test_login_with_a_totp_code(browser: Browser, platform: RunningPlatfor
     page = await context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     await page.goto(platform.web_url)
-    await page.get_by_label("Username").fill(name)
-    await page.get_by_label("Password").fill(PASSWORD)
-    await page.get_by_role("button", name="Log in").click()
+    await log_in(page, name)
     code = page.get_by_label("Two-factor code (or a recovery code)")
     await expect(code).to_be_visible()
     await code.fill(app.generate(int(time.time()) + 30).decode())  # the next step: the first was spent
@@ -366,9 +362,7 @@ async def test_settings_enrol_two_factor_with_a_qr_code_and_list_sessions(
     page = await context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     await page.goto(platform.web_url)
-    await page.get_by_label("Username").fill(name)
-    await page.get_by_label("Password").fill(PASSWORD)
-    await page.get_by_role("button", name="Log in").click()
+    await log_in(page, name)
     await page.get_by_label("Two-factor code (or a recovery code)").fill(recovery)
     await page.get_by_role("button", name="Log in").click()
     await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
@@ -400,9 +394,7 @@ async def test_a_first_visit_logs_no_error_in_the_console(browser: Browser, plat
     errors = console_errors(page)
     await page.goto(platform.web_url)
     await expect(page.get_by_role("button", name="Log in")).to_be_visible()
-    await page.get_by_label("Username").fill(name)
-    await page.get_by_label("Password").fill(PASSWORD)
-    await page.get_by_role("button", name="Log in").click()
+    await log_in(page, name)
     await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
     await page.reload()  # the session is taken up again from the cookie
     await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
@@ -469,9 +461,7 @@ async def test_membership_changes_reach_the_channel_and_member_lists_live(
     page.set_default_timeout(TIMEOUT_MS)
     await page.clock.install()
     await page.goto(platform.web_url)
-    await page.get_by_label("Username").fill(dave)
-    await page.get_by_label("Password").fill(PASSWORD)
-    await page.get_by_role("button", name="Log in").click()
+    await log_in(page, dave)
     await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
     await expect(page.locator("#channel-title")).to_have_text(f"# {home.name}")
     # From here the page's timers stand still: whatever changes comes by the live stream.

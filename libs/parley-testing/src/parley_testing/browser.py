@@ -14,8 +14,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from parley_testing.stack import PASSWORD
+
 if TYPE_CHECKING:
-    from playwright.async_api import Browser
+    from playwright.async_api import Browser, Page
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -54,3 +56,10 @@ async def launched_chromium(gateway_cert: Path) -> AsyncIterator[Browser]:
             yield browser
         finally:
             await browser.close()
+
+
+async def log_in(page: Page, name: str, password: str = PASSWORD) -> None:
+    """The web app's login form filled and sent, as a person does it."""
+    await page.get_by_label("Username").fill(name)
+    await page.get_by_label("Password").fill(password)
+    await page.get_by_role("button", name="Log in").click()
