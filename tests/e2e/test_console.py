@@ -9,12 +9,14 @@ web/test-results/screenshots/ (the README shows copies from docs/screenshots/).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -102,8 +104,9 @@ async def console(
     return context, page
 
 
-async def gateway_call(platform: RunningPlatform, name: str, call: str, request: object) -> grpc.StatusCode:
-    """A console call made over gRPC with `name`'s own token: its status (OK when answered)."""
+@contextlib.asynccontextmanager
+async def gateway_as(platform: RunningPlatform, name: str) -> AsyncIterator[tuple[Any, tuple[tuple[str, str]]]]:
+    """The gateway's gRPC stub and `name`'s own token as call metadata."""
     client = platform.client()
     login = await client.login(name, PASSWORD)
     await client.close()
@@ -111,9 +114,14 @@ async def gateway_call(platform: RunningPlatform, name: str, call: str, request:
     async with grpc.aio.secure_channel(
         platform.gateway_address, credentials, options=[("grpc.ssl_target_name_override", "gateway")]
     ) as raw:
-        stub = gateway_pb2_grpc.GatewayStub(raw)
+        yield gateway_pb2_grpc.GatewayStub(raw), bearer(login.access_token)
+
+
+async def gateway_call(platform: RunningPlatform, name: str, call: str, request: object) -> grpc.StatusCode:
+    """A console call made over gRPC with `name`'s own token: its status (OK when answered)."""
+    async with gateway_as(platform, name) as (stub, token):
         try:
-            await getattr(stub, call)(request, metadata=bearer(login.access_token), timeout=20)
+            await getattr(stub, call)(request, metadata=token, timeout=20)
         except grpc.aio.AioRpcError as exc:
             return exc.code()
     return grpc.StatusCode.OK
@@ -472,16 +480,8 @@ async def platform_health_charted(browser: Browser, platform: RunningPlatform) -
 
 async def gateway_stream_status(platform: RunningPlatform, name: str) -> grpc.StatusCode:
     """How the gateway answers `name` asking for the security event stream."""
-    client = platform.client()
-    login = await client.login(name, PASSWORD)
-    await client.close()
-    credentials = grpc.ssl_channel_credentials(root_certificates=platform.ca_cert.read_bytes())
-    async with grpc.aio.secure_channel(
-        platform.gateway_address, credentials, options=[("grpc.ssl_target_name_override", "gateway")]
-    ) as raw:
-        stream = gateway_pb2_grpc.GatewayStub(raw).WatchSecurityEvents(
-            storage_pb2.WatchSecurityEventsRequest(), metadata=bearer(login.access_token), timeout=20
-        )
+    async with gateway_as(platform, name) as (stub, token):
+        stream = stub.WatchSecurityEvents(storage_pb2.WatchSecurityEventsRequest(), metadata=token, timeout=20)
         try:
             async for _ in stream:
                 return grpc.StatusCode.OK
