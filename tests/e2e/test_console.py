@@ -110,10 +110,7 @@ async def gateway_as(platform: RunningPlatform, name: str) -> AsyncIterator[tupl
     client = platform.client()
     login = await client.login(name, PASSWORD)
     await client.close()
-    credentials = grpc.ssl_channel_credentials(root_certificates=platform.ca_cert.read_bytes())
-    async with grpc.aio.secure_channel(
-        platform.gateway_address, credentials, options=[("grpc.ssl_target_name_override", "gateway")]
-    ) as raw:
+    async with platform.gateway_channel() as raw:
         yield gateway_pb2_grpc.GatewayStub(raw), bearer(login.access_token)
 
 

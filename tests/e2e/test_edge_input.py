@@ -222,9 +222,7 @@ async def test_numbers_and_times_out_of_range_are_invalid_arguments(platform: Ru
 
 async def test_bytes_that_are_no_request_are_an_invalid_argument_in_plain_words(platform: RunningPlatform) -> None:
     alice = await new_user(platform, "bytes")
-    credentials = grpc.ssl_channel_credentials(root_certificates=platform.ca_cert.read_bytes())
-    options = [("grpc.ssl_target_name_override", "gateway")]
-    async with grpc.aio.secure_channel(platform.gateway_address, credentials, options=options) as channel:
+    async with platform.gateway_channel() as channel:
         for method in ("GetHistory", "Login", "SendMessage"):
             raw = channel.unary_unary(f"/{GATEWAY.full_name}/{method}")
             metadata = (("authorization", f"Bearer {alice.access_token}"),)

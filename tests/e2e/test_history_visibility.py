@@ -207,9 +207,7 @@ def scene(platform: RunningPlatform) -> Scene:
 
 async def call(platform: RunningPlatform, scene: Scene, method: str, request: Message) -> tuple[bytes, str, str]:
     """The raw answer: response bytes (empty on an error), status code name, error details."""
-    credentials = grpc.ssl_channel_credentials(root_certificates=platform.ca_cert.read_bytes())
-    options = [("grpc.ssl_target_name_override", "gateway")]
-    async with grpc.aio.secure_channel(platform.gateway_address, credentials, options=options) as channel:
+    async with platform.gateway_channel() as channel:
         raw = channel.unary_unary(f"/{GATEWAY.full_name}/{method}")
         metadata = (("authorization", f"Bearer {scene.newcomer_token}"),)
         try:

@@ -19,9 +19,7 @@ from parley.storage.v1.events_pb2 import EventLogRestored
 
 from parley_client import MfaRequired, ParleyClient, ParleyError
 from parley_core.envelope import decode, open_payload
-from parley_core.grpc_channel import secure_channel
 from parley_core.net import free_port
-from parley_core.pki import ensure_pki
 from parley_testing.platform import RunningPlatform, platform_in
 from parley_testing.stack import PASSWORD
 from parley_testing.waiting import eventually
@@ -54,10 +52,7 @@ async def shown(client: ParleyClient, channel_id: str) -> list[Shown]:
 
 async def archived_stream(platform: RunningPlatform, stream: str) -> list[storage_pb2.ArchivedEvent]:
     """The operator's view of one archived stream (platform identity, mutual TLS, straight to storage)."""
-    pki = ensure_pki(platform.data_dir / "pki", ["platform"])
-    channel = secure_channel(
-        pki, identity="platform", address=str(platform.service("storage")["address"]), peer="storage"
-    )
+    channel = platform.service_channel("storage")
     try:
         page = await storage_pb2_grpc.StorageArchiveServiceStub(channel).ReadArchivedStream(
             storage_pb2.ReadArchivedStreamRequest(stream=stream, limit=1000), timeout=30

@@ -24,8 +24,6 @@ from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from parley.storage.v1.events_pb2 import UserDataErased
 
 from parley_client import ParleyClient
-from parley_core.grpc_channel import secure_channel
-from parley_core.pki import ensure_pki
 from parley_storage.archive import SqlEventArchive, StoredMessage, open_engine
 from parley_storage.datakeys import DataKeys
 from parley_storage.kek import FileKeyring
@@ -74,18 +72,14 @@ async def all_history(client: ParleyClient, channel_id: str) -> list[tuple[int, 
 @pytest.fixture
 async def operator(platform: RunningPlatform) -> AsyncIterator[storage_pb2_grpc.StorageArchiveServiceStub]:
     """The operator's tooling: the platform identity over mutual TLS, straight to storage."""
-    pki = ensure_pki(platform.data_dir / "pki", ["platform"])
-    address = str(platform.service("storage")["address"])
-    channel = secure_channel(pki, identity="platform", address=address, peer="storage")
+    channel = platform.service_channel("storage")
     yield storage_pb2_grpc.StorageArchiveServiceStub(channel)
     await channel.close()
 
 
 async def request_erasure(platform: RunningPlatform, user_id: str, reason: str) -> None:
     """The operator's erasure request, recorded by auth first (as `parley erase` does)."""
-    pki = ensure_pki(platform.data_dir / "pki", ["platform"])
-    address = str(platform.service("auth")["address"])
-    channel = secure_channel(pki, identity="platform", address=address, peer="auth")
+    channel = platform.service_channel("auth")
     try:
         request = auth_pb2.RequestErasureRequest(user_id=user_id, reason=reason)
         await auth_pb2_grpc.AuthServiceStub(channel).RequestErasure(request, timeout=30)
@@ -95,9 +89,7 @@ async def request_erasure(platform: RunningPlatform, user_id: str, reason: str) 
 
 async def record_retention(platform: RunningPlatform, channel_id: str, days: int) -> None:
     """The operator's retention policy, recorded by messaging first (as `parley retention` does)."""
-    pki = ensure_pki(platform.data_dir / "pki", ["platform"])
-    address = str(platform.service("messaging")["address"])
-    channel = secure_channel(pki, identity="platform", address=address, peer="messaging")
+    channel = platform.service_channel("messaging")
     try:
         request = messaging_pb2.SetChannelRetentionRequest(channel_id=channel_id, days=days)
         await messaging_pb2_grpc.MessagingServiceStub(channel).SetChannelRetention(request, timeout=30)
@@ -332,14 +324,7 @@ async def check_exactly_once_across_kill_9(
 
     await eventually(restarted, what="`parley up` to restart the killed storage service")
     assert "storage crashed (exit -9)" in platform.output()
-    restarted_operator = storage_pb2_grpc.StorageArchiveServiceStub(
-        secure_channel(
-            ensure_pki(platform.data_dir / "pki", ["platform"]),
-            identity="platform",
-            address=str(platform.service("storage")["address"]),
-            peer="storage",
-        )
-    )
+    restarted_operator = storage_pb2_grpc.StorageArchiveServiceStub(platform.service_channel("storage"))
 
     async def caught_up() -> bool:
         lag = await restarted_operator.GetArchiveLag(storage_pb2.GetArchiveLagRequest(), timeout=10)
@@ -474,10 +459,7 @@ async def check_backup_while_sending(platform: RunningPlatform, tmp_path: Path) 
 def peer_stub(
     platform: RunningPlatform, identity: str
 ) -> tuple[grpc.aio.Channel, storage_pb2_grpc.StorageArchiveServiceStub]:
-    pki = ensure_pki(platform.data_dir / "pki", [identity])
-    channel = secure_channel(
-        pki, identity=identity, address=str(platform.service("storage")["address"]), peer="storage"
-    )
+    channel = platform.service_channel("storage", identity)
     return channel, storage_pb2_grpc.StorageArchiveServiceStub(channel)
 
 

@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
@@ -300,10 +299,7 @@ async def test_an_encrypted_channel_is_shown_as_such_and_never_its_ciphertext(
     channel = await client.create_channel(unique("secret"), encrypted=True)
     # Ciphertext as an SDK with E2EE posts it (the server checks only its form).
     ciphertext = "megolm.v1:" + "QUJDREVGR0hJSktMTU5PUA" * 4
-    credentials = grpc.ssl_channel_credentials(root_certificates=platform.ca_cert.read_bytes())
-    async with grpc.aio.secure_channel(
-        platform.gateway_address, credentials, options=[("grpc.ssl_target_name_override", "gateway")]
-    ) as raw:
+    async with platform.gateway_channel() as raw:
         await gateway_pb2_grpc.GatewayStub(raw).SendMessage(
             messaging_pb2.PostMessageRequest(channel_id=channel.channel_id, body=ciphertext, idempotency_key="e2ee-1"),
             metadata=bearer(login.access_token),

@@ -13,13 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from nats.aio.client import Client
 
 from parley_client import ParleyClient
+from parley_core.grpc_channel import secure_channel
 from parley_core.nats_connect import connect_nats
 from parley_core.natsconf import NATS_PASSWORDS_FILE
 from parley_core.net import free_port
+from parley_core.pki import ensure_pki
 from parley_core.platform_state import READY_LINE
 from parley_core.topology import PLATFORM_USER
 from parley_testing.stack import PASSWORD
@@ -142,6 +145,18 @@ class RunningPlatform:
         await client.register(name, PASSWORD)
         await client.login(name, PASSWORD)
         return client
+
+    def service_channel(self, service: str, identity: str = PLATFORM_USER) -> grpc.aio.Channel:
+        """Mutual TLS straight to `service` as `identity` (the platform identity: the operator's tools)."""
+        pki = ensure_pki(self.data_dir / "pki", [identity])
+        return secure_channel(pki, identity=identity, address=str(self.service(service)["address"]), peer=service)
+
+    def gateway_channel(self) -> grpc.aio.Channel:
+        """The gateway's gRPC API as a client reaches it (TLS, trusting the platform's CA)."""
+        credentials = grpc.ssl_channel_credentials(root_certificates=self.ca_cert.read_bytes())
+        return grpc.aio.secure_channel(
+            self.gateway_address, credentials, options=[("grpc.ssl_target_name_override", "gateway")]
+        )
 
     async def nats(self, user: str = PLATFORM_USER, *, name: str = "", **options: Any) -> Client:
         """A NATS connection to this platform as `user`, with its password from the data folder."""
