@@ -5,8 +5,10 @@ BIN := $(VENV)/bin
 DATA_DIR ?= $(or $(PARLEY_DATA_DIR),.parley)
 PACKAGES := libs/parley-protos libs/parley-core libs/parley-client libs/parley-cli libs/parley-agent \
 	services/auth services/messaging services/storage services/gateway services/patch-registry
+# Installed for development and tests only; never built by `make wheels`, never a runtime dependency.
+DEV_PACKAGES := libs/parley-testing
 STAMP := $(VENV)/.installed
-PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
+PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES) $(DEV_PACKAGES))
 
 .PHONY: help venv run test test-all test-fast lint proto proto-check wheels clean-data web-deps web chromium promtool
 
@@ -24,7 +26,7 @@ $(STAMP): constraints.txt requirements-dev.txt $(PYPROJECTS)
 	@echo "[parley] installing the Python packages into $(VENV) (a first install takes a few minutes)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -r requirements-dev.txt $(addprefix -e ,$(PACKAGES))
+	$(BIN)/python -m pip install --quiet -c constraints.txt -r requirements-dev.txt $(addprefix -e ,$(PACKAGES) $(DEV_PACKAGES))
 	touch $@
 
 venv: $(STAMP)
@@ -76,7 +78,7 @@ run: venv web
 # Test modules run on TEST_WORKERS processes (each module whole on one, so its platform starts
 # once); most of a test's time is waiting on servers, so three workers keep two cores busy (on a
 # quiet 2-core machine two workers took 17.5 minutes).
-# Modules go out in collection order, the whole-platform ones first (parley_core.testing.fixtures).
+# Modules go out in collection order, the whole-platform ones first (parley_testing.fixtures).
 TEST_WORKERS ?= 3
 
 test: venv lint proto-check web chromium promtool

@@ -18,8 +18,8 @@ from nats.js import api
 
 from parley_auth.passwords import HASHER
 from parley_core.pki import ensure_pki
-from parley_core.testing.nats import NATS_IDENTITY, start_nats_test_server
-from parley_core.topology import PLATFORM_USER
+from parley_core.topology import NATS_IDENTITY, PLATFORM_USER
+from parley_testing.nats import start_nats_test_server
 
 ECHO_SERVICE = "parley.bench.Echo"
 ECHO_METHOD = f"/{ECHO_SERVICE}/Echo"

@@ -26,9 +26,7 @@ from parley_bench.platform_proc import BenchPlatform
 from parley_bench.scenarios import PASSWORD, open_loop, wait_for_count
 from parley_bench.stats import percentile
 from parley_client import LiveStream, ParleyClient, ParleyError
-from parley_core.nats_connect import connect_nats
-from parley_core.natsconf import ensure_nats_passwords
-from parley_core.topology import PLATFORM_USER
+from parley_core.nats_connect import connect_as_platform
 
 MEMBERS_PER_CHANNEL = 10
 STREAMS_PER_USER = 50  # the bench's setting of the per-user cap (the default is 20)
@@ -75,15 +73,7 @@ def rss_bytes(pid: int) -> tuple[int, int]:
 async def msg_consumers(data_dir: Path) -> int:
     """Consumers on the MSG stream, as nats-server counts them: the gateway's share is its feed."""
     state = json.loads((data_dir / "platform.json").read_text())
-    password = ensure_nats_passwords(data_dir / "secrets" / "nats-passwords.json", [PLATFORM_USER])[PLATFORM_USER]
-    nc = await connect_nats(
-        url=state["nats_url"],
-        user=PLATFORM_USER,
-        password=password,
-        ca_cert=data_dir / "pki" / "ca.crt",
-        name="parley-bench",
-        allow_reconnect=False,
-    )
+    nc = await connect_as_platform(data_dir, url=state["nats_url"], name="parley-bench", allow_reconnect=False)
     try:
         return (await nc.jetstream().stream_info("MSG")).state.consumer_count
     finally:

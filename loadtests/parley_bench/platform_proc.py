@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-READY_LINE = "all services are up"
+from parley_core.platform_state import READY_LINE
+
 START_TIMEOUT_S = 180.0
 
 

@@ -25,13 +25,13 @@ from parley_core.actor import Actor
 from parley_core.bus import EventBus, ReceivedEvent
 from parley_core.envelope import NewEvent, seal
 from parley_core.pki import ensure_pki
-from parley_core.testing.nats import NATS_IDENTITY, start_nats_test_server
-from parley_core.topology import PLATFORM_USER, SERVICES, STREAMS, channel_subject
+from parley_core.topology import NATS_IDENTITY, PLATFORM_USER, SERVICES, STREAMS, channel_subject
 from parley_storage.archive import SqlEventArchive, open_engine
 from parley_storage.datakeys import DataKeys
 from parley_storage.kek import FileKeyring
 from parley_storage.migrate import upgrade_to_head
 from parley_storage.reseed import PAGE, Placed, reseed_stream
+from parley_testing.nats import start_nats_test_server
 
 STREAM = "MSG"
 

@@ -15,13 +15,12 @@ import pytest
 from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
 
-from parley_client import ParleyClient, ParleyError
-from parley_core.testing.platform import RunningPlatform
-from parley_core.testing.waiting import eventually, wait_until
+from parley_client import ParleyError
+from parley_testing.platform import RunningPlatform
+from parley_testing.stack import PASSWORD
+from parley_testing.waiting import eventually, wait_until
 
 pytestmark = pytest.mark.e2e
-
-PASSWORD = "a-long-enough-passphrase"
 
 
 def unique(prefix: str) -> str:
@@ -36,7 +35,7 @@ async def test_admin_cli_creates_the_first_owner_and_disables_an_account(platfor
     platform.cli("admin", "create-user", member, stdin=PASSWORD + "\n")
     assert "role=member active" in platform.cli("admin", "show", member).stdout
 
-    async with ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes()) as client:
+    async with platform.client() as client:
         login = await client.login(member, PASSWORD)
         assert login.role == "member"
         await client.create_channel("ops")
@@ -84,7 +83,7 @@ def test_admin_cli_lift_slowdown_names_an_address_that_is_not_slowed(platform: R
 async def test_sdk_refresh_and_logout(platform: RunningPlatform) -> None:
     name = unique("jo")
     platform.cli("admin", "create-user", name, stdin=PASSWORD + "\n")
-    async with ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes()) as client:
+    async with platform.client() as client:
         first = await client.login(name, PASSWORD)
         second = await client.refresh()
         assert second.session_id == first.session_id
@@ -100,7 +99,7 @@ async def test_sdk_refresh_and_logout(platform: RunningPlatform) -> None:
 
 async def test_a_user_changes_their_own_password_from_the_cli(platform: RunningPlatform) -> None:
     name, new_password = unique("pat"), "another-long-enough-passphrase"
-    async with ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes()) as other:
+    async with platform.client() as other:
         await other.register(name, PASSWORD)
         platform.cli("login", name, stdin=PASSWORD + "\n")
         await other.login(name, PASSWORD)  # another session of the same user
@@ -238,7 +237,7 @@ def authenticator(secret_base32: str) -> TOTP:
 async def test_mfa_by_cli_new_recovery_codes_and_an_admin_reset(platform: RunningPlatform) -> None:
     name = unique("mo")
     platform.cli("admin", "create-user", name, stdin=PASSWORD + "\n")
-    async with ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes()) as client:
+    async with platform.client() as client:
         await client.login(name, PASSWORD)
         app = authenticator((await client.begin_totp_enrolment()).secret_base32)
         first_codes = await client.confirm_totp_enrolment(app.generate(int(time.time())).decode())

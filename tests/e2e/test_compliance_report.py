@@ -20,12 +20,11 @@ from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
 from playwright.sync_api import sync_playwright
 
-from parley_client import ParleyClient
-from parley_core.testing.browser import CHROMIUM
-from parley_core.testing.operators import OperatorTokens
-from parley_core.testing.platform import RunningPlatform, platform_in
-from parley_core.testing.waiting import wait_until
 from parley_core.topology import SERVICES
+from parley_testing.browser import CHROMIUM
+from parley_testing.operators import OperatorTokens
+from parley_testing.platform import RunningPlatform, platform_in
+from parley_testing.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -47,11 +46,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
         PARLEY_PATCH_DEADLINE_CRITICAL_HOURS="0.001",
         PARLEY_REPORT_EVERY_HOURS=SCHEDULE_HOURS,
     )
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
+    yield from running.served()
 
 
 def osv_against_grpcio(record_id: str) -> str:
@@ -98,7 +93,7 @@ def section(report: str, title: str) -> str:
 
 
 async def enrol_totp(platform: RunningPlatform, name: str) -> None:
-    async with ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes()) as client:
+    async with platform.client() as client:
         await client.login(name, "a-long-enough-passphrase")
         secret = (await client.begin_totp_enrolment()).secret_base32
         app = TOTP(base64.b32decode(secret + "=" * (-len(secret) % 8)), 6, SHA1(), 30)

@@ -21,9 +21,10 @@ import pytest
 from parley.auth.v1 import auth_pb2
 from parley.gateway.v1 import gateway_pb2_grpc
 
-from parley_core.testing.platform import RunningPlatform, platform_in
-from parley_core.testing.relay import SourceRelay
-from parley_core.testing.waiting import until
+from parley_testing.platform import RunningPlatform, platform_in
+from parley_testing.relay import SourceRelay
+from parley_testing.stack import PASSWORD
+from parley_testing.waiting import until
 
 pytestmark = pytest.mark.e2e
 
@@ -31,7 +32,6 @@ CAP = 4
 LATER_WAVE = 16
 HANDSHAKE_TIMEOUT_S = 15
 FLOODER, CLIENT = "127.0.0.2", "127.0.0.3"
-PASSWORD = "a-long-enough-passphrase"
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +41,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
         PARLEY_CLIENT_CONNECTIONS_PER_SOURCE=str(CAP),
         PARLEY_CLIENT_HANDSHAKE_TIMEOUT_SECONDS=str(HANDSHAKE_TIMEOUT_S),
     )
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
+    yield from running.served()
 
 
 def idle_connections(address: str, count: int) -> list[socket.socket]:

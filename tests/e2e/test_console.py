@@ -9,30 +9,30 @@ web/test-results/screenshots/ (the README shows copies from docs/screenshots/).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
-import pytest_asyncio
 from google.protobuf.timestamp_pb2 import Timestamp
 from parley.fleet.v1 import fleet_pb2
 from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from parley.patch.v1 import patch_pb2
 from parley.storage.v1 import storage_pb2
 
-from parley_client import ParleyClient, ParleyError
-from parley_client.testing import Traffic, send_continuously
-from parley_core.nats_connect import connect_nats
-from parley_core.testing.browser import CHROMIUM, chromium_args
-from parley_core.testing.operators import OperatorTokens
-from parley_core.testing.platform import RunningPlatform, platform_in
-from parley_core.testing.stack import PASSWORD, bearer
+from parley_client import ParleyError
 from parley_core.topology import heartbeat_subject
+from parley_testing.browser import log_in, require_built
+from parley_testing.operators import OperatorTokens
+from parley_testing.platform import RunningPlatform, platform_in
+from parley_testing.stack import PASSWORD, bearer
+from parley_testing.traffic import Traffic, send_continuously
 
 playwright_api = pytest.importorskip("playwright.async_api")
 Browser = playwright_api.Browser
@@ -58,10 +58,7 @@ CSP_REFUSALS: list[str] = []  # what the CSP refused on any console page of this
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
-    if not (WEB_DIST / "console.html").exists():
-        pytest.fail("web/dist is not built with the console: run `make web` (make test does)")
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: `make chromium` installs Debian's chromium (make test does)")
+    require_built(WEB_DIST, "console.html")
     root = tmp_path_factory.mktemp("console")
     # No checkpoint folder is set, as with `make run`: storage reads <data>/audit-checkpoints.
     running = platform_in(
@@ -71,23 +68,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
         PARLEY_PATCH_GATE_WINDOW_SECONDS="3",
         PARLEY_PATCH_DEADLINE_CRITICAL_HOURS=CRITICAL_DEADLINE_HOURS,
     )
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def browser(platform: RunningPlatform) -> AsyncIterator[Browser]:
-    async with playwright_api.async_playwright() as p:
-        launched = await p.chromium.launch(
-            executable_path=str(CHROMIUM), args=chromium_args(platform.data_dir / "pki" / "gateway.crt")
-        )
-        try:
-            yield launched
-        finally:
-            await launched.close()
+    yield from running.served()
 
 
 def unique(prefix: str) -> str:
@@ -123,18 +104,21 @@ async def console(
     return context, page
 
 
-async def gateway_call(platform: RunningPlatform, name: str, call: str, request: object) -> grpc.StatusCode:
-    """A console call made over gRPC with `name`'s own token: its status (OK when answered)."""
-    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+@contextlib.asynccontextmanager
+async def gateway_as(platform: RunningPlatform, name: str) -> AsyncIterator[tuple[Any, tuple[tuple[str, str]]]]:
+    """The gateway's gRPC stub and `name`'s own token as call metadata."""
+    client = platform.client()
     login = await client.login(name, PASSWORD)
     await client.close()
-    credentials = grpc.ssl_channel_credentials(root_certificates=platform.ca_cert.read_bytes())
-    async with grpc.aio.secure_channel(
-        platform.gateway_address, credentials, options=[("grpc.ssl_target_name_override", "gateway")]
-    ) as raw:
-        stub = gateway_pb2_grpc.GatewayStub(raw)
+    async with platform.gateway_channel() as raw:
+        yield gateway_pb2_grpc.GatewayStub(raw), bearer(login.access_token)
+
+
+async def gateway_call(platform: RunningPlatform, name: str, call: str, request: object) -> grpc.StatusCode:
+    """A console call made over gRPC with `name`'s own token: its status (OK when answered)."""
+    async with gateway_as(platform, name) as (stub, token):
         try:
-            await getattr(stub, call)(request, metadata=bearer(login.access_token), timeout=20)
+            await getattr(stub, call)(request, metadata=token, timeout=20)
         except grpc.aio.AioRpcError as exc:
             return exc.code()
     return grpc.StatusCode.OK
@@ -173,9 +157,7 @@ async def chat_client(browser: Browser, platform: RunningPlatform, name: str) ->
     page = await context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     await page.goto(platform.web_url)
-    await page.get_by_label("Username").fill(name)
-    await page.get_by_label("Password").fill(PASSWORD)
-    await page.get_by_role("button", name="Log in").click()
+    await log_in(page, name)
     await expect(page.get_by_text(f"Signed in as {name}")).to_be_visible()
     return context, page
 
@@ -221,15 +203,7 @@ async def silent_instance(platform: RunningPlatform, instance_id: str) -> None:
     """One heartbeat of an instance that then falls silent (as a hung or cut-off host would).
     Sent with messaging's own NATS credentials: each service's account exports its heartbeat
     subjects, and only its own, to the registry's."""
-    data_dir = platform.data_dir
-    passwords = json.loads((data_dir / "secrets" / "nats-passwords.json").read_text())
-    nc = await connect_nats(
-        url=str(platform.state["nats_url"]),
-        user="messaging",
-        password=passwords["messaging"],
-        ca_cert=data_dir / "pki" / "ca.crt",
-        name="test-console",
-    )
+    nc = await platform.nats("messaging", name="test-console")
     try:
         sent = Timestamp()
         sent.GetCurrentTime()
@@ -383,7 +357,7 @@ async def test_the_reports_page_lists_the_filed_reports_and_shows_the_latest(
 
 async def test_auditor_queries_the_audit_trail_by_actor(browser: Browser, platform: RunningPlatform) -> None:
     member = account(platform, "member")
-    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    client = platform.client()
     login = await client.login(member, PASSWORD)
     await client.close()
     # The operator's checkpoint, written where storage reads them with no setting (the data
@@ -444,7 +418,7 @@ async def test_auditor_follows_the_security_events_live_filtered_by_kind_and_act
     browser: Browser, platform: RunningPlatform
 ) -> None:
     member, other = account(platform, "member"), account(platform, "member")
-    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    client = platform.client()
     try:
         await client.login(member, PASSWORD)  # a login before the page opens: in its backlog
         context, page = await console(browser, platform, account(platform, "security-auditor"), "audit")
@@ -503,16 +477,8 @@ async def platform_health_charted(browser: Browser, platform: RunningPlatform) -
 
 async def gateway_stream_status(platform: RunningPlatform, name: str) -> grpc.StatusCode:
     """How the gateway answers `name` asking for the security event stream."""
-    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
-    login = await client.login(name, PASSWORD)
-    await client.close()
-    credentials = grpc.ssl_channel_credentials(root_certificates=platform.ca_cert.read_bytes())
-    async with grpc.aio.secure_channel(
-        platform.gateway_address, credentials, options=[("grpc.ssl_target_name_override", "gateway")]
-    ) as raw:
-        stream = gateway_pb2_grpc.GatewayStub(raw).WatchSecurityEvents(
-            storage_pb2.WatchSecurityEventsRequest(), metadata=bearer(login.access_token), timeout=20
-        )
+    async with gateway_as(platform, name) as (stub, token):
+        stream = stub.WatchSecurityEvents(storage_pb2.WatchSecurityEventsRequest(), metadata=token, timeout=20)
         try:
             async for _ in stream:
                 return grpc.StatusCode.OK
@@ -542,7 +508,7 @@ async def test_operator_plans_a_second_person_approves_and_the_timeline_reaches_
     old_instance = str(platform.service("messaging")["instances"][0]["instance_id"])  # type: ignore[index]
 
     # Traffic for the health gate to judge.
-    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    client = platform.client()
     carol = unique("carol")
     await client.register(carol, PASSWORD)
     await client.login(carol, PASSWORD)

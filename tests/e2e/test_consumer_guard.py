@@ -7,7 +7,6 @@ storage's archive consumer after an operator deletes it). `parley quarantine lif
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 from collections import Counter
@@ -20,10 +19,9 @@ from nats.aio.client import Client
 from parley_core import topology
 from parley_core.bus import EventBus, ReceivedEvent
 from parley_core.consumer_policy import EPHEMERAL_QUOTA
-from parley_core.nats_connect import connect_nats
-from parley_core.testing.consumer_flood import flood_consumers
-from parley_core.testing.platform import RunningPlatform, platform_in
-from parley_core.testing.waiting import wait_until
+from parley_testing.consumer_flood import flood_consumers
+from parley_testing.platform import RunningPlatform, platform_in
+from parley_testing.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -33,22 +31,11 @@ WAIT_S = 90.0  # a service restart on a loaded host included
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
     running = platform_in(tmp_path_factory.mktemp("guard"))
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
+    yield from running.served()
 
 
 async def _connect(platform: RunningPlatform, user: str) -> Client:
-    passwords = json.loads((platform.data_dir / "secrets" / "nats-passwords.json").read_text())
-    return await connect_nats(
-        url=str(platform.state["nats_url"]),
-        user=user,
-        password=passwords[user],
-        ca_cert=platform.data_dir / "pki" / "ca.crt",
-        name=f"test-{user}",
-    )
+    return await platform.nats(user)
 
 
 async def _consumer_names(platform: RunningPlatform) -> dict[str, list[str]]:

@@ -20,24 +20,16 @@ from parley.messaging.v1 import messaging_pb2
 
 from parley_client import DeviceKeyChanged, DeviceStore, MfaRequired, ParleyClient, ParleyError, fingerprint
 from parley_client.e2ee import E2eeDevice
-from parley_core.testing.platform import TEST_DEFAULTS, RunningPlatform
-from parley_core.testing.waiting import eventually
+from parley_testing.platform import TEST_DEFAULTS, RunningPlatform
+from parley_testing.stack import PASSWORD
+from parley_testing.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
-PASSWORD = "a-long-enough-passphrase"
-
-
-def connect(platform: RunningPlatform) -> ParleyClient:
-    return ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
-
 
 async def new_user(platform: RunningPlatform, prefix: str) -> tuple[ParleyClient, str]:
-    client = connect(platform)
     name = f"{prefix}{uuid.uuid4().hex[:8]}"
-    await client.register(name, PASSWORD)
-    await client.login(name, PASSWORD)
-    return client, name
+    return await platform.new_user(name), name
 
 
 async def encrypted_room(owner: ParleyClient, *others: ParleyClient) -> str:
@@ -50,7 +42,7 @@ async def encrypted_room(owner: ParleyClient, *others: ParleyClient) -> str:
 async def test_a_removed_device_gets_no_later_keys_and_loses_its_queue(platform: RunningPlatform) -> None:
     alice, _ = await new_user(platform, "alice")
     bob_phone, bob_name = await new_user(platform, "bob")
-    bob_tablet = connect(platform)
+    bob_tablet = platform.client()
     await bob_tablet.login(bob_name, PASSWORD)
     await alice.enable_e2ee("alice-laptop")
     await bob_phone.enable_e2ee("bob-phone")
@@ -108,7 +100,7 @@ async def test_a_stored_device_is_the_same_device_after_a_restart(platform: Runn
     assert b"before the restart" not in store.path.read_bytes()
     await bob.close()
 
-    again = connect(platform)
+    again = platform.client()
     await again.login(bob_name, PASSWORD)
     restored = await again.enable_e2ee("another-id", store=store)
     assert restored.device_id == device.device_id == "bob-desk"
@@ -166,7 +158,7 @@ async def test_login_with_mfa_from_the_sdk_and_the_cli_prompt(platform: RunningP
     app = authenticator(begun.secret_base32)
     recovery = await client.confirm_totp_enrolment(app.generate(int(time.time())).decode())
 
-    fresh = connect(platform)
+    fresh = platform.client()
     with pytest.raises(MfaRequired):
         await fresh.login(name, PASSWORD)
     logged = await fresh.login(name, PASSWORD, recovery_code=recovery[0])
@@ -227,7 +219,7 @@ async def test_an_edit_in_an_encrypted_channel_is_encrypted_on_the_device(platfo
     assert edited.body.startswith("megolm.v1:")
     assert await bob.read(edited) == "final"
     # Without a device the same edit would be plaintext, which the server refuses there.
-    plain = connect(platform)
+    plain = platform.client()
     await plain.login(alice_name, PASSWORD)
     with pytest.raises(ParleyError) as refused:
         await plain.edit(channel_id, sent.channel_seq, "in the clear")
@@ -274,7 +266,7 @@ async def test_cli_sends_edits_and_reads_an_encrypted_channel_with_its_kept_devi
         platform, "--as", bob_name, "history", room, expected=f"{bob_name}: the merger closes tuesday"
     )
     assert "(encrypted" not in shown
-    raw = connect(platform)
+    raw = platform.client()
     await raw.login(alice_name, PASSWORD)  # no device: sees what the server stored
     stored = (await raw.history(channel_id)).messages[0]
     assert stored.body.startswith("megolm.v1:")
@@ -345,7 +337,7 @@ async def test_cli_enrols_mfa_and_prints_the_recovery_codes_once(platform: Runni
     recovery = lines[next(i for i, text in enumerate(lines) if text.startswith("recovery codes")) + 1 :]
     assert len(recovery) == 10
 
-    fresh = connect(platform)
+    fresh = platform.client()
     with pytest.raises(MfaRequired):
         await fresh.login(name, PASSWORD)
     assert (await fresh.login(name, PASSWORD, recovery_code=recovery[0])).user_id == client.user_id
@@ -359,7 +351,7 @@ async def test_a_member_cannot_fill_the_relay_with_messages_no_device_fetches(pl
     member's messages still go through; once the device fetches, what it holds leaves the queue
     and the sender may send again."""
     mallory, mallory_name = await new_user(platform, "mallory")
-    spare = connect(platform)
+    spare = platform.client()
     await spare.login(mallory_name, PASSWORD)
     laptop = await mallory.enable_e2ee("laptop")
     await spare.enable_e2ee("spare")

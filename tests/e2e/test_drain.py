@@ -7,8 +7,8 @@ import signal
 
 import pytest
 
-from parley_core.testing.platform import RunningPlatform
-from parley_core.testing.waiting import wait_until
+from parley_testing.platform import RunningPlatform
+from parley_testing.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

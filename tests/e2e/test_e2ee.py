@@ -14,21 +14,17 @@ import grpc
 import pytest
 
 from parley_client import ParleyClient, ParleyError, UndecryptableMessage
-from parley_core.testing.platform import RunningPlatform
-from parley_core.testing.waiting import eventually
+from parley_testing.platform import RunningPlatform
+from parley_testing.stack import PASSWORD
+from parley_testing.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
-PASSWORD = "a-long-enough-passphrase"
 TIMEOUT_S = 30.0
 
 
 async def new_user(platform: RunningPlatform, prefix: str) -> ParleyClient:
-    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
-    name = f"{prefix}{uuid.uuid4().hex[:8]}"
-    await client.register(name, PASSWORD)
-    await client.login(name, PASSWORD)
-    return client
+    return await platform.new_user(f"{prefix}{uuid.uuid4().hex[:8]}")
 
 
 def files_containing(root: Path, needles: list[bytes]) -> dict[str, list[str]]:
@@ -55,7 +51,7 @@ async def test_encrypted_conversation_leaves_no_plaintext_and_leaver_cannot_decr
         await member.join_channel(channel.channel_id)
 
     # The server refuses plaintext in an encrypted channel, so a client bug cannot leak it.
-    bare = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    bare = platform.client()
     bare.use_token(bob.access_token or "", bob.user_id or "")
     with pytest.raises(ParleyError) as refused:
         await bare.send(channel.channel_id, "plain text here")

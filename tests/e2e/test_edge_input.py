@@ -31,12 +31,12 @@ from parley.gateway.v1 import gateway_pb2
 from parley.messaging.v1 import messaging_pb2
 
 from parley_client import ParleyClient, ParleyError
-from parley_core.testing.platform import RunningPlatform, platform_in
-from parley_core.testing.waiting import eventually
+from parley_testing.platform import RunningPlatform, platform_in
+from parley_testing.stack import PASSWORD
+from parley_testing.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
-PASSWORD = "a-long-enough-passphrase"
 TIMEOUT_S = 30.0
 CALL_TIMEOUT_S = 15.0
 EMOJI_PER_MESSAGE = 3
@@ -86,15 +86,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
         PARLEY_GATEWAY_SOURCE_BURST="100000",
         PARLEY_TRACE_EXPORTER="none",
     )
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
-
-
-def connect(platform: RunningPlatform) -> ParleyClient:
-    return ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    yield from running.served()
 
 
 async def new_user(platform: RunningPlatform, prefix: str) -> ParleyClient:
@@ -102,7 +94,7 @@ async def new_user(platform: RunningPlatform, prefix: str) -> ParleyClient:
 
 
 async def named_user(platform: RunningPlatform, name: str) -> ParleyClient:
-    client = connect(platform)
+    client = platform.client()
     await client.register(name, PASSWORD)
     await client.login(name, PASSWORD)
     return client
@@ -111,7 +103,7 @@ async def named_user(platform: RunningPlatform, name: str) -> ParleyClient:
 async def fresh_token(platform: RunningPlatform, refresh_token: str) -> str:
     """A current access token of one of the fuzzing user's sessions. By refresh, not by login: the
     runs of Login and Register pile up failed logins from this address, and a lockout would follow."""
-    async with connect(platform) as client:
+    async with platform.client() as client:
         client.refresh_token = refresh_token
         return (await client.refresh()).access_token
 
@@ -230,9 +222,7 @@ async def test_numbers_and_times_out_of_range_are_invalid_arguments(platform: Ru
 
 async def test_bytes_that_are_no_request_are_an_invalid_argument_in_plain_words(platform: RunningPlatform) -> None:
     alice = await new_user(platform, "bytes")
-    credentials = grpc.ssl_channel_credentials(root_certificates=platform.ca_cert.read_bytes())
-    options = [("grpc.ssl_target_name_override", "gateway")]
-    async with grpc.aio.secure_channel(platform.gateway_address, credentials, options=options) as channel:
+    async with platform.gateway_channel() as channel:
         for method in ("GetHistory", "Login", "SendMessage"):
             raw = channel.unary_unary(f"/{GATEWAY.full_name}/{method}")
             metadata = (("authorization", f"Bearer {alice.access_token}"),)
@@ -422,7 +412,7 @@ def call(gateway: grpc.Channel, method: str, payload: bytes, token: str) -> grpc
 async def bystander_is_served(platform: RunningPlatform, target: Target) -> None:
     """Send in the bystander's channel and read it back from history: gateway, auth, messaging
     and storage all still serve someone who had nothing to do with the run."""
-    client = connect(platform)
+    client = platform.client()
     client.refresh_token = target.bystander_session
     await client.refresh()
     target.bystander_session = client.refresh_token or ""

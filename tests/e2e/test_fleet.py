@@ -9,19 +9,15 @@ import signal
 import pytest
 from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
 
-from parley_core.grpc_channel import secure_channel
-from parley_core.pki import ensure_pki
-from parley_core.testing.platform import RunningPlatform
-from parley_core.testing.waiting import wait_until
 from parley_core.topology import SERVICES
+from parley_testing.platform import RunningPlatform
+from parley_testing.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
 
 async def test_fleet_view_lists_every_service_with_version_and_packages(platform: RunningPlatform) -> None:
-    pki = ensure_pki(platform.data_dir / "pki", ["platform"])
-    address = str(platform.service("patch-registry")["address"])
-    channel = secure_channel(pki, identity="platform", address=address, peer="patch-registry")
+    channel = platform.service_channel("patch-registry")
     stub: fleet_pb2_grpc.FleetServiceAsyncStub = fleet_pb2_grpc.FleetServiceStub(channel)
     deadline = asyncio.get_running_loop().time() + 30
     while True:

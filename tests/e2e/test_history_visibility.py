@@ -26,12 +26,12 @@ from parley.messaging.v1 import messaging_pb2
 from parley.storage.v1 import storage_pb2
 
 from parley_client import ParleyClient
-from parley_core.testing.platform import RunningPlatform
-from parley_core.testing.waiting import eventually
+from parley_testing.platform import RunningPlatform
+from parley_testing.stack import PASSWORD
+from parley_testing.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
-PASSWORD = "a-long-enough-passphrase"
 TIMEOUT_S = 30.0
 GATEWAY = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"]
 CHAT_MESSAGE = messaging_pb2.ChatMessage.DESCRIPTOR.full_name
@@ -89,7 +89,7 @@ def unique(prefix: str) -> str:
 
 async def set_scene(platform: RunningPlatform) -> Scene:
     def client() -> ParleyClient:
-        return ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+        return platform.client()
 
     owner, early, newcomer = client(), client(), client()
     names = {c: unique(n) for c, n in ((owner, "owner"), (early, "early"), (newcomer, "newcomer"))}
@@ -207,9 +207,7 @@ def scene(platform: RunningPlatform) -> Scene:
 
 async def call(platform: RunningPlatform, scene: Scene, method: str, request: Message) -> tuple[bytes, str, str]:
     """The raw answer: response bytes (empty on an error), status code name, error details."""
-    credentials = grpc.ssl_channel_credentials(root_certificates=platform.ca_cert.read_bytes())
-    options = [("grpc.ssl_target_name_override", "gateway")]
-    async with grpc.aio.secure_channel(platform.gateway_address, credentials, options=options) as channel:
+    async with platform.gateway_channel() as channel:
         raw = channel.unary_unary(f"/{GATEWAY.full_name}/{method}")
         metadata = (("authorization", f"Bearer {scene.newcomer_token}"),)
         try:

@@ -22,15 +22,15 @@ import pytest
 from cryptography import x509
 
 from parley_client import ParleyClient
-from parley_client.testing import Traffic, history_count, send_continuously
 from parley_core.net import free_port
-from parley_core.testing.operators import OperatorTokens
-from parley_core.testing.platform import JoinedHost, RunningPlatform
-from parley_core.testing.waiting import eventually
+from parley_testing.operators import OperatorTokens
+from parley_testing.platform import JoinedHost, RunningPlatform
+from parley_testing.stack import PASSWORD
+from parley_testing.traffic import Traffic, history_count, send_continuously
+from parley_testing.waiting import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
-PASSWORD = "a-long-enough-passphrase"
 MESSAGING_SOURCE = Path(__file__).resolve().parents[2] / "services" / "messaging"
 NEW_VERSION = "0.2.0"
 
@@ -43,11 +43,7 @@ def first_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlat
         env={"PARLEY_REGISTRATION": "open", "PARLEY_HEARTBEAT_SECONDS": "1", "PARLEY_PATCH_GATE_WINDOW_SECONDS": "3"},
         up_args=("--gateway-port", str(free_port()), "--nats-cluster", "3"),
     )
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
+    yield from running.served()
 
 
 def issued_by(cert: Path, ca: Path) -> bool:
@@ -138,7 +134,7 @@ async def test_a_second_host_serves_clients_and_shows_in_the_fleet(
     await bob.login("bob", PASSWORD)
     channel = await bob.create_channel("across-hosts")
     await bob.send(channel.channel_id, "sent through host-b")
-    alice = ParleyClient.connect(first_host.gateway_address, ca_cert=first_host.ca_cert.read_bytes())
+    alice = first_host.client()
     await alice.login("bob", PASSWORD)
 
     async def in_history() -> bool | None:

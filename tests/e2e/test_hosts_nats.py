@@ -25,9 +25,9 @@ import nats.errors
 import pytest
 
 from parley_core.net import free_port
-from parley_core.testing.fleet_nats import connect_platform, wait_current_on
-from parley_core.testing.platform import JoinedHost, RunningPlatform
-from parley_core.testing.waiting import eventually
+from parley_testing.fleet_nats import connect_platform, wait_current_on
+from parley_testing.platform import JoinedHost, RunningPlatform
+from parley_testing.waiting import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]  # a host lost: `make test-all`
 

@@ -17,62 +17,40 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import URL, create_engine, text
-from sqlalchemy.exc import OperationalError
 
 from parley_client import ParleyClient, ParleyError
 from parley_core.net import free_port
-from parley_core.testing.platform import JoinedHost, RunningPlatform
-from parley_core.testing.waiting import eventually
+from parley_testing.platform import JoinedHost, RunningPlatform
+from parley_testing.shared_postgres import schema_url, shared_schema
+from parley_testing.stack import PASSWORD
+from parley_testing.waiting import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
-PASSWORD = "a-long-enough-passphrase"
-SERVER = URL.create("postgresql", username="postgres", host="127.0.0.1", port=5432, database="test")
 MESSAGES = 20
 
 
 @pytest.fixture(scope="module")
 def schema() -> Iterator[str]:
     """A schema of this module's own on the shared server; skipped, saying why, when there is none."""
-    admin = create_engine(
-        SERVER.set(drivername="postgresql+psycopg").update_query_dict({"connect_timeout": "5"}),
-        isolation_level="AUTOCOMMIT",
-    )
-    name = f"parley_hosts_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{name}"'))
-    except OperationalError as exc:
-        admin.dispose()
-        pytest.skip(f"no PostgreSQL test server on 127.0.0.1:5432: {str(exc.orig or exc).strip().splitlines()[0]}")
-    try:
+    with shared_schema("parley_hosts") as (_, name):
         yield name
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="module")
 def first_host(tmp_path_factory: pytest.TempPathFactory, schema: str) -> Iterator[RunningPlatform]:
-    url = SERVER.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+    url = schema_url(schema)
     running = RunningPlatform(
         data_dir=tmp_path_factory.mktemp("host-a") / "data",
         env={"PARLEY_REGISTRATION": "open", "PARLEY_HEARTBEAT_SECONDS": "1"},
         up_args=("--gateway-port", str(free_port()), "--nats-cluster", "3", "--database-url", url),
     )
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
+    yield from running.served()
 
 
 def test_a_bundle_for_storage_carries_the_database_and_backup_keys_but_not_the_keyring(

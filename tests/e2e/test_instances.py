@@ -15,13 +15,12 @@ from collections.abc import Iterator
 import pytest
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 
-from parley_client import ParleyClient
-from parley_client.testing import history_count
 from parley_core.grpc_channel import secure_channel
 from parley_core.net import free_port
 from parley_core.pki import ensure_pki
-from parley_core.testing.platform import RunningPlatform
-from parley_core.testing.waiting import eventually, wait_until
+from parley_testing.platform import RunningPlatform
+from parley_testing.traffic import history_count
+from parley_testing.waiting import eventually, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -37,11 +36,7 @@ def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform
         env={"PARLEY_REGISTRATION": "open"},
         up_args=("--gateway-port", str(free_port()), "--instances", "messaging=2,gateway=2"),
     )
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
+    yield from running.served()
 
 
 def test_parley_up_runs_the_instances_asked_for(scaled: RunningPlatform) -> None:
@@ -64,7 +59,7 @@ def test_a_service_that_runs_once_is_refused_with_the_ones_that_scale(tmp_path_f
 
 
 async def test_one_channel_written_through_both_messaging_instances_keeps_one_order(scaled: RunningPlatform) -> None:
-    client = ParleyClient.connect(scaled.gateway_address, ca_cert=scaled.ca_cert.read_bytes())
+    client = scaled.client()
     await client.register("dana", "a-long-passphrase")
     await client.login("dana", "a-long-passphrase")
     channel = await client.create_channel("both-instances")

@@ -9,21 +9,16 @@ import grpc
 import pytest
 
 from parley_client import ParleyClient, ParleyError
-from parley_core.testing.platform import RunningPlatform, platform_in
+from parley_testing.platform import RunningPlatform, platform_in
+from parley_testing.stack import PASSWORD
 
 pytestmark = pytest.mark.e2e
-
-PASSWORD = "a-long-enough-passphrase"
 
 
 @pytest.fixture(scope="module")
 def invite_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
     running = platform_in(tmp_path_factory.mktemp("invite"), PARLEY_REGISTRATION="invite")
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
+    yield from running.served()
 
 
 def invite_code(platform: RunningPlatform) -> str:

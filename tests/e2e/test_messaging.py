@@ -20,12 +20,12 @@ import pytest
 
 from parley_client import LiveEvent, ParleyClient, ParleyError
 from parley_core.net import free_port
-from parley_core.testing.platform import RunningPlatform
-from parley_core.testing.waiting import wait_until
+from parley_testing.platform import RunningPlatform
+from parley_testing.stack import PASSWORD
+from parley_testing.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
-PASSWORD = "a-long-enough-passphrase"
 LIVE_BUFFER = 10
 TIMEOUT_S = 30.0
 
@@ -43,11 +43,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
         "PARLEY_GATEWAY_SOURCE_BURST": "2000",
     }
     running = RunningPlatform(data_dir=root / "data", env=env)
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
+    yield from running.served()
 
 
 def unique(prefix: str) -> str:
@@ -55,11 +51,7 @@ def unique(prefix: str) -> str:
 
 
 async def new_user(platform: RunningPlatform, prefix: str) -> ParleyClient:
-    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
-    name = unique(prefix)
-    await client.register(name, PASSWORD)
-    await client.login(name, PASSWORD)
-    return client
+    return await platform.new_user(unique(prefix))
 
 
 async def history_until(client: ParleyClient, channel_id: str, condition: object, *, timeout: float = TIMEOUT_S):  # type: ignore[no-untyped-def]

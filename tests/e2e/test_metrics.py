@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import ssl
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,9 +18,10 @@ import pytest
 from parley.auth.v1 import auth_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
-from parley_core.testing.stack import APPS, TIMEOUT_S, Stack
-from parley_core.testing.waiting import eventually
 from parley_core.topology import METRICS_SCRAPER
+from parley_testing.locust import short_locust_run
+from parley_testing.stack import APPS, TIMEOUT_S, Stack
+from parley_testing.waiting import eventually
 
 LOCUSTFILE = Path(__file__).resolve().parents[2] / "loadtests" / "locustfile.py"
 
@@ -37,18 +36,8 @@ def metrics_on(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def short_load(stack: Stack, tmp_path: Path) -> None:
     """`make load`'s Locust users against the stack's gateway, 5 of them for 8 s."""
-    ca = tmp_path / "ca.crt"
-    ca.write_bytes(stack.pki.ca_pem())
-    process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless"),
-        *("--users", "5", "--spawn-rate", "5", "--run-time", "8s", "--only-summary"),
-        *("--host", f"127.0.0.1:{stack.ports['gateway']}"),
-        env={**os.environ, "PARLEY_CA_CERT": str(ca), "PARLEY_DATA_DIR": str(tmp_path)},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await asyncio.wait_for(process.communicate(), 120.0)
-    assert process.returncode == 0, out.decode(errors="replace")
+    code, out = await short_locust_run(stack, tmp_path, locustfile=LOCUSTFILE, run_time="8s")
+    assert code == 0, out
 
 
 def scraper_tls(stack: Stack, *, with_certificate: bool = True) -> ssl.SSLContext:

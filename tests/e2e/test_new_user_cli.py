@@ -16,13 +16,13 @@ import grpc
 import pytest
 
 from parley_client import ParleyClient, ParleyError
-from parley_core.testing.platform import TEST_DEFAULTS, RunningPlatform
-from parley_core.testing.terminal import CTRL_C, CTRL_D
-from parley_core.testing.waiting import wait_until
+from parley_testing.platform import TEST_DEFAULTS, RunningPlatform
+from parley_testing.stack import PASSWORD
+from parley_testing.terminal import CTRL_C, CTRL_D
+from parley_testing.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
-PASSWORD = "a-long-enough-passphrase"
 EX_INTERRUPTED = 130
 
 
@@ -104,7 +104,7 @@ async def test_history_and_chat_open_at_the_newest_messages(platform: RunningPla
     name = await asyncio.to_thread(new_user, platform, "pager")
     channel = unique("busy")
     await asyncio.to_thread(cli, platform, "--as", name, "create-channel", channel)
-    async with ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes()) as client:
+    async with platform.client() as client:
         await client.login(name, PASSWORD)
         [joined] = [c for c in await client.my_channels() if c.name == channel]
         for n in range(1, 26):
@@ -212,7 +212,7 @@ def test_react_takes_one_emoji_or_its_shortcode(platform: RunningPlatform) -> No
 
 
 async def sdk_user(platform: RunningPlatform, name: str) -> ParleyClient:
-    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    client = platform.client()
     await client.login(name, PASSWORD)
     return client
 
@@ -361,7 +361,7 @@ async def test_chat_moves_the_read_marker_and_names_an_invitation(platform: Runn
     terminal = platform.terminal("--as", reader, "chat", room)
     try:
         await asyncio.to_thread(terminal.expect, "-- live;")
-        async with ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes()) as owner:
+        async with platform.client() as owner:
             await owner.login(owner_name, PASSWORD)
             reader_id = (await owner.find_users([reader]))[reader]
             # The channel's events from its start: the reader's marker, whenever it moved.

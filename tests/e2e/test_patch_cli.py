@@ -2,7 +2,7 @@
 
 Auth does not hand out the operator role yet (its RBAC is being built), so the test publishes a
 signing key of its own on the AUTH stream and saves operator tokens where `parley login` would
-(parley_core.testing.operators).
+(parley_testing.operators).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from parley_core.testing.operators import OperatorTokens
-from parley_core.testing.platform import RunningPlatform
 from parley_core.topology import SERVICES
+from parley_testing.operators import OperatorTokens
+from parley_testing.platform import RunningPlatform
 
 pytestmark = pytest.mark.e2e
 # The shared OSV test data: $PARLEY_OSV_DIR, else shared/ beside the clone (as CI has it).

@@ -7,11 +7,11 @@ import pytest
 from parley.patch.v1 import patch_pb2
 from parley.storage.v1 import storage_pb2_grpc
 
-from parley_cli.patch import _print_rollout, audit_table
+from parley_cli.rollout_view import audit_table, print_rollout
 from parley_cli.usernames import ArchiveUsernames, usernames
-from parley_core.testing.stack import Stack
-from parley_core.testing.waiting import eventually
 from parley_core.topology import PLATFORM_USER
+from parley_testing.stack import Stack
+from parley_testing.waiting import eventually
 
 
 async def test_user_ids_resolve_to_names_through_the_archive(stack: Stack) -> None:
@@ -47,11 +47,11 @@ def test_rollout_view_and_audit_show_names(capsys: pytest.CaptureFixture[str]) -
             patch_pb2.AuditEntry(at=2.0, actor="registry", event="StepStarted"),
         ],
     )
-    _print_rollout(rollout, {"5f6c0000": "olga", "d21e0000": "oscar"})
+    print_rollout(rollout, {"5f6c0000": "olga", "d21e0000": "oscar"})
     out = capsys.readouterr().out
     assert "planned by olga, approved by oscar" in out
     assert "5f6c0000" not in out
-    _print_rollout(rollout, {})  # nobody resolved: the ids, as before
+    print_rollout(rollout, {})  # nobody resolved: the ids, as before
     assert "planned by 5f6c0000, approved by d21e0000" in capsys.readouterr().out
     audit = audit_table(rollout, {"5f6c0000": "olga"})
     assert "olga" in audit.splitlines()[2]

@@ -18,12 +18,12 @@ import pytest
 from parley.storage.v1 import storage_pb2
 
 from parley_client import ParleyClient, ParleyError
-from parley_core.testing.platform import RunningPlatform
-from parley_core.testing.waiting import eventually
+from parley_testing.platform import RunningPlatform
+from parley_testing.stack import PASSWORD
+from parley_testing.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
-PASSWORD = "a-long-enough-passphrase"
 KEY_BACKUP_REMINDER = "secrets/storage-kek.json changed"
 
 
@@ -48,7 +48,7 @@ async def refused(platform: RunningPlatform, *args: str) -> str:
 
 @asynccontextmanager
 async def user(platform: RunningPlatform, name: str) -> AsyncIterator[ParleyClient]:
-    async with ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes()) as client:
+    async with platform.client() as client:
         await client.register(name, PASSWORD)
         await client.login(name, PASSWORD)
         await cli(platform, "login", name, stdin=PASSWORD + "\n")  # the CLI's own token

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from parley_client import ParleyClient
-from parley_client.testing import Traffic, history_count, send_continuously
 from parley_core.net import free_port
-from parley_core.testing.operators import OperatorTokens
-from parley_core.testing.platform import RunningPlatform
-from parley_core.testing.waiting import eventually
+from parley_testing.operators import OperatorTokens
+from parley_testing.platform import RunningPlatform
+from parley_testing.traffic import Traffic, history_count, send_continuously
+from parley_testing.waiting import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -41,11 +40,7 @@ def upgrading(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatf
         # Two messaging instances: the roll-out replaces each in turn, never both at once.
         up_args=("--gateway-port", str(free_port()), "--instances", "messaging=2"),
     )
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
+    yield from running.served()
 
 
 async def cli(platform: RunningPlatform, *args: str) -> str:
@@ -66,7 +61,7 @@ async def test_approved_rollout_replaces_messaging_on_the_running_platform_witho
     old_instances = [i["instance_id"] for i in platform.service("messaging")["instances"]]  # type: ignore[attr-defined]
     assert len(old_instances) == 2
 
-    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    client = platform.client()
     await client.register("carol", "a-long-passphrase")
     await client.login("carol", "a-long-passphrase")
     channel = await client.create_channel("upgrades")

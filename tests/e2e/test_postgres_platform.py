@@ -9,24 +9,22 @@ from __future__ import annotations
 
 import json
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import URL, create_engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
 
 from parley_client import ParleyClient
 from parley_core.net import free_port
-from parley_core.testing.platform import RunningPlatform
-from parley_core.testing.waiting import eventually
+from parley_testing.platform import RunningPlatform
+from parley_testing.shared_postgres import schema_url, shared_schema
+from parley_testing.stack import PASSWORD
+from parley_testing.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
-PASSWORD = "a-long-enough-passphrase"
-SERVER = URL.create("postgresql", username="postgres", host="127.0.0.1", port=5432, database="test")
 MESSAGES = 12
 # What a restore needs from the key backup (README: "Backups").
 RESTORE_SECRETS = ("storage-kek.json", "storage-backup.key", "storage-backup-signing.pub", "auth-mfa-key.bin")
@@ -35,28 +33,12 @@ RESTORE_SECRETS = ("storage-kek.json", "storage-backup.key", "storage-backup-sig
 @pytest.fixture(scope="module")
 def schema() -> Iterator[tuple[Engine, str]]:
     """A schema of this module's own on the shared server; skipped, saying why, when there is none."""
-    admin = create_engine(
-        SERVER.set(drivername="postgresql+psycopg").update_query_dict({"connect_timeout": "5"}),
-        isolation_level="AUTOCOMMIT",
-    )
-    name = f"parley_up_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{name}"'))
-    except OperationalError as exc:
-        admin.dispose()
-        pytest.skip(f"no PostgreSQL test server on 127.0.0.1:5432: {str(exc.orig or exc).strip().splitlines()[0]}")
-    try:
-        yield admin, name
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
-        admin.dispose()
+    with shared_schema("parley_up") as schema:
+        yield schema
 
 
 def url_of(schema_name: str) -> str:
-    # A plain postgresql:// URL, as an operator writes it: the platform picks the driver.
-    return SERVER.update_query_dict({"options": f"-csearch_path={schema_name}"}).render_as_string(hide_password=False)
+    return schema_url(schema_name)
 
 
 @pytest.fixture
@@ -79,7 +61,7 @@ def archived_rows(admin: Engine, schema_name: str) -> int:
 
 
 async def person(platform: RunningPlatform, name: str, *, register: bool) -> ParleyClient:
-    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    client = platform.client()
     if register:
         await client.register(name, PASSWORD)
     await client.login(name, PASSWORD)

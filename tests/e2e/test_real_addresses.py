@@ -23,13 +23,13 @@ import pytest_asyncio
 from parley.auth.v1 import auth_pb2
 from parley.gateway.v1 import gateway_pb2_grpc
 
-from parley_core.testing.platform import RunningPlatform, platform_in
-from parley_core.testing.relay import SourceRelay
-from parley_core.testing.security import platform_security_events
+from parley_testing.platform import RunningPlatform, platform_in
+from parley_testing.relay import SourceRelay
+from parley_testing.security import platform_security_events
+from parley_testing.stack import PASSWORD
 
 pytestmark = pytest.mark.e2e
 
-PASSWORD = "a-long-enough-passphrase"
 LOCKOUT_THRESHOLD = 3
 REGISTRATIONS_PER_ADDRESS = 2
 CALLS_PER_ADDRESS = 30  # the burst; at 0.01 calls/s it does not refill during the test
@@ -51,11 +51,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
         PARLEY_GATEWAY_SOURCE_RATE="0.01",
         PARLEY_GATEWAY_SOURCE_BURST=str(CALLS_PER_ADDRESS),
     )
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
+    yield from running.served()
 
 
 @pytest_asyncio.fixture

@@ -22,10 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from parley_client import ParleyClient
 from parley_core.net import free_port
-from parley_core.testing.platform import RunningPlatform
-from parley_core.testing.waiting import eventually
+from parley_testing.platform import RunningPlatform
+from parley_testing.waiting import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -57,11 +56,7 @@ def platform(tmp_path: Path, source_copy: Path, core_copy: Path) -> Iterator[Run
         env={"PYTHONPATH": path, "PARLEY_HEARTBEAT_SECONDS": "1"},
         up_args=("--gateway-port", str(free_port())),
     )
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
+    yield from running.served()
 
 
 def _interpreter(pid: int) -> Path:
@@ -158,7 +153,7 @@ async def test_instances_run_the_installed_release_and_a_restart_ignores_the_sou
 
 
 async def _send(platform: RunningPlatform, user: str) -> None:
-    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    client = platform.client()
     try:
         await client.register(user, "a-long-passphrase")
         await client.login(user, "a-long-passphrase")

@@ -19,32 +19,19 @@ from parley.storage.v1.events_pb2 import EventLogRestored
 
 from parley_client import MfaRequired, ParleyClient, ParleyError
 from parley_core.envelope import decode, open_payload
-from parley_core.grpc_channel import secure_channel
 from parley_core.net import free_port
-from parley_core.pki import ensure_pki
-from parley_core.testing.platform import RunningPlatform, platform_in
-from parley_core.testing.waiting import eventually
+from parley_testing.platform import RunningPlatform, platform_in
+from parley_testing.stack import PASSWORD
+from parley_testing.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
-PASSWORD = "a-long-enough-passphrase"
 ARCHIVE_SECRETS = ("storage-kek.json", "storage-backup.key", "storage-backup-signing.pub")
 Shown = tuple[int, str, str, bool, bool, bool, tuple[tuple[str, tuple[str, ...]], ...]]
 
 
 def authenticator(secret_base32: str) -> TOTP:
     return TOTP(base64.b32decode(secret_base32 + "=" * (-len(secret_base32) % 8)), 6, SHA1(), 30)
-
-
-def connect(platform: RunningPlatform) -> ParleyClient:
-    return ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
-
-
-async def person(platform: RunningPlatform, name: str) -> ParleyClient:
-    client = connect(platform)
-    await client.register(name, PASSWORD)
-    await client.login(name, PASSWORD)
-    return client
 
 
 async def shown(client: ParleyClient, channel_id: str) -> list[Shown]:
@@ -65,10 +52,7 @@ async def shown(client: ParleyClient, channel_id: str) -> list[Shown]:
 
 async def archived_stream(platform: RunningPlatform, stream: str) -> list[storage_pb2.ArchivedEvent]:
     """The operator's view of one archived stream (platform identity, mutual TLS, straight to storage)."""
-    pki = ensure_pki(platform.data_dir / "pki", ["platform"])
-    channel = secure_channel(
-        pki, identity="platform", address=str(platform.service("storage")["address"]), peer="storage"
-    )
+    channel = platform.service_channel("storage")
     try:
         page = await storage_pb2_grpc.StorageArchiveServiceStub(channel).ReadArchivedStream(
             storage_pb2.ReadArchivedStreamRequest(stream=stream, limit=1000), timeout=30
@@ -85,7 +69,7 @@ async def test_a_restored_backup_runs_as_the_platform_it_was(tmp_path: Path) -> 
     try:
         original.cli("admin", "create-user", "olga", "--role", "operator", stdin=PASSWORD + "\n")
         original.cli("login", "olga", stdin=PASSWORD + "\n")
-        alice, bob, carol, dave = [await person(original, name) for name in ("alice", "bob", "carol", "dave")]
+        alice, bob, carol, dave = [await original.new_user(name) for name in ("alice", "bob", "carol", "dave")]
         app = authenticator((await alice.begin_totp_enrolment()).secret_base32)
         enrolled_at = time.time()
         await alice.confirm_totp_enrolment(app.generate(int(enrolled_at)).decode())
@@ -149,20 +133,20 @@ async def test_a_restored_backup_runs_as_the_platform_it_was(tmp_path: Path) -> 
         assert "MSG: " in output
         assert "first account" not in output  # it has its accounts
 
-        bob = connect(restored)
+        bob = restored.client()
         await bob.login("bob", PASSWORD)
         daves = (4, "", "", False, True, False, ())  # erased since the backup: the keyring shredded it
         assert await shown(bob, channel) == [daves if row[0] == 4 else row for row in before]
         assert (await bob.send(channel, "after the restore")).channel_seq == 6  # numbering goes on
 
-        alice = connect(restored)
+        alice = restored.client()
         with pytest.raises(MfaRequired):
             await alice.login("alice", PASSWORD)
         step = max(time.time(), enrolled_at + 30)  # a code after the one spent on enrolment
         await alice.login("alice", PASSWORD, totp_code=app.generate(int(step)).decode())
         assert [c.channel_id for c in await alice.my_channels()] == [channel]
 
-        carol = connect(restored)
+        carol = restored.client()
         for erased in ("carol", "dave"):  # erased before the backup, and after it: both stay erased
             with pytest.raises(ParleyError) as no_login:
                 await carol.login(erased, PASSWORD)

@@ -20,24 +20,20 @@ from pathlib import Path
 import grpc
 import pytest
 
-from parley_client import ParleyClient, ParleyError
-from parley_core.testing.platform import TEST_DEFAULTS, RunningPlatform, platform_in
-from parley_core.testing.waiting import eventually, until
+from parley_client import ParleyError
+from parley_testing.platform import TEST_DEFAULTS, RunningPlatform, platform_in
+from parley_testing.stack import PASSWORD
+from parley_testing.waiting import eventually, until
 
 pytestmark = pytest.mark.e2e
 
-PASSWORD = "a-long-enough-passphrase"
 TOKEN_SECONDS = 5
 
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
     running = platform_in(tmp_path_factory.mktemp("platform"), PARLEY_AUTH_ACCESS_TOKEN_SECONDS=str(TOKEN_SECONDS))
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
+    yield from running.served()
 
 
 def unique(prefix: str) -> str:
@@ -53,16 +49,9 @@ async def past(unix_time: float) -> None:
     await until(lambda: time.time() > unix_time + 1, f"the clock past {unix_time}", timeout=TOKEN_SECONDS * 4)
 
 
-async def registered(platform: RunningPlatform, username: str) -> ParleyClient:
-    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
-    await client.register(username, PASSWORD)
-    await client.login(username, PASSWORD)
-    return client
-
-
 async def test_the_cli_renews_a_saved_login_and_side_by_side_commands_share_it(platform: RunningPlatform) -> None:
     alice = unique("alice")
-    async with await registered(platform, alice) as a:
+    async with await platform.new_user(alice) as a:
         room = await a.create_channel(unique("room"))
         await asyncio.to_thread(platform.cli, "login", alice, stdin=PASSWORD + "\n")
         first = saved(platform, alice)
@@ -84,7 +73,7 @@ async def test_the_cli_renews_a_saved_login_and_side_by_side_commands_share_it(p
         await past(float(renewed["expires_at_unix"]))  # type: ignore[arg-type]
         channels = await asyncio.to_thread(platform.cli, "--as", alice, "channels")
         assert room.name in channels.stdout
-        stale = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+        stale = platform.client()
         async with stale:
             stale.use_token(str(first["access_token"]), str(first["user_id"]))
             with pytest.raises(ParleyError) as refused:
@@ -94,7 +83,7 @@ async def test_the_cli_renews_a_saved_login_and_side_by_side_commands_share_it(p
 
 async def test_an_ended_session_says_to_log_in_again(platform: RunningPlatform) -> None:
     bob = unique("bob")
-    async with await registered(platform, bob) as b:
+    async with await platform.new_user(bob) as b:
         await asyncio.to_thread(platform.cli, "login", bob, stdin=PASSWORD + "\n")
         login = saved(platform, bob)
         await b.change_password(PASSWORD, PASSWORD + "-new")  # signs out bob's other sessions
@@ -108,7 +97,7 @@ async def test_an_ended_session_says_to_log_in_again(platform: RunningPlatform) 
 
 async def test_a_live_stream_outlives_its_access_token(platform: RunningPlatform) -> None:
     alice, bob = unique("alice"), unique("bob")
-    async with await registered(platform, alice) as a, await registered(platform, bob) as b:
+    async with await platform.new_user(alice) as a, await platform.new_user(bob) as b:
         a.keep_logged_in()
         b.keep_logged_in()
         room = await a.create_channel(unique("room"))
@@ -137,7 +126,7 @@ async def test_a_live_stream_outlives_its_access_token(platform: RunningPlatform
 
 async def test_cli_chat_keeps_its_live_stream_and_sends_past_expiry(platform: RunningPlatform) -> None:
     alice, bob = unique("alice"), unique("bob")
-    async with await registered(platform, alice) as a, await registered(platform, bob) as b:
+    async with await platform.new_user(alice) as a, await platform.new_user(bob) as b:
         a.keep_logged_in()
         room = await a.create_channel(unique("room"))
         await b.join_channel(room.channel_id)

@@ -22,33 +22,22 @@ from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.messaging.v1.events_pb2 import MessagePosted
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from parley.storage.v1.events_pb2 import UserDataErased
-from sqlalchemy import URL, create_engine, text
-from sqlalchemy.exc import OperationalError
 
 from parley_client import ParleyClient
-from parley_core.grpc_channel import secure_channel
-from parley_core.pki import ensure_pki
-from parley_core.testing.platform import RunningPlatform, platform_in
 from parley_storage.archive import SqlEventArchive, StoredMessage, open_engine
 from parley_storage.datakeys import DataKeys
 from parley_storage.kek import FileKeyring
+from parley_testing.platform import RunningPlatform, platform_in
+from parley_testing.shared_postgres import schema_url, shared_schema
+from parley_testing.stack import PASSWORD
 
 pytestmark = pytest.mark.e2e
 
-PASSWORD = "a-long-enough-passphrase"
 TIMEOUT_S = 90.0
-POSTGRES = URL.create("postgresql+psycopg", username="postgres", host="127.0.0.1", port=5432, database="test")
 
 
 def unique(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:8]}"
-
-
-async def new_user(platform: RunningPlatform, name: str) -> ParleyClient:
-    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
-    await client.register(name, PASSWORD)
-    await client.login(name, PASSWORD)
-    return client
 
 
 async def eventually(check: Callable[[], object], *, what: str, timeout: float = TIMEOUT_S) -> None:
@@ -83,18 +72,14 @@ async def all_history(client: ParleyClient, channel_id: str) -> list[tuple[int, 
 @pytest.fixture
 async def operator(platform: RunningPlatform) -> AsyncIterator[storage_pb2_grpc.StorageArchiveServiceStub]:
     """The operator's tooling: the platform identity over mutual TLS, straight to storage."""
-    pki = ensure_pki(platform.data_dir / "pki", ["platform"])
-    address = str(platform.service("storage")["address"])
-    channel = secure_channel(pki, identity="platform", address=address, peer="storage")
+    channel = platform.service_channel("storage")
     yield storage_pb2_grpc.StorageArchiveServiceStub(channel)
     await channel.close()
 
 
 async def request_erasure(platform: RunningPlatform, user_id: str, reason: str) -> None:
     """The operator's erasure request, recorded by auth first (as `parley erase` does)."""
-    pki = ensure_pki(platform.data_dir / "pki", ["platform"])
-    address = str(platform.service("auth")["address"])
-    channel = secure_channel(pki, identity="platform", address=address, peer="auth")
+    channel = platform.service_channel("auth")
     try:
         request = auth_pb2.RequestErasureRequest(user_id=user_id, reason=reason)
         await auth_pb2_grpc.AuthServiceStub(channel).RequestErasure(request, timeout=30)
@@ -104,9 +89,7 @@ async def request_erasure(platform: RunningPlatform, user_id: str, reason: str) 
 
 async def record_retention(platform: RunningPlatform, channel_id: str, days: int) -> None:
     """The operator's retention policy, recorded by messaging first (as `parley retention` does)."""
-    pki = ensure_pki(platform.data_dir / "pki", ["platform"])
-    address = str(platform.service("messaging")["address"])
-    channel = secure_channel(pki, identity="platform", address=address, peer="messaging")
+    channel = platform.service_channel("messaging")
     try:
         request = messaging_pb2.SetChannelRetentionRequest(channel_id=channel_id, days=days)
         await messaging_pb2_grpc.MessagingServiceStub(channel).SetChannelRetention(request, timeout=30)
@@ -119,7 +102,7 @@ async def auditor_token(platform: RunningPlatform, role: str = "security-auditor
     their access projection (rbac), so a token that merely claims it would not do."""
     name = unique(f"{role.replace('-', '')}-")
     await asyncio.to_thread(platform.cli, "admin", "create-user", name, "--role", role, stdin=PASSWORD + "\n")
-    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    client = platform.client()
     try:
         await client.login(name, PASSWORD)
         assert client.access_token is not None
@@ -149,38 +132,20 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
     """parley_core's test platform, with storage's test-only fault point enabled (see faults.py)."""
     root = tmp_path_factory.mktemp("platform")
     running = platform_in(root, PARLEY_STORAGE_PAUSE_IN_BATCH=str(root / PAUSE_FOLDER))
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
+    yield from running.served()
 
 
 @pytest.fixture(scope="module")
 def postgres_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
     """The platform with storage on PostgreSQL (its own schema, dropped afterwards), by URL alone."""
-    admin = create_engine(POSTGRES.update_query_dict({"connect_timeout": "5"}), isolation_level="AUTOCOMMIT")
-    schema = f"parley_e2e_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    except OperationalError as exc:
-        admin.dispose()
-        pytest.skip(f"PostgreSQL not reachable on 127.0.0.1:5432: {str(exc.orig or exc).strip().splitlines()[0]}")
-    url = POSTGRES.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
-    root = tmp_path_factory.mktemp("pg-platform")
-    running = RunningPlatform(
-        data_dir=root / "data",
-        env={"PARLEY_DATABASE_URL": url, "PARLEY_STORAGE_PAUSE_IN_BATCH": str(root / PAUSE_FOLDER)},
-    )
-    try:
-        running.start()
-        yield running
-    finally:
-        running.kill()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with shared_schema("parley_e2e") as (_, schema):
+        url = schema_url(schema, driver="postgresql+psycopg")
+        root = tmp_path_factory.mktemp("pg-platform")
+        running = RunningPlatform(
+            data_dir=root / "data",
+            env={"PARLEY_DATABASE_URL": url, "PARLEY_STORAGE_PAUSE_IN_BATCH": str(root / PAUSE_FOLDER)},
+        )
+        yield from running.served()
 
 
 def files_under(*folders: Path) -> list[Path]:
@@ -189,7 +154,7 @@ def files_under(*folders: Path) -> list[Path]:
 
 async def test_no_plaintext_body_or_user_name_at_rest(platform: RunningPlatform) -> None:
     alice_name, bob_name = unique("alicezq"), unique("bobxk")
-    alice, bob = await new_user(platform, alice_name), await new_user(platform, bob_name)
+    alice, bob = await platform.new_user(alice_name), await platform.new_user(bob_name)
     channel = await alice.create_channel("at-rest")
     await bob.join_channel(channel.channel_id)
     bodies = [unique("secretbody-") for _ in range(5)]
@@ -223,7 +188,7 @@ async def test_erasure_shreds_one_user_and_is_audited(
     platform: RunningPlatform, operator: storage_pb2_grpc.StorageArchiveServiceStub
 ) -> None:
     alice_name, bob_name = unique("alice"), unique("bob")
-    alice, bob = await new_user(platform, alice_name), await new_user(platform, bob_name)
+    alice, bob = await platform.new_user(alice_name), await platform.new_user(bob_name)
     channel = await alice.create_channel("erasure")
     await bob.join_channel(channel.channel_id)
     await alice.send(channel.channel_id, "alice writes first")
@@ -314,7 +279,7 @@ async def test_exactly_once_across_kill_9_on_postgresql(postgres_platform: Runni
 async def check_exactly_once_across_kill_9(
     platform: RunningPlatform, operator: storage_pb2_grpc.StorageArchiveServiceStub
 ) -> None:
-    sender = await new_user(platform, unique("sender"))
+    sender = await platform.new_user(unique("sender"))
     channel = await sender.create_channel("kill-9")
     total = 300
     bodies = [f"kill9-{n:04d}" for n in range(total)]
@@ -359,14 +324,7 @@ async def check_exactly_once_across_kill_9(
 
     await eventually(restarted, what="`parley up` to restart the killed storage service")
     assert "storage crashed (exit -9)" in platform.output()
-    restarted_operator = storage_pb2_grpc.StorageArchiveServiceStub(
-        secure_channel(
-            ensure_pki(platform.data_dir / "pki", ["platform"]),
-            identity="platform",
-            address=str(platform.service("storage")["address"]),
-            peer="storage",
-        )
-    )
+    restarted_operator = storage_pb2_grpc.StorageArchiveServiceStub(platform.service_channel("storage"))
 
     async def caught_up() -> bool:
         lag = await restarted_operator.GetArchiveLag(storage_pb2.GetArchiveLagRequest(), timeout=10)
@@ -430,7 +388,7 @@ async def restored_history(
 async def test_an_erasure_reaches_a_backup_taken_before_it(
     platform: RunningPlatform, operator: storage_pb2_grpc.StorageArchiveServiceStub, tmp_path: Path
 ) -> None:
-    alice, bob = await new_user(platform, unique("alice")), await new_user(platform, unique("bob"))
+    alice, bob = await platform.new_user(unique("alice")), await platform.new_user(unique("bob"))
     channel = await alice.create_channel("erase-backup")
     await bob.join_channel(channel.channel_id)
     await alice.send(channel.channel_id, "alice before the backup")
@@ -452,7 +410,7 @@ async def test_an_erasure_reaches_a_backup_taken_before_it(
 
 
 async def check_backup_while_sending(platform: RunningPlatform, tmp_path: Path) -> None:
-    sender = await new_user(platform, unique("backup"))
+    sender = await platform.new_user(unique("backup"))
     channel = await sender.create_channel("backup")
     acknowledged: list[str] = []
     stop = asyncio.Event()
@@ -501,17 +459,14 @@ async def check_backup_while_sending(platform: RunningPlatform, tmp_path: Path) 
 def peer_stub(
     platform: RunningPlatform, identity: str
 ) -> tuple[grpc.aio.Channel, storage_pb2_grpc.StorageArchiveServiceStub]:
-    pki = ensure_pki(platform.data_dir / "pki", [identity])
-    channel = secure_channel(
-        pki, identity=identity, address=str(platform.service("storage")["address"]), peer="storage"
-    )
+    channel = platform.service_channel("storage", identity)
     return channel, storage_pb2_grpc.StorageArchiveServiceStub(channel)
 
 
 async def test_services_rebuild_from_the_archive_within_their_streams_and_rotation_keeps_history(
     platform: RunningPlatform, operator: storage_pb2_grpc.StorageArchiveServiceStub
 ) -> None:
-    owner = await new_user(platform, unique("owner"))
+    owner = await platform.new_user(unique("owner"))
     channel = await owner.create_channel("rebuild")
     for n in range(3):
         await owner.send(channel.channel_id, f"rebuild {n}")

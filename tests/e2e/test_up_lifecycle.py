@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from parley_core.net import free_port
-from parley_core.testing.platform import READY_LINE, START_TIMEOUT_S, STOP_TIMEOUT_S, TEST_DEFAULTS, RunningPlatform
-from parley_core.testing.waiting import wait_until
+from parley_core.platform_state import READY_LINE
+from parley_testing.platform import START_TIMEOUT_S, STOP_TIMEOUT_S, TEST_DEFAULTS, RunningPlatform
+from parley_testing.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 

@@ -12,24 +12,11 @@ from parley.auth.v1.events_pb2 import UserRegistered
 
 from parley_client import ParleyClient, ParleyError
 from parley_core.envelope import NewEvent, seal
-from parley_core.nats_connect import connect_nats
-from parley_core.testing.platform import RunningPlatform
-from parley_core.testing.waiting import wait_until
+from parley_testing.platform import RunningPlatform
+from parley_testing.stack import PASSWORD
+from parley_testing.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
-
-PASSWORD = "a-long-enough-passphrase"
-
-
-def connect(platform: RunningPlatform) -> ParleyClient:
-    return ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
-
-
-async def new_user(platform: RunningPlatform, name: str) -> ParleyClient:
-    client = connect(platform)
-    await client.register(name, PASSWORD)
-    await client.login(name, PASSWORD)
-    return client
 
 
 async def history_bodies(client: ParleyClient, channel_id: str, *, expect: int, timeout: float = 20.0) -> list[str]:
@@ -48,8 +35,8 @@ def unique(prefix: str) -> str:
 
 async def test_message_reaches_live_stream_and_history_and_survives_restart(platform: RunningPlatform) -> None:
     alice_name, bob_name = unique("alice"), unique("bob")
-    alice = await new_user(platform, alice_name)
-    bob = await new_user(platform, bob_name)
+    alice = await platform.new_user(alice_name)
+    bob = await platform.new_user(bob_name)
     channel = await alice.create_channel("general")
     joined = await bob.join_channel(channel.channel_id)
     assert set(joined.member_ids) == {alice.user_id, bob.user_id}
@@ -77,12 +64,12 @@ async def test_message_reaches_live_stream_and_history_and_survives_restart(plat
     assert stopped.returncode == 2
     assert "not running" in stopped.stderr
     platform.start()
-    bob = connect(platform)
+    bob = platform.client()
     await bob.login(bob_name, PASSWORD)
     page = await bob.history(channel.channel_id)
     assert [(m.channel_seq, m.body) for m in page.messages] == [(1, "hello bob, over TLS")]
     # A second start keeps accounts, channels and the live path too.
-    alice = connect(platform)
+    alice = platform.client()
     await alice.login(alice_name, PASSWORD)
     live = bob.subscribe([channel.channel_id])
     await asyncio.wait_for(live.ready(), 10)
@@ -95,7 +82,7 @@ async def test_message_reaches_live_stream_and_history_and_survives_restart(plat
 
 
 async def test_one_send_is_one_trace_across_gateway_messaging_and_storage(platform: RunningPlatform) -> None:
-    alice = await new_user(platform, unique("tracer"))
+    alice = await platform.new_user(unique("tracer"))
     channel = await alice.create_channel("traced")
     marker = unique("trace-me-")
     await alice.send(channel.channel_id, marker)
@@ -122,8 +109,8 @@ async def test_one_send_is_one_trace_across_gateway_messaging_and_storage(platfo
 
 async def test_bad_input_gets_precise_status(platform: RunningPlatform) -> None:
     name = unique("carol")
-    carol = await new_user(platform, name)
-    outsider = await new_user(platform, unique("dave"))
+    carol = await platform.new_user(name)
+    outsider = await platform.new_user(unique("dave"))
     channel = await carol.create_channel("private-ish")
 
     async def status_of(call: object) -> grpc.StatusCode:
@@ -141,7 +128,7 @@ async def test_bad_input_gets_precise_status(platform: RunningPlatform) -> None:
     assert await status_of(carol.register(unique("eve"), "short")) == grpc.StatusCode.INVALID_ARGUMENT
     assert await status_of(carol.login(name, "wrong-password-here")) == grpc.StatusCode.UNAUTHENTICATED
 
-    anonymous = connect(platform)
+    anonymous = platform.client()
     assert await status_of(anonymous.my_channels()) == grpc.StatusCode.UNAUTHENTICATED
     token = carol.access_token
     assert token is not None
@@ -154,7 +141,7 @@ async def test_bad_input_gets_precise_status(platform: RunningPlatform) -> None:
 
 
 async def test_idempotent_send_returns_the_first_message(platform: RunningPlatform) -> None:
-    frank = await new_user(platform, unique("frank"))
+    frank = await platform.new_user(unique("frank"))
     channel = await frank.create_channel("retries")
     first = await frank.send(channel.channel_id, "once", idempotency_key="key-1")
     retry = await frank.send(channel.channel_id, "once", idempotency_key="key-1")
@@ -189,15 +176,7 @@ def test_cli_user_flow(platform: RunningPlatform) -> None:
 
 
 async def test_poison_event_is_parked_and_listed_for_the_operator(platform: RunningPlatform) -> None:
-    passwords = json.loads((platform.data_dir / "secrets" / "nats-passwords.json").read_text())
-    nc = await connect_nats(
-        url=str(platform.state["nats_url"]),
-        user="platform",
-        password=passwords["platform"],
-        ca_cert=platform.data_dir / "pki" / "ca.crt",
-        name="poisoner",
-        allow_reconnect=False,
-    )
+    nc = await platform.nats(name="poisoner", allow_reconnect=False)
     ack = await nc.jetstream().publish("parley.msg.poison.1", b"\xff this is not an event envelope")
     # An auth event on messaging's stream: a security finding of every consumer of MSG.
     forged = NewEvent(aggregate_type="user", aggregate_id="u1", payload=UserRegistered(user_id="u1"), actor="forger")
@@ -222,11 +201,11 @@ async def test_poison_event_is_parked_and_listed_for_the_operator(platform: Runn
 
 async def test_history_right_after_joining_sees_the_join_and_earlier_messages(platform: RunningPlatform) -> None:
     """History waits for the archive to reach the channel's newest event (read-your-writes)."""
-    owner = await new_user(platform, unique("owner"))
+    owner = await platform.new_user(unique("owner"))
     channel = await owner.create_channel("join-then-read")
     await owner.send(channel.channel_id, "before you came")
     for _ in range(10):
-        member = await new_user(platform, unique("joiner"))
+        member = await platform.new_user(unique("joiner"))
         await member.join_channel(channel.channel_id)
         page = await member.history(channel.channel_id)
         assert [m.body for m in page.messages] == ["before you came"]

@@ -9,26 +9,22 @@ web/test-results/screenshots/ (README and docs/web.md show copies from docs/scre
 from __future__ import annotations
 
 import base64
-import hashlib
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
-import pytest_asyncio
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
 from parley.gateway.v1 import gateway_pb2_grpc
 from parley.messaging.v1 import messaging_pb2
 
-from parley_client import ParleyClient, ParleyError
-from parley_core.testing.platform import RunningPlatform, platform_in
-from parley_core.testing.stack import PASSWORD, bearer
+from parley_client import ParleyError
+from parley_testing.browser import log_in, require_built
+from parley_testing.platform import RunningPlatform, platform_in
+from parley_testing.stack import PASSWORD, bearer
 
 playwright_api = pytest.importorskip("playwright.async_api")
 Browser = playwright_api.Browser
@@ -43,7 +39,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 ROOT = Path(__file__).resolve().parents[2]
 WEB_DIST = ROOT / "web" / "dist"
 AXE = ROOT / "web" / "node_modules" / "axe-core" / "axe.min.js"
-CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "web" / "test-results" / "screenshots"
 TIMEOUT_MS = 20_000
 # Assertions wait as long as actions do: on a loaded machine a live event can take seconds.
@@ -55,48 +50,13 @@ DIALOGS: list[str] = []  # any alert() that ran
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
-    if not (WEB_DIST / "index.html").exists():
-        pytest.fail("web/dist is not built: run `make web` (make test does)")
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: `make chromium` installs Debian's chromium (make test does)")
+    require_built(WEB_DIST, "index.html")
     running = platform_in(tmp_path_factory.mktemp("web"), PARLEY_WEB_ROOT=str(WEB_DIST))
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
-
-
-def spki_pin(cert_path: Path) -> str:
-    """base64(SHA-256(SubjectPublicKeyInfo)) of the gateway's certificate, for Chromium's pin list."""
-    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def browser(platform: RunningPlatform) -> AsyncIterator[Browser]:
-    pin = spki_pin(platform.data_dir / "pki" / "gateway.crt")
-    async with playwright_api.async_playwright() as p:
-        launched = await p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=[f"--ignore-certificate-errors-spki-list={pin}", "--no-sandbox", "--disable-dev-shm-usage"],
-        )
-        try:
-            yield launched
-        finally:
-            await launched.close()
+    yield from running.served()
 
 
 def unique(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:6]}"
-
-
-async def registered(platform: RunningPlatform, name: str) -> ParleyClient:
-    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
-    await client.register(name, PASSWORD)
-    await client.login(name, PASSWORD)
-    return client
 
 
 async def logged_in(browser: Browser, platform: RunningPlatform, name: str) -> tuple[BrowserContext, Page]:
@@ -105,9 +65,7 @@ async def logged_in(browser: Browser, platform: RunningPlatform, name: str) -> t
     page.set_default_timeout(TIMEOUT_MS)
     page.on("dialog", lambda dialog: DIALOGS.append(dialog.message))
     await page.goto(platform.web_url)
-    await page.get_by_label("Username").fill(name)
-    await page.get_by_label("Password").fill(PASSWORD)
-    await page.get_by_role("button", name="Log in").click()
+    await log_in(page, name)
     await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
     return context, page
 
@@ -171,9 +129,9 @@ async def test_two_browsers_and_the_sdk_chat_live_and_hostile_text_stays_text(
     browser: Browser, platform: RunningPlatform
 ) -> None:
     alice, bob = unique("alice"), unique("bob")
-    carol = await registered(platform, unique("carol"))  # someone on the SDK (what the CLI uses)
-    alice_sdk = await registered(platform, alice)  # the channel's owner, later on the SDK too
-    await (await registered(platform, bob)).close()
+    carol = await platform.new_user(unique("carol"))  # someone on the SDK (what the CLI uses)
+    alice_sdk = await platform.new_user(alice)  # the channel's owner, later on the SDK too
+    await (await platform.new_user(bob)).close()
     a_context, a_page = await logged_in(browser, platform, alice)
     b_context, b_page = await logged_in(browser, platform, bob)
     await expect(a_page.get_by_role("heading", name="No channels yet")).to_be_visible()
@@ -259,8 +217,8 @@ async def test_two_browsers_and_the_sdk_chat_live_and_hostile_text_stays_text(
 
 
 async def test_offline_and_back_misses_nothing(browser: Browser, platform: RunningPlatform) -> None:
-    alice, bob = await registered(platform, unique("alice")), unique("bob")
-    await (await registered(platform, bob)).close()
+    alice, bob = await platform.new_user(unique("alice")), unique("bob")
+    await (await platform.new_user(bob)).close()
     channel = await alice.create_channel(unique("room"))
     b_context, b_page = await logged_in(browser, platform, bob)
     await b_page.get_by_label("Join a channel by its id").fill(channel.channel_id)
@@ -291,7 +249,7 @@ async def test_offline_and_back_misses_nothing(browser: Browser, platform: Runni
 
 async def test_login_with_a_totp_code(browser: Browser, platform: RunningPlatform) -> None:
     name = unique("dora")
-    client = await registered(platform, name)
+    client = await platform.new_user(name)
     secret = (await client.begin_totp_enrolment()).secret_base32
     app = TOTP(base64.b32decode(secret + "=" * (-len(secret) % 8)), 6, SHA1(), 30)
     await client.confirm_totp_enrolment(app.generate(int(time.time())).decode())
@@ -301,9 +259,7 @@ async def test_login_with_a_totp_code(browser: Browser, platform: RunningPlatfor
     page = await context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     await page.goto(platform.web_url)
-    await page.get_by_label("Username").fill(name)
-    await page.get_by_label("Password").fill(PASSWORD)
-    await page.get_by_role("button", name="Log in").click()
+    await log_in(page, name)
     code = page.get_by_label("Two-factor code (or a recovery code)")
     await expect(code).to_be_visible()
     await code.fill(app.generate(int(time.time()) + 30).decode())  # the next step: the first was spent
@@ -317,7 +273,7 @@ async def test_history_opens_at_the_newest_and_pages_back_as_one_scrolls(
     browser: Browser, platform: RunningPlatform
 ) -> None:
     name = unique("fred")
-    fred = await registered(platform, name)
+    fred = await platform.new_user(name)
     channel = await fred.create_channel(unique("long"))
     for n in range(70):  # more than the 50 of the first page
         await fred.send(channel.channel_id, f"m{n:02d}")
@@ -337,16 +293,13 @@ async def test_an_encrypted_channel_is_shown_as_such_and_never_its_ciphertext(
     browser: Browser, platform: RunningPlatform
 ) -> None:
     name = unique("gina")
-    client = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    client = platform.client()
     await client.register(name, PASSWORD)
     login = await client.login(name, PASSWORD)
     channel = await client.create_channel(unique("secret"), encrypted=True)
     # Ciphertext as an SDK with E2EE posts it (the server checks only its form).
     ciphertext = "megolm.v1:" + "QUJDREVGR0hJSktMTU5PUA" * 4
-    credentials = grpc.ssl_channel_credentials(root_certificates=platform.ca_cert.read_bytes())
-    async with grpc.aio.secure_channel(
-        platform.gateway_address, credentials, options=[("grpc.ssl_target_name_override", "gateway")]
-    ) as raw:
+    async with platform.gateway_channel() as raw:
         await gateway_pb2_grpc.GatewayStub(raw).SendMessage(
             messaging_pb2.PostMessageRequest(channel_id=channel.channel_id, body=ciphertext, idempotency_key="e2ee-1"),
             metadata=bearer(login.access_token),
@@ -365,7 +318,7 @@ async def test_settings_enrol_two_factor_with_a_qr_code_and_list_sessions(
     browser: Browser, platform: RunningPlatform
 ) -> None:
     name = unique("hana")
-    await (await registered(platform, name)).close()  # its own session, listed beside the browser's
+    await (await platform.new_user(name)).close()  # its own session, listed beside the browser's
     context, page = await logged_in(browser, platform, name)
     await page.get_by_role("button", name="Settings").click()
     await expect(page.get_by_role("heading", name="Sessions")).to_be_visible()
@@ -395,7 +348,7 @@ async def test_settings_enrol_two_factor_with_a_qr_code_and_list_sessions(
     await context.close()
 
     # From now on a login asks for the code.
-    fresh = ParleyClient.connect(platform.gateway_address, ca_cert=platform.ca_cert.read_bytes())
+    fresh = platform.client()
     with pytest.raises(ParleyError, match="two-factor"):
         await fresh.login(name, PASSWORD)
     await fresh.close()
@@ -405,9 +358,7 @@ async def test_settings_enrol_two_factor_with_a_qr_code_and_list_sessions(
     page = await context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     await page.goto(platform.web_url)
-    await page.get_by_label("Username").fill(name)
-    await page.get_by_label("Password").fill(PASSWORD)
-    await page.get_by_role("button", name="Log in").click()
+    await log_in(page, name)
     await page.get_by_label("Two-factor code (or a recovery code)").fill(recovery)
     await page.get_by_role("button", name="Log in").click()
     await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
@@ -432,16 +383,14 @@ def console_errors(page: Page) -> list[str]:
 
 async def test_a_first_visit_logs_no_error_in_the_console(browser: Browser, platform: RunningPlatform) -> None:
     name = unique("ivan")
-    await (await registered(platform, name)).close()
+    await (await platform.new_user(name)).close()
     context = await browser.new_context()
     page = await context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     errors = console_errors(page)
     await page.goto(platform.web_url)
     await expect(page.get_by_role("button", name="Log in")).to_be_visible()
-    await page.get_by_label("Username").fill(name)
-    await page.get_by_label("Password").fill(PASSWORD)
-    await page.get_by_role("button", name="Log in").click()
+    await log_in(page, name)
     await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
     await page.reload()  # the session is taken up again from the cookie
     await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
@@ -455,7 +404,7 @@ async def test_a_first_visit_logs_no_error_in_the_console(browser: Browser, plat
 
 async def test_others_read_markers_show_live(browser: Browser, platform: RunningPlatform) -> None:
     alice, bob = unique("alice"), unique("bob")
-    alice_sdk, bob_sdk = await registered(platform, alice), await registered(platform, bob)
+    alice_sdk, bob_sdk = await platform.new_user(alice), await platform.new_user(bob)
     channel = await alice_sdk.create_channel(unique("room"))
     await bob_sdk.join_channel(channel.channel_id)
     first = await alice_sdk.send(channel.channel_id, "first")
@@ -477,7 +426,7 @@ async def test_others_read_markers_show_live(browser: Browser, platform: Running
 
 async def test_a_redacted_message_names_its_sender(browser: Browser, platform: RunningPlatform) -> None:
     alice, bob = unique("alice"), unique("bob")
-    alice_sdk, bob_sdk = await registered(platform, alice), await registered(platform, bob)
+    alice_sdk, bob_sdk = await platform.new_user(alice), await platform.new_user(bob)
     channel = await alice_sdk.create_channel(unique("room"))
     await bob_sdk.join_channel(channel.channel_id)
     gone = await alice_sdk.send(channel.channel_id, "said in haste")
@@ -500,7 +449,7 @@ async def test_membership_changes_reach_the_channel_and_member_lists_live(
     browser: Browser, platform: RunningPlatform
 ) -> None:
     alice, carol, dave = unique("alice"), unique("carol"), unique("dave")
-    alice_sdk, carol_sdk, dave_sdk = [await registered(platform, n) for n in (alice, carol, dave)]
+    alice_sdk, carol_sdk, dave_sdk = [await platform.new_user(n) for n in (alice, carol, dave)]
     carol_id, dave_id = carol_sdk.user_id or "", dave_sdk.user_id or ""
     home = await dave_sdk.create_channel(unique("home"))
     context = await browser.new_context(viewport={"width": 1100, "height": 700})
@@ -508,9 +457,7 @@ async def test_membership_changes_reach_the_channel_and_member_lists_live(
     page.set_default_timeout(TIMEOUT_MS)
     await page.clock.install()
     await page.goto(platform.web_url)
-    await page.get_by_label("Username").fill(dave)
-    await page.get_by_label("Password").fill(PASSWORD)
-    await page.get_by_role("button", name="Log in").click()
+    await log_in(page, dave)
     await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
     await expect(page.locator("#channel-title")).to_have_text(f"# {home.name}")
     # From here the page's timers stand still: whatever changes comes by the live stream.
@@ -562,7 +509,7 @@ async def test_invitations_made_while_the_page_was_closed_are_listed_and_accepte
     browser: Browser, platform: RunningPlatform
 ) -> None:
     alice, dave = unique("alice"), unique("dave")
-    alice_sdk, dave_sdk = await registered(platform, alice), await registered(platform, dave)
+    alice_sdk, dave_sdk = await platform.new_user(alice), await platform.new_user(dave)
     dave_id = dave_sdk.user_id or ""
     club = await alice_sdk.create_channel(unique("club"), private=True)
     plans = await alice_sdk.create_channel(unique("plans"), private=True)

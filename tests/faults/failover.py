@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from parley_client import ParleyClient, ParleyError
-from parley_core.testing.waiting import eventually, until
+from parley_testing.stack import PASSWORD
+from parley_testing.waiting import eventually, until
 
-PASSWORD = "a-long-enough-passphrase"
 RECONNECT_PAUSE_S = 0.2  # a client's pacing between tries while its gateway is gone, not a wait for state
 
 

@@ -11,9 +11,9 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from parley_core.testing.operators import OperatorTokens
-from parley_core.testing.platform import TEST_DEFAULTS
-from parley_core.testing.waiting import eventually
+from parley_testing.operators import OperatorTokens
+from parley_testing.platform import TEST_DEFAULTS
+from parley_testing.waiting import eventually
 
 MESSAGING_SOURCE = Path(__file__).resolve().parents[2] / "services" / "messaging"
 NEW_VERSION = "0.2.0"

@@ -26,13 +26,13 @@ from parley.patch.v1 import patch_pb2
 from workload import publish_figures
 
 from parley_agent.front_door import FrontDoor
-from parley_cli.testing import PLATFORM_TIMEOUTS, AgentPlatform, agent_platform
 from parley_cli.wheels import build_wheel
 from parley_client import ParleyClient
-from parley_client.testing import Traffic, history_count, send_continuously
 from parley_core.pki import Pki
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.waiting import eventually
+from parley_testing.nats import NatsTestServer
+from parley_testing.rollout_platform import PLATFORM_TIMEOUTS, AgentPlatform, agent_platform
+from parley_testing.traffic import Traffic, history_count, send_continuously
+from parley_testing.waiting import eventually
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.e2e, pytest.mark.timeout(3600)]
 

@@ -20,8 +20,8 @@ import pytest_asyncio
 from workload import ChatWorkload, audit, until
 
 from parley_core.net import free_port
-from parley_core.testing.platform import RunningPlatform
-from parley_core.testing.postgres import PrivatePostgres
+from parley_testing.platform import RunningPlatform
+from parley_testing.postgres import PrivatePostgres
 
 pytestmark = pytest.mark.e2e
 
@@ -40,11 +40,7 @@ def fresh_platform(data_dir: Path, **env: str) -> RunningPlatform:
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[RunningPlatform]:
     platform = fresh_platform(tmp_path / "data")
-    platform.start()
-    try:
-        yield platform
-    finally:
-        platform.kill()
+    yield from platform.served()
 
 
 @pytest_asyncio.fixture

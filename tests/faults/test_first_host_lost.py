@@ -45,11 +45,11 @@ from workload import publish_figures
 
 from parley_client import ParleyClient, ParleyError
 from parley_core.net import free_port
-from parley_core.testing.fleet_nats import wait_current_on
-from parley_core.testing.operators import OperatorTokens
-from parley_core.testing.platform import TEST_DEFAULTS, JoinedHost, RunningPlatform
-from parley_core.testing.postgres import PrivatePostgres
-from parley_core.testing.waiting import eventually, until
+from parley_testing.fleet_nats import wait_current_on
+from parley_testing.operators import OperatorTokens
+from parley_testing.platform import TEST_DEFAULTS, JoinedHost, RunningPlatform
+from parley_testing.postgres import PrivatePostgres
+from parley_testing.waiting import eventually, until
 
 pytestmark = pytest.mark.e2e
 

@@ -24,8 +24,8 @@ from workload import publish_figures
 
 from parley_client import ParleyClient
 from parley_core.net import free_port
-from parley_core.testing.platform import JoinedHost, RunningPlatform
-from parley_core.testing.waiting import eventually, until
+from parley_testing.platform import JoinedHost, RunningPlatform
+from parley_testing.waiting import eventually, until
 
 pytestmark = pytest.mark.e2e
 

@@ -1,5 +1,5 @@
 """Hosts with addresses of their own, one lost under load: four network namespaces on a bridge
-(parley_core.testing.netns), and the archive in PostgreSQL on a host of its own.
+(parley_testing.netns), and the archive in PostgreSQL on a host of its own.
 
 The database host runs a PostgreSQL server the test makes (initdb, then postgres as the
 `postgres` user), listening on its own address only and trusting the bridge's network. Host A
@@ -43,11 +43,11 @@ from workload import publish_figures
 
 from parley_client import ParleyClient, ParleyError
 from parley_core.net import free_port
-from parley_core.testing.fleet_nats import wait_current_on
-from parley_core.testing.netns import Bridge, namespaces_on_a_bridge, netns_available
-from parley_core.testing.platform import JoinedHost, RunningPlatform
-from parley_core.testing.postgres import PrivatePostgres, postgres_missing, postgres_server
-from parley_core.testing.waiting import eventually, until
+from parley_testing.fleet_nats import wait_current_on
+from parley_testing.netns import Bridge, namespaces_on_a_bridge, netns_available
+from parley_testing.platform import JoinedHost, RunningPlatform
+from parley_testing.postgres import PrivatePostgres, postgres_missing, postgres_server
+from parley_testing.waiting import eventually, until
 
 REASON = netns_available() or postgres_missing()
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(bool(REASON), reason=REASON or "namespaces and PostgreSQL here")]

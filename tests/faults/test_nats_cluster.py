@@ -22,8 +22,8 @@ from workload import FaultReport, until
 from parley_core.bus import AppendNotMade, EventBus, ReceivedEvent
 from parley_core.envelope import NewEvent, open_payload
 from parley_core.pki import Pki
-from parley_core.testing.nats import start_nats_cluster
 from parley_core.topology import PLATFORM_USER, STREAMS, channel_subject
+from parley_testing.nats import start_nats_cluster
 
 pytestmark = pytest.mark.slow
 

@@ -27,12 +27,12 @@ from locust_run import LocustRun
 from parley_load.request_log import LoggedRequest
 from workload import publish_figures
 
-from parley_cli.testing import agent_platform
 from parley_cli.wheels import build_wheel
 from parley_client import ParleyClient
 from parley_core.pki import Pki
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.waiting import eventually, until
+from parley_testing.nats import NatsTestServer
+from parley_testing.rollout_platform import agent_platform
+from parley_testing.waiting import eventually, until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
 

@@ -26,7 +26,7 @@ import grpc
 from parley.messaging.v1.messaging_pb2 import ChatMessage
 
 from parley_client import LiveStream, ParleyClient, ParleyError
-from parley_core.testing.waiting import until
+from parley_testing.waiting import until
 
 PASSWORD = "fault-test-passphrase"
 TRANSIENT = {

@@ -520,15 +520,28 @@ class App {
       send,
       h("p", { id: "composer-help", class: "hint" }, "Enter sends, Shift+Enter starts a new line."),
     );
+    this.sendsFrom(form, box, (body) => ({ channelId: c.channelId, body }));
+    queueMicrotask(() => box.focus());
+    return form;
+  }
+
+  /** A composer: Enter sends (Shift+Enter starts a new line; an input method's Enter composes), as
+   * does the form's button. The box is cleared meanwhile; a refused send puts its text back, so
+   * nothing typed is lost. */
+  private sendsFrom(
+    form: HTMLFormElement,
+    box: HTMLTextAreaElement,
+    message: (body: string) => { channelId: string; body: string; threadRootSeq?: bigint },
+  ): void {
     const submit = (): void => {
       const body = box.value;
       if (!body.trim()) return;
-      const idempotencyKey = crypto.randomUUID();
+      const request = { ...message(body), idempotencyKey: crypto.randomUUID() };
       box.value = "";
-      withRefresh(() => gateway.sendMessage({ channelId: c.channelId, body, idempotencyKey }))
-        .then((message) => this.upsert(message))
+      withRefresh(() => gateway.sendMessage(request))
+        .then((sent) => this.upsert(sent))
         .catch((err: unknown) => {
-          box.value = body; // nothing lost: the text comes back to be sent again
+          box.value = body;
           this.notice(`Not sent: ${api.describe(err)}`);
         });
     };
@@ -542,8 +555,6 @@ class App {
       event.preventDefault();
       submit();
     });
-    queueMicrotask(() => box.focus());
-    return form;
   }
 
   private title(c: Channel): string {
@@ -629,29 +640,7 @@ class App {
       box,
       h("button", { type: "submit" }, "Reply"),
     );
-    const submit = (): void => {
-      const body = box.value;
-      if (!body.trim()) return;
-      box.value = "";
-      withRefresh(() =>
-        gateway.sendMessage({ channelId: t.channelId, body, threadRootSeq: t.rootSeq, idempotencyKey: crypto.randomUUID() }),
-      )
-        .then((m) => this.upsert(m))
-        .catch((err: unknown) => {
-          box.value = body;
-          this.notice(`Not sent: ${api.describe(err)}`);
-        });
-    };
-    on(box, "keydown", (event) => {
-      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-        event.preventDefault();
-        submit();
-      }
-    });
-    on(form, "submit", (event) => {
-      event.preventDefault();
-      submit();
-    });
+    this.sendsFrom(form, box, (body) => ({ channelId: t.channelId, body, threadRootSeq: t.rootSeq }));
     append(
       this.threadEl,
       h("div", { class: "thread-head" }, h("h2", {}, "Thread"), close),

@@ -11,7 +11,8 @@ import grpc
 import pytest
 from parley.patch.v1 import patch_pb2
 
-from parley_agent.node_agent import Instance, NodeAgent, rollout_progress
+from parley_agent.node_agent import Instance, NodeAgent
+from parley_agent.progress import rollout_progress
 from parley_core.net import free_port
 from parley_core.pki import ensure_pki
 from parley_core.topology import PLATFORM_USER

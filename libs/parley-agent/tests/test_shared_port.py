@@ -19,7 +19,7 @@ from grpc_health.v1._async import HealthServicer
 from parley_agent.shared_port import SHARE_FILE_ENV, SharedPort
 from parley_core.listeners import stop_listening
 from parley_core.port_share import ShareFile
-from parley_core.testing.waiting import until
+from parley_testing.waiting import until
 
 pytestmark = pytest.mark.asyncio
 TIMEOUT_S = 10.0

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from parley_cli.health import check_broker
-from parley_core.testing.nats import NatsTestServer
+from parley_testing.nats import NatsTestServer
 
 pytestmark = pytest.mark.asyncio
 

@@ -9,7 +9,8 @@ from parley.storage.v1 import events_pb2 as store
 from parley.storage.v1 import storage_pb2
 
 from parley_cli.compliance import _table
-from parley_cli.compliance_security import KeyAge, facts_from, render_sections
+from parley_cli.compliance_security import KeyAge, facts_from
+from parley_cli.security_sections import render_sections
 from parley_core.envelope import NewEvent, seal
 
 DAY = 86400.0
@@ -69,10 +70,6 @@ def test_keys_mfa_by_role_and_erasures_with_their_audit_reference() -> None:
         auth=auth_events,
         store=store_events,
         sec=sec_events,
-        retention=[],
-        certificates=[],
-        report_key=None,
-        backups=[],
     )
     states = {k.key_id: k.state for k in facts.keys}
     assert states == {"k1": "replaced by k2", "k2": "in use", "a1": "in use"}
@@ -134,10 +131,7 @@ def test_anomalies_name_people_and_the_probers_events_are_not_counted() -> None:
         auth=auth_events,
         store=store_events,
         sec=sec_events,
-        retention=[],
-        certificates=[],
         report_key=report_key,
-        backups=[],
     )
     # The finding keeps ids (a name must not outlive an erasure); the report shows names.
     rushed = next(e for e in facts.events if e.kind == "anomaly:rushed_rollout")

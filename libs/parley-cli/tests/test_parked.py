@@ -20,9 +20,9 @@ from nats.aio.msg import Msg
 from parley_cli.parked import ParkedEvent, list_parked
 from parley_core import topology
 from parley_core.bus import FOREIGN_EVENT, EventBus
-from parley_core.consumer_guard import CONSUMER_FLOOD
+from parley_core.consumer_floods import CONSUMER_FLOOD
 from parley_core.pki import Pki
-from parley_core.testing.nats import NatsTestServer
+from parley_testing.nats import NatsTestServer
 
 pytestmark = pytest.mark.asyncio
 

@@ -54,10 +54,3 @@ def test_cli_startup_leaves_the_heavy_modules_unloaded() -> None:
 
 def test_the_heavy_modules_are_real_names() -> None:
     assert _heavy(_loaded(IN_USE)) == set(HEAVY)
-
-
-def test_the_key_file_names_the_cli_copies_are_the_services_own() -> None:
-    from parley_cli import host_bundle
-    from parley_core import config
-
-    assert host_bundle.AUTH_SEALING_KEY_FILE == config.AUTH_SEALING_KEY_FILE

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from parley.patch.v1 import patch_pb2
 
-from parley_cli.patch import StatusWatch
+from parley_cli.rollout_view import StatusWatch
 
 
 def _rollout(weight: int, verdicts: list[str]) -> patch_pb2.Rollout:

@@ -20,9 +20,9 @@ from parley_cli.admin import _show
 from parley_cli.audit_query import _line
 from parley_cli.chat import channel_label, format_event, format_message
 from parley_cli.devices import device_lines
+from parley_cli.layout import table
 from parley_cli.messages import reacted_line, reactions_line
 from parley_cli.parked import ParkedEvent
-from parley_cli.patch import table
 from parley_cli.privacy import retention_row
 from parley_cli.terminal import TerminalGuard, shown, shown_lines
 from parley_cli.usernames import named
@@ -134,7 +134,7 @@ def test_parley_up_prints_a_roll_out_reason_as_one_visible_line() -> None:
     """A planner's --reason reaches `parley up`'s output through the node agent's announce."""
     from parley.patch.v1 import patch_pb2
 
-    from parley_agent.node_agent import rollout_progress
+    from parley_agent.progress import rollout_progress
     from parley_cli.platform import Platform
 
     out = io.StringIO()

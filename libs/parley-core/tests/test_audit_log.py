@@ -11,7 +11,7 @@ from parley.auth.v1.events_pb2 import AuditKeyPublished, SecurityEventRecorded, 
 from parley_core.audit import AuditChain, TrustedKeys, trusted_keys
 from parley_core.audit_log import chain_head
 from parley_core.envelope import NewEvent, seal
-from parley_core.testing.nats import NatsTestServer
+from parley_testing.nats import NatsTestServer
 
 AUDIT_KEY = Ed25519PrivateKey.generate()
 TOKEN_KEY = Ed25519PrivateKey.generate()

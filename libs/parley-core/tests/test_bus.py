@@ -33,8 +33,6 @@ from parley_core.config import Settings
 from parley_core.deadline import answering_within
 from parley_core.envelope import NewEvent, decode, open_payload, seal
 from parley_core.errors import OutcomeUnknown
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.waiting import eventually, until
 from parley_core.topology import (
     CHANNELS_FILTER,
     PARKED_MAX_BYTES,
@@ -44,6 +42,8 @@ from parley_core.topology import (
     channel_subject,
     parked_subject,
 )
+from parley_testing.nats import NatsTestServer
+from parley_testing.waiting import eventually, until
 
 pytestmark = pytest.mark.asyncio
 
@@ -141,7 +141,7 @@ async def test_the_platform_brings_a_drifted_stream_back_and_a_service_takes_it_
     nats_server: NatsTestServer,
 ) -> None:
     """A stream's settings are the platform's: its NATS user may re-configure a stream, a
-    service's may not (topology.permissions_for), so a service starting against a stream the
+    service's may not (nats_accounts.permissions_for), so a service starting against a stream the
     platform set otherwise neither changes it nor fails."""
     platform = EventBus(await nats_server.connect("platform"), service="platform", producer="test@0")
     await platform.js.add_stream(name="MSG", subjects=list(MSG.subjects), duplicate_window=5.0)

@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from parley_core.call_stats import CallStatsInterceptor
 from parley_core.metrics import ServiceMetrics
 from parley_core.request_stats import RequestStats
-from parley_core.testing.waiting import until
+from parley_testing.waiting import until
 
 pytestmark = pytest.mark.asyncio
 

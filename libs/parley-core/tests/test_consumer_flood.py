@@ -23,13 +23,14 @@ import pytest
 import pytest_asyncio
 from nats.aio.client import Client
 
-from parley_core import consumer_guard, topology
+from parley_core import consumer_guard, nats_accounts, topology
 from parley_core.bus import EventBus, ReceivedEvent, durable_config
 from parley_core.config import Settings
-from parley_core.consumer_guard import CONSUMER_FLOOD, ConsumerGuard, ensure_declared_durables
-from parley_core.testing.consumer_flood import FLOOD_ATTEMPTS, Flood, flood_consumers
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.waiting import eventually
+from parley_core.consumer_floods import CONSUMER_FLOOD
+from parley_core.consumer_guard import ConsumerGuard, ensure_declared_durables
+from parley_testing.consumer_flood import FLOOD_ATTEMPTS, Flood, flood_consumers
+from parley_testing.nats import NatsTestServer
+from parley_testing.waiting import eventually
 
 pytestmark = pytest.mark.asyncio
 
@@ -365,7 +366,7 @@ async def test_a_stream_writer_cannot_frame_another_service_with_delivered_advis
 
     await platform.nc.subscribe(consumer_guard.API_AUDIT, cb=keep)
     patch_registry = await nats_server.connect("patch-registry")
-    js = patch_registry.jetstream(prefix=topology.SERVICE_JS_API)
+    js = patch_registry.jetstream(prefix=nats_accounts.SERVICE_JS_API)
     forged = 120
     for i in range(forged):
         made = {"stream_name": "MSG", "name": f"f{i}", "config": {"name": f"f{i}", "durable_name": f"f{i}"}}
@@ -374,7 +375,7 @@ async def test_a_stream_writer_cannot_frame_another_service_with_delivered_advis
             "subject": f"$JS.API.CONSUMER.CREATE.MSG.f{i}",
             "request": "{}",
             "response": json.dumps(made),
-            "client": {"acc": topology.account_of("messaging")},
+            "client": {"acc": nats_accounts.account_of("messaging")},
         }
         await js.publish("parley.patch.redteam.frame", json.dumps(advisory).encode())
     push = {
@@ -385,7 +386,7 @@ async def test_a_stream_writer_cannot_frame_another_service_with_delivered_advis
         "filter_subject": "parley.patch.redteam.frame",
     }
     answer = await patch_registry.request(
-        f"{topology.SERVICE_JS_API}.CONSUMER.CREATE.PATCH.fwd1",
+        f"{nats_accounts.SERVICE_JS_API}.CONSUMER.CREATE.PATCH.fwd1",
         json.dumps({"stream_name": "PATCH", "config": push}).encode(),
         timeout=5,
     )

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from parley_core.jobs import every, sleeping
-from parley_core.testing.jobs import ManualPause
+from parley_testing.jobs import ManualPause
 
 
 async def test_a_tick_at_start_then_one_per_interval_after_each_tick() -> None:

@@ -12,7 +12,7 @@ from nats.errors import Error as NatsError
 from parley_core.nats_connect import EOF_ON_UPGRADED_TLS, NatsUnreachable, connect_nats_once
 from parley_core.net import free_port
 from parley_core.pki import Pki
-from parley_core.testing.nats import NatsTestServer
+from parley_testing.nats import NatsTestServer
 
 pytestmark = pytest.mark.asyncio
 

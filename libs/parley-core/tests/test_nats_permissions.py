@@ -1,4 +1,4 @@
-"""The broker enforces topology.permissions_for: what each service may publish and read.
+"""The broker enforces nats_accounts.permissions_for: what each service may publish and read.
 
 These run against a real nats-server started by the ``nats_server`` fixture, so a JetStream
 API subject missing from topology shows up here as a timeout or a permissions violation, and a
@@ -20,14 +20,14 @@ from nats.js import api
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo
 from parley.messaging.v1.events_pb2 import MessagePosted
 
-from parley_core import topology
+from parley_core import nats_accounts, topology
 from parley_core.bus import EventBus, ReceivedEvent
 from parley_core.envelope import NewEvent, seal
 from parley_core.nats_connect import connect_nats
 from parley_core.pki import ensure_pki
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.refusals import ErrorRecorder, refused
 from parley_core.topology import reads
+from parley_testing.nats import NatsTestServer
+from parley_testing.refusals import ErrorRecorder, refused
 
 pytestmark = pytest.mark.asyncio  # also runs where asyncio_mode is not auto
 
@@ -199,7 +199,7 @@ async def test_an_unnamed_consumer_is_refused_for_it_could_rewrite_any_other(nat
 
     ordered = gateway.jetstream(timeout=1).subscribe(topology.CHANNELS_FILTER, stream="MSG", ordered_consumer=True)
     # Refused: the request never reaches the API.
-    await refused(ordered, errors, topology.local_subject("gateway", "$JS.API.CONSUMER.CREATE.MSG"))
+    await refused(ordered, errors, nats_accounts.local_subject("gateway", "$JS.API.CONSUMER.CREATE.MSG"))
 
 
 async def test_only_a_streams_owner_may_delete_from_it_and_storage_only_parked_copies(
@@ -219,7 +219,7 @@ async def test_only_a_streams_owner_may_delete_from_it_and_storage_only_parked_c
     for stream in ("AUTH", "MSG"):
         # Refused: the request never reaches the API.
         delete = storage.jetstream().delete_msg(stream, 1)
-        await refused(delete, errors, topology.local_subject("storage", f"$JS.API.STREAM.MSG.DELETE.{stream}"))
+        await refused(delete, errors, nats_accounts.local_subject("storage", f"$JS.API.STREAM.MSG.DELETE.{stream}"))
         assert (await platform.stream_info(stream)).state.messages == 3
     assert await storage.jetstream().delete_msg("PARKED", 1)  # a copy of an event that left the log
 
@@ -228,7 +228,7 @@ async def test_only_a_streams_owner_may_delete_from_it_and_storage_only_parked_c
         js = (await nats_server.connect(owner, error_cb=owner_errors.callback)).jetstream(timeout=1)
         assert await js.delete_msg(own, 2)
         delete = js.delete_msg(other, 3)
-        await refused(delete, owner_errors, topology.local_subject(owner, f"$JS.API.STREAM.MSG.DELETE.{other}"))
+        await refused(delete, owner_errors, nats_accounts.local_subject(owner, f"$JS.API.STREAM.MSG.DELETE.{other}"))
     assert (await platform.stream_info("MSG")).state.messages == 2
     assert (await platform.stream_info("AUTH")).state.messages == 2
 
@@ -361,7 +361,7 @@ async def test_no_service_may_touch_another_services_consumer_or_any_stream(nats
         for durable in (c for c in topology.CONSUMERS if c.service != service):
             attacks += _attacks_on(durable)
         # As the service's own account names them: its JetStream API prefix.
-        attacks = [(topology.local_subject(service, subject), body) for subject, body in attacks]
+        attacks = [(nats_accounts.local_subject(service, subject), body) for subject, body in attacks]
         for subject, body in dict.fromkeys(attacks):
             await client.publish(subject, body, reply=f"{topology.inbox_prefix(service)}.attack")
         await client.flush(timeout=TIMEOUT_S)
@@ -416,7 +416,7 @@ async def test_an_owner_reads_of_store_only_the_facts_due_to_it(nats_server: Nat
         (auth.get_msg("STORE", 2), "$JS.API.STREAM.MSG.GET.STORE"),
         (auth.get_last_msg("STORE", topology.privacy_subject("u1"), direct=True), "$JS.API.DIRECT.GET.STORE"),
     ):
-        await refused(call, errors, topology.local_subject("auth", subject))
+        await refused(call, errors, nats_accounts.local_subject("auth", subject))
     assert (await platform.js.consumer_info("STORE", spec.durable)).config.filter_subject == spec.filter_subject
 
 
@@ -441,7 +441,9 @@ async def test_an_owner_may_not_re_configure_its_own_stream(nats_server: NatsTes
             for changed in (stealing, shortened):
                 # Refused before the API sees it.
                 update = js.update_stream(changed)
-                await refused(update, errors, topology.local_subject(service, f"$JS.API.STREAM.UPDATE.{spec.name}"))
+                await refused(
+                    update, errors, nats_accounts.local_subject(service, f"$JS.API.STREAM.UPDATE.{spec.name}")
+                )
                 with pytest.raises(nats.js.errors.APIError):  # exists with other settings
                     await js.add_stream(changed)
             now = (await platform.js.stream_info(spec.name)).config

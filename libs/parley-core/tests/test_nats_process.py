@@ -9,7 +9,7 @@ import pytest
 
 from parley_core.nats_process import NatsServerProcess
 from parley_core.net import free_port
-from parley_core.testing.nats import NatsTestServer
+from parley_testing.nats import NatsTestServer
 
 pytestmark = pytest.mark.asyncio  # also runs where asyncio_mode is not auto
 

@@ -20,9 +20,9 @@ from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from parley_core import topology
+from parley_core import nats_accounts, topology
 from parley_core.bus import EventBus
-from parley_core.testing.nats import NatsTestServer
+from parley_testing.nats import NatsTestServer
 
 pytestmark = pytest.mark.asyncio
 
@@ -35,7 +35,7 @@ def _kept_subject(spec: topology.StreamSpec) -> str:
 
 def _api(service: str, rest: str) -> str:
     """A JetStream API subject as this service's connection reaches it."""
-    return f"{topology.js_api_prefix(service)}.{rest}"
+    return f"{nats_accounts.js_api_prefix(service)}.{rest}"
 
 
 def _victims(service: str) -> list[tuple[topology.StreamSpec, str]]:

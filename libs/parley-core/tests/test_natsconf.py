@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from parley_core import topology
+from parley_core import nats_accounts, topology
 from parley_core.nats_process import NatsServerProcess
 from parley_core.natsconf import (
     LEGACY_ACCOUNT,
@@ -57,27 +58,32 @@ def test_config_requires_every_user(tmp_path: Path) -> None:
         )
 
 
+async def _started_once(pki: Pki, tmp_path: Path, *, port: int, **config: Any) -> str:
+    """nats-server started with the rendered config (TLS from `pki`) and stopped; its log."""
+    tls = pki.identity("nats")
+    path = tmp_path / "nats.conf"
+    path.write_text(
+        render_server_config(
+            host="127.0.0.1", port=port, tls_cert=tls.cert, tls_key=tls.key, ca_cert=pki.ca_cert, **config
+        )
+    )
+    async with NatsServerProcess(config_path=path, host="127.0.0.1", port=port, log_path=tmp_path / "n.log"):
+        pass
+    return (tmp_path / "n.log").read_text()
+
+
 @pytest.mark.asyncio
 async def test_server_accepts_config_with_store_encryption(pki: Pki, tmp_path: Path) -> None:
     """nats-server's own parser is the judge of the quoting; `-t` would not start JetStream."""
     port = free_port()
-    tls = pki.identity("nats")
-    config = tmp_path / "nats.conf"
-    config.write_text(
-        render_server_config(
-            host="127.0.0.1",
-            port=port,
-            store_dir=tmp_path / "store with space",
-            tls_cert=tls.cert,
-            tls_key=tls.key,
-            ca_cert=pki.ca_cert,
-            passwords=dict.fromkeys(USERS, 'pa$$ "word"'),
-            store_cipher_key="s3cret$key",
-        )
+    log = await _started_once(
+        pki,
+        tmp_path,
+        port=port,
+        store_dir=tmp_path / "store with space",
+        passwords=dict.fromkeys(USERS, 'pa$$ "word"'),
+        store_cipher_key="s3cret$key",
     )
-    async with NatsServerProcess(config_path=config, host="127.0.0.1", port=port, log_path=tmp_path / "n.log"):
-        pass
-    log = (tmp_path / "n.log").read_text()
     assert "Encryption:" in log
     assert "ChaCha20-Poly1305" in log
 
@@ -86,33 +92,24 @@ async def test_server_accepts_config_with_store_encryption(pki: Pki, tmp_path: P
 async def test_cluster_node_config_is_accepted_with_tls_routes(pki: Pki, tmp_path: Path) -> None:
     """One node of a three-node cluster starts with its rendered `cluster {}` block."""
     port, route_port = free_port(), free_port()
-    tls = pki.identity("nats")
-    config = tmp_path / "nats.conf"
-    config.write_text(
-        render_server_config(
+    log = await _started_once(
+        pki,
+        tmp_path,
+        port=port,
+        store_dir=tmp_path / "store",
+        passwords=dict.fromkeys(USERS, "pw"),
+        server_name="node-a",
+        cluster=ClusterConfig(
+            name="parley",
             host="127.0.0.1",
-            port=port,
-            store_dir=tmp_path / "store",
-            tls_cert=tls.cert,
-            tls_key=tls.key,
-            ca_cert=pki.ca_cert,
-            passwords=dict.fromkeys(USERS, "pw"),
-            server_name="node-a",
-            cluster=ClusterConfig(
-                name="parley",
-                host="127.0.0.1",
-                port=route_port,
-                routes=(f"127.0.0.1:{route_port}", f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"),
-                route_user="route",
-                route_password="route-pw",
-            ),
-        )
+            port=route_port,
+            routes=(f"127.0.0.1:{route_port}", f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"),
+            route_user="route",
+            route_password="route-pw",
+        ),
     )
-    async with NatsServerProcess(config_path=config, host="127.0.0.1", port=port, log_path=tmp_path / "n.log"):
-        pass
-    log = (tmp_path / "n.log").read_text()
     assert f"Listening for route connections on 127.0.0.1:{route_port}" in log
-    text = config.read_text()
+    text = (tmp_path / "nats.conf").read_text()
     assert "verify: true" in text.split("cluster {", 1)[1]
     assert '"nats-route://route:route-pw@127.0.0.1:' in text
 
@@ -130,14 +127,14 @@ def test_nobody_logs_into_the_streams_account_and_each_user_into_its_own(tmp_pat
         passwords=dict.fromkeys(USERS, "pw"),
     )
     accounts = text.split("accounts {", 1)[1]
-    blocks = accounts.split(f"\n  {topology.account_of(USERS[0])}: {{", 1)
+    blocks = accounts.split(f"\n  {nats_accounts.account_of(USERS[0])}: {{", 1)
     streams_block = blocks[0]
-    assert f"{topology.STREAMS_ACCOUNT}: {{" in streams_block
+    assert f"{nats_accounts.STREAMS_ACCOUNT}: {{" in streams_block
     assert "users:" not in streams_block
     assert "jetstream: enabled" in streams_block
     for user in USERS:
         assert text.count(f'user: "{user}"') == 1
-        assert f"  {topology.account_of(user)}: {{" in accounts
+        assert f"  {nats_accounts.account_of(user)}: {{" in accounts
     assert "\nauthorization {" not in text  # no user outside an account
 
 
@@ -147,5 +144,5 @@ def test_a_store_of_the_layout_before_accounts_is_recognised(tmp_path: Path) -> 
     assert not holds_pre_account_streams(store)
     (store / "jetstream" / LEGACY_ACCOUNT / "streams" / "AUTH").mkdir(parents=True)
     assert holds_pre_account_streams(store)
-    (store / "jetstream" / topology.STREAMS_ACCOUNT / "streams").mkdir(parents=True)
+    (store / "jetstream" / nats_accounts.STREAMS_ACCOUNT / "streams").mkdir(parents=True)
     assert not holds_pre_account_streams(store)

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from parley_core.testing.netns import Bridge, namespaces_on_a_bridge, netns_available
-from parley_core.testing.waiting import wait_until
+from parley_testing.netns import Bridge, namespaces_on_a_bridge, netns_available
+from parley_testing.waiting import wait_until
 
 REASON = netns_available()
 pytestmark = pytest.mark.skipif(bool(REASON), reason=REASON or "namespaces available")

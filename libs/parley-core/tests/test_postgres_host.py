@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from parley_core.testing.netns import namespaces_on_a_bridge, netns_available
-from parley_core.testing.postgres import postgres_missing, postgres_server
+from parley_testing.netns import namespaces_on_a_bridge, netns_available
+from parley_testing.postgres import postgres_missing, postgres_server
 
 REASON = netns_available() or postgres_missing()
 pytestmark = pytest.mark.skipif(bool(REASON), reason=REASON or "namespaces and PostgreSQL here")

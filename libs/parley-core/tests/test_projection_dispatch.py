@@ -20,9 +20,9 @@ from parley_core.bus import EventBus, EventHandler, Halt, ProjectionHalted, Rece
 from parley_core.envelope import NewEvent, open_payload
 from parley_core.errors import Unavailable
 from parley_core.projection_dispatch import subject_matches
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.waiting import until
 from parley_core.topology import CHANNELS_FILTER, MESSAGING_FILTER, STREAMS_BY_NAME, channel_subject
+from parley_testing.nats import NatsTestServer
+from parley_testing.waiting import until
 
 pytestmark = pytest.mark.asyncio
 

@@ -34,8 +34,6 @@ from parley_core.errors import NotFound
 from parley_core.grpc_channel import secure_channel
 from parley_core.pki import Pki
 from parley_core.runner import RunContext, serve
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.waiting import eventually
 from parley_core.tokens import ALGORITHM, AUDIENCE, ISSUER
 from parley_core.topology import (
     AUTH_FILTER,
@@ -45,6 +43,8 @@ from parley_core.topology import (
     signing_key_subject,
     user_subject,
 )
+from parley_testing.nats import NatsTestServer
+from parley_testing.waiting import eventually
 
 pytestmark = pytest.mark.asyncio
 

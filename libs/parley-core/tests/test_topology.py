@@ -5,19 +5,19 @@ What the broker makes of it is tested against a real nats-server in test_nats_pe
 
 from __future__ import annotations
 
-from parley_core import topology
+from parley_core import nats_accounts, topology
 
 
 def test_the_trust_matrix_has_one_writer_per_stream_and_owners_prefix_their_consumers() -> None:
     for spec in topology.STREAMS:
-        writers = [s for s in topology.SERVICES if set(spec.subjects) <= set(topology.permissions_for(s).publish)]
+        writers = [s for s in topology.SERVICES if set(spec.subjects) <= set(nats_accounts.permissions_for(s).publish)]
         assert writers == ([spec.owner] if spec.owner in topology.SERVICES else []), spec.name
     for consumer in topology.CONSUMERS:
         assert consumer.durable.startswith(f"{consumer.service}-"), consumer
     # The cross-owner grants of the past are gone: storage appends to no channel or username.
-    storage = topology.permissions_for("storage").publish
+    storage = nats_accounts.permissions_for("storage").publish
     assert not [p for p in storage if p.startswith(("parley.msg.", "parley.auth.", "parley.sec."))]
-    assert not [p for p in topology.permissions_for("patch-registry").publish if p.startswith("parley.sec.")]
+    assert not [p for p in nats_accounts.permissions_for("patch-registry").publish if p.startswith("parley.sec.")]
     # The platform's security findings are its own: no service may write or read them.
     findings = topology.STREAMS_BY_NAME[topology.PLATFORM_FINDINGS]
     assert findings.owner == topology.PLATFORM_USER
@@ -27,13 +27,15 @@ def test_the_trust_matrix_has_one_writer_per_stream_and_owners_prefix_their_cons
 def test_each_account_imports_only_its_own_streams_subjects_and_its_users_may_publish_them() -> None:
     """The account layer (natsconf) and the permission layer name the same subjects."""
     for service in topology.SERVICES:
-        imported = topology.imports_of(service)
+        imported = nats_accounts.imports_of(service)
         own = {subject for spec in topology.STREAMS if spec.owner == service for subject in spec.subjects}
         stream_subjects = {s for s in imported if s.startswith("parley.")}
         assert stream_subjects == own | {f"parley.parked.{service}.>"}, service
-        allowed = set(topology.permissions_for(service).publish)
-        assert {topology.local_subject(service, s) for s in imported} <= allowed, service
-        assert not [s for s in allowed if s.startswith(topology.JS_API + ".")], service  # no API outside its import
+        allowed = set(nats_accounts.permissions_for(service).publish)
+        assert {nats_accounts.local_subject(service, s) for s in imported} <= allowed, service
+        assert not [s for s in allowed if s.startswith(nats_accounts.JS_API + ".")], (
+            service
+        )  # no API outside its import
 
 
 def test_a_stream_accepts_only_its_owners_event_packages() -> None:

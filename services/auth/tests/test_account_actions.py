@@ -17,7 +17,7 @@ from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 from parley.gateway.v1 import gateway_pb2_grpc
 
 from parley_core.rbac import ROLES, AccountAction, may_act_on_account, permissions_of
-from parley_core.testing.stack import TIMEOUT_S, Stack, bearer
+from parley_testing.stack import TIMEOUT_S, Stack, bearer
 
 NEEDS = {
     AccountAction.ASSIGN_ROLE: "roles.assign",

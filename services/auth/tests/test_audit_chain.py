@@ -19,7 +19,8 @@ from parley.patch.v1.events_pb2 import VulnerabilityOverdue
 from parley.storage.v1 import storage_pb2_grpc
 from sqlalchemy import Connection, select, update
 
-from parley_auth.audit_key import AUDIT_KEY_FILE, AuditSigner
+from parley_auth.audit_key import AuditSigner
+from parley_auth.key_files import AUDIT_KEY_FILE
 from parley_cli.audit import (
     archived_keys,
     archived_records,
@@ -33,12 +34,12 @@ from parley_cli.audit import (
 from parley_core.audit import AuditChain, Checkpoint, StoredRecord, verify_chain
 from parley_core.bus import EventBus
 from parley_core.envelope import NewEvent, decode, open_payload
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack, start_service
-from parley_core.testing.waiting import eventually
 from parley_core.topology import user_subject
 from parley_storage.schema import events
 from parley_storage.sealing import event_aad, open_sealed, seal
+from parley_testing.nats import NatsTestServer
+from parley_testing.stack import PASSWORD, TIMEOUT_S, Stack, start_service
+from parley_testing.waiting import eventually
 
 RECORDS = 8
 

@@ -15,9 +15,9 @@ from parley_auth.audit_trail import AUDIT_HEAD_SCAN_LIMIT
 from parley_core.audit import AuditChain
 from parley_core.audit_log import chain_head
 from parley_core.envelope import NewEvent, decode, open_payload, seal
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack
-from parley_core.testing.waiting import eventually
+from parley_testing.nats import NatsTestServer
+from parley_testing.stack import PASSWORD, TIMEOUT_S, Stack
+from parley_testing.waiting import eventually
 
 JUNK = 4 * AUDIT_HEAD_SCAN_LIMIT
 

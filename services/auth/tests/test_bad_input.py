@@ -10,7 +10,7 @@ import grpc
 import pytest
 from parley.auth.v1 import auth_pb2
 
-from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
+from parley_testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
 
 pytestmark = pytest.mark.asyncio
 

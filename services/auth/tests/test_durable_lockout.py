@@ -8,9 +8,9 @@ import pytest
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 
 from parley_auth.lockout import LockoutPolicy
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Running, Stack, start_service
-from parley_core.testing.waiting import until
+from parley_testing.nats import NatsTestServer
+from parley_testing.stack import PASSWORD, TIMEOUT_S, Running, Stack, start_service
+from parley_testing.waiting import until
 
 pytestmark = pytest.mark.asyncio
 

@@ -11,7 +11,7 @@ import vodozemac
 from parley.auth.v1 import auth_pb2
 
 from parley_auth.keys import device_message, one_time_key_message
-from parley_core.testing.stack import TIMEOUT_S, Stack, bearer
+from parley_testing.stack import TIMEOUT_S, Stack, bearer
 
 CLAIMERS = 12
 KEYS = 8

@@ -17,10 +17,10 @@ from parley_auth.key_rotation import RETIRE_MARGIN_S
 from parley_auth.signing import TokenIssuer
 from parley_core.envelope import decode, open_payload
 from parley_core.pki import Pki
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.security import security_events
-from parley_core.testing.stack import TIMEOUT_S, Stack, bearer, start_service, start_stack, stop_stack
-from parley_core.testing.waiting import eventually, until
+from parley_testing.nats import NatsTestServer
+from parley_testing.security import security_events
+from parley_testing.stack import TIMEOUT_S, Stack, bearer, start_service, start_stack, stop_stack
+from parley_testing.waiting import eventually, until
 
 pytestmark = pytest.mark.asyncio
 

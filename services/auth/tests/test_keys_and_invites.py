@@ -9,8 +9,8 @@ import jwt
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 
-from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
-from parley_core.testing.waiting import eventually
+from parley_testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
+from parley_testing.waiting import eventually
 
 
 async def status(call: object) -> grpc.StatusCode:

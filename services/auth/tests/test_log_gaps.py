@@ -16,9 +16,9 @@ from parley.auth.v1.events_pb2 import SecurityEventRecorded
 from parley_auth.log_gaps import SubjectVersions
 from parley_core.envelope import decode, open_payload
 from parley_core.runner import RefusedToStart
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.stack import TIMEOUT_S, Stack, start_service
 from parley_core.topology import user_subject
+from parley_testing.nats import NatsTestServer
+from parley_testing.stack import TIMEOUT_S, Stack, start_service
 
 
 async def audit_records(nats_server: NatsTestServer, kind: str) -> list[SecurityEventRecorded]:

@@ -14,10 +14,10 @@ from cryptography.hazmat.primitives.twofactor.totp import TOTP
 from parley.auth.v1 import auth_pb2
 from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
 
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.security import security_events
-from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
-from parley_core.testing.waiting import until
+from parley_testing.nats import NatsTestServer
+from parley_testing.security import security_events
+from parley_testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
+from parley_testing.waiting import until
 
 STEP = 30
 

@@ -14,10 +14,10 @@ from parley.auth.v1.events_pb2 import UserRegistered
 from parley_auth.domain import username_key
 from parley_core.bus import EventBus
 from parley_core.envelope import NewEvent
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
-from parley_core.testing.waiting import until
 from parley_core.topology import username_subject
+from parley_testing.nats import NatsTestServer
+from parley_testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
+from parley_testing.waiting import until
 
 STORM = 24
 

@@ -27,7 +27,7 @@ from parley_core.rbac import (
     SERVICE_CHECKED_METHODS,
     permissions_of,
 )
-from parley_core.testing.stack import TIMEOUT_S, Stack, bearer
+from parley_testing.stack import TIMEOUT_S, Stack, bearer
 
 SERVICES: dict[str, ServiceDescriptor] = {
     "auth": auth_pb2.DESCRIPTOR.services_by_name["AuthService"],

@@ -19,8 +19,8 @@ from parley.gateway.v1 import gateway_pb2
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
-from parley_core.testing.stack import TIMEOUT_S, Stack, bearer
-from parley_core.testing.waiting import eventually, until
+from parley_testing.stack import TIMEOUT_S, Stack, bearer
+from parley_testing.waiting import eventually, until
 
 pytestmark = pytest.mark.asyncio
 

@@ -31,10 +31,10 @@ from parley_auth.sessions import digest, new_refresh_token
 from parley_core.bus import EventBus, ReceivedEvent
 from parley_core.envelope import NewEvent, open_payload
 from parley_core.secret_fields import holds_secrets
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
-from parley_core.testing.waiting import eventually, until
 from parley_core.topology import SERVICES, STREAMS_BY_NAME, user_subject, username_subject
+from parley_testing.nats import NatsTestServer
+from parley_testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
+from parley_testing.waiting import eventually, until
 
 NEW_PASSWORD = "another-quite-long-passphrase-7"
 

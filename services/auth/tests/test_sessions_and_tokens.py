@@ -15,10 +15,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from parley.auth.v1 import auth_pb2
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.security import security_events
-from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
 from parley_core.tokens import AUDIENCE, ISSUER
+from parley_testing.nats import NatsTestServer
+from parley_testing.security import security_events
+from parley_testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
 
 pytestmark = pytest.mark.asyncio
 

@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives.twofactor.totp import TOTP
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 
 from parley_auth.lockout import LockoutPolicy
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.security import security_events
-from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack
+from parley_testing.nats import NatsTestServer
+from parley_testing.security import security_events
+from parley_testing.stack import PASSWORD, TIMEOUT_S, Stack
 
 pytestmark = pytest.mark.asyncio
 

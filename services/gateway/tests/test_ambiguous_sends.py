@@ -18,9 +18,9 @@ from parley.messaging.v1 import messaging_pb2
 from parley_client import OutcomeUnknown, ParleyClient
 from parley_core.errors import OUTCOME_METADATA, OUTCOME_UNKNOWN
 from parley_core.pki import Pki
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
-from parley_core.testing.waiting import until
+from parley_testing.nats import NatsTestServer
+from parley_testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
+from parley_testing.waiting import until
 
 pytestmark = pytest.mark.asyncio
 

@@ -6,10 +6,10 @@ from parley.messaging.v1.events_pb2 import MessagePosted
 
 from parley_core.bus import EventBus
 from parley_core.envelope import NewEvent, open_payload
-from parley_core.testing.nats import NatsTestServer
 from parley_core.topology import STREAMS_BY_NAME, channel_subject
 from parley_gateway import catchup
 from parley_gateway.catchup import events_between
+from parley_testing.nats import NatsTestServer
 
 
 async def test_reads_one_channel_between_two_positions_over_several_batches(nats_server: NatsTestServer) -> None:

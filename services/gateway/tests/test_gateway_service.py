@@ -23,10 +23,10 @@ from parley_core.config import Settings
 from parley_core.net import free_port
 from parley_core.pki import Pki
 from parley_core.runner import serve
-from parley_core.testing.nats import NatsTestServer
 from parley_core.topology import STREAMS_BY_NAME
 from parley_gateway.limits import GatewayLimits
 from parley_gateway.service import GatewayApp
+from parley_testing.nats import NatsTestServer
 
 TIMEOUT_S = 20.0
 BURST = 3

@@ -16,7 +16,7 @@ import pytest_asyncio
 
 from parley_client import ParleyClient, ParleyError
 from parley_core.pki import Pki
-from parley_core.testing.stack import PASSWORD, Stack
+from parley_testing.stack import PASSWORD, Stack
 
 
 class People:

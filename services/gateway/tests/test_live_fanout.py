@@ -20,9 +20,9 @@ from parley.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from parley.messaging.v1 import messaging_pb2
 
 from parley_core.pki import Pki
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.stack import TIMEOUT_S, Stack, bearer, start_stack, stop_stack
-from parley_core.testing.waiting import eventually, until
+from parley_testing.nats import NatsTestServer
+from parley_testing.stack import TIMEOUT_S, Stack, bearer, start_stack, stop_stack
+from parley_testing.waiting import eventually, until
 
 # nats-server refuses the 1,001st consumer of an account ("maximum consumers limit reached"):
 # one consumer per live stream ran into it with 1,000 streams.

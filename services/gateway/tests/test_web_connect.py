@@ -24,11 +24,11 @@ from parley.storage.v1 import storage_pb2
 from pyqwest import Client, HTTPTransport
 
 from parley_core.pki import Pki
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.stack import PASSWORD, Stack, bearer, start_stack, stop_stack
 from parley_gateway.web_api import ProtoBinaryCodec, _method_info
 from parley_gateway.web_calls import SERVICE
 from parley_gateway.web_sessions import REFRESH_COOKIE, SESSION_HINT_COOKIE
+from parley_testing.nats import NatsTestServer
+from parley_testing.stack import PASSWORD, Stack, bearer, start_stack, stop_stack
 
 TIMEOUT_S = 20.0
 USER_BURST = 40

@@ -13,9 +13,9 @@ import grpc
 import pytest
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.stack import TIMEOUT_S, Stack, bearer
 from parley_core.topology import channel_subject
+from parley_testing.nats import NatsTestServer
+from parley_testing.stack import TIMEOUT_S, Stack, bearer
 
 Request = messaging_pb2.SetChannelRetentionRequest
 

@@ -14,8 +14,8 @@ from parley.messaging.v1.events_pb2 import (
 
 from parley_core.bus import ReceivedEvent
 from parley_core.envelope import NewEvent
-from parley_core.testing.events import received
 from parley_messaging.service import MessagingApp
+from parley_testing.events import received
 
 
 def at(stream_seq: int, payload: Message) -> ReceivedEvent:

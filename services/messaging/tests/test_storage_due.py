@@ -13,12 +13,12 @@ from parley.storage.v1.events_pb2 import ChannelErasureDue, RetentionDue
 from parley_core.bus import Refused
 from parley_core.envelope import NewEvent
 from parley_core.errors import FailedPrecondition
-from parley_core.testing.events import received
 from parley_messaging.domain import Channel
 from parley_messaging.messages import PostedMessage
 from parley_messaging.projection import ChannelDirectory
 from parley_messaging.service import MessagingApp
 from parley_messaging.storage_due import NS_PER_DAY, StorageDue, check_retention_policy
+from parley_testing.events import received
 
 NOW_NS = 1_800_000_000 * 10**9
 

@@ -19,11 +19,11 @@ from parley.messaging.v1.events_pb2 import MessagePosted
 from parley_core.bus import Replay
 from parley_core.envelope import decode, open_payload
 from parley_core.grpc_channel import secure_channel
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.stack import TIMEOUT_S, Stack, bearer, start_service
-from parley_core.testing.waiting import until
 from parley_core.topology import channel_subject
 from parley_messaging.service import MessagingApp
+from parley_testing.nats import NatsTestServer
+from parley_testing.stack import TIMEOUT_S, Stack, bearer, start_service
+from parley_testing.waiting import until
 
 SENDERS_PER_INSTANCE = 4
 SENDS_PER_SENDER = 15

@@ -10,10 +10,10 @@ from securesystemslib.signer import CryptoSigner
 
 from parley_cli.publishing import public_pem, publish_release
 from parley_core.errors import FailedPrecondition
-from parley_core.testing.stack import TIMEOUT_S, Stack, bearer
-from parley_core.testing.waiting import eventually
 from parley_patch_registry.schemas import StoredSchemas, check_readable, streams_read_by
 from parley_patch_registry.service import storage_schema_census
+from parley_testing.stack import TIMEOUT_S, Stack, bearer
+from parley_testing.waiting import eventually
 
 POSTED = "parley.messaging.v1.MessagePosted"
 

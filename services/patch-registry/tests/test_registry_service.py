@@ -39,12 +39,12 @@ from parley_core.grpc_channel import secure_channel
 from parley_core.net import free_port
 from parley_core.pki import Pki
 from parley_core.runner import serve
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.waiting import eventually, until
 from parley_core.tokens import AUDIENCE, ISSUER
 from parley_core.topology import STREAMS_BY_NAME, VULNERABILITY_ALERTS_FILTER, heartbeat_subject, signing_key_subject
 from parley_patch_registry.service import PatchRegistryApp
 from parley_patch_registry.settings import RegistrySettings
+from parley_testing.nats import NatsTestServer
+from parley_testing.waiting import eventually, until
 
 pytestmark = pytest.mark.asyncio
 

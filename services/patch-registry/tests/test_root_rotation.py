@@ -12,7 +12,7 @@ from parley.patch.v1 import patch_pb2, patch_pb2_grpc
 from tuf.api.metadata import Metadata, Root
 from tuf.ngclient import Updater
 
-from parley_core.testing.stack import TIMEOUT_S, Stack
+from parley_testing.stack import TIMEOUT_S, Stack
 
 
 def parley(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:

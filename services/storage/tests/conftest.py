@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import URL, create_engine, text
-from sqlalchemy.exc import OperationalError
 
 from parley_storage.archive import SqlEventArchive, open_engine
 from parley_storage.datakeys import DataKeys
 from parley_storage.kek import FileKeyring
 from parley_storage.migrate import upgrade_to_head
-
-POSTGRES = URL.create("postgresql+psycopg", username="postgres", host="127.0.0.1", port=5432, database="test")
+from parley_testing.shared_postgres import schema_url, shared_schema
 
 
 def migrated_archive(url: str, keyring: Path) -> SqlEventArchive:
@@ -27,22 +23,8 @@ def migrated_archive(url: str, keyring: Path) -> SqlEventArchive:
 
 def postgres_schema_url() -> Iterator[str]:
     """A schema of its own for each test, dropped afterwards, so runs neither see nor leave data."""
-    admin = create_engine(POSTGRES.update_query_dict({"connect_timeout": "5"}), isolation_level="AUTOCOMMIT")
-    schema = f"parley_test_{uuid.uuid4().hex[:16]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    except OperationalError as exc:
-        admin.dispose()
-        reason = str(exc.orig or exc).strip().splitlines()[0]
-        pytest.skip(f"PostgreSQL not reachable on 127.0.0.1:5432: {reason}")
-    url = POSTGRES.update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with shared_schema("parley_test") as (_, schema):
+        yield schema_url(schema, driver="postgresql+psycopg")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

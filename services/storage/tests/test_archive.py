@@ -22,11 +22,11 @@ from sqlalchemy.exc import DBAPIError
 from parley_core.bus import ReceivedEvent
 from parley_core.envelope import NewEvent, seal
 from parley_core.markers import MAX_EVENT_ID, Marker, account_erasure_marker, channel_erasure_marker
-from parley_core.testing.events import received
 from parley_core.topology import channel_subject, user_subject, username_subject
 from parley_storage.archive import RetentionPolicy, SqlEventArchive
 from parley_storage.retention import expiry_facts
 from parley_storage.schema import consumer_positions, events
+from parley_testing.events import received
 
 MSG_CONSUMER = "storage-archive-msg"
 AUTH_CONSUMER = "storage-archive-auth"

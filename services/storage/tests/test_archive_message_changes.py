@@ -18,9 +18,9 @@ from sqlalchemy import Connection, select
 
 from parley_core.bus import ReceivedEvent
 from parley_core.envelope import NewEvent
-from parley_core.testing.events import received
 from parley_storage.archive import EXPIRED, LogDeletion, SqlEventArchive
 from parley_storage.schema import events
+from parley_testing.events import received
 
 CONSUMER = "storage-archive-msg"
 

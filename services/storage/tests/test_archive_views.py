@@ -28,10 +28,10 @@ from parley_cli.publishing import public_pem
 from parley_core.envelope import open_payload
 from parley_core.pki import Pki
 from parley_core.secret_fields import holds_secrets
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.stack import TIMEOUT_S, Stack, bearer, start_stack, stop_stack
-from parley_core.testing.waiting import eventually
 from parley_core.topology import heartbeat_subject
+from parley_testing.nats import NatsTestServer
+from parley_testing.stack import TIMEOUT_S, Stack, bearer, start_stack, stop_stack
+from parley_testing.waiting import eventually
 
 STREAMS = ("AUTH", "MSG", "SEC", "PATCH", "STORE")
 # Real OSV advisories: $PARLEY_OSV_DIR, or ../shared/data/osv beside the repository.

@@ -19,8 +19,8 @@ from prometheus_client import CollectorRegistry
 
 from parley_core.audit import Checkpoint
 from parley_core.envelope import open_payload
-from parley_core.testing.stack import TIMEOUT_S, Stack, bearer
-from parley_core.testing.waiting import until
+from parley_testing.stack import TIMEOUT_S, Stack, bearer
+from parley_testing.waiting import until
 
 RECORDS = 6
 

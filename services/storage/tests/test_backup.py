@@ -24,18 +24,13 @@ from sqlalchemy.exc import OperationalError
 from parley_core.bus import ReceivedEvent
 from parley_core.envelope import NewEvent, seal
 from parley_core.runner import RefusedToStart
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.stack import Stack, start_service
 from parley_core.topology import channel_subject, user_subject
 from parley_storage.archive import SqlEventArchive, open_engine
 from parley_storage.backup import (
-    BACKUP_KEY_FILE,
     MANIFEST,
     REGISTRY,
     SIGNATURE,
-    SIGNING_KEY_FILE,
     SNAPSHOT,
-    VERIFY_KEY_FILE,
     BackupInvalid,
     BackupKeys,
     RestoreRefused,
@@ -45,7 +40,10 @@ from parley_storage.backup import (
 )
 from parley_storage.datakeys import DataKeys
 from parley_storage.kek import FileKeyring, data_key_context
+from parley_storage.key_files import BACKUP_KEY_FILE, SIGNING_KEY_FILE, VERIFY_KEY_FILE
 from parley_storage.migrate import upgrade_to_head
+from parley_testing.nats import NatsTestServer
+from parley_testing.stack import Stack, start_service
 
 ALICE, BOB = "user-alice", "user-bob"
 

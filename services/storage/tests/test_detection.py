@@ -24,15 +24,11 @@ from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from parley.storage.v1.events_pb2 import AnomalyDetected
 from securesystemslib.signer import CryptoSigner
 
-from parley_agent.node_agent import PROBE_WORKERS
+from parley_agent.gate_probes import PROBE_WORKERS
 from parley_agent.probe import MessagingProbe
 from parley_cli.publishing import public_pem, publish_release
 from parley_core.config import PEER_ADDRESS_ENV
 from parley_core.envelope import decode
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.security import security_events
-from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
-from parley_core.testing.waiting import eventually, until
 from parley_core.topology import ANOMALY_FILTER
 from parley_storage.detection import (
     MANY_CHANNELS_JOINED,
@@ -46,6 +42,10 @@ from parley_storage.detection import (
     SESSION_TWO_SOURCES,
     SHORT_RETENTION,
 )
+from parley_testing.nats import NatsTestServer
+from parley_testing.security import security_events
+from parley_testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
+from parley_testing.waiting import eventually, until
 
 NEW_PASSWORD = "another-long-enough-passphrase"
 

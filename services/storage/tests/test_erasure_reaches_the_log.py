@@ -20,10 +20,10 @@ from parley.storage.v1.events_pb2 import UserDataErased, UserDataErasedFromStrea
 
 from parley_core.envelope import NewEvent, decode
 from parley_core.pki import Pki
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer, start_stack, stop_stack
-from parley_core.testing.waiting import eventually
 from parley_core.topology import channel_subject, parked_subject, privacy_subject
+from parley_testing.nats import NatsTestServer
+from parley_testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer, start_stack, stop_stack
+from parley_testing.waiting import eventually
 
 
 def unique(prefix: str) -> str:

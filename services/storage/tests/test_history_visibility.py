@@ -8,8 +8,8 @@ import uuid
 from parley.messaging.v1 import messaging_pb2
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
-from parley_core.testing.stack import TIMEOUT_S, Stack, bearer
-from parley_core.testing.waiting import eventually
+from parley_testing.stack import TIMEOUT_S, Stack, bearer
+from parley_testing.waiting import eventually
 
 
 async def test_storage_hides_messages_from_before_the_join(stack: Stack) -> None:

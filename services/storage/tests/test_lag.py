@@ -14,7 +14,6 @@ from parley.messaging.v1.events_pb2 import MessagePosted
 
 from parley_core.bus import EventBus, ReceivedEvent
 from parley_core.envelope import NewEvent
-from parley_core.testing.nats import NatsTestServer
 from parley_core.topology import CONSUMERS, PLATFORM_USER, STREAMS, channel_subject
 from parley_storage.archive import SqlEventArchive, open_engine
 from parley_storage.datakeys import DataKeys
@@ -22,6 +21,7 @@ from parley_storage.kek import FileKeyring
 from parley_storage.lag import StreamLag, measure_lag
 from parley_storage.lag_metrics import EVENTS_BEHIND, SECONDS_BEHIND, ArchiveLagGauges
 from parley_storage.migrate import upgrade_to_head
+from parley_testing.nats import NatsTestServer
 
 TIMEOUT_S = 60.0
 MSG_SPEC = next(c for c in CONSUMERS if c.stream == "MSG")

@@ -20,10 +20,10 @@ from parley.storage.v1 import storage_pb2
 from parley.storage.v1.events_pb2 import ArchiveConsumerRecreated
 
 from parley_core.envelope import decode, open_payload
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
-from parley_core.testing.waiting import eventually
 from parley_core.topology import CONSUMERS, archive_consumer_subject
+from parley_testing.nats import NatsTestServer
+from parley_testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
+from parley_testing.waiting import eventually
 
 SENDS = 40
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING

@@ -25,7 +25,6 @@ from sqlalchemy import Connection, inspect, select
 from parley_core.actor import Actor
 from parley_core.bus import ReceivedEvent
 from parley_core.envelope import NewEvent, open_payload
-from parley_core.testing.events import received
 from parley_core.visibility import HistoryView
 from parley_storage.archive import SqlEventArchive, StoredMessage
 from parley_storage.archive.backfill import KeyringNeeded
@@ -41,6 +40,7 @@ from parley_storage.schema import (
     message_texts,
     removed_messages,
 )
+from parley_testing.events import received
 
 CONSUMER = "storage-archive-msg"
 

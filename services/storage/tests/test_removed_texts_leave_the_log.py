@@ -35,13 +35,13 @@ from sqlalchemy import insert
 from parley_core.bus import EventBus, ReceivedEvent
 from parley_core.envelope import NewEvent, decode, open_payload
 from parley_core.log_deletion import delete_checked
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer, start_service
-from parley_core.testing.waiting import eventually, until
 from parley_core.topology import CONSUMERS, STREAMS, channel_subject, parked_subject
 from parley_storage.archive import NS_PER_DAY, SqlEventArchive
 from parley_storage.log_cleanup import delete_removed_texts
 from parley_storage.schema import log_deletions
+from parley_testing.nats import NatsTestServer
+from parley_testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer, start_service
+from parley_testing.waiting import eventually, until
 
 Token = tuple[tuple[str, str]]
 

@@ -23,7 +23,6 @@ from parley_core.config import Settings
 from parley_core.envelope import NewEvent, decode, open_payload, seal
 from parley_core.pki import Pki
 from parley_core.runner import RefusedToStart
-from parley_core.testing.nats import NatsTestServer
 from parley_core.topology import (
     PLATFORM_USER,
     STREAMS,
@@ -37,6 +36,7 @@ from parley_core.topology import (
     username_subject,
 )
 from parley_storage.archive import SqlEventArchive
+from parley_storage.key_files import KEYRING_FILE
 from parley_storage.reseed import (
     RESEEDED_STREAMS,
     Placed,
@@ -47,7 +47,8 @@ from parley_storage.reseed import (
 )
 from parley_storage.residency import location_of
 from parley_storage.restored import mark_restored, read_restored
-from parley_storage.service import KEYRING_FILE, refuse_a_log_behind_the_archive
+from parley_storage.service import refuse_a_log_behind_the_archive
+from parley_testing.nats import NatsTestServer
 
 ALICE, BOB = "user-alice", "user-bob"
 ALICE_NAME = username_subject(hashlib.sha256(b"alice").hexdigest())

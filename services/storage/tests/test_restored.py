@@ -24,17 +24,18 @@ from parley_core.files import ensure_private_dir
 from parley_core.net import free_port
 from parley_core.pki import Pki
 from parley_core.runner import RefusedToStart
-from parley_core.testing.events import received
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.waiting import until
 from parley_core.topology import CONSUMERS, PLATFORM_USER, STREAMS, channel_subject, user_subject
 from parley_storage.archive import SqlEventArchive, open_engine
-from parley_storage.backup import BACKUP_KEY_FILE, VERIFY_KEY_FILE, BackupKeys, create_backup
+from parley_storage.backup import BackupKeys, create_backup
 from parley_storage.datakeys import DataKeys
 from parley_storage.kek import FileKeyring
+from parley_storage.key_files import BACKUP_KEY_FILE, KEYRING_FILE, VERIFY_KEY_FILE
 from parley_storage.migrate import upgrade_to_head
 from parley_storage.restored import mark_restored, read_restored
-from parley_storage.service import KEYRING_FILE, refuse_a_lost_backup_key
+from parley_storage.service import refuse_a_lost_backup_key
+from parley_testing.events import received
+from parley_testing.nats import NatsTestServer
+from parley_testing.waiting import until
 
 EX_CONFIG = 78
 EX_INTERRUPTED = 130

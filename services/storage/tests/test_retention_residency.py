@@ -17,7 +17,6 @@ from sqlalchemy import Connection, select
 
 from parley_core.bus import ReceivedEvent
 from parley_core.envelope import NewEvent
-from parley_core.testing.events import received
 from parley_storage.archive import EXPIRED, NS_PER_DAY, RetentionPolicy, SqlEventArchive, open_engine
 from parley_storage.migrate import upgrade_to_head
 from parley_storage.residency import (
@@ -31,6 +30,7 @@ from parley_storage.retention import MARKER_SEQS, expiry_facts
 from parley_storage.schema import events, log_deletions, residency
 from parley_storage.service import check_residency
 from parley_storage.settings import StorageSettings
+from parley_testing.events import received
 
 NOW_NS = 1_800_000_000 * 10**9
 CONSUMER = "storage-archive-msg"

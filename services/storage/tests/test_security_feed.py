@@ -10,7 +10,7 @@ import grpc
 import pytest
 from parley.storage.v1 import storage_pb2
 
-from parley_core.testing.stack import TIMEOUT_S, Stack, bearer
+from parley_testing.stack import TIMEOUT_S, Stack, bearer
 
 
 async def failed_login(stack: Stack, username: str) -> None:

@@ -18,9 +18,9 @@ import pytest_asyncio
 from parley.auth.v1 import auth_pb2
 
 from parley_core.pki import Pki
-from parley_core.testing.stack import TIMEOUT_S, Stack
-from parley_core.testing.waiting import until
 from parley_storage.siem import cef
+from parley_testing.stack import TIMEOUT_S, Stack
+from parley_testing.waiting import until
 
 # RFC 5424: <PRI>VERSION SP TIMESTAMP SP HOSTNAME SP APP-NAME SP PROCID SP MSGID SP SD [SP MSG]
 SYSLOG = re.compile(

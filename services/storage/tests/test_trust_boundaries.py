@@ -38,18 +38,18 @@ from parley.storage.v1.events_pb2 import (
 from parley_core.bus import FOREIGN_EVENT
 from parley_core.envelope import NewEvent, decode, open_payload, seal
 from parley_core.grpc_channel import secure_channel
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.refusals import ErrorRecorder, refused
-from parley_core.testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer, start_service
-from parley_core.testing.waiting import eventually, until
+from parley_core.nats_accounts import local_subject
 from parley_core.topology import (
     SERVICES,
     channel_subject,
     due_subject,
-    local_subject,
     parked_subject,
     username_subject,
 )
+from parley_testing.nats import NatsTestServer
+from parley_testing.refusals import ErrorRecorder, refused
+from parley_testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer, start_service
+from parley_testing.waiting import eventually, until
 
 Token = tuple[tuple[str, str]]
 NS_PER_DAY = 86_400 * 10**9

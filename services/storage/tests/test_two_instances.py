@@ -14,13 +14,13 @@ from parley.storage.v1.events_pb2 import UserDataErased
 
 from parley_core.bus import EventBus, ReceivedEvent
 from parley_core.envelope import NewEvent, seal
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.waiting import eventually
 from parley_core.topology import PLATFORM_USER, STREAMS, channel_subject, privacy_subject, user_subject
 from parley_storage.archive import SqlEventArchive
 from parley_storage.datakeys import DataKeys
 from parley_storage.erasures import follow_erasures
 from parley_storage.kek import FileKeyring
+from parley_testing.nats import NatsTestServer
+from parley_testing.waiting import eventually
 
 ALICE, BOB = "user-alice", "user-bob"
 

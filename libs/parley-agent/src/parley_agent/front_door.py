@@ -22,6 +22,8 @@ import contextlib
 import itertools
 import logging
 
+from parley_agent.door_book import DoorBook
+
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 5.0
 
@@ -38,12 +40,9 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.write_eof()
 
 
-class FrontDoor:
+class FrontDoor(DoorBook):
     def __init__(self, service: str, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.service = service
-        self.host = host
-        self.port = port
-        self._backends: list[str] = []
+        super().__init__(service, host, port)
         self._turn = itertools.count()
         self._shares: dict[str, int] = {}  # address -> percent of new connections
         self._credit: dict[str, float] = {}  # smooth weighted round-robin state
@@ -53,29 +52,15 @@ class FrontDoor:
         self._connections: set[asyncio.Task[None]] = set()
 
     @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
     def stable_address(self) -> str:
         return f"{self.host}:{self.stable_port}"
-
-    @property
-    def backends(self) -> list[str]:
-        return list(self._backends)
 
     def stable_backends(self) -> list[str]:
         """The instances no roll-out is trying out (all of them when every one is)."""
         return [a for a in self._backends if a not in self._shares] or list(self._backends)
 
-    def add(self, address: str) -> None:
-        if address not in self._backends:
-            self._backends.append(address)
-
-    def remove(self, address: str) -> None:
-        """No new connection goes to `address`; its open ones run on until it closes them."""
-        if address in self._backends:
-            self._backends.remove(address)
+    def _forget_share(self, address: str) -> None:
+        """No new connection goes to a removed instance; its open ones run on until it closes them."""
         self._shares.pop(address, None)
 
     def set_share(self, address: str, percent: int) -> None:

@@ -37,6 +37,8 @@ import socket
 import tempfile
 from pathlib import Path
 
+from parley_agent.door_book import DoorBook
+
 # The setting through which an instance learns the shared client address (parley_core.config).
 SHARED_LISTEN_ENV = "PARLEY_SHARED_LISTEN_ADDRESS"
 # The file in which an instance finds its share of the port's new connections (parley_core.port_share).
@@ -75,7 +77,7 @@ def requests_migrate() -> bool | None:
         return None
 
 
-class SharedPort:
+class SharedPort(DoorBook):
     """The client address of a service whose instances accept connections themselves.
 
     Same face as the FrontDoor, so the agent treats both alike: `add` and `remove` keep the
@@ -84,29 +86,12 @@ class SharedPort:
     `instance_environment` tells a new instance where to listen and where its share is written."""
 
     def __init__(self, service: str, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.service = service
-        self.host = host
-        self.port = port
-        self._backends: list[str] = []
+        super().__init__(service, host, port)
         self._claim: socket.socket | None = None
         self._shares: Path | None = None  # where the shares are written (0700), made by `start`
 
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def backends(self) -> list[str]:
-        return list(self._backends)
-
-    def add(self, address: str) -> None:
-        if address not in self._backends:
-            self._backends.append(address)
-
-    def remove(self, address: str) -> None:
+    def _forget_share(self, address: str) -> None:
         """Bookkeeping only: an instance stops taking new connections when it stops listening."""
-        if address in self._backends:
-            self._backends.remove(address)
         with contextlib.suppress(FileNotFoundError):
             self.share_file(address).unlink()  # no share any more: an even one if it stays
 

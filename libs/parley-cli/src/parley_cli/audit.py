@@ -42,7 +42,7 @@ from parley_core.envelope import decode, open_payload
 from parley_core.files import ensure_private_dir
 from parley_core.grpc_channel import secure_channel
 from parley_core.nats_connect import connect_nats_once
-from parley_core.natsconf import ensure_nats_passwords
+from parley_core.natsconf import platform_nats_password
 from parley_core.topology import AUDIT_KEYS_FILTER, PLATFORM_USER, SIGNING_KEYS_FILTER
 
 TIMEOUT_S = 30.0
@@ -142,8 +142,7 @@ def _platform(data_dir: Path) -> tuple[str, str, str]:
         state = load_running_state(data_dir)
     except PlatformNotRunning as exc:
         raise SystemExit(f"{exc}; the audit commands read the running platform's streams and archive") from None
-    passwords = ensure_nats_passwords(data_dir / "secrets" / "nats-passwords.json", [PLATFORM_USER])
-    return str(state["services"]["storage"]["address"]), str(state["nats_url"]), passwords[PLATFORM_USER]
+    return str(state["services"]["storage"]["address"]), str(state["nats_url"]), platform_nats_password(data_dir)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import shlex
 import sys
 import threading
@@ -19,8 +18,8 @@ from parley_cli.wording import counted
 from parley_client import DeviceStore, LiveEvent, OutcomeUnknown, ParleyClient, ParleyError
 from parley_client.e2ee import BODY_PREFIX
 from parley_client.live import RESUMABLE
+from parley_messaging.inputs import CHANNEL_ID
 
-CHANNEL_ID = re.compile(r"[0-9a-f]{32}")
 OPENING_PAGE = 20  # the newest messages `parley chat` shows before going live
 
 

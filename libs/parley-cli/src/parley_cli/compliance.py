@@ -18,13 +18,14 @@ from parley.patch.v1 import patch_pb2
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from parley_cli.audit import AuditVerdict, storage_channel, verify_audit
-from parley_cli.compliance_security import SecurityFacts, gather_security, render_sections
-from parley_cli.patch import RegistryConnection, _due, _when
+from parley_cli.compliance_security import SecurityFacts, gather_security
+from parley_cli.layout import due, when
+from parley_cli.registry_connection import RegistryConnection
 from parley_cli.report_charts import FindingPoint, findings_by_severity, patch_sla_over_time
 from parley_cli.report_html import SEVERITY_COLOURS, markdown_to_html
+from parley_cli.security_sections import render_sections
 from parley_cli.usernames import named
-
-SEVERITY_ORDER = ("critical", "high", "medium", "low", "unscored")
+from parley_patch_registry.priorities import PRIORITIES as SEVERITY_ORDER
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ def _findings(facts: ComplianceFacts) -> list[str]:
             ", ".join(f.fixed_in) or "-",
             _day(f.detected_at) if f.detected_at else "-",
             _day(f.deadline),
-            _due(f.deadline, facts.generated_at).replace("OVERDUE", "**OVERDUE**"),
+            due(f.deadline, facts.generated_at).replace("OVERDUE", "**OVERDUE**"),
         )
         for f in sorted(facts.findings, key=_severity_rank)
     ]
@@ -237,7 +238,7 @@ def _rollouts(facts: ComplianceFacts) -> list[str]:
             ("when", "step", "share", "verdict", "detail"),
             [
                 (
-                    _when(a.at),
+                    when(a.at),
                     a.gate.step,
                     f"{a.gate.weight}%" if a.gate.weight else "-",
                     "passed" if a.gate.passed else "FAILED",
@@ -264,7 +265,7 @@ def _audit(facts: ComplianceFacts) -> list[str]:
     if head is None:
         lines.append("Head: the SEC stream holds no audit record yet.")
     else:
-        at = _when(head.occurred_at_unix_ns / 1e9) if head.occurred_at_unix_ns else "-"
+        at = when(head.occurred_at_unix_ns / 1e9) if head.occurred_at_unix_ns else "-"
         lines.append(
             f"Head (live SEC stream): record #{head.chain_index}, hash `{bytes(head.record_hash).hex()}`, "
             f"key `{head.key_id}`, at {at}."
@@ -283,7 +284,7 @@ def _checkpoint(state: storage_pb2.AuditChainState | None) -> list[str]:
         held = "the archive still holds it" if cp.matches else "**the archive's record DIFFERS from it**"
         lines = [
             f"Last operator checkpoint: record #{cp.chain_index}, taken {_cell(_taken(cp.taken_at))} "
-            f"({_cell(cp.source)}), compared {_when(state.verified_at)}: {held}."
+            f"({_cell(cp.source)}), compared {when(state.verified_at)}: {held}."
         ]
     lines += [f"- checkpoint not read: {_cell(error)}" for error in state.checkpoint_errors]
     return [*lines, ""]
@@ -304,7 +305,7 @@ def render(facts: ComplianceFacts) -> str:
     header = [
         "# Parley compliance report",
         "",
-        f"- Generated: {_when(facts.generated_at)}",
+        f"- Generated: {when(facts.generated_at)}",
         f"- Period: {_day(facts.since)} to {_day(facts.generated_at)}",
         "- Signed: Ed25519, the last line of this file; check with `parley report verify FILE`",
         "",

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import nats.errors
 
 from parley_core.nats_connect import NatsUnreachable, connect_nats_once
-from parley_core.natsconf import ensure_nats_passwords
+from parley_core.natsconf import platform_nats_password
 from parley_core.topology import PLATFORM_USER
 
 if TYPE_CHECKING:
@@ -32,12 +32,11 @@ async def check_broker(data_dir: Path, *, url: str, ca_cert: Path) -> str:
     """SERVING when the node takes a connection and answers a JetStream request, DOWN when
     nobody answers on its address, NOT_SERVING when it answers without JetStream (a cluster
     node still catching up or without a leader)."""
-    password = ensure_nats_passwords(data_dir / "secrets" / "nats-passwords.json", [PLATFORM_USER])[PLATFORM_USER]
     try:
         nc = await connect_nats_once(
             url=url,
             user=PLATFORM_USER,
-            password=password,
+            password=platform_nats_password(data_dir),
             ca_cert=ca_cert,
             name="parley-status",
             timeout_s=BROKER_CHECK_S,

@@ -28,17 +28,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from parley_auth.key_files import AUDIT_KEY_FILE
+from parley_auth.key_files import SIGNING_KEY_FILE as AUTH_SIGNING_KEY_FILE
+from parley_core.contracts import AUTH_SEALING_KEY_FILE
 from parley_core.database import DATABASE_URL_FILE
 from parley_core.files import ensure_private_dir, write_private_file
 from parley_core.pki import Pki, issue_into
-from parley_core.topology import PLATFORM_USER
-
-# parley_core.config's name (the CLI does not import it at start: pydantic-settings is slow to load).
-AUTH_SEALING_KEY_FILE = "auth-mfa-key.bin"
-AUDIT_KEY_FILE = "auth-audit-key.pem"  # parley_auth.audit_key (the CLI does not import services)
-AUTH_SIGNING_KEY_FILE = "auth-signing-key.pem"  # parley_auth.signing_key_job
-# parley_storage.backup: without them a storage instance would make backup keys of its own.
-STORAGE_BACKUP_KEY_FILES = ("storage-backup.key", "storage-backup-signing.pem", "storage-backup-signing.pub")
+from parley_core.topology import NATS_IDENTITY, PLATFORM_USER
+from parley_storage.key_files import BACKUP_KEY_FILES as STORAGE_BACKUP_KEY_FILES
 
 __all__ = ["HOSTABLE_SERVICES", "BundleRefused", "FleetConfig", "make_bundle", "read_bundle"]
 
@@ -49,7 +46,6 @@ SERVICE_SECRETS = {
     "storage": (DATABASE_URL_FILE.name, *STORAGE_BACKUP_KEY_FILES),
 }
 FLEET_FILE = "fleet.json"
-NATS_IDENTITY = "nats"  # the certificate every nats-server node of the platform serves
 BUNDLE_FORMAT = 1
 _HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from parley_cli.host_address import add_host_address_option
 from parley_cli.host_bundle import (
-    NATS_IDENTITY,
     BundleRefused,
     FleetConfig,
     make_bundle,
@@ -35,6 +34,7 @@ from parley_core.files import ensure_private_dir, write_private_file
 from parley_core.jobs import every
 from parley_core.natsconf import ensure_nats_passwords
 from parley_core.pki import CA_NAME, CertificateMissing, Pki, ensure_pki
+from parley_core.topology import NATS_IDENTITY, PLATFORM_USER
 
 HOST_STATE_FILE = "host.json"
 REGISTRY = "patch-registry"
@@ -138,7 +138,7 @@ class Host:
         self.data_dir = data_dir
         self.fleet = fleet
         self.gateway_port = gateway_port
-        identities = [*fleet.services, "platform", *([NATS_IDENTITY] if fleet.nats_node else [])]
+        identities = [*fleet.services, PLATFORM_USER, *([NATS_IDENTITY] if fleet.nats_node else [])]
         self.pki = ensure_pki(data_dir / "pki", identities)  # checks, never issues here
         self.nats = JoinedNatsNode(data_dir, fleet.nats_node, self.pki) if fleet.nats_node else None
         environment = {**environment}

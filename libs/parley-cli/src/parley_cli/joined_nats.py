@@ -18,6 +18,7 @@ from parley_core.nats_process import NatsServerProcess
 from parley_core.natsconf import ROUTE_USER, ClusterConfig, ensure_nats_passwords, render_server_config
 from parley_core.net import free_port, host_address
 from parley_core.pki import Pki
+from parley_core.topology import NATS_IDENTITY
 
 
 class JoinedNatsNode:
@@ -32,7 +33,7 @@ class JoinedNatsNode:
         host = host_address()  # the host add bundle's nats certificate names it
         port, route_port = free_port(host), free_port(host)
         self.route = f"{host}:{route_port}"
-        identity = pki.identity("nats")
+        identity = pki.identity(NATS_IDENTITY)
         config = render_server_config(
             host=host,
             port=port,

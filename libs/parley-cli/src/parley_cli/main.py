@@ -6,30 +6,27 @@ import argparse
 import asyncio
 import json
 import os
-import shlex
 import sys
 from pathlib import Path
 
 import grpc
 
-from parley_cli import admin, audit, chat, devices, keyring, messages, mfa, patch, privacy
+from parley_cli import (
+    account_commands,
+    admin,
+    audit,
+    channel_commands,
+    devices,
+    keyring,
+    messages,
+    mfa,
+    patch,
+    privacy,
+)
 from parley_cli.health import check_broker, check_health
 from parley_cli.host_address import add_host_address_option
-from parley_cli.invocation import parley_as_run
-from parley_cli.prompt import PromptInterrupted, ask_secret
-from parley_cli.saved_login import as_saved_login_refusal, save_login
-from parley_cli.signin import (
-    PASSWORDS_COME_FROM,
-    SECOND_FACTOR_HOW,
-    client_for,
-    login_as,
-    mfa_hint,
-    read_password,
-    read_secret,
-    second_factor,
-    token_path,
-    totp_or_recovery,
-)
+from parley_cli.prompt import PromptInterrupted
+from parley_cli.saved_login import as_saved_login_refusal
 from parley_cli.state import (
     DEFAULT_DATA_DIR,
     STATE_FILE,
@@ -40,8 +37,7 @@ from parley_cli.state import (
     remember_data_dir,
 )
 from parley_cli.terminal import shown
-from parley_cli.wording import counted
-from parley_client import MfaRequired, OutcomeUnknown, ParleyError
+from parley_client import OutcomeUnknown, ParleyError
 from parley_core.logs import quiet_asyncio_tls_notes
 from parley_core.nats_connect import NatsUnreachable
 
@@ -120,125 +116,6 @@ async def cmd_parked(args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_register(args: argparse.Namespace) -> int:
-    async with client_for(args) as client:
-        response = await client.register(args.username, read_password(args), invite_code=args.invite)
-    print(f"registered {shown(response.username)} ({response.user_id})")
-    return 0
-
-
-async def cmd_login(args: argparse.Namespace) -> int:
-    async with client_for(args) as client:
-        password = read_password(args)
-        totp, recovery = totp_or_recovery(args.totp.strip())
-        try:
-            response = await client.login(args.username, password, totp_code=totp, recovery_code=recovery)
-        except MfaRequired:
-            if not (code := second_factor(args)):
-                raise SystemExit(f"error: {mfa_hint(args.username)}") from None
-            totp, recovery = totp_or_recovery(code)
-            response = await client.login(args.username, password, totp_code=totp, recovery_code=recovery)
-    save_login(token_path(args, args.username), response)
-    print(f"logged in as {args.username}; the CLI renews the session's 15-minute token while the session lasts")
-    return 0
-
-
-def _new_password(username: str) -> str:
-    """Typed twice at a terminal (a typo would lock the user out); the next line of piped stdin."""
-    missing = "no new password given: type it at the prompt, or give it on the second line of standard input"
-    password = read_secret(f"new password for {username}: ", missing=missing)
-    if sys.stdin.isatty() and ask_secret("the new password again: ") != password:
-        raise SystemExit("error: the two new passwords differ; the password is not changed")
-    return password
-
-
-async def cmd_password(args: argparse.Namespace) -> int:
-    """Changes the --as user's own password. Not from $PARLEY_PASSWORD: a script's login password
-    there would otherwise be taken for the current one and the first piped line for the new one."""
-    async with client_for(args) as client:
-        await login_as(args, client)
-        missing = "no current password given: type it at the prompt, or give it on the first line of standard input"
-        current = read_secret(f"current password for {args.user}: ", missing=missing)
-        await client.change_password(current, _new_password(args.user))
-    print(f"password of {args.user} changed; every other session of {args.user} is signed out, this one stays")
-    return 0
-
-
-async def cmd_create_channel(args: argparse.Namespace) -> int:
-    async with client_for(args) as client:
-        await login_as(args, client)
-        channel = await client.create_channel(args.name)
-    print(f"created #{shown(channel.name)} with id {channel.channel_id}")
-    return 0
-
-
-async def cmd_join(args: argparse.Namespace) -> int:
-    async with client_for(args) as client:
-        await login_as(args, client)
-        if chat.looks_like_an_id(args.channel):
-            channel = await client.join_channel(args.channel)
-        else:
-            channel = await client.join_channel(name=args.channel)
-    print(f"joined #{shown(channel.name)} ({counted(len(channel.member_ids), 'member')})")
-    return 0
-
-
-async def cmd_channels(args: argparse.Namespace) -> int:
-    async with client_for(args) as client:
-        await login_as(args, client)
-        channels = await client.my_channels()
-        if not channels:
-            print("you are in no channel yet: `parley create-channel NAME` or `parley join ID`")
-        people = chat.People(client)
-        await people.learn(u for c in channels if c.direct for u in c.member_ids)
-        for channel in channels:
-            label = chat.channel_label(channel, people.names, me=client.user_id)
-            print(f"{channel.channel_id}  {label}  members={len(channel.member_ids)}  messages={channel.last_seq}")
-    return 0
-
-
-async def cmd_send(args: argparse.Namespace) -> int:
-    async with client_for(args) as client:
-        await login_as(args, client)
-        channel_id, _ = await chat.open_channel(client, args.channel, store=devices.device_store(args))
-        message = await client.send(channel_id, args.text, idempotency_key=args.idempotency_key)
-    print(f"sent #{message.channel_seq}")
-    return 0
-
-
-async def cmd_history(args: argparse.Namespace) -> int:
-    """The newest page, or with --after the page after a message number; a line says how to go on."""
-    async with client_for(args) as client:
-        await login_as(args, client)
-        channel_id, _ = await chat.open_channel(client, args.channel, store=devices.device_store(args))
-        if args.after:
-            page = await client.history(channel_id, after_seq=args.after, limit=args.limit)
-        else:
-            page = await client.latest(channel_id, limit=args.limit)
-        if not page.messages:
-            print("(no messages)")
-        people = chat.People(client)
-        await people.learn_from(page.messages)
-        for message in page.messages:
-            print(chat.format_message(message, people.names))
-        if page.has_more and page.messages:
-            if args.after:
-                after = page.messages[-1].channel_seq
-                newer = f"{parley_as_run(args)} history {shlex.quote(args.channel)} --after {after}"
-                print(f"-- newer: {shown(newer)} --")
-            else:
-                print(chat.older_hint(parley_as_run(args), args.channel, page.messages[0].channel_seq))
-    return 0
-
-
-async def cmd_chat(args: argparse.Namespace) -> int:
-    async with client_for(args) as client:
-        await login_as(args, client)
-        return await chat.interactive(
-            client, args.channel, parley=parley_as_run(args), store=devices.device_store(args)
-        )
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parley", description="Parley: self-hosted, security-first team chat")
     parser.add_argument(
@@ -279,62 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="health of every service and of nats-server").set_defaults(run=cmd_status)
     sub.add_parser("parked", help="poison events that consumers set aside").set_defaults(run=cmd_parked)
 
-    register = sub.add_parser(
-        "register",
-        help="create an account (open or invitation registration)",
-        description=f"Create an account; the password is read from {PASSWORDS_COME_FROM}.",
-    )
-    register.add_argument("username")
-    register.add_argument("--invite", default="", help="your invitation code (PARLEY_REGISTRATION=invite)")
-    register.set_defaults(run=cmd_register)
-    login = sub.add_parser(
-        "login",
-        help="log in and keep the session (renewed as needed, up to 30 days)",
-        description="Log in and keep the session's tokens in <data-dir>/cli/ (the CLI renews the 15-minute "
-        "access token as needed, for up to 30 days); the password is read from "
-        f"{PASSWORDS_COME_FROM}. An account with "
-        f"two-factor authentication also needs {SECOND_FACTOR_HOW}: --totp CODE, or asked after the password "
-        "(the next line of standard input, or $PARLEY_MFA_CODE).",
-    )
-    login.add_argument("username")
-    login.add_argument(
-        "--totp",
-        default="",
-        metavar="CODE",
-        help="the code from your authenticator app, or a recovery code (xxxx-xxxx-xxxx-xxxx, each works once)",
-    )
-    login.set_defaults(run=cmd_login)
-    password = sub.add_parser(
-        "password",
-        help="change your password (with --as USER)",
-        description="Change your own password, as `parley --as USER password`: asks for the current one, "
-        "then the new one twice; from standard input, the current password on the first line and the new one "
-        "on the second ($PARLEY_PASSWORD is not used here). Your other sessions are signed out.",
-    )
-    password.set_defaults(run=cmd_password)
+    account_commands.add_commands(sub)
 
-    create = sub.add_parser("create-channel", help="create a channel")
-    create.add_argument("name")
-    create.set_defaults(run=cmd_create_channel)
-    join = sub.add_parser("join", help="join a channel by id, or by name when one channel you may join has it")
-    join.add_argument("channel", help="channel id or name")
-    join.set_defaults(run=cmd_join)
-    sub.add_parser("channels", help="the channels you are in").set_defaults(run=cmd_channels)
-    send = sub.add_parser("send", help="send one message")
-    send.add_argument("channel", help="channel id or name")
-    send.add_argument("text")
-    send.add_argument("--idempotency-key", help=messages.AGAIN_HELP)
-    send.set_defaults(run=cmd_send)
-    history = sub.add_parser("history", help="print a channel's newest messages (`parley older` pages back)")
-    history.add_argument("channel", help="channel id or name")
-    history.add_argument(
-        "--after", type=int, default=0, help="the oldest messages after this number instead of the newest"
-    )
-    history.add_argument("--limit", type=int, default=100, help="how many messages (default 100)")
-    history.set_defaults(run=cmd_history)
-    chat_cmd = sub.add_parser("chat", help="chat in a channel: type lines to send, see others live")
-    chat_cmd.add_argument("channel", help="channel id or name")
-    chat_cmd.set_defaults(run=cmd_chat)
+    channel_commands.add_commands(sub)
     admin.add_commands(sub)
     audit.add_commands(sub)
     from parley_cli import backup  # storage backups (issue 5)

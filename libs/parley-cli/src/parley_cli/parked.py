@@ -28,9 +28,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from parley_cli.state import load_running_state
 from parley_cli.terminal import shown
 from parley_core.bus import FOREIGN_EVENT
-from parley_core.consumer_guard import CONSUMER_FLOOD
-from parley_core.nats_connect import connect_nats
-from parley_core.natsconf import ensure_nats_passwords
+from parley_core.consumer_floods import CONSUMER_FLOOD
+from parley_core.nats_connect import connect_as_platform
 from parley_core.topology import PLATFORM_FINDINGS, PLATFORM_USER, STREAMS_BY_NAME
 
 # The kinds of parked record that are security findings, and what each says.
@@ -96,12 +95,9 @@ async def list_parked(data_dir: Path) -> AsyncIterator[ParkedEvent]:
     may park on its own subtree) is listed at the server's pace, not one request per event, and
     the first lines show at once."""
     state = load_running_state(data_dir)
-    password = ensure_nats_passwords(data_dir / "secrets" / "nats-passwords.json", [PLATFORM_USER])[PLATFORM_USER]
-    nc = await connect_nats(
+    nc = await connect_as_platform(
+        data_dir,
         url=state["nats_url"],
-        user=PLATFORM_USER,
-        password=password,
-        ca_cert=data_dir / "pki" / "ca.crt",
         name="parley-parked",
         allow_reconnect=False,
         max_reconnect_attempts=1,

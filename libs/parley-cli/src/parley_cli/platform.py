@@ -49,7 +49,7 @@ from parley_core.nats_connect import connect_nats
 from parley_core.natsconf import ROUTE_USER, ensure_nats_passwords
 from parley_core.net import host_address
 from parley_core.pki import Pki, ensure_pki
-from parley_core.topology import METRICS_SCRAPER, PLATFORM_USER, SERVICES
+from parley_core.topology import METRICS_SCRAPER, NATS_IDENTITY, PLATFORM_USER, SERVICES
 
 # Start order; the gateway last, so its first client finds everything up. Stop in reverse.
 START_ORDER = ("auth", "messaging", "storage", "patch-registry", "gateway")
@@ -126,7 +126,7 @@ class Platform:
         for sub in ("logs", "nats", "secrets", "agent"):
             ensure_private_dir(self.data_dir / sub)
         own = [host_address()]  # the certificates name the address other hosts reach this one at
-        self.pki = ensure_pki(self.data_dir / "pki", [*SERVICES, "nats", PLATFORM_USER, METRICS_SCRAPER], own)
+        self.pki = ensure_pki(self.data_dir / "pki", [*SERVICES, NATS_IDENTITY, PLATFORM_USER, METRICS_SCRAPER], own)
         users = [*SERVICES, PLATFORM_USER, *([ROUTE_USER] if self.nats_cluster > 1 else [])]
         passwords = ensure_nats_passwords(self.data_dir / "secrets" / "nats-passwords.json", users)
 

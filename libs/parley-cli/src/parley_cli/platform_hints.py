@@ -7,13 +7,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from parley_agent import Door
+from parley_core.platform_state import READY_LINE
 
 Say = Callable[[str], None]
 
 
 def tell_how_to_connect(say: Say, data_dir: Path, gateway: Door, *, api_url: str, web_app: str, ca: Path) -> None:
     """`web_app`: the web app's URL when the gateway serves one (`make run` builds it), else ""."""
-    say(f"all services are up. Gateway (TLS): {gateway.address}")
+    say(f"{READY_LINE}. Gateway (TLS): {gateway.address}")
     if web_app:
         say(f"web app: {web_app} (TLS; your browser must trust the CA certificate below)")
     else:

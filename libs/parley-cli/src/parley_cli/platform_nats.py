@@ -29,6 +29,7 @@ from parley_core.nats_process import NatsServerProcess
 from parley_core.natsconf import ROUTE_USER, ClusterConfig, holds_pre_account_streams, render_server_config
 from parley_core.net import free_port, host_address, port_or_free
 from parley_core.pki import Pki
+from parley_core.topology import NATS_IDENTITY
 
 STORE_KEY_FILE = "jetstream-store.key"
 CLUSTER_NAME = "parley"
@@ -144,7 +145,7 @@ class PlatformNats:
         """Every local node started on the last run's ports (new ones the first time)."""
         self._refuse_other_layout()
         self.rendered_quarantine = frozenset(quarantined(self.data_dir))
-        identity = pki.identity("nats")
+        identity = pki.identity(NATS_IDENTITY)
         store_key = ensure_store_key(self.data_dir / "secrets" / STORE_KEY_FILE)
         folders = self.folders()
         previous = previous_nats_ports(self.data_dir)

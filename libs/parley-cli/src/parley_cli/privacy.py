@@ -26,14 +26,15 @@ from parley_cli.state import load_running_state
 from parley_cli.terminal import shown
 from parley_cli.wording import counted
 from parley_client import ParleyError
+from parley_core.contracts import MAX_RETENTION_DAYS
 from parley_core.files import write_private_file
 from parley_core.grpc_channel import secure_channel
 from parley_core.topology import PLATFORM_USER
+from parley_storage.key_files import KEYRING_FILE
 
 TIMEOUT_S = 120.0  # both walk every archived event of the user
 ID_LENGTH = 32  # user and channel ids: uuid4 in hex
-MAX_RETENTION_DAYS = 36_500  # what storage accepts (parley_storage.archive_api.MAX_RETENTION_DAYS)
-KEYRING = Path("secrets") / "storage-kek.json"  # storage's keyring file (parley_storage.service.KEYRING_FILE)
+KEYRING = Path("secrets") / KEYRING_FILE
 KEYRING_CHANGED = (
     f"{KEYRING} changed (the erasure destroyed its earlier key generations): copy it to your key backup now "
     "and destroy the older copy there, which could still open the erased data in older backups"

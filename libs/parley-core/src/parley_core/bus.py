@@ -102,7 +102,7 @@ class EventBus:
         acknowledged append survives the loss of a minority of them. Only the platform identity
         re-configures a stream: a service creates its own where none exists and otherwise takes
         it as the platform set it, since its NATS user may not change a stream's settings
-        (topology.permissions_for).
+        (nats_accounts.permissions_for).
         """
         for spec in specs:
             config = api.StreamConfig(

@@ -21,12 +21,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 
 from parley_core.metrics import ServiceMetrics
 from parley_core.request_stats import SERVER_FAULTS, RequestStats
+
+if TYPE_CHECKING:
+    from parley_core.grpc_handlers import Continuation, Handler
 
 _UNCOUNTED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
@@ -42,10 +45,8 @@ class CallStatsInterceptor(grpc.aio.ServerInterceptor):
         self._stopping = True
 
     async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or handler.unary_unary is None or method.startswith(_UNCOUNTED):

@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from parley_core.consumer_policy import EPHEMERAL_QUOTA
+from parley_core.natsconf import NATS_PASSWORDS_FILE
 from parley_core.topology import PARKED_MAX_BYTES, PARKED_MAX_MSGS, STREAMS, StreamSpec, with_parked_limits
 
 TraceExporter = Literal["none", "console", "otlp"]
@@ -43,10 +44,6 @@ PEER_ADDRESS_ENV = {
 RESTORED_MARKER = Path("storage") / "restored-from-backup.json"
 # The patch registry's folder in the data folder: its TUF release repository and signing keys.
 REGISTRY_FOLDER = "patch-registry"
-# The key auth seals the secrets in its events with (in secrets/): TOTP secrets, password hashes,
-# recovery-code and refresh-token digests. An event log without it lets no one log in. Its name
-# is from when it sealed TOTP secrets only (existing folders and key backups hold it so).
-AUTH_SEALING_KEY_FILE = "auth-mfa-key.bin"
 
 
 class Settings(BaseSettings):
@@ -138,7 +135,7 @@ class Settings(BaseSettings):
 
     @property
     def nats_passwords_file(self) -> Path:
-        return self.secrets_dir / "nats-passwords.json"
+        return self.data_dir / NATS_PASSWORDS_FILE
 
     @classmethod
     def settings_customise_sources(

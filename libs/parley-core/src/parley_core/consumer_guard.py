@@ -17,7 +17,8 @@ recorded on the platform's own PLATFORM_FINDINGS stream
 parked copies in PARKED can push it out: `parley parked` marks it SECURITY, a SIEM follows
 `parley.platform.>`). A credential that keeps
 at it is handed to `quarantine`: the platform takes its account's consumer-create imports away
-until an operator lifts it (`parley consumers lift`).
+until an operator lifts it (`parley consumers lift`). The reports and the quarantine are
+parley_core.consumer_floods'.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import json
 import logging
 import re
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,19 +41,16 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from parley_core.bus import CONSUMER_NOT_FOUND, durable_config
+from parley_core.consumer_floods import QUARANTINE_AFTER, Flood, FloodReports
 from parley_core.consumer_policy import DECLARED, EPHEMERAL_QUOTA, ConsumerSeen, Verdict, judge
 from parley_core.jobs import PeriodicJob, every
+from parley_core.nats_accounts import JS_API, JS_API_AUDIT, JS_CONSUMER_DELETED, account_of
 from parley_core.topology import (
     CONSUMERS,
-    JS_API,
-    JS_API_AUDIT,
-    JS_CONSUMER_DELETED,
     PLATFORM_USER,
     SERVICES,
     SIEM_CONSUMERS,
     STREAMS,
-    account_of,
-    platform_finding_subject,
 )
 
 log = logging.getLogger(__name__)
@@ -61,20 +59,12 @@ log = logging.getLogger(__name__)
 STOP_WAIT_S = 5.0
 API_AUDIT = JS_API_AUDIT
 CONSUMER_DELETED = JS_CONSUMER_DELETED
-CONSUMER_FLOOD = "consumer-flood"  # Parley-Parked-Kind of the guard's finding (on PLATFORM_FINDINGS)
 # A consumer no advisory named is judged only once it is this old: its advisory may be on its way.
 ADVISORY_GRACE_S = 2.0
 SWEEP_EVERY_S = 10.0
 DELETERS = 16  # deletions in flight at once: a flood is undone at the server's pace
 DELETE_ATTEMPTS = 4
 REQUEST_TIMEOUT_S = 5.0
-# A service whose credential made this many consumers it may not keep within the window keeps
-# flooding: quarantined. No service's own code makes one.
-QUARANTINE_AFTER = 100
-QUARANTINE_WINDOW_S = 60.0
-# The first finding of a flood is reported this soon (with what it made by then), later ones at most this often.
-REPORT_FIRST_S = 1.0
-REPORT_EVERY_S = 10.0
 
 # A delivered message's subscription buffer: an audit advisory carries the call's whole request
 # (up to max_payload), and a junk flood of them must not make the guard drop the real ones.
@@ -88,25 +78,6 @@ FORGERY_LOG_EVERY_S = 10.0
 
 USER_OF_ACCOUNT = {account_of(user): user for user in (*SERVICES, PLATFORM_USER)}
 _CREATE_CALLS = (f"{JS_API}.CONSUMER.CREATE.", f"{JS_API}.CONSUMER.DURABLE.CREATE.")
-
-
-@dataclass(frozen=True)
-class Flood:
-    """A service's credential made consumers no service may keep (undeclared durables, more than
-    its quota, ...): what the guard deleted of them."""
-
-    service: str
-    deleted: dict[str, int]  # per stream
-    quota: int
-    quarantined: bool
-
-    def sentence(self) -> str:
-        made = ", ".join(f"{count} on {stream}" for stream, count in sorted(self.deleted.items()))
-        then = "; its account may make no more consumers until an operator lifts the quarantine" * self.quarantined
-        return (
-            f"{self.service}'s NATS credential made consumers it may not keep ({made}: undeclared durables, "
-            f"or more than its quota of {self.quota} per stream); the consumer guard deleted them{then}"
-        )
 
 
 def seen_from_info(info: dict[str, Any], creator: str | None) -> ConsumerSeen:
@@ -145,14 +116,9 @@ class ConsumerGuard:
     announce: Callable[[str], None] = lambda _text: None
     quarantine: Callable[[str, str], Awaitable[None]] | None = None
     deleted: Counter[str] = field(default_factory=Counter)  # why -> how many, for tests and status
-    findings: list[Flood] = field(default_factory=list)
-    quarantined: set[str] = field(default_factory=set)
     forged: int = 0  # messages on an advisory subject that the server did not publish
     _kept: dict[tuple[str, str], _Kept] = field(default_factory=dict)
     _counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (service, stream) -> kept ephemerals
-    _over: dict[str, Counter[str]] = field(default_factory=dict)  # service -> stream -> deleted, unreported
-    _over_times: dict[str, deque[float]] = field(default_factory=dict)
-    _last_report: dict[str, float] = field(default_factory=dict)
     _doomed: asyncio.Queue[tuple[str, str]] = field(default_factory=asyncio.Queue)
     _deleting: set[tuple[str, str]] = field(default_factory=set)  # queued: a sweep judges them no second time
     _deleted: set[tuple[str, str]] = field(default_factory=set)  # since the last sweep
@@ -161,6 +127,20 @@ class ConsumerGuard:
     _subs: list[Any] = field(default_factory=list)
     _started_at: float = 0.0
     _forgery_logged: float = float("-inf")
+    _floods: FloodReports = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._floods = FloodReports(
+            self.nc, self.quota, self.quarantine_after, announce=self.announce, quarantine=self.quarantine
+        )
+
+    @property
+    def findings(self) -> list[Flood]:
+        return self._floods.findings
+
+    @property
+    def quarantined(self) -> set[str]:
+        return self._floods.quarantined
 
     async def start(self) -> None:
         self._started_at = time.time()
@@ -187,11 +167,12 @@ class ConsumerGuard:
         for sub in self._subs:
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 await asyncio.wait_for(sub.unsubscribe(), STOP_WAIT_S)
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._floods.tasks]
+        for task in tasks:
             task.cancel()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), STOP_WAIT_S)
-        self._tasks, self._subs = [], []
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), STOP_WAIT_S)
+        self._tasks, self._subs, self._floods.tasks = [], [], []
 
     def kept(self, service: str, stream: str) -> int:
         """Ephemeral consumers `service` keeps on `stream` now, as the guard counts them."""
@@ -199,8 +180,7 @@ class ConsumerGuard:
 
     def lifted(self, service: str) -> None:
         """An operator lifted the service's quarantine: its flood count starts again."""
-        self.quarantined.discard(service)
-        self._over_times.pop(service, None)
+        self._floods.lifted(service)
 
     # -- what the server tells ---------------------------------------------------------------
 
@@ -277,66 +257,10 @@ class ConsumerGuard:
         self._deleting.add(key)
         self._doomed.put_nowait(key)
         if verdict.violation and creator is not None:
-            self._violated(creator, consumer.stream)
+            self._floods.violated(creator, consumer.stream)
         else:
             log.warning("consumer %s of %s deleted by the guard: %s", key[1], key[0], verdict.why)
         return verdict
-
-    # -- a service's credential misused ------------------------------------------------------------
-
-    def _violated(self, service: str, stream: str) -> None:
-        now = time.monotonic()
-        first = service not in self._over
-        self._over.setdefault(service, Counter())[stream] += 1
-        times = self._over_times.setdefault(service, deque())
-        times.append(now)
-        while times and times[0] < now - QUARANTINE_WINDOW_S:
-            times.popleft()
-        if len(times) >= self.quarantine_after and service not in self.quarantined and self.quarantine is not None:
-            self.quarantined.add(service)
-            why = f"made {len(times)} consumers it may not keep within {QUARANTINE_WINDOW_S:g} s"
-            self._tasks.append(asyncio.create_task(self._quarantine(service, why), name=f"quarantine-{service}"))
-        if first:
-            wait = max(REPORT_FIRST_S, self._last_report.get(service, -REPORT_EVERY_S) + REPORT_EVERY_S - now)
-            self._tasks.append(asyncio.create_task(self._report_after(service, wait), name=f"report-{service}"))
-
-    async def _quarantine(self, service: str, why: str) -> None:
-        assert self.quarantine is not None
-        try:
-            await self.quarantine(service, why)
-        except Exception:  # the guard keeps deleting all the same
-            log.exception("quarantining a flooding service failed", extra={"service": service})
-
-    async def _report_after(self, service: str, wait: float) -> None:
-        await asyncio.sleep(wait)  # a flood's first findings gathered into one report
-        deleted = self._over.pop(service, Counter())
-        self._last_report[service] = time.monotonic()
-        flood = Flood(service, dict(deleted), self.quota, quarantined=service in self.quarantined)
-        self.findings.append(flood)
-        log.error(
-            "security: a service's credential flooded a stream with consumers",
-            extra={"security_event": "consumer_flood", "service": service, "deleted": dict(deleted)},
-        )
-        self.announce(f"SECURITY: {flood.sentence()}")
-        try:
-            await self._record(flood)
-        except (nats.errors.Error, TimeoutError) as exc:  # NATS away: the log line stays
-            log.error("the consumer flood was not recorded", extra={"service": service, "error": str(exc)})
-
-    async def _record(self, flood: Flood) -> None:
-        """One record per flooded stream on PLATFORM_FINDINGS, in PARKED's header shape (`parley parked`)."""
-        js = self.nc.jetstream()
-        for stream, count in sorted(flood.deleted.items()):
-            headers = {
-                "Parley-Parked-Kind": CONSUMER_FLOOD,
-                "Parley-Parked-Reason": flood.sentence()[:500],
-                "Parley-Original-Stream": stream,
-                "Parley-Original-Subject": "",
-                "Parley-Original-Sequence": "",
-                "Parley-Consumer": f"{count} made by {flood.service}",
-            }
-            body = json.dumps({"service": flood.service, "stream": stream, "deleted": count, "quota": flood.quota})
-            await js.publish(platform_finding_subject(CONSUMER_FLOOD, stream), body.encode(), headers=headers)
 
     # -- deleting, sweeping ------------------------------------------------------------------
 

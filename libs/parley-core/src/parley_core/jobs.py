@@ -21,7 +21,7 @@ The contract, the same for every job:
   e.g. resumable or read-only work), and stop() returns once the job's task has ended. It never
   raises what a tick raised.
 - The waiting between ticks goes through a `Pause`: the real one sleeps; a test passes its own
-  (parley_core.testing.jobs.ManualPause) and moves the job tick by tick, without sleeping.
+  (parley_testing.jobs.ManualPause) and moves the job tick by tick, without sleeping.
 """
 
 from __future__ import annotations

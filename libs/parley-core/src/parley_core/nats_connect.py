@@ -11,7 +11,8 @@ from typing import Any
 from nats.aio.client import Client, ErrorCallback
 from nats.js import JetStreamContext
 
-from parley_core import topology
+from parley_core import nats_accounts, topology
+from parley_core.natsconf import platform_nats_password
 
 __all__ = [
     "ErrorCallback",
@@ -60,7 +61,7 @@ class ParleyNatsClient(Client):
     """A NATS client whose JetStream calls go where its user's account reaches the API.
 
     A service's account imports the streams' JetStream API under its own prefix
-    (topology.js_api_prefix), so every `jetstream()` of the process, the bus's and any tool's,
+    (nats_accounts.js_api_prefix), so every `jetstream()` of the process, the bus's and any tool's,
     uses it without each caller having to know.
     """
 
@@ -99,14 +100,27 @@ async def connect_nats(
 ) -> Client:
     """Connect as ``user``, replies arriving on the user's own inbox prefix.
 
-    The inbox prefix must match the subscribe permission in ``topology.permissions_for``,
+    The inbox prefix must match the subscribe permission in ``nats_accounts.permissions_for``,
     otherwise every request (including every JetStream API call) would time out. The client
     reconnects forever: a service outlives a broker restart instead of exiting.
     """
     tls = client_tls_context(ca_cert)
-    client = ParleyNatsClient(topology.js_api_prefix(user))
+    client = ParleyNatsClient(nats_accounts.js_api_prefix(user))
     await _connect(client, url=url, user=user, password=password, tls=tls, name=name, error_cb=error_cb, **kwargs)
     return client
+
+
+async def connect_as_platform(data_dir: Path, *, url: str, name: str, **kwargs: Any) -> Client:
+    """The platform identity's connection, with the password and CA of its data folder: how the
+    operator's tools (`parley parked`, the benchmarks) read the running platform's streams."""
+    return await connect_nats(
+        url=url,
+        user=topology.PLATFORM_USER,
+        password=platform_nats_password(data_dir),
+        ca_cert=data_dir / "pki" / "ca.crt",
+        name=name,
+        **kwargs,
+    )
 
 
 async def _connect(
@@ -171,7 +185,7 @@ async def connect_nats_once(
     server that answers and refuses (a wrong password, an untrusted certificate) raises at once.
     """
     tls = client_tls_context(ca_cert)  # an unreadable CA raises here, before there is a client to close
-    client, errors = ParleyNatsClient(topology.js_api_prefix(user)), _QuietUntilConnected()
+    client, errors = ParleyNatsClient(nats_accounts.js_api_prefix(user)), _QuietUntilConnected()
     attempt = _connect(
         client,
         url=url,
@@ -198,4 +212,4 @@ async def connect_nats_once(
 
 def js_api_prefix(nc: Client) -> str:
     """The JetStream API prefix a connection's calls use (its account's, for a ParleyNatsClient)."""
-    return nc.js_api_prefix if isinstance(nc, ParleyNatsClient) else topology.JS_API
+    return nc.js_api_prefix if isinstance(nc, ParleyNatsClient) else nats_accounts.JS_API

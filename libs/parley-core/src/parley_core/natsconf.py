@@ -2,9 +2,9 @@
 
 JetStream and every stream live in one account that no client logs into. Each service, and the
 platform identity, logs into an account of its own that imports from the streams' account
-exactly the subjects ``topology.imports_of`` names (its own streams' subjects, its JetStream API
+exactly the subjects ``nats_accounts.imports_of`` names (its own streams' subjects, its JetStream API
 calls, its acknowledgements), so the broker enforces who may write and read what. Its user's
-permissions (``topology.permissions_for``) are a second layer over the same subjects.
+permissions (``nats_accounts.permissions_for``) are a second layer over the same subjects.
 
 Accounts, not only permissions: nats-server checks a client's permissions on the subject it
 publishes, not on the reply subject it names, and JetStream answers on that reply subject. In
@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from parley_core import topology
+from parley_core import nats_accounts, topology
 from parley_core.files import ensure_private_dir, write_private_file
 
 NATS_SERVER = "nats-server"
@@ -33,6 +33,15 @@ NATS_SERVER = "nats-server"
 # The escapes nats-server's config lexer understands inside double quotes; anything else that
 # is not printable is written as \xXX, which the lexer decodes byte by byte.
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+# Every NATS user's password, in a data folder (0600).
+NATS_PASSWORDS_FILE = Path("secrets") / "nats-passwords.json"
+
+
+def platform_nats_password(data_dir: Path) -> str:
+    """The platform identity's NATS password in a data folder (the operator's tools connect as it)."""
+    return ensure_nats_passwords(data_dir / NATS_PASSWORDS_FILE, [topology.PLATFORM_USER])[topology.PLATFORM_USER]
 
 
 def ensure_nats_passwords(path: Path, users: Iterable[str]) -> dict[str, str]:
@@ -77,7 +86,7 @@ def render_server_config(
     ``passwords`` must contain every service of ``topology.SERVICES`` and the platform user;
     a missing user would be silently locked out, so it is an error here instead. Passwords of
     users that topology no longer declares are ignored: they get no account. A `quarantined`
-    service's account may make no consumer but its declared durables (topology.streams_reached).
+    service's account may make no consumer but its declared durables (nats_accounts.streams_reached).
     """
     users = [*topology.SERVICES, topology.PLATFORM_USER]
     missing = [user for user in users if user not in passwords]
@@ -118,24 +127,24 @@ def render_server_config(
 def render_accounts(passwords: Mapping[str, str], *, quarantined: Iterable[str] = ()) -> list[str]:
     """The `accounts {}` block: the streams' account and one account per user (topology's layout)."""
     held = frozenset(quarantined)
-    streams = topology.STREAMS_ACCOUNT
+    streams = nats_accounts.STREAMS_ACCOUNT
     users = [*topology.SERVICES, topology.PLATFORM_USER]
-    everyone = [topology.account_of(user) for user in users]
+    everyone = [nats_accounts.account_of(user) for user in users]
     exports = [
         # A JetStream publish answers with one PubAck; the API answers a pull or a batched direct
         # get with several messages (a stream response).
         _export("service", "parley.>", everyone),
-        _export("service", f"{topology.JS_API}.>", everyone, response="stream"),
+        _export("service", f"{nats_accounts.JS_API}.>", everyone, response="stream"),
         _export("service", "$JS.ACK.>", everyone),
         _export("service", "$JS.FC.>", everyone),
         # Push consumers (a replay's ordered consumer) deliver into the streams' account, to the
         # creator's inbox; each account gets its own inboxes back, the platform's tools the default.
-        *(_export("stream", f"{topology.inbox_prefix(user)}.>", [topology.account_of(user)]) for user in users),
-        _export("stream", "_INBOX.>", [topology.account_of(topology.PLATFORM_USER)]),
+        *(_export("stream", f"{topology.inbox_prefix(user)}.>", [nats_accounts.account_of(user)]) for user in users),
+        _export("stream", "_INBOX.>", [nats_accounts.account_of(topology.PLATFORM_USER)]),
         # JetStream's advisories (a consumer made, and by whom): the platform's consumer guard.
         *(
-            _export("stream", advisory, [topology.account_of(topology.PLATFORM_USER)])
-            for advisory in topology.JS_ADVISORIES
+            _export("stream", advisory, [nats_accounts.account_of(topology.PLATFORM_USER)])
+            for advisory in nats_accounts.JS_ADVISORIES
         ),
     ]
     lines = [
@@ -155,29 +164,29 @@ def render_accounts(passwords: Mapping[str, str], *, quarantined: Iterable[str] 
 
 
 def _user_account(user: str, password: str, *, quarantined: bool = False) -> list[str]:
-    permissions = topology.permissions_for(user, quarantined=quarantined)
+    permissions = nats_accounts.permissions_for(user, quarantined=quarantined)
     # The platform's tools also take push deliveries on nats-py's and the nats CLI's default inbox.
     inboxes = [topology.inbox_prefix(user), *(["_INBOX"] if user == topology.PLATFORM_USER else [])]
     imports = [
-        _service_import(subject, topology.local_subject(user, subject))
-        for subject in topology.imports_of(user, quarantined=quarantined)
+        _service_import(subject, nats_accounts.local_subject(user, subject))
+        for subject in nats_accounts.imports_of(user, quarantined=quarantined)
     ]
-    imports += [_stream_import(topology.STREAMS_ACCOUNT, f"{inbox}.>") for inbox in inboxes]
+    imports += [_stream_import(nats_accounts.STREAMS_ACCOUNT, f"{inbox}.>") for inbox in inboxes]
     if user == topology.PLATFORM_USER:
-        imports += [_stream_import(topology.STREAMS_ACCOUNT, subject) for subject in topology.JS_ADVISORIES]
+        imports += [_stream_import(nats_accounts.STREAMS_ACCOUNT, subject) for subject in nats_accounts.JS_ADVISORIES]
     exports: list[str] = []
     if user in topology.SERVICES:
-        reader = topology.account_of(topology.HEARTBEAT_READER)
+        reader = nats_accounts.account_of(topology.HEARTBEAT_READER)
         if user != topology.HEARTBEAT_READER:
             exports.append(_export("stream", topology.heartbeat_subject(user, ">"), [reader]))
         else:
             imports += [
-                _stream_import(topology.account_of(other), topology.heartbeat_subject(other, ">"))
+                _stream_import(nats_accounts.account_of(other), topology.heartbeat_subject(other, ">"))
                 for other in topology.SERVICES
                 if other != user
             ]
     lines = [
-        f"  {topology.account_of(user)}: {{",
+        f"  {nats_accounts.account_of(user)}: {{",
         "    users: [",
         "      {",
         f"        user: {_quote(user)}",
@@ -199,7 +208,7 @@ def _user_account(user: str, password: str, *, quarantined: bool = False) -> lis
 
 def _service_import(subject: str, local: str) -> str:
     rename = f", to: {_quote(local)}" if local != subject else ""
-    return f"{{service: {{account: {topology.STREAMS_ACCOUNT}, subject: {_quote(subject)}}}{rename}}}"
+    return f"{{service: {{account: {nats_accounts.STREAMS_ACCOUNT}, subject: {_quote(subject)}}}{rename}}}"
 
 
 def _stream_import(account: str, subject: str) -> str:
@@ -208,7 +217,9 @@ def _stream_import(account: str, subject: str) -> str:
 
 def _export(kind: str, subject: str, accounts: list[str], *, response: str | None = None) -> str:
     answers = (
-        f", response_type: {response}, response_threshold: {_quote(topology.JS_RESPONSE_THRESHOLD)}" if response else ""
+        f", response_type: {response}, response_threshold: {_quote(nats_accounts.JS_RESPONSE_THRESHOLD)}"
+        if response
+        else ""
     )
     return f"{{{kind}: {_quote(subject)}, accounts: [{', '.join(accounts)}]{answers}}}"
 
@@ -225,7 +236,7 @@ def holds_pre_account_streams(store_dir: Path) -> bool:
     the streams' account, and the new layout would start with an empty event log beside them.
     """
     root = store_dir / "jetstream"
-    return (root / LEGACY_ACCOUNT / "streams").is_dir() and not (root / topology.STREAMS_ACCOUNT).exists()
+    return (root / LEGACY_ACCOUNT / "streams").is_dir() and not (root / nats_accounts.STREAMS_ACCOUNT).exists()
 
 
 # The NATS user that cluster nodes authenticate their routes with (not a service).

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 
 STATE_FILE = "platform.json"
+# What `parley up` prints once every service is serving (tests and benchmarks wait for it).
+READY_LINE = "all services are up"
 
 
 def process_alive(pid: object) -> bool:

@@ -8,9 +8,9 @@ import asyncio
 import inspect
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import nats.errors
@@ -22,6 +22,9 @@ from parley_core.ranges import check_ranges
 from parley_core.rbac import METHOD_PERMISSIONS, PLATFORM_METHODS
 from parley_core.tokens import TokenVerifier, bearer_token
 from parley_core.topology import PLATFORM_USER
+
+if TYPE_CHECKING:
+    from parley_core.grpc_handlers import Continuation, Handler
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +116,8 @@ class CallerCheckAndErrors(grpc.aio.ServerInterceptor):
         self._authorize = authorize
 
     async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
@@ -222,10 +223,8 @@ class PerMethodHandlers(grpc.aio.ServerInterceptor):
         self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
         method = handler_call_details.method
         if (handler := self._handlers.get(method)) is not None:
             return handler
@@ -237,13 +236,13 @@ class PerMethodHandlers(grpc.aio.ServerInterceptor):
     async def _through(
         self,
         index: int,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        continuation: Continuation,
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+    ) -> Handler | None:
         if index == len(self._interceptors):
             return await continuation(details)
 
-        async def following(d: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
+        async def following(d: grpc.HandlerCallDetails) -> Handler | None:
             return await self._through(index + 1, continuation, d)
 
         return await self._interceptors[index].intercept_service(following, details)

@@ -13,7 +13,7 @@ import json
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 from opentelemetry import context as otel_context
@@ -27,6 +27,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, DEFAULT_ON
 
 from parley_core.config import TraceExporter
+
+if TYPE_CHECKING:
+    from parley_core.grpc_handlers import Continuation, Handler
 
 _provider: TracerProvider | None = None
 _spans_recorded = True  # until setup_tracing says there is no exporter
@@ -161,10 +164,8 @@ class _CarryTraceContext(grpc.aio.ServerInterceptor):
     """Each call runs in its caller's trace context, so NATS headers and downstream calls carry it."""
 
     async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None

@@ -15,7 +15,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from parley_core.files import create_private_file, ensure_private_dir
 
-AUDIT_KEY_FILE = "auth-audit-key.pem"
 ALGORITHM = "Ed25519"
 
 

@@ -63,7 +63,7 @@ from parley_auth.sealing import (
 )
 from parley_auth.sessions import Session, SessionBook
 from parley_core.bus import ReceivedEvent
-from parley_core.config import AUTH_SEALING_KEY_FILE
+from parley_core.contracts import AUTH_SEALING_KEY_FILE
 from parley_core.envelope import open_payload
 from parley_core.sources import budget_key
 

@@ -19,16 +19,17 @@ from parley_auth.api_accounts import AccountsApi
 from parley_auth.api_devices import DevicesApi
 from parley_auth.api_mfa import MfaApi
 from parley_auth.api_sessions import SessionsApi
-from parley_auth.audit_key import AUDIT_KEY_FILE, AuditSigner
+from parley_auth.audit_key import AuditSigner
 from parley_auth.audit_trail import MAX_NOT_MADE_DETAIL, AuditTrail
 from parley_auth.domain import actor_of, checked_id, username_key
 from parley_auth.event_log import AuthLog
+from parley_auth.key_files import AUDIT_KEY_FILE
 from parley_auth.sealing import SecretSealer
 from parley_auth.servicer_base import DUE_CATCH_UP_S, Context, session_subject, utc_text
 from parley_auth.sessions import Session
 from parley_auth.storage_due import StorageDue
 from parley_core.actor import Actor
-from parley_core.config import AUTH_SEALING_KEY_FILE
+from parley_core.contracts import AUTH_SEALING_KEY_FILE
 from parley_core.envelope import NewEvent
 from parley_core.errors import FailedPrecondition, NotFound, Unavailable
 from parley_core.runner import RefusedToStart, RunContext

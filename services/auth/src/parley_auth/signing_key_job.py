@@ -16,6 +16,7 @@ from parley.auth.v1.events_pb2 import SigningKeyPublished, SigningKeyRetired
 
 from parley_auth.audit_trail import AuditTrail
 from parley_auth.event_log import AuthLog
+from parley_auth.key_files import SIGNING_KEY_FILE
 from parley_auth.key_rotation import KeySchedule, SigningKeyState, key_in_use, replaced_at
 from parley_auth.sealing import SealedFieldUnreadable, SecretSealer
 from parley_auth.signing import TokenIssuer
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 # The signing-key schedule is re-read at least this often, and after a failure not sooner than:
 KEY_MAINTENANCE_MAX_WAIT_S = 3600.0
 KEY_MAINTENANCE_RETRY_S = 5.0
-SIGNING_KEY_FILE = "auth-signing-key.pem"
 # A rotation's successor carries its private key sealed under this field name (SecretSealer).
 SEALED_SIGNING_KEY_FIELD = "signing_private_key"
 

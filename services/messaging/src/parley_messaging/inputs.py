@@ -3,8 +3,10 @@ and the ids derived from them. No I/O; InvalidArgument says what is wrong."""
 
 from __future__ import annotations
 
+import re
 import uuid
 
+from parley_core.contracts import MAX_RETENTION_DAYS
 from parley_core.errors import InvalidArgument
 
 MAX_CHANNEL_NAME = 64
@@ -12,7 +14,9 @@ MAX_BODY_CHARS = 4000
 MAX_IDEMPOTENCY_KEY = 128
 MAX_TOPIC_CHARS = 500
 MAX_DIRECT_OTHERS = 7
-MAX_RETENTION_DAYS = 36_500  # a hundred years; 0 keeps a channel's messages forever
+# What a channel id is (created_channel_id: a uuid's hex); anything else is no channel and is
+# never looked up in the log, where a wildcard would name other subjects.
+CHANNEL_ID = re.compile(r"[0-9a-f]{32}")
 IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0c8f5e-7f0a-4a53-9a0e-6c1f2f1d9e11")
 
 

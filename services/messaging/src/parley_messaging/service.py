@@ -5,7 +5,6 @@ is made from the channel after (answers.py). No rule of the channel lives here."
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ from parley_messaging.devices import AuthDirectory
 from parley_messaging.domain import Channel
 from parley_messaging.event_log import MessagingLog
 from parley_messaging.inputs import (
+    CHANNEL_ID,
     created_channel_id,
     validate_channel_name,
     validate_direct_members,
@@ -54,9 +54,6 @@ def _now_ns() -> int:
     return time.time_ns() // 1000 * 1000
 
 
-# What a channel id is (inputs.created_channel_id: a uuid's hex); anything else is no channel and
-# is never looked up in the log, where a wildcard would name other subjects.
-CHANNEL_ID = re.compile(r"[0-9a-f]{32}")
 MEMBER_ACTIONS_TAKE = "invite, kick, ban and unban take an existing user's id (the CLI also takes their name)"
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]

@@ -24,8 +24,6 @@ from cvss.exceptions import CVSSError
 
 from parley_patch_registry.advisories import PYPI, Advisory, AffectedPackage, affects, fixed_versions
 
-PRIORITIES = ("critical", "high", "medium", "low", "unscored")
-
 DEFAULT_DEADLINES: Mapping[str, timedelta] = {
     "critical": timedelta(hours=24),
     "high": timedelta(days=7),

@@ -22,9 +22,9 @@ from parley_core.jobs import PeriodicJob, every
 from parley_core.runner import RunContext
 from parley_core.topology import HEARTBEATS_FILTER
 from parley_patch_registry.api import PatchApi
-from parley_patch_registry.findings import PRIORITIES
 from parley_patch_registry.health import service_health
 from parley_patch_registry.platform_health import platform_health
+from parley_patch_registry.priorities import PRIORITIES
 from parley_patch_registry.registry import FleetView, Registry, open_repository
 from parley_patch_registry.releases import KeyStore
 from parley_patch_registry.rollout import STATES

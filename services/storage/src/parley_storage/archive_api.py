@@ -20,6 +20,7 @@ from parley.storage.v1.events_pb2 import (
 )
 
 from parley_core.actor import Actor
+from parley_core.contracts import MAX_RETENTION_DAYS
 from parley_core.envelope import NewEvent
 from parley_core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from parley_core.runner import RunContext
@@ -46,7 +47,6 @@ from parley_storage.stream_erasure import erase_from_streams
 
 DEFAULT_PAGE = 500
 MAX_PAGE = 1000
-MAX_RETENTION_DAYS = 36_500
 # SetRetentionPolicy waits this long for the archive to apply the markers it appends.
 RETENTION_WAIT_S = 20.0
 # A channel id as messaging makes them (hex), and never a subject wildcard or separator.

@@ -50,15 +50,10 @@ from sqlalchemy import Connection, Engine, func, insert, select, text
 from parley_core.files import ensure_private_dir, write_private_file
 from parley_storage.archive import open_engine
 from parley_storage.backup_files import CHUNK_BYTES, FORMAT, NONCE_BYTES, open_file, seal_file, sha256_of
-from parley_storage.backup_keys import (
-    BACKUP_KEY_FILE,
-    SIGNING_KEY_FILE,
-    VERIFY_KEY_FILE,
-    BackupInvalid,
-    BackupKeys,
-)
+from parley_storage.backup_keys import BackupInvalid, BackupKeys
 from parley_storage.datakeys import DataKeys
 from parley_storage.kek import KeyEncryptionKeys
+from parley_storage.key_files import BACKUP_KEY_FILE, SIGNING_KEY_FILE, VERIFY_KEY_FILE
 from parley_storage.migrate import head_revision, upgrade_to_head
 from parley_storage.schema import consumer_positions, events, metadata
 

@@ -14,10 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from parley_core.files import create_private_file, ensure_private_dir, write_private_file
-
-BACKUP_KEY_FILE = "storage-backup.key"
-SIGNING_KEY_FILE = "storage-backup-signing.pem"
-VERIFY_KEY_FILE = "storage-backup-signing.pub"
+from parley_storage.key_files import BACKUP_KEY_FILE, SIGNING_KEY_FILE, VERIFY_KEY_FILE
 
 T = TypeVar("T")
 

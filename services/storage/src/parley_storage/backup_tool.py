@@ -21,12 +21,11 @@ from sqlalchemy import Connection, func, select
 from sqlalchemy.exc import DBAPIError
 
 from parley_core import backup_journal
-from parley_core.config import AUTH_SEALING_KEY_FILE, REGISTRY_FOLDER, Settings
+from parley_core.config import REGISTRY_FOLDER, Settings
+from parley_core.contracts import AUTH_SEALING_KEY_FILE
 from parley_core.database import choose_database
 from parley_storage.archive import open_engine
 from parley_storage.backup import (
-    BACKUP_KEY_FILE,
-    VERIFY_KEY_FILE,
     BackupInvalid,
     BackupKeys,
     RestoreRefused,
@@ -37,6 +36,7 @@ from parley_storage.backup import (
 )
 from parley_storage.backup_point import ArchiveBehind, PointUnreadable, read_point_sync, wait_until_archived
 from parley_storage.kek import FileKeyring, KeyringUnreadable
+from parley_storage.key_files import BACKUP_KEY_FILE, KEYRING_FILE, VERIFY_KEY_FILE
 from parley_storage.migrate import SchemaNewerThanCode, UnversionedDatabase, check_schema_compatible
 from parley_storage.residency import (
     ResidencyBinding,
@@ -47,7 +47,7 @@ from parley_storage.residency import (
 )
 from parley_storage.restored import mark_restored, what_a_restore_holds
 from parley_storage.schema import events
-from parley_storage.service import KEYRING_FILE, configured_database_url, database_url, sqlite_archive_file
+from parley_storage.service import configured_database_url, database_url, sqlite_archive_file
 from parley_storage.settings import StorageSettings
 
 # The secrets a restore reads, exactly as docs/storage.md's "Backups" names them.

@@ -59,11 +59,12 @@ from parley_core.topology import (
 from parley_storage.archive import SqlEventArchive, StoredEvent, open_engine
 from parley_storage.datakeys import DataKeys
 from parley_storage.kek import FileKeyring, KeyringUnreadable
+from parley_storage.key_files import KEYRING_FILE
 from parley_storage.migrate import SchemaNewerThanCode, UnversionedDatabase, check_schema_compatible
 from parley_storage.residency import location_of
 from parley_storage.restored import RestoreMarker, clear_restored, marker_path, read_restored
 from parley_storage.schema import events
-from parley_storage.service import KEYRING_FILE, configured_database_url, database_url
+from parley_storage.service import configured_database_url, database_url
 from parley_storage.stream_erasure import request_markers
 from parley_storage.stream_log import read_if_present
 

@@ -29,13 +29,14 @@ from parley_core.topology import CONSUMERS, ConsumerSpec, channel_subject
 from parley_storage.archive import SqlEventArchive, open_engine
 from parley_storage.archive_api import StorageArchiveApi
 from parley_storage.audit_monitor import AuditChainMonitor
-from parley_storage.backup import BACKUP_KEY_FILE, BackupKeys
+from parley_storage.backup import BackupKeys
 from parley_storage.datakeys import DataKeys
 from parley_storage.detection import KINDS, DetectionSettings
 from parley_storage.detector import AnomalyDetector
 from parley_storage.erasures import ErasureLog, follow_erasures
 from parley_storage.faults import PauseInBatch
 from parley_storage.kek import FileKeyring, KeyEncryptionKeys, KeyringUnreadable
+from parley_storage.key_files import BACKUP_KEY_FILE, KEYRING_FILE
 from parley_storage.lag import measure_lag
 from parley_storage.lag_metrics import ArchiveLagGauges
 from parley_storage.log_cleanup import delete_removed_texts
@@ -63,9 +64,6 @@ RETENTION_CATCH_UP_S = 30.0
 # the owners that must mark it may still be starting, or down.
 ERASURE_RETRY_FIRST_S = 1.0
 ERASURE_RETRY_MAX_S = 60.0
-
-
-KEYRING_FILE = "storage-kek.json"
 
 
 def sqlite_archive_file(settings: Settings) -> Path:

@@ -5,8 +5,7 @@ environment, except `managed`, whose two instances the node agent runs behind it
 (on the address the other services are given). Operator tokens are signed with a key published
 on the AUTH stream (the part auth's role management will play); releases are signed with a
 publisher key of the platform's own, as `parley patch publish` signs them. Shared by the patch
-registry's zero-downtime tests and the rolling upgrade under Locust load in tests/faults; here,
-not in parley_agent, because it publishes through parley_cli.publishing.
+registry's zero-downtime tests and the rolling upgrade under Locust load in tests/faults.
 """
 
 from __future__ import annotations
@@ -32,10 +31,10 @@ from parley_core.config import PEER_ADDRESS_ENV, STABLE_ADDRESS_ENV
 from parley_core.grpc_channel import secure_channel
 from parley_core.net import free_port
 from parley_core.pki import Pki
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.operators import OperatorTokens
-from parley_core.testing.waiting import eventually
 from parley_core.topology import PLATFORM_USER, STREAMS
+from parley_testing.nats import NatsTestServer
+from parley_testing.operators import OperatorTokens
+from parley_testing.waiting import eventually
 
 START_TIMEOUT_S = 120.0
 MANAGED_INSTANCES = 2

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 from nats.aio.client import Client
 from parley.auth.v1.events_pb2 import SecurityEventRecorded
 
 from parley_core.envelope import decode
-from parley_core.nats_connect import connect_nats
-from parley_core.testing.nats import NatsTestServer
-from parley_core.testing.platform import RunningPlatform
-from parley_core.topology import PLATFORM_USER
+from parley_testing.nats import NatsTestServer
+from parley_testing.platform import RunningPlatform
 
 __all__ = ["platform_security_events", "security_events"]
 
@@ -27,14 +23,7 @@ async def security_events(nats_server: NatsTestServer, kind: str) -> list[Securi
 
 async def platform_security_events(platform: RunningPlatform, kind: str) -> list[SecurityEventRecorded]:
     """The same from a platform `parley up` runs, as its platform identity."""
-    passwords = json.loads((platform.data_dir / "secrets" / "nats-passwords.json").read_text())
-    nc = await connect_nats(
-        url=str(platform.state["nats_url"]),
-        user=PLATFORM_USER,
-        password=passwords[PLATFORM_USER],
-        ca_cert=platform.data_dir / "pki" / "ca.crt",
-        name="test-siem",
-    )
+    nc = await platform.nats(name="test-siem")
     try:
         return await _read(nc, kind)
     finally:

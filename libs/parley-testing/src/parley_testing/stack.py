@@ -28,7 +28,7 @@ from parley_core.config import RegistrationMode, Settings
 from parley_core.grpc_channel import secure_channel
 from parley_core.pki import Pki
 from parley_core.runner import RunContext, ServiceApp, serve
-from parley_core.testing.nats import NatsTestServer
+from parley_testing.nats import NatsTestServer
 
 __all__ = [
     "PASSWORD",
@@ -233,31 +233,33 @@ async def stop_stack(stack: Stack, running: list[tuple[asyncio.Event, asyncio.Ta
             await asyncio.wait_for(task, TIMEOUT_S)
 
 
-@pytest_asyncio.fixture
-async def stack(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> AsyncIterator[Stack]:
-    """Every service with open self-registration, as the e2e platform fixture runs them."""
-    started, running = await start_stack(nats_server, pki, tmp_path, registration="open")
+@contextlib.asynccontextmanager
+async def running_stack(
+    nats_server: NatsTestServer, pki: Pki, tmp_path: Path, *, registration: RegistrationMode
+) -> AsyncIterator[Stack]:
+    started, running = await start_stack(nats_server, pki, tmp_path, registration=registration)
     try:
         yield started
     finally:
         await stop_stack(started, running)
+
+
+@pytest_asyncio.fixture
+async def stack(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> AsyncIterator[Stack]:
+    """Every service with open self-registration, as the e2e platform fixture runs them."""
+    async with running_stack(nats_server, pki, tmp_path, registration="open") as started:
+        yield started
 
 
 @pytest_asyncio.fixture
 async def closed_stack(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> AsyncIterator[Stack]:
     """Every service with registration by administrators only (the `make run` default)."""
-    started, running = await start_stack(nats_server, pki, tmp_path, registration="admin")
-    try:
+    async with running_stack(nats_server, pki, tmp_path, registration="admin") as started:
         yield started
-    finally:
-        await stop_stack(started, running)
 
 
 @pytest_asyncio.fixture
 async def invite_stack(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> AsyncIterator[Stack]:
     """Every service with registration by single-use invitation."""
-    started, running = await start_stack(nats_server, pki, tmp_path, registration="invite")
-    try:
+    async with running_stack(nats_server, pki, tmp_path, registration="invite") as started:
         yield started
-    finally:
-        await stop_stack(started, running)

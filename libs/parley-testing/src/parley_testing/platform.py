@@ -11,14 +11,24 @@ import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
+from nats.aio.client import Client
 
+from parley_client import ParleyClient
+from parley_core.grpc_channel import secure_channel
+from parley_core.nats_connect import connect_nats
+from parley_core.natsconf import NATS_PASSWORDS_FILE
 from parley_core.net import free_port
-from parley_core.testing.terminal import Terminal
-from parley_core.testing.waiting import wait_until
+from parley_core.pki import ensure_pki
+from parley_core.platform_state import READY_LINE
+from parley_core.topology import PLATFORM_USER
+from parley_testing.stack import PASSWORD
+from parley_testing.terminal import Terminal
+from parley_testing.waiting import wait_until
 
-READY_LINE = "all services are up"
 # Test platforms let anyone register (`make run` defaults to admin-created accounts), so tests
 # can call `client.register`; a test that wants another mode sets PARLEY_REGISTRATION in `env`.
 # Every test user registers from 127.0.0.1, so auth's per-address registration budget is lifted.
@@ -98,6 +108,15 @@ class RunningPlatform:
 
         wait_until(ready, timeout=START_TIMEOUT_S, what="`parley up` to report every service up")
 
+    def served(self) -> Iterator[RunningPlatform]:
+        """Started, then killed once the caller is done (or its start failed half-way): a fixture's
+        `yield from platform.served()`."""
+        try:
+            self.start()
+            yield self
+        finally:
+            self.kill()
+
     def stop(self) -> int:
         """Ctrl-C in the terminal, as a user stops `make run`: SIGINT to the whole process group."""
         assert self.process is not None
@@ -115,6 +134,41 @@ class RunningPlatform:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+    def client(self) -> ParleyClient:
+        """A client of this platform's gateway, trusting its CA."""
+        return ParleyClient.connect(self.gateway_address, ca_cert=self.ca_cert.read_bytes())
+
+    async def new_user(self, name: str) -> ParleyClient:
+        """A client registered and logged in as `name` (registration is open on test platforms)."""
+        client = self.client()
+        await client.register(name, PASSWORD)
+        await client.login(name, PASSWORD)
+        return client
+
+    def service_channel(self, service: str, identity: str = PLATFORM_USER) -> grpc.aio.Channel:
+        """Mutual TLS straight to `service` as `identity` (the platform identity: the operator's tools)."""
+        pki = ensure_pki(self.data_dir / "pki", [identity])
+        return secure_channel(pki, identity=identity, address=str(self.service(service)["address"]), peer=service)
+
+    def gateway_channel(self) -> grpc.aio.Channel:
+        """The gateway's gRPC API as a client reaches it (TLS, trusting the platform's CA)."""
+        credentials = grpc.ssl_channel_credentials(root_certificates=self.ca_cert.read_bytes())
+        return grpc.aio.secure_channel(
+            self.gateway_address, credentials, options=[("grpc.ssl_target_name_override", "gateway")]
+        )
+
+    async def nats(self, user: str = PLATFORM_USER, *, name: str = "", **options: Any) -> Client:
+        """A NATS connection to this platform as `user`, with its password from the data folder."""
+        passwords = json.loads((self.data_dir / NATS_PASSWORDS_FILE).read_text())
+        return await connect_nats(
+            url=str(self.state["nats_url"]),
+            user=user,
+            password=passwords[user],
+            ca_cert=self.data_dir / "pki" / "ca.crt",
+            name=name or f"test-{user}",
+            **options,
+        )
 
     @property
     def state(self) -> dict[str, object]:
@@ -265,8 +319,4 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
     can call `client.register`.
     """
     running = platform_in(tmp_path_factory.mktemp("platform"))
-    running.start()
-    try:
-        yield running
-    finally:
-        running.kill()
+    yield from running.served()

@@ -6,11 +6,11 @@ import tempfile
 
 import pytest
 
-from parley_core.testing.nats import NatsTestServer, nats_server, pki
-from parley_core.testing.platform import RunningPlatform, platform
-from parley_core.testing.postgres import PrivatePostgres, private_postgres
-from parley_core.testing.stack import Stack, closed_stack, invite_stack, stack
-from parley_core.testing.waiting import wait_until
+from parley_testing.nats import NatsTestServer, nats_server, pki
+from parley_testing.platform import RunningPlatform, platform
+from parley_testing.postgres import PrivatePostgres, private_postgres
+from parley_testing.stack import Stack, closed_stack, invite_stack, stack
+from parley_testing.waiting import wait_until
 
 __all__ = [
     "NatsTestServer",

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import nats.errors
 from nats.aio.client import Client
 
-from parley_core import topology
+from parley_core import nats_accounts
 
 FLOOD_ATTEMPTS = 1500  # more than a stream's 1,000 slots
 IN_FLIGHT = 50  # creations the attacker has in flight at once
@@ -28,7 +28,7 @@ async def flood_consumers(
 ) -> Flood:
     """Durable consumers named as the attacker likes, `IN_FLIGHT` at a time, until refused."""
     flood = flood if flood is not None else Flood()
-    prefix = topology.js_api_prefix(service)
+    prefix = nats_accounts.js_api_prefix(service)
 
     async def create(n: int) -> None:
         name = f"{service.replace('-', '_')}_flood{n}"

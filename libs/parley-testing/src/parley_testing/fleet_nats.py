@@ -9,8 +9,8 @@ from pathlib import Path
 from nats.aio.client import Client
 
 from parley_core.nats_connect import connect_nats
-from parley_core.testing.waiting import eventually
 from parley_core.topology import PLATFORM_USER
+from parley_testing.waiting import eventually
 
 
 async def connect_platform(first_host_data: Path, url: str, ca_cert: Path) -> Client:

@@ -29,12 +29,32 @@ from parley_core.pki import Pki, ensure_pki
 
 __all__ = ["NatsTestCluster", "NatsTestServer", "nats_server", "pki", "start_nats_cluster", "start_nats_test_server"]
 
-NATS_IDENTITY = "nats"
 # A test client's close is bounded: one stuck flushing to a server under a flood must not hang teardown.
 CLOSE_TIMEOUT_S = 10.0
 NATS_USERS: tuple[str, ...] = (*topology.SERVICES, topology.PLATFORM_USER)
 _HOST = "127.0.0.1"
 _START_ATTEMPTS = 3
+
+
+@dataclass
+class OpenClients:
+    """A test broker's client connections, closed before it stops so that none keeps reconnecting
+    to a stopped server."""
+
+    opened: list[Client] = field(default_factory=list)
+
+    async def connect(self, *, url: str, user: str, password: str, ca_cert: Path, **kwargs: Any) -> Client:
+        kwargs.setdefault("name", f"test-{user}")
+        client = await connect_nats(url=url, user=user, password=password, ca_cert=ca_cert, **kwargs)
+        self.opened.append(client)
+        return client
+
+    async def close(self) -> None:
+        clients, self.opened = self.opened, []
+        for client in clients:
+            if not client.is_closed:
+                with contextlib.suppress(TimeoutError):  # a client stuck flushing: the server goes anyway
+                    await asyncio.wait_for(client.close(), CLOSE_TIMEOUT_S)
 
 
 @dataclass
@@ -47,7 +67,7 @@ class NatsTestServer:
     process: NatsServerProcess
     # Its config again, with some services quarantined (the consumer guard's sanction).
     render: Callable[[Iterable[str]], str] = field(default=lambda _quarantined: "", repr=False)
-    _clients: list[Client] = field(default_factory=list, repr=False)
+    clients: OpenClients = field(default_factory=OpenClients, repr=False)
 
     async def quarantine(self, services: Iterable[str]) -> None:
         """Rewrite its config with these services quarantined (none: lifted) and reload it, as the
@@ -57,12 +77,9 @@ class NatsTestServer:
 
     async def connect(self, user: str, **kwargs: Any) -> Client:
         """Connect as ``user``; the client is closed when the test's server stops."""
-        kwargs.setdefault("name", f"test-{user}")
-        client = await connect_nats(
+        return await self.clients.connect(
             url=self.url, user=user, password=self.passwords[user], ca_cert=self.ca_cert, **kwargs
         )
-        self._clients.append(client)
-        return client
 
     @contextlib.asynccontextmanager
     async def frozen(self) -> AsyncIterator[None]:
@@ -80,11 +97,7 @@ class NatsTestServer:
 
     async def close_clients(self) -> None:
         """Close clients first so none of them keeps reconnecting to a stopped server."""
-        clients, self._clients = self._clients, []
-        for client in clients:
-            if not client.is_closed:
-                with contextlib.suppress(TimeoutError):  # a client stuck flushing: the server goes anyway
-                    await asyncio.wait_for(client.close(), CLOSE_TIMEOUT_S)
+        await self.clients.close()
 
 
 def _thread_states(pid: int) -> set[str]:
@@ -113,7 +126,7 @@ async def start_nats_test_server(pki: Pki, directory: Path) -> NatsTestServer:
     """
     ensure_private_dir(directory)
     passwords = ensure_nats_passwords(directory / "passwords.json", NATS_USERS)
-    tls = pki.identity(NATS_IDENTITY)
+    tls = pki.identity(topology.NATS_IDENTITY)
     error: RuntimeError | None = None
     for attempt in range(_START_ATTEMPTS):
         port = free_port(_HOST)
@@ -152,7 +165,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     """One CA and certificate per service, the broker and the platform user for the session."""
     return ensure_pki(
         tmp_path_factory.mktemp("pki"),
-        [*topology.SERVICES, NATS_IDENTITY, topology.PLATFORM_USER, topology.METRICS_SCRAPER],
+        [*topology.SERVICES, topology.NATS_IDENTITY, topology.PLATFORM_USER, topology.METRICS_SCRAPER],
     )
 
 
@@ -178,7 +191,7 @@ class NatsTestCluster:
     server_names: list[str]
     passwords: dict[str, str]
     ca_cert: Path
-    _clients: list[Client] = field(default_factory=list, repr=False)
+    clients: OpenClients = field(default_factory=OpenClients, repr=False)
 
     @property
     def url(self) -> str:
@@ -186,12 +199,9 @@ class NatsTestCluster:
         return ",".join(node.url for node in self.nodes)
 
     async def connect(self, user: str, **kwargs: Any) -> Client:
-        kwargs.setdefault("name", f"test-{user}")
-        client = await connect_nats(
+        return await self.clients.connect(
             url=self.url, user=user, password=self.passwords[user], ca_cert=self.ca_cert, **kwargs
         )
-        self._clients.append(client)
-        return client
 
     def node_named(self, server_name: str) -> NatsServerProcess:
         return self.nodes[self.server_names.index(server_name)]
@@ -204,11 +214,7 @@ class NatsTestCluster:
         return fresh
 
     async def stop(self) -> None:
-        clients, self._clients = self._clients, []
-        for client in clients:
-            if not client.is_closed:
-                with contextlib.suppress(TimeoutError):  # a client stuck flushing: the server goes anyway
-                    await asyncio.wait_for(client.close(), CLOSE_TIMEOUT_S)
+        await self.clients.close()
         for node in self.nodes:
             if node.running:
                 await node.stop()
@@ -218,7 +224,7 @@ async def start_nats_cluster(pki: Pki, directory: Path, *, size: int = 3) -> Nat
     """Start `size` TLS nodes routed to each other, with Parley's users, and wait for them all."""
     ensure_private_dir(directory)
     passwords = ensure_nats_passwords(directory / "passwords.json", [*NATS_USERS, ROUTE_USER])
-    tls = pki.identity(NATS_IDENTITY)
+    tls = pki.identity(topology.NATS_IDENTITY)
     client_ports = [free_port(_HOST) for _ in range(size)]
     route_ports = [free_port(_HOST) for _ in range(size)]
     routes = tuple(f"{_HOST}:{port}" for port in route_ports)

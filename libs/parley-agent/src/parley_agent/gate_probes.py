@@ -1,0 +1,73 @@
+"""Synthetic transactions through each new instance whose gate is pending, once per gate phase:
+evidence for the registry's gate when users send little (parley_agent.probe makes the calls)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from parley_agent.instances import Instance
+from parley_agent.probe import PROBES, MessagingProbe, ProbeUnavailable
+from parley_core.pki import Pki
+
+log = logging.getLogger(__name__)
+
+# Synthetic transactions per new instance while its gate is pending, and how many run at once.
+PROBE_TRANSACTIONS = 30
+PROBE_WORKERS = 3
+
+
+class GateProbes:
+    def __init__(
+        self, *, pki: Pki, environment: Mapping[str, str], data_dir: Path, host: str, warn: Callable[[str], None]
+    ) -> None:
+        self.pki = pki
+        self.environment = environment
+        self.data_dir = data_dir
+        self.host = host
+        self.warn = warn
+        self._probes: dict[str, MessagingProbe] = {}
+        self._probing: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self.pending: dict[str, int] = {}  # new instance -> the share its pending gate phase is on
+
+    def start(self, instances: Mapping[str, Instance]) -> None:
+        """Synthetic transactions through each new instance whose gate is pending (once a phase)."""
+        for instance_id, weight in self.pending.items():
+            instance = instances.get(instance_id)
+            if instance is None or not instance.serving or instance.service not in PROBES:
+                continue
+            if (instance_id, weight) not in self._probing:
+                self._probing[(instance_id, weight)] = asyncio.create_task(self._probe(instance, weight))
+
+    async def stop(self) -> None:
+        for task in self._probing.values():
+            task.cancel()
+        await asyncio.gather(*self._probing.values(), return_exceptions=True)
+
+    async def _probe(self, instance: Instance, weight: int) -> None:
+        probe = self._probes.get(instance.service)
+        if probe is None:
+            probe = self._probes[instance.service] = PROBES[instance.service](
+                pki=self.pki,
+                environment=self.environment,
+                state_file=self.data_dir / f"probe-{instance.service}.json",
+                host=self.host,
+            )
+        budget = iter(range(PROBE_TRANSACTIONS))
+
+        async def worker() -> int:
+            done = 0
+            while self.pending.get(instance.instance_id) == weight and next(budget, None) is not None:
+                if instance.process is None or instance.process.returncode is not None:
+                    break
+                done += await probe.transaction(instance.address)
+            return done
+
+        try:
+            succeeded = sum(await asyncio.gather(*(worker() for _ in range(PROBE_WORKERS))))
+        except ProbeUnavailable as error:
+            self.warn(f"no synthetic calls through {instance.instance_id}: {error}")
+            return
+        log.info("synthetic transactions through %s: %d succeeded", instance.instance_id, succeeded)

@@ -1,0 +1,85 @@
+"""The CLI's connection to the patch registry (and to storage, for the names of the users a
+roll-out records): mutual TLS as the platform identity, plus the `--as` user's access token for
+commands a person must take."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from parley.fleet.v1 import fleet_pb2_grpc
+from parley.patch.v1 import patch_pb2, patch_pb2_grpc
+from parley.storage.v1 import storage_pb2_grpc
+
+from parley_cli.state import no_platform
+from parley_cli.usernames import usernames
+from parley_client import ParleyError
+from parley_core.grpc_channel import secure_channel
+from parley_core.pki import ensure_pki
+from parley_core.topology import PLATFORM_USER
+
+
+class RegistryConnection:
+    def __init__(self, args: argparse.Namespace) -> None:
+        data_dir: Path = args.data_dir
+        # The first host's folder, or a joined host's that runs a registry of its own (`host join`
+        # writes its front doors to host.json): the registry left when the first host is lost.
+        state_path = next((p for p in (data_dir / "platform.json", data_dir / "host.json") if p.exists()), None)
+        if state_path is None:
+            raise no_platform(data_dir)
+        services = json.loads(state_path.read_text()).get("services", {})
+        if "patch-registry" not in services:
+            raise SystemExit(f"no patch registry runs on the host of {data_dir}; use a folder of a host running one")
+        pki = ensure_pki(data_dir / "pki", [PLATFORM_USER])
+        address = services["patch-registry"]["address"]
+        self.channel = secure_channel(pki, identity=PLATFORM_USER, address=address, peer="patch-registry")
+        self.patch = patch_pb2_grpc.PatchServiceStub(self.channel)
+        self.fleet = fleet_pb2_grpc.FleetServiceStub(self.channel)
+        # Storage's archive turns the user ids that roll-outs record into names (ids without it).
+        self.storage_channel: grpc.aio.Channel | None = None
+        self.storage: storage_pb2_grpc.StorageArchiveServiceAsyncStub | None = None
+        if "storage" in services:
+            address = services["storage"]["address"]
+            self.storage_channel = secure_channel(pki, identity=PLATFORM_USER, address=address, peer="storage")
+            self.storage = storage_pb2_grpc.StorageArchiveServiceStub(self.storage_channel)
+        self._args = args
+
+    def token(self) -> tuple[tuple[str, str], ...]:
+        user = self._args.user
+        if not user:
+            raise SystemExit("this command is taken by a person: name yourself with --as USER (after `parley login`)")
+        path = Path(self._args.data_dir) / "cli" / f"{user.casefold()}.json"
+        if not path.exists():
+            raise SystemExit(f"{user} is not logged in here; run `parley login {user}`")
+        return (("authorization", f"Bearer {json.loads(path.read_text())['access_token']}"),)
+
+    async def call(self, method: Any, request: Any, *, as_user: bool = False, timeout: float = 30.0) -> Any:
+        metadata = self.token() if as_user else ()
+        try:
+            return await method(request, metadata=metadata, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            raise ParleyError(error.code(), error.details() or error.code().name) from None
+
+    async def names(self, rollouts: Sequence[patch_pb2.Rollout]) -> dict[str, str]:
+        if self.storage is None:
+            return {}
+        ids = [i for r in rollouts for i in (r.planned_by, r.approved_by, *(a.actor for a in r.audit))]
+        return await usernames(self.storage, ids)
+
+    async def close(self) -> None:
+        await self.channel.close()
+        if self.storage_channel is not None:
+            await self.storage_channel.close()
+
+
+async def with_registry(args: argparse.Namespace, work: Any) -> int:
+    connection = RegistryConnection(args)
+    try:
+        code: int = await work(connection)
+        return code
+    finally:
+        await connection.close()
