@@ -14,7 +14,6 @@ import json
 import os
 from pathlib import Path
 
-import pytest
 from nats.aio.msg import Msg
 
 from parley_cli.parked import ParkedEvent, list_parked
@@ -23,8 +22,6 @@ from parley_core.bus import FOREIGN_EVENT, EventBus
 from parley_core.consumer_floods import CONSUMER_FLOOD
 from parley_core.pki import Pki
 from parley_testing.nats import NatsTestServer
-
-pytestmark = pytest.mark.asyncio
 
 FLOOD = 3000
 
