@@ -198,7 +198,8 @@ class AuthBase:
         other calls), so a change that raced it refuses this one; by default as they are now."""
         version, seq = read or account_read(account)
         event = NewEvent(aggregate_type="user", aggregate_id=account.user_id, payload=payload, actor=actor)
-        await self.events.append(user_subject(account.user_id), [event], Position(version, seq))
+        at, changed = Position(version, seq), "the account changed at the same time; try again"
+        await self.events.append(user_subject(account.user_id), [event], at, conflict=changed)
 
     async def _user_events(
         self, account: Account, events: list[domain.Event], actor: Actor, *, read: tuple[int, int] | None = None
