@@ -15,6 +15,7 @@ import pytest
 import pytest_asyncio
 from parley.messaging.v1.events_pb2 import MessagePosted
 
+from parley_core.actor import Actor
 from parley_core.bus import EventBus, ReceivedEvent, Replay
 from parley_core.envelope import NewEvent, open_payload
 from parley_core.errors import FailedPrecondition, PermissionDenied, Unavailable
@@ -50,7 +51,7 @@ class Instance:
 
 def counted(number: int) -> NewEvent:
     payload = MessagePosted(channel_id="tally", body=str(number), sender_id="u1")
-    return NewEvent(aggregate_type="channel", aggregate_id="tally", payload=payload, actor="u1")
+    return NewEvent(aggregate_type="channel", aggregate_id="tally", payload=payload, actor=Actor.user("u1"))
 
 
 def next_number(tally: Tally | None) -> tuple[list[NewEvent], int]:
@@ -131,8 +132,11 @@ async def test_two_instances_racing_on_one_aggregate_each_land_once(instances: t
     """Optimistic concurrency between instances: whichever loses a race catches up and decides
     again, so every command lands exactly once and no number is taken twice."""
     one, two = instances
-    writers = ((one.log, one.read), (two.log, two.read))
-    calls = [log.decide_and_append(SUBJECT, read, next_number) for _ in range(15) for log, read in writers]
+    each = 15
+    # A command loses a race only to one of the other instance's commands landing (its own are
+    # one at a time), so one more attempt than the other has commands always lands it.
+    writers = [(EventLog(i.bus, i.replay, attempts=each + 1), i.read) for i in (one, two)]
+    calls = [log.decide_and_append(SUBJECT, read, next_number) for _ in range(each) for log, read in writers]
 
     answers = [number for _, number in await asyncio.gather(*calls)]
 

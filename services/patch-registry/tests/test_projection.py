@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from google.protobuf.message import Message
 
+from parley_core.actor import Actor
 from parley_core.bus import ReceivedEvent
 from parley_core.envelope import NewEvent, seal
 from parley_core.event_log import Position
@@ -16,7 +17,7 @@ from parley_patch_registry.rollout import Rollout
 
 
 def received(subject: str, payload: Message, *, version: int, stream_seq: int) -> ReceivedEvent:
-    event = NewEvent(aggregate_type="test", aggregate_id="x", payload=payload, actor="alice")
+    event = NewEvent(aggregate_type="test", aggregate_id="x", payload=payload, actor=Actor.user("alice"))
     envelope = seal(event, aggregate_version=version, producer="test", trace_context={})
     return ReceivedEvent(envelope, subject, "PATCH", stream_seq, 1, {})
 
