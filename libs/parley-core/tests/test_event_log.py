@@ -23,8 +23,6 @@ from parley_core.event_log import ANYWHERE, NEW, ChangedMeanwhile, EventLog, Pos
 from parley_core.topology import CHANNELS_FILTER, STREAMS_BY_NAME, channel_subject
 from parley_testing.nats import NatsTestServer
 
-pytestmark = pytest.mark.asyncio
-
 MSG = STREAMS_BY_NAME["MSG"]
 SUBJECT = channel_subject("tally")
 
