@@ -8,8 +8,9 @@ import pytest
 from parley_core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from parley_messaging import decisions as cmd
 from parley_messaging import events as ev
+from parley_messaging.channel_state import MODERATOR
 from parley_messaging.devices import E2EE_BODY_PREFIX
-from parley_messaging.domain import MODERATOR, Channel
+from parley_messaging.domain import Channel
 from parley_messaging.reactions import ReactionLimits
 
 C = "c1"

@@ -4,7 +4,7 @@ import pytest
 
 from parley_core.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from parley_core.visibility import EVERYTHING
-from parley_messaging.domain import MODERATOR, OWNER
+from parley_messaging.channel_state import MODERATOR, OWNER
 from parley_messaging.inputs import validate_direct_members
 from parley_messaging.messages import PostedMessage
 from parley_messaging.projection import ChannelDirectory

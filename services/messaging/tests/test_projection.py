@@ -13,7 +13,8 @@ from parley_core.envelope import seal
 from parley_core.errors import NotFound
 from parley_messaging import codec
 from parley_messaging import events as ev
-from parley_messaging.domain import APPLY, MODERATOR, OWNER, Recorded
+from parley_messaging.channel_state import MODERATOR, OWNER
+from parley_messaging.fold import APPLY, Recorded
 from parley_messaging.projection import ChannelDirectory
 
 C = "c1"

@@ -4,7 +4,7 @@ console's charts; other audit entries carry none."""
 from __future__ import annotations
 
 from parley_patch_registry.api import audit_entry_proto
-from parley_patch_registry.rollout import GateEvaluated, RolloutApproved
+from parley_patch_registry.rollout_events import GateEvaluated, RolloutApproved
 
 
 def test_a_gate_verdict_carries_its_figures() -> None:

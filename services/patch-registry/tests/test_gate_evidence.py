@@ -5,7 +5,7 @@ from __future__ import annotations
 from parley.fleet.v1 import fleet_pb2
 
 from parley_core.request_stats import LATENCY_BUCKETS_MS, RequestStats, bucket_percentile
-from parley_patch_registry.registry import FleetView
+from parley_patch_registry.fleet_view import FleetView
 
 
 def beat(instance: str, stats: RequestStats, *, version: str = "0.1.0") -> fleet_pb2.InstanceHeartbeat:

@@ -11,8 +11,8 @@ from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
 from parley_client import ParleyClient, ParleyError
 from parley_core.metrics import ServiceMetrics
 from parley_core.pki import Pki
+from parley_patch_registry.fleet_view import FleetView
 from parley_patch_registry.platform_health import platform_health
-from parley_patch_registry.registry import FleetView
 from parley_testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
 from parley_testing.waiting import eventually
 

@@ -16,8 +16,9 @@ from tuf.api.serialization.json import JSONSerializer
 from tuf.ngclient import Updater
 
 from parley_core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, PermissionDenied
-from parley_patch_registry.releases import Lifetimes, ReleaseRepository, delegated_role
+from parley_patch_registry.releases import ReleaseRepository
 from parley_patch_registry.tuf_http import RepositoryHttpServer
+from parley_patch_registry.tuf_store import Lifetimes, delegated_role
 
 WHEEL_A = "parley_messaging-0.2.0-py3-none-any.whl"
 

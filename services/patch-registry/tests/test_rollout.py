@@ -6,17 +6,9 @@ import pytest
 
 from parley_core.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from parley_patch_registry import codec
-from parley_patch_registry.rollout import (
-    DEFAULT_WEIGHTS,
-    CallFigures,
-    GateEvaluated,
-    GatePolicy,
-    InstanceWindow,
-    RollbackStarted,
-    Rollout,
-    RolloutEvent,
-    describe,
-)
+from parley_patch_registry.gate import DEFAULT_WEIGHTS, CallFigures, GatePolicy, InstanceWindow
+from parley_patch_registry.rollout import Rollout
+from parley_patch_registry.rollout_events import GateEvaluated, RollbackStarted, RolloutEvent, describe
 
 NO_CALLS = CallFigures()
 POLICY = GatePolicy(max_error_rate=0.01, max_p99_latency_ms=250.0, min_requests=20)

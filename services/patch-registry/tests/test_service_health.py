@@ -6,8 +6,8 @@ from __future__ import annotations
 from parley.fleet.v1 import fleet_pb2
 
 from parley_core.request_stats import RequestStats
+from parley_patch_registry.fleet_view import FleetView
 from parley_patch_registry.health import service_health
-from parley_patch_registry.registry import FleetView
 
 
 def beat(service: str, instance: str, stats: RequestStats) -> fleet_pb2.InstanceHeartbeat:

@@ -13,6 +13,7 @@ from parley.auth.v1.events_pb2 import InviteCreated, InviteRedeemed, LoginFailur
 
 from parley_auth import domain
 from parley_auth.audit_trail import MAX_NOT_MADE_DETAIL, REQUEST_SOURCE
+from parley_auth.auth_state import InviteState
 from parley_auth.domain import (
     DEFAULT_ROLE,
     USERNAME_UNAVAILABLE,
@@ -25,7 +26,6 @@ from parley_auth.domain import (
     username_key,
 )
 from parley_auth.passwords import hash_password
-from parley_auth.projection import InviteState
 from parley_auth.servicer_base import (
     INVITE_DEFAULT_HOURS,
     INVITE_MAX_HOURS,
@@ -38,7 +38,6 @@ from parley_auth.servicer_base import (
 )
 from parley_auth.step_up import StepUps
 from parley_core.actor import Actor
-from parley_core.bus import ConcurrencyConflict
 from parley_core.envelope import NewEvent
 from parley_core.errors import (
     AlreadyExists,
@@ -48,6 +47,7 @@ from parley_core.errors import (
     PermissionDenied,
     ResourceExhausted,
 )
+from parley_core.event_log import ANYWHERE, NEW, ChangedMeanwhile, Position
 from parley_core.rbac import AccountAction
 from parley_core.sources import MAX_SOURCE_LENGTH, budget_key, is_address
 from parley_core.topology import erasure_request_subject, lockout_subject, slowed_source_subject, username_subject
@@ -75,7 +75,6 @@ class AccountsApi(StepUps):
         return username, password_hash
 
     async def _create(self, username: str, password_hash: str, role: str, actor: Actor | None, user_id: str) -> Account:
-        assert self._replay is not None
         [registered], _ = domain.decide_register(
             self.accounts,
             user_id=user_id,
@@ -90,13 +89,10 @@ class AccountsApi(StepUps):
             payload=self._encode(registered),
             actor=actor or Actor.user(user_id),
         )
-        try:
-            appended = await self.ctx.bus.append(
-                username_subject(username_key(username)), event, aggregate_version=1, expected_last_subject_seq=0
-            )
-        except ConcurrencyConflict:
+        try:  # the name's subject must be empty: of two registrations of one name, one lands
+            await self.events.append(username_subject(username_key(username)), [event], NEW)
+        except ChangedMeanwhile:
             raise AlreadyExists(USERNAME_UNAVAILABLE) from None
-        await self._replay.wait_for_seq(appended.stream_seq)
         account = self.accounts.by_id(user_id)
         assert account is not None
         return account
@@ -152,7 +148,7 @@ class AccountsApi(StepUps):
             actor=Actor.user(user_id),
         )
         try:
-            await self.events.append(invite_subject(invite_hash), redeemed, version=2, expected_seq=invite.last_seq)
+            await self.events.append(invite_subject(invite_hash), [redeemed], Position(1, invite.last_seq))
         except FailedPrecondition:
             raise PermissionDenied("this invitation was used at the same moment; ask for a new one") from None
 
@@ -173,7 +169,7 @@ class AccountsApi(StepUps):
             actor=actor,
         )
         async with self.audit.recorded("invite_created", actor=actor, detail=f"role {role}, valid {hours} h"):
-            await self.events.append(invite_subject(invite_hash), event, version=1, expected_seq=0)
+            await self.events.append(invite_subject(invite_hash), [event], NEW)
         return auth_pb2.Invite(invite_code=code, role=role, expires_at_unix=expires)
 
     async def CreateUser(self, request: auth_pb2.CreateUserRequest, context: Context) -> auth_pb2.Account:
@@ -247,7 +243,7 @@ class AccountsApi(StepUps):
             "lockout_cleared", actor=actor, user_id=account.user_id, username=account.username, detail=detail
         ):
             cleared = self._lockout_event(LoginFailuresCleared(account_key=key, source=""))
-            await self.events.append(lockout_subject(username_key(key)), cleared, version=0, expected_seq=None)
+            await self.events.append(lockout_subject(username_key(key)), [cleared], ANYWHERE)
         self.lockouts.record_success(key)  # this instance at once; the event tells the others
         return account_proto(account, self.lockouts)
 
@@ -311,5 +307,5 @@ class AccountsApi(StepUps):
             username=account.username,
             detail=request.reason,
         ):
-            await self.events.append(erasure_request_subject(user_id), event, version=1, expected_seq=0)
+            await self.events.append(erasure_request_subject(user_id), [event], NEW)
         return auth_pb2.RequestErasureResponse()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
+from functools import partial
+from typing import TypeVar
 
 from google.protobuf.message import Message
 from parley.auth.v1 import auth_pb2
@@ -18,7 +19,6 @@ from parley.auth.v1.events_pb2 import (
 from parley_auth import keys
 from parley_auth.domain import checked_id
 from parley_auth.servicer_base import (
-    APPEND_ATTEMPTS,
     MAX_USERS_PER_DEVICE_LIST,
     AuthBase,
     Context,
@@ -28,6 +28,9 @@ from parley_auth.servicer_base import (
 from parley_core.actor import Actor
 from parley_core.envelope import NewEvent
 from parley_core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from parley_core.event_log import NEW, Position
+
+R = TypeVar("R")
 
 
 class DevicesApi(AuthBase):
@@ -67,9 +70,7 @@ class DevicesApi(AuthBase):
         )
         event = self._device_event(caller.user_id, request.device_id, published, Actor.user(caller.user_id))
         try:
-            await self.events.append(
-                device_subject(caller.user_id, request.device_id), event, version=1, expected_seq=0
-            )
+            await self.events.append(device_subject(caller.user_id, request.device_id), [event], NEW)
         except FailedPrecondition:
             raise AlreadyExists("this device id was registered at the same time; use a new device id") from None
         device = self.keys.get(caller.user_id, request.device_id)
@@ -77,32 +78,28 @@ class DevicesApi(AuthBase):
         return device_proto(device)
 
     async def _change_device(
-        self, user_id: str, device_id: str, actor: Actor, decide: Callable[[keys.DeviceRecord | None], Message | None]
-    ) -> keys.DeviceRecord | None:
-        """The one way a device's keys change: `decide` makes the event from the device as read
-        (None: nothing to append), appended at the device subject's sequence it was read at, so
-        two racing changes (a second claim of the same key, from any instance) never both land:
-        the loser catches up and decides again. Returns the device after the change."""
-        async with self._device_locks.setdefault((user_id, device_id), asyncio.Lock()):
-            for _ in range(APPEND_ATTEMPTS):
-                device = self.keys.get(user_id, device_id)
-                payload = decide(device)
-                if payload is None:
-                    return device
-                assert device is not None
-                event = self._device_event(user_id, device_id, payload, actor)
-                try:
-                    await self.events.append(
-                        device_subject(user_id, device_id),
-                        event,
-                        version=device.version + 1,
-                        expected_seq=device.last_seq,
-                    )
-                except FailedPrecondition:
-                    await self.events.settle()
-                    continue
-                return device
-        raise FailedPrecondition("the device's keys are changing too fast; try again")
+        self,
+        user_id: str,
+        device_id: str,
+        actor: Actor,
+        decide: Callable[[keys.DeviceRecord | None], tuple[Message | None, R]],
+    ) -> tuple[keys.DeviceRecord | None, R]:
+        """The one way a device's keys change (parley_core.event_log): `decide` makes the event
+        from the device as read (None: nothing to append) and the call's answer; two racing
+        changes (a second claim of the same key, from any instance) never both land: the loser
+        catches up and decides again. Returns the device after the change, and the answer."""
+
+        def decided(device: keys.DeviceRecord | None) -> tuple[list[NewEvent], R]:
+            payload, answer = decide(device)
+            return ([] if payload is None else [self._device_event(user_id, device_id, payload, actor)]), answer
+
+        return await self.events.decide_and_append(
+            device_subject(user_id, device_id),
+            partial(self.keys.get, user_id, device_id),
+            decided,
+            position=lambda device: Position(device.version, device.last_seq) if device else NEW,
+            too_fast="the device's keys are changing too fast; try again",
+        )
 
     async def UploadOneTimeKeys(
         self, request: auth_pb2.UploadOneTimeKeysRequest, context: Context
@@ -113,7 +110,7 @@ class DevicesApi(AuthBase):
         fb = request.fallback_key
         fallback = keys.StoredKey(fb.key_id, fb.key, fb.signature) if request.HasField("fallback_key") else None
 
-        def decide(device: keys.DeviceRecord | None) -> Message:
+        def decide(device: keys.DeviceRecord | None) -> tuple[Message, None]:
             if device is None:
                 raise NotFound("no such device of yours; publish its identity keys first")
             device.check_upload(uploaded, fallback)
@@ -126,9 +123,9 @@ class DevicesApi(AuthBase):
                 payload.fallback_key.CopyFrom(
                     UploadedOneTimeKey(key_id=fallback.key_id, key=fallback.key, signature=fallback.signature)
                 )
-            return payload
+            return payload, None
 
-        device = await self._change_device(caller.user_id, device_id, Actor.user(caller.user_id), decide)
+        device, _ = await self._change_device(caller.user_id, device_id, Actor.user(caller.user_id), decide)
         assert device is not None
         return auth_pb2.UploadOneTimeKeysResponse(one_time_keys_left=len(device.unclaimed))
 
@@ -138,9 +135,8 @@ class DevicesApi(AuthBase):
         caller = self._caller(context)
         user_id = checked_id(request.user_id, "user_id")
         device_id = keys.validate_device_id(request.device_id)
-        chosen: list[keys.StoredKey] = []
 
-        def decide(device: keys.DeviceRecord | None) -> Message | None:
+        def decide(device: keys.DeviceRecord | None) -> tuple[Message | None, keys.StoredKey]:
             if device is None:
                 raise NotFound("no such device")
             key = device.next_key()
@@ -149,14 +145,14 @@ class DevicesApi(AuthBase):
                     raise FailedPrecondition(
                         "this device has no one-time keys left and no fallback key; its owner must upload more"
                     )
-                chosen[:] = [device.fallback]
-                return None  # reusable until replaced: nothing to record, nothing to race for
-            chosen[:] = [key]
-            return OneTimeKeyClaimed(user_id=user_id, device_id=device_id, key_id=key.key_id, claimed_by=caller.user_id)
+                return None, device.fallback  # reusable until replaced: nothing to record, nothing to race for
+            claimed = OneTimeKeyClaimed(
+                user_id=user_id, device_id=device_id, key_id=key.key_id, claimed_by=caller.user_id
+            )
+            return claimed, key
 
-        device = await self._change_device(user_id, device_id, Actor.user(caller.user_id), decide)
+        device, key = await self._change_device(user_id, device_id, Actor.user(caller.user_id), decide)
         assert device is not None
-        (key,) = chosen
         return auth_pb2.ClaimedOneTimeKey(
             device=device_proto(device),
             one_time_key=auth_pb2.OneTimeKey(key_id=key.key_id, key=key.key, signature=key.signature),
@@ -180,12 +176,12 @@ class DevicesApi(AuthBase):
         caller = self._caller(context)
         device_id = keys.validate_device_id(request.device_id)
 
-        def decide(device: keys.DeviceRecord | None) -> Message | None:
+        def decide(device: keys.DeviceRecord | None) -> tuple[Message | None, None]:
             if device is None:
                 if (caller.user_id, device_id) in self.keys.removed:
-                    return None  # a retried removal
+                    return None, None  # a retried removal
                 raise NotFound("no such device of yours; `parley devices` lists them")
-            return DeviceRemoved(user_id=caller.user_id, device_id=device_id, removed_by=caller.user_id)
+            return DeviceRemoved(user_id=caller.user_id, device_id=device_id, removed_by=caller.user_id), None
 
         actor = Actor.user(caller.user_id)
         if self.keys.get(caller.user_id, device_id) is None:

@@ -14,6 +14,7 @@ from parley_auth.step_up import StepUps
 from parley_core.actor import Actor
 from parley_core.envelope import NewEvent
 from parley_core.errors import FailedPrecondition, InvalidArgument
+from parley_core.event_log import ANYWHERE
 
 
 class MfaApi(StepUps):
@@ -82,7 +83,7 @@ class MfaApi(StepUps):
         async with self.audit.recorded(
             "mfa_policy_changed", actor=actor, detail=f"{role}: required={request.required}"
         ):
-            await self.events.append(MFA_POLICY_SUBJECT, event, version=0, expected_seq=None)
+            await self.events.append(MFA_POLICY_SUBJECT, [event], ANYWHERE)
         return auth_pb2.SetMfaRequiredResponse()
 
     async def ResetMfa(self, request: auth_pb2.ResetMfaRequest, context: Context) -> auth_pb2.Account:

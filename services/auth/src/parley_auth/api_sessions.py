@@ -28,6 +28,7 @@ from parley_auth.step_up import StepUps
 from parley_core.actor import Actor
 from parley_core.envelope import NewEvent
 from parley_core.errors import FailedPrecondition, InvalidArgument, Unauthenticated
+from parley_core.event_log import NEW
 from parley_core.rbac import Permission
 
 
@@ -79,7 +80,7 @@ class SessionsApi(StepUps):
                 mfa=used_mfa,
             )
             event = NewEvent(aggregate_type="session", aggregate_id=session_id, payload=started, actor=actor)
-            await self.events.append(session_subject(session_id), event, version=1, expected_seq=0)
+            await self.events.append(session_subject(session_id), [event], NEW)
         return self._tokens(account, session_id, refresh, mfa=used_mfa)
 
     async def _set_password(self, account: Account, password_hash: str, actor: Actor, read: tuple[int, int]) -> None:

@@ -22,7 +22,6 @@ from parley_auth.api_sessions import SessionsApi
 from parley_auth.audit_key import AuditSigner
 from parley_auth.audit_trail import MAX_NOT_MADE_DETAIL, AuditTrail
 from parley_auth.domain import actor_of, checked_id, username_key
-from parley_auth.event_log import AuthLog
 from parley_auth.key_files import AUDIT_KEY_FILE
 from parley_auth.sealing import SecretSealer
 from parley_auth.servicer_base import DUE_CATCH_UP_S, Context, session_subject, utc_text
@@ -32,6 +31,7 @@ from parley_core.actor import Actor
 from parley_core.contracts import AUTH_SEALING_KEY_FILE
 from parley_core.envelope import NewEvent
 from parley_core.errors import FailedPrecondition, NotFound, Unavailable
+from parley_core.event_log import NEW, EventLog
 from parley_core.runner import RefusedToStart, RunContext
 from parley_core.sources import budget_key
 from parley_core.topology import AUTH_FILTER, CONSUMERS, audit_key_subject, slowed_source_subject
@@ -62,7 +62,7 @@ class AuthApp(AccountsApi, SessionsApi, MfaApi, DevicesApi, auth_pb2_grpc.AuthSe
         # Auth's own projection joins the process's one replay of AUTH (after the runner's access
         # and signing keys), started here: the rest of start needs it caught up.
         self._replay = ctx.bus.follow(stream="AUTH", filter_subject=AUTH_FILTER, handler=self._apply)
-        self._events = AuthLog(ctx.bus, self._replay)
+        self._events = EventLog(ctx.bus, self._replay)
         await ctx.bus.start_following()
         await self._replay.wait_caught_up()
         await self.audit.load_head()  # once the published audit keys are known
@@ -96,7 +96,7 @@ class AuthApp(AccountsApi, SessionsApi, MfaApi, DevicesApi, auth_pb2_grpc.AuthSe
             aggregate_type="audit_key", aggregate_id=signer.key_id, payload=published, actor=Actor.service("auth")
         )
         with contextlib.suppress(FailedPrecondition):  # another instance sharing the key published it
-            await self.events.append(audit_key_subject(signer.key_id), event, version=1, expected_seq=0)
+            await self.events.append(audit_key_subject(signer.key_id), [event], NEW)
         await self.events.settle()
 
     async def _refuse_unexplained_gaps(self) -> None:

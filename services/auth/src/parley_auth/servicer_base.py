@@ -4,7 +4,6 @@ concern in the api_*.py modules; service.py composes them."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +16,6 @@ from parley_auth import codec, domain, keys, mfa
 from parley_auth.audit_key import AuditSigner
 from parley_auth.audit_trail import REQUEST_SOURCE, AuditTrail
 from parley_auth.domain import Account, checked_id
-from parley_auth.event_log import AuthLog
 from parley_auth.lockout import LockoutBook
 from parley_auth.projection import AuthProjection
 from parley_auth.sealing import RECOVERY_CODES, SecretSealer
@@ -28,6 +26,7 @@ from parley_core.actor import Actor
 from parley_core.bus import DurableConsumer, ReceivedEvent, Replay
 from parley_core.envelope import NewEvent
 from parley_core.errors import NotFound
+from parley_core.event_log import EventLog, Position
 from parley_core.rate import TokenBuckets
 from parley_core.rbac import AccountAction
 from parley_core.run_context import RunContext
@@ -39,7 +38,6 @@ from parley_core.topology import PLATFORM_USER, stream_subject, user_subject
 MAX_USERS_PER_DEVICE_LIST = 100
 MAX_USERS_PER_LOOKUP = 200  # a screenful of people; ids are random, so this is no enumeration
 MFA_POLICY_SUBJECT = stream_subject("auth", "policy", "mfa")
-APPEND_ATTEMPTS = 5
 INVITE_DEFAULT_HOURS = 72
 INVITE_MAX_HOURS = 720
 # Erasures storage recorded for auth are marked before it serves, for at most this long.
@@ -145,14 +143,13 @@ class AuthBase:
         )
         per_hour = self.settings.registrations_per_source_per_hour
         self.registrations = TokenBuckets(rate=per_hour / 3600, burst=per_hour)
-        self._device_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._sealer: SecretSealer | None = None
         self._audit_signer: AuditSigner | None = None
         self._ctx: RunContext | None = None
         self._replay: Replay | None = None
         self._due: DurableConsumer | None = None
         self._audit_trail: AuditTrail | None = None
-        self._events: AuthLog | None = None
+        self._events: EventLog | None = None
 
     @property
     def ctx(self) -> RunContext:
@@ -160,7 +157,7 @@ class AuthBase:
         return self._ctx
 
     @property
-    def events(self) -> AuthLog:
+    def events(self) -> EventLog:
         assert self._events is not None, "the event log is set up at start"
         return self._events
 
@@ -201,7 +198,8 @@ class AuthBase:
         other calls), so a change that raced it refuses this one; by default as they are now."""
         version, seq = read or account_read(account)
         event = NewEvent(aggregate_type="user", aggregate_id=account.user_id, payload=payload, actor=actor)
-        await self.events.append(user_subject(account.user_id), event, version=version + 1, expected_seq=seq)
+        at, changed = Position(version, seq), "the account changed at the same time; try again"
+        await self.events.append(user_subject(account.user_id), [event], at, conflict=changed)
 
     async def _user_events(
         self, account: Account, events: list[domain.Event], actor: Actor, *, read: tuple[int, int] | None = None
@@ -217,7 +215,7 @@ class AuthBase:
     async def _session_event(self, session: Session, payload: Message, actor: Actor) -> None:
         event = NewEvent(aggregate_type="session", aggregate_id=session.session_id, payload=payload, actor=actor)
         await self.events.append(
-            session_subject(session.session_id), event, version=session.version + 1, expected_seq=session.last_seq
+            session_subject(session.session_id), [event], Position(session.version, session.last_seq)
         )
 
     def _unknown_name(self, typed: str) -> str:

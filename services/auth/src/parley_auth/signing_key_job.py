@@ -15,15 +15,15 @@ from google.protobuf.message import Message
 from parley.auth.v1.events_pb2 import SigningKeyPublished, SigningKeyRetired
 
 from parley_auth.audit_trail import AuditTrail
-from parley_auth.event_log import AuthLog
 from parley_auth.key_files import SIGNING_KEY_FILE
 from parley_auth.key_rotation import KeySchedule, SigningKeyState, key_in_use, replaced_at
 from parley_auth.sealing import SealedFieldUnreadable, SecretSealer
 from parley_auth.signing import TokenIssuer
 from parley_core.actor import Actor
-from parley_core.bus import ConcurrencyConflict, EventBus
+from parley_core.bus import EventBus
 from parley_core.envelope import NewEvent
 from parley_core.errors import FailedPrecondition, Unavailable
+from parley_core.event_log import NEW, ChangedMeanwhile, EventLog, Position
 from parley_core.jobs import every
 from parley_core.tokens import ALGORITHM
 from parley_core.topology import signing_key_subject
@@ -57,14 +57,14 @@ class SigningKeyJob:
         self._issuer: TokenIssuer | None = None
         self._secrets_dir = Path()
         self._sealer: SecretSealer | None = None
-        self._connected: tuple[EventBus, AuthLog, AuditTrail] | None = None
+        self._connected: tuple[EventBus, EventLog, AuditTrail] | None = None
 
     def load(self, secrets_dir: Path, sealer: SecretSealer) -> None:
         """The key in the secrets folder; `sealer` opens a successor published on another host."""
         self._secrets_dir, self._sealer = secrets_dir, sealer
         self._issuer = TokenIssuer.load_or_create(self._signing_key_path, lifetime_s=self._token_lifetime_s)
 
-    def connect(self, bus: EventBus, events: AuthLog, audit: AuditTrail) -> None:
+    def connect(self, bus: EventBus, events: EventLog, audit: AuditTrail) -> None:
         self._connected = (bus, events, audit)
 
     @property
@@ -74,12 +74,7 @@ class SigningKeyJob:
         return self._issuer
 
     @property
-    def _bus(self) -> EventBus:
-        assert self._connected is not None
-        return self._connected[0]
-
-    @property
-    def events(self) -> AuthLog:
+    def events(self) -> EventLog:
         assert self._connected is not None
         return self._connected[1]
 
@@ -125,15 +120,13 @@ class SigningKeyJob:
             aggregate_type="signing_key", aggregate_id=subject_key, payload=published, actor=Actor.service("auth")
         )
         detail = f"{previous} -> {issuer.key_id}: the key in use is not in this data folder's secrets"
-        version, seq = (state.version + 1, state.last_seq) if state else (1, 0)  # as read now
+        at = Position(state.version, state.last_seq) if state else NEW  # as read now
         recorded: contextlib.AbstractAsyncContextManager[object] = contextlib.nullcontext()
         if previous:
             recorded = self.audit.recorded("signing_key_replaced", actor=Actor.service("auth"), detail=detail)
         async with recorded:
-            with contextlib.suppress(ConcurrencyConflict):  # another instance sharing the key published it
-                await self._bus.append(
-                    signing_key_subject(subject_key), event, aggregate_version=version, expected_last_subject_seq=seq
-                )
+            with contextlib.suppress(ChangedMeanwhile):  # another instance sharing the key published it
+                await self.events.append(signing_key_subject(subject_key), [event], at)
         await self.events.settle()  # known to this instance's projection before it signs
 
     def _successor_path(self, key_id: str) -> Path:
@@ -166,13 +159,11 @@ class SigningKeyJob:
         event = NewEvent(
             aggregate_type="signing_key", aggregate_id=previous, payload=published, actor=Actor.service("auth")
         )
-        version, seq = state.version + 1, state.last_seq  # as read now: of racing rotations, one lands
+        at = Position(state.version, state.last_seq)  # as read now: of racing rotations, one lands
         try:
             async with self.audit.recorded("signing_key_rotated", actor=actor, detail=f"{previous} -> {issuer.key_id}"):
-                await self._bus.append(
-                    signing_key_subject(previous), event, aggregate_version=version, expected_last_subject_seq=seq
-                )
-        except (ConcurrencyConflict, Unavailable) as exc:
+                await self.events.append(signing_key_subject(previous), [event], at)
+        except (ChangedMeanwhile, Unavailable) as exc:
             staged.unlink(missing_ok=True)
             if isinstance(exc, Unavailable):
                 raise
@@ -219,7 +210,7 @@ class SigningKeyJob:
             aggregate_type="signing_key", aggregate_id=key_id, payload=SigningKeyRetired(key_id=key_id), actor=actor
         )
         async with self.audit.recorded("signing_key_retired", actor=actor, detail=key_id):
-            await self.events.append(signing_key_subject(key_id), event, version=2, expected_seq=None)
+            await self.events.append(signing_key_subject(key_id), [event], Position(1, None))
 
     def _next_due_s(self) -> float:
         assert self._issuer is not None

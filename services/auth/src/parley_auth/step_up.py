@@ -17,6 +17,7 @@ from parley_auth.servicer_base import AuthBase, Context
 from parley_core.actor import Actor
 from parley_core.envelope import NewEvent
 from parley_core.errors import ResourceExhausted, Unauthenticated
+from parley_core.event_log import ANYWHERE
 from parley_core.sources import budget_key
 from parley_core.tokens import Caller
 from parley_core.topology import lockout_subject
@@ -66,13 +67,13 @@ class StepUps(AuthBase):
                 locked_until_unix=int(time.time() + locked.retry_after_s),
             )
         async with recorded:
-            await self.events.append(lockout_subject(username_key(key)), counted, version=0, expected_seq=None)
+            await self.events.append(lockout_subject(username_key(key)), [counted], ANYWHERE)
 
     async def _succeeded(self, key: str, source: str) -> None:
         """The right secret from this address: its pair's count starts again (no other one's)."""
         if self.lockouts.has_failures(key, budget_key(source)):
             cleared = self._lockout_event(LoginFailuresCleared(account_key=key, source=source))
-            await self.events.append(lockout_subject(username_key(key)), cleared, version=0, expected_seq=None)
+            await self.events.append(lockout_subject(username_key(key)), [cleared], ANYWHERE)
 
     async def _step_up(
         self,
@@ -117,11 +118,9 @@ class StepUps(AuthBase):
         """A step-up by TOTP code; returns the code's time step, which the caller spends."""
         assert self._sealer is not None
         secret = self._sealer.open(sealed_secret, account.user_id)
-        step: int | None = None
+        step = mfa.matching_step(secret, code, time.time(), after_step=after_step)  # told only if not locked
 
         async def code_matches() -> bool:
-            nonlocal step
-            step = mfa.matching_step(secret, code, time.time(), after_step=after_step)
             return step is not None
 
         await self._step_up(context, caller, account, call=call, wrong=wrong, proven=code_matches)

@@ -48,13 +48,13 @@ from parley.storage.v1.events_pb2 import (
 from parley_auth.anomaly_evidence import EvidenceRules
 from parley_auth.audit_trail import AuditTrail
 from parley_auth.domain import AccountDirectory
-from parley_auth.event_log import AuthLog
 from parley_auth.lockout import LockoutBook
 from parley_auth.sessions import Session, SessionBook
 from parley_core.actor import Actor
 from parley_core.bus import ReceivedEvent, Refused, RetryLater
 from parley_core.envelope import NewEvent, UnknownEventType, open_payload
 from parley_core.errors import Unavailable
+from parley_core.event_log import EventLog
 from parley_core.log_deletion import ERASURE, DeletionRefused, LoggedEventToDelete, delete_checked, personal_data_of
 from parley_core.markers import account_erasure_marker
 from parley_core.runner import RunContext
@@ -88,7 +88,7 @@ class AuthHost(Protocol):
     @property
     def ctx(self) -> RunContext: ...
     @property
-    def events(self) -> AuthLog: ...
+    def events(self) -> EventLog: ...
     @property
     def audit(self) -> AuditTrail: ...
     async def require_step_up(self, session: Session, reason: str, anomaly_event_id: str) -> None: ...

@@ -2,7 +2,7 @@
 
 No protobuf, no clock, no I/O: the servicer (service.py) turns a request into a command (with
 the time and a new message id in it), reads the channel, decides, and appends what was decided
-(event_log.MessagingLog.decide_and_append). A decision raises a domain error when the command may not be
+(parley_core.event_log.EventLog.decide_and_append). A decision raises a domain error when the command may not be
 done, and decides no event when there is nothing left to do: a retried command changes nothing.
 A command decides at most one event (appended at the version it was decided on).
 """

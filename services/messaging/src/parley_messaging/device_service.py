@@ -21,6 +21,7 @@ from parley.messaging.v1.events_pb2 import ToDeviceFetched, ToDeviceSent
 from parley_core.actor import Actor
 from parley_core.envelope import NewEvent
 from parley_core.errors import InvalidArgument, NotFound, PermissionDenied
+from parley_core.event_log import EventLog
 from parley_core.runner import RunContext
 from parley_core.topology import to_device_subject
 from parley_messaging.device_projection import DeviceRelay
@@ -32,7 +33,6 @@ from parley_messaging.devices import (
     require_device,
     require_own_device,
 )
-from parley_messaging.event_log import MessagingLog
 
 MAX_FETCH = 500
 # A page stops before this many bytes of ciphertext (with one message at least), well under the
@@ -44,13 +44,13 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 class Appender(Protocol):
     """What the messaging app lends this servicer: its context, its one way to change an
-    aggregate (event_log.MessagingLog.decide_and_append) and catching up with auth's stream."""
+    aggregate (parley_core.event_log.EventLog.decide_and_append) and catching up with auth's stream."""
 
     @property
     def ctx(self) -> RunContext: ...
 
     @property
-    def event_log(self) -> MessagingLog: ...
+    def event_log(self) -> EventLog: ...
 
     async def settle_auth(self) -> None: ...
 
@@ -92,8 +92,10 @@ class DeviceKeyServicer(messaging_pb2_grpc.DeviceKeyServiceServicer):
         for message in request.messages:
             recipient = message.recipient_user_id
 
-            def decide(queue: ToDeviceQueue, message: messaging_pb2.ToDeviceMessage = message) -> NewEvent:
-                return NewEvent(
+            def decide(
+                queue: ToDeviceQueue, message: messaging_pb2.ToDeviceMessage = message
+            ) -> tuple[list[NewEvent], None]:
+                sent = NewEvent(
                     aggregate_type="todevice",
                     aggregate_id=queue.user_id,
                     payload=ToDeviceSent(
@@ -108,6 +110,7 @@ class DeviceKeyServicer(messaging_pb2_grpc.DeviceKeyServiceServicer):
                     ),
                     actor=Actor.user(caller.user_id),
                 )
+                return [sent], None
 
             read = partial(self.relay.queue, recipient)
             await self._app.event_log.decide_and_append(to_device_subject(recipient), read, decide)
@@ -122,21 +125,22 @@ class DeviceKeyServicer(messaging_pb2_grpc.DeviceKeyServiceServicer):
         await self._fresh(lambda: require_own_device(self.directory, caller.user_id, request.device_id))
         device_id = request.device_id
 
-        def decide(queue: ToDeviceQueue) -> NewEvent | None:
+        def decide(queue: ToDeviceQueue) -> tuple[list[NewEvent], None]:
             # What was handed out, at most: a device cannot wave away messages not yet sent to it.
             up_to = min(request.after_queue_seq, queue.sent.get(device_id, 0))
             if up_to <= queue.fetched.get(device_id, 0):
-                return None
+                return [], None
             fetched = ToDeviceFetched(
                 recipient_user_id=queue.user_id, recipient_device_id=device_id, up_to_queue_seq=up_to
             )
-            return NewEvent(
+            event = NewEvent(
                 aggregate_type="todevice", aggregate_id=queue.user_id, payload=fetched, actor=Actor.user(caller.user_id)
             )
+            return [event], None
 
         queue = self.relay.queue(caller.user_id)
         if request.after_queue_seq > queue.fetched.get(device_id, 0):
-            queue = await self._app.event_log.decide_and_append(
+            queue, _ = await self._app.event_log.decide_and_append(
                 to_device_subject(caller.user_id), partial(self.relay.queue, caller.user_id), decide
             )
         limit = request.limit or 100

@@ -1,71 +1,27 @@
 """Channels: membership, the per-channel message order and idempotent sends, without I/O.
 
 `Channel` is the aggregate: `Channel.created` starts one from its `ChannelCreated`, and
-`Channel.apply` folds every later event through one table (`APPLY`, keyed by event type). The
-`check_*` rules say whether someone may act; `decisions` turns commands into events with them.
+`Channel.apply` folds every later event through one table (fold.APPLY, keyed by event type) into
+what the channel holds (channel_state.py). The `check_*` rules say whether someone may act;
+`decisions` turns commands into events with them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from parley_core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from parley_core.visibility import EVERYTHING, HistoryView
 from parley_messaging import events as ev
+from parley_messaging.channel_state import MEMBER, MODERATOR, OWNER, ChannelState, Invitation
+from parley_messaging.fold import APPLY, NOWHERE, Recorded
 from parley_messaging.messages import MessageRecord, PostedMessage
-
-OWNER, MODERATOR, MEMBER = "owner", "moderator", "member"
-
-
-@dataclass(frozen=True, slots=True)
-class Recorded:
-    """Where the log holds an event: its stream sequence (the order, and the append guard), the
-    aggregate's version it carries, and its id (a marker's is remembered). Zeros in unit tests."""
-
-    stream_seq: int = 0
-    version: int = 0
-    event_id: str = ""
-
-
-NOWHERE = Recorded()
-
-
-@dataclass(frozen=True)
-class Invitation:
-    """A pending invitation: who invited, and the stream position of the invitation (its order)."""
-
-    invited_by: str
-    position: int = 0
 
 
 @dataclass
-class Channel:
-    channel_id: str
-    name: str
-    members: set[str] = field(default_factory=set)
-    last_seq: int = 0  # channel sequence of the newest message
-    last_stream_seq: int = 0  # stream sequence of the newest event: the append guard
-    version: int = 1  # events applied to this aggregate
-    sends: dict[tuple[str, str], int] = field(default_factory=dict)  # (sender, key) -> channel_seq
-    messages: dict[int, MessageRecord] = field(default_factory=dict)
-    creator_id: str = ""
-    encrypted: bool = False
-    private: bool = False
-    direct: bool = False
-    topic: str = ""
-    hide_history_before_join: bool = False
-    roles: dict[str, str] = field(default_factory=dict)  # user -> OWNER | MODERATOR (members have none)
-    invited: dict[str, Invitation] = field(default_factory=dict)  # invitee -> their pending invitation
-    banned: set[str] = field(default_factory=set)
-    views: dict[str, HistoryView] = field(default_factory=dict)  # user -> what they may read (latest join)
-    read_up_to: dict[str, int] = field(default_factory=dict)  # user -> read marker
-    # Event ids of the erasure and expiry markers applied: each is appended once (markers.py).
-    markers: set[str] = field(default_factory=set)
-    # The retention policy recorded on this channel (ChannelRetentionSet); 0: keep forever. The
-    # one record an expiry fact of storage's is checked against.
-    retention_days: int = 0
+class Channel(ChannelState):
+    """The channel aggregate: what it holds, with its rules and its fold."""
 
     @classmethod
     def created(cls, event: ev.ChannelCreated, at: Recorded = NOWHERE) -> Channel:
@@ -119,14 +75,6 @@ class Channel:
         """Owners and moderators moderate; a direct conversation has neither."""
         return self.role(user_id) in (OWNER, MODERATOR)
 
-    def add_member(self, user_id: str, position: int = 0) -> None:
-        """`user_id` joins by the event at stream `position` (0: not known, as in unit tests)."""
-        self.members.add(user_id)
-        self.invited.pop(user_id, None)  # joining accepts the invitation
-        self.views[user_id] = HistoryView.at_join(
-            hides_history=self.hide_history_before_join, newest_seq_at_join=self.last_seq, joined_at=position
-        )
-
     def view(self, user_id: str) -> HistoryView:
         """What this user may read of the channel (parley_core.visibility: the one rule)."""
         return self.views.get(user_id, EVERYTHING)
@@ -146,10 +94,6 @@ class Channel:
             raise PermissionDenied("only a moderator of the channel may see earlier versions of a message")
         return self.readable(user_id, channel_seq)
 
-    def remove_member(self, user_id: str) -> None:
-        self.members.discard(user_id)
-        self.roles.pop(user_id, None)
-
     # --- membership rules: each returns normally when the caller may act --------------------
 
     def check_join(self, user_id: str) -> None:
@@ -168,9 +112,6 @@ class Channel:
             raise PermissionDenied("only a moderator may invite to a private channel")
         if user_id in self.banned:
             raise FailedPrecondition("that user is banned; unban them first")
-
-    def invite(self, user_id: str, invited_by: str, position: int = 0) -> None:
-        self.invited[user_id] = Invitation(invited_by, position)
 
     def pending_invitation(self, user_id: str) -> Invitation | None:
         """`user_id`'s invitation they may still accept (joining or a ban ends it)."""
@@ -225,24 +166,6 @@ class Channel:
             raise NotFound(f"no message #{channel_seq} in this channel")
         return record
 
-    def record_post(self, message: PostedMessage, idempotency_key: str) -> None:
-        self.last_seq = message.channel_seq
-        self.messages[message.channel_seq] = MessageRecord(message, [message.body])
-        self.sends[(message.sender_id, idempotency_key)] = message.channel_seq
-        if message.thread_root_seq and (root := self.messages.get(message.thread_root_seq)) is not None:
-            root.replies.append(message.channel_seq)
-
-    def forget_messages(self, channel_seqs: Iterable[int]) -> None:
-        """Erased or expired messages go, as if never replayed; their numbers stay used."""
-        gone = set(channel_seqs)
-        for seq in gone:
-            record = self.messages.pop(seq, None)
-            root = self.messages.get(record.current.thread_root_seq) if record is not None else None
-            if root is not None:
-                root.replies = [r for r in root.replies if r != seq]
-        self.sends = {send: seq for send, seq in self.sends.items() if seq not in gone}
-        self.keep_number(*gone)
-
     def check_erasure(self, user_id: str, channel_seqs: Iterable[int]) -> None:
         """An erasure marks only the erased user's own posts. A number this projection no longer
         holds (deleted from the stream, a hole of a re-seeded log) or holds only as a redacted
@@ -265,22 +188,6 @@ class Channel:
         )
         if recent:
             raise FailedPrecondition(f"messages {recent} of channel {self.channel_id} are not older than the cutoff")
-
-    def keep_number(self, *channel_seqs: int) -> None:
-        """These numbers were used, whether or not their post is still in the stream: the next
-        message is numbered after them (storage deletes redacted, expired and erased posts)."""
-        self.last_seq = max(self.last_seq, *channel_seqs, 0)
-
-    def record_redaction(self, channel_seq: int, message_id: str) -> None:
-        """A redaction; of a post this projection never saw (deleted from the stream after its
-        redaction) it leaves a redacted placeholder, so the number stays taken and shows redacted."""
-        record = self.messages.get(channel_seq)
-        if record is None:
-            placeholder = PostedMessage(self.channel_id, message_id, "", "", channel_seq, "", 0, redacted=True)
-            self.messages[channel_seq] = MessageRecord(placeholder, [])
-            self.keep_number(channel_seq)
-            return
-        record.redacted()
 
     def check_thread_root(self, user_id: str, root_seq: int) -> None:
         """Replies hang off a thread's root: one level, as in most chat apps."""
@@ -311,119 +218,3 @@ class Channel:
         if record.current.sender_id != user_id and not self.is_moderator(user_id):
             raise PermissionDenied("only the sender or a moderator of the channel may redact a message")
         return record
-
-
-# --- the one fold: how each event changes a channel ------------------------------------------
-
-
-def _joined(channel: Channel, e: ev.MemberJoined, at: Recorded) -> None:
-    channel.add_member(e.user_id, at.stream_seq)
-
-
-def _left(channel: Channel, e: ev.MemberLeft | ev.MemberKicked, at: Recorded) -> None:
-    channel.remove_member(e.user_id)
-
-
-def _banned(channel: Channel, e: ev.MemberBanned, at: Recorded) -> None:
-    channel.remove_member(e.user_id)
-    channel.banned.add(e.user_id)
-    channel.invited.pop(e.user_id, None)  # an unban needs a new invitation
-
-
-def _unbanned(channel: Channel, e: ev.MemberUnbanned, at: Recorded) -> None:
-    channel.banned.discard(e.user_id)
-
-
-def _invited(channel: Channel, e: ev.MemberInvited, at: Recorded) -> None:
-    channel.invite(e.user_id, e.invited_by, at.stream_seq)
-
-
-def _declined(channel: Channel, e: ev.InvitationDeclined, at: Recorded) -> None:
-    channel.invited.pop(e.user_id, None)
-
-
-def _role_changed(channel: Channel, e: ev.MemberRoleChanged, at: Recorded) -> None:
-    if e.role == MODERATOR:
-        channel.roles[e.user_id] = MODERATOR
-    else:
-        channel.roles.pop(e.user_id, None)
-
-
-def _renamed(channel: Channel, e: ev.ChannelRenamed, at: Recorded) -> None:
-    channel.name = e.name
-
-
-def _topic_changed(channel: Channel, e: ev.ChannelTopicChanged, at: Recorded) -> None:
-    channel.topic = e.topic
-
-
-def _retention_set(channel: Channel, e: ev.ChannelRetentionSet, at: Recorded) -> None:
-    channel.retention_days = e.days
-
-
-def _posted(channel: Channel, e: ev.MessagePosted, at: Recorded) -> None:
-    posted = PostedMessage(
-        channel_id=e.channel_id,
-        message_id=e.message_id,
-        sender_id=e.sender_id,
-        sender_name=e.sender_name,
-        channel_seq=e.channel_seq,
-        body=e.body,
-        sent_at_unix_ns=e.sent_at,
-        thread_root_seq=e.thread_root_seq,
-    )
-    channel.record_post(posted, e.idempotency_key)
-
-
-def _reacted(channel: Channel, e: ev.ReactionAdded | ev.ReactionRemoved, at: Recorded) -> None:
-    # None: its post was deleted from the stream (erased, expired, redacted); the number stays taken.
-    if (record := channel.messages.get(e.channel_seq)) is not None:
-        record.react(e.emoji, e.user_id, remove=isinstance(e, ev.ReactionRemoved))
-    channel.keep_number(e.channel_seq)
-
-
-def _read(channel: Channel, e: ev.ReadMarkerMoved, at: Recorded) -> None:
-    channel.read_up_to[e.user_id] = max(channel.read_up_to.get(e.user_id, 0), e.channel_seq)
-
-
-def _edited(channel: Channel, e: ev.MessageEdited, at: Recorded) -> None:
-    if (record := channel.messages.get(e.channel_seq)) is not None:
-        record.edited(e.body)
-    channel.keep_number(e.channel_seq)
-
-
-def _redacted(channel: Channel, e: ev.MessageRedacted, at: Recorded) -> None:
-    channel.record_redaction(e.channel_seq, e.message_id)
-
-
-def _removed(channel: Channel, e: ev.MessagesErased | ev.MessagesExpired, at: Recorded) -> None:
-    channel.forget_messages(e.channel_seqs)
-    channel.markers.add(at.event_id)
-
-
-def _created_again(channel: Channel, e: ev.ChannelCreated, at: Recorded) -> None:
-    raise FailedPrecondition(f"channel {channel.channel_id} was created already")  # the directory starts channels
-
-
-APPLY: dict[type[ev.ChannelEvent], Callable[[Channel, Any, Recorded], None]] = {
-    ev.ChannelCreated: _created_again,
-    ev.MemberJoined: _joined,
-    ev.MemberLeft: _left,
-    ev.MemberKicked: _left,
-    ev.MemberBanned: _banned,
-    ev.MemberUnbanned: _unbanned,
-    ev.MemberInvited: _invited,
-    ev.InvitationDeclined: _declined,
-    ev.MemberRoleChanged: _role_changed,
-    ev.ChannelRenamed: _renamed,
-    ev.ChannelTopicChanged: _topic_changed,
-    ev.ChannelRetentionSet: _retention_set,
-    ev.MessagePosted: _posted,
-    ev.MessageEdited: _edited,
-    ev.MessageRedacted: _redacted,
-    ev.ReactionAdded: _reacted,
-    ev.ReactionRemoved: _reacted,
-    ev.ReadMarkerMoved: _read,
-    ev.MessagesErased: _removed,
-    ev.MessagesExpired: _removed,
-}

@@ -30,7 +30,8 @@ from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from parley_core.envelope import UnknownEventType, open_payload
 from parley_messaging.codec import from_proto
-from parley_messaging.domain import Channel, Recorded
+from parley_messaging.domain import Channel
+from parley_messaging.fold import Recorded
 
 log = logging.getLogger(__name__)
 ARCHIVE_TIMEOUT_S = 2.0  # a send waits at most this long for the archive, once per channel

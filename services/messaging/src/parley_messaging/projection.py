@@ -10,9 +10,11 @@ from parley.common.v1.envelope_pb2 import EventEnvelope
 
 from parley_core.envelope import UnknownEventType, open_payload
 from parley_core.errors import FailedPrecondition, NotFound
+from parley_messaging.channel_state import Invitation
 from parley_messaging.codec import from_proto
-from parley_messaging.domain import NOWHERE, Channel, Invitation, Recorded
+from parley_messaging.domain import Channel
 from parley_messaging.events import ChannelCreated, ChannelEvent
+from parley_messaging.fold import NOWHERE, Recorded
 
 
 class ChannelDirectory:

@@ -41,6 +41,7 @@ from parley_core.actor import Actor
 from parley_core.bus import ReceivedEvent, Refused
 from parley_core.envelope import NewEvent, UnknownEventType, open_payload
 from parley_core.errors import FailedPrecondition
+from parley_core.event_log import EventLog
 from parley_core.log_deletion import (
     ERASURE,
     REMOVED,
@@ -54,7 +55,6 @@ from parley_core.markers import Marker, channel_erasure_marker, expiry_marker
 from parley_core.runner import RunContext
 from parley_core.topology import channel_subject
 from parley_messaging.domain import Channel
-from parley_messaging.event_log import MessagingLog
 from parley_messaging.log_tail import ArchivedTail
 from parley_messaging.projection import ChannelDirectory
 
@@ -70,7 +70,7 @@ class NotErasedYet(Exception):
 
 
 class MessagingHost(Protocol):
-    """What the handler uses of the messaging servicer (service.MessagingApp), named here so
+    """What the handler uses of the messaging servicer (servicer_base.MessagingBase), named here so
     that this module does not import the servicer that imports it."""
 
     channels: ChannelDirectory
@@ -79,7 +79,7 @@ class MessagingHost(Protocol):
     @property
     def ctx(self) -> RunContext: ...
     @property
-    def event_log(self) -> MessagingLog: ...
+    def event_log(self) -> EventLog: ...
 
 
 class StorageDue:
@@ -186,19 +186,19 @@ class StorageDue:
         if channel_id not in self._app.channels:
             # Its creation is a hole in a re-seeded log (its creator was erased): nothing to check
             # against, and storage waits for the marker all the same.
-            await self._app.event_log.append_unchecked(subject, event)
+            await self._app.event_log.append_after_last(subject, event)
             return
 
         await self._app.log_tail.check(self._app.channels.get(channel_id))
 
-        def decide(channel: Channel) -> NewEvent | None:
+        def decide(channel: Channel) -> tuple[list[NewEvent], None]:
             if marker.event_id in channel.markers:
-                return None  # marked already: a repeated fact, or a redelivery
+                return [], None  # marked already: a repeated fact, or a redelivery
             try:
                 check(channel)
             except FailedPrecondition as exc:
                 raise Refused(str(exc)) from None
-            return event
+            return [event], None
 
         await self._app.event_log.decide_and_append(subject, lambda: self._app.channels.get(channel_id), decide)
 

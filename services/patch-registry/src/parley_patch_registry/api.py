@@ -15,7 +15,8 @@ from parley_core.topology import PLATFORM_USER
 from parley_patch_registry.findings import Finding
 from parley_patch_registry.registry import Registry
 from parley_patch_registry.releases import ReleaseInfo
-from parley_patch_registry.rollout import GateEvaluated, Rollout, RolloutEvent, describe, exit_description
+from parley_patch_registry.rollout import Rollout
+from parley_patch_registry.rollout_events import GateEvaluated, RolloutEvent, describe, exit_description
 from parley_patch_registry.tuf_http import RepositoryHttpServer
 
 Context = grpc.aio.ServicerContext[object, object]

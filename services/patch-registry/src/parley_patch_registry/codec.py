@@ -13,7 +13,7 @@ from google.protobuf.message import Message
 from parley.patch.v1 import events_pb2
 
 from parley_patch_registry import findings
-from parley_patch_registry import rollout as domain
+from parley_patch_registry import rollout_events as domain
 
 DomainEvent = domain.RolloutEvent | findings.FindingEvent
 

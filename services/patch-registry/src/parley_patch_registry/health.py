@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from parley_patch_registry.registry import FleetView
-from parley_patch_registry.rollout import CallFigures
+from parley_patch_registry.fleet_view import FleetView
+from parley_patch_registry.gate import CallFigures
 
 
 @dataclass(frozen=True)

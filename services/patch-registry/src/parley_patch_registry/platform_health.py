@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from parley.fleet.v1 import fleet_pb2
 
-from parley_patch_registry.registry import FleetView
+from parley_patch_registry.fleet_view import FleetView
 
 Beat = fleet_pb2.InstanceHeartbeat
 

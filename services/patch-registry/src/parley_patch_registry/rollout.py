@@ -18,259 +18,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from parley_core.errors import FailedPrecondition, InvalidArgument, PermissionDenied
-from parley_core.rbac import denial_message
+from parley_patch_registry.gate import DEFAULT_WEIGHTS, GatePolicy, InstanceWindow, check_weights, judge
+from parley_patch_registry.patch_roles import require_patch_role
+from parley_patch_registry.rollout_events import (
+    GateEvaluated,
+    InstanceDrained,
+    InstanceExited,
+    InstanceStarted,
+    RollbackStarted,
+    RolloutApproved,
+    RolloutCompleted,
+    RolloutEvent,
+    RolloutPaused,
+    RolloutPlanned,
+    RolloutResumed,
+    RolloutRolledBack,
+    StepStarted,
+    exit_description,
+)
 
-# Roles allowed to approve a roll-out (the patch-approve permission) until auth's RBAC lands.
-APPROVER_ROLES = frozenset({"operator", "admin"})
-PUBLISHER_ROLES = frozenset({"operator", "admin"})
-
-
-PATCH_PERMISSIONS = {"patch-rollout": PUBLISHER_ROLES, "patch-approve": APPROVER_ROLES}
 # Every state a planned roll-out can be in (Rollout.apply), in the order it moves through them.
 STATES = ("planned", "approved", "canary", "production", "paused", "rolling_back", "done", "rolled_back")
-
-
-def require_patch_role(role: str, what: str, *, permission: str = "patch-rollout") -> None:
-    holders = PATCH_PERMISSIONS[permission]
-    if role not in holders:
-        raise PermissionDenied(denial_message(what, permission, holders=holders, role=role))
-
-
-# ---- events (past tense) ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RolloutEvent:
-    rollout_id: str
-    at: float  # unix seconds
-    actor: str  # user id, "registry" for automatic decisions, "node-agent@<host>" for what an agent did
-
-
-@dataclass(frozen=True)
-class RolloutPlanned(RolloutEvent):
-    service: str
-    from_version: str
-    to_version: str
-    target_path: str
-    old_instances: tuple[str, ...]
-    release_published_by: str
-    reverts: str = ""  # the finished roll-out this one undoes
-    forced: bool = False  # over a canary this release failed before
-    reason: str = ""
-    weights: tuple[int, ...] = ()  # the new instance's share per gated phase; () is (100,), one phase
-
-
-@dataclass(frozen=True)
-class RolloutApproved(RolloutEvent):
-    pass
-
-
-@dataclass(frozen=True)
-class StepStarted(RolloutEvent):
-    step: int  # 0 is the canary
-    replaces_instance: str
-
-
-@dataclass(frozen=True)
-class InstanceStarted(RolloutEvent):
-    step: int
-    instance_id: str
-    version: str
-
-
-@dataclass(frozen=True)
-class GateEvaluated(RolloutEvent):
-    """The verdict and the evidence it rests on (see InstanceWindow)."""
-
-    step: int
-    passed: bool
-    reasons: tuple[str, ...]
-    window_s: float = 0.0
-    canary_calls: int = 0
-    canary_errors: int = 0
-    canary_p50_ms: float = 0.0
-    canary_p99_ms: float = 0.0
-    stable_calls: int = 0
-    stable_errors: int = 0
-    stable_p50_ms: float = 0.0
-    stable_p99_ms: float = 0.0
-    weight: int = 100  # the phase judged; a pass below 100 raises the share, at 100 completes the step
-
-    def figures(self) -> str:
-        """One line for the audit: what the verdict saw."""
-        canary = _figures("canary", self.canary_calls, self.canary_errors, self.canary_p50_ms, self.canary_p99_ms)
-        stable = _figures("stable", self.stable_calls, self.stable_errors, self.stable_p50_ms, self.stable_p99_ms)
-        return f"over {self.window_s:.1f} s: {canary}; {stable if self.stable_calls else 'no stable calls to compare'}"
-
-
-def _figures(who: str, calls: int, errors: int, p50_ms: float, p99_ms: float) -> str:
-    return f"{who} {calls} calls, {errors} errors, p50 {p50_ms:.0f} ms, p99 {p99_ms:.0f} ms"
-
-
-@dataclass(frozen=True)
-class InstanceExited(RolloutEvent):
-    """The step's new instance ended on its own; its agent saw the exit at once."""
-
-    step: int
-    instance_id: str
-    exit_code: int
-    last_log_lines: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class InstanceDrained(RolloutEvent):
-    step: int
-    instance_id: str
-
-
-@dataclass(frozen=True)
-class RolloutPaused(RolloutEvent):
-    reason: str
-
-
-@dataclass(frozen=True)
-class RolloutResumed(RolloutEvent):
-    pass
-
-
-@dataclass(frozen=True)
-class RollbackStarted(RolloutEvent):
-    reason: str
-    automatic: bool
-
-
-@dataclass(frozen=True)
-class RolloutCompleted(RolloutEvent):
-    pass
-
-
-@dataclass(frozen=True)
-class RolloutRolledBack(RolloutEvent):
-    pass
-
-
-# The new instance's share of new connections at each gated phase of a step (as Argo Rollouts'
-# setWeight steps): a broken release meets a tenth of the callers first.
-DEFAULT_WEIGHTS = (10, 50, 100)
-
-
-def check_weights(weights: Sequence[int]) -> None:
-    if not weights or list(weights) != sorted(set(weights)) or weights[0] < 1 or weights[-1] != 100:
-        raise InvalidArgument(
-            f"weights {', '.join(map(str, weights)) or '(none)'}: percentages that rise and end at 100, e.g. 10,50,100"
-        )
-
-
-def exit_description(exit_code: int) -> str:
-    return f"killed by signal {-exit_code}" if exit_code < 0 else f"exited with code {exit_code}"
-
-
-def describe(event: RolloutEvent) -> str:
-    """The audit's detail of an event: what a reader needs beyond its name and actor."""
-    if isinstance(event, GateEvaluated):
-        verdict = "passed" if event.passed else "failed: " + "; ".join(event.reasons)
-        return f"step {event.step} at {event.weight}% {verdict} ({event.figures()})"
-    if isinstance(event, InstanceExited):
-        return f"{event.instance_id} {exit_description(event.exit_code)}"
-    if isinstance(event, RolloutPlanned):
-        parts = [f"{event.from_version or '?'} -> {event.to_version}"]
-        parts += [f"reverts {event.reverts}"] if event.reverts else []
-        parts += ["FORCED over a failed canary"] if event.forced else []
-        parts += [f"reason: {event.reason}"] if event.reason else []
-        parts += [f"weights {'/'.join(map(str, event.weights))}%"] if event.weights else []
-        return "; ".join(parts)
-    for name in ("reason", "instance_id", "replaces_instance", "to_version"):
-        value = getattr(event, name, "")
-        if value:
-            return f"{name}={value}"
-    return ""
-
-
-# ---- health gate -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GatePolicy:
-    max_error_rate: float = 0.01
-    max_p99_latency_ms: float = 500.0
-    # Evidence: no verdict of "passed" on fewer calls than this; too few by the gate's timeout fails.
-    min_requests: int = 20
-    # Against the stable instances over the same window (when they served min_requests too):
-    # the canary's p99 may be at most this many times theirs, or this many ms above it.
-    max_p99_vs_stable: float = 2.0
-    p99_slack_ms: float = 100.0
-
-
-@dataclass(frozen=True)
-class CallFigures:
-    """Unary calls served over a window, as heartbeats counted them."""
-
-    calls: int = 0
-    errors: int = 0
-    p50_ms: float = 0.0
-    p99_ms: float = 0.0
-
-    @property
-    def error_rate(self) -> float:
-        return self.errors / self.calls if self.calls else 0.0
-
-
-@dataclass(frozen=True)
-class InstanceWindow:
-    """What the new instance reported over the analysis window, and the stable instances over the same window."""
-
-    instance_id: str
-    serving: bool
-    reporting: bool  # heartbeats arrive
-    window_s: float = 0.0
-    canary: CallFigures = CallFigures()
-    stable: CallFigures = CallFigures()
-
-
-def judge(
-    window: InstanceWindow, policy: GatePolicy, *, final: bool = True, settled: bool = True
-) -> tuple[str, ...] | None:
-    """Reasons the instance fails the gate; empty means it passes; None means wait for more.
-
-    Never a pass on too little evidence: below `min_requests` calls the verdict waits, unless the
-    gate's time is up (`final`), when it fails. Before the window ran its length (`settled`) only
-    a failure is a verdict: unhealthy, or more errors than even the whole minimum of calls may
-    hold. Latency is judged over the whole window on `min_requests` calls (or whatever came by
-    `final`): one slow first call of a fresh instance is not its p99.
-    """
-    reasons = []
-    canary, stable = window.canary, window.stable
-    if not window.reporting:
-        reasons.append("stopped reporting heartbeats")
-    if not window.serving:
-        reasons.append("gRPC health is not SERVING")
-    if canary.errors > policy.max_error_rate * max(canary.calls, policy.min_requests):
-        reasons.append(
-            f"error rate {canary.error_rate:.1%} ({canary.errors} of {canary.calls} calls) "
-            f"> {policy.max_error_rate:.1%}"
-        )
-    if (settled and canary.calls >= policy.min_requests) or final:
-        if canary.p99_ms > policy.max_p99_latency_ms:
-            reasons.append(f"p99 latency {canary.p99_ms:.0f} ms > {policy.max_p99_latency_ms:.0f} ms")
-        elif stable.calls >= policy.min_requests and canary.calls >= policy.min_requests:
-            allowed = max(stable.p99_ms * policy.max_p99_vs_stable, stable.p99_ms + policy.p99_slack_ms)
-            if canary.p99_ms > allowed:
-                reasons.append(
-                    f"p99 latency {canary.p99_ms:.0f} ms > {allowed:.0f} ms allowed against the stable "
-                    f"instances' {stable.p99_ms:.0f} ms"
-                )
-    if reasons:
-        return tuple(reasons)
-    if not (settled or final):
-        return None
-    if canary.calls < policy.min_requests:
-        if not final:
-            return None
-        return (
-            f"too little evidence: {canary.calls} calls in {window.window_s:.0f} s, "
-            f"the gate needs {policy.min_requests}",
-        )
-    return ()
 
 
 # ---- aggregate -------------------------------------------------------------------------------

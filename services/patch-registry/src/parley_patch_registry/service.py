@@ -22,11 +22,12 @@ from parley_core.jobs import PeriodicJob, every
 from parley_core.runner import RunContext
 from parley_core.topology import HEARTBEATS_FILTER
 from parley_patch_registry.api import PatchApi
+from parley_patch_registry.fleet_view import FleetView
 from parley_patch_registry.health import service_health
+from parley_patch_registry.key_store import KeyStore
 from parley_patch_registry.platform_health import platform_health
 from parley_patch_registry.priorities import PRIORITIES
-from parley_patch_registry.registry import FleetView, Registry, open_repository
-from parley_patch_registry.releases import KeyStore
+from parley_patch_registry.registry import Registry, open_repository
 from parley_patch_registry.rollout import STATES
 from parley_patch_registry.schemas import SchemaCensus, StoredSchemas
 from parley_patch_registry.settings import RegistrySettings

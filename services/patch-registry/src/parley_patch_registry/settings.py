@@ -9,7 +9,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from parley_patch_registry.findings import DeadlinePolicy
-from parley_patch_registry.rollout import GatePolicy
+from parley_patch_registry.gate import GatePolicy
 
 
 class RegistrySettings(BaseSettings):

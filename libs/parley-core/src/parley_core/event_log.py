@@ -1,0 +1,158 @@
+"""How every service writes its own stream: read -> decide -> append -> settle, in one place.
+
+A command reads its aggregate from the service's projection, a pure decision turns it into
+events and a result, the events are appended at the aggregate's position as read (the
+stream's expected last subject sequence), and the projection applies them before the
+command answers (read your writes). Two instances that decide on the same aggregate at once
+cannot both land: the loser catches up with the stream (settles) and decides again.
+
+The write path of a send (docs/performance.md): no copy of the aggregate is made (a
+decision reads it and must not change it), and a decision that appends one event costs one
+append and nothing more: its own write is applied when the stream acknowledges it
+(Replay.apply_own), not after a trip through the replay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, Protocol, TypeVar
+
+import nats.errors
+
+from parley_core.bus import ConcurrencyConflict, EventBus, Replay
+from parley_core.envelope import NewEvent
+from parley_core.errors import FailedPrecondition, Unavailable
+
+log = logging.getLogger(__name__)
+
+APPEND_ATTEMPTS = 5
+TOO_FAST = "this is changing too fast; try again"
+CHANGED_MEANWHILE = "it changed at the same time; try again"
+
+A = TypeVar("A")
+R = TypeVar("R")
+
+
+class Position(NamedTuple):
+    """Where an aggregate stands in the stream: how many events it holds, and the stream
+    sequence of its last one (0: it has none yet; None: appended to wherever it is, for an
+    aggregate whose order does not matter, such as a lockout counter or a release record)."""
+
+    version: int
+    last_seq: int | None
+
+
+NEW = Position(0, 0)
+ANYWHERE = Position(0, None)
+
+
+class Versioned(Protocol):
+    version: int
+    last_stream_seq: int
+
+
+def position_of(aggregate: Versioned | None) -> Position:
+    """The position of an aggregate that keeps its own (None: one that does not exist yet)."""
+    return Position(aggregate.version, aggregate.last_stream_seq) if aggregate is not None else NEW
+
+
+# What a decision returns: the events to append (none: nothing changes, e.g. a retried
+# command) and what the command answers.
+Decision = tuple[Sequence[NewEvent], R]
+
+
+class ChangedMeanwhile(FailedPrecondition):
+    """A one-shot append lost its race: the aggregate changed after it was read."""
+
+
+class EventLog:
+    """One service's writes to its own stream, each applied to this instance's projection
+    before the write returns."""
+
+    def __init__(self, bus: EventBus, replay: Replay, *, attempts: int = APPEND_ATTEMPTS) -> None:
+        self._bus = bus
+        self._replay = replay
+        self._attempts = attempts
+        # One writer per aggregate (subject) inside this instance; see decide_and_append.
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    async def decide_and_append(
+        self,
+        subject: str,
+        read: Callable[[], A],
+        decide: Callable[[A], Decision[R]],
+        *,
+        position: Callable[[A], Position] = position_of,  # type: ignore[assignment]
+        too_fast: str = TOO_FAST,
+    ) -> tuple[A, R]:
+        """The one way a command changes an aggregate: read it, decide, append the decision's
+        events at the position read, and return the aggregate after them with the decision's
+        result. `decide` may raise a domain error (the command is refused, nothing is written).
+
+        One writer per aggregate inside this instance; across instances the stream's expected
+        sequence settles races: the loser catches up and decides again, `attempts` times at most
+        (then Unavailable, with `too_fast`).
+        """
+        async with self._locks[subject]:
+            for _ in range(self._attempts):
+                aggregate = read()
+                events, result = decide(aggregate)
+                if not events:
+                    return aggregate, result
+                try:
+                    await self._append(subject, events, position(aggregate))
+                except ConcurrencyConflict:
+                    await self.settle(subject)
+                    continue
+                return read(), result
+        raise Unavailable(too_fast)
+
+    async def append(
+        self, subject: str, events: Sequence[NewEvent], at: Position, *, conflict: str = CHANGED_MEANWHILE
+    ) -> None:
+        """Append once at the aggregate's position as read, then read our own write. A lost race
+        is ChangedMeanwhile (with `conflict`): the caller's client tries again, or the caller
+        takes it as done (a create that another call made first)."""
+        try:
+            await self._append(subject, events, at)
+        except ConcurrencyConflict:
+            raise ChangedMeanwhile(conflict) from None
+
+    async def _append(self, subject: str, events: Sequence[NewEvent], at: Position) -> None:
+        """Each event right after the one before it (the first at `at`). One appended at an
+        expected sequence is applied to the projection as the stream acknowledges it: sound, as
+        the stream took it right after the event the decision read, which the projection holds.
+        A later event's lost race leaves the earlier ones written; the caller decides again."""
+        version, last_seq = at
+        for event in events:
+            version += 1
+            try:
+                appended = await self._bus.append(
+                    subject, event, aggregate_version=version, expected_last_subject_seq=last_seq
+                )
+            except nats.errors.Error as exc:
+                log.exception("append refused", extra={"subject": subject})
+                raise Unavailable(f"the event log refused the change ({exc}); it was not stored, try again") from exc
+            if last_seq is None:
+                await self._replay.wait_for_seq(appended.stream_seq)
+            else:
+                await self._replay.apply_own(appended)
+                last_seq = appended.stream_seq
+
+    async def append_after_last(self, subject: str, event: NewEvent) -> None:
+        """Append after whatever the subject holds (a marker, or an aggregate this projection
+        keeps no position of), then wait until the replay has applied it."""
+        await self._replay.wait_for_seq(await self._bus.append_after_last(subject, event))
+
+    async def settle(self, subject: str | None = None) -> None:
+        """Let the projection catch up with `subject` as the stream holds it now (None: with the
+        whole stream): after a lost race, before deciding again, or to see another instance's write."""
+        stream = self._replay.stream
+        if subject is None:
+            last = (await self._bus.js.stream_info(stream)).state.last_seq
+        else:
+            last = await self._bus.last_subject_seq(stream, subject)
+        await self._replay.wait_for_seq(last)

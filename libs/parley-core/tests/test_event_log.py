@@ -1,0 +1,244 @@
+"""The one way a service writes its stream (parley_core.event_log), against a real nats-server:
+two instances of a writer, each with its own replay, deciding on the same aggregates.
+
+The aggregate here is a tally on a channel subject: each decision appends the next number, so
+a lost race that was not decided again shows as a number taken twice or a version skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+
+import pytest
+import pytest_asyncio
+from parley.messaging.v1.events_pb2 import MessagePosted
+
+from parley_core.actor import Actor
+from parley_core.bus import EventBus, ReceivedEvent, Replay
+from parley_core.envelope import NewEvent, open_payload
+from parley_core.errors import FailedPrecondition, PermissionDenied, Unavailable
+from parley_core.event_log import ANYWHERE, NEW, ChangedMeanwhile, EventLog, Position, position_of
+from parley_core.topology import CHANNELS_FILTER, STREAMS_BY_NAME, channel_subject
+from parley_testing.nats import NatsTestServer
+
+MSG = STREAMS_BY_NAME["MSG"]
+SUBJECT = channel_subject("tally")
+
+
+@dataclass
+class Tally:
+    version: int = 0
+    last_stream_seq: int = 0
+    numbers: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Instance:
+    """One writer: its bus, its replay of the stream into its tallies, and its event log."""
+
+    bus: EventBus
+    replay: Replay
+    log: EventLog
+    tallies: dict[str, Tally]
+
+    def read(self, subject: str = SUBJECT) -> Tally | None:
+        return self.tallies.get(subject)
+
+
+def counted(number: int) -> NewEvent:
+    payload = MessagePosted(channel_id="tally", body=str(number), sender_id="u1")
+    return NewEvent(aggregate_type="channel", aggregate_id="tally", payload=payload, actor=Actor.user("u1"))
+
+
+def next_number(tally: Tally | None) -> tuple[list[NewEvent], int]:
+    """The pure decision: append the number after the tally's last one, and answer with it."""
+    number = (tally.numbers[-1] if tally and tally.numbers else 0) + 1
+    return [counted(number)], number
+
+
+async def start_instance(nats_server: NatsTestServer, name: str, *, attempts: int = 5) -> Instance:
+    bus = EventBus(await nats_server.connect("messaging"), service="messaging", producer=f"messaging@{name}")
+    await bus.ensure_streams([MSG])
+    tallies: dict[str, Tally] = {}
+
+    async def apply(event: ReceivedEvent) -> None:
+        tally = tallies.setdefault(event.subject, Tally())
+        payload = open_payload(event.envelope)
+        assert isinstance(payload, MessagePosted)
+        tally.numbers.append(int(payload.body))
+        tally.version = event.envelope.aggregate_version
+        tally.last_stream_seq = event.stream_seq
+
+    replay = await bus.replay(stream="MSG", filter_subject=CHANNELS_FILTER, handler=apply)
+    await replay.wait_caught_up()
+    return Instance(bus, replay, EventLog(bus, replay, attempts=attempts), tallies)
+
+
+@pytest_asyncio.fixture
+async def instances(nats_server: NatsTestServer) -> AsyncIterator[tuple[Instance, Instance]]:
+    first, second = await start_instance(nats_server, "a"), await start_instance(nats_server, "b")
+    try:
+        yield first, second
+    finally:
+        for instance in (first, second):
+            await instance.bus.stop_consumers()
+
+
+async def test_a_decision_is_appended_and_read_back_before_the_call_returns(
+    instances: tuple[Instance, Instance],
+) -> None:
+    one, _ = instances
+    after, number = await one.log.decide_and_append(SUBJECT, one.read, next_number)
+
+    assert number == 1
+    assert after is not None
+    assert after.numbers == [1]
+    assert after.version == 1  # the aggregate's version is carried by the envelope
+    last = await one.bus.last_subject_seq("MSG", SUBJECT)
+    assert after.last_stream_seq == last  # this instance's projection holds its own write already
+
+
+async def test_a_decision_without_events_appends_nothing_and_still_answers(
+    instances: tuple[Instance, Instance],
+) -> None:
+    one, _ = instances
+    await one.log.decide_and_append(SUBJECT, one.read, next_number)
+    before = await one.bus.last_subject_seq("MSG", SUBJECT)
+
+    after, answer = await one.log.decide_and_append(SUBJECT, one.read, lambda tally: ([], "unchanged"))
+
+    assert answer == "unchanged"
+    assert after is not None
+    assert after.numbers == [1]
+    assert await one.bus.last_subject_seq("MSG", SUBJECT) == before
+
+
+async def test_a_refused_decision_writes_nothing(instances: tuple[Instance, Instance]) -> None:
+    one, _ = instances
+
+    def refuse(tally: Tally | None) -> tuple[list[NewEvent], None]:
+        raise PermissionDenied("not yours")
+
+    with pytest.raises(PermissionDenied):
+        await one.log.decide_and_append(SUBJECT, one.read, refuse)
+    assert await one.bus.last_subject_seq("MSG", SUBJECT) == 0
+
+
+async def test_two_instances_racing_on_one_aggregate_each_land_once(instances: tuple[Instance, Instance]) -> None:
+    """Optimistic concurrency between instances: whichever loses a race catches up and decides
+    again, so every command lands exactly once and no number is taken twice."""
+    one, two = instances
+    each = 15
+    # A command loses a race only to one of the other instance's commands landing (its own are
+    # one at a time), so one more attempt than the other has commands always lands it.
+    writers = [(EventLog(i.bus, i.replay, attempts=each + 1), i.read) for i in (one, two)]
+    calls = [log.decide_and_append(SUBJECT, read, next_number) for _ in range(each) for log, read in writers]
+
+    answers = [number for _, number in await asyncio.gather(*calls)]
+
+    assert sorted(answers) == list(range(1, 31))
+    await one.log.settle(SUBJECT)
+    await two.log.settle(SUBJECT)
+    for instance in (one, two):
+        tally = instance.read()
+        assert tally is not None
+        assert tally.numbers == list(range(1, 31))
+        assert tally.version == 30
+
+
+def stale_first(instance: Instance, stale: Tally, *, always: bool = False) -> Callable[[], Tally | None]:
+    """A read that returns the aggregate as it was before another instance's write (the first
+    time, or every time): the append at its position loses the race, deterministically."""
+    reads: list[int] = []
+
+    def read() -> Tally | None:
+        reads.append(1)
+        return stale if always or len(reads) == 1 else instance.read()
+
+    return read
+
+
+async def overtaken(one: Instance, two: Instance) -> Tally:
+    """The tally as `one` wrote it (number 1), after which `two` wrote number 2."""
+    await one.log.decide_and_append(SUBJECT, one.read, next_number)
+    tally = one.read()
+    assert tally is not None
+    stale = replace(tally, numbers=list(tally.numbers))
+    await two.log.settle(SUBJECT)
+    await two.log.decide_and_append(SUBJECT, two.read, next_number)
+    return stale
+
+
+async def test_a_lost_race_is_decided_again_on_the_aggregate_as_it_now_is(
+    instances: tuple[Instance, Instance],
+) -> None:
+    one, two = instances
+    stale = await overtaken(one, two)
+    decided_on: list[list[int]] = []
+
+    def decide(tally: Tally | None) -> tuple[list[NewEvent], int]:
+        decided_on.append(list(tally.numbers) if tally else [])
+        return next_number(tally)
+
+    after, number = await one.log.decide_and_append(SUBJECT, stale_first(one, stale), decide)
+
+    assert decided_on == [[1], [1, 2]]  # lost with 2, caught up, decided again
+    assert number == 3
+    assert after is not None
+    assert after.numbers == [1, 2, 3]
+
+
+async def test_an_aggregate_that_keeps_changing_is_refused_after_the_attempts(
+    instances: tuple[Instance, Instance],
+) -> None:
+    """Every decision loses its race: after `attempts` tries the command is UNAVAILABLE with the
+    caller's words, and nothing of it is written."""
+    one, two = instances
+    stale = await overtaken(one, two)
+    last = await one.bus.last_subject_seq("MSG", SUBJECT)
+    impatient = EventLog(one.bus, one.replay, attempts=2)
+    decisions: list[int] = []
+
+    def decide(tally: Tally | None) -> tuple[list[NewEvent], int]:
+        decisions.append(1)
+        return next_number(tally)
+
+    with pytest.raises(Unavailable, match="busy; try again"):
+        await impatient.decide_and_append(
+            SUBJECT, stale_first(one, stale, always=True), decide, too_fast="busy; try again"
+        )
+    assert len(decisions) == 2
+    assert await one.bus.last_subject_seq("MSG", SUBJECT) == last
+
+
+async def test_a_one_shot_append_at_a_stale_position_is_refused_as_changed_meanwhile(
+    instances: tuple[Instance, Instance],
+) -> None:
+    one, two = instances
+    await two.log.append(SUBJECT, [counted(1)], NEW)
+    with pytest.raises(ChangedMeanwhile) as refused:
+        await one.log.append(SUBJECT, [counted(1)], NEW, conflict="someone else was first; try again")
+    assert isinstance(refused.value, FailedPrecondition)  # answered as FAILED_PRECONDITION
+    assert "someone else was first" in str(refused.value)
+
+
+async def test_several_events_of_one_decision_follow_each_other(instances: tuple[Instance, Instance]) -> None:
+    one, two = instances
+    after, _ = await one.log.decide_and_append(SUBJECT, one.read, lambda tally: ([counted(1), counted(2)], None))
+    assert after is not None
+    assert (after.numbers, after.version) == ([1, 2], 2)
+    await two.log.settle(SUBJECT)
+    assert position_of(two.read()) == Position(2, after.last_stream_seq)
+
+
+async def test_an_append_anywhere_is_applied_before_it_returns(instances: tuple[Instance, Instance]) -> None:
+    """A marker on an aggregate whose order does not matter: no expected sequence, and the
+    replay has applied it when the append returns."""
+    one, two = instances
+    await two.log.append(SUBJECT, [counted(7)], NEW)
+    await one.log.append(SUBJECT, [counted(8)], ANYWHERE)
+    tally = one.read()
+    assert tally is not None
+    assert tally.numbers[-1] == 8
