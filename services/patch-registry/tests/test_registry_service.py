@@ -91,6 +91,7 @@ class Registry:
     start_another: Callable[
         ..., Awaitable[tuple[patch_pb2_grpc.PatchServiceAsyncStub, Callable[[], Awaitable[None]]]]
     ] = field(default=lambda: asyncio.sleep(0))  # type: ignore[assignment]
+    another_fleet: fleet_pb2_grpc.FleetServiceAsyncStub | None = None  # the last one started's fleet view
 
     async def restart(self) -> None:
         await self.stop()
@@ -228,6 +229,7 @@ async def registry(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> Asy
         (folder / "pki").symlink_to(pki.directory, target_is_directory=True)
         shared = registry_settings.model_copy(update={"folder": data_dir / REGISTRY_FOLDER})
         _, channel, stop_it = await launch(folder, shared if shared_repository else registry_settings)
+        running.another_fleet = fleet_pb2_grpc.FleetServiceStub(channel)
         return patch_pb2_grpc.PatchServiceStub(channel), stop_it
 
     running.start = start
@@ -832,6 +834,42 @@ async def test_two_registries_on_one_repository_drive_one_roll_out_without_a_rep
         await stop_other()
     # Both instances drove it every second: each step and verdict is in its history once.
     assert [a.event for a in done.audit] == list(CANARY_ROLLED_BACK)
+
+
+async def test_two_plans_at_once_through_two_registries_record_one_roll_out(registry: Registry) -> None:
+    """One unfinished roll-out per service holds across registries: each appends a plan after
+    every roll-out's last event, so the later one is refused by the stream, reads the other's
+    plan and refuses precisely."""
+    other, stop_other = await registry.start_another(shared_repository=True)
+    try:
+        await publish(registry, "0.2.0", user="dave")
+        await registry.beat("m-1", "0.1.0")
+
+        async def m1_live_in_both() -> bool | None:
+            for fleet in (registry.fleet, registry.another_fleet):
+                assert fleet is not None
+                response = await fleet.ListInstances(fleet_pb2.ListInstancesRequest(), timeout=TIMEOUT_S)
+                if "m-1" not in {i.last_heartbeat.instance_id for i in response.instances}:
+                    return None
+            return True
+
+        await eventually(m1_live_in_both, "m-1 in both fleet views")
+        plan = patch_pb2.PlanRolloutRequest(service="messaging", to_version="0.2.0")
+        answers = await asyncio.gather(
+            registry.stub.PlanRollout(plan, metadata=registry.token("alice", "operator"), timeout=TIMEOUT_S),
+            other.PlanRollout(plan, metadata=registry.token("bob", "operator"), timeout=TIMEOUT_S),
+            return_exceptions=True,
+        )
+        planned = [a for a in answers if isinstance(a, patch_pb2.Rollout)]
+        refused = [a for a in answers if isinstance(a, grpc.aio.AioRpcError)]
+        assert len(planned) == 1, answers
+        assert [r.code() for r in refused] == [grpc.StatusCode.FAILED_PRECONDITION], answers
+        assert refused[0].details() == f"a roll-out of messaging is already under way: {planned[0].rollout_id}"
+        for stub in (registry.stub, other):
+            listed = await stub.ListRollouts(patch_pb2.ListRolloutsRequest(), timeout=TIMEOUT_S)
+            assert [r.rollout_id for r in listed.rollouts] == [planned[0].rollout_id]
+    finally:
+        await stop_other()
 
 
 async def test_a_node_agent_moves_to_the_next_registry_when_its_own_stops_answering(
