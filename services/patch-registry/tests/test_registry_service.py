@@ -91,7 +91,9 @@ class Registry:
     start_another: Callable[
         ..., Awaitable[tuple[patch_pb2_grpc.PatchServiceAsyncStub, Callable[[], Awaitable[None]]]]
     ] = field(default=lambda: asyncio.sleep(0))  # type: ignore[assignment]
-    another_fleet: fleet_pb2_grpc.FleetServiceAsyncStub | None = None  # the last one started's fleet view
+    # The last other instance started: its fleet view and its address.
+    another_fleet: fleet_pb2_grpc.FleetServiceAsyncStub | None = None
+    another_address: str = ""
 
     async def restart(self) -> None:
         await self.stop()
@@ -228,7 +230,9 @@ async def registry(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> Asy
         folder.mkdir()
         (folder / "pki").symlink_to(pki.directory, target_is_directory=True)
         shared = registry_settings.model_copy(update={"folder": data_dir / REGISTRY_FOLDER})
-        _, channel, stop_it = await launch(folder, shared if shared_repository else registry_settings)
+        running.another_address, channel, stop_it = await launch(
+            folder, shared if shared_repository else registry_settings
+        )
         running.another_fleet = fleet_pb2_grpc.FleetServiceStub(channel)
         return patch_pb2_grpc.PatchServiceStub(channel), stop_it
 
@@ -898,3 +902,35 @@ async def test_a_node_agent_moves_to_the_next_registry_when_its_own_stops_answer
         await agent.stop()
         await following
     assert any(f"registry at {lost} not reachable (UNAVAILABLE); following the one at" in line for line in said), said
+
+
+async def test_a_node_agent_given_one_registry_learns_the_others_from_their_heartbeats(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """A host that runs no registry is given the first host's alone: the fleet view names the
+    other registry instances (their heartbeats), so the agent follows one when the first is lost."""
+    from parley_agent import NodeAgent
+
+    _, stop_other = await registry.start_another(shared_repository=True)
+    said: list[str] = []
+    agent = NodeAgent(
+        data_dir=tmp_path / "agent",
+        pki=registry.pki,
+        registry_address=registry.address,
+        environment={},
+        host="host-c",
+        announce=said.append,
+    )
+    following = asyncio.create_task(agent.run())
+    try:
+        await until(
+            lambda: registry.another_address in agent.registry_addresses, "the agent knowing the other registry"
+        )
+        await registry.stop()  # the first host lost
+        await until(lambda: agent.registry_address == registry.another_address, "the agent following the other")
+        listed = await agent.registry.ListRollouts(patch_pb2.ListRolloutsRequest(), timeout=TIMEOUT_S)
+        assert isinstance(listed, patch_pb2.ListRolloutsResponse)
+    finally:
+        await agent.stop()
+        await following
+        await stop_other()
