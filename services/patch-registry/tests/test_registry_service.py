@@ -770,6 +770,19 @@ async def test_two_registries_record_one_detection_and_show_the_same_clock(
         await reader.close()
 
 
+async def one_taken_one_refused(
+    *calls: Awaitable[patch_pb2.Rollout],
+) -> tuple[patch_pb2.Rollout, grpc.aio.AioRpcError]:
+    """The same decision sent through two registries at once: one is recorded, the other refused
+    as FAILED_PRECONDITION (it read the first one's event)."""
+    answers = await asyncio.gather(*calls, return_exceptions=True)
+    taken = [a for a in answers if isinstance(a, patch_pb2.Rollout)]
+    refused = [a for a in answers if isinstance(a, grpc.aio.AioRpcError)]
+    assert len(taken) == 1, answers
+    assert [r.code() for r in refused] == [grpc.StatusCode.FAILED_PRECONDITION], answers
+    return taken[0], refused[0]
+
+
 async def test_two_registries_on_one_repository_drive_one_roll_out_without_a_repeated_step(registry: Registry) -> None:
     """A joined host's registry beside the first one (one TUF repository, in a folder both reach):
     a release published through one is there for the other, both drive the same roll-out, and a
@@ -806,15 +819,10 @@ async def test_two_registries_on_one_repository_drive_one_roll_out_without_a_rep
 
         await eventually(known_to_the_first, "the plan in the first instance")
         command = patch_pb2.RolloutCommand(rollout_id=rollout.rollout_id)
-        answers = await asyncio.gather(
+        await one_taken_one_refused(
             registry.stub.ApproveRollout(command, metadata=registry.token("bob", "operator"), timeout=TIMEOUT_S),
             other.ApproveRollout(command, metadata=registry.token("carol", "operator"), timeout=TIMEOUT_S),
-            return_exceptions=True,
         )
-        approved = [a for a in answers if isinstance(a, patch_pb2.Rollout)]
-        refused = [a for a in answers if isinstance(a, grpc.aio.AioRpcError)]
-        assert len(approved) == 1, answers
-        assert [r.code() for r in refused] == [grpc.StatusCode.FAILED_PRECONDITION], answers
 
         async def in_canary() -> patch_pb2.Rollout | None:
             current = await other.GetRollout(get, timeout=TIMEOUT_S)
@@ -859,19 +867,14 @@ async def test_two_plans_at_once_through_two_registries_record_one_roll_out(regi
 
         await eventually(m1_live_in_both, "m-1 in both fleet views")
         plan = patch_pb2.PlanRolloutRequest(service="messaging", to_version="0.2.0")
-        answers = await asyncio.gather(
+        planned, refused = await one_taken_one_refused(
             registry.stub.PlanRollout(plan, metadata=registry.token("alice", "operator"), timeout=TIMEOUT_S),
             other.PlanRollout(plan, metadata=registry.token("bob", "operator"), timeout=TIMEOUT_S),
-            return_exceptions=True,
         )
-        planned = [a for a in answers if isinstance(a, patch_pb2.Rollout)]
-        refused = [a for a in answers if isinstance(a, grpc.aio.AioRpcError)]
-        assert len(planned) == 1, answers
-        assert [r.code() for r in refused] == [grpc.StatusCode.FAILED_PRECONDITION], answers
-        assert refused[0].details() == f"a roll-out of messaging is already under way: {planned[0].rollout_id}"
+        assert refused.details() == f"a roll-out of messaging is already under way: {planned.rollout_id}"
         for stub in (registry.stub, other):
             listed = await stub.ListRollouts(patch_pb2.ListRolloutsRequest(), timeout=TIMEOUT_S)
-            assert [r.rollout_id for r in listed.rollouts] == [planned[0].rollout_id]
+            assert [r.rollout_id for r in listed.rollouts] == [planned.rollout_id]
     finally:
         await stop_other()
 
