@@ -17,7 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 import jwt
@@ -45,6 +45,9 @@ from parley_patch_registry.service import PatchRegistryApp
 from parley_patch_registry.settings import RegistrySettings
 from parley_testing.nats import NatsTestServer
 from parley_testing.waiting import eventually, until
+
+if TYPE_CHECKING:
+    from parley_agent import NodeAgent  # imported by the tests that run one (TUF is slow to import)
 
 pytestmark = pytest.mark.asyncio
 
@@ -879,31 +882,44 @@ async def test_two_plans_at_once_through_two_registries_record_one_roll_out(regi
         await stop_other()
 
 
-async def test_a_node_agent_moves_to_the_next_registry_when_its_own_stops_answering(
-    registry: Registry, tmp_path: Path
-) -> None:
-    """An agent given several registries (the first host's and a joined host's) follows the one
-    that answers: nothing listens at the first address any more (its host lost)."""
-    from parley_agent import NodeAgent  # the whole agent (TUF): only this test needs it
+@contextlib.asynccontextmanager
+async def following_agent(
+    registry: Registry, folder: Path, addresses: list[str], said: list[str]
+) -> AsyncIterator[NodeAgent]:
+    """A node agent following the registries at `addresses` (its lines into `said`) until the block ends."""
+    from parley_agent import NodeAgent as Agent  # the whole agent (TUF): only these tests need it
 
-    lost = f"127.0.0.1:{free_port()}"
-    said: list[str] = []
-    agent = NodeAgent(
-        data_dir=tmp_path / "agent",
+    agent = Agent(
+        data_dir=folder,
         pki=registry.pki,
-        registry_address=[lost, registry.address],
+        registry_address=addresses,
         environment={},
         host="host-b",
         announce=said.append,
     )
     following = asyncio.create_task(agent.run())
     try:
-        await until(lambda: agent.registry_address == registry.address, "the agent following the other registry")
-        listed = await agent.registry.ListRollouts(patch_pb2.ListRolloutsRequest(), timeout=TIMEOUT_S)
-        assert isinstance(listed, patch_pb2.ListRolloutsResponse)
+        yield agent
     finally:
         await agent.stop()
         await following
+
+
+async def agent_lists_rollouts(agent: NodeAgent) -> None:
+    listed = await agent.registry.ListRollouts(patch_pb2.ListRolloutsRequest(), timeout=TIMEOUT_S)
+    assert isinstance(listed, patch_pb2.ListRolloutsResponse)
+
+
+async def test_a_node_agent_moves_to_the_next_registry_when_its_own_stops_answering(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """An agent given several registries (the first host's and a joined host's) follows the one
+    that answers: nothing listens at the first address any more (its host lost)."""
+    lost = f"127.0.0.1:{free_port()}"
+    said: list[str] = []
+    async with following_agent(registry, tmp_path / "agent", [lost, registry.address], said) as agent:
+        await until(lambda: agent.registry_address == registry.address, "the agent following the other registry")
+        await agent_lists_rollouts(agent)
     assert any(f"registry at {lost} not reachable (UNAVAILABLE); following the one at" in line for line in said), said
 
 
@@ -912,28 +928,14 @@ async def test_a_node_agent_given_one_registry_learns_the_others_from_their_hear
 ) -> None:
     """A host that runs no registry is given the first host's alone: the fleet view names the
     other registry instances (their heartbeats), so the agent follows one when the first is lost."""
-    from parley_agent import NodeAgent
-
     _, stop_other = await registry.start_another(shared_repository=True)
-    said: list[str] = []
-    agent = NodeAgent(
-        data_dir=tmp_path / "agent",
-        pki=registry.pki,
-        registry_address=registry.address,
-        environment={},
-        host="host-c",
-        announce=said.append,
-    )
-    following = asyncio.create_task(agent.run())
     try:
-        await until(
-            lambda: registry.another_address in agent.registry_addresses, "the agent knowing the other registry"
-        )
-        await registry.stop()  # the first host lost
-        await until(lambda: agent.registry_address == registry.another_address, "the agent following the other")
-        listed = await agent.registry.ListRollouts(patch_pb2.ListRolloutsRequest(), timeout=TIMEOUT_S)
-        assert isinstance(listed, patch_pb2.ListRolloutsResponse)
+        async with following_agent(registry, tmp_path / "agent", [registry.address], []) as agent:
+            await until(
+                lambda: registry.another_address in agent.registry_addresses, "the agent knowing the other registry"
+            )
+            await registry.stop()  # the first host lost
+            await until(lambda: agent.registry_address == registry.another_address, "the agent following the other")
+            await agent_lists_rollouts(agent)
     finally:
-        await agent.stop()
-        await following
         await stop_other()
