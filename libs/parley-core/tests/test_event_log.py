@@ -242,3 +242,32 @@ async def test_an_append_anywhere_is_applied_before_it_returns(instances: tuple[
     tally = one.read()
     assert tally is not None
     assert tally.numbers[-1] == 8
+
+
+async def test_a_new_aggregate_after_all_of_its_kind_is_decided_again_when_another_changed(
+    instances: tuple[Instance, Instance],
+) -> None:
+    """A new aggregate whose decision reads every one of its kind (Position.of): appended after
+    the newest of them, so another instance's write to any of them, not yet read, refuses it;
+    it settles on the filter and decides again with that write in view."""
+    one, two = instances
+    before = await two.bus.last_subject_seq("MSG", CHANNELS_FILTER)  # nothing of the kind yet: 0
+    await one.log.decide_and_append(SUBJECT, one.read, next_number)  # another tally, by the other instance
+    other = channel_subject("tally-2")
+    seen: list[list[str]] = []
+
+    def decide(tally: Tally | None) -> tuple[list[NewEvent], None]:
+        seen.append(sorted(s for s in two.tallies if s != other))
+        return [counted(1)], None
+
+    def position(_: Tally | None) -> Position:
+        # The first decision at the kind's newest event as it was before the other's write.
+        newest = before if not seen[1:] else max(t.last_stream_seq for t in two.tallies.values())
+        return Position(0, newest, of=CHANNELS_FILTER)
+
+    after, _ = await two.log.decide_and_append(other, lambda: two.read(other), decide, position=position)
+
+    assert len(seen) == 2  # refused though its own subject was empty, then decided again
+    assert seen[1] == [SUBJECT]  # ... after settling on every tally, the other's among them
+    assert after is not None
+    assert after.numbers == [1]

@@ -9,7 +9,7 @@ from parley_core.actor import Actor
 from parley_core.bus import ReceivedEvent
 from parley_core.envelope import NewEvent, seal
 from parley_core.event_log import Position
-from parley_core.topology import finding_subject, rollout_subject
+from parley_core.topology import ROLLOUTS_FILTER, finding_subject, rollout_subject
 from parley_patch_registry import codec
 from parley_patch_registry.findings import DeadlinePolicy, FindingDetected
 from parley_patch_registry.projection import RegistryProjection
@@ -24,7 +24,8 @@ def received(subject: str, payload: Message, *, version: int, stream_seq: int) -
 
 def test_a_rollout_stands_after_its_last_event_in_the_stream() -> None:
     projection = RegistryProjection(DeadlinePolicy.default())
-    assert projection.rollout_position("r-1") == Position(0, 0)  # a new one: its subject must be empty
+    # A new one goes after every roll-out's newest event (none yet): one unfinished per service.
+    assert projection.rollout_position("r-1") == Position(0, 0, of=ROLLOUTS_FILTER)
     _, events = Rollout.plan(
         rollout_id="r-1",
         service="messaging",
@@ -44,6 +45,7 @@ def test_a_rollout_stands_after_its_last_event_in_the_stream() -> None:
 
     assert projection.rollouts["r-1"].state == "planned"
     assert projection.rollout_position("r-1") == Position(len(events), 40 + len(events) - 1)
+    assert projection.rollout_position("r-2") == Position(0, 40 + len(events) - 1, of=ROLLOUTS_FILTER)
 
 
 def test_a_finding_counts_its_events_and_keeps_its_last_sequence() -> None:

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 import jwt
@@ -45,6 +45,9 @@ from parley_patch_registry.service import PatchRegistryApp
 from parley_patch_registry.settings import RegistrySettings
 from parley_testing.nats import NatsTestServer
 from parley_testing.waiting import eventually, until
+
+if TYPE_CHECKING:
+    from parley_agent import NodeAgent  # imported by the tests that run one (TUF is slow to import)
 
 pytestmark = pytest.mark.asyncio
 
@@ -91,6 +94,9 @@ class Registry:
     start_another: Callable[
         ..., Awaitable[tuple[patch_pb2_grpc.PatchServiceAsyncStub, Callable[[], Awaitable[None]]]]
     ] = field(default=lambda: asyncio.sleep(0))  # type: ignore[assignment]
+    # The last other instance started: its fleet view and its address.
+    another_fleet: fleet_pb2_grpc.FleetServiceAsyncStub | None = None
+    another_address: str = ""
 
     async def restart(self) -> None:
         await self.stop()
@@ -227,7 +233,10 @@ async def registry(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> Asy
         folder.mkdir()
         (folder / "pki").symlink_to(pki.directory, target_is_directory=True)
         shared = registry_settings.model_copy(update={"folder": data_dir / REGISTRY_FOLDER})
-        _, channel, stop_it = await launch(folder, shared if shared_repository else registry_settings)
+        running.another_address, channel, stop_it = await launch(
+            folder, shared if shared_repository else registry_settings
+        )
+        running.another_fleet = fleet_pb2_grpc.FleetServiceStub(channel)
         return patch_pb2_grpc.PatchServiceStub(channel), stop_it
 
     running.start = start
@@ -764,6 +773,19 @@ async def test_two_registries_record_one_detection_and_show_the_same_clock(
         await reader.close()
 
 
+async def one_taken_one_refused(
+    *calls: Awaitable[patch_pb2.Rollout],
+) -> tuple[patch_pb2.Rollout, grpc.aio.AioRpcError]:
+    """The same decision sent through two registries at once: one is recorded, the other refused
+    as FAILED_PRECONDITION (it read the first one's event)."""
+    answers = await asyncio.gather(*calls, return_exceptions=True)
+    taken = [a for a in answers if isinstance(a, patch_pb2.Rollout)]
+    refused = [a for a in answers if isinstance(a, grpc.aio.AioRpcError)]
+    assert len(taken) == 1, answers
+    assert [r.code() for r in refused] == [grpc.StatusCode.FAILED_PRECONDITION], answers
+    return taken[0], refused[0]
+
+
 async def test_two_registries_on_one_repository_drive_one_roll_out_without_a_repeated_step(registry: Registry) -> None:
     """A joined host's registry beside the first one (one TUF repository, in a folder both reach):
     a release published through one is there for the other, both drive the same roll-out, and a
@@ -800,15 +822,10 @@ async def test_two_registries_on_one_repository_drive_one_roll_out_without_a_rep
 
         await eventually(known_to_the_first, "the plan in the first instance")
         command = patch_pb2.RolloutCommand(rollout_id=rollout.rollout_id)
-        answers = await asyncio.gather(
+        await one_taken_one_refused(
             registry.stub.ApproveRollout(command, metadata=registry.token("bob", "operator"), timeout=TIMEOUT_S),
             other.ApproveRollout(command, metadata=registry.token("carol", "operator"), timeout=TIMEOUT_S),
-            return_exceptions=True,
         )
-        approved = [a for a in answers if isinstance(a, patch_pb2.Rollout)]
-        refused = [a for a in answers if isinstance(a, grpc.aio.AioRpcError)]
-        assert len(approved) == 1, answers
-        assert [r.code() for r in refused] == [grpc.StatusCode.FAILED_PRECONDITION], answers
 
         async def in_canary() -> patch_pb2.Rollout | None:
             current = await other.GetRollout(get, timeout=TIMEOUT_S)
@@ -834,29 +851,91 @@ async def test_two_registries_on_one_repository_drive_one_roll_out_without_a_rep
     assert [a.event for a in done.audit] == list(CANARY_ROLLED_BACK)
 
 
-async def test_a_node_agent_moves_to_the_next_registry_when_its_own_stops_answering(
-    registry: Registry, tmp_path: Path
-) -> None:
-    """An agent given several registries (the first host's and a joined host's) follows the one
-    that answers: nothing listens at the first address any more (its host lost)."""
-    from parley_agent import NodeAgent  # the whole agent (TUF): only this test needs it
+async def test_two_plans_at_once_through_two_registries_record_one_roll_out(registry: Registry) -> None:
+    """One unfinished roll-out per service holds across registries: each appends a plan after
+    every roll-out's last event, so the later one is refused by the stream, reads the other's
+    plan and refuses precisely."""
+    other, stop_other = await registry.start_another(shared_repository=True)
+    try:
+        await publish(registry, "0.2.0", user="dave")
+        await registry.beat("m-1", "0.1.0")
 
-    lost = f"127.0.0.1:{free_port()}"
-    said: list[str] = []
-    agent = NodeAgent(
-        data_dir=tmp_path / "agent",
+        async def m1_live_in_both() -> bool | None:
+            for fleet in (registry.fleet, registry.another_fleet):
+                assert fleet is not None
+                response = await fleet.ListInstances(fleet_pb2.ListInstancesRequest(), timeout=TIMEOUT_S)
+                if "m-1" not in {i.last_heartbeat.instance_id for i in response.instances}:
+                    return None
+            return True
+
+        await eventually(m1_live_in_both, "m-1 in both fleet views")
+        plan = patch_pb2.PlanRolloutRequest(service="messaging", to_version="0.2.0")
+        planned, refused = await one_taken_one_refused(
+            registry.stub.PlanRollout(plan, metadata=registry.token("alice", "operator"), timeout=TIMEOUT_S),
+            other.PlanRollout(plan, metadata=registry.token("bob", "operator"), timeout=TIMEOUT_S),
+        )
+        assert refused.details() == f"a roll-out of messaging is already under way: {planned.rollout_id}"
+        for stub in (registry.stub, other):
+            listed = await stub.ListRollouts(patch_pb2.ListRolloutsRequest(), timeout=TIMEOUT_S)
+            assert [r.rollout_id for r in listed.rollouts] == [planned.rollout_id]
+    finally:
+        await stop_other()
+
+
+@contextlib.asynccontextmanager
+async def following_agent(
+    registry: Registry, folder: Path, addresses: list[str], said: list[str]
+) -> AsyncIterator[NodeAgent]:
+    """A node agent following the registries at `addresses` (its lines into `said`) until the block ends."""
+    from parley_agent import NodeAgent as Agent  # the whole agent (TUF): only these tests need it
+
+    agent = Agent(
+        data_dir=folder,
         pki=registry.pki,
-        registry_address=[lost, registry.address],
+        registry_address=addresses,
         environment={},
         host="host-b",
         announce=said.append,
     )
     following = asyncio.create_task(agent.run())
     try:
-        await until(lambda: agent.registry_address == registry.address, "the agent following the other registry")
-        listed = await agent.registry.ListRollouts(patch_pb2.ListRolloutsRequest(), timeout=TIMEOUT_S)
-        assert isinstance(listed, patch_pb2.ListRolloutsResponse)
+        yield agent
     finally:
         await agent.stop()
         await following
+
+
+async def agent_lists_rollouts(agent: NodeAgent) -> None:
+    listed = await agent.registry.ListRollouts(patch_pb2.ListRolloutsRequest(), timeout=TIMEOUT_S)
+    assert isinstance(listed, patch_pb2.ListRolloutsResponse)
+
+
+async def test_a_node_agent_moves_to_the_next_registry_when_its_own_stops_answering(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """An agent given several registries (the first host's and a joined host's) follows the one
+    that answers: nothing listens at the first address any more (its host lost)."""
+    lost = f"127.0.0.1:{free_port()}"
+    said: list[str] = []
+    async with following_agent(registry, tmp_path / "agent", [lost, registry.address], said) as agent:
+        await until(lambda: agent.registry_address == registry.address, "the agent following the other registry")
+        await agent_lists_rollouts(agent)
     assert any(f"registry at {lost} not reachable (UNAVAILABLE); following the one at" in line for line in said), said
+
+
+async def test_a_node_agent_given_one_registry_learns_the_others_from_their_heartbeats(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """A host that runs no registry is given the first host's alone: the fleet view names the
+    other registry instances (their heartbeats), so the agent follows one when the first is lost."""
+    _, stop_other = await registry.start_another(shared_repository=True)
+    try:
+        async with following_agent(registry, tmp_path / "agent", [registry.address], []) as agent:
+            await until(
+                lambda: registry.another_address in agent.registry_addresses, "the agent knowing the other registry"
+            )
+            await registry.stop()  # the first host lost
+            await until(lambda: agent.registry_address == registry.another_address, "the agent following the other")
+            await agent_lists_rollouts(agent)
+    finally:
+        await stop_other()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import socket
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,6 +19,7 @@ from tuf.ngclient import Updater
 
 from parley_core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, PermissionDenied
 from parley_patch_registry.releases import ReleaseRepository
+from parley_patch_registry.settings import RegistrySettings
 from parley_patch_registry.tuf_http import RepositoryHttpServer
 from parley_patch_registry.tuf_store import Lifetimes, delegated_role
 
@@ -272,3 +275,19 @@ def test_client_follows_a_root_rotation(setup: Setup) -> None:
     ts.to_file(str(repo.metadata_dir / "timestamp.json"), JSONSerializer(compact=False))
     with pytest.raises(tuf_errors.UnsignedMetadataError):
         setup.updater().refresh()
+
+
+def test_the_repository_is_served_on_the_hosts_address_for_agents_on_other_hosts(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With an address of its own (here another loopback address), the registry's TUF server
+    listens there and hands agents that URL (TufRepository), not 127.0.0.1."""
+    monkeypatch.setenv("PARLEY_HOST_ADDRESS", "127.0.0.2")
+    settings = RegistrySettings()
+    with RepositoryHttpServer(setup.repo.folder, settings.http_host, settings.http_port) as http:
+        port = int(http.base_url.rpartition(":")[2])
+        assert http.metadata_url == f"http://127.0.0.2:{port}/metadata/"
+        with urllib.request.urlopen(f"{http.metadata_url}1.root.json", timeout=10) as answer:
+            assert Metadata.from_bytes(answer.read()).signed.version == 1
+        with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=10):
+            pass

@@ -152,6 +152,8 @@ class InstanceHost:
             "PARLEY_LISTEN_HOST": "127.0.0.1",
             "PARLEY_LISTEN_PORT": str(instance.port),
             "PARLEY_INSTANCE_ID": instance.instance_id,
+            # What its heartbeats name: other hosts' agents find a registry there (NodeAgent).
+            "PARLEY_FRONT_DOOR_ADDRESS": self.front_doors[instance.service].address,
         }
         if self.timeouts.recycles_connections(instance.service):
             env["PARLEY_MAX_CONNECTION_AGE_SECONDS"] = str(self.timeouts.connection_age_s)

@@ -15,13 +15,14 @@ below what it was.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 import grpc
-from parley.fleet.v1 import fleet_pb2_grpc
+from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
 from tuf.api.exceptions import DownloadError, RepositoryError
 
@@ -38,6 +39,9 @@ from parley_core.topology import PLATFORM_USER
 __all__ = ["AgentTimeouts", "Door", "Instance", "NodeAgent", "door_for"]
 
 log = logging.getLogger(__name__)
+REGISTRY = "patch-registry"
+# How often the fleet view is read for registry instances the agent does not know yet.
+REGISTRIES_LOOKUP_S = 5.0
 
 
 class NodeAgent(InstanceHost):
@@ -62,6 +66,7 @@ class NodeAgent(InstanceHost):
         self.registry_addresses = addresses
         self.pki = pki
         self._channel = self._connect_registry(addresses[0])
+        self._registries_looked_up = -REGISTRIES_LOOKUP_S  # monotonic: when the fleet view was last read
         super().__init__(
             pki=pki, environment=environment, fleet=self.fleet, log_dir=log_dir or data_dir / "logs", timeouts=timeouts
         )
@@ -90,6 +95,22 @@ class NodeAgent(InstanceHost):
         if self.registry_address != address:
             old, self._channel = self._channel, self._connect_registry(address)
             await old.close()
+
+    async def _learn_registries(self) -> None:
+        """Adds every live registry instance the fleet view shows (their heartbeats name their
+        front doors) to the ones to follow when this one stops answering: a host without a
+        registry of its own was given only the first host's, and joined hosts' come later."""
+        now = asyncio.get_running_loop().time()
+        if now - self._registries_looked_up < REGISTRIES_LOOKUP_S:
+            return
+        self._registries_looked_up = now
+        listed = await self.fleet.ListInstances(fleet_pb2.ListInstancesRequest(), timeout=10.0)
+        for status in listed.instances:
+            beat = status.last_heartbeat
+            known = beat.address in self.registry_addresses
+            if beat.service == REGISTRY and beat.address and not status.stale and not known:
+                self.registry_addresses.append(beat.address)
+                self.announce(f"registry at {beat.address} (host {beat.host}) known; followed if this one is lost")
 
     async def _next_registry(self, why: str) -> None:
         """The registry followed so far is gone (its host lost): on to the next instance's address."""
@@ -271,6 +292,8 @@ class NodeAgent(InstanceHost):
             if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 await self._next_registry(error.code().name)
             return
+        with contextlib.suppress(grpc.aio.AioRpcError):  # looked up again on a later pass
+            await self._learn_registries()
         active = set()
         for rollout in response.rollouts:
             if rollout.state not in ("done", "rolled_back"):

@@ -45,17 +45,23 @@ async def append(
     aggregate_version: int,
     expected_last_subject_seq: int | None,
     expected_last_stream_seq: int | None = None,
+    expected_last_of: str | None = None,
 ) -> Appended:
     """Append one event. `expected_last_subject_seq=0` means the subject must be empty.
 
     `expected_last_stream_seq` orders the append after the whole stream's last message
-    (a single-writer chain over a stream, such as the audit chain on SEC).
+    (a single-writer chain over a stream, such as the audit chain on SEC). `expected_last_of`
+    checks `expected_last_subject_seq` against the newest message of other subjects (a wildcard)
+    instead of the append's own: a new aggregate appended after every one of its kind, so that a
+    rule over all of them (one unfinished roll-out per service) holds between two writers.
     """
     trace_headers = telemetry.current_trace_headers()
     envelope = seal(event, aggregate_version=aggregate_version, producer=bus.producer, trace_context=trace_headers)
     headers = {**trace_headers, "Nats-Msg-Id": event.event_id, "Parley-Event-Type": event.event_type}
     if expected_last_subject_seq is not None:
         headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last_subject_seq)
+        if expected_last_of is not None:
+            headers["Nats-Expected-Last-Subject-Sequence-Subject"] = expected_last_of
     if expected_last_stream_seq is not None:
         headers["Nats-Expected-Last-Sequence"] = str(expected_last_stream_seq)
     try:

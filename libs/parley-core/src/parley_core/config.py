@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     # (SO_REUSEPORT): the gateway's client address under the node agent, which claims it first
     # (parley_agent.shared_port). Empty: none.
     shared_listen_address: str = ""
+    # host:port callers reach this instance at, its node agent's front door (set by the agent):
+    # what its heartbeats name, so that other hosts' agents find a patch registry. Empty: its own.
+    front_door_address: str = ""
     # The file in which the node agent writes this instance's percent of the shared port's new
     # connections during a roll-out (parley_core.port_share). Empty: an even share.
     shared_port_share_file: str = ""

@@ -39,10 +39,15 @@ R = TypeVar("R")
 class Position(NamedTuple):
     """Where an aggregate stands in the stream: how many events it holds, and the stream
     sequence of its last one (0: it has none yet; None: appended to wherever it is, for an
-    aggregate whose order does not matter, such as a lockout counter or a release record)."""
+    aggregate whose order does not matter, such as a lockout counter or a release record).
+
+    `of`: a subject filter whose newest event `last_seq` is instead, for a new aggregate whose
+    decision reads every aggregate of its kind (one unfinished roll-out per service): it is
+    appended after all of them, so a rival's meanwhile is read before deciding again."""
 
     version: int
     last_seq: int | None
+    of: str | None = None
 
 
 NEW = Position(0, 0)
@@ -102,10 +107,11 @@ class EventLog:
                 events, result = decide(aggregate)
                 if not events:
                     return aggregate, result
+                at = position(aggregate)
                 try:
-                    await self._append(subject, events, position(aggregate))
+                    await self._append(subject, events, at)
                 except ConcurrencyConflict:
-                    await self.settle(subject)
+                    await self.settle(at.of or subject)
                     continue
                 return read(), result
         raise Unavailable(too_fast)
@@ -126,12 +132,12 @@ class EventLog:
         expected sequence is applied to the projection as the stream acknowledges it: sound, as
         the stream took it right after the event the decision read, which the projection holds.
         A later event's lost race leaves the earlier ones written; the caller decides again."""
-        version, last_seq = at
+        version, last_seq, of = at
         for event in events:
             version += 1
             try:
                 appended = await self._bus.append(
-                    subject, event, aggregate_version=version, expected_last_subject_seq=last_seq
+                    subject, event, aggregate_version=version, expected_last_subject_seq=last_seq, expected_last_of=of
                 )
             except nats.errors.Error as exc:
                 log.exception("append refused", extra={"subject": subject})
@@ -140,7 +146,7 @@ class EventLog:
                 await self._replay.wait_for_seq(appended.stream_seq)
             else:
                 await self._replay.apply_own(appended)
-                last_seq = appended.stream_seq
+                last_seq, of = appended.stream_seq, None  # the next event: after this one
 
     async def append_after_last(self, subject: str, event: NewEvent) -> None:
         """Append after whatever the subject holds (a marker, or an aggregate this projection

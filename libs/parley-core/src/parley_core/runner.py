@@ -178,7 +178,7 @@ async def serve(
     if share is not None and settings.shared_port_share_file:
         share.apply()  # a roll-out's new instance: its weight before its first connection
     await server.start()
-    ctx.address = f"{settings.listen_host}:{port}"
+    ctx.address = settings.front_door_address or f"{settings.listen_host}:{port}"
     await ctx.set_serving(True)
     if settings.metrics_listen:
         own = pki.identity(service)

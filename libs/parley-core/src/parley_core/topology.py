@@ -213,6 +213,8 @@ AUDIT_KEYS_FILTER = "parley.auth.auditkey.>"
 CHANNELS_FILTER = "parley.msg.channel.>"
 HEARTBEATS_FILTER = "parley.fleet.heartbeat.>"
 PATCH_FILTER = "parley.patch.>"
+# Every roll-out's subject: a new roll-out is appended after all of them (one unfinished per service).
+ROLLOUTS_FILTER = "parley.patch.rollout.>"
 VULNERABILITY_ALERTS_FILTER = "parley.patch.alert.>"
 TO_DEVICE_FILTER = "parley.msg.todevice.>"
 MESSAGING_FILTER = "parley.msg.>"

@@ -12,6 +12,8 @@ from parley.patch.v1 import events_pb2
 from parley_core.bus import ReceivedEvent
 from parley_core.envelope import open_payload
 from parley_core.event_log import Position
+from parley_core.projection_dispatch import subject_matches
+from parley_core.topology import ROLLOUTS_FILTER
 from parley_patch_registry import codec
 from parley_patch_registry.advisories import Advisory, parse_advisory
 from parley_patch_registry.findings import DeadlinePolicy, FindingBook, FindingEvent
@@ -34,19 +36,26 @@ class RegistryProjection:
         # The overdue alerts on the stream: (advisory, service, package, deadline in ms).
         self.announced_overdue: set[tuple[str, str, str, int]] = set()
         self._rollout_seq: dict[str, int] = {}  # a roll-out's id -> its last event's stream seq
+        self._rollouts_seq = 0  # the newest event of any roll-out: what a new roll-out goes after
         self._finding_seq: dict[str, int] = {}  # a finding's subject -> its last event's stream seq
         self._finding_version: dict[str, int] = {}  # ... and how many events it holds
         self.step_started_at: dict[tuple[str, int], float] = {}
         self.phase_since: dict[tuple[str, int], float] = {}  # when a step's current phase began
 
     def rollout_position(self, rollout_id: str) -> Position:
+        """An existing roll-out goes after its own last event; a new one after every roll-out's
+        (one unfinished per service): a plan another registry recorded meanwhile is read first."""
         rollout = self.rollouts.get(rollout_id)
-        return Position(len(rollout.history) if rollout else 0, self._rollout_seq.get(rollout_id, 0))
+        if rollout is None:
+            return Position(0, self._rollouts_seq, of=ROLLOUTS_FILTER)
+        return Position(len(rollout.history), self._rollout_seq.get(rollout_id, 0))
 
     def finding_position(self, subject: str) -> Position:
         return Position(self._finding_version.get(subject, 0), self._finding_seq.get(subject, 0))
 
     def apply(self, event: ReceivedEvent) -> None:
+        if subject_matches(ROLLOUTS_FILTER, event.subject):
+            self._rollouts_seq = event.stream_seq
         payload = open_payload(event.envelope)
         if isinstance(payload, events_pb2.AdvisoryImported):
             self.advisories[payload.advisory_id] = parse_advisory(json.loads(payload.osv_json))

@@ -80,33 +80,33 @@ class RolloutCommands(RegistryBase):
         release = self.release(service, to_version)
         if release.min_event_schema > 1:  # every envelope is at schema 1 or newer
             check_readable(service, to_version, release.min_event_schema, await self.schema_census())
-        live = self.fleet.live(time.monotonic(), service)
-        versions = {beat.version for beat in live}
-        if len(versions) > 1:
-            raise FailedPrecondition(
-                f"{service} runs several versions ({', '.join(sorted(versions))}); finish that first"
-            )
-        busy = [r.rollout_id for r in self.rollouts.values() if r.service == service and not r.finished]
-        if busy:
-            raise FailedPrecondition(f"{service} already has an unfinished roll-out {busy[0]}")
-        failed_before = [
-            f"roll-out {r.rollout_id}: {r.failed_canary}"
-            for r in self._in_order()
-            if r.service == service and r.to_version == to_version and r.failed_canary
-        ]
         rollout_id = uuid.uuid4().hex[:12]
-        from_version = versions.pop() if versions else ""
-        old_instances = [b.instance_id for b in sorted(live, key=lambda b: (b.host, b.instance_id))]
 
         def decide(_: Rollout | None) -> list[RolloutEvent]:
+            # Decided again on every roll-out's newest state when another registry recorded a
+            # plan meanwhile (a new roll-out's position: projection.rollout_position).
+            live = self.fleet.live(time.monotonic(), service)
+            versions = {beat.version for beat in live}
+            if len(versions) > 1:
+                raise FailedPrecondition(
+                    f"{service} runs several versions ({', '.join(sorted(versions))}); finish that first"
+                )
+            busy = [r.rollout_id for r in self.rollouts.values() if r.service == service and not r.finished]
+            if busy:
+                raise FailedPrecondition(f"a roll-out of {service} is already under way: {busy[0]}")
+            failed_before = [
+                f"roll-out {r.rollout_id}: {r.failed_canary}"
+                for r in self._in_order()
+                if r.service == service and r.to_version == to_version and r.failed_canary
+            ]
             _, events = Rollout.plan(
                 rollout_id=rollout_id,
                 service=service,
-                from_version=from_version,
+                from_version=versions.pop() if versions else "",
                 to_version=to_version,
                 target_path=release.target_path,
                 # Host by host: every instance of one host is replaced before the next host's.
-                old_instances=old_instances,
+                old_instances=[b.instance_id for b in sorted(live, key=lambda b: (b.host, b.instance_id))],
                 release_published_by=self.state.release_publishers.get(release.target_path, ""),
                 actor=caller.user_id,
                 actor_role=caller.role,

@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from parley_core.net import host_address
 from parley_patch_registry.findings import DeadlinePolicy
 from parley_patch_registry.gate import GatePolicy
 
@@ -37,8 +38,9 @@ class RegistrySettings(BaseSettings):
     timestamp_lifetime_minutes: float = Field(default=60.0, gt=0)
     root_threshold: int = Field(default=2, ge=1)
     root_keys: int = Field(default=3, ge=1)
-    # TUF repository over HTTP; 0 picks a free port (reported by the TufRepository RPC).
-    http_host: str = "127.0.0.1"
+    # TUF repository over HTTP, on the host's address (PARLEY_HOST_ADDRESS, else loopback) for
+    # agents on other hosts; 0 picks a free port (the TufRepository RPC reports the URL).
+    http_host: str = Field(default_factory=host_address)
     http_port: int = 0
     # The TUF repository and its online keys; unset: <data dir>/patch-registry. A joined host's
     # registry names the first host's folder on a file system the hosts share (`host join

@@ -55,7 +55,7 @@ class InstanceHeartbeat(_message.Message):
     errors_total: _builtins.int
     p99_latency_ms: _builtins.float
     address: _builtins.str
-    """host:port of its gRPC server"""
+    """host:port callers reach it at: its node agent's front door, else its gRPC server"""
     @_builtins.property
     def distributions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Distribution]: ...
     @_builtins.property

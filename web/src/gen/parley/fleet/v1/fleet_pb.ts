@@ -78,7 +78,7 @@ export type InstanceHeartbeat = Message<"parley.fleet.v1.InstanceHeartbeat"> & {
   p99LatencyMs: number;
 
   /**
-   * host:port of its gRPC server
+   * host:port callers reach it at: its node agent's front door, else its gRPC server
    *
    * @generated from field: string address = 11;
    */
