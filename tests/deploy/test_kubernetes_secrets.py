@@ -8,12 +8,15 @@ configuration the real nats-server accepts, and never the CA's private key.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
+import nats.errors
 import pytest
 import yaml
 from cryptography import x509
@@ -21,7 +24,10 @@ from cryptography.hazmat.primitives import serialization
 
 from parley_cli.kubernetes_secrets import dns_names, nats_dns_names
 from parley_cli.main import main
+from parley_core.nats_connect import connect_nats_once
+from parley_core.nats_process import NatsServerProcess
 from parley_core.natsconf import nats_server_binary
+from parley_core.net import free_port
 from parley_core.pki import CA_NAME, Pki, ensure_pki
 from parley_core.topology import NATS_IDENTITY, PLATFORM_USER, SERVICES
 
@@ -126,6 +132,12 @@ def test_no_private_key_of_the_ca_is_in_the_output(tmp_path: Path) -> None:
     assert keys_seen == len(SERVICES) + 2  # each service's, the platform identity's and nats'
 
 
+def nats_server_test(config: Path) -> subprocess.CompletedProcess[str]:
+    """`nats-server -t`: loads the configuration (and the files it names) and exits."""
+    command = [nats_server_binary(), "-t", "-c", str(config)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
 def test_nats_server_accepts_the_configuration(tmp_path: Path) -> None:
     secrets = make(platform_folder(tmp_path), tmp_path / "out")
     files = secrets["parley-nats-server"]["stringData"]
@@ -143,24 +155,43 @@ def test_nats_server_accepts_the_configuration(tmp_path: Path) -> None:
         (mounted / name).write_text(
             text.replace("/etc/nats/", f"{mounted}/").replace("/data/jetstream", str(tmp_path / "js"))
         )
-    checked = subprocess.run(
-        [nats_server_binary(), "-t", "-c", str(mounted / "nats-server.conf")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    checked = nats_server_test(mounted / "nats-server.conf")
     assert checked.returncode == 0, checked.stderr + checked.stdout
     # The check reads the certificates: without the key it refuses, so the success above means something.
     (mounted / "nats.key").unlink()
-    refused = subprocess.run(
-        [nats_server_binary(), "-t", "-c", str(mounted / "nats-server.conf")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    assert nats_server_test(mounted / "nats-server.conf").returncode != 0
+
+
+async def test_a_service_logs_into_the_server_with_its_own_secret(tmp_path: Path) -> None:
+    """The server started from parley-nats-server (ports moved to free ones) lets messaging in with
+    the password and CA of its own Secrets, and refuses another service's name with that password."""
+    secrets = await asyncio.to_thread(make, platform_folder(tmp_path), tmp_path / "out")  # the CLI runs its own loop
+    mounted = tmp_path / "etc-nats"
+    mounted.mkdir()
+    port, route_port = free_port("127.0.0.1"), free_port("127.0.0.1")
+    for name, text in secrets["parley-nats-server"]["stringData"].items():
+        text = text.replace("/etc/nats/", f"{mounted}/").replace("/data/jetstream", str(tmp_path / "js"))
+        (mounted / name).write_text(
+            text.replace("port: 4222", f"port: {port}").replace("port: 6222", f"port: {route_port}")
+        )
+    pod = tmp_path / "pod-pki"
+    pod.mkdir()
+    (pod / "ca.crt").write_text(secrets["parley-pki-messaging"]["stringData"]["ca.crt"])
+    (password,) = json.loads(secrets["parley-nats-messaging"]["stringData"]["nats-passwords.json"]).values()
+    server = NatsServerProcess(
+        config_path=mounted / "nats-server.conf", host="127.0.0.1", port=port, log_path=tmp_path / "nats.log"
     )
-    assert refused.returncode != 0
+    await server.start()
+    try:
+        client = await connect_nats_once(
+            url=server.url, user="messaging", password=password, ca_cert=pod / "ca.crt", name="test"
+        )
+        assert client.is_connected
+        await client.close()
+        with pytest.raises(nats.errors.Error):
+            await connect_nats_once(url=server.url, user="auth", password=password, ca_cert=pod / "ca.crt", name="test")
+    finally:
+        await server.stop()
 
 
 def test_a_second_run_keeps_the_passwords_and_the_database_url(tmp_path: Path) -> None:
