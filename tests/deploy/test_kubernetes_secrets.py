@@ -132,6 +132,20 @@ def test_no_private_key_of_the_ca_is_in_the_output(tmp_path: Path) -> None:
     assert keys_seen == len(SERVICES) + 2  # each service's, the platform identity's and nats'
 
 
+def mount_nats_secret(files: dict[str, str], tmp_path: Path, moved: dict[str, str] | None = None) -> Path:
+    """The Secret's files in a folder, as the StatefulSet mounts them at /etc/nats with its store at
+    /data/jetstream: those paths (and, `moved`, other text such as ports) replaced by this test's."""
+    mounted = tmp_path / "etc-nats"
+    mounted.mkdir()
+    replaced = {"/etc/nats/": f"{mounted}/", "/data/jetstream": str(tmp_path / "js"), **(moved or {})}
+    for name, text in files.items():
+        content = text
+        for old, new in replaced.items():
+            content = content.replace(old, new)
+        (mounted / name).write_text(content)
+    return mounted
+
+
 def nats_server_test(config: Path) -> subprocess.CompletedProcess[str]:
     """`nats-server -t`: loads the configuration (and the files it names) and exits."""
     command = [nats_server_binary(), "-t", "-c", str(config)]
@@ -146,15 +160,10 @@ def test_nats_server_accepts_the_configuration(tmp_path: Path) -> None:
     container = nats_yaml[0]["spec"]["template"]["spec"]["containers"][0]
     assert "/etc/nats/nats-server.conf" in container["args"]
     assert {"name": "config", "mountPath": "/etc/nats", "readOnly": True} in container["volumeMounts"]
-    mounted = tmp_path / "etc-nats"
-    mounted.mkdir()
     config = files["nats-server.conf"]
     assert "nats-route://" in config
     assert "nats-1.nats.parley-example.svc:6222" in config
-    for name, text in files.items():
-        (mounted / name).write_text(
-            text.replace("/etc/nats/", f"{mounted}/").replace("/data/jetstream", str(tmp_path / "js"))
-        )
+    mounted = mount_nats_secret(files, tmp_path)
     checked = nats_server_test(mounted / "nats-server.conf")
     assert checked.returncode == 0, checked.stderr + checked.stdout
     # The check reads the certificates: without the key it refuses, so the success above means something.
@@ -166,14 +175,9 @@ async def test_a_service_logs_into_the_server_with_its_own_secret(tmp_path: Path
     """The server started from parley-nats-server (ports moved to free ones) lets messaging in with
     the password and CA of its own Secrets, and refuses another service's name with that password."""
     secrets = await asyncio.to_thread(make, platform_folder(tmp_path), tmp_path / "out")  # the CLI runs its own loop
-    mounted = tmp_path / "etc-nats"
-    mounted.mkdir()
-    port, route_port = free_port("127.0.0.1"), free_port("127.0.0.1")
-    for name, text in secrets["parley-nats-server"]["stringData"].items():
-        text = text.replace("/etc/nats/", f"{mounted}/").replace("/data/jetstream", str(tmp_path / "js"))
-        (mounted / name).write_text(
-            text.replace("port: 4222", f"port: {port}").replace("port: 6222", f"port: {route_port}")
-        )
+    port = free_port("127.0.0.1")
+    moved = {"port: 4222": f"port: {port}", "port: 6222": f"port: {free_port('127.0.0.1')}"}
+    mounted = mount_nats_secret(secrets["parley-nats-server"]["stringData"], tmp_path, moved)
     pod = tmp_path / "pod-pki"
     pod.mkdir()
     (pod / "ca.crt").write_text(secrets["parley-pki-messaging"]["stringData"]["ca.crt"])
