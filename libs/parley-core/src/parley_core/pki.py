@@ -69,13 +69,14 @@ def ensure_pki(directory: Path, names: Iterable[str], addresses: Sequence[str] =
     (`parley host join`): its certificates were issued by the operator, so they are checked, and
     one that is missing or expiring is an error naming the command that issues new ones.
     """
-    ensure_private_dir(directory)
     pki = Pki(directory=directory, ca_cert=directory / f"{CA_NAME}.crt")
     now = dt.datetime.now(dt.UTC)
     ca_paths = pki.identity(CA_NAME)
     if ca_paths.cert.exists() and not ca_paths.key.exists():
+        # Checked, never written: a pod's folder is a read-only Secret volume (deploy/kubernetes).
         _check_issued(pki, names, now)
         return pki
+    ensure_private_dir(directory)
     loaded = _load_valid(ca_paths, now)
     if loaded is None:
         ca_cert, ca_key = _issue_ca(now)
