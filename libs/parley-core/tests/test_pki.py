@@ -150,7 +150,10 @@ def test_a_pods_read_only_certificate_folder_is_checked_without_writing(tmp_path
         pytest.skip("a read-only mount needs root and unshare")
     platform = ensure_pki(tmp_path / "platform", ["messaging"])
     pod = issue_into(platform, ["messaging"], tmp_path / "pod")
-    check = f"from pathlib import Path; from parley_core.pki import ensure_pki; ensure_pki(Path({str(pod.directory)!r}), ['messaging'])"
+    check = (
+        "from pathlib import Path; from parley_core.pki import ensure_pki; "
+        f"ensure_pki(Path({str(pod.directory)!r}), ['messaging'])"
+    )
     mount = f"mount --bind {pod.directory} {pod.directory} && mount -o remount,bind,ro {pod.directory}"
     done = subprocess.run(
         [unshare, "-m", "sh", "-c", f'{mount} && exec "$0" -c "$1"', sys.executable, check],
