@@ -26,6 +26,7 @@ CLIENT_PORT = 7443
 NATS_PORT = 4222
 NATS_ROUTE_PORT = 6222
 POSTGRES_PORT = 5432
+IMAGE_PYTHON = "/opt/parley/bin/python"
 # Pods of the operator's tooling (`parley` commands run in the cluster) carry this label: the
 # platform identity's certificate is theirs.
 TOOLING_LABEL = {"parley.dev/tooling": "true"}
@@ -60,6 +61,20 @@ def labels(service: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": service, "app.kubernetes.io/part-of": "parley"}
 
 
+def health_probe(service: str, port: int) -> list[str]:
+    """The image's interpreter (deploy/docker/Dockerfile) asking the service in its own pod."""
+    return [
+        IMAGE_PYTHON,
+        "-I",
+        "-m",
+        "parley_core.health_probe",
+        "--service",
+        service,
+        "--address",
+        f"127.0.0.1:{port}",
+    ]
+
+
 def deployment(service: str) -> dict[str, Any]:
     shape = SHAPES[service]
     port = CLIENT_PORT if service == "gateway" else GRPC_PORT
@@ -81,10 +96,15 @@ def deployment(service: str) -> dict[str, Any]:
         "image": f"parley/{service}:0.1.0",
         "ports": [{"name": "grpc", "containerPort": port}],
         "env": env,
-        # The kubelet's own gRPC probe speaks plaintext and these ports speak mutual TLS only, so
-        # the probes are TCP until the images carry a TLS health-check command (docs/deploy.md).
-        "readinessProbe": {"tcpSocket": {"port": port}, "periodSeconds": 5},
-        "livenessProbe": {"tcpSocket": {"port": port}, "periodSeconds": 10, "failureThreshold": 6},
+        # The kubelet's own gRPC probe speaks plaintext and these ports speak mutual TLS only: the
+        # probes run the image's TLS health check, SERVING or not (parley_core.health_probe).
+        "readinessProbe": {"exec": {"command": health_probe(service, port)}, "periodSeconds": 5, "timeoutSeconds": 5},
+        "livenessProbe": {
+            "exec": {"command": health_probe(service, port)},
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 6,
+        },
         "resources": {
             "requests": {"cpu": shape.cpu, "memory": shape.memory},
             "limits": {"cpu": shape.cpu, "memory": shape.memory},

@@ -3,7 +3,7 @@
 Static checks only (no image is built here): the base image is pinned, the image runs as the
 numeric non-root user the manifests' runAsUser names, and every service the manifests run has
 the package the Dockerfile installs (parley-<service>) and the module its entrypoint starts
-(parley_<service>, with a __main__).
+(parley_<service>, with a __main__), and the probes exec its interpreter with the health check.
 """
 
 from __future__ import annotations
@@ -64,3 +64,28 @@ def test_every_service_the_manifests_run_has_its_package_and_module() -> None:
         assert project["name"] == f"parley-{service}"  # what `pip install "parley-${SERVICE}"` finds in dist/
         module = "parley_" + service.replace("-", "_")
         assert (ROOT / "services" / service / "src" / module / "__main__.py").is_file()
+
+
+def test_the_probes_run_the_images_interpreter_and_its_health_check() -> None:
+    """Each Deployment's readiness and liveness probe execs the venv the Dockerfile installs into,
+    asking its own service on its own port with parley_core.health_probe (a parley_core module,
+    which every service's package depends on)."""
+    [venv] = re.findall(r"python -m venv (\S+)", DOCKERFILE.read_text())
+    assert (ROOT / "libs" / "parley-core" / "src" / "parley_core" / "health_probe.py").is_file()
+    for obj in yaml.safe_load_all(SERVICES_YAML.read_text()):
+        if not obj or obj["kind"] != "Deployment":
+            continue
+        for container in obj["spec"]["template"]["spec"]["containers"]:
+            port = container["ports"][0]["containerPort"]
+            expected = [
+                "-m",
+                "parley_core.health_probe",
+                "--service",
+                container["name"],
+                "--address",
+                f"127.0.0.1:{port}",
+            ]
+            for probe in ("readinessProbe", "livenessProbe"):
+                command = container[probe]["exec"]["command"]
+                assert command[0] == f"{venv}/bin/python", command
+                assert command[-len(expected) :] == expected, command

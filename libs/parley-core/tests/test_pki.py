@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
+import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -135,3 +139,27 @@ def test_a_host_folder_checks_its_certificates_and_never_makes_a_ca(tmp_path: Pa
     with pytest.raises(CertificateMissing, match="parley host add"):
         ensure_pki(tmp_path / "host", ["gateway"])  # not issued to this host
     assert _snapshot(tmp_path / "host") == before
+
+
+def test_a_pods_read_only_certificate_folder_is_checked_without_writing(tmp_path: Path) -> None:
+    """On Kubernetes the folder is a read-only Secret volume (parley-pki-<service>): the service's
+    start checks its certificates there and writes nothing, not even the folder's mode. A read-only
+    bind mount in a mount namespace of its own stands in for the volume (root and unshare needed)."""
+    unshare = shutil.which("unshare")
+    if unshare is None or os.geteuid() != 0:
+        pytest.skip("a read-only mount needs root and unshare")
+    platform = ensure_pki(tmp_path / "platform", ["messaging"])
+    pod = issue_into(platform, ["messaging"], tmp_path / "pod")
+    check = (
+        "from pathlib import Path; from parley_core.pki import ensure_pki; "
+        f"ensure_pki(Path({str(pod.directory)!r}), ['messaging'])"
+    )
+    mount = f"mount --bind {pod.directory} {pod.directory} && mount -o remount,bind,ro {pod.directory}"
+    done = subprocess.run(
+        [unshare, "-m", "sh", "-c", f'{mount} && exec "$0" -c "$1"', sys.executable, check],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr

@@ -173,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     from parley_cli import hosts  # a fleet of several hosts (issue 18)
 
     hosts.add_commands(sub)
+    from parley_cli import kubernetes_secrets  # the Secrets deploy/kubernetes mounts (issue 18)
+
+    kubernetes_secrets.add_commands(sub)
     from parley_cli import report  # signed compliance reports for auditors
 
     report.add_commands(sub)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,13 +69,14 @@ def ensure_pki(directory: Path, names: Iterable[str], addresses: Sequence[str] =
     (`parley host join`): its certificates were issued by the operator, so they are checked, and
     one that is missing or expiring is an error naming the command that issues new ones.
     """
-    ensure_private_dir(directory)
     pki = Pki(directory=directory, ca_cert=directory / f"{CA_NAME}.crt")
     now = dt.datetime.now(dt.UTC)
     ca_paths = pki.identity(CA_NAME)
     if ca_paths.cert.exists() and not ca_paths.key.exists():
+        # Checked, never written: a pod's folder is a read-only Secret volume (deploy/kubernetes).
         _check_issued(pki, names, now)
         return pki
+    ensure_private_dir(directory)
     loaded = _load_valid(ca_paths, now)
     if loaded is None:
         ca_cert, ca_key = _issue_ca(now)
@@ -105,9 +106,17 @@ def _check_issued(pki: Pki, names: Iterable[str], now: dt.datetime) -> None:
             )
 
 
-def issue_into(pki: Pki, names: Iterable[str], directory: Path, addresses: Sequence[str] = ()) -> Pki:
+def issue_into(
+    pki: Pki,
+    names: Iterable[str],
+    directory: Path,
+    addresses: Sequence[str] = (),
+    *,
+    dns_names: Mapping[str, Sequence[str]] | None = None,
+) -> Pki:
     """Certificates for ``names`` from this CA, written with the CA's certificate (never its key)
-    into ``directory``: what a host that joins the fleet gets (naming ``addresses``, its own)."""
+    into ``directory``: what a host that joins the fleet gets (naming ``addresses``, its own).
+    ``dns_names`` adds host names to a name's certificate (a Kubernetes Service's DNS names)."""
     now = dt.datetime.now(dt.UTC)
     loaded = _load_valid(pki.identity(CA_NAME), now)
     if loaded is None:
@@ -119,7 +128,8 @@ def issue_into(pki: Pki, names: Iterable[str], directory: Path, addresses: Seque
     for name in dict.fromkeys(names):
         if name == CA_NAME:
             raise ValueError(f"identity name {CA_NAME!r} is reserved for the certificate authority")
-        cert, key = _issue_leaf(name, ca_cert, ca_key, now, addresses)
+        extra = (dns_names or {}).get(name, ())
+        cert, key = _issue_leaf(name, ca_cert, ca_key, now, addresses, dns_names=extra)
         _store(issued.identity(name), cert, key)
     return issued
 
@@ -194,13 +204,15 @@ def _issue_leaf(
     ca_key: ec.EllipticCurvePrivateKey,
     now: dt.datetime,
     addresses: Sequence[str] = (),
+    *,
+    dns_names: Sequence[str] = (),
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     public_key = key.public_key()
     san = x509.SubjectAlternativeName(
         [
             x509.DNSName("localhost"),
-            *([x509.DNSName(name)] if name != "localhost" else []),
+            *(x509.DNSName(n) for n in dict.fromkeys([name, *dns_names]) if n != "localhost"),
             x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
             x509.IPAddress(ipaddress.IPv6Address("::1")),
             *(x509.IPAddress(ipaddress.ip_address(a)) for a in dict.fromkeys(addresses) if a not in _LOOPBACK),

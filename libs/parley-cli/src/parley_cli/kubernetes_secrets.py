@@ -1,0 +1,212 @@
+"""`parley kubernetes secrets`: the Secrets deploy/kubernetes' manifests mount, from a data folder.
+
+Made on the operator's side from the platform's data folder, as `parley host add` makes a host's
+bundle: certificates issued by the platform CA (its key never leaves the folder), each naming the
+DNS names of its Kubernetes Service in the namespace; each service's NATS password; the
+nats-server configuration `parley up --nats-cluster 3` would render (accounts, users, TLS, routes),
+with the StatefulSet's paths and DNS names; the archive's database URL. One YAML file per Secret,
+owner-only, in a new folder: `kubectl apply -f DIR`.
+
+Passwords, the JetStream store key and the database password stay in the data folder, so running
+the command again gives the same ones (and new certificates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from parley_core.database import DatabaseChoiceRefused, check_database_url
+from parley_core.files import ensure_private_dir, write_private_file
+from parley_core.natsconf import (
+    NATS_PASSWORDS_FILE,
+    ROUTE_USER,
+    ClusterConfig,
+    ensure_nats_passwords,
+    render_server_config,
+)
+from parley_core.pki import CA_NAME, CertificateMissing, Pki, issue_into
+from parley_core.topology import NATS_IDENTITY, PLATFORM_USER, SERVICES
+
+__all__ = ["KubernetesSecretsRefused", "dns_names", "make_secrets", "nats_dns_names"]
+
+# What deploy/kubernetes/base names (tests/deploy checks the two agree).
+NATS_SERVICE = "nats"
+NATS_NODES = 3
+NATS_PORT = 4222
+NATS_ROUTE_PORT = 6222
+NATS_CONFIG_DIR = Path("/etc/nats")
+NATS_CONFIG_FILE = "nats-server.conf"
+NATS_STORE_DIR = Path("/data/jetstream")
+DATABASE_SECRET = "parley-database"  # noqa: S105 - a Secret's name
+# The base's own PostgreSQL (postgres.yaml), when no --database-url names another.
+IN_CLUSTER_DATABASE = "postgres:5432/parley"
+CLUSTER_DOMAIN = "cluster.local"
+# Kept in the data folder so that a second run gives the cluster the same keys.
+STORE_KEY_FILE = "kubernetes-jetstream-store.key"
+DATABASE_PASSWORD_FILE = "kubernetes-database-password"  # noqa: S105 - a file name
+_NAMESPACE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+class KubernetesSecretsRefused(ValueError):
+    """The namespace, the output folder or the data folder do not make the Secrets; the message says why."""
+
+
+def dns_names(name: str, namespace: str) -> list[str]:
+    """How pods reach a Service (or a StatefulSet pod, `nats-0.nats`) in `namespace`."""
+    return [name, f"{name}.{namespace}", f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.{CLUSTER_DOMAIN}"]
+
+
+def nats_dns_names(namespace: str) -> list[str]:
+    """The NATS Service's names and each node's: clients connect to `nats-N.nats`, routes too."""
+    nodes = [f"{NATS_SERVICE}-{i}.{NATS_SERVICE}" for i in range(NATS_NODES)]
+    return [name for host in (NATS_SERVICE, *nodes) for name in dns_names(host, namespace)]
+
+
+def secret(name: str, namespace: str, data: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/part-of": "parley"}},
+        "type": "Opaque",
+        "stringData": data,
+    }
+
+
+def make_secrets(data_dir: Path, *, namespace: str, out: Path, database_url: str = "") -> list[str]:
+    """Writes one Secret manifest per file into `out` (a new folder, 0700) and returns their names;
+    refuses before writing anything, and leaves no half-made folder."""
+    from parley_cli.platform_nats import CLUSTER_NAME, ensure_store_key
+
+    if not _NAMESPACE.match(namespace):
+        raise KubernetesSecretsRefused(f"{namespace!r} is no namespace: lower-case letters, digits and '-', at most 63")
+    if out.exists():
+        raise KubernetesSecretsRefused(f"{out} exists; name a new folder for the Secrets")
+    if database_url:
+        try:
+            check_database_url(database_url)
+        except DatabaseChoiceRefused as exc:
+            raise KubernetesSecretsRefused(str(exc)) from None
+        if not database_url.lower().startswith(("postgresql", "postgres")):
+            raise KubernetesSecretsRefused(
+                "storage on Kubernetes keeps its archive in PostgreSQL: give a postgresql:// URL"
+            )
+    pki = Pki(directory=data_dir / "pki", ca_cert=data_dir / "pki" / f"{CA_NAME}.crt")
+    if not pki.identity(CA_NAME).key.is_file():
+        raise KubernetesSecretsRefused(
+            f"{data_dir} holds no platform CA key: run this on the platform's own data folder (where `parley up` ran)"
+        )
+    identities = [*SERVICES, PLATFORM_USER]
+    passwords = ensure_nats_passwords(data_dir / NATS_PASSWORDS_FILE, [*identities, ROUTE_USER])
+    secrets_dir = data_dir / "secrets"
+    database_url = database_url or _in_cluster_database_url(secrets_dir / DATABASE_PASSWORD_FILE)
+    names = {service: dns_names(service, namespace) for service in SERVICES}
+    names[NATS_IDENTITY] = nats_dns_names(namespace)
+    objects: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="parley-kubernetes-") as scratch:
+        issued = issue_into(pki, [*identities, NATS_IDENTITY], Path(scratch) / "pki", dns_names=names)
+        ca = issued.ca_pem().decode()
+        for identity in identities:
+            cert, key = (part.decode() for part in issued.read(identity))
+            pki_data = {f"{CA_NAME}.crt": ca, f"{identity}.crt": cert, f"{identity}.key": key}
+            own_password = json.dumps({identity: passwords[identity]}, indent=2) + "\n"  # NATS_PASSWORDS_FILE
+            objects.append(secret(f"parley-pki-{identity}", namespace, pki_data))
+            objects.append(secret(f"parley-nats-{identity}", namespace, {NATS_PASSWORDS_FILE.name: own_password}))
+        nats_cert, nats_key = (part.decode() for part in issued.read(NATS_IDENTITY))
+    config = render_server_config(
+        host="0.0.0.0",
+        port=NATS_PORT,
+        store_dir=NATS_STORE_DIR,
+        tls_cert=NATS_CONFIG_DIR / f"{NATS_IDENTITY}.crt",
+        tls_key=NATS_CONFIG_DIR / f"{NATS_IDENTITY}.key",
+        ca_cert=NATS_CONFIG_DIR / f"{CA_NAME}.crt",
+        passwords=passwords,
+        # Each pod's own name replaces it (`--name $(POD_NAME)` in nats.yaml).
+        server_name=NATS_SERVICE,
+        store_cipher_key=ensure_store_key(secrets_dir / STORE_KEY_FILE),
+        cluster=ClusterConfig(
+            name=CLUSTER_NAME,
+            host="0.0.0.0",
+            port=NATS_ROUTE_PORT,
+            routes=tuple(
+                f"{NATS_SERVICE}-{i}.{NATS_SERVICE}.{namespace}.svc:{NATS_ROUTE_PORT}" for i in range(NATS_NODES)
+            ),
+            route_user=ROUTE_USER,
+            route_password=passwords[ROUTE_USER],
+        ),
+    )
+    nats_data = {
+        NATS_CONFIG_FILE: config,
+        f"{CA_NAME}.crt": ca,
+        f"{NATS_IDENTITY}.crt": nats_cert,
+        f"{NATS_IDENTITY}.key": nats_key,
+    }
+    objects.append(secret("parley-nats-server", namespace, nats_data))
+    database = {"url": database_url, "password": urlsplit(database_url).password or ""}
+    objects.append(secret(DATABASE_SECRET, namespace, database))
+    try:
+        ensure_private_dir(out)
+        for o in objects:
+            write_private_file(out / f"{o['metadata']['name']}.yaml", yaml.safe_dump(o, sort_keys=False).encode())
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # no half-made folder
+        raise
+    return [o["metadata"]["name"] for o in objects]
+
+
+def _in_cluster_database_url(password_file: Path) -> str:
+    """The base's PostgreSQL, with a password of its own kept in the data folder."""
+    if password_file.is_file():
+        password = password_file.read_text(encoding="ascii").strip()
+    else:
+        password = secrets.token_urlsafe(32)
+        ensure_private_dir(password_file.parent)
+        write_private_file(password_file, (password + "\n").encode())
+    return f"postgresql://postgres:{password}@{IN_CLUSTER_DATABASE}"
+
+
+def cmd_kubernetes_secrets(args: argparse.Namespace) -> int:
+    try:
+        names = make_secrets(args.data_dir, namespace=args.namespace, out=args.out, database_url=args.database_url)
+    except (KubernetesSecretsRefused, CertificateMissing) as exc:
+        print(f"parley kubernetes secrets: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"{len(names)} Secrets for namespace {args.namespace} in {args.out}: certificates from this platform's CA "
+        "(not its key) naming the Services' DNS names, each service's NATS password, the nats-server "
+        f"configuration and the database URL. Apply them with: kubectl apply -f {args.out}"
+    )
+    return 0
+
+
+async def run(args: argparse.Namespace) -> int:
+    return cmd_kubernetes_secrets(args)
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    kubernetes = sub.add_parser("kubernetes", help="run the platform on Kubernetes (deploy/kubernetes)")
+    commands = kubernetes.add_subparsers(dest="kubernetes_command", required=True)
+    made = commands.add_parser(
+        "secrets", help="write the Secrets the manifests mount (certificates, NATS users, nats-server config, database)"
+    )
+    made.add_argument("--namespace", required=True, help="the namespace the platform runs in (its DNS names)")
+    made.add_argument("--out", type=Path, required=True, help="a new folder for the Secret manifests")
+    made.add_argument(
+        "--database-url",
+        default=os.environ.get("PARLEY_DATABASE_URL", ""),
+        metavar="URL",
+        help="the archive's PostgreSQL (default: $PARLEY_DATABASE_URL, else the base's own `postgres` Service "
+        "with a password kept in the data folder)",
+    )
+    made.set_defaults(run=run)
