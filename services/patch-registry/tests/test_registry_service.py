@@ -494,7 +494,7 @@ async def test_rollout_with_approval_and_automatic_rollback_of_a_failing_canary(
 
 
 async def test_state_survives_a_restart_and_agent_reports_need_the_platform_identity(registry: Registry) -> None:
-    await publish(registry, "0.2.0")
+    release = await publish(registry, "0.2.0")
     await registry.beat("m-1", "0.1.0")
 
     async def reported() -> bool | None:
@@ -521,6 +521,8 @@ async def test_state_survives_a_restart_and_agent_reports_need_the_platform_iden
         patch_pb2.GetRolloutRequest(rollout_id=rollout.rollout_id), timeout=TIMEOUT_S
     )
     assert (again.state, again.planned_by, list(again.old_instances)) == ("planned", "alice", ["m-1"])
+    # What agents install: the bytes ReleasePublished recorded, not whatever the repository says later.
+    assert again.target_sha256 == rollout.target_sha256 == release.sha256
     releases = await registry.stub.ListReleases(patch_pb2.ListReleasesRequest(), timeout=TIMEOUT_S)
     assert [r.version for r in releases.releases] == ["0.2.0"]
     # the release publisher is remembered from the events: dave still may not approve
