@@ -48,7 +48,7 @@ from parley_core.topology import (
     signing_key_subject,
 )
 from parley_patch_registry import codec
-from parley_patch_registry.rollout import RolloutApproved
+from parley_patch_registry.rollout_events import RolloutApproved
 from parley_patch_registry.service import PatchRegistryApp
 from parley_patch_registry.settings import RegistrySettings
 from parley_testing.nats import NatsTestServer
