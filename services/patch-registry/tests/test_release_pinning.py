@@ -11,8 +11,8 @@ import pytest
 from tuf.api.metadata import TargetFile
 
 from parley_agent.installer import NotThePublishedRelease, TufSource, fetch_release
-from parley_patch_registry.registry import open_repository
 from parley_patch_registry.key_store import KeyStore
+from parley_patch_registry.registry import open_repository
 from parley_patch_registry.releases import ReleaseInfo, ReleaseRepository
 from parley_patch_registry.settings import RegistrySettings
 from parley_patch_registry.tuf_http import RepositoryHttpServer
