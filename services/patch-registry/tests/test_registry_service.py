@@ -501,8 +501,8 @@ async def test_rollout_with_approval_and_automatic_rollback_of_a_failing_canary(
     assert "canary 100 calls, 50 errors" in verdict.detail, verdict.detail
 
 
-async def test_state_survives_a_restart_and_agent_reports_need_the_platform_identity(registry: Registry) -> None:
-    release = await publish(registry, "0.2.0")
+async def plan_with_one_instance(registry: Registry) -> patch_pb2.Rollout:
+    """alice plans messaging 0.2.0 (published already) over one instance, m-1, running 0.1.0."""
     await registry.beat("m-1", "0.1.0")
 
     async def reported() -> bool | None:
@@ -510,11 +510,16 @@ async def test_state_survives_a_restart_and_agent_reports_need_the_platform_iden
         return any(i.last_heartbeat.instance_id == "m-1" for i in response.instances) or None
 
     await eventually(reported, "m-1 in the fleet view")
-    rollout = await registry.stub.PlanRollout(
+    return await registry.stub.PlanRollout(
         patch_pb2.PlanRolloutRequest(service="messaging", to_version="0.2.0"),
         metadata=registry.token("alice", "operator"),
         timeout=TIMEOUT_S,
     )
+
+
+async def test_state_survives_a_restart_and_agent_reports_need_the_platform_identity(registry: Registry) -> None:
+    release = await publish(registry, "0.2.0")
+    rollout = await plan_with_one_instance(registry)
     gateway = secure_channel(registry.pki, identity="gateway", address=registry.address, peer="patch-registry")
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await patch_pb2_grpc.PatchServiceStub(gateway).ReportRolledBack(
@@ -549,18 +554,7 @@ async def test_an_approval_by_the_planner_appended_straight_to_the_stream_drives
     """Red-team F3: patch-registry's NATS credential appends RolloutApproved(actor=planner) past
     ApproveRollout's four-eyes check; the registry replaying it, live and after a restart, ignores it."""
     await publish(registry, "0.2.0")
-    await registry.beat("m-1", "0.1.0")
-
-    async def reported() -> bool | None:
-        response = await registry.fleet.ListInstances(fleet_pb2.ListInstancesRequest(), timeout=TIMEOUT_S)
-        return any(i.last_heartbeat.instance_id == "m-1" for i in response.instances) or None
-
-    await eventually(reported, "m-1 in the fleet view")
-    rollout = await registry.stub.PlanRollout(
-        patch_pb2.PlanRolloutRequest(service="messaging", to_version="0.2.0"),
-        metadata=registry.token("alice", "operator"),
-        timeout=TIMEOUT_S,
-    )
+    rollout = await plan_with_one_instance(registry)
     insider = EventBus(await nats_server.connect("patch-registry"), service="patch-registry", producer="insider@0")
     forged = RolloutApproved(rollout_id=rollout.rollout_id, at=time.time(), actor="alice")
     appended = await insider.append(
