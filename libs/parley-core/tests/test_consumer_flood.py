@@ -26,7 +26,7 @@ from nats.aio.client import Client
 from parley_core import consumer_guard, nats_accounts, topology
 from parley_core.bus import EventBus, ReceivedEvent, durable_config
 from parley_core.config import Settings
-from parley_core.consumer_floods import CONSUMER_FLOOD
+from parley_core.consumer_floods import CONSUMER_FLOOD, UNATTRIBUTED
 from parley_core.consumer_guard import ConsumerGuard, ensure_declared_durables
 from parley_testing.consumer_flood import FLOOD_ATTEMPTS, Flood, flood_consumers
 from parley_testing.nats import NatsTestServer
@@ -349,6 +349,25 @@ async def test_a_sweep_deletes_what_no_guard_saw_made_and_keeps_what_it_did(
         await replay.stop()
     finally:
         await guard.stop()
+
+
+async def test_consumers_made_while_the_guard_watched_that_no_advisory_named_are_a_finding(
+    nats_server: NatsTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Red-team F4: a flood of refused 1 MB API calls can cost the guard its advisories (the server
+    cuts its connection off as a slow consumer); what its sweep then finds, made since it started,
+    is recorded as an unattributed finding, not only deleted."""
+    monkeypatch.setattr(consumer_guard, "ADVISORY_GRACE_S", 0.0)
+    async with _guarded(nats_server) as guarded:
+        await guarded.guard._subs[0].unsubscribe()  # the audit advisories lost from here on
+        flood = await flood_consumers(await nats_server.connect("gateway"), "gateway", "MSG", attempts=5)
+        assert flood.made == 5
+        await guarded.guard.sweep()
+
+        await eventually(lambda: _none_left(guarded.platform), "the unnamed flood deleted", timeout=LEGIT_WAIT_S)
+        [record] = await eventually(lambda: _flood_records(guarded.platform, {UNATTRIBUTED}), "the finding recorded")
+        assert (record["stream"], record["deleted"]) == ("MSG", 5)
+        assert guarded.guard.quarantined == set()  # no one to quarantine
 
 
 async def test_a_stream_writer_cannot_frame_another_service_with_delivered_advisories(

@@ -17,10 +17,11 @@ from parley.common.v1.envelope_pb2 import EventEnvelope
 from parley.messaging.v1.events_pb2 import MessagePosted
 
 from parley_core.bus import EventBus, EventHandler, Halt, ProjectionHalted, ReceivedEvent
+from parley_core.bus_parking import FOREIGN_EVENT
 from parley_core.envelope import NewEvent, open_payload
 from parley_core.errors import Unavailable
 from parley_core.projection_dispatch import subject_matches
-from parley_core.topology import CHANNELS_FILTER, MESSAGING_FILTER, STREAMS_BY_NAME, channel_subject
+from parley_core.topology import CHANNELS_FILTER, MESSAGING_FILTER, STREAMS_BY_NAME, channel_subject, parked_subject
 from parley_testing.nats import NatsTestServer
 from parley_testing.waiting import until
 
@@ -144,6 +145,37 @@ async def test_an_event_of_a_type_this_version_does_not_know_passes_without_halt
     await replay.wait_for_seq(after, TIMEOUT_S)
     assert [e.stream_seq for e in applied] == [after]
     assert bus.halted is None
+
+
+async def test_an_owner_type_whose_payload_is_not_that_protobuf_is_parked_once_and_never_halts(
+    bus: EventBus, nats_server: NatsTestServer
+) -> None:
+    """Red-team F1: a stolen writer's credential appends a type the owner writes with junk
+    payload bytes; handled, it would halt every reader's projection for good."""
+    junk = EventEnvelope(
+        event_id="junk-1",
+        event_type="parley.messaging.v1.MessagePosted",
+        aggregate_id="c1",
+        payload=b"\xff\xff\xff\xff",
+    )
+    forged = (await bus.js.publish(channel_subject("c1"), junk.SerializeToString())).seq
+    after = await append(bus, posted("c1", "after"))
+    applied: list[ReceivedEvent] = []
+    replays = [
+        await bus.replay(stream="MSG", filter_subject=CHANNELS_FILTER, handler=failing_on("bad", applied))
+        for _ in range(2)  # a restart replays it again
+    ]
+
+    for replay in replays:
+        await replay.wait_for_seq(after, TIMEOUT_S)
+    assert [e.stream_seq for e in applied] == [after, after]
+    assert bus.halted is None
+    platform = (await nats_server.connect("platform")).jetstream()
+    parked = await platform.get_last_msg("PARKED", f"{parked_subject('messaging', 'MSG')}.{forged}")
+    assert parked.headers is not None
+    assert parked.headers["Parley-Parked-Kind"] == FOREIGN_EVENT
+    assert "undecodable payload: 'parley.messaging.v1.MessagePosted'" in parked.headers["Parley-Parked-Reason"]
+    assert (await platform.stream_info("PARKED")).state.messages == 1  # parked once, not per replay
 
 
 async def test_one_replay_per_stream_feeds_each_projection_in_order(bus: EventBus, nats_server: NatsTestServer) -> None:

@@ -40,7 +40,15 @@ from parley_core.net import free_port
 from parley_core.pki import Pki
 from parley_core.runner import serve
 from parley_core.tokens import AUDIENCE, ISSUER
-from parley_core.topology import STREAMS_BY_NAME, VULNERABILITY_ALERTS_FILTER, heartbeat_subject, signing_key_subject
+from parley_core.topology import (
+    STREAMS_BY_NAME,
+    VULNERABILITY_ALERTS_FILTER,
+    heartbeat_subject,
+    rollout_subject,
+    signing_key_subject,
+)
+from parley_patch_registry import codec
+from parley_patch_registry.rollout_events import RolloutApproved
 from parley_patch_registry.service import PatchRegistryApp
 from parley_patch_registry.settings import RegistrySettings
 from parley_testing.nats import NatsTestServer
@@ -493,8 +501,8 @@ async def test_rollout_with_approval_and_automatic_rollback_of_a_failing_canary(
     assert "canary 100 calls, 50 errors" in verdict.detail, verdict.detail
 
 
-async def test_state_survives_a_restart_and_agent_reports_need_the_platform_identity(registry: Registry) -> None:
-    await publish(registry, "0.2.0")
+async def plan_with_one_instance(registry: Registry) -> patch_pb2.Rollout:
+    """alice plans messaging 0.2.0 (published already) over one instance, m-1, running 0.1.0."""
     await registry.beat("m-1", "0.1.0")
 
     async def reported() -> bool | None:
@@ -502,11 +510,16 @@ async def test_state_survives_a_restart_and_agent_reports_need_the_platform_iden
         return any(i.last_heartbeat.instance_id == "m-1" for i in response.instances) or None
 
     await eventually(reported, "m-1 in the fleet view")
-    rollout = await registry.stub.PlanRollout(
+    return await registry.stub.PlanRollout(
         patch_pb2.PlanRolloutRequest(service="messaging", to_version="0.2.0"),
         metadata=registry.token("alice", "operator"),
         timeout=TIMEOUT_S,
     )
+
+
+async def test_state_survives_a_restart_and_agent_reports_need_the_platform_identity(registry: Registry) -> None:
+    release = await publish(registry, "0.2.0")
+    rollout = await plan_with_one_instance(registry)
     gateway = secure_channel(registry.pki, identity="gateway", address=registry.address, peer="patch-registry")
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await patch_pb2_grpc.PatchServiceStub(gateway).ReportRolledBack(
@@ -521,6 +534,8 @@ async def test_state_survives_a_restart_and_agent_reports_need_the_platform_iden
         patch_pb2.GetRolloutRequest(rollout_id=rollout.rollout_id), timeout=TIMEOUT_S
     )
     assert (again.state, again.planned_by, list(again.old_instances)) == ("planned", "alice", ["m-1"])
+    # What agents install: the bytes ReleasePublished recorded, not whatever the repository says later.
+    assert again.target_sha256 == rollout.target_sha256 == release.sha256
     releases = await registry.stub.ListReleases(patch_pb2.ListReleasesRequest(), timeout=TIMEOUT_S)
     assert [r.version for r in releases.releases] == ["0.2.0"]
     # the release publisher is remembered from the events: dave still may not approve
@@ -531,6 +546,42 @@ async def test_state_survives_a_restart_and_agent_reports_need_the_platform_iden
             timeout=TIMEOUT_S,
         )
     assert "published the release" in (own.value.details() or "")
+
+
+async def test_an_approval_by_the_planner_appended_straight_to_the_stream_drives_nothing(
+    registry: Registry, nats_server: NatsTestServer
+) -> None:
+    """Red-team F3: patch-registry's NATS credential appends RolloutApproved(actor=planner) past
+    ApproveRollout's four-eyes check; the registry replaying it, live and after a restart, ignores it."""
+    await publish(registry, "0.2.0")
+    rollout = await plan_with_one_instance(registry)
+    insider = EventBus(await nats_server.connect("patch-registry"), service="patch-registry", producer="insider@0")
+    forged = RolloutApproved(rollout_id=rollout.rollout_id, at=time.time(), actor="alice")
+    appended = await insider.append(
+        rollout_subject(rollout.rollout_id),
+        NewEvent(
+            aggregate_type="rollout", aggregate_id=rollout.rollout_id, payload=codec.to_proto(forged), actor="alice"
+        ),
+        aggregate_version=2,
+        expected_last_subject_seq=None,
+    )
+    get = patch_pb2.GetRolloutRequest(rollout_id=rollout.rollout_id)
+
+    async def forged_seen() -> patch_pb2.Rollout | None:
+        current = await registry.stub.GetRollout(get, timeout=TIMEOUT_S)
+        return current if current.audit[-1].event == "RolloutApproved" else None
+
+    current = await eventually(forged_seen, f"the forged approval (seq {appended.stream_seq}) applied live")
+    assert (current.state, current.approved_by) == ("planned", "")
+    await registry.restart()
+    current = await eventually(forged_seen, "the forged approval replayed from the stream's start")
+    assert (current.state, current.approved_by) == ("planned", "")
+    approved = await registry.stub.ApproveRollout(
+        patch_pb2.RolloutCommand(rollout_id=rollout.rollout_id),
+        metadata=registry.token("bob", "operator"),
+        timeout=TIMEOUT_S,
+    )
+    assert (approved.state, approved.approved_by) == ("approved", "bob")  # a real second pair of eyes still can
 
 
 async def test_an_instance_stopped_on_purpose_leaves_the_fleet_view(registry: Registry) -> None:

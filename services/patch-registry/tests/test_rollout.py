@@ -8,7 +8,7 @@ from parley_core.errors import FailedPrecondition, InvalidArgument, PermissionDe
 from parley_patch_registry import codec
 from parley_patch_registry.gate import DEFAULT_WEIGHTS, CallFigures, GatePolicy, InstanceWindow
 from parley_patch_registry.rollout import Rollout
-from parley_patch_registry.rollout_events import GateEvaluated, RollbackStarted, RolloutEvent, describe
+from parley_patch_registry.rollout_events import GateEvaluated, RollbackStarted, RolloutApproved, RolloutEvent, describe
 
 NO_CALLS = CallFigures()
 POLICY = GatePolicy(max_error_rate=0.01, max_p99_latency_ms=250.0, min_requests=20)
@@ -75,6 +75,24 @@ def test_release_publisher_cannot_approve_its_rollout() -> None:
     rollout, _ = planned()
     with pytest.raises(PermissionDenied, match="published the release"):
         rollout.approve(actor="dave", actor_role="admin", at=2.0)
+
+
+@pytest.mark.parametrize("approver", ["alice", "dave"])  # the planner, the release's publisher
+def test_a_replayed_approval_breaking_four_eyes_is_ignored(approver: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Red-team F3: patch-registry's NATS credential appends RolloutApproved straight to PATCH,
+    past `approve`; every registry replaying it must still see the roll-out unapproved."""
+    _, events = planned()
+    forged = RolloutApproved(rollout_id=events[0].rollout_id, at=2.0, actor=approver)
+    rollout = Rollout.replay([*events, forged])
+
+    assert (rollout.state, rollout.approved_by) == ("planned", "")
+    assert rollout.history[-1] is forged  # still counted: the aggregate's version is its length
+    with pytest.raises(FailedPrecondition, match="is planned"):
+        rollout.next_step(at=3.0)
+    [line] = [r for r in caplog.records if getattr(r, "security_event", "") == "forged_rollout_approval_ignored"]
+    assert line.levelname == "ERROR"
+    rollout.approve(actor="bob", actor_role="admin", at=4.0)  # a real second pair of eyes still can
+    assert (rollout.state, rollout.approved_by) == ("approved", "bob")
 
 
 def test_approval_needs_patch_approve_permission() -> None:

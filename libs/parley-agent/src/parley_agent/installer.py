@@ -80,8 +80,17 @@ class TufSource:
     trusted_root: bytes  # used only on the agent's first contact; later the stored root chain
 
 
-def fetch_release(source: TufSource, target_path: str, cache_dir: Path) -> tuple[Path, dict[str, object]]:
-    """Verified download; raises tuf's errors on any tampering, rollback or expiry."""
+class NotThePublishedRelease(FailedPrecondition):
+    """The signed target is not the bytes the registry recorded when the release was published."""
+
+
+def fetch_release(
+    source: TufSource, target_path: str, cache_dir: Path, *, sha256: str
+) -> tuple[Path, dict[str, object]]:
+    """Verified download; raises tuf's errors on any tampering, rollback or expiry, and
+    NotThePublishedRelease unless the wheel's sha256 is `sha256`, the one the release's
+    ReleasePublished event recorded: whoever holds the registry folder's signing keys can re-sign
+    a target under an existing path, but cannot change what the event log recorded."""
     metadata_dir = cache_dir / "metadata"
     downloads = cache_dir / "downloads"
     metadata_dir.mkdir(parents=True, exist_ok=True)
@@ -103,6 +112,13 @@ def fetch_release(source: TufSource, target_path: str, cache_dir: Path) -> tuple
     local = downloads / info.hashes["sha256"] / info.path.rpartition("/")[2]
     local.parent.mkdir(exist_ok=True)
     path = updater.find_cached_target(info, str(local)) or updater.download_target(info, str(local))
+    if (fetched := _sha256(Path(path))) != sha256:
+        raise NotThePublishedRelease(
+            f"{target_path} in the TUF repository has sha256 {fetched}, not {sha256 or '(none recorded)'}, the one"
+            " the registry recorded when it was published: its target was re-signed since (by someone holding"
+            " the registry folder's keys?); refusing to install it. Check who changed the repository, then"
+            " publish the release again under a new version"
+        )
     return Path(path), dict(info.custom)
 
 

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -27,7 +28,14 @@ from parley.patch.v1 import patch_pb2, patch_pb2_grpc
 from tuf.api.exceptions import DownloadError, RepositoryError
 
 from parley_agent.gate_probes import GateProbes
-from parley_agent.installer import INSTALLED, TufSource, fetch_release, install_version, installed_wheel
+from parley_agent.installer import (
+    INSTALLED,
+    NotThePublishedRelease,
+    TufSource,
+    fetch_release,
+    install_version,
+    installed_wheel,
+)
 from parley_agent.instances import AgentTimeouts, Door, Instance, InstanceHost, door_for
 from parley_agent.progress import ProgressTeller
 from parley_core.errors import NotFound
@@ -141,7 +149,9 @@ class NodeAgent(InstanceHost):
 
     async def _install(self, rollout: patch_pb2.Rollout) -> Path:
         source = await self._source()
-        wheel, custom = await asyncio.to_thread(fetch_release, source, rollout.target_path, self.data_dir / "tuf")
+        wheel, custom = await asyncio.to_thread(
+            partial(fetch_release, sha256=rollout.target_sha256), source, rollout.target_path, self.data_dir / "tuf"
+        )
         if custom.get("version") != rollout.to_version or custom.get("service") != rollout.service:
             raise RuntimeError(
                 f"{rollout.target_path} is signed as {custom}, not {rollout.service} {rollout.to_version}"
@@ -160,16 +170,18 @@ class NodeAgent(InstanceHost):
         env_dir = self.env_dir(service, version)
         return env_dir / "bin" / "python" if (env_dir / INSTALLED).exists() else None
 
-    async def verify_installed(self, service: str, version: str, target_path: str) -> str | None:
+    async def verify_installed(self, service: str, version: str, target_path: str, sha256: str) -> str | None:
         """None if the wheel `service` `version` runs from is, byte for byte, the signed release at
-        `target_path` (fetched through TUF); else what is wrong."""
+        `target_path` (fetched through TUF, its sha256 the one the registry recorded); else what is wrong."""
         wheel = installed_wheel(self.env_dir(service, version))
         if wheel is None:
             return f"{service} {version} is not installed on {self.host}"
         try:
             source = await self._source()
-            released, custom = await asyncio.to_thread(fetch_release, source, target_path, self.data_dir / "tuf")
-        except (RepositoryError, DownloadError, NotFound, OSError) as error:
+            released, custom = await asyncio.to_thread(
+                partial(fetch_release, sha256=sha256), source, target_path, self.data_dir / "tuf"
+            )
+        except (RepositoryError, DownloadError, NotFound, NotThePublishedRelease, OSError) as error:
             return f"{target_path} could not be fetched through TUF: {error}"
         if (custom.get("service"), custom.get("version")) != (service, version):
             return f"{target_path} is signed as {custom}, not {service} {version}"

@@ -96,7 +96,7 @@ async def publish_base_releases(agent: NodeAgent, services: Sequence[str], say: 
         try:
             release = await publish_base_release(agent.registry, service=name, version=version, wheel=wheel)
             if wheel is not None:
-                problem = await agent.verify_installed(name, version, release.target_path)
+                problem = await agent.verify_installed(name, version, release.target_path, release.sha256)
                 if problem:
                     say(f"WARNING: {problem}: {name} reports {version} but does not run that release")
                     continue

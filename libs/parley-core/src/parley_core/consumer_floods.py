@@ -29,6 +29,10 @@ QUARANTINE_WINDOW_S = 60.0
 # The first finding of a flood is reported this soon (with what it made by then), later ones at most this often.
 REPORT_FIRST_S = 1.0
 REPORT_EVERY_S = 10.0
+# Who made a consumer the guard's sweep found made while it watched, which no advisory named: the
+# advisories were lost (a flood of refused 1 MB API calls can make the server cut the guard's
+# connection off as a slow consumer), so the finding is recorded without a name and no one is quarantined.
+UNATTRIBUTED = "an unnamed credential"
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,11 @@ class Flood:
 
     def sentence(self) -> str:
         made = ", ".join(f"{count} on {stream}" for stream, count in sorted(self.deleted.items()))
+        if self.service == UNATTRIBUTED:
+            return (
+                f"consumers no service may keep ({made}) were made while the consumer guard watched, yet no advisory"
+                " named their maker (were the guard's advisories lost to a flood of API calls?); the guard deleted them"
+            )
         then = "; its account may make no more consumers until an operator lifts the quarantine" * self.quarantined
         return (
             f"{self.service}'s NATS credential made consumers it may not keep ({made}: undeclared durables, "
@@ -79,7 +88,12 @@ class FloodReports:
         times.append(now)
         while times and times[0] < now - QUARANTINE_WINDOW_S:
             times.popleft()
-        if len(times) >= self.quarantine_after and service not in self.quarantined and self.quarantine is not None:
+        if (
+            len(times) >= self.quarantine_after
+            and service not in self.quarantined
+            and service != UNATTRIBUTED
+            and self.quarantine is not None
+        ):
             self.quarantined.add(service)
             why = f"made {len(times)} consumers it may not keep within {QUARANTINE_WINDOW_S:g} s"
             self.tasks.append(asyncio.create_task(self._quarantine(service, why), name=f"quarantine-{service}"))

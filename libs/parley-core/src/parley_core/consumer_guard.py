@@ -41,7 +41,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from parley_core.bus import CONSUMER_NOT_FOUND, durable_config
-from parley_core.consumer_floods import QUARANTINE_AFTER, Flood, FloodReports
+from parley_core.consumer_floods import QUARANTINE_AFTER, UNATTRIBUTED, Flood, FloodReports
 from parley_core.consumer_policy import DECLARED, EPHEMERAL_QUOTA, ConsumerSeen, Verdict, judge
 from parley_core.jobs import PeriodicJob, every
 from parley_core.nats_accounts import JS_API, JS_API_AUDIT, JS_CONSUMER_DELETED, account_of
@@ -301,8 +301,11 @@ class ConsumerGuard:
             for name, info in listed.items():
                 key = (stream, name)
                 known = key in self._kept or key in self._deleting or key in self._deleted
-                if not known and _age_s(info) >= ADVISORY_GRACE_S:
-                    self._judge(seen_from_info({**info, "stream_name": stream}, None))
+                if not known and (age := _age_s(info)) >= ADVISORY_GRACE_S:
+                    verdict = self._judge(seen_from_info({**info, "stream_name": stream}, None))
+                    if not verdict.keep and age < time.time() - self._started_at:
+                        # Made while the guard watched, yet no advisory named it: they were lost.
+                        self._floods.violated(UNATTRIBUTED, stream)
         self._deleted.clear()  # the next sweep lists after these deletions
 
     async def _list(self, stream: str) -> Any:

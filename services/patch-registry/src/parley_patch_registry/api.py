@@ -34,13 +34,14 @@ def release_proto(info: ReleaseInfo) -> patch_pb2.Release:
     )
 
 
-def rollout_proto(rollout: Rollout) -> patch_pb2.Rollout:
+def rollout_proto(rollout: Rollout, *, target_sha256: str) -> patch_pb2.Rollout:
     return patch_pb2.Rollout(
         rollout_id=rollout.rollout_id,
         service=rollout.service,
         from_version=rollout.from_version,
         to_version=rollout.to_version,
         target_path=rollout.target_path,
+        target_sha256=target_sha256,
         state=rollout.state,
         planned_by=rollout.planned_by,
         approved_by=rollout.approved_by,
@@ -121,6 +122,9 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
         self.registry = registry
         self.tokens = tokens
         self.http = http
+
+    def _rollout_proto(self, rollout: Rollout) -> patch_pb2.Rollout:
+        return rollout_proto(rollout, target_sha256=self.registry.published_sha256(rollout.target_path))
 
     async def SetPublisherKey(
         self, request: patch_pb2.SetPublisherKeyRequest, context: Context
@@ -214,14 +218,14 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
             reason=request.reason,
             weights=list(request.weights),
         )
-        return rollout_proto(rollout)
+        return self._rollout_proto(rollout)
 
     async def RevertService(self, request: patch_pb2.RevertServiceRequest, context: Context) -> patch_pb2.Rollout:
         caller = self.tokens.caller(context)
         rollout = await self.registry.revert_service(
             caller, request.service, reason=request.reason, force=request.force
         )
-        return rollout_proto(rollout)
+        return self._rollout_proto(rollout)
 
     async def PublishBaseRelease(
         self, request: patch_pb2.PublishBaseReleaseRequest, context: Context
@@ -234,7 +238,7 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
 
     async def _command(self, request: patch_pb2.RolloutCommand, context: Context, action: str) -> patch_pb2.Rollout:
         caller = self.tokens.caller(context)
-        return rollout_proto(await self.registry.command(caller, request.rollout_id, action, request.reason))
+        return self._rollout_proto(await self.registry.command(caller, request.rollout_id, action, request.reason))
 
     async def ApproveRollout(self, request: patch_pb2.RolloutCommand, context: Context) -> patch_pb2.Rollout:
         return await self._command(request, context, "approve")
@@ -249,13 +253,13 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
         return await self._command(request, context, "rollback")
 
     async def GetRollout(self, request: patch_pb2.GetRolloutRequest, context: Context) -> patch_pb2.Rollout:
-        return rollout_proto(self.registry.rollout(request.rollout_id))
+        return self._rollout_proto(self.registry.rollout(request.rollout_id))
 
     async def ListRollouts(
         self, request: patch_pb2.ListRolloutsRequest, context: Context
     ) -> patch_pb2.ListRolloutsResponse:
         rollouts = sorted(self.registry.rollouts.values(), key=lambda r: r.history[0].at if r.history else 0.0)
-        return patch_pb2.ListRolloutsResponse(rollouts=[rollout_proto(r) for r in rollouts])
+        return patch_pb2.ListRolloutsResponse(rollouts=[self._rollout_proto(r) for r in rollouts])
 
     async def ReportInstanceStarted(
         self, request: patch_pb2.ReportInstanceRequest, context: Context
@@ -264,13 +268,13 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
         rollout = await self.registry.agent_report(
             request.rollout_id, "started", host=request.host, instance_id=request.instance_id, version=request.version
         )
-        return rollout_proto(rollout)
+        return self._rollout_proto(rollout)
 
     async def ReportInstanceDrained(
         self, request: patch_pb2.ReportInstanceRequest, context: Context
     ) -> patch_pb2.Rollout:
         require_platform_peer(context)
-        return rollout_proto(
+        return self._rollout_proto(
             await self.registry.agent_report(
                 request.rollout_id, "drained", host=request.host, instance_id=request.instance_id
             )
@@ -288,11 +292,13 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
             exit_code=request.exit_code,
             last_log_lines=list(request.last_log_lines),
         )
-        return rollout_proto(rollout)
+        return self._rollout_proto(rollout)
 
     async def ReportRolledBack(self, request: patch_pb2.GetRolloutRequest, context: Context) -> patch_pb2.Rollout:
         require_platform_peer(context)
-        return rollout_proto(await self.registry.agent_report(request.rollout_id, "rolled_back", host=request.host))
+        return self._rollout_proto(
+            await self.registry.agent_report(request.rollout_id, "rolled_back", host=request.host)
+        )
 
     async def TufRepository(
         self, request: patch_pb2.TufRepositoryRequest, context: Context

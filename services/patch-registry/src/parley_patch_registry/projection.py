@@ -33,6 +33,7 @@ class RegistryProjection:
         self.findings = FindingBook(deadline_policy)
         self.rollouts: dict[str, Rollout] = {}
         self.release_publishers: dict[str, str] = {}
+        self.release_hashes: dict[str, str] = {}  # target path -> the sha256 its ReleasePublished recorded
         # The overdue alerts on the stream: (advisory, service, package, deadline in ms).
         self.announced_overdue: set[tuple[str, str, str, int]] = set()
         self._rollout_seq: dict[str, int] = {}  # a roll-out's id -> its last event's stream seq
@@ -63,6 +64,7 @@ class RegistryProjection:
             return
         if isinstance(payload, events_pb2.ReleasePublished):
             self.release_publishers[payload.target_path] = payload.published_by
+            self.release_hashes.setdefault(payload.target_path, payload.sha256)  # the bytes first published
             return
         if isinstance(payload, events_pb2.VulnerabilityOverdue):
             self.announced_overdue.add(

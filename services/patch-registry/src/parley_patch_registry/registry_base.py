@@ -102,6 +102,11 @@ class RegistryBase:
         if service not in SERVICES:
             raise InvalidArgument(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
 
+    def published_sha256(self, target_path: str) -> str:
+        """The sha256 the release's ReleasePublished event recorded ("" if none did): what agents
+        install, since whoever holds the registry folder's keys can re-sign the target itself."""
+        return self.state.release_hashes.get(target_path, "")
+
     def release(self, service: str, version: str) -> ReleaseInfo:
         for info in self.repo.releases(service):
             if info.version == version:

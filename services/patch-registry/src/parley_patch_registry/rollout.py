@@ -14,6 +14,7 @@ caller passes `at` and the identity of whoever acts.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -36,6 +37,8 @@ from parley_patch_registry.rollout_events import (
     StepStarted,
     exit_description,
 )
+
+log = logging.getLogger(__name__)
 
 # Every state a planned roll-out can be in (Rollout.apply), in the order it moves through them.
 STATES = ("planned", "approved", "canary", "production", "paused", "rolling_back", "done", "rolled_back")
@@ -97,7 +100,8 @@ class Rollout:
                 self.reverts, self.forced, self.reason = event.reverts, event.forced, event.reason
                 self.weights = tuple(event.weights) or (100,)
             case RolloutApproved():
-                self.approved_by, self.state = event.actor, "approved"
+                if self._second_pair_of_eyes(event):
+                    self.approved_by, self.state = event.actor, "approved"
             case StepStarted():
                 self.steps.append(Step(replaces_instance=event.replaces_instance))
                 self.state = "canary" if event.step == 0 else "production"
@@ -125,6 +129,25 @@ class Rollout:
                 self.state = "done"
             case RolloutRolledBack():
                 self.state = "rolled_back"
+
+    def _second_pair_of_eyes(self, event: RolloutApproved) -> bool:
+        """Four eyes on replay too: `approve` refuses the planner and the publisher, but whoever
+        holds patch-registry's NATS credential could append such an approval straight to PATCH.
+        Every registry ignores it (kept in the history, which numbers the aggregate's events)."""
+        if self.state == "planned" and event.actor not in (self.planned_by, self.release_published_by):
+            return True
+        log.error(
+            "security: ignored a roll-out approval that breaks the four-eyes rule",
+            extra={
+                "security_event": "forged_rollout_approval_ignored",
+                "rollout_id": self.rollout_id,
+                "approver": event.actor,
+                "planned_by": self.planned_by,
+                "release_published_by": self.release_published_by,
+                "state": self.state,
+            },
+        )
+        return False
 
     def _emit(self, event: RolloutEvent) -> list[RolloutEvent]:
         self.apply(event)

@@ -829,6 +829,7 @@ class Rollout(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     WEIGHTS_FIELD_NUMBER: _builtins.int
     RELEASE_PUBLISHED_BY_FIELD_NUMBER: _builtins.int
+    TARGET_SHA256_FIELD_NUMBER: _builtins.int
     rollout_id: _builtins.str
     service: _builtins.str
     from_version: _builtins.str
@@ -847,6 +848,10 @@ class Rollout(_message.Message):
     release_published_by: _builtins.str
     """Who published the release rolled out ("" for a base release): like the planner, they may
     not approve it, and the console says so before the registry refuses.
+    """
+    target_sha256: _builtins.str
+    """The sha256 its ReleasePublished event recorded: an agent installs those bytes only, whatever
+    the TUF repository's targets say now (a re-signed target is refused).
     """
     @_builtins.property
     def old_instances(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -876,10 +881,11 @@ class Rollout(_message.Message):
         reason: _builtins.str = ...,
         weights: _abc.Iterable[_builtins.int] | None = ...,
         release_published_by: _builtins.str = ...,
+        target_sha256: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "audit", b"audit", "forced", b"forced", "from_version", b"from_version", "old_instances", b"old_instances", "planned_by", b"planned_by", "reason", b"reason", "release_published_by", b"release_published_by", "reverts", b"reverts", "rollback_reason", b"rollback_reason", "rollout_id", b"rollout_id", "service", b"service", "state", b"state", "steps", b"steps", "target_path", b"target_path", "to_version", b"to_version", "weights", b"weights"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "audit", b"audit", "forced", b"forced", "from_version", b"from_version", "old_instances", b"old_instances", "planned_by", b"planned_by", "reason", b"reason", "release_published_by", b"release_published_by", "reverts", b"reverts", "rollback_reason", b"rollback_reason", "rollout_id", b"rollout_id", "service", b"service", "state", b"state", "steps", b"steps", "target_path", b"target_path", "target_sha256", b"target_sha256", "to_version", b"to_version", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
