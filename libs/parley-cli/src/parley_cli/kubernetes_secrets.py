@@ -223,7 +223,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     kubernetes = sub.add_parser("kubernetes", help="run the platform on Kubernetes (deploy/kubernetes)")
     commands = kubernetes.add_subparsers(dest="kubernetes_command", required=True)
     made = commands.add_parser(
-        "secrets", help="write the Secrets the manifests mount (certificates, NATS users, nats-server config, database)"
+        "secrets",
+        help="write the Secrets the manifests mount (certificates, NATS users, nats-server config, database, auth's "
+        "and storage's keys)",
     )
     made.add_argument("--namespace", required=True, help="the namespace the platform runs in (its DNS names)")
     made.add_argument("--out", type=Path, required=True, help="a new folder for the Secret manifests")
