@@ -10,6 +10,7 @@ from what this renders (a test runs it), so the two never drift apart.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from parley_core.audit_checkpoints import DEFAULT_CHECKPOINT_DIR
+from parley_core.config import REGISTRY_FOLDER
 from parley_core.topology import GRPC_CALLERS, PLATFORM_USER, SERVICES
 
 BASE = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes" / "base"
@@ -40,15 +43,38 @@ class ServiceShape:
     # Keeps keys or files of its own (auth's signing keys, storage's keyring, the registry's TUF
     # repository): one replica until those are shared (docs/deploy.md).
     single_writer: bool = False
+    # The data folder's subfolders the service writes and must find again after a restart: kept
+    # on a PersistentVolumeClaim of its own.
+    state: tuple[str, ...] = ()
+    # Keys of its own in secrets/ (a state folder then), seeded on first start from the
+    # `parley-<service>-keys` Secret `parley kubernetes secrets` makes from the data folder.
+    keys: bool = False
 
 
 SHAPES = {
     "gateway": ServiceShape(replicas=2, cpu="500m", memory="512Mi"),
     "messaging": ServiceShape(replicas=2, cpu="500m", memory="512Mi"),
-    "auth": ServiceShape(replicas=1, cpu="500m", memory="512Mi", single_writer=True),
-    "storage": ServiceShape(replicas=1, cpu="500m", memory="1Gi", single_writer=True),
-    "patch-registry": ServiceShape(replicas=1, cpu="250m", memory="512Mi", single_writer=True),
+    "auth": ServiceShape(replicas=1, cpu="500m", memory="512Mi", single_writer=True, state=("secrets",), keys=True),
+    # Its audit checkpoints (parley_core.audit_checkpoints) too; the archive is PostgreSQL's.
+    "storage": ServiceShape(
+        replicas=1, cpu="500m", memory="1Gi", single_writer=True, state=("secrets", DEFAULT_CHECKPOINT_DIR), keys=True
+    ),
+    # The TUF repository and its keys (the registry's `folder`).
+    "patch-registry": ServiceShape(
+        replicas=1, cpu="250m", memory="512Mi", single_writer=True, state=(REGISTRY_FOLDER,)
+    ),
 }
+DATA_DIR = "/var/lib/parley"
+STATE_SIZE = "1Gi"
+USER = 10001  # the image's (deploy/docker/Dockerfile)
+SECURITY_CONTEXT = {
+    "runAsNonRoot": True,
+    "runAsUser": USER,
+    "readOnlyRootFilesystem": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+}
+
 PEER_ENV = {
     "auth": "PARLEY_AUTH_ADDR",
     "messaging": "PARLEY_MESSAGING_ADDR",
@@ -73,6 +99,39 @@ def health_probe(service: str, port: int) -> list[str]:
         "--address",
         f"127.0.0.1:{port}",
     ]
+
+
+def state_mount(folder: str) -> dict[str, Any]:
+    """The data folder's `folder`, kept on the pod's volume (its init container made it)."""
+    return {"name": "state", "mountPath": f"{DATA_DIR}/{folder}", "subPath": folder}
+
+
+def secret_volume(name: str, secret_name: str) -> dict[str, Any]:
+    return {"name": name, "secret": {"secretName": secret_name, "defaultMode": 0o400}}
+
+
+def state_volumes(service: str) -> dict[str, Any]:
+    """What seeds a keyed service's secrets/ on its volume: its NATS password and its keys."""
+    sources = [f"parley-nats-{service}", f"parley-{service}-keys"]
+    return {"name": "seed", "projected": {"defaultMode": 0o400, "sources": [{"secret": {"name": n}} for n in sources]}}
+
+
+def prepare_state(service: str, container: dict[str, Any]) -> dict[str, Any]:
+    """The init container making (and, with keys, seeding) the service's folder on its volume."""
+    shape = SHAPES[service]
+    command = [IMAGE_PYTHON, "-I", "-m", "parley_core.state_seed", *(f"/state/{f}" for f in shape.state)]
+    mounts = [{"name": "state", "mountPath": "/state"}]
+    if shape.keys:  # secrets/ first: the folder the seed fills
+        command += ["--seed", "/seed"]
+        mounts.append({"name": "seed", "mountPath": "/seed", "readOnly": True})
+    return {
+        "name": "prepare-state",
+        "image": container["image"],
+        "command": command,
+        "resources": copy.deepcopy(container["resources"]),
+        "securityContext": copy.deepcopy(SECURITY_CONTEXT),
+        "volumeMounts": mounts,
+    }
 
 
 def deployment(service: str) -> dict[str, Any]:
@@ -109,19 +168,32 @@ def deployment(service: str) -> dict[str, Any]:
             "requests": {"cpu": shape.cpu, "memory": shape.memory},
             "limits": {"cpu": shape.cpu, "memory": shape.memory},
         },
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 10001,
-            "readOnlyRootFilesystem": True,
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": copy.deepcopy(SECURITY_CONTEXT),
         "volumeMounts": [
-            {"name": "pki", "mountPath": "/var/lib/parley/pki", "readOnly": True},
-            {"name": "secrets", "mountPath": "/var/lib/parley/secrets", "readOnly": True},
+            {"name": "pki", "mountPath": f"{DATA_DIR}/pki", "readOnly": True},
+            # Where the service reads its NATS password: the Secret, or (keys of its own) its volume.
+            state_mount("secrets")
+            if shape.keys
+            else {"name": "secrets", "mountPath": f"{DATA_DIR}/secrets", "readOnly": True},
+            *(state_mount(folder) for folder in shape.state if folder != "secrets"),
             {"name": "scratch", "mountPath": "/tmp"},  # noqa: S108 - the pod's own emptyDir
         ],
     }
+    pod: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        # fsGroup: the Secret volumes' files (0400) and the state volume are the pod user's group's.
+        "securityContext": {"runAsNonRoot": True, "fsGroup": USER, "seccompProfile": {"type": "RuntimeDefault"}},
+        "terminationGracePeriodSeconds": 30,
+        "containers": [container],
+        "volumes": [
+            {"name": "pki", "secret": {"secretName": f"parley-pki-{service}", "defaultMode": 0o400}},
+            state_volumes(service) if shape.keys else secret_volume("secrets", f"parley-nats-{service}"),
+            {"name": "scratch", "emptyDir": {"sizeLimit": "64Mi"}},
+        ],
+    }
+    if shape.state:
+        pod["volumes"].append({"name": "state", "persistentVolumeClaim": {"claimName": f"{service}-state"}})
+        pod["initContainers"] = [prepare_state(service, container)]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -133,21 +205,18 @@ def deployment(service: str) -> dict[str, Any]:
             if shape.single_writer
             else {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "selector": {"matchLabels": labels(service)},
-            "template": {
-                "metadata": {"labels": labels(service)},
-                "spec": {
-                    "automountServiceAccountToken": False,
-                    "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-                    "terminationGracePeriodSeconds": 30,
-                    "containers": [container],
-                    "volumes": [
-                        {"name": "pki", "secret": {"secretName": f"parley-pki-{service}", "defaultMode": 0o400}},
-                        {"name": "secrets", "secret": {"secretName": f"parley-nats-{service}", "defaultMode": 0o400}},
-                        {"name": "scratch", "emptyDir": {"sizeLimit": "64Mi"}},
-                    ],
-                },
-            },
+            "template": {"metadata": {"labels": labels(service)}, "spec": pod},
         },
+    }
+
+
+def state_claim(service: str) -> dict[str, Any]:
+    """The volume a single-writer service's state lives on across restarts and re-schedules."""
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": f"{service}-state", "labels": labels(service)},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": STATE_SIZE}}},
     }
 
 
@@ -240,6 +309,8 @@ def rendered() -> dict[str, str]:
         services += [deployment(service), service_object(service)]
         if SHAPES[service].replicas >= 2:
             services.append(disruption_budget(service))
+        if SHAPES[service].state:
+            services.append(state_claim(service))
     return {"services.yaml": render_all(services), "networkpolicies.yaml": render_all(network_policies())}
 
 

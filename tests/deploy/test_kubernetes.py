@@ -55,7 +55,7 @@ def policy_violations(objects: list[dict[str, Any]]) -> list[str]:
     for where, spec in pod_specs(objects):
         if not spec.get("securityContext", {}).get("runAsNonRoot"):
             found.append(f"{where}: the pod may run as root")
-        for container in spec["containers"]:
+        for container in [*spec.get("initContainers", []), *spec["containers"]]:
             at = f"{where}/{container['name']}"
             context = container.get("securityContext", {})
             if not context.get("runAsNonRoot") or not context.get("readOnlyRootFilesystem"):
@@ -138,3 +138,35 @@ def test_the_policy_check_catches_a_root_container_without_limits() -> None:
     found = "\n".join(policy_violations(objects))
     for what in ("not non-root", "no CPU and memory limits", "not pinned", "fewer than two replicas"):
         assert what in found
+
+
+def deployment_spec(objects: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    return next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == name)["spec"]
+
+
+def test_the_services_state_lives_on_claims_the_base_makes() -> None:
+    """What auth, storage and the registry write and must find again after a restart (their keys,
+    storage's audit checkpoints, the TUF repository) is on a PersistentVolumeClaim of the base, in
+    a folder their init container makes; one pod at a time writes it (Recreate, one replica)."""
+    from parley_core.audit_checkpoints import DEFAULT_CHECKPOINT_DIR
+    from parley_core.config import REGISTRY_FOLDER
+
+    objects = base_objects()
+    claims = {o["metadata"]["name"] for o in objects if o["kind"] == "PersistentVolumeClaim"}
+    kept = {"auth": {"secrets"}, "storage": {"secrets", DEFAULT_CHECKPOINT_DIR}, "patch-registry": {REGISTRY_FOLDER}}
+    for service, folders in kept.items():
+        spec = deployment_spec(objects, service)
+        assert spec["replicas"] == 1, service
+        assert spec["strategy"]["type"] == "Recreate", service
+        pod = spec["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        claim = volumes["state"]["persistentVolumeClaim"]["claimName"]
+        assert claim in claims, service
+        (container,) = pod["containers"]
+        on_claim = {m["mountPath"]: m["subPath"] for m in container["volumeMounts"] if m["name"] == "state"}
+        assert on_claim == {f"/var/lib/parley/{f}": f for f in folders}, service
+        (init,) = pod["initContainers"]
+        assert {f"/state/{f}" for f in folders} <= set(init["command"]), service
+        assert {"name": "state", "mountPath": "/state"} in init["volumeMounts"]
+    for service in ("gateway", "messaging"):  # their state is the event log's
+        assert "initContainers" not in deployment_spec(objects, service)["template"]["spec"]

@@ -4,8 +4,10 @@ Made on the operator's side from the platform's data folder, as `parley host add
 bundle: certificates issued by the platform CA (its key never leaves the folder), each naming the
 DNS names of its Kubernetes Service in the namespace; each service's NATS password; the
 nats-server configuration `parley up --nats-cluster 3` would render (accounts, users, TLS, routes),
-with the StatefulSet's paths and DNS names; the archive's database URL. One YAML file per Secret,
-owner-only, in a new folder: `kubectl apply -f DIR`.
+with the StatefulSet's paths and DNS names; the archive's database URL; and the keys a host bundle
+gives a host running auth or storage (host_bundle.SERVICE_SECRETS), storage's keyring with them:
+one storage replica keeps it on its volume, seeded from the Secret on first start. One YAML file
+per Secret, owner-only, in a new folder: `kubectl apply -f DIR`.
 
 Passwords, the JetStream store key and the database password stay in the data folder, so running
 the command again gives the same ones (and new certificates).
@@ -14,6 +16,7 @@ the command again gives the same ones (and new certificates).
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import re
@@ -27,7 +30,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from parley_core.database import DatabaseChoiceRefused, check_database_url
+from parley_cli.host_bundle import SERVICE_SECRETS
+from parley_core.database import DATABASE_URL_FILE, DatabaseChoiceRefused, check_database_url
 from parley_core.files import ensure_private_dir, write_private_file
 from parley_core.natsconf import (
     NATS_PASSWORDS_FILE,
@@ -38,6 +42,7 @@ from parley_core.natsconf import (
 )
 from parley_core.pki import CA_NAME, CertificateMissing, Pki, issue_into
 from parley_core.topology import NATS_IDENTITY, PLATFORM_USER, SERVICES
+from parley_storage.key_files import KEYRING_FILE
 
 __all__ = ["KubernetesSecretsRefused", "dns_names", "make_secrets", "nats_dns_names"]
 
@@ -56,6 +61,13 @@ CLUSTER_DOMAIN = "cluster.local"
 # Kept in the data folder so that a second run gives the cluster the same keys.
 STORE_KEY_FILE = "kubernetes-jetstream-store.key"
 DATABASE_PASSWORD_FILE = "kubernetes-database-password"  # noqa: S105 - a file name
+# The files of the data folder's secrets/ each keyed service's `parley-<service>-keys` Secret
+# carries: a host bundle's (the database URL is parley-database's), and storage's keyring, which a
+# bundle leaves on the hosts' shared file system and the pod's volume keeps instead.
+SERVICE_KEYS = {
+    "auth": SERVICE_SECRETS["auth"],
+    "storage": (*(name for name in SERVICE_SECRETS["storage"] if name != DATABASE_URL_FILE.name), KEYRING_FILE),
+}
 _NAMESPACE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
@@ -74,14 +86,18 @@ def nats_dns_names(namespace: str) -> list[str]:
     return [name for host in (NATS_SERVICE, *nodes) for name in dns_names(host, namespace)]
 
 
-def secret(name: str, namespace: str, data: dict[str, str]) -> dict[str, Any]:
-    return {
+def secret(name: str, namespace: str, data: dict[str, str], binary: dict[str, bytes] | None = None) -> dict[str, Any]:
+    o: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/part-of": "parley"}},
         "type": "Opaque",
-        "stringData": data,
     }
+    if binary is not None:  # key files need not be text
+        o["data"] = {key: base64.b64encode(value).decode() for key, value in binary.items()}
+    else:
+        o["stringData"] = data
+    return o
 
 
 def make_secrets(data_dir: Path, *, namespace: str, out: Path, database_url: str = "") -> list[str]:
@@ -107,9 +123,15 @@ def make_secrets(data_dir: Path, *, namespace: str, out: Path, database_url: str
         raise KubernetesSecretsRefused(
             f"{data_dir} holds no platform CA key: run this on the platform's own data folder (where `parley up` ran)"
         )
+    secrets_dir = data_dir / "secrets"
+    absent = [name for files in SERVICE_KEYS.values() for name in files if not (secrets_dir / name).is_file()]
+    if absent:
+        raise KubernetesSecretsRefused(
+            f"{secrets_dir} lacks {', '.join(absent)}: auth's and storage's keys are made on their first start; "
+            "run `parley up` once on this folder"
+        )
     identities = [*SERVICES, PLATFORM_USER]
     passwords = ensure_nats_passwords(data_dir / NATS_PASSWORDS_FILE, [*identities, ROUTE_USER])
-    secrets_dir = data_dir / "secrets"
     database_url = database_url or _in_cluster_database_url(secrets_dir / DATABASE_PASSWORD_FILE)
     names = {service: dns_names(service, namespace) for service in SERVICES}
     names[NATS_IDENTITY] = nats_dns_names(namespace)
@@ -155,6 +177,9 @@ def make_secrets(data_dir: Path, *, namespace: str, out: Path, database_url: str
     objects.append(secret("parley-nats-server", namespace, nats_data))
     database = {"url": database_url, "password": urlsplit(database_url).password or ""}
     objects.append(secret(DATABASE_SECRET, namespace, database))
+    for service, files in SERVICE_KEYS.items():
+        keys = {name: (secrets_dir / name).read_bytes() for name in files}
+        objects.append(secret(f"parley-{service}-keys", namespace, {}, keys))
     try:
         ensure_private_dir(out)
         for o in objects:
@@ -185,7 +210,7 @@ def cmd_kubernetes_secrets(args: argparse.Namespace) -> int:
     print(
         f"{len(names)} Secrets for namespace {args.namespace} in {args.out}: certificates from this platform's CA "
         "(not its key) naming the Services' DNS names, each service's NATS password, the nats-server "
-        f"configuration and the database URL. Apply them with: kubectl apply -f {args.out}"
+        f"configuration, the database URL and auth's and storage's keys. Apply them with: kubectl apply -f {args.out}"
     )
     return 0
 
@@ -198,7 +223,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     kubernetes = sub.add_parser("kubernetes", help="run the platform on Kubernetes (deploy/kubernetes)")
     commands = kubernetes.add_subparsers(dest="kubernetes_command", required=True)
     made = commands.add_parser(
-        "secrets", help="write the Secrets the manifests mount (certificates, NATS users, nats-server config, database)"
+        "secrets",
+        help="write the Secrets the manifests mount (certificates, NATS users, nats-server config, database, auth's "
+        "and storage's keys)",
     )
     made.add_argument("--namespace", required=True, help="the namespace the platform runs in (its DNS names)")
     made.add_argument("--out", type=Path, required=True, help="a new folder for the Secret manifests")
