@@ -53,7 +53,7 @@ class RegistryConnection:
         user = self._args.user
         if not user:
             raise SystemExit("this command is taken by a person: name yourself with --as USER (after `parley login`)")
-        path = Path(self._args.data_dir) / "cli" / f"{user.casefold()}.json"
+        path = login_file(Path(self._args.data_dir), user)
         if not path.exists():
             raise SystemExit(f"{user} is not logged in here; run `parley login {user}`")
         return (("authorization", f"Bearer {json.loads(path.read_text())['access_token']}"),)
@@ -90,10 +90,14 @@ def fleet_addresses(data_dir: Path, state: dict[str, Any]) -> dict[str, Any]:
     return services
 
 
+def login_file(data_dir: Path, user: str) -> Path:
+    """Where `parley login USER` saved the user's session in this folder."""
+    return data_dir / "cli" / f"{user.casefold()}.json"
+
+
 def own_name(data_dir: Path, user: str | None) -> dict[str, str]:
     """{user id: name} of the --as user, from its saved login; {} without one."""
-    path = data_dir / "cli" / f"{(user or '').casefold()}.json"
-    if not user or not path.exists():
+    if not user or not (path := login_file(data_dir, user)).exists():
         return {}
     user_id = json.loads(path.read_text()).get("user_id")
     return {str(user_id): user} if user_id else {}
