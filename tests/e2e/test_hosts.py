@@ -176,6 +176,11 @@ async def test_the_cli_on_a_joined_hosts_folder_says_which_host_it_is_and_uses_t
         assert re.search(r"^messaging +127\.0\.0\.1:\d+ +SERVING$", status.stdout, re.MULTILINE), status.stdout
         assert " up" not in status.stdout + status.stderr  # never the advice to start a second platform
         here.cli_until("fleet", shows="host-m")
+        parked = here.cli("parked", check=False)  # the platform's own folder's to answer
+        assert parked.returncode == 2
+        assert f"{joined.data_dir} is the folder of joined host host-m" in parked.stderr
+        assert "first host's folder" in parked.stderr
+        assert " up" not in parked.stderr
 
         await (await first_host.new_user("mia")).close()  # registered through the first host's gateway
         logged_in = here.cli("login", "mia", stdin=f"{PASSWORD}\n")
