@@ -13,7 +13,9 @@ DATA_DIR = Path(os.environ.get("PARLEY_DATA_DIR", ".parley"))
 
 
 def password(user: str) -> str:
-    return os.environ.get("PARLEY_PASSWORD") or getpass.getpass(f"password for {user}: ")
+    """$PARLEY_PASSWORD_ALICE for alice (one each), else $PARLEY_PASSWORD (both), else a prompt."""
+    own = "PARLEY_PASSWORD_" + "".join(c if c.isalnum() else "_" for c in user.upper())
+    return os.environ.get(own) or os.environ.get("PARLEY_PASSWORD") or getpass.getpass(f"password for {user}: ")
 
 
 async def main(alice_name: str, bob_name: str) -> None:

@@ -59,6 +59,8 @@ def test_a_bundle_carries_certificates_from_the_ca_but_never_its_key(
     bundle = tmp_path / "bundle"
     made = first_host.cli("host", "add", "host-b", "--services", "messaging,gateway", "--out", str(bundle), check=False)
     assert made.returncode == 0, made.stderr
+    assert "NATS passwords of those services, the fleet's addresses" in made.stdout  # no keys it lacks
+    assert "auth's keys" not in made.stdout
     files = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file())
     assert "pki/ca.key" not in files
     assert {"pki/ca.crt", "pki/messaging.crt", "pki/gateway.crt", "pki/platform.crt", "fleet.json"} <= set(files)
@@ -148,12 +150,44 @@ async def test_a_second_host_serves_clients_and_shows_in_the_fleet(
 
 def test_a_bundle_for_auth_carries_its_keys(first_host: RunningPlatform, tmp_path: Path) -> None:
     bundle = tmp_path / "bundle"
-    first_host.cli("host", "add", "host-c", "--services", "auth", "--out", str(bundle))
+    made = first_host.cli("host", "add", "host-c", "--services", "auth", "--out", str(bundle))
+    assert "NATS passwords of those services, auth's keys, the fleet's addresses" in made.stdout
     secrets = first_host.data_dir / "secrets"
     for name in ("auth-mfa-key.bin", "auth-audit-key.pem", "auth-signing-key.pem"):
         assert (bundle / "secrets" / name).read_bytes() == (secrets / name).read_bytes()
     assert not (bundle / "pki" / "ca.key").exists()
     assert set(json.loads((bundle / "secrets" / "nats-passwords.json").read_text())) == {"auth"}
+
+
+async def test_the_cli_on_a_joined_hosts_folder_says_which_host_it_is_and_uses_the_fleets_doors(
+    first_host: RunningPlatform, tmp_path: Path
+) -> None:
+    """A host without a gateway or registry of its own: its folder holds no platform to start, and
+    a person acts there through the first host's gateway and registry, which its bundle names."""
+    joined = JoinedHost.join(first_host, tmp_path / "host-m", "host-m", "messaging")
+    try:
+        here = RunningPlatform(data_dir=joined.data_dir)  # only its `parley` command
+        registry = json.loads((joined.data_dir / "fleet.json").read_text())["registry_address"]
+        status = here.cli("status")
+        assert status.stdout.startswith(
+            f"{joined.data_dir} is the folder of joined host host-m of the fleet whose first host's "
+            f"patch registry is at {registry}"
+        )
+        assert re.search(r"^messaging +127\.0\.0\.1:\d+ +SERVING$", status.stdout, re.MULTILINE), status.stdout
+        assert " up" not in status.stdout + status.stderr  # never the advice to start a second platform
+        here.cli_until("fleet", shows="host-m")
+        parked = here.cli("parked", check=False)  # the platform's own folder's to answer
+        assert parked.returncode == 2
+        assert f"{joined.data_dir} is the folder of joined host host-m" in parked.stderr
+        assert "first host's folder" in parked.stderr
+        assert " up" not in parked.stderr
+
+        await (await first_host.new_user("mia")).close()  # registered through the first host's gateway
+        logged_in = here.cli("login", "mia", stdin=f"{PASSWORD}\n")
+        assert logged_in.stdout.startswith("logged in as mia"), logged_in.stderr
+        assert here.cli("--as", "mia", "channels", check=False).returncode == 0
+    finally:
+        joined.stop()
 
 
 @pytest.fixture

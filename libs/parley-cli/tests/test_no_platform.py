@@ -133,3 +133,45 @@ def test_patch_status_without_an_id_says_where_the_ids_are(tmp_path: Path) -> No
     assert result.returncode == 2
     assert result.stdout == ""
     assert "`parley patch list` lists the roll-outs with their ids" in result.stderr
+
+
+def test_a_service_down_on_a_running_platform_points_to_status_not_to_a_start(pki: Pki, tmp_path: Path) -> None:
+    """The platform runs (its `parley up` is alive: this test's process stands in for it) but the
+    gateway does not answer: starting the platform would be wrong advice."""
+    data_dir = tmp_path / "running"
+    data_dir.mkdir()
+    (data_dir / "platform.json").write_text(json.dumps({"running": True, "pid": os.getpid(), "services": {}}))
+    client = {"gateway_address": f"127.0.0.1:{free_port()}", "ca_cert": str(pki.ca_cert)}
+    (data_dir / "client.json").write_text(json.dumps(client))
+
+    result = run_parley(
+        "--data-dir", str(data_dir), "register", "bob", cwd=tmp_path, PARLEY_PASSWORD="a-long-enough-passphrase"
+    )
+
+    assert result.returncode == 1, result.stderr
+    error, hint = result.stderr.splitlines()
+    assert error.endswith("(UNAVAILABLE)")
+    assert hint == "a service it needs is unavailable: `parley status` names the one that is down"
+
+
+def test_the_gateway_option_is_dialled_without_a_client_file(pki: Pki, tmp_path: Path) -> None:
+    """A folder with the platform's CA certificate but no gateway of its own: --gateway names one."""
+    data_dir = tmp_path / "no-gateway"
+    (data_dir / "pki").mkdir(parents=True)
+    (data_dir / "pki" / "ca.crt").write_bytes(pki.ca_cert.read_bytes())
+    nobody = f"127.0.0.1:{free_port()}"
+
+    result = run_parley(
+        "--data-dir",
+        str(data_dir),
+        "--gateway",
+        nobody,
+        "login",
+        "bob",
+        cwd=tmp_path,
+        PARLEY_PASSWORD="a-long-enough-passphrase",
+    )
+
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[0].endswith("(UNAVAILABLE)")  # it dialled the gateway named, not refused

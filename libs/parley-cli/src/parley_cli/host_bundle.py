@@ -30,6 +30,7 @@ from typing import Any
 
 from parley_auth.key_files import AUDIT_KEY_FILE
 from parley_auth.key_files import SIGNING_KEY_FILE as AUTH_SIGNING_KEY_FILE
+from parley_cli.joined_host import FLEET_FILE
 from parley_core.contracts import AUTH_SEALING_KEY_FILE
 from parley_core.database import DATABASE_URL_FILE
 from parley_core.files import ensure_private_dir, write_private_file
@@ -45,7 +46,6 @@ SERVICE_SECRETS = {
     "auth": (AUTH_SEALING_KEY_FILE, AUDIT_KEY_FILE, AUTH_SIGNING_KEY_FILE),
     "storage": (DATABASE_URL_FILE.name, *STORAGE_BACKUP_KEY_FILES),
 }
-FLEET_FILE = "fleet.json"
 BUNDLE_FORMAT = 1
 _HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -68,6 +68,8 @@ class FleetConfig:
     # A NATS cluster node this host runs in place of one of the first host's: its server name and
     # the route addresses of the cluster's other nodes (nats_node_bundle); None when it runs none.
     nats_node: dict[str, Any] | None = None
+    # The first host's gateway: the CLI on a host without one of its own logs in there (joined_host).
+    gateway_address: str = ""
     format: int = BUNDLE_FORMAT
 
     def environment(self, data_dir: Path) -> dict[str, str]:
@@ -141,6 +143,7 @@ def make_bundle(
         registry_address=addresses["patch-registry"],
         peers={peer: addresses[peer] for peer in PEER_ADDRESS_ENV},
         nats_node=nats_node,
+        gateway_address=addresses.get("gateway", ""),
     )
     try:
         ensure_private_dir(out)

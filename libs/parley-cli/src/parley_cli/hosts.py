@@ -19,12 +19,14 @@ from pathlib import Path
 
 from parley_cli.host_address import add_host_address_option
 from parley_cli.host_bundle import (
+    SERVICE_SECRETS,
     BundleRefused,
     FleetConfig,
     make_bundle,
     parse_services,
     read_bundle,
 )
+from parley_cli.joined_host import FLEET_FILE, HOST_STATE_FILE
 from parley_cli.joined_nats import JoinedNatsNode
 from parley_cli.nats_handover import choose_node, hand_over
 from parley_cli.state import CLIENT_FILE, PlatformNotRunning, load_running_state
@@ -36,7 +38,6 @@ from parley_core.natsconf import ensure_nats_passwords
 from parley_core.pki import CA_NAME, CertificateMissing, Pki, ensure_pki
 from parley_core.topology import NATS_IDENTITY, PLATFORM_USER
 
-HOST_STATE_FILE = "host.json"
 REGISTRY = "patch-registry"
 SUPERVISE_INTERVAL_S = 0.5
 HEALTHY_S = 60.0  # the node agent waits this long for a new instance to answer its health check
@@ -76,11 +77,21 @@ async def cmd_host_add(args: argparse.Namespace) -> int:
         )
     print(
         f"bundle for host {fleet.host} ({', '.join(fleet.services) or 'no services'}) in {args.out}: "
-        f"certificates from this platform's CA (not its key), NATS passwords of those services (and auth's keys, "
-        f"storage's database URL and backup keys), the fleet's addresses. Copy it to the "
-        f"host over a private channel and run there: parley --data-dir DIR host join {args.out}"
+        f"certificates from this platform's CA (not its key), {_secrets_carried(fleet)}, the fleet's addresses. "
+        f"Copy it to the host over a private channel and run there: parley --data-dir DIR host join {args.out}"
     )
     return 0
+
+
+# What SERVICE_SECRETS' files are, as `host add` names them.
+SECRETS_NAMED = {"auth": "auth's keys", "storage": "storage's database URL and backup keys"}
+
+
+def _secrets_carried(fleet: FleetConfig) -> str:
+    """The secrets this bundle holds, no more: the operator judges the channel it goes over by them."""
+    passwords = "every NATS password (for its NATS node)" if fleet.nats_node else "NATS passwords of those services"
+    keys = [SECRETS_NAMED[s] for s in fleet.services if s in SERVICE_SECRETS]
+    return ", ".join([passwords, *keys])
 
 
 def _storage_keyring(fleet: FleetConfig, keyring: Path | None) -> dict[str, str]:
@@ -125,6 +136,8 @@ def _install(bundle: Path, data_dir: Path) -> None:
         write_private_file(data_dir / "pki" / source.name, source.read_bytes())
     for source in (bundle / "secrets").iterdir():  # NATS passwords, and auth's keys if it runs here
         write_private_file(data_dir / "secrets" / source.name, source.read_bytes())
+    # The fleet's addresses, for the CLI run on this folder (`status`, `fleet`, `login`: joined_host).
+    write_private_file(data_dir / FLEET_FILE, (bundle / FLEET_FILE).read_bytes())
 
 
 class Host:

@@ -25,16 +25,17 @@ from parley_cli import (
 )
 from parley_cli.health import check_broker, check_health
 from parley_cli.host_address import add_host_address_option
+from parley_cli.joined_host import joined_host, joined_host_status
 from parley_cli.prompt import PromptInterrupted
 from parley_cli.saved_login import as_saved_login_refusal
 from parley_cli.state import (
     DEFAULT_DATA_DIR,
     STATE_FILE,
     default_data_dir,
-    how_to_start,
     leftover_pids,
     load_running_state,
     remember_data_dir,
+    unavailable_hint,
 )
 from parley_cli.terminal import shown
 from parley_client import OutcomeUnknown, ParleyError
@@ -68,6 +69,8 @@ async def cmd_status(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     else:
+        if joined := joined_host(args.data_dir):
+            return await joined_host_status(joined)
         state = load_running_state(args.data_dir)
     pki = ensure_pki(args.data_dir / "pki", ["platform"])
     healthy = True
@@ -129,7 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="start nats-server and every service; Ctrl-C stops them")
-    up.add_argument("--gateway-port", type=int, help="preferred gateway port (default 7443, or a free one)")
+    up.add_argument(
+        "--gateway-port",
+        type=int,
+        help="preferred gateway port (default: the port of this folder's last run, else 7443, else a free one)",
+    )
     add_host_address_option(up)
     up.add_argument(
         "--nats-cluster",
@@ -219,10 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         said = as_saved_login_refusal(args.user, refused) if args.user and args.command != "login" else refused
         print(f"error: {shown(said.message)} ({said.code.name})", file=sys.stderr)
         if said.code == grpc.StatusCode.UNAVAILABLE:
-            print(
-                f"is the platform running? {how_to_start(args.data_dir)} starts it; `parley status` shows what is down",
-                file=sys.stderr,
-            )
+            print(unavailable_hint(args.data_dir), file=sys.stderr)
         code = 1
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
 import sys
@@ -30,6 +31,7 @@ from nats.aio.client import Client
 from parley_agent import AgentTimeouts, Door, Instance, NodeAgent
 from parley_agent.front_door import FrontDoor
 from parley_agent.shared_port import requests_migrate
+from parley_cli.outage_log import OncePerOutage
 from parley_cli.platform_doors import claim_web_port, open_client_port, open_service_door
 from parley_cli.platform_hints import tell_cli_steps, tell_how_to_connect
 from parley_cli.platform_nats import PlatformNats
@@ -105,6 +107,7 @@ class Platform:
         # junk flood of them once had nats-server cut `parley up`'s one connection as a slow consumer.
         self._guard_nc: Client | None = None
         self._guard_watch_nc: Client | None = None
+        self._warnings = OncePerOutage(self.say)  # on the root logger from start() to stop()
 
     def say(self, text: str) -> None:
         """Never raises: a terminal or pipe that went away (Ctrl-C on `make run | tee`) must not
@@ -119,6 +122,7 @@ class Platform:
 
     async def start(self) -> None:
         reports_every = report_every()  # a bad $PARLEY_REPORT_EVERY_HOURS fails here, before anything starts
+        logging.getLogger().addHandler(self._warnings)
         # A new folder has no accounts yet (a restored one has its backup's); auth offers no cheap
         # "any account?" question, so the first-owner hint is shown on a new folder's first start only.
         new_folder = not (self.data_dir / "pki").exists() and not (self.data_dir / RESTORED_MARKER).exists()
@@ -344,6 +348,7 @@ class Platform:
 
     async def _supervise_once(self) -> None:
         assert self.agent is not None
+        self._warnings.close_quiet_outages()
         for instance in self.agent.exited():
             assert instance.process is not None
             await self._on_exit(instance, instance.process.returncode or 0)
@@ -411,3 +416,5 @@ class Platform:
             if self.web_claim is not None:
                 self.web_claim.close()
         await self.nats.stop()
+        self._warnings.close_quiet_outages()
+        logging.getLogger().removeHandler(self._warnings)

@@ -15,6 +15,7 @@ from parley.fleet.v1 import fleet_pb2_grpc
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
 from parley.storage.v1 import storage_pb2_grpc
 
+from parley_cli.joined_host import joined_host
 from parley_cli.state import no_platform
 from parley_cli.usernames import usernames
 from parley_client import ParleyError
@@ -29,9 +30,9 @@ class RegistryConnection:
         # The first host's folder, or a joined host's that runs a registry of its own (`host join`
         # writes its front doors to host.json): the registry left when the first host is lost.
         state_path = next((p for p in (data_dir / "platform.json", data_dir / "host.json") if p.exists()), None)
-        if state_path is None:
+        if state_path is None and not joined_host(data_dir):
             raise no_platform(data_dir)
-        services = json.loads(state_path.read_text()).get("services", {})
+        services = fleet_addresses(data_dir, json.loads(state_path.read_text()) if state_path else {})
         if "patch-registry" not in services:
             raise SystemExit(f"no patch registry runs on the host of {data_dir}; use a folder of a host running one")
         pki = ensure_pki(data_dir / "pki", [PLATFORM_USER])
@@ -52,7 +53,7 @@ class RegistryConnection:
         user = self._args.user
         if not user:
             raise SystemExit("this command is taken by a person: name yourself with --as USER (after `parley login`)")
-        path = Path(self._args.data_dir) / "cli" / f"{user.casefold()}.json"
+        path = login_file(Path(self._args.data_dir), user)
         if not path.exists():
             raise SystemExit(f"{user} is not logged in here; run `parley login {user}`")
         return (("authorization", f"Bearer {json.loads(path.read_text())['access_token']}"),)
@@ -65,15 +66,41 @@ class RegistryConnection:
             raise ParleyError(error.code(), error.details() or error.code().name) from None
 
     async def names(self, rollouts: Sequence[patch_pb2.Rollout]) -> dict[str, str]:
+        # The --as user's own name comes from its saved login: a roll-out it just planned names it
+        # before the archive has its registration (or where no storage is reachable).
+        own = own_name(Path(self._args.data_dir), self._args.user)
         if self.storage is None:
-            return {}
+            return own
         ids = [i for r in rollouts for i in (r.planned_by, r.approved_by, *(a.actor for a in r.audit))]
-        return await usernames(self.storage, ids)
+        return own | await usernames(self.storage, ids)
 
     async def close(self) -> None:
         await self.channel.close()
         if self.storage_channel is not None:
             await self.storage_channel.close()
+
+
+def fleet_addresses(data_dir: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """The state's services; on a joined host without a registry (or storage) of its own, the
+    first host's that the bundle's fleet.json names."""
+    services: dict[str, Any] = dict(state.get("services", {}))
+    if joined := joined_host(data_dir):
+        fleet = {"patch-registry": joined.registry_address, "storage": joined.storage_address}
+        services = {name: {"address": a} for name, a in fleet.items() if a} | services
+    return services
+
+
+def login_file(data_dir: Path, user: str) -> Path:
+    """Where `parley login USER` saved the user's session in this folder."""
+    return data_dir / "cli" / f"{user.casefold()}.json"
+
+
+def own_name(data_dir: Path, user: str | None) -> dict[str, str]:
+    """{user id: name} of the --as user, from its saved login; {} without one."""
+    if not user or not (path := login_file(data_dir, user)).exists():
+        return {}
+    user_id = json.loads(path.read_text()).get("user_id")
+    return {str(user_id): user} if user_id else {}
 
 
 async def with_registry(args: argparse.Namespace, work: Any) -> int:

@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from parley_cli.joined_host import joined_host
 from parley_cli.prompt import ask, ask_secret
 from parley_cli.saved_login import saved_logins, use_saved_login
 from parley_cli.state import CLIENT_FILE, no_platform
@@ -19,6 +20,7 @@ from parley_client import ClientConfig, ParleyClient
 
 # Where the CLI reads a password: said in every command's help that reads one.
 PASSWORDS_COME_FROM = "a prompt, the first line of standard input, or $PARLEY_PASSWORD"
+CA_CERT = Path("pki") / "ca.crt"  # the platform CA's certificate, in every data folder (a joined host's too)
 MAX_TOTP_DIGITS = 8  # RFC 6238 codes have 6 to 8 digits; a recovery code is longer and has letters
 SECOND_FACTOR_HOW = (
     "the code from your authenticator app, or one of your recovery codes (xxxx-xxxx-xxxx-xxxx, each works once)"
@@ -70,9 +72,17 @@ def mfa_hint(username: str) -> str:
 
 
 def client_for(args: argparse.Namespace) -> ParleyClient:
-    if not (args.data_dir / CLIENT_FILE).exists():
-        raise no_platform(args.data_dir)  # says how to start it in that folder, or that the folder is not there
-    config = ClientConfig.from_data_dir(args.data_dir)
+    """The gateway of client.json (written where a gateway runs), else a joined host's fleet
+    gateway (the first host's); --gateway overrides either. The folder's CA is trusted."""
+    data_dir: Path = args.data_dir
+    if (data_dir / CLIENT_FILE).exists():
+        config = ClientConfig.from_data_dir(data_dir)
+    else:
+        joined = joined_host(data_dir)
+        gateway = args.gateway or (joined.gateway_address if joined else "")
+        if not gateway or not (data_dir / CA_CERT).exists():
+            raise no_platform(data_dir)  # says how to start it in that folder, or that the folder is not there
+        config = ClientConfig(gateway_address=gateway, ca_cert=data_dir / CA_CERT)
     if args.gateway:
         config = ClientConfig(gateway_address=args.gateway, ca_cert=config.ca_cert)
     return ParleyClient.from_config(config)

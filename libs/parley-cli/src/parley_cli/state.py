@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from parley_cli.joined_host import joined_host
 from parley_core import platform_state
 from parley_core.files import write_private_file
 from parley_core.platform_state import process_alive as _alive
@@ -70,7 +71,13 @@ WHICH_FOLDER = (
 
 def no_platform(data_dir: Path) -> PlatformNotRunning:
     """The folder holds no platform. Another folder than the default that does not exist at all is
-    more likely a mistyped --data-dir than a platform never started there."""
+    more likely a mistyped --data-dir than a platform never started there; a joined host's folder
+    is never one to start a platform in (that would be a second platform)."""
+    if joined := joined_host(data_dir):
+        return PlatformNotRunning(
+            f"{joined.described()}, not a platform's own (this command needs one): run it with --data-dir "
+            "naming the first host's folder"
+        )
     if not data_dir.exists() and data_dir.resolve() != DEFAULT_DATA_DIR.resolve():
         return PlatformNotRunning(f"no folder {data_dir}: is --data-dir (or $PARLEY_DATA_DIR) right?")
     if data_dir.resolve() == DEFAULT_DATA_DIR.resolve():
@@ -82,6 +89,16 @@ def no_platform(data_dir: Path) -> PlatformNotRunning:
     return PlatformNotRunning(
         f"no platform state in {data_dir}; start the platform with {how_to_start(data_dir)} first"
     )
+
+
+def unavailable_hint(data_dir: Path) -> str:
+    """After an UNAVAILABLE answer: with the platform running, a service behind it is down (status
+    names it), and telling to start the platform would mislead."""
+    path = data_dir / STATE_FILE
+    state = json.loads(path.read_text()) if path.exists() else {}
+    if joined_host(data_dir) or (state.get("running") and _alive(state.get("pid"))):
+        return "a service it needs is unavailable: `parley status` names the one that is down"
+    return f"is the platform running? {how_to_start(data_dir)} starts it; `parley status` shows what is down"
 
 
 def load_running_state(data_dir: Path) -> dict[str, Any]:
