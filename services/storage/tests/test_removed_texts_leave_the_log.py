@@ -34,6 +34,7 @@ from sqlalchemy import insert
 
 from parley_core.bus import EventBus, ReceivedEvent
 from parley_core.envelope import NewEvent, decode, open_payload
+from parley_core.event_log import position_of
 from parley_core.log_deletion import delete_checked
 from parley_core.topology import CONSUMERS, STREAMS, channel_subject, parked_subject
 from parley_storage.archive import NS_PER_DAY, SqlEventArchive
@@ -108,7 +109,7 @@ async def post_sent_days_ago(stack: Stack, user: auth_pb2.LoginResponse, channel
         sent_at=sent,
     )
     event = NewEvent(aggregate_type="channel", aggregate_id=channel_id, payload=payload, actor=user.user_id)
-    await messaging.event_log.append_to(channel_subject(channel_id), event, channel)
+    await messaging.event_log.append(channel_subject(channel_id), [event], position_of(channel))
     return int(payload.channel_seq)
 
 
