@@ -178,6 +178,56 @@ async def test_an_owner_type_whose_payload_is_not_that_protobuf_is_parked_once_a
     assert (await platform.stream_info("PARKED")).state.messages == 1  # parked once, not per replay
 
 
+def converting_times(applied: list[ReceivedEvent]) -> EventHandler:
+    """A projection that converts an event's times, as the gateway's live feed and every AUTH
+    reader do: a time outside the years 1 to 9999 raises there."""
+
+    async def apply(event: ReceivedEvent) -> None:
+        event.envelope.occurred_at.ToNanoseconds()
+        payload = open_payload(event.envelope)
+        if isinstance(payload, MessagePosted):
+            payload.sent_at.ToNanoseconds()
+        applied.append(event)
+
+    return apply
+
+
+@pytest.mark.parametrize("where", ["envelope.occurred_at", "payload.sent_at"])
+async def test_an_owner_type_with_a_time_no_clock_writes_is_parked_once_and_never_halts(
+    bus: EventBus, nats_server: NatsTestServer, where: str
+) -> None:
+    """Red-team re-check: the payload parses, but a Timestamp of 2**62 seconds raises in every
+    reader that converts it (the gateway's feed, every service's AUTH projections)."""
+    payload = MessagePosted(channel_id="c1", body="from the far future", sender_id="u1")
+    envelope = EventEnvelope(event_id="far-1", event_type="parley.messaging.v1.MessagePosted", aggregate_id="c1")
+    if where == "payload.sent_at":
+        payload.sent_at.seconds = 2**62
+    else:
+        envelope.occurred_at.seconds = 2**62
+    envelope.payload = payload.SerializeToString()
+    forged = (await bus.js.publish(channel_subject("c1"), envelope.SerializeToString())).seq
+    after = await append(bus, posted("c1", "after"))
+    applied: list[ReceivedEvent] = []
+    replays = [
+        await bus.replay(stream="MSG", filter_subject=CHANNELS_FILTER, handler=converting_times(applied))
+        for _ in range(2)  # a restart replays it again
+    ]
+
+    for replay in replays:
+        await replay.wait_for_seq(after, TIMEOUT_S)
+    assert [e.stream_seq for e in applied] == [after, after]
+    assert bus.halted is None
+    platform = (await nats_server.connect("platform")).jetstream()
+    parked = await platform.get_last_msg("PARKED", f"{parked_subject('messaging', 'MSG')}.{forged}")
+    assert parked.headers is not None
+    assert parked.headers["Parley-Parked-Kind"] == FOREIGN_EVENT
+    field = "occurred_at" if where == "envelope.occurred_at" else "sent_at"
+    assert (
+        f"a time no clock writes: {field} of 'parley.messaging.v1.MessagePosted'"
+        in (parked.headers["Parley-Parked-Reason"])
+    )
+
+
 async def test_one_replay_per_stream_feeds_each_projection_in_order(bus: EventBus, nats_server: NatsTestServer) -> None:
     first = await append(bus, posted("c1", "m0"))
     calls: list[tuple[str, int]] = []

@@ -9,9 +9,18 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from parley.auth.v1.events_pb2 import AccountDisabled, RoleAssigned, SessionRevoked, UserRegistered
+from parley.auth.v1.events_pb2 import (
+    AccountDisabled,
+    RoleAssigned,
+    SessionRevoked,
+    SigningKeyPublished,
+    UserRegistered,
+)
 
 from parley_core.access import AccessProjection
+from parley_core.actor import Actor
+from parley_core.bus_events import ReceivedEvent
+from parley_core.envelope import NewEvent, seal
 from parley_core.errors import PermissionDenied, Unauthenticated
 from parley_core.rbac import Permission
 from parley_core.tokens import ALGORITHM, AUDIENCE, ISSUER, Caller, TokenVerifier
@@ -133,3 +142,19 @@ def test_a_refusal_names_the_roles_that_hold_the_permission() -> None:
     member = Caller(user_id="user-2", role="member", token_id="t", username="mo")
     with pytest.raises(PermissionDenied, match="held by owner; you are member"):
         member.require(Permission.SIGNING_KEYS)
+
+
+def _key_event(key_id: str, public_key: bytes, seq: int) -> ReceivedEvent:
+    payload = SigningKeyPublished(key_id=key_id, algorithm=ALGORITHM, public_key=public_key)
+    event = NewEvent(aggregate_type="signing_key", aggregate_id=key_id, payload=payload, actor=Actor.service("auth"))
+    envelope = seal(event, aggregate_version=1, producer="auth@test", trace_context={})
+    return ReceivedEvent(envelope, f"parley.auth.key.{key_id}", "AUTH", seq, 1, {})
+
+
+async def test_a_published_key_that_is_no_ed25519_key_is_ignored_not_raised(key: Ed25519PrivateKey) -> None:
+    """Red-team re-check: raised, it would halt every service's AUTH projection for good."""
+    verifier = TokenVerifier(clock=Clock())
+    await verifier.apply(_key_event("short", b"\x01", 1))
+    await verifier.apply(_key_event("k1", key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw), 2))
+    assert not verifier.knows_key("short")
+    assert verifier.knows_key("k1")

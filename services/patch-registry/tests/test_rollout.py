@@ -77,7 +77,8 @@ def test_release_publisher_cannot_approve_its_rollout() -> None:
         rollout.approve(actor="dave", actor_role="admin", at=2.0)
 
 
-@pytest.mark.parametrize("approver", ["alice", "dave"])  # the planner, the release's publisher
+# The planner, the release's publisher, each in another form an actor may be written in, and nobody.
+@pytest.mark.parametrize("approver", ["alice", "dave", "user:alice", " alice", "ALICE", "user:DAVE", "", "platform"])
 def test_a_replayed_approval_breaking_four_eyes_is_ignored(approver: str, caplog: pytest.LogCaptureFixture) -> None:
     """Red-team F3: patch-registry's NATS credential appends RolloutApproved straight to PATCH,
     past `approve`; every registry replaying it must still see the roll-out unapproved."""

@@ -20,6 +20,7 @@ from parley.common.v1.envelope_pb2 import EventEnvelope
 from parley_core.envelope import UnknownEventType, decode, open_payload
 from parley_core.errors import OutcomeUnknown, Unavailable
 from parley_core.metrics import ServiceMetrics
+from parley_core.time_fields import invalid_time
 from parley_core.topology import STREAMS_BY_NAME, ConsumerSpec
 
 WRONG_LAST_SEQUENCE = 10071  # JSStreamWrongLastSequenceErrF
@@ -117,10 +118,11 @@ class BusConnection(Protocol):
 def foreign_type(event: ReceivedEvent) -> str | None:
     """Why the event is not its stream's owner's to write (None: it is).
 
-    A type the owner writes whose payload is not that protobuf is no more the owner's: its
-    code never writes one. Handled, it would fail in every reader's projection and halt it for
-    good (a replay starts at the stream's beginning), so a stolen credential of any service
-    that may append to the stream could stop every other service that reads it.
+    A type the owner writes whose payload is not that protobuf, or carries a time outside the
+    years 1 to 9999, is no more the owner's: its code never writes one. Handled, it would fail
+    in every reader's projection and halt it for good (a replay starts at the stream's
+    beginning), so a stolen credential of any service that may append to the stream could stop
+    every other service that reads it.
     """
     spec = STREAMS_BY_NAME.get(event.stream)
     event_type = event.envelope.event_type
@@ -132,11 +134,13 @@ def foreign_type(event: ReceivedEvent) -> str | None:
             f"{', '.join(spec.event_packages)} events, written by {spec.owner}"
         )
     try:
-        open_payload(event.envelope)
+        payload = open_payload(event.envelope)
     except UnknownEventType:
         return None  # a newer version's type: its readers pass it (projection_dispatch)
     except DecodeError as exc:
         return f"undecodable payload: {event_type!r} on {event.subject} is not that protobuf ({exc})"
+    if (field := invalid_time(event.envelope) or invalid_time(payload)) is not None:
+        return f"a time no clock writes: {field} of {event_type!r} on {event.subject} is outside the years 1 to 9999"
     return None
 
 

@@ -27,6 +27,7 @@ from parley_core.topology import AUTH_FILTER, SIGNING_KEYS_FILTER
 log = logging.getLogger(__name__)
 
 ALGORITHM = "EdDSA"
+ED25519_PUBLIC_KEY_BYTES = 32
 ISSUER = "parley-auth"
 AUDIENCE = "parley"
 # Verified tokens remembered per process. A client sends the same token on every call for its
@@ -111,6 +112,18 @@ class TokenVerifier:
             and payload.algorithm == ALGORITHM
             and payload.key_id not in self._retired
         ):
+            if len(payload.public_key) != ED25519_PUBLIC_KEY_BYTES:
+                # Auth never publishes one; left unknown, no token can claim it. Raising would
+                # halt every service's AUTH projection for good (a replay starts at the beginning).
+                log.error(
+                    "security: ignored a signing key that is not an Ed25519 public key",
+                    extra={
+                        "security_event": "malformed_signing_key",
+                        "key_id": payload.key_id,
+                        "seq": event.stream_seq,
+                    },
+                )
+                return
             self.add_key(payload.key_id, payload.public_key)
 
     def knows_key(self, key_id: str) -> bool:

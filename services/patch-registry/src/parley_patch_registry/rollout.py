@@ -18,6 +18,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+from parley_core.actor import Actor
 from parley_core.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from parley_patch_registry.gate import DEFAULT_WEIGHTS, GatePolicy, InstanceWindow, check_weights, judge
 from parley_patch_registry.patch_roles import require_patch_role
@@ -134,7 +135,16 @@ class Rollout:
         """Four eyes on replay too: `approve` refuses the planner and the publisher, but whoever
         holds patch-registry's NATS credential could append such an approval straight to PATCH.
         Every registry ignores it (kept in the history, which numbers the aggregate's events)."""
-        if self.state == "planned" and event.actor not in (self.planned_by, self.release_published_by):
+        approver = _person(event.actor)
+        if (
+            self.state == "planned"
+            and approver
+            and approver
+            not in {
+                _person(self.planned_by),
+                _person(self.release_published_by),
+            }
+        ):
             return True
         log.error(
             "security: ignored a roll-out approval that breaks the four-eyes rule",
@@ -428,3 +438,9 @@ class Rollout:
 
     def snapshot(self) -> Rollout:
         return replace(self, steps=[replace(s) for s in self.steps], history=list(self.history))
+
+
+def _person(actor: str) -> str:
+    """The account id an event's actor names, in whichever form it was written (ids are hex, so
+    case does not tell two people apart); "" for anyone who is not a person."""
+    return Actor.parse(actor).user_id.lower()
