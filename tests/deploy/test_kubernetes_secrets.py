@@ -117,6 +117,8 @@ def test_the_secrets_are_valid_and_are_those_the_manifests_refer_to(tmp_path: Pa
     for name, keys in referred.items():
         assert keys <= files_of(secrets[name]).keys(), name
     assert {"parley-auth-keys", "parley-storage-keys"} <= referred.keys()
+    # No pod runs as the platform: its all-powerful NATS user and certificate stay out of the cluster.
+    assert not {"parley-pki-platform", "parley-nats-platform"} & secrets.keys()
     for service in SERVICES:  # what the runner reads from the mounted pki/ and secrets/
         assert set(secrets[f"parley-pki-{service}"]["stringData"]) == {"ca.crt", f"{service}.crt", f"{service}.key"}
         passwords = yaml.safe_load(secrets[f"parley-nats-{service}"]["stringData"]["nats-passwords.json"])
@@ -248,8 +250,8 @@ def test_no_private_key_of_the_ca_is_in_the_output(tmp_path: Path) -> None:
             for pem in PRIVATE_KEY.findall(value):
                 keys_seen += 1
                 assert serialization.load_pem_private_key(pem, password=None).public_key() != ca_public_key
-    # each service's, the platform identity's and nats'; auth's audit and token keys, storage's backup signing key
-    assert keys_seen == len(SERVICES) + 2 + 3
+    # each service's and nats'; auth's audit and token keys, storage's backup signing key
+    assert keys_seen == len(SERVICES) + 1 + 3
 
 
 def mount_nats_secret(files: dict[str, str], tmp_path: Path, moved: dict[str, str] | None = None) -> Path:

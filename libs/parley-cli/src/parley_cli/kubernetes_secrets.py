@@ -130,8 +130,10 @@ def make_secrets(data_dir: Path, *, namespace: str, out: Path, database_url: str
             f"{secrets_dir} lacks {', '.join(absent)}: auth's and storage's keys are made on their first start; "
             "run `parley up` once on this folder"
         )
-    identities = [*SERVICES, PLATFORM_USER]
-    passwords = ensure_nats_passwords(data_dir / NATS_PASSWORDS_FILE, [*identities, ROUTE_USER])
+    # Only the services': no pod runs as the platform, whose NATS user and certificate may do
+    # everything; in the cluster a Secret holding them would serve anyone who may read Secrets.
+    identities = list(SERVICES)
+    passwords = ensure_nats_passwords(data_dir / NATS_PASSWORDS_FILE, [*identities, PLATFORM_USER, ROUTE_USER])
     database_url = database_url or _in_cluster_database_url(secrets_dir / DATABASE_PASSWORD_FILE)
     names = {service: dns_names(service, namespace) for service in SERVICES}
     names[NATS_IDENTITY] = nats_dns_names(namespace)
