@@ -80,7 +80,7 @@ def test_operator_flow_publish_plan_approve_rollback(platform: RunningPlatform, 
     publisher = platform.cli("--as", "pat", "patch", "approve", rollout_id, check=False)
     assert "published the release" in publisher.stderr
     approved = platform.cli("--as", "oscar", "patch", "approve", rollout_id).stdout
-    assert "approved by id-oscar" in approved
+    assert "approved by oscar" in approved  # the caller's own name, from its saved login
     platform.cli_until("patch", "status", rollout_id, shows="state: canary")
     rolled = platform.cli("--as", "oscar", "patch", "rollback", rollout_id, "--reason", "not today").stdout
     assert "state: rolling_back (not today)" in rolled

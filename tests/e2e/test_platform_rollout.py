@@ -74,7 +74,7 @@ async def test_approved_rollout_replaces_messaging_on_the_running_platform_witho
         assert f"published messaging {NEW_VERSION}" in published
         planned = await cli(platform, "--as", "olga", "patch", "rollout", "messaging", NEW_VERSION)
         rollout_id = planned.split()[1].rstrip(":")
-        assert "approved by id-oscar" in await cli(platform, "--as", "oscar", "patch", "approve", rollout_id)
+        assert "approved by oscar" in await cli(platform, "--as", "oscar", "patch", "approve", rollout_id)
 
         async def finished() -> str | None:  # exit 1 once rolled back: its status says why
             status = (await asyncio.to_thread(platform.cli, "patch", "status", rollout_id, check=False)).stdout
