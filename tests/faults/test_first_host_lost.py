@@ -36,14 +36,14 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from failover import PASSWORD, FailoverSender, all_bodies
+from failover import PASSWORD, FailoverSender, FailoverWatcher, all_bodies
 from workload import publish_figures
 
-from parley_client import ParleyClient, ParleyError
+from parley_client import ParleyClient
 from parley_core.net import free_port
 from parley_testing.fleet_nats import wait_current_on
 from parley_testing.operators import OperatorTokens
@@ -198,40 +198,6 @@ async def roll_out_on_the_surviving_hosts(host_b: JoinedHost) -> dict[str, objec
 
     await eventually(new_version_serving, f"messaging {NEW_VERSION} serving on the surviving hosts", 60)
     return {"rollout_state": "done", "rollout_steps": len(started_by)}
-
-
-@dataclass
-class FailoverWatcher:
-    """One person following the channel live; when the gateway is gone, logs in at the next one
-    and resumes the stream from the last position read (no gap, no repeat)."""
-
-    name: str
-    addresses: list[str]
-    ca_cert: bytes
-    at: int = 0
-    delivered: list[str] = field(default_factory=list)
-    positions: dict[str, int] = field(default_factory=dict)
-    resumes: int = 0
-
-    async def run(self, channel_id: str, ready: asyncio.Event) -> None:
-        while True:
-            client = ParleyClient.connect(self.addresses[self.at], ca_cert=self.ca_cert)
-            try:
-                await client.login(self.name, PASSWORD)
-                stream = client.subscribe([channel_id], resume=self.positions or None)
-                await stream.ready()
-                ready.set()
-                self.positions = stream.positions  # updated as events are read
-                async for event in stream.events():
-                    if event.kind == "message":
-                        self.delivered.append(event.message.body)
-            except ParleyError:
-                pass  # the gateway is gone (or not reachable yet): on to the next one
-            finally:
-                await client.close()
-            self.at = (self.at + 1) % len(self.addresses)
-            self.resumes += 1
-            await asyncio.sleep(RECONNECT_PAUSE_S)
 
 
 async def lose_the_first_host_under_load(
