@@ -90,6 +90,18 @@ class ChannelFeed:
         except TimeoutError:
             raise Unavailable("live streams are not available yet; retry shortly") from None
 
+    async def caught_up(self, timeout: float) -> None:
+        """Until the feed has handed out every channel event the log held when asked, so that a
+        stream joining after this starts after its caller's own acknowledged writes (a join just
+        made is history, not news). Bounded: a feed that lags longer only delivers them live."""
+        newest = await self._bus.last_subject_seq(STREAM, CHANNELS_FILTER)
+        if self._replay is None or newest <= self.position:
+            return
+        try:
+            await self._replay.wait_for_seq(newest, timeout)
+        except TimeoutError:
+            log.warning("channel feed behind the log; a new live stream starts where the feed is")
+
     async def _dispatch(self, received: ReceivedEvent) -> None:
         envelope = received.envelope
         streams = self._streams.get(envelope.aggregate_id)

@@ -284,6 +284,7 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         assert self._messaging is not None
         await self._feed.wait_ready(min(context.time_remaining() or FEED_READY_WAIT_S, FEED_READY_WAIT_S))
         mine = await forward(self._messaging.ListMyChannels, messaging_pb2.ListMyChannelsRequest(), context)
+        await self._feed.caught_up(min(context.time_remaining() or FEED_READY_WAIT_S, FEED_READY_WAIT_S))
         token, tokens = bearer_token(context) or "", self._ctx.tokens
 
         def check() -> None:
