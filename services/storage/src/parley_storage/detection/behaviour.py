@@ -4,6 +4,7 @@ messaged. They leave out the platform's synthetic accounts."""
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from parley_storage.detection.bursts import JOINS, MESSAGED
 from parley_storage.detection.shapes import Rate
@@ -13,6 +14,17 @@ from parley_storage.detection.vocabulary import (
     Anomaly,
     subject_token,
 )
+
+
+class _Exceeded(NamedTuple):
+    """A sender's messages in a bucket above a baseline's threshold: the account's own, or the
+    channel's it sent them into (`channel_id`)."""
+
+    count: int
+    baseline: Rate
+    threshold: float
+    floor: int
+    channel_id: str = ""
 
 
 class BehaviourRules(RuleState):
@@ -64,47 +76,20 @@ class BehaviourRules(RuleState):
                 self._in_channel[(channel_id, sender_id)] = (bucket, in_channel)
         if rate.fired_bucket == bucket:
             return None
-        own = rate.threshold(s, s.rate_floor)
-        if rate.count > own:
-            rate.fired_bucket = bucket
-            return self._rate_anomaly(
-                at=at,
-                sender_id=sender_id,
-                event_id=event_id,
-                count=rate.count,
-                baseline=rate,
-                threshold=own,
-                floor=s.rate_floor,
-            )
-        if in_channel:
-            channel = self._channel_rates[channel_id]
-            usual = channel.threshold(s, s.rate_channel_floor)
-            if in_channel > usual:
-                rate.fired_bucket = bucket
-                return self._rate_anomaly(
-                    at=at,
-                    sender_id=sender_id,
-                    event_id=event_id,
-                    count=in_channel,
-                    baseline=channel,
-                    threshold=usual,
-                    floor=s.rate_channel_floor,
-                    channel_id=channel_id,
-                )
-        return None
+        exceeded = self._exceeded(rate.count, rate, s.rate_floor)
+        if exceeded is None and in_channel:
+            exceeded = self._exceeded(in_channel, self._channel_rates[channel_id], s.rate_channel_floor, channel_id)
+        if exceeded is None:
+            return None
+        rate.fired_bucket = bucket
+        return self._rate_anomaly(exceeded, at=at, sender_id=sender_id, event_id=event_id)
 
-    def _rate_anomaly(
-        self,
-        *,
-        at: float,
-        sender_id: str,
-        event_id: str,
-        count: int,
-        baseline: Rate,
-        threshold: float,
-        floor: int,
-        channel_id: str = "",
-    ) -> Anomaly:
+    def _exceeded(self, count: int, baseline: Rate, floor: int, channel_id: str = "") -> _Exceeded | None:
+        threshold = baseline.threshold(self.settings, floor)
+        return _Exceeded(count, baseline, threshold, floor, channel_id) if count > threshold else None
+
+    def _rate_anomaly(self, exceeded: _Exceeded, *, at: float, sender_id: str, event_id: str) -> Anomaly:
+        count, baseline, threshold, floor, channel_id = exceeded
         s = self.settings
         mean, stddev = baseline.mean, math.sqrt(baseline.var)
         evidence = {

@@ -1,8 +1,4 @@
-"""The encrypted event archive: events sealed under data keys, positions, projections.
-
-Revision ID: 0001
-Revises:
-"""
+"""The encrypted event archive: events sealed under data keys, positions, projections."""
 
 from __future__ import annotations
 
@@ -13,8 +9,6 @@ from parley_storage.migrations.columns import log_position, message_number
 
 revision = "0001"
 down_revision: str | None = None
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

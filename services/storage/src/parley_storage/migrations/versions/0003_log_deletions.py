@@ -1,8 +1,4 @@
-"""Texts blanked by a redaction or by retention, queued for secure deletion from the JetStream log.
-
-Revision ID: 0003
-Revises: 0002
-"""
+"""Texts blanked by a redaction or by retention, queued for secure deletion from the JetStream log."""
 
 from __future__ import annotations
 
@@ -13,8 +9,6 @@ from parley_storage.migrations.columns import log_position
 
 revision = "0003"
 down_revision: str | None = "0002"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

@@ -4,9 +4,6 @@ messages, filled from the archived channel events (which needs the keyring to op
 The fill applies today's read-model code (parley_storage.archive.backfill) to the tables as this
 revision leaves them; a later revision that changes those tables must keep that code working on
 this shape or give this revision a copy of it.
-
-Revision ID: 0004
-Revises: 0003
 """
 
 from __future__ import annotations
@@ -18,8 +15,6 @@ from parley_storage.migrations.columns import log_position, message_number
 
 revision = "0004"
 down_revision: str | None = "0003"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:
