@@ -20,7 +20,7 @@ class _Exceeded(NamedTuple):
     """A sender's messages in a bucket above a baseline's threshold: the account's own, or the
     channel's it sent them into (`channel_id`)."""
 
-    count: int
+    messages: int  # in the bucket
     baseline: Rate
     threshold: float
     floor: int
