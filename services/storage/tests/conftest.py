@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -34,6 +37,24 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield f"sqlite:///{tmp_path / 'archive.db'}"
     else:
         yield from postgres_schema_url()
+
+
+@pytest.fixture
+def start_storage(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Runs the storage process as an operator starts it, on the database at `url`, with further
+    settings as environment variables; for the checks that refuse a start (exit 78) before it serves."""
+
+    def start(url: str, **settings: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "parley_storage"],
+            env={**os.environ, "PARLEY_DATA_DIR": str(tmp_path / "data"), "PARLEY_DATABASE_URL": url, **settings},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    return start
 
 
 @pytest.fixture

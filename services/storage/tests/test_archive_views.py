@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.message import Message
 from parley.common.v1.envelope_pb2 import EventEnvelope
 from parley.fleet.v1 import fleet_pb2
 from parley.messaging.v1 import messaging_pb2
@@ -146,34 +148,25 @@ async def test_every_reader_reads_each_stream_as_the_matrix_says(stack: Stack) -
         metadata = tokens[role] if role else ()
         for index, stream in enumerate(STREAMS):
             aggregate_type, aggregate_id = aggregates[stream]
-            calls = {
+            calls: dict[str, tuple[Callable[..., object], Message, dict[str, tuple[str, ...]]]] = {
                 "ReadArchivedStream": (
-                    stub.ReadArchivedStream(
-                        storage_pb2.ReadArchivedStreamRequest(stream=stream, limit=1000),
-                        metadata=metadata,
-                        timeout=TIMEOUT_S,
-                    ),
+                    stub.ReadArchivedStream,
+                    storage_pb2.ReadArchivedStreamRequest(stream=stream, limit=1000),
                     READS,
                 ),
                 "GetAggregateEvents": (
-                    stub.GetAggregateEvents(
-                        storage_pb2.GetAggregateEventsRequest(aggregate_type=aggregate_type, aggregate_id=aggregate_id),
-                        metadata=metadata,
-                        timeout=TIMEOUT_S,
-                    ),
+                    stub.GetAggregateEvents,
+                    storage_pb2.GetAggregateEventsRequest(aggregate_type=aggregate_type, aggregate_id=aggregate_id),
                     READS,
                 ),
                 "QueryAudit": (
-                    stub.QueryAudit(
-                        storage_pb2.QueryAuditRequest(target=aggregate_id, limit=1000),
-                        metadata=metadata,
-                        timeout=TIMEOUT_S,
-                    ),
+                    stub.QueryAudit,
+                    storage_pb2.QueryAuditRequest(target=aggregate_id, limit=1000),
                     AUDIT_QUERIES,
                 ),
             }
-            for api, (call, table) in calls.items():
-                got = await outcome(call, stream)
+            for api, (method, request, table) in calls.items():
+                got = await outcome(method(request, metadata=metadata, timeout=TIMEOUT_S), stream)
                 if got != table[reader][index]:
                     wrong.append((reader, api, stream, table[reader][index], got))
     assert wrong == [], "\n".join(f"{r} {a} {s}: expected {e}, got {g}" for r, a, s, e, g in wrong)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import pytest
 from sqlalchemy import inspect, text
@@ -68,7 +67,9 @@ def test_refuses_an_archive_without_migration_history(database_url: str) -> None
         engine.dispose()
 
 
-def test_service_process_exits_with_a_clear_error_on_a_newer_schema(tmp_path: Path) -> None:
+def test_service_process_exits_with_a_clear_error_on_a_newer_schema(
+    tmp_path: Path, start_storage: Callable[..., CompletedProcess[str]]
+) -> None:
     url = f"sqlite:///{tmp_path / 'archive.db'}"
     engine = open_engine(url)
     upgrade_to_head(engine)
@@ -76,14 +77,7 @@ def test_service_process_exits_with_a_clear_error_on_a_newer_schema(tmp_path: Pa
         conn.execute(text("UPDATE alembic_version SET version_num = '9001'"))
     engine.dispose()
 
-    result = subprocess.run(
-        [sys.executable, "-m", "parley_storage"],
-        env={**os.environ, "PARLEY_DATA_DIR": str(tmp_path / "data"), "PARLEY_DATABASE_URL": url},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = start_storage(url)
 
     assert result.returncode == 78
     assert "refusing to start" in result.stderr

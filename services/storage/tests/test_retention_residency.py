@@ -3,10 +3,9 @@ them) and data residency, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import pytest
 from google.protobuf.message import Message
@@ -226,21 +225,14 @@ def test_password_is_not_part_of_the_location() -> None:
     assert ResidencyBinding.from_settings(StorageSettings()) is None
 
 
-def test_service_refuses_to_start_on_a_database_outside_the_binding(tmp_path: Path) -> None:
+def test_service_refuses_to_start_on_a_database_outside_the_binding(
+    tmp_path: Path, start_storage: Callable[..., CompletedProcess[str]]
+) -> None:
     url = f"sqlite:///{tmp_path / 'archive.db'}"
-    result = subprocess.run(
-        [sys.executable, "-m", "parley_storage"],
-        env={
-            **os.environ,
-            "PARLEY_DATA_DIR": str(tmp_path / "data"),
-            "PARLEY_DATABASE_URL": url,
-            "PARLEY_STORAGE_ORGANISATION": "acme",
-            "PARLEY_STORAGE_BOUND_DATABASE_URL": "postgresql+psycopg://postgres@eu-db.example:5432/parley",
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    result = start_storage(
+        url,
+        PARLEY_STORAGE_ORGANISATION="acme",
+        PARLEY_STORAGE_BOUND_DATABASE_URL="postgresql+psycopg://postgres@eu-db.example:5432/parley",
     )
     assert result.returncode == 78
     assert "refusing to write its data to sqlite" in result.stderr
@@ -248,7 +240,7 @@ def test_service_refuses_to_start_on_a_database_outside_the_binding(tmp_path: Pa
 
 
 def test_service_refuses_a_database_bound_to_another_organisation(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start_storage: Callable[..., CompletedProcess[str]]
 ) -> None:
     url = f"sqlite:///{tmp_path / 'archive.db'}"
     engine = open_engine(url)
@@ -257,23 +249,7 @@ def test_service_refuses_a_database_bound_to_another_organisation(
         enforce_in_database(conn, ResidencyBinding("acme", location_of(url)), url)
     engine.dispose()
 
-    def start(organisation: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "parley_storage"],
-            env={
-                **os.environ,
-                "PARLEY_DATA_DIR": str(tmp_path / "data"),
-                "PARLEY_DATABASE_URL": url,
-                "PARLEY_STORAGE_ORGANISATION": organisation,
-                "PARLEY_STORAGE_BOUND_DATABASE_URL": url,
-            },
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-
-    refused = start("globex")
+    refused = start_storage(url, PARLEY_STORAGE_ORGANISATION="globex", PARLEY_STORAGE_BOUND_DATABASE_URL=url)
     assert refused.returncode == 78
     assert "belongs to organisation 'acme', not 'globex'" in refused.stderr
     assert "Traceback" not in refused.stderr

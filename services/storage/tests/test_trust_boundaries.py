@@ -67,6 +67,19 @@ async def history(stack: Stack, token: Token, channel_id: str) -> list[messaging
     return list((await stack.gateway().GetHistory(request, metadata=token, timeout=TIMEOUT_S)).messages)
 
 
+async def channel_with_a_message(stack: Stack, token: Token, body: str) -> tuple[str, messaging_pb2.ChatMessage]:
+    """A new channel "kept" holding one message of `body`: the channel's id and the message as sent."""
+    channel = await stack.gateway().CreateChannel(
+        messaging_pb2.CreateChannelRequest(name="kept"), metadata=token, timeout=TIMEOUT_S
+    )
+    sent = await stack.gateway().SendMessage(
+        messaging_pb2.PostMessageRequest(channel_id=channel.channel_id, body=body, idempotency_key=uuid.uuid4().hex),
+        metadata=token,
+        timeout=TIMEOUT_S,
+    )
+    return channel.channel_id, sent
+
+
 def envelope(aggregate_type: str, aggregate_id: str, payload: Message) -> bytes:
     event = NewEvent(aggregate_type=aggregate_type, aggregate_id=aggregate_id, payload=payload, actor="forger")
     return seal(event, aggregate_version=1, producer="forger@0", trace_context={}).SerializeToString()
@@ -138,15 +151,7 @@ async def test_a_stolen_storage_credential_cannot_remove_someone_elses_account_o
     tombstone on a name another account holds."""
     alice, alice_token, alice_name = await register(stack, "alice")
     mallory, _, _ = await register(stack, "mallory")
-    channel = await stack.gateway().CreateChannel(
-        messaging_pb2.CreateChannelRequest(name="kept"), metadata=alice_token, timeout=TIMEOUT_S
-    )
-    cid = channel.channel_id
-    sent = await stack.gateway().SendMessage(
-        messaging_pb2.PostMessageRequest(channel_id=cid, body="mine", idempotency_key=uuid.uuid4().hex),
-        metadata=alice_token,
-        timeout=TIMEOUT_S,
-    )
+    cid, sent = await channel_with_a_message(stack, alice_token, "mine")
     storage = (await nats_server.connect("storage")).jetstream()  # the stolen credential
     alice_name_key = hashlib.sha256(alice_name.encode()).hexdigest()  # auth's username_key of her name
     forged = [
@@ -338,15 +343,7 @@ async def test_a_stolen_storage_credential_cannot_expire_a_channel_no_retention_
     Then the operator sets a 30-day policy (messaging records it, on MSG, where storage cannot
     write): a fact with a shorter cutoff is refused too, and only one the policy covers expires."""
     _, token, _ = await register(stack, "alice")
-    channel = await stack.gateway().CreateChannel(
-        messaging_pb2.CreateChannelRequest(name="kept"), metadata=token, timeout=TIMEOUT_S
-    )
-    cid = channel.channel_id
-    sent = await stack.gateway().SendMessage(
-        messaging_pb2.PostMessageRequest(channel_id=cid, body="old", idempotency_key=uuid.uuid4().hex),
-        metadata=token,
-        timeout=TIMEOUT_S,
-    )
+    cid, sent = await channel_with_a_message(stack, token, "old")
     messaging = stack.app("messaging")
     posted_at = time.time_ns()
     messaging.storage_due._now_ns = lambda: posted_at + 2 * NS_PER_DAY  # the message is two days old

@@ -72,6 +72,11 @@ SENSITIVE: dict[type[Message], str] = {
     TotpReset: "second factor reset",
     RecoveryCodesRegenerated: "recovery codes regenerated",
 }
+# The responses auth carries out on a session: what storage asks for, and the verb naming it.
+_SESSION_DUES: dict[str, tuple[type[SessionRevocationDue | SessionStepUpDue], str]] = {
+    "revoke_session": (SessionRevocationDue, "revoke"),
+    "step_up": (SessionStepUpDue, "stepup"),
+}
 Observer = Callable[[ReceivedEvent], Awaitable[None]]
 # What a stream's handler found in one event: most rules find one anomaly at most, some several.
 Found = Anomaly | Sequence[Anomaly] | None
@@ -188,14 +193,17 @@ class AnomalyDetector:
             members = frozenset((payload.creator_id, *payload.member_ids))
             self.rules.direct_channel_created(channel_id=payload.channel_id, members=members)
         if isinstance(payload, ChannelRetentionSet):
-            return self.rules.retention_set(
-                at=at,
-                actor=payload.set_by or _person(event.envelope.actor),
-                channel_id=payload.channel_id,
-                days=payload.days,
-                event_id=event_id,
-            )
+            return self._retention_set(event, payload)
         return None
+
+    def _retention_set(self, event: ReceivedEvent, payload: ChannelRetentionSet | RetentionPolicySet) -> Anomaly | None:
+        return self.rules.retention_set(
+            at=occurred_at(event),
+            actor=payload.set_by or _person(event.envelope.actor),
+            channel_id=payload.channel_id,
+            days=payload.days,
+            event_id=event.envelope.event_id,
+        )
 
     def _storage(self, event: ReceivedEvent, payload: Message) -> Anomaly | None:
         at, event_id = occurred_at(event), event.envelope.event_id
@@ -207,13 +215,7 @@ class AnomalyDetector:
                 event_id=event_id,
             )
         if isinstance(payload, RetentionPolicySet):  # an older storage's record of a policy
-            return self.rules.retention_set(
-                at=at,
-                actor=payload.set_by or _person(event.envelope.actor),
-                channel_id=payload.channel_id,
-                days=payload.days,
-                event_id=event_id,
-            )
+            return self._retention_set(event, payload)
         if isinstance(payload, UserDataExported) and payload.exported_by == payload.user_id:
             return self.rules.sensitive_change(
                 at=at, user_id=payload.user_id, what="data exported", event_id=event_id, read_beside_auth=True
@@ -262,53 +264,28 @@ class AnomalyDetector:
         self.recorded.add(anomaly.event_id)
         if self._counted is not None:
             self._counted.labels(anomaly.kind, response).inc()
-        if response == "revoke_session":
-            due = SessionRevocationDue(
-                session_id=anomaly.session_id,
-                user_id=anomaly.user_id,
-                anomaly_event_id=anomaly.event_id,
-                reason=f"anomaly {anomaly.kind}: {anomaly.why}"[:500],
+        reason = f"anomaly {anomaly.kind}: {anomaly.why}"[:500]
+        if response in _SESSION_DUES:
+            due_type, verb = _SESSION_DUES[response]
+            due = due_type(
+                session_id=anomaly.session_id, user_id=anomaly.user_id, anomaly_event_id=anomaly.event_id, reason=reason
             )
-            await self._append(
-                due_subject("auth", "revoke", anomaly.session_id),
-                NewEvent(
-                    "session",
-                    anomaly.session_id,
-                    due,
-                    actor=Actor.service("storage"),
-                    event_id=f"{anomaly.event_id}-revoke",
-                ),
-            )
-        elif response == "step_up":
-            step_up = SessionStepUpDue(
-                session_id=anomaly.session_id,
-                user_id=anomaly.user_id,
-                anomaly_event_id=anomaly.event_id,
-                reason=f"anomaly {anomaly.kind}: {anomaly.why}"[:500],
-            )
-            await self._append(
-                due_subject("auth", "stepup", anomaly.session_id),
-                NewEvent(
-                    "session",
-                    anomaly.session_id,
-                    step_up,
-                    actor=Actor.service("storage"),
-                    event_id=f"{anomaly.event_id}-stepup",
-                ),
-            )
+            await self._ask_auth(verb, "session", anomaly.session_id, due, anomaly)
         elif response == "slow_source":
+            until = anomaly.at + self.settings.slow_source_s
             slow = SourceSlowdownDue(
-                source=anomaly.source,
-                until_unix=anomaly.at + self.settings.slow_source_s,
-                anomaly_event_id=anomaly.event_id,
-                reason=f"anomaly {anomaly.kind}: {anomaly.why}"[:500],
+                source=anomaly.source, until_unix=until, anomaly_event_id=anomaly.event_id, reason=reason
             )
-            await self._append(
-                due_subject("auth", "slow", anomaly.key),
-                NewEvent(
-                    "source", anomaly.key, slow, actor=Actor.service("storage"), event_id=f"{anomaly.event_id}-slow"
-                ),
-            )
+            await self._ask_auth("slow", "source", anomaly.key, slow, anomaly)
+
+    async def _ask_auth(self, verb: str, aggregate: str, aggregate_id: str, due: Message, anomaly: Anomaly) -> None:
+        """Asks auth to act on a finding; the event id follows the finding's, so a replay asks once."""
+        await self._append(
+            due_subject("auth", verb, aggregate_id),
+            NewEvent(
+                aggregate, aggregate_id, due, actor=Actor.service("storage"), event_id=f"{anomaly.event_id}-{verb}"
+            ),
+        )
 
     async def _append(self, subject: str, event: NewEvent) -> None:
         """Retried while NATS is away (a finding must not be lost to a blip); the fixed event id

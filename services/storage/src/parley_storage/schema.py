@@ -23,6 +23,17 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
+
+def _log_position() -> tuple[Column[str], Column[int]]:
+    """Where an event stands in the JetStream log: its stream, and its sequence number there."""
+    return Column("stream", String(32), nullable=False), Column("stream_seq", BigInteger, nullable=False)
+
+
+def _message_number() -> tuple[Column[str], Column[int]]:
+    """Which message of which channel: the channel, and the message's number there."""
+    return Column("channel_id", String(64), nullable=False), Column("channel_seq", BigInteger, nullable=False)
+
+
 # Every event of every stream, as appended: the platform's complete history. An event is stored
 # once: (stream, stream_seq) is its identity, checked in the transaction that stores it. The
 # envelope is sealed (AES-256-GCM) under the data key of whoever the event is about (key_id),
@@ -32,8 +43,7 @@ events = Table(
     "events",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("stream", String(32), nullable=False),
-    Column("stream_seq", BigInteger, nullable=False),
+    *_log_position(),
     Column("subject", String(255), nullable=False),
     Column("event_id", String(64), nullable=False),
     Column("event_type", String(255), nullable=False),
@@ -86,13 +96,11 @@ data_keys = Table(
 channel_messages = Table(
     "channel_messages",
     metadata,
-    Column("channel_id", String(64), nullable=False),
-    Column("channel_seq", BigInteger, nullable=False),
+    *_message_number(),
     Column("message_id", String(64), nullable=False),
     Column("sender_id", String(64), nullable=False),
     Column("sent_at_ns", BigInteger, nullable=False),
-    Column("stream", String(32), nullable=False),
-    Column("stream_seq", BigInteger, nullable=False),
+    *_log_position(),
     Column("thread_root_seq", BigInteger, nullable=False, server_default="0"),  # from the post; an edit keeps it
     PrimaryKeyConstraint("channel_id", "channel_seq", name="pk_channel_messages"),
 )
@@ -125,11 +133,9 @@ channel_members = Table(
 message_reactions = Table(
     "message_reactions",
     metadata,
-    Column("channel_id", String(64), nullable=False),
-    Column("channel_seq", BigInteger, nullable=False),
+    *_message_number(),
     Column("user_id", String(64), nullable=False),
-    Column("stream", String(32), nullable=False),
-    Column("stream_seq", BigInteger, nullable=False),
+    *_log_position(),
     Column("present", Boolean, nullable=False),
     PrimaryKeyConstraint("stream", "stream_seq", name="pk_message_reactions"),
     Index("ix_message_reactions_message", "channel_id", "channel_seq", "user_id"),
@@ -139,10 +145,8 @@ message_reactions = Table(
 message_texts = Table(
     "message_texts",
     metadata,
-    Column("channel_id", String(64), nullable=False),
-    Column("channel_seq", BigInteger, nullable=False),
-    Column("stream", String(32), nullable=False),
-    Column("stream_seq", BigInteger, nullable=False),
+    *_message_number(),
+    *_log_position(),
     PrimaryKeyConstraint("stream", "stream_seq", name="pk_message_texts"),
     Index("ix_message_texts_message", "channel_id", "channel_seq"),
 )
@@ -151,8 +155,7 @@ message_texts = Table(
 removed_messages = Table(
     "removed_messages",
     metadata,
-    Column("channel_id", String(64), nullable=False),
-    Column("channel_seq", BigInteger, nullable=False),
+    *_message_number(),
     Column("reason", String(16), nullable=False),
     PrimaryKeyConstraint("channel_id", "channel_seq", name="pk_removed_messages"),
 )
@@ -176,8 +179,7 @@ retention_policies = Table(
 log_deletions = Table(
     "log_deletions",
     metadata,
-    Column("stream", String(32), nullable=False),
-    Column("stream_seq", BigInteger, nullable=False),
+    *_log_position(),
     Column("event_id", String(64), nullable=False),
     Column("reason", String(16), nullable=False),
     Column("recorded_at_ns", BigInteger, nullable=False),

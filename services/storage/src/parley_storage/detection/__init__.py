@@ -17,7 +17,8 @@ registration (AUTH), read side by side with its messages (MSG): a behaviour find
 account whose registration was not read yet waits for it, and is dropped if it was a prober's.
 
 The rules live in one module per concern (access, behaviour, governance) over one shared state
-(state.py); `Rules` puts them together. The names, thresholds and Anomaly are vocabulary.py's.
+(state.py); the burst rules and the pair rules are rows of a table each (bursts.py, pairs.py).
+`Rules` puts them together. The names, thresholds and Anomaly are vocabulary.py's.
 """
 
 from __future__ import annotations

@@ -3,15 +3,11 @@ after a login from a new source (SEC and AUTH)."""
 
 from __future__ import annotations
 
-from parley_storage.detection.shapes import SessionUse, TooSoon, too_soon
+from parley_storage.detection.bursts import SPRAYING
+from parley_storage.detection.pairs import NEW_SOURCE_CHANGE, TWO_SOURCES
+from parley_storage.detection.shapes import SessionUse, too_soon
 from parley_storage.detection.state import RuleState
-from parley_storage.detection.vocabulary import (
-    NEW_SOURCE_SENSITIVE_CHANGE,
-    PASSWORD_SPRAYING,
-    SESSION_TWO_SOURCES,
-    Anomaly,
-    subject_token,
-)
+from parley_storage.detection.vocabulary import Anomaly
 
 
 class AccessRules(RuleState):
@@ -19,32 +15,9 @@ class AccessRules(RuleState):
 
     def login_failed(self, *, at: float, source: str, username: str, event_id: str) -> Anomaly | None:
         self._tick(at)
-        s = self.settings
         if not source:
             return None
-        burst = self._spraying.add(source, at=at, item=username, event_id=event_id)
-        if burst is None:
-            return None
-        return Anomaly(
-            kind=PASSWORD_SPRAYING,
-            key=subject_token(source),
-            subject=f"source:{source}",
-            evidence={
-                "source": source,
-                "accounts": str(len(burst.items)),
-                "failures": str(burst.events),
-                "window_s": f"{s.spraying_window_s:g}",
-                "usernames": burst.listed(),
-            },
-            score=len(burst.items) / s.spraying_accounts,
-            why=(
-                f"{burst.events} failed logins for {len(burst.items)} different accounts from {source} within "
-                f"{s.spraying_window_s:g}s (threshold {s.spraying_accounts} accounts)"
-            ),
-            at=at,
-            triggers=burst.triggers,
-            source=source,
-        )
+        return self._burst(SPRAYING, source, at=at, items=(username,), event_id=event_id)
 
     # -- sessions (AUTH SessionStarted, RefreshTokenRotated) -----------------------------------
 
@@ -71,29 +44,15 @@ class AccessRules(RuleState):
         self._sessions[session_id] = SessionUse(user_id, source or (last.source if last else ""), at, event_id)
         if last is None or not source or not last.source or source == last.source:
             return None
-        window = self.settings.two_sources_window_s
-        soon = too_soon(last.at, at, window)
-        if soon is None:
-            return None  # a move (another network), not two places at once
-        elapsed = soon.elapsed
-        return Anomaly(
-            kind=SESSION_TWO_SOURCES,
-            key=subject_token(session_id),
-            subject=f"user:{user_id}",
-            evidence={
-                "session_id": session_id,
-                "first_source": last.source,
-                "second_source": source,
-                "seconds_apart": f"{elapsed:.1f}",
-                "window_s": f"{window:g}",
-            },
-            score=soon.score,
-            why=(
-                f"session {session_id} was used from {last.source} and from {source} {elapsed:.0f}s apart "
-                f"(under {window:g}s: one session in two places)"
-            ),
+        # None when far enough apart: a move (another network), not two places at once
+        return TWO_SOURCES.finding(
+            self.settings,
+            first=(last.at, last.event_id),
             at=at,
-            triggers=(last.event_id, event_id),
+            event_id=event_id,
+            key=session_id,
+            subject=f"user:{user_id}",
+            facts={"session_id": session_id, "first_source": last.source, "second_source": source},
             user_id=user_id,
             session_id=session_id,
             source=source,
@@ -129,29 +88,17 @@ class AccessRules(RuleState):
 
     def _new_source_change(
         self, user_id: str, login: tuple[float, str, str, str], *, at: float, what: str, event_id: str
-    ) -> Anomaly:
-        window = self.settings.new_source_window_s
+    ) -> Anomaly | None:
         started, session_id, source, started_id = login
-        soon = too_soon(started, at, window) or TooSoon(window, 1.0)  # chosen within the window
-        return Anomaly(
-            kind=NEW_SOURCE_SENSITIVE_CHANGE,
-            key=subject_token(user_id),
-            subject=f"user:{user_id}",
-            evidence={
-                "change": what,
-                "new_source": source,
-                "session_id": session_id,
-                "seconds_after_login": f"{soon.elapsed:.1f}",
-                "known_sources": str(len(self._sources.get(user_id, set()) - {source})),
-                "window_s": f"{window:g}",
-            },
-            score=soon.score,
-            why=(
-                f"{what} {soon.elapsed:.0f}s after a login from {source}, a source this account had never used "
-                f"(window {window:g}s)"
-            ),
+        known = len(self._sources.get(user_id, set()) - {source})
+        return NEW_SOURCE_CHANGE.finding(
+            self.settings,
+            first=(started, started_id),
             at=at,
-            triggers=(started_id, event_id),
+            event_id=event_id,
+            key=user_id,
+            subject=f"user:{user_id}",
+            facts={"change": what, "new_source": source, "session_id": session_id, "known_sources": str(known)},
             user_id=user_id,
             session_id=session_id,
             source=source,

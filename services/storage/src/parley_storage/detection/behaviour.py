@@ -4,16 +4,27 @@ messaged. They leave out the platform's synthetic accounts."""
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
+from parley_storage.detection.bursts import JOINS, MESSAGED
 from parley_storage.detection.shapes import Rate
 from parley_storage.detection.state import RuleState
 from parley_storage.detection.vocabulary import (
-    MANY_CHANNELS_JOINED,
-    MANY_USERS_MESSAGED,
     SEND_RATE,
     Anomaly,
     subject_token,
 )
+
+
+class _Exceeded(NamedTuple):
+    """A sender's messages in a bucket above a baseline's threshold: the account's own, or the
+    channel's it sent them into (`channel_id`)."""
+
+    messages: int  # in the bucket
+    baseline: Rate
+    threshold: float
+    floor: int
+    channel_id: str = ""
 
 
 class BehaviourRules(RuleState):
@@ -29,15 +40,15 @@ class BehaviourRules(RuleState):
         self._tick(at)
         if user_id in self._synthetic:
             return None
-        return self._behaviour(self._channels_joined(at=at, user_id=user_id, channel_id=channel_id, event_id=event_id))
+        return self._behaviour(self._burst(JOINS, user_id, at=at, items=(channel_id,), event_id=event_id))
 
     def direct_message(self, *, at: float, sender_id: str, channel_id: str, event_id: str) -> Anomaly | None:
         """A message in a direct conversation counts once for each other member."""
-        if sender_id in self._synthetic:
+        members = self._direct.get(channel_id)
+        if sender_id in self._synthetic or members is None:  # a prober's, or not a direct conversation
             return None
-        return self._behaviour(
-            self._users_messaged(at=at, sender_id=sender_id, channel_id=channel_id, event_id=event_id)
-        )
+        recipients = sorted(members - {sender_id})
+        return self._behaviour(self._burst(MESSAGED, sender_id, at=at, items=recipients, event_id=event_id))
 
     def _behaviour(self, found: Anomaly | None) -> Anomaly | None:
         """A behaviour rule's finding about an account, once its registration says it is a person's."""
@@ -65,47 +76,20 @@ class BehaviourRules(RuleState):
                 self._in_channel[(channel_id, sender_id)] = (bucket, in_channel)
         if rate.fired_bucket == bucket:
             return None
-        own = rate.threshold(s, s.rate_floor)
-        if rate.count > own:
-            rate.fired_bucket = bucket
-            return self._rate_anomaly(
-                at=at,
-                sender_id=sender_id,
-                event_id=event_id,
-                count=rate.count,
-                baseline=rate,
-                threshold=own,
-                floor=s.rate_floor,
-            )
-        if in_channel:
-            channel = self._channel_rates[channel_id]
-            usual = channel.threshold(s, s.rate_channel_floor)
-            if in_channel > usual:
-                rate.fired_bucket = bucket
-                return self._rate_anomaly(
-                    at=at,
-                    sender_id=sender_id,
-                    event_id=event_id,
-                    count=in_channel,
-                    baseline=channel,
-                    threshold=usual,
-                    floor=s.rate_channel_floor,
-                    channel_id=channel_id,
-                )
-        return None
+        exceeded = self._exceeded(rate.count, rate, s.rate_floor)
+        if exceeded is None and in_channel:
+            exceeded = self._exceeded(in_channel, self._channel_rates[channel_id], s.rate_channel_floor, channel_id)
+        if exceeded is None:
+            return None
+        rate.fired_bucket = bucket
+        return self._rate_anomaly(exceeded, at=at, sender_id=sender_id, event_id=event_id)
 
-    def _rate_anomaly(
-        self,
-        *,
-        at: float,
-        sender_id: str,
-        event_id: str,
-        count: int,
-        baseline: Rate,
-        threshold: float,
-        floor: int,
-        channel_id: str = "",
-    ) -> Anomaly:
+    def _exceeded(self, count: int, baseline: Rate, floor: int, channel_id: str = "") -> _Exceeded | None:
+        threshold = baseline.threshold(self.settings, floor)
+        return _Exceeded(count, baseline, threshold, floor, channel_id) if count > threshold else None
+
+    def _rate_anomaly(self, exceeded: _Exceeded, *, at: float, sender_id: str, event_id: str) -> Anomaly:
+        count, baseline, threshold, floor, channel_id = exceeded
         s = self.settings
         mean, stddev = baseline.mean, math.sqrt(baseline.var)
         evidence = {
@@ -138,61 +122,7 @@ class BehaviourRules(RuleState):
             user_id=sender_id,
         )
 
-    # -- many channels joined, many people messaged (MSG) --------------------------------------
-
-    def _channels_joined(self, *, at: float, user_id: str, channel_id: str, event_id: str) -> Anomaly | None:
-        s = self.settings
-        burst = self._joins.add(user_id, at=at, item=channel_id, event_id=event_id)
-        if burst is None:
-            return None
-        return Anomaly(
-            kind=MANY_CHANNELS_JOINED,
-            key=subject_token(user_id),
-            subject=f"user:{user_id}",
-            evidence={
-                "channels": str(len(burst.items)),
-                "window_s": f"{s.channels_joined_window_s:g}",
-                "channel_ids": burst.listed(),
-            },
-            score=len(burst.items) / s.channels_joined,
-            why=(
-                f"joined {len(burst.items)} channels within {s.channels_joined_window_s:g}s "
-                f"(threshold {s.channels_joined}): reading everything it can reach"
-            ),
-            at=at,
-            triggers=burst.triggers,
-            user_id=user_id,
-        )
+    # -- direct conversations, whose messages count towards many people messaged (MSG) ----------
 
     def direct_channel_created(self, *, channel_id: str, members: frozenset[str]) -> None:
         self._direct[channel_id] = members
-
-    def _users_messaged(self, *, at: float, sender_id: str, channel_id: str, event_id: str) -> Anomaly | None:
-        members = self._direct.get(channel_id)
-        if members is None:
-            return None  # not a direct conversation
-        s = self.settings
-        burst = None
-        for recipient in sorted(members - {sender_id}):
-            burst = self._messaged.add(sender_id, at=at, item=recipient, event_id=event_id) or burst
-        if burst is None:
-            return None
-        return Anomaly(
-            kind=MANY_USERS_MESSAGED,
-            key=subject_token(sender_id),
-            subject=f"user:{sender_id}",
-            evidence={
-                "recipients": str(len(burst.items)),
-                "messages": str(burst.events),
-                "window_s": f"{s.users_messaged_window_s:g}",
-                "recipient_ids": burst.listed(),
-            },
-            score=len(burst.items) / s.users_messaged,
-            why=(
-                f"sent direct messages to {len(burst.items)} different people within "
-                f"{s.users_messaged_window_s:g}s (threshold {s.users_messaged}): a spam or phishing run"
-            ),
-            at=at,
-            triggers=burst.triggers,
-            user_id=sender_id,
-        )

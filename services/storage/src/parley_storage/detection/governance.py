@@ -3,12 +3,10 @@ roll-outs approved by new accounts (AUTH, MSG, PATCH)."""
 
 from __future__ import annotations
 
-from parley_storage.detection.shapes import too_soon
+from parley_storage.detection.bursts import ERASURES
+from parley_storage.detection.pairs import NEW_APPROVER, RUSHED
 from parley_storage.detection.state import RuleState
 from parley_storage.detection.vocabulary import (
-    MASS_ERASURE,
-    NEW_ACCOUNT_APPROVAL,
-    RUSHED_ROLLOUT,
     SHORT_RETENTION,
     Anomaly,
     subject_token,
@@ -20,28 +18,7 @@ class GovernanceRules(RuleState):
 
     def user_erased(self, *, at: float, actor: str, user_id: str, event_id: str) -> Anomaly | None:
         self._tick(at)
-        s = self.settings
-        burst = self._erasures.add(actor, at=at, item=user_id, event_id=event_id)
-        if burst is None:
-            return None
-        return Anomaly(
-            kind=MASS_ERASURE,
-            key=subject_token(actor),
-            subject=f"actor:{actor}",
-            evidence={
-                "actor": actor,
-                "erased_accounts": str(len(burst.items)),
-                "window_s": f"{s.erasure_window_s:g}",
-                "user_ids": ",".join(burst.items[:20]),
-            },
-            score=len(burst.items) / s.erasure_count,
-            why=(
-                f"{actor} erased {len(burst.items)} accounts within {s.erasure_window_s:g}s "
-                f"(threshold {s.erasure_count})"
-            ),
-            at=at,
-            triggers=burst.triggers,
-        )
+        return self._burst(ERASURES, actor, at=at, items=(user_id,), event_id=event_id)
 
     def retention_set(self, *, at: float, actor: str, channel_id: str, days: int, event_id: str) -> Anomaly | None:
         limit = self.settings.short_retention_days
@@ -88,29 +65,14 @@ class GovernanceRules(RuleState):
         return [a for a in found if a is not None]
 
     def _new_approver(self, *, at: float, rollout_id: str, actor: str, event_id: str) -> Anomaly | None:
-        registered_at, registered_id = self._registered[actor]
-        limit = self.settings.new_approver_age_s
-        soon = too_soon(registered_at, at, limit)
-        if soon is None:
-            return None
-        age = soon.elapsed
-        return Anomaly(
-            kind=NEW_ACCOUNT_APPROVAL,
-            key=subject_token(rollout_id),
-            subject=f"actor:{actor}",
-            evidence={
-                "rollout_id": rollout_id,
-                "approved_by": actor,
-                "account_age_s": f"{age:.0f}",
-                "min_account_age_s": f"{limit:g}",
-            },
-            score=soon.score,
-            why=(
-                f"roll-out {rollout_id} was approved by {actor}, an account made {age:.0f}s before "
-                f"(an approver's account is at least {limit:g}s old)"
-            ),
+        return NEW_APPROVER.finding(
+            self.settings,
+            first=self._registered[actor],
             at=at,
-            triggers=(registered_id, event_id),
+            event_id=event_id,
+            key=rollout_id,
+            subject=f"actor:{actor}",
+            facts={"rollout_id": rollout_id, "approved_by": actor},
             user_id=actor,
         )
 
@@ -119,27 +81,12 @@ class GovernanceRules(RuleState):
         if planned is None:
             return None
         planned_at, planner, planned_id = planned
-        limit = self.settings.rollout_min_review_s
-        soon = too_soon(planned_at, at, limit)
-        if soon is None:
-            return None
-        elapsed = soon.elapsed
-        return Anomaly(
-            kind=RUSHED_ROLLOUT,
-            key=subject_token(rollout_id),
-            subject=f"actor:{actor}",
-            evidence={
-                "rollout_id": rollout_id,
-                "planned_by": planner,
-                "approved_by": actor,
-                "seconds_to_approval": f"{elapsed:.1f}",
-                "min_review_s": f"{limit:g}",
-            },
-            score=soon.score,
-            why=(
-                f"roll-out {rollout_id} planned by {planner} was approved by {actor} {elapsed:.0f}s later "
-                f"(a review takes at least {limit:g}s)"
-            ),
+        return RUSHED.finding(
+            self.settings,
+            first=(planned_at, planned_id),
             at=at,
-            triggers=(planned_id, event_id),
+            event_id=event_id,
+            key=rollout_id,
+            subject=f"actor:{actor}",
+            facts={"rollout_id": rollout_id, "planned_by": planner, "approved_by": actor},
         )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from parley_storage.detection.shapes import DistinctBurst, Rate, SessionUse
+from parley_storage.detection.bursts import BURST_RULES, BurstRule
+from parley_storage.detection.shapes import Rate, SessionUse
 from parley_storage.detection.vocabulary import Anomaly, DetectionSettings
 
 SWEEP_EVERY = 10_000  # observations between two sweeps of the state
@@ -37,11 +39,15 @@ class RuleState:
     _seen: int = 0
 
     def __post_init__(self) -> None:
-        s = self.settings
-        self._spraying = DistinctBurst(s.spraying_accounts, s.spraying_window_s)
-        self._erasures = DistinctBurst(s.erasure_count, s.erasure_window_s)
-        self._joins = DistinctBurst(s.channels_joined, s.channels_joined_window_s)
-        self._messaged = DistinctBurst(s.users_messaged, s.users_messaged_window_s)
+        self._bursts = {rule.kind: rule.counter(self.settings) for rule in BURST_RULES}
+
+    def _burst(self, rule: BurstRule, key: str, *, at: float, items: Iterable[str], event_id: str) -> Anomaly | None:
+        """Counts an event touching `items` for `key` in `rule`'s window: the finding, if it fired."""
+        counter = self._bursts[rule.kind]
+        burst = None
+        for item in items:
+            burst = counter.add(key, at=at, item=item, event_id=event_id) or burst
+        return None if burst is None else rule.finding(key, burst, counter, at=at)
 
     def _tick(self, at: float) -> None:
         """Every SWEEP_EVERY observations, forget what no rule can use any more (idle sessions,
@@ -53,8 +59,8 @@ class RuleState:
         s = self.settings
         for session_id in [k for k, use in self._sessions.items() if at - use.at >= s.two_sources_window_s]:
             del self._sessions[session_id]
-        for burst in (self._spraying, self._erasures, self._joins, self._messaged):
-            burst.sweep(at)
+        for counter in self._bursts.values():
+            counter.sweep(at)
         bucket = int(at // s.rate_bucket_s)
         for pair in [p for p, (counted, _) in self._in_channel.items() if counted < bucket]:
             del self._in_channel[pair]

@@ -1,26 +1,21 @@
-"""The encrypted event archive: events sealed under data keys, positions, projections.
-
-Revision ID: 0001
-Revises:
-"""
+"""The encrypted event archive: events sealed under data keys, positions, projections."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
 
+from parley_storage.migrations.columns import log_position, message_number
+
 revision = "0001"
 down_revision: str | None = None
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:
     op.create_table(
         "events",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("stream", sa.String(32), nullable=False),
-        sa.Column("stream_seq", sa.BigInteger, nullable=False),
+        *log_position(),
         sa.Column("subject", sa.String(255), nullable=False),
         sa.Column("event_id", sa.String(64), nullable=False),
         sa.Column("event_type", sa.String(255), nullable=False),
@@ -56,13 +51,11 @@ def upgrade() -> None:
     op.create_index("ix_data_keys_owner", "data_keys", ["owner"])
     op.create_table(
         "channel_messages",
-        sa.Column("channel_id", sa.String(64), nullable=False),
-        sa.Column("channel_seq", sa.BigInteger, nullable=False),
+        *message_number(),
         sa.Column("message_id", sa.String(64), nullable=False),
         sa.Column("sender_id", sa.String(64), nullable=False),
         sa.Column("sent_at_ns", sa.BigInteger, nullable=False),
-        sa.Column("stream", sa.String(32), nullable=False),
-        sa.Column("stream_seq", sa.BigInteger, nullable=False),
+        *log_position(),
         sa.PrimaryKeyConstraint("channel_id", "channel_seq", name="pk_channel_messages"),
     )
     op.create_table(

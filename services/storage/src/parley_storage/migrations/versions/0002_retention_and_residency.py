@@ -1,8 +1,4 @@
-"""Per-channel retention policies and the data-residency binding.
-
-Revision ID: 0002
-Revises: 0001
-"""
+"""Per-channel retention policies and the data-residency binding."""
 
 from __future__ import annotations
 
@@ -11,8 +7,6 @@ from alembic import op
 
 revision = "0002"
 down_revision: str | None = "0001"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

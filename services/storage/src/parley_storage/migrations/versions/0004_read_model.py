@@ -4,9 +4,6 @@ messages, filled from the archived channel events (which needs the keyring to op
 The fill applies today's read-model code (parley_storage.archive.backfill) to the tables as this
 revision leaves them; a later revision that changes those tables must keep that code working on
 this shape or give this revision a copy of it.
-
-Revision ID: 0004
-Revises: 0003
 """
 
 from __future__ import annotations
@@ -14,10 +11,10 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context, op
 
+from parley_storage.migrations.columns import log_position, message_number
+
 revision = "0004"
 down_revision: str | None = "0003"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:
@@ -38,28 +35,23 @@ def upgrade() -> None:
     )
     op.create_table(
         "message_reactions",
-        sa.Column("channel_id", sa.String(64), nullable=False),
-        sa.Column("channel_seq", sa.BigInteger, nullable=False),
+        *message_number(),
         sa.Column("user_id", sa.String(64), nullable=False),
-        sa.Column("stream", sa.String(32), nullable=False),
-        sa.Column("stream_seq", sa.BigInteger, nullable=False),
+        *log_position(),
         sa.Column("present", sa.Boolean, nullable=False),
         sa.PrimaryKeyConstraint("stream", "stream_seq", name="pk_message_reactions"),
     )
     op.create_index("ix_message_reactions_message", "message_reactions", ["channel_id", "channel_seq", "user_id"])
     op.create_table(
         "message_texts",
-        sa.Column("channel_id", sa.String(64), nullable=False),
-        sa.Column("channel_seq", sa.BigInteger, nullable=False),
-        sa.Column("stream", sa.String(32), nullable=False),
-        sa.Column("stream_seq", sa.BigInteger, nullable=False),
+        *message_number(),
+        *log_position(),
         sa.PrimaryKeyConstraint("stream", "stream_seq", name="pk_message_texts"),
     )
     op.create_index("ix_message_texts_message", "message_texts", ["channel_id", "channel_seq"])
     op.create_table(
         "removed_messages",
-        sa.Column("channel_id", sa.String(64), nullable=False),
-        sa.Column("channel_seq", sa.BigInteger, nullable=False),
+        *message_number(),
         sa.Column("reason", sa.String(16), nullable=False),
         sa.PrimaryKeyConstraint("channel_id", "channel_seq", name="pk_removed_messages"),
     )
