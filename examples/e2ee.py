@@ -4,8 +4,9 @@
 import asyncio
 import sys
 
-from parley_client import ClientConfig, DeviceStore, ParleyClient
 from two_people import DATA_DIR, password
+
+from parley_client import ClientConfig, DeviceStore, ParleyClient
 
 
 async def main(alice_name: str, bob_name: str) -> None:

@@ -78,7 +78,11 @@ def generate_web(out_dir: Path) -> None:
     if not PROTOC_GEN_ES.exists():
         raise SystemExit(f"{PROTOC_GEN_ES} is missing: run `npm ci --prefix web` (make web-deps)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    outputs = [f"--plugin=protoc-gen-es={PROTOC_GEN_ES}", f"--es_out={out_dir}", "--es_opt=target=ts,import_extension=js"]
+    outputs = [
+        f"--plugin=protoc-gen-es={PROTOC_GEN_ES}",
+        f"--es_out={out_dir}",
+        "--es_opt=target=ts,import_extension=js",
+    ]
     run_protoc(outputs, web_protos(), what="protoc (protoc-gen-es)")
 
 

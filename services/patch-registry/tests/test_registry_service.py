@@ -271,7 +271,7 @@ async def publisher_key(registry: Registry) -> CryptoSigner:
 
 async def publish(
     registry: Registry, version: str, user: str = "dave", signer: CryptoSigner | None = None
-) -> patch_pb2.Release:
+) -> events_pb2.ReleasePublished:
     return await publish_release(
         registry.stub,
         signer=signer or await publisher_key(registry),
@@ -334,7 +334,7 @@ async def test_registry_holds_no_publisher_key_and_refuses_a_release_signed_by_a
     prepared = await registry.stub.PrepareRelease(prepare, metadata=operator, timeout=TIMEOUT_S)
     assert prepared.keyids == [key.public_key.keyid]
 
-    def publish_signed(signed: bytes, wheel: bytes) -> Awaitable[patch_pb2.Release]:
+    def publish_signed(signed: bytes, wheel: bytes) -> Awaitable[events_pb2.ReleasePublished]:
         return registry.stub.PublishRelease(
             patch_pb2.PublishReleaseRequest(
                 service="messaging",
