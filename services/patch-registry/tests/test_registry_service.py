@@ -297,8 +297,9 @@ async def test_publishing_needs_an_operator_token(registry: Registry) -> None:
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     release = await publish(registry, "0.2.0")
     assert release.target_path == "messaging/parley_messaging-0.2.0-py3-none-any.whl"
+    assert release.published_by == "dave"  # the answer is the release's ReleasePublished record
     listed = await registry.stub.ListReleases(patch_pb2.ListReleasesRequest(service="messaging"), timeout=TIMEOUT_S)
-    assert [r.version for r in listed.releases] == ["0.2.0"]
+    assert [(r.version, r.published_by) for r in listed.releases] == [("0.2.0", "dave")]
     with pytest.raises(grpc.aio.AioRpcError) as again:
         await publish(registry, "0.2.0")
     assert again.value.code() == grpc.StatusCode.ALREADY_EXISTS
