@@ -2,20 +2,11 @@
 `python examples/conversations.py alice bob` (two existing accounts)."""
 
 import asyncio
-import getpass
-import os
 import sys
-from pathlib import Path
+
+from two_people import DATA_DIR, password
 
 from parley_client import ClientConfig, ParleyClient
-
-DATA_DIR = Path(os.environ.get("PARLEY_DATA_DIR", ".parley"))
-
-
-def password(user: str) -> str:
-    """$PARLEY_PASSWORD_ALICE for alice (one each), else $PARLEY_PASSWORD (both), else a prompt."""
-    own = "PARLEY_PASSWORD_" + "".join(c if c.isalnum() else "_" for c in user.upper())
-    return os.environ.get(own) or os.environ.get("PARLEY_PASSWORD") or getpass.getpass(f"password for {user}: ")
 
 
 async def main(alice_name: str, bob_name: str) -> None:

@@ -32,14 +32,17 @@ WEB_ROOT_PROTO = "parley/gateway/v1/gateway.proto"
 IMPORT = re.compile(r'^import\s+"([^"]+)";', re.MULTILINE)
 
 
+def run_protoc(outputs: list[str], protos: list[str], *, what: str) -> None:
+    """protoc over protos/, with the well-known types grpc_tools ships beside it."""
+    well_known = Path(grpc_tools.__file__).parent / "_proto"
+    if protoc.main(["grpc_tools.protoc", f"-I{PROTO_ROOT}", f"-I{well_known}", *outputs, *protos]) != 0:
+        raise SystemExit(f"{what} failed")
+
+
 def generate(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
-    well_known = Path(grpc_tools.__file__).parent / "_proto"
-    args = [
-        "grpc_tools.protoc",
-        f"-I{PROTO_ROOT}",
-        f"-I{well_known}",
+    outputs = [
         f"--python_out={out_dir}",
         f"--grpc_python_out={out_dir}",
         # The plugins live beside this interpreter (the venv), which need not be on PATH.
@@ -47,10 +50,8 @@ def generate(out_dir: Path) -> None:
         f"--plugin=protoc-gen-mypy_grpc={BIN / 'protoc-gen-mypy_grpc'}",
         f"--mypy_out={out_dir}",
         f"--mypy_grpc_out={out_dir}",
-        *protos,
     ]
-    if protoc.main(args) != 0:
-        raise SystemExit("protoc failed")
+    run_protoc(outputs, protos, what="protoc")
     # Explicit packages (not namespace packages) so mypy and wheels see every module.
     for folder in (out_dir / GENERATED_TOP).rglob("*"):
         if folder.is_dir():
@@ -77,18 +78,12 @@ def generate_web(out_dir: Path) -> None:
     if not PROTOC_GEN_ES.exists():
         raise SystemExit(f"{PROTOC_GEN_ES} is missing: run `npm ci --prefix web` (make web-deps)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    well_known = Path(grpc_tools.__file__).parent / "_proto"
-    args = [
-        "grpc_tools.protoc",
-        f"-I{PROTO_ROOT}",
-        f"-I{well_known}",
+    outputs = [
         f"--plugin=protoc-gen-es={PROTOC_GEN_ES}",
         f"--es_out={out_dir}",
         "--es_opt=target=ts,import_extension=js",
-        *web_protos(),
     ]
-    if protoc.main(args) != 0:
-        raise SystemExit("protoc (protoc-gen-es) failed")
+    run_protoc(outputs, web_protos(), what="protoc (protoc-gen-es)")
 
 
 def differences(left: Path, right: Path) -> list[str]:

@@ -16,7 +16,7 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
-from parley.messaging.v1 import messaging_pb2
+from parley.messaging.v1.events_pb2 import ToDeviceSent
 
 from parley_client import DeviceKeyChanged, DeviceStore, MfaRequired, ParleyClient, ParleyError, fingerprint
 from parley_client.e2ee import E2eeDevice
@@ -75,7 +75,7 @@ async def test_a_removed_device_gets_no_later_keys_and_loses_its_queue(platform:
 
 async def _send_raw(sender: ParleyClient, user_id: str, device_id: str) -> None:
     assert sender.e2ee is not None
-    message = messaging_pb2.ToDeviceMessage(
+    message = ToDeviceSent(
         recipient_user_id=user_id,
         recipient_device_id=device_id,
         sender_device_id=sender.e2ee.device_id,
@@ -359,8 +359,8 @@ async def test_a_member_cannot_fill_the_relay_with_messages_no_device_fetches(pl
     phone = await bob.enable_e2ee("phone")
     blob = os.urandom(60 * 1024)  # under the gateway's 64 KiB request limit
 
-    def message(recipient: ParleyClient, device_id: str, sender: E2eeDevice) -> messaging_pb2.ToDeviceMessage:
-        return messaging_pb2.ToDeviceMessage(
+    def message(recipient: ParleyClient, device_id: str, sender: E2eeDevice) -> ToDeviceSent:
+        return ToDeviceSent(
             recipient_user_id=recipient.user_id,
             recipient_device_id=device_id,
             sender_device_id=sender.device_id,

@@ -521,6 +521,7 @@ async def test_services_rebuild_from_the_archive_within_their_streams_and_rotati
     keyring_before = (platform.data_dir / "secrets" / "storage-kek.json").read_text()
     rotated = await operator.RotateKeyEncryptionKey(storage_pb2.RotateKeyEncryptionKeyRequest(), timeout=60)
     assert rotated.rewrapped_data_keys >= 2  # at least the owner's and the channel's keys
+    assert rotated.rotated_by  # the answer is the rotation's audit record, which names who rotated
     assert rotated.retired_kek_ids
     for retired in rotated.retired_kek_ids:
         assert retired in keyring_before

@@ -3,7 +3,7 @@
 // or topic can never become markup.
 
 type Attrs = Record<string, string | boolean | number | undefined>;
-type Child = Node | string | null | undefined | false;
+export type Child = Node | string | null | undefined | false;
 
 const FORBIDDEN = /^on/i;
 
@@ -27,6 +27,16 @@ export function append(el: Node, ...children: Child[]): void {
     if (child === null || child === undefined || child === false) continue;
     el.appendChild(typeof child === "string" ? document.createTextNode(child) : child);
   }
+}
+
+/** A form control and its label, tied by the control's id (what a screen reader announces). */
+export function labelled(text: string, control: HTMLElement): [HTMLLabelElement, HTMLElement] {
+  return [h("label", { for: control.id }, text), control];
+}
+
+/** A labelled control on a line of its own, as the login and registration forms lay them out. */
+export function labelledRow(text: string, control: HTMLElement, hidden = false): HTMLDivElement {
+  return h("div", { class: "row", hidden }, ...labelled(text, control));
 }
 
 export function clear(el: Node): void {

@@ -6,7 +6,7 @@ import { create } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import * as api from "./api.js";
 import { gateway, withRefresh, type Session } from "./api.js";
-import { append, clear, fillList, h, on } from "./dom.js";
+import { append, clear, fillList, h, labelled, labelledRow, on } from "./dom.js";
 import { LiveStream, type ConnectionState } from "./live.js";
 import { renderSettings } from "./settings.js";
 import { consoleLink } from "./console/entry.js";
@@ -107,12 +107,7 @@ class App {
       required: true,
     });
     const code = h("input", { id: "code", name: "code", autocomplete: "one-time-code", inputmode: "text" });
-    const codeRow = h(
-      "div",
-      { class: "row", hidden: true },
-      h("label", { for: "code" }, "Two-factor code (or a recovery code)"),
-      code,
-    );
+    const codeRow = labelledRow("Two-factor code (or a recovery code)", code, true);
     const error = h("p", { class: "error", role: "alert" }, message);
     const submit = h("button", { type: "submit" }, "Log in");
     const register = h("button", { type: "button", class: "link" }, "Create an account with an invitation");
@@ -121,8 +116,8 @@ class App {
       "form",
       { class: "login", "aria-labelledby": "login-title" },
       h("h1", { id: "login-title" }, "Log in to Parley"),
-      h("div", { class: "row" }, h("label", { for: "username" }, "Username"), user),
-      h("div", { class: "row" }, h("label", { for: "password" }, "Password"), pass),
+      labelledRow("Username", user),
+      labelledRow("Password", pass),
       codeRow,
       error,
       submit,
@@ -167,9 +162,9 @@ class App {
       "form",
       { class: "login", "aria-labelledby": "register-title" },
       h("h1", { id: "register-title" }, "Create your Parley account"),
-      h("div", { class: "row" }, h("label", { for: "new-username" }, "Username"), user),
-      h("div", { class: "row" }, h("label", { for: "new-password" }, "Password"), pass),
-      h("div", { class: "row" }, h("label", { for: "invite" }, "Invitation code"), invite),
+      labelledRow("Username", user),
+      labelledRow("Password", pass),
+      labelledRow("Invitation code", invite),
       error,
       submit,
       back,
@@ -259,7 +254,7 @@ class App {
   private smallForm(id: string, label: string, action: string, run: (value: string) => Promise<void>): HTMLFormElement {
     const input = h("input", { id, name: id, required: true, autocomplete: "off" });
     const button = h("button", { type: "submit" }, action);
-    const form = h("form", { class: "small" }, h("label", { for: id }, label), input, button);
+    const form = h("form", { class: "small" }, ...labelled(label, input), button);
     on(form, "submit", (event) => {
       event.preventDefault();
       const value = input.value.trim();

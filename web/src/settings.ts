@@ -4,7 +4,7 @@
 import QRCode from "qrcode";
 import * as api from "./api.js";
 import { gateway, withRefresh, type Session } from "./api.js";
-import { append, clear, h, on } from "./dom.js";
+import { append, clear, h, labelled, on } from "./dom.js";
 import type { Session as AuthSession } from "./gen/parley/auth/v1/auth_pb.js";
 
 export function renderSettings(main: HTMLElement, session: Session, message = ""): void {
@@ -82,8 +82,7 @@ function mfaSection(session: Session, status: HTMLElement): HTMLElement {
         const form = h(
           "form",
           { class: "small" },
-          h("label", { for: "totp-confirm" }, "Code from your app"),
-          code,
+          ...labelled("Code from your app", code),
           confirm,
         );
         on(form, "submit", (event) => {

@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 import vodozemac
 from parley.auth.v1 import auth_pb2
+from parley.auth.v1.events_pb2 import UploadedOneTimeKey
 
 from parley_auth.keys import device_message, one_time_key_message
 from parley_testing.stack import TIMEOUT_S, Stack, bearer
@@ -53,12 +54,12 @@ def publish_request(account: vodozemac.Account, user_id: str, device_id: str) ->
     )
 
 
-def one_time_keys(account: vodozemac.Account, user_id: str, device_id: str, n: int) -> list[auth_pb2.OneTimeKey]:
+def one_time_keys(account: vodozemac.Account, user_id: str, device_id: str, n: int) -> list[UploadedOneTimeKey]:
     account.generate_one_time_keys(n)
     found = []
     for key_id, key in account.one_time_keys.items():
         message = one_time_key_message(user_id, device_id, key_id, raw(key))
-        found.append(auth_pb2.OneTimeKey(key_id=key_id, key=raw(key), signature=signature(account, message)))
+        found.append(UploadedOneTimeKey(key_id=key_id, key=raw(key), signature=signature(account, message)))
     account.mark_keys_as_published()
     return found
 
@@ -165,14 +166,14 @@ async def test_bad_keys_are_refused_with_reasons(stack: Stack) -> None:
     assert await code(missing) == grpc.StatusCode.NOT_FOUND
 
 
-def signed_fallback(account: vodozemac.Account, user_id: str, device_id: str) -> auth_pb2.OneTimeKey:
+def signed_fallback(account: vodozemac.Account, user_id: str, device_id: str) -> UploadedOneTimeKey:
     holder: Any = account  # vodozemac's stubs lack the fallback-key API
     holder.generate_fallback_key()
     ((key_id, key),) = holder.fallback_key.items()
     key_id = f"fb_{key_id}"
     message = one_time_key_message(user_id, device_id, key_id, raw(key))
     holder.mark_keys_as_published()
-    return auth_pb2.OneTimeKey(key_id=key_id, key=raw(key), signature=signature(account, message))
+    return UploadedOneTimeKey(key_id=key_id, key=raw(key), signature=signature(account, message))
 
 
 async def test_fallback_key_is_handed_out_when_one_time_keys_run_out(stack: Stack) -> None:

@@ -271,7 +271,7 @@ async def publisher_key(registry: Registry) -> CryptoSigner:
 
 async def publish(
     registry: Registry, version: str, user: str = "dave", signer: CryptoSigner | None = None
-) -> patch_pb2.Release:
+) -> events_pb2.ReleasePublished:
     return await publish_release(
         registry.stub,
         signer=signer or await publisher_key(registry),
@@ -297,8 +297,9 @@ async def test_publishing_needs_an_operator_token(registry: Registry) -> None:
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     release = await publish(registry, "0.2.0")
     assert release.target_path == "messaging/parley_messaging-0.2.0-py3-none-any.whl"
+    assert release.published_by == "dave"  # the answer is the release's ReleasePublished record
     listed = await registry.stub.ListReleases(patch_pb2.ListReleasesRequest(service="messaging"), timeout=TIMEOUT_S)
-    assert [r.version for r in listed.releases] == ["0.2.0"]
+    assert [(r.version, r.published_by) for r in listed.releases] == [("0.2.0", "dave")]
     with pytest.raises(grpc.aio.AioRpcError) as again:
         await publish(registry, "0.2.0")
     assert again.value.code() == grpc.StatusCode.ALREADY_EXISTS
@@ -334,7 +335,7 @@ async def test_registry_holds_no_publisher_key_and_refuses_a_release_signed_by_a
     prepared = await registry.stub.PrepareRelease(prepare, metadata=operator, timeout=TIMEOUT_S)
     assert prepared.keyids == [key.public_key.keyid]
 
-    def publish_signed(signed: bytes, wheel: bytes) -> Awaitable[patch_pb2.Release]:
+    def publish_signed(signed: bytes, wheel: bytes) -> Awaitable[events_pb2.ReleasePublished]:
         return registry.stub.PublishRelease(
             patch_pb2.PublishReleaseRequest(
                 service="messaging",

@@ -1,10 +1,11 @@
 // Advisories: the findings of imported advisories against the fleet, overdue first, then by the
 // time left to their patch deadline; OSV files are imported by upload.
 
-import { gateway, withRefresh, describe } from "../api.js";
-import { h, on } from "../dom.js";
+import { gateway, withRefresh } from "../api.js";
+import { h, labelled } from "../dom.js";
 import type { Finding } from "../gen/parley/patch/v1/patch_pb.js";
 import { nowSeconds, timeLeft, when } from "./format.js";
+import { onSubmit, page } from "./page.js";
 import { table } from "./table.js";
 
 export function byUrgency(findings: readonly Finding[]): Finding[] {
@@ -35,10 +36,9 @@ export async function advisoriesPage(
       f.summary,
     ],
   }));
-  return h(
-    "section",
-    { "aria-labelledby": "advisories-title" },
-    h("h2", { id: "advisories-title" }, "Advisories"),
+  return page(
+    "advisories",
+    "Advisories",
     h("p", { class: "hint" }, `${findings.length} findings, ${overdue} overdue.`),
     table(
       "Findings, overdue first",
@@ -56,22 +56,14 @@ function importForm(reload: (imported: string) => void, imported: string): HTMLE
   const form = h(
     "form",
     { class: "small import" },
-    h("label", { for: "osv-files" }, "Import OSV advisories (JSON files)"),
-    files,
+    ...labelled("Import OSV advisories (JSON files)", files),
     h("button", { type: "submit" }, "Import"),
     result,
   );
-  on(form, "submit", (event) => {
-    event.preventDefault();
-    void (async () => {
-      try {
-        const osvJson = await Promise.all([...(files.files ?? [])].map((file) => file.text()));
-        const done = await withRefresh(() => gateway.importAdvisories({ osvJson }));
-        reload(`imported ${done.imported}, unchanged ${done.unchanged}, withdrawn ${done.withdrawn}`);
-      } catch (err) {
-        result.textContent = describe(err);
-      }
-    })();
+  onSubmit(form, result, async () => {
+    const osvJson = await Promise.all([...(files.files ?? [])].map((file) => file.text()));
+    const done = await withRefresh(() => gateway.importAdvisories({ osvJson }));
+    reload(`imported ${done.imported}, unchanged ${done.unchanged}, withdrawn ${done.withdrawn}`);
   });
   return form;
 }

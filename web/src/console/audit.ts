@@ -4,11 +4,12 @@
 // security-auditor only, and shows an auditor what people wrote to each other as metadata only).
 
 import { describe, gateway, withRefresh } from "../api.js";
-import { append, clear, h, on } from "../dom.js";
+import { append, clear, h, labelled, on } from "../dom.js";
 import type { ArchivedEvent } from "../gen/parley/storage/v1/storage_pb.js";
 import { span, when, whenIso } from "./format.js";
 import { actorName, actorUserId, knownUserId, learnNames, personName } from "./names.js";
 import { securityPanel } from "./security.js";
+import { page } from "./page.js";
 import { table } from "./table.js";
 
 const LIMIT = 200;
@@ -24,14 +25,10 @@ export function auditPage(): { element: HTMLElement; stop(): void } {
   const form = h(
     "form",
     { class: "query" },
-    h("label", { for: "audit-actor" }, "Actor"),
-    actor,
-    h("label", { for: "audit-target" }, "Target"),
-    target,
-    h("label", { for: "audit-since" }, "From (UTC)"),
-    since,
-    h("label", { for: "audit-until" }, "Until (UTC)"),
-    until,
+    ...labelled("Actor", actor),
+    ...labelled("Target", target),
+    ...labelled("From (UTC)", since),
+    ...labelled("Until (UTC)", until),
     h("button", { type: "submit" }, "Search"),
   );
   // Only the newest search is shown: the first (unfiltered) one may answer after a later one.
@@ -90,16 +87,7 @@ export function auditPage(): { element: HTMLElement; stop(): void } {
   });
   void run();
   const security = securityPanel();
-  const element = h(
-    "section",
-    { "aria-labelledby": "audit-title" },
-    h("h2", { id: "audit-title" }, "Audit"),
-    chainState(),
-    security.element,
-    h("h3", {}, "Search"),
-    form,
-    results,
-  );
+  const element = page("audit", "Audit", chainState(), security.element, h("h3", {}, "Search"), form, results);
   return { element, stop: security.stop };
 }
 

@@ -8,6 +8,7 @@ import type { InstanceStatus } from "../gen/parley/fleet/v1/fleet_pb.js";
 import type { Finding } from "../gen/parley/patch/v1/patch_pb.js";
 import { nowSeconds, span } from "./format.js";
 import { healthCharts } from "./health.js";
+import { page } from "./page.js";
 import { table } from "./table.js";
 
 export async function fleetPage(): Promise<HTMLElement> {
@@ -39,10 +40,9 @@ export async function fleetPage(): Promise<HTMLElement> {
     };
   });
   const stale = instances.filter((i) => i.stale).length;
-  return h(
-    "section",
-    { "aria-labelledby": "fleet-title" },
-    h("h2", { id: "fleet-title" }, "Fleet"),
+  return page(
+    "fleet",
+    "Fleet",
     h(
       "p",
       { class: "hint" },

@@ -3,12 +3,13 @@
 // on the role (roles.ts); the gateway refuses the rest whatever this page shows.
 
 import { describe, isMfaChallenge, login, logout, refresh, type Session } from "../api.js";
-import { clear, h, on } from "../dom.js";
+import { clear, h, labelledRow, on } from "../dom.js";
 import { advisoriesPage } from "./advisories.js";
 import { auditPage } from "./audit.js";
 import { reportsPage } from "./reports.js";
 import { securityPage } from "./security.js";
 import { fleetPage } from "./fleet.js";
+import { onSubmit } from "./page.js";
 import { platformPage } from "./platform.js";
 import { mayRollOut, pagesFor, type PageName } from "./roles.js";
 import { RolloutsPage } from "./rollouts.js";
@@ -49,29 +50,26 @@ class Console {
     const username = h("input", { id: "username", autocomplete: "username", required: true });
     const password = h("input", { id: "password", type: "password", autocomplete: "current-password", required: true });
     const code = h("input", { id: "totp", inputmode: "numeric", autocomplete: "one-time-code" });
-    const codeRow = h("div", { class: "row", hidden: true }, h("label", { for: "totp" }, "Authentication code"), code);
+    const codeRow = labelledRow("Authentication code", code, true);
     const error = h("p", { class: "error", role: "alert" });
     const form = h(
       "form",
       { class: "login" },
       h("h1", {}, "Parley console"),
-      h("div", { class: "row" }, h("label", { for: "username" }, "Username"), username),
-      h("div", { class: "row" }, h("label", { for: "password" }, "Password"), password),
+      labelledRow("Username", username),
+      labelledRow("Password", password),
       codeRow,
       h("button", { type: "submit" }, "Log in"),
       error,
     );
-    on(form, "submit", (event) => {
-      event.preventDefault();
-      void (async () => {
-        try {
-          this.enter(await login(username.value, password.value, code.value));
-        } catch (err) {
-          if (isMfaChallenge(err)) codeRow.hidden = false;
-          error.textContent = describe(err);
-        }
-      })();
-    });
+    onSubmit(
+      form,
+      error,
+      async () => this.enter(await login(username.value, password.value, code.value)),
+      (err) => {
+        if (isMfaChallenge(err)) codeRow.hidden = false;
+      },
+    );
     clear(this.root);
     this.root.append(h("div", { class: "center" }, form));
   }

@@ -8,6 +8,7 @@ import { h } from "../dom.js";
 import type { PlatformSeries } from "../gen/parley/fleet/v1/fleet_pb.js";
 import { lineChart, type Series } from "./chart.js";
 import { span } from "./format.js";
+import { page } from "./page.js";
 
 const WINDOW_S = 3600;
 const POINTS = 60;
@@ -23,10 +24,9 @@ const FIGURES: { figure: string; title: string; hint: string }[] = [
 
 export async function platformPage(): Promise<HTMLElement> {
   const health = await withRefresh(() => gateway.getServiceHealth({ windowSeconds: WINDOW_S, points: POINTS }));
-  return h(
-    "section",
-    { "aria-labelledby": "platform-title" },
-    h("h2", { id: "platform-title" }, "Health"),
+  return page(
+    "platform",
+    "Health",
     h(
       "p",
       { class: "hint" },

@@ -7,6 +7,7 @@ import { gateway, withRefresh } from "../api.js";
 import { h, on } from "../dom.js";
 import type { ComplianceReport } from "../gen/parley/gateway/v1/gateway_pb.js";
 import { when } from "./format.js";
+import { page } from "./page.js";
 
 function shown(report: ComplianceReport): HTMLElement {
   if (report.format === "html") {
@@ -24,10 +25,9 @@ function shown(report: ComplianceReport): HTMLElement {
 /** `pick` draws the page again showing another report. */
 export async function reportsPage(pick: (reportId: string) => void, reportId = ""): Promise<HTMLElement> {
   const { reports } = await withRefresh(() => gateway.listComplianceReports({}));
-  const section = h(
-    "section",
-    { "aria-labelledby": "reports-title" },
-    h("h2", { id: "reports-title" }, "Compliance reports"),
+  const section = page(
+    "reports",
+    "Compliance reports",
     h(
       "p",
       { class: "hint", id: "reports-hint" },

@@ -4,11 +4,12 @@
 
 import { toJsonString } from "@bufbuild/protobuf";
 import { describe, gateway, withRefresh, type Session } from "../api.js";
-import { clear, h, on } from "../dom.js";
+import { clear, h, labelled, on } from "../dom.js";
 import { RolloutSchema, type AuditEntry, type Rollout } from "../gen/parley/patch/v1/patch_pb.js";
 import { lineChart } from "./chart.js";
 import { whenMs } from "./format.js";
 import { actorName, actorUserId, learnNames, personName } from "./names.js";
+import { onSubmit, page } from "./page.js";
 import { mayRollOut } from "./roles.js";
 import { table } from "./table.js";
 
@@ -31,10 +32,9 @@ export class RolloutsPage {
   private underWay = new Set<string>(); // "service version" of every roll-out not ended yet
 
   constructor(private readonly session: Session) {
-    this.element = h(
-      "section",
-      { "aria-labelledby": "rollouts-title" },
-      h("h2", { id: "rollouts-title" }, "Roll-outs"),
+    this.element = page(
+      "rollouts",
+      "Roll-outs",
       h("p", { class: "rule", id: "second-person-rule" }, RULE),
       this.list,
     );
@@ -87,10 +87,8 @@ export class RolloutsPage {
       "form",
       { class: "plan" },
       h("h3", {}, "Plan a roll-out"),
-      h("label", { for: "plan-release" }, "Release"),
-      choice,
-      h("label", { for: "plan-reason" }, "Reason (optional)"),
-      reason,
+      ...labelled("Release", choice),
+      ...labelled("Reason (optional)", reason),
       submit,
       none,
       result,
@@ -120,19 +118,12 @@ export class RolloutsPage {
             : "Every published release already runs on all its instances (parley patch publish a new one).";
     };
     await this.fillReleases();
-    on(form, "submit", (event) => {
-      event.preventDefault();
+    onSubmit(form, result, async () => {
       const [service, toVersion] = choice.value.split(" ");
-      void (async () => {
-        try {
-          await withRefresh(() => gateway.planRollout({ service, toVersion, reason: reason.value }));
-          result.textContent = "";
-          form.reset(); // planned: the form is ready for the next one
-          await this.refresh();
-        } catch (err) {
-          result.textContent = describe(err);
-        }
-      })();
+      await withRefresh(() => gateway.planRollout({ service, toVersion, reason: reason.value }));
+      result.textContent = "";
+      form.reset(); // planned: the form is ready for the next one
+      await this.refresh();
     });
     return form;
   }

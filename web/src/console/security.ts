@@ -5,10 +5,12 @@
 
 import { Code, ConnectError } from "@connectrpc/connect";
 import { describe, gateway, refresh } from "../api.js";
-import { clear, h, on } from "../dom.js";
+import { clear, h, labelled, on } from "../dom.js";
 import type { SecurityEventNotice } from "../gen/parley/storage/v1/storage_pb.js";
 import { when } from "./format.js";
 import { actorName, actorUserId, idsIn, learnNames, namedText, personName } from "./names.js";
+import { page } from "./page.js";
+import { grid } from "./table.js";
 
 const SHOWN = 200; // rows kept on the page, newest first
 const BACKLOG = 50;
@@ -34,20 +36,13 @@ export function securityPanel(): SecurityPanel {
   const actor = h("input", { id: "security-actor", type: "text", placeholder: "username, user id, or service:<name>" });
   const state = h("p", { class: "hint", id: "security-state", "aria-live": "polite" }, "Connecting…");
   const body = h("tbody", {});
-  const list = h(
-    "table",
-    { class: "grid security-events" },
-    h("caption", { class: "visually-hidden" }, "Security events, newest first"),
-    h("thead", {}, h("tr", {}, ...["When (UTC)", "Kind", "Who", "Actor", "Source", "Detail"].map((n) => h("th", { scope: "col" }, n)))),
-    body,
-  );
+  const headers = ["When (UTC)", "Kind", "Who", "Actor", "Source", "Detail"];
+  const list = grid("Security events, newest first", headers, body, "grid security-events");
   const form = h(
     "form",
     { class: "query" },
-    h("label", { for: "security-kind" }, "Kind"),
-    kind,
-    h("label", { for: "security-actor" }, "Person or service"),
-    actor,
+    ...labelled("Kind", kind),
+    ...labelled("Person or service", actor),
     h("button", { type: "submit" }, "Follow"),
   );
   let abort: AbortController | null = null;
@@ -141,12 +136,7 @@ function row(n: SecurityEventNotice, key: string): HTMLTableRowElement {
 export function securityPage(): SecurityPanel {
   const panel = securityPanel();
   return {
-    element: h(
-      "section",
-      { "aria-labelledby": "security-title" },
-      h("h2", { id: "security-title" }, "Security events"),
-      panel.element,
-    ),
+    element: page("security", "Security events", panel.element),
     stop: panel.stop,
   };
 }

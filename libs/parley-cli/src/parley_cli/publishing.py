@@ -24,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_private_key
-from parley.patch.v1 import patch_pb2, patch_pb2_grpc
+from parley.patch.v1 import events_pb2, patch_pb2, patch_pb2_grpc
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Targets
 
@@ -93,7 +93,7 @@ async def publish_release(
     min_event_schema: int = 1,
     metadata: GrpcMetadata = (),
     timeout: float = 60.0,
-) -> patch_pb2.Release:
+) -> events_pb2.ReleasePublished:
     """Prepare, sign here, publish: the one way a release gets into the registry."""
     prepared = await stub.PrepareRelease(
         patch_pb2.PrepareReleaseRequest(
@@ -111,7 +111,7 @@ async def publish_release(
     signed = sign_prepared(
         prepared.metadata, signer=signer, service=service, version=version, wheel_name=wheel_name, wheel=wheel
     )
-    release: patch_pb2.Release = await stub.PublishRelease(
+    release: events_pb2.ReleasePublished = await stub.PublishRelease(
         patch_pb2.PublishReleaseRequest(
             service=service,
             version=version,
@@ -152,7 +152,7 @@ async def publish_base_release(
     version: str,
     wheel: Path | None = None,
     timeout: float = 120.0,
-) -> patch_pb2.Release:
+) -> events_pb2.ReleasePublished:
     """The version this environment runs, published as a signed release (once) so that a roll-out
     can return to it: `wheel` (the one its instances were installed from), else its wheel built
     from the installed source at that version; the registry keeps it. Called by `parley up` as
@@ -171,7 +171,7 @@ async def publish_base_release(
     request = patch_pb2.PublishBaseReleaseRequest(
         service=service, version=version, wheel_name=wheel.name, wheel=await asyncio.to_thread(wheel.read_bytes)
     )
-    release: patch_pb2.Release = await registry.PublishBaseRelease(request, timeout=timeout)
+    release: events_pb2.ReleasePublished = await registry.PublishBaseRelease(request, timeout=timeout)
     return release
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from parley.patch.v1 import patch_pb2, patch_pb2_grpc
+from parley.patch.v1 import events_pb2, patch_pb2, patch_pb2_grpc
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Root
 
@@ -37,14 +37,14 @@ async def rotate_root(
     threshold: int,
     metadata: GrpcMetadata = (),
     timeout: float = 60.0,
-) -> patch_pb2.RotateRootResponse:
+) -> events_pb2.RootRotated:
     prepared = await stub.PrepareRootRotation(
         patch_pb2.PrepareRootRotationRequest(new_public_keys_pem=[public_pem(s) for s in new], threshold=threshold),
         metadata=metadata,
         timeout=timeout,
     )
     signed = sign_root(prepared.metadata, old=old, new=new, threshold=threshold)
-    response: patch_pb2.RotateRootResponse = await stub.RotateRoot(
+    response: events_pb2.RootRotated = await stub.RotateRoot(
         patch_pb2.RotateRootRequest(signed_root=signed), metadata=metadata, timeout=timeout
     )
     return response

@@ -25,7 +25,9 @@ from typing import Any, Protocol
 
 import vodozemac
 from parley.auth.v1 import auth_pb2
+from parley.auth.v1.events_pb2 import UploadedOneTimeKey
 from parley.messaging.v1 import messaging_pb2
+from parley.messaging.v1.events_pb2 import ToDeviceSent
 
 BODY_PREFIX = "megolm.v1:"
 ROOM_KEY = "parley.room_key.v1"
@@ -142,16 +144,20 @@ class DeviceCalls(Protocol):
     ) -> auth_pb2.Device: ...
 
     async def upload_one_time_keys(
-        self, device_id: str, keys: Sequence[auth_pb2.OneTimeKey], *, fallback_key: auth_pb2.OneTimeKey | None = None
+        self,
+        device_id: str,
+        keys: Sequence[UploadedOneTimeKey],
+        *,
+        fallback_key: UploadedOneTimeKey | None = None,
     ) -> int: ...
 
     async def list_devices(self, user_ids: Sequence[str]) -> list[auth_pb2.Device]: ...
 
     async def claim_one_time_key(self, user_id: str, device_id: str) -> auth_pb2.ClaimedOneTimeKey: ...
 
-    async def send_to_device(self, messages: Sequence[messaging_pb2.ToDeviceMessage]) -> None: ...
+    async def send_to_device(self, messages: Sequence[ToDeviceSent]) -> None: ...
 
-    async def fetch_to_device(self, device_id: str, *, after_queue_seq: int) -> list[messaging_pb2.ToDeviceMessage]: ...
+    async def fetch_to_device(self, device_id: str, *, after_queue_seq: int) -> list[ToDeviceSent]: ...
 
 
 class E2eeDevice:
@@ -218,9 +224,9 @@ class E2eeDevice:
     def _user_id(self) -> str:
         return self._client.user_id or ""
 
-    def _signed(self, key_id: str, key: vodozemac.Curve25519PublicKey) -> auth_pb2.OneTimeKey:
+    def _signed(self, key_id: str, key: vodozemac.Curve25519PublicKey) -> UploadedOneTimeKey:
         message = one_time_key_message(self._user_id, self.device_id, key_id, raw(key))
-        return auth_pb2.OneTimeKey(key_id=key_id, key=raw(key), signature=raw(self.account.sign(message)))
+        return UploadedOneTimeKey(key_id=key_id, key=raw(key), signature=raw(self.account.sign(message)))
 
     async def publish(self, one_time_keys: int = 20) -> int:
         """Publish this device's keys in auth's key directory, then fresh signed one-time keys and
@@ -292,7 +298,7 @@ class E2eeDevice:
             session = await self._olm_session_to(device)
             olm_type, ciphertext = session.encrypt(room_key).to_parts()
             messages.append(
-                messaging_pb2.ToDeviceMessage(
+                ToDeviceSent(
                     recipient_user_id=device.user_id,
                     recipient_device_id=device.device_id,
                     sender_device_id=self.device_id,
@@ -368,7 +374,7 @@ class E2eeDevice:
                     received += 1
             self.changed()  # Olm ratchets moved and one-time keys were used: keep that
 
-    def _open_olm(self, queued: messaging_pb2.ToDeviceMessage) -> bytes:
+    def _open_olm(self, queued: ToDeviceSent) -> bytes:
         message = vodozemac.AnyOlmMessage.from_parts(queued.olm_type, queued.ciphertext)
         sessions = self._olm.setdefault(queued.sender_identity_key, [])
         for session in reversed(sessions):

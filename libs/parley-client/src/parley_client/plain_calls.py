@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from parley.auth.v1 import auth_pb2
+from parley.auth.v1.events_pb2 import UploadedOneTimeKey
 from parley.messaging.v1 import messaging_pb2
+from parley.messaging.v1.events_pb2 import ToDeviceSent
 
 from parley_client.rpc import items, nothing, one, rpc, whole
 from parley_client.session import GatewaySession
@@ -164,7 +166,10 @@ class PlainCalls(GatewaySession):
     @rpc("UploadOneTimeKeys", one("one_time_keys_left", int))
     @staticmethod
     def upload_one_time_keys(
-        device_id: str, keys: Sequence[auth_pb2.OneTimeKey], *, fallback_key: auth_pb2.OneTimeKey | None = None
+        device_id: str,
+        keys: Sequence[UploadedOneTimeKey],
+        *,
+        fallback_key: UploadedOneTimeKey | None = None,
     ) -> auth_pb2.UploadOneTimeKeysRequest:
         return auth_pb2.UploadOneTimeKeysRequest(device_id=device_id, keys=keys, fallback_key=fallback_key)
 
@@ -187,10 +192,10 @@ class PlainCalls(GatewaySession):
 
     @rpc("SendToDevice", nothing)
     @staticmethod
-    def send_to_device(messages: Sequence[messaging_pb2.ToDeviceMessage]) -> messaging_pb2.SendToDeviceRequest:
+    def send_to_device(messages: Sequence[ToDeviceSent]) -> messaging_pb2.SendToDeviceRequest:
         return messaging_pb2.SendToDeviceRequest(messages=messages)
 
-    @rpc("FetchToDevice", items("messages", messaging_pb2.ToDeviceMessage))
+    @rpc("FetchToDevice", items("messages", ToDeviceSent))
     @staticmethod
     def fetch_to_device(device_id: str, *, after_queue_seq: int) -> messaging_pb2.FetchToDeviceRequest:
         return messaging_pb2.FetchToDeviceRequest(device_id=device_id, after_queue_seq=after_queue_seq)

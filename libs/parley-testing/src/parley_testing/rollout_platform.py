@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from parley.patch.v1 import patch_pb2, patch_pb2_grpc
+from parley.patch.v1 import events_pb2, patch_pb2, patch_pb2_grpc
 from securesystemslib.signer import CryptoSigner
 
 from parley_agent import AgentTimeouts, Door, NodeAgent
@@ -87,7 +87,7 @@ class AgentPlatform:
             timeout=30,
         )
 
-    async def publish_base(self, version: str = "0.1.0") -> patch_pb2.Release:
+    async def publish_base(self, version: str = "0.1.0") -> events_pb2.ReleasePublished:
         """The managed service's base version as a release, as `parley up` publishes it at first start."""
         return await publish_base_release(self.registry, service=self.managed, version=version)
 

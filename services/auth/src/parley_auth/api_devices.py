@@ -155,7 +155,7 @@ class DevicesApi(AuthBase):
         assert device is not None
         return auth_pb2.ClaimedOneTimeKey(
             device=device_proto(device),
-            one_time_key=auth_pb2.OneTimeKey(key_id=key.key_id, key=key.key, signature=key.signature),
+            one_time_key=UploadedOneTimeKey(key_id=key.key_id, key=key.key, signature=key.signature),
             fallback=key is device.fallback,
         )
 

@@ -80,7 +80,7 @@ class DeviceKeyServicer(messaging_pb2_grpc.DeviceKeyServiceServicer):
             raise InvalidArgument(f"send at most {MAX_TO_DEVICE_PER_CALL} to-device messages at once")
         for message in request.messages:
 
-            def check(message: messaging_pb2.ToDeviceMessage = message) -> None:
+            def check(message: ToDeviceSent = message) -> None:
                 sender_key = require_own_device(self.directory, caller.user_id, message.sender_device_id)
                 if message.sender_identity_key != sender_key:
                     raise InvalidArgument("sender_identity_key is not the published identity key of the sending device")
@@ -92,9 +92,7 @@ class DeviceKeyServicer(messaging_pb2_grpc.DeviceKeyServiceServicer):
         for message in request.messages:
             recipient = message.recipient_user_id
 
-            def decide(
-                queue: ToDeviceQueue, message: messaging_pb2.ToDeviceMessage = message
-            ) -> tuple[list[NewEvent], None]:
+            def decide(queue: ToDeviceQueue, message: ToDeviceSent = message) -> tuple[list[NewEvent], None]:
                 sent = NewEvent(
                     aggregate_type="todevice",
                     aggregate_id=queue.user_id,
@@ -146,7 +144,7 @@ class DeviceKeyServicer(messaging_pb2_grpc.DeviceKeyServiceServicer):
         limit = request.limit or 100
         return messaging_pb2.FetchToDeviceResponse(
             messages=[
-                messaging_pb2.ToDeviceMessage(
+                ToDeviceSent(
                     recipient_user_id=caller.user_id,
                     recipient_device_id=request.device_id,
                     sender_user_id=m.sender_user_id,

@@ -7,31 +7,18 @@ import time
 from datetime import UTC, datetime
 
 import grpc
-from parley.patch.v1 import patch_pb2, patch_pb2_grpc
+from parley.patch.v1 import events_pb2, patch_pb2, patch_pb2_grpc
 
 from parley_core.errors import InvalidArgument, PermissionDenied
 from parley_core.tokens import TokenVerifier
 from parley_core.topology import PLATFORM_USER
 from parley_patch_registry.findings import Finding
 from parley_patch_registry.registry import Registry
-from parley_patch_registry.releases import ReleaseInfo
 from parley_patch_registry.rollout import Rollout
 from parley_patch_registry.rollout_events import GateEvaluated, RolloutEvent, describe, exit_description
 from parley_patch_registry.tuf_http import RepositoryHttpServer
 
 Context = grpc.aio.ServicerContext[object, object]
-
-
-def release_proto(info: ReleaseInfo) -> patch_pb2.Release:
-    return patch_pb2.Release(
-        service=info.service,
-        version=info.version,
-        target_path=info.target_path,
-        sha256=info.sha256,
-        length=info.length,
-        fixes=list(info.fixes),
-        min_event_schema=info.min_event_schema,
-    )
 
 
 def rollout_proto(rollout: Rollout, *, target_sha256: str) -> patch_pb2.Rollout:
@@ -128,12 +115,11 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
 
     async def SetPublisherKey(
         self, request: patch_pb2.SetPublisherKeyRequest, context: Context
-    ) -> patch_pb2.PublisherKey:
+    ) -> events_pb2.PublisherKeySet:
         caller = self.tokens.caller(context)
-        keyid = await self.registry.set_publisher_key(
+        return await self.registry.set_publisher_key(
             caller, service=request.service, public_key_pem=request.public_key_pem
         )
-        return patch_pb2.PublisherKey(service=request.service, keyid=keyid)
 
     async def PrepareRootRotation(
         self, request: patch_pb2.PrepareRootRotationRequest, context: Context
@@ -147,10 +133,8 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
             metadata=metadata, current_keyids=list(current.keyids), current_threshold=current.threshold
         )
 
-    async def RotateRoot(self, request: patch_pb2.RotateRootRequest, context: Context) -> patch_pb2.RotateRootResponse:
-        caller = self.tokens.caller(context)
-        version, keyids, threshold = await self.registry.rotate_root(caller, request.signed_root)
-        return patch_pb2.RotateRootResponse(version=version, keyids=keyids, threshold=threshold)
+    async def RotateRoot(self, request: patch_pb2.RotateRootRequest, context: Context) -> events_pb2.RootRotated:
+        return await self.registry.rotate_root(self.tokens.caller(context), request.signed_root)
 
     async def PrepareRelease(
         self, request: patch_pb2.PrepareReleaseRequest, context: Context
@@ -168,9 +152,11 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
         )
         return patch_pb2.PreparedRelease(metadata=metadata, role=role, keyids=keyids)
 
-    async def PublishRelease(self, request: patch_pb2.PublishReleaseRequest, context: Context) -> patch_pb2.Release:
+    async def PublishRelease(
+        self, request: patch_pb2.PublishReleaseRequest, context: Context
+    ) -> events_pb2.ReleasePublished:
         caller = self.tokens.caller(context)
-        info = await self.registry.publish_release(
+        return await self.registry.publish_release(
             caller,
             service=request.service,
             version=request.version,
@@ -178,13 +164,12 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
             wheel=request.wheel,
             signed_metadata=request.signed_metadata,
         )
-        return release_proto(info)
 
     async def ListReleases(
         self, request: patch_pb2.ListReleasesRequest, context: Context
     ) -> patch_pb2.ListReleasesResponse:
         infos = self.registry.repo.releases(request.service or None)
-        return patch_pb2.ListReleasesResponse(releases=[release_proto(i) for i in infos])
+        return patch_pb2.ListReleasesResponse(releases=[self.registry.release_record(i) for i in infos])
 
     async def ImportAdvisories(
         self, request: patch_pb2.ImportAdvisoriesRequest, context: Context
@@ -229,12 +214,11 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
 
     async def PublishBaseRelease(
         self, request: patch_pb2.PublishBaseReleaseRequest, context: Context
-    ) -> patch_pb2.Release:
+    ) -> events_pb2.ReleasePublished:
         require_platform_peer(context)
-        info = await self.registry.publish_base_release(
+        return await self.registry.publish_base_release(
             service=request.service, version=request.version, wheel_name=request.wheel_name, wheel=request.wheel
         )
-        return release_proto(info)
 
     async def _command(self, request: patch_pb2.RolloutCommand, context: Context, action: str) -> patch_pb2.Rollout:
         caller = self.tokens.caller(context)

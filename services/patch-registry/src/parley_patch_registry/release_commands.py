@@ -26,8 +26,11 @@ BASE_PUBLISHER = "platform (base version)"
 
 
 class ReleaseCommands(RegistryBase):
-    async def set_publisher_key(self, caller: Caller, *, service: str, public_key_pem: str) -> str:
-        """Delegates `<service>/*` to the publisher's key; returns its key id. Audited on the PATCH stream."""
+    async def set_publisher_key(
+        self, caller: Caller, *, service: str, public_key_pem: str
+    ) -> events_pb2.PublisherKeySet:
+        """Delegates `<service>/*` to the publisher's key; returns its record (the key id). Audited on the
+        PATCH stream."""
         require_patch_role(caller.role, "setting a publisher key")
         self._known_service(service)
         key = parse_public_key(public_key_pem)
@@ -37,7 +40,7 @@ class ReleaseCommands(RegistryBase):
             self.keys.remove(delegated_role(service))
             event = events_pb2.PublisherKeySet(service=service, keyid=key.keyid, set_by=caller.user_id)
             await self._append(release_subject(service), "release", service, event, actor_of(caller), at=ANYWHERE)
-        return key.keyid
+        return event
 
     def prepare_root_rotation(self, caller: Caller, *, public_keys_pem: list[str], threshold: int) -> bytes:
         """Root v(n+1) with these keys, unsigned: the operator signs it with the offline root keys."""
@@ -45,8 +48,8 @@ class ReleaseCommands(RegistryBase):
         keys = [parse_public_key(pem) for pem in public_keys_pem]
         return self.repo.prepare_root(keys, threshold).to_bytes()
 
-    async def rotate_root(self, caller: Caller, signed_root: bytes) -> tuple[int, list[str], int]:
-        """Publishes the offline-signed root; returns its version, root key ids and threshold."""
+    async def rotate_root(self, caller: Caller, signed_root: bytes) -> events_pb2.RootRotated:
+        """Publishes the offline-signed root; returns its record (version, root key ids, threshold)."""
         require_patch_role(caller.role, "rotating the root keys")
         async with self._lock:
             root = await asyncio.to_thread(self.repo.apply_root, signed_root)
@@ -56,7 +59,7 @@ class ReleaseCommands(RegistryBase):
             )
             at = Position(root.version - 2, None)  # the root's versions are the trust aggregate's
             await self._append(trust_root_subject(), "trust", "root", event, actor_of(caller), at=at)
-        return root.version, list(role.keyids), role.threshold
+        return event
 
     def prepare_release(
         self,
@@ -93,7 +96,7 @@ class ReleaseCommands(RegistryBase):
         wheel_name: str,
         wheel: bytes,
         signed_metadata: bytes,
-    ) -> ReleaseInfo:
+    ) -> events_pb2.ReleasePublished:
         require_patch_role(caller.role, "publishing a release")
         self._known_service(service)
         if not signed_metadata:
@@ -105,15 +108,16 @@ class ReleaseCommands(RegistryBase):
             info = self.repo.publish_signed(service=service, signed=signed_metadata, wheel=wheel)
             if (info.version, info.target_path) != (version, f"{service}/{wheel_name}"):
                 raise InvalidArgument(f"the signed metadata publishes {info.target_path} {info.version}, not {version}")
-            await self._record_release(info, caller.user_id, actor_of(caller))
-        return info
+            return await self._record_release(info, caller.user_id, actor_of(caller))
 
-    async def publish_base_release(self, *, service: str, version: str, wheel_name: str, wheel: bytes) -> ReleaseInfo:
+    async def publish_base_release(
+        self, *, service: str, version: str, wheel_name: str, wheel: bytes
+    ) -> events_pb2.ReleasePublished:
         """The version a service ran before any release (its platform publishes it at first start)."""
         self._known_service(service)
         for info in self.repo.releases(service):
             if info.version == version:
-                return info  # published already (by its platform earlier, or by a publisher)
+                return self.release_record(info)  # published already (by its platform earlier, or by a publisher)
         async with self._lock:
             info = await asyncio.to_thread(
                 self.repo.publish_base,
@@ -123,19 +127,29 @@ class ReleaseCommands(RegistryBase):
                 wheel=wheel,
                 targets_signer=self.keys.load("targets"),
             )
-            await self._record_release(info, BASE_PUBLISHER, Actor.PLATFORM)
+            record = await self._record_release(info, BASE_PUBLISHER, Actor.PLATFORM)
         log.info("base release %s %s published (%s)", service, version, info.target_path)
-        return info
+        return record
 
-    async def _record_release(self, info: ReleaseInfo, published_by: str, actor: Actor) -> None:
-        event = events_pb2.ReleasePublished(
-            service=info.service,
-            version=info.version,
-            target_path=info.target_path,
-            sha256=info.sha256,
-            length=info.length,
-            fixes=list(info.fixes),
-            min_event_schema=info.min_event_schema,
-            published_by=published_by,
-        )
+    def release_record(self, info: ReleaseInfo) -> events_pb2.ReleasePublished:
+        """A published release as its ReleasePublished event recorded it (who published it)."""
+        return release_published(info, self.state.release_publishers.get(info.target_path, ""))
+
+    async def _record_release(self, info: ReleaseInfo, published_by: str, actor: Actor) -> events_pb2.ReleasePublished:
+        event = release_published(info, published_by)
         await self._append(release_subject(info.service), "release", info.service, event, actor, at=ANYWHERE)
+        return event
+
+
+def release_published(info: ReleaseInfo, published_by: str) -> events_pb2.ReleasePublished:
+    """The record of a release: its event, and what PatchService answers about it."""
+    return events_pb2.ReleasePublished(
+        service=info.service,
+        version=info.version,
+        target_path=info.target_path,
+        sha256=info.sha256,
+        length=info.length,
+        fixes=list(info.fixes),
+        min_event_schema=info.min_event_schema,
+        published_by=published_by,
+    )

@@ -371,7 +371,7 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
 
     async def RotateKeyEncryptionKey(
         self, request: storage_pb2.RotateKeyEncryptionKeyRequest, context: Context
-    ) -> storage_pb2.RotateKeyEncryptionKeyResponse:
+    ) -> KeyEncryptionKeyRotated:
         requester = self._requester(context)
         access.require_operator(requester)
         rotation = await self._archive.rotate_kek()
@@ -385,8 +385,4 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
             await self._record(kek_subject(), "kek", "storage", record, requester)
         except Unavailable as exc:
             raise Unavailable(f"the key-encryption key is now {rotation.new_kek_id}, but {exc.args[0]}") from exc
-        return storage_pb2.RotateKeyEncryptionKeyResponse(
-            new_kek_id=rotation.new_kek_id,
-            rewrapped_data_keys=rotation.rewrapped,
-            retired_kek_ids=list(rotation.destroyed_kek_ids),
-        )
+        return record

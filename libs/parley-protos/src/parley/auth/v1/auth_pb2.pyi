@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from parley.auth.v1 import events_pb2 as _events_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -666,34 +667,11 @@ class PublishDeviceKeysRequest(_message.Message):
 Global___PublishDeviceKeysRequest: _TypeAlias = PublishDeviceKeysRequest  # noqa: Y015
 
 @_typing.final
-class OneTimeKey(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    KEY_ID_FIELD_NUMBER: _builtins.int
-    KEY_FIELD_NUMBER: _builtins.int
-    SIGNATURE_FIELD_NUMBER: _builtins.int
-    key_id: _builtins.str
-    """1-64 of [A-Za-z0-9_+/=-]"""
-    key: _builtins.bytes
-    """Curve25519, 32 bytes"""
-    signature: _builtins.bytes
-    def __init__(
-        self,
-        *,
-        key_id: _builtins.str = ...,
-        key: _builtins.bytes = ...,
-        signature: _builtins.bytes = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "key_id", b"key_id", "signature", b"signature"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___OneTimeKey: _TypeAlias = OneTimeKey  # noqa: Y015
-
-@_typing.final
 class UploadOneTimeKeysRequest(_message.Message):
+    """A one-time key is the record OneTimeKeysUploaded keeps (events.proto's UploadedOneTimeKey),
+    uploaded and claimed as it is.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DEVICE_ID_FIELD_NUMBER: _builtins.int
@@ -701,19 +679,19 @@ class UploadOneTimeKeysRequest(_message.Message):
     FALLBACK_KEY_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     @_builtins.property
-    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___OneTimeKey]:
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.UploadedOneTimeKey]:
         """at most 100 per call"""
 
     @_builtins.property
-    def fallback_key(self) -> Global___OneTimeKey:
+    def fallback_key(self) -> _events_pb2.UploadedOneTimeKey:
         """Replaces the device's fallback key (signed like a one-time key, with a new key id)."""
 
     def __init__(
         self,
         *,
         device_id: _builtins.str = ...,
-        keys: _abc.Iterable[Global___OneTimeKey] | None = ...,
-        fallback_key: Global___OneTimeKey | None = ...,
+        keys: _abc.Iterable[_events_pb2.UploadedOneTimeKey] | None = ...,
+        fallback_key: _events_pb2.UploadedOneTimeKey | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["fallback_key", b"fallback_key"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -776,12 +754,12 @@ class ClaimedOneTimeKey(_message.Message):
     @_builtins.property
     def device(self) -> Global___Device: ...
     @_builtins.property
-    def one_time_key(self) -> Global___OneTimeKey: ...
+    def one_time_key(self) -> _events_pb2.UploadedOneTimeKey: ...
     def __init__(
         self,
         *,
         device: Global___Device | None = ...,
-        one_time_key: Global___OneTimeKey | None = ...,
+        one_time_key: _events_pb2.UploadedOneTimeKey | None = ...,
         fallback: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "one_time_key", b"one_time_key"]  # noqa: Y015

@@ -587,7 +587,9 @@ class UploadedOneTimeKey(_message.Message):
     KEY_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
+    """1-64 of [A-Za-z0-9_+/=-]"""
     key: _builtins.bytes
+    """Curve25519, 32 bytes"""
     signature: _builtins.bytes
     def __init__(
         self,

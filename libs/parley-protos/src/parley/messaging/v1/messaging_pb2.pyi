@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from parley.messaging.v1 import events_pb2 as _events_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -450,58 +451,20 @@ class LeaveChannelRequest(_message.Message):
 Global___LeaveChannelRequest: _TypeAlias = LeaveChannelRequest  # noqa: Y015
 
 @_typing.final
-class ToDeviceMessage(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    RECIPIENT_USER_ID_FIELD_NUMBER: _builtins.int
-    RECIPIENT_DEVICE_ID_FIELD_NUMBER: _builtins.int
-    SENDER_USER_ID_FIELD_NUMBER: _builtins.int
-    SENDER_DEVICE_ID_FIELD_NUMBER: _builtins.int
-    SENDER_IDENTITY_KEY_FIELD_NUMBER: _builtins.int
-    OLM_TYPE_FIELD_NUMBER: _builtins.int
-    CIPHERTEXT_FIELD_NUMBER: _builtins.int
-    QUEUE_SEQ_FIELD_NUMBER: _builtins.int
-    recipient_user_id: _builtins.str
-    recipient_device_id: _builtins.str
-    sender_user_id: _builtins.str
-    """set by the server"""
-    sender_device_id: _builtins.str
-    sender_identity_key: _builtins.str
-    olm_type: _builtins.int
-    ciphertext: _builtins.bytes
-    queue_seq: _builtins.int
-    """set by the server"""
-    def __init__(
-        self,
-        *,
-        recipient_user_id: _builtins.str = ...,
-        recipient_device_id: _builtins.str = ...,
-        sender_user_id: _builtins.str = ...,
-        sender_device_id: _builtins.str = ...,
-        sender_identity_key: _builtins.str = ...,
-        olm_type: _builtins.int = ...,
-        ciphertext: _builtins.bytes = ...,
-        queue_seq: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext", b"ciphertext", "olm_type", b"olm_type", "queue_seq", b"queue_seq", "recipient_device_id", b"recipient_device_id", "recipient_user_id", b"recipient_user_id", "sender_device_id", b"sender_device_id", "sender_identity_key", b"sender_identity_key", "sender_user_id", b"sender_user_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ToDeviceMessage: _TypeAlias = ToDeviceMessage  # noqa: Y015
-
-@_typing.final
 class SendToDeviceRequest(_message.Message):
+    """A to-device message is the record the relay queues (events.proto's ToDeviceSent) in both
+    directions; in a SendToDeviceRequest the server sets sender_user_id and queue_seq itself.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MESSAGES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToDeviceMessage]: ...
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.ToDeviceSent]: ...
     def __init__(
         self,
         *,
-        messages: _abc.Iterable[Global___ToDeviceMessage] | None = ...,
+        messages: _abc.Iterable[_events_pb2.ToDeviceSent] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -558,11 +521,11 @@ class FetchToDeviceResponse(_message.Message):
 
     MESSAGES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToDeviceMessage]: ...
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.ToDeviceSent]: ...
     def __init__(
         self,
         *,
-        messages: _abc.Iterable[Global___ToDeviceMessage] | None = ...,
+        messages: _abc.Iterable[_events_pb2.ToDeviceSent] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...

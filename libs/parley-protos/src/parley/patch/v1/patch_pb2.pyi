@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from parley.patch.v1 import events_pb2 as _events_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -88,32 +89,6 @@ class RotateRootRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RotateRootRequest: _TypeAlias = RotateRootRequest  # noqa: Y015
-
-@_typing.final
-class RotateRootResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    VERSION_FIELD_NUMBER: _builtins.int
-    KEYIDS_FIELD_NUMBER: _builtins.int
-    THRESHOLD_FIELD_NUMBER: _builtins.int
-    version: _builtins.int
-    threshold: _builtins.int
-    @_builtins.property
-    def keyids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    def __init__(
-        self,
-        *,
-        version: _builtins.int = ...,
-        keyids: _abc.Iterable[_builtins.str] | None = ...,
-        threshold: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["keyids", b"keyids", "threshold", b"threshold", "version", b"version"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___RotateRootResponse: _TypeAlias = RotateRootResponse  # noqa: Y015
 
 @_typing.final
 class PrepareReleaseRequest(_message.Message):
@@ -208,28 +183,6 @@ class SetPublisherKeyRequest(_message.Message):
 Global___SetPublisherKeyRequest: _TypeAlias = SetPublisherKeyRequest  # noqa: Y015
 
 @_typing.final
-class PublisherKey(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    SERVICE_FIELD_NUMBER: _builtins.int
-    KEYID_FIELD_NUMBER: _builtins.int
-    service: _builtins.str
-    keyid: _builtins.str
-    def __init__(
-        self,
-        *,
-        service: _builtins.str = ...,
-        keyid: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["keyid", b"keyid", "service", b"service"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___PublisherKey: _TypeAlias = PublisherKey  # noqa: Y015
-
-@_typing.final
 class PublishReleaseRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -272,44 +225,6 @@ class PublishReleaseRequest(_message.Message):
 Global___PublishReleaseRequest: _TypeAlias = PublishReleaseRequest  # noqa: Y015
 
 @_typing.final
-class Release(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    SERVICE_FIELD_NUMBER: _builtins.int
-    VERSION_FIELD_NUMBER: _builtins.int
-    TARGET_PATH_FIELD_NUMBER: _builtins.int
-    SHA256_FIELD_NUMBER: _builtins.int
-    LENGTH_FIELD_NUMBER: _builtins.int
-    FIXES_FIELD_NUMBER: _builtins.int
-    MIN_EVENT_SCHEMA_FIELD_NUMBER: _builtins.int
-    service: _builtins.str
-    version: _builtins.str
-    target_path: _builtins.str
-    sha256: _builtins.str
-    length: _builtins.int
-    min_event_schema: _builtins.int
-    @_builtins.property
-    def fixes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    def __init__(
-        self,
-        *,
-        service: _builtins.str = ...,
-        version: _builtins.str = ...,
-        target_path: _builtins.str = ...,
-        sha256: _builtins.str = ...,
-        length: _builtins.int = ...,
-        fixes: _abc.Iterable[_builtins.str] | None = ...,
-        min_event_schema: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fixes", b"fixes", "length", b"length", "min_event_schema", b"min_event_schema", "service", b"service", "sha256", b"sha256", "target_path", b"target_path", "version", b"version"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Release: _TypeAlias = Release  # noqa: Y015
-
-@_typing.final
 class ListReleasesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -334,11 +249,11 @@ class ListReleasesResponse(_message.Message):
 
     RELEASES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def releases(self) -> _containers.RepeatedCompositeFieldContainer[Global___Release]: ...
+    def releases(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.ReleasePublished]: ...
     def __init__(
         self,
         *,
-        releases: _abc.Iterable[Global___Release] | None = ...,
+        releases: _abc.Iterable[_events_pb2.ReleasePublished] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from parley.patch.v1 import events_pb2 as parley_dot_patch_dot_v1_dot_events__pb2
 from parley.patch.v1 import patch_pb2 as parley_dot_patch_dot_v1_dot_patch__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -28,6 +29,8 @@ if _version_not_supported:
 class PatchServiceStub:
     """The patch registry's operator API (mutual TLS, platform identity) plus the caller's access
     token as `authorization: Bearer <jwt>` metadata: roll-out commands are taken by a person.
+    A release, a publisher key and a root rotation are answered with the event that records them
+    (events.proto): the caller sees what the registry wrote.
     """
 
     def __init__(self, channel):
@@ -39,7 +42,7 @@ class PatchServiceStub:
         self.PublishRelease = channel.unary_unary(
                 '/parley.patch.v1.PatchService/PublishRelease',
                 request_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.PublishReleaseRequest.SerializeToString,
-                response_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.Release.FromString,
+                response_deserializer=parley_dot_patch_dot_v1_dot_events__pb2.ReleasePublished.FromString,
                 _registered_method=True)
         self.ListReleases = channel.unary_unary(
                 '/parley.patch.v1.PatchService/ListReleases',
@@ -114,7 +117,7 @@ class PatchServiceStub:
         self.PublishBaseRelease = channel.unary_unary(
                 '/parley.patch.v1.PatchService/PublishBaseRelease',
                 request_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.PublishBaseReleaseRequest.SerializeToString,
-                response_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.Release.FromString,
+                response_deserializer=parley_dot_patch_dot_v1_dot_events__pb2.ReleasePublished.FromString,
                 _registered_method=True)
         self.RevertService = channel.unary_unary(
                 '/parley.patch.v1.PatchService/RevertService',
@@ -134,7 +137,7 @@ class PatchServiceStub:
         self.SetPublisherKey = channel.unary_unary(
                 '/parley.patch.v1.PatchService/SetPublisherKey',
                 request_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.SetPublisherKeyRequest.SerializeToString,
-                response_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.PublisherKey.FromString,
+                response_deserializer=parley_dot_patch_dot_v1_dot_events__pb2.PublisherKeySet.FromString,
                 _registered_method=True)
         self.PrepareRootRotation = channel.unary_unary(
                 '/parley.patch.v1.PatchService/PrepareRootRotation',
@@ -144,13 +147,15 @@ class PatchServiceStub:
         self.RotateRoot = channel.unary_unary(
                 '/parley.patch.v1.PatchService/RotateRoot',
                 request_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.RotateRootRequest.SerializeToString,
-                response_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.RotateRootResponse.FromString,
+                response_deserializer=parley_dot_patch_dot_v1_dot_events__pb2.RootRotated.FromString,
                 _registered_method=True)
 
 
 class PatchServiceServicer:
     """The patch registry's operator API (mutual TLS, platform identity) plus the caller's access
     token as `authorization: Bearer <jwt>` metadata: roll-out commands are taken by a person.
+    A release, a publisher key and a root rotation are answered with the event that records them
+    (events.proto): the caller sees what the registry wrote.
     """
 
     def PublishRelease(self, request, context):
@@ -301,7 +306,7 @@ def add_PatchServiceServicer_to_server(servicer, server):
             'PublishRelease': grpc.unary_unary_rpc_method_handler(
                     servicer.PublishRelease,
                     request_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.PublishReleaseRequest.FromString,
-                    response_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.Release.SerializeToString,
+                    response_serializer=parley_dot_patch_dot_v1_dot_events__pb2.ReleasePublished.SerializeToString,
             ),
             'ListReleases': grpc.unary_unary_rpc_method_handler(
                     servicer.ListReleases,
@@ -376,7 +381,7 @@ def add_PatchServiceServicer_to_server(servicer, server):
             'PublishBaseRelease': grpc.unary_unary_rpc_method_handler(
                     servicer.PublishBaseRelease,
                     request_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.PublishBaseReleaseRequest.FromString,
-                    response_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.Release.SerializeToString,
+                    response_serializer=parley_dot_patch_dot_v1_dot_events__pb2.ReleasePublished.SerializeToString,
             ),
             'RevertService': grpc.unary_unary_rpc_method_handler(
                     servicer.RevertService,
@@ -396,7 +401,7 @@ def add_PatchServiceServicer_to_server(servicer, server):
             'SetPublisherKey': grpc.unary_unary_rpc_method_handler(
                     servicer.SetPublisherKey,
                     request_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.SetPublisherKeyRequest.FromString,
-                    response_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.PublisherKey.SerializeToString,
+                    response_serializer=parley_dot_patch_dot_v1_dot_events__pb2.PublisherKeySet.SerializeToString,
             ),
             'PrepareRootRotation': grpc.unary_unary_rpc_method_handler(
                     servicer.PrepareRootRotation,
@@ -406,7 +411,7 @@ def add_PatchServiceServicer_to_server(servicer, server):
             'RotateRoot': grpc.unary_unary_rpc_method_handler(
                     servicer.RotateRoot,
                     request_deserializer=parley_dot_patch_dot_v1_dot_patch__pb2.RotateRootRequest.FromString,
-                    response_serializer=parley_dot_patch_dot_v1_dot_patch__pb2.RotateRootResponse.SerializeToString,
+                    response_serializer=parley_dot_patch_dot_v1_dot_events__pb2.RootRotated.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -419,6 +424,8 @@ def add_PatchServiceServicer_to_server(servicer, server):
 class PatchService:
     """The patch registry's operator API (mutual TLS, platform identity) plus the caller's access
     token as `authorization: Bearer <jwt>` metadata: roll-out commands are taken by a person.
+    A release, a publisher key and a root rotation are answered with the event that records them
+    (events.proto): the caller sees what the registry wrote.
     """
 
     @staticmethod
@@ -437,7 +444,7 @@ class PatchService:
             target,
             '/parley.patch.v1.PatchService/PublishRelease',
             parley_dot_patch_dot_v1_dot_patch__pb2.PublishReleaseRequest.SerializeToString,
-            parley_dot_patch_dot_v1_dot_patch__pb2.Release.FromString,
+            parley_dot_patch_dot_v1_dot_events__pb2.ReleasePublished.FromString,
             options,
             channel_credentials,
             insecure,
@@ -842,7 +849,7 @@ class PatchService:
             target,
             '/parley.patch.v1.PatchService/PublishBaseRelease',
             parley_dot_patch_dot_v1_dot_patch__pb2.PublishBaseReleaseRequest.SerializeToString,
-            parley_dot_patch_dot_v1_dot_patch__pb2.Release.FromString,
+            parley_dot_patch_dot_v1_dot_events__pb2.ReleasePublished.FromString,
             options,
             channel_credentials,
             insecure,
@@ -950,7 +957,7 @@ class PatchService:
             target,
             '/parley.patch.v1.PatchService/SetPublisherKey',
             parley_dot_patch_dot_v1_dot_patch__pb2.SetPublisherKeyRequest.SerializeToString,
-            parley_dot_patch_dot_v1_dot_patch__pb2.PublisherKey.FromString,
+            parley_dot_patch_dot_v1_dot_events__pb2.PublisherKeySet.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1004,7 +1011,7 @@ class PatchService:
             target,
             '/parley.patch.v1.PatchService/RotateRoot',
             parley_dot_patch_dot_v1_dot_patch__pb2.RotateRootRequest.SerializeToString,
-            parley_dot_patch_dot_v1_dot_patch__pb2.RotateRootResponse.FromString,
+            parley_dot_patch_dot_v1_dot_events__pb2.RootRotated.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from parley.patch.v1 import events_pb2 as _events_pb2
 from parley.patch.v1 import patch_pb2 as _patch_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -29,13 +30,15 @@ GRPC_VERSION: str
 class PatchServiceStub:
     """The patch registry's operator API (mutual TLS, platform identity) plus the caller's access
     token as `authorization: Bearer <jwt>` metadata: roll-out commands are taken by a person.
+    A release, a publisher key and a root rotation are answered with the event that records them
+    (events.proto): the caller sees what the registry wrote.
     """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> PatchServiceAsyncStub: ...
-    PublishRelease: _grpc.UnaryUnaryMultiCallable[_patch_pb2.PublishReleaseRequest, _patch_pb2.Release]
+    PublishRelease: _grpc.UnaryUnaryMultiCallable[_patch_pb2.PublishReleaseRequest, _events_pb2.ReleasePublished]
     """Publishing is prepare, sign on the publisher's side, publish: the registry never holds a
     service's delegated targets key, only the public key set with SetPublisherKey.
     """
@@ -54,7 +57,7 @@ class PatchServiceStub:
     ReportInstanceDrained: _grpc.UnaryUnaryMultiCallable[_patch_pb2.ReportInstanceRequest, _patch_pb2.Rollout]
     ReportRolledBack: _grpc.UnaryUnaryMultiCallable[_patch_pb2.GetRolloutRequest, _patch_pb2.Rollout]
     ReportInstanceExited: _grpc.UnaryUnaryMultiCallable[_patch_pb2.ReportInstanceExitRequest, _patch_pb2.Rollout]
-    PublishBaseRelease: _grpc.UnaryUnaryMultiCallable[_patch_pb2.PublishBaseReleaseRequest, _patch_pb2.Release]
+    PublishBaseRelease: _grpc.UnaryUnaryMultiCallable[_patch_pb2.PublishBaseReleaseRequest, _events_pb2.ReleasePublished]
     """The version a service runs before any release, published by its platform (node-agent
     identity) so that a roll-out can return to it; signed by the repository's targets key.
     """
@@ -62,23 +65,25 @@ class PatchServiceStub:
     """Plans a roll-out back to the version that ran before the service's last finished roll-out."""
     TufRepository: _grpc.UnaryUnaryMultiCallable[_patch_pb2.TufRepositoryRequest, _patch_pb2.TufRepositoryResponse]
     PrepareRelease: _grpc.UnaryUnaryMultiCallable[_patch_pb2.PrepareReleaseRequest, _patch_pb2.PreparedRelease]
-    SetPublisherKey: _grpc.UnaryUnaryMultiCallable[_patch_pb2.SetPublisherKeyRequest, _patch_pb2.PublisherKey]
+    SetPublisherKey: _grpc.UnaryUnaryMultiCallable[_patch_pb2.SetPublisherKeyRequest, _events_pb2.PublisherKeySet]
     """Operator/admin: delegate `<service>/*` to this public key (replacing the previous one)."""
     PrepareRootRotation: _grpc.UnaryUnaryMultiCallable[_patch_pb2.PrepareRootRotationRequest, _patch_pb2.PreparedRoot]
     """Root rotation with offline keys: the registry prepares root v(n+1), the operator signs it
     with a threshold of the current root keys and of the new ones, the registry checks and
     publishes it (clients holding root vn follow).
     """
-    RotateRoot: _grpc.UnaryUnaryMultiCallable[_patch_pb2.RotateRootRequest, _patch_pb2.RotateRootResponse]
+    RotateRoot: _grpc.UnaryUnaryMultiCallable[_patch_pb2.RotateRootRequest, _events_pb2.RootRotated]
 
 @_typing.type_check_only
 class PatchServiceAsyncStub(PatchServiceStub):
     """The patch registry's operator API (mutual TLS, platform identity) plus the caller's access
     token as `authorization: Bearer <jwt>` metadata: roll-out commands are taken by a person.
+    A release, a publisher key and a root rotation are answered with the event that records them
+    (events.proto): the caller sees what the registry wrote.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    PublishRelease: _aio.UnaryUnaryMultiCallable[_patch_pb2.PublishReleaseRequest, _patch_pb2.Release]  # type: ignore[assignment]
+    PublishRelease: _aio.UnaryUnaryMultiCallable[_patch_pb2.PublishReleaseRequest, _events_pb2.ReleasePublished]  # type: ignore[assignment]
     """Publishing is prepare, sign on the publisher's side, publish: the registry never holds a
     service's delegated targets key, only the public key set with SetPublisherKey.
     """
@@ -97,7 +102,7 @@ class PatchServiceAsyncStub(PatchServiceStub):
     ReportInstanceDrained: _aio.UnaryUnaryMultiCallable[_patch_pb2.ReportInstanceRequest, _patch_pb2.Rollout]  # type: ignore[assignment]
     ReportRolledBack: _aio.UnaryUnaryMultiCallable[_patch_pb2.GetRolloutRequest, _patch_pb2.Rollout]  # type: ignore[assignment]
     ReportInstanceExited: _aio.UnaryUnaryMultiCallable[_patch_pb2.ReportInstanceExitRequest, _patch_pb2.Rollout]  # type: ignore[assignment]
-    PublishBaseRelease: _aio.UnaryUnaryMultiCallable[_patch_pb2.PublishBaseReleaseRequest, _patch_pb2.Release]  # type: ignore[assignment]
+    PublishBaseRelease: _aio.UnaryUnaryMultiCallable[_patch_pb2.PublishBaseReleaseRequest, _events_pb2.ReleasePublished]  # type: ignore[assignment]
     """The version a service runs before any release, published by its platform (node-agent
     identity) so that a roll-out can return to it; signed by the repository's targets key.
     """
@@ -105,18 +110,20 @@ class PatchServiceAsyncStub(PatchServiceStub):
     """Plans a roll-out back to the version that ran before the service's last finished roll-out."""
     TufRepository: _aio.UnaryUnaryMultiCallable[_patch_pb2.TufRepositoryRequest, _patch_pb2.TufRepositoryResponse]  # type: ignore[assignment]
     PrepareRelease: _aio.UnaryUnaryMultiCallable[_patch_pb2.PrepareReleaseRequest, _patch_pb2.PreparedRelease]  # type: ignore[assignment]
-    SetPublisherKey: _aio.UnaryUnaryMultiCallable[_patch_pb2.SetPublisherKeyRequest, _patch_pb2.PublisherKey]  # type: ignore[assignment]
+    SetPublisherKey: _aio.UnaryUnaryMultiCallable[_patch_pb2.SetPublisherKeyRequest, _events_pb2.PublisherKeySet]  # type: ignore[assignment]
     """Operator/admin: delegate `<service>/*` to this public key (replacing the previous one)."""
     PrepareRootRotation: _aio.UnaryUnaryMultiCallable[_patch_pb2.PrepareRootRotationRequest, _patch_pb2.PreparedRoot]  # type: ignore[assignment]
     """Root rotation with offline keys: the registry prepares root v(n+1), the operator signs it
     with a threshold of the current root keys and of the new ones, the registry checks and
     publishes it (clients holding root vn follow).
     """
-    RotateRoot: _aio.UnaryUnaryMultiCallable[_patch_pb2.RotateRootRequest, _patch_pb2.RotateRootResponse]  # type: ignore[assignment]
+    RotateRoot: _aio.UnaryUnaryMultiCallable[_patch_pb2.RotateRootRequest, _events_pb2.RootRotated]  # type: ignore[assignment]
 
 class PatchServiceServicer(metaclass=_abc_1.ABCMeta):
     """The patch registry's operator API (mutual TLS, platform identity) plus the caller's access
     token as `authorization: Bearer <jwt>` metadata: roll-out commands are taken by a person.
+    A release, a publisher key and a root rotation are answered with the event that records them
+    (events.proto): the caller sees what the registry wrote.
     """
 
     @_abc_1.abstractmethod
@@ -124,7 +131,7 @@ class PatchServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _patch_pb2.PublishReleaseRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_patch_pb2.Release, _abc.Awaitable[_patch_pb2.Release]]:
+    ) -> _typing.Union[_events_pb2.ReleasePublished, _abc.Awaitable[_events_pb2.ReleasePublished]]:
         """Publishing is prepare, sign on the publisher's side, publish: the registry never holds a
         service's delegated targets key, only the public key set with SetPublisherKey.
         """
@@ -233,7 +240,7 @@ class PatchServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _patch_pb2.PublishBaseReleaseRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_patch_pb2.Release, _abc.Awaitable[_patch_pb2.Release]]:
+    ) -> _typing.Union[_events_pb2.ReleasePublished, _abc.Awaitable[_events_pb2.ReleasePublished]]:
         """The version a service runs before any release, published by its platform (node-agent
         identity) so that a roll-out can return to it; signed by the repository's targets key.
         """
@@ -265,7 +272,7 @@ class PatchServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _patch_pb2.SetPublisherKeyRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_patch_pb2.PublisherKey, _abc.Awaitable[_patch_pb2.PublisherKey]]:
+    ) -> _typing.Union[_events_pb2.PublisherKeySet, _abc.Awaitable[_events_pb2.PublisherKeySet]]:
         """Operator/admin: delegate `<service>/*` to this public key (replacing the previous one)."""
 
     @_abc_1.abstractmethod
@@ -284,6 +291,6 @@ class PatchServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _patch_pb2.RotateRootRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_patch_pb2.RotateRootResponse, _abc.Awaitable[_patch_pb2.RotateRootResponse]]: ...
+    ) -> _typing.Union[_events_pb2.RootRotated, _abc.Awaitable[_events_pb2.RootRotated]]: ...
 
 def add_PatchServiceServicer_to_server(servicer: PatchServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -24,75 +24,74 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from parley.messaging.v1 import messaging_pb2 as parley_dot_messaging_dot_v1_dot_messaging__pb2
+from parley.storage.v1 import events_pb2 as parley_dot_storage_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fparley/storage/v1/storage.proto\x12\x11parley.storage.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#parley/messaging/v1/messaging.proto\"\xc5\x01\n\x18GetChannelHistoryRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x12\n\nbefore_seq\x18\x04 \x01(\x04\x12.\n\nafter_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x62\x65\x66ore_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"a\n\x19GetChannelHistoryResponse\x12\x32\n\x08messages\x18\x01 \x03(\x0b\x32 .parley.messaging.v1.ChatMessage\x12\x10\n\x08has_more\x18\x02 \x01(\x08\"\xb2\x02\n\rArchivedEvent\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x12\n\nstream_seq\x18\x02 \x01(\x04\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\x12\x12\n\nevent_type\x18\x05 \x01(\t\x12\x16\n\x0e\x61ggregate_type\x18\x06 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x07 \x01(\t\x12\x19\n\x11\x61ggregate_version\x18\x08 \x01(\x04\x12\x16\n\x0eoccurred_at_ns\x18\t \x01(\x03\x12\r\n\x05\x61\x63tor\x18\n \x01(\t\x12\x10\n\x08\x65nvelope\x18\x0b \x01(\x0c\x12\x0e\n\x06\x65rased\x18\x0c \x01(\x08\x12\x0e\n\x06\x63ursor\x18\r \x01(\x04\x12\x12\n\nunreadable\x18\x0e \x01(\x08\x12\x10\n\x08withheld\x18\x0f \x01(\x08\"X\n\x12\x41rchivedEventsPage\x12\x30\n\x06\x65vents\x18\x01 \x03(\x0b\x32 .parley.storage.v1.ArchivedEvent\x12\x10\n\x08has_more\x18\x02 \x01(\x08\"M\n\x19ReadArchivedStreamRequest\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\"o\n\x19GetAggregateEventsRequest\x12\x16\n\x0e\x61ggregate_type\x18\x01 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x02 \x01(\t\x12\x15\n\rafter_version\x18\x03 \x01(\x04\x12\r\n\x05limit\x18\x04 \x01(\r\"{\n\x11QueryAuditRequest\x12\r\n\x05\x61\x63tor\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x10\n\x08since_ns\x18\x03 \x01(\x03\x12\x10\n\x08until_ns\x18\x04 \x01(\x03\x12\x14\n\x0c\x61\x66ter_cursor\x18\x05 \x01(\x04\x12\r\n\x05limit\x18\x06 \x01(\r\"K\n\x1aWatchSecurityEventsRequest\x12\r\n\x05kinds\x18\x01 \x03(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63klog\x18\x03 \x01(\r\"\xd6\x01\n\x13SecurityEventNotice\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x13\n\x0boccurred_at\x18\x02 \x01(\x01\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x10\n\x08username\x18\x05 \x01(\t\x12\x0e\n\x06source\x18\x06 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\x12\x13\n\x0b\x63hain_index\x18\x08 \x01(\x04\x12\x0e\n\x06stream\x18\t \x01(\t\x12\x12\n\nstream_seq\x18\n \x01(\x04\x12\x11\n\tcaught_up\x18\x0b \x01(\x08\"/\n\x19GetAuditChainStateRequest\x12\x12\n\nverify_now\x18\x01 \x01(\x08\"n\n\x0f\x41uditCheckpoint\x12\x13\n\x0b\x63hain_index\x18\x01 \x01(\x04\x12\x10\n\x08taken_at\x18\x02 \x01(\t\x12\x13\n\x0brecord_time\x18\x03 \x01(\x01\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0f\n\x07matches\x18\x05 \x01(\x08\"\x94\x02\n\x0f\x41uditChainState\x12\x0e\n\x06intact\x18\x01 \x01(\x08\x12\x0f\n\x07records\x18\x02 \x01(\r\x12\x12\n\nlast_index\x18\x03 \x01(\x04\x12\x18\n\x10last_recorded_at\x18\x04 \x01(\x01\x12\x10\n\x08\x66indings\x18\x05 \x03(\t\x12\x13\n\x0bverified_at\x18\x06 \x01(\x01\x12\x12\n\nhead_index\x18\x07 \x01(\x04\x12;\n\x0flast_checkpoint\x18\x08 \x01(\x0b\x32\".parley.storage.v1.AuditCheckpoint\x12\x19\n\x11\x63heckpoint_errors\x18\t \x03(\t\x12\x1f\n\x17verify_interval_seconds\x18\n \x01(\x01\"\x16\n\x14GetArchiveLagRequest\"\xa2\x01\n\tStreamLag\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x02 \x01(\t\x12\x17\n\x0fstream_last_seq\x18\x03 \x01(\x04\x12\x14\n\x0c\x61rchived_seq\x18\x04 \x01(\x04\x12\x15\n\revents_behind\x18\x05 \x01(\x04\x12\x16\n\x0eseconds_behind\x18\x06 \x01(\x01\x12\x15\n\rcommitted_seq\x18\x07 \x01(\x04\"F\n\x15GetArchiveLagResponse\x12-\n\x07streams\x18\x01 \x03(\x0b\x32\x1c.parley.storage.v1.StreamLag\"(\n\x15\x45xportUserDataRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"9\n\x16\x45xportUserDataResponse\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\x0f\n\x07\x61rchive\x18\x02 \x01(\x0c\"7\n\x14\x45raseUserDataRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"n\n\x15\x45raseUserDataResponse\x12\x19\n\x11\x64\x65stroyed_key_ids\x18\x01 \x03(\t\x12\x19\n\x11\x65vents_unreadable\x18\x02 \x01(\x04\x12\x1f\n\x17\x65vents_deleted_from_log\x18\x03 \x01(\x04\"=\n\x19SetRetentionPolicyRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ys\x18\x02 \x01(\r\"1\n\x1aSetRetentionPolicyResponse\x12\x13\n\x0bremoved_now\x18\x01 \x01(\x04\"\x1e\n\x1cListRetentionPoliciesRequest\"o\n\x0fRetentionPolicy\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ys\x18\x02 \x01(\r\x12\x0e\n\x06set_by\x18\x03 \x01(\t\x12*\n\x06set_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"U\n\x1dListRetentionPoliciesResponse\x12\x34\n\x08policies\x18\x01 \x03(\x0b\x32\".parley.storage.v1.RetentionPolicy\"\x1f\n\x1dRotateKeyEncryptionKeyRequest\"j\n\x1eRotateKeyEncryptionKeyResponse\x12\x12\n\nnew_kek_id\x18\x01 \x01(\t\x12\x1b\n\x13rewrapped_data_keys\x18\x02 \x01(\x04\x12\x17\n\x0fretired_kek_ids\x18\x03 \x03(\t\"\x1a\n\x18GetSchemaVersionsRequest\"\x87\x01\n\x13\x45ventSchemaVersions\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x1d\n\x15oldest_schema_version\x18\x03 \x01(\r\x12\x1d\n\x15newest_schema_version\x18\x04 \x01(\r\x12\x0e\n\x06\x65vents\x18\x05 \x01(\x04\"U\n\x19GetSchemaVersionsResponse\x12\x38\n\x08versions\x18\x01 \x03(\x0b\x32&.parley.storage.v1.EventSchemaVersions2\x80\x01\n\x0eStorageService\x12n\n\x11GetChannelHistory\x12+.parley.storage.v1.GetChannelHistoryRequest\x1a,.parley.storage.v1.GetChannelHistoryResponse2\xad\n\n\x15StorageArchiveService\x12i\n\x12ReadArchivedStream\x12,.parley.storage.v1.ReadArchivedStreamRequest\x1a%.parley.storage.v1.ArchivedEventsPage\x12i\n\x12GetAggregateEvents\x12,.parley.storage.v1.GetAggregateEventsRequest\x1a%.parley.storage.v1.ArchivedEventsPage\x12Y\n\nQueryAudit\x12$.parley.storage.v1.QueryAuditRequest\x1a%.parley.storage.v1.ArchivedEventsPage\x12\x62\n\rGetArchiveLag\x12\'.parley.storage.v1.GetArchiveLagRequest\x1a(.parley.storage.v1.GetArchiveLagResponse\x12\x65\n\x0e\x45xportUserData\x12(.parley.storage.v1.ExportUserDataRequest\x1a).parley.storage.v1.ExportUserDataResponse\x12\x62\n\rEraseUserData\x12\'.parley.storage.v1.EraseUserDataRequest\x1a(.parley.storage.v1.EraseUserDataResponse\x12q\n\x12SetRetentionPolicy\x12,.parley.storage.v1.SetRetentionPolicyRequest\x1a-.parley.storage.v1.SetRetentionPolicyResponse\x12z\n\x15ListRetentionPolicies\x12/.parley.storage.v1.ListRetentionPoliciesRequest\x1a\x30.parley.storage.v1.ListRetentionPoliciesResponse\x12}\n\x16RotateKeyEncryptionKey\x12\x30.parley.storage.v1.RotateKeyEncryptionKeyRequest\x1a\x31.parley.storage.v1.RotateKeyEncryptionKeyResponse\x12n\n\x11GetSchemaVersions\x12+.parley.storage.v1.GetSchemaVersionsRequest\x1a,.parley.storage.v1.GetSchemaVersionsResponse\x12\x66\n\x12GetAuditChainState\x12,.parley.storage.v1.GetAuditChainStateRequest\x1a\".parley.storage.v1.AuditChainState\x12n\n\x13WatchSecurityEvents\x12-.parley.storage.v1.WatchSecurityEventsRequest\x1a&.parley.storage.v1.SecurityEventNotice0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fparley/storage/v1/storage.proto\x12\x11parley.storage.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#parley/messaging/v1/messaging.proto\x1a\x1eparley/storage/v1/events.proto\"\xc5\x01\n\x18GetChannelHistoryRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x12\n\nbefore_seq\x18\x04 \x01(\x04\x12.\n\nafter_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x62\x65\x66ore_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"a\n\x19GetChannelHistoryResponse\x12\x32\n\x08messages\x18\x01 \x03(\x0b\x32 .parley.messaging.v1.ChatMessage\x12\x10\n\x08has_more\x18\x02 \x01(\x08\"\xb2\x02\n\rArchivedEvent\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x12\n\nstream_seq\x18\x02 \x01(\x04\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\x12\x12\n\nevent_type\x18\x05 \x01(\t\x12\x16\n\x0e\x61ggregate_type\x18\x06 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x07 \x01(\t\x12\x19\n\x11\x61ggregate_version\x18\x08 \x01(\x04\x12\x16\n\x0eoccurred_at_ns\x18\t \x01(\x03\x12\r\n\x05\x61\x63tor\x18\n \x01(\t\x12\x10\n\x08\x65nvelope\x18\x0b \x01(\x0c\x12\x0e\n\x06\x65rased\x18\x0c \x01(\x08\x12\x0e\n\x06\x63ursor\x18\r \x01(\x04\x12\x12\n\nunreadable\x18\x0e \x01(\x08\x12\x10\n\x08withheld\x18\x0f \x01(\x08\"X\n\x12\x41rchivedEventsPage\x12\x30\n\x06\x65vents\x18\x01 \x03(\x0b\x32 .parley.storage.v1.ArchivedEvent\x12\x10\n\x08has_more\x18\x02 \x01(\x08\"M\n\x19ReadArchivedStreamRequest\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\"o\n\x19GetAggregateEventsRequest\x12\x16\n\x0e\x61ggregate_type\x18\x01 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x02 \x01(\t\x12\x15\n\rafter_version\x18\x03 \x01(\x04\x12\r\n\x05limit\x18\x04 \x01(\r\"{\n\x11QueryAuditRequest\x12\r\n\x05\x61\x63tor\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x10\n\x08since_ns\x18\x03 \x01(\x03\x12\x10\n\x08until_ns\x18\x04 \x01(\x03\x12\x14\n\x0c\x61\x66ter_cursor\x18\x05 \x01(\x04\x12\r\n\x05limit\x18\x06 \x01(\r\"K\n\x1aWatchSecurityEventsRequest\x12\r\n\x05kinds\x18\x01 \x03(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63klog\x18\x03 \x01(\r\"\xd6\x01\n\x13SecurityEventNotice\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x13\n\x0boccurred_at\x18\x02 \x01(\x01\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x10\n\x08username\x18\x05 \x01(\t\x12\x0e\n\x06source\x18\x06 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\x12\x13\n\x0b\x63hain_index\x18\x08 \x01(\x04\x12\x0e\n\x06stream\x18\t \x01(\t\x12\x12\n\nstream_seq\x18\n \x01(\x04\x12\x11\n\tcaught_up\x18\x0b \x01(\x08\"/\n\x19GetAuditChainStateRequest\x12\x12\n\nverify_now\x18\x01 \x01(\x08\"n\n\x0f\x41uditCheckpoint\x12\x13\n\x0b\x63hain_index\x18\x01 \x01(\x04\x12\x10\n\x08taken_at\x18\x02 \x01(\t\x12\x13\n\x0brecord_time\x18\x03 \x01(\x01\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0f\n\x07matches\x18\x05 \x01(\x08\"\x94\x02\n\x0f\x41uditChainState\x12\x0e\n\x06intact\x18\x01 \x01(\x08\x12\x0f\n\x07records\x18\x02 \x01(\r\x12\x12\n\nlast_index\x18\x03 \x01(\x04\x12\x18\n\x10last_recorded_at\x18\x04 \x01(\x01\x12\x10\n\x08\x66indings\x18\x05 \x03(\t\x12\x13\n\x0bverified_at\x18\x06 \x01(\x01\x12\x12\n\nhead_index\x18\x07 \x01(\x04\x12;\n\x0flast_checkpoint\x18\x08 \x01(\x0b\x32\".parley.storage.v1.AuditCheckpoint\x12\x19\n\x11\x63heckpoint_errors\x18\t \x03(\t\x12\x1f\n\x17verify_interval_seconds\x18\n \x01(\x01\"\x16\n\x14GetArchiveLagRequest\"\xa2\x01\n\tStreamLag\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x02 \x01(\t\x12\x17\n\x0fstream_last_seq\x18\x03 \x01(\x04\x12\x14\n\x0c\x61rchived_seq\x18\x04 \x01(\x04\x12\x15\n\revents_behind\x18\x05 \x01(\x04\x12\x16\n\x0eseconds_behind\x18\x06 \x01(\x01\x12\x15\n\rcommitted_seq\x18\x07 \x01(\x04\"F\n\x15GetArchiveLagResponse\x12-\n\x07streams\x18\x01 \x03(\x0b\x32\x1c.parley.storage.v1.StreamLag\"(\n\x15\x45xportUserDataRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"9\n\x16\x45xportUserDataResponse\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\x0f\n\x07\x61rchive\x18\x02 \x01(\x0c\"7\n\x14\x45raseUserDataRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"n\n\x15\x45raseUserDataResponse\x12\x19\n\x11\x64\x65stroyed_key_ids\x18\x01 \x03(\t\x12\x19\n\x11\x65vents_unreadable\x18\x02 \x01(\x04\x12\x1f\n\x17\x65vents_deleted_from_log\x18\x03 \x01(\x04\"=\n\x19SetRetentionPolicyRequest\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ys\x18\x02 \x01(\r\"1\n\x1aSetRetentionPolicyResponse\x12\x13\n\x0bremoved_now\x18\x01 \x01(\x04\"\x1e\n\x1cListRetentionPoliciesRequest\"o\n\x0fRetentionPolicy\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ys\x18\x02 \x01(\r\x12\x0e\n\x06set_by\x18\x03 \x01(\t\x12*\n\x06set_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"U\n\x1dListRetentionPoliciesResponse\x12\x34\n\x08policies\x18\x01 \x03(\x0b\x32\".parley.storage.v1.RetentionPolicy\"\x1f\n\x1dRotateKeyEncryptionKeyRequest\"\x1a\n\x18GetSchemaVersionsRequest\"\x87\x01\n\x13\x45ventSchemaVersions\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x1d\n\x15oldest_schema_version\x18\x03 \x01(\r\x12\x1d\n\x15newest_schema_version\x18\x04 \x01(\r\x12\x0e\n\x06\x65vents\x18\x05 \x01(\x04\"U\n\x19GetSchemaVersionsResponse\x12\x38\n\x08versions\x18\x01 \x03(\x0b\x32&.parley.storage.v1.EventSchemaVersions2\x80\x01\n\x0eStorageService\x12n\n\x11GetChannelHistory\x12+.parley.storage.v1.GetChannelHistoryRequest\x1a,.parley.storage.v1.GetChannelHistoryResponse2\xa6\n\n\x15StorageArchiveService\x12i\n\x12ReadArchivedStream\x12,.parley.storage.v1.ReadArchivedStreamRequest\x1a%.parley.storage.v1.ArchivedEventsPage\x12i\n\x12GetAggregateEvents\x12,.parley.storage.v1.GetAggregateEventsRequest\x1a%.parley.storage.v1.ArchivedEventsPage\x12Y\n\nQueryAudit\x12$.parley.storage.v1.QueryAuditRequest\x1a%.parley.storage.v1.ArchivedEventsPage\x12\x62\n\rGetArchiveLag\x12\'.parley.storage.v1.GetArchiveLagRequest\x1a(.parley.storage.v1.GetArchiveLagResponse\x12\x65\n\x0e\x45xportUserData\x12(.parley.storage.v1.ExportUserDataRequest\x1a).parley.storage.v1.ExportUserDataResponse\x12\x62\n\rEraseUserData\x12\'.parley.storage.v1.EraseUserDataRequest\x1a(.parley.storage.v1.EraseUserDataResponse\x12q\n\x12SetRetentionPolicy\x12,.parley.storage.v1.SetRetentionPolicyRequest\x1a-.parley.storage.v1.SetRetentionPolicyResponse\x12z\n\x15ListRetentionPolicies\x12/.parley.storage.v1.ListRetentionPoliciesRequest\x1a\x30.parley.storage.v1.ListRetentionPoliciesResponse\x12v\n\x16RotateKeyEncryptionKey\x12\x30.parley.storage.v1.RotateKeyEncryptionKeyRequest\x1a*.parley.storage.v1.KeyEncryptionKeyRotated\x12n\n\x11GetSchemaVersions\x12+.parley.storage.v1.GetSchemaVersionsRequest\x1a,.parley.storage.v1.GetSchemaVersionsResponse\x12\x66\n\x12GetAuditChainState\x12,.parley.storage.v1.GetAuditChainStateRequest\x1a\".parley.storage.v1.AuditChainState\x12n\n\x13WatchSecurityEvents\x12-.parley.storage.v1.WatchSecurityEventsRequest\x1a&.parley.storage.v1.SecurityEventNotice0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parley.storage.v1.storage_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETCHANNELHISTORYREQUEST']._serialized_start=125
-  _globals['_GETCHANNELHISTORYREQUEST']._serialized_end=322
-  _globals['_GETCHANNELHISTORYRESPONSE']._serialized_start=324
-  _globals['_GETCHANNELHISTORYRESPONSE']._serialized_end=421
-  _globals['_ARCHIVEDEVENT']._serialized_start=424
-  _globals['_ARCHIVEDEVENT']._serialized_end=730
-  _globals['_ARCHIVEDEVENTSPAGE']._serialized_start=732
-  _globals['_ARCHIVEDEVENTSPAGE']._serialized_end=820
-  _globals['_READARCHIVEDSTREAMREQUEST']._serialized_start=822
-  _globals['_READARCHIVEDSTREAMREQUEST']._serialized_end=899
-  _globals['_GETAGGREGATEEVENTSREQUEST']._serialized_start=901
-  _globals['_GETAGGREGATEEVENTSREQUEST']._serialized_end=1012
-  _globals['_QUERYAUDITREQUEST']._serialized_start=1014
-  _globals['_QUERYAUDITREQUEST']._serialized_end=1137
-  _globals['_WATCHSECURITYEVENTSREQUEST']._serialized_start=1139
-  _globals['_WATCHSECURITYEVENTSREQUEST']._serialized_end=1214
-  _globals['_SECURITYEVENTNOTICE']._serialized_start=1217
-  _globals['_SECURITYEVENTNOTICE']._serialized_end=1431
-  _globals['_GETAUDITCHAINSTATEREQUEST']._serialized_start=1433
-  _globals['_GETAUDITCHAINSTATEREQUEST']._serialized_end=1480
-  _globals['_AUDITCHECKPOINT']._serialized_start=1482
-  _globals['_AUDITCHECKPOINT']._serialized_end=1592
-  _globals['_AUDITCHAINSTATE']._serialized_start=1595
-  _globals['_AUDITCHAINSTATE']._serialized_end=1871
-  _globals['_GETARCHIVELAGREQUEST']._serialized_start=1873
-  _globals['_GETARCHIVELAGREQUEST']._serialized_end=1895
-  _globals['_STREAMLAG']._serialized_start=1898
-  _globals['_STREAMLAG']._serialized_end=2060
-  _globals['_GETARCHIVELAGRESPONSE']._serialized_start=2062
-  _globals['_GETARCHIVELAGRESPONSE']._serialized_end=2132
-  _globals['_EXPORTUSERDATAREQUEST']._serialized_start=2134
-  _globals['_EXPORTUSERDATAREQUEST']._serialized_end=2174
-  _globals['_EXPORTUSERDATARESPONSE']._serialized_start=2176
-  _globals['_EXPORTUSERDATARESPONSE']._serialized_end=2233
-  _globals['_ERASEUSERDATAREQUEST']._serialized_start=2235
-  _globals['_ERASEUSERDATAREQUEST']._serialized_end=2290
-  _globals['_ERASEUSERDATARESPONSE']._serialized_start=2292
-  _globals['_ERASEUSERDATARESPONSE']._serialized_end=2402
-  _globals['_SETRETENTIONPOLICYREQUEST']._serialized_start=2404
-  _globals['_SETRETENTIONPOLICYREQUEST']._serialized_end=2465
-  _globals['_SETRETENTIONPOLICYRESPONSE']._serialized_start=2467
-  _globals['_SETRETENTIONPOLICYRESPONSE']._serialized_end=2516
-  _globals['_LISTRETENTIONPOLICIESREQUEST']._serialized_start=2518
-  _globals['_LISTRETENTIONPOLICIESREQUEST']._serialized_end=2548
-  _globals['_RETENTIONPOLICY']._serialized_start=2550
-  _globals['_RETENTIONPOLICY']._serialized_end=2661
-  _globals['_LISTRETENTIONPOLICIESRESPONSE']._serialized_start=2663
-  _globals['_LISTRETENTIONPOLICIESRESPONSE']._serialized_end=2748
-  _globals['_ROTATEKEYENCRYPTIONKEYREQUEST']._serialized_start=2750
-  _globals['_ROTATEKEYENCRYPTIONKEYREQUEST']._serialized_end=2781
-  _globals['_ROTATEKEYENCRYPTIONKEYRESPONSE']._serialized_start=2783
-  _globals['_ROTATEKEYENCRYPTIONKEYRESPONSE']._serialized_end=2889
-  _globals['_GETSCHEMAVERSIONSREQUEST']._serialized_start=2891
-  _globals['_GETSCHEMAVERSIONSREQUEST']._serialized_end=2917
-  _globals['_EVENTSCHEMAVERSIONS']._serialized_start=2920
-  _globals['_EVENTSCHEMAVERSIONS']._serialized_end=3055
-  _globals['_GETSCHEMAVERSIONSRESPONSE']._serialized_start=3057
-  _globals['_GETSCHEMAVERSIONSRESPONSE']._serialized_end=3142
-  _globals['_STORAGESERVICE']._serialized_start=3145
-  _globals['_STORAGESERVICE']._serialized_end=3273
-  _globals['_STORAGEARCHIVESERVICE']._serialized_start=3276
-  _globals['_STORAGEARCHIVESERVICE']._serialized_end=4601
+  _globals['_GETCHANNELHISTORYREQUEST']._serialized_start=157
+  _globals['_GETCHANNELHISTORYREQUEST']._serialized_end=354
+  _globals['_GETCHANNELHISTORYRESPONSE']._serialized_start=356
+  _globals['_GETCHANNELHISTORYRESPONSE']._serialized_end=453
+  _globals['_ARCHIVEDEVENT']._serialized_start=456
+  _globals['_ARCHIVEDEVENT']._serialized_end=762
+  _globals['_ARCHIVEDEVENTSPAGE']._serialized_start=764
+  _globals['_ARCHIVEDEVENTSPAGE']._serialized_end=852
+  _globals['_READARCHIVEDSTREAMREQUEST']._serialized_start=854
+  _globals['_READARCHIVEDSTREAMREQUEST']._serialized_end=931
+  _globals['_GETAGGREGATEEVENTSREQUEST']._serialized_start=933
+  _globals['_GETAGGREGATEEVENTSREQUEST']._serialized_end=1044
+  _globals['_QUERYAUDITREQUEST']._serialized_start=1046
+  _globals['_QUERYAUDITREQUEST']._serialized_end=1169
+  _globals['_WATCHSECURITYEVENTSREQUEST']._serialized_start=1171
+  _globals['_WATCHSECURITYEVENTSREQUEST']._serialized_end=1246
+  _globals['_SECURITYEVENTNOTICE']._serialized_start=1249
+  _globals['_SECURITYEVENTNOTICE']._serialized_end=1463
+  _globals['_GETAUDITCHAINSTATEREQUEST']._serialized_start=1465
+  _globals['_GETAUDITCHAINSTATEREQUEST']._serialized_end=1512
+  _globals['_AUDITCHECKPOINT']._serialized_start=1514
+  _globals['_AUDITCHECKPOINT']._serialized_end=1624
+  _globals['_AUDITCHAINSTATE']._serialized_start=1627
+  _globals['_AUDITCHAINSTATE']._serialized_end=1903
+  _globals['_GETARCHIVELAGREQUEST']._serialized_start=1905
+  _globals['_GETARCHIVELAGREQUEST']._serialized_end=1927
+  _globals['_STREAMLAG']._serialized_start=1930
+  _globals['_STREAMLAG']._serialized_end=2092
+  _globals['_GETARCHIVELAGRESPONSE']._serialized_start=2094
+  _globals['_GETARCHIVELAGRESPONSE']._serialized_end=2164
+  _globals['_EXPORTUSERDATAREQUEST']._serialized_start=2166
+  _globals['_EXPORTUSERDATAREQUEST']._serialized_end=2206
+  _globals['_EXPORTUSERDATARESPONSE']._serialized_start=2208
+  _globals['_EXPORTUSERDATARESPONSE']._serialized_end=2265
+  _globals['_ERASEUSERDATAREQUEST']._serialized_start=2267
+  _globals['_ERASEUSERDATAREQUEST']._serialized_end=2322
+  _globals['_ERASEUSERDATARESPONSE']._serialized_start=2324
+  _globals['_ERASEUSERDATARESPONSE']._serialized_end=2434
+  _globals['_SETRETENTIONPOLICYREQUEST']._serialized_start=2436
+  _globals['_SETRETENTIONPOLICYREQUEST']._serialized_end=2497
+  _globals['_SETRETENTIONPOLICYRESPONSE']._serialized_start=2499
+  _globals['_SETRETENTIONPOLICYRESPONSE']._serialized_end=2548
+  _globals['_LISTRETENTIONPOLICIESREQUEST']._serialized_start=2550
+  _globals['_LISTRETENTIONPOLICIESREQUEST']._serialized_end=2580
+  _globals['_RETENTIONPOLICY']._serialized_start=2582
+  _globals['_RETENTIONPOLICY']._serialized_end=2693
+  _globals['_LISTRETENTIONPOLICIESRESPONSE']._serialized_start=2695
+  _globals['_LISTRETENTIONPOLICIESRESPONSE']._serialized_end=2780
+  _globals['_ROTATEKEYENCRYPTIONKEYREQUEST']._serialized_start=2782
+  _globals['_ROTATEKEYENCRYPTIONKEYREQUEST']._serialized_end=2813
+  _globals['_GETSCHEMAVERSIONSREQUEST']._serialized_start=2815
+  _globals['_GETSCHEMAVERSIONSREQUEST']._serialized_end=2841
+  _globals['_EVENTSCHEMAVERSIONS']._serialized_start=2844
+  _globals['_EVENTSCHEMAVERSIONS']._serialized_end=2979
+  _globals['_GETSCHEMAVERSIONSRESPONSE']._serialized_start=2981
+  _globals['_GETSCHEMAVERSIONSRESPONSE']._serialized_end=3066
+  _globals['_STORAGESERVICE']._serialized_start=3069
+  _globals['_STORAGESERVICE']._serialized_end=3197
+  _globals['_STORAGEARCHIVESERVICE']._serialized_start=3200
+  _globals['_STORAGEARCHIVESERVICE']._serialized_end=4518
 # @@protoc_insertion_point(module_scope)

@@ -784,32 +784,6 @@ class RotateKeyEncryptionKeyRequest(_message.Message):
 Global___RotateKeyEncryptionKeyRequest: _TypeAlias = RotateKeyEncryptionKeyRequest  # noqa: Y015
 
 @_typing.final
-class RotateKeyEncryptionKeyResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    NEW_KEK_ID_FIELD_NUMBER: _builtins.int
-    REWRAPPED_DATA_KEYS_FIELD_NUMBER: _builtins.int
-    RETIRED_KEK_IDS_FIELD_NUMBER: _builtins.int
-    new_kek_id: _builtins.str
-    rewrapped_data_keys: _builtins.int
-    @_builtins.property
-    def retired_kek_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    def __init__(
-        self,
-        *,
-        new_kek_id: _builtins.str = ...,
-        rewrapped_data_keys: _builtins.int = ...,
-        retired_kek_ids: _abc.Iterable[_builtins.str] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["new_kek_id", b"new_kek_id", "retired_kek_ids", b"retired_kek_ids", "rewrapped_data_keys", b"rewrapped_data_keys"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___RotateKeyEncryptionKeyResponse: _TypeAlias = RotateKeyEncryptionKeyResponse  # noqa: Y015
-
-@_typing.final
 class GetSchemaVersionsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from parley.storage.v1 import events_pb2 as parley_dot_storage_dot_v1_dot_events__pb2
 from parley.storage.v1 import storage_pb2 as parley_dot_storage_dot_v1_dot_storage__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -168,7 +169,7 @@ class StorageArchiveServiceStub:
         self.RotateKeyEncryptionKey = channel.unary_unary(
                 '/parley.storage.v1.StorageArchiveService/RotateKeyEncryptionKey',
                 request_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.RotateKeyEncryptionKeyRequest.SerializeToString,
-                response_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.RotateKeyEncryptionKeyResponse.FromString,
+                response_deserializer=parley_dot_storage_dot_v1_dot_events__pb2.KeyEncryptionKeyRotated.FromString,
                 _registered_method=True)
         self.GetSchemaVersions = channel.unary_unary(
                 '/parley.storage.v1.StorageArchiveService/GetSchemaVersions',
@@ -260,6 +261,7 @@ class StorageArchiveServiceServicer:
 
     def RotateKeyEncryptionKey(self, request, context):
         """Operator only: a new key-encryption key; every data key is re-wrapped, no event rewritten.
+        Answered with the rotation's audit record.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -339,7 +341,7 @@ def add_StorageArchiveServiceServicer_to_server(servicer, server):
             'RotateKeyEncryptionKey': grpc.unary_unary_rpc_method_handler(
                     servicer.RotateKeyEncryptionKey,
                     request_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.RotateKeyEncryptionKeyRequest.FromString,
-                    response_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.RotateKeyEncryptionKeyResponse.SerializeToString,
+                    response_serializer=parley_dot_storage_dot_v1_dot_events__pb2.KeyEncryptionKeyRotated.SerializeToString,
             ),
             'GetSchemaVersions': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSchemaVersions,
@@ -612,7 +614,7 @@ class StorageArchiveService:
             target,
             '/parley.storage.v1.StorageArchiveService/RotateKeyEncryptionKey',
             parley_dot_storage_dot_v1_dot_storage__pb2.RotateKeyEncryptionKeyRequest.SerializeToString,
-            parley_dot_storage_dot_v1_dot_storage__pb2.RotateKeyEncryptionKeyResponse.FromString,
+            parley_dot_storage_dot_v1_dot_events__pb2.KeyEncryptionKeyRotated.FromString,
             options,
             channel_credentials,
             insecure,

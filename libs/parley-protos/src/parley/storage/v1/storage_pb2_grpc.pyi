@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from parley.storage.v1 import events_pb2 as _events_pb2
 from parley.storage.v1 import storage_pb2 as _storage_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -97,8 +98,10 @@ class StorageArchiveServiceStub:
     """Every channel's retention policy (channels without one keep their messages forever): the
     operator's platform identity or a `security-auditor`.
     """
-    RotateKeyEncryptionKey: _grpc.UnaryUnaryMultiCallable[_storage_pb2.RotateKeyEncryptionKeyRequest, _storage_pb2.RotateKeyEncryptionKeyResponse]
-    """Operator only: a new key-encryption key; every data key is re-wrapped, no event rewritten."""
+    RotateKeyEncryptionKey: _grpc.UnaryUnaryMultiCallable[_storage_pb2.RotateKeyEncryptionKeyRequest, _events_pb2.KeyEncryptionKeyRotated]
+    """Operator only: a new key-encryption key; every data key is re-wrapped, no event rewritten.
+    Answered with the rotation's audit record.
+    """
     GetSchemaVersions: _grpc.UnaryUnaryMultiCallable[_storage_pb2.GetSchemaVersionsRequest, _storage_pb2.GetSchemaVersionsResponse]
     """The oldest envelope schema_version of every event type in the archive, per stream: what a
     release must still be able to read (the patch registry checks min_event_schema with it).
@@ -151,8 +154,10 @@ class StorageArchiveServiceAsyncStub(StorageArchiveServiceStub):
     """Every channel's retention policy (channels without one keep their messages forever): the
     operator's platform identity or a `security-auditor`.
     """
-    RotateKeyEncryptionKey: _aio.UnaryUnaryMultiCallable[_storage_pb2.RotateKeyEncryptionKeyRequest, _storage_pb2.RotateKeyEncryptionKeyResponse]  # type: ignore[assignment]
-    """Operator only: a new key-encryption key; every data key is re-wrapped, no event rewritten."""
+    RotateKeyEncryptionKey: _aio.UnaryUnaryMultiCallable[_storage_pb2.RotateKeyEncryptionKeyRequest, _events_pb2.KeyEncryptionKeyRotated]  # type: ignore[assignment]
+    """Operator only: a new key-encryption key; every data key is re-wrapped, no event rewritten.
+    Answered with the rotation's audit record.
+    """
     GetSchemaVersions: _aio.UnaryUnaryMultiCallable[_storage_pb2.GetSchemaVersionsRequest, _storage_pb2.GetSchemaVersionsResponse]  # type: ignore[assignment]
     """The oldest envelope schema_version of every event type in the archive, per stream: what a
     release must still be able to read (the patch registry checks min_event_schema with it).
@@ -256,8 +261,10 @@ class StorageArchiveServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _storage_pb2.RotateKeyEncryptionKeyRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_storage_pb2.RotateKeyEncryptionKeyResponse, _abc.Awaitable[_storage_pb2.RotateKeyEncryptionKeyResponse]]:
-        """Operator only: a new key-encryption key; every data key is re-wrapped, no event rewritten."""
+    ) -> _typing.Union[_events_pb2.KeyEncryptionKeyRotated, _abc.Awaitable[_events_pb2.KeyEncryptionKeyRotated]]:
+        """Operator only: a new key-encryption key; every data key is re-wrapped, no event rewritten.
+        Answered with the rotation's audit record.
+        """
 
     @_abc_1.abstractmethod
     def GetSchemaVersions(

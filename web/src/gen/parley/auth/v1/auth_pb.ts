@@ -4,13 +4,15 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { UploadedOneTimeKey } from "./events_pb.js";
+import { file_parley_auth_v1_events } from "./events_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file parley/auth/v1/auth.proto.
  */
 export const file_parley_auth_v1_auth: GenFile = /*@__PURE__*/
-  fileDesc("ChlwYXJsZXkvYXV0aC92MS9hdXRoLnByb3RvEg5wYXJsZXkuYXV0aC52MSJKCg9SZWdpc3RlclJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSEAoIcGFzc3dvcmQYAiABKAkSEwoLaW52aXRlX2NvZGUYAyABKAkiNQoQUmVnaXN0ZXJSZXNwb25zZRIPCgd1c2VyX2lkGAEgASgJEhAKCHVzZXJuYW1lGAIgASgJIlwKDExvZ2luUmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCRIQCghwYXNzd29yZBgCIAEoCRIRCgl0b3RwX2NvZGUYAyABKAkSFQoNcmVjb3ZlcnlfY29kZRgEIAEoCSK+AQoNTG9naW5SZXNwb25zZRIUCgxhY2Nlc3NfdG9rZW4YASABKAkSDwoHdXNlcl9pZBgCIAEoCRIXCg9leHBpcmVzX2F0X3VuaXgYAyABKAMSFQoNcmVmcmVzaF90b2tlbhgEIAEoCRISCgpzZXNzaW9uX2lkGAUgASgJEgwKBHJvbGUYBiABKAkSHgoWbWZhX2Vucm9sbWVudF9yZXF1aXJlZBgHIAEoCBIUCgxtZmFfZW5yb2xsZWQYCCABKAgiJwoOUmVmcmVzaFJlcXVlc3QSFQoNcmVmcmVzaF90b2tlbhgBIAEoCSIPCg1Mb2dvdXRSZXF1ZXN0IhAKDkxvZ291dFJlc3BvbnNlIkcKFUNoYW5nZVBhc3N3b3JkUmVxdWVzdBIYChBjdXJyZW50X3Bhc3N3b3JkGAEgASgJEhQKDG5ld19wYXNzd29yZBgCIAEoCSIYChZDaGFuZ2VQYXNzd29yZFJlc3BvbnNlIqABCgdTZXNzaW9uEhIKCnNlc3Npb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIXCg9zdGFydGVkX2F0X3VuaXgYAyABKAMSHgoWbGFzdF9yZWZyZXNoZWRfYXRfdW5peBgEIAEoAxIPCgdyZXZva2VkGAUgASgIEhYKDnJldm9rZWRfcmVhc29uGAYgASgJEg4KBnNvdXJjZRgHIAEoCSImChNMaXN0U2Vzc2lvbnNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkiQQoUTGlzdFNlc3Npb25zUmVzcG9uc2USKQoIc2Vzc2lvbnMYASADKAsyFy5wYXJsZXkuYXV0aC52MS5TZXNzaW9uIioKFFJldm9rZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiFwoVUmV2b2tlU2Vzc2lvblJlc3BvbnNlIoEBCgdBY2NvdW50Eg8KB3VzZXJfaWQYASABKAkSEAoIdXNlcm5hbWUYAiABKAkSDAoEcm9sZRgDIAEoCRIQCghkaXNhYmxlZBgEIAEoCBIYChBsb2NrZWRfYWRkcmVzc2VzGAUgASgNEhkKEWxvY2tlZF91bnRpbF91bml4GAYgASgDIkUKEUNyZWF0ZVVzZXJSZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJEgwKBHJvbGUYAyABKAkiMgoRQXNzaWduUm9sZVJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIMCgRyb2xlGAIgASgJIk4KGVNldEFjY291bnREaXNhYmxlZFJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIQCghkaXNhYmxlZBgCIAEoCBIOCgZyZWFzb24YAyABKAkiJQoRR2V0QWNjb3VudFJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkiGwoZQmVnaW5Ub3RwRW5yb2xtZW50UmVxdWVzdCJIChpCZWdpblRvdHBFbnJvbG1lbnRSZXNwb25zZRITCgtvdHBhdXRoX3VyaRgBIAEoCRIVCg1zZWNyZXRfYmFzZTMyGAIgASgJIjAKG0NvbmZpcm1Ub3RwRW5yb2xtZW50UmVxdWVzdBIRCgl0b3RwX2NvZGUYASABKAkiNgocQ29uZmlybVRvdHBFbnJvbG1lbnRSZXNwb25zZRIWCg5yZWNvdmVyeV9jb2RlcxgBIAMoCSI3ChVTZXRNZmFSZXF1aXJlZFJlcXVlc3QSDAoEcm9sZRgBIAEoCRIQCghyZXF1aXJlZBgCIAEoCCIYChZTZXRNZmFSZXF1aXJlZFJlc3BvbnNlIrABCgZEZXZpY2USDwoHdXNlcl9pZBgBIAEoCRIRCglkZXZpY2VfaWQYAiABKAkSEgoKY3VydmUyNTUxORgDIAEoDBIPCgdlZDI1NTE5GAQgASgMEhEKCXNpZ25hdHVyZRgFIAEoDBIUCgxkaXNwbGF5X25hbWUYBiABKAkSGgoSb25lX3RpbWVfa2V5c19sZWZ0GAcgASgNEhgKEGhhc19mYWxsYmFja19rZXkYCCABKAgiewoYUHVibGlzaERldmljZUtleXNSZXF1ZXN0EhEKCWRldmljZV9pZBgBIAEoCRISCgpjdXJ2ZTI1NTE5GAIgASgMEg8KB2VkMjU1MTkYAyABKAwSEQoJc2lnbmF0dXJlGAQgASgMEhQKDGRpc3BsYXlfbmFtZRgFIAEoCSI8CgpPbmVUaW1lS2V5Eg4KBmtleV9pZBgBIAEoCRILCgNrZXkYAiABKAwSEQoJc2lnbmF0dXJlGAMgASgMIokBChhVcGxvYWRPbmVUaW1lS2V5c1JlcXVlc3QSEQoJZGV2aWNlX2lkGAEgASgJEigKBGtleXMYAiADKAsyGi5wYXJsZXkuYXV0aC52MS5PbmVUaW1lS2V5EjAKDGZhbGxiYWNrX2tleRgDIAEoCzIaLnBhcmxleS5hdXRoLnYxLk9uZVRpbWVLZXkiNwoZVXBsb2FkT25lVGltZUtleXNSZXNwb25zZRIaChJvbmVfdGltZV9rZXlzX2xlZnQYASABKA0iPAoWQ2xhaW1PbmVUaW1lS2V5UmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCSJ/ChFDbGFpbWVkT25lVGltZUtleRImCgZkZXZpY2UYASABKAsyFi5wYXJsZXkuYXV0aC52MS5EZXZpY2USMAoMb25lX3RpbWVfa2V5GAIgASgLMhoucGFybGV5LmF1dGgudjEuT25lVGltZUtleRIQCghmYWxsYmFjaxgDIAEoCCI3ChJMaXN0RGV2aWNlc1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIQCgh1c2VyX2lkcxgCIAMoCSIoChNSZW1vdmVEZXZpY2VSZXF1ZXN0EhEKCWRldmljZV9pZBgBIAEoCSIWChRSZW1vdmVEZXZpY2VSZXNwb25zZSI+ChNMaXN0RGV2aWNlc1Jlc3BvbnNlEicKB2RldmljZXMYASADKAsyFi5wYXJsZXkuYXV0aC52MS5EZXZpY2UiGQoXUm90YXRlU2lnbmluZ0tleVJlcXVlc3QiKQoXUmV0aXJlU2lnbmluZ0tleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJIkIKDlNpZ25pbmdLZXlJbmZvEg4KBmtleV9pZBgBIAEoCRIPCgdjdXJyZW50GAIgASgIEg8KB3JldGlyZWQYAyABKAgiOAoTQ3JlYXRlSW52aXRlUmVxdWVzdBIMCgRyb2xlGAEgASgJEhMKC3ZhbGlkX2hvdXJzGAIgASgNIkQKBkludml0ZRITCgtpbnZpdGVfY29kZRgBIAEoCRIMCgRyb2xlGAIgASgJEhcKD2V4cGlyZXNfYXRfdW5peBgDIAEoAyI4ChVSZXF1ZXN0RXJhc3VyZVJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiMwoWUmVxdWVzdEVyYXN1cmVSZXNwb25zZRIZChFhbHJlYWR5X3JlcXVlc3RlZBgBIAEoCCI3ChRVbmxvY2tBY2NvdW50UmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSI7ChlMaWZ0U291cmNlU2xvd2Rvd25SZXF1ZXN0Eg4KBnNvdXJjZRgBIAEoCRIOCgZyZWFzb24YAiABKAkiSwoaTGlmdFNvdXJjZVNsb3dkb3duUmVzcG9uc2USDgoGc291cmNlGAEgASgJEh0KFXdhc19zbG93ZWRfdW50aWxfdW5peBgCIAEoASIyCg9SZXNldE1mYVJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiRQoeUmVnZW5lcmF0ZVJlY292ZXJ5Q29kZXNSZXF1ZXN0EhEKCXRvdHBfY29kZRgBIAEoCRIQCghwYXNzd29yZBgCIAEoCSI5Ch9SZWdlbmVyYXRlUmVjb3ZlcnlDb2Rlc1Jlc3BvbnNlEhYKDnJlY292ZXJ5X2NvZGVzGAEgAygJIiYKEkxvb2t1cFVzZXJzUmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCSItCghVc2VyTmFtZRIPCgd1c2VyX2lkGAEgASgJEhAKCHVzZXJuYW1lGAIgASgJIj4KE0xvb2t1cFVzZXJzUmVzcG9uc2USJwoFdXNlcnMYASADKAsyGC5wYXJsZXkuYXV0aC52MS5Vc2VyTmFtZTLZEwoLQXV0aFNlcnZpY2USTQoIUmVnaXN0ZXISHy5wYXJsZXkuYXV0aC52MS5SZWdpc3RlclJlcXVlc3QaIC5wYXJsZXkuYXV0aC52MS5SZWdpc3RlclJlc3BvbnNlEkQKBUxvZ2luEhwucGFybGV5LmF1dGgudjEuTG9naW5SZXF1ZXN0Gh0ucGFybGV5LmF1dGgudjEuTG9naW5SZXNwb25zZRJICgdSZWZyZXNoEh4ucGFybGV5LmF1dGgudjEuUmVmcmVzaFJlcXVlc3QaHS5wYXJsZXkuYXV0aC52MS5Mb2dpblJlc3BvbnNlEkcKBkxvZ291dBIdLnBhcmxleS5hdXRoLnYxLkxvZ291dFJlcXVlc3QaHi5wYXJsZXkuYXV0aC52MS5Mb2dvdXRSZXNwb25zZRJfCg5DaGFuZ2VQYXNzd29yZBIlLnBhcmxleS5hdXRoLnYxLkNoYW5nZVBhc3N3b3JkUmVxdWVzdBomLnBhcmxleS5hdXRoLnYxLkNoYW5nZVBhc3N3b3JkUmVzcG9uc2USWQoMTGlzdFNlc3Npb25zEiMucGFybGV5LmF1dGgudjEuTGlzdFNlc3Npb25zUmVxdWVzdBokLnBhcmxleS5hdXRoLnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlElwKDVJldm9rZVNlc3Npb24SJC5wYXJsZXkuYXV0aC52MS5SZXZva2VTZXNzaW9uUmVxdWVzdBolLnBhcmxleS5hdXRoLnYxLlJldm9rZVNlc3Npb25SZXNwb25zZRJICgpDcmVhdGVVc2VyEiEucGFybGV5LmF1dGgudjEuQ3JlYXRlVXNlclJlcXVlc3QaFy5wYXJsZXkuYXV0aC52MS5BY2NvdW50EkgKCkFzc2lnblJvbGUSIS5wYXJsZXkuYXV0aC52MS5Bc3NpZ25Sb2xlUmVxdWVzdBoXLnBhcmxleS5hdXRoLnYxLkFjY291bnQSWAoSU2V0QWNjb3VudERpc2FibGVkEikucGFybGV5LmF1dGgudjEuU2V0QWNjb3VudERpc2FibGVkUmVxdWVzdBoXLnBhcmxleS5hdXRoLnYxLkFjY291bnQSSAoKR2V0QWNjb3VudBIhLnBhcmxleS5hdXRoLnYxLkdldEFjY291bnRSZXF1ZXN0GhcucGFybGV5LmF1dGgudjEuQWNjb3VudBJrChJCZWdpblRvdHBFbnJvbG1lbnQSKS5wYXJsZXkuYXV0aC52MS5CZWdpblRvdHBFbnJvbG1lbnRSZXF1ZXN0GioucGFybGV5LmF1dGgudjEuQmVnaW5Ub3RwRW5yb2xtZW50UmVzcG9uc2UScQoUQ29uZmlybVRvdHBFbnJvbG1lbnQSKy5wYXJsZXkuYXV0aC52MS5Db25maXJtVG90cEVucm9sbWVudFJlcXVlc3QaLC5wYXJsZXkuYXV0aC52MS5Db25maXJtVG90cEVucm9sbWVudFJlc3BvbnNlEl8KDlNldE1mYVJlcXVpcmVkEiUucGFybGV5LmF1dGgudjEuU2V0TWZhUmVxdWlyZWRSZXF1ZXN0GiYucGFybGV5LmF1dGgudjEuU2V0TWZhUmVxdWlyZWRSZXNwb25zZRJVChFQdWJsaXNoRGV2aWNlS2V5cxIoLnBhcmxleS5hdXRoLnYxLlB1Ymxpc2hEZXZpY2VLZXlzUmVxdWVzdBoWLnBhcmxleS5hdXRoLnYxLkRldmljZRJoChFVcGxvYWRPbmVUaW1lS2V5cxIoLnBhcmxleS5hdXRoLnYxLlVwbG9hZE9uZVRpbWVLZXlzUmVxdWVzdBopLnBhcmxleS5hdXRoLnYxLlVwbG9hZE9uZVRpbWVLZXlzUmVzcG9uc2USXAoPQ2xhaW1PbmVUaW1lS2V5EiYucGFybGV5LmF1dGgudjEuQ2xhaW1PbmVUaW1lS2V5UmVxdWVzdBohLnBhcmxleS5hdXRoLnYxLkNsYWltZWRPbmVUaW1lS2V5ElYKC0xpc3REZXZpY2VzEiIucGFybGV5LmF1dGgudjEuTGlzdERldmljZXNSZXF1ZXN0GiMucGFybGV5LmF1dGgudjEuTGlzdERldmljZXNSZXNwb25zZRJZCgxSZW1vdmVEZXZpY2USIy5wYXJsZXkuYXV0aC52MS5SZW1vdmVEZXZpY2VSZXF1ZXN0GiQucGFybGV5LmF1dGgudjEuUmVtb3ZlRGV2aWNlUmVzcG9uc2USWwoQUm90YXRlU2lnbmluZ0tleRInLnBhcmxleS5hdXRoLnYxLlJvdGF0ZVNpZ25pbmdLZXlSZXF1ZXN0Gh4ucGFybGV5LmF1dGgudjEuU2lnbmluZ0tleUluZm8SWwoQUmV0aXJlU2lnbmluZ0tleRInLnBhcmxleS5hdXRoLnYxLlJldGlyZVNpZ25pbmdLZXlSZXF1ZXN0Gh4ucGFybGV5LmF1dGgudjEuU2lnbmluZ0tleUluZm8SSwoMQ3JlYXRlSW52aXRlEiMucGFybGV5LmF1dGgudjEuQ3JlYXRlSW52aXRlUmVxdWVzdBoWLnBhcmxleS5hdXRoLnYxLkludml0ZRJECghSZXNldE1mYRIfLnBhcmxleS5hdXRoLnYxLlJlc2V0TWZhUmVxdWVzdBoXLnBhcmxleS5hdXRoLnYxLkFjY291bnQSTgoNVW5sb2NrQWNjb3VudBIkLnBhcmxleS5hdXRoLnYxLlVubG9ja0FjY291bnRSZXF1ZXN0GhcucGFybGV5LmF1dGgudjEuQWNjb3VudBJrChJMaWZ0U291cmNlU2xvd2Rvd24SKS5wYXJsZXkuYXV0aC52MS5MaWZ0U291cmNlU2xvd2Rvd25SZXF1ZXN0GioucGFybGV5LmF1dGgudjEuTGlmdFNvdXJjZVNsb3dkb3duUmVzcG9uc2USXwoOUmVxdWVzdEVyYXN1cmUSJS5wYXJsZXkuYXV0aC52MS5SZXF1ZXN0RXJhc3VyZVJlcXVlc3QaJi5wYXJsZXkuYXV0aC52MS5SZXF1ZXN0RXJhc3VyZVJlc3BvbnNlEnoKF1JlZ2VuZXJhdGVSZWNvdmVyeUNvZGVzEi4ucGFybGV5LmF1dGgudjEuUmVnZW5lcmF0ZVJlY292ZXJ5Q29kZXNSZXF1ZXN0Gi8ucGFybGV5LmF1dGgudjEuUmVnZW5lcmF0ZVJlY292ZXJ5Q29kZXNSZXNwb25zZRJWCgtMb29rdXBVc2VycxIiLnBhcmxleS5hdXRoLnYxLkxvb2t1cFVzZXJzUmVxdWVzdBojLnBhcmxleS5hdXRoLnYxLkxvb2t1cFVzZXJzUmVzcG9uc2ViBnByb3RvMw");
+  fileDesc("ChlwYXJsZXkvYXV0aC92MS9hdXRoLnByb3RvEg5wYXJsZXkuYXV0aC52MSJKCg9SZWdpc3RlclJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSEAoIcGFzc3dvcmQYAiABKAkSEwoLaW52aXRlX2NvZGUYAyABKAkiNQoQUmVnaXN0ZXJSZXNwb25zZRIPCgd1c2VyX2lkGAEgASgJEhAKCHVzZXJuYW1lGAIgASgJIlwKDExvZ2luUmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCRIQCghwYXNzd29yZBgCIAEoCRIRCgl0b3RwX2NvZGUYAyABKAkSFQoNcmVjb3ZlcnlfY29kZRgEIAEoCSK+AQoNTG9naW5SZXNwb25zZRIUCgxhY2Nlc3NfdG9rZW4YASABKAkSDwoHdXNlcl9pZBgCIAEoCRIXCg9leHBpcmVzX2F0X3VuaXgYAyABKAMSFQoNcmVmcmVzaF90b2tlbhgEIAEoCRISCgpzZXNzaW9uX2lkGAUgASgJEgwKBHJvbGUYBiABKAkSHgoWbWZhX2Vucm9sbWVudF9yZXF1aXJlZBgHIAEoCBIUCgxtZmFfZW5yb2xsZWQYCCABKAgiJwoOUmVmcmVzaFJlcXVlc3QSFQoNcmVmcmVzaF90b2tlbhgBIAEoCSIPCg1Mb2dvdXRSZXF1ZXN0IhAKDkxvZ291dFJlc3BvbnNlIkcKFUNoYW5nZVBhc3N3b3JkUmVxdWVzdBIYChBjdXJyZW50X3Bhc3N3b3JkGAEgASgJEhQKDG5ld19wYXNzd29yZBgCIAEoCSIYChZDaGFuZ2VQYXNzd29yZFJlc3BvbnNlIqABCgdTZXNzaW9uEhIKCnNlc3Npb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIXCg9zdGFydGVkX2F0X3VuaXgYAyABKAMSHgoWbGFzdF9yZWZyZXNoZWRfYXRfdW5peBgEIAEoAxIPCgdyZXZva2VkGAUgASgIEhYKDnJldm9rZWRfcmVhc29uGAYgASgJEg4KBnNvdXJjZRgHIAEoCSImChNMaXN0U2Vzc2lvbnNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkiQQoUTGlzdFNlc3Npb25zUmVzcG9uc2USKQoIc2Vzc2lvbnMYASADKAsyFy5wYXJsZXkuYXV0aC52MS5TZXNzaW9uIioKFFJldm9rZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiFwoVUmV2b2tlU2Vzc2lvblJlc3BvbnNlIoEBCgdBY2NvdW50Eg8KB3VzZXJfaWQYASABKAkSEAoIdXNlcm5hbWUYAiABKAkSDAoEcm9sZRgDIAEoCRIQCghkaXNhYmxlZBgEIAEoCBIYChBsb2NrZWRfYWRkcmVzc2VzGAUgASgNEhkKEWxvY2tlZF91bnRpbF91bml4GAYgASgDIkUKEUNyZWF0ZVVzZXJSZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJEgwKBHJvbGUYAyABKAkiMgoRQXNzaWduUm9sZVJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIMCgRyb2xlGAIgASgJIk4KGVNldEFjY291bnREaXNhYmxlZFJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIQCghkaXNhYmxlZBgCIAEoCBIOCgZyZWFzb24YAyABKAkiJQoRR2V0QWNjb3VudFJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkiGwoZQmVnaW5Ub3RwRW5yb2xtZW50UmVxdWVzdCJIChpCZWdpblRvdHBFbnJvbG1lbnRSZXNwb25zZRITCgtvdHBhdXRoX3VyaRgBIAEoCRIVCg1zZWNyZXRfYmFzZTMyGAIgASgJIjAKG0NvbmZpcm1Ub3RwRW5yb2xtZW50UmVxdWVzdBIRCgl0b3RwX2NvZGUYASABKAkiNgocQ29uZmlybVRvdHBFbnJvbG1lbnRSZXNwb25zZRIWCg5yZWNvdmVyeV9jb2RlcxgBIAMoCSI3ChVTZXRNZmFSZXF1aXJlZFJlcXVlc3QSDAoEcm9sZRgBIAEoCRIQCghyZXF1aXJlZBgCIAEoCCIYChZTZXRNZmFSZXF1aXJlZFJlc3BvbnNlIrABCgZEZXZpY2USDwoHdXNlcl9pZBgBIAEoCRIRCglkZXZpY2VfaWQYAiABKAkSEgoKY3VydmUyNTUxORgDIAEoDBIPCgdlZDI1NTE5GAQgASgMEhEKCXNpZ25hdHVyZRgFIAEoDBIUCgxkaXNwbGF5X25hbWUYBiABKAkSGgoSb25lX3RpbWVfa2V5c19sZWZ0GAcgASgNEhgKEGhhc19mYWxsYmFja19rZXkYCCABKAgiewoYUHVibGlzaERldmljZUtleXNSZXF1ZXN0EhEKCWRldmljZV9pZBgBIAEoCRISCgpjdXJ2ZTI1NTE5GAIgASgMEg8KB2VkMjU1MTkYAyABKAwSEQoJc2lnbmF0dXJlGAQgASgMEhQKDGRpc3BsYXlfbmFtZRgFIAEoCSKZAQoYVXBsb2FkT25lVGltZUtleXNSZXF1ZXN0EhEKCWRldmljZV9pZBgBIAEoCRIwCgRrZXlzGAIgAygLMiIucGFybGV5LmF1dGgudjEuVXBsb2FkZWRPbmVUaW1lS2V5EjgKDGZhbGxiYWNrX2tleRgDIAEoCzIiLnBhcmxleS5hdXRoLnYxLlVwbG9hZGVkT25lVGltZUtleSI3ChlVcGxvYWRPbmVUaW1lS2V5c1Jlc3BvbnNlEhoKEm9uZV90aW1lX2tleXNfbGVmdBgBIAEoDSI8ChZDbGFpbU9uZVRpbWVLZXlSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJIocBChFDbGFpbWVkT25lVGltZUtleRImCgZkZXZpY2UYASABKAsyFi5wYXJsZXkuYXV0aC52MS5EZXZpY2USOAoMb25lX3RpbWVfa2V5GAIgASgLMiIucGFybGV5LmF1dGgudjEuVXBsb2FkZWRPbmVUaW1lS2V5EhAKCGZhbGxiYWNrGAMgASgIIjcKEkxpc3REZXZpY2VzUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhAKCHVzZXJfaWRzGAIgAygJIigKE1JlbW92ZURldmljZVJlcXVlc3QSEQoJZGV2aWNlX2lkGAEgASgJIhYKFFJlbW92ZURldmljZVJlc3BvbnNlIj4KE0xpc3REZXZpY2VzUmVzcG9uc2USJwoHZGV2aWNlcxgBIAMoCzIWLnBhcmxleS5hdXRoLnYxLkRldmljZSIZChdSb3RhdGVTaWduaW5nS2V5UmVxdWVzdCIpChdSZXRpcmVTaWduaW5nS2V5UmVxdWVzdBIOCgZrZXlfaWQYASABKAkiQgoOU2lnbmluZ0tleUluZm8SDgoGa2V5X2lkGAEgASgJEg8KB2N1cnJlbnQYAiABKAgSDwoHcmV0aXJlZBgDIAEoCCI4ChNDcmVhdGVJbnZpdGVSZXF1ZXN0EgwKBHJvbGUYASABKAkSEwoLdmFsaWRfaG91cnMYAiABKA0iRAoGSW52aXRlEhMKC2ludml0ZV9jb2RlGAEgASgJEgwKBHJvbGUYAiABKAkSFwoPZXhwaXJlc19hdF91bml4GAMgASgDIjgKFVJlcXVlc3RFcmFzdXJlUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSIzChZSZXF1ZXN0RXJhc3VyZVJlc3BvbnNlEhkKEWFscmVhZHlfcmVxdWVzdGVkGAEgASgIIjcKFFVubG9ja0FjY291bnRSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSDgoGcmVhc29uGAIgASgJIjsKGUxpZnRTb3VyY2VTbG93ZG93blJlcXVlc3QSDgoGc291cmNlGAEgASgJEg4KBnJlYXNvbhgCIAEoCSJLChpMaWZ0U291cmNlU2xvd2Rvd25SZXNwb25zZRIOCgZzb3VyY2UYASABKAkSHQoVd2FzX3Nsb3dlZF91bnRpbF91bml4GAIgASgBIjIKD1Jlc2V0TWZhUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSJFCh5SZWdlbmVyYXRlUmVjb3ZlcnlDb2Rlc1JlcXVlc3QSEQoJdG90cF9jb2RlGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJIjkKH1JlZ2VuZXJhdGVSZWNvdmVyeUNvZGVzUmVzcG9uc2USFgoOcmVjb3ZlcnlfY29kZXMYASADKAkiJgoSTG9va3VwVXNlcnNSZXF1ZXN0EhAKCHVzZXJfaWRzGAEgAygJIi0KCFVzZXJOYW1lEg8KB3VzZXJfaWQYASABKAkSEAoIdXNlcm5hbWUYAiABKAkiPgoTTG9va3VwVXNlcnNSZXNwb25zZRInCgV1c2VycxgBIAMoCzIYLnBhcmxleS5hdXRoLnYxLlVzZXJOYW1lMtkTCgtBdXRoU2VydmljZRJNCghSZWdpc3RlchIfLnBhcmxleS5hdXRoLnYxLlJlZ2lzdGVyUmVxdWVzdBogLnBhcmxleS5hdXRoLnYxLlJlZ2lzdGVyUmVzcG9uc2USRAoFTG9naW4SHC5wYXJsZXkuYXV0aC52MS5Mb2dpblJlcXVlc3QaHS5wYXJsZXkuYXV0aC52MS5Mb2dpblJlc3BvbnNlEkgKB1JlZnJlc2gSHi5wYXJsZXkuYXV0aC52MS5SZWZyZXNoUmVxdWVzdBodLnBhcmxleS5hdXRoLnYxLkxvZ2luUmVzcG9uc2USRwoGTG9nb3V0Eh0ucGFybGV5LmF1dGgudjEuTG9nb3V0UmVxdWVzdBoeLnBhcmxleS5hdXRoLnYxLkxvZ291dFJlc3BvbnNlEl8KDkNoYW5nZVBhc3N3b3JkEiUucGFybGV5LmF1dGgudjEuQ2hhbmdlUGFzc3dvcmRSZXF1ZXN0GiYucGFybGV5LmF1dGgudjEuQ2hhbmdlUGFzc3dvcmRSZXNwb25zZRJZCgxMaXN0U2Vzc2lvbnMSIy5wYXJsZXkuYXV0aC52MS5MaXN0U2Vzc2lvbnNSZXF1ZXN0GiQucGFybGV5LmF1dGgudjEuTGlzdFNlc3Npb25zUmVzcG9uc2USXAoNUmV2b2tlU2Vzc2lvbhIkLnBhcmxleS5hdXRoLnYxLlJldm9rZVNlc3Npb25SZXF1ZXN0GiUucGFybGV5LmF1dGgudjEuUmV2b2tlU2Vzc2lvblJlc3BvbnNlEkgKCkNyZWF0ZVVzZXISIS5wYXJsZXkuYXV0aC52MS5DcmVhdGVVc2VyUmVxdWVzdBoXLnBhcmxleS5hdXRoLnYxLkFjY291bnQSSAoKQXNzaWduUm9sZRIhLnBhcmxleS5hdXRoLnYxLkFzc2lnblJvbGVSZXF1ZXN0GhcucGFybGV5LmF1dGgudjEuQWNjb3VudBJYChJTZXRBY2NvdW50RGlzYWJsZWQSKS5wYXJsZXkuYXV0aC52MS5TZXRBY2NvdW50RGlzYWJsZWRSZXF1ZXN0GhcucGFybGV5LmF1dGgudjEuQWNjb3VudBJICgpHZXRBY2NvdW50EiEucGFybGV5LmF1dGgudjEuR2V0QWNjb3VudFJlcXVlc3QaFy5wYXJsZXkuYXV0aC52MS5BY2NvdW50EmsKEkJlZ2luVG90cEVucm9sbWVudBIpLnBhcmxleS5hdXRoLnYxLkJlZ2luVG90cEVucm9sbWVudFJlcXVlc3QaKi5wYXJsZXkuYXV0aC52MS5CZWdpblRvdHBFbnJvbG1lbnRSZXNwb25zZRJxChRDb25maXJtVG90cEVucm9sbWVudBIrLnBhcmxleS5hdXRoLnYxLkNvbmZpcm1Ub3RwRW5yb2xtZW50UmVxdWVzdBosLnBhcmxleS5hdXRoLnYxLkNvbmZpcm1Ub3RwRW5yb2xtZW50UmVzcG9uc2USXwoOU2V0TWZhUmVxdWlyZWQSJS5wYXJsZXkuYXV0aC52MS5TZXRNZmFSZXF1aXJlZFJlcXVlc3QaJi5wYXJsZXkuYXV0aC52MS5TZXRNZmFSZXF1aXJlZFJlc3BvbnNlElUKEVB1Ymxpc2hEZXZpY2VLZXlzEigucGFybGV5LmF1dGgudjEuUHVibGlzaERldmljZUtleXNSZXF1ZXN0GhYucGFybGV5LmF1dGgudjEuRGV2aWNlEmgKEVVwbG9hZE9uZVRpbWVLZXlzEigucGFybGV5LmF1dGgudjEuVXBsb2FkT25lVGltZUtleXNSZXF1ZXN0GikucGFybGV5LmF1dGgudjEuVXBsb2FkT25lVGltZUtleXNSZXNwb25zZRJcCg9DbGFpbU9uZVRpbWVLZXkSJi5wYXJsZXkuYXV0aC52MS5DbGFpbU9uZVRpbWVLZXlSZXF1ZXN0GiEucGFybGV5LmF1dGgudjEuQ2xhaW1lZE9uZVRpbWVLZXkSVgoLTGlzdERldmljZXMSIi5wYXJsZXkuYXV0aC52MS5MaXN0RGV2aWNlc1JlcXVlc3QaIy5wYXJsZXkuYXV0aC52MS5MaXN0RGV2aWNlc1Jlc3BvbnNlElkKDFJlbW92ZURldmljZRIjLnBhcmxleS5hdXRoLnYxLlJlbW92ZURldmljZVJlcXVlc3QaJC5wYXJsZXkuYXV0aC52MS5SZW1vdmVEZXZpY2VSZXNwb25zZRJbChBSb3RhdGVTaWduaW5nS2V5EicucGFybGV5LmF1dGgudjEuUm90YXRlU2lnbmluZ0tleVJlcXVlc3QaHi5wYXJsZXkuYXV0aC52MS5TaWduaW5nS2V5SW5mbxJbChBSZXRpcmVTaWduaW5nS2V5EicucGFybGV5LmF1dGgudjEuUmV0aXJlU2lnbmluZ0tleVJlcXVlc3QaHi5wYXJsZXkuYXV0aC52MS5TaWduaW5nS2V5SW5mbxJLCgxDcmVhdGVJbnZpdGUSIy5wYXJsZXkuYXV0aC52MS5DcmVhdGVJbnZpdGVSZXF1ZXN0GhYucGFybGV5LmF1dGgudjEuSW52aXRlEkQKCFJlc2V0TWZhEh8ucGFybGV5LmF1dGgudjEuUmVzZXRNZmFSZXF1ZXN0GhcucGFybGV5LmF1dGgudjEuQWNjb3VudBJOCg1VbmxvY2tBY2NvdW50EiQucGFybGV5LmF1dGgudjEuVW5sb2NrQWNjb3VudFJlcXVlc3QaFy5wYXJsZXkuYXV0aC52MS5BY2NvdW50EmsKEkxpZnRTb3VyY2VTbG93ZG93bhIpLnBhcmxleS5hdXRoLnYxLkxpZnRTb3VyY2VTbG93ZG93blJlcXVlc3QaKi5wYXJsZXkuYXV0aC52MS5MaWZ0U291cmNlU2xvd2Rvd25SZXNwb25zZRJfCg5SZXF1ZXN0RXJhc3VyZRIlLnBhcmxleS5hdXRoLnYxLlJlcXVlc3RFcmFzdXJlUmVxdWVzdBomLnBhcmxleS5hdXRoLnYxLlJlcXVlc3RFcmFzdXJlUmVzcG9uc2USegoXUmVnZW5lcmF0ZVJlY292ZXJ5Q29kZXMSLi5wYXJsZXkuYXV0aC52MS5SZWdlbmVyYXRlUmVjb3ZlcnlDb2Rlc1JlcXVlc3QaLy5wYXJsZXkuYXV0aC52MS5SZWdlbmVyYXRlUmVjb3ZlcnlDb2Rlc1Jlc3BvbnNlElYKC0xvb2t1cFVzZXJzEiIucGFybGV5LmF1dGgudjEuTG9va3VwVXNlcnNSZXF1ZXN0GiMucGFybGV5LmF1dGgudjEuTG9va3VwVXNlcnNSZXNwb25zZWIGcHJvdG8z", [file_parley_auth_v1_events]);
 
 /**
  * @generated from message parley.auth.v1.RegisterRequest
@@ -699,37 +701,9 @@ export const PublishDeviceKeysRequestSchema: GenMessage<PublishDeviceKeysRequest
   messageDesc(file_parley_auth_v1_auth, 26);
 
 /**
- * @generated from message parley.auth.v1.OneTimeKey
- */
-export type OneTimeKey = Message<"parley.auth.v1.OneTimeKey"> & {
-  /**
-   * 1-64 of [A-Za-z0-9_+/=-]
-   *
-   * @generated from field: string key_id = 1;
-   */
-  keyId: string;
-
-  /**
-   * Curve25519, 32 bytes
-   *
-   * @generated from field: bytes key = 2;
-   */
-  key: Uint8Array;
-
-  /**
-   * @generated from field: bytes signature = 3;
-   */
-  signature: Uint8Array;
-};
-
-/**
- * Describes the message parley.auth.v1.OneTimeKey.
- * Use `create(OneTimeKeySchema)` to create a new message.
- */
-export const OneTimeKeySchema: GenMessage<OneTimeKey> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 27);
-
-/**
+ * A one-time key is the record OneTimeKeysUploaded keeps (events.proto's UploadedOneTimeKey),
+ * uploaded and claimed as it is.
+ *
  * @generated from message parley.auth.v1.UploadOneTimeKeysRequest
  */
 export type UploadOneTimeKeysRequest = Message<"parley.auth.v1.UploadOneTimeKeysRequest"> & {
@@ -741,16 +715,16 @@ export type UploadOneTimeKeysRequest = Message<"parley.auth.v1.UploadOneTimeKeys
   /**
    * at most 100 per call
    *
-   * @generated from field: repeated parley.auth.v1.OneTimeKey keys = 2;
+   * @generated from field: repeated parley.auth.v1.UploadedOneTimeKey keys = 2;
    */
-  keys: OneTimeKey[];
+  keys: UploadedOneTimeKey[];
 
   /**
    * Replaces the device's fallback key (signed like a one-time key, with a new key id).
    *
-   * @generated from field: parley.auth.v1.OneTimeKey fallback_key = 3;
+   * @generated from field: parley.auth.v1.UploadedOneTimeKey fallback_key = 3;
    */
-  fallbackKey?: OneTimeKey | undefined;
+  fallbackKey?: UploadedOneTimeKey | undefined;
 };
 
 /**
@@ -758,7 +732,7 @@ export type UploadOneTimeKeysRequest = Message<"parley.auth.v1.UploadOneTimeKeys
  * Use `create(UploadOneTimeKeysRequestSchema)` to create a new message.
  */
 export const UploadOneTimeKeysRequestSchema: GenMessage<UploadOneTimeKeysRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 28);
+  messageDesc(file_parley_auth_v1_auth, 27);
 
 /**
  * @generated from message parley.auth.v1.UploadOneTimeKeysResponse
@@ -775,7 +749,7 @@ export type UploadOneTimeKeysResponse = Message<"parley.auth.v1.UploadOneTimeKey
  * Use `create(UploadOneTimeKeysResponseSchema)` to create a new message.
  */
 export const UploadOneTimeKeysResponseSchema: GenMessage<UploadOneTimeKeysResponse> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 29);
+  messageDesc(file_parley_auth_v1_auth, 28);
 
 /**
  * @generated from message parley.auth.v1.ClaimOneTimeKeyRequest
@@ -797,7 +771,7 @@ export type ClaimOneTimeKeyRequest = Message<"parley.auth.v1.ClaimOneTimeKeyRequ
  * Use `create(ClaimOneTimeKeyRequestSchema)` to create a new message.
  */
 export const ClaimOneTimeKeyRequestSchema: GenMessage<ClaimOneTimeKeyRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 30);
+  messageDesc(file_parley_auth_v1_auth, 29);
 
 /**
  * @generated from message parley.auth.v1.ClaimedOneTimeKey
@@ -809,9 +783,9 @@ export type ClaimedOneTimeKey = Message<"parley.auth.v1.ClaimedOneTimeKey"> & {
   device?: Device | undefined;
 
   /**
-   * @generated from field: parley.auth.v1.OneTimeKey one_time_key = 2;
+   * @generated from field: parley.auth.v1.UploadedOneTimeKey one_time_key = 2;
    */
-  oneTimeKey?: OneTimeKey | undefined;
+  oneTimeKey?: UploadedOneTimeKey | undefined;
 
   /**
    * the one-time keys ran out: this is the device's fallback key
@@ -826,7 +800,7 @@ export type ClaimedOneTimeKey = Message<"parley.auth.v1.ClaimedOneTimeKey"> & {
  * Use `create(ClaimedOneTimeKeySchema)` to create a new message.
  */
 export const ClaimedOneTimeKeySchema: GenMessage<ClaimedOneTimeKey> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 31);
+  messageDesc(file_parley_auth_v1_auth, 30);
 
 /**
  * @generated from message parley.auth.v1.ListDevicesRequest
@@ -852,7 +826,7 @@ export type ListDevicesRequest = Message<"parley.auth.v1.ListDevicesRequest"> & 
  * Use `create(ListDevicesRequestSchema)` to create a new message.
  */
 export const ListDevicesRequestSchema: GenMessage<ListDevicesRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 32);
+  messageDesc(file_parley_auth_v1_auth, 31);
 
 /**
  * @generated from message parley.auth.v1.RemoveDeviceRequest
@@ -871,7 +845,7 @@ export type RemoveDeviceRequest = Message<"parley.auth.v1.RemoveDeviceRequest"> 
  * Use `create(RemoveDeviceRequestSchema)` to create a new message.
  */
 export const RemoveDeviceRequestSchema: GenMessage<RemoveDeviceRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 33);
+  messageDesc(file_parley_auth_v1_auth, 32);
 
 /**
  * @generated from message parley.auth.v1.RemoveDeviceResponse
@@ -884,7 +858,7 @@ export type RemoveDeviceResponse = Message<"parley.auth.v1.RemoveDeviceResponse"
  * Use `create(RemoveDeviceResponseSchema)` to create a new message.
  */
 export const RemoveDeviceResponseSchema: GenMessage<RemoveDeviceResponse> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 34);
+  messageDesc(file_parley_auth_v1_auth, 33);
 
 /**
  * @generated from message parley.auth.v1.ListDevicesResponse
@@ -901,7 +875,7 @@ export type ListDevicesResponse = Message<"parley.auth.v1.ListDevicesResponse"> 
  * Use `create(ListDevicesResponseSchema)` to create a new message.
  */
 export const ListDevicesResponseSchema: GenMessage<ListDevicesResponse> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 35);
+  messageDesc(file_parley_auth_v1_auth, 34);
 
 /**
  * @generated from message parley.auth.v1.RotateSigningKeyRequest
@@ -914,7 +888,7 @@ export type RotateSigningKeyRequest = Message<"parley.auth.v1.RotateSigningKeyRe
  * Use `create(RotateSigningKeyRequestSchema)` to create a new message.
  */
 export const RotateSigningKeyRequestSchema: GenMessage<RotateSigningKeyRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 36);
+  messageDesc(file_parley_auth_v1_auth, 35);
 
 /**
  * @generated from message parley.auth.v1.RetireSigningKeyRequest
@@ -931,7 +905,7 @@ export type RetireSigningKeyRequest = Message<"parley.auth.v1.RetireSigningKeyRe
  * Use `create(RetireSigningKeyRequestSchema)` to create a new message.
  */
 export const RetireSigningKeyRequestSchema: GenMessage<RetireSigningKeyRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 37);
+  messageDesc(file_parley_auth_v1_auth, 36);
 
 /**
  * @generated from message parley.auth.v1.SigningKeyInfo
@@ -958,7 +932,7 @@ export type SigningKeyInfo = Message<"parley.auth.v1.SigningKeyInfo"> & {
  * Use `create(SigningKeyInfoSchema)` to create a new message.
  */
 export const SigningKeyInfoSchema: GenMessage<SigningKeyInfo> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 38);
+  messageDesc(file_parley_auth_v1_auth, 37);
 
 /**
  * @generated from message parley.auth.v1.CreateInviteRequest
@@ -984,7 +958,7 @@ export type CreateInviteRequest = Message<"parley.auth.v1.CreateInviteRequest"> 
  * Use `create(CreateInviteRequestSchema)` to create a new message.
  */
 export const CreateInviteRequestSchema: GenMessage<CreateInviteRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 39);
+  messageDesc(file_parley_auth_v1_auth, 38);
 
 /**
  * @generated from message parley.auth.v1.Invite
@@ -1013,7 +987,7 @@ export type Invite = Message<"parley.auth.v1.Invite"> & {
  * Use `create(InviteSchema)` to create a new message.
  */
 export const InviteSchema: GenMessage<Invite> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 40);
+  messageDesc(file_parley_auth_v1_auth, 39);
 
 /**
  * Ends every lockout of the account (from every address) and clears its failure counts; an
@@ -1040,7 +1014,7 @@ export type RequestErasureRequest = Message<"parley.auth.v1.RequestErasureReques
  * Use `create(RequestErasureRequestSchema)` to create a new message.
  */
 export const RequestErasureRequestSchema: GenMessage<RequestErasureRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 41);
+  messageDesc(file_parley_auth_v1_auth, 40);
 
 /**
  * @generated from message parley.auth.v1.RequestErasureResponse
@@ -1059,7 +1033,7 @@ export type RequestErasureResponse = Message<"parley.auth.v1.RequestErasureRespo
  * Use `create(RequestErasureResponseSchema)` to create a new message.
  */
 export const RequestErasureResponseSchema: GenMessage<RequestErasureResponse> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 42);
+  messageDesc(file_parley_auth_v1_auth, 41);
 
 /**
  * @generated from message parley.auth.v1.UnlockAccountRequest
@@ -1083,7 +1057,7 @@ export type UnlockAccountRequest = Message<"parley.auth.v1.UnlockAccountRequest"
  * Use `create(UnlockAccountRequestSchema)` to create a new message.
  */
 export const UnlockAccountRequestSchema: GenMessage<UnlockAccountRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 43);
+  messageDesc(file_parley_auth_v1_auth, 42);
 
 /**
  * NOT_FOUND, naming the addresses slowed now, when `source` is not slowed down. `source` is the
@@ -1110,7 +1084,7 @@ export type LiftSourceSlowdownRequest = Message<"parley.auth.v1.LiftSourceSlowdo
  * Use `create(LiftSourceSlowdownRequestSchema)` to create a new message.
  */
 export const LiftSourceSlowdownRequestSchema: GenMessage<LiftSourceSlowdownRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 44);
+  messageDesc(file_parley_auth_v1_auth, 43);
 
 /**
  * @generated from message parley.auth.v1.LiftSourceSlowdownResponse
@@ -1132,7 +1106,7 @@ export type LiftSourceSlowdownResponse = Message<"parley.auth.v1.LiftSourceSlowd
  * Use `create(LiftSourceSlowdownResponseSchema)` to create a new message.
  */
 export const LiftSourceSlowdownResponseSchema: GenMessage<LiftSourceSlowdownResponse> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 45);
+  messageDesc(file_parley_auth_v1_auth, 44);
 
 /**
  * @generated from message parley.auth.v1.ResetMfaRequest
@@ -1156,7 +1130,7 @@ export type ResetMfaRequest = Message<"parley.auth.v1.ResetMfaRequest"> & {
  * Use `create(ResetMfaRequestSchema)` to create a new message.
  */
 export const ResetMfaRequestSchema: GenMessage<ResetMfaRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 46);
+  messageDesc(file_parley_auth_v1_auth, 45);
 
 /**
  * Proof of presence: a current TOTP code or the account password (one is required).
@@ -1180,7 +1154,7 @@ export type RegenerateRecoveryCodesRequest = Message<"parley.auth.v1.RegenerateR
  * Use `create(RegenerateRecoveryCodesRequestSchema)` to create a new message.
  */
 export const RegenerateRecoveryCodesRequestSchema: GenMessage<RegenerateRecoveryCodesRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 47);
+  messageDesc(file_parley_auth_v1_auth, 46);
 
 /**
  * @generated from message parley.auth.v1.RegenerateRecoveryCodesResponse
@@ -1199,7 +1173,7 @@ export type RegenerateRecoveryCodesResponse = Message<"parley.auth.v1.Regenerate
  * Use `create(RegenerateRecoveryCodesResponseSchema)` to create a new message.
  */
 export const RegenerateRecoveryCodesResponseSchema: GenMessage<RegenerateRecoveryCodesResponse> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 48);
+  messageDesc(file_parley_auth_v1_auth, 47);
 
 /**
  * @generated from message parley.auth.v1.LookupUsersRequest
@@ -1218,7 +1192,7 @@ export type LookupUsersRequest = Message<"parley.auth.v1.LookupUsersRequest"> & 
  * Use `create(LookupUsersRequestSchema)` to create a new message.
  */
 export const LookupUsersRequestSchema: GenMessage<LookupUsersRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 49);
+  messageDesc(file_parley_auth_v1_auth, 48);
 
 /**
  * @generated from message parley.auth.v1.UserName
@@ -1240,7 +1214,7 @@ export type UserName = Message<"parley.auth.v1.UserName"> & {
  * Use `create(UserNameSchema)` to create a new message.
  */
 export const UserNameSchema: GenMessage<UserName> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 50);
+  messageDesc(file_parley_auth_v1_auth, 49);
 
 /**
  * @generated from message parley.auth.v1.LookupUsersResponse
@@ -1257,7 +1231,7 @@ export type LookupUsersResponse = Message<"parley.auth.v1.LookupUsersResponse"> 
  * Use `create(LookupUsersResponseSchema)` to create a new message.
  */
 export const LookupUsersResponseSchema: GenMessage<LookupUsersResponse> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 51);
+  messageDesc(file_parley_auth_v1_auth, 50);
 
 /**
  * @generated from service parley.auth.v1.AuthService

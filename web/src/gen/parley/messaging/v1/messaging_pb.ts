@@ -6,6 +6,7 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { ToDeviceSent } from "./events_pb.js";
 import { file_parley_messaging_v1_events } from "./events_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -13,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/messaging/v1/messaging.proto.
  */
 export const file_parley_messaging_v1_messaging: GenFile = /*@__PURE__*/
-  fileDesc("CiNwYXJsZXkvbWVzc2FnaW5nL3YxL21lc3NhZ2luZy5wcm90bxITcGFybGV5Lm1lc3NhZ2luZy52MSL9AgoHQ2hhbm5lbBISCgpjaGFubmVsX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSEgoKbWVtYmVyX2lkcxgDIAMoCRIQCghsYXN0X3NlcRgEIAEoBBIRCgllbmNyeXB0ZWQYBSABKAgSDwoHcHJpdmF0ZRgGIAEoCBIOCgZkaXJlY3QYByABKAgSDQoFdG9waWMYCCABKAkSNgoFcm9sZXMYCSADKAsyJy5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYW5uZWwuUm9sZXNFbnRyeRIgChhoaWRlX2hpc3RvcnlfYmVmb3JlX2pvaW4YCiABKAgSGAoQdmlzaWJsZV9mcm9tX3NlcRgLIAEoBBIQCghyZWFkX3NlcRgMIAEoBBIUCgx1bnJlYWRfY291bnQYDSABKAQSHQoVdmlzaWJsZV9mcm9tX3Bvc2l0aW9uGA4gASgEGiwKClJvbGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLqAgoLQ2hhdE1lc3NhZ2USEgoKY2hhbm5lbF9pZBgBIAEoCRISCgptZXNzYWdlX2lkGAIgASgJEhEKCXNlbmRlcl9pZBgDIAEoCRITCgtjaGFubmVsX3NlcRgEIAEoBBIMCgRib2R5GAUgASgJEisKB3NlbnRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC3NlbmRlcl9uYW1lGAcgASgJEhAKCHBvc2l0aW9uGAggASgEEhAKCHJlZGFjdGVkGAkgASgIEhIKCmVkaXRfY291bnQYCiABKA0SFwoPdGhyZWFkX3Jvb3Rfc2VxGAsgASgEEhMKC3JlcGx5X2NvdW50GAwgASgNEjUKCXJlYWN0aW9ucxgNIAMoCzIiLnBhcmxleS5tZXNzYWdpbmcudjEuUmVhY3Rpb25Db3VudBIOCgZlcmFzZWQYFCABKAgSDgoGZWRpdGVkGBUgASgIIjAKDVJlYWN0aW9uQ291bnQSDQoFZW1vamkYASABKAkSEAoIdXNlcl9pZHMYAiADKAkigwEKFENyZWF0ZUNoYW5uZWxSZXF1ZXN0EgwKBG5hbWUYASABKAkSEQoJZW5jcnlwdGVkGAIgASgIEg8KB3ByaXZhdGUYAyABKAgSIAoYaGlkZV9oaXN0b3J5X2JlZm9yZV9qb2luGAQgASgIEhcKD2lkZW1wb3RlbmN5X2tleRgFIAEoCSI2ChJKb2luQ2hhbm5lbFJlcXVlc3QSEgoKY2hhbm5lbF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJIhcKFUxpc3RNeUNoYW5uZWxzUmVxdWVzdCJIChZMaXN0TXlDaGFubmVsc1Jlc3BvbnNlEi4KCGNoYW5uZWxzGAEgAygLMhwucGFybGV5Lm1lc3NhZ2luZy52MS5DaGFubmVsImgKElBvc3RNZXNzYWdlUmVxdWVzdBISCgpjaGFubmVsX2lkGAEgASgJEgwKBGJvZHkYAiABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJEhcKD3RocmVhZF9yb290X3NlcRgEIAEoBCJLChJFZGl0TWVzc2FnZVJlcXVlc3QSEgoKY2hhbm5lbF9pZBgBIAEoCRITCgtjaGFubmVsX3NlcRgCIAEoBBIMCgRib2R5GAMgASgJIk8KFFJlZGFjdE1lc3NhZ2VSZXF1ZXN0EhIKCmNoYW5uZWxfaWQYASABKAkSEwoLY2hhbm5lbF9zZXEYAiABKAQSDgoGcmVhc29uGAMgASgJIkUKGkxpc3RNZXNzYWdlVmVyc2lvbnNSZXF1ZXN0EhIKCmNoYW5uZWxfaWQYASABKAkSEwoLY2hhbm5lbF9zZXEYAiABKAQiLQobTGlzdE1lc3NhZ2VWZXJzaW9uc1Jlc3BvbnNlEg4KBmJvZGllcxgBIAMoCSIpChNMZWF2ZUNoYW5uZWxSZXF1ZXN0EhIKCmNoYW5uZWxfaWQYASABKAki0QEKD1RvRGV2aWNlTWVzc2FnZRIZChFyZWNpcGllbnRfdXNlcl9pZBgBIAEoCRIbChNyZWNpcGllbnRfZGV2aWNlX2lkGAIgASgJEhYKDnNlbmRlcl91c2VyX2lkGAMgASgJEhgKEHNlbmRlcl9kZXZpY2VfaWQYBCABKAkSGwoTc2VuZGVyX2lkZW50aXR5X2tleRgFIAEoCRIQCghvbG1fdHlwZRgGIAEoDRISCgpjaXBoZXJ0ZXh0GAcgASgMEhEKCXF1ZXVlX3NlcRgIIAEoBCJNChNTZW5kVG9EZXZpY2VSZXF1ZXN0EjYKCG1lc3NhZ2VzGAEgAygLMiQucGFybGV5Lm1lc3NhZ2luZy52MS5Ub0RldmljZU1lc3NhZ2UiFgoUU2VuZFRvRGV2aWNlUmVzcG9uc2UiUQoURmV0Y2hUb0RldmljZVJlcXVlc3QSEQoJZGV2aWNlX2lkGAEgASgJEhcKD2FmdGVyX3F1ZXVlX3NlcRgCIAEoBBINCgVsaW1pdBgDIAEoDSJPChVGZXRjaFRvRGV2aWNlUmVzcG9uc2USNgoIbWVzc2FnZXMYASADKAsyJC5wYXJsZXkubWVzc2FnaW5nLnYxLlRvRGV2aWNlTWVzc2FnZSJaChpDcmVhdGVEaXJlY3RDaGFubmVsUmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCRIRCgllbmNyeXB0ZWQYAiABKAgSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJIkoKE01lbWJlckFjdGlvblJlcXVlc3QSEgoKY2hhbm5lbF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEg4KBnJlYXNvbhgDIAEoCSJJChRTZXRNZW1iZXJSb2xlUmVxdWVzdBISCgpjaGFubmVsX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSDAoEcm9sZRgDIAEoCSJkChRVcGRhdGVDaGFubmVsUmVxdWVzdBISCgpjaGFubmVsX2lkGAEgASgJEhEKBG5hbWUYAiABKAlIAIgBARISCgV0b3BpYxgDIAEoCUgBiAEBQgcKBV9uYW1lQggKBl90b3BpYyI+ChpTZXRDaGFubmVsUmV0ZW50aW9uUmVxdWVzdBISCgpjaGFubmVsX2lkGAEgASgJEgwKBGRheXMYAiABKA0iOwobU2V0Q2hhbm5lbFJldGVudGlvblJlc3BvbnNlEgwKBGRheXMYASABKA0SDgoGc2V0X2J5GAIgASgJIlsKEUxpc3RUaHJlYWRSZXF1ZXN0EhIKCmNoYW5uZWxfaWQYASABKAkSEAoIcm9vdF9zZXEYAiABKAQSEQoJYWZ0ZXJfc2VxGAMgASgEEg0KBWxpbWl0GAQgASgNIokBChJMaXN0VGhyZWFkUmVzcG9uc2USLgoEcm9vdBgBIAEoCzIgLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhdE1lc3NhZ2USMQoHcmVwbGllcxgCIAMoCzIgLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhdE1lc3NhZ2USEAoIaGFzX21vcmUYAyABKAgiVgoMUmVhY3RSZXF1ZXN0EhIKCmNoYW5uZWxfaWQYASABKAkSEwoLY2hhbm5lbF9zZXEYAiABKAQSDQoFZW1vamkYAyABKAkSDgoGcmVtb3ZlGAQgASgIIjoKD01hcmtSZWFkUmVxdWVzdBISCgpjaGFubmVsX2lkGAEgASgJEhMKC2NoYW5uZWxfc2VxGAIgASgEIhgKFkxpc3RJbnZpdGF0aW9uc1JlcXVlc3QikwEKCkludml0YXRpb24SEgoKY2hhbm5lbF9pZBgBIAEoCRIUCgxjaGFubmVsX25hbWUYAiABKAkSEgoKaW52aXRlZF9ieRgDIAEoCRIPCgdwcml2YXRlGAQgASgIEhEKCWVuY3J5cHRlZBgFIAEoCBIUCgxtZW1iZXJfY291bnQYBiABKA0SDQoFdG9waWMYByABKAkiTwoXTGlzdEludml0YXRpb25zUmVzcG9uc2USNAoLaW52aXRhdGlvbnMYASADKAsyHy5wYXJsZXkubWVzc2FnaW5nLnYxLkludml0YXRpb24iLgoYRGVjbGluZUludml0YXRpb25SZXF1ZXN0EhIKCmNoYW5uZWxfaWQYASABKAkiGwoZRGVjbGluZUludml0YXRpb25SZXNwb25zZTLeDwoQTWVzc2FnaW5nU2VydmljZRJYCg1DcmVhdGVDaGFubmVsEikucGFybGV5Lm1lc3NhZ2luZy52MS5DcmVhdGVDaGFubmVsUmVxdWVzdBocLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhbm5lbBJUCgtKb2luQ2hhbm5lbBInLnBhcmxleS5tZXNzYWdpbmcudjEuSm9pbkNoYW5uZWxSZXF1ZXN0GhwucGFybGV5Lm1lc3NhZ2luZy52MS5DaGFubmVsEmkKDkxpc3RNeUNoYW5uZWxzEioucGFybGV5Lm1lc3NhZ2luZy52MS5MaXN0TXlDaGFubmVsc1JlcXVlc3QaKy5wYXJsZXkubWVzc2FnaW5nLnYxLkxpc3RNeUNoYW5uZWxzUmVzcG9uc2USWAoLUG9zdE1lc3NhZ2USJy5wYXJsZXkubWVzc2FnaW5nLnYxLlBvc3RNZXNzYWdlUmVxdWVzdBogLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhdE1lc3NhZ2USWAoLRWRpdE1lc3NhZ2USJy5wYXJsZXkubWVzc2FnaW5nLnYxLkVkaXRNZXNzYWdlUmVxdWVzdBogLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhdE1lc3NhZ2USXAoNUmVkYWN0TWVzc2FnZRIpLnBhcmxleS5tZXNzYWdpbmcudjEuUmVkYWN0TWVzc2FnZVJlcXVlc3QaIC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYXRNZXNzYWdlEngKE0xpc3RNZXNzYWdlVmVyc2lvbnMSLy5wYXJsZXkubWVzc2FnaW5nLnYxLkxpc3RNZXNzYWdlVmVyc2lvbnNSZXF1ZXN0GjAucGFybGV5Lm1lc3NhZ2luZy52MS5MaXN0TWVzc2FnZVZlcnNpb25zUmVzcG9uc2USVgoMTGVhdmVDaGFubmVsEigucGFybGV5Lm1lc3NhZ2luZy52MS5MZWF2ZUNoYW5uZWxSZXF1ZXN0GhwucGFybGV5Lm1lc3NhZ2luZy52MS5DaGFubmVsEmQKE0NyZWF0ZURpcmVjdENoYW5uZWwSLy5wYXJsZXkubWVzc2FnaW5nLnYxLkNyZWF0ZURpcmVjdENoYW5uZWxSZXF1ZXN0GhwucGFybGV5Lm1lc3NhZ2luZy52MS5DaGFubmVsElYKDEludml0ZU1lbWJlchIoLnBhcmxleS5tZXNzYWdpbmcudjEuTWVtYmVyQWN0aW9uUmVxdWVzdBocLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhbm5lbBJUCgpLaWNrTWVtYmVyEigucGFybGV5Lm1lc3NhZ2luZy52MS5NZW1iZXJBY3Rpb25SZXF1ZXN0GhwucGFybGV5Lm1lc3NhZ2luZy52MS5DaGFubmVsElMKCUJhbk1lbWJlchIoLnBhcmxleS5tZXNzYWdpbmcudjEuTWVtYmVyQWN0aW9uUmVxdWVzdBocLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhbm5lbBJVCgtVbmJhbk1lbWJlchIoLnBhcmxleS5tZXNzYWdpbmcudjEuTWVtYmVyQWN0aW9uUmVxdWVzdBocLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhbm5lbBJYCg1TZXRNZW1iZXJSb2xlEikucGFybGV5Lm1lc3NhZ2luZy52MS5TZXRNZW1iZXJSb2xlUmVxdWVzdBocLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhbm5lbBJYCg1VcGRhdGVDaGFubmVsEikucGFybGV5Lm1lc3NhZ2luZy52MS5VcGRhdGVDaGFubmVsUmVxdWVzdBocLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhbm5lbBJdCgpMaXN0VGhyZWFkEiYucGFybGV5Lm1lc3NhZ2luZy52MS5MaXN0VGhyZWFkUmVxdWVzdBonLnBhcmxleS5tZXNzYWdpbmcudjEuTGlzdFRocmVhZFJlc3BvbnNlEkwKBVJlYWN0EiEucGFybGV5Lm1lc3NhZ2luZy52MS5SZWFjdFJlcXVlc3QaIC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYXRNZXNzYWdlEk4KCE1hcmtSZWFkEiQucGFybGV5Lm1lc3NhZ2luZy52MS5NYXJrUmVhZFJlcXVlc3QaHC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYW5uZWwSbAoPTGlzdEludml0YXRpb25zEisucGFybGV5Lm1lc3NhZ2luZy52MS5MaXN0SW52aXRhdGlvbnNSZXF1ZXN0GiwucGFybGV5Lm1lc3NhZ2luZy52MS5MaXN0SW52aXRhdGlvbnNSZXNwb25zZRJyChFEZWNsaW5lSW52aXRhdGlvbhItLnBhcmxleS5tZXNzYWdpbmcudjEuRGVjbGluZUludml0YXRpb25SZXF1ZXN0Gi4ucGFybGV5Lm1lc3NhZ2luZy52MS5EZWNsaW5lSW52aXRhdGlvblJlc3BvbnNlEngKE1NldENoYW5uZWxSZXRlbnRpb24SLy5wYXJsZXkubWVzc2FnaW5nLnYxLlNldENoYW5uZWxSZXRlbnRpb25SZXF1ZXN0GjAucGFybGV5Lm1lc3NhZ2luZy52MS5TZXRDaGFubmVsUmV0ZW50aW9uUmVzcG9uc2Uy3wEKEERldmljZUtleVNlcnZpY2USYwoMU2VuZFRvRGV2aWNlEigucGFybGV5Lm1lc3NhZ2luZy52MS5TZW5kVG9EZXZpY2VSZXF1ZXN0GikucGFybGV5Lm1lc3NhZ2luZy52MS5TZW5kVG9EZXZpY2VSZXNwb25zZRJmCg1GZXRjaFRvRGV2aWNlEikucGFybGV5Lm1lc3NhZ2luZy52MS5GZXRjaFRvRGV2aWNlUmVxdWVzdBoqLnBhcmxleS5tZXNzYWdpbmcudjEuRmV0Y2hUb0RldmljZVJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_parley_messaging_v1_events]);
+  fileDesc("CiNwYXJsZXkvbWVzc2FnaW5nL3YxL21lc3NhZ2luZy5wcm90bxITcGFybGV5Lm1lc3NhZ2luZy52MSL9AgoHQ2hhbm5lbBISCgpjaGFubmVsX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSEgoKbWVtYmVyX2lkcxgDIAMoCRIQCghsYXN0X3NlcRgEIAEoBBIRCgllbmNyeXB0ZWQYBSABKAgSDwoHcHJpdmF0ZRgGIAEoCBIOCgZkaXJlY3QYByABKAgSDQoFdG9waWMYCCABKAkSNgoFcm9sZXMYCSADKAsyJy5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYW5uZWwuUm9sZXNFbnRyeRIgChhoaWRlX2hpc3RvcnlfYmVmb3JlX2pvaW4YCiABKAgSGAoQdmlzaWJsZV9mcm9tX3NlcRgLIAEoBBIQCghyZWFkX3NlcRgMIAEoBBIUCgx1bnJlYWRfY291bnQYDSABKAQSHQoVdmlzaWJsZV9mcm9tX3Bvc2l0aW9uGA4gASgEGiwKClJvbGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLqAgoLQ2hhdE1lc3NhZ2USEgoKY2hhbm5lbF9pZBgBIAEoCRISCgptZXNzYWdlX2lkGAIgASgJEhEKCXNlbmRlcl9pZBgDIAEoCRITCgtjaGFubmVsX3NlcRgEIAEoBBIMCgRib2R5GAUgASgJEisKB3NlbnRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC3NlbmRlcl9uYW1lGAcgASgJEhAKCHBvc2l0aW9uGAggASgEEhAKCHJlZGFjdGVkGAkgASgIEhIKCmVkaXRfY291bnQYCiABKA0SFwoPdGhyZWFkX3Jvb3Rfc2VxGAsgASgEEhMKC3JlcGx5X2NvdW50GAwgASgNEjUKCXJlYWN0aW9ucxgNIAMoCzIiLnBhcmxleS5tZXNzYWdpbmcudjEuUmVhY3Rpb25Db3VudBIOCgZlcmFzZWQYFCABKAgSDgoGZWRpdGVkGBUgASgIIjAKDVJlYWN0aW9uQ291bnQSDQoFZW1vamkYASABKAkSEAoIdXNlcl9pZHMYAiADKAkigwEKFENyZWF0ZUNoYW5uZWxSZXF1ZXN0EgwKBG5hbWUYASABKAkSEQoJZW5jcnlwdGVkGAIgASgIEg8KB3ByaXZhdGUYAyABKAgSIAoYaGlkZV9oaXN0b3J5X2JlZm9yZV9qb2luGAQgASgIEhcKD2lkZW1wb3RlbmN5X2tleRgFIAEoCSI2ChJKb2luQ2hhbm5lbFJlcXVlc3QSEgoKY2hhbm5lbF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJIhcKFUxpc3RNeUNoYW5uZWxzUmVxdWVzdCJIChZMaXN0TXlDaGFubmVsc1Jlc3BvbnNlEi4KCGNoYW5uZWxzGAEgAygLMhwucGFybGV5Lm1lc3NhZ2luZy52MS5DaGFubmVsImgKElBvc3RNZXNzYWdlUmVxdWVzdBISCgpjaGFubmVsX2lkGAEgASgJEgwKBGJvZHkYAiABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJEhcKD3RocmVhZF9yb290X3NlcRgEIAEoBCJLChJFZGl0TWVzc2FnZVJlcXVlc3QSEgoKY2hhbm5lbF9pZBgBIAEoCRITCgtjaGFubmVsX3NlcRgCIAEoBBIMCgRib2R5GAMgASgJIk8KFFJlZGFjdE1lc3NhZ2VSZXF1ZXN0EhIKCmNoYW5uZWxfaWQYASABKAkSEwoLY2hhbm5lbF9zZXEYAiABKAQSDgoGcmVhc29uGAMgASgJIkUKGkxpc3RNZXNzYWdlVmVyc2lvbnNSZXF1ZXN0EhIKCmNoYW5uZWxfaWQYASABKAkSEwoLY2hhbm5lbF9zZXEYAiABKAQiLQobTGlzdE1lc3NhZ2VWZXJzaW9uc1Jlc3BvbnNlEg4KBmJvZGllcxgBIAMoCSIpChNMZWF2ZUNoYW5uZWxSZXF1ZXN0EhIKCmNoYW5uZWxfaWQYASABKAkiSgoTU2VuZFRvRGV2aWNlUmVxdWVzdBIzCghtZXNzYWdlcxgBIAMoCzIhLnBhcmxleS5tZXNzYWdpbmcudjEuVG9EZXZpY2VTZW50IhYKFFNlbmRUb0RldmljZVJlc3BvbnNlIlEKFEZldGNoVG9EZXZpY2VSZXF1ZXN0EhEKCWRldmljZV9pZBgBIAEoCRIXCg9hZnRlcl9xdWV1ZV9zZXEYAiABKAQSDQoFbGltaXQYAyABKA0iTAoVRmV0Y2hUb0RldmljZVJlc3BvbnNlEjMKCG1lc3NhZ2VzGAEgAygLMiEucGFybGV5Lm1lc3NhZ2luZy52MS5Ub0RldmljZVNlbnQiWgoaQ3JlYXRlRGlyZWN0Q2hhbm5lbFJlcXVlc3QSEAoIdXNlcl9pZHMYASADKAkSEQoJZW5jcnlwdGVkGAIgASgIEhcKD2lkZW1wb3RlbmN5X2tleRgDIAEoCSJKChNNZW1iZXJBY3Rpb25SZXF1ZXN0EhIKCmNoYW5uZWxfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIOCgZyZWFzb24YAyABKAkiSQoUU2V0TWVtYmVyUm9sZVJlcXVlc3QSEgoKY2hhbm5lbF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEgwKBHJvbGUYAyABKAkiZAoUVXBkYXRlQ2hhbm5lbFJlcXVlc3QSEgoKY2hhbm5lbF9pZBgBIAEoCRIRCgRuYW1lGAIgASgJSACIAQESEgoFdG9waWMYAyABKAlIAYgBAUIHCgVfbmFtZUIICgZfdG9waWMiPgoaU2V0Q2hhbm5lbFJldGVudGlvblJlcXVlc3QSEgoKY2hhbm5lbF9pZBgBIAEoCRIMCgRkYXlzGAIgASgNIjsKG1NldENoYW5uZWxSZXRlbnRpb25SZXNwb25zZRIMCgRkYXlzGAEgASgNEg4KBnNldF9ieRgCIAEoCSJbChFMaXN0VGhyZWFkUmVxdWVzdBISCgpjaGFubmVsX2lkGAEgASgJEhAKCHJvb3Rfc2VxGAIgASgEEhEKCWFmdGVyX3NlcRgDIAEoBBINCgVsaW1pdBgEIAEoDSKJAQoSTGlzdFRocmVhZFJlc3BvbnNlEi4KBHJvb3QYASABKAsyIC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYXRNZXNzYWdlEjEKB3JlcGxpZXMYAiADKAsyIC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYXRNZXNzYWdlEhAKCGhhc19tb3JlGAMgASgIIlYKDFJlYWN0UmVxdWVzdBISCgpjaGFubmVsX2lkGAEgASgJEhMKC2NoYW5uZWxfc2VxGAIgASgEEg0KBWVtb2ppGAMgASgJEg4KBnJlbW92ZRgEIAEoCCI6Cg9NYXJrUmVhZFJlcXVlc3QSEgoKY2hhbm5lbF9pZBgBIAEoCRITCgtjaGFubmVsX3NlcRgCIAEoBCIYChZMaXN0SW52aXRhdGlvbnNSZXF1ZXN0IpMBCgpJbnZpdGF0aW9uEhIKCmNoYW5uZWxfaWQYASABKAkSFAoMY2hhbm5lbF9uYW1lGAIgASgJEhIKCmludml0ZWRfYnkYAyABKAkSDwoHcHJpdmF0ZRgEIAEoCBIRCgllbmNyeXB0ZWQYBSABKAgSFAoMbWVtYmVyX2NvdW50GAYgASgNEg0KBXRvcGljGAcgASgJIk8KF0xpc3RJbnZpdGF0aW9uc1Jlc3BvbnNlEjQKC2ludml0YXRpb25zGAEgAygLMh8ucGFybGV5Lm1lc3NhZ2luZy52MS5JbnZpdGF0aW9uIi4KGERlY2xpbmVJbnZpdGF0aW9uUmVxdWVzdBISCgpjaGFubmVsX2lkGAEgASgJIhsKGURlY2xpbmVJbnZpdGF0aW9uUmVzcG9uc2Uy3g8KEE1lc3NhZ2luZ1NlcnZpY2USWAoNQ3JlYXRlQ2hhbm5lbBIpLnBhcmxleS5tZXNzYWdpbmcudjEuQ3JlYXRlQ2hhbm5lbFJlcXVlc3QaHC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYW5uZWwSVAoLSm9pbkNoYW5uZWwSJy5wYXJsZXkubWVzc2FnaW5nLnYxLkpvaW5DaGFubmVsUmVxdWVzdBocLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhbm5lbBJpCg5MaXN0TXlDaGFubmVscxIqLnBhcmxleS5tZXNzYWdpbmcudjEuTGlzdE15Q2hhbm5lbHNSZXF1ZXN0GisucGFybGV5Lm1lc3NhZ2luZy52MS5MaXN0TXlDaGFubmVsc1Jlc3BvbnNlElgKC1Bvc3RNZXNzYWdlEicucGFybGV5Lm1lc3NhZ2luZy52MS5Qb3N0TWVzc2FnZVJlcXVlc3QaIC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYXRNZXNzYWdlElgKC0VkaXRNZXNzYWdlEicucGFybGV5Lm1lc3NhZ2luZy52MS5FZGl0TWVzc2FnZVJlcXVlc3QaIC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYXRNZXNzYWdlElwKDVJlZGFjdE1lc3NhZ2USKS5wYXJsZXkubWVzc2FnaW5nLnYxLlJlZGFjdE1lc3NhZ2VSZXF1ZXN0GiAucGFybGV5Lm1lc3NhZ2luZy52MS5DaGF0TWVzc2FnZRJ4ChNMaXN0TWVzc2FnZVZlcnNpb25zEi8ucGFybGV5Lm1lc3NhZ2luZy52MS5MaXN0TWVzc2FnZVZlcnNpb25zUmVxdWVzdBowLnBhcmxleS5tZXNzYWdpbmcudjEuTGlzdE1lc3NhZ2VWZXJzaW9uc1Jlc3BvbnNlElYKDExlYXZlQ2hhbm5lbBIoLnBhcmxleS5tZXNzYWdpbmcudjEuTGVhdmVDaGFubmVsUmVxdWVzdBocLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhbm5lbBJkChNDcmVhdGVEaXJlY3RDaGFubmVsEi8ucGFybGV5Lm1lc3NhZ2luZy52MS5DcmVhdGVEaXJlY3RDaGFubmVsUmVxdWVzdBocLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhbm5lbBJWCgxJbnZpdGVNZW1iZXISKC5wYXJsZXkubWVzc2FnaW5nLnYxLk1lbWJlckFjdGlvblJlcXVlc3QaHC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYW5uZWwSVAoKS2lja01lbWJlchIoLnBhcmxleS5tZXNzYWdpbmcudjEuTWVtYmVyQWN0aW9uUmVxdWVzdBocLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhbm5lbBJTCglCYW5NZW1iZXISKC5wYXJsZXkubWVzc2FnaW5nLnYxLk1lbWJlckFjdGlvblJlcXVlc3QaHC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYW5uZWwSVQoLVW5iYW5NZW1iZXISKC5wYXJsZXkubWVzc2FnaW5nLnYxLk1lbWJlckFjdGlvblJlcXVlc3QaHC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYW5uZWwSWAoNU2V0TWVtYmVyUm9sZRIpLnBhcmxleS5tZXNzYWdpbmcudjEuU2V0TWVtYmVyUm9sZVJlcXVlc3QaHC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYW5uZWwSWAoNVXBkYXRlQ2hhbm5lbBIpLnBhcmxleS5tZXNzYWdpbmcudjEuVXBkYXRlQ2hhbm5lbFJlcXVlc3QaHC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYW5uZWwSXQoKTGlzdFRocmVhZBImLnBhcmxleS5tZXNzYWdpbmcudjEuTGlzdFRocmVhZFJlcXVlc3QaJy5wYXJsZXkubWVzc2FnaW5nLnYxLkxpc3RUaHJlYWRSZXNwb25zZRJMCgVSZWFjdBIhLnBhcmxleS5tZXNzYWdpbmcudjEuUmVhY3RSZXF1ZXN0GiAucGFybGV5Lm1lc3NhZ2luZy52MS5DaGF0TWVzc2FnZRJOCghNYXJrUmVhZBIkLnBhcmxleS5tZXNzYWdpbmcudjEuTWFya1JlYWRSZXF1ZXN0GhwucGFybGV5Lm1lc3NhZ2luZy52MS5DaGFubmVsEmwKD0xpc3RJbnZpdGF0aW9ucxIrLnBhcmxleS5tZXNzYWdpbmcudjEuTGlzdEludml0YXRpb25zUmVxdWVzdBosLnBhcmxleS5tZXNzYWdpbmcudjEuTGlzdEludml0YXRpb25zUmVzcG9uc2UScgoRRGVjbGluZUludml0YXRpb24SLS5wYXJsZXkubWVzc2FnaW5nLnYxLkRlY2xpbmVJbnZpdGF0aW9uUmVxdWVzdBouLnBhcmxleS5tZXNzYWdpbmcudjEuRGVjbGluZUludml0YXRpb25SZXNwb25zZRJ4ChNTZXRDaGFubmVsUmV0ZW50aW9uEi8ucGFybGV5Lm1lc3NhZ2luZy52MS5TZXRDaGFubmVsUmV0ZW50aW9uUmVxdWVzdBowLnBhcmxleS5tZXNzYWdpbmcudjEuU2V0Q2hhbm5lbFJldGVudGlvblJlc3BvbnNlMt8BChBEZXZpY2VLZXlTZXJ2aWNlEmMKDFNlbmRUb0RldmljZRIoLnBhcmxleS5tZXNzYWdpbmcudjEuU2VuZFRvRGV2aWNlUmVxdWVzdBopLnBhcmxleS5tZXNzYWdpbmcudjEuU2VuZFRvRGV2aWNlUmVzcG9uc2USZgoNRmV0Y2hUb0RldmljZRIpLnBhcmxleS5tZXNzYWdpbmcudjEuRmV0Y2hUb0RldmljZVJlcXVlc3QaKi5wYXJsZXkubWVzc2FnaW5nLnYxLkZldGNoVG9EZXZpY2VSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_parley_messaging_v1_events]);
 
 /**
  * @generated from message parley.messaging.v1.Channel
@@ -486,69 +487,16 @@ export const LeaveChannelRequestSchema: GenMessage<LeaveChannelRequest> = /*@__P
   messageDesc(file_parley_messaging_v1_messaging, 12);
 
 /**
- * @generated from message parley.messaging.v1.ToDeviceMessage
- */
-export type ToDeviceMessage = Message<"parley.messaging.v1.ToDeviceMessage"> & {
-  /**
-   * @generated from field: string recipient_user_id = 1;
-   */
-  recipientUserId: string;
-
-  /**
-   * @generated from field: string recipient_device_id = 2;
-   */
-  recipientDeviceId: string;
-
-  /**
-   * set by the server
-   *
-   * @generated from field: string sender_user_id = 3;
-   */
-  senderUserId: string;
-
-  /**
-   * @generated from field: string sender_device_id = 4;
-   */
-  senderDeviceId: string;
-
-  /**
-   * @generated from field: string sender_identity_key = 5;
-   */
-  senderIdentityKey: string;
-
-  /**
-   * @generated from field: uint32 olm_type = 6;
-   */
-  olmType: number;
-
-  /**
-   * @generated from field: bytes ciphertext = 7;
-   */
-  ciphertext: Uint8Array;
-
-  /**
-   * set by the server
-   *
-   * @generated from field: uint64 queue_seq = 8;
-   */
-  queueSeq: bigint;
-};
-
-/**
- * Describes the message parley.messaging.v1.ToDeviceMessage.
- * Use `create(ToDeviceMessageSchema)` to create a new message.
- */
-export const ToDeviceMessageSchema: GenMessage<ToDeviceMessage> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 13);
-
-/**
+ * A to-device message is the record the relay queues (events.proto's ToDeviceSent) in both
+ * directions; in a SendToDeviceRequest the server sets sender_user_id and queue_seq itself.
+ *
  * @generated from message parley.messaging.v1.SendToDeviceRequest
  */
 export type SendToDeviceRequest = Message<"parley.messaging.v1.SendToDeviceRequest"> & {
   /**
-   * @generated from field: repeated parley.messaging.v1.ToDeviceMessage messages = 1;
+   * @generated from field: repeated parley.messaging.v1.ToDeviceSent messages = 1;
    */
-  messages: ToDeviceMessage[];
+  messages: ToDeviceSent[];
 };
 
 /**
@@ -556,7 +504,7 @@ export type SendToDeviceRequest = Message<"parley.messaging.v1.SendToDeviceReque
  * Use `create(SendToDeviceRequestSchema)` to create a new message.
  */
 export const SendToDeviceRequestSchema: GenMessage<SendToDeviceRequest> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 14);
+  messageDesc(file_parley_messaging_v1_messaging, 13);
 
 /**
  * @generated from message parley.messaging.v1.SendToDeviceResponse
@@ -569,7 +517,7 @@ export type SendToDeviceResponse = Message<"parley.messaging.v1.SendToDeviceResp
  * Use `create(SendToDeviceResponseSchema)` to create a new message.
  */
 export const SendToDeviceResponseSchema: GenMessage<SendToDeviceResponse> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 15);
+  messageDesc(file_parley_messaging_v1_messaging, 14);
 
 /**
  * @generated from message parley.messaging.v1.FetchToDeviceRequest
@@ -598,16 +546,16 @@ export type FetchToDeviceRequest = Message<"parley.messaging.v1.FetchToDeviceReq
  * Use `create(FetchToDeviceRequestSchema)` to create a new message.
  */
 export const FetchToDeviceRequestSchema: GenMessage<FetchToDeviceRequest> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 16);
+  messageDesc(file_parley_messaging_v1_messaging, 15);
 
 /**
  * @generated from message parley.messaging.v1.FetchToDeviceResponse
  */
 export type FetchToDeviceResponse = Message<"parley.messaging.v1.FetchToDeviceResponse"> & {
   /**
-   * @generated from field: repeated parley.messaging.v1.ToDeviceMessage messages = 1;
+   * @generated from field: repeated parley.messaging.v1.ToDeviceSent messages = 1;
    */
-  messages: ToDeviceMessage[];
+  messages: ToDeviceSent[];
 };
 
 /**
@@ -615,7 +563,7 @@ export type FetchToDeviceResponse = Message<"parley.messaging.v1.FetchToDeviceRe
  * Use `create(FetchToDeviceResponseSchema)` to create a new message.
  */
 export const FetchToDeviceResponseSchema: GenMessage<FetchToDeviceResponse> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 17);
+  messageDesc(file_parley_messaging_v1_messaging, 16);
 
 /**
  * @generated from message parley.messaging.v1.CreateDirectChannelRequest
@@ -646,7 +594,7 @@ export type CreateDirectChannelRequest = Message<"parley.messaging.v1.CreateDire
  * Use `create(CreateDirectChannelRequestSchema)` to create a new message.
  */
 export const CreateDirectChannelRequestSchema: GenMessage<CreateDirectChannelRequest> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 18);
+  messageDesc(file_parley_messaging_v1_messaging, 17);
 
 /**
  * @generated from message parley.messaging.v1.MemberActionRequest
@@ -673,7 +621,7 @@ export type MemberActionRequest = Message<"parley.messaging.v1.MemberActionReque
  * Use `create(MemberActionRequestSchema)` to create a new message.
  */
 export const MemberActionRequestSchema: GenMessage<MemberActionRequest> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 19);
+  messageDesc(file_parley_messaging_v1_messaging, 18);
 
 /**
  * @generated from message parley.messaging.v1.SetMemberRoleRequest
@@ -702,7 +650,7 @@ export type SetMemberRoleRequest = Message<"parley.messaging.v1.SetMemberRoleReq
  * Use `create(SetMemberRoleRequestSchema)` to create a new message.
  */
 export const SetMemberRoleRequestSchema: GenMessage<SetMemberRoleRequest> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 20);
+  messageDesc(file_parley_messaging_v1_messaging, 19);
 
 /**
  * @generated from message parley.messaging.v1.UpdateChannelRequest
@@ -729,7 +677,7 @@ export type UpdateChannelRequest = Message<"parley.messaging.v1.UpdateChannelReq
  * Use `create(UpdateChannelRequestSchema)` to create a new message.
  */
 export const UpdateChannelRequestSchema: GenMessage<UpdateChannelRequest> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 21);
+  messageDesc(file_parley_messaging_v1_messaging, 20);
 
 /**
  * @generated from message parley.messaging.v1.SetChannelRetentionRequest
@@ -753,7 +701,7 @@ export type SetChannelRetentionRequest = Message<"parley.messaging.v1.SetChannel
  * Use `create(SetChannelRetentionRequestSchema)` to create a new message.
  */
 export const SetChannelRetentionRequestSchema: GenMessage<SetChannelRetentionRequest> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 22);
+  messageDesc(file_parley_messaging_v1_messaging, 21);
 
 /**
  * @generated from message parley.messaging.v1.SetChannelRetentionResponse
@@ -777,7 +725,7 @@ export type SetChannelRetentionResponse = Message<"parley.messaging.v1.SetChanne
  * Use `create(SetChannelRetentionResponseSchema)` to create a new message.
  */
 export const SetChannelRetentionResponseSchema: GenMessage<SetChannelRetentionResponse> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 23);
+  messageDesc(file_parley_messaging_v1_messaging, 22);
 
 /**
  * @generated from message parley.messaging.v1.ListThreadRequest
@@ -813,7 +761,7 @@ export type ListThreadRequest = Message<"parley.messaging.v1.ListThreadRequest">
  * Use `create(ListThreadRequestSchema)` to create a new message.
  */
 export const ListThreadRequestSchema: GenMessage<ListThreadRequest> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 24);
+  messageDesc(file_parley_messaging_v1_messaging, 23);
 
 /**
  * @generated from message parley.messaging.v1.ListThreadResponse
@@ -845,7 +793,7 @@ export type ListThreadResponse = Message<"parley.messaging.v1.ListThreadResponse
  * Use `create(ListThreadResponseSchema)` to create a new message.
  */
 export const ListThreadResponseSchema: GenMessage<ListThreadResponse> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 25);
+  messageDesc(file_parley_messaging_v1_messaging, 24);
 
 /**
  * @generated from message parley.messaging.v1.ReactRequest
@@ -880,7 +828,7 @@ export type ReactRequest = Message<"parley.messaging.v1.ReactRequest"> & {
  * Use `create(ReactRequestSchema)` to create a new message.
  */
 export const ReactRequestSchema: GenMessage<ReactRequest> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 26);
+  messageDesc(file_parley_messaging_v1_messaging, 25);
 
 /**
  * @generated from message parley.messaging.v1.MarkReadRequest
@@ -902,7 +850,7 @@ export type MarkReadRequest = Message<"parley.messaging.v1.MarkReadRequest"> & {
  * Use `create(MarkReadRequestSchema)` to create a new message.
  */
 export const MarkReadRequestSchema: GenMessage<MarkReadRequest> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 27);
+  messageDesc(file_parley_messaging_v1_messaging, 26);
 
 /**
  * @generated from message parley.messaging.v1.ListInvitationsRequest
@@ -915,7 +863,7 @@ export type ListInvitationsRequest = Message<"parley.messaging.v1.ListInvitation
  * Use `create(ListInvitationsRequestSchema)` to create a new message.
  */
 export const ListInvitationsRequestSchema: GenMessage<ListInvitationsRequest> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 28);
+  messageDesc(file_parley_messaging_v1_messaging, 27);
 
 /**
  * @generated from message parley.messaging.v1.Invitation
@@ -964,7 +912,7 @@ export type Invitation = Message<"parley.messaging.v1.Invitation"> & {
  * Use `create(InvitationSchema)` to create a new message.
  */
 export const InvitationSchema: GenMessage<Invitation> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 29);
+  messageDesc(file_parley_messaging_v1_messaging, 28);
 
 /**
  * @generated from message parley.messaging.v1.ListInvitationsResponse
@@ -981,7 +929,7 @@ export type ListInvitationsResponse = Message<"parley.messaging.v1.ListInvitatio
  * Use `create(ListInvitationsResponseSchema)` to create a new message.
  */
 export const ListInvitationsResponseSchema: GenMessage<ListInvitationsResponse> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 30);
+  messageDesc(file_parley_messaging_v1_messaging, 29);
 
 /**
  * @generated from message parley.messaging.v1.DeclineInvitationRequest
@@ -998,7 +946,7 @@ export type DeclineInvitationRequest = Message<"parley.messaging.v1.DeclineInvit
  * Use `create(DeclineInvitationRequestSchema)` to create a new message.
  */
 export const DeclineInvitationRequestSchema: GenMessage<DeclineInvitationRequest> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 31);
+  messageDesc(file_parley_messaging_v1_messaging, 30);
 
 /**
  * @generated from message parley.messaging.v1.DeclineInvitationResponse
@@ -1011,7 +959,7 @@ export type DeclineInvitationResponse = Message<"parley.messaging.v1.DeclineInvi
  * Use `create(DeclineInvitationResponseSchema)` to create a new message.
  */
 export const DeclineInvitationResponseSchema: GenMessage<DeclineInvitationResponse> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 32);
+  messageDesc(file_parley_messaging_v1_messaging, 31);
 
 /**
  * Internal API of the messaging service; reached by the gateway over mutual TLS with the

@@ -4,13 +4,15 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { PublisherKeySetSchema, ReleasePublished, ReleasePublishedSchema, RootRotatedSchema } from "./events_pb.js";
+import { file_parley_patch_v1_events } from "./events_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file parley/patch/v1/patch.proto.
  */
 export const file_parley_patch_v1_patch: GenFile = /*@__PURE__*/
-  fileDesc("ChtwYXJsZXkvcGF0Y2gvdjEvcGF0Y2gucHJvdG8SD3BhcmxleS5wYXRjaC52MSJMChpQcmVwYXJlUm9vdFJvdGF0aW9uUmVxdWVzdBIbChNuZXdfcHVibGljX2tleXNfcGVtGAEgAygJEhEKCXRocmVzaG9sZBgCIAEoDSJTCgxQcmVwYXJlZFJvb3QSEAoIbWV0YWRhdGEYASABKAwSFgoOY3VycmVudF9rZXlpZHMYAiADKAkSGQoRY3VycmVudF90aHJlc2hvbGQYAyABKA0iKAoRUm90YXRlUm9vdFJlcXVlc3QSEwoLc2lnbmVkX3Jvb3QYASABKAwiSAoSUm90YXRlUm9vdFJlc3BvbnNlEg8KB3ZlcnNpb24YASABKA0SDgoGa2V5aWRzGAIgAygJEhEKCXRocmVzaG9sZBgDIAEoDSKWAQoVUHJlcGFyZVJlbGVhc2VSZXF1ZXN0Eg8KB3NlcnZpY2UYASABKAkSDwoHdmVyc2lvbhgCIAEoCRISCgp3aGVlbF9uYW1lGAMgASgJEg4KBnNoYTI1NhgEIAEoCRIOCgZsZW5ndGgYBSABKAQSDQoFZml4ZXMYBiADKAkSGAoQbWluX2V2ZW50X3NjaGVtYRgHIAEoDSJBCg9QcmVwYXJlZFJlbGVhc2USEAoIbWV0YWRhdGEYASABKAwSDAoEcm9sZRgCIAEoCRIOCgZrZXlpZHMYAyADKAkiQQoWU2V0UHVibGlzaGVyS2V5UmVxdWVzdBIPCgdzZXJ2aWNlGAEgASgJEhYKDnB1YmxpY19rZXlfcGVtGAIgASgJIi4KDFB1Ymxpc2hlcktleRIPCgdzZXJ2aWNlGAEgASgJEg0KBWtleWlkGAIgASgJIp4BChVQdWJsaXNoUmVsZWFzZVJlcXVlc3QSDwoHc2VydmljZRgBIAEoCRIPCgd2ZXJzaW9uGAIgASgJEhIKCndoZWVsX25hbWUYAyABKAkSDQoFd2hlZWwYBCABKAwSDQoFZml4ZXMYBSADKAkSGAoQbWluX2V2ZW50X3NjaGVtYRgGIAEoDRIXCg9zaWduZWRfbWV0YWRhdGEYByABKAwiiQEKB1JlbGVhc2USDwoHc2VydmljZRgBIAEoCRIPCgd2ZXJzaW9uGAIgASgJEhMKC3RhcmdldF9wYXRoGAMgASgJEg4KBnNoYTI1NhgEIAEoCRIOCgZsZW5ndGgYBSABKAQSDQoFZml4ZXMYBiADKAkSGAoQbWluX2V2ZW50X3NjaGVtYRgHIAEoDSImChNMaXN0UmVsZWFzZXNSZXF1ZXN0Eg8KB3NlcnZpY2UYASABKAkiQgoUTGlzdFJlbGVhc2VzUmVzcG9uc2USKgoIcmVsZWFzZXMYASADKAsyGC5wYXJsZXkucGF0Y2gudjEuUmVsZWFzZSIrChdJbXBvcnRBZHZpc29yaWVzUmVxdWVzdBIQCghvc3ZfanNvbhgBIAMoCSJSChhJbXBvcnRBZHZpc29yaWVzUmVzcG9uc2USEAoIaW1wb3J0ZWQYASABKA0SEQoJdW5jaGFuZ2VkGAIgASgNEhEKCXdpdGhkcmF3bhgDIAEoDSJBChNMaXN0RmluZGluZ3NSZXF1ZXN0EhUKDWluY2x1ZGVfZml4ZWQYASABKAgSEwoLZml4ZWRfc2luY2UYAiABKAEiogIKB0ZpbmRpbmcSEwoLYWR2aXNvcnlfaWQYASABKAkSDwoHYWxpYXNlcxgCIAMoCRIPCgdzdW1tYXJ5GAMgASgJEg8KB3NlcnZpY2UYBCABKAkSEwoLaW5zdGFuY2VfaWQYBSABKAkSDAoEaG9zdBgGIAEoCRIPCgdwYWNrYWdlGAcgASgJEhkKEWluc3RhbGxlZF92ZXJzaW9uGAggASgJEhAKCGZpeGVkX2luGAkgAygJEhAKCHByaW9yaXR5GAogASgJEhIKCmN2c3Nfc2NvcmUYCyABKAESEwoLZGV0ZWN0ZWRfYXQYDCABKAESEAoIZGVhZGxpbmUYDSABKAESDwoHb3ZlcmR1ZRgOIAEoCBIQCghmaXhlZF9hdBgPIAEoASJrChRMaXN0RmluZGluZ3NSZXNwb25zZRIqCghmaW5kaW5ncxgBIAMoCzIYLnBhcmxleS5wYXRjaC52MS5GaW5kaW5nEicKBWZpeGVkGAIgAygLMhgucGFybGV5LnBhdGNoLnYxLkZpbmRpbmciaQoSUGxhblJvbGxvdXRSZXF1ZXN0Eg8KB3NlcnZpY2UYASABKAkSEgoKdG9fdmVyc2lvbhgCIAEoCRINCgVmb3JjZRgDIAEoCBIOCgZyZWFzb24YBCABKAkSDwoHd2VpZ2h0cxgFIAMoDSJGChRSZXZlcnRTZXJ2aWNlUmVxdWVzdBIPCgdzZXJ2aWNlGAEgASgJEg4KBnJlYXNvbhgCIAEoCRINCgVmb3JjZRgDIAEoCCJgChlQdWJsaXNoQmFzZVJlbGVhc2VSZXF1ZXN0Eg8KB3NlcnZpY2UYASABKAkSDwoHdmVyc2lvbhgCIAEoCRISCgp3aGVlbF9uYW1lGAMgASgJEg0KBXdoZWVsGAQgASgMIjQKDlJvbGxvdXRDb21tYW5kEhIKCnJvbGxvdXRfaWQYASABKAkSDgoGcmVhc29uGAIgASgJIjUKEUdldFJvbGxvdXRSZXF1ZXN0EhIKCnJvbGxvdXRfaWQYASABKAkSDAoEaG9zdBgCIAEoCSIVChNMaXN0Um9sbG91dHNSZXF1ZXN0IkIKFExpc3RSb2xsb3V0c1Jlc3BvbnNlEioKCHJvbGxvdXRzGAEgAygLMhgucGFybGV5LnBhdGNoLnYxLlJvbGxvdXQilQEKC1JvbGxvdXRTdGVwEhkKEXJlcGxhY2VzX2luc3RhbmNlGAEgASgJEhQKDG5ld19pbnN0YW5jZRgCIAEoCRIMCgRnYXRlGAMgASgJEg8KB2RyYWluZWQYBCABKAgSDgoGZXhpdGVkGAUgASgJEhYKDmxhc3RfbG9nX2xpbmVzGAYgAygJEg4KBndlaWdodBgHIAEoDSJyCgpBdWRpdEVudHJ5EgoKAmF0GAEgASgBEg0KBWFjdG9yGAIgASgJEg0KBWV2ZW50GAMgASgJEg4KBmRldGFpbBgEIAEoCRIqCgRnYXRlGAUgASgLMhwucGFybGV5LnBhdGNoLnYxLkdhdGVGaWd1cmVzItUBCgtHYXRlRmlndXJlcxIMCgRzdGVwGAEgASgNEg4KBndlaWdodBgCIAEoDRIOCgZwYXNzZWQYAyABKAgSEAoId2luZG93X3MYBCABKAESFAoMY2FuYXJ5X2NhbGxzGAUgASgEEhUKDWNhbmFyeV9lcnJvcnMYBiABKAQSFQoNY2FuYXJ5X3A5OV9tcxgHIAEoARIUCgxzdGFibGVfY2FsbHMYCCABKAQSFQoNc3RhYmxlX2Vycm9ycxgJIAEoBBIVCg1zdGFibGVfcDk5X21zGAogASgBIqUDCgdSb2xsb3V0EhIKCnJvbGxvdXRfaWQYASABKAkSDwoHc2VydmljZRgCIAEoCRIUCgxmcm9tX3ZlcnNpb24YAyABKAkSEgoKdG9fdmVyc2lvbhgEIAEoCRITCgt0YXJnZXRfcGF0aBgFIAEoCRINCgVzdGF0ZRgGIAEoCRISCgpwbGFubmVkX2J5GAcgASgJEhMKC2FwcHJvdmVkX2J5GAggASgJEhUKDW9sZF9pbnN0YW5jZXMYCSADKAkSKwoFc3RlcHMYCiADKAsyHC5wYXJsZXkucGF0Y2gudjEuUm9sbG91dFN0ZXASFwoPcm9sbGJhY2tfcmVhc29uGAsgASgJEioKBWF1ZGl0GAwgAygLMhsucGFybGV5LnBhdGNoLnYxLkF1ZGl0RW50cnkSDwoHcmV2ZXJ0cxgNIAEoCRIOCgZmb3JjZWQYDiABKAgSDgoGcmVhc29uGA8gASgJEg8KB3dlaWdodHMYECADKA0SHAoUcmVsZWFzZV9wdWJsaXNoZWRfYnkYESABKAkSFQoNdGFyZ2V0X3NoYTI1NhgSIAEoCSJfChVSZXBvcnRJbnN0YW5jZVJlcXVlc3QSEgoKcm9sbG91dF9pZBgBIAEoCRITCgtpbnN0YW5jZV9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJEgwKBGhvc3QYBCABKAkifQoZUmVwb3J0SW5zdGFuY2VFeGl0UmVxdWVzdBISCgpyb2xsb3V0X2lkGAEgASgJEhMKC2luc3RhbmNlX2lkGAIgASgJEhEKCWV4aXRfY29kZRgDIAEoBRIWCg5sYXN0X2xvZ19saW5lcxgEIAMoCRIMCgRob3N0GAUgASgJIhYKFFR1ZlJlcG9zaXRvcnlSZXF1ZXN0IlgKFVR1ZlJlcG9zaXRvcnlSZXNwb25zZRIUCgxtZXRhZGF0YV91cmwYASABKAkSEwoLdGFyZ2V0c191cmwYAiABKAkSFAoMdHJ1c3RlZF9yb290GAMgASgMMpMPCgxQYXRjaFNlcnZpY2USUgoOUHVibGlzaFJlbGVhc2USJi5wYXJsZXkucGF0Y2gudjEuUHVibGlzaFJlbGVhc2VSZXF1ZXN0GhgucGFybGV5LnBhdGNoLnYxLlJlbGVhc2USWwoMTGlzdFJlbGVhc2VzEiQucGFybGV5LnBhdGNoLnYxLkxpc3RSZWxlYXNlc1JlcXVlc3QaJS5wYXJsZXkucGF0Y2gudjEuTGlzdFJlbGVhc2VzUmVzcG9uc2USZwoQSW1wb3J0QWR2aXNvcmllcxIoLnBhcmxleS5wYXRjaC52MS5JbXBvcnRBZHZpc29yaWVzUmVxdWVzdBopLnBhcmxleS5wYXRjaC52MS5JbXBvcnRBZHZpc29yaWVzUmVzcG9uc2USWwoMTGlzdEZpbmRpbmdzEiQucGFybGV5LnBhdGNoLnYxLkxpc3RGaW5kaW5nc1JlcXVlc3QaJS5wYXJsZXkucGF0Y2gudjEuTGlzdEZpbmRpbmdzUmVzcG9uc2USTAoLUGxhblJvbGxvdXQSIy5wYXJsZXkucGF0Y2gudjEuUGxhblJvbGxvdXRSZXF1ZXN0GhgucGFybGV5LnBhdGNoLnYxLlJvbGxvdXQSSwoOQXBwcm92ZVJvbGxvdXQSHy5wYXJsZXkucGF0Y2gudjEuUm9sbG91dENvbW1hbmQaGC5wYXJsZXkucGF0Y2gudjEuUm9sbG91dBJJCgxQYXVzZVJvbGxvdXQSHy5wYXJsZXkucGF0Y2gudjEuUm9sbG91dENvbW1hbmQaGC5wYXJsZXkucGF0Y2gudjEuUm9sbG91dBJKCg1SZXN1bWVSb2xsb3V0Eh8ucGFybGV5LnBhdGNoLnYxLlJvbGxvdXRDb21tYW5kGhgucGFybGV5LnBhdGNoLnYxLlJvbGxvdXQSTAoPUm9sbGJhY2tSb2xsb3V0Eh8ucGFybGV5LnBhdGNoLnYxLlJvbGxvdXRDb21tYW5kGhgucGFybGV5LnBhdGNoLnYxLlJvbGxvdXQSSgoKR2V0Um9sbG91dBIiLnBhcmxleS5wYXRjaC52MS5HZXRSb2xsb3V0UmVxdWVzdBoYLnBhcmxleS5wYXRjaC52MS5Sb2xsb3V0ElsKDExpc3RSb2xsb3V0cxIkLnBhcmxleS5wYXRjaC52MS5MaXN0Um9sbG91dHNSZXF1ZXN0GiUucGFybGV5LnBhdGNoLnYxLkxpc3RSb2xsb3V0c1Jlc3BvbnNlElkKFVJlcG9ydEluc3RhbmNlU3RhcnRlZBImLnBhcmxleS5wYXRjaC52MS5SZXBvcnRJbnN0YW5jZVJlcXVlc3QaGC5wYXJsZXkucGF0Y2gudjEuUm9sbG91dBJZChVSZXBvcnRJbnN0YW5jZURyYWluZWQSJi5wYXJsZXkucGF0Y2gudjEuUmVwb3J0SW5zdGFuY2VSZXF1ZXN0GhgucGFybGV5LnBhdGNoLnYxLlJvbGxvdXQSUAoQUmVwb3J0Um9sbGVkQmFjaxIiLnBhcmxleS5wYXRjaC52MS5HZXRSb2xsb3V0UmVxdWVzdBoYLnBhcmxleS5wYXRjaC52MS5Sb2xsb3V0ElwKFFJlcG9ydEluc3RhbmNlRXhpdGVkEioucGFybGV5LnBhdGNoLnYxLlJlcG9ydEluc3RhbmNlRXhpdFJlcXVlc3QaGC5wYXJsZXkucGF0Y2gudjEuUm9sbG91dBJaChJQdWJsaXNoQmFzZVJlbGVhc2USKi5wYXJsZXkucGF0Y2gudjEuUHVibGlzaEJhc2VSZWxlYXNlUmVxdWVzdBoYLnBhcmxleS5wYXRjaC52MS5SZWxlYXNlElAKDVJldmVydFNlcnZpY2USJS5wYXJsZXkucGF0Y2gudjEuUmV2ZXJ0U2VydmljZVJlcXVlc3QaGC5wYXJsZXkucGF0Y2gudjEuUm9sbG91dBJeCg1UdWZSZXBvc2l0b3J5EiUucGFybGV5LnBhdGNoLnYxLlR1ZlJlcG9zaXRvcnlSZXF1ZXN0GiYucGFybGV5LnBhdGNoLnYxLlR1ZlJlcG9zaXRvcnlSZXNwb25zZRJaCg5QcmVwYXJlUmVsZWFzZRImLnBhcmxleS5wYXRjaC52MS5QcmVwYXJlUmVsZWFzZVJlcXVlc3QaIC5wYXJsZXkucGF0Y2gudjEuUHJlcGFyZWRSZWxlYXNlElkKD1NldFB1Ymxpc2hlcktleRInLnBhcmxleS5wYXRjaC52MS5TZXRQdWJsaXNoZXJLZXlSZXF1ZXN0Gh0ucGFybGV5LnBhdGNoLnYxLlB1Ymxpc2hlcktleRJhChNQcmVwYXJlUm9vdFJvdGF0aW9uEisucGFybGV5LnBhdGNoLnYxLlByZXBhcmVSb290Um90YXRpb25SZXF1ZXN0Gh0ucGFybGV5LnBhdGNoLnYxLlByZXBhcmVkUm9vdBJVCgpSb3RhdGVSb290EiIucGFybGV5LnBhdGNoLnYxLlJvdGF0ZVJvb3RSZXF1ZXN0GiMucGFybGV5LnBhdGNoLnYxLlJvdGF0ZVJvb3RSZXNwb25zZWIGcHJvdG8z");
+  fileDesc("ChtwYXJsZXkvcGF0Y2gvdjEvcGF0Y2gucHJvdG8SD3BhcmxleS5wYXRjaC52MSJMChpQcmVwYXJlUm9vdFJvdGF0aW9uUmVxdWVzdBIbChNuZXdfcHVibGljX2tleXNfcGVtGAEgAygJEhEKCXRocmVzaG9sZBgCIAEoDSJTCgxQcmVwYXJlZFJvb3QSEAoIbWV0YWRhdGEYASABKAwSFgoOY3VycmVudF9rZXlpZHMYAiADKAkSGQoRY3VycmVudF90aHJlc2hvbGQYAyABKA0iKAoRUm90YXRlUm9vdFJlcXVlc3QSEwoLc2lnbmVkX3Jvb3QYASABKAwilgEKFVByZXBhcmVSZWxlYXNlUmVxdWVzdBIPCgdzZXJ2aWNlGAEgASgJEg8KB3ZlcnNpb24YAiABKAkSEgoKd2hlZWxfbmFtZRgDIAEoCRIOCgZzaGEyNTYYBCABKAkSDgoGbGVuZ3RoGAUgASgEEg0KBWZpeGVzGAYgAygJEhgKEG1pbl9ldmVudF9zY2hlbWEYByABKA0iQQoPUHJlcGFyZWRSZWxlYXNlEhAKCG1ldGFkYXRhGAEgASgMEgwKBHJvbGUYAiABKAkSDgoGa2V5aWRzGAMgAygJIkEKFlNldFB1Ymxpc2hlcktleVJlcXVlc3QSDwoHc2VydmljZRgBIAEoCRIWCg5wdWJsaWNfa2V5X3BlbRgCIAEoCSKeAQoVUHVibGlzaFJlbGVhc2VSZXF1ZXN0Eg8KB3NlcnZpY2UYASABKAkSDwoHdmVyc2lvbhgCIAEoCRISCgp3aGVlbF9uYW1lGAMgASgJEg0KBXdoZWVsGAQgASgMEg0KBWZpeGVzGAUgAygJEhgKEG1pbl9ldmVudF9zY2hlbWEYBiABKA0SFwoPc2lnbmVkX21ldGFkYXRhGAcgASgMIiYKE0xpc3RSZWxlYXNlc1JlcXVlc3QSDwoHc2VydmljZRgBIAEoCSJLChRMaXN0UmVsZWFzZXNSZXNwb25zZRIzCghyZWxlYXNlcxgBIAMoCzIhLnBhcmxleS5wYXRjaC52MS5SZWxlYXNlUHVibGlzaGVkIisKF0ltcG9ydEFkdmlzb3JpZXNSZXF1ZXN0EhAKCG9zdl9qc29uGAEgAygJIlIKGEltcG9ydEFkdmlzb3JpZXNSZXNwb25zZRIQCghpbXBvcnRlZBgBIAEoDRIRCgl1bmNoYW5nZWQYAiABKA0SEQoJd2l0aGRyYXduGAMgASgNIkEKE0xpc3RGaW5kaW5nc1JlcXVlc3QSFQoNaW5jbHVkZV9maXhlZBgBIAEoCBITCgtmaXhlZF9zaW5jZRgCIAEoASKiAgoHRmluZGluZxITCgthZHZpc29yeV9pZBgBIAEoCRIPCgdhbGlhc2VzGAIgAygJEg8KB3N1bW1hcnkYAyABKAkSDwoHc2VydmljZRgEIAEoCRITCgtpbnN0YW5jZV9pZBgFIAEoCRIMCgRob3N0GAYgASgJEg8KB3BhY2thZ2UYByABKAkSGQoRaW5zdGFsbGVkX3ZlcnNpb24YCCABKAkSEAoIZml4ZWRfaW4YCSADKAkSEAoIcHJpb3JpdHkYCiABKAkSEgoKY3Zzc19zY29yZRgLIAEoARITCgtkZXRlY3RlZF9hdBgMIAEoARIQCghkZWFkbGluZRgNIAEoARIPCgdvdmVyZHVlGA4gASgIEhAKCGZpeGVkX2F0GA8gASgBImsKFExpc3RGaW5kaW5nc1Jlc3BvbnNlEioKCGZpbmRpbmdzGAEgAygLMhgucGFybGV5LnBhdGNoLnYxLkZpbmRpbmcSJwoFZml4ZWQYAiADKAsyGC5wYXJsZXkucGF0Y2gudjEuRmluZGluZyJpChJQbGFuUm9sbG91dFJlcXVlc3QSDwoHc2VydmljZRgBIAEoCRISCgp0b192ZXJzaW9uGAIgASgJEg0KBWZvcmNlGAMgASgIEg4KBnJlYXNvbhgEIAEoCRIPCgd3ZWlnaHRzGAUgAygNIkYKFFJldmVydFNlcnZpY2VSZXF1ZXN0Eg8KB3NlcnZpY2UYASABKAkSDgoGcmVhc29uGAIgASgJEg0KBWZvcmNlGAMgASgIImAKGVB1Ymxpc2hCYXNlUmVsZWFzZVJlcXVlc3QSDwoHc2VydmljZRgBIAEoCRIPCgd2ZXJzaW9uGAIgASgJEhIKCndoZWVsX25hbWUYAyABKAkSDQoFd2hlZWwYBCABKAwiNAoOUm9sbG91dENvbW1hbmQSEgoKcm9sbG91dF9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiNQoRR2V0Um9sbG91dFJlcXVlc3QSEgoKcm9sbG91dF9pZBgBIAEoCRIMCgRob3N0GAIgASgJIhUKE0xpc3RSb2xsb3V0c1JlcXVlc3QiQgoUTGlzdFJvbGxvdXRzUmVzcG9uc2USKgoIcm9sbG91dHMYASADKAsyGC5wYXJsZXkucGF0Y2gudjEuUm9sbG91dCKVAQoLUm9sbG91dFN0ZXASGQoRcmVwbGFjZXNfaW5zdGFuY2UYASABKAkSFAoMbmV3X2luc3RhbmNlGAIgASgJEgwKBGdhdGUYAyABKAkSDwoHZHJhaW5lZBgEIAEoCBIOCgZleGl0ZWQYBSABKAkSFgoObGFzdF9sb2dfbGluZXMYBiADKAkSDgoGd2VpZ2h0GAcgASgNInIKCkF1ZGl0RW50cnkSCgoCYXQYASABKAESDQoFYWN0b3IYAiABKAkSDQoFZXZlbnQYAyABKAkSDgoGZGV0YWlsGAQgASgJEioKBGdhdGUYBSABKAsyHC5wYXJsZXkucGF0Y2gudjEuR2F0ZUZpZ3VyZXMi1QEKC0dhdGVGaWd1cmVzEgwKBHN0ZXAYASABKA0SDgoGd2VpZ2h0GAIgASgNEg4KBnBhc3NlZBgDIAEoCBIQCgh3aW5kb3dfcxgEIAEoARIUCgxjYW5hcnlfY2FsbHMYBSABKAQSFQoNY2FuYXJ5X2Vycm9ycxgGIAEoBBIVCg1jYW5hcnlfcDk5X21zGAcgASgBEhQKDHN0YWJsZV9jYWxscxgIIAEoBBIVCg1zdGFibGVfZXJyb3JzGAkgASgEEhUKDXN0YWJsZV9wOTlfbXMYCiABKAEipQMKB1JvbGxvdXQSEgoKcm9sbG91dF9pZBgBIAEoCRIPCgdzZXJ2aWNlGAIgASgJEhQKDGZyb21fdmVyc2lvbhgDIAEoCRISCgp0b192ZXJzaW9uGAQgASgJEhMKC3RhcmdldF9wYXRoGAUgASgJEg0KBXN0YXRlGAYgASgJEhIKCnBsYW5uZWRfYnkYByABKAkSEwoLYXBwcm92ZWRfYnkYCCABKAkSFQoNb2xkX2luc3RhbmNlcxgJIAMoCRIrCgVzdGVwcxgKIAMoCzIcLnBhcmxleS5wYXRjaC52MS5Sb2xsb3V0U3RlcBIXCg9yb2xsYmFja19yZWFzb24YCyABKAkSKgoFYXVkaXQYDCADKAsyGy5wYXJsZXkucGF0Y2gudjEuQXVkaXRFbnRyeRIPCgdyZXZlcnRzGA0gASgJEg4KBmZvcmNlZBgOIAEoCBIOCgZyZWFzb24YDyABKAkSDwoHd2VpZ2h0cxgQIAMoDRIcChRyZWxlYXNlX3B1Ymxpc2hlZF9ieRgRIAEoCRIVCg10YXJnZXRfc2hhMjU2GBIgASgJIl8KFVJlcG9ydEluc3RhbmNlUmVxdWVzdBISCgpyb2xsb3V0X2lkGAEgASgJEhMKC2luc3RhbmNlX2lkGAIgASgJEg8KB3ZlcnNpb24YAyABKAkSDAoEaG9zdBgEIAEoCSJ9ChlSZXBvcnRJbnN0YW5jZUV4aXRSZXF1ZXN0EhIKCnJvbGxvdXRfaWQYASABKAkSEwoLaW5zdGFuY2VfaWQYAiABKAkSEQoJZXhpdF9jb2RlGAMgASgFEhYKDmxhc3RfbG9nX2xpbmVzGAQgAygJEgwKBGhvc3QYBSABKAkiFgoUVHVmUmVwb3NpdG9yeVJlcXVlc3QiWAoVVHVmUmVwb3NpdG9yeVJlc3BvbnNlEhQKDG1ldGFkYXRhX3VybBgBIAEoCRITCgt0YXJnZXRzX3VybBgCIAEoCRIUCgx0cnVzdGVkX3Jvb3QYAyABKAwyoQ8KDFBhdGNoU2VydmljZRJbCg5QdWJsaXNoUmVsZWFzZRImLnBhcmxleS5wYXRjaC52MS5QdWJsaXNoUmVsZWFzZVJlcXVlc3QaIS5wYXJsZXkucGF0Y2gudjEuUmVsZWFzZVB1Ymxpc2hlZBJbCgxMaXN0UmVsZWFzZXMSJC5wYXJsZXkucGF0Y2gudjEuTGlzdFJlbGVhc2VzUmVxdWVzdBolLnBhcmxleS5wYXRjaC52MS5MaXN0UmVsZWFzZXNSZXNwb25zZRJnChBJbXBvcnRBZHZpc29yaWVzEigucGFybGV5LnBhdGNoLnYxLkltcG9ydEFkdmlzb3JpZXNSZXF1ZXN0GikucGFybGV5LnBhdGNoLnYxLkltcG9ydEFkdmlzb3JpZXNSZXNwb25zZRJbCgxMaXN0RmluZGluZ3MSJC5wYXJsZXkucGF0Y2gudjEuTGlzdEZpbmRpbmdzUmVxdWVzdBolLnBhcmxleS5wYXRjaC52MS5MaXN0RmluZGluZ3NSZXNwb25zZRJMCgtQbGFuUm9sbG91dBIjLnBhcmxleS5wYXRjaC52MS5QbGFuUm9sbG91dFJlcXVlc3QaGC5wYXJsZXkucGF0Y2gudjEuUm9sbG91dBJLCg5BcHByb3ZlUm9sbG91dBIfLnBhcmxleS5wYXRjaC52MS5Sb2xsb3V0Q29tbWFuZBoYLnBhcmxleS5wYXRjaC52MS5Sb2xsb3V0EkkKDFBhdXNlUm9sbG91dBIfLnBhcmxleS5wYXRjaC52MS5Sb2xsb3V0Q29tbWFuZBoYLnBhcmxleS5wYXRjaC52MS5Sb2xsb3V0EkoKDVJlc3VtZVJvbGxvdXQSHy5wYXJsZXkucGF0Y2gudjEuUm9sbG91dENvbW1hbmQaGC5wYXJsZXkucGF0Y2gudjEuUm9sbG91dBJMCg9Sb2xsYmFja1JvbGxvdXQSHy5wYXJsZXkucGF0Y2gudjEuUm9sbG91dENvbW1hbmQaGC5wYXJsZXkucGF0Y2gudjEuUm9sbG91dBJKCgpHZXRSb2xsb3V0EiIucGFybGV5LnBhdGNoLnYxLkdldFJvbGxvdXRSZXF1ZXN0GhgucGFybGV5LnBhdGNoLnYxLlJvbGxvdXQSWwoMTGlzdFJvbGxvdXRzEiQucGFybGV5LnBhdGNoLnYxLkxpc3RSb2xsb3V0c1JlcXVlc3QaJS5wYXJsZXkucGF0Y2gudjEuTGlzdFJvbGxvdXRzUmVzcG9uc2USWQoVUmVwb3J0SW5zdGFuY2VTdGFydGVkEiYucGFybGV5LnBhdGNoLnYxLlJlcG9ydEluc3RhbmNlUmVxdWVzdBoYLnBhcmxleS5wYXRjaC52MS5Sb2xsb3V0ElkKFVJlcG9ydEluc3RhbmNlRHJhaW5lZBImLnBhcmxleS5wYXRjaC52MS5SZXBvcnRJbnN0YW5jZVJlcXVlc3QaGC5wYXJsZXkucGF0Y2gudjEuUm9sbG91dBJQChBSZXBvcnRSb2xsZWRCYWNrEiIucGFybGV5LnBhdGNoLnYxLkdldFJvbGxvdXRSZXF1ZXN0GhgucGFybGV5LnBhdGNoLnYxLlJvbGxvdXQSXAoUUmVwb3J0SW5zdGFuY2VFeGl0ZWQSKi5wYXJsZXkucGF0Y2gudjEuUmVwb3J0SW5zdGFuY2VFeGl0UmVxdWVzdBoYLnBhcmxleS5wYXRjaC52MS5Sb2xsb3V0EmMKElB1Ymxpc2hCYXNlUmVsZWFzZRIqLnBhcmxleS5wYXRjaC52MS5QdWJsaXNoQmFzZVJlbGVhc2VSZXF1ZXN0GiEucGFybGV5LnBhdGNoLnYxLlJlbGVhc2VQdWJsaXNoZWQSUAoNUmV2ZXJ0U2VydmljZRIlLnBhcmxleS5wYXRjaC52MS5SZXZlcnRTZXJ2aWNlUmVxdWVzdBoYLnBhcmxleS5wYXRjaC52MS5Sb2xsb3V0El4KDVR1ZlJlcG9zaXRvcnkSJS5wYXJsZXkucGF0Y2gudjEuVHVmUmVwb3NpdG9yeVJlcXVlc3QaJi5wYXJsZXkucGF0Y2gudjEuVHVmUmVwb3NpdG9yeVJlc3BvbnNlEloKDlByZXBhcmVSZWxlYXNlEiYucGFybGV5LnBhdGNoLnYxLlByZXBhcmVSZWxlYXNlUmVxdWVzdBogLnBhcmxleS5wYXRjaC52MS5QcmVwYXJlZFJlbGVhc2USXAoPU2V0UHVibGlzaGVyS2V5EicucGFybGV5LnBhdGNoLnYxLlNldFB1Ymxpc2hlcktleVJlcXVlc3QaIC5wYXJsZXkucGF0Y2gudjEuUHVibGlzaGVyS2V5U2V0EmEKE1ByZXBhcmVSb290Um90YXRpb24SKy5wYXJsZXkucGF0Y2gudjEuUHJlcGFyZVJvb3RSb3RhdGlvblJlcXVlc3QaHS5wYXJsZXkucGF0Y2gudjEuUHJlcGFyZWRSb290Ek4KClJvdGF0ZVJvb3QSIi5wYXJsZXkucGF0Y2gudjEuUm90YXRlUm9vdFJlcXVlc3QaHC5wYXJsZXkucGF0Y2gudjEuUm9vdFJvdGF0ZWRiBnByb3RvMw", [file_parley_patch_v1_events]);
 
 /**
  * @generated from message parley.patch.v1.PrepareRootRotationRequest
@@ -83,33 +85,6 @@ export const RotateRootRequestSchema: GenMessage<RotateRootRequest> = /*@__PURE_
   messageDesc(file_parley_patch_v1_patch, 2);
 
 /**
- * @generated from message parley.patch.v1.RotateRootResponse
- */
-export type RotateRootResponse = Message<"parley.patch.v1.RotateRootResponse"> & {
-  /**
-   * @generated from field: uint32 version = 1;
-   */
-  version: number;
-
-  /**
-   * @generated from field: repeated string keyids = 2;
-   */
-  keyids: string[];
-
-  /**
-   * @generated from field: uint32 threshold = 3;
-   */
-  threshold: number;
-};
-
-/**
- * Describes the message parley.patch.v1.RotateRootResponse.
- * Use `create(RotateRootResponseSchema)` to create a new message.
- */
-export const RotateRootResponseSchema: GenMessage<RotateRootResponse> = /*@__PURE__*/
-  messageDesc(file_parley_patch_v1_patch, 3);
-
-/**
  * @generated from message parley.patch.v1.PrepareReleaseRequest
  */
 export type PrepareReleaseRequest = Message<"parley.patch.v1.PrepareReleaseRequest"> & {
@@ -156,7 +131,7 @@ export type PrepareReleaseRequest = Message<"parley.patch.v1.PrepareReleaseReque
  * Use `create(PrepareReleaseRequestSchema)` to create a new message.
  */
 export const PrepareReleaseRequestSchema: GenMessage<PrepareReleaseRequest> = /*@__PURE__*/
-  messageDesc(file_parley_patch_v1_patch, 4);
+  messageDesc(file_parley_patch_v1_patch, 3);
 
 /**
  * @generated from message parley.patch.v1.PreparedRelease
@@ -189,7 +164,7 @@ export type PreparedRelease = Message<"parley.patch.v1.PreparedRelease"> & {
  * Use `create(PreparedReleaseSchema)` to create a new message.
  */
 export const PreparedReleaseSchema: GenMessage<PreparedRelease> = /*@__PURE__*/
-  messageDesc(file_parley_patch_v1_patch, 5);
+  messageDesc(file_parley_patch_v1_patch, 4);
 
 /**
  * @generated from message parley.patch.v1.SetPublisherKeyRequest
@@ -213,29 +188,7 @@ export type SetPublisherKeyRequest = Message<"parley.patch.v1.SetPublisherKeyReq
  * Use `create(SetPublisherKeyRequestSchema)` to create a new message.
  */
 export const SetPublisherKeyRequestSchema: GenMessage<SetPublisherKeyRequest> = /*@__PURE__*/
-  messageDesc(file_parley_patch_v1_patch, 6);
-
-/**
- * @generated from message parley.patch.v1.PublisherKey
- */
-export type PublisherKey = Message<"parley.patch.v1.PublisherKey"> & {
-  /**
-   * @generated from field: string service = 1;
-   */
-  service: string;
-
-  /**
-   * @generated from field: string keyid = 2;
-   */
-  keyid: string;
-};
-
-/**
- * Describes the message parley.patch.v1.PublisherKey.
- * Use `create(PublisherKeySchema)` to create a new message.
- */
-export const PublisherKeySchema: GenMessage<PublisherKey> = /*@__PURE__*/
-  messageDesc(file_parley_patch_v1_patch, 7);
+  messageDesc(file_parley_patch_v1_patch, 5);
 
 /**
  * @generated from message parley.patch.v1.PublishReleaseRequest
@@ -288,54 +241,7 @@ export type PublishReleaseRequest = Message<"parley.patch.v1.PublishReleaseReque
  * Use `create(PublishReleaseRequestSchema)` to create a new message.
  */
 export const PublishReleaseRequestSchema: GenMessage<PublishReleaseRequest> = /*@__PURE__*/
-  messageDesc(file_parley_patch_v1_patch, 8);
-
-/**
- * @generated from message parley.patch.v1.Release
- */
-export type Release = Message<"parley.patch.v1.Release"> & {
-  /**
-   * @generated from field: string service = 1;
-   */
-  service: string;
-
-  /**
-   * @generated from field: string version = 2;
-   */
-  version: string;
-
-  /**
-   * @generated from field: string target_path = 3;
-   */
-  targetPath: string;
-
-  /**
-   * @generated from field: string sha256 = 4;
-   */
-  sha256: string;
-
-  /**
-   * @generated from field: uint64 length = 5;
-   */
-  length: bigint;
-
-  /**
-   * @generated from field: repeated string fixes = 6;
-   */
-  fixes: string[];
-
-  /**
-   * @generated from field: uint32 min_event_schema = 7;
-   */
-  minEventSchema: number;
-};
-
-/**
- * Describes the message parley.patch.v1.Release.
- * Use `create(ReleaseSchema)` to create a new message.
- */
-export const ReleaseSchema: GenMessage<Release> = /*@__PURE__*/
-  messageDesc(file_parley_patch_v1_patch, 9);
+  messageDesc(file_parley_patch_v1_patch, 6);
 
 /**
  * @generated from message parley.patch.v1.ListReleasesRequest
@@ -352,16 +258,16 @@ export type ListReleasesRequest = Message<"parley.patch.v1.ListReleasesRequest">
  * Use `create(ListReleasesRequestSchema)` to create a new message.
  */
 export const ListReleasesRequestSchema: GenMessage<ListReleasesRequest> = /*@__PURE__*/
-  messageDesc(file_parley_patch_v1_patch, 10);
+  messageDesc(file_parley_patch_v1_patch, 7);
 
 /**
  * @generated from message parley.patch.v1.ListReleasesResponse
  */
 export type ListReleasesResponse = Message<"parley.patch.v1.ListReleasesResponse"> & {
   /**
-   * @generated from field: repeated parley.patch.v1.Release releases = 1;
+   * @generated from field: repeated parley.patch.v1.ReleasePublished releases = 1;
    */
-  releases: Release[];
+  releases: ReleasePublished[];
 };
 
 /**
@@ -369,7 +275,7 @@ export type ListReleasesResponse = Message<"parley.patch.v1.ListReleasesResponse
  * Use `create(ListReleasesResponseSchema)` to create a new message.
  */
 export const ListReleasesResponseSchema: GenMessage<ListReleasesResponse> = /*@__PURE__*/
-  messageDesc(file_parley_patch_v1_patch, 11);
+  messageDesc(file_parley_patch_v1_patch, 8);
 
 /**
  * @generated from message parley.patch.v1.ImportAdvisoriesRequest
@@ -386,7 +292,7 @@ export type ImportAdvisoriesRequest = Message<"parley.patch.v1.ImportAdvisoriesR
  * Use `create(ImportAdvisoriesRequestSchema)` to create a new message.
  */
 export const ImportAdvisoriesRequestSchema: GenMessage<ImportAdvisoriesRequest> = /*@__PURE__*/
-  messageDesc(file_parley_patch_v1_patch, 12);
+  messageDesc(file_parley_patch_v1_patch, 9);
 
 /**
  * @generated from message parley.patch.v1.ImportAdvisoriesResponse
@@ -413,7 +319,7 @@ export type ImportAdvisoriesResponse = Message<"parley.patch.v1.ImportAdvisories
  * Use `create(ImportAdvisoriesResponseSchema)` to create a new message.
  */
 export const ImportAdvisoriesResponseSchema: GenMessage<ImportAdvisoriesResponse> = /*@__PURE__*/
-  messageDesc(file_parley_patch_v1_patch, 13);
+  messageDesc(file_parley_patch_v1_patch, 10);
 
 /**
  * @generated from message parley.patch.v1.ListFindingsRequest
@@ -438,7 +344,7 @@ export type ListFindingsRequest = Message<"parley.patch.v1.ListFindingsRequest">
  * Use `create(ListFindingsRequestSchema)` to create a new message.
  */
 export const ListFindingsRequestSchema: GenMessage<ListFindingsRequest> = /*@__PURE__*/
-  messageDesc(file_parley_patch_v1_patch, 14);
+  messageDesc(file_parley_patch_v1_patch, 11);
 
 /**
  * @generated from message parley.patch.v1.Finding
@@ -531,7 +437,7 @@ export type Finding = Message<"parley.patch.v1.Finding"> & {
  * Use `create(FindingSchema)` to create a new message.
  */
 export const FindingSchema: GenMessage<Finding> = /*@__PURE__*/
-  messageDesc(file_parley_patch_v1_patch, 15);
+  messageDesc(file_parley_patch_v1_patch, 12);
 
 /**
  * @generated from message parley.patch.v1.ListFindingsResponse
@@ -557,7 +463,7 @@ export type ListFindingsResponse = Message<"parley.patch.v1.ListFindingsResponse
  * Use `create(ListFindingsResponseSchema)` to create a new message.
  */
 export const ListFindingsResponseSchema: GenMessage<ListFindingsResponse> = /*@__PURE__*/
-  messageDesc(file_parley_patch_v1_patch, 16);
+  messageDesc(file_parley_patch_v1_patch, 13);
 
 /**
  * @generated from message parley.patch.v1.PlanRolloutRequest
@@ -598,7 +504,7 @@ export type PlanRolloutRequest = Message<"parley.patch.v1.PlanRolloutRequest"> &
  * Use `create(PlanRolloutRequestSchema)` to create a new message.
  */
 export const PlanRolloutRequestSchema: GenMessage<PlanRolloutRequest> = /*@__PURE__*/
-  messageDesc(file_parley_patch_v1_patch, 17);
+  messageDesc(file_parley_patch_v1_patch, 14);
 
 /**
  * @generated from message parley.patch.v1.RevertServiceRequest
@@ -625,7 +531,7 @@ export type RevertServiceRequest = Message<"parley.patch.v1.RevertServiceRequest
  * Use `create(RevertServiceRequestSchema)` to create a new message.
  */
 export const RevertServiceRequestSchema: GenMessage<RevertServiceRequest> = /*@__PURE__*/
-  messageDesc(file_parley_patch_v1_patch, 18);
+  messageDesc(file_parley_patch_v1_patch, 15);
 
 /**
  * @generated from message parley.patch.v1.PublishBaseReleaseRequest
@@ -657,7 +563,7 @@ export type PublishBaseReleaseRequest = Message<"parley.patch.v1.PublishBaseRele
  * Use `create(PublishBaseReleaseRequestSchema)` to create a new message.
  */
 export const PublishBaseReleaseRequestSchema: GenMessage<PublishBaseReleaseRequest> = /*@__PURE__*/
-  messageDesc(file_parley_patch_v1_patch, 19);
+  messageDesc(file_parley_patch_v1_patch, 16);
 
 /**
  * @generated from message parley.patch.v1.RolloutCommand
@@ -679,7 +585,7 @@ export type RolloutCommand = Message<"parley.patch.v1.RolloutCommand"> & {
  * Use `create(RolloutCommandSchema)` to create a new message.
  */
 export const RolloutCommandSchema: GenMessage<RolloutCommand> = /*@__PURE__*/
-  messageDesc(file_parley_patch_v1_patch, 20);
+  messageDesc(file_parley_patch_v1_patch, 17);
 
 /**
  * @generated from message parley.patch.v1.GetRolloutRequest
@@ -703,7 +609,7 @@ export type GetRolloutRequest = Message<"parley.patch.v1.GetRolloutRequest"> & {
  * Use `create(GetRolloutRequestSchema)` to create a new message.
  */
 export const GetRolloutRequestSchema: GenMessage<GetRolloutRequest> = /*@__PURE__*/
-  messageDesc(file_parley_patch_v1_patch, 21);
+  messageDesc(file_parley_patch_v1_patch, 18);
 
 /**
  * @generated from message parley.patch.v1.ListRolloutsRequest
@@ -716,7 +622,7 @@ export type ListRolloutsRequest = Message<"parley.patch.v1.ListRolloutsRequest">
  * Use `create(ListRolloutsRequestSchema)` to create a new message.
  */
 export const ListRolloutsRequestSchema: GenMessage<ListRolloutsRequest> = /*@__PURE__*/
-  messageDesc(file_parley_patch_v1_patch, 22);
+  messageDesc(file_parley_patch_v1_patch, 19);
 
 /**
  * @generated from message parley.patch.v1.ListRolloutsResponse
@@ -733,7 +639,7 @@ export type ListRolloutsResponse = Message<"parley.patch.v1.ListRolloutsResponse
  * Use `create(ListRolloutsResponseSchema)` to create a new message.
  */
 export const ListRolloutsResponseSchema: GenMessage<ListRolloutsResponse> = /*@__PURE__*/
-  messageDesc(file_parley_patch_v1_patch, 23);
+  messageDesc(file_parley_patch_v1_patch, 20);
 
 /**
  * @generated from message parley.patch.v1.RolloutStep
@@ -786,7 +692,7 @@ export type RolloutStep = Message<"parley.patch.v1.RolloutStep"> & {
  * Use `create(RolloutStepSchema)` to create a new message.
  */
 export const RolloutStepSchema: GenMessage<RolloutStep> = /*@__PURE__*/
-  messageDesc(file_parley_patch_v1_patch, 24);
+  messageDesc(file_parley_patch_v1_patch, 21);
 
 /**
  * @generated from message parley.patch.v1.AuditEntry
@@ -825,7 +731,7 @@ export type AuditEntry = Message<"parley.patch.v1.AuditEntry"> & {
  * Use `create(AuditEntrySchema)` to create a new message.
  */
 export const AuditEntrySchema: GenMessage<AuditEntry> = /*@__PURE__*/
-  messageDesc(file_parley_patch_v1_patch, 25);
+  messageDesc(file_parley_patch_v1_patch, 22);
 
 /**
  * One health-gate verdict's figures over its window: the new (canary) instance against the
@@ -892,7 +798,7 @@ export type GateFigures = Message<"parley.patch.v1.GateFigures"> & {
  * Use `create(GateFiguresSchema)` to create a new message.
  */
 export const GateFiguresSchema: GenMessage<GateFigures> = /*@__PURE__*/
-  messageDesc(file_parley_patch_v1_patch, 26);
+  messageDesc(file_parley_patch_v1_patch, 23);
 
 /**
  * @generated from message parley.patch.v1.Rollout
@@ -1006,7 +912,7 @@ export type Rollout = Message<"parley.patch.v1.Rollout"> & {
  * Use `create(RolloutSchema)` to create a new message.
  */
 export const RolloutSchema: GenMessage<Rollout> = /*@__PURE__*/
-  messageDesc(file_parley_patch_v1_patch, 27);
+  messageDesc(file_parley_patch_v1_patch, 24);
 
 /**
  * @generated from message parley.patch.v1.ReportInstanceRequest
@@ -1040,7 +946,7 @@ export type ReportInstanceRequest = Message<"parley.patch.v1.ReportInstanceReque
  * Use `create(ReportInstanceRequestSchema)` to create a new message.
  */
 export const ReportInstanceRequestSchema: GenMessage<ReportInstanceRequest> = /*@__PURE__*/
-  messageDesc(file_parley_patch_v1_patch, 28);
+  messageDesc(file_parley_patch_v1_patch, 25);
 
 /**
  * @generated from message parley.patch.v1.ReportInstanceExitRequest
@@ -1077,7 +983,7 @@ export type ReportInstanceExitRequest = Message<"parley.patch.v1.ReportInstanceE
  * Use `create(ReportInstanceExitRequestSchema)` to create a new message.
  */
 export const ReportInstanceExitRequestSchema: GenMessage<ReportInstanceExitRequest> = /*@__PURE__*/
-  messageDesc(file_parley_patch_v1_patch, 29);
+  messageDesc(file_parley_patch_v1_patch, 26);
 
 /**
  * @generated from message parley.patch.v1.TufRepositoryRequest
@@ -1090,7 +996,7 @@ export type TufRepositoryRequest = Message<"parley.patch.v1.TufRepositoryRequest
  * Use `create(TufRepositoryRequestSchema)` to create a new message.
  */
 export const TufRepositoryRequestSchema: GenMessage<TufRepositoryRequest> = /*@__PURE__*/
-  messageDesc(file_parley_patch_v1_patch, 30);
+  messageDesc(file_parley_patch_v1_patch, 27);
 
 /**
  * @generated from message parley.patch.v1.TufRepositoryResponse
@@ -1119,11 +1025,13 @@ export type TufRepositoryResponse = Message<"parley.patch.v1.TufRepositoryRespon
  * Use `create(TufRepositoryResponseSchema)` to create a new message.
  */
 export const TufRepositoryResponseSchema: GenMessage<TufRepositoryResponse> = /*@__PURE__*/
-  messageDesc(file_parley_patch_v1_patch, 31);
+  messageDesc(file_parley_patch_v1_patch, 28);
 
 /**
  * The patch registry's operator API (mutual TLS, platform identity) plus the caller's access
  * token as `authorization: Bearer <jwt>` metadata: roll-out commands are taken by a person.
+ * A release, a publisher key and a root rotation are answered with the event that records them
+ * (events.proto): the caller sees what the registry wrote.
  *
  * @generated from service parley.patch.v1.PatchService
  */
@@ -1137,7 +1045,7 @@ export const PatchService: GenService<{
   publishRelease: {
     methodKind: "unary";
     input: typeof PublishReleaseRequestSchema;
-    output: typeof ReleaseSchema;
+    output: typeof ReleasePublishedSchema;
   },
   /**
    * @generated from rpc parley.patch.v1.PatchService.ListReleases
@@ -1262,7 +1170,7 @@ export const PatchService: GenService<{
   publishBaseRelease: {
     methodKind: "unary";
     input: typeof PublishBaseReleaseRequestSchema;
-    output: typeof ReleaseSchema;
+    output: typeof ReleasePublishedSchema;
   },
   /**
    * Plans a roll-out back to the version that ran before the service's last finished roll-out.
@@ -1298,7 +1206,7 @@ export const PatchService: GenService<{
   setPublisherKey: {
     methodKind: "unary";
     input: typeof SetPublisherKeyRequestSchema;
-    output: typeof PublisherKeySchema;
+    output: typeof PublisherKeySetSchema;
   },
   /**
    * Root rotation with offline keys: the registry prepares root v(n+1), the operator signs it
@@ -1318,7 +1226,7 @@ export const PatchService: GenService<{
   rotateRoot: {
     methodKind: "unary";
     input: typeof RotateRootRequestSchema;
-    output: typeof RotateRootResponseSchema;
+    output: typeof RootRotatedSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_parley_patch_v1_patch, 0);
