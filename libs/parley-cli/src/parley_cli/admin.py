@@ -11,11 +11,11 @@ import argparse
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 
 import grpc
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 
+from parley_cli.layout import utc_minute, utc_second
 from parley_cli.signin import read_password
 from parley_cli.state import load_running_state
 from parley_cli.terminal import shown
@@ -68,7 +68,7 @@ def _show(account: auth_pb2.Account) -> str:
     state = "disabled" if account.disabled else "active"
     line = f"{shown(account.username)} ({account.user_id}) role={shown(account.role)} {state}"
     if account.locked_addresses:
-        until = datetime.fromtimestamp(account.locked_until_unix, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        until = utc_second(account.locked_until_unix)
         line += (
             f" LOCKED OUT from {account.locked_addresses} address(es) until {until} "
             f"(`parley admin unlock {shown(account.username)}` ends it)"
@@ -126,7 +126,7 @@ async def cmd_lift_slowdown(args: argparse.Namespace) -> int:
     async with _auth(args) as stub:
         request = auth_pb2.LiftSourceSlowdownRequest(source=args.source, reason=args.reason)
         lifted = await stub.LiftSourceSlowdown(request, timeout=TIMEOUT_S)
-    until = datetime.fromtimestamp(lifted.was_slowed_until_unix, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    until = utc_second(lifted.was_slowed_until_unix)
     print(f"logins from {shown(lifted.source)} are let through again (it was slowed down until {until})")
     return 0
 
@@ -141,8 +141,7 @@ async def cmd_invite(args: argparse.Namespace) -> int:
     async with _auth(args) as stub:
         request = auth_pb2.CreateInviteRequest(role=args.role, valid_hours=args.hours)
         invite = await stub.CreateInvite(request, timeout=TIMEOUT_S)
-    expires = datetime.fromtimestamp(invite.expires_at_unix, UTC).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"invite code (single use, role {invite.role}, expires {expires}):")
+    print(f"invite code (single use, role {invite.role}, expires {utc_minute(invite.expires_at_unix)}):")
     print(invite.invite_code)
     print(
         "it registers an account (`parley register NAME --invite CODE`) where the platform was started "

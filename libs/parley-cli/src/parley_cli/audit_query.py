@@ -29,6 +29,7 @@ from parley.storage.v1.events_pb2 import (
 )
 
 from parley_cli.admin import account_of, usernames
+from parley_cli.layout import utc_second
 from parley_cli.privacy import _archive, looks_like_id
 from parley_cli.signin import client_for, login_as
 from parley_cli.terminal import shown
@@ -125,7 +126,7 @@ def _anomaly_summary(found: AnomalyDetected) -> Summary:
 def _due_summary(due: SessionRevocationDue | SessionStepUpDue | SourceSlowdownDue) -> Summary:
     """A response the detector asked of auth: what to do to which session or address, and why."""
     if isinstance(due, SourceSlowdownDue):
-        until = datetime.fromtimestamp(due.until_unix, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        until = utc_second(due.until_unix)
         what = f"slow {shown(due.source)} until {until}"
     else:
         verb = "revoke" if isinstance(due, SessionRevocationDue) else "step up"

@@ -40,7 +40,7 @@ from parley_core.natsconf import (
     ensure_nats_passwords,
     render_server_config,
 )
-from parley_core.pki import CA_NAME, CertificateMissing, Pki, issue_into
+from parley_core.pki import CA_NAME, CertificateMissing, CertPaths, Pki, issue_into
 from parley_core.topology import NATS_IDENTITY, PLATFORM_USER, SERVICES
 from parley_storage.key_files import KEYRING_FILE
 
@@ -152,22 +152,20 @@ def make_secrets(data_dir: Path, *, namespace: str, out: Path, database_url: str
         host="0.0.0.0",
         port=NATS_PORT,
         store_dir=NATS_STORE_DIR,
-        tls_cert=NATS_CONFIG_DIR / f"{NATS_IDENTITY}.crt",
-        tls_key=NATS_CONFIG_DIR / f"{NATS_IDENTITY}.key",
+        tls=CertPaths(cert=NATS_CONFIG_DIR / f"{NATS_IDENTITY}.crt", key=NATS_CONFIG_DIR / f"{NATS_IDENTITY}.key"),
         ca_cert=NATS_CONFIG_DIR / f"{CA_NAME}.crt",
         passwords=passwords,
         # Each pod's own name replaces it (`--name $(POD_NAME)` in nats.yaml).
         server_name=NATS_SERVICE,
         store_cipher_key=ensure_store_key(secrets_dir / STORE_KEY_FILE),
-        cluster=ClusterConfig(
+        cluster=ClusterConfig.routed(
             name=CLUSTER_NAME,
             host="0.0.0.0",
             port=NATS_ROUTE_PORT,
             routes=tuple(
                 f"{NATS_SERVICE}-{i}.{NATS_SERVICE}.{namespace}.svc:{NATS_ROUTE_PORT}" for i in range(NATS_NODES)
             ),
-            route_user=ROUTE_USER,
-            route_password=passwords[ROUTE_USER],
+            passwords=passwords,
         ),
     )
     nats_data = {

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from parley_core import nats_accounts, topology
 from parley_core.files import ensure_private_dir, write_private_file
+from parley_core.pki import CertPaths
 
 NATS_SERVER = "nats-server"
 
@@ -72,8 +73,7 @@ def render_server_config(
     host: str,
     port: int,
     store_dir: Path,
-    tls_cert: Path,
-    tls_key: Path,
+    tls: CertPaths,
     ca_cert: Path,
     passwords: Mapping[str, str],
     server_name: str = "parley",
@@ -111,14 +111,14 @@ def render_server_config(
         "",
         "# Every client must speak TLS; clients authenticate with a password, not a certificate.",
         "tls {",
-        f"  cert_file: {_quote(str(tls_cert))}",
-        f"  key_file: {_quote(str(tls_key))}",
+        f"  cert_file: {_quote(str(tls.cert))}",
+        f"  key_file: {_quote(str(tls.key))}",
         f"  ca_file: {_quote(str(ca_cert))}",
         "  verify: false",
         "  timeout: 5",
         "}",
         "",
-        *(render_cluster_block(cluster, tls_cert=tls_cert, tls_key=tls_key, ca_cert=ca_cert) if cluster else []),
+        *(render_cluster_block(cluster, tls=tls, ca_cert=ca_cert) if cluster else []),
         *render_accounts(passwords, quarantined=quarantined),
     ]
     return "\n".join(lines)
@@ -258,8 +258,16 @@ class ClusterConfig:
     route_user: str
     route_password: str
 
+    @classmethod
+    def routed(
+        cls, *, name: str, host: str, port: int, routes: tuple[str, ...], passwords: Mapping[str, str]
+    ) -> ClusterConfig:
+        """A platform node: its routes authenticate as ROUTE_USER, with that user's NATS password."""
+        route_password = passwords[ROUTE_USER]
+        return cls(name=name, host=host, port=port, routes=routes, route_user=ROUTE_USER, route_password=route_password)
 
-def render_cluster_block(cluster: ClusterConfig, *, tls_cert: Path, tls_key: Path, ca_cert: Path) -> list[str]:
+
+def render_cluster_block(cluster: ClusterConfig, *, tls: CertPaths, ca_cert: Path) -> list[str]:
     """The `cluster {}` block of one node; nats-server ignores a route to itself."""
     credentials = f"{cluster.route_user}:{cluster.route_password}"
     routes = [f"nats-route://{credentials}@{route}" for route in cluster.routes]
@@ -275,8 +283,8 @@ def render_cluster_block(cluster: ClusterConfig, *, tls_cert: Path, tls_key: Pat
         "  }",
         f"  routes: {_quote_list(routes)}",
         "  tls {",
-        f"    cert_file: {_quote(str(tls_cert))}",
-        f"    key_file: {_quote(str(tls_key))}",
+        f"    cert_file: {_quote(str(tls.cert))}",
+        f"    key_file: {_quote(str(tls.key))}",
         f"    ca_file: {_quote(str(ca_cert))}",
         "    verify: true",
         "    timeout: 5",

@@ -137,8 +137,7 @@ async def start_nats_test_server(pki: Pki, directory: Path) -> NatsTestServer:
                 host=_HOST,
                 port=port,
                 store_dir=directory / "jetstream",
-                tls_cert=tls.cert,
-                tls_key=tls.key,
+                tls=tls,
                 ca_cert=pki.ca_cert,
                 passwords=passwords,
                 server_name=f"parley-test-{port}",
@@ -237,18 +236,12 @@ async def start_nats_cluster(pki: Pki, directory: Path, *, size: int = 3) -> Nat
             host=_HOST,
             port=client_ports[index],
             store_dir=node_dir / "jetstream",
-            tls_cert=tls.cert,
-            tls_key=tls.key,
+            tls=tls,
             ca_cert=pki.ca_cert,
             passwords=passwords,
             server_name=name,
-            cluster=ClusterConfig(
-                name=CLUSTER_NAME,
-                host=_HOST,
-                port=route_ports[index],
-                routes=routes,
-                route_user=ROUTE_USER,
-                route_password=passwords[ROUTE_USER],
+            cluster=ClusterConfig.routed(
+                name=CLUSTER_NAME, host=_HOST, port=route_ports[index], routes=routes, passwords=passwords
             ),
         )
         config_path = node_dir / "nats.conf"
