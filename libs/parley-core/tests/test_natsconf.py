@@ -57,9 +57,12 @@ def test_config_requires_every_user(tmp_path: Path) -> None:
         )
 
 
-async def _started_once(pki: Pki, tmp_path: Path, *, port: int, **config: Any) -> str:
-    """nats-server started with the rendered config (TLS from `pki`) and stopped; its log."""
+async def _started_once(pki: Pki, tmp_path: Path, **config: Any) -> str:
+    """nats-server started on a free port with the rendered config (TLS from `pki`, the store in
+    tmp_path/store unless `config` names one) and stopped; its log."""
     path = tmp_path / "nats.conf"
+    port = free_port()
+    config = {"store_dir": tmp_path / "store", **config}
     tls = pki.identity("nats")
     path.write_text(render_server_config(host="127.0.0.1", port=port, tls=tls, ca_cert=pki.ca_cert, **config))
     async with NatsServerProcess(config_path=path, host="127.0.0.1", port=port, log_path=tmp_path / "n.log"):
@@ -70,11 +73,9 @@ async def _started_once(pki: Pki, tmp_path: Path, *, port: int, **config: Any) -
 @pytest.mark.asyncio
 async def test_server_accepts_config_with_store_encryption(pki: Pki, tmp_path: Path) -> None:
     """nats-server's own parser is the judge of the quoting; `-t` would not start JetStream."""
-    port = free_port()
     log = await _started_once(
         pki,
         tmp_path,
-        port=port,
         store_dir=tmp_path / "store with space",
         passwords=dict.fromkeys(USERS, 'pa$$ "word"'),
         store_cipher_key="s3cret$key",
@@ -86,12 +87,10 @@ async def test_server_accepts_config_with_store_encryption(pki: Pki, tmp_path: P
 @pytest.mark.asyncio
 async def test_cluster_node_config_is_accepted_with_tls_routes(pki: Pki, tmp_path: Path) -> None:
     """One node of a three-node cluster starts with its rendered `cluster {}` block."""
-    port, route_port = free_port(), free_port()
+    route_port = free_port()
     log = await _started_once(
         pki,
         tmp_path,
-        port=port,
-        store_dir=tmp_path / "store",
         passwords=dict.fromkeys(USERS, "pw"),
         server_name="node-a",
         cluster=ClusterConfig(

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 import grpc
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 
+from parley_cli.arguments import add_reason_option, command, command_group
 from parley_cli.layout import utc_minute, utc_second
 from parley_cli.signin import read_password
 from parley_cli.state import load_running_state
@@ -166,11 +167,12 @@ async def cmd_retire_signing_key(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    admin = sub.add_parser("admin", help="account administration (operator, over mutual TLS)")
-    commands = admin.add_subparsers(dest="admin_command", required=True)
+    commands = command_group(sub, "admin", help="account administration (operator, over mutual TLS)")
 
-    create = commands.add_parser(
+    create = command(
+        commands,
         "create-user",
+        cmd_create_user,
         help="create an account; its password from a prompt, stdin or $PARLEY_PASSWORD",
         description="Create an account as the operator (mutual TLS with the data folder's platform identity). "
         "The new account's password is read from a prompt, from the first line of standard input, or from "
@@ -179,64 +181,64 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     )
     create.add_argument("username")
     create.add_argument("--role", choices=ROLES, default="member")
-    create.set_defaults(run=cmd_create_user)
 
-    role = commands.add_parser("set-role", help="grant a role (replacing the current one)")
+    role = command(commands, "set-role", cmd_set_role, help="grant a role (replacing the current one)")
     role.add_argument("username")
     role.add_argument("role", choices=ROLES)
-    role.set_defaults(run=cmd_set_role)
 
-    disable = commands.add_parser("disable", help="disable an account: its sessions stop working at once")
+    disable = command(commands, "disable", cmd_disable, help="disable an account: its sessions stop working at once")
     disable.add_argument("username")
-    disable.add_argument("--reason", default="")
-    disable.set_defaults(run=cmd_disable, disabled=True)
+    add_reason_option(disable)
+    disable.set_defaults(disabled=True)
 
-    enable = commands.add_parser("enable", help="re-enable a disabled account")
+    enable = command(commands, "enable", cmd_disable, help="re-enable a disabled account")
     enable.add_argument("username")
-    enable.set_defaults(run=cmd_disable, disabled=False, reason="")
+    enable.set_defaults(disabled=False, reason="")
 
-    reset_mfa = commands.add_parser(
-        "reset-mfa", help="remove a user's TOTP and recovery codes (lost phone); revokes their sessions"
+    reset_mfa = command(
+        commands,
+        "reset-mfa",
+        cmd_reset_mfa,
+        help="remove a user's TOTP and recovery codes (lost phone); revokes their sessions",
     )
     reset_mfa.add_argument("username")
-    reset_mfa.add_argument("--reason", default="", help="kept in the audit record")
-    reset_mfa.set_defaults(run=cmd_reset_mfa)
+    add_reason_option(reset_mfa)
 
-    unlock = commands.add_parser(
+    unlock = command(
+        commands,
         "unlock",
+        cmd_unlock,
         help="end an account's lockout after failed logins (from every address)",
         description="End the lockouts failed logins put on an account, from every address, and forget its "
         "failed attempts; audited as lockout_cleared. `parley admin show USER` says whether it is locked out.",
     )
     unlock.add_argument("username")
-    unlock.add_argument("--reason", default="", help="kept in the audit record")
-    unlock.set_defaults(run=cmd_unlock)
+    add_reason_option(unlock)
 
-    lift = commands.add_parser(
+    lift = command(
+        commands,
         "lift-slowdown",
+        cmd_lift_slowdown,
         help="let a client address slowed down by the anomaly detector log in again",
         description="End the anomaly detector's slow-down of one client address (a password_spraying "
         "response) before its time is up; audited as source_slowdown_lifted. SOURCE is the address as the "
         "source_slowed audit record names it (ipv4:203.0.113.9, or just 203.0.113.9).",
     )
     lift.add_argument("source")
-    lift.add_argument("--reason", default="", help="kept in the audit record")
-    lift.set_defaults(run=cmd_lift_slowdown)
+    add_reason_option(lift)
 
-    show = commands.add_parser("show", help="an account's role, state and lockout")
+    show = command(commands, "show", cmd_show, help="an account's role, state and lockout")
     show.add_argument("username")
-    show.set_defaults(run=cmd_show)
 
-    invite = commands.add_parser("invite", help="a single-use invitation (PARLEY_REGISTRATION=invite)")
+    invite = command(commands, "invite", cmd_invite, help="a single-use invitation (PARLEY_REGISTRATION=invite)")
     invite.add_argument("--role", choices=ROLES, default="member")
     invite.add_argument("--hours", type=int, default=72, help="valid for this many hours (1-720)")
-    invite.set_defaults(run=cmd_invite)
 
-    rotate = commands.add_parser("rotate-signing-key", help="sign access tokens with a new Ed25519 key")
-    rotate.set_defaults(run=cmd_rotate_signing_key)
-    retire = commands.add_parser(
+    command(commands, "rotate-signing-key", cmd_rotate_signing_key, help="sign access tokens with a new Ed25519 key")
+    retire = command(
+        commands,
         "retire-signing-key",
+        cmd_retire_signing_key,
         help="refuse every token signed by an old key now (a leaked key; rotation retires on its own)",
     )
     retire.add_argument("key_id")
-    retire.set_defaults(run=cmd_retire_signing_key)

@@ -29,6 +29,7 @@ from parley.storage.v1.events_pb2 import (
 )
 
 from parley_cli.admin import account_of, usernames
+from parley_cli.arguments import command
 from parley_cli.layout import utc_second
 from parley_cli.privacy import _archive, looks_like_id
 from parley_cli.signin import client_for, login_as
@@ -222,8 +223,10 @@ async def cmd_audit_query(args: argparse.Namespace) -> int:
 
 
 def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    query = commands.add_parser(
+    query = command(
+        commands,
         "query",
+        cmd_audit_query,
         help="archived events by actor, target and time range (a security auditor, with --as)",
         description="The archive's events, oldest first, filtered by who acted, what they were about and "
         "when; only a security auditor may ask (`parley --as AUDITOR audit query`). Times are UTC unless "
@@ -236,4 +239,3 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     query.add_argument("--limit", type=int, default=100, help=f"at most this many events (1..{MAX_EVENTS})")
     query.add_argument("--after", type=int, default=0, metavar="CURSOR", help="continue after this cursor")
     query.add_argument("--json", action="store_true", help="one JSON object per event (no summary line)")
-    query.set_defaults(run=cmd_audit_query)

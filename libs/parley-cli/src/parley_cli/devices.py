@@ -14,6 +14,7 @@ import grpc
 from parley.auth.v1 import auth_pb2
 
 from parley_cli.admin import account_of
+from parley_cli.arguments import command
 from parley_cli.signin import client_for, login_as
 from parley_cli.terminal import shown
 from parley_client import DeviceKeyChanged, DeviceStore, E2eeDevice, ParleyClient, ParleyError, fingerprint
@@ -111,8 +112,11 @@ async def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    devices = sub.add_parser(
-        "devices", help="end-to-end encryption devices of a user with their fingerprints; verify or remove one"
+    devices = command(
+        sub,
+        "devices",
+        cmd_devices,
+        help="end-to-end encryption devices of a user with their fingerprints; verify or remove one",
     )
     devices.add_argument("user_id", nargs="?", default="", help="whose devices: a user name or id (default: yours)")
     devices.add_argument("--verify", metavar="DEVICE", help="mark this device verified after comparing fingerprints")
@@ -121,4 +125,3 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         metavar="DEVICE",
         help="remove one of your own devices (this terminal's too: it is then forgotten here)",
     )
-    devices.set_defaults(run=cmd_devices)

@@ -91,11 +91,17 @@ def no_platform(data_dir: Path) -> PlatformNotRunning:
     )
 
 
+def last_state(data_dir: Path) -> dict[str, Any]:
+    """The state file as the last `parley up` left it; empty before the first."""
+    path = data_dir / STATE_FILE
+    state: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    return state
+
+
 def unavailable_hint(data_dir: Path) -> str:
     """After an UNAVAILABLE answer: with the platform running, a service behind it is down (status
     names it), and telling to start the platform would mislead."""
-    path = data_dir / STATE_FILE
-    state = json.loads(path.read_text()) if path.exists() else {}
+    state = last_state(data_dir)
     if joined_host(data_dir) or (state.get("running") and _alive(state.get("pid"))):
         return "a service it needs is unavailable: `parley status` names the one that is down"
     return f"is the platform running? {how_to_start(data_dir)} starts it; `parley status` shows what is down"
@@ -118,10 +124,7 @@ def leftover_pids(data_dir: Path) -> list[int]:
     Its nats-server and services run in sessions of their own, so they outlive it: the state
     file still says "running" and names their pids.
     """
-    path = data_dir / STATE_FILE
-    if not path.exists():
-        return []
-    state = json.loads(path.read_text())
+    state = last_state(data_dir)
     if not state.get("running") or _alive(state.get("pid")):
         return []
     pids = [pid for pid in state.get("nats_pids", []) if isinstance(pid, int)]
@@ -131,20 +134,14 @@ def leftover_pids(data_dir: Path) -> list[int]:
 
 
 def previous_port(data_dir: Path, service: str) -> int | None:
-    path = data_dir / STATE_FILE
-    if not path.exists():
-        return None
-    port = json.loads(path.read_text()).get("services", {}).get(service, {}).get("port")
+    port = last_state(data_dir).get("services", {}).get(service, {}).get("port")
     return int(port) if port else None
 
 
 def previous_nats_ports(data_dir: Path) -> list[tuple[int | None, int | None]]:
     """Each NATS node's client and route port on this folder's last run: reused, so the nodes
     handed over to other hosts (which know these routes) find the first host's again."""
-    path = data_dir / STATE_FILE
-    if not path.exists():
-        return []
-    nodes = json.loads(path.read_text()).get("nats", [])
+    nodes = last_state(data_dir).get("nats", [])
     return [(_port_of(n.get("url")), _port_of(n.get("route"))) for n in nodes]
 
 
@@ -154,19 +151,13 @@ def _port_of(address: object) -> int | None:
 
 def previous_web_port(data_dir: Path) -> int | None:
     """The web app's port on this data folder's last run (kept in platform.json)."""
-    path = data_dir / STATE_FILE
-    if not path.exists():
-        return None
-    port = json.loads(path.read_text()).get("web", {}).get("port")
+    port = last_state(data_dir).get("web", {}).get("port")
     return int(port) if port else None
 
 
 def previous_version(data_dir: Path, service: str) -> str | None:
     """The version a service ran when the platform last wrote its state (a roll-out may have changed it)."""
-    path = data_dir / STATE_FILE
-    if not path.exists():
-        return None
-    version = json.loads(path.read_text()).get("services", {}).get(service, {}).get("version")
+    version = last_state(data_dir).get("services", {}).get(service, {}).get("version")
     return str(version) if version else None
 
 
@@ -174,14 +165,13 @@ def write_starting_state(data_dir: Path, nats: dict[str, Any]) -> None:
     """Once nats-server runs (`nats`: its nats_url, nats_pids and nats entries): a `parley up`
     killed before its services are up (a long re-seed) leaves pids the next start and `parley
     status` find. Ports and versions of the last run are kept for this start to reuse."""
-    path = data_dir / STATE_FILE
-    previous = json.loads(path.read_text()) if path.exists() else {}
+    previous = last_state(data_dir)
     services = {
         name: {"port": s.get("port"), "version": s.get("version"), "instances": []}
         for name, s in previous.get("services", {}).items()
     }
     state = {"running": True, "pid": os.getpid(), **nats, "services": services, "web": previous.get("web", {})}
-    write_private_file(path, json.dumps(state, indent=2).encode())
+    write_private_file(data_dir / STATE_FILE, json.dumps(state, indent=2).encode())
 
 
 def mark_stopped(data_dir: Path) -> None:

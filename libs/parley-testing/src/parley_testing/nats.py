@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from parley_core import topology
 from parley_core.files import ensure_private_dir
@@ -27,7 +28,15 @@ from parley_core.natsconf import ROUTE_USER, ClusterConfig, ensure_nats_password
 from parley_core.net import free_port
 from parley_core.pki import Pki, ensure_pki
 
-__all__ = ["NatsTestCluster", "NatsTestServer", "nats_server", "pki", "start_nats_cluster", "start_nats_test_server"]
+__all__ = [
+    "NatsTestCluster",
+    "NatsTestServer",
+    "nats_server",
+    "pki",
+    "start_nats_cluster",
+    "start_nats_test_server",
+    "stream_states",
+]
 
 # A test client's close is bounded: one stuck flushing to a server under a flood must not hang teardown.
 CLOSE_TIMEOUT_S = 10.0
@@ -261,3 +270,13 @@ async def start_nats_cluster(pki: Pki, directory: Path, *, size: int = 3) -> Nat
         await cluster.stop()
         raise
     return cluster
+
+
+async def stream_states(js: JetStreamContext) -> dict[str, tuple[int, int, int]]:
+    """Every stream's (messages, first sequence, last sequence): compared before and after an
+    attack, they show that it removed or added nothing."""
+    states = {}
+    for spec in topology.STREAMS:
+        state = (await js.stream_info(spec.name)).state
+        states[spec.name] = (state.messages, state.first_seq, state.last_seq)
+    return states
