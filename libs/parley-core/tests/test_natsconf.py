@@ -20,7 +20,7 @@ from parley_core.natsconf import (
     render_server_config,
 )
 from parley_core.net import free_port
-from parley_core.pki import CertPaths, Pki
+from parley_core.pki import Pki
 
 USERS = (*topology.SERVICES, topology.PLATFORM_USER)
 
@@ -51,8 +51,7 @@ def test_config_requires_every_user(tmp_path: Path) -> None:
             host="127.0.0.1",
             port=1,
             store_dir=tmp_path,
-            tls=CertPaths(cert=tmp_path / "c", key=tmp_path / "k"),
-            ca_cert=tmp_path / "ca",
+            pki=Pki(directory=tmp_path, ca_cert=tmp_path / "ca"),
             passwords={u: "x" for u in USERS if u != "storage"},
         )
 
@@ -63,8 +62,7 @@ async def _started_once(pki: Pki, tmp_path: Path, **config: Any) -> str:
     path = tmp_path / "nats.conf"
     port = free_port()
     config = {"store_dir": tmp_path / "store", **config}
-    tls = pki.identity("nats")
-    path.write_text(render_server_config(host="127.0.0.1", port=port, tls=tls, ca_cert=pki.ca_cert, **config))
+    path.write_text(render_server_config(host="127.0.0.1", port=port, pki=pki, **config))
     async with NatsServerProcess(config_path=path, host="127.0.0.1", port=port, log_path=tmp_path / "n.log"):
         pass
     return (tmp_path / "n.log").read_text()
@@ -115,8 +113,7 @@ def test_nobody_logs_into_the_streams_account_and_each_user_into_its_own(tmp_pat
         host="127.0.0.1",
         port=1,
         store_dir=tmp_path,
-        tls=CertPaths(cert=tmp_path / "c", key=tmp_path / "k"),
-        ca_cert=tmp_path / "ca",
+        pki=Pki(directory=tmp_path, ca_cert=tmp_path / "ca"),
         passwords=dict.fromkeys(USERS, "pw"),
     )
     accounts = text.split("accounts {", 1)[1]

@@ -12,11 +12,11 @@ from parley_cli.signin import (
     PASSWORDS_COME_FROM,
     SECOND_FACTOR_HOW,
     client_for,
-    login_as,
     mfa_hint,
     read_password,
     read_secret,
     second_factor,
+    signed_in,
     token_path,
     totp_or_recovery,
 )
@@ -59,8 +59,7 @@ def _new_password(username: str) -> str:
 async def cmd_password(args: argparse.Namespace) -> int:
     """Changes the --as user's own password. Not from $PARLEY_PASSWORD: a script's login password
     there would otherwise be taken for the current one and the first piped line for the new one."""
-    async with client_for(args) as client:
-        await login_as(args, client)
+    async with signed_in(args) as client:
         missing = "no current password given: type it at the prompt, or give it on the first line of standard input"
         current = read_secret(f"current password for {args.user}: ", missing=missing)
         await client.change_password(current, _new_password(args.user))

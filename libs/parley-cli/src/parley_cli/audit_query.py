@@ -32,7 +32,7 @@ from parley_cli.admin import account_of, usernames
 from parley_cli.arguments import command
 from parley_cli.layout import utc_second
 from parley_cli.privacy import _archive, looks_like_id
-from parley_cli.signin import client_for, login_as
+from parley_cli.signin import signed_in
 from parley_cli.terminal import shown
 from parley_cli.wording import counted
 from parley_client import ParleyError
@@ -192,8 +192,7 @@ async def cmd_audit_query(args: argparse.Namespace) -> int:
         raise SystemExit(f"--limit is a number of events from 1 to {MAX_EVENTS}")
     if not 0 <= args.after < 2**64:
         raise SystemExit("--after is a cursor a previous query printed (a whole number from 0)")
-    async with client_for(args) as client:
-        await login_as(args, client)
+    async with signed_in(args) as client:
         actor = await user_id_or_raw(args, args.actor, "--actor")
         request = _request(args, actor, await user_id_or_raw(args, args.target, "--target"))
         events: list[storage_pb2.ArchivedEvent] = []

@@ -9,22 +9,20 @@ import shlex
 from parley_cli import chat, devices, messages
 from parley_cli.arguments import command
 from parley_cli.invocation import parley_as_run
-from parley_cli.signin import client_for, login_as
+from parley_cli.signin import signed_in
 from parley_cli.terminal import shown
 from parley_cli.wording import counted
 
 
 async def cmd_create_channel(args: argparse.Namespace) -> int:
-    async with client_for(args) as client:
-        await login_as(args, client)
+    async with signed_in(args) as client:
         channel = await client.create_channel(args.name)
     print(f"created #{shown(channel.name)} with id {channel.channel_id}")
     return 0
 
 
 async def cmd_join(args: argparse.Namespace) -> int:
-    async with client_for(args) as client:
-        await login_as(args, client)
+    async with signed_in(args) as client:
         if chat.looks_like_an_id(args.channel):
             channel = await client.join_channel(args.channel)
         else:
@@ -34,8 +32,7 @@ async def cmd_join(args: argparse.Namespace) -> int:
 
 
 async def cmd_channels(args: argparse.Namespace) -> int:
-    async with client_for(args) as client:
-        await login_as(args, client)
+    async with signed_in(args) as client:
         channels = await client.my_channels()
         if not channels:
             print("you are in no channel yet: `parley create-channel NAME` or `parley join ID`")
@@ -48,8 +45,7 @@ async def cmd_channels(args: argparse.Namespace) -> int:
 
 
 async def cmd_send(args: argparse.Namespace) -> int:
-    async with client_for(args) as client:
-        await login_as(args, client)
+    async with signed_in(args) as client:
         channel_id, _ = await chat.open_channel(client, args.channel, store=devices.device_store(args))
         message = await client.send(channel_id, args.text, idempotency_key=args.idempotency_key)
     print(f"sent #{message.channel_seq}")
@@ -58,8 +54,7 @@ async def cmd_send(args: argparse.Namespace) -> int:
 
 async def cmd_history(args: argparse.Namespace) -> int:
     """The newest page, or with --after the page after a message number; a line says how to go on."""
-    async with client_for(args) as client:
-        await login_as(args, client)
+    async with signed_in(args) as client:
         channel_id, _ = await chat.open_channel(client, args.channel, store=devices.device_store(args))
         if args.after:
             page = await client.history(channel_id, after_seq=args.after, limit=args.limit)
@@ -82,8 +77,7 @@ async def cmd_history(args: argparse.Namespace) -> int:
 
 
 async def cmd_chat(args: argparse.Namespace) -> int:
-    async with client_for(args) as client:
-        await login_as(args, client)
+    async with signed_in(args) as client:
         return await chat.interactive(
             client, args.channel, parley=parley_as_run(args), store=devices.device_store(args)
         )

@@ -15,7 +15,7 @@ from parley.auth.v1 import auth_pb2
 
 from parley_cli.admin import account_of
 from parley_cli.arguments import command
-from parley_cli.signin import client_for, login_as
+from parley_cli.signin import signed_in
 from parley_cli.terminal import shown
 from parley_client import DeviceKeyChanged, DeviceStore, E2eeDevice, ParleyClient, ParleyError, fingerprint
 
@@ -84,8 +84,7 @@ def device_lines(device: auth_pb2.Device, trust: str, *, mine: bool) -> str:
 
 
 async def cmd_devices(args: argparse.Namespace) -> int:
-    async with client_for(args) as client:
-        await login_as(args, client)
+    async with signed_in(args) as client:
         if args.remove:
             await remove_device(args, client)
             return 0

@@ -40,7 +40,7 @@ from parley_core.natsconf import (
     ensure_nats_passwords,
     render_server_config,
 )
-from parley_core.pki import CA_NAME, CertificateMissing, CertPaths, Pki, issue_into
+from parley_core.pki import CA_NAME, CertificateMissing, Pki, issue_into
 from parley_core.topology import NATS_IDENTITY, PLATFORM_USER, SERVICES
 from parley_storage.key_files import KEYRING_FILE
 
@@ -152,8 +152,7 @@ def make_secrets(data_dir: Path, *, namespace: str, out: Path, database_url: str
         host="0.0.0.0",
         port=NATS_PORT,
         store_dir=NATS_STORE_DIR,
-        tls=CertPaths(cert=NATS_CONFIG_DIR / f"{NATS_IDENTITY}.crt", key=NATS_CONFIG_DIR / f"{NATS_IDENTITY}.key"),
-        ca_cert=NATS_CONFIG_DIR / f"{CA_NAME}.crt",
+        pki=Pki(directory=NATS_CONFIG_DIR, ca_cert=NATS_CONFIG_DIR / f"{CA_NAME}.crt"),  # as the pod mounts it
         passwords=passwords,
         # Each pod's own name replaces it (`--name $(POD_NAME)` in nats.yaml).
         server_name=NATS_SERVICE,

@@ -9,20 +9,13 @@ from parley.messaging.v1.messaging_pb2 import ChatMessage
 from parley_cli import chat, devices
 from parley_cli.arguments import command
 from parley_cli.invocation import parley_as_run
-from parley_cli.signin import client_for, login_as
+from parley_cli.signin import signed_in
 from parley_cli.terminal import shown
 from parley_cli.wording import counted
-from parley_client import ParleyClient
-
-
-async def _logged_in(args: argparse.Namespace) -> ParleyClient:
-    client = client_for(args)
-    await login_as(args, client)
-    return client
 
 
 async def cmd_edit(args: argparse.Namespace) -> int:
-    async with await _logged_in(args) as client:
+    async with signed_in(args) as client:
         channel_id, _ = await chat.open_channel(client, args.channel, store=devices.device_store(args))
         message = await client.edit(channel_id, args.number, args.text)
     print(f"edited #{message.channel_seq} ({counted(message.edit_count, 'edit')})")
@@ -30,7 +23,7 @@ async def cmd_edit(args: argparse.Namespace) -> int:
 
 
 async def cmd_redact(args: argparse.Namespace) -> int:
-    async with await _logged_in(args) as client:
+    async with signed_in(args) as client:
         channel_id = await chat.resolve_channel(client, args.channel)
         message = await client.redact(channel_id, args.number, reason=args.reason)
     print(f"redacted #{message.channel_seq}")
@@ -38,7 +31,7 @@ async def cmd_redact(args: argparse.Namespace) -> int:
 
 
 async def cmd_versions(args: argparse.Namespace) -> int:
-    async with await _logged_in(args) as client:
+    async with signed_in(args) as client:
         channel_id = await chat.resolve_channel(client, args.channel)
         bodies = await client.message_versions(channel_id, args.number)
     # A message always has its post's text until a redaction clears them all (messaging.proto:
@@ -51,7 +44,7 @@ async def cmd_versions(args: argparse.Namespace) -> int:
 
 
 async def cmd_older(args: argparse.Namespace) -> int:
-    async with await _logged_in(args) as client:
+    async with signed_in(args) as client:
         channel_id, _ = await chat.open_channel(client, args.channel, store=devices.device_store(args))
         page = await client.history(channel_id, before_seq=args.before, limit=args.limit)
         people = chat.People(client)
@@ -64,7 +57,7 @@ async def cmd_older(args: argparse.Namespace) -> int:
 
 
 async def cmd_member(args: argparse.Namespace) -> int:
-    async with await _logged_in(args) as client:
+    async with signed_in(args) as client:
         channel_id = await chat.resolve_channel(client, args.channel)
         action = {"invite": client.invite, "kick": client.kick, "ban": client.ban, "unban": client.unban}
         channel = await action[args.command](channel_id, await chat.user_id_of(client, args.person))
@@ -73,7 +66,7 @@ async def cmd_member(args: argparse.Namespace) -> int:
 
 
 async def cmd_invitations(args: argparse.Namespace) -> int:
-    async with await _logged_in(args) as client:
+    async with signed_in(args) as client:
         pending = await client.invitations()
         people = chat.People(client)
         await people.learn(i.invited_by for i in pending)
@@ -90,7 +83,7 @@ async def cmd_invitations(args: argparse.Namespace) -> int:
 
 async def cmd_decline(args: argparse.Namespace) -> int:
     """Declines by channel id, or by the name of exactly one channel the user is invited to."""
-    async with await _logged_in(args) as client:
+    async with signed_in(args) as client:
         pending = await client.invitations()
         named = [i for i in pending if args.channel in (i.channel_id, i.channel_name)]
         if len(named) > 1:
@@ -102,14 +95,14 @@ async def cmd_decline(args: argparse.Namespace) -> int:
 
 
 async def cmd_leave(args: argparse.Namespace) -> int:
-    async with await _logged_in(args) as client:
+    async with signed_in(args) as client:
         channel = await client.leave_channel(await chat.resolve_channel(client, args.channel))
     print(f"left #{shown(channel.name)}")
     return 0
 
 
 async def cmd_dm(args: argparse.Namespace) -> int:
-    async with await _logged_in(args) as client:
+    async with signed_in(args) as client:
         user_ids = [await chat.user_id_of(client, u) for u in args.users]
         channel = await client.create_direct(user_ids, encrypted=args.encrypted, idempotency_key=args.idempotency_key)
     print(f"direct conversation {channel.channel_id}")
@@ -117,7 +110,7 @@ async def cmd_dm(args: argparse.Namespace) -> int:
 
 
 async def cmd_reply(args: argparse.Namespace) -> int:
-    async with await _logged_in(args) as client:
+    async with signed_in(args) as client:
         channel_id, _ = await chat.open_channel(client, args.channel, store=devices.device_store(args))
         message = await client.reply(channel_id, args.number, args.text, idempotency_key=args.idempotency_key)
     print(f"sent #{message.channel_seq} in the thread of #{args.number}")
@@ -125,7 +118,7 @@ async def cmd_reply(args: argparse.Namespace) -> int:
 
 
 async def cmd_thread(args: argparse.Namespace) -> int:
-    async with await _logged_in(args) as client:
+    async with signed_in(args) as client:
         channel_id, _ = await chat.open_channel(client, args.channel, store=devices.device_store(args))
         thread = await client.thread(channel_id, args.number)
         people = chat.People(client)
@@ -157,7 +150,7 @@ def reacted_line(message: ChatMessage, emoji: str, *, removed: bool) -> str:
 
 
 async def cmd_react(args: argparse.Namespace) -> int:
-    async with await _logged_in(args) as client:
+    async with signed_in(args) as client:
         channel_id = await chat.resolve_channel(client, args.channel)
         message = await client.react(channel_id, args.number, args.emoji, remove=args.remove)
     print(reacted_line(message, args.emoji, removed=args.remove))
@@ -165,7 +158,7 @@ async def cmd_react(args: argparse.Namespace) -> int:
 
 
 async def cmd_create_channel(args: argparse.Namespace) -> int:
-    async with await _logged_in(args) as client:
+    async with signed_in(args) as client:
         # A second channel of a name makes the name ambiguous in every later command; a retry with
         # its key may find its own first attempt, so it is not asked.
         if not args.allow_duplicate and not args.idempotency_key:

@@ -7,14 +7,7 @@ import sys
 
 from parley_cli.arguments import command, command_group
 from parley_cli.prompt import ask
-from parley_cli.signin import client_for, login_as, read_password
-from parley_client import ParleyClient
-
-
-async def _logged_in(args: argparse.Namespace) -> ParleyClient:
-    client = client_for(args)
-    await login_as(args, client)
-    return client
+from parley_cli.signin import read_password, signed_in
 
 
 def _password_for(user: str) -> str:
@@ -29,7 +22,7 @@ def _how_to_use_a_code(user: str) -> str:
 
 
 async def cmd_recovery_codes(args: argparse.Namespace) -> int:
-    async with await _logged_in(args) as client:
+    async with signed_in(args) as client:
         if args.totp:
             codes = await client.regenerate_recovery_codes(totp_code=args.totp)
         else:
@@ -50,7 +43,7 @@ def _code_from_app() -> str:
 
 
 async def cmd_enrol(args: argparse.Namespace) -> int:
-    async with await _logged_in(args) as client:
+    async with signed_in(args) as client:
         begun = await client.begin_totp_enrolment()
         print("add this account to your authenticator app (scan the URI as a QR code, or type the secret):")
         print(begun.otpauth_uri)

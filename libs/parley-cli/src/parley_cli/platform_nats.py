@@ -30,7 +30,6 @@ from parley_core.nats_process import NatsServerProcess
 from parley_core.natsconf import ClusterConfig, holds_pre_account_streams, render_server_config
 from parley_core.net import free_port, host_address, port_or_free
 from parley_core.pki import Pki
-from parley_core.topology import NATS_IDENTITY
 
 STORE_KEY_FILE = "jetstream-store.key"
 CLUSTER_NAME = "parley"
@@ -139,7 +138,6 @@ class PlatformNats:
         """Every local node started on the last run's ports (new ones the first time)."""
         self._refuse_other_layout()
         self.rendered_quarantine = frozenset(quarantined(self.data_dir))
-        identity = pki.identity(NATS_IDENTITY)
         store_key = ensure_store_key(self.data_dir / "secrets" / STORE_KEY_FILE)
         folders = self.folders()
         previous = previous_nats_ports(self.data_dir)
@@ -161,8 +159,7 @@ class PlatformNats:
                 host=address,
                 port=client_ports[index],
                 store_dir=folder / "jetstream",
-                tls=identity,
-                ca_cert=pki.ca_cert,
+                pki=pki,
                 passwords=passwords,
                 server_name="parley" if cluster is None else f"parley-node{index}",
                 store_cipher_key=store_key,

@@ -23,6 +23,7 @@ from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from parley_cli.admin import _account, _auth  # the operator's auth connection: one way to reach it
 from parley_cli.arguments import add_reason_option, command
 from parley_cli.prompt import ask
+from parley_cli.signin import signed_in
 from parley_cli.state import load_running_state
 from parley_cli.terminal import shown
 from parley_cli.wording import counted
@@ -120,8 +121,6 @@ def _refuse_unwritable(out: Path) -> None:
 
 
 async def cmd_export(args: argparse.Namespace) -> int:
-    from parley_cli.messages import _logged_in
-
     out: Path = args.out
     who = _subject(args)
     _refuse_unwritable(out)
@@ -133,7 +132,7 @@ async def cmd_export(args: argparse.Namespace) -> int:
             )
         data = response.archive
     else:
-        async with await _logged_in(args) as client:
+        async with signed_in(args) as client:
             data = await client.export_my_data()
     # Personal data: readable by the one who asked only.
     try:
@@ -173,8 +172,6 @@ class _KeyringWatch:
 
 
 async def cmd_erase(args: argparse.Namespace) -> int:
-    from parley_cli.messages import _logged_in
-
     who = _subject(args)
     if not _confirmed(args, who):
         print("not erased")
@@ -192,7 +189,7 @@ async def cmd_erase(args: argparse.Namespace) -> int:
             async with _archive(args) as archive:
                 result = await archive.EraseUserData(request, timeout=TIMEOUT_S)
         else:
-            async with await _logged_in(args) as client:
+            async with signed_in(args) as client:
                 user_id = client.user_id
                 result = await client.erase_my_data(reason=args.reason)
     except ParleyError as exc:
@@ -248,9 +245,7 @@ async def _as_logged_in_user(args: argparse.Namespace) -> list[tuple[str, str]]:
     without, nothing: the platform identity acts as the operator."""
     if not args.user:
         return []
-    from parley_cli.messages import _logged_in
-
-    async with await _logged_in(args) as client:
+    async with signed_in(args) as client:
         return [("authorization", f"Bearer {await client.current_token()}")]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +162,13 @@ class GatewaySession:
             if wait is None or wait > MAX_RETRY_WAIT_S or loop.time() + wait > give_up:
                 raise error
             await asyncio.sleep(wait)
+
+    async def _keyed_write(self, method: Any, request: Any, *, idempotency_key: str | None, timeout: float) -> Any:
+        """A write made once (a send, a new channel): under the caller's idempotency key, else a new
+        one, set in `request`, so a retry of an unknown outcome cannot make it twice."""
+        key = idempotency_key or uuid.uuid4().hex
+        request.idempotency_key = key
+        return await self._write(method, request, timeout=timeout, idempotency_key=key)
 
     async def _write(self, method: Any, request: Any, *, timeout: float, idempotency_key: str = "") -> Any:
         """A write that is safe to repeat (a keyed send, an edit to a given text, a reaction):

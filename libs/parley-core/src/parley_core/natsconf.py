@@ -27,7 +27,7 @@ from pathlib import Path
 
 from parley_core import nats_accounts, topology
 from parley_core.files import ensure_private_dir, write_private_file
-from parley_core.pki import CertPaths
+from parley_core.pki import CertPaths, Pki
 
 NATS_SERVER = "nats-server"
 
@@ -73,8 +73,7 @@ def render_server_config(
     host: str,
     port: int,
     store_dir: Path,
-    tls: CertPaths,
-    ca_cert: Path,
+    pki: Pki,
     passwords: Mapping[str, str],
     server_name: str = "parley",
     store_cipher_key: str | None = None,
@@ -83,11 +82,14 @@ def render_server_config(
 ) -> str:
     """Render a nats-server config requiring TLS and a password for every connection.
 
+    The server presents `pki`'s `nats` identity, and its cluster routes trust `pki`'s CA.
+
     ``passwords`` must contain every service of ``topology.SERVICES`` and the platform user;
     a missing user would be silently locked out, so it is an error here instead. Passwords of
     users that topology no longer declares are ignored: they get no account. A `quarantined`
     service's account may make no consumer but its declared durables (nats_accounts.streams_reached).
     """
+    tls, ca_cert = pki.identity(topology.NATS_IDENTITY), pki.ca_cert
     users = [*topology.SERVICES, topology.PLATFORM_USER]
     missing = [user for user in users if user not in passwords]
     if missing:

@@ -219,13 +219,7 @@ class _InjectTraceContext(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnarySt
     ) -> Any:
         return await continuation(_carrying_context(client_call_details), request)
 
-    async def intercept_unary_stream(
-        self,
-        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request: Any,
-    ) -> Any:
-        return await continuation(_carrying_context(client_call_details), request)
+    intercept_unary_stream = intercept_unary_unary  # a stream's call carries it the same way
 
 
 def current_trace_headers() -> dict[str, str]:

@@ -135,7 +135,6 @@ async def start_nats_test_server(pki: Pki, directory: Path) -> NatsTestServer:
     """
     ensure_private_dir(directory)
     passwords = ensure_nats_passwords(directory / "passwords.json", NATS_USERS)
-    tls = pki.identity(topology.NATS_IDENTITY)
     error: RuntimeError | None = None
     for attempt in range(_START_ATTEMPTS):
         port = free_port(_HOST)
@@ -146,8 +145,7 @@ async def start_nats_test_server(pki: Pki, directory: Path) -> NatsTestServer:
                 host=_HOST,
                 port=port,
                 store_dir=directory / "jetstream",
-                tls=tls,
-                ca_cert=pki.ca_cert,
+                pki=pki,
                 passwords=passwords,
                 server_name=f"parley-test-{port}",
                 quarantined=quarantined,
@@ -232,7 +230,6 @@ async def start_nats_cluster(pki: Pki, directory: Path, *, size: int = 3) -> Nat
     """Start `size` TLS nodes routed to each other, with Parley's users, and wait for them all."""
     ensure_private_dir(directory)
     passwords = ensure_nats_passwords(directory / "passwords.json", [*NATS_USERS, ROUTE_USER])
-    tls = pki.identity(topology.NATS_IDENTITY)
     client_ports = [free_port(_HOST) for _ in range(size)]
     route_ports = [free_port(_HOST) for _ in range(size)]
     routes = tuple(f"{_HOST}:{port}" for port in route_ports)
@@ -245,8 +242,7 @@ async def start_nats_cluster(pki: Pki, directory: Path, *, size: int = 3) -> Nat
             host=_HOST,
             port=client_ports[index],
             store_dir=node_dir / "jetstream",
-            tls=tls,
-            ca_cert=pki.ca_cert,
+            pki=pki,
             passwords=passwords,
             server_name=name,
             cluster=ClusterConfig.routed(
