@@ -48,6 +48,15 @@ async def _account(stub: auth_pb2_grpc.AuthServiceAsyncStub, username: str) -> a
     return await stub.GetAccount(auth_pb2.GetAccountRequest(username=username), timeout=TIMEOUT_S)
 
 
+@asynccontextmanager
+async def _named_account(
+    args: argparse.Namespace,
+) -> AsyncIterator[tuple[auth_pb2_grpc.AuthServiceAsyncStub, auth_pb2.Account]]:
+    """The operator's auth connection and the account the command names (args.username)."""
+    async with _auth(args) as stub:
+        yield stub, await _account(stub, args.username)
+
+
 async def account_of(args: argparse.Namespace, username: str) -> auth_pb2.Account:
     """One account by name from auth's directory (NOT_FOUND as ParleyError when there is none)."""
     async with _auth(args) as stub:
@@ -87,16 +96,14 @@ async def cmd_create_user(args: argparse.Namespace) -> int:
 
 
 async def cmd_set_role(args: argparse.Namespace) -> int:
-    async with _auth(args) as stub:
-        account = await _account(stub, args.username)
+    async with _named_account(args) as (stub, account):
         request = auth_pb2.AssignRoleRequest(user_id=account.user_id, role=args.role)
         print(_show(await stub.AssignRole(request, timeout=TIMEOUT_S)))
     return 0
 
 
 async def cmd_disable(args: argparse.Namespace) -> int:
-    async with _auth(args) as stub:
-        account = await _account(stub, args.username)
+    async with _named_account(args) as (stub, account):
         request = auth_pb2.SetAccountDisabledRequest(
             user_id=account.user_id, disabled=args.disabled, reason=args.reason
         )
@@ -105,8 +112,7 @@ async def cmd_disable(args: argparse.Namespace) -> int:
 
 
 async def cmd_reset_mfa(args: argparse.Namespace) -> int:
-    async with _auth(args) as stub:
-        account = await _account(stub, args.username)
+    async with _named_account(args) as (stub, account):
         request = auth_pb2.ResetMfaRequest(user_id=account.user_id, reason=args.reason)
         await stub.ResetMfa(request, timeout=TIMEOUT_S)
     print(f"two-factor authentication of {shown(account.username)} removed and every session of theirs revoked;")
@@ -115,8 +121,7 @@ async def cmd_reset_mfa(args: argparse.Namespace) -> int:
 
 
 async def cmd_unlock(args: argparse.Namespace) -> int:
-    async with _auth(args) as stub:
-        account = await _account(stub, args.username)
+    async with _named_account(args) as (stub, account):
         request = auth_pb2.UnlockAccountRequest(user_id=account.user_id, reason=args.reason)
         print(_show(await stub.UnlockAccount(request, timeout=TIMEOUT_S)))
     print(f"{shown(account.username)} may log in again from every address; their failed attempts are forgotten")
@@ -133,8 +138,7 @@ async def cmd_lift_slowdown(args: argparse.Namespace) -> int:
 
 
 async def cmd_show(args: argparse.Namespace) -> int:
-    async with _auth(args) as stub:
-        print(_show(await _account(stub, args.username)))
+    print(_show(await account_of(args, args.username)))
     return 0
 
 
