@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from parley_cli.joined_host import joined_host
 from parley_core import platform_state
 from parley_core.files import write_private_file
 from parley_core.platform_state import process_alive as _alive
+
+if TYPE_CHECKING:  # the agent's stack loads with `parley up` only
+    from parley_agent.door_book import DoorBook
+    from parley_agent.instances import Instance
 
 STATE_FILE = platform_state.STATE_FILE
 CLIENT_FILE = "client.json"
@@ -172,6 +177,45 @@ def write_starting_state(data_dir: Path, nats: dict[str, Any]) -> None:
     }
     state = {"running": True, "pid": os.getpid(), **nats, "services": services, "web": previous.get("web", {})}
     write_private_file(data_dir / STATE_FILE, json.dumps(state, indent=2).encode())
+
+
+def running_state(
+    data_dir: Path,
+    doors: Mapping[str, DoorBook],
+    instances_of: Callable[[str], list[Instance]],
+    *,
+    nats: dict[str, Any],
+    web_port: int | None,
+) -> dict[str, Any]:
+    """The state of the running platform: each service's door and serving instances, the broker
+    (`nats`, as for write_starting_state) and the web app's port."""
+    services: dict[str, Any] = {}
+    for name, door in doors.items():
+        instances = [i for i in instances_of(name) if i.serving]
+        running = [i for i in instances if i.process is not None and i.process.returncode is None]
+        services[name] = {
+            "port": door.port,
+            "address": door.address,
+            # The first live instance: what `kill` in a test or an operator's script means.
+            "pid": running[0].process.pid if running and running[0].process else None,
+            "version": instances[-1].version if instances else previous_version(data_dir, name),
+            "instances": [
+                {
+                    "instance_id": i.instance_id,
+                    "address": i.address,
+                    "version": i.version,
+                    "pid": i.process.pid if i.process else None,
+                }
+                for i in instances
+            ],
+        }
+    return {"running": True, "pid": os.getpid(), **nats, "services": services, "web": {"port": web_port}}
+
+
+def write_running_state(data_dir: Path, state: dict[str, Any], *, client: dict[str, str]) -> None:
+    """The state file, and client.json: where clients find the gateway and the CA to trust."""
+    write_private_file(data_dir / STATE_FILE, json.dumps(state, indent=2).encode())
+    write_private_file(data_dir / CLIENT_FILE, json.dumps(client, indent=2).encode())
 
 
 def mark_stopped(data_dir: Path) -> None:
