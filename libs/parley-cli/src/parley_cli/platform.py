@@ -273,6 +273,12 @@ class Platform:
                 env[var] = door.stable_address
         return env
 
+    def _state(self) -> dict[str, Any]:
+        assert self.agent is not None
+        web_port = self.web_claim.getsockname()[1] if self.web_claim is not None else None
+        fleet = self.agent.instances_of
+        return running_state(self.data_dir, self.front_doors, fleet, nats=self._nats_fields(), web_port=web_port)
+
     def _nats_fields(self) -> dict[str, Any]:
         return {
             "nats_url": self.nats_url,
@@ -286,11 +292,7 @@ class Platform:
     def _write_state(self) -> None:
         """Rewritten whenever what runs changed (a restart, a roll-out step)."""
         assert self.pki is not None
-        assert self.agent is not None
-        web_port = self.web_claim.getsockname()[1] if self.web_claim is not None else None
-        state = running_state(
-            self.data_dir, self.front_doors, self.agent.instances_of, nats=self._nats_fields(), web_port=web_port
-        )
+        state = self._state()
         if state == self._written_state:
             return
         self._written_state = state
