@@ -152,10 +152,9 @@ class ParleyClient(PlainCalls):
         request = messaging_pb2.CreateChannelRequest(
             name=name, encrypted=encrypted, private=private, hide_history_before_join=hide_history_before_join
         )
-        channel: messaging_pb2.Channel = await self._keyed_write(
+        return await self._keyed_write(
             self._stub.CreateChannel, request, idempotency_key=idempotency_key, timeout=timeout
         )
-        return channel
 
     async def create_direct(
         self,
@@ -167,10 +166,9 @@ class ParleyClient(PlainCalls):
     ) -> messaging_pb2.Channel:
         """A direct conversation with 1 to 7 others: fixed members, nobody moderates (created once, as above)."""
         request = messaging_pb2.CreateDirectChannelRequest(user_ids=list(user_ids), encrypted=encrypted)
-        channel: messaging_pb2.Channel = await self._keyed_write(
+        return await self._keyed_write(
             self._stub.CreateDirectChannel, request, idempotency_key=idempotency_key, timeout=timeout
         )
-        return channel
 
     async def send(
         self,
@@ -193,10 +191,9 @@ class ParleyClient(PlainCalls):
         """
         body = await self._sealed(channel_id, body)
         request = messaging_pb2.PostMessageRequest(channel_id=channel_id, body=body, thread_root_seq=thread_root_seq)
-        message: messaging_pb2.ChatMessage = await self._keyed_write(
+        return await self._keyed_write(
             self._stub.SendMessage, request, idempotency_key=idempotency_key, timeout=timeout
         )
-        return message
 
     async def history(
         self,
