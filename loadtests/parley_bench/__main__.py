@@ -17,19 +17,12 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="py-spy profiles of gateway, messaging, storage")
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="where the JSON and table go")
     parser.add_argument("--keep", action="store_true", help="keep the temporary platform data folder")
-    parser.add_argument(
-        "--live-streams-only", action="store_true", help="only the live-streams phase (streams per gateway, RSS)"
-    )
-    parser.add_argument(
-        "--write-path-only",
-        action="store_true",
-        help="only the baselines and the write path (CPU per message, one channel, 100 channels)",
-    )
-    parser.add_argument(
-        "--history-only",
-        action="store_true",
-        help="only the history page's p99 on a small and a large channel (filled through the archive API)",
-    )
+    for phase, what in (
+        ("live-streams", "the live-streams phase (streams per gateway, RSS)"),
+        ("write-path", "the baselines and the write path (CPU per message, one channel, 100 channels)"),
+        ("history", "the history page's p99 on a small and a large channel (filled through the archive API)"),
+    ):
+        parser.add_argument(f"--{phase}-only", action="store_true", help=f"only {what}")
     parser.add_argument(
         "--compare",
         metavar="VAR=A,B",

@@ -53,26 +53,15 @@ class Plan:
 
     @classmethod
     def of(cls, *, quick: bool) -> Plan:
-        if quick:
-            return cls(
-                seconds=3.0,
-                echo_concurrency=32,
-                js_messages=5_000,
-                writers=8,
-                fanout_senders=4,
-                login_concurrency=8,
-                live_streams=1_000,
-                sequential_sends=50,
-            )
         return cls(
-            seconds=15.0,
-            echo_concurrency=64,
-            js_messages=50_000,
-            writers=32,
-            fanout_senders=8,
-            login_concurrency=16,
-            live_streams=10_000,
-            sequential_sends=300,
+            seconds=3.0 if quick else 15.0,
+            echo_concurrency=32 if quick else 64,
+            js_messages=5_000 if quick else 50_000,
+            writers=8 if quick else 32,
+            fanout_senders=4 if quick else 8,
+            login_concurrency=8 if quick else 16,
+            live_streams=1_000 if quick else 10_000,
+            sequential_sends=50 if quick else 300,
         )
 
 

@@ -23,6 +23,7 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -283,24 +284,11 @@ async def measure_write_path(
     if not throughput_only:
         result["sequential"] = await _one_at_a_time(owner, shared, sequential, deliveries)
     profilers = start_profilers(platform, profile_dir, seconds, prefix="write-path-") if profile_dir else []
-    result["one_channel_10_senders"] = await _phase(
-        "1 channel x 10 senders",
-        one_channel,
-        seconds=seconds,
-        deliveries=deliveries,
-        cpu=cpu,
-        baselines=baselines,
-    )
+    phase = partial(_phase, seconds=seconds, deliveries=deliveries, cpu=cpu, baselines=baselines)
+    result["one_channel_10_senders"] = await phase("1 channel x 10 senders", one_channel)
     for profiler in profilers:
         profiler.wait(timeout=120)
-    result["channels_100_one_sender_each"] = await _phase(
-        "100 channels x 1 sender",
-        own,
-        seconds=seconds,
-        deliveries=deliveries,
-        cpu=cpu,
-        baselines=baselines,
-    )
+    result["channels_100_one_sender_each"] = await phase("100 channels x 1 sender", own)
     if not throughput_only:
         result["half_load_one_channel"] = await _half_load(
             one_channel, result["one_channel_10_senders"]["messages_per_s"], seconds, deliveries

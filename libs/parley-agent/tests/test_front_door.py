@@ -43,9 +43,8 @@ async def ask(door: FrontDoor, connection: tuple[asyncio.StreamReader, asyncio.S
 
 @pytest_asyncio.fixture
 async def door() -> AsyncIterator[FrontDoor]:
-    front = await FrontDoor("test").start()
-    yield front
-    await front.stop()
+    async with FrontDoor("test") as front:
+        yield front
 
 
 async def test_new_connections_alternate_and_removal_keeps_open_ones(door: FrontDoor) -> None:

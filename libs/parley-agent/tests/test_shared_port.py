@@ -73,9 +73,8 @@ def new_connection(address: str) -> grpc.aio.Channel:
 
 @pytest_asyncio.fixture
 async def port() -> AsyncIterator[SharedPort]:
-    shared = await SharedPort("gateway").start()
-    yield shared
-    await shared.stop()
+    async with SharedPort("gateway") as shared:
+        yield shared
 
 
 async def test_the_claim_keeps_other_platforms_out_and_gets_no_connection(port: SharedPort) -> None:

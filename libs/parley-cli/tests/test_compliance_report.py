@@ -3,6 +3,7 @@ tests/e2e/test_compliance_report.py generates one from a running platform)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -68,13 +69,15 @@ def _rollout(planned_by: str, approved_by: str) -> patch_pb2.Rollout:
     )
 
 
-def _facts(rollouts: list[patch_pb2.Rollout]) -> ComplianceFacts:
+def _facts(
+    rollouts: list[patch_pb2.Rollout], findings: Sequence[patch_pb2.Finding] = (), generated_at: float = 3000.0
+) -> ComplianceFacts:
     audit = AuditVerdict(records=[], findings=[], head=ChainHead(stream_last_seq=0, record=None))
     return ComplianceFacts(
-        generated_at=3000.0,
+        generated_at=generated_at,
         since=1000.0,
         instances=[],
-        findings=[],
+        findings=list(findings),
         rollouts=rollouts,
         names={"id-olga": "olga", "id-oscar": "oscar"},
         audit=audit,
@@ -107,18 +110,11 @@ def _finding(priority: str, *, detected_at: float, deadline: float, overdue: boo
 
 def test_the_html_page_renders_the_same_report_escaped_with_its_charts_and_signs_like_markdown() -> None:
     day = 86_400.0
-    facts = ComplianceFacts(
-        generated_at=1000.0 + 10 * day,
-        since=1000.0,
-        instances=[],
-        findings=[
-            _finding("critical", detected_at=1000.0 + 2 * day, deadline=1000.0 + 3 * day, overdue=True),
-            _finding("medium", detected_at=1000.0 + 5 * day, deadline=1000.0 + 30 * day, overdue=False),
-        ],
-        rollouts=[_rollout("id-olga", "id-oscar")],
-        names={"id-olga": "olga", "id-oscar": "oscar"},
-        audit=AuditVerdict(records=[], findings=[], head=ChainHead(stream_last_seq=0, record=None)),
-    )
+    findings = [
+        _finding("critical", detected_at=1000.0 + 2 * day, deadline=1000.0 + 3 * day, overdue=True),
+        _finding("medium", detected_at=1000.0 + 5 * day, deadline=1000.0 + 30 * day, overdue=False),
+    ]
+    facts = _facts([_rollout("id-olga", "id-oscar")], findings, generated_at=1000.0 + 10 * day)
     page = render_html(facts)
     assert "<script" not in page  # the registry's strings are text, never markup
     assert "&lt;script&gt;alert(1)&lt;/script&gt; | piped" in page
@@ -149,23 +145,16 @@ def test_time_to_patch_per_severity_from_the_fixed_findings_and_the_open_ones_ag
         shown.fixed_at = detected + took
         return shown
 
-    facts = ComplianceFacts(
-        generated_at=now,
-        since=1000.0,
-        instances=[],
-        findings=[
-            _finding("high", detected_at=now - 10 * hour, deadline=now + hour, overdue=False),
-            _finding("high", detected_at=now - 30 * hour, deadline=now - hour, overdue=True),
-        ],
-        rollouts=[],
-        names={},
-        audit=AuditVerdict(records=[], findings=[], head=ChainHead(stream_last_seq=0, record=None)),
-        fixed=[
-            fixed("critical", 1000.0, 2 * hour, late=True),
-            fixed("critical", 2000.0, 4 * hour, late=True),
-            fixed("medium", 3000.0, 0.5 * hour),
-        ],
-    )
+    open_findings = [
+        _finding("high", detected_at=now - 10 * hour, deadline=now + hour, overdue=False),
+        _finding("high", detected_at=now - 30 * hour, deadline=now - hour, overdue=True),
+    ]
+    fixed_findings = [
+        fixed("critical", 1000.0, 2 * hour, late=True),
+        fixed("critical", 2000.0, 4 * hour, late=True),
+        fixed("medium", 3000.0, 0.5 * hour),
+    ]
+    facts = replace(_facts([], open_findings, generated_at=now), fixed=fixed_findings)
     text = render(facts)
     assert "## Time to patch" in text
     # critical: (2 h + 4 h) / 2 = 3 h, the longest 4 h, both past their one-hour deadline

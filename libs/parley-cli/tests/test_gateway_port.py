@@ -70,7 +70,7 @@ def test_the_web_port_is_the_last_runs_on_the_next_start(tmp_path: Path, monkeyp
         first = Platform(tmp_path, out=io.StringIO())
         first.web_claim = claim_web_port(tmp_path, first.say)
         taken = first.web_claim.getsockname()[1]
-        first.agent = SimpleNamespace()  # type: ignore[assignment]  # no service: the platform's own state only
+        first.agent = SimpleNamespace(instances_of=lambda service: [])  # type: ignore[assignment]  # no service
         (tmp_path / STATE_FILE).write_text(json.dumps(first._state()))
         first.web_claim.close()
     out = io.StringIO()

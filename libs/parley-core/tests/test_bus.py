@@ -443,22 +443,34 @@ async def _parked_message(platform_js: nats.js.JetStreamContext, subject: str) -
         return None
 
 
-async def test_poison_event_is_parked_and_the_rest_of_its_batch_acked(
-    nats_server: NatsTestServer, bus: EventBus, storage_bus: EventBus
-) -> None:
-    events = [posted("c1", "a"), posted("c1", "poison"), posted("c2", "b")]
+async def _archived_failing_on_the_middle_one(
+    bus: EventBus, storage_bus: EventBus, *, text: str, failing_deliveries: int, error: Exception
+) -> tuple[list[NewEvent], list[int], Recorder]:
+    """Three events, storage archiving them with up to 3 deliveries; a batch holding the middle
+    one (`text`) raises `error` on its first `failing_deliveries` deliveries."""
+    events = [posted("c1", "a"), posted("c1", text), posted("c2", "b")]
     seqs = [await append_unconditionally(bus, e, n) for n, e in enumerate(events)]
-    poison = events[1].event_id
+    middle = events[1].event_id
     seen = Recorder()
 
     async def archive(batch: Sequence[ReceivedEvent]) -> None:
         # All or nothing, as one database transaction would be.
-        if any(e.envelope.event_id == poison for e in batch):
+        if any(e.envelope.event_id == middle and e.num_delivered <= failing_deliveries for e in batch):
             await seen.record(batch, applied=False)
-            raise RuntimeError("cannot archive this one")
+            raise error
         await seen.record(batch, applied=True)
 
     await storage_bus.consume(consumer_spec(max_deliver=3), archive)
+    return events, seqs, seen
+
+
+async def test_poison_event_is_parked_and_the_rest_of_its_batch_acked(
+    nats_server: NatsTestServer, bus: EventBus, storage_bus: EventBus
+) -> None:
+    events, seqs, seen = await _archived_failing_on_the_middle_one(
+        bus, storage_bus, text="poison", failing_deliveries=3, error=RuntimeError("cannot archive this one")
+    )
+    poison = events[1].event_id
     platform = (await nats_server.connect("platform")).jetstream()
     subject = parked_subject("storage", "MSG")
 
@@ -489,19 +501,11 @@ async def test_poison_event_is_parked_and_the_rest_of_its_batch_acked(
 async def test_event_failing_once_is_redelivered_and_applied_once(
     nats_server: NatsTestServer, bus: EventBus, storage_bus: EventBus
 ) -> None:
-    events = [posted("c1", "a"), posted("c1", "flaky"), posted("c2", "b")]
-    seqs = [await append_unconditionally(bus, e, n) for n, e in enumerate(events)]
+    # A transient failure: the first delivery of this event fails, the next one works.
+    events, seqs, seen = await _archived_failing_on_the_middle_one(
+        bus, storage_bus, text="flaky", failing_deliveries=1, error=ConnectionError("database briefly unavailable")
+    )
     flaky = events[1].event_id
-    seen = Recorder()
-
-    async def archive(batch: Sequence[ReceivedEvent]) -> None:
-        # A transient failure: the first delivery of this event fails, the next one works.
-        if any(e.envelope.event_id == flaky and e.num_delivered == 1 for e in batch):
-            await seen.record(batch, applied=False)
-            raise ConnectionError("database briefly unavailable")
-        await seen.record(batch, applied=True)
-
-    await storage_bus.consume(consumer_spec(max_deliver=3), archive)
     await seen.wait_until(lambda: flaky in seen.applied_ids())
     await eventually(lambda: _consumer_settled(storage_bus, seqs[-1]))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
 import pytest
@@ -40,22 +41,14 @@ async def _crash(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
     raise RuntimeError("a bug")
 
 
+@dataclass
 class Served:
-    def __init__(
-        self,
-        server: grpc.aio.Server,
-        channel: grpc.aio.Channel,
-        metrics: ServiceMetrics,
-        stats: RequestStats,
-        interceptor: CallStatsInterceptor,
-        slow_started: asyncio.Event,
-    ) -> None:
-        self.server = server
-        self.channel = channel
-        self.metrics = metrics
-        self.stats = stats
-        self.interceptor = interceptor
-        self.slow_started = slow_started
+    server: grpc.aio.Server
+    channel: grpc.aio.Channel
+    metrics: ServiceMetrics
+    stats: RequestStats
+    interceptor: CallStatsInterceptor
+    slow_started: asyncio.Event
 
     async def call(self, method: str) -> grpc.StatusCode:
         try:

@@ -29,7 +29,7 @@ from parley_core.config import Settings
 from parley_core.consumer_floods import CONSUMER_FLOOD, UNATTRIBUTED
 from parley_core.consumer_guard import ConsumerGuard, ensure_declared_durables
 from parley_testing.consumer_flood import FLOOD_ATTEMPTS, Flood, flood_consumers
-from parley_testing.nats import NatsTestServer
+from parley_testing.nats import NatsTestServer, stream_states
 from parley_testing.waiting import eventually
 
 pytestmark = pytest.mark.asyncio
@@ -57,14 +57,6 @@ async def _consumers(nc: Client, stream: str) -> AsyncIterator[dict[str, object]
         offset += len(page)
         if not page or offset >= answer["total"]:
             return
-
-
-async def _states(platform: EventBus) -> dict[str, tuple[int, int, int]]:
-    states = {}
-    for spec in topology.STREAMS:
-        state = (await platform.js.stream_info(spec.name)).state
-        states[spec.name] = (state.messages, state.first_seq, state.last_seq)
-    return states
 
 
 @dataclass
@@ -107,7 +99,7 @@ async def test_a_readers_flood_leaves_room_for_every_services_consumer(
     nats_server: NatsTestServer, guarded: Guarded
 ) -> None:
     platform, guard = guarded.platform, guarded.guard
-    before = await _states(platform)
+    before = await stream_states(platform.js)
     findings_before, parked_before = await _platform_findings(platform), await _parked_subjects(platform)
     peak = {"MSG": 0, "AUTH": 0}
 
@@ -171,7 +163,7 @@ async def test_a_readers_flood_leaves_room_for_every_services_consumer(
 
     # Nothing in any stream changed, but the guard's findings on the platform's own stream (one or
     # more per flooded stream, as the deletions came in).
-    now = await _states(platform)
+    now = await stream_states(platform.js)
     recorded = ("PARKED", topology.PLATFORM_FINDINGS)
     assert {k: v for k, v in now.items() if k not in recorded} == {k: v for k, v in before.items() if k not in recorded}
     findings = await _platform_findings(platform) - findings_before

@@ -22,7 +22,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from parley_core import nats_accounts, topology
 from parley_core.bus import EventBus
-from parley_testing.nats import NatsTestServer
+from parley_testing.nats import NatsTestServer, stream_states
 
 pytestmark = pytest.mark.asyncio
 
@@ -92,14 +92,6 @@ async def _platform_with_events(nats_server: NatsTestServer) -> EventBus:
     return platform
 
 
-async def _stream_states(platform: EventBus) -> dict[str, tuple[int, int, int]]:
-    states = {}
-    for spec in topology.STREAMS:
-        state = (await platform.js.stream_info(spec.name)).state
-        states[spec.name] = (state.messages, state.first_seq, state.last_seq)
-    return states
-
-
 async def _answered(client: Client, subject: str, body: bytes) -> None:
     """The same request answered on the asker's own inbox: the server handled what came before."""
     try:
@@ -115,7 +107,7 @@ async def _assert_untouched(
     is stored by now: each must hold what it held, and that one append."""
     for spec in topology.STREAMS:
         await platform.js.publish(spec.subjects[0].removesuffix(">") + "sentinel", b"after the attacks")
-    after = await _stream_states(platform)
+    after = await stream_states(platform.js)
     for spec in topology.STREAMS:
         messages, first, last = before[spec.name]
         assert after[spec.name] == (messages + 1, first, last + 1), (
@@ -128,7 +120,7 @@ async def test_no_answer_lands_on_another_owners_stream(nats_server: NatsTestSer
     """Direct gets (single and batched) and pulls from the service's own durables, answered onto
     every other owner's subjects and onto the API subjects that purge or delete a stream."""
     platform = await _platform_with_events(nats_server)
-    before = await _stream_states(platform)
+    before = await stream_states(platform.js)
     for service in topology.SERVICES:
         client = await nats_server.connect(service)
         targets = _reply_targets(service)
@@ -155,7 +147,7 @@ async def test_no_push_consumer_delivers_onto_a_stream(nats_server: NatsTestServ
     every stream it reads, while an operator watches the streams' subjects (`nats sub`): no
     interest where the consumer lives, so it delivers nothing, and no stream stores anything."""
     platform = await _platform_with_events(nats_server)
-    before = await _stream_states(platform)
+    before = await stream_states(platform.js)
     victims = {subject for service in topology.SERVICES for _, subject in _victims(service)}
     watching = [await platform.nc.subscribe(subject) for subject in sorted(victims)]
     await platform.nc.flush(timeout=TIMEOUT_S)

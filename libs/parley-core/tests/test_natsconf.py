@@ -51,22 +51,18 @@ def test_config_requires_every_user(tmp_path: Path) -> None:
             host="127.0.0.1",
             port=1,
             store_dir=tmp_path,
-            tls_cert=tmp_path / "c",
-            tls_key=tmp_path / "k",
-            ca_cert=tmp_path / "ca",
+            pki=Pki(directory=tmp_path, ca_cert=tmp_path / "ca"),
             passwords={u: "x" for u in USERS if u != "storage"},
         )
 
 
-async def _started_once(pki: Pki, tmp_path: Path, *, port: int, **config: Any) -> str:
-    """nats-server started with the rendered config (TLS from `pki`) and stopped; its log."""
-    tls = pki.identity("nats")
+async def _started_once(pki: Pki, tmp_path: Path, **config: Any) -> str:
+    """nats-server started on a free port with the rendered config (TLS from `pki`, the store in
+    tmp_path/store unless `config` names one) and stopped; its log."""
     path = tmp_path / "nats.conf"
-    path.write_text(
-        render_server_config(
-            host="127.0.0.1", port=port, tls_cert=tls.cert, tls_key=tls.key, ca_cert=pki.ca_cert, **config
-        )
-    )
+    port = free_port()
+    config = {"store_dir": tmp_path / "store", **config}
+    path.write_text(render_server_config(host="127.0.0.1", port=port, pki=pki, **config))
     async with NatsServerProcess(config_path=path, host="127.0.0.1", port=port, log_path=tmp_path / "n.log"):
         pass
     return (tmp_path / "n.log").read_text()
@@ -75,11 +71,9 @@ async def _started_once(pki: Pki, tmp_path: Path, *, port: int, **config: Any) -
 @pytest.mark.asyncio
 async def test_server_accepts_config_with_store_encryption(pki: Pki, tmp_path: Path) -> None:
     """nats-server's own parser is the judge of the quoting; `-t` would not start JetStream."""
-    port = free_port()
     log = await _started_once(
         pki,
         tmp_path,
-        port=port,
         store_dir=tmp_path / "store with space",
         passwords=dict.fromkeys(USERS, 'pa$$ "word"'),
         store_cipher_key="s3cret$key",
@@ -91,12 +85,10 @@ async def test_server_accepts_config_with_store_encryption(pki: Pki, tmp_path: P
 @pytest.mark.asyncio
 async def test_cluster_node_config_is_accepted_with_tls_routes(pki: Pki, tmp_path: Path) -> None:
     """One node of a three-node cluster starts with its rendered `cluster {}` block."""
-    port, route_port = free_port(), free_port()
+    route_port = free_port()
     log = await _started_once(
         pki,
         tmp_path,
-        port=port,
-        store_dir=tmp_path / "store",
         passwords=dict.fromkeys(USERS, "pw"),
         server_name="node-a",
         cluster=ClusterConfig(
@@ -121,9 +113,7 @@ def test_nobody_logs_into_the_streams_account_and_each_user_into_its_own(tmp_pat
         host="127.0.0.1",
         port=1,
         store_dir=tmp_path,
-        tls_cert=tmp_path / "c",
-        tls_key=tmp_path / "k",
-        ca_cert=tmp_path / "ca",
+        pki=Pki(directory=tmp_path, ca_cert=tmp_path / "ca"),
         passwords=dict.fromkeys(USERS, "pw"),
     )
     accounts = text.split("accounts {", 1)[1]

@@ -9,7 +9,7 @@ projection of it, in order, from a single consumer.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import pytest_asyncio
@@ -147,6 +147,33 @@ async def test_an_event_of_a_type_this_version_does_not_know_passes_without_halt
     assert bus.halted is None
 
 
+async def _parked_reason_after_two_replays(
+    bus: EventBus,
+    nats_server: NatsTestServer,
+    forged: EventEnvelope,
+    projection: Callable[[list[ReceivedEvent]], EventHandler],
+) -> str:
+    """`forged` on a channel's subject, then an event after it, replayed twice (as a restart does):
+    the projection sees only the event after it, nothing halts, and the forged one is parked as a
+    foreign event. Its parked copy's reason."""
+    seq = (await bus.js.publish(channel_subject("c1"), forged.SerializeToString())).seq
+    after = await append(bus, posted("c1", "after"))
+    applied: list[ReceivedEvent] = []
+    replays = [
+        await bus.replay(stream="MSG", filter_subject=CHANNELS_FILTER, handler=projection(applied)) for _ in range(2)
+    ]
+
+    for replay in replays:
+        await replay.wait_for_seq(after, TIMEOUT_S)
+    assert [e.stream_seq for e in applied] == [after, after]
+    assert bus.halted is None
+    platform = (await nats_server.connect("platform")).jetstream()
+    parked = await platform.get_last_msg("PARKED", f"{parked_subject('messaging', 'MSG')}.{seq}")
+    assert parked.headers is not None
+    assert parked.headers["Parley-Parked-Kind"] == FOREIGN_EVENT
+    return parked.headers["Parley-Parked-Reason"]
+
+
 async def test_an_owner_type_whose_payload_is_not_that_protobuf_is_parked_once_and_never_halts(
     bus: EventBus, nats_server: NatsTestServer
 ) -> None:
@@ -158,23 +185,10 @@ async def test_an_owner_type_whose_payload_is_not_that_protobuf_is_parked_once_a
         aggregate_id="c1",
         payload=b"\xff\xff\xff\xff",
     )
-    forged = (await bus.js.publish(channel_subject("c1"), junk.SerializeToString())).seq
-    after = await append(bus, posted("c1", "after"))
-    applied: list[ReceivedEvent] = []
-    replays = [
-        await bus.replay(stream="MSG", filter_subject=CHANNELS_FILTER, handler=failing_on("bad", applied))
-        for _ in range(2)  # a restart replays it again
-    ]
+    reason = await _parked_reason_after_two_replays(bus, nats_server, junk, lambda applied: failing_on("bad", applied))
 
-    for replay in replays:
-        await replay.wait_for_seq(after, TIMEOUT_S)
-    assert [e.stream_seq for e in applied] == [after, after]
-    assert bus.halted is None
+    assert "undecodable payload: 'parley.messaging.v1.MessagePosted'" in reason
     platform = (await nats_server.connect("platform")).jetstream()
-    parked = await platform.get_last_msg("PARKED", f"{parked_subject('messaging', 'MSG')}.{forged}")
-    assert parked.headers is not None
-    assert parked.headers["Parley-Parked-Kind"] == FOREIGN_EVENT
-    assert "undecodable payload: 'parley.messaging.v1.MessagePosted'" in parked.headers["Parley-Parked-Reason"]
     assert (await platform.stream_info("PARKED")).state.messages == 1  # parked once, not per replay
 
 
@@ -205,27 +219,11 @@ async def test_an_owner_type_with_a_time_no_clock_writes_is_parked_once_and_neve
     else:
         envelope.occurred_at.seconds = 2**62
     envelope.payload = payload.SerializeToString()
-    forged = (await bus.js.publish(channel_subject("c1"), envelope.SerializeToString())).seq
-    after = await append(bus, posted("c1", "after"))
-    applied: list[ReceivedEvent] = []
-    replays = [
-        await bus.replay(stream="MSG", filter_subject=CHANNELS_FILTER, handler=converting_times(applied))
-        for _ in range(2)  # a restart replays it again
-    ]
 
-    for replay in replays:
-        await replay.wait_for_seq(after, TIMEOUT_S)
-    assert [e.stream_seq for e in applied] == [after, after]
-    assert bus.halted is None
-    platform = (await nats_server.connect("platform")).jetstream()
-    parked = await platform.get_last_msg("PARKED", f"{parked_subject('messaging', 'MSG')}.{forged}")
-    assert parked.headers is not None
-    assert parked.headers["Parley-Parked-Kind"] == FOREIGN_EVENT
+    reason = await _parked_reason_after_two_replays(bus, nats_server, envelope, converting_times)
+
     field = "occurred_at" if where == "envelope.occurred_at" else "sent_at"
-    assert (
-        f"a time no clock writes: {field} of 'parley.messaging.v1.MessagePosted'"
-        in (parked.headers["Parley-Parked-Reason"])
-    )
+    assert f"a time no clock writes: {field} of 'parley.messaging.v1.MessagePosted'" in reason
 
 
 async def test_one_replay_per_stream_feeds_each_projection_in_order(bus: EventBus, nats_server: NatsTestServer) -> None:

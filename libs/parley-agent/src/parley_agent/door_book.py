@@ -3,6 +3,8 @@ and the book of instances serving behind it, in the order they came."""
 
 from __future__ import annotations
 
+from typing import Any, Self
+
 
 class DoorBook:
     def __init__(self, service: str, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -10,6 +12,18 @@ class DoorBook:
         self.host = host
         self.port = port
         self._backends: list[str] = []
+
+    async def start(self) -> Self:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.stop()
 
     @property
     def address(self) -> str:

@@ -18,26 +18,14 @@ a broken canary costs its users nothing (the gateway does, for calls safe to rep
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 
 from parley_agent.door_book import DoorBook
+from parley_core.net import splice
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 5.0
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, asyncio.IncompleteReadError):
-        pass
-    finally:
-        with contextlib.suppress(Exception):
-            writer.write_eof()
 
 
 class FrontDoor(DoorBook):
@@ -144,11 +132,7 @@ class FrontDoor(DoorBook):
             if backend is None:
                 log.warning("front door %s: no live instance for a new connection", self.service)
                 return
-            backend_reader, backend_writer = backend
-            try:
-                await asyncio.gather(_pipe(client_reader, backend_writer), _pipe(backend_reader, client_writer))
-            finally:
-                backend_writer.close()
+            await splice((client_reader, client_writer), backend)
         finally:
             client_writer.close()
             self._connections.discard(task)

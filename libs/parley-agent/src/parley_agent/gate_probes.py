@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from parley_agent.instances import Instance
@@ -19,18 +20,16 @@ PROBE_TRANSACTIONS = 30
 PROBE_WORKERS = 3
 
 
+@dataclass(kw_only=True, eq=False)
 class GateProbes:
-    def __init__(
-        self, *, pki: Pki, environment: Mapping[str, str], data_dir: Path, host: str, warn: Callable[[str], None]
-    ) -> None:
-        self.pki = pki
-        self.environment = environment
-        self.data_dir = data_dir
-        self.host = host
-        self.warn = warn
-        self._probes: dict[str, MessagingProbe] = {}
-        self._probing: dict[tuple[str, int], asyncio.Task[None]] = {}
-        self.pending: dict[str, int] = {}  # new instance -> the share its pending gate phase is on
+    pki: Pki
+    environment: Mapping[str, str]
+    data_dir: Path
+    host: str
+    warn: Callable[[str], None]
+    pending: dict[str, int] = field(default_factory=dict, init=False)  # new instance -> its gate phase's share
+    _probes: dict[str, MessagingProbe] = field(default_factory=dict, init=False)
+    _probing: dict[tuple[str, int], asyncio.Task[None]] = field(default_factory=dict, init=False)
 
     def start(self, instances: Mapping[str, Instance]) -> None:
         """Synthetic transactions through each new instance whose gate is pending (once a phase)."""

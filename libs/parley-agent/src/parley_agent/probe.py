@@ -19,7 +19,8 @@ import json
 import logging
 import secrets
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -40,6 +41,15 @@ CALL_TIMEOUT_S = 10.0
 
 class ProbeUnavailable(Exception):
     """The prober cannot act (no account, no channel); the gate waits for real traffic."""
+
+
+@contextmanager
+def _unavailable_on_refusal(what: str) -> Iterator[None]:
+    """A call the platform refuses makes the probe unavailable, saying what it could not do."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as error:
+        raise ProbeUnavailable(f"{what}: {error.details()}") from None
 
 
 def prober_username(host: str) -> str:
@@ -79,22 +89,18 @@ class MessagingProbe:
             auth = auth_pb2_grpc.AuthServiceStub(channel)
             if "password" not in state:
                 password = secrets.token_urlsafe(32)
-                try:
+                with _unavailable_on_refusal("cannot create the prober's account"):
                     await auth.CreateUser(
                         auth_pb2.CreateUserRequest(username=username, password=password, role="member"),
                         timeout=CALL_TIMEOUT_S,
                     )
-                except grpc.aio.AioRpcError as error:
-                    raise ProbeUnavailable(f"cannot create the prober's account: {error.details()}") from None
                 state = {"username": username, "password": password}
                 self._save(state)
-            try:
+            with _unavailable_on_refusal("the prober cannot log in"):
                 login = await auth.Login(
                     auth_pb2.LoginRequest(username=username, password=state["password"]),
                     timeout=CALL_TIMEOUT_S,
                 )
-            except grpc.aio.AioRpcError as error:
-                raise ProbeUnavailable(f"the prober cannot log in: {error.details()}") from None
         finally:
             await channel.close()
         self._token = login.access_token
@@ -108,13 +114,12 @@ class MessagingProbe:
             return
         channel = secure_channel(self.pki, identity=PLATFORM_USER, address=self.messaging_address, peer="messaging")
         try:
-            created = await messaging_pb2_grpc.MessagingServiceStub(channel).CreateChannel(
-                messaging_pb2.CreateChannelRequest(name="canary-probes", private=True),
-                metadata=self._metadata(),
-                timeout=CALL_TIMEOUT_S,
-            )
-        except grpc.aio.AioRpcError as error:
-            raise ProbeUnavailable(f"cannot create the prober's channel: {error.details()}") from None
+            with _unavailable_on_refusal("cannot create the prober's channel"):
+                created = await messaging_pb2_grpc.MessagingServiceStub(channel).CreateChannel(
+                    messaging_pb2.CreateChannelRequest(name="canary-probes", private=True),
+                    metadata=self._metadata(),
+                    timeout=CALL_TIMEOUT_S,
+                )
         finally:
             await channel.close()
         self._channel_id = created.channel_id

@@ -5,17 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 
+from parley_cli.arguments import command
 from parley_cli.prompt import ask_secret
 from parley_cli.saved_login import save_login
 from parley_cli.signin import (
     PASSWORDS_COME_FROM,
     SECOND_FACTOR_HOW,
     client_for,
-    login_as,
     mfa_hint,
     read_password,
     read_secret,
     second_factor,
+    signed_in,
     token_path,
     totp_or_recovery,
 )
@@ -58,8 +59,7 @@ def _new_password(username: str) -> str:
 async def cmd_password(args: argparse.Namespace) -> int:
     """Changes the --as user's own password. Not from $PARLEY_PASSWORD: a script's login password
     there would otherwise be taken for the current one and the first piped line for the new one."""
-    async with client_for(args) as client:
-        await login_as(args, client)
+    async with signed_in(args) as client:
         missing = "no current password given: type it at the prompt, or give it on the first line of standard input"
         current = read_secret(f"current password for {args.user}: ", missing=missing)
         await client.change_password(current, _new_password(args.user))
@@ -68,16 +68,19 @@ async def cmd_password(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    register = sub.add_parser(
+    register = command(
+        sub,
         "register",
+        cmd_register,
         help="create an account (open or invitation registration)",
         description=f"Create an account; the password is read from {PASSWORDS_COME_FROM}.",
     )
     register.add_argument("username")
     register.add_argument("--invite", default="", help="your invitation code (PARLEY_REGISTRATION=invite)")
-    register.set_defaults(run=cmd_register)
-    login = sub.add_parser(
+    login = command(
+        sub,
         "login",
+        cmd_login,
         help="log in and keep the session (renewed as needed, up to 30 days)",
         description="Log in and keep the session's tokens in <data-dir>/cli/ (the CLI renews the 15-minute "
         "access token as needed, for up to 30 days); the password is read from "
@@ -92,12 +95,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         metavar="CODE",
         help="the code from your authenticator app, or a recovery code (xxxx-xxxx-xxxx-xxxx, each works once)",
     )
-    login.set_defaults(run=cmd_login)
-    password = sub.add_parser(
+    command(
+        sub,
         "password",
+        cmd_password,
         help="change your password (with --as USER)",
         description="Change your own password, as `parley --as USER password`: asks for the current one, "
         "then the new one twice; from standard input, the current password on the first line and the new one "
         "on the second ($PARLEY_PASSWORD is not used here). Your other sessions are signed out.",
     )
-    password.set_defaults(run=cmd_password)

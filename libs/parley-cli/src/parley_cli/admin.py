@@ -11,11 +11,12 @@ import argparse
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 
 import grpc
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 
+from parley_cli.arguments import add_reason_option, command, command_group
+from parley_cli.layout import utc_minute, utc_second
 from parley_cli.signin import read_password
 from parley_cli.state import load_running_state
 from parley_cli.terminal import shown
@@ -47,6 +48,15 @@ async def _account(stub: auth_pb2_grpc.AuthServiceAsyncStub, username: str) -> a
     return await stub.GetAccount(auth_pb2.GetAccountRequest(username=username), timeout=TIMEOUT_S)
 
 
+@asynccontextmanager
+async def _named_account(
+    args: argparse.Namespace,
+) -> AsyncIterator[tuple[auth_pb2_grpc.AuthServiceAsyncStub, auth_pb2.Account]]:
+    """The operator's auth connection and the account the command names (args.username)."""
+    async with _auth(args) as stub:
+        yield stub, await _account(stub, args.username)
+
+
 async def account_of(args: argparse.Namespace, username: str) -> auth_pb2.Account:
     """One account by name from auth's directory (NOT_FOUND as ParleyError when there is none)."""
     async with _auth(args) as stub:
@@ -68,7 +78,7 @@ def _show(account: auth_pb2.Account) -> str:
     state = "disabled" if account.disabled else "active"
     line = f"{shown(account.username)} ({account.user_id}) role={shown(account.role)} {state}"
     if account.locked_addresses:
-        until = datetime.fromtimestamp(account.locked_until_unix, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        until = utc_second(account.locked_until_unix)
         line += (
             f" LOCKED OUT from {account.locked_addresses} address(es) until {until} "
             f"(`parley admin unlock {shown(account.username)}` ends it)"
@@ -86,16 +96,14 @@ async def cmd_create_user(args: argparse.Namespace) -> int:
 
 
 async def cmd_set_role(args: argparse.Namespace) -> int:
-    async with _auth(args) as stub:
-        account = await _account(stub, args.username)
+    async with _named_account(args) as (stub, account):
         request = auth_pb2.AssignRoleRequest(user_id=account.user_id, role=args.role)
         print(_show(await stub.AssignRole(request, timeout=TIMEOUT_S)))
     return 0
 
 
 async def cmd_disable(args: argparse.Namespace) -> int:
-    async with _auth(args) as stub:
-        account = await _account(stub, args.username)
+    async with _named_account(args) as (stub, account):
         request = auth_pb2.SetAccountDisabledRequest(
             user_id=account.user_id, disabled=args.disabled, reason=args.reason
         )
@@ -104,8 +112,7 @@ async def cmd_disable(args: argparse.Namespace) -> int:
 
 
 async def cmd_reset_mfa(args: argparse.Namespace) -> int:
-    async with _auth(args) as stub:
-        account = await _account(stub, args.username)
+    async with _named_account(args) as (stub, account):
         request = auth_pb2.ResetMfaRequest(user_id=account.user_id, reason=args.reason)
         await stub.ResetMfa(request, timeout=TIMEOUT_S)
     print(f"two-factor authentication of {shown(account.username)} removed and every session of theirs revoked;")
@@ -114,8 +121,7 @@ async def cmd_reset_mfa(args: argparse.Namespace) -> int:
 
 
 async def cmd_unlock(args: argparse.Namespace) -> int:
-    async with _auth(args) as stub:
-        account = await _account(stub, args.username)
+    async with _named_account(args) as (stub, account):
         request = auth_pb2.UnlockAccountRequest(user_id=account.user_id, reason=args.reason)
         print(_show(await stub.UnlockAccount(request, timeout=TIMEOUT_S)))
     print(f"{shown(account.username)} may log in again from every address; their failed attempts are forgotten")
@@ -126,14 +132,13 @@ async def cmd_lift_slowdown(args: argparse.Namespace) -> int:
     async with _auth(args) as stub:
         request = auth_pb2.LiftSourceSlowdownRequest(source=args.source, reason=args.reason)
         lifted = await stub.LiftSourceSlowdown(request, timeout=TIMEOUT_S)
-    until = datetime.fromtimestamp(lifted.was_slowed_until_unix, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    until = utc_second(lifted.was_slowed_until_unix)
     print(f"logins from {shown(lifted.source)} are let through again (it was slowed down until {until})")
     return 0
 
 
 async def cmd_show(args: argparse.Namespace) -> int:
-    async with _auth(args) as stub:
-        print(_show(await _account(stub, args.username)))
+    print(_show(await account_of(args, args.username)))
     return 0
 
 
@@ -141,8 +146,7 @@ async def cmd_invite(args: argparse.Namespace) -> int:
     async with _auth(args) as stub:
         request = auth_pb2.CreateInviteRequest(role=args.role, valid_hours=args.hours)
         invite = await stub.CreateInvite(request, timeout=TIMEOUT_S)
-    expires = datetime.fromtimestamp(invite.expires_at_unix, UTC).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"invite code (single use, role {invite.role}, expires {expires}):")
+    print(f"invite code (single use, role {invite.role}, expires {utc_minute(invite.expires_at_unix)}):")
     print(invite.invite_code)
     print(
         "it registers an account (`parley register NAME --invite CODE`) where the platform was started "
@@ -167,11 +171,12 @@ async def cmd_retire_signing_key(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    admin = sub.add_parser("admin", help="account administration (operator, over mutual TLS)")
-    commands = admin.add_subparsers(dest="admin_command", required=True)
+    commands = command_group(sub, "admin", help="account administration (operator, over mutual TLS)")
 
-    create = commands.add_parser(
+    create = command(
+        commands,
         "create-user",
+        cmd_create_user,
         help="create an account; its password from a prompt, stdin or $PARLEY_PASSWORD",
         description="Create an account as the operator (mutual TLS with the data folder's platform identity). "
         "The new account's password is read from a prompt, from the first line of standard input, or from "
@@ -180,64 +185,64 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     )
     create.add_argument("username")
     create.add_argument("--role", choices=ROLES, default="member")
-    create.set_defaults(run=cmd_create_user)
 
-    role = commands.add_parser("set-role", help="grant a role (replacing the current one)")
+    role = command(commands, "set-role", cmd_set_role, help="grant a role (replacing the current one)")
     role.add_argument("username")
     role.add_argument("role", choices=ROLES)
-    role.set_defaults(run=cmd_set_role)
 
-    disable = commands.add_parser("disable", help="disable an account: its sessions stop working at once")
+    disable = command(commands, "disable", cmd_disable, help="disable an account: its sessions stop working at once")
     disable.add_argument("username")
-    disable.add_argument("--reason", default="")
-    disable.set_defaults(run=cmd_disable, disabled=True)
+    add_reason_option(disable)
+    disable.set_defaults(disabled=True)
 
-    enable = commands.add_parser("enable", help="re-enable a disabled account")
+    enable = command(commands, "enable", cmd_disable, help="re-enable a disabled account")
     enable.add_argument("username")
-    enable.set_defaults(run=cmd_disable, disabled=False, reason="")
+    enable.set_defaults(disabled=False, reason="")
 
-    reset_mfa = commands.add_parser(
-        "reset-mfa", help="remove a user's TOTP and recovery codes (lost phone); revokes their sessions"
+    reset_mfa = command(
+        commands,
+        "reset-mfa",
+        cmd_reset_mfa,
+        help="remove a user's TOTP and recovery codes (lost phone); revokes their sessions",
     )
     reset_mfa.add_argument("username")
-    reset_mfa.add_argument("--reason", default="", help="kept in the audit record")
-    reset_mfa.set_defaults(run=cmd_reset_mfa)
+    add_reason_option(reset_mfa)
 
-    unlock = commands.add_parser(
+    unlock = command(
+        commands,
         "unlock",
+        cmd_unlock,
         help="end an account's lockout after failed logins (from every address)",
         description="End the lockouts failed logins put on an account, from every address, and forget its "
         "failed attempts; audited as lockout_cleared. `parley admin show USER` says whether it is locked out.",
     )
     unlock.add_argument("username")
-    unlock.add_argument("--reason", default="", help="kept in the audit record")
-    unlock.set_defaults(run=cmd_unlock)
+    add_reason_option(unlock)
 
-    lift = commands.add_parser(
+    lift = command(
+        commands,
         "lift-slowdown",
+        cmd_lift_slowdown,
         help="let a client address slowed down by the anomaly detector log in again",
         description="End the anomaly detector's slow-down of one client address (a password_spraying "
         "response) before its time is up; audited as source_slowdown_lifted. SOURCE is the address as the "
         "source_slowed audit record names it (ipv4:203.0.113.9, or just 203.0.113.9).",
     )
     lift.add_argument("source")
-    lift.add_argument("--reason", default="", help="kept in the audit record")
-    lift.set_defaults(run=cmd_lift_slowdown)
+    add_reason_option(lift)
 
-    show = commands.add_parser("show", help="an account's role, state and lockout")
+    show = command(commands, "show", cmd_show, help="an account's role, state and lockout")
     show.add_argument("username")
-    show.set_defaults(run=cmd_show)
 
-    invite = commands.add_parser("invite", help="a single-use invitation (PARLEY_REGISTRATION=invite)")
+    invite = command(commands, "invite", cmd_invite, help="a single-use invitation (PARLEY_REGISTRATION=invite)")
     invite.add_argument("--role", choices=ROLES, default="member")
     invite.add_argument("--hours", type=int, default=72, help="valid for this many hours (1-720)")
-    invite.set_defaults(run=cmd_invite)
 
-    rotate = commands.add_parser("rotate-signing-key", help="sign access tokens with a new Ed25519 key")
-    rotate.set_defaults(run=cmd_rotate_signing_key)
-    retire = commands.add_parser(
+    command(commands, "rotate-signing-key", cmd_rotate_signing_key, help="sign access tokens with a new Ed25519 key")
+    retire = command(
+        commands,
         "retire-signing-key",
+        cmd_retire_signing_key,
         help="refuse every token signed by an old key now (a leaked key; rotation retires on its own)",
     )
     retire.add_argument("key_id")
-    retire.set_defaults(run=cmd_retire_signing_key)

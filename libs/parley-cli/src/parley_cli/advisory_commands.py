@@ -12,6 +12,7 @@ from pathlib import Path
 from parley.fleet.v1 import fleet_pb2
 from parley.patch.v1 import patch_pb2
 
+from parley_cli.arguments import command, command_group
 from parley_cli.layout import due, table
 from parley_cli.registry_connection import RegistryConnection, with_registry
 
@@ -103,13 +104,8 @@ async def cmd_fleet(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    advisories = sub.add_parser("advisories", help="OSV advisories against the fleet").add_subparsers(
-        dest="advisories_command", required=True
-    )
-    imp = advisories.add_parser("import", help="import OSV JSON (a file or a folder of *.json)")
+    advisories = command_group(sub, "advisories", help="OSV advisories against the fleet")
+    imp = command(advisories, "import", cmd_advisories_import, help="import OSV JSON (a file or a folder of *.json)")
     imp.add_argument("path")
-    imp.set_defaults(run=cmd_advisories_import)
-    advisories.add_parser("list", help="vulnerable instances, priority and deadline").set_defaults(
-        run=cmd_advisories_list
-    )
-    sub.add_parser("fleet", help="what runs where, what is vulnerable, deadlines").set_defaults(run=cmd_fleet)
+    command(advisories, "list", cmd_advisories_list, help="vulnerable instances, priority and deadline")
+    command(sub, "fleet", cmd_fleet, help="what runs where, what is vulnerable, deadlines")

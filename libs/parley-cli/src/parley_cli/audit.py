@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from parley_cli import audit_query
+from parley_cli.arguments import command, command_group
 from parley_cli.state import PlatformNotRunning, load_running_state
 from parley_client import ParleyError
 from parley_core import audit_archive
@@ -243,9 +244,8 @@ async def cmd_checkpoint(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    audit = sub.add_parser("audit", help="the tamper-evident audit trail")
-    commands = audit.add_subparsers(dest="audit_command", required=True)
-    verify = commands.add_parser("verify", help="check the audit chain in the archive; exit 1 when tampered")
+    commands = command_group(sub, "audit", help="the tamper-evident audit trail")
+    verify = command(commands, "verify", cmd_verify, help="check the audit chain in the archive; exit 1 when tampered")
     verify.add_argument(
         "--keys-from-archive", action="store_true", help="take the verification keys from the archive (weaker)"
     )
@@ -257,14 +257,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         metavar="FILE",
         help="a checkpoint from `parley audit checkpoint`: records up to it must be unchanged (repeatable)",
     )
-    verify.set_defaults(run=cmd_verify)
-    checkpoint = commands.add_parser(
+    checkpoint = command(
+        commands,
         "checkpoint",
+        cmd_checkpoint,
         help="write the chain's signed head into the checkpoint folder storage compares the archive with "
         "(<data>/audit-checkpoints, or $PARLEY_STORAGE_AUDIT_CHECKPOINT_DIR), or to FILE",
     )
     checkpoint.add_argument(
         "--out", type=Path, metavar="FILE", help="a new file (never overwritten), not one in the checkpoint folder"
     )
-    checkpoint.set_defaults(run=cmd_checkpoint)
     audit_query.add_command(commands)

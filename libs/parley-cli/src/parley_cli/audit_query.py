@@ -29,8 +29,10 @@ from parley.storage.v1.events_pb2 import (
 )
 
 from parley_cli.admin import account_of, usernames
+from parley_cli.arguments import command
+from parley_cli.layout import utc_second
 from parley_cli.privacy import _archive, looks_like_id
-from parley_cli.signin import client_for, login_as
+from parley_cli.signin import signed_in
 from parley_cli.terminal import shown
 from parley_cli.wording import counted
 from parley_client import ParleyError
@@ -125,7 +127,7 @@ def _anomaly_summary(found: AnomalyDetected) -> Summary:
 def _due_summary(due: SessionRevocationDue | SessionStepUpDue | SourceSlowdownDue) -> Summary:
     """A response the detector asked of auth: what to do to which session or address, and why."""
     if isinstance(due, SourceSlowdownDue):
-        until = datetime.fromtimestamp(due.until_unix, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        until = utc_second(due.until_unix)
         what = f"slow {shown(due.source)} until {until}"
     else:
         verb = "revoke" if isinstance(due, SessionRevocationDue) else "step up"
@@ -190,8 +192,7 @@ async def cmd_audit_query(args: argparse.Namespace) -> int:
         raise SystemExit(f"--limit is a number of events from 1 to {MAX_EVENTS}")
     if not 0 <= args.after < 2**64:
         raise SystemExit("--after is a cursor a previous query printed (a whole number from 0)")
-    async with client_for(args) as client:
-        await login_as(args, client)
+    async with signed_in(args) as client:
         actor = await user_id_or_raw(args, args.actor, "--actor")
         request = _request(args, actor, await user_id_or_raw(args, args.target, "--target"))
         events: list[storage_pb2.ArchivedEvent] = []
@@ -221,8 +222,10 @@ async def cmd_audit_query(args: argparse.Namespace) -> int:
 
 
 def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    query = commands.add_parser(
+    query = command(
+        commands,
         "query",
+        cmd_audit_query,
         help="archived events by actor, target and time range (a security auditor, with --as)",
         description="The archive's events, oldest first, filtered by who acted, what they were about and "
         "when; only a security auditor may ask (`parley --as AUDITOR audit query`). Times are UTC unless "
@@ -235,4 +238,3 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     query.add_argument("--limit", type=int, default=100, help=f"at most this many events (1..{MAX_EVENTS})")
     query.add_argument("--after", type=int, default=0, metavar="CURSOR", help="continue after this cursor")
     query.add_argument("--json", action="store_true", help="one JSON object per event (no summary line)")
-    query.set_defaults(run=cmd_audit_query)

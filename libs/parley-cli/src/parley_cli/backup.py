@@ -15,6 +15,7 @@ import signal
 import sys
 from typing import Any
 
+from parley_cli.arguments import command
 from parley_cli.wording import counted
 
 FORWARD_AFTER_S = 2.0
@@ -82,8 +83,11 @@ async def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    backup = sub.add_parser(
-        "backup", help="consistent, encrypted, signed backups of the archive (and the patch registry's releases)"
+    backup = command(
+        sub,
+        "backup",
+        cmd_backup,
+        help="consistent, encrypted, signed backups of the archive (and the patch registry's releases)",
     )
     backup.add_argument("action", choices=("create", "verify", "restore"))
     backup.add_argument(
@@ -93,4 +97,3 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     )
     backup.add_argument("--database-url", default="", help="default: $PARLEY_DATABASE_URL or SQLite in the data dir")
     backup.add_argument("--json", action="store_true", help="print the backup's whole manifest as JSON")
-    backup.set_defaults(run=cmd_backup)

@@ -7,23 +7,22 @@ import argparse
 import shlex
 
 from parley_cli import chat, devices, messages
+from parley_cli.arguments import command
 from parley_cli.invocation import parley_as_run
-from parley_cli.signin import client_for, login_as
+from parley_cli.signin import signed_in
 from parley_cli.terminal import shown
 from parley_cli.wording import counted
 
 
 async def cmd_create_channel(args: argparse.Namespace) -> int:
-    async with client_for(args) as client:
-        await login_as(args, client)
+    async with signed_in(args) as client:
         channel = await client.create_channel(args.name)
     print(f"created #{shown(channel.name)} with id {channel.channel_id}")
     return 0
 
 
 async def cmd_join(args: argparse.Namespace) -> int:
-    async with client_for(args) as client:
-        await login_as(args, client)
+    async with signed_in(args) as client:
         if chat.looks_like_an_id(args.channel):
             channel = await client.join_channel(args.channel)
         else:
@@ -33,8 +32,7 @@ async def cmd_join(args: argparse.Namespace) -> int:
 
 
 async def cmd_channels(args: argparse.Namespace) -> int:
-    async with client_for(args) as client:
-        await login_as(args, client)
+    async with signed_in(args) as client:
         channels = await client.my_channels()
         if not channels:
             print("you are in no channel yet: `parley create-channel NAME` or `parley join ID`")
@@ -47,8 +45,7 @@ async def cmd_channels(args: argparse.Namespace) -> int:
 
 
 async def cmd_send(args: argparse.Namespace) -> int:
-    async with client_for(args) as client:
-        await login_as(args, client)
+    async with signed_in(args) as client:
         channel_id, _ = await chat.open_channel(client, args.channel, store=devices.device_store(args))
         message = await client.send(channel_id, args.text, idempotency_key=args.idempotency_key)
     print(f"sent #{message.channel_seq}")
@@ -57,8 +54,7 @@ async def cmd_send(args: argparse.Namespace) -> int:
 
 async def cmd_history(args: argparse.Namespace) -> int:
     """The newest page, or with --after the page after a message number; a line says how to go on."""
-    async with client_for(args) as client:
-        await login_as(args, client)
+    async with signed_in(args) as client:
         channel_id, _ = await chat.open_channel(client, args.channel, store=devices.device_store(args))
         if args.after:
             page = await client.history(channel_id, after_seq=args.after, limit=args.limit)
@@ -81,33 +77,27 @@ async def cmd_history(args: argparse.Namespace) -> int:
 
 
 async def cmd_chat(args: argparse.Namespace) -> int:
-    async with client_for(args) as client:
-        await login_as(args, client)
+    async with signed_in(args) as client:
         return await chat.interactive(
             client, args.channel, parley=parley_as_run(args), store=devices.device_store(args)
         )
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    create = sub.add_parser("create-channel", help="create a channel")
+    create = command(sub, "create-channel", cmd_create_channel, help="create a channel")
     create.add_argument("name")
-    create.set_defaults(run=cmd_create_channel)
-    join = sub.add_parser("join", help="join a channel by id, or by name when one channel you may join has it")
+    join = command(sub, "join", cmd_join, help="join a channel by id, or by name when one channel you may join has it")
     join.add_argument("channel", help="channel id or name")
-    join.set_defaults(run=cmd_join)
-    sub.add_parser("channels", help="the channels you are in").set_defaults(run=cmd_channels)
-    send = sub.add_parser("send", help="send one message")
+    command(sub, "channels", cmd_channels, help="the channels you are in")
+    send = command(sub, "send", cmd_send, help="send one message")
     send.add_argument("channel", help="channel id or name")
     send.add_argument("text")
     send.add_argument("--idempotency-key", help=messages.AGAIN_HELP)
-    send.set_defaults(run=cmd_send)
-    history = sub.add_parser("history", help="print a channel's newest messages (`parley older` pages back)")
+    history = command(sub, "history", cmd_history, help="print a channel's newest messages (`parley older` pages back)")
     history.add_argument("channel", help="channel id or name")
     history.add_argument(
         "--after", type=int, default=0, help="the oldest messages after this number instead of the newest"
     )
     history.add_argument("--limit", type=int, default=100, help="how many messages (default 100)")
-    history.set_defaults(run=cmd_history)
-    chat_cmd = sub.add_parser("chat", help="chat in a channel: type lines to send, see others live")
+    chat_cmd = command(sub, "chat", cmd_chat, help="chat in a channel: type lines to send, see others live")
     chat_cmd.add_argument("channel", help="channel id or name")
-    chat_cmd.set_defaults(run=cmd_chat)

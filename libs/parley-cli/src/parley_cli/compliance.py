@@ -19,7 +19,7 @@ from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from parley_cli.audit import AuditVerdict, storage_channel, verify_audit
 from parley_cli.compliance_security import SecurityFacts, gather_security
-from parley_cli.layout import due, when
+from parley_cli.layout import due, utc_minute, when
 from parley_cli.registry_connection import RegistryConnection
 from parley_cli.report_charts import FindingPoint, findings_by_severity, patch_sla_over_time
 from parley_cli.report_html import SEVERITY_COLOURS, markdown_to_html
@@ -98,10 +98,6 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str
     return [*lines, ""]
 
 
-def _day(unix: float) -> str:
-    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
 def _severity_rank(finding: patch_pb2.Finding) -> tuple[bool, int, float]:
     rank = SEVERITY_ORDER.index(finding.priority) if finding.priority in SEVERITY_ORDER else len(SEVERITY_ORDER)
     return (not finding.overdue, rank, finding.deadline)
@@ -148,8 +144,8 @@ def _findings(facts: ComplianceFacts) -> list[str]:
             f.instance_id,
             f"{f.package} {f.installed_version}",
             ", ".join(f.fixed_in) or "-",
-            _day(f.detected_at) if f.detected_at else "-",
-            _day(f.deadline),
+            utc_minute(f.detected_at) if f.detected_at else "-",
+            utc_minute(f.deadline),
             due(f.deadline, facts.generated_at).replace("OVERDUE", "**OVERDUE**"),
         )
         for f in sorted(facts.findings, key=_severity_rank)
@@ -306,7 +302,7 @@ def render(facts: ComplianceFacts) -> str:
         "# Parley compliance report",
         "",
         f"- Generated: {when(facts.generated_at)}",
-        f"- Period: {_day(facts.since)} to {_day(facts.generated_at)}",
+        f"- Period: {utc_minute(facts.since)} to {utc_minute(facts.generated_at)}",
         "- Signed: Ed25519, the last line of this file; check with `parley report verify FILE`",
         "",
     ]

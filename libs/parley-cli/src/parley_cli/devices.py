@@ -14,7 +14,8 @@ import grpc
 from parley.auth.v1 import auth_pb2
 
 from parley_cli.admin import account_of
-from parley_cli.signin import client_for, login_as
+from parley_cli.arguments import command
+from parley_cli.signin import signed_in
 from parley_cli.terminal import shown
 from parley_client import DeviceKeyChanged, DeviceStore, E2eeDevice, ParleyClient, ParleyError, fingerprint
 
@@ -83,8 +84,7 @@ def device_lines(device: auth_pb2.Device, trust: str, *, mine: bool) -> str:
 
 
 async def cmd_devices(args: argparse.Namespace) -> int:
-    async with client_for(args) as client:
-        await login_as(args, client)
+    async with signed_in(args) as client:
         if args.remove:
             await remove_device(args, client)
             return 0
@@ -111,8 +111,11 @@ async def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    devices = sub.add_parser(
-        "devices", help="end-to-end encryption devices of a user with their fingerprints; verify or remove one"
+    devices = command(
+        sub,
+        "devices",
+        cmd_devices,
+        help="end-to-end encryption devices of a user with their fingerprints; verify or remove one",
     )
     devices.add_argument("user_id", nargs="?", default="", help="whose devices: a user name or id (default: yours)")
     devices.add_argument("--verify", metavar="DEVICE", help="mark this device verified after comparing fingerprints")
@@ -121,4 +124,3 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         metavar="DEVICE",
         help="remove one of your own devices (this terminal's too: it is then forgotten here)",
     )
-    devices.set_defaults(run=cmd_devices)

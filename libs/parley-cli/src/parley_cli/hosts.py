@@ -17,6 +17,7 @@ import signal
 import sys
 from pathlib import Path
 
+from parley_cli.arguments import command, command_group
 from parley_cli.host_address import add_host_address_option
 from parley_cli.host_bundle import (
     SERVICE_SECRETS,
@@ -296,10 +297,10 @@ async def cmd_host_join(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    host = sub.add_parser("host", help="run services on more machines: one node agent per host").add_subparsers(
-        dest="host_command", required=True
+    host = command_group(sub, "host", help="run services on more machines: one node agent per host")
+    add = command(
+        host, "add", cmd_host_add, help="issue a host's bundle (certificates, NATS passwords, the fleet's addresses)"
     )
-    add = host.add_parser("add", help="issue a host's bundle (certificates, NATS passwords, the fleet's addresses)")
     add.add_argument("name", help="the host's name, as `parley fleet` shows it")
     add.add_argument(
         "--services", default="", help="comma-separated: messaging, gateway, auth, storage, patch-registry"
@@ -311,8 +312,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     )
     add.add_argument("--out", type=Path, required=True, help="a new folder for the bundle")
     add.add_argument("--address", default="", help="the host's own IP address, named in its certificates")
-    add.set_defaults(run=cmd_host_add)
-    join = host.add_parser("join", help="run this host's services in the fleet with a bundle from `host add`")
+    join = command(
+        host, "join", cmd_host_join, help="run this host's services in the fleet with a bundle from `host add`"
+    )
     join.add_argument("bundle", type=Path)
     join.add_argument("--gateway-port", type=int, help="the port of this host's gateway (default: a free one)")
     add_host_address_option(join)
@@ -326,4 +328,3 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         type=Path,
         help="the first host's patch-registry/ folder (TUF repository and keys) on shared storage, for the registry",
     )
-    join.set_defaults(run=cmd_host_join)

@@ -15,10 +15,9 @@ from typing import Any
 
 from parley_core.files import ensure_private_dir, write_private_file
 from parley_core.nats_process import NatsServerProcess
-from parley_core.natsconf import ROUTE_USER, ClusterConfig, ensure_nats_passwords, render_server_config
+from parley_core.natsconf import ClusterConfig, ensure_nats_passwords, render_server_config
 from parley_core.net import free_port, host_address
 from parley_core.pki import Pki
-from parley_core.topology import NATS_IDENTITY
 
 
 class JoinedNatsNode:
@@ -33,24 +32,16 @@ class JoinedNatsNode:
         host = host_address()  # the host add bundle's nats certificate names it
         port, route_port = free_port(host), free_port(host)
         self.route = f"{host}:{route_port}"
-        identity = pki.identity(NATS_IDENTITY)
         config = render_server_config(
             host=host,
             port=port,
             store_dir=folder / "jetstream",
-            tls_cert=identity.cert,
-            tls_key=identity.key,
-            ca_cert=pki.ca_cert,
+            pki=pki,
             passwords=passwords,
             server_name=self.name,
             store_cipher_key=ensure_store_key(data_dir / "secrets" / STORE_KEY_FILE),
-            cluster=ClusterConfig(
-                name=CLUSTER_NAME,
-                host=host,
-                port=route_port,
-                routes=(self.route, *node["routes"]),
-                route_user=ROUTE_USER,
-                route_password=passwords[ROUTE_USER],
+            cluster=ClusterConfig.routed(
+                name=CLUSTER_NAME, host=host, port=route_port, routes=(self.route, *node["routes"]), passwords=passwords
             ),
         )
         config_path = folder / "nats-server.conf"

@@ -11,6 +11,7 @@ import argparse
 
 from parley.storage.v1 import storage_pb2
 
+from parley_cli.arguments import command
 from parley_cli.privacy import KEYRING, TIMEOUT_S, _archive, _KeyringWatch, operator_only
 
 KEYRING_ROTATED = (
@@ -40,10 +41,11 @@ async def cmd_rotate_kek(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    rotate = sub.add_parser(
+    command(
+        sub,
         "rotate-kek",
+        cmd_rotate_kek,
         help="replace storage's key-encryption key; every data key is re-wrapped (operator)",
         description="Make a new key-encryption key, re-wrap every data key under it and destroy the earlier "
         "keys; no archived event is rewritten. Refresh secrets/storage-kek.json in your key backup afterwards.",
     )
-    rotate.set_defaults(run=cmd_rotate_kek)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import re
 import secrets
 import shutil
@@ -30,6 +29,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from parley_cli.arguments import add_database_url_option, command, command_group
 from parley_cli.host_bundle import SERVICE_SECRETS
 from parley_core.database import DATABASE_URL_FILE, DatabaseChoiceRefused, check_database_url
 from parley_core.files import ensure_private_dir, write_private_file
@@ -152,22 +152,19 @@ def make_secrets(data_dir: Path, *, namespace: str, out: Path, database_url: str
         host="0.0.0.0",
         port=NATS_PORT,
         store_dir=NATS_STORE_DIR,
-        tls_cert=NATS_CONFIG_DIR / f"{NATS_IDENTITY}.crt",
-        tls_key=NATS_CONFIG_DIR / f"{NATS_IDENTITY}.key",
-        ca_cert=NATS_CONFIG_DIR / f"{CA_NAME}.crt",
+        pki=Pki(directory=NATS_CONFIG_DIR, ca_cert=NATS_CONFIG_DIR / f"{CA_NAME}.crt"),  # as the pod mounts it
         passwords=passwords,
         # Each pod's own name replaces it (`--name $(POD_NAME)` in nats.yaml).
         server_name=NATS_SERVICE,
         store_cipher_key=ensure_store_key(secrets_dir / STORE_KEY_FILE),
-        cluster=ClusterConfig(
+        cluster=ClusterConfig.routed(
             name=CLUSTER_NAME,
             host="0.0.0.0",
             port=NATS_ROUTE_PORT,
             routes=tuple(
                 f"{NATS_SERVICE}-{i}.{NATS_SERVICE}.{namespace}.svc:{NATS_ROUTE_PORT}" for i in range(NATS_NODES)
             ),
-            route_user=ROUTE_USER,
-            route_password=passwords[ROUTE_USER],
+            passwords=passwords,
         ),
     )
     nats_data = {
@@ -222,20 +219,18 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    kubernetes = sub.add_parser("kubernetes", help="run the platform on Kubernetes (deploy/kubernetes)")
-    commands = kubernetes.add_subparsers(dest="kubernetes_command", required=True)
-    made = commands.add_parser(
+    commands = command_group(sub, "kubernetes", help="run the platform on Kubernetes (deploy/kubernetes)")
+    made = command(
+        commands,
         "secrets",
+        run,
         help="write the Secrets the manifests mount (certificates, NATS users, nats-server config, database, auth's "
         "and storage's keys)",
     )
     made.add_argument("--namespace", required=True, help="the namespace the platform runs in (its DNS names)")
     made.add_argument("--out", type=Path, required=True, help="a new folder for the Secret manifests")
-    made.add_argument(
-        "--database-url",
-        default=os.environ.get("PARLEY_DATABASE_URL", ""),
-        metavar="URL",
+    add_database_url_option(
+        made,
         help="the archive's PostgreSQL (default: $PARLEY_DATABASE_URL, else the base's own `postgres` Service "
         "with a password kept in the data folder)",
     )
-    made.set_defaults(run=run)

@@ -1,5 +1,5 @@
-"""How the CLI lays out what it prints: columns as a table, an instant to the millisecond, a
-deadline counted from now."""
+"""How the CLI lays out what it prints: columns as a table, an instant to the millisecond (or the
+second, or the minute), a deadline counted from now."""
 
 from __future__ import annotations
 
@@ -23,6 +23,16 @@ def when(unix: float) -> str:
     if not unix:
         return "-"
     return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+
+
+def utc_second(unix: float) -> str:
+    """To the second: when a lockout or a slow-down ends."""
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def utc_minute(unix: float) -> str:
+    """To the minute: when an invitation expires, a report's dates."""
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def due(deadline: float, now: float) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from parley_cli import (
     patch,
     privacy,
 )
+from parley_cli.arguments import add_database_url_option, command
 from parley_cli.health import check_broker, check_health
 from parley_cli.host_address import add_host_address_option
 from parley_cli.joined_host import joined_host, joined_host_status
@@ -30,8 +30,8 @@ from parley_cli.prompt import PromptInterrupted
 from parley_cli.saved_login import as_saved_login_refusal
 from parley_cli.state import (
     DEFAULT_DATA_DIR,
-    STATE_FILE,
     default_data_dir,
+    last_state,
     leftover_pids,
     load_running_state,
     remember_data_dir,
@@ -62,7 +62,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
     leftovers = leftover_pids(args.data_dir)
     if leftovers:
         # `parley up` is gone but what it started still serves: show that, not "not running".
-        state = json.loads((args.data_dir / STATE_FILE).read_text())
+        state = last_state(args.data_dir)
         print(
             f"`parley up` (pid {state.get('pid')}) exited without stopping; still running: pids "
             f"{' '.join(map(str, leftovers))} (stop them before the next start)",
@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--as", dest="user", help="act as this logged-in user")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("up", help="start nats-server and every service; Ctrl-C stops them")
+    up = command(sub, "up", cmd_up, help="start nats-server and every service; Ctrl-C stops them")
     up.add_argument(
         "--gateway-port",
         type=int,
@@ -145,10 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="run N nats-server nodes as one JetStream cluster, every stream on 3 of them (N >= 3)",
     )
-    up.add_argument(
-        "--database-url",
-        default=os.environ.get("PARLEY_DATABASE_URL", ""),
-        metavar="URL",
+    add_database_url_option(
+        up,
         help="keep the archive in PostgreSQL (postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE); the data folder "
         "remembers it, so later starts need no flag (default: $PARLEY_DATABASE_URL, else SQLite in the data folder)",
     )
@@ -159,9 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run several instances of gateway, messaging or auth behind their addresses, e.g. messaging=2,gateway=2 "
         "(default: $PARLEY_INSTANCES, else one of each)",
     )
-    up.set_defaults(run=cmd_up)
-    sub.add_parser("status", help="health of every service and of nats-server").set_defaults(run=cmd_status)
-    sub.add_parser("parked", help="poison events that consumers set aside").set_defaults(run=cmd_parked)
+    command(sub, "status", cmd_status, help="health of every service and of nats-server")
+    command(sub, "parked", cmd_parked, help="poison events that consumers set aside")
 
     account_commands.add_commands(sub)
 

@@ -7,21 +7,15 @@ import argparse
 from parley.messaging.v1.messaging_pb2 import ChatMessage
 
 from parley_cli import chat, devices
+from parley_cli.arguments import command
 from parley_cli.invocation import parley_as_run
-from parley_cli.signin import client_for, login_as
+from parley_cli.signin import signed_in
 from parley_cli.terminal import shown
 from parley_cli.wording import counted
-from parley_client import ParleyClient
-
-
-async def _logged_in(args: argparse.Namespace) -> ParleyClient:
-    client = client_for(args)
-    await login_as(args, client)
-    return client
 
 
 async def cmd_edit(args: argparse.Namespace) -> int:
-    async with await _logged_in(args) as client:
+    async with signed_in(args) as client:
         channel_id, _ = await chat.open_channel(client, args.channel, store=devices.device_store(args))
         message = await client.edit(channel_id, args.number, args.text)
     print(f"edited #{message.channel_seq} ({counted(message.edit_count, 'edit')})")
@@ -29,7 +23,7 @@ async def cmd_edit(args: argparse.Namespace) -> int:
 
 
 async def cmd_redact(args: argparse.Namespace) -> int:
-    async with await _logged_in(args) as client:
+    async with signed_in(args) as client:
         channel_id = await chat.resolve_channel(client, args.channel)
         message = await client.redact(channel_id, args.number, reason=args.reason)
     print(f"redacted #{message.channel_seq}")
@@ -37,7 +31,7 @@ async def cmd_redact(args: argparse.Namespace) -> int:
 
 
 async def cmd_versions(args: argparse.Namespace) -> int:
-    async with await _logged_in(args) as client:
+    async with signed_in(args) as client:
         channel_id = await chat.resolve_channel(client, args.channel)
         bodies = await client.message_versions(channel_id, args.number)
     # A message always has its post's text until a redaction clears them all (messaging.proto:
@@ -50,7 +44,7 @@ async def cmd_versions(args: argparse.Namespace) -> int:
 
 
 async def cmd_older(args: argparse.Namespace) -> int:
-    async with await _logged_in(args) as client:
+    async with signed_in(args) as client:
         channel_id, _ = await chat.open_channel(client, args.channel, store=devices.device_store(args))
         page = await client.history(channel_id, before_seq=args.before, limit=args.limit)
         people = chat.People(client)
@@ -63,7 +57,7 @@ async def cmd_older(args: argparse.Namespace) -> int:
 
 
 async def cmd_member(args: argparse.Namespace) -> int:
-    async with await _logged_in(args) as client:
+    async with signed_in(args) as client:
         channel_id = await chat.resolve_channel(client, args.channel)
         action = {"invite": client.invite, "kick": client.kick, "ban": client.ban, "unban": client.unban}
         channel = await action[args.command](channel_id, await chat.user_id_of(client, args.person))
@@ -72,7 +66,7 @@ async def cmd_member(args: argparse.Namespace) -> int:
 
 
 async def cmd_invitations(args: argparse.Namespace) -> int:
-    async with await _logged_in(args) as client:
+    async with signed_in(args) as client:
         pending = await client.invitations()
         people = chat.People(client)
         await people.learn(i.invited_by for i in pending)
@@ -89,7 +83,7 @@ async def cmd_invitations(args: argparse.Namespace) -> int:
 
 async def cmd_decline(args: argparse.Namespace) -> int:
     """Declines by channel id, or by the name of exactly one channel the user is invited to."""
-    async with await _logged_in(args) as client:
+    async with signed_in(args) as client:
         pending = await client.invitations()
         named = [i for i in pending if args.channel in (i.channel_id, i.channel_name)]
         if len(named) > 1:
@@ -101,14 +95,14 @@ async def cmd_decline(args: argparse.Namespace) -> int:
 
 
 async def cmd_leave(args: argparse.Namespace) -> int:
-    async with await _logged_in(args) as client:
+    async with signed_in(args) as client:
         channel = await client.leave_channel(await chat.resolve_channel(client, args.channel))
     print(f"left #{shown(channel.name)}")
     return 0
 
 
 async def cmd_dm(args: argparse.Namespace) -> int:
-    async with await _logged_in(args) as client:
+    async with signed_in(args) as client:
         user_ids = [await chat.user_id_of(client, u) for u in args.users]
         channel = await client.create_direct(user_ids, encrypted=args.encrypted, idempotency_key=args.idempotency_key)
     print(f"direct conversation {channel.channel_id}")
@@ -116,7 +110,7 @@ async def cmd_dm(args: argparse.Namespace) -> int:
 
 
 async def cmd_reply(args: argparse.Namespace) -> int:
-    async with await _logged_in(args) as client:
+    async with signed_in(args) as client:
         channel_id, _ = await chat.open_channel(client, args.channel, store=devices.device_store(args))
         message = await client.reply(channel_id, args.number, args.text, idempotency_key=args.idempotency_key)
     print(f"sent #{message.channel_seq} in the thread of #{args.number}")
@@ -124,7 +118,7 @@ async def cmd_reply(args: argparse.Namespace) -> int:
 
 
 async def cmd_thread(args: argparse.Namespace) -> int:
-    async with await _logged_in(args) as client:
+    async with signed_in(args) as client:
         channel_id, _ = await chat.open_channel(client, args.channel, store=devices.device_store(args))
         thread = await client.thread(channel_id, args.number)
         people = chat.People(client)
@@ -156,7 +150,7 @@ def reacted_line(message: ChatMessage, emoji: str, *, removed: bool) -> str:
 
 
 async def cmd_react(args: argparse.Namespace) -> int:
-    async with await _logged_in(args) as client:
+    async with signed_in(args) as client:
         channel_id = await chat.resolve_channel(client, args.channel)
         message = await client.react(channel_id, args.number, args.emoji, remove=args.remove)
     print(reacted_line(message, args.emoji, removed=args.remove))
@@ -164,7 +158,7 @@ async def cmd_react(args: argparse.Namespace) -> int:
 
 
 async def cmd_create_channel(args: argparse.Namespace) -> int:
-    async with await _logged_in(args) as client:
+    async with signed_in(args) as client:
         # A second channel of a name makes the name ambiguous in every later command; a retry with
         # its key may find its own first attempt, so it is not asked.
         if not args.allow_duplicate and not args.idempotency_key:
@@ -190,59 +184,53 @@ AGAIN_HELP = "the key of an earlier call whose outcome was unknown: makes it aga
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    edit = sub.add_parser("edit", help="replace the text of one of your messages")
+    edit = command(sub, "edit", cmd_edit, help="replace the text of one of your messages")
     edit.add_argument("channel", help="channel id or name")
     edit.add_argument("number", type=int, help="the message's number, shown in [brackets]")
     edit.add_argument("text")
-    edit.set_defaults(run=cmd_edit)
-    redact = sub.add_parser("redact", help="remove a message's content (yours, or any as the channel's moderator)")
+    redact = command(
+        sub, "redact", cmd_redact, help="remove a message's content (yours, or any as the channel's moderator)"
+    )
     redact.add_argument("channel", help="channel id or name")
     redact.add_argument("number", type=int)
     redact.add_argument("--reason", default="")
-    redact.set_defaults(run=cmd_redact)
-    versions = sub.add_parser("versions", help="every text a message had (channel moderators)")
+    versions = command(sub, "versions", cmd_versions, help="every text a message had (channel moderators)")
     versions.add_argument("channel", help="channel id or name")
     versions.add_argument("number", type=int)
-    versions.set_defaults(run=cmd_versions)
-    older = sub.add_parser("older", help="the page of history before a message number")
+    older = command(sub, "older", cmd_older, help="the page of history before a message number")
     older.add_argument("channel", help="channel id or name")
     older.add_argument("before", type=int, help="show messages before this number")
     older.add_argument("--limit", type=int, default=20)
-    older.set_defaults(run=cmd_older)
     for name, text in (
         ("invite", "invite a user to a channel"),
         ("kick", "remove a member (moderators)"),
         ("ban", "remove a member and keep them out (moderators)"),
         ("unban", "let a banned user back (moderators)"),
     ):
-        member = sub.add_parser(name, help=text)
+        member = command(sub, name, cmd_member, help=text)
         member.add_argument("channel", help="channel id or name")
         member.add_argument("person", metavar="USER", help=WHO)
-        member.set_defaults(run=cmd_member)
-    sub.add_parser("invitations", help="your pending invitations to channels").set_defaults(run=cmd_invitations)
-    decline = sub.add_parser("decline", help="decline an invitation to a channel")
+    command(sub, "invitations", cmd_invitations, help="your pending invitations to channels")
+    decline = command(sub, "decline", cmd_decline, help="decline an invitation to a channel")
     decline.add_argument("channel", help="channel id, or the name of the channel you are invited to")
-    decline.set_defaults(run=cmd_decline)
-    leave = sub.add_parser("leave", help="leave a channel")
+    leave = command(sub, "leave", cmd_leave, help="leave a channel")
     leave.add_argument("channel", help="channel id or name")
-    leave.set_defaults(run=cmd_leave)
-    dm = sub.add_parser("dm", help="start a direct conversation with 1 to 7 users")
+    dm = command(sub, "dm", cmd_dm, help="start a direct conversation with 1 to 7 users")
     dm.add_argument("users", nargs="+", help=WHO)
     dm.add_argument("--encrypted", action="store_true", help="end-to-end encrypted (SDK clients only)")
     dm.add_argument("--idempotency-key", help=AGAIN_HELP)
-    dm.set_defaults(run=cmd_dm)
-    reply = sub.add_parser("reply", help="reply in the thread of a message")
+    reply = command(sub, "reply", cmd_reply, help="reply in the thread of a message")
     reply.add_argument("channel", help="channel id or name")
     reply.add_argument("number", type=int)
     reply.add_argument("text")
     reply.add_argument("--idempotency-key", help=AGAIN_HELP)
-    reply.set_defaults(run=cmd_reply)
-    thread = sub.add_parser("thread", help="a message and its replies")
+    thread = command(sub, "thread", cmd_thread, help="a message and its replies")
     thread.add_argument("channel", help="channel id or name")
     thread.add_argument("number", type=int)
-    thread.set_defaults(run=cmd_thread)
-    react = sub.add_parser(
+    react = command(
+        sub,
         "react",
+        cmd_react,
         help="react to a message with an emoji",
         description="React with one emoji from Unicode's emoji list (👍, 👍🏽, 🇫🇷, 👨‍👩‍👧) or its :shortcode: "
         "(:thumbs_up:, :+1:, :tada:, :heart:); words and several emoji are refused.",
@@ -253,7 +241,6 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "emoji", help="one emoji, such as 👍, or its :shortcode:, such as :thumbs_up: or :+1: (other text is refused)"
     )
     react.add_argument("--remove", action="store_true", help="take the reaction back")
-    react.set_defaults(run=cmd_react)
     # The foundation's create-channel, with this issue's channel kinds.
     create = sub.choices["create-channel"]
     create.add_argument("--private", action="store_true", help="members join by invitation only")

@@ -5,15 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from parley_cli.arguments import command, command_group
 from parley_cli.prompt import ask
-from parley_cli.signin import client_for, login_as, read_password
-from parley_client import ParleyClient
-
-
-async def _logged_in(args: argparse.Namespace) -> ParleyClient:
-    client = client_for(args)
-    await login_as(args, client)
-    return client
+from parley_cli.signin import read_password, signed_in
 
 
 def _password_for(user: str) -> str:
@@ -28,7 +22,7 @@ def _how_to_use_a_code(user: str) -> str:
 
 
 async def cmd_recovery_codes(args: argparse.Namespace) -> int:
-    async with await _logged_in(args) as client:
+    async with signed_in(args) as client:
         if args.totp:
             codes = await client.regenerate_recovery_codes(totp_code=args.totp)
         else:
@@ -49,7 +43,7 @@ def _code_from_app() -> str:
 
 
 async def cmd_enrol(args: argparse.Namespace) -> int:
-    async with await _logged_in(args) as client:
+    async with signed_in(args) as client:
         begun = await client.begin_totp_enrolment()
         print("add this account to your authenticator app (scan the URI as a QR code, or type the secret):")
         print(begun.otpauth_uri)
@@ -64,16 +58,18 @@ async def cmd_enrol(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    mfa = sub.add_parser("mfa", help="your two-factor authentication (with --as USER)")
-    commands = mfa.add_subparsers(dest="mfa_command", required=True)
-    codes = commands.add_parser(
+    commands = command_group(sub, "mfa", help="your two-factor authentication (with --as USER)")
+    codes = command(
+        commands,
         "recovery-codes",
+        cmd_recovery_codes,
         help="replace your recovery codes; proves presence with --totp CODE or your password "
         "(prompt or $PARLEY_PASSWORD)",
     )
     codes.add_argument("--totp", default="", help="a current code from your authenticator app")
-    codes.set_defaults(run=cmd_recovery_codes)
-    enrol = commands.add_parser(
-        "enrol", help="turn on TOTP: shows the otpauth URI and secret, asks for a code, prints recovery codes once"
+    command(
+        commands,
+        "enrol",
+        cmd_enrol,
+        help="turn on TOTP: shows the otpauth URI and secret, asks for a code, prints recovery codes once",
     )
-    enrol.set_defaults(run=cmd_enrol)

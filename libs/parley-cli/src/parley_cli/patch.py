@@ -13,6 +13,7 @@ from typing import Any
 from parley.patch.v1 import patch_pb2
 
 from parley_cli import advisory_commands, release_commands
+from parley_cli.arguments import add_reason_option, command, command_group
 from parley_cli.layout import table
 from parley_cli.registry_connection import RegistryConnection, with_registry
 from parley_cli.rollout_view import StatusWatch, audit_table, planned, print_rollout
@@ -147,41 +148,37 @@ async def cmd_status(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    patch = sub.add_parser("patch", help="signed releases and roll-outs").add_subparsers(
-        dest="patch_command", required=True
-    )
+    patch = command_group(sub, "patch", help="signed releases and roll-outs")
     release_commands.add_commands(patch)
-    patch.add_parser("list", help="releases and roll-outs").set_defaults(run=cmd_list)
-    rollout = patch.add_parser("rollout", help="plan a roll-out of a published version (needs another's approval)")
+    command(patch, "list", cmd_list, help="releases and roll-outs")
+    rollout = command(
+        patch, "rollout", cmd_rollout, help="plan a roll-out of a published version (needs another's approval)"
+    )
     rollout.add_argument("service")
     rollout.add_argument("version")
     rollout.add_argument("--force", action="store_true", help="a release that failed a canary before (with --reason)")
-    rollout.add_argument("--reason", default="", help="why (recorded in the audit)")
+    add_reason_option(rollout, help="why (recorded in the audit)")
     rollout.add_argument(
         "--weights", help="the new instance's share of callers at each gated phase, e.g. 10,50,100 (the default)"
     )
-    rollout.set_defaults(run=cmd_rollout)
-    revert = patch.add_parser(
-        "revert", help="plan a roll-out back to the version before SERVICE's last finished roll-out"
+    revert = command(
+        patch, "revert", cmd_revert, help="plan a roll-out back to the version before SERVICE's last finished roll-out"
     )
     revert.add_argument("service")
-    revert.add_argument("--reason", default="", help="why (recorded in the audit)")
+    add_reason_option(revert, help="why (recorded in the audit)")
     revert.add_argument("--force", action="store_true", help="even if that version failed a canary (with --reason)")
-    revert.set_defaults(run=cmd_revert)
     for name, action, text in (
         ("approve", "Approve", "approve a planned roll-out (not your own)"),
         ("pause", "Pause", "hold a roll-out before its next step"),
         ("resume", "Resume", "continue a paused roll-out"),
         ("rollback", "Rollback", "roll back to the previous version (a done roll-out: plans its revert)"),
     ):
-        p = patch.add_parser(name, help=text)
+        p = command(patch, name, _command(action), help=text)
         p.add_argument("rollout_id")
         if name in ("pause", "rollback"):
             p.add_argument("--reason", default="")
-        p.set_defaults(run=_command(action))
-    status = patch.add_parser("status", help="a roll-out's steps and gates")
+    status = command(patch, "status", cmd_status, help="a roll-out's steps and gates")
     status.add_argument("rollout_id", nargs="?", help="from `parley patch list`")
     status.add_argument("--watch", action="store_true", help="follow it until it finishes")
     status.add_argument("--audit", action="store_true", help="print every audited event")
-    status.set_defaults(run=cmd_status)
     advisory_commands.add_commands(sub)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -39,13 +38,13 @@ from parley_cli.platform_releases import install_base_releases, publish_base_rel
 from parley_cli.platform_reseed import reseed_restored_log
 from parley_cli.report_schedule import report_every, report_job
 from parley_cli.restart_budget import RESTART_LIMIT, RESTART_RESET_AFTER_S, RestartBudget
-from parley_cli.state import CLIENT_FILE, STATE_FILE, mark_stopped, previous_version, write_starting_state
+from parley_cli.state import mark_stopped, running_state, write_running_state, write_starting_state
 from parley_cli.terminal import shown
 from parley_cli.usernames import ArchiveUsernames
 from parley_core.bus import EventBus
 from parley_core.config import PEER_ADDRESS_ENV, RESTORED_MARKER, STABLE_ADDRESS_ENV, Settings
 from parley_core.database import SQLITE_ARCHIVE, location_of
-from parley_core.files import ensure_private_dir, write_private_file
+from parley_core.files import ensure_private_dir
 from parley_core.jobs import PeriodicJob, every
 from parley_core.nats_connect import connect_nats
 from parley_core.natsconf import ROUTE_USER, ensure_nats_passwords
@@ -276,33 +275,9 @@ class Platform:
 
     def _state(self) -> dict[str, Any]:
         assert self.agent is not None
-        services: dict[str, Any] = {}
-        for name, door in self.front_doors.items():
-            instances = [i for i in self.agent.instances_of(name) if i.serving]
-            running = [i for i in instances if i.process is not None and i.process.returncode is None]
-            services[name] = {
-                "port": door.port,
-                "address": door.address,
-                # The first live instance: what `kill` in a test or an operator's script means.
-                "pid": running[0].process.pid if running and running[0].process else None,
-                "version": instances[-1].version if instances else previous_version(self.data_dir, name),
-                "instances": [
-                    {
-                        "instance_id": i.instance_id,
-                        "address": i.address,
-                        "version": i.version,
-                        "pid": i.process.pid if i.process else None,
-                    }
-                    for i in instances
-                ],
-            }
-        return {
-            "running": True,
-            "pid": os.getpid(),
-            **self._nats_fields(),
-            "services": services,
-            "web": {"port": self.web_claim.getsockname()[1] if self.web_claim is not None else None},
-        }
+        web_port = self.web_claim.getsockname()[1] if self.web_claim is not None else None
+        fleet = self.agent.instances_of
+        return running_state(self.data_dir, self.front_doors, fleet, nats=self._nats_fields(), web_port=web_port)
 
     def _nats_fields(self) -> dict[str, Any]:
         return {
@@ -321,13 +296,9 @@ class Platform:
         if state == self._written_state:
             return
         self._written_state = state
-        write_private_file(self.data_dir / STATE_FILE, json.dumps(state, indent=2).encode())
-        client = {
-            "gateway_address": self.front_doors["gateway"].address,
-            "ca_cert": str(self.pki.ca_cert),
-            "web_url": self.web_url,
-        }
-        write_private_file(self.data_dir / CLIENT_FILE, json.dumps(client, indent=2).encode())
+        gateway = self.front_doors["gateway"].address
+        client = {"gateway_address": gateway, "ca_cert": str(self.pki.ca_cert), "web_url": self.web_url}
+        write_running_state(self.data_dir, state, client=client)
 
     async def supervise(self) -> None:
         """Report services that stop; restart the ones that crash (a clean exit is an operator's stop).

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,9 @@ from parley_cli.terminal import shown
 from parley_core.consumer_guard import ConsumerGuard, ensure_declared_durables
 from parley_core.files import ensure_private_dir, write_private_file
 from parley_core.nats_process import NatsServerProcess
-from parley_core.natsconf import ROUTE_USER, ClusterConfig, holds_pre_account_streams, render_server_config
+from parley_core.natsconf import ClusterConfig, holds_pre_account_streams, render_server_config
 from parley_core.net import free_port, host_address, port_or_free
 from parley_core.pki import Pki
-from parley_core.topology import NATS_IDENTITY
 
 STORE_KEY_FILE = "jetstream-store.key"
 CLUSTER_NAME = "parley"
@@ -57,32 +57,25 @@ def ensure_store_key(path: Path) -> str:
     return key
 
 
+@dataclass(eq=False)
 class PlatformNats:
     """The nodes' configs, processes and supervision; `on_change` is told when one stops or starts."""
 
-    def __init__(
-        self,
-        data_dir: Path,
-        *,
-        cluster: int,
-        say: Callable[[str], None],
-        on_change: Callable[[], None],
-        stopping: asyncio.Event,
-    ) -> None:
-        self.data_dir = data_dir
-        self.cluster = cluster
-        self.say = say
-        self.on_change = on_change
-        self._stopping = stopping
-        self.nodes: list[NatsServerProcess] = []
-        self.routes: list[str] = []
-        self.restarts: dict[str, int] = {}
-        # Each node's config as a function of the quarantined services (rendered again when that changes).
-        self._renderers: list[Callable[[frozenset[str]], str]] = []
-        self.rendered_quarantine: frozenset[str] = frozenset()
-        self._quarantine_lock = asyncio.Lock()
-        self._watchers: list[asyncio.Task[None]] = []
-        self.guard: ConsumerGuard | None = None
+    data_dir: Path
+    _: KW_ONLY
+    cluster: int
+    say: Callable[[str], None]
+    on_change: Callable[[], None]
+    stopping: asyncio.Event
+    nodes: list[NatsServerProcess] = field(default_factory=list, init=False)
+    routes: list[str] = field(default_factory=list, init=False)
+    restarts: dict[str, int] = field(default_factory=dict, init=False)
+    # Each node's config as a function of the quarantined services (rendered again when that changes).
+    _renderers: list[Callable[[frozenset[str]], str]] = field(default_factory=list, init=False)
+    rendered_quarantine: frozenset[str] = field(default=frozenset(), init=False)
+    _quarantine_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
+    _watchers: list[asyncio.Task[None]] = field(default_factory=list, init=False)
+    guard: ConsumerGuard | None = field(default=None, init=False)
 
     @property
     def replicas(self) -> int:
@@ -145,7 +138,6 @@ class PlatformNats:
         """Every local node started on the last run's ports (new ones the first time)."""
         self._refuse_other_layout()
         self.rendered_quarantine = frozenset(quarantined(self.data_dir))
-        identity = pki.identity(NATS_IDENTITY)
         store_key = ensure_store_key(self.data_dir / "secrets" / STORE_KEY_FILE)
         folders = self.folders()
         previous = previous_nats_ports(self.data_dir)
@@ -159,22 +151,15 @@ class PlatformNats:
             ensure_private_dir(folder)
             cluster = None
             if self.cluster > 1:
-                cluster = ClusterConfig(
-                    name=CLUSTER_NAME,
-                    host=address,
-                    port=route_ports[index],
-                    routes=routes,
-                    route_user=ROUTE_USER,
-                    route_password=passwords[ROUTE_USER],
+                cluster = ClusterConfig.routed(
+                    name=CLUSTER_NAME, host=address, port=route_ports[index], routes=routes, passwords=passwords
                 )
             render = partial(
                 render_server_config,
                 host=address,
                 port=client_ports[index],
                 store_dir=folder / "jetstream",
-                tls_cert=identity.cert,
-                tls_key=identity.key,
-                ca_cert=pki.ca_cert,
+                pki=pki,
                 passwords=passwords,
                 server_name="parley" if cluster is None else f"parley-node{index}",
                 store_cipher_key=store_key,
@@ -211,7 +196,7 @@ class PlatformNats:
         pause, up_since = 0.0, float("-inf")
         while True:
             code = await node.wait_exit()
-            if self._stopping.is_set():
+            if self.stopping.is_set():
                 return
             if (host := moved_to(node.config_path.parent)) is not None:
                 self.say(f"{name} stopped (exit {code}): handed over to host {shown(host)}, which runs it now")
@@ -241,8 +226,8 @@ class PlatformNats:
         """Wait `seconds` unless `parley up` is told to stop first; True if it was."""
         if seconds > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), seconds)
-        return self._stopping.is_set()
+                await asyncio.wait_for(self.stopping.wait(), seconds)
+        return self.stopping.is_set()
 
     async def start_guard(self, nc: Client, watch_nc: Client, quota: int) -> None:
         """Every declared durable made (so no flood keeps one from being made), then the guard

@@ -21,7 +21,9 @@ from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from parley_cli.admin import _account, _auth  # the operator's auth connection: one way to reach it
+from parley_cli.arguments import add_reason_option, command
 from parley_cli.prompt import ask
+from parley_cli.signin import signed_in
 from parley_cli.state import load_running_state
 from parley_cli.terminal import shown
 from parley_cli.wording import counted
@@ -119,8 +121,6 @@ def _refuse_unwritable(out: Path) -> None:
 
 
 async def cmd_export(args: argparse.Namespace) -> int:
-    from parley_cli.messages import _logged_in
-
     out: Path = args.out
     who = _subject(args)
     _refuse_unwritable(out)
@@ -132,7 +132,7 @@ async def cmd_export(args: argparse.Namespace) -> int:
             )
         data = response.archive
     else:
-        async with await _logged_in(args) as client:
+        async with signed_in(args) as client:
             data = await client.export_my_data()
     # Personal data: readable by the one who asked only.
     try:
@@ -172,8 +172,6 @@ class _KeyringWatch:
 
 
 async def cmd_erase(args: argparse.Namespace) -> int:
-    from parley_cli.messages import _logged_in
-
     who = _subject(args)
     if not _confirmed(args, who):
         print("not erased")
@@ -191,7 +189,7 @@ async def cmd_erase(args: argparse.Namespace) -> int:
             async with _archive(args) as archive:
                 result = await archive.EraseUserData(request, timeout=TIMEOUT_S)
         else:
-            async with await _logged_in(args) as client:
+            async with signed_in(args) as client:
                 user_id = client.user_id
                 result = await client.erase_my_data(reason=args.reason)
     except ParleyError as exc:
@@ -247,9 +245,7 @@ async def _as_logged_in_user(args: argparse.Namespace) -> list[tuple[str, str]]:
     without, nothing: the platform identity acts as the operator."""
     if not args.user:
         return []
-    from parley_cli.messages import _logged_in
-
-    async with await _logged_in(args) as client:
+    async with signed_in(args) as client:
         return [("authorization", f"Bearer {await client.current_token()}")]
 
 
@@ -275,14 +271,19 @@ async def _list_retention(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    export = sub.add_parser(
-        "export", help="a copy of a user's data (yours with --as; anyone's as the operator, naming USER)"
+    export = command(
+        sub,
+        "export",
+        cmd_export,
+        help="a copy of a user's data (yours with --as; anyone's as the operator, naming USER)",
     )
     export.add_argument("username", nargs="?", default="", metavar="USER", help="as the operator: whose data")
     export.add_argument("--out", type=Path, required=True, help="write the JSON document here (mode 0600)")
-    export.set_defaults(run=cmd_export)
-    erase = sub.add_parser(
-        "erase", help="erase a user's data for good (yours with --as; anyone's as the operator, naming USER)"
+    erase = command(
+        sub,
+        "erase",
+        cmd_erase,
+        help="erase a user's data for good (yours with --as; anyone's as the operator, naming USER)",
     )
     erase.add_argument(
         "username",
@@ -291,11 +292,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         metavar="USER",
         help="as the operator: whose data (a username, or the user id of an account already erased)",
     )
-    erase.add_argument("--reason", default="", help="kept in the audited erasure record")
+    add_reason_option(erase, help="kept in the audited erasure record")
     erase.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    erase.set_defaults(run=cmd_erase)
-    retention = sub.add_parser(
+    retention = command(
+        sub,
         "retention",
+        cmd_retention,
         help="how long a channel keeps its messages; older ones are removed everywhere (operator)",
         description="With CHANNEL_ID and DAYS, set that channel's policy (recorded by messaging, which expires "
         "nothing else; applied by storage at once, then hourly); "
@@ -307,4 +309,3 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     retention.add_argument(
         "days", nargs="?", type=int, metavar="DAYS", help="keep messages this many days; 0 keeps them forever"
     )
-    retention.set_defaults(run=cmd_retention)

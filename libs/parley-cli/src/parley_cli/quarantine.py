@@ -14,6 +14,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+from parley_cli.arguments import command
 from parley_core.files import write_private_file
 from parley_core.topology import SERVICES
 
@@ -70,14 +71,14 @@ async def cmd_lift(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    quarantine = sub.add_parser(
+    quarantine = command(
+        sub,
         "quarantine",
+        cmd_quarantine,
         help="services whose NATS credential kept flooding a stream with consumers (operator)",
         description="The platform's consumer guard deletes every JetStream consumer no service may keep; a "
         "service whose credential keeps making them may make no consumer but its declared durables until lifted.",
     )
-    quarantine.set_defaults(run=cmd_quarantine)
     commands = quarantine.add_subparsers(dest="quarantine_command")
-    lifted = commands.add_parser("lift", help="let a quarantined service make consumers again")
+    lifted = command(commands, "lift", cmd_lift, help="let a quarantined service make consumers again")
     lifted.add_argument("service", choices=SERVICES)
-    lifted.set_defaults(run=cmd_lift)

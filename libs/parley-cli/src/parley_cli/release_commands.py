@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import grpc
 from parley.patch.v1 import patch_pb2
 
+from parley_cli.arguments import command, command_group
 from parley_cli.registry_connection import RegistryConnection, with_registry
 from parley_client import ParleyError
 
@@ -139,7 +140,7 @@ async def cmd_root_rotate(args: argparse.Namespace) -> int:
 
 
 def add_commands(patch: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    publish = patch.add_parser("publish", help="sign and publish a release of one service (as --as USER)")
+    publish = command(patch, "publish", cmd_publish, help="sign and publish a release of one service (as --as USER)")
     publish.add_argument("service")
     publish.add_argument("version")
     publish.add_argument("--wheel", help="an already built wheel (default: build services/<service> at VERSION)")
@@ -151,17 +152,16 @@ def add_commands(patch: argparse._SubParsersAction) -> None:  # type: ignore[typ
     )
     publish.add_argument("--min-event-schema", type=int, default=1, help="oldest event schema it can read")
     publish.add_argument("--key-file", help="the publisher key (default <data>/cli/keys/<service>.pem)")
-    publish.set_defaults(run=cmd_publish)
-    key = patch.add_parser("key", help="publisher signing keys").add_subparsers(dest="key_command", required=True)
-    create = key.add_parser("create", help="a new publisher key for SERVICE, delegated by the registry (as --as USER)")
+    key = command_group(patch, "key", help="publisher signing keys")
+    create = command(
+        key, "create", cmd_key_create, help="a new publisher key for SERVICE, delegated by the registry (as --as USER)"
+    )
     create.add_argument("service")
     create.add_argument("--key-file", help="where to keep the private key (default <data>/cli/keys/<service>.pem)")
-    create.set_defaults(run=cmd_key_create)
-    root = patch.add_parser("root", help="the release repository's offline root keys").add_subparsers(
-        dest="root_command", required=True
+    root = command_group(patch, "root", help="the release repository's offline root keys")
+    rotate = command(
+        root, "rotate", cmd_root_rotate, help="replace the root keys (signed here with the offline key files)"
     )
-    rotate = root.add_parser("rotate", help="replace the root keys (signed here with the offline key files)")
     rotate.add_argument("--old-key", action="append", required=True, help="a current root key file (repeat)")
     rotate.add_argument("--new-key", action="append", required=True, help="a new root key file, made if missing")
     rotate.add_argument("--threshold", type=int, required=True, help="how many new root keys must sign")
-    rotate.set_defaults(run=cmd_root_rotate)

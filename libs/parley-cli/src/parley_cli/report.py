@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from parley_cli.arguments import command, command_group
 from parley_cli.compliance import ComplianceFacts, gather, render, render_html
 from parley_cli.report_pdf import PdfNotPrinted, chromium, html_to_pdf
 from parley_cli.report_signing import (
@@ -174,11 +175,11 @@ def check_report(report: Path, public_key: Path | None) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    report = sub.add_parser("report", help="signed reports for auditors").add_subparsers(
-        dest="report_command", required=True
-    )
-    compliance = report.add_parser(
+    report = command_group(sub, "report", help="signed reports for auditors")
+    compliance = command(
+        report,
         "compliance",
+        cmd_compliance,
         help="a dated, signed compliance report: fleet, open findings, roll-outs and approvals, audit chain",
         description="Write a Markdown report of the running platform (fleet, open findings with deadlines, "
         "roll-outs in the period with who planned and approved them and their gate verdicts, the audit chain's "
@@ -194,10 +195,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         "printed by Chromium headless); "
         "default <data>/reports/compliance-<time>.md and .html",
     )
-    compliance.set_defaults(run=cmd_compliance)
-    check = report.add_parser("verify", help="check a report's signature; exit 1 when it was changed")
+    check = command(report, "verify", cmd_verify, help="check a report's signature; exit 1 when it was changed")
     check.add_argument("file", type=Path)
     check.add_argument(
         "--public-key", type=Path, metavar="PEM", help=f"the signer's public key (default: {PUBLIC_KEY_NAME} by FILE)"
     )
-    check.set_defaults(run=cmd_verify)

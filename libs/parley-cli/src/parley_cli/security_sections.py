@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
 from parley_cli.compliance_security import SecurityFacts, user_in
+from parley_cli.layout import utc_minute
 from parley_core.backup_journal import BackupEntry
 from parley_core.synthetic import PROBER_NAME_PREFIX
 
@@ -17,7 +18,7 @@ TableFn = Callable[[Sequence[str], Sequence[Sequence[object]]], list[str]]
 
 
 def _when(unix: float) -> str:
-    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M UTC") if unix else "-"
+    return utc_minute(unix) if unix else "-"
 
 
 def _age(unix: float, now: float) -> str:

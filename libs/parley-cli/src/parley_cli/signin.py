@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from parley_cli.joined_host import joined_host
@@ -86,6 +88,14 @@ def client_for(args: argparse.Namespace) -> ParleyClient:
     if args.gateway:
         config = ClientConfig(gateway_address=args.gateway, ca_cert=config.ca_cert)
     return ParleyClient.from_config(config)
+
+
+@asynccontextmanager
+async def signed_in(args: argparse.Namespace) -> AsyncIterator[ParleyClient]:
+    """A client as the --as user, with their saved session; closed on leaving."""
+    async with client_for(args) as client:
+        await login_as(args, client)
+        yield client
 
 
 def token_path(args: argparse.Namespace, user: str) -> Path:

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from parley_cli.joined_host import joined_host
 from parley_core import platform_state
 from parley_core.files import write_private_file
 from parley_core.platform_state import process_alive as _alive
+
+if TYPE_CHECKING:  # the agent's stack loads with `parley up` only
+    from parley_agent.door_book import DoorBook
+    from parley_agent.instances import Instance
 
 STATE_FILE = platform_state.STATE_FILE
 CLIENT_FILE = "client.json"
@@ -91,11 +96,17 @@ def no_platform(data_dir: Path) -> PlatformNotRunning:
     )
 
 
+def last_state(data_dir: Path) -> dict[str, Any]:
+    """The state file as the last `parley up` left it; empty before the first."""
+    path = data_dir / STATE_FILE
+    state: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    return state
+
+
 def unavailable_hint(data_dir: Path) -> str:
     """After an UNAVAILABLE answer: with the platform running, a service behind it is down (status
     names it), and telling to start the platform would mislead."""
-    path = data_dir / STATE_FILE
-    state = json.loads(path.read_text()) if path.exists() else {}
+    state = last_state(data_dir)
     if joined_host(data_dir) or (state.get("running") and _alive(state.get("pid"))):
         return "a service it needs is unavailable: `parley status` names the one that is down"
     return f"is the platform running? {how_to_start(data_dir)} starts it; `parley status` shows what is down"
@@ -118,10 +129,7 @@ def leftover_pids(data_dir: Path) -> list[int]:
     Its nats-server and services run in sessions of their own, so they outlive it: the state
     file still says "running" and names their pids.
     """
-    path = data_dir / STATE_FILE
-    if not path.exists():
-        return []
-    state = json.loads(path.read_text())
+    state = last_state(data_dir)
     if not state.get("running") or _alive(state.get("pid")):
         return []
     pids = [pid for pid in state.get("nats_pids", []) if isinstance(pid, int)]
@@ -131,20 +139,14 @@ def leftover_pids(data_dir: Path) -> list[int]:
 
 
 def previous_port(data_dir: Path, service: str) -> int | None:
-    path = data_dir / STATE_FILE
-    if not path.exists():
-        return None
-    port = json.loads(path.read_text()).get("services", {}).get(service, {}).get("port")
+    port = last_state(data_dir).get("services", {}).get(service, {}).get("port")
     return int(port) if port else None
 
 
 def previous_nats_ports(data_dir: Path) -> list[tuple[int | None, int | None]]:
     """Each NATS node's client and route port on this folder's last run: reused, so the nodes
     handed over to other hosts (which know these routes) find the first host's again."""
-    path = data_dir / STATE_FILE
-    if not path.exists():
-        return []
-    nodes = json.loads(path.read_text()).get("nats", [])
+    nodes = last_state(data_dir).get("nats", [])
     return [(_port_of(n.get("url")), _port_of(n.get("route"))) for n in nodes]
 
 
@@ -154,19 +156,13 @@ def _port_of(address: object) -> int | None:
 
 def previous_web_port(data_dir: Path) -> int | None:
     """The web app's port on this data folder's last run (kept in platform.json)."""
-    path = data_dir / STATE_FILE
-    if not path.exists():
-        return None
-    port = json.loads(path.read_text()).get("web", {}).get("port")
+    port = last_state(data_dir).get("web", {}).get("port")
     return int(port) if port else None
 
 
 def previous_version(data_dir: Path, service: str) -> str | None:
     """The version a service ran when the platform last wrote its state (a roll-out may have changed it)."""
-    path = data_dir / STATE_FILE
-    if not path.exists():
-        return None
-    version = json.loads(path.read_text()).get("services", {}).get(service, {}).get("version")
+    version = last_state(data_dir).get("services", {}).get(service, {}).get("version")
     return str(version) if version else None
 
 
@@ -174,14 +170,52 @@ def write_starting_state(data_dir: Path, nats: dict[str, Any]) -> None:
     """Once nats-server runs (`nats`: its nats_url, nats_pids and nats entries): a `parley up`
     killed before its services are up (a long re-seed) leaves pids the next start and `parley
     status` find. Ports and versions of the last run are kept for this start to reuse."""
-    path = data_dir / STATE_FILE
-    previous = json.loads(path.read_text()) if path.exists() else {}
+    previous = last_state(data_dir)
     services = {
         name: {"port": s.get("port"), "version": s.get("version"), "instances": []}
         for name, s in previous.get("services", {}).items()
     }
     state = {"running": True, "pid": os.getpid(), **nats, "services": services, "web": previous.get("web", {})}
-    write_private_file(path, json.dumps(state, indent=2).encode())
+    write_private_file(data_dir / STATE_FILE, json.dumps(state, indent=2).encode())
+
+
+def running_state(
+    data_dir: Path,
+    doors: Mapping[str, DoorBook],
+    instances_of: Callable[[str], list[Instance]],
+    *,
+    nats: dict[str, Any],
+    web_port: int | None,
+) -> dict[str, Any]:
+    """The state of the running platform: each service's door and serving instances, the broker
+    (`nats`, as for write_starting_state) and the web app's port."""
+    services: dict[str, Any] = {}
+    for name, door in doors.items():
+        instances = [i for i in instances_of(name) if i.serving]
+        running = [i for i in instances if i.process is not None and i.process.returncode is None]
+        services[name] = {
+            "port": door.port,
+            "address": door.address,
+            # The first live instance: what `kill` in a test or an operator's script means.
+            "pid": running[0].process.pid if running and running[0].process else None,
+            "version": instances[-1].version if instances else previous_version(data_dir, name),
+            "instances": [
+                {
+                    "instance_id": i.instance_id,
+                    "address": i.address,
+                    "version": i.version,
+                    "pid": i.process.pid if i.process else None,
+                }
+                for i in instances
+            ],
+        }
+    return {"running": True, "pid": os.getpid(), **nats, "services": services, "web": {"port": web_port}}
+
+
+def write_running_state(data_dir: Path, state: dict[str, Any], *, client: dict[str, str]) -> None:
+    """The state file, and client.json: where clients find the gateway and the CA to trust."""
+    write_private_file(data_dir / STATE_FILE, json.dumps(state, indent=2).encode())
+    write_private_file(data_dir / CLIENT_FILE, json.dumps(client, indent=2).encode())
 
 
 def mark_stopped(data_dir: Path) -> None:

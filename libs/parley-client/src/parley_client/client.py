@@ -149,18 +149,12 @@ class ParleyClient(PlainCalls):
 
         Created once, like a send: an unknown outcome is retried with the same key until `timeout`.
         """
-        key = idempotency_key or uuid.uuid4().hex
         request = messaging_pb2.CreateChannelRequest(
-            name=name,
-            encrypted=encrypted,
-            private=private,
-            hide_history_before_join=hide_history_before_join,
-            idempotency_key=key,
+            name=name, encrypted=encrypted, private=private, hide_history_before_join=hide_history_before_join
         )
-        channel: messaging_pb2.Channel = await self._write(
-            self._stub.CreateChannel, request, timeout=timeout, idempotency_key=key
+        return await self._keyed_write(
+            self._stub.CreateChannel, request, idempotency_key=idempotency_key, timeout=timeout
         )
-        return channel
 
     async def create_direct(
         self,
@@ -171,14 +165,10 @@ class ParleyClient(PlainCalls):
         timeout: float = WRITE_TIMEOUT_S,
     ) -> messaging_pb2.Channel:
         """A direct conversation with 1 to 7 others: fixed members, nobody moderates (created once, as above)."""
-        key = idempotency_key or uuid.uuid4().hex
-        request = messaging_pb2.CreateDirectChannelRequest(
-            user_ids=list(user_ids), encrypted=encrypted, idempotency_key=key
+        request = messaging_pb2.CreateDirectChannelRequest(user_ids=list(user_ids), encrypted=encrypted)
+        return await self._keyed_write(
+            self._stub.CreateDirectChannel, request, idempotency_key=idempotency_key, timeout=timeout
         )
-        channel: messaging_pb2.Channel = await self._write(
-            self._stub.CreateDirectChannel, request, timeout=timeout, idempotency_key=key
-        )
-        return channel
 
     async def send(
         self,
@@ -200,14 +190,10 @@ class ParleyClient(PlainCalls):
         enable_e2ee); the returned message then carries the ciphertext the server stored.
         """
         body = await self._sealed(channel_id, body)
-        key = idempotency_key or uuid.uuid4().hex
-        request = messaging_pb2.PostMessageRequest(
-            channel_id=channel_id, body=body, idempotency_key=key, thread_root_seq=thread_root_seq
+        request = messaging_pb2.PostMessageRequest(channel_id=channel_id, body=body, thread_root_seq=thread_root_seq)
+        return await self._keyed_write(
+            self._stub.SendMessage, request, idempotency_key=idempotency_key, timeout=timeout
         )
-        message: messaging_pb2.ChatMessage = await self._write(
-            self._stub.SendMessage, request, timeout=timeout, idempotency_key=key
-        )
-        return message
 
     async def history(
         self,

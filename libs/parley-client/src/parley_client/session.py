@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar, cast
 
 import grpc
 from parley.auth.v1 import auth_pb2
@@ -41,6 +42,9 @@ RENEW_MARGIN_S = 60.0
 TOKEN_LIFETIME_S = 15 * 60.0  # auth's access tokens, when nothing says otherwise
 
 Renew = Callable[[Any], Awaitable[None]]
+
+
+Response = TypeVar("Response")
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,20 @@ class GatewaySession:
             if wait is None or wait > MAX_RETRY_WAIT_S or loop.time() + wait > give_up:
                 raise error
             await asyncio.sleep(wait)
+
+    async def _keyed_write(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[Any, Response],
+        request: Any,
+        *,
+        idempotency_key: str | None,
+        timeout: float,
+    ) -> Response:
+        """A write made once (a send, a new channel): under the caller's idempotency key, else a new
+        one, set in `request`, so a retry of an unknown outcome cannot make it twice."""
+        key = idempotency_key or uuid.uuid4().hex
+        request.idempotency_key = key
+        return cast(Response, await self._write(method, request, timeout=timeout, idempotency_key=key))
 
     async def _write(self, method: Any, request: Any, *, timeout: float, idempotency_key: str = "") -> Any:
         """A write that is safe to repeat (a keyed send, an edit to a given text, a reaction):

@@ -25,16 +25,17 @@ from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 
+from parley_core.grpc_handlers import HandlerWrapper, replaced
 from parley_core.metrics import ServiceMetrics
 from parley_core.request_stats import SERVER_FAULTS, RequestStats
 
 if TYPE_CHECKING:
-    from parley_core.grpc_handlers import Continuation, Handler
+    from parley_core.grpc_handlers import Handler
 
 _UNCOUNTED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
-class CallStatsInterceptor(grpc.aio.ServerInterceptor):
+class CallStatsInterceptor(HandlerWrapper):
     def __init__(self, metrics: ServiceMetrics, stats: RequestStats) -> None:
         self.metrics = metrics
         self.stats = stats
@@ -44,12 +45,8 @@ class CallStatsInterceptor(grpc.aio.ServerInterceptor):
         """From here on, a cancelled call may be one the server's stop cut off (not the client)."""
         self._stopping = True
 
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or handler.unary_unary is None or method.startswith(_UNCOUNTED):
+    def wrap(self, handler: Handler, method: str) -> Handler:
+        if handler.unary_unary is None or method.startswith(_UNCOUNTED):
             return handler
         inner = cast(Callable[[Any, "grpc.aio.ServicerContext[Any, Any]"], Awaitable[Any]], handler.unary_unary)
         record = self._recorder(method)
@@ -70,9 +67,7 @@ class CallStatsInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 record(code or grpc.StatusCode.OK, time.perf_counter() - started)
 
-        return grpc.unary_unary_rpc_method_handler(
-            unary, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-        )
+        return replaced(handler, unary)
 
     def _recorder(self, method: str) -> Callable[[grpc.StatusCode, float], None]:
         metrics, stats = self.metrics, self.stats

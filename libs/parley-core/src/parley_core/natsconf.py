@@ -27,6 +27,7 @@ from pathlib import Path
 
 from parley_core import nats_accounts, topology
 from parley_core.files import ensure_private_dir, write_private_file
+from parley_core.pki import CertPaths, Pki
 
 NATS_SERVER = "nats-server"
 
@@ -72,9 +73,7 @@ def render_server_config(
     host: str,
     port: int,
     store_dir: Path,
-    tls_cert: Path,
-    tls_key: Path,
-    ca_cert: Path,
+    pki: Pki,
     passwords: Mapping[str, str],
     server_name: str = "parley",
     store_cipher_key: str | None = None,
@@ -83,11 +82,14 @@ def render_server_config(
 ) -> str:
     """Render a nats-server config requiring TLS and a password for every connection.
 
+    The server presents `pki`'s `nats` identity, and its cluster routes trust `pki`'s CA.
+
     ``passwords`` must contain every service of ``topology.SERVICES`` and the platform user;
     a missing user would be silently locked out, so it is an error here instead. Passwords of
     users that topology no longer declares are ignored: they get no account. A `quarantined`
     service's account may make no consumer but its declared durables (nats_accounts.streams_reached).
     """
+    tls, ca_cert = pki.identity(topology.NATS_IDENTITY), pki.ca_cert
     users = [*topology.SERVICES, topology.PLATFORM_USER]
     missing = [user for user in users if user not in passwords]
     if missing:
@@ -111,14 +113,14 @@ def render_server_config(
         "",
         "# Every client must speak TLS; clients authenticate with a password, not a certificate.",
         "tls {",
-        f"  cert_file: {_quote(str(tls_cert))}",
-        f"  key_file: {_quote(str(tls_key))}",
+        f"  cert_file: {_quote(str(tls.cert))}",
+        f"  key_file: {_quote(str(tls.key))}",
         f"  ca_file: {_quote(str(ca_cert))}",
         "  verify: false",
         "  timeout: 5",
         "}",
         "",
-        *(render_cluster_block(cluster, tls_cert=tls_cert, tls_key=tls_key, ca_cert=ca_cert) if cluster else []),
+        *(render_cluster_block(cluster, tls=tls, ca_cert=ca_cert) if cluster else []),
         *render_accounts(passwords, quarantined=quarantined),
     ]
     return "\n".join(lines)
@@ -258,8 +260,16 @@ class ClusterConfig:
     route_user: str
     route_password: str
 
+    @classmethod
+    def routed(
+        cls, *, name: str, host: str, port: int, routes: tuple[str, ...], passwords: Mapping[str, str]
+    ) -> ClusterConfig:
+        """A platform node: its routes authenticate as ROUTE_USER, with that user's NATS password."""
+        route_password = passwords[ROUTE_USER]
+        return cls(name=name, host=host, port=port, routes=routes, route_user=ROUTE_USER, route_password=route_password)
 
-def render_cluster_block(cluster: ClusterConfig, *, tls_cert: Path, tls_key: Path, ca_cert: Path) -> list[str]:
+
+def render_cluster_block(cluster: ClusterConfig, *, tls: CertPaths, ca_cert: Path) -> list[str]:
     """The `cluster {}` block of one node; nats-server ignores a route to itself."""
     credentials = f"{cluster.route_user}:{cluster.route_password}"
     routes = [f"nats-route://{credentials}@{route}" for route in cluster.routes]
@@ -275,8 +285,8 @@ def render_cluster_block(cluster: ClusterConfig, *, tls_cert: Path, tls_key: Pat
         "  }",
         f"  routes: {_quote_list(routes)}",
         "  tls {",
-        f"    cert_file: {_quote(str(tls_cert))}",
-        f"    key_file: {_quote(str(tls_key))}",
+        f"    cert_file: {_quote(str(tls.cert))}",
+        f"    key_file: {_quote(str(tls.key))}",
         f"    ca_file: {_quote(str(ca_cert))}",
         "    verify: true",
         "    timeout: 5",

@@ -18,6 +18,7 @@ import nats.js.errors
 
 from parley_core.deadline import answering_within
 from parley_core.errors import OUTCOME_METADATA, OUTCOME_UNKNOWN, DomainError, OutcomeUnknown, status_for
+from parley_core.grpc_handlers import Deserializer, HandlerWrapper, replaced
 from parley_core.ranges import check_ranges
 from parley_core.rbac import METHOD_PERMISSIONS, PLATFORM_METHODS
 from parley_core.tokens import TokenVerifier, bearer_token
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 
 _AioBehaviour = Callable[[Any, "grpc.aio.ServicerContext[Any, Any]"], Any]
 Authorize = Callable[[str, "grpc.aio.ServicerContext[Any, Any]"], None]
-Deserializer = Callable[[bytes], Any]
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ EVENT_LOG_UNANSWERED = (
 )
 
 
-class CallerCheckAndErrors(grpc.aio.ServerInterceptor):
+class CallerCheckAndErrors(HandlerWrapper):
     """Refuses peers not allowed to call this service and maps errors to one gRPC status each.
 
     Domain errors keep their message; anything unexpected becomes INTERNAL with a reference
@@ -115,13 +115,7 @@ class CallerCheckAndErrors(grpc.aio.ServerInterceptor):
         self._allowed = allowed_peers
         self._authorize = authorize
 
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
+    def wrap(self, handler: Handler, method: str) -> Handler:
         allowed = self._allowed
         authorize = self._authorize
 
@@ -179,11 +173,7 @@ class CallerCheckAndErrors(grpc.aio.ServerInterceptor):
                 except Exception as exc:
                     await fail(context, exc)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary,
-                request_deserializer=decoding(handler.request_deserializer, method),
-                response_serializer=handler.response_serializer,
-            )
+            return replaced(handler, unary, request_deserializer=decoding(handler.request_deserializer, method))
         if handler.unary_stream is not None:
             inner_stream = cast(_AioBehaviour, handler.unary_stream)
 
@@ -202,11 +192,7 @@ class CallerCheckAndErrors(grpc.aio.ServerInterceptor):
                 except Exception as exc:
                     await fail(context, exc)
 
-            return grpc.unary_stream_rpc_method_handler(
-                stream,
-                request_deserializer=decoding(handler.request_deserializer, method),
-                response_serializer=handler.response_serializer,
-            )
+            return replaced(handler, stream, request_deserializer=decoding(handler.request_deserializer, method))
         return handler
 
 

@@ -27,9 +27,10 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, DEFAULT_ON
 
 from parley_core.config import TraceExporter
+from parley_core.grpc_handlers import HandlerWrapper, replaced
 
 if TYPE_CHECKING:
-    from parley_core.grpc_handlers import Continuation, Handler
+    from parley_core.grpc_handlers import Handler
 
 _provider: TracerProvider | None = None
 _spans_recorded = True  # until setup_tracing says there is no exporter
@@ -160,16 +161,10 @@ def _server_span(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> It
         yield
 
 
-class _CarryTraceContext(grpc.aio.ServerInterceptor):
+class _CarryTraceContext(HandlerWrapper):
     """Each call runs in its caller's trace context, so NATS headers and downstream calls carry it."""
 
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
+    def wrap(self, handler: Handler, method: str) -> Handler:
         if handler.unary_unary is not None:
             inner = cast(Callable[..., Awaitable[Any]], handler.unary_unary)
 
@@ -177,11 +172,7 @@ class _CarryTraceContext(grpc.aio.ServerInterceptor):
                 with _server_span(method, context):
                     return await inner(request, context)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            return replaced(handler, unary)
         if handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
             inner_stream = cast(Callable[..., AsyncIterator[Any]], handler.unary_stream)
 
@@ -190,11 +181,7 @@ class _CarryTraceContext(grpc.aio.ServerInterceptor):
                     async for item in inner_stream(request, context):
                         yield item
 
-            return grpc.unary_stream_rpc_method_handler(
-                stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            return replaced(handler, stream)
         return handler
 
 
@@ -219,13 +206,7 @@ class _InjectTraceContext(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnarySt
     ) -> Any:
         return await continuation(_carrying_context(client_call_details), request)
 
-    async def intercept_unary_stream(
-        self,
-        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request: Any,
-    ) -> Any:
-        return await continuation(_carrying_context(client_call_details), request)
+    intercept_unary_stream = intercept_unary_unary  # a stream's call carries it the same way
 
 
 def current_trace_headers() -> dict[str, str]:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from parley_core import topology
 from parley_core.files import ensure_private_dir
@@ -27,7 +28,15 @@ from parley_core.natsconf import ROUTE_USER, ClusterConfig, ensure_nats_password
 from parley_core.net import free_port
 from parley_core.pki import Pki, ensure_pki
 
-__all__ = ["NatsTestCluster", "NatsTestServer", "nats_server", "pki", "start_nats_cluster", "start_nats_test_server"]
+__all__ = [
+    "NatsTestCluster",
+    "NatsTestServer",
+    "nats_server",
+    "pki",
+    "start_nats_cluster",
+    "start_nats_test_server",
+    "stream_states",
+]
 
 # A test client's close is bounded: one stuck flushing to a server under a flood must not hang teardown.
 CLOSE_TIMEOUT_S = 10.0
@@ -126,7 +135,6 @@ async def start_nats_test_server(pki: Pki, directory: Path) -> NatsTestServer:
     """
     ensure_private_dir(directory)
     passwords = ensure_nats_passwords(directory / "passwords.json", NATS_USERS)
-    tls = pki.identity(topology.NATS_IDENTITY)
     error: RuntimeError | None = None
     for attempt in range(_START_ATTEMPTS):
         port = free_port(_HOST)
@@ -137,9 +145,7 @@ async def start_nats_test_server(pki: Pki, directory: Path) -> NatsTestServer:
                 host=_HOST,
                 port=port,
                 store_dir=directory / "jetstream",
-                tls_cert=tls.cert,
-                tls_key=tls.key,
-                ca_cert=pki.ca_cert,
+                pki=pki,
                 passwords=passwords,
                 server_name=f"parley-test-{port}",
                 quarantined=quarantined,
@@ -224,7 +230,6 @@ async def start_nats_cluster(pki: Pki, directory: Path, *, size: int = 3) -> Nat
     """Start `size` TLS nodes routed to each other, with Parley's users, and wait for them all."""
     ensure_private_dir(directory)
     passwords = ensure_nats_passwords(directory / "passwords.json", [*NATS_USERS, ROUTE_USER])
-    tls = pki.identity(topology.NATS_IDENTITY)
     client_ports = [free_port(_HOST) for _ in range(size)]
     route_ports = [free_port(_HOST) for _ in range(size)]
     routes = tuple(f"{_HOST}:{port}" for port in route_ports)
@@ -237,18 +242,11 @@ async def start_nats_cluster(pki: Pki, directory: Path, *, size: int = 3) -> Nat
             host=_HOST,
             port=client_ports[index],
             store_dir=node_dir / "jetstream",
-            tls_cert=tls.cert,
-            tls_key=tls.key,
-            ca_cert=pki.ca_cert,
+            pki=pki,
             passwords=passwords,
             server_name=name,
-            cluster=ClusterConfig(
-                name=CLUSTER_NAME,
-                host=_HOST,
-                port=route_ports[index],
-                routes=routes,
-                route_user=ROUTE_USER,
-                route_password=passwords[ROUTE_USER],
+            cluster=ClusterConfig.routed(
+                name=CLUSTER_NAME, host=_HOST, port=route_ports[index], routes=routes, passwords=passwords
             ),
         )
         config_path = node_dir / "nats.conf"
@@ -268,3 +266,13 @@ async def start_nats_cluster(pki: Pki, directory: Path, *, size: int = 3) -> Nat
         await cluster.stop()
         raise
     return cluster
+
+
+async def stream_states(js: JetStreamContext) -> dict[str, tuple[int, int, int]]:
+    """Every stream's (messages, first sequence, last sequence): compared before and after an
+    attack, they show that it removed or added nothing."""
+    states = {}
+    for spec in topology.STREAMS:
+        state = (await js.stream_info(spec.name)).state
+        states[spec.name] = (state.messages, state.first_seq, state.last_seq)
+    return states

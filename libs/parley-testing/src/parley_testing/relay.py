@@ -10,21 +10,10 @@ loopback interface, so any 127.0.0.N works without configuration.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+
+from parley_core.net import splice
 
 __all__ = ["SourceRelay"]
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except ConnectionError:
-        pass
-    finally:
-        with contextlib.suppress(Exception):
-            writer.write_eof()
 
 
 class SourceRelay:
@@ -58,13 +47,8 @@ class SourceRelay:
         self._connections.add(task)
         host, _, port = self.target.rpartition(":")
         try:
-            server_reader, server_writer = await asyncio.open_connection(
-                host, int(port), local_addr=(self.source_host, 0)
-            )
-            try:
-                await asyncio.gather(_pipe(client_reader, server_writer), _pipe(server_reader, client_writer))
-            finally:
-                server_writer.close()
+            server = await asyncio.open_connection(host, int(port), local_addr=(self.source_host, 0))
+            await splice((client_reader, client_writer), server)
         finally:
             client_writer.close()
             self._connections.discard(task)
