@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from parley_core.net import free_port
+from parley_testing.cli_rollout import cli, roll_out, rollout_ended
 from parley_testing.operators import OperatorTokens
 from parley_testing.platform import RunningPlatform
 from parley_testing.traffic import Traffic, history_count, send_continuously
@@ -43,11 +44,6 @@ def upgrading(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatf
     yield from running.served()
 
 
-async def cli(platform: RunningPlatform, *args: str) -> str:
-    """The `parley` command in a thread, so the client keeps sending meanwhile."""
-    return (await asyncio.to_thread(platform.cli, *args)).stdout
-
-
 async def test_approved_rollout_replaces_messaging_on_the_running_platform_without_a_failed_send(
     upgrading: RunningPlatform,
 ) -> None:
@@ -68,19 +64,8 @@ async def test_approved_rollout_replaces_messaging_on_the_running_platform_witho
     traffic = Traffic()
     sender = asyncio.create_task(send_continuously(client, channel.channel_id, traffic))
     try:
-        published = await cli(
-            platform, "--as", "pat", "patch", "publish", "messaging", NEW_VERSION, "--source", str(MESSAGING_SOURCE)
-        )
-        assert f"published messaging {NEW_VERSION}" in published
-        planned = await cli(platform, "--as", "olga", "patch", "rollout", "messaging", NEW_VERSION)
-        rollout_id = planned.split()[1].rstrip(":")
-        assert "approved by oscar" in await cli(platform, "--as", "oscar", "patch", "approve", rollout_id)
-
-        async def finished() -> str | None:  # exit 1 once rolled back: its status says why
-            status = (await asyncio.to_thread(platform.cli, "patch", "status", rollout_id, check=False)).stdout
-            return status if "state: done" in status or "state: rolled_back" in status else None
-
-        status = await eventually(finished, "the roll-out to finish", 600)
+        rollout_id = await roll_out(platform, "messaging", NEW_VERSION, MESSAGING_SOURCE)
+        status = await rollout_ended(platform, rollout_id)
         assert "state: done" in status, status
         sent_during_rollout = traffic.acknowledged
     finally:

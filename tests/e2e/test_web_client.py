@@ -12,7 +12,7 @@ import base64
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.twofactor.totp import TOTP
 from parley.gateway.v1 import gateway_pb2_grpc
 from parley.messaging.v1 import messaging_pb2
 
-from parley_client import ParleyError
+from parley_client import ParleyClient, ParleyError
 from parley_testing.browser import log_in, require_built
 from parley_testing.platform import RunningPlatform, platform_in
 from parley_testing.stack import PASSWORD, bearer
@@ -402,11 +402,25 @@ async def test_a_first_visit_logs_no_error_in_the_console(browser: Browser, plat
     await context.close()
 
 
-async def test_others_read_markers_show_live(browser: Browser, platform: RunningPlatform) -> None:
+Room = tuple[str, str, ParleyClient, ParleyClient, messaging_pb2.Channel]
+
+
+@pytest.fixture
+async def alice_and_bob_in_a_room(platform: RunningPlatform) -> AsyncIterator[Room]:
+    """Two new users, their names and SDK clients, in a new channel of alice's."""
     alice, bob = unique("alice"), unique("bob")
     alice_sdk, bob_sdk = await platform.new_user(alice), await platform.new_user(bob)
     channel = await alice_sdk.create_channel(unique("room"))
     await bob_sdk.join_channel(channel.channel_id)
+    yield alice, bob, alice_sdk, bob_sdk, channel
+    await alice_sdk.close()
+    await bob_sdk.close()
+
+
+async def test_others_read_markers_show_live(
+    browser: Browser, platform: RunningPlatform, alice_and_bob_in_a_room: Room
+) -> None:
+    alice, bob, alice_sdk, bob_sdk, channel = alice_and_bob_in_a_room
     first = await alice_sdk.send(channel.channel_id, "first")
     second = await alice_sdk.send(channel.channel_id, "second")
     context, page = await logged_in(browser, platform, alice)
@@ -419,16 +433,13 @@ async def test_others_read_markers_show_live(browser: Browser, platform: Running
     await bob_sdk.mark_read(channel.channel_id, second.channel_seq)
     await expect(page.locator("li.message", has_text="second").locator(".read-by")).to_have_text(f"Read by {bob}")
     await expect(on_first).to_have_count(0)  # a marker is in one place: where that reader is now
-    await alice_sdk.close()
-    await bob_sdk.close()
     await context.close()
 
 
-async def test_a_redacted_message_names_its_sender(browser: Browser, platform: RunningPlatform) -> None:
-    alice, bob = unique("alice"), unique("bob")
-    alice_sdk, bob_sdk = await platform.new_user(alice), await platform.new_user(bob)
-    channel = await alice_sdk.create_channel(unique("room"))
-    await bob_sdk.join_channel(channel.channel_id)
+async def test_a_redacted_message_names_its_sender(
+    browser: Browser, platform: RunningPlatform, alice_and_bob_in_a_room: Room
+) -> None:
+    alice, bob, alice_sdk, _, channel = alice_and_bob_in_a_room
     gone = await alice_sdk.send(channel.channel_id, "said in haste")
     await alice_sdk.send(channel.channel_id, "kept")
     await alice_sdk.redact(channel.channel_id, gone.channel_seq)
@@ -440,8 +451,6 @@ async def test_a_redacted_message_names_its_sender(browser: Browser, platform: R
     await expect(messages(page).last).to_have_text("also in haste")
     await alice_sdk.redact(channel.channel_id, reply.channel_seq)
     await expect(deleted.locator(".sender")).to_have_text([alice, alice])  # and live
-    await alice_sdk.close()
-    await bob_sdk.close()
     await context.close()
 
 
