@@ -62,6 +62,15 @@ async def history_until(
     return await eventually(met, "history to meet the condition", timeout)
 
 
+def cli_users(platform: RunningPlatform, *prefixes: str) -> list[str]:
+    """New users registered and logged in with the CLI, one a prefix: their names."""
+    names = [unique(prefix) for prefix in prefixes]
+    for name in names:
+        platform.cli("register", name, stdin=PASSWORD + "\n")
+        platform.cli("login", name, stdin=PASSWORD + "\n")
+    return names
+
+
 async def two_in_a_channel(
     platform: RunningPlatform, creator: str, member: str, name: str
 ) -> tuple[ParleyClient, ParleyClient, Channel]:
@@ -303,10 +312,7 @@ async def test_history_pages_backwards_and_forwards(platform: RunningPlatform) -
 
 
 def test_cli_edits_redacts_and_pages_back(platform: RunningPlatform) -> None:
-    owner, member = unique("cli-owner"), unique("cli-member")
-    for user in (owner, member):
-        platform.cli("register", user, stdin=PASSWORD + "\n")
-        platform.cli("login", user, stdin=PASSWORD + "\n")
+    owner, member = cli_users(platform, "cli-owner", "cli-member")
     channel_id = platform.cli("--as", owner, "create-channel", "cli-edits").stdout.strip().rsplit(" ", 1)[-1]
     assert "joined #cli-edits (2 members)" in platform.cli("--as", member, "join", channel_id).stdout
     for n in (1, 2, 3):
@@ -456,10 +462,7 @@ async def test_threads_reactions_read_markers_and_unread_counts(platform: Runnin
 
 
 def test_cli_private_channel_threads_reactions_and_direct_conversations(platform: RunningPlatform) -> None:
-    owner, guest = unique("cli-host"), unique("cli-guest")
-    for user in (owner, guest):
-        platform.cli("register", user, stdin=PASSWORD + "\n")
-        platform.cli("login", user, stdin=PASSWORD + "\n")
+    owner, guest = cli_users(platform, "cli-host", "cli-guest")
     created = platform.cli("--as", owner, "create-channel", "--private", "--hide-history", "cli-private").stdout
     channel_id = created.strip().rsplit(" ", 1)[-1]
     refused = platform.cli("--as", guest, "join", channel_id, check=False)
