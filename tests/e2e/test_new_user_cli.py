@@ -182,9 +182,8 @@ def test_the_cli_finds_the_platform_parley_up_started_from_any_folder(
 ) -> None:
     name = new_user(platform, "away")
     environ = {k: v for k, v in os.environ.items() if k != "PARLEY_DATA_DIR"}
-    result = run(
-        [sys.executable, "-m", "parley_cli", "--as", name, "channels"], environ, cwd=tmp_path
-    )  # no .parley here
+    # No .parley in tmp_path: the CLI must find the platform's folder by itself.
+    result = run([sys.executable, "-m", "parley_cli", "--as", name, "channels"], environ, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "you are in no channel yet" in result.stdout
 
