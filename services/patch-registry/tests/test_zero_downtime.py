@@ -86,11 +86,11 @@ async def test_upgrade_under_traffic_loses_nothing_and_a_failing_canary_rolls_ba
         assert len(cluster.agent.front_doors["messaging"].backends) == 2
         during_upgrade = traffic.acknowledged
 
-        # B -> broken C: the canary never becomes healthy, the registry rolls it back on its own
+        # B -> broken C: the canary exits at start; its agent reports the exit and the registry rolls it back
         bad = await publish_and_roll(cluster, wheel_c, "0.3.0")
         rolled_back = await cluster.finished(bad.rollout_id, 600, "the failing canary to be rolled back")
         assert rolled_back.state == "rolled_back"
-        assert "canary failed its gate" in rolled_back.rollback_reason
+        assert "exited with code 1" in rolled_back.rollback_reason
         assert {i.version for i in cluster.agent.instances.values()} == {"0.2.0"}
         assert len(cluster.agent.front_doors["messaging"].backends) == 2
 
