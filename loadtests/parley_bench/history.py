@@ -24,7 +24,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
-from parley.messaging.v1.events_pb2 import ChannelCreated, MemberJoined, MessagePosted, ReactionAdded
+from parley.messaging.v1.events_pb2 import ChannelCreated, MemberJoined, ReactionAdded
 
 from parley_bench.stats import percentile, ratio
 from parley_core.actor import Actor
@@ -35,6 +35,7 @@ from parley_storage.archive import SqlEventArchive, open_engine
 from parley_storage.datakeys import DataKeys
 from parley_storage.kek import FileKeyring
 from parley_storage.migrate import upgrade_to_head
+from parley_testing.events import message_posted
 
 CONSUMER = "storage-archive-msg"
 BATCH = 1_000
@@ -82,14 +83,8 @@ def _channel(log: _Log, channel_id: str, messages: int, reactions: int) -> Itera
         sender = users[n % USERS]
         sent = Timestamp()
         sent.FromNanoseconds(first_sent_ns + n * 1_000_000_000)  # a message a second
-        post = MessagePosted(
-            channel_id=channel_id,
-            message_id=f"{channel_id}-{n}",
-            sender_id=sender,
-            sender_name=sender,
-            channel_seq=n,
-            body=f"message {n} of {channel_id}, about as long as a chat line is",
-            sent_at=sent,
+        post = message_posted(
+            channel_id, n, sender, f"message {n} of {channel_id}, about as long as a chat line is", sent_at=sent
         )
         yield log.event(channel_id, post, sender)
         if every and n % every == 0 and n // every <= reactions:

@@ -39,6 +39,18 @@ async def encrypted_room(owner: ParleyClient, *others: ParleyClient) -> str:
     return channel.channel_id
 
 
+async def laptop_and_phone_in_an_encrypted_room(
+    platform: RunningPlatform,
+) -> tuple[ParleyClient, str, ParleyClient, str]:
+    """alice with the device alice-laptop and bob with bob-phone, in a new encrypted room of alice's:
+    alice, her name, bob and the room's id."""
+    alice, alice_name = await new_user(platform, "alice")
+    bob, _ = await new_user(platform, "bob")
+    await alice.enable_e2ee("alice-laptop")
+    await bob.enable_e2ee("bob-phone")
+    return alice, alice_name, bob, await encrypted_room(alice, bob)
+
+
 async def test_a_removed_device_gets_no_later_keys_and_loses_its_queue(platform: RunningPlatform) -> None:
     alice, _ = await new_user(platform, "alice")
     bob_phone, bob_name = await new_user(platform, "bob")
@@ -117,11 +129,7 @@ async def test_a_stored_device_is_the_same_device_after_a_restart(platform: Runn
 
 
 async def test_a_device_whose_key_changed_is_not_encrypted_to(platform: RunningPlatform) -> None:
-    alice, _ = await new_user(platform, "alice")
-    bob, _ = await new_user(platform, "bob")
-    await alice.enable_e2ee("alice-laptop")
-    await bob.enable_e2ee("bob-phone")
-    channel_id = await encrypted_room(alice, bob)
+    alice, _, bob, channel_id = await laptop_and_phone_in_an_encrypted_room(platform)
     await alice.send(channel_id, "first sight pins bob-phone")
     assert alice.e2ee is not None
     key = (bob.user_id or "", "bob-phone")
@@ -208,11 +216,7 @@ async def test_cli_lists_fingerprints_verifies_and_keeps_its_device(platform: Ru
 
 
 async def test_an_edit_in_an_encrypted_channel_is_encrypted_on_the_device(platform: RunningPlatform) -> None:
-    alice, alice_name = await new_user(platform, "alice")
-    bob, _ = await new_user(platform, "bob")
-    await alice.enable_e2ee("alice-laptop")
-    await bob.enable_e2ee("bob-phone")
-    channel_id = await encrypted_room(alice, bob)
+    alice, alice_name, bob, channel_id = await laptop_and_phone_in_an_encrypted_room(platform)
     sent = await alice.send(channel_id, "draft")
 
     edited = await alice.edit(channel_id, sent.channel_seq, "final")

@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
+from parley.storage.v1.storage_pb2 import GetChannelHistoryResponse as HistoryPage
 
 from parley_client import ParleyClient, ParleyError, UndecryptableMessage
 from parley_testing.platform import RunningPlatform
@@ -132,10 +133,11 @@ async def test_cli_chat_in_an_encrypted_channel_sends_ciphertext_a_member_can_re
     assert "end-to-end encrypted; this terminal is device cli-" in chat.stdout
     assert "not sent" not in chat.stdout
 
-    deadline = asyncio.get_running_loop().time() + TIMEOUT_S
-    while not (page := await bob.history(channel_id)).messages:
-        assert asyncio.get_running_loop().time() < deadline, "the archive never caught up"
-        await asyncio.sleep(0.1)
+    async def archived() -> HistoryPage | None:
+        page = await bob.history(channel_id)
+        return page if page.messages else None
+
+    page = await eventually(archived, "the archive to catch up", TIMEOUT_S)
     assert [m.body for m in page.messages] == [f"typed {marker}"]
     assert files_containing(platform.data_dir / "storage", [marker.encode()]) == {}  # archive.db and its WAL
 

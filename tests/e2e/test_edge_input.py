@@ -31,7 +31,7 @@ from parley.gateway.v1 import gateway_pb2
 from parley.messaging.v1 import messaging_pb2
 
 from parley_client import ParleyClient, ParleyError
-from parley_testing.platform import RunningPlatform, platform_in
+from parley_testing.platform import RunningPlatform, gateway_budgets, platform_in
 from parley_testing.stack import PASSWORD
 from parley_testing.waiting import eventually
 
@@ -55,20 +55,14 @@ DOCUMENTED = {
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
-settings.register_profile(
-    "quick",
-    max_examples=12,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
-settings.register_profile(
-    "thorough",
-    max_examples=400,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+for profile, examples in (("quick", 12), ("thorough", 400)):
+    settings.register_profile(
+        profile,
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
 PROFILE = os.environ.get("PARLEY_FUZZ_PROFILE", "quick")
 
 
@@ -80,10 +74,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
         PARLEY_MESSAGING_MAX_EMOJI_PER_MESSAGE=str(EMOJI_PER_MESSAGE),
         PARLEY_MESSAGING_MAX_REACTIONS_PER_USER=str(REACTIONS_PER_USER),
         PARLEY_MESSAGING_MAX_EDITS_PER_MESSAGE=str(EDITS_PER_MESSAGE),
-        PARLEY_GATEWAY_USER_RATE="100000",
-        PARLEY_GATEWAY_USER_BURST="100000",
-        PARLEY_GATEWAY_SOURCE_RATE="100000",
-        PARLEY_GATEWAY_SOURCE_BURST="100000",
+        **gateway_budgets(100_000),
         PARLEY_TRACE_EXPORTER="none",
     )
     yield from running.served()

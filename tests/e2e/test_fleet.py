@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 
@@ -11,7 +10,7 @@ from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
 
 from parley_core.topology import SERVICES
 from parley_testing.platform import RunningPlatform
-from parley_testing.waiting import wait_until
+from parley_testing.waiting import eventually, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -19,15 +18,14 @@ pytestmark = pytest.mark.e2e
 async def test_fleet_view_lists_every_service_with_version_and_packages(platform: RunningPlatform) -> None:
     channel = platform.service_channel("patch-registry")
     stub: fleet_pb2_grpc.FleetServiceAsyncStub = fleet_pb2_grpc.FleetServiceStub(channel)
-    deadline = asyncio.get_running_loop().time() + 30
-    while True:
+
+    async def every_service_reported() -> dict[str, fleet_pb2.InstanceStatus] | None:
         response = await stub.ListInstances(fleet_pb2.ListInstancesRequest(), timeout=5)
         reported = {i.last_heartbeat.service: i for i in response.instances}
-        if set(SERVICES) <= reported.keys() or asyncio.get_running_loop().time() > deadline:
-            break
-        await asyncio.sleep(0.1)
+        return reported if set(SERVICES) <= reported.keys() else None
+
+    reported = await eventually(every_service_reported, "every service's heartbeat in the fleet view", 30)
     await channel.close()
-    assert set(SERVICES) <= reported.keys()
     for name, instance in reported.items():
         beat = instance.last_heartbeat
         assert beat.version == "0.1.0", name

@@ -23,6 +23,7 @@ from cryptography import x509
 
 from parley_client import ParleyClient
 from parley_core.net import free_port
+from parley_testing.cli_rollout import cli, roll_out, rollout_ended
 from parley_testing.operators import OperatorTokens
 from parley_testing.platform import JoinedHost, RunningPlatform
 from parley_testing.stack import PASSWORD
@@ -232,11 +233,6 @@ async def test_logins_go_on_through_another_host_while_the_first_hosts_auth_is_s
                 os.kill(pid, signal.SIGCONT)
 
 
-async def cli(platform: RunningPlatform, *args: str) -> str:
-    """The `parley` command in a thread, so the client keeps sending meanwhile."""
-    return (await asyncio.to_thread(platform.cli, *args)).stdout
-
-
 @pytest.mark.slow  # minutes of roll-out under sends: `make test-all`; make test keeps a shorter roll-out test
 async def test_a_rollout_replaces_messaging_host_by_host_without_a_failed_send(
     first_host: RunningPlatform, host_b: JoinedHost
@@ -257,19 +253,8 @@ async def test_a_rollout_replaces_messaging_host_by_host_without_a_failed_send(
         clients.append((client, channel.channel_id))
         senders.append(asyncio.create_task(send_continuously(client, channel.channel_id, traffic)))
     try:
-        published = await cli(
-            first_host, "--as", "pat", "patch", "publish", "messaging", NEW_VERSION, "--source", str(MESSAGING_SOURCE)
-        )
-        assert f"published messaging {NEW_VERSION}" in published
-        planned = await cli(first_host, "--as", "olga", "patch", "rollout", "messaging", NEW_VERSION)
-        rollout_id = planned.split()[1].rstrip(":")
-        await cli(first_host, "--as", "oscar", "patch", "approve", rollout_id)
-
-        async def finished() -> str | None:
-            status = (await asyncio.to_thread(first_host.cli, "patch", "status", rollout_id, check=False)).stdout
-            return status if "state: done" in status or "state: rolled_back" in status else None
-
-        status = await eventually(finished, "the roll-out to finish", 600)
+        rollout_id = await roll_out(first_host, "messaging", NEW_VERSION, MESSAGING_SOURCE)
+        status = await rollout_ended(first_host, rollout_id)
         assert "state: done" in status, status
     finally:
         traffic.stop.set()

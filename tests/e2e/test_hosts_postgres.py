@@ -15,8 +15,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +24,7 @@ import pytest
 from parley_client import ParleyClient, ParleyError
 from parley_core.net import free_port
 from parley_testing.platform import JoinedHost, RunningPlatform
+from parley_testing.processes import run_module
 from parley_testing.shared_postgres import schema_url, shared_schema
 from parley_testing.stack import PASSWORD
 from parley_testing.waiting import eventually
@@ -64,13 +63,7 @@ def test_a_bundle_for_storage_carries_the_database_and_backup_keys_but_not_the_k
     assert not (bundle / "secrets" / "storage-kek.json").exists()
     assert not (bundle / "pki" / "ca.key").exists()
     # Joining without the fleet's keyring is refused before anything is written.
-    joined = subprocess.run(
-        [sys.executable, "-m", "parley_cli", "--data-dir", str(tmp_path / "c"), "host", "join", str(bundle)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    joined = run_module("parley_cli", "--data-dir", str(tmp_path / "c"), "host", "join", str(bundle))
     assert joined.returncode == 2
     assert "--storage-keyring" in joined.stderr
     assert not (tmp_path / "c").exists()

@@ -12,17 +12,19 @@ import sqlite3
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC
 
 import grpc
 import pytest
+from parley.messaging.v1.messaging_pb2 import Channel
+from parley.storage.v1.storage_pb2 import GetChannelHistoryResponse as HistoryPage
 
-from parley_client import LiveEvent, ParleyClient, ParleyError
+from parley_client import LiveEvent, LiveStream, ParleyClient, ParleyError
 from parley_core.net import free_port
-from parley_testing.platform import RunningPlatform
+from parley_testing.platform import RunningPlatform, gateway_budgets, platform_in
 from parley_testing.stack import PASSWORD
-from parley_testing.waiting import wait_until
+from parley_testing.waiting import eventually, until, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -33,16 +35,10 @@ TIMEOUT_S = 30.0
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
     """The platform with a small live buffer, so a slow reader overflows it within seconds."""
-    root = tmp_path_factory.mktemp("platform")
-    env = {
-        "PARLEY_GATEWAY_LIVE_BUFFER": str(LIVE_BUFFER),
-        # The slow-reader test sends hundreds of messages from one user and address quickly.
-        "PARLEY_GATEWAY_USER_RATE": "2000",
-        "PARLEY_GATEWAY_USER_BURST": "2000",
-        "PARLEY_GATEWAY_SOURCE_RATE": "2000",
-        "PARLEY_GATEWAY_SOURCE_BURST": "2000",
-    }
-    running = RunningPlatform(data_dir=root / "data", env=env)
+    # The slow-reader test sends hundreds of messages from one user and address quickly.
+    running = platform_in(
+        tmp_path_factory.mktemp("platform"), PARLEY_GATEWAY_LIVE_BUFFER=str(LIVE_BUFFER), **gateway_budgets(2000)
+    )
     yield from running.served()
 
 
@@ -54,16 +50,42 @@ async def new_user(platform: RunningPlatform, prefix: str) -> ParleyClient:
     return await platform.new_user(unique(prefix))
 
 
-async def history_until(client: ParleyClient, channel_id: str, condition: object, *, timeout: float = TIMEOUT_S):  # type: ignore[no-untyped-def]
+async def history_until(
+    client: ParleyClient, channel_id: str, condition: Callable[[HistoryPage], object], *, timeout: float = TIMEOUT_S
+) -> HistoryPage:
     """History comes from the archive, which trails a send by the archive lag: wait for `condition(page)`."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
+
+    async def met() -> HistoryPage | None:
         page = await client.history(channel_id)
-        if condition(page):  # type: ignore[operator]
-            return page
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"history never met the condition; last page: {[m.body for m in page.messages]}")
-        await asyncio.sleep(0.1)
+        return page if condition(page) else None
+
+    return await eventually(met, "history to meet the condition", timeout)
+
+
+def cli_users(platform: RunningPlatform, *prefixes: str) -> list[str]:
+    """New users registered and logged in with the CLI, one a prefix: their names."""
+    names = [unique(prefix) for prefix in prefixes]
+    for name in names:
+        platform.cli("register", name, stdin=PASSWORD + "\n")
+        platform.cli("login", name, stdin=PASSWORD + "\n")
+    return names
+
+
+async def two_in_a_channel(
+    platform: RunningPlatform, creator: str, member: str, name: str
+) -> tuple[ParleyClient, ParleyClient, Channel]:
+    """Two new users: the first creates the channel `name`, the second joins it."""
+    first, second = await new_user(platform, creator), await new_user(platform, member)
+    channel = await first.create_channel(name)
+    await second.join_channel(channel.channel_id)
+    return first, second, channel
+
+
+async def subscribed(client: ParleyClient, channel_ids: list[str]) -> LiveStream:
+    """The client's live stream of `channel_ids`, once the gateway has it open."""
+    stream = client.subscribe(channel_ids)
+    await asyncio.wait_for(stream.ready(), TIMEOUT_S)
+    return stream
 
 
 def crash_and_wait_for_restart(platform: RunningPlatform, service: str) -> None:
@@ -95,9 +117,7 @@ async def test_three_users_chat_live_and_read_the_same_history(platform: Running
     channel = await alice.create_channel("three")
     for member in (bob, carol):
         await member.join_channel(channel.channel_id)
-    streams = [c.subscribe([channel.channel_id]) for c in (alice, bob, carol)]
-    for stream in streams:
-        await asyncio.wait_for(stream.ready(), TIMEOUT_S)
+    streams = [await subscribed(c, [channel.channel_id]) for c in (alice, bob, carol)]
 
     lines = [(alice, "hi all"), (bob, "hi alice"), (carol, "hello both"), (alice, "shall we start?")]
     for sender, text in lines:
@@ -116,11 +136,8 @@ async def test_three_users_chat_live_and_read_the_same_history(platform: Running
 
 
 async def test_resume_after_a_dropped_stream_has_no_gap_and_no_duplicate(platform: RunningPlatform) -> None:
-    alice, bob = await new_user(platform, "alice"), await new_user(platform, "bob")
-    channel = await alice.create_channel("resume")
-    await bob.join_channel(channel.channel_id)
-    stream = bob.subscribe([channel.channel_id])
-    await asyncio.wait_for(stream.ready(), TIMEOUT_S)
+    alice, bob, channel = await two_in_a_channel(platform, "alice", "bob", "resume")
+    stream = await subscribed(bob, [channel.channel_id])
     for n in range(1, 7):
         await alice.send(channel.channel_id, f"m{n}")
     first = await read_messages(stream.events(), 3)
@@ -148,9 +165,7 @@ async def test_resume_after_a_dropped_stream_has_no_gap_and_no_duplicate(platfor
 
 
 async def test_live_helper_resumes_by_itself_across_a_gateway_crash(platform: RunningPlatform) -> None:
-    alice, bob = await new_user(platform, "alice"), await new_user(platform, "bob")
-    channel = await alice.create_channel("crash")
-    await bob.join_channel(channel.channel_id)
+    alice, bob, channel = await two_in_a_channel(platform, "alice", "bob", "crash")
     for n in range(1, 5):
         await alice.send(channel.channel_id, f"m{n}")
     seen: list[int] = []
@@ -164,11 +179,12 @@ async def test_live_helper_resumes_by_itself_across_a_gateway_crash(platform: Ru
                 return
 
     follower = asyncio.create_task(follow())
-    deadline = asyncio.get_running_loop().time() + TIMEOUT_S
-    while len(seen) < 4:  # the follower is live: it has caught up with m1..m4
+
+    def caught_up() -> bool:  # the follower is live: it has caught up with m1..m4
         assert not follower.done(), follower.result()
-        assert asyncio.get_running_loop().time() < deadline, f"only {seen} arrived"
-        await asyncio.sleep(0.05)
+        return len(seen) >= 4
+
+    await until(caught_up, "the follower to read m1..m4", TIMEOUT_S)
     await asyncio.to_thread(crash_and_wait_for_restart, platform, "gateway")
     for n in range(5, 9):
         await alice.send(channel.channel_id, f"m{n}")
@@ -194,12 +210,9 @@ async def test_retried_send_returns_the_first_message_after_a_messaging_crash(pl
 
 
 async def test_redaction_removes_the_text_from_history_archive_and_live(platform: RunningPlatform) -> None:
-    owner, bob = await new_user(platform, "owner"), await new_user(platform, "bob")
-    channel = await owner.create_channel("redact")
-    await bob.join_channel(channel.channel_id)
+    owner, bob, channel = await two_in_a_channel(platform, "owner", "bob", "redact")
     secret = unique("the-door-code-is-")
-    stream = owner.subscribe([channel.channel_id])
-    await asyncio.wait_for(stream.ready(), TIMEOUT_S)
+    stream = await subscribed(owner, [channel.channel_id])
     posted = await bob.send(channel.channel_id, f"oops: {secret}")
     await bob.edit(channel.channel_id, posted.channel_seq, f"oops (edited): {secret}")
     assert await owner.message_versions(channel.channel_id, posted.channel_seq) == [
@@ -241,11 +254,8 @@ async def test_redaction_removes_the_text_from_history_archive_and_live(platform
 
 
 async def test_a_slow_reader_is_told_to_resync_and_resumes_without_gap(platform: RunningPlatform) -> None:
-    sender, slow = await new_user(platform, "sender"), await new_user(platform, "slow")
-    channel = await sender.create_channel("firehose")
-    await slow.join_channel(channel.channel_id)
-    stream = slow.subscribe([channel.channel_id])
-    await asyncio.wait_for(stream.ready(), TIMEOUT_S)
+    sender, slow, channel = await two_in_a_channel(platform, "sender", "slow", "firehose")
+    stream = await subscribed(slow, [channel.channel_id])
     body = "\N{EURO SIGN}" * 4000  # 12 kB each: gRPC's and the kernel's buffers fill sooner
     total = 600
     for _ in range(total // 10):
@@ -302,10 +312,7 @@ async def test_history_pages_backwards_and_forwards(platform: RunningPlatform) -
 
 
 def test_cli_edits_redacts_and_pages_back(platform: RunningPlatform) -> None:
-    owner, member = unique("cli-owner"), unique("cli-member")
-    for user in (owner, member):
-        platform.cli("register", user, stdin=PASSWORD + "\n")
-        platform.cli("login", user, stdin=PASSWORD + "\n")
+    owner, member = cli_users(platform, "cli-owner", "cli-member")
     channel_id = platform.cli("--as", owner, "create-channel", "cli-edits").stdout.strip().rsplit(" ", 1)[-1]
     assert "joined #cli-edits (2 members)" in platform.cli("--as", member, "join", channel_id).stdout
     for n in (1, 2, 3):
@@ -372,8 +379,7 @@ async def test_private_channels_roles_kick_ban_dm_and_hidden_history(platform: R
     assert await status_of(member.kick(cid, mod.user_id or "")) == grpc.StatusCode.PERMISSION_DENIED
     assert await status_of(mod.kick(cid, owner.user_id or "")) == grpc.StatusCode.PERMISSION_DENIED
 
-    stream = member.subscribe([cid])
-    await asyncio.wait_for(stream.ready(), TIMEOUT_S)
+    stream = await subscribed(member, [cid])
     banned = await mod.ban(cid, member.user_id or "", reason="spam")
     assert member.user_id not in banned.member_ids
     with pytest.raises(ParleyError) as ended:
@@ -400,12 +406,9 @@ async def test_private_channels_roles_kick_ban_dm_and_hidden_history(platform: R
 
 
 async def test_threads_reactions_read_markers_and_unread_counts(platform: RunningPlatform) -> None:
-    alice, bob = await new_user(platform, "alice"), await new_user(platform, "bob")
-    channel = await alice.create_channel("threads")
-    await bob.join_channel(channel.channel_id)
+    alice, bob, channel = await two_in_a_channel(platform, "alice", "bob", "threads")
     cid = channel.channel_id
-    stream = bob.subscribe([cid])
-    await asyncio.wait_for(stream.ready(), TIMEOUT_S)
+    stream = await subscribed(bob, [cid])
 
     root = await alice.send(cid, "lunch?")
     first = await bob.reply(cid, root.channel_seq, "yes, 12:30")
@@ -459,10 +462,7 @@ async def test_threads_reactions_read_markers_and_unread_counts(platform: Runnin
 
 
 def test_cli_private_channel_threads_reactions_and_direct_conversations(platform: RunningPlatform) -> None:
-    owner, guest = unique("cli-host"), unique("cli-guest")
-    for user in (owner, guest):
-        platform.cli("register", user, stdin=PASSWORD + "\n")
-        platform.cli("login", user, stdin=PASSWORD + "\n")
+    owner, guest = cli_users(platform, "cli-host", "cli-guest")
     created = platform.cli("--as", owner, "create-channel", "--private", "--hide-history", "cli-private").stdout
     channel_id = created.strip().rsplit(" ", 1)[-1]
     refused = platform.cli("--as", guest, "join", channel_id, check=False)
@@ -512,23 +512,22 @@ async def test_two_gateway_instances_share_the_clients_of_a_channel(platform: Ru
         alice = await new_user(platform, "alice")
         bob = ParleyClient.connect(f"127.0.0.1:{port}", ca_cert=platform.ca_cert.read_bytes())
         bob_name = unique("bob")
-        deadline = asyncio.get_running_loop().time() + 60
-        while True:
+
+        async def registered() -> bool | None:
             try:
                 await bob.register(bob_name, PASSWORD)
-                break
             except ParleyError as exc:
                 if exc.code != grpc.StatusCode.UNAVAILABLE:
                     raise
                 assert second.poll() is None, "the second gateway exited"
-                assert asyncio.get_running_loop().time() < deadline, "the second gateway never served"
-                await asyncio.sleep(0.2)
+                return None
+            return True
+
+        await eventually(registered, "the second gateway to serve", 60, interval=0.2)
         await bob.login(bob_name, PASSWORD)
         channel = await alice.create_channel("two-gateways")
         await bob.join_channel(channel.channel_id)
-        streams = [alice.subscribe([channel.channel_id]), bob.subscribe([channel.channel_id])]
-        for stream in streams:
-            await asyncio.wait_for(stream.ready(), TIMEOUT_S)
+        streams = [await subscribed(c, [channel.channel_id]) for c in (alice, bob)]
         await alice.send(channel.channel_id, "via gateway one")
         await bob.send(channel.channel_id, "via gateway two")
         for stream in streams:
@@ -546,8 +545,7 @@ async def test_two_gateway_instances_share_the_clients_of_a_channel(platform: Ru
 async def test_a_stream_told_of_an_arrival_elsewhere_still_resumes(platform: RunningPlatform) -> None:
     alice, bob = await new_user(platform, "alice"), await new_user(platform, "bob")
     home = (await bob.create_channel(unique("home"))).channel_id
-    stream = bob.subscribe([home])
-    await asyncio.wait_for(stream.ready(), TIMEOUT_S)
+    stream = await subscribed(bob, [home])
     club = (await alice.create_channel(unique("club"), private=True)).channel_id
     await alice.invite(club, bob.user_id or "")
     [invited] = await read_messages(stream.events(), 1, kinds=("membership",))

@@ -10,6 +10,7 @@ import shlex
 import subprocess
 import sys
 import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -42,18 +43,20 @@ def new_user(platform: RunningPlatform, prefix: str) -> str:
     return name
 
 
+def run(
+    argv: Sequence[str], env: Mapping[str, str], *, cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """A command as a person runs it in a shell, its output captured."""
+    return subprocess.run(
+        list(argv), env=dict(env), cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
 def run_as_printed(platform: RunningPlatform, hint: str, *more: str) -> str:
     """The command a `-- ... : parley ... --` hint line names, run exactly as printed."""
     words = shlex.split(hint.strip("- ").partition(": ")[2])
     assert words[0] == "parley"
-    done = subprocess.run(
-        [sys.executable, "-m", "parley_cli", *words[1:], *more],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **TEST_DEFAULTS, **platform.env},
-        timeout=60,
-        check=False,
-    )
+    done = run([sys.executable, "-m", "parley_cli", *words[1:], *more], {**os.environ, **TEST_DEFAULTS, **platform.env})
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -179,15 +182,8 @@ def test_the_cli_finds_the_platform_parley_up_started_from_any_folder(
 ) -> None:
     name = new_user(platform, "away")
     environ = {k: v for k, v in os.environ.items() if k != "PARLEY_DATA_DIR"}
-    result = subprocess.run(
-        [sys.executable, "-m", "parley_cli", "--as", name, "channels"],
-        cwd=tmp_path,  # no .parley here
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    # No .parley in tmp_path: the CLI must find the platform's folder by itself.
+    result = run([sys.executable, "-m", "parley_cli", "--as", name, "channels"], environ, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "you are in no channel yet" in result.stdout
 
@@ -267,32 +263,21 @@ async def test_member_actions_on_an_unknown_user_are_not_found_and_not_shown(pla
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def run_example(platform: RunningPlatform, name: str, *users: str, **env: str) -> str:
+def example(platform: RunningPlatform, name: str, *users: str, **env: str) -> subprocess.CompletedProcess[str]:
     """An examples/ script as the README says to run it, against this platform."""
     environ = {**os.environ, "PARLEY_DATA_DIR": str(platform.data_dir), "PARLEY_PASSWORD": PASSWORD, **env}
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / name), *users],
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run([sys.executable, str(EXAMPLES / name), *users], environ, timeout=120)
+
+
+def run_example(platform: RunningPlatform, name: str, *users: str, **env: str) -> str:
+    result = example(platform, name, *users, **env)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
 
 def test_hello_says_a_wrong_password_in_one_line(platform: RunningPlatform) -> None:
     alice = new_user(platform, "alice")
-    environ = {**os.environ, "PARLEY_DATA_DIR": str(platform.data_dir), "PARLEY_PASSWORD": "not-" + PASSWORD}
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / "hello.py"), alice],
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = example(platform, "hello.py", alice, PARLEY_PASSWORD="not-" + PASSWORD)
     assert result.returncode == 1
     assert result.stderr.splitlines() == [result.stderr.strip()]  # one line, no traceback
     assert result.stderr.startswith(f"{alice}: ")

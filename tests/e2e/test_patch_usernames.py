@@ -10,6 +10,7 @@ from parley.storage.v1 import storage_pb2_grpc
 from parley_cli.rollout_view import audit_table, print_rollout
 from parley_cli.usernames import ArchiveUsernames, usernames
 from parley_core.topology import PLATFORM_USER
+from parley_testing.rollouts import reported_rollout
 from parley_testing.stack import Stack
 from parley_testing.waiting import eventually
 
@@ -34,11 +35,7 @@ async def test_user_ids_resolve_to_names_through_the_archive(stack: Stack) -> No
 
 
 def test_rollout_view_and_audit_show_names(capsys: pytest.CaptureFixture[str]) -> None:
-    rollout = patch_pb2.Rollout(
-        rollout_id="r-1",
-        service="messaging",
-        from_version="0.1.0",
-        to_version="0.2.0",
+    rollout = reported_rollout(
         state="approved",
         planned_by="5f6c0000",
         approved_by="d21e0000",

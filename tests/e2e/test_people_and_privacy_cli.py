@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from parley.messaging.v1.messaging_pb2 import Channel
 from parley.storage.v1 import storage_pb2
 
 from parley_client import ParleyClient, ParleyError
@@ -55,21 +56,34 @@ async def user(platform: RunningPlatform, name: str) -> AsyncIterator[ParleyClie
         yield client
 
 
-async def test_a_user_exports_and_erases_their_own_data_from_the_cli(platform: RunningPlatform, tmp_path: Path) -> None:
-    alice, bob = unique("alice"), unique("bob")
-    async with user(platform, alice) as a, user(platform, bob) as b:
+@asynccontextmanager
+async def a_message_in_a_room(
+    platform: RunningPlatform, author: str, reader: str
+) -> AsyncIterator[tuple[ParleyClient, ParleyClient, Channel, str]]:
+    """`author` and `reader` in a new room, with one message of the author's in it (its body returned)."""
+    async with user(platform, author) as a, user(platform, reader) as b:
         room = await a.create_channel(unique("room"))
         await b.join_channel(room.channel_id)
-        marker = f"mine {uuid.uuid4().hex}"
+        marker = f"{author} {uuid.uuid4().hex}"
         await a.send(room.channel_id, marker)
+        yield a, b, room, marker
+
+
+async def export_holding(platform: RunningPlatform, marker: str, out: Path, *export: str) -> str:
+    """The `export` command run into `out` until the export holds `marker`: the archive trails the stream."""
+
+    async def exported() -> str | None:
+        await cli(platform, *export, "--out", str(out))
+        return text if marker in (text := out.read_text()) else None
+
+    return await eventually(exported, f"{marker!r} in the export")
+
+
+async def test_a_user_exports_and_erases_their_own_data_from_the_cli(platform: RunningPlatform, tmp_path: Path) -> None:
+    alice, bob = unique("alice"), unique("bob")
+    async with a_message_in_a_room(platform, alice, bob) as (a, b, room, marker):
         out = tmp_path / "alice.json"
-
-        async def exported() -> str | None:
-            await cli(platform, "--as", alice, "export", "--out", str(out))
-            text = out.read_text()
-            return text if marker in text else None  # the archive trails the stream
-
-        json.loads(await eventually(exported, "alice's message in her export"))
+        json.loads(await export_holding(platform, marker, out, "--as", alice, "export"))
         assert stat.S_IMODE(out.stat().st_mode) == 0o600
 
         # Through the gateway a user reaches only their own data.
@@ -90,18 +104,8 @@ async def test_a_user_exports_and_erases_their_own_data_from_the_cli(platform: R
 
 async def test_the_operator_exports_and_erases_anyones_data(platform: RunningPlatform, tmp_path: Path) -> None:
     carol, dave = unique("carol"), unique("dave")
-    async with user(platform, carol) as c, user(platform, dave) as d:
-        room = await c.create_channel(unique("room"))
-        await d.join_channel(room.channel_id)
-        marker = f"carol {uuid.uuid4().hex}"
-        await c.send(room.channel_id, marker)
-        out = tmp_path / "carol.json"
-
-        async def exported() -> str | None:
-            await cli(platform, "export", carol, "--out", str(out))
-            return text if marker in (text := out.read_text()) else None
-
-        await eventually(exported, "carol's message in the operator's export")
+    async with a_message_in_a_room(platform, carol, dave) as (c, d, room, marker):
+        await export_holding(platform, marker, tmp_path / "carol.json", "export", carol)
         erased = await cli(platform, "erase", carol, "--yes")
         assert f"erased the data of {carol}" in erased
         assert KEY_BACKUP_REMINDER in erased

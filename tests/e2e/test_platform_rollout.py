@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from parley_core.net import free_port
+from parley_testing.cli_rollout import cli, roll_out, rollout_ended
 from parley_testing.operators import OperatorTokens
 from parley_testing.platform import RunningPlatform
-from parley_testing.traffic import Traffic, history_count, send_continuously
+from parley_testing.traffic import history_count, sender_channel, sending
 from parley_testing.waiting import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -43,11 +44,6 @@ def upgrading(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatf
     yield from running.served()
 
 
-async def cli(platform: RunningPlatform, *args: str) -> str:
-    """The `parley` command in a thread, so the client keeps sending meanwhile."""
-    return (await asyncio.to_thread(platform.cli, *args)).stdout
-
-
 async def test_approved_rollout_replaces_messaging_on_the_running_platform_without_a_failed_send(
     upgrading: RunningPlatform,
 ) -> None:
@@ -62,30 +58,12 @@ async def test_approved_rollout_replaces_messaging_on_the_running_platform_witho
     assert len(old_instances) == 2
 
     client = platform.client()
-    await client.register("carol", "a-long-passphrase")
-    await client.login("carol", "a-long-passphrase")
-    channel = await client.create_channel("upgrades")
-    traffic = Traffic()
-    sender = asyncio.create_task(send_continuously(client, channel.channel_id, traffic))
-    try:
-        published = await cli(
-            platform, "--as", "pat", "patch", "publish", "messaging", NEW_VERSION, "--source", str(MESSAGING_SOURCE)
-        )
-        assert f"published messaging {NEW_VERSION}" in published
-        planned = await cli(platform, "--as", "olga", "patch", "rollout", "messaging", NEW_VERSION)
-        rollout_id = planned.split()[1].rstrip(":")
-        assert "approved by oscar" in await cli(platform, "--as", "oscar", "patch", "approve", rollout_id)
-
-        async def finished() -> str | None:  # exit 1 once rolled back: its status says why
-            status = (await asyncio.to_thread(platform.cli, "patch", "status", rollout_id, check=False)).stdout
-            return status if "state: done" in status or "state: rolled_back" in status else None
-
-        status = await eventually(finished, "the roll-out to finish", 600)
+    channel_id = await sender_channel(client, "carol", "upgrades")
+    async with sending(client, channel_id) as traffic:
+        rollout_id = await roll_out(platform, "messaging", NEW_VERSION, MESSAGING_SOURCE)
+        status = await rollout_ended(platform, rollout_id)
         assert "state: done" in status, status
         sent_during_rollout = traffic.acknowledged
-    finally:
-        traffic.stop.set()
-        await sender
 
     print(f"\nacknowledged sends: {traffic.acknowledged}; failed: {len(traffic.failures)}")
     assert traffic.failures == []
@@ -137,7 +115,7 @@ async def test_approved_rollout_replaces_messaging_on_the_running_platform_witho
     assert NEW_VERSION in messaging_line.split(), status
 
     async def archived() -> int | None:
-        count = await history_count(client, channel.channel_id)
+        count = await history_count(client, channel_id)
         return count if count >= traffic.acknowledged else None
 
     assert await eventually(archived, "every acknowledged message in history", 120) == traffic.acknowledged

@@ -27,6 +27,7 @@ from parley_testing.platform import RunningPlatform, platform_in
 from parley_testing.relay import SourceRelay
 from parley_testing.security import platform_security_events
 from parley_testing.stack import PASSWORD
+from parley_testing.statuses import code_of
 
 pytestmark = pytest.mark.e2e
 
@@ -76,14 +77,6 @@ async def at(edge: RunningPlatform) -> AsyncIterator[dict[str, gateway_pb2_grpc.
             await channel.close()
         for relay in relays:
             await relay.stop()
-
-
-async def code_of(call: Awaitable[object]) -> tuple[grpc.StatusCode, str]:
-    try:
-        await call
-    except grpc.aio.AioRpcError as exc:
-        return exc.code(), exc.details() or ""
-    return grpc.StatusCode.OK, ""
 
 
 def unique(prefix: str) -> str:

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -23,39 +23,23 @@ from parley.messaging.v1.events_pb2 import MessagePosted
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from parley.storage.v1.events_pb2 import UserDataErased
 
-from parley_client import ParleyClient
+from parley_client import ParleyClient, ParleyError
 from parley_storage.archive import SqlEventArchive, StoredMessage, open_engine
 from parley_storage.datakeys import DataKeys
 from parley_storage.kek import FileKeyring
 from parley_testing.platform import RunningPlatform, platform_in
 from parley_testing.shared_postgres import schema_url, shared_schema
 from parley_testing.stack import PASSWORD
+from parley_testing.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
 TIMEOUT_S = 90.0
+RESTARTING = (grpc.aio.AioRpcError, ParleyError)  # what a call meets while storage restarts: not yet
 
 
 def unique(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:8]}"
-
-
-async def eventually(check: Callable[[], object], *, what: str, timeout: float = TIMEOUT_S) -> None:
-    """Poll an async condition (the archive trails the bus) until true, or fail saying what."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    last_error: Exception | None = None
-    while asyncio.get_running_loop().time() < deadline:
-        try:
-            if await check():  # type: ignore[misc]
-                return
-        except grpc.aio.AioRpcError as exc:  # storage restarting: keep waiting
-            last_error = exc
-        except Exception as exc:
-            if type(exc).__name__ != "ParleyError":
-                raise
-            last_error = exc
-        await asyncio.sleep(0.1)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_error})")
 
 
 async def all_history(client: ParleyClient, channel_id: str) -> list[tuple[int, str, str]]:
@@ -69,6 +53,15 @@ async def all_history(client: ParleyClient, channel_id: str) -> list[tuple[int, 
         after = page.messages[-1].channel_seq
 
 
+async def until_archived(client: ParleyClient, channel_id: str, count: int) -> None:
+    """Until the channel's history holds `count` messages: the archive trails the bus."""
+
+    async def archived() -> bool | None:
+        return True if len(await all_history(client, channel_id)) == count else None
+
+    await eventually(archived, f"{count} messages in history", TIMEOUT_S, passing=RESTARTING)
+
+
 @pytest.fixture
 async def operator(platform: RunningPlatform) -> AsyncIterator[storage_pb2_grpc.StorageArchiveServiceStub]:
     """The operator's tooling: the platform identity over mutual TLS, straight to storage."""
@@ -79,22 +72,16 @@ async def operator(platform: RunningPlatform) -> AsyncIterator[storage_pb2_grpc.
 
 async def request_erasure(platform: RunningPlatform, user_id: str, reason: str) -> None:
     """The operator's erasure request, recorded by auth first (as `parley erase` does)."""
-    channel = platform.service_channel("auth")
-    try:
-        request = auth_pb2.RequestErasureRequest(user_id=user_id, reason=reason)
+    request = auth_pb2.RequestErasureRequest(user_id=user_id, reason=reason)
+    async with platform.service_channel("auth") as channel:
         await auth_pb2_grpc.AuthServiceStub(channel).RequestErasure(request, timeout=30)
-    finally:
-        await channel.close()
 
 
 async def record_retention(platform: RunningPlatform, channel_id: str, days: int) -> None:
     """The operator's retention policy, recorded by messaging first (as `parley retention` does)."""
-    channel = platform.service_channel("messaging")
-    try:
-        request = messaging_pb2.SetChannelRetentionRequest(channel_id=channel_id, days=days)
+    request = messaging_pb2.SetChannelRetentionRequest(channel_id=channel_id, days=days)
+    async with platform.service_channel("messaging") as channel:
         await messaging_pb2_grpc.MessagingServiceStub(channel).SetChannelRetention(request, timeout=30)
-    finally:
-        await channel.close()
 
 
 async def auditor_token(platform: RunningPlatform, role: str = "security-auditor") -> list[tuple[str, str]]:
@@ -161,10 +148,7 @@ async def test_no_plaintext_body_or_user_name_at_rest(platform: RunningPlatform)
     for i, body in enumerate(bodies):
         await (alice if i % 2 == 0 else bob).send(channel.channel_id, body)
 
-    async def archived() -> bool:
-        return len(await all_history(bob, channel.channel_id)) == len(bodies)
-
-    await eventually(archived, what="every message in history")
+    await until_archived(bob, channel.channel_id, len(bodies))
     history = await all_history(bob, channel.channel_id)
     assert [b for _, _, b in history] == bodies  # readable through the service...
     assert {n for _, n, _ in history} == {alice_name, bob_name}
@@ -195,10 +179,7 @@ async def test_erasure_shreds_one_user_and_is_audited(
     await bob.send(channel.channel_id, "bob answers")
     await alice.send(channel.channel_id, "alice again")
 
-    async def archived() -> bool:
-        return len(await all_history(bob, channel.channel_id)) == 3
-
-    await eventually(archived, what="three messages in history")
+    await until_archived(bob, channel.channel_id, 3)
     exported = await operator.ExportUserData(storage_pb2.ExportUserDataRequest(user_id=alice.user_id), timeout=30)
     assert "alice writes first" in exported.archive.decode()
     assert "bob answers" not in exported.archive.decode()
@@ -232,10 +213,10 @@ async def test_erasure_shreds_one_user_and_is_audited(
         )
         return [e for e in page.events if e.event_type == UserDataErased.DESCRIPTOR.full_name]
 
-    async def erasure_archived() -> bool:
-        return len(await audited()) == 1
+    async def erasure_archived() -> bool | None:
+        return True if len(await audited()) == 1 else None
 
-    await eventually(erasure_archived, what="the UserDataErased event in the archive")
+    await eventually(erasure_archived, "the UserDataErased event in the archive", TIMEOUT_S, passing=RESTARTING)
     (event,) = await audited()
     envelope = EventEnvelope.FromString(event.envelope)
     record = UserDataErased.FromString(envelope.payload)
@@ -296,21 +277,21 @@ async def check_exactly_once_across_kill_9(
 
     sending = asyncio.create_task(send_all())
 
-    async def archiving_started() -> bool:
+    async def archiving_started() -> bool | None:
         lag = await operator.GetArchiveLag(storage_pb2.GetArchiveLagRequest(), timeout=10)
         msg = next(s for s in lag.streams if s.stream == "MSG")
-        return msg.archived_seq > 20
+        return True if msg.archived_seq > 20 else None
 
-    await eventually(archiving_started, what="storage to archive the first messages")
+    await eventually(archiving_started, "storage to archive the first messages", TIMEOUT_S, passing=RESTARTING)
     # Arm the fault point: the next MSG batch stops with its first event written, uncommitted.
     pause = platform.data_dir.parent / PAUSE_FOLDER
     pause.mkdir(exist_ok=True)
     (pause / "arm").write_text("MSG")
 
-    async def paused_in_batch() -> bool:
-        return (pause / "paused").exists()
+    async def paused_in_batch() -> bool | None:
+        return True if (pause / "paused").exists() else None
 
-    await eventually(paused_in_batch, what="storage to pause inside a MSG batch transaction")
+    await eventually(paused_in_batch, "storage to pause inside a MSG batch transaction", TIMEOUT_S)
     inside = json.loads((pause / "paused").read_text())
     assert inside["pid"] == storage_pid
     lag = await operator.GetArchiveLag(storage_pb2.GetArchiveLagRequest(), timeout=10)
@@ -319,18 +300,18 @@ async def check_exactly_once_across_kill_9(
     os.kill(storage_pid, signal.SIGKILL)  # inside that transaction, while sends go on
     await sending  # every send was acknowledged: messaging does not need storage
 
-    async def restarted() -> bool:
-        return "storage is serving again" in platform.output()
+    async def restarted() -> bool | None:
+        return True if "storage is serving again" in platform.output() else None
 
-    await eventually(restarted, what="`parley up` to restart the killed storage service")
+    await eventually(restarted, "`parley up` to restart the killed storage service", TIMEOUT_S)
     assert "storage crashed (exit -9)" in platform.output()
     restarted_operator = storage_pb2_grpc.StorageArchiveServiceStub(platform.service_channel("storage"))
 
-    async def caught_up() -> bool:
+    async def caught_up() -> bool | None:
         lag = await restarted_operator.GetArchiveLag(storage_pb2.GetArchiveLagRequest(), timeout=10)
-        return all(s.events_behind == 0 for s in lag.streams)
+        return True if all(s.events_behind == 0 for s in lag.streams) else None
 
-    await eventually(caught_up, what="the archive to catch up after the restart")
+    await eventually(caught_up, "the archive to catch up after the restart", TIMEOUT_S, passing=RESTARTING)
     lag = await restarted_operator.GetArchiveLag(storage_pb2.GetArchiveLagRequest(), timeout=10)
     msg_lag = next(s for s in lag.streams if s.stream == "MSG")
     assert msg_lag.seconds_behind == 0
@@ -394,10 +375,7 @@ async def test_an_erasure_reaches_a_backup_taken_before_it(
     await alice.send(channel.channel_id, "alice before the backup")
     await bob.send(channel.channel_id, "bob before the backup")
 
-    async def archived() -> bool:
-        return len(await all_history(bob, channel.channel_id)) == 2
-
-    await eventually(archived, what="two messages in history")
+    await until_archived(bob, channel.channel_id, 2)
     backup = tmp_path / "before-erasure"
     await asyncio.to_thread(platform.cli, "backup", "create", str(backup))
     await request_erasure(platform, alice.user_id, "test")
@@ -425,10 +403,10 @@ async def check_backup_while_sending(platform: RunningPlatform, tmp_path: Path) 
 
     sending = asyncio.create_task(keep_sending())
 
-    async def some_sent() -> bool:
-        return len(acknowledged) >= 30
+    async def some_sent() -> bool | None:
+        return True if len(acknowledged) >= 30 else None
 
-    await eventually(some_sent, what="the first acknowledged sends")
+    await eventually(some_sent, "the first acknowledged sends", TIMEOUT_S)
     before_point = list(acknowledged)  # acknowledged before the backup began
     backup = tmp_path / "backup"
     created = await asyncio.to_thread(platform.cli, "backup", "create", str(backup), "--json")
@@ -471,10 +449,7 @@ async def test_services_rebuild_from_the_archive_within_their_streams_and_rotati
     for n in range(3):
         await owner.send(channel.channel_id, f"rebuild {n}")
 
-    async def archived() -> bool:
-        return len(await all_history(owner, channel.channel_id)) == 3
-
-    await eventually(archived, what="three messages in history")
+    await until_archived(owner, channel.channel_id, 3)
     messaging_channel, messaging = peer_stub(platform, "messaging")
     gateway_channel, gateway = peer_stub(platform, "gateway")
     try:

@@ -14,19 +14,19 @@ from parley_client import ParleyClient, ParleyError
 from parley_core.envelope import NewEvent, seal
 from parley_testing.platform import RunningPlatform
 from parley_testing.stack import PASSWORD
-from parley_testing.waiting import wait_until
+from parley_testing.waiting import eventually, wait_until
 
 pytestmark = pytest.mark.e2e
 
 
 async def history_bodies(client: ParleyClient, channel_id: str, *, expect: int, timeout: float = 20.0) -> list[str]:
     """History is served from the archive, which trails the send by the archive lag: wait for it."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
+
+    async def bodies() -> list[str] | None:
         page = await client.history(channel_id)
-        if len(page.messages) >= expect or asyncio.get_running_loop().time() > deadline:
-            return [m.body for m in page.messages]
-        await asyncio.sleep(0.05)
+        return [m.body for m in page.messages] if len(page.messages) >= expect else None
+
+    return await eventually(bodies, f"{expect} messages in history", timeout)
 
 
 def unique(prefix: str) -> str:

@@ -12,16 +12,19 @@ import base64
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import pytest_asyncio
 from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
 from parley.gateway.v1 import gateway_pb2_grpc
 from parley.messaging.v1 import messaging_pb2
 
-from parley_client import ParleyError
+from parley_client import ParleyClient, ParleyError
 from parley_testing.browser import log_in, require_built
 from parley_testing.platform import RunningPlatform, platform_in
 from parley_testing.stack import PASSWORD, bearer
@@ -59,13 +62,21 @@ def unique(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:6]}"
 
 
-async def logged_in(browser: Browser, platform: RunningPlatform, name: str) -> tuple[BrowserContext, Page]:
-    context = await browser.new_context(viewport={"width": 1100, "height": 700})
+async def login_sent(
+    browser: Browser, platform: RunningPlatform, name: str, **context_options: Any
+) -> tuple[BrowserContext, Page]:
+    """A new browser context on the web app, `name`'s login form sent (a second factor may be asked next)."""
+    context = await browser.new_context(**context_options)
     page = await context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
-    page.on("dialog", lambda dialog: DIALOGS.append(dialog.message))
     await page.goto(platform.web_url)
     await log_in(page, name)
+    return context, page
+
+
+async def logged_in(browser: Browser, platform: RunningPlatform, name: str) -> tuple[BrowserContext, Page]:
+    context, page = await login_sent(browser, platform, name, viewport={"width": 1100, "height": 700})
+    page.on("dialog", lambda dialog: DIALOGS.append(dialog.message))
     await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
     return context, page
 
@@ -255,11 +266,7 @@ async def test_login_with_a_totp_code(browser: Browser, platform: RunningPlatfor
     await client.confirm_totp_enrolment(app.generate(int(time.time())).decode())
     await client.close()
 
-    context = await browser.new_context()
-    page = await context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    await page.goto(platform.web_url)
-    await log_in(page, name)
+    context, page = await login_sent(browser, platform, name)
     code = page.get_by_label("Two-factor code (or a recovery code)")
     await expect(code).to_be_visible()
     await code.fill(app.generate(int(time.time()) + 30).decode())  # the next step: the first was spent
@@ -354,11 +361,7 @@ async def test_settings_enrol_two_factor_with_a_qr_code_and_list_sessions(
     await fresh.close()
 
     # Logged in again (with a recovery code), Settings knows two-factor is on.
-    context = await browser.new_context()
-    page = await context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    await page.goto(platform.web_url)
-    await log_in(page, name)
+    context, page = await login_sent(browser, platform, name)
     await page.get_by_label("Two-factor code (or a recovery code)").fill(recovery)
     await page.get_by_role("button", name="Log in").click()
     await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
@@ -402,46 +405,57 @@ async def test_a_first_visit_logs_no_error_in_the_console(browser: Browser, plat
     await context.close()
 
 
-async def test_others_read_markers_show_live(browser: Browser, platform: RunningPlatform) -> None:
+@dataclass(frozen=True)
+class Room:
+    """alice's new channel with bob in it: their names and SDK clients."""
+
+    alice: str
+    bob: str
+    alice_sdk: ParleyClient
+    bob_sdk: ParleyClient
+    channel_id: str
+
+
+@pytest_asyncio.fixture(loop_scope="module")  # the module's event loop, as its tests and their clients use
+async def room(platform: RunningPlatform) -> AsyncIterator[Room]:
     alice, bob = unique("alice"), unique("bob")
     alice_sdk, bob_sdk = await platform.new_user(alice), await platform.new_user(bob)
     channel = await alice_sdk.create_channel(unique("room"))
     await bob_sdk.join_channel(channel.channel_id)
-    first = await alice_sdk.send(channel.channel_id, "first")
-    second = await alice_sdk.send(channel.channel_id, "second")
-    context, page = await logged_in(browser, platform, alice)
+    yield Room(alice, bob, alice_sdk, bob_sdk, channel.channel_id)
+    await alice_sdk.close()
+    await bob_sdk.close()
+
+
+async def test_others_read_markers_show_live(browser: Browser, platform: RunningPlatform, room: Room) -> None:
+    first = await room.alice_sdk.send(room.channel_id, "first")
+    second = await room.alice_sdk.send(room.channel_id, "second")
+    context, page = await logged_in(browser, platform, room.alice)
     await expect(messages(page)).to_have_text(["first", "second"])
     await expect(page.locator(".read-by")).to_have_count(0)  # nobody else has read anything yet
 
-    await bob_sdk.mark_read(channel.channel_id, first.channel_seq)
+    await room.bob_sdk.mark_read(room.channel_id, first.channel_seq)
     on_first = page.locator("li.message", has_text="first").locator(".read-by")
-    await expect(on_first).to_have_text(f"Read by {bob}")
-    await bob_sdk.mark_read(channel.channel_id, second.channel_seq)
-    await expect(page.locator("li.message", has_text="second").locator(".read-by")).to_have_text(f"Read by {bob}")
+    await expect(on_first).to_have_text(f"Read by {room.bob}")
+    await room.bob_sdk.mark_read(room.channel_id, second.channel_seq)
+    on_second = page.locator("li.message", has_text="second").locator(".read-by")
+    await expect(on_second).to_have_text(f"Read by {room.bob}")
     await expect(on_first).to_have_count(0)  # a marker is in one place: where that reader is now
-    await alice_sdk.close()
-    await bob_sdk.close()
     await context.close()
 
 
-async def test_a_redacted_message_names_its_sender(browser: Browser, platform: RunningPlatform) -> None:
-    alice, bob = unique("alice"), unique("bob")
-    alice_sdk, bob_sdk = await platform.new_user(alice), await platform.new_user(bob)
-    channel = await alice_sdk.create_channel(unique("room"))
-    await bob_sdk.join_channel(channel.channel_id)
-    gone = await alice_sdk.send(channel.channel_id, "said in haste")
-    await alice_sdk.send(channel.channel_id, "kept")
-    await alice_sdk.redact(channel.channel_id, gone.channel_seq)
-    context, page = await logged_in(browser, platform, bob)
+async def test_a_redacted_message_names_its_sender(browser: Browser, platform: RunningPlatform, room: Room) -> None:
+    gone = await room.alice_sdk.send(room.channel_id, "said in haste")
+    await room.alice_sdk.send(room.channel_id, "kept")
+    await room.alice_sdk.redact(room.channel_id, gone.channel_seq)
+    context, page = await logged_in(browser, platform, room.bob)
     deleted = page.locator("li.message", has_text="(message deleted)")
-    await expect(deleted.locator(".sender")).to_have_text([alice])  # from history
+    await expect(deleted.locator(".sender")).to_have_text([room.alice])  # from history
 
-    reply = await alice_sdk.send(channel.channel_id, "also in haste")
+    reply = await room.alice_sdk.send(room.channel_id, "also in haste")
     await expect(messages(page).last).to_have_text("also in haste")
-    await alice_sdk.redact(channel.channel_id, reply.channel_seq)
-    await expect(deleted.locator(".sender")).to_have_text([alice, alice])  # and live
-    await alice_sdk.close()
-    await bob_sdk.close()
+    await room.alice_sdk.redact(room.channel_id, reply.channel_seq)
+    await expect(deleted.locator(".sender")).to_have_text([room.alice, room.alice])  # and live
     await context.close()
 
 

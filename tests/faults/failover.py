@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from parley_client import ParleyClient, ParleyError
@@ -161,3 +162,74 @@ async def history_holding(client: ParleyClient, channel_id: str, acked: list[str
 
     await eventually(archived_all, "every acknowledged send in history", timeout)
     return history
+
+
+async def enrol(
+    senders: list[FailoverSender], channel_id: str, gateway: str, ca_cert: bytes, *, others: Sequence[str] = ()
+) -> None:
+    """Every sender (and each of `others`, watchers say) registered on `gateway` and in the channel;
+    then each sender logged in on its first gateway."""
+    for person in [s.name for s in senders] + list(others):
+        registering = ParleyClient.connect(gateway, ca_cert=ca_cert)
+        await registering.register(person, PASSWORD)
+        await registering.login(person, PASSWORD)
+        await registering.join_channel(channel_id)
+        await registering.close()
+    for sender in senders:
+        await sender.connect()
+
+
+def loss_figures(senders: list[FailoverSender], history: list[str], loss: Loss) -> dict[str, object]:
+    """What every host-loss run reports of its senders: sends lost or repeated, calls refused, moves."""
+    acked = [body for s in senders for body in s.acknowledged]
+    return {
+        "acknowledged": len(acked),
+        "acknowledged_before_kill": loss.acknowledged_before,
+        "in_history": len(history),
+        "lost": len(set(acked) - set(history)),
+        "duplicated": sum(1 for count in Counter(history).values() if count > 1),
+        "refused_calls": sum(s.refused for s in senders),
+        "refused_on_the_surviving_host": sum(s.refused for s in senders if len(s.addresses) == 1),
+        "refusals": [r for s in senders for r in s.refusals][:10],
+        "moved_to_other_gateway": sum(s.moves for s in senders),
+        "killed_pids": len(loss.killed_pids),
+        "seconds_to_acks_after_kill": loss.seconds_to_acks_after,
+    }
+
+
+def assert_nothing_lost(senders: list[FailoverSender], figures: dict[str, object], lost_host: str) -> None:
+    """Every acknowledged send in history once; only the lost host's calls failed, and every sender
+    that started there moved on."""
+    assert figures["lost"] == 0, figures
+    assert figures["duplicated"] == 0, figures
+    # No call fails inside the platform (two messaging instances appending to one channel on a
+    # JetStream cluster is a retried conflict, not an error).
+    assert not [r for s in senders for r in s.refusals if "INTERNAL" in r], figures
+    assert figures["refused_on_the_surviving_host"] == 0, figures
+    assert all(s.moves >= 1 for s in senders if len(s.addresses) == 2), f"a sender on {lost_host} never moved"
+
+
+async def close_all(clients: Sequence[ParleyClient | None]) -> None:
+    for client in clients:
+        if client is not None:
+            await client.close()
+
+
+def _delivered(watcher: FailoverWatcher, acked: list[str]) -> Callable[[], bool]:
+    return lambda: set(acked) <= set(watcher.delivered)
+
+
+async def delivered_to_all(watchers: Sequence[FailoverWatcher], acked: list[str], timeout: float = 120) -> None:
+    for watcher in watchers:
+        await until(_delivered(watcher, acked), f"every acknowledged send delivered live to {watcher.name}", timeout)
+
+
+def watcher_figures(watchers: Sequence[FailoverWatcher], acked: list[str]) -> dict[str, object]:
+    """What each live watcher saw of the acknowledged sends: all of them, once each, and how often it resumed."""
+    twice = sum(1 for w in watchers for count in Counter(w.delivered).values() if count > 1)
+    return {
+        **{f"delivered_live_{w.name}": len(w.delivered) for w in watchers},
+        **{f"not_delivered_live_{w.name}": len(set(acked) - set(w.delivered)) for w in watchers},
+        "delivered_live_twice": twice,
+        **{f"resumes_{w.name}": w.resumes for w in watchers},
+    }

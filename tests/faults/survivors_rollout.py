@@ -11,9 +11,11 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from failover import FailoverSender
+
 from parley_testing.operators import OperatorTokens
 from parley_testing.platform import TEST_DEFAULTS
-from parley_testing.waiting import eventually
+from parley_testing.waiting import eventually, until
 
 MESSAGING_SOURCE = Path(__file__).resolve().parents[2] / "services" / "messaging"
 NEW_VERSION = "0.2.0"
@@ -109,3 +111,25 @@ async def roll_out_messaging(folder: Path, survivors: set[str], *, within: Withi
 
     live = await eventually(new_version_serving, f"messaging {NEW_VERSION} serving on the surviving hosts", 60)
     return {"rollout_state": "done", "rollout_steps": len(started_by), "rolled_out_on": sorted({r[3] for r in live})}
+
+
+async def roll_out_under_sends(
+    senders: Sequence[FailoverSender], gateway: str, folder: Path, survivors: set[str], *, within: Within = list
+) -> dict[str, object]:
+    """`roll_out_messaging` once every sender is on the surviving `gateway` (a send in flight on the
+    lost one fails at its deadline): from here on no call may fail. With the sends acknowledged and
+    the calls refused meanwhile."""
+    await until(
+        lambda: all(s.addresses[s.at] == gateway for s in senders), "every sender on the surviving gateway", 120
+    )
+    refused, acked = sum(s.refused for s in senders), sum(len(s.acknowledged) for s in senders)
+    rolled = await roll_out_messaging(folder, survivors, within=within)
+    rolled["acknowledged_during_rollout"] = sum(len(s.acknowledged) for s in senders) - acked
+    rolled["refused_during_rollout"] = sum(s.refused for s in senders) - refused
+    return rolled
+
+
+def assert_rolled_out_under_sends(figures: dict[str, object], survivors: set[str]) -> None:
+    assert figures["refused_during_rollout"] == 0, figures
+    assert figures["rolled_out_on"] == sorted(survivors), figures
+    assert int(figures["acknowledged_during_rollout"]) > 0, figures  # type: ignore[call-overload]

@@ -31,7 +31,7 @@ from parley_client import ParleyClient
 from parley_core.pki import Pki
 from parley_testing.nats import NatsTestServer
 from parley_testing.rollout_platform import PLATFORM_TIMEOUTS, AgentPlatform, agent_platform
-from parley_testing.traffic import Traffic, history_count, send_continuously
+from parley_testing.traffic import history_count, sender_channel, sending
 from parley_testing.waiting import eventually
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.e2e, pytest.mark.timeout(3600)]
@@ -138,39 +138,28 @@ async def check_force_is_needed_again(cluster: AgentPlatform, failed_version: st
 
 
 async def roll_out_broken_releases(cluster: AgentPlatform, tmp_path: Path, rounds: int) -> None:
-    client = ParleyClient.connect(cluster.gateway_address, ca_cert=cluster.pki.ca_pem())
-    await client.register("carol", "a-long-passphrase")
-    await client.login("carol", "a-long-passphrase")
-    channel = await client.create_channel("canaries")
-    agent_task = cluster.start_agent()
-    traffic = Traffic()
-    sender = asyncio.create_task(send_continuously(client, channel.channel_id, traffic))
-    passes = 0
-    failed_sends: dict[str, list[int]] = {kind: [] for kind in BROKEN_MAINS}
-    minor = 1
-    try:
-        for _ in range(rounds):
-            for kind in BROKEN_MAINS:
-                minor += 1
-                version = f"0.{minor}.0"
-                wheel = await asyncio.to_thread(broken_wheel, kind, version, tmp_path)
-                await cluster.publish(wheel, version)
-                rollout = await cluster.plan(version)
-                failures_before = len(traffic.failures)
-                await cluster.approve(rollout)
-                finished = await cluster.finished(rollout.rollout_id, 300, f"the {kind} canary {version} to finish")
-                failed_sends[kind].append(len(traffic.failures) - failures_before)
-                passes += finished.state == "done" or any(s.gate == "passed" for s in finished.steps)
-                check_verdict(kind, finished)
-                assert cluster.managed_versions() == {"0.1.0"}
-                assert len(cluster.agent.front_doors["messaging"].backends) == 2
-        await check_force_is_needed_again(cluster, f"0.{minor}.0")
-    finally:
-        traffic.stop.set()
-        await sender
-        cluster.agent._stop.set()
-        await agent_task
-        await client.close()
+    async with ParleyClient.connect(cluster.gateway_address, ca_cert=cluster.pki.ca_pem()) as client:
+        channel_id = await sender_channel(client, "carol", "canaries")
+        passes = 0
+        failed_sends: dict[str, list[int]] = {kind: [] for kind in BROKEN_MAINS}
+        minor = 1
+        async with cluster.agent_running(), sending(client, channel_id) as traffic:
+            for _ in range(rounds):
+                for kind in BROKEN_MAINS:
+                    minor += 1
+                    version = f"0.{minor}.0"
+                    wheel = await asyncio.to_thread(broken_wheel, kind, version, tmp_path)
+                    await cluster.publish(wheel, version)
+                    rollout = await cluster.plan(version)
+                    failures_before = len(traffic.failures)
+                    await cluster.approve(rollout)
+                    finished = await cluster.finished(rollout.rollout_id, 300, f"the {kind} canary {version} to finish")
+                    failed_sends[kind].append(len(traffic.failures) - failures_before)
+                    passes += finished.state == "done" or any(s.gate == "passed" for s in finished.steps)
+                    check_verdict(kind, finished)
+                    assert cluster.managed_versions() == {"0.1.0"}
+                    assert len(cluster.agent.front_doors["messaging"].backends) == 2
+            await check_force_is_needed_again(cluster, f"0.{minor}.0")
     publish_figures(
         f"broken-canaries-x{rounds}",
         {
@@ -204,25 +193,20 @@ async def test_sends_a_broken_canary_refuses_are_sent_again_on_a_stable_instance
     door.add(canary.address)
 
     client = ParleyClient.connect(cluster.gateway_address, ca_cert=cluster.pki.ca_pem())
-    await client.register("carol", "a-long-passphrase")
-    await client.login("carol", "a-long-passphrase")
-    channel = await client.create_channel("retried")
-    traffic = Traffic()
-    sender = asyncio.create_task(send_continuously(client, channel.channel_id, traffic))
+    channel_id = await sender_channel(client, "carol", "retried")
 
     async def refused() -> int | None:  # the gateway's connections moved onto the canary (they age out every 5 s)
         count = agent.log_path("messaging").read_text(errors="replace").count("refused a send on purpose")
         return count if count >= 20 else None
 
     try:
-        refusals = await eventually(refused, "the canary to refuse 20 sends", 120)
+        async with sending(client, channel_id) as traffic:
+            refusals = await eventually(refused, "the canary to refuse 20 sends", 120)
     finally:
-        traffic.stop.set()
-        await sender
         await agent.drain(canary.instance_id, failed=True)
 
     async def archived() -> int | None:
-        count = await history_count(client, channel.channel_id)
+        count = await history_count(client, channel_id)
         return count if count >= traffic.acknowledged else None
 
     stored = await eventually(archived, "every acknowledged send in history", 60)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -82,6 +82,46 @@ async def finish(
     await workload.close()
 
 
+Recovery = dict[str, float | None]
+Fault = Callable[[ChatWorkload], Awaitable[Recovery | None]]  # what it measured of the recovery, if anything
+
+
+async def faults_while_sending(
+    platform: RunningPlatform,
+    workloads: list[ChatWorkload],
+    faults: Sequence[Fault],
+    scenario: str,
+    *,
+    acks: int,
+    notes: str = "",
+    send_once: bool = False,
+) -> None:
+    """Members sending all along: each fault in turn once `acks` more sends are acknowledged, `acks`
+    more after the last, then the audit (with the recoveries the faults measured)."""
+    workload = await started_workload(platform, workloads, send_once=send_once)
+    await workload.wait_acknowledged(acks)
+    recovery = []
+    for fault in faults:
+        if (recovered := await fault(workload)) is not None:
+            recovery.append(recovered)
+        await workload.wait_acknowledged(acks)
+    await finish(workload, scenario, notes=notes, recovery=recovery or None)
+
+
+def crashed(platform: RunningPlatform, service: str) -> Fault:
+    async def fault(_: ChatWorkload) -> None:
+        await crash(platform, service)
+
+    return fault
+
+
+def nats_killed(platform: RunningPlatform, node: int | None = None) -> Fault:
+    async def fault(workload: ChatWorkload) -> Recovery:
+        return await kill_nats(platform, workload, node)
+
+    return fault
+
+
 async def kill_nats(
     platform: RunningPlatform, workload: ChatWorkload, node: int | None = None
 ) -> dict[str, float | None]:
@@ -111,23 +151,7 @@ async def test_messaging_killed_while_sending_loses_nothing(
     running: RunningPlatform, workloads: list[ChatWorkload]
 ) -> None:
     """The short fault run inside `make test`: the service that appends sends dies mid-load."""
-    workload = await started_workload(running, workloads)
-    await workload.wait_acknowledged(15)
-    await crash(running, "messaging")
-    await workload.wait_acknowledged(15)
-    await finish(workload, "kill9-messaging-short")
-
-
-@pytest.mark.slow
-async def test_each_service_killed_in_turn_while_sending(
-    running: RunningPlatform, workloads: list[ChatWorkload]
-) -> None:
-    workload = await started_workload(running, workloads)
-    await workload.wait_acknowledged(30)
-    for service in SERVICES_IN_TURN:
-        await crash(running, service)
-        await workload.wait_acknowledged(30)
-    await finish(workload, "kill9-each-service", notes="auth, messaging, storage, gateway, patch-registry in turn")
+    await faults_while_sending(running, workloads, [crashed(running, "messaging")], "kill9-messaging-short", acks=15)
 
 
 @pytest.mark.slow
@@ -136,15 +160,14 @@ async def test_whole_platform_stopped_and_started_while_sending(
 ) -> None:
     import asyncio
 
-    workload = await started_workload(running, workloads)
-    await workload.wait_acknowledged(30)
-    address = running.gateway_address
-    assert await asyncio.to_thread(running.stop) == 0
-    await asyncio.to_thread(running.start)
-    # Clients know one address; a gateway that moved port on restart would strand them all.
-    assert running.gateway_address == address
-    await workload.wait_acknowledged(30)
-    await finish(workload, "whole-platform-restart")
+    async def stopped_and_started(_: ChatWorkload) -> None:
+        address = running.gateway_address
+        assert await asyncio.to_thread(running.stop) == 0
+        await asyncio.to_thread(running.start)
+        # Clients know one address; a gateway that moved port on restart would strand them all.
+        assert running.gateway_address == address
+
+    await faults_while_sending(running, workloads, [stopped_and_started], "whole-platform-restart", acks=30)
 
 
 def nats_pid(config: Path) -> int:
@@ -168,34 +191,61 @@ async def test_nats_killed_while_clients_send_once_comes_back_by_itself(
     and clients that call send() once per message see each acknowledged once, none refused."""
     import asyncio
 
-    workload = await started_workload(running, workloads, send_once=True)
-    await workload.wait_acknowledged(15)
-    recovery = [await kill_nats(running, workload)]
-    status = await asyncio.to_thread(running.cli, "status")
-    [broker] = [line for line in status.stdout.splitlines() if line.startswith("nats-server")]
-    assert broker.split()[-3:] == ["SERVING", "(restarted", "1x)"], status.stdout
-    await workload.wait_acknowledged(15)
-    await finish(
-        workload, "kill9-nats-short", notes="nats-server SIGKILLed once; parley up restarts it", recovery=recovery
+    async def killed_once(workload: ChatWorkload) -> Recovery:
+        recovery = await kill_nats(running, workload)
+        status = await asyncio.to_thread(running.cli, "status")
+        [broker] = [line for line in status.stdout.splitlines() if line.startswith("nats-server")]
+        assert broker.split()[-3:] == ["SERVING", "(restarted", "1x)"], status.stdout
+        return recovery
+
+    await faults_while_sending(
+        running,
+        workloads,
+        [killed_once],
+        "kill9-nats-short",
+        acks=15,
+        notes="nats-server SIGKILLed once; parley up restarts it",
+        send_once=True,
     )
+
+
+def each_service_in_turn(platform: RunningPlatform) -> list[Fault]:
+    return [crashed(platform, service) for service in SERVICES_IN_TURN]
+
+
+def nats_again_and_again(platform: RunningPlatform) -> list[Fault]:
+    return [nats_killed(platform) for _ in range(NATS_KILLS)]
 
 
 @pytest.mark.slow
-async def test_nats_killed_again_and_again_while_clients_send_once(
-    running: RunningPlatform, workloads: list[ChatWorkload]
+@pytest.mark.parametrize(
+    ("faults", "scenario", "notes", "send_once"),
+    [
+        pytest.param(
+            each_service_in_turn,
+            "kill9-each-service",
+            "auth, messaging, storage, gateway, patch-registry in turn",
+            False,
+            id="each-service-killed-in-turn",
+        ),
+        pytest.param(
+            nats_again_and_again,
+            "nats-kill9-supervised",
+            f"nats-server SIGKILLed {NATS_KILLS} times; parley up restarts it with the same config and store",
+            True,  # clients that call send() once per message
+            id="nats-killed-again-and-again",
+        ),
+    ],
+)
+async def test_killed_in_turn_while_sending(
+    running: RunningPlatform,
+    workloads: list[ChatWorkload],
+    faults: Callable[[RunningPlatform], list[Fault]],
+    scenario: str,
+    notes: str,
+    send_once: bool,
 ) -> None:
-    workload = await started_workload(running, workloads, send_once=True)
-    await workload.wait_acknowledged(30)
-    recovery = []
-    for _ in range(NATS_KILLS):
-        recovery.append(await kill_nats(running, workload))
-        await workload.wait_acknowledged(30)
-    await finish(
-        workload,
-        "nats-kill9-supervised",
-        notes=f"nats-server SIGKILLed {NATS_KILLS} times; parley up restarts it with the same config and store",
-        recovery=recovery,
-    )
+    await faults_while_sending(running, workloads, faults(running), scenario, acks=30, notes=notes, send_once=send_once)
 
 
 @pytest.mark.slow
@@ -252,17 +302,14 @@ async def test_parley_up_on_a_nats_cluster_loses_a_node_while_sending(
         finally:
             await nc.close()
         assert info.config.num_replicas == 3
-        workload = await started_workload(platform, workloads, send_once=True)
-        await workload.wait_acknowledged(30)
-        recovery = []
-        for node in (1, 0, 2):
-            recovery.append(await kill_nats(platform, workload, node))
-            await workload.wait_acknowledged(30)
-        await finish(
-            workload,
+        await faults_while_sending(
+            platform,
+            workloads,
+            [nats_killed(platform, node) for node in (1, 0, 2)],
             "parley-up-nats-cluster-node-kill9",
+            acks=30,
             notes="parley up --nats-cluster 3; nodes 1, 0, 2 SIGKILLed in turn, each restarted by parley up",
-            recovery=recovery,
+            send_once=True,
         )
     finally:
         platform.kill()

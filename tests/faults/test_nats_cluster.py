@@ -24,6 +24,7 @@ from parley_core.envelope import NewEvent, open_payload
 from parley_core.pki import Pki
 from parley_core.topology import PLATFORM_USER, STREAMS, channel_subject
 from parley_testing.nats import start_nats_cluster
+from parley_testing.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -152,14 +153,14 @@ async def test_cluster_loses_its_stream_leader_while_appending(pki: Pki, tmp_pat
 
 async def until_caught_up(bus: EventBus, node: str, messages: int, timeout: float = 120.0) -> None:
     """Wait until the restarted node reports itself a current replica of MSG."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    async def current() -> bool | None:
         info = await bus.js.stream_info("MSG")
         replicas = {r.name: r for r in (info.cluster.replicas or [])} if info.cluster else {}
-        if info.state.messages == messages and (
+        caught_up = info.state.messages == messages and (
             info.cluster.leader == node or (node in replicas and replicas[node].current)  # type: ignore[union-attr]
-        ):
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{node} did not catch up with MSG within {timeout:.0f}s: {info.cluster}")
-        await asyncio.sleep(0.2)  # polling the cluster's view of the replica
+        )
+        return True if caught_up else None
+
+    # Polling the cluster's view of the replica.
+    await eventually(current, f"{node} to catch up with MSG as a current replica", timeout, interval=0.2)

@@ -26,7 +26,7 @@ import grpc
 from parley.messaging.v1.messaging_pb2 import ChatMessage
 
 from parley_client import LiveStream, ParleyClient, ParleyError
-from parley_testing.waiting import until
+from parley_testing.waiting import eventually, until
 
 PASSWORD = "fault-test-passphrase"
 TRANSIENT = {
@@ -116,10 +116,9 @@ class ChatWorkload:
         for member in self.members:
             self._tasks.append(asyncio.create_task(self._listen(member)))
         await until(lambda: all(m.stream_opens for m in self.members), timeout=60, what="every member's live stream")
-        loop = self._send_once_loop if send_once else self._send_loop
         for member in self.members:
             for n in range(senders_per_member):
-                self._tasks.append(asyncio.create_task(loop(member, n, pause_s)))
+                self._tasks.append(asyncio.create_task(self._send_loop(member, n, pause_s, send_once=send_once)))
 
     async def stop_sending(self) -> None:
         """Stop the senders (each finishes its send in flight); live streams stay open."""
@@ -138,49 +137,42 @@ class ChatWorkload:
         for member in self.members:
             await member.client.close()
 
-    async def _send_loop(self, member: Member, lane: int, pause_s: float) -> None:
+    async def _send_loop(self, member: Member, lane: int, pause_s: float, *, send_once: bool) -> None:
         n = 0
         while not self._stop.is_set():
-            key = f"{member.name}-{lane}-{n}"
-            body = f"{member.name} lane {lane} #{n}"
-            self.ledger.attempted[key] = body
-            attempts = 0
-
-            async def send(key: str = key, body: str = body) -> ChatMessage:
-                nonlocal attempts
-                attempts += 1
-                return await member.client.send(self.channel_id, body, idempotency_key=key)
-
-            began = time.monotonic()
-            try:
-                sent = await retrying(send)
-            except ParleyError as exc:
-                self.ledger.refused[exc.code.name] += 1
-            else:
-                self.ledger.acknowledged[key] = sent.message_id
-                self.ledger.sends.append((began, time.monotonic()))
-            self.ledger.retries += max(0, attempts - 1)
-            n += 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), pause_s)  # paces the sender
-
-    async def _send_once_loop(self, member: Member, lane: int, pause_s: float) -> None:
-        n = 0
-        while not self._stop.is_set():
-            label = f"{member.name}-{lane}-{n}"
+            label = f"{member.name}-{lane}-{n}"  # a retried send's idempotency key too
             body = f"{member.name} lane {lane} #{n}"
             self.ledger.attempted[label] = body
             began = time.monotonic()
             try:
-                sent = await member.client.send(self.channel_id, body)
+                if send_once:
+                    sent = await member.client.send(self.channel_id, body)
+                else:
+                    sent = await self._send_retrying(member, label, body)
             except ParleyError as exc:
-                self.ledger.refused[f"{exc.code.name}: {exc.message}"[:200]] += 1
+                # A refusal of a single send fails the audit: keep why, for the report.
+                self.ledger.refused[f"{exc.code.name}: {exc.message}"[:200] if send_once else exc.code.name] += 1
             else:
                 self.ledger.acknowledged[label] = sent.message_id
                 self.ledger.sends.append((began, time.monotonic()))
             n += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), pause_s)  # paces the sender
+
+    async def _send_retrying(self, member: Member, key: str, body: str) -> ChatMessage:
+        """One message under its own key, retried until acknowledged or given up (the key makes it
+        count once); the retries go to the ledger."""
+        attempts = 0
+
+        async def send() -> ChatMessage:
+            nonlocal attempts
+            attempts += 1
+            return await member.client.send(self.channel_id, body, idempotency_key=key)
+
+        try:
+            return await retrying(send)
+        finally:
+            self.ledger.retries += max(0, attempts - 1)
 
     async def _listen(self, member: Member) -> None:
         delay = 0.05
@@ -288,14 +280,14 @@ async def audit(
     acked_ids = set(workload.ledger.acknowledged.values())
     history: list[tuple[int, str, str]] = []
 
-    async def archived_all() -> bool:
+    async def archived_all() -> bool | None:
         nonlocal history
         history = await workload.history()
-        return acked_ids <= {mid for _, mid, _ in history}
+        return True if acked_ids <= {mid for _, mid, _ in history} else None
 
-    deadline = time.monotonic() + 120
-    while not await archived_all() and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)  # the archive trails the acks by its lag; poll until it has them
+    # The archive trails the acks by its lag; on a timeout the audit below counts what is missing.
+    with contextlib.suppress(TimeoutError):
+        await eventually(archived_all, "every acknowledged send archived", 120, interval=0.2)
 
     # Live streams trail the acks too; each member's resumed stream must catch up on every one.
     with contextlib.suppress(TimeoutError):

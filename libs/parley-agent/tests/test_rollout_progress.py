@@ -16,14 +16,11 @@ from parley_agent.progress import rollout_progress
 from parley_core.net import free_port
 from parley_core.pki import ensure_pki
 from parley_core.topology import PLATFORM_USER
+from parley_testing.rollouts import reported_rollout
 
 
 def test_progress_names_each_step_and_verdict_with_its_figures() -> None:
-    rollout = patch_pb2.Rollout(
-        rollout_id="r1",
-        service="messaging",
-        from_version="0.1.0",
-        to_version="0.2.0",
+    rollout = reported_rollout(
         planned_by="olga",
         approved_by="oscar",
         state="rolled_back",

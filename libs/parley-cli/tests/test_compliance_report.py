@@ -16,6 +16,7 @@ from parley_cli.compliance import ComplianceFacts, render, render_html
 from parley_cli.report_charts import PAST, FindingPoint, patch_sla_over_time
 from parley_cli.report_signing import ReportNotVerified, load_or_create_signing_key, signed, verify
 from parley_core.audit_log import ChainHead
+from parley_testing.rollouts import reported_rollout
 
 BODY = b"# Parley compliance report\n\n| a | b |\n"
 
@@ -53,11 +54,7 @@ def test_the_signing_key_is_made_once_owner_only(tmp_path: Path) -> None:
 
 def _rollout(planned_by: str, approved_by: str) -> patch_pb2.Rollout:
     gate = patch_pb2.GateFigures(step=0, weight=10, passed=False)
-    return patch_pb2.Rollout(
-        rollout_id="r-1",
-        service="messaging",
-        from_version="0.1.0",
-        to_version="0.2.0",
+    return reported_rollout(
         state="rolled_back",
         planned_by=planned_by,
         approved_by=approved_by,

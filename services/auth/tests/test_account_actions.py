@@ -18,6 +18,7 @@ from parley.gateway.v1 import gateway_pb2_grpc
 
 from parley_core.rbac import ROLES, AccountAction, may_act_on_account, permissions_of
 from parley_testing.stack import TIMEOUT_S, Stack, bearer
+from parley_testing.statuses import code_of
 
 NEEDS = {
     AccountAction.ASSIGN_ROLE: "roles.assign",
@@ -43,14 +44,6 @@ def test_the_rule_without_servers() -> None:
                 allowed = may_act_on_account(caller, action, target_role=target)
                 owner_rule = target != "owner" or caller == "owner"
                 assert allowed == (NEEDS[action] in permissions_of(caller) and owner_rule), (action, caller, target)
-
-
-async def code_of(call: Awaitable[object]) -> tuple[grpc.StatusCode, str]:
-    try:
-        await call
-    except grpc.aio.AioRpcError as exc:
-        return exc.code(), exc.details() or ""
-    return grpc.StatusCode.OK, ""
 
 
 def act(

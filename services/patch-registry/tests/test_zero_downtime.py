@@ -28,7 +28,7 @@ from parley_client import ParleyClient, ParleyError
 from parley_core.pki import Pki
 from parley_testing.nats import NatsTestServer
 from parley_testing.rollout_platform import PLATFORM_TIMEOUTS, AgentPlatform, agent_platform
-from parley_testing.traffic import Traffic, history_count, send_continuously
+from parley_testing.traffic import Traffic, history_count, send_continuously, sender_channel, sending
 from parley_testing.waiting import eventually
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -74,13 +74,8 @@ async def test_upgrade_under_traffic_loses_nothing_and_a_failing_canary_rolls_ba
     wheel_c = await asyncio.to_thread(build_wheel, broken_source, "0.3.0", tmp_path / "wheels")
 
     client = client_of(cluster)
-    await client.register("carol", "a-long-passphrase")
-    await client.login("carol", "a-long-passphrase")
-    channel = await client.create_channel("upgrades")
-    agent_task = cluster.start_agent()
-    traffic = Traffic()
-    sender = asyncio.create_task(send_continuously(client, channel.channel_id, traffic))
-    try:
+    channel_id = await sender_channel(client, "carol", "upgrades")
+    async with cluster.agent_running(), sending(client, channel_id) as traffic:
         # A -> B under traffic
         rollout = await publish_and_roll(cluster, wheel_b, "0.2.0")
         done = await cluster.finished(rollout.rollout_id, 600, "the roll-out to 0.2.0 to finish")
@@ -91,18 +86,13 @@ async def test_upgrade_under_traffic_loses_nothing_and_a_failing_canary_rolls_ba
         assert len(cluster.agent.front_doors["messaging"].backends) == 2
         during_upgrade = traffic.acknowledged
 
-        # B -> broken C: the canary never becomes healthy, the registry rolls it back on its own
+        # B -> broken C: the canary exits at start; its agent reports the exit and the registry rolls it back
         bad = await publish_and_roll(cluster, wheel_c, "0.3.0")
         rolled_back = await cluster.finished(bad.rollout_id, 600, "the failing canary to be rolled back")
         assert rolled_back.state == "rolled_back"
-        assert "canary failed its gate" in rolled_back.rollback_reason
+        assert "exited with code 1" in rolled_back.rollback_reason
         assert {i.version for i in cluster.agent.instances.values()} == {"0.2.0"}
         assert len(cluster.agent.front_doors["messaging"].backends) == 2
-    finally:
-        traffic.stop.set()
-        await sender
-        cluster.agent._stop.set()
-        await agent_task
 
     print(
         f"\nacknowledged sends: {traffic.acknowledged} ({during_upgrade} through the A->B roll-out); "
@@ -112,7 +102,7 @@ async def test_upgrade_under_traffic_loses_nothing_and_a_failing_canary_rolls_ba
     assert during_upgrade > 0
 
     async def archived() -> int | None:
-        count = await history_count(client, channel.channel_id)
+        count = await history_count(client, channel_id)
         return count if count >= traffic.acknowledged else None
 
     assert await eventually(archived, "every acknowledged message in history", 120) == traffic.acknowledged

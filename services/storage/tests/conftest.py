@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,6 +12,7 @@ from parley_storage.archive import SqlEventArchive, open_engine
 from parley_storage.datakeys import DataKeys
 from parley_storage.kek import FileKeyring
 from parley_storage.migrate import upgrade_to_head
+from parley_testing.processes import run_module
 from parley_testing.shared_postgres import schema_url, shared_schema
 
 
@@ -45,14 +44,8 @@ def start_storage(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[s
     settings as environment variables; for the checks that refuse a start (exit 78) before it serves."""
 
     def start(url: str, **settings: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "parley_storage"],
-            env={**os.environ, "PARLEY_DATA_DIR": str(tmp_path / "data"), "PARLEY_DATABASE_URL": url, **settings},
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        env = {"PARLEY_DATA_DIR": str(tmp_path / "data"), "PARLEY_DATABASE_URL": url, **settings}
+        return run_module("parley_storage", env=env, timeout=120)
 
     return start
 

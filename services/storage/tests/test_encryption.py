@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from parley.auth.v1.events_pb2 import UserRegistered
-from parley.messaging.v1.events_pb2 import ChannelCreated, MemberJoined, MessageEdited, MessagePosted
+from parley.messaging.v1.events_pb2 import ChannelCreated, MemberJoined, MessageEdited
 from sqlalchemy import Connection, select, update
 
 from parley_core.bus import ReceivedEvent
@@ -27,6 +27,7 @@ from parley_storage.kek import FileKeyring, Rotation, UnknownKek, WrappedKey, da
 from parley_storage.migrate import upgrade_to_head
 from parley_storage.schema import data_keys, events
 from parley_storage.sealing import RecordUnreadable
+from parley_testing.events import message_posted
 
 ALICE, BOB = "user-alice", "user-bob"
 
@@ -66,14 +67,8 @@ class Feed:
         self.channel_seq += 1
         sent = Timestamp()
         sent.FromNanoseconds(1_700_000_000_000_000_000 + self.channel_seq)
-        payload = MessagePosted(
-            channel_id=channel,
-            message_id=f"m{self.channel_seq}",
-            sender_id=sender,
-            sender_name=name,
-            channel_seq=self.channel_seq,
-            body=body,
-            sent_at=sent,
+        payload = message_posted(
+            channel, self.channel_seq, sender, body, message_id=f"m{self.channel_seq}", sender_name=name, sent_at=sent
         )
         return self.event("MSG", "channel", channel, payload, sender)
 

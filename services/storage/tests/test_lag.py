@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,20 +21,10 @@ from parley_storage.lag import StreamLag, measure_lag
 from parley_storage.lag_metrics import EVENTS_BEHIND, SECONDS_BEHIND, ArchiveLagGauges
 from parley_storage.migrate import upgrade_to_head
 from parley_testing.nats import NatsTestServer
+from parley_testing.waiting import eventually
 
 TIMEOUT_S = 60.0
 MSG_SPEC = next(c for c in CONSUMERS if c.stream == "MSG")
-
-
-async def wait_for(check: Callable[[], object], what: str) -> None:
-    async def poll() -> None:
-        while not await check():  # type: ignore[misc]
-            await asyncio.sleep(0.05)
-
-    try:
-        await asyncio.wait_for(poll(), TIMEOUT_S)
-    except TimeoutError:
-        raise TimeoutError(f"timed out waiting for {what}") from None
 
 
 @dataclass
@@ -94,11 +83,11 @@ async def test_lag_counts_what_is_not_archived_yet(rig: Rig) -> None:
 
     await storage.consume(MSG_SPEC, rig.archive_batch)
 
-    async def caught_up() -> bool:
+    async def caught_up() -> bool | None:
         lag = await msg_lag()
-        return lag.events_behind == 0 and lag.acked_seq == 5
+        return True if lag.events_behind == 0 and lag.acked_seq == 5 else None
 
-    await wait_for(caught_up, "the consumer to archive five events")
+    await eventually(caught_up, "the consumer to archive five events", TIMEOUT_S)
     done = await msg_lag()
     assert (done.seconds_behind, done.committed_seq) == (0.0, 5)
     assert await archive.count_events("MSG") == 5
@@ -138,9 +127,9 @@ async def test_lag_is_exported_as_opentelemetry_gauges(rig: Rig) -> None:
 
     await rig.storage.consume(MSG_SPEC, rig.archive_batch)
 
-    async def caught_up() -> bool:
+    async def caught_up() -> bool | None:
         gauges.update(await measure_lag(rig.storage.js, rig.archive))
-        return gauge_values(reader, EVENTS_BEHIND)["MSG"] == 0
+        return True if gauge_values(reader, EVENTS_BEHIND)["MSG"] == 0 else None
 
-    await wait_for(caught_up, "the gauge to read zero events behind")
+    await eventually(caught_up, "the gauge to read zero events behind", TIMEOUT_S)
     assert gauge_values(reader, SECONDS_BEHIND)["MSG"] == 0.0

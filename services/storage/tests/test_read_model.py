@@ -40,7 +40,7 @@ from parley_storage.schema import (
     message_texts,
     removed_messages,
 )
-from parley_testing.events import received
+from parley_testing.events import message_posted, received
 
 CONSUMER = "storage-archive-msg"
 
@@ -61,15 +61,7 @@ class Log:
 
     def post(self, channel_id: str, sender: str, *, thread_root_seq: int = 0) -> ReceivedEvent:
         n = self.numbers[channel_id] = self.numbers.get(channel_id, 0) + 1
-        body = MessagePosted(
-            channel_id=channel_id,
-            message_id=f"{channel_id}-{n}",
-            sender_id=sender,
-            sender_name=sender,
-            channel_seq=n,
-            body=f"{sender} #{n}",
-            thread_root_seq=thread_root_seq,
-        )
+        body = message_posted(channel_id, n, sender, f"{sender} #{n}", thread_root_seq=thread_root_seq)
         return self.event(channel_id, body, actor=sender)
 
 

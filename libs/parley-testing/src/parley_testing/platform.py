@@ -311,6 +311,16 @@ def platform_in(root: Path, **env: str) -> RunningPlatform:
     )
 
 
+def gateway_budgets(calls_per_second: int) -> dict[str, str]:
+    """The gateway's rate limits per user and per address (and their bursts) raised to
+    `calls_per_second`, for a test that calls faster than people do: settings for `platform_in`."""
+    return {
+        f"PARLEY_GATEWAY_{who}_{what}": str(calls_per_second)
+        for who in ("USER", "SOURCE")
+        for what in ("RATE", "BURST")
+    }
+
+
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
     """One platform per test module, started exactly as `make run` starts it, traces on.

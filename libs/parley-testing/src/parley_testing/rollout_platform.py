@@ -66,6 +66,16 @@ class AgentPlatform:
         self.agent_task = asyncio.create_task(self.agent.run())
         return self.agent_task
 
+    @asynccontextmanager
+    async def agent_running(self) -> AsyncIterator[NodeAgent]:
+        """The node agent taking roll-out steps all through the block; stopped at its end."""
+        task = self.start_agent()
+        try:
+            yield self.agent
+        finally:
+            self.agent._stop.set()
+            await task
+
     async def publish(self, wheel: Path, version: str, publisher: str = "dave") -> None:
         """A release of the managed service, signed with the publisher's own key as `parley patch publish` does."""
         metadata = self.operator(publisher)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from parley_client.client import ParleyClient
 from parley_client.errors import ParleyError
+from parley_testing.stack import PASSWORD
 
 
 @dataclass
@@ -26,6 +29,25 @@ async def send_continuously(client: ParleyClient, channel_id: str, traffic: Traf
             traffic.acknowledged += 1
         except ParleyError as error:
             traffic.failures.append(f"message {n}: {error}")
+
+
+@asynccontextmanager
+async def sending(client: ParleyClient, channel_id: str) -> AsyncIterator[Traffic]:
+    """`send_continuously` all through the block; on its end the sender stops (after its send in flight)."""
+    traffic = Traffic()
+    sender = asyncio.create_task(send_continuously(client, channel_id, traffic))
+    try:
+        yield traffic
+    finally:
+        traffic.stop.set()
+        await sender
+
+
+async def sender_channel(client: ParleyClient, user: str, channel: str) -> str:
+    """`user` registered and logged in on `client`, with a new channel of theirs to send to: its id."""
+    await client.register(user, PASSWORD)
+    await client.login(user, PASSWORD)
+    return (await client.create_channel(channel)).channel_id
 
 
 async def history_count(client: ParleyClient, channel_id: str) -> int:

@@ -16,14 +16,22 @@ async def eventually(
     timeout: float = 30.0,
     *,
     interval: float = 0.05,
+    passing: tuple[type[Exception], ...] = (),
 ) -> T:
-    """Poll the async `probe` until it returns something other than None; that value is returned."""
+    """Poll the async `probe` until it returns something other than None; that value is returned.
+    An error of a `passing` type (the service asked is restarting, say) counts as not yet."""
     deadline = time.monotonic() + timeout
-    while (result := await probe()) is None:
+    last_error: Exception | None = None
+    while True:
+        try:
+            if (result := await probe()) is not None:
+                return result
+        except passing as error:
+            last_error = error
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+            why = f" (last error: {last_error})" if last_error is not None else ""
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}{why}")
         await asyncio.sleep(interval)
-    return result
 
 
 async def until(
