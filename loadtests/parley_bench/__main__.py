@@ -14,7 +14,9 @@ from parley_bench.run import run, table
 def main() -> int:
     parser = argparse.ArgumentParser(prog="parley_bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short phases: checks the harness, figures are rough")
-    parser.add_argument("--profile", action="store_true", help="py-spy profiles of gateway, messaging, storage")
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy profiles of gateway, messaging, storage and `parley up`"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="where the JSON and table go")
     parser.add_argument("--keep", action="store_true", help="keep the temporary platform data folder")
     for phase, what in (

@@ -223,7 +223,7 @@ async def measure_logins(
 def start_profilers(
     platform: BenchPlatform, out: Path, seconds: float, *, prefix: str = ""
 ) -> list[subprocess.Popen[bytes]]:
-    """py-spy flame graphs of the send path's services during a maximum-rate phase."""
+    """py-spy flame graphs of the send path's services and `parley up` during a maximum-rate phase."""
     import shutil
     import sys
 
@@ -232,13 +232,17 @@ def start_profilers(
         print("[bench] py-spy not found; no profiles")
         return []
     out.mkdir(parents=True, exist_ok=True)
+    # `parley up` too: its front doors relay every byte between services.
+    assert platform.process is not None
+    pids = {service: platform.pid_of(service) for service in ("gateway", "messaging", "storage")}
+    pids["up"] = platform.process.pid
     return [
         subprocess.Popen(
             [
                 py_spy,
                 "record",
                 "--pid",
-                str(platform.pid_of(service)),
+                str(pid),
                 "--duration",
                 str(int(seconds)),
                 "--rate",
@@ -252,7 +256,7 @@ def start_profilers(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        for service in ("gateway", "messaging", "storage")
+        for service, pid in pids.items()
     ]
 
 

@@ -113,3 +113,73 @@ async def test_the_stable_door_never_sends_a_connection_to_an_instance_on_trial(
     assert [await ask_stable() for _ in range(3)] == ["canary"] * 3
     for server in (stable, canary):
         server.close()
+
+
+async def test_bytes_cross_unchanged_both_ways_past_a_slow_reader(door: FrontDoor) -> None:
+    """Megabytes each way, the backend reading slowly at first: the relay holds back the sender
+    (flow control) and loses, reorders and changes nothing."""
+    upload = bytes(range(256)) * 16_384  # 4 MiB
+    download = bytes(reversed(range(256))) * 12_288  # 3 MiB
+    received = asyncio.get_running_loop().create_future()
+    sent = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await sent.wait()  # unread till then: the client's bytes pile up in the relay's buffers
+        received.set_result(await reader.readexactly(len(upload)))
+        writer.write(download)
+        await writer.drain()
+        writer.close()
+
+    backend = await asyncio.start_server(handle, "127.0.0.1", 0)
+    door.add(address(backend))
+    reader, writer = await asyncio.open_connection(door.host, door.port)
+    writer.write(upload)
+    sent.set()
+    await writer.drain()
+    assert await asyncio.wait_for(received, TIMEOUT_S) == upload
+    assert await asyncio.wait_for(reader.read(), TIMEOUT_S) == download  # then the backend's close
+    writer.close()
+    backend.close()
+
+
+async def test_a_half_close_travels_on_and_the_answer_still_comes_back(door: FrontDoor) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        question = await reader.read()  # up to the client's end of file
+        writer.write(b"answer to " + question)
+        await writer.drain()
+        writer.close()
+
+    backend = await asyncio.start_server(handle, "127.0.0.1", 0)
+    door.add(address(backend))
+    reader, writer = await asyncio.open_connection(door.host, door.port)
+    writer.write(b"question")
+    writer.write_eof()
+    assert await asyncio.wait_for(reader.read(), TIMEOUT_S) == b"answer to question"
+    writer.close()
+    backend.close()
+
+
+async def test_a_client_that_leaves_closes_its_backend_connection(door: FrontDoor) -> None:
+    ended = asyncio.get_running_loop().create_future()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        writer.write(b"hello\n")
+        await writer.drain()
+        ended.set_result(await reader.read())  # b"" once the relay closes its side
+        writer.close()
+
+    backend = await asyncio.start_server(handle, "127.0.0.1", 0)
+    door.add(address(backend))
+    reader, writer = await asyncio.open_connection(door.host, door.port)
+    writer.write(b"hi\n")
+    assert await asyncio.wait_for(reader.readline(), TIMEOUT_S) == b"hello\n"
+    writer.transport.abort()  # gone without a word
+    assert await asyncio.wait_for(ended, TIMEOUT_S) == b""
+    backend.close()
+
+
+async def test_a_connection_with_no_live_instance_is_closed(door: FrontDoor) -> None:
+    reader, writer = await asyncio.open_connection(door.host, door.port)
+    assert await asyncio.wait_for(reader.read(), TIMEOUT_S) == b""
+    writer.close()

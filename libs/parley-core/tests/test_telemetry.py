@@ -49,6 +49,32 @@ def test_with_an_exporter_spans_are_recorded() -> None:
     assert probe("console")["recording"] is True
 
 
+CONSUMER_PROBE = """
+import json, sys
+from parley_core import telemetry
+telemetry.setup_tracing(service="probe", version="0", instance_id="p-1", exporter=sys.argv[1], otlp_endpoint="")
+sent = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "tracestate": "vendor=1"}
+with telemetry.continued_from(sent, "consume"):
+    inside = telemetry.current_trace_headers()
+print(json.dumps({"inside": inside, "after": telemetry.current_trace_headers()}))
+"""
+
+
+@pytest.mark.parametrize("exporter", ["none", "console"])
+def test_a_consumed_event_continues_the_trace_its_headers_carry(exporter: str) -> None:
+    """An event's handler runs in the publisher's trace, under a span id of its own, whether
+    spans are recorded or not (without an exporter no span is built: parley_core.trace_hops)."""
+    done = subprocess.run(
+        [sys.executable, "-c", CONSUMER_PROBE, exporter], capture_output=True, text=True, timeout=60, check=True
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    _, trace_id, span_id, _ = result["inside"]["traceparent"].split("-")
+    assert trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert span_id != "00f067aa0ba902b7"
+    assert result["inside"]["tracestate"] == "vendor=1"
+    assert "traceparent" not in result["after"]
+
+
 GRPC_PROBE = """
 import asyncio, json, sys
 import grpc

@@ -20,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from functools import partial
 
 from parley_agent.door_book import DoorBook
-from parley_core.net import splice
+from parley_core.relay import Relays, RelaySide, open_side
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 5.0
@@ -37,7 +38,8 @@ class FrontDoor(DoorBook):
         self._server: asyncio.Server | None = None
         self._stable_server: asyncio.Server | None = None
         self.stable_port = 0
-        self._connections: set[asyncio.Task[None]] = set()
+        self._relays = Relays(partial(self._connect, stable=False))
+        self._stable_relays = Relays(partial(self._connect, stable=True))
 
     @property
     def stable_address(self) -> str:
@@ -88,9 +90,10 @@ class FrontDoor(DoorBook):
         return {}
 
     async def start(self) -> FrontDoor:
-        self._server = await asyncio.start_server(self._accept, self.host, self.port)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._relays.accept, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
-        self._stable_server = await asyncio.start_server(self._accept_stable, self.host, 0)
+        self._stable_server = await loop.create_server(self._stable_relays.accept, self.host, 0)
         self.stable_port = self._stable_server.sockets[0].getsockname()[1]
         return self
 
@@ -99,40 +102,19 @@ class FrontDoor(DoorBook):
             if server is not None:
                 server.close()
                 await server.wait_closed()
-        for task in list(self._connections):
-            task.cancel()
+        self._relays.close_all()
+        self._stable_relays.close_all()
 
-    async def _connect(self, *, stable: bool) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
-        """The next live backend in turn; a refused one is skipped, not retried forever."""
+    async def _connect(self, client: RelaySide, *, stable: bool) -> RelaySide | None:
+        """The next live backend in turn, relaying to `client`; a refused one is skipped, not retried forever."""
         for _ in range(len(self._backends)):
             address = self.pick(stable=stable)
             if address is None:
-                return None
+                break
             host, _, port = address.rpartition(":")
             try:
-                return await asyncio.wait_for(asyncio.open_connection(host, int(port)), CONNECT_TIMEOUT_S)
+                return await asyncio.wait_for(open_side(client, host, int(port)), CONNECT_TIMEOUT_S)
             except (OSError, TimeoutError) as error:
                 log.warning("front door %s: backend %s refused: %s", self.service, address, error)
+        log.warning("front door %s: no live instance for a new connection", self.service)
         return None
-
-    async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        await self._proxy(client_reader, client_writer, stable=False)
-
-    async def _accept_stable(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        await self._proxy(client_reader, client_writer, stable=True)
-
-    async def _proxy(
-        self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter, *, stable: bool
-    ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        try:
-            backend = await self._connect(stable=stable)
-            if backend is None:
-                log.warning("front door %s: no live instance for a new connection", self.service)
-                return
-            await splice((client_reader, client_writer), backend)
-        finally:
-            client_writer.close()
-            self._connections.discard(task)

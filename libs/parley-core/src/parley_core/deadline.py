@@ -9,9 +9,7 @@ being cut off by the deadline, which would tell the caller nothing about what ha
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
-from collections.abc import Iterator
 
 # Work done outside any call (a consumer's handler, a job) gets this long per write.
 DEFAULT_BUDGET_S = 10.0
@@ -22,18 +20,27 @@ ANSWER_MARGIN_S = 0.5
 _answer_by: contextvars.ContextVar[float | None] = contextvars.ContextVar("parley_answer_by", default=None)
 
 
-@contextlib.contextmanager
-def answering_within(time_remaining: float | None) -> Iterator[None]:
-    """Inside the block, writes give up in time to answer within `time_remaining` seconds (None: no deadline)."""
-    if time_remaining is None:
-        yield
-        return
-    margin = min(ANSWER_MARGIN_S, max(time_remaining, 0.0) / 5)
-    token = _answer_by.set(asyncio.get_running_loop().time() + time_remaining - margin)
-    try:
-        yield
-    finally:
-        _answer_by.reset(token)
+class answering_within:
+    """Inside the block, writes give up in time to answer within `time_remaining` seconds (None: no deadline).
+
+    A plain class, not a generator: the server interceptor enters it on every call."""
+
+    __slots__ = ("_at", "_token")
+
+    def __init__(self, time_remaining: float | None) -> None:
+        self._at: float | None = None
+        if time_remaining is not None:
+            margin = min(ANSWER_MARGIN_S, max(time_remaining, 0.0) / 5)
+            self._at = asyncio.get_running_loop().time() + time_remaining - margin
+        self._token: contextvars.Token[float | None] | None = None
+
+    def __enter__(self) -> None:
+        if self._at is not None:
+            self._token = _answer_by.set(self._at)
+
+    def __exit__(self, *_: object) -> None:
+        if self._token is not None:
+            _answer_by.reset(self._token)
 
 
 def give_up_at(default_s: float = DEFAULT_BUDGET_S) -> float:

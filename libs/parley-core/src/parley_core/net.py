@@ -1,4 +1,4 @@
-"""Small TCP helpers: starting servers on free ports, knowing when they are up, relaying bytes."""
+"""Small TCP helpers: starting servers on free ports and knowing when they are up (relaying: parley_core.relay)."""
 
 from __future__ import annotations
 
@@ -67,29 +67,3 @@ async def wait_for_port(host: str, port: int, timeout: float) -> None:
             return
         await asyncio.sleep(min(backoff, max(deadline - loop.time(), 0)))
         backoff = min(backoff * 2, _MAX_BACKOFF_S)
-
-
-Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, asyncio.IncompleteReadError):
-        pass
-    finally:
-        with contextlib.suppress(Exception):
-            writer.write_eof()
-
-
-async def splice(client: Connection, server: Connection) -> None:
-    """Copy bytes both ways until each side has said all it has (a TCP proxy: TLS passes through
-    untouched), then close the connection to the server; the client's is the caller's to close."""
-    client_reader, client_writer = client
-    server_reader, server_writer = server
-    try:
-        await asyncio.gather(_pipe(client_reader, server_writer), _pipe(server_reader, client_writer))
-    finally:
-        server_writer.close()

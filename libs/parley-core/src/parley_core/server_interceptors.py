@@ -79,7 +79,7 @@ def method_permission_check(tokens: TokenVerifier) -> Authorize:
             return
         if method in PLATFORM_METHODS and bearer_token(context) is None and PLATFORM_USER in peer_names(context):
             return
-        tokens.authorize(context, permission, what=method.rsplit("/", 1)[-1])
+        tokens.authorize_call(context, permission, what=method.rsplit("/", 1)[-1])
 
     return check
 

@@ -2,7 +2,8 @@
 
 gRPC calls are traced by the stock instrumentation's interceptors; across NATS the W3C trace
 context travels in message headers (and in the event envelope), so one chat send is one trace
-through gateway, messaging, the bus and storage.
+through gateway, messaging, the bus and storage. Without an exporter no span is built at all: the
+context is the W3C headers themselves, a span id per hop (parley_core.trace_hops).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import inspect
 import json
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
@@ -26,6 +27,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, DEFAULT_ON
 
+from parley_core import trace_hops
 from parley_core.config import TraceExporter
 from parley_core.grpc_handlers import HandlerWrapper, replaced
 
@@ -146,19 +148,18 @@ def client_interceptors(*, context_in_metadata: bool = False) -> list[grpc.aio.C
 def trace_metadata() -> tuple[tuple[str, str], ...]:
     """The current trace context as call metadata, for a channel made with
     `client_interceptors(context_in_metadata=True)`; empty with an exporter, whose interceptors add it."""
-    return () if _spans_recorded else tuple(current_trace_headers().items())
+    return () if _spans_recorded else tuple(trace_hops.current().items())
 
 
-_TRACE_KEYS = ("traceparent", "tracestate")
-
-
-@contextmanager
-def _server_span(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Iterator[None]:
+def _server_hop(context: grpc.aio.ServicerContext[Any, Any]) -> trace_hops.Hop:
     """An unrecorded server span: the caller's trace goes on (or a new one starts) with an id of its own."""
-    carrier = {k: str(v) for k, v in context.invocation_metadata() or () if k in _TRACE_KEYS}
-    parent = propagate.extract(carrier) if carrier else None
-    with tracer("parley.grpc").start_as_current_span(method, context=parent, kind=trace.SpanKind.SERVER):
-        yield
+    traceparent = tracestate = None
+    for key, value in context.invocation_metadata() or ():
+        if key == trace_hops.TRACEPARENT:
+            traceparent = str(value)
+        elif key == trace_hops.TRACESTATE:
+            tracestate = str(value)
+    return trace_hops.Hop(traceparent, tracestate)
 
 
 class _CarryTraceContext(HandlerWrapper):
@@ -169,7 +170,7 @@ class _CarryTraceContext(HandlerWrapper):
             inner = cast(Callable[..., Awaitable[Any]], handler.unary_unary)
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                with _server_span(method, context):
+                with _server_hop(context):
                     return await inner(request, context)
 
             return replaced(handler, unary)
@@ -177,7 +178,7 @@ class _CarryTraceContext(HandlerWrapper):
             inner_stream = cast(Callable[..., AsyncIterator[Any]], handler.unary_stream)
 
             async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-                with _server_span(method, context):
+                with _server_hop(context):
                     async for item in inner_stream(request, context):
                         yield item
 
@@ -211,14 +212,26 @@ class _InjectTraceContext(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnarySt
 
 def current_trace_headers() -> dict[str, str]:
     """The current span's W3C context (traceparent, tracestate) for a NATS message."""
+    if not _spans_recorded:
+        return trace_hops.current()
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier
 
 
+def continued_from(
+    headers: Mapping[str, str] | None, span_name: str, **attributes: Any
+) -> AbstractContextManager[trace.Span]:
+    """Open a consumer span that continues the trace carried in a NATS message's headers
+    (without an exporter, an unrecorded hop of that trace: parley_core.trace_hops)."""
+    if not _spans_recorded:
+        headers = headers or {}
+        return trace_hops.Hop(headers.get(trace_hops.TRACEPARENT), headers.get(trace_hops.TRACESTATE))
+    return _consumer_span(headers, span_name, **attributes)
+
+
 @contextmanager
-def continued_from(headers: Mapping[str, str] | None, span_name: str, **attributes: Any) -> Iterator[trace.Span]:
-    """Open a consumer span that continues the trace carried in a NATS message's headers."""
+def _consumer_span(headers: Mapping[str, str] | None, span_name: str, **attributes: Any) -> Iterator[trace.Span]:
     parent = propagate.extract(dict(headers or {}))
     token = otel_context.attach(parent)
     try:

@@ -10,6 +10,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import grpc
@@ -211,7 +212,17 @@ class TokenVerifier:
         )
 
     def caller(self, context: grpc.aio.ServicerContext[object, object]) -> Caller:
-        """The authenticated user behind a gRPC call, from its `authorization: Bearer` metadata."""
+        """The authenticated user behind a gRPC call, from its `authorization: Bearer` metadata.
+
+        The first look of a handler whose call the server interceptor has just authorized
+        (`authorize_call`) takes the caller it found, in the same instant of the same call; any
+        later look reads the caller's standing afresh.
+        """
+        handed = _handed_over.get()
+        if handed is not None:
+            _handed_over.set(None)
+            if handed[0] is context:
+                return handed[1]
         token = bearer_token(context)
         if token is None:
             raise Unauthenticated("missing `authorization: Bearer <token>` metadata; log in first")
@@ -223,6 +234,20 @@ class TokenVerifier:
         caller = self.caller(context)
         caller.require(permission, what=what)
         return caller
+
+    def authorize_call(
+        self, context: grpc.aio.ServicerContext[object, object], permission: Permission, *, what: str
+    ) -> None:
+        """The server interceptor's check before the handler runs; the handler's first `caller`
+        takes the caller it found instead of verifying the same token a second time."""
+        caller = self.authorize(context, permission, what=what)
+        _handed_over.set((context, caller))
+
+
+# The caller `authorize_call` found, for the first `caller` of the same call: each gRPC call runs in
+# a task of its own, so this is one call's. Without it each call's token was looked up twice
+# (interceptor, then handler) in gateway and messaging: twice its bearer metadata, cache and standing.
+_handed_over: ContextVar[tuple[object, Caller] | None] = ContextVar("parley_authorized_caller", default=None)
 
 
 def bearer_token(context: grpc.aio.ServicerContext[object, object]) -> str | None:

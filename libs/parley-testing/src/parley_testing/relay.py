@@ -10,8 +10,9 @@ loopback interface, so any 127.0.0.N works without configuration.
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
-from parley_core.net import splice
+from parley_core.relay import Relays, open_side
 
 __all__ = ["SourceRelay"]
 
@@ -23,7 +24,8 @@ class SourceRelay:
         self.target = target
         self.source_host = source_host
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        host, _, port = target.rpartition(":")
+        self._relays = Relays(partial(open_side, host=host, port=int(port), local_addr=(source_host, 0)))
 
     @property
     def address(self) -> str:
@@ -31,24 +33,10 @@ class SourceRelay:
         return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
 
     async def start(self) -> SourceRelay:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self._server = await asyncio.get_running_loop().create_server(self._relays.accept, "127.0.0.1", 0)
         return self
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._connections):
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
-
-    async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        host, _, port = self.target.rpartition(":")
-        try:
-            server = await asyncio.open_connection(host, int(port), local_addr=(self.source_host, 0))
-            await splice((client_reader, client_writer), server)
-        finally:
-            client_writer.close()
-            self._connections.discard(task)
+        self._relays.close_all()
