@@ -142,7 +142,8 @@ async def main() -> None:
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        served = await channel.unary_unary("/probe.Echo/Echo")(b"", metadata=(("traceparent", parent), ("tracestate", state)))
+        metadata = (("traceparent", parent), ("tracestate", state))
+        served = await channel.unary_unary("/probe.Echo/Echo")(b"", metadata=metadata)
     await server.stop(None)
     with telemetry.continued_from({"traceparent": parent, "tracestate": state}, "consume"):
         consumed = telemetry.current_trace_headers()
@@ -150,6 +151,7 @@ async def main() -> None:
 
 asyncio.run(main())
 """
+
 
 def state_probe(exporter: str, state: str) -> dict[str, dict[str, str]]:
     done = subprocess.run(
