@@ -61,7 +61,7 @@ def _trace_id_of(traceparent: str | None) -> str | None:
     return trace_id
 
 
-def _valid_tracestate(tracestate: str | None) -> bool:
+def _valid_tracestate(tracestate: str) -> bool:
     if not tracestate or len(tracestate) > _TRACESTATE_CHARS:
         return False
     members = tracestate.split(",")
@@ -76,7 +76,7 @@ def next_hop(traceparent: str | None, tracestate: str | None = None) -> dict[str
     if trace_id is None:
         return {TRACEPARENT: f"00-{random.getrandbits(128) or 1:032x}-{span_id}-{_FLAGS}"}
     headers = {TRACEPARENT: f"00-{trace_id}-{span_id}-{_FLAGS}"}
-    if _valid_tracestate(tracestate):
+    if tracestate is not None and _valid_tracestate(tracestate):
         headers[TRACESTATE] = tracestate
     return headers
 
