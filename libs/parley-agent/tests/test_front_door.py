@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from parley_agent.front_door import FrontDoor
+from parley_agent.front_door import CONNECTIONS_PER_SOURCE, FrontDoor
 from parley_core.net import free_port
+from parley_testing.waiting import eventually
 
 pytestmark = pytest.mark.asyncio
 TIMEOUT_S = 10.0
@@ -183,3 +184,49 @@ async def test_a_connection_with_no_live_instance_is_closed(door: FrontDoor) -> 
     reader, writer = await asyncio.open_connection(door.host, door.port)
     assert await asyncio.wait_for(reader.read(), TIMEOUT_S) == b""
     writer.close()
+
+
+async def test_one_source_holds_at_most_its_share_of_connections_and_others_still_get_through(door: FrontDoor) -> None:
+    """A stranger that reaches a front door (a host address) and opens connections it never speaks
+    on: past CONNECTIONS_PER_SOURCE from its address, each new one is closed at once, before a
+    backend connection is made for it; a caller from another address is relayed as ever."""
+    reached = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal reached
+        reached += 1
+        if await reader.readline():
+            writer.write(b"answer\n")
+            await writer.drain()
+        await reader.read()
+        writer.close()
+
+    async def all_reached() -> bool | None:
+        return True if reached == CONNECTIONS_PER_SOURCE else None
+
+    async def answered_from_stranger() -> bytes | None:
+        reader, writer = await asyncio.open_connection(door.host, door.port, local_addr=stranger)
+        writer.write(b"who?\n")
+        line = await asyncio.wait_for(reader.readline(), TIMEOUT_S)
+        writer.close()
+        return line or None  # b"": refused, the stranger's ended connection not yet counted off
+
+    backend = await asyncio.start_server(handle, "127.0.0.1", 0)
+    door.add(address(backend))
+    stranger = ("127.0.0.2", 0)  # another source on the loopback network
+    held = [
+        await asyncio.open_connection(door.host, door.port, local_addr=stranger) for _ in range(CONNECTIONS_PER_SOURCE)
+    ]
+    await eventually(all_reached, f"the backend reached {CONNECTIONS_PER_SOURCE} times")
+    reader, writer = await asyncio.open_connection(door.host, door.port, local_addr=stranger)
+    assert await asyncio.wait_for(reader.read(), TIMEOUT_S) == b""  # closed by the door
+    writer.close()
+    caller = await asyncio.open_connection(door.host, door.port)
+    caller[1].write(b"who?\n")
+    assert await asyncio.wait_for(caller[0].readline(), TIMEOUT_S) == b"answer\n"
+    assert reached == CONNECTIONS_PER_SOURCE + 1  # the refused one never reached the backend
+    held.pop()[1].close()  # one of the stranger's ends: a new one of its own is relayed again
+    assert await eventually(answered_from_stranger, "a new connection of the stranger's relayed") == b"answer\n"
+    for _, held_writer in (*held, caller):
+        held_writer.close()
+    backend.close()

@@ -3,6 +3,7 @@ that call only; a revoked session is refused on every later look and every later
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -40,8 +41,13 @@ class Rig:
         self.revoke_before_first_look = ""  # a session the handler revokes before it looks at the caller
         self.looks: list[str] = []  # what each look of the handler saw: a user id, or the refusal
         self.channel: grpc.aio.Channel | None = None
+        self.hold_first_look: asyncio.Event | None = None  # a call with channel "held" waits on it ...
+        self.held = asyncio.Event()  # ... once checked and in the handler
 
     async def handle(self, request: messaging_pb2.PostMessageRequest, context: Any) -> messaging_pb2.PostMessageRequest:
+        if request.channel_id == "held" and self.hold_first_look is not None:
+            self.held.set()
+            await self.hold_first_look.wait()  # another call on the same connection is checked meanwhile
         if self.revoke_before_first_look:
             revoked = SessionRevoked(session_id=self.revoke_before_first_look, user_id="", reason="logout")
             self.access.apply_payload(revoked, 1)
@@ -52,7 +58,7 @@ class Rig:
                 self.looks.append(f"refused: {refused}")
         return request
 
-    async def call(self, token: str) -> grpc.StatusCode:
+    async def call(self, token: str, channel_id: str = "c") -> grpc.StatusCode:
         assert self.channel is not None
         send = self.channel.unary_unary(
             f"/{SERVICE}/{METHOD}",
@@ -60,9 +66,8 @@ class Rig:
             response_deserializer=messaging_pb2.PostMessageRequest.FromString,
         )
         try:
-            await send(
-                messaging_pb2.PostMessageRequest(channel_id="c"), metadata=(("authorization", f"Bearer {token}"),)
-            )
+            metadata = (("authorization", f"Bearer {token}"),)
+            await send(messaging_pb2.PostMessageRequest(channel_id=channel_id), metadata=metadata)
         except grpc.aio.AioRpcError as error:
             return error.code()
         return grpc.StatusCode.OK
@@ -104,3 +109,16 @@ async def test_a_session_revoked_after_the_check_is_refused_on_the_next_look_and
     assert rig.looks == ["alice", "refused: this session was revoked; log in again"]
     rig.revoke_before_first_look = ""
     assert await rig.call(token) == grpc.StatusCode.UNAUTHENTICATED  # the remembered token: refused
+
+
+async def test_a_call_checked_while_another_waits_on_the_same_connection_hands_over_nothing_to_it(rig: Rig) -> None:
+    """Two calls at once on one HTTP/2 connection: bob's is checked and looked at while alice's,
+    already checked, waits before its first look; each look sees its own call's caller."""
+    alice, bob = issue(rig.key, user="alice", session="s-a"), issue(rig.key, user="bob", session="s-b")
+    rig.hold_first_look = asyncio.Event()
+    held = asyncio.create_task(rig.call(alice, channel_id="held"))
+    await asyncio.wait_for(rig.held.wait(), 10)
+    assert await rig.call(bob) == grpc.StatusCode.OK
+    rig.hold_first_look.set()
+    assert await held == grpc.StatusCode.OK
+    assert rig.looks == ["bob", "bob", "alice", "alice"]

@@ -122,3 +122,79 @@ def test_a_calls_trace_context_reaches_the_server(exporter: str, carried_by: str
         assert trace_id == sent_trace
         assert span_id != sent_span
     assert result["seen"][0] != result["seen"][1]  # a span of its own per call
+
+
+STATE_PROBE = """
+import asyncio, json, sys
+import grpc
+from parley_core import telemetry
+telemetry.setup_tracing(service="probe", version="0", instance_id="p-1", exporter=sys.argv[1], otlp_endpoint="")
+parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+state = json.loads(sys.stdin.read())
+
+async def echo_context(request: bytes, context) -> bytes:
+    return json.dumps(telemetry.current_trace_headers()).encode()
+
+async def main() -> None:
+    server = grpc.aio.server(interceptors=telemetry.server_interceptors())
+    handler = grpc.unary_unary_rpc_method_handler(echo_context)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("probe.Echo", {"Echo": handler}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        metadata = (("traceparent", parent), ("tracestate", state))
+        served = await channel.unary_unary("/probe.Echo/Echo")(b"", metadata=metadata)
+    await server.stop(None)
+    with telemetry.continued_from({"traceparent": parent, "tracestate": state}, "consume"):
+        consumed = telemetry.current_trace_headers()
+    print(json.dumps({"served": json.loads(served), "consumed": consumed}))
+
+asyncio.run(main())
+"""
+
+
+def state_probe(exporter: str, state: str) -> dict[str, dict[str, str]]:
+    done = subprocess.run(
+        [sys.executable, "-c", STATE_PROBE, exporter],
+        input=json.dumps(state),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+HOSTILE_TRACESTATES = {
+    "member without a key": "vendor=1,=2",
+    "33 members": ",".join(f"v{n}=1" for n in range(33)),
+    "a value of a forbidden character": "vendor=a=b",
+    "not a list at all": "<script>alert(1)</script>",
+}
+
+
+@pytest.mark.parametrize("exporter", ["none", "console"])
+@pytest.mark.parametrize("state", HOSTILE_TRACESTATES.values(), ids=HOSTILE_TRACESTATES.keys())
+def test_a_callers_malformed_tracestate_goes_no_further(exporter: str, state: str) -> None:
+    """A tracestate is the caller's choice and goes into every event of its hop (envelope and
+    headers): one that is not W3C's list of at most 32 well-formed members is dropped on a
+    served call and on a consumed event, with or without an exporter; the trace goes on."""
+    result = state_probe(exporter, state)
+    for hop in (result["served"], result["consumed"]):
+        assert hop["traceparent"].split("-")[1] == "4bf92f3577b34da6a3ce929d0e0e4736"
+        assert "tracestate" not in hop
+
+
+def test_without_an_exporter_a_tracestate_over_512_characters_goes_no_further() -> None:
+    """Well-formed members, but more than W3C asks every vendor to carry (an event header of an
+    insider's may be as long as NATS lets a message be)."""
+    result = state_probe("none", "vendor=" + "x" * 250 + ",other=" + "y" * 250 + ",third=z")
+    for hop in (result["served"], result["consumed"]):
+        assert "tracestate" not in hop
+
+
+def test_a_well_formed_tracestate_goes_on_with_its_trace() -> None:
+    state = "rojo=00f067aa0ba902b7, congo=t61rcWkgMzE"
+    result = state_probe("none", state)
+    assert result["served"]["tracestate"] == state
+    assert result["consumed"]["tracestate"] == state

@@ -27,6 +27,10 @@ from parley_core.relay import Relays, RelaySide, open_side
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 5.0
+# Open connections one source (an IPv4 address, an IPv6 /64) may hold through each door: every
+# service on a host calls from its loopback address over a few HTTP/2 connections each, so this
+# only bounds a stranger that reaches a door on a host address (parley_core.relay).
+CONNECTIONS_PER_SOURCE = 256
 
 
 class FrontDoor(DoorBook):
@@ -38,8 +42,8 @@ class FrontDoor(DoorBook):
         self._server: asyncio.Server | None = None
         self._stable_server: asyncio.Server | None = None
         self.stable_port = 0
-        self._relays = Relays(partial(self._connect, stable=False))
-        self._stable_relays = Relays(partial(self._connect, stable=True))
+        self._relays = Relays(partial(self._connect, stable=False), per_source=CONNECTIONS_PER_SOURCE)
+        self._stable_relays = Relays(partial(self._connect, stable=True), per_source=CONNECTIONS_PER_SOURCE)
 
     @property
     def stable_address(self) -> str:

@@ -37,12 +37,13 @@ PROCESS_FDS = Path("/proc/self/fd")
 SWEEP_INTERVAL_S = 0.5
 
 
-def _source(peer_host: str) -> str:
-    """A socket's peer in the gateway's source form (sources.client_address): ipv4:a.b.c.d or ipv6:[...]."""
+def peer_budget(peer_host: str) -> str:
+    """The per-source budget a socket's peer counts against (sources.budget_key), from its
+    address in the gateway's source form (sources.client_address): ipv4:a.b.c.d or ipv6:[...]."""
     ip = ipaddress.ip_address(peer_host.partition("%")[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return f"ipv4:{ip}" if ip.version == 4 else f"ipv6:[{ip}]"
+    return budget_key(f"ipv4:{ip}" if ip.version == 4 else f"ipv6:[{ip}]")
 
 
 def _accepted(ports: frozenset[int]) -> dict[str, list[tuple[int, int]]]:
@@ -63,7 +64,7 @@ def _accepted(ports: frozenset[int]) -> dict[str, list[tuple[int, int]]]:
                     if sock.getsockname()[1] not in ports:
                         continue  # not accepted here (an outgoing connection, another port)
                     peer = sock.getpeername()[0]
-                by_source[budget_key(_source(peer))].append((int(target[len("socket:[") : -1]), fd))
+                by_source[peer_budget(peer)].append((int(target[len("socket:[") : -1]), fd))
     return by_source
 
 

@@ -11,13 +11,24 @@ Flow control is asyncio's: when one side's outgoing buffer passes its high-water
 other side stops reading until it drains, so a slow reader slows its sender instead of growing
 the buffer. An end of file travels on as a half-close; the pair closes once both directions
 have ended, or at once when either socket is lost.
+
+A listener may cap the connections one source holds (`per_source`, counted as
+parley_core.connections counts a client port's): past it a new client is closed at once, before
+any backend connection is made for it, so that no one address can take every descriptor of the
+process, which relays for everyone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
+
+from parley_core.connections import peer_budget
+
+log = logging.getLogger(__name__)
 
 
 class RelaySide(asyncio.Protocol):
@@ -94,12 +105,15 @@ async def open_side(peer: RelaySide, host: str, port: int, **options: Any) -> Re
 class Relays:
     """The connections one listener relays: `accept` is its protocol factory. Each accepted client
     waits, unread, until `open_backend` has connected its other side (None: there is none, and the
-    client's connection is closed)."""
+    client's connection is closed). `per_source`: at most that many open clients per source."""
 
-    def __init__(self, open_backend: OpenBackend) -> None:
+    def __init__(self, open_backend: OpenBackend, *, per_source: int | None = None) -> None:
         self._open_backend = open_backend
         self._clients: set[RelaySide] = set()
         self._joining: set[asyncio.Task[None]] = set()
+        self._per_source = per_source
+        self._held: Counter[str] = Counter()  # open clients per source
+        self._over: set[str] = set()  # sources refused since they were last under the cap (logged once)
 
     def accept(self) -> RelaySide:
         return _Accepted(self)
@@ -111,7 +125,38 @@ class Relays:
         for client in list(self._clients):
             client.close()
 
-    def _accepted(self, client: RelaySide) -> None:
+    def _admitted(self, client: _Accepted) -> bool:
+        """Counts the client against its source's cap; False (and closed) past it."""
+        if self._per_source is None:
+            return True
+        assert client.transport is not None
+        peer = client.transport.get_extra_info("peername")
+        client.source = peer_budget(peer[0]) if peer else ""
+        if self._held[client.source] >= self._per_source:
+            if client.source not in self._over:
+                self._over.add(client.source)
+                log.warning(
+                    "refused connections over the per-source cap",
+                    extra={"security_event": "connections_over_cap", "source": client.source, "cap": self._per_source},
+                )
+            client.source = None
+            client.transport.abort()
+            return False
+        self._held[client.source] += 1
+        return True
+
+    def _lost(self, client: RelaySide) -> None:
+        self._clients.discard(client)
+        source = getattr(client, "source", None)
+        if source is not None:
+            self._held[source] -= 1
+            if self._held[source] <= 0:
+                del self._held[source]
+            self._over.discard(source)
+
+    def _accepted(self, client: _Accepted) -> None:
+        if not self._admitted(client):
+            return
         self._clients.add(client)
         task = asyncio.get_running_loop().create_task(self._join(client))
         self._joining.add(task)
@@ -135,8 +180,9 @@ class _Accepted(RelaySide):
     """An accepted client's side: once connected, its relays open the other side."""
 
     def __init__(self, relays: Relays) -> None:
-        super().__init__(on_lost=relays._clients.discard)
+        super().__init__(on_lost=relays._lost)
         self._relays = relays
+        self.source: str | None = None  # the source it counts against (None: not counted)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 from collections.abc import Mapping
 from contextvars import ContextVar, Token
 from types import TracebackType
@@ -24,6 +25,16 @@ _NO_TRACE = "0" * 32
 _NO_SPAN = "0" * 16
 # Unsampled, as OpenTelemetry's ALWAYS_OFF sampler marks every span it starts.
 _FLAGS = "00"
+
+# W3C tracestate: at most 32 `key=value` members, passed on only if every one is well formed, as
+# OpenTelemetry's propagator did; and at most 512 characters in all (the length W3C asks every
+# vendor to carry), since the caller chooses it and it is copied into every event of its hop.
+_TRACESTATE_MEMBERS = 32
+_TRACESTATE_CHARS = 512
+_TRACESTATE_MEMBER = re.compile(
+    r"[ \t]*(?:[a-z][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13})"
+    r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e][ \t]*"
+)
 
 _current: ContextVar[Mapping[str, str] | None] = ContextVar("parley_trace_headers", default=None)
 
@@ -50,15 +61,22 @@ def _trace_id_of(traceparent: str | None) -> str | None:
     return trace_id
 
 
+def _valid_tracestate(tracestate: str) -> bool:
+    if not tracestate or len(tracestate) > _TRACESTATE_CHARS:
+        return False
+    members = tracestate.split(",")
+    return len(members) <= _TRACESTATE_MEMBERS and all(_TRACESTATE_MEMBER.fullmatch(m) for m in members)
+
+
 def next_hop(traceparent: str | None, tracestate: str | None = None) -> dict[str, str]:
     """The headers of a hop that continues `traceparent`'s trace (a new trace if it is missing or
-    invalid), with a new span id; the caller's tracestate goes on with its trace."""
+    invalid), with a new span id; the caller's tracestate goes on with its trace if well formed."""
     trace_id = _trace_id_of(traceparent)
     span_id = f"{random.getrandbits(64) or 1:016x}"
     if trace_id is None:
         return {TRACEPARENT: f"00-{random.getrandbits(128) or 1:032x}-{span_id}-{_FLAGS}"}
     headers = {TRACEPARENT: f"00-{trace_id}-{span_id}-{_FLAGS}"}
-    if tracestate:
+    if tracestate is not None and _valid_tracestate(tracestate):
         headers[TRACESTATE] = tracestate
     return headers
 
