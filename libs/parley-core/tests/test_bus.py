@@ -28,6 +28,7 @@ from parley_core.bus import (
     ReceivedEvent,
     Refused,
     RetryLater,
+    foreign_type,
 )
 from parley_core.config import Settings
 from parley_core.deadline import answering_within
@@ -42,6 +43,7 @@ from parley_core.topology import (
     channel_subject,
     parked_subject,
 )
+from parley_testing.events import received
 from parley_testing.nats import NatsTestServer
 from parley_testing.waiting import eventually, until
 
@@ -261,6 +263,15 @@ async def test_appended_event_carries_its_envelope_and_headers(bus: EventBus) ->
     assert raw.headers["Parley-Event-Type"] == "parley.messaging.v1.MessagePosted"
 
 
+def test_a_deliverys_payload_is_opened_once_for_the_owner_check_and_every_handler() -> None:
+    event = posted("c-once", "hi")
+    delivered = received(event, stream_seq=1)
+    assert foreign_type(delivered) is None
+    opened = vars(delivered).get("payload")  # what the check opened stays on the delivery
+    assert opened == event.payload
+    assert delivered.payload is opened
+
+
 # --- replay -----------------------------------------------------------------------------------
 
 
@@ -308,6 +319,7 @@ async def test_an_own_write_is_applied_at_once_and_only_once(bus: EventBus) -> N
     appended = await bus.append(channel_subject("c1"), mine, aggregate_version=1, expected_last_subject_seq=0)
     assert appended.written is not None
     assert appended.written.envelope.event_id == mine.event_id
+    assert appended.written.payload is mine.payload  # the message it sealed: not opened again
     assert appended.stream_seq > elsewhere
     await replay.apply_own(appended)
     assert seen.applied_ids() == [mine.event_id]  # at once, while the replay is still held up

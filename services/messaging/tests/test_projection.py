@@ -9,13 +9,15 @@ from typing import Any
 import pytest
 from parley.common.v1.envelope_pb2 import EventEnvelope
 
-from parley_core.envelope import seal
+from parley_core.bus_events import ReceivedEvent
 from parley_core.errors import NotFound
+from parley_core.topology import channel_subject
 from parley_messaging import codec
 from parley_messaging import events as ev
 from parley_messaging.channel_state import MODERATOR, OWNER
 from parley_messaging.fold import APPLY, Recorded
 from parley_messaging.projection import ChannelDirectory
+from parley_testing.events import received
 
 C = "c1"
 
@@ -33,8 +35,8 @@ class Log:
         for event in events:
             self.stream_seq += 1 + skip
             version = self.versions[event.channel_id] = self.versions.get(event.channel_id, 0) + 1 + skip
-            envelope = seal(codec.new_event(event, "test"), aggregate_version=version, producer="t", trace_context={})
-            self.channels.apply_envelope(envelope, self.stream_seq)
+            new_event = codec.new_event(event, "test")
+            self.channels.apply_received(received(new_event, stream_seq=self.stream_seq, aggregate_version=version))
 
     def post(self, seq: int, sender: str = "alice", *, key: str = "", root: int = 0, body: str = "") -> None:
         text, key = body or f"text {seq}", key or f"k{seq}"
@@ -197,7 +199,7 @@ def test_position_and_version_come_from_the_log_even_for_an_event_this_release_c
     log.append(ev.MemberLeft(C, "bob"), skip=3)  # three events deleted before it (an erasure)
     assert (channel.version, channel.last_stream_seq) == (8, 8)
     newer = EventEnvelope(event_type="parley.messaging.v1.FromTheFuture", aggregate_id=C, aggregate_version=9)
-    log.channels.apply_envelope(newer, 12)
+    log.channels.apply_received(ReceivedEvent(newer, channel_subject(C), "MSG", 12, 1, {}))
     assert (channel.version, channel.last_stream_seq, channel.members) == (9, 12, {"owner", "alice"})
 
 

@@ -22,6 +22,7 @@ from parley_core.bus_events import (
     BusConnection,
     ConcurrencyConflict,
     ReceivedEvent,
+    already_open,
 )
 from parley_core.envelope import NewEvent, decode, seal
 from parley_core.topology import stream_for_subject
@@ -78,13 +79,11 @@ async def append(
         bus.metrics.events_appended.labels(ack.stream).inc()
     if ack.duplicate:
         return Appended(stream_seq=ack.seq, duplicate=True)
-    written = ReceivedEvent(
-        envelope=envelope,
-        subject=subject,
-        stream=ack.stream,
-        stream_seq=ack.seq,
-        num_delivered=1,
-        headers=headers,
+    written = already_open(
+        ReceivedEvent(
+            envelope=envelope, subject=subject, stream=ack.stream, stream_seq=ack.seq, num_delivered=1, headers=headers
+        ),
+        event.payload,
     )
     return Appended(stream_seq=ack.seq, duplicate=False, written=written)
 

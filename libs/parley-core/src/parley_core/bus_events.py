@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -72,6 +73,19 @@ class ReceivedEvent:
     stream_seq: int
     num_delivered: int
     headers: dict[str, str]
+
+    @cached_property
+    def payload(self) -> Message:
+        """The envelope's payload, opened once for every reader of this delivery (`foreign_type`
+        checks it, then the handlers read it). Raises what open_payload raises."""
+        return open_payload(self.envelope)
+
+
+def already_open(event: ReceivedEvent, payload: Message) -> ReceivedEvent:
+    """`event` with its payload given rather than decoded: a writer's own event, whose payload is
+    the message it just sealed (its projection reads it as it would the decoded copy)."""
+    event.__dict__["payload"] = payload  # what the cached_property stores, set ahead of it
+    return event
 
 
 @dataclass(frozen=True)
@@ -134,7 +148,7 @@ def foreign_type(event: ReceivedEvent) -> str | None:
             f"{', '.join(spec.event_packages)} events, written by {spec.owner}"
         )
     try:
-        payload = open_payload(event.envelope)
+        payload = event.payload
     except UnknownEventType:
         return None  # a newer version's type: its readers pass it (projection_dispatch)
     except DecodeError as exc:

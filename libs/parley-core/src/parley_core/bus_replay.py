@@ -108,6 +108,10 @@ class Replay:
     async def _on_msg(self, msg: Msg) -> None:
         if self.dispatcher.halted is not None:
             return  # halted: nothing after the failed event is applied, nor counted as passed
+        meta = msg.metadata
+        if self._own_write_passed(meta.sequence.stream):
+            await self._consumed(meta.sequence.stream, meta.num_pending)
+            return
         try:
             event = received(msg)
         except Exception:
@@ -118,14 +122,9 @@ class Replay:
                 await self.bus.reject_foreign(msg, reason="undecodable: not a Parley event envelope")
             except Exception:  # not parked (NATS trouble); passed all the same
                 log.exception("an undecodable event was not parked", extra={"subject": msg.subject})
-            await self._passed(msg.metadata.sequence.stream, msg.metadata.num_pending)
+            await self._passed(meta.sequence.stream, meta.num_pending)
             return
-        if self._applied_ahead and min(self._applied_ahead) < event.stream_seq:
-            # Applied at once, then deleted from the stream (an erasure) before the replay reached it.
-            self._applied_ahead = {seq for seq in self._applied_ahead if seq >= event.stream_seq}
-        if event.stream_seq in self._applied_ahead:
-            self._applied_ahead.discard(event.stream_seq)  # our own write, applied when it was acknowledged
-        elif (foreign := foreign_type(event)) is not None:
+        if (foreign := foreign_type(event)) is not None:
             try:
                 await self.bus.reject_foreign(msg, reason=foreign)
             except Exception:  # not parked (NATS trouble); never applied all the same
@@ -138,9 +137,25 @@ class Replay:
                 except ProjectionHalted:
                     await self._wake_waiters()
                     return
+        await self._consumed(event.stream_seq, meta.num_pending)
+
+    def _own_write_passed(self, stream_seq: int) -> bool:
+        """Whether the event at `stream_seq` is this process's own write, applied when it was
+        acknowledged (apply_own): the replay passes it unopened."""
+        if not self._applied_ahead:
+            return False
+        if min(self._applied_ahead) < stream_seq:
+            # Applied at once, then deleted from the stream (an erasure) before the replay reached it.
+            self._applied_ahead = {seq for seq in self._applied_ahead if seq >= stream_seq}
+        if stream_seq not in self._applied_ahead:
+            return False
+        self._applied_ahead.discard(stream_seq)
+        return True
+
+    async def _consumed(self, stream_seq: int, num_pending: int) -> None:
         if self.bus.metrics is not None:
             self.bus.metrics.events_consumed.labels(self.stream).inc()
-        await self._passed(event.stream_seq, msg.metadata.num_pending)
+        await self._passed(stream_seq, num_pending)
 
     async def _passed(self, stream_seq: int, num_pending: int) -> None:
         """The replay is past `stream_seq`: read-your-writes waiters and the caught-up flag see it."""

@@ -1,14 +1,14 @@
 """Every channel as the MSG stream says: the projection messaging decides on and answers from.
 
-State from events and nothing else (no I/O): `apply_envelope` opens a stored event, codec.py
+State from events and nothing else (no I/O): `apply_received` takes a stored event (its payload
+opened once, by the bus), codec.py
 turns it into the domain's, and the channel folds it (`Channel.apply`, one table).
 """
 
 from __future__ import annotations
 
-from parley.common.v1.envelope_pb2 import EventEnvelope
-
-from parley_core.envelope import UnknownEventType, open_payload
+from parley_core.bus_events import ReceivedEvent
+from parley_core.envelope import UnknownEventType
 from parley_core.errors import FailedPrecondition, NotFound
 from parley_messaging.channel_state import Invitation
 from parley_messaging.codec import from_proto
@@ -69,13 +69,14 @@ class ChannelDirectory:
         else:
             self.get(channel_id).apply(event, at)
 
-    def apply_envelope(self, envelope: EventEnvelope, stream_seq: int) -> None:
+    def apply_received(self, received: ReceivedEvent) -> None:
         """A channel event as the MSG stream holds it."""
         try:
-            event = from_proto(open_payload(envelope))
+            event = from_proto(received.payload)
         except UnknownEventType:
             event = None  # a newer writer's event (during a roll-out): its position still counts
-        at = Recorded(stream_seq, envelope.aggregate_version, envelope.event_id)
+        envelope = received.envelope
+        at = Recorded(received.stream_seq, envelope.aggregate_version, envelope.event_id)
         self.apply(envelope.aggregate_id, event, at)
 
     def of_member(self, user_id: str) -> list[Channel]:

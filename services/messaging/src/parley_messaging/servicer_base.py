@@ -130,7 +130,7 @@ class MessagingBase(messaging_pb2_grpc.MessagingServiceServicer):
 
     async def _apply(self, event: ReceivedEvent) -> None:
         if event.envelope.aggregate_type == "channel":
-            self.channels.apply_envelope(event.envelope, event.stream_seq)
+            self.channels.apply_received(event)
         elif event.envelope.aggregate_type in ("device", "todevice"):
             self.devices.apply(event.envelope, event.stream_seq)
 

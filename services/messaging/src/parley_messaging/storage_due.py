@@ -39,7 +39,7 @@ from parley.storage.v1.events_pb2 import ChannelErasureDue, LogDeletionDue, Rete
 
 from parley_core.actor import Actor
 from parley_core.bus import ReceivedEvent, Refused
-from parley_core.envelope import NewEvent, UnknownEventType, open_payload
+from parley_core.envelope import NewEvent, UnknownEventType
 from parley_core.errors import FailedPrecondition
 from parley_core.event_log import EventLog
 from parley_core.log_deletion import (
@@ -94,7 +94,7 @@ class StorageDue:
         one, parking only the refused fact (the others find their marker applied)."""
         for event in batch:
             try:
-                payload = open_payload(event.envelope)
+                payload = event.payload
             except UnknownEventType:
                 continue  # a newer storage's fact: this release has nothing to do for it
             if isinstance(payload, ChannelErasureDue):

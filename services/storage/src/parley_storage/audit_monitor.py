@@ -134,7 +134,7 @@ class AuditChainMonitor:
 
     async def _key(self, event: ReceivedEvent) -> None:
         with contextlib.suppress(UnknownEventType):
-            self._keys.append(open_payload(event.envelope))
+            self._keys.append(event.payload)
 
     async def verify(self) -> Verification:
         """A fresh run; one at a time: a caller during a run waits for that run's verdict."""

@@ -49,7 +49,7 @@ from prometheus_client import Counter
 
 from parley_core.actor import Actor
 from parley_core.bus import EventBus, ReceivedEvent
-from parley_core.envelope import NewEvent, UnknownEventType, open_payload
+from parley_core.envelope import NewEvent, UnknownEventType
 from parley_core.synthetic import is_synthetic_account
 from parley_core.topology import (
     ANOMALY_FILTER,
@@ -120,7 +120,7 @@ class AnomalyDetector:
     def _guarded(self, handler: Callable[[ReceivedEvent, Message], Found]) -> Observer:
         async def observe(event: ReceivedEvent) -> None:
             try:
-                payload = open_payload(event.envelope)
+                payload = event.payload
             except UnknownEventType:
                 return
             found = handler(event, payload)

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from parley.storage.v1.events_pb2 import UserDataErased, UserDataErasedFromStreams
 
 from parley_core.bus import EventBus, ReceivedEvent, Replay
-from parley_core.envelope import open_payload
 from parley_core.topology import privacy_subject
 from parley_storage.datakeys import DataKeys
 from parley_storage.sealing import user_owner
@@ -37,7 +36,7 @@ async def follow_erasures(bus: EventBus, keys: DataKeys, erasures: ErasureLog | 
     """From the first erasure on (few, and a restarted instance must know them too), then live."""
 
     async def on_event(event: ReceivedEvent) -> None:
-        payload = open_payload(event.envelope)
+        payload = event.payload
         if isinstance(payload, UserDataErased):
             keys.revoke(user_owner(payload.user_id), payload.destroyed_key_ids)
             if erasures is not None:

@@ -34,7 +34,7 @@ from parley.storage.v1.events_pb2 import AnomalyDetected
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from parley_core.bus import EventBus, ReceivedEvent, RetryLater
-from parley_core.envelope import UnknownEventType, open_payload
+from parley_core.envelope import UnknownEventType
 from parley_core.topology import SIEM_CONSUMERS
 
 log = logging.getLogger(__name__)
@@ -250,7 +250,7 @@ class SiemFeed:
         lines: list[bytes] = []
         for event in batch:
             try:
-                payload = open_payload(event.envelope)
+                payload = event.payload
             except UnknownEventType:
                 continue  # a newer writer's record: this release cannot describe it
             if (line := to_syslog(event, payload, version=self.version, hostname=self.hostname)) is not None:

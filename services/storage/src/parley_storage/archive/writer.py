@@ -11,7 +11,7 @@ from sqlalchemy import Connection, bindparam, func, insert, select, update
 
 from parley_core import telemetry
 from parley_core.bus import ReceivedEvent
-from parley_core.envelope import UnknownEventType, open_payload
+from parley_core.envelope import UnknownEventType
 from parley_storage.archive import read_model
 from parley_storage.archive.db import ArchiveDb, insert_ignoring
 from parley_storage.archive.projection import QUEUED_LOG_DELETIONS, post_row, project
@@ -116,7 +116,7 @@ class BatchWriter:
         env = item.envelope
         payload: Message | None
         try:
-            payload = open_payload(env)
+            payload = item.payload
         except UnknownEventType:
             payload = None  # archived sealed and whole; a newer reader will project it
         key_id, key = self._keys.for_owner(conn, data_owner(env, payload))
