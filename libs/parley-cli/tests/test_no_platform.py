@@ -82,7 +82,9 @@ def test_a_platform_that_ran_here_and_stopped_is_said_to_be_stopped(tmp_path: Pa
     (`running: false`) but no client.json: not "no platform state", which reads as data lost."""
     data = tmp_path / ".parley"
     data.mkdir()
-    (data / "platform.json").write_text(json.dumps({"running": False, "pid": 0, "services": {}}))
+    door = {"port": 1, "address": "127.0.0.1:1", "pid": 0, "version": "0.1.0", "instances": []}
+    services = dict.fromkeys(("auth", "messaging", "storage", "patch-registry", "gateway"), door)
+    (data / "platform.json").write_text(json.dumps({"running": False, "pid": 0, "services": services}))
 
     line = parley(*command, cwd=tmp_path, XDG_CONFIG_HOME=str(tmp_path / "config"))
 
