@@ -15,7 +15,7 @@ PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES) $(DEV_PACKAGES))
 help:
 	@echo "make run    start the whole platform (nats-server + every service) in $(DATA_DIR)"
 	@echo "            (DATABASE=postgres: the archive in PostgreSQL at $(POSTGRES_URL);"
-	@echo "            GATEWAY_PORT=N: the gateway on port N if free;"
+	@echo "            GATEWAY_PORT=N, WEB_PORT=N: the gateway, the web app on port N if free;"
 	@echo "            INSTANCES=messaging=2,gateway=2: several instances of gateway, messaging or auth)"
 	@echo "make test   lint, type-check and run the whole test suite"
 	@echo "make lint   ruff + mypy;  make proto  regenerate protobuf stubs;  make wheels  build each package"
@@ -67,13 +67,14 @@ DATABASE ?=
 POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/parley
 DATABASE_ARG = $(if $(filter postgres,$(DATABASE)),$(POSTGRES_URL),$(DATABASE))
 
-# `make run GATEWAY_PORT=7444`: the gateway's port asked for (`parley up --gateway-port`).
+# `make run GATEWAY_PORT=7444 WEB_PORT=8444`: the ports asked for (`parley up --gateway-port`, `--web-port`).
 GATEWAY_PORT ?=
+WEB_PORT ?=
 
 run: venv web
 	PARLEY_WEB_ROOT=$(CURDIR)/web/dist $(BIN)/parley --data-dir $(DATA_DIR) up \
 		$(if $(DATABASE_ARG),--database-url '$(DATABASE_ARG)') $(if $(GATEWAY_PORT),--gateway-port $(GATEWAY_PORT)) \
-		$(if $(INSTANCES),--instances $(INSTANCES))
+		$(if $(WEB_PORT),--web-port $(WEB_PORT)) $(if $(INSTANCES),--instances $(INSTANCES))
 
 # Test modules run on TEST_WORKERS processes (each module whole on one, so its platform starts
 # once); most of a test's time is waiting on servers, so three workers keep two cores busy (on a

@@ -49,7 +49,7 @@ def test_a_busy_web_port_is_named_with_the_port_taken_instead(tmp_path: Path, mo
         monkeypatch.setattr(platform_doors, "DEFAULT_WEB_PORT", busy)
         out = io.StringIO()
         platform = Platform(tmp_path, out=out)
-        platform.web_claim = claim_web_port(tmp_path, platform.say)
+        platform.web_claim = claim_web_port(tmp_path, None, platform.say)
         try:
             taken = platform.web_claim.getsockname()[1]
             assert taken != busy
@@ -68,7 +68,7 @@ def test_the_web_port_is_the_last_runs_on_the_next_start(tmp_path: Path, monkeyp
         holder.listen()
         monkeypatch.setattr(platform_doors, "DEFAULT_WEB_PORT", holder.getsockname()[1])
         first = Platform(tmp_path, out=io.StringIO())
-        first.web_claim = claim_web_port(tmp_path, first.say)
+        first.web_claim = claim_web_port(tmp_path, None, first.say)
         taken = first.web_claim.getsockname()[1]
         first.agent = SimpleNamespace(instances_of=lambda service: [])  # type: ignore[assignment]  # no service
         (tmp_path / STATE_FILE).write_text(json.dumps(first._state()))
@@ -76,7 +76,7 @@ def test_the_web_port_is_the_last_runs_on_the_next_start(tmp_path: Path, monkeyp
     out = io.StringIO()
     second = Platform(tmp_path, out=out)
     second._write_starting_state()  # as a start does: the last run's ports kept for this one
-    second.web_claim = claim_web_port(tmp_path, second.say)
+    second.web_claim = claim_web_port(tmp_path, None, second.say)
     try:
         assert second.web_claim.getsockname()[1] == taken
         assert out.getvalue() == ""
@@ -84,9 +84,54 @@ def test_the_web_port_is_the_last_runs_on_the_next_start(tmp_path: Path, monkeyp
         second.web_claim.close()
 
 
-@pytest.mark.parametrize(("make_args", "expected"), [(["GATEWAY_PORT=7444"], ["--gateway-port", "7444"]), ([], [])])
-def test_make_run_passes_the_gateway_port_asked_for(tmp_path: Path, make_args: list[str], expected: list[str]) -> None:
-    """`make run GATEWAY_PORT=N` is `parley up --gateway-port N` (a dry run: nothing is started)."""
+def test_the_web_port_asked_for_is_taken(tmp_path: Path) -> None:
+    """`parley up --web-port N` (`make run WEB_PORT=N`): a free port asked for is the web app's, with no word."""
+    with socket.socket() as probe:  # a port free a moment ago, as a person picks one
+        probe.bind(("127.0.0.1", 0))
+        asked = probe.getsockname()[1]
+    out = io.StringIO()
+    platform = Platform(tmp_path, out=out)
+    platform.web_claim = claim_web_port(tmp_path, asked, platform.say)
+    try:
+        assert platform.web_claim.getsockname()[1] == asked
+        assert out.getvalue() == ""
+    finally:
+        platform.web_claim.close()
+
+
+def test_a_busy_web_port_asked_for_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as asked, socket.socket() as default:  # both held, as another program holds a port
+        for holder in (asked, default):
+            holder.bind(("127.0.0.1", 0))
+            holder.listen()
+        asked_port, default_port = asked.getsockname()[1], default.getsockname()[1]
+        monkeypatch.setattr(platform_doors, "DEFAULT_WEB_PORT", default_port)
+        out = io.StringIO()
+        platform = Platform(tmp_path, out=out)
+        platform.web_claim = claim_web_port(tmp_path, asked_port, platform.say)
+        try:
+            taken = platform.web_claim.getsockname()[1]
+            assert taken not in (asked_port, default_port)
+            assert out.getvalue().splitlines() == [
+                f"[parley] web ports {asked_port} (asked for) and {default_port} (the default) are busy; "
+                f"the web app took port {taken} instead"
+            ]
+        finally:
+            platform.web_claim.close()
+
+
+@pytest.mark.parametrize(
+    ("make_args", "expected"),
+    [
+        (["GATEWAY_PORT=7444"], ["--gateway-port", "7444"]),
+        (["WEB_PORT=8444"], ["--web-port", "8444"]),
+        (["GATEWAY_PORT=7444", "WEB_PORT=8444"], ["--gateway-port", "7444", "--web-port", "8444"]),
+        ([], []),
+    ],
+)
+def test_make_run_passes_the_ports_asked_for(tmp_path: Path, make_args: list[str], expected: list[str]) -> None:
+    """`make run GATEWAY_PORT=N WEB_PORT=M` is `parley up --gateway-port N --web-port M` (a dry run:
+    nothing is started)."""
     root = Path(__file__).resolve().parents[3]
     dry = subprocess.run(
         ["make", "-n", "-C", str(root), "run", f"DATA_DIR={tmp_path}", "DATABASE=", *make_args],

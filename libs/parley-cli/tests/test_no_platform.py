@@ -76,6 +76,21 @@ def test_the_default_folder_is_started_with_make_run(tmp_path: Path) -> None:
     assert "the folder `parley up` last started" in line
 
 
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_platform_that_ran_here_and_stopped_is_said_to_be_stopped(tmp_path: Path, command: tuple[str, ...]) -> None:
+    """After Ctrl-C on `make run` the folder keeps its data and the last run's platform.json
+    (`running: false`) but no client.json: not "no platform state", which reads as data lost."""
+    data = tmp_path / ".parley"
+    data.mkdir()
+    door = {"port": 1, "address": "127.0.0.1:1", "pid": 0, "version": "0.1.0", "instances": []}
+    services = dict.fromkeys(("auth", "messaging", "storage", "patch-registry", "gateway"), door)
+    (data / "platform.json").write_text(json.dumps({"running": False, "pid": 0, "services": services}))
+
+    line = parley(*command, cwd=tmp_path, XDG_CONFIG_HOME=str(tmp_path / "config"))
+
+    assert line == "error: the platform in .parley is not running; start it with `make run`"
+
+
 def test_outside_the_repository_the_folder_parley_up_started_is_used(tmp_path: Path) -> None:
     """`parley up` notes its data folder in the user's config folder; from a folder without
     ./.parley the CLI uses that one."""

@@ -50,6 +50,7 @@ async def cmd_up(args: argparse.Namespace) -> int:
     return await run_platform(
         args.data_dir,
         gateway_port=args.gateway_port,
+        web_port=args.web_port,
         nats_cluster=args.nats_cluster,
         database_url=args.database_url,
         instances=args.instances,
@@ -136,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--gateway-port",
         type=int,
         help="preferred gateway port (default: the port of this folder's last run, else 7443, else a free one)",
+    )
+    up.add_argument(
+        "--web-port",
+        type=int,
+        help="preferred port of the web app (default: the port of this folder's last run, else 8443, else a free one)",
     )
     add_host_address_option(up)
     up.add_argument(

@@ -73,6 +73,7 @@ class Platform:
         data_dir: Path,
         *,
         gateway_port: int | None = None,
+        web_port: int | None = None,
         nats_cluster: int = 1,
         instances: Mapping[str, int] | None = None,
         out: TextIO = sys.stdout,
@@ -82,6 +83,7 @@ class Platform:
         self.instances = dict.fromkeys(START_ORDER, 1) | dict(instances or {})
         self.data_dir = data_dir.resolve()
         self.requested_gateway_port = gateway_port
+        self.requested_web_port = web_port
         self.nats_cluster = nats_cluster
         # PostgreSQL's URL (run_platform sets it from --database-url or the folder's record); "": SQLite.
         self.database_url = ""
@@ -172,7 +174,7 @@ class Platform:
         await self.nats.start_guard(nc, self._guard_watch_nc, settings.consumer_quota)
 
         self.say(f"archive: {self.archive_location}")
-        self.web_claim = claim_web_port(self.data_dir, self.say)
+        self.web_claim = claim_web_port(self.data_dir, self.requested_web_port, self.say)
         # Every front door first: each service is told the others' addresses when it starts.
         for name in START_ORDER:
             self.front_doors[name] = await (

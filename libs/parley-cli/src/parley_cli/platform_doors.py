@@ -70,11 +70,15 @@ async def open_service_door(data_dir: Path, service: str) -> Door:
         ) from None
 
 
-def claim_web_port(data_dir: Path, say: Callable[[str], None]) -> socket.socket:
-    """The previous run's port (so a browser's bookmark finds the app again), else 8443, else a
-    free port; held (parley_agent.shared_port.claim) while the platform runs."""
+def claim_web_port(data_dir: Path, requested: int | None, say: Callable[[str], None]) -> socket.socket:
+    """The port asked for, else the previous run's (so a browser's bookmark finds the app again),
+    else 8443, else a free port; held (parley_agent.shared_port.claim) while the platform runs."""
     candidates: dict[int, str] = {}  # each port once, with the first reason to try it
-    for port, why in ((previous_web_port(data_dir), "the last run's"), (DEFAULT_WEB_PORT, "the default")):
+    for port, why in (
+        (requested, "asked for"),
+        (previous_web_port(data_dir), "the last run's"),
+        (DEFAULT_WEB_PORT, "the default"),
+    ):
         if port:
             candidates.setdefault(port, why)
     busy: list[str] = []

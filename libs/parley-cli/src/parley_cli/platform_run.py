@@ -37,7 +37,13 @@ def parse_instances(spec: str) -> dict[str, int]:
 
 
 async def run_platform(
-    data_dir: Path, *, gateway_port: int | None, nats_cluster: int = 1, database_url: str = "", instances: str = ""
+    data_dir: Path,
+    *,
+    gateway_port: int | None,
+    web_port: int | None = None,
+    nats_cluster: int = 1,
+    database_url: str = "",
+    instances: str = "",
 ) -> int:
     try:
         counts = parse_instances(instances)
@@ -45,7 +51,9 @@ async def run_platform(
         print(f"[parley] --instances: {exc}", file=sys.stderr)
         return 2
     try:
-        platform = Platform(data_dir, gateway_port=gateway_port, nats_cluster=nats_cluster, instances=counts)
+        platform = Platform(
+            data_dir, gateway_port=gateway_port, web_port=web_port, nats_cluster=nats_cluster, instances=counts
+        )
     except ValueError as exc:
         print(f"[parley] --nats-cluster {nats_cluster}: {exc}", file=sys.stderr)
         return 2

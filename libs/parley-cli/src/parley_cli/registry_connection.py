@@ -16,7 +16,7 @@ from parley.patch.v1 import patch_pb2, patch_pb2_grpc
 from parley.storage.v1 import storage_pb2_grpc
 
 from parley_cli.joined_host import joined_host
-from parley_cli.state import no_platform
+from parley_cli.state import load_running_state, no_platform
 from parley_cli.usernames import usernames
 from parley_client import ParleyError
 from parley_core.grpc_channel import secure_channel
@@ -32,6 +32,8 @@ class RegistryConnection:
         state_path = next((p for p in (data_dir / "platform.json", data_dir / "host.json") if p.exists()), None)
         if state_path is None and not joined_host(data_dir):
             raise no_platform(data_dir)
+        if state_path == data_dir / "platform.json":
+            load_running_state(data_dir)  # stopped: say so and how to start it, not a refused connection
         services = fleet_addresses(data_dir, json.loads(state_path.read_text()) if state_path else {})
         if "patch-registry" not in services:
             raise SystemExit(f"no patch registry runs on the host of {data_dir}; use a folder of a host running one")

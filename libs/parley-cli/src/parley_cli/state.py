@@ -75,14 +75,17 @@ WHICH_FOLDER = (
 
 
 def no_platform(data_dir: Path) -> PlatformNotRunning:
-    """The folder holds no platform. Another folder than the default that does not exist at all is
-    more likely a mistyped --data-dir than a platform never started there; a joined host's folder
-    is never one to start a platform in (that would be a second platform)."""
+    """The folder holds no running platform. One that ran here and stopped is said so (its data is
+    there); another folder than the default that does not exist at all is more likely a mistyped
+    --data-dir than a platform never started there; a joined host's folder is never one to start a
+    platform in (that would be a second platform)."""
     if joined := joined_host(data_dir):
         return PlatformNotRunning(
             f"{joined.described()}, not a platform's own (this command needs one): run it with --data-dir "
             "naming the first host's folder"
         )
+    if (data_dir / STATE_FILE).exists():
+        return not_running(data_dir)
     if not data_dir.exists() and data_dir.resolve() != DEFAULT_DATA_DIR.resolve():
         return PlatformNotRunning(f"no folder {data_dir}: is --data-dir (or $PARLEY_DATA_DIR) right?")
     if data_dir.resolve() == DEFAULT_DATA_DIR.resolve():
@@ -119,8 +122,12 @@ def load_running_state(data_dir: Path) -> dict[str, Any]:
         raise no_platform(data_dir)
     state: dict[str, Any] = json.loads(path.read_text())
     if not state.get("running", True) or not _alive(state.get("pid")):
-        raise PlatformNotRunning(f"the platform in {data_dir} is not running; start it with {how_to_start(data_dir)}")
+        raise not_running(data_dir)
     return state
+
+
+def not_running(data_dir: Path) -> PlatformNotRunning:
+    return PlatformNotRunning(f"the platform in {data_dir} is not running; start it with {how_to_start(data_dir)}")
 
 
 def leftover_pids(data_dir: Path) -> list[int]:
