@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,8 +25,8 @@ from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
 from parley_agent.front_door import FrontDoor
 from parley_agent.health import is_serving
 from parley_agent.installer import base_python
-from parley_agent.shared_port import SharedPort
-from parley_core.net import free_port, host_address
+from parley_agent.shared_port import HELD_LISTEN_PORT_ENV, SharedPort, claim
+from parley_core.net import host_address
 from parley_core.pki import Pki
 
 # Services whose callers are clients, not other services: their instances share the client port
@@ -59,10 +60,22 @@ class Instance:
     # The roll-out whose new instance this is, while that roll-out runs: its exit is reported to
     # the registry (which rolls back), not restarted by a supervisor.
     rollout_id: str = ""
+    # The agent's hold on `port` (bound, never listening) for the instance's life, restarts
+    # included: a port merely found free can be taken by any connection's source port before
+    # the instance listens on it (it listens only after its replay), and a bound port is not.
+    port_claim: socket.socket | None = field(default=None, repr=False)
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def release(self) -> None:
+        """For good: the port's hold and the log file."""
+        if self.port_claim is not None:
+            self.port_claim.close()
+            self.port_claim = None
+        if self.log_file is not None:
+            self.log_file.close()
 
 
 @dataclass(frozen=True)
@@ -125,13 +138,15 @@ class InstanceHost:
     ) -> Instance:
         """`share`: the percent of the service's new connections it takes once serving; given
         before it starts, for an instance that listens on a shared port from its start."""
+        port_claim = claim("127.0.0.1", 0)
         instance = Instance(
             service=service,
             version=version,
             # One NATS subject token: no dots (heartbeats go to ...heartbeat.<service>.<instance_id>).
             instance_id=f"{service}-v{re.sub(r'[^A-Za-z0-9_-]', '_', version)}-{uuid.uuid4().hex[:6]}",
-            port=free_port(),
+            port=port_claim.getsockname()[1],
             python=python or base_python(),
+            port_claim=port_claim,
         )
         if share < 100:
             self.front_doors[service].set_share(instance.address, share)
@@ -151,6 +166,7 @@ class InstanceHost:
             **self.front_doors[instance.service].instance_environment(instance.address),
             "PARLEY_LISTEN_HOST": "127.0.0.1",
             "PARLEY_LISTEN_PORT": str(instance.port),
+            HELD_LISTEN_PORT_ENV: "true",
             "PARLEY_INSTANCE_ID": instance.instance_id,
             # What its heartbeats name: other hosts' agents find a registry there (NodeAgent).
             "PARLEY_FRONT_DOOR_ADDRESS": self.front_doors[instance.service].address,
@@ -263,8 +279,7 @@ class InstanceHost:
         instance = self.instances.pop(instance_id, None)
         if instance is not None:
             self.front_doors[instance.service].remove(instance.address)
-            if instance.log_file is not None:
-                instance.log_file.close()
+            instance.release()
         return instance
 
     async def drain(self, instance_id: str, *, failed: bool = False) -> None:
@@ -291,8 +306,7 @@ class InstanceHost:
             except TimeoutError:
                 process.kill()
                 await process.wait()
-        if instance.log_file is not None:
-            instance.log_file.close()
+        instance.release()
 
     async def stop(self, order: Sequence[str] = ()) -> list[Instance]:
         """Drains every instance, service by service in `order` (then the rest); returns them as stopped."""

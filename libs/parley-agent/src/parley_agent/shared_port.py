@@ -43,6 +43,9 @@ from parley_agent.door_book import DoorBook
 SHARED_LISTEN_ENV = "PARLEY_SHARED_LISTEN_ADDRESS"
 # The file in which an instance finds its share of the port's new connections (parley_core.port_share).
 SHARE_FILE_ENV = "PARLEY_SHARED_PORT_SHARE_FILE"
+# Tells an instance that the agent holds its own listen port for it (a `claim`), so it joins it
+# with SO_REUSEPORT (parley_core.runner) instead of racing other programs for a port found free.
+HELD_LISTEN_PORT_ENV = "PARLEY_LISTEN_PORT_HELD"
 TCP_MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")
 
 

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     # Where this instance listens; port 0 picks a free one.
     listen_host: str = "127.0.0.1"
     listen_port: int = 0
+    # The node agent holds `listen_port` for this instance (a bound socket that never listens,
+    # parley_agent.shared_port.claim): the instance joins it with SO_REUSEPORT.
+    listen_port_held: bool = False
     # host:port this instance also listens on together with the other instances of its service
     # (SO_REUSEPORT): the gateway's client address under the node agent, which claims it first
     # (parley_agent.shared_port). Empty: none.

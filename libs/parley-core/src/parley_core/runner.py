@@ -115,9 +115,9 @@ async def serve(
     tokens = TokenVerifier(access)
     stats = RequestStats()
     # gRPC sets SO_REUSEPORT by default: a second platform could then share our port unseen. Only
-    # an instance given a shared port (which the node agent claimed for this platform) sets it.
+    # an instance whose ports the node agent holds for it (claimed for this platform) sets it.
     shared = settings.shared_listen_address
-    options: list[tuple[str, int]] = [("grpc.so_reuseport", 1 if shared else 0)]
+    options: list[tuple[str, int]] = [("grpc.so_reuseport", 1 if shared or settings.listen_port_held else 0)]
     if settings.max_connection_age_seconds > 0:
         # Graceful GOAWAY per connection while the server keeps serving: calls racing the GOAWAY
         # are still handled, unlike calls racing a server shutdown (which grpc cancels).

@@ -168,16 +168,20 @@ async def start_service(
     *,
     registration: RegistrationMode,
     data_dir: Path | None = None,
+    listen_port: int = 0,
+    listen_port_held: bool = False,
 ) -> Running:
     """One instance of `service` on the stack's bus and data folder: the stack's own, or a
     second instance beside it (or a restarted one) that a test starts itself. `data_dir` is
-    another host's folder (its own secrets and pki)."""
+    another host's folder (its own secrets and pki); `listen_port_held`: as a node agent that
+    holds `listen_port` for it says."""
     settings = Settings(
         service=service,
         data_dir=data_dir or stack.data_dir,
         nats_url=nats_server.url,
         nats_password=nats_server.passwords[service],
-        listen_port=0,
+        listen_port=listen_port,
+        listen_port_held=listen_port_held,
         grace_seconds=5.0,
         registration=registration,
         auth_addr=f"127.0.0.1:{stack.ports.get('auth', 0)}",
