@@ -71,14 +71,22 @@ def ms(seconds: float) -> float:
 
 async def measure_baselines(plan: Plan, workdir: Path, *, argon2: bool = True) -> dict[str, float]:
     cpus = baselines.cpu_count()
+    # How busy the machine was as the run began (1-minute load average): whether a run was quiet.
+    load_before = round(os.getloadavg()[0], 2)
     echo = await baselines.echo_qps(workdir / "echo", concurrency=plan.echo_concurrency, seconds=plan.seconds)
     js = await baselines.jetstream_throughput(workdir / "jetstream", messages=plan.js_messages)
     if not argon2:
-        return {"cpus": cpus, "grpc_echo_qps": round(echo, 1), "jetstream_publish_consume_per_s": round(js, 1)}
+        return {
+            "cpus": cpus,
+            "load_average_before": load_before,
+            "grpc_echo_qps": round(echo, 1),
+            "jetstream_publish_consume_per_s": round(js, 1),
+        }
     argon_one = await asyncio.to_thread(baselines.argon2_hashes_per_second, threads=1, seconds=plan.seconds)
     argon_all = await asyncio.to_thread(baselines.argon2_hashes_per_second, threads=cpus, seconds=plan.seconds)
     return {
         "cpus": cpus,
+        "load_average_before": load_before,
         "grpc_echo_qps": round(echo, 1),
         "jetstream_publish_consume_per_s": round(js, 1),
         "argon2id_hashes_per_s_1_thread": round(argon_one, 2),
