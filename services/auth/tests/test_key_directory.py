@@ -12,6 +12,7 @@ from parley.auth.v1 import auth_pb2
 from parley.auth.v1.events_pb2 import UploadedOneTimeKey
 
 from parley_auth.keys import device_message, one_time_key_message
+from parley_testing.outcomes import status_code
 from parley_testing.stack import TIMEOUT_S, Stack, bearer
 
 CLAIMERS = 12
@@ -27,13 +28,6 @@ def signature(account: vodozemac.Account, message: bytes) -> bytes:
     text = account.sign(message).to_base64()
     return base64.b64decode(text + "=" * (-len(text) % 4))
 
-
-async def code_of(call: object) -> grpc.StatusCode:
-    try:
-        await call  # type: ignore[misc]
-    except grpc.aio.AioRpcError as exc:
-        return exc.code()
-    return grpc.StatusCode.OK
 
 
 async def alice_and_bob(stack: Stack) -> tuple[auth_pb2.Account, tuple[tuple[str, str]], tuple[tuple[str, str]]]:
@@ -183,7 +177,7 @@ async def test_fallback_key_is_handed_out_when_one_time_keys_run_out(stack: Stac
     await gateway.PublishDeviceKeys(publish_request(device, alice.user_id, "TAB"), metadata=alice_md)
     claim = auth_pb2.ClaimOneTimeKeyRequest(user_id=alice.user_id, device_id="TAB")
     # No keys at all: a precise refusal, not a crash.
-    assert await code_of(gateway.ClaimOneTimeKey(claim, metadata=bob_md, timeout=TIMEOUT_S)) == (
+    assert await status_code(gateway.ClaimOneTimeKey(claim, metadata=bob_md, timeout=TIMEOUT_S)) == (
         grpc.StatusCode.FAILED_PRECONDITION
     )
     fallback = signed_fallback(device, alice.user_id, "TAB")
@@ -225,7 +219,7 @@ async def test_owner_removes_a_device_and_its_keys_go(stack: Stack) -> None:
     )
     remove = auth_pb2.RemoveDeviceRequest(device_id="OLD")
     # Only the owner: for bob, alice's device is not one of his.
-    assert await code_of(gateway.RemoveDevice(remove, metadata=bob_md, timeout=TIMEOUT_S)) == grpc.StatusCode.NOT_FOUND
+    assert await status_code(gateway.RemoveDevice(remove, metadata=bob_md, timeout=TIMEOUT_S)) == grpc.StatusCode.NOT_FOUND
     await gateway.RemoveDevice(remove, metadata=alice_md, timeout=TIMEOUT_S)
     await gateway.RemoveDevice(remove, metadata=alice_md, timeout=TIMEOUT_S)  # a retry is fine
     listed = await gateway.ListDevices(
@@ -233,9 +227,9 @@ async def test_owner_removes_a_device_and_its_keys_go(stack: Stack) -> None:
     )
     assert [d.device_id for d in listed.devices] == []
     claim = auth_pb2.ClaimOneTimeKeyRequest(user_id=alice.user_id, device_id="OLD")
-    assert await code_of(gateway.ClaimOneTimeKey(claim, metadata=bob_md, timeout=TIMEOUT_S)) == (
+    assert await status_code(gateway.ClaimOneTimeKey(claim, metadata=bob_md, timeout=TIMEOUT_S)) == (
         grpc.StatusCode.NOT_FOUND
     )
     # The id is not handed out again (other members pinned its old keys).
     again = gateway.PublishDeviceKeys(publish_request(vodozemac.Account(), alice.user_id, "OLD"), metadata=alice_md)
-    assert await code_of(again) == grpc.StatusCode.ALREADY_EXISTS
+    assert await status_code(again) == grpc.StatusCode.ALREADY_EXISTS

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
+from typing import Any
 from dataclasses import dataclass
 
 from google.protobuf.message import Message
@@ -99,49 +100,35 @@ def client_event(payload: Message, position: int) -> gateway_pb2.ClientEvent | N
     return None
 
 
+# How each membership or channel change reads as a timeline line: the change's name (a function
+# of the event where it carries more), who made it, and the detail shown beside it.
+_MEMBERSHIP_LINES: dict[type[Message], tuple[Callable[[Any], str], str, str]] = {
+    MemberJoined: (lambda _: "joined", "user_id", ""),
+    MemberLeft: (lambda _: "left", "user_id", ""),
+    MemberInvited: (lambda _: "invited", "invited_by", ""),
+    MemberKicked: (lambda _: "kicked", "kicked_by", "reason"),
+    MemberBanned: (lambda _: "banned", "banned_by", "reason"),
+    MemberUnbanned: (lambda _: "unbanned", "unbanned_by", ""),
+    MemberRoleChanged: (lambda e: f"role:{e.role}", "changed_by", ""),
+    ChannelRenamed: (lambda _: "renamed", "renamed_by", "name"),
+    ChannelTopicChanged: (lambda _: "topic", "changed_by", "topic"),
+}
+
+
 def membership_change(payload: Message) -> gateway_pb2.MembershipChange | None:
     """Membership and channel changes, one shape for clients to show as a line in the timeline."""
-    change = gateway_pb2.MembershipChange
-    if isinstance(payload, MemberJoined):
-        return change(channel_id=payload.channel_id, user_id=payload.user_id, change="joined", actor_id=payload.user_id)
-    if isinstance(payload, MemberLeft):
-        return change(channel_id=payload.channel_id, user_id=payload.user_id, change="left", actor_id=payload.user_id)
-    if isinstance(payload, MemberInvited):
-        return change(
-            channel_id=payload.channel_id, user_id=payload.user_id, change="invited", actor_id=payload.invited_by
-        )
-    if isinstance(payload, MemberKicked):
-        return change(
-            channel_id=payload.channel_id,
-            user_id=payload.user_id,
-            change="kicked",
-            actor_id=payload.kicked_by,
-            detail=payload.reason,
-        )
-    if isinstance(payload, MemberBanned):
-        return change(
-            channel_id=payload.channel_id,
-            user_id=payload.user_id,
-            change="banned",
-            actor_id=payload.banned_by,
-            detail=payload.reason,
-        )
-    if isinstance(payload, MemberUnbanned):
-        return change(
-            channel_id=payload.channel_id, user_id=payload.user_id, change="unbanned", actor_id=payload.unbanned_by
-        )
-    if isinstance(payload, MemberRoleChanged):
-        return change(
-            channel_id=payload.channel_id,
-            user_id=payload.user_id,
-            change=f"role:{payload.role}",
-            actor_id=payload.changed_by,
-        )
-    if isinstance(payload, ChannelRenamed):
-        return change(channel_id=payload.channel_id, change="renamed", actor_id=payload.renamed_by, detail=payload.name)
-    if isinstance(payload, ChannelTopicChanged):
-        return change(channel_id=payload.channel_id, change="topic", actor_id=payload.changed_by, detail=payload.topic)
-    return None
+    line = _MEMBERSHIP_LINES.get(type(payload))
+    if line is None:
+        return None
+    name, actor_field, detail_field = line
+    event: Any = payload
+    return gateway_pb2.MembershipChange(
+        channel_id=event.channel_id,
+        user_id=getattr(event, "user_id", ""),  # channel changes are about no one member
+        change=name(event),
+        actor_id=getattr(event, actor_field),
+        detail=getattr(event, detail_field) if detail_field else "",
+    )
 
 
 def client_event_of(envelope: EventEnvelope, position: int) -> gateway_pb2.ClientEvent | None:

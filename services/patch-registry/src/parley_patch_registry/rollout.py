@@ -14,12 +14,11 @@ caller passes `at` and the identity of whoever acts.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from parley_core.actor import Actor
-from parley_core.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from parley_core.errors import FailedPrecondition, InvalidArgument
+from parley_patch_registry.four_eyes import approval_counts, require_other_approver
 from parley_patch_registry.gate import DEFAULT_WEIGHTS, GatePolicy, InstanceWindow, check_weights, judge
 from parley_patch_registry.patch_roles import require_patch_role
 from parley_patch_registry.rollout_events import (
@@ -38,8 +37,6 @@ from parley_patch_registry.rollout_events import (
     StepStarted,
     exit_description,
 )
-
-log = logging.getLogger(__name__)
 
 # Every state a planned roll-out can be in (Rollout.apply), in the order it moves through them.
 STATES = ("planned", "approved", "canary", "production", "paused", "rolling_back", "done", "rolled_back")
@@ -101,7 +98,13 @@ class Rollout:
                 self.reverts, self.forced, self.reason = event.reverts, event.forced, event.reason
                 self.weights = tuple(event.weights) or (100,)
             case RolloutApproved():
-                if self._second_pair_of_eyes(event):
+                if approval_counts(
+                    event.actor,
+                    rollout_id=self.rollout_id,
+                    state=self.state,
+                    planned_by=self.planned_by,
+                    release_published_by=self.release_published_by,
+                ):
                     self.approved_by, self.state = event.actor, "approved"
             case StepStarted():
                 self.steps.append(Step(replaces_instance=event.replaces_instance))
@@ -130,34 +133,6 @@ class Rollout:
                 self.state = "done"
             case RolloutRolledBack():
                 self.state = "rolled_back"
-
-    def _second_pair_of_eyes(self, event: RolloutApproved) -> bool:
-        """Four eyes on replay too: `approve` refuses the planner and the publisher, but whoever
-        holds patch-registry's NATS credential could append such an approval straight to PATCH.
-        Every registry ignores it (kept in the history, which numbers the aggregate's events)."""
-        approver = _person(event.actor)
-        if (
-            self.state == "planned"
-            and approver
-            and approver
-            not in {
-                _person(self.planned_by),
-                _person(self.release_published_by),
-            }
-        ):
-            return True
-        log.error(
-            "security: ignored a roll-out approval that breaks the four-eyes rule",
-            extra={
-                "security_event": "forged_rollout_approval_ignored",
-                "rollout_id": self.rollout_id,
-                "approver": event.actor,
-                "planned_by": self.planned_by,
-                "release_published_by": self.release_published_by,
-                "state": self.state,
-            },
-        )
-        return False
 
     def _emit(self, event: RolloutEvent) -> list[RolloutEvent]:
         self.apply(event)
@@ -234,10 +209,7 @@ class Rollout:
     def approve(self, *, actor: str, actor_role: str, at: float) -> list[RolloutEvent]:
         """Four eyes: the patch-approve permission, and not the person who planned it."""
         require_patch_role(actor_role, "approving a roll-out", permission="patch-approve")
-        if actor in (self.planned_by, self.release_published_by):
-            raise PermissionDenied(
-                "the roll-out must be approved by someone other than who planned it or published the release"
-            )
+        require_other_approver(actor, planned_by=self.planned_by, release_published_by=self.release_published_by)
         self._require("planned")
         return self._emit(RolloutApproved(rollout_id=self.rollout_id, at=at, actor=actor))
 
@@ -292,25 +264,9 @@ class Rollout:
         reasons = judge(window, policy, final=final, settled=settled)
         if reasons is None:
             return []
-        canary, stable = window.canary, window.stable
         events = self._emit(
-            GateEvaluated(
-                rollout_id=self.rollout_id,
-                at=at,
-                actor="registry",
-                step=self.current_step,
-                passed=not reasons,
-                reasons=reasons,
-                window_s=window.window_s,
-                canary_calls=canary.calls,
-                canary_errors=canary.errors,
-                canary_p50_ms=canary.p50_ms,
-                canary_p99_ms=canary.p99_ms,
-                stable_calls=stable.calls,
-                stable_errors=stable.errors,
-                stable_p50_ms=stable.p50_ms,
-                stable_p99_ms=stable.p99_ms,
-                weight=self.current_weight,
+            GateEvaluated.of_window(
+                window, reasons, rollout_id=self.rollout_id, at=at, step=self.current_step, weight=self.current_weight
             )
         )
         if reasons:
@@ -439,8 +395,3 @@ class Rollout:
     def snapshot(self) -> Rollout:
         return replace(self, steps=[replace(s) for s in self.steps], history=list(self.history))
 
-
-def _person(actor: str) -> str:
-    """The account id an event's actor names, in whichever form it was written (ids are hex, so
-    case does not tell two people apart); "" for anyone who is not a person."""
-    return Actor.parse(actor).user_id.lower()
