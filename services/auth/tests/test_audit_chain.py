@@ -33,7 +33,7 @@ from parley_cli.audit import (
 )
 from parley_core.audit import AuditChain, Checkpoint, StoredRecord, verify_chain
 from parley_core.bus import EventBus
-from parley_core.envelope import NewEvent, decode, open_payload
+from parley_core.envelope import NewEvent, decode
 from parley_core.topology import user_subject
 from parley_storage.schema import events
 from parley_storage.sealing import event_aad, open_sealed, seal

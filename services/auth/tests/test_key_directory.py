@@ -29,7 +29,6 @@ def signature(account: vodozemac.Account, message: bytes) -> bytes:
     return base64.b64decode(text + "=" * (-len(text) % 4))
 
 
-
 async def alice_and_bob(stack: Stack) -> tuple[auth_pb2.Account, tuple[tuple[str, str]], tuple[tuple[str, str]]]:
     """Two members, logged in: alice's account and both callers' metadata."""
     alice = await stack.create_user("alice", "member")
@@ -124,7 +123,7 @@ async def test_bad_keys_are_refused_with_reasons(stack: Stack) -> None:
     alice_md = bearer((await stack.login("alice")).access_token)
     gateway = stack.gateway()
     account = vodozemac.Account()
-    code = code_of
+    code = status_code
     good = publish_request(account, alice.user_id, "DESK")
     for broken in (
         auth_pb2.PublishDeviceKeysRequest(device_id="bad id!", curve25519=good.curve25519, ed25519=good.ed25519),
@@ -219,7 +218,9 @@ async def test_owner_removes_a_device_and_its_keys_go(stack: Stack) -> None:
     )
     remove = auth_pb2.RemoveDeviceRequest(device_id="OLD")
     # Only the owner: for bob, alice's device is not one of his.
-    assert await status_code(gateway.RemoveDevice(remove, metadata=bob_md, timeout=TIMEOUT_S)) == grpc.StatusCode.NOT_FOUND
+    assert (
+        await status_code(gateway.RemoveDevice(remove, metadata=bob_md, timeout=TIMEOUT_S)) == grpc.StatusCode.NOT_FOUND
+    )
     await gateway.RemoveDevice(remove, metadata=alice_md, timeout=TIMEOUT_S)
     await gateway.RemoveDevice(remove, metadata=alice_md, timeout=TIMEOUT_S)  # a retry is fine
     listed = await gateway.ListDevices(

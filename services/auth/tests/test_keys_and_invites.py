@@ -14,7 +14,6 @@ from parley_testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
 from parley_testing.waiting import eventually
 
 
-
 async def test_rotation_keeps_old_tokens_until_their_key_is_retired(stack: Stack) -> None:
     await stack.create_user("alice", "member")
     operator = auth_pb2_grpc.AuthServiceStub(stack.internal("auth", identity="platform"))

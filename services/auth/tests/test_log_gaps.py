@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import pytest
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
-from parley.auth.v1.events_pb2 import SecurityEventRecorded
 
 from parley_auth.log_gaps import SubjectVersions
-from parley_core.envelope import decode, open_payload
 from parley_core.runner import RefusedToStart
 from parley_core.topology import user_subject
 from parley_testing.nats import NatsTestServer

@@ -33,7 +33,6 @@ def code(app: TOTP, steps_ahead: int = 0) -> str:
     return app.generate(int(time.time()) + steps_ahead * STEP).decode()
 
 
-
 async def enrol(stack: Stack, username: str) -> tuple[TOTP, list[str]]:
     gateway = stack.gateway()
     token = bearer((await stack.login(username)).access_token)
@@ -77,7 +76,9 @@ async def test_totp_code_is_accepted_once_and_recovery_codes_once(stack: Stack) 
     assert (await status_and_details(login(stack, "alice", totp_code=next_code)))[0] == grpc.StatusCode.UNAUTHENTICATED
 
     assert (await status_and_details(login(stack, "alice", recovery_code=recovery[0].upper())))[0] == grpc.StatusCode.OK
-    assert (await status_and_details(login(stack, "alice", recovery_code=recovery[0])))[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert (await status_and_details(login(stack, "alice", recovery_code=recovery[0])))[
+        0
+    ] == grpc.StatusCode.UNAUTHENTICATED
     assert (await status_and_details(login(stack, "alice", recovery_code=recovery[1])))[0] == grpc.StatusCode.OK
 
 
@@ -196,12 +197,16 @@ async def test_recovery_codes_are_regenerated_with_a_code_or_the_password_and_ol
     second_codes = list(by_password.recovery_codes)
     assert len(second_codes) == 10
     assert not set(second_codes) & set(first_codes)
-    assert (await status_and_details(login(stack, "bob", recovery_code=first_codes[1])))[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert (await status_and_details(login(stack, "bob", recovery_code=first_codes[1])))[
+        0
+    ] == grpc.StatusCode.UNAUTHENTICATED
 
     current = code(app, 1)
     by_code = await regenerate(totp_code=current)
     third_codes = list(by_code.recovery_codes)
-    assert (await status_and_details(login(stack, "bob", recovery_code=second_codes[0])))[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert (await status_and_details(login(stack, "bob", recovery_code=second_codes[0])))[
+        0
+    ] == grpc.StatusCode.UNAUTHENTICATED
     assert (await status_and_details(login(stack, "bob", recovery_code=third_codes[0])))[0] == grpc.StatusCode.OK
     # The code is spent: neither a second regeneration nor a login takes it again.
     assert (await status_and_details(regenerate(totp_code=current)))[0] == grpc.StatusCode.UNAUTHENTICATED

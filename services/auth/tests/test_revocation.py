@@ -33,7 +33,6 @@ async def wait_for(condition: Callable[[], bool], what: str) -> None:
     await until(condition, what, TIMEOUT_S, interval=0.001)
 
 
-
 async def test_revoked_permission_is_refused_at_messaging_and_storage_with_measured_delay(stack: Stack) -> None:
     owner = await stack.create_user("olivia", "owner")
     alice = await stack.create_user("alice", "member")

@@ -24,7 +24,6 @@ from parley_testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
 pytestmark = pytest.mark.asyncio
 
 
-
 async def test_refresh_rotates_and_a_reused_token_revokes_the_whole_family(
     stack: Stack, nats_server: NatsTestServer
 ) -> None:
@@ -70,7 +69,9 @@ async def test_refresh_rotates_and_a_reused_token_revokes_the_whole_family(
 async def test_garbage_refresh_tokens_are_refused(stack: Stack) -> None:
     gateway = stack.gateway()
     for token in ("", "no-dot", "abc.def", "x" * 500, f"{uuid.uuid4().hex}.whatever"):
-        code, _ = await status_and_details(gateway.Refresh(auth_pb2.RefreshRequest(refresh_token=token), timeout=TIMEOUT_S))
+        code, _ = await status_and_details(
+            gateway.Refresh(auth_pb2.RefreshRequest(refresh_token=token), timeout=TIMEOUT_S)
+        )
         assert code == grpc.StatusCode.UNAUTHENTICATED, token
 
 
@@ -147,7 +148,9 @@ async def test_lockout_engages_per_account_and_releases(stack: Stack, nats_serve
     # An unknown name is locked out the same way (no enumeration through lockouts).
     for _ in range(auth.lockouts.pair_policy.threshold):
         await status_and_details(stack.login("nobody-here", "wrong-password-here"))
-    assert (await status_and_details(stack.login("nobody-here", "wrong-password-here")))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert (await status_and_details(stack.login("nobody-here", "wrong-password-here")))[
+        0
+    ] == grpc.StatusCode.RESOURCE_EXHAUSTED
 
     frozen[0] = time.time() + auth.lockouts.pair_policy.base_s + 0.1
     assert (await status_and_details(stack.login("victim")))[0] == grpc.StatusCode.OK

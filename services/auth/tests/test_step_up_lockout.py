@@ -37,7 +37,6 @@ def at(source: str, token: str = "") -> tuple[tuple[str, str], ...]:
     return (*metadata, ("authorization", f"Bearer {token}")) if token else metadata
 
 
-
 def login(
     auth: auth_pb2_grpc.AuthServiceAsyncStub, username: str, source: str, **extra: str
 ) -> Awaitable[auth_pb2.LoginResponse]:
@@ -65,7 +64,9 @@ async def test_wrong_current_passwords_lock_the_thief_not_the_owner(stack: Stack
 
     change = auth_pb2.ChangePasswordRequest(current_password="not-hers", new_password="another-new-passphrase-88")
     for _ in range(POLICY.threshold):  # the last of these starts the lockout
-        code, message = await status_and_details(auth.ChangePassword(change, metadata=at(THIEF, stolen), timeout=TIMEOUT_S))
+        code, message = await status_and_details(
+            auth.ChangePassword(change, metadata=at(THIEF, stolen), timeout=TIMEOUT_S)
+        )
         assert (code, message) == (grpc.StatusCode.UNAUTHENTICATED, "the current password is wrong")
 
     # Locked for this account from the thief's address: even the right password now waits...

@@ -7,8 +7,6 @@ client without internal detail.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +20,11 @@ from parley_core.bus import EventBus
 from parley_core.config import Settings
 from parley_core.net import free_port
 from parley_core.pki import Pki
-from parley_core.runner import serve
 from parley_core.topology import STREAMS_BY_NAME
 from parley_gateway.limits import GatewayLimits
 from parley_gateway.service import GatewayApp
 from parley_testing.nats import NatsTestServer
+from parley_testing.stack import start_serving
 
 TIMEOUT_S = 20.0
 BURST = 3
@@ -58,29 +56,13 @@ async def gateway(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> Asyn
         grace_seconds=1,
     )
     limits = GatewayLimits(source_rate=0.01, source_burst=BURST, max_request_bytes=4096)
-    stop = asyncio.Event()
-    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(
-        serve(
-            GatewayApp(limits),
-            service="gateway",
-            settings=settings,
-            client_facing=True,
-            stop=stop,
-            on_ready=ready.set_result,
-        )
-    )
-    await asyncio.wait_for(asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED), TIMEOUT_S)
-    if task.done():
-        task.result()
-    client = ParleyClient.connect(f"127.0.0.1:{ready.result()}", ca_cert=pki.ca_pem())
+    served = await start_serving(GatewayApp(limits), service="gateway", settings=settings, client_facing=True)
+    client = ParleyClient.connect(f"127.0.0.1:{served.port}", ca_cert=pki.ca_pem())
     try:
         yield RunningGateway(client, nowhere)
     finally:
         await client.close()
-        stop.set()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, TIMEOUT_S)
+        await served.shutdown()
 
 
 async def refusal(call: object) -> ParleyError:

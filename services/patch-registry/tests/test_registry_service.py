@@ -38,7 +38,6 @@ from parley_core.envelope import NewEvent, decode, open_payload
 from parley_core.grpc_channel import secure_channel
 from parley_core.net import free_port
 from parley_core.pki import Pki
-from parley_core.runner import serve
 from parley_core.tokens import AUDIENCE, ISSUER
 from parley_core.topology import (
     STREAMS_BY_NAME,
@@ -52,6 +51,7 @@ from parley_patch_registry.rollout_events import RolloutApproved
 from parley_patch_registry.service import PatchRegistryApp
 from parley_patch_registry.settings import RegistrySettings
 from parley_testing.nats import NatsTestServer
+from parley_testing.stack import start_serving
 from parley_testing.waiting import eventually, until
 
 if TYPE_CHECKING:
@@ -204,28 +204,18 @@ async def registry(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> Asy
         folder: Path, own_settings: RegistrySettings = registry_settings
     ) -> tuple[str, grpc.aio.Channel, Callable[[], Awaitable[None]]]:
         """One registry instance on the data folder `folder`: its address, a channel to it, its stop."""
-        stop = asyncio.Event()
-        ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        app = PatchRegistryApp(own_settings)
-        task = asyncio.create_task(
-            serve(
-                app,
-                service="patch-registry",
-                settings=settings.model_copy(update={"data_dir": folder}),
-                stop=stop,
-                on_ready=ready.set_result,
-            )
+        served = await start_serving(
+            PatchRegistryApp(own_settings),
+            service="patch-registry",
+            settings=settings.model_copy(update={"data_dir": folder}),
         )
-        await asyncio.wait_for(asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED), TIMEOUT_S)
-        if task.done():
-            task.result()
-        address = f"127.0.0.1:{ready.result()}"
+        address = f"127.0.0.1:{served.port}"
         channel = secure_channel(pki, identity="platform", address=address, peer="patch-registry")
 
         async def stop_it() -> None:
-            stop.set()
+            served.stop.set()
             await channel.close()
-            await asyncio.wait_for(task, TIMEOUT_S)
+            await asyncio.wait_for(served.task, TIMEOUT_S)
 
         return address, channel, stop_it
 
@@ -348,15 +338,17 @@ async def test_registry_holds_no_publisher_key_and_refuses_a_release_signed_by_a
             timeout=TIMEOUT_S,
         )
 
-    stranger = CryptoSigner.generate_ed25519()
-    forged = sign_prepared(
-        prepared.metadata,
-        signer=stranger,
-        service="messaging",
-        version="0.2.0",
-        wheel_name=prepare.wheel_name,
-        wheel=b"wheel 0.2.0",
-    )
+    def signed_by(signer: CryptoSigner) -> bytes:
+        return sign_prepared(
+            prepared.metadata,
+            signer=signer,
+            service="messaging",
+            version="0.2.0",
+            wheel_name=prepare.wheel_name,
+            wheel=b"wheel 0.2.0",
+        )
+
+    forged = signed_by(CryptoSigner.generate_ed25519())
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await publish_signed(forged, b"wheel 0.2.0")
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -366,14 +358,7 @@ async def test_registry_holds_no_publisher_key_and_refuses_a_release_signed_by_a
         await publish_signed(b"", b"wheel 0.2.0")
     assert unsigned.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
-    genuine = sign_prepared(
-        prepared.metadata,
-        signer=key,
-        service="messaging",
-        version="0.2.0",
-        wheel_name=prepare.wheel_name,
-        wheel=b"wheel 0.2.0",
-    )
+    genuine = signed_by(key)
     with pytest.raises(grpc.aio.AioRpcError) as swapped:
         await publish_signed(genuine, b"wheel 0.2.X")  # signed metadata, other bytes uploaded
     assert swapped.value.code() == grpc.StatusCode.INVALID_ARGUMENT

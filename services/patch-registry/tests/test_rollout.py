@@ -15,18 +15,23 @@ POLICY = GatePolicy(max_error_rate=0.01, max_p99_latency_ms=250.0, min_requests=
 
 
 def planned(
-    instances: tuple[str, ...] = ("m-1", "m-2"), weights: tuple[int, ...] = (100,)
+    instances: tuple[str, ...] = ("m-1", "m-2"),
+    weights: tuple[int, ...] = (100,),
+    *,
+    from_version: str = "0.1.0",
+    actor_role: str = "operator",
 ) -> tuple[Rollout, list[RolloutEvent]]:
+    """Alice's plan to roll messaging 0.2.0 (published by dave) out to `instances`."""
     return Rollout.plan(
         rollout_id="r-1",
         service="messaging",
-        from_version="0.1.0",
+        from_version=from_version,
         to_version="0.2.0",
         target_path="messaging/parley_messaging-0.2.0-py3-none-any.whl",
         old_instances=instances,
         release_published_by="dave",
         actor="alice",
-        actor_role="operator",
+        actor_role=actor_role,
         at=1.0,
         weights=weights,
     )
@@ -112,18 +117,7 @@ def test_approval_needs_patch_approve_permission() -> None:
 
 def test_members_cannot_plan() -> None:
     with pytest.raises(PermissionDenied):
-        Rollout.plan(
-            rollout_id="r",
-            service="s",
-            from_version="1",
-            to_version="2",
-            target_path="s/x.whl",
-            old_instances=["i"],
-            release_published_by="p",
-            actor="eve",
-            actor_role="member",
-            at=0.0,
-        )
+        planned(actor_role="member")
 
 
 def test_nothing_starts_before_approval() -> None:
@@ -249,18 +243,7 @@ def test_plan_refuses_same_version_and_empty_fleet() -> None:
     with pytest.raises(FailedPrecondition, match="no running instance"):
         planned(())
     with pytest.raises(FailedPrecondition, match="already runs"):
-        Rollout.plan(
-            rollout_id="r",
-            service="s",
-            from_version="2",
-            to_version="2",
-            target_path="s/x.whl",
-            old_instances=["i"],
-            release_published_by="p",
-            actor="a",
-            actor_role="admin",
-            at=0.0,
-        )
+        planned(from_version="0.2.0", actor_role="admin")
 
 
 def canary_started() -> Rollout:

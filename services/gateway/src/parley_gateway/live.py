@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.message import Message
 from parley.common.v1.envelope_pb2 import EventEnvelope

@@ -394,4 +394,3 @@ class Rollout:
 
     def snapshot(self) -> Rollout:
         return replace(self, steps=[replace(s) for s in self.steps], history=list(self.history))
-
