@@ -73,6 +73,10 @@ class StoredKey:
     signature: bytes
 
 
+# What a device publishes of itself, named alike in DeviceKeysPublished, DeviceRecord and the API's Device.
+DEVICE_FIELDS = ("user_id", "device_id", "curve25519", "ed25519", "signature", "display_name")
+
+
 @dataclass
 class DeviceRecord:
     user_id: str

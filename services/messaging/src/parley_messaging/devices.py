@@ -11,7 +11,7 @@ with an unknown user. The relay itself queues Olm ciphertext per recipient devic
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from parley_core.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 
@@ -58,6 +58,10 @@ class QueuedMessage:
     olm_type: int
     ciphertext: bytes
     queue_seq: int
+
+
+# Named alike in the ToDeviceSent event that queues a message and the ToDeviceMessage that hands it out.
+QUEUED_FIELDS = tuple(f.name for f in fields(QueuedMessage))
 
 
 @dataclass
