@@ -36,7 +36,7 @@ from parley_core.bus import EventBus
 from parley_core.envelope import NewEvent, decode
 from parley_core.topology import user_subject
 from parley_storage.schema import events
-from parley_storage.sealing import event_aad, open_sealed, seal
+from parley_storage.sealing import open_sealed, row_aad, seal
 from parley_testing.nats import NatsTestServer
 from parley_testing.security import audit_records
 from parley_testing.stack import PASSWORD, TIMEOUT_S, Stack, start_service
@@ -216,14 +216,7 @@ async def test_a_rewrite_by_someone_holding_every_key_is_caught_by_a_checkpoint(
         rows = conn.execute(select(events).where(events.c.stream == "SEC").order_by(events.c.stream_seq)).all()
         for row in rows:
             key = archive.keys.get(conn, row.key_id)
-            aad = event_aad(
-                stream=row.stream,
-                stream_seq=row.stream_seq,
-                event_id=row.event_id,
-                aggregate_type=row.aggregate_type,
-                aggregate_id=row.aggregate_id,
-                aggregate_version=row.aggregate_version,
-            )
+            aad = row_aad(row)
             envelope = decode(open_sealed(key, bytes(row.envelope), aad))
             record = SecurityEventRecorded.FromString(envelope.payload)
             if record.chain_index < 3:

@@ -29,7 +29,6 @@ from parley.patch.v1 import patch_pb2
 from parley.storage.v1 import storage_pb2
 
 from parley_core.bus import EventBus
-from parley_core.config import Settings
 from parley_core.pki import Pki
 from parley_core.rbac import METHOD_PERMISSIONS, PUBLIC
 from parley_core.sources import SOURCE_METADATA
@@ -39,7 +38,7 @@ from parley_gateway.routes import ROUTES
 from parley_gateway.service import GatewayApp
 from parley_testing.nats import NatsTestServer
 from parley_testing.operators import OperatorTokens
-from parley_testing.stack import start_serving
+from parley_testing.stack import served_settings, start_serving
 
 TIMEOUT_S = 20.0
 CALL_DEADLINE_S = 7.0
@@ -155,14 +154,11 @@ async def running_gateway(
     peers = {"stable": "messaging", "registry": "patch-registry"}
     servers = {name: await stand_in(pki, peers.get(name, name), h) for name, h in handlers.items()}
     handlers["messaging"].code = grpc.StatusCode.UNAVAILABLE  # a primary going away: stable answers
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    (data_dir / "pki").symlink_to(pki.directory, target_is_directory=True)
-    settings = Settings(
-        service="gateway",
-        data_dir=data_dir,
-        nats_url=nats_server.url,
-        nats_password=nats_server.passwords["gateway"],
+    settings = served_settings(
+        nats_server,
+        pki,
+        tmp_path,
+        "gateway",
         listen_port=0,
         auth_addr=servers["auth"][1],
         messaging_addr=servers["messaging"][1],

@@ -17,14 +17,13 @@ import pytest_asyncio
 
 from parley_client import ParleyClient, ParleyError
 from parley_core.bus import EventBus
-from parley_core.config import Settings
 from parley_core.net import free_port
 from parley_core.pki import Pki
 from parley_core.topology import STREAMS_BY_NAME
 from parley_gateway.limits import GatewayLimits
 from parley_gateway.service import GatewayApp
 from parley_testing.nats import NatsTestServer
-from parley_testing.stack import start_serving
+from parley_testing.stack import served_settings, start_serving
 
 TIMEOUT_S = 20.0
 BURST = 3
@@ -40,15 +39,12 @@ class RunningGateway:
 async def gateway(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> AsyncIterator[RunningGateway]:
     auth = await nats_server.connect("auth")
     await EventBus(auth, service="auth", producer="auth@test").ensure_streams([STREAMS_BY_NAME["AUTH"]])
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    (data_dir / "pki").symlink_to(pki.directory, target_is_directory=True)
     nowhere = f"127.0.0.1:{free_port()}"  # internal services that are down
-    settings = Settings(
-        service="gateway",
-        data_dir=data_dir,
-        nats_url=nats_server.url,
-        nats_password=nats_server.passwords["gateway"],
+    settings = served_settings(
+        nats_server,
+        pki,
+        tmp_path,
+        "gateway",
         listen_port=0,
         auth_addr=nowhere,
         messaging_addr=nowhere,

@@ -12,6 +12,7 @@ from parley_cli.publishing import public_pem, publish_release
 from parley_core.errors import FailedPrecondition
 from parley_patch_registry.schemas import StoredSchemas, check_readable, streams_read_by
 from parley_patch_registry.service import storage_schema_census
+from parley_testing.planning import plan_once_heard
 from parley_testing.stack import TIMEOUT_S, Stack, bearer
 from parley_testing.waiting import eventually
 
@@ -95,14 +96,8 @@ async def test_registry_refuses_to_plan_a_release_newer_than_the_archived_events
     listed = await registry.ListRollouts(patch_pb2.ListRolloutsRequest(), timeout=TIMEOUT_S)
     assert not listed.rollouts  # nothing half-written
 
-    async def plan_readable_release() -> patch_pb2.Rollout | None:
-        try:
-            request = patch_pb2.PlanRolloutRequest(service="messaging", to_version="0.2.1")
-            return await registry.PlanRollout(request, metadata=planner, timeout=TIMEOUT_S)
-        except grpc.aio.AioRpcError as error:
-            if "no running instance" in (error.details() or ""):
-                return None  # messaging's first heartbeat has not reached the registry yet
-            raise
-
-    planned = await eventually(plan_readable_release, "a plan of the release that reads schema 1", TIMEOUT_S)
+    readable = patch_pb2.PlanRolloutRequest(service="messaging", to_version="0.2.1")
+    planned = await plan_once_heard(
+        registry, readable, metadata=planner, timeout=TIMEOUT_S, what="a plan of the release that reads schema 1"
+    )
     assert planned.state == "planned"

@@ -33,7 +33,7 @@ from securesystemslib.signer import CryptoSigner
 
 from parley_cli.publishing import public_pem, publish_release, sign_prepared
 from parley_core.bus import EventBus
-from parley_core.config import REGISTRY_FOLDER, Settings
+from parley_core.config import REGISTRY_FOLDER
 from parley_core.envelope import NewEvent, decode, open_payload
 from parley_core.grpc_channel import secure_channel
 from parley_core.net import free_port
@@ -51,7 +51,7 @@ from parley_patch_registry.rollout_events import RolloutApproved
 from parley_patch_registry.service import PatchRegistryApp
 from parley_patch_registry.settings import RegistrySettings
 from parley_testing.nats import NatsTestServer
-from parley_testing.stack import start_serving
+from parley_testing.stack import served_settings, start_serving
 from parley_testing.waiting import eventually, until
 
 if TYPE_CHECKING:
@@ -175,17 +175,15 @@ async def registry(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> Asy
         aggregate_version=1,
         expected_last_subject_seq=None,
     )
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    (data_dir / "pki").symlink_to(pki.directory, target_is_directory=True)
-    settings = Settings(
-        service="patch-registry",
-        data_dir=data_dir,
-        nats_url=nats_server.url,
-        nats_password=nats_server.passwords["patch-registry"],
+    settings = served_settings(
+        nats_server,
+        pki,
+        tmp_path,
+        "patch-registry",
         heartbeat_seconds=5.0,  # simulated instances stay live for 15 s after a beat
         grace_seconds=5,
     )
+    data_dir = settings.data_dir
     registry_settings = RegistrySettings(
         gate_window_seconds=1.0, gate_timeout_seconds=5.0, deadline_high_hours=1 / 3600, root_keys=3, root_threshold=2
     )

@@ -43,6 +43,7 @@ from parley_storage.detection import (
     SHORT_RETENTION,
 )
 from parley_testing.nats import NatsTestServer
+from parley_testing.planning import plan_once_heard
 from parley_testing.security import security_events
 from parley_testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
 from parley_testing.waiting import eventually, until
@@ -555,16 +556,8 @@ async def plan_and_approve(stack: Stack) -> tuple[patch_pb2.Rollout, auth_pb2.Ac
         timeout=TIMEOUT_S,
     )
 
-    async def plan() -> patch_pb2.Rollout | None:
-        try:
-            request = patch_pb2.PlanRolloutRequest(service="messaging", to_version="0.2.1")
-            return await registry.PlanRollout(request, metadata=planner, timeout=TIMEOUT_S)
-        except grpc.aio.AioRpcError as error:
-            if "no running instance" in (error.details() or ""):
-                return None  # messaging's first heartbeat has not reached the registry yet
-            raise
-
-    planned = await eventually(plan, "a planned roll-out", TIMEOUT_S)
+    request = patch_pb2.PlanRolloutRequest(service="messaging", to_version="0.2.1")
+    planned = await plan_once_heard(registry, request, metadata=planner, timeout=TIMEOUT_S, what="a planned roll-out")
     await registry.ApproveRollout(
         patch_pb2.RolloutCommand(rollout_id=planned.rollout_id), metadata=approver, timeout=TIMEOUT_S
     )

@@ -39,6 +39,7 @@ __all__ = [
     "bearer",
     "closed_stack",
     "invite_stack",
+    "served_settings",
     "stack",
     "start_service",
     "start_serving",
@@ -167,6 +168,21 @@ class Running(Served):
     """One service instance started by the stack fixtures."""
 
     app: Captured
+
+
+def served_settings(nats_server: NatsTestServer, pki: Pki, tmp_path: Path, service: str, **more: Any) -> Settings:
+    """Settings of one service a test serves by itself, on the test's nats-server, in a data folder
+    of its own holding the test CA's certificates (as `parley up` lays one out)."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "pki").symlink_to(pki.directory, target_is_directory=True)
+    return Settings(
+        service=service,
+        data_dir=data_dir,
+        nats_url=nats_server.url,
+        nats_password=nats_server.passwords[service],
+        **more,
+    )
 
 
 async def start_serving(

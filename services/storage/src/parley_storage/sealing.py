@@ -9,6 +9,7 @@ as associated data: moving a ciphertext to another row, aggregate or version fai
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -49,6 +50,18 @@ def event_aad(
     return "\x1f".join(
         ("parley-event-v1", stream, str(stream_seq), event_id, aggregate_type, aggregate_id, str(aggregate_version))
     ).encode()
+
+
+def row_aad(row: Any) -> bytes:
+    """The associated data an archived row's envelope is sealed with, from the row's own columns."""
+    return event_aad(
+        stream=row.stream,
+        stream_seq=row.stream_seq,
+        event_id=row.event_id,
+        aggregate_type=row.aggregate_type,
+        aggregate_id=row.aggregate_id,
+        aggregate_version=row.aggregate_version,
+    )
 
 
 def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:

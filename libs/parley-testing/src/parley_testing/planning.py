@@ -1,0 +1,34 @@
+"""Planning a roll-out in a test that has just started the platform."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+from parley.patch.v1 import patch_pb2, patch_pb2_grpc
+
+from parley_testing.waiting import eventually
+
+__all__ = ["plan_once_heard"]
+
+
+async def plan_once_heard(
+    registry: patch_pb2_grpc.PatchServiceAsyncStub,
+    request: patch_pb2.PlanRolloutRequest,
+    *,
+    metadata: Sequence[tuple[str, str]],
+    timeout: float,
+    what: str,
+) -> patch_pb2.Rollout:
+    """`request` planned as soon as the registry knows a running instance of the service: a
+    fresh instance's first heartbeat may not have reached it yet."""
+
+    async def plan() -> patch_pb2.Rollout | None:
+        try:
+            return await registry.PlanRollout(request, metadata=metadata, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            if "no running instance" in (error.details() or ""):
+                return None
+            raise
+
+    return await eventually(plan, what, timeout)
