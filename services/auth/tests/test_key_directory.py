@@ -10,6 +10,7 @@ import grpc
 import vodozemac
 from parley.auth.v1 import auth_pb2
 from parley.auth.v1.events_pb2 import UploadedOneTimeKey
+from parley.gateway.v1 import gateway_pb2_grpc
 
 from parley_auth.keys import device_message, one_time_key_message
 from parley_testing.outcomes import status_code
@@ -57,6 +58,23 @@ def one_time_keys(account: vodozemac.Account, user_id: str, device_id: str, n: i
     return found
 
 
+async def publish_with_keys(
+    gateway: gateway_pb2_grpc.GatewayAsyncStub,
+    account: vodozemac.Account,
+    user_id: str,
+    device_id: str,
+    keys: int,
+    *,
+    metadata: tuple[tuple[str, str]],
+) -> None:
+    """The device published, with `keys` one-time keys to claim."""
+    await gateway.PublishDeviceKeys(publish_request(account, user_id, device_id), metadata=metadata)
+    upload = auth_pb2.UploadOneTimeKeysRequest(
+        device_id=device_id, keys=one_time_keys(account, user_id, device_id, keys)
+    )
+    await gateway.UploadOneTimeKeys(upload, metadata=metadata, timeout=TIMEOUT_S)
+
+
 async def test_each_one_time_key_is_claimed_exactly_once_under_concurrency(stack: Stack) -> None:
     alice, alice_md, bob_md = await alice_and_bob(stack)
     gateway = stack.gateway()
@@ -98,14 +116,7 @@ async def test_a_claimed_key_starts_a_working_olm_session(stack: Stack) -> None:
     alice, alice_md, bob_md = await alice_and_bob(stack)
     gateway = stack.gateway()
     alice_device = vodozemac.Account()
-    await gateway.PublishDeviceKeys(publish_request(alice_device, alice.user_id, "PHONE"), metadata=alice_md)
-    await gateway.UploadOneTimeKeys(
-        auth_pb2.UploadOneTimeKeysRequest(
-            device_id="PHONE", keys=one_time_keys(alice_device, alice.user_id, "PHONE", 1)
-        ),
-        metadata=alice_md,
-        timeout=TIMEOUT_S,
-    )
+    await publish_with_keys(gateway, alice_device, alice.user_id, "PHONE", 1, metadata=alice_md)
     claimed = await gateway.ClaimOneTimeKey(
         auth_pb2.ClaimOneTimeKeyRequest(user_id=alice.user_id, device_id="PHONE"), metadata=bob_md, timeout=TIMEOUT_S
     )
@@ -210,12 +221,7 @@ async def test_owner_removes_a_device_and_its_keys_go(stack: Stack) -> None:
     alice, alice_md, bob_md = await alice_and_bob(stack)
     gateway = stack.gateway()
     device = vodozemac.Account()
-    await gateway.PublishDeviceKeys(publish_request(device, alice.user_id, "OLD"), metadata=alice_md)
-    await gateway.UploadOneTimeKeys(
-        auth_pb2.UploadOneTimeKeysRequest(device_id="OLD", keys=one_time_keys(device, alice.user_id, "OLD", 3)),
-        metadata=alice_md,
-        timeout=TIMEOUT_S,
-    )
+    await publish_with_keys(gateway, device, alice.user_id, "OLD", 3, metadata=alice_md)
     remove = auth_pb2.RemoveDeviceRequest(device_id="OLD")
     # Only the owner: for bob, alice's device is not one of his.
     assert (

@@ -51,6 +51,7 @@ from parley_patch_registry.rollout_events import RolloutApproved
 from parley_patch_registry.service import PatchRegistryApp
 from parley_patch_registry.settings import RegistrySettings
 from parley_testing.nats import NatsTestServer
+from parley_testing.osv import messaging_osv
 from parley_testing.stack import served_settings, start_serving
 from parley_testing.waiting import eventually, until
 
@@ -592,17 +593,7 @@ async def test_an_instance_stopped_on_purpose_leaves_the_fleet_view(registry: Re
 async def test_a_finding_ends_fixed_with_its_time_to_patch_when_a_fixed_instance_replaces_the_vulnerable_one(
     registry: Registry,
 ) -> None:
-    advisory = {
-        "id": "TEST-MTTP-1",
-        "modified": "2026-11-01T00:00:00Z",
-        "summary": "messaging before 0.2.0",
-        "affected": [
-            {
-                "package": {"ecosystem": "PyPI", "name": "parley-messaging"},
-                "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": "0.2.0"}]}],
-            }
-        ],
-    }
+    advisory = messaging_osv("TEST-MTTP-1", "0.2.0")
     await registry.stub.ImportAdvisories(
         patch_pb2.ImportAdvisoriesRequest(osv_json=[json.dumps(advisory)]),
         metadata=registry.token("alice", "operator"),
@@ -664,20 +655,7 @@ HIGH_VECTOR = "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:N/A:N"  # 7.5: high, due i
 
 
 def messaging_advisory(advisory_id: str, fixed: str, *, vector: str = "") -> str:
-    record: dict[str, object] = {
-        "id": advisory_id,
-        "modified": "2026-11-01T00:00:00Z",
-        "summary": f"messaging before {fixed}",
-        "affected": [
-            {
-                "package": {"ecosystem": "PyPI", "name": "parley-messaging"},
-                "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": fixed}]}],
-            }
-        ],
-    }
-    if vector:
-        record["severity"] = [{"type": "CVSS_V3", "score": vector}]
-    return json.dumps(record)
+    return json.dumps(messaging_osv(advisory_id, fixed, vector=vector))
 
 
 async def import_advisories(registry: Registry, *records: str) -> None:

@@ -61,6 +61,20 @@ def window(
     )
 
 
+def approved() -> Rollout:
+    """The planned roll-out, approved by bob."""
+    rollout, _ = planned()
+    rollout.approve(actor="bob", actor_role="operator", at=2.0)
+    return rollout
+
+
+def canary_complete() -> Rollout:
+    """Approved, and its canary (n-1 for m-1) passed and the old instance drained."""
+    rollout = approved()
+    run_step(rollout, "n-1")
+    return rollout
+
+
 def run_step(rollout: Rollout, new_instance: str) -> list[RolloutEvent]:
     events = rollout.next_step(at=2.0)
     events += rollout.instance_started(instance_id=new_instance, version="0.2.0", at=3.0)
@@ -181,8 +195,7 @@ def test_canary_then_production_one_at_a_time_then_done() -> None:
     ],
 )
 def test_canary_failing_its_gate_is_rolled_back_automatically(evidence: InstanceWindow, reason: str) -> None:
-    rollout, _ = planned()
-    rollout.approve(actor="bob", actor_role="operator", at=2.0)
+    rollout = approved()
     rollout.next_step(at=2.0)
     rollout.instance_started(instance_id="n-1", version="0.2.0", at=3.0)
     events = rollout.gate(evidence, POLICY, at=4.0, final=False)
@@ -201,9 +214,7 @@ def test_canary_failing_its_gate_is_rolled_back_automatically(evidence: Instance
 
 
 def test_pause_holds_the_next_step_and_resume_continues() -> None:
-    rollout, _ = planned()
-    rollout.approve(actor="bob", actor_role="operator", at=2.0)
-    run_step(rollout, "n-1")
+    rollout = canary_complete()
     rollout.pause(actor="carol", actor_role="operator", reason="busy hour", at=6.0)
     with pytest.raises(FailedPrecondition, match="is paused"):
         rollout.next_step(at=7.0)
@@ -215,9 +226,7 @@ def test_pause_holds_the_next_step_and_resume_continues() -> None:
 
 
 def test_operator_rollback_and_finished_rollouts_stay_finished() -> None:
-    rollout, _ = planned()
-    rollout.approve(actor="bob", actor_role="operator", at=2.0)
-    run_step(rollout, "n-1")
+    rollout = canary_complete()
     with pytest.raises(PermissionDenied):
         rollout.rollback(actor="eve", actor_role="member", reason="", at=6.0)
     [event] = rollout.rollback(actor="carol", actor_role="admin", reason="customer reports", at=6.0)
@@ -229,8 +238,7 @@ def test_operator_rollback_and_finished_rollouts_stay_finished() -> None:
 
 
 def test_wrong_instance_or_version_is_refused() -> None:
-    rollout, _ = planned()
-    rollout.approve(actor="bob", actor_role="operator", at=2.0)
+    rollout = approved()
     rollout.next_step(at=2.0)
     with pytest.raises(InvalidArgument, match=r"runs 0\.1\.0"):
         rollout.instance_started(instance_id="n-1", version="0.1.0", at=3.0)
@@ -247,8 +255,7 @@ def test_plan_refuses_same_version_and_empty_fleet() -> None:
 
 
 def canary_started() -> Rollout:
-    rollout, _ = planned()
-    rollout.approve(actor="bob", actor_role="operator", at=2.0)
+    rollout = approved()
     rollout.next_step(at=2.0)
     rollout.instance_started(instance_id="n-1", version="0.2.0", at=3.0)
     return rollout
@@ -294,8 +301,7 @@ def test_every_verdict_records_its_figures() -> None:
 
 
 def test_a_canary_that_exits_is_rolled_back_at_once_with_its_last_log_lines() -> None:
-    rollout, _ = planned()
-    rollout.approve(actor="bob", actor_role="operator", at=2.0)
+    rollout = approved()
     rollout.next_step(at=2.0)
     lines = ('{"msg": "starting"}', "Traceback (most recent call last):", "SystemExit: broken on purpose", "")
     events = rollout.instance_exited(
