@@ -30,9 +30,10 @@ from parley.messaging.v1.events_pb2 import (
     ReadMarkerMoved,
 )
 
-from parley_core.chat_messages import chat_message
+from parley_core.chat_messages import POSTED_FIELDS, chat_message
 from parley_core.envelope import UnknownEventType, open_payload
 from parley_core.errors import DomainError, PermissionDenied, ResourceExhausted
+from parley_core.same_named import same_named
 from parley_core.visibility import HistoryView
 
 
@@ -41,15 +42,7 @@ def client_event(payload: Message, position: int) -> gateway_pb2.ClientEvent | N
     if isinstance(payload, MessagePosted):
         return gateway_pb2.ClientEvent(
             message=chat_message(
-                channel_id=payload.channel_id,
-                message_id=payload.message_id,
-                sender_id=payload.sender_id,
-                sender_name=payload.sender_name,
-                channel_seq=payload.channel_seq,
-                body=payload.body,
-                sent_at_ns=payload.sent_at.ToNanoseconds(),
-                position=position,
-                thread_root_seq=payload.thread_root_seq,
+                **same_named(payload, *POSTED_FIELDS), sent_at_ns=payload.sent_at.ToNanoseconds(), position=position
             )
         )
     if isinstance(payload, MessageEdited):

@@ -29,6 +29,7 @@ from parley_messaging.device_projection import DeviceRelay
 from parley_messaging.devices import (
     MAX_TO_DEVICE_PER_CALL,
     QUEUED_FIELDS,
+    SENDERS_FIELDS,
     QueuedMessage,
     ToDeviceQueue,
     check_ciphertext,
@@ -99,13 +100,9 @@ class DeviceKeyServicer(messaging_pb2_grpc.DeviceKeyServiceServicer):
                     aggregate_type="todevice",
                     aggregate_id=queue.user_id,
                     payload=ToDeviceSent(
+                        **same_named(message, *SENDERS_FIELDS),
                         recipient_user_id=queue.user_id,
-                        recipient_device_id=message.recipient_device_id,
                         sender_user_id=caller.user_id,
-                        sender_device_id=message.sender_device_id,
-                        sender_identity_key=message.sender_identity_key,
-                        olm_type=message.olm_type,
-                        ciphertext=message.ciphertext,
                         queue_seq=queue.next_seq(message.recipient_device_id),
                     ),
                     actor=Actor.user(caller.user_id),

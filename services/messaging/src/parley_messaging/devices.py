@@ -62,6 +62,9 @@ class QueuedMessage:
 
 # Named alike in the ToDeviceSent event that queues a message and the ToDeviceMessage that hands it out.
 QUEUED_FIELDS = tuple(f.name for f in fields(QueuedMessage))
+# What the sender of a ToDeviceMessage chooses, relayed as sent; who sent it, to which user and
+# its place in the queue are the relay's own.
+SENDERS_FIELDS = ("recipient_device_id", "sender_device_id", "sender_identity_key", "olm_type", "ciphertext")
 
 
 @dataclass

@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 from parley.common.v1.envelope_pb2 import EventEnvelope
 
 from parley_core.log_deletion import personal_data_of
+from parley_core.same_named import same_named
 
 NONCE_BYTES = 12
 SYSTEM_OWNER = "system"
@@ -44,6 +45,10 @@ def data_owner(envelope: EventEnvelope, payload: Message | None) -> str:
     return SYSTEM_OWNER
 
 
+# What an event's sealed envelope is bound to: where it stands in its stream and in its aggregate.
+AAD_FIELDS = ("stream", "stream_seq", "event_id", "aggregate_type", "aggregate_id", "aggregate_version")
+
+
 def event_aad(
     *, stream: str, stream_seq: int, event_id: str, aggregate_type: str, aggregate_id: str, aggregate_version: int
 ) -> bytes:
@@ -54,14 +59,7 @@ def event_aad(
 
 def row_aad(row: Any) -> bytes:
     """The associated data an archived row's envelope is sealed with, from the row's own columns."""
-    return event_aad(
-        stream=row.stream,
-        stream_seq=row.stream_seq,
-        event_id=row.event_id,
-        aggregate_type=row.aggregate_type,
-        aggregate_id=row.aggregate_id,
-        aggregate_version=row.aggregate_version,
-    )
+    return event_aad(**same_named(row, *AAD_FIELDS))
 
 
 def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
