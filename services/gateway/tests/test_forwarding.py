@@ -159,7 +159,6 @@ async def running_gateway(
         pki,
         tmp_path,
         "gateway",
-        listen_port=0,
         auth_addr=servers["auth"][1],
         messaging_addr=servers["messaging"][1],
         messaging_stable_addr=servers["stable"][1],

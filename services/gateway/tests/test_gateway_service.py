@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import pytest
 import pytest_asyncio
 
-from parley_client import ParleyClient, ParleyError
+from parley_client import ParleyClient
 from parley_core.bus import EventBus
 from parley_core.net import free_port
 from parley_core.pki import Pki
@@ -23,6 +22,7 @@ from parley_core.topology import STREAMS_BY_NAME
 from parley_gateway.limits import GatewayLimits
 from parley_gateway.service import GatewayApp
 from parley_testing.nats import NatsTestServer
+from parley_testing.outcomes import refusal
 from parley_testing.stack import served_settings, start_serving
 
 TIMEOUT_S = 20.0
@@ -40,17 +40,8 @@ async def gateway(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> Asyn
     auth = await nats_server.connect("auth")
     await EventBus(auth, service="auth", producer="auth@test").ensure_streams([STREAMS_BY_NAME["AUTH"]])
     nowhere = f"127.0.0.1:{free_port()}"  # internal services that are down
-    settings = served_settings(
-        nats_server,
-        pki,
-        tmp_path,
-        "gateway",
-        listen_port=0,
-        auth_addr=nowhere,
-        messaging_addr=nowhere,
-        storage_addr=nowhere,
-        grace_seconds=1,
-    )
+    peers = {f"{peer}_addr": nowhere for peer in ("auth", "messaging", "storage")}
+    settings = served_settings(nats_server, pki, tmp_path, "gateway", grace_seconds=1, **peers)
     limits = GatewayLimits(source_rate=0.01, source_burst=BURST, max_request_bytes=4096)
     served = await start_serving(GatewayApp(limits), service="gateway", settings=settings, client_facing=True)
     client = ParleyClient.connect(f"127.0.0.1:{served.port}", ca_cert=pki.ca_pem())
@@ -59,12 +50,6 @@ async def gateway(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> Asyn
     finally:
         await client.close()
         await served.shutdown()
-
-
-async def refusal(call: object) -> ParleyError:
-    with pytest.raises(ParleyError) as caught:
-        await call  # type: ignore[misc]
-    return caught.value
 
 
 async def test_oversized_request_is_refused_before_anything_else(gateway: RunningGateway) -> None:

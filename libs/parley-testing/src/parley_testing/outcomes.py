@@ -6,7 +6,9 @@ from collections.abc import Awaitable
 
 import grpc
 
-__all__ = ["status_and_details", "status_code"]
+from parley_client.errors import ParleyError
+
+__all__ = ["refusal", "status_and_details", "status_code"]
 
 
 async def status_and_details(call: Awaitable[object]) -> tuple[grpc.StatusCode, str]:
@@ -16,6 +18,15 @@ async def status_and_details(call: Awaitable[object]) -> tuple[grpc.StatusCode, 
     except grpc.aio.AioRpcError as exc:
         return exc.code(), exc.details() or ""
     return grpc.StatusCode.OK, ""
+
+
+async def refusal(call: Awaitable[object]) -> ParleyError:
+    """The error a client call through the SDK was refused with; a call that succeeds fails the test."""
+    try:
+        await call
+    except ParleyError as error:
+        return error
+    raise AssertionError("the call succeeded; it was to be refused")
 
 
 async def status_code(call: Awaitable[object]) -> grpc.StatusCode:

@@ -171,8 +171,8 @@ class Running(Served):
 
 
 def served_settings(nats_server: NatsTestServer, pki: Pki, tmp_path: Path, service: str, **more: Any) -> Settings:
-    """Settings of one service a test serves by itself, on the test's nats-server, in a data folder
-    of its own holding the test CA's certificates (as `parley up` lays one out)."""
+    """Settings of one service a test serves by itself, on the test's nats-server and a free port,
+    in a data folder of its own holding the test CA's certificates (as `parley up` lays one out)."""
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     (data_dir / "pki").symlink_to(pki.directory, target_is_directory=True)
@@ -181,7 +181,7 @@ def served_settings(nats_server: NatsTestServer, pki: Pki, tmp_path: Path, servi
         data_dir=data_dir,
         nats_url=nats_server.url,
         nats_password=nats_server.passwords[service],
-        **more,
+        **{"listen_port": 0, **more},
     )
 
 

@@ -46,27 +46,11 @@ def client_event(payload: Message, position: int) -> gateway_pb2.ClientEvent | N
             )
         )
     if isinstance(payload, MessageEdited):
-        return gateway_pb2.ClientEvent(
-            updated=chat_message(
-                channel_id=payload.channel_id,
-                message_id=payload.message_id,
-                sender_id=payload.editor_id,
-                channel_seq=payload.channel_seq,
-                body=payload.body,
-                position=position,
-                edited=True,  # clients tag it "(edited)" at once, as history does after a reload
-            )
-        )
+        # Clients tag it "(edited)" at once, as history does after a reload.
+        edited = _updated(payload, position, sender_id=payload.editor_id, body=payload.body, edited=True)
+        return gateway_pb2.ClientEvent(updated=edited)
     if isinstance(payload, MessageRedacted):
-        return gateway_pb2.ClientEvent(
-            updated=chat_message(
-                channel_id=payload.channel_id,
-                message_id=payload.message_id,
-                channel_seq=payload.channel_seq,
-                redacted=True,
-                position=position,
-            )
-        )
+        return gateway_pb2.ClientEvent(updated=_updated(payload, position, redacted=True))
     if isinstance(payload, ReactionAdded | ReactionRemoved):
         return gateway_pb2.ClientEvent(
             reaction=gateway_pb2.Reaction(
@@ -91,6 +75,17 @@ def client_event(payload: Message, position: int) -> gateway_pb2.ClientEvent | N
         change.position = position
         return gateway_pb2.ClientEvent(membership=change)
     return None
+
+
+def _updated(payload: MessageEdited | MessageRedacted, position: int, **change: Any) -> messaging_pb2.ChatMessage:
+    """The message an edit or a redaction changed, as clients replace it in their timeline."""
+    return chat_message(
+        channel_id=payload.channel_id,
+        message_id=payload.message_id,
+        channel_seq=payload.channel_seq,
+        position=position,
+        **change,
+    )
 
 
 # How each membership or channel change reads as a timeline line: the change's name (a function
