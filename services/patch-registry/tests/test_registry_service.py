@@ -31,7 +31,7 @@ from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
 from parley.patch.v1 import events_pb2, patch_pb2, patch_pb2_grpc
 from securesystemslib.signer import CryptoSigner
 
-from parley_cli.publishing import public_pem, publish_release, sign_prepared
+from parley_cli.publishing import publish_release, sign_prepared
 from parley_core.bus import EventBus
 from parley_core.config import REGISTRY_FOLDER
 from parley_core.envelope import NewEvent, decode, open_payload
@@ -52,6 +52,7 @@ from parley_patch_registry.service import PatchRegistryApp
 from parley_patch_registry.settings import RegistrySettings
 from parley_testing.nats import NatsTestServer
 from parley_testing.osv import messaging_osv
+from parley_testing.planning import delegated_publisher
 from parley_testing.stack import served_settings, start_serving
 from parley_testing.waiting import eventually, until
 
@@ -249,11 +250,8 @@ async def registry(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> Asy
 async def publisher_key(registry: Registry) -> CryptoSigner:
     """messaging's publisher key, delegated on first use (the registry keeps only its public half)."""
     if registry.publisher is None:
-        registry.publisher = CryptoSigner.generate_ed25519()
-        await registry.stub.SetPublisherKey(
-            patch_pb2.SetPublisherKeyRequest(service="messaging", public_key_pem=public_pem(registry.publisher)),
-            metadata=registry.token("olga", "operator"),
-            timeout=TIMEOUT_S,
+        registry.publisher = await delegated_publisher(
+            registry.stub, "messaging", metadata=registry.token("olga", "operator"), timeout=TIMEOUT_S
         )
     return registry.publisher
 

@@ -1,4 +1,4 @@
-"""Planning a roll-out in a test that has just started the platform."""
+"""Releases and roll-outs in tests: a publisher's key, a plan on a platform just started."""
 
 from __future__ import annotations
 
@@ -6,10 +6,26 @@ from collections.abc import Sequence
 
 import grpc
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
+from securesystemslib.signer import CryptoSigner
 
+from parley_cli.publishing import public_pem
 from parley_testing.waiting import eventually
 
-__all__ = ["plan_once_heard"]
+__all__ = ["delegated_publisher", "plan_once_heard"]
+
+
+async def delegated_publisher(
+    registry: patch_pb2_grpc.PatchServiceAsyncStub,
+    service: str,
+    *,
+    metadata: Sequence[tuple[str, str]],
+    timeout: float,
+) -> CryptoSigner:
+    """A new publisher key for `service`: the registry delegates its releases to the public half."""
+    signer = CryptoSigner.generate_ed25519()
+    delegate = patch_pb2.SetPublisherKeyRequest(service=service, public_key_pem=public_pem(signer))
+    await registry.SetPublisherKey(delegate, metadata=metadata, timeout=timeout)
+    return signer
 
 
 async def plan_once_heard(
