@@ -60,10 +60,10 @@ class QueuedMessage:
     queue_seq: int
 
 
-# Named alike in the ToDeviceSent event that queues a message and the ToDeviceMessage that hands it out.
+# Named alike in the ToDeviceSent event that queues a message and in the one a fetch hands out.
 QUEUED_FIELDS = tuple(f.name for f in fields(QueuedMessage))
-# What the sender of a ToDeviceMessage chooses, relayed as sent; who sent it, to which user and
-# its place in the queue are the relay's own.
+# What the sender of a to-device message chooses (SendToDeviceRequest), relayed as sent; who
+# sent it, to which user and its place in the queue are the relay's own.
 SENDERS_FIELDS = ("recipient_device_id", "sender_device_id", "sender_identity_key", "olm_type", "ciphertext")
 
 
