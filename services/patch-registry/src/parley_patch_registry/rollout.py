@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from parley_core.errors import FailedPrecondition, InvalidArgument
 from parley_patch_registry.four_eyes import approval_counts, require_other_approver
@@ -134,6 +135,10 @@ class Rollout:
             case RolloutRolledBack():
                 self.state = "rolled_back"
 
+    def _record(self, kind: type[RolloutEvent], *, at: float, actor: str, **facts: Any) -> list[RolloutEvent]:
+        """An event of this roll-out, applied: every one names the roll-out, when and who."""
+        return self._emit(kind(rollout_id=self.rollout_id, at=at, actor=actor, **facts))
+
     def _emit(self, event: RolloutEvent) -> list[RolloutEvent]:
         self.apply(event)
         return [event]
@@ -211,7 +216,7 @@ class Rollout:
         require_patch_role(actor_role, "approving a roll-out", permission="patch-approve")
         require_other_approver(actor, planned_by=self.planned_by, release_published_by=self.release_published_by)
         self._require("planned")
-        return self._emit(RolloutApproved(rollout_id=self.rollout_id, at=at, actor=actor))
+        return self._record(RolloutApproved, at=at, actor=actor)
 
     def next_step(self, *, at: float) -> list[RolloutEvent]:
         """Starts the canary, or the next production step once the previous one is complete."""
@@ -222,16 +227,8 @@ class Rollout:
                 raise FailedPrecondition(f"step {self.current_step} is not complete yet")
         remaining = [i for i in self.old_instances if i not in {s.replaces_instance for s in self.steps}]
         if not remaining:
-            return self._emit(RolloutCompleted(rollout_id=self.rollout_id, at=at, actor="registry"))
-        return self._emit(
-            StepStarted(
-                rollout_id=self.rollout_id,
-                at=at,
-                actor="registry",
-                step=len(self.steps),
-                replaces_instance=remaining[0],
-            )
-        )
+            return self._record(RolloutCompleted, at=at, actor="registry")
+        return self._record(StepStarted, at=at, actor="registry", step=len(self.steps), replaces_instance=remaining[0])
 
     def instance_started(
         self, *, instance_id: str, version: str, at: float, actor: str = "node-agent"
@@ -239,15 +236,8 @@ class Rollout:
         self._require("canary", "production", "paused")
         if version != self.to_version:
             raise InvalidArgument(f"instance {instance_id} runs {version}, the roll-out installs {self.to_version}")
-        return self._emit(
-            InstanceStarted(
-                rollout_id=self.rollout_id,
-                at=at,
-                actor=actor,
-                step=self.current_step,
-                instance_id=instance_id,
-                version=version,
-            )
+        return self._record(
+            InstanceStarted, at=at, actor=actor, step=self.current_step, instance_id=instance_id, version=version
         )
 
     def gate(
@@ -271,14 +261,12 @@ class Rollout:
         )
         if reasons:
             where = "canary" if self.current_step == 0 else f"step {self.current_step}"
-            events += self._emit(
-                RollbackStarted(
-                    rollout_id=self.rollout_id,
-                    at=at,
-                    actor="registry",
-                    reason=f"{where} failed its gate: " + "; ".join(reasons),
-                    automatic=True,
-                )
+            events += self._record(
+                RollbackStarted,
+                at=at,
+                actor="registry",
+                reason=f"{where} failed its gate: " + "; ".join(reasons),
+                automatic=True,
             )
         return events
 
@@ -290,35 +278,27 @@ class Rollout:
             raise InvalidArgument(f"step {self.current_step} replaces {step.replaces_instance}, not {instance_id}")
         if not step.gate_passed:
             raise FailedPrecondition(f"{instance_id} cannot be drained before its successor passed the health gate")
-        return self._emit(
-            InstanceDrained(
-                rollout_id=self.rollout_id, at=at, actor=actor, step=self.current_step, instance_id=instance_id
-            )
-        )
+        return self._record(InstanceDrained, at=at, actor=actor, step=self.current_step, instance_id=instance_id)
 
     def pause(self, *, actor: str, actor_role: str, reason: str, at: float) -> list[RolloutEvent]:
         require_patch_role(actor_role, "pausing a roll-out")
         self._require("approved", "canary", "production")
-        return self._emit(RolloutPaused(rollout_id=self.rollout_id, at=at, actor=actor, reason=reason))
+        return self._record(RolloutPaused, at=at, actor=actor, reason=reason)
 
     def resume(self, *, actor: str, actor_role: str, at: float) -> list[RolloutEvent]:
         require_patch_role(actor_role, "resuming a roll-out")
         self._require("paused")
-        return self._emit(RolloutResumed(rollout_id=self.rollout_id, at=at, actor=actor))
+        return self._record(RolloutResumed, at=at, actor=actor)
 
     def rollback(self, *, actor: str, actor_role: str, reason: str, at: float) -> list[RolloutEvent]:
         require_patch_role(actor_role, "rolling back a roll-out")
         self._require("planned", "approved", "canary", "production", "paused")
-        return self._emit(
-            RollbackStarted(
-                rollout_id=self.rollout_id, at=at, actor=actor, reason=reason or "by operator", automatic=False
-            )
-        )
+        return self._record(RollbackStarted, at=at, actor=actor, reason=reason or "by operator", automatic=False)
 
     def rolled_back(self, *, at: float, actor: str = "node-agent") -> list[RolloutEvent]:
         """The agent restored the old version on every replaced instance."""
         self._require("rolling_back")
-        return self._emit(RolloutRolledBack(rollout_id=self.rollout_id, at=at, actor=actor))
+        return self._record(RolloutRolledBack, at=at, actor=actor)
 
     def instance_exited(
         self, *, instance_id: str, exit_code: int, last_log_lines: Sequence[str], at: float, actor: str = "node-agent"
@@ -335,38 +315,30 @@ class Rollout:
         if step_index is None:
             raise InvalidArgument(f"{instance_id} is not a new instance of roll-out {self.rollout_id}")
         lines = tuple(last_log_lines)
-        events = self._emit(
-            InstanceExited(
-                rollout_id=self.rollout_id,
-                at=at,
-                actor=actor,
-                step=step_index,
-                instance_id=instance_id,
-                exit_code=exit_code,
-                last_log_lines=lines,
-            )
+        events = self._record(
+            InstanceExited,
+            at=at,
+            actor=actor,
+            step=step_index,
+            instance_id=instance_id,
+            exit_code=exit_code,
+            last_log_lines=lines,
         )
         how = exit_description(exit_code)
         last = next((line for line in reversed(lines) if line.strip()), "")
         why = f"{instance_id} {how}" + (f": {last.strip()[:300]}" if last else "")
         if self.steps[step_index].gate_passed is None:
-            events += self._emit(
-                GateEvaluated(
-                    rollout_id=self.rollout_id,
-                    at=at,
-                    actor="registry",
-                    step=step_index,
-                    passed=False,
-                    reasons=(why,),
-                    weight=self.current_weight,
-                )
+            events += self._record(
+                GateEvaluated,
+                at=at,
+                actor="registry",
+                step=step_index,
+                passed=False,
+                reasons=(why,),
+                weight=self.current_weight,
             )
         where = "canary" if step_index == 0 else f"step {step_index}"
-        events += self._emit(
-            RollbackStarted(
-                rollout_id=self.rollout_id, at=at, actor="registry", reason=f"{where}: {why}", automatic=True
-            )
-        )
+        events += self._record(RollbackStarted, at=at, actor="registry", reason=f"{where}: {why}", automatic=True)
         return events
 
     @property
