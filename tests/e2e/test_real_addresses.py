@@ -23,7 +23,6 @@ import pytest_asyncio
 from parley.auth.v1 import auth_pb2
 from parley.gateway.v1 import gateway_pb2_grpc
 
-from parley_testing.outcomes import status_and_details
 from parley_testing.platform import RunningPlatform, platform_in
 from parley_testing.relay import SourceRelay
 from parley_testing.security import platform_security_events
@@ -101,29 +100,29 @@ async def test_each_address_spends_only_its_own_lockouts_budgets_and_registratio
 
     # A stranger guesses the victim's password until his tries are locked...
     for _ in range(LOCKOUT_THRESHOLD):
-        code, _ = await status_and_details(login(at[STRANGER], victim, "not-her-password"))
+        code, _ = await code_of(login(at[STRANGER], victim, "not-her-password"))
         assert code == grpc.StatusCode.UNAUTHENTICATED
-    code, message = await status_and_details(login(at[STRANGER], victim))
+    code, message = await code_of(login(at[STRANGER], victim))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, message  # even the right password, from there
     # ...and the victim, at her own address, logs in as usual.
-    assert (await status_and_details(login(at[OWNER], victim)))[0] == grpc.StatusCode.OK
+    assert (await code_of(login(at[OWNER], victim)))[0] == grpc.StatusCode.OK
 
     # One address floods until its budget is spent; a bystander elsewhere is still served.
     flood = auth_pb2.LoginRequest(username="x")  # refused at once by auth (no password): cheap
     for _ in range(CALLS_PER_ADDRESS):
-        assert (await status_and_details(at[FLOODER].Login(flood, timeout=30)))[0] == grpc.StatusCode.INVALID_ARGUMENT
-    code, message = await status_and_details(at[FLOODER].Login(flood, timeout=30))
+        assert (await code_of(at[FLOODER].Login(flood, timeout=30)))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    code, message = await code_of(at[FLOODER].Login(flood, timeout=30))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "too many requests from this address" in message
-    assert (await status_and_details(login(at[BYSTANDER], bystander)))[0] == grpc.StatusCode.OK
+    assert (await code_of(login(at[BYSTANDER], bystander)))[0] == grpc.StatusCode.OK
 
     # Registrations: each address has its own few an hour.
     for _ in range(REGISTRATIONS_PER_ADDRESS):
         await register(at[REGISTRAR], unique("reg"))
-    code, message = await status_and_details(register(at[REGISTRAR], unique("reg")))
+    code, message = await code_of(register(at[REGISTRAR], unique("reg")))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "too many registrations from this address" in message
-    assert (await status_and_details(register(at[NEWCOMER], unique("newcomer"))))[0] == grpc.StatusCode.OK
+    assert (await code_of(register(at[NEWCOMER], unique("newcomer"))))[0] == grpc.StatusCode.OK
 
     # The security events name the address each call came from.
     failed = [e for e in await platform_security_events(edge, "login_failed") if e.username == victim]
@@ -162,8 +161,8 @@ async def test_an_administrator_sees_and_ends_a_lockout(
     assert "not locked out (FAILED_PRECONDITION)" in refused.stderr
 
     for _ in range(LOCKOUT_THRESHOLD):
-        await status_and_details(login(at[STRANGER], victim, "not-her-password"))
-    assert (await status_and_details(login(at[STRANGER], victim)))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+        await code_of(login(at[STRANGER], victim, "not-her-password"))
+    assert (await code_of(login(at[STRANGER], victim)))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
     shown = edge.cli("admin", "show", victim).stdout
     assert "LOCKED OUT from 1 address(es) until " in shown
     assert f"`parley admin unlock {victim}` ends it" in shown
@@ -171,7 +170,7 @@ async def test_an_administrator_sees_and_ends_a_lockout(
     unlocked = edge.cli("admin", "unlock", victim, "--reason", "ticket 42").stdout
     assert "LOCKED" not in unlocked
     assert f"{victim} may log in again from every address" in unlocked
-    assert (await status_and_details(login(at[STRANGER], victim)))[0] == grpc.StatusCode.OK
+    assert (await code_of(login(at[STRANGER], victim)))[0] == grpc.StatusCode.OK
     [record] = [e for e in await platform_security_events(edge, "lockout_cleared") if e.username == victim]
     assert record.actor == "platform"
     assert "ticket 42" in record.detail

@@ -13,8 +13,8 @@ from parley.auth.v1.events_pb2 import UploadedOneTimeKey
 from parley.gateway.v1 import gateway_pb2_grpc
 
 from parley_auth.keys import device_message, one_time_key_message
-from parley_testing.outcomes import status_code
 from parley_testing.stack import TIMEOUT_S, Stack, bearer
+from parley_testing.statuses import status_code
 
 CLAIMERS = 12
 KEYS = 8

@@ -9,8 +9,8 @@ import jwt
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 
-from parley_testing.outcomes import status_code
 from parley_testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
+from parley_testing.statuses import status_code
 from parley_testing.waiting import eventually
 
 

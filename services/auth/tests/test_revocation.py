@@ -19,8 +19,8 @@ from parley.gateway.v1 import gateway_pb2
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
-from parley_testing.outcomes import status_code
 from parley_testing.stack import TIMEOUT_S, Stack, bearer
+from parley_testing.statuses import status_code
 from parley_testing.waiting import eventually, until
 
 pytestmark = pytest.mark.asyncio

@@ -17,9 +17,9 @@ from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 
 from parley_core.tokens import AUDIENCE, ISSUER
 from parley_testing.nats import NatsTestServer
-from parley_testing.outcomes import status_and_details
 from parley_testing.security import security_events
 from parley_testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
+from parley_testing.statuses import code_of
 
 pytestmark = pytest.mark.asyncio
 
@@ -38,23 +38,23 @@ async def test_refresh_rotates_and_a_reused_token_revokes_the_whole_family(
     listing = gateway.ListMyChannels(
         messaging_pb2.ListMyChannelsRequest(), metadata=bearer(third.access_token), timeout=TIMEOUT_S
     )
-    assert (await status_and_details(listing))[0] == grpc.StatusCode.OK
+    assert (await code_of(listing))[0] == grpc.StatusCode.OK
 
     # The first token, already traded, comes back: someone copied it.
-    code, message = await status_and_details(
+    code, message = await code_of(
         gateway.Refresh(auth_pb2.RefreshRequest(refresh_token=login.refresh_token), timeout=TIMEOUT_S)
     )
     assert code == grpc.StatusCode.UNAUTHENTICATED
     assert "already used" in message
     # The whole family is gone: the newest refresh token and the access token too.
-    code, _ = await status_and_details(
+    code, _ = await code_of(
         gateway.Refresh(auth_pb2.RefreshRequest(refresh_token=third.refresh_token), timeout=TIMEOUT_S)
     )
     assert code == grpc.StatusCode.UNAUTHENTICATED
     listing = gateway.ListMyChannels(
         messaging_pb2.ListMyChannelsRequest(), metadata=bearer(third.access_token), timeout=TIMEOUT_S
     )
-    assert (await status_and_details(listing))[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert (await code_of(listing))[0] == grpc.StatusCode.UNAUTHENTICATED
 
     sessions = await gateway.ListSessions(
         auth_pb2.ListSessionsRequest(), metadata=bearer((await stack.login("alice")).access_token), timeout=TIMEOUT_S
@@ -69,9 +69,7 @@ async def test_refresh_rotates_and_a_reused_token_revokes_the_whole_family(
 async def test_garbage_refresh_tokens_are_refused(stack: Stack) -> None:
     gateway = stack.gateway()
     for token in ("", "no-dot", "abc.def", "x" * 500, f"{uuid.uuid4().hex}.whatever"):
-        code, _ = await status_and_details(
-            gateway.Refresh(auth_pb2.RefreshRequest(refresh_token=token), timeout=TIMEOUT_S)
-        )
+        code, _ = await code_of(gateway.Refresh(auth_pb2.RefreshRequest(refresh_token=token), timeout=TIMEOUT_S))
         assert code == grpc.StatusCode.UNAUTHENTICATED, token
 
 
@@ -88,7 +86,7 @@ async def test_tampered_expired_wrong_key_and_wrong_algorithm_tokens_are_refused
         call = messaging.ListMyChannels(
             messaging_pb2.ListMyChannelsRequest(), metadata=bearer(token), timeout=TIMEOUT_S
         )
-        return (await status_and_details(call))[0]
+        return (await code_of(call))[0]
 
     assert await status(login.access_token) == grpc.StatusCode.OK
     header = jwt.get_unverified_header(login.access_token)
@@ -138,22 +136,20 @@ async def test_lockout_engages_per_account_and_releases(stack: Stack, nats_serve
     frozen = [time.time()]
     auth.lockouts.clock = lambda: frozen[0]
     for _ in range(auth.lockouts.pair_policy.threshold - 1):
-        code, _ = await status_and_details(stack.login("victim", "wrong-password-here"))
+        code, _ = await code_of(stack.login("victim", "wrong-password-here"))
         assert code == grpc.StatusCode.UNAUTHENTICATED
-    code, _ = await status_and_details(stack.login("victim", "wrong-password-here"))
+    code, _ = await code_of(stack.login("victim", "wrong-password-here"))
     assert code == grpc.StatusCode.UNAUTHENTICATED  # this failure starts the lockout
-    code, message = await status_and_details(stack.login("victim"))
+    code, message = await code_of(stack.login("victim"))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED  # even the right password waits
     assert "try again in" in message
     # An unknown name is locked out the same way (no enumeration through lockouts).
     for _ in range(auth.lockouts.pair_policy.threshold):
-        await status_and_details(stack.login("nobody-here", "wrong-password-here"))
-    assert (await status_and_details(stack.login("nobody-here", "wrong-password-here")))[
-        0
-    ] == grpc.StatusCode.RESOURCE_EXHAUSTED
+        await code_of(stack.login("nobody-here", "wrong-password-here"))
+    assert (await code_of(stack.login("nobody-here", "wrong-password-here")))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
 
     frozen[0] = time.time() + auth.lockouts.pair_policy.base_s + 0.1
-    assert (await status_and_details(stack.login("victim")))[0] == grpc.StatusCode.OK
+    assert (await code_of(stack.login("victim")))[0] == grpc.StatusCode.OK
     lockouts = await security_events(nats_server, "lockout")
     # The unknown name is recorded as a keyed digest: it may be a password typed in the wrong field.
     [unknown] = {r.username for r in lockouts} - {"victim"}
@@ -170,7 +166,7 @@ async def test_login_does_not_tell_unknown_users_from_wrong_passwords(stack: Sta
     answers: set[tuple[grpc.StatusCode, str]] = set()
     for name in ("dave", "no-such-user"):
         started = time.perf_counter()
-        answers.add(await status_and_details(stack.login(name, "wrong-password-here")))
+        answers.add(await code_of(stack.login(name, "wrong-password-here")))
         timings[name] = time.perf_counter() - started
     assert answers == {(grpc.StatusCode.UNAUTHENTICATED, "username or password is wrong")}
     print(
@@ -181,7 +177,7 @@ async def test_login_does_not_tell_unknown_users_from_wrong_passwords(stack: Sta
 
 async def test_admin_registration_mode_refuses_self_registration(closed_stack: Stack) -> None:
     gateway = closed_stack.gateway()
-    code, message = await status_and_details(
+    code, message = await code_of(
         gateway.Register(auth_pb2.RegisterRequest(username="eve", password=PASSWORD), timeout=TIMEOUT_S)
     )
     assert code == grpc.StatusCode.PERMISSION_DENIED
@@ -199,7 +195,7 @@ async def test_admin_registration_mode_refuses_self_registration(closed_stack: S
 async def test_password_policy_and_change_password(stack: Stack) -> None:
     gateway = stack.gateway()
     for weak in ("password123456", "qwertyuiopasdf", "frank-the-frank-1"):
-        code, _ = await status_and_details(
+        code, _ = await code_of(
             gateway.Register(auth_pb2.RegisterRequest(username="frank", password=weak), timeout=TIMEOUT_S)
         )
         assert code == grpc.StatusCode.INVALID_ARGUMENT, weak
@@ -212,19 +208,19 @@ async def test_password_policy_and_change_password(stack: Stack) -> None:
         metadata=bearer(first.access_token),
         timeout=TIMEOUT_S,
     )
-    assert (await status_and_details(wrong))[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert (await code_of(wrong))[0] == grpc.StatusCode.UNAUTHENTICATED
     await gateway.ChangePassword(
         auth_pb2.ChangePasswordRequest(current_password=PASSWORD, new_password=new_password),
         metadata=bearer(first.access_token),
         timeout=TIMEOUT_S,
     )
-    assert (await status_and_details(stack.login("frank")))[0] == grpc.StatusCode.UNAUTHENTICATED
-    assert (await status_and_details(stack.login("frank", new_password)))[0] == grpc.StatusCode.OK
+    assert (await code_of(stack.login("frank")))[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert (await code_of(stack.login("frank", new_password)))[0] == grpc.StatusCode.OK
     # Other sessions end with a password change; the one that changed it stays.
     other = gateway.Refresh(auth_pb2.RefreshRequest(refresh_token=second.refresh_token), timeout=TIMEOUT_S)
-    assert (await status_and_details(other))[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert (await code_of(other))[0] == grpc.StatusCode.UNAUTHENTICATED
     mine = gateway.Refresh(auth_pb2.RefreshRequest(refresh_token=first.refresh_token), timeout=TIMEOUT_S)
-    assert (await status_and_details(mine))[0] == grpc.StatusCode.OK
+    assert (await code_of(mine))[0] == grpc.StatusCode.OK
 
 
 async def test_users_see_only_their_own_sessions_and_admins_any(stack: Stack) -> None:
@@ -239,13 +235,13 @@ async def test_users_see_only_their_own_sessions_and_admins_any(stack: Stack) ->
     peek = gateway.ListSessions(
         auth_pb2.ListSessionsRequest(user_id=hank.user_id), metadata=bearer(gina_login.access_token), timeout=TIMEOUT_S
     )
-    assert (await status_and_details(peek))[0] == grpc.StatusCode.PERMISSION_DENIED
+    assert (await code_of(peek))[0] == grpc.StatusCode.PERMISSION_DENIED
     kill = gateway.RevokeSession(
         auth_pb2.RevokeSessionRequest(session_id=hank_login.session_id),
         metadata=bearer(gina_login.access_token),
         timeout=TIMEOUT_S,
     )
-    assert (await status_and_details(kill))[0] == grpc.StatusCode.PERMISSION_DENIED
+    assert (await code_of(kill))[0] == grpc.StatusCode.PERMISSION_DENIED
     listed = await gateway.ListSessions(
         auth_pb2.ListSessionsRequest(user_id=hank.user_id), metadata=admin_md, timeout=TIMEOUT_S
     )
@@ -261,8 +257,8 @@ async def test_users_see_only_their_own_sessions_and_admins_any(stack: Stack) ->
     promote = gateway.AssignRole(
         auth_pb2.AssignRoleRequest(user_id=gina.user_id, role="owner"), metadata=admin_md, timeout=TIMEOUT_S
     )
-    assert (await status_and_details(promote))[0] == grpc.StatusCode.PERMISSION_DENIED
+    assert (await code_of(promote))[0] == grpc.StatusCode.PERMISSION_DENIED
     bad_role = gateway.AssignRole(
         auth_pb2.AssignRoleRequest(user_id=gina.user_id, role="superuser"), metadata=admin_md, timeout=TIMEOUT_S
     )
-    assert (await status_and_details(bad_role))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert (await code_of(bad_role))[0] == grpc.StatusCode.INVALID_ARGUMENT

@@ -22,8 +22,8 @@ from parley_core.topology import STREAMS_BY_NAME
 from parley_gateway.limits import GatewayLimits
 from parley_gateway.service import GatewayApp
 from parley_testing.nats import NatsTestServer
-from parley_testing.outcomes import refusal
 from parley_testing.stack import served_settings, start_serving
+from parley_testing.statuses import refusal
 
 TIMEOUT_S = 20.0
 BURST = 3

@@ -15,8 +15,8 @@ import pytest_asyncio
 
 from parley_client import ParleyClient
 from parley_core.pki import Pki
-from parley_testing.outcomes import refusal
 from parley_testing.stack import PASSWORD, Stack
+from parley_testing.statuses import refusal
 
 
 class People:
