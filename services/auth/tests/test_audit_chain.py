@@ -33,11 +33,12 @@ from parley_cli.audit import (
 )
 from parley_core.audit import AuditChain, Checkpoint, StoredRecord, verify_chain
 from parley_core.bus import EventBus
-from parley_core.envelope import NewEvent, decode, open_payload
+from parley_core.envelope import NewEvent, decode
 from parley_core.topology import user_subject
 from parley_storage.schema import events
-from parley_storage.sealing import event_aad, open_sealed, seal
+from parley_storage.sealing import open_sealed, row_aad, seal
 from parley_testing.nats import NatsTestServer
+from parley_testing.security import audit_records
 from parley_testing.stack import PASSWORD, TIMEOUT_S, Stack, start_service
 from parley_testing.waiting import eventually
 
@@ -81,26 +82,6 @@ async def test_audit_chain_through_the_archive_and_a_deleted_row(stack: Stack, n
     print(f"\n[audit verify] {report(tampered, findings)}")
 
 
-async def sec_records(nats_server: NatsTestServer) -> list[StoredRecord]:
-    """Every audit record on the live SEC stream, by stream position (other messages skipped)."""
-    nc = await nats_server.connect("platform")
-    js = nc.jetstream()
-    last = (await js.stream_info("SEC")).state.last_seq
-    sub = await js.subscribe("parley.sec.>", stream="SEC", ordered_consumer=True)
-    found: list[StoredRecord] = []
-    try:
-        while True:
-            msg = await sub.next_msg(timeout=TIMEOUT_S)
-            payload = open_payload(decode(msg.data))
-            if isinstance(payload, SecurityEventRecorded):
-                found.append(StoredRecord(position=msg.metadata.sequence.stream, record=payload))
-            if msg.metadata.sequence.stream >= last:
-                return found
-    finally:
-        await sub.unsubscribe()
-        await nc.close()
-
-
 def nats_of(nats_server: NatsTestServer) -> dict[str, Any]:
     return {"nats_url": nats_server.url, "password": nats_server.passwords["platform"], "ca_cert": nats_server.ca_cert}
 
@@ -114,7 +95,7 @@ async def test_a_foreign_message_newest_on_sec_does_not_restart_the_chain(
     nor for one that starts then."""
     await stack.create_user("alice", "member")
     await stack.login("alice")
-    before = await sec_records(nats_server)
+    before = await audit_records(nats_server, timeout=TIMEOUT_S)
     bus = EventBus(await nats_server.connect("platform"), service="patch-registry", producer="patch-registry@0.1.0")
     overdue = VulnerabilityOverdue(advisory_id="PYSEC-2023-1", service="messaging", priority="critical")
     await bus.append(
@@ -131,7 +112,7 @@ async def test_a_foreign_message_newest_on_sec_does_not_restart_the_chain(
         )
     finally:
         await second.shutdown()
-    records = await sec_records(nats_server)
+    records = await audit_records(nats_server, timeout=TIMEOUT_S)
     assert [r.chain_index for r in records] == list(range(1, len(records) + 1))
     assert len(records) >= len(before) + 2
     assert verify_chain(records, await keys_from_stream(**nats_of(nats_server))) == []
@@ -181,7 +162,7 @@ async def test_a_change_whose_record_cannot_be_written_is_not_made(stack: Stack,
 
     await platform.AssignRole(to_guest, timeout=TIMEOUT_S)
     assert auth_app.accounts.by_id(alice.user_id).role == "guest"
-    records = await sec_records(nats_server)
+    records = await audit_records(nats_server, timeout=TIMEOUT_S)
     assert verify_chain(records, await keys_from_stream(**nats_of(nats_server))) == []
     assert [r.chain_index for r in records] == list(range(1, len(records) + 1))
     about_alice = [(r.record.kind, r.record.detail) for r in records if r.record and r.record.user_id == alice.user_id]
@@ -235,14 +216,7 @@ async def test_a_rewrite_by_someone_holding_every_key_is_caught_by_a_checkpoint(
         rows = conn.execute(select(events).where(events.c.stream == "SEC").order_by(events.c.stream_seq)).all()
         for row in rows:
             key = archive.keys.get(conn, row.key_id)
-            aad = event_aad(
-                stream=row.stream,
-                stream_seq=row.stream_seq,
-                event_id=row.event_id,
-                aggregate_type=row.aggregate_type,
-                aggregate_id=row.aggregate_id,
-                aggregate_version=row.aggregate_version,
-            )
+            aad = row_aad(row)
             envelope = decode(open_sealed(key, bytes(row.envelope), aad))
             record = SecurityEventRecorded.FromString(envelope.payload)
             if record.chain_index < 3:

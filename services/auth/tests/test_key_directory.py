@@ -10,9 +10,11 @@ import grpc
 import vodozemac
 from parley.auth.v1 import auth_pb2
 from parley.auth.v1.events_pb2 import UploadedOneTimeKey
+from parley.gateway.v1 import gateway_pb2_grpc
 
 from parley_auth.keys import device_message, one_time_key_message
 from parley_testing.stack import TIMEOUT_S, Stack, bearer
+from parley_testing.statuses import status_code
 
 CLAIMERS = 12
 KEYS = 8
@@ -26,14 +28,6 @@ def raw(key: vodozemac.Curve25519PublicKey | vodozemac.Ed25519PublicKey) -> byte
 def signature(account: vodozemac.Account, message: bytes) -> bytes:
     text = account.sign(message).to_base64()
     return base64.b64decode(text + "=" * (-len(text) % 4))
-
-
-async def code_of(call: object) -> grpc.StatusCode:
-    try:
-        await call  # type: ignore[misc]
-    except grpc.aio.AioRpcError as exc:
-        return exc.code()
-    return grpc.StatusCode.OK
 
 
 async def alice_and_bob(stack: Stack) -> tuple[auth_pb2.Account, tuple[tuple[str, str]], tuple[tuple[str, str]]]:
@@ -62,6 +56,23 @@ def one_time_keys(account: vodozemac.Account, user_id: str, device_id: str, n: i
         found.append(UploadedOneTimeKey(key_id=key_id, key=raw(key), signature=signature(account, message)))
     account.mark_keys_as_published()
     return found
+
+
+async def publish_with_keys(
+    gateway: gateway_pb2_grpc.GatewayAsyncStub,
+    account: vodozemac.Account,
+    user_id: str,
+    device_id: str,
+    keys: int,
+    *,
+    metadata: tuple[tuple[str, str]],
+) -> None:
+    """The device published, with `keys` one-time keys to claim."""
+    await gateway.PublishDeviceKeys(publish_request(account, user_id, device_id), metadata=metadata)
+    upload = auth_pb2.UploadOneTimeKeysRequest(
+        device_id=device_id, keys=one_time_keys(account, user_id, device_id, keys)
+    )
+    await gateway.UploadOneTimeKeys(upload, metadata=metadata, timeout=TIMEOUT_S)
 
 
 async def test_each_one_time_key_is_claimed_exactly_once_under_concurrency(stack: Stack) -> None:
@@ -105,14 +116,7 @@ async def test_a_claimed_key_starts_a_working_olm_session(stack: Stack) -> None:
     alice, alice_md, bob_md = await alice_and_bob(stack)
     gateway = stack.gateway()
     alice_device = vodozemac.Account()
-    await gateway.PublishDeviceKeys(publish_request(alice_device, alice.user_id, "PHONE"), metadata=alice_md)
-    await gateway.UploadOneTimeKeys(
-        auth_pb2.UploadOneTimeKeysRequest(
-            device_id="PHONE", keys=one_time_keys(alice_device, alice.user_id, "PHONE", 1)
-        ),
-        metadata=alice_md,
-        timeout=TIMEOUT_S,
-    )
+    await publish_with_keys(gateway, alice_device, alice.user_id, "PHONE", 1, metadata=alice_md)
     claimed = await gateway.ClaimOneTimeKey(
         auth_pb2.ClaimOneTimeKeyRequest(user_id=alice.user_id, device_id="PHONE"), metadata=bob_md, timeout=TIMEOUT_S
     )
@@ -130,7 +134,7 @@ async def test_bad_keys_are_refused_with_reasons(stack: Stack) -> None:
     alice_md = bearer((await stack.login("alice")).access_token)
     gateway = stack.gateway()
     account = vodozemac.Account()
-    code = code_of
+    code = status_code
     good = publish_request(account, alice.user_id, "DESK")
     for broken in (
         auth_pb2.PublishDeviceKeysRequest(device_id="bad id!", curve25519=good.curve25519, ed25519=good.ed25519),
@@ -183,7 +187,7 @@ async def test_fallback_key_is_handed_out_when_one_time_keys_run_out(stack: Stac
     await gateway.PublishDeviceKeys(publish_request(device, alice.user_id, "TAB"), metadata=alice_md)
     claim = auth_pb2.ClaimOneTimeKeyRequest(user_id=alice.user_id, device_id="TAB")
     # No keys at all: a precise refusal, not a crash.
-    assert await code_of(gateway.ClaimOneTimeKey(claim, metadata=bob_md, timeout=TIMEOUT_S)) == (
+    assert await status_code(gateway.ClaimOneTimeKey(claim, metadata=bob_md, timeout=TIMEOUT_S)) == (
         grpc.StatusCode.FAILED_PRECONDITION
     )
     fallback = signed_fallback(device, alice.user_id, "TAB")
@@ -217,15 +221,12 @@ async def test_owner_removes_a_device_and_its_keys_go(stack: Stack) -> None:
     alice, alice_md, bob_md = await alice_and_bob(stack)
     gateway = stack.gateway()
     device = vodozemac.Account()
-    await gateway.PublishDeviceKeys(publish_request(device, alice.user_id, "OLD"), metadata=alice_md)
-    await gateway.UploadOneTimeKeys(
-        auth_pb2.UploadOneTimeKeysRequest(device_id="OLD", keys=one_time_keys(device, alice.user_id, "OLD", 3)),
-        metadata=alice_md,
-        timeout=TIMEOUT_S,
-    )
+    await publish_with_keys(gateway, device, alice.user_id, "OLD", 3, metadata=alice_md)
     remove = auth_pb2.RemoveDeviceRequest(device_id="OLD")
     # Only the owner: for bob, alice's device is not one of his.
-    assert await code_of(gateway.RemoveDevice(remove, metadata=bob_md, timeout=TIMEOUT_S)) == grpc.StatusCode.NOT_FOUND
+    assert (
+        await status_code(gateway.RemoveDevice(remove, metadata=bob_md, timeout=TIMEOUT_S)) == grpc.StatusCode.NOT_FOUND
+    )
     await gateway.RemoveDevice(remove, metadata=alice_md, timeout=TIMEOUT_S)
     await gateway.RemoveDevice(remove, metadata=alice_md, timeout=TIMEOUT_S)  # a retry is fine
     listed = await gateway.ListDevices(
@@ -233,9 +234,9 @@ async def test_owner_removes_a_device_and_its_keys_go(stack: Stack) -> None:
     )
     assert [d.device_id for d in listed.devices] == []
     claim = auth_pb2.ClaimOneTimeKeyRequest(user_id=alice.user_id, device_id="OLD")
-    assert await code_of(gateway.ClaimOneTimeKey(claim, metadata=bob_md, timeout=TIMEOUT_S)) == (
+    assert await status_code(gateway.ClaimOneTimeKey(claim, metadata=bob_md, timeout=TIMEOUT_S)) == (
         grpc.StatusCode.NOT_FOUND
     )
     # The id is not handed out again (other members pinned its old keys).
     again = gateway.PublishDeviceKeys(publish_request(vodozemac.Account(), alice.user_id, "OLD"), metadata=alice_md)
-    assert await code_of(again) == grpc.StatusCode.ALREADY_EXISTS
+    assert await status_code(again) == grpc.StatusCode.ALREADY_EXISTS

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -95,6 +96,20 @@ async def test_the_key_rotates_on_schedule_and_retires_after_its_last_token(
     assert any(r.detail == f"{old_key} -> {new_key}" for r in rotated)
 
 
+async def two_rotations_as_one(first: Any, other: Any) -> None:
+    """Two rotations in a row, each contested by both auth instances: every key gets one
+    successor at most, and both end up signing with the same key."""
+    start = first.signing_key_id
+
+    def successors(key_id: str) -> list[str]:
+        return [k for k, s in first.signing_keys.items() if s.replaces == key_id]
+
+    await until(lambda: any(successors(k) for k in successors(start)), "two rotations", TIMEOUT_S)
+    for key_id in list(first.signing_keys):
+        assert len(successors(key_id)) <= 1, f"{key_id} has successors {successors(key_id)}"
+    await until(lambda: first.signing_key_id == other.signing_key_id, "both signing with one key", TIMEOUT_S)
+
+
 async def test_two_instances_rotate_once_and_sign_with_the_same_successor(
     rotating_stack: Stack, nats_server: NatsTestServer
 ) -> None:
@@ -105,17 +120,8 @@ async def test_two_instances_rotate_once_and_sign_with_the_same_successor(
     second = await start_service(stack, nats_server, "auth", registration="open")
     try:
         other = second.app.app
-        start = first.signing_key_id
-        assert other.signing_key_id == start  # one secrets folder, one key
-
-        def successors(key_id: str) -> list[str]:
-            return [k for k, s in first.signing_keys.items() if s.replaces == key_id]
-
-        # Two rotations in a row, each contested by both instances.
-        await until(lambda: any(successors(k) for k in successors(start)), "two rotations", TIMEOUT_S)
-        for key_id in list(first.signing_keys):
-            assert len(successors(key_id)) <= 1, f"{key_id} has successors {successors(key_id)}"
-        await until(lambda: first.signing_key_id == other.signing_key_id, "both signing with one key", TIMEOUT_S)
+        assert other.signing_key_id == first.signing_key_id  # one secrets folder, one key
+        await two_rotations_as_one(first, other)
         await until(lambda: other.signing_keys.keys() == first.signing_keys.keys(), "one view of the keys", TIMEOUT_S)
     finally:
         await second.shutdown()
@@ -146,16 +152,8 @@ async def test_an_instance_on_another_host_signs_with_the_successor_it_did_not_p
     second = await start_service(stack, nats_server, "auth", registration="open", data_dir=folder)
     try:
         other = second.app.app
-        start = first.signing_key_id
-        assert other.signing_key_id == start  # the bundle's copy of the key in use
-
-        def successors(key_id: str) -> list[str]:
-            return [k for k, s in first.signing_keys.items() if s.replaces == key_id]
-
-        await until(lambda: any(successors(k) for k in successors(start)), "two rotations", TIMEOUT_S)
-        for key_id in list(first.signing_keys):
-            assert len(successors(key_id)) <= 1, f"{key_id} has successors {successors(key_id)}"
-        await until(lambda: first.signing_key_id == other.signing_key_id, "both signing with one key", TIMEOUT_S)
+        assert other.signing_key_id == first.signing_key_id  # the bundle's copy of the key in use
+        await two_rotations_as_one(first, other)
         # The adopted key is in the other host's own folder, for its next start.
         assert TokenIssuer.load(folder / "secrets" / "auth-signing-key.pem").key_id == other.signing_key_id
     finally:

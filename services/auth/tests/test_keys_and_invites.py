@@ -10,15 +10,8 @@ from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 
 from parley_testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
+from parley_testing.statuses import status_code
 from parley_testing.waiting import eventually
-
-
-async def status(call: object) -> grpc.StatusCode:
-    try:
-        await call  # type: ignore[misc]
-    except grpc.aio.AioRpcError as exc:
-        return exc.code()
-    return grpc.StatusCode.OK
 
 
 async def test_rotation_keeps_old_tokens_until_their_key_is_retired(stack: Stack) -> None:
@@ -36,18 +29,18 @@ async def test_rotation_keeps_old_tokens_until_their_key_is_retired(stack: Stack
     assert rotated.key_id != old_kid
     new = (await stack.login("alice")).access_token
     assert jwt.get_unverified_header(new)["kid"] == rotated.key_id
-    assert await status(list_as(new)) == grpc.StatusCode.OK
-    assert await status(list_as(old)) == grpc.StatusCode.OK
+    assert await status_code(list_as(new)) == grpc.StatusCode.OK
+    assert await status_code(list_as(old)) == grpc.StatusCode.OK
 
     in_use = operator.RetireSigningKey(auth_pb2.RetireSigningKeyRequest(key_id=rotated.key_id), timeout=TIMEOUT_S)
-    assert await status(in_use) == grpc.StatusCode.FAILED_PRECONDITION
+    assert await status_code(in_use) == grpc.StatusCode.FAILED_PRECONDITION
     await operator.RetireSigningKey(auth_pb2.RetireSigningKeyRequest(key_id=old_kid), timeout=TIMEOUT_S)
 
     async def retired_refused() -> bool | None:
-        return await status(list_as(old)) == grpc.StatusCode.UNAUTHENTICATED or None
+        return await status_code(list_as(old)) == grpc.StatusCode.UNAUTHENTICATED or None
 
     await eventually(retired_refused, "messaging to refuse the retired key", TIMEOUT_S)
-    assert await status(list_as(new)) == grpc.StatusCode.OK
+    assert await status_code(list_as(new)) == grpc.StatusCode.OK
 
 
 async def test_an_invitation_registers_one_account_once(invite_stack: Stack) -> None:
@@ -60,8 +53,8 @@ async def test_an_invitation_registers_one_account_once(invite_stack: Stack) -> 
         request = auth_pb2.RegisterRequest(username=name, password=PASSWORD, invite_code=code)
         return gateway.Register(request, timeout=TIMEOUT_S)
 
-    assert await status(register("eve")) == grpc.StatusCode.PERMISSION_DENIED
-    assert await status(register("eve", "made-up-code")) == grpc.StatusCode.PERMISSION_DENIED
+    assert await status_code(register("eve")) == grpc.StatusCode.PERMISSION_DENIED
+    assert await status_code(register("eve", "made-up-code")) == grpc.StatusCode.PERMISSION_DENIED
     invite = await gateway.CreateInvite(auth_pb2.CreateInviteRequest(role="guest"), metadata=owner, timeout=TIMEOUT_S)
     assert invite.role == "guest"
     # A refused registration (weak password) does not burn the invitation.
@@ -69,14 +62,14 @@ async def test_an_invitation_registers_one_account_once(invite_stack: Stack) -> 
         auth_pb2.RegisterRequest(username="eve", password="password123456", invite_code=invite.invite_code),
         timeout=TIMEOUT_S,
     )
-    assert await status(weak) == grpc.StatusCode.INVALID_ARGUMENT
-    racing = await asyncio.gather(*(status(register(f"eve{i}", invite.invite_code)) for i in range(4)))
+    assert await status_code(weak) == grpc.StatusCode.INVALID_ARGUMENT
+    racing = await asyncio.gather(*(status_code(register(f"eve{i}", invite.invite_code)) for i in range(4)))
     assert sorted(c.name for c in racing) == ["OK", "PERMISSION_DENIED", "PERMISSION_DENIED", "PERMISSION_DENIED"]
     winner = next(i for i, c in enumerate(racing) if c == grpc.StatusCode.OK)
     assert (await stack.login(f"eve{winner}")).role == "guest"
-    assert await status(register("late", invite.invite_code)) == grpc.StatusCode.PERMISSION_DENIED
+    assert await status_code(register("late", invite.invite_code)) == grpc.StatusCode.PERMISSION_DENIED
     # A member may not hand out invitations.
     await stack.create_user("mia", "member")
     member = bearer((await stack.login("mia")).access_token)
     refused = gateway.CreateInvite(auth_pb2.CreateInviteRequest(), metadata=member, timeout=TIMEOUT_S)
-    assert await status(refused) == grpc.StatusCode.PERMISSION_DENIED
+    assert await status_code(refused) == grpc.StatusCode.PERMISSION_DENIED

@@ -11,34 +11,13 @@ from __future__ import annotations
 
 import pytest
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
-from parley.auth.v1.events_pb2 import SecurityEventRecorded
 
 from parley_auth.log_gaps import SubjectVersions
-from parley_core.envelope import decode, open_payload
 from parley_core.runner import RefusedToStart
 from parley_core.topology import user_subject
 from parley_testing.nats import NatsTestServer
+from parley_testing.security import audit_records
 from parley_testing.stack import TIMEOUT_S, Stack, start_service
-
-
-async def audit_records(nats_server: NatsTestServer, kind: str) -> list[SecurityEventRecorded]:
-    """The audit records of `kind` on the live SEC stream."""
-    nc = await nats_server.connect("platform")
-    js = nc.jetstream()
-    last = (await js.stream_info("SEC")).state.last_seq
-    sub = await js.subscribe("parley.sec.>", stream="SEC", ordered_consumer=True)
-    found: list[SecurityEventRecorded] = []
-    try:
-        while True:
-            msg = await sub.next_msg(timeout=TIMEOUT_S)
-            payload = open_payload(decode(msg.data))
-            if isinstance(payload, SecurityEventRecorded) and payload.kind == kind:
-                found.append(payload)
-            if msg.metadata.sequence.stream >= last:
-                return found
-    finally:
-        await sub.unsubscribe()
-        await nc.close()
 
 
 async def test_an_event_deleted_from_an_account_without_an_erasure_stops_auth_at_restart(
@@ -59,7 +38,8 @@ async def test_an_event_deleted_from_an_account_without_an_erasure_stops_auth_at
 
     with pytest.raises(RefusedToStart, match="no erasure to explain them"):
         await start_service(stack, nats_server, "auth", registration="open")
-    gaps = await audit_records(nats_server, "event_log_gap")
+    records = [s.record for s in await audit_records(nats_server, timeout=TIMEOUT_S) if s.record is not None]
+    gaps = [r for r in records if r.kind == "event_log_gap"]
     assert len(gaps) == 1
     assert user_subject(victim.user_id) in gaps[0].detail
 

@@ -17,6 +17,7 @@ from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
 from parley_testing.nats import NatsTestServer
 from parley_testing.security import security_events
 from parley_testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
+from parley_testing.statuses import code_of
 from parley_testing.waiting import until
 
 STEP = 30
@@ -30,14 +31,6 @@ def authenticator(secret_base32: str) -> TOTP:
 
 def code(app: TOTP, steps_ahead: int = 0) -> str:
     return app.generate(int(time.time()) + steps_ahead * STEP).decode()
-
-
-async def status(call: object) -> tuple[grpc.StatusCode, str]:
-    try:
-        await call  # type: ignore[misc]
-    except grpc.aio.AioRpcError as exc:
-        return exc.code(), exc.details() or ""
-    return grpc.StatusCode.OK, ""
 
 
 async def enrol(stack: Stack, username: str) -> tuple[TOTP, list[str]]:
@@ -67,12 +60,12 @@ async def test_totp_code_is_accepted_once_and_recovery_codes_once(stack: Stack) 
     assert len(recovery) == 10
     assert len(set(recovery)) == 10
 
-    code_, message = await status(login(stack, "alice"))
+    code_, message = await code_of(login(stack, "alice"))
     assert code_ == grpc.StatusCode.UNAUTHENTICATED
     assert "two-factor" in message
     # The code that confirmed the enrolment is already spent.
-    assert (await status(login(stack, "alice", totp_code=code(app))))[0] == grpc.StatusCode.UNAUTHENTICATED
-    assert (await status(login(stack, "alice", totp_code="000000")))[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert (await code_of(login(stack, "alice", totp_code=code(app))))[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert (await code_of(login(stack, "alice", totp_code="000000")))[0] == grpc.StatusCode.UNAUTHENTICATED
 
     next_code = code(app, steps_ahead=1)
     response = await stack.gateway().Login(
@@ -80,18 +73,18 @@ async def test_totp_code_is_accepted_once_and_recovery_codes_once(stack: Stack) 
     )
     assert jwt.decode(response.access_token, options={"verify_signature": False})["amr"] == ["pwd", "otp"]
     # Replay of a code that just worked.
-    assert (await status(login(stack, "alice", totp_code=next_code)))[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert (await code_of(login(stack, "alice", totp_code=next_code)))[0] == grpc.StatusCode.UNAUTHENTICATED
 
-    assert (await status(login(stack, "alice", recovery_code=recovery[0].upper())))[0] == grpc.StatusCode.OK
-    assert (await status(login(stack, "alice", recovery_code=recovery[0])))[0] == grpc.StatusCode.UNAUTHENTICATED
-    assert (await status(login(stack, "alice", recovery_code=recovery[1])))[0] == grpc.StatusCode.OK
+    assert (await code_of(login(stack, "alice", recovery_code=recovery[0].upper())))[0] == grpc.StatusCode.OK
+    assert (await code_of(login(stack, "alice", recovery_code=recovery[0])))[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert (await code_of(login(stack, "alice", recovery_code=recovery[1])))[0] == grpc.StatusCode.OK
 
 
 async def test_two_logins_racing_with_one_code_get_one_session(stack: Stack) -> None:
     await stack.create_user("bob", "member")
     app, _ = await enrol(stack, "bob")
     racing = code(app, steps_ahead=1)
-    results = await asyncio.gather(*(status(login(stack, "bob", totp_code=racing)) for _ in range(4)))
+    results = await asyncio.gather(*(code_of(login(stack, "bob", totp_code=racing)) for _ in range(4)))
     assert sorted(c.name for c, _ in results) == ["OK", "UNAUTHENTICATED", "UNAUTHENTICATED", "UNAUTHENTICATED"]
 
 
@@ -113,7 +106,7 @@ async def test_mfa_required_for_a_role_is_enforced_by_other_services(stack: Stac
     refused = fleet.ListInstances(
         fleet_pb2.ListInstancesRequest(), metadata=bearer(first.access_token), timeout=TIMEOUT_S
     )
-    code_, message = await status(refused)
+    code_, message = await code_of(refused)
     assert code_ == grpc.StatusCode.PERMISSION_DENIED
     assert "two-factor" in message
 
@@ -125,13 +118,13 @@ async def test_mfa_required_for_a_role_is_enforced_by_other_services(stack: Stac
     allowed = fleet.ListInstances(
         fleet_pb2.ListInstancesRequest(), metadata=bearer(second.access_token), timeout=TIMEOUT_S
     )
-    assert (await status(allowed))[0] == grpc.StatusCode.OK
+    assert (await code_of(allowed))[0] == grpc.StatusCode.OK
     # A refreshed token keeps the second factor it was born with.
     refreshed = await gateway.Refresh(auth_pb2.RefreshRequest(refresh_token=second.refresh_token), timeout=TIMEOUT_S)
     again = fleet.ListInstances(
         fleet_pb2.ListInstancesRequest(), metadata=bearer(refreshed.access_token), timeout=TIMEOUT_S
     )
-    assert (await status(again))[0] == grpc.StatusCode.OK
+    assert (await code_of(again))[0] == grpc.StatusCode.OK
 
 
 async def test_an_admin_resets_a_lost_authenticator_and_the_users_sessions_end(
@@ -154,17 +147,17 @@ async def test_an_admin_resets_a_lost_authenticator_and_the_users_sessions_end(
             auth_pb2.ResetMfaRequest(user_id=user_id, reason=reason), metadata=token, timeout=TIMEOUT_S
         )
 
-    assert (await status(reset(alice_id)))[0] == grpc.StatusCode.OK
+    assert (await code_of(reset(alice_id)))[0] == grpc.StatusCode.OK
     # Sessions are revoked: whoever holds one may be whoever holds the phone.
     await until(lambda: stack.access("gateway").is_revoked(session.session_id), "the session revoked", TIMEOUT_S)
     sessions = gateway.ListSessions(
         auth_pb2.ListSessionsRequest(), metadata=bearer(session.access_token), timeout=TIMEOUT_S
     )
-    assert (await status(sessions))[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert (await code_of(sessions))[0] == grpc.StatusCode.UNAUTHENTICATED
     # The password alone logs in now, and the user can enrol a new authenticator.
-    assert (await status(login(stack, "alice")))[0] == grpc.StatusCode.OK
+    assert (await code_of(login(stack, "alice")))[0] == grpc.StatusCode.OK
     new_app, _ = await enrol(stack, "alice")
-    assert (await status(login(stack, "alice", totp_code=code(new_app, 1))))[0] == grpc.StatusCode.OK
+    assert (await code_of(login(stack, "alice", totp_code=code(new_app, 1))))[0] == grpc.StatusCode.OK
 
     [record] = await security_events(nats_server, "mfa_reset")
     assert (record.user_id, record.actor, record.detail) == (alice_id, f"user:{boss.user_id}", "lost phone")
@@ -172,18 +165,18 @@ async def test_an_admin_resets_a_lost_authenticator_and_the_users_sessions_end(
     # What an admin may not do, each with its own answer.
     chief = (await stack.login("chief")).user_id
     await enrol(stack, "chief")
-    assert (await status(reset(chief)))[0] == grpc.StatusCode.PERMISSION_DENIED  # an owner's, by an admin
-    assert (await status(reset(boss.user_id)))[0] == grpc.StatusCode.FAILED_PRECONDITION  # one's own
+    assert (await code_of(reset(chief)))[0] == grpc.StatusCode.PERMISSION_DENIED  # an owner's, by an admin
+    assert (await code_of(reset(boss.user_id)))[0] == grpc.StatusCode.FAILED_PRECONDITION  # one's own
     await stack.create_user("plain", "member")
     plain = (await stack.login("plain")).user_id
-    code_, message = await status(reset(plain))
+    code_, message = await code_of(reset(plain))
     assert code_ == grpc.StatusCode.FAILED_PRECONDITION
     assert "no two-factor" in message
-    assert (await status(reset("0" * 32)))[0] == grpc.StatusCode.NOT_FOUND
-    assert (await status(reset("not/an-id")))[0] == grpc.StatusCode.INVALID_ARGUMENT
-    assert (await status(reset(alice_id, reason="x" * 501)))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert (await code_of(reset("0" * 32)))[0] == grpc.StatusCode.NOT_FOUND
+    assert (await code_of(reset("not/an-id")))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert (await code_of(reset(alice_id, reason="x" * 501)))[0] == grpc.StatusCode.INVALID_ARGUMENT
     member = bearer((await stack.login("plain")).access_token)
-    assert (await status(reset(alice_id, token=member)))[0] == grpc.StatusCode.PERMISSION_DENIED
+    assert (await code_of(reset(alice_id, token=member)))[0] == grpc.StatusCode.PERMISSION_DENIED
 
 
 async def test_recovery_codes_are_regenerated_with_a_code_or_the_password_and_old_ones_stop_working(
@@ -202,23 +195,23 @@ async def test_recovery_codes_are_regenerated_with_a_code_or_the_password_and_ol
     second_codes = list(by_password.recovery_codes)
     assert len(second_codes) == 10
     assert not set(second_codes) & set(first_codes)
-    assert (await status(login(stack, "bob", recovery_code=first_codes[1])))[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert (await code_of(login(stack, "bob", recovery_code=first_codes[1])))[0] == grpc.StatusCode.UNAUTHENTICATED
 
     current = code(app, 1)
     by_code = await regenerate(totp_code=current)
     third_codes = list(by_code.recovery_codes)
-    assert (await status(login(stack, "bob", recovery_code=second_codes[0])))[0] == grpc.StatusCode.UNAUTHENTICATED
-    assert (await status(login(stack, "bob", recovery_code=third_codes[0])))[0] == grpc.StatusCode.OK
+    assert (await code_of(login(stack, "bob", recovery_code=second_codes[0])))[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert (await code_of(login(stack, "bob", recovery_code=third_codes[0])))[0] == grpc.StatusCode.OK
     # The code is spent: neither a second regeneration nor a login takes it again.
-    assert (await status(regenerate(totp_code=current)))[0] == grpc.StatusCode.UNAUTHENTICATED
-    assert (await status(login(stack, "bob", totp_code=current)))[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert (await code_of(regenerate(totp_code=current)))[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert (await code_of(login(stack, "bob", totp_code=current)))[0] == grpc.StatusCode.UNAUTHENTICATED
 
-    code_, message = await status(regenerate(password="not-the-password"))
+    code_, message = await code_of(regenerate(password="not-the-password"))
     assert (code_, message) == (grpc.StatusCode.UNAUTHENTICATED, "the password is wrong")
-    code_, message = await status(regenerate())
+    code_, message = await code_of(regenerate())
     assert code_ == grpc.StatusCode.INVALID_ARGUMENT
     assert "totp_code" in message
-    assert (await status(regenerate(totp_code="1" * 17)))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert (await code_of(regenerate(totp_code="1" * 17)))[0] == grpc.StatusCode.INVALID_ARGUMENT
     assert len(await security_events(nats_server, "recovery_codes_regenerated")) == 2
 
     await stack.create_user("carol", "member")
@@ -226,7 +219,7 @@ async def test_recovery_codes_are_regenerated_with_a_code_or_the_password_and_ol
     not_enrolled = gateway.RegenerateRecoveryCodes(
         auth_pb2.RegenerateRecoveryCodesRequest(password=PASSWORD), metadata=carol, timeout=TIMEOUT_S
     )
-    assert (await status(not_enrolled))[0] == grpc.StatusCode.FAILED_PRECONDITION
+    assert (await code_of(not_enrolled))[0] == grpc.StatusCode.FAILED_PRECONDITION
 
 
 async def recovery_login(stack: Stack, username: str, recovery_code: str) -> str:

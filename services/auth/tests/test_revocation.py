@@ -20,6 +20,7 @@ from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from parley_testing.stack import TIMEOUT_S, Stack, bearer
+from parley_testing.statuses import status_code
 from parley_testing.waiting import eventually, until
 
 pytestmark = pytest.mark.asyncio
@@ -30,14 +31,6 @@ ROUNDS = 20
 async def wait_for(condition: Callable[[], bool], what: str) -> None:
     # A fine interval: the propagation delay is measured through this wait.
     await until(condition, what, TIMEOUT_S, interval=0.001)
-
-
-async def code_of(call: object) -> grpc.StatusCode:
-    try:
-        await call  # type: ignore[misc]
-    except grpc.aio.AioRpcError as exc:
-        return exc.code()
-    return grpc.StatusCode.OK
 
 
 async def test_revoked_permission_is_refused_at_messaging_and_storage_with_measured_delay(stack: Stack) -> None:
@@ -57,7 +50,7 @@ async def test_revoked_permission_is_refused_at_messaging_and_storage_with_measu
     # Storage checks membership from its archive, which trails the channel's creation.
     async def creator_reads() -> bool | None:
         reply = storage.GetChannelHistory(history, metadata=alice_md, timeout=TIMEOUT_S)
-        return await code_of(reply) == grpc.StatusCode.OK or None
+        return await status_code(reply) == grpc.StatusCode.OK or None
 
     await eventually(creator_reads, "storage to let the channel's creator read its history", TIMEOUT_S)
     assert owner.role == "owner"
@@ -76,13 +69,13 @@ async def test_revoked_permission_is_refused_at_messaging_and_storage_with_measu
         delays.append(stack.access("messaging").last_delay_s)
         listing = messaging.ListMyChannels(messaging_pb2.ListMyChannelsRequest(), metadata=alice_md, timeout=TIMEOUT_S)
         expected = grpc.StatusCode.PERMISSION_DENIED if role == "operator" else grpc.StatusCode.OK
-        assert await code_of(listing) == expected
+        assert await status_code(listing) == expected
         first_call_after.append(time.perf_counter() - returned)
         if role == "operator":
             # An operator cannot read messages: storage refuses from its own projection too.
             await wait_for(lambda: stack.access("storage").role_of(alice.user_id) == "operator", "storage")
             refused = storage.GetChannelHistory(history, metadata=alice_md, timeout=TIMEOUT_S)
-            assert await code_of(refused) == grpc.StatusCode.PERMISSION_DENIED
+            assert await status_code(refused) == grpc.StatusCode.PERMISSION_DENIED
 
     delays.sort()
     print(
@@ -107,7 +100,7 @@ async def test_disabled_account_and_revoked_session_are_refused_at_messaging(sta
             messaging_pb2.ListMyChannelsRequest(), metadata=bearer(token), timeout=TIMEOUT_S
         )
 
-    assert await code_of(list_as(first.access_token)) == grpc.StatusCode.OK
+    assert await status_code(list_as(first.access_token)) == grpc.StatusCode.OK
 
     # The user revokes their first session from the second one.
     await gateway.RevokeSession(
@@ -116,10 +109,10 @@ async def test_disabled_account_and_revoked_session_are_refused_at_messaging(sta
         timeout=TIMEOUT_S,
     )
     await wait_for(lambda: stack.access("messaging").is_revoked(first.session_id), "session revocation")
-    assert await code_of(list_as(first.access_token)) == grpc.StatusCode.UNAUTHENTICATED
-    assert await code_of(list_as(second.access_token)) == grpc.StatusCode.OK
+    assert await status_code(list_as(first.access_token)) == grpc.StatusCode.UNAUTHENTICATED
+    assert await status_code(list_as(second.access_token)) == grpc.StatusCode.OK
     refresh_revoked = gateway.Refresh(auth_pb2.RefreshRequest(refresh_token=first.refresh_token), timeout=TIMEOUT_S)
-    assert await code_of(refresh_revoked) == grpc.StatusCode.UNAUTHENTICATED
+    assert await status_code(refresh_revoked) == grpc.StatusCode.UNAUTHENTICATED
 
     # An admin disables the account: every token and refresh token of it stops working.
     await gateway.SetAccountDisabled(
@@ -128,18 +121,18 @@ async def test_disabled_account_and_revoked_session_are_refused_at_messaging(sta
         timeout=TIMEOUT_S,
     )
     await wait_for(lambda: stack.access("messaging").is_disabled(bob.user_id), "disable")
-    assert await code_of(list_as(second.access_token)) == grpc.StatusCode.UNAUTHENTICATED
+    assert await status_code(list_as(second.access_token)) == grpc.StatusCode.UNAUTHENTICATED
     refresh = gateway.Refresh(auth_pb2.RefreshRequest(refresh_token=second.refresh_token), timeout=TIMEOUT_S)
-    assert await code_of(refresh) == grpc.StatusCode.UNAUTHENTICATED
-    assert await code_of(stack.login("bob")) == grpc.StatusCode.UNAUTHENTICATED
+    assert await status_code(refresh) == grpc.StatusCode.UNAUTHENTICATED
+    assert await status_code(stack.login("bob")) == grpc.StatusCode.UNAUTHENTICATED
 
     # Re-enabled: the same session works again, and a new login does.
     await gateway.SetAccountDisabled(
         auth_pb2.SetAccountDisabledRequest(user_id=bob.user_id, disabled=False), metadata=owner_md, timeout=TIMEOUT_S
     )
     await wait_for(lambda: not stack.access("messaging").is_disabled(bob.user_id), "re-enable")
-    assert await code_of(list_as(second.access_token)) == grpc.StatusCode.OK
-    assert await code_of(stack.login("bob")) == grpc.StatusCode.OK
+    assert await status_code(list_as(second.access_token)) == grpc.StatusCode.OK
+    assert await status_code(stack.login("bob")) == grpc.StatusCode.OK
 
 
 async def test_logout_revokes_the_session_everywhere(stack: Stack) -> None:
@@ -151,7 +144,7 @@ async def test_logout_revokes_the_session_everywhere(stack: Stack) -> None:
     after = gateway.ListMyChannels(
         messaging_pb2.ListMyChannelsRequest(), metadata=bearer(login.access_token), timeout=TIMEOUT_S
     )
-    assert await code_of(after) == grpc.StatusCode.UNAUTHENTICATED
+    assert await status_code(after) == grpc.StatusCode.UNAUTHENTICATED
 
 
 async def test_a_live_stream_ends_when_its_session_is_revoked(stack: Stack) -> None:

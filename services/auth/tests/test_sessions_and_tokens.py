@@ -19,16 +19,9 @@ from parley_core.tokens import AUDIENCE, ISSUER
 from parley_testing.nats import NatsTestServer
 from parley_testing.security import security_events
 from parley_testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
+from parley_testing.statuses import code_of
 
 pytestmark = pytest.mark.asyncio
-
-
-async def code_of(call: object) -> tuple[grpc.StatusCode, str]:
-    try:
-        await call  # type: ignore[misc]
-    except grpc.aio.AioRpcError as exc:
-        return exc.code(), exc.details() or ""
-    return grpc.StatusCode.OK, ""
 
 
 async def test_refresh_rotates_and_a_reused_token_revokes_the_whole_family(

@@ -22,6 +22,7 @@ from parley_auth.lockout import LockoutPolicy
 from parley_testing.nats import NatsTestServer
 from parley_testing.security import security_events
 from parley_testing.stack import PASSWORD, TIMEOUT_S, Stack
+from parley_testing.statuses import code_of
 
 pytestmark = pytest.mark.asyncio
 
@@ -34,14 +35,6 @@ POLICY = LockoutPolicy(threshold=3, base_s=3600.0, max_s=3600.0)
 def at(source: str, token: str = "") -> tuple[tuple[str, str], ...]:
     metadata = (("x-parley-source", source),)
     return (*metadata, ("authorization", f"Bearer {token}")) if token else metadata
-
-
-async def status(call: object) -> tuple[grpc.StatusCode, str]:
-    try:
-        await call  # type: ignore[misc]
-    except grpc.aio.AioRpcError as exc:
-        return exc.code(), exc.details() or ""
-    return grpc.StatusCode.OK, ""
 
 
 def login(
@@ -71,18 +64,18 @@ async def test_wrong_current_passwords_lock_the_thief_not_the_owner(stack: Stack
 
     change = auth_pb2.ChangePasswordRequest(current_password="not-hers", new_password="another-new-passphrase-88")
     for _ in range(POLICY.threshold):  # the last of these starts the lockout
-        code, message = await status(auth.ChangePassword(change, metadata=at(THIEF, stolen), timeout=TIMEOUT_S))
+        code, message = await code_of(auth.ChangePassword(change, metadata=at(THIEF, stolen), timeout=TIMEOUT_S))
         assert (code, message) == (grpc.StatusCode.UNAUTHENTICATED, "the current password is wrong")
 
     # Locked for this account from the thief's address: even the right password now waits...
     right = auth_pb2.ChangePasswordRequest(current_password=PASSWORD, new_password="an-entirely-new-passphrase-77")
-    code, message = await status(auth.ChangePassword(right, metadata=at(THIEF, stolen), timeout=TIMEOUT_S))
+    code, message = await code_of(auth.ChangePassword(right, metadata=at(THIEF, stolen), timeout=TIMEOUT_S))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "from your address" in message
-    assert (await status(login(auth, "victim", THIEF)))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert (await code_of(login(auth, "victim", THIEF)))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
     # ...while the owner, at home, logs in and changes her password as usual.
     own = (await login(auth, "victim", HOME)).access_token
-    assert (await status(auth.ChangePassword(right, metadata=at(HOME, own), timeout=TIMEOUT_S)))[0] == (
+    assert (await code_of(auth.ChangePassword(right, metadata=at(HOME, own), timeout=TIMEOUT_S)))[0] == (
         grpc.StatusCode.OK
     )
 
@@ -111,24 +104,24 @@ async def test_wrong_totp_codes_at_enrolment_and_regeneration_count_too(
         request = auth_pb2.ConfirmTotpEnrolmentRequest(totp_code=totp_code)
         return auth.ConfirmTotpEnrolment(request, metadata=at(THIEF, token), timeout=TIMEOUT_S)
 
-    code, message = await status(confirm(wrong_code(app)))
+    code, message = await code_of(confirm(wrong_code(app)))
     assert code == grpc.StatusCode.UNAUTHENTICATED
     assert "does not match" in message
     # A right code resets this pair's count; the enrolment is done.
     right = app.generate(int(time.time())).decode()
-    assert (await status(confirm(right)))[0] == grpc.StatusCode.OK
+    assert (await code_of(confirm(right)))[0] == grpc.StatusCode.OK
 
     def regenerate(**proof: str) -> object:
         request = auth_pb2.RegenerateRecoveryCodesRequest(**proof)
         return auth.RegenerateRecoveryCodes(request, metadata=at(THIEF, token), timeout=TIMEOUT_S)
 
-    assert (await status(regenerate(totp_code=wrong_code(app))))[0] == grpc.StatusCode.UNAUTHENTICATED
-    assert (await status(regenerate(password="not-the-password")))[0] == grpc.StatusCode.UNAUTHENTICATED
-    assert (await status(regenerate(totp_code=wrong_code(app))))[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert (await code_of(regenerate(totp_code=wrong_code(app))))[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert (await code_of(regenerate(password="not-the-password")))[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert (await code_of(regenerate(totp_code=wrong_code(app))))[0] == grpc.StatusCode.UNAUTHENTICATED
     # Three failures since the last success: locked, whatever the proof.
-    assert (await status(regenerate(password=PASSWORD)))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert (await code_of(regenerate(password=PASSWORD)))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
     next_code = app.generate(int(time.time()) + 30).decode()
-    assert (await status(login(auth, "enroller", THIEF, totp_code=next_code)))[0] == (
+    assert (await code_of(login(auth, "enroller", THIEF, totp_code=next_code)))[0] == (
         grpc.StatusCode.RESOURCE_EXHAUSTED
     )
 

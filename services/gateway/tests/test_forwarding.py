@@ -8,7 +8,6 @@ with a status of the test's choosing. The gateway, its nats-server and its token
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,10 +29,8 @@ from parley.patch.v1 import patch_pb2
 from parley.storage.v1 import storage_pb2
 
 from parley_core.bus import EventBus
-from parley_core.config import Settings
 from parley_core.pki import Pki
 from parley_core.rbac import METHOD_PERMISSIONS, PUBLIC
-from parley_core.runner import serve
 from parley_core.sources import SOURCE_METADATA
 from parley_core.topology import STREAMS_BY_NAME
 from parley_gateway.limits import GatewayLimits
@@ -41,6 +38,7 @@ from parley_gateway.routes import ROUTES
 from parley_gateway.service import GatewayApp
 from parley_testing.nats import NatsTestServer
 from parley_testing.operators import OperatorTokens
+from parley_testing.stack import served_settings, start_serving
 
 TIMEOUT_S = 20.0
 CALL_DEADLINE_S = 7.0
@@ -156,15 +154,11 @@ async def running_gateway(
     peers = {"stable": "messaging", "registry": "patch-registry"}
     servers = {name: await stand_in(pki, peers.get(name, name), h) for name, h in handlers.items()}
     handlers["messaging"].code = grpc.StatusCode.UNAVAILABLE  # a primary going away: stable answers
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    (data_dir / "pki").symlink_to(pki.directory, target_is_directory=True)
-    settings = Settings(
-        service="gateway",
-        data_dir=data_dir,
-        nats_url=nats_server.url,
-        nats_password=nats_server.passwords["gateway"],
-        listen_port=0,
+    settings = served_settings(
+        nats_server,
+        pki,
+        tmp_path,
+        "gateway",
         auth_addr=servers["auth"][1],
         messaging_addr=servers["messaging"][1],
         messaging_stable_addr=servers["stable"][1],
@@ -172,24 +166,10 @@ async def running_gateway(
         registry_addr=servers["registry"][1] if registry else "",
         grace_seconds=1,
     )
-    stop = asyncio.Event()
-    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     limits = GatewayLimits(source_rate=1000, source_burst=1000, user_rate=1000, user_burst=1000)
-    task = asyncio.create_task(
-        serve(
-            GatewayApp(limits),
-            service="gateway",
-            settings=settings,
-            client_facing=True,
-            stop=stop,
-            on_ready=ready.set_result,
-        )
-    )
-    await asyncio.wait_for(asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED), TIMEOUT_S)
-    if task.done():
-        task.result()
+    served = await start_serving(GatewayApp(limits), service="gateway", settings=settings, client_facing=True)
     channel = grpc.aio.secure_channel(
-        f"127.0.0.1:{ready.result()}",
+        f"127.0.0.1:{served.port}",
         grpc.ssl_channel_credentials(root_certificates=pki.ca_pem()),
         options=[("grpc.ssl_target_name_override", "gateway")],
     )
@@ -205,9 +185,7 @@ async def running_gateway(
         )
     finally:
         await channel.close()
-        stop.set()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, TIMEOUT_S)
+        await served.shutdown()
         for server, _ in servers.values():
             await server.stop(None)
 

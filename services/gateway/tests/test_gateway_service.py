@@ -7,26 +7,23 @@ client without internal detail.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import pytest
 import pytest_asyncio
 
-from parley_client import ParleyClient, ParleyError
+from parley_client import ParleyClient
 from parley_core.bus import EventBus
-from parley_core.config import Settings
 from parley_core.net import free_port
 from parley_core.pki import Pki
-from parley_core.runner import serve
 from parley_core.topology import STREAMS_BY_NAME
 from parley_gateway.limits import GatewayLimits
 from parley_gateway.service import GatewayApp
 from parley_testing.nats import NatsTestServer
+from parley_testing.stack import served_settings, start_serving
+from parley_testing.statuses import refusal
 
 TIMEOUT_S = 20.0
 BURST = 3
@@ -42,51 +39,17 @@ class RunningGateway:
 async def gateway(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> AsyncIterator[RunningGateway]:
     auth = await nats_server.connect("auth")
     await EventBus(auth, service="auth", producer="auth@test").ensure_streams([STREAMS_BY_NAME["AUTH"]])
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    (data_dir / "pki").symlink_to(pki.directory, target_is_directory=True)
     nowhere = f"127.0.0.1:{free_port()}"  # internal services that are down
-    settings = Settings(
-        service="gateway",
-        data_dir=data_dir,
-        nats_url=nats_server.url,
-        nats_password=nats_server.passwords["gateway"],
-        listen_port=0,
-        auth_addr=nowhere,
-        messaging_addr=nowhere,
-        storage_addr=nowhere,
-        grace_seconds=1,
-    )
+    peers = {f"{peer}_addr": nowhere for peer in ("auth", "messaging", "storage")}
+    settings = served_settings(nats_server, pki, tmp_path, "gateway", grace_seconds=1, **peers)
     limits = GatewayLimits(source_rate=0.01, source_burst=BURST, max_request_bytes=4096)
-    stop = asyncio.Event()
-    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(
-        serve(
-            GatewayApp(limits),
-            service="gateway",
-            settings=settings,
-            client_facing=True,
-            stop=stop,
-            on_ready=ready.set_result,
-        )
-    )
-    await asyncio.wait_for(asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED), TIMEOUT_S)
-    if task.done():
-        task.result()
-    client = ParleyClient.connect(f"127.0.0.1:{ready.result()}", ca_cert=pki.ca_pem())
+    served = await start_serving(GatewayApp(limits), service="gateway", settings=settings, client_facing=True)
+    client = ParleyClient.connect(f"127.0.0.1:{served.port}", ca_cert=pki.ca_pem())
     try:
         yield RunningGateway(client, nowhere)
     finally:
         await client.close()
-        stop.set()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, TIMEOUT_S)
-
-
-async def refusal(call: object) -> ParleyError:
-    with pytest.raises(ParleyError) as caught:
-        await call  # type: ignore[misc]
-    return caught.value
+        await served.shutdown()
 
 
 async def test_oversized_request_is_refused_before_anything_else(gateway: RunningGateway) -> None:

@@ -11,12 +11,12 @@ import uuid
 from collections.abc import AsyncIterator
 
 import grpc
-import pytest
 import pytest_asyncio
 
-from parley_client import ParleyClient, ParleyError
+from parley_client import ParleyClient
 from parley_core.pki import Pki
 from parley_testing.stack import PASSWORD, Stack
+from parley_testing.statuses import refusal
 
 
 class People:
@@ -42,12 +42,6 @@ async def people(stack: Stack, pki: Pki) -> AsyncIterator[People]:
     finally:
         for client in made.clients:
             await client.close()
-
-
-async def refusal(call: object) -> ParleyError:
-    with pytest.raises(ParleyError) as caught:
-        await call  # type: ignore[misc]
-    return caught.value
 
 
 async def test_each_user_lists_their_own_pending_invitations_newest_first(people: People) -> None:

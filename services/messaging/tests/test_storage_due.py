@@ -8,9 +8,10 @@ credential, and the erasure and retention tests see the accepted ones marked.
 from __future__ import annotations
 
 import pytest
+from google.protobuf.message import Message
 from parley.storage.v1.events_pb2 import ChannelErasureDue, RetentionDue
 
-from parley_core.bus import Refused
+from parley_core.bus import ReceivedEvent, Refused
 from parley_core.envelope import NewEvent
 from parley_core.errors import FailedPrecondition
 from parley_messaging.domain import Channel
@@ -67,25 +68,25 @@ def test_a_retention_fact_no_recorded_policy_covers_is_refused(policy: int, days
     )
 
 
-async def test_a_retention_fact_for_a_channel_messaging_does_not_know_is_refused() -> None:
-    due = RetentionDue(channel_id="c1", channel_seqs=[1], retention_days=1, sent_before_unix_ns=0)
-    fact = received(
-        NewEvent(aggregate_type="retention", aggregate_id="c1", payload=due, actor="service:storage"),
+def from_storage(due: Message, *, aggregate_type: str, aggregate_id: str, kind: str) -> ReceivedEvent:
+    """`due` as messaging's consumer of storage's due facts receives it."""
+    return received(
+        NewEvent(aggregate_type=aggregate_type, aggregate_id=aggregate_id, payload=due, actor="service:storage"),
         stream_seq=1,
         stream="STORE",
-        subject="parley.storage.due.messaging.expiry.c1",
+        subject=f"parley.storage.due.messaging.{kind}.{aggregate_id}",
     )
+
+
+async def test_a_retention_fact_for_a_channel_messaging_does_not_know_is_refused() -> None:
+    due = RetentionDue(channel_id="c1", channel_seqs=[1], retention_days=1, sent_before_unix_ns=0)
+    fact = from_storage(due, aggregate_type="retention", aggregate_id="c1", kind="expiry")
     with pytest.raises(Refused, match="no retention policy covers it"):
         await StorageDue(MessagingApp(), now_ns=lambda: NOW_NS).handle([fact])
 
 
 async def test_a_fact_naming_something_that_is_no_id_is_refused() -> None:
     due = ChannelErasureDue(user_id="alice", channel_id="c1.>", channel_seqs=[1])
-    fact = received(
-        NewEvent(aggregate_type="erasure", aggregate_id="alice", payload=due, actor="service:storage"),
-        stream_seq=1,
-        stream="STORE",
-        subject="parley.storage.due.messaging.erasure.alice",
-    )
+    fact = from_storage(due, aggregate_type="erasure", aggregate_id="alice", kind="erasure")
     with pytest.raises(Refused, match="is not an id"):
         await StorageDue(MessagingApp()).handle([fact])

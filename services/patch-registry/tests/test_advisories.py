@@ -21,6 +21,7 @@ from parley_patch_registry.findings import (
     InstalledPackage,
     score,
 )
+from parley_testing.osv import messaging_osv
 
 # The shared OSV test data: $PARLEY_OSV_DIR, else shared/ beside the clone (as CI has it).
 _REPO = Path(__file__).resolve().parents[3]
@@ -214,16 +215,7 @@ def test_deadlines_are_configurable(osv: dict[str, Advisory]) -> None:
 
 
 def test_an_exposure_is_fixed_only_when_the_live_service_is_no_longer_affected() -> None:
-    record = {
-        "id": "TEST-FIX-1",
-        "modified": "2026-11-01T00:00:00Z",
-        "affected": [
-            {
-                "package": {"ecosystem": "PyPI", "name": "parley-messaging"},
-                "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": "0.2.0"}]}],
-            }
-        ],
-    }
+    record = messaging_osv("TEST-FIX-1", "0.2.0")
     advisory = parse_advisory(record)
     book = FindingBook(DeadlinePolicy.default())
     t0 = datetime(2026, 12, 1, tzinfo=UTC)
@@ -254,19 +246,7 @@ def test_an_exposure_is_fixed_only_when_the_live_service_is_no_longer_affected()
 def test_a_book_rebuilt_from_its_events_has_the_same_clocks_and_fixes() -> None:
     """What a restart does: the events a book decided (through their protobuf form) make a fresh
     book with the same detection times, deadlines and times to patch; nothing is decided twice."""
-    advisory = parse_advisory(
-        {
-            "id": "TEST-REPLAY-1",
-            "modified": "2026-11-01T00:00:00Z",
-            "summary": "messaging before 0.3.0",
-            "affected": [
-                {
-                    "package": {"ecosystem": "PyPI", "name": "parley-messaging"},
-                    "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": "0.3.0"}]}],
-                }
-            ],
-        }
-    )
+    advisory = parse_advisory(messaging_osv("TEST-REPLAY-1", "0.3.0"))
     book = FindingBook(DeadlinePolicy.default())
     stream: list[FindingEvent] = []
     t0 = datetime(2026, 12, 1, tzinfo=UTC)

@@ -15,23 +15,13 @@ import pytest
 from parley_core.inventory import running_distributions
 from parley_patch_registry.advisories import Advisory, parse_advisory
 from parley_patch_registry.findings import DeadlinePolicy, FindingBook, InstalledPackage
+from parley_testing.osv import messaging_osv
 
 FIXED_IN = "0.2.0"
 
 
 def messaging_advisory() -> Advisory:
-    return parse_advisory(
-        {
-            "id": "TEST-MSG-1",
-            "modified": "2026-11-01T00:00:00Z",
-            "affected": [
-                {
-                    "package": {"ecosystem": "PyPI", "name": "parley-messaging"},
-                    "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": FIXED_IN}]}],
-                }
-            ],
-        }
-    )
+    return parse_advisory(messaging_osv("TEST-MSG-1", FIXED_IN))
 
 
 def install_release(folder: Path, name: str, version: str, requires: list[str]) -> None:

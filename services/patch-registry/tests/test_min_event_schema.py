@@ -6,12 +6,12 @@ import grpc
 import pytest
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
-from securesystemslib.signer import CryptoSigner
 
-from parley_cli.publishing import public_pem, publish_release
+from parley_cli.publishing import publish_release
 from parley_core.errors import FailedPrecondition
 from parley_patch_registry.schemas import StoredSchemas, check_readable, streams_read_by
 from parley_patch_registry.service import storage_schema_census
+from parley_testing.planning import delegated_publisher, plan_once_heard
 from parley_testing.stack import TIMEOUT_S, Stack, bearer
 from parley_testing.waiting import eventually
 
@@ -66,12 +66,7 @@ async def test_registry_refuses_to_plan_a_release_newer_than_the_archived_events
     registry: patch_pb2_grpc.PatchServiceAsyncStub = patch_pb2_grpc.PatchServiceStub(
         stack.internal("patch-registry", identity="platform")
     )
-    signer = CryptoSigner.generate_ed25519()
-    await registry.SetPublisherKey(
-        patch_pb2.SetPublisherKeyRequest(service="messaging", public_key_pem=public_pem(signer)),
-        metadata=publisher,
-        timeout=TIMEOUT_S,
-    )
+    signer = await delegated_publisher(registry, "messaging", metadata=publisher, timeout=TIMEOUT_S)
     for version, min_schema in (("0.2.0", 2), ("0.2.1", 1)):
         await publish_release(
             registry,
@@ -95,14 +90,8 @@ async def test_registry_refuses_to_plan_a_release_newer_than_the_archived_events
     listed = await registry.ListRollouts(patch_pb2.ListRolloutsRequest(), timeout=TIMEOUT_S)
     assert not listed.rollouts  # nothing half-written
 
-    async def plan_readable_release() -> patch_pb2.Rollout | None:
-        try:
-            request = patch_pb2.PlanRolloutRequest(service="messaging", to_version="0.2.1")
-            return await registry.PlanRollout(request, metadata=planner, timeout=TIMEOUT_S)
-        except grpc.aio.AioRpcError as error:
-            if "no running instance" in (error.details() or ""):
-                return None  # messaging's first heartbeat has not reached the registry yet
-            raise
-
-    planned = await eventually(plan_readable_release, "a plan of the release that reads schema 1", TIMEOUT_S)
+    readable = patch_pb2.PlanRolloutRequest(service="messaging", to_version="0.2.1")
+    planned = await plan_once_heard(
+        registry, readable, metadata=planner, timeout=TIMEOUT_S, what="a plan of the release that reads schema 1"
+    )
     assert planned.state == "planned"

@@ -31,14 +31,13 @@ from parley.fleet.v1 import fleet_pb2, fleet_pb2_grpc
 from parley.patch.v1 import events_pb2, patch_pb2, patch_pb2_grpc
 from securesystemslib.signer import CryptoSigner
 
-from parley_cli.publishing import public_pem, publish_release, sign_prepared
+from parley_cli.publishing import publish_release, sign_prepared
 from parley_core.bus import EventBus
-from parley_core.config import REGISTRY_FOLDER, Settings
+from parley_core.config import REGISTRY_FOLDER
 from parley_core.envelope import NewEvent, decode, open_payload
 from parley_core.grpc_channel import secure_channel
 from parley_core.net import free_port
 from parley_core.pki import Pki
-from parley_core.runner import serve
 from parley_core.tokens import AUDIENCE, ISSUER
 from parley_core.topology import (
     STREAMS_BY_NAME,
@@ -52,6 +51,9 @@ from parley_patch_registry.rollout_events import RolloutApproved
 from parley_patch_registry.service import PatchRegistryApp
 from parley_patch_registry.settings import RegistrySettings
 from parley_testing.nats import NatsTestServer
+from parley_testing.osv import messaging_osv
+from parley_testing.planning import delegated_publisher
+from parley_testing.stack import served_settings, start_serving
 from parley_testing.waiting import eventually, until
 
 if TYPE_CHECKING:
@@ -175,17 +177,15 @@ async def registry(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> Asy
         aggregate_version=1,
         expected_last_subject_seq=None,
     )
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    (data_dir / "pki").symlink_to(pki.directory, target_is_directory=True)
-    settings = Settings(
-        service="patch-registry",
-        data_dir=data_dir,
-        nats_url=nats_server.url,
-        nats_password=nats_server.passwords["patch-registry"],
+    settings = served_settings(
+        nats_server,
+        pki,
+        tmp_path,
+        "patch-registry",
         heartbeat_seconds=5.0,  # simulated instances stay live for 15 s after a beat
         grace_seconds=5,
     )
+    data_dir = settings.data_dir
     registry_settings = RegistrySettings(
         gate_window_seconds=1.0, gate_timeout_seconds=5.0, deadline_high_hours=1 / 3600, root_keys=3, root_threshold=2
     )
@@ -204,28 +204,18 @@ async def registry(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> Asy
         folder: Path, own_settings: RegistrySettings = registry_settings
     ) -> tuple[str, grpc.aio.Channel, Callable[[], Awaitable[None]]]:
         """One registry instance on the data folder `folder`: its address, a channel to it, its stop."""
-        stop = asyncio.Event()
-        ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        app = PatchRegistryApp(own_settings)
-        task = asyncio.create_task(
-            serve(
-                app,
-                service="patch-registry",
-                settings=settings.model_copy(update={"data_dir": folder}),
-                stop=stop,
-                on_ready=ready.set_result,
-            )
+        served = await start_serving(
+            PatchRegistryApp(own_settings),
+            service="patch-registry",
+            settings=settings.model_copy(update={"data_dir": folder}),
         )
-        await asyncio.wait_for(asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED), TIMEOUT_S)
-        if task.done():
-            task.result()
-        address = f"127.0.0.1:{ready.result()}"
+        address = f"127.0.0.1:{served.port}"
         channel = secure_channel(pki, identity="platform", address=address, peer="patch-registry")
 
         async def stop_it() -> None:
-            stop.set()
+            served.stop.set()
             await channel.close()
-            await asyncio.wait_for(task, TIMEOUT_S)
+            await asyncio.wait_for(served.task, TIMEOUT_S)
 
         return address, channel, stop_it
 
@@ -260,11 +250,8 @@ async def registry(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> Asy
 async def publisher_key(registry: Registry) -> CryptoSigner:
     """messaging's publisher key, delegated on first use (the registry keeps only its public half)."""
     if registry.publisher is None:
-        registry.publisher = CryptoSigner.generate_ed25519()
-        await registry.stub.SetPublisherKey(
-            patch_pb2.SetPublisherKeyRequest(service="messaging", public_key_pem=public_pem(registry.publisher)),
-            metadata=registry.token("olga", "operator"),
-            timeout=TIMEOUT_S,
+        registry.publisher = await delegated_publisher(
+            registry.stub, "messaging", metadata=registry.token("olga", "operator"), timeout=TIMEOUT_S
         )
     return registry.publisher
 
@@ -348,15 +335,17 @@ async def test_registry_holds_no_publisher_key_and_refuses_a_release_signed_by_a
             timeout=TIMEOUT_S,
         )
 
-    stranger = CryptoSigner.generate_ed25519()
-    forged = sign_prepared(
-        prepared.metadata,
-        signer=stranger,
-        service="messaging",
-        version="0.2.0",
-        wheel_name=prepare.wheel_name,
-        wheel=b"wheel 0.2.0",
-    )
+    def signed_by(signer: CryptoSigner) -> bytes:
+        return sign_prepared(
+            prepared.metadata,
+            signer=signer,
+            service="messaging",
+            version="0.2.0",
+            wheel_name=prepare.wheel_name,
+            wheel=b"wheel 0.2.0",
+        )
+
+    forged = signed_by(CryptoSigner.generate_ed25519())
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await publish_signed(forged, b"wheel 0.2.0")
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -366,14 +355,7 @@ async def test_registry_holds_no_publisher_key_and_refuses_a_release_signed_by_a
         await publish_signed(b"", b"wheel 0.2.0")
     assert unsigned.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
-    genuine = sign_prepared(
-        prepared.metadata,
-        signer=key,
-        service="messaging",
-        version="0.2.0",
-        wheel_name=prepare.wheel_name,
-        wheel=b"wheel 0.2.0",
-    )
+    genuine = signed_by(key)
     with pytest.raises(grpc.aio.AioRpcError) as swapped:
         await publish_signed(genuine, b"wheel 0.2.X")  # signed metadata, other bytes uploaded
     assert swapped.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -609,17 +591,7 @@ async def test_an_instance_stopped_on_purpose_leaves_the_fleet_view(registry: Re
 async def test_a_finding_ends_fixed_with_its_time_to_patch_when_a_fixed_instance_replaces_the_vulnerable_one(
     registry: Registry,
 ) -> None:
-    advisory = {
-        "id": "TEST-MTTP-1",
-        "modified": "2026-11-01T00:00:00Z",
-        "summary": "messaging before 0.2.0",
-        "affected": [
-            {
-                "package": {"ecosystem": "PyPI", "name": "parley-messaging"},
-                "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": "0.2.0"}]}],
-            }
-        ],
-    }
+    advisory = messaging_osv("TEST-MTTP-1", "0.2.0")
     await registry.stub.ImportAdvisories(
         patch_pb2.ImportAdvisoriesRequest(osv_json=[json.dumps(advisory)]),
         metadata=registry.token("alice", "operator"),
@@ -681,20 +653,7 @@ HIGH_VECTOR = "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:N/A:N"  # 7.5: high, due i
 
 
 def messaging_advisory(advisory_id: str, fixed: str, *, vector: str = "") -> str:
-    record: dict[str, object] = {
-        "id": advisory_id,
-        "modified": "2026-11-01T00:00:00Z",
-        "summary": f"messaging before {fixed}",
-        "affected": [
-            {
-                "package": {"ecosystem": "PyPI", "name": "parley-messaging"},
-                "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": fixed}]}],
-            }
-        ],
-    }
-    if vector:
-        record["severity"] = [{"type": "CVSS_V3", "score": vector}]
-    return json.dumps(record)
+    return json.dumps(messaging_osv(advisory_id, fixed, vector=vector))
 
 
 async def import_advisories(registry: Registry, *records: str) -> None:

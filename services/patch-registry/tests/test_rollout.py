@@ -15,18 +15,23 @@ POLICY = GatePolicy(max_error_rate=0.01, max_p99_latency_ms=250.0, min_requests=
 
 
 def planned(
-    instances: tuple[str, ...] = ("m-1", "m-2"), weights: tuple[int, ...] = (100,)
+    instances: tuple[str, ...] = ("m-1", "m-2"),
+    weights: tuple[int, ...] = (100,),
+    *,
+    from_version: str = "0.1.0",
+    actor_role: str = "operator",
 ) -> tuple[Rollout, list[RolloutEvent]]:
+    """Alice's plan to roll messaging 0.2.0 (published by dave) out to `instances`."""
     return Rollout.plan(
         rollout_id="r-1",
         service="messaging",
-        from_version="0.1.0",
+        from_version=from_version,
         to_version="0.2.0",
         target_path="messaging/parley_messaging-0.2.0-py3-none-any.whl",
         old_instances=instances,
         release_published_by="dave",
         actor="alice",
-        actor_role="operator",
+        actor_role=actor_role,
         at=1.0,
         weights=weights,
     )
@@ -54,6 +59,20 @@ def window(
         canary=CallFigures(calls=calls, errors=errors, p50_ms=p99 / 2, p99_ms=p99),
         stable=stable,
     )
+
+
+def approved() -> Rollout:
+    """The planned roll-out, approved by bob."""
+    rollout, _ = planned()
+    rollout.approve(actor="bob", actor_role="operator", at=2.0)
+    return rollout
+
+
+def canary_complete() -> Rollout:
+    """Approved, and its canary (n-1 for m-1) passed and the old instance drained."""
+    rollout = approved()
+    run_step(rollout, "n-1")
+    return rollout
 
 
 def run_step(rollout: Rollout, new_instance: str) -> list[RolloutEvent]:
@@ -112,18 +131,7 @@ def test_approval_needs_patch_approve_permission() -> None:
 
 def test_members_cannot_plan() -> None:
     with pytest.raises(PermissionDenied):
-        Rollout.plan(
-            rollout_id="r",
-            service="s",
-            from_version="1",
-            to_version="2",
-            target_path="s/x.whl",
-            old_instances=["i"],
-            release_published_by="p",
-            actor="eve",
-            actor_role="member",
-            at=0.0,
-        )
+        planned(actor_role="member")
 
 
 def test_nothing_starts_before_approval() -> None:
@@ -187,8 +195,7 @@ def test_canary_then_production_one_at_a_time_then_done() -> None:
     ],
 )
 def test_canary_failing_its_gate_is_rolled_back_automatically(evidence: InstanceWindow, reason: str) -> None:
-    rollout, _ = planned()
-    rollout.approve(actor="bob", actor_role="operator", at=2.0)
+    rollout = approved()
     rollout.next_step(at=2.0)
     rollout.instance_started(instance_id="n-1", version="0.2.0", at=3.0)
     events = rollout.gate(evidence, POLICY, at=4.0, final=False)
@@ -207,9 +214,7 @@ def test_canary_failing_its_gate_is_rolled_back_automatically(evidence: Instance
 
 
 def test_pause_holds_the_next_step_and_resume_continues() -> None:
-    rollout, _ = planned()
-    rollout.approve(actor="bob", actor_role="operator", at=2.0)
-    run_step(rollout, "n-1")
+    rollout = canary_complete()
     rollout.pause(actor="carol", actor_role="operator", reason="busy hour", at=6.0)
     with pytest.raises(FailedPrecondition, match="is paused"):
         rollout.next_step(at=7.0)
@@ -221,9 +226,7 @@ def test_pause_holds_the_next_step_and_resume_continues() -> None:
 
 
 def test_operator_rollback_and_finished_rollouts_stay_finished() -> None:
-    rollout, _ = planned()
-    rollout.approve(actor="bob", actor_role="operator", at=2.0)
-    run_step(rollout, "n-1")
+    rollout = canary_complete()
     with pytest.raises(PermissionDenied):
         rollout.rollback(actor="eve", actor_role="member", reason="", at=6.0)
     [event] = rollout.rollback(actor="carol", actor_role="admin", reason="customer reports", at=6.0)
@@ -235,8 +238,7 @@ def test_operator_rollback_and_finished_rollouts_stay_finished() -> None:
 
 
 def test_wrong_instance_or_version_is_refused() -> None:
-    rollout, _ = planned()
-    rollout.approve(actor="bob", actor_role="operator", at=2.0)
+    rollout = approved()
     rollout.next_step(at=2.0)
     with pytest.raises(InvalidArgument, match=r"runs 0\.1\.0"):
         rollout.instance_started(instance_id="n-1", version="0.1.0", at=3.0)
@@ -249,23 +251,11 @@ def test_plan_refuses_same_version_and_empty_fleet() -> None:
     with pytest.raises(FailedPrecondition, match="no running instance"):
         planned(())
     with pytest.raises(FailedPrecondition, match="already runs"):
-        Rollout.plan(
-            rollout_id="r",
-            service="s",
-            from_version="2",
-            to_version="2",
-            target_path="s/x.whl",
-            old_instances=["i"],
-            release_published_by="p",
-            actor="a",
-            actor_role="admin",
-            at=0.0,
-        )
+        planned(from_version="0.2.0", actor_role="admin")
 
 
 def canary_started() -> Rollout:
-    rollout, _ = planned()
-    rollout.approve(actor="bob", actor_role="operator", at=2.0)
+    rollout = approved()
     rollout.next_step(at=2.0)
     rollout.instance_started(instance_id="n-1", version="0.2.0", at=3.0)
     return rollout
@@ -311,8 +301,7 @@ def test_every_verdict_records_its_figures() -> None:
 
 
 def test_a_canary_that_exits_is_rolled_back_at_once_with_its_last_log_lines() -> None:
-    rollout, _ = planned()
-    rollout.approve(actor="bob", actor_role="operator", at=2.0)
+    rollout = approved()
     rollout.next_step(at=2.0)
     lines = ('{"msg": "starting"}', "Traceback (most recent call last):", "SystemExit: broken on purpose", "")
     events = rollout.instance_exited(

@@ -28,8 +28,7 @@ from parley_client import ParleyClient, ParleyError
 from parley_core.pki import Pki
 from parley_testing.nats import NatsTestServer
 from parley_testing.rollout_platform import PLATFORM_TIMEOUTS, AgentPlatform, agent_platform
-from parley_testing.traffic import Traffic, history_count, send_continuously, sender_channel, sending
-from parley_testing.waiting import eventually
+from parley_testing.traffic import Traffic, all_archived, send_continuously, sender_channel, sending
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -100,12 +99,7 @@ async def test_upgrade_under_traffic_loses_nothing_and_a_failing_canary_rolls_ba
     )
     assert traffic.failures == []
     assert during_upgrade > 0
-
-    async def archived() -> int | None:
-        count = await history_count(client, channel_id)
-        return count if count >= traffic.acknowledged else None
-
-    assert await eventually(archived, "every acknowledged message in history", 120) == traffic.acknowledged
+    await all_archived(client, channel_id, traffic)
     await client.close()
 
 
@@ -151,12 +145,7 @@ async def test_two_instances_of_a_service_upgraded_under_traffic(cluster: AgentP
     assert traffic.failures == []
     assert logins.failures == []
     assert traffic.acknowledged > 0
-
-    async def archived() -> int | None:
-        count = await history_count(client, channel.channel_id)
-        return count if count >= traffic.acknowledged else None
-
-    assert await eventually(archived, "every acknowledged message in history", 120) == traffic.acknowledged
+    await all_archived(client, channel.channel_id, traffic)
     await client.close()
 
 
@@ -189,13 +178,8 @@ async def test_a_done_rollout_is_reverted_to_the_base_release_through_an_approve
     assert (base.service, base.version) == ("messaging", "0.1.0")
     wheel_b = await asyncio.to_thread(build_wheel, MESSAGING_SOURCE, "0.2.0", tmp_path / "wheels")
     client = client_of(cluster)
-    await client.register("carol", "a-long-passphrase")
-    await client.login("carol", "a-long-passphrase")
-    channel = await client.create_channel("reverts")
-    agent_task = cluster.start_agent()
-    traffic = Traffic()
-    sender = asyncio.create_task(send_continuously(client, channel.channel_id, traffic))
-    try:
+    channel_id = await sender_channel(client, "carol", "reverts")
+    async with cluster.agent_running(), sending(client, channel_id) as traffic:
         rollout = await publish_and_roll(cluster, wheel_b, "0.2.0")
         done = await cluster.finished(rollout.rollout_id, 600, "the roll-out to 0.2.0 to finish")
         assert done.state == "done", done.rollback_reason
@@ -211,11 +195,6 @@ async def test_a_done_rollout_is_reverted_to_the_base_release_through_an_approve
         reverted = await cluster.finished(revert.rollout_id, 600, "the revert to 0.1.0 to finish")
         assert reverted.state == "done", reverted.rollback_reason
         assert [s.gate for s in reverted.steps] == ["passed", "passed"]
-    finally:
-        traffic.stop.set()
-        await sender
-        cluster.agent._stop.set()
-        await agent_task
     assert cluster.managed_versions() == {"0.1.0"}
     installed = cluster.agent.installed_python("messaging", "0.1.0")
     assert installed is not None  # the base wheel, installed from the registry through TUF

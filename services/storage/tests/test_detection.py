@@ -22,11 +22,10 @@ from parley.messaging.v1 import messaging_pb2
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from parley.storage.v1.events_pb2 import AnomalyDetected
-from securesystemslib.signer import CryptoSigner
 
 from parley_agent.gate_probes import PROBE_WORKERS
 from parley_agent.probe import MessagingProbe
-from parley_cli.publishing import public_pem, publish_release
+from parley_cli.publishing import publish_release
 from parley_core.config import PEER_ADDRESS_ENV
 from parley_core.envelope import decode
 from parley_core.topology import ANOMALY_FILTER
@@ -43,6 +42,7 @@ from parley_storage.detection import (
     SHORT_RETENTION,
 )
 from parley_testing.nats import NatsTestServer
+from parley_testing.planning import delegated_publisher, plan_once_heard
 from parley_testing.security import security_events
 from parley_testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
 from parley_testing.waiting import eventually, until
@@ -538,12 +538,7 @@ async def plan_and_approve(stack: Stack) -> tuple[patch_pb2.Rollout, auth_pb2.Ac
     registry: patch_pb2_grpc.PatchServiceAsyncStub = patch_pb2_grpc.PatchServiceStub(
         stack.internal("patch-registry", identity="platform")
     )
-    signer = CryptoSigner.generate_ed25519()
-    await registry.SetPublisherKey(
-        patch_pb2.SetPublisherKeyRequest(service="messaging", public_key_pem=public_pem(signer)),
-        metadata=publisher,
-        timeout=TIMEOUT_S,
-    )
+    signer = await delegated_publisher(registry, "messaging", metadata=publisher, timeout=TIMEOUT_S)
     await publish_release(
         registry,
         signer=signer,
@@ -555,16 +550,8 @@ async def plan_and_approve(stack: Stack) -> tuple[patch_pb2.Rollout, auth_pb2.Ac
         timeout=TIMEOUT_S,
     )
 
-    async def plan() -> patch_pb2.Rollout | None:
-        try:
-            request = patch_pb2.PlanRolloutRequest(service="messaging", to_version="0.2.1")
-            return await registry.PlanRollout(request, metadata=planner, timeout=TIMEOUT_S)
-        except grpc.aio.AioRpcError as error:
-            if "no running instance" in (error.details() or ""):
-                return None  # messaging's first heartbeat has not reached the registry yet
-            raise
-
-    planned = await eventually(plan, "a planned roll-out", TIMEOUT_S)
+    request = patch_pb2.PlanRolloutRequest(service="messaging", to_version="0.2.1")
+    planned = await plan_once_heard(registry, request, metadata=planner, timeout=TIMEOUT_S, what="a planned roll-out")
     await registry.ApproveRollout(
         patch_pb2.RolloutCommand(rollout_id=planned.rollout_id), metadata=approver, timeout=TIMEOUT_S
     )

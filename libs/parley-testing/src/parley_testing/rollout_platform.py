@@ -25,7 +25,7 @@ from securesystemslib.signer import CryptoSigner
 from parley_agent import AgentTimeouts, Door, NodeAgent
 from parley_agent.front_door import FrontDoor
 from parley_agent.health import is_serving
-from parley_cli.publishing import public_pem, publish_base_release, publish_release
+from parley_cli.publishing import publish_base_release, publish_release
 from parley_core.bus import EventBus
 from parley_core.config import PEER_ADDRESS_ENV, STABLE_ADDRESS_ENV
 from parley_core.grpc_channel import secure_channel
@@ -34,6 +34,7 @@ from parley_core.pki import Pki
 from parley_core.topology import PLATFORM_USER, STREAMS
 from parley_testing.nats import NatsTestServer
 from parley_testing.operators import OperatorTokens
+from parley_testing.planning import delegated_publisher
 from parley_testing.waiting import eventually
 
 START_TIMEOUT_S = 120.0
@@ -80,12 +81,7 @@ class AgentPlatform:
         """A release of the managed service, signed with the publisher's own key as `parley patch publish` does."""
         metadata = self.operator(publisher)
         if self.publisher_key is None:  # created once; the registry is given its public half
-            self.publisher_key = CryptoSigner.generate_ed25519()
-            await self.registry.SetPublisherKey(
-                patch_pb2.SetPublisherKeyRequest(service=self.managed, public_key_pem=public_pem(self.publisher_key)),
-                metadata=metadata,
-                timeout=30,
-            )
+            self.publisher_key = await delegated_publisher(self.registry, self.managed, metadata=metadata, timeout=30)
         await publish_release(
             self.registry,
             signer=self.publisher_key,

@@ -34,12 +34,15 @@ __all__ = [
     "PASSWORD",
     "TIMEOUT_S",
     "Running",
+    "Served",
     "Stack",
     "bearer",
     "closed_stack",
     "invite_stack",
+    "served_settings",
     "stack",
     "start_service",
+    "start_serving",
 ]
 
 # Stream owners before storage (which reads every stream), the gateway last, once its peers listen.
@@ -147,10 +150,9 @@ def bearer(token: str) -> tuple[tuple[str, str]]:
 
 
 @dataclass
-class Running:
-    """One service instance started by the fixtures: stop it with `stop`, await `task`."""
+class Served:
+    """A service app a test serves in-process: stop it with `stop`, await `task`."""
 
-    app: Captured
     port: int
     stop: asyncio.Event
     task: asyncio.Task[int]
@@ -159,6 +161,50 @@ class Running:
         self.stop.set()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.task, TIMEOUT_S)
+
+
+@dataclass
+class Running(Served):
+    """One service instance started by the stack fixtures."""
+
+    app: Captured
+
+
+def served_settings(nats_server: NatsTestServer, pki: Pki, tmp_path: Path, service: str, **more: Any) -> Settings:
+    """Settings of one service a test serves by itself, on the test's nats-server and a free port,
+    in a data folder of its own holding the test CA's certificates (as `parley up` lays one out)."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "pki").symlink_to(pki.directory, target_is_directory=True)
+    return Settings(
+        service=service,
+        data_dir=data_dir,
+        nats_url=nats_server.url,
+        nats_password=nats_server.passwords[service],
+        **{"listen_port": 0, **more},
+    )
+
+
+async def start_serving(
+    app: ServiceApp, *, service: str, settings: Settings, client_facing: bool = False, timeout: float = TIMEOUT_S
+) -> Served:
+    """`serve(app)` in a task of its own, once it listens; what made it end early is raised here."""
+    stop = asyncio.Event()
+    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        serve(
+            app,
+            service=service,
+            settings=settings,
+            client_facing=client_facing,
+            stop=stop,
+            on_ready=ready.set_result,
+        )
+    )
+    await asyncio.wait_for(asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED), timeout)
+    if task.done():
+        task.result()
+    return Served(ready.result(), stop, task)
 
 
 async def start_service(
@@ -193,22 +239,10 @@ async def start_service(
         client_connections_per_source=1_000_000,
     )
     app = Captured(_app(APPS[service]))
-    stop = asyncio.Event()
-    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(
-        serve(
-            app,
-            service=service,
-            settings=settings,
-            client_facing=service == "gateway",
-            stop=stop,
-            on_ready=ready.set_result,
-        )
+    served = await start_serving(
+        app, service=service, settings=settings, client_facing=service == "gateway", timeout=TIMEOUT_S * 2
     )
-    await asyncio.wait_for(asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED), TIMEOUT_S * 2)
-    if task.done():
-        task.result()
-    return Running(app, ready.result(), stop, task)
+    return Running(served.port, served.stop, served.task, app=app)
 
 
 async def start_stack(

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from parley_client.client import ParleyClient
 from parley_client.errors import ParleyError
 from parley_testing.stack import PASSWORD
+from parley_testing.waiting import eventually
 
 
 @dataclass
@@ -48,6 +49,16 @@ async def sender_channel(client: ParleyClient, user: str, channel: str) -> str:
     await client.register(user, PASSWORD)
     await client.login(user, PASSWORD)
     return (await client.create_channel(channel)).channel_id
+
+
+async def all_archived(client: ParleyClient, channel_id: str, traffic: Traffic, timeout: float = 120) -> None:
+    """History comes to hold every message `traffic` had acknowledged (storage archives them after)."""
+
+    async def archived() -> int | None:
+        count = await history_count(client, channel_id)
+        return count if count >= traffic.acknowledged else None
+
+    assert await eventually(archived, "every acknowledged message in history", timeout) == traffic.acknowledged
 
 
 async def history_count(client: ParleyClient, channel_id: str) -> int:

@@ -29,6 +29,7 @@ from parley_core.actor import Actor
 from parley_core.envelope import NewEvent
 from parley_core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from parley_core.event_log import NEW, Position
+from parley_core.same_named import same_named
 
 R = TypeVar("R")
 
@@ -60,14 +61,7 @@ class DevicesApi(AuthBase):
             raise AlreadyExists("this device id already has other identity keys; register the device under a new id")
         if len(self.keys.of_user(caller.user_id)) >= keys.MAX_DEVICES_PER_USER:
             raise ResourceExhausted(f"at most {keys.MAX_DEVICES_PER_USER} devices per user; remove one first")
-        published = DeviceKeysPublished(
-            user_id=caller.user_id,
-            device_id=request.device_id,
-            curve25519=request.curve25519,
-            ed25519=request.ed25519,
-            signature=request.signature,
-            display_name=request.display_name,
-        )
+        published = DeviceKeysPublished(user_id=caller.user_id, **same_named(request, *keys.PUBLISHED_KEY_FIELDS))
         event = self._device_event(caller.user_id, request.device_id, published, Actor.user(caller.user_id))
         try:
             await self.events.append(device_subject(caller.user_id, request.device_id), [event], NEW)

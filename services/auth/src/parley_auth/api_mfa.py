@@ -8,7 +8,6 @@ from parley.auth.v1.events_pb2 import MfaRequirementSet, RecoveryCodesRegenerate
 
 from parley_auth import domain, mfa
 from parley_auth.domain import MAX_PASSWORD_LENGTH, actor_of, validate_role
-from parley_auth.passwords import verify_password
 from parley_auth.servicer_base import MFA_POLICY_SUBJECT, Context, account_proto, account_read
 from parley_auth.step_up import StepUps
 from parley_core.actor import Actor
@@ -130,13 +129,13 @@ class MfaApi(StepUps):
             # Spent like a login code, on the user's subject: a racing use of the same code loses.
             await self._user_event(account, TotpCodeAccepted(user_id=account.user_id, time_step=step), actor)
         elif request.password:
-            await self._step_up(
+            await self._password_step_up(
                 context,
                 caller,
                 account,
+                request.password,
                 call="RegenerateRecoveryCodes",
                 wrong="the password is wrong",
-                proven=lambda: verify_password(account.password_hash, request.password),
             )
         else:
             raise InvalidArgument("give a current TOTP code (totp_code) or your password (password)")

@@ -189,13 +189,13 @@ class SessionsApi(StepUps):
         caller = self._caller(context)
         account = self._account(caller.user_id)
         domain.check_current_password_given(request.current_password)
-        await self._step_up(
+        await self._password_step_up(
             context,
             caller,
             account,
+            request.current_password,
             call="ChangePassword",
             wrong="the current password is wrong",
-            proven=lambda: verify_password(account.password_hash, request.current_password),
         )
         check_password_policy(request.new_password, account.username)
         read = account_read(account)  # the password checked was this version's

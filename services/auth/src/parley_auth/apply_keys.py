@@ -16,6 +16,7 @@ from parley_auth import keys
 from parley_auth.applying import Recorded, applier_table
 from parley_auth.auth_state import AuthState
 from parley_auth.key_rotation import SigningKeyState
+from parley_core.same_named import same_named
 
 APPLIERS, applies = applier_table()
 
@@ -54,14 +55,7 @@ def _signing_key_subject_changed(p: AuthState, at: Recorded) -> None:
 
 @applies(DeviceKeysPublished)
 def _device_published(p: AuthState, event: DeviceKeysPublished, at: Recorded) -> None:
-    device = keys.DeviceRecord(
-        user_id=event.user_id,
-        device_id=event.device_id,
-        curve25519=event.curve25519,
-        ed25519=event.ed25519,
-        signature=event.signature,
-        display_name=event.display_name,
-    )
+    device = keys.DeviceRecord(**same_named(event, *keys.DEVICE_FIELDS))
     p.keys.devices[(event.user_id, event.device_id)] = device
     device.last_seq, device.version = at.stream_seq, device.version + 1
 

@@ -73,6 +73,12 @@ class StoredKey:
     signature: bytes
 
 
+# What a device's owner publishes of it (PublishDeviceKeysRequest), and with the owner's id what
+# DeviceKeysPublished, DeviceRecord and the API's Device carry, all by the same names.
+PUBLISHED_KEY_FIELDS = ("device_id", "curve25519", "ed25519", "signature", "display_name")
+DEVICE_FIELDS = ("user_id", *PUBLISHED_KEY_FIELDS)
+
+
 @dataclass
 class DeviceRecord:
     user_id: str

@@ -30,6 +30,7 @@ from parley_core.event_log import EventLog, Position
 from parley_core.rate import TokenBuckets
 from parley_core.rbac import AccountAction
 from parley_core.run_context import RunContext
+from parley_core.same_named import same_named
 from parley_core.server_interceptors import peer_names
 from parley_core.sources import MAX_SOURCE_LENGTH, SOURCE_METADATA, client_address
 from parley_core.tokens import Caller, bearer_token
@@ -54,12 +55,7 @@ def device_subject(user_id: str, device_id: str) -> str:
 
 def device_proto(device: keys.DeviceRecord) -> auth_pb2.Device:
     return auth_pb2.Device(
-        user_id=device.user_id,
-        device_id=device.device_id,
-        curve25519=device.curve25519,
-        ed25519=device.ed25519,
-        signature=device.signature,
-        display_name=device.display_name,
+        **same_named(device, *keys.DEVICE_FIELDS),
         one_time_keys_left=len(device.unclaimed),
         has_fallback_key=device.fallback is not None,
     )

@@ -13,6 +13,7 @@ from parley.auth.v1.events_pb2 import LoginFailureCounted, LoginFailuresCleared
 from parley_auth import mfa
 from parley_auth.domain import Account, username_key
 from parley_auth.lockout import Scope
+from parley_auth.passwords import verify_password
 from parley_auth.servicer_base import AuthBase, Context
 from parley_core.actor import Actor
 from parley_core.envelope import NewEvent
@@ -102,6 +103,19 @@ class StepUps(AuthBase):
             )
             raise Unauthenticated(wrong)
         await self._succeeded(account.username, source)
+
+    async def _password_step_up(
+        self, context: Context, caller: Caller, account: Account, password: str, *, call: str, wrong: str
+    ) -> None:
+        """A step-up by the account's current password."""
+        await self._step_up(
+            context,
+            caller,
+            account,
+            call=call,
+            wrong=wrong,
+            proven=lambda: verify_password(account.password_hash, password),
+        )
 
     async def _totp_step_up(
         self,

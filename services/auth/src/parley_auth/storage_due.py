@@ -52,7 +52,8 @@ from parley_auth.lockout import LockoutBook
 from parley_auth.sessions import Session, SessionBook
 from parley_core.actor import Actor
 from parley_core.bus import ReceivedEvent, Refused, RetryLater
-from parley_core.envelope import NewEvent, UnknownEventType, open_payload
+from parley_core.bus_events import known_payloads
+from parley_core.envelope import NewEvent
 from parley_core.errors import Unavailable
 from parley_core.event_log import EventLog
 from parley_core.log_deletion import ERASURE, DeletionRefused, LoggedEventToDelete, delete_checked, personal_data_of
@@ -103,11 +104,7 @@ class StorageDue:
         self._app = app
 
     async def handle(self, batch: Sequence[ReceivedEvent]) -> None:
-        for event in batch:
-            try:
-                payload = open_payload(event.envelope)
-            except UnknownEventType:
-                continue  # a newer storage's fact: this release has nothing to do for it
+        for event, payload in known_payloads(batch):
             if isinstance(payload, AccountErasureDue):
                 await self._erased(payload, event)
             elif isinstance(payload, LogDeletionDue):

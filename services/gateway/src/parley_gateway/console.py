@@ -14,6 +14,7 @@ from parley.gateway.v1 import gateway_pb2
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from parley_core.compliance_reports import BadReportRequest, NoSuchReport, filed_reports, read_report
+from parley_core.same_named import proto_field_names, same_named
 from parley_gateway.forwarding import HIDDEN_DETAIL, Context, Forwarded
 
 log = logging.getLogger(__name__)
@@ -69,17 +70,13 @@ async def report(
     )
 
 
+# The console's verdict carries the monitor's state field for field.
+_VERDICT_AS_IS = proto_field_names(gateway_pb2.VerifyAuditResponse, leaving=("last_checkpoint",))
+
+
 def audit_verdict(state: storage_pb2.AuditChainState) -> gateway_pb2.VerifyAuditResponse:
     """Storage's audit monitor's verdict as the console reads it."""
     return gateway_pb2.VerifyAuditResponse(
-        intact=state.intact,
-        records=state.records,
-        last_index=state.last_index,
-        last_recorded_at=state.last_recorded_at,
-        findings=state.findings,
-        verified_at=state.verified_at,
-        head_index=state.head_index,
+        **same_named(state, *_VERDICT_AS_IS),
         last_checkpoint=state.last_checkpoint if state.HasField("last_checkpoint") else None,
-        checkpoint_errors=state.checkpoint_errors,
-        verify_interval_seconds=state.verify_interval_seconds,
     )

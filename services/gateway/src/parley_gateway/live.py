@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.message import Message
 from parley.common.v1.envelope_pb2 import EventEnvelope
@@ -29,9 +30,10 @@ from parley.messaging.v1.events_pb2 import (
     ReadMarkerMoved,
 )
 
-from parley_core.chat_messages import chat_message
+from parley_core.chat_messages import POSTED_FIELDS, chat_message
 from parley_core.envelope import UnknownEventType, open_payload
 from parley_core.errors import DomainError, PermissionDenied, ResourceExhausted
+from parley_core.same_named import same_named
 from parley_core.visibility import HistoryView
 
 
@@ -40,39 +42,15 @@ def client_event(payload: Message, position: int) -> gateway_pb2.ClientEvent | N
     if isinstance(payload, MessagePosted):
         return gateway_pb2.ClientEvent(
             message=chat_message(
-                channel_id=payload.channel_id,
-                message_id=payload.message_id,
-                sender_id=payload.sender_id,
-                sender_name=payload.sender_name,
-                channel_seq=payload.channel_seq,
-                body=payload.body,
-                sent_at_ns=payload.sent_at.ToNanoseconds(),
-                position=position,
-                thread_root_seq=payload.thread_root_seq,
+                **same_named(payload, *POSTED_FIELDS), sent_at_ns=payload.sent_at.ToNanoseconds(), position=position
             )
         )
     if isinstance(payload, MessageEdited):
-        return gateway_pb2.ClientEvent(
-            updated=chat_message(
-                channel_id=payload.channel_id,
-                message_id=payload.message_id,
-                sender_id=payload.editor_id,
-                channel_seq=payload.channel_seq,
-                body=payload.body,
-                position=position,
-                edited=True,  # clients tag it "(edited)" at once, as history does after a reload
-            )
-        )
+        # Clients tag it "(edited)" at once, as history does after a reload.
+        edited = _updated(payload, position, sender_id=payload.editor_id, body=payload.body, edited=True)
+        return gateway_pb2.ClientEvent(updated=edited)
     if isinstance(payload, MessageRedacted):
-        return gateway_pb2.ClientEvent(
-            updated=chat_message(
-                channel_id=payload.channel_id,
-                message_id=payload.message_id,
-                channel_seq=payload.channel_seq,
-                redacted=True,
-                position=position,
-            )
-        )
+        return gateway_pb2.ClientEvent(updated=_updated(payload, position, redacted=True))
     if isinstance(payload, ReactionAdded | ReactionRemoved):
         return gateway_pb2.ClientEvent(
             reaction=gateway_pb2.Reaction(
@@ -99,49 +77,46 @@ def client_event(payload: Message, position: int) -> gateway_pb2.ClientEvent | N
     return None
 
 
+def _updated(payload: MessageEdited | MessageRedacted, position: int, **change: Any) -> messaging_pb2.ChatMessage:
+    """The message an edit or a redaction changed, as clients replace it in their timeline."""
+    return chat_message(
+        channel_id=payload.channel_id,
+        message_id=payload.message_id,
+        channel_seq=payload.channel_seq,
+        position=position,
+        **change,
+    )
+
+
+# How each membership or channel change reads as a timeline line: the change's name (a function
+# of the event where it carries more), who made it, and the detail shown beside it.
+_MEMBERSHIP_LINES: dict[type[Message], tuple[Callable[[Any], str], str, str]] = {
+    MemberJoined: (lambda _: "joined", "user_id", ""),
+    MemberLeft: (lambda _: "left", "user_id", ""),
+    MemberInvited: (lambda _: "invited", "invited_by", ""),
+    MemberKicked: (lambda _: "kicked", "kicked_by", "reason"),
+    MemberBanned: (lambda _: "banned", "banned_by", "reason"),
+    MemberUnbanned: (lambda _: "unbanned", "unbanned_by", ""),
+    MemberRoleChanged: (lambda e: f"role:{e.role}", "changed_by", ""),
+    ChannelRenamed: (lambda _: "renamed", "renamed_by", "name"),
+    ChannelTopicChanged: (lambda _: "topic", "changed_by", "topic"),
+}
+
+
 def membership_change(payload: Message) -> gateway_pb2.MembershipChange | None:
     """Membership and channel changes, one shape for clients to show as a line in the timeline."""
-    change = gateway_pb2.MembershipChange
-    if isinstance(payload, MemberJoined):
-        return change(channel_id=payload.channel_id, user_id=payload.user_id, change="joined", actor_id=payload.user_id)
-    if isinstance(payload, MemberLeft):
-        return change(channel_id=payload.channel_id, user_id=payload.user_id, change="left", actor_id=payload.user_id)
-    if isinstance(payload, MemberInvited):
-        return change(
-            channel_id=payload.channel_id, user_id=payload.user_id, change="invited", actor_id=payload.invited_by
-        )
-    if isinstance(payload, MemberKicked):
-        return change(
-            channel_id=payload.channel_id,
-            user_id=payload.user_id,
-            change="kicked",
-            actor_id=payload.kicked_by,
-            detail=payload.reason,
-        )
-    if isinstance(payload, MemberBanned):
-        return change(
-            channel_id=payload.channel_id,
-            user_id=payload.user_id,
-            change="banned",
-            actor_id=payload.banned_by,
-            detail=payload.reason,
-        )
-    if isinstance(payload, MemberUnbanned):
-        return change(
-            channel_id=payload.channel_id, user_id=payload.user_id, change="unbanned", actor_id=payload.unbanned_by
-        )
-    if isinstance(payload, MemberRoleChanged):
-        return change(
-            channel_id=payload.channel_id,
-            user_id=payload.user_id,
-            change=f"role:{payload.role}",
-            actor_id=payload.changed_by,
-        )
-    if isinstance(payload, ChannelRenamed):
-        return change(channel_id=payload.channel_id, change="renamed", actor_id=payload.renamed_by, detail=payload.name)
-    if isinstance(payload, ChannelTopicChanged):
-        return change(channel_id=payload.channel_id, change="topic", actor_id=payload.changed_by, detail=payload.topic)
-    return None
+    line = _MEMBERSHIP_LINES.get(type(payload))
+    if line is None:
+        return None
+    name, actor_field, detail_field = line
+    event: Any = payload
+    return gateway_pb2.MembershipChange(
+        channel_id=event.channel_id,
+        user_id=getattr(event, "user_id", ""),  # channel changes are about no one member
+        change=name(event),
+        actor_id=getattr(event, actor_field),
+        detail=getattr(event, detail_field) if detail_field else "",
+    )
 
 
 def client_event_of(envelope: EventEnvelope, position: int) -> gateway_pb2.ClientEvent | None:

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from parley.messaging.v1 import messaging_pb2
 
-from parley_core.chat_messages import chat_message
+from parley_core.chat_messages import POSTED_FIELDS, chat_message
 from parley_core.errors import InvalidArgument
+from parley_core.same_named import same_named
 from parley_messaging.domain import Channel
 from parley_messaging.messages import MessageRecord, PostedMessage
 
@@ -20,16 +21,10 @@ MAX_THREAD_PAGE_BYTES = 2 * 1024 * 1024
 
 def to_proto(message: PostedMessage, record: MessageRecord | None = None) -> messaging_pb2.ChatMessage:
     return chat_message(
-        channel_id=message.channel_id,
-        message_id=message.message_id,
-        sender_id=message.sender_id,
-        sender_name=message.sender_name,
-        channel_seq=message.channel_seq,
-        body=message.body,
+        **same_named(message, *POSTED_FIELDS),
         sent_at_ns=message.sent_at_unix_ns,
         redacted=message.redacted,
         edit_count=message.edit_count,
-        thread_root_seq=message.thread_root_seq,
         reply_count=len(record.replies) if record else 0,
         reactions=record.reactions if record else {},
     )

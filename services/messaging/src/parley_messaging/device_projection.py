@@ -12,7 +12,8 @@ from parley.common.v1.envelope_pb2 import EventEnvelope
 from parley.messaging.v1.events_pb2 import ToDeviceFetched, ToDeviceSent
 
 from parley_core.envelope import open_payload
-from parley_messaging.devices import AuthDirectory, QueuedMessage, ToDeviceQueue, UndeliveredBySender
+from parley_core.same_named import same_named
+from parley_messaging.devices import QUEUED_FIELDS, AuthDirectory, QueuedMessage, ToDeviceQueue, UndeliveredBySender
 
 
 class DeviceRelay:
@@ -60,14 +61,7 @@ class DeviceRelay:
         self.undelivered.left(queue.delivered(e.recipient_device_id, e.up_to_queue_seq))
 
     def _sent(self, queue: ToDeviceQueue, e: ToDeviceSent) -> None:
-        message = QueuedMessage(
-            sender_user_id=e.sender_user_id,
-            sender_device_id=e.sender_device_id,
-            sender_identity_key=e.sender_identity_key,
-            olm_type=e.olm_type,
-            ciphertext=e.ciphertext,
-            queue_seq=e.queue_seq,
-        )
+        message = QueuedMessage(**same_named(e, *QUEUED_FIELDS))
         removed = (e.recipient_user_id, e.recipient_device_id) in self.directory.removed
         if queue.add(e.recipient_device_id, message, keep=not removed):
             self.undelivered.queued(message)

@@ -23,10 +23,13 @@ from parley_core.envelope import NewEvent
 from parley_core.errors import InvalidArgument, NotFound, PermissionDenied
 from parley_core.event_log import EventLog
 from parley_core.runner import RunContext
+from parley_core.same_named import same_named
 from parley_core.topology import to_device_subject
 from parley_messaging.device_projection import DeviceRelay
 from parley_messaging.devices import (
     MAX_TO_DEVICE_PER_CALL,
+    QUEUED_FIELDS,
+    SENDERS_FIELDS,
     QueuedMessage,
     ToDeviceQueue,
     check_ciphertext,
@@ -97,13 +100,9 @@ class DeviceKeyServicer(messaging_pb2_grpc.DeviceKeyServiceServicer):
                     aggregate_type="todevice",
                     aggregate_id=queue.user_id,
                     payload=ToDeviceSent(
+                        **same_named(message, *SENDERS_FIELDS),
                         recipient_user_id=queue.user_id,
-                        recipient_device_id=message.recipient_device_id,
                         sender_user_id=caller.user_id,
-                        sender_device_id=message.sender_device_id,
-                        sender_identity_key=message.sender_identity_key,
-                        olm_type=message.olm_type,
-                        ciphertext=message.ciphertext,
                         queue_seq=queue.next_seq(message.recipient_device_id),
                     ),
                     actor=Actor.user(caller.user_id),
@@ -147,12 +146,7 @@ class DeviceKeyServicer(messaging_pb2_grpc.DeviceKeyServiceServicer):
                 ToDeviceSent(
                     recipient_user_id=caller.user_id,
                     recipient_device_id=request.device_id,
-                    sender_user_id=m.sender_user_id,
-                    sender_device_id=m.sender_device_id,
-                    sender_identity_key=m.sender_identity_key,
-                    olm_type=m.olm_type,
-                    ciphertext=m.ciphertext,
-                    queue_seq=m.queue_seq,
+                    **same_named(m, *QUEUED_FIELDS),
                 )
                 for m in _page(queue.after(request.device_id, request.after_queue_seq, limit))
             ]

@@ -11,7 +11,7 @@ with an unknown user. The relay itself queues Olm ciphertext per recipient devic
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from parley_core.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 
@@ -58,6 +58,13 @@ class QueuedMessage:
     olm_type: int
     ciphertext: bytes
     queue_seq: int
+
+
+# Named alike in the ToDeviceSent event that queues a message and in the one a fetch hands out.
+QUEUED_FIELDS = tuple(f.name for f in fields(QueuedMessage))
+# What the sender of a to-device message chooses (SendToDeviceRequest), relayed as sent; who
+# sent it, to which user and its place in the queue are the relay's own.
+SENDERS_FIELDS = ("recipient_device_id", "sender_device_id", "sender_identity_key", "olm_type", "ciphertext")
 
 
 @dataclass

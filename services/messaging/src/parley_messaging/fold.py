@@ -7,7 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from parley_core.chat_messages import POSTED_FIELDS
 from parley_core.errors import FailedPrecondition
+from parley_core.same_named import same_named
 from parley_messaging import events as ev
 from parley_messaging.channel_state import ChannelState
 from parley_messaging.messages import PostedMessage
@@ -69,16 +71,7 @@ def _retention_set(channel: ChannelState, e: ev.ChannelRetentionSet, at: Recorde
 
 
 def _posted(channel: ChannelState, e: ev.MessagePosted, at: Recorded) -> None:
-    posted = PostedMessage(
-        channel_id=e.channel_id,
-        message_id=e.message_id,
-        sender_id=e.sender_id,
-        sender_name=e.sender_name,
-        channel_seq=e.channel_seq,
-        body=e.body,
-        sent_at_unix_ns=e.sent_at,
-        thread_root_seq=e.thread_root_seq,
-    )
+    posted = PostedMessage(**same_named(e, *POSTED_FIELDS), sent_at_unix_ns=e.sent_at)
     channel.record_post(posted, e.idempotency_key)
 
 

@@ -39,7 +39,8 @@ from parley.storage.v1.events_pb2 import ChannelErasureDue, LogDeletionDue, Rete
 
 from parley_core.actor import Actor
 from parley_core.bus import ReceivedEvent, Refused
-from parley_core.envelope import NewEvent, UnknownEventType
+from parley_core.bus_events import known_payloads
+from parley_core.envelope import NewEvent
 from parley_core.errors import FailedPrecondition
 from parley_core.event_log import EventLog
 from parley_core.log_deletion import (
@@ -92,11 +93,7 @@ class StorageDue:
     async def handle(self, batch: Sequence[ReceivedEvent]) -> None:
         """Each fact in turn; a refusal fails the batch, which the consumer then takes one by
         one, parking only the refused fact (the others find their marker applied)."""
-        for event in batch:
-            try:
-                payload = event.payload
-            except UnknownEventType:
-                continue  # a newer storage's fact: this release has nothing to do for it
+        for _, payload in known_payloads(batch):
             if isinstance(payload, ChannelErasureDue):
                 await self._erased(payload)
             elif isinstance(payload, RetentionDue):

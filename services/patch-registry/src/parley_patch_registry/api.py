@@ -10,9 +10,10 @@ import grpc
 from parley.patch.v1 import events_pb2, patch_pb2, patch_pb2_grpc
 
 from parley_core.errors import InvalidArgument, PermissionDenied
+from parley_core.same_named import proto_field_names, same_named
 from parley_core.tokens import TokenVerifier
 from parley_core.topology import PLATFORM_USER
-from parley_patch_registry.findings import Finding
+from parley_patch_registry.findings import AFFECTED_FIELDS, Finding
 from parley_patch_registry.registry import Registry
 from parley_patch_registry.rollout import Rollout
 from parley_patch_registry.rollout_events import GateEvaluated, RolloutEvent, describe, exit_description
@@ -21,19 +22,16 @@ from parley_patch_registry.tuf_http import RepositoryHttpServer
 Context = grpc.aio.ServicerContext[object, object]
 
 
+# What the API's Rollout shows of the aggregate as it is; its steps and audit are converted.
+_ROLLOUT_AS_IS = proto_field_names(patch_pb2.Rollout, leaving=("steps", "audit", "target_sha256"))
+# A gate verdict's figures, each the GateEvaluated event's own by name.
+_GATE_FIGURES = proto_field_names(patch_pb2.GateFigures)
+
+
 def rollout_proto(rollout: Rollout, *, target_sha256: str) -> patch_pb2.Rollout:
     return patch_pb2.Rollout(
-        rollout_id=rollout.rollout_id,
-        service=rollout.service,
-        from_version=rollout.from_version,
-        to_version=rollout.to_version,
-        target_path=rollout.target_path,
+        **same_named(rollout, *_ROLLOUT_AS_IS),
         target_sha256=target_sha256,
-        state=rollout.state,
-        planned_by=rollout.planned_by,
-        approved_by=rollout.approved_by,
-        release_published_by=rollout.release_published_by,
-        old_instances=list(rollout.old_instances),
         steps=[
             patch_pb2.RolloutStep(
                 replaces_instance=s.replaces_instance,
@@ -46,11 +44,6 @@ def rollout_proto(rollout: Rollout, *, target_sha256: str) -> patch_pb2.Rollout:
             )
             for s in rollout.steps
         ],
-        rollback_reason=rollout.rollback_reason,
-        reverts=rollout.reverts,
-        forced=rollout.forced,
-        reason=rollout.reason,
-        weights=list(rollout.weights),
         audit=[audit_entry_proto(e) for e in rollout.history],
     )
 
@@ -59,20 +52,7 @@ def audit_entry_proto(event: RolloutEvent) -> patch_pb2.AuditEntry:
     entry = patch_pb2.AuditEntry(at=event.at, actor=event.actor, event=type(event).__name__, detail=describe(event))
     if isinstance(event, GateEvaluated):
         # The figures as numbers too, so a console can chart them without parsing the detail.
-        entry.gate.CopyFrom(
-            patch_pb2.GateFigures(
-                step=event.step,
-                weight=event.weight,
-                passed=event.passed,
-                window_s=event.window_s,
-                canary_calls=event.canary_calls,
-                canary_errors=event.canary_errors,
-                canary_p99_ms=event.canary_p99_ms,
-                stable_calls=event.stable_calls,
-                stable_errors=event.stable_errors,
-                stable_p99_ms=event.stable_p99_ms,
-            )
-        )
+        entry.gate.CopyFrom(patch_pb2.GateFigures(**same_named(event, *_GATE_FIGURES)))
     return entry
 
 
@@ -87,14 +67,9 @@ def require_platform_peer(context: Context) -> None:
 
 def finding_proto(finding: Finding, now: float) -> patch_pb2.Finding:
     return patch_pb2.Finding(
-        advisory_id=finding.advisory_id,
+        **same_named(finding, *AFFECTED_FIELDS),
         aliases=list(finding.aliases),
         summary=finding.summary,
-        service=finding.service,
-        instance_id=finding.instance_id,
-        host=finding.host,
-        package=finding.package,
-        installed_version=finding.installed_version,
         fixed_in=list(finding.fixed_in),
         priority=finding.score.priority,
         cvss_score=finding.score.value or 0.0,

@@ -14,11 +14,12 @@ from parley.patch.v1 import events_pb2
 from parley_core.envelope import NewEvent
 from parley_core.errors import InvalidArgument
 from parley_core.event_log import ANYWHERE, ChangedMeanwhile
+from parley_core.same_named import same_named
 from parley_core.tokens import Caller
 from parley_core.topology import advisory_subject, finding_subject, vulnerability_alert_subject
 from parley_patch_registry import codec
 from parley_patch_registry.advisories import Advisory, parse_advisory
-from parley_patch_registry.findings import Finding, FindingEvent, InstalledPackage
+from parley_patch_registry.findings import AFFECTED_FIELDS, Finding, FindingEvent, InstalledPackage
 from parley_patch_registry.patch_roles import require_patch_role
 from parley_patch_registry.projection import alert_key
 from parley_patch_registry.registry_base import REGISTRY_ACTOR, RegistryBase, actor_of
@@ -107,12 +108,7 @@ class FindingCommands(RegistryBase):
                 continue
             event_id = hashlib.sha256(repr(key).encode()).hexdigest()[:32]
             payload = events_pb2.VulnerabilityOverdue(
-                advisory_id=finding.advisory_id,
-                service=finding.service,
-                instance_id=finding.instance_id,
-                host=finding.host,
-                package=finding.package,
-                installed_version=finding.installed_version,
+                **same_named(finding, *AFFECTED_FIELDS),
                 priority=finding.score.priority,
                 deadline=finding.deadline.timestamp(),
             )

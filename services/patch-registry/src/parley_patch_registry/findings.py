@@ -116,6 +116,10 @@ class FindingFixed(FindingEvent):
     fixed_at: float
 
 
+# Which advisory affects what where: named alike in a Finding, the API's Finding and VulnerabilityOverdue.
+AFFECTED_FIELDS = ("advisory_id", "service", "instance_id", "host", "package", "installed_version")
+
+
 @dataclass(frozen=True)
 class Finding:
     advisory_id: str

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import asdict
 
 from parley.patch.v1 import events_pb2
 
@@ -143,13 +144,4 @@ class ReleaseCommands(RegistryBase):
 
 def release_published(info: ReleaseInfo, published_by: str) -> events_pb2.ReleasePublished:
     """The record of a release: its event, and what PatchService answers about it."""
-    return events_pb2.ReleasePublished(
-        service=info.service,
-        version=info.version,
-        target_path=info.target_path,
-        sha256=info.sha256,
-        length=info.length,
-        fixes=list(info.fixes),
-        min_event_schema=info.min_event_schema,
-        published_by=published_by,
-    )
+    return events_pb2.ReleasePublished(**asdict(info), published_by=published_by)  # the event names its fields alike

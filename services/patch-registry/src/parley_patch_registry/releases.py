@@ -22,7 +22,7 @@ from tuf.api.exceptions import LengthOrHashMismatchError, UnsignedMetadataError
 from tuf.api.metadata import Metadata, TargetFile, Targets
 
 from parley_core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
-from parley_patch_registry.tuf_store import TufStore, delegated_role, exclusive_change
+from parley_patch_registry.tuf_store import TufStore, delegated_role, exclusive_change, signed_offline
 
 WHEEL_NAME = re.compile(r"^[A-Za-z0-9_.]+-[A-Za-z0-9_.+!]+(-[A-Za-z0-9_.]+){2,3}\.whl$")
 
@@ -167,12 +167,7 @@ class ReleaseRepository(TufStore):
         and it adds exactly one target, under the service's path, for exactly these wheel bytes.
         """
         role, _ = self._delegation(service)
-        try:
-            incoming: Metadata[Targets] = Metadata.from_bytes(signed)
-        except Exception as error:  # tuf raises several deserialisation errors
-            raise InvalidArgument(f"signed_metadata is not TUF metadata: {error}") from None
-        if not isinstance(incoming.signed, Targets):
-            raise InvalidArgument(f"signed_metadata is {incoming.signed.type} metadata, not targets")
+        incoming = signed_offline(signed, Targets, field="signed_metadata")
         try:
             self.targets().verify_delegate(role, incoming)
         except UnsignedMetadataError:

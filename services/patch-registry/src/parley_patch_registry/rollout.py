@@ -14,12 +14,12 @@ caller passes `at` and the identity of whoever acts.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
-from parley_core.actor import Actor
-from parley_core.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from parley_core.errors import FailedPrecondition, InvalidArgument
+from parley_patch_registry.four_eyes import approval_counts, require_other_approver
 from parley_patch_registry.gate import DEFAULT_WEIGHTS, GatePolicy, InstanceWindow, check_weights, judge
 from parley_patch_registry.patch_roles import require_patch_role
 from parley_patch_registry.rollout_events import (
@@ -38,8 +38,6 @@ from parley_patch_registry.rollout_events import (
     StepStarted,
     exit_description,
 )
-
-log = logging.getLogger(__name__)
 
 # Every state a planned roll-out can be in (Rollout.apply), in the order it moves through them.
 STATES = ("planned", "approved", "canary", "production", "paused", "rolling_back", "done", "rolled_back")
@@ -101,7 +99,13 @@ class Rollout:
                 self.reverts, self.forced, self.reason = event.reverts, event.forced, event.reason
                 self.weights = tuple(event.weights) or (100,)
             case RolloutApproved():
-                if self._second_pair_of_eyes(event):
+                if approval_counts(
+                    event.actor,
+                    rollout_id=self.rollout_id,
+                    state=self.state,
+                    planned_by=self.planned_by,
+                    release_published_by=self.release_published_by,
+                ):
                     self.approved_by, self.state = event.actor, "approved"
             case StepStarted():
                 self.steps.append(Step(replaces_instance=event.replaces_instance))
@@ -131,33 +135,9 @@ class Rollout:
             case RolloutRolledBack():
                 self.state = "rolled_back"
 
-    def _second_pair_of_eyes(self, event: RolloutApproved) -> bool:
-        """Four eyes on replay too: `approve` refuses the planner and the publisher, but whoever
-        holds patch-registry's NATS credential could append such an approval straight to PATCH.
-        Every registry ignores it (kept in the history, which numbers the aggregate's events)."""
-        approver = _person(event.actor)
-        if (
-            self.state == "planned"
-            and approver
-            and approver
-            not in {
-                _person(self.planned_by),
-                _person(self.release_published_by),
-            }
-        ):
-            return True
-        log.error(
-            "security: ignored a roll-out approval that breaks the four-eyes rule",
-            extra={
-                "security_event": "forged_rollout_approval_ignored",
-                "rollout_id": self.rollout_id,
-                "approver": event.actor,
-                "planned_by": self.planned_by,
-                "release_published_by": self.release_published_by,
-                "state": self.state,
-            },
-        )
-        return False
+    def _record(self, kind: type[RolloutEvent], *, at: float, actor: str, **facts: Any) -> list[RolloutEvent]:
+        """An event of this roll-out, applied: every one names the roll-out, when and who."""
+        return self._emit(kind(rollout_id=self.rollout_id, at=at, actor=actor, **facts))
 
     def _emit(self, event: RolloutEvent) -> list[RolloutEvent]:
         self.apply(event)
@@ -234,12 +214,9 @@ class Rollout:
     def approve(self, *, actor: str, actor_role: str, at: float) -> list[RolloutEvent]:
         """Four eyes: the patch-approve permission, and not the person who planned it."""
         require_patch_role(actor_role, "approving a roll-out", permission="patch-approve")
-        if actor in (self.planned_by, self.release_published_by):
-            raise PermissionDenied(
-                "the roll-out must be approved by someone other than who planned it or published the release"
-            )
+        require_other_approver(actor, planned_by=self.planned_by, release_published_by=self.release_published_by)
         self._require("planned")
-        return self._emit(RolloutApproved(rollout_id=self.rollout_id, at=at, actor=actor))
+        return self._record(RolloutApproved, at=at, actor=actor)
 
     def next_step(self, *, at: float) -> list[RolloutEvent]:
         """Starts the canary, or the next production step once the previous one is complete."""
@@ -250,16 +227,8 @@ class Rollout:
                 raise FailedPrecondition(f"step {self.current_step} is not complete yet")
         remaining = [i for i in self.old_instances if i not in {s.replaces_instance for s in self.steps}]
         if not remaining:
-            return self._emit(RolloutCompleted(rollout_id=self.rollout_id, at=at, actor="registry"))
-        return self._emit(
-            StepStarted(
-                rollout_id=self.rollout_id,
-                at=at,
-                actor="registry",
-                step=len(self.steps),
-                replaces_instance=remaining[0],
-            )
-        )
+            return self._record(RolloutCompleted, at=at, actor="registry")
+        return self._record(StepStarted, at=at, actor="registry", step=len(self.steps), replaces_instance=remaining[0])
 
     def instance_started(
         self, *, instance_id: str, version: str, at: float, actor: str = "node-agent"
@@ -267,15 +236,8 @@ class Rollout:
         self._require("canary", "production", "paused")
         if version != self.to_version:
             raise InvalidArgument(f"instance {instance_id} runs {version}, the roll-out installs {self.to_version}")
-        return self._emit(
-            InstanceStarted(
-                rollout_id=self.rollout_id,
-                at=at,
-                actor=actor,
-                step=self.current_step,
-                instance_id=instance_id,
-                version=version,
-            )
+        return self._record(
+            InstanceStarted, at=at, actor=actor, step=self.current_step, instance_id=instance_id, version=version
         )
 
     def gate(
@@ -292,37 +254,19 @@ class Rollout:
         reasons = judge(window, policy, final=final, settled=settled)
         if reasons is None:
             return []
-        canary, stable = window.canary, window.stable
         events = self._emit(
-            GateEvaluated(
-                rollout_id=self.rollout_id,
-                at=at,
-                actor="registry",
-                step=self.current_step,
-                passed=not reasons,
-                reasons=reasons,
-                window_s=window.window_s,
-                canary_calls=canary.calls,
-                canary_errors=canary.errors,
-                canary_p50_ms=canary.p50_ms,
-                canary_p99_ms=canary.p99_ms,
-                stable_calls=stable.calls,
-                stable_errors=stable.errors,
-                stable_p50_ms=stable.p50_ms,
-                stable_p99_ms=stable.p99_ms,
-                weight=self.current_weight,
+            GateEvaluated.of_window(
+                window, reasons, rollout_id=self.rollout_id, at=at, step=self.current_step, weight=self.current_weight
             )
         )
         if reasons:
             where = "canary" if self.current_step == 0 else f"step {self.current_step}"
-            events += self._emit(
-                RollbackStarted(
-                    rollout_id=self.rollout_id,
-                    at=at,
-                    actor="registry",
-                    reason=f"{where} failed its gate: " + "; ".join(reasons),
-                    automatic=True,
-                )
+            events += self._record(
+                RollbackStarted,
+                at=at,
+                actor="registry",
+                reason=f"{where} failed its gate: " + "; ".join(reasons),
+                automatic=True,
             )
         return events
 
@@ -334,35 +278,27 @@ class Rollout:
             raise InvalidArgument(f"step {self.current_step} replaces {step.replaces_instance}, not {instance_id}")
         if not step.gate_passed:
             raise FailedPrecondition(f"{instance_id} cannot be drained before its successor passed the health gate")
-        return self._emit(
-            InstanceDrained(
-                rollout_id=self.rollout_id, at=at, actor=actor, step=self.current_step, instance_id=instance_id
-            )
-        )
+        return self._record(InstanceDrained, at=at, actor=actor, step=self.current_step, instance_id=instance_id)
 
     def pause(self, *, actor: str, actor_role: str, reason: str, at: float) -> list[RolloutEvent]:
         require_patch_role(actor_role, "pausing a roll-out")
         self._require("approved", "canary", "production")
-        return self._emit(RolloutPaused(rollout_id=self.rollout_id, at=at, actor=actor, reason=reason))
+        return self._record(RolloutPaused, at=at, actor=actor, reason=reason)
 
     def resume(self, *, actor: str, actor_role: str, at: float) -> list[RolloutEvent]:
         require_patch_role(actor_role, "resuming a roll-out")
         self._require("paused")
-        return self._emit(RolloutResumed(rollout_id=self.rollout_id, at=at, actor=actor))
+        return self._record(RolloutResumed, at=at, actor=actor)
 
     def rollback(self, *, actor: str, actor_role: str, reason: str, at: float) -> list[RolloutEvent]:
         require_patch_role(actor_role, "rolling back a roll-out")
         self._require("planned", "approved", "canary", "production", "paused")
-        return self._emit(
-            RollbackStarted(
-                rollout_id=self.rollout_id, at=at, actor=actor, reason=reason or "by operator", automatic=False
-            )
-        )
+        return self._record(RollbackStarted, at=at, actor=actor, reason=reason or "by operator", automatic=False)
 
     def rolled_back(self, *, at: float, actor: str = "node-agent") -> list[RolloutEvent]:
         """The agent restored the old version on every replaced instance."""
         self._require("rolling_back")
-        return self._emit(RolloutRolledBack(rollout_id=self.rollout_id, at=at, actor=actor))
+        return self._record(RolloutRolledBack, at=at, actor=actor)
 
     def instance_exited(
         self, *, instance_id: str, exit_code: int, last_log_lines: Sequence[str], at: float, actor: str = "node-agent"
@@ -379,38 +315,30 @@ class Rollout:
         if step_index is None:
             raise InvalidArgument(f"{instance_id} is not a new instance of roll-out {self.rollout_id}")
         lines = tuple(last_log_lines)
-        events = self._emit(
-            InstanceExited(
-                rollout_id=self.rollout_id,
-                at=at,
-                actor=actor,
-                step=step_index,
-                instance_id=instance_id,
-                exit_code=exit_code,
-                last_log_lines=lines,
-            )
+        events = self._record(
+            InstanceExited,
+            at=at,
+            actor=actor,
+            step=step_index,
+            instance_id=instance_id,
+            exit_code=exit_code,
+            last_log_lines=lines,
         )
         how = exit_description(exit_code)
         last = next((line for line in reversed(lines) if line.strip()), "")
         why = f"{instance_id} {how}" + (f": {last.strip()[:300]}" if last else "")
         if self.steps[step_index].gate_passed is None:
-            events += self._emit(
-                GateEvaluated(
-                    rollout_id=self.rollout_id,
-                    at=at,
-                    actor="registry",
-                    step=step_index,
-                    passed=False,
-                    reasons=(why,),
-                    weight=self.current_weight,
-                )
+            events += self._record(
+                GateEvaluated,
+                at=at,
+                actor="registry",
+                step=step_index,
+                passed=False,
+                reasons=(why,),
+                weight=self.current_weight,
             )
         where = "canary" if step_index == 0 else f"step {step_index}"
-        events += self._emit(
-            RollbackStarted(
-                rollout_id=self.rollout_id, at=at, actor="registry", reason=f"{where}: {why}", automatic=True
-            )
-        )
+        events += self._record(RollbackStarted, at=at, actor="registry", reason=f"{where}: {why}", automatic=True)
         return events
 
     @property
@@ -438,9 +366,3 @@ class Rollout:
 
     def snapshot(self) -> Rollout:
         return replace(self, steps=[replace(s) for s in self.steps], history=list(self.history))
-
-
-def _person(actor: str) -> str:
-    """The account id an event's actor names, in whichever form it was written (ids are hex, so
-    case does not tell two people apart); "" for anyone who is not a person."""
-    return Actor.parse(actor).user_id.lower()

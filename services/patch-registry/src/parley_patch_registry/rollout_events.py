@@ -3,7 +3,10 @@ beyond its name and actor. Pure data: the state machine that decides them is rol
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from parley_patch_registry.gate import CallFigures, InstanceWindow
 
 
 @dataclass(frozen=True)
@@ -63,11 +66,34 @@ class GateEvaluated(RolloutEvent):
     stable_p99_ms: float = 0.0
     weight: int = 100  # the phase judged; a pass below 100 raises the share, at 100 completes the step
 
+    @classmethod
+    def of_window(
+        cls, window: InstanceWindow, reasons: tuple[str, ...], *, rollout_id: str, at: float, step: int, weight: int
+    ) -> GateEvaluated:
+        """The registry's verdict on `window`, with the figures it rests on."""
+        return cls(
+            rollout_id=rollout_id,
+            at=at,
+            actor="registry",
+            step=step,
+            passed=not reasons,
+            reasons=reasons,
+            window_s=window.window_s,
+            weight=weight,
+            **_flat("canary", window.canary),
+            **_flat("stable", window.stable),
+        )
+
     def figures(self) -> str:
         """One line for the audit: what the verdict saw."""
         canary = _figures("canary", self.canary_calls, self.canary_errors, self.canary_p50_ms, self.canary_p99_ms)
         stable = _figures("stable", self.stable_calls, self.stable_errors, self.stable_p50_ms, self.stable_p99_ms)
         return f"over {self.window_s:.1f} s: {canary}; {stable if self.stable_calls else 'no stable calls to compare'}"
+
+
+def _flat(who: str, figures: CallFigures) -> dict[str, Any]:
+    """`figures` as the event's flat fields: `canary_calls=...` and so on."""
+    return {f"{who}_{name}": value for name, value in asdict(figures).items()}
 
 
 def _figures(who: str, calls: int, errors: int, p50_ms: float, p99_ms: float) -> str:

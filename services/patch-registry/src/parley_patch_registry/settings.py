@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import timedelta
 from pathlib import Path
 
@@ -59,10 +60,5 @@ class RegistrySettings(BaseSettings):
         )
 
     def gate_policy(self) -> GatePolicy:
-        return GatePolicy(
-            max_error_rate=self.gate_max_error_rate,
-            max_p99_latency_ms=self.gate_max_p99_latency_ms,
-            min_requests=self.gate_min_requests,
-            max_p99_vs_stable=self.gate_max_p99_vs_stable,
-            p99_slack_ms=self.gate_p99_slack_ms,
-        )
+        """Each of the policy's limits is the setting of its name after `gate_`."""
+        return GatePolicy(**{f.name: getattr(self, f"gate_{f.name}") for f in fields(GatePolicy)})

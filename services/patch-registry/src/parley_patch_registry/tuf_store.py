@@ -59,6 +59,20 @@ def delegated_role(service: str) -> str:
     return f"service-{service}"
 
 
+_Signed = TypeVar("_Signed", Root, Targets)
+
+
+def signed_offline(signed: bytes, kind: type[_Signed], *, field: str) -> Metadata[_Signed]:
+    """The TUF metadata a request's `field` carries, signed offline, refused unless it is of `kind`."""
+    try:
+        incoming: Metadata[Any] = Metadata.from_bytes(signed)
+    except Exception as error:  # tuf raises several deserialisation errors
+        raise InvalidArgument(f"{field} is not TUF metadata: {error}") from None
+    if not isinstance(incoming.signed, kind):
+        raise InvalidArgument(f"{field} is {incoming.signed.type} metadata, not {kind.type}")
+    return incoming
+
+
 @dataclass(frozen=True)
 class Lifetimes:
     root: timedelta = timedelta(days=365)
@@ -275,12 +289,7 @@ class TufStore:
         clients holding root vn could not follow), and only the root keys may differ: the online
         roles' keys are the registry's and stay as they are.
         """
-        try:
-            incoming: Metadata[Root] = Metadata.from_bytes(signed)
-        except Exception as error:  # tuf raises several deserialisation errors
-            raise InvalidArgument(f"signed_root is not TUF metadata: {error}") from None
-        if not isinstance(incoming.signed, Root):
-            raise InvalidArgument(f"signed_root is {incoming.signed.type} metadata, not root")
+        incoming = signed_offline(signed, Root, field="signed_root")
         current = self.root()
         new = incoming.signed
         if new.version != current.signed.version + 1:

@@ -9,6 +9,7 @@ as associated data: moving a ciphertext to another row, aggregate or version fai
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -16,6 +17,7 @@ from google.protobuf.message import Message
 from parley.common.v1.envelope_pb2 import EventEnvelope
 
 from parley_core.log_deletion import personal_data_of
+from parley_core.same_named import same_named
 
 NONCE_BYTES = 12
 SYSTEM_OWNER = "system"
@@ -43,12 +45,21 @@ def data_owner(envelope: EventEnvelope, payload: Message | None) -> str:
     return SYSTEM_OWNER
 
 
+# What an event's sealed envelope is bound to: where it stands in its stream and in its aggregate.
+AAD_FIELDS = ("stream", "stream_seq", "event_id", "aggregate_type", "aggregate_id", "aggregate_version")
+
+
 def event_aad(
     *, stream: str, stream_seq: int, event_id: str, aggregate_type: str, aggregate_id: str, aggregate_version: int
 ) -> bytes:
     return "\x1f".join(
         ("parley-event-v1", stream, str(stream_seq), event_id, aggregate_type, aggregate_id, str(aggregate_version))
     ).encode()
+
+
+def row_aad(row: Any) -> bytes:
+    """The associated data an archived row's envelope is sealed with, from the row's own columns."""
+    return event_aad(**same_named(row, *AAD_FIELDS))
 
 
 def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:

@@ -21,7 +21,7 @@ from parley_core import telemetry
 from parley_core.envelope import decode
 from parley_storage.archive.records import EXPIRED, StoredEvent
 from parley_storage.datakeys import DataKeys
-from parley_storage.sealing import RecordUnreadable, event_aad, open_sealed
+from parley_storage.sealing import RecordUnreadable, open_sealed, row_aad
 
 # The archive's logger and tracer keep the name they had when the archive was one module.
 _NAME = "parley_storage.archive"
@@ -89,15 +89,7 @@ class ArchiveDb:
             key = self.keys.get(conn, row.key_id)
         except RecordUnreadable:
             return None
-        aad = event_aad(
-            stream=row.stream,
-            stream_seq=row.stream_seq,
-            event_id=row.event_id,
-            aggregate_type=row.aggregate_type,
-            aggregate_id=row.aggregate_id,
-            aggregate_version=row.aggregate_version,
-        )
-        return decode(open_sealed(key, bytes(row.envelope), aad))
+        return decode(open_sealed(key, bytes(row.envelope), row_aad(row)))
 
     def stored_event(self, conn: Connection, row: Row[Any]) -> StoredEvent:
         """The row as stored, its envelope opened where it can be: a damaged row is reported as
