@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +33,14 @@ async def test_root_rotation_from_the_cli_with_offline_keys_is_followed_by_clien
     await stack.create_user("olga", "operator")
     login = await stack.login("olga")
     (stack.data_dir / "platform.json").write_text(
-        json.dumps({"services": {"patch-registry": {"address": f"127.0.0.1:{stack.ports['patch-registry']}"}}})
+        json.dumps(
+            {
+                # As `parley up` writes it while it runs (this test's process stands in for it).
+                "running": True,
+                "pid": os.getpid(),
+                "services": {"patch-registry": {"address": f"127.0.0.1:{stack.ports['patch-registry']}"}},
+            }
+        )
     )
     (stack.data_dir / "cli").mkdir()
     (stack.data_dir / "cli" / "olga.json").write_text(json.dumps({"access_token": login.access_token}))
