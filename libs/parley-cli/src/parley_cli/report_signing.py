@@ -23,7 +23,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from parley_core.files import create_private_file, ensure_private_dir
+from parley_core.signing_keys import load_or_create_ed25519_key
 
 SIGNING_KEY_FILE = Path("secrets") / "report-signing-key.pem"
 PUBLIC_KEY_NAME = "parley-report-key.pub.pem"  # written beside each report
@@ -49,16 +49,10 @@ def public_pem(public_key: Ed25519PublicKey) -> bytes:
 def load_or_create_signing_key(data_dir: Path) -> Ed25519PrivateKey:
     """The platform's report-signing key, made on first use (of two runs at once, the first one's)."""
     path = data_dir / SIGNING_KEY_FILE
-    if not path.exists():
-        pem = Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        ensure_private_dir(path.parent)
-        create_private_file(path, pem)
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ReportNotVerified(f"{path} does not hold an Ed25519 private key")
-    return key
+    try:
+        return load_or_create_ed25519_key(path)
+    except ValueError as exc:
+        raise ReportNotVerified(str(exc)) from None
 
 
 def signed(body: bytes, key: Ed25519PrivateKey) -> bytes:

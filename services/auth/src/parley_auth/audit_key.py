@@ -13,7 +13,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from parley_core.files import create_private_file, ensure_private_dir
+from parley_core.signing_keys import load_or_create_ed25519_key
 
 ALGORITHM = "Ed25519"
 
@@ -29,16 +29,7 @@ class AuditSigner:
     @classmethod
     def load_or_create(cls, path: Path) -> AuditSigner:
         """The key at `path`, made on first use (of instances starting at once, the first one's)."""
-        if not path.exists():
-            pem = Ed25519PrivateKey.generate().private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-            ensure_private_dir(path.parent)
-            create_private_file(path, pem)
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"{path} does not hold an Ed25519 private key")
-        return cls(key)
+        return cls(load_or_create_ed25519_key(path))
 
     def sign(self, record_hash: bytes) -> bytes:
         return self._key.sign(record_hash)

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from parley_core.files import create_private_file, ensure_private_dir, write_private_file
+from parley_core.signing_keys import create_ed25519_key_file
 from parley_storage.key_files import BACKUP_KEY_FILE, SIGNING_KEY_FILE, VERIFY_KEY_FILE
 
 T = TypeVar("T")
@@ -47,12 +48,7 @@ class BackupKeys:
         key_path, signing_path = secrets_dir / BACKUP_KEY_FILE, secrets_dir / SIGNING_KEY_FILE
         if not key_path.exists():
             create_private_file(key_path, base64.b64encode(AESGCM.generate_key(bit_length=256)) + b"\n")
-        made_signing_key = False
-        if not signing_path.exists():
-            pem = Ed25519PrivateKey.generate().private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-            made_signing_key = create_private_file(signing_path, pem)
+        made_signing_key = not signing_path.exists() and create_ed25519_key_file(signing_path)
         if made_signing_key or not (secrets_dir / VERIFY_KEY_FILE).exists():
             signing = serialization.load_pem_private_key(signing_path.read_bytes(), password=None)
             public = signing.public_key().public_bytes(
