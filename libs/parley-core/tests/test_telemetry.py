@@ -75,21 +75,31 @@ def test_a_consumed_event_continues_the_trace_its_headers_carry(exporter: str) -
     assert "traceparent" not in result["after"]
 
 
-GRPC_PROBE = """
+# A probe process's start: tracing set up with the exporter its first argument names, and a
+# server whose one method, probe.Echo/Echo, answers with `echo_context(request, context)`.
+PROBE_SERVER = """
 import asyncio, json, sys
 import grpc
 from parley_core import telemetry
 telemetry.setup_tracing(service="probe", version="0", instance_id="p-1", exporter=sys.argv[1], otlp_endpoint="")
 
-async def echo_context(request: bytes, context) -> bytes:
-    return telemetry.current_trace_headers().get("traceparent", "").encode()
-
-async def main() -> None:
+async def echo_server(echo_context) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server(interceptors=telemetry.server_interceptors())
     handler = grpc.unary_unary_rpc_method_handler(echo_context)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("probe.Echo", {"Echo": handler}),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
+    return server, port
+"""
+
+GRPC_PROBE = (
+    PROBE_SERVER
+    + """
+async def echo_context(request: bytes, context) -> bytes:
+    return telemetry.current_trace_headers().get("traceparent", "").encode()
+
+async def main() -> None:
+    server, port = await echo_server(echo_context)
     in_metadata = sys.argv[2] == "metadata"  # the caller carries the context, as the gateway does
     interceptors = telemetry.client_interceptors(context_in_metadata=in_metadata)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=interceptors) as channel:
@@ -103,6 +113,7 @@ async def main() -> None:
 
 asyncio.run(main())
 """
+)
 
 
 @pytest.mark.parametrize(
@@ -124,11 +135,9 @@ def test_a_calls_trace_context_reaches_the_server(exporter: str, carried_by: str
     assert result["seen"][0] != result["seen"][1]  # a span of its own per call
 
 
-STATE_PROBE = """
-import asyncio, json, sys
-import grpc
-from parley_core import telemetry
-telemetry.setup_tracing(service="probe", version="0", instance_id="p-1", exporter=sys.argv[1], otlp_endpoint="")
+STATE_PROBE = (
+    PROBE_SERVER
+    + """
 parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 state = json.loads(sys.stdin.read())
 
@@ -136,11 +145,7 @@ async def echo_context(request: bytes, context) -> bytes:
     return json.dumps(telemetry.current_trace_headers()).encode()
 
 async def main() -> None:
-    server = grpc.aio.server(interceptors=telemetry.server_interceptors())
-    handler = grpc.unary_unary_rpc_method_handler(echo_context)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("probe.Echo", {"Echo": handler}),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    server, port = await echo_server(echo_context)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         metadata = (("traceparent", parent), ("tracestate", state))
         served = await channel.unary_unary("/probe.Echo/Echo")(b"", metadata=metadata)
@@ -151,6 +156,7 @@ async def main() -> None:
 
 asyncio.run(main())
 """
+)
 
 
 def state_probe(exporter: str, state: str) -> dict[str, dict[str, str]]:
