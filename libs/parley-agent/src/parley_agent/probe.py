@@ -3,14 +3,15 @@ nothing (a storage instance serves only reads: sends reach it as events, never a
 
 A real chat transaction, as a user makes it, made on the new instance itself (not through the
 front door): for messaging a message sent to it and read back from it, for storage the prober's
-channel read from it. The calls are counted by the instance like any other, so the registry's
-gate sees them in its heartbeats; a failed or slow transaction is evidence too. The prober is an
+channel read from it, for auth the prober's sessions read from it (logins are few and costly).
+The calls are counted by the instance like any other, so the registry's gate sees them in its
+heartbeats; a failed or slow transaction is evidence too. The prober is an
 account of its own (member role), created by the agent as the platform identity the first time
 it is needed, under a name only that identity may take (parley_core.synthetic), so the anomaly
 detector knows its sends for the platform's own; its password and channel are kept in the
 agent's folder (0600). Each host's agent has an account of its own (a name from its host's),
-since it keeps the password in its own folder. Services without a transaction here (auth, the
-gateway, the registry) are judged on their real traffic.
+since it keeps the password in its own folder. Services without a transaction here (the gateway,
+the registry) are judged on their real traffic.
 """
 
 from __future__ import annotations
@@ -177,8 +178,17 @@ async def _read_history(channel: grpc.aio.Channel, channel_id: str, metadata: Me
     return True
 
 
+async def _list_own_sessions(channel: grpc.aio.Channel, _channel_id: str, metadata: Metadata) -> bool:
+    """The prober's sessions read from an auth instance (its token is checked there too)."""
+    await auth_pb2_grpc.AuthServiceStub(channel).ListSessions(
+        auth_pb2.ListSessionsRequest(), metadata=metadata, timeout=CALL_TIMEOUT_S
+    )
+    return True
+
+
 # The services whose canaries the agent probes, and the transaction it makes on each.
 TRANSACTIONS: dict[str, Callable[[grpc.aio.Channel, str, Metadata], Awaitable[bool]]] = {
     "messaging": _send_and_read_back,
     "storage": _read_history,
+    "auth": _list_own_sessions,
 }
