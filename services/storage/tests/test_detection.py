@@ -24,7 +24,7 @@ from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from parley.storage.v1.events_pb2 import AnomalyDetected
 
 from parley_agent.gate_probes import PROBE_WORKERS
-from parley_agent.probe import MessagingProbe
+from parley_agent.probe import Prober
 from parley_cli.publishing import publish_release
 from parley_core.config import PEER_ADDRESS_ENV
 from parley_core.envelope import decode
@@ -308,7 +308,7 @@ async def test_the_roll_out_probers_sends_are_the_platforms_and_a_person_sending
     person's registration and sends come after the prober's on AUTH and on MSG, so once the
     person's finding exists the prober's were judged too."""
     messaging = f"127.0.0.1:{stack.ports['messaging']}"
-    probe = MessagingProbe(
+    probe = Prober(
         pki=stack.pki,
         environment={
             PEER_ADDRESS_ENV["auth"]: f"127.0.0.1:{stack.ports['auth']}",
@@ -320,7 +320,7 @@ async def test_the_roll_out_probers_sends_are_the_platforms_and_a_person_sending
     sends = 27  # over the floor of 20 in one bucket, from the agent's three workers at once
 
     async def worker() -> int:
-        return sum([await probe.transaction(messaging) for _ in range(sends // PROBE_WORKERS)])
+        return sum([await probe.transaction("messaging", messaging) for _ in range(sends // PROBE_WORKERS)])
 
     assert sum(await asyncio.gather(*(worker() for _ in range(PROBE_WORKERS)))) == sends
     person = f"busy{uuid.uuid4().hex[:6]}"

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from parley_agent.instances import Instance
-from parley_agent.probe import PROBES, MessagingProbe, ProbeUnavailable
+from parley_agent.probe import TRANSACTIONS, Prober, ProbeUnavailable
 from parley_core.pki import Pki
 
 log = logging.getLogger(__name__)
@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 # Synthetic transactions per new instance while its gate is pending, and how many run at once.
 PROBE_TRANSACTIONS = 30
 PROBE_WORKERS = 3
+# The prober's account, in the file it had when only messaging was probed (an agent keeps its account).
+PROBER_STATE_FILE = "probe-messaging.json"
 
 
 @dataclass(kw_only=True, eq=False)
@@ -28,14 +30,14 @@ class GateProbes:
     host: str
     warn: Callable[[str], None]
     pending: dict[str, int] = field(default_factory=dict, init=False)  # new instance -> its gate phase's share
-    _probes: dict[str, MessagingProbe] = field(default_factory=dict, init=False)
+    _prober: Prober | None = field(default=None, init=False)  # one account for every service's transactions
     _probing: dict[tuple[str, int], asyncio.Task[None]] = field(default_factory=dict, init=False)
 
     def start(self, instances: Mapping[str, Instance]) -> None:
         """Synthetic transactions through each new instance whose gate is pending (once a phase)."""
         for instance_id, weight in self.pending.items():
             instance = instances.get(instance_id)
-            if instance is None or not instance.serving or instance.service not in PROBES:
+            if instance is None or not instance.serving or instance.service not in TRANSACTIONS:
                 continue
             if (instance_id, weight) not in self._probing:
                 self._probing[(instance_id, weight)] = asyncio.create_task(self._probe(instance, weight))
@@ -46,14 +48,14 @@ class GateProbes:
         await asyncio.gather(*self._probing.values(), return_exceptions=True)
 
     async def _probe(self, instance: Instance, weight: int) -> None:
-        probe = self._probes.get(instance.service)
-        if probe is None:
-            probe = self._probes[instance.service] = PROBES[instance.service](
+        if self._prober is None:
+            self._prober = Prober(
                 pki=self.pki,
                 environment=self.environment,
-                state_file=self.data_dir / f"probe-{instance.service}.json",
+                state_file=self.data_dir / PROBER_STATE_FILE,
                 host=self.host,
             )
+        prober = self._prober
         budget = iter(range(PROBE_TRANSACTIONS))
 
         async def worker() -> int:
@@ -61,7 +63,7 @@ class GateProbes:
             while self.pending.get(instance.instance_id) == weight and next(budget, None) is not None:
                 if instance.process is None or instance.process.returncode is not None:
                     break
-                done += await probe.transaction(instance.address)
+                done += await prober.transaction(instance.service, instance.address)
             return done
 
         try:

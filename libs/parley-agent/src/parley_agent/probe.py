@@ -1,14 +1,17 @@
-"""Synthetic calls through a canary, so that its gate has evidence when users send little.
+"""Synthetic calls through a canary, so that its gate has evidence when users send little or read
+nothing (a storage instance serves only reads: sends reach it as events, never as calls).
 
-A real chat transaction, as a user makes it: a message sent to the new instance itself (not
-through the front door) and read back from it. The calls are counted by the instance like any
-other, so the registry's gate sees them in its heartbeats; a failed or slow transaction is
-evidence too. The prober is an account of its own (member role), created by the agent as the
-platform identity the first time it is needed, under a name only that identity may take
-(parley_core.synthetic), so the anomaly detector knows its sends for the platform's own; its
-password and channel are kept in the agent's folder (0600). Each host's agent has an account of
-its own (a name from its host's), since it keeps the password in its own folder. Only messaging
-has a probe so far; other services' canaries are judged on their real traffic.
+A real chat transaction, as a user makes it, made on the new instance itself (not through the
+front door): for messaging a message sent to it and read back from it, for storage the prober's
+channel read from it, for auth the prober's sessions read from it (logins are few and costly).
+The calls are counted by the instance like any other, so the registry's gate sees them in its
+heartbeats; a failed or slow transaction is evidence too. The prober is an
+account of its own (member role), created by the agent as the platform identity the first time
+it is needed, under a name only that identity may take (parley_core.synthetic), so the anomaly
+detector knows its sends for the platform's own; its password and channel are kept in the
+agent's folder (0600). Each host's agent has an account of its own (a name from its host's),
+since it keeps the password in its own folder. Services without a transaction here (the gateway,
+the registry) are judged on their real traffic.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ import json
 import logging
 import secrets
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
+from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from parley_core.config import PEER_ADDRESS_ENV
 from parley_core.files import write_private_file
@@ -57,7 +61,9 @@ def prober_username(host: str) -> str:
     return f"{PROBER_USERNAME}-{hashlib.sha256(host.encode()).hexdigest()[:10]}" if host else PROBER_USERNAME
 
 
-class MessagingProbe:
+class Prober:
+    """The agent's prober account, its token and its channel; `transaction` makes one service's."""
+
     def __init__(self, *, pki: Pki, environment: Mapping[str, str], state_file: Path, host: str = "") -> None:
         self.pki = pki
         self.host = host
@@ -125,29 +131,15 @@ class MessagingProbe:
         self._channel_id = created.channel_id
         self._save({**self._state(), "channel_id": created.channel_id})
 
-    async def transaction(self, address: str) -> bool:
-        """One message sent to the instance at `address` and read back from it; True if both worked."""
+    async def transaction(self, service: str, address: str) -> bool:
+        """One of `service`'s transactions on the instance at `address`; True if it worked."""
         async with self._setup:
             if not self._token:
                 await self._login()
             await self._ensure_channel()
-        channel = secure_channel(self.pki, identity=PLATFORM_USER, address=address, peer="messaging")
-        stub = messaging_pb2_grpc.MessagingServiceStub(channel)
-        body = f"canary probe {uuid.uuid4().hex}"
+        channel = secure_channel(self.pki, identity=PLATFORM_USER, address=address, peer=service)
         try:
-            sent = await stub.PostMessage(
-                messaging_pb2.PostMessageRequest(
-                    channel_id=self._channel_id, body=body, idempotency_key=f"probe-{uuid.uuid4().hex}"
-                ),
-                metadata=self._metadata(),
-                timeout=CALL_TIMEOUT_S,
-            )
-            read = await stub.ListMessageVersions(
-                messaging_pb2.ListMessageVersionsRequest(channel_id=self._channel_id, channel_seq=sent.channel_seq),
-                metadata=self._metadata(),
-                timeout=CALL_TIMEOUT_S,
-            )
-            return list(read.bodies[-1:]) == [body]
+            return await TRANSACTIONS[service](channel, self._channel_id, self._metadata())
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.UNAUTHENTICATED:
                 self._token = ""  # expired: log in again on the next transaction
@@ -156,4 +148,47 @@ class MessagingProbe:
             await channel.close()
 
 
-PROBES = {"messaging": MessagingProbe}
+Metadata = tuple[tuple[str, str]]
+
+
+async def _send_and_read_back(channel: grpc.aio.Channel, channel_id: str, metadata: Metadata) -> bool:
+    """A message sent to a messaging instance and read back from it."""
+    stub = messaging_pb2_grpc.MessagingServiceStub(channel)
+    body = f"canary probe {uuid.uuid4().hex}"
+    sent = await stub.PostMessage(
+        messaging_pb2.PostMessageRequest(channel_id=channel_id, body=body, idempotency_key=f"probe-{uuid.uuid4().hex}"),
+        metadata=metadata,
+        timeout=CALL_TIMEOUT_S,
+    )
+    read = await stub.ListMessageVersions(
+        messaging_pb2.ListMessageVersionsRequest(channel_id=channel_id, channel_seq=sent.channel_seq),
+        metadata=metadata,
+        timeout=CALL_TIMEOUT_S,
+    )
+    return list(read.bodies[-1:]) == [body]
+
+
+async def _read_history(channel: grpc.aio.Channel, channel_id: str, metadata: Metadata) -> bool:
+    """The prober's channel read from a storage instance (its membership is checked there too)."""
+    await storage_pb2_grpc.StorageServiceStub(channel).GetChannelHistory(
+        storage_pb2.GetChannelHistoryRequest(channel_id=channel_id, limit=1),
+        metadata=metadata,
+        timeout=CALL_TIMEOUT_S,
+    )
+    return True
+
+
+async def _list_own_sessions(channel: grpc.aio.Channel, _channel_id: str, metadata: Metadata) -> bool:
+    """The prober's sessions read from an auth instance (its token is checked there too)."""
+    await auth_pb2_grpc.AuthServiceStub(channel).ListSessions(
+        auth_pb2.ListSessionsRequest(), metadata=metadata, timeout=CALL_TIMEOUT_S
+    )
+    return True
+
+
+# The services whose canaries the agent probes, and the transaction it makes on each.
+TRANSACTIONS: dict[str, Callable[[grpc.aio.Channel, str, Metadata], Awaitable[bool]]] = {
+    "messaging": _send_and_read_back,
+    "storage": _read_history,
+    "auth": _list_own_sessions,
+}
