@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import grpc
 import jwt
@@ -57,6 +58,8 @@ async def test_an_invitation_registers_one_account_once(invite_stack: Stack) -> 
     assert await status_code(register("eve", "made-up-code")) == grpc.StatusCode.PERMISSION_DENIED
     invite = await gateway.CreateInvite(auth_pb2.CreateInviteRequest(role="guest"), metadata=owner, timeout=TIMEOUT_S)
     assert invite.role == "guest"
+    # Hex: never read as a command-line option (a URL-safe code could start with "-").
+    assert re.fullmatch("[0-9a-f]{48}", invite.invite_code), invite.invite_code
     # A refused registration (weak password) does not burn the invitation.
     weak = gateway.Register(
         auth_pb2.RegisterRequest(username="eve", password="password123456", invite_code=invite.invite_code),

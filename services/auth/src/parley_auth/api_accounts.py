@@ -158,7 +158,9 @@ class AccountsApi(StepUps):
         hours = request.valid_hours or INVITE_DEFAULT_HOURS
         if not 1 <= hours <= INVITE_MAX_HOURS:
             raise InvalidArgument(f"valid_hours must be 1-{INVITE_MAX_HOURS}")
-        code = secrets.token_urlsafe(24)
+        # Hex, 192 bits: a person passes it as a command-line argument (`parley register NAME
+        # --invite CODE`), where a URL-safe code starting with "-" would read as an option.
+        code = secrets.token_hex(24)
         invite_hash = hashlib.sha256(code.encode()).digest()
         expires = int(time.time()) + hours * 3600
         actor = actor_of(caller)
