@@ -119,11 +119,6 @@ def membership_change(payload: Message) -> gateway_pb2.MembershipChange | None:
     )
 
 
-def client_event_of(envelope: EventEnvelope, position: int) -> gateway_pb2.ClientEvent | None:
-    """As client_event; an event type this gateway does not know yet is not shown."""
-    return channel_event_of(envelope, position).client_event
-
-
 _REMOVALS = (MemberLeft, MemberKicked, MemberBanned)
 _ABOUT_A_MESSAGE = (MessagePosted, MessageEdited, MessageRedacted, ReactionAdded, ReactionRemoved, ReadMarkerMoved)
 # Events that bring someone into a channel their streams do not follow yet (invited, joined from

@@ -13,7 +13,6 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from packaging.version import InvalidVersion, Version
@@ -295,10 +294,3 @@ class ReleaseRepository(TufStore):
                 continue
             found.extend(ReleaseInfo.from_target(t) for t in self._latest(role).signed.targets.values())
         return sorted(found, key=lambda r: (r.service, r.target_path))
-
-    def artifact_path(self, release: ReleaseInfo) -> Path:
-        directory, _, name = release.target_path.rpartition("/")
-        path = self.targets_dir / directory / f"{release.sha256}.{name}"
-        if not path.exists():
-            raise FailedPrecondition(f"artifact of {release.target_path} is missing from the store")
-        return path

@@ -356,10 +356,6 @@ class Rollout:
             return self.rollback_reason or "failed its gate"
         return ""
 
-    @property
-    def is_paused(self) -> bool:
-        return self.state == "paused"
-
     def upgraded_instances(self) -> list[str]:
         """New-version instances that a rollback must replace with the old version again."""
         return [s.new_instance for s in self.steps if s.new_instance]
