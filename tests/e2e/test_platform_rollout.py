@@ -37,6 +37,10 @@ def upgrading(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatf
             "PARLEY_REGISTRATION": "open",
             "PARLEY_HEARTBEAT_SECONDS": "1",
             "PARLEY_PATCH_GATE_WINDOW_SECONDS": "3",
+            # A 3 s window's p99 is its slowest call or two: on CI's shared cores one scheduling
+            # stall of 150 ms failed the latency comparison. This test is about replacing every
+            # instance without a failed send; the latency gate is test_broken_canaries' subject.
+            "PARLEY_PATCH_GATE_P99_SLACK_MS": "1000",
         },
         # Two messaging instances: the roll-out replaces each in turn, never both at once.
         up_args=("--gateway-port", str(free_port()), "--instances", "messaging=2"),
