@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -44,11 +45,12 @@ from parley_core.topology import (
     user_subject,
 )
 from parley_testing.nats import NatsTestServer
-from parley_testing.waiting import eventually
+from parley_testing.waiting import eventually, until
 
 pytestmark = pytest.mark.asyncio
 
 TIMEOUT_S = 10.0
+HANDSHAKE_TIMEOUT_S = 5.0  # far below gRPC's own 120 s, well above a handshake on a busy machine
 SERVICE = "messaging"
 MESSAGING = messaging_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -152,6 +154,7 @@ async def running(nats_server: NatsTestServer, pki: Pki, tmp_path: Path) -> Asyn
         nats_password=nats_server.passwords[SERVICE],
         listen_port=0,
         grace_seconds=TIMEOUT_S,
+        client_handshake_timeout_seconds=HANDSHAKE_TIMEOUT_S,
     )
     app = ScriptedApp()
     stop = asyncio.Event()
@@ -310,6 +313,25 @@ async def test_a_client_without_a_certificate_is_refused(running: RunningService
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await health_pb2_grpc.HealthStub(anonymous).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT_S)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_an_internal_port_closes_a_connection_that_never_starts_its_handshake(running: RunningService) -> None:
+    """An insider who reaches an internal port without a certificate cannot hold connections by never speaking."""
+    silent = socket.create_connection(("127.0.0.1", running.port))
+    silent.setblocking(False)
+
+    def closed_by_server() -> bool:
+        try:
+            return silent.recv(1) == b""
+        except BlockingIOError:
+            return False  # open, nothing to read
+        except OSError:
+            return True  # reset
+
+    try:
+        await until(closed_by_server, "the internal server to close a connection without a handshake", timeout=60)
+    finally:
+        silent.close()
 
 
 async def test_drain_stops_serving_refuses_new_calls_and_finishes_in_flight_ones(running: RunningService) -> None:

@@ -113,9 +113,10 @@ class Settings(BaseSettings):
     # 0 keeps connections for ever. A node agent running several instances behind one address
     # sets it, so callers' connections move off an instance (graceful GOAWAY) before it drains.
     max_connection_age_seconds: float = Field(default=0.0, ge=0)
-    # The client-facing server (the gateway): how long a new connection may take to finish its TLS
-    # handshake, how long one with no call in flight stays open, and how many connections one
-    # source (an IPv4 address, an IPv6 /64) may hold open at once (parley_core.connections).
+    # How long a new connection to any service may take to finish its TLS handshake; and for the
+    # client-facing server (the gateway), how long one with no call in flight stays open and how
+    # many connections one source (an IPv4 address, an IPv6 /64) may hold open at once
+    # (parley_core.connections).
     client_handshake_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     client_idle_seconds: float = Field(default=300.0, gt=0)
     client_connections_per_source: int = Field(default=100, gt=0)

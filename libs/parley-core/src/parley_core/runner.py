@@ -51,16 +51,19 @@ EX_CONFIG = 78
 SHARED_PORT_SETTLE_S = 0.5
 
 
+def handshake_options(settings: Settings) -> list[tuple[str, int]]:
+    """Every server, client-facing or internal, closes a connection that has not finished its TLS
+    handshake in time (gRPC's default is 120 s): a peer that can reach an internal port without
+    a certificate cannot hold connections open by never speaking."""
+    return [("grpc.server_handshake_timeout_ms", int(settings.client_handshake_timeout_seconds * 1000))]
+
+
 def client_connection_options(settings: Settings) -> list[tuple[str, int]]:
-    """What bounds a client's connection to the client-facing server: one that has not finished
-    its TLS handshake in time is closed (gRPC's default is 120 s), and one with no call in flight
-    for client_idle_seconds gets a graceful GOAWAY (a live stream is a call in flight, so it
-    stays; a client reconnects by itself for its next call). How many one source may hold at
+    """What else bounds a client's connection to the client-facing server: one with no call in
+    flight for client_idle_seconds gets a graceful GOAWAY (a live stream is a call in flight, so
+    it stays; a client reconnects by itself for its next call). How many one source may hold at
     once is parley_core.connections' cap."""
-    return [
-        ("grpc.server_handshake_timeout_ms", int(settings.client_handshake_timeout_seconds * 1000)),
-        ("grpc.max_connection_idle_ms", int(settings.client_idle_seconds * 1000)),
-    ]
+    return [("grpc.max_connection_idle_ms", int(settings.client_idle_seconds * 1000))]
 
 
 def _port_of(address: str) -> int:
@@ -125,6 +128,7 @@ async def serve(
             ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
             ("grpc.max_connection_age_grace_ms", int(settings.grace_seconds * 1000)),
         ]
+    options += handshake_options(settings)
     if client_facing:
         options += client_connection_options(settings)
     call_stats = CallStatsInterceptor(metrics, stats)
