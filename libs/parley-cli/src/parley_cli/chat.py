@@ -293,8 +293,11 @@ async def interactive(
         if event.kind != "membership" or change.change != "invited" or change.user_id != client.user_id:
             return
         await people.learn([change.actor_id])
-        pending = {i.channel_id: i for i in await client.invitations()}
-        name = f"#{shown(pending[event.channel_id].channel_name)}" if event.channel_id in pending else "a channel"
+        # Accepted meanwhile (another terminal, the web client): the channel is one of theirs.
+        names = {i.channel_id: i.channel_name for i in await client.invitations()}
+        if event.channel_id not in names:
+            names = {c.channel_id: c.name for c in await client.my_channels()}
+        name = f"#{shown(names[event.channel_id])}" if event.channel_id in names else "a channel"
         joining = shown(f"{parley} join {event.channel_id}")
         print(f"-- {person(change.actor_id, people.names)} invited you to {name}: {joining} --", flush=True)
 
