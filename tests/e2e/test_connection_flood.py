@@ -23,6 +23,7 @@ from parley.gateway.v1 import gateway_pb2_grpc
 
 from parley_testing.platform import RunningPlatform, platform_in
 from parley_testing.relay import SourceRelay
+from parley_testing.sockets import closed_by_server
 from parley_testing.stack import PASSWORD
 from parley_testing.waiting import until
 
@@ -70,15 +71,6 @@ async def first_wave(address: str) -> list[socket.socket]:
             sock.close()
     assert len(kept) == CAP
     return kept
-
-
-def closed_by_server(sock: socket.socket) -> bool:
-    try:
-        return sock.recv(1) == b""
-    except BlockingIOError:
-        return False  # open, nothing to read
-    except OSError:
-        return True  # reset
 
 
 async def test_one_sources_idle_connections_are_capped_and_timed_out_and_others_still_log_in(

@@ -108,6 +108,8 @@ async def test_page_has_a_strict_csp_passes_the_accessibility_check_and_register
     assert "unsafe-inline" not in csp
     assert "unsafe-eval" not in csp
     assert "frame-ancestors 'none'" in csp
+    # The head the build adds to every page (web/vite.config.ts), there in the page served.
+    assert await page.locator('meta[name="referrer"]').get_attribute("content") == "no-referrer"
     await expect(page.get_by_role("button", name="Log in")).to_be_visible()
     # Asked for only after the platform says the account has two-factor authentication.
     await expect(page.get_by_label("Two-factor code (or a recovery code)")).to_be_hidden()

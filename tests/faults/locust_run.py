@@ -16,6 +16,8 @@ from pathlib import Path
 
 from parley_load.request_log import ENV_VAR, LoggedRequest, read_request_log
 
+from parley_testing.processes import stop_process
+
 LOCUSTFILE = Path(__file__).resolve().parents[2] / "loadtests" / "locustfile.py"
 STOP_TIMEOUT_S = 60.0
 # Locust lets a stopping user finish the task it is in for this long, so no call is cut off.
@@ -69,11 +71,4 @@ class LocustRun:
         SIGTERM, not SIGINT: Locust shuts down on SIGTERM at once (writing its CSV, not its HTML
         report), while after SIGINT a run whose users hold live gRPC streams did not exit here.
         """
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, signal.SIGTERM, timeout=STOP_TIMEOUT_S)

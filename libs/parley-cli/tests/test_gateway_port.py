@@ -3,11 +3,13 @@ so, in one line."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shlex
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,15 +21,32 @@ from parley_cli.platform_doors import claim_web_port, open_client_port
 from parley_cli.state import STATE_FILE
 
 
-async def test_a_busy_default_port_is_named_with_the_port_taken_instead(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The default port held by another program (a plain listener, as any other server holds one).
-    # 7443 itself may be anyone's on a shared machine, so the test holds a port of its own as the default.
+@contextlib.contextmanager
+def held_port() -> Iterator[int]:
+    """A port another program holds (a plain listener, as any other server holds one). The defaults
+    themselves may be anyone's on a shared machine, so a test holds a port of its own as one."""
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
-        busy = holder.getsockname()[1]
+        yield holder.getsockname()[1]
+
+
+@contextlib.contextmanager
+def web_port_claimed(tmp_path: Path, asked: int | None) -> Iterator[tuple[int, io.StringIO]]:
+    """The port `parley up` claims for the web app (`--web-port asked`), and what it said about it."""
+    out = io.StringIO()
+    platform = Platform(tmp_path, out=out)
+    platform.web_claim = claim_web_port(tmp_path, asked, platform.say)
+    try:
+        yield platform.web_claim.getsockname()[1], out
+    finally:
+        platform.web_claim.close()
+
+
+async def test_a_busy_default_port_is_named_with_the_port_taken_instead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with held_port() as busy:
         monkeypatch.setattr(platform_doors, "DEFAULT_GATEWAY_PORT", busy)
         out = io.StringIO()
         door = await open_client_port(tmp_path, None, Platform(tmp_path, out=out).say)
@@ -42,31 +61,20 @@ async def test_a_busy_default_port_is_named_with_the_port_taken_instead(
 
 
 def test_a_busy_web_port_is_named_with_the_port_taken_instead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with socket.socket() as holder:  # 8443 may be anyone's: the test holds a port of its own as the default
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        busy = holder.getsockname()[1]
+    with held_port() as busy:
         monkeypatch.setattr(platform_doors, "DEFAULT_WEB_PORT", busy)
-        out = io.StringIO()
-        platform = Platform(tmp_path, out=out)
-        platform.web_claim = claim_web_port(tmp_path, None, platform.say)
-        try:
-            taken = platform.web_claim.getsockname()[1]
+        with web_port_claimed(tmp_path, None) as (taken, out):
             assert taken != busy
             assert out.getvalue().splitlines() == [
                 f"[parley] web port {busy} (the default) is busy; the web app took port {taken} instead"
             ]
-        finally:
-            platform.web_claim.close()
 
 
 def test_the_web_port_is_the_last_runs_on_the_next_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A start that found the default busy took another port; the next start, the default free
     again, keeps the port the last run had (a browser's bookmark finds the app), and says nothing."""
-    with socket.socket() as holder:  # the default held (8443 may be anyone's: the test holds a port of its own)
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        monkeypatch.setattr(platform_doors, "DEFAULT_WEB_PORT", holder.getsockname()[1])
+    with held_port() as default:
+        monkeypatch.setattr(platform_doors, "DEFAULT_WEB_PORT", default)
         first = Platform(tmp_path, out=io.StringIO())
         first.web_claim = claim_web_port(tmp_path, None, first.say)
         taken = first.web_claim.getsockname()[1]
@@ -89,35 +97,20 @@ def test_the_web_port_asked_for_is_taken(tmp_path: Path) -> None:
     with socket.socket() as probe:  # a port free a moment ago, as a person picks one
         probe.bind(("127.0.0.1", 0))
         asked = probe.getsockname()[1]
-    out = io.StringIO()
-    platform = Platform(tmp_path, out=out)
-    platform.web_claim = claim_web_port(tmp_path, asked, platform.say)
-    try:
-        assert platform.web_claim.getsockname()[1] == asked
+    with web_port_claimed(tmp_path, asked) as (taken, out):
+        assert taken == asked
         assert out.getvalue() == ""
-    finally:
-        platform.web_claim.close()
 
 
 def test_a_busy_web_port_asked_for_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with socket.socket() as asked, socket.socket() as default:  # both held, as another program holds a port
-        for holder in (asked, default):
-            holder.bind(("127.0.0.1", 0))
-            holder.listen()
-        asked_port, default_port = asked.getsockname()[1], default.getsockname()[1]
+    with held_port() as asked_port, held_port() as default_port:
         monkeypatch.setattr(platform_doors, "DEFAULT_WEB_PORT", default_port)
-        out = io.StringIO()
-        platform = Platform(tmp_path, out=out)
-        platform.web_claim = claim_web_port(tmp_path, asked_port, platform.say)
-        try:
-            taken = platform.web_claim.getsockname()[1]
+        with web_port_claimed(tmp_path, asked_port) as (taken, out):
             assert taken not in (asked_port, default_port)
             assert out.getvalue().splitlines() == [
                 f"[parley] web ports {asked_port} (asked for) and {default_port} (the default) are busy; "
                 f"the web app took port {taken} instead"
             ]
-        finally:
-            platform.web_claim.close()
 
 
 @pytest.mark.parametrize(

@@ -9,21 +9,12 @@ from pathlib import Path
 
 from parley_cli.outage_log import QUIET_S, OncePerOutage
 from parley_cli.platform import Platform
-
-
-class Clock:
-    """The handler's time, moved by the test: an outage ends after QUIET_S without a repeat."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from parley_testing.clock import ManualClock
 
 
 def test_a_warning_repeated_during_an_outage_is_shown_once_then_counted() -> None:
     out = io.StringIO()
-    clock = Clock()
+    clock = ManualClock()
     handler = OncePerOutage(Platform(Path("unused"), out=out).say, clock)
     log = logging.getLogger("parley_agent.front_door.test")
     log.propagate = False
@@ -56,7 +47,7 @@ def test_a_warning_repeated_during_an_outage_is_shown_once_then_counted() -> Non
 
 def test_info_lines_are_not_parley_ups_to_show() -> None:
     out = io.StringIO()
-    handler = OncePerOutage(Platform(Path("unused"), out=out).say, Clock())
+    handler = OncePerOutage(Platform(Path("unused"), out=out).say, ManualClock())
     log = logging.getLogger("parley_cli.test_outage_log.info")
     log.propagate = False
     log.setLevel(logging.INFO)

@@ -45,6 +45,7 @@ from parley_core.topology import (
     user_subject,
 )
 from parley_testing.nats import NatsTestServer
+from parley_testing.sockets import closed_by_server
 from parley_testing.waiting import eventually, until
 
 pytestmark = pytest.mark.asyncio
@@ -319,17 +320,12 @@ async def test_an_internal_port_closes_a_connection_that_never_starts_its_handsh
     """An insider who reaches an internal port without a certificate cannot hold connections by never speaking."""
     silent = socket.create_connection(("127.0.0.1", running.port))
     silent.setblocking(False)
-
-    def closed_by_server() -> bool:
-        try:
-            return silent.recv(1) == b""
-        except BlockingIOError:
-            return False  # open, nothing to read
-        except OSError:
-            return True  # reset
-
     try:
-        await until(closed_by_server, "the internal server to close a connection without a handshake", timeout=60)
+        await until(
+            lambda: closed_by_server(silent),
+            "the internal server to close a connection without a handshake",
+            timeout=60,
+        )
     finally:
         silent.close()
 

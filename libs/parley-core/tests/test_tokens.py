@@ -24,14 +24,7 @@ from parley_core.envelope import NewEvent, seal
 from parley_core.errors import PermissionDenied, Unauthenticated
 from parley_core.rbac import Permission
 from parley_core.tokens import ALGORITHM, AUDIENCE, ISSUER, Caller, TokenVerifier
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
+from parley_testing.clock import ManualClock
 
 
 def issue(key: Ed25519PrivateKey, *, kid: str, expires_at: float, sub: str = "user-1", sid: str = "") -> str:
@@ -54,14 +47,14 @@ def key() -> Ed25519PrivateKey:
     return Ed25519PrivateKey.generate()
 
 
-def verifier_for(key: Ed25519PrivateKey, clock: Clock, access: AccessProjection | None = None) -> TokenVerifier:
+def verifier_for(key: Ed25519PrivateKey, clock: ManualClock, access: AccessProjection | None = None) -> TokenVerifier:
     verifier = TokenVerifier(access, clock=clock)
     verifier.add_key("k1", key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
     return verifier
 
 
 def test_a_remembered_token_still_expires_on_time(key: Ed25519PrivateKey) -> None:
-    clock = Clock()
+    clock = ManualClock(time.time())
     verifier = verifier_for(key, clock)
     token = issue(key, kid="k1", expires_at=clock.now + 60)
     assert verifier.verify(token).user_id == "user-1"
@@ -72,7 +65,7 @@ def test_a_remembered_token_still_expires_on_time(key: Ed25519PrivateKey) -> Non
 
 
 def test_a_tampered_copy_of_a_remembered_token_is_refused(key: Ed25519PrivateKey) -> None:
-    clock = Clock()
+    clock = ManualClock(time.time())
     verifier = verifier_for(key, clock)
     token = issue(key, kid="k1", expires_at=clock.now + 60)
     verifier.verify(token)
@@ -83,7 +76,7 @@ def test_a_tampered_copy_of_a_remembered_token_is_refused(key: Ed25519PrivateKey
 
 
 def test_a_token_of_another_key_is_refused(key: Ed25519PrivateKey) -> None:
-    clock = Clock()
+    clock = ManualClock(time.time())
     verifier = verifier_for(key, clock)
     stranger = Ed25519PrivateKey.generate()
     with pytest.raises(Unauthenticated, match="invalid"):
@@ -93,7 +86,7 @@ def test_a_token_of_another_key_is_refused(key: Ed25519PrivateKey) -> None:
 
 
 def test_a_remembered_token_is_refused_once_its_session_is_revoked(key: Ed25519PrivateKey) -> None:
-    clock, access = Clock(), AccessProjection()
+    clock, access = ManualClock(time.time()), AccessProjection()
     verifier = verifier_for(key, clock, access)
     token = issue(key, kid="k1", expires_at=clock.now + 60, sid="session-1")
     verifier.verify(token)
@@ -103,7 +96,7 @@ def test_a_remembered_token_is_refused_once_its_session_is_revoked(key: Ed25519P
 
 
 def test_a_remembered_token_is_refused_once_its_account_is_disabled(key: Ed25519PrivateKey) -> None:
-    clock, access = Clock(), AccessProjection()
+    clock, access = ManualClock(time.time()), AccessProjection()
     verifier = verifier_for(key, clock, access)
     token = issue(key, kid="k1", expires_at=clock.now + 60)
     verifier.verify(token)
@@ -113,7 +106,7 @@ def test_a_remembered_token_is_refused_once_its_account_is_disabled(key: Ed25519
 
 
 def test_a_remembered_token_carries_the_current_role(key: Ed25519PrivateKey) -> None:
-    clock, access = Clock(), AccessProjection()
+    clock, access = ManualClock(time.time()), AccessProjection()
     access.apply_payload(UserRegistered(user_id="user-1", username="alice", role="admin"), 1)
     verifier = verifier_for(key, clock, access)
     token = issue(key, kid="k1", expires_at=clock.now + 60)
@@ -123,7 +116,7 @@ def test_a_remembered_token_carries_the_current_role(key: Ed25519PrivateKey) -> 
 
 
 def test_retiring_a_key_drops_the_tokens_it_signed_from_the_cache(key: Ed25519PrivateKey) -> None:
-    clock = Clock()
+    clock = ManualClock(time.time())
     verifier = verifier_for(key, clock)
     token = issue(key, kid="k1", expires_at=clock.now + 60)
     verifier.verify(token)
@@ -153,7 +146,7 @@ def _key_event(key_id: str, public_key: bytes, seq: int) -> ReceivedEvent:
 
 async def test_a_published_key_that_is_no_ed25519_key_is_ignored_not_raised(key: Ed25519PrivateKey) -> None:
     """Red-team re-check: raised, it would halt every service's AUTH projection for good."""
-    verifier = TokenVerifier(clock=Clock())
+    verifier = TokenVerifier(clock=ManualClock(time.time()))
     await verifier.apply(_key_event("short", b"\x01", 1))
     await verifier.apply(_key_event("k1", key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw), 2))
     assert not verifier.knows_key("short")

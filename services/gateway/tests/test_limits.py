@@ -12,18 +12,11 @@ from parley_core.errors import ResourceExhausted
 from parley_core.sources import budget_key, client_address
 from parley_gateway.limits import Admission, GatewayLimits, LiveStreamCaps, RateLimited, TokenBuckets
 from parley_gateway.live import LiveBuffer, client_event
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from parley_testing.clock import ManualClock
 
 
 def test_bucket_allows_a_burst_then_says_how_long_to_wait() -> None:
-    clock = Clock()
+    clock = ManualClock(100.0)
     buckets = TokenBuckets(rate=2.0, burst=3, clock=clock)
     assert [buckets.take("u") for _ in range(3)] == [0.0, 0.0, 0.0]
     assert buckets.take("u") == pytest.approx(0.5)
@@ -36,7 +29,7 @@ def test_bucket_allows_a_burst_then_says_how_long_to_wait() -> None:
 
 
 def test_admission_checks_source_and_user_separately() -> None:
-    clock = Clock()
+    clock = ManualClock(100.0)
     admission = Admission(
         GatewayLimits(source_rate=10, source_burst=5, user_rate=1, user_burst=2, max_request_bytes=2048), clock
     )

@@ -25,6 +25,7 @@ from parley_core.net import free_port
 from parley_core.pki import ensure_pki
 from parley_core.platform_state import READY_LINE
 from parley_core.topology import PLATFORM_USER
+from parley_testing.processes import stop_process
 from parley_testing.stack import PASSWORD
 from parley_testing.terminal import Terminal
 from parley_testing.waiting import wait_until
@@ -126,13 +127,8 @@ class RunningPlatform:
         return code
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, signal.SIGINT, timeout=STOP_TIMEOUT_S)
         self.process = None
 
     def client(self) -> ParleyClient:

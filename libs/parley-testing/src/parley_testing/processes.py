@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-__all__ = ["run_module"]
+__all__ = ["run_module", "stop_process"]
 
 
 def run_module(
@@ -25,3 +27,16 @@ def run_module(
         timeout=timeout,
         check=False,
     )
+
+
+def stop_process(process: subprocess.Popen[Any], sig: signal.Signals, *, timeout: float) -> int:
+    """Asks a running process to stop with `sig`, and kills it if it has not exited within
+    `timeout` seconds; its exit code."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
