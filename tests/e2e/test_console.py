@@ -145,7 +145,7 @@ async def test_a_member_gets_no_console_and_the_gateway_refuses_its_calls(
         ("ListRollouts", patch_pb2.ListRolloutsRequest()),
         ("PlanRollout", patch_pb2.PlanRolloutRequest(service="messaging", to_version="9.9.9")),
         ("QueryAudit", storage_pb2.QueryAuditRequest()),
-        ("VerifyAudit", gateway_pb2.VerifyAuditRequest()),
+        ("VerifyAudit", storage_pb2.GetAuditChainStateRequest()),
         ("ListComplianceReports", gateway_pb2.ListComplianceReportsRequest()),
         ("GetComplianceReport", gateway_pb2.GetComplianceReportRequest()),
     ):

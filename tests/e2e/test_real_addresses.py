@@ -83,7 +83,7 @@ def unique(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:8]}"
 
 
-def register(stub: gateway_pb2_grpc.GatewayAsyncStub, username: str) -> Awaitable[auth_pb2.RegisterResponse]:
+def register(stub: gateway_pb2_grpc.GatewayAsyncStub, username: str) -> Awaitable[auth_pb2.UserName]:
     return stub.Register(auth_pb2.RegisterRequest(username=username, password=PASSWORD), timeout=30)
 
 

@@ -72,7 +72,7 @@ async def operator(platform: RunningPlatform) -> AsyncIterator[storage_pb2_grpc.
 
 async def request_erasure(platform: RunningPlatform, user_id: str, reason: str) -> None:
     """The operator's erasure request, recorded by auth first (as `parley erase` does)."""
-    request = auth_pb2.RequestErasureRequest(user_id=user_id, reason=reason)
+    request = auth_pb2.AccountActionRequest(user_id=user_id, reason=reason)
     async with platform.service_channel("auth") as channel:
         await auth_pb2_grpc.AuthServiceStub(channel).RequestErasure(request, timeout=30)
 

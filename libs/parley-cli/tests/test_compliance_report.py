@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from parley.patch.v1 import patch_pb2
+from parley.patch.v1 import events_pb2, patch_pb2
 
 from parley_cli.audit import AuditVerdict
 from parley_cli.compliance import ComplianceFacts, render, render_html
@@ -53,7 +53,7 @@ def test_the_signing_key_is_made_once_owner_only(tmp_path: Path) -> None:
 
 
 def _rollout(planned_by: str, approved_by: str) -> patch_pb2.Rollout:
-    gate = patch_pb2.GateFigures(step=0, weight=10, passed=False)
+    gate = events_pb2.GateEvaluated(step=0, weight=10, passed=False)
     return reported_rollout(
         state="rolled_back",
         planned_by=planned_by,

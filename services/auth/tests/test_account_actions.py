@@ -61,10 +61,10 @@ def act(
         disable = auth_pb2.SetAccountDisabledRequest(user_id=target.user_id, disabled=True, reason="table test")
         return gateway.SetAccountDisabled(disable, metadata=token, timeout=TIMEOUT_S)
     if action is AccountAction.RESET_MFA:
-        reset = auth_pb2.ResetMfaRequest(user_id=target.user_id, reason="table test")
+        reset = auth_pb2.AccountActionRequest(user_id=target.user_id, reason="table test")
         return gateway.ResetMfa(reset, metadata=token, timeout=TIMEOUT_S)
     if action is AccountAction.UNLOCK:
-        unlock = auth_pb2.UnlockAccountRequest(user_id=target.user_id, reason="table test")
+        unlock = auth_pb2.AccountActionRequest(user_id=target.user_id, reason="table test")
         return gateway.UnlockAccount(unlock, metadata=token, timeout=TIMEOUT_S)
     revoke = auth_pb2.RevokeSessionRequest(session_id=session.session_id)
     return gateway.RevokeSession(revoke, metadata=token, timeout=TIMEOUT_S)

@@ -93,7 +93,7 @@ async def test_bad_input_to_each_auth_rpc_gets_a_precise_status(stack: Stack) ->
         ("CreateInvite: too long",
          lambda: g.CreateInvite(a.CreateInviteRequest(valid_hours=10_000), metadata=owner),
          Code.INVALID_ARGUMENT, "valid_hours must be"),
-        ("ResetMfa: no user id", lambda: g.ResetMfa(a.ResetMfaRequest(), metadata=owner),
+        ("ResetMfa: no user id", lambda: g.ResetMfa(a.AccountActionRequest(), metadata=owner),
          Code.INVALID_ARGUMENT, "user_id is required"),
         ("RegenerateRecoveryCodes: not enrolled",
          lambda: g.RegenerateRecoveryCodes(a.RegenerateRecoveryCodesRequest(password=PASSWORD), metadata=member),

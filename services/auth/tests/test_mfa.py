@@ -144,7 +144,7 @@ async def test_an_admin_resets_a_lost_authenticator_and_the_users_sessions_end(
 
     def reset(user_id: str, token: tuple[tuple[str, str]] = admin, reason: str = "lost phone") -> object:
         return gateway.ResetMfa(
-            auth_pb2.ResetMfaRequest(user_id=user_id, reason=reason), metadata=token, timeout=TIMEOUT_S
+            auth_pb2.AccountActionRequest(user_id=user_id, reason=reason), metadata=token, timeout=TIMEOUT_S
         )
 
     assert (await code_of(reset(alice_id)))[0] == grpc.StatusCode.OK

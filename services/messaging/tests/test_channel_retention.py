@@ -36,7 +36,7 @@ async def test_the_operator_or_an_admin_sets_a_channels_retention_and_nobody_els
     channels = stack.app("messaging").channels
 
     set_by_operator = await operator.SetChannelRetention(Request(channel_id=cid, days=30), timeout=TIMEOUT_S)
-    assert (set_by_operator.days, set_by_operator.set_by) == (30, "platform")
+    assert (set_by_operator.channel_id, set_by_operator.days, set_by_operator.set_by) == (cid, 30, "platform")
     assert channels.get(cid).retention_days == 30
     js = (await nats_server.connect("platform")).jetstream()
     recorded = (await js.get_last_msg("MSG", channel_subject(cid))).seq

@@ -32,6 +32,7 @@ def test_a_gate_verdict_carries_its_figures() -> None:
     assert (gate.canary_calls, gate.canary_errors, gate.canary_p99_ms) == (100, 50, 41.0)
     assert (gate.stable_calls, gate.stable_errors, gate.stable_p99_ms) == (200, 1, 12.0)
     assert abs(gate.window_s - 3.2) < 1e-9
+    assert (gate.rollout_id, list(gate.reasons)) == ("r-1", ["error rate 50.0%"])  # the event itself
     assert "canary 100 calls, 50 errors" in entry.detail
 
 

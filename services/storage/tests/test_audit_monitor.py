@@ -13,7 +13,6 @@ import grpc
 import pytest
 from parley.auth.v1.events_pb2 import SecurityEventRecorded
 from parley.common.v1.envelope_pb2 import EventEnvelope
-from parley.gateway.v1 import gateway_pb2
 from parley.storage.v1 import storage_pb2
 from prometheus_client import CollectorRegistry
 
@@ -103,15 +102,15 @@ async def test_verify_audit_answers_from_the_monitor_with_the_newest_checkpoint_
         await stack.create_user(role, role)
         token = bearer((await stack.login(role)).access_token)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await gateway.VerifyAudit(gateway_pb2.VerifyAuditRequest(), metadata=token, timeout=TIMEOUT_S)
+            await gateway.VerifyAudit(storage_pb2.GetAuditChainStateRequest(), metadata=token, timeout=TIMEOUT_S)
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED, role
 
-    first = await gateway.VerifyAudit(gateway_pb2.VerifyAuditRequest(), metadata=auditor, timeout=TIMEOUT_S)
+    first = await gateway.VerifyAudit(storage_pb2.GetAuditChainStateRequest(), metadata=auditor, timeout=TIMEOUT_S)
     assert first.intact, list(first.findings)
     assert not first.HasField("last_checkpoint")
     assert [e for e in first.checkpoint_errors if "no checkpoint in" in e]
     # Asked again without verify_now: the stored verdict, not a new run over the archive.
-    again = await gateway.VerifyAudit(gateway_pb2.VerifyAuditRequest(), metadata=auditor, timeout=TIMEOUT_S)
+    again = await gateway.VerifyAudit(storage_pb2.GetAuditChainStateRequest(), metadata=auditor, timeout=TIMEOUT_S)
     assert again.verified_at == first.verified_at
 
     # An operator's checkpoint of the head (as `parley audit checkpoint` writes it), then a fresh run.
@@ -119,7 +118,7 @@ async def test_verify_audit_answers_from_the_monitor_with_the_newest_checkpoint_
     (checkpoints / "2026-12-05.json").write_text(Checkpoint.of(head, taken_at="2026-12-05T01:00:00+00:00").to_json())
     (checkpoints / "torn.json").write_text("{")
     fresh = await gateway.VerifyAudit(
-        gateway_pb2.VerifyAuditRequest(verify_now=True), metadata=auditor, timeout=TIMEOUT_S
+        storage_pb2.GetAuditChainStateRequest(verify_now=True), metadata=auditor, timeout=TIMEOUT_S
     )
     assert fresh.verified_at > first.verified_at
     assert fresh.intact, list(fresh.findings)
@@ -134,7 +133,7 @@ async def test_verify_audit_answers_from_the_monitor_with_the_newest_checkpoint_
     altered = dataclasses.replace(altered, record_hash=bytes(32))
     (checkpoints / "2026-12-05-later.json").write_text(altered.to_json())
     checked = await gateway.VerifyAudit(
-        gateway_pb2.VerifyAuditRequest(verify_now=True), metadata=auditor, timeout=TIMEOUT_S
+        storage_pb2.GetAuditChainStateRequest(verify_now=True), metadata=auditor, timeout=TIMEOUT_S
     )
     assert checked.last_checkpoint.source == "checkpoint 2026-12-05-later.json"
     assert not checked.last_checkpoint.matches
@@ -150,7 +149,7 @@ async def test_without_a_setting_the_checkpoints_are_the_data_folders_and_a_plai
     gateway = stack.gateway()
     await stack.create_user("audrey", "security-auditor")
     auditor = bearer((await stack.login("audrey")).access_token)
-    first = await gateway.VerifyAudit(gateway_pb2.VerifyAuditRequest(), metadata=auditor, timeout=TIMEOUT_S)
+    first = await gateway.VerifyAudit(storage_pb2.GetAuditChainStateRequest(), metadata=auditor, timeout=TIMEOUT_S)
     assert not first.HasField("last_checkpoint")
     folder = stack.data_dir / "audit-checkpoints"
     assert [e for e in first.checkpoint_errors if f"no checkpoint in {folder} yet" in e], list(first.checkpoint_errors)
@@ -158,7 +157,7 @@ async def test_without_a_setting_the_checkpoints_are_the_data_folders_and_a_plai
     head = await newest_record(stack, auditor)
     folder.mkdir()
     (folder / "checkpoint-now.json").write_text(Checkpoint.of(head, taken_at="2026-12-05T03:00:00+00:00").to_json())
-    read = await gateway.VerifyAudit(gateway_pb2.VerifyAuditRequest(), metadata=auditor, timeout=TIMEOUT_S)
+    read = await gateway.VerifyAudit(storage_pb2.GetAuditChainStateRequest(), metadata=auditor, timeout=TIMEOUT_S)
     assert read.last_checkpoint.source == "checkpoint checkpoint-now.json"
     assert read.last_checkpoint.matches
     assert read.intact, list(read.findings)
@@ -169,9 +168,9 @@ async def test_without_a_setting_the_checkpoints_are_the_data_folders_and_a_plai
     newest = await newest_record(stack, auditor)
     assert newest.chain_index > read.last_index
 
-    settled = await gateway.VerifyAudit(gateway_pb2.VerifyAuditRequest(), metadata=auditor, timeout=TIMEOUT_S)
+    settled = await gateway.VerifyAudit(storage_pb2.GetAuditChainStateRequest(), metadata=auditor, timeout=TIMEOUT_S)
     assert settled.last_index >= newest.chain_index  # the archive holds it (read above): the run covers it
     assert settled.verified_at > read.verified_at
     # Nothing changed since: the stored verdict, not another run.
-    again = await gateway.VerifyAudit(gateway_pb2.VerifyAuditRequest(), metadata=auditor, timeout=TIMEOUT_S)
+    again = await gateway.VerifyAudit(storage_pb2.GetAuditChainStateRequest(), metadata=auditor, timeout=TIMEOUT_S)
     assert again.verified_at == settled.verified_at

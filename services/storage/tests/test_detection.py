@@ -372,7 +372,7 @@ async def test_an_operator_erasing_many_accounts_and_not_people_erasing_their_ow
     auth = auth_pb2_grpc.AuthServiceStub(stack.internal("auth", identity="platform"))
     operator = storage_pb2_grpc.StorageArchiveServiceStub(stack.internal("storage", identity="platform"))
     for account in leavers[3:]:  # the attack: one operator erases three accounts
-        await auth.RequestErasure(auth_pb2.RequestErasureRequest(user_id=account.user_id), timeout=TIMEOUT_S)
+        await auth.RequestErasure(auth_pb2.AccountActionRequest(user_id=account.user_id), timeout=TIMEOUT_S)
         await operator.EraseUserData(storage_pb2.EraseUserDataRequest(user_id=account.user_id), timeout=TIMEOUT_S)
     found = await first_of(nats_server, MASS_ERASURE)
     assert [(a.kind, a.subject) for a in found] == [(MASS_ERASURE, "actor:platform")]  # false positives: 0

@@ -84,7 +84,7 @@ async def history(stack: Stack, who: auth_pb2.LoginResponse, channel_id: str) ->
 async def request_erasure(stack: Stack, user_id: str) -> None:
     """The operator's request, recorded by auth: auth acts on storage's erasure facts for no other."""
     auth = auth_pb2_grpc.AuthServiceStub(stack.internal("auth", identity="platform"))
-    await auth.RequestErasure(auth_pb2.RequestErasureRequest(user_id=user_id, reason="test"), timeout=TIMEOUT_S)
+    await auth.RequestErasure(auth_pb2.AccountActionRequest(user_id=user_id, reason="test"), timeout=TIMEOUT_S)
 
 
 async def name_refused(stack: Stack, name: str) -> grpc.StatusCode:

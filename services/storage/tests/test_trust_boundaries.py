@@ -286,7 +286,7 @@ async def test_the_owners_delete_only_what_an_erasure_or_a_removal_legitimately_
     await eventually(lambda: _count(stack, bob_token, cid, 3), "three messages archived")
 
     auth = auth_pb2_grpc.AuthServiceStub(stack.internal("auth", identity="platform"))
-    await auth.RequestErasure(auth_pb2.RequestErasureRequest(user_id=carol.user_id, reason="art. 17"))
+    await auth.RequestErasure(auth_pb2.AccountActionRequest(user_id=carol.user_id, reason="art. 17"))
     operator = storage_pb2_grpc.StorageArchiveServiceStub(stack.internal("storage", identity="platform"))
     erased = await operator.EraseUserData(storage_pb2.EraseUserDataRequest(user_id=carol.user_id), timeout=TIMEOUT_S)
     assert erased.events_deleted_from_log >= 2  # her registration and her post, deleted by their owners
@@ -309,7 +309,7 @@ async def test_the_owners_delete_only_what_an_erasure_or_a_removal_legitimately_
     storage = (await nats_server.connect("storage")).jetstream()  # the stolen credential
     # Dave's erasure is requested (auth recorded it), so the check that remains is whose posts.
     dave, _, _ = await register(stack, "dave")
-    await auth.RequestErasure(auth_pb2.RequestErasureRequest(user_id=dave.user_id))
+    await auth.RequestErasure(auth_pb2.AccountActionRequest(user_id=dave.user_id))
     marked = ChannelErasureDue(user_id=dave.user_id, channel_id=cid, channel_seqs=[1])
     forged: list[tuple[str, Message, str]] = [
         ("bob's post, marked for dave's erasure", marked, "were not sent by"),

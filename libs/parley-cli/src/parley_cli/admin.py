@@ -113,7 +113,7 @@ async def cmd_disable(args: argparse.Namespace) -> int:
 
 async def cmd_reset_mfa(args: argparse.Namespace) -> int:
     async with _named_account(args) as (stub, account):
-        request = auth_pb2.ResetMfaRequest(user_id=account.user_id, reason=args.reason)
+        request = auth_pb2.AccountActionRequest(user_id=account.user_id, reason=args.reason)
         await stub.ResetMfa(request, timeout=TIMEOUT_S)
     print(f"two-factor authentication of {shown(account.username)} removed and every session of theirs revoked;")
     print("they log in with the password alone and enrol a new authenticator")
@@ -122,7 +122,7 @@ async def cmd_reset_mfa(args: argparse.Namespace) -> int:
 
 async def cmd_unlock(args: argparse.Namespace) -> int:
     async with _named_account(args) as (stub, account):
-        request = auth_pb2.UnlockAccountRequest(user_id=account.user_id, reason=args.reason)
+        request = auth_pb2.AccountActionRequest(user_id=account.user_id, reason=args.reason)
         print(_show(await stub.UnlockAccount(request, timeout=TIMEOUT_S)))
     print(f"{shown(account.username)} may log in again from every address; their failed attempts are forgotten")
     return 0

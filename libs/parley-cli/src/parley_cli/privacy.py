@@ -183,7 +183,7 @@ async def cmd_erase(args: argparse.Namespace) -> int:
             user_id = await _user_id(args, args.username)
             async with _auth(args) as stub:  # auth records the request: it acts on nothing else
                 await stub.RequestErasure(
-                    auth_pb2.RequestErasureRequest(user_id=user_id, reason=args.reason), timeout=TIMEOUT_S
+                    auth_pb2.AccountActionRequest(user_id=user_id, reason=args.reason), timeout=TIMEOUT_S
                 )
             request = storage_pb2.EraseUserDataRequest(user_id=user_id, reason=args.reason)
             async with _archive(args) as archive:

@@ -23,7 +23,7 @@ Channel = messaging_pb2.Channel
 class PlainCalls(GatewaySession):
     # --- accounts ------------------------------------------------------------------------------
 
-    @rpc("Register", whole(auth_pb2.RegisterResponse))
+    @rpc("Register", whole(auth_pb2.UserName))
     @staticmethod
     def register(username: str, password: str, *, invite_code: str = "") -> auth_pb2.RegisterRequest:
         """`invite_code`: needed when the platform registers by invitation (PARLEY_REGISTRATION=invite)."""

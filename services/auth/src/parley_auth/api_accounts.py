@@ -97,7 +97,7 @@ class AccountsApi(StepUps):
         assert account is not None
         return account
 
-    async def Register(self, request: auth_pb2.RegisterRequest, context: Context) -> auth_pb2.RegisterResponse:
+    async def Register(self, request: auth_pb2.RegisterRequest, context: Context) -> auth_pb2.UserName:
         REQUEST_SOURCE.set(self._source(context))
         mode = self.ctx.settings.registration
         if mode == "admin":
@@ -124,7 +124,7 @@ class AccountsApi(StepUps):
             if invite is not None:
                 await self._redeem(*invite, user_id=user_id)
             account = await self._create(username, password_hash, role, None, user_id)
-        return auth_pb2.RegisterResponse(user_id=account.user_id, username=account.username)
+        return auth_pb2.UserName(user_id=account.user_id, username=account.username)
 
     def _valid_invite(self, request: auth_pb2.RegisterRequest) -> tuple[bytes, InviteState]:
         """The invitation is redeemed (atomically, once) before the account is created; what
@@ -231,7 +231,7 @@ class AccountsApi(StepUps):
             await self._user_events(account, events, actor, read=read)
         return account_proto(account)
 
-    async def UnlockAccount(self, request: auth_pb2.UnlockAccountRequest, context: Context) -> auth_pb2.Account:
+    async def UnlockAccount(self, request: auth_pb2.AccountActionRequest, context: Context) -> auth_pb2.Account:
         """Ends the account's lockouts from every address and forgets its failure counts (the
         owner locked out by a guesser, or by their own typos); audited as `lockout_cleared`. An
         address's lockout across accounts stays: that one guards every other account."""
@@ -283,7 +283,7 @@ class AccountsApi(StepUps):
         return auth_pb2.LiftSourceSlowdownResponse(source=key, was_slowed_until_unix=until)
 
     async def RequestErasure(
-        self, request: auth_pb2.RequestErasureRequest, context: Context
+        self, request: auth_pb2.AccountActionRequest, context: Context
     ) -> auth_pb2.RequestErasureResponse:
         """The one way an erasure is authorised (storage_due.py acts on nothing else): the user
         themself, or the platform identity acting for them; audited as `account_erasure_requested`."""

@@ -36,7 +36,7 @@ class MfaApi(StepUps):
 
     async def ConfirmTotpEnrolment(
         self, request: auth_pb2.ConfirmTotpEnrolmentRequest, context: Context
-    ) -> auth_pb2.ConfirmTotpEnrolmentResponse:
+    ) -> auth_pb2.RecoveryCodes:
         assert self._sealer is not None
         caller = self._caller(context)
         account = self._account(caller.user_id)
@@ -65,7 +65,7 @@ class MfaApi(StepUps):
             await self._user_event(account, enrolled, actor, read=read)
             # The confirming code is spent too: it cannot be replayed at login.
             await self._user_event(account, TotpCodeAccepted(user_id=account.user_id, time_step=step), actor)
-        return auth_pb2.ConfirmTotpEnrolmentResponse(recovery_codes=codes)
+        return auth_pb2.RecoveryCodes(recovery_codes=codes)
 
     async def SetMfaRequired(
         self, request: auth_pb2.SetMfaRequiredRequest, context: Context
@@ -85,7 +85,7 @@ class MfaApi(StepUps):
             await self.events.append(MFA_POLICY_SUBJECT, [event], ANYWHERE)
         return auth_pb2.SetMfaRequiredResponse()
 
-    async def ResetMfa(self, request: auth_pb2.ResetMfaRequest, context: Context) -> auth_pb2.Account:
+    async def ResetMfa(self, request: auth_pb2.AccountActionRequest, context: Context) -> auth_pb2.Account:
         """Removes a user's TOTP and recovery codes (a lost or stolen phone) and revokes every
         session of that user: whoever holds a session may be the one holding the phone, so the
         user logs in again with the password alone and enrols a new authenticator."""
@@ -103,7 +103,7 @@ class MfaApi(StepUps):
 
     async def RegenerateRecoveryCodes(
         self, request: auth_pb2.RegenerateRecoveryCodesRequest, context: Context
-    ) -> auth_pb2.RegenerateRecoveryCodesResponse:
+    ) -> auth_pb2.RecoveryCodes:
         """New recovery codes replace all earlier ones. A stolen access token alone is not
         enough: the caller proves presence with a current TOTP code or the password."""
         assert self._sealer is not None
@@ -148,4 +148,4 @@ class MfaApi(StepUps):
             "recovery_codes_regenerated", actor=actor, user_id=account.user_id, username=account.username
         ):
             await self._user_event(account, regenerated, actor, read=read)
-        return auth_pb2.RegenerateRecoveryCodesResponse(recovery_codes=codes)
+        return auth_pb2.RecoveryCodes(recovery_codes=codes)

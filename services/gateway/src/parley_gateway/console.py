@@ -1,5 +1,5 @@
 """The operator's console calls that the gateway answers itself or relays with more than a
-forward: the filed compliance reports, the audit chain's verdict, the security event stream.
+forward: the filed compliance reports and the security event stream.
 The caller's permission is checked by the servicer first (GatewayApp._require)."""
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from parley.gateway.v1 import gateway_pb2
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from parley_core.compliance_reports import BadReportRequest, NoSuchReport, filed_reports, read_report
-from parley_core.same_named import proto_field_names, same_named
 from parley_gateway.forwarding import HIDDEN_DETAIL, Context, Forwarded
 
 log = logging.getLogger(__name__)
@@ -67,16 +66,4 @@ async def report(
         raise
     return gateway_pb2.ComplianceReport(
         report_id=filed.report_id, format=fmt, content=content, written_at=filed.written_at
-    )
-
-
-# The console's verdict carries the monitor's state field for field.
-_VERDICT_AS_IS = proto_field_names(gateway_pb2.VerifyAuditResponse, leaving=("last_checkpoint",))
-
-
-def audit_verdict(state: storage_pb2.AuditChainState) -> gateway_pb2.VerifyAuditResponse:
-    """Storage's audit monitor's verdict as the console reads it."""
-    return gateway_pb2.VerifyAuditResponse(
-        **same_named(state, *_VERDICT_AS_IS),
-        last_checkpoint=state.last_checkpoint if state.HasField("last_checkpoint") else None,
     )

@@ -29,7 +29,7 @@ from parley_core.runner import RunContext
 from parley_core.sources import budget_key, client_address
 from parley_core.tokens import bearer_token
 from parley_core.visibility import HistoryView
-from parley_gateway.console import audit_verdict, relay_security_events, report, report_list
+from parley_gateway.console import relay_security_events, report, report_list
 from parley_gateway.fanout import ChannelFeed
 from parley_gateway.forwarding import Context, forward
 from parley_gateway.limits import Admission, GatewayLimits, LiveStreamCaps, RateLimited
@@ -191,7 +191,7 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         await self._admit(request, context)
         # Auth records the request first (it checks it is the caller's own account): it acts on
         # storage's erasure facts for no account whose erasure it did not record.
-        erasure = auth_pb2.RequestErasureRequest(user_id=request.user_id, reason=request.reason)
+        erasure = auth_pb2.AccountActionRequest(user_id=request.user_id, reason=request.reason)
         await forward(self._auth.RequestErasure, erasure, context)
         return await forward(self._archive.EraseUserData, request, context)
 
@@ -344,19 +344,14 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         return await report(self._ctx.settings.data_dir, request, context)
 
     async def VerifyAudit(
-        self, request: gateway_pb2.VerifyAuditRequest, context: Context
-    ) -> gateway_pb2.VerifyAuditResponse:
+        self, request: storage_pb2.GetAuditChainStateRequest, context: Context
+    ) -> storage_pb2.AuditChainState:
         """Storage's audit monitor's verdict (a stored one, or a fresh run on request): reading the
         whole archive here on every call would cost a page of SEC and AUTH per hundred records."""
         assert self._archive is not None
         await self._admit(request, context)
         self._require(context, Permission.AUDIT_READ, "verifying the audit trail")
-        state = await forward(
-            self._archive.GetAuditChainState,
-            storage_pb2.GetAuditChainStateRequest(verify_now=request.verify_now),
-            context,
-        )
-        return audit_verdict(state)
+        return await forward(self._archive.GetAuditChainState, request, context)
 
 
 def _served_from_the_table(name: str) -> Callable[[GatewayApp, Any, Context], Awaitable[Any]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from parley.messaging.v1 import messaging_pb2
+from parley.messaging.v1 import events_pb2, messaging_pb2
 
 from parley_core.errors import InvalidArgument, NotFound
 from parley_messaging import decisions as cmd
@@ -141,10 +141,10 @@ class ChannelsApi(MessagingBase):
 
     async def SetChannelRetention(
         self, request: messaging_pb2.SetChannelRetentionRequest, context: Context
-    ) -> messaging_pb2.SetChannelRetentionResponse:
+    ) -> events_pb2.ChannelRetentionSet:
         """The operator's (or a `retention.manage` holder's) policy, recorded on the channel
         before storage expires anything by it: storage's expiry facts are checked against it."""
         actor = self._caller_or_platform(context)
         days = validate_retention_days(request.days)
         await self._decide(request.channel_id, actor, cmd.SetRetention(actor, days))
-        return messaging_pb2.SetChannelRetentionResponse(days=days, set_by=actor)
+        return events_pb2.ChannelRetentionSet(channel_id=request.channel_id, days=days, set_by=actor)

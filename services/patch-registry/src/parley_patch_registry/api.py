@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from datetime import UTC, datetime
+from typing import cast
 
 import grpc
 from parley.patch.v1 import events_pb2, patch_pb2, patch_pb2_grpc
@@ -13,6 +14,7 @@ from parley_core.errors import InvalidArgument, PermissionDenied
 from parley_core.same_named import proto_field_names, same_named
 from parley_core.tokens import TokenVerifier
 from parley_core.topology import PLATFORM_USER
+from parley_patch_registry.codec import to_proto
 from parley_patch_registry.findings import AFFECTED_FIELDS, Finding
 from parley_patch_registry.registry import Registry
 from parley_patch_registry.rollout import Rollout
@@ -24,8 +26,6 @@ Context = grpc.aio.ServicerContext[object, object]
 
 # What the API's Rollout shows of the aggregate as it is; its steps and audit are converted.
 _ROLLOUT_AS_IS = proto_field_names(patch_pb2.Rollout, leaving=("steps", "audit", "target_sha256"))
-# A gate verdict's figures, each the GateEvaluated event's own by name.
-_GATE_FIGURES = proto_field_names(patch_pb2.GateFigures)
 
 
 def rollout_proto(rollout: Rollout, *, target_sha256: str) -> patch_pb2.Rollout:
@@ -51,8 +51,8 @@ def rollout_proto(rollout: Rollout, *, target_sha256: str) -> patch_pb2.Rollout:
 def audit_entry_proto(event: RolloutEvent) -> patch_pb2.AuditEntry:
     entry = patch_pb2.AuditEntry(at=event.at, actor=event.actor, event=type(event).__name__, detail=describe(event))
     if isinstance(event, GateEvaluated):
-        # The figures as numbers too, so a console can chart them without parsing the detail.
-        entry.gate.CopyFrom(patch_pb2.GateFigures(**same_named(event, *_GATE_FIGURES)))
+        # The event itself too, so a console can chart its figures without parsing the detail.
+        entry.gate.CopyFrom(cast(events_pb2.GateEvaluated, to_proto(event)))
     return entry
 
 

@@ -46,28 +46,6 @@ class RegisterRequest(_message.Message):
 Global___RegisterRequest: _TypeAlias = RegisterRequest  # noqa: Y015
 
 @_typing.final
-class RegisterResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    USER_ID_FIELD_NUMBER: _builtins.int
-    USERNAME_FIELD_NUMBER: _builtins.int
-    user_id: _builtins.str
-    username: _builtins.str
-    def __init__(
-        self,
-        *,
-        user_id: _builtins.str = ...,
-        username: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id", "username", b"username"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___RegisterResponse: _TypeAlias = RegisterResponse  # noqa: Y015
-
-@_typing.final
 class LoginRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -529,7 +507,9 @@ class ConfirmTotpEnrolmentRequest(_message.Message):
 Global___ConfirmTotpEnrolmentRequest: _TypeAlias = ConfirmTotpEnrolmentRequest  # noqa: Y015
 
 @_typing.final
-class ConfirmTotpEnrolmentResponse(_message.Message):
+class RecoveryCodes(_message.Message):
+    """A new set of single-use recovery codes (enrolment, regeneration): each replaces every earlier one."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RECOVERY_CODES_FIELD_NUMBER: _builtins.int
@@ -548,7 +528,7 @@ class ConfirmTotpEnrolmentResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ConfirmTotpEnrolmentResponse: _TypeAlias = ConfirmTotpEnrolmentResponse  # noqa: Y015
+Global___RecoveryCodes: _TypeAlias = RecoveryCodes  # noqa: Y015
 
 @_typing.final
 class SetMfaRequiredRequest(_message.Message):
@@ -961,10 +941,8 @@ class Invite(_message.Message):
 Global___Invite: _TypeAlias = Invite  # noqa: Y015
 
 @_typing.final
-class RequestErasureRequest(_message.Message):
-    """Ends every lockout of the account (from every address) and clears its failure counts; an
-    address's own lockout across accounts stays. FAILED_PRECONDITION when it has no failures.
-    """
+class AccountActionRequest(_message.Message):
+    """An action on one account (ResetMfa, UnlockAccount, RequestErasure), and why."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -985,7 +963,7 @@ class RequestErasureRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___RequestErasureRequest: _TypeAlias = RequestErasureRequest  # noqa: Y015
+Global___AccountActionRequest: _TypeAlias = AccountActionRequest  # noqa: Y015
 
 @_typing.final
 class RequestErasureResponse(_message.Message):
@@ -1006,29 +984,6 @@ class RequestErasureResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RequestErasureResponse: _TypeAlias = RequestErasureResponse  # noqa: Y015
-
-@_typing.final
-class UnlockAccountRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    USER_ID_FIELD_NUMBER: _builtins.int
-    REASON_FIELD_NUMBER: _builtins.int
-    user_id: _builtins.str
-    reason: _builtins.str
-    """up to 500 characters, kept in the audit record"""
-    def __init__(
-        self,
-        *,
-        user_id: _builtins.str = ...,
-        reason: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "user_id", b"user_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___UnlockAccountRequest: _TypeAlias = UnlockAccountRequest  # noqa: Y015
 
 @_typing.final
 class LiftSourceSlowdownRequest(_message.Message):
@@ -1080,29 +1035,6 @@ class LiftSourceSlowdownResponse(_message.Message):
 Global___LiftSourceSlowdownResponse: _TypeAlias = LiftSourceSlowdownResponse  # noqa: Y015
 
 @_typing.final
-class ResetMfaRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    USER_ID_FIELD_NUMBER: _builtins.int
-    REASON_FIELD_NUMBER: _builtins.int
-    user_id: _builtins.str
-    reason: _builtins.str
-    """up to 500 characters, kept in the audit record"""
-    def __init__(
-        self,
-        *,
-        user_id: _builtins.str = ...,
-        reason: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "user_id", b"user_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ResetMfaRequest: _TypeAlias = ResetMfaRequest  # noqa: Y015
-
-@_typing.final
 class RegenerateRecoveryCodesRequest(_message.Message):
     """Proof of presence: a current TOTP code or the account password (one is required)."""
 
@@ -1125,28 +1057,6 @@ class RegenerateRecoveryCodesRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RegenerateRecoveryCodesRequest: _TypeAlias = RegenerateRecoveryCodesRequest  # noqa: Y015
-
-@_typing.final
-class RegenerateRecoveryCodesResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    RECOVERY_CODES_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def recovery_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """shown once; only their hashes are kept"""
-
-    def __init__(
-        self,
-        *,
-        recovery_codes: _abc.Iterable[_builtins.str] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["recovery_codes", b"recovery_codes"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___RegenerateRecoveryCodesResponse: _TypeAlias = RegenerateRecoveryCodesResponse  # noqa: Y015
 
 @_typing.final
 class LookupUsersRequest(_message.Message):

@@ -37,7 +37,7 @@ class AuthServiceStub:
         self.Register = channel.unary_unary(
                 '/parley.auth.v1.AuthService/Register',
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.RegisterRequest.SerializeToString,
-                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.RegisterResponse.FromString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.UserName.FromString,
                 _registered_method=True)
         self.Login = channel.unary_unary(
                 '/parley.auth.v1.AuthService/Login',
@@ -97,7 +97,7 @@ class AuthServiceStub:
         self.ConfirmTotpEnrolment = channel.unary_unary(
                 '/parley.auth.v1.AuthService/ConfirmTotpEnrolment',
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.ConfirmTotpEnrolmentRequest.SerializeToString,
-                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.ConfirmTotpEnrolmentResponse.FromString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.RecoveryCodes.FromString,
                 _registered_method=True)
         self.SetMfaRequired = channel.unary_unary(
                 '/parley.auth.v1.AuthService/SetMfaRequired',
@@ -146,12 +146,12 @@ class AuthServiceStub:
                 _registered_method=True)
         self.ResetMfa = channel.unary_unary(
                 '/parley.auth.v1.AuthService/ResetMfa',
-                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.ResetMfaRequest.SerializeToString,
+                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.AccountActionRequest.SerializeToString,
                 response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.Account.FromString,
                 _registered_method=True)
         self.UnlockAccount = channel.unary_unary(
                 '/parley.auth.v1.AuthService/UnlockAccount',
-                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.UnlockAccountRequest.SerializeToString,
+                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.AccountActionRequest.SerializeToString,
                 response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.Account.FromString,
                 _registered_method=True)
         self.LiftSourceSlowdown = channel.unary_unary(
@@ -161,13 +161,13 @@ class AuthServiceStub:
                 _registered_method=True)
         self.RequestErasure = channel.unary_unary(
                 '/parley.auth.v1.AuthService/RequestErasure',
-                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.RequestErasureRequest.SerializeToString,
+                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.AccountActionRequest.SerializeToString,
                 response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.RequestErasureResponse.FromString,
                 _registered_method=True)
         self.RegenerateRecoveryCodes = channel.unary_unary(
                 '/parley.auth.v1.AuthService/RegenerateRecoveryCodes',
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesRequest.SerializeToString,
-                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesResponse.FromString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.RecoveryCodes.FromString,
                 _registered_method=True)
         self.LookupUsers = channel.unary_unary(
                 '/parley.auth.v1.AuthService/LookupUsers',
@@ -180,7 +180,8 @@ class AuthServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Register(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Answers the new account's id and (normalized) username.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -339,7 +340,9 @@ class AuthServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UnlockAccount(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Ends every lockout of the account (from every address) and clears its failure counts; an
+        address's own lockout across accounts stays. FAILED_PRECONDITION when it has no failures.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -381,7 +384,7 @@ def add_AuthServiceServicer_to_server(servicer, server):
             'Register': grpc.unary_unary_rpc_method_handler(
                     servicer.Register,
                     request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.RegisterRequest.FromString,
-                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.RegisterResponse.SerializeToString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.UserName.SerializeToString,
             ),
             'Login': grpc.unary_unary_rpc_method_handler(
                     servicer.Login,
@@ -441,7 +444,7 @@ def add_AuthServiceServicer_to_server(servicer, server):
             'ConfirmTotpEnrolment': grpc.unary_unary_rpc_method_handler(
                     servicer.ConfirmTotpEnrolment,
                     request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.ConfirmTotpEnrolmentRequest.FromString,
-                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.ConfirmTotpEnrolmentResponse.SerializeToString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.RecoveryCodes.SerializeToString,
             ),
             'SetMfaRequired': grpc.unary_unary_rpc_method_handler(
                     servicer.SetMfaRequired,
@@ -490,12 +493,12 @@ def add_AuthServiceServicer_to_server(servicer, server):
             ),
             'ResetMfa': grpc.unary_unary_rpc_method_handler(
                     servicer.ResetMfa,
-                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.ResetMfaRequest.FromString,
+                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.AccountActionRequest.FromString,
                     response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.Account.SerializeToString,
             ),
             'UnlockAccount': grpc.unary_unary_rpc_method_handler(
                     servicer.UnlockAccount,
-                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.UnlockAccountRequest.FromString,
+                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.AccountActionRequest.FromString,
                     response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.Account.SerializeToString,
             ),
             'LiftSourceSlowdown': grpc.unary_unary_rpc_method_handler(
@@ -505,13 +508,13 @@ def add_AuthServiceServicer_to_server(servicer, server):
             ),
             'RequestErasure': grpc.unary_unary_rpc_method_handler(
                     servicer.RequestErasure,
-                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.RequestErasureRequest.FromString,
+                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.AccountActionRequest.FromString,
                     response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.RequestErasureResponse.SerializeToString,
             ),
             'RegenerateRecoveryCodes': grpc.unary_unary_rpc_method_handler(
                     servicer.RegenerateRecoveryCodes,
                     request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesRequest.FromString,
-                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesResponse.SerializeToString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.RecoveryCodes.SerializeToString,
             ),
             'LookupUsers': grpc.unary_unary_rpc_method_handler(
                     servicer.LookupUsers,
@@ -545,7 +548,7 @@ class AuthService:
             target,
             '/parley.auth.v1.AuthService/Register',
             parley_dot_auth_dot_v1_dot_auth__pb2.RegisterRequest.SerializeToString,
-            parley_dot_auth_dot_v1_dot_auth__pb2.RegisterResponse.FromString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.UserName.FromString,
             options,
             channel_credentials,
             insecure,
@@ -869,7 +872,7 @@ class AuthService:
             target,
             '/parley.auth.v1.AuthService/ConfirmTotpEnrolment',
             parley_dot_auth_dot_v1_dot_auth__pb2.ConfirmTotpEnrolmentRequest.SerializeToString,
-            parley_dot_auth_dot_v1_dot_auth__pb2.ConfirmTotpEnrolmentResponse.FromString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.RecoveryCodes.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1138,7 +1141,7 @@ class AuthService:
             request,
             target,
             '/parley.auth.v1.AuthService/ResetMfa',
-            parley_dot_auth_dot_v1_dot_auth__pb2.ResetMfaRequest.SerializeToString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.AccountActionRequest.SerializeToString,
             parley_dot_auth_dot_v1_dot_auth__pb2.Account.FromString,
             options,
             channel_credentials,
@@ -1165,7 +1168,7 @@ class AuthService:
             request,
             target,
             '/parley.auth.v1.AuthService/UnlockAccount',
-            parley_dot_auth_dot_v1_dot_auth__pb2.UnlockAccountRequest.SerializeToString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.AccountActionRequest.SerializeToString,
             parley_dot_auth_dot_v1_dot_auth__pb2.Account.FromString,
             options,
             channel_credentials,
@@ -1219,7 +1222,7 @@ class AuthService:
             request,
             target,
             '/parley.auth.v1.AuthService/RequestErasure',
-            parley_dot_auth_dot_v1_dot_auth__pb2.RequestErasureRequest.SerializeToString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.AccountActionRequest.SerializeToString,
             parley_dot_auth_dot_v1_dot_auth__pb2.RequestErasureResponse.FromString,
             options,
             channel_credentials,
@@ -1247,7 +1250,7 @@ class AuthService:
             target,
             '/parley.auth.v1.AuthService/RegenerateRecoveryCodes',
             parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesRequest.SerializeToString,
-            parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesResponse.FromString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.RecoveryCodes.FromString,
             options,
             channel_credentials,
             insecure,

@@ -31,7 +31,8 @@ class AuthServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AuthServiceAsyncStub: ...
-    Register: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RegisterRequest, _auth_pb2.RegisterResponse]
+    Register: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RegisterRequest, _auth_pb2.UserName]
+    """Answers the new account's id and (normalized) username."""
     Login: _grpc.UnaryUnaryMultiCallable[_auth_pb2.LoginRequest, _auth_pb2.LoginResponse]
     Refresh: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RefreshRequest, _auth_pb2.LoginResponse]
     """Trades a refresh token for a new access token and a new refresh token. Presenting a
@@ -53,7 +54,7 @@ class AuthServiceStub:
     """TOTP (RFC 6238): start enrolment (an otpauth:// URI for an authenticator app), then
     confirm with a first code to switch MFA on and receive single-use recovery codes.
     """
-    ConfirmTotpEnrolment: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ConfirmTotpEnrolmentRequest, _auth_pb2.ConfirmTotpEnrolmentResponse]
+    ConfirmTotpEnrolment: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ConfirmTotpEnrolmentRequest, _auth_pb2.RecoveryCodes]
     SetMfaRequired: _grpc.UnaryUnaryMultiCallable[_auth_pb2.SetMfaRequiredRequest, _auth_pb2.SetMfaRequiredResponse]
     """Require MFA for every holder of a role (roles.assign)."""
     PublishDeviceKeys: _grpc.UnaryUnaryMultiCallable[_auth_pb2.PublishDeviceKeysRequest, _auth_pb2.Device]
@@ -78,20 +79,23 @@ class AuthServiceStub:
     RetireSigningKey: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RetireSigningKeyRequest, _auth_pb2.SigningKeyInfo]
     CreateInvite: _grpc.UnaryUnaryMultiCallable[_auth_pb2.CreateInviteRequest, _auth_pb2.Invite]
     """Single-use invitations, for PARLEY_REGISTRATION=invite."""
-    ResetMfa: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ResetMfaRequest, _auth_pb2.Account]
+    ResetMfa: _grpc.UnaryUnaryMultiCallable[_auth_pb2.AccountActionRequest, _auth_pb2.Account]
     """MFA administration: an administrator removes a user's TOTP (lost phone); a user replaces
     their recovery codes (the old ones stop working).
     """
-    UnlockAccount: _grpc.UnaryUnaryMultiCallable[_auth_pb2.UnlockAccountRequest, _auth_pb2.Account]
+    UnlockAccount: _grpc.UnaryUnaryMultiCallable[_auth_pb2.AccountActionRequest, _auth_pb2.Account]
+    """Ends every lockout of the account (from every address) and clears its failure counts; an
+    address's own lockout across accounts stays. FAILED_PRECONDITION when it has no failures.
+    """
     LiftSourceSlowdown: _grpc.UnaryUnaryMultiCallable[_auth_pb2.LiftSourceSlowdownRequest, _auth_pb2.LiftSourceSlowdownResponse]
     """Ends the anomaly detector's slow-down of a client address (SourceSlowed) before its time is up."""
-    RequestErasure: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RequestErasureRequest, _auth_pb2.RequestErasureResponse]
+    RequestErasure: _grpc.UnaryUnaryMultiCallable[_auth_pb2.AccountActionRequest, _auth_pb2.RequestErasureResponse]
     """The erasure of an account's data (the user themself, or the platform identity acting for
     them): auth records the request (audited, AccountErasureRequested on its own subject), and
     acts on storage's erasure facts only for an account whose erasure it recorded. Then
     storage's EraseUserData shreds the keys and has the owners delete the events.
     """
-    RegenerateRecoveryCodes: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RegenerateRecoveryCodesRequest, _auth_pb2.RegenerateRecoveryCodesResponse]
+    RegenerateRecoveryCodes: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RegenerateRecoveryCodesRequest, _auth_pb2.RecoveryCodes]
     LookupUsers: _grpc.UnaryUnaryMultiCallable[_auth_pb2.LookupUsersRequest, _auth_pb2.LookupUsersResponse]
     """Usernames of user ids, for showing people by name (reactions, members, direct conversations).
     Usernames are public inside the platform; role and state are not returned.
@@ -100,7 +104,8 @@ class AuthServiceStub:
 @_typing.type_check_only
 class AuthServiceAsyncStub(AuthServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
-    Register: _aio.UnaryUnaryMultiCallable[_auth_pb2.RegisterRequest, _auth_pb2.RegisterResponse]  # type: ignore[assignment]
+    Register: _aio.UnaryUnaryMultiCallable[_auth_pb2.RegisterRequest, _auth_pb2.UserName]  # type: ignore[assignment]
+    """Answers the new account's id and (normalized) username."""
     Login: _aio.UnaryUnaryMultiCallable[_auth_pb2.LoginRequest, _auth_pb2.LoginResponse]  # type: ignore[assignment]
     Refresh: _aio.UnaryUnaryMultiCallable[_auth_pb2.RefreshRequest, _auth_pb2.LoginResponse]  # type: ignore[assignment]
     """Trades a refresh token for a new access token and a new refresh token. Presenting a
@@ -122,7 +127,7 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """TOTP (RFC 6238): start enrolment (an otpauth:// URI for an authenticator app), then
     confirm with a first code to switch MFA on and receive single-use recovery codes.
     """
-    ConfirmTotpEnrolment: _aio.UnaryUnaryMultiCallable[_auth_pb2.ConfirmTotpEnrolmentRequest, _auth_pb2.ConfirmTotpEnrolmentResponse]  # type: ignore[assignment]
+    ConfirmTotpEnrolment: _aio.UnaryUnaryMultiCallable[_auth_pb2.ConfirmTotpEnrolmentRequest, _auth_pb2.RecoveryCodes]  # type: ignore[assignment]
     SetMfaRequired: _aio.UnaryUnaryMultiCallable[_auth_pb2.SetMfaRequiredRequest, _auth_pb2.SetMfaRequiredResponse]  # type: ignore[assignment]
     """Require MFA for every holder of a role (roles.assign)."""
     PublishDeviceKeys: _aio.UnaryUnaryMultiCallable[_auth_pb2.PublishDeviceKeysRequest, _auth_pb2.Device]  # type: ignore[assignment]
@@ -147,20 +152,23 @@ class AuthServiceAsyncStub(AuthServiceStub):
     RetireSigningKey: _aio.UnaryUnaryMultiCallable[_auth_pb2.RetireSigningKeyRequest, _auth_pb2.SigningKeyInfo]  # type: ignore[assignment]
     CreateInvite: _aio.UnaryUnaryMultiCallable[_auth_pb2.CreateInviteRequest, _auth_pb2.Invite]  # type: ignore[assignment]
     """Single-use invitations, for PARLEY_REGISTRATION=invite."""
-    ResetMfa: _aio.UnaryUnaryMultiCallable[_auth_pb2.ResetMfaRequest, _auth_pb2.Account]  # type: ignore[assignment]
+    ResetMfa: _aio.UnaryUnaryMultiCallable[_auth_pb2.AccountActionRequest, _auth_pb2.Account]  # type: ignore[assignment]
     """MFA administration: an administrator removes a user's TOTP (lost phone); a user replaces
     their recovery codes (the old ones stop working).
     """
-    UnlockAccount: _aio.UnaryUnaryMultiCallable[_auth_pb2.UnlockAccountRequest, _auth_pb2.Account]  # type: ignore[assignment]
+    UnlockAccount: _aio.UnaryUnaryMultiCallable[_auth_pb2.AccountActionRequest, _auth_pb2.Account]  # type: ignore[assignment]
+    """Ends every lockout of the account (from every address) and clears its failure counts; an
+    address's own lockout across accounts stays. FAILED_PRECONDITION when it has no failures.
+    """
     LiftSourceSlowdown: _aio.UnaryUnaryMultiCallable[_auth_pb2.LiftSourceSlowdownRequest, _auth_pb2.LiftSourceSlowdownResponse]  # type: ignore[assignment]
     """Ends the anomaly detector's slow-down of a client address (SourceSlowed) before its time is up."""
-    RequestErasure: _aio.UnaryUnaryMultiCallable[_auth_pb2.RequestErasureRequest, _auth_pb2.RequestErasureResponse]  # type: ignore[assignment]
+    RequestErasure: _aio.UnaryUnaryMultiCallable[_auth_pb2.AccountActionRequest, _auth_pb2.RequestErasureResponse]  # type: ignore[assignment]
     """The erasure of an account's data (the user themself, or the platform identity acting for
     them): auth records the request (audited, AccountErasureRequested on its own subject), and
     acts on storage's erasure facts only for an account whose erasure it recorded. Then
     storage's EraseUserData shreds the keys and has the owners delete the events.
     """
-    RegenerateRecoveryCodes: _aio.UnaryUnaryMultiCallable[_auth_pb2.RegenerateRecoveryCodesRequest, _auth_pb2.RegenerateRecoveryCodesResponse]  # type: ignore[assignment]
+    RegenerateRecoveryCodes: _aio.UnaryUnaryMultiCallable[_auth_pb2.RegenerateRecoveryCodesRequest, _auth_pb2.RecoveryCodes]  # type: ignore[assignment]
     LookupUsers: _aio.UnaryUnaryMultiCallable[_auth_pb2.LookupUsersRequest, _auth_pb2.LookupUsersResponse]  # type: ignore[assignment]
     """Usernames of user ids, for showing people by name (reactions, members, direct conversations).
     Usernames are public inside the platform; role and state are not returned.
@@ -172,7 +180,8 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _auth_pb2.RegisterRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_auth_pb2.RegisterResponse, _abc.Awaitable[_auth_pb2.RegisterResponse]]: ...
+    ) -> _typing.Union[_auth_pb2.UserName, _abc.Awaitable[_auth_pb2.UserName]]:
+        """Answers the new account's id and (normalized) username."""
 
     @_abc_1.abstractmethod
     def Login(
@@ -266,7 +275,7 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _auth_pb2.ConfirmTotpEnrolmentRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_auth_pb2.ConfirmTotpEnrolmentResponse, _abc.Awaitable[_auth_pb2.ConfirmTotpEnrolmentResponse]]: ...
+    ) -> _typing.Union[_auth_pb2.RecoveryCodes, _abc.Awaitable[_auth_pb2.RecoveryCodes]]: ...
 
     @_abc_1.abstractmethod
     def SetMfaRequired(
@@ -349,7 +358,7 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def ResetMfa(
         self,
-        request: _auth_pb2.ResetMfaRequest,
+        request: _auth_pb2.AccountActionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.Account, _abc.Awaitable[_auth_pb2.Account]]:
         """MFA administration: an administrator removes a user's TOTP (lost phone); a user replaces
@@ -359,9 +368,12 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def UnlockAccount(
         self,
-        request: _auth_pb2.UnlockAccountRequest,
+        request: _auth_pb2.AccountActionRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_auth_pb2.Account, _abc.Awaitable[_auth_pb2.Account]]: ...
+    ) -> _typing.Union[_auth_pb2.Account, _abc.Awaitable[_auth_pb2.Account]]:
+        """Ends every lockout of the account (from every address) and clears its failure counts; an
+        address's own lockout across accounts stays. FAILED_PRECONDITION when it has no failures.
+        """
 
     @_abc_1.abstractmethod
     def LiftSourceSlowdown(
@@ -374,7 +386,7 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def RequestErasure(
         self,
-        request: _auth_pb2.RequestErasureRequest,
+        request: _auth_pb2.AccountActionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.RequestErasureResponse, _abc.Awaitable[_auth_pb2.RequestErasureResponse]]:
         """The erasure of an account's data (the user themself, or the platform identity acting for
@@ -388,7 +400,7 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _auth_pb2.RegenerateRecoveryCodesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_auth_pb2.RegenerateRecoveryCodesResponse, _abc.Awaitable[_auth_pb2.RegenerateRecoveryCodesResponse]]: ...
+    ) -> _typing.Union[_auth_pb2.RecoveryCodes, _abc.Awaitable[_auth_pb2.RecoveryCodes]]: ...
 
     @_abc_1.abstractmethod
     def LookupUsers(

@@ -8,7 +8,6 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from parley.messaging.v1 import messaging_pb2 as _messaging_pb2
-from parley.storage.v1 import storage_pb2 as _storage_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -137,82 +136,6 @@ class ComplianceReport(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ComplianceReport: _TypeAlias = ComplianceReport  # noqa: Y015
-
-@_typing.final
-class VerifyAuditRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    VERIFY_NOW_FIELD_NUMBER: _builtins.int
-    verify_now: _builtins.bool
-    """run a verification now rather than answer from the last one"""
-    def __init__(
-        self,
-        *,
-        verify_now: _builtins.bool = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["verify_now", b"verify_now"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___VerifyAuditRequest: _TypeAlias = VerifyAuditRequest  # noqa: Y015
-
-@_typing.final
-class VerifyAuditResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    INTACT_FIELD_NUMBER: _builtins.int
-    RECORDS_FIELD_NUMBER: _builtins.int
-    LAST_INDEX_FIELD_NUMBER: _builtins.int
-    LAST_RECORDED_AT_FIELD_NUMBER: _builtins.int
-    FINDINGS_FIELD_NUMBER: _builtins.int
-    VERIFIED_AT_FIELD_NUMBER: _builtins.int
-    HEAD_INDEX_FIELD_NUMBER: _builtins.int
-    LAST_CHECKPOINT_FIELD_NUMBER: _builtins.int
-    CHECKPOINT_ERRORS_FIELD_NUMBER: _builtins.int
-    VERIFY_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
-    intact: _builtins.bool
-    records: _builtins.int
-    last_index: _builtins.int
-    """the highest chain_index found"""
-    last_recorded_at: _builtins.float
-    """unix seconds of that record (0 when none)"""
-    verified_at: _builtins.float
-    head_index: _builtins.int
-    """the live SEC stream's newest record when that run began"""
-    verify_interval_seconds: _builtins.float
-    @_builtins.property
-    def findings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """one line each, as `parley audit verify` prints them"""
-
-    @_builtins.property
-    def last_checkpoint(self) -> _storage_pb2.AuditCheckpoint:
-        """the newest operator checkpoint; unset when none"""
-
-    @_builtins.property
-    def checkpoint_errors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    def __init__(
-        self,
-        *,
-        intact: _builtins.bool = ...,
-        records: _builtins.int = ...,
-        last_index: _builtins.int = ...,
-        last_recorded_at: _builtins.float = ...,
-        findings: _abc.Iterable[_builtins.str] | None = ...,
-        verified_at: _builtins.float = ...,
-        head_index: _builtins.int = ...,
-        last_checkpoint: _storage_pb2.AuditCheckpoint | None = ...,
-        checkpoint_errors: _abc.Iterable[_builtins.str] | None = ...,
-        verify_interval_seconds: _builtins.float = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_checkpoint", b"last_checkpoint"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_errors", b"checkpoint_errors", "findings", b"findings", "head_index", b"head_index", "intact", b"intact", "last_checkpoint", b"last_checkpoint", "last_index", b"last_index", "last_recorded_at", b"last_recorded_at", "records", b"records", "verified_at", b"verified_at", "verify_interval_seconds", b"verify_interval_seconds"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___VerifyAuditResponse: _TypeAlias = VerifyAuditResponse  # noqa: Y015
 
 @_typing.final
 class FindUsersRequest(_message.Message):

@@ -44,7 +44,7 @@ class GatewayStub:
         self.Register = channel.unary_unary(
                 '/parley.gateway.v1.Gateway/Register',
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.RegisterRequest.SerializeToString,
-                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.RegisterResponse.FromString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.UserName.FromString,
                 _registered_method=True)
         self.Login = channel.unary_unary(
                 '/parley.gateway.v1.Gateway/Login',
@@ -129,7 +129,7 @@ class GatewayStub:
         self.ConfirmTotpEnrolment = channel.unary_unary(
                 '/parley.gateway.v1.Gateway/ConfirmTotpEnrolment',
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.ConfirmTotpEnrolmentRequest.SerializeToString,
-                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.ConfirmTotpEnrolmentResponse.FromString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.RecoveryCodes.FromString,
                 _registered_method=True)
         self.SetMfaRequired = channel.unary_unary(
                 '/parley.gateway.v1.Gateway/SetMfaRequired',
@@ -168,18 +168,18 @@ class GatewayStub:
                 _registered_method=True)
         self.ResetMfa = channel.unary_unary(
                 '/parley.gateway.v1.Gateway/ResetMfa',
-                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.ResetMfaRequest.SerializeToString,
+                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.AccountActionRequest.SerializeToString,
                 response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.Account.FromString,
                 _registered_method=True)
         self.UnlockAccount = channel.unary_unary(
                 '/parley.gateway.v1.Gateway/UnlockAccount',
-                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.UnlockAccountRequest.SerializeToString,
+                request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.AccountActionRequest.SerializeToString,
                 response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.Account.FromString,
                 _registered_method=True)
         self.RegenerateRecoveryCodes = channel.unary_unary(
                 '/parley.gateway.v1.Gateway/RegenerateRecoveryCodes',
                 request_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesRequest.SerializeToString,
-                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesResponse.FromString,
+                response_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.RecoveryCodes.FromString,
                 _registered_method=True)
         self.EditMessage = channel.unary_unary(
                 '/parley.gateway.v1.Gateway/EditMessage',
@@ -358,8 +358,8 @@ class GatewayStub:
                 _registered_method=True)
         self.VerifyAudit = channel.unary_unary(
                 '/parley.gateway.v1.Gateway/VerifyAudit',
-                request_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.VerifyAuditRequest.SerializeToString,
-                response_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.VerifyAuditResponse.FromString,
+                request_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.GetAuditChainStateRequest.SerializeToString,
+                response_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.AuditChainState.FromString,
                 _registered_method=True)
         self.WatchSecurityEvents = channel.unary_stream(
                 '/parley.gateway.v1.Gateway/WatchSecurityEvents',
@@ -819,7 +819,7 @@ def add_GatewayServicer_to_server(servicer, server):
             'Register': grpc.unary_unary_rpc_method_handler(
                     servicer.Register,
                     request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.RegisterRequest.FromString,
-                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.RegisterResponse.SerializeToString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.UserName.SerializeToString,
             ),
             'Login': grpc.unary_unary_rpc_method_handler(
                     servicer.Login,
@@ -904,7 +904,7 @@ def add_GatewayServicer_to_server(servicer, server):
             'ConfirmTotpEnrolment': grpc.unary_unary_rpc_method_handler(
                     servicer.ConfirmTotpEnrolment,
                     request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.ConfirmTotpEnrolmentRequest.FromString,
-                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.ConfirmTotpEnrolmentResponse.SerializeToString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.RecoveryCodes.SerializeToString,
             ),
             'SetMfaRequired': grpc.unary_unary_rpc_method_handler(
                     servicer.SetMfaRequired,
@@ -943,18 +943,18 @@ def add_GatewayServicer_to_server(servicer, server):
             ),
             'ResetMfa': grpc.unary_unary_rpc_method_handler(
                     servicer.ResetMfa,
-                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.ResetMfaRequest.FromString,
+                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.AccountActionRequest.FromString,
                     response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.Account.SerializeToString,
             ),
             'UnlockAccount': grpc.unary_unary_rpc_method_handler(
                     servicer.UnlockAccount,
-                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.UnlockAccountRequest.FromString,
+                    request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.AccountActionRequest.FromString,
                     response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.Account.SerializeToString,
             ),
             'RegenerateRecoveryCodes': grpc.unary_unary_rpc_method_handler(
                     servicer.RegenerateRecoveryCodes,
                     request_deserializer=parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesRequest.FromString,
-                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesResponse.SerializeToString,
+                    response_serializer=parley_dot_auth_dot_v1_dot_auth__pb2.RecoveryCodes.SerializeToString,
             ),
             'EditMessage': grpc.unary_unary_rpc_method_handler(
                     servicer.EditMessage,
@@ -1133,8 +1133,8 @@ def add_GatewayServicer_to_server(servicer, server):
             ),
             'VerifyAudit': grpc.unary_unary_rpc_method_handler(
                     servicer.VerifyAudit,
-                    request_deserializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.VerifyAuditRequest.FromString,
-                    response_serializer=parley_dot_gateway_dot_v1_dot_gateway__pb2.VerifyAuditResponse.SerializeToString,
+                    request_deserializer=parley_dot_storage_dot_v1_dot_storage__pb2.GetAuditChainStateRequest.FromString,
+                    response_serializer=parley_dot_storage_dot_v1_dot_storage__pb2.AuditChainState.SerializeToString,
             ),
             'WatchSecurityEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchSecurityEvents,
@@ -1180,7 +1180,7 @@ class Gateway:
             target,
             '/parley.gateway.v1.Gateway/Register',
             parley_dot_auth_dot_v1_dot_auth__pb2.RegisterRequest.SerializeToString,
-            parley_dot_auth_dot_v1_dot_auth__pb2.RegisterResponse.FromString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.UserName.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1639,7 +1639,7 @@ class Gateway:
             target,
             '/parley.gateway.v1.Gateway/ConfirmTotpEnrolment',
             parley_dot_auth_dot_v1_dot_auth__pb2.ConfirmTotpEnrolmentRequest.SerializeToString,
-            parley_dot_auth_dot_v1_dot_auth__pb2.ConfirmTotpEnrolmentResponse.FromString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.RecoveryCodes.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1854,7 +1854,7 @@ class Gateway:
             request,
             target,
             '/parley.gateway.v1.Gateway/ResetMfa',
-            parley_dot_auth_dot_v1_dot_auth__pb2.ResetMfaRequest.SerializeToString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.AccountActionRequest.SerializeToString,
             parley_dot_auth_dot_v1_dot_auth__pb2.Account.FromString,
             options,
             channel_credentials,
@@ -1881,7 +1881,7 @@ class Gateway:
             request,
             target,
             '/parley.gateway.v1.Gateway/UnlockAccount',
-            parley_dot_auth_dot_v1_dot_auth__pb2.UnlockAccountRequest.SerializeToString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.AccountActionRequest.SerializeToString,
             parley_dot_auth_dot_v1_dot_auth__pb2.Account.FromString,
             options,
             channel_credentials,
@@ -1909,7 +1909,7 @@ class Gateway:
             target,
             '/parley.gateway.v1.Gateway/RegenerateRecoveryCodes',
             parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesRequest.SerializeToString,
-            parley_dot_auth_dot_v1_dot_auth__pb2.RegenerateRecoveryCodesResponse.FromString,
+            parley_dot_auth_dot_v1_dot_auth__pb2.RecoveryCodes.FromString,
             options,
             channel_credentials,
             insecure,
@@ -2880,8 +2880,8 @@ class Gateway:
             request,
             target,
             '/parley.gateway.v1.Gateway/VerifyAudit',
-            parley_dot_gateway_dot_v1_dot_gateway__pb2.VerifyAuditRequest.SerializeToString,
-            parley_dot_gateway_dot_v1_dot_gateway__pb2.VerifyAuditResponse.FromString,
+            parley_dot_storage_dot_v1_dot_storage__pb2.GetAuditChainStateRequest.SerializeToString,
+            parley_dot_storage_dot_v1_dot_storage__pb2.AuditChainState.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,7 +40,7 @@ class GatewayStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> GatewayAsyncStub: ...
-    Register: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RegisterRequest, _auth_pb2.RegisterResponse]
+    Register: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RegisterRequest, _auth_pb2.UserName]
     Login: _grpc.UnaryUnaryMultiCallable[_auth_pb2.LoginRequest, _auth_pb2.LoginResponse]
     CreateChannel: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.CreateChannelRequest, _messaging_pb2.Channel]
     JoinChannel: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.JoinChannelRequest, _messaging_pb2.Channel]
@@ -61,7 +61,7 @@ class GatewayStub:
     AssignRole: _grpc.UnaryUnaryMultiCallable[_auth_pb2.AssignRoleRequest, _auth_pb2.Account]
     SetAccountDisabled: _grpc.UnaryUnaryMultiCallable[_auth_pb2.SetAccountDisabledRequest, _auth_pb2.Account]
     BeginTotpEnrolment: _grpc.UnaryUnaryMultiCallable[_auth_pb2.BeginTotpEnrolmentRequest, _auth_pb2.BeginTotpEnrolmentResponse]
-    ConfirmTotpEnrolment: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ConfirmTotpEnrolmentRequest, _auth_pb2.ConfirmTotpEnrolmentResponse]
+    ConfirmTotpEnrolment: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ConfirmTotpEnrolmentRequest, _auth_pb2.RecoveryCodes]
     SetMfaRequired: _grpc.UnaryUnaryMultiCallable[_auth_pb2.SetMfaRequiredRequest, _auth_pb2.SetMfaRequiredResponse]
     PublishDeviceKeys: _grpc.UnaryUnaryMultiCallable[_auth_pb2.PublishDeviceKeysRequest, _auth_pb2.Device]
     """End-to-end encryption: auth's key directory (devices, signed one-time and fallback keys)."""
@@ -70,9 +70,9 @@ class GatewayStub:
     ListDevices: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListDevicesRequest, _auth_pb2.ListDevicesResponse]
     RemoveDevice: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RemoveDeviceRequest, _auth_pb2.RemoveDeviceResponse]
     CreateInvite: _grpc.UnaryUnaryMultiCallable[_auth_pb2.CreateInviteRequest, _auth_pb2.Invite]
-    ResetMfa: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ResetMfaRequest, _auth_pb2.Account]
-    UnlockAccount: _grpc.UnaryUnaryMultiCallable[_auth_pb2.UnlockAccountRequest, _auth_pb2.Account]
-    RegenerateRecoveryCodes: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RegenerateRecoveryCodesRequest, _auth_pb2.RegenerateRecoveryCodesResponse]
+    ResetMfa: _grpc.UnaryUnaryMultiCallable[_auth_pb2.AccountActionRequest, _auth_pb2.Account]
+    UnlockAccount: _grpc.UnaryUnaryMultiCallable[_auth_pb2.AccountActionRequest, _auth_pb2.Account]
+    RegenerateRecoveryCodes: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RegenerateRecoveryCodesRequest, _auth_pb2.RecoveryCodes]
     EditMessage: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.EditMessageRequest, _messaging_pb2.ChatMessage]
     RedactMessage: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.RedactMessageRequest, _messaging_pb2.ChatMessage]
     ListMessageVersions: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ListMessageVersionsRequest, _messaging_pb2.ListMessageVersionsResponse]
@@ -126,7 +126,7 @@ class GatewayStub:
     ResumeRollout: _grpc.UnaryUnaryMultiCallable[_patch_pb2.RolloutCommand, _patch_pb2.Rollout]
     RollbackRollout: _grpc.UnaryUnaryMultiCallable[_patch_pb2.RolloutCommand, _patch_pb2.Rollout]
     QueryAudit: _grpc.UnaryUnaryMultiCallable[_storage_pb2.QueryAuditRequest, _storage_pb2.ArchivedEventsPage]
-    VerifyAudit: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.VerifyAuditRequest, _gateway_pb2.VerifyAuditResponse]
+    VerifyAudit: _grpc.UnaryUnaryMultiCallable[_storage_pb2.GetAuditChainStateRequest, _storage_pb2.AuditChainState]
     """The audit chain as storage's audit monitor last verified it (parley_core.audit over the
     archived records, with the keys and the head of the live AUTH and SEC streams, and the
     operator checkpoints in its checkpoint folder), asked with the caller's token (a
@@ -150,7 +150,7 @@ class GatewayAsyncStub(GatewayStub):
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    Register: _aio.UnaryUnaryMultiCallable[_auth_pb2.RegisterRequest, _auth_pb2.RegisterResponse]  # type: ignore[assignment]
+    Register: _aio.UnaryUnaryMultiCallable[_auth_pb2.RegisterRequest, _auth_pb2.UserName]  # type: ignore[assignment]
     Login: _aio.UnaryUnaryMultiCallable[_auth_pb2.LoginRequest, _auth_pb2.LoginResponse]  # type: ignore[assignment]
     CreateChannel: _aio.UnaryUnaryMultiCallable[_messaging_pb2.CreateChannelRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
     JoinChannel: _aio.UnaryUnaryMultiCallable[_messaging_pb2.JoinChannelRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
@@ -171,7 +171,7 @@ class GatewayAsyncStub(GatewayStub):
     AssignRole: _aio.UnaryUnaryMultiCallable[_auth_pb2.AssignRoleRequest, _auth_pb2.Account]  # type: ignore[assignment]
     SetAccountDisabled: _aio.UnaryUnaryMultiCallable[_auth_pb2.SetAccountDisabledRequest, _auth_pb2.Account]  # type: ignore[assignment]
     BeginTotpEnrolment: _aio.UnaryUnaryMultiCallable[_auth_pb2.BeginTotpEnrolmentRequest, _auth_pb2.BeginTotpEnrolmentResponse]  # type: ignore[assignment]
-    ConfirmTotpEnrolment: _aio.UnaryUnaryMultiCallable[_auth_pb2.ConfirmTotpEnrolmentRequest, _auth_pb2.ConfirmTotpEnrolmentResponse]  # type: ignore[assignment]
+    ConfirmTotpEnrolment: _aio.UnaryUnaryMultiCallable[_auth_pb2.ConfirmTotpEnrolmentRequest, _auth_pb2.RecoveryCodes]  # type: ignore[assignment]
     SetMfaRequired: _aio.UnaryUnaryMultiCallable[_auth_pb2.SetMfaRequiredRequest, _auth_pb2.SetMfaRequiredResponse]  # type: ignore[assignment]
     PublishDeviceKeys: _aio.UnaryUnaryMultiCallable[_auth_pb2.PublishDeviceKeysRequest, _auth_pb2.Device]  # type: ignore[assignment]
     """End-to-end encryption: auth's key directory (devices, signed one-time and fallback keys)."""
@@ -180,9 +180,9 @@ class GatewayAsyncStub(GatewayStub):
     ListDevices: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListDevicesRequest, _auth_pb2.ListDevicesResponse]  # type: ignore[assignment]
     RemoveDevice: _aio.UnaryUnaryMultiCallable[_auth_pb2.RemoveDeviceRequest, _auth_pb2.RemoveDeviceResponse]  # type: ignore[assignment]
     CreateInvite: _aio.UnaryUnaryMultiCallable[_auth_pb2.CreateInviteRequest, _auth_pb2.Invite]  # type: ignore[assignment]
-    ResetMfa: _aio.UnaryUnaryMultiCallable[_auth_pb2.ResetMfaRequest, _auth_pb2.Account]  # type: ignore[assignment]
-    UnlockAccount: _aio.UnaryUnaryMultiCallable[_auth_pb2.UnlockAccountRequest, _auth_pb2.Account]  # type: ignore[assignment]
-    RegenerateRecoveryCodes: _aio.UnaryUnaryMultiCallable[_auth_pb2.RegenerateRecoveryCodesRequest, _auth_pb2.RegenerateRecoveryCodesResponse]  # type: ignore[assignment]
+    ResetMfa: _aio.UnaryUnaryMultiCallable[_auth_pb2.AccountActionRequest, _auth_pb2.Account]  # type: ignore[assignment]
+    UnlockAccount: _aio.UnaryUnaryMultiCallable[_auth_pb2.AccountActionRequest, _auth_pb2.Account]  # type: ignore[assignment]
+    RegenerateRecoveryCodes: _aio.UnaryUnaryMultiCallable[_auth_pb2.RegenerateRecoveryCodesRequest, _auth_pb2.RecoveryCodes]  # type: ignore[assignment]
     EditMessage: _aio.UnaryUnaryMultiCallable[_messaging_pb2.EditMessageRequest, _messaging_pb2.ChatMessage]  # type: ignore[assignment]
     RedactMessage: _aio.UnaryUnaryMultiCallable[_messaging_pb2.RedactMessageRequest, _messaging_pb2.ChatMessage]  # type: ignore[assignment]
     ListMessageVersions: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ListMessageVersionsRequest, _messaging_pb2.ListMessageVersionsResponse]  # type: ignore[assignment]
@@ -236,7 +236,7 @@ class GatewayAsyncStub(GatewayStub):
     ResumeRollout: _aio.UnaryUnaryMultiCallable[_patch_pb2.RolloutCommand, _patch_pb2.Rollout]  # type: ignore[assignment]
     RollbackRollout: _aio.UnaryUnaryMultiCallable[_patch_pb2.RolloutCommand, _patch_pb2.Rollout]  # type: ignore[assignment]
     QueryAudit: _aio.UnaryUnaryMultiCallable[_storage_pb2.QueryAuditRequest, _storage_pb2.ArchivedEventsPage]  # type: ignore[assignment]
-    VerifyAudit: _aio.UnaryUnaryMultiCallable[_gateway_pb2.VerifyAuditRequest, _gateway_pb2.VerifyAuditResponse]  # type: ignore[assignment]
+    VerifyAudit: _aio.UnaryUnaryMultiCallable[_storage_pb2.GetAuditChainStateRequest, _storage_pb2.AuditChainState]  # type: ignore[assignment]
     """The audit chain as storage's audit monitor last verified it (parley_core.audit over the
     archived records, with the keys and the head of the live AUTH and SEC streams, and the
     operator checkpoints in its checkpoint folder), asked with the caller's token (a
@@ -263,7 +263,7 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _auth_pb2.RegisterRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_auth_pb2.RegisterResponse, _abc.Awaitable[_auth_pb2.RegisterResponse]]: ...
+    ) -> _typing.Union[_auth_pb2.UserName, _abc.Awaitable[_auth_pb2.UserName]]: ...
 
     @_abc_1.abstractmethod
     def Login(
@@ -386,7 +386,7 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _auth_pb2.ConfirmTotpEnrolmentRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_auth_pb2.ConfirmTotpEnrolmentResponse, _abc.Awaitable[_auth_pb2.ConfirmTotpEnrolmentResponse]]: ...
+    ) -> _typing.Union[_auth_pb2.RecoveryCodes, _abc.Awaitable[_auth_pb2.RecoveryCodes]]: ...
 
     @_abc_1.abstractmethod
     def SetMfaRequired(
@@ -441,14 +441,14 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def ResetMfa(
         self,
-        request: _auth_pb2.ResetMfaRequest,
+        request: _auth_pb2.AccountActionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.Account, _abc.Awaitable[_auth_pb2.Account]]: ...
 
     @_abc_1.abstractmethod
     def UnlockAccount(
         self,
-        request: _auth_pb2.UnlockAccountRequest,
+        request: _auth_pb2.AccountActionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.Account, _abc.Awaitable[_auth_pb2.Account]]: ...
 
@@ -457,7 +457,7 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _auth_pb2.RegenerateRecoveryCodesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_auth_pb2.RegenerateRecoveryCodesResponse, _abc.Awaitable[_auth_pb2.RegenerateRecoveryCodesResponse]]: ...
+    ) -> _typing.Union[_auth_pb2.RecoveryCodes, _abc.Awaitable[_auth_pb2.RecoveryCodes]]: ...
 
     @_abc_1.abstractmethod
     def EditMessage(
@@ -725,9 +725,9 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def VerifyAudit(
         self,
-        request: _gateway_pb2.VerifyAuditRequest,
+        request: _storage_pb2.GetAuditChainStateRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_gateway_pb2.VerifyAuditResponse, _abc.Awaitable[_gateway_pb2.VerifyAuditResponse]]:
+    ) -> _typing.Union[_storage_pb2.AuditChainState, _abc.Awaitable[_storage_pb2.AuditChainState]]:
         """The audit chain as storage's audit monitor last verified it (parley_core.audit over the
         archived records, with the keys and the head of the live AUTH and SEC streams, and the
         operator checkpoints in its checkpoint folder), asked with the caller's token (a

@@ -671,29 +671,6 @@ class SetChannelRetentionRequest(_message.Message):
 Global___SetChannelRetentionRequest: _TypeAlias = SetChannelRetentionRequest  # noqa: Y015
 
 @_typing.final
-class SetChannelRetentionResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    DAYS_FIELD_NUMBER: _builtins.int
-    SET_BY_FIELD_NUMBER: _builtins.int
-    days: _builtins.int
-    set_by: _builtins.str
-    """"platform" for the operator's tooling, else "user:<id>" """
-    def __init__(
-        self,
-        *,
-        days: _builtins.int = ...,
-        set_by: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["days", b"days", "set_by", b"set_by"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___SetChannelRetentionResponse: _TypeAlias = SetChannelRetentionResponse  # noqa: Y015
-
-@_typing.final
 class ListThreadRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

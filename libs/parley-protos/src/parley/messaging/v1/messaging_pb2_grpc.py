@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from parley.messaging.v1 import events_pb2 as parley_dot_messaging_dot_v1_dot_events__pb2
 from parley.messaging.v1 import messaging_pb2 as parley_dot_messaging_dot_v1_dot_messaging__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -139,7 +140,7 @@ class MessagingServiceStub:
         self.SetChannelRetention = channel.unary_unary(
                 '/parley.messaging.v1.MessagingService/SetChannelRetention',
                 request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.SetChannelRetentionRequest.SerializeToString,
-                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.SetChannelRetentionResponse.FromString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_events__pb2.ChannelRetentionSet.FromString,
                 _registered_method=True)
 
 
@@ -277,7 +278,7 @@ class MessagingServiceServicer:
         against (ChannelRetentionSet on the channel): the operator's platform identity, or a user
         token with `retention.manage` (owner, admin; the gateway does not offer it to users yet).
         Storage applies it (`parley retention` then calls StorageArchiveService.SetRetentionPolicy
-        to apply it at once).
+        to apply it at once). Answered with the policy as recorded (a repeat records nothing).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -389,7 +390,7 @@ def add_MessagingServiceServicer_to_server(servicer, server):
             'SetChannelRetention': grpc.unary_unary_rpc_method_handler(
                     servicer.SetChannelRetention,
                     request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.SetChannelRetentionRequest.FromString,
-                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.SetChannelRetentionResponse.SerializeToString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_events__pb2.ChannelRetentionSet.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -960,7 +961,7 @@ class MessagingService:
             target,
             '/parley.messaging.v1.MessagingService/SetChannelRetention',
             parley_dot_messaging_dot_v1_dot_messaging__pb2.SetChannelRetentionRequest.SerializeToString,
-            parley_dot_messaging_dot_v1_dot_messaging__pb2.SetChannelRetentionResponse.FromString,
+            parley_dot_messaging_dot_v1_dot_events__pb2.ChannelRetentionSet.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from parley.messaging.v1 import events_pb2 as _events_pb2
 from parley.messaging.v1 import messaging_pb2 as _messaging_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -60,12 +61,12 @@ class MessagingServiceStub:
     """
     DeclineInvitation: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.DeclineInvitationRequest, _messaging_pb2.DeclineInvitationResponse]
     """Drops the caller's invitation to a channel; NOT_FOUND when they have none there."""
-    SetChannelRetention: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.SetChannelRetentionRequest, _messaging_pb2.SetChannelRetentionResponse]
+    SetChannelRetention: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.SetChannelRetentionRequest, _events_pb2.ChannelRetentionSet]
     """A channel's retention policy, the one record messaging checks storage's RetentionDue facts
     against (ChannelRetentionSet on the channel): the operator's platform identity, or a user
     token with `retention.manage` (owner, admin; the gateway does not offer it to users yet).
     Storage applies it (`parley retention` then calls StorageArchiveService.SetRetentionPolicy
-    to apply it at once).
+    to apply it at once). Answered with the policy as recorded (a repeat records nothing).
     """
 
 @_typing.type_check_only
@@ -100,12 +101,12 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     """
     DeclineInvitation: _aio.UnaryUnaryMultiCallable[_messaging_pb2.DeclineInvitationRequest, _messaging_pb2.DeclineInvitationResponse]  # type: ignore[assignment]
     """Drops the caller's invitation to a channel; NOT_FOUND when they have none there."""
-    SetChannelRetention: _aio.UnaryUnaryMultiCallable[_messaging_pb2.SetChannelRetentionRequest, _messaging_pb2.SetChannelRetentionResponse]  # type: ignore[assignment]
+    SetChannelRetention: _aio.UnaryUnaryMultiCallable[_messaging_pb2.SetChannelRetentionRequest, _events_pb2.ChannelRetentionSet]  # type: ignore[assignment]
     """A channel's retention policy, the one record messaging checks storage's RetentionDue facts
     against (ChannelRetentionSet on the channel): the operator's platform identity, or a user
     token with `retention.manage` (owner, admin; the gateway does not offer it to users yet).
     Storage applies it (`parley retention` then calls StorageArchiveService.SetRetentionPolicy
-    to apply it at once).
+    to apply it at once). Answered with the policy as recorded (a repeat records nothing).
     """
 
 class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -263,12 +264,12 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _messaging_pb2.SetChannelRetentionRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_messaging_pb2.SetChannelRetentionResponse, _abc.Awaitable[_messaging_pb2.SetChannelRetentionResponse]]:
+    ) -> _typing.Union[_events_pb2.ChannelRetentionSet, _abc.Awaitable[_events_pb2.ChannelRetentionSet]]:
         """A channel's retention policy, the one record messaging checks storage's RetentionDue facts
         against (ChannelRetentionSet on the channel): the operator's platform identity, or a user
         token with `retention.manage` (owner, admin; the gateway does not offer it to users yet).
         Storage applies it (`parley retention` then calls StorageArchiveService.SetRetentionPolicy
-        to apply it at once).
+        to apply it at once). Answered with the policy as recorded (a repeat records nothing).
         """
 
 def add_MessagingServiceServicer_to_server(servicer: MessagingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

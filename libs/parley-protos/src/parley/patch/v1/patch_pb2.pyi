@@ -652,8 +652,8 @@ class AuditEntry(_message.Message):
     event: _builtins.str
     detail: _builtins.str
     @_builtins.property
-    def gate(self) -> Global___GateFigures:
-        """set on GateEvaluated: the verdict's evidence, for charts"""
+    def gate(self) -> _events_pb2.GateEvaluated:
+        """Set on a GateEvaluated entry: the event itself, the verdict's figures as numbers for charts."""
 
     def __init__(
         self,
@@ -662,7 +662,7 @@ class AuditEntry(_message.Message):
         actor: _builtins.str = ...,
         event: _builtins.str = ...,
         detail: _builtins.str = ...,
-        gate: Global___GateFigures | None = ...,
+        gate: _events_pb2.GateEvaluated | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["gate", b"gate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -671,57 +671,6 @@ class AuditEntry(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AuditEntry: _TypeAlias = AuditEntry  # noqa: Y015
-
-@_typing.final
-class GateFigures(_message.Message):
-    """One health-gate verdict's figures over its window: the new (canary) instance against the
-    instances it is judged beside (stable).
-    """
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    STEP_FIELD_NUMBER: _builtins.int
-    WEIGHT_FIELD_NUMBER: _builtins.int
-    PASSED_FIELD_NUMBER: _builtins.int
-    WINDOW_S_FIELD_NUMBER: _builtins.int
-    CANARY_CALLS_FIELD_NUMBER: _builtins.int
-    CANARY_ERRORS_FIELD_NUMBER: _builtins.int
-    CANARY_P99_MS_FIELD_NUMBER: _builtins.int
-    STABLE_CALLS_FIELD_NUMBER: _builtins.int
-    STABLE_ERRORS_FIELD_NUMBER: _builtins.int
-    STABLE_P99_MS_FIELD_NUMBER: _builtins.int
-    step: _builtins.int
-    weight: _builtins.int
-    """the phase judged (percent of callers on the new instance)"""
-    passed: _builtins.bool
-    window_s: _builtins.float
-    canary_calls: _builtins.int
-    canary_errors: _builtins.int
-    canary_p99_ms: _builtins.float
-    stable_calls: _builtins.int
-    stable_errors: _builtins.int
-    stable_p99_ms: _builtins.float
-    def __init__(
-        self,
-        *,
-        step: _builtins.int = ...,
-        weight: _builtins.int = ...,
-        passed: _builtins.bool = ...,
-        window_s: _builtins.float = ...,
-        canary_calls: _builtins.int = ...,
-        canary_errors: _builtins.int = ...,
-        canary_p99_ms: _builtins.float = ...,
-        stable_calls: _builtins.int = ...,
-        stable_errors: _builtins.int = ...,
-        stable_p99_ms: _builtins.float = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary_calls", b"canary_calls", "canary_errors", b"canary_errors", "canary_p99_ms", b"canary_p99_ms", "passed", b"passed", "stable_calls", b"stable_calls", "stable_errors", b"stable_errors", "stable_p99_ms", b"stable_p99_ms", "step", b"step", "weight", b"weight", "window_s", b"window_s"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___GateFigures: _TypeAlias = GateFigures  # noqa: Y015
 
 @_typing.final
 class Rollout(_message.Message):

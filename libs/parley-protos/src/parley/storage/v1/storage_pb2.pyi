@@ -374,6 +374,7 @@ class GetAuditChainStateRequest(_message.Message):
 
     VERIFY_NOW_FIELD_NUMBER: _builtins.int
     verify_now: _builtins.bool
+    """run a verification now rather than answer from the last one"""
     def __init__(
         self,
         *,

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/auth/v1/auth.proto.
  */
 export const file_parley_auth_v1_auth: GenFile = /*@__PURE__*/
-  fileDesc("ChlwYXJsZXkvYXV0aC92MS9hdXRoLnByb3RvEg5wYXJsZXkuYXV0aC52MSJKCg9SZWdpc3RlclJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSEAoIcGFzc3dvcmQYAiABKAkSEwoLaW52aXRlX2NvZGUYAyABKAkiNQoQUmVnaXN0ZXJSZXNwb25zZRIPCgd1c2VyX2lkGAEgASgJEhAKCHVzZXJuYW1lGAIgASgJIlwKDExvZ2luUmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCRIQCghwYXNzd29yZBgCIAEoCRIRCgl0b3RwX2NvZGUYAyABKAkSFQoNcmVjb3ZlcnlfY29kZRgEIAEoCSK+AQoNTG9naW5SZXNwb25zZRIUCgxhY2Nlc3NfdG9rZW4YASABKAkSDwoHdXNlcl9pZBgCIAEoCRIXCg9leHBpcmVzX2F0X3VuaXgYAyABKAMSFQoNcmVmcmVzaF90b2tlbhgEIAEoCRISCgpzZXNzaW9uX2lkGAUgASgJEgwKBHJvbGUYBiABKAkSHgoWbWZhX2Vucm9sbWVudF9yZXF1aXJlZBgHIAEoCBIUCgxtZmFfZW5yb2xsZWQYCCABKAgiJwoOUmVmcmVzaFJlcXVlc3QSFQoNcmVmcmVzaF90b2tlbhgBIAEoCSIPCg1Mb2dvdXRSZXF1ZXN0IhAKDkxvZ291dFJlc3BvbnNlIkcKFUNoYW5nZVBhc3N3b3JkUmVxdWVzdBIYChBjdXJyZW50X3Bhc3N3b3JkGAEgASgJEhQKDG5ld19wYXNzd29yZBgCIAEoCSIYChZDaGFuZ2VQYXNzd29yZFJlc3BvbnNlIqABCgdTZXNzaW9uEhIKCnNlc3Npb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIXCg9zdGFydGVkX2F0X3VuaXgYAyABKAMSHgoWbGFzdF9yZWZyZXNoZWRfYXRfdW5peBgEIAEoAxIPCgdyZXZva2VkGAUgASgIEhYKDnJldm9rZWRfcmVhc29uGAYgASgJEg4KBnNvdXJjZRgHIAEoCSImChNMaXN0U2Vzc2lvbnNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkiQQoUTGlzdFNlc3Npb25zUmVzcG9uc2USKQoIc2Vzc2lvbnMYASADKAsyFy5wYXJsZXkuYXV0aC52MS5TZXNzaW9uIioKFFJldm9rZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiFwoVUmV2b2tlU2Vzc2lvblJlc3BvbnNlIoEBCgdBY2NvdW50Eg8KB3VzZXJfaWQYASABKAkSEAoIdXNlcm5hbWUYAiABKAkSDAoEcm9sZRgDIAEoCRIQCghkaXNhYmxlZBgEIAEoCBIYChBsb2NrZWRfYWRkcmVzc2VzGAUgASgNEhkKEWxvY2tlZF91bnRpbF91bml4GAYgASgDIkUKEUNyZWF0ZVVzZXJSZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJEgwKBHJvbGUYAyABKAkiMgoRQXNzaWduUm9sZVJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIMCgRyb2xlGAIgASgJIk4KGVNldEFjY291bnREaXNhYmxlZFJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIQCghkaXNhYmxlZBgCIAEoCBIOCgZyZWFzb24YAyABKAkiJQoRR2V0QWNjb3VudFJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkiGwoZQmVnaW5Ub3RwRW5yb2xtZW50UmVxdWVzdCJIChpCZWdpblRvdHBFbnJvbG1lbnRSZXNwb25zZRITCgtvdHBhdXRoX3VyaRgBIAEoCRIVCg1zZWNyZXRfYmFzZTMyGAIgASgJIjAKG0NvbmZpcm1Ub3RwRW5yb2xtZW50UmVxdWVzdBIRCgl0b3RwX2NvZGUYASABKAkiNgocQ29uZmlybVRvdHBFbnJvbG1lbnRSZXNwb25zZRIWCg5yZWNvdmVyeV9jb2RlcxgBIAMoCSI3ChVTZXRNZmFSZXF1aXJlZFJlcXVlc3QSDAoEcm9sZRgBIAEoCRIQCghyZXF1aXJlZBgCIAEoCCIYChZTZXRNZmFSZXF1aXJlZFJlc3BvbnNlIrABCgZEZXZpY2USDwoHdXNlcl9pZBgBIAEoCRIRCglkZXZpY2VfaWQYAiABKAkSEgoKY3VydmUyNTUxORgDIAEoDBIPCgdlZDI1NTE5GAQgASgMEhEKCXNpZ25hdHVyZRgFIAEoDBIUCgxkaXNwbGF5X25hbWUYBiABKAkSGgoSb25lX3RpbWVfa2V5c19sZWZ0GAcgASgNEhgKEGhhc19mYWxsYmFja19rZXkYCCABKAgiewoYUHVibGlzaERldmljZUtleXNSZXF1ZXN0EhEKCWRldmljZV9pZBgBIAEoCRISCgpjdXJ2ZTI1NTE5GAIgASgMEg8KB2VkMjU1MTkYAyABKAwSEQoJc2lnbmF0dXJlGAQgASgMEhQKDGRpc3BsYXlfbmFtZRgFIAEoCSKZAQoYVXBsb2FkT25lVGltZUtleXNSZXF1ZXN0EhEKCWRldmljZV9pZBgBIAEoCRIwCgRrZXlzGAIgAygLMiIucGFybGV5LmF1dGgudjEuVXBsb2FkZWRPbmVUaW1lS2V5EjgKDGZhbGxiYWNrX2tleRgDIAEoCzIiLnBhcmxleS5hdXRoLnYxLlVwbG9hZGVkT25lVGltZUtleSI3ChlVcGxvYWRPbmVUaW1lS2V5c1Jlc3BvbnNlEhoKEm9uZV90aW1lX2tleXNfbGVmdBgBIAEoDSI8ChZDbGFpbU9uZVRpbWVLZXlSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJIocBChFDbGFpbWVkT25lVGltZUtleRImCgZkZXZpY2UYASABKAsyFi5wYXJsZXkuYXV0aC52MS5EZXZpY2USOAoMb25lX3RpbWVfa2V5GAIgASgLMiIucGFybGV5LmF1dGgudjEuVXBsb2FkZWRPbmVUaW1lS2V5EhAKCGZhbGxiYWNrGAMgASgIIjcKEkxpc3REZXZpY2VzUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhAKCHVzZXJfaWRzGAIgAygJIigKE1JlbW92ZURldmljZVJlcXVlc3QSEQoJZGV2aWNlX2lkGAEgASgJIhYKFFJlbW92ZURldmljZVJlc3BvbnNlIj4KE0xpc3REZXZpY2VzUmVzcG9uc2USJwoHZGV2aWNlcxgBIAMoCzIWLnBhcmxleS5hdXRoLnYxLkRldmljZSIZChdSb3RhdGVTaWduaW5nS2V5UmVxdWVzdCIpChdSZXRpcmVTaWduaW5nS2V5UmVxdWVzdBIOCgZrZXlfaWQYASABKAkiQgoOU2lnbmluZ0tleUluZm8SDgoGa2V5X2lkGAEgASgJEg8KB2N1cnJlbnQYAiABKAgSDwoHcmV0aXJlZBgDIAEoCCI4ChNDcmVhdGVJbnZpdGVSZXF1ZXN0EgwKBHJvbGUYASABKAkSEwoLdmFsaWRfaG91cnMYAiABKA0iRAoGSW52aXRlEhMKC2ludml0ZV9jb2RlGAEgASgJEgwKBHJvbGUYAiABKAkSFwoPZXhwaXJlc19hdF91bml4GAMgASgDIjgKFVJlcXVlc3RFcmFzdXJlUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSIzChZSZXF1ZXN0RXJhc3VyZVJlc3BvbnNlEhkKEWFscmVhZHlfcmVxdWVzdGVkGAEgASgIIjcKFFVubG9ja0FjY291bnRSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSDgoGcmVhc29uGAIgASgJIjsKGUxpZnRTb3VyY2VTbG93ZG93blJlcXVlc3QSDgoGc291cmNlGAEgASgJEg4KBnJlYXNvbhgCIAEoCSJLChpMaWZ0U291cmNlU2xvd2Rvd25SZXNwb25zZRIOCgZzb3VyY2UYASABKAkSHQoVd2FzX3Nsb3dlZF91bnRpbF91bml4GAIgASgBIjIKD1Jlc2V0TWZhUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSJFCh5SZWdlbmVyYXRlUmVjb3ZlcnlDb2Rlc1JlcXVlc3QSEQoJdG90cF9jb2RlGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJIjkKH1JlZ2VuZXJhdGVSZWNvdmVyeUNvZGVzUmVzcG9uc2USFgoOcmVjb3ZlcnlfY29kZXMYASADKAkiJgoSTG9va3VwVXNlcnNSZXF1ZXN0EhAKCHVzZXJfaWRzGAEgAygJIi0KCFVzZXJOYW1lEg8KB3VzZXJfaWQYASABKAkSEAoIdXNlcm5hbWUYAiABKAkiPgoTTG9va3VwVXNlcnNSZXNwb25zZRInCgV1c2VycxgBIAMoCzIYLnBhcmxleS5hdXRoLnYxLlVzZXJOYW1lMtkTCgtBdXRoU2VydmljZRJNCghSZWdpc3RlchIfLnBhcmxleS5hdXRoLnYxLlJlZ2lzdGVyUmVxdWVzdBogLnBhcmxleS5hdXRoLnYxLlJlZ2lzdGVyUmVzcG9uc2USRAoFTG9naW4SHC5wYXJsZXkuYXV0aC52MS5Mb2dpblJlcXVlc3QaHS5wYXJsZXkuYXV0aC52MS5Mb2dpblJlc3BvbnNlEkgKB1JlZnJlc2gSHi5wYXJsZXkuYXV0aC52MS5SZWZyZXNoUmVxdWVzdBodLnBhcmxleS5hdXRoLnYxLkxvZ2luUmVzcG9uc2USRwoGTG9nb3V0Eh0ucGFybGV5LmF1dGgudjEuTG9nb3V0UmVxdWVzdBoeLnBhcmxleS5hdXRoLnYxLkxvZ291dFJlc3BvbnNlEl8KDkNoYW5nZVBhc3N3b3JkEiUucGFybGV5LmF1dGgudjEuQ2hhbmdlUGFzc3dvcmRSZXF1ZXN0GiYucGFybGV5LmF1dGgudjEuQ2hhbmdlUGFzc3dvcmRSZXNwb25zZRJZCgxMaXN0U2Vzc2lvbnMSIy5wYXJsZXkuYXV0aC52MS5MaXN0U2Vzc2lvbnNSZXF1ZXN0GiQucGFybGV5LmF1dGgudjEuTGlzdFNlc3Npb25zUmVzcG9uc2USXAoNUmV2b2tlU2Vzc2lvbhIkLnBhcmxleS5hdXRoLnYxLlJldm9rZVNlc3Npb25SZXF1ZXN0GiUucGFybGV5LmF1dGgudjEuUmV2b2tlU2Vzc2lvblJlc3BvbnNlEkgKCkNyZWF0ZVVzZXISIS5wYXJsZXkuYXV0aC52MS5DcmVhdGVVc2VyUmVxdWVzdBoXLnBhcmxleS5hdXRoLnYxLkFjY291bnQSSAoKQXNzaWduUm9sZRIhLnBhcmxleS5hdXRoLnYxLkFzc2lnblJvbGVSZXF1ZXN0GhcucGFybGV5LmF1dGgudjEuQWNjb3VudBJYChJTZXRBY2NvdW50RGlzYWJsZWQSKS5wYXJsZXkuYXV0aC52MS5TZXRBY2NvdW50RGlzYWJsZWRSZXF1ZXN0GhcucGFybGV5LmF1dGgudjEuQWNjb3VudBJICgpHZXRBY2NvdW50EiEucGFybGV5LmF1dGgudjEuR2V0QWNjb3VudFJlcXVlc3QaFy5wYXJsZXkuYXV0aC52MS5BY2NvdW50EmsKEkJlZ2luVG90cEVucm9sbWVudBIpLnBhcmxleS5hdXRoLnYxLkJlZ2luVG90cEVucm9sbWVudFJlcXVlc3QaKi5wYXJsZXkuYXV0aC52MS5CZWdpblRvdHBFbnJvbG1lbnRSZXNwb25zZRJxChRDb25maXJtVG90cEVucm9sbWVudBIrLnBhcmxleS5hdXRoLnYxLkNvbmZpcm1Ub3RwRW5yb2xtZW50UmVxdWVzdBosLnBhcmxleS5hdXRoLnYxLkNvbmZpcm1Ub3RwRW5yb2xtZW50UmVzcG9uc2USXwoOU2V0TWZhUmVxdWlyZWQSJS5wYXJsZXkuYXV0aC52MS5TZXRNZmFSZXF1aXJlZFJlcXVlc3QaJi5wYXJsZXkuYXV0aC52MS5TZXRNZmFSZXF1aXJlZFJlc3BvbnNlElUKEVB1Ymxpc2hEZXZpY2VLZXlzEigucGFybGV5LmF1dGgudjEuUHVibGlzaERldmljZUtleXNSZXF1ZXN0GhYucGFybGV5LmF1dGgudjEuRGV2aWNlEmgKEVVwbG9hZE9uZVRpbWVLZXlzEigucGFybGV5LmF1dGgudjEuVXBsb2FkT25lVGltZUtleXNSZXF1ZXN0GikucGFybGV5LmF1dGgudjEuVXBsb2FkT25lVGltZUtleXNSZXNwb25zZRJcCg9DbGFpbU9uZVRpbWVLZXkSJi5wYXJsZXkuYXV0aC52MS5DbGFpbU9uZVRpbWVLZXlSZXF1ZXN0GiEucGFybGV5LmF1dGgudjEuQ2xhaW1lZE9uZVRpbWVLZXkSVgoLTGlzdERldmljZXMSIi5wYXJsZXkuYXV0aC52MS5MaXN0RGV2aWNlc1JlcXVlc3QaIy5wYXJsZXkuYXV0aC52MS5MaXN0RGV2aWNlc1Jlc3BvbnNlElkKDFJlbW92ZURldmljZRIjLnBhcmxleS5hdXRoLnYxLlJlbW92ZURldmljZVJlcXVlc3QaJC5wYXJsZXkuYXV0aC52MS5SZW1vdmVEZXZpY2VSZXNwb25zZRJbChBSb3RhdGVTaWduaW5nS2V5EicucGFybGV5LmF1dGgudjEuUm90YXRlU2lnbmluZ0tleVJlcXVlc3QaHi5wYXJsZXkuYXV0aC52MS5TaWduaW5nS2V5SW5mbxJbChBSZXRpcmVTaWduaW5nS2V5EicucGFybGV5LmF1dGgudjEuUmV0aXJlU2lnbmluZ0tleVJlcXVlc3QaHi5wYXJsZXkuYXV0aC52MS5TaWduaW5nS2V5SW5mbxJLCgxDcmVhdGVJbnZpdGUSIy5wYXJsZXkuYXV0aC52MS5DcmVhdGVJbnZpdGVSZXF1ZXN0GhYucGFybGV5LmF1dGgudjEuSW52aXRlEkQKCFJlc2V0TWZhEh8ucGFybGV5LmF1dGgudjEuUmVzZXRNZmFSZXF1ZXN0GhcucGFybGV5LmF1dGgudjEuQWNjb3VudBJOCg1VbmxvY2tBY2NvdW50EiQucGFybGV5LmF1dGgudjEuVW5sb2NrQWNjb3VudFJlcXVlc3QaFy5wYXJsZXkuYXV0aC52MS5BY2NvdW50EmsKEkxpZnRTb3VyY2VTbG93ZG93bhIpLnBhcmxleS5hdXRoLnYxLkxpZnRTb3VyY2VTbG93ZG93blJlcXVlc3QaKi5wYXJsZXkuYXV0aC52MS5MaWZ0U291cmNlU2xvd2Rvd25SZXNwb25zZRJfCg5SZXF1ZXN0RXJhc3VyZRIlLnBhcmxleS5hdXRoLnYxLlJlcXVlc3RFcmFzdXJlUmVxdWVzdBomLnBhcmxleS5hdXRoLnYxLlJlcXVlc3RFcmFzdXJlUmVzcG9uc2USegoXUmVnZW5lcmF0ZVJlY292ZXJ5Q29kZXMSLi5wYXJsZXkuYXV0aC52MS5SZWdlbmVyYXRlUmVjb3ZlcnlDb2Rlc1JlcXVlc3QaLy5wYXJsZXkuYXV0aC52MS5SZWdlbmVyYXRlUmVjb3ZlcnlDb2Rlc1Jlc3BvbnNlElYKC0xvb2t1cFVzZXJzEiIucGFybGV5LmF1dGgudjEuTG9va3VwVXNlcnNSZXF1ZXN0GiMucGFybGV5LmF1dGgudjEuTG9va3VwVXNlcnNSZXNwb25zZWIGcHJvdG8z", [file_parley_auth_v1_events]);
+  fileDesc("ChlwYXJsZXkvYXV0aC92MS9hdXRoLnByb3RvEg5wYXJsZXkuYXV0aC52MSJKCg9SZWdpc3RlclJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSEAoIcGFzc3dvcmQYAiABKAkSEwoLaW52aXRlX2NvZGUYAyABKAkiXAoMTG9naW5SZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJEhEKCXRvdHBfY29kZRgDIAEoCRIVCg1yZWNvdmVyeV9jb2RlGAQgASgJIr4BCg1Mb2dpblJlc3BvbnNlEhQKDGFjY2Vzc190b2tlbhgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhcKD2V4cGlyZXNfYXRfdW5peBgDIAEoAxIVCg1yZWZyZXNoX3Rva2VuGAQgASgJEhIKCnNlc3Npb25faWQYBSABKAkSDAoEcm9sZRgGIAEoCRIeChZtZmFfZW5yb2xtZW50X3JlcXVpcmVkGAcgASgIEhQKDG1mYV9lbnJvbGxlZBgIIAEoCCInCg5SZWZyZXNoUmVxdWVzdBIVCg1yZWZyZXNoX3Rva2VuGAEgASgJIg8KDUxvZ291dFJlcXVlc3QiEAoOTG9nb3V0UmVzcG9uc2UiRwoVQ2hhbmdlUGFzc3dvcmRSZXF1ZXN0EhgKEGN1cnJlbnRfcGFzc3dvcmQYASABKAkSFAoMbmV3X3Bhc3N3b3JkGAIgASgJIhgKFkNoYW5nZVBhc3N3b3JkUmVzcG9uc2UioAEKB1Nlc3Npb24SEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhcKD3N0YXJ0ZWRfYXRfdW5peBgDIAEoAxIeChZsYXN0X3JlZnJlc2hlZF9hdF91bml4GAQgASgDEg8KB3Jldm9rZWQYBSABKAgSFgoOcmV2b2tlZF9yZWFzb24YBiABKAkSDgoGc291cmNlGAcgASgJIiYKE0xpc3RTZXNzaW9uc1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSJBChRMaXN0U2Vzc2lvbnNSZXNwb25zZRIpCghzZXNzaW9ucxgBIAMoCzIXLnBhcmxleS5hdXRoLnYxLlNlc3Npb24iKgoUUmV2b2tlU2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSIXChVSZXZva2VTZXNzaW9uUmVzcG9uc2UigQEKB0FjY291bnQSDwoHdXNlcl9pZBgBIAEoCRIQCgh1c2VybmFtZRgCIAEoCRIMCgRyb2xlGAMgASgJEhAKCGRpc2FibGVkGAQgASgIEhgKEGxvY2tlZF9hZGRyZXNzZXMYBSABKA0SGQoRbG9ja2VkX3VudGlsX3VuaXgYBiABKAMiRQoRQ3JlYXRlVXNlclJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSEAoIcGFzc3dvcmQYAiABKAkSDAoEcm9sZRgDIAEoCSIyChFBc3NpZ25Sb2xlUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEgwKBHJvbGUYAiABKAkiTgoZU2V0QWNjb3VudERpc2FibGVkUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhAKCGRpc2FibGVkGAIgASgIEg4KBnJlYXNvbhgDIAEoCSIlChFHZXRBY2NvdW50UmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCSIbChlCZWdpblRvdHBFbnJvbG1lbnRSZXF1ZXN0IkgKGkJlZ2luVG90cEVucm9sbWVudFJlc3BvbnNlEhMKC290cGF1dGhfdXJpGAEgASgJEhUKDXNlY3JldF9iYXNlMzIYAiABKAkiMAobQ29uZmlybVRvdHBFbnJvbG1lbnRSZXF1ZXN0EhEKCXRvdHBfY29kZRgBIAEoCSInCg1SZWNvdmVyeUNvZGVzEhYKDnJlY292ZXJ5X2NvZGVzGAEgAygJIjcKFVNldE1mYVJlcXVpcmVkUmVxdWVzdBIMCgRyb2xlGAEgASgJEhAKCHJlcXVpcmVkGAIgASgIIhgKFlNldE1mYVJlcXVpcmVkUmVzcG9uc2UisAEKBkRldmljZRIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRISCgpjdXJ2ZTI1NTE5GAMgASgMEg8KB2VkMjU1MTkYBCABKAwSEQoJc2lnbmF0dXJlGAUgASgMEhQKDGRpc3BsYXlfbmFtZRgGIAEoCRIaChJvbmVfdGltZV9rZXlzX2xlZnQYByABKA0SGAoQaGFzX2ZhbGxiYWNrX2tleRgIIAEoCCJ7ChhQdWJsaXNoRGV2aWNlS2V5c1JlcXVlc3QSEQoJZGV2aWNlX2lkGAEgASgJEhIKCmN1cnZlMjU1MTkYAiABKAwSDwoHZWQyNTUxORgDIAEoDBIRCglzaWduYXR1cmUYBCABKAwSFAoMZGlzcGxheV9uYW1lGAUgASgJIpkBChhVcGxvYWRPbmVUaW1lS2V5c1JlcXVlc3QSEQoJZGV2aWNlX2lkGAEgASgJEjAKBGtleXMYAiADKAsyIi5wYXJsZXkuYXV0aC52MS5VcGxvYWRlZE9uZVRpbWVLZXkSOAoMZmFsbGJhY2tfa2V5GAMgASgLMiIucGFybGV5LmF1dGgudjEuVXBsb2FkZWRPbmVUaW1lS2V5IjcKGVVwbG9hZE9uZVRpbWVLZXlzUmVzcG9uc2USGgoSb25lX3RpbWVfa2V5c19sZWZ0GAEgASgNIjwKFkNsYWltT25lVGltZUtleVJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIRCglkZXZpY2VfaWQYAiABKAkihwEKEUNsYWltZWRPbmVUaW1lS2V5EiYKBmRldmljZRgBIAEoCzIWLnBhcmxleS5hdXRoLnYxLkRldmljZRI4CgxvbmVfdGltZV9rZXkYAiABKAsyIi5wYXJsZXkuYXV0aC52MS5VcGxvYWRlZE9uZVRpbWVLZXkSEAoIZmFsbGJhY2sYAyABKAgiNwoSTGlzdERldmljZXNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEAoIdXNlcl9pZHMYAiADKAkiKAoTUmVtb3ZlRGV2aWNlUmVxdWVzdBIRCglkZXZpY2VfaWQYASABKAkiFgoUUmVtb3ZlRGV2aWNlUmVzcG9uc2UiPgoTTGlzdERldmljZXNSZXNwb25zZRInCgdkZXZpY2VzGAEgAygLMhYucGFybGV5LmF1dGgudjEuRGV2aWNlIhkKF1JvdGF0ZVNpZ25pbmdLZXlSZXF1ZXN0IikKF1JldGlyZVNpZ25pbmdLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCSJCCg5TaWduaW5nS2V5SW5mbxIOCgZrZXlfaWQYASABKAkSDwoHY3VycmVudBgCIAEoCBIPCgdyZXRpcmVkGAMgASgIIjgKE0NyZWF0ZUludml0ZVJlcXVlc3QSDAoEcm9sZRgBIAEoCRITCgt2YWxpZF9ob3VycxgCIAEoDSJECgZJbnZpdGUSEwoLaW52aXRlX2NvZGUYASABKAkSDAoEcm9sZRgCIAEoCRIXCg9leHBpcmVzX2F0X3VuaXgYAyABKAMiNwoUQWNjb3VudEFjdGlvblJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiMwoWUmVxdWVzdEVyYXN1cmVSZXNwb25zZRIZChFhbHJlYWR5X3JlcXVlc3RlZBgBIAEoCCI7ChlMaWZ0U291cmNlU2xvd2Rvd25SZXF1ZXN0Eg4KBnNvdXJjZRgBIAEoCRIOCgZyZWFzb24YAiABKAkiSwoaTGlmdFNvdXJjZVNsb3dkb3duUmVzcG9uc2USDgoGc291cmNlGAEgASgJEh0KFXdhc19zbG93ZWRfdW50aWxfdW5peBgCIAEoASJFCh5SZWdlbmVyYXRlUmVjb3ZlcnlDb2Rlc1JlcXVlc3QSEQoJdG90cF9jb2RlGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJIiYKEkxvb2t1cFVzZXJzUmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCSItCghVc2VyTmFtZRIPCgd1c2VyX2lkGAEgASgJEhAKCHVzZXJuYW1lGAIgASgJIj4KE0xvb2t1cFVzZXJzUmVzcG9uc2USJwoFdXNlcnMYASADKAsyGC5wYXJsZXkuYXV0aC52MS5Vc2VyTmFtZTK0EwoLQXV0aFNlcnZpY2USRQoIUmVnaXN0ZXISHy5wYXJsZXkuYXV0aC52MS5SZWdpc3RlclJlcXVlc3QaGC5wYXJsZXkuYXV0aC52MS5Vc2VyTmFtZRJECgVMb2dpbhIcLnBhcmxleS5hdXRoLnYxLkxvZ2luUmVxdWVzdBodLnBhcmxleS5hdXRoLnYxLkxvZ2luUmVzcG9uc2USSAoHUmVmcmVzaBIeLnBhcmxleS5hdXRoLnYxLlJlZnJlc2hSZXF1ZXN0Gh0ucGFybGV5LmF1dGgudjEuTG9naW5SZXNwb25zZRJHCgZMb2dvdXQSHS5wYXJsZXkuYXV0aC52MS5Mb2dvdXRSZXF1ZXN0Gh4ucGFybGV5LmF1dGgudjEuTG9nb3V0UmVzcG9uc2USXwoOQ2hhbmdlUGFzc3dvcmQSJS5wYXJsZXkuYXV0aC52MS5DaGFuZ2VQYXNzd29yZFJlcXVlc3QaJi5wYXJsZXkuYXV0aC52MS5DaGFuZ2VQYXNzd29yZFJlc3BvbnNlElkKDExpc3RTZXNzaW9ucxIjLnBhcmxleS5hdXRoLnYxLkxpc3RTZXNzaW9uc1JlcXVlc3QaJC5wYXJsZXkuYXV0aC52MS5MaXN0U2Vzc2lvbnNSZXNwb25zZRJcCg1SZXZva2VTZXNzaW9uEiQucGFybGV5LmF1dGgudjEuUmV2b2tlU2Vzc2lvblJlcXVlc3QaJS5wYXJsZXkuYXV0aC52MS5SZXZva2VTZXNzaW9uUmVzcG9uc2USSAoKQ3JlYXRlVXNlchIhLnBhcmxleS5hdXRoLnYxLkNyZWF0ZVVzZXJSZXF1ZXN0GhcucGFybGV5LmF1dGgudjEuQWNjb3VudBJICgpBc3NpZ25Sb2xlEiEucGFybGV5LmF1dGgudjEuQXNzaWduUm9sZVJlcXVlc3QaFy5wYXJsZXkuYXV0aC52MS5BY2NvdW50ElgKElNldEFjY291bnREaXNhYmxlZBIpLnBhcmxleS5hdXRoLnYxLlNldEFjY291bnREaXNhYmxlZFJlcXVlc3QaFy5wYXJsZXkuYXV0aC52MS5BY2NvdW50EkgKCkdldEFjY291bnQSIS5wYXJsZXkuYXV0aC52MS5HZXRBY2NvdW50UmVxdWVzdBoXLnBhcmxleS5hdXRoLnYxLkFjY291bnQSawoSQmVnaW5Ub3RwRW5yb2xtZW50EikucGFybGV5LmF1dGgudjEuQmVnaW5Ub3RwRW5yb2xtZW50UmVxdWVzdBoqLnBhcmxleS5hdXRoLnYxLkJlZ2luVG90cEVucm9sbWVudFJlc3BvbnNlEmIKFENvbmZpcm1Ub3RwRW5yb2xtZW50EisucGFybGV5LmF1dGgudjEuQ29uZmlybVRvdHBFbnJvbG1lbnRSZXF1ZXN0Gh0ucGFybGV5LmF1dGgudjEuUmVjb3ZlcnlDb2RlcxJfCg5TZXRNZmFSZXF1aXJlZBIlLnBhcmxleS5hdXRoLnYxLlNldE1mYVJlcXVpcmVkUmVxdWVzdBomLnBhcmxleS5hdXRoLnYxLlNldE1mYVJlcXVpcmVkUmVzcG9uc2USVQoRUHVibGlzaERldmljZUtleXMSKC5wYXJsZXkuYXV0aC52MS5QdWJsaXNoRGV2aWNlS2V5c1JlcXVlc3QaFi5wYXJsZXkuYXV0aC52MS5EZXZpY2USaAoRVXBsb2FkT25lVGltZUtleXMSKC5wYXJsZXkuYXV0aC52MS5VcGxvYWRPbmVUaW1lS2V5c1JlcXVlc3QaKS5wYXJsZXkuYXV0aC52MS5VcGxvYWRPbmVUaW1lS2V5c1Jlc3BvbnNlElwKD0NsYWltT25lVGltZUtleRImLnBhcmxleS5hdXRoLnYxLkNsYWltT25lVGltZUtleVJlcXVlc3QaIS5wYXJsZXkuYXV0aC52MS5DbGFpbWVkT25lVGltZUtleRJWCgtMaXN0RGV2aWNlcxIiLnBhcmxleS5hdXRoLnYxLkxpc3REZXZpY2VzUmVxdWVzdBojLnBhcmxleS5hdXRoLnYxLkxpc3REZXZpY2VzUmVzcG9uc2USWQoMUmVtb3ZlRGV2aWNlEiMucGFybGV5LmF1dGgudjEuUmVtb3ZlRGV2aWNlUmVxdWVzdBokLnBhcmxleS5hdXRoLnYxLlJlbW92ZURldmljZVJlc3BvbnNlElsKEFJvdGF0ZVNpZ25pbmdLZXkSJy5wYXJsZXkuYXV0aC52MS5Sb3RhdGVTaWduaW5nS2V5UmVxdWVzdBoeLnBhcmxleS5hdXRoLnYxLlNpZ25pbmdLZXlJbmZvElsKEFJldGlyZVNpZ25pbmdLZXkSJy5wYXJsZXkuYXV0aC52MS5SZXRpcmVTaWduaW5nS2V5UmVxdWVzdBoeLnBhcmxleS5hdXRoLnYxLlNpZ25pbmdLZXlJbmZvEksKDENyZWF0ZUludml0ZRIjLnBhcmxleS5hdXRoLnYxLkNyZWF0ZUludml0ZVJlcXVlc3QaFi5wYXJsZXkuYXV0aC52MS5JbnZpdGUSSQoIUmVzZXRNZmESJC5wYXJsZXkuYXV0aC52MS5BY2NvdW50QWN0aW9uUmVxdWVzdBoXLnBhcmxleS5hdXRoLnYxLkFjY291bnQSTgoNVW5sb2NrQWNjb3VudBIkLnBhcmxleS5hdXRoLnYxLkFjY291bnRBY3Rpb25SZXF1ZXN0GhcucGFybGV5LmF1dGgudjEuQWNjb3VudBJrChJMaWZ0U291cmNlU2xvd2Rvd24SKS5wYXJsZXkuYXV0aC52MS5MaWZ0U291cmNlU2xvd2Rvd25SZXF1ZXN0GioucGFybGV5LmF1dGgudjEuTGlmdFNvdXJjZVNsb3dkb3duUmVzcG9uc2USXgoOUmVxdWVzdEVyYXN1cmUSJC5wYXJsZXkuYXV0aC52MS5BY2NvdW50QWN0aW9uUmVxdWVzdBomLnBhcmxleS5hdXRoLnYxLlJlcXVlc3RFcmFzdXJlUmVzcG9uc2USaAoXUmVnZW5lcmF0ZVJlY292ZXJ5Q29kZXMSLi5wYXJsZXkuYXV0aC52MS5SZWdlbmVyYXRlUmVjb3ZlcnlDb2Rlc1JlcXVlc3QaHS5wYXJsZXkuYXV0aC52MS5SZWNvdmVyeUNvZGVzElYKC0xvb2t1cFVzZXJzEiIucGFybGV5LmF1dGgudjEuTG9va3VwVXNlcnNSZXF1ZXN0GiMucGFybGV5LmF1dGgudjEuTG9va3VwVXNlcnNSZXNwb25zZWIGcHJvdG8z", [file_parley_auth_v1_events]);
 
 /**
  * @generated from message parley.auth.v1.RegisterRequest
@@ -42,28 +42,6 @@ export type RegisterRequest = Message<"parley.auth.v1.RegisterRequest"> & {
  */
 export const RegisterRequestSchema: GenMessage<RegisterRequest> = /*@__PURE__*/
   messageDesc(file_parley_auth_v1_auth, 0);
-
-/**
- * @generated from message parley.auth.v1.RegisterResponse
- */
-export type RegisterResponse = Message<"parley.auth.v1.RegisterResponse"> & {
-  /**
-   * @generated from field: string user_id = 1;
-   */
-  userId: string;
-
-  /**
-   * @generated from field: string username = 2;
-   */
-  username: string;
-};
-
-/**
- * Describes the message parley.auth.v1.RegisterResponse.
- * Use `create(RegisterResponseSchema)` to create a new message.
- */
-export const RegisterResponseSchema: GenMessage<RegisterResponse> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 1);
 
 /**
  * @generated from message parley.auth.v1.LoginRequest
@@ -101,7 +79,7 @@ export type LoginRequest = Message<"parley.auth.v1.LoginRequest"> & {
  * Use `create(LoginRequestSchema)` to create a new message.
  */
 export const LoginRequestSchema: GenMessage<LoginRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 2);
+  messageDesc(file_parley_auth_v1_auth, 1);
 
 /**
  * @generated from message parley.auth.v1.LoginResponse
@@ -160,7 +138,7 @@ export type LoginResponse = Message<"parley.auth.v1.LoginResponse"> & {
  * Use `create(LoginResponseSchema)` to create a new message.
  */
 export const LoginResponseSchema: GenMessage<LoginResponse> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 3);
+  messageDesc(file_parley_auth_v1_auth, 2);
 
 /**
  * @generated from message parley.auth.v1.RefreshRequest
@@ -177,7 +155,7 @@ export type RefreshRequest = Message<"parley.auth.v1.RefreshRequest"> & {
  * Use `create(RefreshRequestSchema)` to create a new message.
  */
 export const RefreshRequestSchema: GenMessage<RefreshRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 4);
+  messageDesc(file_parley_auth_v1_auth, 3);
 
 /**
  * @generated from message parley.auth.v1.LogoutRequest
@@ -190,7 +168,7 @@ export type LogoutRequest = Message<"parley.auth.v1.LogoutRequest"> & {
  * Use `create(LogoutRequestSchema)` to create a new message.
  */
 export const LogoutRequestSchema: GenMessage<LogoutRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 5);
+  messageDesc(file_parley_auth_v1_auth, 4);
 
 /**
  * @generated from message parley.auth.v1.LogoutResponse
@@ -203,7 +181,7 @@ export type LogoutResponse = Message<"parley.auth.v1.LogoutResponse"> & {
  * Use `create(LogoutResponseSchema)` to create a new message.
  */
 export const LogoutResponseSchema: GenMessage<LogoutResponse> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 6);
+  messageDesc(file_parley_auth_v1_auth, 5);
 
 /**
  * @generated from message parley.auth.v1.ChangePasswordRequest
@@ -225,7 +203,7 @@ export type ChangePasswordRequest = Message<"parley.auth.v1.ChangePasswordReques
  * Use `create(ChangePasswordRequestSchema)` to create a new message.
  */
 export const ChangePasswordRequestSchema: GenMessage<ChangePasswordRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 7);
+  messageDesc(file_parley_auth_v1_auth, 6);
 
 /**
  * @generated from message parley.auth.v1.ChangePasswordResponse
@@ -238,7 +216,7 @@ export type ChangePasswordResponse = Message<"parley.auth.v1.ChangePasswordRespo
  * Use `create(ChangePasswordResponseSchema)` to create a new message.
  */
 export const ChangePasswordResponseSchema: GenMessage<ChangePasswordResponse> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 8);
+  messageDesc(file_parley_auth_v1_auth, 7);
 
 /**
  * @generated from message parley.auth.v1.Session
@@ -285,7 +263,7 @@ export type Session = Message<"parley.auth.v1.Session"> & {
  * Use `create(SessionSchema)` to create a new message.
  */
 export const SessionSchema: GenMessage<Session> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 9);
+  messageDesc(file_parley_auth_v1_auth, 8);
 
 /**
  * @generated from message parley.auth.v1.ListSessionsRequest
@@ -304,7 +282,7 @@ export type ListSessionsRequest = Message<"parley.auth.v1.ListSessionsRequest"> 
  * Use `create(ListSessionsRequestSchema)` to create a new message.
  */
 export const ListSessionsRequestSchema: GenMessage<ListSessionsRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 10);
+  messageDesc(file_parley_auth_v1_auth, 9);
 
 /**
  * @generated from message parley.auth.v1.ListSessionsResponse
@@ -321,7 +299,7 @@ export type ListSessionsResponse = Message<"parley.auth.v1.ListSessionsResponse"
  * Use `create(ListSessionsResponseSchema)` to create a new message.
  */
 export const ListSessionsResponseSchema: GenMessage<ListSessionsResponse> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 11);
+  messageDesc(file_parley_auth_v1_auth, 10);
 
 /**
  * @generated from message parley.auth.v1.RevokeSessionRequest
@@ -338,7 +316,7 @@ export type RevokeSessionRequest = Message<"parley.auth.v1.RevokeSessionRequest"
  * Use `create(RevokeSessionRequestSchema)` to create a new message.
  */
 export const RevokeSessionRequestSchema: GenMessage<RevokeSessionRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 12);
+  messageDesc(file_parley_auth_v1_auth, 11);
 
 /**
  * @generated from message parley.auth.v1.RevokeSessionResponse
@@ -351,7 +329,7 @@ export type RevokeSessionResponse = Message<"parley.auth.v1.RevokeSessionRespons
  * Use `create(RevokeSessionResponseSchema)` to create a new message.
  */
 export const RevokeSessionResponseSchema: GenMessage<RevokeSessionResponse> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 13);
+  messageDesc(file_parley_auth_v1_auth, 12);
 
 /**
  * @generated from message parley.auth.v1.Account
@@ -396,7 +374,7 @@ export type Account = Message<"parley.auth.v1.Account"> & {
  * Use `create(AccountSchema)` to create a new message.
  */
 export const AccountSchema: GenMessage<Account> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 14);
+  messageDesc(file_parley_auth_v1_auth, 13);
 
 /**
  * @generated from message parley.auth.v1.CreateUserRequest
@@ -425,7 +403,7 @@ export type CreateUserRequest = Message<"parley.auth.v1.CreateUserRequest"> & {
  * Use `create(CreateUserRequestSchema)` to create a new message.
  */
 export const CreateUserRequestSchema: GenMessage<CreateUserRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 15);
+  messageDesc(file_parley_auth_v1_auth, 14);
 
 /**
  * @generated from message parley.auth.v1.AssignRoleRequest
@@ -447,7 +425,7 @@ export type AssignRoleRequest = Message<"parley.auth.v1.AssignRoleRequest"> & {
  * Use `create(AssignRoleRequestSchema)` to create a new message.
  */
 export const AssignRoleRequestSchema: GenMessage<AssignRoleRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 16);
+  messageDesc(file_parley_auth_v1_auth, 15);
 
 /**
  * @generated from message parley.auth.v1.SetAccountDisabledRequest
@@ -474,7 +452,7 @@ export type SetAccountDisabledRequest = Message<"parley.auth.v1.SetAccountDisabl
  * Use `create(SetAccountDisabledRequestSchema)` to create a new message.
  */
 export const SetAccountDisabledRequestSchema: GenMessage<SetAccountDisabledRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 17);
+  messageDesc(file_parley_auth_v1_auth, 16);
 
 /**
  * @generated from message parley.auth.v1.GetAccountRequest
@@ -491,7 +469,7 @@ export type GetAccountRequest = Message<"parley.auth.v1.GetAccountRequest"> & {
  * Use `create(GetAccountRequestSchema)` to create a new message.
  */
 export const GetAccountRequestSchema: GenMessage<GetAccountRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 18);
+  messageDesc(file_parley_auth_v1_auth, 17);
 
 /**
  * @generated from message parley.auth.v1.BeginTotpEnrolmentRequest
@@ -504,7 +482,7 @@ export type BeginTotpEnrolmentRequest = Message<"parley.auth.v1.BeginTotpEnrolme
  * Use `create(BeginTotpEnrolmentRequestSchema)` to create a new message.
  */
 export const BeginTotpEnrolmentRequestSchema: GenMessage<BeginTotpEnrolmentRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 19);
+  messageDesc(file_parley_auth_v1_auth, 18);
 
 /**
  * @generated from message parley.auth.v1.BeginTotpEnrolmentResponse
@@ -528,7 +506,7 @@ export type BeginTotpEnrolmentResponse = Message<"parley.auth.v1.BeginTotpEnrolm
  * Use `create(BeginTotpEnrolmentResponseSchema)` to create a new message.
  */
 export const BeginTotpEnrolmentResponseSchema: GenMessage<BeginTotpEnrolmentResponse> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 20);
+  messageDesc(file_parley_auth_v1_auth, 19);
 
 /**
  * @generated from message parley.auth.v1.ConfirmTotpEnrolmentRequest
@@ -545,12 +523,14 @@ export type ConfirmTotpEnrolmentRequest = Message<"parley.auth.v1.ConfirmTotpEnr
  * Use `create(ConfirmTotpEnrolmentRequestSchema)` to create a new message.
  */
 export const ConfirmTotpEnrolmentRequestSchema: GenMessage<ConfirmTotpEnrolmentRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 21);
+  messageDesc(file_parley_auth_v1_auth, 20);
 
 /**
- * @generated from message parley.auth.v1.ConfirmTotpEnrolmentResponse
+ * A new set of single-use recovery codes (enrolment, regeneration): each replaces every earlier one.
+ *
+ * @generated from message parley.auth.v1.RecoveryCodes
  */
-export type ConfirmTotpEnrolmentResponse = Message<"parley.auth.v1.ConfirmTotpEnrolmentResponse"> & {
+export type RecoveryCodes = Message<"parley.auth.v1.RecoveryCodes"> & {
   /**
    * shown once; only their hashes are kept
    *
@@ -560,11 +540,11 @@ export type ConfirmTotpEnrolmentResponse = Message<"parley.auth.v1.ConfirmTotpEn
 };
 
 /**
- * Describes the message parley.auth.v1.ConfirmTotpEnrolmentResponse.
- * Use `create(ConfirmTotpEnrolmentResponseSchema)` to create a new message.
+ * Describes the message parley.auth.v1.RecoveryCodes.
+ * Use `create(RecoveryCodesSchema)` to create a new message.
  */
-export const ConfirmTotpEnrolmentResponseSchema: GenMessage<ConfirmTotpEnrolmentResponse> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 22);
+export const RecoveryCodesSchema: GenMessage<RecoveryCodes> = /*@__PURE__*/
+  messageDesc(file_parley_auth_v1_auth, 21);
 
 /**
  * @generated from message parley.auth.v1.SetMfaRequiredRequest
@@ -586,7 +566,7 @@ export type SetMfaRequiredRequest = Message<"parley.auth.v1.SetMfaRequiredReques
  * Use `create(SetMfaRequiredRequestSchema)` to create a new message.
  */
 export const SetMfaRequiredRequestSchema: GenMessage<SetMfaRequiredRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 23);
+  messageDesc(file_parley_auth_v1_auth, 22);
 
 /**
  * @generated from message parley.auth.v1.SetMfaRequiredResponse
@@ -599,7 +579,7 @@ export type SetMfaRequiredResponse = Message<"parley.auth.v1.SetMfaRequiredRespo
  * Use `create(SetMfaRequiredResponseSchema)` to create a new message.
  */
 export const SetMfaRequiredResponseSchema: GenMessage<SetMfaRequiredResponse> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 24);
+  messageDesc(file_parley_auth_v1_auth, 23);
 
 /**
  * Signatures are Ed25519 by the device's own key over, byte for byte:
@@ -661,7 +641,7 @@ export type Device = Message<"parley.auth.v1.Device"> & {
  * Use `create(DeviceSchema)` to create a new message.
  */
 export const DeviceSchema: GenMessage<Device> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 25);
+  messageDesc(file_parley_auth_v1_auth, 24);
 
 /**
  * @generated from message parley.auth.v1.PublishDeviceKeysRequest
@@ -698,7 +678,7 @@ export type PublishDeviceKeysRequest = Message<"parley.auth.v1.PublishDeviceKeys
  * Use `create(PublishDeviceKeysRequestSchema)` to create a new message.
  */
 export const PublishDeviceKeysRequestSchema: GenMessage<PublishDeviceKeysRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 26);
+  messageDesc(file_parley_auth_v1_auth, 25);
 
 /**
  * A one-time key is the record OneTimeKeysUploaded keeps (events.proto's UploadedOneTimeKey),
@@ -732,7 +712,7 @@ export type UploadOneTimeKeysRequest = Message<"parley.auth.v1.UploadOneTimeKeys
  * Use `create(UploadOneTimeKeysRequestSchema)` to create a new message.
  */
 export const UploadOneTimeKeysRequestSchema: GenMessage<UploadOneTimeKeysRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 27);
+  messageDesc(file_parley_auth_v1_auth, 26);
 
 /**
  * @generated from message parley.auth.v1.UploadOneTimeKeysResponse
@@ -749,7 +729,7 @@ export type UploadOneTimeKeysResponse = Message<"parley.auth.v1.UploadOneTimeKey
  * Use `create(UploadOneTimeKeysResponseSchema)` to create a new message.
  */
 export const UploadOneTimeKeysResponseSchema: GenMessage<UploadOneTimeKeysResponse> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 28);
+  messageDesc(file_parley_auth_v1_auth, 27);
 
 /**
  * @generated from message parley.auth.v1.ClaimOneTimeKeyRequest
@@ -771,7 +751,7 @@ export type ClaimOneTimeKeyRequest = Message<"parley.auth.v1.ClaimOneTimeKeyRequ
  * Use `create(ClaimOneTimeKeyRequestSchema)` to create a new message.
  */
 export const ClaimOneTimeKeyRequestSchema: GenMessage<ClaimOneTimeKeyRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 29);
+  messageDesc(file_parley_auth_v1_auth, 28);
 
 /**
  * @generated from message parley.auth.v1.ClaimedOneTimeKey
@@ -800,7 +780,7 @@ export type ClaimedOneTimeKey = Message<"parley.auth.v1.ClaimedOneTimeKey"> & {
  * Use `create(ClaimedOneTimeKeySchema)` to create a new message.
  */
 export const ClaimedOneTimeKeySchema: GenMessage<ClaimedOneTimeKey> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 30);
+  messageDesc(file_parley_auth_v1_auth, 29);
 
 /**
  * @generated from message parley.auth.v1.ListDevicesRequest
@@ -826,7 +806,7 @@ export type ListDevicesRequest = Message<"parley.auth.v1.ListDevicesRequest"> & 
  * Use `create(ListDevicesRequestSchema)` to create a new message.
  */
 export const ListDevicesRequestSchema: GenMessage<ListDevicesRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 31);
+  messageDesc(file_parley_auth_v1_auth, 30);
 
 /**
  * @generated from message parley.auth.v1.RemoveDeviceRequest
@@ -845,7 +825,7 @@ export type RemoveDeviceRequest = Message<"parley.auth.v1.RemoveDeviceRequest"> 
  * Use `create(RemoveDeviceRequestSchema)` to create a new message.
  */
 export const RemoveDeviceRequestSchema: GenMessage<RemoveDeviceRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 32);
+  messageDesc(file_parley_auth_v1_auth, 31);
 
 /**
  * @generated from message parley.auth.v1.RemoveDeviceResponse
@@ -858,7 +838,7 @@ export type RemoveDeviceResponse = Message<"parley.auth.v1.RemoveDeviceResponse"
  * Use `create(RemoveDeviceResponseSchema)` to create a new message.
  */
 export const RemoveDeviceResponseSchema: GenMessage<RemoveDeviceResponse> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 33);
+  messageDesc(file_parley_auth_v1_auth, 32);
 
 /**
  * @generated from message parley.auth.v1.ListDevicesResponse
@@ -875,7 +855,7 @@ export type ListDevicesResponse = Message<"parley.auth.v1.ListDevicesResponse"> 
  * Use `create(ListDevicesResponseSchema)` to create a new message.
  */
 export const ListDevicesResponseSchema: GenMessage<ListDevicesResponse> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 34);
+  messageDesc(file_parley_auth_v1_auth, 33);
 
 /**
  * @generated from message parley.auth.v1.RotateSigningKeyRequest
@@ -888,7 +868,7 @@ export type RotateSigningKeyRequest = Message<"parley.auth.v1.RotateSigningKeyRe
  * Use `create(RotateSigningKeyRequestSchema)` to create a new message.
  */
 export const RotateSigningKeyRequestSchema: GenMessage<RotateSigningKeyRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 35);
+  messageDesc(file_parley_auth_v1_auth, 34);
 
 /**
  * @generated from message parley.auth.v1.RetireSigningKeyRequest
@@ -905,7 +885,7 @@ export type RetireSigningKeyRequest = Message<"parley.auth.v1.RetireSigningKeyRe
  * Use `create(RetireSigningKeyRequestSchema)` to create a new message.
  */
 export const RetireSigningKeyRequestSchema: GenMessage<RetireSigningKeyRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 36);
+  messageDesc(file_parley_auth_v1_auth, 35);
 
 /**
  * @generated from message parley.auth.v1.SigningKeyInfo
@@ -932,7 +912,7 @@ export type SigningKeyInfo = Message<"parley.auth.v1.SigningKeyInfo"> & {
  * Use `create(SigningKeyInfoSchema)` to create a new message.
  */
 export const SigningKeyInfoSchema: GenMessage<SigningKeyInfo> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 37);
+  messageDesc(file_parley_auth_v1_auth, 36);
 
 /**
  * @generated from message parley.auth.v1.CreateInviteRequest
@@ -958,7 +938,7 @@ export type CreateInviteRequest = Message<"parley.auth.v1.CreateInviteRequest"> 
  * Use `create(CreateInviteRequestSchema)` to create a new message.
  */
 export const CreateInviteRequestSchema: GenMessage<CreateInviteRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 38);
+  messageDesc(file_parley_auth_v1_auth, 37);
 
 /**
  * @generated from message parley.auth.v1.Invite
@@ -987,15 +967,14 @@ export type Invite = Message<"parley.auth.v1.Invite"> & {
  * Use `create(InviteSchema)` to create a new message.
  */
 export const InviteSchema: GenMessage<Invite> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 39);
+  messageDesc(file_parley_auth_v1_auth, 38);
 
 /**
- * Ends every lockout of the account (from every address) and clears its failure counts; an
- * address's own lockout across accounts stays. FAILED_PRECONDITION when it has no failures.
+ * An action on one account (ResetMfa, UnlockAccount, RequestErasure), and why.
  *
- * @generated from message parley.auth.v1.RequestErasureRequest
+ * @generated from message parley.auth.v1.AccountActionRequest
  */
-export type RequestErasureRequest = Message<"parley.auth.v1.RequestErasureRequest"> & {
+export type AccountActionRequest = Message<"parley.auth.v1.AccountActionRequest"> & {
   /**
    * @generated from field: string user_id = 1;
    */
@@ -1010,11 +989,11 @@ export type RequestErasureRequest = Message<"parley.auth.v1.RequestErasureReques
 };
 
 /**
- * Describes the message parley.auth.v1.RequestErasureRequest.
- * Use `create(RequestErasureRequestSchema)` to create a new message.
+ * Describes the message parley.auth.v1.AccountActionRequest.
+ * Use `create(AccountActionRequestSchema)` to create a new message.
  */
-export const RequestErasureRequestSchema: GenMessage<RequestErasureRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 40);
+export const AccountActionRequestSchema: GenMessage<AccountActionRequest> = /*@__PURE__*/
+  messageDesc(file_parley_auth_v1_auth, 39);
 
 /**
  * @generated from message parley.auth.v1.RequestErasureResponse
@@ -1033,31 +1012,7 @@ export type RequestErasureResponse = Message<"parley.auth.v1.RequestErasureRespo
  * Use `create(RequestErasureResponseSchema)` to create a new message.
  */
 export const RequestErasureResponseSchema: GenMessage<RequestErasureResponse> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 41);
-
-/**
- * @generated from message parley.auth.v1.UnlockAccountRequest
- */
-export type UnlockAccountRequest = Message<"parley.auth.v1.UnlockAccountRequest"> & {
-  /**
-   * @generated from field: string user_id = 1;
-   */
-  userId: string;
-
-  /**
-   * up to 500 characters, kept in the audit record
-   *
-   * @generated from field: string reason = 2;
-   */
-  reason: string;
-};
-
-/**
- * Describes the message parley.auth.v1.UnlockAccountRequest.
- * Use `create(UnlockAccountRequestSchema)` to create a new message.
- */
-export const UnlockAccountRequestSchema: GenMessage<UnlockAccountRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 42);
+  messageDesc(file_parley_auth_v1_auth, 40);
 
 /**
  * NOT_FOUND, naming the addresses slowed now, when `source` is not slowed down. `source` is the
@@ -1084,7 +1039,7 @@ export type LiftSourceSlowdownRequest = Message<"parley.auth.v1.LiftSourceSlowdo
  * Use `create(LiftSourceSlowdownRequestSchema)` to create a new message.
  */
 export const LiftSourceSlowdownRequestSchema: GenMessage<LiftSourceSlowdownRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 43);
+  messageDesc(file_parley_auth_v1_auth, 41);
 
 /**
  * @generated from message parley.auth.v1.LiftSourceSlowdownResponse
@@ -1106,31 +1061,7 @@ export type LiftSourceSlowdownResponse = Message<"parley.auth.v1.LiftSourceSlowd
  * Use `create(LiftSourceSlowdownResponseSchema)` to create a new message.
  */
 export const LiftSourceSlowdownResponseSchema: GenMessage<LiftSourceSlowdownResponse> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 44);
-
-/**
- * @generated from message parley.auth.v1.ResetMfaRequest
- */
-export type ResetMfaRequest = Message<"parley.auth.v1.ResetMfaRequest"> & {
-  /**
-   * @generated from field: string user_id = 1;
-   */
-  userId: string;
-
-  /**
-   * up to 500 characters, kept in the audit record
-   *
-   * @generated from field: string reason = 2;
-   */
-  reason: string;
-};
-
-/**
- * Describes the message parley.auth.v1.ResetMfaRequest.
- * Use `create(ResetMfaRequestSchema)` to create a new message.
- */
-export const ResetMfaRequestSchema: GenMessage<ResetMfaRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 45);
+  messageDesc(file_parley_auth_v1_auth, 42);
 
 /**
  * Proof of presence: a current TOTP code or the account password (one is required).
@@ -1154,26 +1085,7 @@ export type RegenerateRecoveryCodesRequest = Message<"parley.auth.v1.RegenerateR
  * Use `create(RegenerateRecoveryCodesRequestSchema)` to create a new message.
  */
 export const RegenerateRecoveryCodesRequestSchema: GenMessage<RegenerateRecoveryCodesRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 46);
-
-/**
- * @generated from message parley.auth.v1.RegenerateRecoveryCodesResponse
- */
-export type RegenerateRecoveryCodesResponse = Message<"parley.auth.v1.RegenerateRecoveryCodesResponse"> & {
-  /**
-   * shown once; only their hashes are kept
-   *
-   * @generated from field: repeated string recovery_codes = 1;
-   */
-  recoveryCodes: string[];
-};
-
-/**
- * Describes the message parley.auth.v1.RegenerateRecoveryCodesResponse.
- * Use `create(RegenerateRecoveryCodesResponseSchema)` to create a new message.
- */
-export const RegenerateRecoveryCodesResponseSchema: GenMessage<RegenerateRecoveryCodesResponse> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 47);
+  messageDesc(file_parley_auth_v1_auth, 43);
 
 /**
  * @generated from message parley.auth.v1.LookupUsersRequest
@@ -1192,7 +1104,7 @@ export type LookupUsersRequest = Message<"parley.auth.v1.LookupUsersRequest"> & 
  * Use `create(LookupUsersRequestSchema)` to create a new message.
  */
 export const LookupUsersRequestSchema: GenMessage<LookupUsersRequest> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 48);
+  messageDesc(file_parley_auth_v1_auth, 44);
 
 /**
  * @generated from message parley.auth.v1.UserName
@@ -1214,7 +1126,7 @@ export type UserName = Message<"parley.auth.v1.UserName"> & {
  * Use `create(UserNameSchema)` to create a new message.
  */
 export const UserNameSchema: GenMessage<UserName> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 49);
+  messageDesc(file_parley_auth_v1_auth, 45);
 
 /**
  * @generated from message parley.auth.v1.LookupUsersResponse
@@ -1231,19 +1143,21 @@ export type LookupUsersResponse = Message<"parley.auth.v1.LookupUsersResponse"> 
  * Use `create(LookupUsersResponseSchema)` to create a new message.
  */
 export const LookupUsersResponseSchema: GenMessage<LookupUsersResponse> = /*@__PURE__*/
-  messageDesc(file_parley_auth_v1_auth, 50);
+  messageDesc(file_parley_auth_v1_auth, 46);
 
 /**
  * @generated from service parley.auth.v1.AuthService
  */
 export const AuthService: GenService<{
   /**
+   * Answers the new account's id and (normalized) username.
+   *
    * @generated from rpc parley.auth.v1.AuthService.Register
    */
   register: {
     methodKind: "unary";
     input: typeof RegisterRequestSchema;
-    output: typeof RegisterResponseSchema;
+    output: typeof UserNameSchema;
   },
   /**
    * @generated from rpc parley.auth.v1.AuthService.Login
@@ -1350,7 +1264,7 @@ export const AuthService: GenService<{
   confirmTotpEnrolment: {
     methodKind: "unary";
     input: typeof ConfirmTotpEnrolmentRequestSchema;
-    output: typeof ConfirmTotpEnrolmentResponseSchema;
+    output: typeof RecoveryCodesSchema;
   },
   /**
    * Require MFA for every holder of a role (roles.assign).
@@ -1449,15 +1363,18 @@ export const AuthService: GenService<{
    */
   resetMfa: {
     methodKind: "unary";
-    input: typeof ResetMfaRequestSchema;
+    input: typeof AccountActionRequestSchema;
     output: typeof AccountSchema;
   },
   /**
+   * Ends every lockout of the account (from every address) and clears its failure counts; an
+   * address's own lockout across accounts stays. FAILED_PRECONDITION when it has no failures.
+   *
    * @generated from rpc parley.auth.v1.AuthService.UnlockAccount
    */
   unlockAccount: {
     methodKind: "unary";
-    input: typeof UnlockAccountRequestSchema;
+    input: typeof AccountActionRequestSchema;
     output: typeof AccountSchema;
   },
   /**
@@ -1480,7 +1397,7 @@ export const AuthService: GenService<{
    */
   requestErasure: {
     methodKind: "unary";
-    input: typeof RequestErasureRequestSchema;
+    input: typeof AccountActionRequestSchema;
     output: typeof RequestErasureResponseSchema;
   },
   /**
@@ -1489,7 +1406,7 @@ export const AuthService: GenService<{
   regenerateRecoveryCodes: {
     methodKind: "unary";
     input: typeof RegenerateRecoveryCodesRequestSchema;
-    output: typeof RegenerateRecoveryCodesResponseSchema;
+    output: typeof RecoveryCodesSchema;
   },
   /**
    * Usernames of user ids, for showing people by name (reactions, members, direct conversations).

@@ -454,6 +454,8 @@ export const SecurityEventNoticeSchema: GenMessage<SecurityEventNotice> = /*@__P
  */
 export type GetAuditChainStateRequest = Message<"parley.storage.v1.GetAuditChainStateRequest"> & {
   /**
+   * run a verification now rather than answer from the last one
+   *
    * @generated from field: bool verify_now = 1;
    */
   verifyNow: boolean;
