@@ -52,11 +52,12 @@ def client_of(cluster: AgentPlatform) -> ParleyClient:
     return ParleyClient.connect(cluster.gateway_address, ca_cert=cluster.pki.ca_pem())
 
 
-async def publish_and_roll(cluster: AgentPlatform, wheel: Path, version: str) -> patch_pb2.Rollout:
+async def roll_out(cluster: AgentPlatform, wheel: Path, version: str, what: str) -> patch_pb2.Rollout:
+    """`wheel` published, its roll-out planned and approved; the roll-out once done or rolled back."""
     await cluster.publish(wheel, version)
     rollout = await cluster.plan(version)
     await cluster.approve(rollout)
-    return rollout
+    return await cluster.finished(rollout.rollout_id, 600, what)
 
 
 # Slow (about 95 s): `make test` keeps the same promise through tests/e2e/test_platform_rollout.py
@@ -76,8 +77,7 @@ async def test_upgrade_under_traffic_loses_nothing_and_a_failing_canary_rolls_ba
     channel_id = await sender_channel(client, "carol", "upgrades")
     async with cluster.agent_running(), sending(client, channel_id) as traffic:
         # A -> B under traffic
-        rollout = await publish_and_roll(cluster, wheel_b, "0.2.0")
-        done = await cluster.finished(rollout.rollout_id, 600, "the roll-out to 0.2.0 to finish")
+        done = await roll_out(cluster, wheel_b, "0.2.0", "the roll-out to 0.2.0 to finish")
         assert done.state == "done", done.rollback_reason
         assert [s.gate for s in done.steps] == ["passed", "passed"]
         running = {i.version for i in cluster.agent.instances.values()}
@@ -86,8 +86,7 @@ async def test_upgrade_under_traffic_loses_nothing_and_a_failing_canary_rolls_ba
         during_upgrade = traffic.acknowledged
 
         # B -> broken C: the canary exits at start; its agent reports the exit and the registry rolls it back
-        bad = await publish_and_roll(cluster, wheel_c, "0.3.0")
-        rolled_back = await cluster.finished(bad.rollout_id, 600, "the failing canary to be rolled back")
+        rolled_back = await roll_out(cluster, wheel_c, "0.3.0", "the failing canary to be rolled back")
         assert rolled_back.state == "rolled_back"
         assert "exited with code 1" in rolled_back.rollback_reason
         assert {i.version for i in cluster.agent.instances.values()} == {"0.2.0"}
@@ -121,8 +120,7 @@ async def test_two_instances_of_a_service_upgraded_under_traffic(cluster: AgentP
     if service == "auth":
         workers.append(asyncio.create_task(login_continuously(cluster, logins)))
     try:
-        rollout = await publish_and_roll(cluster, wheel, "0.2.0")
-        done = await cluster.finished(rollout.rollout_id, 600, f"the roll-out of {service} to 0.2.0 to finish")
+        done = await roll_out(cluster, wheel, "0.2.0", f"the roll-out of {service} to 0.2.0 to finish")
         assert done.state == "done", done.rollback_reason
         assert {i.version for i in cluster.agent.instances.values()} == {"0.2.0"}
         assert len(cluster.agent.front_doors[service].backends) == 2
@@ -180,17 +178,16 @@ async def test_a_done_rollout_is_reverted_to_the_base_release_through_an_approve
     client = client_of(cluster)
     channel_id = await sender_channel(client, "carol", "reverts")
     async with cluster.agent_running(), sending(client, channel_id) as traffic:
-        rollout = await publish_and_roll(cluster, wheel_b, "0.2.0")
-        done = await cluster.finished(rollout.rollout_id, 600, "the roll-out to 0.2.0 to finish")
+        done = await roll_out(cluster, wheel_b, "0.2.0", "the roll-out to 0.2.0 to finish")
         assert done.state == "done", done.rollback_reason
         assert cluster.managed_versions() == {"0.2.0"}
 
-        command = patch_pb2.RolloutCommand(rollout_id=rollout.rollout_id, reason="customers report slow sends")
+        command = patch_pb2.RolloutCommand(rollout_id=done.rollout_id, reason="customers report slow sends")
         revert = await cluster.registry.RollbackRollout(command, metadata=cluster.operator("carla"), timeout=30)
-        assert revert.rollout_id != rollout.rollout_id
+        assert revert.rollout_id != done.rollout_id
         assert (revert.state, revert.from_version, revert.to_version) == ("planned", "0.2.0", "0.1.0")
-        assert revert.reverts == rollout.rollout_id
-        assert revert.reason == f"revert of {rollout.rollout_id}: customers report slow sends"
+        assert revert.reverts == done.rollout_id
+        assert revert.reason == f"revert of {done.rollout_id}: customers report slow sends"
         await cluster.approve(revert)
         reverted = await cluster.finished(revert.rollout_id, 600, "the revert to 0.1.0 to finish")
         assert reverted.state == "done", reverted.rollback_reason
@@ -200,7 +197,7 @@ async def test_a_done_rollout_is_reverted_to_the_base_release_through_an_approve
     assert installed is not None  # the base wheel, installed from the registry through TUF
     assert {i.python for i in cluster.agent.instances_of("messaging")} == {installed}
     planned_audit = next(a for a in reverted.audit if a.event == "RolloutPlanned")
-    assert f"reverts {rollout.rollout_id}" in planned_audit.detail
+    assert f"reverts {done.rollout_id}" in planned_audit.detail
     print(f"\nacknowledged sends: {traffic.acknowledged}; failed: {len(traffic.failures)}")
     assert traffic.failures == []
     await client.close()
@@ -215,8 +212,7 @@ async def test_with_no_user_traffic_synthetic_transactions_give_the_gate_its_evi
     wheel_b = await asyncio.to_thread(build_wheel, MESSAGING_SOURCE, "0.2.0", tmp_path / "wheels")
     agent_task = cluster.start_agent()
     try:
-        rollout = await publish_and_roll(cluster, wheel_b, "0.2.0")
-        done = await cluster.finished(rollout.rollout_id, 600, "the roll-out to 0.2.0 to finish")
+        done = await roll_out(cluster, wheel_b, "0.2.0", "the roll-out to 0.2.0 to finish")
     finally:
         cluster.agent._stop.set()
         await agent_task
