@@ -8,7 +8,7 @@ Every consumer accepts only what its stream's owner writes (topology.StreamSpec.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Protocol
 
@@ -82,7 +82,7 @@ class ReceivedEvent:
 
     def stored_at(self, stream: str, stream_seq: int) -> ReceivedEvent:
         """This event, sealed and open, where the stream stored it (a writer's own)."""
-        stored = replace(self, stream=stream, stream_seq=stream_seq)
+        stored = ReceivedEvent(self.envelope, self.subject, stream, stream_seq, self.num_delivered, self.headers)
         return already_open(stored, self.payload)
 
 
