@@ -90,7 +90,7 @@ async def append(
         if own is not None:
             own.forget(data)
     if bus.metrics is not None and not ack.duplicate:
-        bus.metrics.events_appended.labels(ack.stream).inc()
+        bus.metrics.appended_to(ack.stream).inc()
     if ack.duplicate:
         return Appended(stream_seq=ack.seq, duplicate=True)
     return Appended(stream_seq=ack.seq, duplicate=False, written=sealed.stored_at(ack.stream, ack.seq))

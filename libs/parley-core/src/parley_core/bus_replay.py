@@ -182,7 +182,7 @@ class Replay:
 
     async def _consumed(self, stream_seq: int, num_pending: int) -> None:
         if self.bus.metrics is not None:
-            self.bus.metrics.events_consumed.labels(self.stream).inc()
+            self.bus.metrics.consumed_from(self.stream).inc()
         await self._passed(stream_seq, num_pending)
 
     async def _passed(self, stream_seq: int, num_pending: int) -> None:
