@@ -27,6 +27,7 @@ from parley_core.bus import (
     EventBus,
     ReceivedEvent,
     Refused,
+    Replay,
     RetryLater,
     foreign_type,
 )
@@ -260,7 +261,6 @@ async def test_appended_event_carries_its_envelope_and_headers(bus: EventBus) ->
     assert open_payload(envelope) == event.payload
     assert raw.headers is not None
     assert raw.headers["Nats-Msg-Id"] == event.event_id
-    assert raw.headers["Parley-Event-Type"] == "parley.messaging.v1.MessagePosted"
 
 
 def test_a_deliverys_payload_is_opened_once_for_the_owner_check_and_every_handler() -> None:
@@ -345,6 +345,54 @@ async def test_an_own_write_is_applied_at_once_and_only_once(bus: EventBus) -> N
     assert again.written is None
     await replay.apply_own(again)
     assert seen.applied_ids() == ids
+
+
+@dataclass
+class HeldOpen:
+    """The replay as an append's OwnWrites, told of the append and not told it was answered
+    until the test says: the delivery then always comes while the append is on its way."""
+
+    replay: Replay
+    held: list[bytes] = field(default_factory=list)
+
+    def expect(self, data: bytes, sealed: ReceivedEvent) -> None:
+        self.replay.expect(data, sealed)
+
+    def forget(self, data: bytes) -> None:
+        self.held.append(data)
+
+    def release(self) -> None:
+        for data in self.held:
+            self.replay.forget(data)
+
+
+async def test_an_own_write_delivered_before_its_ack_is_applied_from_the_copy_sealed(bus: EventBus) -> None:
+    """The stream usually delivers an append before its acknowledgement comes back: the replay
+    applies the writer's open copy then (not decoded again), once, in stream order; a delivery
+    of other bytes (another writer's event) is decoded as before."""
+    seen = Recorder()
+
+    async def apply(event: ReceivedEvent) -> None:
+        await seen.record([event], applied=True)
+
+    replay = await bus.replay(stream="MSG", filter_subject=CHANNELS_FILTER, handler=apply)
+    await replay.wait_caught_up(TIMEOUT_S)
+    own = HeldOpen(replay)
+    mine = posted("c1", "mine")
+    appended = await bus.append(channel_subject("c1"), mine, aggregate_version=1, expected_last_subject_seq=0, own=own)
+    theirs = posted("c1", "theirs")
+    later = await append_unconditionally(bus, theirs, 2)
+    await replay.wait_for_seq(later, TIMEOUT_S)
+    own.release()
+
+    assert seen.applied_ids() == [mine.event_id, theirs.event_id]
+    assert [e.stream_seq for e in seen.applied] == [appended.stream_seq, later]
+    assert seen.applied[0].payload is mine.payload  # the message it sealed, not a decoded copy
+    assert seen.applied[1].payload is not theirs.payload
+    assert seen.applied[1].payload == theirs.payload
+
+    await replay.apply_own(appended)  # the acknowledgement, handled after the delivery: nothing more
+    assert seen.applied_ids() == [mine.event_id, theirs.event_id]
 
 
 async def test_replay_asks_the_consumer_when_no_event_says_it_caught_up(bus: EventBus) -> None:

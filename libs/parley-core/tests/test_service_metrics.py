@@ -39,3 +39,15 @@ def test_only_the_series_marked_for_the_heartbeat_travel_in_it_as_metrics_shows_
         ("parley_security_records_total", (("kind", "lockout"),)): 0.0,
         ("parley_security_records_total", (("kind", "login_failed"),)): 2.0,
     }
+
+
+def test_appended_and_consumed_count_into_each_streams_own_series() -> None:
+    metrics = ServiceMetrics("messaging")
+    metrics.appended_to("MSG").inc()
+    metrics.appended_to("MSG").inc()
+    metrics.consumed_from("MSG").inc()
+    metrics.consumed_from("AUTH").inc()
+    assert metrics.registry.get_sample_value("parley_events_appended_total", {"stream": "MSG"}) == 2
+    assert metrics.registry.get_sample_value("parley_events_consumed_total", {"stream": "MSG"}) == 1
+    assert metrics.registry.get_sample_value("parley_events_consumed_total", {"stream": "AUTH"}) == 1
+    assert metrics.registry.get_sample_value("parley_events_appended_total", {"stream": "AUTH"}) is None

@@ -21,6 +21,7 @@ from parley_core.bus_events import (
     AppendOutcomeUnknown,
     BusConnection,
     ConcurrencyConflict,
+    OwnWrites,
     ReceivedEvent,
     already_open,
 )
@@ -47,6 +48,7 @@ async def append(
     expected_last_subject_seq: int | None,
     expected_last_stream_seq: int | None = None,
     expected_last_of: str | None = None,
+    own: OwnWrites | None = None,
 ) -> Appended:
     """Append one event. `expected_last_subject_seq=0` means the subject must be empty.
 
@@ -55,18 +57,27 @@ async def append(
     checks `expected_last_subject_seq` against the newest message of other subjects (a wildcard)
     instead of the append's own: a new aggregate appended after every one of its kind, so that a
     rule over all of them (one unfinished roll-out per service) holds between two writers.
+    `own`: this process's reader of the stream, told of the append while it is on its way.
     """
     trace_headers = telemetry.current_trace_headers()
     envelope = seal(event, aggregate_version=aggregate_version, producer=bus.producer, trace_context=trace_headers)
-    headers = {**trace_headers, "Nats-Msg-Id": event.event_id, "Parley-Event-Type": event.event_type}
+    headers = {**trace_headers, "Nats-Msg-Id": event.event_id}
     if expected_last_subject_seq is not None:
         headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last_subject_seq)
         if expected_last_of is not None:
             headers["Nats-Expected-Last-Subject-Sequence-Subject"] = expected_last_of
     if expected_last_stream_seq is not None:
         headers["Nats-Expected-Last-Sequence"] = str(expected_last_stream_seq)
+    data = envelope.SerializeToString()
+    # The stream's name and sequence are the acknowledgement's (or the delivery's) to say.
+    sealed = already_open(
+        ReceivedEvent(envelope=envelope, subject=subject, stream="", stream_seq=0, num_delivered=1, headers=headers),
+        event.payload,
+    )
+    if own is not None:
+        own.expect(data, sealed)
     try:
-        ack = await publish_confirmed(bus, subject, envelope.SerializeToString(), headers)
+        ack = await publish_confirmed(bus, subject, data, headers)
     except nats.js.errors.APIError as exc:
         if exc.err_code not in WRONG_LAST_SEQUENCE_CODES:
             raise
@@ -75,17 +86,14 @@ async def append(
         if (earlier := await own_last_write(bus, stream_for_subject(subject).name, subject, event)) is not None:
             return Appended(stream_seq=earlier, duplicate=True)
         raise ConcurrencyConflict(f"{subject} changed since it was read") from exc
+    finally:
+        if own is not None:
+            own.forget(data)
     if bus.metrics is not None and not ack.duplicate:
-        bus.metrics.events_appended.labels(ack.stream).inc()
+        bus.metrics.appended_to(ack.stream).inc()
     if ack.duplicate:
         return Appended(stream_seq=ack.seq, duplicate=True)
-    written = already_open(
-        ReceivedEvent(
-            envelope=envelope, subject=subject, stream=ack.stream, stream_seq=ack.seq, num_delivered=1, headers=headers
-        ),
-        event.payload,
-    )
-    return Appended(stream_seq=ack.seq, duplicate=False, written=written)
+    return Appended(stream_seq=ack.seq, duplicate=False, written=sealed.stored_at(ack.stream, ack.seq))
 
 
 async def publish_confirmed(bus: BusConnection, subject: str, data: bytes, headers: dict[str, str]) -> api.PubAck:

@@ -80,6 +80,11 @@ class ReceivedEvent:
         checks it, then the handlers read it). Raises what open_payload raises."""
         return open_payload(self.envelope)
 
+    def stored_at(self, stream: str, stream_seq: int) -> ReceivedEvent:
+        """This event, sealed and open, where the stream stored it (a writer's own)."""
+        stored = ReceivedEvent(self.envelope, self.subject, stream, stream_seq, self.num_delivered, self.headers)
+        return already_open(stored, self.payload)
+
 
 def already_open(event: ReceivedEvent, payload: Message) -> ReceivedEvent:
     """`event` with its payload given rather than decoded: a writer's own event, whose payload is
@@ -95,6 +100,16 @@ class Appended:
     # The event as the stream now holds it, for the writer's own projection (Replay.apply_own);
     # None for a duplicate, whose stored copy may differ from this attempt's.
     written: ReceivedEvent | None = None
+
+
+class OwnWrites(Protocol):
+    """A reader of the stream in this process told of its appends while they are on their way
+    (Replay): the stream's delivery of an append usually comes before its acknowledgement, and a
+    delivery of exactly the bytes published is that append, read from the copy already open."""
+
+    def expect(self, data: bytes, sealed: ReceivedEvent) -> None: ...
+
+    def forget(self, data: bytes) -> None: ...
 
 
 EventHandler = Callable[[ReceivedEvent], Awaitable[None]]

@@ -3,7 +3,9 @@
 A replay reads its stream from the start (or a given point) and keeps following it, handing
 each event to its Dispatcher (projection_dispatch), which applies it to every projection added
 to it, in order, or halts. Read-your-writes: `apply_own` applies this process's acknowledged
-append at once, and `wait_for_seq` waits until the replay has passed a sequence.
+append at once, and `wait_for_seq` waits until the replay has passed a sequence. An append is
+usually delivered before its acknowledgement comes: the replay, told of it while it is on its
+way (OwnWrites), applies the writer's open copy then, with no decoding.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from parley_core.bus_events import (
     SUBSCRIBE_RETRY_MAX_S,
     Appended,
     BusConnection,
+    ReceivedEvent,
     foreign_type,
     received,
 )
@@ -71,6 +74,8 @@ class Replay:
     # Stream sequences this process applied at once (apply_own), ahead of the replay's position.
     _applied_ahead: set[int] = field(default_factory=set)
     _delivering: int = 0
+    # This process's appends on their way (OwnWrites): the bytes published -> the event sealed.
+    _in_flight: dict[bytes, ReceivedEvent] = field(default_factory=dict)
 
     async def start(self, *, start_seq: int | None = None, only_new: bool = False) -> None:
         self.started = True
@@ -112,6 +117,9 @@ class Replay:
         if self._own_write_passed(meta.sequence.stream):
             await self._consumed(meta.sequence.stream, meta.num_pending)
             return
+        if self._in_flight and (sealed := self._in_flight.get(msg.data)) is not None:
+            await self._apply_delivered_own(sealed.stored_at(meta.stream, meta.sequence.stream), meta.num_pending)
+            return
         try:
             event = received(msg)
         except Exception:
@@ -139,6 +147,26 @@ class Replay:
                     return
         await self._consumed(event.stream_seq, meta.num_pending)
 
+    async def _apply_delivered_own(self, event: ReceivedEvent, num_pending: int) -> None:
+        """This process's append, delivered before its acknowledgement came (the usual order):
+        the stream holds exactly the bytes sealed, so the writer's open copy is applied, in the
+        replay's order, with no decoding and no owner check (what apply_own does after an ack)."""
+        self._delivering = event.stream_seq
+        try:
+            await self.dispatcher.apply(event)
+        except ProjectionHalted:
+            await self._wake_waiters()
+            return
+        await self._consumed(event.stream_seq, num_pending)
+
+    def expect(self, data: bytes, sealed: ReceivedEvent) -> None:
+        """OwnWrites: an append of `data` is on its way."""
+        self._in_flight[data] = sealed
+
+    def forget(self, data: bytes) -> None:
+        """OwnWrites: the append of `data` was answered (or failed)."""
+        self._in_flight.pop(data, None)
+
     def _own_write_passed(self, stream_seq: int) -> bool:
         """Whether the event at `stream_seq` is this process's own write, applied when it was
         acknowledged (apply_own): the replay passes it unopened."""
@@ -154,7 +182,7 @@ class Replay:
 
     async def _consumed(self, stream_seq: int, num_pending: int) -> None:
         if self.bus.metrics is not None:
-            self.bus.metrics.events_consumed.labels(self.stream).inc()
+            self.bus.metrics.consumed_from(self.stream).inc()
         await self._passed(stream_seq, num_pending)
 
     async def _passed(self, stream_seq: int, num_pending: int) -> None:

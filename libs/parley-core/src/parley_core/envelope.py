@@ -6,10 +6,10 @@ own; older schema versions pass through UPCASTERS before a handler sees them.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import Message
@@ -40,7 +40,7 @@ class NewEvent:
 
 def seal(event: NewEvent, *, aggregate_version: int, producer: str, trace_context: dict[str, str]) -> EventEnvelope:
     occurred = Timestamp()
-    occurred.FromDatetime(datetime.now(UTC))
+    occurred.FromMicroseconds(time.time_ns() // 1000)  # as datetime.now() would, without making one
     return EventEnvelope(
         event_id=event.event_id,
         event_type=event.event_type,

@@ -8,8 +8,9 @@ cannot both land: the loser catches up with the stream (settles) and decides aga
 
 The write path of a send (docs/performance.md): no copy of the aggregate is made (a
 decision reads it and must not change it), and a decision that appends one event costs one
-append and nothing more: its own write is applied when the stream acknowledges it
-(Replay.apply_own), not after a trip through the replay.
+append and nothing more: its own write is applied from the copy it sealed, when the replay
+delivers it or when the stream acknowledges it, whichever comes first (Replay.apply_own), with
+no decoding and no wait for the replay.
 """
 
 from __future__ import annotations
@@ -137,7 +138,12 @@ class EventLog:
             version += 1
             try:
                 appended = await self._bus.append(
-                    subject, event, aggregate_version=version, expected_last_subject_seq=last_seq, expected_last_of=of
+                    subject,
+                    event,
+                    aggregate_version=version,
+                    expected_last_subject_seq=last_seq,
+                    expected_last_of=of,
+                    own=self._replay,
                 )
             except nats.errors.Error as exc:
                 log.exception("append refused", extra={"subject": subject})

@@ -89,9 +89,25 @@ class ServiceMetrics:
         info = Gauge("parley_service_info", "1 per running instance", ["service", "version"], registry=r)
         info.labels(service, version).set(1)
         self._carried: list[Counter | Gauge] = []  # the series sent in heartbeats
+        self._per_stream: dict[tuple[str, str], Counter] = {}  # see appended_to
         self._server: WSGIServer | None = None
         self._thread: Thread | None = None
         self._target: Path | None = None
+
+    def appended_to(self, stream: str) -> Counter:
+        """events_appended's series for `stream`, made once: labels() takes a lock and a look-up,
+        a few microseconds on every event of the write path."""
+        return self._series(self.events_appended, "appended", stream)
+
+    def consumed_from(self, stream: str) -> Counter:
+        """events_consumed's series for `stream`, made once (see appended_to)."""
+        return self._series(self.events_consumed, "consumed", stream)
+
+    def _series(self, counter: Counter, kind: str, stream: str) -> Counter:
+        series = self._per_stream.get((kind, stream))
+        if series is None:
+            series = self._per_stream[(kind, stream)] = counter.labels(stream)
+        return series
 
     def counter(
         self,

@@ -142,7 +142,7 @@ class Placed:
     def of(cls, event: StoredEvent) -> Placed:
         if event.envelope is None:  # shredded, or its text removed: the archive cannot give it back
             return cls.placeholder(event.stream, event.stream_seq)
-        headers = {**event.envelope.trace_context, "Parley-Event-Type": event.event_type}
+        headers = dict(event.envelope.trace_context)  # as its append wrote them (its trace)
         return cls(event.stream_seq, event.subject, event.envelope.SerializeToString(), headers, hole=False)
 
     @classmethod
