@@ -55,7 +55,9 @@ UPSTREAMS: tuple[ServiceDescriptor, ...] = (
 WITH_GATEWAY_LOGIC = {"EraseUserData"}
 # Reads messaging's primary failed to answer, sent again on its stable door (no key: writes are not).
 SENT_AGAIN = {"ListMyChannels", "ListMessageVersions", "ListThread"}
-RENAMED = {"SendMessage": "/parley.messaging.v1.MessagingService/PostMessage"}
+# Clients' sends reach messaging together, each as an item of a PostMessages call (send_batches).
+POST_MESSAGES = "/parley.messaging.v1.MessagingService/PostMessages"
+RENAMED = {"SendMessage": POST_MESSAGES}
 TRACE_ID = uuid.uuid4().hex
 TRACEPARENT = f"00-{TRACE_ID}-{uuid.uuid4().hex[:16]}-01"
 
@@ -81,6 +83,15 @@ class Seen:
     method: str
     metadata: dict[str, str]
     time_remaining: float | None
+    request: bytes
+
+    def carried(self) -> tuple[str, str, float | None]:
+        """The client's authorization, traceparent and remaining deadline, as the call carried them:
+        in its metadata, or in its item for a batched send."""
+        if self.method == POST_MESSAGES:
+            [item] = messaging_pb2.PostMessagesRequest.FromString(self.request).items
+            return item.authorization, item.traceparent, item.timeout_ms / 1000
+        return self.metadata["authorization"], self.metadata["traceparent"], self.time_remaining
 
 
 @dataclass
@@ -95,7 +106,7 @@ class StandIn(grpc.GenericRpcHandler):
 
         async def refuse(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
             metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-            self.calls.append(Seen(method, metadata, context.time_remaining()))
+            self.calls.append(Seen(method, metadata, context.time_remaining(), request))
             await context.abort(self.code, f"{self.code.name.lower()} from {method}")
             raise AssertionError("abort raises")
 
@@ -239,11 +250,13 @@ async def test_a_forwarded_call_reaches_its_service_as_sent_and_its_answer_comes
         assert calls, f"{name} reached no service"
         for seen in calls:
             assert seen.method == target, name
-            assert seen.metadata["authorization"] == forwarding.sent_authorization, name
-            assert seen.metadata[SOURCE_METADATA].startswith("ipv4:127.0.0.1"), name
-            assert seen.metadata["traceparent"].split("-")[1] == TRACE_ID, name
-            assert seen.time_remaining is not None
-            assert 0 < seen.time_remaining <= CALL_DEADLINE_S + 0.5, name  # the caller's, not the default 10 s
+            authorization, traceparent, time_remaining = seen.carried()
+            assert authorization == forwarding.sent_authorization, name
+            if seen.method != POST_MESSAGES:  # one call for many clients: messaging needs no address
+                assert seen.metadata[SOURCE_METADATA].startswith("ipv4:127.0.0.1"), name
+            assert traceparent.split("-")[1] == TRACE_ID, name
+            assert time_remaining is not None
+            assert 0 < time_remaining <= CALL_DEADLINE_S + 0.5, name  # the caller's, not the default 10 s
         if forwarding.messaging.calls and name not in SENT_AGAIN:
             assert calls == forwarding.messaging.calls, name
             assert error.code() == grpc.StatusCode.UNAVAILABLE, name
@@ -266,7 +279,7 @@ async def test_a_write_is_sent_again_on_the_stable_door_only_with_its_idempotenc
         error = await forwarding.refusal(name, keyed)
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, name
         assert [len(forwarding.messaging.calls), len(forwarding.stable_messaging.calls)] == [1, 1], name
-        assert forwarding.stable_messaging.calls[0].metadata["authorization"] == forwarding.sent_authorization
+        assert forwarding.stable_messaging.calls[0].carried()[0] == forwarding.sent_authorization
 
 
 async def test_an_internal_failure_reaches_the_client_without_its_detail(forwarding: Forwarding) -> None:

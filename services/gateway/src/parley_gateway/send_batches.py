@@ -1,0 +1,135 @@
+"""Clients' sends reach messaging in batches: while a PostMessages call is in flight, further
+sends wait and go together in the next call, as soon as it returns (no timer: an idle gateway
+sends each one at once). One call then carries many sends, where each cost a gRPC call of its own.
+
+Each send keeps what its own call carried (parley_gateway.forwarding): the client's token (which
+messaging checks item by item), trace context and remaining deadline; and it gets its own
+outcome, answered to its client as a forwarded PostMessage's would be. A send with an
+idempotency key that failed in a way another instance may not is sent again on the stable one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import grpc
+from parley.messaging.v1 import messaging_pb2
+
+from parley_core.trace_hops import TRACEPARENT, TRACESTATE
+from parley_gateway.forwarding import REPEATABLE, Context, Forwarded, answer_failure, outcome_unknown
+
+log = logging.getLogger(__name__)
+
+BATCH_MAX = 64  # sends per call; a fuller queue sends more calls at once
+STATUS_OF = {code.value[0]: code for code in grpc.StatusCode}
+
+PostMany = grpc.aio.UnaryUnaryMultiCallable[messaging_pb2.PostMessagesRequest, messaging_pb2.PostMessagesResponse]
+
+
+@dataclass
+class WaitingSend:
+    item: messaging_pb2.PostItem
+    deadline: float  # event-loop time
+    answer: asyncio.Future[messaging_pb2.PostOutcome | None]
+
+    @property
+    def repeatable(self) -> bool:
+        return bool(self.item.request.idempotency_key)
+
+
+def _item(request: messaging_pb2.PostMessageRequest, forwarded: Forwarded) -> messaging_pb2.PostItem:
+    carried = {key: value if isinstance(value, str) else value.decode() for key, value in forwarded.metadata}
+    return messaging_pb2.PostItem(
+        request=request,
+        authorization=carried.get("authorization", ""),
+        traceparent=carried.get(TRACEPARENT, ""),
+        tracestate=carried.get(TRACESTATE, ""),
+    )
+
+
+def _sent_again(outcome: messaging_pb2.PostOutcome | None) -> bool:
+    """A failure another instance may not have (forwarding.REPEATABLE), and no write that may have landed."""
+    return outcome is not None and STATUS_OF.get(outcome.code) in REPEATABLE and not outcome.outcome_unknown
+
+
+class SendBatches:
+    """Messaging's PostMessages, with the stable instance's for sends made again (None: no stable door)."""
+
+    def __init__(self, post: PostMany, stable: PostMany | None, *, batch_max: int = BATCH_MAX) -> None:
+        self._post = post
+        self._stable = stable
+        self._batch_max = batch_max
+        self._waiting: list[WaitingSend] = []
+        self._in_flight = 0
+        self._calls: set[asyncio.Task[None]] = set()
+
+    async def send(
+        self, request: messaging_pb2.PostMessageRequest, context: Context
+    ) -> messaging_pb2.ChatMessage | None:
+        """The posted message, or the client's call aborted with the send's own failure; None when
+        messaging takes no batches (an instance of an earlier version): the caller sends it alone."""
+        forwarded = Forwarded.of(context)
+        loop = asyncio.get_running_loop()
+        waiting = WaitingSend(_item(request, forwarded), loop.time() + forwarded.timeout, loop.create_future())
+        self._waiting.append(waiting)
+        self._send_due()
+        outcome = await waiting.answer
+        if outcome is None:
+            return None
+        if outcome.code != grpc.StatusCode.OK.value[0]:
+            code = STATUS_OF.get(outcome.code, grpc.StatusCode.UNKNOWN)
+            await answer_failure(context, code, outcome.details, unknown=outcome.outcome_unknown)
+        return outcome.message
+
+    def _send_due(self) -> None:
+        """Send what waits if no call is in flight, and every full batch at once."""
+        self._waiting = [w for w in self._waiting if not w.answer.done()]  # callers gone (deadline, cancel)
+        while self._waiting and (self._in_flight == 0 or len(self._waiting) >= self._batch_max):
+            batch, self._waiting = self._waiting[: self._batch_max], self._waiting[self._batch_max :]
+            self._in_flight += 1
+            call = asyncio.create_task(self._send_batch(batch), name="post-messages")
+            self._calls.add(call)
+            call.add_done_callback(self._calls.discard)
+
+    async def _send_batch(self, batch: list[WaitingSend]) -> None:
+        try:
+            outcomes = await self._call(self._post, batch)
+            again = [i for i, w in enumerate(batch) if w.repeatable and _sent_again(outcomes[i])]
+            if again and self._stable is not None:
+                log.info("sent again on a stable instance", extra={"sends": len(again)})
+                for i, outcome in zip(again, await self._call(self._stable, [batch[i] for i in again]), strict=True):
+                    outcomes[i] = outcome
+            for waiting, outcome in zip(batch, outcomes, strict=True):
+                if not waiting.answer.done():
+                    waiting.answer.set_result(outcome)
+        except BaseException as exc:
+            for waiting in batch:
+                if not waiting.answer.done():
+                    waiting.answer.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
+            raise
+        finally:
+            self._in_flight -= 1
+            self._send_due()
+
+    @staticmethod
+    async def _call(method: PostMany, batch: list[WaitingSend]) -> list[messaging_pb2.PostOutcome | None]:
+        """One PostMessages call: each item's outcome, the call's own failure as each one's, or
+        None for each where messaging does not implement it."""
+        now = asyncio.get_running_loop().time()
+        for waiting in batch:  # what is left of each client's deadline, for messaging to keep to
+            waiting.item.timeout_ms = max(1, round((waiting.deadline - now) * 1000))
+        request = messaging_pb2.PostMessagesRequest(items=[w.item for w in batch])
+        try:
+            response = await method(request, timeout=max(w.deadline for w in batch) - now)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return [None] * len(batch)
+            failed = messaging_pb2.PostOutcome(
+                code=exc.code().value[0], details=exc.details() or "", outcome_unknown=outcome_unknown(exc)
+            )
+            return [failed] * len(batch)
+        if len(response.outcomes) != len(batch):
+            raise RuntimeError(f"messaging answered {len(response.outcomes)} outcomes for {len(batch)} sends")
+        return list(response.outcomes)
