@@ -8,6 +8,7 @@ with a status of the test's choosing. The gateway, its nats-server and its token
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -55,9 +56,8 @@ UPSTREAMS: tuple[ServiceDescriptor, ...] = (
 WITH_GATEWAY_LOGIC = {"EraseUserData"}
 # Reads messaging's primary failed to answer, sent again on its stable door (no key: writes are not).
 SENT_AGAIN = {"ListMyChannels", "ListMessageVersions", "ListThread"}
-# Clients' sends reach messaging together, each as an item of a PostMessages call (send_batches).
-POST_MESSAGES = "/parley.messaging.v1.MessagingService/PostMessages"
-RENAMED = {"SendMessage": POST_MESSAGES}
+RENAMED = {"SendMessage": "/parley.messaging.v1.MessagingService/PostMessage"}  # an idle gateway's send
+POST_MESSAGES = "/parley.messaging.v1.MessagingService/PostMessages"  # sends that waited, together
 TRACE_ID = uuid.uuid4().hex
 TRACEPARENT = f"00-{TRACE_ID}-{uuid.uuid4().hex[:16]}-01"
 
@@ -84,14 +84,6 @@ class Seen:
     metadata: dict[str, str]
     time_remaining: float | None
     request: bytes
-
-    def carried(self) -> tuple[str, str, float | None]:
-        """The client's authorization, traceparent and remaining deadline, as the call carried them:
-        in its metadata, or in its item for a batched send."""
-        if self.method == POST_MESSAGES:
-            [item] = messaging_pb2.PostMessagesRequest.FromString(self.request).items
-            return item.authorization, item.traceparent, item.timeout_ms / 1000
-        return self.metadata["authorization"], self.metadata["traceparent"], self.time_remaining
 
 
 @dataclass
@@ -250,13 +242,11 @@ async def test_a_forwarded_call_reaches_its_service_as_sent_and_its_answer_comes
         assert calls, f"{name} reached no service"
         for seen in calls:
             assert seen.method == target, name
-            authorization, traceparent, time_remaining = seen.carried()
-            assert authorization == forwarding.sent_authorization, name
-            if seen.method != POST_MESSAGES:  # one call for many clients: messaging needs no address
-                assert seen.metadata[SOURCE_METADATA].startswith("ipv4:127.0.0.1"), name
-            assert traceparent.split("-")[1] == TRACE_ID, name
-            assert time_remaining is not None
-            assert 0 < time_remaining <= CALL_DEADLINE_S + 0.5, name  # the caller's, not the default 10 s
+            assert seen.metadata["authorization"] == forwarding.sent_authorization, name
+            assert seen.metadata[SOURCE_METADATA].startswith("ipv4:127.0.0.1"), name
+            assert seen.metadata["traceparent"].split("-")[1] == TRACE_ID, name
+            assert seen.time_remaining is not None
+            assert 0 < seen.time_remaining <= CALL_DEADLINE_S + 0.5, name  # the caller's, not the default 10 s
         if forwarding.messaging.calls and name not in SENT_AGAIN:
             assert calls == forwarding.messaging.calls, name
             assert error.code() == grpc.StatusCode.UNAVAILABLE, name
@@ -279,7 +269,49 @@ async def test_a_write_is_sent_again_on_the_stable_door_only_with_its_idempotenc
         error = await forwarding.refusal(name, keyed)
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, name
         assert [len(forwarding.messaging.calls), len(forwarding.stable_messaging.calls)] == [1, 1], name
-        assert forwarding.stable_messaging.calls[0].carried()[0] == forwarding.sent_authorization
+        assert forwarding.stable_messaging.calls[0].metadata["authorization"] == forwarding.sent_authorization
+
+
+def posted_items(calls: list[Seen]) -> list[messaging_pb2.PostItem]:
+    return [
+        item
+        for call in calls
+        if call.method == POST_MESSAGES
+        for item in messaging_pb2.PostMessagesRequest.FromString(call.request).items
+    ]
+
+
+async def test_sends_that_wait_go_together_each_as_sent_and_keyed_ones_again_on_the_stable_door(
+    forwarding: Forwarding,
+) -> None:
+    """Sends arriving while one is in flight go in one PostMessages call (send_batches), each item
+    with its client's own token, trace and deadline; the primary's failure (UNAVAILABLE) sends the
+    keyed ones again on the stable door, and each client gets its own answer."""
+    authorization = f"Bearer {forwarding.tokens.token('forwarding-owner', 'owner')}"
+    metadata = (("authorization", authorization), ("traceparent", TRACEPARENT))
+    keys = ["", *(f"key-{n}" for n in range(8))]
+
+    async def send(key: str) -> tuple[str, grpc.aio.AioRpcError]:
+        request = messaging_pb2.PostMessageRequest(channel_id="c", body="b", idempotency_key=key)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await forwarding.gateway.SendMessage(request, metadata=metadata, timeout=CALL_DEADLINE_S)
+        return key, caught.value
+
+    answers = dict(await asyncio.gather(*(send(key) for key in keys)))
+
+    batched = posted_items(forwarding.messaging.calls)
+    assert batched, "sends that arrived while one was in flight went together"
+    for item in batched:
+        assert item.authorization == authorization
+        assert item.traceparent.split("-")[1] == TRACE_ID
+        assert 0 < item.timeout_ms <= CALL_DEADLINE_S * 1000
+    assert all("authorization" not in c.metadata for c in forwarding.messaging.calls if c.method == POST_MESSAGES)
+    keyed = sorted(i.request.idempotency_key for i in batched if i.request.idempotency_key)
+    assert sorted(i.request.idempotency_key for i in posted_items(forwarding.stable_messaging.calls)) == keyed
+    unkeyed = answers.pop("")
+    assert unkeyed.code() == grpc.StatusCode.UNAVAILABLE
+    assert unkeyed.details().startswith("the service is briefly unavailable; retry shortly")
+    assert {error.code() for error in answers.values()} == {grpc.StatusCode.FAILED_PRECONDITION}
 
 
 async def test_an_internal_failure_reaches_the_client_without_its_detail(forwarding: Forwarding) -> None:

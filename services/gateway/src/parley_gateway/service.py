@@ -102,7 +102,7 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         }
         self._routes = bind(upstreams, stable=self._stable_messaging)
         stable_post = None if self._stable_messaging is None else self._stable_messaging.PostMessages
-        self._sends = SendBatches(self._messaging.PostMessages, stable_post)
+        self._sends = SendBatches(self._send_alone, self._messaging.PostMessages, stable_post)
         gateway_pb2_grpc.add_GatewayServicer_to_server(self, ctx.server)
         ctx.add_service_name(gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name)
         if s.web_listen_address:
@@ -184,9 +184,12 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
     ) -> messaging_pb2.ChatMessage:
         assert self._messaging is not None
         await self._admit(request, context)
-        if (posted := await self._sends.send(request, context)) is not None:
-            return posted
-        # Messaging takes no batches (an instance of an earlier version, mid-upgrade): this one alone.
+        return await self._sends.send(request, context)
+
+    async def _send_alone(
+        self, request: messaging_pb2.PostMessageRequest, context: Context
+    ) -> messaging_pb2.ChatMessage:
+        assert self._messaging is not None
         again = self._again("PostMessage", bool(request.idempotency_key))
         return await forward(self._messaging.PostMessage, request, context, again=again)
 
