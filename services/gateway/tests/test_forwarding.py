@@ -92,6 +92,7 @@ class StandIn(grpc.GenericRpcHandler):
 
     code: grpc.StatusCode = grpc.StatusCode.FAILED_PRECONDITION
     calls: list[Seen] = field(default_factory=list)
+    codes: dict[str, grpc.StatusCode] = field(default_factory=dict)  # a method refused otherwise
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any]:
         method = handler_call_details.method
@@ -99,7 +100,8 @@ class StandIn(grpc.GenericRpcHandler):
         async def refuse(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
             metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
             self.calls.append(Seen(method, metadata, context.time_remaining(), request))
-            await context.abort(self.code, f"{self.code.name.lower()} from {method}")
+            code = self.codes.get(method, self.code)
+            await context.abort(code, f"{code.name.lower()} from {method}")
             raise AssertionError("abort raises")
 
         return grpc.unary_unary_rpc_method_handler(refuse)
@@ -312,6 +314,32 @@ async def test_sends_that_wait_go_together_each_as_sent_and_keyed_ones_again_on_
     assert unkeyed.code() == grpc.StatusCode.UNAVAILABLE
     assert unkeyed.details().startswith("the service is briefly unavailable; retry shortly")
     assert {error.code() for error in answers.values()} == {grpc.StatusCode.FAILED_PRECONDITION}
+
+
+async def test_sends_that_wait_go_alone_to_a_messaging_that_takes_no_batches(forwarding: Forwarding) -> None:
+    """A messaging instance of an earlier version (no PostMessages: UNIMPLEMENTED) is sent each
+    waiting send by itself, and each client gets that call's answer."""
+    forwarding.messaging.code = grpc.StatusCode.FAILED_PRECONDITION
+    forwarding.messaging.codes[POST_MESSAGES] = grpc.StatusCode.UNIMPLEMENTED
+    authorization = f"Bearer {forwarding.tokens.token('forwarding-owner', 'owner')}"
+    sends = 8
+
+    async def send(n: int) -> grpc.aio.AioRpcError:
+        request = messaging_pb2.PostMessageRequest(channel_id="c", body="b", idempotency_key=f"key-{n}")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await forwarding.gateway.SendMessage(
+                request, metadata=(("authorization", authorization),), timeout=CALL_DEADLINE_S
+            )
+        return caught.value
+
+    answers = await asyncio.gather(*(send(n) for n in range(sends)))
+
+    assert posted_items(forwarding.messaging.calls), "sends that arrived while one was in flight went together"
+    assert [c.method for c in forwarding.messaging.calls].count(RENAMED["SendMessage"]) == sends
+    assert {(a.code(), a.details()) for a in answers} == {
+        (grpc.StatusCode.FAILED_PRECONDITION, f"failed_precondition from {RENAMED['SendMessage']}")
+    }
+    assert forwarding.stable_messaging.calls == []  # a refusal is not sent again
 
 
 async def test_an_internal_failure_reaches_the_client_without_its_detail(forwarding: Forwarding) -> None:
