@@ -9,10 +9,12 @@ import uuid
 
 import grpc
 import pytest
+from parley.auth.v1 import auth_pb2
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 
 from parley_core.topology import PLATFORM_USER
 from parley_testing.stack import TIMEOUT_S, Stack
+from parley_testing.waiting import until
 
 
 def item(channel_id: str, body: str, authorization: str, key: str | None = None) -> messaging_pb2.PostItem:
@@ -94,3 +96,36 @@ async def test_only_the_gateway_sends_its_clients_posts_together(stack: Stack, i
         await other.PostMessages(request, timeout=TIMEOUT_S)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert stack.app("messaging").channels.get(created.channel_id).last_seq == 0
+
+
+async def test_an_item_of_a_revoked_session_is_refused_while_its_batch_lands(stack: Stack) -> None:
+    """Each item's sender is read as of now, as any call's is: a session revoked meanwhile posts
+    nothing, whoever's items travel with it."""
+    await stack.create_user("dora", "member")
+    first, second = await stack.login("dora"), await stack.login("dora")
+    revoked, current = f"Bearer {first.access_token}", f"Bearer {second.access_token}"
+    messaging = messaging_pb2_grpc.MessagingServiceStub(stack.internal("messaging"))
+    cid = (
+        await messaging.CreateChannel(
+            messaging_pb2.CreateChannelRequest(name="revoked"),
+            metadata=(("authorization", current),),
+            timeout=TIMEOUT_S,
+        )
+    ).channel_id
+    await stack.gateway().RevokeSession(
+        auth_pb2.RevokeSessionRequest(session_id=first.session_id),
+        metadata=(("authorization", current),),
+        timeout=TIMEOUT_S,
+    )
+    await until(lambda: stack.access("messaging").is_revoked(first.session_id), "messaging to see the revocation")
+
+    items = [item(cid, "before", current), item(cid, "revoked", revoked), item(cid, "after", current)]
+    response = await messaging.PostMessages(messaging_pb2.PostMessagesRequest(items=items), timeout=TIMEOUT_S)
+
+    assert [status(o) for o in response.outcomes] == [
+        grpc.StatusCode.OK,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.OK,
+    ]
+    assert response.outcomes[1].details == "this session was revoked; log in again"
+    assert [o.message.channel_seq for o in response.outcomes] == [1, 0, 2]
