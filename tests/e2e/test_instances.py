@@ -2,8 +2,9 @@
 behind the same addresses, and one channel written through both messaging instances at once.
 
 Each messaging instance is called directly (as a gateway instance calls it: the gateway's
-certificate and the user's token), so both are known to decide on the same channel at the same
-moments; the same idempotency key sent to both at once must store one message.
+certificate and the user's token; one send per call, or several in one PostMessages call as a
+gateway batches them), so both are known to decide on the same channel at the same moments; the
+same idempotency key sent to both at once must store one message.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 SENDERS_PER_INSTANCE = 3
 MESSAGES_PER_SENDER = 15
 SHARED_KEYS = 15  # sent to both instances at once
+BATCH = 5  # sends per PostMessages call of a batching sender
 
 
 @pytest.fixture(scope="module")
@@ -75,21 +77,47 @@ async def test_one_channel_written_through_both_messaging_instances_keeps_one_or
         message = await stub.PostMessage(request, metadata=metadata, timeout=30)
         return int(message.channel_seq)
 
-    async def sender(stub: messaging_pb2_grpc.MessagingServiceStub, name: str) -> dict[str, int]:
-        seqs = {}
-        for n in range(MESSAGES_PER_SENDER):
-            body = f"{name} {n}"
-            seqs[body] = await send(stub, body, uuid.uuid4().hex)
+    async def send_batch(stub: messaging_pb2_grpc.MessagingServiceStub, keyed: list[tuple[str, str]]) -> list[int]:
+        items = [
+            messaging_pb2.PostItem(
+                request=messaging_pb2.PostMessageRequest(channel_id=channel.channel_id, body=body, idempotency_key=key),
+                authorization=metadata[0][1],
+            )
+            for body, key in keyed
+        ]
+        outcomes = (await stub.PostMessages(messaging_pb2.PostMessagesRequest(items=items), timeout=30)).outcomes
+        assert [o.details for o in outcomes if o.code] == []
+        return [int(o.message.channel_seq) for o in outcomes]
+
+    async def sender(stub: messaging_pb2_grpc.MessagingServiceStub, name: str, batched: bool) -> dict[str, int]:
+        seqs: dict[str, int] = {}
+        for start in range(0, MESSAGES_PER_SENDER, BATCH if batched else 1):
+            keyed = [(f"{name} {n}", uuid.uuid4().hex) for n in range(start, start + (BATCH if batched else 1))]
+            if batched:
+                seqs.update(zip([body for body, _ in keyed], await send_batch(stub, keyed), strict=True))
+            else:
+                [(body, key)] = keyed
+                seqs[body] = await send(stub, body, key)
         return seqs
 
-    async def shared(n: int) -> tuple[str, list[int]]:
+    async def shared(n: int) -> list[tuple[str, list[int]]]:
         body, key = f"shared {n}", uuid.uuid4().hex
-        return body, list(await asyncio.gather(*(send(stub, body, key) for stub in stubs)))
+        return [(body, list(await asyncio.gather(*(send(stub, body, key) for stub in stubs))))]
+
+    async def shared_batch() -> list[tuple[str, list[int]]]:
+        keyed = [(f"shared batch {n}", uuid.uuid4().hex) for n in range(SHARED_KEYS)]
+        first, second = await asyncio.gather(*(send_batch(stub, keyed) for stub in stubs))
+        return [(body, [first[i], second[i]]) for i, (body, _) in enumerate(keyed)]
 
     try:
         results = await asyncio.gather(
-            *(sender(stub, f"i{i}s{s}") for i, stub in enumerate(stubs) for s in range(SENDERS_PER_INSTANCE)),
+            *(
+                sender(stub, f"i{i}s{s}", batched=s == 0)
+                for i, stub in enumerate(stubs)
+                for s in range(SENDERS_PER_INSTANCE)
+            ),
             *(shared(n) for n in range(SHARED_KEYS)),
+            shared_batch(),
         )
     finally:
         for grpc_channel in channels:
@@ -99,11 +127,11 @@ async def test_one_channel_written_through_both_messaging_instances_keeps_one_or
     for result in results:
         if isinstance(result, dict):
             acknowledged.update(result)
-        else:
-            body, seqs = result
+            continue
+        for body, seqs in result:
             assert seqs[0] == seqs[1], f"{body!r} stored twice: {seqs}"  # one key, one message
             acknowledged[body] = seqs[0]
-    total = 2 * SENDERS_PER_INSTANCE * MESSAGES_PER_SENDER + SHARED_KEYS
+    total = 2 * SENDERS_PER_INSTANCE * MESSAGES_PER_SENDER + 2 * SHARED_KEYS
     assert len(acknowledged) == total
     assert sorted(acknowledged.values()) == list(range(1, total + 1)), "numbers are one gap-free sequence"
 

@@ -19,7 +19,7 @@ from parley_core.actor import Actor
 from parley_core.bus import EventBus, ReceivedEvent, Replay
 from parley_core.envelope import NewEvent, open_payload
 from parley_core.errors import FailedPrecondition, PermissionDenied, Unavailable
-from parley_core.event_log import ANYWHERE, NEW, ChangedMeanwhile, EventLog, Position, position_of
+from parley_core.event_log import ANYWHERE, NEW, ChangedMeanwhile, EventLog, Position, Turn, position_of
 from parley_core.topology import CHANNELS_FILTER, STREAMS_BY_NAME, channel_subject
 from parley_testing.nats import NatsTestServer
 
@@ -146,6 +146,52 @@ async def test_two_instances_racing_on_one_aggregate_each_land_once(instances: t
         assert tally is not None
         assert tally.numbers == list(range(1, 31))
         assert tally.version == 30
+
+
+async def test_commands_decided_in_one_turn_land_in_order_each_with_its_own_outcome(
+    instances: tuple[Instance, Instance],
+) -> None:
+    """decide_and_append_each: each command decided on the aggregate as the one before it left
+    it; a refusal is that command's alone and the next is decided as if it had not been."""
+    one, _ = instances
+
+    def refuse(tally: Tally | None) -> tuple[list[NewEvent], int]:
+        raise PermissionDenied("not yours")
+
+    turns = [Turn(next_number), Turn(refuse), Turn(next_number), Turn(lambda tally: ([], 0)), Turn(next_number)]
+    outcomes = await one.log.decide_and_append_each(SUBJECT, one.read, turns)
+
+    assert [o[1] if isinstance(o, tuple) else type(o) for o in outcomes] == [1, PermissionDenied, 2, 0, 3]
+    tally = one.read()
+    assert tally is not None
+    assert tally.numbers == [1, 2, 3]
+    assert await one.bus.last_subject_seq("MSG", SUBJECT) == tally.last_stream_seq
+
+
+async def test_two_instances_deciding_in_turns_at_once_each_command_lands_once(
+    instances: tuple[Instance, Instance],
+) -> None:
+    """Optimistic concurrency holds per command of a turn: a command that lost a race to the
+    other instance is decided again on the aggregate as it now is."""
+    one, two = instances
+    each, turns_each = 5, 3
+    writers = [(EventLog(i.bus, i.replay, attempts=each * turns_each + 1), i.read) for i in (one, two)]
+    calls = [
+        log.decide_and_append_each(SUBJECT, read, [Turn(next_number)] * each)
+        for _ in range(turns_each)
+        for log, read in writers
+    ]
+
+    answers = [o[1] for outcomes in await asyncio.gather(*calls) for o in outcomes if isinstance(o, tuple)]
+
+    total = 2 * each * turns_each
+    assert sorted(answers) == list(range(1, total + 1))
+    await one.log.settle(SUBJECT)
+    await two.log.settle(SUBJECT)
+    for instance in (one, two):
+        tally = instance.read()
+        assert tally is not None
+        assert tally.numbers == list(range(1, total + 1))
 
 
 def stale_first(instance: Instance, stale: Tally, *, always: bool = False) -> Callable[[], Tally | None]:

@@ -8,6 +8,7 @@ with a status of the test's choosing. The gateway, its nats-server and its token
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -55,7 +56,8 @@ UPSTREAMS: tuple[ServiceDescriptor, ...] = (
 WITH_GATEWAY_LOGIC = {"EraseUserData"}
 # Reads messaging's primary failed to answer, sent again on its stable door (no key: writes are not).
 SENT_AGAIN = {"ListMyChannels", "ListMessageVersions", "ListThread"}
-RENAMED = {"SendMessage": "/parley.messaging.v1.MessagingService/PostMessage"}
+RENAMED = {"SendMessage": "/parley.messaging.v1.MessagingService/PostMessage"}  # an idle gateway's send
+POST_MESSAGES = "/parley.messaging.v1.MessagingService/PostMessages"  # sends that waited, together
 TRACE_ID = uuid.uuid4().hex
 TRACEPARENT = f"00-{TRACE_ID}-{uuid.uuid4().hex[:16]}-01"
 
@@ -81,6 +83,7 @@ class Seen:
     method: str
     metadata: dict[str, str]
     time_remaining: float | None
+    request: bytes
 
 
 @dataclass
@@ -89,14 +92,16 @@ class StandIn(grpc.GenericRpcHandler):
 
     code: grpc.StatusCode = grpc.StatusCode.FAILED_PRECONDITION
     calls: list[Seen] = field(default_factory=list)
+    codes: dict[str, grpc.StatusCode] = field(default_factory=dict)  # a method refused otherwise
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any]:
         method = handler_call_details.method
 
         async def refuse(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
             metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-            self.calls.append(Seen(method, metadata, context.time_remaining()))
-            await context.abort(self.code, f"{self.code.name.lower()} from {method}")
+            self.calls.append(Seen(method, metadata, context.time_remaining(), request))
+            code = self.codes.get(method, self.code)
+            await context.abort(code, f"{code.name.lower()} from {method}")
             raise AssertionError("abort raises")
 
         return grpc.unary_unary_rpc_method_handler(refuse)
@@ -267,6 +272,74 @@ async def test_a_write_is_sent_again_on_the_stable_door_only_with_its_idempotenc
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, name
         assert [len(forwarding.messaging.calls), len(forwarding.stable_messaging.calls)] == [1, 1], name
         assert forwarding.stable_messaging.calls[0].metadata["authorization"] == forwarding.sent_authorization
+
+
+def posted_items(calls: list[Seen]) -> list[messaging_pb2.PostItem]:
+    return [
+        item
+        for call in calls
+        if call.method == POST_MESSAGES
+        for item in messaging_pb2.PostMessagesRequest.FromString(call.request).items
+    ]
+
+
+async def test_sends_that_wait_go_together_each_as_sent_and_keyed_ones_again_on_the_stable_door(
+    forwarding: Forwarding,
+) -> None:
+    """Sends arriving while one is in flight go in one PostMessages call (send_batches), each item
+    with its client's own token, trace and deadline; the primary's failure (UNAVAILABLE) sends the
+    keyed ones again on the stable door, and each client gets its own answer."""
+    authorization = f"Bearer {forwarding.tokens.token('forwarding-owner', 'owner')}"
+    metadata = (("authorization", authorization), ("traceparent", TRACEPARENT))
+    keys = ["", *(f"key-{n}" for n in range(8))]
+
+    async def send(key: str) -> tuple[str, grpc.aio.AioRpcError]:
+        request = messaging_pb2.PostMessageRequest(channel_id="c", body="b", idempotency_key=key)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await forwarding.gateway.SendMessage(request, metadata=metadata, timeout=CALL_DEADLINE_S)
+        return key, caught.value
+
+    answers = dict(await asyncio.gather(*(send(key) for key in keys)))
+
+    batched = posted_items(forwarding.messaging.calls)
+    assert batched, "sends that arrived while one was in flight went together"
+    for item in batched:
+        assert item.authorization == authorization
+        assert item.traceparent.split("-")[1] == TRACE_ID
+        assert 0 < item.timeout_ms <= CALL_DEADLINE_S * 1000
+    assert all("authorization" not in c.metadata for c in forwarding.messaging.calls if c.method == POST_MESSAGES)
+    keyed = sorted(i.request.idempotency_key for i in batched if i.request.idempotency_key)
+    assert sorted(i.request.idempotency_key for i in posted_items(forwarding.stable_messaging.calls)) == keyed
+    unkeyed = answers.pop("")
+    assert unkeyed.code() == grpc.StatusCode.UNAVAILABLE
+    assert unkeyed.details().startswith("the service is briefly unavailable; retry shortly")
+    assert {error.code() for error in answers.values()} == {grpc.StatusCode.FAILED_PRECONDITION}
+
+
+async def test_sends_that_wait_go_alone_to_a_messaging_that_takes_no_batches(forwarding: Forwarding) -> None:
+    """A messaging instance of an earlier version (no PostMessages: UNIMPLEMENTED) is sent each
+    waiting send by itself, and each client gets that call's answer."""
+    forwarding.messaging.code = grpc.StatusCode.FAILED_PRECONDITION
+    forwarding.messaging.codes[POST_MESSAGES] = grpc.StatusCode.UNIMPLEMENTED
+    authorization = f"Bearer {forwarding.tokens.token('forwarding-owner', 'owner')}"
+    sends = 8
+
+    async def send(n: int) -> grpc.aio.AioRpcError:
+        request = messaging_pb2.PostMessageRequest(channel_id="c", body="b", idempotency_key=f"key-{n}")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await forwarding.gateway.SendMessage(
+                request, metadata=(("authorization", authorization),), timeout=CALL_DEADLINE_S
+            )
+        return caught.value
+
+    answers = await asyncio.gather(*(send(n) for n in range(sends)))
+
+    assert posted_items(forwarding.messaging.calls), "sends that arrived while one was in flight went together"
+    assert [c.method for c in forwarding.messaging.calls].count(RENAMED["SendMessage"]) == sends
+    assert {(a.code(), a.details()) for a in answers} == {
+        (grpc.StatusCode.FAILED_PRECONDITION, f"failed_precondition from {RENAMED['SendMessage']}")
+    }
+    assert forwarding.stable_messaging.calls == []  # a refusal is not sent again
 
 
 async def test_an_internal_failure_reaches_the_client_without_its_detail(forwarding: Forwarding) -> None:

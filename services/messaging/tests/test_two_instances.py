@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import grpc
 import pytest
 from nats.aio.msg import Msg
+from parley.gateway.v1 import gateway_pb2_grpc
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.messaging.v1.events_pb2 import MessagePosted
 
 from parley_core.bus import Replay
 from parley_core.envelope import decode, open_payload
+from parley_core.event_log import EventLog
 from parley_core.grpc_channel import secure_channel
 from parley_core.topology import channel_subject
 from parley_messaging.service import MessagingApp
@@ -87,6 +90,73 @@ async def test_concurrent_sends_through_two_instances_keep_order_and_idempotency
             numbered = {seq: r.current.message_id for seq, r in projected.messages.items()}
             assert numbered == {m.channel_seq: m.message_id for m in acknowledged.values()}
     finally:
+        await second.shutdown()
+
+
+async def test_sends_batched_through_two_gateways_to_two_instances_keep_order_and_idempotency(
+    stack: Stack, nats_server: NatsTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each gateway sends the sends that wait while its call is in flight as one PostMessages
+    call to its own messaging instance; every send is also retried at the same moment through the
+    other gateway (the same key): one message each, numbered without a gap."""
+    await stack.create_user("gwen", "member")
+    token = bearer((await stack.login("gwen")).access_token)
+    turns: list[int] = []  # commands per turn of a channel's lock, on either instance
+    decided_together = EventLog.decide_and_append_each
+
+    async def counted(log: EventLog, subject: str, read: Any, each: Any, **options: Any) -> Any:
+        turns.append(len(each))
+        return await decided_together(log, subject, read, each, **options)
+
+    monkeypatch.setattr(EventLog, "decide_and_append_each", counted)
+    second = await start_service(stack, nats_server, "messaging", registration="open")
+    first_port, stack.ports["messaging"] = stack.ports["messaging"], second.port
+    try:  # a second gateway, whose messaging is the second instance
+        second_gateway = await start_service(stack, nats_server, "gateway", registration="open")
+    except BaseException:
+        await second.shutdown()
+        raise
+    finally:
+        stack.ports["messaging"] = first_port
+    try:
+        channel = grpc.aio.secure_channel(
+            f"127.0.0.1:{second_gateway.port}",
+            grpc.ssl_channel_credentials(root_certificates=stack.pki.ca_pem()),
+            options=[("grpc.ssl_target_name_override", "gateway")],
+        )
+        stack.channels.append(channel)
+        gateways = (stack.gateway(), gateway_pb2_grpc.GatewayStub(channel))
+        created = await gateways[0].CreateChannel(
+            messaging_pb2.CreateChannelRequest(name="batched"), metadata=token, timeout=TIMEOUT_S
+        )
+        cid = created.channel_id
+        acknowledged: dict[str, messaging_pb2.ChatMessage] = {}
+
+        async def sender(gateway: int, n: int) -> None:
+            for i in range(SENDS_PER_SENDER):
+                request = messaging_pb2.PostMessageRequest(
+                    channel_id=cid, body=f"{gateway}-{n}-{i}", idempotency_key=uuid.uuid4().hex
+                )
+                sent, retried = await asyncio.gather(
+                    gateways[gateway].SendMessage(request, metadata=token, timeout=TIMEOUT_S),
+                    gateways[1 - gateway].SendMessage(request, metadata=token, timeout=TIMEOUT_S),
+                )
+                assert (retried.channel_seq, retried.message_id) == (sent.channel_seq, sent.message_id)
+                acknowledged[request.idempotency_key] = sent
+
+        await asyncio.gather(*(sender(g, n) for g in (0, 1) for n in range(SENDERS_PER_INSTANCE)))
+
+        total = 2 * SENDERS_PER_INSTANCE * SENDS_PER_SENDER
+        assert sorted(m.channel_seq for m in acknowledged.values()) == list(range(1, total + 1))
+        assert len({m.message_id for m in acknowledged.values()}) == total
+        assert max(turns) > 1, "sends waiting at a gateway were decided together"
+        apps: list[MessagingApp] = [stack.app("messaging"), second.app.app]
+        for app in apps:
+            await until(lambda app=app: app.channels.get(cid).last_seq == total, "both instances to see every post")
+            numbered = {seq: r.current.message_id for seq, r in app.channels.get(cid).messages.items()}
+            assert numbered == {m.channel_seq: m.message_id for m in acknowledged.values()}
+    finally:
+        await second_gateway.shutdown()
         await second.shutdown()
 
 

@@ -10,16 +10,19 @@ The write path of a send (docs/performance.md): no copy of the aggregate is made
 decision reads it and must not change it), and a decision that appends one event costs one
 append and nothing more: its own write is applied from the copy it sealed, when the replay
 delivers it or when the stream acknowledges it, whichever comes first (Replay.apply_own), with
-no decoding and no wait for the replay.
+no decoding and no wait for the replay. Commands waiting on one aggregate may be decided
+together, in one turn of its lock (decide_and_append_each).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import NamedTuple, Protocol, TypeVar
+from dataclasses import dataclass, field
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 import nats.errors
 
@@ -70,6 +73,16 @@ def position_of(aggregate: Versioned | None) -> Position:
 Decision = tuple[Sequence[NewEvent], R]
 
 
+@dataclass(frozen=True)
+class Turn(Generic[A, R]):
+    """One command of several decided on one aggregate in one turn of its lock
+    (EventLog.decide_and_append_each): its decision, and the context it is decided and appended
+    in (its own caller's trace and deadline)."""
+
+    decide: Callable[[A], Decision[R]]
+    scope: contextlib.AbstractContextManager[object] = field(default_factory=contextlib.nullcontext)
+
+
 class ChangedMeanwhile(FailedPrecondition):
     """A one-shot append lost its race: the aggregate changed after it was read."""
 
@@ -103,18 +116,52 @@ class EventLog:
         (then Unavailable, with `too_fast`).
         """
         async with self._locks[subject]:
-            for _ in range(self._attempts):
-                aggregate = read()
-                events, result = decide(aggregate)
-                if not events:
-                    return aggregate, result
-                at = position(aggregate)
+            return await self._decided(subject, read, decide, position, too_fast)
+
+    async def decide_and_append_each(
+        self,
+        subject: str,
+        read: Callable[[], A],
+        turns: Sequence[Turn[A, R]],
+        *,
+        position: Callable[[A], Position] = position_of,  # type: ignore[assignment]
+        too_fast: str = TOO_FAST,
+    ) -> list[tuple[A, R] | Exception]:
+        """Several commands on one aggregate, each as decide_and_append would make it, in one turn
+        of its lock and in order: each is decided on the aggregate as the ones before it left it.
+        Each has its own outcome: a refusal or a failed append is that command's alone (returned,
+        not raised), and the next one is decided on what the log holds then."""
+        outcomes: list[tuple[A, R] | Exception] = []
+        async with self._locks[subject]:
+            for turn in turns:
                 try:
-                    await self._append(subject, events, at)
-                except ConcurrencyConflict:
-                    await self.settle(at.of or subject)
-                    continue
-                return read(), result
+                    with turn.scope:
+                        outcomes.append(await self._decided(subject, read, turn.decide, position, too_fast))
+                except Exception as exc:  # the command's own outcome; the others go on
+                    outcomes.append(exc)
+        return outcomes
+
+    async def _decided(
+        self,
+        subject: str,
+        read: Callable[[], A],
+        decide: Callable[[A], Decision[R]],
+        position: Callable[[A], Position],
+        too_fast: str,
+    ) -> tuple[A, R]:
+        """Decide and append until the append lands at the position read (the caller holds the lock)."""
+        for _ in range(self._attempts):
+            aggregate = read()
+            events, result = decide(aggregate)
+            if not events:
+                return aggregate, result
+            at = position(aggregate)
+            try:
+                await self._append(subject, events, at)
+            except ConcurrencyConflict:
+                await self.settle(at.of or subject)
+                continue
+            return read(), result
         raise Unavailable(too_fast)
 
     async def append(

@@ -291,6 +291,9 @@ SERVICE_CHECKED_METHODS = frozenset(
         "/parley.storage.v1.StorageArchiveService/GetSchemaVersions",
         "/parley.storage.v1.StorageArchiveService/GetAuditChainState",
         "/parley.storage.v1.StorageArchiveService/WatchSecurityEvents",
+        # The gateway's waiting sends in one call: messaging takes it from the gateway only and
+        # checks each item's own token for messages.send (parley_messaging.post_batches).
+        "/parley.messaging.v1.MessagingService/PostMessages",
         # The patch registry checks the platform identity, node agents and the operator/admin
         # roles itself (parley_patch_registry.registry), with the caller's current role.
         "/parley.patch.v1.PatchService/PublishRelease",

@@ -10,7 +10,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import grpc
 import nats.errors
@@ -102,6 +102,29 @@ EVENT_LOG_UNANSWERED = (
 )
 
 
+class FailureStatus(NamedTuple):
+    code: grpc.StatusCode
+    details: str
+    outcome_unknown: bool  # UNAVAILABLE, and a write may have landed: retry it (the same key)
+
+
+def failure_status(exc: BaseException, method: str) -> FailureStatus:
+    """The one gRPC status a call (or one item of a batch call) that raised `exc` answers with."""
+    if isinstance(exc, DomainError):
+        return FailureStatus(status_for(exc), str(exc), isinstance(exc, OutcomeUnknown))
+    if isinstance(exc, EVENT_LOG_UNANSWERED):
+        # The event log did not answer (a read or a write): no fault of ours to hide behind
+        # INTERNAL, and a write may have landed, so the caller is told to retry, not to give up.
+        log.warning("event log did not answer in %s: %r", method, exc)
+        return FailureStatus(grpc.StatusCode.UNAVAILABLE, EVENT_LOG_SILENT, True)
+    if isinstance(exc, grpc.aio.AioRpcError):
+        # A downstream refusal passes through with its own status and message.
+        return FailureStatus(exc.code(), exc.details() or exc.code().name, False)
+    ref = uuid.uuid4().hex[:12]
+    log.error("unhandled error in %s (ref %s)", method, ref, exc_info=exc)
+    return FailureStatus(grpc.StatusCode.INTERNAL, f"internal error (reference {ref})", False)
+
+
 class CallerCheckAndErrors(HandlerWrapper):
     """Refuses peers not allowed to call this service and maps errors to one gRPC status each.
 
@@ -128,22 +151,10 @@ class CallerCheckAndErrors(HandlerWrapper):
             return None
 
         async def fail(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
-            if isinstance(exc, OutcomeUnknown):
+            failed = failure_status(exc, method)
+            if failed.outcome_unknown:
                 context.set_trailing_metadata(((OUTCOME_METADATA, OUTCOME_UNKNOWN),))
-            if isinstance(exc, DomainError):
-                await context.abort(status_for(exc), str(exc))
-            if isinstance(exc, EVENT_LOG_UNANSWERED):
-                # The event log did not answer (a read or a write): no fault of ours to hide behind
-                # INTERNAL, and a write may have landed, so the caller is told to retry, not to give up.
-                log.warning("event log did not answer in %s: %r", method, exc)
-                context.set_trailing_metadata(((OUTCOME_METADATA, OUTCOME_UNKNOWN),))
-                await context.abort(grpc.StatusCode.UNAVAILABLE, EVENT_LOG_SILENT)
-            if isinstance(exc, grpc.aio.AioRpcError):
-                # A downstream refusal passes through with its own status and message.
-                await context.abort(exc.code(), exc.details() or exc.code().name)
-            ref = uuid.uuid4().hex[:12]
-            log.error("unhandled error in %s (ref %s)", method, ref, exc_info=exc)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error (reference {ref})")
+            await context.abort(failed.code, failed.details)
 
         async def admit(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
             """Refuses a peer not allowed here and a request that did not decode (aborts the call)."""

@@ -98,13 +98,22 @@ async def forward(
             log.info("sent again on a stable instance", extra={"code": first.code().name, "detail": first.details()})
             return await again(request, metadata=fwd.metadata, timeout=Forwarded.of(context).timeout)
     except grpc.aio.AioRpcError as exc:
-        if outcome_unknown(exc):
-            # A write that may or may not have landed: the service's words (retry with the same
-            # key) and its marker, which the SDK retries on, reach the client as they are.
-            context.set_trailing_metadata(((OUTCOME_METADATA, OUTCOME_UNKNOWN),))
-            await context.abort(grpc.StatusCode.UNAVAILABLE, exc.details() or OUTCOME_UNKNOWN_MESSAGE)
-        if (public := HIDDEN_DETAIL.get(exc.code())) is None:
+        unknown = outcome_unknown(exc)
+        if not unknown and exc.code() not in HIDDEN_DETAIL:
             raise  # a refusal of the client's request: its message is meant for the client
-        log.warning("internal call failed", extra={"code": exc.code().name, "detail": exc.details()})
-        await context.abort(exc.code(), public)
+        await answer_failure(context, exc.code(), exc.details() or "", unknown=unknown)
         raise  # abort raises; this keeps type checkers informed
+
+
+async def answer_failure(context: Context, code: grpc.StatusCode, details: str, *, unknown: bool) -> None:
+    """End the client's call with an internal call's failure (aborts): a refusal's own message, an
+    internal failure's public words, a write of unknown outcome as the service put it."""
+    if unknown:
+        # A write that may or may not have landed: the service's words (retry with the same
+        # key) and its marker, which the SDK retries on, reach the client as they are.
+        context.set_trailing_metadata(((OUTCOME_METADATA, OUTCOME_UNKNOWN),))
+        await context.abort(grpc.StatusCode.UNAVAILABLE, details or OUTCOME_UNKNOWN_MESSAGE)
+    if (public := HIDDEN_DETAIL.get(code)) is not None:
+        log.warning("internal call failed", extra={"code": code.name, "detail": details})
+        await context.abort(code, public)
+    await context.abort(code, details or code.name)

@@ -35,6 +35,7 @@ from parley_gateway.forwarding import Context, forward
 from parley_gateway.limits import Admission, GatewayLimits, LiveStreamCaps, RateLimited
 from parley_gateway.live import LiveSubscriber
 from parley_gateway.routes import ROUTES, Again, Bound, Upstream, bind
+from parley_gateway.send_batches import SendBatches
 from parley_gateway.subscriptions import Backlog, backlog_events, joined
 from parley_gateway.web import BrowserApp, BrowserListener, WebFiles
 from parley_gateway.web_api import GatewayConnectApp
@@ -52,6 +53,7 @@ NO_REGISTRY = "this platform runs no patch registry: fleet, findings and roll-ou
 
 class GatewayApp(gateway_pb2_grpc.GatewayServicer):
     _feed: ChannelFeed  # from start() on
+    _sends: SendBatches  # from start() on: clients' sends, to messaging in batches
 
     def __init__(self, limits: GatewayLimits | None = None) -> None:
         self._ctx: RunContext | None = None
@@ -99,6 +101,8 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
             Upstream.FLEET: None if registry is None else fleet_pb2_grpc.FleetServiceStub(registry),
         }
         self._routes = bind(upstreams, stable=self._stable_messaging)
+        stable_post = None if self._stable_messaging is None else self._stable_messaging.PostMessages
+        self._sends = SendBatches(self._send_alone, self._messaging.PostMessages, stable_post)
         gateway_pb2_grpc.add_GatewayServicer_to_server(self, ctx.server)
         ctx.add_service_name(gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name)
         if s.web_listen_address:
@@ -180,6 +184,12 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
     ) -> messaging_pb2.ChatMessage:
         assert self._messaging is not None
         await self._admit(request, context)
+        return await self._sends.send(request, context)
+
+    async def _send_alone(
+        self, request: messaging_pb2.PostMessageRequest, context: Context
+    ) -> messaging_pb2.ChatMessage:
+        assert self._messaging is not None
         again = self._again("PostMessage", bool(request.idempotency_key))
         return await forward(self._messaging.PostMessage, request, context, again=again)
 

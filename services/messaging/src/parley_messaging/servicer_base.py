@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from functools import partial
 from typing import Any
 
@@ -17,7 +18,7 @@ from parley.storage.v1 import storage_pb2_grpc
 from parley_core.bus import DurableConsumer, ReceivedEvent, Replay
 from parley_core.envelope import NewEvent
 from parley_core.errors import InvalidArgument, NotFound
-from parley_core.event_log import EventLog
+from parley_core.event_log import EventLog, Turn
 from parley_core.run_context import RunContext
 from parley_core.server_interceptors import peer_names
 from parley_core.tokens import bearer_token
@@ -60,6 +61,15 @@ def checked_reason(reason: str) -> str:
     if len(reason) > 500:
         raise InvalidArgument("reason must be at most 500 characters")
     return reason
+
+
+def _decision(actor: str, command: object) -> Callable[[Channel], tuple[list[NewEvent], cmd.Decision]]:
+    def decide(channel: Channel) -> tuple[list[NewEvent], cmd.Decision]:
+        decision = cmd.decide(channel, command)
+        events = decision[0]
+        return ([new_event(events[0], actor)] if events else []), decision  # one event per command at most
+
+    return decide
 
 
 class MessagingBase(messaging_pb2_grpc.MessagingServiceServicer):
@@ -153,17 +163,24 @@ class MessagingBase(messaging_pb2_grpc.MessagingServiceServicer):
 
     async def _decide(self, channel_id: str, actor: str, command: object) -> tuple[Channel, cmd.Decision]:
         """The channel after `command` (decisions.decide), and the decision that holds."""
+        read = await self._reader(channel_id)
+        return await self.event_log.decide_and_append(channel_subject(channel_id), read, _decision(actor, command))
+
+    async def _decide_each(
+        self, channel_id: str, commands: Sequence[tuple[str, object, AbstractContextManager[object]]]
+    ) -> list[tuple[Channel, cmd.Decision] | Exception]:
+        """Several (actor, command, scope) on one channel in one turn of its lock, in order: each
+        one's channel after it and decision, or its own refusal (EventLog.decide_and_append_each)."""
+        read = await self._reader(channel_id)
+        turns = [Turn(_decision(actor, command), scope) for actor, command, scope in commands]
+        return await self.event_log.decide_and_append_each(channel_subject(channel_id), read, turns)
+
+    async def _reader(self, channel_id: str) -> Callable[[], Channel]:
+        """How the write path reads the channel, once it is known to exist here."""
         if not channel_id:
             raise InvalidArgument("channel_id is required")
         await self.log_tail.check(await self._caught_up(channel_id))
-
-        def decide(channel: Channel) -> tuple[list[NewEvent], cmd.Decision]:
-            decision = cmd.decide(channel, command)
-            events = decision[0]
-            return ([new_event(events[0], actor)] if events else []), decision  # one event per command at most
-
-        read = lambda: self.channels.get(channel_id)  # noqa: E731
-        return await self.event_log.decide_and_append(channel_subject(channel_id), read, decide)
+        return lambda: self.channels.get(channel_id)
 
     async def _caught_up(self, channel_id: str) -> Channel:
         """The channel; one this instance has not applied yet (created a moment ago through

@@ -338,6 +338,120 @@ class PostMessageRequest(_message.Message):
 Global___PostMessageRequest: _TypeAlias = PostMessageRequest  # noqa: Y015
 
 @_typing.final
+class PostMessagesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___PostItem]:
+        """a channel's items are decided in this order"""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___PostItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PostMessagesRequest: _TypeAlias = PostMessagesRequest  # noqa: Y015
+
+@_typing.final
+class PostItem(_message.Message):
+    """One client's send, as the gateway received it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    AUTHORIZATION_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
+    TRACESTATE_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    authorization: _builtins.str
+    """the sender's "Bearer <token>", as its own call carried it"""
+    traceparent: _builtins.str
+    """the sender's trace context (W3C)"""
+    tracestate: _builtins.str
+    timeout_ms: _builtins.int
+    """what was left of the sender's deadline when the gateway sent it"""
+    @_builtins.property
+    def request(self) -> Global___PostMessageRequest: ...
+    def __init__(
+        self,
+        *,
+        request: Global___PostMessageRequest | None = ...,
+        authorization: _builtins.str = ...,
+        traceparent: _builtins.str = ...,
+        tracestate: _builtins.str = ...,
+        timeout_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorization", b"authorization", "request", b"request", "timeout_ms", b"timeout_ms", "traceparent", b"traceparent", "tracestate", b"tracestate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PostItem: _TypeAlias = PostItem  # noqa: Y015
+
+@_typing.final
+class PostMessagesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def outcomes(self) -> _containers.RepeatedCompositeFieldContainer[Global___PostOutcome]:
+        """one per item, in the request's order"""
+
+    def __init__(
+        self,
+        *,
+        outcomes: _abc.Iterable[Global___PostOutcome] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcomes", b"outcomes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PostMessagesResponse: _TypeAlias = PostMessagesResponse  # noqa: Y015
+
+@_typing.final
+class PostOutcome(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
+    OUTCOME_UNKNOWN_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """the gRPC status code the sender's own PostMessage would have had"""
+    details: _builtins.str
+    outcome_unknown: _builtins.bool
+    """UNAVAILABLE, and the post may or may not have landed: retry with the same key"""
+    @_builtins.property
+    def message(self) -> Global___ChatMessage:
+        """when code is 0 (OK)"""
+
+    def __init__(
+        self,
+        *,
+        message: Global___ChatMessage | None = ...,
+        code: _builtins.int = ...,
+        details: _builtins.str = ...,
+        outcome_unknown: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "details", b"details", "message", b"message", "outcome_unknown", b"outcome_unknown"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PostOutcome: _TypeAlias = PostOutcome  # noqa: Y015
+
+@_typing.final
 class EditMessageRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

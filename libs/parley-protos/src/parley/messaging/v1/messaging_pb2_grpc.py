@@ -57,6 +57,11 @@ class MessagingServiceStub:
                 request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PostMessageRequest.SerializeToString,
                 response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.FromString,
                 _registered_method=True)
+        self.PostMessages = channel.unary_unary(
+                '/parley.messaging.v1.MessagingService/PostMessages',
+                request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PostMessagesRequest.SerializeToString,
+                response_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PostMessagesResponse.FromString,
+                _registered_method=True)
         self.EditMessage = channel.unary_unary(
                 '/parley.messaging.v1.MessagingService/EditMessage',
                 request_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.EditMessageRequest.SerializeToString,
@@ -169,6 +174,15 @@ class MessagingServiceServicer:
 
     def PostMessage(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PostMessages(self, request, context):
+        """The gateway's sends that waited while its previous call was in flight, in one call. Each
+        item carries its sender's own token (checked here item by item: the gateway's certificate
+        alone posts as no one) and gets its own outcome; one item's refusal fails no other.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -306,6 +320,11 @@ def add_MessagingServiceServicer_to_server(servicer, server):
                     servicer.PostMessage,
                     request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PostMessageRequest.FromString,
                     response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.SerializeToString,
+            ),
+            'PostMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.PostMessages,
+                    request_deserializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PostMessagesRequest.FromString,
+                    response_serializer=parley_dot_messaging_dot_v1_dot_messaging__pb2.PostMessagesResponse.SerializeToString,
             ),
             'EditMessage': grpc.unary_unary_rpc_method_handler(
                     servicer.EditMessage,
@@ -503,6 +522,33 @@ class MessagingService:
             '/parley.messaging.v1.MessagingService/PostMessage',
             parley_dot_messaging_dot_v1_dot_messaging__pb2.PostMessageRequest.SerializeToString,
             parley_dot_messaging_dot_v1_dot_messaging__pb2.ChatMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PostMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.messaging.v1.MessagingService/PostMessages',
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.PostMessagesRequest.SerializeToString,
+            parley_dot_messaging_dot_v1_dot_messaging__pb2.PostMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,11 @@ class MessagingServiceStub:
     JoinChannel: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.JoinChannelRequest, _messaging_pb2.Channel]
     ListMyChannels: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ListMyChannelsRequest, _messaging_pb2.ListMyChannelsResponse]
     PostMessage: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.PostMessageRequest, _messaging_pb2.ChatMessage]
+    PostMessages: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.PostMessagesRequest, _messaging_pb2.PostMessagesResponse]
+    """The gateway's sends that waited while its previous call was in flight, in one call. Each
+    item carries its sender's own token (checked here item by item: the gateway's certificate
+    alone posts as no one) and gets its own outcome; one item's refusal fails no other.
+    """
     EditMessage: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.EditMessageRequest, _messaging_pb2.ChatMessage]
     RedactMessage: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.RedactMessageRequest, _messaging_pb2.ChatMessage]
     ListMessageVersions: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.ListMessageVersionsRequest, _messaging_pb2.ListMessageVersionsResponse]
@@ -80,6 +85,11 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     JoinChannel: _aio.UnaryUnaryMultiCallable[_messaging_pb2.JoinChannelRequest, _messaging_pb2.Channel]  # type: ignore[assignment]
     ListMyChannels: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ListMyChannelsRequest, _messaging_pb2.ListMyChannelsResponse]  # type: ignore[assignment]
     PostMessage: _aio.UnaryUnaryMultiCallable[_messaging_pb2.PostMessageRequest, _messaging_pb2.ChatMessage]  # type: ignore[assignment]
+    PostMessages: _aio.UnaryUnaryMultiCallable[_messaging_pb2.PostMessagesRequest, _messaging_pb2.PostMessagesResponse]  # type: ignore[assignment]
+    """The gateway's sends that waited while its previous call was in flight, in one call. Each
+    item carries its sender's own token (checked here item by item: the gateway's certificate
+    alone posts as no one) and gets its own outcome; one item's refusal fails no other.
+    """
     EditMessage: _aio.UnaryUnaryMultiCallable[_messaging_pb2.EditMessageRequest, _messaging_pb2.ChatMessage]  # type: ignore[assignment]
     RedactMessage: _aio.UnaryUnaryMultiCallable[_messaging_pb2.RedactMessageRequest, _messaging_pb2.ChatMessage]  # type: ignore[assignment]
     ListMessageVersions: _aio.UnaryUnaryMultiCallable[_messaging_pb2.ListMessageVersionsRequest, _messaging_pb2.ListMessageVersionsResponse]  # type: ignore[assignment]
@@ -141,6 +151,17 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _messaging_pb2.PostMessageRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_messaging_pb2.ChatMessage, _abc.Awaitable[_messaging_pb2.ChatMessage]]: ...
+
+    @_abc_1.abstractmethod
+    def PostMessages(
+        self,
+        request: _messaging_pb2.PostMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.PostMessagesResponse, _abc.Awaitable[_messaging_pb2.PostMessagesResponse]]:
+        """The gateway's sends that waited while its previous call was in flight, in one call. Each
+        item carries its sender's own token (checked here item by item: the gateway's certificate
+        alone posts as no one) and gets its own outcome; one item's refusal fails no other.
+        """
 
     @_abc_1.abstractmethod
     def EditMessage(

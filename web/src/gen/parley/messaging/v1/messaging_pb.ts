@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/messaging/v1/messaging.proto.
  */
 export const file_parley_messaging_v1_messaging: GenFile = /*@__PURE__*/
-  fileDesc("CiNwYXJsZXkvbWVzc2FnaW5nL3YxL21lc3NhZ2luZy5wcm90bxITcGFybGV5Lm1lc3NhZ2luZy52MSL9AgoHQ2hhbm5lbBISCgpjaGFubmVsX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSEgoKbWVtYmVyX2lkcxgDIAMoCRIQCghsYXN0X3NlcRgEIAEoBBIRCgllbmNyeXB0ZWQYBSABKAgSDwoHcHJpdmF0ZRgGIAEoCBIOCgZkaXJlY3QYByABKAgSDQoFdG9waWMYCCABKAkSNgoFcm9sZXMYCSADKAsyJy5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYW5uZWwuUm9sZXNFbnRyeRIgChhoaWRlX2hpc3RvcnlfYmVmb3JlX2pvaW4YCiABKAgSGAoQdmlzaWJsZV9mcm9tX3NlcRgLIAEoBBIQCghyZWFkX3NlcRgMIAEoBBIUCgx1bnJlYWRfY291bnQYDSABKAQSHQoVdmlzaWJsZV9mcm9tX3Bvc2l0aW9uGA4gASgEGiwKClJvbGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLqAgoLQ2hhdE1lc3NhZ2USEgoKY2hhbm5lbF9pZBgBIAEoCRISCgptZXNzYWdlX2lkGAIgASgJEhEKCXNlbmRlcl9pZBgDIAEoCRITCgtjaGFubmVsX3NlcRgEIAEoBBIMCgRib2R5GAUgASgJEisKB3NlbnRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC3NlbmRlcl9uYW1lGAcgASgJEhAKCHBvc2l0aW9uGAggASgEEhAKCHJlZGFjdGVkGAkgASgIEhIKCmVkaXRfY291bnQYCiABKA0SFwoPdGhyZWFkX3Jvb3Rfc2VxGAsgASgEEhMKC3JlcGx5X2NvdW50GAwgASgNEjUKCXJlYWN0aW9ucxgNIAMoCzIiLnBhcmxleS5tZXNzYWdpbmcudjEuUmVhY3Rpb25Db3VudBIOCgZlcmFzZWQYFCABKAgSDgoGZWRpdGVkGBUgASgIIjAKDVJlYWN0aW9uQ291bnQSDQoFZW1vamkYASABKAkSEAoIdXNlcl9pZHMYAiADKAkigwEKFENyZWF0ZUNoYW5uZWxSZXF1ZXN0EgwKBG5hbWUYASABKAkSEQoJZW5jcnlwdGVkGAIgASgIEg8KB3ByaXZhdGUYAyABKAgSIAoYaGlkZV9oaXN0b3J5X2JlZm9yZV9qb2luGAQgASgIEhcKD2lkZW1wb3RlbmN5X2tleRgFIAEoCSI2ChJKb2luQ2hhbm5lbFJlcXVlc3QSEgoKY2hhbm5lbF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJIhcKFUxpc3RNeUNoYW5uZWxzUmVxdWVzdCJIChZMaXN0TXlDaGFubmVsc1Jlc3BvbnNlEi4KCGNoYW5uZWxzGAEgAygLMhwucGFybGV5Lm1lc3NhZ2luZy52MS5DaGFubmVsImgKElBvc3RNZXNzYWdlUmVxdWVzdBISCgpjaGFubmVsX2lkGAEgASgJEgwKBGJvZHkYAiABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJEhcKD3RocmVhZF9yb290X3NlcRgEIAEoBCJLChJFZGl0TWVzc2FnZVJlcXVlc3QSEgoKY2hhbm5lbF9pZBgBIAEoCRITCgtjaGFubmVsX3NlcRgCIAEoBBIMCgRib2R5GAMgASgJIk8KFFJlZGFjdE1lc3NhZ2VSZXF1ZXN0EhIKCmNoYW5uZWxfaWQYASABKAkSEwoLY2hhbm5lbF9zZXEYAiABKAQSDgoGcmVhc29uGAMgASgJIkUKGkxpc3RNZXNzYWdlVmVyc2lvbnNSZXF1ZXN0EhIKCmNoYW5uZWxfaWQYASABKAkSEwoLY2hhbm5lbF9zZXEYAiABKAQiLQobTGlzdE1lc3NhZ2VWZXJzaW9uc1Jlc3BvbnNlEg4KBmJvZGllcxgBIAMoCSIpChNMZWF2ZUNoYW5uZWxSZXF1ZXN0EhIKCmNoYW5uZWxfaWQYASABKAkiSgoTU2VuZFRvRGV2aWNlUmVxdWVzdBIzCghtZXNzYWdlcxgBIAMoCzIhLnBhcmxleS5tZXNzYWdpbmcudjEuVG9EZXZpY2VTZW50IhYKFFNlbmRUb0RldmljZVJlc3BvbnNlIlEKFEZldGNoVG9EZXZpY2VSZXF1ZXN0EhEKCWRldmljZV9pZBgBIAEoCRIXCg9hZnRlcl9xdWV1ZV9zZXEYAiABKAQSDQoFbGltaXQYAyABKA0iTAoVRmV0Y2hUb0RldmljZVJlc3BvbnNlEjMKCG1lc3NhZ2VzGAEgAygLMiEucGFybGV5Lm1lc3NhZ2luZy52MS5Ub0RldmljZVNlbnQiWgoaQ3JlYXRlRGlyZWN0Q2hhbm5lbFJlcXVlc3QSEAoIdXNlcl9pZHMYASADKAkSEQoJZW5jcnlwdGVkGAIgASgIEhcKD2lkZW1wb3RlbmN5X2tleRgDIAEoCSJKChNNZW1iZXJBY3Rpb25SZXF1ZXN0EhIKCmNoYW5uZWxfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIOCgZyZWFzb24YAyABKAkiSQoUU2V0TWVtYmVyUm9sZVJlcXVlc3QSEgoKY2hhbm5lbF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEgwKBHJvbGUYAyABKAkiZAoUVXBkYXRlQ2hhbm5lbFJlcXVlc3QSEgoKY2hhbm5lbF9pZBgBIAEoCRIRCgRuYW1lGAIgASgJSACIAQESEgoFdG9waWMYAyABKAlIAYgBAUIHCgVfbmFtZUIICgZfdG9waWMiPgoaU2V0Q2hhbm5lbFJldGVudGlvblJlcXVlc3QSEgoKY2hhbm5lbF9pZBgBIAEoCRIMCgRkYXlzGAIgASgNIlsKEUxpc3RUaHJlYWRSZXF1ZXN0EhIKCmNoYW5uZWxfaWQYASABKAkSEAoIcm9vdF9zZXEYAiABKAQSEQoJYWZ0ZXJfc2VxGAMgASgEEg0KBWxpbWl0GAQgASgNIokBChJMaXN0VGhyZWFkUmVzcG9uc2USLgoEcm9vdBgBIAEoCzIgLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhdE1lc3NhZ2USMQoHcmVwbGllcxgCIAMoCzIgLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhdE1lc3NhZ2USEAoIaGFzX21vcmUYAyABKAgiVgoMUmVhY3RSZXF1ZXN0EhIKCmNoYW5uZWxfaWQYASABKAkSEwoLY2hhbm5lbF9zZXEYAiABKAQSDQoFZW1vamkYAyABKAkSDgoGcmVtb3ZlGAQgASgIIjoKD01hcmtSZWFkUmVxdWVzdBISCgpjaGFubmVsX2lkGAEgASgJEhMKC2NoYW5uZWxfc2VxGAIgASgEIhgKFkxpc3RJbnZpdGF0aW9uc1JlcXVlc3QikwEKCkludml0YXRpb24SEgoKY2hhbm5lbF9pZBgBIAEoCRIUCgxjaGFubmVsX25hbWUYAiABKAkSEgoKaW52aXRlZF9ieRgDIAEoCRIPCgdwcml2YXRlGAQgASgIEhEKCWVuY3J5cHRlZBgFIAEoCBIUCgxtZW1iZXJfY291bnQYBiABKA0SDQoFdG9waWMYByABKAkiTwoXTGlzdEludml0YXRpb25zUmVzcG9uc2USNAoLaW52aXRhdGlvbnMYASADKAsyHy5wYXJsZXkubWVzc2FnaW5nLnYxLkludml0YXRpb24iLgoYRGVjbGluZUludml0YXRpb25SZXF1ZXN0EhIKCmNoYW5uZWxfaWQYASABKAkiGwoZRGVjbGluZUludml0YXRpb25SZXNwb25zZTLWDwoQTWVzc2FnaW5nU2VydmljZRJYCg1DcmVhdGVDaGFubmVsEikucGFybGV5Lm1lc3NhZ2luZy52MS5DcmVhdGVDaGFubmVsUmVxdWVzdBocLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhbm5lbBJUCgtKb2luQ2hhbm5lbBInLnBhcmxleS5tZXNzYWdpbmcudjEuSm9pbkNoYW5uZWxSZXF1ZXN0GhwucGFybGV5Lm1lc3NhZ2luZy52MS5DaGFubmVsEmkKDkxpc3RNeUNoYW5uZWxzEioucGFybGV5Lm1lc3NhZ2luZy52MS5MaXN0TXlDaGFubmVsc1JlcXVlc3QaKy5wYXJsZXkubWVzc2FnaW5nLnYxLkxpc3RNeUNoYW5uZWxzUmVzcG9uc2USWAoLUG9zdE1lc3NhZ2USJy5wYXJsZXkubWVzc2FnaW5nLnYxLlBvc3RNZXNzYWdlUmVxdWVzdBogLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhdE1lc3NhZ2USWAoLRWRpdE1lc3NhZ2USJy5wYXJsZXkubWVzc2FnaW5nLnYxLkVkaXRNZXNzYWdlUmVxdWVzdBogLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhdE1lc3NhZ2USXAoNUmVkYWN0TWVzc2FnZRIpLnBhcmxleS5tZXNzYWdpbmcudjEuUmVkYWN0TWVzc2FnZVJlcXVlc3QaIC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYXRNZXNzYWdlEngKE0xpc3RNZXNzYWdlVmVyc2lvbnMSLy5wYXJsZXkubWVzc2FnaW5nLnYxLkxpc3RNZXNzYWdlVmVyc2lvbnNSZXF1ZXN0GjAucGFybGV5Lm1lc3NhZ2luZy52MS5MaXN0TWVzc2FnZVZlcnNpb25zUmVzcG9uc2USVgoMTGVhdmVDaGFubmVsEigucGFybGV5Lm1lc3NhZ2luZy52MS5MZWF2ZUNoYW5uZWxSZXF1ZXN0GhwucGFybGV5Lm1lc3NhZ2luZy52MS5DaGFubmVsEmQKE0NyZWF0ZURpcmVjdENoYW5uZWwSLy5wYXJsZXkubWVzc2FnaW5nLnYxLkNyZWF0ZURpcmVjdENoYW5uZWxSZXF1ZXN0GhwucGFybGV5Lm1lc3NhZ2luZy52MS5DaGFubmVsElYKDEludml0ZU1lbWJlchIoLnBhcmxleS5tZXNzYWdpbmcudjEuTWVtYmVyQWN0aW9uUmVxdWVzdBocLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhbm5lbBJUCgpLaWNrTWVtYmVyEigucGFybGV5Lm1lc3NhZ2luZy52MS5NZW1iZXJBY3Rpb25SZXF1ZXN0GhwucGFybGV5Lm1lc3NhZ2luZy52MS5DaGFubmVsElMKCUJhbk1lbWJlchIoLnBhcmxleS5tZXNzYWdpbmcudjEuTWVtYmVyQWN0aW9uUmVxdWVzdBocLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhbm5lbBJVCgtVbmJhbk1lbWJlchIoLnBhcmxleS5tZXNzYWdpbmcudjEuTWVtYmVyQWN0aW9uUmVxdWVzdBocLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhbm5lbBJYCg1TZXRNZW1iZXJSb2xlEikucGFybGV5Lm1lc3NhZ2luZy52MS5TZXRNZW1iZXJSb2xlUmVxdWVzdBocLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhbm5lbBJYCg1VcGRhdGVDaGFubmVsEikucGFybGV5Lm1lc3NhZ2luZy52MS5VcGRhdGVDaGFubmVsUmVxdWVzdBocLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhbm5lbBJdCgpMaXN0VGhyZWFkEiYucGFybGV5Lm1lc3NhZ2luZy52MS5MaXN0VGhyZWFkUmVxdWVzdBonLnBhcmxleS5tZXNzYWdpbmcudjEuTGlzdFRocmVhZFJlc3BvbnNlEkwKBVJlYWN0EiEucGFybGV5Lm1lc3NhZ2luZy52MS5SZWFjdFJlcXVlc3QaIC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYXRNZXNzYWdlEk4KCE1hcmtSZWFkEiQucGFybGV5Lm1lc3NhZ2luZy52MS5NYXJrUmVhZFJlcXVlc3QaHC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYW5uZWwSbAoPTGlzdEludml0YXRpb25zEisucGFybGV5Lm1lc3NhZ2luZy52MS5MaXN0SW52aXRhdGlvbnNSZXF1ZXN0GiwucGFybGV5Lm1lc3NhZ2luZy52MS5MaXN0SW52aXRhdGlvbnNSZXNwb25zZRJyChFEZWNsaW5lSW52aXRhdGlvbhItLnBhcmxleS5tZXNzYWdpbmcudjEuRGVjbGluZUludml0YXRpb25SZXF1ZXN0Gi4ucGFybGV5Lm1lc3NhZ2luZy52MS5EZWNsaW5lSW52aXRhdGlvblJlc3BvbnNlEnAKE1NldENoYW5uZWxSZXRlbnRpb24SLy5wYXJsZXkubWVzc2FnaW5nLnYxLlNldENoYW5uZWxSZXRlbnRpb25SZXF1ZXN0GigucGFybGV5Lm1lc3NhZ2luZy52MS5DaGFubmVsUmV0ZW50aW9uU2V0Mt8BChBEZXZpY2VLZXlTZXJ2aWNlEmMKDFNlbmRUb0RldmljZRIoLnBhcmxleS5tZXNzYWdpbmcudjEuU2VuZFRvRGV2aWNlUmVxdWVzdBopLnBhcmxleS5tZXNzYWdpbmcudjEuU2VuZFRvRGV2aWNlUmVzcG9uc2USZgoNRmV0Y2hUb0RldmljZRIpLnBhcmxleS5tZXNzYWdpbmcudjEuRmV0Y2hUb0RldmljZVJlcXVlc3QaKi5wYXJsZXkubWVzc2FnaW5nLnYxLkZldGNoVG9EZXZpY2VSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_parley_messaging_v1_events]);
+  fileDesc("CiNwYXJsZXkvbWVzc2FnaW5nL3YxL21lc3NhZ2luZy5wcm90bxITcGFybGV5Lm1lc3NhZ2luZy52MSL9AgoHQ2hhbm5lbBISCgpjaGFubmVsX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSEgoKbWVtYmVyX2lkcxgDIAMoCRIQCghsYXN0X3NlcRgEIAEoBBIRCgllbmNyeXB0ZWQYBSABKAgSDwoHcHJpdmF0ZRgGIAEoCBIOCgZkaXJlY3QYByABKAgSDQoFdG9waWMYCCABKAkSNgoFcm9sZXMYCSADKAsyJy5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYW5uZWwuUm9sZXNFbnRyeRIgChhoaWRlX2hpc3RvcnlfYmVmb3JlX2pvaW4YCiABKAgSGAoQdmlzaWJsZV9mcm9tX3NlcRgLIAEoBBIQCghyZWFkX3NlcRgMIAEoBBIUCgx1bnJlYWRfY291bnQYDSABKAQSHQoVdmlzaWJsZV9mcm9tX3Bvc2l0aW9uGA4gASgEGiwKClJvbGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLqAgoLQ2hhdE1lc3NhZ2USEgoKY2hhbm5lbF9pZBgBIAEoCRISCgptZXNzYWdlX2lkGAIgASgJEhEKCXNlbmRlcl9pZBgDIAEoCRITCgtjaGFubmVsX3NlcRgEIAEoBBIMCgRib2R5GAUgASgJEisKB3NlbnRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC3NlbmRlcl9uYW1lGAcgASgJEhAKCHBvc2l0aW9uGAggASgEEhAKCHJlZGFjdGVkGAkgASgIEhIKCmVkaXRfY291bnQYCiABKA0SFwoPdGhyZWFkX3Jvb3Rfc2VxGAsgASgEEhMKC3JlcGx5X2NvdW50GAwgASgNEjUKCXJlYWN0aW9ucxgNIAMoCzIiLnBhcmxleS5tZXNzYWdpbmcudjEuUmVhY3Rpb25Db3VudBIOCgZlcmFzZWQYFCABKAgSDgoGZWRpdGVkGBUgASgIIjAKDVJlYWN0aW9uQ291bnQSDQoFZW1vamkYASABKAkSEAoIdXNlcl9pZHMYAiADKAkigwEKFENyZWF0ZUNoYW5uZWxSZXF1ZXN0EgwKBG5hbWUYASABKAkSEQoJZW5jcnlwdGVkGAIgASgIEg8KB3ByaXZhdGUYAyABKAgSIAoYaGlkZV9oaXN0b3J5X2JlZm9yZV9qb2luGAQgASgIEhcKD2lkZW1wb3RlbmN5X2tleRgFIAEoCSI2ChJKb2luQ2hhbm5lbFJlcXVlc3QSEgoKY2hhbm5lbF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJIhcKFUxpc3RNeUNoYW5uZWxzUmVxdWVzdCJIChZMaXN0TXlDaGFubmVsc1Jlc3BvbnNlEi4KCGNoYW5uZWxzGAEgAygLMhwucGFybGV5Lm1lc3NhZ2luZy52MS5DaGFubmVsImgKElBvc3RNZXNzYWdlUmVxdWVzdBISCgpjaGFubmVsX2lkGAEgASgJEgwKBGJvZHkYAiABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJEhcKD3RocmVhZF9yb290X3NlcRgEIAEoBCJDChNQb3N0TWVzc2FnZXNSZXF1ZXN0EiwKBWl0ZW1zGAEgAygLMh0ucGFybGV5Lm1lc3NhZ2luZy52MS5Qb3N0SXRlbSKYAQoIUG9zdEl0ZW0SOAoHcmVxdWVzdBgBIAEoCzInLnBhcmxleS5tZXNzYWdpbmcudjEuUG9zdE1lc3NhZ2VSZXF1ZXN0EhUKDWF1dGhvcml6YXRpb24YAiABKAkSEwoLdHJhY2VwYXJlbnQYAyABKAkSEgoKdHJhY2VzdGF0ZRgEIAEoCRISCgp0aW1lb3V0X21zGAUgASgNIkoKFFBvc3RNZXNzYWdlc1Jlc3BvbnNlEjIKCG91dGNvbWVzGAEgAygLMiAucGFybGV5Lm1lc3NhZ2luZy52MS5Qb3N0T3V0Y29tZSJ4CgtQb3N0T3V0Y29tZRIxCgdtZXNzYWdlGAEgASgLMiAucGFybGV5Lm1lc3NhZ2luZy52MS5DaGF0TWVzc2FnZRIMCgRjb2RlGAIgASgFEg8KB2RldGFpbHMYAyABKAkSFwoPb3V0Y29tZV91bmtub3duGAQgASgIIksKEkVkaXRNZXNzYWdlUmVxdWVzdBISCgpjaGFubmVsX2lkGAEgASgJEhMKC2NoYW5uZWxfc2VxGAIgASgEEgwKBGJvZHkYAyABKAkiTwoUUmVkYWN0TWVzc2FnZVJlcXVlc3QSEgoKY2hhbm5lbF9pZBgBIAEoCRITCgtjaGFubmVsX3NlcRgCIAEoBBIOCgZyZWFzb24YAyABKAkiRQoaTGlzdE1lc3NhZ2VWZXJzaW9uc1JlcXVlc3QSEgoKY2hhbm5lbF9pZBgBIAEoCRITCgtjaGFubmVsX3NlcRgCIAEoBCItChtMaXN0TWVzc2FnZVZlcnNpb25zUmVzcG9uc2USDgoGYm9kaWVzGAEgAygJIikKE0xlYXZlQ2hhbm5lbFJlcXVlc3QSEgoKY2hhbm5lbF9pZBgBIAEoCSJKChNTZW5kVG9EZXZpY2VSZXF1ZXN0EjMKCG1lc3NhZ2VzGAEgAygLMiEucGFybGV5Lm1lc3NhZ2luZy52MS5Ub0RldmljZVNlbnQiFgoUU2VuZFRvRGV2aWNlUmVzcG9uc2UiUQoURmV0Y2hUb0RldmljZVJlcXVlc3QSEQoJZGV2aWNlX2lkGAEgASgJEhcKD2FmdGVyX3F1ZXVlX3NlcRgCIAEoBBINCgVsaW1pdBgDIAEoDSJMChVGZXRjaFRvRGV2aWNlUmVzcG9uc2USMwoIbWVzc2FnZXMYASADKAsyIS5wYXJsZXkubWVzc2FnaW5nLnYxLlRvRGV2aWNlU2VudCJaChpDcmVhdGVEaXJlY3RDaGFubmVsUmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCRIRCgllbmNyeXB0ZWQYAiABKAgSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJIkoKE01lbWJlckFjdGlvblJlcXVlc3QSEgoKY2hhbm5lbF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEg4KBnJlYXNvbhgDIAEoCSJJChRTZXRNZW1iZXJSb2xlUmVxdWVzdBISCgpjaGFubmVsX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSDAoEcm9sZRgDIAEoCSJkChRVcGRhdGVDaGFubmVsUmVxdWVzdBISCgpjaGFubmVsX2lkGAEgASgJEhEKBG5hbWUYAiABKAlIAIgBARISCgV0b3BpYxgDIAEoCUgBiAEBQgcKBV9uYW1lQggKBl90b3BpYyI+ChpTZXRDaGFubmVsUmV0ZW50aW9uUmVxdWVzdBISCgpjaGFubmVsX2lkGAEgASgJEgwKBGRheXMYAiABKA0iWwoRTGlzdFRocmVhZFJlcXVlc3QSEgoKY2hhbm5lbF9pZBgBIAEoCRIQCghyb290X3NlcRgCIAEoBBIRCglhZnRlcl9zZXEYAyABKAQSDQoFbGltaXQYBCABKA0iiQEKEkxpc3RUaHJlYWRSZXNwb25zZRIuCgRyb290GAEgASgLMiAucGFybGV5Lm1lc3NhZ2luZy52MS5DaGF0TWVzc2FnZRIxCgdyZXBsaWVzGAIgAygLMiAucGFybGV5Lm1lc3NhZ2luZy52MS5DaGF0TWVzc2FnZRIQCghoYXNfbW9yZRgDIAEoCCJWCgxSZWFjdFJlcXVlc3QSEgoKY2hhbm5lbF9pZBgBIAEoCRITCgtjaGFubmVsX3NlcRgCIAEoBBINCgVlbW9qaRgDIAEoCRIOCgZyZW1vdmUYBCABKAgiOgoPTWFya1JlYWRSZXF1ZXN0EhIKCmNoYW5uZWxfaWQYASABKAkSEwoLY2hhbm5lbF9zZXEYAiABKAQiGAoWTGlzdEludml0YXRpb25zUmVxdWVzdCKTAQoKSW52aXRhdGlvbhISCgpjaGFubmVsX2lkGAEgASgJEhQKDGNoYW5uZWxfbmFtZRgCIAEoCRISCgppbnZpdGVkX2J5GAMgASgJEg8KB3ByaXZhdGUYBCABKAgSEQoJZW5jcnlwdGVkGAUgASgIEhQKDG1lbWJlcl9jb3VudBgGIAEoDRINCgV0b3BpYxgHIAEoCSJPChdMaXN0SW52aXRhdGlvbnNSZXNwb25zZRI0CgtpbnZpdGF0aW9ucxgBIAMoCzIfLnBhcmxleS5tZXNzYWdpbmcudjEuSW52aXRhdGlvbiIuChhEZWNsaW5lSW52aXRhdGlvblJlcXVlc3QSEgoKY2hhbm5lbF9pZBgBIAEoCSIbChlEZWNsaW5lSW52aXRhdGlvblJlc3BvbnNlMrsQChBNZXNzYWdpbmdTZXJ2aWNlElgKDUNyZWF0ZUNoYW5uZWwSKS5wYXJsZXkubWVzc2FnaW5nLnYxLkNyZWF0ZUNoYW5uZWxSZXF1ZXN0GhwucGFybGV5Lm1lc3NhZ2luZy52MS5DaGFubmVsElQKC0pvaW5DaGFubmVsEicucGFybGV5Lm1lc3NhZ2luZy52MS5Kb2luQ2hhbm5lbFJlcXVlc3QaHC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYW5uZWwSaQoOTGlzdE15Q2hhbm5lbHMSKi5wYXJsZXkubWVzc2FnaW5nLnYxLkxpc3RNeUNoYW5uZWxzUmVxdWVzdBorLnBhcmxleS5tZXNzYWdpbmcudjEuTGlzdE15Q2hhbm5lbHNSZXNwb25zZRJYCgtQb3N0TWVzc2FnZRInLnBhcmxleS5tZXNzYWdpbmcudjEuUG9zdE1lc3NhZ2VSZXF1ZXN0GiAucGFybGV5Lm1lc3NhZ2luZy52MS5DaGF0TWVzc2FnZRJjCgxQb3N0TWVzc2FnZXMSKC5wYXJsZXkubWVzc2FnaW5nLnYxLlBvc3RNZXNzYWdlc1JlcXVlc3QaKS5wYXJsZXkubWVzc2FnaW5nLnYxLlBvc3RNZXNzYWdlc1Jlc3BvbnNlElgKC0VkaXRNZXNzYWdlEicucGFybGV5Lm1lc3NhZ2luZy52MS5FZGl0TWVzc2FnZVJlcXVlc3QaIC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYXRNZXNzYWdlElwKDVJlZGFjdE1lc3NhZ2USKS5wYXJsZXkubWVzc2FnaW5nLnYxLlJlZGFjdE1lc3NhZ2VSZXF1ZXN0GiAucGFybGV5Lm1lc3NhZ2luZy52MS5DaGF0TWVzc2FnZRJ4ChNMaXN0TWVzc2FnZVZlcnNpb25zEi8ucGFybGV5Lm1lc3NhZ2luZy52MS5MaXN0TWVzc2FnZVZlcnNpb25zUmVxdWVzdBowLnBhcmxleS5tZXNzYWdpbmcudjEuTGlzdE1lc3NhZ2VWZXJzaW9uc1Jlc3BvbnNlElYKDExlYXZlQ2hhbm5lbBIoLnBhcmxleS5tZXNzYWdpbmcudjEuTGVhdmVDaGFubmVsUmVxdWVzdBocLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhbm5lbBJkChNDcmVhdGVEaXJlY3RDaGFubmVsEi8ucGFybGV5Lm1lc3NhZ2luZy52MS5DcmVhdGVEaXJlY3RDaGFubmVsUmVxdWVzdBocLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhbm5lbBJWCgxJbnZpdGVNZW1iZXISKC5wYXJsZXkubWVzc2FnaW5nLnYxLk1lbWJlckFjdGlvblJlcXVlc3QaHC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYW5uZWwSVAoKS2lja01lbWJlchIoLnBhcmxleS5tZXNzYWdpbmcudjEuTWVtYmVyQWN0aW9uUmVxdWVzdBocLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhbm5lbBJTCglCYW5NZW1iZXISKC5wYXJsZXkubWVzc2FnaW5nLnYxLk1lbWJlckFjdGlvblJlcXVlc3QaHC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYW5uZWwSVQoLVW5iYW5NZW1iZXISKC5wYXJsZXkubWVzc2FnaW5nLnYxLk1lbWJlckFjdGlvblJlcXVlc3QaHC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYW5uZWwSWAoNU2V0TWVtYmVyUm9sZRIpLnBhcmxleS5tZXNzYWdpbmcudjEuU2V0TWVtYmVyUm9sZVJlcXVlc3QaHC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYW5uZWwSWAoNVXBkYXRlQ2hhbm5lbBIpLnBhcmxleS5tZXNzYWdpbmcudjEuVXBkYXRlQ2hhbm5lbFJlcXVlc3QaHC5wYXJsZXkubWVzc2FnaW5nLnYxLkNoYW5uZWwSXQoKTGlzdFRocmVhZBImLnBhcmxleS5tZXNzYWdpbmcudjEuTGlzdFRocmVhZFJlcXVlc3QaJy5wYXJsZXkubWVzc2FnaW5nLnYxLkxpc3RUaHJlYWRSZXNwb25zZRJMCgVSZWFjdBIhLnBhcmxleS5tZXNzYWdpbmcudjEuUmVhY3RSZXF1ZXN0GiAucGFybGV5Lm1lc3NhZ2luZy52MS5DaGF0TWVzc2FnZRJOCghNYXJrUmVhZBIkLnBhcmxleS5tZXNzYWdpbmcudjEuTWFya1JlYWRSZXF1ZXN0GhwucGFybGV5Lm1lc3NhZ2luZy52MS5DaGFubmVsEmwKD0xpc3RJbnZpdGF0aW9ucxIrLnBhcmxleS5tZXNzYWdpbmcudjEuTGlzdEludml0YXRpb25zUmVxdWVzdBosLnBhcmxleS5tZXNzYWdpbmcudjEuTGlzdEludml0YXRpb25zUmVzcG9uc2UScgoRRGVjbGluZUludml0YXRpb24SLS5wYXJsZXkubWVzc2FnaW5nLnYxLkRlY2xpbmVJbnZpdGF0aW9uUmVxdWVzdBouLnBhcmxleS5tZXNzYWdpbmcudjEuRGVjbGluZUludml0YXRpb25SZXNwb25zZRJwChNTZXRDaGFubmVsUmV0ZW50aW9uEi8ucGFybGV5Lm1lc3NhZ2luZy52MS5TZXRDaGFubmVsUmV0ZW50aW9uUmVxdWVzdBooLnBhcmxleS5tZXNzYWdpbmcudjEuQ2hhbm5lbFJldGVudGlvblNldDLfAQoQRGV2aWNlS2V5U2VydmljZRJjCgxTZW5kVG9EZXZpY2USKC5wYXJsZXkubWVzc2FnaW5nLnYxLlNlbmRUb0RldmljZVJlcXVlc3QaKS5wYXJsZXkubWVzc2FnaW5nLnYxLlNlbmRUb0RldmljZVJlc3BvbnNlEmYKDUZldGNoVG9EZXZpY2USKS5wYXJsZXkubWVzc2FnaW5nLnYxLkZldGNoVG9EZXZpY2VSZXF1ZXN0GioucGFybGV5Lm1lc3NhZ2luZy52MS5GZXRjaFRvRGV2aWNlUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_parley_messaging_v1_events]);
 
 /**
  * @generated from message parley.messaging.v1.Channel
@@ -375,6 +375,127 @@ export const PostMessageRequestSchema: GenMessage<PostMessageRequest> = /*@__PUR
   messageDesc(file_parley_messaging_v1_messaging, 7);
 
 /**
+ * @generated from message parley.messaging.v1.PostMessagesRequest
+ */
+export type PostMessagesRequest = Message<"parley.messaging.v1.PostMessagesRequest"> & {
+  /**
+   * a channel's items are decided in this order
+   *
+   * @generated from field: repeated parley.messaging.v1.PostItem items = 1;
+   */
+  items: PostItem[];
+};
+
+/**
+ * Describes the message parley.messaging.v1.PostMessagesRequest.
+ * Use `create(PostMessagesRequestSchema)` to create a new message.
+ */
+export const PostMessagesRequestSchema: GenMessage<PostMessagesRequest> = /*@__PURE__*/
+  messageDesc(file_parley_messaging_v1_messaging, 8);
+
+/**
+ * One client's send, as the gateway received it.
+ *
+ * @generated from message parley.messaging.v1.PostItem
+ */
+export type PostItem = Message<"parley.messaging.v1.PostItem"> & {
+  /**
+   * @generated from field: parley.messaging.v1.PostMessageRequest request = 1;
+   */
+  request?: PostMessageRequest | undefined;
+
+  /**
+   * the sender's "Bearer <token>", as its own call carried it
+   *
+   * @generated from field: string authorization = 2;
+   */
+  authorization: string;
+
+  /**
+   * the sender's trace context (W3C)
+   *
+   * @generated from field: string traceparent = 3;
+   */
+  traceparent: string;
+
+  /**
+   * @generated from field: string tracestate = 4;
+   */
+  tracestate: string;
+
+  /**
+   * what was left of the sender's deadline when the gateway sent it
+   *
+   * @generated from field: uint32 timeout_ms = 5;
+   */
+  timeoutMs: number;
+};
+
+/**
+ * Describes the message parley.messaging.v1.PostItem.
+ * Use `create(PostItemSchema)` to create a new message.
+ */
+export const PostItemSchema: GenMessage<PostItem> = /*@__PURE__*/
+  messageDesc(file_parley_messaging_v1_messaging, 9);
+
+/**
+ * @generated from message parley.messaging.v1.PostMessagesResponse
+ */
+export type PostMessagesResponse = Message<"parley.messaging.v1.PostMessagesResponse"> & {
+  /**
+   * one per item, in the request's order
+   *
+   * @generated from field: repeated parley.messaging.v1.PostOutcome outcomes = 1;
+   */
+  outcomes: PostOutcome[];
+};
+
+/**
+ * Describes the message parley.messaging.v1.PostMessagesResponse.
+ * Use `create(PostMessagesResponseSchema)` to create a new message.
+ */
+export const PostMessagesResponseSchema: GenMessage<PostMessagesResponse> = /*@__PURE__*/
+  messageDesc(file_parley_messaging_v1_messaging, 10);
+
+/**
+ * @generated from message parley.messaging.v1.PostOutcome
+ */
+export type PostOutcome = Message<"parley.messaging.v1.PostOutcome"> & {
+  /**
+   * when code is 0 (OK)
+   *
+   * @generated from field: parley.messaging.v1.ChatMessage message = 1;
+   */
+  message?: ChatMessage | undefined;
+
+  /**
+   * the gRPC status code the sender's own PostMessage would have had
+   *
+   * @generated from field: int32 code = 2;
+   */
+  code: number;
+
+  /**
+   * @generated from field: string details = 3;
+   */
+  details: string;
+
+  /**
+   * UNAVAILABLE, and the post may or may not have landed: retry with the same key
+   *
+   * @generated from field: bool outcome_unknown = 4;
+   */
+  outcomeUnknown: boolean;
+};
+
+/**
+ * Describes the message parley.messaging.v1.PostOutcome.
+ * Use `create(PostOutcomeSchema)` to create a new message.
+ */
+export const PostOutcomeSchema: GenMessage<PostOutcome> = /*@__PURE__*/
+  messageDesc(file_parley_messaging_v1_messaging, 11);
+
+/**
  * @generated from message parley.messaging.v1.EditMessageRequest
  */
 export type EditMessageRequest = Message<"parley.messaging.v1.EditMessageRequest"> & {
@@ -399,7 +520,7 @@ export type EditMessageRequest = Message<"parley.messaging.v1.EditMessageRequest
  * Use `create(EditMessageRequestSchema)` to create a new message.
  */
 export const EditMessageRequestSchema: GenMessage<EditMessageRequest> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 8);
+  messageDesc(file_parley_messaging_v1_messaging, 12);
 
 /**
  * @generated from message parley.messaging.v1.RedactMessageRequest
@@ -426,7 +547,7 @@ export type RedactMessageRequest = Message<"parley.messaging.v1.RedactMessageReq
  * Use `create(RedactMessageRequestSchema)` to create a new message.
  */
 export const RedactMessageRequestSchema: GenMessage<RedactMessageRequest> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 9);
+  messageDesc(file_parley_messaging_v1_messaging, 13);
 
 /**
  * @generated from message parley.messaging.v1.ListMessageVersionsRequest
@@ -448,7 +569,7 @@ export type ListMessageVersionsRequest = Message<"parley.messaging.v1.ListMessag
  * Use `create(ListMessageVersionsRequestSchema)` to create a new message.
  */
 export const ListMessageVersionsRequestSchema: GenMessage<ListMessageVersionsRequest> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 10);
+  messageDesc(file_parley_messaging_v1_messaging, 14);
 
 /**
  * @generated from message parley.messaging.v1.ListMessageVersionsResponse
@@ -467,7 +588,7 @@ export type ListMessageVersionsResponse = Message<"parley.messaging.v1.ListMessa
  * Use `create(ListMessageVersionsResponseSchema)` to create a new message.
  */
 export const ListMessageVersionsResponseSchema: GenMessage<ListMessageVersionsResponse> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 11);
+  messageDesc(file_parley_messaging_v1_messaging, 15);
 
 /**
  * @generated from message parley.messaging.v1.LeaveChannelRequest
@@ -484,7 +605,7 @@ export type LeaveChannelRequest = Message<"parley.messaging.v1.LeaveChannelReque
  * Use `create(LeaveChannelRequestSchema)` to create a new message.
  */
 export const LeaveChannelRequestSchema: GenMessage<LeaveChannelRequest> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 12);
+  messageDesc(file_parley_messaging_v1_messaging, 16);
 
 /**
  * A to-device message is the record the relay queues (events.proto's ToDeviceSent) in both
@@ -504,7 +625,7 @@ export type SendToDeviceRequest = Message<"parley.messaging.v1.SendToDeviceReque
  * Use `create(SendToDeviceRequestSchema)` to create a new message.
  */
 export const SendToDeviceRequestSchema: GenMessage<SendToDeviceRequest> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 13);
+  messageDesc(file_parley_messaging_v1_messaging, 17);
 
 /**
  * @generated from message parley.messaging.v1.SendToDeviceResponse
@@ -517,7 +638,7 @@ export type SendToDeviceResponse = Message<"parley.messaging.v1.SendToDeviceResp
  * Use `create(SendToDeviceResponseSchema)` to create a new message.
  */
 export const SendToDeviceResponseSchema: GenMessage<SendToDeviceResponse> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 14);
+  messageDesc(file_parley_messaging_v1_messaging, 18);
 
 /**
  * @generated from message parley.messaging.v1.FetchToDeviceRequest
@@ -546,7 +667,7 @@ export type FetchToDeviceRequest = Message<"parley.messaging.v1.FetchToDeviceReq
  * Use `create(FetchToDeviceRequestSchema)` to create a new message.
  */
 export const FetchToDeviceRequestSchema: GenMessage<FetchToDeviceRequest> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 15);
+  messageDesc(file_parley_messaging_v1_messaging, 19);
 
 /**
  * @generated from message parley.messaging.v1.FetchToDeviceResponse
@@ -563,7 +684,7 @@ export type FetchToDeviceResponse = Message<"parley.messaging.v1.FetchToDeviceRe
  * Use `create(FetchToDeviceResponseSchema)` to create a new message.
  */
 export const FetchToDeviceResponseSchema: GenMessage<FetchToDeviceResponse> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 16);
+  messageDesc(file_parley_messaging_v1_messaging, 20);
 
 /**
  * @generated from message parley.messaging.v1.CreateDirectChannelRequest
@@ -594,7 +715,7 @@ export type CreateDirectChannelRequest = Message<"parley.messaging.v1.CreateDire
  * Use `create(CreateDirectChannelRequestSchema)` to create a new message.
  */
 export const CreateDirectChannelRequestSchema: GenMessage<CreateDirectChannelRequest> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 17);
+  messageDesc(file_parley_messaging_v1_messaging, 21);
 
 /**
  * @generated from message parley.messaging.v1.MemberActionRequest
@@ -621,7 +742,7 @@ export type MemberActionRequest = Message<"parley.messaging.v1.MemberActionReque
  * Use `create(MemberActionRequestSchema)` to create a new message.
  */
 export const MemberActionRequestSchema: GenMessage<MemberActionRequest> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 18);
+  messageDesc(file_parley_messaging_v1_messaging, 22);
 
 /**
  * @generated from message parley.messaging.v1.SetMemberRoleRequest
@@ -650,7 +771,7 @@ export type SetMemberRoleRequest = Message<"parley.messaging.v1.SetMemberRoleReq
  * Use `create(SetMemberRoleRequestSchema)` to create a new message.
  */
 export const SetMemberRoleRequestSchema: GenMessage<SetMemberRoleRequest> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 19);
+  messageDesc(file_parley_messaging_v1_messaging, 23);
 
 /**
  * @generated from message parley.messaging.v1.UpdateChannelRequest
@@ -677,7 +798,7 @@ export type UpdateChannelRequest = Message<"parley.messaging.v1.UpdateChannelReq
  * Use `create(UpdateChannelRequestSchema)` to create a new message.
  */
 export const UpdateChannelRequestSchema: GenMessage<UpdateChannelRequest> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 20);
+  messageDesc(file_parley_messaging_v1_messaging, 24);
 
 /**
  * @generated from message parley.messaging.v1.SetChannelRetentionRequest
@@ -701,7 +822,7 @@ export type SetChannelRetentionRequest = Message<"parley.messaging.v1.SetChannel
  * Use `create(SetChannelRetentionRequestSchema)` to create a new message.
  */
 export const SetChannelRetentionRequestSchema: GenMessage<SetChannelRetentionRequest> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 21);
+  messageDesc(file_parley_messaging_v1_messaging, 25);
 
 /**
  * @generated from message parley.messaging.v1.ListThreadRequest
@@ -737,7 +858,7 @@ export type ListThreadRequest = Message<"parley.messaging.v1.ListThreadRequest">
  * Use `create(ListThreadRequestSchema)` to create a new message.
  */
 export const ListThreadRequestSchema: GenMessage<ListThreadRequest> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 22);
+  messageDesc(file_parley_messaging_v1_messaging, 26);
 
 /**
  * @generated from message parley.messaging.v1.ListThreadResponse
@@ -769,7 +890,7 @@ export type ListThreadResponse = Message<"parley.messaging.v1.ListThreadResponse
  * Use `create(ListThreadResponseSchema)` to create a new message.
  */
 export const ListThreadResponseSchema: GenMessage<ListThreadResponse> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 23);
+  messageDesc(file_parley_messaging_v1_messaging, 27);
 
 /**
  * @generated from message parley.messaging.v1.ReactRequest
@@ -804,7 +925,7 @@ export type ReactRequest = Message<"parley.messaging.v1.ReactRequest"> & {
  * Use `create(ReactRequestSchema)` to create a new message.
  */
 export const ReactRequestSchema: GenMessage<ReactRequest> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 24);
+  messageDesc(file_parley_messaging_v1_messaging, 28);
 
 /**
  * @generated from message parley.messaging.v1.MarkReadRequest
@@ -826,7 +947,7 @@ export type MarkReadRequest = Message<"parley.messaging.v1.MarkReadRequest"> & {
  * Use `create(MarkReadRequestSchema)` to create a new message.
  */
 export const MarkReadRequestSchema: GenMessage<MarkReadRequest> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 25);
+  messageDesc(file_parley_messaging_v1_messaging, 29);
 
 /**
  * @generated from message parley.messaging.v1.ListInvitationsRequest
@@ -839,7 +960,7 @@ export type ListInvitationsRequest = Message<"parley.messaging.v1.ListInvitation
  * Use `create(ListInvitationsRequestSchema)` to create a new message.
  */
 export const ListInvitationsRequestSchema: GenMessage<ListInvitationsRequest> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 26);
+  messageDesc(file_parley_messaging_v1_messaging, 30);
 
 /**
  * @generated from message parley.messaging.v1.Invitation
@@ -888,7 +1009,7 @@ export type Invitation = Message<"parley.messaging.v1.Invitation"> & {
  * Use `create(InvitationSchema)` to create a new message.
  */
 export const InvitationSchema: GenMessage<Invitation> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 27);
+  messageDesc(file_parley_messaging_v1_messaging, 31);
 
 /**
  * @generated from message parley.messaging.v1.ListInvitationsResponse
@@ -905,7 +1026,7 @@ export type ListInvitationsResponse = Message<"parley.messaging.v1.ListInvitatio
  * Use `create(ListInvitationsResponseSchema)` to create a new message.
  */
 export const ListInvitationsResponseSchema: GenMessage<ListInvitationsResponse> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 28);
+  messageDesc(file_parley_messaging_v1_messaging, 32);
 
 /**
  * @generated from message parley.messaging.v1.DeclineInvitationRequest
@@ -922,7 +1043,7 @@ export type DeclineInvitationRequest = Message<"parley.messaging.v1.DeclineInvit
  * Use `create(DeclineInvitationRequestSchema)` to create a new message.
  */
 export const DeclineInvitationRequestSchema: GenMessage<DeclineInvitationRequest> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 29);
+  messageDesc(file_parley_messaging_v1_messaging, 33);
 
 /**
  * @generated from message parley.messaging.v1.DeclineInvitationResponse
@@ -935,7 +1056,7 @@ export type DeclineInvitationResponse = Message<"parley.messaging.v1.DeclineInvi
  * Use `create(DeclineInvitationResponseSchema)` to create a new message.
  */
 export const DeclineInvitationResponseSchema: GenMessage<DeclineInvitationResponse> = /*@__PURE__*/
-  messageDesc(file_parley_messaging_v1_messaging, 30);
+  messageDesc(file_parley_messaging_v1_messaging, 34);
 
 /**
  * Internal API of the messaging service; reached by the gateway over mutual TLS with the
@@ -975,6 +1096,18 @@ export const MessagingService: GenService<{
     methodKind: "unary";
     input: typeof PostMessageRequestSchema;
     output: typeof ChatMessageSchema;
+  },
+  /**
+   * The gateway's sends that waited while its previous call was in flight, in one call. Each
+   * item carries its sender's own token (checked here item by item: the gateway's certificate
+   * alone posts as no one) and gets its own outcome; one item's refusal fails no other.
+   *
+   * @generated from rpc parley.messaging.v1.MessagingService.PostMessages
+   */
+  postMessages: {
+    methodKind: "unary";
+    input: typeof PostMessagesRequestSchema;
+    output: typeof PostMessagesResponseSchema;
   },
   /**
    * @generated from rpc parley.messaging.v1.MessagingService.EditMessage

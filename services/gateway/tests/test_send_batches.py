@@ -1,0 +1,67 @@
+"""Clients' sends that wait while the gateway's call to messaging is in flight go together in one
+PostMessages call, and each client still gets its own answer: one send's refusal fails no other.
+
+Every service runs in-process (the `stack` composition) on a real nats-server, over real gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import grpc
+import pytest
+from parley.messaging.v1 import messaging_pb2
+
+from parley_core.event_log import EventLog
+from parley_testing.stack import TIMEOUT_S, Stack, bearer
+
+SENDS_EACH = 12
+
+
+async def test_concurrent_sends_go_together_and_each_client_gets_its_own_answer(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    turns: list[int] = []  # sends per turn of the channel's lock
+    decided_together = EventLog.decide_and_append_each
+
+    async def counted(log: EventLog, subject: str, read: Any, each: Any, **options: Any) -> Any:
+        turns.append(len(each))
+        return await decided_together(log, subject, read, each, **options)
+
+    monkeypatch.setattr(EventLog, "decide_and_append_each", counted)
+    await stack.create_user("mira", "member")
+    await stack.create_user("otto", "member")  # not in mira's channel
+    mira = bearer((await stack.login("mira")).access_token)
+    otto = bearer((await stack.login("otto")).access_token)
+    gateway = stack.gateway()
+    cid = (
+        await gateway.CreateChannel(
+            messaging_pb2.CreateChannelRequest(name="together"), metadata=mira, timeout=TIMEOUT_S
+        )
+    ).channel_id
+
+    async def send(metadata: tuple[tuple[str, str]], body: str) -> messaging_pb2.ChatMessage | grpc.aio.AioRpcError:
+        request = messaging_pb2.PostMessageRequest(channel_id=cid, body=body, idempotency_key=uuid.uuid4().hex)
+        try:
+            return await gateway.SendMessage(request, metadata=metadata, timeout=TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            return exc
+
+    sends = [(mira, f"mira {n}") for n in range(SENDS_EACH)] + [(otto, f"otto {n}") for n in range(SENDS_EACH)]
+    sends += [(mira, " ")] * 2  # an empty body
+    answers = await asyncio.gather(*(send(metadata, body) for metadata, body in sends))
+
+    landed = [a for a in answers[:SENDS_EACH] if isinstance(a, messaging_pb2.ChatMessage)]
+    assert [a.body for a in landed] == [f"mira {n}" for n in range(SENDS_EACH)]
+    assert sorted(a.channel_seq for a in landed) == list(range(1, SENDS_EACH + 1))
+    for refused in answers[SENDS_EACH : 2 * SENDS_EACH]:
+        assert isinstance(refused, grpc.aio.AioRpcError)
+        assert refused.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert refused.details() == "you are not a member of this channel; join it first"
+    for empty in answers[2 * SENDS_EACH :]:
+        assert isinstance(empty, grpc.aio.AioRpcError)
+        assert (empty.code(), empty.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "message body is empty")
+    assert max(turns) > 1, "sends waiting at the gateway were decided together"
+    assert stack.app("messaging").channels.get(cid).last_seq == SENDS_EACH

@@ -1,0 +1,60 @@
+"""The items of a PostMessages call (the gateway's waiting sends in one call): whose each one is,
+checked from its own token, and the context it runs in; and what each answers.
+
+Each item is checked as its own PostMessage call would be (the sender's token, its standing and
+messages.send): the gateway's certificate makes the call, but posts as no one by itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from parley.messaging.v1 import messaging_pb2
+
+from parley_core import telemetry
+from parley_core.deadline import answering_within
+from parley_core.errors import Unauthenticated
+from parley_core.rbac import Permission
+from parley_core.server_interceptors import failure_status
+from parley_core.tokens import Caller, TokenVerifier
+from parley_core.trace_hops import TRACEPARENT, TRACESTATE
+
+POST_MESSAGES = "/parley.messaging.v1.MessagingService/PostMessages"
+NOT_LOGGED_IN = "missing `authorization: Bearer <token>` metadata; log in first"
+
+
+def item_caller(tokens: TokenVerifier, item: messaging_pb2.PostItem) -> Caller:
+    """The item's sender, from its own token, allowed to send (as the interceptor checks PostMessage)."""
+    scheme, _, token = item.authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated(NOT_LOGGED_IN)
+    caller = tokens.verify(token.strip())
+    caller.require(Permission.MESSAGES_SEND, what="PostMessage")
+    return caller
+
+
+class ItemScope:
+    """What an item runs in when its turn comes: its own trace, and its own deadline (what was left
+    of it when the gateway sent it, counted from the call's arrival)."""
+
+    def __init__(self, item: messaging_pb2.PostItem) -> None:
+        trace = {TRACEPARENT: item.traceparent, TRACESTATE: item.tracestate} if item.traceparent else {}
+        self._hop = telemetry.continued_from(trace, "PostMessages item")
+        self._deadline = answering_within(item.timeout_ms / 1000) if item.timeout_ms else None
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> None:
+        self._stack.enter_context(self._hop)
+        if self._deadline is not None:
+            self._stack.enter_context(self._deadline)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+
+def refused(exc: BaseException) -> messaging_pb2.PostOutcome:
+    """The outcome of an item that raised `exc`: the status its own PostMessage call would have had."""
+    failed = failure_status(exc, POST_MESSAGES)
+    return messaging_pb2.PostOutcome(
+        code=failed.code.value[0], details=failed.details, outcome_unknown=failed.outcome_unknown
+    )

@@ -1,0 +1,131 @@
+"""PostMessages, the gateway's waiting sends in one call: each item is checked from its own token
+and answered on its own, a channel's items land in order, and the gateway's certificate alone
+posts as no one. Real nats-server, real gRPC over mutual TLS, the whole stack in-process.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import grpc
+import pytest
+from parley.auth.v1 import auth_pb2
+from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
+
+from parley_core.topology import PLATFORM_USER
+from parley_testing.stack import TIMEOUT_S, Stack
+from parley_testing.waiting import until
+
+
+def item(channel_id: str, body: str, authorization: str, key: str | None = None) -> messaging_pb2.PostItem:
+    request = messaging_pb2.PostMessageRequest(
+        channel_id=channel_id, body=body, idempotency_key=key or uuid.uuid4().hex
+    )
+    return messaging_pb2.PostItem(request=request, authorization=authorization, timeout_ms=int(TIMEOUT_S * 1000))
+
+
+def status(outcome: messaging_pb2.PostOutcome) -> grpc.StatusCode:
+    return next(code for code in grpc.StatusCode if code.value[0] == outcome.code)
+
+
+async def test_each_item_of_a_batch_is_checked_from_its_own_token_and_answered_on_its_own(stack: Stack) -> None:
+    await stack.create_user("alma", "member")
+    await stack.create_user("boris", "member")  # no member of alma's channel
+    await stack.create_user("audra", "security-auditor")  # no messages.send
+    alma = f"Bearer {(await stack.login('alma')).access_token}"
+    boris = f"Bearer {(await stack.login('boris')).access_token}"
+    audra = f"Bearer {(await stack.login('audra')).access_token}"
+    messaging = messaging_pb2_grpc.MessagingServiceStub(stack.internal("messaging"))
+    created = await messaging.CreateChannel(
+        messaging_pb2.CreateChannelRequest(name="batched"), metadata=(("authorization", alma),), timeout=TIMEOUT_S
+    )
+    cid = created.channel_id
+
+    items = [
+        item(cid, "one", alma, key="k1"),
+        item(cid, "forged", "Bearer not-a-token"),
+        item(cid, "anonymous", ""),  # the gateway's certificate alone
+        item(cid, "foreign", boris),
+        item(cid, "unpermitted", audra),
+        item(cid, "", alma),
+        item("0" * 32, "nowhere", alma),
+        item(cid, "two", alma, key="k2"),
+        item(cid, "one", alma, key="k1"),  # a retry in the same batch: the first stands
+    ]
+    response = await messaging.PostMessages(messaging_pb2.PostMessagesRequest(items=items), timeout=TIMEOUT_S)
+    outcomes = list(response.outcomes)
+
+    assert [status(o) for o in outcomes] == [
+        grpc.StatusCode.OK,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.OK,
+        grpc.StatusCode.OK,
+    ]
+    assert "not a member of this channel" in outcomes[3].details
+    assert "messages.send" in outcomes[4].details
+    first, second, retried = outcomes[0].message, outcomes[7].message, outcomes[8].message
+    assert (first.channel_seq, second.channel_seq) == (1, 2)
+    assert (retried.channel_seq, retried.message_id) == (first.channel_seq, first.message_id)
+    assert not any(o.outcome_unknown for o in outcomes)
+
+    # Only alma's two posts were stored, as hers.
+    stored = stack.app("messaging").channels.get(cid)
+    assert stored.last_seq == 2
+    assert [(r.current.body, r.current.sender_id) for _, r in sorted(stored.messages.items())] == [
+        ("one", first.sender_id),
+        ("two", first.sender_id),
+    ]
+    assert first.sender_name == "alma"
+
+
+@pytest.mark.parametrize("identity", ["storage", PLATFORM_USER])
+async def test_only_the_gateway_sends_its_clients_posts_together(stack: Stack, identity: str) -> None:
+    await stack.create_user("cato", "member")
+    cato = f"Bearer {(await stack.login('cato')).access_token}"
+    created = await messaging_pb2_grpc.MessagingServiceStub(stack.internal("messaging")).CreateChannel(
+        messaging_pb2.CreateChannelRequest(name="mine"), metadata=(("authorization", cato),), timeout=TIMEOUT_S
+    )
+    other = messaging_pb2_grpc.MessagingServiceStub(stack.internal("messaging", identity=identity))
+    request = messaging_pb2.PostMessagesRequest(items=[item(created.channel_id, "through another door", cato)])
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await other.PostMessages(request, timeout=TIMEOUT_S)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert stack.app("messaging").channels.get(created.channel_id).last_seq == 0
+
+
+async def test_an_item_of_a_revoked_session_is_refused_while_its_batch_lands(stack: Stack) -> None:
+    """Each item's sender is read as of now, as any call's is: a session revoked meanwhile posts
+    nothing, whoever's items travel with it."""
+    await stack.create_user("dora", "member")
+    first, second = await stack.login("dora"), await stack.login("dora")
+    revoked, current = f"Bearer {first.access_token}", f"Bearer {second.access_token}"
+    messaging = messaging_pb2_grpc.MessagingServiceStub(stack.internal("messaging"))
+    cid = (
+        await messaging.CreateChannel(
+            messaging_pb2.CreateChannelRequest(name="revoked"),
+            metadata=(("authorization", current),),
+            timeout=TIMEOUT_S,
+        )
+    ).channel_id
+    await stack.gateway().RevokeSession(
+        auth_pb2.RevokeSessionRequest(session_id=first.session_id),
+        metadata=(("authorization", current),),
+        timeout=TIMEOUT_S,
+    )
+    await until(lambda: stack.access("messaging").is_revoked(first.session_id), "messaging to see the revocation")
+
+    items = [item(cid, "before", current), item(cid, "revoked", revoked), item(cid, "after", current)]
+    response = await messaging.PostMessages(messaging_pb2.PostMessagesRequest(items=items), timeout=TIMEOUT_S)
+
+    assert [status(o) for o in response.outcomes] == [
+        grpc.StatusCode.OK,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.OK,
+    ]
+    assert response.outcomes[1].details == "this session was revoked; log in again"
+    assert [o.message.channel_seq for o in response.outcomes] == [1, 0, 2]
