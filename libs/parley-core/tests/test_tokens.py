@@ -132,7 +132,7 @@ def test_retiring_a_key_drops_the_tokens_it_signed_from_the_cache(key: Ed25519Pr
 def test_a_remembered_caller_is_looked_up_afresh_after_each_access_event(key: Ed25519PrivateKey) -> None:
     """The caller a token made is remembered until the access projection applies an event; every
     event that may withdraw access is then seen on the very next call."""
-    clock, access = Clock(), AccessProjection()
+    clock, access = ManualClock(time.time()), AccessProjection()
     access.apply_payload(UserRegistered(user_id="user-1", username="alice", role="admin"), 1)
     verifier = verifier_for(key, clock, access)
     token = issue(key, kid="k1", expires_at=clock.now + 60, sid="session-1")
@@ -151,7 +151,7 @@ def test_a_remembered_caller_is_looked_up_afresh_after_each_access_event(key: Ed
 
 
 def test_a_refused_caller_is_not_remembered(key: Ed25519PrivateKey) -> None:
-    clock, access = Clock(), AccessProjection()
+    clock, access = ManualClock(time.time()), AccessProjection()
     verifier = verifier_for(key, clock, access)
     token = issue(key, kid="k1", expires_at=clock.now + 60)
     verifier.verify(token)
@@ -164,7 +164,7 @@ def test_a_refused_caller_is_not_remembered(key: Ed25519PrivateKey) -> None:
 
 
 def test_a_remembered_caller_still_expires_on_time(key: Ed25519PrivateKey) -> None:
-    clock = Clock()
+    clock = ManualClock(time.time())
     verifier = verifier_for(key, clock)
     token = issue(key, kid="k1", expires_at=clock.now + 60)
     verifier.verify(token)
