@@ -30,6 +30,7 @@ ROUND_FIGURES = (
     "one_channel_10_senders.platform_cpu_ms_per_message",
     "channels_100.platform_cpu_ms_per_message",
     "sequential.send_p50_ms",
+    "one_channel_10_senders.cpu_ms_per_message.gateway",
     "one_channel_10_senders.cpu_ms_per_message.messaging",
     "one_channel_10_senders.cpu_ms_per_message.nats-server",
 )

@@ -11,8 +11,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from parley.auth.v1.events_pb2 import (
     AccountDisabled,
+    AccountEnabled,
+    AccountErased,
+    MfaRequirementSet,
     RoleAssigned,
     SessionRevoked,
+    SessionStepUpRequired,
     SigningKeyPublished,
     UserRegistered,
 )
@@ -122,6 +126,51 @@ def test_retiring_a_key_drops_the_tokens_it_signed_from_the_cache(key: Ed25519Pr
     verifier.verify(token)
     verifier.retire_key("k1")
     with pytest.raises(Unauthenticated, match="retired"):
+        verifier.verify(token)
+
+
+def test_a_remembered_caller_is_looked_up_afresh_after_each_access_event(key: Ed25519PrivateKey) -> None:
+    """The caller a token made is remembered until the access projection applies an event; every
+    event that may withdraw access is then seen on the very next call."""
+    clock, access = ManualClock(time.time()), AccessProjection()
+    access.apply_payload(UserRegistered(user_id="user-1", username="alice", role="admin"), 1)
+    verifier = verifier_for(key, clock, access)
+    token = issue(key, kid="k1", expires_at=clock.now + 60, sid="session-1")
+    first = verifier.verify(token)
+    assert verifier.verify(token) is first  # remembered while nothing changed
+    access.apply_payload(MfaRequirementSet(role="admin", required=True), 2)
+    assert verifier.verify(token).mfa_pending
+    access.apply_payload(MfaRequirementSet(role="admin", required=False), 3)
+    assert not verifier.verify(token).mfa_pending
+    access.apply_payload(SessionStepUpRequired(session_id="session-1", user_id="user-1"), 4)
+    with pytest.raises(PermissionDenied, match="prove it is yours"):
+        verifier.verify(token).require(Permission.CHANNELS_CREATE)
+    access.apply_payload(AccountErased(user_id="user-1"), 5)
+    with pytest.raises(Unauthenticated, match="erased"):
+        verifier.verify(token)
+
+
+def test_a_refused_caller_is_not_remembered(key: Ed25519PrivateKey) -> None:
+    clock, access = ManualClock(time.time()), AccessProjection()
+    verifier = verifier_for(key, clock, access)
+    token = issue(key, kid="k1", expires_at=clock.now + 60)
+    verifier.verify(token)
+    access.apply_payload(AccountDisabled(user_id="user-1", reason="left"), 1)
+    for _ in range(2):  # refused again, not from a remembered refusal or the caller before it
+        with pytest.raises(Unauthenticated, match="disabled"):
+            verifier.verify(token)
+    access.apply_payload(AccountEnabled(user_id="user-1"), 2)
+    assert verifier.verify(token).user_id == "user-1"
+
+
+def test_a_remembered_caller_still_expires_on_time(key: Ed25519PrivateKey) -> None:
+    clock = ManualClock(time.time())
+    verifier = verifier_for(key, clock)
+    token = issue(key, kid="k1", expires_at=clock.now + 60)
+    verifier.verify(token)
+    verifier.verify(token)
+    clock.now += 60  # exactly at `exp`: no longer valid
+    with pytest.raises(Unauthenticated, match="expired"):
         verifier.verify(token)
 
 

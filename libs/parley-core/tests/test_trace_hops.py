@@ -88,3 +88,18 @@ async def test_concurrent_hops_do_not_see_each_other() -> None:
     other_trace = "a" * 32
     await asyncio.gather(hop("a", PARENT), hop("b", f"00-{other_trace}-00f067aa0ba902b7-01"))
     assert seen == {"a": PARENT_TRACE, "b": other_trace}
+
+
+async def test_a_hop_passes_the_same_headers_on_every_read_and_to_its_tasks() -> None:
+    """The headers are made when first read (most hops pass nothing on), then kept: one span id
+    per hop, whoever reads it and when."""
+
+    async def read() -> dict[str, str]:
+        return trace_hops.current()
+
+    with trace_hops.Hop(PARENT, "vendor=1"):
+        first = await asyncio.create_task(read())  # a task the hop started reads it first
+        assert trace_hops.current() == first
+        assert trace_hops.current() == first
+        assert first["tracestate"] == "vendor=1"
+        assert parts(first["traceparent"])[1] == PARENT_TRACE

@@ -61,6 +61,9 @@ class AccessProjection:
     erasure_requests: set[str] = field(default_factory=set)
     mfa_required_roles: set[str] = field(default_factory=set)
     last_seq: int = 0
+    # Counts every event applied: a caller's standing computed at one count holds until the next
+    # (parley_core.tokens remembers it that long).
+    changes: int = 0
     # Wall-clock seconds between an access event's occurred_at and its application here, for
     # the propagation figure the tests report.
     last_delay_s: float = 0.0
@@ -93,6 +96,7 @@ class AccessProjection:
             else:
                 self.mfa_required_roles.discard(payload.role)
         self.last_seq = max(self.last_seq, stream_seq)
+        self.changes += 1
 
     def _user(self, user_id: str, role: str, stream_seq: int) -> UserAccess:
         user = self.users.get(user_id)

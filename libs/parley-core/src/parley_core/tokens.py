@@ -35,6 +35,8 @@ AUDIENCE = "parley"
 # 15-minute life, and the Ed25519 check was the largest Python cost per call in `make bench`'s
 # profile of gateway and messaging; the cache keys on the exact token text, so a changed
 # signature or claim is verified afresh, and a remembered token still expires on time.
+# With it, the caller's standing as of the access projection's current count of changes: any
+# event applied there (a revocation, a role change...) makes the next look compute it afresh.
 VERIFIED_CACHE_SIZE = 10_000
 
 
@@ -86,19 +88,29 @@ class _SignedClaims:
     key_id: str
 
 
+@dataclass(slots=True)
+class _Remembered:
+    """A verified token's claims, and the caller they made as of `as_of` (AccessProjection.changes)."""
+
+    signed: _SignedClaims
+    caller: Caller | None = None
+    as_of: int = -1
+
+
 class TokenVerifier:
     """Checks the signature and claims, then the caller's current standing in `access`.
 
     The role in the token is only a hint: the projection's role, disabled flag and revoked
-    sessions win, so a change made after the token was issued applies on the next call. Only
-    the signature and claims check is cached; standing is looked up on every call.
+    sessions win, so a change made after the token was issued applies on the next call. The
+    signature and claims check is remembered for the token's life, the standing it gave until
+    the access projection applies its next event.
     """
 
     def __init__(self, access: AccessProjection | None = None, *, clock: Callable[[], float] = time.time) -> None:
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._retired: set[str] = set()
         self._clock = clock
-        self._verified: OrderedDict[str, _SignedClaims] = OrderedDict()
+        self._verified: OrderedDict[str, _Remembered] = OrderedDict()
         self.access = access if access is not None else AccessProjection()
 
     def add_key(self, key_id: str, public_key: bytes) -> None:
@@ -135,30 +147,34 @@ class TokenVerifier:
         """Refuse the key from now on, also for tokens it signed that the cache remembers."""
         self._retired.add(key_id)
         self._keys.pop(key_id, None)
-        for token in [token for token, signed in self._verified.items() if signed.key_id == key_id]:
+        for token in [token for token, known in self._verified.items() if known.signed.key_id == key_id]:
             del self._verified[token]
 
     def verify(self, token: str) -> Caller:
-        return self._standing(self._signed(token))
+        remembered = self._remembered(token)
+        changes = self.access.changes
+        if remembered.caller is None or remembered.as_of != changes:
+            remembered.caller = self._standing(remembered.signed)  # raises, remembering nothing, if refused
+            remembered.as_of = changes
+        return remembered.caller
 
-    def _signed(self, token: str) -> _SignedClaims:
+    def _remembered(self, token: str) -> _Remembered:
         remembered = self._verified.get(token)
         if remembered is not None:
-            if self._clock() >= remembered.expires_at:
+            if self._clock() >= remembered.signed.expires_at:
                 del self._verified[token]
                 raise Unauthenticated("access token expired; refresh or log in again")
-            if remembered.key_id in self._keys:
+            if remembered.signed.key_id in self._keys:
                 self._verified.move_to_end(token)
                 return remembered
             del self._verified[token]
-        signed = self._verify_signed(token)
-        self._verified[token] = signed
+        remembered = self._verified[token] = _Remembered(self._verify_signed(token))
         if len(self._verified) > VERIFIED_CACHE_SIZE:
             self._verified.popitem(last=False)
-        return signed
+        return remembered
 
     def _standing(self, signed: _SignedClaims) -> Caller:
-        """The caller as of now: disabled, revoked, current role and MFA, never from the cache."""
+        """The caller as of now: disabled, revoked, current role and MFA."""
         if self.access.is_erased(signed.user_id):
             raise Unauthenticated("this account was erased; it can no longer be used")
         if self.access.is_disabled(signed.user_id):

@@ -36,12 +36,13 @@ _TRACESTATE_MEMBER = re.compile(
     r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e][ \t]*"
 )
 
-_current: ContextVar[Mapping[str, str] | None] = ContextVar("parley_trace_headers", default=None)
+_current: ContextVar[Hop | None] = ContextVar("parley_trace_hop", default=None)
 
 
 def current() -> dict[str, str]:
     """The current hop's traceparent (and tracestate), to pass on; empty outside any hop."""
-    return dict(_current.get() or ())
+    hop = _current.get()
+    return {} if hop is None else dict(hop.headers)
 
 
 def _trace_id_of(traceparent: str | None) -> str | None:
@@ -85,17 +86,29 @@ class Hop:
     """`with Hop(traceparent, tracestate):` the block runs as one hop of that trace (see next_hop).
 
     A plain class, not a generator: it runs once per call and per consumed event. It yields
-    OpenTelemetry's invalid span, which records nothing, where a recorded span would be.
+    OpenTelemetry's invalid span, which records nothing, where a recorded span would be. Its
+    headers are made when first read: most consumed events (the gateway's live feed, storage's
+    archive) pass no trace on, and a hop's checks and random ids cost more than its bookkeeping.
     """
 
-    __slots__ = ("_headers", "_token")
+    __slots__ = ("_headers", "_token", "_traceparent", "_tracestate")
 
     def __init__(self, traceparent: str | None, tracestate: str | None = None) -> None:
-        self._headers = next_hop(traceparent, tracestate)
-        self._token: Token[Mapping[str, str] | None] | None = None
+        self._traceparent = traceparent
+        self._tracestate = tracestate
+        self._headers: dict[str, str] | None = None
+        self._token: Token[Hop | None] | None = None
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """This hop's traceparent (and tracestate), the same on every read."""
+        if self._headers is None:
+            self._headers = next_hop(self._traceparent, self._tracestate)
+            self._traceparent = self._tracestate = None  # what the client sent is not kept longer
+        return self._headers
 
     def __enter__(self) -> trace.Span:
-        self._token = _current.set(self._headers)
+        self._token = _current.set(self)
         return trace.INVALID_SPAN
 
     def __exit__(

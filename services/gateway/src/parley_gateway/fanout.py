@@ -107,7 +107,7 @@ class ChannelFeed:
         streams = self._streams.get(envelope.aggregate_id)
         arrival = envelope.event_type in ARRIVAL_TYPES and bool(self._by_user)
         if streams or arrival:
-            event = channel_event_of(envelope, received.stream_seq)
+            event = channel_event_of(envelope, received.stream_seq, opened=lambda: received.payload)
             for stream in streams or ():
                 stream.deliver(event)
             for user_id in event.arrivals:

@@ -40,11 +40,12 @@ from parley_core.visibility import HistoryView
 def client_event(payload: Message, position: int) -> gateway_pb2.ClientEvent | None:
     """The client's view of one channel event at stream `position`; None for events clients don't see."""
     if isinstance(payload, MessagePosted):
-        return gateway_pb2.ClientEvent(
-            message=chat_message(
-                **same_named(payload, *POSTED_FIELDS), sent_at_ns=payload.sent_at.ToNanoseconds(), position=position
-            )
+        # Filled in place, the event's own Timestamp copied: the one event each message brings.
+        event = gateway_pb2.ClientEvent()
+        chat_message(
+            **same_named(payload, *POSTED_FIELDS), sent_at=payload.sent_at, position=position, into=event.message
         )
+        return event
     if isinstance(payload, MessageEdited):
         # Clients tag it "(edited)" at once, as history does after a reload.
         edited = _updated(payload, position, sender_id=payload.editor_id, body=payload.body, edited=True)
@@ -161,9 +162,13 @@ class ChannelEvent:
         return gateway_pb2.ClientEvent(membership=change)
 
 
-def channel_event_of(envelope: EventEnvelope, position: int) -> ChannelEvent:
+def channel_event_of(
+    envelope: EventEnvelope, position: int, *, opened: Callable[[], Message] | None = None
+) -> ChannelEvent:
+    """`opened`: the payload as the caller has it open already (the feed's replay opened it to
+    check it, ReceivedEvent.payload), so that it is decoded once; else it is decoded here."""
     try:
-        payload = open_payload(envelope)
+        payload = open_payload(envelope) if opened is None else opened()
     except UnknownEventType:
         return ChannelEvent(envelope.aggregate_id, position, None)
     return ChannelEvent(
