@@ -41,7 +41,9 @@ class HandedOverStream:
     async def start(self) -> None:
         await self.bus.wait_for_stream(self.stream)
         self._handover = int((await self.bus.js.stream_info(self.stream)).state.last_seq or 0)
-        self.replay = await self.bus.replay(stream=self.stream, filter_subject=self.filter_subject, handler=self._replayed)
+        self.replay = await self.bus.replay(
+            stream=self.stream, filter_subject=self.filter_subject, handler=self._replayed
+        )
         self._task = asyncio.create_task(self._run(self.replay), name=f"detector-{self.stream}")
 
     def archived(self, batch: Sequence[ReceivedEvent]) -> None:
