@@ -32,6 +32,7 @@ ROUND_FIGURES = (
     "sequential.send_p50_ms",
     "one_channel_10_senders.cpu_ms_per_message.gateway",
     "one_channel_10_senders.cpu_ms_per_message.messaging",
+    "one_channel_10_senders.cpu_ms_per_message.storage",
     "one_channel_10_senders.cpu_ms_per_message.nats-server",
 )
 PROCESSES = ("gateway", "messaging", "storage", "nats-server", "parley-up")

@@ -297,6 +297,23 @@ async def test_a_burst_of_sends_and_not_a_chat(
     assert [a.user_id for a in found] == [flooding.user_id]  # false positives: 0
     assert found[0].evidence["messages_in_bucket"] == "21"
     assert found[0].response == "alert"
+    # Those sends came after storage started, so the detector had them from the archive consumer:
+    # storage's one reader of MSG once its start-up replay of the history is done.
+    await eventually(
+        lambda: storage_reads_only(nats_server, "MSG", "storage-archive-msg"),
+        "storage's start-up replay of MSG gone, its archive consumer left",
+        TIMEOUT_S,
+    )
+
+
+async def storage_reads_only(nats_server: NatsTestServer, stream: str, consumer: str) -> bool | None:
+    """True once `consumer` is storage's one consumer on `stream`, as the server lists them."""
+    nc = await nats_server.connect("platform")
+    try:
+        infos = await nc.jetstream().consumers_info(stream)
+    finally:
+        await nc.close()
+    return True if sorted(i.name for i in infos if i.name.startswith("storage")) == [consumer] else None
 
 
 async def test_the_roll_out_probers_sends_are_the_platforms_and_a_person_sending_as_much_is_found(

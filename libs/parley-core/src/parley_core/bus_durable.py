@@ -251,15 +251,16 @@ class DurableConsumer:
             for msg, event in decoded:
                 await self._process_one(msg, event)
             return
-        for msg, event in decoded:
+        for msg, _ in decoded:
             await msg.ack()
-            self._count(event)
+        self._count([event for _, event in decoded])
 
-    def _count(self, event: ReceivedEvent) -> None:
+    def _count(self, events: list[ReceivedEvent]) -> None:
+        """The batch's events in the metrics: one increment per batch, not per event."""
         if (metrics := self.bus.metrics) is not None:
-            metrics.events_consumed.labels(self.spec.stream).inc()
-            if event.num_delivered > 1:
-                metrics.redeliveries.labels(self.spec.durable).inc()
+            metrics.events_consumed.labels(self.spec.stream).inc(len(events))
+            if redelivered := sum(event.num_delivered > 1 for event in events):
+                metrics.redeliveries.labels(self.spec.durable).inc(redelivered)
 
     async def _handle_holding(self, events: list[ReceivedEvent], msgs: list[Msg]) -> bool:
         """Run the handler; on RetryLater hold the batch and retry it. False if stopped first."""
@@ -299,7 +300,7 @@ class DurableConsumer:
                 await msg.nak(delay=min(0.2 * 2**event.num_delivered, 30.0))
             return
         await msg.ack()
-        self._count(event)
+        self._count([event])
 
     def stopping(self) -> None:
         """Take no new batch from now on (stop() then waits for the one in flight)."""

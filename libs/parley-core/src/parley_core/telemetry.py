@@ -13,7 +13,7 @@ import inspect
 import json
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
@@ -122,6 +122,13 @@ def tracer(name: str) -> trace.Tracer:
     Cached before `setup_tracing` it is a proxy that follows the provider installed later.
     """
     return trace.get_tracer(name)
+
+
+def internal_span(tracer_name: str, span_name: str) -> AbstractContextManager[object]:
+    """A span around a process's own work (no message crosses it), or none when no exporter
+    records spans: an unrecorded span still costs its ids and two context switches, which was
+    about 3 % of storage's busy samples at one span per archived batch (bench profile)."""
+    return tracer(tracer_name).start_as_current_span(span_name) if _spans_recorded else nullcontext()
 
 
 def server_interceptors() -> list[grpc.aio.ServerInterceptor]:

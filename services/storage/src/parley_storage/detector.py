@@ -60,6 +60,7 @@ from parley_core.topology import (
     due_subject,
 )
 from parley_storage.detection import Anomaly, DetectionSettings, Rules
+from parley_storage.handed_over import HandedOverStream
 
 log = logging.getLogger(__name__)
 
@@ -99,20 +100,28 @@ class AnomalyDetector:
         self.rules = Rules(self.settings)
         self.recorded: set[str] = set()
         self.found: list[Anomaly] = []
+        # MSG after start comes from the archive consumer (StorageApp hands it its batches).
+        self.messages = HandedOverStream(
+            bus, stream="MSG", filter_subject=CHANNELS_FILTER, observe=self._guarded(self._messages)
+        )
 
     async def start(self) -> None:
         """Knows its own findings first, then joins the process's replays of the streams it
-        watches (EventBus.follow; the service starts them once every projection is added)."""
+        watches (EventBus.follow; the service starts them once every projection is added), and
+        reads MSG's history up to now (later messages come from the archive: handed_over)."""
         own = await self.bus.replay(stream="STORE", filter_subject=ANOMALY_FILTER, handler=self._own)
         await own.wait_caught_up(CATCH_UP_TIMEOUT_S)
         for stream, filter_subject, handler in (
             ("SEC", "parley.sec.login_failed.>", self._security),
             ("AUTH", AUTH_FILTER, self._auth),  # users and sessions, in the order auth wrote them
-            ("MSG", CHANNELS_FILTER, self._messages),
             ("STORE", "parley.storage.>", self._storage),
             ("PATCH", PATCH_FILTER, self._patch),
         ):
             self.bus.follow(stream=stream, filter_subject=filter_subject, handler=self._guarded(handler))
+        await self.messages.start()
+
+    async def stop(self) -> None:
+        await self.messages.stop()
 
     async def _own(self, event: ReceivedEvent) -> None:
         self.recorded.add(event.envelope.event_id)

@@ -288,6 +288,8 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
             await self._lost_consumers.stop()
         if self.siem is not None:
             await self.siem.stop()
+        if self.detector is not None:
+            await self.detector.stop()
         if self.archive is not None:
             self.archive.engine.dispose()
 
@@ -299,6 +301,8 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
             # The database, not the events, is at fault: hold the batch instead of parking it.
             raise RetryLater(f"archive database unavailable: {exc.__class__.__name__}") from exc
         await self.progress.advance(spec.stream, max(event.stream_seq for event in batch))
+        if spec.stream == "MSG" and self.detector is not None:
+            self.detector.messages.archived(batch)  # the detector's MSG, read once (handed_over)
 
     async def GetChannelHistory(
         self, request: storage_pb2.GetChannelHistoryRequest, context: grpc.aio.ServicerContext[object, object]

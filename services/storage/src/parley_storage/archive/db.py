@@ -78,7 +78,7 @@ class ArchiveDb:
                 log.warning("slow transaction", extra={"transaction": name, "seconds": round(elapsed, 3)})
             return result
 
-        with telemetry.tracer(_NAME).start_as_current_span(f"sql {name}"):
+        with telemetry.internal_span(_NAME, f"sql {name}"):
             return await asyncio.to_thread(transaction)
 
     def open_row(self, conn: Connection, row: Row[Any]) -> EventEnvelope | None:
