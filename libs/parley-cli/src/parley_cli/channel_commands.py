@@ -10,6 +10,7 @@ from parley_cli import chat, devices, messages
 from parley_cli.arguments import command
 from parley_cli.invocation import parley_as_run
 from parley_cli.signin import signed_in
+from parley_cli.state import gateway_gone
 from parley_cli.terminal import shown
 from parley_cli.wording import counted
 
@@ -79,7 +80,11 @@ async def cmd_history(args: argparse.Namespace) -> int:
 async def cmd_chat(args: argparse.Namespace) -> int:
     async with signed_in(args) as client:
         return await chat.interactive(
-            client, args.channel, parley=parley_as_run(args), store=devices.device_store(args)
+            client,
+            args.channel,
+            parley=parley_as_run(args),
+            store=devices.device_store(args),
+            gone=lambda: gateway_gone(args.data_dir, args.gateway),
         )
 
 
