@@ -24,11 +24,16 @@ async def cmd_create_channel(args: argparse.Namespace) -> int:
 
 async def cmd_join(args: argparse.Namespace) -> int:
     async with signed_in(args) as client:
+        mine = {c.channel_id for c in await client.my_channels()}  # joining one of them again changes nothing
         if chat.looks_like_an_id(args.channel):
             channel = await client.join_channel(args.channel)
         else:
             channel = await client.join_channel(name=args.channel)
-    print(f"joined #{shown(channel.name)} ({counted(len(channel.member_ids), 'member')})")
+    members = counted(len(channel.member_ids), "member")
+    if channel.channel_id in mine:
+        print(f"already a member of #{shown(channel.name)} ({members})")
+    else:
+        print(f"joined #{shown(channel.name)} ({members})")
     return 0
 
 

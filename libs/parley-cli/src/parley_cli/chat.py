@@ -221,8 +221,12 @@ async def find_channel(client: ParleyClient, reference: str) -> Channel:
         raise SystemExit(
             f"error: {len(named)} of your channels are named #{shown(reference)}: {choices}; give the id instead"
         )
-    names = ", ".join(f"#{shown(c.name)}" for c in channels) or "none"
-    raise SystemExit(f"{reference!r} is not one of your channels (yours: {names}); create it, or join it first")
+    # Direct conversations are left out: they are named by id only (`parley channels` lists them).
+    names = ", ".join(f"#{shown(c.name)}" for c in channels if not c.direct) or "none"
+    raise SystemExit(
+        f"error: {shown(reference)!r} is not one of your channels (yours: {names}); create it, or join it "
+        f"(`parley join {shown(shlex.quote(reference))}`; a private channel needs an invitation first)"
+    )
 
 
 async def user_id_of(client: ParleyClient, reference: str) -> str:
