@@ -34,7 +34,8 @@ def chatting(platform: RunningPlatform) -> Terminal:
 def gateway_frozen(platform: RunningPlatform) -> Iterator[None]:
     """Every gateway instance stopped (SIGSTOP): calls reach it and get no answer."""
     instances = platform.service("gateway")["instances"]
-    assert isinstance(instances, list) and instances
+    assert isinstance(instances, list)
+    assert instances
     pids = [int(i["pid"]) for i in instances]
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)

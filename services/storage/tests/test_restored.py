@@ -382,7 +382,7 @@ def test_restore_names_exactly_the_secrets_it_needs(tmp_path: Path) -> None:
     assert result.returncode == 1
     # Every file a restore of accounts needs, auth's too: no second refusal after the copy.
     assert "lacks storage-backup.key, storage-backup-signing.pub, auth-mfa-key.bin:" in result.stderr
-    copy = "copy storage-kek.json, storage-backup.key, storage-backup-signing.pub, auth-mfa-key.bin from your key backup"
+    copy = "copy storage-kek.json, storage-backup.key, storage-backup-signing.pub, auth-mfa-key.bin from your key"
     assert copy in result.stderr
     assert not (data_dir / "storage" / "archive.db").exists()
 
