@@ -366,12 +366,11 @@ async def interactive(
     leaving = asyncio.create_task(ended.wait())
     try:
         done, _ = await asyncio.wait({incoming, typed, leaving}, return_when=asyncio.FIRST_COMPLETED)
-        if leaving in done and not typed.done():
-            if sending:
-                print("-- leaving before the platform answered the last line; it may not have been sent --", flush=True)
+        if leaving in done and sending:
+            print("-- leaving before the platform answered the last line; it may not have been sent --", flush=True)
             return 0
         await read.settled()
-        return next(iter(done)).result()
+        return incoming.result() if incoming in done else 0  # typed lines end with 0
     finally:
         read.cancel()
         stream.cancel()
