@@ -6,7 +6,7 @@ import sys
 
 from two_people import DATA_DIR, password
 
-from parley_client import ClientConfig, ParleyClient
+from parley_client import ClientConfig, ParleyClient, ParleyError
 
 
 async def main(alice_name: str, bob_name: str) -> None:
@@ -36,4 +36,7 @@ async def main(alice_name: str, bob_name: str) -> None:
 
 if __name__ == "__main__":
     names = sys.argv[1:3] if len(sys.argv) > 2 else ["alice", "bob"]
-    asyncio.run(main(*names))
+    try:
+        asyncio.run(main(*names))
+    except ParleyError as exc:  # a wrong password, the platform down: one line saying so
+        sys.exit(f"{exc.message} ({exc.code.name})")

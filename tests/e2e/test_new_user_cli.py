@@ -177,6 +177,37 @@ def test_join_by_name_when_one_channel_has_it(platform: RunningPlatform) -> None
     assert "Traceback" not in private.stderr + ambiguous.stderr
 
 
+def test_repeat_invites_and_joins_say_already_a_member(platform: RunningPlatform) -> None:
+    owner, member = new_user(platform, "own"), new_user(platform, "mem")
+    room = unique("general")
+    room_id = cli(platform, "--as", owner, "create-channel", room).split()[-1]
+    assert cli(platform, "--as", member, "join", room) == f"joined #{room} (2 members)\n"
+    assert cli(platform, "--as", member, "join", room_id) == f"already a member of #{room} (2 members)\n"
+    assert cli(platform, "--as", owner, "invite", room, member) == (
+        f"invite: {member} is already a member of #{room} (2 members)\n"
+    )
+
+
+def test_a_channel_left_is_refused_with_the_channels_one_can_name(platform: RunningPlatform) -> None:
+    bob, alice = new_user(platform, "bob"), new_user(platform, "alice")
+    room, kept = unique("general"), unique("design")
+    cli(platform, "--as", alice, "create-channel", room)
+    cli(platform, "--as", bob, "join", room)
+    cli(platform, "--as", bob, "create-channel", kept)
+    cli(platform, "--as", bob, "dm", alice)
+    cli(platform, "--as", bob, "leave", room)
+
+    refused = platform.cli("--as", bob, "send", room, "x", check=False)
+
+    assert refused.returncode == 1
+    [line] = refused.stderr.splitlines()
+    assert line.startswith(f"error: '{room}' is not one of your channels (yours: #{kept});")
+    assert "#direct" not in line  # a direct conversation has no name to give
+    assert "a private channel needs an invitation" in line
+    nobody = platform.cli("--as", unique("carol"), "channels", check=False)
+    assert nobody.stderr.startswith("error: carol")
+
+
 def test_the_cli_finds_the_platform_parley_up_started_from_any_folder(
     platform: RunningPlatform, tmp_path: Path
 ) -> None:
@@ -282,6 +313,16 @@ def test_hello_says_a_wrong_password_in_one_line(platform: RunningPlatform) -> N
     assert result.stderr.splitlines() == [result.stderr.strip()]  # one line, no traceback
     assert result.stderr.startswith(f"{alice}: ")
     assert "UNAUTHENTICATED" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["hello.py", "conversations.py", "e2ee.py"])
+def test_an_example_without_a_platform_says_where_it_looked_in_one_line(tmp_path: Path, name: str) -> None:
+    environ = {**os.environ, "PARLEY_DATA_DIR": str(tmp_path), "PARLEY_PASSWORD": PASSWORD}
+    result = run([sys.executable, str(EXAMPLES / name), "alice", "bob"], environ)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [result.stderr.strip()]  # one line, no traceback
+    assert f"no platform is running in {tmp_path} (no client.json there)" in result.stderr
+    assert "(UNAVAILABLE)" in result.stderr
 
 
 def test_the_readme_examples_run_as_printed(platform: RunningPlatform) -> None:

@@ -112,6 +112,23 @@ def test_outside_the_repository_the_folder_parley_up_started_is_used(tmp_path: P
     )
 
 
+def test_a_remembered_folder_that_was_deleted_is_named_and_ignored(tmp_path: Path) -> None:
+    """The note of `parley up` outlives a deleted data folder: the CLI says so, not only that
+    ./.parley has nothing."""
+    config = tmp_path / "config"
+    (config / "parley").mkdir(parents=True)
+    deleted = tmp_path / "old-checkout" / ".parley"
+    (config / "parley" / "data-dir").write_text(f"{deleted}\n")
+
+    line = parley("channels", cwd=tmp_path, XDG_CONFIG_HOME=str(config))
+
+    assert line.startswith(
+        f"error: no platform state in {tmp_path / '.parley'}; the folder `parley up` last started, {deleted}, "
+        "no longer exists; start the platform with `make run`"
+    )
+    assert not deleted.exists()
+
+
 def test_a_gateway_that_does_not_answer_names_how_to_start_this_folder(pki: Pki, tmp_path: Path) -> None:
     """client.json is left from an earlier run, but nothing listens on its gateway's port now."""
     data_dir = tmp_path / "stopped"
@@ -189,4 +206,7 @@ def test_the_gateway_option_is_dialled_without_a_client_file(pki: Pki, tmp_path:
 
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
-    assert result.stderr.splitlines()[0].endswith("(UNAVAILABLE)")  # it dialled the gateway named, not refused
+    error, hint = result.stderr.splitlines()
+    assert error.endswith("(UNAVAILABLE)")  # it dialled the gateway named, not refused
+    # The address given is what does not answer: `parley status` knows nothing of it.
+    assert hint == f"is --gateway {nobody} right? that address is not answering"

@@ -301,7 +301,7 @@ async def test_verify_and_restore_of_a_missing_or_wrong_folder_say_so_in_one_lin
     assert line == f"backup verify failed: {a_file} is not a backup folder"
 
     line = refusal(run_module(TOOL, "restore", str(nowhere), "--data-dir", str(tmp_path / "made-up")))
-    assert "lacks storage-kek.json, storage-backup.key, storage-backup-signing.pub" in line
+    assert "lacks storage-kek.json, storage-backup.key, storage-backup-signing.pub, auth-mfa-key.bin" in line
     assert not (tmp_path / "made-up").exists()
 
 
@@ -380,8 +380,10 @@ def test_restore_names_exactly_the_secrets_it_needs(tmp_path: Path) -> None:
     result = run_module(TOOL, "restore", backup, "--data-dir", str(data_dir), data_dir=data_dir)
 
     assert result.returncode == 1
-    assert "lacks storage-backup.key, storage-backup-signing.pub:" in result.stderr
-    assert "copy storage-kek.json, storage-backup.key, storage-backup-signing.pub from your key backup" in result.stderr
+    # Every file a restore of accounts needs, auth's too: no second refusal after the copy.
+    assert "lacks storage-backup.key, storage-backup-signing.pub, auth-mfa-key.bin:" in result.stderr
+    copy = "copy storage-kek.json, storage-backup.key, storage-backup-signing.pub, auth-mfa-key.bin from your key"
+    assert copy in result.stderr
     assert not (data_dir / "storage" / "archive.db").exists()
 
 

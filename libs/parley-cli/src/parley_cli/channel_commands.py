@@ -10,6 +10,7 @@ from parley_cli import chat, devices, messages
 from parley_cli.arguments import command
 from parley_cli.invocation import parley_as_run
 from parley_cli.signin import signed_in
+from parley_cli.state import gateway_gone
 from parley_cli.terminal import shown
 from parley_cli.wording import counted
 
@@ -23,11 +24,16 @@ async def cmd_create_channel(args: argparse.Namespace) -> int:
 
 async def cmd_join(args: argparse.Namespace) -> int:
     async with signed_in(args) as client:
+        mine = {c.channel_id for c in await client.my_channels()}  # joining one of them again changes nothing
         if chat.looks_like_an_id(args.channel):
             channel = await client.join_channel(args.channel)
         else:
             channel = await client.join_channel(name=args.channel)
-    print(f"joined #{shown(channel.name)} ({counted(len(channel.member_ids), 'member')})")
+    members = counted(len(channel.member_ids), "member")
+    if channel.channel_id in mine:
+        print(f"already a member of #{shown(channel.name)} ({members})")
+    else:
+        print(f"joined #{shown(channel.name)} ({members})")
     return 0
 
 
@@ -79,7 +85,11 @@ async def cmd_history(args: argparse.Namespace) -> int:
 async def cmd_chat(args: argparse.Namespace) -> int:
     async with signed_in(args) as client:
         return await chat.interactive(
-            client, args.channel, parley=parley_as_run(args), store=devices.device_store(args)
+            client,
+            args.channel,
+            parley=parley_as_run(args),
+            store=devices.device_store(args),
+            gone=lambda: gateway_gone(args.data_dir, args.gateway),
         )
 
 

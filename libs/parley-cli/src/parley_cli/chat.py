@@ -7,7 +7,7 @@ import shlex
 import sys
 import threading
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 
 from grpc import StatusCode
@@ -15,7 +15,7 @@ from parley.messaging.v1.messaging_pb2 import Channel, ChatMessage
 
 from parley_cli.terminal import shown
 from parley_cli.wording import counted
-from parley_client import DeviceStore, LiveEvent, OutcomeUnknown, ParleyClient, ParleyError
+from parley_client import DeviceStore, LiveEvent, OutcomeUnknown, ParleyClient, ParleyError, never_sent
 from parley_client.e2ee import BODY_PREFIX
 from parley_client.live import RESUMABLE
 from parley_messaging.inputs import CHANNEL_ID
@@ -221,8 +221,12 @@ async def find_channel(client: ParleyClient, reference: str) -> Channel:
         raise SystemExit(
             f"error: {len(named)} of your channels are named #{shown(reference)}: {choices}; give the id instead"
         )
-    names = ", ".join(f"#{shown(c.name)}" for c in channels) or "none"
-    raise SystemExit(f"{reference!r} is not one of your channels (yours: {names}); create it, or join it first")
+    # Direct conversations are left out: they are named by id only (`parley channels` lists them).
+    names = ", ".join(f"#{shown(c.name)}" for c in channels if not c.direct) or "none"
+    raise SystemExit(
+        f"error: {shown(reference)!r} is not one of your channels (yours: {names}); create it, or join it "
+        f"(`parley join {shown(shlex.quote(reference))}`; a private channel needs an invitation first)"
+    )
 
 
 async def user_id_of(client: ParleyClient, reference: str) -> str:
@@ -253,8 +257,15 @@ async def open_channel(client: ParleyClient, reference: str, *, store: DeviceSto
 
 
 async def interactive(
-    client: ParleyClient, reference: str, *, parley: str = "parley", store: DeviceStore | None = None
+    client: ParleyClient,
+    reference: str,
+    *,
+    parley: str = "parley",
+    store: DeviceStore | None = None,
+    gone: Callable[[], str | None] = lambda: None,
 ) -> int:
+    """`gone` says, when asked, why the gateway cannot be reached if the CLI knows (the platform
+    stopped, a --gateway address that does not answer), else None."""
     channel_id, device_note = await open_channel(client, reference, store=store)
     if device_note:
         print(f"-- {device_note} --", flush=True)
@@ -314,8 +325,9 @@ async def interactive(
                 if exc.code not in RESUMABLE and not await client.renewed_after(exc, opened_with):
                     raise
             # The stream dropped (gateway restart, network, too slow, the access token expired
-            # and was renewed): resume where it stopped.
-            print("-- reconnecting --", flush=True)
+            # and was renewed): resume where it stopped. A platform that stopped is said so.
+            why = gone()
+            print(f"-- reconnecting: {shown(why)} --" if why else "-- reconnecting --", flush=True)
             async for event in client.live([channel_id], resume=stream.positions, on_ready=live_again):
                 await show(event)
         except ParleyError as exc:
@@ -323,38 +335,53 @@ async def interactive(
             return 1
         return 0
 
+    ended = asyncio.Event()  # Ctrl-D at a terminal: leave, even while a send waits for its answer
+    lines = _stdin_lines(ended)
+
+    sending = False
+
     async def send_typed() -> int:
-        lines = _stdin_lines()
+        nonlocal sending
         while (line := await lines.get()) is not None:
             text = line.rstrip("\n")
             if text.strip():
                 try:
+                    sending = True
                     await run_typed(client, channel_id, text)
                 except OutcomeUnknown as exc:
                     # Retried with its key until the deadline: shown above if it was stored after all.
                     print(
-                        f"not confirmed, it may have been sent (shown above if it was): {shown(exc.message)}",
+                        "not confirmed, it may have been sent (shown above if it was): the platform did not answer "
+                        f"in time ({shown(exc.last.message)})",
                         flush=True,
                     )
                 except ParleyError as exc:
-                    print(f"not sent: {shown(exc.message)}", flush=True)
+                    print(f"not sent: {shown((never_sent(exc) and gone()) or exc.message)}", flush=True)
+                finally:
+                    sending = False
         return 0
 
     incoming = asyncio.create_task(show_incoming())
     typed = asyncio.create_task(send_typed())
+    leaving = asyncio.create_task(ended.wait())
     try:
-        done, _ = await asyncio.wait({incoming, typed}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({incoming, typed, leaving}, return_when=asyncio.FIRST_COMPLETED)
+        if leaving in done and sending:
+            print("-- leaving before the platform answered the last line; it may not have been sent --", flush=True)
+            return 0
         await read.settled()
-        return next(iter(done)).result()
+        return incoming.result() if incoming in done else 0  # typed lines end with 0
     finally:
         read.cancel()
         stream.cancel()
         incoming.cancel()
         typed.cancel()
+        leaving.cancel()
 
 
-def _stdin_lines() -> asyncio.Queue[str | None]:
-    """Lines typed, read by a daemon thread so that leaving never waits for one more Enter."""
+def _stdin_lines(ended: asyncio.Event) -> asyncio.Queue[str | None]:
+    """Lines typed, read by a daemon thread so that leaving never waits for one more Enter;
+    `ended` is set at Ctrl-D on a terminal (input piped in is sent to its end)."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[str | None] = asyncio.Queue()
 
@@ -362,6 +389,8 @@ def _stdin_lines() -> asyncio.Queue[str | None]:
         for line in sys.stdin:
             loop.call_soon_threadsafe(queue.put_nowait, line)
         loop.call_soon_threadsafe(queue.put_nowait, None)
+        if sys.stdin.isatty():
+            loop.call_soon_threadsafe(ended.set)
 
     threading.Thread(target=read, name="stdin", daemon=True).start()
     return queue

@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         said = as_saved_login_refusal(args.user, refused) if args.user and args.command != "login" else refused
         print(f"error: {shown(said.message)} ({said.code.name})", file=sys.stderr)
         if said.code == grpc.StatusCode.UNAVAILABLE:
-            print(unavailable_hint(args.data_dir), file=sys.stderr)
+            print(unavailable_hint(args.data_dir, args.gateway), file=sys.stderr)
         code = 1
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)

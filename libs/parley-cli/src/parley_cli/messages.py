@@ -58,9 +58,14 @@ async def cmd_older(args: argparse.Namespace) -> int:
 
 async def cmd_member(args: argparse.Namespace) -> int:
     async with signed_in(args) as client:
-        channel_id = await chat.resolve_channel(client, args.channel)
+        channel = await chat.find_channel(client, args.channel)
+        user_id = await chat.user_id_of(client, args.person)
+        if args.command == "invite" and user_id in channel.member_ids:  # nothing to do: said, not "done"
+            members = counted(len(channel.member_ids), "member")
+            print(f"invite: {shown(args.person)} is already a member of #{shown(channel.name)} ({members})")
+            return 0
         action = {"invite": client.invite, "kick": client.kick, "ban": client.ban, "unban": client.unban}
-        channel = await action[args.command](channel_id, await chat.user_id_of(client, args.person))
+        channel = await action[args.command](channel.channel_id, user_id)
     print(f"{args.command}: done; #{shown(channel.name)} has {counted(len(channel.member_ids), 'member')}")
     return 0
 

@@ -57,7 +57,7 @@ class RegistryConnection:
             raise SystemExit("this command is taken by a person: name yourself with --as USER (after `parley login`)")
         path = login_file(Path(self._args.data_dir), user)
         if not path.exists():
-            raise SystemExit(f"{user} is not logged in here; run `parley login {user}`")
+            raise SystemExit(f"error: {user} is not logged in here; run `parley login {user}`")
         return (("authorization", f"Bearer {json.loads(path.read_text())['access_token']}"),)
 
     async def call(self, method: Any, request: Any, *, as_user: bool = False, timeout: float = 30.0) -> Any:

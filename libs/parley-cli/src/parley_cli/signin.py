@@ -111,5 +111,5 @@ async def login_as(args: argparse.Namespace, client: ParleyClient) -> None:
         raise SystemExit(f"{raised} (log in first with `parley login USER`)")
     path = token_path(args, args.user)
     if not path.exists():
-        raise SystemExit(f"{args.user} is not logged in here; run `parley login {args.user}`")
+        raise SystemExit(f"error: {args.user} is not logged in here; run `parley login {args.user}`")
     use_saved_login(client, path, args.user)

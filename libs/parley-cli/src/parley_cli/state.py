@@ -43,12 +43,24 @@ def remember_data_dir(data_dir: Path) -> None:
         pass
 
 
-def remembered_data_dir() -> Path | None:
+def _remembered_note() -> Path | None:
     try:
         text = remembered_file().read_text().strip()
     except OSError:
         return None
-    return Path(text) if text and Path(text).is_dir() else None
+    return Path(text) if text else None
+
+
+def remembered_data_dir() -> Path | None:
+    """The folder `parley up` last started, unless it was deleted since (then the note is ignored)."""
+    noted = _remembered_note()
+    return noted if noted is not None and noted.is_dir() else None
+
+
+def deleted_remembered_dir() -> Path | None:
+    """The folder `parley up` last started when it is gone: worth saying when nothing else is found."""
+    noted = _remembered_note()
+    return noted if noted is not None and not noted.exists() else None
 
 
 def default_data_dir() -> Path:
@@ -90,9 +102,11 @@ def no_platform(data_dir: Path) -> PlatformNotRunning:
         return PlatformNotRunning(f"no folder {data_dir}: is --data-dir (or $PARLEY_DATA_DIR) right?")
     if data_dir.resolve() == DEFAULT_DATA_DIR.resolve():
         # Run from a folder that is not the repository's: say where it looked and how to point it elsewhere.
+        gone = deleted_remembered_dir()
+        last = f"; the folder `parley up` last started, {gone}, no longer exists" if gone else ""
         return PlatformNotRunning(
-            f"no platform state in {data_dir.resolve()}; start the platform with {how_to_start(data_dir)} first "
-            f"in the repository's folder ({WHICH_FOLDER})"
+            f"no platform state in {data_dir.resolve()}{last}; start the platform with {how_to_start(data_dir)} "
+            f"first in the repository's folder ({WHICH_FOLDER})"
         )
     return PlatformNotRunning(
         f"no platform state in {data_dir}; start the platform with {how_to_start(data_dir)} first"
@@ -106,13 +120,27 @@ def last_state(data_dir: Path) -> dict[str, Any]:
     return state
 
 
-def unavailable_hint(data_dir: Path) -> str:
+def unavailable_hint(data_dir: Path, gateway: str | None = None) -> str:
     """After an UNAVAILABLE answer: with the platform running, a service behind it is down (status
-    names it), and telling to start the platform would mislead."""
+    names it), and telling to start the platform would mislead; a --gateway address the user gave
+    is named instead (status knows nothing of it)."""
+    if gateway:
+        return f"is --gateway {gateway} right? that address is not answering"
     state = last_state(data_dir)
     if joined_host(data_dir) or (state.get("running") and _alive(state.get("pid"))):
         return "a service it needs is unavailable: `parley status` names the one that is down"
     return f"is the platform running? {how_to_start(data_dir)} starts it; `parley status` shows what is down"
+
+
+def gateway_gone(data_dir: Path, gateway: str | None = None) -> str | None:
+    """Why the gateway cannot be reached, when this folder says: the platform in it stopped, or
+    the --gateway address given; None while the platform runs."""
+    if gateway:
+        return f"the gateway at {gateway} (--gateway) is not answering"
+    state = last_state(data_dir)
+    if joined_host(data_dir) or (state.get("running") and _alive(state.get("pid"))):
+        return None
+    return f"the platform is not running (start it with {how_to_start(data_dir)})"
 
 
 def load_running_state(data_dir: Path) -> dict[str, Any]:

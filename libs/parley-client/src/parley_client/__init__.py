@@ -3,7 +3,7 @@
 from parley_client.client import ParleyClient
 from parley_client.device_store import DeviceStore
 from parley_client.e2ee import DeviceKeyChanged, E2eeDevice, UndecryptableMessage, fingerprint
-from parley_client.errors import MfaRequired, OutcomeUnknown, ParleyError
+from parley_client.errors import MfaRequired, OutcomeUnknown, ParleyError, never_sent
 from parley_client.live import LiveEvent, LiveStream
 from parley_client.session import ClientConfig
 
@@ -20,4 +20,5 @@ __all__ = [
     "ParleyError",
     "UndecryptableMessage",
     "fingerprint",
+    "never_sent",
 ]

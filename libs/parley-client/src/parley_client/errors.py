@@ -35,6 +35,17 @@ class OutcomeUnknown(ParleyError):
             f"{again} to find out (it is never made twice). Last answer: {last.message}",
         )
         self.idempotency_key = idempotency_key
+        self.last = last  # the platform's last answer, for a caller that words the outcome itself
+
+
+# gRPC's words when a call found no connection to make (refused, no route, failed handshake): the
+# request never left this process.
+NO_CONNECTION = "failed to connect to all addresses"
+
+
+def never_sent(error: ParleyError) -> bool:
+    """True for a call that failed before any connection to the gateway was made: nothing was sent."""
+    return error.code == grpc.StatusCode.UNAVAILABLE and NO_CONNECTION in error.message
 
 
 class MfaRequired(ParleyError):

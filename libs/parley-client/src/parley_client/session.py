@@ -22,7 +22,7 @@ import grpc
 from parley.auth.v1 import auth_pb2
 from parley.gateway.v1 import gateway_pb2_grpc
 
-from parley_client.errors import OutcomeUnknown, ParleyError, error_of
+from parley_client.errors import OutcomeUnknown, ParleyError, error_of, never_sent
 
 DEFAULT_TIMEOUT_S = 10.0
 # A send (or another write that is safe to repeat) is retried for this long when its outcome is
@@ -30,6 +30,9 @@ DEFAULT_TIMEOUT_S = 10.0
 WRITE_TIMEOUT_S = 30.0
 WRITE_RETRY_FIRST_S = 0.1
 WRITE_RETRY_MAX_S = 2.0
+# A write that found no connection to the gateway, and had not gone out before, is retried this
+# long only: it was not made, and the platform is most likely not running.
+NO_CONNECTION_GIVE_UP_S = 2.0
 # Answers after which a write may or may not have been made (the platform's own marker on
 # UNAVAILABLE, a deadline, a connection lost in flight): retried with the same request.
 AMBIGUOUS = frozenset(
@@ -56,9 +59,15 @@ class ClientConfig:
 
     @classmethod
     def from_data_dir(cls, data_dir: Path) -> ClientConfig:
+        """The gateway a platform started in `data_dir` wrote; without one, a ParleyError
+        (UNAVAILABLE) names the file it looked for."""
         path = data_dir / "client.json"
         if not path.exists():
-            raise FileNotFoundError(f"{path} not found: start the platform with `make run` (or `parley up`) first")
+            raise ParleyError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"no platform is running in {data_dir.resolve()} (no {path.name} there): start it with `make run` "
+                "(or `parley up`), or name the folder it runs in with $PARLEY_DATA_DIR",
+            )
         raw = json.loads(path.read_text())
         return cls(gateway_address=raw["gateway_address"], ca_cert=Path(raw["ca_cert"]))
 
@@ -185,11 +194,15 @@ class GatewaySession:
         an ambiguous answer is retried with the same request, with backoff, until `timeout`.
 
         So a write reported failed was not made, and one made is reported made once; only a
-        deadline that passes before any answer raises OutcomeUnknown, which says so.
+        deadline that passes before any answer raises OutcomeUnknown, which says so. When every
+        attempt found no connection to the gateway, nothing was sent: the last refusal is raised
+        (after NO_CONNECTION_GIVE_UP_S, not the whole `timeout`).
         """
         loop = asyncio.get_running_loop()
         give_up = loop.time() + timeout
         delay = WRITE_RETRY_FIRST_S
+        maybe_sent = False  # an attempt reached the gateway and its answer was ambiguous
+        unconnected_since: float | None = None
         while True:
             try:
                 return await self._call(
@@ -199,7 +212,13 @@ class GatewaySession:
                 if exc.code not in AMBIGUOUS:
                     raise
                 last = exc
+            if never_sent(last):
+                unconnected_since = loop.time() if unconnected_since is None else unconnected_since
+                if not maybe_sent and loop.time() - unconnected_since >= NO_CONNECTION_GIVE_UP_S:
+                    raise last
+            else:
+                maybe_sent = True
             if give_up - loop.time() <= delay:
-                raise OutcomeUnknown(last, idempotency_key) from last
+                raise (OutcomeUnknown(last, idempotency_key) if maybe_sent else last) from last
             await asyncio.sleep(delay)  # backoff while the platform recovers
             delay = min(delay * 2, WRITE_RETRY_MAX_S)

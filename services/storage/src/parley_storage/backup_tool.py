@@ -50,8 +50,11 @@ from parley_storage.schema import events
 from parley_storage.service import configured_database_url, database_url, sqlite_archive_file
 from parley_storage.settings import StorageSettings
 
-# The secrets a restore reads, exactly as docs/storage.md's "Backups" names them.
+# The secrets a restore reads, exactly as docs/storage.md's "Backups" names them; and with them
+# the one auth needs for any archive that holds an account (require_platform_secrets), named in
+# the same refusal so that one copy from the key backup is enough.
 RESTORE_SECRETS = (KEYRING_FILE, BACKUP_KEY_FILE, VERIFY_KEY_FILE)
+RESTORE_COPIES = (*RESTORE_SECRETS, AUTH_SEALING_KEY_FILE)
 # What the data folder a restore goes into may hold: the key backup's secrets, and what is
 # harmless from the same installation (its CA and certificates, the CLI's saved logins and
 # publisher keys, old logs). Anything else is a platform's state, which the restored one must not
@@ -193,11 +196,11 @@ def restore(settings: Settings, backup: Path) -> dict[str, Any]:
 
     A refusal, a failure or an interrupt leaves the folder as it was (with PostgreSQL, the database
     keeps the empty tables of Parley's schema, which a retry reuses)."""
-    missing = [name for name in RESTORE_SECRETS if not (settings.secrets_dir / name).exists()]
-    if missing:
+    missing = [name for name in RESTORE_COPIES if not (settings.secrets_dir / name).exists()]
+    if set(missing) & set(RESTORE_SECRETS):
         raise RestoreRefused(
-            f"{settings.secrets_dir} lacks {', '.join(missing)}: copy {', '.join(RESTORE_SECRETS)} "
-            "from your key backup into it"
+            f"{settings.secrets_dir} lacks {', '.join(missing)}: copy {', '.join(RESTORE_COPIES)} "
+            f"from your key backup into it ({AUTH_SEALING_KEY_FILE} for a backup that holds any account)"
         )
     refuse_used_folder(settings.data_dir)
     binding = ResidencyBinding.from_settings(StorageSettings())
