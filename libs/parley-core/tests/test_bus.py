@@ -275,7 +275,8 @@ async def test_an_appended_event_keeps_the_traceparent_but_never_the_callers_tra
 
     raw = await bus.js.get_last_msg("MSG", subject, direct=True)
 
-    assert raw.data is not None and raw.headers is not None
+    assert raw.data is not None
+    assert raw.headers is not None
     stored = dict(decode(raw.data).trace_context)
     assert set(stored) == {"traceparent"}
     assert stored["traceparent"].split("-")[1] == "4bf92f3577b34da6a3ce929d0e0e4736"

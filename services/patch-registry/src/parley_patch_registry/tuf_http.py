@@ -9,6 +9,7 @@ node agents on other hosts fetch releases from any registry they follow.
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -27,8 +28,9 @@ class _QuietHandler(SimpleHTTPRequestHandler):
     server: _BoundedServer
 
     def setup(self) -> None:
-        self.timeout = self.server.request_timeout_s  # StreamRequestHandler sets it on the socket
         super().setup()
+        # What StreamRequestHandler's `timeout` does, per server: a read that waits longer ends the request.
+        self.connection.settimeout(self.server.request_timeout_s)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Access logs would go to stderr on every poll; the registry logs what matters."""
@@ -36,6 +38,8 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 
 class _BoundedServer(ThreadingHTTPServer):
     """A thread per connection, up to `max_connections` at once; one beyond is closed unserved."""
+
+    request_queue_size = 128  # connections the kernel holds for accept (5 by default): a burst waits less
 
     def __init__(
         self, address: tuple[str, int], handler: Any, *, request_timeout_s: float, max_connections: int
@@ -53,6 +57,11 @@ class _BoundedServer(ThreadingHTTPServer):
         except BaseException:
             self._slots.release()  # no thread started to release it
             raise
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client gone before its answer is no fault here (socketserver would print a traceback each)."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
