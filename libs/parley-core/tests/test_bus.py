@@ -18,6 +18,7 @@ from nats.js import api
 from parley.auth.v1.events_pb2 import UserRegistered
 from parley.messaging.v1.events_pb2 import MessagePosted
 
+from parley_core import telemetry
 from parley_core.bus import (
     FOREIGN_EVENT,
     Appended,
@@ -261,6 +262,25 @@ async def test_appended_event_carries_its_envelope_and_headers(bus: EventBus) ->
     assert open_payload(envelope) == event.payload
     assert raw.headers is not None
     assert raw.headers["Nats-Msg-Id"] == event.event_id
+
+
+async def test_an_appended_event_keeps_the_traceparent_but_never_the_callers_tracestate(bus: EventBus) -> None:
+    """A tracestate is text of the client's choosing (well formed or not): the durable log keeps
+    none of it, in the envelope or the stream's headers; the trace id goes on."""
+    subject = channel_subject("c-trace")
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    with telemetry.continued_from({"traceparent": parent, "tracestate": "evil=AAAA,rt=anything"}, "consume"):
+        assert "tracestate" in telemetry.current_trace_headers()  # carried on within the process
+        await bus.append(subject, posted("c-trace", "hi"), aggregate_version=1, expected_last_subject_seq=0)
+
+    raw = await bus.js.get_last_msg("MSG", subject, direct=True)
+
+    assert raw.data is not None
+    assert raw.headers is not None
+    stored = dict(decode(raw.data).trace_context)
+    assert set(stored) == {"traceparent"}
+    assert stored["traceparent"].split("-")[1] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert "tracestate" not in raw.headers
 
 
 def test_a_deliverys_payload_is_opened_once_for_the_owner_check_and_every_handler() -> None:

@@ -182,8 +182,8 @@ HOSTILE_TRACESTATES = {
 @pytest.mark.parametrize("exporter", ["none", "console"])
 @pytest.mark.parametrize("state", HOSTILE_TRACESTATES.values(), ids=HOSTILE_TRACESTATES.keys())
 def test_a_callers_malformed_tracestate_goes_no_further(exporter: str, state: str) -> None:
-    """A tracestate is the caller's choice and goes into every event of its hop (envelope and
-    headers): one that is not W3C's list of at most 32 well-formed members is dropped on a
+    """A tracestate is the caller's choice and goes on to every call of its hop (events keep none:
+    test_bus.py): one that is not W3C's list of at most 32 well-formed members is dropped on a
     served call and on a consumed event, with or without an exporter; the trace goes on."""
     result = state_probe(exporter, state)
     for hop in (result["served"], result["consumed"]):

@@ -65,3 +65,40 @@ async def test_concurrent_sends_go_together_and_each_client_gets_its_own_answer(
         assert (empty.code(), empty.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "message body is empty")
     assert max(turns) > 1, "sends waiting at the gateway were decided together"
     assert stack.app("messaging").channels.get(cid).last_seq == SENDS_EACH
+
+
+async def test_a_send_carrying_two_tokens_is_refused_alone_or_batched(stack: Stack) -> None:
+    """The gateway checks and rate-limits one token: a call carrying a second `authorization`
+    header is refused, whether it goes alone or waits in a batch, and posts as no one."""
+    await stack.create_user("lena", "member")
+    await stack.create_user("omar", "member")
+    lena = bearer((await stack.login("lena")).access_token)
+    omar = bearer((await stack.login("omar")).access_token)
+    gateway = stack.gateway()
+    cid = (
+        await gateway.CreateChannel(
+            messaging_pb2.CreateChannelRequest(name="one-token"), metadata=lena, timeout=TIMEOUT_S
+        )
+    ).channel_id
+    await gateway.JoinChannel(messaging_pb2.JoinChannelRequest(channel_id=cid), metadata=omar, timeout=TIMEOUT_S)
+
+    async def send(
+        metadata: tuple[tuple[str, str], ...], body: str
+    ) -> messaging_pb2.ChatMessage | grpc.aio.AioRpcError:
+        request = messaging_pb2.PostMessageRequest(channel_id=cid, body=body, idempotency_key=uuid.uuid4().hex)
+        try:
+            return await gateway.SendMessage(request, metadata=metadata, timeout=TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            return exc
+
+    alone = await send(lena + omar, "alone")
+    sends = [(lena, f"lena {n}") for n in range(SENDS_EACH)] + [(lena + omar, f"two {n}") for n in range(SENDS_EACH)]
+    answers = [alone, *await asyncio.gather(*(send(metadata, body) for metadata, body in sends))]
+
+    two_tokens = [alone, *answers[1 + SENDS_EACH :]]
+    for refused in two_tokens:
+        assert isinstance(refused, grpc.aio.AioRpcError)
+        assert refused.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "send exactly one Bearer token" in (refused.details() or "")
+    stored = stack.app("messaging").channels.get(cid)
+    assert sorted(r.current.body for r in stored.messages.values()) == sorted(f"lena {n}" for n in range(SENDS_EACH))

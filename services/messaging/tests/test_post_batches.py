@@ -12,6 +12,7 @@ import pytest
 from parley.auth.v1 import auth_pb2
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 
+from parley_core.post_batch_limits import POST_BATCH_MAX_ITEMS
 from parley_core.topology import PLATFORM_USER
 from parley_testing.stack import TIMEOUT_S, Stack
 from parley_testing.waiting import until
@@ -129,3 +130,28 @@ async def test_an_item_of_a_revoked_session_is_refused_while_its_batch_lands(sta
     ]
     assert response.outcomes[1].details == "this session was revoked; log in again"
     assert [o.message.channel_seq for o in response.outcomes] == [1, 0, 2]
+
+
+async def test_a_call_of_more_items_than_the_gateway_ever_sends_is_refused_whole(stack: Stack) -> None:
+    """The gateway's certificate and one member's token: a call over the gateway's own cap posts
+    nothing (one turn of the channel's lock would hold it for every item); the cap itself lands."""
+    await stack.create_user("ezra", "member")
+    ezra = f"Bearer {(await stack.login('ezra')).access_token}"
+    messaging = messaging_pb2_grpc.MessagingServiceStub(stack.internal("messaging"))
+    cid = (
+        await messaging.CreateChannel(
+            messaging_pb2.CreateChannelRequest(name="capped"), metadata=(("authorization", ezra),), timeout=TIMEOUT_S
+        )
+    ).channel_id
+
+    over = [item(cid, f"flood {n}", ezra) for n in range(POST_BATCH_MAX_ITEMS + 1)]
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await messaging.PostMessages(messaging_pb2.PostMessagesRequest(items=over), timeout=TIMEOUT_S)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"at most {POST_BATCH_MAX_ITEMS} items" in (refused.value.details() or "")
+    assert stack.app("messaging").channels.get(cid).last_seq == 0
+
+    full = over[:POST_BATCH_MAX_ITEMS]
+    response = await messaging.PostMessages(messaging_pb2.PostMessagesRequest(items=full), timeout=TIMEOUT_S)
+    assert {status(o) for o in response.outcomes} == {grpc.StatusCode.OK}
+    assert stack.app("messaging").channels.get(cid).last_seq == POST_BATCH_MAX_ITEMS

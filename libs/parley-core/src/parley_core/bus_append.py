@@ -27,6 +27,7 @@ from parley_core.bus_events import (
 )
 from parley_core.envelope import NewEvent, decode, seal
 from parley_core.topology import stream_for_subject
+from parley_core.trace_hops import TRACEPARENT
 
 MARKER_ATTEMPTS = 5
 # One publish waits this long for its ack before it is sent again (same Nats-Msg-Id).
@@ -59,7 +60,9 @@ async def append(
     rule over all of them (one unfinished roll-out per service) holds between two writers.
     `own`: this process's reader of the stream, told of the append while it is on its way.
     """
-    trace_headers = telemetry.current_trace_headers()
+    # The traceparent only (fixed-format hex): a tracestate is the client's text, and what goes in
+    # here is kept in the durable log (envelope and stream headers) for as long as the event.
+    trace_headers = {k: v for k, v in telemetry.current_trace_headers().items() if k == TRACEPARENT}
     envelope = seal(event, aggregate_version=aggregate_version, producer=bus.producer, trace_context=trace_headers)
     headers = {**trace_headers, "Nats-Msg-Id": event.event_id}
     if expected_last_subject_seq is not None:

@@ -267,12 +267,16 @@ _handed_over: ContextVar[tuple[object, Caller] | None] = ContextVar("parley_auth
 
 
 def bearer_token(context: grpc.aio.ServicerContext[object, object]) -> str | None:
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization":
-            text = value.decode() if isinstance(value, bytes) else value
-            scheme, _, token = text.partition(" ")
-            if scheme.lower() == "bearer" and token:
-                return token.strip()
+    """The call's bearer token (None without one). A call carrying two `authorization` headers is
+    refused: a check of one and a use of the other would act as someone else than was checked."""
+    carried = [value for key, value in context.invocation_metadata() or () if key == "authorization"]
+    if len(carried) > 1:
+        raise Unauthenticated(f"{len(carried)} `authorization` metadata headers; send exactly one Bearer token")
+    for value in carried:
+        text = value.decode() if isinstance(value, bytes) else value
+        scheme, _, token = text.partition(" ")
+        if scheme.lower() == "bearer" and token:
+            return token.strip()
     return None
 
 

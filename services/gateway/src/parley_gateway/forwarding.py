@@ -14,6 +14,7 @@ import grpc
 from parley_core import telemetry
 from parley_core.errors import OUTCOME_METADATA, OUTCOME_UNKNOWN, OUTCOME_UNKNOWN_MESSAGE
 from parley_core.sources import SOURCE_METADATA, client_address
+from parley_core.tokens import bearer_token
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,9 @@ class Forwarded:
 
     @classmethod
     def of(cls, context: Context) -> Forwarded:
-        metadata = tuple((k, v) for k, v in context.invocation_metadata() or () if k == "authorization")
+        # Exactly the token the gateway checked (a call with two `authorization` headers is refused).
+        token = bearer_token(context)
+        metadata: tuple[tuple[str, str | bytes], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         # The client's real address (no proxy in front of the gateway), for auth's lockouts,
         # registration budgets and security events; any such metadata from the client is dropped.
         metadata = (*metadata, (SOURCE_METADATA, client_address(context.peer())))

@@ -20,14 +20,12 @@ import grpc
 from parley.messaging.v1 import messaging_pb2
 
 from parley_core import telemetry
+from parley_core.post_batch_limits import POST_BATCH_MAX_BYTES, POST_BATCH_MAX_ITEMS
 from parley_core.trace_hops import TRACEPARENT, TRACESTATE
 from parley_gateway.forwarding import REPEATABLE, Context, Forwarded, answer_failure, outcome_unknown
 
 log = logging.getLogger(__name__)
 
-BATCH_MAX = 64  # sends per call; a fuller queue sends more calls at once
-# Bytes of sends per call, well under gRPC's 4 MB message limit (a send may be 64 KiB: GatewayLimits).
-BATCH_MAX_BYTES = 1024 * 1024
 STATUS_OF = {code.value[0]: code for code in grpc.StatusCode}
 
 PostMany = grpc.aio.UnaryUnaryMultiCallable[messaging_pb2.PostMessagesRequest, messaging_pb2.PostMessagesResponse]
@@ -51,11 +49,12 @@ class WaitingSend:
 
 
 def _item(request: messaging_pb2.PostMessageRequest, forwarded: Forwarded) -> messaging_pb2.PostItem:
-    carried = {key: value if isinstance(value, str) else value.decode() for key, value in forwarded.metadata}
+    # The one token the gateway checked (Forwarded.of refuses a call carrying two).
+    authorization = next((value for key, value in forwarded.metadata if key == "authorization"), "")
     trace = telemetry.current_trace_headers()  # the client's call's, with an exporter or without
     return messaging_pb2.PostItem(
         request=request,
-        authorization=carried.get("authorization", ""),
+        authorization=authorization if isinstance(authorization, str) else authorization.decode(),
         traceparent=trace.get(TRACEPARENT, ""),
         tracestate=trace.get(TRACESTATE, ""),
     )
@@ -76,8 +75,8 @@ class SendBatches:
         post: PostMany,
         stable: PostMany | None,
         *,
-        batch_max: int = BATCH_MAX,
-        max_bytes: int = BATCH_MAX_BYTES,
+        batch_max: int = POST_BATCH_MAX_ITEMS,
+        max_bytes: int = POST_BATCH_MAX_BYTES,
     ) -> None:
         self._alone = alone
         self._post = post

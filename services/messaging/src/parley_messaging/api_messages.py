@@ -8,7 +8,8 @@ import uuid
 
 from parley.messaging.v1 import messaging_pb2
 
-from parley_core.errors import InvalidArgument, PermissionDenied
+from parley_core.errors import InvalidArgument, PermissionDenied, ResourceExhausted
+from parley_core.post_batch_limits import POST_BATCH_MAX_ITEMS
 from parley_core.server_interceptors import peer_names
 from parley_core.tokens import Caller
 from parley_messaging import decisions as cmd
@@ -54,6 +55,11 @@ class MessagesApi(MessagingBase):
         lock, in order, and different channels' at the same time."""
         if GATEWAY not in peer_names(context):
             raise PermissionDenied("only the gateway sends its clients' posts together (PostMessages)")
+        if len(request.items) > POST_BATCH_MAX_ITEMS:  # what the gateway never sends: one lock turn stays short
+            raise ResourceExhausted(
+                f"PostMessages carries at most {POST_BATCH_MAX_ITEMS} items; this call has {len(request.items)}: "
+                "send the rest in further calls"
+            )
         outcomes = [messaging_pb2.PostOutcome() for _ in request.items]
         by_channel: dict[str, list[tuple[int, cmd.PostMessage, ItemScope]]] = {}
         for index, item in enumerate(request.items):

@@ -9,6 +9,7 @@ node agents on other hosts fetch releases from any registry they follow.
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -16,22 +17,82 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+# A request not fully sent within this many seconds is dropped (its socket's timeout), and at most
+# this many connections are served at once (one thread each); any more is closed on arrival. Node
+# agents make a few short fetches each: half-sent requests then tie up neither threads nor the port.
+REQUEST_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 64
+
 
 class _QuietHandler(SimpleHTTPRequestHandler):
+    server: _BoundedServer
+
+    def setup(self) -> None:
+        super().setup()
+        # What StreamRequestHandler's `timeout` does, per server: a read that waits longer ends the request.
+        self.connection.settimeout(self.server.request_timeout_s)
+
     def log_message(self, format: str, *args: Any) -> None:
         """Access logs would go to stderr on every poll; the registry logs what matters."""
 
 
-class _Ipv6Server(ThreadingHTTPServer):
+class _BoundedServer(ThreadingHTTPServer):
+    """A thread per connection, up to `max_connections` at once; one beyond is closed unserved."""
+
+    request_queue_size = 128  # connections the kernel holds for accept (5 by default): a burst waits less
+
+    def __init__(
+        self, address: tuple[str, int], handler: Any, *, request_timeout_s: float, max_connections: int
+    ) -> None:
+        self.request_timeout_s = request_timeout_s
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()  # no thread started to release it
+            raise
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client gone before its answer is no fault here (socketserver would print a traceback each)."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class _Ipv6Server(_BoundedServer):
     address_family = socket.AF_INET6
 
 
 class RepositoryHttpServer:
     """Starts on a free port (of 127.0.0.1 unless told a host) in a thread; `with` stops it."""
 
-    def __init__(self, folder: Path, host: str = "127.0.0.1", port: int = 0) -> None:
-        server = _Ipv6Server if ":" in host else ThreadingHTTPServer
-        self._server = server((host, port), partial(_QuietHandler, directory=str(folder)))
+    def __init__(
+        self,
+        folder: Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
+        server = _Ipv6Server if ":" in host else _BoundedServer
+        self._server = server(
+            (host, port),
+            partial(_QuietHandler, directory=str(folder)),
+            request_timeout_s=request_timeout_s,
+            max_connections=max_connections,
+        )
         self._thread = threading.Thread(target=self._server.serve_forever, name="tuf-http", daemon=True)
 
     @property
