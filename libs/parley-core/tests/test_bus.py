@@ -283,7 +283,7 @@ async def test_an_appended_event_keeps_the_traceparent_but_never_the_callers_tra
     assert "tracestate" not in raw.headers
 
 
-def test_a_deliverys_payload_is_opened_once_for_the_owner_check_and_every_handler() -> None:
+async def test_a_deliverys_payload_is_opened_once_for_the_owner_check_and_every_handler() -> None:
     event = posted("c-once", "hi")
     delivered = received(event, stream_seq=1)
     assert foreign_type(delivered) is None
