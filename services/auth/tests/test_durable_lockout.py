@@ -84,3 +84,51 @@ async def test_a_successful_login_clears_the_account_counter_everywhere(
         assert await login(other, "forgetful", PASSWORD) == grpc.StatusCode.OK
     finally:
         await restarted.shutdown()
+
+
+BACKSTOP = LockoutPolicy(threshold=4, base_s=3600.0, max_s=3600.0, forget_after_s=3600.0)
+
+
+async def test_a_new_address_per_guess_still_meets_the_account_backstop(
+    stack: Stack, nats_server: NatsTestServer
+) -> None:
+    """The gateway's certificate may name any address: a guesser claiming a fresh one per try
+    never reaches a pair's threshold, but the account's count over every address stops him."""
+    await stack.create_user("sprayed", "member")
+    await stack.create_user("neighbour", "member")
+    first = stack.app("auth")
+    first.lockouts.pair_policy = POLICY
+    first.lockouts.account_policy = BACKSTOP
+    stub = stack.auth_as_gateway()
+
+    async def attempt(password: str, source: str, username: str = "sprayed") -> tuple[grpc.StatusCode, str]:
+        request = auth_pb2.LoginRequest(username=username, password=password)
+        try:
+            await stub.Login(request, metadata=(("x-parley-source", source),), timeout=TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code(), exc.details() or ""
+        return grpc.StatusCode.OK, ""
+
+    for n in range(BACKSTOP.threshold):
+        code, _ = await attempt("wrong-password-here", f"ipv4:203.0.113.{n + 1}")
+        assert code == grpc.StatusCode.UNAUTHENTICATED
+    # The next guess, and even the right password, from yet another address, waits.
+    held_back = (grpc.StatusCode.RESOURCE_EXHAUSTED, "too many failed logins for this account from many addresses")
+    code, details = await attempt("wrong-password-here", "ipv4:198.51.100.1")
+    assert (code, details[: len(held_back[1])]) == held_back
+    code, details = await attempt(PASSWORD, "ipv4:198.51.100.2")
+    assert (code, details[: len(held_back[1])]) == held_back
+    # Only this account: the addresses used are not locked for anyone else.
+    assert await attempt(PASSWORD, "ipv4:203.0.113.1", username="neighbour") == (grpc.StatusCode.OK, "")
+
+    restarted = await another_auth(stack, nats_server)
+    restarted.app.app.lockouts.account_policy = BACKSTOP
+    try:
+        # Counted on the AUTH stream: a fresh instance replays the backstop too.
+        other = stack.auth_as_gateway(restarted.port)
+        request = auth_pb2.LoginRequest(username="sprayed", password=PASSWORD)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await other.Login(request, metadata=(("x-parley-source", "ipv4:192.0.2.200"),), timeout=TIMEOUT_S)
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        await restarted.shutdown()

@@ -9,7 +9,7 @@ from cryptography.exceptions import InvalidTag
 
 from parley_auth import mfa
 from parley_auth.key_rotation import RETIRE_MARGIN_S, KeySchedule, SigningKeyState
-from parley_auth.lockout import SWEEP_EVERY, LockoutBook, LockoutPolicy, Scope
+from parley_auth.lockout import ACCOUNT_BACKSTOP, SWEEP_EVERY, LockoutBook, LockoutPolicy, Scope
 from parley_auth.passwords import verify_password
 from parley_auth.sealing import PASSWORD_HASH, REFRESH_TOKEN, SealedFieldUnreadable, SecretSealer
 from parley_auth.sessions import RefreshVerdict, Session, digest, new_refresh_token
@@ -89,6 +89,37 @@ def test_a_stranger_locks_only_his_own_tries_at_an_account() -> None:
     # A clearing record from before per-pair counts (no source) clears every pair, as it did.
     book.record_success("victim")
     assert book.check("victim", "stranger") is None
+
+
+def test_the_account_backstop_bounds_guesses_from_ever_new_addresses() -> None:
+    """A guesser naming a new address per try (as the gateway's certificate may) gets the
+    backstop's threshold, then one try per cool-down; the owner's success does not reset it,
+    an administrator's unlock does."""
+    now = [0.0]
+    book = LockoutBook(
+        pair_policy=LockoutPolicy(threshold=5, base_s=2.0, max_s=900.0),
+        source_policy=LockoutPolicy(threshold=50, base_s=2.0, max_s=900.0),
+        account_policy=ACCOUNT_BACKSTOP,
+        clock=lambda: now[0],
+    )
+    guesses, address = 0, 0
+    while now[0] < 3600.0:  # an hour of guessing as fast as auth lets him
+        address += 1
+        if (locked := book.check("victim", f"ipv4:10.1.{address // 250}.{address % 250}")) is None:
+            book.record_failure("victim", f"ipv4:10.1.{address // 250}.{address % 250}", at=now[0])
+            guesses += 1
+            now[0] += 1.0
+        else:
+            assert locked.scope is Scope.ACCOUNT
+            assert "from many addresses; try again in 5 minutes" in locked.message
+            now[0] += locked.retry_after_s
+    assert guesses <= ACCOUNT_BACKSTOP.threshold + 3600.0 / ACCOUNT_BACKSTOP.base_s
+    book.record_failure("victim", "ipv4:10.2.0.1", at=now[0])  # one more: a cool-down runs now
+    book.record_success("victim", "ipv4:10.1.0.1")  # the owner's (or a lucky) success at one address
+    assert book.check("victim", "home") is not None
+    assert book.check("someone-else", "home") is None
+    book.record_success("victim")  # an administrator's unlock
+    assert book.check("victim", "home") is None
 
 
 def test_counts_older_than_a_day_are_swept_and_recent_ones_kept() -> None:

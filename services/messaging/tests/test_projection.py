@@ -10,7 +10,7 @@ import pytest
 from parley.common.v1.envelope_pb2 import EventEnvelope
 
 from parley_core.bus_events import ReceivedEvent
-from parley_core.errors import NotFound
+from parley_core.errors import FailedPrecondition, NotFound
 from parley_core.topology import channel_subject
 from parley_messaging import codec
 from parley_messaging import events as ev
@@ -117,6 +117,20 @@ def test_posts_are_numbered_recorded_by_send_and_threaded(log: Log) -> None:
     assert channel.earlier_send("alice", "k3") == channel.messages[3].current
     assert channel.messages[3].current.sent_at_unix_ns == 3000
     assert channel.unread_count("owner") == 3
+
+
+def test_a_post_numbered_like_an_existing_message_is_refused_and_a_copy_changes_nothing(log: Log) -> None:
+    log.post(1, "alice")
+    log.post(2, "bob")
+    log.post(1, "alice")  # the same post again (a copy at another stream position): nothing changes
+    channel = log.channels.get(C)
+    assert channel.last_seq == 2
+    assert channel.messages[1].current.body == "text 1"
+    forged = ev.MessagePosted(C, "forged", "alice", 1, "forged words", "kf", 1000, "alice", 0)
+    with pytest.raises(FailedPrecondition, match="claims number 1, taken already"):
+        log.append(forged)  # the replay halts on it rather than overwrite message #1
+    assert channel.messages[1].current.body == "text 1"
+    assert channel.messages[1].versions == ["text 1"]
 
 
 def test_edits_keep_versions_and_a_redaction_removes_every_text(log: Log) -> None:

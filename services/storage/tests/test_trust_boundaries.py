@@ -472,3 +472,47 @@ async def test_a_stolen_messaging_credential_deleting_a_channels_newest_message_
     # The archive kept what the log lost, and the new message shows beside it, not hidden behind it.
     await eventually(lambda: _count(stack, token, cid, 3), "three messages in history")
     assert [m.body for m in await history(stack, token, cid)] == ["one", "two", "three"]
+
+
+async def test_a_stolen_messaging_credential_cannot_post_over_a_message_with_its_number(
+    stack: Stack, nats_server: NatsTestServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A forged MessagePosted numbered like a message that exists halts messaging's projection
+    (it would overwrite the message there) and is parked by storage's archive: neither replaces
+    the original's text, row or count. A second copy of the original post changes nothing."""
+    caplog.set_level(logging.ERROR, logger="parley_core.projection_dispatch")
+    alice, token, _ = await register(stack, "alice")
+    cid, first = await channel_with_a_message(stack, token, "the original")
+    await eventually(lambda: _count(stack, token, cid, 1), "the message archived")
+    platform = (await nats_server.connect("platform")).jetstream()
+    original = await platform.get_last_msg("MSG", channel_subject(cid))
+    messaging_js = (await nats_server.connect("messaging")).jetstream()  # the stolen credential
+    # A copy of the original post (a publisher's retry past the de-duplication window): harmless.
+    copy = (await messaging_js.publish(channel_subject(cid), original.data)).seq
+    await until(lambda: stack.app("storage").progress.archived("MSG") >= copy, "storage archived the copy")
+    request = messaging_pb2.PostMessageRequest(channel_id=cid, body="after the copy", idempotency_key="k2")
+    assert (await stack.gateway().SendMessage(request, metadata=token, timeout=TIMEOUT_S)).channel_seq == 2
+
+    forged = MessagePosted(
+        channel_id=cid,
+        message_id=uuid.uuid4().hex,
+        sender_id=alice.user_id,
+        sender_name="alice",
+        channel_seq=first.channel_seq,
+        body="forged words",
+        idempotency_key="forged",
+    )
+    seq = (await messaging_js.publish(channel_subject(cid), envelope("channel", cid, forged))).seq
+
+    messaging = stack.app("messaging")
+    await until(lambda: messaging.ctx.bus.halted is not None, "messaging's projection halted")
+    assert messaging.ctx.bus.halted.stream_seq == seq
+    assert [r for r in caplog.records if f"stream MSG, sequence {seq}," in r.getMessage()]
+    assert messaging.channels.get(cid).messages[first.channel_seq].current.body == "the original"
+    copy_parked = await eventually(lambda: parked(platform, parked_subject("storage", "MSG")), "storage parked it")
+    assert copy_parked.headers is not None
+    assert copy_parked.headers["Parley-Original-Sequence"] == str(seq)
+    assert "not archived over it" in copy_parked.headers["Parley-Parked-Reason"]
+    assert [m.body for m in await history(stack, token, cid)] == ["the original", "after the copy"]
+    stored, _ = await stack.app("storage").archive.stream_events("MSG", after_seq=seq - 1, limit=1)
+    assert not stored or stored[0].stream_seq != seq  # never archived

@@ -8,6 +8,12 @@ account; a separate, higher threshold per address stops one address guessing acr
 accounts. The address is the client's real one: gateway instances listen on the client port
 themselves (no proxy in between, see parley_agent.shared_port), so the gateway sees it.
 
+Why also a backstop per account over every address: the address is the gateway's word, so a
+holder of the gateway's certificate (or a guesser with many addresses) can claim a fresh one per
+try and never reach a pair's threshold. Past a much higher count at one account from any
+addresses, the account's logins wait a short cool-down, whatever address they claim: guessing
+is bounded per account, and the owner waits minutes at worst, never a day.
+
 A failure is a wrong password or second factor at login, and the same at a step-up check (the
 current password to ChangePassword, a code to ConfirmTotpEnrolment or RegenerateRecoveryCodes):
 a stolen session buys no free guesses. Counters are keyed by the normalized username whether
@@ -66,6 +72,7 @@ def _drop_forgotten(counters: dict[str, _Counter], now: float, policy: LockoutPo
 
 class Scope(StrEnum):
     PAIR = "pair"  # this account from this address
+    ACCOUNT = "account"  # this account from every address (the backstop)
     SOURCE = "source"  # every account from this address
     SLOWED = "slowed"  # every account from this address, on the anomaly detector's word
 
@@ -82,6 +89,12 @@ class Locked:
         yours = f"your address ({self.source})" if self.source else "your address"
         if self.scope is Scope.PAIR:
             return f"too many failed attempts at this account from {yours}; {wait}"
+        if self.scope is Scope.ACCOUNT:
+            minutes = int(self.retry_after_s // 60) + 1
+            return (
+                "too many failed logins for this account from many addresses; "
+                f"try again in {minutes} minute{'s' if minutes > 1 else ''}"
+            )
         if self.scope is Scope.SLOWED:
             # A shared office address slowed by colleagues' typos need not wait: say who can end it, and how.
             lift = f"`parley admin lift-slowdown {self.source or 'ADDRESS'}`"
@@ -91,6 +104,11 @@ class Locked:
             )
         return f"too many failed attempts from {yours}; {wait}"
 
+
+# The backstop's defaults (AuthSettings): past 50 failures at one account from any addresses, each
+# further one holds its logins back 5 minutes; the count starts again after an hour without one.
+# A guesser gets 50 tries, then 12 an hour, whatever addresses he claims.
+ACCOUNT_BACKSTOP = LockoutPolicy(threshold=50, base_s=300.0, max_s=300.0, forget_after_s=3600.0)
 
 # Every this many failures counted, counts past their policy's forget-after time are dropped: they
 # would start again from zero anyway, and an attacker spraying names from many addresses must not
@@ -104,10 +122,12 @@ class LockoutBook:
 
     pair_policy: LockoutPolicy
     source_policy: LockoutPolicy
+    account_policy: LockoutPolicy = ACCOUNT_BACKSTOP
     clock: Callable[[], float] = time  # wall clock: event times are wall clock
     # account key -> source -> counter
     _pairs: dict[str, dict[str, _Counter]] = field(default_factory=dict)
     _sources: dict[str, _Counter] = field(default_factory=dict)
+    _accounts: dict[str, _Counter] = field(default_factory=dict)  # account key -> every address
     _slowed: dict[str, float] = field(default_factory=dict)  # source -> until (SourceSlowed)
     _lifted: dict[str, float] = field(default_factory=dict)  # source -> the until lifted (SourceSlowdownLifted)
     _since_sweep: int = 0
@@ -163,10 +183,12 @@ class LockoutBook:
         now = self.clock() if at is None else at
         pair = self._pairs.setdefault(username, {}).setdefault(source, _Counter())
         source_counter = self._sources.setdefault(source, _Counter())
+        account = self._accounts.setdefault(username, _Counter())
         started: Locked | None = None
         for scope, counter, policy in (
             (Scope.PAIR, pair, self.pair_policy),
             (Scope.SOURCE, source_counter, self.source_policy),
+            (Scope.ACCOUNT, account, self.account_policy),
         ):
             if (duration := counter.count(now, policy)) > 0 and (started is None or duration > started.retry_after_s):
                 started = Locked(scope, duration, source)
@@ -190,6 +212,7 @@ class LockoutBook:
             if not pairs:
                 del self._pairs[username]
         _drop_forgotten(self._sources, now, self.source_policy)
+        _drop_forgotten(self._accounts, now, self.account_policy)
         for source in [s for s, until in self._slowed.items() if until <= now]:
             del self._slowed[source]
         for source in [s for s, until in self._lifted.items() if until <= now]:
@@ -199,18 +222,23 @@ class LockoutBook:
         return (
             (Scope.PAIR, self._pairs.get(username, {}).get(source), self.pair_policy),
             (Scope.SOURCE, self._sources.get(source), self.source_policy),
+            (Scope.ACCOUNT, self._accounts.get(username), self.account_policy),
         )
 
     def account_lockouts(self, username: str) -> tuple[int, float]:
-        """How many addresses this account is locked out from now, and when the last lockout ends."""
+        """How many addresses this account is locked out from now, and when the last lockout ends
+        (the backstop, when it runs, counts as one more and may end last)."""
         now = self.clock()
         ends = [
             until for c in self._pairs.get(username, {}).values() if (until := c.locked_until(self.pair_policy)) > now
         ]
+        backstop = self._accounts.get(username)
+        if backstop is not None and (until := backstop.locked_until(self.account_policy)) > now:
+            ends.append(until)
         return len(ends), max(ends, default=0.0)
 
     def account_has_failures(self, username: str) -> bool:
-        return bool(self._pairs.get(username))
+        return bool(self._pairs.get(username)) or username in self._accounts
 
     def has_failures(self, username: str, source: str) -> bool:
         return source in self._pairs.get(username, {})
@@ -218,10 +246,12 @@ class LockoutBook:
     def record_success(self, username: str, source: str = "") -> None:
         """Only the pair's counter resets: a success at one address must not clear a guesser's
         count at another, nor one good password a source that guesses at many accounts. An empty
-        source (a LoginFailuresCleared written before counts were per pair) clears every pair of
-        the account, as it cleared the account's one counter then."""
+        source (an administrator's unlock, or a LoginFailuresCleared written before counts were
+        per pair) clears every pair of the account and its backstop. A success leaves the backstop:
+        the owner's login must not reset a guesser's count from elsewhere."""
         if not source:
             self._pairs.pop(username, None)
+            self._accounts.pop(username, None)
             return
         pairs = self._pairs.get(username)
         if pairs is not None:

@@ -113,6 +113,7 @@ class AuthBase:
             lockouts=LockoutBook(
                 pair_policy=self.settings.lockout_policy(per_source=False),
                 source_policy=self.settings.lockout_policy(per_source=True),
+                account_policy=self.settings.account_backstop_policy(),
             )
         )
         # The projection's state under the names the handlers (and storage_due.py) read it by.

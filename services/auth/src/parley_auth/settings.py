@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from parley_auth.lockout import LockoutPolicy
+from parley_auth.lockout import ACCOUNT_BACKSTOP, LockoutPolicy
 
 DAY_S = 24 * 3600.0
 
@@ -32,6 +32,13 @@ class AuthSettings(BaseSettings):
     lockout_base_seconds: float = Field(default=2.0, gt=0)
     lockout_max_seconds: float = Field(default=15 * 60.0, gt=0)
     lockout_forget_after_seconds: float = Field(default=DAY_S, gt=0)
+    # The backstop per account over every address (the address is the gateway's word, and a
+    # guesser may claim a new one per try): past this many failures, each further one holds the
+    # account's logins back cool-down seconds; the count starts again after window seconds
+    # without a failure. Defaults: 50 tries, then 12 an hour.
+    lockout_account_threshold: int = Field(default=ACCOUNT_BACKSTOP.threshold, ge=1)
+    lockout_account_cooldown_seconds: float = Field(default=ACCOUNT_BACKSTOP.base_s, gt=0)
+    lockout_account_window_seconds: float = Field(default=ACCOUNT_BACKSTOP.forget_after_s, gt=0)
 
     def lockout_policy(self, *, per_source: bool) -> LockoutPolicy:
         return LockoutPolicy(
@@ -39,4 +46,13 @@ class AuthSettings(BaseSettings):
             base_s=self.lockout_base_seconds,
             max_s=self.lockout_max_seconds,
             forget_after_s=self.lockout_forget_after_seconds,
+        )
+
+    def account_backstop_policy(self) -> LockoutPolicy:
+        cooldown = self.lockout_account_cooldown_seconds
+        return LockoutPolicy(
+            threshold=self.lockout_account_threshold,
+            base_s=cooldown,
+            max_s=cooldown,
+            forget_after_s=self.lockout_account_window_seconds,
         )

@@ -57,7 +57,10 @@ class StepUps(AuthBase):
         # new one, recorded before the failure that starts it is counted.
         recorded: contextlib.AbstractAsyncContextManager[object] = contextlib.nullcontext()
         if (locked := self.lockouts.would_lock(key, budget_key(source))) is not None:
-            where = "this account from this address" if locked.scope is Scope.PAIR else "this address"
+            where = {
+                Scope.PAIR: "this account from this address",
+                Scope.ACCOUNT: "this account from every address",
+            }.get(locked.scope, "this address")
             recorded = self.audit.recorded(
                 "lockout",
                 actor=AUTH,

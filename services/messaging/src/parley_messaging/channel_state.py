@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from parley_core.errors import FailedPrecondition
 from parley_core.visibility import HistoryView
 from parley_messaging.messages import MessageRecord, PostedMessage
 
@@ -73,6 +74,17 @@ class ChannelState:
         self.invited[user_id] = Invitation(invited_by, position)
 
     def record_post(self, message: PostedMessage, idempotency_key: str) -> None:
+        """A post takes the next free number. One whose number is taken already is refused (the
+        projection halts on it): messaging never writes one, and applying it would overwrite the
+        message there. A second copy of the same post (same message id) changes nothing."""
+        if message.channel_seq <= self.last_seq:
+            taken = self.messages.get(message.channel_seq)
+            if taken is not None and taken.current.message_id == message.message_id:
+                return
+            raise FailedPrecondition(
+                f"channel {self.channel_id}: message {message.message_id} claims number {message.channel_seq},"
+                f" taken already (the channel is at {self.last_seq}); not applied over it"
+            )
         self.last_seq = message.channel_seq
         self.messages[message.channel_seq] = MessageRecord(message, [message.body])
         self.sends[(message.sender_id, idempotency_key)] = message.channel_seq

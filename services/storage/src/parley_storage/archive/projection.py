@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from functools import cache
+from typing import Any
 
 from google.protobuf.message import Message
 from parley.messaging.v1.events_pb2 import (
@@ -24,6 +26,7 @@ from parley.messaging.v1.events_pb2 import (
 from sqlalchemy import Connection, insert, select, update
 
 from parley_core.bus import ReceivedEvent
+from parley_core.bus_events import Refused
 from parley_storage.archive import read_model
 from parley_storage.archive.db import ArchiveDb, insert_ignoring
 from parley_storage.archive.records import EXPIRED, EXPIRED_BY_RETENTION, REDACTED, LogDeletion
@@ -47,13 +50,49 @@ def post_row(post: MessagePosted, item: ReceivedEvent) -> dict[str, object]:
     }
 
 
+def insert_posts(conn: Connection, messages: Sequence[dict[str, object]]) -> None:
+    """New posts' rows in channel_messages, counted in their channels' read model. A post whose
+    number another message holds already is refused (the consumer parks it): messaging numbers
+    each message once, so only a forger writes one, and neither row nor count may change for it.
+    A copy of a post archived already (the same message at another stream position) adds nothing."""
+    written = len(conn.execute(_inserted_posts(conn.dialect.name), messages).all())
+    if written != len(messages):  # some number was taken already: which, and by what?
+        messages = [m for m in messages if _written_now(conn, m)]
+    if messages:
+        read_model.record_posts(conn, messages)
+
+
+@cache
+def _inserted_posts(dialect: str) -> Any:
+    """The insert that skips a taken number and returns the rows it wrote: one statement per
+    batch, built once (building statements per batch costs storage CPU, see writer.py)."""
+    return insert_ignoring(dialect, channel_messages).returning(channel_messages.c.channel_seq)
+
+
+def _written_now(conn: Connection, message: dict[str, object]) -> bool:
+    """Whether `message`'s row is the one this transaction wrote; refuses one another message holds."""
+    held = conn.execute(
+        select(channel_messages.c.message_id, channel_messages.c.stream, channel_messages.c.stream_seq).where(
+            channel_messages.c.channel_id == message["channel_id"],
+            channel_messages.c.channel_seq == message["channel_seq"],
+        )
+    ).one()
+    if (held.stream, held.stream_seq) == (message["stream"], message["stream_seq"]):
+        return True
+    if held.message_id != message["message_id"]:
+        raise Refused(
+            f"message {message['message_id']} claims number {message['channel_seq']} of channel"
+            f" {message['channel_id']}, which message {held.message_id} holds (archived from"
+            f" {held.stream} #{held.stream_seq}); not archived over it"
+        )
+    return False
+
+
 def project(db: ArchiveDb, conn: Connection, item: ReceivedEvent, payload: Message | None, *, late: bool) -> None:
     """Apply one archived event (already inserted) to storage's tables. ``late``: it arrived after
     events with higher sequences of its stream were archived (a retry)."""
     if isinstance(payload, MessagePosted):
-        message = post_row(payload, item)
-        conn.execute(insert_ignoring(conn.dialect.name, channel_messages), message)
-        read_model.record_posts(conn, [message])
+        insert_posts(conn, [post_row(payload, item)])
         if late:
             read_model.record_late_post(conn, payload.channel_id, item.stream_seq)
     elif isinstance(payload, ChannelCreated):

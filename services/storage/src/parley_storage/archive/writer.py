@@ -12,11 +12,10 @@ from sqlalchemy import Connection, bindparam, func, insert, select, update
 from parley_core import telemetry
 from parley_core.bus import ReceivedEvent
 from parley_core.envelope import UnknownEventType
-from parley_storage.archive import read_model
-from parley_storage.archive.db import ArchiveDb, insert_ignoring
-from parley_storage.archive.projection import QUEUED_LOG_DELETIONS, post_row, project
+from parley_storage.archive.db import ArchiveDb
+from parley_storage.archive.projection import QUEUED_LOG_DELETIONS, insert_posts, post_row, project
 from parley_storage.faults import PauseInBatch
-from parley_storage.schema import channel_messages, consumer_positions, events
+from parley_storage.schema import consumer_positions, events
 from parley_storage.sealing import data_owner, event_aad, seal
 
 # Built once and executed with parameters: building `insert(...).values(**row)` per event (bind
@@ -169,6 +168,5 @@ class _BatchRows:
     def write(self, conn: Connection) -> None:
         if self._events:
             conn.execute(_INSERT_EVENT, self._events)
-            conn.execute(insert_ignoring(conn.dialect.name, channel_messages), self._messages)
-            read_model.record_posts(conn, self._messages)
+            insert_posts(conn, self._messages)
             self._events, self._messages = [], []
