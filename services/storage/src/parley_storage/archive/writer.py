@@ -108,6 +108,22 @@ class BatchWriter:
             self._on_log_deletions()
         return stored
 
+    async def pass_parked(self, consumer: str, stream: str, seq: int) -> None:
+        """Record the consumer's position past an event it parked instead of archiving: the event
+        is consumed (acknowledged, its copy in PARKED), so nothing below the position awaits it."""
+
+        def work(conn: Connection) -> None:
+            position = conn.execute(_POSITION, {"consumer": consumer}).first()
+            if position is None:
+                conn.execute(
+                    _INSERT_POSITION,
+                    {"consumer": consumer, "stream": stream, "last_seq": seq, "last_occurred_at_ns": 0},
+                )
+            elif seq > position.last_seq:  # its time is the parked copy's to tell, not the archive's
+                conn.execute(_UPDATE_POSITION, {"which": consumer, "last_seq": seq, "last_occurred_at_ns": 0})
+
+        await self._db.run("archive_pass_parked", work)
+
     def _store(self, conn: Connection, item: ReceivedEvent, rows: _BatchRows) -> None:
         """Archive one event of a batch. A new post only adds rows, which wait in `rows` to be
         written with the batch's other posts; any other event reads or changes what is there, so
