@@ -720,10 +720,16 @@ async def test_a_refused_event_is_parked_at_once(
             raise Refused("not the erased user's message")
         await seen.record(batch, applied=True)
 
-    await storage_bus.consume(consumer_spec(max_deliver=5), handle)
+    passed: list[int] = []
+
+    async def on_parked(seq: int) -> None:
+        passed.append(seq)
+
+    await storage_bus.consume(consumer_spec(max_deliver=5), handle, on_parked=on_parked)
     platform = (await nats_server.connect("platform")).jetstream()
     parked = await eventually(lambda: _parked_message(platform, parked_subject("storage", "MSG")))
     await eventually(lambda: _consumer_settled(storage_bus, seqs[-1]))
+    await until(lambda: passed == [seqs[1]], "the consumer telling of the parked event")
 
     assert parked.headers is not None
     assert parked.headers["Parley-Parked-Reason"] == "refused: not the erased user's message"
@@ -777,12 +783,17 @@ async def test_an_event_its_streams_owner_never_writes_is_parked_once_and_never_
     async def archive(batch: Sequence[ReceivedEvent]) -> None:
         await archived.record(batch, applied=True)
 
+    passed: list[int] = []
+
+    async def on_parked(seq: int) -> None:
+        passed.append(seq)
+
     # Two replays of one service (its projection and a live feed, say), then the same after a restart.
     replays = [
         await bus.replay(stream="MSG", filter_subject=CHANNELS_FILTER, handler=project_into(recorder))
         for recorder in projected[:2]
     ]
-    await storage_bus.consume(consumer_spec(), archive)
+    await storage_bus.consume(consumer_spec(), archive, on_parked=on_parked)
     for replay in replays:
         await replay.wait_for_seq(after, TIMEOUT_S)
         await replay.stop()
@@ -793,6 +804,7 @@ async def test_an_event_its_streams_owner_never_writes_is_parked_once_and_never_
     for recorder in projected:
         assert [e.stream_seq for e in recorder.applied] == [before, after]
     assert [e.stream_seq for e in archived.applied] == [before, after]
+    await until(lambda: passed == [forged], "the consumer telling of the event it parked, never handled")
     copies = await eventually(lambda: _n_copies(platform, 2))
     assert sorted(m.subject for m in copies) == [
         f"{parked_subject('messaging', 'MSG')}.{forged}",

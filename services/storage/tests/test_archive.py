@@ -318,6 +318,22 @@ async def test_event_redelivered_after_later_ones_is_still_archived(archive: Sql
     assert await history_seqs(archive, "general") == [1, 2, 3]
 
 
+async def test_a_parked_event_moves_the_position_forward_only(archive: SqlEventArchive) -> None:
+    """A parked event is consumed: the position passes it (made if none), and never goes back."""
+    log = msg_stream()
+    general = Channel(log, "general")
+    created, first, second = general.create("user-alice"), general.post("user-bob", "a"), general.post("user-bob", "b")
+
+    await archive.pass_parked(MSG_CONSUMER, "MSG", created.stream_seq)  # the consumer's first event
+    assert await position(archive, MSG_CONSUMER) == created.stream_seq
+    assert await archive.archive(MSG_CONSUMER, [first]) == 1
+    await archive.pass_parked(MSG_CONSUMER, "MSG", second.stream_seq)
+    assert await position(archive, MSG_CONSUMER) == second.stream_seq
+    await archive.pass_parked(MSG_CONSUMER, "MSG", created.stream_seq)  # a late report: no step back
+    assert await position(archive, MSG_CONSUMER) == second.stream_seq
+    assert await stored_seqs(archive, "MSG") == [first.stream_seq]  # parked, never archived
+
+
 async def test_consumers_keep_independent_positions(archive: SqlEventArchive) -> None:
     msg, auth = msg_stream(), StreamLog("AUTH")
     general = Channel(msg, "general")

@@ -516,3 +516,33 @@ async def test_a_stolen_messaging_credential_cannot_post_over_a_message_with_its
     assert [m.body for m in await history(stack, token, cid)] == ["the original", "after the copy"]
     stored, _ = await stack.app("storage").archive.stream_events("MSG", after_seq=seq - 1, limit=1)
     assert not stored or stored[0].stream_seq != seq  # never archived
+
+
+async def test_a_post_storage_parks_holds_back_no_history_read_of_its_channel(
+    stack: Stack, nats_server: NatsTestServer
+) -> None:
+    """A parked event is consumed: the archive's position passes it, in memory and in SQL. A
+    forged post, its channel's newest event and the stream's last, parked by storage, leaves a
+    history read of the channel nothing to wait for (it would wait the freshness timeout each time)."""
+    alice, token, _ = await register(stack, "alice")
+    cid, first = await channel_with_a_message(stack, token, "the original")
+    await eventually(lambda: _count(stack, token, cid, 1), "the message archived")
+    messaging_js = (await nats_server.connect("messaging")).jetstream()  # the stolen credential
+    forged = MessagePosted(
+        channel_id=cid,
+        message_id=uuid.uuid4().hex,
+        sender_id=alice.user_id,
+        sender_name="alice",
+        channel_seq=first.channel_seq,
+        body="forged words",
+        idempotency_key="forged",
+    )
+    seq = (await messaging_js.publish(channel_subject(cid), envelope("channel", cid, forged))).seq
+    platform = (await nats_server.connect("platform")).jetstream()
+    await eventually(lambda: parked(platform, parked_subject("storage", "MSG")), "storage parked it")
+
+    storage = stack.app("storage")
+    await until(lambda: storage.progress.archived("MSG") >= seq, "the archive's progress past the parked post")
+    assert (await storage.archive.positions())["MSG"] >= seq  # where a restart starts its progress
+    assert (await platform.stream_info("MSG")).state.last_seq == seq  # passed by parking, not by a later event
+    assert [m.body for m in await history(stack, token, cid)] == ["the original"]

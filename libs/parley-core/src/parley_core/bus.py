@@ -38,6 +38,7 @@ from parley_core.bus_events import (
     ConcurrencyConflict,
     ConsumerLoss,
     EventHandler,
+    ParkedHandler,
     ReceivedEvent,
     Refused,
     RetryLater,
@@ -68,6 +69,7 @@ __all__ = [
     "EventBus",
     "EventHandler",
     "Halt",
+    "ParkedHandler",
     "ProjectionHalted",
     "ReceivedEvent",
     "Refused",
@@ -232,6 +234,7 @@ class EventBus:
         batch: int = 100,
         linger_s: float = 0.0,
         on_loss: ConsumerLoss | None = None,
+        on_parked: ParkedHandler | None = None,
     ) -> DurableConsumer:
         """Feed the durable consumer's events to `handler` in batches until the service stops.
 
@@ -239,9 +242,12 @@ class EventBus:
         be waiting on it). A consumer that disappears is made again: from where `on_loss` says,
         or from the stream's start. With `linger_s`, a batch that is not full waits up to that
         long after its first event for more (a group commit: fewer, larger batches for a
-        handler whose cost is mostly per batch, at that much more delay).
+        handler whose cost is mostly per batch, at that much more delay). `on_parked` is told
+        the stream sequence of each event the consumer parks instead of handling.
         """
-        consumer = DurableConsumer(self, spec=spec, handler=handler, batch=batch, linger_s=linger_s, on_loss=on_loss)
+        consumer = DurableConsumer(
+            self, spec=spec, handler=handler, batch=batch, linger_s=linger_s, on_loss=on_loss, on_parked=on_parked
+        )
         await consumer.start()
         self._subscriptions.append(consumer)
         return consumer

@@ -27,6 +27,7 @@ from parley_core.bus_events import (
     BatchHandler,
     BusConnection,
     ConsumerLoss,
+    ParkedHandler,
     ReceivedEvent,
     Refused,
     RetryLater,
@@ -74,6 +75,7 @@ class DurableConsumer:
     batch: int
     linger_s: float = 0.0
     on_loss: ConsumerLoss | None = None
+    on_parked: ParkedHandler | None = None
     _task: asyncio.Task[None] | None = None
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _sub: JetStreamContext.PullSubscription | None = None
@@ -235,10 +237,12 @@ class DurableConsumer:
                 event = received(msg)
             except Exception as exc:
                 await self.bus.park(msg, reason=f"undecodable envelope: {exc}")
+                await self._parked(msg)
                 continue
             if (foreign := foreign_type(event)) is not None:
                 await self.bus.reject_foreign(msg, reason=foreign)
                 await msg.term()
+                await self._parked(msg)
                 continue
             decoded.append((msg, event))
         if not decoded:
@@ -291,16 +295,22 @@ class DurableConsumer:
                     return
         except Refused as exc:
             await self.bus.park(msg, reason=f"refused: {exc}")
+            await self._parked(msg)
             return
         except Exception as exc:
             if event.num_delivered >= self.spec.max_deliver:
                 await self.bus.park(msg, reason=repr(exc))
+                await self._parked(msg)
             else:
                 # Exponential backoff between redeliveries, bounded by max_deliver.
                 await msg.nak(delay=min(0.2 * 2**event.num_delivered, 30.0))
             return
         await msg.ack()
         self._count([event])
+
+    async def _parked(self, msg: Msg) -> None:
+        if self.on_parked is not None:
+            await self.on_parked(msg.metadata.sequence.stream)
 
     def stopping(self) -> None:
         """Take no new batch from now on (stop() then waits for the one in flight)."""

@@ -114,6 +114,9 @@ class OwnWrites(Protocol):
 
 EventHandler = Callable[[ReceivedEvent], Awaitable[None]]
 BatchHandler = Callable[[Sequence[ReceivedEvent]], Awaitable[None]]
+# Told the stream sequence of an event a durable consumer parked (or refused as foreign) instead
+# of handling it: consumed all the same, so a consumer that tracks its position counts it passed.
+ParkedHandler = Callable[[int], Awaitable[None]]
 
 
 class ConsumerLoss(Protocol):

@@ -19,7 +19,7 @@ class StreamLag:
     consumer: str
     stream_last_seq: int
     acked_seq: int  # everything up to here is archived (the consumer's ack floor)
-    committed_seq: int  # highest sequence committed in SQL (holes below it may await redelivery)
+    committed_seq: int  # highest sequence archived or parked, in SQL (holes below it may await redelivery)
     events_behind: int
     seconds_behind: float
 

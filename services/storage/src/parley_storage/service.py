@@ -153,6 +153,7 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
                     partial(self._archive, spec),
                     linger_s=storage_settings.archive_linger_seconds,
                     on_loss=self._lost_consumers,
+                    on_parked=partial(self._parked, spec),
                 )
         storage_pb2_grpc.add_StorageServiceServicer_to_server(self, ctx.server)
         ctx.add_service_name(storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name)
@@ -303,6 +304,15 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         await self.progress.advance(spec.stream, max(event.stream_seq for event in batch))
         if spec.stream == "MSG" and self.detector is not None:
             self.detector.messages.archived(batch)  # the detector's MSG, read once (handed_over)
+
+    async def _parked(self, spec: ConsumerSpec, seq: int) -> None:
+        """A parked event is consumed: reads waiting for it (its channel's newest) go on."""
+        assert self.archive is not None
+        try:
+            await self.archive.pass_parked(spec.durable, spec.stream, seq)
+        except DATABASE_DOWN:  # the next archived batch records a position past it
+            log.warning("recording the position past a parked event failed", extra={"seq": seq}, exc_info=True)
+        await self.progress.advance(spec.stream, seq)
 
     async def GetChannelHistory(
         self, request: storage_pb2.GetChannelHistoryRequest, context: grpc.aio.ServicerContext[object, object]

@@ -88,6 +88,7 @@ class SqlEventArchive:
         self.key_bookkeeping = KeyBookkeeping(db)
 
         self.archive = self.writer.archive
+        self.pass_parked = self.writer.pass_parked
 
         self.channel_history = self.history.channel_history
         self.history_view = self.history.history_view

@@ -31,6 +31,12 @@ _ARCHIVED_SEQS = select(events.c.stream_seq).where(
 )
 _INSERT_POSITION = insert(consumer_positions)
 _UPDATE_POSITION = update(consumer_positions).where(consumer_positions.c.consumer == bindparam("which"))
+# A parked event's time is the parked copy's to tell, not the archive's: 0, as for an unknown one.
+_PASS_POSITION = (
+    update(consumer_positions)
+    .where(consumer_positions.c.consumer == bindparam("which"), consumer_positions.c.last_seq < bindparam("seq"))
+    .values(last_seq=bindparam("seq"), last_occurred_at_ns=0)
+)
 
 
 class BatchWriter:
@@ -107,6 +113,22 @@ class BatchWriter:
         if any(queued) and self._on_log_deletions is not None:
             self._on_log_deletions()
         return stored
+
+    async def pass_parked(self, consumer: str, stream: str, seq: int) -> None:
+        """Record the consumer's position past an event it parked instead of archiving: the event
+        is consumed (acknowledged, its copy in PARKED), so nothing below the position awaits it."""
+
+        def work(conn: Connection) -> None:
+            # Only forward, checked in the update itself: another instance may commit a batch meanwhile.
+            if conn.execute(_PASS_POSITION, {"which": consumer, "seq": seq}).rowcount:
+                return
+            if conn.execute(_POSITION, {"consumer": consumer}).first() is None:
+                conn.execute(
+                    _INSERT_POSITION,
+                    {"consumer": consumer, "stream": stream, "last_seq": seq, "last_occurred_at_ns": 0},
+                )
+
+        await self._db.run("archive_pass_parked", work)
 
     def _store(self, conn: Connection, item: ReceivedEvent, rows: _BatchRows) -> None:
         """Archive one event of a batch. A new post only adds rows, which wait in `rows` to be
