@@ -474,6 +474,20 @@ async def test_a_stolen_messaging_credential_deleting_a_channels_newest_message_
     assert [m.body for m in await history(stack, token, cid)] == ["one", "two", "three"]
 
 
+async def forge_post_over(js: JetStreamContext, cid: str, *, sender_id: str, channel_seq: int) -> int:
+    """A MessagePosted numbered like a message that exists, published with messaging's stolen credential."""
+    forged = MessagePosted(
+        channel_id=cid,
+        message_id=uuid.uuid4().hex,
+        sender_id=sender_id,
+        sender_name="alice",
+        channel_seq=channel_seq,
+        body="forged words",
+        idempotency_key="forged",
+    )
+    return (await js.publish(channel_subject(cid), envelope("channel", cid, forged))).seq
+
+
 async def test_a_stolen_messaging_credential_cannot_post_over_a_message_with_its_number(
     stack: Stack, nats_server: NatsTestServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -493,16 +507,7 @@ async def test_a_stolen_messaging_credential_cannot_post_over_a_message_with_its
     request = messaging_pb2.PostMessageRequest(channel_id=cid, body="after the copy", idempotency_key="k2")
     assert (await stack.gateway().SendMessage(request, metadata=token, timeout=TIMEOUT_S)).channel_seq == 2
 
-    forged = MessagePosted(
-        channel_id=cid,
-        message_id=uuid.uuid4().hex,
-        sender_id=alice.user_id,
-        sender_name="alice",
-        channel_seq=first.channel_seq,
-        body="forged words",
-        idempotency_key="forged",
-    )
-    seq = (await messaging_js.publish(channel_subject(cid), envelope("channel", cid, forged))).seq
+    seq = await forge_post_over(messaging_js, cid, sender_id=alice.user_id, channel_seq=first.channel_seq)
 
     messaging = stack.app("messaging")
     await until(lambda: messaging.ctx.bus.halted is not None, "messaging's projection halted")
@@ -528,16 +533,7 @@ async def test_a_post_storage_parks_holds_back_no_history_read_of_its_channel(
     cid, first = await channel_with_a_message(stack, token, "the original")
     await eventually(lambda: _count(stack, token, cid, 1), "the message archived")
     messaging_js = (await nats_server.connect("messaging")).jetstream()  # the stolen credential
-    forged = MessagePosted(
-        channel_id=cid,
-        message_id=uuid.uuid4().hex,
-        sender_id=alice.user_id,
-        sender_name="alice",
-        channel_seq=first.channel_seq,
-        body="forged words",
-        idempotency_key="forged",
-    )
-    seq = (await messaging_js.publish(channel_subject(cid), envelope("channel", cid, forged))).seq
+    seq = await forge_post_over(messaging_js, cid, sender_id=alice.user_id, channel_seq=first.channel_seq)
     platform = (await nats_server.connect("platform")).jetstream()
     await eventually(lambda: parked(platform, parked_subject("storage", "MSG")), "storage parked it")
 
