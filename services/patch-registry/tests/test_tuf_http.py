@@ -49,6 +49,25 @@ def test_a_half_sent_request_is_closed_once_its_time_is_up(tmp_path: Path) -> No
         assert fetch(http) == b'{"signed": {}}'
 
 
+def test_a_request_trickled_in_a_header_line_at_a_time_is_closed_once_its_time_is_up(tmp_path: Path) -> None:
+    """Each line comes well within the time a read may wait; the request as a whole does not."""
+    with RepositoryHttpServer(repository(tmp_path), request_timeout_s=1.0) as http:
+        conn = half_sent(http)
+        conn.settimeout(0.3)  # a line every 0.3 s, for up to 30 s
+        for line in range(100):
+            try:
+                if conn.recv(1) == b"":
+                    break  # closed by the server
+            except TimeoutError:
+                conn.sendall(b"X-Line-%d: 1\r\n" % line)
+            except ConnectionResetError:
+                break
+        else:
+            raise AssertionError("the server kept a request trickling in for 30 s")
+        conn.close()
+        assert fetch(http) == b'{"signed": {}}'
+
+
 def test_connections_beyond_the_cap_are_closed_unserved_and_hold_no_thread(tmp_path: Path) -> None:
     with RepositoryHttpServer(repository(tmp_path), request_timeout_s=60.0, max_connections=4) as http:
         before = threading.active_count()

@@ -11,17 +11,39 @@ from __future__ import annotations
 import socket
 import sys
 import threading
+import time
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-# A request not fully sent within this many seconds is dropped (its socket's timeout), and at most
-# this many connections are served at once (one thread each); any more is closed on arrival. Node
-# agents make a few short fetches each: half-sent requests then tie up neither threads nor the port.
+# A request not fully sent within this many seconds of its connection is dropped (however its
+# lines trickle in), an answer whose reader stalls this long too, and at most this many
+# connections are served at once (one thread each); any more is closed on arrival. Node agents make
+# a few short fetches each: half-sent requests then tie up neither threads nor the port.
 REQUEST_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 64
+
+
+class _RequestDeadline:
+    """The handler's reader until its request is read: each line may wait only for what is left of
+    the request's time, so a client sending a header line every few seconds still runs out of it."""
+
+    def __init__(self, reader: Any, connection: socket.socket, seconds: float) -> None:
+        self._reader = reader
+        self._connection = connection
+        self._deadline = time.monotonic() + seconds
+
+    def readline(self, limit: int = -1) -> bytes:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request was not sent in time")
+        self._connection.settimeout(left)
+        return bytes(self._reader.readline(limit))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reader, name)
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -29,8 +51,13 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        # What StreamRequestHandler's `timeout` does, per server: a read that waits longer ends the request.
+        self.rfile = _RequestDeadline(self.rfile, self.connection, self.server.request_timeout_s)  # type: ignore[assignment]
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        # The request is in: the answer's writes each get the whole time (a reader stalled that long ends it).
         self.connection.settimeout(self.server.request_timeout_s)
+        return parsed
 
     def log_message(self, format: str, *args: Any) -> None:
         """Access logs would go to stderr on every poll; the registry logs what matters."""
