@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from sqlalchemy import Engine, func, select
 
@@ -96,22 +97,26 @@ async def read_point(
     except (OSError, NatsError, KeyError) as exc:  # a NATS that answers and refuses us, a bad platform.json
         raise PointUnreadable(f"cannot read the backup point from the platform's NATS: {exc!r}") from None
     try:
-        js = nc.jetstream()
-        point = {}
-        for spec in CONSUMERS:
-            if spec.service == "storage":
-                try:
-                    info = await js.stream_info(spec.stream)
-                except NotFoundError:  # not declared yet: no event on it to wait for
-                    continue
-                point[spec.stream] = StreamExtent(
-                    int(info.state.first_seq or 0), int(info.state.last_seq or 0), int(info.state.messages or 0)
-                )
-        return point
+        return await stream_point(nc.jetstream())
     except (NatsError, TimeoutError) as exc:
         raise PointUnreadable(f"cannot read the backup point from the platform's JetStream: {exc!r}") from None
     finally:
         await nc.close()
+
+
+async def stream_point(js: JetStreamContext) -> dict[str, StreamExtent]:
+    """Each archived stream's extent now, read as the platform user."""
+    point = {}
+    for spec in CONSUMERS:
+        if spec.service == "storage":
+            try:
+                info = await js.stream_info(spec.stream)
+            except NotFoundError:  # not declared yet: no event on it to wait for
+                continue
+            point[spec.stream] = StreamExtent(
+                int(info.state.first_seq or 0), int(info.state.last_seq or 0), int(info.state.messages or 0)
+            )
+    return point
 
 
 def wait_until_archived(
