@@ -21,7 +21,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from sqlalchemy import Connection, Engine, func, select
 
-from parley_core.bus_parking import FOREIGN_EVENT
+from parley_core.bus import FOREIGN_EVENT
 from parley_core.nats_connect import ONE_SHOT_CONNECT_S, NatsUnreachable, connect_nats_once
 from parley_core.platform_state import STATE_FILE, process_alive
 from parley_core.topology import CONSUMERS, PLATFORM_USER, parked_subject
