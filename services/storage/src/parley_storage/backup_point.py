@@ -157,16 +157,24 @@ async def _parked_by_archive(js: JetStreamContext, point: dict[str, StreamExtent
                 break  # removed by an operator since the count
             for msg in batch:
                 pending = msg.metadata.num_pending or 0
-                headers = msg.headers or {}
-                extent = point.get(headers.get("Parley-Original-Stream", ""))
-                seq = headers.get("Parley-Original-Sequence", "")
-                by_archive = headers.get("Parley-Consumer") in archive_consumers
-                if extent and seq.isdigit() and (by_archive or headers.get("Parley-Parked-Kind") == FOREIGN_EVENT):
-                    if extent.first_seq <= int(seq) <= extent.last_seq:
-                        found[headers["Parley-Original-Stream"]].add(int(seq))
+                if (original := _passed_for_good(msg.headers or {}, point, archive_consumers)) is not None:
+                    found[original[0]].add(original[1])
     finally:
         await reader.unsubscribe()
     return found
+
+
+def _passed_for_good(
+    headers: dict[str, str], point: dict[str, StreamExtent], archive_consumers: set[str]
+) -> tuple[str, int] | None:
+    """The stream and sequence of a parked copy's original, when it lies within ``point`` and no
+    archive consumer of storage will ever archive it."""
+    stream, seq = headers.get("Parley-Original-Stream", ""), headers.get("Parley-Original-Sequence", "")
+    extent = point.get(stream)
+    if extent is None or not seq.isdigit() or not extent.first_seq <= int(seq) <= extent.last_seq:
+        return None
+    by_archive = headers.get("Parley-Consumer") in archive_consumers
+    return (stream, int(seq)) if by_archive or headers.get("Parley-Parked-Kind") == FOREIGN_EVENT else None
 
 
 def wait_until_archived(
