@@ -8,10 +8,12 @@ user that still can; the second test uses storage's own credential, as someone w
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
 import uuid
+from dataclasses import replace
 
 import grpc
 import nats.js.errors
@@ -46,6 +48,7 @@ from parley_core.topology import (
     parked_subject,
     username_subject,
 )
+from parley_storage.backup_point import ArchiveBehind, stream_point, wait_until_archived
 from parley_testing.nats import NatsTestServer
 from parley_testing.refusals import ErrorRecorder, refused
 from parley_testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer, start_service
@@ -523,6 +526,23 @@ async def test_a_stolen_messaging_credential_cannot_post_over_a_message_with_its
     assert not stored or stored[0].stream_seq != seq  # never archived
 
 
+async def park_a_forged_post(
+    stack: Stack, nats_server: NatsTestServer, alice: auth_pb2.LoginResponse, cid: str, channel_seq: int
+) -> int:
+    """Append, with the stolen messaging credential, a post over message `channel_seq` of the
+    channel, which storage's archive refuses and parks; returns its MSG sequence once parked."""
+    messaging_js = (await nats_server.connect("messaging")).jetstream()
+    seq = await forge_post_over(messaging_js, cid, sender_id=alice.user_id, channel_seq=channel_seq)
+    platform = (await nats_server.connect("platform")).jetstream()
+
+    async def parked_it() -> bool | None:
+        copy = await parked(platform, parked_subject("storage", "MSG"))
+        return True if copy and (copy.headers or {}).get("Parley-Original-Sequence") == str(seq) else None
+
+    await eventually(parked_it, "storage parked it")
+    return seq
+
+
 async def test_a_post_storage_parks_holds_back_no_history_read_of_its_channel(
     stack: Stack, nats_server: NatsTestServer
 ) -> None:
@@ -532,13 +552,55 @@ async def test_a_post_storage_parks_holds_back_no_history_read_of_its_channel(
     alice, token, _ = await register(stack, "alice")
     cid, first = await channel_with_a_message(stack, token, "the original")
     await eventually(lambda: _count(stack, token, cid, 1), "the message archived")
-    messaging_js = (await nats_server.connect("messaging")).jetstream()  # the stolen credential
-    seq = await forge_post_over(messaging_js, cid, sender_id=alice.user_id, channel_seq=first.channel_seq)
+    seq = await park_a_forged_post(stack, nats_server, alice, cid, first.channel_seq)
     platform = (await nats_server.connect("platform")).jetstream()
-    await eventually(lambda: parked(platform, parked_subject("storage", "MSG")), "storage parked it")
 
     storage = stack.app("storage")
     await until(lambda: storage.progress.archived("MSG") >= seq, "the archive's progress past the parked post")
     assert (await storage.archive.positions())["MSG"] >= seq  # where a restart starts its progress
     assert (await platform.stream_info("MSG")).state.last_seq == seq  # passed by parking, not by a later event
     assert [m.body for m in await history(stack, token, cid)] == ["the original"]
+
+
+async def test_retention_applies_to_a_channel_whose_newest_event_storage_parked(
+    stack: Stack, nats_server: NatsTestServer
+) -> None:
+    """Retention waits for the archive to reach the channel's newest event. One storage parked
+    is never archived, but passed for good: SetRetentionPolicy (and the hourly job) go on, where
+    they answered UNAVAILABLE after 20 s every time."""
+    alice, token, _ = await register(stack, "alice")
+    cid, first = await channel_with_a_message(stack, token, "the original")
+    assert (await stack.set_retention(cid, 30)).removed_now == 0  # messaging's ChannelRetentionSet, archived
+    seq = await park_a_forged_post(stack, nats_server, alice, cid, first.channel_seq)
+    platform = (await nats_server.connect("platform")).jetstream()
+    assert (await platform.get_last_msg("MSG", channel_subject(cid))).seq == seq  # the channel's newest
+
+    operator = storage_pb2_grpc.StorageArchiveServiceStub(stack.internal("storage", identity="platform"))
+    request = storage_pb2.SetRetentionPolicyRequest(channel_id=cid, days=30)
+    assert (await operator.SetRetentionPolicy(request, timeout=TIMEOUT_S)).removed_now == 0
+    assert await stack.app("storage").retention.apply(now_ns=time.time_ns(), timeout=TIMEOUT_S, channel_id=cid) == 0
+
+
+async def test_a_backup_point_counts_an_event_storage_parked_as_covered(
+    stack: Stack, nats_server: NatsTestServer
+) -> None:
+    """`parley backup create` waits until the archive holds every event up to the point. A parked
+    one is never archived: its copy on PARKED (by storage's archive consumer) covers it, where the
+    backup failed with ArchiveBehind after its timeout. An event neither archived nor parked
+    still holds the backup back."""
+    alice, token, _ = await register(stack, "alice")
+    cid, first = await channel_with_a_message(stack, token, "the original")
+    await eventually(lambda: _count(stack, token, cid, 1), "the message archived")
+    seq = await park_a_forged_post(stack, nats_server, alice, cid, first.channel_seq)
+    platform = (await nats_server.connect("platform")).jetstream()
+    point = await stream_point(platform)
+    assert point["MSG"].last_seq == seq
+    engine = stack.app("storage").archive.engine
+
+    notes: list[str] = []
+    await asyncio.to_thread(wait_until_archived, engine, point, timeout_s=TIMEOUT_S, note=notes.append)
+    assert notes == []  # nothing missing, nothing to wait for
+
+    unarchived = replace(point["MSG"], last_seq=seq + 1, messages=point["MSG"].messages + 1)  # one more, on its way
+    with pytest.raises(ArchiveBehind, match="'MSG': 1"):
+        wait_until_archived(engine, {**point, "MSG": unarchived}, timeout_s=0, note=notes.append)

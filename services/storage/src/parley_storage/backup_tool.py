@@ -11,7 +11,6 @@ import contextlib
 import json
 import signal
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +152,7 @@ def create(settings: Settings, backup: Path, *, wait_seconds: float) -> dict[str
             engine,
             keys,
             backup,
-            point={stream: asdict(extent) for stream, extent in point.items()} if point else None,
+            point={stream: extent.recorded() for stream, extent in point.items()} if point else None,
             registry=settings.data_dir / REGISTRY_FOLDER,
         )
     finally:

@@ -20,18 +20,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from nats.js.errors import NotFoundError
 from parley.storage.v1.events_pb2 import RetentionDue
 
 from parley_core.actor import Actor
 from parley_core.bus import EventBus
 from parley_core.envelope import NewEvent
 from parley_core.markers import Marker, expiry_marker
-from parley_core.topology import channel_subject, due_subject
+from parley_core.topology import CONSUMERS, channel_subject, due_subject
 from parley_storage.archive import NS_PER_DAY, RetentionPolicy, SqlEventArchive
 from parley_storage.progress import ArchiveProgress
 
 MARKER_SEQS = 500  # message numbers per marker: a long run is several events, none of them large
 STREAM = "MSG"
+(ARCHIVE_CONSUMER,) = (c.durable for c in CONSUMERS if c.service == "storage" and c.stream == STREAM)
 
 
 class ArchiveBehind(Exception):
@@ -81,11 +83,13 @@ class Retention:
             delay = min(delay * 2, 0.5)
 
     async def until_archived(self, stream_seqs: Sequence[int], timeout: float) -> None:
-        """Wait until the archive holds these MSG events, whichever storage instance archives them."""
+        """Wait until the archive holds these MSG events, whichever storage instance archives them,
+        or has passed them for good: one it parked is never archived, and waiting for it would
+        postpone its channel's retention forever."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         target, delay = max(stream_seqs), 0.02
-        while not await self._archive.holds(STREAM, stream_seqs):
+        while not await self._archive.holds(STREAM, stream_seqs) and not await self._consumed(target):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise ArchiveBehind(f"the archive has not reached stream {STREAM} sequence {target} yet")
@@ -95,6 +99,17 @@ class Retention:
             else:
                 await asyncio.sleep(min(delay, remaining))  # past it here, but it was retried: on its way
             delay = min(delay * 2, 0.5)
+
+    async def _consumed(self, seq: int) -> bool:
+        """Whether the archive consumer's ack floor is at ``seq``: everything up to it is archived
+        or parked (acknowledged only after its commit, or terminated once parked). Not the SQL
+        position, which may be past an event a failed batch left to a delayed redelivery. Asked
+        of JetStream, since another storage instance may have parked it."""
+        try:
+            info = await self._bus.js.consumer_info(STREAM, ARCHIVE_CONSUMER)
+        except NotFoundError:
+            return False
+        return int(info.ack_floor.stream_seq if info.ack_floor else 0) >= seq
 
 
 def expiry_facts(
