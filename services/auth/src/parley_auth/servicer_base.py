@@ -15,8 +15,8 @@ from parley.auth.v1 import auth_pb2
 from parley_auth import codec, domain, keys, mfa
 from parley_auth.audit_key import AuditSigner
 from parley_auth.audit_trail import REQUEST_SOURCE, AuditTrail
-from parley_auth.domain import Account, checked_id
 from parley_auth.check_gates import CheckGates
+from parley_auth.domain import Account, checked_id
 from parley_auth.lockout import LockoutBook
 from parley_auth.projection import AuthProjection
 from parley_auth.sealing import RECOVERY_CODES, SecretSealer
