@@ -3,10 +3,13 @@ auth instance on the same bus counts the first one's failures (and the other way
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 
+from parley_auth.check_gates import BUSY
 from parley_auth.lockout import LockoutPolicy
 from parley_testing.nats import NatsTestServer
 from parley_testing.stack import PASSWORD, TIMEOUT_S, Running, Stack, start_service
@@ -132,3 +135,41 @@ async def test_a_new_address_per_guess_still_meets_the_account_backstop(
         assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     finally:
         await restarted.shutdown()
+
+
+async def test_a_burst_of_simultaneous_guesses_checks_none_past_the_backstop(stack: Stack) -> None:
+    """Guesses sent at the same moment from fresh addresses, the right password last: the lockout
+    is checked before the password and a failure counts once on the stream, so without one check
+    at a time per account they would all pass the check. None past the backstop is checked, and
+    the right password waits with the rest."""
+    await stack.create_user("stormed", "member")
+    first = stack.app("auth")
+    first.lockouts.pair_policy = POLICY
+    first.lockouts.account_policy = BACKSTOP
+    stub = stack.auth_as_gateway()
+
+    async def attempt(password: str, source: str) -> tuple[grpc.StatusCode, str]:
+        request = auth_pb2.LoginRequest(username="stormed", password=password)
+        try:
+            await stub.Login(request, metadata=(("x-parley-source", source),), timeout=TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code(), exc.details() or ""
+        return grpc.StatusCode.OK, ""
+
+    guesses = [attempt("wrong-password-here", f"ipv4:203.0.113.{n + 1}") for n in range(100)]
+    answers = await asyncio.gather(*guesses, attempt(PASSWORD, "ipv4:198.51.100.9"))
+    codes = [code for code, _ in answers]
+    # One instance, one check at a time: the failure that reaches the backstop is counted before
+    # the next check, so no more wrong passwords are checked than the backstop allows.
+    assert 0 < codes.count(grpc.StatusCode.UNAUTHENTICATED) <= BACKSTOP.threshold
+    assert set(codes) == {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    refusals = {details.split(";")[0] for code, details in answers if code is grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert refusals <= {BUSY.split(";")[0], "too many failed logins for this account from many addresses"}
+
+    # Whatever the burst left unchecked, the backstop now holds the right password back too.
+    await until(lambda: first.lockouts.check("stormed", "ipv4:192.0.2.9") is not None, "the backstop to lock")
+    code, details = await attempt(PASSWORD, "ipv4:192.0.2.9")
+    assert (code, details.split(";")[0]) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "too many failed logins for this account from many addresses",
+    )

@@ -8,6 +8,7 @@ Auth is called as the gateway calls it, with the client's address in `x-parley-s
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from collections.abc import Awaitable
@@ -134,3 +135,26 @@ async def test_wrong_totp_codes_at_enrolment_and_regeneration_count_too(
     ]
     assert {r.source for r in failed} == {THIEF}
     assert {r.actor for r in failed} == {f"user:{session.user_id}"}
+
+
+async def test_a_burst_of_simultaneous_wrong_current_passwords_checks_none_past_the_lockout(
+    stack: Stack, nats_server: NatsTestServer
+) -> None:
+    """Step-ups share the login's one check at a time per account: current passwords sent at the
+    same moment with a stolen session, the right one last, get no more checks than the lockout
+    allows, and the right one does not change the password."""
+    await stack.create_user("rushed", "member")
+    stack.app("auth").lockouts.pair_policy = POLICY
+    auth = stack.auth_as_gateway()
+    stolen = (await login(auth, "rushed", THIEF)).access_token
+
+    def change(current: str) -> Awaitable[auth_pb2.ChangePasswordResponse]:
+        request = auth_pb2.ChangePasswordRequest(current_password=current, new_password="a-thiefs-new-passphrase-99")
+        return auth.ChangePassword(request, metadata=at(THIEF, stolen), timeout=TIMEOUT_S)
+
+    answers = await asyncio.gather(*(code_of(change(f"guess-{n}")) for n in range(40)), code_of(change(PASSWORD)))
+    codes = [code for code, _ in answers]
+    assert 0 < codes.count(grpc.StatusCode.UNAUTHENTICATED) <= POLICY.threshold
+    assert set(codes) == {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    # The password is the owner's still: she logs in with it from home.
+    assert (await code_of(login(auth, "rushed", HOME)))[0] == grpc.StatusCode.OK

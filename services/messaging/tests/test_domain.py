@@ -1,8 +1,10 @@
+from collections.abc import Iterator
+
 import pytest
 
 from parley_core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from parley_messaging.inputs import send_event_id, validate_body, validate_channel_name, validate_idempotency_key
-from parley_messaging.messages import PostedMessage
+from parley_messaging.messages import MessageRecord, PostedMessage
 from parley_messaging.projection import ChannelDirectory
 
 
@@ -125,3 +127,41 @@ def test_numbers_seen_in_edits_and_reactions_stay_taken() -> None:
     channel.keep_number(2)  # never lowers it
     assert channel.last_seq == 5
     assert sorted(channel.messages) == [1]
+
+
+class _VisitCounting(dict[int, MessageRecord]):
+    """A channel's messages that count each one looked at, and refuse more looks than they hold
+    (so a walk over every number of a span of 10**9 fails at once instead of running for hours)."""
+
+    visits = 0
+
+    def _visit(self) -> None:
+        self.visits += 1
+        assert self.visits <= len(self), "looked at more numbers than the channel holds messages"
+
+    def get(self, key: int, default: object = None) -> MessageRecord | None:  # type: ignore[override]
+        self._visit()
+        return super().get(key, default)  # type: ignore[arg-type]
+
+    def items(self) -> Iterator[tuple[int, MessageRecord]]:  # type: ignore[override]
+        for item in super().items():
+            self._visit()
+            yield item
+
+
+def test_the_unread_count_over_a_jump_in_numbering_visits_only_held_messages() -> None:
+    """A post numbered 10**9 (a gap is legitimate: retention and erasure leave them; a forged one
+    with a stolen credential makes it huge) must not make the unread count walk every number."""
+    channel = ChannelDirectory().create("c1", "general", "bob", stream_seq=1, others=("alice",))
+    jump = 10**9
+    for seq, sender in ((1, "alice"), (2, "bob"), (jump, "alice"), (jump + 1, "bob"), (jump + 2, "alice")):
+        channel.record_post(PostedMessage("c1", f"m{seq}", sender, sender, seq, f"text {seq}", 0), f"k{seq}")
+    channel.read_up_to["bob"] = 1
+    counting = _VisitCounting(channel.messages)
+    channel.messages = counting
+    assert channel.unread_count("bob") == 2  # alice's #10**9 and #10**9+2; bob's own do not count
+    assert counting.visits == len(counting)
+    counting.visits = 0
+    channel.read_up_to["bob"] = jump + 1
+    assert channel.unread_count("bob") == 1  # a short span is walked by number: one look
+    assert counting.visits == 1

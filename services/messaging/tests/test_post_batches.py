@@ -12,7 +12,7 @@ import pytest
 from parley.auth.v1 import auth_pb2
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 
-from parley_core.post_batch_limits import POST_BATCH_MAX_ITEMS
+from parley_core.post_batch_limits import POST_BATCH_MAX_BYTES, POST_BATCH_MAX_ITEMS
 from parley_core.topology import PLATFORM_USER
 from parley_testing.stack import TIMEOUT_S, Stack
 from parley_testing.waiting import until
@@ -155,3 +155,30 @@ async def test_a_call_of_more_items_than_the_gateway_ever_sends_is_refused_whole
     response = await messaging.PostMessages(messaging_pb2.PostMessagesRequest(items=full), timeout=TIMEOUT_S)
     assert {status(o) for o in response.outcomes} == {grpc.StatusCode.OK}
     assert stack.app("messaging").channels.get(cid).last_seq == POST_BATCH_MAX_ITEMS
+
+
+async def test_a_call_of_more_bytes_than_the_gateway_ever_sends_is_refused_whole(stack: Stack) -> None:
+    """Within the item cap, over the byte cap (64 sends of 4000 four-byte emoji): refused whole,
+    nothing posted; the same sends within the byte cap land."""
+    await stack.create_user("fern", "member")
+    fern = f"Bearer {(await stack.login('fern')).access_token}"
+    messaging = messaging_pb2_grpc.MessagingServiceStub(stack.internal("messaging"))
+    cid = (
+        await messaging.CreateChannel(
+            messaging_pb2.CreateChannelRequest(name="heavy"), metadata=(("authorization", fern),), timeout=TIMEOUT_S
+        )
+    ).channel_id
+
+    heavy = [item(cid, "\N{GRINNING FACE}" * 4000, fern) for _ in range(POST_BATCH_MAX_ITEMS)]
+    over = messaging_pb2.PostMessagesRequest(items=heavy)
+    assert over.ByteSize() > POST_BATCH_MAX_BYTES
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await messaging.PostMessages(over, timeout=TIMEOUT_S)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"at most {POST_BATCH_MAX_BYTES} bytes" in (refused.value.details() or "")
+    assert stack.app("messaging").channels.get(cid).last_seq == 0
+
+    within = heavy[: POST_BATCH_MAX_ITEMS // 2]
+    response = await messaging.PostMessages(messaging_pb2.PostMessagesRequest(items=within), timeout=TIMEOUT_S)
+    assert {status(o) for o in response.outcomes} == {grpc.StatusCode.OK}
+    assert stack.app("messaging").channels.get(cid).last_seq == POST_BATCH_MAX_ITEMS // 2

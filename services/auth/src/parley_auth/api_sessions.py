@@ -43,6 +43,11 @@ class SessionsApi(StepUps):
             username = normalize_username(request.username)
         except InvalidArgument:
             username = ""
+        # One check at a time per account: each failure is counted before the next check runs.
+        async with self.check_gates.one_at_a_time(username or request.username.casefold()):
+            return await self._login(request, username, source)
+
+    async def _login(self, request: auth_pb2.LoginRequest, username: str, source: str) -> auth_pb2.LoginResponse:
         account = self.accounts.find(username) if username else None
         key = username if account is not None else self._unknown_name(username or request.username.casefold())
         self._refuse_while_locked(key, source)

@@ -15,6 +15,7 @@ from parley.auth.v1 import auth_pb2
 from parley_auth import codec, domain, keys, mfa
 from parley_auth.audit_key import AuditSigner
 from parley_auth.audit_trail import REQUEST_SOURCE, AuditTrail
+from parley_auth.check_gates import CheckGates
 from parley_auth.domain import Account, checked_id
 from parley_auth.lockout import LockoutBook
 from parley_auth.projection import AuthProjection
@@ -133,6 +134,7 @@ class AuthBase:
         self.erased_users = p.erased_users
         self.erasure_requests = p.erasure_requests
         self.subject_versions = p.subject_versions
+        self.check_gates = CheckGates()  # one password or code check at a time per account
         self.signing = SigningKeyJob(
             p.signing_keys,
             rotation_s=self.settings.signing_key_rotation_seconds,

@@ -94,18 +94,19 @@ class StepUps(AuthBase):
         a failure is a `step_up_failed` security event naming the call and the session, and the
         caller is told `wrong`."""
         source = self._source(context)
-        self._refuse_while_locked(account.username, source)
-        if not await proven():
-            await self._failed(
-                "step_up_failed",
-                key=account.username,
-                source=source,
-                user_id=account.user_id,
-                actor=Actor.user(caller.user_id),
-                detail=f"{call}: {wrong} (session {caller.session_id})",
-            )
-            raise Unauthenticated(wrong)
-        await self._succeeded(account.username, source)
+        async with self.check_gates.one_at_a_time(account.username):  # counted before the next check
+            self._refuse_while_locked(account.username, source)
+            if not await proven():
+                await self._failed(
+                    "step_up_failed",
+                    key=account.username,
+                    source=source,
+                    user_id=account.user_id,
+                    actor=Actor.user(caller.user_id),
+                    detail=f"{call}: {wrong} (session {caller.session_id})",
+                )
+                raise Unauthenticated(wrong)
+            await self._succeeded(account.username, source)
 
     async def _password_step_up(
         self, context: Context, caller: Caller, account: Account, password: str, *, call: str, wrong: str

@@ -8,8 +8,7 @@ import uuid
 
 from parley.messaging.v1 import messaging_pb2
 
-from parley_core.errors import InvalidArgument, PermissionDenied, ResourceExhausted
-from parley_core.post_batch_limits import POST_BATCH_MAX_ITEMS
+from parley_core.errors import InvalidArgument, PermissionDenied
 from parley_core.server_interceptors import peer_names
 from parley_core.tokens import Caller
 from parley_messaging import decisions as cmd
@@ -18,7 +17,7 @@ from parley_messaging.domain import Channel
 from parley_messaging.inputs import (
     validate_idempotency_key,
 )
-from parley_messaging.post_batches import ItemScope, item_caller, refused
+from parley_messaging.post_batches import ItemScope, check_batch_size, item_caller, refused
 from parley_messaging.servicer_base import Context, MessagingBase, checked_reason, now_ns
 
 GATEWAY = "gateway"  # the peer name of the gateway's certificate
@@ -55,11 +54,7 @@ class MessagesApi(MessagingBase):
         lock, in order, and different channels' at the same time."""
         if GATEWAY not in peer_names(context):
             raise PermissionDenied("only the gateway sends its clients' posts together (PostMessages)")
-        if len(request.items) > POST_BATCH_MAX_ITEMS:  # what the gateway never sends: one lock turn stays short
-            raise ResourceExhausted(
-                f"PostMessages carries at most {POST_BATCH_MAX_ITEMS} items; this call has {len(request.items)}: "
-                "send the rest in further calls"
-            )
+        check_batch_size(request)  # what the gateway never sends: one lock turn stays short
         outcomes = [messaging_pb2.PostOutcome() for _ in request.items]
         by_channel: dict[str, list[tuple[int, cmd.PostMessage, ItemScope]]] = {}
         for index, item in enumerate(request.items):

@@ -198,12 +198,15 @@ class Channel(ChannelState):
         return max(self.read_up_to.get(user_id, 0), self.view(user_id).first_seq - 1)
 
     def unread_count(self, user_id: str) -> int:
-        """Messages after the reader's marker that someone else sent."""
-        return sum(
-            1
-            for seq in range(self.read_seq(user_id) + 1, self.last_seq + 1)
-            if (record := self.messages.get(seq)) is not None and record.current.sender_id != user_id
-        )
+        """Messages after the reader's marker that someone else sent. The work is bounded by the
+        messages held, not by the span of numbers: numbering may jump (retention, erasure, a
+        forged post numbered 10**9), so a short span is walked by number, a long one by message."""
+        read = self.read_seq(user_id)
+        if self.last_seq - read <= len(self.messages):
+            after_read = ((seq, self.messages.get(seq)) for seq in range(read + 1, self.last_seq + 1))
+        else:
+            after_read = ((seq, record) for seq, record in self.messages.items() if seq > read)
+        return sum(1 for _, record in after_read if record is not None and record.current.sender_id != user_id)
 
     def check_edit(self, user_id: str, channel_seq: int) -> MessageRecord:
         record = self.readable(user_id, channel_seq)

@@ -13,7 +13,8 @@ from parley.messaging.v1 import messaging_pb2
 
 from parley_core import telemetry
 from parley_core.deadline import answering_within
-from parley_core.errors import Unauthenticated
+from parley_core.errors import ResourceExhausted, Unauthenticated
+from parley_core.post_batch_limits import POST_BATCH_MAX_BYTES, POST_BATCH_MAX_ITEMS
 from parley_core.rbac import Permission
 from parley_core.server_interceptors import failure_status
 from parley_core.tokens import Caller, TokenVerifier
@@ -21,6 +22,22 @@ from parley_core.trace_hops import TRACEPARENT, TRACESTATE
 
 POST_MESSAGES = "/parley.messaging.v1.MessagingService/PostMessages"
 NOT_LOGGED_IN = "missing `authorization: Bearer <token>` metadata; log in first"
+
+
+def check_batch_size(request: messaging_pb2.PostMessagesRequest) -> None:
+    """A call over what the gateway ever sends (post_batch_limits: items and bytes, counted as the
+    gateway counts them) is refused whole: one turn of a channel's lock would hold it for all."""
+    if len(request.items) > POST_BATCH_MAX_ITEMS:
+        raise ResourceExhausted(
+            f"PostMessages carries at most {POST_BATCH_MAX_ITEMS} items; this call has {len(request.items)}: "
+            "send the rest in further calls"
+        )
+    size = sum(item.ByteSize() for item in request.items)
+    if size > POST_BATCH_MAX_BYTES:
+        raise ResourceExhausted(
+            f"PostMessages carries at most {POST_BATCH_MAX_BYTES} bytes of items; this call has {size}: "
+            "send the rest in further calls"
+        )
 
 
 def item_caller(tokens: TokenVerifier, item: messaging_pb2.PostItem) -> Caller:
