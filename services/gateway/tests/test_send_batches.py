@@ -8,16 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from functools import partial
 from typing import Any
 
 import grpc
 import pytest
+from parley.gateway.v1 import gateway_pb2_grpc
 from parley.messaging.v1 import messaging_pb2
 
 from parley_core.event_log import EventLog
 from parley_testing.stack import TIMEOUT_S, Stack, bearer
 
 SENDS_EACH = 12
+
+
+async def send_to(
+    gateway: gateway_pb2_grpc.GatewayAsyncStub, cid: str, metadata: tuple[tuple[str, str], ...], body: str
+) -> messaging_pb2.ChatMessage | grpc.aio.AioRpcError:
+    """One client's send through the gateway: its answer, or its refusal."""
+    request = messaging_pb2.PostMessageRequest(channel_id=cid, body=body, idempotency_key=uuid.uuid4().hex)
+    try:
+        return await gateway.SendMessage(request, metadata=metadata, timeout=TIMEOUT_S)
+    except grpc.aio.AioRpcError as exc:
+        return exc
 
 
 async def test_concurrent_sends_go_together_and_each_client_gets_its_own_answer(
@@ -42,13 +55,7 @@ async def test_concurrent_sends_go_together_and_each_client_gets_its_own_answer(
         )
     ).channel_id
 
-    async def send(metadata: tuple[tuple[str, str]], body: str) -> messaging_pb2.ChatMessage | grpc.aio.AioRpcError:
-        request = messaging_pb2.PostMessageRequest(channel_id=cid, body=body, idempotency_key=uuid.uuid4().hex)
-        try:
-            return await gateway.SendMessage(request, metadata=metadata, timeout=TIMEOUT_S)
-        except grpc.aio.AioRpcError as exc:
-            return exc
-
+    send = partial(send_to, gateway, cid)
     sends = [(mira, f"mira {n}") for n in range(SENDS_EACH)] + [(otto, f"otto {n}") for n in range(SENDS_EACH)]
     sends += [(mira, " ")] * 2  # an empty body
     answers = await asyncio.gather(*(send(metadata, body) for metadata, body in sends))
@@ -82,15 +89,7 @@ async def test_a_send_carrying_two_tokens_is_refused_alone_or_batched(stack: Sta
     ).channel_id
     await gateway.JoinChannel(messaging_pb2.JoinChannelRequest(channel_id=cid), metadata=omar, timeout=TIMEOUT_S)
 
-    async def send(
-        metadata: tuple[tuple[str, str], ...], body: str
-    ) -> messaging_pb2.ChatMessage | grpc.aio.AioRpcError:
-        request = messaging_pb2.PostMessageRequest(channel_id=cid, body=body, idempotency_key=uuid.uuid4().hex)
-        try:
-            return await gateway.SendMessage(request, metadata=metadata, timeout=TIMEOUT_S)
-        except grpc.aio.AioRpcError as exc:
-            return exc
-
+    send = partial(send_to, gateway, cid)
     alone = await send(lena + omar, "alone")
     sends = [(lena, f"lena {n}") for n in range(SENDS_EACH)] + [(lena + omar, f"two {n}") for n in range(SENDS_EACH)]
     answers = [alone, *await asyncio.gather(*(send(metadata, body) for metadata, body in sends))]

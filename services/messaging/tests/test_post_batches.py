@@ -11,6 +11,7 @@ import grpc
 import pytest
 from parley.auth.v1 import auth_pb2
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
+from parley.messaging.v1.messaging_pb2_grpc import MessagingServiceStub as MessagingStub
 
 from parley_core.post_batch_limits import POST_BATCH_MAX_BYTES, POST_BATCH_MAX_ITEMS
 from parley_core.topology import PLATFORM_USER
@@ -23,6 +24,20 @@ def item(channel_id: str, body: str, authorization: str, key: str | None = None)
         channel_id=channel_id, body=body, idempotency_key=key or uuid.uuid4().hex
     )
     return messaging_pb2.PostItem(request=request, authorization=authorization, timeout_ms=int(TIMEOUT_S * 1000))
+
+
+async def member_with_a_channel(stack: Stack, user: str, channel: str) -> tuple[str, MessagingStub, str]:
+    """A new member's authorization, a stub to messaging with the gateway's certificate, and a
+    channel the member created there."""
+    await stack.create_user(user, "member")
+    authorization = f"Bearer {(await stack.login(user)).access_token}"
+    messaging = messaging_pb2_grpc.MessagingServiceStub(stack.internal("messaging"))
+    created = await messaging.CreateChannel(
+        messaging_pb2.CreateChannelRequest(name=channel),
+        metadata=(("authorization", authorization),),
+        timeout=TIMEOUT_S,
+    )
+    return authorization, messaging, created.channel_id
 
 
 def status(outcome: messaging_pb2.PostOutcome) -> grpc.StatusCode:
@@ -86,17 +101,13 @@ async def test_each_item_of_a_batch_is_checked_from_its_own_token_and_answered_o
 
 @pytest.mark.parametrize("identity", ["storage", PLATFORM_USER])
 async def test_only_the_gateway_sends_its_clients_posts_together(stack: Stack, identity: str) -> None:
-    await stack.create_user("cato", "member")
-    cato = f"Bearer {(await stack.login('cato')).access_token}"
-    created = await messaging_pb2_grpc.MessagingServiceStub(stack.internal("messaging")).CreateChannel(
-        messaging_pb2.CreateChannelRequest(name="mine"), metadata=(("authorization", cato),), timeout=TIMEOUT_S
-    )
+    cato, _, cid = await member_with_a_channel(stack, "cato", "mine")
     other = messaging_pb2_grpc.MessagingServiceStub(stack.internal("messaging", identity=identity))
-    request = messaging_pb2.PostMessagesRequest(items=[item(created.channel_id, "through another door", cato)])
+    request = messaging_pb2.PostMessagesRequest(items=[item(cid, "through another door", cato)])
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await other.PostMessages(request, timeout=TIMEOUT_S)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert stack.app("messaging").channels.get(created.channel_id).last_seq == 0
+    assert stack.app("messaging").channels.get(cid).last_seq == 0
 
 
 async def test_an_item_of_a_revoked_session_is_refused_while_its_batch_lands(stack: Stack) -> None:
@@ -135,14 +146,7 @@ async def test_an_item_of_a_revoked_session_is_refused_while_its_batch_lands(sta
 async def test_a_call_of_more_items_than_the_gateway_ever_sends_is_refused_whole(stack: Stack) -> None:
     """The gateway's certificate and one member's token: a call over the gateway's own cap posts
     nothing (one turn of the channel's lock would hold it for every item); the cap itself lands."""
-    await stack.create_user("ezra", "member")
-    ezra = f"Bearer {(await stack.login('ezra')).access_token}"
-    messaging = messaging_pb2_grpc.MessagingServiceStub(stack.internal("messaging"))
-    cid = (
-        await messaging.CreateChannel(
-            messaging_pb2.CreateChannelRequest(name="capped"), metadata=(("authorization", ezra),), timeout=TIMEOUT_S
-        )
-    ).channel_id
+    ezra, messaging, cid = await member_with_a_channel(stack, "ezra", "capped")
 
     over = [item(cid, f"flood {n}", ezra) for n in range(POST_BATCH_MAX_ITEMS + 1)]
     with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -160,14 +164,7 @@ async def test_a_call_of_more_items_than_the_gateway_ever_sends_is_refused_whole
 async def test_a_call_of_more_bytes_than_the_gateway_ever_sends_is_refused_whole(stack: Stack) -> None:
     """Within the item cap, over the byte cap (64 sends of 4000 four-byte emoji): refused whole,
     nothing posted; the same sends within the byte cap land."""
-    await stack.create_user("fern", "member")
-    fern = f"Bearer {(await stack.login('fern')).access_token}"
-    messaging = messaging_pb2_grpc.MessagingServiceStub(stack.internal("messaging"))
-    cid = (
-        await messaging.CreateChannel(
-            messaging_pb2.CreateChannelRequest(name="heavy"), metadata=(("authorization", fern),), timeout=TIMEOUT_S
-        )
-    ).channel_id
+    fern, messaging, cid = await member_with_a_channel(stack, "fern", "heavy")
 
     heavy = [item(cid, "\N{GRINNING FACE}" * 4000, fern) for _ in range(POST_BATCH_MAX_ITEMS)]
     over = messaging_pb2.PostMessagesRequest(items=heavy)
