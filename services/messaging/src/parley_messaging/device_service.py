@@ -119,7 +119,10 @@ class DeviceKeyServicer(messaging_pb2_grpc.DeviceKeyServiceServicer):
         caller = self._app.ctx.tokens.caller(context)
         if request.limit > MAX_FETCH:
             raise InvalidArgument(f"limit must be at most {MAX_FETCH} (0 means 100)")
-        await self._fresh(lambda: require_own_device(self.directory, caller.user_id, request.device_id))
+        # A device removed at auth a moment ago gets nothing more: this projection catches up
+        # with auth first (on a hit too, where _fresh would not).
+        await self._app.settle_auth()
+        require_own_device(self.directory, caller.user_id, request.device_id)
         device_id = request.device_id
 
         def decide(queue: ToDeviceQueue) -> tuple[list[NewEvent], None]:
