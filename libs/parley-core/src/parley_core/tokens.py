@@ -272,12 +272,14 @@ def bearer_token(context: grpc.aio.ServicerContext[object, object]) -> str | Non
     carried = [value for key, value in context.invocation_metadata() or () if key == "authorization"]
     if len(carried) > 1:
         raise Unauthenticated(f"{len(carried)} `authorization` metadata headers; send exactly one Bearer token")
-    for value in carried:
-        text = value.decode() if isinstance(value, bytes) else value
-        scheme, _, token = text.partition(" ")
-        if scheme.lower() == "bearer" and token:
-            return token.strip()
-    return None
+    return bearer_of(carried[0]) if carried else None
+
+
+def bearer_of(value: str | bytes) -> str | None:
+    """The token of one `authorization` value (`Bearer <token>`), None if it carries none."""
+    text = value.decode() if isinstance(value, bytes) else value
+    scheme, _, token = text.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 def follow_signing_keys(bus: EventBus, verifier: TokenVerifier) -> Replay:

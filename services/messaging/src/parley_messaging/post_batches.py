@@ -17,7 +17,7 @@ from parley_core.errors import ResourceExhausted, Unauthenticated
 from parley_core.post_batch_limits import POST_BATCH_MAX_BYTES, POST_BATCH_MAX_ITEMS
 from parley_core.rbac import Permission
 from parley_core.server_interceptors import failure_status
-from parley_core.tokens import Caller, TokenVerifier
+from parley_core.tokens import Caller, TokenVerifier, bearer_of
 from parley_core.trace_hops import TRACEPARENT, TRACESTATE
 
 POST_MESSAGES = "/parley.messaging.v1.MessagingService/PostMessages"
@@ -42,10 +42,10 @@ def check_batch_size(request: messaging_pb2.PostMessagesRequest) -> None:
 
 def item_caller(tokens: TokenVerifier, item: messaging_pb2.PostItem) -> Caller:
     """The item's sender, from its own token, allowed to send (as the interceptor checks PostMessage)."""
-    scheme, _, token = item.authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = bearer_of(item.authorization)
+    if token is None:
         raise Unauthenticated(NOT_LOGGED_IN)
-    caller = tokens.verify(token.strip())
+    caller = tokens.verify(token)
     caller.require(Permission.MESSAGES_SEND, what="PostMessage")
     return caller
 
