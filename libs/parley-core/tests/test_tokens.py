@@ -9,6 +9,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from google.protobuf.message import Message
 from parley.auth.v1.events_pb2 import (
     AccountDisabled,
     AccountEnabled,
@@ -94,21 +95,22 @@ def test_a_token_of_another_key_is_refused(key: Ed25519PrivateKey) -> None:
         verifier.verify(issue(stranger, kid="k2", expires_at=clock.now + 60))
 
 
-def test_a_remembered_token_is_refused_once_its_session_is_revoked(key: Ed25519PrivateKey) -> None:
+@pytest.mark.parametrize(
+    ("withdrawn", "refusal"),
+    [
+        (SessionRevoked(session_id="session-1", user_id="user-1", reason="logout"), "revoked"),
+        (AccountDisabled(user_id="user-1", reason="left"), "disabled"),
+    ],
+    ids=["session revoked", "account disabled"],
+)
+def test_a_remembered_token_is_refused_once_its_access_is_withdrawn(
+    key: Ed25519PrivateKey, withdrawn: Message, refusal: str
+) -> None:
     access = AccessProjection()
     _, verifier, token = verifier_and_token(key, access, sid="session-1")
     verifier.verify(token)
-    access.apply_payload(SessionRevoked(session_id="session-1", user_id="user-1", reason="logout"), 1)
-    with pytest.raises(Unauthenticated, match="revoked"):
-        verifier.verify(token)
-
-
-def test_a_remembered_token_is_refused_once_its_account_is_disabled(key: Ed25519PrivateKey) -> None:
-    access = AccessProjection()
-    _, verifier, token = verifier_and_token(key, access)
-    verifier.verify(token)
-    access.apply_payload(AccountDisabled(user_id="user-1", reason="left"), 1)
-    with pytest.raises(Unauthenticated, match="disabled"):
+    access.apply_payload(withdrawn, 1)
+    with pytest.raises(Unauthenticated, match=refusal):
         verifier.verify(token)
 
 
