@@ -1,12 +1,9 @@
 """A private channel, an invitation, a reply in a thread, a reaction and the live events they make:
 `python examples/conversations.py alice bob` (two existing accounts)."""
 
-import asyncio
-import sys
+from two_people import DATA_DIR, password, run
 
-from two_people import DATA_DIR, password
-
-from parley_client import ClientConfig, ParleyClient, ParleyError
+from parley_client import ClientConfig, ParleyClient
 
 
 async def main(alice_name: str, bob_name: str) -> None:
@@ -35,8 +32,4 @@ async def main(alice_name: str, bob_name: str) -> None:
 
 
 if __name__ == "__main__":
-    names = sys.argv[1:3] if len(sys.argv) > 2 else ["alice", "bob"]
-    try:
-        asyncio.run(main(*names))
-    except ParleyError as exc:  # a wrong password, the platform down: one line saying so
-        sys.exit(f"{exc.message} ({exc.code.name})")
+    run(main)

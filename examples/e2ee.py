@@ -1,12 +1,9 @@
 """An end-to-end encrypted channel: the server relays ciphertext only, bob's device decrypts it.
 `python examples/e2ee.py alice bob`; each one's device is kept in the data folder across runs."""
 
-import asyncio
-import sys
+from two_people import DATA_DIR, password, run
 
-from two_people import DATA_DIR, password
-
-from parley_client import ClientConfig, DeviceStore, ParleyClient, ParleyError
+from parley_client import ClientConfig, DeviceStore, ParleyClient
 
 
 async def main(alice_name: str, bob_name: str) -> None:
@@ -26,8 +23,4 @@ async def main(alice_name: str, bob_name: str) -> None:
 
 
 if __name__ == "__main__":
-    names = sys.argv[1:3] if len(sys.argv) > 2 else ["alice", "bob"]
-    try:
-        asyncio.run(main(*names))
-    except ParleyError as exc:  # a wrong password, the platform down: one line saying so
-        sys.exit(f"{exc.message} ({exc.code.name})")
+    run(main)

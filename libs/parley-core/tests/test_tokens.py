@@ -9,6 +9,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from google.protobuf.message import Message
 from parley.auth.v1.events_pb2 import (
     AccountDisabled,
     AccountEnabled,
@@ -57,10 +58,17 @@ def verifier_for(key: Ed25519PrivateKey, clock: ManualClock, access: AccessProje
     return verifier
 
 
-def test_a_remembered_token_still_expires_on_time(key: Ed25519PrivateKey) -> None:
+def verifier_and_token(
+    key: Ed25519PrivateKey, access: AccessProjection | None = None, *, sid: str = ""
+) -> tuple[ManualClock, TokenVerifier, str]:
+    """The clock, a verifier of `key` as k1 (over `access`), and a token of user-1's that `key`
+    signed as k1, valid for a minute."""
     clock = ManualClock(time.time())
-    verifier = verifier_for(key, clock)
-    token = issue(key, kid="k1", expires_at=clock.now + 60)
+    return clock, verifier_for(key, clock, access), issue(key, kid="k1", expires_at=clock.now + 60, sid=sid)
+
+
+def test_a_remembered_token_still_expires_on_time(key: Ed25519PrivateKey) -> None:
+    clock, verifier, token = verifier_and_token(key)
     assert verifier.verify(token).user_id == "user-1"
     assert verifier.verify(token).username == "alice"  # served from the cache
     clock.now += 61
@@ -69,9 +77,7 @@ def test_a_remembered_token_still_expires_on_time(key: Ed25519PrivateKey) -> Non
 
 
 def test_a_tampered_copy_of_a_remembered_token_is_refused(key: Ed25519PrivateKey) -> None:
-    clock = ManualClock(time.time())
-    verifier = verifier_for(key, clock)
-    token = issue(key, kid="k1", expires_at=clock.now + 60)
+    _, verifier, token = verifier_and_token(key)
     verifier.verify(token)
     head, payload, signature = token.split(".")
     tampered = ".".join((head, payload, ("A" if signature[0] != "A" else "B") + signature[1:]))
@@ -89,40 +95,36 @@ def test_a_token_of_another_key_is_refused(key: Ed25519PrivateKey) -> None:
         verifier.verify(issue(stranger, kid="k2", expires_at=clock.now + 60))
 
 
-def test_a_remembered_token_is_refused_once_its_session_is_revoked(key: Ed25519PrivateKey) -> None:
-    clock, access = ManualClock(time.time()), AccessProjection()
-    verifier = verifier_for(key, clock, access)
-    token = issue(key, kid="k1", expires_at=clock.now + 60, sid="session-1")
+@pytest.mark.parametrize(
+    ("withdrawn", "refusal"),
+    [
+        (SessionRevoked(session_id="session-1", user_id="user-1", reason="logout"), "revoked"),
+        (AccountDisabled(user_id="user-1", reason="left"), "disabled"),
+    ],
+    ids=["session revoked", "account disabled"],
+)
+def test_a_remembered_token_is_refused_once_its_access_is_withdrawn(
+    key: Ed25519PrivateKey, withdrawn: Message, refusal: str
+) -> None:
+    access = AccessProjection()
+    _, verifier, token = verifier_and_token(key, access, sid="session-1")
     verifier.verify(token)
-    access.apply_payload(SessionRevoked(session_id="session-1", user_id="user-1", reason="logout"), 1)
-    with pytest.raises(Unauthenticated, match="revoked"):
-        verifier.verify(token)
-
-
-def test_a_remembered_token_is_refused_once_its_account_is_disabled(key: Ed25519PrivateKey) -> None:
-    clock, access = ManualClock(time.time()), AccessProjection()
-    verifier = verifier_for(key, clock, access)
-    token = issue(key, kid="k1", expires_at=clock.now + 60)
-    verifier.verify(token)
-    access.apply_payload(AccountDisabled(user_id="user-1", reason="left"), 1)
-    with pytest.raises(Unauthenticated, match="disabled"):
+    access.apply_payload(withdrawn, 1)
+    with pytest.raises(Unauthenticated, match=refusal):
         verifier.verify(token)
 
 
 def test_a_remembered_token_carries_the_current_role(key: Ed25519PrivateKey) -> None:
-    clock, access = ManualClock(time.time()), AccessProjection()
+    access = AccessProjection()
     access.apply_payload(UserRegistered(user_id="user-1", username="alice", role="admin"), 1)
-    verifier = verifier_for(key, clock, access)
-    token = issue(key, kid="k1", expires_at=clock.now + 60)
+    _, verifier, token = verifier_and_token(key, access)
     assert verifier.verify(token).role == "admin"
     access.apply_payload(RoleAssigned(user_id="user-1", role="guest", previous_role="admin"), 2)
     assert verifier.verify(token).role == "guest"
 
 
 def test_retiring_a_key_drops_the_tokens_it_signed_from_the_cache(key: Ed25519PrivateKey) -> None:
-    clock = ManualClock(time.time())
-    verifier = verifier_for(key, clock)
-    token = issue(key, kid="k1", expires_at=clock.now + 60)
+    _, verifier, token = verifier_and_token(key)
     verifier.verify(token)
     verifier.retire_key("k1")
     with pytest.raises(Unauthenticated, match="retired"):
@@ -132,10 +134,9 @@ def test_retiring_a_key_drops_the_tokens_it_signed_from_the_cache(key: Ed25519Pr
 def test_a_remembered_caller_is_looked_up_afresh_after_each_access_event(key: Ed25519PrivateKey) -> None:
     """The caller a token made is remembered until the access projection applies an event; every
     event that may withdraw access is then seen on the very next call."""
-    clock, access = ManualClock(time.time()), AccessProjection()
+    access = AccessProjection()
     access.apply_payload(UserRegistered(user_id="user-1", username="alice", role="admin"), 1)
-    verifier = verifier_for(key, clock, access)
-    token = issue(key, kid="k1", expires_at=clock.now + 60, sid="session-1")
+    _, verifier, token = verifier_and_token(key, access, sid="session-1")
     first = verifier.verify(token)
     assert verifier.verify(token) is first  # remembered while nothing changed
     access.apply_payload(MfaRequirementSet(role="admin", required=True), 2)
@@ -151,9 +152,8 @@ def test_a_remembered_caller_is_looked_up_afresh_after_each_access_event(key: Ed
 
 
 def test_a_refused_caller_is_not_remembered(key: Ed25519PrivateKey) -> None:
-    clock, access = ManualClock(time.time()), AccessProjection()
-    verifier = verifier_for(key, clock, access)
-    token = issue(key, kid="k1", expires_at=clock.now + 60)
+    access = AccessProjection()
+    _, verifier, token = verifier_and_token(key, access)
     verifier.verify(token)
     access.apply_payload(AccountDisabled(user_id="user-1", reason="left"), 1)
     for _ in range(2):  # refused again, not from a remembered refusal or the caller before it
@@ -164,9 +164,7 @@ def test_a_refused_caller_is_not_remembered(key: Ed25519PrivateKey) -> None:
 
 
 def test_a_remembered_caller_still_expires_on_time(key: Ed25519PrivateKey) -> None:
-    clock = ManualClock(time.time())
-    verifier = verifier_for(key, clock)
-    token = issue(key, kid="k1", expires_at=clock.now + 60)
+    clock, verifier, token = verifier_and_token(key)
     verifier.verify(token)
     verifier.verify(token)
     clock.now += 60  # exactly at `exp`: no longer valid

@@ -20,10 +20,11 @@ from parley_core.event_log import EventLog
 from parley_testing.stack import TIMEOUT_S, Stack, bearer
 
 SENDS_EACH = 12
+Metadata = tuple[tuple[str, str], ...]
 
 
 async def send_to(
-    gateway: gateway_pb2_grpc.GatewayAsyncStub, cid: str, metadata: tuple[tuple[str, str], ...], body: str
+    gateway: gateway_pb2_grpc.GatewayAsyncStub, cid: str, metadata: Metadata, body: str
 ) -> messaging_pb2.ChatMessage | grpc.aio.AioRpcError:
     """One client's send through the gateway: its answer, or its refusal."""
     request = messaging_pb2.PostMessageRequest(channel_id=cid, body=body, idempotency_key=uuid.uuid4().hex)
@@ -31,6 +32,21 @@ async def send_to(
         return await gateway.SendMessage(request, metadata=metadata, timeout=TIMEOUT_S)
     except grpc.aio.AioRpcError as exc:
         return exc
+
+
+async def owner_and_other(
+    stack: Stack, owner: str, other: str, channel: str
+) -> tuple[gateway_pb2_grpc.GatewayAsyncStub, str, Metadata, Metadata]:
+    """Two new members logged in, and a new channel of `owner`'s: the gateway, the channel's id,
+    and each one's call metadata."""
+    await stack.create_user(owner, "member")
+    await stack.create_user(other, "member")
+    owner_md = bearer((await stack.login(owner)).access_token)
+    other_md = bearer((await stack.login(other)).access_token)
+    gateway = stack.gateway()
+    request = messaging_pb2.CreateChannelRequest(name=channel)
+    cid = (await gateway.CreateChannel(request, metadata=owner_md, timeout=TIMEOUT_S)).channel_id
+    return gateway, cid, owner_md, other_md
 
 
 async def test_concurrent_sends_go_together_and_each_client_gets_its_own_answer(
@@ -44,16 +60,7 @@ async def test_concurrent_sends_go_together_and_each_client_gets_its_own_answer(
         return await decided_together(log, subject, read, each, **options)
 
     monkeypatch.setattr(EventLog, "decide_and_append_each", counted)
-    await stack.create_user("mira", "member")
-    await stack.create_user("otto", "member")  # not in mira's channel
-    mira = bearer((await stack.login("mira")).access_token)
-    otto = bearer((await stack.login("otto")).access_token)
-    gateway = stack.gateway()
-    cid = (
-        await gateway.CreateChannel(
-            messaging_pb2.CreateChannelRequest(name="together"), metadata=mira, timeout=TIMEOUT_S
-        )
-    ).channel_id
+    gateway, cid, mira, otto = await owner_and_other(stack, "mira", "otto", "together")  # otto: not in it
 
     send = partial(send_to, gateway, cid)
     sends = [(mira, f"mira {n}") for n in range(SENDS_EACH)] + [(otto, f"otto {n}") for n in range(SENDS_EACH)]
@@ -77,16 +84,7 @@ async def test_concurrent_sends_go_together_and_each_client_gets_its_own_answer(
 async def test_a_send_carrying_two_tokens_is_refused_alone_or_batched(stack: Stack) -> None:
     """The gateway checks and rate-limits one token: a call carrying a second `authorization`
     header is refused, whether it goes alone or waits in a batch, and posts as no one."""
-    await stack.create_user("lena", "member")
-    await stack.create_user("omar", "member")
-    lena = bearer((await stack.login("lena")).access_token)
-    omar = bearer((await stack.login("omar")).access_token)
-    gateway = stack.gateway()
-    cid = (
-        await gateway.CreateChannel(
-            messaging_pb2.CreateChannelRequest(name="one-token"), metadata=lena, timeout=TIMEOUT_S
-        )
-    ).channel_id
+    gateway, cid, lena, omar = await owner_and_other(stack, "lena", "omar", "one-token")
     await gateway.JoinChannel(messaging_pb2.JoinChannelRequest(channel_id=cid), metadata=omar, timeout=TIMEOUT_S)
 
     send = partial(send_to, gateway, cid)

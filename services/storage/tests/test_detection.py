@@ -29,18 +29,7 @@ from parley_cli.publishing import publish_release
 from parley_core.config import PEER_ADDRESS_ENV
 from parley_core.envelope import decode
 from parley_core.topology import ANOMALY_FILTER
-from parley_storage.detection import (
-    MANY_CHANNELS_JOINED,
-    MANY_USERS_MESSAGED,
-    MASS_ERASURE,
-    NEW_ACCOUNT_APPROVAL,
-    NEW_SOURCE_SENSITIVE_CHANGE,
-    PASSWORD_SPRAYING,
-    RUSHED_ROLLOUT,
-    SEND_RATE,
-    SESSION_TWO_SOURCES,
-    SHORT_RETENTION,
-)
+from parley_storage.detection import AnomalyKind
 from parley_testing.nats import NatsTestServer
 from parley_testing.planning import delegated_publisher, plan_once_heard
 from parley_testing.security import security_events
@@ -111,8 +100,8 @@ async def test_password_spraying_from_one_source_and_not_typos_from_many(
     # The attack: one guess at each of 10 accounts from one address.
     for n in range(10):
         await fail(f"victim{n}", "203.0.113.9")
-    found = await first_of(nats_server, PASSWORD_SPRAYING)
-    assert [(a.kind, a.source) for a in found] == [(PASSWORD_SPRAYING, "203.0.113.9")]  # false positives: 0
+    found = await first_of(nats_server, AnomalyKind.PASSWORD_SPRAYING)
+    assert [(a.kind, a.source) for a in found] == [(AnomalyKind.PASSWORD_SPRAYING, "203.0.113.9")]  # false positives: 0
     [spraying] = found
     assert spraying.evidence["accounts"] == "10"
     assert spraying.response == "slow_source"
@@ -213,7 +202,7 @@ async def test_a_sensitive_change_from_a_new_source_revokes_that_session(
     intruder = await login(stack, victim, "192.0.2.66")
     await change_password(intruder, "192.0.2.66")
 
-    found = await first_of(nats_server, NEW_SOURCE_SENSITIVE_CHANGE)
+    found = await first_of(nats_server, AnomalyKind.NEW_SOURCE_SENSITIVE_CHANGE)
     assert [a.user_id for a in found] == [intruder.user_id]  # false positives: 0
     [anomaly] = found
     assert anomaly.session_id == intruder.session_id
@@ -250,7 +239,7 @@ async def test_one_session_used_from_two_sources_is_revoked(stack: Stack, nats_s
     stolen = await login(stack, victim, "10.0.0.2")
     await refresh(stolen, "192.0.2.77")
 
-    found = await first_of(nats_server, SESSION_TWO_SOURCES)
+    found = await first_of(nats_server, AnomalyKind.SESSION_TWO_SOURCES)
     assert [a.session_id for a in found] == [stolen.session_id]  # false positives: 0
     assert found[0].evidence["first_source"] == "10.0.0.2"
     assert found[0].evidence["second_source"] == "192.0.2.77"
@@ -293,7 +282,7 @@ async def test_a_burst_of_sends_and_not_a_chat(
         messaging_pb2.CreateChannelRequest(name="spam"), metadata=flooder_md, timeout=TIMEOUT_S
     )
     await send(flooder_md, 21, own.channel_id)
-    found = await first_of(nats_server, SEND_RATE)
+    found = await first_of(nats_server, AnomalyKind.SEND_RATE)
     assert [a.user_id for a in found] == [flooding.user_id]  # false positives: 0
     assert found[0].evidence["messages_in_bucket"] == "21"
     assert found[0].response == "alert"
@@ -350,7 +339,7 @@ async def test_the_roll_out_probers_sends_are_the_platforms_and_a_person_sending
             channel_id=own.channel_id, body=f"m{i}", idempotency_key=uuid.uuid4().hex
         )
         await gateway.SendMessage(request, metadata=md, timeout=TIMEOUT_S)
-    found = await first_of(nats_server, SEND_RATE)
+    found = await first_of(nats_server, AnomalyKind.SEND_RATE)
     assert [a.user_id for a in found] == [login.user_id]  # the prober's: none
     assert found[0].evidence["messages_in_bucket"] == "21"
 
@@ -367,7 +356,7 @@ async def test_retention_of_a_day_and_not_of_a_month(stack: Stack, nats_server: 
         )
         channels[channel.channel_id] = name
         await stack.set_retention(channel.channel_id, days)
-    found = await first_of(nats_server, SHORT_RETENTION)
+    found = await first_of(nats_server, AnomalyKind.SHORT_RETENTION)
     assert [channels[a.evidence["channel_id"]] for a in found] == ["wiped"]  # false positives: 0
     assert found[0].evidence["days"] == "1"
 
@@ -391,8 +380,8 @@ async def test_an_operator_erasing_many_accounts_and_not_people_erasing_their_ow
     for account in leavers[3:]:  # the attack: one operator erases three accounts
         await auth.RequestErasure(auth_pb2.AccountActionRequest(user_id=account.user_id), timeout=TIMEOUT_S)
         await operator.EraseUserData(storage_pb2.EraseUserDataRequest(user_id=account.user_id), timeout=TIMEOUT_S)
-    found = await first_of(nats_server, MASS_ERASURE)
-    assert [(a.kind, a.subject) for a in found] == [(MASS_ERASURE, "actor:platform")]  # false positives: 0
+    found = await first_of(nats_server, AnomalyKind.MASS_ERASURE)
+    assert [(a.kind, a.subject) for a in found] == [(AnomalyKind.MASS_ERASURE, "actor:platform")]  # false positives: 0
     assert found[0].evidence["erased_accounts"] == "3"
     assert set(found[0].evidence["user_ids"].split(",")) == {a.user_id for a in leavers[3:]}
     assert found[0].response == "alert"
@@ -414,7 +403,7 @@ async def test_a_step_up_response_limits_the_session_until_the_user_logs_in_agai
     refreshed = await auth.Refresh(
         auth_pb2.RefreshRequest(refresh_token=stolen.refresh_token), metadata=source("192.0.2.77"), timeout=TIMEOUT_S
     )
-    [found] = await first_of(nats_server, SESSION_TWO_SOURCES)
+    [found] = await first_of(nats_server, AnomalyKind.SESSION_TWO_SOURCES)
     assert found.response == "step_up"
     gateway_access = stack.access("gateway")
     await until(lambda: gateway_access.step_up_required(stolen.session_id), "the step-up applied", TIMEOUT_S)
@@ -467,8 +456,9 @@ async def test_many_channels_joined_and_not_a_few(
         await join(reader_md, channel_id)
     for channel_id in channel_ids:  # the attack: every channel it can reach
         await join(bearer(crawling.access_token), channel_id)
-    found = await first_of(nats_server, MANY_CHANNELS_JOINED)
-    assert [(a.kind, a.user_id) for a in found] == [(MANY_CHANNELS_JOINED, crawling.user_id)]  # false positives: 0
+    found = await first_of(nats_server, AnomalyKind.MANY_CHANNELS_JOINED)
+    # false positives: 0
+    assert [(a.kind, a.user_id) for a in found] == [(AnomalyKind.MANY_CHANNELS_JOINED, crawling.user_id)]
     assert found[0].evidence["channels"] == "4"
     assert found[0].response == "alert"
     assert set(found[0].evidence["channel_ids"].split(",")) <= set(channel_ids)
@@ -499,8 +489,9 @@ async def test_direct_messages_to_many_people_and_not_a_conversation(
     # The attack: one message to each of five people.
     for name in people:
         await direct(bearer(spamming.access_token), [name], 1)
-    found = await first_of(nats_server, MANY_USERS_MESSAGED)
-    assert [(a.kind, a.user_id) for a in found] == [(MANY_USERS_MESSAGED, spamming.user_id)]  # false positives: 0
+    found = await first_of(nats_server, AnomalyKind.MANY_USERS_MESSAGED)
+    # false positives: 0
+    assert [(a.kind, a.user_id) for a in found] == [(AnomalyKind.MANY_USERS_MESSAGED, spamming.user_id)]
     assert found[0].evidence["recipients"] == "4"
     assert found[0].response == "alert"
 
@@ -526,7 +517,7 @@ async def test_a_data_export_from_a_new_source_revokes_that_session(stack: Stack
     intruder = await login(stack, victim, "192.0.2.66")
     await export(intruder)
 
-    found = await first_of(nats_server, NEW_SOURCE_SENSITIVE_CHANGE)
+    found = await first_of(nats_server, AnomalyKind.NEW_SOURCE_SENSITIVE_CHANGE)
     assert [a.user_id for a in found] == [intruder.user_id]  # false positives: 0
     [anomaly] = found
     assert anomaly.evidence["change"] == "data exported"
@@ -579,8 +570,9 @@ async def test_a_rollout_approved_by_a_new_account(
     reviewed_rollouts: None, stack: Stack, nats_server: NatsTestServer
 ) -> None:
     planned, newcomer = await plan_and_approve(stack)
-    found = await first_of(nats_server, NEW_ACCOUNT_APPROVAL)
-    assert [(a.kind, a.user_id) for a in found] == [(NEW_ACCOUNT_APPROVAL, newcomer.user_id)]  # not rushed either
+    found = await first_of(nats_server, AnomalyKind.NEW_ACCOUNT_APPROVAL)
+    # not rushed either
+    assert [(a.kind, a.user_id) for a in found] == [(AnomalyKind.NEW_ACCOUNT_APPROVAL, newcomer.user_id)]
     assert found[0].evidence["rollout_id"] == planned.rollout_id
     assert float(found[0].evidence["account_age_s"]) < 3600
     assert found[0].response == "alert"
@@ -598,8 +590,8 @@ async def test_a_rollout_approved_seconds_after_it_was_planned(
     """The same scenario as above judged on its review time (the default 10 minutes); with a
     review threshold below the seconds it took (the test above), it is not rushed."""
     planned, approver = await plan_and_approve(stack)
-    found = await first_of(nats_server, RUSHED_ROLLOUT)
-    assert [a.kind for a in found] == [RUSHED_ROLLOUT]  # not a new account's approval either
+    found = await first_of(nats_server, AnomalyKind.RUSHED_ROLLOUT)
+    assert [a.kind for a in found] == [AnomalyKind.RUSHED_ROLLOUT]  # not a new account's approval either
     assert found[0].evidence["rollout_id"] == planned.rollout_id
     assert found[0].evidence["approved_by"] == approver.user_id
     assert float(found[0].evidence["seconds_to_approval"]) < 600

@@ -16,21 +16,7 @@ import random
 
 import pytest
 
-from parley_storage.detection import (
-    MANY_CHANNELS_JOINED,
-    MANY_USERS_MESSAGED,
-    MASS_ERASURE,
-    NEW_ACCOUNT_APPROVAL,
-    NEW_SOURCE_SENSITIVE_CHANGE,
-    PASSWORD_SPRAYING,
-    RUSHED_ROLLOUT,
-    SEND_RATE,
-    SESSION_TWO_SOURCES,
-    SHORT_RETENTION,
-    Anomaly,
-    DetectionSettings,
-    Rules,
-)
+from parley_storage.detection import Anomaly, AnomalyKind, DetectionSettings, Rules
 from parley_storage.detection import state as detection_state
 
 ids = (f"e{n}" for n in itertools.count())
@@ -52,7 +38,7 @@ def test_password_spraying_fires_on_many_accounts_from_one_source_and_not_on_typ
         for n in range(12)
     ]
     hits = [a for a in found if a is not None]
-    assert [a.kind for a in hits] == [PASSWORD_SPRAYING]  # once per source and window
+    assert [a.kind for a in hits] == [AnomalyKind.PASSWORD_SPRAYING]  # once per source and window
     assert hits[0].evidence["accounts"] == "10"
     assert hits[0].source == "203.0.113.9"
     assert "10 different accounts" in hits[0].why
@@ -75,7 +61,7 @@ def test_a_sensitive_change_after_a_login_from_a_new_source() -> None:
     r.session_started(at=200.0, session_id="s3", user_id="u1", source="192.0.2.66", event_id=next(ids))
     found = r.sensitive_change(at=260.0, user_id="u1", what="second factor reset", event_id=next(ids))
     assert found is not None
-    assert found.kind == NEW_SOURCE_SENSITIVE_CHANGE
+    assert found.kind == AnomalyKind.NEW_SOURCE_SENSITIVE_CHANGE
     assert found.session_id == "s3"
     assert found.evidence["new_source"] == "192.0.2.66"
     assert "never used" in found.why
@@ -96,7 +82,7 @@ def test_one_session_from_two_sources_at_once() -> None:
     r.session_started(at=0.0, session_id="s1", user_id="u1", source="10.0.0.1", event_id=next(ids))
     found = r.session_refreshed(at=40.0, session_id="s1", user_id="u1", source="192.0.2.5", event_id=next(ids))
     assert found is not None
-    assert found.kind == SESSION_TWO_SOURCES
+    assert found.kind == AnomalyKind.SESSION_TWO_SOURCES
     assert found.session_id == "s1"
     assert found.evidence["first_source"] == "10.0.0.1"
     assert found.evidence["second_source"] == "192.0.2.5"
@@ -117,7 +103,7 @@ def test_send_rate_far_above_the_accounts_own_baseline() -> None:
     assert _send(r, "u1", sorted(baseline)) == []
     burst = [3600.0 + n * 0.5 for n in range(100)]  # 100 in 50 seconds
     found = _send(r, "u1", burst)
-    assert [a.kind for a in found] == [SEND_RATE]
+    assert [a.kind for a in found] == [AnomalyKind.SEND_RATE]
     assert float(found[0].evidence["baseline_mean"]) < 8
     assert found[0].evidence["baseline"] == "account"
     assert "usual" in found[0].why
@@ -153,7 +139,7 @@ def test_a_bot_flooding_a_quiet_channel_at_its_own_usual_rate() -> None:
         r.message_posted(at=3660.0 + n, sender_id="bot", event_id=next(ids), channel_id="general") for n in range(45)
     ]
     [found] = [a for a in flood if a is not None]
-    assert found.kind == SEND_RATE
+    assert found.kind == AnomalyKind.SEND_RATE
     assert found.evidence["baseline"] == "channel"
     assert found.evidence["channel_id"] == "general"
     assert found.evidence["messages_in_bucket"] == "31"  # over the floor of 30
@@ -220,15 +206,15 @@ def test_operator_actions_outside_their_pattern() -> None:
     r = rules()
     erased = [r.user_erased(at=60.0 * n, actor="platform", user_id=f"u{n}", event_id=next(ids)) for n in range(6)]
     hits = [a for a in erased if a is not None]
-    assert [a.kind for a in hits] == [MASS_ERASURE]
+    assert [a.kind for a in hits] == [AnomalyKind.MASS_ERASURE]
     assert hits[0].evidence["erased_accounts"] == "5"
     short = r.retention_set(at=0.0, actor="platform", channel_id="c1", days=1, event_id=next(ids))
     assert short is not None
-    assert short.kind == SHORT_RETENTION
+    assert short.kind == AnomalyKind.SHORT_RETENTION
     assert "1 day" in short.why
     r.rollout_planned(at=1000.0, rollout_id="r9", actor="user:mallory", event_id=next(ids))
     [rushed] = r.rollout_approved(at=1090.0, rollout_id="r9", actor="user:mallory2", event_id=next(ids))
-    assert rushed.kind == RUSHED_ROLLOUT
+    assert rushed.kind == AnomalyKind.RUSHED_ROLLOUT
     assert rushed.evidence["seconds_to_approval"] == "90.0"
 
 
@@ -239,13 +225,13 @@ def test_thresholds_and_responses_come_from_the_deployments_settings(monkeypatch
     r = Rules(settings)
     found = [r.login_failed(at=float(n), source="s", username=f"n{n}", event_id=next(ids)) for n in range(3)]
     assert found[-1] is not None
-    assert found[-1].kind == PASSWORD_SPRAYING
-    assert settings.response(SESSION_TWO_SOURCES) == "alert"
-    assert settings.response(SEND_RATE) == "alert"  # no session to revoke: only an alert
-    assert settings.response(NEW_SOURCE_SENSITIVE_CHANGE) == "revoke_session"
-    assert settings.response(PASSWORD_SPRAYING) == "slow_source"
+    assert found[-1].kind == AnomalyKind.PASSWORD_SPRAYING
+    assert settings.response(AnomalyKind.SESSION_TWO_SOURCES) == "alert"
+    assert settings.response(AnomalyKind.SEND_RATE) == "alert"  # no session to revoke: only an alert
+    assert settings.response(AnomalyKind.NEW_SOURCE_SENSITIVE_CHANGE) == "revoke_session"
+    assert settings.response(AnomalyKind.PASSWORD_SPRAYING) == "slow_source"
     monkeypatch.setenv("PARLEY_DETECT_RESPONSES", '{"session_two_sources": "slow_source"}')
-    assert DetectionSettings().response(SESSION_TWO_SOURCES) == "alert"  # it names no source to slow
+    assert DetectionSettings().response(AnomalyKind.SESSION_TWO_SOURCES) == "alert"  # it names no source to slow
 
 
 def test_a_replay_finds_the_same_ids() -> None:
@@ -280,7 +266,7 @@ def test_many_channels_joined_in_a_short_time_and_not_a_few() -> None:
     # The attack: 20 channels in 100 seconds.
     joined = [r.member_joined(at=5.0 * n, user_id="crawler", channel_id=f"c{n}", event_id=next(ids)) for n in range(20)]
     hits = [a for a in joined if a is not None]
-    assert [a.kind for a in hits] == [MANY_CHANNELS_JOINED]  # once per account and window
+    assert [a.kind for a in hits] == [AnomalyKind.MANY_CHANNELS_JOINED]  # once per account and window
     assert hits[0].user_id == "crawler"
     assert hits[0].evidence["channels"] == "15"
     assert "joined 15 channels within 600s" in hits[0].why
@@ -299,7 +285,7 @@ def test_direct_messages_to_many_people_and_not_a_long_conversation() -> None:
         r.direct_message(at=3.0 * n, sender_id="spammer", channel_id=f"dm{n}", event_id=next(ids)) for n in range(20)
     ]
     hits = [a for a in sent if a is not None]
-    assert [a.kind for a in hits] == [MANY_USERS_MESSAGED]
+    assert [a.kind for a in hits] == [AnomalyKind.MANY_USERS_MESSAGED]
     assert hits[0].evidence["recipients"] == "15"
     assert "v0" in hits[0].evidence["recipient_ids"]
     assert "15 different people" in hits[0].why
@@ -319,7 +305,7 @@ def test_a_data_export_after_a_login_from_a_new_source(login_read_first: bool) -
 
     found = [new_login(), export()] if login_read_first else [export(), new_login()]
     [anomaly] = [a for a in found if a is not None]
-    assert anomaly.kind == NEW_SOURCE_SENSITIVE_CHANGE
+    assert anomaly.kind == AnomalyKind.NEW_SOURCE_SENSITIVE_CHANGE
     assert anomaly.session_id == "s2"
     assert anomaly.evidence["change"] == "data exported"
     assert anomaly.evidence["seconds_after_login"] == "30.0"
@@ -352,7 +338,7 @@ def test_a_rollout_approved_by_a_new_account(registration_read_first: bool) -> N
 
     found = registered() + approved() if registration_read_first else approved() + registered()
     [anomaly] = found  # reviewed for an hour: not rushed
-    assert anomaly.kind == NEW_ACCOUNT_APPROVAL
+    assert anomaly.kind == AnomalyKind.NEW_ACCOUNT_APPROVAL
     assert anomaly.evidence["account_age_s"] == "7200"
     assert anomaly.user_id == "newbie"
     assert "an account made 7200s before" in anomaly.why
@@ -393,7 +379,9 @@ def test_the_platforms_prober_is_left_out_of_the_behaviour_rules_and_a_person_do
         found = _behave(r, "prober") + _behave(r, "person")
         assert found == []  # neither judged yet
         found = registered()
-    assert sorted(a.kind for a in found) == sorted([SEND_RATE, MANY_CHANNELS_JOINED, MANY_USERS_MESSAGED])
+    assert sorted(a.kind for a in found) == sorted(
+        [AnomalyKind.SEND_RATE, AnomalyKind.MANY_CHANNELS_JOINED, AnomalyKind.MANY_USERS_MESSAGED]
+    )
     assert {a.user_id for a in found} == {"person"}
     # The prober's rules still watch its sessions: its credential used from two places is found.
     r.session_started(at=100.0, session_id="p1", user_id="prober", source="10.0.0.5", event_id=next(ids))

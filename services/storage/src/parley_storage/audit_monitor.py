@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
 from parley_core.audit import (
     Checkpoint,
@@ -43,7 +43,7 @@ from parley_core.audit import (
 )
 from parley_core.audit_log import SEC_STREAM, chain_head
 from parley_core.bus import EventBus, ReceivedEvent, Replay
-from parley_core.envelope import UnknownEventType, open_payload
+from parley_core.envelope import UnknownEventType
 from parley_core.metrics import ServiceMetrics
 from parley_core.topology import AUDIT_KEYS_FILTER, AUTH_FILTER, SIGNING_KEYS_FILTER
 from parley_storage.archive import SqlEventArchive, StoredEvent
@@ -279,14 +279,10 @@ def _newest_checkpoint(
 
 
 def _row(event: StoredEvent) -> StoredRecord | None:
-    payload: Message | None = None
-    if event.envelope is not None:
-        with contextlib.suppress(UnknownEventType, DecodeError):  # a damaged row: named as such
-            payload = open_payload(event.envelope)
     return audit_row(
         position=event.stream_seq,
         claimed_index=event.aggregate_version,
-        payload=payload,
+        payload=event.payload(),  # None for a damaged row: named as such
         event_type=event.event_type,
         aggregate_type=event.aggregate_type,
         unreadable=event.unreadable,

@@ -10,16 +10,13 @@ falls between them.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
-from google.protobuf.message import DecodeError, Message
 from parley.auth.v1.events_pb2 import SecurityEventRecorded
 from parley.storage.v1 import storage_pb2
 from parley.storage.v1.events_pb2 import AnomalyDetected
 
-from parley_core.envelope import UnknownEventType, open_payload
 from parley_storage.archive import SqlEventArchive, StoredEvent, actor_forms
 from parley_storage.progress import ArchiveProgress
 
@@ -62,11 +59,7 @@ class Filter:
 def notice_of(event: StoredEvent) -> storage_pb2.SecurityEventNotice | None:
     """An archived audit record or anomaly finding as the console shows it; None for anything else
     (another fact on STORE, a shredded or unreadable row)."""
-    if event.envelope is None:
-        return None
-    payload: Message | None = None
-    with contextlib.suppress(UnknownEventType, DecodeError):
-        payload = open_payload(event.envelope)
+    payload = event.payload()
     at = event.occurred_at_ns / 1e9
     if isinstance(payload, SecurityEventRecorded):
         return storage_pb2.SecurityEventNotice(

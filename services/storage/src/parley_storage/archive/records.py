@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
+from google.protobuf.message import DecodeError, Message
 from parley.common.v1.envelope_pb2 import EventEnvelope
+
+from parley_core.envelope import UnknownEventType, open_payload
 
 # key_id of an event whose content a redaction or retention removed: the row stays, the envelope is gone.
 EXPIRED = "expired"
@@ -46,6 +50,15 @@ class StoredEvent:
     # The row does not open with its key at its position (its content altered, or moved from
     # another row): envelope is None, and it is not an erasure.
     unreadable: bool = False
+
+    def payload(self) -> Message | None:
+        """The event's payload, or None where there is none to read: shredded, unreadable, of a
+        type this version does not know, or damaged (callers name such a row rather than fail)."""
+        if self.envelope is None:
+            return None
+        with contextlib.suppress(UnknownEventType, DecodeError):
+            return open_payload(self.envelope)
+        return None
 
 
 @dataclass(frozen=True)

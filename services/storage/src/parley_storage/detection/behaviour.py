@@ -9,11 +9,7 @@ from typing import NamedTuple
 from parley_storage.detection.bursts import JOINS, MESSAGED
 from parley_storage.detection.shapes import Rate
 from parley_storage.detection.state import RuleState
-from parley_storage.detection.vocabulary import (
-    SEND_RATE,
-    Anomaly,
-    subject_token,
-)
+from parley_storage.detection.vocabulary import Anomaly, AnomalyKind, subject_token
 
 
 class _Exceeded(NamedTuple):
@@ -108,7 +104,7 @@ class BehaviourRules(RuleState):
         else:
             observed = f"against this account's usual {usual}"
         return Anomaly(
-            kind=SEND_RATE,
+            kind=AnomalyKind.SEND_RATE,
             key=subject_token(sender_id),
             subject=f"user:{sender_id}",
             evidence=evidence,

@@ -8,20 +8,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from parley_storage.detection.shapes import Burst, DistinctBurst
-from parley_storage.detection.vocabulary import (
-    MANY_CHANNELS_JOINED,
-    MANY_USERS_MESSAGED,
-    MASS_ERASURE,
-    PASSWORD_SPRAYING,
-    Anomaly,
-    DetectionSettings,
-    subject_token,
-)
+from parley_storage.detection.vocabulary import Anomaly, AnomalyKind, DetectionSettings, subject_token
 
 
 @dataclass(frozen=True)
 class BurstRule:
-    kind: str
+    kind: AnomalyKind
     concerns: Literal["source", "actor", "user"]  # what the key is: the anomaly's subject
     threshold: str  # the DetectionSettings field: how many distinct things fire it ...
     window: str  # ... and the one saying within how many seconds
@@ -62,7 +54,7 @@ class BurstRule:
 
 # Failed logins (SEC) for many accounts from one address.
 SPRAYING = BurstRule(
-    kind=PASSWORD_SPRAYING,
+    kind=AnomalyKind.PASSWORD_SPRAYING,
     concerns="source",
     threshold="spraying_accounts",
     window="spraying_window_s",
@@ -75,7 +67,7 @@ SPRAYING = BurstRule(
 )
 # Accounts erased (AUTH) by one operator.
 ERASURES = BurstRule(
-    kind=MASS_ERASURE,
+    kind=AnomalyKind.MASS_ERASURE,
     concerns="actor",
     threshold="erasure_count",
     window="erasure_window_s",
@@ -87,7 +79,7 @@ ERASURES = BurstRule(
 )
 # Channels joined (MSG) by one account.
 JOINS = BurstRule(
-    kind=MANY_CHANNELS_JOINED,
+    kind=AnomalyKind.MANY_CHANNELS_JOINED,
     concerns="user",
     threshold="channels_joined",
     window="channels_joined_window_s",
@@ -97,7 +89,7 @@ JOINS = BurstRule(
 )
 # People sent direct messages (MSG) by one account.
 MESSAGED = BurstRule(
-    kind=MANY_USERS_MESSAGED,
+    kind=AnomalyKind.MANY_USERS_MESSAGED,
     concerns="user",
     threshold="users_messaged",
     window="users_messaged_window_s",

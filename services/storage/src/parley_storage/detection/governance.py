@@ -6,11 +6,7 @@ from __future__ import annotations
 from parley_storage.detection.bursts import ERASURES
 from parley_storage.detection.pairs import NEW_APPROVER, RUSHED
 from parley_storage.detection.state import RuleState
-from parley_storage.detection.vocabulary import (
-    SHORT_RETENTION,
-    Anomaly,
-    subject_token,
-)
+from parley_storage.detection.vocabulary import Anomaly, AnomalyKind, subject_token
 
 
 class GovernanceRules(RuleState):
@@ -25,7 +21,7 @@ class GovernanceRules(RuleState):
         if days == 0 or days > limit:
             return None
         return Anomaly(
-            kind=SHORT_RETENTION,
+            kind=AnomalyKind.SHORT_RETENTION,
             key=subject_token(channel_id),
             subject=f"actor:{actor}",
             evidence={"actor": actor, "channel_id": channel_id, "days": str(days), "threshold_days": str(limit)},

@@ -7,20 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from parley_storage.detection.shapes import too_soon
-from parley_storage.detection.vocabulary import (
-    NEW_ACCOUNT_APPROVAL,
-    NEW_SOURCE_SENSITIVE_CHANGE,
-    RUSHED_ROLLOUT,
-    SESSION_TWO_SOURCES,
-    Anomaly,
-    DetectionSettings,
-    subject_token,
-)
+from parley_storage.detection.vocabulary import Anomaly, AnomalyKind, DetectionSettings, subject_token
 
 
 @dataclass(frozen=True)
 class PairRule:
-    kind: str
+    kind: AnomalyKind
     limit: str  # the DetectionSettings field: the seconds under which the second event is too soon
     elapsed: str  # evidence: the seconds between the two events ...
     limit_named: str  # ... and the limit
@@ -61,7 +53,7 @@ class PairRule:
 
 # One session used (AUTH) from two sources, sooner than a move to another network would take.
 TWO_SOURCES = PairRule(
-    kind=SESSION_TWO_SOURCES,
+    kind=AnomalyKind.SESSION_TWO_SOURCES,
     limit="two_sources_window_s",
     elapsed="seconds_apart",
     limit_named="window_s",
@@ -70,7 +62,7 @@ TWO_SOURCES = PairRule(
 )
 # A sensitive change soon after a login from a source the account never used.
 NEW_SOURCE_CHANGE = PairRule(
-    kind=NEW_SOURCE_SENSITIVE_CHANGE,
+    kind=AnomalyKind.NEW_SOURCE_SENSITIVE_CHANGE,
     limit="new_source_window_s",
     elapsed="seconds_after_login",
     limit_named="window_s",
@@ -79,7 +71,7 @@ NEW_SOURCE_CHANGE = PairRule(
 )
 # A roll-out approved (PATCH) by an account registered (AUTH) shortly before.
 NEW_APPROVER = PairRule(
-    kind=NEW_ACCOUNT_APPROVAL,
+    kind=AnomalyKind.NEW_ACCOUNT_APPROVAL,
     limit="new_approver_age_s",
     elapsed="account_age_s",
     limit_named="min_account_age_s",
@@ -89,7 +81,7 @@ NEW_APPROVER = PairRule(
 )
 # A roll-out approved sooner after its planning than a review takes.
 RUSHED = PairRule(
-    kind=RUSHED_ROLLOUT,
+    kind=AnomalyKind.RUSHED_ROLLOUT,
     limit="rollout_min_review_s",
     elapsed="seconds_to_approval",
     limit_named="min_review_s",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import Field
@@ -12,43 +13,38 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Response = Literal["alert", "revoke_session", "step_up", "slow_source"]
 
-PASSWORD_SPRAYING = "password_spraying"  # noqa: S105 - a rule name
-NEW_SOURCE_SENSITIVE_CHANGE = "new_source_sensitive_change"
-SEND_RATE = "send_rate"
-SESSION_TWO_SOURCES = "session_two_sources"
-MASS_ERASURE = "mass_erasure"
-SHORT_RETENTION = "short_retention"
-RUSHED_ROLLOUT = "rushed_rollout"
-MANY_CHANNELS_JOINED = "many_channels_joined"
-MANY_USERS_MESSAGED = "many_users_messaged"
-NEW_ACCOUNT_APPROVAL = "new_account_approval"
-KINDS = (
-    PASSWORD_SPRAYING,
-    NEW_SOURCE_SENSITIVE_CHANGE,
-    SEND_RATE,
-    SESSION_TWO_SOURCES,
-    MASS_ERASURE,
-    SHORT_RETENTION,
-    RUSHED_ROLLOUT,
-    MANY_CHANNELS_JOINED,
-    MANY_USERS_MESSAGED,
-    NEW_ACCOUNT_APPROVAL,
-)
+
+class AnomalyKind(StrEnum):
+    """The rules by name: an anomaly's kind, in its subject and in PARLEY_DETECT_RESPONSES."""
+
+    PASSWORD_SPRAYING = "password_spraying"  # noqa: S105 - a rule name
+    NEW_SOURCE_SENSITIVE_CHANGE = "new_source_sensitive_change"
+    SEND_RATE = "send_rate"
+    SESSION_TWO_SOURCES = "session_two_sources"
+    MASS_ERASURE = "mass_erasure"
+    SHORT_RETENTION = "short_retention"
+    RUSHED_ROLLOUT = "rushed_rollout"
+    MANY_CHANNELS_JOINED = "many_channels_joined"
+    MANY_USERS_MESSAGED = "many_users_messaged"
+    NEW_ACCOUNT_APPROVAL = "new_account_approval"
+
+
+KINDS = tuple(AnomalyKind)
 # Rules whose anomaly names a session; only those can have it revoked.
-SESSION_KINDS = frozenset({NEW_SOURCE_SENSITIVE_CHANGE, SESSION_TWO_SOURCES})
+SESSION_KINDS = frozenset({AnomalyKind.NEW_SOURCE_SENSITIVE_CHANGE, AnomalyKind.SESSION_TWO_SOURCES})
 # Rules whose anomaly names a client address; only those can have it slowed down.
-SOURCE_KINDS = frozenset({PASSWORD_SPRAYING})
+SOURCE_KINDS = frozenset({AnomalyKind.PASSWORD_SPRAYING})
 DEFAULT_RESPONSES: dict[str, Response] = {
-    PASSWORD_SPRAYING: "slow_source",
-    NEW_SOURCE_SENSITIVE_CHANGE: "revoke_session",
-    SEND_RATE: "alert",
-    SESSION_TWO_SOURCES: "revoke_session",
-    MASS_ERASURE: "alert",
-    SHORT_RETENTION: "alert",
-    RUSHED_ROLLOUT: "alert",
-    MANY_CHANNELS_JOINED: "alert",
-    MANY_USERS_MESSAGED: "alert",
-    NEW_ACCOUNT_APPROVAL: "alert",
+    AnomalyKind.PASSWORD_SPRAYING: "slow_source",
+    AnomalyKind.NEW_SOURCE_SENSITIVE_CHANGE: "revoke_session",
+    AnomalyKind.SEND_RATE: "alert",
+    AnomalyKind.SESSION_TWO_SOURCES: "revoke_session",
+    AnomalyKind.MASS_ERASURE: "alert",
+    AnomalyKind.SHORT_RETENTION: "alert",
+    AnomalyKind.RUSHED_ROLLOUT: "alert",
+    AnomalyKind.MANY_CHANNELS_JOINED: "alert",
+    AnomalyKind.MANY_USERS_MESSAGED: "alert",
+    AnomalyKind.NEW_ACCOUNT_APPROVAL: "alert",
 }
 _ANOMALY_IDS = uuid.UUID("6f1f3a52-59d8-4c1e-9a43-0b7e2e3c9d11")
 
@@ -111,7 +107,7 @@ class DetectionSettings(BaseSettings):
 
 @dataclass(frozen=True)
 class Anomaly:
-    kind: str
+    kind: AnomalyKind
     key: str  # the subject token: parley.storage.anomaly.<kind>.<key>
     subject: str
     evidence: dict[str, str]
