@@ -9,8 +9,10 @@ the role written in the token, so a revoke takes effect on the next call everywh
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
+
+from parley_core.topology import NODE_AGENT, PLATFORM_USER
 
 
 class Permission(StrEnum):
@@ -364,3 +366,24 @@ PLATFORM_METHODS = frozenset(
         "/parley.patch.v1.PatchService/TufRepository",
     }
 )
+
+# Internal RPCs a joined host's node agent (topology.NODE_AGENT's certificate) may call without a
+# user token: following roll-outs (the fleet view, the roll-outs, where releases are fetched), the
+# reads its host's CLI shows (`parley fleet`, `parley patch list|status`, `parley advisories`), and
+# making its prober account (auth allows it a prober's name and the member role only). Its step
+# reports the registry checks itself (parley_patch_registry.api.require_agent_peer). With a user's
+# token it acts as that user, as any peer does.
+NODE_AGENT_METHODS = frozenset(
+    {
+        "/parley.fleet.v1.FleetService/ListInstances",
+        "/parley.patch.v1.PatchService/ListReleases",
+        "/parley.patch.v1.PatchService/ListFindings",
+        "/parley.patch.v1.PatchService/GetRollout",
+        "/parley.patch.v1.PatchService/ListRollouts",
+        "/parley.patch.v1.PatchService/TufRepository",
+        "/parley.auth.v1.AuthService/CreateUser",
+    }
+)
+
+# Who may call which permission-checked RPCs by certificate alone, without a user token.
+TOKENLESS_METHODS: Mapping[str, frozenset[str]] = {PLATFORM_USER: PLATFORM_METHODS, NODE_AGENT: NODE_AGENT_METHODS}
