@@ -20,7 +20,7 @@ import yaml
 
 from parley_core.audit_checkpoints import DEFAULT_CHECKPOINT_DIR
 from parley_core.config import REGISTRY_FOLDER
-from parley_core.topology import GRPC_CALLERS, PLATFORM_USER, SERVICES
+from parley_core.topology import GRPC_CALLERS, NODE_AGENT, PLATFORM_USER, SERVICES
 
 BASE = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes" / "base"
 HEADER = "# Rendered by scripts/render_kubernetes.py from parley_core.topology; do not edit by hand.\n"
@@ -242,6 +242,8 @@ def disruption_budget(service: str) -> dict[str, Any]:
 def callers_of(service: str) -> list[dict[str, Any]]:
     peers = []
     for caller in GRPC_CALLERS[service]:
+        if caller == NODE_AGENT:
+            continue  # no node agent runs on Kubernetes: a roll-out there is a Deployment update
         selector = TOOLING_LABEL if caller == PLATFORM_USER else {"app.kubernetes.io/name": caller}
         peers.append({"podSelector": {"matchLabels": selector}})
     return peers

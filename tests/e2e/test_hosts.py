@@ -64,10 +64,11 @@ def test_a_bundle_carries_certificates_from_the_ca_but_never_its_key(
     assert "auth's keys" not in made.stdout
     files = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file())
     assert "pki/ca.key" not in files
-    assert {"pki/ca.crt", "pki/messaging.crt", "pki/gateway.crt", "pki/platform.crt", "fleet.json"} <= set(files)
+    assert {"pki/ca.crt", "pki/messaging.crt", "pki/gateway.crt", "pki/node-agent.crt", "fleet.json"} <= set(files)
+    assert "pki/platform.key" not in files  # the agent's is a node-agent certificate, never the operator's
     ca = first_host.data_dir / "pki" / "ca.crt"
     assert (bundle / "pki" / "ca.crt").read_bytes() == ca.read_bytes()
-    assert all(issued_by(bundle / "pki" / f"{name}.crt", ca) for name in ("messaging", "gateway", "platform"))
+    assert all(issued_by(bundle / "pki" / f"{name}.crt", ca) for name in ("messaging", "gateway", "node-agent"))
     passwords = json.loads((bundle / "secrets" / "nats-passwords.json").read_text())
     assert set(passwords) == {"messaging", "gateway"}  # not auth's, storage's or the registry's
     fleet = json.loads((bundle / "fleet.json").read_text())

@@ -71,7 +71,7 @@ def test_least_privilege_roles() -> None:
 
 
 async def call(stack: Stack, service: str, descriptor: ServiceDescriptor, method: MethodDescriptor, token: str) -> Any:
-    served_by = "messaging" if service == "messaging-devices" else service
+    served_by = {"messaging-devices": "messaging", "patch": "patch-registry"}.get(service, service)
     channel = stack.gateway_channel() if service == "gateway" else stack.internal(served_by)
     request_class = message_factory.GetMessageClass(method.input_type)
     response_class = message_factory.GetMessageClass(method.output_type)

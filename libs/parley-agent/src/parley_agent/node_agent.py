@@ -41,8 +41,7 @@ from parley_agent.progress import ProgressTeller
 from parley_core.errors import NotFound
 from parley_core.grpc_channel import secure_channel
 from parley_core.jobs import every
-from parley_core.pki import Pki
-from parley_core.topology import PLATFORM_USER
+from parley_core.pki import Pki, tooling_identity
 
 __all__ = ["AgentTimeouts", "Door", "Instance", "NodeAgent", "door_for"]
 
@@ -90,7 +89,9 @@ class NodeAgent(InstanceHost):
         )
 
     def _connect_registry(self, address: str) -> grpc.aio.Channel:
-        channel = secure_channel(self.pki, identity=PLATFORM_USER, address=address, peer="patch-registry")
+        # The platform identity on the first host, a joined host's node-agent certificate elsewhere.
+        identity = tooling_identity(self.pki.directory)
+        channel = secure_channel(self.pki, identity=identity, address=address, peer="patch-registry")
         self.registry = patch_pb2_grpc.PatchServiceStub(channel)
         self.fleet = fleet_pb2_grpc.FleetServiceStub(channel)
         self.registry_address = address

@@ -6,8 +6,9 @@ front door): for messaging a message sent to it and read back from it, for stora
 channel read from it, for auth the prober's sessions read from it (logins are few and costly).
 The calls are counted by the instance like any other, so the registry's gate sees them in its
 heartbeats; a failed or slow transaction is evidence too. The prober is an
-account of its own (member role), created by the agent as the platform identity the first time
-it is needed, under a name only that identity may take (parley_core.synthetic), so the anomaly
+account of its own (member role), created by the agent with its certificate (the platform
+identity's, or a joined host's node-agent one) the first time it is needed, under a name only
+those may take (parley_core.synthetic), so the anomaly
 detector knows its sends for the platform's own; its password and channel are kept in the
 agent's folder (0600). Each host's agent has an account of its own (a name from its host's),
 since it keeps the password in its own folder. Services without a transaction here (the gateway,
@@ -34,9 +35,8 @@ from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from parley_core.config import PEER_ADDRESS_ENV
 from parley_core.files import write_private_file
 from parley_core.grpc_channel import secure_channel
-from parley_core.pki import Pki
+from parley_core.pki import Pki, tooling_identity
 from parley_core.synthetic import PROBER_NAME_PREFIX
-from parley_core.topology import PLATFORM_USER
 
 log = logging.getLogger(__name__)
 PROBER_USERNAME = PROBER_NAME_PREFIX
@@ -66,6 +66,7 @@ class Prober:
 
     def __init__(self, *, pki: Pki, environment: Mapping[str, str], state_file: Path, host: str = "") -> None:
         self.pki = pki
+        self.identity = tooling_identity(pki.directory)
         self.host = host
         self.auth_address = environment.get(PEER_ADDRESS_ENV["auth"], "")
         self.messaging_address = environment.get(PEER_ADDRESS_ENV["messaging"], "")
@@ -90,7 +91,7 @@ class Prober:
         state = self._state()
         # An account made before probers were per host keeps its name.
         username = state.get("username", PROBER_USERNAME if "password" in state else prober_username(self.host))
-        channel = secure_channel(self.pki, identity=PLATFORM_USER, address=self.auth_address, peer="auth")
+        channel = secure_channel(self.pki, identity=self.identity, address=self.auth_address, peer="auth")
         try:
             auth = auth_pb2_grpc.AuthServiceStub(channel)
             if "password" not in state:
@@ -118,7 +119,7 @@ class Prober:
     async def _ensure_channel(self) -> None:
         if self._channel_id:
             return
-        channel = secure_channel(self.pki, identity=PLATFORM_USER, address=self.messaging_address, peer="messaging")
+        channel = secure_channel(self.pki, identity=self.identity, address=self.messaging_address, peer="messaging")
         try:
             with _unavailable_on_refusal("cannot create the prober's channel"):
                 created = await messaging_pb2_grpc.MessagingServiceStub(channel).CreateChannel(
@@ -137,7 +138,7 @@ class Prober:
             if not self._token:
                 await self._login()
             await self._ensure_channel()
-        channel = secure_channel(self.pki, identity=PLATFORM_USER, address=address, peer=service)
+        channel = secure_channel(self.pki, identity=self.identity, address=address, peer=service)
         try:
             return await TRANSACTIONS[service](channel, self._channel_id, self._metadata())
         except grpc.aio.AioRpcError as error:

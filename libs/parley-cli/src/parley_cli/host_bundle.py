@@ -35,7 +35,7 @@ from parley_core.contracts import AUTH_SEALING_KEY_FILE
 from parley_core.database import DATABASE_URL_FILE
 from parley_core.files import ensure_private_dir, write_private_file
 from parley_core.pki import Pki, issue_into
-from parley_core.topology import NATS_IDENTITY, PLATFORM_USER
+from parley_core.topology import NATS_IDENTITY, NODE_AGENT
 from parley_storage.key_files import BACKUP_KEY_FILES as STORAGE_BACKUP_KEY_FILES
 
 __all__ = ["HOSTABLE_SERVICES", "BundleRefused", "FleetConfig", "make_bundle", "read_bundle"]
@@ -147,7 +147,9 @@ def make_bundle(
     )
     try:
         ensure_private_dir(out)
-        names = [*services, PLATFORM_USER, *([NATS_IDENTITY] if nats_node else [])]
+        # The host's agent gets a node-agent certificate, never the platform identity's: that one
+        # administers the platform (rbac.NODE_AGENT_METHODS is what the agent's reaches alone).
+        names = [*services, NODE_AGENT, *([NATS_IDENTITY] if nats_node else [])]
         issue_into(pki, names, out / "pki", [address] if address else [])
         ensure_private_dir(out / "secrets")
         own = dict(passwords) if nats_node else {service: passwords[service] for service in services}

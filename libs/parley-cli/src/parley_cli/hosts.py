@@ -36,8 +36,8 @@ from parley_cli.uplock import PlatformAlreadyRunning, UpLock
 from parley_core.files import ensure_private_dir, write_private_file
 from parley_core.jobs import every
 from parley_core.natsconf import ensure_nats_passwords
-from parley_core.pki import CA_NAME, CertificateMissing, Pki, ensure_pki
-from parley_core.topology import NATS_IDENTITY, PLATFORM_USER
+from parley_core.pki import CA_NAME, CertificateMissing, Pki, ensure_pki, tooling_identity
+from parley_core.topology import NATS_IDENTITY
 
 REGISTRY = "patch-registry"
 SUPERVISE_INTERVAL_S = 0.5
@@ -133,8 +133,12 @@ def _install(bundle: Path, data_dir: Path) -> None:
         raise BundleRefused(f"{data_dir} is a platform's own folder (it holds the CA key); join from another folder")
     ensure_private_dir(data_dir / "pki")
     ensure_private_dir(data_dir / "secrets")
-    for source in (bundle / "pki").iterdir():
-        write_private_file(data_dir / "pki" / source.name, source.read_bytes())
+    bundled = {source.name for source in (bundle / "pki").iterdir()}
+    for name in bundled:
+        write_private_file(data_dir / "pki" / name, (bundle / "pki" / name).read_bytes())
+    for leftover in (data_dir / "pki").iterdir():
+        if leftover.name not in bundled:  # an older bundle's, such as the platform identity it once gave agents
+            leftover.unlink()
     for source in (bundle / "secrets").iterdir():  # NATS passwords, and auth's keys if it runs here
         write_private_file(data_dir / "secrets" / source.name, source.read_bytes())
     # The fleet's addresses, for the CLI run on this folder (`status`, `fleet`, `login`: joined_host).
@@ -152,7 +156,8 @@ class Host:
         self.data_dir = data_dir
         self.fleet = fleet
         self.gateway_port = gateway_port
-        identities = [*fleet.services, PLATFORM_USER, *([NATS_IDENTITY] if fleet.nats_node else [])]
+        own = tooling_identity(data_dir / "pki")  # node-agent; platform in a bundle from before it
+        identities = [*fleet.services, own, *([NATS_IDENTITY] if fleet.nats_node else [])]
         self.pki = ensure_pki(data_dir / "pki", identities)  # checks, never issues here
         self.nats = JoinedNatsNode(data_dir, fleet.nats_node, self.pki) if fleet.nats_node else None
         environment = {**environment}

@@ -68,14 +68,15 @@ async def joined_host_status(joined: JoinedHost) -> int:
     """`parley status` on a joined host's folder: this host's front doors and their health; the
     fleet's platform (NATS, the other services) is the first host's to show."""
     from parley_cli.health import check_health
-    from parley_core.pki import ensure_pki
+    from parley_core.pki import ensure_pki, tooling_identity
 
     print(f"{joined.described()} (`parley host join`)")
     if not joined.running:
         again = f"`parley --data-dir {joined.data_dir} host join BUNDLE`"
         print(f"host {joined.name} is not running: start it again with {again}")
         return 1
-    pki = ensure_pki(joined.data_dir / "pki", ["platform"])
+    identity = tooling_identity(joined.data_dir / "pki")
+    pki = ensure_pki(joined.data_dir / "pki", [identity])
     healthy = True
     print(f"{'service':<16}{'address':<22}health")
     for name, door in joined.state.get("services", {}).items():

@@ -1,6 +1,6 @@
 """The CLI's connection to the patch registry (and to storage, for the names of the users a
-roll-out records): mutual TLS as the platform identity, plus the `--as` user's access token for
-commands a person must take."""
+roll-out records): mutual TLS as the platform identity (on a joined host's folder, its node
+agent's), plus the `--as` user's access token for commands a person must take."""
 
 from __future__ import annotations
 
@@ -20,8 +20,7 @@ from parley_cli.state import load_running_state, no_platform
 from parley_cli.usernames import usernames
 from parley_client import ParleyError
 from parley_core.grpc_channel import secure_channel
-from parley_core.pki import ensure_pki
-from parley_core.topology import PLATFORM_USER
+from parley_core.pki import ensure_pki, tooling_identity
 
 
 class RegistryConnection:
@@ -37,9 +36,10 @@ class RegistryConnection:
         services = fleet_addresses(data_dir, json.loads(state_path.read_text()) if state_path else {})
         if "patch-registry" not in services:
             raise SystemExit(f"no patch registry runs on the host of {data_dir}; use a folder of a host running one")
-        pki = ensure_pki(data_dir / "pki", [PLATFORM_USER])
+        identity = tooling_identity(data_dir / "pki")  # a joined host's folder holds its agent's
+        pki = ensure_pki(data_dir / "pki", [identity])
         address = services["patch-registry"]["address"]
-        self.channel = secure_channel(pki, identity=PLATFORM_USER, address=address, peer="patch-registry")
+        self.channel = secure_channel(pki, identity=identity, address=address, peer="patch-registry")
         self.patch = patch_pb2_grpc.PatchServiceStub(self.channel)
         self.fleet = fleet_pb2_grpc.FleetServiceStub(self.channel)
         # Storage's archive turns the user ids that roll-outs record into names (ids without it).
@@ -47,7 +47,7 @@ class RegistryConnection:
         self.storage: storage_pb2_grpc.StorageArchiveServiceAsyncStub | None = None
         if "storage" in services:
             address = services["storage"]["address"]
-            self.storage_channel = secure_channel(pki, identity=PLATFORM_USER, address=address, peer="storage")
+            self.storage_channel = secure_channel(pki, identity=identity, address=address, peer="storage")
             self.storage = storage_pb2_grpc.StorageArchiveServiceStub(self.storage_channel)
         self._args = args
 

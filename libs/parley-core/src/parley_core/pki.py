@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from parley_core.files import ensure_private_dir, write_private_file
+from parley_core.topology import NODE_AGENT, PLATFORM_USER
 
 CA_NAME = "ca"
 CA_COMMON_NAME = "Parley local CA"
@@ -57,6 +58,13 @@ class Pki:
 
 class CertificateMissing(RuntimeError):
     """A host's folder (the CA's certificate, not its key) lacks a valid certificate it needs."""
+
+
+def tooling_identity(directory: Path) -> str:
+    """Whose certificate this folder's own tooling presents (its node agent, `parley status`,
+    `fleet`, `patch`): a joined host's node-agent certificate where its bundle issued one (from
+    `parley host add`), else the platform identity's (the first host; a host joined before)."""
+    return NODE_AGENT if (directory / f"{NODE_AGENT}.crt").exists() else PLATFORM_USER
 
 
 def ensure_pki(directory: Path, names: Iterable[str], addresses: Sequence[str] = ()) -> Pki:

@@ -9,8 +9,10 @@ the role written in the token, so a revoke takes effect on the next call everywh
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
+
+from parley_core.topology import NODE_AGENT, PLATFORM_USER
 
 
 class Permission(StrEnum):
@@ -208,6 +210,14 @@ METHOD_PERMISSIONS: dict[str, Permission | None] = {
     # patch registry
     "/parley.fleet.v1.FleetService/ListInstances": P.FLEET_READ,
     "/parley.fleet.v1.FleetService/GetServiceHealth": P.FLEET_READ,
+    # What runs, its releases, findings and roll-outs: a user holding fleet.read reads them (the
+    # gateway's certificate alone reads nothing here), or the platform identity (the CLI, node
+    # agents: PLATFORM_METHODS). TufRepository, where releases are fetched, only agents ask.
+    "/parley.patch.v1.PatchService/ListReleases": P.FLEET_READ,
+    "/parley.patch.v1.PatchService/ListFindings": P.FLEET_READ,
+    "/parley.patch.v1.PatchService/GetRollout": P.FLEET_READ,
+    "/parley.patch.v1.PatchService/ListRollouts": P.FLEET_READ,
+    "/parley.patch.v1.PatchService/TufRepository": P.FLEET_READ,
     # gateway
     "/parley.gateway.v1.Gateway/Register": PUBLIC,
     "/parley.gateway.v1.Gateway/Login": PUBLIC,
@@ -298,22 +308,17 @@ SERVICE_CHECKED_METHODS = frozenset(
         # roles itself (parley_patch_registry.registry), with the caller's current role.
         "/parley.patch.v1.PatchService/PublishRelease",
         "/parley.patch.v1.PatchService/PublishBaseRelease",
-        "/parley.patch.v1.PatchService/ListReleases",
         "/parley.patch.v1.PatchService/ImportAdvisories",
-        "/parley.patch.v1.PatchService/ListFindings",
         "/parley.patch.v1.PatchService/PlanRollout",
         "/parley.patch.v1.PatchService/ApproveRollout",
         "/parley.patch.v1.PatchService/PauseRollout",
         "/parley.patch.v1.PatchService/ResumeRollout",
         "/parley.patch.v1.PatchService/RollbackRollout",
         "/parley.patch.v1.PatchService/RevertService",
-        "/parley.patch.v1.PatchService/GetRollout",
-        "/parley.patch.v1.PatchService/ListRollouts",
         "/parley.patch.v1.PatchService/ReportInstanceStarted",
         "/parley.patch.v1.PatchService/ReportInstanceDrained",
         "/parley.patch.v1.PatchService/ReportRolledBack",
         "/parley.patch.v1.PatchService/ReportInstanceExited",
-        "/parley.patch.v1.PatchService/TufRepository",
         "/parley.patch.v1.PatchService/PrepareRelease",
         "/parley.patch.v1.PatchService/SetPublisherKey",
         "/parley.patch.v1.PatchService/PrepareRootRotation",
@@ -353,5 +358,32 @@ PLATFORM_METHODS = frozenset(
         "/parley.auth.v1.AuthService/RequestErasure",
         "/parley.messaging.v1.MessagingService/SetChannelRetention",
         "/parley.fleet.v1.FleetService/ListInstances",
+        # `parley patch list|status`, `parley advisories`, the compliance report, node agents.
+        "/parley.patch.v1.PatchService/ListReleases",
+        "/parley.patch.v1.PatchService/ListFindings",
+        "/parley.patch.v1.PatchService/GetRollout",
+        "/parley.patch.v1.PatchService/ListRollouts",
+        "/parley.patch.v1.PatchService/TufRepository",
     }
 )
+
+# Internal RPCs a joined host's node agent (topology.NODE_AGENT's certificate) may call without a
+# user token: following roll-outs (the fleet view, the roll-outs, where releases are fetched), the
+# reads its host's CLI shows (`parley fleet`, `parley patch list|status`, `parley advisories`), and
+# making its prober account (auth allows it a prober's name and the member role only). Its step
+# reports the registry checks itself (parley_patch_registry.api.require_agent_peer). With a user's
+# token it acts as that user, as any peer does.
+NODE_AGENT_METHODS = frozenset(
+    {
+        "/parley.fleet.v1.FleetService/ListInstances",
+        "/parley.patch.v1.PatchService/ListReleases",
+        "/parley.patch.v1.PatchService/ListFindings",
+        "/parley.patch.v1.PatchService/GetRollout",
+        "/parley.patch.v1.PatchService/ListRollouts",
+        "/parley.patch.v1.PatchService/TufRepository",
+        "/parley.auth.v1.AuthService/CreateUser",
+    }
+)
+
+# Who may call which permission-checked RPCs by certificate alone, without a user token.
+TOKENLESS_METHODS: Mapping[str, frozenset[str]] = {PLATFORM_USER: PLATFORM_METHODS, NODE_AGENT: NODE_AGENT_METHODS}

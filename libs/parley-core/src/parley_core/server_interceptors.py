@@ -20,9 +20,8 @@ from parley_core.deadline import answering_within
 from parley_core.errors import OUTCOME_METADATA, OUTCOME_UNKNOWN, DomainError, OutcomeUnknown, status_for
 from parley_core.grpc_handlers import Deserializer, HandlerWrapper, replaced
 from parley_core.ranges import check_ranges
-from parley_core.rbac import METHOD_PERMISSIONS, PLATFORM_METHODS
+from parley_core.rbac import METHOD_PERMISSIONS, TOKENLESS_METHODS
 from parley_core.tokens import TokenVerifier, bearer_token
-from parley_core.topology import PLATFORM_USER
 
 if TYPE_CHECKING:
     from parley_core.grpc_handlers import Continuation, Handler
@@ -68,7 +67,8 @@ def method_permission_check(tokens: TokenVerifier) -> Authorize:
     """Enforces rbac.METHOD_PERMISSIONS for every call, from this service's own projection.
 
     The platform identity (mutual TLS, operator tooling) may call PLATFORM_METHODS without a
-    user token; with a token, the user's permission is checked as for anyone.
+    user token, a joined host's node agent NODE_AGENT_METHODS (rbac.TOKENLESS_METHODS); with a
+    token, the user's permission is checked as for anyone.
     """
 
     def check(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
@@ -77,7 +77,7 @@ def method_permission_check(tokens: TokenVerifier) -> Authorize:
         permission = METHOD_PERMISSIONS[method]
         if permission is None:
             return
-        if method in PLATFORM_METHODS and bearer_token(context) is None and PLATFORM_USER in peer_names(context):
+        if bearer_token(context) is None and any(method in TOKENLESS_METHODS.get(p, ()) for p in peer_names(context)):
             return
         tokens.authorize_call(context, permission, what=method.rsplit("/", 1)[-1])
 

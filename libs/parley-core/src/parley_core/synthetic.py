@@ -2,17 +2,20 @@
 
 A prober sends real messages through each new messaging instance so that a quiet platform's
 roll-out gate has evidence; the anomaly detector must not take those sends for a person's. What
-marks a prober is nothing a user can fake: auth lets only the platform identity create an account
-whose name begins with PROBER_NAME_PREFIX, and records that identity as the registration's actor
-on AUTH, which only auth writes. A look-alike made before the prefix was reserved (registered by
+marks a prober is nothing a user can fake: auth lets only the platform identity, and a joined
+host's node agent (its certificate: a member named so, nothing else), create an account whose name
+begins with PROBER_NAME_PREFIX, and records which as the registration's actor on AUTH, which only
+auth writes. A look-alike made before the prefix was reserved (registered by
 a user, or by an administrator's token) is not synthetic: its registration names another actor.
 """
 
 from __future__ import annotations
 
-from parley_core.topology import PLATFORM_USER
+from parley_core.topology import NODE_AGENT, PLATFORM_USER
 
 PROBER_NAME_PREFIX = "canary-prober"
+# The actors (as Actor prints them) who may register a prober: the platform, a joined host's agent.
+PROBER_REGISTRARS = frozenset({PLATFORM_USER, f"service:{NODE_AGENT}"})
 
 
 def is_prober_name(username: str) -> bool:
@@ -21,5 +24,5 @@ def is_prober_name(username: str) -> bool:
 
 
 def is_synthetic_account(*, username: str, registered_by: str) -> bool:
-    """An account the platform identity registered under a prober's name."""
-    return registered_by == PLATFORM_USER and is_prober_name(username)
+    """An account the platform identity or a node agent registered under a prober's name."""
+    return registered_by in PROBER_REGISTRARS and is_prober_name(username)

@@ -23,6 +23,10 @@ SERVICES: tuple[str, ...] = ("auth", "messaging", "storage", "gateway", "patch-r
 
 # The platform user creates streams and lets an operator inspect parked events.
 PLATFORM_USER = "platform"
+# The certificate of a joined host's node agent (`parley host add` issues it; the first host's
+# agent runs inside `parley up` as the platform): it follows roll-outs and runs its prober, and
+# without a user token may call only rbac.NODE_AGENT_METHODS. It has no NATS user.
+NODE_AGENT = "node-agent"
 # The certificate every nats-server node of the platform serves.
 NATS_IDENTITY = "nats"
 # The certificate Prometheus presents to scrape /metrics over TLS (parley_core.metrics); no gRPC
@@ -345,11 +349,13 @@ def reads(service: str, spec: StreamSpec) -> bool:
 
 # Which peers (by certificate name) may call each internal gRPC service. The platform identity
 # is the operator's tooling (`parley up`, `parley status`, admin commands).
+# A joined host's node agent calls the registry, and auth, messaging and storage for its prober's
+# transactions (with the prober's token; its certificate alone reaches rbac.NODE_AGENT_METHODS).
 GRPC_CALLERS: dict[str, tuple[str, ...]] = {
-    "auth": ("gateway", PLATFORM_USER),
-    "messaging": ("gateway", PLATFORM_USER),
+    "auth": ("gateway", PLATFORM_USER, NODE_AGENT),
+    "messaging": ("gateway", PLATFORM_USER, NODE_AGENT),
     # Services read the archive to rebuild state older than JetStream retention (issue 5).
-    "storage": ("gateway", PLATFORM_USER, "auth", "messaging", "patch-registry"),
-    "patch-registry": ("gateway", PLATFORM_USER),
+    "storage": ("gateway", PLATFORM_USER, "auth", "messaging", "patch-registry", NODE_AGENT),
+    "patch-registry": ("gateway", PLATFORM_USER, NODE_AGENT),
     "gateway": (),
 }

@@ -18,6 +18,7 @@ from parley_auth.domain import (
     DEFAULT_ROLE,
     USERNAME_UNAVAILABLE,
     Account,
+    Acting,
     actor_of,
     check_name_claimable,
     check_password_policy,
@@ -50,7 +51,13 @@ from parley_core.errors import (
 from parley_core.event_log import ANYWHERE, NEW, ChangedMeanwhile, Position
 from parley_core.rbac import AccountAction
 from parley_core.sources import MAX_SOURCE_LENGTH, budget_key, is_address
-from parley_core.topology import erasure_request_subject, lockout_subject, slowed_source_subject, username_subject
+from parley_core.topology import (
+    NODE_AGENT,
+    erasure_request_subject,
+    lockout_subject,
+    slowed_source_subject,
+    username_subject,
+)
 
 
 class AccountsApi(StepUps):
@@ -175,9 +182,15 @@ class AccountsApi(StepUps):
         return auth_pb2.Invite(invite_code=code, role=role, expires_at_unix=expires)
 
     async def CreateUser(self, request: auth_pb2.CreateUserRequest, context: Context) -> auth_pb2.Account:
-        caller = self._caller_or_platform(context)
-        role = domain.check_may_grant(caller, request.role, what="create a user with role")
-        actor = actor_of(caller)
+        caller: Acting | None = None
+        if self._node_agent_alone(context):
+            # A joined host's agent makes its prober's account and no other (rbac.NODE_AGENT_METHODS).
+            role = domain.check_prober_account(normalize_username(request.username), request.role)
+            actor = Actor.service(NODE_AGENT)
+        else:
+            caller = self._caller_or_platform(context)
+            role = domain.check_may_grant(caller, request.role, what="create a user with role")
+            actor = actor_of(caller)
         username, password_hash = await self._claimable(
             request.username, request.password, self_service=False, by_platform=caller is None
         )

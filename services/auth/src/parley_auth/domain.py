@@ -197,6 +197,16 @@ def check_name_available(accounts: AccountDirectory, username: str, *, self_serv
         raise AlreadyExists(USERNAME_UNAVAILABLE)
 
 
+def check_prober_account(normalized: str, role: str) -> str:
+    """What a node agent's certificate may create: its roll-out prober, a member (the role)."""
+    if not is_prober_name(normalized) or (role or DEFAULT_ROLE) != DEFAULT_ROLE:
+        raise PermissionDenied(
+            f"a node agent creates only its roll-out prober's account: a {DEFAULT_ROLE} named "
+            f"{PROBER_NAME_PREFIX}-…, not {role or DEFAULT_ROLE} {normalized!r}"
+        )
+    return DEFAULT_ROLE
+
+
 def check_may_grant(by: Acting | None, role: str, *, what: str) -> str:
     """A new account's (or invitation's) role: the default for anyone who may create one, any
     other only for who may assign it. Returns the role."""

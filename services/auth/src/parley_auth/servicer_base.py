@@ -35,7 +35,7 @@ from parley_core.same_named import same_named
 from parley_core.server_interceptors import peer_names
 from parley_core.sources import MAX_SOURCE_LENGTH, SOURCE_METADATA, client_address
 from parley_core.tokens import Caller, bearer_token
-from parley_core.topology import PLATFORM_USER, stream_subject, user_subject
+from parley_core.topology import NODE_AGENT, PLATFORM_USER, stream_subject, user_subject
 
 MAX_USERS_PER_DEVICE_LIST = 100
 MAX_USERS_PER_LOOKUP = 200  # a screenful of people; ids are random, so this is no enumeration
@@ -244,6 +244,10 @@ class AuthBase:
         if bearer_token(context) is None and PLATFORM_USER in peer_names(context):
             return None
         return self.ctx.tokens.caller(context)
+
+    def _node_agent_alone(self, context: Context) -> bool:
+        """A joined host's node agent calling with its certificate and no user token."""
+        return bearer_token(context) is None and NODE_AGENT in peer_names(context)
 
     def _caller(self, context: Context) -> Caller:
         REQUEST_SOURCE.set(self._source(context))

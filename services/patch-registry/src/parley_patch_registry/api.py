@@ -13,7 +13,7 @@ from parley.patch.v1 import events_pb2, patch_pb2, patch_pb2_grpc
 from parley_core.errors import InvalidArgument, PermissionDenied
 from parley_core.same_named import proto_field_names, same_named
 from parley_core.tokens import TokenVerifier
-from parley_core.topology import PLATFORM_USER
+from parley_core.topology import NODE_AGENT, PLATFORM_USER
 from parley_patch_registry.codec import to_proto
 from parley_patch_registry.findings import AFFECTED_FIELDS, Finding
 from parley_patch_registry.registry import Registry
@@ -56,12 +56,26 @@ def audit_entry_proto(event: RolloutEvent) -> patch_pb2.AuditEntry:
     return entry
 
 
+def _peer_names(context: Context) -> set[str]:
+    return {n.decode() for n in context.auth_context().get("x509_common_name", [])}
+
+
+def require_agent_peer(context: Context) -> None:
+    """Node agents report roll-out steps: the first host's as the platform identity, a joined
+    host's with its node-agent certificate; the gateway, also allowed in, may not."""
+    names = _peer_names(context)
+    if not names & {PLATFORM_USER, NODE_AGENT}:
+        raise PermissionDenied(
+            f"only node agents ({PLATFORM_USER} or {NODE_AGENT} certificate) report roll-out steps, not {sorted(names)}"
+        )
+
+
 def require_platform_peer(context: Context) -> None:
-    """Node agents speak with the platform identity; the gateway, also allowed in, may not."""
-    names = {n.decode() for n in context.auth_context().get("x509_common_name", [])}
+    """Base releases are the platform's own (`parley up`), published with its identity alone."""
+    names = _peer_names(context)
     if PLATFORM_USER not in names:
         raise PermissionDenied(
-            f"only node agents ({PLATFORM_USER} certificate) report roll-out steps, not {sorted(names)}"
+            f"only the platform ({PLATFORM_USER} certificate) publishes base releases, not {sorted(names)}"
         )
 
 
@@ -223,7 +237,7 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
     async def ReportInstanceStarted(
         self, request: patch_pb2.ReportInstanceRequest, context: Context
     ) -> patch_pb2.Rollout:
-        require_platform_peer(context)
+        require_agent_peer(context)
         rollout = await self.registry.agent_report(
             request.rollout_id, "started", host=request.host, instance_id=request.instance_id, version=request.version
         )
@@ -232,7 +246,7 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
     async def ReportInstanceDrained(
         self, request: patch_pb2.ReportInstanceRequest, context: Context
     ) -> patch_pb2.Rollout:
-        require_platform_peer(context)
+        require_agent_peer(context)
         return self._rollout_proto(
             await self.registry.agent_report(
                 request.rollout_id, "drained", host=request.host, instance_id=request.instance_id
@@ -242,7 +256,7 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
     async def ReportInstanceExited(
         self, request: patch_pb2.ReportInstanceExitRequest, context: Context
     ) -> patch_pb2.Rollout:
-        require_platform_peer(context)
+        require_agent_peer(context)
         rollout = await self.registry.agent_report(
             request.rollout_id,
             "exited",
@@ -254,7 +268,7 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
         return self._rollout_proto(rollout)
 
     async def ReportRolledBack(self, request: patch_pb2.GetRolloutRequest, context: Context) -> patch_pb2.Rollout:
-        require_platform_peer(context)
+        require_agent_peer(context)
         return self._rollout_proto(
             await self.registry.agent_report(request.rollout_id, "rolled_back", host=request.host)
         )
