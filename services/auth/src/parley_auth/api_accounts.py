@@ -191,8 +191,8 @@ class AccountsApi(StepUps):
         """A joined host's agent makes its prober's account and no other (rbac.NODE_AGENT_METHODS),
         up to the settings' number of probers: checked and made one at a time at this instance."""
         async with self._prober_turn:
-            most = self.settings.node_agent_probers_max
-            role = domain.check_prober_account(self.accounts, normalize_username(request.username), request.role, most=most)
+            name, most = normalize_username(request.username), self.settings.node_agent_probers_max
+            role = domain.check_prober_account(self.accounts, name, request.role, most=most)
             return await self._create_user(request, role, Actor.service(NODE_AGENT), by_platform=True)
 
     async def _create_user(
