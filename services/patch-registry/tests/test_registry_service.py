@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -576,6 +577,38 @@ async def test_a_node_agents_start_reports_neither_replace_the_gated_instance_no
     current = await registry.stub.GetRollout(get, timeout=TIMEOUT_S)
     assert current.steps[0].new_instance == "n-1"
     assert [a.event for a in current.audit].count("InstanceStarted") == 1
+
+
+async def test_the_tuf_port_shows_anyone_the_releases_that_listreleases_keeps_to_fleet_read(
+    registry: Registry,
+) -> None:
+    """Red team, from outside: ListReleases needs fleet.read (the gateway's certificate alone is
+    UNAUTHENTICATED), but the TUF repository is served over plain HTTP to whoever reaches its port,
+    as TUF clients fetch it: its metadata names every release, its wheel and the advisories it
+    fixes, and a folder's listing names the files. docs/security.md says so ("The registry's TUF
+    server"); only the network keeps this port to the platform's hosts."""
+    await publish(registry, "0.2.0")
+    gateway = secure_channel(registry.pki, identity="gateway", address=registry.address, peer="patch-registry")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await patch_pb2_grpc.PatchServiceStub(gateway).ListReleases(patch_pb2.ListReleasesRequest(), timeout=TIMEOUT_S)
+    await gateway.close()
+    assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    where = await registry.stub.TufRepository(patch_pb2.TufRepositoryRequest(), timeout=TIMEOUT_S)
+
+    def fetch(url: str) -> str:
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as answer:  # no certificate, no token
+            return str(answer.read().decode())
+
+    listing = await asyncio.to_thread(fetch, where.targets_url + "messaging/")
+    assert "parley_messaging-0.2.0-py3-none-any.whl" in listing
+    timestamp = json.loads(await asyncio.to_thread(fetch, where.metadata_url + "timestamp.json"))
+    snapshot_version = timestamp["signed"]["meta"]["snapshot.json"]["version"]
+    snapshot = json.loads(await asyncio.to_thread(fetch, f"{where.metadata_url}{snapshot_version}.snapshot.json"))
+    customs = []
+    for name, meta in snapshot["signed"]["meta"].items():  # targets.json and each service's delegated role
+        role = json.loads(await asyncio.to_thread(fetch, f"{where.metadata_url}{meta['version']}.{name}"))
+        customs += [t["custom"] for t in role["signed"]["targets"].values()]
+    assert [(c["service"], c["version"], c["fixes"]) for c in customs] == [("messaging", "0.2.0", ["PYSEC-2023-192"])]
 
 
 async def test_an_approval_by_the_planner_appended_straight_to_the_stream_drives_nothing(
