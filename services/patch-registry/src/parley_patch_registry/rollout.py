@@ -286,6 +286,8 @@ class Rollout:
             raise InvalidArgument(f"step {self.current_step} replaces {step.replaces_instance}, not {instance_id}")
         if not step.gate_passed:
             raise FailedPrecondition(f"{instance_id} cannot be drained before its successor passed the health gate")
+        if step.drained:
+            return []  # a report again, until the next step starts: nothing new
         return self._record(InstanceDrained, at=at, actor=actor, step=self.current_step, instance_id=instance_id)
 
     def pause(self, *, actor: str, actor_role: str, reason: str, at: float) -> list[RolloutEvent]:
