@@ -151,7 +151,16 @@ async def test_a_joined_hosts_agent_makes_its_probers_account_and_no_other(stack
         secure_channel(pki, identity=NODE_AGENT, address=f"127.0.0.1:{stack.ports['auth']}", peer="auth")
     )
     password = "a long prober password 9f3c"
-    for username, role in (("mallory", "member"), ("canary-prober-x", "admin"), ("canary-prober-x", "owner")):
+    prober = prober_username("host-x")
+    refused_ones = (
+        ("mallory", "member"),
+        (prober, "admin"),
+        (prober, "owner"),
+        # Only a host's prober's name: none a person could read as a message ("...-it-support").
+        ("canary-prober-it-support", "member"),
+        ("canary-prober", "member"),
+    )
+    for username, role in refused_ones:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await auth.CreateUser(
                 auth_pb2.CreateUserRequest(username=username, password=password, role=role), timeout=TIMEOUT_S
@@ -160,7 +169,7 @@ async def test_a_joined_hosts_agent_makes_its_probers_account_and_no_other(stack
         assert "only its roll-out prober's account" in (refused.value.details() or "")
 
     made = await auth.CreateUser(
-        auth_pb2.CreateUserRequest(username="canary-prober-x", password=password, role="member"), timeout=TIMEOUT_S
+        auth_pb2.CreateUserRequest(username=prober, password=password, role="member"), timeout=TIMEOUT_S
     )
     assert made.role == "member"
     ctx = stack.apps["auth"].ctx

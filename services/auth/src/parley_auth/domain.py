@@ -33,7 +33,7 @@ from parley_core.rbac import (
     may_act_on_account,
     may_assign,
 )
-from parley_core.synthetic import PROBER_NAME_PREFIX, is_prober_name
+from parley_core.synthetic import PROBER_NAME_PREFIX, is_host_prober_name, is_prober_name
 
 USERNAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{2,31}$")
 MIN_PASSWORD_LENGTH = 10
@@ -215,10 +215,10 @@ def check_name_available(accounts: AccountDirectory, username: str, *, self_serv
 def check_prober_account(accounts: AccountDirectory, normalized: str, role: str, *, most: int) -> str:
     """What a node agent's certificate may create: its roll-out prober, a member (the role), while
     fewer than `most` prober accounts exist (one per joined host is what agents need). Returns the role."""
-    if not is_prober_name(normalized) or (role or DEFAULT_ROLE) != DEFAULT_ROLE:
+    if not is_host_prober_name(normalized) or (role or DEFAULT_ROLE) != DEFAULT_ROLE:
         raise PermissionDenied(
             f"a node agent creates only its roll-out prober's account: a {DEFAULT_ROLE} named "
-            f"{PROBER_NAME_PREFIX}-…, not {role or DEFAULT_ROLE} {normalized!r}"
+            f"{PROBER_NAME_PREFIX}-<10 hex digits of its host's name>, not {role or DEFAULT_ROLE} {normalized!r}"
         )
     if accounts.find(normalized) is not None:
         raise AlreadyExists(f"the prober account {normalized!r} exists already; log in with its password")
