@@ -10,11 +10,14 @@ docs/security.md and these lists agree.
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
+import pytest_asyncio
 from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
@@ -33,7 +36,8 @@ from parley_core.pki import Pki, issue_into, tooling_identity
 from parley_core.rbac import METHOD_PERMISSIONS, NODE_AGENT_METHODS, PLATFORM_METHODS, PUBLIC
 from parley_core.synthetic import is_synthetic_account
 from parley_core.topology import NODE_AGENT, PLATFORM_USER, username_subject
-from parley_testing.stack import TIMEOUT_S, Stack
+from parley_testing.nats import NatsTestServer
+from parley_testing.stack import TIMEOUT_S, Stack, running_stack
 
 pytestmark = pytest.mark.asyncio
 
@@ -147,7 +151,16 @@ async def test_a_joined_hosts_agent_makes_its_probers_account_and_no_other(stack
         secure_channel(pki, identity=NODE_AGENT, address=f"127.0.0.1:{stack.ports['auth']}", peer="auth")
     )
     password = "a long prober password 9f3c"
-    for username, role in (("mallory", "member"), ("canary-prober-x", "admin"), ("canary-prober-x", "owner")):
+    prober = prober_username("host-x")
+    refused_ones = (
+        ("mallory", "member"),
+        (prober, "admin"),
+        (prober, "owner"),
+        # Only a host's prober's name: none a person could read as a message ("...-it-support").
+        ("canary-prober-it-support", "member"),
+        ("canary-prober", "member"),
+    )
+    for username, role in refused_ones:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await auth.CreateUser(
                 auth_pb2.CreateUserRequest(username=username, password=password, role=role), timeout=TIMEOUT_S
@@ -156,7 +169,7 @@ async def test_a_joined_hosts_agent_makes_its_probers_account_and_no_other(stack
         assert "only its roll-out prober's account" in (refused.value.details() or "")
 
     made = await auth.CreateUser(
-        auth_pb2.CreateUserRequest(username="canary-prober-x", password=password, role="member"), timeout=TIMEOUT_S
+        auth_pb2.CreateUserRequest(username=prober, password=password, role="member"), timeout=TIMEOUT_S
     )
     assert made.role == "member"
     ctx = stack.apps["auth"].ctx
@@ -176,3 +189,44 @@ async def test_a_joined_hosts_agent_makes_its_probers_account_and_no_other(stack
     )
     assert await prober.transaction("messaging", f"127.0.0.1:{stack.ports['messaging']}")
     assert json.loads((tmp_path / "probe.json").read_text())["username"] == prober_username("host-b")
+
+
+@pytest_asyncio.fixture
+async def two_probers_stack(
+    nats_server: NatsTestServer, pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Stack]:
+    """The platform with room for two prober accounts a node agent makes."""
+    monkeypatch.setenv("PARLEY_AUTH_NODE_AGENT_PROBERS_MAX", "2")
+    async with running_stack(nats_server, pki, tmp_path, registration="admin") as started:
+        yield started
+
+
+async def test_a_joined_hosts_agent_makes_a_bounded_number_of_probers(two_probers_stack: Stack, tmp_path: Path) -> None:
+    """A stolen node-agent certificate mints no members without end: one prober per joined host is
+    what agents need, so past PARLEY_AUTH_NODE_AGENT_PROBERS_MAX prober accounts it makes none
+    (RESOURCE_EXHAUSTED, also for calls at once), and a prober's name made already is ALREADY_EXISTS.
+    The platform identity (the first host's agent, the operator) is not bounded by it."""
+    stack = two_probers_stack
+    pki = joined_hosts_pki(stack, tmp_path)
+    address = f"127.0.0.1:{stack.ports['auth']}"
+    agent = auth_pb2_grpc.AuthServiceStub(secure_channel(pki, identity=NODE_AGENT, address=address, peer="auth"))
+    password = "a long prober password 9f3c"
+
+    async def make(stub: auth_pb2_grpc.AuthServiceAsyncStub, name: str) -> tuple[grpc.StatusCode, str]:
+        try:
+            await stub.CreateUser(auth_pb2.CreateUserRequest(username=name, password=password), timeout=TIMEOUT_S)
+        except grpc.aio.AioRpcError as error:
+            return error.code(), error.details() or ""
+        return grpc.StatusCode.OK, ""
+
+    names = [prober_username(f"host-{n}") for n in range(5)]
+    answers = await asyncio.gather(*(make(agent, name) for name in names))
+    codes = [code for code, _ in answers]
+    assert sorted(codes, key=str) == sorted(
+        [grpc.StatusCode.OK] * 2 + [grpc.StatusCode.RESOURCE_EXHAUSTED] * 3, key=str
+    )
+    assert all("PARLEY_AUTH_NODE_AGENT_PROBERS_MAX=2" in why for code, why in answers if code is not grpc.StatusCode.OK)
+    made = next(name for name, code in zip(names, codes, strict=True) if code is grpc.StatusCode.OK)
+    assert (await make(agent, made))[0] is grpc.StatusCode.ALREADY_EXISTS
+    platform = auth_pb2_grpc.AuthServiceStub(stack.internal("auth", identity=PLATFORM_USER))
+    assert (await make(platform, prober_username("first-host")))[0] is grpc.StatusCode.OK

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -37,9 +38,10 @@ from parley_core.config import REGISTRY_FOLDER
 from parley_core.envelope import NewEvent, decode, open_payload
 from parley_core.grpc_channel import secure_channel
 from parley_core.net import free_port
-from parley_core.pki import Pki
+from parley_core.pki import Pki, issue_into
 from parley_core.tokens import AUDIENCE, ISSUER
 from parley_core.topology import (
+    NODE_AGENT,
     STREAMS_BY_NAME,
     VULNERABILITY_ALERTS_FILTER,
     heartbeat_subject,
@@ -529,6 +531,84 @@ async def test_state_survives_a_restart_and_agent_reports_need_the_platform_iden
             timeout=TIMEOUT_S,
         )
     assert "published the release" in (own.value.details() or "")
+
+
+async def test_a_node_agents_start_reports_neither_replace_the_gated_instance_nor_grow_the_history(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """A joined host's node-agent certificate reports steps for any roll-out (documented), but a step
+    starts one new instance: the same report again is a retry that records nothing, another
+    instance is FAILED_PRECONDITION (it would be the one gated), and names longer than an agent's
+    are INVALID_ARGUMENT, so reports cannot grow a roll-out's history (which every GetRollout and
+    ListRollouts answer carries) without end."""
+    await publish(registry, "0.2.0")
+    rollout = await plan_with_one_instance(registry)
+    command = patch_pb2.RolloutCommand(rollout_id=rollout.rollout_id)
+    await registry.stub.ApproveRollout(command, metadata=registry.token("bob", "operator"), timeout=TIMEOUT_S)
+    get = patch_pb2.GetRolloutRequest(rollout_id=rollout.rollout_id)
+
+    async def in_canary() -> patch_pb2.Rollout | None:
+        current = await registry.stub.GetRollout(get, timeout=TIMEOUT_S)
+        return current if current.state == "canary" else None
+
+    await eventually(in_canary, "the canary step")
+    host_pki = issue_into(registry.pki, [NODE_AGENT], tmp_path / "joined-host-pki")
+    channel = secure_channel(host_pki, identity=NODE_AGENT, address=registry.address, peer="patch-registry")
+    agent = patch_pb2_grpc.PatchServiceStub(channel)
+    try:
+
+        async def report(instance_id: str, host: str = "host-b") -> grpc.StatusCode:
+            request = patch_pb2.ReportInstanceRequest(
+                rollout_id=rollout.rollout_id, instance_id=instance_id, version="0.2.0", host=host
+            )
+            try:
+                await agent.ReportInstanceStarted(request, timeout=TIMEOUT_S)
+            except grpc.aio.AioRpcError as error:
+                return error.code()
+            return grpc.StatusCode.OK
+
+        assert await report("n-1") is grpc.StatusCode.OK
+        assert await report("n-1") is grpc.StatusCode.OK  # a retry
+        assert await report("n-forged") is grpc.StatusCode.FAILED_PRECONDITION
+        assert await report("n" * 10_000) is grpc.StatusCode.INVALID_ARGUMENT
+        assert await report("n-1", host="h" * 10_000) is grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        await channel.close()
+    current = await registry.stub.GetRollout(get, timeout=TIMEOUT_S)
+    assert current.steps[0].new_instance == "n-1"
+    assert [a.event for a in current.audit].count("InstanceStarted") == 1
+
+
+async def test_the_tuf_port_shows_anyone_the_releases_that_listreleases_keeps_to_fleet_read(
+    registry: Registry,
+) -> None:
+    """Red team, from outside: ListReleases needs fleet.read (the gateway's certificate alone is
+    UNAUTHENTICATED), but the TUF repository is served over plain HTTP to whoever reaches its port,
+    as TUF clients fetch it: its metadata names every release, its wheel and the advisories it
+    fixes, and a folder's listing names the files. docs/security.md says so ("The registry's TUF
+    server"); only the network keeps this port to the platform's hosts."""
+    await publish(registry, "0.2.0")
+    gateway = secure_channel(registry.pki, identity="gateway", address=registry.address, peer="patch-registry")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await patch_pb2_grpc.PatchServiceStub(gateway).ListReleases(patch_pb2.ListReleasesRequest(), timeout=TIMEOUT_S)
+    await gateway.close()
+    assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    where = await registry.stub.TufRepository(patch_pb2.TufRepositoryRequest(), timeout=TIMEOUT_S)
+
+    def fetch(url: str) -> str:
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as answer:  # no certificate, no token
+            return str(answer.read().decode())
+
+    listing = await asyncio.to_thread(fetch, where.targets_url + "messaging/")
+    assert "parley_messaging-0.2.0-py3-none-any.whl" in listing
+    timestamp = json.loads(await asyncio.to_thread(fetch, where.metadata_url + "timestamp.json"))
+    snapshot_version = timestamp["signed"]["meta"]["snapshot.json"]["version"]
+    snapshot = json.loads(await asyncio.to_thread(fetch, f"{where.metadata_url}{snapshot_version}.snapshot.json"))
+    customs = []
+    for name, meta in snapshot["signed"]["meta"].items():  # targets.json and each service's delegated role
+        role = json.loads(await asyncio.to_thread(fetch, f"{where.metadata_url}{meta['version']}.{name}"))
+        customs += [t["custom"] for t in role["signed"]["targets"].values()]
+    assert [(c["service"], c["version"], c["fixes"]) for c in customs] == [("messaging", "0.2.0", ["PYSEC-2023-192"])]
 
 
 async def test_an_approval_by_the_planner_appended_straight_to_the_stream_drives_nothing(

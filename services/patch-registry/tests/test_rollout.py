@@ -149,11 +149,16 @@ def test_canary_then_production_one_at_a_time_then_done() -> None:
     with pytest.raises(FailedPrecondition, match="before its successor passed"):
         rollout.drained(instance_id="m-1", at=2.5)
     history += rollout.instance_started(instance_id="n-1", version="0.2.0", at=3.0)
+    # a step starts one new instance: a report again is a retry, another instance is refused
+    assert rollout.instance_started(instance_id="n-1", version="0.2.0", at=3.1) == []
+    with pytest.raises(FailedPrecondition, match="started n-1 already"):
+        rollout.instance_started(instance_id="n-forged", version="0.2.0", at=3.2)
     # and the next step may not start before this one is complete
     with pytest.raises(FailedPrecondition, match="not complete"):
         rollout.next_step(at=3.5)
     history += rollout.gate(healthy("n-1"), POLICY, at=4.0)
     history += rollout.drained(instance_id="m-1", at=5.0)
+    assert rollout.drained(instance_id="m-1", at=5.1) == []  # reported again: nothing new
     history += run_step(rollout, "n-2")
     assert rollout.state == "production"
     history += rollout.next_step(at=9.0)

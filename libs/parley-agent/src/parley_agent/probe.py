@@ -18,7 +18,6 @@ the registry) are judged on their real traffic.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import secrets
@@ -36,7 +35,7 @@ from parley_core.config import PEER_ADDRESS_ENV
 from parley_core.files import write_private_file
 from parley_core.grpc_channel import secure_channel
 from parley_core.pki import Pki, tooling_identity
-from parley_core.synthetic import PROBER_NAME_PREFIX
+from parley_core.synthetic import PROBER_NAME_PREFIX, prober_username
 
 log = logging.getLogger(__name__)
 PROBER_USERNAME = PROBER_NAME_PREFIX
@@ -54,11 +53,6 @@ def _unavailable_on_refusal(what: str) -> Iterator[None]:
         yield
     except grpc.aio.AioRpcError as error:
         raise ProbeUnavailable(f"{what}: {error.details()}") from None
-
-
-def prober_username(host: str) -> str:
-    """The prober of the agent on `host`: unique per host, within auth's 32 characters."""
-    return f"{PROBER_USERNAME}-{hashlib.sha256(host.encode()).hexdigest()[:10]}" if host else PROBER_USERNAME
 
 
 class Prober:

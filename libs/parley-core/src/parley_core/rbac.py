@@ -270,8 +270,8 @@ METHOD_PERMISSIONS: dict[str, Permission | None] = {
     # One's own data (export, erasure): every account may; storage checks it is the caller's own.
     "/parley.gateway.v1.Gateway/ExportUserData": P.OWN_DATA,
     "/parley.gateway.v1.Gateway/EraseUserData": P.OWN_DATA,
-    # The operator's console reads the registry's fleet, findings and roll-outs (which the
-    # registry itself serves to any peer it lets in: this is their only check for users).
+    # The operator's console reads the registry's fleet, findings and roll-outs (the registry
+    # checks fleet.read again itself: its entries above).
     "/parley.gateway.v1.Gateway/ListInstances": P.FLEET_READ,
     "/parley.gateway.v1.Gateway/GetServiceHealth": P.FLEET_READ,
     "/parley.gateway.v1.Gateway/ListFindings": P.FLEET_READ,

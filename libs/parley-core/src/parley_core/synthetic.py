@@ -11,9 +11,15 @@ a user, or by an administrator's token) is not synthetic: its registration names
 
 from __future__ import annotations
 
+import hashlib
+import re
+
 from parley_core.topology import NODE_AGENT, PLATFORM_USER
 
 PROBER_NAME_PREFIX = "canary-prober"
+# A host's prober: the prefix and 10 hex digits of the host's name (prober_username), nothing a
+# person could read as a message of its own ("canary-prober-it-support", say).
+_HOST_PROBER_NAME = re.compile(re.escape(PROBER_NAME_PREFIX) + r"-[0-9a-f]{10}")
 # The actors (as Actor prints them) who may register a prober: the platform, a joined host's agent.
 PROBER_REGISTRARS = frozenset({PLATFORM_USER, f"service:{NODE_AGENT}"})
 
@@ -21,6 +27,16 @@ PROBER_REGISTRARS = frozenset({PLATFORM_USER, f"service:{NODE_AGENT}"})
 def is_prober_name(username: str) -> bool:
     """Whether a (normalized) username is in the probers' reserved range."""
     return username.startswith(PROBER_NAME_PREFIX)
+
+
+def prober_username(host: str) -> str:
+    """The prober of the agent on `host`: unique per host, within auth's 32 characters."""
+    return f"{PROBER_NAME_PREFIX}-{hashlib.sha256(host.encode()).hexdigest()[:10]}" if host else PROBER_NAME_PREFIX
+
+
+def is_host_prober_name(username: str) -> bool:
+    """Whether a (normalized) username is a host's prober's, as prober_username makes it."""
+    return _HOST_PROBER_NAME.fullmatch(username) is not None
 
 
 def is_synthetic_account(*, username: str, registered_by: str) -> bool:

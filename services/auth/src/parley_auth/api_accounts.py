@@ -18,7 +18,6 @@ from parley_auth.domain import (
     DEFAULT_ROLE,
     USERNAME_UNAVAILABLE,
     Account,
-    Acting,
     actor_of,
     check_name_claimable,
     check_password_policy,
@@ -182,17 +181,25 @@ class AccountsApi(StepUps):
         return auth_pb2.Invite(invite_code=code, role=role, expires_at_unix=expires)
 
     async def CreateUser(self, request: auth_pb2.CreateUserRequest, context: Context) -> auth_pb2.Account:
-        caller: Acting | None = None
         if self._node_agent_alone(context):
-            # A joined host's agent makes its prober's account and no other (rbac.NODE_AGENT_METHODS).
-            role = domain.check_prober_account(normalize_username(request.username), request.role)
-            actor = Actor.service(NODE_AGENT)
-        else:
-            caller = self._caller_or_platform(context)
-            role = domain.check_may_grant(caller, request.role, what="create a user with role")
-            actor = actor_of(caller)
+            return await self._create_prober(request)
+        caller = self._caller_or_platform(context)
+        role = domain.check_may_grant(caller, request.role, what="create a user with role")
+        return await self._create_user(request, role, actor_of(caller), by_platform=caller is None)
+
+    async def _create_prober(self, request: auth_pb2.CreateUserRequest) -> auth_pb2.Account:
+        """A joined host's agent makes its prober's account and no other (rbac.NODE_AGENT_METHODS),
+        up to the settings' number of probers: checked and made one at a time at this instance."""
+        async with self._prober_turn:
+            name, most = normalize_username(request.username), self.settings.node_agent_probers_max
+            role = domain.check_prober_account(self.accounts, name, request.role, most=most)
+            return await self._create_user(request, role, Actor.service(NODE_AGENT), by_platform=True)
+
+    async def _create_user(
+        self, request: auth_pb2.CreateUserRequest, role: str, actor: Actor, *, by_platform: bool
+    ) -> auth_pb2.Account:
         username, password_hash = await self._claimable(
-            request.username, request.password, self_service=False, by_platform=caller is None
+            request.username, request.password, self_service=False, by_platform=by_platform
         )
         user_id = uuid.uuid4().hex
         async with self.audit.recorded(

@@ -16,7 +16,14 @@ from zxcvbn import zxcvbn
 from parley_auth.mfa import MfaState
 from parley_auth.sessions import Session
 from parley_core.actor import Actor
-from parley_core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from parley_core.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
 from parley_core.rbac import (
     ACCOUNT_ACTION_PERMISSIONS,
     DEFAULT_ROLE,
@@ -26,7 +33,7 @@ from parley_core.rbac import (
     may_act_on_account,
     may_assign,
 )
-from parley_core.synthetic import PROBER_NAME_PREFIX, is_prober_name
+from parley_core.synthetic import PROBER_NAME_PREFIX, is_host_prober_name, is_prober_name
 
 USERNAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{2,31}$")
 MIN_PASSWORD_LENGTH = 10
@@ -121,15 +128,23 @@ class AccountDirectory:
     def __init__(self) -> None:
         self._by_name: dict[str, Account] = {}
         self._by_id: dict[str, Account] = {}
+        self._probers: set[str] = set()  # ids of the accounts named as roll-out probers
 
     def add(self, account: Account) -> None:
         self._by_name[account.username] = account
         self._by_id[account.user_id] = account
+        if is_prober_name(account.username):
+            self._probers.add(account.user_id)
 
     def forget(self, user_id: str) -> None:
         """An erased account: gone from both indexes, as a rebuild without its events has it."""
         if (account := self._by_id.pop(user_id, None)) is not None:
             self._by_name.pop(account.username, None)
+        self._probers.discard(user_id)
+
+    def probers(self) -> int:
+        """How many accounts bear a roll-out prober's name (parley_core.synthetic)."""
+        return len(self._probers)
 
     def find(self, username: str) -> Account | None:
         return self._by_name.get(username)
@@ -197,12 +212,20 @@ def check_name_available(accounts: AccountDirectory, username: str, *, self_serv
         raise AlreadyExists(USERNAME_UNAVAILABLE)
 
 
-def check_prober_account(normalized: str, role: str) -> str:
-    """What a node agent's certificate may create: its roll-out prober, a member (the role)."""
-    if not is_prober_name(normalized) or (role or DEFAULT_ROLE) != DEFAULT_ROLE:
+def check_prober_account(accounts: AccountDirectory, normalized: str, role: str, *, most: int) -> str:
+    """What a node agent's certificate may create: its roll-out prober, a member (the role), while
+    fewer than `most` prober accounts exist (one per joined host is what agents need). Returns the role."""
+    if not is_host_prober_name(normalized) or (role or DEFAULT_ROLE) != DEFAULT_ROLE:
         raise PermissionDenied(
             f"a node agent creates only its roll-out prober's account: a {DEFAULT_ROLE} named "
-            f"{PROBER_NAME_PREFIX}-…, not {role or DEFAULT_ROLE} {normalized!r}"
+            f"{PROBER_NAME_PREFIX}-<10 hex digits of its host's name>, not {role or DEFAULT_ROLE} {normalized!r}"
+        )
+    if accounts.find(normalized) is not None:
+        raise AlreadyExists(f"the prober account {normalized!r} exists already; log in with its password")
+    if accounts.probers() >= most:
+        raise ResourceExhausted(
+            f"{accounts.probers()} prober accounts exist, the most a node agent may make "
+            f"(PARLEY_AUTH_NODE_AGENT_PROBERS_MAX={most}): raise it, or erase the probers of hosts gone"
         )
     return DEFAULT_ROLE
 

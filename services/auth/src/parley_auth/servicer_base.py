@@ -4,6 +4,7 @@ concern in the api_*.py modules; service.py composes them."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from datetime import UTC, datetime
 from typing import Any
@@ -142,6 +143,8 @@ class AuthBase:
         )
         per_hour = self.settings.registrations_per_source_per_hour
         self.registrations = TokenBuckets(rate=per_hour / 3600, burst=per_hour)
+        # A node agent's prober accounts are made one at a time here, so their cap holds.
+        self._prober_turn = asyncio.Lock()
         self._sealer: SecretSealer | None = None
         self._audit_signer: AuditSigner | None = None
         self._ctx: RunContext | None = None

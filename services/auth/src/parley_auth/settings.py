@@ -21,6 +21,10 @@ class AuthSettings(BaseSettings):
     access_token_seconds: int = Field(default=15 * 60, ge=5, le=15 * 60)
     # Open self-registration: attempts per client address per hour, taken or free alike.
     registrations_per_source_per_hour: int = Field(default=10, ge=1)
+    # Roll-out prober accounts (named canary-prober...) a joined host's node-agent certificate may
+    # make: one per joined host is all its agents need; past this many prober accounts in all it
+    # makes none (RESOURCE_EXHAUSTED), so a stolen certificate cannot mint members without end.
+    node_agent_probers_max: int = Field(default=32, ge=1)
     # Lockouts (parley_auth.lockout): failed logins and step-up checks per account from one client
     # address, and per address over every account; past a threshold the next attempt waits
     # base seconds, doubling with each further failure up to max; a count with no failure for

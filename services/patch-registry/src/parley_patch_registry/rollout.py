@@ -236,6 +236,14 @@ class Rollout:
         self._require("canary", "production", "paused")
         if version != self.to_version:
             raise InvalidArgument(f"instance {instance_id} runs {version}, the roll-out installs {self.to_version}")
+        # A step starts one new instance: a report again is a retry (nothing new), another instance
+        # is refused, so no report replaces the instance being gated or grows the history.
+        if not self.steps:
+            raise FailedPrecondition(f"roll-out {self.rollout_id} has started no step yet")
+        if started := self.steps[self.current_step].new_instance:
+            if started == instance_id:
+                return []
+            raise FailedPrecondition(f"step {self.current_step} started {started} already, not {instance_id}")
         return self._record(
             InstanceStarted, at=at, actor=actor, step=self.current_step, instance_id=instance_id, version=version
         )
@@ -278,6 +286,8 @@ class Rollout:
             raise InvalidArgument(f"step {self.current_step} replaces {step.replaces_instance}, not {instance_id}")
         if not step.gate_passed:
             raise FailedPrecondition(f"{instance_id} cannot be drained before its successor passed the health gate")
+        if step.drained:
+            return []  # a report again, until the next step starts: nothing new
         return self._record(InstanceDrained, at=at, actor=actor, step=self.current_step, instance_id=instance_id)
 
     def pause(self, *, actor: str, actor_role: str, reason: str, at: float) -> list[RolloutEvent]:

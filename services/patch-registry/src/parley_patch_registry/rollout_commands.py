@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 # What of a crashed instance's log the audit keeps: its last lines, each cut to a length.
 LOG_LINES_KEPT = 20
 LOG_LINE_LIMIT = 500
+# An agent's host name, instance id and version, kept in the roll-out's history (an agent's own are
+# far shorter: instances.py names an instance by service, version and 6 hex digits).
+REPORTED_NAME_LIMIT = 200
 # The states in which the registry moves a roll-out on by itself.
 DRIVEN = ("approved", "canary", "production")
 
@@ -184,6 +187,9 @@ class RolloutCommands(RegistryBase):
         last_log_lines: Iterable[str] = (),
     ) -> Rollout:
         """What a node agent did for the current step (mutual TLS identifies it; it names its host)."""
+        for name, value in (("host", host), ("instance_id", instance_id), ("version", version)):
+            if len(value) > REPORTED_NAME_LIMIT:
+                raise InvalidArgument(f"{name} must be at most {REPORTED_NAME_LIMIT} characters")
         actor = f"node-agent@{host}" if host else "node-agent"
 
         def decide(rollout: Rollout | None) -> list[RolloutEvent]:
