@@ -17,7 +17,8 @@ import nats.errors
 import nats.js.errors
 
 from parley_core.deadline import answering_within
-from parley_core.errors import OUTCOME_METADATA, OUTCOME_UNKNOWN, DomainError, OutcomeUnknown, status_for
+from parley_core.error_status import status_for
+from parley_core.errors import OUTCOME_METADATA, OUTCOME_UNKNOWN, DomainError, OutcomeUnknown
 from parley_core.grpc_handlers import Deserializer, HandlerWrapper, replaced
 from parley_core.ranges import check_ranges
 from parley_core.rbac import METHOD_PERMISSIONS, TOKENLESS_METHODS
