@@ -5,6 +5,9 @@ What the broker makes of it is tested against a real nats-server in test_nats_pe
 
 from __future__ import annotations
 
+from parley.messaging.v1 import messaging_pb2
+from parley.patch.v1 import patch_pb2
+
 from parley_core import nats_accounts, topology
 
 
@@ -45,3 +48,26 @@ def test_a_stream_accepts_only_its_owners_event_packages() -> None:
     assert not msg.owner_writes("parley.auth.v1.UserRegistered")
     assert not msg.owner_writes("")
     assert parked.owner_writes("parley.auth.v1.UserRegistered")  # copies of anyone's events
+
+
+def test_a_methods_own_callers_are_some_of_its_services_and_name_a_method_it_serves() -> None:
+    """A per-method rule only narrows its service's (the NetworkPolicies follow GRPC_CALLERS), and
+    a renamed method cannot leave its rule behind unseen."""
+    modules = {"messaging": messaging_pb2, "patch-registry": patch_pb2}
+    assert set(topology.GRPC_METHOD_CALLERS) <= set(modules)
+    for service, methods in topology.GRPC_METHOD_CALLERS.items():
+        servicers = modules[service].DESCRIPTOR.services_by_name.values()
+        served = {f"/{s.full_name}/{m.name}" for s in servicers for m in s.methods}
+        for method, callers in methods.items():
+            assert method in served, method
+            assert callers, method
+            assert set(callers) < set(topology.GRPC_CALLERS[service]), method
+            assert topology.grpc_callers(service, method) == callers
+
+
+def test_a_method_without_its_own_rule_has_its_services_callers() -> None:
+    assert (
+        topology.grpc_callers("messaging", "/parley.messaging.v1.MessagingService/PostMessage")
+        == (topology.GRPC_CALLERS["messaging"])
+    )
+    assert topology.grpc_callers("messaging", "/parley.messaging.v1.MessagingService/PostMessages") == ("gateway",)

@@ -99,14 +99,19 @@ async def test_each_item_of_a_batch_is_checked_from_its_own_token_and_answered_o
     assert first.sender_name == "alma"
 
 
-@pytest.mark.parametrize("identity", ["storage", PLATFORM_USER])
+@pytest.mark.parametrize("identity", ["storage", "auth", PLATFORM_USER])
 async def test_only_the_gateway_sends_its_clients_posts_together(stack: Stack, identity: str) -> None:
+    """Refused by the interceptor that checks every caller (topology.GRPC_METHOD_CALLERS), naming
+    who called and who may, before any item is read."""
     cato, _, cid = await member_with_a_channel(stack, "cato", "mine")
     other = messaging_pb2_grpc.MessagingServiceStub(stack.internal("messaging", identity=identity))
     request = messaging_pb2.PostMessagesRequest(items=[item(cid, "through another door", cato)])
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await other.PostMessages(request, timeout=TIMEOUT_S)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert refused.value.details() == (
+        f"peer ['{identity}'] may not call /parley.messaging.v1.MessagingService/PostMessages (its callers: gateway)"
+    )
     assert stack.app("messaging").channels.get(cid).last_seq == 0
 
 

@@ -512,6 +512,10 @@ async def test_state_survives_a_restart_and_agent_reports_need_the_platform_iden
         )
     await gateway.close()
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert refused.value.details() == (
+        "peer ['gateway'] may not call /parley.patch.v1.PatchService/ReportRolledBack"
+        " (its callers: platform, node-agent)"
+    )
 
     await registry.restart()
 

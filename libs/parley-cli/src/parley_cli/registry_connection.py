@@ -15,12 +15,13 @@ from parley.fleet.v1 import fleet_pb2_grpc
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
 from parley.storage.v1 import storage_pb2_grpc
 
-from parley_cli.joined_host import joined_host
+from parley_cli.joined_host import HOST_STATE_FILE, joined_host
 from parley_cli.state import load_running_state, no_platform
 from parley_cli.usernames import usernames
 from parley_client import ParleyError
 from parley_core.grpc_channel import secure_channel
 from parley_core.pki import ensure_pki, tooling_identity
+from parley_core.platform_state import STATE_FILE
 
 
 class RegistryConnection:
@@ -28,10 +29,10 @@ class RegistryConnection:
         data_dir: Path = args.data_dir
         # The first host's folder, or a joined host's that runs a registry of its own (`host join`
         # writes its front doors to host.json): the registry left when the first host is lost.
-        state_path = next((p for p in (data_dir / "platform.json", data_dir / "host.json") if p.exists()), None)
+        state_path = next((p for p in (data_dir / STATE_FILE, data_dir / HOST_STATE_FILE) if p.exists()), None)
         if state_path is None and not joined_host(data_dir):
             raise no_platform(data_dir)
-        if state_path == data_dir / "platform.json":
+        if state_path == data_dir / STATE_FILE:
             load_running_state(data_dir)  # stopped: say so and how to start it, not a refused connection
         services = fleet_addresses(data_dir, json.loads(state_path.read_text()) if state_path else {})
         if "patch-registry" not in services:

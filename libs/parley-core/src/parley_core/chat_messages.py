@@ -17,10 +17,6 @@ from parley.messaging.v1 import messaging_pb2
 
 Reactions = Mapping[str, Iterable[str]] | Iterable[tuple[str, Iterable[str]]]
 
-# What a posted message carries by the same names wherever it goes: the MessagePosted event,
-# messaging's PostedMessage, and chat_message() below.
-POSTED_FIELDS = ("channel_id", "message_id", "sender_id", "sender_name", "channel_seq", "body", "thread_root_seq")
-
 
 def chat_message(
     *,

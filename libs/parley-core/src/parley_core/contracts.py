@@ -15,3 +15,8 @@ AUTH_SEALING_KEY_FILE = "auth-mfa-key.bin"
 # A channel's retention policy in days (a hundred years at most; 0 keeps its messages forever):
 # messaging checks the policy it records, storage the one it applies, the CLI what it is asked.
 MAX_RETENTION_DAYS = 36_500
+
+# What a posted message carries by the same names wherever it goes: the MessagePosted event,
+# messaging's PostedMessage (its domain, which imports no protobuf) and the API's ChatMessage
+# (chat_messages.chat_message, which the gateway and storage build too).
+POSTED_FIELDS = ("channel_id", "message_id", "sender_id", "sender_name", "channel_seq", "body", "thread_root_seq")

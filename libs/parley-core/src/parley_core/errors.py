@@ -1,12 +1,11 @@
-"""Domain errors that every service raises, and the one table that maps them to gRPC status.
+"""Domain errors that every service raises.
 
-Command handlers raise these; the server interceptor in runner.py turns them into a status
-with the error's message. Anything else becomes INTERNAL with a reference id, never a trace.
+Command handlers raise these; the server interceptor turns each into one gRPC status with the
+error's message (error_status.py: the table lives there, so a domain that raises them imports no
+grpc). Anything else becomes INTERNAL with a reference id, never a trace.
 """
 
 from __future__ import annotations
-
-import grpc
 
 
 class DomainError(Exception):
@@ -64,22 +63,3 @@ class OutcomeUnknown(Unavailable):
 
     def __init__(self, message: str = OUTCOME_UNKNOWN_MESSAGE) -> None:
         super().__init__(message)
-
-
-STATUS_FOR: dict[type[DomainError], grpc.StatusCode] = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-}
-
-
-def status_for(error: DomainError) -> grpc.StatusCode:
-    for cls in type(error).__mro__:
-        if cls in STATUS_FOR:
-            return STATUS_FOR[cls]
-    return grpc.StatusCode.INTERNAL

@@ -301,11 +301,12 @@ SERVICE_CHECKED_METHODS = frozenset(
         "/parley.storage.v1.StorageArchiveService/GetSchemaVersions",
         "/parley.storage.v1.StorageArchiveService/GetAuditChainState",
         "/parley.storage.v1.StorageArchiveService/WatchSecurityEvents",
-        # The gateway's waiting sends in one call: messaging takes it from the gateway only and
-        # checks each item's own token for messages.send (parley_messaging.post_batches).
+        # The gateway's waiting sends in one call: the gateway's alone (topology.GRPC_METHOD_CALLERS);
+        # messaging checks each item's own token for messages.send (parley_messaging.post_batches).
         "/parley.messaging.v1.MessagingService/PostMessages",
-        # The patch registry checks the platform identity, node agents and the operator/admin
-        # roles itself (parley_patch_registry.registry), with the caller's current role.
+        # The patch registry checks the operator/admin roles itself (parley_patch_registry.registry),
+        # with the caller's current role; who alone may report roll-out steps (node agents) or
+        # publish base releases (`parley up`) is topology.GRPC_METHOD_CALLERS'.
         "/parley.patch.v1.PatchService/PublishRelease",
         "/parley.patch.v1.PatchService/PublishBaseRelease",
         "/parley.patch.v1.PatchService/ImportAdvisories",
@@ -371,7 +372,7 @@ PLATFORM_METHODS = frozenset(
 # user token: following roll-outs (the fleet view, the roll-outs, where releases are fetched), the
 # reads its host's CLI shows (`parley fleet`, `parley patch list|status`, `parley advisories`), and
 # making its prober account (auth allows it a prober's name and the member role only). Its step
-# reports the registry checks itself (parley_patch_registry.api.require_agent_peer). With a user's
+# reports are its own and the platform's alone (topology.GRPC_METHOD_CALLERS). With a user's
 # token it acts as that user, as any peer does.
 NODE_AGENT_METHODS = frozenset(
     {

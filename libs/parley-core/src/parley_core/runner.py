@@ -12,6 +12,7 @@ import importlib.metadata
 import logging
 import signal
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -36,7 +37,7 @@ from parley_core.request_stats import RequestStats
 from parley_core.run_context import RefusedToStart, RunContext, ServiceApp
 from parley_core.server_interceptors import CallerCheckAndErrors, PerMethodHandlers, method_permission_check
 from parley_core.tokens import TokenVerifier, follow_signing_keys
-from parley_core.topology import GRPC_CALLERS
+from parley_core.topology import grpc_callers
 
 # What services import from here: the runner's own names and what a service plugs into it.
 __all__ = ["EX_CONFIG", "RefusedToStart", "RunContext", "ServiceApp", "run_service", "serve"]
@@ -135,7 +136,9 @@ async def serve(
     interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (
         *telemetry.server_interceptors(),
         call_stats,
-        CallerCheckAndErrors(None if client_facing else GRPC_CALLERS[service], method_permission_check(tokens)),
+        CallerCheckAndErrors(
+            None if client_facing else partial(grpc_callers, service), method_permission_check(tokens)
+        ),
     )
     server = grpc.aio.server(options=options, interceptors=[PerMethodHandlers(interceptors)])
     health = HealthServicer()

@@ -11,9 +11,10 @@ A name the source lacks raises AttributeError, so a renamed field cannot go sile
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from google.protobuf.message import Message
+if TYPE_CHECKING:  # a type for the checker: copying fields imports no protobuf (pure domains use it)
+    from google.protobuf.message import Message
 
 __all__ = ["proto_field_names", "same_named"]
 

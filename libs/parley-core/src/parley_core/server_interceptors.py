@@ -17,7 +17,8 @@ import nats.errors
 import nats.js.errors
 
 from parley_core.deadline import answering_within
-from parley_core.errors import OUTCOME_METADATA, OUTCOME_UNKNOWN, DomainError, OutcomeUnknown, status_for
+from parley_core.error_status import status_for
+from parley_core.errors import OUTCOME_METADATA, OUTCOME_UNKNOWN, DomainError, OutcomeUnknown
 from parley_core.grpc_handlers import Deserializer, HandlerWrapper, replaced
 from parley_core.ranges import check_ranges
 from parley_core.rbac import METHOD_PERMISSIONS, TOKENLESS_METHODS
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 
 _AioBehaviour = Callable[[Any, "grpc.aio.ServicerContext[Any, Any]"], Any]
 Authorize = Callable[[str, "grpc.aio.ServicerContext[Any, Any]"], None]
+# The peers (certificate names) that may call a method: topology.grpc_callers for one service.
+AllowedPeers = Callable[[str], tuple[str, ...]]
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,11 @@ def failure_status(exc: BaseException, method: str) -> FailureStatus:
 
 
 class CallerCheckAndErrors(HandlerWrapper):
-    """Refuses peers not allowed to call this service and maps errors to one gRPC status each.
+    """Refuses peers not allowed to call this method and maps errors to one gRPC status each.
+
+    Who may call is topology's one table (GRPC_CALLERS, narrowed per method by
+    GRPC_METHOD_CALLERS), so no servicer checks the peer's certificate itself; None (the
+    client-facing gateway) admits any peer.
 
     Domain errors keep their message; anything unexpected becomes INTERNAL with a reference
     that points to the log line, never a stack trace to the client. Requests that do not decode,
@@ -134,20 +141,22 @@ class CallerCheckAndErrors(HandlerWrapper):
     any handler sees them.
     """
 
-    def __init__(self, allowed_peers: tuple[str, ...] | None, authorize: Authorize | None = None) -> None:
+    def __init__(self, allowed_peers: AllowedPeers | None, authorize: Authorize | None = None) -> None:
         self._allowed = allowed_peers
         self._authorize = authorize
 
     def wrap(self, handler: Handler, method: str) -> Handler:
-        allowed = self._allowed
+        open_to_all = self._allowed is None or method.startswith(("/grpc.health.v1.Health/", "/grpc.reflection."))
+        allowed = () if self._allowed is None else self._allowed(method)
         authorize = self._authorize
 
         def check_peer(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
-            if allowed is None or method.startswith(("/grpc.health.v1.Health/", "/grpc.reflection.")):
+            if open_to_all:
                 return None
             names = peer_names(context)
             if not names & set(allowed):
-                return f"peer {sorted(names) or 'without certificate'} may not call {method}"
+                who = sorted(names) or "without certificate"
+                return f"peer {who} may not call {method} (its callers: {', '.join(allowed) or 'none'})"
             return None
 
         async def fail(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:

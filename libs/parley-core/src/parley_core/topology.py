@@ -359,3 +359,25 @@ GRPC_CALLERS: dict[str, tuple[str, ...]] = {
     "patch-registry": ("gateway", PLATFORM_USER, NODE_AGENT),
     "gateway": (),
 }
+
+# Methods that fewer of their service's callers may call (each a subset of GRPC_CALLERS), checked
+# by the same interceptor before any handler runs (grpc_callers).
+GRPC_METHOD_CALLERS: dict[str, dict[str, tuple[str, ...]]] = {
+    # The gateway's waiting sends in one call, each item with its own client's token.
+    "messaging": {"/parley.messaging.v1.MessagingService/PostMessages": ("gateway",)},
+    "patch-registry": {
+        # Base releases are the platform's own (`parley up`), published with its identity alone.
+        "/parley.patch.v1.PatchService/PublishBaseRelease": (PLATFORM_USER,),
+        # Roll-out steps, which node agents report: the first host's as the platform identity, a
+        # joined host's with its node-agent certificate; the gateway may not.
+        **{
+            f"/parley.patch.v1.PatchService/{name}": (PLATFORM_USER, NODE_AGENT)
+            for name in ("ReportInstanceStarted", "ReportInstanceDrained", "ReportInstanceExited", "ReportRolledBack")
+        },
+    },
+}
+
+
+def grpc_callers(service: str, method: str) -> tuple[str, ...]:
+    """The peers (by certificate name) that may call `method` on `service`."""
+    return GRPC_METHOD_CALLERS.get(service, {}).get(method, GRPC_CALLERS[service])

@@ -23,6 +23,7 @@ from parley_core.bus import EventBus
 from parley_core.envelope import NewEvent
 from parley_core.files import write_private_file
 from parley_core.nats_connect import connect_nats
+from parley_core.platform_state import STATE_FILE
 from parley_core.tokens import AUDIENCE, ISSUER
 from parley_core.topology import PLATFORM_USER, signing_key_subject
 
@@ -69,7 +70,7 @@ class OperatorTokens:
     async def publish_on_platform(self, data_dir: Path) -> None:
         """Through the NATS server of a platform `parley up` runs in `data_dir`."""
         passwords = json.loads((data_dir / "secrets" / "nats-passwords.json").read_text())
-        nats_url = json.loads((data_dir / "platform.json").read_text())["nats_url"]
+        nats_url = json.loads((data_dir / STATE_FILE).read_text())["nats_url"]
         nc = await connect_nats(
             url=nats_url,
             user=PLATFORM_USER,

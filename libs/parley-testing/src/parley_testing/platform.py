@@ -23,7 +23,7 @@ from parley_core.nats_connect import connect_nats
 from parley_core.natsconf import NATS_PASSWORDS_FILE
 from parley_core.net import free_port
 from parley_core.pki import ensure_pki
-from parley_core.platform_state import READY_LINE
+from parley_core.platform_state import READY_LINE, STATE_FILE
 from parley_core.topology import PLATFORM_USER
 from parley_testing.processes import stop_process
 from parley_testing.stack import PASSWORD
@@ -168,7 +168,7 @@ class RunningPlatform:
 
     @property
     def state(self) -> dict[str, object]:
-        return dict(json.loads((self.data_dir / "platform.json").read_text()))
+        return dict(json.loads((self.data_dir / STATE_FILE).read_text()))
 
     def service(self, name: str) -> dict[str, object]:
         services = self.state["services"]

@@ -30,7 +30,8 @@ from parley.messaging.v1.events_pb2 import (
     ReadMarkerMoved,
 )
 
-from parley_core.chat_messages import POSTED_FIELDS, chat_message
+from parley_core.chat_messages import chat_message
+from parley_core.contracts import POSTED_FIELDS
 from parley_core.envelope import UnknownEventType, open_payload
 from parley_core.errors import DomainError, PermissionDenied, ResourceExhausted
 from parley_core.same_named import same_named

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from parley.messaging.v1 import messaging_pb2
 
-from parley_core.chat_messages import POSTED_FIELDS, chat_message
+from parley_core.chat_messages import chat_message
+from parley_core.contracts import POSTED_FIELDS
 from parley_core.errors import InvalidArgument
 from parley_core.same_named import same_named
 from parley_messaging.domain import Channel

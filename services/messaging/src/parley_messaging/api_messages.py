@@ -8,8 +8,7 @@ import uuid
 
 from parley.messaging.v1 import messaging_pb2
 
-from parley_core.errors import InvalidArgument, PermissionDenied
-from parley_core.server_interceptors import peer_names
+from parley_core.errors import InvalidArgument
 from parley_core.tokens import Caller
 from parley_messaging import decisions as cmd
 from parley_messaging.answers import channel_proto, thread_page, to_proto
@@ -19,8 +18,6 @@ from parley_messaging.inputs import (
 )
 from parley_messaging.post_batches import ItemScope, check_batch_size, item_caller, refused
 from parley_messaging.servicer_base import Context, MessagingBase, checked_reason, now_ns
-
-GATEWAY = "gateway"  # the peer name of the gateway's certificate
 
 
 def post_command(caller: Caller, request: messaging_pb2.PostMessageRequest) -> cmd.PostMessage:
@@ -49,11 +46,10 @@ class MessagesApi(MessagingBase):
     async def PostMessages(
         self, request: messaging_pb2.PostMessagesRequest, context: Context
     ) -> messaging_pb2.PostMessagesResponse:
-        """The gateway's waiting sends in one call (parley_gateway.send_batches): each item checked
-        from its own token and answered on its own; a channel's items decided in one turn of its
-        lock, in order, and different channels' at the same time."""
-        if GATEWAY not in peer_names(context):
-            raise PermissionDenied("only the gateway sends its clients' posts together (PostMessages)")
+        """The gateway's waiting sends in one call (parley_gateway.send_batches; the gateway's
+        alone: topology.GRPC_METHOD_CALLERS): each item checked from its own token and answered on
+        its own; a channel's items decided in one turn of its lock, in order, and different
+        channels' at the same time."""
         check_batch_size(request)  # what the gateway never sends: one lock turn stays short
         outcomes = [messaging_pb2.PostOutcome() for _ in request.items]
         by_channel: dict[str, list[tuple[int, cmd.PostMessage, ItemScope]]] = {}

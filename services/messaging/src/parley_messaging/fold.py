@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from parley_core.chat_messages import POSTED_FIELDS
+from parley_core.contracts import POSTED_FIELDS
 from parley_core.errors import FailedPrecondition
 from parley_core.same_named import same_named
 from parley_messaging import events as ev

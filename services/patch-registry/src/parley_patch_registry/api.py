@@ -10,10 +10,9 @@ from typing import cast
 import grpc
 from parley.patch.v1 import events_pb2, patch_pb2, patch_pb2_grpc
 
-from parley_core.errors import InvalidArgument, PermissionDenied
+from parley_core.errors import InvalidArgument
 from parley_core.same_named import proto_field_names, same_named
 from parley_core.tokens import TokenVerifier
-from parley_core.topology import NODE_AGENT, PLATFORM_USER
 from parley_patch_registry.codec import to_proto
 from parley_patch_registry.findings import AFFECTED_FIELDS, Finding
 from parley_patch_registry.registry import Registry
@@ -54,29 +53,6 @@ def audit_entry_proto(event: RolloutEvent) -> patch_pb2.AuditEntry:
         # The event itself too, so a console can chart its figures without parsing the detail.
         entry.gate.CopyFrom(cast(events_pb2.GateEvaluated, to_proto(event)))
     return entry
-
-
-def _peer_names(context: Context) -> set[str]:
-    return {n.decode() for n in context.auth_context().get("x509_common_name", [])}
-
-
-def require_agent_peer(context: Context) -> None:
-    """Node agents report roll-out steps: the first host's as the platform identity, a joined
-    host's with its node-agent certificate; the gateway, also allowed in, may not."""
-    names = _peer_names(context)
-    if not names & {PLATFORM_USER, NODE_AGENT}:
-        raise PermissionDenied(
-            f"only node agents ({PLATFORM_USER} or {NODE_AGENT} certificate) report roll-out steps, not {sorted(names)}"
-        )
-
-
-def require_platform_peer(context: Context) -> None:
-    """Base releases are the platform's own (`parley up`), published with its identity alone."""
-    names = _peer_names(context)
-    if PLATFORM_USER not in names:
-        raise PermissionDenied(
-            f"only the platform ({PLATFORM_USER} certificate) publishes base releases, not {sorted(names)}"
-        )
 
 
 def finding_proto(finding: Finding, now: float) -> patch_pb2.Finding:
@@ -204,7 +180,6 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
     async def PublishBaseRelease(
         self, request: patch_pb2.PublishBaseReleaseRequest, context: Context
     ) -> events_pb2.ReleasePublished:
-        require_platform_peer(context)
         return await self.registry.publish_base_release(
             service=request.service, version=request.version, wheel_name=request.wheel_name, wheel=request.wheel
         )
@@ -237,7 +212,6 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
     async def ReportInstanceStarted(
         self, request: patch_pb2.ReportInstanceRequest, context: Context
     ) -> patch_pb2.Rollout:
-        require_agent_peer(context)
         rollout = await self.registry.agent_report(
             request.rollout_id, "started", host=request.host, instance_id=request.instance_id, version=request.version
         )
@@ -246,7 +220,6 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
     async def ReportInstanceDrained(
         self, request: patch_pb2.ReportInstanceRequest, context: Context
     ) -> patch_pb2.Rollout:
-        require_agent_peer(context)
         return self._rollout_proto(
             await self.registry.agent_report(
                 request.rollout_id, "drained", host=request.host, instance_id=request.instance_id
@@ -256,7 +229,6 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
     async def ReportInstanceExited(
         self, request: patch_pb2.ReportInstanceExitRequest, context: Context
     ) -> patch_pb2.Rollout:
-        require_agent_peer(context)
         rollout = await self.registry.agent_report(
             request.rollout_id,
             "exited",
@@ -268,7 +240,6 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
         return self._rollout_proto(rollout)
 
     async def ReportRolledBack(self, request: patch_pb2.GetRolloutRequest, context: Context) -> patch_pb2.Rollout:
-        require_agent_peer(context)
         return self._rollout_proto(
             await self.registry.agent_report(request.rollout_id, "rolled_back", host=request.host)
         )

@@ -6,18 +6,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from functools import partial
+from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
 from opentelemetry import metrics
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 from sqlalchemy import Engine, inspect
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from parley_core.audit_checkpoints import checkpoint_folder
-from parley_core.bus import EventBus, ReceivedEvent, RetryLater
+from parley_core.bus import EventBus
 from parley_core.chat_messages import chat_message
 from parley_core.config import Settings
 from parley_core.database import SQLITE_ARCHIVE, recorded_database_url, with_driver
@@ -25,9 +23,10 @@ from parley_core.errors import InvalidArgument, PermissionDenied, Unavailable
 from parley_core.files import ensure_private_dir
 from parley_core.jobs import PeriodicJob, every
 from parley_core.runner import RefusedToStart, RunContext
-from parley_core.topology import CONSUMERS, ConsumerSpec, channel_subject
+from parley_core.topology import channel_subject
 from parley_storage.archive import SqlEventArchive, open_engine
 from parley_storage.archive_api import StorageArchiveApi
+from parley_storage.archive_consumers import DATABASE_DOWN, ArchiveConsumers
 from parley_storage.audit_monitor import AuditChainMonitor
 from parley_storage.backup import BackupKeys
 from parley_storage.datakeys import DataKeys
@@ -54,9 +53,6 @@ DEFAULT_PAGE = 100
 # How long a history query waits for the archive to reach the channel's newest event before
 # answering from what it has.
 HISTORY_FRESHNESS_S = 5.0
-# Errors that mean the database cannot be reached or used right now (connection refused or
-# lost, SQLite busy); the data and the request are fine, so the caller should retry.
-DATABASE_DOWN = (OperationalError, InterfaceError)
 MAX_PAGE = 500
 # How long a retention run waits for the archive to reach a channel's newest event, and its markers.
 RETENTION_CATCH_UP_S = 30.0
@@ -146,15 +142,8 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         self.progress = ArchiveProgress(positions)
         self.retention = Retention(ctx.bus, self.archive, self.progress)
         self._lost_consumers = LostConsumers(ctx, self.archive)
-        for spec in CONSUMERS:
-            if spec.service == "storage":
-                await ctx.bus.consume(
-                    spec,
-                    partial(self._archive, spec),
-                    linger_s=storage_settings.archive_linger_seconds,
-                    on_loss=self._lost_consumers,
-                    on_parked=partial(self._parked, spec),
-                )
+        consumers = ArchiveConsumers(self.archive, self.progress)
+        await consumers.follow(ctx.bus, linger_s=storage_settings.archive_linger_seconds, on_loss=self._lost_consumers)
         storage_pb2_grpc.add_StorageServiceServicer_to_server(self, ctx.server)
         ctx.add_service_name(storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name)
         checkpoints = checkpoint_folder(ctx.settings.data_dir, storage_settings.audit_checkpoint_dir)
@@ -206,6 +195,7 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
                 zeroed={(kind, response) for kind in KINDS for response in (detection.response(kind), "alert")},
             )
             self.detector = AnomalyDetector(ctx.bus, detection, counted=anomalies)
+            consumers.detector = self.detector
             await self.detector.start()
         # Every projection of the streams storage follows is added: one replay per stream starts.
         await ctx.bus.start_following()
@@ -293,26 +283,6 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
             await self.detector.stop()
         if self.archive is not None:
             self.archive.engine.dispose()
-
-    async def _archive(self, spec: ConsumerSpec, batch: Sequence[ReceivedEvent]) -> None:
-        assert self.archive is not None
-        try:
-            await self.archive.archive(spec.durable, batch)
-        except DATABASE_DOWN as exc:
-            # The database, not the events, is at fault: hold the batch instead of parking it.
-            raise RetryLater(f"archive database unavailable: {exc.__class__.__name__}") from exc
-        await self.progress.advance(spec.stream, max(event.stream_seq for event in batch))
-        if spec.stream == "MSG" and self.detector is not None:
-            self.detector.messages.archived(batch)  # the detector's MSG, read once (handed_over)
-
-    async def _parked(self, spec: ConsumerSpec, seq: int) -> None:
-        """A parked event is consumed: reads waiting for it (its channel's newest) go on."""
-        assert self.archive is not None
-        try:
-            await self.archive.pass_parked(spec.durable, spec.stream, seq)
-        except DATABASE_DOWN:  # the next archived batch records a position past it
-            log.warning("recording the position past a parked event failed", extra={"seq": seq}, exc_info=True)
-        await self.progress.advance(spec.stream, seq)
 
     async def GetChannelHistory(
         self, request: storage_pb2.GetChannelHistoryRequest, context: grpc.aio.ServicerContext[object, object]
