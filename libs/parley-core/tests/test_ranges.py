@@ -3,6 +3,7 @@
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from parley.gateway.v1 import gateway_pb2
+from parley.messaging.v1 import messaging_pb2
 from parley.storage.v1 import storage_pb2
 
 from parley_core.errors import InvalidArgument
@@ -34,6 +35,16 @@ def test_numbers_and_times_in_range_pass() -> None:
                 resume=[gateway_pb2.ResumeFrom(), gateway_pb2.ResumeFrom(after_position=2**63)]
             ),
             "resume[1].after_position",
+        ),
+        # A batch's items are checked item by item, down to each one's request.
+        (
+            messaging_pb2.PostMessagesRequest(
+                items=[
+                    messaging_pb2.PostItem(request=messaging_pb2.PostMessageRequest(thread_root_seq=1)),
+                    messaging_pb2.PostItem(request=messaging_pb2.PostMessageRequest(thread_root_seq=2**63)),
+                ]
+            ),
+            "items[1].request.thread_root_seq",
         ),
     ],
 )

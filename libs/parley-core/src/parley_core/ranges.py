@@ -9,9 +9,11 @@ service; what a field means (a page of at most 500, a role that exists) stays wi
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import NamedTuple, cast
 
-from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -24,20 +26,34 @@ MAX_NUMBER = 2**63 - 1
 _LATEST_SECONDS = MAX_NUMBER // 1_000_000_000 - 1
 LATEST_TIME = datetime.fromtimestamp(_LATEST_SECONDS, UTC)
 _MAX_NANOS = 999_999_999
+# Integer types whose values can lie outside 0..2^63-1 (a uint32 or fixed32 cannot: never looked at).
 _INTEGERS = frozenset(
     {
         FieldDescriptor.TYPE_INT32,
         FieldDescriptor.TYPE_INT64,
-        FieldDescriptor.TYPE_UINT32,
         FieldDescriptor.TYPE_UINT64,
         FieldDescriptor.TYPE_SINT32,
         FieldDescriptor.TYPE_SINT64,
-        FieldDescriptor.TYPE_FIXED32,
         FieldDescriptor.TYPE_FIXED64,
         FieldDescriptor.TYPE_SFIXED32,
         FieldDescriptor.TYPE_SFIXED64,
     }
 )
+
+# How one field is looked at: a number, numbers, a message, messages, or a map's values.
+_NUMBER, _NUMBERS, _MESSAGE, _MESSAGES, _MAP = range(5)
+
+
+class _Step(NamedTuple):
+    name: str
+    kind: int
+    value_field: FieldDescriptor | None  # a map's value field
+
+
+# Per message type, the fields that can hold an out-of-range number or time, in field-number order
+# (the order ListFields gives, so the first one refused is the same): a request's strings, bools
+# and small unsigned numbers are never looked at.
+_plans: dict[Descriptor, tuple[_Step, ...]] = {}
 
 
 def check_ranges(request: Message) -> None:
@@ -50,19 +66,67 @@ def _check(message: Message, prefix: str) -> None:
     if isinstance(message, Timestamp):
         _check_time(message, prefix.rstrip("."))
         return
-    for field, value in message.ListFields():
-        name = prefix + field.name
-        if (entry := field.message_type) is not None and entry.GetOptions().map_entry:
-            for key, item in value.items():
-                _check_value(entry.fields_by_name["value"], item, f"{name}[{key!r}]")
-        elif field.type == FieldDescriptor.TYPE_MESSAGE and field.is_repeated:
-            for i, item in enumerate(value):
-                _check(item, f"{name}[{i}].")
-        elif field.type == FieldDescriptor.TYPE_MESSAGE:
-            _check(value, f"{name}.")
-        elif field.type in _INTEGERS:
-            for item in value if field.is_repeated else (value,):
-                _check_number(item, name)
+    for name, kind, value_field in _plan(cast(Descriptor, message.DESCRIPTOR)):
+        path = prefix + name
+        if kind == _NUMBER:
+            _check_number(getattr(message, name), path)  # unset: 0, in range
+        elif kind == _MESSAGE:
+            if message.HasField(name):
+                _check(getattr(message, name), f"{path}.")
+        elif kind == _MESSAGES:
+            for i, item in enumerate(getattr(message, name)):
+                _check(item, f"{path}[{i}].")
+        elif kind == _NUMBERS:
+            for item in getattr(message, name):
+                _check_number(item, path)
+        else:
+            assert value_field is not None
+            for key, item in getattr(message, name).items():
+                _check_value(value_field, item, f"{path}[{key!r}]")
+
+
+def _plan(descriptor: Descriptor) -> tuple[_Step, ...]:
+    plan = _plans.get(descriptor)
+    if plan is None:
+        plan = _plans[descriptor] = tuple(_steps(descriptor))
+    return plan
+
+
+def _steps(descriptor: Descriptor) -> Iterator[_Step]:
+    for field in sorted(descriptor.fields, key=lambda f: f.number):
+        entry = field.message_type
+        if entry is not None and entry.GetOptions().map_entry:
+            value_field = entry.fields_by_name["value"]
+            if _may_hold_numbers(value_field):
+                yield _Step(field.name, _MAP, value_field)
+        elif _may_hold_numbers(field):
+            if field.type == FieldDescriptor.TYPE_MESSAGE:
+                yield _Step(field.name, _MESSAGES if field.is_repeated else _MESSAGE, None)
+            else:
+                yield _Step(field.name, _NUMBERS if field.is_repeated else _NUMBER, None)
+
+
+def _may_hold_numbers(field: FieldDescriptor) -> bool:
+    """Whether a value of `field` can hold a number or time that _check looks at, at any depth."""
+    if field.type in _INTEGERS:
+        return True
+    if field.type != FieldDescriptor.TYPE_MESSAGE:
+        return False
+    seen: set[Descriptor] = set()
+    waiting = [field.message_type]
+    while waiting:  # every message type reachable from the field's, each once (types may nest themselves)
+        descriptor = waiting.pop()
+        if descriptor is None or descriptor in seen:
+            continue
+        if descriptor.full_name == Timestamp.DESCRIPTOR.full_name:
+            return True
+        seen.add(descriptor)
+        for inner in descriptor.fields:
+            if inner.type in _INTEGERS:
+                return True
+            if inner.type == FieldDescriptor.TYPE_MESSAGE:
+                waiting.append(inner.message_type)
+    return False
 
 
 def _check_value(field: FieldDescriptor, value: object, name: str) -> None:

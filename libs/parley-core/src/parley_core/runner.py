@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib.metadata
 import logging
 import signal
@@ -252,13 +253,25 @@ def event_loop(kind: EventLoop) -> Callable[[], asyncio.AbstractEventLoop]:
     return asyncio.new_event_loop
 
 
+def _freeze_heap(_port: int) -> None:
+    """Once serving, what start-up made (modules, descriptors: about 80,000 objects in the gateway)
+    leaves the garbage collector's sight, so a full collection scans only what came later: it
+    scanned all of it, 14 to 52 ms of CPU while every call in flight waited. Only in a service's
+    own process: a test process serves many times, and would keep each test's objects for good."""
+    gc.collect()
+    gc.freeze()
+
+
 def run_service(app_factory: Callable[[], ServiceApp], *, service: str, client_facing: bool = False) -> None:
     """Process entry point: settings from the environment, JSON logs, exit code from the drain."""
     settings = Settings(service=service)
     configure_logging(service=service, instance_id=settings.instance_id, level=settings.log_level)
     try:
         with asyncio.Runner(loop_factory=event_loop(settings.event_loop)) as runner:
-            code = runner.run(serve(app_factory(), service=service, settings=settings, client_facing=client_facing))
+            serving = serve(
+                app_factory(), service=service, settings=settings, client_facing=client_facing, on_ready=_freeze_heap
+            )
+            code = runner.run(serving)
     except RefusedToStart as exc:
         log.error("refusing to start: %s", exc)  # one JSON line on stderr, which the agent keeps in the log
         raise SystemExit(EX_CONFIG) from None

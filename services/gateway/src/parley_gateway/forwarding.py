@@ -42,9 +42,14 @@ class Forwarded:
         metadata = (*metadata, (SOURCE_METADATA, client_address(context.peer())))
         # The gateway's channels carry no interceptor (see GatewayApp.start): the trace goes on here.
         metadata = (*metadata, *telemetry.trace_metadata())
-        remaining = context.time_remaining()
-        timeout = DEFAULT_DEADLINE_S if remaining is None else max(0.0, min(remaining, 60.0))
-        return cls(metadata, timeout)
+        return cls(metadata, time_left(context))
+
+
+def time_left(context: Context) -> float:
+    """The time an internal call made for this client call may take: what is left of the client's
+    deadline, at most a minute (DEFAULT_DEADLINE_S without one)."""
+    remaining = context.time_remaining()
+    return DEFAULT_DEADLINE_S if remaining is None else max(0.0, min(remaining, 60.0))
 
 
 # Internal failures a client can act on only by retrying; their details (addresses, internal

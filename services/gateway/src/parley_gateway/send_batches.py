@@ -21,8 +21,9 @@ from parley.messaging.v1 import messaging_pb2
 
 from parley_core import telemetry
 from parley_core.post_batch_limits import POST_BATCH_MAX_BYTES, POST_BATCH_MAX_ITEMS
+from parley_core.tokens import bearer_token
 from parley_core.trace_hops import TRACEPARENT, TRACESTATE
-from parley_gateway.forwarding import REPEATABLE, Context, Forwarded, answer_failure, outcome_unknown
+from parley_gateway.forwarding import REPEATABLE, Context, answer_failure, outcome_unknown, time_left
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +49,14 @@ class WaitingSend:
         return bool(self.item.request.idempotency_key)
 
 
-def _item(request: messaging_pb2.PostMessageRequest, forwarded: Forwarded) -> messaging_pb2.PostItem:
-    # The one token the gateway checked (Forwarded.of refuses a call carrying two).
-    authorization = next((value for key, value in forwarded.metadata if key == "authorization"), "")
+def _item(request: messaging_pb2.PostMessageRequest, context: Context) -> messaging_pb2.PostItem:
+    """What a forwarded PostMessage's metadata would carry that messaging reads: the token and the
+    trace (the client's address only reaches auth, which a post does not call)."""
+    token = bearer_token(context)  # the one token the gateway checked (a call carrying two is refused)
     trace = telemetry.current_trace_headers()  # the client's call's, with an exporter or without
     return messaging_pb2.PostItem(
         request=request,
-        authorization=authorization if isinstance(authorization, str) else authorization.decode(),
+        authorization=f"Bearer {token}" if token else "",
         traceparent=trace.get(TRACEPARENT, ""),
         tracestate=trace.get(TRACESTATE, ""),
     )
@@ -96,9 +98,8 @@ class SendBatches:
             finally:
                 self._in_flight -= 1
                 self._send_due()
-        forwarded = Forwarded.of(context)
         loop = asyncio.get_running_loop()
-        waiting = WaitingSend(_item(request, forwarded), loop.time() + forwarded.timeout, loop.create_future())
+        waiting = WaitingSend(_item(request, context), loop.time() + time_left(context), loop.create_future())
         self._waiting.append(waiting)
         self._send_due()
         outcome = await waiting.answer
