@@ -82,7 +82,8 @@ Decision = tuple[Sequence[NewEvent], R]
 class Turn(Generic[A, R]):
     """One command of several decided on one aggregate in one turn of its lock
     (EventLog.decide_and_append_each): its decision, and the context it is decided and appended
-    in (its own caller's trace and deadline)."""
+    in (its own caller's trace and deadline), entered each time it is decided (a pipelined
+    round's broken chain decides a command again)."""
 
     decide: Callable[[A], Decision[R]]
     scope: contextlib.AbstractContextManager[object] = field(default_factory=contextlib.nullcontext)
