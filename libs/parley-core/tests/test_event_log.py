@@ -410,6 +410,31 @@ async def test_another_event_between_two_pipelined_appends_breaks_the_chain_and_
     assert tally.last_stream_seq == await one.bus.last_subject_seq("MSG", SUBJECT)
 
 
+async def test_rounds_on_two_aggregates_at_once_do_not_break_each_others_chains(
+    instances: tuple[Instance, Instance],
+) -> None:
+    """A round pipelines only while no other append of the instance is on its way (which would
+    take the stream sequence its first append is predicted at): the second round goes one
+    append at a time, after the first round's appends, and no append is refused."""
+    one, _ = instances
+    recorded = recording(one.bus)
+    subjects = [channel_subject("tally"), channel_subject("other")]
+
+    rounds = await asyncio.gather(
+        *(
+            one.log.decide_and_append_each(s, lambda s=s: one.read(s), [Turn(next_number)] * 4, ahead=tally_ahead)
+            for s in subjects
+        )
+    )
+
+    assert [[o[1] for o in r if isinstance(o, tuple)] for r in rounds] == [[1, 2, 3, 4]] * 2
+    assert recorded.conflicts == 0
+    for subject in subjects:
+        tally = one.read(subject)
+        assert tally is not None
+        assert (tally.numbers, tally.version) == ([1, 2, 3, 4], 4)
+
+
 async def test_two_instances_pipelining_rounds_on_one_aggregate_at_once_each_command_lands_once(
     instances: tuple[Instance, Instance],
 ) -> None:

@@ -107,12 +107,6 @@ class _Sent(Generic[R]):
     predicted: int = 0  # the stream sequence the append gets if the chain holds
 
 
-def _retrieved(task: asyncio.Task[Appended]) -> None:
-    """An append's failure is read by the round, or was cancelled with it: not logged as lost."""
-    if not task.cancelled():
-        task.exception()
-
-
 def _refusal(exc: Exception, subject: str) -> Exception:
     """What a command answers for its append's failure: NATS's own errors as Unavailable."""
     if isinstance(exc, nats.errors.Error):
@@ -138,6 +132,10 @@ class EventLog:
         # The newest stream sequence this instance's appends were given: with the replay's
         # position, where a pipelined round predicts its first append lands.
         self._newest_appended = 0
+        # Appends of this instance on their way, to any aggregate of the stream, and a pipelined
+        # round's that are not sent yet (see _pipelined).
+        self._appending = 0
+        self._unsent: set[asyncio.Task[Appended]] = set()
 
     async def decide_and_append(
         self,
@@ -216,6 +214,10 @@ class EventLog:
         sealed copy (apply_own); after the break, an append that landed all the same is waited
         for through the replay, and every other command (None) is decided again one at a time.
         """
+        if self._appending:
+            # Another aggregate's append on its way takes the sequence this round's first would be
+            # predicted at, breaking the chain: one at a time then, as with no pipelining.
+            return [None] * len(turns)
         aggregate = read()
         version, expected, of = position(aggregate)
         if expected is None or of is not None:
@@ -239,16 +241,11 @@ class EventLog:
                 [event] = events
                 version, predicted = version + 1, predicted + 1
                 append = asyncio.create_task(
-                    self._bus.append(
-                        subject,
-                        event,
-                        aggregate_version=version,
-                        expected_last_subject_seq=expected,
-                        expected_last_msg_id=previous_id,
-                        own=self._replay,
-                    )
+                    self._chained(subject, event, version, expected_last_subject_seq=expected, after_id=previous_id)
                 )
-            append.add_done_callback(_retrieved)
+            self._appending += 1
+            self._unsent.add(append)
+            append.add_done_callback(self._answered)
             sent.append(_Sent(result, append, predicted))
             expected, previous_id = predicted, event.event_id
             try:
@@ -294,6 +291,31 @@ class EventLog:
                     one.append.cancel()  # cancelled on the way out (the call was), as one alone would be
         return [*outcomes, *[None] * (len(turns) - len(outcomes))]
 
+    async def _chained(
+        self, subject: str, event: NewEvent, version: int, *, expected_last_subject_seq: int, after_id: str | None
+    ) -> Appended:
+        """One append of a pipelined round, sent as its task starts (the round's tasks start one
+        after another, so their appends go out together, in order)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._unsent.discard(task)  # bus.append writes it before it first waits
+        return await self._bus.append(
+            subject,
+            event,
+            aggregate_version=version,
+            expected_last_subject_seq=expected_last_subject_seq,
+            expected_last_msg_id=after_id,
+            own=self._replay,
+        )
+
+    def _answered(self, append: asyncio.Task[Appended]) -> None:
+        """A pipelined append answered (or cancelled with its round); its failure is read by the
+        round, not logged as lost."""
+        self._appending -= 1
+        self._unsent.discard(append)
+        if not append.cancelled():
+            append.exception()
+
     async def _decided(
         self,
         subject: str,
@@ -336,6 +358,9 @@ class EventLog:
         version, last_seq, of = at
         for event in events:
             version += 1
+            if self._unsent:  # a pipelined round's appends go out first (their tasks start before
+                await asyncio.sleep(0)  # this one resumes): nothing between them
+            self._appending += 1
             try:
                 appended = await self._bus.append(
                     subject,
@@ -347,6 +372,8 @@ class EventLog:
                 )
             except nats.errors.Error as exc:
                 raise _refusal(exc, subject) from exc
+            finally:
+                self._appending -= 1
             self._newest_appended = max(self._newest_appended, appended.stream_seq)
             if last_seq is None:
                 await self._replay.wait_for_seq(appended.stream_seq)
