@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import pytest
 import pytest_asyncio
 from parley.messaging.v1.events_pb2 import MessagePosted
 
 from parley_core.actor import Actor
-from parley_core.bus import EventBus, ReceivedEvent, Replay
+from parley_core.bus import Appended, ConcurrencyConflict, EventBus, ReceivedEvent, Replay
 from parley_core.envelope import NewEvent, open_payload
 from parley_core.errors import FailedPrecondition, PermissionDenied, Unavailable
 from parley_core.event_log import ANYWHERE, NEW, ChangedMeanwhile, EventLog, Position, Turn, position_of
@@ -146,26 +147,6 @@ async def test_two_instances_racing_on_one_aggregate_each_land_once(instances: t
         assert tally is not None
         assert tally.numbers == list(range(1, 31))
         assert tally.version == 30
-
-
-async def test_commands_decided_in_one_turn_land_in_order_each_with_its_own_outcome(
-    instances: tuple[Instance, Instance],
-) -> None:
-    """decide_and_append_each: each command decided on the aggregate as the one before it left
-    it; a refusal is that command's alone and the next is decided as if it had not been."""
-    one, _ = instances
-
-    def refuse(tally: Tally | None) -> tuple[list[NewEvent], int]:
-        raise PermissionDenied("not yours")
-
-    turns = [Turn(next_number), Turn(refuse), Turn(next_number), Turn(lambda tally: ([], 0)), Turn(next_number)]
-    outcomes = await one.log.decide_and_append_each(SUBJECT, one.read, turns)
-
-    assert [o[1] if isinstance(o, tuple) else type(o) for o in outcomes] == [1, PermissionDenied, 2, 0, 3]
-    tally = one.read()
-    assert tally is not None
-    assert tally.numbers == [1, 2, 3]
-    assert await one.bus.last_subject_seq("MSG", SUBJECT) == tally.last_stream_seq
 
 
 async def test_two_instances_deciding_in_turns_at_once_each_command_lands_once(
@@ -317,3 +298,162 @@ async def test_a_new_aggregate_after_all_of_its_kind_is_decided_again_when_anoth
     assert seen[1] == [SUBJECT]  # ... after settling on every tally, the other's among them
     assert after is not None
     assert after.numbers == [1]
+
+
+# --- pipelined rounds (decide_and_append_each with `ahead`) ---------------------------------
+
+
+def tally_ahead(tally: Tally | None, event: NewEvent, at: Position) -> Tally:
+    """The tally once `event` lands at `at`, as a new one: the projection's stays as it is."""
+    assert at.last_seq is not None
+    assert isinstance(event.payload, MessagePosted)
+    return Tally(at.version, at.last_seq, [*(tally.numbers if tally else []), int(event.payload.body)])
+
+
+@dataclass
+class Recorded:
+    """What a bus's appends did, in the order they happened."""
+
+    steps: list[str] = field(default_factory=list)
+    conflicts: int = 0
+
+
+def recording(bus: EventBus) -> Recorded:
+    """Wrap the bus's append (EventLog calls it per event) to record when each was sent and answered."""
+    recorded, append = Recorded(), bus.append
+
+    async def recorded_append(subject: str, event: NewEvent, **kwargs: Any) -> Appended:
+        number = event.payload.body  # type: ignore[attr-defined]
+        recorded.steps.append(f"sent {number}")
+        try:
+            appended = await append(subject, event, **kwargs)
+        except ConcurrencyConflict:
+            recorded.conflicts += 1
+            raise
+        recorded.steps.append(f"answered {number}")
+        return appended
+
+    bus.append = recorded_append  # type: ignore[method-assign]
+    return recorded
+
+
+@pytest.mark.parametrize("ahead", [None, tally_ahead], ids=["one-at-a-time", "pipelined"])
+async def test_commands_decided_in_one_turn_land_in_order_each_with_its_own_outcome(
+    instances: tuple[Instance, Instance], ahead: Any
+) -> None:
+    """decide_and_append_each: each command decided on the aggregate as the one before it left
+    it (pipelined: as the appends before it will leave it); a refusal is that command's alone and
+    the next is decided as if it had not been."""
+    one, _ = instances
+
+    def refuse(tally: Tally | None) -> tuple[list[NewEvent], int]:
+        raise PermissionDenied("not yours")
+
+    turns = [Turn(next_number), Turn(refuse), Turn(next_number), Turn(lambda t: ([], 0)), Turn(next_number)]
+    outcomes = await one.log.decide_and_append_each(SUBJECT, one.read, turns, ahead=ahead)
+
+    assert [o[1] if isinstance(o, tuple) else type(o) for o in outcomes] == [1, PermissionDenied, 2, 0, 3]
+    tally = one.read()
+    assert tally is not None
+    assert (tally.numbers, tally.version) == ([1, 2, 3], 3)
+    assert await one.bus.last_subject_seq("MSG", SUBJECT) == tally.last_stream_seq
+
+
+async def test_a_pipelined_round_sends_every_append_before_the_first_is_answered(
+    instances: tuple[Instance, Instance],
+) -> None:
+    one, _ = instances
+    await one.log.decide_and_append(SUBJECT, one.read, next_number)  # the first: at an expected 0
+    recorded = recording(one.bus)
+
+    outcomes = await one.log.decide_and_append_each(SUBJECT, one.read, [Turn(next_number)] * 5, ahead=tally_ahead)
+
+    assert [o[1] for o in outcomes if isinstance(o, tuple)] == [2, 3, 4, 5, 6]
+    assert recorded.steps[:5] == [f"sent {n}" for n in range(2, 7)]
+    assert recorded.conflicts == 0
+    tally = one.read()
+    assert tally is not None
+    assert (tally.numbers, tally.version) == ([1, 2, 3, 4, 5, 6], 6)
+    assert tally.last_stream_seq == await one.bus.last_subject_seq("MSG", SUBJECT)
+    other = await one.bus.append(channel_subject("other"), counted(1), aggregate_version=1, expected_last_subject_seq=0)
+    assert other.stream_seq == tally.last_stream_seq + 1  # the round's appends took the stream's sequences in order
+
+
+async def test_another_event_between_two_pipelined_appends_breaks_the_chain_and_the_rest_go_one_at_a_time(
+    instances: tuple[Instance, Instance],
+) -> None:
+    """Each append after the first names the one before it as the stream's newest event: one
+    from elsewhere in between (here on the same connection, right after the first append) is
+    refused by the stream, and the commands after it are decided again on the aggregate as the
+    log holds it, so no number is taken twice or skipped."""
+    one, _ = instances
+    recorded = recording(one.bus)
+    elsewhere: list[asyncio.Task[Appended]] = []
+
+    def ahead_with_an_event_elsewhere(tally: Tally | None, event: NewEvent, at: Position) -> Tally:
+        if not elsewhere:  # queued after the first append and before the second, on the same connection
+            other = channel_subject("other")
+            elsewhere.append(
+                asyncio.create_task(one.bus.append(other, counted(1), aggregate_version=1, expected_last_subject_seq=0))
+            )
+        return tally_ahead(tally, event, at)
+
+    turns = [Turn(next_number)] * 4
+    outcomes = await one.log.decide_and_append_each(SUBJECT, one.read, turns, ahead=ahead_with_an_event_elsewhere)
+
+    assert [o[1] for o in outcomes if isinstance(o, tuple)] == [1, 2, 3, 4]
+    assert recorded.conflicts >= 1  # the chain was broken, and mended one append at a time
+    assert (await elsewhere[0]).stream_seq == 2
+    tally = one.read()
+    assert tally is not None
+    assert (tally.numbers, tally.version) == ([1, 2, 3, 4], 4)
+    assert tally.last_stream_seq == await one.bus.last_subject_seq("MSG", SUBJECT)
+
+
+async def test_rounds_on_two_aggregates_at_once_do_not_break_each_others_chains(
+    instances: tuple[Instance, Instance],
+) -> None:
+    """A round pipelines only while no other append of the instance is on its way (which would
+    take the stream sequence its first append is predicted at): the second round goes one
+    append at a time, after the first round's appends, and no append is refused."""
+    one, _ = instances
+    recorded = recording(one.bus)
+    subjects = [channel_subject("tally"), channel_subject("other")]
+
+    rounds = await asyncio.gather(
+        *(
+            one.log.decide_and_append_each(s, lambda s=s: one.read(s), [Turn(next_number)] * 4, ahead=tally_ahead)
+            for s in subjects
+        )
+    )
+
+    assert [[o[1] for o in r if isinstance(o, tuple)] for r in rounds] == [[1, 2, 3, 4]] * 2
+    assert recorded.conflicts == 0
+    for subject in subjects:
+        tally = one.read(subject)
+        assert tally is not None
+        assert (tally.numbers, tally.version) == ([1, 2, 3, 4], 4)
+
+
+async def test_two_instances_pipelining_rounds_on_one_aggregate_at_once_each_command_lands_once(
+    instances: tuple[Instance, Instance],
+) -> None:
+    one, two = instances
+    each, rounds_each = 5, 3
+    writers = [(EventLog(i.bus, i.replay, attempts=each * rounds_each + 1), i.read) for i in (one, two)]
+    calls = [
+        log.decide_and_append_each(SUBJECT, read, [Turn(next_number)] * each, ahead=tally_ahead)
+        for _ in range(rounds_each)
+        for log, read in writers
+    ]
+
+    answers = [o[1] for outcomes in await asyncio.gather(*calls) for o in outcomes if isinstance(o, tuple)]
+
+    total = 2 * each * rounds_each
+    assert sorted(answers) == list(range(1, total + 1))
+    await one.log.settle(SUBJECT)
+    await two.log.settle(SUBJECT)
+    for instance in (one, two):
+        tally = instance.read()
+        assert tally is not None
+        assert (tally.numbers, tally.version) == (list(range(1, total + 1)), total)

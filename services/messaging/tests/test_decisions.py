@@ -6,11 +6,14 @@ from __future__ import annotations
 import pytest
 
 from parley_core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
+from parley_core.event_log import Position
+from parley_messaging import codec
 from parley_messaging import decisions as cmd
 from parley_messaging import events as ev
 from parley_messaging.channel_state import MODERATOR
 from parley_messaging.devices import E2EE_BODY_PREFIX
 from parley_messaging.domain import Channel
+from parley_messaging.posts_ahead import after_post
 from parley_messaging.reactions import ReactionLimits
 
 C = "c1"
@@ -203,3 +206,30 @@ def test_renames_topics_and_retention_are_recorded_once() -> None:
 def test_every_command_has_one_decision() -> None:
     commands = {cls for cls in vars(cmd).values() if isinstance(cls, type) and cls.__module__ == cmd.__name__}
     assert set(cmd.DECIDE) == commands - {cmd.CreateChannel}
+
+
+def test_posts_decided_ahead_of_their_acknowledgement_leave_the_projection_as_it_was() -> None:
+    """A pipelined round (posts_ahead): each post decided on the channel as the posts before it
+    will leave it, numbered and deduplicated as if they had landed, while the projection's
+    channel (what the replay and the acknowledgements change) stays as the log holds it."""
+    state = channel()
+    ahead: Channel | None = state
+    decided_ahead = []
+    for command in (post(key="k1"), post(key="k2"), post(text="again", key="k1")):
+        assert ahead is not None
+        events, earlier = cmd.decide(ahead, command)
+        decided_ahead.append((events, earlier))
+        if events:
+            version = ahead.version + 1
+            ahead = after_post(ahead, codec.new_event(events[0], "alice"), Position(version, 100 + version))
+
+    [(first, _), (second, _), (retry, earlier)] = decided_ahead
+    assert [e.channel_seq for e in (*first, *second) if isinstance(e, ev.MessagePosted)] == [1, 2]
+    assert retry == ()
+    assert earlier is not None
+    assert earlier.channel_seq == 1  # the retry finds the first, though it is still on its way
+    assert (state.last_seq, state.messages, state.sends, state.version) == (0, {}, {}, channel().version)
+    assert ahead is not None
+    reply = cmd.PostMessage("alice", "alice", "re", "k3", "id-k3", 42, 1)
+    [replied] = cmd.decide(ahead, reply)[0]
+    assert after_post(ahead, codec.new_event(replied, "alice"), Position(9, 109)) is None  # a reply: one at a time

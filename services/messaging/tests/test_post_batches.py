@@ -5,6 +5,7 @@ posts as no one. Real nats-server, real gRPC over mutual TLS, the whole stack in
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import grpc
@@ -13,8 +14,11 @@ from parley.auth.v1 import auth_pb2
 from parley.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from parley.messaging.v1.messaging_pb2_grpc import MessagingServiceStub as MessagingStub
 
+from parley_core import deadline, telemetry
 from parley_core.post_batch_limits import POST_BATCH_MAX_BYTES, POST_BATCH_MAX_ITEMS
 from parley_core.topology import PLATFORM_USER
+from parley_core.trace_hops import TRACEPARENT
+from parley_messaging.post_batches import ItemScope
 from parley_testing.stack import TIMEOUT_S, Stack
 from parley_testing.waiting import until
 
@@ -184,3 +188,19 @@ async def test_a_call_of_more_bytes_than_the_gateway_ever_sends_is_refused_whole
     response = await messaging.PostMessages(messaging_pb2.PostMessagesRequest(items=within), timeout=TIMEOUT_S)
     assert {status(o) for o in response.outcomes} == {grpc.StatusCode.OK}
     assert stack.app("messaging").channels.get(cid).last_seq == POST_BATCH_MAX_ITEMS // 2
+
+
+@pytest.mark.parametrize("spans_recorded", [False, True], ids=["trace-hops", "opentelemetry-spans"])
+async def test_an_item_decided_again_runs_in_its_own_trace_and_deadline_each_time(
+    spans_recorded: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pipelined round whose chain broke decides an item again: its scope is entered again,
+    with or without a trace exporter (whose span's context manager is used once)."""
+    monkeypatch.setattr(telemetry, "_spans_recorded", spans_recorded)
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    scope = ItemScope(messaging_pb2.PostItem(traceparent=f"00-{trace_id}-b7ad6b7169203331-01", timeout_ms=5_000))
+    for _ in range(2):
+        with scope:
+            assert deadline.give_up_at(60.0) < asyncio.get_running_loop().time() + 5.0
+            assert telemetry.current_trace_headers()[TRACEPARENT].split("-")[1] == trace_id
+        assert deadline.give_up_at(60.0) > asyncio.get_running_loop().time() + 5.0

@@ -2,7 +2,9 @@
 
 A write is one acknowledged publish: `Nats-Msg-Id` (the event id) makes a retried append a
 no-op inside the stream's duplicate window, and `Nats-Expected-Last-Subject-Sequence` makes
-the stream refuse an append to an aggregate that changed since it was read.
+the stream refuse an append to an aggregate that changed since it was read. An append sent
+before the one it follows is acknowledged (EventLog's pipelined round) also names that one's
+event id (`Nats-Expected-Last-Msg-Id`): the stream takes it only right after that event.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from nats.js import api
 
 from parley_core import deadline, telemetry
 from parley_core.bus_events import (
+    WRONG_LAST_MSG_ID,
     WRONG_LAST_SEQUENCE_CODES,
     Appended,
     AppendNotMade,
@@ -49,6 +52,7 @@ async def append(
     expected_last_subject_seq: int | None,
     expected_last_stream_seq: int | None = None,
     expected_last_of: str | None = None,
+    expected_last_msg_id: str | None = None,
     own: OwnWrites | None = None,
 ) -> Appended:
     """Append one event. `expected_last_subject_seq=0` means the subject must be empty.
@@ -58,6 +62,8 @@ async def append(
     checks `expected_last_subject_seq` against the newest message of other subjects (a wildcard)
     instead of the append's own: a new aggregate appended after every one of its kind, so that a
     rule over all of them (one unfinished roll-out per service) holds between two writers.
+    `expected_last_msg_id`: the event id the stream's newest message must have (any subject):
+    this append goes right after that event or not at all.
     `own`: this process's reader of the stream, told of the append while it is on its way.
     """
     # The traceparent only (fixed-format hex): a tracestate is the client's text, and what goes in
@@ -71,6 +77,8 @@ async def append(
             headers["Nats-Expected-Last-Subject-Sequence-Subject"] = expected_last_of
     if expected_last_stream_seq is not None:
         headers["Nats-Expected-Last-Sequence"] = str(expected_last_stream_seq)
+    if expected_last_msg_id is not None:
+        headers["Nats-Expected-Last-Msg-Id"] = expected_last_msg_id
     data = envelope.SerializeToString()
     # The stream's name and sequence are the acknowledgement's (or the delivery's) to say.
     sealed = already_open(
@@ -82,7 +90,7 @@ async def append(
     try:
         ack = await publish_confirmed(bus, subject, data, headers)
     except nats.js.errors.APIError as exc:
-        if exc.err_code not in WRONG_LAST_SEQUENCE_CODES:
+        if exc.err_code not in WRONG_LAST_SEQUENCE_CODES and exc.err_code != WRONG_LAST_MSG_ID:
             raise
         # The server checks the expected sequence before Nats-Msg-Id, so a retry of an
         # append that did land (its ack was lost) looks like a conflict: it is our own write.

@@ -28,6 +28,8 @@ WRONG_LAST_SEQUENCE = 10071  # JSStreamWrongLastSequenceErrF
 # The same refusal as a JetStream cluster's stream leader may give it, without the sequence
 # (JSStreamWrongLastSequenceConstantErr); nats.py's own key-value store takes both as one.
 WRONG_LAST_SEQUENCE_CODES = frozenset({WRONG_LAST_SEQUENCE, 10164})
+# The stream's newest message is not the one an append named (Nats-Expected-Last-Msg-Id).
+WRONG_LAST_MSG_ID = 10070  # JSStreamWrongLastMsgIDErrF
 STREAM_NOT_FOUND = 10059
 CONSUMER_NOT_FOUND = 10014
 # A stream's consumer slots are all taken (JSMaximumConsumersLimitErr): by a flood, which the

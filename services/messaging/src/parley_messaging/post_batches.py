@@ -52,16 +52,16 @@ def item_caller(tokens: TokenVerifier, item: messaging_pb2.PostItem) -> Caller:
 
 class ItemScope:
     """What an item runs in when its turn comes: its own trace, and its own deadline (what was left
-    of it when the gateway sent it, counted from the call's arrival)."""
+    of it when the gateway sent it, counted from the call's arrival). Entered again when the item
+    is decided again (a pipelined round's broken chain): a trace hop of its own each time."""
 
     def __init__(self, item: messaging_pb2.PostItem) -> None:
-        trace = {TRACEPARENT: item.traceparent, TRACESTATE: item.tracestate} if item.traceparent else {}
-        self._hop = telemetry.continued_from(trace, "PostMessages item")
+        self._trace = {TRACEPARENT: item.traceparent, TRACESTATE: item.tracestate} if item.traceparent else {}
         self._deadline = answering_within(item.timeout_ms / 1000) if item.timeout_ms else None
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> None:
-        self._stack.enter_context(self._hop)
+        self._stack.enter_context(telemetry.continued_from(self._trace, "PostMessages item"))
         if self._deadline is not None:
             self._stack.enter_context(self._deadline)
 

@@ -31,6 +31,7 @@ from parley_messaging.devices import AuthDirectory
 from parley_messaging.domain import Channel
 from parley_messaging.inputs import CHANNEL_ID
 from parley_messaging.log_tail import ArchivedTail
+from parley_messaging.posts_ahead import after_post
 from parley_messaging.projection import ChannelDirectory
 from parley_messaging.settings import MessagingSettings
 from parley_messaging.storage_due import StorageDue
@@ -170,10 +171,12 @@ class MessagingBase(messaging_pb2_grpc.MessagingServiceServicer):
         self, channel_id: str, commands: Sequence[tuple[str, object, AbstractContextManager[object]]]
     ) -> list[tuple[Channel, cmd.Decision] | Exception]:
         """Several (actor, command, scope) on one channel in one turn of its lock, in order: each
-        one's channel after it and decision, or its own refusal (EventLog.decide_and_append_each)."""
+        one's channel after it and decision, or its own refusal (EventLog.decide_and_append_each;
+        a round of plain posts is pipelined, each decided on the channel as the posts before it
+        will leave it: posts_ahead)."""
         read = await self._reader(channel_id)
         turns = [Turn(_decision(actor, command), scope) for actor, command, scope in commands]
-        return await self.event_log.decide_and_append_each(channel_subject(channel_id), read, turns)
+        return await self.event_log.decide_and_append_each(channel_subject(channel_id), read, turns, ahead=after_post)
 
     async def _reader(self, channel_id: str) -> Callable[[], Channel]:
         """How the write path reads the channel, once it is known to exist here."""
