@@ -15,7 +15,9 @@ from collections import Counter
 from pathlib import Path
 
 import nats.errors
+import nats.js.errors
 import pytest
+from nats.js.api import StreamInfo
 from parley.messaging.v1.events_pb2 import MessagePosted
 from workload import FaultReport, until
 
@@ -30,6 +32,9 @@ pytestmark = pytest.mark.slow
 
 WRITERS = 6
 APPEND_GIVE_UP_S = 60.0
+# A JetStream API request the cluster leaves unanswered within the client's timeout, or answers
+# "temporarily unavailable", while a node is gone, rejoins or an election runs: asked again.
+ELECTING = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError)
 
 
 class Writer:
@@ -78,9 +83,14 @@ class Writer:
         self._stop.set()
 
 
+async def msg_info(bus: EventBus) -> StreamInfo:
+    """MSG as the cluster describes it, once it answers (ELECTING)."""
+    return await eventually(lambda: bus.js.stream_info("MSG"), "the cluster to describe MSG", 60, passing=ELECTING)
+
+
 async def stream_contents(bus: EventBus) -> list[str]:
     """Every event id in MSG, in stream order, read with Parley's own replay."""
-    info = await bus.js.stream_info("MSG")
+    info = await msg_info(bus)
     seen: list[str] = []
 
     async def collect(event: ReceivedEvent) -> None:
@@ -100,13 +110,13 @@ async def test_cluster_loses_its_stream_leader_while_appending(pki: Pki, tmp_pat
         nc = await cluster.connect(PLATFORM_USER)
         bus = EventBus(nc, service=PLATFORM_USER, producer="cluster-test")
         await bus.ensure_streams_when_ready(STREAMS, replicas=3)
-        info = await bus.js.stream_info("MSG")
+        info = await msg_info(bus)
         assert info.config.num_replicas == 3
         writer = Writer(bus)
         tasks = [asyncio.create_task(writer.run(lane)) for lane in range(WRITERS)]
         await until(lambda: len(writer.acknowledged) >= 200, timeout=120, what="200 acknowledged appends")
 
-        leader = (await bus.js.stream_info("MSG")).cluster.leader  # type: ignore[union-attr]
+        leader = (await msg_info(bus)).cluster.leader  # type: ignore[union-attr]
         assert leader is not None
         killed = cluster.node_named(leader)
         killed.kill()
@@ -116,7 +126,7 @@ async def test_cluster_loses_its_stream_leader_while_appending(pki: Pki, tmp_pat
             timeout=180,
             what="200 more appends acknowledged with the old leader dead",
         )
-        new_leader = (await bus.js.stream_info("MSG")).cluster.leader  # type: ignore[union-attr]
+        new_leader = (await msg_info(bus)).cluster.leader  # type: ignore[union-attr]
         writer.stop()
         await asyncio.gather(*tasks)
 
@@ -163,4 +173,6 @@ async def until_caught_up(bus: EventBus, node: str, messages: int, timeout: floa
         return True if caught_up else None
 
     # Polling the cluster's view of the replica.
-    await eventually(current, f"{node} to catch up with MSG as a current replica", timeout, interval=0.2)
+    await eventually(
+        current, f"{node} to catch up with MSG as a current replica", timeout, interval=0.2, passing=ELECTING
+    )

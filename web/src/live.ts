@@ -12,8 +12,8 @@ export interface LiveHandlers {
   event(event: ClientEvent): void;
   state(state: ConnectionState, detail: string): void;
   /** A stream started again after a gap, or ended because a channel is no longer the user's:
-   * the channel list may have changed meanwhile. True when it did. */
-  resumed(): Promise<boolean>;
+   * the channel list is read again, as it may have changed meanwhile. */
+  resumed(): Promise<void>;
 }
 
 const MAX_BACKOFF_MS = 15_000;
@@ -57,7 +57,12 @@ export class LiveStream {
   /** After the channel list was read: subscribes again when it is no longer what the stream covers
    * (whoever read the list, the stream follows it). */
   sync(): void {
-    if (this.abort !== null && [...this.channels()].sort().join() !== this.covering) this.restart();
+    if (this.abort !== null && this.listMoved()) this.restart();
+  }
+
+  /** The user's channels are no longer those the stream was opened with. */
+  private listMoved(): boolean {
+    return [...this.channels()].sort().join() !== this.covering;
   }
 
   /** A channel the user is no longer in: joined again later, it starts afresh, not from here. */
@@ -122,8 +127,12 @@ export class LiveStream {
         if (this.abort?.signal.aborted && navigator.onLine) {
           continue; // restart(): at once, from where it was
         }
-        if (e.code === Code.PermissionDenied && (await this.handlers.resumed())) {
-          continue; // a channel it asked for is no longer the user's: at once, with the list as it is now
+        // A channel it asked for is no longer the user's: at once, with the list as it is now.
+        // Whoever read the list since the stream opened (this read, or one the removal's own event
+        // began), what counts is that the list is not what the refused stream asked for.
+        if (e.code === Code.PermissionDenied) {
+          await this.handlers.resumed();
+          if (this.listMoved()) continue;
         }
       }
       if (this.stopped) return;

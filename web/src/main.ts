@@ -199,9 +199,8 @@ class App {
         event: (e) => this.onEvent(e),
         state: (s, d) => this.setState(s, d),
         resumed: async () => {
-          const changed = await this.loadChannels();
+          await this.loadChannels();
           await this.loadInvitations();
-          return changed;
         },
       },
       () => [...this.channels.keys()],
@@ -284,15 +283,14 @@ class App {
 
   // -- channels --
 
-  /** Reads the channel list again; true when channels came or went. The live stream then
-   * subscribes again to cover them (a stream covers the channels it started with). */
-  private async loadChannels(): Promise<boolean> {
+  /** Reads the channel list again. When channels came or went the live stream subscribes again
+   * to cover them (a stream covers the channels it started with). */
+  private async loadChannels(): Promise<void> {
     const mine = await withRefresh(() => gateway.listMyChannels({})).catch((err: unknown) => {
       this.notice(api.describe(err));
       return null;
     });
-    if (mine === null) return false;
-    const before = [...this.channels.keys()].sort().join();
+    if (mine === null) return;
     const seen = new Set<string>();
     for (const channel of mine.channels) {
       seen.add(channel.channelId);
@@ -323,7 +321,6 @@ class App {
       if (first) await this.open(first.channel.channelId);
       else this.renderEmpty();
     }
-    return [...this.channels.keys()].sort().join() !== before;
   }
 
   /** A channel this user came into elsewhere (joined by the CLI, a conversation someone started):

@@ -169,11 +169,13 @@ class SigningKeyJob:
                 raise
             await self.events.settle()  # the winner's successor, adopted as it is applied
             return self._issuer
-        staged.replace(self._signing_key_path)
-        # This instance's verifier must know the key before a token signed with it is handed out.
+        # This instance's verifier must know the key before a token signed with it is handed out:
+        # the replay applying the publication switches to it (saw), from the staged file.
         await self.events.settle()
-        self._issuer = issuer
-        return issuer
+        if self._issuer.key_id != issuer.key_id:
+            staged.replace(self._signing_key_path)
+            self._issuer = issuer
+        return self._issuer
 
     def _adopt_successor(self, published: SigningKeyPublished) -> None:
         """The key we sign with was replaced (by this instance, another one sharing the secrets
@@ -181,10 +183,16 @@ class SigningKeyJob:
         retired on time."""
         if self._issuer is None or published.replaces_key_id != self._issuer.key_id:
             return
-        for path in (self._successor_path(published.key_id), self._signing_key_path):
+        staged = self._successor_path(published.key_id)
+        for path in (staged, self._signing_key_path):
             with contextlib.suppress(OSError, ValueError):
                 issuer = TokenIssuer.load(path, lifetime_s=self._token_lifetime_s)
                 if issuer.key_id == published.key_id:
+                    # The folder's key and the one signed with change in one step: the folder never
+                    # holds a key this instance does not sign with yet (a restart or a copy of it
+                    # signs with what this instance signs with).
+                    if path == staged:
+                        staged.replace(self._signing_key_path)
                     self._issuer = issuer
                     return
         if published.sealed_private_key and self._sealer is not None:
