@@ -87,15 +87,19 @@ def seen(events: list[storage_pb2.ArchivedEvent]) -> str:
     return SECRETS if any(holds_secrets(p) for p in payloads) else CONTENT
 
 
-async def outcome(call: object, stream: str) -> str:
+async def outcome(call: object, stream: str) -> tuple[str, str]:
+    """What a reader got, and how: a refusal's message, or what an empty answer held (so a
+    failure says which of the two it was)."""
     try:
         page = await call  # type: ignore[misc]
     except grpc.aio.AioRpcError as exc:
         if exc.code() != grpc.StatusCode.PERMISSION_DENIED:
             raise
-        return REFUSED
+        return REFUSED, f"PERMISSION_DENIED: {exc.details()}"
     events = [e for e in page.events if e.stream == stream]
-    return seen(events) if events else REFUSED
+    if events:
+        return seen(events), ""
+    return REFUSED, f"no {stream} event in the answer ({len(page.events)} of other streams, has_more={page.has_more})"
 
 
 async def test_every_reader_reads_each_stream_as_the_matrix_says(stack: Stack) -> None:
@@ -166,9 +170,9 @@ async def test_every_reader_reads_each_stream_as_the_matrix_says(stack: Stack) -
                 ),
             }
             for api, (method, request, table) in calls.items():
-                got = await outcome(method(request, metadata=metadata, timeout=TIMEOUT_S), stream)
+                got, how = await outcome(method(request, metadata=metadata, timeout=TIMEOUT_S), stream)
                 if got != table[reader][index]:
-                    wrong.append((reader, api, stream, table[reader][index], got))
+                    wrong.append((reader, api, stream, table[reader][index], f"{got} ({how})" if how else got))
     assert wrong == [], "\n".join(f"{r} {a} {s}: expected {e}, got {g}" for r, a, s, e, g in wrong)
 
 
