@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext, api
+from nats.js import api
 
 from parley_core import telemetry
 from parley_core.bus_events import (
@@ -34,6 +34,7 @@ from parley_core.bus_events import (
     foreign_type,
     received,
 )
+from parley_core.bus_pull import Pulls
 from parley_core.topology import ConsumerSpec
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class DurableConsumer:
     on_parked: ParkedHandler | None = None
     _task: asyncio.Task[None] | None = None
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
-    _sub: JetStreamContext.PullSubscription | None = None
+    _pulls: Pulls | None = None
 
     def _config(self, start_seq: int = 0) -> api.ConsumerConfig:
         return durable_config(self.spec, start_seq)
@@ -102,13 +103,19 @@ class DurableConsumer:
         its stream does not exist. No stream_info first: a reader of only this consumer's
         subjects may not ask for it."""
         try:
-            self._sub = await self.bus.js.pull_subscribe(
-                self.spec.filter_subject, durable=self.spec.durable, stream=self.spec.stream, config=self._config()
-            )
+            try:
+                await self.bus.js.consumer_info(self.spec.stream, self.spec.durable)
+            except nats.js.errors.NotFoundError as exc:
+                if exc.err_code == STREAM_NOT_FOUND:
+                    return False
+                await self.bus.js.add_consumer(self.spec.stream, self._config())
         except nats.js.errors.NotFoundError as exc:
             if exc.err_code != STREAM_NOT_FOUND:
                 raise
             return False
+        if self._pulls is None:
+            self._pulls = Pulls(self.bus, stream=self.spec.stream, durable=self.spec.durable)
+            await self._pulls.start()
         return True
 
     async def _subscribe_then_run(self) -> None:
@@ -129,12 +136,12 @@ class DurableConsumer:
     async def wait_drained(self, timeout: float = 30.0) -> bool:
         """Until every event on the stream now has been handled (acknowledged or parked): a service
         that acts on facts does so before it serves. False if that takes longer than `timeout`."""
-        if self._sub is None:
+        if self._pulls is None:
             return True  # its stream does not exist yet: nothing can be waiting
         loop = asyncio.get_running_loop()
         deadline, delay = loop.time() + timeout, 0.02
         while True:
-            info = await self._sub.consumer_info()
+            info = await self.bus.js.consumer_info(self.spec.stream, self.spec.durable)
             if not info.num_pending and not info.num_ack_pending:
                 return True
             if loop.time() > deadline:
@@ -143,12 +150,10 @@ class DurableConsumer:
             delay = min(delay * 2, 0.5)
 
     async def _run(self) -> None:
-        assert self._sub is not None
+        assert self._pulls is not None
         while not self._stopping.is_set():
             try:
-                msgs = await self._sub.fetch(self.batch, timeout=FETCH_WAIT_S)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
+                msgs = await self._pulls.pull(self.batch, wait_s=FETCH_WAIT_S)
             except nats.errors.Error as exc:
                 if self._stopping.is_set():
                     return
@@ -157,6 +162,8 @@ class DurableConsumer:
                     continue
                 log.warning("fetch failed, retrying", extra={"consumer": self.spec.durable, "error": str(exc)})
                 await asyncio.sleep(0.5)
+                continue
+            if not msgs:
                 continue
             if self.linger_s > 0 and len(msgs) < self.batch:
                 msgs += await self._more(self.batch - len(msgs))
@@ -174,7 +181,7 @@ class DurableConsumer:
         """Up to `wanted` more events, arriving within the linger. A fetch answers as soon as
         one event is there, so at a steady trickle each fetch brings one; without this wait the
         handler would run (and storage commit) once per event."""
-        assert self._sub is not None
+        assert self._pulls is not None
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.linger_s
         gather_s = min(self.linger_s / 3, LINGER_GATHER_MAX_S)
@@ -188,9 +195,7 @@ class DurableConsumer:
             if left < MIN_FETCH_WAIT_S:
                 break
             try:
-                more += await self._sub.fetch(wanted - len(more), timeout=min(left, FETCH_WAIT_S))
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue  # nothing within this wait; the linger may have time left
+                more += await self._pulls.pull(wanted - len(more), wait_s=min(left, FETCH_WAIT_S))
             except nats.errors.Error:
                 break  # the batch goes as it is; the next fetch meets the trouble
         return more
@@ -321,7 +326,7 @@ class DurableConsumer:
         if self._task is not None:
             await self._task
             self._task = None
-        if self._sub is not None:
+        if self._pulls is not None:
             with contextlib.suppress(nats.errors.Error):
-                await self._sub.unsubscribe()
-            self._sub = None
+                await self._pulls.stop()
+            self._pulls = None
