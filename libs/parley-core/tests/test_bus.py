@@ -30,8 +30,10 @@ from parley_core.bus import (
     Refused,
     Replay,
     RetryLater,
+    durable_config,
     foreign_type,
 )
+from parley_core.bus_pull import Pulls
 from parley_core.config import Settings
 from parley_core.deadline import answering_within
 from parley_core.envelope import NewEvent, decode, open_payload, seal
@@ -650,6 +652,38 @@ async def test_a_lingering_consumer_hands_events_of_a_trickle_over_as_one_batch(
     await seen.wait_until(lambda: len(seen.applied) == 5)
 
     assert [len(batch) for batch in seen.calls] == [5]
+
+
+async def test_a_pull_hands_over_every_waiting_event_in_one_answer(bus: EventBus, storage_bus: EventBus) -> None:
+    """A durable consumer's pull request (bus_pull): the events there come in one answer, in
+    order; with none there it answers at once, or with a wait, at the first event to arrive."""
+    seqs = [await append_unconditionally(bus, posted("c1", f"m{n}"), n) for n in range(5)]
+    await storage_bus.js.add_consumer("MSG", durable_config(consumer_spec()))
+    pulls = Pulls(storage_bus, stream="MSG", durable=DURABLE)
+    await pulls.start()
+    try:
+        assert [m.metadata.sequence.stream for m in await pulls.pull(3, wait_s=None)] == seqs[:3]
+        assert [m.metadata.sequence.stream for m in await pulls.pull(10, wait_s=None)] == seqs[3:]
+        assert await pulls.pull(10, wait_s=None) == []
+
+        waiting = asyncio.create_task(pulls.pull(10, wait_s=TIMEOUT_S))
+        later = await append_unconditionally(bus, posted("c2", "later"), 1)
+        assert [m.metadata.sequence.stream for m in await waiting] == [later]
+    finally:
+        await pulls.stop()
+
+
+async def test_a_pull_from_a_durable_that_is_not_there_is_refused(storage_bus: EventBus) -> None:
+    """No consumer answers (deleted, or lost with the server's state): an error, which the durable
+    consumer takes as the sign to look for its consumer and make it again."""
+    await storage_bus.wait_for_stream("MSG")
+    pulls = Pulls(storage_bus, stream="MSG", durable=DURABLE)
+    await pulls.start()
+    try:
+        with pytest.raises(nats.js.errors.APIError):
+            await pulls.pull(10, wait_s=None)
+    finally:
+        await pulls.stop()
 
 
 async def test_consumer_outlives_a_failure_to_park(nats_server: NatsTestServer) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext, api
+from nats.js import api
 
 from parley_core import telemetry
 from parley_core.bus_events import (
@@ -34,17 +34,20 @@ from parley_core.bus_events import (
     foreign_type,
     received,
 )
+from parley_core.bus_pull import Pulls
 from parley_core.topology import ConsumerSpec
 
 log = logging.getLogger(__name__)
 
 # How long one fetch of a durable consumer waits for events: also how soon it notices a stop.
 FETCH_WAIT_S = 0.5
-# A lingering fetch shorter than this is not worth the round trip (nats-py also needs more than
-# its 0.1 ms expiry margin).
+# With less than this left of a linger, its fetch waits for nothing: it takes the events there.
 MIN_FETCH_WAIT_S = 0.002
-# Within a linger, events gather this long (at most a third of the linger) before each fetch.
-LINGER_GATHER_MAX_S = 0.01
+# Within a linger, events gather up to this long before each fetch: a linger no longer than this
+# (storage's archive) fetches once, at its end, and a longer one still hands a batch over soon
+# after it is full. Every fetch is a request, an answer and a wake-up of the consumer and of
+# nats-server: three fetches in a 25 ms linger cost 30 % more consumer CPU per event than one.
+LINGER_GATHER_MAX_S = 0.05
 # Backoff of a batch held while its handler waits for a dependency (see RetryLater); the
 # longest pause stays well under any ack_wait, and every pause renews the ack deadline.
 RETRY_LATER_FIRST_S = 0.2
@@ -78,7 +81,7 @@ class DurableConsumer:
     on_parked: ParkedHandler | None = None
     _task: asyncio.Task[None] | None = None
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
-    _sub: JetStreamContext.PullSubscription | None = None
+    _pulls: Pulls | None = None
 
     def _config(self, start_seq: int = 0) -> api.ConsumerConfig:
         return durable_config(self.spec, start_seq)
@@ -102,13 +105,19 @@ class DurableConsumer:
         its stream does not exist. No stream_info first: a reader of only this consumer's
         subjects may not ask for it."""
         try:
-            self._sub = await self.bus.js.pull_subscribe(
-                self.spec.filter_subject, durable=self.spec.durable, stream=self.spec.stream, config=self._config()
-            )
+            try:
+                await self.bus.js.consumer_info(self.spec.stream, self.spec.durable)
+            except nats.js.errors.NotFoundError as exc:
+                if exc.err_code == STREAM_NOT_FOUND:
+                    return False
+                await self.bus.js.add_consumer(self.spec.stream, self._config())
         except nats.js.errors.NotFoundError as exc:
             if exc.err_code != STREAM_NOT_FOUND:
                 raise
             return False
+        if self._pulls is None:
+            self._pulls = Pulls(self.bus, stream=self.spec.stream, durable=self.spec.durable)
+            await self._pulls.start()
         return True
 
     async def _subscribe_then_run(self) -> None:
@@ -129,12 +138,12 @@ class DurableConsumer:
     async def wait_drained(self, timeout: float = 30.0) -> bool:
         """Until every event on the stream now has been handled (acknowledged or parked): a service
         that acts on facts does so before it serves. False if that takes longer than `timeout`."""
-        if self._sub is None:
+        if self._pulls is None:
             return True  # its stream does not exist yet: nothing can be waiting
         loop = asyncio.get_running_loop()
         deadline, delay = loop.time() + timeout, 0.02
         while True:
-            info = await self._sub.consumer_info()
+            info = await self.bus.js.consumer_info(self.spec.stream, self.spec.durable)
             if not info.num_pending and not info.num_ack_pending:
                 return True
             if loop.time() > deadline:
@@ -143,12 +152,10 @@ class DurableConsumer:
             delay = min(delay * 2, 0.5)
 
     async def _run(self) -> None:
-        assert self._sub is not None
+        assert self._pulls is not None
         while not self._stopping.is_set():
             try:
-                msgs = await self._sub.fetch(self.batch, timeout=FETCH_WAIT_S)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
+                msgs = await self._pulls.pull(self.batch, wait_s=FETCH_WAIT_S)
             except nats.errors.Error as exc:
                 if self._stopping.is_set():
                     return
@@ -157,6 +164,8 @@ class DurableConsumer:
                     continue
                 log.warning("fetch failed, retrying", extra={"consumer": self.spec.durable, "error": str(exc)})
                 await asyncio.sleep(0.5)
+                continue
+            if not msgs:
                 continue
             if self.linger_s > 0 and len(msgs) < self.batch:
                 msgs += await self._more(self.batch - len(msgs))
@@ -174,25 +183,25 @@ class DurableConsumer:
         """Up to `wanted` more events, arriving within the linger. A fetch answers as soon as
         one event is there, so at a steady trickle each fetch brings one; without this wait the
         handler would run (and storage commit) once per event."""
-        assert self._sub is not None
+        assert self._pulls is not None
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.linger_s
-        gather_s = min(self.linger_s / 3, LINGER_GATHER_MAX_S)
+        gather_s = min(self.linger_s, LINGER_GATHER_MAX_S)
         more: list[Msg] = []
         while len(more) < wanted and not self._stopping.is_set():
-            # Events gather a moment before each fetch: a fetch is a request and a status reply
-            # over NATS, and it answers as soon as one event is there, so fetching at once cost
-            # both per event of a steady flow (the flow's batch is the same either way).
-            await asyncio.sleep(min(gather_s, give_up - loop.time() - MIN_FETCH_WAIT_S))
+            # Events gather before each fetch: a fetch is a request and a status reply over NATS,
+            # and it answers as soon as one event is there, so fetching at once cost both per
+            # event of a steady flow (the flow's batch is the same either way).
+            await asyncio.sleep(max(0.0, min(gather_s, give_up - loop.time())))
             left = give_up - loop.time()
-            if left < MIN_FETCH_WAIT_S:
-                break
+            # Within the linger a fetch may wait for the next event; at its end it takes those there.
+            wait_s = min(left, FETCH_WAIT_S) if left >= MIN_FETCH_WAIT_S else None
             try:
-                more += await self._sub.fetch(wanted - len(more), timeout=min(left, FETCH_WAIT_S))
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue  # nothing within this wait; the linger may have time left
+                more += await self._pulls.pull(wanted - len(more), wait_s=wait_s)
             except nats.errors.Error:
                 break  # the batch goes as it is; the next fetch meets the trouble
+            if wait_s is None:
+                break
         return more
 
     async def _is_lost(self) -> bool:
@@ -321,7 +330,7 @@ class DurableConsumer:
         if self._task is not None:
             await self._task
             self._task = None
-        if self._sub is not None:
+        if self._pulls is not None:
             with contextlib.suppress(nats.errors.Error):
-                await self._sub.unsubscribe()
-            self._sub = None
+                await self._pulls.stop()
+            self._pulls = None
