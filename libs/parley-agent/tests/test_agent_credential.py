@@ -27,7 +27,7 @@ from parley.patch.v1 import patch_pb2
 from parley.storage.v1 import storage_pb2
 
 from parley_agent.probe import Prober, prober_username
-from parley_auth.domain import username_key
+from parley_auth.usernames import username_key
 from parley_core.actor import Actor
 from parley_core.config import PEER_ADDRESS_ENV
 from parley_core.envelope import decode

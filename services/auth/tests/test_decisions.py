@@ -1,4 +1,4 @@
-"""Auth's decisions (domain.py) without a server: the state read, the command, the facts decided
+"""Auth's decisions (domain.py, facts.py) without a server: the state read, the command, the facts decided
 or the refusal, worded as the caller reads it."""
 
 from __future__ import annotations
@@ -7,9 +7,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from parley_auth import codec, domain
-from parley_auth.domain import Account, AccountDirectory, LoginVerdict
+from parley_auth import codec, domain, facts
+from parley_auth.accounts import Account, AccountDirectory
+from parley_auth.domain import LoginVerdict
 from parley_auth.mfa import MfaState
+from parley_auth.password_policy import check_current_password_given
 from parley_auth.sealing import PASSWORD_HASH, SecretSealer
 from parley_auth.sessions import Session
 from parley_core.actor import Actor
@@ -50,7 +52,7 @@ def session(session_id: str, user_id: str = "u1", *, revoked: str = "") -> Sessi
 def test_register_decides_the_account_unless_the_name_is_taken_or_reserved_for_strangers() -> None:
     events, _ = domain.decide_register(directory(), user_id="u9", username="carol", role="member",
                                        password_hash="$h", self_service=True)  # fmt: skip
-    assert events == [domain.Registered("u9", "carol", "member", "$h")]
+    assert events == [facts.Registered("u9", "carol", "member", "$h")]
     with pytest.raises(AlreadyExists, match="not available"):
         domain.decide_register(directory(Account("u1", "carol", "$h", "member")), user_id="u9", username="carol",
                                role="member", password_hash="$h", self_service=False)  # fmt: skip
@@ -74,7 +76,7 @@ def test_a_new_accounts_role_is_granted_only_by_who_may_assign_it() -> None:
 def test_assign_role_changes_once_and_only_within_the_callers_power() -> None:
     target = account()
     events, changed = domain.decide_assign_role(target, ADMIN, "guest")
-    assert events == [domain.RoleAssigned("u1", "guest", "member")]
+    assert events == [facts.RoleAssigned("u1", "guest", "member")]
     assert changed
     assert domain.decide_assign_role(target, ADMIN, "member") == ([], False)  # the role it has: no change
     with pytest.raises(InvalidArgument):
@@ -86,17 +88,17 @@ def test_assign_role_changes_once_and_only_within_the_callers_power() -> None:
     with pytest.raises(PermissionDenied, match="may not change 'member' to 'owner'"):
         domain.decide_assign_role(target, ADMIN, "owner")
     events, _ = domain.decide_assign_role(target, None, "owner")  # the platform identity
-    assert events == [domain.RoleAssigned("u1", "owner", "member")]
+    assert events == [facts.RoleAssigned("u1", "owner", "member")]
 
 
 def test_disable_and_enable() -> None:
     target = account()
     events, actor = domain.decide_set_disabled(target, ADMIN, disabled=True, reason="left")
-    assert events == [domain.Disabled("u1", "left")]
+    assert events == [facts.Disabled("u1", "left")]
     assert actor == Actor.user("a1")
     assert domain.decide_set_disabled(target, None, disabled=False, reason="")[0] == []  # already enabled
     events, _ = domain.decide_set_disabled(account(disabled=True), ADMIN, disabled=False, reason="")
-    assert events == [domain.Enabled("u1")]
+    assert events == [facts.Enabled("u1")]
     with pytest.raises(FailedPrecondition, match="your own account"):
         domain.decide_set_disabled(account("a1", "admin"), ADMIN, disabled=True, reason="")
     with pytest.raises(InvalidArgument, match="reason must be at most"):
@@ -108,7 +110,7 @@ def test_disable_and_enable() -> None:
 def test_revoke_session_own_or_within_the_callers_power_and_once() -> None:
     own = session("s1", "m1")
     events, _ = domain.decide_revoke_session(own, MEMBER, account("m1"))
-    assert events == [domain.SessionRevoked("s1", "m1", "revoked by user:m1")]
+    assert events == [facts.SessionRevoked("s1", "m1", "revoked by user:m1")]
     with pytest.raises(NotFound, match="no such session"):
         domain.decide_revoke_session(None, MEMBER, None)
     with pytest.raises(PermissionDenied):
@@ -119,14 +121,14 @@ def test_revoke_session_own_or_within_the_callers_power_and_once() -> None:
 
 def test_totp_enrolment_starts_only_when_none_is_enrolled() -> None:
     events, _ = domain.decide_begin_totp(account(), None, b"sealed")
-    assert events == [domain.TotpEnrolmentStarted("u1", b"sealed")]
+    assert events == [facts.TotpEnrolmentStarted("u1", b"sealed")]
     with pytest.raises(FailedPrecondition, match="already enrolled"):
         domain.decide_begin_totp(account(), MfaState(secret=b"s"), b"sealed")
 
 
 def test_mfa_reset_needs_something_to_reset() -> None:
     events, actor = domain.decide_reset_mfa(account(), ADMIN, MfaState(secret=b"s"), "lost phone")
-    assert events == [domain.TotpReset("u1", "lost phone")]
+    assert events == [facts.TotpReset("u1", "lost phone")]
     assert actor == Actor.user("a1")
     assert domain.decide_reset_mfa(account(), None, MfaState(pending_secret=b"p"), "")[0]  # a pending one too
     with pytest.raises(FailedPrecondition, match="no two-factor authentication to reset"):
@@ -137,17 +139,17 @@ def test_mfa_reset_needs_something_to_reset() -> None:
 
 def test_password_change_then_the_other_live_sessions_end() -> None:
     here, there, gone = session("s1"), session("s2"), session("s3", revoked="logout")
-    assert domain.decide_change_password(account(), "$new") == ([domain.PasswordChanged("u1", "$new")], None)
+    assert domain.decide_change_password(account(), "$new") == ([facts.PasswordChanged("u1", "$new")], None)
     assert domain.sessions_to_end([here, there, gone], keep="s1") == [there]
     assert domain.sessions_to_end([here, there, gone]) == [here, there]
     with pytest.raises(InvalidArgument, match="current_password is required"):
-        domain.check_current_password_given("")
+        check_current_password_given("")
 
 
 def test_erasure_request_by_the_user_or_the_platform_once() -> None:
     accounts = directory(account("m1"))
     events, already = domain.decide_request_erasure(accounts, set(), MEMBER, user_id="m1", reason="bye")
-    assert events == [domain.ErasureRequested("m1", "user:m1", "bye")]
+    assert events == [facts.ErasureRequested("m1", "user:m1", "bye")]
     assert not already
     assert domain.decide_request_erasure(accounts, {"m1"}, None, user_id="m1", reason="") == ([], True)
     with pytest.raises(PermissionDenied, match="only the user themself"):
@@ -176,8 +178,8 @@ def test_codec_writes_each_fact_as_its_auth_event_with_the_hash_sealed() -> None
     def seal(value: bytes, field: str, owner: str) -> bytes:
         return sealer.seal_field(value, field=field, owner=owner)
 
-    registered = codec.payload(domain.Registered("u1", "alice", "member", "$h"), seal)
+    registered = codec.payload(facts.Registered("u1", "alice", "member", "$h"), seal)
     assert type(registered).__name__ == "UserRegistered"
     assert not registered.password_hash  # type: ignore[attr-defined]
     assert sealer.open_field(registered.sealed_password_hash, field=PASSWORD_HASH, owner="u1") == b"$h"  # type: ignore[attr-defined]
-    assert set(codec.ENCODERS) == set(domain.Event.__args__)  # type: ignore[attr-defined]
+    assert set(codec.ENCODERS) == set(facts.Event.__args__)  # type: ignore[attr-defined]

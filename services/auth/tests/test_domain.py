@@ -1,7 +1,9 @@
 import pytest
 
-from parley_auth.domain import Account, AccountDirectory, check_password_policy, normalize_username, username_key
+from parley_auth.accounts import Account, AccountDirectory
+from parley_auth.password_policy import check_password_policy
 from parley_auth.passwords import HASHER, hash_password, verify_password
+from parley_auth.usernames import normalize_username, username_key
 from parley_core.errors import InvalidArgument
 
 

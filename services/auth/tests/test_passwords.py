@@ -11,7 +11,7 @@ from argon2 import PasswordHasher, extract_parameters
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 from parley.auth.v1.events_pb2 import UserRegistered
 
-from parley_auth.domain import username_key
+from parley_auth.usernames import username_key
 from parley_core.bus import EventBus
 from parley_core.envelope import NewEvent
 from parley_core.topology import username_subject

@@ -7,7 +7,7 @@ import grpc
 import pytest
 from parley.auth.v1 import auth_pb2, auth_pb2_grpc
 
-from parley_auth.domain import USERNAME_UNAVAILABLE
+from parley_auth.usernames import USERNAME_UNAVAILABLE
 from parley_testing.stack import PASSWORD, TIMEOUT_S, Stack, bearer
 
 pytestmark = pytest.mark.asyncio

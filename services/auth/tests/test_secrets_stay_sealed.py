@@ -24,10 +24,10 @@ from parley.common.v1.envelope_pb2 import EventEnvelope
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
 
 from parley_auth import mfa
-from parley_auth.domain import username_key
 from parley_auth.passwords import hash_password
 from parley_auth.service import session_subject
 from parley_auth.sessions import digest, new_refresh_token
+from parley_auth.usernames import username_key
 from parley_core.bus import EventBus, ReceivedEvent
 from parley_core.envelope import NewEvent, open_payload
 from parley_core.secret_fields import holds_secrets

@@ -11,20 +11,12 @@ import uuid
 from parley.auth.v1 import auth_pb2
 from parley.auth.v1.events_pb2 import InviteCreated, InviteRedeemed, LoginFailuresCleared, SourceSlowdownLifted
 
-from parley_auth import domain
+from parley_auth import domain, facts
+from parley_auth.accounts import Account
 from parley_auth.audit_trail import MAX_NOT_MADE_DETAIL, REQUEST_SOURCE
 from parley_auth.auth_state import InviteState
-from parley_auth.domain import (
-    DEFAULT_ROLE,
-    USERNAME_UNAVAILABLE,
-    Account,
-    actor_of,
-    check_name_claimable,
-    check_password_policy,
-    checked_id,
-    normalize_username,
-    username_key,
-)
+from parley_auth.domain import actor_of, checked_id
+from parley_auth.password_policy import check_password_policy
 from parley_auth.passwords import hash_password
 from parley_auth.servicer_base import (
     INVITE_DEFAULT_HOURS,
@@ -37,6 +29,7 @@ from parley_auth.servicer_base import (
     utc_text,
 )
 from parley_auth.step_up import StepUps
+from parley_auth.usernames import USERNAME_UNAVAILABLE, check_name_claimable, normalize_username, username_key
 from parley_core.actor import Actor
 from parley_core.envelope import NewEvent
 from parley_core.errors import (
@@ -48,7 +41,7 @@ from parley_core.errors import (
     ResourceExhausted,
 )
 from parley_core.event_log import ANYWHERE, NEW, ChangedMeanwhile, Position
-from parley_core.rbac import AccountAction
+from parley_core.rbac import DEFAULT_ROLE, AccountAction
 from parley_core.sources import MAX_SOURCE_LENGTH, budget_key, is_address
 from parley_core.topology import (
     NODE_AGENT,
@@ -228,7 +221,7 @@ class AccountsApi(StepUps):
         read = account_read(account)
         events, _ = domain.decide_assign_role(account, caller, request.role)
         for assigned in events:
-            assert isinstance(assigned, domain.RoleAssigned)
+            assert isinstance(assigned, facts.RoleAssigned)
             actor, detail = actor_of(caller), f"{assigned.previous_role} -> {assigned.role}"
             async with self.audit.recorded(
                 "role_assigned", actor=actor, user_id=account.user_id, username=account.username, detail=detail

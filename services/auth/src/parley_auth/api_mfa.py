@@ -7,7 +7,8 @@ from parley.auth.v1 import auth_pb2
 from parley.auth.v1.events_pb2 import MfaRequirementSet, RecoveryCodesRegenerated, TotpCodeAccepted, TotpEnrolled
 
 from parley_auth import domain, mfa
-from parley_auth.domain import MAX_PASSWORD_LENGTH, actor_of, validate_role
+from parley_auth.domain import actor_of, validate_role
+from parley_auth.password_policy import MAX_PASSWORD_LENGTH
 from parley_auth.servicer_base import MFA_POLICY_SUBJECT, Context, account_proto, account_read
 from parley_auth.step_up import StepUps
 from parley_core.actor import Actor

@@ -10,9 +10,11 @@ from google.protobuf.message import Message
 from parley.auth.v1 import auth_pb2
 from parley.auth.v1.events_pb2 import RecoveryCodeUsed, RefreshTokenRotated, SessionStarted, TotpCodeAccepted
 
-from parley_auth import domain, mfa
+from parley_auth import domain, facts, mfa
+from parley_auth.accounts import Account
 from parley_auth.audit_trail import REQUEST_SOURCE
-from parley_auth.domain import Account, LoginVerdict, check_password_policy, checked_id, normalize_username
+from parley_auth.domain import LoginVerdict, checked_id
+from parley_auth.password_policy import check_current_password_given, check_password_policy
 from parley_auth.passwords import hash_password, needs_rehash, verify_password
 from parley_auth.sealing import RECOVERY_CODE, REFRESH_TOKEN
 from parley_auth.servicer_base import (
@@ -25,6 +27,7 @@ from parley_auth.servicer_base import (
 )
 from parley_auth.sessions import REFRESH_TOKEN_LIFETIME_S, RefreshVerdict, digest, new_refresh_token, session_id_of
 from parley_auth.step_up import StepUps
+from parley_auth.usernames import normalize_username
 from parley_core.actor import Actor
 from parley_core.envelope import NewEvent
 from parley_core.errors import FailedPrecondition, InvalidArgument, Unauthenticated
@@ -193,7 +196,7 @@ class SessionsApi(StepUps):
     ) -> auth_pb2.ChangePasswordResponse:
         caller = self._caller(context)
         account = self._account(caller.user_id)
-        domain.check_current_password_given(request.current_password)
+        check_current_password_given(request.current_password)
         await self._password_step_up(
             context,
             caller,
@@ -233,6 +236,6 @@ class SessionsApi(StepUps):
         events, _ = domain.decide_revoke_session(session, caller, owner)
         for revoked in events:
             assert session is not None
-            assert isinstance(revoked, domain.SessionRevoked)
+            assert isinstance(revoked, facts.SessionRevoked)
             await self._revoke(session, revoked.reason, Actor.user(caller.user_id))
         return auth_pb2.RevokeSessionResponse()

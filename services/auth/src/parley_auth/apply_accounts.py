@@ -30,12 +30,13 @@ from parley.auth.v1.events_pb2 import (
 )
 
 from parley_auth import mfa
+from parley_auth.accounts import Account
 from parley_auth.applying import Recorded, applier_table
 from parley_auth.auth_state import AuthState, InviteState
-from parley_auth.domain import Account, username_key
 from parley_auth.sealing import (
     RECOVERY_CODE,
 )
+from parley_auth.usernames import username_key
 from parley_core.sources import budget_key
 
 APPLIERS, applies = applier_table()

@@ -15,8 +15,8 @@ from parley.auth.v1.events_pb2 import (
 )
 
 from parley_auth import keys, mfa
+from parley_auth.accounts import AccountDirectory
 from parley_auth.anomaly_evidence import DetectionWindows, EvidenceRules
-from parley_auth.domain import AccountDirectory
 from parley_auth.key_rotation import SigningKeyState
 from parley_auth.lockout import LockoutBook
 from parley_auth.log_gaps import SubjectVersions

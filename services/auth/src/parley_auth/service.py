@@ -21,12 +21,13 @@ from parley_auth.api_mfa import MfaApi
 from parley_auth.api_sessions import SessionsApi
 from parley_auth.audit_key import AuditSigner
 from parley_auth.audit_trail import MAX_NOT_MADE_DETAIL, AuditTrail
-from parley_auth.domain import actor_of, checked_id, username_key
+from parley_auth.domain import actor_of, checked_id
 from parley_auth.key_files import AUDIT_KEY_FILE
 from parley_auth.sealing import SecretSealer
 from parley_auth.servicer_base import DUE_CATCH_UP_S, Context, session_subject, utc_text
 from parley_auth.sessions import Session
 from parley_auth.storage_due import StorageDue
+from parley_auth.usernames import username_key
 from parley_core.actor import Actor
 from parley_core.contracts import AUTH_SEALING_KEY_FILE
 from parley_core.envelope import NewEvent

@@ -13,11 +13,12 @@ import grpc
 from google.protobuf.message import Message
 from parley.auth.v1 import auth_pb2
 
-from parley_auth import codec, domain, keys, mfa
+from parley_auth import codec, domain, facts, keys, mfa
+from parley_auth.accounts import Account
 from parley_auth.audit_key import AuditSigner
 from parley_auth.audit_trail import REQUEST_SOURCE, AuditTrail
 from parley_auth.check_gates import CheckGates
-from parley_auth.domain import Account, checked_id
+from parley_auth.domain import checked_id
 from parley_auth.lockout import LockoutBook
 from parley_auth.projection import AuthProjection
 from parley_auth.sealing import RECOVERY_CODES, SecretSealer
@@ -204,14 +205,14 @@ class AuthBase:
         await self.events.append(user_subject(account.user_id), [event], at, conflict=changed)
 
     async def _user_events(
-        self, account: Account, events: list[domain.Event], actor: Actor, *, read: tuple[int, int] | None = None
+        self, account: Account, events: list[facts.Event], actor: Actor, *, read: tuple[int, int] | None = None
     ) -> None:
         """A decision's facts about the account, appended in order (the first at `read`)."""
         for event in events:
             await self._user_event(account, self._encode(event), actor, read=read)
             read = None
 
-    def _encode(self, event: domain.Event) -> Message:
+    def _encode(self, event: facts.Event) -> Message:
         return codec.payload(event, self._seal)
 
     async def _session_event(self, session: Session, payload: Message, actor: Actor) -> None:

@@ -11,10 +11,11 @@ from collections.abc import Awaitable, Callable
 from parley.auth.v1.events_pb2 import LoginFailureCounted, LoginFailuresCleared
 
 from parley_auth import mfa
-from parley_auth.domain import Account, username_key
+from parley_auth.accounts import Account
 from parley_auth.lockout import Scope
 from parley_auth.passwords import verify_password
 from parley_auth.servicer_base import AuthBase, Context
+from parley_auth.usernames import username_key
 from parley_core.actor import Actor
 from parley_core.envelope import NewEvent
 from parley_core.errors import ResourceExhausted, Unauthenticated

@@ -45,9 +45,9 @@ from parley.storage.v1.events_pb2 import (
     SourceSlowdownDue,
 )
 
+from parley_auth.accounts import AccountDirectory
 from parley_auth.anomaly_evidence import EvidenceRules
 from parley_auth.audit_trail import AuditTrail
-from parley_auth.domain import AccountDirectory
 from parley_auth.lockout import LockoutBook
 from parley_auth.sessions import Session, SessionBook
 from parley_core.actor import Actor
@@ -65,7 +65,7 @@ from parley_core.topology import username_subject
 MAX_SOURCE = 256
 MAX_SLOWDOWN_S = 86400.0
 USER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-USERNAME_KEY = re.compile(r"[0-9a-f]{64}")  # domain.username_key: a SHA-256 in hex
+USERNAME_KEY = re.compile(r"[0-9a-f]{64}")  # usernames.username_key: a SHA-256 in hex
 
 
 class NoEvidenceYet(Exception):

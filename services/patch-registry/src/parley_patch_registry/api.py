@@ -12,6 +12,7 @@ from parley.patch.v1 import events_pb2, patch_pb2, patch_pb2_grpc
 
 from parley_core.errors import InvalidArgument
 from parley_core.same_named import proto_field_names, same_named
+from parley_core.time_fields import MAX_SECONDS  # 9999-12-31T23:59:59Z, the last time a datetime holds
 from parley_core.tokens import TokenVerifier
 from parley_patch_registry.codec import to_proto
 from parley_patch_registry.findings import AFFECTED_FIELDS, Finding
@@ -254,13 +255,8 @@ class PatchApi(patch_pb2_grpc.PatchServiceServicer):
         )
 
 
-LATEST_UNIX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, the last time a datetime holds
-
-
 def fixed_since(seconds: float) -> datetime | None:
     """A request's `fixed_since` (unix seconds; 0: every fix kept) as a time, refused when no time."""
-    if not math.isfinite(seconds) or not 0 <= seconds <= LATEST_UNIX_SECONDS:
-        raise InvalidArgument(
-            f"fixed_since is unix seconds from 0 (every fix kept) to {LATEST_UNIX_SECONDS}, not {seconds}"
-        )
+    if not math.isfinite(seconds) or not 0 <= seconds <= MAX_SECONDS:
+        raise InvalidArgument(f"fixed_since is unix seconds from 0 (every fix kept) to {MAX_SECONDS}, not {seconds}")
     return datetime.fromtimestamp(seconds, UTC) if seconds > 0 else None

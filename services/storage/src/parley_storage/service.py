@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -46,7 +44,7 @@ from parley_storage.residency import ResidencyBinding, check_configured, enforce
 from parley_storage.retention import ArchiveBehind, Retention
 from parley_storage.settings import StorageSettings
 from parley_storage.siem import SiemFeed, SiemSettings
-from parley_storage.stream_erasure import erase_from_streams
+from parley_storage.stream_erasure import UnfinishedErasures, erase_from_streams
 
 log = logging.getLogger(__name__)
 DEFAULT_PAGE = 100
@@ -56,10 +54,6 @@ HISTORY_FRESHNESS_S = 5.0
 MAX_PAGE = 500
 # How long a retention run waits for the archive to reach a channel's newest event, and its markers.
 RETENTION_CATCH_UP_S = 30.0
-# An erasure left unfinished at start is tried again this long after a failed attempt (doubling):
-# the owners that must mark it may still be starting, or down.
-ERASURE_RETRY_FIRST_S = 1.0
-ERASURE_RETRY_MAX_S = 60.0
 
 
 def sqlite_archive_file(settings: Settings) -> Path:
@@ -98,11 +92,9 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         self.archive: SqlEventArchive | None = None
         self.progress = ArchiveProgress()
         self.retention: Retention | None = None
-        self._stopping = asyncio.Event()
         self._jobs: list[PeriodicJob] = []
         self._log_cleanup: PeriodicJob | None = None
         self.audit_monitor: AuditChainMonitor | None = None
-        self._erasure_job: asyncio.Task[None] | None = None
         self._lost_consumers: LostConsumers | None = None
         self.detector: AnomalyDetector | None = None
         self.siem: SiemFeed | None = None
@@ -207,33 +199,15 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
                 raise RefusedToStart(str(exc)) from None
             await self.siem.start()
         await erasures_replay.wait_caught_up()
-        self._erasure_job = asyncio.create_task(self._resume_stream_erasures(erasures.unfinished()))
+        if unfinished := erasures.unfinished():
+            archive = self.archive
+            resumed = UnfinishedErasures(lambda user_id: erase_from_streams(ctx.bus, archive, user_id), unfinished).job
+            self._jobs.append(resumed)
+            resumed.start()
 
     def _log_deletions_queued(self) -> None:
         if self._log_cleanup is not None:
             self._log_cleanup.wake()
-
-    async def _resume_stream_erasures(self, user_ids: list[str]) -> None:
-        """Finish erasures that shredded keys but had not yet deleted the events from JetStream
-        (cut short, or handed over by a re-seed): tried until each is done, with a growing pause
-        after a failed round (an owner that must mark it may be down)."""
-        assert self.archive is not None
-        assert self._ctx is not None
-        left, delay = list(user_ids), ERASURE_RETRY_FIRST_S
-        while left and not self._stopping.is_set():
-            for user_id in list(left):
-                try:
-                    await erase_from_streams(self._ctx.bus, self.archive, user_id)
-                except Exception:  # left unfinished: tried again below (and at the next start)
-                    log.warning(
-                        "resuming an erasure in the event log failed", extra={"user_id": user_id}, exc_info=True
-                    )
-                else:
-                    left.remove(user_id)
-            if left:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
-                delay = min(delay * 2, ERASURE_RETRY_MAX_S)
 
     async def _measure_lag(self, gauges: ArchiveLagGauges) -> None:
         """Refresh the lag gauges (a failed reading keeps the last one)."""
@@ -267,12 +241,7 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
             log.info("removed texts deleted from the event log", extra={"events": deleted})
 
     async def stop(self) -> None:
-        self._stopping.set()
         # Resumable, each of them: the next start (or the next run) finishes what they were doing.
-        if self._erasure_job is not None:  # resumable: the next start finishes it
-            self._erasure_job.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._erasure_job
         for job in self._jobs:
             await job.stop()
         if self._lost_consumers is not None:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from google.protobuf.message import Message
@@ -41,6 +41,7 @@ from parley.storage.v1.events_pb2 import AccountErasureDue, ChannelErasureDue, U
 from parley_core.actor import Actor
 from parley_core.bus import EventBus
 from parley_core.envelope import NewEvent, decode, open_payload
+from parley_core.jobs import Pause, every, sleeping
 from parley_core.log_deletion import ERASURE
 from parley_core.markers import Marker, account_erasure_marker, channel_erasure_marker
 from parley_core.topology import CONSUMERS, channel_subject, due_subject, privacy_subject
@@ -61,10 +62,44 @@ CATCH_UP_TIMEOUT_S = 30.0
 # How long an erasure waits for the owners' markers (they react to the due facts within moments
 # while they run); then it is left to resume.
 MARKERS_TIMEOUT_S = 30.0
+# An erasure left unfinished at start is tried again this long after a round that left it
+# (doubling, up to the most): the owners that must mark it may still be starting, or down.
+RESUME_PAUSE_FIRST_S = 1.0
+RESUME_PAUSE_MAX_S = 60.0
 
 
 class StreamErasureIncomplete(Exception):
     """The deletion could not finish now; it is resumable (retry, or it resumes at start)."""
+
+
+class UnfinishedErasures:
+    """Erasures that shredded the keys but had not yet deleted the events from JetStream (cut
+    short, or handed over by a re-seed), finished by a periodic job: each round tries every one
+    left, the pause after a round that left some doubles, and the job ends itself once none is."""
+
+    def __init__(
+        self, erase: Callable[[str], Awaitable[object]], user_ids: Iterable[str], *, pause: Pause = sleeping
+    ) -> None:
+        self._erase = erase  # erase_from_streams for one user
+        self.left = list(user_ids)
+        self._pause_s = RESUME_PAUSE_FIRST_S
+        # Resumable, so cut short at stop (grace 0): the next start finishes it.
+        self.job = every(self._next_pause, self._round, name="resume-erasures", grace=0.0, pause=pause)
+
+    async def _round(self) -> None:
+        for user_id in list(self.left):
+            try:
+                await self._erase(user_id)
+            except Exception:  # left unfinished: tried again next round (and at the next start)
+                log.warning("resuming an erasure in the event log failed", extra={"user_id": user_id}, exc_info=True)
+            else:
+                self.left.remove(user_id)
+        if not self.left:
+            self.job.stop_soon()
+
+    def _next_pause(self) -> float:
+        pause, self._pause_s = self._pause_s, min(self._pause_s * 2, RESUME_PAUSE_MAX_S)
+        return pause
 
 
 @dataclass(frozen=True)
