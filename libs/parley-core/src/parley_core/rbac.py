@@ -340,26 +340,10 @@ SERVICE_CHECKED_METHODS = frozenset(
     }
 )
 
-# Internal RPCs the platform identity (operator tooling over mutual TLS, no user token) may
-# call: how the first owner is created on a fresh installation.
-PLATFORM_METHODS = frozenset(
+# The patch registry's reads (fleet.read with a token): `parley patch list|status`, `parley
+# advisories`, the compliance report and node agents read them by certificate alone.
+REGISTRY_READS = frozenset(
     {
-        "/parley.auth.v1.AuthService/CreateUser",
-        "/parley.auth.v1.AuthService/AssignRole",
-        "/parley.auth.v1.AuthService/SetAccountDisabled",
-        "/parley.auth.v1.AuthService/GetAccount",
-        "/parley.auth.v1.AuthService/LookupUsers",  # names in the auditor's `parley audit query`
-        "/parley.auth.v1.AuthService/SetMfaRequired",
-        "/parley.auth.v1.AuthService/RotateSigningKey",
-        "/parley.auth.v1.AuthService/RetireSigningKey",
-        "/parley.auth.v1.AuthService/CreateInvite",
-        "/parley.auth.v1.AuthService/ResetMfa",
-        "/parley.auth.v1.AuthService/UnlockAccount",
-        "/parley.auth.v1.AuthService/LiftSourceSlowdown",
-        "/parley.auth.v1.AuthService/RequestErasure",
-        "/parley.messaging.v1.MessagingService/SetChannelRetention",
-        "/parley.fleet.v1.FleetService/ListInstances",
-        # `parley patch list|status`, `parley advisories`, the compliance report, node agents.
         "/parley.patch.v1.PatchService/ListReleases",
         "/parley.patch.v1.PatchService/ListFindings",
         "/parley.patch.v1.PatchService/GetRollout",
@@ -368,22 +352,45 @@ PLATFORM_METHODS = frozenset(
     }
 )
 
+# Internal RPCs the platform identity (operator tooling over mutual TLS, no user token) may
+# call: how the first owner is created on a fresh installation.
+PLATFORM_METHODS = (
+    frozenset(
+        {
+            "/parley.auth.v1.AuthService/CreateUser",
+            "/parley.auth.v1.AuthService/AssignRole",
+            "/parley.auth.v1.AuthService/SetAccountDisabled",
+            "/parley.auth.v1.AuthService/GetAccount",
+            "/parley.auth.v1.AuthService/LookupUsers",  # names in the auditor's `parley audit query`
+            "/parley.auth.v1.AuthService/SetMfaRequired",
+            "/parley.auth.v1.AuthService/RotateSigningKey",
+            "/parley.auth.v1.AuthService/RetireSigningKey",
+            "/parley.auth.v1.AuthService/CreateInvite",
+            "/parley.auth.v1.AuthService/ResetMfa",
+            "/parley.auth.v1.AuthService/UnlockAccount",
+            "/parley.auth.v1.AuthService/LiftSourceSlowdown",
+            "/parley.auth.v1.AuthService/RequestErasure",
+            "/parley.messaging.v1.MessagingService/SetChannelRetention",
+            "/parley.fleet.v1.FleetService/ListInstances",
+        }
+    )
+    | REGISTRY_READS
+)
+
 # Internal RPCs a joined host's node agent (topology.NODE_AGENT's certificate) may call without a
 # user token: following roll-outs (the fleet view, the roll-outs, where releases are fetched), the
 # reads its host's CLI shows (`parley fleet`, `parley patch list|status`, `parley advisories`), and
 # making its prober account (auth allows it a prober's name and the member role only). Its step
 # reports are its own and the platform's alone (topology.GRPC_METHOD_CALLERS). With a user's
 # token it acts as that user, as any peer does.
-NODE_AGENT_METHODS = frozenset(
-    {
-        "/parley.fleet.v1.FleetService/ListInstances",
-        "/parley.patch.v1.PatchService/ListReleases",
-        "/parley.patch.v1.PatchService/ListFindings",
-        "/parley.patch.v1.PatchService/GetRollout",
-        "/parley.patch.v1.PatchService/ListRollouts",
-        "/parley.patch.v1.PatchService/TufRepository",
-        "/parley.auth.v1.AuthService/CreateUser",
-    }
+NODE_AGENT_METHODS = (
+    frozenset(
+        {
+            "/parley.fleet.v1.FleetService/ListInstances",
+            "/parley.auth.v1.AuthService/CreateUser",
+        }
+    )
+    | REGISTRY_READS
 )
 
 # Who may call which permission-checked RPCs by certificate alone, without a user token.
