@@ -6,7 +6,9 @@ with the last one's."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +16,13 @@ import pytest
 
 from parley_auth.key_files import AUDIT_KEY_FILE, SIGNING_KEY_FILE, successor_key_file
 from parley_cli.host_bundle import SERVICE_SECRETS, BundleRefused, make_bundle, read_bundle
-from parley_cli.hosts import JOINING, _install
+from parley_cli.hosts import JOINING, _install, cmd_host_add
 from parley_cli.platform_nats import STORE_KEY_FILE
 from parley_core.contracts import AUTH_SEALING_KEY_FILE
-from parley_core.pki import CA_NAME, Pki, tooling_identity
+from parley_core.database import DATABASE_URL_FILE
+from parley_core.pki import CA_NAME, Pki, ensure_pki, tooling_identity
 from parley_core.topology import NATS_IDENTITY, NODE_AGENT, PLATFORM_USER, SERVICES
+from parley_storage.key_files import BACKUP_KEY_FILES
 
 AUTH_KEYS = {AUTH_SEALING_KEY_FILE, AUDIT_KEY_FILE, SIGNING_KEY_FILE}
 
@@ -130,3 +134,41 @@ def test_a_join_that_fails_while_copying_leaves_the_last_joins_files(pki: Pki, t
 
     assert files(data_dir) == before
     assert not (data_dir / JOINING).exists()
+
+
+def first_host(tmp_path: Path) -> Path:
+    """A running platform's folder as `host add` reads it (this test's process stands in for
+    `parley up`): its CA, NATS passwords, storage's database URL and backup keys."""
+    data_dir = tmp_path / "first"
+    ensure_pki(data_dir / "pki", [PLATFORM_USER])
+    (data_dir / "secrets").mkdir()
+    passwords = {name: f"password-of-{name}" for name in (*SERVICES, PLATFORM_USER)}
+    (data_dir / "secrets" / "nats-passwords.json").write_text(json.dumps(passwords))
+    for name in (DATABASE_URL_FILE.name, *BACKUP_KEY_FILES):
+        (data_dir / "secrets" / name).write_text(name)
+    doors = {name: {"address": f"127.0.0.1:{5000 + n}"} for n, name in enumerate(SERVICES)}
+    state = {"running": True, "pid": os.getpid(), "nats_url": "tls://127.0.0.1:4999", "services": doors}
+    (data_dir / "platform.json").write_text(json.dumps(state))
+    return data_dir
+
+
+@pytest.mark.parametrize(
+    ("services", "options"),
+    [
+        ("messaging", ""),
+        ("patch-registry", " --registry-folder FOLDER (FOLDER is this host's {first}/patch-registry, {shared})"),
+        ("storage", " --storage-keyring KEYRING (KEYRING is this host's {first}/secrets/storage-kek.json, {shared})"),
+    ],
+)
+async def test_host_add_prints_the_join_command_that_bundle_needs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], services: str, options: str
+) -> None:
+    """`host join` refuses the registry without --registry-folder and storage without --storage-keyring."""
+    data_dir, out = first_host(tmp_path), tmp_path / "bundle"
+    args = argparse.Namespace(name="host-c", services=services, nats_node=False, data_dir=data_dir, out=out, address="")
+
+    assert await cmd_host_add(args) == 0
+
+    command = capsys.readouterr().out.strip().split("run there: ")[-1]
+    tail = options.format(first=data_dir.resolve(), shared="on a file system both hosts share")
+    assert command == f"parley --data-dir DIR host join {out}{tail}"
