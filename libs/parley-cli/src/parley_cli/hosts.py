@@ -79,10 +79,11 @@ async def cmd_host_add(args: argparse.Namespace) -> int:
             f"NATS node {node['name']} is handed over to host {fleet.host}: stopped here, the cluster runs on the "
             "other nodes until that host joins (the bundle carries every NATS password, for the node's accounts)"
         )
+    join = _join_command(fleet, args.out, args.data_dir.resolve())
     print(
         f"bundle for host {fleet.host} ({', '.join(fleet.services) or 'no services'}) in {args.out}: "
         f"certificates from this platform's CA (not its key), {_secrets_carried(fleet)}, the fleet's addresses. "
-        f"Copy it to the host over a private channel and run there: {_join_command(fleet, args.out, args.data_dir.resolve())}"
+        f"Copy it to the host over a private channel and run there: {join}"
     )
     return 0
 
