@@ -146,6 +146,10 @@ def _registry_folder(fleet: FleetConfig, folder: Path | None) -> dict[str, str]:
     return {"PARLEY_PATCH_FOLDER": str(folder.resolve())}
 
 
+JOINING = ".joining"  # where `host join` stages a bundle's files in the host's data folder
+INSTALLED = ("pki", "secrets")
+
+
 def _install(bundle: Path, data_dir: Path, fleet: FleetConfig) -> None:
     """The bundle's certificates, secrets and fleet addresses into the host's data folder, in place
     of an older bundle's: pki/ and secrets/ hold what this bundle carries and no more (a service no
@@ -173,10 +177,6 @@ def _install(bundle: Path, data_dir: Path, fleet: FleetConfig) -> None:
         (staged / part).rename(data_dir / part)
     (staged / FLEET_FILE).replace(data_dir / FLEET_FILE)
     shutil.rmtree(staged)
-
-
-JOINING = ".joining"  # where `host join` stages a bundle's files in the host's data folder
-INSTALLED = ("pki", "secrets")
 
 
 def _made_here(secrets: Path, fleet: FleetConfig) -> list[Path]:
