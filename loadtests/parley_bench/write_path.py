@@ -304,5 +304,5 @@ def write_path_goals(wp: dict[str, Any]) -> list[tuple[str, float, str, float]]:
         ("send p99 under that load <= 50 ms", one["send_p99_ms"], "<=", 50.0),
         ("sequential send p50 <= 3 ms", wp["sequential"]["send_p50_ms"], "<=", 3.0),
         ("send -> live delivery p99, one at a time <= 10 ms", wp["sequential"]["send_to_deliver_p99_ms"], "<=", 10.0),
-        ("platform CPU per message <= 1.3 ms", one["platform_cpu_ms_per_message"], "<=", 1.3),
+        ("platform CPU per message, 1 channel x 10 senders <= 1.3 ms", one["platform_cpu_ms_per_message"], "<=", 1.3),
     ]

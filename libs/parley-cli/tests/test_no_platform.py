@@ -28,9 +28,15 @@ COMMANDS = [
 
 
 def run_parley(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if k != "PARLEY_DATA_DIR"} | env
+    environ = {k: v for k, v in os.environ.items() if k not in ("PARLEY_DATA_DIR", "PARLEY_PASSWORD")} | env
     return subprocess.run(
-        [sys.executable, "-m", "parley_cli", *args], capture_output=True, text=True, env=environ, cwd=cwd, check=False
+        [sys.executable, "-m", "parley_cli", *args],
+        capture_output=True,
+        text=True,
+        env=environ,
+        cwd=cwd,
+        check=False,
+        stdin=subprocess.DEVNULL,  # nothing piped: a command that asks for a password gets none
     )
 
 
@@ -210,3 +216,18 @@ def test_the_gateway_option_is_dialled_without_a_client_file(pki: Pki, tmp_path:
     assert error.endswith("(UNAVAILABLE)")  # it dialled the gateway named, not refused
     # The address given is what does not answer: `parley status` knows nothing of it.
     assert hint == f"is --gateway {nobody} right? that address is not answering"
+
+
+@pytest.mark.parametrize("command", [("admin", "create-user", "carol"), ("erase", "carol")])
+def test_an_operator_command_on_a_joined_hosts_folder_says_so_before_asking_anything(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """Not "no password given" or "add --yes": neither would do there."""
+    joined = tmp_path / "host-b"
+    joined.mkdir()
+    (joined / "fleet.json").write_text(json.dumps({"host": "host-b", "registry_address": "127.0.0.1:1"}))
+
+    line = parley("--data-dir", str(joined), *command, cwd=tmp_path)
+
+    assert line.startswith(f"error: {joined} is the folder of joined host host-b of the fleet")
+    assert line.endswith("run it with --data-dir naming the first host's folder")

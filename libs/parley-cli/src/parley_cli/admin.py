@@ -87,8 +87,8 @@ def _show(account: auth_pb2.Account) -> str:
 
 
 async def cmd_create_user(args: argparse.Namespace) -> int:
-    password = read_password(args)
-    async with _auth(args) as stub:
+    async with _auth(args) as stub:  # a folder that is no running platform's is said before the password is asked
+        password = read_password(args)
         request = auth_pb2.CreateUserRequest(username=args.username, password=password, role=args.role)
         account = await stub.CreateUser(request, timeout=TIMEOUT_S)
     print(f"created {_show(account)}")

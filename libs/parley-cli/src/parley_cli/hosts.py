@@ -13,10 +13,12 @@ import argparse
 import asyncio
 import contextlib
 import json
+import shutil
 import signal
 import sys
 from pathlib import Path
 
+from parley_auth.key_files import SUCCESSOR_KEY_FILES
 from parley_cli.arguments import command, command_group
 from parley_cli.host_address import add_host_address_option
 from parley_cli.host_bundle import (
@@ -38,6 +40,7 @@ from parley_core.jobs import every
 from parley_core.natsconf import ensure_nats_passwords
 from parley_core.pki import CA_NAME, CertificateMissing, Pki, ensure_pki, tooling_identity
 from parley_core.topology import NATS_IDENTITY
+from parley_storage.key_files import KEYRING_FILE
 
 REGISTRY = "patch-registry"
 SUPERVISE_INTERVAL_S = 0.5
@@ -76,12 +79,28 @@ async def cmd_host_add(args: argparse.Namespace) -> int:
             f"NATS node {node['name']} is handed over to host {fleet.host}: stopped here, the cluster runs on the "
             "other nodes until that host joins (the bundle carries every NATS password, for the node's accounts)"
         )
+    join = _join_command(fleet, args.out, args.data_dir.resolve())
     print(
         f"bundle for host {fleet.host} ({', '.join(fleet.services) or 'no services'}) in {args.out}: "
         f"certificates from this platform's CA (not its key), {_secrets_carried(fleet)}, the fleet's addresses. "
-        f"Copy it to the host over a private channel and run there: parley --data-dir DIR host join {args.out}"
+        f"Copy it to the host over a private channel and run there: {join}"
     )
     return 0
+
+
+def _join_command(fleet: FleetConfig, bundle: Path, data_dir: Path) -> str:
+    """The `host join` that starts this bundle's services: storage and the registry also need
+    the first host's keyring and repository on a shared file system (_storage_keyring, _registry_folder)."""
+    command, shared = f"parley --data-dir DIR host join {bundle}", []
+    if "storage" in fleet.services:
+        command += " --storage-keyring KEYRING"
+        shared.append(f"KEYRING is this host's {data_dir / 'secrets' / KEYRING_FILE}")
+    if REGISTRY in fleet.services:
+        command += " --registry-folder FOLDER"
+        shared.append(f"FOLDER is this host's {data_dir / REGISTRY}")
+    if shared:
+        command += f" ({', '.join(shared)}, on a file system both hosts share)"
+    return command
 
 
 # What SERVICE_SECRETS' files are, as `host add` names them.
@@ -127,22 +146,48 @@ def _registry_folder(fleet: FleetConfig, folder: Path | None) -> dict[str, str]:
     return {"PARLEY_PATCH_FOLDER": str(folder.resolve())}
 
 
-def _install(bundle: Path, data_dir: Path) -> None:
-    """The bundle's certificates and passwords into the host's data folder (a new bundle replaces old ones)."""
+JOINING = ".joining"  # where `host join` stages a bundle's files in the host's data folder
+INSTALLED = ("pki", "secrets")
+
+
+def _install(bundle: Path, data_dir: Path, fleet: FleetConfig) -> None:
+    """The bundle's certificates, secrets and fleet addresses into the host's data folder, in place
+    of an older bundle's: pki/ and secrets/ hold what this bundle carries and no more (a service no
+    longer assigned here leaves no key behind), besides what a part it still assigns made here
+    (_made_here). Staged first, then swapped in: a join that fails while copying changes nothing."""
     if (data_dir / "pki" / f"{CA_NAME}.key").exists():
         raise BundleRefused(f"{data_dir} is a platform's own folder (it holds the CA key); join from another folder")
-    ensure_private_dir(data_dir / "pki")
-    ensure_private_dir(data_dir / "secrets")
-    bundled = {source.name for source in (bundle / "pki").iterdir()}
-    for name in bundled:
-        write_private_file(data_dir / "pki" / name, (bundle / "pki" / name).read_bytes())
-    for leftover in (data_dir / "pki").iterdir():
-        if leftover.name not in bundled:  # an older bundle's, such as the platform identity it once gave agents
-            leftover.unlink()
-    for source in (bundle / "secrets").iterdir():  # NATS passwords, and auth's keys if it runs here
-        write_private_file(data_dir / "secrets" / source.name, source.read_bytes())
-    # The fleet's addresses, for the CLI run on this folder (`status`, `fleet`, `login`: joined_host).
-    write_private_file(data_dir / FLEET_FILE, (bundle / FLEET_FILE).read_bytes())
+    staged = data_dir / JOINING
+    shutil.rmtree(staged, ignore_errors=True)  # from a join that stopped half-way
+    try:
+        for part in INSTALLED:
+            ensure_private_dir(staged / part)
+            for source in (bundle / part).iterdir():  # certificates; NATS passwords, and the services' keys
+                write_private_file(staged / part / source.name, source.read_bytes())
+        for kept in _made_here(data_dir / "secrets", fleet):
+            write_private_file(staged / "secrets" / kept.name, kept.read_bytes())
+        # The fleet's addresses, for the CLI run on this folder (`status`, `fleet`, `login`: joined_host).
+        write_private_file(staged / FLEET_FILE, (bundle / FLEET_FILE).read_bytes())
+    except OSError as exc:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise BundleRefused(f"{bundle} was not installed, {data_dir} is unchanged: {exc}") from None
+    for part in INSTALLED:  # renames only from here: each folder is the old bundle's or the new one's
+        if (data_dir / part).exists():
+            (data_dir / part).rename(staged / f"{part}.replaced")
+        (staged / part).rename(data_dir / part)
+    (staged / FLEET_FILE).replace(data_dir / FLEET_FILE)
+    shutil.rmtree(staged)
+
+
+def _made_here(secrets: Path, fleet: FleetConfig) -> list[Path]:
+    """Secrets a part the bundle assigns made in this host's own folder, which no bundle carries:
+    auth's successor signing keys from rotations, and the NATS node's store key (its JetStream
+    store is encrypted with it)."""
+    from parley_cli.platform_nats import STORE_KEY_FILE  # loads the NATS client: only `host join` needs it
+
+    patterns = [SUCCESSOR_KEY_FILES] if "auth" in fleet.services else []
+    patterns += [STORE_KEY_FILE] if fleet.nats_node else []
+    return [path for pattern in patterns for path in secrets.glob(pattern) if path.is_file()]
 
 
 class Host:
@@ -280,7 +325,7 @@ async def cmd_host_join(args: argparse.Namespace) -> int:
         print(f"parley host join: refusing to start: {exc}", file=sys.stderr)
         return 1
     try:
-        _install(args.bundle, data_dir)
+        _install(args.bundle, data_dir, fleet)
         host = Host(data_dir, fleet, gateway_port=args.gateway_port, environment=environment)
     except (BundleRefused, CertificateMissing) as exc:
         lock.release()

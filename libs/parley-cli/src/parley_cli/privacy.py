@@ -173,6 +173,8 @@ class _KeyringWatch:
 
 async def cmd_erase(args: argparse.Namespace) -> int:
     who = _subject(args)
+    if args.username:  # the operator's: a folder that is no running platform's is said before confirming
+        load_running_state(args.data_dir)
     if not _confirmed(args, who):
         print("not erased")
         return 1

@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 from parley.auth.v1.events_pb2 import SigningKeyPublished, SigningKeyRetired
 
 from parley_auth.audit_trail import AuditTrail
-from parley_auth.key_files import SIGNING_KEY_FILE
+from parley_auth.key_files import SIGNING_KEY_FILE, successor_key_file
 from parley_auth.key_rotation import KeySchedule, SigningKeyState, key_in_use, replaced_at
 from parley_auth.sealing import SealedFieldUnreadable, SecretSealer
 from parley_auth.signing import TokenIssuer
@@ -130,7 +130,7 @@ class SigningKeyJob:
         await self.events.settle()  # known to this instance's projection before it signs
 
     def _successor_path(self, key_id: str) -> Path:
-        return self._secrets_dir / f"auth-signing-key.{key_id}.pem"
+        return self._secrets_dir / successor_key_file(key_id)
 
     async def rotate(self, actor: Actor) -> TokenIssuer:
         """A successor for the key in use, published on that key's subject at its last sequence:
