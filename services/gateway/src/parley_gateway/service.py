@@ -3,8 +3,8 @@
 Internal calls carry the caller's own token (each service checks it again: the gateway is not
 the only gate) and the client's remaining deadline (parley_gateway.forwarding). The plain calls
 are served from one table (parley_gateway.domain.routes); the ones that do more are written out
-here. What is decided at the edge (admission, routes, which sends go together) is
-parley_gateway.domain's; this module translates and makes the calls.
+here. What is decided at the edge (admission, routes, which sends go together, what a live
+stream receives) is parley_gateway.domain's; this module translates and makes the calls.
 """
 
 from __future__ import annotations
