@@ -31,6 +31,7 @@ DOMAINS = (
     "parley_gateway.domain.routes",
     "parley_gateway.domain.sending",
     "parley_gateway.domain.streams",
+    "parley_core.connection_ages",  # the per-source connection cap's decision (every client port's)
 )
 
 
