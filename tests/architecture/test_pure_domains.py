@@ -27,6 +27,11 @@ DOMAINS = (
     "parley_messaging.decisions",
     "parley_messaging.events",
     "parley_patch_registry.rollout",
+    "parley_gateway.domain.admission",
+    "parley_gateway.domain.routes",
+    "parley_gateway.domain.sending",
+    "parley_gateway.domain.streams",
+    "parley_core.connection_ages",  # the per-source connection cap's decision (every client port's)
 )
 
 

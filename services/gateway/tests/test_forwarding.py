@@ -34,8 +34,8 @@ from parley_core.pki import Pki
 from parley_core.rbac import METHOD_PERMISSIONS, PUBLIC
 from parley_core.sources import SOURCE_METADATA
 from parley_core.topology import STREAMS_BY_NAME
+from parley_gateway.domain.routes import ROUTES
 from parley_gateway.limits import GatewayLimits
-from parley_gateway.routes import ROUTES
 from parley_gateway.service import GatewayApp
 from parley_testing.nats import NatsTestServer
 from parley_testing.operators import OperatorTokens

@@ -1,4 +1,5 @@
-"""Budgets, size limits and the live buffer, without I/O."""
+"""Token buckets, client addresses and the live buffer, without I/O (the admission decisions:
+test_domain_admission.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from parley.gateway.v1 import gateway_pb2
 from parley.messaging.v1.events_pb2 import MemberJoined, MessageEdited, MessagePosted, MessageRedacted
 
 from parley_core.errors import ResourceExhausted
+from parley_core.rate import TokenBuckets
 from parley_core.sources import budget_key, client_address
-from parley_gateway.limits import Admission, GatewayLimits, LiveStreamCaps, RateLimited, TokenBuckets
 from parley_gateway.live import LiveBuffer, client_event
 from parley_testing.clock import ManualClock
 
@@ -26,27 +27,6 @@ def test_bucket_allows_a_burst_then_says_how_long_to_wait() -> None:
     clock.now += 100
     assert [buckets.take("u") for _ in range(3)] == [0.0, 0.0, 0.0]  # never saves more than the burst
     assert buckets.take("u") > 0
-
-
-def test_admission_checks_source_and_user_separately() -> None:
-    clock = ManualClock(100.0)
-    admission = Admission(
-        GatewayLimits(source_rate=10, source_burst=5, user_rate=1, user_burst=2, max_request_bytes=2048), clock
-    )
-    admission.admit(source="ipv4:10.0.0.1", user_id="alice")
-    admission.admit(source="ipv4:10.0.0.1", user_id="alice")
-    with pytest.raises(RateLimited) as refused:
-        admission.admit(source="ipv4:10.0.0.1", user_id="alice")
-    assert refused.value.retry_after_s == pytest.approx(1.0)
-    assert "user" in str(refused.value)
-    admission.admit(source="ipv4:10.0.0.1", user_id="bob")  # another user from the same address
-    for _ in range(5):
-        admission.admit(source="ipv4:10.0.0.2", user_id=None)
-    with pytest.raises(RateLimited, match="address"):
-        admission.admit(source="ipv4:10.0.0.2", user_id=None)
-    admission.check_size(2048)
-    with pytest.raises(ResourceExhausted, match="limit is 2048 bytes"):
-        admission.check_size(2049)
 
 
 def test_a_source_is_the_client_address_without_its_port() -> None:
@@ -91,19 +71,3 @@ def test_client_sees_messages_edits_and_redactions_with_their_position() -> None
     assert joined is not None
     assert (joined.membership.change, joined.membership.user_id, joined.membership.position) == ("joined", "u", 20)
     assert client_event(MessagePosted(channel_id="c", message_id="m", channel_seq=1, thread_root_seq=0), 1) is not None
-
-
-def test_live_stream_caps_are_per_user_and_a_closed_stream_gives_its_slot_back() -> None:
-    caps = LiveStreamCaps(GatewayLimits(live_streams_per_user=2, live_channels_per_stream=3))
-    with caps.held("mallory"), caps.held("mallory"):
-        with pytest.raises(ResourceExhausted, match="at most 2 live streams per user"), caps.held("mallory"):
-            pass
-        with caps.held("bob"):  # another user is not affected
-            pass
-    with pytest.raises(RuntimeError), caps.held("mallory"):
-        raise RuntimeError("the stream failed")
-    with caps.held("mallory"), caps.held("mallory"):  # both slots free again
-        pass
-    caps.check_channels(3)
-    with pytest.raises(ResourceExhausted, match="at most 3 channels per live stream"):
-        caps.check_channels(4)

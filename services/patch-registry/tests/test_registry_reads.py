@@ -16,7 +16,7 @@ from google.protobuf import message_factory
 from parley.patch.v1 import patch_pb2, patch_pb2_grpc
 
 from parley_core.rbac import METHOD_PERMISSIONS, Permission
-from parley_gateway.routes import ROUTES, Upstream
+from parley_gateway.domain.routes import ROUTES, Upstream
 from parley_testing.stack import TIMEOUT_S, Stack, bearer
 
 PATCH = patch_pb2.DESCRIPTOR.services_by_name["PatchService"]

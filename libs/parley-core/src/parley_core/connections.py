@@ -11,10 +11,9 @@ runner.client_connection_options), but not how many one source may open meanwhil
 So each client-facing process sweeps its own accepted sockets (they are its descriptors, as in
 parley_core.listeners: /proc/self/fd, Linux) every SWEEP_INTERVAL_S, groups them by source as
 every other per-source budget does (sources.budget_key: an IPv4 address, an IPv6 /64), and shuts
-down a source's newest connections beyond the cap. gRPC then sees the connection end and closes
-its descriptor. A source's oldest connections (its live streams) stay: age is the sweep that first
-saw a connection (a socket's inode number is no clock: the kernel hands inodes out in per-CPU
-batches, so a connection accepted later on another CPU can have the lower one).
+down a source's newest connections beyond the cap (parley_core.connection_ages decides which: a
+source's oldest, its live streams, stay). gRPC then sees the connection end and closes its
+descriptor.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ import socket
 from collections import defaultdict
 from pathlib import Path
 
+from parley_core.connection_ages import ConnectionAges
 from parley_core.jobs import PeriodicJob, every
 from parley_core.sources import budget_key
 
@@ -69,27 +69,18 @@ def _accepted(ports: frozenset[int]) -> dict[str, list[tuple[int, int]]]:
 
 
 class ConnectionCap:
-    """Keeps each source at most `per_source` connections on `ports`, its oldest ones."""
+    """Keeps each source at most `per_source` connections on `ports`, its oldest ones
+    (which ones: parley_core.connection_ages)."""
 
     def __init__(self, per_source: int) -> None:
         self.per_source = per_source
-        self._sweeps = 0
-        self._first_seen: dict[int, int] = {}  # inode -> the sweep that first saw it
+        self._ages = ConnectionAges(per_source)
 
     def sweep(self, ports: frozenset[int]) -> dict[str, int]:
         """Shuts down each source's newest connections beyond the cap; returns how many per source."""
-        self._sweeps += 1
-        accepted = _accepted(ports)
-        open_now = {inode for sockets in accepted.values() for inode, _ in sockets}
-        self._first_seen = {inode: seen for inode, seen in self._first_seen.items() if inode in open_now}
-        for inode in open_now:
-            self._first_seen.setdefault(inode, self._sweeps)
         closed: dict[str, int] = {}
-        for source, sockets in accepted.items():
-            if len(sockets) <= self.per_source:
-                continue
-            oldest_first = sorted(sockets, key=lambda s: (self._first_seen[s[0]], s[0]))
-            for inode, fd in oldest_first[self.per_source :]:
+        for source, sockets in self._ages.beyond_cap(_accepted(ports)).items():
+            for inode, fd in sockets:
                 with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as sock:
                     if os.fstat(sock.fileno()).st_ino != inode:
                         continue  # closed since, its number reused by another connection

@@ -27,9 +27,11 @@ class TokenBuckets:
         self._clock = clock
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
 
-    def take(self, key: str) -> float:
-        """Spend one token; returns 0 when allowed, else the seconds until a token is available."""
-        now = self._clock()
+    def take(self, key: str, now: float | None = None) -> float:
+        """Spend one token; returns 0 when allowed, else the seconds until a token is available.
+        `now`: the clock's reading, for a caller that decides with the time passed in."""
+        if now is None:
+            now = self._clock()
         bucket = self._buckets.pop(key, None) or _Bucket(tokens=self.burst, updated=now)
         bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
         bucket.updated = now

@@ -33,9 +33,10 @@ from parley.messaging.v1.events_pb2 import (
 from parley_core.chat_messages import chat_message
 from parley_core.contracts import POSTED_FIELDS
 from parley_core.envelope import UnknownEventType, open_payload
-from parley_core.errors import DomainError, PermissionDenied, ResourceExhausted
+from parley_core.errors import DomainError, ResourceExhausted
 from parley_core.same_named import same_named
 from parley_core.visibility import HistoryView
+from parley_gateway.domain.streams import LiveScope
 
 
 def client_event(payload: Message, position: int) -> gateway_pb2.ClientEvent | None:
@@ -243,15 +244,12 @@ class LiveBuffer:
         return item
 
 
-class LiveSubscriber:
-    """One client's live stream as the channel feed sees it.
+class LiveSubscriber(LiveScope[gateway_pb2.ClientEvent]):
+    """One client's live stream as the channel feed sees it (what it receives: LiveScope), with
+    the check that ends it when its caller may no longer read."""
 
-    `after` holds, per channel, the position after which events are new to this stream: the
-    feed's position when it joined (or the client's resume position, if later). What came up to
-    there the stream read from the log itself, so no event reaches it twice.
-    """
-
-    __slots__ = ("after", "buffer", "check", "user_id", "views")
+    __slots__ = ("check",)
+    buffer: LiveBuffer
 
     def __init__(
         self,
@@ -262,25 +260,12 @@ class LiveSubscriber:
         buffer: LiveBuffer,
         check: Callable[[], None],
     ) -> None:
-        self.user_id = user_id
-        self.views = views
-        self.after = after
-        self.buffer = buffer
+        super().__init__(user_id=user_id, views=views, after=after, buffer=buffer)
         self.check = check  # raises if the caller may no longer read (revoked, disabled, role)
 
     @property
     def channel_ids(self) -> Iterable[str]:
         return self.views.keys()
-
-    def deliver(self, event: ChannelEvent) -> None:
-        if event.position <= self.after[event.channel_id]:
-            return
-        if event.client_event is not None and event.seen_by(self.views[event.channel_id]):
-            self.buffer.offer(event.client_event)
-        if event.removed_user == self.user_id:
-            # Membership is checked when a stream opens and followed while it runs: the member is
-            # told of their removal (the event above), then the stream ends.
-            self.buffer.end(PermissionDenied(f"you are no longer in channel {event.channel_id}"))
 
     def welcome(self, event: ChannelEvent) -> None:
         """`event` brings this stream's user into a channel the stream does not follow: the client

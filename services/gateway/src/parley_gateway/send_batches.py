@@ -2,6 +2,7 @@
 goes at once, alone (PostMessage, as any forwarded call); sends that arrive while a call is in
 flight wait and go together in one PostMessages call as soon as it returns (no timer, so no added
 latency when idle). One call then carries many sends, where each cost a gRPC call of its own.
+Which go when is parley_gateway.domain.sending's decision; this module makes the calls.
 
 Each send keeps what its own call carried (parley_gateway.forwarding): the client's token (which
 messaging checks item by item), trace context and remaining deadline; and it gets its own
@@ -23,6 +24,7 @@ from parley_core import telemetry
 from parley_core.post_batch_limits import POST_BATCH_MAX_BYTES, POST_BATCH_MAX_ITEMS
 from parley_core.tokens import bearer_token
 from parley_core.trace_hops import TRACEPARENT, TRACESTATE
+from parley_gateway.domain.sending import SendQueue
 from parley_gateway.forwarding import REPEATABLE, Context, answer_failure, outcome_unknown, time_left
 
 log = logging.getLogger(__name__)
@@ -83,24 +85,21 @@ class SendBatches:
         self._alone = alone
         self._post = post
         self._stable = stable
-        self._batch_max = batch_max
-        self._max_bytes = max_bytes
-        self._waiting: list[WaitingSend] = []
-        self._in_flight = 0
+        self._queue: SendQueue[WaitingSend] = SendQueue(max_items=batch_max, max_bytes=max_bytes)
         self._calls: set[asyncio.Task[None]] = set()
 
     async def send(self, request: messaging_pb2.PostMessageRequest, context: Context) -> messaging_pb2.ChatMessage:
         """The posted message, or the client's call aborted with the send's own failure."""
-        if self._in_flight == 0 and not self._waiting:  # idle: at once, as today's one call
-            self._in_flight += 1
+        queue = self._queue
+        if queue.go_alone():  # idle: at once, as today's one call
             try:
                 return await self._alone(request, context)
             finally:
-                self._in_flight -= 1
+                queue.landed()
                 self._send_due()
         loop = asyncio.get_running_loop()
         waiting = WaitingSend(_item(request, context), loop.time() + time_left(context), loop.create_future())
-        self._waiting.append(waiting)
+        queue.waiting.append(waiting)
         self._send_due()
         outcome = await waiting.answer
         if outcome is None:  # messaging takes no batches (an instance of an earlier version)
@@ -111,29 +110,13 @@ class SendBatches:
         return outcome.message
 
     def _send_due(self) -> None:
-        """Send what waits if no call is in flight, and every full batch at once."""
-        self._waiting = [w for w in self._waiting if not w.answer.done()]  # callers gone (deadline, cancel)
-        while self._waiting and (self._in_flight == 0 or self._more_than_a_call()):
-            batch = self._take()
-            self._in_flight += 1
+        """Send what the queue says is due: what waits if no call is in flight, and every full batch."""
+        queue = self._queue
+        queue.waiting = [w for w in queue.waiting if not w.answer.done()]  # callers gone (deadline, cancel)
+        while (batch := queue.next_call()) is not None:
             call = asyncio.create_task(self._send_batch(batch), name="post-messages")
             self._calls.add(call)
             call.add_done_callback(self._calls.discard)
-
-    def _more_than_a_call(self) -> bool:
-        """More waits than one call may carry: a full call leaves without waiting for the one in flight."""
-        return len(self._waiting) > self._batch_max or sum(w.size for w in self._waiting) > self._max_bytes
-
-    def _take(self) -> list[WaitingSend]:
-        """The first waiting sends that one call carries (at least one, whatever its size)."""
-        count = size = 0
-        for waiting in self._waiting:
-            size += waiting.size
-            if count and (count == self._batch_max or size > self._max_bytes):
-                break
-            count += 1
-        batch, self._waiting = self._waiting[:count], self._waiting[count:]
-        return batch
 
     async def _send_batch(self, batch: list[WaitingSend]) -> None:
         try:
@@ -156,7 +139,7 @@ class SendBatches:
                     waiting.answer.cancel()
             raise
         finally:
-            self._in_flight -= 1
+            self._queue.landed()
             self._send_due()
 
     @staticmethod

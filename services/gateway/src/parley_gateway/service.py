@@ -2,13 +2,16 @@
 
 Internal calls carry the caller's own token (each service checks it again: the gateway is not
 the only gate) and the client's remaining deadline (parley_gateway.forwarding). The plain calls
-are served from one table (parley_gateway.routes); the ones that do more are written out here.
+are served from one table (parley_gateway.domain.routes); the ones that do more are written out
+here. What is decided at the edge (admission, routes, which sends go together, what a live
+stream receives) is parley_gateway.domain's; this module translates and makes the calls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -30,11 +33,13 @@ from parley_core.sources import budget_key, client_address
 from parley_core.tokens import bearer_token
 from parley_core.visibility import HistoryView
 from parley_gateway.console import relay_security_events, report, report_list
+from parley_gateway.domain.admission import Admission, LiveStreamCaps, RateLimited
+from parley_gateway.domain.routes import ROUTES, Again, Upstream
 from parley_gateway.fanout import ChannelFeed
 from parley_gateway.forwarding import Context, forward
-from parley_gateway.limits import Admission, GatewayLimits, LiveStreamCaps, RateLimited
+from parley_gateway.limits import GatewayLimits
 from parley_gateway.live import LiveSubscriber
-from parley_gateway.routes import ROUTES, Again, Bound, Upstream, bind
+from parley_gateway.routes import Bound, bind
 from parley_gateway.send_batches import SendBatches
 from parley_gateway.subscriptions import Backlog, backlog_events, joined
 from parley_gateway.web import BrowserApp, BrowserListener, WebFiles
@@ -155,7 +160,9 @@ class GatewayApp(gateway_pb2_grpc.GatewayServicer):
         self._admission.check_size(request.ByteSize())
         user_id = None if anonymous else self._ctx.tokens.caller(context).user_id
         try:
-            self._admission.admit(source=budget_key(client_address(context.peer())), user_id=user_id)
+            self._admission.admit(
+                source=budget_key(client_address(context.peer())), user_id=user_id, now=time.monotonic()
+            )
         except RateLimited as exc:
             retry_ms = str(max(1, round(exc.retry_after_s * 1000)))
             # The retry hint travels as trailing metadata, so a client can wait exactly that long.
@@ -369,7 +376,7 @@ def _served_from_the_table(name: str) -> Callable[[GatewayApp, Any, Context], Aw
         return await self._pass_on(name, request, context)
 
     call.__name__ = call.__qualname__ = name
-    call.__doc__ = f"Forwarded as parley_gateway.routes.ROUTES[{name!r}] says."
+    call.__doc__ = f"Forwarded as parley_gateway.domain.routes.ROUTES[{name!r}] says."
     return call
 
 

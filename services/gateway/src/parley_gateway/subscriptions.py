@@ -1,8 +1,9 @@
 """A Subscribe call's stream: joined to the process's channel feed, then its backlog from the log.
 
 A stream joins the feed before it reads any backlog, at the feed's position then: the log up to
-there, the feed after it, so nothing is missed and nothing comes twice. `joined` is synchronous
-on purpose: between reading the feed's position and adding the stream no event can be handed out.
+there, the feed after it, so nothing is missed and nothing comes twice (which channels, from
+where: parley_gateway.domain.streams.plan_stream). `joined` is synchronous on purpose: between
+reading the feed's position and adding the stream no event can be handed out.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from nats.aio.client import Client as NatsClient
 from parley.gateway.v1 import gateway_pb2
 from parley.messaging.v1 import messaging_pb2
 
-from parley_core.errors import PermissionDenied
 from parley_core.topology import channel_subject
 from parley_gateway.catchup import events_between
+from parley_gateway.domain.admission import LiveStreamCaps
+from parley_gateway.domain.streams import plan_stream
 from parley_gateway.fanout import ChannelFeed
-from parley_gateway.limits import LiveStreamCaps
 from parley_gateway.live import LiveBuffer, LiveSubscriber, channel_event_of, view_of
 
 # Per resumed channel, the positions (after, up to] its backlog is read between.
@@ -36,29 +37,21 @@ def joined(
 ) -> tuple[LiveSubscriber, gateway_pb2.ClientEvent, Backlog]:
     """The caller's stream over the channels asked for (all of `mine` when none are), joined to
     the feed; its `ready` event; and the backlog of each resumed channel."""
-    views = {c.channel_id: view_of(c) for c in mine.channels}
     resume = {r.channel_id: r.after_position for r in request.resume}
-    wanted = list(dict.fromkeys([*request.channel_ids, *resume])) or sorted(views)
-    caps.check_channels(len(wanted))
-    if not_mine := [c for c in wanted if c not in views]:
-        raise PermissionDenied(f"not a member of channel(s): {', '.join(not_mine[:5])}")
-    # A hidden history starts at the member's join, wherever the client asks to resume.
-    starts = {c: max(resume.get(c, 0), views[c].first_position - 1) for c in wanted}
-    live_from = feed.position
+    mine_views = {c.channel_id: view_of(c) for c in mine.channels}
+    plan = plan_stream(mine_views, asked=request.channel_ids, resume=resume, live_from=feed.position, caps=caps)
     stream = LiveSubscriber(
-        user_id=user_id,
-        views={c: views[c] for c in wanted},
-        after={c: max(start, live_from) for c, start in starts.items()},
-        buffer=LiveBuffer(buffer_size),
-        check=check,
+        user_id=user_id, views=plan.views, after=plan.after, buffer=LiveBuffer(buffer_size), check=check
     )
     feed.add(stream)
     # Channels not resumed start now; the client resumes from these positions if it drops.
     positions = [
-        gateway_pb2.ResumeFrom(channel_id=c, after_position=stream.after[c]) for c in wanted if c not in resume
+        gateway_pb2.ResumeFrom(channel_id=c, after_position=stream.after[c])
+        for c in plan.channel_ids
+        if c not in resume
     ]
-    ready = gateway_pb2.ClientEvent(ready=gateway_pb2.Ready(channel_ids=wanted, positions=positions))
-    return stream, ready, {c: (starts[c], live_from) for c in resume}
+    ready = gateway_pb2.ClientEvent(ready=gateway_pb2.Ready(channel_ids=plan.channel_ids, positions=positions))
+    return stream, ready, plan.backlog
 
 
 async def backlog_events(
