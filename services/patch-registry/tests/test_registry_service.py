@@ -893,10 +893,16 @@ async def test_two_registries_on_one_repository_drive_one_roll_out_without_a_rep
         await registry.beat("m-1", "0.1.0")
 
         async def m1_live() -> bool | None:
-            response = await registry.fleet.ListInstances(fleet_pb2.ListInstancesRequest(), timeout=TIMEOUT_S)
-            return "m-1" in {i.last_heartbeat.instance_id for i in response.instances} or None
+            # In both instances' fleet views: each follows the heartbeats on its own, and the plan
+            # below goes through the other one.
+            assert registry.another_fleet is not None
+            for fleet in (registry.fleet, registry.another_fleet):
+                response = await fleet.ListInstances(fleet_pb2.ListInstancesRequest(), timeout=TIMEOUT_S)
+                if "m-1" not in {i.last_heartbeat.instance_id for i in response.instances}:
+                    return None
+            return True
 
-        await eventually(m1_live, "m-1 in the fleet view")
+        await eventually(m1_live, "m-1 in both instances' fleet views")
         # Planned through the other instance, from the release the first one wrote.
         rollout = await other.PlanRollout(
             patch_pb2.PlanRolloutRequest(service="messaging", to_version="0.2.0"),
