@@ -9,12 +9,20 @@ from parley.storage.v1 import events_pb2 as pb
 from parley_core.actor import Actor
 from parley_core.contracts import MAX_RETENTION_DAYS
 from parley_core.errors import FailedPrecondition, InvalidArgument, NotFound
-from parley_core.markers import account_erasure_marker, channel_erasure_marker, expiry_marker
-from parley_core.topology import due_subject, export_subject, kek_subject, privacy_subject
+from parley_core.markers import (
+    MAX_EVENTS_PER_FACT,
+    account_erasure_marker,
+    channel_erasure_marker,
+    deletion_due_id,
+    expiry_marker,
+)
+from parley_core.topology import archive_consumer_subject, due_subject, export_subject, kek_subject, privacy_subject
 from parley_storage import codec, domain
 from parley_storage.domain import (
     AccountErasureDue,
     ChannelErasureDue,
+    ConsumerRecreated,
+    DeletionDue,
     ErasedFromStreams,
     EraseUserData,
     Erasures,
@@ -67,6 +75,36 @@ def test_erasure_markers_one_per_channel_and_username_in_a_stable_order() -> Non
     ]
     assert [domain.owner_of(d) for d in due] == ["messaging", "messaging", "auth", "auth"]
     assert domain.decide_erasure_markers("u1", {}, ()) == []
+
+
+def test_an_erasure_a_restore_finds_in_the_keyring_gets_the_record_it_lacked() -> None:
+    facts, _ = domain.decide_finished_after_restore("u1", ["k1"], backup_id="b7", by="platform")
+    assert facts == [
+        UserErased("u1", "platform", "erased after backup b7 was taken; finished when it was restored", ("k1",))
+    ]
+
+
+def test_deletions_are_asked_for_in_stream_order_chunked_with_ids_from_what_they_name() -> None:
+    refs = [(seq, f"e{seq}") for seq in range(MAX_EVENTS_PER_FACT + 3, 0, -1)] + [(1, "e1")]  # a repeat
+    due = domain.decide_deletions("MSG", "messaging", "erasure", refs, user_id="u1")
+    assert [len(d.events) for d in due] == [MAX_EVENTS_PER_FACT, 3]
+    assert due[0].events[0] == (1, "e1")
+    assert due[1] == DeletionDue(
+        deletion_due_id(
+            "MSG", "erasure", "u1", [MAX_EVENTS_PER_FACT + 1, MAX_EVENTS_PER_FACT + 2, MAX_EVENTS_PER_FACT + 3]
+        ),
+        "messaging",
+        "MSG",
+        "erasure",
+        "u1",
+        tuple((seq, f"e{seq}") for seq in range(MAX_EVENTS_PER_FACT + 1, MAX_EVENTS_PER_FACT + 4)),
+    )
+    assert domain.decide_deletions("MSG", "messaging", "erasure", [], user_id="u1") == []
+
+
+def test_a_re_made_archive_consumer_is_recorded() -> None:
+    facts, _ = domain.decide_consumer_recreated(stream="MSG", consumer="c", resumed_from_seq=8, stream_last_seq=20)
+    assert facts == [ConsumerRecreated("MSG", "c", 8, 20)]
 
 
 # -- the erasures aggregate ----------------------------------------------------------------------
@@ -173,6 +211,18 @@ def test_facts_are_written_on_their_subjects_with_their_payloads() -> None:
         assert event.actor == STORAGE
         if event_id is not None:
             assert event.event_id.startswith(event_id)
+    deletion = domain.decide_deletions("AUTH", "auth", "removed", [(4, "e4")])[0]
+    event = codec.new_event(deletion, STORAGE)
+    assert codec.subject_of(deletion) == due_subject("auth", "deletion", deletion.fact_id)
+    assert event.event_id == event.aggregate_id == deletion.fact_id
+    assert event.payload == pb.LogDeletionDue(
+        reason="removed", stream="AUTH", events=[pb.LoggedEventRef(stream_seq=4, event_id="e4")]
+    )
+    recreated = ConsumerRecreated("MSG", "c", 8, 20)
+    assert codec.subject_of(recreated) == archive_consumer_subject("MSG")
+    assert codec.new_event(recreated, STORAGE).payload == pb.ArchiveConsumerRecreated(
+        stream="MSG", consumer="c", resumed_from_seq=8, stream_last_seq=20
+    )
     due = domain.decide_erasure_markers("u1", {"c1": [1]}, ["alice"])
     channel, account = (codec.new_event(d, STORAGE) for d in due)
     assert channel.event_id == due[0].marker.due_event_id

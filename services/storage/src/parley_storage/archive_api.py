@@ -30,6 +30,7 @@ from parley_storage.lag import measure_lag
 from parley_storage.progress import ArchiveProgress
 from parley_storage.retention import ArchiveBehind, Retention
 from parley_storage.security_feed import MAX_BACKLOG, SecurityFeed
+from parley_storage.store_log import record
 from parley_storage.stream_erasure import erase_from_streams
 
 DEFAULT_PAGE = 500
@@ -267,8 +268,7 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
         facts, _ = domain.decide_erase(command, requested=requested, live_key_ids=live)
         # The audited decision is appended first: an erasure never happens without its record.
         try:
-            for fact in facts:
-                await self._events.append_after_last(codec.subject_of(fact), codec.new_event(fact, requester.actor))
+            await record(self._events, facts, requester.actor)
         except Exception as exc:  # any bus failure: nothing was shredded, the caller may retry
             raise Unavailable("could not record the erasure; nothing was erased, retry") from exc
         shredded = await self._archive.shred_user(user_id)
@@ -320,8 +320,7 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
         """An operator's change in the audit trail (STORE, then the archive's audit queries):
         a record storage's projection does not fold, appended after whatever its subject holds."""
         try:
-            for fact in facts:
-                await self._ctx.bus.append_after_last(codec.subject_of(fact), codec.new_event(fact, requester.actor))
+            await record(self._ctx.bus, facts, requester.actor)
         except Exception as exc:  # any bus failure: the caller is told, and may call again
             raise Unavailable("recording the change in the audit trail failed; call again") from exc
 

@@ -11,7 +11,7 @@ from parley.storage.v1 import events_pb2 as pb
 
 from parley_core.actor import Actor
 from parley_core.envelope import NewEvent
-from parley_core.topology import due_subject, export_subject, kek_subject, privacy_subject
+from parley_core.topology import archive_consumer_subject, due_subject, export_subject, kek_subject, privacy_subject
 from parley_storage import domain
 from parley_storage.domain import Fact
 
@@ -70,6 +70,19 @@ def _account_erasure(e: domain.AccountErasureDue) -> Written:
     return Written(due_subject("auth", "erasure", e.user_id), "erasure", e.user_id, payload, e.marker.due_event_id)
 
 
+def _deletion(e: domain.DeletionDue) -> Written:
+    refs = [pb.LoggedEventRef(stream_seq=seq, event_id=event_id) for seq, event_id in e.events]
+    payload = pb.LogDeletionDue(reason=e.reason, user_id=e.user_id, stream=e.stream, events=refs)
+    return Written(due_subject(e.owner, "deletion", e.fact_id), "deletion", e.fact_id, payload, e.fact_id)
+
+
+def _consumer_recreated(e: domain.ConsumerRecreated) -> Written:
+    payload = pb.ArchiveConsumerRecreated(
+        stream=e.stream, consumer=e.consumer, resumed_from_seq=e.resumed_from_seq, stream_last_seq=e.stream_last_seq
+    )
+    return Written(archive_consumer_subject(e.stream), "archive", e.stream, payload)
+
+
 ENCODERS: dict[type[Any], Callable[[Any], Written]] = {
     domain.UserErased: _erased,
     domain.ErasedFromStreams: _erased_from_streams,
@@ -78,6 +91,8 @@ ENCODERS: dict[type[Any], Callable[[Any], Written]] = {
     domain.ExpiryDue: _expiry,
     domain.ChannelErasureDue: _channel_erasure,
     domain.AccountErasureDue: _account_erasure,
+    domain.DeletionDue: _deletion,
+    domain.ConsumerRecreated: _consumer_recreated,
 }
 
 

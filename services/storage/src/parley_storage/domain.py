@@ -13,7 +13,14 @@ from typing import TypeVar
 
 from parley_core.contracts import MAX_RETENTION_DAYS
 from parley_core.errors import FailedPrecondition, InvalidArgument, NotFound
-from parley_core.markers import Marker, account_erasure_marker, channel_erasure_marker, expiry_marker
+from parley_core.markers import (
+    MAX_EVENTS_PER_FACT,
+    Marker,
+    account_erasure_marker,
+    channel_erasure_marker,
+    deletion_due_id,
+    expiry_marker,
+)
 
 T = TypeVar("T")
 Decided = tuple[list["Fact"], T]
@@ -89,7 +96,39 @@ class AccountErasureDue:
     username_key: str
 
 
-Fact = UserErased | ErasedFromStreams | UserExported | KekRotated | ExpiryDue | ChannelErasureDue | AccountErasureDue
+@dataclass(frozen=True)
+class DeletionDue:
+    """Events of another service's stream for its owner to delete securely (parley_core.log_deletion)."""
+
+    fact_id: str
+    owner: str
+    stream: str
+    reason: str
+    user_id: str
+    events: tuple[tuple[int, str], ...]  # (stream sequence, event id)
+
+
+@dataclass(frozen=True)
+class ConsumerRecreated:
+    """An archive consumer lost on the server and made again from the archive's position."""
+
+    stream: str
+    consumer: str
+    resumed_from_seq: int
+    stream_last_seq: int
+
+
+Fact = (
+    UserErased
+    | ErasedFromStreams
+    | UserExported
+    | KekRotated
+    | ExpiryDue
+    | ChannelErasureDue
+    | AccountErasureDue
+    | DeletionDue
+    | ConsumerRecreated
+)
 ErasureDue = ChannelErasureDue | AccountErasureDue
 
 
@@ -228,6 +267,36 @@ def decide_erasure_markers(
 def owner_of(due: ErasureDue) -> str:
     """The service that appends the marker the fact asks for."""
     return "messaging" if isinstance(due, ChannelErasureDue) else "auth"
+
+
+def decide_deletions(
+    stream: str, owner: str, reason: str, present: Sequence[tuple[int, str]], *, user_id: str = ""
+) -> list[DeletionDue]:
+    """The facts asking `owner` to delete these events (still in the log), MAX_EVENTS_PER_FACT a
+    fact, in stream order; ids from what they name, so a repeated request records nothing twice."""
+    refs = sorted(set(present))
+    due = []
+    for start in range(0, len(refs), MAX_EVENTS_PER_FACT):
+        chunk = tuple(refs[start : start + MAX_EVENTS_PER_FACT])
+        fact_id = deletion_due_id(stream, reason, user_id, [seq for seq, _ in chunk])
+        due.append(DeletionDue(fact_id, owner, stream, reason, user_id, chunk))
+    return due
+
+
+def decide_finished_after_restore(
+    user_id: str, destroyed_key_ids: Sequence[str], *, backup_id: str, by: str
+) -> Decided[None]:
+    """An erasure decided after the backup was taken, which a restore finds only in the keyring:
+    its audited record, as the erasure itself would have appended it (re-seed)."""
+    reason = f"erased after backup {backup_id} was taken; finished when it was restored"
+    return [UserErased(user_id, by, reason, tuple(destroyed_key_ids))], None
+
+
+def decide_consumer_recreated(
+    *, stream: str, consumer: str, resumed_from_seq: int, stream_last_seq: int
+) -> Decided[None]:
+    """The audited record of a lost archive consumer made again (LostConsumers)."""
+    return [ConsumerRecreated(stream, consumer, resumed_from_seq, stream_last_seq)], None
 
 
 def decide_erased_from_streams(user_id: str, events_deleted: int) -> Decided[int]:

@@ -39,7 +39,7 @@ import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 from parley.auth.v1.events_pb2 import AccountErasureRequested
-from parley.storage.v1.events_pb2 import EventLogRestored, RestoredStream, UserDataErased
+from parley.storage.v1.events_pb2 import EventLogRestored, RestoredStream
 from sqlalchemy import Engine, func, select
 
 from parley_core.actor import Actor
@@ -52,12 +52,12 @@ from parley_core.topology import (
     CONSUMERS,
     PLATFORM_USER,
     erasure_request_subject,
-    privacy_subject,
     reseed_hole_subject,
     restore_subject,
 )
 from parley_storage.archive import SqlEventArchive, StoredEvent, open_engine
 from parley_storage.datakeys import DataKeys
+from parley_storage.domain import decide_finished_after_restore
 from parley_storage.kek import FileKeyring, KeyringUnreadable
 from parley_storage.key_files import KEYRING_FILE
 from parley_storage.migrate import SchemaNewerThanCode, UnversionedDatabase, check_schema_compatible
@@ -65,6 +65,7 @@ from parley_storage.residency import location_of
 from parley_storage.restored import RestoreMarker, clear_restored, marker_path, read_restored
 from parley_storage.schema import events
 from parley_storage.service import configured_database_url, database_url
+from parley_storage.store_log import record
 from parley_storage.stream_erasure import request_markers
 from parley_storage.stream_log import read_if_present
 
@@ -219,17 +220,10 @@ async def finish_erasures(bus: EventBus, archive: SqlEventArchive, marker: Resto
     finished = []
     for erasure in await archive.unfinished_erasures():
         if not erasure.recorded:
-            reason = f"erased after backup {marker.backup_id} was taken; finished when it was restored"
-            decided = UserDataErased(
-                user_id=erasure.user_id,
-                erased_by=PLATFORM_USER,
-                reason=reason,
-                destroyed_key_ids=list(erasure.destroyed_key_ids),
+            facts, _ = decide_finished_after_restore(
+                erasure.user_id, erasure.destroyed_key_ids, backup_id=marker.backup_id, by=PLATFORM_USER
             )
-            event = NewEvent(
-                aggregate_type="privacy", aggregate_id=erasure.user_id, payload=decided, actor=Actor.PLATFORM
-            )
-            await bus.append_after_last(privacy_subject(erasure.user_id), event)
+            await record(bus, facts, Actor.PLATFORM)
         await _erasure_requested(bus, erasure.user_id, marker.backup_id)
         await request_markers(bus, archive, erasure.user_id)
         finished.append(erasure.user_id)

@@ -22,7 +22,6 @@ from collections.abc import Sequence
 
 from nats.js.errors import NotFoundError
 
-from parley_core.actor import Actor
 from parley_core.bus import EventBus
 from parley_core.envelope import NewEvent
 from parley_core.markers import Marker
@@ -30,9 +29,9 @@ from parley_core.topology import CONSUMERS, channel_subject
 from parley_storage import codec, domain
 from parley_storage.archive import RetentionPolicy, SqlEventArchive
 from parley_storage.progress import ArchiveProgress
+from parley_storage.store_log import STORAGE, record
 
 MARKER_SEQS = domain.MARKER_SEQS
-STORAGE = Actor.service("storage")
 STREAM = "MSG"
 (ARCHIVE_CONSUMER,) = (c.durable for c in CONSUMERS if c.service == "storage" and c.stream == STREAM)
 
@@ -68,8 +67,7 @@ class Retention:
         cutoff = domain.expiry_cutoff(policy.days, now_ns)
         expired = await self._archive.sent_before(policy.channel_id, cutoff)
         due = domain.decide_expiry(policy.channel_id, policy.days, expired, sent_before_ns=cutoff)
-        for fact in due:
-            await self._bus.append_after_last(codec.subject_of(fact), codec.new_event(fact, STORAGE))
+        await record(self._bus, due)
         await self._until_marked([fact.marker for fact in due], timeout)
         return len(expired)
 

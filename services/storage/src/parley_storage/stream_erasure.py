@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from nats.js import JetStreamContext
 from parley.messaging.v1.events_pb2 import MessagePosted
 
-from parley_core.actor import Actor
 from parley_core.bus import EventBus
 from parley_core.envelope import NewEvent, decode, open_payload
 from parley_core.jobs import Pause, every, sleeping
@@ -46,6 +45,7 @@ from parley_core.topology import CONSUMERS, channel_subject
 from parley_storage import codec
 from parley_storage.archive import LoggedEvent, SqlEventArchive
 from parley_storage.domain import ErasureDue, decide_erased_from_streams, decide_erasure_markers, owner_of
+from parley_storage.store_log import STORAGE, record
 from parley_storage.stream_log import (
     DeletionsPending,
     delete_parked_copies,
@@ -66,7 +66,6 @@ MARKERS_TIMEOUT_S = 30.0
 # (doubling, up to the most): the owners that must mark it may still be starting, or down.
 RESUME_PAUSE_FIRST_S = 1.0
 RESUME_PAUSE_MAX_S = 60.0
-STORAGE = Actor.service("storage")
 
 
 class StreamErasureIncomplete(Exception):
@@ -163,8 +162,8 @@ async def remove_from_log(
             raise StreamErasureIncomplete(f"{exc}; the erasure will be retried") from None
         deleted += len(asked)
     deleted += await delete_parked_copies(bus.js, doomed)
-    [done], _ = decide_erased_from_streams(user_id, deleted)
-    await bus.append_after_last(codec.subject_of(done), codec.new_event(done, STORAGE))
+    done, _ = decide_erased_from_streams(user_id, deleted)
+    await record(bus, done)
     log.info("erasure reached the event log", extra={"user_id": user_id, "deleted": deleted})
     return deleted
 
