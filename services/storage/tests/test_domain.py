@@ -4,6 +4,7 @@ writes them as: no server, no database, no log."""
 from __future__ import annotations
 
 import pytest
+from google.protobuf.message import Message
 from parley.storage.v1 import events_pb2 as pb
 
 from parley_core.actor import Actor
@@ -197,7 +198,7 @@ def test_expiry_facts_are_chunked_and_their_markers_come_from_the_numbers() -> N
 
 def test_facts_are_written_on_their_subjects_with_their_payloads() -> None:
     marker = expiry_marker("c1", [1, 2])
-    cases = [
+    cases: list[tuple[domain.Fact, str, type[Message], str | None]] = [
         (UserErased("u1", "a", "r", ("k1",)), privacy_subject("u1"), pb.UserDataErased, None),
         (ErasedFromStreams("u1", 2), privacy_subject("u1"), pb.UserDataErasedFromStreams, "erased-from-streams-u1"),
         (UserExported("u1", "a"), export_subject("u1"), pb.UserDataExported, None),

@@ -1,4 +1,4 @@
-"""Storage's facts (domain.py) as the STORE events they are written as, and back: the one place
+"""Storage's facts (domain.py, detection/findings.py) as the STORE events they are written as, and back: the one place
 that knows both shapes, each fact's subject and its event id."""
 
 from __future__ import annotations
@@ -11,8 +11,17 @@ from parley.storage.v1 import events_pb2 as pb
 
 from parley_core.actor import Actor
 from parley_core.envelope import NewEvent
-from parley_core.topology import archive_consumer_subject, due_subject, export_subject, kek_subject, privacy_subject
+from parley_core.topology import (
+    anomaly_subject,
+    archive_consumer_subject,
+    due_subject,
+    export_subject,
+    kek_subject,
+    privacy_subject,
+)
 from parley_storage import domain
+from parley_storage.detection import findings
+from parley_storage.detection.findings import Finding
 from parley_storage.domain import Fact
 
 
@@ -83,6 +92,44 @@ def _consumer_recreated(e: domain.ConsumerRecreated) -> Written:
     return Written(archive_consumer_subject(e.stream), "archive", e.stream, payload)
 
 
+def _anomaly(e: findings.AnomalyRecorded) -> Written:
+    a = e.anomaly
+    payload = pb.AnomalyDetected(
+        kind=a.kind,
+        subject=a.subject,
+        evidence=a.evidence,
+        score=a.score,
+        why=a.why,
+        response=e.response,
+        user_id=a.user_id,
+        session_id=a.session_id,
+        source=a.source,
+        trigger_event_ids=a.triggers,
+    )
+    return Written(anomaly_subject(a.kind, a.key), "anomaly", a.key, payload, a.event_id)
+
+
+_SESSION_DUES = {"revoke": pb.SessionRevocationDue, "stepup": pb.SessionStepUpDue}
+
+
+def _session_due(e: findings.SessionActionDue) -> Written:
+    """The id follows the finding's, so a replay asks once."""
+    a = e.anomaly
+    payload = _SESSION_DUES[e.verb](
+        session_id=a.session_id, user_id=a.user_id, anomaly_event_id=a.event_id, reason=e.reason
+    )
+    subject = due_subject("auth", e.verb, a.session_id)
+    return Written(subject, "session", a.session_id, payload, f"{a.event_id}-{e.verb}")
+
+
+def _slowdown_due(e: findings.SourceSlowdownDue) -> Written:
+    a = e.anomaly
+    payload = pb.SourceSlowdownDue(
+        source=a.source, until_unix=e.until_unix, anomaly_event_id=a.event_id, reason=e.reason
+    )
+    return Written(due_subject("auth", "slow", a.key), "source", a.key, payload, f"{a.event_id}-slow")
+
+
 ENCODERS: dict[type[Any], Callable[[Any], Written]] = {
     domain.UserErased: _erased,
     domain.ErasedFromStreams: _erased_from_streams,
@@ -93,18 +140,21 @@ ENCODERS: dict[type[Any], Callable[[Any], Written]] = {
     domain.AccountErasureDue: _account_erasure,
     domain.DeletionDue: _deletion,
     domain.ConsumerRecreated: _consumer_recreated,
+    findings.AnomalyRecorded: _anomaly,
+    findings.SessionActionDue: _session_due,
+    findings.SourceSlowdownDue: _slowdown_due,
 }
 
 
-def written(fact: Fact) -> Written:
+def written(fact: Fact | Finding) -> Written:
     return ENCODERS[type(fact)](fact)
 
 
-def subject_of(fact: Fact) -> str:
+def subject_of(fact: Fact | Finding) -> str:
     return written(fact).subject
 
 
-def new_event(fact: Fact, actor: Actor) -> NewEvent:
+def new_event(fact: Fact | Finding, actor: Actor) -> NewEvent:
     """The fact as the event appended for it, by `actor`."""
     w = written(fact)
     if w.event_id is None:

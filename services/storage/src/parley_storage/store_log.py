@@ -11,6 +11,7 @@ from typing import Protocol
 from parley_core.actor import Actor
 from parley_core.envelope import NewEvent
 from parley_storage import codec
+from parley_storage.detection.findings import Finding
 from parley_storage.domain import Fact
 
 STORAGE = Actor.service("storage")
@@ -22,7 +23,7 @@ class AppendsAfterLast(Protocol):
     def append_after_last(self, subject: str, event: NewEvent) -> Awaitable[object]: ...
 
 
-async def record(log: AppendsAfterLast, facts: Iterable[Fact], actor: Actor = STORAGE) -> None:
+async def record(log: AppendsAfterLast, facts: Iterable[Fact | Finding], actor: Actor = STORAGE) -> None:
     """Append each fact in order (a failure leaves the later ones unwritten: the caller retries)."""
     for fact in facts:
         await log.append_after_last(codec.subject_of(fact), codec.new_event(fact, actor))
