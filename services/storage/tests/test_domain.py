@@ -1,4 +1,4 @@
-"""Storage's decisions and its erasures aggregate (domain.py), and the STORE events codec.py
+"""Storage's decisions and its erasures aggregate (domain/), and the STORE events codec.py
 writes them as: no server, no database, no log."""
 
 from __future__ import annotations
@@ -17,7 +17,14 @@ from parley_core.markers import (
     deletion_due_id,
     expiry_marker,
 )
-from parley_core.topology import archive_consumer_subject, due_subject, export_subject, kek_subject, privacy_subject
+from parley_core.topology import (
+    archive_consumer_subject,
+    due_subject,
+    export_subject,
+    kek_subject,
+    privacy_subject,
+    restore_subject,
+)
 from parley_storage import codec, domain
 from parley_storage.domain import (
     AccountErasureDue,
@@ -101,6 +108,22 @@ def test_deletions_are_asked_for_in_stream_order_chunked_with_ids_from_what_they
         tuple((seq, f"e{seq}") for seq in range(MAX_EVENTS_PER_FACT + 1, MAX_EVENTS_PER_FACT + 4)),
     )
     assert domain.decide_deletions("MSG", "messaging", "erasure", [], user_id="u1") == []
+
+
+def test_a_restored_log_is_recorded_with_its_streams_and_the_erasures_it_finished() -> None:
+    streams = [domain.StreamReseeded("MSG", events=9, holes=1, last_seq=10)]
+    facts, _ = domain.decide_log_restored(
+        backup_id="b7", backup_created_at="2026-01-01", streams=streams, erasures_finished=["u1"]
+    )
+    assert facts == [domain.LogRestored("b7", "2026-01-01", tuple(streams), ("u1",))]
+    event = codec.new_event(facts[0], Actor.PLATFORM)
+    assert (codec.subject_of(facts[0]), event.event_id) == (restore_subject("b7"), "restored-b7")
+    assert event.payload == pb.EventLogRestored(
+        backup_id="b7",
+        backup_created_at="2026-01-01",
+        streams=[pb.RestoredStream(stream="MSG", events=9, holes=1, last_seq=10)],
+        erasures_finished=["u1"],
+    )
 
 
 def test_a_re_made_archive_consumer_is_recorded() -> None:

@@ -1,7 +1,7 @@
 """StorageArchiveService: archive reads, audit queries, lag, export and erasure over gRPC.
 
 Servicer methods only translate: protobuf in, access rules (access.py), the reads a decision
-needs, its decision (domain.py), the facts appended (codec.py), protobuf out.
+needs, its decision (domain/), the facts appended (codec.py), protobuf out.
 """
 
 from __future__ import annotations

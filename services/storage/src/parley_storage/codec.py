@@ -1,4 +1,4 @@
-"""Storage's facts (domain.py, detection/findings.py) as the STORE events they are written as, and back: the one place
+"""Storage's facts (domain/, detection/findings.py) as the STORE events they are written as, and back: the one place
 that knows both shapes, each fact's subject and its event id."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from parley_core.topology import (
     export_subject,
     kek_subject,
     privacy_subject,
+    restore_subject,
 )
 from parley_storage import domain
 from parley_storage.detection import findings
@@ -92,6 +93,18 @@ def _consumer_recreated(e: domain.ConsumerRecreated) -> Written:
     return Written(archive_consumer_subject(e.stream), "archive", e.stream, payload)
 
 
+def _restored(e: domain.LogRestored) -> Written:
+    payload = pb.EventLogRestored(
+        backup_id=e.backup_id,
+        backup_created_at=e.backup_created_at,
+        streams=[
+            pb.RestoredStream(stream=s.stream, events=s.events, holes=s.holes, last_seq=s.last_seq) for s in e.streams
+        ],
+        erasures_finished=e.erasures_finished,
+    )
+    return Written(restore_subject(e.backup_id), "restore", e.backup_id, payload, f"restored-{e.backup_id}")
+
+
 def _anomaly(e: findings.AnomalyRecorded) -> Written:
     a = e.anomaly
     payload = pb.AnomalyDetected(
@@ -140,6 +153,7 @@ ENCODERS: dict[type[Any], Callable[[Any], Written]] = {
     domain.AccountErasureDue: _account_erasure,
     domain.DeletionDue: _deletion,
     domain.ConsumerRecreated: _consumer_recreated,
+    domain.LogRestored: _restored,
     findings.AnomalyRecorded: _anomaly,
     findings.SessionActionDue: _session_due,
     findings.SourceSlowdownDue: _slowdown_due,

@@ -39,7 +39,6 @@ import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 from parley.auth.v1.events_pb2 import AccountErasureRequested
-from parley.storage.v1.events_pb2 import EventLogRestored, RestoredStream
 from sqlalchemy import Engine, func, select
 
 from parley_core.actor import Actor
@@ -55,9 +54,10 @@ from parley_core.topology import (
     reseed_hole_subject,
     restore_subject,
 )
+from parley_storage import codec
 from parley_storage.archive import SqlEventArchive, StoredEvent, open_engine
 from parley_storage.datakeys import DataKeys
-from parley_storage.domain import decide_finished_after_restore
+from parley_storage.domain import StreamReseeded, decide_finished_after_restore, decide_log_restored
 from parley_storage.kek import FileKeyring, KeyringUnreadable
 from parley_storage.key_files import KEYRING_FILE
 from parley_storage.migrate import SchemaNewerThanCode, UnversionedDatabase, check_schema_compatible
@@ -81,14 +81,6 @@ class ReseedRefused(Exception):
 def counted(n: int, noun: str) -> str:
     """`1 event`, `3 events`: what the re-seed says it did, as a person would write it."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
-@dataclass(frozen=True)
-class StreamReseeded:
-    stream: str
-    events: int  # on their subjects now
-    holes: int  # sequences left empty: the archive cannot open what was there
-    last_seq: int
 
 
 async def reseed_stream(
@@ -252,21 +244,15 @@ async def _erasure_requested(bus: EventBus, user_id: str, backup_id: str) -> Non
 async def record_restore(
     bus: EventBus, marker: RestoreMarker, streams: list[StreamReseeded], erasures_finished: list[str]
 ) -> None:
-    payload = EventLogRestored(
+    [restored], _ = decide_log_restored(
         backup_id=marker.backup_id,
         backup_created_at=marker.backup_created_at,
-        streams=[RestoredStream(**asdict(s)) for s in streams],
+        streams=streams,
         erasures_finished=erasures_finished,
     )
-    event = NewEvent(
-        aggregate_type="restore",
-        aggregate_id=marker.backup_id,
-        payload=payload,
-        actor=Actor.PLATFORM,
-        event_id=f"restored-{marker.backup_id}",
-    )
+    event = codec.new_event(restored, Actor.PLATFORM)
     with contextlib.suppress(ConcurrencyConflict):  # recorded by an earlier run stopped before the marker went
-        await bus.append(restore_subject(marker.backup_id), event, aggregate_version=1, expected_last_subject_seq=0)
+        await bus.append(codec.subject_of(restored), event, aggregate_version=1, expected_last_subject_seq=0)
 
 
 def _refuse_unfinished_restore(engine: Engine, marker: RestoreMarker, data_dir: Path) -> None:

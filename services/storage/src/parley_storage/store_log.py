@@ -1,4 +1,4 @@
-"""How storage records its decided facts (domain.py) on its own STORE stream: each as codec.py
+"""How storage records its decided facts (domain/) on its own STORE stream: each as codec.py
 writes it, after whatever its subject holds (a fact names its aggregate; none of them is
 decided at a version). Through the EventLog where storage's projection folds the fact, so the
 caller reads its own write; else on the bus."""
