@@ -32,6 +32,8 @@ DOMAINS = (
     "parley_gateway.domain.sending",
     "parley_gateway.domain.streams",
     "parley_core.connection_ages",  # the per-source connection cap's decision (every client port's)
+    "parley_storage.domain",
+    "parley_storage.detection.findings",
 )
 
 

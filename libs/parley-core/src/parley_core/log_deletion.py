@@ -27,14 +27,13 @@ from parley.common.v1.envelope_pb2 import EventEnvelope
 from parley.messaging.v1.events_pb2 import MessageEdited, MessagePosted
 
 from parley_core.envelope import UnknownEventType, decode, open_payload
-from parley_core.markers import marker_event_id
+from parley_core.markers import MAX_EVENTS_PER_FACT
 
 # "sequence not found" and "no message found": deleted already (an earlier, interrupted run).
 ALREADY_DELETED = {10043, 10037}
 # A delete of a message that is gone fails with the generic "message delete failed" code and
 # "no message found" as its description (nats-server 2.15).
 DELETE_FAILED = 10057
-MAX_EVENTS_PER_FACT = 500
 ERASURE = "erasure"
 REMOVED = "removed"  # texts a redaction or retention removed
 
@@ -81,11 +80,6 @@ async def secure_delete(js: JetStreamContext, stream: str, seq: int) -> int:
 async def newest_on_its_subject(js: JetStreamContext, stream: str, raw: RawStreamMsg) -> bool:
     last = await js.get_last_msg(stream, raw.subject or "", direct=True)
     return last.seq == raw.seq
-
-
-def deletion_due_id(stream: str, reason: str, user_id: str, seqs: Sequence[int]) -> str:
-    """The fact's event id: a repeated request for the same deletions appends nothing twice."""
-    return marker_event_id("delete", stream, reason, user_id, ",".join(map(str, seqs)))
 
 
 @dataclass(frozen=True)

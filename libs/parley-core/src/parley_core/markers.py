@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 # Event ids fit the archive's events.event_id column (64 characters), which PostgreSQL enforces.
 MAX_EVENT_ID = 64
+# Events one LogDeletionDue fact names at most (the owner refuses a larger one).
+MAX_EVENTS_PER_FACT = 500
 
 
 def marker_event_id(kind: str, *parts: str) -> str:
@@ -51,3 +53,8 @@ def account_erasure_marker(user_id: str, username_key: str) -> Marker:
 def expiry_marker(channel_id: str, channel_seqs: Sequence[int]) -> Marker:
     """MessagesExpired of these message numbers of one channel."""
     return Marker("channel", channel_id, marker_event_id("expired", channel_id, ",".join(map(str, channel_seqs))))
+
+
+def deletion_due_id(stream: str, reason: str, user_id: str, seqs: Sequence[int]) -> str:
+    """A LogDeletionDue fact's event id: a repeated request for the same deletions appends nothing twice."""
+    return marker_event_id("delete", stream, reason, user_id, ",".join(map(str, seqs)))

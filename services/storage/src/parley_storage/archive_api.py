@@ -1,40 +1,27 @@
 """StorageArchiveService: archive reads, audit queries, lag, export and erasure over gRPC.
 
-Servicer methods only translate: protobuf in, access rules (access.py), archive calls, protobuf out.
+Servicer methods only translate: protobuf in, access rules (access.py), the reads a decision
+needs, its decision (domain/), the facts appended (codec.py), protobuf out.
 """
 
 from __future__ import annotations
 
-import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
-from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from parley.storage.v1 import storage_pb2, storage_pb2_grpc
-from parley.storage.v1.events_pb2 import (
-    KeyEncryptionKeyRotated,
-    UserDataErased,
-    UserDataExported,
-)
+from parley.storage.v1.events_pb2 import KeyEncryptionKeyRotated
 
 from parley_core.actor import Actor
-from parley_core.contracts import MAX_RETENTION_DAYS
-from parley_core.envelope import NewEvent
-from parley_core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable
+from parley_core.errors import InvalidArgument, PermissionDenied, Unavailable
+from parley_core.event_log import EventLog
 from parley_core.runner import RunContext
 from parley_core.secret_fields import envelope_without_secrets
 from parley_core.tokens import Caller
-from parley_core.topology import (
-    STREAMS_BY_NAME,
-    channel_subject,
-    erasure_request_subject,
-    export_subject,
-    kek_subject,
-    privacy_subject,
-)
-from parley_storage import access
+from parley_core.topology import STREAMS_BY_NAME, channel_subject, erasure_request_subject
+from parley_storage import access, codec, domain
 from parley_storage.access import Requester, View
 from parley_storage.archive import RetentionPolicy, SqlEventArchive, StoredEvent
 from parley_storage.audit_monitor import AuditChainMonitor, Verification
@@ -43,14 +30,13 @@ from parley_storage.lag import measure_lag
 from parley_storage.progress import ArchiveProgress
 from parley_storage.retention import ArchiveBehind, Retention
 from parley_storage.security_feed import MAX_BACKLOG, SecurityFeed
+from parley_storage.store_log import record
 from parley_storage.stream_erasure import erase_from_streams
 
 DEFAULT_PAGE = 500
 MAX_PAGE = 1000
 # SetRetentionPolicy waits this long for the archive to apply the markers it appends.
 RETENTION_WAIT_S = 20.0
-# A channel id as messaging makes them (hex), and never a subject wildcard or separator.
-CHANNEL_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 Context = grpc.aio.ServicerContext[object, object]
 
 
@@ -129,9 +115,11 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
         audit_monitor: AuditChainMonitor,
         progress: ArchiveProgress,
         *,
+        events: EventLog,
         audit_verify_interval_s: float,
     ) -> None:
         self._ctx = ctx
+        self._events = events  # storage's own STORE facts, folded by its projection (erasures.py)
         self._archive = archive
         self._retention = retention
         self._audit_monitor = audit_monitor
@@ -259,51 +247,34 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
     async def ExportUserData(
         self, request: storage_pb2.ExportUserDataRequest, context: Context
     ) -> storage_pb2.ExportUserDataResponse:
-        if not request.user_id:
-            raise InvalidArgument("user_id is required")
+        user_id = domain.check_user_id(request.user_id)
         requester = self._requester(context)
-        access.require_self_or_operator(requester, request.user_id)
-        stored = await self._archive.user_events(request.user_id)
-        # On the privacy audit trail before anything is handed out; the detector weighs it too.
-        record = UserDataExported(user_id=request.user_id, exported_by=requester.acting_as)
-        await self._record(export_subject(request.user_id), "export", request.user_id, record, requester)
-        return storage_pb2.ExportUserDataResponse(format=EXPORT_FORMAT, archive=build_export(request.user_id, stored))
+        access.require_self_or_operator(requester, user_id)
+        stored = await self._archive.user_events(user_id)
+        facts, _ = domain.decide_export(domain.ExportUserData(user_id, exported_by=requester.acting_as))
+        await self._record(facts, requester)
+        return storage_pb2.ExportUserDataResponse(format=EXPORT_FORMAT, archive=build_export(user_id, stored))
 
     async def EraseUserData(
         self, request: storage_pb2.EraseUserDataRequest, context: Context
     ) -> storage_pb2.EraseUserDataResponse:
-        if not request.user_id:
-            raise InvalidArgument("user_id is required")
+        user_id = domain.check_user_id(request.user_id)
         requester = self._requester(context)
-        access.require_self_or_operator(requester, request.user_id)
-        if not await self._ctx.bus.last_subject_seq("AUTH", erasure_request_subject(request.user_id)):
-            # Auth acts on this erasure's facts only if it recorded the request: without it the
-            # keys would be shredded and the events left in the log.
-            raise FailedPrecondition(
-                f"the erasure of {request.user_id} was not requested through auth; call auth's RequestErasure"
-                " first (the gateway and `parley erase` do)"
-            )
-        live = await self._archive.live_user_keys(request.user_id)
+        access.require_self_or_operator(requester, user_id)
+        command = domain.EraseUserData(user_id, erased_by=requester.acting_as, reason=request.reason)
+        requested = bool(await self._ctx.bus.last_subject_seq("AUTH", erasure_request_subject(user_id)))
+        domain.check_erasure_requested(command, requested=requested)  # before any key is read
+        live = await self._archive.live_user_keys(user_id)
+        facts, _ = domain.decide_erase(command, requested=requested, live_key_ids=live)
         # The audited decision is appended first: an erasure never happens without its record.
-        event = NewEvent(
-            aggregate_type="privacy",
-            aggregate_id=request.user_id,
-            payload=UserDataErased(
-                user_id=request.user_id,
-                erased_by=requester.acting_as,
-                reason=request.reason,
-                destroyed_key_ids=live,
-            ),
-            actor=requester.actor,
-        )
         try:
-            await self._ctx.bus.append_after_last(privacy_subject(request.user_id), event)
+            await record(self._events, facts, requester.actor)
         except Exception as exc:  # any bus failure: nothing was shredded, the caller may retry
             raise Unavailable("could not record the erasure; nothing was erased, retry") from exc
-        shredded = await self._archive.shred_user(request.user_id)
+        shredded = await self._archive.shred_user(user_id)
         unreadable = await self._archive.count_events_under(shredded.key_ids)
         try:
-            deleted = await erase_from_streams(self._ctx.bus, self._archive, request.user_id)
+            deleted = await erase_from_streams(self._ctx.bus, self._archive, user_id)
         except Exception as exc:  # the keys are gone; only the deletion from the log is left to do
             raise Unavailable(
                 "the user's keys are destroyed, but deleting their events from the event log did not finish"
@@ -318,29 +289,17 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
     ) -> storage_pb2.SetRetentionPolicyResponse:
         requester = self._requester(context)
         access.require_operator(requester)
-        if not request.channel_id:
-            raise InvalidArgument("channel_id is required")
-        if not CHANNEL_ID.fullmatch(request.channel_id):
-            raise InvalidArgument("channel_id must be a channel's id: at most 64 letters, digits, '-' or '_'")
-        if request.days > MAX_RETENTION_DAYS:
-            raise InvalidArgument(f"days must be at most {MAX_RETENTION_DAYS} (or 0 to keep forever)")
-        newest = await self._ctx.bus.last_subject_seq("MSG", channel_subject(request.channel_id))
-        if not newest:
-            raise NotFound(f"no channel with id {request.channel_id!r}")
+        command = domain.check_retention_request(domain.SetRetentionPolicy(request.channel_id, request.days))
+        newest = await self._ctx.bus.last_subject_seq("MSG", channel_subject(command.channel_id))
+        domain.check_channel_exists(command, newest)
         try:
             # The policy is messaging's record (ChannelRetentionSet on the channel): read it from
             # the archive once that holds the channel's newest event.
             await self._retention.until_archived([newest], RETENTION_WAIT_S)
-            recorded = await self._archive.retention_policies(request.channel_id)
-            days = recorded[0].days if recorded else 0
-            if days != request.days:
-                raise FailedPrecondition(
-                    f"messaging has recorded {days or 'no'} retention days for channel {request.channel_id}, not"
-                    f" {request.days}: set the policy through messaging first (`parley retention CHANNEL DAYS` does"
-                    " both)"
-                )
+            recorded = await self._archive.retention_policies(command.channel_id)
+            domain.check_recorded_policy(command, recorded[0].days if recorded else 0)
             removed = await self._retention.apply(
-                now_ns=time.time_ns(), timeout=RETENTION_WAIT_S, channel_id=request.channel_id
+                now_ns=time.time_ns(), timeout=RETENTION_WAIT_S, channel_id=command.channel_id
             )
         except ArchiveBehind as exc:
             raise Unavailable(
@@ -357,15 +316,11 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
             policies=[_policy_proto(p) for p in await self._archive.retention_policies()]
         )
 
-    async def _record(
-        self, subject: str, aggregate_type: str, aggregate_id: str, payload: Message, requester: Requester
-    ) -> None:
-        """An operator's change in the audit trail (STORE, then the archive's audit queries)."""
-        event = NewEvent(
-            aggregate_type=aggregate_type, aggregate_id=aggregate_id, payload=payload, actor=requester.actor
-        )
+    async def _record(self, facts: Sequence[domain.Fact], requester: Requester) -> None:
+        """An operator's change in the audit trail (STORE, then the archive's audit queries):
+        a record storage's projection does not fold, appended after whatever its subject holds."""
         try:
-            await self._ctx.bus.append_after_last(subject, event)
+            await record(self._ctx.bus, facts, requester.actor)
         except Exception as exc:  # any bus failure: the caller is told, and may call again
             raise Unavailable("recording the change in the audit trail failed; call again") from exc
 
@@ -375,14 +330,14 @@ class StorageArchiveApi(storage_pb2_grpc.StorageArchiveServiceServicer):
         requester = self._requester(context)
         access.require_operator(requester)
         rotation = await self._archive.rotate_kek()
-        record = KeyEncryptionKeyRotated(
+        facts, rotated = domain.decide_kek_rotated(
             new_kek_id=rotation.new_kek_id,
-            rewrapped_data_keys=rotation.rewrapped,
-            retired_kek_ids=list(rotation.destroyed_kek_ids),
+            rewrapped=rotation.rewrapped,
+            retired_kek_ids=rotation.destroyed_kek_ids,
             rotated_by=requester.acting_as,
         )
         try:
-            await self._record(kek_subject(), "kek", "storage", record, requester)
+            await self._record(facts, requester)
         except Unavailable as exc:
             raise Unavailable(f"the key-encryption key is now {rotation.new_kek_id}, but {exc.args[0]}") from exc
-        return record
+        return codec.kek_record(rotated)

@@ -11,8 +11,9 @@ sessions and lockouts) carries out through its existing durable consumer of its 
 Event-sourced like the rest: at start it reads its own findings, then replays each stream from
 its start into the rules (parley_storage.detection), which are timed by the events' own clocks. A
 finding's id comes from the events that made it, so what was recorded before a restart is found
-again and not recorded twice; a rule that fires on events older than RESPONSE_MAX_AGE_S records the
-finding but asks for no response (the session it names is long gone or was judged already).
+again and not recorded twice; a rule that fires on events older than RESPONSE_MAX_AGE_S records
+the finding but asks for no response (the session it names is long gone or was judged already):
+detection/findings.py decides what is recorded, codec.py writes it.
 """
 
 from __future__ import annotations
@@ -36,35 +37,27 @@ from parley.auth.v1.events_pb2 import (
 )
 from parley.messaging.v1.events_pb2 import ChannelCreated, ChannelRetentionSet, MemberJoined, MessagePosted
 from parley.patch.v1.events_pb2 import RolloutApproved, RolloutPlanned
-from parley.storage.v1.events_pb2 import (
-    AnomalyDetected,
-    RetentionPolicySet,
-    SessionRevocationDue,
-    SessionStepUpDue,
-    SourceSlowdownDue,
-    UserDataErased,
-    UserDataExported,
-)
+from parley.storage.v1.events_pb2 import RetentionPolicySet, UserDataErased, UserDataExported
 from prometheus_client import Counter
 
 from parley_core.actor import Actor
 from parley_core.bus import EventBus, ReceivedEvent
-from parley_core.envelope import NewEvent, UnknownEventType
+from parley_core.envelope import UnknownEventType
 from parley_core.synthetic import is_synthetic_account
 from parley_core.topology import (
     ANOMALY_FILTER,
     AUTH_FILTER,
     CHANNELS_FILTER,
     PATCH_FILTER,
-    anomaly_subject,
-    due_subject,
 )
+from parley_storage import codec
 from parley_storage.detection import Anomaly, DetectionSettings, Rules
+from parley_storage.detection.findings import Finding, decide_finding
 from parley_storage.handed_over import HandedOverStream
+from parley_storage.store_log import STORAGE
 
 log = logging.getLogger(__name__)
 
-RESPONSE_MAX_AGE_S = 900.0
 CATCH_UP_TIMEOUT_S = 60.0
 # The sensitive changes an account makes itself (the envelope's actor is the account).
 SENSITIVE: dict[type[Message], str] = {
@@ -72,11 +65,6 @@ SENSITIVE: dict[type[Message], str] = {
     TotpEnrolled: "second factor enrolled",
     TotpReset: "second factor reset",
     RecoveryCodesRegenerated: "recovery codes regenerated",
-}
-# The responses auth carries out on a session: what storage asks for, and the verb naming it.
-_SESSION_DUES: dict[str, tuple[type[SessionRevocationDue | SessionStepUpDue], str]] = {
-    "revoke_session": (SessionRevocationDue, "revoke"),
-    "step_up": (SessionStepUpDue, "stepup"),
 }
 Observer = Callable[[ReceivedEvent], Awaitable[None]]
 # What a stream's handler found in one event: most rules find one anomaly at most, some several.
@@ -249,56 +237,24 @@ class AnomalyDetector:
         self.found.append(anomaly)
         if anomaly.event_id in self.recorded:
             return  # found again by a replay after a restart
-        response = self.settings.response(anomaly.kind)
-        named = anomaly.session_id if response in ("revoke_session", "step_up") else anomaly.source
-        if not named or time.time() - anomaly.at > RESPONSE_MAX_AGE_S:
-            response = "alert"
-        detected = AnomalyDetected(
-            kind=anomaly.kind,
-            subject=anomaly.subject,
-            evidence=anomaly.evidence,
-            score=anomaly.score,
-            why=anomaly.why,
-            response=response,
-            user_id=anomaly.user_id,
-            session_id=anomaly.session_id,
-            source=anomaly.source,
-            trigger_event_ids=anomaly.triggers,
+        facts, recorded = decide_finding(
+            anomaly,
+            configured=self.settings.response(anomaly.kind),
+            now=time.time(),
+            slow_source_s=self.settings.slow_source_s,
         )
         log.warning("anomaly detected", extra={"kind": anomaly.kind, "subject": anomaly.subject, "why": anomaly.why})
-        await self._append(
-            anomaly_subject(anomaly.kind, anomaly.key),
-            NewEvent("anomaly", anomaly.key, detected, actor=Actor.service("storage"), event_id=anomaly.event_id),
-        )
-        self.recorded.add(anomaly.event_id)
-        if self._counted is not None:
-            self._counted.labels(anomaly.kind, response).inc()
-        reason = f"anomaly {anomaly.kind}: {anomaly.why}"[:500]
-        if response in _SESSION_DUES:
-            due_type, verb = _SESSION_DUES[response]
-            due = due_type(
-                session_id=anomaly.session_id, user_id=anomaly.user_id, anomaly_event_id=anomaly.event_id, reason=reason
-            )
-            await self._ask_auth(verb, "session", anomaly.session_id, due, anomaly)
-        elif response == "slow_source":
-            until = anomaly.at + self.settings.slow_source_s
-            slow = SourceSlowdownDue(
-                source=anomaly.source, until_unix=until, anomaly_event_id=anomaly.event_id, reason=reason
-            )
-            await self._ask_auth("slow", "source", anomaly.key, slow, anomaly)
+        for fact in facts:  # the finding, then what auth must do about it
+            await self._append(fact)
+            if fact is recorded:
+                self.recorded.add(anomaly.event_id)
+                if self._counted is not None:
+                    self._counted.labels(anomaly.kind, recorded.response).inc()
 
-    async def _ask_auth(self, verb: str, aggregate: str, aggregate_id: str, due: Message, anomaly: Anomaly) -> None:
-        """Asks auth to act on a finding; the event id follows the finding's, so a replay asks once."""
-        await self._append(
-            due_subject("auth", verb, aggregate_id),
-            NewEvent(
-                aggregate, aggregate_id, due, actor=Actor.service("storage"), event_id=f"{anomaly.event_id}-{verb}"
-            ),
-        )
-
-    async def _append(self, subject: str, event: NewEvent) -> None:
+    async def _append(self, finding: Finding) -> None:
         """Retried while NATS is away (a finding must not be lost to a blip); the fixed event id
         makes a retry of an append that did land a duplicate the server drops."""
+        subject, event = codec.subject_of(finding), codec.new_event(finding, STORAGE)
         delay = 0.2
         for attempt in range(6):
             try:

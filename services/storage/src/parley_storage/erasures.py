@@ -9,39 +9,28 @@ instance re-reads the keyring when it is replaced (kek.FileKeyring).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from parley.storage.v1.events_pb2 import UserDataErased, UserDataErasedFromStreams
-
 from parley_core.bus import EventBus, ReceivedEvent, Replay
 from parley_core.topology import privacy_subject
+from parley_storage import codec
 from parley_storage.datakeys import DataKeys
+from parley_storage.domain import Erasures, UserErased
 from parley_storage.sealing import user_owner
 
 ERASURES = privacy_subject("*")
 
 
-@dataclass
-class ErasureLog:
-    """Which erasures have also reached the event log (see stream_erasure.py), as replayed."""
-
-    erased: list[str] = field(default_factory=list)
-    reached_streams: set[str] = field(default_factory=set)
-
-    def unfinished(self) -> list[str]:
-        return [user_id for user_id in dict.fromkeys(self.erased) if user_id not in self.reached_streams]
-
-
-async def follow_erasures(bus: EventBus, keys: DataKeys, erasures: ErasureLog | None = None) -> Replay:
-    """From the first erasure on (few, and a restarted instance must know them too), then live."""
+async def follow_erasures(bus: EventBus, keys: DataKeys, erasures: Erasures | None = None) -> Replay:
+    """From the first erasure on (few, and a restarted instance must know them too), then live:
+    each fact is folded into `erasures` (domain.Erasures.apply), and an erasure's keys are
+    revoked from this instance's data-key cache."""
+    erasures = erasures if erasures is not None else Erasures()
 
     async def on_event(event: ReceivedEvent) -> None:
-        payload = event.payload
-        if isinstance(payload, UserDataErased):
-            keys.revoke(user_owner(payload.user_id), payload.destroyed_key_ids)
-            if erasures is not None:
-                erasures.erased.append(payload.user_id)
-        elif isinstance(payload, UserDataErasedFromStreams) and erasures is not None:
-            erasures.reached_streams.add(payload.user_id)
+        fact = codec.fact_of(event.payload)
+        if fact is None:
+            return
+        if isinstance(fact, UserErased):
+            keys.revoke(user_owner(fact.user_id), fact.destroyed_key_ids)
+        erasures.apply(fact)
 
     return await bus.replay(stream="STORE", filter_subject=ERASURES, handler=on_event)

@@ -16,14 +16,13 @@ import contextlib
 import logging
 
 import nats.errors
-from parley.storage.v1.events_pb2 import ArchiveConsumerRecreated
 
-from parley_core.actor import Actor
 from parley_core.bus import EventBus
-from parley_core.envelope import NewEvent
 from parley_core.runner import RunContext
-from parley_core.topology import ConsumerSpec, archive_consumer_subject
+from parley_core.topology import ConsumerSpec
 from parley_storage.archive import SqlEventArchive
+from parley_storage.domain import decide_consumer_recreated
+from parley_storage.store_log import record
 
 log = logging.getLogger(__name__)
 CAUGHT_UP_POLL_MAX_S = 0.5
@@ -54,14 +53,11 @@ class LostConsumers:
 
     async def recreated(self, spec: ConsumerSpec, start_seq: int) -> None:
         last = int((await self._bus.js.stream_info(spec.stream)).state.last_seq or 0)
-        record = ArchiveConsumerRecreated(
+        facts, _ = decide_consumer_recreated(
             stream=spec.stream, consumer=spec.durable, resumed_from_seq=start_seq, stream_last_seq=last
         )
-        event = NewEvent(
-            aggregate_type="archive", aggregate_id=spec.stream, payload=record, actor=Actor.service("storage")
-        )
         try:
-            await self._bus.append_after_last(archive_consumer_subject(spec.stream), event)
+            await record(self._bus, facts)
         except Exception:  # the consumer runs again all the same; the log line keeps the fact
             log.exception("recording the re-made archive consumer failed", extra={"consumer": spec.durable})
         task = asyncio.create_task(self._serving_once_caught_up(spec, last), name=f"catch-up-{spec.durable}")

@@ -39,7 +39,6 @@ import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 from parley.auth.v1.events_pb2 import AccountErasureRequested
-from parley.storage.v1.events_pb2 import EventLogRestored, RestoredStream, UserDataErased
 from sqlalchemy import Engine, func, select
 
 from parley_core.actor import Actor
@@ -52,12 +51,13 @@ from parley_core.topology import (
     CONSUMERS,
     PLATFORM_USER,
     erasure_request_subject,
-    privacy_subject,
     reseed_hole_subject,
     restore_subject,
 )
+from parley_storage import codec
 from parley_storage.archive import SqlEventArchive, StoredEvent, open_engine
 from parley_storage.datakeys import DataKeys
+from parley_storage.domain import StreamReseeded, decide_finished_after_restore, decide_log_restored
 from parley_storage.kek import FileKeyring, KeyringUnreadable
 from parley_storage.key_files import KEYRING_FILE
 from parley_storage.migrate import SchemaNewerThanCode, UnversionedDatabase, check_schema_compatible
@@ -65,6 +65,7 @@ from parley_storage.residency import location_of
 from parley_storage.restored import RestoreMarker, clear_restored, marker_path, read_restored
 from parley_storage.schema import events
 from parley_storage.service import configured_database_url, database_url
+from parley_storage.store_log import record
 from parley_storage.stream_erasure import request_markers
 from parley_storage.stream_log import read_if_present
 
@@ -80,14 +81,6 @@ class ReseedRefused(Exception):
 def counted(n: int, noun: str) -> str:
     """`1 event`, `3 events`: what the re-seed says it did, as a person would write it."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
-@dataclass(frozen=True)
-class StreamReseeded:
-    stream: str
-    events: int  # on their subjects now
-    holes: int  # sequences left empty: the archive cannot open what was there
-    last_seq: int
 
 
 async def reseed_stream(
@@ -219,17 +212,10 @@ async def finish_erasures(bus: EventBus, archive: SqlEventArchive, marker: Resto
     finished = []
     for erasure in await archive.unfinished_erasures():
         if not erasure.recorded:
-            reason = f"erased after backup {marker.backup_id} was taken; finished when it was restored"
-            decided = UserDataErased(
-                user_id=erasure.user_id,
-                erased_by=PLATFORM_USER,
-                reason=reason,
-                destroyed_key_ids=list(erasure.destroyed_key_ids),
+            facts, _ = decide_finished_after_restore(
+                erasure.user_id, erasure.destroyed_key_ids, backup_id=marker.backup_id, by=PLATFORM_USER
             )
-            event = NewEvent(
-                aggregate_type="privacy", aggregate_id=erasure.user_id, payload=decided, actor=Actor.PLATFORM
-            )
-            await bus.append_after_last(privacy_subject(erasure.user_id), event)
+            await record(bus, facts, Actor.PLATFORM)
         await _erasure_requested(bus, erasure.user_id, marker.backup_id)
         await request_markers(bus, archive, erasure.user_id)
         finished.append(erasure.user_id)
@@ -258,21 +244,15 @@ async def _erasure_requested(bus: EventBus, user_id: str, backup_id: str) -> Non
 async def record_restore(
     bus: EventBus, marker: RestoreMarker, streams: list[StreamReseeded], erasures_finished: list[str]
 ) -> None:
-    payload = EventLogRestored(
+    [restored], _ = decide_log_restored(
         backup_id=marker.backup_id,
         backup_created_at=marker.backup_created_at,
-        streams=[RestoredStream(**asdict(s)) for s in streams],
+        streams=streams,
         erasures_finished=erasures_finished,
     )
-    event = NewEvent(
-        aggregate_type="restore",
-        aggregate_id=marker.backup_id,
-        payload=payload,
-        actor=Actor.PLATFORM,
-        event_id=f"restored-{marker.backup_id}",
-    )
+    event = codec.new_event(restored, Actor.PLATFORM)
     with contextlib.suppress(ConcurrencyConflict):  # recorded by an earlier run stopped before the marker went
-        await bus.append(restore_subject(marker.backup_id), event, aggregate_version=1, expected_last_subject_seq=0)
+        await bus.append(codec.subject_of(restored), event, aggregate_version=1, expected_last_subject_seq=0)
 
 
 def _refuse_unfinished_restore(engine: Engine, marker: RestoreMarker, data_dir: Path) -> None:

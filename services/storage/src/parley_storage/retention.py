@@ -5,7 +5,7 @@ the channel, set by the operator through messaging's SetChannelRetention), which
 copies into its retention_policies table as it archives MSG; messaging checks every fact below
 against its own record, so storage's word sets no policy. The retention job (and
 SetRetentionPolicy, at once) finds the channel's messages in history sent before that and
-records `RetentionDue` facts on its own STORE stream
+records `RetentionDue` facts (domain.decide_expiry) on its own STORE stream
 (parley.storage.due.messaging.expiry.<channel id>), at most MARKER_SEQS numbers each.
 Messaging, the channel's owner, checks them against its own projection and appends the
 `MessagesExpired` marker on the channel's subject (with the id parley_core.markers derives).
@@ -21,17 +21,17 @@ import asyncio
 from collections.abc import Sequence
 
 from nats.js.errors import NotFoundError
-from parley.storage.v1.events_pb2 import RetentionDue
 
-from parley_core.actor import Actor
 from parley_core.bus import EventBus
 from parley_core.envelope import NewEvent
-from parley_core.markers import Marker, expiry_marker
-from parley_core.topology import CONSUMERS, channel_subject, due_subject
-from parley_storage.archive import NS_PER_DAY, RetentionPolicy, SqlEventArchive
+from parley_core.markers import Marker
+from parley_core.topology import CONSUMERS, channel_subject
+from parley_storage import codec, domain
+from parley_storage.archive import RetentionPolicy, SqlEventArchive
 from parley_storage.progress import ArchiveProgress
+from parley_storage.store_log import STORAGE, record
 
-MARKER_SEQS = 500  # message numbers per marker: a long run is several events, none of them large
+MARKER_SEQS = domain.MARKER_SEQS
 STREAM = "MSG"
 (ARCHIVE_CONSUMER,) = (c.durable for c in CONSUMERS if c.service == "storage" and c.stream == STREAM)
 
@@ -64,12 +64,11 @@ class Retention:
         # A marker appended by an earlier (interrupted) run is applied before deciding, so a
         # retried run finds those messages gone and marks nothing twice.
         await self.until_archived([newest], timeout)
-        cutoff = now_ns - policy.days * NS_PER_DAY
+        cutoff = domain.expiry_cutoff(policy.days, now_ns)
         expired = await self._archive.sent_before(policy.channel_id, cutoff)
-        due = expiry_facts(policy, expired, sent_before_ns=cutoff)
-        for _, fact in due:
-            await self._bus.append_after_last(due_subject("messaging", "expiry", policy.channel_id), fact)
-        await self._until_marked([marker for marker, _ in due], timeout)
+        due = domain.decide_expiry(policy.channel_id, policy.days, expired, sent_before_ns=cutoff)
+        await record(self._bus, due)
+        await self._until_marked([fact.marker for fact in due], timeout)
         return len(expired)
 
     async def _until_marked(self, markers: Sequence[Marker], timeout: float) -> None:
@@ -115,25 +114,6 @@ class Retention:
 def expiry_facts(
     policy: RetentionPolicy, channel_seqs: Sequence[int], *, sent_before_ns: int
 ) -> list[tuple[Marker, NewEvent]]:
-    """The facts for these numbers, MARKER_SEQS a fact, each with the marker it asks for. Ids come
-    from the numbers: a run retried inside the stream's duplicate window records nothing twice,
-    and messaging appends no second marker for the same messages."""
-    due = []
-    for start in range(0, len(channel_seqs), MARKER_SEQS):
-        chunk = list(channel_seqs[start : start + MARKER_SEQS])
-        marker = expiry_marker(policy.channel_id, chunk)
-        fact = RetentionDue(
-            channel_id=policy.channel_id,
-            channel_seqs=chunk,
-            retention_days=policy.days,
-            sent_before_unix_ns=sent_before_ns,
-        )
-        event = NewEvent(
-            aggregate_type="retention",
-            aggregate_id=policy.channel_id,
-            payload=fact,
-            actor=Actor.service("storage"),
-            event_id=marker.due_event_id,
-        )
-        due.append((marker, event))
-    return due
+    """The events recording these numbers as expired (domain.decide_expiry), each with the marker it asks for."""
+    due = domain.decide_expiry(policy.channel_id, policy.days, channel_seqs, sent_before_ns=sent_before_ns)
+    return [(fact.marker, codec.new_event(fact, STORAGE)) for fact in due]

@@ -18,6 +18,7 @@ from parley_core.chat_messages import chat_message
 from parley_core.config import Settings
 from parley_core.database import SQLITE_ARCHIVE, recorded_database_url, with_driver
 from parley_core.errors import InvalidArgument, PermissionDenied, Unavailable
+from parley_core.event_log import EventLog
 from parley_core.files import ensure_private_dir
 from parley_core.jobs import PeriodicJob, every
 from parley_core.runner import RefusedToStart, RunContext
@@ -30,7 +31,8 @@ from parley_storage.backup import BackupKeys
 from parley_storage.datakeys import DataKeys
 from parley_storage.detection import KINDS, DetectionSettings
 from parley_storage.detector import AnomalyDetector
-from parley_storage.erasures import ErasureLog, follow_erasures
+from parley_storage.domain import Erasures
+from parley_storage.erasures import follow_erasures
 from parley_storage.faults import PauseInBatch
 from parley_storage.kek import FileKeyring, KeyEncryptionKeys, KeyringUnreadable
 from parley_storage.key_files import BACKUP_KEY_FILE, KEYRING_FILE
@@ -125,7 +127,7 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
         fault = PauseInBatch(Path(storage_settings.pause_in_batch)) if storage_settings.pause_in_batch else None
         self.archive = SqlEventArchive(engine, keys, fault=fault, on_log_deletions=self._log_deletions_queued)
         await self.archive.reconcile_data_keys()
-        erasures = ErasureLog()
+        erasures = Erasures()
         erasures_replay = await follow_erasures(ctx.bus, self.archive.keys, erasures)
         positions = await self.archive.positions()
         await refuse_a_log_behind_the_archive(ctx.bus, positions)
@@ -147,6 +149,7 @@ class StorageApp(storage_pb2_grpc.StorageServiceServicer):
                 self.retention,
                 self.audit_monitor,
                 self.progress,
+                events=EventLog(ctx.bus, erasures_replay),
                 audit_verify_interval_s=storage_settings.audit_verify_interval_seconds,
             ),
             ctx.server,

@@ -33,19 +33,19 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from google.protobuf.message import Message
 from nats.js import JetStreamContext
 from parley.messaging.v1.events_pb2 import MessagePosted
-from parley.storage.v1.events_pb2 import AccountErasureDue, ChannelErasureDue, UserDataErasedFromStreams
 
-from parley_core.actor import Actor
 from parley_core.bus import EventBus
 from parley_core.envelope import NewEvent, decode, open_payload
 from parley_core.jobs import Pause, every, sleeping
 from parley_core.log_deletion import ERASURE
-from parley_core.markers import Marker, account_erasure_marker, channel_erasure_marker
-from parley_core.topology import CONSUMERS, channel_subject, due_subject, privacy_subject
+from parley_core.markers import Marker
+from parley_core.topology import CONSUMERS, channel_subject
+from parley_storage import codec
 from parley_storage.archive import LoggedEvent, SqlEventArchive
+from parley_storage.domain import ErasureDue, decide_erased_from_streams, decide_erasure_markers, owner_of
+from parley_storage.store_log import STORAGE, record
 from parley_storage.stream_log import (
     DeletionsPending,
     delete_parked_copies,
@@ -111,6 +111,10 @@ class DueMarker:
     subject: str  # of the fact
     fact: NewEvent
 
+    @classmethod
+    def of(cls, due: ErasureDue) -> DueMarker:
+        return cls(owner_of(due), due.marker, codec.subject_of(due), codec.new_event(due, STORAGE))
+
 
 async def erase_from_streams(
     bus: EventBus, archive: SqlEventArchive, user_id: str, *, markers_timeout: float = MARKERS_TIMEOUT_S
@@ -158,14 +162,8 @@ async def remove_from_log(
             raise StreamErasureIncomplete(f"{exc}; the erasure will be retried") from None
         deleted += len(asked)
     deleted += await delete_parked_copies(bus.js, doomed)
-    done = NewEvent(
-        aggregate_type="privacy",
-        aggregate_id=user_id,
-        payload=UserDataErasedFromStreams(user_id=user_id, events_deleted=deleted),
-        actor=Actor.service("storage"),
-        event_id=f"erased-from-streams-{user_id}",
-    )
-    await bus.append_after_last(privacy_subject(user_id), done)
+    done, _ = decide_erased_from_streams(user_id, deleted)
+    await record(bus, done)
     log.info("erasure reached the event log", extra={"user_id": user_id, "deleted": deleted})
     return deleted
 
@@ -200,28 +198,7 @@ async def _due_markers(
                 channels[e.aggregate_id].add(number)
         elif e.stream == "AUTH" and e.subject.startswith(USERNAME_PREFIX):
             usernames.add(e.subject.removeprefix(USERNAME_PREFIX))
-    due: list[DueMarker] = []
-    for channel_id, seqs in sorted(channels.items()):
-        marker = channel_erasure_marker(user_id, channel_id)
-        fact: Message = ChannelErasureDue(user_id=user_id, channel_id=channel_id, channel_seqs=sorted(seqs))
-        due.append(
-            DueMarker("messaging", marker, due_subject("messaging", "erasure", user_id), _fact(marker, user_id, fact))
-        )
-    for key in sorted(usernames):
-        marker = account_erasure_marker(user_id, key)
-        fact = AccountErasureDue(user_id=user_id, username_key=key)
-        due.append(DueMarker("auth", marker, due_subject("auth", "erasure", user_id), _fact(marker, user_id, fact)))
-    return due
-
-
-def _fact(marker: Marker, user_id: str, payload: Message) -> NewEvent:
-    return NewEvent(
-        aggregate_type="erasure",
-        aggregate_id=user_id,
-        payload=payload,
-        actor=Actor.service("storage"),
-        event_id=marker.due_event_id,
-    )
+    return [DueMarker.of(due) for due in decide_erasure_markers(user_id, channels, usernames)]
 
 
 async def _post_number(js: JetStreamContext, event: LoggedEvent) -> list[int]:

@@ -18,13 +18,12 @@ from collections.abc import Sequence
 
 import nats.js.errors
 from nats.js import JetStreamContext
-from parley.storage.v1.events_pb2 import LogDeletionDue, LoggedEventRef
 
-from parley_core.actor import Actor
 from parley_core.bus import EventBus
-from parley_core.envelope import NewEvent
-from parley_core.log_deletion import MAX_EVENTS_PER_FACT, deletion_due_id, read_if_present, secure_delete
-from parley_core.topology import STREAMS_BY_NAME, due_subject
+from parley_core.log_deletion import read_if_present, secure_delete
+from parley_core.topology import STREAMS_BY_NAME
+from parley_storage.domain import decide_deletions
+from parley_storage.store_log import record
 
 __all__ = ["DeletionsPending", "delete_parked_copies", "read_if_present", "request_deletions", "until_deleted"]
 
@@ -42,23 +41,7 @@ async def request_deletions(
     those, for until_deleted."""
     owner = STREAMS_BY_NAME[stream].owner
     present = [(seq, eid) for seq, eid in sorted(set(refs)) if await read_if_present(bus.js, stream, seq) is not None]
-    for start in range(0, len(present), MAX_EVENTS_PER_FACT):
-        chunk = present[start : start + MAX_EVENTS_PER_FACT]
-        fact_id = deletion_due_id(stream, reason, user_id, [seq for seq, _ in chunk])
-        fact = LogDeletionDue(
-            reason=reason,
-            user_id=user_id,
-            stream=stream,
-            events=[LoggedEventRef(stream_seq=seq, event_id=eid) for seq, eid in chunk],
-        )
-        event = NewEvent(
-            aggregate_type="deletion",
-            aggregate_id=fact_id,
-            payload=fact,
-            actor=Actor.service("storage"),
-            event_id=fact_id,
-        )
-        await bus.append_after_last(due_subject(owner, "deletion", fact_id), event)
+    await record(bus, decide_deletions(stream, owner, reason, present, user_id=user_id))
     return present
 
 

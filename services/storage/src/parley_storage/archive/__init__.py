@@ -26,7 +26,6 @@ from parley_storage.archive.projection import QUEUED_LOG_DELETIONS
 from parley_storage.archive.records import (
     EXPIRED,
     EXPIRED_BY_RETENTION,
-    NS_PER_DAY,
     REDACTED,
     ConsumerProgress,
     LogDeletion,
@@ -40,6 +39,7 @@ from parley_storage.archive.records import (
 from parley_storage.archive.retention import RetentionStore
 from parley_storage.archive.writer import BatchWriter
 from parley_storage.datakeys import DataKeys
+from parley_storage.domain import NS_PER_DAY
 from parley_storage.faults import PauseInBatch
 
 __all__ = [

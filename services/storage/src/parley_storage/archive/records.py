@@ -14,7 +14,6 @@ from parley_core.envelope import UnknownEventType, open_payload
 EXPIRED = "expired"
 # Why a text waits in log_deletions.
 REDACTED, EXPIRED_BY_RETENTION = "redacted", "expired"
-NS_PER_DAY = 86_400 * 10**9
 
 
 @dataclass(frozen=True)
