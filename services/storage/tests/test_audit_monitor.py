@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from parley_core.audit import Checkpoint
 from parley_core.envelope import open_payload
 from parley_testing.stack import TIMEOUT_S, Stack, bearer
-from parley_testing.waiting import until
+from parley_testing.waiting import eventually, until
 
 RECORDS = 6
 
@@ -165,8 +165,13 @@ async def test_without_a_setting_the_checkpoints_are_the_data_folders_and_a_plai
     # A record appended since (a login): the next plain read covers it.
     await stack.create_user("bob", "member")
     await stack.login("bob")
-    newest = await newest_record(stack, auditor)
-    assert newest.chain_index > read.last_index
+
+    async def archived_since() -> SecurityEventRecorded | None:
+        # The login's record reaches the archive a moment after the login answered.
+        newest = await newest_record(stack, auditor)
+        return newest if newest.chain_index > read.last_index else None
+
+    newest = await eventually(archived_since, "the login's audit record in the archive", TIMEOUT_S)
 
     settled = await gateway.VerifyAudit(storage_pb2.GetAuditChainStateRequest(), metadata=auditor, timeout=TIMEOUT_S)
     assert settled.last_index >= newest.chain_index  # the archive holds it (read above): the run covers it
