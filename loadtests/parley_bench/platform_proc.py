@@ -42,15 +42,7 @@ class BenchPlatform:
                 *self.up_args,
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
-                # The benchmark registers its users (`make run` defaults to admin-created accounts),
-                # all from one address, so auth's per-address registration budget is lifted.
-                env={
-                    **os.environ,
-                    "PARLEY_TRACE_EXPORTER": "none",
-                    "PARLEY_REGISTRATION": "open",
-                    "PARLEY_AUTH_REGISTRATIONS_PER_SOURCE_PER_HOUR": "1000000",
-                    **self.env,
-                },
+                env=self.environment(),
             )
         deadline = asyncio.get_running_loop().time() + START_TIMEOUT_S
         delay = 0.05
@@ -61,6 +53,20 @@ class BenchPlatform:
                 raise TimeoutError(f"platform not up after {START_TIMEOUT_S:.0f}s; see {self.output_path}")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+    def environment(self) -> dict[str, str]:
+        """What `parley up` runs with. The benchmark registers its users (`make run` defaults to
+        admin-created accounts), all from one address, so auth's per-address registration budget
+        is lifted. `parley up` remembers its folder for the CLI in $XDG_CONFIG_HOME: a folder of
+        the bench's own, so a bench run does not replace the folder the user's `parley` finds."""
+        return {
+            **os.environ,
+            "XDG_CONFIG_HOME": str(self.data_dir.parent / "config"),
+            "PARLEY_TRACE_EXPORTER": "none",
+            "PARLEY_REGISTRATION": "open",
+            "PARLEY_AUTH_REGISTRATIONS_PER_SOURCE_PER_HOUR": "1000000",
+            **self.env,
+        }
 
     async def stop(self) -> None:
         if self.process is not None and self.process.returncode is None:
