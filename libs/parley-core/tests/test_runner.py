@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -35,7 +34,7 @@ from parley_core.envelope import NewEvent, open_payload
 from parley_core.errors import NotFound
 from parley_core.grpc_channel import secure_channel
 from parley_core.pki import Pki
-from parley_core.runner import RunContext, _freeze_heap, serve
+from parley_core.runner import RunContext, serve
 from parley_core.tokens import ALGORITHM, AUDIENCE, ISSUER
 from parley_core.topology import (
     AUTH_FILTER,
@@ -410,13 +409,3 @@ async def test_a_number_or_time_out_of_range_is_refused_before_the_handler(runni
 
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert refused.value.details() == f"channel_seq must be between 0 and {2**63 - 1}; it is {2**63}"
-
-
-async def test_a_service_process_leaves_its_start_up_heap_out_of_full_collections() -> None:
-    """run_service, once serving, freezes what start-up made (serve() alone, as here, does not)."""
-    assert gc.get_freeze_count() == 0
-    try:
-        _freeze_heap(0)
-        assert gc.get_freeze_count() > 0
-    finally:
-        gc.unfreeze()
